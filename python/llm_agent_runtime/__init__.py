@@ -1,0 +1,38 @@
+"""llm-agent-runtime: a Python agent runtime with a Rust core.
+
+Everything public is re-exported here by name; other modules are implementation detail.
+"""
+
+from __future__ import annotations
+
+from llm_agent_runtime._core import __version__
+from llm_agent_runtime.errors import (
+    AgentLoopError,
+    AgentRuntimeError,
+    BackpressureShedError,
+    BudgetExceededError,
+    CircuitOpenError,
+    GraphError,
+    MemoryStoreError,
+    ParseError,
+    PersistenceError,
+    PolicyDeniedError,
+    ProviderError,
+    ToolError,
+)
+
+__all__ = [
+    "AgentLoopError",
+    "AgentRuntimeError",
+    "BackpressureShedError",
+    "BudgetExceededError",
+    "CircuitOpenError",
+    "GraphError",
+    "MemoryStoreError",
+    "ParseError",
+    "PersistenceError",
+    "PolicyDeniedError",
+    "ProviderError",
+    "ToolError",
+    "__version__",
+]

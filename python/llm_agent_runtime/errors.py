@@ -1,0 +1,154 @@
+"""The exception tree of llm-agent-runtime, raised from Rust and from Python alike.
+
+```
+AgentRuntimeError                 base of every error the runtime raises
+├── CircuitOpenError(service)     a circuit breaker is open and refuses calls
+├── BackpressureShedError(depth, capacity)
+│                                 the runtime is full and sheds the request at once
+├── AgentLoopError                the agent loop cannot go on (unparseable output, timeout)
+├── MemoryStoreError              bad input to, or failure of, a memory store or vector index
+├── GraphError                    bad input to, or failure of, the knowledge graph
+├── PersistenceError(key)         a checkpoint or record could not be saved or loaded
+├── ProviderError(status, retryable, retry_after)
+│                                 an LLM provider call failed
+├── ToolError(tool)               a tool could not be run or must be reconciled by hand
+├── PolicyDeniedError             a capability or policy forbids the action
+├── BudgetExceededError           a token, money or action budget is spent
+└── ParseError(position)          text is not a ReAct step
+```
+
+The Rust core imports these classes (it does not define its own), so `except GraphError`
+catches the same class whichever side raised it. A panic inside the Rust core surfaces as
+`AgentRuntimeError`, never as an abort of the interpreter.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentLoopError",
+    "AgentRuntimeError",
+    "BackpressureShedError",
+    "BudgetExceededError",
+    "CircuitOpenError",
+    "GraphError",
+    "MemoryStoreError",
+    "ParseError",
+    "PersistenceError",
+    "PolicyDeniedError",
+    "ProviderError",
+    "ToolError",
+]
+
+
+class AgentRuntimeError(Exception):
+    """Base class of every error raised by llm-agent-runtime."""
+
+
+class CircuitOpenError(AgentRuntimeError):
+    """A circuit breaker is open: calls to `service` are refused until it recovers."""
+
+    def __init__(self, service: str, message: str | None = None) -> None:
+        self.service = service
+        """Name of the service (or tool) whose breaker is open."""
+        super().__init__(service, message or f"circuit open for service {service!r}")
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+class BackpressureShedError(AgentRuntimeError):
+    """The runtime is at capacity; the request was shed at once rather than queued."""
+
+    def __init__(self, depth: int, capacity: int) -> None:
+        self.depth = depth
+        """Number of requests in flight when this one was refused."""
+        self.capacity = capacity
+        """The configured maximum number of requests in flight."""
+        super().__init__(depth, capacity)
+
+    def __str__(self) -> str:
+        return f"backpressure: shed request at depth {self.depth} (capacity {self.capacity})"
+
+
+class AgentLoopError(AgentRuntimeError):
+    """The agent loop cannot continue (unparseable model output, loop timeout, ...)."""
+
+
+class MemoryStoreError(AgentRuntimeError):
+    """Bad input to, or a failure of, a memory store or the vector index."""
+
+
+class GraphError(AgentRuntimeError):
+    """Bad input to, or a failure of, the knowledge graph (unknown entity, bad weight, ...)."""
+
+
+class PersistenceError(AgentRuntimeError):
+    """A record could not be saved or loaded (I/O failure, corrupt data, unknown version)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        self.key = key
+        """The storage key concerned, when there is one."""
+        super().__init__(message, key)
+
+    def __str__(self) -> str:
+        message = str(self.args[0])
+        return f"{message} (key {self.key!r})" if self.key is not None else message
+
+
+class ProviderError(AgentRuntimeError):
+    """An LLM provider call failed.
+
+    The message never contains an API key.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        """HTTP status of the failed response, or None for transport failures."""
+        self.retryable = retryable
+        """Whether trying again may succeed (429, 5xx, timeouts, dropped connections)."""
+        self.retry_after = retry_after
+        """Seconds the server asked the client to wait before retrying, when it said."""
+        super().__init__(message, status, retryable, retry_after)
+
+    def __str__(self) -> str:
+        message = str(self.args[0])
+        return f"{message} (status {self.status})" if self.status is not None else message
+
+
+class ToolError(AgentRuntimeError):
+    """A tool could not be run, or a tool call must be reconciled by hand."""
+
+    def __init__(self, message: str, tool: str | None = None) -> None:
+        self.tool = tool
+        """Name of the tool concerned, when there is one."""
+        super().__init__(message, tool)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class PolicyDeniedError(AgentRuntimeError):
+    """A capability set or policy forbids the requested action."""
+
+
+class BudgetExceededError(AgentRuntimeError):
+    """A token, cost or action budget has been spent."""
+
+
+class ParseError(AgentRuntimeError):
+    """Text is not a ReAct step; the message says what was expected and where."""
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        self.position = position
+        """Byte offset into the parsed text where the problem was found, when known."""
+        super().__init__(message, position)
+
+    def __str__(self) -> str:
+        message = str(self.args[0])
+        return f"{message} (at byte {self.position})" if self.position is not None else message

@@ -1,0 +1,1 @@
+"""Orchestration primitives: each works on its own around any sync or async callable."""

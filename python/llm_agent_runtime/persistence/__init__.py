@@ -1,0 +1,1 @@
+"""Persistence backends for checkpoints, sessions and event logs."""

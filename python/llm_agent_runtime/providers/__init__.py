@@ -1,0 +1,1 @@
+"""LLM providers: the `LlmProvider` protocol and its implementations."""

@@ -1,0 +1,166 @@
+"""The provider contract: wire-neutral message types and the `LlmProvider` protocol.
+
+Every provider (OpenAI-compatible, Anthropic, the offline scripted model) speaks these types,
+so the agent loop never sees a wire format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ChatResponse",
+    "LlmProvider",
+    "Message",
+    "StreamEnd",
+    "StreamEvent",
+    "TextDelta",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolDefinition",
+    "Usage",
+]
+
+
+class ToolCall(BaseModel):
+    """A tool call requested by the model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    """Provider-assigned id, echoed back with the tool's result."""
+    name: str
+    """Name of the tool to call."""
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    """Arguments, already decoded from JSON."""
+
+
+class Message(BaseModel):
+    """One chat message, in a provider-neutral form."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    """Who wrote the message; `tool` carries a tool's result."""
+    content: str = ""
+    """The text of the message."""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    """Tool calls an assistant message requested."""
+    tool_call_id: str | None = None
+    """For a `tool` message: the id of the call it answers."""
+    name: str | None = None
+    """For a `tool` message: the tool's name."""
+
+
+class ToolDefinition(BaseModel):
+    """A tool offered to the model: its name, description and JSON schema of arguments."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    """Tool name the model calls it by."""
+    description: str = ""
+    """What the tool does, shown to the model."""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    """JSON schema of the arguments object."""
+
+
+class Usage(BaseModel):
+    """Token usage of one model call."""
+
+    input_tokens: int = 0
+    """Prompt tokens billed."""
+    output_tokens: int = 0
+    """Completion tokens billed."""
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+class ChatResponse(BaseModel):
+    """The complete answer of one chat call."""
+
+    text: str = ""
+    """Text the model produced (may be empty when it only calls tools)."""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    """Tool calls the model requested, in order."""
+    usage: Usage = Field(default_factory=Usage)
+    """Tokens used by the call."""
+    stop_reason: str | None = None
+    """Why generation stopped, as the provider reported it (e.g. `stop`, `tool_calls`)."""
+    model: str | None = None
+    """Model that answered, as the provider reported it."""
+
+
+class TextDelta(BaseModel):
+    """Streamed event: a piece of the model's text."""
+
+    type: Literal["text_delta"] = "text_delta"
+    text: str
+    """The new text."""
+
+
+class ToolCallDelta(BaseModel):
+    """Streamed event: a piece of a tool call (arguments arrive as JSON fragments)."""
+
+    type: Literal["tool_call_delta"] = "tool_call_delta"
+    index: int
+    """Position of the call among this response's tool calls."""
+    id: str | None = None
+    """The call's id, on the first delta of the call."""
+    name: str | None = None
+    """The tool's name, on the first delta of the call."""
+    arguments_delta: str = ""
+    """A fragment of the arguments' JSON text."""
+
+
+class StreamEnd(BaseModel):
+    """Streamed event: the stream finished; carries the assembled response."""
+
+    type: Literal["stream_end"] = "stream_end"
+    response: ChatResponse
+    """The whole response, with tool calls assembled and usage filled in."""
+
+
+StreamEvent = TextDelta | ToolCallDelta | StreamEnd
+"""Events yielded by `LlmProvider.chat_stream`, ending with exactly one `StreamEnd`."""
+
+
+@runtime_checkable
+class LlmProvider(Protocol):
+    """What the agent loop needs from a model provider.
+
+    Failures raise `ProviderError` (with `status` and `retryable`); a failing stream raises it
+    from the iterator, it never hangs.
+    """
+
+    async def complete(self, prompt: str, model: str | None = None) -> str:
+        """Returns the model's text reply to a single user prompt."""
+        ...
+
+    def stream(self, prompt: str, model: str | None = None) -> AsyncIterator[str]:
+        """Yields the model's text reply to a single user prompt as it arrives."""
+        ...
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> ChatResponse:
+        """Sends a conversation (and optional tools) and returns the whole response."""
+        ...
+
+    def chat_stream(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """Streams a conversation's response as typed events, ending with `StreamEnd`."""
+        ...

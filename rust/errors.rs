@@ -1,0 +1,165 @@
+//! Errors of the Rust core and their one mapping onto the Python exception classes.
+//!
+//! Library code returns [`CoreError`] and knows nothing of Python. The exception classes are
+//! defined once, in `llm_agent_runtime/errors.py` (they carry attributes and docstrings), and
+//! imported here with `import_exception!`, so Rust and Python raise the very same classes.
+
+use std::any::Any;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::marker::Ungil;
+use pyo3::prelude::*;
+
+pyo3::import_exception!(llm_agent_runtime.errors, AgentRuntimeError);
+pyo3::import_exception!(llm_agent_runtime.errors, AgentLoopError);
+pyo3::import_exception!(llm_agent_runtime.errors, MemoryStoreError);
+pyo3::import_exception!(llm_agent_runtime.errors, GraphError);
+pyo3::import_exception!(llm_agent_runtime.errors, PersistenceError);
+pyo3::import_exception!(llm_agent_runtime.errors, ParseError);
+
+/// Every error the Rust core can produce. Each variant maps to exactly one Python class.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CoreError {
+    /// Text that is not a ReAct step; `position` is the byte offset where parsing failed.
+    Parse {
+        /// What was expected and what was found.
+        message: String,
+        /// Byte offset into the input where the problem was found, when known.
+        position: Option<usize>,
+    },
+    /// Bad input to, or a failure of, a memory store (vector index, LRU, episodic, semantic).
+    Memory(String),
+    /// Bad input to, or a failure of, the knowledge graph.
+    Graph(String),
+    /// A failure reading or writing persisted data.
+    Persistence(String),
+    /// A failure of the agent loop.
+    AgentLoop(String),
+    /// Any other runtime failure.
+    Runtime(String),
+}
+
+impl fmt::Display for CoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CoreError::Parse {
+                message,
+                position: Some(pos),
+            } => write!(f, "{message} (at byte {pos})"),
+            CoreError::Parse {
+                message,
+                position: None,
+            } => f.write_str(message),
+            CoreError::Memory(m)
+            | CoreError::Graph(m)
+            | CoreError::Persistence(m)
+            | CoreError::AgentLoop(m)
+            | CoreError::Runtime(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for CoreError {}
+
+/// Result alias used throughout the core.
+pub type CoreResult<T> = Result<T, CoreError>;
+
+impl From<CoreError> for PyErr {
+    fn from(err: CoreError) -> PyErr {
+        let text = err.to_string();
+        match err {
+            CoreError::Parse { message, position } => ParseError::new_err((message, position)),
+            CoreError::Memory(_) => MemoryStoreError::new_err(text),
+            CoreError::Graph(_) => GraphError::new_err(text),
+            CoreError::Persistence(_) => PersistenceError::new_err(text),
+            CoreError::AgentLoop(_) => AgentLoopError::new_err(text),
+            CoreError::Runtime(_) => AgentRuntimeError::new_err(text),
+        }
+    }
+}
+
+/// Describes a caught panic payload (a `&str` or `String` message, or an opaque value).
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_owned()
+    }
+}
+
+fn panic_to_pyerr(payload: &(dyn Any + Send)) -> PyErr {
+    AgentRuntimeError::new_err(format!(
+        "internal error in the Rust core (please report it): {}",
+        panic_message(payload)
+    ))
+}
+
+/// Runs `f` with the GIL released, turning a panic into `AgentRuntimeError` and a
+/// [`CoreError`] into its Python class.
+///
+/// Every call whose cost grows with its input goes through here: releasing the GIL lets other
+/// Python threads run during long scans, and PyO3 would otherwise surface a panic as
+/// `PanicException`, a `BaseException` that `except Exception` does not catch. `f` must hold
+/// no Python references: extract inputs into Rust values (or borrowed slices) first.
+pub fn run_detached<T, F>(py: Python<'_>, f: F) -> PyResult<T>
+where
+    T: Ungil + Send,
+    F: Ungil + Send + FnOnce() -> CoreResult<T>,
+{
+    match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
+        Ok(result) => result.map_err(PyErr::from),
+        Err(payload) => Err(panic_to_pyerr(payload.as_ref())),
+    }
+}
+
+/// Runs `f` with the GIL held, turning a panic into `AgentRuntimeError`.
+///
+/// For O(1) calls, where releasing and re-acquiring the GIL would cost more than the work.
+pub fn catch_panics<T, F>(f: F) -> PyResult<T>
+where
+    F: FnOnce() -> PyResult<T>,
+{
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => Err(panic_to_pyerr(payload.as_ref())),
+    }
+}
+
+/// Panics inside the detach helper; lets the tests prove a panic becomes `AgentRuntimeError`
+/// and the interpreter survives.
+#[pyfunction]
+#[pyo3(name = "_raise_panic")]
+pub fn raise_panic(py: Python<'_>, message: String) -> PyResult<()> {
+    run_detached(py, move || -> CoreResult<()> {
+        // The one deliberate panic: it exists to prove the conversion above.
+        #[allow(clippy::panic)]
+        std::panic::panic_any(message);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_includes_position() {
+        let err = CoreError::Parse {
+            message: "expected 'Action:'".into(),
+            position: Some(12),
+        };
+        assert_eq!(err.to_string(), "expected 'Action:' (at byte 12)");
+    }
+
+    #[test]
+    fn panic_message_reads_str_and_string() {
+        let a: Box<dyn Any + Send> = Box::new("boom");
+        let b: Box<dyn Any + Send> = Box::new(String::from("bang"));
+        let c: Box<dyn Any + Send> = Box::new(7_u8);
+        assert_eq!(panic_message(a.as_ref()), "boom");
+        assert_eq!(panic_message(b.as_ref()), "bang");
+        assert_eq!(panic_message(c.as_ref()), "unknown panic payload");
+    }
+}

@@ -1,0 +1,21 @@
+//! The `llm_agent_runtime._core` extension: the Rust hot paths of llm-agent-runtime.
+//!
+//! This file only lists what the module exports; each capability lives in its own module.
+
+pub mod errors;
+
+use pyo3::prelude::*;
+
+/// The compiled core of `llm_agent_runtime`; import the package, not this module.
+#[pymodule(gil_used = false)]
+mod _core {
+    #[pymodule_export]
+    use crate::errors::raise_panic;
+
+    use pyo3::prelude::*;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
+}

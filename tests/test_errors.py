@@ -1,0 +1,88 @@
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime import _core
+
+ALL_ERRORS = [
+    ar.AgentLoopError,
+    ar.BackpressureShedError,
+    ar.BudgetExceededError,
+    ar.CircuitOpenError,
+    ar.GraphError,
+    ar.MemoryStoreError,
+    ar.ParseError,
+    ar.PersistenceError,
+    ar.PolicyDeniedError,
+    ar.ProviderError,
+    ar.ToolError,
+]
+
+
+@pytest.mark.parametrize("cls", ALL_ERRORS)
+def test_every_error_derives_from_the_base(cls: type[Exception]) -> None:
+    assert issubclass(cls, ar.AgentRuntimeError)
+    assert issubclass(cls, Exception)
+
+
+def test_rust_panic_becomes_agent_runtime_error() -> None:
+    with pytest.raises(ar.AgentRuntimeError, match=r"internal error.*kaboom"):
+        _core._raise_panic("kaboom")
+    # The interpreter is still alive and the core still answers.
+    with pytest.raises(ar.AgentRuntimeError):
+        _core._raise_panic("again")
+
+
+def test_panic_in_a_subprocess_leaves_exit_code_zero() -> None:
+    code = (
+        "import llm_agent_runtime as ar\n"
+        "from llm_agent_runtime import _core\n"
+        "try:\n"
+        "    _core._raise_panic('x')\n"
+        "except ar.AgentRuntimeError:\n"
+        "    print('caught')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "caught"
+
+
+def test_attributes_and_messages() -> None:
+    err = ar.BackpressureShedError(depth=5, capacity=4)
+    assert (err.depth, err.capacity) == (5, 4)
+    assert "depth 5" in str(err) and "capacity 4" in str(err)
+    circuit = ar.CircuitOpenError("search")
+    assert circuit.service == "search" and "search" in str(circuit)
+    provider = ar.ProviderError("rate limited", status=429, retryable=True, retry_after=2.0)
+    assert (provider.status, provider.retryable, provider.retry_after) == (429, True, 2.0)
+    assert "429" in str(provider)
+    persistence = ar.PersistenceError("corrupt record", key="session:a")
+    assert persistence.key == "session:a" and "session:a" in str(persistence)
+    parse = ar.ParseError("expected 'Action:'", position=7)
+    assert parse.position == 7 and "byte 7" in str(parse)
+    assert ar.ToolError("boom", tool="calc").tool == "calc"
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        ar.BackpressureShedError(1, 2),
+        ar.CircuitOpenError("svc"),
+        ar.ProviderError("x", status=500, retryable=True),
+        ar.PersistenceError("bad", key="k"),
+        ar.ParseError("bad", position=3),
+        ar.ToolError("bad", tool="t"),
+    ],
+)
+def test_errors_pickle_round_trip(err: ar.AgentRuntimeError) -> None:
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is type(err)
+    assert str(back) == str(err)
+    assert vars(back) == vars(err)
+
+
+def test_version_is_exported() -> None:
+    assert ar.__version__ == _core.__version__
+    assert ar.__version__.count(".") == 2
