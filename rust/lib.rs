@@ -3,6 +3,8 @@
 //! This file only lists what the module exports; each capability lives in its own module.
 
 pub mod errors;
+pub mod metrics;
+pub mod react;
 
 use pyo3::prelude::*;
 
@@ -11,6 +13,10 @@ use pyo3::prelude::*;
 mod _core {
     #[pymodule_export]
     use crate::errors::raise_panic;
+    #[pymodule_export]
+    use crate::metrics::{PyMetricsSnapshot, PyRuntimeMetrics};
+    #[pymodule_export]
+    use crate::react::{parse_react_step, PyReActStep};
 
     use pyo3::prelude::*;
 

@@ -5,7 +5,13 @@ Everything public is re-exported here by name; other modules are implementation 
 
 from __future__ import annotations
 
-from llm_agent_runtime._core import __version__
+from llm_agent_runtime._core import (
+    MetricsSnapshot,
+    ReActStep,
+    RuntimeMetrics,
+    __version__,
+    parse_react_step,
+)
 from llm_agent_runtime.errors import (
     AgentLoopError,
     AgentRuntimeError,
@@ -29,10 +35,14 @@ __all__ = [
     "CircuitOpenError",
     "GraphError",
     "MemoryStoreError",
+    "MetricsSnapshot",
     "ParseError",
     "PersistenceError",
     "PolicyDeniedError",
     "ProviderError",
+    "ReActStep",
+    "RuntimeMetrics",
     "ToolError",
     "__version__",
+    "parse_react_step",
 ]

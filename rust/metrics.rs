@@ -1,0 +1,781 @@
+//! Lock-free runtime counters with consistent-enough snapshots and Prometheus exposition.
+//!
+//! Global counters are plain atomics. Per-tool and per-agent counters live behind a read-mostly
+//! map of `Arc`ed atomics: after a name's first use an increment takes only a shared read lock
+//! and one atomic add, so concurrent increments are exact and never block each other.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::errors::CoreError;
+
+/// Call and failure counts of one tool or one agent.
+#[derive(Debug, Default)]
+struct CallCounters {
+    calls: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// Named call counters (per tool or per agent).
+#[derive(Debug, Default)]
+struct NamedCounters {
+    by_name: RwLock<HashMap<String, Arc<CallCounters>>>,
+}
+
+impl NamedCounters {
+    fn get_or_insert(&self, name: &str) -> Arc<CallCounters> {
+        if let Some(c) = self.by_name.read().get(name) {
+            return Arc::clone(c);
+        }
+        Arc::clone(self.by_name.write().entry(name.to_owned()).or_default())
+    }
+
+    fn add_call(&self, name: &str) {
+        // Fast path: the name is known, a shared lock and one atomic add.
+        if let Some(c) = self.by_name.read().get(name) {
+            c.calls.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.get_or_insert(name)
+            .calls
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add_failure(&self, name: &str) {
+        if let Some(c) = self.by_name.read().get(name) {
+            c.failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.get_or_insert(name)
+            .failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let map = self.by_name.read();
+        let calls = map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.calls.load(Ordering::Relaxed)))
+            .collect();
+        let failures = map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.failures.load(Ordering::Relaxed)))
+            .collect();
+        (calls, failures)
+    }
+}
+
+/// The live counters of a runtime (pure Rust; see [`PyRuntimeMetrics`] for the binding).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    active_sessions: AtomicU64,
+    total_sessions: AtomicU64,
+    total_steps: AtomicU64,
+    total_tool_calls: AtomicU64,
+    failed_tool_calls: AtomicU64,
+    backpressure_shed_count: AtomicU64,
+    memory_recall_count: AtomicU64,
+    checkpoint_errors: AtomicU64,
+    input_tokens: AtomicU64,
+    output_tokens: AtomicU64,
+    tools: NamedCounters,
+    agents: NamedCounters,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+impl Metrics {
+    /// Counts a session start (active and total).
+    pub fn session_started(&self) {
+        bump(&self.active_sessions, 1);
+        bump(&self.total_sessions, 1);
+    }
+
+    /// Counts a session end; the active count never goes below zero.
+    pub fn session_finished(&self) {
+        let _ = self
+            .active_sessions
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Counts one loop step.
+    pub fn record_step(&self) {
+        bump(&self.total_steps, 1);
+    }
+
+    /// Counts a tool call, per tool and (when given) per agent.
+    pub fn record_tool_call(&self, tool: &str, agent_id: Option<&str>) {
+        bump(&self.total_tool_calls, 1);
+        self.tools.add_call(tool);
+        if let Some(agent) = agent_id {
+            self.agents.add_call(agent);
+        }
+    }
+
+    /// Counts a failed tool call, per tool and (when given) per agent.
+    pub fn record_tool_failure(&self, tool: &str, agent_id: Option<&str>) {
+        bump(&self.failed_tool_calls, 1);
+        self.tools.add_failure(tool);
+        if let Some(agent) = agent_id {
+            self.agents.add_failure(agent);
+        }
+    }
+
+    /// Counts a request shed by backpressure.
+    pub fn record_backpressure_shed(&self) {
+        bump(&self.backpressure_shed_count, 1);
+    }
+
+    /// Counts memories recalled into a prompt.
+    pub fn record_memory_recall(&self, count: u64) {
+        bump(&self.memory_recall_count, count);
+    }
+
+    /// Counts a failed checkpoint write.
+    pub fn record_checkpoint_error(&self) {
+        bump(&self.checkpoint_errors, 1);
+    }
+
+    /// Adds model token usage.
+    pub fn record_tokens(&self, input_tokens: u64, output_tokens: u64) {
+        bump(&self.input_tokens, input_tokens);
+        bump(&self.output_tokens, output_tokens);
+    }
+
+    /// Reads every counter into a plain snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (tool_calls, tool_failures) = self.tools.read();
+        let (agent_calls, agent_failures) = self.agents.read();
+        Snapshot {
+            active_sessions: load(&self.active_sessions),
+            total_sessions: load(&self.total_sessions),
+            total_steps: load(&self.total_steps),
+            total_tool_calls: load(&self.total_tool_calls),
+            failed_tool_calls: load(&self.failed_tool_calls),
+            backpressure_shed_count: load(&self.backpressure_shed_count),
+            memory_recall_count: load(&self.memory_recall_count),
+            checkpoint_errors: load(&self.checkpoint_errors),
+            input_tokens: load(&self.input_tokens),
+            output_tokens: load(&self.output_tokens),
+            tool_calls,
+            tool_failures,
+            agent_calls,
+            agent_failures,
+        }
+    }
+}
+
+/// A point-in-time copy of the counters: plain integers, safe to log or serialize.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Sessions running at snapshot time.
+    pub active_sessions: u64,
+    /// Sessions ever started.
+    pub total_sessions: u64,
+    /// Loop steps taken.
+    pub total_steps: u64,
+    /// Tool calls made.
+    pub total_tool_calls: u64,
+    /// Tool calls that failed.
+    pub failed_tool_calls: u64,
+    /// Requests shed by backpressure.
+    pub backpressure_shed_count: u64,
+    /// Memories recalled into prompts.
+    pub memory_recall_count: u64,
+    /// Failed checkpoint writes.
+    pub checkpoint_errors: u64,
+    /// Model input tokens.
+    pub input_tokens: u64,
+    /// Model output tokens.
+    pub output_tokens: u64,
+    /// Calls per tool.
+    pub tool_calls: BTreeMap<String, u64>,
+    /// Failures per tool.
+    pub tool_failures: BTreeMap<String, u64>,
+    /// Calls per agent.
+    pub agent_calls: BTreeMap<String, u64>,
+    /// Failures per agent.
+    pub agent_failures: BTreeMap<String, u64>,
+}
+
+fn ratio(numerator: u64, denominator: u64) -> f64 {
+    if denominator == 0 {
+        0.0
+    } else {
+        numerator as f64 / denominator as f64
+    }
+}
+
+/// The key with the highest count; ties go to the smallest name, so the answer is stable.
+fn argmax(counts: &BTreeMap<String, u64>) -> Option<String> {
+    counts
+        .iter()
+        .filter(|(_, &n)| n > 0)
+        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+        .map(|(k, _)| k.clone())
+}
+
+fn map_delta(
+    after: &BTreeMap<String, u64>,
+    before: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, &v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .collect()
+}
+
+/// Escapes a Prometheus label value (backslash, double quote, newline).
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Snapshot {
+    /// Total calls of `name`.
+    pub fn tool_call_count(&self, name: &str) -> u64 {
+        self.tool_calls.get(name).copied().unwrap_or(0)
+    }
+
+    /// Total failures of `name`.
+    pub fn tool_failure_count(&self, name: &str) -> u64 {
+        self.tool_failures.get(name).copied().unwrap_or(0)
+    }
+
+    /// Failed calls over all calls (0.0 with no calls).
+    pub fn failure_rate(&self) -> f64 {
+        ratio(self.failed_tool_calls, self.total_tool_calls)
+    }
+
+    /// Successful calls over all calls (1.0 with no calls: nothing has failed).
+    pub fn success_rate(&self) -> f64 {
+        if self.total_tool_calls == 0 {
+            1.0
+        } else {
+            1.0 - self.failure_rate()
+        }
+    }
+
+    /// Counters that happened between `before` and `self` (saturating at zero).
+    pub fn delta(&self, before: &Snapshot) -> Snapshot {
+        Snapshot {
+            active_sessions: self.active_sessions.saturating_sub(before.active_sessions),
+            total_sessions: self.total_sessions.saturating_sub(before.total_sessions),
+            total_steps: self.total_steps.saturating_sub(before.total_steps),
+            total_tool_calls: self
+                .total_tool_calls
+                .saturating_sub(before.total_tool_calls),
+            failed_tool_calls: self
+                .failed_tool_calls
+                .saturating_sub(before.failed_tool_calls),
+            backpressure_shed_count: self
+                .backpressure_shed_count
+                .saturating_sub(before.backpressure_shed_count),
+            memory_recall_count: self
+                .memory_recall_count
+                .saturating_sub(before.memory_recall_count),
+            checkpoint_errors: self
+                .checkpoint_errors
+                .saturating_sub(before.checkpoint_errors),
+            input_tokens: self.input_tokens.saturating_sub(before.input_tokens),
+            output_tokens: self.output_tokens.saturating_sub(before.output_tokens),
+            tool_calls: map_delta(&self.tool_calls, &before.tool_calls),
+            tool_failures: map_delta(&self.tool_failures, &before.tool_failures),
+            agent_calls: map_delta(&self.agent_calls, &before.agent_calls),
+            agent_failures: map_delta(&self.agent_failures, &before.agent_failures),
+        }
+    }
+
+    /// Prometheus text exposition format (version 0.0.4).
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let scalars: [(&str, &str, &str, u64); 10] = [
+            (
+                "sessions_active",
+                "gauge",
+                "Sessions running now.",
+                self.active_sessions,
+            ),
+            (
+                "sessions_total",
+                "counter",
+                "Sessions started.",
+                self.total_sessions,
+            ),
+            (
+                "steps_total",
+                "counter",
+                "Agent loop steps taken.",
+                self.total_steps,
+            ),
+            (
+                "tool_calls_total",
+                "counter",
+                "Tool calls made.",
+                self.total_tool_calls,
+            ),
+            (
+                "tool_failures_total",
+                "counter",
+                "Tool calls that failed.",
+                self.failed_tool_calls,
+            ),
+            (
+                "backpressure_sheds_total",
+                "counter",
+                "Requests shed by backpressure.",
+                self.backpressure_shed_count,
+            ),
+            (
+                "memory_recalls_total",
+                "counter",
+                "Memories recalled into prompts.",
+                self.memory_recall_count,
+            ),
+            (
+                "checkpoint_errors_total",
+                "counter",
+                "Failed checkpoint writes.",
+                self.checkpoint_errors,
+            ),
+            (
+                "input_tokens_total",
+                "counter",
+                "Model input tokens.",
+                self.input_tokens,
+            ),
+            (
+                "output_tokens_total",
+                "counter",
+                "Model output tokens.",
+                self.output_tokens,
+            ),
+        ];
+        for (name, kind, help, value) in scalars {
+            let _ = writeln!(out, "# HELP llm_agent_runtime_{name} {help}");
+            let _ = writeln!(out, "# TYPE llm_agent_runtime_{name} {kind}");
+            let _ = writeln!(out, "llm_agent_runtime_{name} {value}");
+        }
+        let labelled = [
+            (
+                "tool_calls_by_tool_total",
+                "Tool calls per tool.",
+                "tool",
+                &self.tool_calls,
+            ),
+            (
+                "tool_failures_by_tool_total",
+                "Tool failures per tool.",
+                "tool",
+                &self.tool_failures,
+            ),
+            (
+                "tool_calls_by_agent_total",
+                "Tool calls per agent.",
+                "agent",
+                &self.agent_calls,
+            ),
+            (
+                "tool_failures_by_agent_total",
+                "Tool failures per agent.",
+                "agent",
+                &self.agent_failures,
+            ),
+        ];
+        for (name, help, label, counts) in labelled {
+            let _ = writeln!(out, "# HELP llm_agent_runtime_{name} {help}");
+            let _ = writeln!(out, "# TYPE llm_agent_runtime_{name} counter");
+            for (key, value) in counts {
+                let _ = writeln!(
+                    out,
+                    "llm_agent_runtime_{name}{{{label}=\"{}\"}} {value}",
+                    escape_label(key)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Lock-free counters of an agent runtime: sessions, steps, tool calls and failures (per tool
+/// and per agent), backpressure sheds, memory recalls, checkpoint errors and tokens.
+///
+/// Safe to share between threads; every increment is exact under contention.
+#[pyclass(module = "llm_agent_runtime", name = "RuntimeMetrics", frozen)]
+#[derive(Default)]
+pub struct PyRuntimeMetrics {
+    inner: Metrics,
+}
+
+#[pymethods]
+impl PyRuntimeMetrics {
+    #[new]
+    fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts a session start.
+    fn session_started(&self) {
+        self.inner.session_started();
+    }
+
+    /// Counts a session end (the active count never goes below zero).
+    fn session_finished(&self) {
+        self.inner.session_finished();
+    }
+
+    /// Counts one loop step.
+    fn record_step(&self) {
+        self.inner.record_step();
+    }
+
+    /// Counts a call of `tool`, also per agent when `agent_id` is given.
+    #[pyo3(signature = (tool, agent_id=None))]
+    fn record_tool_call(&self, tool: &str, agent_id: Option<&str>) {
+        self.inner.record_tool_call(tool, agent_id);
+    }
+
+    /// Counts a failed call of `tool`, also per agent when `agent_id` is given.
+    #[pyo3(signature = (tool, agent_id=None))]
+    fn record_tool_failure(&self, tool: &str, agent_id: Option<&str>) {
+        self.inner.record_tool_failure(tool, agent_id);
+    }
+
+    /// Counts a request shed by backpressure.
+    fn record_backpressure_shed(&self) {
+        self.inner.record_backpressure_shed();
+    }
+
+    /// Counts `count` memories recalled into a prompt.
+    #[pyo3(signature = (count=1))]
+    fn record_memory_recall(&self, count: u64) {
+        self.inner.record_memory_recall(count);
+    }
+
+    /// Counts a failed checkpoint write.
+    fn record_checkpoint_error(&self) {
+        self.inner.record_checkpoint_error();
+    }
+
+    /// Adds model token usage.
+    fn record_tokens(&self, input_tokens: u64, output_tokens: u64) {
+        self.inner.record_tokens(input_tokens, output_tokens);
+    }
+
+    /// Returns a point-in-time copy of every counter.
+    fn snapshot(&self) -> PyMetricsSnapshot {
+        PyMetricsSnapshot {
+            inner: self.inner.snapshot(),
+        }
+    }
+
+    /// Returns the counters in Prometheus text exposition format.
+    fn to_prometheus(&self) -> String {
+        self.inner.snapshot().to_prometheus()
+    }
+
+    fn __repr__(&self) -> String {
+        let s = self.inner.snapshot();
+        format!(
+            "RuntimeMetrics(sessions={}, active={}, steps={}, tool_calls={}, failures={})",
+            s.total_sessions,
+            s.active_sessions,
+            s.total_steps,
+            s.total_tool_calls,
+            s.failed_tool_calls
+        )
+    }
+}
+
+/// A point-in-time copy of [`PyRuntimeMetrics`]: plain integers and per-name counts.
+#[pyclass(module = "llm_agent_runtime", name = "MetricsSnapshot", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyMetricsSnapshot {
+    inner: Snapshot,
+}
+
+#[pymethods]
+impl PyMetricsSnapshot {
+    /// Sessions running at snapshot time.
+    #[getter]
+    fn active_sessions(&self) -> u64 {
+        self.inner.active_sessions
+    }
+    /// Sessions ever started.
+    #[getter]
+    fn total_sessions(&self) -> u64 {
+        self.inner.total_sessions
+    }
+    /// Loop steps taken.
+    #[getter]
+    fn total_steps(&self) -> u64 {
+        self.inner.total_steps
+    }
+    /// Tool calls made.
+    #[getter]
+    fn total_tool_calls(&self) -> u64 {
+        self.inner.total_tool_calls
+    }
+    /// Tool calls that failed.
+    #[getter]
+    fn failed_tool_calls(&self) -> u64 {
+        self.inner.failed_tool_calls
+    }
+    /// Requests shed by backpressure.
+    #[getter]
+    fn backpressure_shed_count(&self) -> u64 {
+        self.inner.backpressure_shed_count
+    }
+    /// Memories recalled into prompts.
+    #[getter]
+    fn memory_recall_count(&self) -> u64 {
+        self.inner.memory_recall_count
+    }
+    /// Failed checkpoint writes.
+    #[getter]
+    fn checkpoint_errors(&self) -> u64 {
+        self.inner.checkpoint_errors
+    }
+    /// Model input tokens.
+    #[getter]
+    fn input_tokens(&self) -> u64 {
+        self.inner.input_tokens
+    }
+    /// Model output tokens.
+    #[getter]
+    fn output_tokens(&self) -> u64 {
+        self.inner.output_tokens
+    }
+    /// Calls per tool name.
+    #[getter]
+    fn tool_calls(&self) -> BTreeMap<String, u64> {
+        self.inner.tool_calls.clone()
+    }
+    /// Failures per tool name.
+    #[getter]
+    fn tool_failures(&self) -> BTreeMap<String, u64> {
+        self.inner.tool_failures.clone()
+    }
+    /// Calls per agent id.
+    #[getter]
+    fn agent_calls(&self) -> BTreeMap<String, u64> {
+        self.inner.agent_calls.clone()
+    }
+    /// Failures per agent id.
+    #[getter]
+    fn agent_failures(&self) -> BTreeMap<String, u64> {
+        self.inner.agent_failures.clone()
+    }
+
+    /// Total calls of the tool `name` (0 if never called).
+    fn tool_call_count(&self, name: &str) -> u64 {
+        self.inner.tool_call_count(name)
+    }
+
+    /// Total failures of the tool `name`.
+    fn tool_failure_count(&self, name: &str) -> u64 {
+        self.inner.tool_failure_count(name)
+    }
+
+    /// Calls of `name` that did not fail.
+    fn tool_success_count(&self, name: &str) -> u64 {
+        self.inner
+            .tool_call_count(name)
+            .saturating_sub(self.inner.tool_failure_count(name))
+    }
+
+    /// Sorted names of the tools with recorded calls.
+    fn tool_names(&self) -> Vec<String> {
+        self.inner
+            .tool_calls
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Failed tool calls over all tool calls (0.0 with no calls).
+    fn failure_rate(&self) -> f64 {
+        self.inner.failure_rate()
+    }
+
+    /// Successful tool calls over all tool calls (1.0 with no calls).
+    fn success_rate(&self) -> f64 {
+        self.inner.success_rate()
+    }
+
+    /// Failure rate of one tool (0.0 if never called).
+    fn failed_tool_ratio_for(&self, name: &str) -> f64 {
+        ratio(
+            self.inner.tool_failure_count(name),
+            self.inner.tool_call_count(name),
+        )
+    }
+
+    /// The most called tool (ties: the smallest name), or None.
+    fn most_called_tool(&self) -> Option<String> {
+        argmax(&self.inner.tool_calls)
+    }
+
+    /// Sorted names of the tools with at least one failure.
+    fn tool_names_with_failures(&self) -> Vec<String> {
+        self.inner
+            .tool_failures
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Failed tool calls per completed session (0.0 when none completed).
+    fn avg_failures_per_session(&self) -> f64 {
+        let completed = self
+            .inner
+            .total_sessions
+            .saturating_sub(self.inner.active_sessions);
+        ratio(self.inner.failed_tool_calls, completed)
+    }
+
+    /// Steps per tool call (0.0 with no calls).
+    fn steps_per_tool_call(&self) -> f64 {
+        ratio(self.inner.total_steps, self.inner.total_tool_calls)
+    }
+
+    /// Number of distinct tools called.
+    fn tool_diversity(&self) -> usize {
+        self.inner.tool_calls.values().filter(|&&n| n > 0).count()
+    }
+
+    /// Number of distinct agents with recorded calls.
+    fn total_agent_count(&self) -> usize {
+        self.inner.agent_calls.values().filter(|&&n| n > 0).count()
+    }
+
+    /// The agent with the most tool calls (ties: the smallest id), or None.
+    fn agent_with_most_calls(&self) -> Option<String> {
+        argmax(&self.inner.agent_calls)
+    }
+
+    /// Shed requests per tool call (0.0 with no calls).
+    fn backpressure_shed_rate(&self) -> f64 {
+        ratio(
+            self.inner.backpressure_shed_count,
+            self.inner.total_tool_calls,
+        )
+    }
+
+    /// What happened between `before` and `after`, counter by counter (saturating at zero).
+    #[staticmethod]
+    fn delta(after: &PyMetricsSnapshot, before: &PyMetricsSnapshot) -> PyMetricsSnapshot {
+        PyMetricsSnapshot {
+            inner: after.inner.delta(&before.inner),
+        }
+    }
+
+    /// The snapshot as a JSON object (text).
+    fn to_json(&self) -> PyResult<String> {
+        serde_json::to_string(&self.inner)
+            .map_err(|e| CoreError::Runtime(format!("cannot serialize snapshot: {e}")).into())
+    }
+
+    /// Rebuilds a snapshot from `to_json()` output.
+    ///
+    /// Raises:
+    ///     AgentRuntimeError: the text is not a snapshot.
+    #[staticmethod]
+    fn from_json(text: &str) -> PyResult<PyMetricsSnapshot> {
+        serde_json::from_str(text)
+            .map(|inner| PyMetricsSnapshot { inner })
+            .map_err(|e| CoreError::Runtime(format!("not a metrics snapshot: {e}")).into())
+    }
+
+    /// The snapshot in Prometheus text exposition format.
+    fn to_prometheus(&self) -> String {
+        self.inner.to_prometheus()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "MetricsSnapshot(sessions={}, steps={}, tool_calls={}, failures={})",
+            self.inner.total_sessions,
+            self.inner.total_steps,
+            self.inner.total_tool_calls,
+            self.inner.failed_tool_calls
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    #[test]
+    fn exact_under_contention() {
+        let metrics = Arc::new(Metrics::default());
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let m = Arc::clone(&metrics);
+                thread::spawn(move || {
+                    for i in 0..10_000 {
+                        m.record_step();
+                        m.record_tool_call(
+                            if i % 2 == 0 { "a" } else { "b" },
+                            Some(&format!("agent{t}")),
+                        );
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let s = metrics.snapshot();
+        assert_eq!(s.total_steps, 80_000);
+        assert_eq!(s.tool_call_count("a"), 40_000);
+        assert_eq!(s.tool_call_count("b"), 40_000);
+        assert_eq!(s.agent_calls.len(), 8);
+        assert!(s.agent_calls.values().all(|&n| n == 10_000));
+    }
+
+    #[test]
+    fn delta_saturates_and_active_never_negative() {
+        let m = Metrics::default();
+        m.session_finished();
+        assert_eq!(m.snapshot().active_sessions, 0);
+        m.record_tool_call("x", None);
+        let before = m.snapshot();
+        m.record_tool_call("x", None);
+        m.record_tool_failure("y", None);
+        let after = m.snapshot();
+        let d = after.delta(&before);
+        assert_eq!(d.tool_call_count("x"), 1);
+        assert_eq!(d.tool_failure_count("y"), 1);
+        assert_eq!(before.delta(&after).total_tool_calls, 0);
+    }
+
+    #[test]
+    fn prometheus_escapes_labels() {
+        let m = Metrics::default();
+        m.record_tool_call("we\"ird\\tool\n", None);
+        let text = m.snapshot().to_prometheus();
+        assert!(text.contains(r#"{tool="we\"ird\\tool\n"} 1"#));
+        assert!(text.contains("# TYPE llm_agent_runtime_steps_total counter"));
+    }
+}

@@ -1,0 +1,173 @@
+import json
+import threading
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llm_agent_runtime as ar
+
+
+def test_counters_and_queries() -> None:
+    m = ar.RuntimeMetrics()
+    m.session_started()
+    m.session_started()
+    m.session_finished()
+    for _ in range(3):
+        m.record_step()
+    m.record_tool_call("search", "a1")
+    m.record_tool_call("search", "a1")
+    m.record_tool_call("calc", "a2")
+    m.record_tool_failure("search", "a1")
+    m.record_backpressure_shed()
+    m.record_memory_recall(4)
+    m.record_checkpoint_error()
+    m.record_tokens(10, 5)
+    s = m.snapshot()
+    assert (s.active_sessions, s.total_sessions, s.total_steps) == (1, 2, 3)
+    assert (s.total_tool_calls, s.failed_tool_calls) == (3, 1)
+    assert (s.backpressure_shed_count, s.memory_recall_count, s.checkpoint_errors) == (1, 4, 1)
+    assert (s.input_tokens, s.output_tokens) == (10, 5)
+    assert s.tool_call_count("search") == 2 and s.tool_call_count("nope") == 0
+    assert s.tool_failure_count("search") == 1
+    assert s.tool_success_count("search") == 1
+    assert s.tool_names() == ["calc", "search"]
+    assert s.tool_names_with_failures() == ["search"]
+    assert s.failure_rate() == 1 / 3
+    assert s.success_rate() == 1 - 1 / 3
+    assert s.failed_tool_ratio_for("search") == 0.5
+    assert s.failed_tool_ratio_for("calc") == 0.0
+    assert s.most_called_tool() == "search"
+    assert s.tool_diversity() == 2
+    assert s.total_agent_count() == 2
+    assert s.agent_with_most_calls() == "a1"
+    assert s.avg_failures_per_session() == 1.0
+    assert s.steps_per_tool_call() == 1.0
+    assert s.backpressure_shed_rate() == 1 / 3
+    assert s.agent_calls == {"a1": 2, "a2": 1}
+
+
+def test_empty_snapshot_rates() -> None:
+    s = ar.RuntimeMetrics().snapshot()
+    assert s.failure_rate() == 0.0 and s.success_rate() == 1.0
+    assert s.most_called_tool() is None and s.agent_with_most_calls() is None
+    assert s.steps_per_tool_call() == 0.0 and s.avg_failures_per_session() == 0.0
+
+
+def test_active_sessions_never_negative() -> None:
+    m = ar.RuntimeMetrics()
+    m.session_finished()
+    assert m.snapshot().active_sessions == 0
+
+
+def test_most_called_ties_go_to_smallest_name() -> None:
+    m = ar.RuntimeMetrics()
+    m.record_tool_call("b")
+    m.record_tool_call("a")
+    assert m.snapshot().most_called_tool() == "a"
+
+
+def test_delta_is_saturating() -> None:
+    m = ar.RuntimeMetrics()
+    m.record_tool_call("x")
+    before = m.snapshot()
+    m.record_tool_call("x")
+    m.record_tool_call("y")
+    after = m.snapshot()
+    d = ar.MetricsSnapshot.delta(after, before)
+    assert d.total_tool_calls == 2
+    assert d.tool_calls == {"x": 1, "y": 1}
+    backwards = ar.MetricsSnapshot.delta(before, after)
+    assert backwards.total_tool_calls == 0 and backwards.tool_calls == {"x": 0}
+
+
+def test_json_round_trip() -> None:
+    m = ar.RuntimeMetrics()
+    m.record_tool_call("t", "agent")
+    s = m.snapshot()
+    data = json.loads(s.to_json())
+    assert data["tool_calls"] == {"t": 1} and data["agent_calls"] == {"agent": 1}
+    assert ar.MetricsSnapshot.from_json(s.to_json()) == s
+    try:
+        ar.MetricsSnapshot.from_json("{")
+    except ar.AgentRuntimeError as err:
+        assert "not a metrics snapshot" in str(err)
+    else:
+        raise AssertionError("expected AgentRuntimeError")
+
+
+def test_prometheus_exposition_parses() -> None:
+    m = ar.RuntimeMetrics()
+    m.record_tool_call('we"ird\\name\n')
+    m.record_step()
+    text = m.to_prometheus()
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert line.split()[1] in ("HELP", "TYPE")
+            continue
+        name, value = line.rsplit(" ", 1)
+        samples[name] = float(value)
+    assert samples["llm_agent_runtime_steps_total"] == 1
+    assert samples['llm_agent_runtime_tool_calls_by_tool_total{tool="we\\"ird\\\\name\\n"}'] == 1
+    # Cross-check with prometheus_client's own parser when available.
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+    except ImportError:
+        return
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    tool_family = families["llm_agent_runtime_tool_calls_by_tool"]
+    assert tool_family.samples[0].labels == {"tool": 'we"ird\\name\n'}
+
+
+def test_exact_under_thread_contention() -> None:
+    m = ar.RuntimeMetrics()
+    per_thread = 20_000
+
+    def work(i: int) -> None:
+        for j in range(per_thread):
+            m.record_step()
+            m.record_tool_call(f"tool{j % 3}", f"agent{i}")
+            if j % 10 == 0:
+                m.record_tool_failure("tool0", f"agent{i}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s = m.snapshot()
+    assert s.total_steps == 8 * per_thread
+    assert s.total_tool_calls == 8 * per_thread
+    assert sum(s.tool_calls.values()) == 8 * per_thread
+    assert s.failed_tool_calls == 8 * (per_thread // 10)
+    assert s.agent_calls == {f"agent{i}": per_thread for i in range(8)}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["call", "fail"]),
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["x", "y", None]),
+        ),
+        max_size=50,
+    )
+)
+def test_matches_a_python_reference(ops: list[tuple[str, str, str | None]]) -> None:
+    m = ar.RuntimeMetrics()
+    calls: dict[str, int] = {}
+    fails: dict[str, int] = {}
+    for op, tool, agent in ops:
+        if op == "call":
+            m.record_tool_call(tool, agent)
+            calls[tool] = calls.get(tool, 0) + 1
+        else:
+            m.record_tool_failure(tool, agent)
+            fails[tool] = fails.get(tool, 0) + 1
+    s = m.snapshot()
+    for tool in "abc":
+        assert s.tool_call_count(tool) == calls.get(tool, 0)
+        assert s.tool_failure_count(tool) == fails.get(tool, 0)
+    assert s.total_tool_calls == sum(calls.values())
+    assert s.tool_diversity() == len(calls)

@@ -1,0 +1,151 @@
+import contextlib
+import json
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llm_agent_runtime as ar
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+tool_names = st.from_regex(r"[a-z][a-z0-9_]{0,15}", fullmatch=True).filter(
+    lambda s: s.lower() != "final_answer"
+)
+thoughts = st.text(
+    # No control or line-separator characters: Python's str.strip and Rust's trim disagree on some.
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")),
+    max_size=60,
+).filter(lambda t: ":" not in t)
+
+
+def test_seed_form() -> None:
+    step = ar.parse_react_step('Thought: I need to add\nAction: add {"a": 2, "b": 40}')
+    assert step.thought == "I need to add"
+    assert step.action == "add"
+    assert step.action_input == {"a": 2, "b": 40}
+    assert step.final_answer is None
+    assert not step.is_final
+
+
+def test_seed_final_answer() -> None:
+    step = ar.parse_react_step("Thought: done\nAction: FINAL_ANSWER 42")
+    assert step.final_answer == "42"
+    assert step.action is None and step.action_input is None and step.is_final
+
+
+def test_langchain_form() -> None:
+    step = ar.parse_react_step("Thought: look it up\nAction: search\nAction Input: rust pyo3\n")
+    assert (step.action, step.action_input) == ("search", "rust pyo3")
+    final = ar.parse_react_step("Thought: I know\nFinal Answer: Paris is\nthe capital")
+    assert final.final_answer == "Paris is\nthe capital"
+
+
+def test_multiline_thought_case_and_whitespace() -> None:
+    text = '  thought :  first line\n second line\n\n  ACTION:   lookup   {"q": "x"}  '
+    step = ar.parse_react_step(text)
+    assert step.thought == "first line\n second line"
+    assert step.action == "lookup"
+    assert step.action_input == {"q": "x"}
+
+
+def test_nested_braces_strings_and_trailing_chatter() -> None:
+    text = 'Action: t {"a": {"b": "}{\\"}"}, "c": [1, {"d": []}]} I hope this helps!'
+    assert ar.parse_react_step(text).action_input == {"a": {"b": '}{"}'}, "c": [1, {"d": []}]}
+
+
+def test_json_fence() -> None:
+    text = 'Thought: t\nAction: run\nAction Input: ```json\n{"code": "print(1)"}\n```\nDone.'
+    assert ar.parse_react_step(text).action_input == {"code": "print(1)"}
+
+
+def test_non_json_input_is_kept_raw() -> None:
+    assert ar.parse_react_step("Action: shell ls -la /tmp").action_input == "ls -la /tmp"
+    assert ar.parse_react_step('Action: t {"broken": ').action_input == '{"broken":'
+
+
+def test_observation_ends_the_input() -> None:
+    step = ar.parse_react_step("Action: search\nAction Input: cats\nObservation: made up")
+    assert step.action_input == "cats"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "expected a line starting with 'Action:'"),
+        ("Thought: only thinking", "expected a line starting with 'Action:'"),
+        ("Action:   \nAction Input: x", "expected a tool name"),
+        ("Action: calc", "expected the input of tool 'calc'"),
+        ('Action: calc {"a": 1}\nFinal Answer: 3', "both an action"),
+    ],
+)
+def test_errors_say_what_was_expected_and_where(text: str, fragment: str) -> None:
+    with pytest.raises(ar.ParseError, match=fragment) as info:
+        ar.parse_react_step(text)
+    assert info.value.position is not None
+    assert 0 <= info.value.position <= len(text.encode())
+
+
+def test_repr_and_eq() -> None:
+    a = ar.parse_react_step('Action: t {"x": 1}')
+    b = ar.parse_react_step('Thought:\nAction: t {"x": 1}')
+    assert a == b
+    assert a != ar.parse_react_step('Action: t {"x": 2}')
+    assert a != "not a step"
+    assert repr(a) == "ReActStep(thought='', action='t', action_input={'x': 1}, final_answer=None)"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_arbitrary_text_never_crashes(text: str) -> None:
+    try:
+        step = ar.parse_react_step(text)
+    except ar.ParseError as err:
+        assert err.position is not None
+    else:
+        assert (step.action is None) == step.is_final
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    thought=thoughts,
+    tool=tool_names,
+    value=json_values,
+    chatter=st.sampled_from(["", " ok", "\nbye"]),
+)
+def test_seed_form_round_trip(thought: str, tool: str, value: object, chatter: str) -> None:
+    payload = json.dumps({"v": value})
+    step = ar.parse_react_step(f"Thought: {thought}\nAction: {tool} {payload}{chatter}")
+    assert step.thought == thought.strip()
+    assert step.action == tool
+    assert step.action_input == {"v": value}
+
+
+@settings(max_examples=200, deadline=None)
+@given(thought=thoughts, tool=tool_names, value=json_values)
+def test_langchain_form_round_trip(thought: str, tool: str, value: object) -> None:
+    payload = json.dumps([value])
+    text = f"Thought: {thought}\nAction: {tool}\nAction Input: {payload}"
+    step = ar.parse_react_step(text)
+    assert (step.action, step.action_input) == (tool, [value])
+
+
+def test_adversarial_inputs_take_linear_time() -> None:
+    cases = [
+        "Action: t " + "[" * 200_000,
+        "Action: t " + '{"a": "' + "\\" * 200_001,
+        "Thought: x\n" * 50_000 + "Action: t {}",
+        "Action" * 100_000,
+    ]
+    for text in cases:
+        start = time.perf_counter()
+        with contextlib.suppress(ar.ParseError):
+            ar.parse_react_step(text)
+        # Generous bound: a quadratic parser would take minutes on these inputs.
+        assert time.perf_counter() - start < 1.0
