@@ -29,5 +29,28 @@ class Target:
 
 
 TARGETS: list[Target] = [
-    # Each capability appends its targets here.
+    Target(
+        "ReAct parse >= 10x LangChain ReActSingleInputOutputParser",
+        "react: parse 100,000 LangChain-form outputs (50-2,000 chars)",
+        "langchain-classic",
+        10.0,
+    ),
+    Target(
+        "ReAct parse + JSON decode of the input >= LangChain parse + json.loads (reported)",
+        "react: parse 100,000 LangChain-form outputs (50-2,000 chars), then decode the JSON input",
+        "langchain-classic",
+        1.0,
+    ),
+    Target(
+        "counter increment >= 10x prometheus_client Counter.inc()",
+        "metrics: 100,000 x increment",
+        "prometheus-client",
+        10.0,
+    ),
+    Target(
+        "per-tool increment >= 10x prometheus_client Counter.labels().inc()",
+        "metrics: 100,000 x per-tool increment",
+        "prometheus-client",
+        10.0,
+    ),
 ]

@@ -8,9 +8,12 @@
 //! Parsing is one pass over the lines plus one bracket-matching pass over the input, so it is
 //! linear in the length of the text whatever the text holds.
 
-use pyo3::exceptions::PyTypeError;
+use std::borrow::Cow;
+
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::errors::{CoreError, CoreResult};
@@ -18,7 +21,7 @@ use crate::errors::{CoreError, CoreResult};
 /// The tool name that marks a final answer in the seed form (`Action: FINAL_ANSWER 42`).
 pub const FINAL_ANSWER_TOOL: &str = "FINAL_ANSWER";
 
-/// The input given to an action: decoded JSON, or the raw text when it is not JSON.
+/// The input given to an action, decoded: JSON, or the raw text when it is not JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ActionInput {
     /// An object, array or string literal that decoded as JSON.
@@ -27,17 +30,61 @@ pub enum ActionInput {
     Raw(String),
 }
 
-/// One parsed ReAct step.
+/// The input text of an action, located but not yet decoded (decoding is the caller's
+/// choice: into `serde_json::Value` here, straight into Python objects in the binding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputText<'a> {
+    /// The input, trimmed and with any code fence removed.
+    text: &'a str,
+    /// Length of the leading bracketed JSON candidate (object, array or string), if any.
+    json_len: Option<usize>,
+}
+
+impl<'a> InputText<'a> {
+    /// Locates the JSON candidate at the start of `text` (trailing chatter is ignored).
+    pub fn new(text: &'a str) -> Self {
+        let text = strip_fence(text.trim());
+        let bytes = text.as_bytes();
+        let json_len = match bytes.first() {
+            Some(b'{' | b'[') => matching_close(bytes),
+            Some(b'"') => string_close(bytes),
+            _ => None,
+        };
+        Self { text, json_len }
+    }
+
+    /// The leading JSON candidate, if the input starts with one.
+    pub fn json(&self) -> Option<&'a str> {
+        self.json_len.map(|n| &self.text[..n])
+    }
+
+    /// The input as raw text (surrounding double quotes removed).
+    pub fn raw(&self) -> &'a str {
+        self.text.trim_matches('"')
+    }
+
+    /// Decodes the input: JSON when the candidate is valid JSON, the raw text otherwise.
+    pub fn decode(&self) -> ActionInput {
+        self.json()
+            .and_then(|json| serde_json::from_str::<Value>(json).ok())
+            .map_or_else(
+                || ActionInput::Raw(self.raw().to_owned()),
+                ActionInput::Json,
+            )
+    }
+}
+
+/// One parsed ReAct step, borrowing from the parsed text.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Step {
+pub struct Step<'a> {
     /// The model's reasoning (may be empty).
-    pub thought: String,
+    pub thought: &'a str,
     /// The tool to call, unless this step is a final answer.
-    pub action: Option<String>,
+    pub action: Option<&'a str>,
     /// The tool's input; `None` for a final answer.
-    pub action_input: Option<ActionInput>,
+    pub action_input: Option<InputText<'a>>,
     /// The final answer, when the step ends the run.
-    pub final_answer: Option<String>,
+    pub final_answer: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +161,7 @@ fn sections(text: &str) -> (usize, Vec<Section>) {
                 end: text.len(),
             });
         }
-        match memchr_newline(&bytes[line_start..]) {
+        match memchr::memchr(b'\n', &bytes[line_start..]) {
             Some(offset) => line_start += offset + 1,
             None => break,
         }
@@ -122,34 +169,33 @@ fn sections(text: &str) -> (usize, Vec<Section>) {
     (preamble_end, found)
 }
 
-fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
+/// Returns the index just past the `"` closing the string whose body starts at `from`.
+fn skip_string(bytes: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let offset = memchr::memchr2(b'"', b'\\', bytes.get(from..)?)?;
+        let at = from + offset;
+        if bytes[at] == b'"' {
+            return Some(at + 1);
+        }
+        // A backslash escapes the next byte, whatever it is.
+        from = at + 2;
+    }
 }
 
 /// Returns the end (exclusive) of the bracketed JSON value starting at `bytes[0]`
 /// (`{` or `[`), honouring strings and escapes; `None` when it never closes.
 fn matching_close(bytes: &[u8]) -> Option<usize> {
     let mut depth: usize = 0;
-    let mut in_string = false;
-    let mut escaped = false;
-    for (i, &b) in bytes.iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => i = skip_string(bytes, i)?,
             b'{' | b'[' => depth += 1,
             b'}' | b']' => {
                 depth = depth.checked_sub(1)?;
                 if depth == 0 {
-                    return Some(i + 1);
+                    return Some(i);
                 }
             }
             _ => {}
@@ -160,17 +206,7 @@ fn matching_close(bytes: &[u8]) -> Option<usize> {
 
 /// Returns the end (exclusive) of the JSON string literal starting at `bytes[0]` (`"`).
 fn string_close(bytes: &[u8]) -> Option<usize> {
-    let mut escaped = false;
-    for (i, &b) in bytes.iter().enumerate().skip(1) {
-        if escaped {
-            escaped = false;
-        } else if b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            return Some(i + 1);
-        }
-    }
-    None
+    skip_string(bytes, 1)
 }
 
 /// Removes a surrounding Markdown code fence (```json ... ```), if there is one.
@@ -189,37 +225,19 @@ fn strip_fence(text: &str) -> &str {
     }
 }
 
-/// Decodes an action input: a JSON object, array or string (trailing chatter ignored), or
-/// the raw trimmed text otherwise.
-pub fn parse_input(text: &str) -> ActionInput {
-    let text = strip_fence(text.trim());
-    let bytes = text.as_bytes();
-    let end = match bytes.first() {
-        Some(b'{' | b'[') => matching_close(bytes),
-        Some(b'"') => string_close(bytes),
-        _ => None,
-    };
-    if let Some(end) = end {
-        if let Ok(value) = serde_json::from_str::<Value>(&text[..end]) {
-            return ActionInput::Json(value);
-        }
-    }
-    ActionInput::Raw(text.trim_matches('"').to_owned())
-}
-
 /// Parses one ReAct step.
 ///
 /// # Errors
 /// [`CoreError::Parse`] when the text has neither an action nor a final answer, has both,
 /// names no tool, or gives a tool no input.
-pub fn parse(text: &str) -> CoreResult<Step> {
+pub fn parse(text: &str) -> CoreResult<Step<'_>> {
     let (preamble_end, found) = sections(text);
     let first = |label: Label| found.iter().find(|s| s.label == label);
     let content = |s: &Section| text[s.start..s.end].trim();
 
     let thought = match first(Label::Thought) {
-        Some(s) => content(s).to_owned(),
-        None => text[..preamble_end].trim().to_owned(),
+        Some(s) => content(s),
+        None => text[..preamble_end].trim(),
     };
     let action = first(Label::Action);
     let final_answer = found.iter().rev().find(|s| s.label == Label::FinalAnswer);
@@ -231,7 +249,7 @@ pub fn parse(text: &str) -> CoreResult<Step> {
                 action: None,
                 action_input: None,
                 // Everything after the last `Final Answer:` is the answer.
-                final_answer: Some(text[s.start..].trim().to_owned()),
+                final_answer: Some(Cow::Borrowed(text[s.start..].trim())),
             }),
             None => Err(CoreError::Parse {
                 message: "expected a line starting with 'Action:' or 'Final Answer:'".into(),
@@ -258,10 +276,10 @@ pub fn parse(text: &str) -> CoreResult<Step> {
         });
     }
     if tool.eq_ignore_ascii_case(FINAL_ANSWER_TOOL) {
-        let answer = match parse_input(inline_input) {
-            ActionInput::Json(Value::String(s)) => s,
-            ActionInput::Json(other) => other.to_string(),
-            ActionInput::Raw(raw) => raw,
+        let answer = match InputText::new(inline_input).decode() {
+            ActionInput::Json(Value::String(s)) => Cow::Owned(s),
+            ActionInput::Json(other) => Cow::Owned(other.to_string()),
+            ActionInput::Raw(_) => Cow::Borrowed(InputText::new(inline_input).raw()),
         };
         return Ok(Step {
             thought,
@@ -292,52 +310,91 @@ pub fn parse(text: &str) -> CoreResult<Step> {
     }
     Ok(Step {
         thought,
-        action: Some(tool.to_owned()),
-        action_input: Some(parse_input(input_text)),
+        action: Some(tool),
+        action_input: Some(InputText::new(input_text)),
         final_answer: None,
     })
 }
 
-/// Converts a JSON value into the equivalent Python object.
-pub fn json_to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
-    Ok(match value {
-        Value::Null => py.None().into_bound(py),
-        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.into_pyobject(py)?.into_any()
-            } else if let Some(u) = n.as_u64() {
-                u.into_pyobject(py)?.into_any()
-            } else {
-                n.as_f64()
-                    .ok_or_else(|| PyTypeError::new_err("unrepresentable JSON number"))?
-                    .into_pyobject(py)?
-                    .into_any()
-            }
+/// Builds Python objects straight from JSON text, with no intermediate `Value`.
+#[derive(Clone, Copy)]
+struct PyJson<'py>(Python<'py>);
+
+impl<'de, 'py> DeserializeSeed<'de> for PyJson<'py> {
+    type Value = Bound<'py, PyAny>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, 'py> Visitor<'de> for PyJson<'py> {
+    type Value = Bound<'py, PyAny>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(self.0.None().into_bound(self.0))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(PyBool::new(self.0, v).to_owned().into_any())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(PyInt::new(self.0, v).into_any())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(PyInt::new(self.0, v).into_any())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(PyFloat::new(self.0, v).into_any())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(PyString::new(self.0, v).into_any())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let list = PyList::empty(self.0);
+        while let Some(item) = seq.next_element_seed(self)? {
+            list.append(item).map_err(de::Error::custom)?;
         }
-        Value::String(s) => s.into_pyobject(py)?.into_any(),
-        Value::Array(items) => {
-            let list = PyList::empty(py);
-            for item in items {
-                list.append(json_to_py(py, item)?)?;
-            }
-            list.into_any()
+        Ok(list.into_any())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let dict = PyDict::new(self.0);
+        while let Some(key) = map.next_key_seed(self)? {
+            let value = map.next_value_seed(self)?;
+            dict.set_item(key, value).map_err(de::Error::custom)?;
         }
-        Value::Object(map) => {
-            let dict = PyDict::new(py);
-            for (k, v) in map {
-                dict.set_item(k, json_to_py(py, v)?)?;
-            }
-            dict.into_any()
+        Ok(dict.into_any())
+    }
+}
+
+/// Decodes an action input into Python: JSON objects, arrays and strings become dict, list
+/// and str; anything else (including invalid JSON) stays the raw text.
+fn input_to_py<'py>(py: Python<'py>, input: &InputText<'_>) -> Bound<'py, PyAny> {
+    if let Some(json) = input.json() {
+        let mut deserializer = serde_json::Deserializer::from_str(json);
+        if let Ok(value) = PyJson(py).deserialize(&mut deserializer) {
+            return value;
         }
-    })
+    }
+    PyString::new(py, input.raw()).into_any()
 }
 
 /// One step of a ReAct trace: the model's thought, then either an action with its input or
 /// a final answer.
 ///
 /// `action_input` is the decoded JSON (dict, list or str) when the input was a JSON object,
-/// array or string, and the raw trimmed text otherwise.
+/// array or string, and the raw trimmed text otherwise. It is decoded on first access and
+/// then cached, so parsing a step a caller only routes on costs no JSON decoding.
 #[pyclass(module = "llm_agent_runtime", name = "ReActStep", frozen)]
 pub struct PyReActStep {
     #[pyo3(get)]
@@ -345,13 +402,31 @@ pub struct PyReActStep {
     #[pyo3(get)]
     action: Option<String>,
     #[pyo3(get)]
-    action_input: Py<PyAny>,
-    #[pyo3(get)]
     final_answer: Option<String>,
+    /// The located input text and the length of its leading JSON candidate.
+    input: Option<(String, Option<usize>)>,
+    decoded_input: PyOnceLock<Py<PyAny>>,
 }
 
 #[pymethods]
 impl PyReActStep {
+    /// The action's input: decoded JSON, or the raw text; None for a final answer.
+    #[getter]
+    fn action_input(&self, py: Python<'_>) -> Py<PyAny> {
+        self.decoded_input
+            .get_or_init(py, || match &self.input {
+                None => py.None(),
+                Some((text, json_len)) => {
+                    let input = InputText {
+                        text,
+                        json_len: *json_len,
+                    };
+                    input_to_py(py, &input).unbind()
+                }
+            })
+            .clone_ref(py)
+    }
+
     /// Whether this step ends the run with a final answer.
     #[getter]
     fn is_final(&self) -> bool {
@@ -364,7 +439,7 @@ impl PyReActStep {
             "ReActStep(thought={}, action={}, action_input={}, final_answer={})",
             repr(self.thought.as_str().into_pyobject(py)?.into_any())?,
             repr(self.action.as_deref().into_pyobject(py)?)?,
-            repr(self.action_input.bind(py).clone())?,
+            repr(self.action_input(py).into_bound(py))?,
             repr(self.final_answer.as_deref().into_pyobject(py)?)?,
         ))
     }
@@ -377,7 +452,7 @@ impl PyReActStep {
         Ok(self.thought == other.thought
             && self.action == other.action
             && self.final_answer == other.final_answer
-            && self.action_input.bind(py).eq(other.action_input.bind(py))?)
+            && self.action_input(py).bind(py).eq(other.action_input(py))?)
     }
 }
 
@@ -397,18 +472,16 @@ impl PyReActStep {
 ///     ParseError: the text is not a ReAct step; the message says what was expected, and
 ///         ``position`` the byte offset where.
 #[pyfunction]
-pub fn parse_react_step(py: Python<'_>, text: &str) -> PyResult<PyReActStep> {
+pub fn parse_react_step(text: &str) -> PyResult<PyReActStep> {
     let step = parse(text)?;
-    let action_input = match &step.action_input {
-        None => py.None(),
-        Some(ActionInput::Json(value)) => json_to_py(py, value)?.unbind(),
-        Some(ActionInput::Raw(raw)) => raw.into_pyobject(py)?.into_any().unbind(),
-    };
     Ok(PyReActStep {
-        thought: step.thought,
-        action: step.action,
-        action_input,
-        final_answer: step.final_answer,
+        thought: step.thought.to_owned(),
+        action: step.action.map(str::to_owned),
+        final_answer: step.final_answer.map(Cow::into_owned),
+        input: step
+            .action_input
+            .map(|input| (input.text.to_owned(), input.json_len)),
+        decoded_input: PyOnceLock::new(),
     })
 }
 
@@ -419,15 +492,21 @@ mod tests {
 
     fn action(text: &str) -> (String, ActionInput) {
         let step = parse(text).unwrap();
-        (step.action.unwrap(), step.action_input.unwrap())
+        (
+            step.action.unwrap().to_owned(),
+            step.action_input.unwrap().decode(),
+        )
     }
 
     #[test]
     fn seed_form_with_json() {
         let step = parse("Thought: need math\nAction: calc {\"n\": 21}").unwrap();
         assert_eq!(step.thought, "need math");
-        assert_eq!(step.action.as_deref(), Some("calc"));
-        assert_eq!(step.action_input, Some(ActionInput::Json(json!({"n": 21}))));
+        assert_eq!(step.action, Some("calc"));
+        assert_eq!(
+            step.action_input.map(|i| i.decode()),
+            Some(ActionInput::Json(json!({"n": 21})))
+        );
         assert_eq!(step.final_answer, None);
     }
 

@@ -60,6 +60,12 @@ def test_nested_braces_strings_and_trailing_chatter() -> None:
     assert ar.parse_react_step(text).action_input == {"a": {"b": '}{"}'}, "c": [1, {"d": []}]}
 
 
+def test_input_is_decoded_once_and_cached() -> None:
+    step = ar.parse_react_step('Action: t {"x": [1, 2]}')
+    assert step.action_input is step.action_input
+    assert ar.parse_react_step("Final Answer: 1").action_input is None
+
+
 def test_json_fence() -> None:
     text = 'Thought: t\nAction: run\nAction Input: ```json\n{"code": "print(1)"}\n```\nDone.'
     assert ar.parse_react_step(text).action_input == {"code": "print(1)"}
