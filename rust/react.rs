@@ -99,7 +99,6 @@ enum Label {
 /// A labelled part of the text: `start..end` is the content after the label's colon.
 #[derive(Debug, Clone, Copy)]
 struct Section {
-    label: Label,
     label_pos: usize,
     start: usize,
     end: usize,
@@ -141,32 +140,66 @@ fn label_at(bytes: &[u8], line_start: usize) -> Option<(Label, usize, usize)> {
     (bytes.get(colon) == Some(&b':')).then_some((label, at, colon + 1))
 }
 
-/// Splits the text into the preamble end and its labelled sections, in order.
-fn sections(text: &str) -> (usize, Vec<Section>) {
+/// The sections the parser uses: the first of each label, except the last `Final Answer`.
+#[derive(Debug, Default)]
+struct Sections {
+    preamble_end: usize,
+    thought: Option<Section>,
+    action: Option<Section>,
+    action_input: Option<Section>,
+    final_answer: Option<Section>,
+}
+
+impl Sections {
+    fn slot(&mut self, label: Label) -> Option<&mut Option<Section>> {
+        match label {
+            Label::Thought => Some(&mut self.thought),
+            Label::Action => Some(&mut self.action),
+            Label::ActionInput => Some(&mut self.action_input),
+            Label::FinalAnswer => Some(&mut self.final_answer),
+            Label::Observation => None,
+        }
+    }
+}
+
+/// Finds the labelled sections in one pass over the lines, without allocating.
+fn sections(text: &str) -> Sections {
     let bytes = text.as_bytes();
-    let mut found: Vec<Section> = Vec::new();
-    let mut preamble_end = text.len();
+    let mut found = Sections {
+        preamble_end: text.len(),
+        ..Sections::default()
+    };
+    // The label of the section being read, when that section is one `found` keeps.
+    let mut open: Option<Label> = None;
+    let mut seen_label = false;
     let mut line_start = 0;
     while line_start <= bytes.len() {
         if let Some((label, label_pos, start)) = label_at(bytes, line_start) {
-            if let Some(last) = found.last_mut() {
-                last.end = line_start;
-            } else {
-                preamble_end = line_start;
+            if !seen_label {
+                found.preamble_end = line_start;
+                seen_label = true;
             }
-            found.push(Section {
-                label,
-                label_pos,
-                start,
-                end: text.len(),
-            });
+            if let Some(Some(section)) = open.and_then(|l| found.slot(l)) {
+                section.end = line_start;
+            }
+            open = None;
+            if let Some(slot) = found.slot(label) {
+                if slot.is_none() || label == Label::FinalAnswer {
+                    *slot = Some(Section {
+                        label_pos,
+                        start,
+                        end: text.len(),
+                    });
+                    open = Some(label);
+                }
+            }
         }
         match memchr::memchr(b'\n', &bytes[line_start..]) {
             Some(offset) => line_start += offset + 1,
             None => break,
         }
     }
-    (preamble_end, found)
+    found
 }
 
 /// Returns the index just past the `"` closing the string whose body starts at `from`.
@@ -231,16 +264,15 @@ fn strip_fence(text: &str) -> &str {
 /// [`CoreError::Parse`] when the text has neither an action nor a final answer, has both,
 /// names no tool, or gives a tool no input.
 pub fn parse(text: &str) -> CoreResult<Step<'_>> {
-    let (preamble_end, found) = sections(text);
-    let first = |label: Label| found.iter().find(|s| s.label == label);
-    let content = |s: &Section| text[s.start..s.end].trim();
+    let found = sections(text);
+    let content = |s: Section| text[s.start..s.end].trim();
 
-    let thought = match first(Label::Thought) {
+    let thought = match found.thought {
         Some(s) => content(s),
-        None => text[..preamble_end].trim(),
+        None => text[..found.preamble_end].trim(),
     };
-    let action = first(Label::Action);
-    let final_answer = found.iter().rev().find(|s| s.label == Label::FinalAnswer);
+    let action = found.action;
+    let final_answer = found.final_answer;
 
     let Some(action) = action else {
         return match final_answer {
@@ -258,7 +290,7 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
         };
     };
 
-    let input_section = first(Label::ActionInput);
+    let input_section = found.action_input;
     let body = content(action);
     let (tool, inline_input) = if input_section.is_some() {
         // LangChain form: the whole Action line is the tool name.
@@ -389,42 +421,89 @@ fn input_to_py<'py>(py: Python<'py>, input: &InputText<'_>) -> Bound<'py, PyAny>
     PyString::new(py, input.raw()).into_any()
 }
 
+/// Byte range of a part of the parsed text.
+type Span = (usize, usize);
+
+/// Where `part` (a subslice of `text`) lies in `text`.
+fn span_of(text: &str, part: &str) -> Span {
+    let start = (part.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
+    (start, start + part.len())
+}
+
+/// A final answer: usually a slice of the text, decoded text for `FINAL_ANSWER "..."`.
+enum Answer {
+    Span(Span),
+    Owned(String),
+}
+
 /// One step of a ReAct trace: the model's thought, then either an action with its input or
 /// a final answer.
 ///
-/// `action_input` is the decoded JSON (dict, list or str) when the input was a JSON object,
-/// array or string, and the raw trimmed text otherwise. It is decoded on first access and
-/// then cached, so parsing a step a caller only routes on costs no JSON decoding.
+/// The step keeps a reference to the parsed text and the byte ranges of its parts, so
+/// parsing copies nothing; each attribute is built on access. `action_input` is the decoded
+/// JSON (dict, list or str) when the input was a JSON object, array or string, and the raw
+/// trimmed text otherwise; it is decoded on first access and then cached.
 #[pyclass(module = "llm_agent_runtime", name = "ReActStep", frozen)]
 pub struct PyReActStep {
-    #[pyo3(get)]
-    thought: String,
-    #[pyo3(get)]
-    action: Option<String>,
-    #[pyo3(get)]
-    final_answer: Option<String>,
-    /// The located input text and the length of its leading JSON candidate.
-    input: Option<(String, Option<usize>)>,
+    source: Py<PyString>,
+    thought: Span,
+    action: Option<Span>,
+    final_answer: Option<Answer>,
+    /// The located input and the length of its leading JSON candidate.
+    input: Option<(Span, Option<usize>)>,
     decoded_input: PyOnceLock<Py<PyAny>>,
+}
+
+impl PyReActStep {
+    fn slice<'py>(&self, py: Python<'py>, (start, end): Span) -> PyResult<Bound<'py, PyString>> {
+        let source = self.source.bind(py).to_str()?;
+        let part = source.get(start..end).ok_or_else(|| {
+            PyErr::from(CoreError::Runtime(format!(
+                "span {start}..{end} outside the parsed text"
+            )))
+        })?;
+        Ok(PyString::new(py, part))
+    }
 }
 
 #[pymethods]
 impl PyReActStep {
+    /// The model's reasoning (may be empty).
+    #[getter]
+    fn thought<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyString>> {
+        self.slice(py, self.thought)
+    }
+
+    /// The tool to call, or None for a final answer.
+    #[getter]
+    fn action<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyString>>> {
+        self.action.map(|span| self.slice(py, span)).transpose()
+    }
+
+    /// The final answer, or None when the step calls a tool.
+    #[getter]
+    fn final_answer<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyString>>> {
+        match &self.final_answer {
+            None => Ok(None),
+            Some(Answer::Span(span)) => self.slice(py, *span).map(Some),
+            Some(Answer::Owned(text)) => Ok(Some(PyString::new(py, text))),
+        }
+    }
+
     /// The action's input: decoded JSON, or the raw text; None for a final answer.
     #[getter]
-    fn action_input(&self, py: Python<'_>) -> Py<PyAny> {
-        self.decoded_input
-            .get_or_init(py, || match &self.input {
-                None => py.None(),
-                Some((text, json_len)) => {
-                    let input = InputText {
-                        text,
-                        json_len: *json_len,
-                    };
-                    input_to_py(py, &input).unbind()
+    fn action_input(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let value = self
+            .decoded_input
+            .get_or_try_init(py, || match self.input {
+                None => Ok::<_, PyErr>(py.None()),
+                Some(((start, end), json_len)) => {
+                    let source = self.source.bind(py).to_str()?;
+                    let text = source.get(start..end).unwrap_or_default();
+                    Ok(input_to_py(py, &InputText { text, json_len }).unbind())
                 }
-            })
-            .clone_ref(py)
+            })?;
+        Ok(value.clone_ref(py))
     }
 
     /// Whether this step ends the run with a final answer.
@@ -437,10 +516,10 @@ impl PyReActStep {
         let repr = |value: Bound<'_, PyAny>| -> PyResult<String> { Ok(value.repr()?.to_string()) };
         Ok(format!(
             "ReActStep(thought={}, action={}, action_input={}, final_answer={})",
-            repr(self.thought.as_str().into_pyobject(py)?.into_any())?,
-            repr(self.action.as_deref().into_pyobject(py)?)?,
-            repr(self.action_input(py).into_bound(py))?,
-            repr(self.final_answer.as_deref().into_pyobject(py)?)?,
+            repr(self.thought(py)?.into_any())?,
+            repr(self.action(py)?.into_pyobject(py)?)?,
+            repr(self.action_input(py)?.into_bound(py))?,
+            repr(self.final_answer(py)?.into_pyobject(py)?)?,
         ))
     }
 
@@ -449,10 +528,16 @@ impl PyReActStep {
             return Ok(false);
         };
         let other = other.get();
-        Ok(self.thought == other.thought
-            && self.action == other.action
-            && self.final_answer == other.final_answer
-            && self.action_input(py).bind(py).eq(other.action_input(py))?)
+        Ok(self.thought(py)?.as_any().eq(other.thought(py)?)?
+            && self.action(py)?.into_pyobject(py)?.eq(other.action(py)?)?
+            && self
+                .final_answer(py)?
+                .into_pyobject(py)?
+                .eq(other.final_answer(py)?)?
+            && self
+                .action_input(py)?
+                .bind(py)
+                .eq(other.action_input(py)?)?)
     }
 }
 
@@ -472,15 +557,21 @@ impl PyReActStep {
 ///     ParseError: the text is not a ReAct step; the message says what was expected, and
 ///         ``position`` the byte offset where.
 #[pyfunction]
-pub fn parse_react_step(text: &str) -> PyResult<PyReActStep> {
-    let step = parse(text)?;
+pub fn parse_react_step(text: &Bound<'_, PyString>) -> PyResult<PyReActStep> {
+    let source = text.to_str()?;
+    let step = parse(source)?;
+    let span = |part: &str| span_of(source, part);
     Ok(PyReActStep {
-        thought: step.thought.to_owned(),
-        action: step.action.map(str::to_owned),
-        final_answer: step.final_answer.map(Cow::into_owned),
+        source: text.clone().unbind(),
+        thought: span(step.thought),
+        action: step.action.map(span),
+        final_answer: step.final_answer.map(|answer| match answer {
+            Cow::Borrowed(part) => Answer::Span(span(part)),
+            Cow::Owned(text) => Answer::Owned(text),
+        }),
         input: step
             .action_input
-            .map(|input| (input.text.to_owned(), input.json_len)),
+            .map(|input| (span(input.text), input.json_len)),
         decoded_input: PyOnceLock::new(),
     })
 }

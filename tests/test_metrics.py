@@ -109,11 +109,9 @@ def test_prometheus_exposition_parses() -> None:
         samples[name] = float(value)
     assert samples["llm_agent_runtime_steps_total"] == 1
     assert samples['llm_agent_runtime_tool_calls_by_tool_total{tool="we\\"ird\\\\name\\n"}'] == 1
-    # Cross-check with prometheus_client's own parser when available.
-    try:
-        from prometheus_client.parser import text_string_to_metric_families
-    except ImportError:
-        return
+    # Cross-check with prometheus_client's own parser.
+    from prometheus_client.parser import text_string_to_metric_families
+
     families = {f.name: f for f in text_string_to_metric_families(text)}
     tool_family = families["llm_agent_runtime_tool_calls_by_tool"]
     assert tool_family.samples[0].labels == {"tool": 'we"ird\\name\n'}
