@@ -12,6 +12,7 @@ AgentRuntimeError                 base of every error the runtime raises
 ├── ProviderError(status, retryable, retry_after)
 │                                 an LLM provider call failed
 ├── ToolError(tool)               a tool could not be run or must be reconciled by hand
+├── PipelineStageError(stage)     a pipeline stage failed (the cause is chained)
 ├── PolicyDeniedError             a capability or policy forbids the action
 ├── BudgetExceededError           a token, money or action budget is spent
 └── ParseError(position)          text is not a ReAct step
@@ -34,6 +35,7 @@ __all__ = [
     "MemoryStoreError",
     "ParseError",
     "PersistenceError",
+    "PipelineStageError",
     "PolicyDeniedError",
     "ProviderError",
     "ToolError",
@@ -128,6 +130,18 @@ class ToolError(AgentRuntimeError):
         self.tool = tool
         """Name of the tool concerned, when there is one."""
         super().__init__(message, tool)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class PipelineStageError(AgentRuntimeError):
+    """A pipeline stage failed; the original error is the `__cause__`."""
+
+    def __init__(self, message: str, stage: str | None = None) -> None:
+        self.stage = stage
+        """Name of the stage that failed."""
+        super().__init__(message, stage)
 
     def __str__(self) -> str:
         return str(self.args[0])

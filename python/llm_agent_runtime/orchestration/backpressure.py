@@ -1,0 +1,107 @@
+"""Backpressure: a bound on work in flight that sheds excess at once instead of queueing."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from llm_agent_runtime.errors import BackpressureShedError
+
+if TYPE_CHECKING:
+    from llm_agent_runtime._core import RuntimeMetrics
+
+__all__ = ["BackpressureGuard"]
+
+logger = logging.getLogger(__name__)
+
+
+class BackpressureGuard:
+    """Admits at most `capacity` concurrent holders; rejects the rest immediately.
+
+    Use `async with guard:` (or `acquire()` / `release()`). Depth always returns to zero:
+    the context manager releases on success, error and cancellation alike.
+
+    Args:
+        capacity: most holders at once.
+        soft_limit: depth above which a warning is logged (must not exceed `capacity`).
+        metrics: counts each shed request when given.
+
+    Raises:
+        ValueError: `capacity` < 1, or `soft_limit` outside 1..capacity.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        soft_limit: int | None = None,
+        metrics: RuntimeMetrics | None = None,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if soft_limit is not None and not 1 <= soft_limit <= capacity:
+            raise ValueError(f"soft_limit must be in 1..{capacity}, got {soft_limit}")
+        self.capacity = capacity
+        self.soft_limit = soft_limit
+        self._metrics = metrics
+        self._depth = 0
+        self.shed_count = 0
+        """Requests rejected so far."""
+
+    @property
+    def depth(self) -> int:
+        """Holders right now."""
+        return self._depth
+
+    def acquire(self) -> None:
+        """Takes a slot.
+
+        Raises:
+            BackpressureShedError: all `capacity` slots are taken.
+        """
+        depth = self._depth
+        if depth >= self.capacity:
+            self.shed_count += 1
+            if self._metrics is not None:
+                self._metrics.record_backpressure_shed()
+            raise BackpressureShedError(depth, self.capacity)
+        self._depth = depth + 1
+        if self.soft_limit is not None and depth + 1 > self.soft_limit:
+            logger.warning(
+                "backpressure: depth %d above soft limit %d (capacity %d)",
+                depth + 1,
+                self.soft_limit,
+                self.capacity,
+            )
+
+    def try_acquire(self) -> bool:
+        """Takes a slot if one is free; returns whether it did (a refusal is not counted)."""
+        if self._depth >= self.capacity:
+            return False
+        self.acquire()
+        return True
+
+    def release(self) -> None:
+        """Gives a slot back.
+
+        Raises:
+            RuntimeError: nothing was held.
+        """
+        if self._depth == 0:
+            raise RuntimeError("BackpressureGuard.release() without a matching acquire()")
+        self._depth -= 1
+
+    async def __aenter__(self) -> BackpressureGuard:
+        self.acquire()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._depth -= 1
+
+    def __repr__(self) -> str:
+        return f"BackpressureGuard(depth={self._depth}, capacity={self.capacity})"

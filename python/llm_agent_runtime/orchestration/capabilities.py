@@ -1,0 +1,62 @@
+"""Capabilities: which tools and state keys an agent may use, and how many actions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from llm_agent_runtime.errors import PolicyDeniedError
+
+__all__ = ["CapabilitySet"]
+
+
+class CapabilitySet:
+    """What an agent is allowed to do; anything else raises `PolicyDeniedError`.
+
+    Args:
+        allowed_tools: tool names allowed (None: every tool).
+        allowed_state_keys: state keys that may be read or written (None: every key).
+        max_actions: most actions (tool calls) in total (None: unlimited).
+
+    Raises:
+        ValueError: `max_actions` is negative.
+    """
+
+    def __init__(
+        self,
+        allowed_tools: Iterable[str] | None = None,
+        allowed_state_keys: Iterable[str] | None = None,
+        max_actions: int | None = None,
+    ) -> None:
+        if max_actions is not None and max_actions < 0:
+            raise ValueError(f"max_actions must be >= 0, got {max_actions}")
+        self.allowed_tools = None if allowed_tools is None else frozenset(allowed_tools)
+        self.allowed_state_keys = (
+            None if allowed_state_keys is None else frozenset(allowed_state_keys)
+        )
+        self.max_actions = max_actions
+        self.actions_taken = 0
+        """Actions recorded so far."""
+
+    def allows_tool(self, name: str) -> bool:
+        """Whether the tool `name` may be called."""
+        return self.allowed_tools is None or name in self.allowed_tools
+
+    def check_tool(self, name: str) -> None:
+        """Raises `PolicyDeniedError` unless the tool `name` may be called."""
+        if not self.allows_tool(name):
+            raise PolicyDeniedError(f"tool {name!r} is not in this agent's capabilities")
+
+    def check_state_key(self, key: str) -> None:
+        """Raises `PolicyDeniedError` unless the state key may be used."""
+        if self.allowed_state_keys is not None and key not in self.allowed_state_keys:
+            raise PolicyDeniedError(f"state key {key!r} is not in this agent's capabilities")
+
+    def record_action(self) -> None:
+        """Counts one action.
+
+        Raises:
+            PolicyDeniedError: the action limit is already reached (it is not counted).
+        """
+        if self.max_actions is not None and self.actions_taken >= self.max_actions:
+            raise PolicyDeniedError(f"action limit reached ({self.max_actions} actions)")
+        self.actions_taken += 1

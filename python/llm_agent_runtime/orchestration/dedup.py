@@ -1,0 +1,95 @@
+"""Single flight: identical concurrent requests share one execution; results live for a TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from llm_agent_runtime.orchestration._calls import call_maybe_async
+from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
+
+__all__ = ["Deduplicator", "canonical_key"]
+
+
+def canonical_key(*args: Any, **kwargs: Any) -> str:
+    """Canonical JSON of call arguments (sorted keys, no spaces), usable as a dedup key.
+
+    Raises:
+        TypeError: an argument is not JSON-serializable.
+    """
+    return json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"))
+
+
+class Deduplicator:
+    """Runs each distinct request once at a time and serves its result for `ttl` seconds.
+
+    Callers asking for a key already running wait for that execution instead of starting
+    another. The execution runs as its own task, so one caller's cancellation does not cancel
+    it for the others. A failure is passed to every waiter and is not cached.
+
+    Args:
+        ttl: seconds a completed result is served (0 disables result caching).
+        clock: time source.
+
+    Raises:
+        ValueError: `ttl` is negative.
+    """
+
+    def __init__(self, ttl: float, clock: Clock | None = None) -> None:
+        if ttl < 0:
+            raise ValueError(f"ttl must be >= 0, got {ttl}")
+        self.ttl = ttl
+        self._clock = clock or SYSTEM_CLOCK
+        self._in_flight: dict[Hashable, asyncio.Task[Any]] = {}
+        self._done: dict[Hashable, tuple[float, Any]] = {}
+        self.executions = 0
+        """Times a request was actually executed."""
+
+    @property
+    def in_flight(self) -> int:
+        """Requests executing right now."""
+        return len(self._in_flight)
+
+    def _cached(self, key: Hashable) -> tuple[bool, Any]:
+        entry = self._done.get(key)
+        if entry is None:
+            return False, None
+        expires, value = entry
+        if self._clock.now() >= expires:
+            del self._done[key]
+            return False, None
+        return True, value
+
+    async def run(self, key: Hashable, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Returns `fn(*args, **kwargs)` (sync or async), shared by every caller of `key`."""
+        hit, value = self._cached(key)
+        if hit:
+            return value
+        task = self._in_flight.get(key)
+        if task is None:
+            self.executions += 1
+            task = asyncio.ensure_future(call_maybe_async(fn, *args, **kwargs))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda t: self._finish(key, t))
+        return await asyncio.shield(task)
+
+    def _finish(self, key: Hashable, task: asyncio.Task[Any]) -> None:
+        self._in_flight.pop(key, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        if self.ttl > 0:
+            self._done[key] = (self._clock.now() + self.ttl, task.result())
+
+    def forget(self, key: Hashable) -> None:
+        """Drops a cached result (a running execution is left alone)."""
+        self._done.pop(key, None)
+
+    def purge_expired(self) -> int:
+        """Drops every expired result; returns how many."""
+        now = self._clock.now()
+        expired = [k for k, (expires, _) in self._done.items() if now >= expires]
+        for k in expired:
+            del self._done[k]
+        return len(expired)

@@ -1,0 +1,67 @@
+"""Pipelines: a chain of sync or async stages, each fed the previous stage's output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from llm_agent_runtime.errors import PipelineStageError
+from llm_agent_runtime.orchestration._calls import call_maybe_async
+
+__all__ = ["Pipeline"]
+
+
+class Pipeline:
+    """A composable chain of stages; `await pipeline.run(value)` runs them in order.
+
+    A failing stage raises `PipelineStageError` naming the stage, with the original error
+    as its cause.
+
+    Args:
+        stages: initial `(name, fn)` pairs or plain callables (named after the function).
+    """
+
+    def __init__(self, *stages: Callable[[Any], Any] | tuple[str, Callable[[Any], Any]]) -> None:
+        self._stages: list[tuple[str, Callable[[Any], Any]]] = []
+        for stage in stages:
+            if isinstance(stage, tuple):
+                self.then(stage[1], name=stage[0])
+            else:
+                self.then(stage)
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Names of the stages, in order."""
+        return [name for name, _ in self._stages]
+
+    def then(self, fn: Callable[[Any], Any], name: str | None = None) -> Pipeline:
+        """Appends a stage (sync or async) and returns the pipeline, for chaining.
+
+        Raises:
+            TypeError: `fn` is not callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"a pipeline stage must be callable, got {fn!r}")
+        self._stages.append((name or str(getattr(fn, "__name__", repr(fn))), fn))
+        return self
+
+    def __or__(self, other: Pipeline) -> Pipeline:
+        """Concatenates two pipelines."""
+        joined = Pipeline()
+        joined._stages = [*self._stages, *other._stages]
+        return joined
+
+    async def run(self, value: Any) -> Any:
+        """Feeds `value` through every stage and returns the last stage's output.
+
+        Raises:
+            PipelineStageError: a stage failed; `.stage` names it.
+        """
+        for index, (name, fn) in enumerate(self._stages):
+            try:
+                value = await call_maybe_async(fn, value)
+            except Exception as exc:
+                raise PipelineStageError(
+                    f"pipeline stage {index} ({name!r}) failed: {exc}", stage=name
+                ) from exc
+        return value

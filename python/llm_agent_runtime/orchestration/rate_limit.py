@@ -1,0 +1,69 @@
+"""Token-bucket rate limiting per key (per tool, per user, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
+
+__all__ = ["RateLimiter"]
+
+
+class RateLimiter:
+    """A token bucket per key: `capacity` tokens, refilled at `rate` tokens per second.
+
+    `try_acquire` takes tokens or refuses at once; `acquire` waits until they are there.
+
+    Args:
+        rate: tokens added per second.
+        capacity: bucket size (the largest burst); a new key starts full.
+        clock: time source.
+
+    Raises:
+        ValueError: `rate` or `capacity` is not positive.
+    """
+
+    def __init__(self, rate: float, capacity: float, clock: Clock | None = None) -> None:
+        if rate <= 0 or capacity <= 0:
+            raise ValueError(f"rate and capacity must be > 0, got {rate} and {capacity}")
+        self.rate = rate
+        self.capacity = capacity
+        self._clock = clock or SYSTEM_CLOCK
+        self._buckets: dict[Hashable, tuple[float, float]] = {}
+
+    def tokens(self, key: Hashable = "default") -> float:
+        """Tokens available for `key` now."""
+        return self._refill(key, self._clock.now())
+
+    def _refill(self, key: Hashable, now: float) -> float:
+        level, last = self._buckets.get(key, (self.capacity, now))
+        return min(self.capacity, level + (now - last) * self.rate)
+
+    def _check(self, tokens: float) -> None:
+        if tokens <= 0 or tokens > self.capacity:
+            raise ValueError(f"tokens must be in (0, {self.capacity}], got {tokens}")
+
+    def try_acquire(self, key: Hashable = "default", tokens: float = 1.0) -> bool:
+        """Takes `tokens` from `key`'s bucket if it has them; returns whether it did.
+
+        Raises:
+            ValueError: `tokens` is not in (0, capacity] (it could never be granted).
+        """
+        self._check(tokens)
+        now = self._clock.now()
+        level = self._refill(key, now)
+        if level >= tokens:
+            self._buckets[key] = (level - tokens, now)
+            return True
+        self._buckets[key] = (level, now)
+        return False
+
+    async def acquire(self, key: Hashable = "default", tokens: float = 1.0) -> None:
+        """Waits until `tokens` can be taken from `key`'s bucket, then takes them.
+
+        Raises:
+            ValueError: `tokens` is not in (0, capacity].
+        """
+        while not self.try_acquire(key, tokens):
+            missing = tokens - self._buckets[key][0]
+            await self._clock.sleep(missing / self.rate)

@@ -1,0 +1,116 @@
+"""Retry with exponential backoff (capped at 60 s), full jitter and server-given delays."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from llm_agent_runtime.errors import (
+    AgentRuntimeError,
+    BudgetExceededError,
+    CircuitOpenError,
+    PolicyDeniedError,
+    ProviderError,
+)
+from llm_agent_runtime.orchestration._calls import call_maybe_async
+from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
+
+__all__ = ["DEFAULT_MAX_DELAY", "RetryPolicy"]
+
+DEFAULT_MAX_DELAY = 60.0
+"""No backoff ever waits longer than this many seconds."""
+
+NEVER_RETRIED: tuple[type[BaseException], ...] = (
+    CircuitOpenError,
+    PolicyDeniedError,
+    BudgetExceededError,
+)
+"""Errors that another attempt cannot fix."""
+
+
+def default_retry_on(error: BaseException) -> bool:
+    """Retries retryable provider errors, timeouts and connection errors; nothing else."""
+    if isinstance(error, ProviderError):
+        return error.retryable
+    if isinstance(error, AgentRuntimeError):
+        return False
+    return isinstance(error, (TimeoutError, ConnectionError))
+
+
+class RetryPolicy:
+    """Retries a failing call with exponential backoff and full jitter.
+
+    The delay before attempt `n + 1` is drawn uniformly from `[0, min(max_delay,
+    base_delay * 2**(n-1))]` (or is that bound itself without jitter). A `ProviderError`
+    carrying `retry_after` waits what the server asked instead (still capped at `max_delay`).
+    `CircuitOpenError`, `PolicyDeniedError` and `BudgetExceededError` are never retried.
+
+    Args:
+        max_attempts: total attempts, the first included.
+        base_delay: seconds before the second attempt (before jitter).
+        max_delay: cap on any single delay (60 s by default).
+        jitter: draw delays uniformly below the exponential bound.
+        retry_on: decides whether an error is worth another attempt (see `default_retry_on`).
+        clock: time source used to sleep.
+        rng: random source for jitter (seed it for reproducible delays).
+
+    Raises:
+        ValueError: an attempt count or delay is out of range.
+    """
+
+    def __init__(
+        self,
+        max_attempts: int = 3,
+        base_delay: float = 0.5,
+        max_delay: float = DEFAULT_MAX_DELAY,
+        jitter: bool = True,
+        retry_on: Callable[[BaseException], bool] | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if base_delay < 0 or max_delay < 0:
+            raise ValueError("delays must be >= 0")
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self.max_delay = min(max_delay, DEFAULT_MAX_DELAY)
+        self.jitter = jitter
+        self.retry_on = retry_on or default_retry_on
+        self._clock = clock or SYSTEM_CLOCK
+        self._rng = rng or random.Random()
+
+    def should_retry(self, error: BaseException) -> bool:
+        """Whether `error` may succeed on another attempt."""
+        if isinstance(error, NEVER_RETRIED) or not isinstance(error, Exception):
+            return False
+        return self.retry_on(error)
+
+    def delay_for(self, attempt: int, error: BaseException | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        if isinstance(error, ProviderError) and error.retry_after is not None:
+            return min(max(error.retry_after, 0.0), self.max_delay)
+        bound = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 64))
+        return self._rng.uniform(0.0, bound) if self.jitter else bound
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Calls `fn` (sync or async) until it succeeds; re-raises the last error.
+
+        Stops early on an error that `should_retry` rejects.
+        """
+        attempt = 1
+        while True:
+            try:
+                return await call_maybe_async(fn, *args, **kwargs)
+            except Exception as exc:
+                if attempt >= self.max_attempts or not self.should_retry(exc):
+                    raise
+                await self._clock.sleep(self.delay_for(attempt, exc))
+                attempt += 1
+
+    def __repr__(self) -> str:
+        return (
+            f"RetryPolicy(max_attempts={self.max_attempts}, base_delay={self.base_delay}, "
+            f"max_delay={self.max_delay}, jitter={self.jitter})"
+        )
