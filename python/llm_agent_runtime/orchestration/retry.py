@@ -91,7 +91,8 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         if isinstance(error, ProviderError) and error.retry_after is not None:
             return min(max(error.retry_after, 0.0), self.max_delay)
-        bound = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 64))
+        # The exponent is clamped only to keep 2.0**n finite; the cap applies long before.
+        bound = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 1000))
         return self._rng.uniform(0.0, bound) if self.jitter else bound
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
