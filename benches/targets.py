@@ -42,6 +42,24 @@ TARGETS: list[Target] = [
         1.0,
     ),
     Target(
+        "breaker (sync path) no slower than pybreaker",
+        "breaker: 10,000 sync calls through a closed breaker",
+        "pybreaker",
+        1.0,
+    ),
+    Target(
+        "retry (first-try success) no slower than tenacity",
+        "retry: async calls succeeding at the first try (10,000)",
+        "tenacity",
+        1.0,
+    ),
+    Target(
+        "rate limiter (no wait) no slower than aiolimiter",
+        "rate limit: acquires that never wait (10,000)",
+        "aiolimiter",
+        1.0,
+    ),
+    Target(
         "counter increment >= 10x prometheus_client Counter.inc()",
         "metrics: 100,000 x increment",
         "prometheus-client",

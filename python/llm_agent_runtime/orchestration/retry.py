@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,6 @@ from llm_agent_runtime.errors import (
     PolicyDeniedError,
     ProviderError,
 )
-from llm_agent_runtime.orchestration._calls import call_maybe_async
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["DEFAULT_MAX_DELAY", "RetryPolicy"]
@@ -103,7 +103,10 @@ class RetryPolicy:
         attempt = 1
         while True:
             try:
-                return await call_maybe_async(fn, *args, **kwargs)
+                result = fn(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
             except Exception as exc:
                 if attempt >= self.max_attempts or not self.should_retry(exc):
                     raise
