@@ -60,6 +60,24 @@ TARGETS: list[Target] = [
         1.0,
     ),
     Target(
+        "working memory LRU faster than lru-dict",
+        "working memory: 1,000,000 ops (80% get / 20% set), capacity 1,024",
+        "lru-dict",
+        1.0,
+    ),
+    Target(
+        "working memory LRU faster than OrderedDict LRU",
+        "working memory: 1,000,000 ops (80% get / 20% set), capacity 1,024",
+        "OrderedDict LRU",
+        1.0,
+    ),
+    Target(
+        "working memory LRU faster than cachetools",
+        "working memory: 1,000,000 ops (80% get / 20% set), capacity 1,024",
+        "cachetools",
+        1.0,
+    ),
+    Target(
         "counter increment >= 10x prometheus_client Counter.inc()",
         "metrics: 100,000 x increment",
         "prometheus-client",

@@ -3,6 +3,7 @@
 //! This file only lists what the module exports; each capability lives in its own module.
 
 pub mod errors;
+pub mod memory;
 pub mod metrics;
 pub mod react;
 
@@ -13,6 +14,8 @@ use pyo3::prelude::*;
 mod _core {
     #[pymodule_export]
     use crate::errors::raise_panic;
+    #[pymodule_export]
+    use crate::memory::PyWorkingMemory;
     #[pymodule_export]
     use crate::metrics::{PyMetricsSnapshot, PyRuntimeMetrics};
     #[pymodule_export]

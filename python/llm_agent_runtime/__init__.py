@@ -9,6 +9,7 @@ from llm_agent_runtime._core import (
     MetricsSnapshot,
     ReActStep,
     RuntimeMetrics,
+    WorkingMemory,
     __version__,
     parse_react_step,
 )
@@ -27,6 +28,7 @@ from llm_agent_runtime.errors import (
     ProviderError,
     ToolError,
 )
+from llm_agent_runtime.memory import fit_to_token_budget
 from llm_agent_runtime.orchestration import (
     BackpressureGuard,
     CapabilitySet,
@@ -79,6 +81,8 @@ __all__ = [
     "RuntimeMetrics",
     "SystemClock",
     "ToolError",
+    "WorkingMemory",
     "__version__",
+    "fit_to_token_budget",
     "parse_react_step",
 ]
