@@ -78,6 +78,12 @@ TARGETS: list[Target] = [
         1.0,
     ),
     Target(
+        "episodic recall (top 10 of 100,000, hybrid) >= 20x Python list + heapq",
+        "episodic: recall top 10 of 100,000 episodes (hybrid policy)",
+        "python list + heapq",
+        20.0,
+    ),
+    Target(
         "counter increment >= 10x prometheus_client Counter.inc()",
         "metrics: 100,000 x increment",
         "prometheus-client",

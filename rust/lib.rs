@@ -15,7 +15,9 @@ mod _core {
     #[pymodule_export]
     use crate::errors::raise_panic;
     #[pymodule_export]
-    use crate::memory::PyWorkingMemory;
+    use crate::memory::{
+        PyDecayPolicy, PyEpisode, PyEpisodicStore, PyRecallPolicy, PyWorkingMemory,
+    };
     #[pymodule_export]
     use crate::metrics::{PyMetricsSnapshot, PyRuntimeMetrics};
     #[pymodule_export]

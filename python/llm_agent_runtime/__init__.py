@@ -6,8 +6,12 @@ Everything public is re-exported here by name; other modules are implementation 
 from __future__ import annotations
 
 from llm_agent_runtime._core import (
+    DecayPolicy,
+    Episode,
+    EpisodicStore,
     MetricsSnapshot,
     ReActStep,
+    RecallPolicy,
     RuntimeMetrics,
     WorkingMemory,
     __version__,
@@ -62,7 +66,10 @@ __all__ = [
     "CircuitStateChange",
     "Clock",
     "CostBudget",
+    "DecayPolicy",
     "Deduplicator",
+    "Episode",
+    "EpisodicStore",
     "FakeClock",
     "GraphError",
     "InMemoryCircuitStateBackend",
@@ -76,6 +83,7 @@ __all__ = [
     "ProviderError",
     "RateLimiter",
     "ReActStep",
+    "RecallPolicy",
     "ResultCache",
     "RetryPolicy",
     "RuntimeMetrics",

@@ -1,12 +1,27 @@
-"""Agent memory: the working-memory LRU and prompt token budgeting."""
+"""Agent memory: working memory, episodic memory and prompt token budgeting."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from llm_agent_runtime._core import WorkingMemory
+from llm_agent_runtime._core import (
+    DecayPolicy,
+    Episode,
+    EpisodicStore,
+    RecallPolicy,
+    WorkingMemory,
+)
 
-__all__ = ["CHARS_PER_TOKEN", "WorkingMemory", "estimate_tokens", "fit_to_token_budget"]
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "DecayPolicy",
+    "Episode",
+    "EpisodicStore",
+    "RecallPolicy",
+    "WorkingMemory",
+    "estimate_tokens",
+    "fit_to_token_budget",
+]
 
 CHARS_PER_TOKEN = 4
 """The runtime's token estimate: about four characters a token."""
