@@ -84,6 +84,36 @@ TARGETS: list[Target] = [
         20.0,
     ),
     Target(
+        "vector f32 single query (N=100,000) at least as fast as numpy",
+        "vector: single query, d=384, k=10, N=100,000",
+        "numpy",
+        1.0,
+    ),
+    Target(
+        "vector f32 single query (N=100,000) >= 2x faiss IndexFlatIP",
+        "vector: single query, d=384, k=10, N=100,000",
+        "faiss-cpu",
+        2.0,
+    ),
+    Target(
+        "vector f32 single query (N=1,000,000) at least as fast as numpy",
+        "vector: single query, d=384, k=10, N=1,000,000",
+        "numpy",
+        1.0,
+    ),
+    Target(
+        "vector f32 single query (N=1,000,000) >= 2x faiss IndexFlatIP",
+        "vector: single query, d=384, k=10, N=1,000,000",
+        "faiss-cpu",
+        2.0,
+    ),
+    Target(
+        "vector batch of 64 (N=100,000) >= 1.5x numpy per query",
+        "vector: batch of 64 queries, d=384, k=10, N=100,000",
+        "numpy",
+        1.5,
+    ),
+    Target(
         "counter increment >= 10x prometheus_client Counter.inc()",
         "metrics: 100,000 x increment",
         "prometheus-client",

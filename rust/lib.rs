@@ -6,6 +6,7 @@ pub mod errors;
 pub mod memory;
 pub mod metrics;
 pub mod react;
+pub mod vector;
 
 use pyo3::prelude::*;
 
@@ -22,6 +23,8 @@ mod _core {
     use crate::metrics::{PyMetricsSnapshot, PyRuntimeMetrics};
     #[pymodule_export]
     use crate::react::{parse_react_step, PyReActStep};
+    #[pymodule_export]
+    use crate::vector::PyVectorIndex;
 
     use pyo3::prelude::*;
 

@@ -3,6 +3,9 @@
 from collections.abc import Callable
 from typing import Any, final
 
+import numpy as np
+import numpy.typing as npt
+
 __version__: str
 
 def _raise_panic(message: str) -> None:
@@ -232,3 +235,56 @@ class EpisodicStore:
             MemoryStoreError: the text is not an exported store.
         """
     def __len__(self) -> int: ...
+
+# --- Vector search (rust/vector.rs) ------------------------------------------------------------
+
+@final
+class VectorIndex:
+    """Exact cosine-similarity index over float32 vectors (SIMD, multi-core, GIL released).
+
+    Raises:
+        MemoryStoreError: dim is 0.
+    """
+
+    def __new__(cls, dim: int) -> VectorIndex: ...
+    @property
+    def dim(self) -> int: ...
+    def add(self, ids: npt.ArrayLike, vectors: npt.NDArray[np.float32]) -> None:
+        """Adds or replaces vectors (all or nothing).
+
+        Raises:
+            MemoryStoreError: wrong shape or dtype, duplicate id, NaN/inf or zero vector.
+        """
+    def remove(self, ids: npt.ArrayLike) -> None:
+        """Removes vectors by id (all or nothing).
+
+        Raises:
+            MemoryStoreError: an id is not in the index.
+        """
+    def search(
+        self, query: npt.NDArray[np.float32], k: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """The k most similar vectors, best first.
+
+        Raises:
+            MemoryStoreError: k < 1, or a bad query.
+        """
+    def search_batch(
+        self, queries: npt.NDArray[np.float32], k: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """search() for every row of queries; arrays of shape (m, min(k, len))."""
+    def save(self, path: str) -> None:
+        """Writes the index (versioned, checksummed, atomic replace).
+
+        Raises:
+            PersistenceError: the file cannot be written.
+        """
+    @staticmethod
+    def load(path: str) -> VectorIndex:
+        """Reads an index written by save().
+
+        Raises:
+            PersistenceError: unreadable, not an index, other version, truncated or corrupt.
+        """
+    def __len__(self) -> int: ...
+    def __contains__(self, id: int, /) -> bool: ...
