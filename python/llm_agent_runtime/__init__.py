@@ -52,6 +52,7 @@ from llm_agent_runtime.orchestration import (
     RetryPolicy,
     SystemClock,
 )
+from llm_agent_runtime.persistence import FileBackend, PersistenceBackend, SqliteBackend
 
 __all__ = [
     "AgentLoopError",
@@ -72,11 +73,13 @@ __all__ = [
     "Episode",
     "EpisodicStore",
     "FakeClock",
+    "FileBackend",
     "GraphError",
     "InMemoryCircuitStateBackend",
     "MemoryStoreError",
     "MetricsSnapshot",
     "ParseError",
+    "PersistenceBackend",
     "PersistenceError",
     "Pipeline",
     "PipelineStageError",
@@ -88,6 +91,7 @@ __all__ = [
     "ResultCache",
     "RetryPolicy",
     "RuntimeMetrics",
+    "SqliteBackend",
     "SystemClock",
     "ToolError",
     "VectorIndex",

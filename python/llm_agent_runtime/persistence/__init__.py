@@ -1,1 +1,7 @@
 """Persistence backends for checkpoints, sessions and event logs."""
+
+from llm_agent_runtime.persistence.base import PersistenceBackend, session_key, step_key
+from llm_agent_runtime.persistence.file import FileBackend
+from llm_agent_runtime.persistence.sqlite import SqliteBackend
+
+__all__ = ["FileBackend", "PersistenceBackend", "SqliteBackend", "session_key", "step_key"]

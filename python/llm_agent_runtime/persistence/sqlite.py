@@ -1,0 +1,142 @@
+"""SQLite persistence: the embedded default (WAL, one transaction per batch)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from llm_agent_runtime.errors import PersistenceError
+
+__all__ = ["SqliteBackend"]
+
+T = TypeVar("T")
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
+
+
+class SqliteBackend:
+    """Key -> bytes storage in one SQLite file.
+
+    The database runs in WAL mode, so readers never block the writer and several processes
+    can share one file (writers wait up to `busy_timeout` seconds for each other). Every call
+    runs in a worker thread, off the event loop; a batch is one transaction.
+
+    Args:
+        path: database file (created, with its directory, if missing), or ":memory:".
+        synchronous: SQLite's `synchronous` setting. `FULL` (the default) fsyncs every commit,
+            so a saved checkpoint survives a power cut; `NORMAL` is faster and survives a
+            process crash but may lose the last commits on power loss.
+        busy_timeout: seconds to wait for another writer's lock.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
+        busy_timeout: float = 30.0,
+    ) -> None:
+        self.path = str(path)
+        self.synchronous = synchronous
+        self._lock = threading.Lock()
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                self.path, timeout=busy_timeout, check_same_thread=False, isolation_level=None
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={synchronous}")
+            self._conn.execute(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise PersistenceError(f"cannot open SQLite database {self.path}: {exc}") from exc
+
+    async def _run(self, key: str | None, work: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return work(self._conn)
+
+        try:
+            return await asyncio.to_thread(locked)
+        except sqlite3.Error as exc:
+            raise PersistenceError(f"SQLite error on {self.path}: {exc}", key=key) from exc
+
+    async def save(self, key: str, value: bytes) -> None:
+        """Stores `value` under `key`, replacing any previous value."""
+        await self._run(
+            key,
+            lambda c: c.execute(
+                "INSERT INTO kv (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, bytes(value)),
+            ),
+        )
+
+    async def load(self, key: str) -> bytes | None:
+        """Returns the value stored under `key`, or None."""
+        row = await self._run(
+            key, lambda c: c.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        )
+        return None if row is None else bytes(row[0])
+
+    async def delete(self, key: str) -> bool:
+        """Removes `key`; returns whether it existed."""
+        cursor = await self._run(key, lambda c: c.execute("DELETE FROM kv WHERE key = ?", (key,)))
+        return cursor.rowcount > 0
+
+    async def batch_save(self, items: Mapping[str, bytes]) -> None:
+        """Stores every item in one transaction (all or none)."""
+        rows = [(k, bytes(v)) for k, v in items.items()]
+
+        def write(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany(
+                    "INSERT INTO kv (key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    rows,
+                )
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+
+        await self._run(None, write)
+
+    async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Returns the stored values of those `keys` that exist."""
+        wanted = list(dict.fromkeys(keys))
+
+        def read(c: sqlite3.Connection) -> dict[str, bytes]:
+            found: dict[str, bytes] = {}
+            for start in range(0, len(wanted), 500):  # stay under SQLite's variable limit
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for k, v in c.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", chunk):
+                    found[k] = bytes(v)
+            return found
+
+        return await self._run(None, read)
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        """Returns the stored keys starting with `prefix`, sorted."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = await self._run(
+            None,
+            lambda c: c.execute(
+                "SELECT key FROM kv WHERE key LIKE ? ESCAPE '\\' ORDER BY key", (escaped + "%",)
+            ).fetchall(),
+        )
+        # LIKE is case-insensitive for ASCII: filter exactly.
+        return [k for (k,) in rows if k.startswith(prefix)]
+
+    def close(self) -> None:
+        """Closes the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteBackend(path={self.path!r}, synchronous={self.synchronous!r})"
