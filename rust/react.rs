@@ -32,30 +32,31 @@ pub enum ActionInput {
 
 /// The input text of an action, located but not yet decoded (decoding is the caller's
 /// choice: into `serde_json::Value` here, straight into Python objects in the binding).
+/// Finding where the JSON ends is also left to decoding, so parsing never scans the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InputText<'a> {
     /// The input, trimmed and with any code fence removed.
     text: &'a str,
-    /// Length of the leading bracketed JSON candidate (object, array or string), if any.
-    json_len: Option<usize>,
 }
 
 impl<'a> InputText<'a> {
-    /// Locates the JSON candidate at the start of `text` (trailing chatter is ignored).
+    /// The input of an action: `text` trimmed, without a surrounding code fence.
     pub fn new(text: &'a str) -> Self {
-        let text = strip_fence(text.trim());
-        let bytes = text.as_bytes();
-        let json_len = match bytes.first() {
+        Self {
+            text: strip_fence(text.trim()),
+        }
+    }
+
+    /// The leading JSON candidate (object, array or string; trailing chatter ignored), if
+    /// the input starts with one.
+    pub fn json(&self) -> Option<&'a str> {
+        let bytes = self.text.as_bytes();
+        let len = match bytes.first() {
             Some(b'{' | b'[') => matching_close(bytes),
             Some(b'"') => string_close(bytes),
             _ => None,
-        };
-        Self { text, json_len }
-    }
-
-    /// The leading JSON candidate, if the input starts with one.
-    pub fn json(&self) -> Option<&'a str> {
-        self.json_len.map(|n| &self.text[..n])
+        }?;
+        Some(&self.text[..len])
     }
 
     /// The input as raw text (surrounding double quotes removed).
@@ -449,8 +450,8 @@ pub struct PyReActStep {
     thought: Span,
     action: Option<Span>,
     final_answer: Option<Answer>,
-    /// The located input and the length of its leading JSON candidate.
-    input: Option<(Span, Option<usize>)>,
+    /// Where the input (trimmed, unfenced) lies in the source.
+    input: Option<Span>,
     decoded_input: PyOnceLock<Py<PyAny>>,
 }
 
@@ -497,10 +498,10 @@ impl PyReActStep {
             .decoded_input
             .get_or_try_init(py, || match self.input {
                 None => Ok::<_, PyErr>(py.None()),
-                Some(((start, end), json_len)) => {
+                Some((start, end)) => {
                     let source = self.source.bind(py).to_str()?;
                     let text = source.get(start..end).unwrap_or_default();
-                    Ok(input_to_py(py, &InputText { text, json_len }).unbind())
+                    Ok(input_to_py(py, &InputText { text }).unbind())
                 }
             })?;
         Ok(value.clone_ref(py))
@@ -569,9 +570,7 @@ pub fn parse_react_step(text: &Bound<'_, PyString>) -> PyResult<PyReActStep> {
             Cow::Borrowed(part) => Answer::Span(span(part)),
             Cow::Owned(text) => Answer::Owned(text),
         }),
-        input: step
-            .action_input
-            .map(|input| (span(input.text), input.json_len)),
+        input: step.action_input.map(|input| span(input.text)),
         decoded_input: PyOnceLock::new(),
     })
 }
