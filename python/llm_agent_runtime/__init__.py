@@ -12,6 +12,7 @@ from llm_agent_runtime._core import (
     __version__,
     parse_react_step,
 )
+from llm_agent_runtime.config import AgentConfig
 from llm_agent_runtime.errors import (
     AgentLoopError,
     AgentRuntimeError,
@@ -26,6 +27,18 @@ from llm_agent_runtime.errors import (
     PolicyDeniedError,
     ProviderError,
     ToolError,
+)
+from llm_agent_runtime.events import (
+    CheckpointSaved,
+    ErrorEvent,
+    Event,
+    EventBus,
+    LlmResponse,
+    LlmTextDelta,
+    RunFinished,
+    RunStarted,
+    ToolCallFinished,
+    ToolCallStarted,
 )
 from llm_agent_runtime.orchestration import (
     BackpressureGuard,
@@ -45,14 +58,23 @@ from llm_agent_runtime.orchestration import (
     RetryPolicy,
     SystemClock,
 )
+from llm_agent_runtime.providers.offline import ScriptedProvider
+from llm_agent_runtime.runtime import AgentRuntime, ApprovalDecision, Middleware
+from llm_agent_runtime.session import AgentSession, Step
+from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, tool
 
 __all__ = [
+    "AgentConfig",
     "AgentLoopError",
+    "AgentRuntime",
     "AgentRuntimeError",
+    "AgentSession",
+    "ApprovalDecision",
     "BackpressureGuard",
     "BackpressureShedError",
     "BudgetExceededError",
     "CapabilitySet",
+    "CheckpointSaved",
     "CircuitBreaker",
     "CircuitOpenError",
     "CircuitState",
@@ -61,11 +83,18 @@ __all__ = [
     "Clock",
     "CostBudget",
     "Deduplicator",
+    "ErrorEvent",
+    "Event",
+    "EventBus",
     "FakeClock",
     "GraphError",
     "InMemoryCircuitStateBackend",
+    "LlmResponse",
+    "LlmTextDelta",
     "MemoryStoreError",
     "MetricsSnapshot",
+    "Middleware",
+    "Observation",
     "ParseError",
     "PersistenceError",
     "Pipeline",
@@ -76,9 +105,18 @@ __all__ = [
     "ReActStep",
     "ResultCache",
     "RetryPolicy",
+    "RunFinished",
+    "RunStarted",
     "RuntimeMetrics",
+    "ScriptedProvider",
+    "Step",
     "SystemClock",
+    "ToolCallFinished",
+    "ToolCallStarted",
     "ToolError",
+    "ToolRegistry",
+    "ToolSpec",
     "__version__",
     "parse_react_step",
+    "tool",
 ]
