@@ -32,6 +32,7 @@ from llm_agent_runtime.events import (
     ErrorEvent,
     EventBus,
     LlmResponse,
+    LlmTextDelta,
     RunFinished,
     RunStarted,
     ToolCallFinished,
@@ -39,7 +40,14 @@ from llm_agent_runtime.events import (
 )
 from llm_agent_runtime.orchestration import BackpressureGuard, CapabilitySet, CostBudget
 from llm_agent_runtime.persistence.base import PersistenceBackend, session_key, step_key
-from llm_agent_runtime.providers.base import ChatResponse, LlmProvider, Message, ToolDefinition
+from llm_agent_runtime.providers.base import (
+    ChatResponse,
+    LlmProvider,
+    Message,
+    StreamEnd,
+    TextDelta,
+    ToolDefinition,
+)
 from llm_agent_runtime.session import AgentSession, Step
 from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec
 
@@ -496,9 +504,9 @@ class AgentRuntime:
             round_start = perf()
             if self._tracer is not None:
                 with self._tracer.start_as_current_span("agent.llm"):
-                    response = await provider.chat(messages, tools=tool_defs, model=config.model)
+                    response = await self._chat(session, provider, messages, tool_defs)
             else:
-                response = await provider.chat(messages, tools=tool_defs, model=config.model)
+                response = await self._chat(session, provider, messages, tool_defs)
             model_ms = (perf() - round_start) * 1000.0
             text = response.text
             for hook in post_hooks:
@@ -548,6 +556,27 @@ class AgentRuntime:
                 step.overhead_ms = overhead
             if failed and config.error_recovery == "stop":
                 return
+
+    async def _chat(
+        self,
+        session: AgentSession,
+        provider: LlmProvider,
+        messages: list[Message],
+        tool_defs: list[ToolDefinition] | None,
+    ) -> ChatResponse:
+        """One model call; streamed (emitting text deltas) only while someone listens."""
+        model = self.config.model
+        if not self.events.active:
+            return await provider.chat(messages, tools=tool_defs, model=model)
+        response: ChatResponse | None = None
+        async for event in provider.chat_stream(messages, tools=tool_defs, model=model):
+            if isinstance(event, TextDelta):
+                self.events.emit(LlmTextDelta(session.session_id, event.text))
+            elif isinstance(event, StreamEnd):
+                response = event.response
+        if response is None:
+            raise AgentRuntimeError("provider stream ended without a StreamEnd event")
+        return response
 
     async def _run_parallel(
         self, session: AgentSession, response: ChatResponse, limit: asyncio.Semaphore

@@ -342,7 +342,10 @@ class ToolRegistry:
         return Observation(_truncate(_render(result), max_chars))
 
 
+_TRUNCATION_MARK = " …[truncated]"
+
+
 def _truncate(text: str, max_chars: int) -> str:
     if len(text) <= max_chars:
         return text
-    return text[: max_chars - 14] + " …[truncated]"
+    return text[: max_chars - len(_TRUNCATION_MARK)] + _TRUNCATION_MARK
