@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 import llm_agent_runtime as ar
 
 
@@ -68,10 +70,8 @@ async def test_error_event_and_off() -> None:
     async def infer(prompt: str) -> str:
         return "not a react step"
 
-    try:
+    with pytest.raises(ar.AgentLoopError):
         await rt.run_agent("a", "q", infer)
-    except ar.AgentLoopError:
-        pass
     assert isinstance(seen[-1], ar.ErrorEvent) and isinstance(seen[-1].error, ar.AgentLoopError)
     rt.events.off(seen.append)
     assert not rt.events.active
