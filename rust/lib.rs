@@ -3,8 +3,10 @@
 //! This file only lists what the module exports; each capability lives in its own module.
 
 pub mod errors;
+pub mod memory;
 pub mod metrics;
 pub mod react;
+pub mod vector;
 
 use pyo3::prelude::*;
 
@@ -14,9 +16,15 @@ mod _core {
     #[pymodule_export]
     use crate::errors::raise_panic;
     #[pymodule_export]
+    use crate::memory::{
+        PyDecayPolicy, PyEpisode, PyEpisodicStore, PyRecallPolicy, PyWorkingMemory,
+    };
+    #[pymodule_export]
     use crate::metrics::{PyMetricsSnapshot, PyRuntimeMetrics};
     #[pymodule_export]
     use crate::react::{parse_react_step, PyReActStep};
+    #[pymodule_export]
+    use crate::vector::PyVectorIndex;
 
     use pyo3::prelude::*;
 

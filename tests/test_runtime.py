@@ -57,7 +57,7 @@ class FakeEpisodic:
         self.texts = texts
         self.limits: list[int] = []
 
-    def recall(self, agent_id: str, limit: int, query: str | None = None) -> list[Episode]:
+    def recall(self, agent_id: str, limit: int) -> list[Episode]:
         self.limits.append(limit)
         return [Episode(t) for t in self.texts[:limit]]
 
@@ -125,6 +125,7 @@ async def test_error_recovery_stop() -> None:
 
 async def test_memory_working_memory_and_graph_in_prompt() -> None:
     memory = FakeEpisodic(["alpha fact", "beta fact", "gamma " * 40, "delta"])
+    # The budget stops at the first episode that does not fit (rank order is kept).
     rt = ar.AgentRuntime(
         ar.AgentConfig(max_memory_recalls=3, max_memory_tokens=10),
         memory=memory,

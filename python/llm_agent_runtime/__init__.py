@@ -6,9 +6,15 @@ Everything public is re-exported here by name; other modules are implementation 
 from __future__ import annotations
 
 from llm_agent_runtime._core import (
+    DecayPolicy,
+    Episode,
+    EpisodicStore,
     MetricsSnapshot,
     ReActStep,
+    RecallPolicy,
     RuntimeMetrics,
+    VectorIndex,
+    WorkingMemory,
     __version__,
     parse_react_step,
 )
@@ -40,6 +46,7 @@ from llm_agent_runtime.events import (
     ToolCallFinished,
     ToolCallStarted,
 )
+from llm_agent_runtime.memory import fit_to_token_budget
 from llm_agent_runtime.orchestration import (
     BackpressureGuard,
     CapabilitySet,
@@ -82,7 +89,10 @@ __all__ = [
     "CircuitStateChange",
     "Clock",
     "CostBudget",
+    "DecayPolicy",
     "Deduplicator",
+    "Episode",
+    "EpisodicStore",
     "ErrorEvent",
     "Event",
     "EventBus",
@@ -103,6 +113,7 @@ __all__ = [
     "ProviderError",
     "RateLimiter",
     "ReActStep",
+    "RecallPolicy",
     "ResultCache",
     "RetryPolicy",
     "RunFinished",
@@ -116,7 +127,10 @@ __all__ = [
     "ToolError",
     "ToolRegistry",
     "ToolSpec",
+    "VectorIndex",
+    "WorkingMemory",
     "__version__",
+    "fit_to_token_budget",
     "parse_react_step",
     "tool",
 ]

@@ -1,6 +1,10 @@
 """Type stubs for the compiled `llm_agent_runtime._core` extension (kept in step with rust/)."""
 
+from collections.abc import Callable
 from typing import Any, final
+
+import numpy as np
+import numpy.typing as npt
 
 __version__: str
 
@@ -112,3 +116,175 @@ class RuntimeMetrics:
     def record_tokens(self, input_tokens: int, output_tokens: int) -> None: ...
     def snapshot(self) -> MetricsSnapshot: ...
     def to_prometheus(self) -> str: ...
+
+# --- Working memory (rust/memory/) -----------------------------------------------------------
+
+@final
+class WorkingMemory:
+    """Bounded key -> value LRU memory; O(1) operations, thread-safe.
+
+    Raises:
+        MemoryStoreError: capacity is 0.
+    """
+
+    def __new__(cls, capacity: int) -> WorkingMemory: ...
+    @property
+    def capacity(self) -> int: ...
+    def set(self, key: str, value: Any) -> None: ...
+    def get(self, key: str, default: Any | None = None) -> Any: ...
+    def delete(self, key: str) -> bool: ...
+    def clear(self) -> None: ...
+    def items(self) -> list[tuple[str, Any]]:
+        """Pairs from most to least recently used."""
+    def keys(self) -> list[str]: ...
+    def to_prompt(self) -> str: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, key: str, /) -> bool: ...
+    def __getitem__(self, key: str, /) -> Any: ...
+    def __setitem__(self, key: str, value: Any, /) -> None: ...
+    def __delitem__(self, key: str, /) -> None: ...
+
+# --- Episodic memory (rust/memory/episodic.rs) -----------------------------------------------
+
+@final
+class Episode:
+    """One remembered event of an agent (a read-only copy)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+    @property
+    def importance(self) -> float: ...
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def last_recalled_at(self) -> float | None: ...
+    @property
+    def recall_count(self) -> int: ...
+    def __eq__(self, value: object, /) -> bool: ...
+
+@final
+class DecayPolicy:
+    """How episode importance fades with age."""
+
+    @staticmethod
+    def exponential(half_life_hours: float) -> DecayPolicy:
+        """Importance halves every `half_life_hours`.
+
+        Raises:
+            MemoryStoreError: half_life_hours is not a positive number.
+        """
+
+@final
+class RecallPolicy:
+    """How recalled episodes are ranked."""
+
+    @staticmethod
+    def importance() -> RecallPolicy: ...
+    @staticmethod
+    def hybrid(recency_weight: float, frequency_weight: float) -> RecallPolicy:
+        """Decayed importance + recency_weight/(1+age_h) + frequency_weight*n/(1+n).
+
+        Raises:
+            MemoryStoreError: a weight is negative or not finite.
+        """
+
+@final
+class EpisodicStore:
+    """Per-agent episodic memory with decay, ranked recall and per-agent capacity.
+
+    Raises:
+        MemoryStoreError: per_agent_capacity is 0.
+    """
+
+    def __new__(
+        cls,
+        decay: DecayPolicy | None = None,
+        recall_policy: RecallPolicy | None = None,
+        per_agent_capacity: int | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> EpisodicStore: ...
+    def add_episode(self, agent_id: str, content: str, importance: float) -> int:
+        """Adds an episode and returns its id.
+
+        Raises:
+            MemoryStoreError: importance is outside [0, 1].
+        """
+    def recall(self, agent_id: str, limit: int = 3) -> list[Episode]: ...
+    def episodes(self, agent_id: str) -> list[Episode]: ...
+    def clear(self, agent_id: str | None = None) -> int: ...
+    def episode_count_for(self, agent_id: str) -> int: ...
+    def agents_with_episodes(self) -> list[str]: ...
+    def content_lengths(self, agent_id: str) -> list[int]: ...
+    def total_content_bytes(self, agent_id: str) -> int: ...
+    def avg_content_length(self, agent_id: str) -> float: ...
+    def max_content_length(self, agent_id: str) -> int: ...
+    def min_content_length(self, agent_id: str) -> int: ...
+    def high_importance_count(self, agent_id: str, threshold: float) -> int: ...
+    def episodes_by_importance(self, agent_id: str) -> list[str]: ...
+    def content_contains_count(self, agent_id: str, needle: str) -> int: ...
+    def to_json(self) -> str: ...
+    @staticmethod
+    def from_json(text: str, clock: Callable[[], float] | None = None) -> EpisodicStore:
+        """Rebuilds a store from to_json() output.
+
+        Raises:
+            MemoryStoreError: the text is not an exported store.
+        """
+    def __len__(self) -> int: ...
+
+# --- Vector search (rust/vector.rs) ------------------------------------------------------------
+
+@final
+class VectorIndex:
+    """Exact cosine-similarity index over float32 vectors (SIMD, multi-core, GIL released).
+
+    Raises:
+        MemoryStoreError: dim is 0.
+    """
+
+    def __new__(cls, dim: int) -> VectorIndex: ...
+    @property
+    def dim(self) -> int: ...
+    def add(self, ids: npt.ArrayLike, vectors: npt.NDArray[np.float32]) -> None:
+        """Adds or replaces vectors (all or nothing).
+
+        Raises:
+            MemoryStoreError: wrong shape or dtype, duplicate id, NaN/inf or zero vector.
+        """
+    def remove(self, ids: npt.ArrayLike) -> None:
+        """Removes vectors by id (all or nothing).
+
+        Raises:
+            MemoryStoreError: an id is not in the index.
+        """
+    def search(
+        self, query: npt.NDArray[np.float32], k: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """The k most similar vectors, best first.
+
+        Raises:
+            MemoryStoreError: k < 1, or a bad query.
+        """
+    def search_batch(
+        self, queries: npt.NDArray[np.float32], k: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """search() for every row of queries; arrays of shape (m, min(k, len))."""
+    def save(self, path: str) -> None:
+        """Writes the index (versioned, checksummed, atomic replace).
+
+        Raises:
+            PersistenceError: the file cannot be written.
+        """
+    @staticmethod
+    def load(path: str) -> VectorIndex:
+        """Reads an index written by save().
+
+        Raises:
+            PersistenceError: unreadable, not an index, other version, truncated or corrupt.
+        """
+    def __len__(self) -> int: ...
+    def __contains__(self, id: int, /) -> bool: ...

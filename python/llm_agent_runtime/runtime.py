@@ -38,6 +38,7 @@ from llm_agent_runtime.events import (
     ToolCallFinished,
     ToolCallStarted,
 )
+from llm_agent_runtime.memory import fit_to_token_budget
 from llm_agent_runtime.orchestration import BackpressureGuard, CapabilitySet, CostBudget
 from llm_agent_runtime.persistence.base import PersistenceBackend, session_key, step_key
 from llm_agent_runtime.providers.base import (
@@ -108,20 +109,6 @@ class Middleware:
         return None
 
 
-def fit_recalled(texts: list[str], max_tokens: int | None) -> list[str]:
-    """Keeps recalled texts, in order, while they fit a token budget (4 characters a token)."""
-    if max_tokens is None:
-        return texts
-    budget = max_tokens * _CHARS_PER_TOKEN
-    kept: list[str] = []
-    for text in texts:
-        if len(text) > budget:
-            continue
-        budget -= len(text)
-        kept.append(text)
-    return kept
-
-
 def _required(name: str, value: Any, methods: Sequence[str]) -> None:
     missing = [m for m in methods if not callable(getattr(value, m, None))]
     if missing:
@@ -136,7 +123,7 @@ class AgentRuntime:
 
     Args:
         config: Loop settings (defaults to `AgentConfig()`).
-        memory: Episodic store (`recall(agent_id, limit, query=None)`).
+        memory: Episodic store (`recall(agent_id, limit)`, e.g. `EpisodicStore`).
         working_memory: Key-value memory (`to_prompt()`) appended to every prompt.
         graph: Knowledge graph (`entity_count()`), whose size is recorded per session.
         tools: `ToolSpec`s or a `ToolRegistry`.
@@ -389,8 +376,10 @@ class AgentRuntime:
         """Builds the prompt preamble: system prompt, recalled memories, working memory."""
         parts = [self.config.system_prompt]
         if self.memory is not None and self.config.max_memory_recalls > 0:
-            episodes = self.memory.recall(agent_id, self.config.max_memory_recalls, query=prompt)
-            texts = fit_recalled([e.content for e in episodes], self.config.max_memory_tokens)
+            episodes = self.memory.recall(agent_id, self.config.max_memory_recalls)
+            texts = [e.content for e in episodes]
+            if self.config.max_memory_tokens is not None:
+                texts = fit_to_token_budget(texts, self.config.max_memory_tokens)
             if texts:
                 session.memory_hits += len(texts)
                 self.metrics.record_memory_recall(len(texts))

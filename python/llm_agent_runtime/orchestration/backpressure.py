@@ -20,7 +20,8 @@ class BackpressureGuard:
     """Admits at most `capacity` concurrent holders; rejects the rest immediately.
 
     Use `async with guard:` (or `acquire()` / `release()`). Depth always returns to zero:
-    the context manager releases on success, error and cancellation alike.
+    the context manager releases on success, error and cancellation alike. Meant for one
+    event loop (not shared between threads).
 
     Args:
         capacity: most holders at once.

@@ -98,6 +98,10 @@ class InMemoryCircuitStateBackend:
                 self._states[service] = new
             return old, new
 
+    def peek(self, service: str) -> CircuitState:
+        """Returns the state of `service` without locking (a snapshot read)."""
+        return self._states.get(service, CLOSED)
+
     async def get(self, service: str) -> CircuitState:
         """Returns the state of `service`."""
         return self._states.get(service, CLOSED)
@@ -235,7 +239,13 @@ class CircuitBreaker:
 
     @property
     def state(self) -> Status:
-        """The last state this breaker saw (`closed`, `open` or `half_open`)."""
+        """The current state (`closed`, `open` or `half_open`).
+
+        Exact for the in-process backend; with a shared backend, the last state this breaker
+        saw (use `current_state()` to read the backend).
+        """
+        if self._local is not None:
+            return self._local.peek(self.service).status
         return self._last.status
 
     async def current_state(self) -> CircuitState:
@@ -248,12 +258,30 @@ class CircuitBreaker:
         """Calls `listener` with a `CircuitStateChange` on every state change."""
         self._listeners.append(listener)
 
+    def _closed_and_clean(self) -> bool:
+        """Whether the in-process state is closed with no failures counted.
+
+        The fast path: such a call needs no state change when it succeeds, so it skips the
+        backend entirely (a read of a dict, no lock).
+        """
+        local = self._local
+        return local is not None and local.peek(self.service) is CLOSED
+
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Calls `fn` (sync or async) through the breaker.
 
         Raises:
             CircuitOpenError: the circuit is open; `fn` was not called.
         """
+        if self._closed_and_clean():
+            try:
+                result = fn(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+            except BaseException as exc:
+                await self._exit(exc)
+                raise
+            return result
         await self._enter()
         try:
             result = await call_maybe_async(fn, *args, **kwargs)
@@ -273,6 +301,12 @@ class CircuitBreaker:
         local = self._local
         if local is None:
             raise TypeError("a shared circuit backend needs the async API: await breaker.call(...)")
+        if local.peek(self.service) is CLOSED:
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as exc:
+                self._observe(*local.update_now(self.service, self._verdict(exc)))
+                raise
         old, new = local.update_now(self.service, self._admit)
         self._observe(old, new)
         if not self._admitted(old, new):

@@ -6,6 +6,8 @@ Tests pass a `FakeClock` and never sleep for real.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from typing import Protocol, runtime_checkable
 
@@ -38,14 +40,25 @@ class SystemClock:
 
 
 class FakeClock:
-    """A clock that only moves when told to; `sleep` advances it instead of waiting.
+    """Virtual time for tests: it moves only through `advance` and sleeping tasks.
+
+    `sleep` never waits for real. A sleeping task registers its deadline; once the tasks that
+    are ready have had a few turns of the event loop, the clock jumps to the earliest deadline
+    and wakes that sleeper (an "autojump" clock). Concurrent sleepers therefore wake in
+    deadline order, and time advances by the longest chain of sleeps, not their sum.
 
     Args:
         start: the initial time in seconds.
     """
 
+    # Event-loop turns left to ready tasks before the clock jumps to the next deadline.
+    _SETTLE_TURNS = 3
+
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._jump_scheduled = False
         self.sleeps: list[float] = []
         """Every duration passed to `sleep`, in order (lets tests check backoff)."""
 
@@ -54,7 +67,7 @@ class FakeClock:
         return self._now
 
     def advance(self, seconds: float) -> None:
-        """Moves time forward.
+        """Moves time forward, waking every sleeper whose deadline has come.
 
         Raises:
             ValueError: `seconds` is negative (monotonic time never goes back).
@@ -62,12 +75,42 @@ class FakeClock:
         if seconds < 0:
             raise ValueError(f"cannot move a monotonic clock back ({seconds} s)")
         self._now += seconds
+        while self._sleepers and self._sleepers[0][0] <= self._now:
+            _, _, future = heapq.heappop(self._sleepers)
+            if not future.done():
+                future.set_result(None)
 
     async def sleep(self, seconds: float) -> None:
-        """Records the sleep, advances time by it and yields to the event loop once."""
+        """Records the sleep and waits until the virtual time reaches its deadline."""
         self.sleeps.append(seconds)
-        self.advance(max(0.0, seconds))
-        await asyncio.sleep(0)
+        deadline = self._now + max(0.0, seconds)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (deadline, next(self._order), future))
+        self._schedule_jump()
+        try:
+            await future
+        finally:
+            if not future.done():
+                future.cancel()
+
+    def _schedule_jump(self, turns: int = _SETTLE_TURNS) -> None:
+        if not self._jump_scheduled:
+            self._jump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._jump, turns)
+
+    def _jump(self, turns: int) -> None:
+        loop = asyncio.get_running_loop()
+        if turns > 0:
+            loop.call_soon(self._jump, turns - 1)
+            return
+        self._jump_scheduled = False
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)  # cancelled sleepers
+        if not self._sleepers:
+            return
+        self.advance(max(0.0, self._sleepers[0][0] - self._now))
+        if self._sleepers:
+            self._schedule_jump()
 
 
 SYSTEM_CLOCK = SystemClock()

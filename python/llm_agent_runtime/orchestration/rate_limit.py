@@ -13,6 +13,7 @@ class RateLimiter:
     """A token bucket per key: `capacity` tokens, refilled at `rate` tokens per second.
 
     `try_acquire` takes tokens or refuses at once; `acquire` waits until they are there.
+    Meant for one event loop (not shared between threads).
 
     Args:
         rate: tokens added per second.
@@ -59,11 +60,24 @@ class RateLimiter:
         return False
 
     async def acquire(self, key: Hashable = "default", tokens: float = 1.0) -> None:
-        """Waits until `tokens` can be taken from `key`'s bucket, then takes them.
+        """Takes `tokens` from `key`'s bucket, waiting until they have been refilled.
+
+        Waiters reserve tokens in arrival order (the bucket may go into debt), so each waits
+        exactly as long as the rate requires and concurrent waiters are served first come,
+        first served. A cancelled waiter gives its reservation back.
 
         Raises:
             ValueError: `tokens` is not in (0, capacity].
         """
-        while not self.try_acquire(key, tokens):
-            missing = tokens - self._buckets[key][0]
-            await self._clock.sleep(missing / self.rate)
+        self._check(tokens)
+        now = self._clock.now()
+        level = self._refill(key, now) - tokens
+        self._buckets[key] = (level, now)
+        if level >= 0:
+            return
+        try:
+            await self._clock.sleep(-level / self.rate)
+        except BaseException:
+            current, last = self._buckets[key]
+            self._buckets[key] = (current + tokens, last)
+            raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,6 @@ from llm_agent_runtime.errors import (
     PolicyDeniedError,
     ProviderError,
 )
-from llm_agent_runtime.orchestration._calls import call_maybe_async
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["DEFAULT_MAX_DELAY", "RetryPolicy"]
@@ -91,7 +91,8 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         if isinstance(error, ProviderError) and error.retry_after is not None:
             return min(max(error.retry_after, 0.0), self.max_delay)
-        bound = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 64))
+        # The exponent is clamped only to keep 2.0**n finite; the cap applies long before.
+        bound = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 1000))
         return self._rng.uniform(0.0, bound) if self.jitter else bound
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -102,7 +103,10 @@ class RetryPolicy:
         attempt = 1
         while True:
             try:
-                return await call_maybe_async(fn, *args, **kwargs)
+                result = fn(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
             except Exception as exc:
                 if attempt >= self.max_attempts or not self.should_retry(exc):
                     raise

@@ -1,0 +1,131 @@
+"""Exact cosine top-k: ours vs numpy, faiss-cpu IndexFlatIP and usearch exact search."""
+
+from __future__ import annotations
+
+import time
+from functools import cache
+from typing import Any
+
+import numpy as np
+import pytest
+
+import llm_agent_runtime as ar
+
+DIM, K, BATCH = 384, 10, 64
+SIZES = [10_000, 100_000, 1_000_000]
+LIBS = ["llm_agent_runtime", "numpy", "faiss-cpu", "usearch"]
+
+
+@cache
+def dataset(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalized float32 rows and a batch of normalized queries (fixed seed)."""
+    rng = np.random.default_rng(n)
+    data = rng.standard_normal((n, DIM), dtype=np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    queries = rng.standard_normal((BATCH, DIM), dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return data, queries
+
+
+@cache
+def read_bandwidth_gbs() -> float:
+    """This machine's memory read bandwidth, from summing a 1 GiB array."""
+    big = np.ones(256 * 1024 * 1024, dtype=np.float32)
+    best = min(_timed(big.sum) for _ in range(3))
+    return big.nbytes / best / 1e9
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@cache
+def searcher(lib: str, n: int) -> Any:
+    """Returns (single(q) -> ids, batch(Q) -> ids) for one library, with its index built."""
+    data, _ = dataset(n)
+    if lib == "llm_agent_runtime":
+        index = ar.VectorIndex(DIM)
+        index.add(np.arange(n, dtype=np.int64), data)
+        return (lambda q: index.search(q, K)[0]), (lambda qs: index.search_batch(qs, K)[0])
+    if lib == "numpy":
+
+        def top(scores: np.ndarray) -> np.ndarray:
+            part = np.argpartition(-scores, K, axis=-1)[..., :K]
+            order = np.take_along_axis(scores, part, axis=-1).argsort(axis=-1)[..., ::-1]
+            return np.take_along_axis(part, order, axis=-1)
+
+        return (lambda q: top(data @ q)), (lambda qs: top(qs @ data.T))
+    if lib == "faiss-cpu":
+        import faiss
+
+        flat = faiss.IndexFlatIP(DIM)
+        flat.add(data)
+        return (lambda q: flat.search(q[None, :], K)[1][0]), (lambda qs: flat.search(qs, K)[1])
+    from usearch.index import search
+
+    return (
+        (lambda q: search(data, q, K, exact=True).keys),
+        (lambda qs: search(data, qs, K, exact=True).keys),
+    )
+
+
+def _reference(n: int, batch: bool) -> np.ndarray:
+    data, queries = dataset(n)
+    scores = queries @ data.T
+    return (
+        np.argsort(-scores, axis=1, kind="stable")[:, :K]
+        if batch
+        else np.argsort(-scores[0], kind="stable")[:K]
+    )
+
+
+def _recall(got: np.ndarray, want: np.ndarray) -> float:
+    got, want = np.atleast_2d(got), np.atleast_2d(want)
+    return float(np.mean([len(set(g) & set(w)) / K for g, w in zip(got, want, strict=True)]))
+
+
+@pytest.mark.parametrize("lib", LIBS)
+@pytest.mark.parametrize("n", SIZES)
+def test_single_query(benchmark: Any, lib: str, n: int) -> None:
+    single, _ = searcher(lib, n)
+    data, queries = dataset(n)
+    benchmark.group = f"vector: single query, d={DIM}, k={K}, N={n:,}"
+    rounds = 30 if n <= 100_000 else 8
+    ids = benchmark.pedantic(
+        single, args=(queries[0],), rounds=rounds, iterations=1, warmup_rounds=2
+    )
+    median = benchmark.stats.stats.median
+    benchmark.extra_info["lib"] = lib
+    benchmark.extra_info["correct"] = _recall(ids, _reference(n, False)) >= 0.99
+    benchmark.extra_info["scan_GBps"] = round(data.nbytes / median / 1e9, 1)
+    benchmark.extra_info["machine_read_GBps"] = round(read_bandwidth_gbs(), 1)
+
+
+@pytest.mark.parametrize("lib", LIBS)
+@pytest.mark.parametrize("n", SIZES[:2])
+def test_batch_of_64(benchmark: Any, lib: str, n: int) -> None:
+    _, batch = searcher(lib, n)
+    _, queries = dataset(n)
+    benchmark.group = f"vector: batch of {BATCH} queries, d={DIM}, k={K}, N={n:,}"
+    ids = benchmark.pedantic(batch, args=(queries,), rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["lib"] = lib
+    benchmark.extra_info["correct"] = _recall(ids, _reference(n, True)) >= 0.99
+    benchmark.extra_info["ms_per_query"] = round(benchmark.stats.stats.median / BATCH * 1e3, 3)
+
+
+@pytest.mark.parametrize("n", SIZES[:2])
+def test_add(benchmark: Any, n: int) -> None:
+    data, _ = dataset(n)
+    ids = np.arange(n, dtype=np.int64)
+    benchmark.group = f"vector: add {n:,} vectors, d={DIM}"
+
+    def build() -> int:
+        index = ar.VectorIndex(DIM)
+        index.add(ids, data)
+        return len(index)
+
+    built = benchmark.pedantic(build, rounds=5, iterations=1)
+    benchmark.extra_info["lib"] = "llm_agent_runtime"
+    benchmark.extra_info["correct"] = built == n

@@ -1,0 +1,317 @@
+//! Episodic memory: per-agent episodes ranked by importance, decay, recency and frequency.
+//!
+//! Scores, with `age_h` the hours since an episode was created:
+//!
+//! * decay (optional): `importance * 0.5^(age_h / half_life_hours)`, else `importance`;
+//! * importance policy: `score = decayed importance`;
+//! * hybrid policy: `score = decayed importance + recency_weight / (1 + age_h)
+//!   + frequency_weight * recall_count / (1 + recall_count)`.
+//!
+//! Ties rank the newer episode first.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::errors::{CoreError, CoreResult};
+
+/// One remembered event of an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Episode {
+    /// Store-wide unique id, increasing with insertion.
+    pub id: u64,
+    /// The agent it belongs to.
+    pub agent_id: String,
+    /// What happened.
+    pub content: String,
+    /// How much it matters, in [0, 1].
+    pub importance: f64,
+    /// Clock time (seconds) it was added.
+    pub created_at: f64,
+    /// Clock time (seconds) it was last recalled, if ever.
+    pub last_recalled_at: Option<f64>,
+    /// Times it has been recalled.
+    pub recall_count: u64,
+}
+
+/// How importance fades with age.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Decay {
+    /// Importance halves every `half_life_hours`.
+    Exponential {
+        /// Hours for importance to halve.
+        half_life_hours: f64,
+    },
+}
+
+/// How recalled episodes are ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Recall {
+    /// By (decayed) importance.
+    Importance,
+    /// Importance plus weighted recency and recall frequency.
+    Hybrid {
+        /// Weight of `1 / (1 + age_hours)`.
+        recency_weight: f64,
+        /// Weight of `recall_count / (1 + recall_count)`.
+        frequency_weight: f64,
+    },
+}
+
+/// The store's contents and settings (what JSON export carries).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Episodes {
+    /// Optional decay of importance.
+    pub decay: Option<Decay>,
+    /// Ranking policy.
+    pub recall: Recall,
+    /// Most episodes kept per agent (lowest importance evicted first).
+    pub per_agent_capacity: Option<usize>,
+    /// Next episode id.
+    pub next_id: u64,
+    /// Episodes per agent, in insertion order.
+    pub by_agent: BTreeMap<String, Vec<Episode>>,
+}
+
+/// Validates a decay half-life.
+pub fn exponential(half_life_hours: f64) -> CoreResult<Decay> {
+    if !(half_life_hours.is_finite() && half_life_hours > 0.0) {
+        return Err(CoreError::Memory(format!(
+            "half_life_hours must be a positive number, got {half_life_hours}"
+        )));
+    }
+    Ok(Decay::Exponential { half_life_hours })
+}
+
+/// Validates hybrid weights.
+pub fn hybrid(recency_weight: f64, frequency_weight: f64) -> CoreResult<Recall> {
+    for (name, w) in [
+        ("recency_weight", recency_weight),
+        ("frequency_weight", frequency_weight),
+    ] {
+        if !(w.is_finite() && w >= 0.0) {
+            return Err(CoreError::Memory(format!("{name} must be >= 0, got {w}")));
+        }
+    }
+    Ok(Recall::Hybrid {
+        recency_weight,
+        frequency_weight,
+    })
+}
+
+impl Episodes {
+    /// An empty store.
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when `per_agent_capacity` is 0.
+    pub fn new(
+        decay: Option<Decay>,
+        recall: Recall,
+        per_agent_capacity: Option<usize>,
+    ) -> CoreResult<Self> {
+        if per_agent_capacity == Some(0) {
+            return Err(CoreError::Memory(
+                "per_agent_capacity must be at least 1".into(),
+            ));
+        }
+        Ok(Self {
+            decay,
+            recall,
+            per_agent_capacity,
+            next_id: 0,
+            by_agent: BTreeMap::new(),
+        })
+    }
+
+    /// Adds an episode; evicts the agent's lowest-importance episode (oldest on ties) when
+    /// over capacity. Returns the new episode's id.
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when `importance` is outside [0, 1].
+    pub fn add(
+        &mut self,
+        agent_id: &str,
+        content: &str,
+        importance: f64,
+        now: f64,
+    ) -> CoreResult<u64> {
+        if !(0.0..=1.0).contains(&importance) {
+            return Err(CoreError::Memory(format!(
+                "importance must be in [0, 1], got {importance}"
+            )));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let episodes = self.by_agent.entry(agent_id.to_owned()).or_default();
+        episodes.push(Episode {
+            id,
+            agent_id: agent_id.to_owned(),
+            content: content.to_owned(),
+            importance,
+            created_at: now,
+            last_recalled_at: None,
+            recall_count: 0,
+        });
+        if let Some(cap) = self.per_agent_capacity {
+            if episodes.len() > cap {
+                // Lowest importance goes; among equals, the oldest (first in insertion order).
+                let victim = episodes
+                    .iter()
+                    .enumerate()
+                    .min_by(|a, b| {
+                        a.1.importance
+                            .total_cmp(&b.1.importance)
+                            .then(a.0.cmp(&b.0))
+                    })
+                    .map(|(i, _)| i);
+                if let Some(i) = victim {
+                    episodes.remove(i);
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    /// The ranking score of `e` at time `now`.
+    pub fn score(&self, e: &Episode, now: f64) -> f64 {
+        let age_h = ((now - e.created_at) / 3600.0).max(0.0);
+        let importance = match self.decay {
+            Some(Decay::Exponential { half_life_hours }) => {
+                e.importance * 0.5_f64.powf(age_h / half_life_hours)
+            }
+            None => e.importance,
+        };
+        match self.recall {
+            Recall::Importance => importance,
+            Recall::Hybrid {
+                recency_weight,
+                frequency_weight,
+            } => {
+                let n = e.recall_count as f64;
+                importance + recency_weight / (1.0 + age_h) + frequency_weight * n / (1.0 + n)
+            }
+        }
+    }
+
+    /// The agent's top `limit` episodes at time `now`, best first; their recall counts go up.
+    pub fn recall(&mut self, agent_id: &str, limit: usize, now: f64) -> Vec<Episode> {
+        let Some(episodes) = self.by_agent.get(agent_id) else {
+            return Vec::new();
+        };
+        let mut ranked: Vec<(f64, usize)> = episodes
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (self.score(e, now), i))
+            .collect();
+        // Best first: higher score, then newer (later in insertion order).
+        let better = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1));
+        let limit = limit.min(ranked.len());
+        if limit == 0 {
+            return Vec::new();
+        }
+        if limit < ranked.len() {
+            ranked.select_nth_unstable_by(limit - 1, better);
+            ranked.truncate(limit);
+        }
+        ranked.sort_unstable_by(better);
+        let Some(episodes) = self.by_agent.get_mut(agent_id) else {
+            return Vec::new();
+        };
+        ranked
+            .into_iter()
+            .filter_map(|(_, i)| {
+                let e = episodes.get_mut(i)?;
+                e.recall_count += 1;
+                e.last_recalled_at = Some(now);
+                Some(e.clone())
+            })
+            .collect()
+    }
+
+    /// The agent's episodes in insertion order.
+    pub fn episodes(&self, agent_id: &str) -> &[Episode] {
+        self.by_agent.get(agent_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Removes the agent's episodes (every agent's when `None`); returns how many.
+    pub fn clear(&mut self, agent_id: Option<&str>) -> usize {
+        match agent_id {
+            Some(a) => self.by_agent.remove(a).map_or(0, |v| v.len()),
+            None => {
+                let n = self.by_agent.values().map(Vec::len).sum();
+                self.by_agent.clear();
+                n
+            }
+        }
+    }
+
+    /// Total episodes.
+    pub fn len(&self) -> usize {
+        self.by_agent.values().map(Vec::len).sum()
+    }
+
+    /// Whether there are no episodes.
+    pub fn is_empty(&self) -> bool {
+        self.by_agent.values().all(Vec::is_empty)
+    }
+}
+
+/// Content strings of `episodes` by descending importance (stable for ties).
+pub fn by_importance(episodes: &[Episode]) -> Vec<String> {
+    let mut sorted: Vec<&Episode> = episodes.iter().collect();
+    sorted.sort_by(|a, b| {
+        b.importance
+            .partial_cmp(&a.importance)
+            .unwrap_or(Ordering::Equal)
+    });
+    sorted.into_iter().map(|e| e.content.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn importance_ranking_and_recall_counts() {
+        let mut s = Episodes::new(None, Recall::Importance, None).unwrap();
+        s.add("a", "low", 0.1, 0.0).unwrap();
+        s.add("a", "high", 0.9, 0.0).unwrap();
+        s.add("a", "mid", 0.5, 0.0).unwrap();
+        let top: Vec<_> = s
+            .recall("a", 2, 0.0)
+            .into_iter()
+            .map(|e| e.content)
+            .collect();
+        assert_eq!(top, ["high", "mid"]);
+        assert_eq!(s.episodes("a")[1].recall_count, 1);
+        assert!(s.recall("nobody", 3, 0.0).is_empty());
+        assert!(s.add("a", "bad", 1.5, 0.0).is_err());
+    }
+
+    #[test]
+    fn decay_halves_per_half_life() {
+        let s = Episodes::new(Some(exponential(1.0).unwrap()), Recall::Importance, None).unwrap();
+        let e = Episode {
+            id: 0,
+            agent_id: "a".into(),
+            content: String::new(),
+            importance: 0.8,
+            created_at: 0.0,
+            last_recalled_at: None,
+            recall_count: 0,
+        };
+        assert!((s.score(&e, 3600.0) - 0.4).abs() < 1e-12);
+        assert!(exponential(0.0).is_err());
+    }
+
+    #[test]
+    fn capacity_evicts_lowest_importance() {
+        let mut s = Episodes::new(None, Recall::Importance, Some(2)).unwrap();
+        s.add("a", "x", 0.5, 0.0).unwrap();
+        s.add("a", "y", 0.2, 0.0).unwrap();
+        s.add("a", "z", 0.9, 0.0).unwrap();
+        let kept: Vec<_> = s.episodes("a").iter().map(|e| e.content.as_str()).collect();
+        assert_eq!(kept, ["x", "z"]);
+    }
+}

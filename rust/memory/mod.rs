@@ -1,0 +1,467 @@
+//! Memory stores exposed to Python: the working-memory LRU and the episodic store.
+
+pub mod episodic;
+pub mod working;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyKeyError;
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+use crate::errors::{run_detached, CoreError};
+use episodic::{Decay, Episode, Episodes, Recall};
+use working::Lru;
+
+/// Bounded key -> value working memory with exact least-recently-used eviction.
+///
+/// Keys are strings, values any Python object. `get`, `set`, `delete` and membership are
+/// O(1); reading a key with `get` (or `wm[key]`) makes it the most recently used, `in` does
+/// not. Safe to share between threads.
+///
+/// Args:
+///     capacity: most entries kept; inserting beyond it evicts the least recently used.
+///
+/// Raises:
+///     MemoryStoreError: `capacity` is 0.
+#[pyclass(module = "llm_agent_runtime", name = "WorkingMemory", frozen)]
+pub struct PyWorkingMemory {
+    inner: Mutex<Lru<Py<PyAny>>>,
+}
+
+#[pymethods]
+impl PyWorkingMemory {
+    #[new]
+    fn new(capacity: usize) -> PyResult<Self> {
+        Ok(Self {
+            inner: Mutex::new(Lru::new(capacity)?),
+        })
+    }
+
+    /// Most entries kept.
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.inner.lock().capacity()
+    }
+
+    /// Sets `key` to `value`, making it the most recently used entry.
+    fn set(&self, key: &str, value: Py<PyAny>) {
+        let displaced = self.inner.lock().insert(key, value);
+        // Dropped after the lock is released: a value's __del__ may run Python code that
+        // touches this memory again.
+        drop(displaced);
+    }
+
+    /// Returns the value of `key` (making it most recently used), or `default`.
+    #[pyo3(signature = (key, default=None))]
+    fn get(&self, py: Python<'_>, key: &str, default: Option<Py<PyAny>>) -> Py<PyAny> {
+        let found = self.inner.lock().get(key).map(|v| v.clone_ref(py));
+        found.or(default).unwrap_or_else(|| py.None())
+    }
+
+    /// Removes `key`; returns whether it was present.
+    fn delete(&self, key: &str) -> bool {
+        let removed = self.inner.lock().remove(key);
+        removed.is_some()
+    }
+
+    /// Removes every entry.
+    fn clear(&self) {
+        let values = self.inner.lock().clear();
+        drop(values);
+    }
+
+    /// `(key, value)` pairs from most to least recently used.
+    fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let pairs: Vec<(String, Py<PyAny>)> = self
+            .inner
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.clone_ref(py)))
+            .collect();
+        PyList::new(py, pairs)
+    }
+
+    /// Keys from most to least recently used.
+    fn keys(&self) -> Vec<String> {
+        self.inner
+            .lock()
+            .iter()
+            .map(|(k, _)| k.to_owned())
+            .collect()
+    }
+
+    /// Renders the entries for an agent's prompt, one `key: value` line each, most recent
+    /// first; an empty string when there are none.
+    fn to_prompt(&self, py: Python<'_>) -> PyResult<String> {
+        let pairs: Vec<(String, Py<PyAny>)> = self
+            .inner
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.clone_ref(py)))
+            .collect();
+        if pairs.is_empty() {
+            return Ok(String::new());
+        }
+        let mut out = String::from("Working memory:");
+        for (key, value) in pairs {
+            out.push_str("\n- ");
+            out.push_str(&key);
+            out.push_str(": ");
+            out.push_str(&value.bind(py).str()?.to_cow()?);
+        }
+        Ok(out)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    fn __contains__(&self, key: &str) -> bool {
+        self.inner.lock().contains(key)
+    }
+
+    fn __getitem__(&self, py: Python<'_>, key: &str) -> PyResult<Py<PyAny>> {
+        let found = self.inner.lock().get(key).map(|v| v.clone_ref(py));
+        found.ok_or_else(|| PyKeyError::new_err(key.to_owned()))
+    }
+
+    fn __setitem__(&self, key: &str, value: Py<PyAny>) {
+        self.set(key, value);
+    }
+
+    fn __delitem__(&self, key: &str) -> PyResult<()> {
+        if self.delete(key) {
+            Ok(())
+        } else {
+            Err(PyKeyError::new_err(key.to_owned()))
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        let inner = self.inner.lock();
+        format!(
+            "WorkingMemory(len={}, capacity={})",
+            inner.len(),
+            inner.capacity()
+        )
+    }
+}
+
+/// One remembered event of an agent (a read-only copy).
+#[pyclass(module = "llm_agent_runtime", name = "Episode", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyEpisode {
+    inner: Episode,
+}
+
+#[pymethods]
+impl PyEpisode {
+    /// Store-wide unique id, increasing with insertion.
+    #[getter]
+    fn id(&self) -> u64 {
+        self.inner.id
+    }
+    /// The agent it belongs to.
+    #[getter]
+    fn agent_id(&self) -> &str {
+        &self.inner.agent_id
+    }
+    /// What happened.
+    #[getter]
+    fn content(&self) -> &str {
+        &self.inner.content
+    }
+    /// How much it matters, in [0, 1].
+    #[getter]
+    fn importance(&self) -> f64 {
+        self.inner.importance
+    }
+    /// Clock time (seconds) it was added.
+    #[getter]
+    fn created_at(&self) -> f64 {
+        self.inner.created_at
+    }
+    /// Clock time (seconds) of its last recall, or None.
+    #[getter]
+    fn last_recalled_at(&self) -> Option<f64> {
+        self.inner.last_recalled_at
+    }
+    /// Times it has been recalled (this recall included).
+    #[getter]
+    fn recall_count(&self) -> u64 {
+        self.inner.recall_count
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Episode(id={}, agent_id={:?}, importance={}, recall_count={}, content={:?})",
+            self.inner.id,
+            self.inner.agent_id,
+            self.inner.importance,
+            self.inner.recall_count,
+            self.inner.content
+        )
+    }
+}
+
+/// How episode importance fades with age.
+#[pyclass(module = "llm_agent_runtime", name = "DecayPolicy", frozen)]
+pub struct PyDecayPolicy {
+    inner: Decay,
+}
+
+#[pymethods]
+impl PyDecayPolicy {
+    /// Importance halves every `half_life_hours`.
+    ///
+    /// Raises:
+    ///     MemoryStoreError: `half_life_hours` is not a positive number.
+    #[staticmethod]
+    fn exponential(half_life_hours: f64) -> PyResult<Self> {
+        Ok(Self {
+            inner: episodic::exponential(half_life_hours)?,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        let Decay::Exponential { half_life_hours } = self.inner;
+        format!("DecayPolicy.exponential({half_life_hours})")
+    }
+}
+
+/// How recalled episodes are ranked.
+#[pyclass(module = "llm_agent_runtime", name = "RecallPolicy", frozen)]
+pub struct PyRecallPolicy {
+    inner: Recall,
+}
+
+#[pymethods]
+impl PyRecallPolicy {
+    /// Rank by (decayed) importance; the default.
+    #[staticmethod]
+    fn importance() -> Self {
+        Self {
+            inner: Recall::Importance,
+        }
+    }
+
+    /// Rank by decayed importance + `recency_weight / (1 + age_hours)` +
+    /// `frequency_weight * recall_count / (1 + recall_count)`.
+    ///
+    /// Raises:
+    ///     MemoryStoreError: a weight is negative or not finite.
+    #[staticmethod]
+    fn hybrid(recency_weight: f64, frequency_weight: f64) -> PyResult<Self> {
+        Ok(Self {
+            inner: episodic::hybrid(recency_weight, frequency_weight)?,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        match self.inner {
+            Recall::Importance => "RecallPolicy.importance()".into(),
+            Recall::Hybrid {
+                recency_weight,
+                frequency_weight,
+            } => format!("RecallPolicy.hybrid({recency_weight}, {frequency_weight})"),
+        }
+    }
+}
+
+/// Per-agent episodic memory with decay, ranked recall and per-agent capacity.
+///
+/// Args:
+///     decay: optional `DecayPolicy` fading importance with age.
+///     recall_policy: `RecallPolicy.importance()` (default) or `RecallPolicy.hybrid(...)`.
+///     per_agent_capacity: most episodes per agent; the lowest-importance one is evicted.
+///     clock: callable returning the time in seconds (default: wall-clock time); inject
+///         one to make decay testable.
+///
+/// Raises:
+///     MemoryStoreError: `per_agent_capacity` is 0.
+#[pyclass(module = "llm_agent_runtime", name = "EpisodicStore", frozen)]
+pub struct PyEpisodicStore {
+    inner: Mutex<Episodes>,
+    clock: Option<Py<PyAny>>,
+}
+
+impl PyEpisodicStore {
+    fn now(&self, py: Python<'_>) -> PyResult<f64> {
+        match &self.clock {
+            Some(clock) => clock.call0(py)?.extract::<f64>(py),
+            None => Ok(SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())),
+        }
+    }
+
+    fn with_episodes<T>(&self, agent_id: &str, f: impl FnOnce(&[Episode]) -> T) -> T {
+        f(self.inner.lock().episodes(agent_id))
+    }
+}
+
+#[pymethods]
+impl PyEpisodicStore {
+    #[new]
+    #[pyo3(signature = (decay=None, recall_policy=None, per_agent_capacity=None, clock=None))]
+    fn new(
+        decay: Option<&PyDecayPolicy>,
+        recall_policy: Option<&PyRecallPolicy>,
+        per_agent_capacity: Option<usize>,
+        clock: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let store = Episodes::new(
+            decay.map(|d| d.inner),
+            recall_policy.map_or(Recall::Importance, |r| r.inner),
+            per_agent_capacity,
+        )?;
+        Ok(Self {
+            inner: Mutex::new(store),
+            clock,
+        })
+    }
+
+    /// Adds an episode and returns its id.
+    ///
+    /// Raises:
+    ///     MemoryStoreError: `importance` is outside [0, 1].
+    fn add_episode(
+        &self,
+        py: Python<'_>,
+        agent_id: &str,
+        content: &str,
+        importance: f64,
+    ) -> PyResult<u64> {
+        let now = self.now(py)?;
+        Ok(self.inner.lock().add(agent_id, content, importance, now)?)
+    }
+
+    /// The agent's `limit` best episodes, best first; each one's recall count goes up.
+    #[pyo3(signature = (agent_id, limit=3))]
+    fn recall(&self, py: Python<'_>, agent_id: &str, limit: usize) -> PyResult<Vec<PyEpisode>> {
+        let now = self.now(py)?;
+        let found = run_detached(py, || Ok(self.inner.lock().recall(agent_id, limit, now)))?;
+        Ok(found.into_iter().map(|inner| PyEpisode { inner }).collect())
+    }
+
+    /// The agent's episodes in insertion order.
+    fn episodes(&self, agent_id: &str) -> Vec<PyEpisode> {
+        self.with_episodes(agent_id, |eps| {
+            eps.iter().map(|e| PyEpisode { inner: e.clone() }).collect()
+        })
+    }
+
+    /// Removes the agent's episodes (everyone's when `agent_id` is None); returns how many.
+    #[pyo3(signature = (agent_id=None))]
+    fn clear(&self, agent_id: Option<&str>) -> usize {
+        self.inner.lock().clear(agent_id)
+    }
+
+    /// Episodes stored for the agent.
+    fn episode_count_for(&self, agent_id: &str) -> usize {
+        self.with_episodes(agent_id, <[Episode]>::len)
+    }
+
+    /// Sorted ids of agents with at least one episode.
+    fn agents_with_episodes(&self) -> Vec<String> {
+        let inner = self.inner.lock();
+        inner
+            .by_agent
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Byte lengths of the agent's episode contents, in insertion order.
+    fn content_lengths(&self, agent_id: &str) -> Vec<usize> {
+        self.with_episodes(agent_id, |eps| {
+            eps.iter().map(|e| e.content.len()).collect()
+        })
+    }
+
+    /// Sum of the byte lengths of the agent's episode contents.
+    fn total_content_bytes(&self, agent_id: &str) -> usize {
+        self.with_episodes(agent_id, |eps| eps.iter().map(|e| e.content.len()).sum())
+    }
+
+    /// Mean byte length of the agent's episode contents (0.0 with none).
+    fn avg_content_length(&self, agent_id: &str) -> f64 {
+        self.with_episodes(agent_id, |eps| {
+            if eps.is_empty() {
+                0.0
+            } else {
+                eps.iter().map(|e| e.content.len()).sum::<usize>() as f64 / eps.len() as f64
+            }
+        })
+    }
+
+    /// Byte length of the agent's longest episode (0 with none).
+    fn max_content_length(&self, agent_id: &str) -> usize {
+        self.with_episodes(agent_id, |eps| {
+            eps.iter().map(|e| e.content.len()).max().unwrap_or(0)
+        })
+    }
+
+    /// Byte length of the agent's shortest episode (0 with none).
+    fn min_content_length(&self, agent_id: &str) -> usize {
+        self.with_episodes(agent_id, |eps| {
+            eps.iter().map(|e| e.content.len()).min().unwrap_or(0)
+        })
+    }
+
+    /// The agent's episodes with importance above `threshold`.
+    fn high_importance_count(&self, agent_id: &str, threshold: f64) -> usize {
+        self.with_episodes(agent_id, |eps| {
+            eps.iter().filter(|e| e.importance > threshold).count()
+        })
+    }
+
+    /// The agent's contents by descending importance.
+    fn episodes_by_importance(&self, agent_id: &str) -> Vec<String> {
+        self.with_episodes(agent_id, episodic::by_importance)
+    }
+
+    /// The agent's episodes whose content contains `needle`.
+    fn content_contains_count(&self, agent_id: &str, needle: &str) -> usize {
+        self.with_episodes(agent_id, |eps| {
+            eps.iter().filter(|e| e.content.contains(needle)).count()
+        })
+    }
+
+    /// The whole store (settings and episodes) as JSON text.
+    fn to_json(&self) -> PyResult<String> {
+        serde_json::to_string(&*self.inner.lock())
+            .map_err(|e| CoreError::Memory(format!("cannot serialize episodes: {e}")).into())
+    }
+
+    /// Rebuilds a store from `to_json()` output.
+    ///
+    /// Raises:
+    ///     MemoryStoreError: the text is not an exported store.
+    #[staticmethod]
+    #[pyo3(signature = (text, clock=None))]
+    fn from_json(text: &str, clock: Option<Py<PyAny>>) -> PyResult<Self> {
+        let store: Episodes = serde_json::from_str(text)
+            .map_err(|e| CoreError::Memory(format!("not an exported episodic store: {e}")))?;
+        Ok(Self {
+            inner: Mutex::new(store),
+            clock,
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    fn __repr__(&self) -> String {
+        let inner = self.inner.lock();
+        format!(
+            "EpisodicStore(episodes={}, agents={})",
+            inner.len(),
+            inner.by_agent.len()
+        )
+    }
+}

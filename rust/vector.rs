@@ -1,0 +1,758 @@
+//! Exact cosine top-k search over one contiguous block of normalized float32 vectors.
+//!
+//! Vectors are normalized on insert, so cosine similarity is a dot product. The scan uses a
+//! kernel compiled for AVX2+FMA when the CPU has them (checked once per scan) and a portable
+//! one otherwise, keeps a bounded top-k (no full sort), splits large scans over rayon
+//! threads, and for batches walks the index in blocks so each block is read from memory
+//! once for all the queries of the batch.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::io::{Read, Write};
+
+use numpy::{
+    IntoPyArray, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+use rayon::prelude::*;
+use rustc_hash::FxHashMap;
+
+use crate::errors::{run_detached, CoreError, CoreResult};
+
+/// Rows below which a single-query scan stays on one thread.
+pub const PARALLEL_ROWS: usize = 4_096;
+/// Rows per block in batched search (a block of 384-d rows is ~384 KiB: it stays in L2).
+const BLOCK_ROWS: usize = 256;
+const MAGIC: &[u8; 8] = b"LARVEC\0\x01";
+const FORMAT_VERSION: u32 = 1;
+
+/// A scored candidate; ordered so that a `BinaryHeap` pops the worst one first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Hit {
+    score: f32,
+    row: usize,
+}
+
+impl Eq for Hit {}
+impl PartialOrd for Hit {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Hit {
+    // Reversed: the heap's top is the lowest score (ties: the later row goes first).
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .score
+            .total_cmp(&self.score)
+            .then(self.row.cmp(&other.row))
+    }
+}
+
+/// Bounded top-k: keeps the `k` best hits seen.
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<Hit>,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, score: f32, row: usize) {
+        if self.heap.len() < self.k {
+            self.heap.push(Hit { score, row });
+        } else if let Some(worst) = self.heap.peek() {
+            if score > worst.score {
+                self.heap.pop();
+                self.heap.push(Hit { score, row });
+            }
+        }
+    }
+
+    fn merge(mut self, other: TopK) -> TopK {
+        for hit in other.heap {
+            self.push(hit.score, hit.row);
+        }
+        self
+    }
+
+    /// Best first (ties: lower row first).
+    fn into_sorted(self) -> Vec<Hit> {
+        let mut hits = self.heap.into_vec();
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
+        hits
+    }
+}
+
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..16 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        sum += x * y;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    // Four 8-lane accumulators: enough independent FMAs to hide their latency.
+    let mut acc = [0.0f32; 32];
+    let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..32 {
+            acc[j] = x[j].mul_add(y[j], acc[j]);
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        sum = x.mul_add(*y, sum);
+    }
+    sum
+}
+
+/// Scores `rows` (a slice of whole rows starting at row `first`) against `query` into `top`.
+fn scan_rows(rows: &[f32], dim: usize, first: usize, query: &[f32], top: &mut TopK) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        #[allow(unsafe_code)]
+        unsafe {
+            scan_rows_avx2(rows, dim, first, query, top);
+        }
+        return;
+    }
+    for (i, row) in rows.chunks_exact(dim).enumerate() {
+        top.push(dot_portable(row, query), first + i);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn scan_rows_avx2(rows: &[f32], dim: usize, first: usize, query: &[f32], top: &mut TopK) {
+    for (i, row) in rows.chunks_exact(dim).enumerate() {
+        top.push(dot_avx2(row, query), first + i);
+    }
+}
+
+/// Normalizes `v` in place; refuses non-finite values and zero vectors.
+fn normalize(v: &mut [f32], what: &str) -> CoreResult<()> {
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(CoreError::Memory(format!(
+            "{what} contains NaN or infinite values"
+        )));
+    }
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
+    if norm == 0.0 {
+        return Err(CoreError::Memory(format!(
+            "{what} is the zero vector: cosine similarity is undefined"
+        )));
+    }
+    let inv = (1.0 / norm) as f32;
+    v.iter_mut().for_each(|x| *x *= inv);
+    Ok(())
+}
+
+/// The index proper: ids, their rows (normalized, contiguous), and id -> row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Index {
+    dim: usize,
+    ids: Vec<u64>,
+    data: Vec<f32>,
+    rows: FxHashMap<u64, usize>,
+}
+
+impl Index {
+    /// An empty index of `dim`-dimensional vectors.
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when `dim` is 0.
+    pub fn new(dim: usize) -> CoreResult<Self> {
+        if dim == 0 {
+            return Err(CoreError::Memory("dim must be at least 1".into()));
+        }
+        Ok(Self {
+            dim,
+            ids: Vec::new(),
+            data: Vec::new(),
+            rows: FxHashMap::default(),
+        })
+    }
+
+    /// Vector length.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Adds or replaces vectors (`vectors` is `ids.len()` rows of `dim`); all or nothing.
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] on a shape mismatch, a duplicate id in the batch, or a row that
+    /// is not finite or is zero.
+    pub fn add(&mut self, ids: &[u64], vectors: &[f32]) -> CoreResult<()> {
+        if vectors.len() != ids.len() * self.dim {
+            return Err(CoreError::Memory(format!(
+                "expected {} vectors of dimension {}, got {} values",
+                ids.len(),
+                self.dim,
+                vectors.len()
+            )));
+        }
+        let mut normalized = vectors.to_vec();
+        let mut seen = FxHashMap::default();
+        for (i, (row, id)) in normalized.chunks_exact_mut(self.dim).zip(ids).enumerate() {
+            if seen.insert(*id, i).is_some() {
+                return Err(CoreError::Memory(format!(
+                    "id {id} appears twice in one add"
+                )));
+            }
+            normalize(row, &format!("vector {i} (id {id})"))?;
+        }
+        for (row, &id) in normalized.chunks_exact(self.dim).zip(ids) {
+            match self.rows.get(&id) {
+                Some(&r) => self.data[r * self.dim..(r + 1) * self.dim].copy_from_slice(row),
+                None => {
+                    self.rows.insert(id, self.ids.len());
+                    self.ids.push(id);
+                    self.data.extend_from_slice(row);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes vectors by id, O(1) each (the last row moves into the hole); all or nothing.
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] naming the first unknown id.
+    pub fn remove(&mut self, ids: &[u64]) -> CoreResult<()> {
+        if let Some(unknown) = ids.iter().find(|id| !self.rows.contains_key(id)) {
+            return Err(CoreError::Memory(format!(
+                "cannot remove unknown id {unknown}"
+            )));
+        }
+        for id in ids {
+            let Some(row) = self.rows.remove(id) else {
+                continue; // a repeated id in `ids`: already removed
+            };
+            let last = self.ids.len() - 1;
+            if row != last {
+                let moved = self.ids[last];
+                self.ids[row] = moved;
+                self.data
+                    .copy_within(last * self.dim..(last + 1) * self.dim, row * self.dim);
+                self.rows.insert(moved, row);
+            }
+            self.ids.pop();
+            self.data.truncate(last * self.dim);
+        }
+        Ok(())
+    }
+
+    fn check_query(&self, query: &[f32], k: usize) -> CoreResult<Vec<f32>> {
+        if k == 0 {
+            return Err(CoreError::Memory("k must be at least 1".into()));
+        }
+        if query.len() != self.dim {
+            return Err(CoreError::Memory(format!(
+                "query has dimension {}, the index has {}",
+                query.len(),
+                self.dim
+            )));
+        }
+        let mut q = query.to_vec();
+        normalize(&mut q, "query")?;
+        Ok(q)
+    }
+
+    /// The `k` most similar vectors to `query`: (ids, cosine scores), best first.
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when `k` is 0 or the query has the wrong dimension, is not
+    /// finite, or is zero.
+    pub fn search(&self, query: &[f32], k: usize) -> CoreResult<(Vec<u64>, Vec<f32>)> {
+        let q = self.check_query(query, k)?;
+        let rows_per_task = PARALLEL_ROWS.max(self.len().div_ceil(rayon::current_num_threads()));
+        let top = if self.len() < PARALLEL_ROWS {
+            let mut top = TopK::new(k);
+            scan_rows(&self.data, self.dim, 0, &q, &mut top);
+            top
+        } else {
+            self.data
+                .par_chunks(rows_per_task * self.dim)
+                .enumerate()
+                .map(|(chunk, rows)| {
+                    let mut top = TopK::new(k);
+                    scan_rows(rows, self.dim, chunk * rows_per_task, &q, &mut top);
+                    top
+                })
+                .reduce(|| TopK::new(k), TopK::merge)
+        };
+        let hits = top.into_sorted();
+        Ok((
+            hits.iter().map(|h| self.ids[h.row]).collect(),
+            hits.iter().map(|h| h.score).collect(),
+        ))
+    }
+
+    /// `search` for each of `queries` (`m` rows of `dim`): ids and scores, `m` rows of
+    /// `min(k, len)` each.
+    ///
+    /// # Errors
+    /// As [`Index::search`], for any query.
+    pub fn search_batch(
+        &self,
+        queries: &[f32],
+        k: usize,
+    ) -> CoreResult<(Vec<u64>, Vec<f32>, usize)> {
+        if queries.len() % self.dim != 0 {
+            return Err(CoreError::Memory(format!(
+                "queries have dimension {}, the index has {}",
+                queries.len(),
+                self.dim
+            )));
+        }
+        let qs: Vec<Vec<f32>> = queries
+            .chunks_exact(self.dim)
+            .map(|q| self.check_query(q, k))
+            .collect::<CoreResult<_>>()?;
+        let width = k.min(self.len());
+        // Queries are split over threads; each thread walks the index block by block and
+        // scores every one of its queries against a block while it is in cache.
+        let per_thread = qs.len().div_ceil(rayon::current_num_threads()).max(1);
+        let tops: Vec<TopK> = qs
+            .par_chunks(per_thread)
+            .flat_map_iter(|group| {
+                let mut tops: Vec<TopK> = group.iter().map(|_| TopK::new(k)).collect();
+                for (b, block) in self.data.chunks(BLOCK_ROWS * self.dim).enumerate() {
+                    for (q, top) in group.iter().zip(tops.iter_mut()) {
+                        scan_rows(block, self.dim, b * BLOCK_ROWS, q, top);
+                    }
+                }
+                tops
+            })
+            .collect();
+        let mut ids = Vec::with_capacity(tops.len() * width);
+        let mut scores = Vec::with_capacity(tops.len() * width);
+        for top in tops {
+            for hit in top.into_sorted() {
+                ids.push(self.ids[hit.row]);
+                scores.push(hit.score);
+            }
+        }
+        Ok((ids, scores, width))
+    }
+
+    /// Writes the index: magic, version, dim, count, ids, rows, then a CRC-32 of all of it.
+    ///
+    /// # Errors
+    /// [`CoreError::Persistence`] on an I/O failure.
+    pub fn save(&self, path: &str) -> CoreResult<()> {
+        let io = |e: std::io::Error| CoreError::Persistence(format!("cannot write {path}: {e}"));
+        let mut bytes = Vec::with_capacity(24 + self.ids.len() * 8 + self.data.len() * 4 + 4);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(self.dim as u32).to_le_bytes());
+        bytes.extend_from_slice(&(self.ids.len() as u64).to_le_bytes());
+        self.ids
+            .iter()
+            .for_each(|id| bytes.extend_from_slice(&id.to_le_bytes()));
+        self.data
+            .iter()
+            .for_each(|x| bytes.extend_from_slice(&x.to_le_bytes()));
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        // Write beside, then rename: a crash never leaves a half-written index in place.
+        let tmp = format!("{path}.tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        file.write_all(&bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Reads an index written by [`Index::save`].
+    ///
+    /// # Errors
+    /// [`CoreError::Persistence`] when the file cannot be read, is not an index, has another
+    /// format version, is truncated, or fails its checksum.
+    pub fn load(path: &str) -> CoreResult<Self> {
+        let bad = |why: String| CoreError::Persistence(format!("cannot load {path}: {why}"));
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| bad(e.to_string()))?;
+        if bytes.len() < 28 || &bytes[..8] != MAGIC {
+            return Err(bad("not a vector index file".into()));
+        }
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let version = u32_at(8);
+        if version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version {version}, expected {FORMAT_VERSION}"
+            )));
+        }
+        let (body, tail) = bytes.split_at(bytes.len() - 4);
+        if crc32fast::hash(body) != u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) {
+            return Err(bad(
+                "checksum mismatch: the file is corrupt or truncated".into()
+            ));
+        }
+        let dim = u32_at(12) as usize;
+        let mut count = [0u8; 8];
+        count.copy_from_slice(&bytes[16..24]);
+        let count = u64::from_le_bytes(count) as usize;
+        let expected = count
+            .checked_mul(8 + 4 * dim)
+            .and_then(|n| n.checked_add(24))
+            .ok_or_else(|| bad("header sizes overflow".into()))?;
+        if body.len() != expected || dim == 0 {
+            return Err(bad("size does not match its header".into()));
+        }
+        let ids: Vec<u64> = body[24..24 + count * 8]
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
+        let data: Vec<f32> = body[24 + count * 8..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let rows = ids
+            .iter()
+            .enumerate()
+            .map(|(r, &id)| (id, r))
+            .collect::<FxHashMap<_, _>>();
+        if rows.len() != ids.len() {
+            return Err(bad("duplicate ids".into()));
+        }
+        Ok(Self {
+            dim,
+            ids,
+            data,
+            rows,
+        })
+    }
+}
+
+fn as_f32_matrix<'py>(
+    value: &Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<PyReadonlyArray2<'py, f32>> {
+    let array = value.extract::<PyReadonlyArray2<'py, f32>>().map_err(|_| {
+        PyErr::from(CoreError::Memory(format!(
+            "{what} must be a 2-D numpy float32 array (it is refused, not converted: use \
+             np.ascontiguousarray(x, dtype=np.float32))"
+        )))
+    })?;
+    if !array.is_c_contiguous() {
+        return Err(CoreError::Memory(format!(
+            "{what} must be C-contiguous (use np.ascontiguousarray)"
+        ))
+        .into());
+    }
+    Ok(array)
+}
+
+fn as_f32_vector<'py>(value: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray1<'py, f32>> {
+    let array = value.extract::<PyReadonlyArray1<'py, f32>>().map_err(|_| {
+        PyErr::from(CoreError::Memory(
+            "query must be a 1-D numpy float32 array (use np.asarray(q, dtype=np.float32))".into(),
+        ))
+    })?;
+    if !array.is_c_contiguous() {
+        return Err(CoreError::Memory("query must be C-contiguous".into()).into());
+    }
+    Ok(array)
+}
+
+fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+    if let Ok(a) = value.extract::<PyReadonlyArray1<'_, i64>>() {
+        return a
+            .as_array()
+            .iter()
+            .map(|&id| {
+                u64::try_from(id)
+                    .map_err(|_| CoreError::Memory(format!("ids must be >= 0, got {id}")).into())
+            })
+            .collect();
+    }
+    if let Ok(a) = value.extract::<PyReadonlyArray1<'_, u64>>() {
+        return Ok(a.as_array().to_vec());
+    }
+    value.extract::<Vec<u64>>().map_err(|_| {
+        CoreError::Memory(
+            "ids must be a 1-D int64/uint64 numpy array or a list of ints >= 0".into(),
+        )
+        .into()
+    })
+}
+
+/// Search results as numpy arrays: (ids, scores).
+type Hits<'py, D> = (
+    Bound<'py, numpy::PyArray<i64, D>>,
+    Bound<'py, numpy::PyArray<f32, D>>,
+);
+
+/// Exact cosine-similarity index over float32 vectors, in Rust.
+///
+/// Vectors are normalized on insert and kept in one contiguous block. Searches scan every
+/// vector (exact results) with the GIL released, using SIMD and, for large indexes, every
+/// core (set ``RAYON_NUM_THREADS`` to limit it). Inputs are numpy float32 arrays, C-contiguous;
+/// other dtypes are refused with a message saying how to convert, never silently copied.
+///
+/// Args:
+///     dim: vector length.
+///
+/// Raises:
+///     MemoryStoreError: `dim` is 0.
+#[pyclass(module = "llm_agent_runtime", name = "VectorIndex", frozen)]
+pub struct PyVectorIndex {
+    inner: RwLock<Index>,
+}
+
+#[pymethods]
+impl PyVectorIndex {
+    #[new]
+    fn new(dim: usize) -> PyResult<Self> {
+        Ok(Self {
+            inner: RwLock::new(Index::new(dim)?),
+        })
+    }
+
+    /// Vector length.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.read().dim()
+    }
+
+    /// Adds vectors, replacing those whose id is already present (upsert); all or nothing.
+    ///
+    /// Args:
+    ///     ids: one non-negative integer id per row.
+    ///     vectors: float32 array of shape (len(ids), dim).
+    ///
+    /// Raises:
+    ///     MemoryStoreError: wrong shape or dtype, a duplicate id in the batch, NaN/inf, or
+    ///         a zero vector.
+    fn add(
+        &self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        vectors: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let ids = as_ids(ids)?;
+        let vectors = as_f32_matrix(vectors, "vectors")?;
+        let dim = self.inner.read().dim();
+        if vectors.shape() != [ids.len(), dim] {
+            return Err(CoreError::Memory(format!(
+                "vectors have shape {:?}, expected ({}, {dim})",
+                vectors.shape(),
+                ids.len()
+            ))
+            .into());
+        }
+        let slice = vectors.as_slice()?;
+        run_detached(py, || self.inner.write().add(&ids, slice))
+    }
+
+    /// Removes vectors by id (all or nothing).
+    ///
+    /// Raises:
+    ///     MemoryStoreError: an id is not in the index.
+    fn remove(&self, ids: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ids = as_ids(ids)?;
+        Ok(self.inner.write().remove(&ids)?)
+    }
+
+    /// The `k` vectors most similar to `query`, best first.
+    ///
+    /// Returns:
+    ///     (ids, scores): int64 and float32 arrays of length min(k, len(index)).
+    ///
+    /// Raises:
+    ///     MemoryStoreError: k < 1, or a query of the wrong shape or dtype, NaN/inf, or zero.
+    fn search<'py>(
+        &self,
+        py: Python<'py>,
+        query: &Bound<'py, PyAny>,
+        k: i64,
+    ) -> PyResult<Hits<'py, numpy::Ix1>> {
+        let query = as_f32_vector(query)?;
+        let k = usize::try_from(k)
+            .map_err(|_| CoreError::Memory(format!("k must be at least 1, got {k}")))?;
+        let q = query.as_slice()?;
+        let (ids, scores) = run_detached(py, || self.inner.read().search(q, k))?;
+        let ids: Vec<i64> = ids.into_iter().map(|id| id as i64).collect();
+        Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
+    }
+
+    /// `search` for every row of `queries` (float32, shape (m, dim)).
+    ///
+    /// Returns:
+    ///     (ids, scores): arrays of shape (m, min(k, len(index))).
+    ///
+    /// Raises:
+    ///     MemoryStoreError: as `search`.
+    fn search_batch<'py>(
+        &self,
+        py: Python<'py>,
+        queries: &Bound<'py, PyAny>,
+        k: i64,
+    ) -> PyResult<Hits<'py, numpy::Ix2>> {
+        let queries = as_f32_matrix(queries, "queries")?;
+        let k = usize::try_from(k)
+            .map_err(|_| CoreError::Memory(format!("k must be at least 1, got {k}")))?;
+        let m = queries.shape()[0];
+        let qs = queries.as_slice()?;
+        let (ids, scores, width) = run_detached(py, || self.inner.read().search_batch(qs, k))?;
+        let ids: Vec<i64> = ids.into_iter().map(|id| id as i64).collect();
+        let ids = ids.into_pyarray(py).reshape([m, width])?;
+        let scores = scores.into_pyarray(py).reshape([m, width])?;
+        Ok((ids, scores))
+    }
+
+    /// Whether `id` is in the index.
+    fn __contains__(&self, id: u64) -> bool {
+        self.inner.read().rows.contains_key(&id)
+    }
+
+    /// Writes the index to `path` (versioned format with a checksum, replaced atomically).
+    ///
+    /// Raises:
+    ///     PersistenceError: the file cannot be written.
+    fn save(&self, py: Python<'_>, path: &str) -> PyResult<()> {
+        run_detached(py, || self.inner.read().save(path))
+    }
+
+    /// Reads an index written by `save`.
+    ///
+    /// Raises:
+    ///     PersistenceError: unreadable, not an index, another version, truncated or corrupt.
+    #[staticmethod]
+    fn load(py: Python<'_>, path: &str) -> PyResult<Self> {
+        let index = run_detached(py, || Index::load(path))?;
+        Ok(Self {
+            inner: RwLock::new(index),
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.read().len()
+    }
+
+    fn __repr__(&self) -> String {
+        let inner = self.inner.read();
+        format!("VectorIndex(dim={}, len={})", inner.dim(), inner.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn brute(index: &Index, q: &[f32], k: usize) -> Vec<u64> {
+        let mut qn = q.to_vec();
+        normalize(&mut qn, "q").unwrap();
+        let mut scored: Vec<(f32, u64)> = index
+            .data
+            .chunks_exact(index.dim)
+            .zip(&index.ids)
+            .map(|(r, &id)| (dot_portable(r, &qn), id))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored.into_iter().take(k).map(|(_, id)| id).collect()
+    }
+
+    fn filled(n: usize, dim: usize) -> Index {
+        let mut index = Index::new(dim).unwrap();
+        let mut x = 1u32;
+        let data: Vec<f32> = (0..n * dim)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect();
+        let ids: Vec<u64> = (0..n as u64).collect();
+        index.add(&ids, &data).unwrap();
+        index
+    }
+
+    #[test]
+    fn serial_and_parallel_scans_match_brute_force() {
+        for n in [10, PARALLEL_ROWS + 1000] {
+            let index = filled(n, 24);
+            let q: Vec<f32> = (0..24).map(|i| i as f32 - 7.0).collect();
+            assert_eq!(index.search(&q, 5).unwrap().0, brute(&index, &q, 5));
+            let (ids, _, width) = index
+                .search_batch(&[q.clone(), q.clone()].concat(), 5)
+                .unwrap();
+            assert_eq!(width, 5);
+            assert_eq!(&ids[..5], &ids[5..]);
+            assert_eq!(ids[..5].to_vec(), brute(&index, &q, 5));
+        }
+    }
+
+    #[test]
+    fn remove_upsert_and_errors() {
+        let mut index = filled(5, 4);
+        index.remove(&[0, 2]).unwrap();
+        assert_eq!(index.len(), 3);
+        assert!(index.remove(&[0]).is_err());
+        index.add(&[1], &[1.0, 0.0, 0.0, 0.0]).unwrap();
+        assert_eq!(index.len(), 3);
+        assert_eq!(index.search(&[1.0, 0.0, 0.0, 0.0], 1).unwrap().0, vec![1]);
+        assert!(index.search(&[1.0, 0.0, 0.0], 1).is_err());
+        assert!(index.search(&[0.0; 4], 1).is_err());
+        assert!(index.search(&[1.0, 0.0, 0.0, 0.0], 0).is_err());
+        assert!(index.add(&[9], &[f32::NAN, 0.0, 0.0, 0.0]).is_err());
+        assert!(index.add(&[7, 7], &[1.0; 8]).is_err());
+    }
+
+    #[test]
+    fn save_load_round_trip_and_corruption() {
+        let index = filled(50, 8);
+        let dir = std::env::temp_dir().join(format!("vec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("i.bin").to_string_lossy().into_owned();
+        index.save(&path).unwrap();
+        assert_eq!(Index::load(&path).unwrap(), index);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(Index::load(&path), Err(CoreError::Persistence(_))));
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(Index::load(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,170 @@
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+import llm_agent_runtime as ar
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_importance_ranking_recall_counts_and_helpers() -> None:
+    clock = Clock()
+    store = ar.EpisodicStore(clock=clock)
+    store.add_episode("a", "met alice", 0.3)
+    store.add_episode("a", "deadline friday", 0.9)
+    store.add_episode("a", "alice likes tea", 0.6)
+    store.add_episode("b", "other agent", 0.5)
+    top = store.recall("a", 2)
+    assert [e.content for e in top] == ["deadline friday", "alice likes tea"]
+    assert [e.recall_count for e in top] == [1, 1]
+    assert top[0].last_recalled_at == clock.t and top[0].agent_id == "a"
+    assert store.recall("nobody", 5) == [] and store.recall("a", 0) == []
+    assert store.episode_count_for("a") == 3 and len(store) == 4
+    assert store.agents_with_episodes() == ["a", "b"]
+    assert store.content_lengths("a") == [9, 15, 15]
+    assert store.total_content_bytes("a") == 39
+    assert store.avg_content_length("a") == 13.0
+    assert (store.max_content_length("a"), store.min_content_length("a")) == (15, 9)
+    assert store.high_importance_count("a", 0.5) == 2
+    assert store.episodes_by_importance("a") == ["deadline friday", "alice likes tea", "met alice"]
+    assert store.content_contains_count("a", "alice") == 2
+    assert store.avg_content_length("nobody") == 0.0 and store.max_content_length("nobody") == 0
+    assert store.clear("b") == 1 and store.agents_with_episodes() == ["a"]
+    assert store.clear() == 3 and len(store) == 0
+
+
+def test_validation() -> None:
+    store = ar.EpisodicStore()
+    for bad in (-0.1, 1.1, math.nan):
+        with pytest.raises(ar.MemoryStoreError, match="importance"):
+            store.add_episode("a", "x", bad)
+    with pytest.raises(ar.MemoryStoreError):
+        ar.EpisodicStore(per_agent_capacity=0)
+    with pytest.raises(ar.MemoryStoreError):
+        ar.DecayPolicy.exponential(0)
+    with pytest.raises(ar.MemoryStoreError):
+        ar.RecallPolicy.hybrid(-1, 0)
+    with pytest.raises(ar.MemoryStoreError, match="not an exported"):
+        ar.EpisodicStore.from_json("{}")
+
+
+def test_per_agent_capacity_evicts_lowest_importance() -> None:
+    store = ar.EpisodicStore(per_agent_capacity=2)
+    store.add_episode("a", "keep", 0.5)
+    store.add_episode("a", "drop", 0.1)
+    store.add_episode("a", "new", 0.7)
+    store.add_episode("b", "untouched", 0.0)
+    assert [e.content for e in store.episodes("a")] == ["keep", "new"]
+    assert store.episode_count_for("b") == 1
+
+
+def test_decay_matches_the_formula_with_a_fake_clock() -> None:
+    clock = Clock()
+    store = ar.EpisodicStore(decay=ar.DecayPolicy.exponential(2.0), clock=clock)
+    store.add_episode("a", "old but important", 0.9)
+    clock.t += 4 * 3600  # two half-lives: 0.9 -> 0.225
+    store.add_episode("a", "fresh", 0.3)
+    assert [e.content for e in store.recall("a", 2)] == ["fresh", "old but important"]
+    clock.t += 0
+    # 0.225 vs 0.3: fresh wins; one hour later 0.9*0.5**2.5=0.159 vs 0.3*0.5**0.5=0.212.
+    clock.t += 3600
+    assert store.recall("a", 1)[0].content == "fresh"
+
+
+def test_hybrid_scores_match_the_formula() -> None:
+    clock = Clock()
+    policy = ar.RecallPolicy.hybrid(recency_weight=1.0, frequency_weight=0.5)
+    store = ar.EpisodicStore(recall_policy=policy, clock=clock)
+    store.add_episode("a", "old", 0.5)
+    clock.t += 3600
+    store.add_episode("a", "new", 0.2)
+    # old: 0.5 + 1/(1+1) + 0 = 1.0 ; new: 0.2 + 1/(1+0) + 0 = 1.2
+    assert [e.content for e in store.recall("a", 2)] == ["new", "old"]
+    # Both now recalled once: old 0.5+0.5+0.25=1.25, new 0.2+1+0.25=1.45.
+    assert store.recall("a", 1)[0].content == "new"
+    # new recalled twice: 0.2+1+0.5*2/3=1.533...; old once: 1.25. Still new first.
+    assert [e.recall_count for e in store.episodes("a")] == [1, 2]
+
+
+def test_json_round_trip_keeps_settings_and_counts() -> None:
+    clock = Clock()
+    store = ar.EpisodicStore(
+        decay=ar.DecayPolicy.exponential(1.0),
+        recall_policy=ar.RecallPolicy.hybrid(0.2, 0.1),
+        per_agent_capacity=5,
+        clock=clock,
+    )
+    store.add_episode("a", "x", 0.4)
+    store.add_episode("a", "y", 0.8)
+    store.recall("a", 1)
+    text = store.to_json()
+    assert json.loads(text)["per_agent_capacity"] == 5
+    back = ar.EpisodicStore.from_json(text, clock=clock)
+    assert back.episodes("a") == store.episodes("a")
+    assert back.recall("a", 2) == store.recall("a", 2)
+    assert back.add_episode("a", "z", 0.1) == store.add_episode("a", "z", 0.1)
+
+
+@dataclass
+class RefEpisode:
+    id: int
+    content: str
+    importance: float
+    recall_count: int = 0
+
+
+class EpisodicModel(RuleBasedStateMachine):
+    """EpisodicStore (importance policy, capacity 4) against a list-based reference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = ar.EpisodicStore(per_agent_capacity=4, clock=lambda: 0.0)
+        self.ref: dict[str, list[RefEpisode]] = {}
+        self.next_id = 0
+
+    @rule(agent=st.sampled_from(["a", "b"]), importance=st.sampled_from([0.0, 0.25, 0.5, 1.0]))
+    def add(self, agent: str, importance: float) -> None:
+        content = f"e{self.next_id}"
+        assert self.store.add_episode(agent, content, importance) == self.next_id
+        episodes = self.ref.setdefault(agent, [])
+        episodes.append(RefEpisode(self.next_id, content, importance))
+        self.next_id += 1
+        if len(episodes) > 4:
+            victim = min(range(len(episodes)), key=lambda i: (episodes[i].importance, i))
+            del episodes[victim]
+
+    @rule(agent=st.sampled_from(["a", "b", "c"]), limit=st.integers(0, 6))
+    def recall(self, agent: str, limit: int) -> None:
+        episodes = self.ref.get(agent, [])
+        order = sorted(range(len(episodes)), key=lambda i: (-episodes[i].importance, -i))[:limit]
+        for i in order:
+            episodes[i].recall_count += 1
+        got = self.store.recall(agent, limit)
+        assert [e.content for e in got] == [episodes[i].content for i in order]
+        assert [e.recall_count for e in got] == [episodes[i].recall_count for i in order]
+
+    @rule(agent=st.sampled_from(["a", "b"]))
+    def clear(self, agent: str) -> None:
+        assert self.store.clear(agent) == len(self.ref.pop(agent, []))
+
+    @invariant()
+    def same_contents(self) -> None:
+        for agent in ("a", "b"):
+            assert [(e.content, e.recall_count) for e in self.store.episodes(agent)] == [
+                (e.content, e.recall_count) for e in self.ref.get(agent, [])
+            ]
+
+
+TestEpisodicModel = EpisodicModel.TestCase
+TestEpisodicModel.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)

@@ -1,0 +1,329 @@
+import asyncio
+import logging
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llm_agent_runtime as ar
+
+# -- Deduplicator ---------------------------------------------------------------------------
+
+
+async def test_dedup_single_flight_for_1000_concurrent_callers() -> None:
+    dedup = ar.Deduplicator(ttl=0)
+    executions = 0
+    gate = asyncio.Event()
+
+    async def work(x: int) -> int:
+        nonlocal executions
+        executions += 1
+        await gate.wait()
+        return x * 2
+
+    tasks = [asyncio.create_task(dedup.run(f"k{i % 10}", work, i % 10)) for i in range(1000)]
+    await asyncio.sleep(0)
+    assert dedup.in_flight == 10
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    assert executions == 10 and dedup.executions == 10
+    assert results == [(i % 10) * 2 for i in range(1000)]
+    assert dedup.in_flight == 0
+
+
+async def test_dedup_serves_results_for_ttl_and_never_caches_failures() -> None:
+    clock = ar.FakeClock()
+    dedup = ar.Deduplicator(ttl=10, clock=clock)
+    calls = []
+
+    def work() -> int:
+        calls.append(1)
+        return len(calls)
+
+    assert await dedup.run("k", work) == 1
+    clock.advance(9.9)
+    assert await dedup.run("k", work) == 1
+    clock.advance(0.1)
+    assert await dedup.run("k", work) == 2
+
+    attempts = []
+
+    async def fails() -> None:
+        attempts.append(1)
+        raise RuntimeError("nope")
+
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            await dedup.run("bad", fails)
+    assert len(attempts) == 2
+
+
+async def test_dedup_caller_cancellation_does_not_cancel_shared_work() -> None:
+    dedup = ar.Deduplicator(ttl=60)
+    gate = asyncio.Event()
+
+    async def work() -> str:
+        await gate.wait()
+        return "shared"
+
+    first = asyncio.create_task(dedup.run("k", work))
+    second = asyncio.create_task(dedup.run("k", work))
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    gate.set()
+    assert await second == "shared"
+    assert dedup.in_flight == 0 and dedup.executions == 1
+
+
+def test_canonical_key_is_order_independent() -> None:
+    assert ar.orchestration.canonical_key(a=1, b=[2]) == ar.orchestration.canonical_key(b=[2], a=1)
+    with pytest.raises(TypeError):
+        ar.orchestration.canonical_key(object())
+
+
+# -- BackpressureGuard ------------------------------------------------------------------------
+
+
+async def test_guard_sheds_at_once_with_depth_and_capacity() -> None:
+    metrics = ar.RuntimeMetrics()
+    guard = ar.BackpressureGuard(capacity=2, metrics=metrics)
+    async with guard, guard:
+        assert guard.depth == 2
+        with pytest.raises(ar.BackpressureShedError) as info:
+            async with guard:
+                pass
+        assert (info.value.depth, info.value.capacity) == (2, 2)
+    assert guard.depth == 0
+    assert metrics.snapshot().backpressure_shed_count == 1
+    assert guard.shed_count == 1
+
+
+async def test_guard_soft_limit_warns(caplog: pytest.LogCaptureFixture) -> None:
+    guard = ar.BackpressureGuard(capacity=3, soft_limit=1)
+    with caplog.at_level(logging.WARNING):
+        async with guard, guard:
+            pass
+    assert any("soft limit 1" in r.getMessage() for r in caplog.records)
+
+
+async def test_guard_depth_returns_to_zero_on_errors_and_cancellation() -> None:
+    guard = ar.BackpressureGuard(capacity=1000)
+    started = asyncio.Event()
+
+    async def hold(i: int) -> None:
+        async with guard:
+            if i % 3 == 0:
+                raise RuntimeError("boom")
+            started.set()
+            await asyncio.sleep(10)
+
+    tasks = [asyncio.create_task(hold(i)) for i in range(1000)]
+    await started.wait()
+    await asyncio.sleep(0)
+    assert guard.depth == 1000 - 334
+    for t in tasks:
+        t.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(isinstance(r, RuntimeError) for r in results) == 334
+    assert guard.depth == 0
+
+
+async def test_guard_exact_shed_count_under_1000_concurrent_tasks() -> None:
+    guard = ar.BackpressureGuard(capacity=100)
+    gate = asyncio.Event()
+
+    async def hold() -> str:
+        try:
+            async with guard:
+                await gate.wait()
+                return "ran"
+        except ar.BackpressureShedError:
+            return "shed"
+
+    tasks = [asyncio.create_task(hold()) for _ in range(1000)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    assert results.count("ran") == 100 and results.count("shed") == 900
+    assert guard.depth == 0
+
+
+def test_guard_validation_and_release_misuse() -> None:
+    with pytest.raises(ValueError):
+        ar.BackpressureGuard(0)
+    with pytest.raises(ValueError):
+        ar.BackpressureGuard(2, soft_limit=3)
+    guard = ar.BackpressureGuard(1)
+    assert guard.try_acquire() and not guard.try_acquire()
+    guard.release()
+    with pytest.raises(RuntimeError):
+        guard.release()
+
+
+# -- RateLimiter --------------------------------------------------------------------------------
+
+
+async def test_limiter_try_acquire_and_refill_per_key() -> None:
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=2, capacity=3, clock=clock)
+    assert [limiter.try_acquire("a") for _ in range(4)] == [True, True, True, False]
+    assert limiter.try_acquire("b")
+    clock.advance(0.5)
+    assert limiter.try_acquire("a") and not limiter.try_acquire("a")
+    with pytest.raises(ValueError):
+        limiter.try_acquire("a", tokens=4)
+
+
+async def test_limiter_acquire_waits_exactly_for_refill() -> None:
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=4, capacity=1, clock=clock)
+    await limiter.acquire("tool")
+    await limiter.acquire("tool")
+    assert clock.sleeps == [0.25]
+    assert clock.now() == 0.25
+
+
+async def test_limiter_1000_concurrent_tasks_rate_exact() -> None:
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=100, capacity=10, clock=clock)
+    await asyncio.gather(*(limiter.acquire("k") for _ in range(1000)))
+    # 10 from the full bucket, the other 990 at 100 per second.
+    assert clock.now() == pytest.approx(9.9)
+
+
+async def test_limiter_cancelled_waiter_takes_nothing() -> None:
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=1, capacity=1, clock=clock)
+    assert limiter.try_acquire()
+    task = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert limiter.tokens() == 0.0  # the reservation was given back
+    clock.advance(1)
+    assert limiter.try_acquire()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rate=st.floats(0.1, 100),
+    capacity=st.integers(1, 50),
+    ops=st.lists(st.tuples(st.floats(0, 5), st.integers(1, 50)), max_size=40),
+)
+def test_bucket_never_exceeds_capacity_and_refills_exactly(
+    rate: float, capacity: int, ops: list[tuple[float, int]]
+) -> None:
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=rate, capacity=capacity, clock=clock)
+    expected = float(capacity)
+    for wait, want in ops:
+        clock.advance(wait)
+        expected = min(capacity, expected + wait * rate)
+        want = min(want, capacity)
+        granted = limiter.try_acquire("k", want)
+        assert granted == (expected >= want)
+        if granted:
+            expected -= want
+        assert limiter.tokens("k") == pytest.approx(expected)
+        assert 0 <= limiter.tokens("k") <= capacity
+
+
+# -- ResultCache --------------------------------------------------------------------------------
+
+
+async def test_cache_canonical_keys_ttl_and_lru() -> None:
+    clock = ar.FakeClock()
+    cache = ar.ResultCache(ttl=5, max_entries=2, clock=clock)
+    calls = []
+
+    def search(q: str, n: int) -> str:
+        calls.append((q, n))
+        return f"{q}:{n}"
+
+    assert await cache.get_or_call("search", {"q": "a", "n": 1}, search) == "a:1"
+    assert await cache.get_or_call("search", {"n": 1, "q": "a"}, search) == "a:1"
+    assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
+    cache.put("other", {"x": 1}, 1)
+    cache.put("other", {"x": 2}, 2)  # evicts the search entry (least recently used)
+    assert cache.get("search", {"q": "a", "n": 1}) == (False, None)
+    clock.advance(5)
+    assert cache.get("other", {"x": 2}) == (False, None)
+    assert cache.invalidate() == 1
+
+
+async def test_cache_does_not_store_failures() -> None:
+    cache = ar.ResultCache(ttl=5)
+
+    def boom() -> None:
+        raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        await cache.get_or_call("t", {}, boom)
+    assert len(cache) == 0
+
+
+# -- CostBudget and CapabilitySet -------------------------------------------------------------
+
+
+def test_budget_tokens_and_money() -> None:
+    budget = ar.CostBudget(max_tokens=100, max_cost_usd=1.0)
+    budget.record(40, 10, cost_usd=0.5)
+    assert (budget.remaining_tokens, budget.remaining_cost_usd) == (50, 0.5)
+    budget.check()
+    with pytest.raises(ar.BudgetExceededError, match="token budget exceeded"):
+        budget.record(40, 20)
+    with pytest.raises(ar.BudgetExceededError):
+        budget.check()
+    money = ar.CostBudget(max_cost_usd=0.01)
+    with pytest.raises(ar.BudgetExceededError, match="cost budget"):
+        money.record(1, 1, cost_usd=0.02)
+    with pytest.raises(ValueError):
+        money.record(-1, 0)
+    assert ar.CostBudget().remaining_tokens is None
+
+
+def test_capabilities() -> None:
+    caps = ar.CapabilitySet(allowed_tools=["calc"], allowed_state_keys={"notes"}, max_actions=2)
+    caps.check_tool("calc")
+    with pytest.raises(ar.PolicyDeniedError, match="search"):
+        caps.check_tool("search")
+    caps.check_state_key("notes")
+    with pytest.raises(ar.PolicyDeniedError):
+        caps.check_state_key("secrets")
+    caps.record_action()
+    caps.record_action()
+    with pytest.raises(ar.PolicyDeniedError, match="action limit"):
+        caps.record_action()
+    assert caps.actions_taken == 2
+    assert ar.CapabilitySet().allows_tool("anything")
+
+
+# -- Pipeline -----------------------------------------------------------------------------------
+
+
+async def test_pipeline_runs_sync_and_async_stages_and_names_failures() -> None:
+    async def double(x: int) -> int:
+        return x * 2
+
+    def explode(x: int) -> int:
+        raise ValueError(f"bad {x}")
+
+    pipeline = ar.Pipeline(lambda x: x + 1, ("double", double))
+    assert await pipeline.run(1) == 4
+    broken = pipeline | ar.Pipeline().then(explode)
+    assert broken.stage_names == ["<lambda>", "double", "explode"]
+    with pytest.raises(ar.PipelineStageError, match="stage 2 \\('explode'\\)") as info:
+        await broken.run(1)
+    assert info.value.stage == "explode"
+    assert isinstance(info.value.__cause__, ValueError)
+    with pytest.raises(TypeError):
+        ar.Pipeline().then(3)  # type: ignore[arg-type]
+
+
+async def test_fake_clock_rejects_going_back() -> None:
+    with pytest.raises(ValueError):
+        ar.FakeClock().advance(-1)
+    assert ar.SystemClock().now() > 0

@@ -1,0 +1,114 @@
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llm_agent_runtime as ar
+
+
+class Flaky:
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return "ok"
+
+
+async def test_retries_retryable_errors_with_exponential_backoff() -> None:
+    clock = ar.FakeClock()
+    policy = ar.RetryPolicy(max_attempts=4, base_delay=1.0, jitter=False, clock=clock)
+    flaky = Flaky(3, ar.ProviderError("busy", status=503, retryable=True))
+    assert await policy.run(flaky) == "ok"
+    assert flaky.calls == 4
+    assert clock.sleeps == [1.0, 2.0, 4.0]
+
+
+async def test_gives_up_after_max_attempts_with_last_error() -> None:
+    clock = ar.FakeClock()
+    policy = ar.RetryPolicy(max_attempts=2, base_delay=0.1, clock=clock)
+    flaky = Flaky(5, TimeoutError("slow"))
+    with pytest.raises(TimeoutError):
+        await policy.run(flaky)
+    assert flaky.calls == 2
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ar.CircuitOpenError("svc"),
+        ar.PolicyDeniedError("no"),
+        ar.BudgetExceededError("spent"),
+        ar.ProviderError("bad request", status=400, retryable=False),
+        ValueError("bug"),
+    ],
+)
+async def test_never_retries_what_cannot_succeed(error: Exception) -> None:
+    flaky = Flaky(1, error)
+    with pytest.raises(type(error)):
+        await ar.RetryPolicy(max_attempts=5, clock=ar.FakeClock()).run(flaky)
+    assert flaky.calls == 1
+
+
+async def test_never_retried_even_if_predicate_says_so() -> None:
+    policy = ar.RetryPolicy(max_attempts=5, retry_on=lambda e: True, clock=ar.FakeClock())
+    flaky = Flaky(1, ar.CircuitOpenError("svc"))
+    with pytest.raises(ar.CircuitOpenError):
+        await policy.run(flaky)
+    assert flaky.calls == 1
+    custom = Flaky(2, ValueError("x"))
+    assert await policy.run(custom) == "ok"
+
+
+async def test_honours_retry_after_capped_at_max_delay() -> None:
+    clock = ar.FakeClock()
+    policy = ar.RetryPolicy(max_attempts=3, base_delay=1.0, clock=clock)
+    flaky = Flaky(2, ar.ProviderError("slow down", status=429, retryable=True, retry_after=7.5))
+    await policy.run(flaky)
+    assert clock.sleeps == [7.5, 7.5]
+    huge = ar.ProviderError("later", status=429, retryable=True, retry_after=3600)
+    assert policy.delay_for(1, huge) == 60.0
+
+
+async def test_sync_functions_are_supported() -> None:
+    calls = []
+
+    def sync() -> int:
+        calls.append(1)
+        if len(calls) < 2:
+            raise ConnectionError("reset")
+        return 7
+
+    assert await ar.RetryPolicy(clock=ar.FakeClock()).run(sync) == 7
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    attempt=st.integers(1, 200),
+    base=st.floats(0, 100, allow_nan=False),
+    max_delay=st.floats(0, 1000, allow_nan=False),
+    seed=st.integers(0, 2**32),
+)
+def test_delay_is_full_jitter_below_the_capped_exponential(
+    attempt: int, base: float, max_delay: float, seed: int
+) -> None:
+    policy = ar.RetryPolicy(base_delay=base, max_delay=max_delay, rng=random.Random(seed))
+    bound = min(max_delay, 60.0, base * 2.0 ** (attempt - 1))
+    delay = policy.delay_for(attempt)
+    assert 0.0 <= delay <= bound
+    assert (
+        ar.RetryPolicy(base_delay=base, max_delay=max_delay, jitter=False).delay_for(attempt)
+        == bound
+    )
+
+
+def test_validation() -> None:
+    with pytest.raises(ValueError):
+        ar.RetryPolicy(max_attempts=0)
+    with pytest.raises(ValueError):
+        ar.RetryPolicy(base_delay=-1)

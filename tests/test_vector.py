@@ -1,0 +1,153 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llm_agent_runtime as ar
+
+
+def numpy_top_k(
+    data: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    norm = data / np.linalg.norm(data, axis=1, keepdims=True)
+    scores = norm @ (q / np.linalg.norm(q))
+    order = np.argsort(-scores, kind="stable")[:k]
+    return ids[order], scores[order]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    dim=st.integers(1, 70),
+    k=st.integers(1, 20),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_search_matches_numpy(n: int, dim: int, k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal((n, dim)).astype(np.float32) + 0.01
+    ids = rng.permutation(10 * n)[:n].astype(np.int64)
+    q = rng.standard_normal(dim).astype(np.float32) + 0.01
+    index = ar.VectorIndex(dim)
+    index.add(ids, data)
+    got_ids, got_scores = index.search(q, k)
+    want_ids, want_scores = numpy_top_k(data, ids, q, k)
+    assert got_ids.dtype == np.int64 and got_scores.dtype == np.float32
+    np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
+    # Same ids up to ties: any id whose score differs from numpy's position must tie.
+    for gi, wi, gs in zip(got_ids, want_ids, got_scores, strict=True):
+        if gi != wi:
+            assert abs(gs - want_scores[list(want_ids).index(wi)]) < 1e-5
+    batch_ids, batch_scores = index.search_batch(np.stack([q, q]), k)
+    assert batch_ids.shape == (2, min(k, n))
+    np.testing.assert_array_equal(batch_ids[0], got_ids)
+    np.testing.assert_allclose(batch_scores[1], got_scores, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["add", "remove"]), st.integers(0, 15)), max_size=60))
+def test_add_remove_upsert_against_a_reference(ops: list[tuple[str, int]]) -> None:
+    rng = np.random.default_rng(0)
+    index = ar.VectorIndex(8)
+    ref: dict[int, np.ndarray] = {}
+    for op, key in ops:
+        if op == "add":
+            v = rng.standard_normal(8).astype(np.float32)
+            index.add(np.array([key]), v[None, :])
+            ref[key] = v
+        elif key in ref:
+            index.remove([key])
+            del ref[key]
+        else:
+            with pytest.raises(ar.MemoryStoreError, match="unknown id"):
+                index.remove([key])
+    assert len(index) == len(ref)
+    for key, v in ref.items():
+        assert key in index
+        ids, scores = index.search(v, 1)
+        assert ids[0] == key and scores[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_empty_index_and_k_larger_than_index() -> None:
+    index = ar.VectorIndex(3)
+    ids, scores = index.search(np.ones(3, dtype=np.float32), 5)
+    assert ids.shape == (0,) and scores.shape == (0,)
+    index.add(np.array([1, 2]), np.eye(2, 3, dtype=np.float32))
+    ids, _ = index.search(np.ones(3, dtype=np.float32), 10)
+    assert sorted(ids.tolist()) == [1, 2]
+    assert index.search_batch(np.ones((4, 3), dtype=np.float32), 10)[0].shape == (4, 2)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda i: i.add(np.array([1]), np.ones((1, 4), dtype=np.float32)), "shape"),
+        (lambda i: i.add(np.array([1]), np.ones((1, 3), dtype=np.float64)), "float32"),
+        (lambda i: i.add(np.array([1]), np.ones((3, 2), dtype=np.float32).T), "C-contiguous"),
+        (lambda i: i.add(np.array([1]), np.array([[np.nan, 0, 0]], dtype=np.float32)), "NaN"),
+        (
+            lambda i: i.add(np.array([1]), np.array([[np.inf, 0, 0]], dtype=np.float32)),
+            "NaN or inf",
+        ),
+        (lambda i: i.add(np.array([1]), np.zeros((1, 3), dtype=np.float32)), "zero vector"),
+        (lambda i: i.add(np.array([1, 1]), np.ones((2, 3), dtype=np.float32)), "twice"),
+        (lambda i: i.add(np.array([-1]), np.ones((1, 3), dtype=np.float32)), ">= 0"),
+        (lambda i: i.search(np.ones(3, dtype=np.float32), 0), "k must be"),
+        (lambda i: i.search(np.ones(3, dtype=np.float32), -2), "k must be"),
+        (lambda i: i.search(np.ones(4, dtype=np.float32), 1), "dimension"),
+        (lambda i: i.search(np.ones(3, dtype=np.float64), 1), "float32"),
+        (lambda i: i.remove([99]), "unknown id 99"),
+    ],
+)
+def test_bad_input_is_a_clear_error(call, message: str) -> None:  # type: ignore[no-untyped-def]
+    index = ar.VectorIndex(3)
+    with pytest.raises(ar.MemoryStoreError, match=message):
+        call(index)
+    assert len(index) == 0
+
+
+def test_dim_zero_and_failed_batch_leaves_index_unchanged() -> None:
+    with pytest.raises(ar.MemoryStoreError):
+        ar.VectorIndex(0)
+    index = ar.VectorIndex(2)
+    index.add(np.array([1]), np.ones((1, 2), dtype=np.float32))
+    with pytest.raises(ar.MemoryStoreError):
+        index.add(np.array([2, 3]), np.array([[1, 0], [np.nan, 1]], dtype=np.float32))
+    assert len(index) == 1 and 2 not in index
+
+
+def test_save_load_round_trip_and_corruption(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    index = ar.VectorIndex(16)
+    index.add(np.arange(100), rng.standard_normal((100, 16)).astype(np.float32))
+    path = str(tmp_path / "index.bin")
+    index.save(path)
+    loaded = ar.VectorIndex.load(path)
+    q = rng.standard_normal(16).astype(np.float32)
+    np.testing.assert_array_equal(loaded.search(q, 10)[0], index.search(q, 10)[0])
+    data = bytearray(Path(path).read_bytes())
+    data[200] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+    with pytest.raises(ar.PersistenceError, match="checksum"):
+        ar.VectorIndex.load(path)
+    Path(path).write_bytes(bytes(data[:50]))
+    with pytest.raises(ar.PersistenceError):
+        ar.VectorIndex.load(path)
+    Path(path).write_bytes(b"something else entirely, not an index")
+    with pytest.raises(ar.PersistenceError, match="not a vector index"):
+        ar.VectorIndex.load(path)
+    with pytest.raises(ar.PersistenceError):
+        ar.VectorIndex.load(str(tmp_path / "missing.bin"))
+
+
+def test_large_parallel_scan_matches_numpy() -> None:
+    rng = np.random.default_rng(2)
+    data = rng.standard_normal((50_000, 32)).astype(np.float32)
+    index = ar.VectorIndex(32)
+    index.add(np.arange(50_000), data)
+    q = rng.standard_normal(32).astype(np.float32)
+    ids, scores = index.search(q, 10)
+    want_ids, want_scores = numpy_top_k(data, np.arange(50_000), q, 10)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
