@@ -699,9 +699,13 @@ async def _maybe_await(value: Any) -> Any:
 
 
 def _load_tracer() -> Any:
-    """Returns an OpenTelemetry tracer when `opentelemetry-api` is installed, else None."""
+    """Returns an OpenTelemetry tracer when `opentelemetry-api` is installed and a tracer
+    provider is configured (before the runtime is built), else None: no-op spans still cost."""
     try:
         from opentelemetry import trace  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
+        return None
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None
     return trace.get_tracer("llm_agent_runtime")

@@ -267,6 +267,8 @@ def tool(
 def _render(result: Any) -> str:
     if isinstance(result, str):
         return result
+    if isinstance(result, int | float) and not isinstance(result, bool):
+        return repr(result)
     try:
         return json.dumps(result, default=str)
     except (TypeError, ValueError):
