@@ -122,12 +122,16 @@ def test_loop(benchmark: Any, mode: str, lib: str) -> None:
 
 def test_import_time(benchmark: Any) -> None:
     def measure() -> float:
-        out = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", "import llm_agent_runtime"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stderr.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                [sys.executable, "-X", "importtime", "-c", "import llm_agent_runtime"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stderr.strip()
+            .splitlines()[-1]
+        )
         return int(out.split("|")[1]) / 1e6
 
     benchmark.group = "import time (subprocess)"

@@ -699,8 +699,11 @@ async def _maybe_await(value: Any) -> Any:
 
 
 def _load_tracer() -> Any:
-    """Returns an OpenTelemetry tracer when `opentelemetry-api` is installed and a tracer
-    provider is configured (before the runtime is built), else None: no-op spans still cost."""
+    """Returns a tracer when OpenTelemetry is installed and a tracer provider is set, else None.
+
+    The provider must be configured before the runtime is built; no-op spans are skipped
+    because even they cost microseconds per step.
+    """
     try:
         from opentelemetry import trace  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
