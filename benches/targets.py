@@ -125,4 +125,16 @@ TARGETS: list[Target] = [
         "prometheus-client",
         10.0,
     ),
+    Target(
+        "agent loop, native tool calls: per-step overhead within 2x of a minimal asyncio loop",
+        "agent loop: 10 add() calls + final answer, zero-latency model (native tool calls)",
+        "asyncio-floor",
+        0.5,
+    ),
+    Target(
+        "agent loop, ReAct text: per-step overhead within 2x of a minimal asyncio loop",
+        "agent loop: 10 add() calls + final answer, zero-latency model (ReAct text)",
+        "asyncio-floor",
+        0.5,
+    ),
 ]

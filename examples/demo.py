@@ -1,75 +1,142 @@
 """Demo of llm-agent-runtime on embedded defaults: no keys, no servers.
 
-Parses a short ReAct trace with the Rust parser, runs its tool calls, and counts everything
-with the lock-free runtime metrics.
+An agent answers a question about the bundled text with two tools (a calculator and a memory
+search), episodic and working memory seeded from the text, and the offline scripted model. With
+OPENAI_API_KEY / OPENAI_BASE_URL or ANTHROPIC_API_KEY set, a real model is used when the
+providers are installed.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import operator
+import os
+from pathlib import Path
+from typing import Any
 
 import llm_agent_runtime as ar
 
-TRACE = [
-    'Thought: I need the sum first.\nAction: calculator {"expression": "17 + 25"}',
-    "Thought: Now double it.\nAction: calculator\nAction Input: ```json\n"
-    '{"expression": "42 * 2"}\n```',
-    "Thought: I should look something up.\nAction: weather\nAction Input: Paris",
-    "Thought: I have what I need.\nFinal Answer: 84",
+TEXT = Path(__file__).resolve().parent / "data" / "solar_system.txt"
+AGENT = "astro-agent"
+QUESTION = "How much farther from the Sun is Mars than Earth, on average?"
+
+OPERATORS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+
+SCRIPT = [
+    'Thought: I need the orbital distances.\nAction: memory_search {"query": "distance"}',
+    "Thought: Earth is at 150 and Mars at 228 million km; subtract.\n"
+    'Action: calculator {"expression": "228 - 150"}',
+    "Thought: I have the difference.\n"
+    "Action: FINAL_ANSWER Mars is on average 78 million km farther from the Sun than Earth.",
 ]
 
-OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
+def calculator(expression: str) -> float:
+    """Evaluates + - * / over numbers, safely (no eval).
 
-def calculator(expression: str) -> int:
-    """Evaluates + - * over integers, safely (no eval)."""
+    Args:
+        expression: Arithmetic such as "228 - 150".
+    """
 
-    def walk(node: ast.AST) -> int:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+    def walk(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
             return node.value
         if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
-            return int(OPERATORS[type(node.op)](walk(node.left), walk(node.right)))
+            return float(OPERATORS[type(node.op)](walk(node.left), walk(node.right)))
         raise ValueError(f"unsupported expression: {expression!r}")
 
     return walk(ast.parse(expression, mode="eval").body)
 
 
-def main() -> None:
-    print(f"llm-agent-runtime {ar.__version__}: ReAct parsing and runtime metrics\n")
-    metrics = ar.RuntimeMetrics()
-    metrics.session_started()
-    for i, text in enumerate(TRACE, 1):
-        step = ar.parse_react_step(text)
-        metrics.record_step()
-        print(f"step {i}: thought={step.thought!r}")
-        if step.final_answer is not None:
-            print(f"        final answer: {step.final_answer}")
-            break
-        metrics.record_tool_call(step.action or "", "demo-agent")
-        if step.action == "calculator":
-            result = calculator(**step.action_input)
-            print(f"        {step.action}({step.action_input}) -> {result}")
-        else:
-            metrics.record_tool_failure(step.action or "", "demo-agent")
-            print(f"        {step.action}({step.action_input!r}) -> not_found")
-    metrics.session_finished()
+def build_memory_search(memory: ar.EpisodicStore) -> ar.ToolSpec:
+    """A tool searching the agent's episodes for the query's words."""
 
+    def memory_search(query: str) -> list[str]:
+        """Finds remembered facts containing every word of the query.
+
+        Args:
+            query: Words to look for.
+        """
+        words = query.lower().split()
+        return [
+            e.content
+            for e in memory.episodes(AGENT)
+            if all(word in e.content.lower() for word in words)
+        ]
+
+    return ar.tool(memory_search)
+
+
+def real_provider() -> Any:
+    """Returns a real provider when keys are set and the providers are installed."""
     try:
-        ar.parse_react_step("I am not sure what to do.")
-    except ar.ParseError as err:
-        print(f"\nunparseable output is a typed error: ParseError({err})")
+        from llm_agent_runtime import providers
+    except ImportError:
+        return None
+    if os.environ.get("OPENAI_API_KEY") and hasattr(providers, "OpenAIProvider"):
+        return providers.OpenAIProvider()
+    if os.environ.get("ANTHROPIC_API_KEY") and hasattr(providers, "AnthropicProvider"):
+        return providers.AnthropicProvider()
+    return None
 
-    snapshot = metrics.snapshot()
-    print("\nmetrics:")
-    print(f"  steps={snapshot.total_steps} tool_calls={snapshot.total_tool_calls}")
-    print(f"  failure_rate={snapshot.failure_rate():.2f} most_called={snapshot.most_called_tool()}")
-    print(f"  json: {snapshot.to_json()}")
-    print("\nprometheus exposition (excerpt):")
-    for line in metrics.to_prometheus().splitlines():
-        if "tool_calls_by_tool_total{" in line:
-            print(f"  {line}")
+
+async def main() -> None:
+    print(f"llm-agent-runtime {ar.__version__}: an agent end to end on embedded defaults\n")
+    memory = ar.EpisodicStore()
+    facts = [line for line in TEXT.read_text().splitlines() if line.strip()]
+    for fact in facts:
+        memory.add_episode(AGENT, fact, 0.5)
+    working = ar.WorkingMemory(8)
+    working.set("units", "million km")
+    print(f"seeded {len(facts)} episodes from {TEXT.name}; working memory: units=million km")
+
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(max_iterations=6, max_memory_recalls=3, max_memory_tokens=200),
+        memory=memory,
+        working_memory=working,
+        tools=[ar.tool(calculator), build_memory_search(memory)],
+    )
+    provider = real_provider()
+    if provider is None:
+        provider = ar.ScriptedProvider(SCRIPT)
+        print(
+            "model: offline ScriptedProvider "
+            "(set OPENAI_API_KEY or ANTHROPIC_API_KEY for a real one)"
+        )
+    else:
+        print(f"model: {type(provider).__name__}")
+    print(f"question: {QUESTION}\n")
+
+    session = await runtime.run_agent_with_provider(AGENT, QUESTION, provider)
+    for number, step in enumerate(session.steps, 1):
+        print(f"step {number}: thought: {step.thought}")
+        if step.action != "FINAL_ANSWER":
+            print(f"        action: {step.action}({step.action_input})")
+            print(f"        observation: {step.observation} [{step.error_kind or 'ok'}]")
+        print(
+            f"        model {step.model_ms:.3f} ms, tools {step.tool_ms:.3f} ms, "
+            f"runtime overhead {step.overhead_ms:.3f} ms"
+        )
+    print(f"\nfinal answer: {session.final_answer}")
+    print(f"memory hits: {session.memory_hits}, steps: {session.step_count}")
+    snap = runtime.metrics.snapshot()
+    print(
+        f"metrics: sessions={snap.total_sessions} steps={snap.total_steps} "
+        f"tool_calls={snap.total_tool_calls} failed={snap.failed_tool_calls} "
+        f"memory_recalls={snap.memory_recall_count}"
+    )
+    print(
+        f"session {session.session_id}: no persistence backend on this build; "
+        f"with one it is saved under key session:{session.session_id} "
+        f"({len(session.to_json())} bytes of JSON)"
+    )
 
 
 if __name__ == "__main__":
-    main()
+    asyncio.run(main())

@@ -5,18 +5,38 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def test_demo_runs_and_reports() -> None:
+def test_demo_runs_an_agent_end_to_end() -> None:
     out = subprocess.run(
         [sys.executable, str(EXAMPLES / "demo.py")],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
     ).stdout
-    assert "calculator({'expression': '17 + 25'}) -> 42" in out
-    assert "calculator({'expression': '42 * 2'}) -> 84" in out
-    assert "weather('Paris') -> not_found" in out
-    assert "final answer: 84" in out
-    assert "ParseError(" in out
-    assert "steps=4 tool_calls=3" in out
-    assert 'llm_agent_runtime_tool_calls_by_tool_total{tool="calculator"} 2' in out
+    assert "seeded 7 episodes from solar_system.txt" in out
+    assert "action: memory_search({'query': 'distance'})" in out
+    assert "Mars orbits the Sun at an average distance of 228 million km." in out
+    assert "action: calculator({'expression': '228 - 150'})" in out
+    assert "observation: 78.0 [ok]" in out
+    assert "final answer: Mars is on average 78 million km farther" in out
+    assert "metrics: sessions=1 steps=3 tool_calls=2 failed=0 memory_recalls=3" in out
+    assert "saved under key session:" in out
+
+
+def test_console_script_demo_and_version() -> None:
+    version = subprocess.run(
+        [sys.executable, "-m", "llm_agent_runtime.cli", "version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert version.startswith("llm-agent-runtime ")
+    bad = subprocess.run(
+        [sys.executable, "-m", "llm_agent_runtime.cli", "nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2

@@ -18,6 +18,7 @@ from llm_agent_runtime._core import (
     __version__,
     parse_react_step,
 )
+from llm_agent_runtime.config import AgentConfig
 from llm_agent_runtime.errors import (
     AgentLoopError,
     AgentRuntimeError,
@@ -32,6 +33,18 @@ from llm_agent_runtime.errors import (
     PolicyDeniedError,
     ProviderError,
     ToolError,
+)
+from llm_agent_runtime.events import (
+    CheckpointSaved,
+    ErrorEvent,
+    Event,
+    EventBus,
+    LlmResponse,
+    LlmTextDelta,
+    RunFinished,
+    RunStarted,
+    ToolCallFinished,
+    ToolCallStarted,
 )
 from llm_agent_runtime.memory import fit_to_token_budget
 from llm_agent_runtime.orchestration import (
@@ -53,14 +66,23 @@ from llm_agent_runtime.orchestration import (
     SystemClock,
 )
 from llm_agent_runtime.persistence import FileBackend, PersistenceBackend, SqliteBackend
+from llm_agent_runtime.providers.offline import ScriptedProvider
+from llm_agent_runtime.runtime import AgentRuntime, ApprovalDecision, Middleware
+from llm_agent_runtime.session import AgentSession, Step
+from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, tool
 
 __all__ = [
+    "AgentConfig",
     "AgentLoopError",
+    "AgentRuntime",
     "AgentRuntimeError",
+    "AgentSession",
+    "ApprovalDecision",
     "BackpressureGuard",
     "BackpressureShedError",
     "BudgetExceededError",
     "CapabilitySet",
+    "CheckpointSaved",
     "CircuitBreaker",
     "CircuitOpenError",
     "CircuitState",
@@ -72,12 +94,19 @@ __all__ = [
     "Deduplicator",
     "Episode",
     "EpisodicStore",
+    "ErrorEvent",
+    "Event",
+    "EventBus",
     "FakeClock",
     "FileBackend",
     "GraphError",
     "InMemoryCircuitStateBackend",
+    "LlmResponse",
+    "LlmTextDelta",
     "MemoryStoreError",
     "MetricsSnapshot",
+    "Middleware",
+    "Observation",
     "ParseError",
     "PersistenceBackend",
     "PersistenceError",
@@ -90,13 +119,22 @@ __all__ = [
     "RecallPolicy",
     "ResultCache",
     "RetryPolicy",
+    "RunFinished",
+    "RunStarted",
     "RuntimeMetrics",
+    "ScriptedProvider",
     "SqliteBackend",
+    "Step",
     "SystemClock",
+    "ToolCallFinished",
+    "ToolCallStarted",
     "ToolError",
+    "ToolRegistry",
+    "ToolSpec",
     "VectorIndex",
     "WorkingMemory",
     "__version__",
     "fit_to_token_budget",
     "parse_react_step",
+    "tool",
 ]

@@ -1,0 +1,45 @@
+"""Configuration of the agent loop."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["AgentConfig"]
+
+
+class AgentConfig(BaseModel):
+    """Settings of one `AgentRuntime`, validated once at construction.
+
+    Attributes:
+        max_iterations: Thought-Action-Observation cycles before the loop gives up.
+        model: Model name passed to the provider (None lets the provider choose).
+        system_prompt: Instruction put first in every prompt.
+        max_memory_recalls: Episodes recalled into the prompt at most.
+        max_memory_tokens: Token budget of recalled episodes (about 4 characters a token).
+        stop_sequences: Passed to providers that support them.
+        loop_timeout_ms: Wall-clock limit of one run; None for no limit.
+        mode: `react` (text parsed by the ReAct parser) or `tools` (native tool calls).
+        max_parallel_tool_calls: Native tool calls of one response run concurrently up to this.
+        max_observation_chars: Observations longer than this are truncated.
+        corrective_reprompt: On unparseable output, re-prompt once before failing.
+        error_recovery: `stop` ends the run on a failed tool round; `retry` goes on.
+        context_window_tokens: Token budget of a multi-turn session's chat history.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_iterations: int = Field(default=10, ge=1)
+    model: str | None = None
+    system_prompt: str = "You are a helpful AI agent."
+    max_memory_recalls: int = Field(default=3, ge=0)
+    max_memory_tokens: int | None = Field(default=None, ge=1)
+    stop_sequences: list[str] = Field(default_factory=list)
+    loop_timeout_ms: int | None = Field(default=None, ge=1)
+    mode: Literal["react", "tools"] = "react"
+    max_parallel_tool_calls: int = Field(default=4, ge=1)
+    max_observation_chars: int = Field(default=4000, ge=16)
+    corrective_reprompt: bool = False
+    error_recovery: Literal["stop", "retry"] = "retry"
+    context_window_tokens: int = Field(default=8000, ge=16)

@@ -1,0 +1,178 @@
+"""Typed events of an agent run, delivered to callbacks and async streams."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CheckpointSaved",
+    "ErrorEvent",
+    "Event",
+    "EventBus",
+    "LlmResponse",
+    "LlmTextDelta",
+    "RunFinished",
+    "RunStarted",
+    "ToolCallFinished",
+    "ToolCallStarted",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    """A run began."""
+
+    session_id: str
+    agent_id: str
+    prompt: str
+
+
+@dataclass(frozen=True, slots=True)
+class LlmTextDelta:
+    """A piece of streamed model text."""
+
+    session_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class LlmResponse:
+    """The model answered one call."""
+
+    session_id: str
+    step: int
+    text: str
+    model_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStarted:
+    """A tool call is about to run."""
+
+    session_id: str
+    step: int
+    tool: str
+    arguments: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallFinished:
+    """A tool call finished; `error_kind` is None on success."""
+
+    session_id: str
+    step: int
+    tool: str
+    observation: str
+    error_kind: str | None
+    tool_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSaved:
+    """A checkpoint was written under `key`."""
+
+    session_id: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """A run ended (with or without a final answer)."""
+
+    session_id: str
+    final_answer: str | None
+    step_count: int
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """A run failed with `error`."""
+
+    session_id: str
+    error: BaseException = field(compare=False)
+
+
+Event = (
+    RunStarted
+    | LlmTextDelta
+    | LlmResponse
+    | ToolCallStarted
+    | ToolCallFinished
+    | CheckpointSaved
+    | RunFinished
+    | ErrorEvent
+)
+"""Any event the runtime emits."""
+
+
+class EventBus:
+    """Fans events out to callbacks and to async subscribers.
+
+    `active` is False while nobody listens, so the runtime skips building events entirely.
+    """
+
+    __slots__ = ("_callbacks", "_pending", "_queues", "active")
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[Event], Any]] = []
+        self._queues: list[asyncio.Queue[Event | None]] = []
+        self._pending: set[asyncio.Future[Any]] = set()
+        self.active = False
+
+    def on(self, callback: Callable[[Event], Any]) -> Callable[[Event], Any]:
+        """Registers `callback` (sync, or async: it is scheduled) for every event.
+
+        Returns:
+            The callback, so this works as a decorator.
+        """
+        self._callbacks.append(callback)
+        self.active = True
+        return callback
+
+    def off(self, callback: Callable[[Event], Any]) -> None:
+        """Removes a callback registered with `on`."""
+        self._callbacks.remove(callback)
+        self.active = bool(self._callbacks or self._queues)
+
+    def emit(self, event: Event) -> None:
+        """Delivers `event` to every callback and subscriber."""
+        for callback in self._callbacks:
+            result = callback(event)
+            if asyncio.iscoroutine(result):
+                # Keep a reference so the scheduled callback is not garbage-collected mid-run.
+                task = asyncio.ensure_future(result)
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+        for queue in self._queues:
+            queue.put_nowait(event)
+
+    def subscribe(self) -> AsyncIterator[Event]:
+        """Subscribes now; the iterator yields events until `close()` is called.
+
+        Returns:
+            An async iterator of events in emission order.
+        """
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._queues.append(queue)
+        self.active = True
+        return self._drain(queue)
+
+    async def _drain(self, queue: asyncio.Queue[Event | None]) -> AsyncIterator[Event]:
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                yield event
+        finally:
+            self._queues.remove(queue)
+            self.active = bool(self._callbacks or self._queues)
+
+    def close(self) -> None:
+        """Ends every open subscription."""
+        for queue in self._queues:
+            queue.put_nowait(None)

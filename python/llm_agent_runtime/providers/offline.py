@@ -1,0 +1,116 @@
+"""`ScriptedProvider`: an offline model that replays scripted replies (tests, demo)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from llm_agent_runtime.errors import ProviderError
+from llm_agent_runtime.providers.base import (
+    ChatResponse,
+    Message,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolDefinition,
+    Usage,
+)
+
+__all__ = ["ScriptedProvider", "ScriptedReply"]
+
+ScriptedReply = str | ChatResponse
+"""A text reply, or a whole response (e.g. with native tool calls)."""
+
+
+class ScriptedProvider:
+    """Replays a list of replies in order, or answers through a rule `prompt -> reply`.
+
+    Args:
+        replies: Replies to return one per call, in order.
+        rule: Maps the latest prompt text to a reply (used when `replies` is None).
+        loop: Start the list again when it runs out, instead of raising.
+
+    Raises:
+        ValueError: When neither or both of `replies` and `rule` are given.
+    """
+
+    def __init__(
+        self,
+        replies: Sequence[ScriptedReply] | None = None,
+        rule: Callable[[str], ScriptedReply] | None = None,
+        loop: bool = False,
+    ) -> None:
+        if (replies is None) == (rule is None):
+            raise ValueError("give exactly one of replies or rule")
+        self._rule = rule
+        self._replies = list(replies or [])
+        self._iter = itertools.cycle(self._replies) if loop else iter(self._replies)
+        self.calls = 0
+        """Number of calls answered."""
+
+    def _next(self, prompt: str) -> ChatResponse:
+        self.calls += 1
+        if self._rule is not None:
+            reply = self._rule(prompt)
+        else:
+            try:
+                reply = next(self._iter)
+            except StopIteration:
+                raise ProviderError("scripted provider ran out of replies") from None
+        if isinstance(reply, ChatResponse):
+            return reply
+        return ChatResponse(
+            text=reply,
+            usage=Usage(input_tokens=len(prompt) // 4, output_tokens=len(reply) // 4),
+            stop_reason="stop",
+            model="scripted",
+        )
+
+    @staticmethod
+    def tool_call_reply(
+        calls: Sequence[tuple[str, dict[str, Any]]], text: str = ""
+    ) -> ChatResponse:
+        """Builds a response requesting native tool calls `(name, arguments)`, ids `call_<i>`."""
+        return ChatResponse(
+            text=text,
+            tool_calls=[
+                ToolCall(id=f"call_{i}", name=n, arguments=a) for i, (n, a) in enumerate(calls)
+            ],
+            stop_reason="tool_calls",
+            model="scripted",
+        )
+
+    async def complete(self, prompt: str, model: str | None = None) -> str:
+        """Returns the next scripted text reply."""
+        return self._next(prompt).text
+
+    async def stream(self, prompt: str, model: str | None = None) -> AsyncIterator[str]:
+        """Yields the next scripted reply word by word."""
+        text = self._next(prompt).text
+        for piece in text.split(" "):
+            yield piece + " "
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> ChatResponse:
+        """Returns the next scripted response; the rule sees the last message's content."""
+        return self._next(messages[-1].content if messages else "")
+
+    async def chat_stream(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """Streams the next scripted response as a text delta then `StreamEnd`."""
+        response = self._next(messages[-1].content if messages else "")
+        if response.text:
+            yield TextDelta(text=response.text)
+        yield StreamEnd(response=response)

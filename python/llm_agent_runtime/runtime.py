@@ -1,0 +1,714 @@
+"""`AgentRuntime`: the asyncio agent loop (ReAct text mode and native tool-calling mode).
+
+Data flow of one run: backpressure check -> episodic recall into the prompt (within
+`max_memory_recalls` and `max_memory_tokens`) -> working memory appended -> graph size
+recorded -> Thought-Action-Observation cycles, tools dispatched through the `ToolRegistry`
+(per-tool circuit breakers, capabilities, approvals, middlewares) -> metrics -> checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from llm_agent_runtime._core import RuntimeMetrics, parse_react_step
+from llm_agent_runtime.config import AgentConfig
+from llm_agent_runtime.errors import (
+    AgentLoopError,
+    AgentRuntimeError,
+    BackpressureShedError,
+    ParseError,
+    PersistenceError,
+)
+from llm_agent_runtime.events import (
+    CheckpointSaved,
+    ErrorEvent,
+    EventBus,
+    LlmResponse,
+    LlmTextDelta,
+    RunFinished,
+    RunStarted,
+    ToolCallFinished,
+    ToolCallStarted,
+)
+from llm_agent_runtime.memory import fit_to_token_budget
+from llm_agent_runtime.orchestration import BackpressureGuard, CapabilitySet, CostBudget
+from llm_agent_runtime.persistence.base import PersistenceBackend, session_key, step_key
+from llm_agent_runtime.providers.base import (
+    ChatResponse,
+    LlmProvider,
+    Message,
+    StreamEnd,
+    TextDelta,
+    ToolDefinition,
+)
+from llm_agent_runtime.session import AgentSession, Step
+from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec
+
+__all__ = ["AgentRuntime", "ApprovalDecision", "Middleware"]
+
+logger = logging.getLogger("llm_agent_runtime")
+
+InferFn = Callable[[str], Awaitable[str]]
+"""An async model call: prompt text in, reply text out."""
+
+_CHARS_PER_TOKEN = 4
+_NO_SPAN = contextlib.nullcontext()
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalDecision:
+    """What an approval handler decided about one tool call.
+
+    Attributes:
+        action: `approve`, `deny`, or `edit` (run with `arguments` instead).
+        arguments: The edited arguments, for `edit`.
+        reason: Told to the model when the call is denied.
+        remember: Reuse this decision for later calls of the same tool in the session.
+    """
+
+    action: Literal["approve", "deny", "edit"]
+    arguments: Any = None
+    reason: str = ""
+    remember: bool = False
+
+
+ApprovalHandler = Callable[
+    [AgentSession, str, Any], "ApprovalDecision | Awaitable[ApprovalDecision]"
+]
+"""`(session, tool name, arguments) -> ApprovalDecision`, sync or async."""
+
+
+class Middleware:
+    """Base of middlewares; override any hook. A hook returning None keeps the value.
+
+    Hooks may be sync or async. `on_tool_call` returns `(tool name, arguments)` or None.
+    """
+
+    def on_user_message(self, session: AgentSession, text: str) -> Any:
+        """Sees (and may rewrite) the user's prompt before the run."""
+        return None
+
+    def on_pre_llm(self, session: AgentSession, prompt: str) -> Any:
+        """Sees (and may rewrite) the prompt of a text-mode model call."""
+        return None
+
+    def on_post_llm(self, session: AgentSession, text: str) -> Any:
+        """Sees (and may rewrite) the model's reply text."""
+        return None
+
+    def on_tool_call(self, session: AgentSession, tool: str, arguments: Any) -> Any:
+        """Sees (and may rewrite) a tool call before it runs."""
+        return None
+
+
+def _required(name: str, value: Any, methods: Sequence[str]) -> None:
+    missing = [m for m in methods if not callable(getattr(value, m, None))]
+    if missing:
+        raise AgentRuntimeError(
+            f"{name} must provide {', '.join(methods)}; "
+            f"{type(value).__name__} lacks {', '.join(missing)}"
+        )
+
+
+class AgentRuntime:
+    """Runs agents: the ReAct / tool-calling loop with memory, tools, policies and checkpoints.
+
+    Args:
+        config: Loop settings (defaults to `AgentConfig()`).
+        memory: Episodic store (`recall(agent_id, limit)`, e.g. `EpisodicStore`).
+        working_memory: Key-value memory (`to_prompt()`) appended to every prompt.
+        graph: Knowledge graph (`entity_count()`), whose size is recorded per session.
+        tools: `ToolSpec`s or a `ToolRegistry`.
+        backpressure: Sheds runs beyond its capacity.
+        metrics: Counters (a fresh `RuntimeMetrics` by default).
+        checkpoint_backend: Saves `session:<id>:step:<n>` per step and `session:<id>` at the end.
+        middlewares: Hooks that may rewrite prompts, replies and tool calls.
+        approval_handler: Approves, denies or edits tool calls.
+        capabilities: Tools allowed and actions budget, checked per call.
+        budget: Token / cost budget, charged per model call.
+
+    Raises:
+        AgentRuntimeError: On misconfiguration (wrong types, missing methods).
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig | None = None,
+        *,
+        memory: Any = None,
+        working_memory: Any = None,
+        graph: Any = None,
+        tools: Iterable[ToolSpec] | ToolRegistry = (),
+        backpressure: BackpressureGuard | None = None,
+        metrics: RuntimeMetrics | None = None,
+        checkpoint_backend: PersistenceBackend | None = None,
+        middlewares: Sequence[Middleware] = (),
+        approval_handler: ApprovalHandler | None = None,
+        capabilities: CapabilitySet | None = None,
+        budget: CostBudget | None = None,
+    ) -> None:
+        if config is None:
+            config = AgentConfig()
+        if not isinstance(config, AgentConfig):
+            raise AgentRuntimeError(f"config must be an AgentConfig, got {type(config).__name__}")
+        if memory is not None:
+            _required("memory", memory, ["recall"])
+        if working_memory is not None:
+            _required("working_memory", working_memory, ["to_prompt"])
+        if graph is not None:
+            _required("graph", graph, ["entity_count"])
+        if backpressure is not None:
+            _required("backpressure", backpressure, ["acquire", "release"])
+        if checkpoint_backend is not None:
+            _required("checkpoint_backend", checkpoint_backend, ["save", "load"])
+        if approval_handler is not None and not callable(approval_handler):
+            raise AgentRuntimeError("approval_handler must be callable")
+        if capabilities is not None:
+            _required("capabilities", capabilities, ["check_tool", "record_action"])
+        if budget is not None:
+            _required("budget", budget, ["record", "check"])
+        for middleware in middlewares:
+            if not isinstance(middleware, Middleware):
+                raise AgentRuntimeError(
+                    f"middlewares must subclass Middleware, got {type(middleware).__name__}"
+                )
+        self.config = config
+        self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
+        self.memory = memory
+        self.working_memory = working_memory
+        self.graph = graph
+        self.backpressure = backpressure
+        self.metrics = metrics if metrics is not None else RuntimeMetrics()
+        self.checkpoint_backend = checkpoint_backend
+        self.approval_handler = approval_handler
+        self.capabilities = capabilities
+        self.budget = budget
+        self.events = EventBus()
+        """Subscribe with `runtime.events.subscribe()` or `runtime.events.on(callback)`."""
+        self._hooks = {
+            hook: [getattr(m, hook) for m in middlewares if type(m).__dict__.get(hook) is not None]
+            for hook in ("on_user_message", "on_pre_llm", "on_post_llm", "on_tool_call")
+        }
+        self._shed_counted_by_guard = getattr(backpressure, "_metrics", None) is not None
+        self._tool_definitions = [ToolDefinition(**d) for d in self.tools.definitions()]
+        self._tool_catalog = "\n".join(
+            f"- {d.name}: {d.description} {d.parameters.get('properties', {})}"
+            for d in self._tool_definitions
+        )
+        self._tracer = _load_tracer()
+        self._approvals: dict[str, dict[str, ApprovalDecision]] = {}
+
+    # ------------------------------------------------------------------ public API
+    async def run_agent(
+        self,
+        agent_id: str,
+        prompt: str,
+        infer: InferFn,
+        *,
+        session: AgentSession | None = None,
+    ) -> AgentSession:
+        """Runs the ReAct text loop with `infer` as the model.
+
+        Args:
+            agent_id: Whose memories are recalled.
+            prompt: The user's request.
+            infer: Async `prompt -> reply text`.
+            session: A session to fill (its state stays consistent if the run is cancelled).
+
+        Returns:
+            The finished session.
+
+        Raises:
+            BackpressureShedError: The runtime is at capacity.
+            AgentLoopError: Unparseable model output, or the loop timeout elapsed.
+            PersistenceError: The final checkpoint could not be saved.
+        """
+        return await self._run(agent_id, prompt, infer, None, session)
+
+    async def run_agent_with_provider(
+        self,
+        agent_id: str,
+        prompt: str,
+        provider: LlmProvider,
+        *,
+        session: AgentSession | None = None,
+    ) -> AgentSession:
+        """Runs the loop on an `LlmProvider`: text ReAct, or native tools (`config.mode`)."""
+        if self.config.mode == "tools":
+            return await self._run(agent_id, prompt, None, provider, session)
+        model = self.config.model
+
+        async def infer(text: str) -> str:
+            return await provider.complete(text, model=model)
+
+        return await self._run(agent_id, prompt, infer, None, session)
+
+    def create_session(self, agent_id: str, session_id: str | None = None) -> AgentSession:
+        """Starts a multi-turn session (chat history kept across `run_turn` calls)."""
+        return AgentSession(session_id=session_id or uuid.uuid4().hex, agent_id=agent_id)
+
+    async def run_turn(
+        self, session: AgentSession, message: str, provider: LlmProvider | InferFn
+    ) -> str | None:
+        """Runs one turn of a multi-turn session; returns the turn's final answer.
+
+        The history is trimmed to `config.context_window_tokens`, dropping oldest turns first.
+        """
+        history = self.trim_history(session.messages)
+        if callable(provider) and not isinstance(provider, LlmProvider):
+            result = await self._run(session.agent_id, message, provider, None, session, history)
+        elif self.config.mode == "tools":
+            result = await self._run(session.agent_id, message, None, provider, session, history)
+        else:
+            model = self.config.model
+            chat_provider = provider
+
+            async def infer(text: str) -> str:
+                return await chat_provider.complete(text, model=model)
+
+            result = await self._run(session.agent_id, message, infer, None, session, history)
+        session.messages.append({"role": "user", "content": message})
+        session.messages.append({"role": "assistant", "content": result.final_answer or ""})
+        return result.final_answer
+
+    def trim_history(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Keeps the latest messages that fit the context window (the system prompt is apart)."""
+        budget = self.config.context_window_tokens * _CHARS_PER_TOKEN - len(
+            self.config.system_prompt
+        )
+        kept: list[dict[str, Any]] = []
+        for message in reversed(messages):
+            budget -= len(message["content"]) + 16
+            if budget < 0:
+                break
+            kept.append(message)
+        kept.reverse()
+        return kept
+
+    # ------------------------------------------------------------------ the loop
+    async def _run(
+        self,
+        agent_id: str,
+        prompt: str,
+        infer: InferFn | None,
+        provider: LlmProvider | None,
+        session: AgentSession | None,
+        history: list[dict[str, Any]] | None = None,
+    ) -> AgentSession:
+        if not isinstance(agent_id, str) or not agent_id:
+            raise AgentRuntimeError("agent_id must be a non-empty string")
+        guard = self.backpressure
+        if guard is not None:
+            try:
+                guard.acquire()
+            except BackpressureShedError:
+                if not self._shed_counted_by_guard:
+                    self.metrics.record_backpressure_shed()
+                raise
+        metrics = self.metrics
+        metrics.session_started()
+        if session is None:
+            session = AgentSession(session_id=uuid.uuid4().hex, agent_id=agent_id)
+        session.prompt = prompt
+        started = time.perf_counter()
+        events = self.events
+        if events.active:
+            events.emit(RunStarted(session.session_id, agent_id, prompt))
+        span = (
+            self._tracer.start_as_current_span("agent.run", attributes={"agent_id": agent_id})
+            if self._tracer is not None
+            else _NO_SPAN
+        )
+        try:
+            with span:
+                for hook in self._hooks["on_user_message"]:
+                    prompt = await _maybe_await(hook(session, prompt)) or prompt
+                context = self._context(agent_id, prompt, session)
+                timeout = self.config.loop_timeout_ms
+                loop = (
+                    self._tool_loop(session, context, prompt, provider, history)
+                    if provider is not None
+                    else self._react_loop(session, context, prompt, _need(infer), history)
+                )
+                if timeout is None:
+                    await loop
+                else:
+                    try:
+                        await asyncio.wait_for(loop, timeout / 1000)
+                    except asyncio.TimeoutError:
+                        raise AgentLoopError(
+                            f"agent loop timed out after {timeout} ms "
+                            f"({session.step_count} steps done)"
+                        ) from None
+            session.duration_ms = (time.perf_counter() - started) * 1000.0
+            if self.checkpoint_backend is not None:
+                await self._save_final(session)
+            if events.active:
+                events.emit(
+                    RunFinished(
+                        session.session_id,
+                        session.final_answer,
+                        session.step_count,
+                        session.duration_ms,
+                    )
+                )
+            return session
+        except BaseException as error:
+            session.duration_ms = (time.perf_counter() - started) * 1000.0
+            if events.active:
+                events.emit(ErrorEvent(session.session_id, error))
+            logger.warning("agent run %s failed: %r", session.session_id, error)
+            raise
+        finally:
+            metrics.session_finished()
+            if guard is not None:
+                guard.release()
+
+    def _context(self, agent_id: str, prompt: str, session: AgentSession) -> str:
+        """Builds the prompt preamble: system prompt, recalled memories, working memory."""
+        parts = [self.config.system_prompt]
+        if self.memory is not None and self.config.max_memory_recalls > 0:
+            episodes = self.memory.recall(agent_id, self.config.max_memory_recalls)
+            texts = [e.content for e in episodes]
+            if self.config.max_memory_tokens is not None:
+                texts = fit_to_token_budget(texts, self.config.max_memory_tokens)
+            if texts:
+                session.memory_hits += len(texts)
+                self.metrics.record_memory_recall(len(texts))
+                parts.append("Relevant memories:\n" + "\n".join(f"- {t}" for t in texts))
+        if self.working_memory is not None:
+            working = self.working_memory.to_prompt()
+            if working:
+                parts.append("Working memory:\n" + working)
+        if self.graph is not None:
+            session.graph_entity_count = self.graph.entity_count()
+        return "\n\n".join(parts)
+
+    async def _react_loop(
+        self,
+        session: AgentSession,
+        context: str,
+        prompt: str,
+        infer: InferFn,
+        history: list[dict[str, Any]] | None,
+    ) -> None:
+        config = self.config
+        head = [context]
+        if len(self.tools):
+            head.append(
+                "Tools:\n" + self._tool_catalog + '\nAnswer with "Thought: ...\\nAction: tool '
+                '{json}" or "Thought: ...\\nAction: FINAL_ANSWER answer".'
+            )
+        if history:
+            head.append("\n".join(f"{m['role']}: {m['content']}" for m in history))
+        head.append("Question: " + prompt)
+        transcript = ["\n\n".join(head)]
+        pre_hooks = self._hooks["on_pre_llm"]
+        post_hooks = self._hooks["on_post_llm"]
+        reprompted = False
+        events = self.events
+        perf = time.perf_counter
+        for _ in range(config.max_iterations):
+            step_start = perf()
+            text_prompt = "\n".join(transcript)
+            for hook in pre_hooks:
+                text_prompt = await _maybe_await(hook(session, text_prompt)) or text_prompt
+            model_start = perf()
+            if self._tracer is not None:
+                with self._tracer.start_as_current_span("agent.llm"):
+                    reply = await infer(text_prompt)
+            else:
+                reply = await infer(text_prompt)
+            model_ms = (perf() - model_start) * 1000.0
+            for hook in post_hooks:
+                reply = await _maybe_await(hook(session, reply)) or reply
+            input_tokens = len(text_prompt) // _CHARS_PER_TOKEN
+            output_tokens = len(reply) // _CHARS_PER_TOKEN
+            self._charge(input_tokens, output_tokens)
+            if events.active:
+                events.emit(LlmResponse(session.session_id, session.step_count, reply, model_ms))
+            try:
+                parsed = parse_react_step(reply)
+            except ParseError as error:
+                if config.corrective_reprompt and not reprompted:
+                    reprompted = True
+                    transcript.append(
+                        f"{reply}\nObservation: your reply was not a ReAct step ({error}). "
+                        "Reply with Thought and Action lines."
+                    )
+                    continue
+                raise AgentLoopError(f"model output is not a ReAct step: {error}") from error
+            final = parsed.final_answer
+            if final is not None:
+                step = Step(
+                    parsed.thought, "FINAL_ANSWER", final, "", None, input_tokens, output_tokens
+                )
+                step.model_ms = model_ms
+                step.overhead_ms = (perf() - step_start) * 1000.0 - model_ms
+                session.final_answer = final
+                await self._commit_step(session, step)
+                return
+            action = parsed.action or ""
+            step = Step(
+                parsed.thought, action, parsed.action_input, "", None, input_tokens, output_tokens
+            )
+            step.model_ms = model_ms
+            observation, tool_ms = await self._call_tool(session, action, parsed.action_input)
+            step.observation = observation.content
+            step.error_kind = observation.error_kind
+            step.tool_ms = tool_ms
+            step.overhead_ms = (perf() - step_start) * 1000.0 - model_ms - tool_ms
+            await self._commit_step(session, step)
+            if observation.error_kind is not None and config.error_recovery == "stop":
+                return
+            transcript.append(f"{reply}\nObservation: {observation.content}")
+
+    async def _tool_loop(
+        self,
+        session: AgentSession,
+        context: str,
+        prompt: str,
+        provider: LlmProvider,
+        history: list[dict[str, Any]] | None,
+    ) -> None:
+        config = self.config
+        messages = [Message(role="system", content=context)]
+        if history:
+            messages.extend(Message(role=m["role"], content=m["content"]) for m in history)
+        messages.append(Message(role="user", content=prompt))
+        tool_defs = self._tool_definitions or None
+        post_hooks = self._hooks["on_post_llm"]
+        events = self.events
+        perf = time.perf_counter
+        limit = asyncio.Semaphore(config.max_parallel_tool_calls)
+        for _ in range(config.max_iterations):
+            round_start = perf()
+            if self._tracer is not None:
+                with self._tracer.start_as_current_span("agent.llm"):
+                    response = await self._chat(session, provider, messages, tool_defs)
+            else:
+                response = await self._chat(session, provider, messages, tool_defs)
+            model_ms = (perf() - round_start) * 1000.0
+            text = response.text
+            for hook in post_hooks:
+                text = await _maybe_await(hook(session, text)) or text
+            usage = response.usage
+            self._charge(usage.input_tokens, usage.output_tokens)
+            if events.active:
+                events.emit(LlmResponse(session.session_id, session.step_count, text, model_ms))
+            if not response.tool_calls:
+                step = Step(
+                    text, "FINAL_ANSWER", text, "", None, usage.input_tokens, usage.output_tokens
+                )
+                step.model_ms = model_ms
+                step.overhead_ms = (perf() - round_start) * 1000.0 - model_ms
+                session.final_answer = text
+                await self._commit_step(session, step)
+                return
+            messages.append(Message(role="assistant", content=text, tool_calls=response.tool_calls))
+            results = await self._run_parallel(session, response, limit)
+            failed = False
+            share = model_ms / len(results)
+            for index, (call, (observation, tool_ms)) in enumerate(
+                zip(response.tool_calls, results, strict=True)
+            ):
+                step = Step(
+                    text, call.name, call.arguments, observation.content, observation.error_kind
+                )
+                if index == 0:
+                    step.input_tokens = usage.input_tokens
+                    step.output_tokens = usage.output_tokens
+                step.model_ms = share
+                step.tool_ms = tool_ms
+                failed = failed or observation.error_kind is not None
+                messages.append(
+                    Message(
+                        role="tool",
+                        content=observation.content,
+                        tool_call_id=call.id,
+                        name=call.name,
+                    )
+                )
+                await self._commit_step(session, step)
+            elapsed = (perf() - round_start) * 1000.0
+            tools_total = sum(s.tool_ms for s in session.steps[-len(results) :])
+            overhead = max(0.0, elapsed - model_ms - tools_total) / len(results)
+            for step in session.steps[-len(results) :]:
+                step.overhead_ms = overhead
+            if failed and config.error_recovery == "stop":
+                return
+
+    async def _chat(
+        self,
+        session: AgentSession,
+        provider: LlmProvider,
+        messages: list[Message],
+        tool_defs: list[ToolDefinition] | None,
+    ) -> ChatResponse:
+        """One model call; streamed (emitting text deltas) only while someone listens."""
+        model = self.config.model
+        if not self.events.active:
+            return await provider.chat(messages, tools=tool_defs, model=model)
+        response: ChatResponse | None = None
+        async for event in provider.chat_stream(messages, tools=tool_defs, model=model):
+            if isinstance(event, TextDelta):
+                self.events.emit(LlmTextDelta(session.session_id, event.text))
+            elif isinstance(event, StreamEnd):
+                response = event.response
+        if response is None:
+            raise AgentRuntimeError("provider stream ended without a StreamEnd event")
+        return response
+
+    async def _run_parallel(
+        self, session: AgentSession, response: ChatResponse, limit: asyncio.Semaphore
+    ) -> list[tuple[Observation, float]]:
+        calls = response.tool_calls
+        if len(calls) == 1:
+            return [await self._call_tool(session, calls[0].name, calls[0].arguments)]
+
+        async def bounded(name: str, arguments: Any) -> tuple[Observation, float]:
+            async with limit:
+                return await self._call_tool(session, name, arguments)
+
+        return list(await asyncio.gather(*(bounded(c.name, c.arguments) for c in calls)))
+
+    async def _call_tool(
+        self, session: AgentSession, name: str, arguments: Any
+    ) -> tuple[Observation, float]:
+        """Runs one tool call through capabilities, approvals, middlewares and metrics."""
+        if self.capabilities is not None:
+            self.capabilities.check_tool(name)
+            self.capabilities.record_action()
+        for hook in self._hooks["on_tool_call"]:
+            rewritten = await _maybe_await(hook(session, name, arguments))
+            if rewritten is not None:
+                name, arguments = rewritten
+        if self.approval_handler is not None:
+            decision = await self._approve(session, name, arguments)
+            if decision.action == "deny":
+                reason = decision.reason or "denied by the approval handler"
+                return Observation(f"error: tool call {name!r} denied: {reason}", "permanent"), 0.0
+            if decision.action == "edit":
+                arguments = decision.arguments
+        agent_id = session.agent_id
+        self.metrics.record_tool_call(name, agent_id)
+        events = self.events
+        step_index = session.step_count
+        if events.active:
+            events.emit(ToolCallStarted(session.session_id, step_index, name, arguments))
+        start = time.perf_counter()
+        if self._tracer is not None:
+            with self._tracer.start_as_current_span("agent.tool", attributes={"tool": name}):
+                observation = await self.tools.call(
+                    name, arguments, self.config.max_observation_chars
+                )
+        else:
+            observation = await self.tools.call(name, arguments, self.config.max_observation_chars)
+        tool_ms = (time.perf_counter() - start) * 1000.0
+        if observation.error_kind is not None:
+            self.metrics.record_tool_failure(name, agent_id)
+        if events.active:
+            events.emit(
+                ToolCallFinished(
+                    session.session_id,
+                    step_index,
+                    name,
+                    observation.content,
+                    observation.error_kind,
+                    tool_ms,
+                )
+            )
+        return observation, tool_ms
+
+    async def _approve(self, session: AgentSession, name: str, arguments: Any) -> ApprovalDecision:
+        cache = self._approvals.setdefault(session.session_id, {})
+        cached = cache.get(name)
+        if cached is not None:
+            return cached
+        assert self.approval_handler is not None
+        decision = await _maybe_await(self.approval_handler(session, name, arguments))
+        if not isinstance(decision, ApprovalDecision):
+            raise AgentRuntimeError(
+                f"approval handler must return an ApprovalDecision, got {type(decision).__name__}"
+            )
+        if decision.remember:
+            cache[name] = decision
+        return decision
+
+    def forget_approvals(self, session_id: str) -> None:
+        """Drops the approval decisions remembered for a session."""
+        self._approvals.pop(session_id, None)
+
+    def _charge(self, input_tokens: int, output_tokens: int) -> None:
+        self.metrics.record_tokens(input_tokens, output_tokens)
+        if self.budget is not None:
+            self.budget.record(input_tokens, output_tokens)
+
+    async def _commit_step(self, session: AgentSession, step: Step) -> None:
+        session.steps.append(step)
+        self.metrics.record_step()
+        if self.checkpoint_backend is not None:
+            await self._save_step(session, session.step_count)
+
+    # ------------------------------------------------------------------ checkpoints
+    # The one place checkpoints are written: per-step snapshots (failures logged and counted,
+    # never raised) and the final session (failure raised as PersistenceError).
+    async def _save_step(self, session: AgentSession, step_number: int) -> None:
+        assert self.checkpoint_backend is not None
+        key = step_key(session.session_id, step_number)
+        try:
+            await self.checkpoint_backend.save(key, session.to_json().encode())
+        except Exception as error:  # a lost per-step snapshot must not end the run
+            session.checkpoint_errors += 1
+            self.metrics.record_checkpoint_error()
+            logger.warning("checkpoint %s failed: %r", key, error)
+            return
+        if self.events.active:
+            self.events.emit(CheckpointSaved(session.session_id, key))
+
+    async def _save_final(self, session: AgentSession) -> None:
+        assert self.checkpoint_backend is not None
+        key = session_key(session.session_id)
+        try:
+            await self.checkpoint_backend.save(key, session.to_json().encode())
+        except Exception as error:
+            self.metrics.record_checkpoint_error()
+            raise PersistenceError(f"final checkpoint failed: {error}", key=key) from error
+        if self.events.active:
+            self.events.emit(CheckpointSaved(session.session_id, key))
+
+
+def _need(infer: InferFn | None) -> InferFn:
+    if infer is None:
+        raise AgentRuntimeError("no model: give infer or a provider")
+    return infer
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def _load_tracer() -> Any:
+    """Returns a tracer when OpenTelemetry is installed and a tracer provider is set, else None.
+
+    The provider must be configured before the runtime is built; no-op spans are skipped
+    because even they cost microseconds per step.
+    """
+    try:
+        from opentelemetry import trace  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None
+    return trace.get_tracer("llm_agent_runtime")

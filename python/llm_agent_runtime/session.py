@@ -1,0 +1,221 @@
+"""`AgentSession`: the record of one agent run, with introspection helpers."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llm_agent_runtime.errors import PersistenceError
+
+if TYPE_CHECKING:
+    from llm_agent_runtime.persistence.base import PersistenceBackend
+
+__all__ = ["AgentSession", "Step"]
+
+
+@dataclass(slots=True)
+class Step:
+    """One Thought-Action-Observation cycle.
+
+    Timings split the step's wall time into the model's time, the tools' time and the
+    runtime's own overhead (everything else), so framework cost is visible.
+    """
+
+    thought: str
+    action: str
+    action_input: Any = None
+    observation: str = ""
+    error_kind: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model_ms: float = 0.0
+    tool_ms: float = 0.0
+    overhead_ms: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        """Whether the step's tool call failed."""
+        return self.error_kind is not None
+
+
+@dataclass(slots=True)
+class AgentSession:
+    """Everything one run did: steps, final answer, memory hits, timings."""
+
+    session_id: str
+    agent_id: str
+    prompt: str = ""
+    steps: list[Step] = field(default_factory=list)
+    final_answer: str | None = None
+    memory_hits: int = 0
+    graph_entity_count: int | None = None
+    duration_ms: float = 0.0
+    checkpoint_errors: int = 0
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """Chat history of a multi-turn session (role/content dicts)."""
+
+    # --- introspection (the seed's helpers) ---
+    @property
+    def step_count(self) -> int:
+        """Number of Thought-Action-Observation cycles."""
+        return len(self.steps)
+
+    def has_final_answer(self) -> bool:
+        """Whether the run ended with a final answer."""
+        return self.final_answer is not None
+
+    def duration_secs(self) -> float:
+        """Wall-clock duration in seconds."""
+        return self.duration_ms / 1000.0
+
+    def failed_tool_call_count(self) -> int:
+        """Steps whose tool call failed."""
+        return sum(1 for s in self.steps if s.error_kind is not None)
+
+    def step_success_count(self) -> int:
+        """Steps without a tool failure."""
+        return self.step_count - self.failed_tool_call_count()
+
+    def checkpoint_error_count(self) -> int:
+        """Per-step checkpoint saves that failed."""
+        return self.checkpoint_errors
+
+    def all_thoughts(self) -> list[str]:
+        """Thoughts in step order."""
+        return [s.thought for s in self.steps]
+
+    def all_actions(self) -> list[str]:
+        """Actions in step order."""
+        return [s.action for s in self.steps]
+
+    def all_observations(self) -> list[str]:
+        """Observations in step order."""
+        return [s.observation for s in self.steps]
+
+    def action_lengths(self) -> list[int]:
+        """UTF-8 byte length of each action."""
+        return [len(s.action.encode()) for s in self.steps]
+
+    def thought_lengths(self) -> list[int]:
+        """UTF-8 byte length of each thought."""
+        return [len(s.thought.encode()) for s in self.steps]
+
+    def total_thought_bytes(self) -> int:
+        """Sum of thought byte lengths."""
+        return sum(self.thought_lengths())
+
+    def total_observation_bytes(self) -> int:
+        """Sum of observation byte lengths."""
+        return sum(len(s.observation.encode()) for s in self.steps)
+
+    def avg_action_length(self) -> float:
+        """Mean action byte length (0.0 without steps)."""
+        lengths = self.action_lengths()
+        return sum(lengths) / len(lengths) if lengths else 0.0
+
+    def avg_thought_length(self) -> float:
+        """Mean thought byte length (0.0 without steps)."""
+        lengths = self.thought_lengths()
+        return sum(lengths) / len(lengths) if lengths else 0.0
+
+    def longest_thought(self) -> str | None:
+        """The thought with the most bytes (the first on ties)."""
+        return max(self.all_thoughts(), key=lambda t: len(t.encode()), default=None)
+
+    def shortest_action(self) -> str | None:
+        """The action with the fewest bytes (the first on ties)."""
+        return min(self.all_actions(), key=lambda a: len(a.encode()), default=None)
+
+    def first_step_action(self) -> str | None:
+        """Action of the first step."""
+        return self.steps[0].action if self.steps else None
+
+    def last_step_action(self) -> str | None:
+        """Action of the last step."""
+        return self.steps[-1].action if self.steps else None
+
+    def most_common_action(self) -> str | None:
+        """The most frequent action (the first seen on ties)."""
+        if not self.steps:
+            return None
+        return Counter(self.all_actions()).most_common(1)[0][0]
+
+    def count_steps_with_action(self, action: str) -> int:
+        """Steps whose action equals `action`."""
+        return sum(1 for s in self.steps if s.action == action)
+
+    def thought_contains_count(self, text: str) -> int:
+        """Steps whose thought contains `text`."""
+        return sum(1 for s in self.steps if text in s.thought)
+
+    def observation_contains_count(self, text: str) -> int:
+        """Steps whose observation contains `text`."""
+        return sum(1 for s in self.steps if text in s.observation)
+
+    def count_nonempty_thoughts(self) -> int:
+        """Steps with a non-empty thought."""
+        return sum(1 for s in self.steps if s.thought)
+
+    def steps_above_thought_length(self, n: int) -> int:
+        """Steps whose thought exceeds `n` bytes."""
+        return sum(1 for length in self.thought_lengths() if length > n)
+
+    def model_ms(self) -> float:
+        """Total time spent waiting for the model."""
+        return sum(s.model_ms for s in self.steps)
+
+    def tool_ms(self) -> float:
+        """Total time spent in tools."""
+        return sum(s.tool_ms for s in self.steps)
+
+    def overhead_ms(self) -> float:
+        """Total time the runtime itself took (neither model nor tools)."""
+        return sum(s.overhead_ms for s in self.steps)
+
+    # --- serialization ---
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the session as plain JSON-compatible data."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """Serializes the session to JSON."""
+        return json.dumps(self.to_dict(), default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AgentSession:
+        """Rebuilds a session from `to_dict` output."""
+        fields = dict(data)
+        fields["steps"] = [Step(**step) for step in fields.get("steps", [])]
+        return cls(**fields)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> AgentSession:
+        """Rebuilds a session from `to_json` output.
+
+        Raises:
+            PersistenceError: When the text is not a serialized session.
+        """
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError("not an object")
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as error:
+            raise PersistenceError(f"not a serialized AgentSession: {error}") from error
+
+    @classmethod
+    async def load_checkpoint(cls, backend: PersistenceBackend, session_id: str) -> AgentSession:
+        """Loads the final checkpoint `session:<id>` from `backend`.
+
+        Raises:
+            PersistenceError: When no checkpoint exists or it cannot be decoded.
+        """
+        from llm_agent_runtime.persistence.base import session_key
+
+        key = session_key(session_id)
+        raw = await backend.load(key)
+        if raw is None:
+            raise PersistenceError("no checkpoint saved", key=key)
+        return cls.from_json(raw)

@@ -1,0 +1,353 @@
+"""Tools the agent calls: `ToolSpec`, the `@tool` decorator and the `ToolRegistry`."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError, create_model
+
+from llm_agent_runtime.errors import (
+    BudgetExceededError,
+    CircuitOpenError,
+    PolicyDeniedError,
+    ProviderError,
+    ToolError,
+)
+from llm_agent_runtime.orchestration import CircuitBreaker
+
+__all__ = ["ErrorKind", "Observation", "ToolRegistry", "ToolSpec", "tool"]
+
+ErrorKind = Literal["not_found", "transient", "permanent"]
+"""Why a tool call failed: unknown tool, worth retrying, or not."""
+
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    ConnectionError,
+    CircuitOpenError,
+)
+
+
+@dataclass(slots=True)
+class Observation:
+    """The result of one tool call as the model sees it."""
+
+    content: str
+    """Text handed back to the model (truncated to the configured limit)."""
+    error_kind: ErrorKind | None = None
+    """None on success, else the failure class."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the call succeeded."""
+        return self.error_kind is None
+
+
+def classify_error(error: BaseException) -> ErrorKind:
+    """Classifies a tool's exception as `transient` (retry may help) or `permanent`.
+
+    Args:
+        error: The exception the handler raised.
+
+    Returns:
+        The error kind.
+    """
+    if isinstance(error, _TRANSIENT_ERRORS):
+        return "transient"
+    if isinstance(error, ProviderError):
+        return "transient" if error.retryable else "permanent"
+    return "permanent"
+
+
+class ToolSpec:
+    """A tool: a name, a description, a JSON schema, and a handler.
+
+    A handler receives the parsed arguments as one dict; it may be sync (run in a worker
+    thread, off the event loop) or async (awaited).
+
+    Args:
+        name: Name the model calls the tool by.
+        description: What the tool does, shown to the model.
+        handler: `dict -> result`, sync or async.
+        parameters: JSON schema of the arguments object.
+        required_fields: Argument names that must be present (added to the schema's `required`).
+        timeout: Seconds a call may take before it fails as `transient`.
+        circuit_breaker: Fast-fails calls while the tool is unhealthy.
+        run_inline: Run a sync handler on the event loop (for trivial, non-blocking handlers).
+
+    Raises:
+        ToolError: When the name is empty or the handler is not callable.
+    """
+
+    __slots__ = (
+        "_validate",
+        "circuit_breaker",
+        "description",
+        "handler",
+        "is_async",
+        "name",
+        "parameters",
+        "required_fields",
+        "run_inline",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        handler: Callable[[dict[str, Any]], Any],
+        parameters: dict[str, Any] | None = None,
+        required_fields: Iterable[str] = (),
+        timeout: float | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        run_inline: bool = False,
+    ) -> None:
+        if not name or not name.strip():
+            raise ToolError("tool name must not be empty")
+        if not callable(handler):
+            raise ToolError(f"handler of tool {name!r} is not callable", tool=name)
+        if timeout is not None and timeout <= 0:
+            raise ToolError(f"timeout of tool {name!r} must be positive", tool=name)
+        self.name = name
+        self.description = description
+        self.handler = handler
+        self.parameters = parameters or {"type": "object", "properties": {}}
+        self.required_fields = tuple(required_fields) or tuple(self.parameters.get("required", ()))
+        self.timeout = timeout
+        self.circuit_breaker = circuit_breaker
+        self.run_inline = run_inline
+        self.is_async = inspect.iscoroutinefunction(handler)
+        self._validate: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def definition(self) -> dict[str, Any]:
+        """Returns the tool as a provider-neutral definition dict (name, description, schema)."""
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
+    def check_arguments(self, arguments: Any) -> dict[str, Any]:
+        """Validates arguments; returns them as a dict.
+
+        Raises:
+            ValueError: With a message for the model when arguments are missing or wrong.
+        """
+        if not isinstance(arguments, dict):
+            if len(self.required_fields) == 1:
+                arguments = {self.required_fields[0]: arguments}
+            else:
+                raise ValueError(f"arguments of {self.name} must be a JSON object")
+        missing = [f for f in self.required_fields if f not in arguments]
+        if missing:
+            raise ValueError(f"missing required argument(s) {', '.join(missing)}")
+        if self._validate is not None:
+            return self._validate(arguments)
+        checked: dict[str, Any] = arguments
+        return checked
+
+    async def invoke(self, arguments: dict[str, Any]) -> Any:
+        """Runs the handler (sync handlers off the event loop) under the per-tool timeout."""
+        if self.is_async:
+            call: Awaitable[Any] = self.handler(arguments)
+        elif self.run_inline:
+            return self.handler(arguments)
+        else:
+            call = asyncio.to_thread(self.handler, arguments)
+        if self.timeout is not None:
+            return await asyncio.wait_for(call, self.timeout)
+        return await call
+
+    def __repr__(self) -> str:
+        return f"ToolSpec(name={self.name!r})"
+
+
+def _doc_parts(doc: str) -> tuple[str, dict[str, str]]:
+    """Splits a Google-style docstring into a summary and per-argument descriptions."""
+    summary_lines: list[str] = []
+    arg_docs: dict[str, str] = {}
+    in_args = False
+    for raw in inspect.cleandoc(doc).splitlines():
+        line = raw.strip()
+        if line in ("Args:", "Arguments:"):
+            in_args = True
+            continue
+        if in_args:
+            if line.endswith(":") and " " not in line:
+                in_args = False
+                continue
+            if ":" in line and raw.startswith("    ") and not raw.startswith("        "):
+                arg, text = line.split(":", 1)
+                arg_docs[arg.split(" ")[0]] = text.strip()
+            continue
+        if not line and summary_lines:
+            in_args = False
+        if line:
+            summary_lines.append(line)
+    return " ".join(summary_lines[:2]), arg_docs
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    circuit_breaker: CircuitBreaker | None = None,
+) -> Any:
+    """Turns a typed function into a `ToolSpec`; schema from type hints and docstring.
+
+    The function receives the arguments as keyword arguments, validated by pydantic.
+
+    Args:
+        fn: The function (when used as `@tool` without parentheses).
+        name: Tool name (default: the function's name).
+        timeout: Per-call timeout in seconds.
+        circuit_breaker: Optional breaker for this tool.
+
+    Returns:
+        A `ToolSpec`, or a decorator producing one.
+    """
+
+    def build(func: Callable[..., Any]) -> ToolSpec:
+        summary, arg_docs = _doc_parts(func.__doc__ or "")
+        signature = inspect.signature(func)
+        hints = inspect.get_annotations(func, eval_str=True)
+        fields: dict[str, Any] = {}
+        for param in signature.parameters.values():
+            annotation = hints.get(param.name, Any)
+            default = ... if param.default is inspect.Parameter.empty else param.default
+            fields[param.name] = (annotation, default)
+        model = create_model(f"{func.__name__}_args", **fields)
+        schema = model.model_json_schema()
+        schema.pop("title", None)
+        for prop_name, prop in schema.get("properties", {}).items():
+            prop.pop("title", None)
+            if prop_name in arg_docs:
+                prop["description"] = arg_docs[prop_name]
+        is_async = inspect.iscoroutinefunction(func)
+
+        def validate(arguments: dict[str, Any]) -> dict[str, Any]:
+            try:
+                parsed = model.model_validate(arguments)
+            except ValidationError as error:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
+                    for e in error.errors()
+                )
+                raise ValueError(f"invalid arguments: {problems}") from None
+            return {key: getattr(parsed, key) for key in fields}
+
+        if is_async:
+
+            async def handler(arguments: dict[str, Any]) -> Any:
+                return await func(**arguments)
+
+        else:
+
+            def handler(arguments: dict[str, Any]) -> Any:  # type: ignore[misc]
+                return func(**arguments)
+
+        spec = ToolSpec(
+            name or func.__name__,
+            summary,
+            handler,
+            parameters=schema,
+            timeout=timeout,
+            circuit_breaker=circuit_breaker,
+        )
+        spec._validate = validate
+        return spec
+
+    if fn is not None:
+        return build(fn)
+    return build
+
+
+def _render(result: Any) -> str:
+    if isinstance(result, str):
+        return result
+    if isinstance(result, int | float) and not isinstance(result, bool):
+        return repr(result)
+    try:
+        return json.dumps(result, default=str)
+    except (TypeError, ValueError):
+        return str(result)
+
+
+class ToolRegistry:
+    """Named tools, and the one place tool calls are run and their failures classified."""
+
+    __slots__ = ("_tools",)
+
+    def __init__(self, tools: Iterable[ToolSpec] = ()) -> None:
+        self._tools: dict[str, ToolSpec] = {}
+        for spec in tools:
+            self.register(spec)
+
+    def register(self, spec: ToolSpec) -> None:
+        """Adds a tool.
+
+        Raises:
+            ToolError: When `spec` is not a ToolSpec or its name is already registered.
+        """
+        if not isinstance(spec, ToolSpec):
+            raise ToolError(f"expected a ToolSpec (use @tool), got {type(spec).__name__}")
+        if spec.name in self._tools:
+            raise ToolError(f"tool {spec.name!r} is registered twice", tool=spec.name)
+        self._tools[spec.name] = spec
+
+    def get(self, name: str) -> ToolSpec | None:
+        """Returns the tool called `name`, or None."""
+        return self._tools.get(name)
+
+    def names(self) -> list[str]:
+        """Returns the registered tool names, sorted."""
+        return sorted(self._tools)
+
+    def definitions(self) -> list[dict[str, Any]]:
+        """Returns every tool's definition dict."""
+        return [spec.definition() for spec in self._tools.values()]
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    async def call(self, name: str, arguments: Any, max_chars: int = 4000) -> Observation:
+        """Runs one tool call; every failure becomes an `Observation` with an error kind.
+
+        Policy errors (`PolicyDeniedError`, `BudgetExceededError`) and cancellation propagate.
+        """
+        spec = self._tools.get(name)
+        if spec is None:
+            known = ", ".join(self.names()) or "none"
+            return Observation(f"error: unknown tool {name!r} (known: {known})", "not_found")
+        try:
+            checked = spec.check_arguments(arguments)
+        except ValueError as error:
+            return Observation(f"error: {error}", "permanent")
+        try:
+            if spec.circuit_breaker is not None:
+                result = await spec.circuit_breaker.call(spec.invoke, checked)
+            else:
+                result = await spec.invoke(checked)
+        except (PolicyDeniedError, BudgetExceededError):
+            raise
+        except Exception as error:  # a tool's failure is an observation for the model
+            kind = classify_error(error)
+            message = str(error) or type(error).__name__
+            if isinstance(error, TimeoutError):
+                message = f"timed out after {spec.timeout} s"
+            return Observation(_truncate(f"error: {message}", max_chars), kind)
+        return Observation(_truncate(_render(result), max_chars))
+
+
+_TRUNCATION_MARK = " …[truncated]"
+
+
+def _truncate(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    return text[: max_chars - len(_TRUNCATION_MARK)] + _TRUNCATION_MARK

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import llm_agent_runtime as ar
+
+
+class DictBackend:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def save(self, key: str, value: bytes) -> None:
+        self.data[key] = value
+
+    async def load(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+
+@ar.tool
+def add(a: int, b: int) -> int:
+    """Adds."""
+    return a + b
+
+
+async def test_every_event_via_callback_and_stream() -> None:
+    rt = ar.AgentRuntime(tools=[add], checkpoint_backend=DictBackend())
+    seen: list[ar.Event] = []
+    rt.events.on(seen.append)
+    async_seen: list[ar.Event] = []
+
+    async def async_callback(event: ar.Event) -> None:
+        async_seen.append(event)
+
+    rt.events.on(async_callback)
+    stream = rt.events.subscribe()
+    provider = ar.ScriptedProvider(
+        ['Thought: t\nAction: add {"a": 1, "b": 2}', "Action: FINAL_ANSWER 3"]
+    )
+    session = await rt.run_agent_with_provider("a", "q", provider)
+    rt.events.close()
+    streamed = [event async for event in stream]
+    await asyncio.sleep(0)
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds == [
+        "RunStarted",
+        "LlmResponse",
+        "ToolCallStarted",
+        "ToolCallFinished",
+        "CheckpointSaved",
+        "LlmResponse",
+        "CheckpointSaved",
+        "CheckpointSaved",
+        "RunFinished",
+    ]
+    assert streamed == seen and async_seen == seen
+    finished = seen[-1]
+    assert isinstance(finished, ar.RunFinished) and finished.final_answer == "3"
+    assert finished.session_id == session.session_id
+    tool_done = seen[3]
+    assert isinstance(tool_done, ar.ToolCallFinished) and tool_done.observation == "3"
+
+
+async def test_error_event_and_off() -> None:
+    rt = ar.AgentRuntime()
+    seen: list[ar.Event] = []
+    rt.events.on(seen.append)
+
+    async def infer(prompt: str) -> str:
+        return "not a react step"
+
+    with pytest.raises(ar.AgentLoopError):
+        await rt.run_agent("a", "q", infer)
+    assert isinstance(seen[-1], ar.ErrorEvent) and isinstance(seen[-1].error, ar.AgentLoopError)
+    rt.events.off(seen.append)
+    assert not rt.events.active
+
+
+async def test_native_mode_streams_text_deltas_when_listened_to() -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add])
+    seen: list[ar.Event] = []
+    rt.events.on(seen.append)
+    provider = ar.ScriptedProvider(
+        [ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 1})], text="adding"), "two"]
+    )
+    session = await rt.run_agent_with_provider("a", "q", provider)
+    deltas = [e.text for e in seen if isinstance(e, ar.LlmTextDelta)]
+    assert deltas == ["adding", "two"] and session.final_answer == "two"
