@@ -30,6 +30,18 @@ pub struct PyWorkingMemory {
     inner: Mutex<Lru<Py<PyAny>>>,
 }
 
+impl PyWorkingMemory {
+    /// A copy of the entries, most recent first, taken under the lock; Python code (such as
+    /// `str()` of a value) runs only after the lock is released.
+    fn pairs(&self, py: Python<'_>) -> Vec<(String, Py<PyAny>)> {
+        self.inner
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.clone_ref(py)))
+            .collect()
+    }
+}
+
 #[pymethods]
 impl PyWorkingMemory {
     #[new]
@@ -74,13 +86,7 @@ impl PyWorkingMemory {
 
     /// `(key, value)` pairs from most to least recently used.
     fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let pairs: Vec<(String, Py<PyAny>)> = self
-            .inner
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.to_owned(), v.clone_ref(py)))
-            .collect();
-        PyList::new(py, pairs)
+        PyList::new(py, self.pairs(py))
     }
 
     /// Keys from most to least recently used.
@@ -95,12 +101,7 @@ impl PyWorkingMemory {
     /// Renders the entries for an agent's prompt, one `key: value` line each, most recent
     /// first; an empty string when there are none.
     fn to_prompt(&self, py: Python<'_>) -> PyResult<String> {
-        let pairs: Vec<(String, Py<PyAny>)> = self
-            .inner
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.to_owned(), v.clone_ref(py)))
-            .collect();
+        let pairs = self.pairs(py);
         if pairs.is_empty() {
             return Ok(String::new());
         }
