@@ -96,11 +96,14 @@ async def main() -> None:
     working.set("units", "million km")
     print(f"seeded {len(facts)} episodes from {TEXT.name}; working memory: units=million km")
 
+    db_path = Path(os.environ.get("LLM_AGENT_RUNTIME_DEMO_DB", ".demo/checkpoints.db"))
+    checkpoints = ar.SqliteBackend(db_path)
     runtime = ar.AgentRuntime(
         ar.AgentConfig(max_iterations=6, max_memory_recalls=3, max_memory_tokens=200),
         memory=memory,
         working_memory=working,
         tools=[ar.tool(calculator), build_memory_search(memory)],
+        checkpoint_backend=checkpoints,
     )
     provider = real_provider()
     if provider is None:
@@ -131,11 +134,14 @@ async def main() -> None:
         f"tool_calls={snap.total_tool_calls} failed={snap.failed_tool_calls} "
         f"memory_recalls={snap.memory_recall_count}"
     )
+    step_keys = await checkpoints.list_keys(f"session:{session.session_id}:step:")
+    reloaded = await ar.AgentSession.load_checkpoint(checkpoints, session.session_id)
     print(
-        f"session {session.session_id}: no persistence backend on this build; "
-        f"with one it is saved under key session:{session.session_id} "
-        f"({len(session.to_json())} bytes of JSON)"
+        f"session {session.session_id} saved in SQLite at {db_path.resolve()} under key "
+        f"session:{session.session_id}, with {len(step_keys)} per-step checkpoints; "
+        f"reloaded from it: {reloaded.step_count} steps, answer {reloaded.final_answer!r}"
     )
+    checkpoints.close()
 
 
 if __name__ == "__main__":

@@ -5,14 +5,15 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def test_demo_runs_an_agent_end_to_end() -> None:
+def test_demo_runs_an_agent_end_to_end(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
     out = subprocess.run(
         [sys.executable, str(EXAMPLES / "demo.py")],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", "LLM_AGENT_RUNTIME_DEMO_DB": str(db)},
     ).stdout
     assert "seeded 7 episodes from solar_system.txt" in out
     assert "action: memory_search({'query': 'distance'})" in out
@@ -21,7 +22,9 @@ def test_demo_runs_an_agent_end_to_end() -> None:
     assert "observation: 78.0 [ok]" in out
     assert "final answer: Mars is on average 78 million km farther" in out
     assert "metrics: sessions=1 steps=3 tool_calls=2 failed=0 memory_recalls=3" in out
-    assert "saved under key session:" in out
+    assert f"saved in SQLite at {db}" in out and db.exists()
+    assert "with 3 per-step checkpoints" in out
+    assert "reloaded from it: 3 steps, answer 'Mars is on average 78 million km" in out
 
 
 def test_console_script_demo_and_version() -> None:
