@@ -3,8 +3,8 @@
 //! Vectors are normalized on insert, so cosine similarity is a dot product. The scan uses a
 //! kernel compiled for AVX2+FMA when the CPU has them (checked once per scan) and a portable
 //! one otherwise, keeps a bounded top-k (no full sort), splits large scans over rayon
-//! threads, and for batches walks the index in blocks so each block is read from memory
-//! once for all the queries of the batch.
+//! threads, and for batches runs a blocked matrix product with the top-k selection fused into
+//! it (see `batch`).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -20,10 +20,10 @@ use rustc_hash::FxHashMap;
 
 use crate::errors::{run_detached, CoreError, CoreResult};
 
+mod batch;
+
 /// Rows below which a single-query scan stays on one thread.
 pub const PARALLEL_ROWS: usize = 4_096;
-/// Rows per block in batched search (a block of 384-d rows is ~384 KiB: it stays in L2).
-const BLOCK_ROWS: usize = 256;
 const MAGIC: &[u8; 8] = b"LARVEC\0\x01";
 const FORMAT_VERSION: u32 = 1;
 
@@ -64,15 +64,25 @@ impl TopK {
         }
     }
 
+    /// Keeps `(score, row)` if it beats the worst kept hit (higher score, then lower row).
     #[inline]
     fn push(&mut self, score: f32, row: usize) {
         if self.heap.len() < self.k {
             self.heap.push(Hit { score, row });
         } else if let Some(worst) = self.heap.peek() {
-            if score > worst.score {
+            if score > worst.score || (score == worst.score && row < worst.row) {
                 self.heap.pop();
                 self.heap.push(Hit { score, row });
             }
+        }
+    }
+
+    /// The score a new hit must beat to enter (minus infinity until `k` hits are kept).
+    #[inline]
+    fn threshold(&self) -> f32 {
+        match self.heap.peek() {
+            Some(worst) if self.heap.len() >= self.k => worst.score,
+            _ => f32::NEG_INFINITY,
         }
     }
 
@@ -347,21 +357,17 @@ impl Index {
             .map(|q| self.check_query(q, k))
             .collect::<CoreResult<_>>()?;
         let width = k.min(self.len());
-        // Queries are split over threads; each thread walks the index block by block and
-        // scores every one of its queries against a block while it is in cache.
-        let per_thread = qs.len().div_ceil(rayon::current_num_threads()).max(1);
-        let tops: Vec<TopK> = qs
-            .par_chunks(per_thread)
-            .flat_map_iter(|group| {
-                let mut tops: Vec<TopK> = group.iter().map(|_| TopK::new(k)).collect();
-                for (b, block) in self.data.chunks(BLOCK_ROWS * self.dim).enumerate() {
-                    for (q, top) in group.iter().zip(tops.iter_mut()) {
-                        scan_rows(block, self.dim, b * BLOCK_ROWS, q, top);
-                    }
-                }
-                tops
-            })
-            .collect();
+        let tops: Vec<TopK> = if qs.len() < 2 {
+            qs.iter()
+                .map(|q| {
+                    let mut top = TopK::new(k);
+                    scan_rows(&self.data, self.dim, 0, q, &mut top);
+                    top
+                })
+                .collect()
+        } else {
+            batch::search_batch_fused(&self.data, self.dim, &qs.concat(), k)
+        };
         let mut ids = Vec::with_capacity(tops.len() * width);
         let mut scores = Vec::with_capacity(tops.len() * width);
         for top in tops {
