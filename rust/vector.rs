@@ -21,11 +21,18 @@ use rustc_hash::FxHashMap;
 use crate::errors::{run_detached, CoreError, CoreResult};
 
 mod batch;
+mod quantized;
+
+pub use quantized::Dtype;
+use quantized::Rows;
 
 /// Rows below which a single-query scan stays on one thread.
 pub const PARALLEL_ROWS: usize = 4_096;
 const MAGIC: &[u8; 8] = b"LARVEC\0\x01";
-const FORMAT_VERSION: u32 = 1;
+/// Version 2 adds the storage dtype and the re-scoring factor; version 1 files (float32) load.
+const FORMAT_VERSION: u32 = 2;
+/// Default shortlist factor of int8 search: `k * DEFAULT_RESCORE` rows are re-scored.
+pub const DEFAULT_RESCORE: usize = 8;
 
 /// A scored candidate; ordered so that a `BinaryHeap` pops the worst one first.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -161,6 +168,25 @@ fn scan_rows_avx2(rows: &[f32], dim: usize, first: usize, query: &[f32], top: &m
     }
 }
 
+/// Runs `scan(start, end, top)` over row ranges covering `0..n` (over rayon threads when `n`
+/// reaches [`PARALLEL_ROWS`]) and merges the ranges' top `k`.
+fn scan_split(n: usize, k: usize, scan: impl Fn(usize, usize, &mut TopK) + Sync) -> TopK {
+    if n < PARALLEL_ROWS {
+        let mut top = TopK::new(k);
+        scan(0, n, &mut top);
+        return top;
+    }
+    let per_task = PARALLEL_ROWS.max(n.div_ceil(rayon::current_num_threads()));
+    (0..n.div_ceil(per_task))
+        .into_par_iter()
+        .map(|t| {
+            let mut top = TopK::new(k);
+            scan(t * per_task, ((t + 1) * per_task).min(n), &mut top);
+            top
+        })
+        .reduce(|| TopK::new(k), TopK::merge)
+}
+
 /// Normalizes `v` in place; refuses non-finite values and zero vectors.
 fn normalize(v: &mut [f32], what: &str) -> CoreResult<()> {
     if v.iter().any(|x| !x.is_finite()) {
@@ -188,25 +214,77 @@ fn normalize(v: &mut [f32], what: &str) -> CoreResult<()> {
 pub struct Index {
     dim: usize,
     ids: Vec<u64>,
-    data: Vec<f32>,
+    vectors: Rows,
+    /// float32 copies kept only by int8 indexes built with `exact_rescore`.
+    originals: Option<Vec<f32>>,
+    rescore: usize,
     rows: FxHashMap<u64, usize>,
 }
 
 impl Index {
-    /// An empty index of `dim`-dimensional vectors.
+    /// An empty float32 index of `dim`-dimensional vectors.
     ///
     /// # Errors
     /// [`CoreError::Memory`] when `dim` is 0.
     pub fn new(dim: usize) -> CoreResult<Self> {
+        Self::with_dtype(dim, Dtype::F32, DEFAULT_RESCORE, false)
+    }
+
+    /// An empty index storing its rows as `dtype`. int8 searches re-score `k * rescore` rows,
+    /// against float32 copies of the rows when `exact_rescore` (kept beside the codes), else
+    /// against the dequantized codes.
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when `dim` or `rescore` is 0, or `exact_rescore` is asked of a
+    /// dtype other than int8.
+    pub fn with_dtype(
+        dim: usize,
+        dtype: Dtype,
+        rescore: usize,
+        exact_rescore: bool,
+    ) -> CoreResult<Self> {
         if dim == 0 {
             return Err(CoreError::Memory("dim must be at least 1".into()));
+        }
+        if rescore == 0 {
+            return Err(CoreError::Memory("rescore must be at least 1".into()));
+        }
+        if exact_rescore && dtype != Dtype::I8 {
+            return Err(CoreError::Memory(format!(
+                "exact_rescore applies to dtype \"int8\" only, not {:?}",
+                dtype.name()
+            )));
         }
         Ok(Self {
             dim,
             ids: Vec::new(),
-            data: Vec::new(),
+            vectors: Rows::new(dtype),
+            originals: exact_rescore.then(Vec::new),
+            rescore,
             rows: FxHashMap::default(),
         })
+    }
+
+    /// Whether int8 searches re-score against kept float32 copies.
+    pub fn exact_rescore(&self) -> bool {
+        self.originals.is_some()
+    }
+
+    /// How rows are stored.
+    pub fn dtype(&self) -> Dtype {
+        self.vectors.dtype()
+    }
+
+    /// Shortlist factor of int8 searches.
+    pub fn rescore(&self) -> usize {
+        self.rescore
+    }
+
+    /// Bytes held by the ids and the rows (the id -> row map aside).
+    pub fn nbytes(&self) -> usize {
+        self.ids.len() * 8
+            + self.vectors.nbytes()
+            + self.originals.as_ref().map_or(0, |o| o.len() * 4)
     }
 
     /// Vector length.
@@ -250,11 +328,19 @@ impl Index {
         }
         for (row, &id) in normalized.chunks_exact(self.dim).zip(ids) {
             match self.rows.get(&id) {
-                Some(&r) => self.data[r * self.dim..(r + 1) * self.dim].copy_from_slice(row),
+                Some(&r) => {
+                    self.vectors.set(r, row);
+                    if let Some(originals) = &mut self.originals {
+                        originals[r * self.dim..(r + 1) * self.dim].copy_from_slice(row);
+                    }
+                }
                 None => {
                     self.rows.insert(id, self.ids.len());
                     self.ids.push(id);
-                    self.data.extend_from_slice(row);
+                    self.vectors.push(row);
+                    if let Some(originals) = &mut self.originals {
+                        originals.extend_from_slice(row);
+                    }
                 }
             }
         }
@@ -279,14 +365,28 @@ impl Index {
             if row != last {
                 let moved = self.ids[last];
                 self.ids[row] = moved;
-                self.data
-                    .copy_within(last * self.dim..(last + 1) * self.dim, row * self.dim);
+                self.vectors.copy_row(last, row, self.dim);
+                if let Some(originals) = &mut self.originals {
+                    originals.copy_within(last * self.dim..(last + 1) * self.dim, row * self.dim);
+                }
                 self.rows.insert(moved, row);
             }
             self.ids.pop();
-            self.data.truncate(last * self.dim);
+            self.vectors.truncate(last, self.dim);
+            if let Some(originals) = &mut self.originals {
+                originals.truncate(last * self.dim);
+            }
         }
         Ok(())
+    }
+
+    /// The stored vector of `id` (normalized; dequantized for compressed storage).
+    pub fn get(&self, id: u64) -> Option<Vec<f32>> {
+        let &r = self.rows.get(&id)?;
+        Some(match &self.originals {
+            Some(originals) => originals[r * self.dim..(r + 1) * self.dim].to_vec(),
+            None => self.vectors.row(r, self.dim),
+        })
     }
 
     fn check_query(&self, query: &[f32], k: usize) -> CoreResult<Vec<f32>> {
@@ -312,27 +412,51 @@ impl Index {
     /// finite, or is zero.
     pub fn search(&self, query: &[f32], k: usize) -> CoreResult<(Vec<u64>, Vec<f32>)> {
         let q = self.check_query(query, k)?;
-        let rows_per_task = PARALLEL_ROWS.max(self.len().div_ceil(rayon::current_num_threads()));
-        let top = if self.len() < PARALLEL_ROWS {
-            let mut top = TopK::new(k);
-            scan_rows(&self.data, self.dim, 0, &q, &mut top);
-            top
-        } else {
-            self.data
-                .par_chunks(rows_per_task * self.dim)
-                .enumerate()
-                .map(|(chunk, rows)| {
-                    let mut top = TopK::new(k);
-                    scan_rows(rows, self.dim, chunk * rows_per_task, &q, &mut top);
-                    top
-                })
-                .reduce(|| TopK::new(k), TopK::merge)
-        };
-        let hits = top.into_sorted();
+        let hits = self.top_k(&q, k).into_sorted();
         Ok((
             hits.iter().map(|h| self.ids[h.row]).collect(),
             hits.iter().map(|h| h.score).collect(),
         ))
+    }
+
+    /// The top `k` rows for the normalized query `q`, in the index's storage form.
+    fn top_k(&self, q: &[f32], k: usize) -> TopK {
+        let dim = self.dim;
+        match &self.vectors {
+            Rows::F32(data) => scan_split(self.len(), k, |start, end, top| {
+                scan_rows(&data[start * dim..end * dim], dim, start, q, top);
+            }),
+            Rows::F16(data) => scan_split(self.len(), k, |start, end, top| {
+                quantized::scan_f16(&data[start * dim..end * dim], dim, start, q, top);
+            }),
+            Rows::I8 { codes, scales } => {
+                let qi = quantized::quantize_query(q);
+                let shortlist = scan_split(
+                    self.len(),
+                    k.saturating_mul(self.rescore),
+                    |start, end, top| {
+                        quantized::scan_i8(
+                            &codes[start * dim..end * dim],
+                            &scales[start..end],
+                            dim,
+                            start,
+                            &qi,
+                            top,
+                        );
+                    },
+                );
+                let mut top = TopK::new(k);
+                for hit in shortlist.into_sorted() {
+                    let (r, span) = (hit.row, hit.row * dim..(hit.row + 1) * dim);
+                    let score = match &self.originals {
+                        Some(originals) => dot_portable(&originals[span], q),
+                        None => quantized::rescore_i8(&codes[span], scales[r], q),
+                    };
+                    top.push(score, r);
+                }
+                top
+            }
+        }
     }
 
     /// `search` for each of `queries` (`m` rows of `dim`): ids and scores, `m` rows of
@@ -357,16 +481,11 @@ impl Index {
             .map(|q| self.check_query(q, k))
             .collect::<CoreResult<_>>()?;
         let width = k.min(self.len());
-        let tops: Vec<TopK> = if qs.len() < 2 {
-            qs.iter()
-                .map(|q| {
-                    let mut top = TopK::new(k);
-                    scan_rows(&self.data, self.dim, 0, q, &mut top);
-                    top
-                })
-                .collect()
-        } else {
-            batch::search_batch_fused(&self.data, self.dim, &qs.concat(), k)
+        let tops: Vec<TopK> = match &self.vectors {
+            Rows::F32(data) if qs.len() >= 2 => {
+                batch::search_batch_fused(data, self.dim, &qs.concat(), k)
+            }
+            _ => qs.iter().map(|q| self.top_k(q, k)).collect(),
         };
         let mut ids = Vec::with_capacity(tops.len() * width);
         let mut scores = Vec::with_capacity(tops.len() * width);
@@ -379,23 +498,28 @@ impl Index {
         Ok((ids, scores, width))
     }
 
-    /// Writes the index: magic, version, dim, count, ids, rows, then a CRC-32 of all of it.
+    /// Writes the index: magic, version, dim, dtype code, rescore, flags (1: float32 copies
+    /// follow the rows), count, ids, rows, [copies], then a CRC-32 of all of it.
     ///
     /// # Errors
     /// [`CoreError::Persistence`] on an I/O failure.
     pub fn save(&self, path: &str) -> CoreResult<()> {
         let io = |e: std::io::Error| CoreError::Persistence(format!("cannot write {path}: {e}"));
-        let mut bytes = Vec::with_capacity(24 + self.ids.len() * 8 + self.data.len() * 4 + 4);
+        let mut bytes = Vec::with_capacity(36 + self.nbytes());
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         bytes.extend_from_slice(&(self.dim as u32).to_le_bytes());
+        bytes.extend_from_slice(&self.dtype().code().to_le_bytes());
+        bytes.extend_from_slice(&(self.rescore as u32).to_le_bytes());
+        bytes.extend_from_slice(&u32::from(self.originals.is_some()).to_le_bytes());
         bytes.extend_from_slice(&(self.ids.len() as u64).to_le_bytes());
         self.ids
             .iter()
             .for_each(|id| bytes.extend_from_slice(&id.to_le_bytes()));
-        self.data
-            .iter()
-            .for_each(|x| bytes.extend_from_slice(&x.to_le_bytes()));
+        self.vectors.to_le_bytes(&mut bytes);
+        if let Some(originals) = &self.originals {
+            Rows::F32(originals.clone()).to_le_bytes(&mut bytes);
+        }
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         // Write beside, then rename: a crash never leaves a half-written index in place.
@@ -406,11 +530,11 @@ impl Index {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Reads an index written by [`Index::save`].
+    /// Reads an index written by [`Index::save`] (format version 1 or 2).
     ///
     /// # Errors
-    /// [`CoreError::Persistence`] when the file cannot be read, is not an index, has another
-    /// format version, is truncated, or fails its checksum.
+    /// [`CoreError::Persistence`] when the file cannot be read, is not an index, has an unknown
+    /// format version or dtype, is truncated, or fails its checksum.
     pub fn load(path: &str) -> CoreResult<Self> {
         let bad = |why: String| CoreError::Persistence(format!("cannot load {path}: {why}"));
         let mut bytes = Vec::new();
@@ -424,9 +548,9 @@ impl Index {
             u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
         };
         let version = u32_at(8);
-        if version != FORMAT_VERSION {
+        if version != 1 && version != FORMAT_VERSION {
             return Err(bad(format!(
-                "format version {version}, expected {FORMAT_VERSION}"
+                "format version {version}, expected 1 or {FORMAT_VERSION}"
             )));
         }
         let (body, tail) = bytes.split_at(bytes.len() - 4);
@@ -436,24 +560,54 @@ impl Index {
             ));
         }
         let dim = u32_at(12) as usize;
+        // Version 1: float32 rows and no rescore field.
+        let (dtype, rescore, exact_rescore, header) = if version == 1 {
+            (Dtype::F32, DEFAULT_RESCORE, false, 16)
+        } else {
+            if body.len() < 36 {
+                return Err(bad("size does not match its header".into()));
+            }
+            let dtype = Dtype::from_code(u32_at(16))
+                .ok_or_else(|| bad(format!("unknown dtype code {}", u32_at(16))))?;
+            let exact_rescore = match u32_at(24) {
+                0 => false,
+                1 if dtype == Dtype::I8 => true,
+                flags => return Err(bad(format!("unknown flags {flags}"))),
+            };
+            (dtype, u32_at(20) as usize, exact_rescore, 28)
+        };
         let mut count = [0u8; 8];
-        count.copy_from_slice(&bytes[16..24]);
-        let count = u64::from_le_bytes(count) as usize;
-        let expected = count
-            .checked_mul(8 + 4 * dim)
-            .and_then(|n| n.checked_add(24))
-            .ok_or_else(|| bad("header sizes overflow".into()))?;
-        if body.len() != expected || dim == 0 {
-            return Err(bad("size does not match its header".into()));
+        count.copy_from_slice(&body[header..header + 8]);
+        let count = usize::try_from(u64::from_le_bytes(count))
+            .map_err(|_| bad("header sizes overflow".into()))?;
+        let ids_end = count
+            .checked_mul(8)
+            .and_then(|n| n.checked_add(header + 8))
+            .filter(|&end| end <= body.len())
+            .ok_or_else(|| bad("size does not match its header".into()))?;
+        if dim == 0 || rescore == 0 {
+            return Err(bad("dim and rescore must be at least 1".into()));
         }
-        let ids: Vec<u64> = body[24..24 + count * 8]
+        let ids: Vec<u64> = body[header + 8..ids_end]
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
             .collect();
-        let data: Vec<f32> = body[24 + count * 8..]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let size = || bad("size does not match its header".into());
+        let rows_end = count
+            .checked_mul(dtype.row_bytes(dim))
+            .and_then(|n| n.checked_add(ids_end))
+            .filter(|&end| end <= body.len())
+            .ok_or_else(size)?;
+        let vectors =
+            Rows::from_le_bytes(dtype, &body[ids_end..rows_end], count, dim).ok_or_else(size)?;
+        let originals = match (exact_rescore, &body[rows_end..]) {
+            (false, []) => None,
+            (true, rest) => match Rows::from_le_bytes(Dtype::F32, rest, count, dim) {
+                Some(Rows::F32(originals)) => Some(originals),
+                _ => return Err(size()),
+            },
+            (false, _) => return Err(size()),
+        };
         let rows = ids
             .iter()
             .enumerate()
@@ -465,7 +619,9 @@ impl Index {
         Ok(Self {
             dim,
             ids,
-            data,
+            vectors,
+            originals,
+            rescore,
             rows,
         })
     }
@@ -530,18 +686,32 @@ type Hits<'py, D> = (
     Bound<'py, numpy::PyArray<f32, D>>,
 );
 
-/// Exact cosine-similarity index over float32 vectors, in Rust.
+/// Cosine-similarity index over float32 vectors, in Rust.
 ///
 /// Vectors are normalized on insert and kept in one contiguous block. Searches scan every
-/// vector (exact results) with the GIL released, using SIMD and, for large indexes, every
-/// core (set ``RAYON_NUM_THREADS`` to limit it). Inputs are numpy float32 arrays, C-contiguous;
-/// other dtypes are refused with a message saying how to convert, never silently copied.
+/// vector with the GIL released, using SIMD and, for large indexes, every core (set
+/// ``RAYON_NUM_THREADS`` to limit it). Inputs are numpy float32 arrays, C-contiguous; other
+/// dtypes are refused with a message saying how to convert, never silently copied.
+///
+/// Storage (``dtype``): ``"float32"`` (exact search); ``"float16"`` (half the memory; the
+/// scan is exact for the stored half-precision values); ``"int8"`` (a quarter of the memory:
+/// symmetric per-vector codes; an integer scan picks ``k * rescore`` candidates, re-scored
+/// with the float32 query against the dequantized vectors). Compressed modes keep no float32
+/// copy, so their scores are those of the stored (rounded) vectors; int8 recall@10 against
+/// exact search is about 0.99 on isotropic data but lower on tightly clustered data. With
+/// ``exact_rescore=True`` an int8 index also keeps the float32 vectors and re-scores the
+/// shortlist exactly against them (exact scores, recall@10 >= 0.99 on clustered data too):
+/// scans still read 4x fewer bytes, but memory is 1.25x that of float32.
 ///
 /// Args:
 ///     dim: vector length.
+///     dtype: ``"float32"``, ``"float16"`` or ``"int8"``.
+///     rescore: int8 shortlist factor (candidates re-scored per result).
+///     exact_rescore: int8 only: keep float32 copies and re-score against them.
 ///
 /// Raises:
-///     MemoryStoreError: `dim` is 0.
+///     MemoryStoreError: `dim` or `rescore` is 0, an unknown `dtype`, or `exact_rescore`
+///         with a dtype other than int8.
 #[pyclass(module = "llm_agent_runtime", name = "VectorIndex", frozen)]
 pub struct PyVectorIndex {
     inner: RwLock<Index>,
@@ -550,10 +720,41 @@ pub struct PyVectorIndex {
 #[pymethods]
 impl PyVectorIndex {
     #[new]
-    fn new(dim: usize) -> PyResult<Self> {
+    // `rescore=8` is DEFAULT_RESCORE, spelled out so the Python signature shows it.
+    #[pyo3(signature = (dim, dtype="float32", rescore=8, exact_rescore=false))]
+    fn new(dim: usize, dtype: &str, rescore: usize, exact_rescore: bool) -> PyResult<Self> {
+        let dtype = Dtype::parse(dtype).ok_or_else(|| {
+            CoreError::Memory(format!(
+                "unknown dtype {dtype:?}: expected \"float32\", \"float16\" or \"int8\""
+            ))
+        })?;
         Ok(Self {
-            inner: RwLock::new(Index::new(dim)?),
+            inner: RwLock::new(Index::with_dtype(dim, dtype, rescore, exact_rescore)?),
         })
+    }
+
+    /// Whether int8 searches re-score against kept float32 copies.
+    #[getter]
+    fn exact_rescore(&self) -> bool {
+        self.inner.read().exact_rescore()
+    }
+
+    /// Storage form: "float32", "float16" or "int8".
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.inner.read().dtype().name()
+    }
+
+    /// Shortlist factor of int8 searches.
+    #[getter]
+    fn rescore(&self) -> usize {
+        self.inner.read().rescore()
+    }
+
+    /// Bytes held by the ids and the stored vectors (and float32 copies, if kept).
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.read().nbytes()
     }
 
     /// Vector length.
@@ -648,6 +849,14 @@ impl PyVectorIndex {
         Ok((ids, scores))
     }
 
+    /// The stored vector of `id`: normalized, and dequantized for compressed storage.
+    ///
+    /// Returns:
+    ///     A float32 array of length dim, or None when `id` is not in the index.
+    fn get<'py>(&self, py: Python<'py>, id: u64) -> Option<Bound<'py, numpy::PyArray1<f32>>> {
+        self.inner.read().get(id).map(|v| v.into_pyarray(py))
+    }
+
     /// Whether `id` is in the index.
     fn __contains__(&self, id: u64) -> bool {
         self.inner.read().rows.contains_key(&id)
@@ -679,7 +888,12 @@ impl PyVectorIndex {
 
     fn __repr__(&self) -> String {
         let inner = self.inner.read();
-        format!("VectorIndex(dim={}, len={})", inner.dim(), inner.len())
+        format!(
+            "VectorIndex(dim={}, dtype={:?}, len={})",
+            inner.dim(),
+            inner.dtype().name(),
+            inner.len()
+        )
     }
 }
 
@@ -690,11 +904,13 @@ mod tests {
     fn brute(index: &Index, q: &[f32], k: usize) -> Vec<u64> {
         let mut qn = q.to_vec();
         normalize(&mut qn, "q").unwrap();
-        let mut scored: Vec<(f32, u64)> = index
-            .data
-            .chunks_exact(index.dim)
-            .zip(&index.ids)
-            .map(|(r, &id)| (dot_portable(r, &qn), id))
+        let mut scored: Vec<(f32, u64)> = (0..index.len())
+            .map(|r| {
+                (
+                    dot_portable(&index.vectors.row(r, index.dim), &qn),
+                    index.ids[r],
+                )
+            })
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         scored.into_iter().take(k).map(|(_, id)| id).collect()
@@ -741,8 +957,46 @@ mod tests {
         assert!(index.search(&[1.0, 0.0, 0.0], 1).is_err());
         assert!(index.search(&[0.0; 4], 1).is_err());
         assert!(index.search(&[1.0, 0.0, 0.0, 0.0], 0).is_err());
+        assert!(Index::with_dtype(4, Dtype::F16, 4, true).is_err());
+        assert!(Index::with_dtype(4, Dtype::I8, 0, false).is_err());
         assert!(index.add(&[9], &[f32::NAN, 0.0, 0.0, 0.0]).is_err());
         assert!(index.add(&[7, 7], &[1.0; 8]).is_err());
+    }
+
+    #[test]
+    fn compressed_modes_find_the_float32_neighbours_and_round_trip() {
+        let exact = filled(3_000, 48);
+        let dir = std::env::temp_dir().join(format!("vecq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (dtype, exact_rescore) in [(Dtype::F16, false), (Dtype::I8, false), (Dtype::I8, true)] {
+            let mut index = Index::with_dtype(48, dtype, DEFAULT_RESCORE, exact_rescore).unwrap();
+            let data: Vec<f32> = (0..exact.len())
+                .flat_map(|r| exact.vectors.row(r, 48))
+                .collect();
+            index.add(&exact.ids, &data).unwrap();
+            let copies = if exact_rescore { 3_000 * 48 * 4 } else { 0 };
+            assert_eq!(
+                index.nbytes() - 8 * 3_000 - copies,
+                3_000 * dtype.row_bytes(48)
+            );
+            let mut found = 0;
+            for seed in 0..20 {
+                let q: Vec<f32> = (0..48)
+                    .map(|i| ((i * 7 + seed * 13) % 17) as f32 - 8.0)
+                    .collect();
+                let want = brute(&exact, &q, 10);
+                let (got, _) = index.search(&q, 10).unwrap();
+                found += got.iter().filter(|id| want.contains(id)).count();
+            }
+            assert!(found >= 196, "{dtype:?}: {found} of 200");
+            let path = dir.join("q.bin").to_string_lossy().into_owned();
+            index.save(&path).unwrap();
+            assert_eq!(Index::load(&path).unwrap(), index);
+            index.remove(&[0, 5]).unwrap();
+            assert_eq!(index.len(), 2_998);
+            assert!(index.get(0).is_none() && index.get(1).is_some());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

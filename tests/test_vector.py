@@ -163,3 +163,102 @@ def test_large_parallel_scan_matches_numpy() -> None:
         want_ids, want_scores = numpy_top_k(data, np.arange(50_000), query, 10)
         np.testing.assert_array_equal(batch_ids[row], want_ids)
         np.testing.assert_allclose(batch_scores[row], want_scores, atol=1e-5)
+
+
+def _recall_at_10(index: ar.VectorIndex, data: np.ndarray, queries: np.ndarray) -> float:
+    ids = np.arange(len(data))
+    found = 0
+    for q in queries:
+        want, _ = numpy_top_k(data, ids, q, 10)
+        got, _ = index.search(q, 10)
+        found += len(set(got.tolist()) & set(want.tolist()))
+    return found / (10 * len(queries))
+
+
+def _clustered(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    centers = rng.standard_normal((20, dim)).astype(np.float32)
+    labels = rng.integers(0, 20, n)
+    return (centers[labels] + 0.3 * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "exact_rescore", "kind", "min_recall"),
+    [
+        ("float16", False, "random", 0.99),
+        ("float16", False, "clustered", 0.99),
+        ("int8", False, "random", 0.99),
+        # Codes alone cannot order the crowded neighbours of a tight cluster: documented.
+        ("int8", False, "clustered", 0.9),
+        ("int8", True, "random", 0.99),
+        ("int8", True, "clustered", 0.99),
+    ],
+)
+def test_compressed_modes_recall_and_memory(
+    dtype: str, exact_rescore: bool, kind: str, min_recall: float
+) -> None:
+    rng = np.random.default_rng(3)
+    n, dim = 5_000, 384
+    data = (
+        rng.standard_normal((n, dim)).astype(np.float32)
+        if kind == "random"
+        else _clustered(rng, n, dim)
+    )
+    queries = rng.standard_normal((40, dim)).astype(np.float32)
+    if kind == "clustered":
+        queries = data[rng.integers(0, n, 40)] + 0.1 * queries
+    exact = ar.VectorIndex(dim)
+    exact.add(np.arange(n), data)
+    index = ar.VectorIndex(dim, dtype=dtype, exact_rescore=exact_rescore)
+    index.add(np.arange(n), data)
+    assert index.dtype == dtype and index.exact_rescore == exact_rescore and len(index) == n
+    assert _recall_at_10(index, data, queries) >= min_recall
+    # Scores are cosines of the stored (rounded) vectors, or exact with float32 copies.
+    _, exact_scores = exact.search(queries[0], 10)
+    _, scores = index.search(queries[0], 10)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5 if exact_rescore else 5e-3)
+    copies = 4 * n * dim if exact_rescore else 0
+    vector_bytes = index.nbytes - 8 * n - copies
+    assert vector_bytes == n * (2 * dim if dtype == "float16" else dim + 4)
+    assert exact.nbytes - 8 * n == 4 * n * dim
+    batch_ids, _ = index.search_batch(queries[:3], 10)
+    for row in range(3):
+        np.testing.assert_array_equal(batch_ids[row], index.search(queries[row], 10)[0])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "exact_rescore"),
+    [("float32", False), ("float16", False), ("int8", False), ("int8", True)],
+)
+def test_modes_remove_upsert_get_and_save_load(
+    dtype: str, exact_rescore: bool, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(4)
+    data = rng.standard_normal((300, 40)).astype(np.float32)
+    index = ar.VectorIndex(40, dtype=dtype, rescore=3, exact_rescore=exact_rescore)
+    index.add(np.arange(300), data)
+    index.remove([0, 17, 299])
+    index.add(np.array([5]), data[6:7])
+    assert len(index) == 297 and 17 not in index and index.get(17) is None
+    stored = index.get(5)
+    assert stored is not None and stored.dtype == np.float32
+    want = data[6] / np.linalg.norm(data[6])
+    tolerance = 1e-2 if dtype == "int8" and not exact_rescore else 1e-3
+    np.testing.assert_allclose(stored, want, atol=tolerance)
+    path = str(tmp_path / f"{dtype}.bin")
+    index.save(path)
+    loaded = ar.VectorIndex.load(path)
+    assert (loaded.dtype, loaded.rescore, len(loaded)) == (dtype, 3, 297)
+    assert loaded.exact_rescore == exact_rescore
+    q = rng.standard_normal(40).astype(np.float32)
+    np.testing.assert_array_equal(loaded.search(q, 7)[0], index.search(q, 7)[0])
+    np.testing.assert_array_equal(loaded.get(5), stored)
+
+
+def test_bad_dtype_and_rescore_are_clear_errors() -> None:
+    with pytest.raises(ar.MemoryStoreError, match=r'unknown dtype "float64".*int8'):
+        ar.VectorIndex(8, dtype="float64")
+    with pytest.raises(ar.MemoryStoreError, match="rescore"):
+        ar.VectorIndex(8, dtype="int8", rescore=0)
+    with pytest.raises(ar.MemoryStoreError, match="exact_rescore applies to dtype"):
+        ar.VectorIndex(8, dtype="float16", exact_rescore=True)
+    assert "int8" in repr(ar.VectorIndex(8, dtype="int8"))

@@ -240,15 +240,31 @@ class EpisodicStore:
 
 @final
 class VectorIndex:
-    """Exact cosine-similarity index over float32 vectors (SIMD, multi-core, GIL released).
+    """Cosine-similarity index (SIMD, multi-core, GIL released); float32, float16 or int8.
 
     Raises:
-        MemoryStoreError: dim is 0.
+        MemoryStoreError: dim or rescore is 0, an unknown dtype, or exact_rescore without int8.
     """
 
-    def __new__(cls, dim: int) -> VectorIndex: ...
+    def __new__(
+        cls, dim: int, dtype: str = "float32", rescore: int = 8, exact_rescore: bool = False
+    ) -> VectorIndex: ...
     @property
     def dim(self) -> int: ...
+    @property
+    def dtype(self) -> str:
+        """Storage form: "float32", "float16" or "int8"."""
+    @property
+    def rescore(self) -> int:
+        """Shortlist factor of int8 searches."""
+    @property
+    def exact_rescore(self) -> bool:
+        """Whether int8 searches re-score against kept float32 copies."""
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the ids and the stored vectors (and float32 copies, if kept)."""
+    def get(self, id: int) -> npt.NDArray[np.float32] | None:
+        """The stored vector of id (normalized, dequantized), or None."""
     def add(self, ids: npt.ArrayLike, vectors: npt.NDArray[np.float32]) -> None:
         """Adds or replaces vectors (all or nothing).
 

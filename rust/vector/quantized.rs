@@ -1,0 +1,506 @@
+//! Row storage of a `VectorIndex` in float32, float16 or int8, and the scan kernels of the
+//! compressed forms.
+//!
+//! * float16: 2 bytes a value (half the memory). The scan converts to float32 in registers
+//!   (F16C) and multiplies by the float32 query, so its scores are exact for the stored values
+//!   and no shortlist is needed.
+//! * int8: 1 byte a value plus one float32 scale per row (a quarter of the memory): symmetric
+//!   per-row quantization, `code = round(x / scale)` with `scale = max|x| / 127`. The scan
+//!   quantizes the query the same way and ranks rows by integer dot products (AVX2
+//!   `maddubs`/`madd`, 32 values an instruction) times the row scale into a shortlist of
+//!   `k * rescore` rows, then re-scores that shortlist exactly with the float32 query against
+//!   the dequantized rows. Float32 originals are not kept (that would cost more memory than
+//!   the float32 index), so scores are those of the dequantized rows.
+
+use super::TopK;
+
+/// How an index stores its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    /// 4 bytes a value.
+    F32,
+    /// IEEE half precision, 2 bytes a value.
+    F16,
+    /// Symmetric per-row int8 codes, 1 byte a value plus a 4-byte scale per row.
+    I8,
+}
+
+impl Dtype {
+    /// Parses the Python-facing name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "float32" => Some(Self::F32),
+            "float16" => Some(Self::F16),
+            "int8" => Some(Self::I8),
+            _ => None,
+        }
+    }
+
+    /// The Python-facing name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::F16 => "float16",
+            Self::I8 => "int8",
+        }
+    }
+
+    /// Its code in the saved format.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::I8 => 2,
+        }
+    }
+
+    /// The dtype of a saved-format code.
+    pub fn from_code(code: u32) -> Option<Self> {
+        [Self::F32, Self::F16, Self::I8]
+            .into_iter()
+            .find(|d| d.code() == code)
+    }
+
+    /// Bytes a row of `dim` values takes.
+    pub fn row_bytes(self, dim: usize) -> usize {
+        match self {
+            Self::F32 => 4 * dim,
+            Self::F16 => 2 * dim,
+            Self::I8 => dim + 4,
+        }
+    }
+}
+
+/// Rows (normalized before they get here), contiguous, in one of the three forms.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rows {
+    /// float32 values.
+    F32(Vec<f32>),
+    /// float16 bit patterns.
+    F16(Vec<u16>),
+    /// int8 codes and one scale per row.
+    I8 {
+        /// `dim` codes a row.
+        codes: Vec<i8>,
+        /// One scale a row: value = code * scale.
+        scales: Vec<f32>,
+    },
+}
+
+/// Quantizes `row` into `codes`; returns the scale.
+fn quantize(row: &[f32], codes: &mut [i8]) -> f32 {
+    let max = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    for (c, &x) in codes.iter_mut().zip(row) {
+        *c = (x / scale).round().clamp(-127.0, 127.0) as i8;
+    }
+    scale
+}
+
+impl Rows {
+    /// No rows, stored as `dtype`.
+    pub fn new(dtype: Dtype) -> Self {
+        match dtype {
+            Dtype::F32 => Self::F32(Vec::new()),
+            Dtype::F16 => Self::F16(Vec::new()),
+            Dtype::I8 => Self::I8 {
+                codes: Vec::new(),
+                scales: Vec::new(),
+            },
+        }
+    }
+
+    /// The storage form.
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            Self::F32(_) => Dtype::F32,
+            Self::F16(_) => Dtype::F16,
+            Self::I8 { .. } => Dtype::I8,
+        }
+    }
+
+    /// Appends a row.
+    pub fn push(&mut self, row: &[f32]) {
+        match self {
+            Self::F32(data) => data.extend_from_slice(row),
+            Self::F16(data) => data.extend(row.iter().map(|&x| half::f16::from_f32(x).to_bits())),
+            Self::I8 { codes, scales } => {
+                let start = codes.len();
+                codes.resize(start + row.len(), 0);
+                scales.push(quantize(row, &mut codes[start..]));
+            }
+        }
+    }
+
+    /// Overwrites row `r`.
+    pub fn set(&mut self, r: usize, row: &[f32]) {
+        let dim = row.len();
+        match self {
+            Self::F32(data) => data[r * dim..(r + 1) * dim].copy_from_slice(row),
+            Self::F16(data) => {
+                for (out, &x) in data[r * dim..(r + 1) * dim].iter_mut().zip(row) {
+                    *out = half::f16::from_f32(x).to_bits();
+                }
+            }
+            Self::I8 { codes, scales } => {
+                scales[r] = quantize(row, &mut codes[r * dim..(r + 1) * dim]);
+            }
+        }
+    }
+
+    /// Copies row `from` over row `to`.
+    pub fn copy_row(&mut self, from: usize, to: usize, dim: usize) {
+        match self {
+            Self::F32(data) => data.copy_within(from * dim..(from + 1) * dim, to * dim),
+            Self::F16(data) => data.copy_within(from * dim..(from + 1) * dim, to * dim),
+            Self::I8 { codes, scales } => {
+                codes.copy_within(from * dim..(from + 1) * dim, to * dim);
+                scales[to] = scales[from];
+            }
+        }
+    }
+
+    /// Keeps the first `rows` rows.
+    pub fn truncate(&mut self, rows: usize, dim: usize) {
+        match self {
+            Self::F32(data) => data.truncate(rows * dim),
+            Self::F16(data) => data.truncate(rows * dim),
+            Self::I8 { codes, scales } => {
+                codes.truncate(rows * dim);
+                scales.truncate(rows);
+            }
+        }
+    }
+
+    /// Row `r` as float32 (dequantized).
+    pub fn row(&self, r: usize, dim: usize) -> Vec<f32> {
+        match self {
+            Self::F32(data) => data[r * dim..(r + 1) * dim].to_vec(),
+            Self::F16(data) => data[r * dim..(r + 1) * dim]
+                .iter()
+                .map(|&b| half::f16::from_bits(b).to_f32())
+                .collect(),
+            Self::I8 { codes, scales } => codes[r * dim..(r + 1) * dim]
+                .iter()
+                .map(|&c| f32::from(c) * scales[r])
+                .collect(),
+        }
+    }
+
+    /// Bytes the rows take.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            Self::F32(data) => data.len() * 4,
+            Self::F16(data) => data.len() * 2,
+            Self::I8 { codes, scales } => codes.len() + scales.len() * 4,
+        }
+    }
+
+    /// The rows' bytes, little-endian (int8: the scales, then the codes).
+    pub fn to_le_bytes(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::F32(data) => data
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::F16(data) => data
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::I8 { codes, scales } => {
+                scales
+                    .iter()
+                    .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+                out.extend(codes.iter().map(|&c| c as u8));
+            }
+        }
+    }
+
+    /// Reads `rows` rows written by [`Rows::to_le_bytes`]; `None` when `bytes` has another size.
+    pub fn from_le_bytes(dtype: Dtype, bytes: &[u8], rows: usize, dim: usize) -> Option<Self> {
+        if bytes.len() != rows.checked_mul(dtype.row_bytes(dim))? {
+            return None;
+        }
+        let f32s = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        Some(match dtype {
+            Dtype::F32 => Self::F32(f32s(bytes)),
+            Dtype::F16 => Self::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            Dtype::I8 => {
+                let (scales, codes) = bytes.split_at(rows * 4);
+                let scales = f32s(scales);
+                if scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                    return None;
+                }
+                Self::I8 {
+                    codes: codes.iter().map(|&b| b as i8).collect(),
+                    scales,
+                }
+            }
+        })
+    }
+}
+
+/// The int8 form of a normalized query (its scale is dropped: it does not change the ranking).
+pub fn quantize_query(query: &[f32]) -> Vec<i8> {
+    let mut codes = vec![0i8; query.len()];
+    quantize(query, &mut codes);
+    codes
+}
+
+/// Scores float16 `rows` (whole rows, the first one numbered `first`) against `query`.
+pub fn scan_f16(rows: &[u16], dim: usize, first: usize, query: &[f32], top: &mut TopK) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
+        #[allow(unsafe_code)]
+        unsafe {
+            scan_f16_avx2(rows, dim, first, query, top);
+        }
+        return;
+    }
+    for (i, row) in rows.chunks_exact(dim).enumerate() {
+        let score = row
+            .iter()
+            .zip(query)
+            .map(|(&b, &q)| half::f16::from_bits(b).to_f32() * q)
+            .sum();
+        top.push(score, first + i);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scan_f16_avx2(rows: &[u16], dim: usize, first: usize, query: &[f32], top: &mut TopK) {
+    for (i, row) in rows.chunks_exact(dim).enumerate() {
+        prefetch(rows, (i + PREFETCH_ROWS) * dim, dim * 2);
+        top.push(dot_f16_avx2(row, query), first + i);
+    }
+}
+
+/// Rows ahead of the scan whose cache lines are requested early: the hardware prefetcher
+/// alone leaves the compressed scans short of the memory bandwidth.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_ROWS: usize = 8;
+
+/// Asks for the cache lines of `bytes` bytes of `data` from element `at` on (a hint: no-op past
+/// the end).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch<T>(data: &[T], at: usize, bytes: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    if let Some(tail) = data.get(at..) {
+        let base = tail.as_ptr().cast::<i8>();
+        for line in (0..bytes.min(std::mem::size_of_val(tail))).step_by(64) {
+            // SAFETY: `line` < the tail's size in bytes, so the address is inside `data`;
+            // prefetching never faults anyway.
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm_prefetch(base.add(line), _MM_HINT_T0);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(unsafe_code)]
+fn dot_f16_avx2(row: &[u16], query: &[f32]) -> f32 {
+    use std::arch::x86_64::{
+        __m128i, _mm256_add_ps, _mm256_cvtph_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
+        _mm256_setzero_ps, _mm256_storeu_ps, _mm_loadu_si128,
+    };
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (rc, qc) = (row.chunks_exact(32), query.chunks_exact(32));
+    let (rr, qr) = (rc.remainder(), qc.remainder());
+    for (r, q) in rc.zip(qc) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: `r` holds 32 u16 and `q` 32 f32; lane group j reads 8 of each at 8 * j.
+            let (x, y) = unsafe {
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(r.as_ptr().add(8 * j).cast::<__m128i>())),
+                    _mm256_loadu_ps(q.as_ptr().add(8 * j)),
+                )
+            };
+            *a = _mm256_fmadd_ps(x, y, *a);
+        }
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+    let mut total: f32 = lanes.iter().sum();
+    for (&b, &q) in rr.iter().zip(qr) {
+        total += half::f16::from_bits(b).to_f32() * q;
+    }
+    total
+}
+
+/// Scores int8 `codes` (whole rows, the first one numbered `first`, with their `scales`)
+/// against the int8 `query`: integer dot product times the row's scale.
+pub fn scan_i8(
+    codes: &[i8],
+    scales: &[f32],
+    dim: usize,
+    first: usize,
+    query: &[i8],
+    top: &mut TopK,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        #[allow(unsafe_code)]
+        unsafe {
+            scan_i8_avx2(codes, scales, dim, first, query, top);
+        }
+        return;
+    }
+    for (i, (row, &scale)) in codes.chunks_exact(dim).zip(scales).enumerate() {
+        top.push(dot_i8_portable(row, query) as f32 * scale, first + i);
+    }
+}
+
+fn dot_i8_portable(row: &[i8], query: &[i8]) -> i32 {
+    row.iter()
+        .zip(query)
+        .map(|(&a, &b)| i32::from(a) * i32::from(b))
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn scan_i8_avx2(
+    codes: &[i8],
+    scales: &[f32],
+    dim: usize,
+    first: usize,
+    query: &[i8],
+    top: &mut TopK,
+) {
+    for (i, (row, &scale)) in codes.chunks_exact(dim).zip(scales).enumerate() {
+        prefetch(codes, (i + PREFETCH_ROWS) * dim, dim);
+        top.push(dot_i8_avx2(row, query) as f32 * scale, first + i);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(unsafe_code)]
+fn dot_i8_avx2(row: &[i8], query: &[i8]) -> i32 {
+    use std::arch::x86_64::{
+        __m256i, _mm256_abs_epi8, _mm256_add_epi32, _mm256_loadu_si256, _mm256_madd_epi16,
+        _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_setzero_si256, _mm256_sign_epi8,
+        _mm256_storeu_si256,
+    };
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); 2];
+    let (rc, qc) = (row.chunks_exact(64), query.chunks_exact(64));
+    let (rr, qr) = (rc.remainder(), qc.remainder());
+    for (r, q) in rc.zip(qc) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: `r` and `q` hold 64 bytes; lane group j reads 32 of each at 32 * j.
+            let (x, y) = unsafe {
+                (
+                    _mm256_loadu_si256(r.as_ptr().add(32 * j).cast::<__m256i>()),
+                    _mm256_loadu_si256(q.as_ptr().add(32 * j).cast::<__m256i>()),
+                )
+            };
+            // |q| (unsigned) times x with q's sign: pairs of products fit i16 because codes
+            // stay within [-127, 127] (2 * 127 * 127 < 32768).
+            let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(y), _mm256_sign_epi8(x, y));
+            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
+        }
+    }
+    let mut lanes = [0i32; 8];
+    // SAFETY: `lanes` holds 8 i32 (32 bytes).
+    unsafe {
+        _mm256_storeu_si256(
+            lanes.as_mut_ptr().cast::<__m256i>(),
+            _mm256_add_epi32(acc[0], acc[1]),
+        );
+    }
+    lanes.iter().sum::<i32>() + dot_i8_portable(rr, qr)
+}
+
+/// Exact score of int8 row `codes` (with `scale`) against the float32 `query`.
+pub fn rescore_i8(codes: &[i8], scale: f32, query: &[f32]) -> f32 {
+    codes
+        .iter()
+        .zip(query)
+        .map(|(&c, &q)| f32::from(c) * q)
+        .sum::<f32>()
+        * scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simd_and_portable_dots_agree() {
+        for dim in [1, 31, 64, 100, 384] {
+            let a = lcg(dim, 1);
+            let q = lcg(dim, 2);
+            let mut rows = Rows::new(Dtype::I8);
+            rows.push(&a);
+            let Rows::I8 { codes, scales } = &rows else {
+                unreachable!()
+            };
+            let qi = quantize_query(&q);
+            let mut top = TopK::new(1);
+            scan_i8(codes, scales, dim, 0, &qi, &mut top);
+            let want = dot_i8_portable(codes, &qi) as f32 * scales[0];
+            assert_eq!(top.into_sorted()[0].score, want);
+
+            let mut rows = Rows::new(Dtype::F16);
+            rows.push(&a);
+            let Rows::F16(bits) = &rows else {
+                unreachable!()
+            };
+            let mut top = TopK::new(1);
+            scan_f16(bits, dim, 0, &q, &mut top);
+            let exact: f32 = a.iter().zip(&q).map(|(x, y)| x * y).sum();
+            assert!((top.into_sorted()[0].score - exact).abs() < 1e-2);
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_and_move() {
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::I8] {
+            let mut rows = Rows::new(dtype);
+            let (a, b) = (lcg(8, 3), lcg(8, 4));
+            rows.push(&a);
+            rows.push(&b);
+            rows.copy_row(1, 0, 8);
+            rows.truncate(1, 8);
+            for (x, y) in rows.row(0, 8).iter().zip(&b) {
+                assert!((x - y).abs() < 0.01);
+            }
+            let mut bytes = Vec::new();
+            rows.to_le_bytes(&mut bytes);
+            assert_eq!(bytes.len(), dtype.row_bytes(8));
+            assert_eq!(Rows::from_le_bytes(dtype, &bytes, 1, 8), Some(rows));
+            assert_eq!(Dtype::parse(dtype.name()), Some(dtype));
+            assert_eq!(Dtype::from_code(dtype.code()), Some(dtype));
+        }
+    }
+}
