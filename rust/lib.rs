@@ -2,6 +2,7 @@
 //!
 //! This file only lists what the module exports; each capability lives in its own module.
 
+pub mod embed;
 pub mod errors;
 pub mod memory;
 pub mod metrics;
@@ -13,6 +14,8 @@ use pyo3::prelude::*;
 /// The compiled core of `llm_agent_runtime`; import the package, not this module.
 #[pymodule(gil_used = false)]
 mod _core {
+    #[pymodule_export]
+    use crate::embed::PyHashingEmbedder;
     #[pymodule_export]
     use crate::errors::raise_panic;
     #[pymodule_export]

@@ -9,6 +9,7 @@ from llm_agent_runtime._core import (
     DecayPolicy,
     Episode,
     EpisodicStore,
+    HashingEmbedder,
     MetricsSnapshot,
     ReActStep,
     RecallPolicy,
@@ -19,6 +20,7 @@ from llm_agent_runtime._core import (
     parse_react_step,
 )
 from llm_agent_runtime.config import AgentConfig
+from llm_agent_runtime.embeddings import Embedder, OpenAIEmbedder, SentenceTransformerEmbedder
 from llm_agent_runtime.errors import (
     AgentLoopError,
     AgentRuntimeError,
@@ -92,6 +94,7 @@ __all__ = [
     "CostBudget",
     "DecayPolicy",
     "Deduplicator",
+    "Embedder",
     "Episode",
     "EpisodicStore",
     "ErrorEvent",
@@ -100,6 +103,7 @@ __all__ = [
     "FakeClock",
     "FileBackend",
     "GraphError",
+    "HashingEmbedder",
     "InMemoryCircuitStateBackend",
     "LlmResponse",
     "LlmTextDelta",
@@ -107,6 +111,7 @@ __all__ = [
     "MetricsSnapshot",
     "Middleware",
     "Observation",
+    "OpenAIEmbedder",
     "ParseError",
     "PersistenceBackend",
     "PersistenceError",
@@ -123,6 +128,7 @@ __all__ = [
     "RunStarted",
     "RuntimeMetrics",
     "ScriptedProvider",
+    "SentenceTransformerEmbedder",
     "SqliteBackend",
     "Step",
     "SystemClock",

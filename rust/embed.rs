@@ -1,0 +1,273 @@
+//! A deterministic hashing text embedder: semantic memory with no model and no network.
+//!
+//! Text is lowercased and split into words (runs of alphanumeric characters). Features are the
+//! word n-grams (1..=`word_ngrams` words) and the character n-grams (`char_min..=char_max`
+//! characters) of each word wrapped in `<` and `>` (so prefixes and suffixes are features of
+//! their own). Each feature is hashed with 64-bit FNV-1a (a fixed function: vectors are the
+//! same on every machine and release); the hash picks the dimension and its top bit the sign
+//! (signed feature hashing, so collisions cancel out on average). Word features weigh 1, and
+//! the character n-grams of one word share a weight of 1 between them, so long words do not
+//! drown the words. The sum is L2-normalized; a text with no word at all embeds to zeros.
+
+use numpy::{IntoPyArray, PyArray2, PyArrayMethods};
+use pyo3::prelude::*;
+use rayon::prelude::*;
+
+use crate::errors::{run_detached, CoreError, CoreResult};
+
+/// Texts above which a batch is embedded over rayon threads.
+const PARALLEL_TEXTS: usize = 64;
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// Settings of the hashing embedder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hashing {
+    dim: usize,
+    word_ngrams: usize,
+    char_min: usize,
+    char_max: usize,
+}
+
+#[inline]
+fn fnv(hash: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(hash, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+}
+
+impl Hashing {
+    /// Validated settings.
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when `dim` is 0, `word_ngrams` is 0, or the character n-gram range
+    /// is empty or starts at 0 (`char_max = 0` turns character n-grams off).
+    pub fn new(
+        dim: usize,
+        word_ngrams: usize,
+        char_min: usize,
+        char_max: usize,
+    ) -> CoreResult<Self> {
+        if dim == 0 || word_ngrams == 0 {
+            return Err(CoreError::Memory(
+                "dim and word_ngrams must be at least 1".into(),
+            ));
+        }
+        if char_max != 0 && (char_min == 0 || char_min > char_max) {
+            return Err(CoreError::Memory(format!(
+                "char_ngrams ({char_min}, {char_max}) must satisfy 1 <= min <= max, or max = 0"
+            )));
+        }
+        Ok(Self {
+            dim,
+            word_ngrams,
+            char_min,
+            char_max,
+        })
+    }
+
+    /// Output length.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    #[inline]
+    fn add(&self, out: &mut [f64], hash: u64, weight: f64) {
+        let slot = (hash % self.dim as u64) as usize;
+        out[slot] += if hash >> 63 == 1 { -weight } else { weight };
+    }
+
+    /// Embeds `text` into `row` (`dim` values, overwritten).
+    pub fn embed_into(&self, text: &str, row: &mut [f32]) {
+        // Sums in f64: weights like 1/3 cancel exactly enough that a text's vector does not
+        // depend on rounding noise.
+        let mut out = vec![0.0f64; self.dim];
+        let lower = text.to_lowercase();
+        let words: Vec<&str> = lower
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect();
+        for n in 1..=self.word_ngrams.min(words.len()) {
+            for gram in words.windows(n) {
+                // The n-gram order seeds the hash so "a b" and a word "a b" never collide.
+                let mut h = fnv(FNV_OFFSET, &[b'w', n as u8]);
+                for (i, w) in gram.iter().enumerate() {
+                    if i > 0 {
+                        h = fnv(h, b" ");
+                    }
+                    h = fnv(h, w.as_bytes());
+                }
+                self.add(&mut out, h, 1.0);
+            }
+        }
+        if self.char_max > 0 {
+            let mut padded = String::new();
+            let mut bounds = Vec::new();
+            for w in &words {
+                padded.clear();
+                padded.push('<');
+                padded.push_str(w);
+                padded.push('>');
+                bounds.clear();
+                bounds.extend(padded.char_indices().map(|(i, _)| i));
+                bounds.push(padded.len());
+                let chars = bounds.len() - 1;
+                let grams: usize = (self.char_min..=self.char_max.min(chars))
+                    .map(|n| chars + 1 - n)
+                    .sum();
+                if grams == 0 {
+                    continue;
+                }
+                let weight = 1.0 / grams as f64;
+                for n in self.char_min..=self.char_max.min(chars) {
+                    for start in 0..=chars - n {
+                        let gram = &padded.as_bytes()[bounds[start]..bounds[start + n]];
+                        self.add(&mut out, fnv(fnv(FNV_OFFSET, b"c"), gram), weight);
+                    }
+                }
+            }
+        }
+        let norm = out.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+        for (r, x) in row.iter_mut().zip(&out) {
+            *r = (x * inv) as f32;
+        }
+    }
+
+    /// Embeds every text: `texts.len()` rows of `dim`, row-major.
+    pub fn embed(&self, texts: &[String]) -> Vec<f32> {
+        let mut out = vec![0.0f32; texts.len() * self.dim];
+        if texts.len() < PARALLEL_TEXTS {
+            for (text, row) in texts.iter().zip(out.chunks_exact_mut(self.dim)) {
+                self.embed_into(text, row);
+            }
+        } else {
+            out.par_chunks_exact_mut(self.dim)
+                .zip(texts.par_iter())
+                .for_each(|(row, text)| self.embed_into(text, row));
+        }
+        out
+    }
+}
+
+/// Deterministic text embedder by feature hashing (word and character n-grams), in Rust.
+///
+/// Needs no model and no network; the same text gives the same vector on every machine.
+/// Similar wording gives similar vectors (shared words, shared word pieces); it does not know
+/// synonyms. Rows are L2-normalized float32; a text with no word (empty, punctuation only)
+/// embeds to the zero vector.
+///
+/// Args:
+///     dim: output length.
+///     word_ngrams: longest word n-gram hashed (1 = words only).
+///     char_ngrams: (min, max) lengths of the character n-grams of each word; max = 0 turns
+///         them off.
+///
+/// Raises:
+///     MemoryStoreError: dim or word_ngrams is 0, or an invalid char_ngrams range.
+#[pyclass(module = "llm_agent_runtime", name = "HashingEmbedder", frozen)]
+pub struct PyHashingEmbedder {
+    inner: Hashing,
+}
+
+#[pymethods]
+impl PyHashingEmbedder {
+    #[new]
+    #[pyo3(signature = (dim=384, word_ngrams=2, char_ngrams=(3, 5)))]
+    fn new(dim: usize, word_ngrams: usize, char_ngrams: (usize, usize)) -> PyResult<Self> {
+        Ok(Self {
+            inner: Hashing::new(dim, word_ngrams, char_ngrams.0, char_ngrams.1)?,
+        })
+    }
+
+    /// Output length.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    /// Embeds texts (the GIL is released while hashing).
+    ///
+    /// Args:
+    ///     texts: a sequence of strings.
+    ///
+    /// Returns:
+    ///     float32 array of shape (len(texts), dim), rows L2-normalized.
+    ///
+    /// Raises:
+    ///     MemoryStoreError: `texts` is a single string or holds a non-string.
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        if texts.is_instance_of::<pyo3::types::PyString>() {
+            return Err(CoreError::Memory(
+                "texts must be a sequence of strings, not one string (wrap it in a list)".into(),
+            )
+            .into());
+        }
+        let texts: Vec<String> = texts.extract().map_err(|_| {
+            PyErr::from(CoreError::Memory(
+                "texts must be a sequence of strings".into(),
+            ))
+        })?;
+        let n = texts.len();
+        let inner = self.inner;
+        let rows = run_detached(py, || Ok(inner.embed(&texts)))?;
+        rows.into_pyarray(py).reshape([n, inner.dim()])
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "HashingEmbedder(dim={}, word_ngrams={}, char_ngrams=({}, {}))",
+            self.inner.dim, self.inner.word_ngrams, self.inner.char_min, self.inner.char_max
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn deterministic_normalized_and_similarity_follows_wording() {
+        let h = Hashing::new(256, 2, 3, 5).unwrap();
+        let texts: Vec<String> = [
+            "The cat sat on the mat",
+            "the CAT sat on the mat!",
+            "A cat was sitting on a mat",
+            "Quarterly revenue grew in Europe",
+            "",
+        ]
+        .map(String::from)
+        .to_vec();
+        let rows = h.embed(&texts);
+        let row = |i: usize| &rows[i * 256..(i + 1) * 256];
+        assert_eq!(row(0), row(1));
+        assert!((cosine(row(0), row(0)) - 1.0).abs() < 1e-5);
+        assert!(cosine(row(0), row(2)) > cosine(row(0), row(3)) + 0.2);
+        assert!(row(4).iter().all(|&x| x == 0.0));
+        let many: Vec<String> = (0..200).map(|i| format!("text number {i}")).collect();
+        let parallel = h.embed(&many);
+        let mut one = vec![0.0; 256];
+        h.embed_into(&many[150], &mut one);
+        assert_eq!(&parallel[150 * 256..151 * 256], one.as_slice());
+    }
+
+    #[test]
+    fn settings_are_validated_and_unicode_is_split_on_characters() {
+        assert!(Hashing::new(0, 1, 3, 5).is_err());
+        assert!(Hashing::new(8, 0, 3, 5).is_err());
+        assert!(Hashing::new(8, 1, 4, 3).is_err());
+        assert!(Hashing::new(8, 1, 0, 0).is_ok());
+        let h = Hashing::new(64, 1, 2, 3).unwrap();
+        let mut out = vec![0.0; 64];
+        h.embed_into("héllo wörld ß 日本語", &mut out);
+        assert!((cosine(&out, &out) - 1.0).abs() < 1e-5);
+    }
+}

