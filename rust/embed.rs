@@ -173,7 +173,10 @@ pub struct PyHashingEmbedder {
 #[pymethods]
 impl PyHashingEmbedder {
     #[new]
-    #[pyo3(signature = (dim=384, word_ngrams=2, char_ngrams=(3, 5)))]
+    #[pyo3(
+        signature = (dim=384, word_ngrams=2, char_ngrams=(3, 5)),
+        text_signature = "(dim=384, word_ngrams=2, char_ngrams=(3, 5))"
+    )]
     fn new(dim: usize, word_ngrams: usize, char_ngrams: (usize, usize)) -> PyResult<Self> {
         Ok(Self {
             inner: Hashing::new(dim, word_ngrams, char_ngrams.0, char_ngrams.1)?,
