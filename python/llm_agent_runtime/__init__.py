@@ -70,6 +70,7 @@ from llm_agent_runtime.orchestration import (
 from llm_agent_runtime.persistence import FileBackend, PersistenceBackend, SqliteBackend
 from llm_agent_runtime.providers.offline import ScriptedProvider
 from llm_agent_runtime.runtime import AgentRuntime, ApprovalDecision, Middleware
+from llm_agent_runtime.semantic import SemanticEntry, SemanticHit, SemanticStore
 from llm_agent_runtime.session import AgentSession, Step
 from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, tool
 
@@ -128,6 +129,9 @@ __all__ = [
     "RunStarted",
     "RuntimeMetrics",
     "ScriptedProvider",
+    "SemanticEntry",
+    "SemanticHit",
+    "SemanticStore",
     "SentenceTransformerEmbedder",
     "SqliteBackend",
     "Step",

@@ -1,0 +1,322 @@
+"""Semantic memory: key -> text value with tags and an optional embedding, searchable by meaning.
+
+Embeddings live in a Rust `VectorIndex` (cosine similarity); keys, values and tags in Python
+dicts, with a tag -> keys index so tag queries never scan every entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llm_agent_runtime._core import HashingEmbedder, VectorIndex
+from llm_agent_runtime.errors import MemoryStoreError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from llm_agent_runtime.embeddings import Embedder
+
+__all__ = ["SemanticEntry", "SemanticHit", "SemanticStore"]
+
+
+@dataclass(frozen=True)
+class SemanticEntry:
+    """One stored entry."""
+
+    key: str
+    """Its unique key."""
+    value: str
+    """The stored text."""
+    tags: frozenset[str]
+    """Its tags."""
+    has_embedding: bool
+    """Whether it takes part in similarity search."""
+
+
+@dataclass(frozen=True)
+class SemanticHit:
+    """A search result."""
+
+    key: str
+    """The entry's key."""
+    value: str
+    """The entry's text."""
+    tags: frozenset[str]
+    """The entry's tags."""
+    score: float
+    """Cosine similarity to the query, in [-1, 1]."""
+
+
+class SemanticStore:
+    """Key -> text value with tags and an optional embedding; vector search filtered by tags.
+
+    Args:
+        embedder: turns texts into vectors (for `store(..., embed=True)` and text queries);
+            defaults to the built-in `HashingEmbedder()` (offline, deterministic).
+        dim: embedding length; defaults to the embedder's `dim`, else the first vector's length.
+        dtype: storage of the vector index: "float32", "float16" or "int8" (see `VectorIndex`).
+
+    Raises:
+        MemoryStoreError: an unknown dtype.
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        *,
+        dim: int | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        self._embedder: Embedder = embedder if embedder is not None else HashingEmbedder()
+        self._dtype = dtype
+        dim = dim if dim is not None else getattr(self._embedder, "dim", None)
+        self._index: VectorIndex | None = VectorIndex(dim, dtype=dtype) if dim else None
+        if self._index is None:
+            VectorIndex(1, dtype=dtype)  # validates dtype now, not at the first embedding
+        self._entries: dict[str, SemanticEntry] = {}
+        self._by_tag: dict[str, set[str]] = {}
+        self._ids: dict[str, int] = {}
+        self._keys: dict[int, str] = {}
+        self._next_id = 0
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def store(
+        self,
+        key: str,
+        value: str,
+        tags: Iterable[str] = (),
+        embedding: npt.ArrayLike | None = None,
+        *,
+        embed: bool = True,
+    ) -> None:
+        """Stores (or replaces) an entry.
+
+        Args:
+            key: unique key; storing it again replaces value, tags and embedding.
+            value: the text.
+            tags: labels for `retrieve_by_tag` and filtered search.
+            embedding: its vector; when None and `embed`, the value is embedded with the
+                store's embedder (a value with nothing to embed, e.g. empty, gets none).
+            embed: embed the value when no embedding is given.
+
+        Raises:
+            MemoryStoreError: a non-string key, value or tag; an embedding of the wrong length,
+                with NaN/inf, or zero.
+        """
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise MemoryStoreError("key and value must be strings")
+        tag_set = frozenset(tags)
+        if not all(isinstance(t, str) for t in tag_set):
+            raise MemoryStoreError("tags must be strings")
+        vector = None
+        if embedding is not None:
+            vector = self._as_vector(embedding, "embedding")
+        elif embed:
+            vector = self._embed_text(value)
+            if not vector.any():
+                vector = None
+        if vector is not None:
+            created = self._index is None
+            index = self._index_for(len(vector))
+            doc_id = self._ids.get(key)
+            if doc_id is None:
+                doc_id = self._next_id
+            try:
+                index.add([doc_id], vector[None, :])  # all or nothing
+            except MemoryStoreError:
+                if created:
+                    self._index = None  # a refused first vector does not fix the dimension
+                raise
+            if key not in self._ids:
+                self._next_id += 1
+                self._ids[key] = doc_id
+                self._keys[doc_id] = key
+        elif key in self._ids:
+            self._drop_vector(key)
+        self._untag(key)
+        self._entries[key] = SemanticEntry(key, value, tag_set, vector is not None)
+        for tag in tag_set:
+            self._by_tag.setdefault(tag, set()).add(key)
+
+    def delete(self, key: str) -> bool:
+        """Removes an entry; returns whether it existed."""
+        if key not in self._entries:
+            return False
+        if key in self._ids:
+            self._drop_vector(key)
+        self._untag(key)
+        del self._entries[key]
+        return True
+
+    def clear(self) -> None:
+        """Removes every entry."""
+        for key in list(self._entries):
+            self.delete(key)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        """The value stored under `key`, or `default`."""
+        entry = self._entries.get(key)
+        return entry.value if entry is not None else default
+
+    def get_entry(self, key: str) -> SemanticEntry | None:
+        """The whole entry stored under `key`, or None."""
+        return self._entries.get(key)
+
+    def retrieve_by_tag(self, tag: str) -> list[SemanticEntry]:
+        """Entries carrying `tag`, sorted by key."""
+        return [self._entries[k] for k in sorted(self._by_tag.get(tag, ()))]
+
+    def search(
+        self,
+        query: str | npt.ArrayLike,
+        k: int = 5,
+        tags: Iterable[str] | None = None,
+    ) -> list[SemanticHit]:
+        """The `k` entries most similar to `query`, best first (ties: any order).
+
+        Args:
+            query: text (embedded with the store's embedder) or a vector.
+            k: most results returned.
+            tags: when given, only entries carrying every one of these tags are considered.
+
+        Returns:
+            Up to `k` hits; only entries with an embedding take part.
+
+        Raises:
+            MemoryStoreError: k < 1, or a query of the wrong length, NaN/inf, or zero (a text
+                with nothing to embed).
+        """
+        if k < 1:
+            raise MemoryStoreError(f"k must be at least 1, got {k}")
+        vector = (
+            self._embed_text(query) if isinstance(query, str) else self._as_vector(query, "query")
+        )
+        required = frozenset(tags) if tags is not None else frozenset()
+        if self._index is None or len(self._index) == 0:
+            if self._index is not None and len(vector) != self._index.dim:
+                raise MemoryStoreError(
+                    f"query has dimension {len(vector)}, the store has {self._index.dim}"
+                )
+            return []
+        index = self._index
+        candidates = None
+        if required:
+            keys = set.intersection(*(self._by_tag.get(t, set()) for t in required))
+            candidates = sum(1 for key in keys if key in self._ids)
+            if candidates == 0:
+                index.search(vector, 1)  # still validates the query
+                return []
+        # Over-fetch, then filter by tags; widen until k pass or every vector was seen.
+        want = min(k, candidates) if candidates is not None else k
+        fetch = k
+        while True:
+            ids, scores = index.search(vector, fetch)
+            hits = []
+            for doc_id, score in zip(ids.tolist(), scores.tolist(), strict=True):
+                entry = self._entries[self._keys[doc_id]]
+                if required <= entry.tags:
+                    hits.append(SemanticHit(entry.key, entry.value, entry.tags, score))
+            if len(hits) >= want or fetch >= len(index):
+                return hits[:k]
+            fetch = min(fetch * 4, len(index))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __repr__(self) -> str:
+        return f"SemanticStore(entries={len(self)}, embedded={self.entry_count_with_embedding()})"
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def count_by_tag(self, tag: str) -> int:
+        """Entries that carry `tag`."""
+        return len(self._by_tag.get(tag, ()))
+
+    def list_tags(self) -> list[str]:
+        """All distinct tags, sorted."""
+        return sorted(self._by_tag)
+
+    def most_common_tag(self) -> str | None:
+        """The tag on the most entries (ties: the alphabetically first); None when untagged."""
+        if not self._by_tag:
+            return None
+        return min(self._by_tag, key=lambda t: (-len(self._by_tag[t]), t))
+
+    def all_keys(self) -> list[str]:
+        """All keys, sorted."""
+        return sorted(self._entries)
+
+    def _value_sizes(self) -> list[int]:
+        return [len(e.value.encode()) for e in self._entries.values()]
+
+    def total_value_bytes(self) -> int:
+        """Sum of the values' UTF-8 lengths in bytes."""
+        return sum(self._value_sizes())
+
+    def avg_value_bytes(self) -> float:
+        """Mean UTF-8 length of the values in bytes (0.0 when empty)."""
+        sizes = self._value_sizes()
+        return sum(sizes) / len(sizes) if sizes else 0.0
+
+    def max_value_bytes(self) -> int:
+        """UTF-8 length in bytes of the longest value (0 when empty)."""
+        return max(self._value_sizes(), default=0)
+
+    def min_value_bytes(self) -> int:
+        """UTF-8 length in bytes of the shortest value (0 when empty)."""
+        return min(self._value_sizes(), default=0)
+
+    def tag_count(self) -> int:
+        """Number of distinct tags."""
+        return len(self._by_tag)
+
+    def entry_count_with_embedding(self) -> int:
+        """Entries that have an embedding."""
+        return len(self._ids)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _index_for(self, dim: int) -> VectorIndex:
+        if self._index is None:
+            self._index = VectorIndex(dim, dtype=self._dtype)
+        return self._index
+
+    def _embed_text(self, text: str) -> np.ndarray[Any, np.dtype[np.float32]]:
+        rows = self._embedder.embed([text])
+        return self._as_vector(rows[0], "embedding of the text")
+
+    def _as_vector(self, value: Any, what: str) -> np.ndarray[Any, np.dtype[np.float32]]:
+        import numpy as np
+
+        try:
+            vector = np.ascontiguousarray(value, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise MemoryStoreError(f"{what} must be a sequence of numbers: {e}") from e
+        if vector.ndim != 1:
+            raise MemoryStoreError(f"{what} must be one vector, got shape {vector.shape}")
+        return vector
+
+    def _drop_vector(self, key: str) -> None:
+        doc_id = self._ids.pop(key)
+        del self._keys[doc_id]
+        if self._index is not None:
+            self._index.remove([doc_id])
+
+    def _untag(self, key: str) -> None:
+        old = self._entries.get(key)
+        if old is None:
+            return
+        for tag in old.tags:
+            keys = self._by_tag[tag]
+            keys.discard(key)
+            if not keys:
+                del self._by_tag[tag]

@@ -1,0 +1,142 @@
+"""SemanticStore against a plain Python reference model (hypothesis stateful) and numpy."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+import llm_agent_runtime as ar
+
+DIM = 6
+KEYS = st.sampled_from([f"k{i}" for i in range(8)])
+TAGS = st.frozensets(st.sampled_from(["a", "b", "c", "d"]), max_size=3)
+VALUES = st.text(alphabet="xyz é日", max_size=6)
+VECTORS = st.lists(st.integers(-3, 3), min_size=DIM, max_size=DIM).filter(any)
+
+
+class SemanticStoreMachine(RuleBasedStateMachine):
+    """Every operation applied to the store and to a dict model must agree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = ar.SemanticStore(dim=DIM)
+        self.model: dict[str, tuple[str, frozenset[str], np.ndarray | None]] = {}
+
+    @rule(key=KEYS, value=VALUES, tags=TAGS, vector=st.none() | VECTORS)
+    def store_entry(self, key: str, value: str, tags: frozenset[str], vector: Any) -> None:
+        embedding = None if vector is None else np.array(vector, dtype=np.float32)
+        self.store.store(key, value, tags, embedding, embed=False)
+        self.model[key] = (value, tags, embedding)
+
+    @rule(key=KEYS)
+    def delete(self, key: str) -> None:
+        assert self.store.delete(key) == (key in self.model)
+        self.model.pop(key, None)
+
+    @rule(vector=VECTORS, k=st.integers(1, 10), tags=st.none() | TAGS)
+    def search(self, vector: list[int], k: int, tags: frozenset[str] | None) -> None:
+        q = np.array(vector, dtype=np.float32)
+        hits = self.store.search(q, k, tags=tags)
+        scored = []
+        for key, (_, entry_tags, emb) in self.model.items():
+            if emb is not None and (tags is None or tags <= entry_tags):
+                scored.append((float(emb @ q / np.linalg.norm(emb) / np.linalg.norm(q)), key))
+        scored.sort(reverse=True)
+        assert len(hits) == min(k, len(scored))
+        want_scores = [s for s, _ in scored[: len(hits)]]
+        np.testing.assert_allclose([h.score for h in hits], want_scores, atol=1e-5)
+        exact = dict((key, s) for s, key in scored)
+        for hit in hits:
+            assert abs(exact[hit.key] - hit.score) < 1e-5
+            assert hit.value == self.model[hit.key][0] and hit.tags == self.model[hit.key][1]
+
+    @invariant()
+    def helpers_agree(self) -> None:
+        model, store = self.model, self.store
+        tag_counts = Counter(t for _, tags, _ in model.values() for t in tags)
+        sizes = [len(v.encode()) for v, _, _ in model.values()]
+        assert len(store) == len(model)
+        assert store.all_keys() == sorted(model)
+        assert store.list_tags() == sorted(tag_counts)
+        assert store.tag_count() == len(tag_counts)
+        for tag in "abcd":
+            assert store.count_by_tag(tag) == tag_counts[tag]
+            assert [e.key for e in store.retrieve_by_tag(tag)] == sorted(
+                k for k, (_, tags, _) in model.items() if tag in tags
+            )
+        expected_common = min(tag_counts, key=lambda t: (-tag_counts[t], t)) if tag_counts else None
+        assert store.most_common_tag() == expected_common
+        assert store.total_value_bytes() == sum(sizes)
+        assert store.max_value_bytes() == max(sizes, default=0)
+        assert store.min_value_bytes() == min(sizes, default=0)
+        assert store.avg_value_bytes() == pytest.approx(sum(sizes) / len(sizes) if sizes else 0.0)
+        assert store.entry_count_with_embedding() == sum(
+            e is not None for _, _, e in model.values()
+        )
+        for key, (value, tags, emb) in model.items():
+            entry = store.get_entry(key)
+            assert entry is not None and store.get(key) == value and key in store
+            assert entry.tags == tags and entry.has_embedding == (emb is not None)
+
+
+TestSemanticStoreMachine = SemanticStoreMachine.TestCase
+TestSemanticStoreMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+def test_text_search_with_the_default_hashing_embedder() -> None:
+    store = ar.SemanticStore()
+    store.store("router", "How to reset the router password", tags=["it"])
+    store.store("vpn", "Connecting to the office VPN from home", tags=["it"])
+    store.store("lunch", "The cafeteria serves lunch from noon", tags=["office"])
+    store.store("silent", "!!!")  # nothing to embed: stored, not searchable
+    hits = store.search("reset my router password", k=2)
+    assert hits[0].key == "router" and hits[0].score > hits[1].score
+    assert [h.key for h in store.search("lunch at noon", k=1, tags=["office"])] == ["lunch"]
+    assert store.search("lunch at noon", k=3, tags=["it"])[0].key in {"router", "vpn"}
+    assert store.search("anything", tags=["missing"]) == []
+    assert store.entry_count_with_embedding() == 3 and len(store) == 4
+    assert store.get("nothing") is None and store.get("nothing", "x") == "x"
+    store.store("router", "unrelated words now", embed=False)
+    assert store.entry_count_with_embedding() == 2
+    assert "router" not in [h.key for h in store.search("router password", k=5)]
+    store.clear()
+    assert len(store) == 0 and store.search("lunch") == []
+
+
+def test_dtype_and_custom_embedder_and_errors() -> None:
+    class Fixed:
+        def embed(self, texts: Any) -> np.ndarray:
+            return np.array([[len(t), 1.0, 0.0] for t in texts], dtype=np.float32)
+
+    store = ar.SemanticStore(Fixed(), dtype="int8")
+    store.store("a", "xx")
+    store.store("b", "xxxxxxxxxx")
+    assert store.search("xxxxxxxxx", k=1)[0].key == "b"
+    with pytest.raises(ar.MemoryStoreError, match="shape"):
+        store.store("c", "v", embedding=[1.0, 0.0])
+    with pytest.raises(ar.MemoryStoreError, match="dimension"):
+        store.search([1.0, 2.0])
+    with pytest.raises(ar.MemoryStoreError, match="zero vector"):
+        store.store("c", "v", embedding=[0.0, 0.0, 0.0])
+    with pytest.raises(ar.MemoryStoreError, match="NaN"):
+        store.search([np.nan, 1.0, 0.0])
+    with pytest.raises(ar.MemoryStoreError, match="k must be"):
+        store.search("x", k=0)
+    with pytest.raises(ar.MemoryStoreError, match="strings"):
+        store.store("c", 5)  # type: ignore[arg-type]
+    with pytest.raises(ar.MemoryStoreError, match="strings"):
+        store.store("c", "v", tags=[1])  # type: ignore[list-item]
+    assert "c" not in store and len(store) == 2
+    with pytest.raises(ar.MemoryStoreError, match="unknown dtype"):
+        ar.SemanticStore(dtype="float64")
+    lazy = ar.SemanticStore(Fixed())
+    with pytest.raises(ar.MemoryStoreError, match="zero vector"):
+        lazy.store("z", "", embedding=[0.0, 0.0, 0.0, 0.0])
+    lazy.store("ok", "abc")  # the refused vector did not fix the dimension at 4
+    assert lazy.search([3.0, 1.0, 0.0], k=1)[0].key == "ok"
