@@ -6,6 +6,8 @@ from typing import Any, final
 import numpy as np
 import numpy.typing as npt
 
+from llm_agent_runtime.embeddings import Embedder
+
 __version__: str
 
 def _raise_panic(message: str) -> None:
@@ -164,6 +166,9 @@ class Episode:
     def last_recalled_at(self) -> float | None: ...
     @property
     def recall_count(self) -> int: ...
+    @property
+    def embedding(self) -> npt.NDArray[np.float32] | None:
+        """Its embedding (L2-normalized float32 array), or None."""
     def __eq__(self, value: object, /) -> bool: ...
 
 @final
@@ -196,8 +201,11 @@ class RecallPolicy:
 class EpisodicStore:
     """Per-agent episodic memory with decay, ranked recall and per-agent capacity.
 
+    With an embedder, recall(query=...) ranks by
+    policy score + similarity_weight * cos(query, episode embedding).
+
     Raises:
-        MemoryStoreError: per_agent_capacity is 0.
+        MemoryStoreError: per_agent_capacity is 0, or similarity_weight is negative.
     """
 
     def __new__(
@@ -206,14 +214,29 @@ class EpisodicStore:
         recall_policy: RecallPolicy | None = None,
         per_agent_capacity: int | None = None,
         clock: Callable[[], float] | None = None,
+        embedder: Embedder | None = None,
+        similarity_weight: float = 1.0,
     ) -> EpisodicStore: ...
-    def add_episode(self, agent_id: str, content: str, importance: float) -> int:
-        """Adds an episode and returns its id.
+    def add_episode(
+        self,
+        agent_id: str,
+        content: str,
+        importance: float,
+        embedding: npt.ArrayLike | None = None,
+    ) -> int:
+        """Adds an episode (embedded by the store's embedder unless given) and returns its id.
 
         Raises:
-            MemoryStoreError: importance is outside [0, 1].
+            MemoryStoreError: importance outside [0, 1], or a bad embedding.
         """
-    def recall(self, agent_id: str, limit: int = 3) -> list[Episode]: ...
+    def recall(
+        self, agent_id: str, limit: int = 3, query: str | npt.ArrayLike | None = None
+    ) -> list[Episode]:
+        """The agent's best episodes, best first; a query blends in cosine similarity.
+
+        Raises:
+            MemoryStoreError: a text query without an embedder, or a bad query vector.
+        """
     def episodes(self, agent_id: str) -> list[Episode]: ...
     def clear(self, agent_id: str | None = None) -> int: ...
     def episode_count_for(self, agent_id: str) -> int: ...
@@ -228,7 +251,9 @@ class EpisodicStore:
     def content_contains_count(self, agent_id: str, needle: str) -> int: ...
     def to_json(self) -> str: ...
     @staticmethod
-    def from_json(text: str, clock: Callable[[], float] | None = None) -> EpisodicStore:
+    def from_json(
+        text: str, clock: Callable[[], float] | None = None, embedder: Embedder | None = None
+    ) -> EpisodicStore:
         """Rebuilds a store from to_json() output.
 
         Raises:

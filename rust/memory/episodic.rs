@@ -5,7 +5,10 @@
 //! * decay (optional): `importance * 0.5^(age_h / half_life_hours)`, else `importance`;
 //! * importance policy: `score = decayed importance`;
 //! * hybrid policy: `score = decayed importance + recency_weight / (1 + age_h)
-//!   + frequency_weight * recall_count / (1 + recall_count)`.
+//!   + frequency_weight * recall_count / (1 + recall_count)`;
+//! * with a query embedding `q` (recall by similarity): `score + similarity_weight * cos(q, e)`,
+//!   where `cos` is the cosine between the query and the episode's embedding, and 0 for an
+//!   episode without one.
 //!
 //! Ties rank the newer episode first.
 
@@ -33,6 +36,9 @@ pub struct Episode {
     pub last_recalled_at: Option<f64>,
     /// Times it has been recalled.
     pub recall_count: u64,
+    /// Its embedding, L2-normalized (absent from older exports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
 }
 
 /// How importance fades with age.
@@ -72,6 +78,39 @@ pub struct Episodes {
     pub next_id: u64,
     /// Episodes per agent, in insertion order.
     pub by_agent: BTreeMap<String, Vec<Episode>>,
+    /// Weight of the query similarity in recall scores.
+    #[serde(default = "default_similarity_weight")]
+    pub similarity_weight: f64,
+    /// Length shared by every embedding, fixed by the first one.
+    #[serde(default)]
+    pub embedding_dim: Option<usize>,
+}
+
+fn default_similarity_weight() -> f64 {
+    1.0
+}
+
+/// `v` scaled to unit length.
+///
+/// # Errors
+/// [`CoreError::Memory`] when `v` has NaN/inf values or is zero.
+pub fn normalized(v: &[f32], what: &str) -> CoreResult<Vec<f32>> {
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(CoreError::Memory(format!(
+            "{what} contains NaN or infinite values"
+        )));
+    }
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
+    if norm == 0.0 {
+        return Err(CoreError::Memory(format!(
+            "{what} is the zero vector: cosine similarity is undefined"
+        )));
+    }
+    Ok(v.iter().map(|x| (f64::from(*x) / norm) as f32).collect())
 }
 
 /// Validates a decay half-life.
@@ -121,25 +160,62 @@ impl Episodes {
             per_agent_capacity,
             next_id: 0,
             by_agent: BTreeMap::new(),
+            similarity_weight: default_similarity_weight(),
+            embedding_dim: None,
         })
     }
 
-    /// Adds an episode; evicts the agent's lowest-importance episode (oldest on ties) when
-    /// over capacity. Returns the new episode's id.
+    /// Sets the weight of query similarity in recall scores.
     ///
     /// # Errors
-    /// [`CoreError::Memory`] when `importance` is outside [0, 1].
+    /// [`CoreError::Memory`] when `weight` is negative or not finite.
+    pub fn with_similarity_weight(mut self, weight: f64) -> CoreResult<Self> {
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(CoreError::Memory(format!(
+                "similarity_weight must be >= 0, got {weight}"
+            )));
+        }
+        self.similarity_weight = weight;
+        Ok(self)
+    }
+
+    /// Normalizes `v` and checks its length against the store's embeddings.
+    fn check_embedding(&self, v: &[f32], what: &str) -> CoreResult<Vec<f32>> {
+        if let Some(dim) = self.embedding_dim {
+            if v.len() != dim {
+                return Err(CoreError::Memory(format!(
+                    "{what} has dimension {}, the store's embeddings have {dim}",
+                    v.len()
+                )));
+            }
+        }
+        normalized(v, what)
+    }
+
+    /// Adds an episode (with an optional embedding); evicts the agent's lowest-importance
+    /// episode (oldest on ties) when over capacity. Returns the new episode's id.
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when `importance` is outside [0, 1], or the embedding is not
+    /// finite, zero, or of another length than the store's embeddings.
     pub fn add(
         &mut self,
         agent_id: &str,
         content: &str,
         importance: f64,
         now: f64,
+        embedding: Option<&[f32]>,
     ) -> CoreResult<u64> {
         if !(0.0..=1.0).contains(&importance) {
             return Err(CoreError::Memory(format!(
                 "importance must be in [0, 1], got {importance}"
             )));
+        }
+        let embedding = embedding
+            .map(|v| self.check_embedding(v, "embedding"))
+            .transpose()?;
+        if let Some(v) = &embedding {
+            self.embedding_dim = Some(v.len());
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -152,6 +228,7 @@ impl Episodes {
             created_at: now,
             last_recalled_at: None,
             recall_count: 0,
+            embedding,
         });
         if let Some(cap) = self.per_agent_capacity {
             if episodes.len() > cap {
@@ -194,21 +271,47 @@ impl Episodes {
         }
     }
 
-    /// The agent's top `limit` episodes at time `now`, best first; their recall counts go up.
-    pub fn recall(&mut self, agent_id: &str, limit: usize, now: f64) -> Vec<Episode> {
+    /// The score of `e` blended with its similarity to the normalized `query`.
+    pub fn blended_score(&self, e: &Episode, now: f64, query: Option<&[f32]>) -> f64 {
+        let base = self.score(e, now);
+        match (query, &e.embedding) {
+            (Some(q), Some(v)) => {
+                let cos: f32 = q.iter().zip(v).map(|(a, b)| a * b).sum();
+                base + self.similarity_weight * f64::from(cos)
+            }
+            _ => base,
+        }
+    }
+
+    /// The agent's top `limit` episodes at time `now`, best first, blending in similarity to
+    /// `query` when given; their recall counts go up.
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when `query` is not finite, zero, or of another length than the
+    /// store's embeddings.
+    pub fn recall(
+        &mut self,
+        agent_id: &str,
+        limit: usize,
+        now: f64,
+        query: Option<&[f32]>,
+    ) -> CoreResult<Vec<Episode>> {
+        let query = query
+            .map(|q| self.check_embedding(q, "query embedding"))
+            .transpose()?;
         let Some(episodes) = self.by_agent.get(agent_id) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let mut ranked: Vec<(f64, usize)> = episodes
             .iter()
             .enumerate()
-            .map(|(i, e)| (self.score(e, now), i))
+            .map(|(i, e)| (self.blended_score(e, now, query.as_deref()), i))
             .collect();
         // Best first: higher score, then newer (later in insertion order).
         let better = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1));
         let limit = limit.min(ranked.len());
         if limit == 0 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         if limit < ranked.len() {
             ranked.select_nth_unstable_by(limit - 1, better);
@@ -216,9 +319,9 @@ impl Episodes {
         }
         ranked.sort_unstable_by(better);
         let Some(episodes) = self.by_agent.get_mut(agent_id) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        ranked
+        Ok(ranked
             .into_iter()
             .filter_map(|(_, i)| {
                 let e = episodes.get_mut(i)?;
@@ -226,7 +329,7 @@ impl Episodes {
                 e.last_recalled_at = Some(now);
                 Some(e.clone())
             })
-            .collect()
+            .collect())
     }
 
     /// The agent's episodes in insertion order.
@@ -275,18 +378,19 @@ mod tests {
     #[test]
     fn importance_ranking_and_recall_counts() {
         let mut s = Episodes::new(None, Recall::Importance, None).unwrap();
-        s.add("a", "low", 0.1, 0.0).unwrap();
-        s.add("a", "high", 0.9, 0.0).unwrap();
-        s.add("a", "mid", 0.5, 0.0).unwrap();
+        s.add("a", "low", 0.1, 0.0, None).unwrap();
+        s.add("a", "high", 0.9, 0.0, None).unwrap();
+        s.add("a", "mid", 0.5, 0.0, None).unwrap();
         let top: Vec<_> = s
-            .recall("a", 2, 0.0)
+            .recall("a", 2, 0.0, None)
+            .unwrap()
             .into_iter()
             .map(|e| e.content)
             .collect();
         assert_eq!(top, ["high", "mid"]);
         assert_eq!(s.episodes("a")[1].recall_count, 1);
-        assert!(s.recall("nobody", 3, 0.0).is_empty());
-        assert!(s.add("a", "bad", 1.5, 0.0).is_err());
+        assert!(s.recall("nobody", 3, 0.0, None).unwrap().is_empty());
+        assert!(s.add("a", "bad", 1.5, 0.0, None).is_err());
     }
 
     #[test]
@@ -300,6 +404,7 @@ mod tests {
             created_at: 0.0,
             last_recalled_at: None,
             recall_count: 0,
+            embedding: None,
         };
         assert!((s.score(&e, 3600.0) - 0.4).abs() < 1e-12);
         assert!(exponential(0.0).is_err());
@@ -308,10 +413,38 @@ mod tests {
     #[test]
     fn capacity_evicts_lowest_importance() {
         let mut s = Episodes::new(None, Recall::Importance, Some(2)).unwrap();
-        s.add("a", "x", 0.5, 0.0).unwrap();
-        s.add("a", "y", 0.2, 0.0).unwrap();
-        s.add("a", "z", 0.9, 0.0).unwrap();
+        s.add("a", "x", 0.5, 0.0, None).unwrap();
+        s.add("a", "y", 0.2, 0.0, None).unwrap();
+        s.add("a", "z", 0.9, 0.0, None).unwrap();
         let kept: Vec<_> = s.episodes("a").iter().map(|e| e.content.as_str()).collect();
         assert_eq!(kept, ["x", "z"]);
+    }
+
+    #[test]
+    fn similarity_blends_into_the_score() {
+        let mut s = Episodes::new(None, Recall::Importance, None)
+            .unwrap()
+            .with_similarity_weight(0.5)
+            .unwrap();
+        s.add("a", "east", 0.5, 0.0, Some(&[1.0, 0.0])).unwrap();
+        s.add("a", "north", 0.6, 0.0, Some(&[0.0, 2.0])).unwrap();
+        s.add("a", "plain", 0.55, 0.0, None).unwrap();
+        let order = |s: &mut Episodes, q: Option<&[f32]>| -> Vec<String> {
+            s.recall("a", 3, 0.0, q)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.content)
+                .collect()
+        };
+        assert_eq!(order(&mut s, None), ["north", "plain", "east"]);
+        // east: 0.5 + 0.5 * 1 = 1.0; north: 0.6 + 0; plain: 0.55.
+        assert_eq!(order(&mut s, Some(&[3.0, 0.0])), ["east", "north", "plain"]);
+        assert!(s.recall("a", 1, 0.0, Some(&[1.0])).is_err());
+        assert!(s.recall("a", 1, 0.0, Some(&[0.0, 0.0])).is_err());
+        assert!(s.add("a", "bad", 0.1, 0.0, Some(&[1.0, 2.0, 3.0])).is_err());
+        assert!(Episodes::new(None, Recall::Importance, None)
+            .unwrap()
+            .with_similarity_weight(-1.0)
+            .is_err());
     }
 }

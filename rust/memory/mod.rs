@@ -5,6 +5,7 @@ pub mod working;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use numpy::{IntoPyArray, PyUntypedArrayMethods};
 use parking_lot::Mutex;
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
@@ -194,6 +195,11 @@ impl PyEpisode {
     fn recall_count(&self) -> u64 {
         self.inner.recall_count
     }
+    /// Its embedding (L2-normalized float32 array), or None.
+    #[getter]
+    fn embedding<'py>(&self, py: Python<'py>) -> Option<Bound<'py, numpy::PyArray1<f32>>> {
+        self.inner.embedding.clone().map(|v| v.into_pyarray(py))
+    }
 
     fn __repr__(&self) -> String {
         format!(
@@ -273,19 +279,41 @@ impl PyRecallPolicy {
 
 /// Per-agent episodic memory with decay, ranked recall and per-agent capacity.
 ///
+/// With an embedder (any object with ``embed(texts) -> float32 array (n, dim)``, e.g.
+/// `HashingEmbedder`), each episode's content is embedded when added, and
+/// ``recall(agent_id, limit, query=...)`` ranks by
+/// ``policy score + similarity_weight * cos(query, episode embedding)`` (0 for an episode
+/// without an embedding). Episodes may also be given an embedding explicitly.
+///
 /// Args:
 ///     decay: optional `DecayPolicy` fading importance with age.
 ///     recall_policy: `RecallPolicy.importance()` (default) or `RecallPolicy.hybrid(...)`.
 ///     per_agent_capacity: most episodes per agent; the lowest-importance one is evicted.
 ///     clock: callable returning the time in seconds (default: wall-clock time); inject
 ///         one to make decay testable.
+///     embedder: embeds episode contents and text queries (optional).
+///     similarity_weight: weight of the query similarity in recall scores (>= 0).
 ///
 /// Raises:
-///     MemoryStoreError: `per_agent_capacity` is 0.
+///     MemoryStoreError: `per_agent_capacity` is 0, or `similarity_weight` is negative.
 #[pyclass(module = "llm_agent_runtime", name = "EpisodicStore", frozen)]
 pub struct PyEpisodicStore {
     inner: Mutex<Episodes>,
     clock: Option<Py<PyAny>>,
+    embedder: Option<Py<PyAny>>,
+}
+
+/// A vector given as a 1-D numpy float32 array or any sequence of numbers.
+fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
+    if let Ok(array) = value.extract::<numpy::PyReadonlyArray1<'_, f32>>() {
+        return Ok(array.as_array().to_vec());
+    }
+    value.extract::<Vec<f32>>().map_err(|_| {
+        CoreError::Memory(format!(
+            "{what} must be a 1-D float32 array or a sequence of numbers"
+        ))
+        .into()
+    })
 }
 
 impl PyEpisodicStore {
@@ -301,49 +329,137 @@ impl PyEpisodicStore {
     fn with_episodes<T>(&self, agent_id: &str, f: impl FnOnce(&[Episode]) -> T) -> T {
         f(self.inner.lock().episodes(agent_id))
     }
+
+    /// The embedder's vector for `text`: None without an embedder or when it is all zeros
+    /// (a text with nothing to embed).
+    fn embed_text(&self, py: Python<'_>, text: &str) -> PyResult<Option<Vec<f32>>> {
+        let Some(embedder) = &self.embedder else {
+            return Ok(None);
+        };
+        let rows = embedder.call_method1(py, "embed", (vec![text],))?;
+        let rows = rows.bind(py);
+        let row = match rows.extract::<numpy::PyReadonlyArray2<'_, f32>>() {
+            Ok(array) if array.shape()[0] == 1 => array.as_array().row(0).to_vec(),
+            _ => match rows.extract::<Vec<Vec<f32>>>() {
+                Ok(mut list) if list.len() == 1 => list.swap_remove(0),
+                _ => {
+                    return Err(CoreError::Memory(
+                        "embedder.embed([text]) must return one row: a float32 array of \
+                         shape (1, dim)"
+                            .into(),
+                    )
+                    .into())
+                }
+            },
+        };
+        Ok(row.iter().any(|x| *x != 0.0).then_some(row))
+    }
 }
 
 #[pymethods]
 impl PyEpisodicStore {
     #[new]
-    #[pyo3(signature = (decay=None, recall_policy=None, per_agent_capacity=None, clock=None))]
+    #[pyo3(signature = (
+        decay=None,
+        recall_policy=None,
+        per_agent_capacity=None,
+        clock=None,
+        embedder=None,
+        similarity_weight=1.0
+    ))]
     fn new(
         decay: Option<&PyDecayPolicy>,
         recall_policy: Option<&PyRecallPolicy>,
         per_agent_capacity: Option<usize>,
         clock: Option<Py<PyAny>>,
+        embedder: Option<Py<PyAny>>,
+        similarity_weight: f64,
     ) -> PyResult<Self> {
         let store = Episodes::new(
             decay.map(|d| d.inner),
             recall_policy.map_or(Recall::Importance, |r| r.inner),
             per_agent_capacity,
-        )?;
+        )?
+        .with_similarity_weight(similarity_weight)?;
         Ok(Self {
             inner: Mutex::new(store),
             clock,
+            embedder,
         })
     }
 
     /// Adds an episode and returns its id.
     ///
+    /// Args:
+    ///     agent_id: the agent it belongs to.
+    ///     content: what happened.
+    ///     importance: in [0, 1].
+    ///     embedding: its vector; when None, the store's embedder (if any) embeds `content`.
+    ///
     /// Raises:
-    ///     MemoryStoreError: `importance` is outside [0, 1].
+    ///     MemoryStoreError: `importance` is outside [0, 1]; an embedding that is not finite,
+    ///         zero, or of another length than the store's embeddings.
+    #[pyo3(signature = (agent_id, content, importance, embedding=None))]
     fn add_episode(
         &self,
         py: Python<'_>,
         agent_id: &str,
         content: &str,
         importance: f64,
+        embedding: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
+        let embedding = match embedding {
+            Some(v) => Some(as_vector(v, "embedding")?),
+            None => self.embed_text(py, content)?,
+        };
         let now = self.now(py)?;
-        Ok(self.inner.lock().add(agent_id, content, importance, now)?)
+        Ok(self
+            .inner
+            .lock()
+            .add(agent_id, content, importance, now, embedding.as_deref())?)
     }
 
     /// The agent's `limit` best episodes, best first; each one's recall count goes up.
-    #[pyo3(signature = (agent_id, limit=3))]
-    fn recall(&self, py: Python<'_>, agent_id: &str, limit: usize) -> PyResult<Vec<PyEpisode>> {
+    ///
+    /// Args:
+    ///     agent_id: whose episodes.
+    ///     limit: most episodes returned.
+    ///     query: text (embedded with the store's embedder) or a vector; when given, scores
+    ///         become `policy score + similarity_weight * cos(query, episode)`. A text with
+    ///         nothing to embed ranks by the policy alone.
+    ///
+    /// Raises:
+    ///     MemoryStoreError: a text query without an embedder; a query vector that is not
+    ///         finite, zero, or of another length than the episodes' embeddings.
+    #[pyo3(signature = (agent_id, limit=3, query=None))]
+    fn recall(
+        &self,
+        py: Python<'_>,
+        agent_id: &str,
+        limit: usize,
+        query: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<PyEpisode>> {
+        let query = match query {
+            None => None,
+            Some(q) => match q.extract::<&str>() {
+                Ok(text) => {
+                    if self.embedder.is_none() {
+                        return Err(CoreError::Memory(
+                            "a text query needs an embedder: EpisodicStore(embedder=...)".into(),
+                        )
+                        .into());
+                    }
+                    self.embed_text(py, text)?
+                }
+                Err(_) => Some(as_vector(q, "query")?),
+            },
+        };
         let now = self.now(py)?;
-        let found = run_detached(py, || Ok(self.inner.lock().recall(agent_id, limit, now)))?;
+        let found = run_detached(py, || {
+            self.inner
+                .lock()
+                .recall(agent_id, limit, now, query.as_deref())
+        })?;
         Ok(found.into_iter().map(|inner| PyEpisode { inner }).collect())
     }
 
@@ -438,18 +554,24 @@ impl PyEpisodicStore {
             .map_err(|e| CoreError::Memory(format!("cannot serialize episodes: {e}")).into())
     }
 
-    /// Rebuilds a store from `to_json()` output.
+    /// Rebuilds a store from `to_json()` output (the clock and embedder are not exported:
+    /// pass them again).
     ///
     /// Raises:
     ///     MemoryStoreError: the text is not an exported store.
     #[staticmethod]
-    #[pyo3(signature = (text, clock=None))]
-    fn from_json(text: &str, clock: Option<Py<PyAny>>) -> PyResult<Self> {
+    #[pyo3(signature = (text, clock=None, embedder=None))]
+    fn from_json(
+        text: &str,
+        clock: Option<Py<PyAny>>,
+        embedder: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
         let store: Episodes = serde_json::from_str(text)
             .map_err(|e| CoreError::Memory(format!("not an exported episodic store: {e}")))?;
         Ok(Self {
             inner: Mutex::new(store),
             clock,
+            embedder,
         })
     }
 
