@@ -114,6 +114,48 @@ TARGETS: list[Target] = [
         1.5,
     ),
     Target(
+        "vector batch of 64 (N=1,000,000) >= 1.5x numpy per query",
+        "vector: batch of 64 queries, d=384, k=10, N=1,000,000",
+        "numpy",
+        1.5,
+    ),
+    Target(
+        "vector int8 single query (N=100,000) >= 3x numpy float32, recall@10 >= 0.99",
+        "vector: single query, ours int8 vs numpy float32, d=384, k=10, N=100,000",
+        "numpy",
+        3.0,
+    ),
+    Target(
+        "vector int8+f32 rescore single query (N=100,000) >= 3x numpy float32, recall@10 >= 0.99",
+        "vector: single query, ours int8+f32 rescore vs numpy float32, d=384, k=10, N=100,000",
+        "numpy",
+        3.0,
+    ),
+    Target(
+        "vector float16 single query (N=100,000) >= 1.7x numpy float32, recall@10 >= 0.99",
+        "vector: single query, ours float16 vs numpy float32, d=384, k=10, N=100,000",
+        "numpy",
+        1.7,
+    ),
+    Target(
+        "vector int8 single query (N=1,000,000) >= 3x numpy float32, recall@10 >= 0.99",
+        "vector: single query, ours int8 vs numpy float32, d=384, k=10, N=1,000,000",
+        "numpy",
+        3.0,
+    ),
+    Target(
+        "vector int8+f32 rescore single query (N=1,000,000) >= 3x numpy float32, recall@10 >= 0.99",
+        "vector: single query, ours int8+f32 rescore vs numpy float32, d=384, k=10, N=1,000,000",
+        "numpy",
+        3.0,
+    ),
+    Target(
+        "vector float16 single query (N=1,000,000) >= 1.7x numpy float32, recall@10 >= 0.99",
+        "vector: single query, ours float16 vs numpy float32, d=384, k=10, N=1,000,000",
+        "numpy",
+        1.7,
+    ),
+    Target(
         "counter increment >= 10x prometheus_client Counter.inc()",
         "metrics: 100,000 x increment",
         "prometheus-client",
