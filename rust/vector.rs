@@ -1,10 +1,11 @@
-//! Exact cosine top-k search over one contiguous block of normalized float32 vectors.
+//! Cosine top-k search over one contiguous block of normalized vectors.
 //!
 //! Vectors are normalized on insert, so cosine similarity is a dot product. The scan uses a
 //! kernel compiled for AVX2+FMA when the CPU has them (checked once per scan) and a portable
 //! one otherwise, keeps a bounded top-k (no full sort), splits large scans over rayon
-//! threads, and for batches runs a blocked matrix product with the top-k selection fused into
-//! it (see `batch`).
+//! threads, and for float32 batches runs a blocked matrix product with the top-k selection
+//! fused into it (see `batch`). Rows may be stored as float32 (exact), float16 or int8 (see
+//! `quantized`).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
