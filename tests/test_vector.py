@@ -22,9 +22,10 @@ def numpy_top_k(
     n=st.integers(1, 300),
     dim=st.integers(1, 70),
     k=st.integers(1, 20),
+    m=st.integers(0, 14),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_search_matches_numpy(n: int, dim: int, k: int, seed: int) -> None:
+def test_search_matches_numpy(n: int, dim: int, k: int, m: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     data = rng.standard_normal((n, dim)).astype(np.float32) + 0.01
     ids = rng.permutation(10 * n)[:n].astype(np.int64)
@@ -41,9 +42,13 @@ def test_search_matches_numpy(n: int, dim: int, k: int, seed: int) -> None:
             assert abs(gs - want_scores[list(want_ids).index(wi)]) < 1e-5
     # The batch kernel sums in another order than the single-query scan: same ids up to
     # near-ties, scores within float32 rounding.
-    queries = np.stack([q, q] + [rng.standard_normal(dim).astype(np.float32) + 0.01] * 5)
+    others = rng.standard_normal((m, dim)).astype(np.float32) + 0.01
+    queries = np.concatenate([np.stack([q, q]), others])
     batch_ids, batch_scores = index.search_batch(queries, k)
-    assert batch_ids.shape == (7, min(k, n))
+    assert batch_ids.shape == (m + 2, min(k, n))
+    for row, query in enumerate(others, start=2):
+        _, want = numpy_top_k(data, ids, query, k)
+        np.testing.assert_allclose(batch_scores[row], want, atol=1e-5)
     np.testing.assert_array_equal(batch_ids[0], batch_ids[1])
     np.testing.assert_allclose(batch_scores[1], got_scores, atol=1e-5)
     for bi, gi, bs in zip(batch_ids[0], got_ids, batch_scores[0], strict=True):
@@ -83,6 +88,9 @@ def test_empty_index_and_k_larger_than_index() -> None:
     ids, _ = index.search(np.ones(3, dtype=np.float32), 10)
     assert sorted(ids.tolist()) == [1, 2]
     assert index.search_batch(np.ones((4, 3), dtype=np.float32), 10)[0].shape == (4, 2)
+    empty_ids, empty_scores = ar.VectorIndex(3).search_batch(np.ones((5, 3), dtype=np.float32), 4)
+    assert empty_ids.shape == (5, 0) and empty_scores.shape == (5, 0)
+    assert ar.VectorIndex(3).search_batch(np.ones((0, 3), dtype=np.float32), 4)[0].shape == (0, 0)
 
 
 @pytest.mark.parametrize(
