@@ -8,9 +8,12 @@
 //!   per-row quantization, `code = round(x / scale)` with `scale = max|x| / 127`. The scan
 //!   quantizes the query the same way and ranks rows by integer dot products (AVX2
 //!   `maddubs`/`madd`, 32 values an instruction) times the row scale into a shortlist of
-//!   `k * rescore` rows, then re-scores that shortlist exactly with the float32 query against
-//!   the dequantized rows. Float32 originals are not kept (that would cost more memory than
-//!   the float32 index), so scores are those of the dequantized rows.
+//!   `k * rescore` rows, then re-scores that shortlist with the float32 query against the
+//!   dequantized rows, so scores are those of the rounded rows: recall@10 against exact search
+//!   is bounded by int8 precision (about 0.99 on isotropic 384-d data at N = 100k, 0.97 at
+//!   1M, lower inside tight clusters). The index can keep float32 copies beside the codes
+//!   (`exact_rescore`) to re-score exactly instead: scans still read a quarter of the bytes,
+//!   but memory grows to 1.25x that of float32.
 
 use super::TopK;
 
