@@ -327,6 +327,12 @@ impl Index {
             }
             normalize(row, &format!("vector {i} (id {id})"))?;
         }
+        let new_rows = ids.iter().filter(|id| !self.rows.contains_key(id)).count();
+        self.ids.reserve(new_rows);
+        self.vectors.reserve(new_rows, self.dim);
+        if let Some(originals) = &mut self.originals {
+            quantized::reserve_huge(originals, new_rows * self.dim);
+        }
         for (row, &id) in normalized.chunks_exact(self.dim).zip(ids) {
             match self.rows.get(&id) {
                 Some(&r) => {
