@@ -8,6 +8,8 @@ agents with their own fake models where they install offline. Reported in µs pe
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -41,26 +43,59 @@ def _total(session: ar.AgentSession) -> int:
     return sum(int(s.observation) for s in session.steps if s.action == "add")
 
 
-async def _floor_run() -> int:
-    """The floor: the least an asyncio tool loop can do (no parsing, no bookkeeping)."""
+async def add_plain(a: int, b: int) -> int:
+    """The floor's tool: the same addition, no decorator."""
+    return a + b
 
-    async def model(i: int) -> dict[str, Any]:
-        if i < N_TOOL_CALLS:
-            return {"tool": "add", "args": {"a": i, "b": 1}}
-        return {"answer": "done"}
 
-    async def add_tool(a: int, b: int) -> int:
-        return a + b
+FLOOR_TOOLS = {"add": add_plain}
+NATIVE_REPLIES = [
+    {"tool_calls": [{"id": f"call_{i}", "name": "add", "arguments": {"a": i, "b": 1}}]}
+    for i in range(N_TOOL_CALLS)
+] + [{"content": "done", "tool_calls": []}]
+REACT_ACTION = re.compile(r"Action:\s*(\w+)\s*(.*)", re.DOTALL)
 
-    tools = {"add": add_tool}
-    history: list[Any] = []
+
+async def _floor_native() -> int:
+    """Native floor: a chat history and one dict lookup + await per tool call, nothing else."""
+    replies = iter(NATIVE_REPLIES)
+
+    async def model(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return next(replies)
+
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "sum"}]
     total = 0
-    for i in range(STEPS):
-        reply = await model(i)
-        if "answer" in reply:
+    for _ in range(STEPS):
+        reply = await model(messages)
+        messages.append(reply)
+        if not reply["tool_calls"]:
             return total
-        result = await tools[reply["tool"]](**reply["args"])
-        history.append((reply, result))
+        for call in reply["tool_calls"]:
+            result = await FLOOR_TOOLS[call["name"]](**call["arguments"])
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": str(result)})
+            total += result
+    return total
+
+
+async def _floor_react() -> int:
+    """ReAct floor: the same text replies, parsed with one regex and json.loads."""
+    replies = iter(REACT_SCRIPT)
+
+    async def model(prompt: str) -> str:
+        return next(replies)
+
+    transcript = ["Question: sum"]
+    total = 0
+    for _ in range(STEPS):
+        reply = await model("\n".join(transcript))
+        match = REACT_ACTION.search(reply)
+        if match is None:
+            raise ValueError(reply)
+        name, argument = match.groups()
+        if name == "FINAL_ANSWER":
+            return total
+        result = await FLOOR_TOOLS[name](**json.loads(argument))
+        transcript.append(f"{reply}\nObservation: {result}")
         total += result
     return total
 
@@ -105,7 +140,10 @@ def group_for(mode: str) -> str:
 
 @pytest.mark.parametrize(("mode", "lib"), CASES)
 def test_loop(benchmark: Any, mode: str, lib: str) -> None:
-    one_run = _floor_run if lib == FLOOR else _ours(mode)
+    if lib == FLOOR:
+        one_run = _floor_native if mode == "tools" else _floor_react
+    else:
+        one_run = _ours(mode)
 
     def many() -> list[int]:
         async def all_runs() -> list[int]:
