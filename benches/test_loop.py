@@ -140,10 +140,8 @@ def group_for(mode: str) -> str:
 
 @pytest.mark.parametrize(("mode", "lib"), CASES)
 def test_loop(benchmark: Any, mode: str, lib: str) -> None:
-    if lib == FLOOR:
-        one_run = _floor_native if mode == "tools" else _floor_react
-    else:
-        one_run = _ours(mode)
+    floor = _floor_native if mode == "tools" else _floor_react
+    one_run = floor if lib == FLOOR else _ours(mode)
 
     def many() -> list[int]:
         async def all_runs() -> list[int]:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
-import time
 import itertools
+import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -524,7 +524,7 @@ class AgentRuntime:
             failed = False
             share = model_ms / len(results)
             tools_total = 0.0
-            steps = []
+            steps: list[Step] = []
             for call, (observation, tool_ms) in zip(calls, results, strict=True):
                 error_kind = observation.error_kind
                 step = Step(text, call.name, call.arguments, observation.content, error_kind)

@@ -9,9 +9,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from typing_extensions import NotRequired, TypedDict
-
 from pydantic import TypeAdapter, ValidationError, create_model
+from typing_extensions import NotRequired, TypedDict
 
 from llm_agent_runtime.errors import (
     BudgetExceededError,

@@ -124,7 +124,8 @@ class TextDelta(NamedTuple):
     """The new text."""
 
 
-class ToolCallDelta(NamedTuple):
+@dataclass(frozen=True, slots=True)  # not a NamedTuple: `index` would shadow tuple.index
+class ToolCallDelta:
     """Streamed event: a piece of a tool call (arguments arrive as JSON fragments)."""
 
     index: int
