@@ -6,8 +6,7 @@ import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import TypeAdapter, ValidationError, create_model
 from typing_extensions import NotRequired, TypedDict
@@ -33,8 +32,7 @@ _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-@dataclass(slots=True)
-class Observation:
+class Observation(NamedTuple):
     """The result of one tool call as the model sees it."""
 
     content: str
@@ -265,10 +263,13 @@ def tool(
 
 
 def _render(result: Any) -> str:
-    if isinstance(result, str):
-        return result
-    if isinstance(result, int | float) and not isinstance(result, bool):
+    kind = type(result)
+    if kind is str:
+        return result  # type: ignore[no-any-return]
+    if kind is int or kind is float:
         return repr(result)
+    if isinstance(result, str):
+        return str(result)
     try:
         return json.dumps(result, default=str)
     except (TypeError, ValueError):
