@@ -27,7 +27,10 @@ SCRIPT = textwrap.dedent(
         '''Adds.'''
         return a + b
 
-    replies = iter(['Thought: t\\nAction: add {"a": 1, "b": 2}', "Thought: t\\nAction: FINAL_ANSWER 3"])
+    replies = iter([
+        'Thought: t\\nAction: add {"a": 1, "b": 2}',
+        "Thought: t\\nAction: FINAL_ANSWER 3",
+    ])
 
     async def infer(prompt: str) -> str:
         return next(replies)
