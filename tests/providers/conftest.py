@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from llm_agent_runtime import FakeClock, RetryPolicy
+from llm_agent_runtime import AnthropicProvider, FakeClock, OpenAIProvider, RetryPolicy
 
 from .fake_server import FakeLlmServer
 
@@ -33,3 +34,14 @@ def clock() -> FakeClock:
 def retry(clock: FakeClock) -> RetryPolicy:
     """Three attempts, 1 s then 2 s backoff, on virtual time."""
     return RetryPolicy(max_attempts=3, base_delay=1.0, jitter=False, clock=clock)
+
+
+PROVIDERS = ["openai", "anthropic"]
+
+
+def make_provider(kind: str, server: Any, **options: Any) -> Any:
+    """A provider of `kind` pointed at the fake server, with the test key."""
+    options.setdefault("api_key", API_KEY)
+    if kind == "openai":
+        return OpenAIProvider(base_url=server.url + "/v1", **options)
+    return AnthropicProvider(base_url=server.url, **options)

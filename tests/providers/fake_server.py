@@ -363,7 +363,9 @@ class FakeLlmServer:
         return render(entry, request) if isinstance(entry, Turn) else entry
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, OSError):
+        # Cancellation (at shutdown) ends the handler normally: asyncio would log it otherwise.
+        quiet = (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.CancelledError)
+        with contextlib.suppress(*quiet):
             while True:
                 request = await _read_request(reader)
                 if request is None:
@@ -435,4 +437,3 @@ async def _read_request(reader: asyncio.StreamReader) -> RecordedRequest | None:
     length = int(headers.get("content-length", "0"))
     body = await reader.readexactly(length) if length else b""
     return RecordedRequest(method, path, headers, body)
-
