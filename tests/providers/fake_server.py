@@ -313,6 +313,8 @@ class FakeLlmServer:
 
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
+        self.connections = 0
+        """Connections accepted since the last `reset`."""
         self._script: collections.deque[Script] = collections.deque()
         self.fallback: Script | None = None
         """Answers every request once the script is used up."""
@@ -331,6 +333,7 @@ class FakeLlmServer:
     def reset(self) -> None:
         self._script.clear()
         self.requests.clear()
+        self.connections = 0
         self.fallback = None
 
     def __enter__(self) -> FakeLlmServer:
@@ -365,6 +368,7 @@ class FakeLlmServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Cancellation (at shutdown) ends the handler normally: asyncio would log it otherwise.
         quiet = (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.CancelledError)
+        self.connections += 1
         with contextlib.suppress(*quiet):
             while True:
                 request = await _read_request(reader)

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.orchestration.retry import RetryPolicy
@@ -33,9 +33,9 @@ __all__ = [
     "HttpTransport",
     "SseEvent",
     "decode_arguments",
-    "describe_validation_error",
     "is_retryable_status",
     "iter_sse",
+    "parse_json",
     "parse_retry_after",
 ]
 
@@ -50,6 +50,7 @@ _MAX_ERROR_MESSAGE = 500
 _REDACTED = "[redacted]"
 
 T = TypeVar("T")
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def is_retryable_status(status: int) -> bool:
@@ -160,14 +161,21 @@ def error_message(body: bytes) -> str:
     return text[:_MAX_ERROR_MESSAGE] or "no error message"
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """A short description of the first problem pydantic found (without the input values)."""
-    errors = exc.errors(include_url=False, include_input=False)
-    if not errors:
-        return "invalid"
-    first = errors[0]
-    where = ".".join(str(part) for part in first["loc"]) or "body"
-    return f"{where}: {first['msg']}"
+def parse_json(model: type[ModelT], data: bytes, what: str) -> ModelT:
+    """Validates a JSON body or event as a wire model.
+
+    Raises:
+        ProviderError: The JSON is malformed or does not fit the model. The message names the
+            first problem but never the input (which could echo a secret), and the pydantic
+            error is not chained.
+    """
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+    where = ".".join(str(part) for part in errors[0]["loc"]) if errors else ""
+    problem = f"{where or 'body'}: {errors[0]['msg']}" if errors else "invalid"
+    raise ProviderError(f"malformed {what}: {problem}")
 
 
 def decode_arguments(text: str, default: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -241,6 +249,10 @@ class HttpTransport:
         self.metrics = metrics
         self.input_cost_per_million = input_cost_per_million
         self.output_cost_per_million = output_cost_per_million
+
+    def __reduce__(self) -> Any:
+        # The headers hold the API key: never let it reach a pickle (or a checkpoint).
+        raise TypeError(f"a {self.name} provider holds an API key and cannot be pickled")
 
     # ------------------------------------------------------------------ client lifecycle
     def _http(self) -> httpx.AsyncClient:

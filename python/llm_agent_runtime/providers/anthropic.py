@@ -6,7 +6,7 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.providers._http import (
@@ -14,8 +14,8 @@ from llm_agent_runtime.providers._http import (
     DEFAULT_TIMEOUT,
     HttpTransport,
     decode_arguments,
-    describe_validation_error,
     is_retryable_status,
+    parse_json,
 )
 from llm_agent_runtime.providers.base import (
     ChatResponse,
@@ -95,8 +95,13 @@ class _Usage(BaseModel):
 
 class _Message(BaseModel):
     model: str | None = None
-    content: list[_Block] = []
+    content: list[_Block]
     stop_reason: str | None = None
+    usage: _Usage = _Usage()
+
+
+class _StreamedMessage(BaseModel):
+    model: str | None = None
     usage: _Usage = _Usage()
 
 
@@ -114,7 +119,7 @@ class _Error(BaseModel):
 
 class _Event(BaseModel):
     type: str
-    message: _Message | None = None
+    message: _StreamedMessage | None = None
     index: int = 0
     content_block: _Block | None = None
     delta: _Delta | None = None
@@ -270,12 +275,7 @@ class AnthropicProvider:
         """
         body = self._body(messages, tools, model, params, stream=False)
         raw = await self._transport.post_json("/v1/messages", body)
-        try:
-            message = _Message.model_validate_json(raw)
-        except ValidationError as exc:
-            raise ProviderError(
-                f"malformed Anthropic response: {describe_validation_error(exc)}"
-            ) from None
+        message = parse_json(_Message, raw, "Anthropic response")
         text: list[str] = []
         calls: list[ToolCall] = []
         for block in message.content:
@@ -358,14 +358,13 @@ class AnthropicProvider:
         stop_reason: str | None = None
         model: str | None = None
         input_tokens = output_tokens = 0
-        validate = _Event.model_validate_json
+        done = False
         async for sse in self._transport.post_sse("/v1/messages", body):
-            try:
-                event = validate(sse.data)
-            except ValidationError as exc:
-                raise ProviderError(
-                    f"malformed Anthropic stream event: {describe_validation_error(exc)}"
-                ) from None
+            # Read on past message_stop to the end of the body: the connection goes back to
+            # the pool only once the body is complete.
+            if done:
+                continue
+            event = parse_json(_Event, sse.data, "Anthropic stream event")
             kind = event.type
             if kind == "content_block_delta":
                 delta = event.delta
@@ -407,11 +406,11 @@ class AnthropicProvider:
                     if event.usage.input_tokens is not None:
                         input_tokens = event.usage.billed_input()
             elif kind == "message_stop":
-                break
+                done = True
             elif kind == "error":
                 raise _stream_error(event.error or _Error(), self._transport)
             # ping, content_block_stop and event types added later carry nothing we need.
-        else:
+        if not done:
             raise ProviderError("Anthropic stream ended before message_stop", retryable=True)
         response = ChatResponse(
             text="".join(text),

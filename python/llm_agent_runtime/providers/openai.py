@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.providers._http import (
@@ -19,8 +19,8 @@ from llm_agent_runtime.providers._http import (
     DEFAULT_TIMEOUT,
     HttpTransport,
     decode_arguments,
-    describe_validation_error,
     is_retryable_status,
+    parse_json,
 )
 from llm_agent_runtime.providers.base import (
     ChatResponse,
@@ -251,12 +251,7 @@ class OpenAIProvider:
         """
         body = self._body(messages, tools, model, params, stream=False)
         raw = await self._transport.post_json("/chat/completions", body)
-        try:
-            completion = _Completion.model_validate_json(raw)
-        except ValidationError as exc:
-            raise ProviderError(
-                f"malformed OpenAI response: {describe_validation_error(exc)}"
-            ) from None
+        completion = parse_json(_Completion, raw, "OpenAI response")
         if not completion.choices:
             raise ProviderError("malformed OpenAI response: no choices")
         choice = completion.choices[0]
@@ -342,17 +337,16 @@ class OpenAIProvider:
         finish_reason: str | None = None
         model: str | None = None
         usage = _Usage()
-        validate = _Chunk.model_validate_json
+        done = False
         async for sse in self._transport.post_sse("/chat/completions", body):
+            # Read on past [DONE] to the end of the body so the connection returns to the pool.
             data = sse.data
+            if done:
+                continue
             if data == _DONE:
-                break
-            try:
-                chunk = validate(data)
-            except ValidationError as exc:
-                raise ProviderError(
-                    f"malformed OpenAI stream event: {describe_validation_error(exc)}"
-                ) from None
+                done = True
+                continue
+            chunk = parse_json(_Chunk, data, "OpenAI stream event")
             if chunk.error is not None:
                 raise _stream_error(chunk.error, self._transport)
             if chunk.usage is not None:
@@ -380,7 +374,7 @@ class OpenAIProvider:
                     yield ToolCallDelta(piece.index, piece.id, name, fragment)
                 if choice.finish_reason is not None:
                     finish_reason = choice.finish_reason
-        else:
+        if not done:
             raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
         response = ChatResponse(
             text="".join(text),
