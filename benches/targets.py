@@ -161,4 +161,16 @@ TARGETS: list[Target] = [
         "smolagents",
         3.0,
     ),
+    Target(
+        "provider streaming: OpenAIProvider no slower than the openai SDK to the last token",
+        "stream 10,000 chunks over loopback HTTP (OpenAI wire format)",
+        "openai",
+        1.0,
+    ),
+    Target(
+        "provider streaming: AnthropicProvider no slower than the anthropic SDK to the last token",
+        "stream 10,000 chunks over loopback HTTP (Anthropic wire format)",
+        "anthropic",
+        1.0,
+    ),
 ]
