@@ -15,6 +15,7 @@ import email.utils
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import httpx
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.orchestration.retry import RetryPolicy
+from llm_agent_runtime.providers.base import ToolCall
 
 if TYPE_CHECKING:
     from llm_agent_runtime._core import RuntimeMetrics
@@ -31,6 +33,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "HttpTransport",
+    "PartialToolCall",
     "SseEvent",
     "decode_arguments",
     "is_retryable_status",
@@ -193,6 +196,32 @@ def decode_arguments(text: str, default: dict[str, Any] | None = None) -> dict[s
     if not isinstance(value, dict):
         raise ProviderError(f"tool call arguments are not a JSON object: {text[:200]!r}")
     return value
+
+
+@dataclass(slots=True)
+class PartialToolCall:
+    """A tool call being assembled from streamed fragments of its JSON arguments."""
+
+    index: int
+    """Position of the call among the response's tool calls."""
+    id: str | None
+    name: str | None
+    fragments: list[str] = field(default_factory=list)
+    """The arguments' JSON text, in pieces as they arrived."""
+    initial: dict[str, Any] | None = None
+    """Arguments announced at the start, used when no fragment arrives."""
+
+    def build(self) -> ToolCall:
+        """The finished call.
+
+        Raises:
+            ProviderError: The assembled arguments are not a JSON object.
+        """
+        return ToolCall(
+            id=self.id or f"call_{self.index}",
+            name=self.name or "",
+            arguments=decode_arguments("".join(self.fragments), self.initial),
+        )
 
 
 class HttpTransport:

@@ -13,7 +13,7 @@ from llm_agent_runtime.providers._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
     HttpTransport,
-    decode_arguments,
+    PartialToolCall,
     is_retryable_status,
     parse_json,
 )
@@ -150,8 +150,9 @@ class AnthropicProvider:
             turns retries off).
         stop: Stop sequences sent with every call (a call's `stop=` overrides them).
         http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here).
-        budget: Cost budget checked before each call and charged with its usage.
-        metrics: Runtime metrics that receive each call's token counts.
+        budget: Cost budget checked before each call and charged with its usage. Leave it
+            unset inside an `AgentRuntime` that has a budget: the runtime charges each call.
+        metrics: Runtime metrics that receive each call's token counts (the same caveat).
         input_cost_per_million: US dollars per million input tokens, charged to `budget`.
         output_cost_per_million: US dollars per million output tokens, charged to `budget`.
 
@@ -353,8 +354,7 @@ class AnthropicProvider:
 
     async def _stream_once(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
         text: list[str] = []
-        # content block index -> [tool ordinal, id, name, input JSON fragments, start input]
-        tool_blocks: dict[int, list[Any]] = {}
+        tool_blocks: dict[int, PartialToolCall] = {}  # by content block index
         stop_reason: str | None = None
         model: str | None = None
         input_tokens = output_tokens = 0
@@ -380,13 +380,15 @@ class AnthropicProvider:
                             f"Anthropic stream sent input JSON for block {event.index}, "
                             "which is not a tool_use block"
                         )
-                    block[3].append(delta.partial_json)
-                    yield ToolCallDelta(block[0], None, None, delta.partial_json)
+                    block.fragments.append(delta.partial_json)
+                    yield ToolCallDelta(block.index, None, None, delta.partial_json)
             elif kind == "content_block_start":
                 start = event.content_block
                 if start is not None and start.type == "tool_use":
                     ordinal = len(tool_blocks)
-                    tool_blocks[event.index] = [ordinal, start.id, start.name, [], start.input]
+                    tool_blocks[event.index] = PartialToolCall(
+                        ordinal, start.id, start.name, initial=start.input
+                    )
                     yield ToolCallDelta(ordinal, start.id, start.name, "")
                 elif start is not None and start.type == "text" and start.text:
                     text.append(start.text)
@@ -414,14 +416,7 @@ class AnthropicProvider:
             raise ProviderError("Anthropic stream ended before message_stop", retryable=True)
         response = ChatResponse(
             text="".join(text),
-            tool_calls=[
-                ToolCall(
-                    id=call_id or "",
-                    name=name or "",
-                    arguments=decode_arguments("".join(fragments), start_input),
-                )
-                for _, call_id, name, fragments, start_input in tool_blocks.values()
-            ],
+            tool_calls=[call.build() for call in tool_blocks.values()],
             usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
             stop_reason=stop_reason,
             model=model,

@@ -18,6 +18,7 @@ from llm_agent_runtime.providers._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
     HttpTransport,
+    PartialToolCall,
     decode_arguments,
     is_retryable_status,
     parse_json,
@@ -135,8 +136,9 @@ class OpenAIProvider:
             turns retries off).
         stop: Stop sequences sent with every call (a call's `stop=` overrides them).
         http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here).
-        budget: Cost budget checked before each call and charged with its usage.
-        metrics: Runtime metrics that receive each call's token counts.
+        budget: Cost budget checked before each call and charged with its usage. Leave it
+            unset inside an `AgentRuntime` that has a budget: the runtime charges each call.
+        metrics: Runtime metrics that receive each call's token counts (the same caveat).
         input_cost_per_million: US dollars per million input tokens, charged to `budget`.
         output_cost_per_million: US dollars per million output tokens, charged to `budget`.
 
@@ -333,7 +335,7 @@ class OpenAIProvider:
 
     async def _stream_once(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
         text: list[str] = []
-        calls: dict[int, list[Any]] = {}  # index -> [id, name, argument fragments]
+        calls: dict[int, PartialToolCall] = {}
         finish_reason: str | None = None
         model: str | None = None
         usage = _Usage()
@@ -366,11 +368,11 @@ class OpenAIProvider:
                     fragment = (function.arguments if function is not None else None) or ""
                     call = calls.get(piece.index)
                     if call is None:
-                        calls[piece.index] = [piece.id, name, [fragment]]
+                        call = calls[piece.index] = PartialToolCall(piece.index, piece.id, name)
                     else:
-                        call[0] = call[0] or piece.id
-                        call[1] = call[1] or name
-                        call[2].append(fragment)
+                        call.id = call.id or piece.id
+                        call.name = call.name or name
+                    call.fragments.append(fragment)
                     yield ToolCallDelta(piece.index, piece.id, name, fragment)
                 if choice.finish_reason is not None:
                     finish_reason = choice.finish_reason
@@ -378,14 +380,7 @@ class OpenAIProvider:
             raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
         response = ChatResponse(
             text="".join(text),
-            tool_calls=[
-                ToolCall(
-                    id=call_id or f"call_{index}",
-                    name=name or "",
-                    arguments=decode_arguments("".join(fragments)),
-                )
-                for index, (call_id, name, fragments) in sorted(calls.items())
-            ],
+            tool_calls=[calls[index].build() for index in sorted(calls)],
             usage=Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
             stop_reason=finish_reason,
             model=model,
