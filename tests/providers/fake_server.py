@@ -70,6 +70,8 @@ class Turn:
     text_chunks: list[str] | None = None
     """How the text is split into streamed deltas (default: about 8 characters each)."""
     model: str = "fake-model"
+    argument_chunk: int = 5
+    """Characters of tool-call argument JSON per streamed delta."""
 
 
 @dataclass
@@ -175,12 +177,17 @@ def render_openai(turn: Turn, stream: bool) -> Reply:
             )
         )
         text = json.dumps(args)
-        for start in range(0, len(text), 5):
+        for start in range(0, len(text), turn.argument_chunk):
             frames.append(
                 chunk(
                     {
                         "tool_calls": [
-                            {"index": index, "function": {"arguments": text[start : start + 5]}}
+                            {
+                                "index": index,
+                                "function": {
+                                    "arguments": text[start : start + turn.argument_chunk]
+                                },
+                            }
                         ]
                     }
                 )
@@ -272,11 +279,14 @@ def render_anthropic(turn: Turn, stream: bool) -> Reply:
                 {
                     "type": "content_block_delta",
                     "index": index,
-                    "delta": {"type": "input_json_delta", "partial_json": text[i : i + 5]},
+                    "delta": {
+                        "type": "input_json_delta",
+                        "partial_json": text[i : i + turn.argument_chunk],
+                    },
                 },
                 "content_block_delta",
             )
-            for i in range(0, len(text), 5)
+            for i in range(0, len(text), turn.argument_chunk)
         ]
         frames.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
         index += 1
