@@ -66,13 +66,17 @@ USER = [Message("user", "hi")]
 
 
 # ---------------------------------------------------------------------- status errors
+@pytest.mark.parametrize("stream", [False, True])
 async def test_429_waits_the_retry_after_seconds(
-    kind: str, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+    kind: str, stream: bool, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
 ) -> None:
     server.script(Reply(429, {"retry-after": "7"}, ERROR_BODY), Turn("ok"))
     async with make_provider(kind, server, retry=retry) as llm:
-        assert await llm.complete("hi") == "ok"
-    assert len(server.requests) == 2
+        if stream:
+            assert [piece async for piece in llm.stream("hi")] == ["ok"]
+        else:
+            assert await llm.complete("hi") == "ok"
+    assert [r.streamed for r in server.requests] == [stream, stream]
     assert clock.sleeps == [7.0]
 
 
