@@ -35,11 +35,14 @@ def load(path: Path) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, An
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
         lib = info.get("lib", bench["name"])
+        # Benchmarks of one group may time different amounts of work (`units`, e.g. steps);
+        # medians are then compared per unit.
+        units = info.get("units", 1)
         groups[bench["group"] or bench["name"]][lib] = {
-            "median": bench["stats"]["median"],
+            "median": bench["stats"]["median"] / units,
             "rounds": bench["stats"]["rounds"],
             "correct": info.get("correct", True),
-            "notes": {k: v for k, v in info.items() if k not in ("lib", "correct")},
+            "notes": {k: v for k, v in info.items() if k not in ("lib", "correct", "units")},
         }
     return groups, data.get("machine_info", {})
 

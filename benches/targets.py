@@ -179,4 +179,40 @@ TARGETS: list[Target] = [
         "asyncio-floor",
         0.5,
     ),
+    Target(
+        "agent loop, native tool calls: >= 50x faster per step than smolagents",
+        "agent loop: 10 add() calls + final answer, zero-latency model (native tool calls)",
+        "smolagents",
+        50.0,
+    ),
+    Target(
+        "agent loop, native tool calls: >= 200x faster per step than LangGraph's ReAct agent",
+        "agent loop: 10 add() calls + final answer, zero-latency model (native tool calls)",
+        "langgraph",
+        200.0,
+    ),
+    Target(
+        "agent loop, native tool calls: >= 200x faster per step than pydantic-ai",
+        "agent loop: 10 add() calls + final answer, zero-latency model (native tool calls)",
+        "pydantic-ai",
+        200.0,
+    ),
+    Target(
+        "import llm_agent_runtime: at most 1/3 of the fastest peer's import (smolagents)",
+        "import time (fresh subprocess, interpreter start included)",
+        "smolagents",
+        3.0,
+    ),
+    Target(
+        "provider streaming: OpenAIProvider no slower than the openai SDK to the last token",
+        "stream 10,000 chunks over loopback HTTP (OpenAI wire format)",
+        "openai",
+        1.0,
+    ),
+    Target(
+        "provider streaming: AnthropicProvider no slower than the anthropic SDK to the last token",
+        "stream 10,000 chunks over loopback HTTP (Anthropic wire format)",
+        "anthropic",
+        1.0,
+    ),
 ]

@@ -334,3 +334,23 @@ async def test_thousand_concurrent_sessions_exact_metrics() -> None:
     assert snap.total_sessions == 1000 and snap.active_sessions == 0
     assert snap.total_steps == 3000 and snap.total_tool_calls == 2000
     assert snap.tool_call_count("add") == 2000 and snap.failed_tool_calls == 0
+
+
+def test_session_ids_are_unique_and_differ_in_a_forked_child() -> None:
+    import os
+
+    from llm_agent_runtime.runtime import new_session_id
+
+    ids = {new_session_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its next id, then leave without running pytest's teardown
+        os.write(write_end, new_session_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    child_id = os.read(read_end, 64).decode()
+    os.waitpid(pid, 0)
+    parent_id = new_session_id()
+    assert child_id[:16] != parent_id[:16]

@@ -5,6 +5,8 @@ Everything public is re-exported here by name; other modules are implementation 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from llm_agent_runtime._core import (
     DecayPolicy,
     Episode,
@@ -68,11 +70,16 @@ from llm_agent_runtime.orchestration import (
     SystemClock,
 )
 from llm_agent_runtime.persistence import FileBackend, PersistenceBackend, SqliteBackend
+from llm_agent_runtime.providers import provider_from_env
 from llm_agent_runtime.providers.offline import ScriptedProvider
 from llm_agent_runtime.runtime import AgentRuntime, ApprovalDecision, Middleware
 from llm_agent_runtime.semantic import SemanticEntry, SemanticHit, SemanticStore
 from llm_agent_runtime.session import AgentSession, Step
 from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, tool
+
+if TYPE_CHECKING:
+    from llm_agent_runtime.providers.anthropic import AnthropicProvider
+    from llm_agent_runtime.providers.openai import OpenAIProvider
 
 __all__ = [
     "AgentConfig",
@@ -80,6 +87,7 @@ __all__ = [
     "AgentRuntime",
     "AgentRuntimeError",
     "AgentSession",
+    "AnthropicProvider",
     "ApprovalDecision",
     "BackpressureGuard",
     "BackpressureShedError",
@@ -113,6 +121,7 @@ __all__ = [
     "Middleware",
     "Observation",
     "OpenAIEmbedder",
+    "OpenAIProvider",
     "ParseError",
     "PersistenceBackend",
     "PersistenceError",
@@ -146,5 +155,17 @@ __all__ = [
     "__version__",
     "fit_to_token_budget",
     "parse_react_step",
+    "provider_from_env",
     "tool",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The HTTP providers load httpx: import them on first use, not with the package.
+    if name in ("AnthropicProvider", "OpenAIProvider"):
+        from llm_agent_runtime import providers
+
+        value = getattr(providers, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,13 @@
-"""Typed events of an agent run, delivered to callbacks and async streams."""
+"""Typed events of an agent run, delivered to callbacks and async streams.
+
+Events are named tuples: immutable, and cheap enough to build on every step.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "CheckpointSaved",
@@ -21,8 +23,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class RunStarted:
+class RunStarted(NamedTuple):
     """A run began."""
 
     session_id: str
@@ -30,16 +31,14 @@ class RunStarted:
     prompt: str
 
 
-@dataclass(frozen=True, slots=True)
-class LlmTextDelta:
+class LlmTextDelta(NamedTuple):
     """A piece of streamed model text."""
 
     session_id: str
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class LlmResponse:
+class LlmResponse(NamedTuple):
     """The model answered one call."""
 
     session_id: str
@@ -48,8 +47,7 @@ class LlmResponse:
     model_ms: float
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCallStarted:
+class ToolCallStarted(NamedTuple):
     """A tool call is about to run."""
 
     session_id: str
@@ -58,8 +56,7 @@ class ToolCallStarted:
     arguments: Any
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCallFinished:
+class ToolCallFinished(NamedTuple):
     """A tool call finished; `error_kind` is None on success."""
 
     session_id: str
@@ -70,16 +67,14 @@ class ToolCallFinished:
     tool_ms: float
 
 
-@dataclass(frozen=True, slots=True)
-class CheckpointSaved:
+class CheckpointSaved(NamedTuple):
     """A checkpoint was written under `key`."""
 
     session_id: str
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class RunFinished:
+class RunFinished(NamedTuple):
     """A run ended (with or without a final answer)."""
 
     session_id: str
@@ -88,12 +83,11 @@ class RunFinished:
     duration_ms: float
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorEvent:
+class ErrorEvent(NamedTuple):
     """A run failed with `error`."""
 
     session_id: str
-    error: BaseException = field(compare=False)
+    error: BaseException
 
 
 Event = (
@@ -142,7 +136,7 @@ class EventBus:
         """Delivers `event` to every callback and subscriber."""
         for callback in self._callbacks:
             result = callback(event)
-            if asyncio.iscoroutine(result):
+            if result is not None and asyncio.iscoroutine(result):
                 # Keep a reference so the scheduled callback is not garbage-collected mid-run.
                 task = asyncio.ensure_future(result)
                 self._pending.add(task)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -47,6 +48,7 @@ from llm_agent_runtime.providers.base import (
     Message,
     StreamEnd,
     TextDelta,
+    ToolCall,
     ToolDefinition,
 )
 from llm_agent_runtime.session import AgentSession, Step
@@ -253,7 +255,7 @@ class AgentRuntime:
 
     def create_session(self, agent_id: str, session_id: str | None = None) -> AgentSession:
         """Starts a multi-turn session (chat history kept across `run_turn` calls)."""
-        return AgentSession(session_id=session_id or uuid.uuid4().hex, agent_id=agent_id)
+        return AgentSession(session_id=session_id or new_session_id(), agent_id=agent_id)
 
     async def run_turn(
         self, session: AgentSession, message: str, provider: LlmProvider | InferFn
@@ -316,7 +318,7 @@ class AgentRuntime:
         metrics = self.metrics
         metrics.session_started()
         if session is None:
-            session = AgentSession(session_id=uuid.uuid4().hex, agent_id=agent_id)
+            session = AgentSession(session_id=new_session_id(), agent_id=agent_id)
         session.prompt = prompt
         started = time.perf_counter()
         events = self.events
@@ -513,35 +515,32 @@ class AgentRuntime:
                 session.final_answer = text
                 await self._commit_step(session, step)
                 return
-            messages.append(Message(role="assistant", content=text, tool_calls=response.tool_calls))
-            results = await self._run_parallel(session, response, limit)
+            calls = response.tool_calls
+            messages.append(Message("assistant", text, calls))
+            if len(calls) == 1:
+                results = [await self._call_tool(session, calls[0].name, calls[0].arguments)]
+            else:
+                results = await self._run_parallel(session, calls, limit)
             failed = False
             share = model_ms / len(results)
-            for index, (call, (observation, tool_ms)) in enumerate(
-                zip(response.tool_calls, results, strict=True)
-            ):
-                step = Step(
-                    text, call.name, call.arguments, observation.content, observation.error_kind
-                )
-                if index == 0:
+            tools_total = 0.0
+            steps: list[Step] = []
+            for call, (observation, tool_ms) in zip(calls, results, strict=True):
+                error_kind = observation.error_kind
+                step = Step(text, call.name, call.arguments, observation.content, error_kind)
+                if not steps:  # the round's tokens are counted once, on its first step
                     step.input_tokens = usage.input_tokens
                     step.output_tokens = usage.output_tokens
                 step.model_ms = share
                 step.tool_ms = tool_ms
-                failed = failed or observation.error_kind is not None
-                messages.append(
-                    Message(
-                        role="tool",
-                        content=observation.content,
-                        tool_call_id=call.id,
-                        name=call.name,
-                    )
-                )
+                tools_total += tool_ms
+                failed = failed or error_kind is not None
+                messages.append(Message("tool", observation.content, [], call.id, call.name))
+                steps.append(step)
                 await self._commit_step(session, step)
             elapsed = (perf() - round_start) * 1000.0
-            tools_total = sum(s.tool_ms for s in session.steps[-len(results) :])
-            overhead = max(0.0, elapsed - model_ms - tools_total) / len(results)
-            for step in session.steps[-len(results) :]:
+            overhead = max(0.0, elapsed - model_ms - tools_total) / len(steps)
+            for step in steps:
                 step.overhead_ms = overhead
             if failed and config.error_recovery == "stop":
                 return
@@ -568,12 +567,8 @@ class AgentRuntime:
         return response
 
     async def _run_parallel(
-        self, session: AgentSession, response: ChatResponse, limit: asyncio.Semaphore
+        self, session: AgentSession, calls: list[ToolCall], limit: asyncio.Semaphore
     ) -> list[tuple[Observation, float]]:
-        calls = response.tool_calls
-        if len(calls) == 1:
-            return [await self._call_tool(session, calls[0].name, calls[0].arguments)]
-
         async def bounded(name: str, arguments: Any) -> tuple[Observation, float]:
             async with limit:
                 return await self._call_tool(session, name, arguments)
@@ -684,6 +679,25 @@ class AgentRuntime:
             raise PersistenceError(f"final checkpoint failed: {error}", key=key) from error
         if self.events.active:
             self.events.emit(CheckpointSaved(session.session_id, key))
+
+
+# A random per-process prefix plus a counter: unique across processes like a uuid4, without
+# a system call per session. A forked child draws a new prefix.
+_session_id_prefix = os.urandom(8).hex()
+_session_counter = itertools.count(1)
+
+
+def _new_session_id_prefix() -> None:
+    global _session_id_prefix
+    _session_id_prefix = os.urandom(8).hex()
+
+
+os.register_at_fork(after_in_child=_new_session_id_prefix)
+
+
+def new_session_id() -> str:
+    """Returns a fresh session id (32 hex characters, unique across processes)."""
+    return f"{_session_id_prefix}{next(_session_counter):016x}"
 
 
 def _need(infer: InferFn | None) -> InferFn:

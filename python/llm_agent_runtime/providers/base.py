@@ -7,7 +7,8 @@ so the agent loop never sees a wire format.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,19 +39,36 @@ class ToolCall(BaseModel):
     """Arguments, already decoded from JSON."""
 
 
-class Message(BaseModel):
-    """One chat message, in a provider-neutral form."""
+Role = Literal["system", "user", "assistant", "tool"]
+"""Who wrote a message; `tool` carries a tool's result."""
+_ROLES = frozenset(("system", "user", "assistant", "tool"))
 
-    role: Literal["system", "user", "assistant", "tool"]
+
+@dataclass(slots=True)
+class Message:
+    """One chat message, in a provider-neutral form.
+
+    A plain dataclass, not a pydantic model: the agent loop builds two per tool call, and
+    only the role needs checking (tool calls come validated from the provider).
+
+    Raises:
+        ValueError: When `role` is not one of system, user, assistant, tool.
+    """
+
+    role: Role
     """Who wrote the message; `tool` carries a tool's result."""
     content: str = ""
     """The text of the message."""
-    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
     """Tool calls an assistant message requested."""
     tool_call_id: str | None = None
     """For a `tool` message: the id of the call it answers."""
     name: str | None = None
     """For a `tool` message: the tool's name."""
+
+    def __post_init__(self) -> None:
+        if self.role not in _ROLES:
+            raise ValueError(f"message role must be one of {sorted(_ROLES)}, got {self.role!r}")
 
 
 class ToolDefinition(BaseModel):
@@ -95,18 +113,21 @@ class ChatResponse(BaseModel):
     """Model that answered, as the provider reported it."""
 
 
-class TextDelta(BaseModel):
+# Stream events are named tuples, not pydantic models: a provider builds one per streamed
+# chunk, and they carry values already checked by the provider's parser.
+
+
+class TextDelta(NamedTuple):
     """Streamed event: a piece of the model's text."""
 
-    type: Literal["text_delta"] = "text_delta"
     text: str
     """The new text."""
 
 
-class ToolCallDelta(BaseModel):
+@dataclass(frozen=True, slots=True)  # not a NamedTuple: `index` would shadow tuple.index
+class ToolCallDelta:
     """Streamed event: a piece of a tool call (arguments arrive as JSON fragments)."""
 
-    type: Literal["tool_call_delta"] = "tool_call_delta"
     index: int
     """Position of the call among this response's tool calls."""
     id: str | None = None
@@ -117,10 +138,9 @@ class ToolCallDelta(BaseModel):
     """A fragment of the arguments' JSON text."""
 
 
-class StreamEnd(BaseModel):
+class StreamEnd(NamedTuple):
     """Streamed event: the stream finished; carries the assembled response."""
 
-    type: Literal["stream_end"] = "stream_end"
     response: ChatResponse
     """The whole response, with tool calls assembled and usage filled in."""
 

@@ -1,0 +1,456 @@
+"""HTTP plumbing shared by the HTTP providers: one pooled client, errors, retries, SSE.
+
+Every provider talks to its API through an `HttpTransport`: it owns the pooled
+`httpx.AsyncClient` (created on first use, closed by `aclose`), sends the auth headers, maps
+transport failures and error statuses onto `ProviderError` in one place, retries through a
+`RetryPolicy`, and reads server-sent events. The API key lives only in the request headers:
+it is never part of a repr, a log line or an error message (error bodies are redacted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from llm_agent_runtime.errors import ProviderError
+from llm_agent_runtime.orchestration.retry import RetryPolicy
+from llm_agent_runtime.providers.base import ToolCall
+
+if TYPE_CHECKING:
+    from llm_agent_runtime._core import RuntimeMetrics
+    from llm_agent_runtime.orchestration.budget import CostBudget
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "HttpTransport",
+    "PartialToolCall",
+    "SseEvent",
+    "decode_arguments",
+    "is_retryable_status",
+    "iter_sse",
+    "parse_json",
+    "parse_retry_after",
+]
+
+DEFAULT_TIMEOUT = 600.0
+"""Seconds to wait for the next bytes of a response (long completions are slow to start)."""
+DEFAULT_CONNECT_TIMEOUT = 5.0
+"""Seconds to wait for a TCP/TLS connection."""
+DEFAULT_LIMITS_MAX_CONNECTIONS = 100
+"""Most connections one provider's pool opens at once."""
+_MAX_ERROR_MESSAGE = 500
+"""Error bodies longer than this many characters are cut in messages."""
+_REDACTED = "[redacted]"
+
+T = TypeVar("T")
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def is_retryable_status(status: int) -> bool:
+    """Whether a response status is worth another attempt: 408, 409, 429 and every 5xx (529)."""
+    return status in (408, 409, 429) or status >= 500
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the server asked to wait, from `retry-after-ms` or `Retry-After`.
+
+    `Retry-After` may be a number of seconds or an HTTP date.
+
+    Args:
+        headers: Response headers (case-insensitive lookups, as `httpx.Headers`).
+        now: Current Unix time, for HTTP dates (defaults to `time.time()`).
+
+    Returns:
+        The delay in seconds (never negative), or None when the server gave none or gave
+        something unreadable.
+    """
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(millis) / 1000.0)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is always GMT
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class SseEvent(NamedTuple):
+    """One server-sent event."""
+
+    event: str | None
+    """The `event:` field, or None when the event had none."""
+    data: bytes
+    """The `data:` lines joined with newlines (JSON text for both APIs)."""
+
+
+async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
+    """Reads server-sent events from a byte stream.
+
+    Follows the HTML event-stream rules the two APIs use: `data:` lines accumulate, `event:`
+    names the event, a blank line dispatches it, `:` starts a comment, other fields (`id`,
+    `retry`) are ignored. Lines end in LF or CRLF. An event not closed by a blank line when the
+    stream ends is still dispatched (some servers omit the last blank line).
+
+    Args:
+        chunks: The response body, in chunks of any size.
+
+    Yields:
+        Events with their data, in order.
+    """
+    pending = b""
+    event: str | None = None
+    data: list[bytes] = []
+    async for chunk in chunks:
+        pending += chunk
+        end = pending.rfind(b"\n")
+        if end < 0:
+            continue
+        lines = pending[: end + 1].splitlines()
+        pending = pending[end + 1 :]
+        for line in lines:
+            if not line:
+                if data:
+                    yield SseEvent(event, b"\n".join(data))
+                    data = []
+                event = None
+            elif line.startswith(b"data:"):
+                data.append(line[6:] if line[5:6] == b" " else line[5:])
+            elif line.startswith(b"event:"):
+                event = line[6:].strip().decode("utf-8", "replace")
+    for line in pending.splitlines():
+        if line.startswith(b"data:"):
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode("utf-8", "replace")
+    if data:
+        yield SseEvent(event, b"\n".join(data))
+
+
+def error_message(body: bytes) -> str:
+    """The human part of an error body: `error.message` of either API's JSON, else the text."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return text[:_MAX_ERROR_MESSAGE] or "no error message"
+    if isinstance(payload, dict):
+        error = payload.get("error", payload)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            kind = error.get("type")
+            message = error["message"]
+            text = f"{kind}: {message}" if isinstance(kind, str) else message
+        elif isinstance(error, str):
+            text = error
+    return text[:_MAX_ERROR_MESSAGE] or "no error message"
+
+
+def parse_json(model: type[ModelT], data: bytes, what: str) -> ModelT:
+    """Validates a JSON body or event as a wire model.
+
+    Raises:
+        ProviderError: The JSON is malformed or does not fit the model. The message names the
+            first problem but never the input (which could echo a secret), and the pydantic
+            error is not chained.
+    """
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+    where = ".".join(str(part) for part in errors[0]["loc"]) if errors else ""
+    problem = f"{where or 'body'}: {errors[0]['msg']}" if errors else "invalid"
+    raise ProviderError(f"malformed {what}: {problem}")
+
+
+def decode_arguments(text: str, default: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Decodes a tool call's JSON arguments; blank text gives `default` (or `{}`).
+
+    Raises:
+        ProviderError: The text is not a JSON object.
+    """
+    if not text.strip():
+        return default if default is not None else {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ProviderError(f"tool call arguments are not valid JSON: {text[:200]!r}") from None
+    if not isinstance(value, dict):
+        raise ProviderError(f"tool call arguments are not a JSON object: {text[:200]!r}")
+    return value
+
+
+@dataclass(slots=True)
+class PartialToolCall:
+    """A tool call being assembled from streamed fragments of its JSON arguments."""
+
+    index: int
+    """Position of the call among the response's tool calls."""
+    id: str | None
+    name: str | None
+    fragments: list[str] = field(default_factory=list)
+    """The arguments' JSON text, in pieces as they arrived."""
+    initial: dict[str, Any] | None = None
+    """Arguments announced at the start, used when no fragment arrives."""
+
+    def build(self) -> ToolCall:
+        """The finished call.
+
+        Raises:
+            ProviderError: The assembled arguments are not a JSON object.
+        """
+        return ToolCall(
+            id=self.id or f"call_{self.index}",
+            name=self.name or "",
+            arguments=decode_arguments("".join(self.fragments), self.initial),
+        )
+
+
+class HttpTransport:
+    """The HTTP side of one provider: pooled client, headers, timeouts, retries, accounting.
+
+    Args:
+        name: Provider name used in error messages (e.g. "OpenAI").
+        base_url: API root; request paths are appended to it.
+        headers: Headers sent with every request (auth included).
+        secret: The API key, removed from any error text the server echoes.
+        timeout: Seconds to wait for the next bytes of a response.
+        connect_timeout: Seconds to wait for a connection.
+        retry: Retry policy for failed calls (None: `RetryPolicy()`, 3 attempts).
+        http_client: An `httpx.AsyncClient` to use instead of creating one; it is not closed
+            by `aclose`.
+        budget: Cost budget checked before each call and charged with its usage.
+        metrics: Runtime metrics that receive each call's token counts.
+        input_cost_per_million: US dollars per million input tokens (charged to `budget`).
+        output_cost_per_million: US dollars per million output tokens (charged to `budget`).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        secret: str | None,
+        timeout: float,
+        connect_timeout: float,
+        retry: RetryPolicy | None,
+        http_client: httpx.AsyncClient | None,
+        budget: CostBudget | None,
+        metrics: RuntimeMetrics | None,
+        input_cost_per_million: float,
+        output_cost_per_million: float,
+    ) -> None:
+        if timeout <= 0 or connect_timeout <= 0:
+            raise ValueError("timeouts must be > 0 seconds")
+        if input_cost_per_million < 0 or output_cost_per_million < 0:
+            raise ValueError("token prices must be >= 0")
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self._headers = dict(headers)
+        self._secret = secret or None
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._client = http_client
+        self._owns_client = http_client is None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.budget = budget
+        self.metrics = metrics
+        self.input_cost_per_million = input_cost_per_million
+        self.output_cost_per_million = output_cost_per_million
+
+    def __reduce__(self) -> Any:
+        # The headers hold the API key: never let it reach a pickle (or a checkpoint).
+        raise TypeError(f"a {self.name} provider holds an API key and cannot be pickled")
+
+    # ------------------------------------------------------------------ client lifecycle
+    def _http(self) -> httpx.AsyncClient:
+        if self._closed:
+            raise ProviderError(f"{self.name} provider is closed")
+        if not self._owns_client:
+            assert self._client is not None
+            return self._client
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            # Pooled connections belong to the loop that opened them: a provider reused under
+            # a new event loop (a second asyncio.run) starts a fresh pool.
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+                limits=httpx.Limits(max_connections=DEFAULT_LIMITS_MAX_CONNECTIONS),
+            )
+            self._client_loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        """Closes the pooled client (when this transport created it); later calls fail."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            with contextlib.suppress(RuntimeError):  # its event loop is already gone
+                await client.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """Whether `aclose` was called."""
+        return self._closed
+
+    # ------------------------------------------------------------------ errors
+    def redact(self, text: str) -> str:
+        """Removes the API key from text that came from the server or the network layer."""
+        if self._secret is not None and self._secret in text:
+            return text.replace(self._secret, _REDACTED)
+        return text
+
+    @contextlib.contextmanager
+    def translate_errors(self) -> Iterator[None]:
+        """Turns httpx transport failures into `ProviderError` (timeouts and drops retryable)."""
+        try:
+            yield
+        except httpx.TimeoutException as exc:
+            raise ProviderError(
+                f"{self.name} request timed out ({type(exc).__name__})", retryable=True
+            ) from exc
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise ProviderError(
+                self.redact(f"{self.name} connection failed: {type(exc).__name__}: {exc}"),
+                retryable=True,
+            ) from exc
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
+            raise ProviderError(
+                self.redact(f"{self.name} request failed: {type(exc).__name__}: {exc}")
+            ) from exc
+
+    def status_error(self, response: httpx.Response, body: bytes) -> ProviderError:
+        """The `ProviderError` for a response with an error status."""
+        status = response.status_code
+        message = self.redact(error_message(body))
+        return ProviderError(
+            f"{self.name} API error: {message}",
+            status=status,
+            retryable=is_retryable_status(status),
+            retry_after=parse_retry_after(response.headers),
+        )
+
+    # ------------------------------------------------------------------ requests
+    async def post_json(self, path: str, body: dict[str, Any]) -> bytes:
+        """POSTs a JSON body and returns the response body, retrying per the policy.
+
+        Raises:
+            ProviderError: The call failed on its last attempt, or with a status that
+                another attempt cannot fix.
+            BudgetExceededError: The budget is already spent.
+        """
+        self.check_budget()
+        content = json.dumps(body).encode()
+        result: bytes = await self.retry.run(self._post_once, path, content)
+        return result
+
+    async def _post_once(self, path: str, content: bytes) -> bytes:
+        client = self._http()
+        with self.translate_errors():
+            response = await client.post(
+                self.base_url + path, content=content, headers=self._headers
+            )
+            payload = response.content
+        if response.status_code >= 400:
+            raise self.status_error(response, payload)
+        return payload
+
+    async def post_sse(self, path: str, body: dict[str, Any]) -> AsyncIterator[SseEvent]:
+        """POSTs a JSON body and yields the server-sent events of the response (one attempt).
+
+        Raises:
+            ProviderError: Error status, timeout, or a connection lost mid-stream.
+        """
+        client = self._http()
+        content = json.dumps(body).encode()
+        with self.translate_errors():
+            request = client.build_request(
+                "POST", self.base_url + path, content=content, headers=self._headers
+            )
+            response = await client.send(request, stream=True)
+            try:
+                if response.status_code >= 400:
+                    raise self.status_error(response, await response.aread())
+                async for event in iter_sse(response.aiter_bytes()):
+                    yield event
+            finally:
+                await response.aclose()
+
+    async def retry_stream(self, open_stream: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """Yields a stream's items, retrying the whole stream until its first item arrives.
+
+        Once an item has been yielded, a failure is raised as is: the caller has already seen
+        part of the answer, so the call cannot be replayed behind its back.
+
+        Args:
+            open_stream: Starts one attempt of the stream.
+
+        Raises:
+            ProviderError: The stream failed (before its first item: on the last attempt).
+            BudgetExceededError: The budget is already spent.
+        """
+        self.check_budget()
+
+        async def first_item() -> tuple[T, AsyncIterator[T]]:
+            stream = open_stream()
+            try:
+                return await stream.__anext__(), stream
+            except StopAsyncIteration:
+                raise ProviderError(
+                    f"{self.name} stream ended without any event", retryable=True
+                ) from None
+            except BaseException:
+                await _aclose(stream)
+                raise
+
+        first, stream = await self.retry.run(first_item)
+        try:
+            yield first
+            async for item in stream:
+                yield item
+        finally:
+            await _aclose(stream)
+
+    # ------------------------------------------------------------------ accounting
+    def check_budget(self) -> None:
+        """Refuses a call once the budget is spent (`BudgetExceededError`)."""
+        if self.budget is not None:
+            self.budget.check()
+
+    def charge(self, input_tokens: int, output_tokens: int) -> None:
+        """Feeds one call's usage to the metrics and the budget (which may then raise)."""
+        if self.metrics is not None:
+            self.metrics.record_tokens(input_tokens, output_tokens)
+        if self.budget is not None:
+            cost = (
+                input_tokens * self.input_cost_per_million
+                + output_tokens * self.output_cost_per_million
+            ) / 1_000_000
+            self.budget.record(input_tokens, output_tokens, cost)
+
+
+async def _aclose(stream: AsyncIterator[Any]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()

@@ -1,0 +1,471 @@
+"""`AnthropicProvider`: the Anthropic Messages API (`POST {base_url}/v1/messages`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from llm_agent_runtime.errors import ProviderError
+from llm_agent_runtime.providers._http import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    HttpTransport,
+    PartialToolCall,
+    is_retryable_status,
+    parse_json,
+)
+from llm_agent_runtime.providers.base import (
+    ChatResponse,
+    Message,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolDefinition,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+    from llm_agent_runtime._core import RuntimeMetrics
+    from llm_agent_runtime.orchestration.budget import CostBudget
+    from llm_agent_runtime.orchestration.retry import RetryPolicy
+
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "DEFAULT_ANTHROPIC_BASE_URL",
+    "DEFAULT_ANTHROPIC_MODEL",
+    "DEFAULT_MAX_TOKENS",
+    "AnthropicProvider",
+]
+
+DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+"""The Anthropic API root (`ANTHROPIC_BASE_URL` overrides it)."""
+DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-5"
+"""Model used when neither the call nor the provider names one (`ANTHROPIC_MODEL` overrides)."""
+DEFAULT_MAX_TOKENS = 4096
+"""Most tokens a reply may have unless the call says otherwise (the API requires a limit)."""
+ANTHROPIC_VERSION = "2023-06-01"
+"""Value of the `anthropic-version` header."""
+
+_RESERVED_PARAMS = frozenset(("messages", "model", "stream", "system", "tools"))
+
+# Error types of the Messages API and the HTTP status each stands for.
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+# ---------------------------------------------------------------------- wire types
+class _Block(BaseModel):
+    type: str
+    text: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: dict[str, Any] | None = None
+
+
+class _Usage(BaseModel):
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+
+    def billed_input(self) -> int:
+        return (
+            (self.input_tokens or 0)
+            + (self.cache_creation_input_tokens or 0)
+            + (self.cache_read_input_tokens or 0)
+        )
+
+
+class _Message(BaseModel):
+    model: str | None = None
+    content: list[_Block]
+    stop_reason: str | None = None
+    usage: _Usage = _Usage()
+
+
+class _StreamedMessage(BaseModel):
+    model: str | None = None
+    usage: _Usage = _Usage()
+
+
+class _Delta(BaseModel):
+    type: str | None = None
+    text: str | None = None
+    partial_json: str | None = None
+    stop_reason: str | None = None
+
+
+class _Error(BaseModel):
+    type: str = "api_error"
+    message: str = "unknown error"
+
+
+class _Event(BaseModel):
+    type: str
+    message: _StreamedMessage | None = None
+    index: int = 0
+    content_block: _Block | None = None
+    delta: _Delta | None = None
+    usage: _Usage | None = None
+    error: _Error | None = None
+
+
+# ---------------------------------------------------------------------- provider
+class AnthropicProvider:
+    """An `LlmProvider` over the Anthropic Messages API.
+
+    System messages are sent as the `system` parameter; tool calls and results travel as
+    `tool_use` / `tool_result` content blocks. One pooled `httpx.AsyncClient` per provider; use
+    `async with AnthropicProvider() as llm:` or call `aclose()`. Failed calls are retried
+    through `retry` on 408/409/429/5xx/529 statuses, overloaded or API error events that
+    arrive before any output, timeouts and dropped connections, honouring `Retry-After` and
+    `retry-after-ms`.
+
+    Args:
+        api_key: API key (default: `ANTHROPIC_API_KEY`). Optional for a custom `base_url`.
+        base_url: API root (default: `ANTHROPIC_BASE_URL`, else Anthropic's).
+        model: Model used when a call names none (default: `ANTHROPIC_MODEL`, else
+            `DEFAULT_ANTHROPIC_MODEL`).
+        max_tokens: Most tokens per reply unless a call passes `max_tokens=`.
+        timeout: Seconds to wait for the next bytes of a response.
+        connect_timeout: Seconds to wait for a connection.
+        retry: Retry policy (None: `RetryPolicy()`, 3 attempts; `RetryPolicy(max_attempts=1)`
+            turns retries off).
+        stop: Stop sequences sent with every call (a call's `stop=` overrides them).
+        http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here).
+        budget: Cost budget checked before each call and charged with its usage. Leave it
+            unset inside an `AgentRuntime` that has a budget: the runtime charges each call.
+        metrics: Runtime metrics that receive each call's token counts (the same caveat).
+        input_cost_per_million: US dollars per million input tokens, charged to `budget`.
+        output_cost_per_million: US dollars per million output tokens, charged to `budget`.
+
+    Raises:
+        ProviderError: No API key for Anthropic's own API.
+        ValueError: A timeout, price or `max_tokens` is out of range.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        model: str | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        stop: Sequence[str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        budget: CostBudget | None = None,
+        metrics: RuntimeMetrics | None = None,
+        input_cost_per_million: float = 0.0,
+        output_cost_per_million: float = 0.0,
+    ) -> None:
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
+        base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_BASE_URL
+        if api_key is None and base_url.rstrip("/") == DEFAULT_ANTHROPIC_BASE_URL:
+            raise ProviderError(
+                "no Anthropic API key: pass api_key= or set ANTHROPIC_API_KEY "
+                "(or point base_url at a proxy that adds it)"
+            )
+        self.model = model or os.environ.get("ANTHROPIC_MODEL") or DEFAULT_ANTHROPIC_MODEL
+        """Model used when a call names none."""
+        self.max_tokens = max_tokens
+        """Most tokens per reply unless a call says otherwise."""
+        self.stop = list(stop) if stop else None
+        """Stop sequences sent with every call."""
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/json",
+            "anthropic-version": ANTHROPIC_VERSION,
+        }
+        if api_key is not None:
+            headers["x-api-key"] = api_key
+        self._transport = HttpTransport(
+            name="Anthropic",
+            base_url=base_url,
+            headers=headers,
+            secret=api_key,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            retry=retry,
+            http_client=http_client,
+            budget=budget,
+            metrics=metrics,
+            input_cost_per_million=input_cost_per_million,
+            output_cost_per_million=output_cost_per_million,
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The API root requests go to."""
+        return self._transport.base_url
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider(base_url={self.base_url!r}, model={self.model!r})"
+
+    async def __aenter__(self) -> AnthropicProvider:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Closes the connection pool; the provider cannot be used afterwards."""
+        await self._transport.aclose()
+
+    # ------------------------------------------------------------------ LlmProvider
+    async def complete(self, prompt: str, model: str | None = None) -> str:
+        """Returns the model's text reply to a single user prompt.
+
+        Raises:
+            ProviderError: The call failed (after retries when retryable).
+            BudgetExceededError: The budget is spent.
+        """
+        return (await self.chat([Message("user", prompt)], model=model)).text
+
+    async def stream(self, prompt: str, model: str | None = None) -> AsyncIterator[str]:
+        """Yields the model's text reply to a single user prompt as it arrives.
+
+        Raises:
+            ProviderError: The stream failed; raised from the iterator, never a hang.
+        """
+        async for event in self.chat_stream([Message("user", prompt)], model=model):
+            if type(event) is TextDelta:
+                yield event.text
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> ChatResponse:
+        """Sends a conversation (and optional tools) and returns the whole response.
+
+        Args:
+            messages: The conversation so far; system messages become the `system` prompt.
+            tools: Tools the model may call.
+            model: Model for this call (default: the provider's).
+            **params: Other Messages API parameters, sent as given (`max_tokens`,
+                `temperature`, `tool_choice`, ...); `stop=` is sent as `stop_sequences`.
+
+        Raises:
+            ProviderError: The call failed, or the response is not a message.
+            BudgetExceededError: The budget is spent.
+            ValueError: `params` overrides a field the provider sets itself.
+        """
+        body = self._body(messages, tools, model, params, stream=False)
+        raw = await self._transport.post_json("/v1/messages", body)
+        message = parse_json(_Message, raw, "Anthropic response")
+        text: list[str] = []
+        calls: list[ToolCall] = []
+        for block in message.content:
+            if block.type == "text":
+                text.append(block.text or "")
+            elif block.type == "tool_use":
+                calls.append(
+                    ToolCall(id=block.id or "", name=block.name or "", arguments=block.input or {})
+                )
+        input_tokens = message.usage.billed_input()
+        output_tokens = message.usage.output_tokens or 0
+        response = ChatResponse(
+            text="".join(text),
+            tool_calls=calls,
+            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+            stop_reason=message.stop_reason,
+            model=message.model,
+        )
+        self._transport.charge(input_tokens, output_tokens)
+        return response
+
+    def chat_stream(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """Streams a response as `TextDelta` / `ToolCallDelta` events, ending with `StreamEnd`.
+
+        Arguments are as for `chat`.
+
+        Raises:
+            ProviderError: From the iterator: the stream failed (error status, `error` event,
+                malformed event, timeout, connection lost, or no `message_stop`).
+            BudgetExceededError: The budget is spent.
+            ValueError: `params` overrides a field the provider sets itself.
+        """
+        body = self._body(messages, tools, model, params, stream=True)
+        return self._transport.retry_stream(lambda: self._stream_once(body))
+
+    # ------------------------------------------------------------------ wire format
+    def _body(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] | None,
+        model: str | None,
+        params: dict[str, Any],
+        *,
+        stream: bool,
+    ) -> dict[str, Any]:
+        reserved = _RESERVED_PARAMS.intersection(params)
+        if reserved:
+            raise ValueError(f"parameters set by the provider cannot be passed: {sorted(reserved)}")
+        system, wire_messages = _wire_messages(messages)
+        body: dict[str, Any] = {
+            "model": model or self.model,
+            "max_tokens": self.max_tokens,
+            "messages": wire_messages,
+        }
+        if system:
+            body["system"] = system
+        if tools:
+            body["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters}
+                for t in tools
+            ]
+        stop = params.pop("stop", None) or self.stop
+        if stop:
+            body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        body.update(params)
+        if stream:
+            body["stream"] = True
+        return body
+
+    async def _stream_once(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
+        text: list[str] = []
+        tool_blocks: dict[int, PartialToolCall] = {}  # by content block index
+        stop_reason: str | None = None
+        model: str | None = None
+        input_tokens = output_tokens = 0
+        done = False
+        async for sse in self._transport.post_sse("/v1/messages", body):
+            # Read on past message_stop to the end of the body: the connection goes back to
+            # the pool only once the body is complete.
+            if done:
+                continue
+            event = parse_json(_Event, sse.data, "Anthropic stream event")
+            kind = event.type
+            if kind == "content_block_delta":
+                delta = event.delta
+                if delta is None:
+                    raise ProviderError("malformed Anthropic stream event: delta missing")
+                if delta.type == "text_delta" and delta.text:
+                    text.append(delta.text)
+                    yield TextDelta(delta.text)
+                elif delta.type == "input_json_delta" and delta.partial_json:
+                    block = tool_blocks.get(event.index)
+                    if block is None:
+                        raise ProviderError(
+                            f"Anthropic stream sent input JSON for block {event.index}, "
+                            "which is not a tool_use block"
+                        )
+                    block.fragments.append(delta.partial_json)
+                    yield ToolCallDelta(block.index, None, None, delta.partial_json)
+            elif kind == "content_block_start":
+                start = event.content_block
+                if start is not None and start.type == "tool_use":
+                    ordinal = len(tool_blocks)
+                    tool_blocks[event.index] = PartialToolCall(
+                        ordinal, start.id, start.name, initial=start.input
+                    )
+                    yield ToolCallDelta(ordinal, start.id, start.name, "")
+                elif start is not None and start.type == "text" and start.text:
+                    text.append(start.text)
+                    yield TextDelta(start.text)
+            elif kind == "message_start":
+                if event.message is not None:
+                    model = event.message.model
+                    input_tokens = event.message.usage.billed_input()
+                    output_tokens = event.message.usage.output_tokens or 0
+            elif kind == "message_delta":
+                if event.delta is not None and event.delta.stop_reason is not None:
+                    stop_reason = event.delta.stop_reason
+                if event.usage is not None:
+                    # Counts in message_delta are cumulative for the whole message.
+                    if event.usage.output_tokens is not None:
+                        output_tokens = event.usage.output_tokens
+                    if event.usage.input_tokens is not None:
+                        input_tokens = event.usage.billed_input()
+            elif kind == "message_stop":
+                done = True
+            elif kind == "error":
+                raise _stream_error(event.error or _Error(), self._transport)
+            # ping, content_block_stop and event types added later carry nothing we need.
+        if not done:
+            raise ProviderError("Anthropic stream ended before message_stop", retryable=True)
+        response = ChatResponse(
+            text="".join(text),
+            tool_calls=[call.build() for call in tool_blocks.values()],
+            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+            stop_reason=stop_reason,
+            model=model,
+        )
+        self._transport.charge(input_tokens, output_tokens)
+        yield StreamEnd(response)
+
+
+def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
+    """Splits out the system prompt and builds alternating user / assistant messages.
+
+    Tool results become `tool_result` blocks of a user message; consecutive messages of one
+    role are merged, as the API requires the roles to alternate.
+    """
+    system: list[str] = []
+    wire: list[dict[str, Any]] = []
+    for message in messages:
+        role = message.role
+        blocks: list[dict[str, Any]]
+        if role == "system":
+            system.append(message.content)
+            continue
+        if role == "tool":
+            role = "user"
+            blocks = [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": message.tool_call_id or "",
+                    "content": message.content,
+                }
+            ]
+        else:
+            blocks = [{"type": "text", "text": message.content}] if message.content else []
+            blocks.extend(
+                {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
+                for call in message.tool_calls
+            )
+        if wire and wire[-1]["role"] == role:
+            wire[-1]["content"].extend(blocks)
+        else:
+            wire.append({"role": role, "content": blocks})
+    return "\n\n".join(system), wire
+
+
+def _stream_error(error: _Error, transport: HttpTransport) -> ProviderError:
+    """The error for an `error` event (e.g. `overloaded_error` mid-stream)."""
+    status = _ERROR_STATUS.get(error.type)
+    return ProviderError(
+        transport.redact(f"Anthropic API error: {error.type}: {error.message}"),
+        status=status,
+        retryable=status is not None and is_retryable_status(status),
+    )

@@ -1,0 +1,431 @@
+"""`OpenAIProvider`: the Chat Completions API, and any server that speaks it.
+
+Works with OpenAI itself and with OpenAI-compatible servers (vLLM, Ollama, llama.cpp,
+LM Studio) through `base_url`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from llm_agent_runtime.errors import ProviderError
+from llm_agent_runtime.providers._http import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    HttpTransport,
+    PartialToolCall,
+    decode_arguments,
+    is_retryable_status,
+    parse_json,
+)
+from llm_agent_runtime.providers.base import (
+    ChatResponse,
+    Message,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolDefinition,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+    from llm_agent_runtime._core import RuntimeMetrics
+    from llm_agent_runtime.orchestration.budget import CostBudget
+    from llm_agent_runtime.orchestration.retry import RetryPolicy
+
+__all__ = ["DEFAULT_OPENAI_BASE_URL", "DEFAULT_OPENAI_MODEL", "OpenAIProvider"]
+
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+"""The OpenAI API root (`OPENAI_BASE_URL` overrides it)."""
+DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
+"""Model used when neither the call nor the provider names one (`OPENAI_MODEL` overrides it)."""
+
+_RESERVED_PARAMS = frozenset(("messages", "model", "stream", "stream_options", "tools"))
+_DONE = b"[DONE]"
+
+
+# ---------------------------------------------------------------------- wire types
+class _FunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ToolCall(BaseModel):
+    id: str
+    function: _FunctionCall
+
+
+class _AssistantMessage(BaseModel):
+    content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+
+
+class _Choice(BaseModel):
+    message: _AssistantMessage
+    finish_reason: str | None = None
+
+
+class _Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _Completion(BaseModel):
+    model: str | None = None
+    choices: list[_Choice]
+    usage: _Usage | None = None
+
+
+class _ToolCallChunk(BaseModel):
+    index: int
+    id: str | None = None
+    function: _FunctionCall | None = None
+
+
+class _Delta(BaseModel):
+    content: str | None = None
+    tool_calls: list[_ToolCallChunk] | None = None
+
+
+class _ChunkChoice(BaseModel):
+    index: int = 0
+    delta: _Delta
+    finish_reason: str | None = None
+
+
+class _Error(BaseModel):
+    message: str = "unknown error"
+    type: str | None = None
+    code: int | str | None = None
+
+
+class _Chunk(BaseModel):
+    model: str | None = None
+    choices: list[_ChunkChoice] = []
+    usage: _Usage | None = None
+    error: _Error | None = None
+
+
+# ---------------------------------------------------------------------- provider
+class OpenAIProvider:
+    """An `LlmProvider` over the Chat Completions API (`POST {base_url}/chat/completions`).
+
+    One pooled `httpx.AsyncClient` per provider; use `async with OpenAIProvider() as llm:` or
+    call `aclose()`. Failed calls are retried through `retry` on 408/409/429/5xx statuses,
+    timeouts and dropped connections, honouring `Retry-After` and `retry-after-ms`. A stream is
+    retried only until its first event has been yielded.
+
+    Args:
+        api_key: API key (default: `OPENAI_API_KEY`). Optional for a custom `base_url`, as
+            local servers (Ollama, llama.cpp) need none.
+        base_url: API root including `/v1` (default: `OPENAI_BASE_URL`, else OpenAI's).
+        model: Model used when a call names none (default: `OPENAI_MODEL`, else
+            `DEFAULT_OPENAI_MODEL`).
+        timeout: Seconds to wait for the next bytes of a response.
+        connect_timeout: Seconds to wait for a connection.
+        retry: Retry policy (None: `RetryPolicy()`, 3 attempts; `RetryPolicy(max_attempts=1)`
+            turns retries off).
+        stop: Stop sequences sent with every call (a call's `stop=` overrides them).
+        http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here).
+        budget: Cost budget checked before each call and charged with its usage. Leave it
+            unset inside an `AgentRuntime` that has a budget: the runtime charges each call.
+        metrics: Runtime metrics that receive each call's token counts (the same caveat).
+        input_cost_per_million: US dollars per million input tokens, charged to `budget`.
+        output_cost_per_million: US dollars per million output tokens, charged to `budget`.
+
+    Raises:
+        ProviderError: No API key for OpenAI's own API.
+        ValueError: A timeout or price is out of range.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        model: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        stop: Sequence[str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        budget: CostBudget | None = None,
+        metrics: RuntimeMetrics | None = None,
+        input_cost_per_million: float = 0.0,
+        output_cost_per_million: float = 0.0,
+    ) -> None:
+        api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL
+        if api_key is None and base_url.rstrip("/") == DEFAULT_OPENAI_BASE_URL:
+            raise ProviderError(
+                "no OpenAI API key: pass api_key= or set OPENAI_API_KEY "
+                "(or point base_url / OPENAI_BASE_URL at a local OpenAI-compatible server)"
+            )
+        self.model = model or os.environ.get("OPENAI_MODEL") or DEFAULT_OPENAI_MODEL
+        """Model used when a call names none."""
+        self.stop = list(stop) if stop else None
+        """Stop sequences sent with every call."""
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if api_key is not None:
+            headers["authorization"] = f"Bearer {api_key}"
+        self._transport = HttpTransport(
+            name="OpenAI",
+            base_url=base_url,
+            headers=headers,
+            secret=api_key,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            retry=retry,
+            http_client=http_client,
+            budget=budget,
+            metrics=metrics,
+            input_cost_per_million=input_cost_per_million,
+            output_cost_per_million=output_cost_per_million,
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The API root requests go to."""
+        return self._transport.base_url
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(base_url={self.base_url!r}, model={self.model!r})"
+
+    async def __aenter__(self) -> OpenAIProvider:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Closes the connection pool; the provider cannot be used afterwards."""
+        await self._transport.aclose()
+
+    # ------------------------------------------------------------------ LlmProvider
+    async def complete(self, prompt: str, model: str | None = None) -> str:
+        """Returns the model's text reply to a single user prompt.
+
+        Raises:
+            ProviderError: The call failed (after retries when retryable).
+            BudgetExceededError: The budget is spent.
+        """
+        return (await self.chat([Message("user", prompt)], model=model)).text
+
+    async def stream(self, prompt: str, model: str | None = None) -> AsyncIterator[str]:
+        """Yields the model's text reply to a single user prompt as it arrives.
+
+        Raises:
+            ProviderError: The stream failed; raised from the iterator, never a hang.
+        """
+        async for event in self.chat_stream([Message("user", prompt)], model=model):
+            if type(event) is TextDelta:
+                yield event.text
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> ChatResponse:
+        """Sends a conversation (and optional tools) and returns the whole response.
+
+        Args:
+            messages: The conversation so far.
+            tools: Tools the model may call.
+            model: Model for this call (default: the provider's).
+            **params: Other Chat Completions parameters, sent as given (`temperature`,
+                `max_tokens`, `stop`, `response_format` for JSON-schema output, ...).
+
+        Raises:
+            ProviderError: The call failed, or the response is not a chat completion.
+            BudgetExceededError: The budget is spent.
+            ValueError: `params` overrides a field the provider sets itself.
+        """
+        body = self._body(messages, tools, model, params, stream=False)
+        raw = await self._transport.post_json("/chat/completions", body)
+        completion = parse_json(_Completion, raw, "OpenAI response")
+        if not completion.choices:
+            raise ProviderError("malformed OpenAI response: no choices")
+        choice = completion.choices[0]
+        calls = [
+            ToolCall(
+                id=call.id,
+                name=call.function.name or "",
+                arguments=decode_arguments(call.function.arguments or ""),
+            )
+            for call in choice.message.tool_calls or ()
+        ]
+        usage = completion.usage or _Usage()
+        response = ChatResponse(
+            text=choice.message.content or "",
+            tool_calls=calls,
+            usage=Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
+            stop_reason=choice.finish_reason,
+            model=completion.model,
+        )
+        self._transport.charge(usage.prompt_tokens, usage.completion_tokens)
+        return response
+
+    def chat_stream(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """Streams a response as `TextDelta` / `ToolCallDelta` events, ending with `StreamEnd`.
+
+        Usage comes from `stream_options.include_usage`. Arguments are as for `chat`.
+
+        Raises:
+            ProviderError: From the iterator: the stream failed (error status, error event,
+                malformed event, timeout, connection lost, or no `[DONE]`).
+            BudgetExceededError: The budget is spent.
+            ValueError: `params` overrides a field the provider sets itself.
+        """
+        body = self._body(messages, tools, model, params, stream=True)
+        return self._transport.retry_stream(lambda: self._stream_once(body))
+
+    # ------------------------------------------------------------------ wire format
+    def _body(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] | None,
+        model: str | None,
+        params: dict[str, Any],
+        *,
+        stream: bool,
+    ) -> dict[str, Any]:
+        reserved = _RESERVED_PARAMS.intersection(params)
+        if reserved:
+            raise ValueError(f"parameters set by the provider cannot be passed: {sorted(reserved)}")
+        body: dict[str, Any] = {
+            "model": model or self.model,
+            "messages": [_wire_message(m) for m in messages],
+        }
+        if tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in tools
+            ]
+        if self.stop:
+            body["stop"] = self.stop
+        body.update(params)
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def _stream_once(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
+        text: list[str] = []
+        calls: dict[int, PartialToolCall] = {}
+        finish_reason: str | None = None
+        model: str | None = None
+        usage = _Usage()
+        done = False
+        async for sse in self._transport.post_sse("/chat/completions", body):
+            # Read on past [DONE] to the end of the body so the connection returns to the pool.
+            data = sse.data
+            if done:
+                continue
+            if data == _DONE:
+                done = True
+                continue
+            chunk = parse_json(_Chunk, data, "OpenAI stream event")
+            if chunk.error is not None:
+                raise _stream_error(chunk.error, self._transport)
+            if chunk.usage is not None:
+                usage = chunk.usage
+            if chunk.model:
+                model = chunk.model
+            for choice in chunk.choices:
+                if choice.index != 0:
+                    continue  # only the first choice is assembled (n > 1 is not supported)
+                delta = choice.delta
+                if delta.content:
+                    text.append(delta.content)
+                    yield TextDelta(delta.content)
+                for piece in delta.tool_calls or ():
+                    function = piece.function
+                    name = function.name if function is not None else None
+                    fragment = (function.arguments if function is not None else None) or ""
+                    call = calls.get(piece.index)
+                    if call is None:
+                        call = calls[piece.index] = PartialToolCall(piece.index, piece.id, name)
+                    else:
+                        call.id = call.id or piece.id
+                        call.name = call.name or name
+                    call.fragments.append(fragment)
+                    yield ToolCallDelta(piece.index, piece.id, name, fragment)
+                if choice.finish_reason is not None:
+                    finish_reason = choice.finish_reason
+        if not done:
+            raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
+        response = ChatResponse(
+            text="".join(text),
+            tool_calls=[calls[index].build() for index in sorted(calls)],
+            usage=Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
+            stop_reason=finish_reason,
+            model=model,
+        )
+        self._transport.charge(usage.prompt_tokens, usage.completion_tokens)
+        yield StreamEnd(response)
+
+
+def _wire_message(message: Message) -> dict[str, Any]:
+    if message.role == "tool":
+        return {
+            "role": "tool",
+            "tool_call_id": message.tool_call_id or "",
+            "content": message.content,
+        }
+    wire: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        wire["content"] = message.content or None
+        wire["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+            }
+            for call in message.tool_calls
+        ]
+    return wire
+
+
+def _stream_error(error: _Error, transport: HttpTransport) -> ProviderError:
+    """The error for an `{"error": ...}` event sent in place of a chunk."""
+    status = error.code if isinstance(error.code, int) else None
+    retryable = (
+        is_retryable_status(status)
+        if status is not None
+        else error.type
+        in (
+            "server_error",
+            "rate_limit_exceeded",
+            "overloaded_error",
+        )
+    )
+    kind = f"{error.type}: " if error.type else ""
+    return ProviderError(
+        transport.redact(f"OpenAI stream error: {kind}{error.message}"),
+        status=status,
+        retryable=retryable,
+    )

@@ -1,0 +1,119 @@
+"""End-to-end agent runs through the fake server: ReAct text mode and native tool calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+
+from .conftest import API_KEY, PROVIDERS, make_provider
+from .fake_server import FakeLlmServer, Reply, Turn
+
+pytestmark = pytest.mark.parametrize("kind", PROVIDERS)
+
+
+@ar.tool
+def add(a: int, b: int) -> int:
+    """Adds two integers."""
+    return a + b
+
+
+class MemoryBackend:
+    """Checkpoints kept in a dict, to look at what was saved."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def save(self, key: str, value: bytes) -> None:
+        self.data[key] = value
+
+    async def load(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+
+def tool_results(kind: str, body: dict[str, Any]) -> list[tuple[str, str]]:
+    """(call id, content) of the tool results a request sends back, in either wire format."""
+    if kind == "openai":
+        return [(m["tool_call_id"], m["content"]) for m in body["messages"] if m["role"] == "tool"]
+    return [
+        (block["tool_use_id"], block["content"])
+        for message in body["messages"]
+        if message["role"] == "user"
+        for block in message["content"]
+        if block["type"] == "tool_result"
+    ]
+
+
+async def test_react_text_mode(kind: str, server: FakeLlmServer) -> None:
+    server.script(
+        Turn('Thought: I should add.\nAction: add {"a": 2, "b": 3}'),
+        Turn("Thought: I know it.\nAction: FINAL_ANSWER 5"),
+    )
+    backend = MemoryBackend()
+    runtime = ar.AgentRuntime(ar.AgentConfig(), tools=[add], checkpoint_backend=backend)
+    async with make_provider(kind, server) as llm:
+        session = await runtime.run_agent_with_provider("agent-1", "What is 2 + 3?", llm)
+    assert session.final_answer == "5"
+    assert [(s.action, s.observation) for s in session.steps] == [
+        ("add", "5"),
+        ("FINAL_ANSWER", ""),
+    ]
+    assert len(server.requests) == 2
+    second_prompt = server.requests[1].body.decode()
+    assert "What is 2 + 3?" in second_prompt
+    assert "Observation: 5" in second_prompt
+    assert all(not r.streamed for r in server.requests)
+    assert backend.data
+    assert all(API_KEY.encode() not in saved for saved in backend.data.values())
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_native_tool_calls(kind: str, streaming: bool, server: FakeLlmServer) -> None:
+    server.script(
+        Turn(
+            "Let me add.",
+            tool_calls=[("call_1", "add", {"a": 2, "b": 3}), ("call_2", "add", {"a": 4, "b": 5})],
+            input_tokens=50,
+            output_tokens=20,
+        ),
+        Turn("2 + 3 = 5 and 4 + 5 = 9.", input_tokens=80, output_tokens=12),
+    )
+    metrics = ar.RuntimeMetrics()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools", model="model-x"), tools=[add], metrics=metrics
+    )
+    deltas: list[str] = []
+    if streaming:  # with a listener the runtime streams and forwards the text deltas
+        runtime.events.on(
+            lambda event: deltas.append(event.text) if isinstance(event, ar.LlmTextDelta) else None
+        )
+    async with make_provider(kind, server) as llm:
+        session = await runtime.run_agent_with_provider("agent-1", "2+3 and 4+5?", llm)
+    assert session.final_answer == "2 + 3 = 5 and 4 + 5 = 9."
+    assert [(s.action, s.action_input, s.observation) for s in session.steps] == [
+        ("add", {"a": 2, "b": 3}, "5"),
+        ("add", {"a": 4, "b": 5}, "9"),
+        ("FINAL_ANSWER", "2 + 3 = 5 and 4 + 5 = 9.", ""),
+    ]
+    snapshot = metrics.snapshot()
+    assert (snapshot.input_tokens, snapshot.output_tokens) == (130, 32)
+    first, second = (r.json for r in server.requests)
+    assert all(r.streamed is streaming for r in server.requests)
+    assert first["model"] == second["model"] == "model-x"
+    tool_names = [t["function"]["name"] if kind == "openai" else t["name"] for t in first["tools"]]
+    assert tool_names == ["add"]
+    assert tool_results(kind, second) == [("call_1", "5"), ("call_2", "9")]
+    if streaming:
+        assert "".join(deltas) == "Let me add." + "2 + 3 = 5 and 4 + 5 = 9."
+
+
+async def test_provider_failure_surfaces_from_the_loop(kind: str, server: FakeLlmServer) -> None:
+    server.script(Reply(401, body=b'{"error": {"message": "invalid key"}}'))
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add])
+    async with make_provider(kind, server) as llm:
+        with pytest.raises(ar.ProviderError) as caught:
+            await runtime.run_agent_with_provider("agent-1", "hi", llm)
+    assert (caught.value.status, caught.value.retryable) == (401, False)
+    assert len(server.requests) == 1

@@ -1,0 +1,347 @@
+"""Every fault of the fake server, against both providers, with its exact outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import socket
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from llm_agent_runtime import FakeClock, ProviderError, RetryPolicy
+from llm_agent_runtime.providers.base import Message, StreamEnd, TextDelta
+
+from .conftest import PROVIDERS, make_provider
+from .fake_server import (
+    FakeLlmServer,
+    Reply,
+    Turn,
+    anthropic_error_event,
+    openai_error_event,
+    render_anthropic,
+    render_openai,
+)
+
+pytestmark = pytest.mark.parametrize("kind", PROVIDERS)
+
+HELLO = Turn("Hello there, how are you?", text_chunks=["Hello", " there,", " how are you?"])
+# Index of the first frame after the first text delta, per wire format.
+AFTER_FIRST_DELTA = {"openai": 2, "anthropic": 4}
+ERROR_BODY = b'{"error": {"type": "server_error", "message": "try again"}}'
+
+
+def streamed(kind: str, turn: Turn = HELLO) -> Reply:
+    return render_openai(turn, True) if kind == "openai" else render_anthropic(turn, True)
+
+
+def error_event(kind: str) -> bytes:
+    if kind == "openai":
+        return openai_error_event("upstream failed", "server_error")
+    return anthropic_error_event("Overloaded", "overloaded_error")
+
+
+async def collect(stream: Any) -> tuple[list[Any], ProviderError | None]:
+    """Reads a stream to its end or its error, failing the test if it hangs."""
+    events: list[Any] = []
+
+    async def read() -> None:
+        async for event in stream:
+            events.append(event)
+
+    try:
+        await asyncio.wait_for(read(), timeout=10)
+    except ProviderError as error:
+        return events, error
+    return events, None
+
+
+def texts(events: list[Any]) -> list[str]:
+    return [e.text for e in events if isinstance(e, TextDelta)]
+
+
+USER = [Message("user", "hi")]
+
+
+# ---------------------------------------------------------------------- status errors
+@pytest.mark.parametrize("stream", [False, True])
+async def test_429_waits_the_retry_after_seconds(
+    kind: str, stream: bool, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    server.script(Reply(429, {"retry-after": "7"}, ERROR_BODY), Turn("ok"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        if stream:
+            assert [piece async for piece in llm.stream("hi")] == ["ok"]
+        else:
+            assert await llm.complete("hi") == "ok"
+    assert [r.streamed for r in server.requests] == [stream, stream]
+    assert clock.sleeps == [7.0]
+
+
+async def test_retry_after_ms_and_http_date(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    server.script(
+        Reply(429, {"retry-after-ms": "1500"}, ERROR_BODY),
+        Reply(503, {"retry-after": date}, ERROR_BODY),
+        Turn("ok"),
+    )
+    async with make_provider(kind, server, retry=retry) as llm:
+        assert await llm.complete("hi") == "ok"
+    assert len(server.requests) == 3
+    assert clock.sleeps[0] == 1.5
+    assert 28.0 <= clock.sleeps[1] <= 30.0
+
+
+async def test_5xx_backs_off_then_succeeds(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    server.script(Reply(500, body=ERROR_BODY), Reply(529, body=ERROR_BODY), Turn("ok"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        response = await llm.chat(USER)
+    assert response.text == "ok"
+    assert len(server.requests) == 3
+    assert clock.sleeps == [1.0, 2.0]
+
+
+async def test_529_until_attempts_run_out(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    server.script(*[Reply(529, body=ERROR_BODY)] * 3)
+    async with make_provider(kind, server, retry=retry) as llm:
+        with pytest.raises(ProviderError) as caught:
+            await llm.chat(USER)
+    assert (caught.value.status, caught.value.retryable) == (529, True)
+    assert "server_error: try again" in str(caught.value)
+    assert len(server.requests) == 3
+    assert clock.sleeps == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+async def test_client_errors_are_never_retried(
+    kind: str, status: int, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    failure = Reply(status, {"retry-after": "1"}, ERROR_BODY)
+    server.script(failure, failure, Turn("unused"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        with pytest.raises(ProviderError) as caught:
+            await llm.chat(USER)
+        events, error = await collect(llm.chat_stream(USER))  # the stream, too
+    assert (caught.value.status, caught.value.retryable) == (status, False)
+    assert error is not None
+    assert (error.status, error.retryable) == (status, False)
+    assert events == []
+    assert len(server.requests) == 2  # one per call: no retry
+    assert clock.sleeps == []
+
+
+@pytest.mark.parametrize("status", [408, 409])
+async def test_408_and_409_are_retried(
+    kind: str, status: int, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    server.script(Reply(status, body=ERROR_BODY), Turn("ok"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        assert await llm.complete("hi") == "ok"
+    assert len(server.requests) == 2
+    assert clock.sleeps == [1.0]
+
+
+# ---------------------------------------------------------------------- transport faults
+@pytest.mark.parametrize("stream", [False, True])
+async def test_slow_first_byte_times_out_and_is_retried(
+    kind: str, stream: bool, server: FakeLlmServer, clock: FakeClock
+) -> None:
+    server.script(Reply(first_byte_delay=3.0), Reply(first_byte_delay=3.0))
+    retry = RetryPolicy(max_attempts=2, base_delay=1.0, jitter=False, clock=clock)
+    started = time.perf_counter()
+    async with make_provider(kind, server, retry=retry, timeout=0.2) as llm:
+        if stream:
+            events, error = await collect(llm.chat_stream(USER))
+            assert events == []
+        else:
+            with pytest.raises(ProviderError) as caught:
+                await llm.chat(USER)
+            error = caught.value
+    assert error is not None
+    assert (error.status, error.retryable) == (None, True)
+    assert "timed out" in str(error)
+    assert len(server.requests) == 2
+    assert clock.sleeps == [1.0]
+    assert time.perf_counter() - started < 2.5  # two 0.2 s timeouts, not the 3 s delays
+
+
+async def test_connection_refused_is_retried(kind: str, clock: FakeClock) -> None:
+    with socket.socket() as sock:  # a port with nobody listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    retry = RetryPolicy(max_attempts=3, base_delay=1.0, jitter=False, clock=clock)
+    nobody = SimpleNamespace(url=f"http://127.0.0.1:{port}")
+    async with make_provider(kind, nobody, retry=retry) as llm:
+        with pytest.raises(ProviderError) as caught:
+            await llm.chat(USER)
+    assert (caught.value.status, caught.value.retryable) == (None, True)
+    assert "connection failed: ConnectError" in str(caught.value)
+    assert clock.sleeps == [1.0, 2.0]
+
+
+async def test_connection_dropped_mid_stream_raises_after_the_output(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    reply = streamed(kind)
+    reply.drop_after = AFTER_FIRST_DELTA[kind]
+    server.script(reply, Turn("never replayed"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert texts(events) == ["Hello"]
+    assert error is not None
+    assert (error.status, error.retryable) == (None, True)
+    assert "RemoteProtocolError" in str(error)
+    assert len(server.requests) == 1  # output was already seen: no silent replay
+    assert clock.sleeps == []
+
+
+async def test_connection_dropped_before_any_output_is_retried(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    reply = streamed(kind)
+    reply.drop_after = 1  # role chunk / message_start only: nothing reached the caller
+    server.script(reply, HELLO)
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert error is None
+    assert "".join(texts(events)) == HELLO.text
+    assert isinstance(events[-1], StreamEnd)
+    assert len(server.requests) == 2
+    assert clock.sleeps == [1.0]
+
+
+async def test_stall_mid_stream_times_out(kind: str, server: FakeLlmServer) -> None:
+    reply = streamed(kind)
+    reply.pause_after, reply.pause = AFTER_FIRST_DELTA[kind], 3.0
+    server.script(reply)
+    async with make_provider(kind, server, timeout=0.2) as llm:
+        events, error = await collect(llm.stream("hi"))
+    assert events == ["Hello"]
+    assert error is not None
+    assert (error.status, error.retryable) == (None, True)
+    assert "timed out (ReadTimeout)" in str(error)
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("position", ["first", "mid"])
+async def test_malformed_json_event(
+    kind: str, position: str, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    reply = streamed(kind)
+    assert reply.frames is not None
+    at = 0 if position == "first" else AFTER_FIRST_DELTA[kind]
+    reply.frames.insert(at, b'event: content_block_delta\ndata: {"type": "content_bl\n\n')
+    server.script(reply, Turn("unused"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert texts(events) == ([] if position == "first" else ["Hello"])
+    assert error is not None
+    assert (error.status, error.retryable) == (None, False)
+    assert f"malformed {'OpenAI' if kind == 'openai' else 'Anthropic'} stream event" in str(error)
+    assert len(server.requests) == 1
+    assert clock.sleeps == []
+
+
+async def test_error_event_mid_stream(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    reply = streamed(kind)
+    assert reply.frames is not None
+    reply.frames.insert(AFTER_FIRST_DELTA[kind], error_event(kind))
+    server.script(reply, Turn("unused"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert texts(events) == ["Hello"]
+    assert error is not None
+    if kind == "openai":
+        assert (error.status, error.retryable) == (None, True)
+        assert "server_error: upstream failed" in str(error)
+    else:
+        assert (error.status, error.retryable) == (529, True)
+        assert "overloaded_error: Overloaded" in str(error)
+    assert len(server.requests) == 1
+    assert clock.sleeps == []
+
+
+async def test_error_event_before_any_output_is_retried(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    reply = streamed(kind)
+    assert reply.frames is not None
+    reply.frames.insert(1, error_event(kind))
+    server.script(reply, HELLO)
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert error is None
+    assert "".join(texts(events)) == HELLO.text
+    assert len(server.requests) == 2
+    assert clock.sleeps == [1.0]
+
+
+async def test_non_retryable_error_event_is_not_retried(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    if kind == "openai":
+        frame = openai_error_event("bad request", "invalid_request_error")
+    else:
+        frame = anthropic_error_event("bad request", "invalid_request_error")
+    server.script(Reply(frames=[frame]), HELLO)
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert events == []
+    assert error is not None
+    assert error.retryable is False
+    assert error.status == (None if kind == "openai" else 400)
+    assert len(server.requests) == 1
+
+
+async def test_empty_stream(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    server.script(*[Reply(frames=[], headers={"content-type": "text/event-stream"})] * 3)
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.stream("hi"))
+    assert events == []
+    assert error is not None
+    assert (error.status, error.retryable) == (None, True)
+    assert "stream ended before" in str(error)
+    assert len(server.requests) == 3
+    assert clock.sleeps == [1.0, 2.0]
+
+
+async def test_stream_cut_after_output_without_terminator(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    reply = streamed(kind)
+    assert reply.frames is not None
+    reply.frames = reply.frames[: AFTER_FIRST_DELTA[kind]]  # a clean end, but no [DONE]
+    server.script(reply)
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert texts(events) == ["Hello"]
+    assert error is not None
+    assert error.retryable is True
+    assert ("[DONE]" if kind == "openai" else "message_stop") in str(error)
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "body", [b"{oops", b'{"choices": "many", "content": 3}', b"[]", b"<html>proxy</html>"]
+)
+async def test_malformed_body_is_a_provider_error(
+    kind: str, body: bytes, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    server.script(Reply(body=body), Turn("unused"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        with pytest.raises(ProviderError, match="malformed") as caught:
+            await llm.chat(USER)
+    assert (caught.value.status, caught.value.retryable) == (None, False)
+    assert len(server.requests) == 1

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import email.utils
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_agent_runtime.errors import ProviderError
+from llm_agent_runtime.providers._http import (
+    SseEvent,
+    decode_arguments,
+    error_message,
+    is_retryable_status,
+    iter_sse,
+    parse_retry_after,
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [
+        (400, False),
+        (401, False),
+        (403, False),
+        (404, False),
+        (422, False),
+        (408, True),
+        (409, True),
+        (429, True),
+        (500, True),
+        (502, True),
+        (503, True),
+        (529, True),
+    ],
+)
+def test_retryable_statuses(status: int, retryable: bool) -> None:
+    assert is_retryable_status(status) is retryable
+
+
+def test_retry_after_seconds_ms_and_http_date() -> None:
+    assert parse_retry_after(httpx.Headers({"Retry-After": "7"})) == 7.0
+    assert parse_retry_after(httpx.Headers({"retry-after": "1.5"})) == 1.5
+    # retry-after-ms is the more precise of the two and wins.
+    assert parse_retry_after(httpx.Headers({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    now = 1_800_000_000.0
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert parse_retry_after(httpx.Headers({"Retry-After": date}), now=now) == 30.0
+    past = email.utils.formatdate(now - 30, usegmt=True)
+    assert parse_retry_after(httpx.Headers({"Retry-After": past}), now=now) == 0.0
+
+
+@pytest.mark.parametrize("value", ["soon", "", "Mon, 99 Foo 2020", "-"])
+def test_unreadable_retry_after_is_ignored(value: str) -> None:
+    assert parse_retry_after(httpx.Headers({"Retry-After": value})) is None
+
+
+def test_no_retry_after() -> None:
+    assert parse_retry_after(httpx.Headers({})) is None
+    assert parse_retry_after(httpx.Headers({"retry-after-ms": "x"})) is None
+    assert parse_retry_after(httpx.Headers({"retry-after": "-5"})) == 0.0
+
+
+def test_error_message_reads_both_apis() -> None:
+    assert error_message(b'{"error": {"message": "bad model", "type": "invalid"}}') == (
+        "invalid: bad model"
+    )
+    anthropic_body = b'{"type":"error","error":{"type":"overloaded_error","message":"Busy"}}'
+    assert error_message(anthropic_body) == "overloaded_error: Busy"
+    assert error_message(b'{"error": "plain"}') == "plain"
+    assert error_message(b"<html>gateway</html>") == "<html>gateway</html>"
+    assert error_message(b"") == "no error message"
+    assert len(error_message(b"x" * 10_000)) == 500
+
+
+def test_decode_arguments() -> None:
+    assert decode_arguments('{"a": 1}') == {"a": 1}
+    assert decode_arguments("  ") == {}
+    assert decode_arguments("", {"given": True}) == {"given": True}
+    with pytest.raises(ProviderError, match="not valid JSON"):
+        decode_arguments('{"a": ')
+    with pytest.raises(ProviderError, match="not a JSON object"):
+        decode_arguments("[1, 2]")
+
+
+async def _chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def _events(parts: list[bytes]) -> list[SseEvent]:
+    return [event async for event in iter_sse(_chunks(parts))]
+
+
+async def test_sse_fields_comments_and_line_endings() -> None:
+    stream = (
+        b": keep-alive comment\n"
+        b"event: message_start\n"
+        b'data: {"a": 1}\n'
+        b"\n"
+        b"id: 7\r\n"
+        b"retry: 100\r\n"
+        b"data:no-space\r\n"
+        b"data:  two spaces\r\n"
+        b"\r\n"
+        b"event: lonely\n"
+        b"\n"
+        b"data: [DONE]\n"
+        b"\n"
+    )
+    assert await _events([stream]) == [
+        SseEvent("message_start", b'{"a": 1}'),
+        SseEvent(None, b"no-space\n two spaces"),
+        SseEvent(None, b"[DONE]"),
+    ]
+
+
+async def test_sse_last_event_without_blank_line_is_dispatched() -> None:
+    assert await _events([b"data: 1\n\ndata: 2"]) == [
+        SseEvent(None, b"1"),
+        SseEvent(None, b"2"),
+    ]
+    assert await _events([]) == []
+
+
+_line = st.text(alphabet='abc{}": ', max_size=12)
+_event = st.tuples(st.none() | st.sampled_from(["ping", "delta"]), st.lists(_line, min_size=1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    events=st.lists(_event, max_size=8),
+    crlf=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10),
+)
+async def test_sse_chunking_never_changes_events(
+    events: list[tuple[str | None, list[str]]], crlf: bool, cuts: list[int]
+) -> None:
+    newline = "\r\n" if crlf else "\n"
+    text = ""
+    for name, lines in events:
+        if name is not None:
+            text += f"event: {name}{newline}"
+        text += "".join(f"data: {line}{newline}" for line in lines) + newline
+    raw = text.encode()
+    bounds = sorted({min(c, len(raw)) for c in cuts})
+    parts = [raw[a:b] for a, b in zip([0, *bounds], [*bounds, len(raw)], strict=True)]
+    expected = [SseEvent(name, "\n".join(lines).encode()) for name, lines in events]
+    assert await _events(parts) == expected
+
+
+def test_importing_the_package_does_not_load_httpx() -> None:
+    code = (
+        "import sys, llm_agent_runtime as ar\n"
+        "assert 'httpx' not in sys.modules, 'httpx loaded by the package import'\n"
+        "assert 'OpenAIProvider' in ar.__all__ and 'AnthropicProvider' in ar.__all__\n"
+        "assert ar.OpenAIProvider.__name__ == 'OpenAIProvider'\n"
+        "assert 'httpx' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
