@@ -3,6 +3,7 @@
 //! This file only lists what the module exports; each capability lives in its own module.
 
 pub mod errors;
+pub mod graph;
 pub mod memory;
 pub mod metrics;
 pub mod react;
@@ -15,6 +16,8 @@ use pyo3::prelude::*;
 mod _core {
     #[pymodule_export]
     use crate::errors::raise_panic;
+    #[pymodule_export]
+    use crate::graph::PyGraphStore;
     #[pymodule_export]
     use crate::memory::{
         PyDecayPolicy, PyEpisode, PyEpisodicStore, PyRecallPolicy, PyWorkingMemory,

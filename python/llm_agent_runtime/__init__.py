@@ -9,6 +9,7 @@ from llm_agent_runtime._core import (
     DecayPolicy,
     Episode,
     EpisodicStore,
+    GraphStore,
     MetricsSnapshot,
     ReActStep,
     RecallPolicy,
@@ -46,6 +47,7 @@ from llm_agent_runtime.events import (
     ToolCallFinished,
     ToolCallStarted,
 )
+from llm_agent_runtime.graph import from_networkx, to_networkx
 from llm_agent_runtime.memory import fit_to_token_budget
 from llm_agent_runtime.orchestration import (
     BackpressureGuard,
@@ -100,6 +102,7 @@ __all__ = [
     "FakeClock",
     "FileBackend",
     "GraphError",
+    "GraphStore",
     "InMemoryCircuitStateBackend",
     "LlmResponse",
     "LlmTextDelta",
@@ -135,6 +138,8 @@ __all__ = [
     "WorkingMemory",
     "__version__",
     "fit_to_token_budget",
+    "from_networkx",
     "parse_react_step",
+    "to_networkx",
     "tool",
 ]
