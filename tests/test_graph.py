@@ -239,3 +239,23 @@ def test_concurrent_readers_and_a_writer() -> None:
         t.join()
     assert not errors
     assert len(g.bfs("0")) == 601
+
+
+def test_bulk_builders() -> None:
+    g = ar.GraphStore.from_edge_list(4, [(0, 1), (1, 2, 2.5), (3, 3)], kind="link")
+    assert g.entity_ids() == ["0", "1", "2", "3"]
+    assert g.relationship_kinds() == ["link"]
+    assert g.shortest_path("0", "2") == (["0", "1", "2"], 3.5)
+    with pytest.raises(ar.GraphError, match="out of range"):
+        ar.GraphStore.from_edge_list(2, [(0, 2)])
+    with pytest.raises(ar.GraphError, match="finite"):
+        ar.GraphStore.from_edge_list(2, [(0, 1, float("inf"))])
+    with pytest.raises(ar.GraphError, match="2 or 3 items"):
+        ar.GraphStore.from_edge_list(2, [(0, 1, 1.0, 9)])
+    g.add_entities(["x", "y"])
+    assert g.entity_count() == 6
+    with pytest.raises(ar.GraphError, match="already exists"):
+        g.add_entities(["z", "z"])
+    with pytest.raises(ar.GraphError, match="already exists"):
+        g.add_entities(["w", "x"])
+    assert "z" not in g and "w" not in g

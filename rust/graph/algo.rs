@@ -440,7 +440,8 @@ mod tests {
                 .unwrap();
         }
         for &(a, b, w) in edges {
-            s.push_relationship(a, b, "k".into(), w);
+            let k = s.intern("k");
+            s.push_relationship(a, b, k, w);
         }
         Snapshot::build(&s)
     }

@@ -12,13 +12,33 @@ use super::algo::PARALLEL_SOURCES;
 use super::csr::Snapshot;
 use crate::errors::{CoreError, CoreResult};
 
+/// Everything the passes know about one node, packed so one cache line serves a visit.
+#[derive(Clone, Copy)]
+struct NodeState {
+    /// Shortest-path count from the source.
+    sigma: f64,
+    /// Dependency accumulated in the backward pass.
+    delta: f64,
+    /// Weighted distance (weighted runs).
+    dist: f64,
+    /// Hop distance (unweighted runs); in weighted runs 0 marks a settled node.
+    hops: u32,
+}
+
+const UNSEEN: NodeState = NodeState {
+    sigma: 0.0,
+    delta: 0.0,
+    dist: f64::INFINITY,
+    hops: u32::MAX,
+};
+
 /// Per-thread buffers, reused across sources.
 struct Scratch {
-    hops: Vec<u32>,
-    dist: Vec<f64>,
-    sigma: Vec<f64>,
-    delta: Vec<f64>,
+    nodes: Vec<NodeState>,
     order: Vec<u32>,
+    touched: Vec<u32>,
+    /// Shortest-path DAG edges `(parent, child)` in discovery order (unweighted runs).
+    dag: Vec<(u32, u32)>,
     heap: BinaryHeap<Item>,
 }
 
@@ -45,29 +65,30 @@ impl PartialOrd for Item {
 impl Scratch {
     fn new(n: usize) -> Scratch {
         Scratch {
-            hops: vec![u32::MAX; n],
-            dist: vec![f64::INFINITY; n],
-            sigma: vec![0.0; n],
-            delta: vec![0.0; n],
+            nodes: vec![UNSEEN; n],
             order: Vec::with_capacity(n),
+            touched: Vec::new(),
+            dag: Vec::new(),
             heap: BinaryHeap::new(),
         }
     }
 
     /// Resets only what the last source touched.
     fn reset(&mut self) {
-        for &v in &self.order {
-            let v = v as usize;
-            self.hops[v] = u32::MAX;
-            self.dist[v] = f64::INFINITY;
-            self.sigma[v] = 0.0;
-            self.delta[v] = 0.0;
+        for &v in self.order.iter().chain(&self.touched) {
+            self.nodes[v as usize] = UNSEEN;
         }
         self.order.clear();
+        self.touched.clear();
+        self.dag.clear();
     }
 }
 
 /// Adds source `s`'s dependencies to `scores` (unweighted: BFS path counting).
+///
+/// The forward pass records the shortest-path DAG's edges in discovery order; walking that
+/// list backwards meets every child's edges before its parents', so each dependency is final
+/// when it is passed on, and no neighbour list is scanned twice.
 fn accumulate_unweighted(
     g: &Snapshot,
     directed: bool,
@@ -75,41 +96,37 @@ fn accumulate_unweighted(
     sc: &mut Scratch,
     scores: &mut [f64],
 ) {
-    let (fwd, back) = (g.view(directed), g.reverse_view(directed));
+    let fwd = g.view(directed);
     sc.reset();
-    sc.hops[s as usize] = 0;
-    sc.sigma[s as usize] = 1.0;
+    let nodes = &mut sc.nodes;
+    nodes[s as usize].hops = 0;
+    nodes[s as usize].sigma = 1.0;
     sc.order.push(s);
     let mut head = 0;
     while head < sc.order.len() {
-        let v = sc.order[head] as usize;
+        let v = sc.order[head];
         head += 1;
-        let next = sc.hops[v] + 1;
-        for &w in fwd.neighbors(v).0 {
-            let w = w as usize;
-            if sc.hops[w] == u32::MAX {
-                sc.hops[w] = next;
-                sc.order.push(w as u32);
+        let NodeState { hops, sigma, .. } = nodes[v as usize];
+        let next = hops + 1;
+        for &w in fwd.neighbors(v as usize).0 {
+            let node = &mut nodes[w as usize];
+            if node.hops == u32::MAX {
+                node.hops = next;
+                sc.order.push(w);
             }
-            if sc.hops[w] == next {
-                sc.sigma[w] += sc.sigma[v];
+            if node.hops == next {
+                node.sigma += sigma;
+                sc.dag.push((v, w));
             }
         }
     }
-    for &w in sc.order.iter().rev() {
-        let w = w as usize;
-        let hops = sc.hops[w];
-        if hops == 0 {
-            continue;
-        }
-        let coefficient = (1.0 + sc.delta[w]) / sc.sigma[w];
-        for &v in back.neighbors(w).0 {
-            let v = v as usize;
-            if sc.hops[v] == hops - 1 {
-                sc.delta[v] += sc.sigma[v] * coefficient;
-            }
-        }
-        scores[w] += sc.delta[w];
+    for &(v, w) in sc.dag.iter().rev() {
+        let child = nodes[w as usize];
+        let parent = &mut nodes[v as usize];
+        parent.delta += parent.sigma * ((1.0 + child.delta) / child.sigma);
+    }
+    for &w in &sc.order[1..] {
+        scores[w as usize] += nodes[w as usize].delta;
     }
 }
 
@@ -118,58 +135,56 @@ fn accumulate_unweighted(
 fn accumulate_weighted(g: &Snapshot, directed: bool, s: u32, sc: &mut Scratch, scores: &mut [f64]) {
     let (fwd, back) = (g.view(directed), g.reverse_view(directed));
     sc.reset();
-    sc.dist[s as usize] = 0.0;
-    sc.sigma[s as usize] = 1.0;
-    // `hops` doubles as the settled flag here (0 = settled).
+    let nodes = &mut sc.nodes;
+    nodes[s as usize].dist = 0.0;
+    nodes[s as usize].sigma = 1.0;
+    sc.touched.push(s);
     sc.heap.push(Item(0.0, s));
-    let mut settled_order = std::mem::take(&mut sc.order);
-    let mut touched = Vec::new();
-    touched.push(s);
     while let Some(Item(d, v)) = sc.heap.pop() {
         let vi = v as usize;
-        if sc.hops[vi] == 0 {
-            continue;
+        if nodes[vi].hops == 0 {
+            continue; // settled already (a stale heap entry)
         }
-        sc.hops[vi] = 0;
-        settled_order.push(v);
+        nodes[vi].hops = 0;
+        sc.order.push(v);
+        let sigma = nodes[vi].sigma;
         let (targets, weights) = fwd.neighbors(vi);
         for (&w, &weight) in targets.iter().zip(weights) {
-            let wi = w as usize;
-            if sc.hops[wi] == 0 {
+            let node = &mut nodes[w as usize];
+            if node.hops == 0 {
                 continue;
             }
             let candidate = d + weight;
-            if candidate < sc.dist[wi] {
-                if sc.dist[wi].is_infinite() {
-                    touched.push(w);
+            if candidate < node.dist {
+                if node.dist.is_infinite() {
+                    sc.touched.push(w);
                 }
-                sc.dist[wi] = candidate;
-                sc.sigma[wi] = sc.sigma[vi];
+                node.dist = candidate;
+                node.sigma = sigma;
                 sc.heap.push(Item(candidate, w));
-            } else if candidate == sc.dist[wi] {
-                sc.sigma[wi] += sc.sigma[vi];
+            } else if candidate == node.dist {
+                node.sigma += sigma;
             }
         }
     }
-    for &w in settled_order.iter().rev() {
+    for &w in sc.order.iter().rev() {
         let w = w as usize;
         if w == s as usize {
             continue;
         }
-        let coefficient = (1.0 + sc.delta[w]) / sc.sigma[w];
+        let NodeState {
+            sigma, delta, dist, ..
+        } = nodes[w];
+        let coefficient = (1.0 + delta) / sigma;
         let (sources, weights) = back.neighbors(w);
         for (&v, &weight) in sources.iter().zip(weights) {
-            let v = v as usize;
-            if v != w && sc.hops[v] == 0 && sc.dist[v] + weight == sc.dist[w] {
-                sc.delta[v] += sc.sigma[v] * coefficient;
+            let node = &mut nodes[v as usize];
+            if v as usize != w && node.hops == 0 && node.dist + weight == dist {
+                node.delta += node.sigma * coefficient;
             }
         }
-        scores[w] += sc.delta[w];
+        scores[w] += delta;
     }
-    // Everything touched (settled or only reached) is reset next time.
-    settled_order.clear();
-    settled_order.extend(touched);
-    sc.order = settled_order;
 }
 
 /// Betweenness of every node.
@@ -307,7 +322,8 @@ mod tests {
                 .unwrap();
         }
         for i in 0..n - 1 {
-            s.push_relationship(i as u32, i as u32 + 1, "k".into(), w);
+            let k = s.intern("k");
+            s.push_relationship(i as u32, i as u32 + 1, k, w);
         }
         Snapshot::build(&s)
     }

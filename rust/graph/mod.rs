@@ -13,11 +13,11 @@ pub mod props;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use rustc_hash::FxHashMap;
 
 use crate::errors::{catch_panics, run_detached, CoreError, CoreResult};
@@ -32,6 +32,8 @@ struct Frozen {
     ids: Vec<String>,
     index: FxHashMap<String, u32>,
     edges: Vec<(u32, u32, f64)>,
+    /// The ids as Python strings, made once per generation for results that list nodes.
+    py_ids: OnceLock<Vec<Py<PyString>>>,
 }
 
 impl Frozen {
@@ -51,7 +53,37 @@ impl Frozen {
                 .iter()
                 .map(|r| (r.from, r.to, r.weight))
                 .collect(),
+            py_ids: OnceLock::new(),
         }
+    }
+
+    fn py_ids(&self, py: Python<'_>) -> &[Py<PyString>] {
+        self.py_ids.get_or_init(|| {
+            self.ids
+                .iter()
+                .map(|id| PyString::new(py, id).unbind())
+                .collect()
+        })
+    }
+
+    /// The ids of `nodes` as a Python list.
+    fn py_list<'py>(&self, py: Python<'py>, nodes: &[u32]) -> PyResult<Bound<'py, PyList>> {
+        let ids = self.py_ids(py);
+        PyList::new(py, nodes.iter().map(|&v| ids[v as usize].bind(py)))
+    }
+
+    /// `{id: value}` for the given `(node, value)` pairs.
+    fn py_dict<'py>(
+        &self,
+        py: Python<'py>,
+        values: impl Iterator<Item = (usize, f64)>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let ids = self.py_ids(py);
+        let dict = PyDict::new(py);
+        for (v, x) in values {
+            dict.set_item(ids[v].bind(py), x)?;
+        }
+        Ok(dict)
     }
 
     fn node(&self, id: &str) -> CoreResult<u32> {
@@ -140,18 +172,6 @@ impl PyGraphStore {
         let frozen = self.frozen(py)?;
         run_detached(py, move || f(&frozen))
     }
-}
-
-fn ids_to_dict<'py>(
-    py: Python<'py>,
-    ids: &[String],
-    values: impl Iterator<Item = (usize, f64)>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let dict = PyDict::new(py);
-    for (v, x) in values {
-        dict.set_item(&ids[v], x)?;
-    }
-    Ok(dict)
 }
 
 fn degree_mode(mode: &str) -> CoreResult<DegreeMode> {
@@ -276,7 +296,7 @@ impl PyGraphStore {
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let properties = props::properties(properties)?;
-        self.mutate(|s| s.add_relationship(from_id, to_id, kind, weight, properties))
+        self.mutate(|s| s.add_relationship(from_id, to_id, &kind, weight, properties))
     }
 
     /// Adds many relationships at once: tuples `(from, to)`, `(from, to, kind)` or
@@ -289,42 +309,53 @@ impl PyGraphStore {
         relationships: &Bound<'_, PyAny>,
         create_missing: bool,
     ) -> PyResult<usize> {
-        let mut parsed: Vec<(String, String, String, f64)> = Vec::new();
-        for item in relationships.try_iter()? {
-            let item = item?;
-            let tuple = item.cast::<PyTuple>().map_err(|_| {
-                PyErr::from(CoreError::Graph(
-                    "each relationship must be a tuple (from, to[, kind[, weight]])".into(),
+        let shape_error = || {
+            PyErr::from(CoreError::Graph(
+                "each relationship must be a tuple (from, to[, kind[, weight]]) of str ids".into(),
+            ))
+        };
+        let tuples: Vec<Bound<'_, PyTuple>> = relationships
+            .try_iter()?
+            .map(|item| item?.cast_into::<PyTuple>().map_err(|_| shape_error()))
+            .collect::<PyResult<_>>()?;
+        // Hold the Python strings and borrow their text: no copy unless an entity is new.
+        type Row<'py> = (
+            Bound<'py, PyString>,
+            Bound<'py, PyString>,
+            Option<Bound<'py, PyString>>,
+            f64,
+        );
+        let mut rows: Vec<Row<'_>> = Vec::with_capacity(tuples.len());
+        for tuple in &tuples {
+            let len = tuple.len();
+            if !(2..=4).contains(&len) {
+                return Err(CoreError::Graph(format!(
+                    "a relationship tuple has 2 to 4 items, got {len}"
                 ))
-            })?;
-            let (from, to, kind, weight) = match tuple.len() {
-                2 => (
-                    tuple.get_item(0)?.extract()?,
-                    tuple.get_item(1)?.extract()?,
-                    "related".to_owned(),
-                    1.0,
-                ),
-                3 => (
-                    tuple.get_item(0)?.extract()?,
-                    tuple.get_item(1)?.extract()?,
-                    tuple.get_item(2)?.extract()?,
-                    1.0,
-                ),
-                4 => (
-                    tuple.get_item(0)?.extract()?,
-                    tuple.get_item(1)?.extract()?,
-                    tuple.get_item(2)?.extract()?,
-                    tuple.get_item(3)?.extract()?,
-                ),
-                n => {
-                    return Err(CoreError::Graph(format!(
-                        "a relationship tuple has 2 to 4 items, got {n}"
-                    ))
-                    .into())
-                }
+                .into());
+            }
+            let text = |i: usize| -> PyResult<Bound<'_, PyString>> {
+                tuple
+                    .get_item(i)?
+                    .cast_into::<PyString>()
+                    .map_err(|_| shape_error())
+            };
+            let kind = if len >= 3 { Some(text(2)?) } else { None };
+            let weight: f64 = if len == 4 {
+                tuple.get_item(3)?.extract()?
+            } else {
+                1.0
             };
             check_weight(weight)?;
-            parsed.push((from, to, kind, weight));
+            rows.push((text(0)?, text(1)?, kind, weight));
+        }
+        let mut parsed: Vec<(&str, &str, &str, f64)> = Vec::with_capacity(rows.len());
+        for (from, to, kind, weight) in &rows {
+            let kind = match kind {
+                Some(k) => k.to_str()?,
+                None => "related",
+            };
+            parsed.push((from.to_str()?, to.to_str()?, kind, *weight));
         }
         let count = parsed.len();
         self.mutate(|s| {
@@ -335,11 +366,79 @@ impl PyGraphStore {
                 }
             }
             for (from, to, kind, weight) in parsed {
-                let a = s.ensure_entity(&from)?;
-                let b = s.ensure_entity(&to)?;
+                let a = s.ensure_entity(from)?;
+                let b = s.ensure_entity(to)?;
+                let kind = s.intern(kind);
                 s.push_relationship(a, b, kind, weight);
             }
             Ok(count)
+        })
+    }
+
+    /// Builds a graph of `n` entities with ids "0" .. "n-1" from integer edges, the fast bulk
+    /// path for graphs that come as index pairs (e.g. from numpy or another graph library).
+    ///
+    /// Args:
+    ///     n: Number of entities.
+    ///     edges: Tuples `(u, v)` or `(u, v, weight)` of entity indices.
+    ///     kind: Kind of every relationship.
+    ///
+    /// Raises:
+    ///     GraphError: When an index is out of range or a weight is not finite.
+    #[staticmethod]
+    #[pyo3(signature = (n, edges, kind = "related"))]
+    fn from_edge_list(n: u32, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGraphStore> {
+        let mut store = Store::default();
+        for i in 0..n {
+            store.add_entity(i.to_string(), String::new(), serde_json::Value::Null)?;
+        }
+        let kind = store.intern(kind);
+        for item in edges.try_iter()? {
+            let item = item?;
+            let tuple = item.cast::<PyTuple>().map_err(|_| {
+                PyErr::from(CoreError::Graph(
+                    "each edge must be a tuple (u, v[, weight])".into(),
+                ))
+            })?;
+            let (u, v): (u32, u32) = (tuple.get_item(0)?.extract()?, tuple.get_item(1)?.extract()?);
+            let weight: f64 = match tuple.len() {
+                2 => 1.0,
+                3 => tuple.get_item(2)?.extract()?,
+                len => {
+                    return Err(CoreError::Graph(format!(
+                        "an edge tuple has 2 or 3 items, got {len}"
+                    ))
+                    .into())
+                }
+            };
+            if u >= n || v >= n {
+                return Err(CoreError::Graph(format!(
+                    "edge ({u}, {v}) is out of range for {n} entities"
+                ))
+                .into());
+            }
+            check_weight(weight)?;
+            store.push_relationship(u, v, kind, weight);
+        }
+        Ok(PyGraphStore::from_store(store))
+    }
+
+    /// Adds entities by id (empty label, no properties); all or nothing.
+    ///
+    /// Raises:
+    ///     GraphError: When an id exists already or repeats.
+    fn add_entities(&self, ids: Vec<String>) -> PyResult<()> {
+        self.mutate(|s| {
+            let mut fresh = rustc_hash::FxHashSet::default();
+            for id in &ids {
+                if s.contains(id) || !fresh.insert(id.as_str()) {
+                    return Err(CoreError::Graph(format!("entity {id:?} already exists")));
+                }
+            }
+            for id in ids {
+                s.add_entity(id, String::new(), serde_json::Value::Null)?;
+            }
+            Ok(())
         })
     }
 
@@ -393,42 +492,48 @@ impl PyGraphStore {
     // ------------------------------------------------------------------ traversal
     /// Entities in breadth-first order from `start`, at most `max_depth` hops away.
     #[pyo3(signature = (start, max_depth = None, directed = true))]
-    fn bfs(
+    fn bfs<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         start: &str,
         max_depth: Option<usize>,
         directed: bool,
-    ) -> PyResult<Vec<String>> {
-        self.run(py, |f| {
-            let s = f.node(start)?;
-            Ok(f.names(&algo::bfs(
-                f.snapshot.view(directed),
-                f.snapshot.n,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        let order = run_detached(py, move || {
+            let s = inner.node(start)?;
+            Ok(algo::bfs(
+                inner.snapshot.view(directed),
+                inner.snapshot.n,
                 s,
                 max_depth,
-            )))
-        })
+            ))
+        })?;
+        frozen.py_list(py, &order)
     }
 
     /// Entities in depth-first preorder from `start`, at most `max_depth` hops away.
     #[pyo3(signature = (start, max_depth = None, directed = true))]
-    fn dfs(
+    fn dfs<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         start: &str,
         max_depth: Option<usize>,
         directed: bool,
-    ) -> PyResult<Vec<String>> {
-        self.run(py, |f| {
-            let s = f.node(start)?;
-            Ok(f.names(&algo::dfs(
-                f.snapshot.view(directed),
-                f.snapshot.n,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        let order = run_detached(py, move || {
+            let s = inner.node(start)?;
+            Ok(algo::dfs(
+                inner.snapshot.view(directed),
+                inner.snapshot.n,
                 s,
                 max_depth,
-            )))
-        })
+            ))
+        })?;
+        frozen.py_list(py, &order)
     }
 
     /// The cheapest path (Dijkstra) and its cost, or None when `target` is unreachable.
@@ -463,9 +568,8 @@ impl PyGraphStore {
             let s = inner.node(source)?;
             Ok(algo::dijkstra(&inner.snapshot, directed, s, None)?.0)
         })?;
-        ids_to_dict(
+        frozen.py_dict(
             py,
-            &frozen.ids,
             dist.into_iter().enumerate().filter(|(_, d)| d.is_finite()),
         )
     }
@@ -560,7 +664,7 @@ impl PyGraphStore {
                 normalized,
             ))
         })?;
-        ids_to_dict(py, &frozen.ids, scores.into_iter().enumerate())
+        frozen.py_dict(py, scores.into_iter().enumerate())
     }
 
     /// Betweenness centrality (Brandes), as networkx's `betweenness_centrality`.
@@ -610,7 +714,7 @@ impl PyGraphStore {
                 sample.as_deref(),
             )
         })?;
-        ids_to_dict(py, &frozen.ids, scores.into_iter().enumerate())
+        frozen.py_dict(py, scores.into_iter().enumerate())
     }
 
     /// Betweenness from an explicit list of source entities (for reproducing an estimate).
@@ -635,11 +739,12 @@ impl PyGraphStore {
                 Some(&nodes?),
             )
         })?;
-        ids_to_dict(py, &frozen.ids, scores.into_iter().enumerate())
+        frozen.py_dict(py, scores.into_iter().enumerate())
     }
 
     // ------------------------------------------------------------------ communities
-    /// Louvain communities of the undirected view (parallel weights add up).
+    /// Louvain communities of the undirected view (parallel weights add up), seeded; graphs
+    /// of up to 512 entities keep the best of 8 seeded node orders.
     ///
     /// Returns:
     ///     (communities, modularity): lists of ids (each sorted by insertion order), and the
@@ -741,11 +846,8 @@ impl PyGraphStore {
     /// Distinct relationship kinds, sorted.
     fn relationship_kinds(&self) -> Vec<String> {
         let store = self.store.read();
-        let kinds: BTreeSet<&str> = store
-            .relationships()
-            .iter()
-            .map(|r| r.kind.as_str())
-            .collect();
+        let used: BTreeSet<u32> = store.relationships().iter().map(|r| r.kind).collect();
+        let kinds: BTreeSet<&str> = used.into_iter().map(|k| store.kind_name(k)).collect();
         kinds.into_iter().map(str::to_owned).collect()
     }
 
@@ -886,7 +988,7 @@ fn relationship_dicts<'a, 'py>(
         let dict = PyDict::new(py);
         dict.set_item("from", store.id_at(r.from))?;
         dict.set_item("to", store.id_at(r.to))?;
-        dict.set_item("kind", &r.kind)?;
+        dict.set_item("kind", store.kind_name(r.kind))?;
         dict.set_item("weight", r.weight)?;
         dict.set_item(
             "properties",

@@ -31,8 +31,8 @@ pub struct Relationship {
     pub from: u32,
     /// Index of the target entity.
     pub to: u32,
-    /// Relationship type (e.g. "knows").
-    pub kind: String,
+    /// Relationship type (e.g. "knows"), interned: an index into the store's kind table.
+    pub kind: u32,
     /// Finite weight; algorithms that need it non-negative check it.
     pub weight: f64,
     /// JSON-compatible properties (an object, or null when none).
@@ -73,6 +73,8 @@ pub struct Store {
     entities: Vec<Entity>,
     index: FxHashMap<String, u32>,
     relationships: Vec<Relationship>,
+    kinds: Vec<String>,
+    kind_index: FxHashMap<String, u32>,
 }
 
 pub(crate) fn check_weight(weight: f64) -> CoreResult<()> {
@@ -112,6 +114,27 @@ impl Store {
             .get(id)
             .copied()
             .ok_or_else(|| CoreError::Graph(format!("unknown entity {id:?}")))
+    }
+
+    /// The interned id of relationship kind `kind`, adding it when new.
+    pub fn intern(&mut self, kind: &str) -> u32 {
+        if let Some(&k) = self.kind_index.get(kind) {
+            return k;
+        }
+        let k = self.kinds.len() as u32;
+        self.kinds.push(kind.to_owned());
+        self.kind_index.insert(kind.to_owned(), k);
+        k
+    }
+
+    /// The name of an interned kind.
+    pub fn kind_name(&self, kind: u32) -> &str {
+        &self.kinds[kind as usize]
+    }
+
+    /// The interned id of `kind`, if any relationship ever used it.
+    pub fn kind_id(&self, kind: &str) -> Option<u32> {
+        self.kind_index.get(kind).copied()
     }
 
     /// Whether `id` is an entity.
@@ -196,13 +219,14 @@ impl Store {
         &mut self,
         from: &str,
         to: &str,
-        kind: String,
+        kind: &str,
         weight: f64,
         properties: Value,
     ) -> CoreResult<()> {
         check_weight(weight)?;
         let from = self.index_of(from)?;
         let to = self.index_of(to)?;
+        let kind = self.intern(kind);
         self.relationships.push(Relationship {
             from,
             to,
@@ -214,7 +238,7 @@ impl Store {
     }
 
     /// Adds a relationship by dense indices (bulk loading; indices already checked).
-    pub fn push_relationship(&mut self, from: u32, to: u32, kind: String, weight: f64) {
+    pub fn push_relationship(&mut self, from: u32, to: u32, kind: u32, weight: f64) {
         self.relationships.push(Relationship {
             from,
             to,
@@ -238,6 +262,9 @@ impl Store {
             check_weight(w)?;
         }
         let (from, to) = (self.index_of(from)?, self.index_of(to)?);
+        let Some(kind) = self.kind_id(kind) else {
+            return Ok(0);
+        };
         let mut count = 0;
         for r in &mut self.relationships {
             if r.from == from && r.to == to && r.kind == kind {
@@ -261,6 +288,13 @@ impl Store {
         kind: Option<&str>,
     ) -> CoreResult<usize> {
         let (from, to) = (self.index_of(from)?, self.index_of(to)?);
+        let kind = match kind {
+            None => None,
+            Some(name) => match self.kind_id(name) {
+                Some(k) => Some(k),
+                None => return Ok(0),
+            },
+        };
         let before = self.relationships.len();
         self.relationships
             .retain(|r| !(r.from == from && r.to == to && kind.is_none_or(|k| r.kind == k)));
@@ -272,7 +306,7 @@ impl Store {
         RelationshipRecord {
             from: self.id_at(r.from).to_owned(),
             to: self.id_at(r.to).to_owned(),
-            kind: r.kind.clone(),
+            kind: self.kind_name(r.kind).to_owned(),
             weight: r.weight,
             properties: r.properties.clone(),
         }
@@ -281,7 +315,11 @@ impl Store {
     /// A new store with the entities whose indices are `keep` (in that order) and the
     /// relationships among them.
     pub fn induced(&self, keep: &[u32]) -> Store {
-        let mut out = Store::default();
+        let mut out = Store {
+            kinds: self.kinds.clone(),
+            kind_index: self.kind_index.clone(),
+            ..Store::default()
+        };
         let mut new_index = vec![u32::MAX; self.entities.len()];
         for (position, &old) in keep.iter().enumerate() {
             new_index[old as usize] = position as u32;
@@ -334,7 +372,7 @@ impl Store {
             store.add_entity(e.id, e.label, e.properties)?;
         }
         for r in doc.relationships {
-            store.add_relationship(&r.from, &r.to, r.kind, r.weight, r.properties)?;
+            store.add_relationship(&r.from, &r.to, &r.kind, r.weight, r.properties)?;
         }
         Ok(store)
     }
@@ -349,12 +387,9 @@ mod tests {
         for id in ["a", "b", "c"] {
             s.add_entity(id.into(), String::new(), Value::Null).unwrap();
         }
-        s.add_relationship("a", "b", "x".into(), 1.0, Value::Null)
-            .unwrap();
-        s.add_relationship("b", "c", "y".into(), 2.0, Value::Null)
-            .unwrap();
-        s.add_relationship("c", "a", "x".into(), 3.0, Value::Null)
-            .unwrap();
+        s.add_relationship("a", "b", "x", 1.0, Value::Null).unwrap();
+        s.add_relationship("b", "c", "y", 2.0, Value::Null).unwrap();
+        s.add_relationship("c", "a", "x", 3.0, Value::Null).unwrap();
         s
     }
 
@@ -390,10 +425,10 @@ mod tests {
             .add_entity("a".into(), String::new(), Value::Null)
             .is_err());
         assert!(s
-            .add_relationship("a", "zz", "k".into(), 1.0, Value::Null)
+            .add_relationship("a", "zz", "k", 1.0, Value::Null)
             .is_err());
         assert!(s
-            .add_relationship("a", "b", "k".into(), f64::NAN, Value::Null)
+            .add_relationship("a", "b", "k", f64::NAN, Value::Null)
             .is_err());
         assert_eq!(s.remove_relationship("a", "b", Some("nope")).unwrap(), 0);
         assert_eq!(s.remove_relationship("a", "b", None).unwrap(), 1);
