@@ -22,7 +22,7 @@ def to_networkx(graph: GraphStore) -> Any:
     Returns:
         A new `networkx.MultiDiGraph`.
     """
-    import networkx as nx
+    import networkx as nx  # type: ignore[import-untyped,unused-ignore]
 
     out = nx.MultiDiGraph()
     for entity_id in graph.entity_ids():

@@ -202,15 +202,15 @@ impl PyGraphStore {
     ///
     /// Raises:
     ///     GraphError: When the id exists or a property is not JSON-compatible.
-    #[pyo3(signature = (id, label = String::new(), properties = None))]
+    #[pyo3(signature = (id, label = "", properties = None))]
     fn add_entity(
         &self,
         id: String,
-        label: String,
+        label: &str,
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let properties = props::properties(properties)?;
-        self.mutate(|s| s.add_entity(id, label, properties))
+        self.mutate(|s| s.add_entity(id, label.to_owned(), properties))
     }
 
     /// Replaces an entity's label and/or properties (None keeps the current one).
@@ -286,17 +286,17 @@ impl PyGraphStore {
     ///
     /// Raises:
     ///     GraphError: On an unknown entity or a non-finite weight.
-    #[pyo3(signature = (from_id, to_id, kind = "related".to_owned(), weight = 1.0, properties = None))]
+    #[pyo3(signature = (from_id, to_id, kind = "related", weight = 1.0, properties = None))]
     fn add_relationship(
         &self,
         from_id: &str,
         to_id: &str,
-        kind: String,
+        kind: &str,
         weight: f64,
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let properties = props::properties(properties)?;
-        self.mutate(|s| s.add_relationship(from_id, to_id, &kind, weight, properties))
+        self.mutate(|s| s.add_relationship(from_id, to_id, kind, weight, properties))
     }
 
     /// Adds many relationships at once: tuples `(from, to)`, `(from, to, kind)` or
@@ -389,27 +389,30 @@ impl PyGraphStore {
     #[pyo3(signature = (n, edges, kind = "related"))]
     fn from_edge_list(n: u32, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGraphStore> {
         let mut store = Store::default();
+        store.reserve(n as usize, edges.len().unwrap_or(0));
         for i in 0..n {
             store.add_entity(i.to_string(), String::new(), serde_json::Value::Null)?;
         }
         let kind = store.intern(kind);
-        for item in edges.try_iter()? {
-            let item = item?;
-            let tuple = item.cast::<PyTuple>().map_err(|_| {
-                PyErr::from(CoreError::Graph(
-                    "each edge must be a tuple (u, v[, weight])".into(),
-                ))
-            })?;
-            let (u, v): (u32, u32) = (tuple.get_item(0)?.extract()?, tuple.get_item(1)?.extract()?);
-            let weight: f64 = match tuple.len() {
-                2 => 1.0,
-                3 => tuple.get_item(2)?.extract()?,
-                len => {
-                    return Err(CoreError::Graph(format!(
-                        "an edge tuple has 2 or 3 items, got {len}"
-                    ))
-                    .into())
-                }
+        let shape_error = || {
+            PyErr::from(CoreError::Graph(
+                "each edge must be a tuple (u, v[, weight])".into(),
+            ))
+        };
+        let mut add = |item: &Bound<'_, PyAny>| -> PyResult<()> {
+            let tuple = item.cast::<PyTuple>().map_err(|_| shape_error())?;
+            let len = tuple.len();
+            if !(2..=3).contains(&len) {
+                return Err(
+                    CoreError::Graph(format!("an edge tuple has 2 or 3 items, got {len}")).into(),
+                );
+            }
+            let u: u32 = tuple.get_borrowed_item(0)?.extract()?;
+            let v: u32 = tuple.get_borrowed_item(1)?.extract()?;
+            let weight: f64 = if len == 3 {
+                tuple.get_borrowed_item(2)?.extract()?
+            } else {
+                1.0
             };
             if u >= n || v >= n {
                 return Err(CoreError::Graph(format!(
@@ -419,6 +422,17 @@ impl PyGraphStore {
             }
             check_weight(weight)?;
             store.push_relationship(u, v, kind, weight);
+            Ok(())
+        };
+        // A list is walked by index (no iterator protocol per edge).
+        if let Ok(list) = edges.cast::<PyList>() {
+            for item in list.iter() {
+                add(&item)?;
+            }
+        } else {
+            for item in edges.try_iter()? {
+                add(&item?)?;
+            }
         }
         Ok(PyGraphStore::from_store(store))
     }

@@ -116,6 +116,13 @@ impl Store {
             .ok_or_else(|| CoreError::Graph(format!("unknown entity {id:?}")))
     }
 
+    /// Reserves room for `entities` more entities and `relationships` more relationships.
+    pub fn reserve(&mut self, entities: usize, relationships: usize) {
+        self.entities.reserve(entities);
+        self.index.reserve(entities);
+        self.relationships.reserve(relationships);
+    }
+
     /// The interned id of relationship kind `kind`, adding it when new.
     pub fn intern(&mut self, kind: &str) -> u32 {
         if let Some(&k) = self.kind_index.get(kind) {
