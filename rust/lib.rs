@@ -4,6 +4,7 @@
 
 pub mod embed;
 pub mod errors;
+pub mod graph;
 pub mod memory;
 pub mod metrics;
 pub mod react;
@@ -18,6 +19,8 @@ mod _core {
     use crate::embed::PyHashingEmbedder;
     #[pymodule_export]
     use crate::errors::raise_panic;
+    #[pymodule_export]
+    use crate::graph::PyGraphStore;
     #[pymodule_export]
     use crate::memory::{
         PyDecayPolicy, PyEpisode, PyEpisodicStore, PyRecallPolicy, PyWorkingMemory,

@@ -11,6 +11,7 @@ from llm_agent_runtime._core import (
     DecayPolicy,
     Episode,
     EpisodicStore,
+    GraphStore,
     HashingEmbedder,
     MetricsSnapshot,
     ReActStep,
@@ -50,6 +51,7 @@ from llm_agent_runtime.events import (
     ToolCallFinished,
     ToolCallStarted,
 )
+from llm_agent_runtime.graph import from_networkx, to_networkx
 from llm_agent_runtime.memory import fit_to_token_budget
 from llm_agent_runtime.orchestration import (
     BackpressureGuard,
@@ -112,6 +114,7 @@ __all__ = [
     "FakeClock",
     "FileBackend",
     "GraphError",
+    "GraphStore",
     "HashingEmbedder",
     "InMemoryCircuitStateBackend",
     "LlmResponse",
@@ -154,8 +157,10 @@ __all__ = [
     "WorkingMemory",
     "__version__",
     "fit_to_token_budget",
+    "from_networkx",
     "parse_react_step",
     "provider_from_env",
+    "to_networkx",
     "tool",
 ]
 

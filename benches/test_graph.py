@@ -1,0 +1,314 @@
+"""Graph algorithms: ours vs rustworkx, igraph and networkx on the same graphs.
+
+Graphs (fixed seeds): Barabasi-Albert n = 2,000 and 20,000 (m = 3, undirected, integer weights
+1-9) and a directed G(n, p) with n = 2,000, p = 0.003. Each library's graph is built once per
+module; the algorithm alone is timed, and construction is timed in its own group. Results are
+checked against networkx (or against ours where networkx would take minutes).
+"""
+
+from __future__ import annotations
+
+import random
+from functools import cache
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+
+nx = pytest.importorskip("networkx")
+rx = pytest.importorskip("rustworkx")
+ig = pytest.importorskip("igraph")
+
+OURS = "llm_agent_runtime"
+PEERS = ["rustworkx", "igraph", "networkx"]
+
+
+@cache
+def edges(name: str) -> tuple[int, bool, list[tuple[int, int, float]]]:
+    """(node count, directed, weighted edge list) of a named dataset."""
+    rng = random.Random(7)
+    if name.startswith("BA-"):
+        n = int(name[3:].replace(",", ""))
+        g = nx.barabasi_albert_graph(n, 3, seed=42)
+        directed = False
+    else:
+        n = 2000
+        g = nx.gnp_random_graph(n, 0.003, seed=42, directed=True)
+        directed = True
+    return n, directed, [(u, v, float(rng.randint(1, 9))) for u, v in g.edges()]
+
+
+@cache
+def string_edges(name: str) -> tuple[list[str], list[tuple[str, str, str, float]]]:
+    """Our natural input (string ids), prepared outside the timing like the peers' lists."""
+    n, _, es = edges(name)
+    return [str(i) for i in range(n)], [(str(u), str(v), "k", w) for u, v, w in es]
+
+
+def build(lib: str, name: str) -> Any:
+    n, directed, es = edges(name)
+    if lib == OURS:
+        return ar.GraphStore.from_edge_list(n, es, kind="k")
+    if lib == "rustworkx":
+        g = rx.PyDiGraph() if directed else rx.PyGraph()
+        g.add_nodes_from(range(n))
+        g.add_edges_from(es)
+        return g
+    if lib == "igraph":
+        return ig.Graph(
+            n=n,
+            edges=[(u, v) for u, v, _ in es],
+            directed=directed,
+            edge_attrs={"weight": [w for *_, w in es]},
+        )
+    g = nx.DiGraph() if directed else nx.Graph()
+    g.add_nodes_from(range(n))
+    g.add_weighted_edges_from(es)
+    return g
+
+
+@cache
+def graph(lib: str, name: str) -> Any:
+    return build(lib, name)
+
+
+def _to_float_dict(values: Any, n: int) -> dict[int, float]:
+    return {i: float(values[i]) for i in range(n)}
+
+
+# ----------------------------------------------------------------------------- algorithms
+# Each returns a callable running the algorithm, and a function normalizing its result to
+# {node index: value} (or a comparable summary) for the correctness check.
+
+
+def betweenness(lib: str, name: str, weighted: bool) -> Any:
+    g = graph(lib, name)
+    n, directed, _ = edges(name)
+    if lib == OURS:
+        return lambda: g.betweenness_centrality(weighted=weighted, directed=directed)
+    if lib == "rustworkx":
+        if weighted:
+            return None  # rustworkx has no weighted betweenness
+        fn = rx.digraph_betweenness_centrality if directed else rx.graph_betweenness_centrality
+        return lambda: fn(g, normalized=True)
+    if lib == "igraph":
+        scale = 1.0 / ((n - 1) * (n - 2)) * (1 if directed else 2)
+        weights = "weight" if weighted else None
+        return lambda: [b * scale for b in g.betweenness(directed=directed, weights=weights)]
+    if weighted:
+        return None  # networkx weighted betweenness takes ~50 s on BA-2,000
+    return lambda: nx.betweenness_centrality(g, normalized=True)
+
+
+def as_index_map(lib: str, result: Any, n: int) -> dict[int, float]:
+    if lib == OURS:
+        return {int(k): v for k, v in result.items()}
+    if lib == "rustworkx":
+        return {int(k): float(v) for k, v in result.items()}
+    if lib == "igraph":
+        return _to_float_dict(result, n)
+    return {int(k): float(v) for k, v in result.items()}
+
+
+def close(a: dict[int, float], b: dict[int, float], tol: float) -> bool:
+    return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= tol for k in a)
+
+
+BETWEENNESS_CASES = [
+    (name, weighted, lib)
+    for name in ["BA-2,000", "GNP-2,000"]
+    for weighted in (False, True)
+    for lib in [OURS, *PEERS]
+    if not (name == "GNP-2,000" and weighted)
+]
+
+
+@pytest.mark.parametrize(("name", "weighted", "lib"), BETWEENNESS_CASES)
+def test_betweenness(benchmark: Any, name: str, weighted: bool, lib: str) -> None:
+    run = betweenness(lib, name, weighted)
+    if run is None:
+        pytest.skip(f"{lib} has no practical weighted betweenness here")
+    n = edges(name)[0]
+    rounds = 1 if lib == "networkx" else 5
+    benchmark.group = f"graph: betweenness {'weighted' if weighted else 'unweighted'}, {name}"
+    result = benchmark.pedantic(
+        run, rounds=rounds, iterations=1, warmup_rounds=0 if rounds == 1 else 1
+    )
+    benchmark.extra_info["lib"] = lib
+    reference = as_index_map(OURS, betweenness(OURS, name, weighted)(), n)
+    benchmark.extra_info["correct"] = close(as_index_map(lib, result, n), reference, 1e-9)
+
+
+@pytest.mark.parametrize("lib", [OURS, "networkx"])
+def test_sampled_betweenness(benchmark: Any, lib: str) -> None:
+    name, k, seed = "BA-20,000", 200, 11
+    g = graph(lib, name)
+    sources = random.Random(seed).sample(list(range(edges(name)[0])), k)
+    if lib == OURS:
+        # The same sources networkx draws for this seed, so both estimate the same sum.
+        run = lambda: g.betweenness_from([str(s) for s in sources], directed=False)  # noqa: E731
+    else:
+        run = lambda: nx.betweenness_centrality(g, k=k, seed=seed)  # noqa: E731
+    benchmark.group = f"graph: sampled betweenness (k={k}), {name}"
+    result = benchmark.pedantic(run, rounds=1 if lib == "networkx" else 5, iterations=1)
+    benchmark.extra_info["lib"] = lib
+    if lib == "networkx":
+        ours = as_index_map(
+            OURS,
+            graph(OURS, name).betweenness_from([str(s) for s in sources], directed=False),
+            edges(name)[0],
+        )
+        benchmark.extra_info["correct"] = close(
+            as_index_map(lib, result, edges(name)[0]), ours, 1e-9
+        )
+    else:
+        benchmark.extra_info["correct"] = len(result) == edges(name)[0]
+
+
+def dijkstra(lib: str, name: str) -> Any:
+    g = graph(lib, name)
+    if lib == OURS:
+        directed = edges(name)[1]
+        return lambda: g.distances("0", directed=directed)
+    if lib == "rustworkx":
+        fn = (
+            rx.digraph_dijkstra_shortest_path_lengths
+            if edges(name)[1]
+            else rx.graph_dijkstra_shortest_path_lengths
+        )
+        return lambda: fn(g, 0, edge_cost_fn=float)
+    if lib == "igraph":
+        return lambda: g.distances(source=0, weights="weight")[0]
+    return lambda: nx.single_source_dijkstra_path_length(g, 0)
+
+
+def distances_map(lib: str, result: Any) -> dict[int, float]:
+    if lib == OURS:
+        return {int(k): v for k, v in result.items() if k != "0"}
+    if lib == "rustworkx":
+        return {int(k): float(v) for k, v in result.items()}
+    if lib == "igraph":
+        return {i: float(d) for i, d in enumerate(result) if i != 0 and d != float("inf")}
+    return {int(k): float(v) for k, v in result.items() if k != 0}
+
+
+@pytest.mark.parametrize("name", ["BA-2,000", "BA-20,000", "GNP-2,000"])
+@pytest.mark.parametrize("lib", [OURS, *PEERS])
+def test_dijkstra(benchmark: Any, name: str, lib: str) -> None:
+    run = dijkstra(lib, name)
+    benchmark.group = f"graph: Dijkstra from one source, {name}"
+    result = benchmark.pedantic(run, rounds=20, iterations=1, warmup_rounds=2)
+    benchmark.extra_info["lib"] = lib
+    reference = distances_map(OURS, dijkstra(OURS, name)())
+    benchmark.extra_info["correct"] = distances_map(lib, result) == reference
+
+
+def bfs(lib: str, name: str) -> Any:
+    g = graph(lib, name)
+    if lib == OURS:
+        directed = edges(name)[1]
+        return lambda: g.bfs("0", directed=directed)
+    if lib == "rustworkx":
+        return lambda: rx.bfs_layers(g, [0])
+    if lib == "igraph":
+        return lambda: g.bfs(0)[0]
+    return lambda: list(nx.bfs_edges(g, 0))
+
+
+def reached(lib: str, result: Any) -> int:
+    """Number of nodes the traversal reached (orders legitimately differ between libraries)."""
+    if lib == OURS:
+        return len(result)
+    if lib == "rustworkx":
+        return sum(len(layer) for layer in result)
+    if lib == "igraph":
+        return len(result)
+    return 1 + len(result)
+
+
+@pytest.mark.parametrize("name", ["BA-2,000", "BA-20,000", "GNP-2,000"])
+@pytest.mark.parametrize("lib", [OURS, *PEERS])
+def test_bfs(benchmark: Any, name: str, lib: str) -> None:
+    run = bfs(lib, name)
+    benchmark.group = f"graph: BFS order from one source, {name}"
+    result = benchmark.pedantic(run, rounds=20, iterations=1, warmup_rounds=2)
+    benchmark.extra_info["lib"] = lib
+    benchmark.extra_info["correct"] = reached(lib, result) == len(bfs(OURS, name)())
+
+
+def louvain(lib: str, name: str) -> Any:
+    g = graph(lib, name)
+    if lib == OURS:
+        return lambda: g.communities(seed=1)
+    if lib == "igraph":
+        return lambda: g.community_multilevel(weights="weight")
+    if lib == "networkx":
+        return lambda: nx.community.louvain_communities(g, weight="weight", seed=1)
+    return None  # rustworkx has no community detection
+
+
+def modularity(lib: str, name: str, result: Any) -> float:
+    if lib == OURS:
+        return float(result[1])
+    if lib == "igraph":  # the same (networkx) modularity function for every partition
+        groups: dict[int, set[int]] = {}
+        for node, community in enumerate(result.membership):
+            groups.setdefault(community, set()).add(node)
+        result = list(groups.values())
+    return float(nx.community.modularity(graph("networkx", name), result, weight="weight"))
+
+
+@pytest.mark.parametrize("name", ["BA-2,000", "BA-20,000"])
+@pytest.mark.parametrize("lib", [OURS, "igraph", "networkx"])
+def test_louvain(benchmark: Any, name: str, lib: str) -> None:
+    run = louvain(lib, name)
+    slow = lib == "networkx"
+    benchmark.group = f"graph: Louvain communities, {name}"
+    result = benchmark.pedantic(
+        run, rounds=1 if slow else 5, iterations=1, warmup_rounds=0 if slow else 1
+    )
+    benchmark.extra_info["lib"] = lib
+    q = modularity(lib, name, result)
+    benchmark.extra_info["modularity"] = round(q, 4)
+    # Louvain is a heuristic: "correct" = a partition of comparable quality to igraph's.
+    reference = modularity("igraph", name, louvain("igraph", name)())
+    benchmark.extra_info["correct"] = q >= reference - 0.01
+
+
+@pytest.mark.parametrize("name", ["BA-20,000"])
+@pytest.mark.parametrize("lib", [OURS, *PEERS])
+def test_construction(benchmark: Any, name: str, lib: str) -> None:
+    edges(name)
+    benchmark.group = f"graph: construction, {name}"
+    result = benchmark.pedantic(lambda: build(lib, name), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["lib"] = lib
+    count = {
+        OURS: lambda g: g.relationship_count(),
+        "rustworkx": lambda g: g.num_edges(),
+        "igraph": lambda g: g.ecount(),
+        "networkx": lambda g: g.number_of_edges(),
+    }[lib](result)
+    benchmark.extra_info["correct"] = count == len(edges(name)[2])
+
+
+@pytest.mark.parametrize("lib", [OURS, "networkx"])
+def test_construction_from_string_ids(benchmark: Any, lib: str) -> None:
+    name = "BA-20,000"
+    ids, relationships = string_edges(name)
+
+    def build_named() -> Any:
+        if lib == OURS:
+            g = ar.GraphStore()
+            g.add_entities(ids)
+            g.add_relationships(relationships)
+            return g.relationship_count()
+        h = nx.MultiDiGraph()
+        h.add_nodes_from(ids)
+        h.add_edges_from((u, v, {"kind": k, "weight": w}) for u, v, k, w in relationships)
+        return h.number_of_edges()
+
+    benchmark.group = f"graph: construction from string ids, {name}"
+    count = benchmark.pedantic(build_named, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["lib"] = lib
+    benchmark.extra_info["correct"] = count == len(relationships)

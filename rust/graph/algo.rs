@@ -1,0 +1,502 @@
+//! Traversals, shortest paths, reachability, cycles and degrees over a [`Snapshot`].
+//!
+//! Every function works on dense indices and returns dense indices; the binding maps them to
+//! entity ids.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+
+use rayon::prelude::*;
+
+use super::csr::{Adjacency, Snapshot};
+use crate::errors::{CoreError, CoreResult};
+
+/// Sources at or above this count are processed in parallel by the all-sources algorithms.
+pub const PARALLEL_SOURCES: usize = 256;
+
+/// Breadth-first order from `start`, at most `max_depth` hops away.
+pub fn bfs(adj: &Adjacency, n: usize, start: u32, max_depth: Option<usize>) -> Vec<u32> {
+    let mut depth = vec![u32::MAX; n];
+    let mut order = vec![start];
+    depth[start as usize] = 0;
+    let mut head = 0;
+    while head < order.len() {
+        let v = order[head];
+        head += 1;
+        let d = depth[v as usize];
+        if max_depth.is_some_and(|m| d as usize >= m) {
+            continue;
+        }
+        for &w in adj.neighbors(v as usize).0 {
+            if depth[w as usize] == u32::MAX {
+                depth[w as usize] = d + 1;
+                order.push(w);
+            }
+        }
+    }
+    order
+}
+
+/// Depth-first preorder from `start`, at most `max_depth` hops away (iterative).
+pub fn dfs(adj: &Adjacency, n: usize, start: u32, max_depth: Option<usize>) -> Vec<u32> {
+    let mut visited = vec![false; n];
+    let mut order = vec![start];
+    visited[start as usize] = true;
+    // (node, index of the next neighbour to try)
+    let mut stack: Vec<(u32, usize)> = vec![(start, 0)];
+    loop {
+        let depth = stack.len();
+        let Some(&mut (v, ref mut next)) = stack.last_mut() else {
+            break;
+        };
+        let neighbors = adj.neighbors(v as usize).0;
+        let can_descend = max_depth.is_none_or(|m| depth <= m);
+        let mut pushed = None;
+        while can_descend && *next < neighbors.len() {
+            let w = neighbors[*next];
+            *next += 1;
+            if !visited[w as usize] {
+                visited[w as usize] = true;
+                pushed = Some(w);
+                break;
+            }
+        }
+        match pushed {
+            Some(w) => {
+                order.push(w);
+                stack.push((w, 0));
+            }
+            None => {
+                stack.pop();
+            }
+        }
+    }
+    order
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct HeapItem(f64, u32);
+
+impl Eq for HeapItem {}
+
+impl Ord for HeapItem {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Min-heap on distance; weights are finite so `total_cmp` is a plain numeric order.
+        other
+            .0
+            .total_cmp(&self.0)
+            .then_with(|| other.1.cmp(&self.1))
+    }
+}
+
+impl PartialOrd for HeapItem {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+fn refuse_negative(snapshot: &Snapshot) -> CoreResult<()> {
+    if snapshot.has_negative_weight {
+        Err(CoreError::Graph(
+            "Dijkstra needs non-negative weights; the graph has a negative one".into(),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Dijkstra from `source`: distance and predecessor of every node (`f64::INFINITY` and
+/// `u32::MAX` when unreachable). Stops early once `target` is settled.
+pub fn dijkstra(
+    snapshot: &Snapshot,
+    directed: bool,
+    source: u32,
+    target: Option<u32>,
+) -> CoreResult<(Vec<f64>, Vec<u32>)> {
+    refuse_negative(snapshot)?;
+    let adj = snapshot.view(directed);
+    let n = snapshot.n;
+    let mut dist = vec![f64::INFINITY; n];
+    let mut pred = vec![u32::MAX; n];
+    let mut done = vec![false; n];
+    let mut heap = BinaryHeap::with_capacity(n.min(1 << 16));
+    dist[source as usize] = 0.0;
+    heap.push(HeapItem(0.0, source));
+    while let Some(HeapItem(d, v)) = heap.pop() {
+        if done[v as usize] {
+            continue;
+        }
+        done[v as usize] = true;
+        if Some(v) == target {
+            break;
+        }
+        let (targets, weights) = adj.neighbors(v as usize);
+        for (&w, &weight) in targets.iter().zip(weights) {
+            let candidate = d + weight;
+            if candidate < dist[w as usize] {
+                dist[w as usize] = candidate;
+                pred[w as usize] = v;
+                heap.push(HeapItem(candidate, w));
+            }
+        }
+    }
+    Ok((dist, pred))
+}
+
+/// Cheapest path `source -> target` and its cost, or None when unreachable.
+pub fn shortest_path(
+    snapshot: &Snapshot,
+    directed: bool,
+    source: u32,
+    target: u32,
+) -> CoreResult<Option<(Vec<u32>, f64)>> {
+    let (dist, pred) = dijkstra(snapshot, directed, source, Some(target))?;
+    if dist[target as usize].is_infinite() {
+        return Ok(None);
+    }
+    let mut path = vec![target];
+    let mut v = target;
+    while v != source {
+        v = pred[v as usize];
+        path.push(v);
+    }
+    path.reverse();
+    Ok(Some((path, dist[target as usize])))
+}
+
+/// Nodes reachable from `source` (itself included), in BFS order.
+pub fn reachable(snapshot: &Snapshot, directed: bool, source: u32) -> Vec<u32> {
+    bfs(snapshot.view(directed), snapshot.n, source, None)
+}
+
+/// For every node, the nodes reachable from it in one or more hops (so a node is in its own
+/// set only when it lies on a cycle), sorted. Parallel over sources on large graphs.
+pub fn transitive_closure(snapshot: &Snapshot) -> Vec<Vec<u32>> {
+    let adj = &snapshot.out;
+    let n = snapshot.n;
+    let one = |s: usize| -> Vec<u32> {
+        let mut seen = vec![false; n];
+        let mut queue: VecDeque<u32> = adj.neighbors(s).0.iter().copied().collect();
+        for &w in &queue {
+            seen[w as usize] = true;
+        }
+        let mut out = Vec::new();
+        while let Some(v) = queue.pop_front() {
+            out.push(v);
+            for &w in adj.neighbors(v as usize).0 {
+                if !seen[w as usize] {
+                    seen[w as usize] = true;
+                    queue.push_back(w);
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    };
+    if n >= PARALLEL_SOURCES {
+        (0..n).into_par_iter().map(one).collect()
+    } else {
+        (0..n).map(one).collect()
+    }
+}
+
+/// Whether the directed graph has a cycle (a self-loop counts).
+pub fn has_cycle(snapshot: &Snapshot) -> bool {
+    // Kahn's algorithm: a cycle exists iff some node never reaches in-degree zero.
+    let n = snapshot.n;
+    let mut indegree: Vec<u32> = (0..n).map(|v| snapshot.incoming.degree(v) as u32).collect();
+    let mut queue: Vec<u32> = (0..n as u32)
+        .filter(|&v| indegree[v as usize] == 0)
+        .collect();
+    let mut removed = 0;
+    while let Some(v) = queue.pop() {
+        removed += 1;
+        for &w in snapshot.out.neighbors(v as usize).0 {
+            indegree[w as usize] -= 1;
+            if indegree[w as usize] == 0 {
+                queue.push(w);
+            }
+        }
+    }
+    removed < n
+}
+
+/// Elementary directed cycles (Johnson's algorithm, iterative), at most `cap` of them. Each
+/// cycle starts at its smallest node index and is listed once.
+pub fn cycles(snapshot: &Snapshot, cap: usize) -> Vec<Vec<u32>> {
+    let n = snapshot.n;
+    let adj = &snapshot.out;
+    let mut found = Vec::new();
+    let mut in_component = vec![false; n];
+    let mut blocked = vec![false; n];
+    let mut blockers: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let (component_of, component_size) = strongly_connected(snapshot);
+    for s in 0..n as u32 {
+        if found.len() >= cap {
+            break;
+        }
+        let self_loop = adj.neighbors(s as usize).0.contains(&s);
+        if component_size[component_of[s as usize] as usize] == 1 && !self_loop {
+            continue; // on no cycle at all
+        }
+        // The strongly connected component of `s` among nodes >= s: forward ∩ backward reach.
+        let same = |w: u32| w >= s && component_of[w as usize] == component_of[s as usize];
+        let forward = reach_from(adj, s, same);
+        let backward = reach_from(&snapshot.incoming, s, same);
+        let component: Vec<u32> = forward
+            .iter()
+            .copied()
+            .filter(|v| backward.binary_search(v).is_ok())
+            .collect();
+        for &v in &component {
+            in_component[v as usize] = true;
+            blocked[v as usize] = false;
+            blockers[v as usize].clear();
+        }
+        let mut path = vec![s];
+        let mut closes = vec![false];
+        let mut next = vec![0usize];
+        blocked[s as usize] = true;
+        while let Some(&v) = path.last() {
+            let depth = path.len() - 1;
+            let neighbors = adj.neighbors(v as usize).0;
+            if next[depth] < neighbors.len() {
+                let w = neighbors[next[depth]];
+                next[depth] += 1;
+                if w < s || !in_component[w as usize] {
+                    continue;
+                }
+                if w == s {
+                    found.push(path.clone());
+                    closes[depth] = true;
+                    if found.len() >= cap {
+                        break;
+                    }
+                } else if !blocked[w as usize] {
+                    blocked[w as usize] = true;
+                    path.push(w);
+                    closes.push(false);
+                    next.push(0);
+                }
+                continue;
+            }
+            // Done with `v`: unblock it if it closed a cycle, else wait on its neighbours.
+            if closes[depth] {
+                unblock(v, &mut blocked, &mut blockers);
+            } else {
+                for &w in neighbors {
+                    if w >= s && in_component[w as usize] && !blockers[w as usize].contains(&v) {
+                        blockers[w as usize].push(v);
+                    }
+                }
+            }
+            path.pop();
+            let closed = closes.pop().unwrap_or(false);
+            next.pop();
+            if let Some(parent) = closes.last_mut() {
+                *parent |= closed;
+            }
+        }
+        for &v in &component {
+            in_component[v as usize] = false;
+        }
+    }
+    found
+}
+
+/// Strongly connected components (Kosaraju, iterative): the component of each node and the
+/// size of each component.
+pub fn strongly_connected(snapshot: &Snapshot) -> (Vec<u32>, Vec<usize>) {
+    let n = snapshot.n;
+    // Pass 1: nodes in order of DFS completion on the forward graph.
+    let mut visited = vec![false; n];
+    let mut finished = Vec::with_capacity(n);
+    for root in 0..n {
+        if visited[root] {
+            continue;
+        }
+        visited[root] = true;
+        let mut stack = vec![(root as u32, 0usize)];
+        while let Some(&mut (v, ref mut next)) = stack.last_mut() {
+            let neighbors = snapshot.out.neighbors(v as usize).0;
+            if *next < neighbors.len() {
+                let w = neighbors[*next];
+                *next += 1;
+                if !visited[w as usize] {
+                    visited[w as usize] = true;
+                    stack.push((w, 0));
+                }
+            } else {
+                finished.push(v);
+                stack.pop();
+            }
+        }
+    }
+    // Pass 2: collect components on the reverse graph in reverse completion order.
+    let mut component = vec![u32::MAX; n];
+    let mut sizes = Vec::new();
+    for &root in finished.iter().rev() {
+        if component[root as usize] != u32::MAX {
+            continue;
+        }
+        let id = sizes.len() as u32;
+        component[root as usize] = id;
+        let mut size = 0;
+        let mut stack = vec![root];
+        while let Some(v) = stack.pop() {
+            size += 1;
+            for &w in snapshot.incoming.neighbors(v as usize).0 {
+                if component[w as usize] == u32::MAX {
+                    component[w as usize] = id;
+                    stack.push(w);
+                }
+            }
+        }
+        sizes.push(size);
+    }
+    (component, sizes)
+}
+
+/// Sorted nodes reachable from `s` through nodes accepted by `allowed`.
+fn reach_from(adj: &Adjacency, s: u32, allowed: impl Fn(u32) -> bool) -> Vec<u32> {
+    let mut seen = rustc_hash::FxHashSet::default();
+    seen.insert(s);
+    let mut stack = vec![s];
+    while let Some(v) = stack.pop() {
+        for &w in adj.neighbors(v as usize).0 {
+            if allowed(w) && seen.insert(w) {
+                stack.push(w);
+            }
+        }
+    }
+    let mut out: Vec<u32> = seen.into_iter().collect();
+    out.sort_unstable();
+    out
+}
+
+fn unblock(start: u32, blocked: &mut [bool], blockers: &mut [Vec<u32>]) {
+    let mut stack = vec![start];
+    while let Some(v) = stack.pop() {
+        if blocked[v as usize] {
+            blocked[v as usize] = false;
+            stack.append(&mut blockers[v as usize]);
+        }
+    }
+}
+
+/// Which degree a centrality counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DegreeMode {
+    /// Incoming relationships.
+    In,
+    /// Outgoing relationships.
+    Out,
+    /// Both (a self-loop counts twice).
+    Total,
+}
+
+/// Degree of each node counting every relationship (parallel ones included), optionally
+/// divided by `n - 1` as networkx does (a graph of one node gets 1.0).
+pub fn degree_centrality(
+    n: usize,
+    relationships: impl Iterator<Item = (u32, u32)>,
+    mode: DegreeMode,
+    normalized: bool,
+) -> Vec<f64> {
+    let mut degree = vec![0f64; n];
+    for (from, to) in relationships {
+        if mode != DegreeMode::In {
+            degree[from as usize] += 1.0;
+        }
+        if mode != DegreeMode::Out {
+            degree[to as usize] += 1.0;
+        }
+    }
+    if normalized {
+        if n <= 1 {
+            return vec![1.0; n];
+        }
+        let scale = 1.0 / (n - 1) as f64;
+        degree.iter_mut().for_each(|d| *d *= scale);
+    }
+    degree
+}
+
+/// Nodes within `hops` of `start` (following direction when `directed`), in BFS order.
+pub fn neighborhood(snapshot: &Snapshot, directed: bool, start: u32, hops: usize) -> Vec<u32> {
+    bfs(snapshot.view(directed), snapshot.n, start, Some(hops))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::store::Store;
+    use serde_json::Value;
+
+    fn graph(n: usize, edges: &[(u32, u32, f64)]) -> Snapshot {
+        let mut s = Store::default();
+        for i in 0..n {
+            s.add_entity(i.to_string(), String::new(), Value::Null)
+                .unwrap();
+        }
+        for &(a, b, w) in edges {
+            let k = s.intern("k");
+            s.push_relationship(a, b, k, w);
+        }
+        Snapshot::build(&s)
+    }
+
+    #[test]
+    fn traversals_follow_insertion_order_and_depth() {
+        let g = graph(5, &[(0, 2, 1.0), (0, 1, 1.0), (1, 3, 1.0), (2, 4, 1.0)]);
+        assert_eq!(bfs(&g.out, 5, 0, None), vec![0, 2, 1, 4, 3]);
+        assert_eq!(bfs(&g.out, 5, 0, Some(1)), vec![0, 2, 1]);
+        assert_eq!(dfs(&g.out, 5, 0, None), vec![0, 2, 4, 1, 3]);
+        assert_eq!(dfs(&g.out, 5, 0, Some(1)), vec![0, 2, 1]);
+    }
+
+    #[test]
+    fn dijkstra_finds_the_cheapest_path_and_refuses_negative_weights() {
+        let g = graph(4, &[(0, 1, 4.0), (0, 2, 1.0), (2, 1, 1.0), (1, 3, 1.0)]);
+        let (path, cost) = shortest_path(&g, true, 0, 3).unwrap().unwrap();
+        assert_eq!((path, cost), (vec![0, 2, 1, 3], 3.0));
+        assert!(shortest_path(&g, true, 3, 0).unwrap().is_none());
+        let negative = graph(2, &[(0, 1, -1.0)]);
+        assert!(dijkstra(&negative, true, 0, None).is_err());
+    }
+
+    #[test]
+    fn cycles_are_found_once_each() {
+        let g = graph(
+            4,
+            &[
+                (0, 1, 1.0),
+                (1, 0, 1.0),
+                (1, 2, 1.0),
+                (2, 0, 1.0),
+                (3, 3, 1.0),
+            ],
+        );
+        assert!(has_cycle(&g));
+        let mut all = cycles(&g, 100);
+        all.sort();
+        assert_eq!(all, vec![vec![0, 1], vec![0, 1, 2], vec![3]]);
+        assert_eq!(cycles(&g, 1).len(), 1);
+        assert!(!has_cycle(&graph(
+            3,
+            &[(0, 1, 1.0), (1, 2, 1.0), (0, 2, 1.0)]
+        )));
+    }
+
+    #[test]
+    fn closure_and_degrees() {
+        let g = graph(3, &[(0, 1, 1.0), (1, 2, 1.0)]);
+        assert_eq!(transitive_closure(&g), vec![vec![1, 2], vec![2], vec![]]);
+        let d = degree_centrality(3, [(0, 1), (1, 2)].into_iter(), DegreeMode::Total, true);
+        assert_eq!(d, vec![0.5, 1.0, 0.5]);
+        assert_eq!(
+            degree_centrality(1, std::iter::empty(), DegreeMode::In, true),
+            vec![1.0]
+        );
+    }
+}

@@ -1,0 +1,398 @@
+//! Community detection on the undirected view: Louvain (with resolution) and asynchronous
+//! label propagation. Parallel relationships add their weights, as networkx does when it
+//! runs these on a multigraph.
+
+/// A small seeded generator (splitmix64): node orders and tie-breaks are reproducible.
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> SplitMix {
+        SplitMix(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform index below `bound` (> 0).
+    pub fn below(&mut self, bound: usize) -> usize {
+        ((self.next_u64() as u128 * bound as u128) >> 64) as usize
+    }
+
+    /// Shuffles `items` in place (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+    }
+}
+
+/// Undirected weighted graph with merged parallel edges and self-loops kept apart.
+struct WeightedGraph {
+    offsets: Vec<usize>,
+    targets: Vec<u32>,
+    weights: Vec<f64>,
+    self_loops: Vec<f64>,
+    /// Weighted degree (a self-loop counts twice).
+    degree: Vec<f64>,
+    /// Total edge weight `m`.
+    total: f64,
+}
+
+impl WeightedGraph {
+    fn from_edges(n: usize, edges: impl Iterator<Item = (u32, u32, f64)>) -> WeightedGraph {
+        let mut self_loops = vec![0.0; n];
+        let mut half: Vec<(u32, u32, f64)> = Vec::new();
+        for (a, b, w) in edges {
+            if a == b {
+                self_loops[a as usize] += w;
+            } else {
+                half.push((a, b, w));
+                half.push((b, a, w));
+            }
+        }
+        half.sort_unstable_by_key(|&(a, b, _)| (a, b));
+        let mut offsets = vec![0usize; n + 1];
+        let mut targets = Vec::with_capacity(half.len());
+        let mut weights: Vec<f64> = Vec::with_capacity(half.len());
+        let mut last: Option<(u32, u32)> = None;
+        for (a, b, w) in half {
+            if last == Some((a, b)) {
+                if let Some(x) = weights.last_mut() {
+                    *x += w;
+                }
+                continue;
+            }
+            last = Some((a, b));
+            offsets[a as usize + 1] += 1;
+            targets.push(b);
+            weights.push(w);
+        }
+        for i in 0..n {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut degree = vec![0.0; n];
+        for v in 0..n {
+            degree[v] =
+                weights[offsets[v]..offsets[v + 1]].iter().sum::<f64>() + 2.0 * self_loops[v];
+        }
+        let total = degree.iter().sum::<f64>() / 2.0;
+        WeightedGraph {
+            offsets,
+            targets,
+            weights,
+            self_loops,
+            degree,
+            total,
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.degree.len()
+    }
+
+    fn neighbors(&self, v: usize) -> impl Iterator<Item = (usize, f64)> + '_ {
+        let range = self.offsets[v]..self.offsets[v + 1];
+        self.targets[range.clone()]
+            .iter()
+            .map(|&t| t as usize)
+            .zip(self.weights[range].iter().copied())
+    }
+}
+
+/// networkx's modularity of a partition (`community[v]` = community id of node v).
+fn modularity_of(g: &WeightedGraph, community: &[usize], resolution: f64) -> f64 {
+    if g.total <= 0.0 {
+        return 0.0;
+    }
+    let count = community.iter().copied().max().map_or(0, |c| c + 1);
+    let mut internal = vec![0.0; count];
+    let mut degree = vec![0.0; count];
+    for v in 0..g.n() {
+        let c = community[v];
+        degree[c] += g.degree[v];
+        internal[c] += g.self_loops[v];
+        for (w, weight) in g.neighbors(v) {
+            if community[w] == c && w > v {
+                internal[c] += weight;
+            }
+        }
+    }
+    let m = g.total;
+    internal
+        .iter()
+        .zip(&degree)
+        .map(|(l, k)| l / m - resolution * (k / (2.0 * m)).powi(2))
+        .sum()
+}
+
+/// Moves nodes between communities while modularity improves; returns whether any moved.
+fn local_moving(
+    g: &WeightedGraph,
+    community: &mut [usize],
+    resolution: f64,
+    rng: &mut SplitMix,
+) -> bool {
+    let n = g.n();
+    let two_m = 2.0 * g.total;
+    let mut totals = vec![0.0; n];
+    let mut sizes = vec![0usize; n];
+    for v in 0..n {
+        totals[community[v]] += g.degree[v];
+        sizes[community[v]] += 1;
+    }
+    // Community ids with no member: where a node goes to stand alone.
+    let mut empty: Vec<usize> = (0..n).filter(|&c| sizes[c] == 0).collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut order);
+    let mut link = vec![0.0; n];
+    let mut touched: Vec<usize> = Vec::new();
+    let mut any_move = false;
+    loop {
+        let mut moved = 0;
+        for &v in &order {
+            let own = community[v];
+            let k = g.degree[v];
+            for (w, weight) in g.neighbors(v) {
+                let c = community[w];
+                if link[c] == 0.0 {
+                    touched.push(c);
+                }
+                link[c] += weight;
+            }
+            totals[own] -= k;
+            sizes[own] -= 1;
+            let gain = |c: usize, links: f64| links - resolution * totals[c] * k / two_m;
+            let mut best = own;
+            let mut best_gain = gain(own, link[own]);
+            for &c in &touched {
+                let g_c = gain(c, link[c]);
+                if g_c > best_gain + 1e-12 {
+                    best = c;
+                    best_gain = g_c;
+                }
+            }
+            // Standing alone gains nothing and costs nothing: better when every community
+            // around costs more than it links.
+            if sizes[own] > 0 && 0.0 > best_gain + 1e-12 {
+                if let Some(c) = empty.pop() {
+                    best = c;
+                }
+            }
+            totals[best] += k;
+            sizes[best] += 1;
+            if sizes[own] == 0 && best != own {
+                empty.push(own);
+            }
+            if best != own {
+                community[v] = best;
+                moved += 1;
+            }
+            for &c in &touched {
+                link[c] = 0.0;
+            }
+            touched.clear();
+        }
+        if moved == 0 {
+            break;
+        }
+        any_move = true;
+    }
+    any_move
+}
+
+/// Renumbers community ids to 0..count in order of first appearance.
+fn renumber(community: &mut [usize]) -> usize {
+    let mut map = vec![usize::MAX; community.len()];
+    let mut next = 0;
+    for c in community.iter_mut() {
+        if map[*c] == usize::MAX {
+            map[*c] = next;
+            next += 1;
+        }
+        *c = map[*c];
+    }
+    next
+}
+
+/// Graphs up to this many nodes run Louvain from several node orders and keep the best.
+const SMALL_GRAPH: usize = 512;
+const SMALL_GRAPH_TRIES: u64 = 8;
+
+/// Louvain communities of the undirected view (node indices, each sorted; communities in
+/// order of their smallest node) and the partition's modularity.
+///
+/// Louvain's result depends on the order nodes are visited; on small graphs that variance is
+/// largest and a run costs microseconds, so they keep the best of several seeded orders.
+pub fn louvain(
+    n: usize,
+    edges: &[(u32, u32, f64)],
+    resolution: f64,
+    seed: u64,
+) -> (Vec<Vec<u32>>, f64) {
+    let tries = if n <= SMALL_GRAPH {
+        SMALL_GRAPH_TRIES
+    } else {
+        1
+    };
+    let mut best: Option<(Vec<Vec<u32>>, f64)> = None;
+    for attempt in 0..tries {
+        let found = louvain_once(n, edges, resolution, seed.wrapping_add(attempt));
+        if best.as_ref().is_none_or(|(_, q)| found.1 > *q + 1e-12) {
+            best = Some(found);
+        }
+    }
+    best.unwrap_or_default()
+}
+
+fn louvain_once(
+    n: usize,
+    edges: &[(u32, u32, f64)],
+    resolution: f64,
+    seed: u64,
+) -> (Vec<Vec<u32>>, f64) {
+    let original = WeightedGraph::from_edges(n, edges.iter().copied());
+    let mut rng = SplitMix::new(seed);
+    // `membership[v]` = community of original node v, refined level by level.
+    let mut membership: Vec<usize> = (0..n).collect();
+    let mut level = WeightedGraph::from_edges(n, edges.iter().copied());
+    loop {
+        let mut community: Vec<usize> = (0..level.n()).collect();
+        if !local_moving(&level, &mut community, resolution, &mut rng) {
+            break;
+        }
+        let count = renumber(&mut community);
+        for m in membership.iter_mut() {
+            *m = community[*m];
+        }
+        // Aggregate: communities become nodes; internal weight becomes a self-loop.
+        let mut edges = Vec::with_capacity(level.targets.len() / 2 + level.n());
+        for v in 0..level.n() {
+            let cv = community[v] as u32;
+            if level.self_loops[v] != 0.0 {
+                edges.push((cv, cv, level.self_loops[v]));
+            }
+            for (w, weight) in level.neighbors(v) {
+                if w > v {
+                    edges.push((cv, community[w] as u32, weight));
+                }
+            }
+        }
+        level = WeightedGraph::from_edges(count, edges.into_iter());
+        if count == 1 {
+            break;
+        }
+    }
+    let count = renumber(&mut membership);
+    let mut communities = vec![Vec::new(); count];
+    for (v, &c) in membership.iter().enumerate() {
+        communities[c].push(v as u32);
+    }
+    let q = modularity_of(&original, &membership, resolution);
+    (communities, q)
+}
+
+/// Modularity of a given partition (lists of node indices) on the undirected view.
+pub fn modularity(
+    n: usize,
+    edges: &[(u32, u32, f64)],
+    communities: &[Vec<u32>],
+    resolution: f64,
+) -> f64 {
+    let g = WeightedGraph::from_edges(n, edges.iter().copied());
+    let mut membership = vec![0usize; n];
+    for (c, members) in communities.iter().enumerate() {
+        for &v in members {
+            membership[v as usize] = c;
+        }
+    }
+    modularity_of(&g, &membership, resolution)
+}
+
+/// Asynchronous label propagation (weighted, seeded): every node ends with a label carried
+/// by the largest weight among its neighbours. Communities as sorted node-index lists.
+pub fn label_propagation(
+    n: usize,
+    edges: &[(u32, u32, f64)],
+    seed: u64,
+    max_rounds: usize,
+) -> Vec<Vec<u32>> {
+    let g = WeightedGraph::from_edges(n, edges.iter().copied());
+    let mut label: Vec<usize> = (0..n).collect();
+    let mut rng = SplitMix::new(seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut weight_of = vec![0.0; n];
+    let mut touched = Vec::new();
+    let mut best = Vec::new();
+    for _ in 0..max_rounds {
+        rng.shuffle(&mut order);
+        let mut changed = false;
+        for &v in &order {
+            for (w, weight) in g.neighbors(v) {
+                if weight_of[label[w]] == 0.0 {
+                    touched.push(label[w]);
+                }
+                weight_of[label[w]] += weight;
+            }
+            let top = touched
+                .iter()
+                .map(|&l| weight_of[l])
+                .fold(f64::NEG_INFINITY, f64::max);
+            best.clear();
+            best.extend(touched.iter().copied().filter(|&l| weight_of[l] == top));
+            if !best.is_empty() && !best.contains(&label[v]) {
+                label[v] = best[rng.below(best.len())];
+                changed = true;
+            }
+            for &l in &touched {
+                weight_of[l] = 0.0;
+            }
+            touched.clear();
+        }
+        if !changed {
+            break;
+        }
+    }
+    renumber(&mut label);
+    let count = label.iter().copied().max().map_or(0, |c| c + 1);
+    let mut communities = vec![Vec::new(); count];
+    for (v, &c) in label.iter().enumerate() {
+        communities[c].push(v as u32);
+    }
+    communities
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_triangles() -> Vec<(u32, u32, f64)> {
+        [(0, 1), (1, 2), (2, 0), (3, 4), (4, 5), (5, 3), (2, 3)]
+            .into_iter()
+            .map(|(a, b)| (a, b, 1.0))
+            .collect()
+    }
+
+    #[test]
+    fn louvain_splits_two_triangles() {
+        let (communities, q) = louvain(6, &two_triangles(), 1.0, 7);
+        assert_eq!(communities, vec![vec![0, 1, 2], vec![3, 4, 5]]);
+        // networkx: modularity of this split is 5/14.
+        assert!((q - 5.0 / 14.0).abs() < 1e-12);
+        assert!((modularity(6, &two_triangles(), &communities, 1.0) - q).abs() < 1e-12);
+    }
+
+    #[test]
+    fn label_propagation_partitions_every_node() {
+        let communities = label_propagation(6, &two_triangles(), 3, 100);
+        let mut all: Vec<u32> = communities.concat();
+        all.sort_unstable();
+        assert_eq!(all, vec![0, 1, 2, 3, 4, 5]);
+    }
+}

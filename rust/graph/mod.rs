@@ -1,0 +1,1014 @@
+//! The knowledge graph: `GraphStore`, a directed multigraph of entities and typed, weighted
+//! relationships with graph analytics in Rust.
+//!
+//! Mutations go to the [`store::Store`] under a write lock and drop the cached snapshot;
+//! algorithms run on a [`Frozen`] copy (CSR adjacency, ids, edge list) built once per
+//! mutation generation and shared behind an `Arc`, with the GIL released.
+
+pub mod algo;
+pub mod betweenness;
+pub mod community;
+pub mod csr;
+pub mod props;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Mutex, RwLock};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use rustc_hash::FxHashMap;
+
+use crate::errors::{catch_panics, run_detached, CoreError, CoreResult};
+use algo::DegreeMode;
+use community::SplitMix;
+use csr::Snapshot;
+use store::{check_weight, Store};
+
+/// What the algorithms read: a consistent copy of one mutation generation.
+struct Frozen {
+    snapshot: Snapshot,
+    ids: Vec<String>,
+    index: FxHashMap<String, u32>,
+    edges: Vec<(u32, u32, f64)>,
+    /// The ids as Python strings, made once per generation for results that list nodes.
+    py_ids: OnceLock<Vec<Py<PyString>>>,
+}
+
+impl Frozen {
+    fn build(store: &Store) -> Frozen {
+        let ids: Vec<String> = store.entities().iter().map(|e| e.id.clone()).collect();
+        let index = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i as u32))
+            .collect();
+        Frozen {
+            snapshot: Snapshot::build(store),
+            ids,
+            index,
+            edges: store
+                .relationships()
+                .iter()
+                .map(|r| (r.from, r.to, r.weight))
+                .collect(),
+            py_ids: OnceLock::new(),
+        }
+    }
+
+    fn py_ids(&self, py: Python<'_>) -> &[Py<PyString>] {
+        self.py_ids.get_or_init(|| {
+            self.ids
+                .iter()
+                .map(|id| PyString::new(py, id).unbind())
+                .collect()
+        })
+    }
+
+    /// The ids of `nodes` as a Python list.
+    fn py_list<'py>(&self, py: Python<'py>, nodes: &[u32]) -> PyResult<Bound<'py, PyList>> {
+        let ids = self.py_ids(py);
+        PyList::new(py, nodes.iter().map(|&v| ids[v as usize].bind(py)))
+    }
+
+    /// `{id: value}` for the given `(node, value)` pairs.
+    fn py_dict<'py>(
+        &self,
+        py: Python<'py>,
+        values: impl Iterator<Item = (usize, f64)>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let ids = self.py_ids(py);
+        let dict = PyDict::new(py);
+        for (v, x) in values {
+            dict.set_item(ids[v].bind(py), x)?;
+        }
+        Ok(dict)
+    }
+
+    fn node(&self, id: &str) -> CoreResult<u32> {
+        self.index
+            .get(id)
+            .copied()
+            .ok_or_else(|| CoreError::Graph(format!("unknown entity {id:?}")))
+    }
+
+    fn names(&self, nodes: &[u32]) -> Vec<String> {
+        nodes
+            .iter()
+            .map(|&v| self.ids[v as usize].clone())
+            .collect()
+    }
+
+    fn refuse_negative(&self, what: &str) -> CoreResult<()> {
+        if self.snapshot.has_negative_weight {
+            Err(CoreError::Graph(format!(
+                "{what} needs non-negative weights; the graph has a negative one"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A directed multigraph of entities and typed, weighted relationships, with traversal,
+/// shortest paths, centrality, community and cycle algorithms in Rust.
+///
+/// Entity ids are strings. Relationships are directed; algorithms taking `directed=False`
+/// treat each one as an undirected edge. Parallel relationships count once (at their smallest
+/// weight) for paths and betweenness, and add up for communities. Thread-safe.
+///
+/// Raises:
+///     GraphError: On unknown entities, duplicate ids, non-finite weights, negative weights
+///         given to Dijkstra, a non-positive cycle cap.
+#[pyclass(module = "llm_agent_runtime", name = "GraphStore", frozen)]
+pub struct PyGraphStore {
+    store: RwLock<Store>,
+    frozen: Mutex<Option<Arc<Frozen>>>,
+}
+
+impl PyGraphStore {
+    fn from_store(store: Store) -> PyGraphStore {
+        PyGraphStore {
+            store: RwLock::new(store),
+            frozen: Mutex::new(None),
+        }
+    }
+
+    /// Runs a mutation and invalidates the snapshot.
+    fn mutate<T>(&self, f: impl FnOnce(&mut Store) -> CoreResult<T>) -> PyResult<T> {
+        catch_panics(|| {
+            let mut store = self.store.write();
+            let result = f(&mut store)?;
+            *self.frozen.lock() = None;
+            Ok(result)
+        })
+    }
+
+    /// The snapshot of the current generation, built on first use after a mutation.
+    ///
+    /// Built with the GIL held and locks taken in the same order as `mutate` (store, then
+    /// snapshot): releasing the GIL while holding a lock could deadlock with a thread that
+    /// holds the GIL and waits for that lock.
+    fn frozen(&self, _py: Python<'_>) -> PyResult<Arc<Frozen>> {
+        catch_panics(|| {
+            let store = self.store.read();
+            let mut slot = self.frozen.lock();
+            if let Some(frozen) = slot.as_ref() {
+                return Ok(frozen.clone());
+            }
+            let built = Arc::new(Frozen::build(&store));
+            *slot = Some(built.clone());
+            Ok(built)
+        })
+    }
+
+    /// Runs `f` on the frozen graph with the GIL released.
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Frozen) -> CoreResult<T> + Send,
+    ) -> PyResult<T> {
+        let frozen = self.frozen(py)?;
+        run_detached(py, move || f(&frozen))
+    }
+}
+
+fn degree_mode(mode: &str) -> CoreResult<DegreeMode> {
+    match mode {
+        "in" => Ok(DegreeMode::In),
+        "out" => Ok(DegreeMode::Out),
+        "total" => Ok(DegreeMode::Total),
+        other => Err(CoreError::Graph(format!(
+            "degree mode must be 'in', 'out' or 'total', got {other:?}"
+        ))),
+    }
+}
+
+#[pymethods]
+impl PyGraphStore {
+    #[new]
+    fn new() -> Self {
+        PyGraphStore::from_store(Store::default())
+    }
+
+    // ------------------------------------------------------------------ entities
+    /// Adds an entity.
+    ///
+    /// Args:
+    ///     id: Unique id.
+    ///     label: Type label, e.g. "person".
+    ///     properties: A JSON-compatible dict.
+    ///
+    /// Raises:
+    ///     GraphError: When the id exists or a property is not JSON-compatible.
+    #[pyo3(signature = (id, label = "", properties = None))]
+    fn add_entity(
+        &self,
+        id: String,
+        label: &str,
+        properties: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let properties = props::properties(properties)?;
+        self.mutate(|s| s.add_entity(id, label.to_owned(), properties))
+    }
+
+    /// Replaces an entity's label and/or properties (None keeps the current one).
+    #[pyo3(signature = (id, label = None, properties = None))]
+    fn update_entity(
+        &self,
+        id: &str,
+        label: Option<String>,
+        properties: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let properties = match properties {
+            None => None,
+            some => Some(props::properties(some)?),
+        };
+        self.mutate(|s| s.update_entity(id, label, properties))
+    }
+
+    /// Removes an entity and every relationship touching it.
+    fn remove_entity(&self, id: &str) -> PyResult<()> {
+        self.mutate(|s| s.remove_entity(id).map(|_| ()))
+    }
+
+    /// Whether `id` is an entity.
+    fn has_entity(&self, id: &str) -> bool {
+        self.store.read().contains(id)
+    }
+
+    fn __contains__(&self, id: &str) -> bool {
+        self.has_entity(id)
+    }
+
+    /// The entity as a dict `{"id", "label", "properties"}`.
+    fn entity<'py>(&self, py: Python<'py>, id: &str) -> PyResult<Bound<'py, PyDict>> {
+        let store = self.store.read();
+        let index = store.index_of(id)?;
+        let e = &store.entities()[index as usize];
+        let dict = PyDict::new(py);
+        dict.set_item("id", &e.id)?;
+        dict.set_item("label", &e.label)?;
+        dict.set_item(
+            "properties",
+            props::properties_to_python(py, &e.properties)?,
+        )?;
+        Ok(dict)
+    }
+
+    /// Entity ids, in insertion order (removals move the last entity into the gap).
+    fn entity_ids(&self) -> Vec<String> {
+        self.store
+            .read()
+            .entities()
+            .iter()
+            .map(|e| e.id.clone())
+            .collect()
+    }
+
+    /// Number of entities.
+    fn entity_count(&self) -> usize {
+        self.store.read().entity_count()
+    }
+
+    /// Number of relationships.
+    fn relationship_count(&self) -> usize {
+        self.store.read().relationship_count()
+    }
+
+    fn __len__(&self) -> usize {
+        self.entity_count()
+    }
+
+    // ------------------------------------------------------------------ relationships
+    /// Adds a directed relationship between two existing entities (parallel ones allowed).
+    ///
+    /// Raises:
+    ///     GraphError: On an unknown entity or a non-finite weight.
+    #[pyo3(signature = (from_id, to_id, kind = "related", weight = 1.0, properties = None))]
+    fn add_relationship(
+        &self,
+        from_id: &str,
+        to_id: &str,
+        kind: &str,
+        weight: f64,
+        properties: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let properties = props::properties(properties)?;
+        self.mutate(|s| s.add_relationship(from_id, to_id, kind, weight, properties))
+    }
+
+    /// Adds many relationships at once: tuples `(from, to)`, `(from, to, kind)` or
+    /// `(from, to, kind, weight)`. With `create_missing`, unknown endpoints become entities.
+    ///
+    /// Nothing is added when any tuple is invalid.
+    #[pyo3(signature = (relationships, create_missing = false))]
+    fn add_relationships(
+        &self,
+        relationships: &Bound<'_, PyAny>,
+        create_missing: bool,
+    ) -> PyResult<usize> {
+        let shape_error = || {
+            PyErr::from(CoreError::Graph(
+                "each relationship must be a tuple (from, to[, kind[, weight]]) of str ids".into(),
+            ))
+        };
+        let tuples: Vec<Bound<'_, PyTuple>> = relationships
+            .try_iter()?
+            .map(|item| item?.cast_into::<PyTuple>().map_err(|_| shape_error()))
+            .collect::<PyResult<_>>()?;
+        // Hold the Python strings and borrow their text: no copy unless an entity is new.
+        type Row<'py> = (
+            Bound<'py, PyString>,
+            Bound<'py, PyString>,
+            Option<Bound<'py, PyString>>,
+            f64,
+        );
+        let mut rows: Vec<Row<'_>> = Vec::with_capacity(tuples.len());
+        for tuple in &tuples {
+            let len = tuple.len();
+            if !(2..=4).contains(&len) {
+                return Err(CoreError::Graph(format!(
+                    "a relationship tuple has 2 to 4 items, got {len}"
+                ))
+                .into());
+            }
+            let text = |i: usize| -> PyResult<Bound<'_, PyString>> {
+                tuple
+                    .get_item(i)?
+                    .cast_into::<PyString>()
+                    .map_err(|_| shape_error())
+            };
+            let kind = if len >= 3 { Some(text(2)?) } else { None };
+            let weight: f64 = if len == 4 {
+                tuple.get_item(3)?.extract()?
+            } else {
+                1.0
+            };
+            check_weight(weight)?;
+            rows.push((text(0)?, text(1)?, kind, weight));
+        }
+        let mut parsed: Vec<(&str, &str, &str, f64)> = Vec::with_capacity(rows.len());
+        for (from, to, kind, weight) in &rows {
+            let kind = match kind {
+                Some(k) => k.to_str()?,
+                None => "related",
+            };
+            parsed.push((from.to_str()?, to.to_str()?, kind, *weight));
+        }
+        let count = parsed.len();
+        self.mutate(|s| {
+            if !create_missing {
+                for (from, to, _, _) in &parsed {
+                    s.index_of(from)?;
+                    s.index_of(to)?;
+                }
+            }
+            for (from, to, kind, weight) in parsed {
+                let a = s.ensure_entity(from)?;
+                let b = s.ensure_entity(to)?;
+                let kind = s.intern(kind);
+                s.push_relationship(a, b, kind, weight);
+            }
+            Ok(count)
+        })
+    }
+
+    /// Builds a graph of `n` entities with ids "0" .. "n-1" from integer edges, the fast bulk
+    /// path for graphs that come as index pairs (e.g. from numpy or another graph library).
+    ///
+    /// Args:
+    ///     n: Number of entities.
+    ///     edges: Tuples `(u, v)` or `(u, v, weight)` of entity indices.
+    ///     kind: Kind of every relationship.
+    ///
+    /// Raises:
+    ///     GraphError: When an index is out of range or a weight is not finite.
+    #[staticmethod]
+    #[pyo3(signature = (n, edges, kind = "related"))]
+    fn from_edge_list(n: u32, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGraphStore> {
+        let mut store = Store::default();
+        store.reserve(n as usize, edges.len().unwrap_or(0));
+        for i in 0..n {
+            store.add_entity(i.to_string(), String::new(), serde_json::Value::Null)?;
+        }
+        let kind = store.intern(kind);
+        let shape_error = || {
+            PyErr::from(CoreError::Graph(
+                "each edge must be a tuple (u, v[, weight])".into(),
+            ))
+        };
+        let mut add = |item: &Bound<'_, PyAny>| -> PyResult<()> {
+            let tuple = item.cast::<PyTuple>().map_err(|_| shape_error())?;
+            let len = tuple.len();
+            if !(2..=3).contains(&len) {
+                return Err(
+                    CoreError::Graph(format!("an edge tuple has 2 or 3 items, got {len}")).into(),
+                );
+            }
+            let u: u32 = tuple.get_borrowed_item(0)?.extract()?;
+            let v: u32 = tuple.get_borrowed_item(1)?.extract()?;
+            let weight: f64 = if len == 3 {
+                tuple.get_borrowed_item(2)?.extract()?
+            } else {
+                1.0
+            };
+            if u >= n || v >= n {
+                return Err(CoreError::Graph(format!(
+                    "edge ({u}, {v}) is out of range for {n} entities"
+                ))
+                .into());
+            }
+            check_weight(weight)?;
+            store.push_relationship(u, v, kind, weight);
+            Ok(())
+        };
+        // A list is walked by index (no iterator protocol per edge).
+        if let Ok(list) = edges.cast::<PyList>() {
+            for item in list.iter() {
+                add(&item)?;
+            }
+        } else {
+            for item in edges.try_iter()? {
+                add(&item?)?;
+            }
+        }
+        Ok(PyGraphStore::from_store(store))
+    }
+
+    /// Adds entities by id (empty label, no properties); all or nothing.
+    ///
+    /// Raises:
+    ///     GraphError: When an id exists already or repeats.
+    fn add_entities(&self, ids: Vec<String>) -> PyResult<()> {
+        self.mutate(|s| {
+            let mut fresh = rustc_hash::FxHashSet::default();
+            for id in &ids {
+                if s.contains(id) || !fresh.insert(id.as_str()) {
+                    return Err(CoreError::Graph(format!("entity {id:?} already exists")));
+                }
+            }
+            for id in ids {
+                s.add_entity(id, String::new(), serde_json::Value::Null)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Sets the weight and/or properties of every `from -> to` relationship of `kind`;
+    /// returns how many were updated.
+    #[pyo3(signature = (from_id, to_id, kind, weight = None, properties = None))]
+    fn update_relationship(
+        &self,
+        from_id: &str,
+        to_id: &str,
+        kind: &str,
+        weight: Option<f64>,
+        properties: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        let properties = match properties {
+            None => None,
+            some => Some(props::properties(some)?),
+        };
+        self.mutate(|s| s.update_relationship(from_id, to_id, kind, weight, properties))
+    }
+
+    /// Removes the `from -> to` relationships (only those of `kind` when given); returns how
+    /// many were removed.
+    #[pyo3(signature = (from_id, to_id, kind = None))]
+    fn remove_relationship(
+        &self,
+        from_id: &str,
+        to_id: &str,
+        kind: Option<&str>,
+    ) -> PyResult<usize> {
+        self.mutate(|s| s.remove_relationship(from_id, to_id, kind))
+    }
+
+    /// Every relationship as a dict `{"from", "to", "kind", "weight", "properties"}`.
+    fn relationships<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let store = self.store.read();
+        relationship_dicts(py, &store, store.relationships().iter())
+    }
+
+    /// The relationships leaving `id`, as dicts (the seed's `edges_from`).
+    fn edges_from<'py>(&self, py: Python<'py>, id: &str) -> PyResult<Bound<'py, PyList>> {
+        let store = self.store.read();
+        let v = store.index_of(id)?;
+        relationship_dicts(
+            py,
+            &store,
+            store.relationships().iter().filter(|r| r.from == v),
+        )
+    }
+
+    // ------------------------------------------------------------------ traversal
+    /// Entities in breadth-first order from `start`, at most `max_depth` hops away.
+    #[pyo3(signature = (start, max_depth = None, directed = true))]
+    fn bfs<'py>(
+        &self,
+        py: Python<'py>,
+        start: &str,
+        max_depth: Option<usize>,
+        directed: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        let order = run_detached(py, move || {
+            let s = inner.node(start)?;
+            Ok(algo::bfs(
+                inner.snapshot.view(directed),
+                inner.snapshot.n,
+                s,
+                max_depth,
+            ))
+        })?;
+        frozen.py_list(py, &order)
+    }
+
+    /// Entities in depth-first preorder from `start`, at most `max_depth` hops away.
+    #[pyo3(signature = (start, max_depth = None, directed = true))]
+    fn dfs<'py>(
+        &self,
+        py: Python<'py>,
+        start: &str,
+        max_depth: Option<usize>,
+        directed: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        let order = run_detached(py, move || {
+            let s = inner.node(start)?;
+            Ok(algo::dfs(
+                inner.snapshot.view(directed),
+                inner.snapshot.n,
+                s,
+                max_depth,
+            ))
+        })?;
+        frozen.py_list(py, &order)
+    }
+
+    /// The cheapest path (Dijkstra) and its cost, or None when `target` is unreachable.
+    ///
+    /// Raises:
+    ///     GraphError: On an unknown entity or a negative weight.
+    #[pyo3(signature = (source, target, directed = true))]
+    fn shortest_path(
+        &self,
+        py: Python<'_>,
+        source: &str,
+        target: &str,
+        directed: bool,
+    ) -> PyResult<Option<(Vec<String>, f64)>> {
+        self.run(py, |f| {
+            let (s, t) = (f.node(source)?, f.node(target)?);
+            Ok(algo::shortest_path(&f.snapshot, directed, s, t)?.map(|(p, c)| (f.names(&p), c)))
+        })
+    }
+
+    /// Cheapest distance from `source` to every reachable entity (itself at 0.0).
+    #[pyo3(signature = (source, directed = true))]
+    fn distances<'py>(
+        &self,
+        py: Python<'py>,
+        source: &str,
+        directed: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        let dist = run_detached(py, move || {
+            let s = inner.node(source)?;
+            Ok(algo::dijkstra(&inner.snapshot, directed, s, None)?.0)
+        })?;
+        frozen.py_dict(
+            py,
+            dist.into_iter().enumerate().filter(|(_, d)| d.is_finite()),
+        )
+    }
+
+    /// Entities reachable from `source` in one or more hops (itself only on a cycle).
+    #[pyo3(signature = (source, directed = true))]
+    fn reachable(
+        &self,
+        py: Python<'_>,
+        source: &str,
+        directed: bool,
+    ) -> PyResult<BTreeSet<String>> {
+        self.run(py, |f| {
+            let s = f.node(source)?;
+            let adj = f.snapshot.view(directed);
+            let mut seen = BTreeSet::new();
+            for &w in adj.neighbors(s as usize).0 {
+                for v in algo::bfs(adj, f.snapshot.n, w, None) {
+                    seen.insert(v);
+                }
+            }
+            Ok(seen
+                .into_iter()
+                .map(|v| f.ids[v as usize].clone())
+                .collect())
+        })
+    }
+
+    /// For every entity, the sorted ids reachable from it in one or more hops.
+    fn transitive_closure(&self, py: Python<'_>) -> PyResult<BTreeMap<String, Vec<String>>> {
+        self.run(py, |f| {
+            let closure = algo::transitive_closure(&f.snapshot);
+            let mut out = BTreeMap::new();
+            for (v, reach) in closure.into_iter().enumerate() {
+                let mut names = f.names(&reach);
+                names.sort_unstable();
+                out.insert(f.ids[v].clone(), names);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Entities within `hops` of `id` (both directions unless `directed`) as a new graph.
+    #[pyo3(signature = (id, hops = 1, directed = false))]
+    fn neighborhood(
+        &self,
+        py: Python<'_>,
+        id: &str,
+        hops: usize,
+        directed: bool,
+    ) -> PyResult<PyGraphStore> {
+        let nodes = self.run(py, |f| {
+            let s = f.node(id)?;
+            Ok(algo::neighborhood(&f.snapshot, directed, s, hops))
+        })?;
+        let store = self.store.read();
+        Ok(PyGraphStore::from_store(store.induced(&nodes)))
+    }
+
+    /// The entities `ids` and the relationships among them, as a new graph.
+    fn subgraph(&self, ids: Vec<String>) -> PyResult<PyGraphStore> {
+        let store = self.store.read();
+        let mut seen = rustc_hash::FxHashSet::default();
+        let mut nodes = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let v = store.index_of(id)?;
+            if seen.insert(v) {
+                nodes.push(v);
+            }
+        }
+        Ok(PyGraphStore::from_store(store.induced(&nodes)))
+    }
+
+    // ------------------------------------------------------------------ centrality
+    /// Degree centrality: `mode` "in", "out" or "total" (every relationship counts, a
+    /// self-loop twice in total), divided by `n - 1` when `normalized` (networkx's).
+    #[pyo3(signature = (mode = "total", normalized = true))]
+    fn degree_centrality<'py>(
+        &self,
+        py: Python<'py>,
+        mode: &str,
+        normalized: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let mode = degree_mode(mode)?;
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        let scores = run_detached(py, move || {
+            Ok(algo::degree_centrality(
+                inner.snapshot.n,
+                inner.edges.iter().map(|&(a, b, _)| (a, b)),
+                mode,
+                normalized,
+            ))
+        })?;
+        frozen.py_dict(py, scores.into_iter().enumerate())
+    }
+
+    /// Betweenness centrality (Brandes), as networkx's `betweenness_centrality`.
+    ///
+    /// Args:
+    ///     normalized: Divide by `(n-1)(n-2)` as networkx does.
+    ///     weighted: Use relationship weights as lengths (they must be positive).
+    ///     directed: Follow relationship direction; False treats them as undirected edges.
+    ///     k: Estimate from `k` sources sampled with `seed` (rescaled by n/k); None = exact.
+    ///     seed: Seed of the sample.
+    ///
+    /// Raises:
+    ///     GraphError: When `k` is out of range, or weights are not positive in a weighted run.
+    #[pyo3(signature = (normalized = true, weighted = false, directed = true, k = None, seed = 0))]
+    fn betweenness_centrality<'py>(
+        &self,
+        py: Python<'py>,
+        normalized: bool,
+        weighted: bool,
+        directed: bool,
+        k: Option<usize>,
+        seed: u64,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        let scores = run_detached(py, move || {
+            let n = inner.snapshot.n;
+            let sample = match k {
+                None => None,
+                Some(k) if k == 0 || k > n => {
+                    return Err(CoreError::Graph(format!(
+                        "k must be between 1 and the entity count ({n}), got {k}"
+                    )))
+                }
+                Some(k) => {
+                    let mut all: Vec<u32> = (0..n as u32).collect();
+                    SplitMix::new(seed).shuffle(&mut all);
+                    all.truncate(k);
+                    Some(all)
+                }
+            };
+            betweenness::betweenness(
+                &inner.snapshot,
+                directed,
+                weighted,
+                normalized,
+                sample.as_deref(),
+            )
+        })?;
+        frozen.py_dict(py, scores.into_iter().enumerate())
+    }
+
+    /// Betweenness from an explicit list of source entities (for reproducing an estimate).
+    #[pyo3(signature = (sources, normalized = true, weighted = false, directed = true))]
+    fn betweenness_from<'py>(
+        &self,
+        py: Python<'py>,
+        sources: Vec<String>,
+        normalized: bool,
+        weighted: bool,
+        directed: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        let scores = run_detached(py, move || {
+            let nodes: CoreResult<Vec<u32>> = sources.iter().map(|s| inner.node(s)).collect();
+            betweenness::betweenness(
+                &inner.snapshot,
+                directed,
+                weighted,
+                normalized,
+                Some(&nodes?),
+            )
+        })?;
+        frozen.py_dict(py, scores.into_iter().enumerate())
+    }
+
+    // ------------------------------------------------------------------ communities
+    /// Louvain communities of the undirected view (parallel weights add up), seeded; graphs
+    /// of up to 512 entities keep the best of 8 seeded node orders.
+    ///
+    /// Returns:
+    ///     (communities, modularity): lists of ids (each sorted by insertion order), and the
+    ///     partition's modularity at `resolution` (networkx's definition).
+    ///
+    /// Raises:
+    ///     GraphError: When a weight is negative.
+    #[pyo3(signature = (resolution = 1.0, seed = 0))]
+    fn communities(
+        &self,
+        py: Python<'_>,
+        resolution: f64,
+        seed: u64,
+    ) -> PyResult<(Vec<Vec<String>>, f64)> {
+        self.run(py, |f| {
+            f.refuse_negative("community detection")?;
+            let (communities, q) = community::louvain(f.snapshot.n, &f.edges, resolution, seed);
+            Ok((communities.iter().map(|c| f.names(c)).collect(), q))
+        })
+    }
+
+    /// Asynchronous label propagation (weighted, seeded) on the undirected view.
+    #[pyo3(signature = (seed = 0, max_rounds = 100))]
+    fn label_propagation(
+        &self,
+        py: Python<'_>,
+        seed: u64,
+        max_rounds: usize,
+    ) -> PyResult<Vec<Vec<String>>> {
+        self.run(py, |f| {
+            f.refuse_negative("label propagation")?;
+            let communities =
+                community::label_propagation(f.snapshot.n, &f.edges, seed, max_rounds);
+            Ok(communities.iter().map(|c| f.names(c)).collect())
+        })
+    }
+
+    /// Modularity of a partition (lists of ids) on the undirected view.
+    #[pyo3(signature = (communities, resolution = 1.0))]
+    fn modularity(
+        &self,
+        py: Python<'_>,
+        communities: Vec<Vec<String>>,
+        resolution: f64,
+    ) -> PyResult<f64> {
+        self.run(py, |f| {
+            let mut parts = Vec::with_capacity(communities.len());
+            let mut seen = vec![false; f.snapshot.n];
+            for community in &communities {
+                let mut part = Vec::with_capacity(community.len());
+                for id in community {
+                    let v = f.node(id)?;
+                    if std::mem::replace(&mut seen[v as usize], true) {
+                        return Err(CoreError::Graph(format!(
+                            "entity {id:?} is in two communities"
+                        )));
+                    }
+                    part.push(v);
+                }
+                parts.push(part);
+            }
+            if seen.iter().any(|s| !s) {
+                return Err(CoreError::Graph(
+                    "the communities must cover every entity".into(),
+                ));
+            }
+            Ok(community::modularity(
+                f.snapshot.n,
+                &f.edges,
+                &parts,
+                resolution,
+            ))
+        })
+    }
+
+    // ------------------------------------------------------------------ cycles
+    /// Whether the directed graph has a cycle (a self-loop counts).
+    fn has_cycle(&self, py: Python<'_>) -> PyResult<bool> {
+        self.run(py, |f| Ok(algo::has_cycle(&f.snapshot)))
+    }
+
+    /// Elementary directed cycles, at most `cap` of them, each starting at its earliest
+    /// inserted entity.
+    ///
+    /// Raises:
+    ///     GraphError: When `cap` is not positive.
+    #[pyo3(signature = (cap = 100))]
+    fn cycles(&self, py: Python<'_>, cap: i64) -> PyResult<Vec<Vec<String>>> {
+        if cap <= 0 {
+            return Err(CoreError::Graph(format!("cycle cap must be positive, got {cap}")).into());
+        }
+        self.run(py, |f| {
+            let found = algo::cycles(&f.snapshot, cap as usize);
+            Ok(found.iter().map(|c| f.names(c)).collect())
+        })
+    }
+
+    // ------------------------------------------------------------------ the seed's queries
+    /// Distinct relationship kinds, sorted.
+    fn relationship_kinds(&self) -> Vec<String> {
+        let store = self.store.read();
+        let used: BTreeSet<u32> = store.relationships().iter().map(|r| r.kind).collect();
+        let kinds: BTreeSet<&str> = used.into_iter().map(|k| store.kind_name(k)).collect();
+        kinds.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Number of distinct relationship kinds.
+    fn relationship_kind_count(&self) -> usize {
+        self.relationship_kinds().len()
+    }
+
+    /// Number of relationships from `from_id` to `to_id`.
+    fn relationship_count_between(&self, from_id: &str, to_id: &str) -> PyResult<usize> {
+        let store = self.store.read();
+        let (a, b) = (store.index_of(from_id)?, store.index_of(to_id)?);
+        Ok(store
+            .relationships()
+            .iter()
+            .filter(|r| r.from == a && r.to == b)
+            .count())
+    }
+
+    /// Ids one hop away along outgoing relationships, sorted, without duplicates.
+    fn neighbors_of(&self, id: &str) -> PyResult<Vec<String>> {
+        let store = self.store.read();
+        let v = store.index_of(id)?;
+        let names: BTreeSet<&str> = store
+            .relationships()
+            .iter()
+            .filter(|r| r.from == v)
+            .map(|r| store.id_at(r.to))
+            .collect();
+        Ok(names.into_iter().map(str::to_owned).collect())
+    }
+
+    /// Ids of entities with a relationship to themselves, sorted.
+    fn entities_with_self_loops(&self) -> Vec<String> {
+        let store = self.store.read();
+        let names: BTreeSet<&str> = store
+            .relationships()
+            .iter()
+            .filter(|r| r.from == r.to)
+            .map(|r| store.id_at(r.from))
+            .collect();
+        names.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Number of unordered pairs of distinct entities linked in both directions.
+    fn bidirectional_count(&self) -> usize {
+        let store = self.store.read();
+        let pairs: rustc_hash::FxHashSet<(u32, u32)> = store
+            .relationships()
+            .iter()
+            .filter(|r| r.from != r.to)
+            .map(|r| (r.from, r.to))
+            .collect();
+        pairs
+            .iter()
+            .filter(|&&(a, b)| a < b && pairs.contains(&(b, a)))
+            .count()
+    }
+
+    /// Number of entities with no relationship in or out.
+    fn isolated_entity_count(&self) -> usize {
+        let store = self.store.read();
+        let mut touched = vec![false; store.entity_count()];
+        for r in store.relationships() {
+            touched[r.from as usize] = true;
+            touched[r.to as usize] = true;
+        }
+        touched.iter().filter(|t| !**t).count()
+    }
+
+    /// Sum of in-degrees (equals the relationship count).
+    fn total_in_degree(&self) -> usize {
+        self.relationship_count()
+    }
+
+    /// Mean relationship weight (0.0 without relationships).
+    fn avg_relationship_weight(&self) -> f64 {
+        let store = self.store.read();
+        let rels = store.relationships();
+        if rels.is_empty() {
+            0.0
+        } else {
+            rels.iter().map(|r| r.weight).sum::<f64>() / rels.len() as f64
+        }
+    }
+
+    /// Mean number of outgoing relationships per entity (0.0 without entities).
+    fn avg_out_degree(&self) -> f64 {
+        let store = self.store.read();
+        match store.entity_count() {
+            0 => 0.0,
+            n => store.relationship_count() as f64 / n as f64,
+        }
+    }
+
+    /// Mean number of incoming relationships per entity (0.0 without entities).
+    fn avg_in_degree(&self) -> f64 {
+        self.avg_out_degree()
+    }
+
+    // ------------------------------------------------------------------ export
+    /// The graph as a versioned JSON document (round-trips through `from_json`).
+    fn to_json(&self) -> PyResult<String> {
+        Ok(self.store.read().to_json()?)
+    }
+
+    /// Rebuilds a graph from `to_json` output.
+    ///
+    /// Raises:
+    ///     GraphError: On a malformed, foreign or newer-version document.
+    #[staticmethod]
+    fn from_json(text: &str) -> PyResult<PyGraphStore> {
+        Ok(PyGraphStore::from_store(Store::from_json(text)?))
+    }
+
+    /// An independent copy.
+    fn copy(&self) -> PyGraphStore {
+        PyGraphStore::from_store(self.store.read().clone())
+    }
+
+    fn __repr__(&self) -> String {
+        let store = self.store.read();
+        format!(
+            "GraphStore(entities={}, relationships={})",
+            store.entity_count(),
+            store.relationship_count()
+        )
+    }
+}
+
+fn relationship_dicts<'a, 'py>(
+    py: Python<'py>,
+    store: &Store,
+    rels: impl Iterator<Item = &'a store::Relationship>,
+) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for r in rels {
+        let dict = PyDict::new(py);
+        dict.set_item("from", store.id_at(r.from))?;
+        dict.set_item("to", store.id_at(r.to))?;
+        dict.set_item("kind", store.kind_name(r.kind))?;
+        dict.set_item("weight", r.weight)?;
+        dict.set_item(
+            "properties",
+            props::properties_to_python(py, &r.properties)?,
+        )?;
+        list.append(dict)?;
+    }
+    Ok(list)
+}

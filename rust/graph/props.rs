@@ -1,0 +1,118 @@
+//! JSON-compatible Python values <-> `serde_json::Value`, for entity and relationship
+//! properties (stored without Python objects, so the graph exports, copies and crosses
+//! threads freely).
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::{Map, Number, Value};
+
+use crate::errors::CoreError;
+
+const MAX_DEPTH: usize = 64;
+
+/// Converts a JSON-compatible Python value (dict with str keys, list/tuple, str, int, float,
+/// bool, None); anything else is a `GraphError` naming the type.
+pub fn to_json(value: &Bound<'_, PyAny>) -> PyResult<Value> {
+    convert(value, 0)
+}
+
+fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
+    if depth > MAX_DEPTH {
+        return Err(CoreError::Graph("properties nest deeper than 64 levels".into()).into());
+    }
+    if value.is_none() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = value.cast::<PyBool>() {
+        return Ok(Value::Bool(b.is_true()));
+    }
+    if value.is_instance_of::<PyInt>() {
+        if let Ok(i) = value.extract::<i64>() {
+            return Ok(Value::from(i));
+        }
+        if let Ok(u) = value.extract::<u64>() {
+            return Ok(Value::from(u));
+        }
+        return Err(CoreError::Graph("property integer does not fit in 64 bits".into()).into());
+    }
+    if let Ok(f) = value.cast::<PyFloat>() {
+        return Number::from_f64(f.value())
+            .map(Value::Number)
+            .ok_or_else(|| CoreError::Graph("property floats must be finite".into()).into());
+    }
+    if let Ok(s) = value.cast::<PyString>() {
+        return Ok(Value::String(s.to_str()?.to_owned()));
+    }
+    if let Ok(d) = value.cast::<PyDict>() {
+        let mut map = Map::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            let key = k.cast::<PyString>().map_err(|_| {
+                PyErr::from(CoreError::Graph("property keys must be strings".into()))
+            })?;
+            map.insert(key.to_str()?.to_owned(), convert(&v, depth + 1)?);
+        }
+        return Ok(Value::Object(map));
+    }
+    if value.is_instance_of::<PyList>() || value.is_instance_of::<PyTuple>() {
+        let items: PyResult<Vec<Value>> = value
+            .try_iter()?
+            .map(|item| convert(&item?, depth + 1))
+            .collect();
+        return Ok(Value::Array(items?));
+    }
+    Err(CoreError::Graph(format!(
+        "properties must be JSON-compatible; got a {}",
+        value.get_type().name()?
+    ))
+    .into())
+}
+
+/// Converts properties given as an optional dict (None -> null).
+pub fn properties(value: Option<&Bound<'_, PyAny>>) -> PyResult<Value> {
+    match value {
+        None => Ok(Value::Null),
+        Some(v) if v.is_none() => Ok(Value::Null),
+        Some(v) if v.is_instance_of::<PyDict>() => to_json(v),
+        Some(v) => Err(PyTypeError::new_err(format!(
+            "properties must be a dict, got {}",
+            v.get_type().name()?
+        ))),
+    }
+}
+
+/// Converts back to Python objects (null properties become an empty dict).
+pub fn to_python<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match value {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.into_pyobject(py)?.into_any(),
+            (None, Some(u)) => u.into_pyobject(py)?.into_any(),
+            _ => n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
+        },
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(to_python(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(map) => {
+            let dict = PyDict::new(py);
+            for (k, v) in map {
+                dict.set_item(k, to_python(py, v)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}
+
+/// Properties as a Python dict (null -> {}).
+pub fn properties_to_python<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    match value {
+        Value::Null => Ok(PyDict::new(py).into_any()),
+        other => to_python(py, other),
+    }
+}

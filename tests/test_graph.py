@@ -1,0 +1,261 @@
+"""GraphStore behaviour: mutations, errors, the seed's queries, export and interop."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import networkx as nx
+import pytest
+
+import llm_agent_runtime as ar
+
+
+@pytest.fixture
+def people() -> ar.GraphStore:
+    g = ar.GraphStore()
+    g.add_entity("alice", "person", {"age": 31, "tags": ["a", "b"]})
+    g.add_entity("bob", "person")
+    g.add_entity("acme", "company", {"founded": 1999})
+    g.add_entity("loner")
+    g.add_relationship("alice", "bob", "knows", 2.0)
+    g.add_relationship("bob", "alice", "knows", 1.0)
+    g.add_relationship("alice", "acme", "works_at", 1.0, {"since": 2020})
+    g.add_relationship("alice", "acme", "invests_in", 3.0)
+    g.add_relationship("acme", "acme", "owns")
+    return g
+
+
+def test_entities_and_relationships_round_trip(people: ar.GraphStore) -> None:
+    assert len(people) == 4 and people.relationship_count() == 5
+    assert "alice" in people and "zoe" not in people
+    assert people.entity("alice") == {
+        "id": "alice",
+        "label": "person",
+        "properties": {"age": 31, "tags": ["a", "b"]},
+    }
+    assert people.entity("loner")["properties"] == {}
+    people.update_entity("loner", label="ghost", properties={"x": None})
+    assert people.entity("loner") == {"id": "loner", "label": "ghost", "properties": {"x": None}}
+    assert people.edges_from("alice")[1] == {
+        "from": "alice",
+        "to": "acme",
+        "kind": "works_at",
+        "weight": 1.0,
+        "properties": {"since": 2020},
+    }
+
+
+def test_seed_queries(people: ar.GraphStore) -> None:
+    assert people.relationship_kinds() == ["invests_in", "knows", "owns", "works_at"]
+    assert people.relationship_kind_count() == 4
+    assert people.relationship_count_between("alice", "acme") == 2
+    assert people.relationship_count_between("acme", "alice") == 0
+    assert people.neighbors_of("alice") == ["acme", "bob"]
+    assert people.entities_with_self_loops() == ["acme"]
+    assert people.bidirectional_count() == 1
+    assert people.isolated_entity_count() == 1
+    assert people.total_in_degree() == 5
+    assert people.avg_relationship_weight() == pytest.approx(8.0 / 5)
+    assert people.avg_out_degree() == people.avg_in_degree() == pytest.approx(5 / 4)
+
+
+def test_updates_and_removals(people: ar.GraphStore) -> None:
+    assert people.update_relationship("alice", "bob", "knows", weight=5.0) == 1
+    assert people.shortest_path("alice", "bob") == (["alice", "bob"], 5.0)
+    assert people.remove_relationship("alice", "acme", "invests_in") == 1
+    assert people.relationship_count_between("alice", "acme") == 1
+    assert people.remove_relationship("alice", "acme") == 1
+    people.remove_entity("bob")
+    assert people.entity_ids() == ["alice", "loner", "acme"]  # the last moved into the gap
+    assert people.relationship_count() == 1  # only acme's self-loop is left
+    assert people.bfs("alice") == ["alice"]
+
+
+def test_snapshot_follows_mutations() -> None:
+    g = ar.GraphStore()
+    for node in "abc":
+        g.add_entity(node)
+    g.add_relationship("a", "b")
+    assert g.reachable("a") == {"b"}
+    g.add_relationship("b", "c")
+    assert g.reachable("a") == {"b", "c"}
+    assert not g.has_cycle()
+    g.add_relationship("c", "a")
+    assert g.has_cycle() and g.cycles() == [["a", "b", "c"]]
+
+
+def test_errors_are_graph_errors(people: ar.GraphStore) -> None:
+    with pytest.raises(ar.GraphError, match='unknown entity "zoe"'):
+        people.add_relationship("alice", "zoe")
+    with pytest.raises(ar.GraphError, match="already exists"):
+        people.add_entity("alice")
+    with pytest.raises(ar.GraphError, match="finite"):
+        people.add_relationship("alice", "bob", "knows", float("nan"))
+    with pytest.raises(ar.GraphError, match="JSON-compatible"):
+        people.add_entity("x", properties={"when": object()})
+    with pytest.raises(ar.GraphError, match="keys must be strings"):
+        people.add_entity("y", properties={1: "one"})
+    with pytest.raises(TypeError, match="must be a dict"):
+        people.add_entity("z", properties=["not", "a", "dict"])  # type: ignore[arg-type]
+    with pytest.raises(ar.GraphError, match="cap must be positive"):
+        people.cycles(cap=0)
+    with pytest.raises(ar.GraphError, match="unknown entity"):
+        people.bfs("zoe")
+    with pytest.raises(ar.GraphError, match="k must be between"):
+        people.betweenness_centrality(k=99)
+    with pytest.raises(ar.GraphError, match="degree mode"):
+        people.degree_centrality("sideways")
+    people.add_relationship("bob", "loner", "owes", -1.0)
+    with pytest.raises(ar.GraphError, match="non-negative"):
+        people.shortest_path("alice", "loner")
+    with pytest.raises(ar.GraphError, match="non-negative"):
+        people.communities()
+    # Unweighted algorithms do not care about the sign of a weight.
+    assert people.bfs("bob") == ["bob", "alice", "loner", "acme"]
+
+
+def test_empty_and_single_entity_graphs_give_obvious_results() -> None:
+    empty = ar.GraphStore()
+    assert empty.betweenness_centrality() == {}
+    assert empty.degree_centrality() == {}
+    assert empty.communities() == ([], 0.0)
+    assert empty.label_propagation() == []
+    assert not empty.has_cycle() and empty.cycles() == []
+    assert empty.transitive_closure() == {}
+    one = ar.GraphStore()
+    one.add_entity("only")
+    assert one.betweenness_centrality() == {"only": 0.0}
+    assert one.degree_centrality() == {"only": 1.0}  # networkx's convention
+    assert one.communities() == ([["only"]], 0.0)
+    assert one.bfs("only") == one.dfs("only") == ["only"]
+    assert one.distances("only") == {"only": 0.0}
+    assert one.shortest_path("only", "only") == (["only"], 0.0)
+
+
+def test_subgraph_and_neighborhood(people: ar.GraphStore) -> None:
+    sub = people.subgraph(["alice", "acme", "alice"])
+    assert sub.entity_ids() == ["alice", "acme"]
+    assert sub.relationship_count() == 3
+    around_bob = people.neighborhood("bob", hops=1)
+    assert set(around_bob.entity_ids()) == {"bob", "alice"}
+    two_hops = people.neighborhood("bob", hops=2, directed=True)
+    assert set(two_hops.entity_ids()) == {"bob", "alice", "acme"}
+    sub.add_entity("new")  # a subgraph is independent of its source
+    assert "new" not in people
+
+
+def test_json_round_trip_and_bad_documents(people: ar.GraphStore) -> None:
+    text = people.to_json()
+    back = ar.GraphStore.from_json(text)
+    assert back.to_json() == text
+    assert back.relationships() == people.relationships()
+    doc = json.loads(text)
+    doc["version"] = 99
+    with pytest.raises(ar.GraphError, match="newer"):
+        ar.GraphStore.from_json(json.dumps(doc))
+    with pytest.raises(ar.GraphError, match="not a graph document"):
+        ar.GraphStore.from_json('{"entities": []}')
+    with pytest.raises(ar.GraphError, match="not a graph document"):
+        ar.GraphStore.from_json(text[:-10])
+
+
+def test_networkx_round_trip(people: ar.GraphStore) -> None:
+    exported = ar.to_networkx(people)
+    assert isinstance(exported, nx.MultiDiGraph)
+    assert exported.number_of_edges() == 5
+    assert exported.nodes["alice"]["properties"] == {"age": 31, "tags": ["a", "b"]}
+    back = ar.from_networkx(exported)
+    assert [back.entity(i) for i in back.entity_ids()] == [
+        people.entity(i) for i in people.entity_ids()
+    ]
+
+    def key(rel: dict[str, object]) -> str:
+        return json.dumps(rel, sort_keys=True)
+
+    # networkx lists edges grouped by source, so only the order may differ.
+    assert sorted(back.relationships(), key=key) == sorted(people.relationships(), key=key)
+    karate = nx.karate_club_graph()
+    from_karate = ar.from_networkx(karate)
+    assert from_karate.entity_count() == 34 and from_karate.relationship_count() == 78
+    assert from_karate.entity("0")["properties"] == {"club": "Mr. Hi"}
+    expected = nx.betweenness_centrality(karate, weight="weight")
+    got = from_karate.betweenness_centrality(weighted=True, directed=False)
+    assert all(abs(got[str(k)] - v) < 1e-9 for k, v in expected.items())
+    clash = nx.Graph([(1, "1")])
+    with pytest.raises(ar.GraphError, match="share the id"):
+        ar.from_networkx(clash)
+
+
+def test_bulk_add_is_all_or_nothing() -> None:
+    g = ar.GraphStore()
+    g.add_entity("a")
+    with pytest.raises(ar.GraphError, match='unknown entity "b"'):
+        g.add_relationships([("a", "a"), ("a", "b")])
+    assert g.relationship_count() == 0
+    assert g.add_relationships([("a", "b", "k", 2.5), ("b", "c")], create_missing=True) == 2
+    assert g.entity_ids() == ["a", "b", "c"]
+    assert g.shortest_path("a", "c") == (["a", "b", "c"], 3.5)
+    with pytest.raises(ar.GraphError, match="2 to 4 items"):
+        g.add_relationships([("a",)])
+
+
+def test_communities_label_propagation_and_modularity() -> None:
+    g = ar.from_networkx(nx.karate_club_graph())
+    communities, q = g.communities(seed=1)
+    assert q > 0.38  # networkx's louvain reaches ~0.42-0.44 on this graph
+    assert g.modularity(communities) == pytest.approx(q)
+    labels = g.label_propagation(seed=3)
+    assert sorted(v for c in labels for v in c) == sorted(g.entity_ids())
+    with pytest.raises(ar.GraphError, match="two communities"):
+        g.modularity([["0", "0"]])
+    with pytest.raises(ar.GraphError, match="cover every entity"):
+        g.modularity([["0"]])
+
+
+def test_concurrent_readers_and_a_writer() -> None:
+    g = ar.GraphStore()
+    g.add_relationships([(str(i), str(i + 1)) for i in range(500)], create_missing=True)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for _ in range(20):
+                assert len(g.bfs("0")) >= 501
+                g.betweenness_centrality(k=10)
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    def write() -> None:
+        for i in range(500, 600):
+            g.add_relationship(str(i), str(i + 1)) if str(i + 1) in g else g.add_relationships(
+                [(str(i), str(i + 1))], create_missing=True
+            )
+
+    threads = [threading.Thread(target=read) for _ in range(3)] + [threading.Thread(target=write)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(g.bfs("0")) == 601
+
+
+def test_bulk_builders() -> None:
+    g = ar.GraphStore.from_edge_list(4, [(0, 1), (1, 2, 2.5), (3, 3)], kind="link")
+    assert g.entity_ids() == ["0", "1", "2", "3"]
+    assert g.relationship_kinds() == ["link"]
+    assert g.shortest_path("0", "2") == (["0", "1", "2"], 3.5)
+    with pytest.raises(ar.GraphError, match="out of range"):
+        ar.GraphStore.from_edge_list(2, [(0, 2)])
+    with pytest.raises(ar.GraphError, match="finite"):
+        ar.GraphStore.from_edge_list(2, [(0, 1, float("inf"))])
+    with pytest.raises(ar.GraphError, match="2 or 3 items"):
+        ar.GraphStore.from_edge_list(2, [(0, 1, 1.0, 9)])
+    g.add_entities(["x", "y"])
+    assert g.entity_count() == 6
+    with pytest.raises(ar.GraphError, match="already exists"):
+        g.add_entities(["z", "z"])
+    with pytest.raises(ar.GraphError, match="already exists"):
+        g.add_entities(["w", "x"])
+    assert "z" not in g and "w" not in g

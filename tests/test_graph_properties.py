@@ -1,0 +1,184 @@
+"""GraphStore checked against networkx on random graphs (hypothesis).
+
+Random directed multigraphs with self-loops and parallel edges and small positive integer
+weights (so tied path lengths are exact in floating point, as networkx assumes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from typing import Any
+
+import networkx as nx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llm_agent_runtime as ar
+
+Edge = tuple[int, int, float]
+
+
+@st.composite
+def graphs(draw: Any, max_nodes: int = 12, max_edges: int = 30) -> tuple[int, list[Edge]]:
+    n = draw(st.integers(min_value=0, max_value=max_nodes))
+    if n == 0:
+        return 0, []
+    edge = st.tuples(st.integers(0, n - 1), st.integers(0, n - 1), st.integers(1, 9).map(float))
+    return n, draw(st.lists(edge, max_size=max_edges))
+
+
+def build(n: int, edges: list[Edge]) -> tuple[ar.GraphStore, Any, Any]:
+    ours = ar.GraphStore()
+    directed, undirected = nx.MultiDiGraph(), nx.MultiGraph()
+    for i in range(n):
+        ours.add_entity(str(i))
+        directed.add_node(str(i))
+        undirected.add_node(str(i))
+    for a, b, w in edges:
+        ours.add_relationship(str(a), str(b), "k", w)
+        directed.add_edge(str(a), str(b), weight=w)
+        undirected.add_edge(str(a), str(b), weight=w)
+    return ours, directed, undirected
+
+
+def close(a: dict[str, float], b: dict[str, float], tol: float = 1e-9) -> bool:
+    return a.keys() == b.keys() and all(
+        (math.isnan(a[k]) and math.isnan(b[k])) or abs(a[k] - b[k]) <= tol for k in a
+    )
+
+
+SETTINGS = settings(max_examples=150, deadline=None)
+
+
+@SETTINGS
+@given(graphs())
+def test_dijkstra_distances_match(graph: tuple[int, list[Edge]]) -> None:
+    ours, directed, undirected = build(*graph)
+    for source in directed:
+        assert ours.distances(source) == nx.single_source_dijkstra_path_length(directed, source)
+        assert ours.distances(source, directed=False) == nx.single_source_dijkstra_path_length(
+            undirected, source
+        )
+        for target in directed:
+            found = ours.shortest_path(source, target)
+            if nx.has_path(directed, source, target):
+                assert found is not None
+                path, cost = found
+                assert cost == nx.dijkstra_path_length(directed, source, target)
+                assert path[0] == source and path[-1] == target
+                assert (
+                    sum(
+                        min(d["weight"] for d in directed[u][v].values())
+                        for u, v in itertools.pairwise(path)
+                    )
+                    == cost
+                )
+            else:
+                assert found is None
+
+
+@SETTINGS
+@given(graphs(), st.booleans(), st.booleans(), st.booleans())
+def test_betweenness_matches(
+    graph: tuple[int, list[Edge]], weighted: bool, normalized: bool, directed: bool
+) -> None:
+    ours, g_directed, g_undirected = build(*graph)
+    peer_graph = g_directed if directed else g_undirected
+    expected = nx.betweenness_centrality(
+        peer_graph, normalized=normalized, weight="weight" if weighted else None
+    )
+    got = ours.betweenness_centrality(normalized=normalized, weighted=weighted, directed=directed)
+    assert close(got, expected)
+
+
+@SETTINGS
+@given(graphs(), st.integers(1, 12), st.integers(0, 2**32), st.booleans())
+def test_sampled_betweenness_matches_networkx_sample(
+    graph: tuple[int, list[Edge]], k: int, seed: int, normalized: bool
+) -> None:
+    ours, directed, _ = build(*graph)
+    if k > len(directed):
+        return
+    # networkx draws its k sources with random.Random(seed).sample over the node list.
+    sources = random.Random(seed).sample(list(directed.nodes()), k)
+    expected = nx.betweenness_centrality(directed, k=k, seed=seed, normalized=normalized)
+    assert close(ours.betweenness_from(sources, normalized=normalized), expected)
+
+
+@SETTINGS
+@given(graphs())
+def test_reachability_and_cycles_match(graph: tuple[int, list[Edge]]) -> None:
+    ours, directed, _ = build(*graph)
+    closure = ours.transitive_closure()
+    for node in directed:
+        descendants = nx.descendants(directed, node)
+        on_cycle = any(node in nx.descendants(directed, w) | {w} for w in directed.successors(node))
+        assert ours.reachable(node) == descendants | ({node} if on_cycle else set())
+        assert set(closure[node]) == ours.reachable(node)
+    assert ours.has_cycle() == (not nx.is_directed_acyclic_graph(directed))
+
+
+def _canonical(cycle: list[str]) -> tuple[str, ...]:
+    start = cycle.index(min(cycle))
+    return tuple(cycle[start:] + cycle[:start])
+
+
+@settings(max_examples=150, deadline=None)
+@given(graphs(max_nodes=7, max_edges=14))
+def test_cycles_listed_are_networkx_simple_cycles(graph: tuple[int, list[Edge]]) -> None:
+    ours, directed, _ = build(*graph)
+    expected = {_canonical(c) for c in nx.simple_cycles(nx.DiGraph(directed))}
+    listed = ours.cycles(cap=10_000)
+    assert len(listed) == len(expected)
+    assert {_canonical(c) for c in listed} == expected
+    if expected:
+        assert len(ours.cycles(cap=1)) == 1
+
+
+@SETTINGS
+@given(graphs(), st.integers(0, 3))
+def test_traversal_orders_match(graph: tuple[int, list[Edge]], depth: int) -> None:
+    ours, directed, undirected = build(*graph)
+    for source in directed:
+        for peer, is_directed in ((directed, True), (undirected, False)):
+            bfs = [source] + [v for _, v in nx.bfs_edges(peer, source)]
+            assert ours.bfs(source, directed=is_directed) == bfs
+            limited = [source] + [v for _, v in nx.bfs_edges(peer, source, depth_limit=depth)]
+            assert ours.bfs(source, max_depth=depth, directed=is_directed) == limited
+            assert ours.dfs(source, directed=is_directed) == list(
+                nx.dfs_preorder_nodes(peer, source)
+            )
+            limited_dfs = ours.dfs(source, max_depth=depth, directed=is_directed)
+            if depth == 0:  # networkx still lists the start's children at depth_limit=0
+                assert limited_dfs == [source]
+            else:
+                assert limited_dfs == list(nx.dfs_preorder_nodes(peer, source, depth_limit=depth))
+
+
+@SETTINGS
+@given(graphs())
+def test_degree_centrality_matches(graph: tuple[int, list[Edge]]) -> None:
+    ours, directed, _ = build(*graph)
+    assert close(ours.degree_centrality("total"), nx.degree_centrality(directed))
+    assert close(ours.degree_centrality("in"), nx.in_degree_centrality(directed))
+    assert close(ours.degree_centrality("out"), nx.out_degree_centrality(directed))
+
+
+@settings(max_examples=100, deadline=None)
+@given(graphs(max_nodes=40, max_edges=120), st.integers(0, 1000))
+def test_louvain_modularity_close_to_networkx(graph: tuple[int, list[Edge]], seed: int) -> None:
+    ours, _, undirected = build(*graph)
+    if undirected.number_of_edges() == 0:
+        assert ours.communities()[1] == 0.0
+        return
+    communities, q = ours.communities(seed=seed)
+    assert sorted(v for c in communities for v in c) == sorted(undirected.nodes())
+    # The reported modularity is networkx's for the same partition.
+    assert q == pytest.approx(
+        nx.community.modularity(undirected, [set(c) for c in communities]), abs=1e-9
+    )
+    peer = nx.community.louvain_communities(undirected, weight="weight", seed=seed)
+    assert q >= nx.community.modularity(undirected, peer) - 0.02
