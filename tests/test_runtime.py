@@ -354,3 +354,21 @@ def test_session_ids_are_unique_and_differ_in_a_forked_child() -> None:
     os.waitpid(pid, 0)
     parent_id = new_session_id()
     assert child_id[:16] != parent_id[:16]
+
+
+async def test_memory_with_an_embedder_recalls_what_matches_the_request() -> None:
+    memory = ar.EpisodicStore(embedder=ar.HashingEmbedder(), similarity_weight=5.0)
+    for fact in ["the user's cat is called Tom", "the deadline is Friday", "rent is due monthly"]:
+        memory.add_episode("a", fact, 0.5)
+    prompts: list[str] = []
+
+    async def infer(prompt: str) -> str:
+        prompts.append(prompt)
+        return "Thought: done\nAction: FINAL_ANSWER ok"
+
+    runtime = ar.AgentRuntime(ar.AgentConfig(max_memory_recalls=1), memory=memory)
+    await runtime.run_agent("a", "when is the deadline?", infer)
+    assert "the deadline is Friday" in prompts[0]
+    assert "cat" not in prompts[0] and "rent" not in prompts[0]
+    await runtime.run_agent("a", "what is my cat called?", infer)
+    assert "the user's cat is called Tom" in prompts[1]

@@ -229,6 +229,9 @@ class EpisodicStore:
         Raises:
             MemoryStoreError: importance outside [0, 1], or a bad embedding.
         """
+    @property
+    def has_embedder(self) -> bool:
+        """Whether the store has an embedder (so `recall` accepts a text query)."""
     def recall(
         self, agent_id: str, limit: int = 3, query: str | npt.ArrayLike | None = None
     ) -> list[Episode]:

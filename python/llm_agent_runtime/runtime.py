@@ -125,7 +125,8 @@ class AgentRuntime:
 
     Args:
         config: Loop settings (defaults to `AgentConfig()`).
-        memory: Episodic store (`recall(agent_id, limit)`, e.g. `EpisodicStore`).
+        memory: Episodic store (`recall(agent_id, limit)`, e.g. `EpisodicStore`); one with an
+            embedder (`has_embedder`) recalls the memories most similar to the request too.
         working_memory: Key-value memory (`to_prompt()`) appended to every prompt.
         graph: Knowledge graph (`entity_count()`), whose size is recorded per session.
         tools: `ToolSpec`s or a `ToolRegistry`.
@@ -207,6 +208,7 @@ class AgentRuntime:
         )
         self._tracer = _load_tracer()
         self._approvals: dict[str, dict[str, ApprovalDecision]] = {}
+        self._semantic_recall = bool(getattr(memory, "has_embedder", False))
 
     # ------------------------------------------------------------------ public API
     async def run_agent(
@@ -378,7 +380,12 @@ class AgentRuntime:
         """Builds the prompt preamble: system prompt, recalled memories, working memory."""
         parts = [self.config.system_prompt]
         if self.memory is not None and self.config.max_memory_recalls > 0:
-            episodes = self.memory.recall(agent_id, self.config.max_memory_recalls)
+            limit = self.config.max_memory_recalls
+            # A store with an embedder ranks memories by similarity to the request too.
+            if self._semantic_recall:
+                episodes = self.memory.recall(agent_id, limit, prompt)
+            else:
+                episodes = self.memory.recall(agent_id, limit)
             texts = [e.content for e in episodes]
             if self.config.max_memory_tokens is not None:
                 texts = fit_to_token_budget(texts, self.config.max_memory_tokens)

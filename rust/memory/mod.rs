@@ -388,6 +388,12 @@ impl PyEpisodicStore {
         })
     }
 
+    /// Whether the store has an embedder (so `recall` accepts a text query).
+    #[getter]
+    fn has_embedder(&self) -> bool {
+        self.embedder.is_some()
+    }
+
     /// Adds an episode and returns its id.
     ///
     /// Args:
