@@ -7,17 +7,6 @@ import pytest
 import llm_agent_runtime as ar
 
 
-class DictBackend:
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    async def save(self, key: str, value: bytes) -> None:
-        self.data[key] = value
-
-    async def load(self, key: str) -> bytes | None:
-        return self.data.get(key)
-
-
 @ar.tool
 def add(a: int, b: int) -> int:
     """Adds."""
@@ -25,7 +14,7 @@ def add(a: int, b: int) -> int:
 
 
 async def test_every_event_via_callback_and_stream() -> None:
-    rt = ar.AgentRuntime(tools=[add], checkpoint_backend=DictBackend())
+    rt = ar.AgentRuntime(tools=[add], checkpoint_backend=ar.InMemoryBackend())
     seen: list[ar.Event] = []
     rt.events.on(seen.append)
     async_seen: list[ar.Event] = []

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 import llm_agent_runtime as ar
+from llm_agent_runtime.persistence.codec import decode
 
 
 @ar.tool
@@ -32,19 +33,19 @@ ADD = 'Thought: add them\nAction: add {"a": 2, "b": 3}'
 FINAL = "Thought: done\nAction: FINAL_ANSWER 5"
 
 
-class DictBackend:
+class DictBackend(ar.InMemoryBackend):
+    """In-memory checkpoints that can fail on step or final writes."""
+
     def __init__(self, fail_steps: bool = False, fail_final: bool = False) -> None:
-        self.data: dict[str, bytes] = {}
+        super().__init__()
         self.fail_steps = fail_steps
         self.fail_final = fail_final
 
-    async def save(self, key: str, value: bytes) -> None:
-        if (":step:" in key and self.fail_steps) or (":step:" not in key and self.fail_final):
+    async def batch_save(self, items: Mapping[str, bytes]) -> None:
+        step = any(":step:" in key for key in items)
+        if (step and self.fail_steps) or (not step and self.fail_final):
             raise OSError("disk full")
-        self.data[key] = value
-
-    async def load(self, key: str) -> bytes | None:
-        return self.data.get(key)
+        await super().batch_save(items)
 
 
 @dataclass
@@ -167,9 +168,12 @@ async def test_checkpoints_per_step_and_final() -> None:
     rt = ar.AgentRuntime(tools=[add], checkpoint_backend=backend)
     s = await rt.run_agent("a", "q", react(ADD, FINAL))
     sid = s.session_id
-    assert set(backend.data) == {f"session:{sid}:step:1", f"session:{sid}:step:2", f"session:{sid}"}
-    assert json.loads(backend.data[f"session:{sid}:step:1"])["steps"][0]["observation"] == "5"
-    assert await ar.AgentSession.load_checkpoint(backend, sid) == s  # type: ignore[arg-type]
+    keys = set(backend.data)
+    assert {f"session:{sid}:meta", f"session:{sid}:step:1", f"session:{sid}:step:2"} <= keys
+    assert {f"session:{sid}", f"session:{sid}:call:1:0"} <= keys
+    step_one = decode(backend.data[f"session:{sid}:step:1"], "k", "step")
+    assert step_one["step"]["observation"] == "5" and step_one["reply"] == ADD
+    assert await ar.AgentSession.load_checkpoint(backend, sid) == s
 
 
 async def test_step_checkpoint_failures_counted_final_failure_raised() -> None:

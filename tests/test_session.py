@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 import llm_agent_runtime as ar
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 
 
 def make_session() -> ar.AgentSession:
@@ -55,21 +56,13 @@ def test_bad_json_is_persistence_error() -> None:
         ar.AgentSession.from_json("{not json")
 
 
-class DictBackend:
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    async def save(self, key: str, value: bytes) -> None:
-        self.data[key] = value
-
-    async def load(self, key: str) -> bytes | None:
-        return self.data.get(key)
-
-
 async def test_load_checkpoint() -> None:
-    backend = DictBackend()
+    backend = ar.InMemoryBackend()
     s = make_session()
-    backend.data["session:s1"] = s.to_json().encode()
-    assert await ar.AgentSession.load_checkpoint(backend, "s1") == s  # type: ignore[arg-type]
+    await CheckpointStore(backend).save_final(s, {})
+    assert await ar.AgentSession.load_checkpoint(backend, "s1") == s
     with pytest.raises(ar.PersistenceError, match="session:nope"):
-        await ar.AgentSession.load_checkpoint(backend, "nope")  # type: ignore[arg-type]
+        await ar.AgentSession.load_checkpoint(backend, "nope")
+    backend.data["session:s1"] = backend.data["session:s1"][:-5]  # truncated
+    with pytest.raises(ar.PersistenceError, match="checksum"):
+        await ar.AgentSession.load_checkpoint(backend, "s1")

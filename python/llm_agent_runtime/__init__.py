@@ -71,7 +71,12 @@ from llm_agent_runtime.orchestration import (
     RetryPolicy,
     SystemClock,
 )
-from llm_agent_runtime.persistence import FileBackend, PersistenceBackend, SqliteBackend
+from llm_agent_runtime.persistence import (
+    FileBackend,
+    InMemoryBackend,
+    PersistenceBackend,
+    SqliteBackend,
+)
 from llm_agent_runtime.providers import provider_from_env
 from llm_agent_runtime.providers.offline import ScriptedProvider
 from llm_agent_runtime.runtime import AgentRuntime, ApprovalDecision, Middleware
@@ -116,6 +121,7 @@ __all__ = [
     "GraphError",
     "GraphStore",
     "HashingEmbedder",
+    "InMemoryBackend",
     "InMemoryCircuitStateBackend",
     "LlmResponse",
     "LlmTextDelta",

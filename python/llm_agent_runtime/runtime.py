@@ -27,10 +27,12 @@ from llm_agent_runtime.errors import (
     BackpressureShedError,
     ParseError,
     PersistenceError,
+    ToolError,
 )
 from llm_agent_runtime.events import (
     CheckpointSaved,
     ErrorEvent,
+    Event,
     EventBus,
     LlmResponse,
     LlmTextDelta,
@@ -42,6 +44,12 @@ from llm_agent_runtime.events import (
 from llm_agent_runtime.memory import fit_to_token_budget
 from llm_agent_runtime.orchestration import BackpressureGuard, CapabilitySet, CostBudget
 from llm_agent_runtime.persistence.base import PersistenceBackend, session_key, step_key
+from llm_agent_runtime.persistence.checkpoints import (
+    CheckpointStore,
+    SessionState,
+    StepRecord,
+    idempotency_key,
+)
 from llm_agent_runtime.providers.base import (
     ChatResponse,
     LlmProvider,
@@ -132,7 +140,10 @@ class AgentRuntime:
         tools: `ToolSpec`s or a `ToolRegistry`.
         backpressure: Sheds runs beyond its capacity.
         metrics: Counters (a fresh `RuntimeMetrics` by default).
-        checkpoint_backend: Saves `session:<id>:step:<n>` per step and `session:<id>` at the end.
+        checkpoint_backend: Makes runs durable: each step is saved as `session:<id>:step:<n>`
+            (what the step added), each tool call is journaled, the events are logged, and the
+            whole session is saved as `session:<id>` at the end; `resume` continues a run
+            that was interrupted.
         middlewares: Hooks that may rewrite prompts, replies and tool calls.
         approval_handler: Approves, denies or edits tool calls.
         capabilities: Tools allowed and actions budget, checked per call.
@@ -171,7 +182,11 @@ class AgentRuntime:
         if backpressure is not None:
             _required("backpressure", backpressure, ["acquire", "release"])
         if checkpoint_backend is not None:
-            _required("checkpoint_backend", checkpoint_backend, ["save", "load"])
+            _required(
+                "checkpoint_backend",
+                checkpoint_backend,
+                ["save", "load", "delete", "batch_save", "batch_load", "list_keys"],
+            )
         if approval_handler is not None and not callable(approval_handler):
             raise AgentRuntimeError("approval_handler must be callable")
         if capabilities is not None:
@@ -191,6 +206,9 @@ class AgentRuntime:
         self.backpressure = backpressure
         self.metrics = metrics if metrics is not None else RuntimeMetrics()
         self.checkpoint_backend = checkpoint_backend
+        self._checkpoints = CheckpointStore(checkpoint_backend) if checkpoint_backend else None
+        # Events waiting to be written to the event log with the next checkpoint, by session.
+        self._event_log: dict[str, list[Event]] = {}
         self.approval_handler = approval_handler
         self.capabilities = capabilities
         self.budget = budget
@@ -209,6 +227,8 @@ class AgentRuntime:
         self._tracer = _load_tracer()
         self._approvals: dict[str, dict[str, ApprovalDecision]] = {}
         self._semantic_recall = bool(getattr(memory, "has_embedder", False))
+        if self._checkpoints is not None:
+            self.events.on(self._log_event)
 
     # ------------------------------------------------------------------ public API
     async def run_agent(
@@ -306,6 +326,7 @@ class AgentRuntime:
         provider: LlmProvider | None,
         session: AgentSession | None,
         history: list[dict[str, Any]] | None = None,
+        resume: SessionState | None = None,
     ) -> AgentSession:
         if not isinstance(agent_id, str) or not agent_id:
             raise AgentRuntimeError("agent_id must be a non-empty string")
@@ -323,6 +344,8 @@ class AgentRuntime:
             session = AgentSession(session_id=new_session_id(), agent_id=agent_id)
         session.prompt = prompt
         started = time.perf_counter()
+        if self._checkpoints is not None and resume is None:
+            await self._checkpoints.save_meta(session, "tools" if provider else "react")
         events = self.events
         if events.active:
             events.emit(RunStarted(session.session_id, agent_id, prompt))
@@ -338,9 +361,9 @@ class AgentRuntime:
                 context = self._context(agent_id, prompt, session)
                 timeout = self.config.loop_timeout_ms
                 loop = (
-                    self._tool_loop(session, context, prompt, provider, history)
+                    self._tool_loop(session, context, prompt, provider, history, resume)
                     if provider is not None
-                    else self._react_loop(session, context, prompt, _need(infer), history)
+                    else self._react_loop(session, context, prompt, _need(infer), history, resume)
                 )
                 if timeout is None:
                     await loop
@@ -408,6 +431,7 @@ class AgentRuntime:
         prompt: str,
         infer: InferFn,
         history: list[dict[str, Any]] | None,
+        resume: SessionState | None = None,
     ) -> None:
         config = self.config
         head = [context]
@@ -420,18 +444,28 @@ class AgentRuntime:
             head.append("\n".join(f"{m['role']}: {m['content']}" for m in history))
         head.append("Question: " + prompt)
         transcript = ["\n\n".join(head)]
+        # A resumed run replays its saved steps into the transcript, and takes the reply of
+        # an interrupted step from the journal instead of asking the model again.
+        journal: list[dict[str, Any]] = []
+        if resume is not None:
+            transcript += [
+                f"{r.reply}\nObservation: {r.step.observation}" for r in resume.records if r.reply
+            ]
+            journal = await self._journal_of_next_step(session)
         pre_hooks = self._hooks["on_pre_llm"]
         post_hooks = self._hooks["on_post_llm"]
         reprompted = False
         events = self.events
         perf = time.perf_counter
-        for _ in range(config.max_iterations):
+        for _ in range(config.max_iterations - session.step_count):
             step_start = perf()
             text_prompt = "\n".join(transcript)
             for hook in pre_hooks:
                 text_prompt = await _maybe_await(hook(session, text_prompt)) or text_prompt
             model_start = perf()
-            if self._tracer is not None:
+            if journal:
+                reply = journal[0]["reply"]
+            elif self._tracer is not None:
                 with self._tracer.start_as_current_span("agent.llm"):
                     reply = await infer(text_prompt)
             else:
@@ -463,19 +497,26 @@ class AgentRuntime:
                 step.model_ms = model_ms
                 step.overhead_ms = (perf() - step_start) * 1000.0 - model_ms
                 session.final_answer = final
-                await self._commit_step(session, step)
+                await self._commit_step(session, step, reply=reply)
                 return
             action = parsed.action or ""
             step = Step(
                 parsed.thought, action, parsed.action_input, "", None, input_tokens, output_tokens
             )
             step.model_ms = model_ms
-            observation, tool_ms = await self._call_tool(session, action, parsed.action_input)
+            if self._checkpoints is None:
+                observation, tool_ms = await self._call_tool(session, action, parsed.action_input)
+            else:
+                entry = journal[0] if journal else {"reply": reply}
+                journal = []
+                observation, tool_ms = await self._durable_call(
+                    session, session.step_count + 1, 0, action, parsed.action_input, entry
+                )
             step.observation = observation.content
             step.error_kind = observation.error_kind
             step.tool_ms = tool_ms
             step.overhead_ms = (perf() - step_start) * 1000.0 - model_ms - tool_ms
-            await self._commit_step(session, step)
+            await self._commit_step(session, step, reply=reply)
             if observation.error_kind is not None and config.error_recovery == "stop":
                 return
             transcript.append(f"{reply}\nObservation: {observation.content}")
@@ -487,20 +528,31 @@ class AgentRuntime:
         prompt: str,
         provider: LlmProvider,
         history: list[dict[str, Any]] | None,
+        resume: SessionState | None = None,
     ) -> None:
         config = self.config
         messages = [Message(role="system", content=context)]
         if history:
             messages.extend(Message(role=m["role"], content=m["content"]) for m in history)
         messages.append(Message(role="user", content=prompt))
+        rounds_done = 0
+        journal: list[dict[str, Any]] = []
+        if resume is not None:  # replay the saved rounds; an interrupted one is journaled
+            rounds_done = _replay_rounds(resume.records, messages)
+            journal = await self._journal_of_next_step(session)
         tool_defs = self._tool_definitions or None
         post_hooks = self._hooks["on_post_llm"]
         events = self.events
         perf = time.perf_counter
         limit = asyncio.Semaphore(config.max_parallel_tool_calls)
-        for _ in range(config.max_iterations):
+        for _ in range(config.max_iterations - rounds_done):
             round_start = perf()
-            if self._tracer is not None:
+            if journal:
+                saved = journal[0]["round"]
+                response = ChatResponse(
+                    text=saved["text"], tool_calls=[ToolCall(**c) for c in saved["calls"]]
+                )
+            elif self._tracer is not None:
                 with self._tracer.start_as_current_span("agent.llm"):
                     response = await self._chat(session, provider, messages, tool_defs)
             else:
@@ -524,7 +576,10 @@ class AgentRuntime:
                 return
             calls = response.tool_calls
             messages.append(Message("assistant", text, calls))
-            if len(calls) == 1:
+            if self._checkpoints is not None:
+                results = await self._durable_round(session, text, calls, journal, limit)
+                journal = []
+            elif len(calls) == 1:
                 results = [await self._call_tool(session, calls[0].name, calls[0].arguments)]
             else:
                 results = await self._run_parallel(session, calls, limit)
@@ -543,8 +598,10 @@ class AgentRuntime:
                 tools_total += tool_ms
                 failed = failed or error_kind is not None
                 messages.append(Message("tool", observation.content, [], call.id, call.name))
+                await self._commit_step(
+                    session, step, round_text=text, call_id=call.id, round_start=not steps
+                )
                 steps.append(step)
-                await self._commit_step(session, step)
             elapsed = (perf() - round_start) * 1000.0
             overhead = max(0.0, elapsed - model_ms - tools_total) / len(steps)
             for step in steps:
@@ -583,7 +640,7 @@ class AgentRuntime:
         return list(await asyncio.gather(*(bounded(c.name, c.arguments) for c in calls)))
 
     async def _call_tool(
-        self, session: AgentSession, name: str, arguments: Any
+        self, session: AgentSession, name: str, arguments: Any, key: str | None = None
     ) -> tuple[Observation, float]:
         """Runs one tool call through capabilities, approvals, middlewares and metrics."""
         if self.capabilities is not None:
@@ -610,10 +667,12 @@ class AgentRuntime:
         if self._tracer is not None:
             with self._tracer.start_as_current_span("agent.tool", attributes={"tool": name}):
                 observation = await self.tools.call(
-                    name, arguments, self.config.max_observation_chars
+                    name, arguments, self.config.max_observation_chars, key
                 )
         else:
-            observation = await self.tools.call(name, arguments, self.config.max_observation_chars)
+            observation = await self.tools.call(
+                name, arguments, self.config.max_observation_chars, key
+            )
         tool_ms = (time.perf_counter() - start) * 1000.0
         if observation.error_kind is not None:
             self.metrics.record_tool_failure(name, agent_id)
@@ -654,38 +713,235 @@ class AgentRuntime:
         if self.budget is not None:
             self.budget.record(input_tokens, output_tokens)
 
-    async def _commit_step(self, session: AgentSession, step: Step) -> None:
+    async def _commit_step(
+        self,
+        session: AgentSession,
+        step: Step,
+        reply: str | None = None,
+        round_text: str | None = None,
+        call_id: str | None = None,
+        round_start: bool = False,
+    ) -> None:
         session.steps.append(step)
         self.metrics.record_step()
-        if self.checkpoint_backend is not None:
-            await self._save_step(session, session.step_count)
+        if self._checkpoints is not None:
+            record = StepRecord(step, reply, round_text, call_id, round_start)
+            await self._save_step(session, record)
 
-    # ------------------------------------------------------------------ checkpoints
-    # The one place checkpoints are written: per-step snapshots (failures logged and counted,
-    # never raised) and the final session (failure raised as PersistenceError).
-    async def _save_step(self, session: AgentSession, step_number: int) -> None:
-        assert self.checkpoint_backend is not None
-        key = step_key(session.session_id, step_number)
+    # ------------------------------------------------------------------ durability
+    # The one place checkpoints are written: per-step deltas (failures logged and counted,
+    # never raised), the tool-call journal, and the final session (failure raised).
+    def _log_event(self, event: Event) -> None:
+        if not isinstance(event, CheckpointSaved):  # the log records the run, not itself
+            self._event_log.setdefault(event.session_id, []).append(event)
+
+    async def _save_step(self, session: AgentSession, record: StepRecord) -> None:
+        assert self._checkpoints is not None
+        key = step_key(session.session_id, session.step_count)
+        events = self._event_log.pop(session.session_id, [])
         try:
-            await self.checkpoint_backend.save(key, session.to_json().encode())
-        except Exception as error:  # a lost per-step snapshot must not end the run
+            await self._checkpoints.save_step(
+                session.session_id, session.step_count, record, events
+            )
+        except Exception as error:  # a lost per-step checkpoint must not end the run
+            self._event_log.setdefault(session.session_id, [])[:0] = events
             session.checkpoint_errors += 1
             self.metrics.record_checkpoint_error()
             logger.warning("checkpoint %s failed: %r", key, error)
             return
-        if self.events.active:
-            self.events.emit(CheckpointSaved(session.session_id, key))
+        self.events.emit(CheckpointSaved(session.session_id, key))
 
     async def _save_final(self, session: AgentSession) -> None:
-        assert self.checkpoint_backend is not None
+        assert self._checkpoints is not None
         key = session_key(session.session_id)
+        extra: dict[str, Any] = {}
+        if self.memory is not None and hasattr(self.memory, "to_json"):
+            extra["memory"] = self.memory.to_json()
+        if self.working_memory is not None and hasattr(self.working_memory, "items"):
+            extra["working_memory"] = [[k, v] for k, v in self.working_memory.items()]
+        events = self._event_log.pop(session.session_id, [])
         try:
-            await self.checkpoint_backend.save(key, session.to_json().encode())
+            await self._checkpoints.save_final(session, extra, events)
         except Exception as error:
             self.metrics.record_checkpoint_error()
             raise PersistenceError(f"final checkpoint failed: {error}", key=key) from error
-        if self.events.active:
-            self.events.emit(CheckpointSaved(session.session_id, key))
+        self.events.emit(CheckpointSaved(session.session_id, key))
+
+    async def _journal_of_next_step(self, session: AgentSession) -> list[dict[str, Any]]:
+        assert self._checkpoints is not None
+        return await self._checkpoints.load_journal(session.session_id, session.step_count + 1)
+
+    async def _durable_call(
+        self,
+        session: AgentSession,
+        step: int,
+        index: int,
+        name: str,
+        arguments: Any,
+        entry: dict[str, Any],
+    ) -> tuple[Observation, float]:
+        """Runs one tool call under the journal: intent before, result after.
+
+        An entry from an interrupted run is honoured: a recorded result is reused, and a call
+        that may have run is repeated only for a tool that is idempotent or takes the key.
+        """
+        assert self._checkpoints is not None
+        session_id = session.session_id
+        key = idempotency_key(session_id, step, index)
+        state = entry.get("state")
+        if state == "done":
+            return Observation(entry["observation"], entry["error_kind"]), 0.0
+        if state == "intent":
+            spec = self.tools.get(name)
+            if spec is None or not (spec.idempotent or spec.takes_idempotency_key):
+                raise ToolError(
+                    f"tool call {name!r} (step {step}, call {index}, idempotency key {key!r}) "
+                    "may have run before the interruption and the tool is neither idempotent "
+                    "nor takes an idempotency key: reconcile its effect, then record its "
+                    "result or fork the session before this step",
+                    tool=name,
+                )
+        intent = {**entry, "tool": name, "arguments": arguments, "key": key, "state": "intent"}
+        await self._checkpoints.journal(session_id, step, index, intent)
+        observation, tool_ms = await self._call_tool(session, name, arguments, key)
+        done = {
+            **intent,
+            "state": "done",
+            "observation": observation.content,
+            "error_kind": observation.error_kind,
+        }
+        await self._checkpoints.journal(session_id, step, index, done)
+        return observation, tool_ms
+
+    async def _durable_round(
+        self,
+        session: AgentSession,
+        text: str,
+        calls: list[ToolCall],
+        journal: list[dict[str, Any]],
+        limit: asyncio.Semaphore,
+    ) -> list[tuple[Observation, float]]:
+        """Runs a round's tool calls (concurrently up to the limit), each journaled alone."""
+        step = session.step_count + 1
+        saved_round = {
+            "text": text,
+            "calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls],
+        }
+        entries = {e["index"]: e for e in journal}
+
+        async def one(index: int, call: ToolCall) -> tuple[Observation, float]:
+            async with limit:
+                entry = entries.get(index, {"round": saved_round, "index": index})
+                return await self._durable_call(
+                    session, step, index, call.name, call.arguments, entry
+                )
+
+        if len(calls) == 1:
+            return [await one(0, calls[0])]
+        return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(calls))))
+
+    async def resume(self, session_id: str, model: InferFn | LlmProvider) -> AgentSession:
+        """Continues an interrupted run from its last completed step.
+
+        Completed steps are never re-executed: their results come from the checkpoints. A
+        step interrupted mid-way continues from its journal: its model reply is reused, a
+        finished tool call is not repeated, and a tool call that may have run is repeated
+        only for tools that are idempotent or take the idempotency key.
+
+        Args:
+            session_id: The interrupted session.
+            model: Async `prompt -> reply` (ReAct text), or a provider; use the same mode
+                as the interrupted run.
+
+        Returns:
+            The finished session (at once when the run had already finished).
+
+        Raises:
+            AgentRuntimeError: Without a checkpoint backend.
+            PersistenceError: When nothing is saved for the session or a record is corrupt.
+            ToolError: When a call that may have run cannot safely be repeated.
+        """
+        if self._checkpoints is None:
+            raise AgentRuntimeError("resume needs a checkpoint_backend")
+        state = await self._checkpoints.load(session_id)
+        session = state.session()
+        if state.final is not None:
+            return session
+        session.final_answer = None
+        if isinstance(model, LlmProvider):
+            if state.mode == "tools" or self.config.mode == "tools":
+                return await self._run(
+                    state.agent_id, state.prompt, None, model, session, resume=state
+                )
+            provider, name = model, self.config.model
+
+            async def infer(text: str) -> str:
+                return await provider.complete(text, model=name)
+
+            return await self._run(state.agent_id, state.prompt, infer, None, session, resume=state)
+        return await self._run(state.agent_id, state.prompt, model, None, session, resume=state)
+
+    async def fork(self, session_id: str, step: int, new_id: str | None = None) -> str:
+        """Starts a new session from step `step` of a saved one; returns its id.
+
+        The new session has the first `step` steps; `resume` continues it from there.
+
+        Raises:
+            AgentRuntimeError: Without a checkpoint backend.
+            PersistenceError: When the source is missing or shorter than `step`.
+        """
+        if self._checkpoints is None:
+            raise AgentRuntimeError("fork needs a checkpoint_backend")
+        fork_id = new_id or new_session_id()
+        await self._checkpoints.fork(session_id, step, fork_id)
+        return fork_id
+
+    async def prune(self, session_id: str, keep_last: int) -> int:
+        """Folds all but the last `keep_last` step checkpoints of a session.
+
+        Safe while the session runs. Returns how many checkpoints were folded.
+        """
+        if self._checkpoints is None:
+            raise AgentRuntimeError("prune needs a checkpoint_backend")
+        return await self._checkpoints.prune(session_id, keep_last)
+
+    async def sweep(self, older_than: float) -> list[str]:
+        """Deletes finished sessions that ended more than `older_than` seconds ago."""
+        if self._checkpoints is None:
+            raise AgentRuntimeError("sweep needs a checkpoint_backend")
+        return await self._checkpoints.sweep(older_than)
+
+    async def session_events(self, session_id: str) -> list[dict[str, Any]]:
+        """The logged events of a session, oldest first (type and fields of each)."""
+        if self._checkpoints is None:
+            raise AgentRuntimeError("the event log needs a checkpoint_backend")
+        return await self._checkpoints.events(session_id)
+
+
+def _replay_rounds(records: list[StepRecord], messages: list[Message]) -> int:
+    """Appends the chat messages of saved native rounds; returns how many rounds there were."""
+    rounds = 0
+    for position, record in enumerate(records):
+        step = record.step
+        if step.action == "FINAL_ANSWER":
+            rounds += 1
+            continue
+        if record.round_start:
+            rounds += 1
+            calls = []
+            for later in records[position:]:
+                if later is not record and later.round_start:
+                    break
+                calls.append(
+                    ToolCall(
+                        id=later.call_id or "",
+                        name=later.step.action,
+                        arguments=later.step.action_input or {},
+                    )
+                )
+            messages.append(Message("assistant", record.round_text or "", calls))
+        messages.append(Message("tool", step.observation, [], record.call_id, step.action))
+    return rounds
 
 
 # A random per-process prefix plus a counter: unique across processes like a uuid4, without

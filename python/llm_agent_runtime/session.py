@@ -207,15 +207,13 @@ class AgentSession:
 
     @classmethod
     async def load_checkpoint(cls, backend: PersistenceBackend, session_id: str) -> AgentSession:
-        """Loads the final checkpoint `session:<id>` from `backend`.
+        """Loads a saved session: its final checkpoint, or the steps an interrupted run saved.
 
         Raises:
-            PersistenceError: When no checkpoint exists or it cannot be decoded.
+            PersistenceError: When nothing is saved for the session, or a record is corrupt,
+                truncated or from a newer version.
         """
-        from llm_agent_runtime.persistence.base import session_key
+        from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 
-        key = session_key(session_id)
-        raw = await backend.load(key)
-        if raw is None:
-            raise PersistenceError("no checkpoint saved", key=key)
-        return cls.from_json(raw)
+        state = await CheckpointStore(backend).load(session_id)
+        return state.session()

@@ -22,6 +22,9 @@ from llm_agent_runtime.orchestration import CircuitBreaker
 
 __all__ = ["ErrorKind", "Observation", "ToolRegistry", "ToolSpec", "tool"]
 
+IDEMPOTENCY_KEY = "idempotency_key"
+"""Name of the parameter through which a tool receives its call's idempotency key."""
+
 ErrorKind = Literal["not_found", "transient", "permanent"]
 """Why a tool call failed: unknown tool, worth retrying, or not."""
 
@@ -77,6 +80,10 @@ class ToolSpec:
         timeout: Seconds a call may take before it fails as `transient`.
         circuit_breaker: Fast-fails calls while the tool is unhealthy.
         run_inline: Run a sync handler on the event loop (for trivial, non-blocking handlers).
+        idempotent: Running a call twice has the effect of running it once, so a resumed run
+            may repeat a call that an interruption left unfinished.
+        takes_idempotency_key: The handler receives `idempotency_key` (unique per session,
+            step and call, stable across a resume) to deduplicate its side effects itself.
 
     Raises:
         ToolError: When the name is empty or the handler is not callable.
@@ -87,11 +94,13 @@ class ToolSpec:
         "circuit_breaker",
         "description",
         "handler",
+        "idempotent",
         "is_async",
         "name",
         "parameters",
         "required_fields",
         "run_inline",
+        "takes_idempotency_key",
         "timeout",
     )
 
@@ -105,6 +114,8 @@ class ToolSpec:
         timeout: float | None = None,
         circuit_breaker: CircuitBreaker | None = None,
         run_inline: bool = False,
+        idempotent: bool = False,
+        takes_idempotency_key: bool = False,
     ) -> None:
         if not name or not name.strip():
             raise ToolError("tool name must not be empty")
@@ -120,6 +131,8 @@ class ToolSpec:
         self.timeout = timeout
         self.circuit_breaker = circuit_breaker
         self.run_inline = run_inline
+        self.idempotent = idempotent
+        self.takes_idempotency_key = takes_idempotency_key
         self.is_async = inspect.iscoroutinefunction(handler)
         self._validate: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
@@ -193,6 +206,7 @@ def tool(
     name: str | None = None,
     timeout: float | None = None,
     circuit_breaker: CircuitBreaker | None = None,
+    idempotent: bool = False,
 ) -> Any:
     """Turns a typed function into a `ToolSpec`; schema from type hints and docstring.
 
@@ -203,6 +217,8 @@ def tool(
         name: Tool name (default: the function's name).
         timeout: Per-call timeout in seconds.
         circuit_breaker: Optional breaker for this tool.
+        idempotent: Calls may be repeated safely (see `ToolSpec`). A function with a parameter
+            named `idempotency_key` receives the call's key, and is not shown that parameter.
 
     Returns:
         A `ToolSpec`, or a decorator producing one.
@@ -214,7 +230,10 @@ def tool(
         hints = inspect.get_annotations(func, eval_str=True)
         fields: dict[str, Any] = {}
         typed_fields: dict[str, Any] = {}
+        takes_key = IDEMPOTENCY_KEY in signature.parameters
         for param in signature.parameters.values():
+            if param.name == IDEMPOTENCY_KEY:
+                continue
             annotation = hints.get(param.name, Any)
             optional = param.default is not inspect.Parameter.empty
             fields[param.name] = (annotation, param.default if optional else ...)
@@ -252,6 +271,8 @@ def tool(
             parameters=schema,
             timeout=timeout,
             circuit_breaker=circuit_breaker,
+            idempotent=idempotent,
+            takes_idempotency_key=takes_key,
         )
         spec._validate = validate
         spec.is_async = is_async
@@ -316,10 +337,17 @@ class ToolRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._tools
 
-    async def call(self, name: str, arguments: Any, max_chars: int = 4000) -> Observation:
+    async def call(
+        self,
+        name: str,
+        arguments: Any,
+        max_chars: int = 4000,
+        idempotency_key: str | None = None,
+    ) -> Observation:
         """Runs one tool call; every failure becomes an `Observation` with an error kind.
 
-        Policy errors (`PolicyDeniedError`, `BudgetExceededError`) and cancellation propagate.
+        `idempotency_key` is passed to tools that take one. Policy errors
+        (`PolicyDeniedError`, `BudgetExceededError`) and cancellation propagate.
         """
         spec = self._tools.get(name)
         if spec is None:
@@ -329,6 +357,8 @@ class ToolRegistry:
             checked = spec.check_arguments(arguments)
         except ValueError as error:
             return Observation(f"error: {error}", "permanent")
+        if spec.takes_idempotency_key and idempotency_key is not None:
+            checked = {**checked, IDEMPOTENCY_KEY: idempotency_key}
         try:
             if spec.circuit_breaker is not None:
                 result = await spec.circuit_breaker.call(spec.invoke, checked)

@@ -20,19 +20,6 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-class MemoryBackend:
-    """Checkpoints kept in a dict, to look at what was saved."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    async def save(self, key: str, value: bytes) -> None:
-        self.data[key] = value
-
-    async def load(self, key: str) -> bytes | None:
-        return self.data.get(key)
-
-
 def tool_results(kind: str, body: dict[str, Any]) -> list[tuple[str, str]]:
     """(call id, content) of the tool results a request sends back, in either wire format."""
     if kind == "openai":
@@ -51,7 +38,7 @@ async def test_react_text_mode(kind: str, server: FakeLlmServer) -> None:
         Turn('Thought: I should add.\nAction: add {"a": 2, "b": 3}'),
         Turn("Thought: I know it.\nAction: FINAL_ANSWER 5"),
     )
-    backend = MemoryBackend()
+    backend = ar.InMemoryBackend()
     runtime = ar.AgentRuntime(ar.AgentConfig(), tools=[add], checkpoint_backend=backend)
     async with make_provider(kind, server) as llm:
         session = await runtime.run_agent_with_provider("agent-1", "What is 2 + 3?", llm)

@@ -1,0 +1,59 @@
+"""The record codec: versioned JSON with a checksum. No pickle, ever.
+
+A record is one header line, `llm-agent-runtime/<version> <crc32> <kind>`, then the JSON
+payload. A record that is truncated, altered, of an unknown kind or written by a newer
+version raises `PersistenceError` naming its key; nothing is ever half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+from llm_agent_runtime.errors import PersistenceError
+
+__all__ = ["FORMAT_VERSION", "decode", "encode"]
+
+FORMAT_VERSION = 1
+_MAGIC = b"llm-agent-runtime/"
+
+
+def encode(kind: str, payload: Any) -> bytes:
+    """Encodes `payload` (JSON-compatible; other values become strings) as a `kind` record."""
+    body = json.dumps(payload, separators=(",", ":"), default=str).encode()
+    header = b"%s%d %08x %s\n" % (_MAGIC, FORMAT_VERSION, zlib.crc32(body), kind.encode())
+    return header + body
+
+
+def decode(raw: bytes, key: str, kind: str | None = None) -> Any:
+    """Decodes a record stored under `key`, checking version, checksum and (when given) kind.
+
+    Raises:
+        PersistenceError: On a corrupt, truncated, foreign or newer-version record, or a
+            record of another kind.
+    """
+    header, newline, body = bytes(raw).partition(b"\n")
+    parts = header.split(b" ")
+    if not newline or len(parts) != 3 or not parts[0].startswith(_MAGIC):
+        raise PersistenceError("not a llm-agent-runtime record (bad header)", key=key)
+    try:
+        version = int(parts[0][len(_MAGIC) :])
+        checksum = int(parts[1], 16)
+    except ValueError:
+        raise PersistenceError("not a llm-agent-runtime record (bad header)", key=key) from None
+    if version > FORMAT_VERSION:
+        raise PersistenceError(
+            f"record format version {version} is newer than this library reads "
+            f"({FORMAT_VERSION}); upgrade llm-agent-runtime",
+            key=key,
+        )
+    if zlib.crc32(body) != checksum:
+        raise PersistenceError("record is corrupt or truncated (checksum mismatch)", key=key)
+    found = parts[2].decode(errors="replace")
+    if kind is not None and found != kind:
+        raise PersistenceError(f"expected a {kind!r} record, found {found!r}", key=key)
+    try:
+        return json.loads(body)
+    except ValueError as error:
+        raise PersistenceError(f"record body is not JSON: {error}", key=key) from error
