@@ -40,11 +40,11 @@ async def test_every_event_via_callback_and_stream() -> None:
         "CheckpointSaved",
         "LlmResponse",
         "CheckpointSaved",
-        "CheckpointSaved",
         "RunFinished",
+        "CheckpointSaved",  # the final checkpoint, event log included, after RunFinished
     ]
     assert streamed == seen and async_seen == seen
-    finished = seen[-1]
+    finished = seen[-2]
     assert isinstance(finished, ar.RunFinished) and finished.final_answer == "3"
     assert finished.session_id == session.session_id
     tool_done = seen[3]

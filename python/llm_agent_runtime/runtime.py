@@ -376,8 +376,6 @@ class AgentRuntime:
                             f"({session.step_count} steps done)"
                         ) from None
             session.duration_ms = (time.perf_counter() - started) * 1000.0
-            if self.checkpoint_backend is not None:
-                await self._save_final(session)
             if events.active:
                 events.emit(
                     RunFinished(
@@ -387,12 +385,20 @@ class AgentRuntime:
                         session.duration_ms,
                     )
                 )
+            if self._checkpoints is not None:  # after RunFinished, so the log records it
+                await self._save_final(session)
             return session
         except BaseException as error:
             session.duration_ms = (time.perf_counter() - started) * 1000.0
             if events.active:
                 events.emit(ErrorEvent(session.session_id, error))
             logger.warning("agent run %s failed: %r", session.session_id, error)
+            pending = self._event_log.pop(session.session_id, None)
+            if pending and self._checkpoints is not None:
+                try:  # best effort: the run's failure is what the caller must see
+                    await self._checkpoints.append_events(session.session_id, pending)
+                except Exception as log_error:
+                    logger.warning("event log of %s not saved: %r", session.session_id, log_error)
             raise
         finally:
             metrics.session_finished()

@@ -1,0 +1,301 @@
+"""Durable execution: record codec, step deltas, resume with the journal, fork, prune, sweep,
+and the event log (on the in-memory and SQLite backends)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.persistence.codec import decode, encode
+
+
+def script(*replies: str) -> Callable[[str], Awaitable[str]]:
+    queue = list(replies)
+
+    async def infer(prompt: str) -> str:
+        return queue.pop(0)
+
+    return infer
+
+
+def add_step(i: int) -> str:
+    return f'Thought: step {i}\nAction: add {{"a": {i}, "b": 1}}'
+
+
+FINAL = "Thought: done\nAction: FINAL_ANSWER finished"
+
+
+class Effects:
+    """Tools with visible side effects: every call is recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.keys: list[str] = []
+
+    def tools(self) -> list[ar.ToolSpec]:
+        @ar.tool
+        async def add(a: int, b: int) -> int:
+            """Adds."""
+            self.calls.append(("add", (a, b)))
+            return a + b
+
+        @ar.tool
+        async def charge(amount: int) -> str:
+            """Charges a card (not idempotent)."""
+            self.calls.append(("charge", amount))
+            return "charged"
+
+        @ar.tool(idempotent=True)
+        async def lookup(item: str) -> str:
+            """Reads a price (safe to repeat)."""
+            self.calls.append(("lookup", item))
+            return f"{item}: 3"
+
+        @ar.tool
+        async def send(text: str, idempotency_key: str) -> str:
+            """Sends a message once per key."""
+            self.keys.append(idempotency_key)
+            return "sent"
+
+        return [add, charge, lookup, send]
+
+
+def test_codec_round_trip_and_every_kind_of_damage() -> None:
+    record = encode("step", {"n": 1, "text": "héllo"})
+    assert decode(record, "k", "step") == {"n": 1, "text": "héllo"}
+    with pytest.raises(ar.PersistenceError, match="checksum") as info:
+        decode(record[:-3], "session:x:step:1")
+    assert info.value.key == "session:x:step:1"
+    with pytest.raises(ar.PersistenceError, match="checksum"):
+        decode(record[:-3] + b"X" + record[-2:], "k")  # one byte of the body altered
+    with pytest.raises(ar.PersistenceError, match="newer"):
+        decode(record.replace(b"llm-agent-runtime/1", b"llm-agent-runtime/9"), "k")
+    with pytest.raises(ar.PersistenceError, match="expected a 'meta' record"):
+        decode(record, "k", "meta")
+    with pytest.raises(ar.PersistenceError, match="bad header"):
+        decode(b'{"pickle": "never"}', "k")
+
+
+async def test_step_checkpoints_are_deltas_so_storage_is_linear() -> None:
+    async def stored_bytes(steps: int) -> int:
+        backend = ar.InMemoryBackend()
+        runtime = ar.AgentRuntime(
+            ar.AgentConfig(max_iterations=steps + 1),
+            tools=Effects().tools(),
+            checkpoint_backend=backend,
+        )
+        session = await runtime.run_agent(
+            "a", "q", script(*(add_step(i) for i in range(steps)), FINAL)
+        )
+        prefix = f"session:{session.session_id}:"
+        return sum(len(v) for k, v in backend.data.items() if k.startswith(prefix + "step:"))
+
+    fifty, hundred = await stored_bytes(50), await stored_bytes(100)
+    assert 1.9 < hundred / fifty < 2.1  # linear, not quadratic
+
+
+async def test_resume_continues_after_the_last_completed_step() -> None:
+    backend = ar.InMemoryBackend()
+    effects = Effects()
+    runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
+    replies = [add_step(0), add_step(1)]
+
+    async def failing_model(prompt: str) -> str:
+        if replies:
+            return replies.pop(0)
+        raise ConnectionError("model down")
+
+    session = runtime.create_session("a")
+    with pytest.raises(ConnectionError):
+        await runtime.run_agent("a", "q", failing_model, session=session)
+    assert effects.calls == [("add", (0, 1)), ("add", (1, 1))]
+    seen: list[str] = []
+
+    async def model(prompt: str) -> str:
+        seen.append(prompt)
+        return FINAL
+
+    resumed = await runtime.resume(session.session_id, model)
+    assert resumed.final_answer == "finished"
+    assert [s.observation for s in resumed.steps] == ["1", "2", ""]
+    assert effects.calls == [("add", (0, 1)), ("add", (1, 1))]  # nothing ran twice
+    assert "Observation: 1" in seen[0] and "Observation: 2" in seen[0]  # context rebuilt
+    again = await runtime.resume(session.session_id, model)  # finished: returned as saved
+    assert again.final_answer == "finished" and len(seen) == 1
+
+
+async def interrupt_mid_tool(
+    runtime: ar.AgentRuntime, reply: str, gate: asyncio.Event, started: asyncio.Event
+) -> str:
+    """Runs until the tool of `reply` is running, then cancels the run (a crash mid-call)."""
+    session = runtime.create_session("a")
+    task = asyncio.create_task(runtime.run_agent("a", "q", script(reply), session=session))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gate.set()
+    return session.session_id
+
+
+async def test_a_call_that_may_have_run_is_repeated_only_when_safe() -> None:
+    backend = ar.InMemoryBackend()
+    started, gate = asyncio.Event(), asyncio.Event()
+    charges: list[int] = []
+
+    @ar.tool
+    async def charge(amount: int) -> str:
+        """Charges."""
+        charges.append(amount)
+        started.set()
+        await gate.wait()
+        return "charged"
+
+    runtime = ar.AgentRuntime(tools=[charge], checkpoint_backend=backend)
+    sid = await interrupt_mid_tool(
+        runtime, 'Thought: pay\nAction: charge {"amount": 5}', gate, started
+    )
+    with pytest.raises(ar.ToolError, match=r"'charge' \(step 1, call 0, idempotency key"):
+        await runtime.resume(sid, script(FINAL))
+    assert charges == [5]  # at most once
+
+
+async def test_idempotent_tools_and_keyed_tools_are_repeated_with_the_same_key() -> None:
+    backend = ar.InMemoryBackend()
+    started, gate = asyncio.Event(), asyncio.Event()
+    keys: list[str] = []
+
+    @ar.tool
+    async def send(text: str, idempotency_key: str) -> str:
+        """Sends once per key."""
+        keys.append(idempotency_key)
+        started.set()
+        await gate.wait()
+        return "sent"
+
+    assert "idempotency_key" not in send.parameters["properties"]  # hidden from the model
+    runtime = ar.AgentRuntime(tools=[send], checkpoint_backend=backend)
+    sid = await interrupt_mid_tool(
+        runtime, 'Thought: send\nAction: send {"text": "hi"}', gate, started
+    )
+    resumed = await runtime.resume(sid, script(FINAL))
+    assert resumed.final_answer == "finished"
+    assert keys == [f"{sid}:1:0", f"{sid}:1:0"]  # the tool can deduplicate by its key
+    assert [s.observation for s in resumed.steps] == ["sent", ""]
+
+
+async def test_parallel_calls_are_journaled_one_by_one() -> None:
+    backend = ar.InMemoryBackend()
+    runs: list[str] = []
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    @ar.tool(idempotent=True)
+    async def fetch(name: str) -> str:
+        """Fetches; `slow` hangs until released."""
+        runs.append(name)
+        if name == "slow":
+            started.set()
+            await gate.wait()
+        return f"got {name}"
+
+    calls = [("fetch", {"name": n}) for n in ("a", "b", "slow")]
+    round_one = ar.ScriptedProvider.tool_call_reply(calls)
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=[fetch], checkpoint_backend=backend
+    )
+    session = runtime.create_session("a")
+    task = asyncio.create_task(
+        runtime.run_agent_with_provider("a", "q", ar.ScriptedProvider([round_one]), session=session)
+    )
+    await started.wait()
+    await asyncio.sleep(0.01)  # a and b finish and are journaled
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gate.set()
+    assert runs == ["a", "b", "slow"]
+    final = ar.providers.base.ChatResponse(text="all fetched")
+    resumed = await runtime.resume(session.session_id, ar.ScriptedProvider([final]))
+    assert runs == ["a", "b", "slow", "slow"]  # only the unfinished call ran again
+    assert [s.observation for s in resumed.steps[:3]] == ["got a", "got b", "got slow"]
+    assert resumed.final_answer == "all fetched"
+
+
+async def test_native_mode_resume_rebuilds_the_chat() -> None:
+    backend = ar.InMemoryBackend()
+    effects = Effects()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=effects.tools(), checkpoint_backend=backend
+    )
+    first = ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})], text="adding")
+    session = runtime.create_session("a")
+    with pytest.raises(ar.ProviderError):  # the script runs out: the provider fails
+        await runtime.run_agent_with_provider(
+            "a", "q", ar.ScriptedProvider([first]), session=session
+        )
+    seen: list[list[Any]] = []
+
+    class Recorder(ar.ScriptedProvider):
+        def chat_stream(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+            seen.append(list(messages))
+            return super().chat_stream(messages, tools, **params)
+
+    final = ar.providers.base.ChatResponse(text="3")
+    resumed = await runtime.resume(session.session_id, Recorder([final]))
+    assert resumed.final_answer == "3" and effects.calls == [("add", (1, 2))]
+    roles = [m.role for m in seen[0]]
+    assert roles == ["system", "user", "assistant", "tool"]
+    assert seen[0][2].tool_calls[0].name == "add" and seen[0][3].content == "3"
+
+
+async def test_fork_prune_sweep_and_the_event_log(tmp_path: Path) -> None:
+    backend = ar.SqliteBackend(tmp_path / "cp.db")
+    effects = Effects()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(max_iterations=20), tools=effects.tools(), checkpoint_backend=backend
+    )
+    session = await runtime.run_agent("a", "q", script(*(add_step(i) for i in range(8)), FINAL))
+    sid = session.session_id
+
+    fork_id = await runtime.fork(sid, 3)
+    forked = await runtime.resume(fork_id, script("Thought: x\nAction: FINAL_ANSWER forked"))
+    assert [s.observation for s in forked.steps[:3]] == ["1", "2", "3"]
+    assert forked.final_answer == "forked" and forked.step_count == 4
+    with pytest.raises(ar.PersistenceError, match="cannot fork at step 99"):
+        await runtime.fork(sid, 99)
+
+    assert await runtime.prune(sid, keep_last=2) == 7
+    assert len(await backend.list_keys(f"session:{sid}:step:")) == 2
+    assert await ar.AgentSession.load_checkpoint(backend, sid) == session
+    assert await runtime.prune(sid, keep_last=2) == 0
+
+    events = await runtime.session_events(sid)
+    types = [e["type"] for e in events]
+    assert types[0] == "RunStarted" and types[-1] == "RunFinished"
+    assert types.count("ToolCallFinished") == 8
+    assert events[1]["session_id"] == sid
+
+    running = runtime.create_session("a")
+    with pytest.raises(IndexError):  # the model script runs out mid-run: never finished
+        await runtime.run_agent("a", "q", script(add_step(0)), session=running)
+    failed_log = [e["type"] for e in await runtime.session_events(running.session_id)]
+    assert failed_log[0] == "RunStarted" and failed_log[-1] == "ErrorEvent"
+    assert not runtime._event_log  # nothing left behind in memory
+    swept = await runtime.sweep(older_than=-1.0)
+    assert set(swept) == {sid, fork_id}
+    assert await backend.list_keys(f"session:{sid}") == []
+    assert await backend.list_keys(f"session:{running.session_id}:step:")  # kept
+    backend.close()
+
+
+async def test_resume_and_fork_need_a_backend() -> None:
+    runtime = ar.AgentRuntime()
+    with pytest.raises(ar.AgentRuntimeError, match="checkpoint_backend"):
+        await runtime.resume("x", script(FINAL))
+    with pytest.raises(ar.PersistenceError, match="no checkpoint saved"):
+        await ar.AgentRuntime(checkpoint_backend=ar.InMemoryBackend()).resume("x", script())
