@@ -873,7 +873,9 @@ class AgentRuntime:
         session = state.session()
         if state.final is not None:
             return session
-        session.final_answer = None
+        if session.final_answer is not None:  # interrupted after its last step: just close it
+            await self._save_final(session)
+            return session
         if isinstance(model, LlmProvider):
             if state.mode == "tools" or self.config.mode == "tools":
                 return await self._run(

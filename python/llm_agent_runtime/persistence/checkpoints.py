@@ -76,11 +76,14 @@ class SessionState:
         """The session as saved: the final checkpoint, else the folded steps."""
         if self.final is not None:
             return AgentSession.from_dict(self.final["session"])
+        steps = [r.step for r in self.records]
+        last = steps[-1] if steps else None
         return AgentSession(
             session_id=self.session_id,
             agent_id=self.agent_id,
             prompt=self.prompt,
-            steps=[r.step for r in self.records],
+            steps=steps,
+            final_answer=last.action_input if last and last.action == "FINAL_ANSWER" else None,
         )
 
 

@@ -1,0 +1,67 @@
+"""Crash test: agents killed with SIGKILL at random moments, then resumed.
+
+Every run must end with the right answer, with no completed step re-run and no idempotency
+key handed out twice (the tool records each key once, so a duplicate key in its effects file
+would mean the runtime re-ran a call under a new key).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from .crash_worker import TOOL_CALLS
+
+WORKER = Path(__file__).with_name("crash_worker.py")
+TRIALS = 50
+EXPECTED = sum(i * i for i in range(TOOL_CALLS))
+
+
+def start(tmp: Path, session_id: str, action: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(WORKER),
+            str(tmp / "checkpoints.db"),
+            str(tmp / f"{session_id}.effects"),
+            str(tmp / f"{session_id}.invocations"),
+            session_id,
+            action,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready", process.stderr
+    return process
+
+
+def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
+    rng = random.Random(20261122)
+    killed_mid_run = 0
+    for trial in range(TRIALS):
+        session_id = f"trial-{trial}"
+        (tmp_path / f"{session_id}.effects").touch()
+        worker = start(tmp_path, session_id, "run")
+        time.sleep(rng.uniform(0.0, 0.08))  # the run takes ~50 ms
+        worker.send_signal(signal.SIGKILL)
+        worker.communicate(timeout=30)  # reaps it and closes its pipes
+        killed_mid_run += worker.returncode == -signal.SIGKILL
+        resumed = start(tmp_path, session_id, "resume")
+        out, err = resumed.communicate(timeout=60)
+        assert resumed.returncode == 0, err
+        assert out.strip() == f"answer {EXPECTED} steps {TOOL_CALLS + 1}", (trial, out, err)
+        effects = (tmp_path / f"{session_id}.effects").read_text().split()
+        invocations = Counter((tmp_path / f"{session_id}.invocations").read_text().split())
+        keys = [f"{session_id}:{step}:0" for step in range(1, TOOL_CALLS + 1)]
+        assert sorted(effects) == sorted(keys), trial  # each effect once, under its own key
+        # Only a call interrupted by the kill may run again (one call is in flight at most).
+        assert sum(invocations.values()) <= TOOL_CALLS + 1, (trial, invocations)
+        assert set(invocations) == set(keys)
+    assert killed_mid_run >= TRIALS // 2  # most kills really interrupted a run
