@@ -85,6 +85,8 @@ from llm_agent_runtime.session import AgentSession, Step
 from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, tool
 
 if TYPE_CHECKING:
+    from llm_agent_runtime.persistence.postgres import PostgresBackend
+    from llm_agent_runtime.persistence.redis import RedisBackend
     from llm_agent_runtime.providers.anthropic import AnthropicProvider
     from llm_agent_runtime.providers.openai import OpenAIProvider
 
@@ -137,10 +139,12 @@ __all__ = [
     "Pipeline",
     "PipelineStageError",
     "PolicyDeniedError",
+    "PostgresBackend",
     "ProviderError",
     "RateLimiter",
     "ReActStep",
     "RecallPolicy",
+    "RedisBackend",
     "ResultCache",
     "RetryPolicy",
     "RunFinished",
@@ -177,6 +181,13 @@ def __getattr__(name: str) -> Any:
         from llm_agent_runtime import providers
 
         value = getattr(providers, name)
+        globals()[name] = value
+        return value
+    # The server backends import their database drivers.
+    if name in ("PostgresBackend", "RedisBackend"):
+        from llm_agent_runtime import persistence
+
+        value = getattr(persistence, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,13 +14,40 @@ from hypothesis import strategies as st
 import llm_agent_runtime as ar
 from llm_agent_runtime.persistence.file import file_name_for
 
-BACKENDS = ["sqlite", "file"]
+BACKENDS = ["sqlite", "file", "postgres", "redis"]
+SERVERS = {
+    "postgres": "LLM_AGENT_RUNTIME_TEST_POSTGRES_DSN",
+    "redis": "LLM_AGENT_RUNTIME_TEST_REDIS_URL",
+}
+
+
+def server_address(kind: str) -> str:
+    """The test server of `kind`: `make test` starts them; elsewhere they are optional."""
+    address = os.environ.get(SERVERS[kind])
+    if address is None:
+        if os.environ.get("LLM_AGENT_RUNTIME_REQUIRE_SERVICES"):
+            pytest.fail(f"{SERVERS[kind]} is not set, but make test must run {kind}")
+        pytest.skip(f"no {kind} server: run `make test`, or set {SERVERS[kind]}")
+    return address
 
 
 def make_backend(kind: str, where: Path) -> ar.PersistenceBackend:
+    """A fresh, empty backend (its own table or key prefix on the shared servers)."""
+    unique = uuid.uuid4().hex
     if kind == "sqlite":
         return ar.SqliteBackend(where / "store.db")
+    if kind == "postgres":
+        return ar.PostgresBackend(server_address(kind), table=f"kv_{unique}")
+    if kind == "redis":
+        return ar.RedisBackend(server_address(kind), prefix=f"test:{unique}:")
     return ar.FileBackend(where / "files")
+
+
+async def close_backend(store: ar.PersistenceBackend) -> None:
+    if isinstance(store, ar.SqliteBackend):
+        store.close()
+    elif isinstance(store, ar.PostgresBackend | ar.RedisBackend):
+        await store.close()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -29,8 +56,7 @@ async def backend(
 ) -> AsyncIterator[ar.PersistenceBackend]:
     store = make_backend(request.param, tmp_path)
     yield store
-    if isinstance(store, ar.SqliteBackend):
-        store.close()
+    await close_backend(store)
 
 
 async def test_save_load_overwrite_delete(backend: ar.PersistenceBackend) -> None:
@@ -95,6 +121,7 @@ def test_round_trip_arbitrary_keys_and_values(tmp_path: Path, data: dict[str, by
             await store.batch_save(data)
             assert await store.batch_load(list(data)) == data
             assert await store.list_keys() == sorted(data)
+            await close_backend(store)
 
     asyncio.run(run())
 
@@ -149,3 +176,36 @@ async def test_sqlite_is_safe_for_several_processes(tmp_path: Path) -> None:
     assert len(await store.list_keys("shared:")) == 50
     store.close()
     assert os.path.exists(path)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+async def test_two_clients_of_one_server_see_each_others_writes(kind: str) -> None:
+    address = server_address(kind)
+    unique = uuid.uuid4().hex
+    if kind == "postgres":
+        a: ar.PersistenceBackend = ar.PostgresBackend(address, table=f"kv_{unique}")
+        b: ar.PersistenceBackend = ar.PostgresBackend(address, table=f"kv_{unique}")
+    else:
+        a, b = (ar.RedisBackend(address, prefix=f"shared:{unique}:") for _ in range(2))
+    await a.batch_save({"session:1": b"from a", "session:2": b"also a"})
+    assert await b.load("session:1") == b"from a"
+    await b.save("session:1", b"from b")
+    assert await a.load("session:1") == b"from b"
+    assert await a.list_keys("session:") == ["session:1", "session:2"]
+    for store in (a, b):
+        await close_backend(store)
+
+
+async def test_server_backends_name_the_failure_and_hide_credentials() -> None:
+    store = ar.PostgresBackend("postgresql://user:s3cret@127.0.0.1:1/db", timeout=0.5)
+    assert "s3cret" not in repr(store)
+    with pytest.raises(ar.PersistenceError, match="PostgreSQL"):
+        await store.open()
+    redis_store = ar.RedisBackend("redis://:s3cret@127.0.0.1:1/0")
+    assert "s3cret" not in repr(redis_store)
+    with pytest.raises(ar.PersistenceError) as info:
+        await redis_store.load("session:x")
+    assert info.value.key == "session:x"
+    await redis_store.close()
+    with pytest.raises(ar.PersistenceError, match="plain SQL identifier"):
+        ar.PostgresBackend("postgresql://x", table="kv; DROP TABLE users")

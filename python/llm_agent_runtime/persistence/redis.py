@@ -1,0 +1,103 @@
+"""Redis persistence (redis-py asyncio): shared, fast storage for many workers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from llm_agent_runtime.errors import PersistenceError
+
+__all__ = ["RedisBackend"]
+
+
+class RedisBackend:
+    """Key -> bytes storage in Redis, under a key prefix.
+
+    redis-py is imported only when a backend is created. A batch is one MULTI/EXEC
+    transaction. Configure Redis persistence (AOF with `appendfsync always`) for durability
+    across a server crash.
+
+    Args:
+        url: e.g. `redis://host:6379/0`.
+        prefix: Prepended to every key, so several applications can share a database.
+
+    Raises:
+        PersistenceError: When redis-py is not installed (the `redis` extra).
+    """
+
+    def __init__(self, url: str, prefix: str = "llm_agent_runtime:") -> None:
+        try:
+            from redis.asyncio import Redis
+        except ImportError as error:
+            raise PersistenceError(
+                "RedisBackend needs redis-py: pip install 'llm-agent-runtime[redis]'"
+            ) from error
+        self.prefix = prefix
+        self.client: Any = Redis.from_url(url)
+        """The redis-py client (shared with the Redis-backed orchestration state)."""
+
+    def __repr__(self) -> str:
+        return f"RedisBackend(prefix={self.prefix!r})"  # the URL may hold a password
+
+    async def close(self) -> None:
+        """Closes the connection pool."""
+        await self.client.aclose()
+
+    async def __aenter__(self) -> RedisBackend:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _call(self, key: str | None, method: str, *args: Any) -> Any:
+        try:
+            return await getattr(self.client, method)(*args)
+        except Exception as error:
+            raise PersistenceError(f"Redis: {error}", key=key) from error
+
+    async def save(self, key: str, value: bytes) -> None:
+        """Stores `value` under `key`, replacing any previous value atomically."""
+        await self._call(key, "set", self.prefix + key, bytes(value))
+
+    async def load(self, key: str) -> bytes | None:
+        """Returns the value stored under `key`, or None."""
+        value = await self._call(key, "get", self.prefix + key)
+        return None if value is None else bytes(value)
+
+    async def delete(self, key: str) -> bool:
+        """Removes `key`; returns whether it existed."""
+        return bool(await self._call(key, "delete", self.prefix + key))
+
+    async def batch_save(self, items: Mapping[str, bytes]) -> None:
+        """Stores every item in one MULTI/EXEC transaction."""
+        if not items:
+            return
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                for key, value in items.items():
+                    pipe.set(self.prefix + key, bytes(value))
+                await pipe.execute()
+        except Exception as error:
+            raise PersistenceError(f"Redis: {error}", key=next(iter(items))) from error
+
+    async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Returns the stored values of those `keys` that exist."""
+        if not keys:
+            return {}
+        values = await self._call(None, "mget", [self.prefix + k for k in keys])
+        return {k: bytes(v) for k, v in zip(keys, values, strict=True) if v is not None}
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        """Returns the stored keys that start with `prefix`, sorted."""
+        pattern = _escape_glob(self.prefix + prefix) + "*"
+        start = len(self.prefix)
+        try:
+            keys = [k async for k in self.client.scan_iter(match=pattern, count=1000)]
+        except Exception as error:
+            raise PersistenceError(f"Redis: {error}") from error
+        return sorted(bytes(k).decode()[start:] for k in keys)
+
+
+def _escape_glob(text: str) -> str:
+    """Escapes Redis glob characters so a prefix matches literally."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
