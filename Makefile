@@ -34,8 +34,10 @@ py-check: build
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest llm_agent_runtime._core --allowlist stubtest-allowlist.txt
 
+# PostgreSQL and Redis run for the tests only, and are stopped even when a test fails.
 test: build rust-check py-check
-	$(PY) -m pytest
+	scripts/services.sh start
+	. .services/env && $(PY) -m pytest; status=$$?; scripts/services.sh stop; exit $$status
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/maturin develop --release --quiet --extras dev,bench

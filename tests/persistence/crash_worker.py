@@ -1,6 +1,7 @@
 """A worker process for the crash test: runs (or resumes) one agent, printing `ready` first.
 
-Usage: crash_worker.py DB EFFECTS INVOCATIONS SESSION_ID run|resume
+Usage: crash_worker.py STORE EFFECTS INVOCATIONS SESSION_ID run|resume, where STORE is a
+SQLite file path or a `postgresql://` DSN.
 
 The side-effecting tool takes the idempotency key: it logs every invocation, and appends its
 key to the effects file only if the key is not there yet (as an API with idempotency keys
@@ -43,20 +44,33 @@ async def main(db: str, effects: Path, invocations: Path, session_id: str, actio
             return f'Thought: effect {done}\nAction: side_effect {{"n": {done}}}'
         return f"Thought: done\nAction: FINAL_ANSWER {sum(i * i for i in range(TOOL_CALLS))}"
 
-    backend = ar.SqliteBackend(db)
+    backend: ar.PersistenceBackend = (
+        ar.PostgresBackend(db, table="crash_test")
+        if db.startswith("postgresql://")
+        else ar.SqliteBackend(db)
+    )
     runtime = ar.AgentRuntime(
         ar.AgentConfig(max_iterations=TOOL_CALLS + 1),
         tools=[side_effect],
         checkpoint_backend=backend,
     )
+    if isinstance(backend, ar.PostgresBackend):
+        await backend.open()  # connected before the parent may kill us
     print("ready", flush=True)
     if action == "run":
         session = runtime.create_session("crash", session_id)
         result = await runtime.run_agent("crash", "go", model, session=session)
     else:
-        result = await runtime.resume(session_id, model)
+        try:
+            result = await runtime.resume(session_id, model)
+        except ar.PersistenceError:  # killed before its first record: nothing ran, start over
+            session = runtime.create_session("crash", session_id)
+            result = await runtime.run_agent("crash", "go", model, session=session)
     print(f"answer {result.final_answer} steps {result.step_count}", flush=True)
-    backend.close()
+    if isinstance(backend, ar.PostgresBackend):
+        await backend.close()
+    else:
+        backend.close()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ would mean the runtime re-ran a call under a new key).
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -15,6 +16,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from .crash_worker import TOOL_CALLS
 
 WORKER = Path(__file__).with_name("crash_worker.py")
@@ -22,12 +25,12 @@ TRIALS = 50
 EXPECTED = sum(i * i for i in range(TOOL_CALLS))
 
 
-def start(tmp: Path, session_id: str, action: str) -> subprocess.Popen[str]:
+def start(tmp: Path, store: str, session_id: str, action: str) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [
             sys.executable,
             str(WORKER),
-            str(tmp / "checkpoints.db"),
+            store,
             str(tmp / f"{session_id}.effects"),
             str(tmp / f"{session_id}.invocations"),
             session_id,
@@ -42,20 +45,38 @@ def start(tmp: Path, session_id: str, action: str) -> subprocess.Popen[str]:
     return process
 
 
-def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
+def store_for(kind: str, tmp: Path) -> str:
+    if kind == "sqlite":
+        return str(tmp / "checkpoints.db")
+    dsn = os.environ.get("LLM_AGENT_RUNTIME_TEST_POSTGRES_DSN")
+    if dsn is None:
+        if os.environ.get("LLM_AGENT_RUNTIME_REQUIRE_SERVICES"):
+            pytest.fail("make test must provide PostgreSQL")
+        pytest.skip("no PostgreSQL server: run `make test`")
+    return dsn
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_sigkill_at_random_moments_then_resume(tmp_path: Path, kind: str) -> None:
+    store = store_for(kind, tmp_path)
     rng = random.Random(20261122)
     killed_mid_run = 0
     for trial in range(TRIALS):
-        session_id = f"trial-{trial}"
+        session_id = f"{tmp_path.name}-{kind}-{trial}"
         (tmp_path / f"{session_id}.effects").touch()
-        worker = start(tmp_path, session_id, "run")
+        worker = start(tmp_path, store, session_id, "run")
         time.sleep(rng.uniform(0.0, 0.08))  # the run takes ~50 ms
         worker.send_signal(signal.SIGKILL)
         worker.communicate(timeout=30)  # reaps it and closes its pipes
         killed_mid_run += worker.returncode == -signal.SIGKILL
-        resumed = start(tmp_path, session_id, "resume")
-        out, err = resumed.communicate(timeout=60)
-        assert resumed.returncode == 0, err
+        resumed = start(tmp_path, store, session_id, "resume")
+        # Read through the same buffered pipes `start` read "ready" from (communicate() would
+        # bypass their buffers and could miss output read ahead with that line).
+        assert resumed.stdout is not None and resumed.stderr is not None
+        out, err = resumed.stdout.read(), resumed.stderr.read()
+        resumed.stdout.close()
+        resumed.stderr.close()
+        assert resumed.wait(timeout=60) == 0, err
         assert out.strip() == f"answer {EXPECTED} steps {TOOL_CALLS + 1}", (trial, out, err)
         effects = (tmp_path / f"{session_id}.effects").read_text().split()
         invocations = Counter((tmp_path / f"{session_id}.invocations").read_text().split())
