@@ -63,7 +63,9 @@ async def main(db: str, effects: Path, invocations: Path, session_id: str, actio
     else:
         try:
             result = await runtime.resume(session_id, model)
-        except ar.PersistenceError:  # killed before its first record: nothing ran, start over
+        except ar.PersistenceError as error:  # killed before its first record: start over
+            if "no checkpoint saved" not in str(error):
+                raise
             session = runtime.create_session("crash", session_id)
             result = await runtime.run_agent("crash", "go", model, session=session)
     print(f"answer {result.final_answer} steps {result.step_count}", flush=True)

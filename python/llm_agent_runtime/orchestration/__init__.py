@@ -15,6 +15,7 @@ from llm_agent_runtime.orchestration.clock import Clock, FakeClock, SystemClock
 from llm_agent_runtime.orchestration.dedup import Deduplicator, canonical_key
 from llm_agent_runtime.orchestration.pipeline import Pipeline
 from llm_agent_runtime.orchestration.rate_limit import RateLimiter
+from llm_agent_runtime.orchestration.redis_state import RedisCircuitStateBackend
 from llm_agent_runtime.orchestration.retry import RetryPolicy
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "InMemoryCircuitStateBackend",
     "Pipeline",
     "RateLimiter",
+    "RedisCircuitStateBackend",
     "ResultCache",
     "RetryPolicy",
     "SystemClock",
