@@ -41,7 +41,10 @@ test: build rust-check py-check
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/maturin develop --release --quiet --extras dev,bench
-	$(PY) -m pytest benches --benchmark-enable --benchmark-json=benches/.results.json --timeout=0 $(BENCH_ARGS)
+	scripts/services.sh start
+	. .services/env && $(PY) -m pytest benches --benchmark-enable \
+		--benchmark-json=benches/.results.json --timeout=0 $(BENCH_ARGS); \
+		status=$$?; scripts/services.sh stop; exit $$status
 	$(PY) benches/report.py benches/.results.json benches/RESULTS.md
 
 clean:

@@ -215,4 +215,18 @@ TARGETS: list[Target] = [
         "anthropic",
         1.0,
     ),
+    Target(
+        "checkpoint per step >= 10x cheaper than LangGraph SqliteSaver (SQLite, synchronous=FULL)",
+        "checkpoint: one agent step's writes, "
+        "SQLite file (WAL, synchronous=FULL: a saved step survives a power cut)",
+        "langgraph",
+        10.0,
+    ),
+    Target(
+        "checkpoint per step >= 10x cheaper than LangGraph PostgresSaver",
+        "checkpoint: one agent step's writes, "
+        "PostgreSQL (autocommit, server fsync off in the test cluster)",
+        "langgraph",
+        10.0,
+    ),
 ]

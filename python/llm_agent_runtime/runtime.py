@@ -785,11 +785,15 @@ class AgentRuntime:
         name: str,
         arguments: Any,
         entry: dict[str, Any],
+        record_result: bool = False,
     ) -> tuple[Observation, float]:
-        """Runs one tool call under the journal: intent before, result after.
+        """Runs one tool call under the journal: its intent is recorded before it runs.
 
-        An entry from an interrupted run is honoured: a recorded result is reused, and a call
-        that may have run is repeated only for a tool that is idempotent or takes the key.
+        The result is journaled too when `record_result` (a call of a parallel round, whose
+        step checkpoints come only after every call ends); a lone call's step checkpoint is
+        its result, so it costs one write less. An entry from an interrupted run is honoured:
+        a recorded result is reused, and a call that may have run is repeated only for a tool
+        that is idempotent or takes the key.
         """
         assert self._checkpoints is not None
         session_id = session.session_id
@@ -810,13 +814,14 @@ class AgentRuntime:
         intent = {**entry, "tool": name, "arguments": arguments, "key": key, "state": "intent"}
         await self._checkpoints.journal(session_id, step, index, intent)
         observation, tool_ms = await self._call_tool(session, name, arguments, key)
-        done = {
-            **intent,
-            "state": "done",
-            "observation": observation.content,
-            "error_kind": observation.error_kind,
-        }
-        await self._checkpoints.journal(session_id, step, index, done)
+        if record_result:
+            done = {
+                **intent,
+                "state": "done",
+                "observation": observation.content,
+                "error_kind": observation.error_kind,
+            }
+            await self._checkpoints.journal(session_id, step, index, done)
         return observation, tool_ms
 
     async def _durable_round(
@@ -828,6 +833,8 @@ class AgentRuntime:
         limit: asyncio.Semaphore,
     ) -> list[tuple[Observation, float]]:
         """Runs a round's tool calls (concurrently up to the limit), each journaled alone."""
+        # A parallel round's finished calls are journaled one by one, so an interruption
+        # re-runs none of them.
         step = session.step_count + 1
         saved_round = {
             "text": text,
@@ -839,7 +846,7 @@ class AgentRuntime:
             async with limit:
                 entry = entries.get(index, {"round": saved_round, "index": index})
                 return await self._durable_call(
-                    session, step, index, call.name, call.arguments, entry
+                    session, step, index, call.name, call.arguments, entry, len(calls) > 1
                 )
 
         if len(calls) == 1:

@@ -53,8 +53,14 @@ class PostgresBackend:
             ) from error
         self.table = table
         self.timeout = timeout
+        # Autocommit: every call is one statement, atomic on its own, in one round trip.
         self._pool = AsyncConnectionPool(
-            dsn, min_size=min_size, max_size=max_size, timeout=timeout, open=False
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            open=False,
+            kwargs={"autocommit": True},
         )
         self._ready = False
         self._opening = asyncio.Lock()  # concurrent first calls open (and create) once
@@ -130,19 +136,20 @@ class PostgresBackend:
             return
         await self.open()
         first = next(iter(items))
+        keys = [k.encode() for k in items]
+        values = [bytes(v) for v in items.values()]
         try:
-            async with (
-                self._pool.connection() as conn,
-                conn.transaction(),
-                conn.cursor() as cursor,
-            ):
-                await cursor.executemany(
-                    f"INSERT INTO {self.table} (key, value) VALUES (%s, %s) "
+            # One statement: one round trip, all rows or none.
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    f"INSERT INTO {self.table} (key, value) "
+                    "SELECT * FROM unnest(%s::bytea[], %s::bytea[]) "
                     "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-                    [(k.encode(), bytes(v)) for k, v in items.items()],
+                    [keys, values],
                 )
         except Exception as error:
-            raise PersistenceError(f"PostgreSQL: {error}", key=first) from error
+            message = f"PostgreSQL: {type(error).__name__}: {error}"
+            raise PersistenceError(message, key=first) from error
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
