@@ -92,3 +92,108 @@ async def test_state_round_trips_and_corruption_is_reported() -> None:
     with pytest.raises(ar.PersistenceError, match="corrupt breaker state"):
         await backend.get("svc")
     await backend.close()
+
+
+def _limited_worker(url: str, key: str, start: object, results: object) -> None:
+    async def go() -> int:
+        limiter = ar.RedisRateLimiter(url, rate=0.001, capacity=10)
+        start.wait()  # type: ignore[attr-defined]
+        granted = sum([await limiter.try_acquire(key) for _ in range(10)])
+        await limiter.close()
+        return granted
+
+    results.put(asyncio.run(go()))  # type: ignore[attr-defined]
+
+
+def test_four_processes_share_one_rate_limit() -> None:
+    url = redis_url()
+    key = f"api-{os.getpid()}"
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Event(), ctx.Queue()
+    workers = [
+        ctx.Process(target=_limited_worker, args=(url, key, start, results)) for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    start.set()
+    granted = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(30)
+    assert sum(granted) == 10  # one bucket of 10 for all 40 attempts
+
+
+async def test_shared_limiter_waits_refunds_and_checks_input() -> None:
+    url = redis_url()
+    limiter = ar.RedisRateLimiter(url, rate=50.0, capacity=2, prefix=f"t:{os.getpid()}:")
+    assert await limiter.try_acquire("k") and await limiter.try_acquire("k")
+    assert not await limiter.try_acquire("k")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await limiter.acquire("k")  # waits ~1/50 s for a token
+    assert loop.time() - started >= 0.01
+    waiter = asyncio.create_task(limiter.acquire("k", 2))  # reserves, then waits ~40 ms
+    await asyncio.sleep(0.005)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await asyncio.sleep(0.05)
+    assert await limiter.try_acquire("k")  # the cancelled reservation was given back
+    with pytest.raises(ValueError, match="tokens must be in"):
+        await limiter.try_acquire("k", 3)
+    with pytest.raises(ValueError, match="rate and capacity"):
+        ar.RedisRateLimiter(url, rate=0, capacity=1)
+    await limiter.close()
+
+
+def _dedup_worker(url: str, key: str, start: object, results: object) -> None:
+    async def go() -> tuple[int, list[int]]:
+        dedup = ar.RedisDeduplicator(url, ttl=30.0)
+
+        async def expensive() -> int:
+            await asyncio.sleep(0.2)
+            return 42
+
+        start.wait()  # type: ignore[attr-defined]
+        values = list(await asyncio.gather(*(dedup.run(key, expensive) for _ in range(5))))
+        await dedup.close()
+        return dedup.executions, values
+
+    results.put(asyncio.run(go()))  # type: ignore[attr-defined]
+
+
+def test_four_processes_share_one_single_flight() -> None:
+    url = redis_url()
+    key = f"report-{os.getpid()}"
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Event(), ctx.Queue()
+    workers = [ctx.Process(target=_dedup_worker, args=(url, key, start, results)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    outcomes = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(30)
+    assert sum(executions for executions, _ in outcomes) == 1  # 20 callers, one run
+    assert all(values == [42] * 5 for _, values in outcomes)
+
+
+async def test_single_flight_failures_are_not_shared() -> None:
+    url = redis_url()
+    dedup = ar.RedisDeduplicator(url, ttl=5.0, prefix=f"d:{os.getpid()}:")
+    calls = 0
+
+    def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("first try fails")
+        return "ok"
+
+    with pytest.raises(ConnectionError):
+        await dedup.run("k", flaky)
+    assert await dedup.run("k", flaky) == "ok"
+    assert await dedup.run("k", flaky) == "ok"  # served from the shared result
+    assert calls == 2
+    with pytest.raises(ar.PersistenceError, match="JSON-serializable"):
+        await dedup.run("other", lambda: object())
+    await dedup.close()

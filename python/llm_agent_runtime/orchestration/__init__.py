@@ -15,7 +15,11 @@ from llm_agent_runtime.orchestration.clock import Clock, FakeClock, SystemClock
 from llm_agent_runtime.orchestration.dedup import Deduplicator, canonical_key
 from llm_agent_runtime.orchestration.pipeline import Pipeline
 from llm_agent_runtime.orchestration.rate_limit import RateLimiter
-from llm_agent_runtime.orchestration.redis_state import RedisCircuitStateBackend
+from llm_agent_runtime.orchestration.redis_state import (
+    RedisCircuitStateBackend,
+    RedisDeduplicator,
+    RedisRateLimiter,
+)
 from llm_agent_runtime.orchestration.retry import RetryPolicy
 
 __all__ = [
@@ -33,6 +37,8 @@ __all__ = [
     "Pipeline",
     "RateLimiter",
     "RedisCircuitStateBackend",
+    "RedisDeduplicator",
+    "RedisRateLimiter",
     "ResultCache",
     "RetryPolicy",
     "SystemClock",

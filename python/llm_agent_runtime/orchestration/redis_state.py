@@ -1,15 +1,18 @@
-"""Breaker state in Redis, so many worker processes (and machines) share one breaker."""
+"""Orchestration state in Redis: one breaker, rate limit and single flight for all workers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.orchestration._calls import call_maybe_async
 from llm_agent_runtime.orchestration.circuit_breaker import CLOSED, CircuitState
 
-__all__ = ["RedisCircuitStateBackend"]
+__all__ = ["RedisCircuitStateBackend", "RedisDeduplicator", "RedisRateLimiter"]
 
 
 class RedisCircuitStateBackend:
@@ -91,3 +94,219 @@ def _decode(raw: bytes | None) -> CircuitState:
         return CircuitState(status, int(failures), float(opened_at), int(trial_calls))
     except (ValueError, TypeError) as error:
         raise PersistenceError(f"corrupt breaker state: {error}") from error
+
+
+# Token bucket, atomically in Redis, on the server's clock (shared by every worker).
+# KEYS[1] bucket; ARGV: rate, capacity, tokens, mode (0 = take or refuse, 1 = reserve,
+# 2 = refund). Returns {granted (0/1), wait seconds as a string}.
+_BUCKET_SCRIPT = """
+local rate, capacity, tokens, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+    tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'level', 'last')
+local level = tonumber(state[1]) or capacity
+local last = tonumber(state[2]) or now
+level = math.min(capacity, level + (now - last) * rate)
+local granted, wait = 0, 0
+if mode == 2 then
+  level = math.min(capacity, level + tokens)
+elseif mode == 1 then
+  level = level - tokens
+  granted = 1
+  if level < 0 then wait = -level / rate end
+elseif level >= tokens then
+  level = level - tokens
+  granted = 1
+end
+redis.call('HSET', KEYS[1], 'level', tostring(level), 'last', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 60)
+return {granted, tostring(wait)}
+"""
+
+
+class RedisRateLimiter:
+    """A token bucket per key shared by every process that uses the same Redis.
+
+    The same semantics as `RateLimiter` (capacity, refill rate, waiters served in arrival
+    order, a cancelled waiter's tokens given back), made atomic by a Lua script running on the
+    Redis server's clock, so workers on many machines draw from one bucket.
+
+    Args:
+        url: e.g. `redis://host:6379/0`.
+        rate: Tokens added per second.
+        capacity: Bucket size (the largest burst); a new key starts full.
+        prefix: Prepended to each key.
+
+    Raises:
+        ValueError: `rate` or `capacity` is not positive.
+        PersistenceError: When redis-py is not installed (the `redis` extra).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        rate: float,
+        capacity: float,
+        prefix: str = "llm_agent_runtime:bucket:",
+    ) -> None:
+        if rate <= 0 or capacity <= 0:
+            raise ValueError(f"rate and capacity must be > 0, got {rate} and {capacity}")
+        try:
+            from redis.asyncio import Redis
+        except ImportError as error:
+            raise PersistenceError(
+                "RedisRateLimiter needs redis-py: pip install 'llm-agent-runtime[redis]'"
+            ) from error
+        self.rate = rate
+        self.capacity = capacity
+        self.prefix = prefix
+        self.client: Any = Redis.from_url(url)
+        self._script = self.client.register_script(_BUCKET_SCRIPT)
+
+    def __repr__(self) -> str:
+        return f"RedisRateLimiter(rate={self.rate}, capacity={self.capacity})"
+
+    async def close(self) -> None:
+        """Closes the connection pool."""
+        await self.client.aclose()
+
+    async def _run(self, key: str, tokens: float, mode: int) -> tuple[bool, float]:
+        if tokens <= 0 or tokens > self.capacity:
+            raise ValueError(f"tokens must be in (0, {self.capacity}], got {tokens}")
+        try:
+            granted, wait = await self._script(
+                keys=[self.prefix + key], args=[self.rate, self.capacity, tokens, mode]
+            )
+        except Exception as error:
+            raise PersistenceError(f"Redis: {error}", key=self.prefix + key) from error
+        return bool(granted), float(wait)
+
+    async def try_acquire(self, key: str = "default", tokens: float = 1.0) -> bool:
+        """Takes `tokens` from `key`'s shared bucket if it has them; returns whether it did.
+
+        Raises:
+            ValueError: `tokens` is not in (0, capacity].
+        """
+        granted, _ = await self._run(key, tokens, 0)
+        return granted
+
+    async def acquire(self, key: str = "default", tokens: float = 1.0) -> None:
+        """Takes `tokens`, waiting (in arrival order across all workers) until refilled.
+
+        Raises:
+            ValueError: `tokens` is not in (0, capacity].
+        """
+        _, wait = await self._run(key, tokens, 1)
+        if wait <= 0:
+            return
+        try:
+            await asyncio.sleep(wait)
+        except BaseException:
+            await asyncio.shield(self._run(key, tokens, 2))  # give the reservation back
+            raise
+
+
+# Single flight. KEYS: result, lease. ARGV: lease token, lease ms. Returns {1, result} when a
+# result is published, {2} when the caller took the lease (it runs the call), else {0}.
+_CLAIM_SCRIPT = """
+local result = redis.call('GET', KEYS[1])
+if result then return {1, result} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {0}
+"""
+
+# KEYS: result, lease. ARGV: lease token, result ('' = failed: publish nothing), ttl ms.
+_FINISH_SCRIPT = """
+if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+
+class RedisDeduplicator:
+    """Single flight across processes: concurrent requests for one key run once.
+
+    The first caller of a key takes a lease, runs the call and publishes its result (as JSON)
+    for `ttl` seconds; the other callers, in any process, wait for that result instead of
+    running the call again. A failure is not shared: the next caller runs the call. If the
+    runner dies, its lease expires after `lease` seconds and a waiter takes over.
+
+    Args:
+        url: e.g. `redis://host:6379/0`.
+        ttl: Seconds a result is served.
+        lease: Seconds a runner holds a key before another caller may take over.
+        poll_interval: Seconds between a waiter's checks.
+        prefix: Prepended to each key.
+
+    Raises:
+        ValueError: When `ttl`, `lease` or `poll_interval` is not positive.
+        PersistenceError: When redis-py is not installed (the `redis` extra).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        ttl: float,
+        lease: float = 30.0,
+        poll_interval: float = 0.01,
+        prefix: str = "llm_agent_runtime:dedup:",
+    ) -> None:
+        if ttl <= 0 or lease <= 0 or poll_interval <= 0:
+            raise ValueError("ttl, lease and poll_interval must be > 0")
+        try:
+            from redis.asyncio import Redis
+        except ImportError as error:
+            raise PersistenceError(
+                "RedisDeduplicator needs redis-py: pip install 'llm-agent-runtime[redis]'"
+            ) from error
+        self.ttl = ttl
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.prefix = prefix
+        self.client: Any = Redis.from_url(url)
+        self._claim = self.client.register_script(_CLAIM_SCRIPT)
+        self._finish = self.client.register_script(_FINISH_SCRIPT)
+        self.executions = 0
+        """Calls this process actually ran."""
+
+    def __repr__(self) -> str:
+        return f"RedisDeduplicator(ttl={self.ttl}, lease={self.lease})"
+
+    async def close(self) -> None:
+        """Closes the connection pool."""
+        await self.client.aclose()
+
+    async def run(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Returns `fn(*args, **kwargs)` (sync or async), run once for all callers of `key`.
+
+        Raises:
+            PersistenceError: When Redis fails, or the result is not JSON-serializable.
+        """
+        keys = [f"{self.prefix}{key}:result", f"{self.prefix}{key}:lease"]
+        token = uuid.uuid4().hex
+        try:
+            while True:
+                claim = await self._claim(keys=keys, args=[token, int(self.lease * 1000)])
+                if claim[0] == 1:
+                    return json.loads(claim[1])
+                if claim[0] == 2:
+                    break
+                await asyncio.sleep(self.poll_interval)
+        except PersistenceError:
+            raise
+        except Exception as error:
+            raise PersistenceError(f"Redis: {error}", key=keys[0]) from error
+        self.executions += 1
+        try:
+            value = await call_maybe_async(fn, *args, **kwargs)
+            encoded = json.dumps(value)
+        except BaseException as error:
+            await asyncio.shield(self._finish(keys=keys, args=[token, "", 0]))
+            if isinstance(error, TypeError):
+                raise PersistenceError(
+                    f"a shared result must be JSON-serializable: {error}", key=keys[0]
+                ) from error
+            raise
+        await self._finish(keys=keys, args=[token, encoded, int(self.ttl * 1000)])
+        return value
