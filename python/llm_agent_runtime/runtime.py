@@ -807,8 +807,8 @@ class AgentRuntime:
                 raise ToolError(
                     f"tool call {name!r} (step {step}, call {index}, idempotency key {key!r}) "
                     "may have run before the interruption and the tool is neither idempotent "
-                    "nor takes an idempotency key: reconcile its effect, then record its "
-                    "result or fork the session before this step",
+                    "nor takes an idempotency key: check its effect, record the outcome with "
+                    "settle_call(), then resume (or fork the session before this step)",
                     tool=name,
                 )
         intent = {**entry, "tool": name, "arguments": arguments, "key": key, "state": "intent"}
@@ -895,6 +895,33 @@ class AgentRuntime:
 
             return await self._run(state.agent_id, state.prompt, infer, None, session, resume=state)
         return await self._run(state.agent_id, state.prompt, model, None, session, resume=state)
+
+    async def settle_call(
+        self,
+        session_id: str,
+        step: int,
+        index: int,
+        observation: str,
+        error_kind: str | None = None,
+    ) -> None:
+        """Records the outcome of a tool call an interruption left unsettled.
+
+        For a call `resume` refused to repeat (its `ToolError` names the step, index and
+        idempotency key): once you have checked what the call did, record what the model
+        should see, and `resume` continues with it instead of running the call.
+
+        Raises:
+            AgentRuntimeError: Without a checkpoint backend.
+            ToolError: When no unsettled call is journaled at that step and index.
+        """
+        if self._checkpoints is None:
+            raise AgentRuntimeError("settle_call needs a checkpoint_backend")
+        entries = await self._checkpoints.load_journal(session_id, step)
+        entry = next((e for e in entries if e.get("key", "").endswith(f":{step}:{index}")), None)
+        if entry is None or entry.get("state") != "intent":
+            raise ToolError(f"no unsettled tool call at step {step}, call {index}")
+        settled = {**entry, "state": "done", "observation": observation, "error_kind": error_kind}
+        await self._checkpoints.journal(session_id, step, index, settled)
 
     async def fork(self, session_id: str, step: int, new_id: str | None = None) -> str:
         """Starts a new session from step `step` of a saved one; returns its id.

@@ -163,6 +163,13 @@ async def test_a_call_that_may_have_run_is_repeated_only_when_safe() -> None:
     with pytest.raises(ar.ToolError, match=r"'charge' \(step 1, call 0, idempotency key"):
         await runtime.resume(sid, script(FINAL))
     assert charges == [5]  # at most once
+    # The operator checks the payment went through and records it; the run then finishes.
+    await runtime.settle_call(sid, 1, 0, "charged (settled by hand)")
+    resumed = await runtime.resume(sid, script(FINAL))
+    assert resumed.steps[0].observation == "charged (settled by hand)"
+    assert resumed.final_answer == "finished" and charges == [5]
+    with pytest.raises(ar.ToolError, match="no unsettled tool call"):
+        await runtime.settle_call(sid, 1, 0, "again")
 
 
 async def test_idempotent_tools_and_keyed_tools_are_repeated_with_the_same_key() -> None:
