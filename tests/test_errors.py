@@ -86,3 +86,21 @@ def test_errors_pickle_round_trip(err: ar.AgentRuntimeError) -> None:
 def test_version_is_exported() -> None:
     assert ar.__version__ == _core.__version__
     assert ar.__version__.count(".") == 2
+
+
+def test_importing_the_package_loads_only_the_fast_parts() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, llm_agent_runtime as ar\n"
+        "heavy = ('pydantic', 'httpx', 'numpy', 'psycopg', 'redis', 'networkx')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "ar.AgentRuntime\n"
+        "print('pydantic' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[0] == "[]"  # the agent layer, HTTP and database drivers load on first use
+    assert out[1] == "True"

@@ -1,6 +1,9 @@
 """llm-agent-runtime: a Python agent runtime with a Rust core.
 
-Everything public is re-exported here by name; other modules are implementation detail.
+Everything public is re-exported here by name; other modules are implementation detail. The
+fast parts (vector search, graph, memory, metrics, parsing, orchestration, persistence) load
+with the package; the agent layer (pydantic), the HTTP providers (httpx) and the database
+drivers load on first use, so a program using only the fast parts never pays for them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from llm_agent_runtime._core import (
     __version__,
     parse_react_step,
 )
-from llm_agent_runtime.config import AgentConfig
 from llm_agent_runtime.embeddings import Embedder, OpenAIEmbedder, SentenceTransformerEmbedder
 from llm_agent_runtime.errors import (
     AgentLoopError,
@@ -80,18 +82,37 @@ from llm_agent_runtime.persistence import (
     PersistenceBackend,
     SqliteBackend,
 )
-from llm_agent_runtime.providers import provider_from_env
-from llm_agent_runtime.providers.offline import ScriptedProvider
-from llm_agent_runtime.runtime import AgentRuntime, ApprovalDecision, Middleware
 from llm_agent_runtime.semantic import SemanticEntry, SemanticHit, SemanticStore
 from llm_agent_runtime.session import AgentSession, Step
-from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, tool
 
 if TYPE_CHECKING:
+    from llm_agent_runtime.config import AgentConfig
     from llm_agent_runtime.persistence.postgres import PostgresBackend
     from llm_agent_runtime.persistence.redis import RedisBackend
+    from llm_agent_runtime.providers import provider_from_env
     from llm_agent_runtime.providers.anthropic import AnthropicProvider
+    from llm_agent_runtime.providers.offline import ScriptedProvider
     from llm_agent_runtime.providers.openai import OpenAIProvider
+    from llm_agent_runtime.runtime import AgentRuntime, ApprovalDecision, Middleware
+    from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, tool
+
+# Loaded on first use: name -> module that defines it.
+_LAZY = {
+    "AgentConfig": "llm_agent_runtime.config",
+    "AgentRuntime": "llm_agent_runtime.runtime",
+    "AnthropicProvider": "llm_agent_runtime.providers.anthropic",
+    "ApprovalDecision": "llm_agent_runtime.runtime",
+    "Middleware": "llm_agent_runtime.runtime",
+    "Observation": "llm_agent_runtime.tools",
+    "OpenAIProvider": "llm_agent_runtime.providers.openai",
+    "PostgresBackend": "llm_agent_runtime.persistence.postgres",
+    "RedisBackend": "llm_agent_runtime.persistence.redis",
+    "ScriptedProvider": "llm_agent_runtime.providers.offline",
+    "ToolRegistry": "llm_agent_runtime.tools",
+    "ToolSpec": "llm_agent_runtime.tools",
+    "provider_from_env": "llm_agent_runtime.providers",
+    "tool": "llm_agent_runtime.tools",
+}
 
 __all__ = [
     "AgentConfig",
@@ -182,18 +203,17 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The HTTP providers load httpx: import them on first use, not with the package.
-    if name in ("AnthropicProvider", "OpenAIProvider"):
-        from llm_agent_runtime import providers
+    import importlib
 
-        value = getattr(providers, name)
-        globals()[name] = value
-        return value
-    # The server backends import their database drivers.
-    if name in ("PostgresBackend", "RedisBackend"):
-        from llm_agent_runtime import persistence
+    if name == "providers":  # the subpackage itself
+        return importlib.import_module("llm_agent_runtime.providers")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        value = getattr(persistence, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -9,21 +9,30 @@ it is never part of a repr, a log line or an error message (error bodies are red
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
+from typing_extensions import Self
 
 from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.orchestration.retry import RetryPolicy
-from llm_agent_runtime.providers.base import ToolCall
+from llm_agent_runtime.providers.base import (
+    ChatResponse,
+    Message,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolDefinition,
+)
 
 if TYPE_CHECKING:
     from llm_agent_runtime._core import RuntimeMetrics
@@ -32,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_TIMEOUT",
+    "HttpProvider",
     "HttpTransport",
     "PartialToolCall",
     "SseEvent",
@@ -454,3 +464,71 @@ async def _aclose(stream: AsyncIterator[Any]) -> None:
     close = getattr(stream, "aclose", None)
     if close is not None:
         await close()
+
+
+class HttpProvider(abc.ABC):
+    """What the HTTP providers share: the transport's lifecycle and the one-prompt helpers.
+
+    Subclasses set `model` and `_transport`, and implement `chat` and `chat_stream`.
+    """
+
+    model: str
+    _transport: HttpTransport
+
+    @property
+    def base_url(self) -> str:
+        """The API root requests go to."""
+        return self._transport.base_url
+
+    def __repr__(self) -> str:
+        # Never the key: only where requests go and which model answers.
+        return f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Closes the connection pool; the provider cannot be used afterwards."""
+        await self._transport.aclose()
+
+    async def complete(self, prompt: str, model: str | None = None) -> str:
+        """Returns the model's text reply to a single user prompt.
+
+        Raises:
+            ProviderError: The call failed (after retries when retryable).
+            BudgetExceededError: The budget is spent.
+        """
+        return (await self.chat([Message("user", prompt)], model=model)).text
+
+    async def stream(self, prompt: str, model: str | None = None) -> AsyncIterator[str]:
+        """Yields the model's text reply to a single user prompt as it arrives.
+
+        Raises:
+            ProviderError: The stream failed; raised from the iterator, never a hang.
+        """
+        async for event in self.chat_stream([Message("user", prompt)], model=model):
+            if type(event) is TextDelta:
+                yield event.text
+
+    @abc.abstractmethod
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> ChatResponse:
+        """Sends a conversation and returns the whole response (each wire format's own)."""
+
+    @abc.abstractmethod
+    def chat_stream(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """Streams a conversation's response as typed events (each wire format's own)."""

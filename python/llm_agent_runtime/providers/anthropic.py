@@ -12,6 +12,7 @@ from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.providers._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
+    HttpProvider,
     HttpTransport,
     PartialToolCall,
     is_retryable_status,
@@ -128,7 +129,7 @@ class _Event(BaseModel):
 
 
 # ---------------------------------------------------------------------- provider
-class AnthropicProvider:
+class AnthropicProvider(HttpProvider):
     """An `LlmProvider` over the Anthropic Messages API.
 
     System messages are sent as the `system` parameter; tool calls and results travel as
@@ -215,44 +216,7 @@ class AnthropicProvider:
             output_cost_per_million=output_cost_per_million,
         )
 
-    @property
-    def base_url(self) -> str:
-        """The API root requests go to."""
-        return self._transport.base_url
-
-    def __repr__(self) -> str:
-        return f"AnthropicProvider(base_url={self.base_url!r}, model={self.model!r})"
-
-    async def __aenter__(self) -> AnthropicProvider:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Closes the connection pool; the provider cannot be used afterwards."""
-        await self._transport.aclose()
-
     # ------------------------------------------------------------------ LlmProvider
-    async def complete(self, prompt: str, model: str | None = None) -> str:
-        """Returns the model's text reply to a single user prompt.
-
-        Raises:
-            ProviderError: The call failed (after retries when retryable).
-            BudgetExceededError: The budget is spent.
-        """
-        return (await self.chat([Message("user", prompt)], model=model)).text
-
-    async def stream(self, prompt: str, model: str | None = None) -> AsyncIterator[str]:
-        """Yields the model's text reply to a single user prompt as it arrives.
-
-        Raises:
-            ProviderError: The stream failed; raised from the iterator, never a hang.
-        """
-        async for event in self.chat_stream([Message("user", prompt)], model=model):
-            if type(event) is TextDelta:
-                yield event.text
-
     async def chat(
         self,
         messages: Sequence[Message],

@@ -17,6 +17,7 @@ from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.providers._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
+    HttpProvider,
     HttpTransport,
     PartialToolCall,
     decode_arguments,
@@ -116,7 +117,7 @@ class _Chunk(BaseModel):
 
 
 # ---------------------------------------------------------------------- provider
-class OpenAIProvider:
+class OpenAIProvider(HttpProvider):
     """An `LlmProvider` over the Chat Completions API (`POST {base_url}/chat/completions`).
 
     One pooled `httpx.AsyncClient` per provider; use `async with OpenAIProvider() as llm:` or
@@ -192,44 +193,7 @@ class OpenAIProvider:
             output_cost_per_million=output_cost_per_million,
         )
 
-    @property
-    def base_url(self) -> str:
-        """The API root requests go to."""
-        return self._transport.base_url
-
-    def __repr__(self) -> str:
-        return f"OpenAIProvider(base_url={self.base_url!r}, model={self.model!r})"
-
-    async def __aenter__(self) -> OpenAIProvider:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Closes the connection pool; the provider cannot be used afterwards."""
-        await self._transport.aclose()
-
     # ------------------------------------------------------------------ LlmProvider
-    async def complete(self, prompt: str, model: str | None = None) -> str:
-        """Returns the model's text reply to a single user prompt.
-
-        Raises:
-            ProviderError: The call failed (after retries when retryable).
-            BudgetExceededError: The budget is spent.
-        """
-        return (await self.chat([Message("user", prompt)], model=model)).text
-
-    async def stream(self, prompt: str, model: str | None = None) -> AsyncIterator[str]:
-        """Yields the model's text reply to a single user prompt as it arrives.
-
-        Raises:
-            ProviderError: The stream failed; raised from the iterator, never a hang.
-        """
-        async for event in self.chat_stream([Message("user", prompt)], model=model):
-            if type(event) is TextDelta:
-                yield event.text
-
     async def chat(
         self,
         messages: Sequence[Message],
