@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 use crate::errors::{catch_panics, run_detached, CoreError, CoreResult};
 use algo::DegreeMode;
 use community::SplitMix;
-use csr::Snapshot;
+use csr::{Adjacency, Snapshot};
 use store::{check_weight, Store};
 
 /// What the algorithms read: a consistent copy of one mutation generation.
@@ -161,6 +161,29 @@ impl PyGraphStore {
             *slot = Some(built.clone());
             Ok(built)
         })
+    }
+
+    /// Runs a traversal (`algo::bfs` or `algo::dfs`) and lists the ids it visits.
+    fn traverse<'py>(
+        &self,
+        py: Python<'py>,
+        walk: fn(&Adjacency, usize, u32, Option<usize>) -> Vec<u32>,
+        start: &str,
+        max_depth: Option<usize>,
+        directed: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        let order = run_detached(py, move || {
+            let s = inner.node(start)?;
+            Ok(walk(
+                inner.snapshot.view(directed),
+                inner.snapshot.n,
+                s,
+                max_depth,
+            ))
+        })?;
+        frozen.py_list(py, &order)
     }
 
     /// Runs `f` on the frozen graph with the GIL released.
@@ -513,18 +536,7 @@ impl PyGraphStore {
         max_depth: Option<usize>,
         directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
-        let frozen = self.frozen(py)?;
-        let inner = frozen.clone();
-        let order = run_detached(py, move || {
-            let s = inner.node(start)?;
-            Ok(algo::bfs(
-                inner.snapshot.view(directed),
-                inner.snapshot.n,
-                s,
-                max_depth,
-            ))
-        })?;
-        frozen.py_list(py, &order)
+        self.traverse(py, algo::bfs, start, max_depth, directed)
     }
 
     /// Entities in depth-first preorder from `start`, at most `max_depth` hops away.
@@ -536,18 +548,7 @@ impl PyGraphStore {
         max_depth: Option<usize>,
         directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
-        let frozen = self.frozen(py)?;
-        let inner = frozen.clone();
-        let order = run_detached(py, move || {
-            let s = inner.node(start)?;
-            Ok(algo::dfs(
-                inner.snapshot.view(directed),
-                inner.snapshot.n,
-                s,
-                max_depth,
-            ))
-        })?;
-        frozen.py_list(py, &order)
+        self.traverse(py, algo::dfs, start, max_depth, directed)
     }
 
     /// The cheapest path (Dijkstra) and its cost, or None when `target` is unreachable.
