@@ -24,6 +24,18 @@ use crate::errors::{run_detached, CoreError, CoreResult};
 mod batch;
 mod quantized;
 
+/// Deterministic pseudo-random values in [-0.5, 0.5) for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn lcg(n: usize, seed: u32) -> Vec<f32> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
 pub use quantized::Dtype;
 use quantized::Rows;
 
@@ -189,7 +201,10 @@ fn scan_split(n: usize, k: usize, scan: impl Fn(usize, usize, &mut TopK) + Sync)
 }
 
 /// Normalizes `v` in place; refuses non-finite values and zero vectors.
-fn normalize(v: &mut [f32], what: &str) -> CoreResult<()> {
+///
+/// # Errors
+/// [`CoreError::Memory`] naming `what` when `v` has NaN/inf values or is zero.
+pub(crate) fn normalize(v: &mut [f32], what: &str) -> CoreResult<()> {
     if v.iter().any(|x| !x.is_finite()) {
         return Err(CoreError::Memory(format!(
             "{what} contains NaN or infinite values"

@@ -95,22 +95,9 @@ fn default_similarity_weight() -> f64 {
 /// # Errors
 /// [`CoreError::Memory`] when `v` has NaN/inf values or is zero.
 pub fn normalized(v: &[f32], what: &str) -> CoreResult<Vec<f32>> {
-    if v.iter().any(|x| !x.is_finite()) {
-        return Err(CoreError::Memory(format!(
-            "{what} contains NaN or infinite values"
-        )));
-    }
-    let norm = v
-        .iter()
-        .map(|x| f64::from(*x) * f64::from(*x))
-        .sum::<f64>()
-        .sqrt();
-    if norm == 0.0 {
-        return Err(CoreError::Memory(format!(
-            "{what} is the zero vector: cosine similarity is undefined"
-        )));
-    }
-    Ok(v.iter().map(|x| (f64::from(*x) / norm) as f32).collect())
+    let mut unit = v.to_vec();
+    crate::vector::normalize(&mut unit, what)?;
+    Ok(unit)
 }
 
 /// Validates a decay half-life.

@@ -231,16 +231,7 @@ unsafe fn tile_avx2(panel: &[f32], group: &[f32], dim: usize, out: &mut [f32; TI
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::vector::lcg;
 
     #[test]
     fn fused_matches_one_query_at_a_time_including_ragged_edges() {
