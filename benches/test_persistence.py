@@ -27,6 +27,8 @@ import llm_agent_runtime as ar
 TOOL_CALLS = 50
 STEPS = TOOL_CALLS + 1
 OURS = "llm_agent_runtime"
+# The same run with `add` treated as a side effect: its intent is journaled before each call.
+OURS_AT_MOST_ONCE = "llm_agent_runtime, at-most-once tool (intent + result per step)"
 
 
 class Recorder(ar.InMemoryBackend):
@@ -46,8 +48,12 @@ class Recorder(ar.InMemoryBackend):
 
 
 @cache
-def our_run() -> Recorder:
-    @ar.tool
+def our_run(idempotent: bool = True) -> Recorder:
+    """One session's writes: `add` is pure, so it is declared idempotent; with `idempotent`
+    false it is treated as a side effect that must run at most once (an intent before each call).
+    """
+
+    @ar.tool(idempotent=idempotent)
     async def add(a: int, b: int) -> int:
         """Adds two integers."""
         return a + b
@@ -71,10 +77,6 @@ def our_run() -> Recorder:
 
     asyncio.run(run())
     return recorder
-
-
-def our_writes() -> list[dict[str, bytes]]:
-    return our_run().writes
 
 
 def langgraph_sqlite_bytes(path: Path) -> int:
@@ -164,7 +166,7 @@ DATABASES = {
     "sqlite-normal": "SQLite file (WAL, synchronous=NORMAL: survives a process crash)",
     "postgres": "PostgreSQL (autocommit, server fsync off in the test cluster)",
 }
-CASES = [(db, lib) for db in DATABASES for lib in (OURS, "langgraph")]
+CASES = [(db, lib) for db in DATABASES for lib in (OURS, OURS_AT_MOST_ONCE, "langgraph")]
 
 
 @pytest.mark.parametrize(("db", "lib"), CASES)
@@ -172,8 +174,9 @@ def test_checkpoint_cost_per_step(benchmark: Any, tmp_path: Path, db: str, lib: 
     benchmark.group = f"checkpoint: one agent step's writes, {DATABASES[db]}"
     synchronous = "NORMAL" if db == "sqlite-normal" else "FULL"
     dsn = postgres_dsn() if db == "postgres" else ""
-    if lib == OURS:
-        writes = our_writes()
+    if lib in (OURS, OURS_AT_MOST_ONCE):
+        run_writes = our_run(idempotent=lib == OURS)
+        writes = run_writes.writes
         if db.startswith("sqlite"):
             backend: Any = ar.SqliteBackend(tmp_path / "ours.db", synchronous=synchronous)
         else:
@@ -186,14 +189,14 @@ def test_checkpoint_cost_per_step(benchmark: Any, tmp_path: Path, db: str, lib: 
                 await backend.batch_save(items)
 
         benchmark.pedantic(
-            lambda: loop.run_until_complete(replay()), rounds=5, iterations=1, warmup_rounds=1
+            lambda: loop.run_until_complete(replay()), rounds=11, iterations=1, warmup_rounds=1
         )
         if db == "postgres":
             loop.run_until_complete(backend.close())
         else:
             backend.close()
         loop.close()
-        stored = sum(len(k) + len(v) for k, v in our_run().data.items())
+        stored = sum(len(k) + len(v) for k, v in run_writes.data.items())
         benchmark.extra_info["durability"] = synchronous if db.startswith("sqlite") else "commit"
     else:
         calls = langgraph_writes()
@@ -215,7 +218,7 @@ def test_checkpoint_cost_per_step(benchmark: Any, tmp_path: Path, db: str, lib: 
         def run() -> None:
             replay_langgraph(saver, calls, uuid.uuid4().hex)
 
-        benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(run, rounds=11, iterations=1, warmup_rounds=1)
         (conn if db.startswith("sqlite") else conn_pg).close()
         stored = langgraph_sqlite_bytes(tmp_path / "size.db")
         benchmark.extra_info["durability"] = synchronous if db.startswith("sqlite") else "commit"

@@ -789,9 +789,11 @@ class AgentRuntime:
     ) -> tuple[Observation, float]:
         """Runs one tool call under the journal: its intent is recorded before it runs.
 
-        The result is journaled too when `record_result` (a call of a parallel round, whose
-        step checkpoints come only after every call ends); a lone call's step checkpoint is
-        its result, so it costs one write less. An entry from an interrupted run is honoured:
+        Except for a lone call of an idempotent tool that does not take the key: after an
+        interruption, its step is simply run again (model reply included). The result is
+        journaled too when `record_result` (a call of a parallel round, whose step checkpoints
+        come only after every call ends); a lone call's step checkpoint is its result, so it
+        costs one write less. An entry from an interrupted run is honoured:
         a recorded result is reused, and a call that may have run is repeated only for a tool
         that is idempotent or takes the key.
         """
@@ -812,7 +814,12 @@ class AgentRuntime:
                     tool=name,
                 )
         intent = {**entry, "tool": name, "arguments": arguments, "key": key, "state": "intent"}
-        await self._checkpoints.journal(session_id, step, index, intent)
+        spec = self.tools.get(name)
+        # An intent only matters for a call that must not run twice: a lone call of an
+        # idempotent tool is simply repeated (with the step) after an interruption, which
+        # saves a write per step. A tool taking the key keeps it: its key must name this call.
+        if record_result or spec is None or not spec.idempotent or spec.takes_idempotency_key:
+            await self._checkpoints.journal(session_id, step, index, intent)
         observation, tool_ms = await self._call_tool(session, name, arguments, key)
         if record_result:
             done = {

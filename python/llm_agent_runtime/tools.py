@@ -81,7 +81,9 @@ class ToolSpec:
         circuit_breaker: Fast-fails calls while the tool is unhealthy.
         run_inline: Run a sync handler on the event loop (for trivial, non-blocking handlers).
         idempotent: Running a call twice has the effect of running it once, so a resumed run
-            may repeat a call that an interruption left unfinished.
+            may repeat a call that an interruption left unfinished. With checkpoints on, a lone
+            call of such a tool is not journaled before it runs (one write less per step): an
+            interrupted step is run again, model reply included.
         takes_idempotency_key: The handler receives `idempotency_key` (unique per session,
             step and call, stable across a resume) to deduplicate its side effects itself.
 

@@ -196,6 +196,36 @@ async def test_idempotent_tools_and_keyed_tools_are_repeated_with_the_same_key()
     assert [s.observation for s in resumed.steps] == ["sent", ""]
 
 
+async def test_a_lone_idempotent_call_is_not_journaled_and_its_step_runs_again() -> None:
+    backend = ar.InMemoryBackend()
+    started, gate = asyncio.Event(), asyncio.Event()
+    lookups: list[str] = []
+
+    @ar.tool(idempotent=True)
+    async def lookup(item: str) -> str:
+        """Reads a price."""
+        lookups.append(item)
+        started.set()
+        await gate.wait()
+        return f"{item}: 3"
+
+    runtime = ar.AgentRuntime(tools=[lookup], checkpoint_backend=backend)
+    reply = 'Thought: price\nAction: lookup {"item": "tea"}'
+    sid = await interrupt_mid_tool(runtime, reply, gate, started)
+    assert not [k for k in await backend.list_keys() if ":call:" in k]  # no intent written
+    asked: list[str] = []
+
+    async def model(prompt: str) -> str:
+        asked.append(prompt)
+        return reply if len(asked) == 1 else FINAL
+
+    resumed = await runtime.resume(sid, model)
+    assert len(asked) == 2  # the interrupted step's model call was made again
+    assert lookups == ["tea", "tea"]
+    assert [s.observation for s in resumed.steps] == ["tea: 3", ""]
+    assert resumed.final_answer == "finished"
+
+
 async def test_parallel_calls_are_journaled_one_by_one() -> None:
     backend = ar.InMemoryBackend()
     runs: list[str] = []
