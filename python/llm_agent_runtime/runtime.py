@@ -622,10 +622,19 @@ class AgentRuntime:
         messages: list[Message],
         tool_defs: list[ToolDefinition] | None,
     ) -> ChatResponse:
-        """One model call; streamed (emitting text deltas) only while someone listens."""
+        """One model call; streamed (emitting text deltas) only while someone listens.
+
+        A provider with `streams_text = False` produces its text all at once: it is asked
+        with `chat` (no stream machinery) and the text is emitted as one delta.
+        """
         model = self.config.model
         if not self.events.active:
             return await provider.chat(messages, tools=tool_defs, model=model)
+        if not getattr(provider, "streams_text", True):  # the whole text at once: no stream
+            whole = await provider.chat(messages, tools=tool_defs, model=model)
+            if whole.text:
+                self.events.emit(LlmTextDelta(session.session_id, whole.text))
+            return whole
         response: ChatResponse | None = None
         async for event in provider.chat_stream(messages, tools=tool_defs, model=model):
             if isinstance(event, TextDelta):

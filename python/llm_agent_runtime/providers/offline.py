@@ -36,6 +36,9 @@ class ScriptedProvider:
         ValueError: When neither or both of `replies` and `rule` are given.
     """
 
+    streams_text = False
+    """Its replies exist whole: the runtime needs no stream to report their text."""
+
     def __init__(
         self,
         replies: Sequence[ScriptedReply] | None = None,
