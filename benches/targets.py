@@ -132,6 +132,14 @@ TARGETS: list[Target] = [
         3.0,
     ),
     Target(
+        "vector int8, float32 copies in a file, single query (N=100,000) >= 3x numpy float32, "
+        "recall@10 >= 0.99, a quarter of the memory",
+        "vector: single query, ours int8+f32 copies in a file vs numpy float32, "
+        "d=384, k=10, N=100,000",
+        "numpy",
+        3.0,
+    ),
+    Target(
         "vector float16 single query (N=100,000) >= 1.7x numpy float32, recall@10 >= 0.99",
         "vector: single query, ours float16 vs numpy float32, d=384, k=10, N=100,000",
         "numpy",
@@ -146,6 +154,14 @@ TARGETS: list[Target] = [
     Target(
         "vector int8+f32 rescore single query (N=1,000,000) >= 3x numpy float32, recall@10 >= 0.99",
         "vector: single query, ours int8+f32 rescore vs numpy float32, d=384, k=10, N=1,000,000",
+        "numpy",
+        3.0,
+    ),
+    Target(
+        "vector int8, float32 copies in a file, single query (N=1,000,000) >= 3x numpy float32, "
+        "recall@10 >= 0.99, a quarter of the memory",
+        "vector: single query, ours int8+f32 copies in a file vs numpy float32, "
+        "d=384, k=10, N=1,000,000",
         "numpy",
         3.0,
     ),

@@ -10,6 +10,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::io::{Read, Write};
+use std::path::PathBuf;
 
 use numpy::{
     IntoPyArray, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
@@ -22,6 +23,7 @@ use rustc_hash::FxHashMap;
 use crate::errors::{run_detached, CoreError, CoreResult};
 
 mod batch;
+mod originals;
 mod quantized;
 
 /// Deterministic pseudo-random values in [-0.5, 0.5) for the kernels' tests.
@@ -36,6 +38,7 @@ pub(crate) fn lcg(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+use originals::Originals;
 pub use quantized::Dtype;
 use quantized::Rows;
 
@@ -226,13 +229,13 @@ pub(crate) fn normalize(v: &mut [f32], what: &str) -> CoreResult<()> {
 }
 
 /// The index proper: ids, their rows (normalized, contiguous), and id -> row.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct Index {
     dim: usize,
     ids: Vec<u64>,
     vectors: Rows,
     /// float32 copies kept only by int8 indexes built with `exact_rescore`.
-    originals: Option<Vec<f32>>,
+    originals: Option<Originals>,
     rescore: usize,
     rows: FxHashMap<u64, usize>,
 }
@@ -259,6 +262,23 @@ impl Index {
         rescore: usize,
         exact_rescore: bool,
     ) -> CoreResult<Self> {
+        Self::with_storage(dim, dtype, rescore, exact_rescore, None)
+    }
+
+    /// As [`Index::with_dtype`]; with `originals_path` (int8 only, implies `exact_rescore`)
+    /// the float32 copies live in that file (created or truncated) instead of in memory.
+    ///
+    /// # Errors
+    /// As [`Index::with_dtype`], and [`CoreError::Persistence`] when the file cannot be
+    /// created.
+    pub fn with_storage(
+        dim: usize,
+        dtype: Dtype,
+        rescore: usize,
+        exact_rescore: bool,
+        originals_path: Option<&str>,
+    ) -> CoreResult<Self> {
+        let exact_rescore = exact_rescore || originals_path.is_some();
         if dim == 0 {
             return Err(CoreError::Memory("dim must be at least 1".into()));
         }
@@ -267,15 +287,19 @@ impl Index {
         }
         if exact_rescore && dtype != Dtype::I8 {
             return Err(CoreError::Memory(format!(
-                "exact_rescore applies to dtype \"int8\" only, not {:?}",
+                "exact_rescore (and originals_path) apply to dtype \"int8\" only, not {:?}",
                 dtype.name()
             )));
         }
+        let originals = match originals_path {
+            Some(path) => Some(Originals::in_file(path, dim)?),
+            None => exact_rescore.then(|| Originals::Memory(Vec::new())),
+        };
         Ok(Self {
             dim,
             ids: Vec::new(),
             vectors: Rows::new(dtype),
-            originals: exact_rescore.then(Vec::new),
+            originals,
             rescore,
             rows: FxHashMap::default(),
         })
@@ -296,11 +320,20 @@ impl Index {
         self.rescore
     }
 
-    /// Bytes held by the ids and the rows (the id -> row map aside).
+    /// The file holding the float32 copies, when they are kept in one.
+    pub fn originals_path(&self) -> Option<&str> {
+        self.originals.as_ref().and_then(Originals::path)
+    }
+
+    /// Bytes of memory held by the ids and the rows (the id -> row map aside; float32 copies
+    /// kept in a file take none).
     pub fn nbytes(&self) -> usize {
         self.ids.len() * 8
             + self.vectors.nbytes()
-            + self.originals.as_ref().map_or(0, |o| o.len() * 4)
+            + self
+                .originals
+                .as_ref()
+                .map_or(0, Originals::nbytes_in_memory)
     }
 
     /// Vector length.
@@ -322,7 +355,9 @@ impl Index {
     ///
     /// # Errors
     /// [`CoreError::Memory`] on a shape mismatch, a duplicate id in the batch, or a row that
-    /// is not finite or is zero.
+    /// is not finite or is zero; [`CoreError::Persistence`] when float32 copies kept in a file
+    /// cannot be written (new rows are then not added; a failure while overwriting rows leaves
+    /// the copies marked broken).
     pub fn add(&mut self, ids: &[u64], vectors: &[f32]) -> CoreResult<()> {
         if vectors.len() != ids.len() * self.dim {
             return Err(CoreError::Memory(format!(
@@ -343,26 +378,30 @@ impl Index {
             normalize(row, &format!("vector {i} (id {id})"))?;
         }
         let new_rows = ids.iter().filter(|id| !self.rows.contains_key(id)).count();
+        if let Some(originals) = &mut self.originals {
+            // The copies first, new rows before replaced ones: a failed append changes nothing.
+            originals.reserve(new_rows, self.dim);
+            let rows = || normalized.chunks_exact(self.dim).zip(ids);
+            let appended: Vec<f32> = rows()
+                .filter(|(_, id)| !self.rows.contains_key(id))
+                .flat_map(|(row, _)| row.iter().copied())
+                .collect();
+            originals.append(&appended)?;
+            for (row, id) in rows() {
+                if let Some(&r) = self.rows.get(id) {
+                    originals.set(r, row)?;
+                }
+            }
+        }
         self.ids.reserve(new_rows);
         self.vectors.reserve(new_rows, self.dim);
-        if let Some(originals) = &mut self.originals {
-            quantized::reserve_huge(originals, new_rows * self.dim);
-        }
         for (row, &id) in normalized.chunks_exact(self.dim).zip(ids) {
             match self.rows.get(&id) {
-                Some(&r) => {
-                    self.vectors.set(r, row);
-                    if let Some(originals) = &mut self.originals {
-                        originals[r * self.dim..(r + 1) * self.dim].copy_from_slice(row);
-                    }
-                }
+                Some(&r) => self.vectors.set(r, row),
                 None => {
                     self.rows.insert(id, self.ids.len());
                     self.ids.push(id);
                     self.vectors.push(row);
-                    if let Some(originals) = &mut self.originals {
-                        originals.extend_from_slice(row);
-                    }
                 }
             }
         }
@@ -372,13 +411,16 @@ impl Index {
     /// Removes vectors by id, O(1) each (the last row moves into the hole); all or nothing.
     ///
     /// # Errors
-    /// [`CoreError::Memory`] naming the first unknown id.
+    /// [`CoreError::Memory`] naming the first unknown id; [`CoreError::Persistence`] when
+    /// float32 copies kept in a file cannot be updated (the vectors are removed, and the
+    /// copies marked broken).
     pub fn remove(&mut self, ids: &[u64]) -> CoreResult<()> {
         if let Some(unknown) = ids.iter().find(|id| !self.rows.contains_key(id)) {
             return Err(CoreError::Memory(format!(
                 "cannot remove unknown id {unknown}"
             )));
         }
+        let mut copies_failed = None;
         for id in ids {
             let Some(row) = self.rows.remove(id) else {
                 continue; // a repeated id in `ids`: already removed
@@ -388,27 +430,29 @@ impl Index {
                 let moved = self.ids[last];
                 self.ids[row] = moved;
                 self.vectors.copy_row(last, row, self.dim);
-                if let Some(originals) = &mut self.originals {
-                    originals.copy_within(last * self.dim..(last + 1) * self.dim, row * self.dim);
-                }
                 self.rows.insert(moved, row);
             }
             self.ids.pop();
             self.vectors.truncate(last, self.dim);
-            if let Some(originals) = &mut self.originals {
-                originals.truncate(last * self.dim);
+            if let (Some(originals), None) = (&mut self.originals, &copies_failed) {
+                copies_failed = originals.swap_remove(row, self.dim).err();
             }
         }
-        Ok(())
+        copies_failed.map_or(Ok(()), Err)
     }
 
     /// The stored vector of `id` (normalized; dequantized for compressed storage).
-    pub fn get(&self, id: u64) -> Option<Vec<f32>> {
-        let &r = self.rows.get(&id)?;
-        Some(match &self.originals {
-            Some(originals) => originals[r * self.dim..(r + 1) * self.dim].to_vec(),
+    ///
+    /// # Errors
+    /// [`CoreError::Persistence`] when float32 copies kept in a file cannot be read.
+    pub fn get(&self, id: u64) -> CoreResult<Option<Vec<f32>>> {
+        let Some(&r) = self.rows.get(&id) else {
+            return Ok(None);
+        };
+        Ok(Some(match &self.originals {
+            Some(originals) => originals.row(r, self.dim)?,
             None => self.vectors.row(r, self.dim),
-        })
+        }))
     }
 
     fn check_query(&self, query: &[f32], k: usize) -> CoreResult<Vec<f32>> {
@@ -434,7 +478,7 @@ impl Index {
     /// finite, or is zero.
     pub fn search(&self, query: &[f32], k: usize) -> CoreResult<(Vec<u64>, Vec<f32>)> {
         let q = self.check_query(query, k)?;
-        let hits = self.top_k(&q, k).into_sorted();
+        let hits = self.top_k(&q, k)?.into_sorted();
         Ok((
             hits.iter().map(|h| self.ids[h.row]).collect(),
             hits.iter().map(|h| h.score).collect(),
@@ -442,9 +486,9 @@ impl Index {
     }
 
     /// The top `k` rows for the normalized query `q`, in the index's storage form.
-    fn top_k(&self, q: &[f32], k: usize) -> TopK {
+    fn top_k(&self, q: &[f32], k: usize) -> CoreResult<TopK> {
         let dim = self.dim;
-        match &self.vectors {
+        Ok(match &self.vectors {
             Rows::F32(data) => scan_split(self.len(), k, |start, end, top| {
                 scan_rows(&data[start * dim..end * dim], dim, start, q, top);
             }),
@@ -469,16 +513,16 @@ impl Index {
                 );
                 let mut top = TopK::new(k);
                 for hit in shortlist.into_sorted() {
-                    let (r, span) = (hit.row, hit.row * dim..(hit.row + 1) * dim);
+                    let r = hit.row;
                     let score = match &self.originals {
-                        Some(originals) => dot_portable(&originals[span], q),
-                        None => quantized::rescore_i8(&codes[span], scales[r], q),
+                        Some(originals) => originals.dot(r, q)?,
+                        None => quantized::rescore_i8(&codes[r * dim..(r + 1) * dim], scales[r], q),
                     };
                     top.push(score, r);
                 }
                 top
             }
-        }
+        })
     }
 
     /// `search` for each of `queries` (`m` rows of `dim`): ids and scores, `m` rows of
@@ -507,7 +551,10 @@ impl Index {
             Rows::F32(data) if qs.len() >= 2 => {
                 batch::search_batch_fused(data, self.dim, &qs.concat(), k)
             }
-            _ => qs.iter().map(|q| self.top_k(q, k)).collect(),
+            _ => qs
+                .iter()
+                .map(|q| self.top_k(q, k))
+                .collect::<CoreResult<_>>()?,
         };
         let mut ids = Vec::with_capacity(tops.len() * width);
         let mut scores = Vec::with_capacity(tops.len() * width);
@@ -527,7 +574,7 @@ impl Index {
     /// [`CoreError::Persistence`] on an I/O failure.
     pub fn save(&self, path: &str) -> CoreResult<()> {
         let io = |e: std::io::Error| CoreError::Persistence(format!("cannot write {path}: {e}"));
-        let mut bytes = Vec::with_capacity(36 + self.nbytes());
+        let mut bytes = Vec::with_capacity(36 + self.ids.len() * 8 + self.vectors.nbytes());
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         bytes.extend_from_slice(&(self.dim as u32).to_le_bytes());
@@ -539,25 +586,32 @@ impl Index {
             .iter()
             .for_each(|id| bytes.extend_from_slice(&id.to_le_bytes()));
         self.vectors.to_le_bytes(&mut bytes);
-        if let Some(originals) = &self.originals {
-            Rows::F32(originals.clone()).to_le_bytes(&mut bytes);
-        }
-        let crc = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
         // Write beside, then rename: a crash never leaves a half-written index in place.
         let tmp = format!("{path}.tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        file.write_all(&bytes).map_err(io)?;
+        let mut out = CrcWriter {
+            inner: std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?),
+            crc: crc32fast::Hasher::new(),
+        };
+        out.write_all(&bytes).map_err(io)?;
+        drop(bytes);
+        if let Some(originals) = &self.originals {
+            originals.write_le(&mut out)?; // streamed: no second copy of them in memory
+        }
+        let crc = out.crc.clone().finalize();
+        out.write_all(&crc.to_le_bytes()).map_err(io)?;
+        let file = out.inner.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Reads an index written by [`Index::save`] (format version 1 or 2).
+    /// Reads an index written by [`Index::save`] (format version 1 or 2); with
+    /// `originals_path`, its float32 copies go to that file instead of memory.
     ///
     /// # Errors
     /// [`CoreError::Persistence`] when the file cannot be read, is not an index, has an unknown
-    /// format version or dtype, is truncated, or fails its checksum.
-    pub fn load(path: &str) -> CoreResult<Self> {
+    /// format version or dtype, is truncated, or fails its checksum, or `originals_path` is
+    /// given for an index saved without float32 copies or cannot be written.
+    pub fn load(path: &str, originals_path: Option<&str>) -> CoreResult<Self> {
         let bad = |why: String| CoreError::Persistence(format!("cannot load {path}: {why}"));
         let mut bytes = Vec::new();
         std::fs::File::open(path)
@@ -630,6 +684,21 @@ impl Index {
             },
             (false, _) => return Err(size()),
         };
+        let originals = match (originals, originals_path) {
+            (None, Some(_)) => {
+                return Err(bad(
+                    "originals_path is given but the index has no float32 copies \
+                     (it was not built with exact_rescore)"
+                        .into(),
+                ))
+            }
+            (Some(values), Some(file)) => {
+                let mut copies = Originals::in_file(file, dim)?;
+                copies.append(&values)?;
+                Some(copies)
+            }
+            (values, None) => values.map(Originals::Memory),
+        };
         let rows = ids
             .iter()
             .enumerate()
@@ -646,6 +715,30 @@ impl Index {
             rescore,
             rows,
         })
+    }
+}
+
+fn path_str(path: &std::path::Path) -> CoreResult<&str> {
+    path.to_str().ok_or_else(|| {
+        CoreError::Persistence(format!("path {} is not valid UTF-8", path.display()))
+    })
+}
+
+/// Passes writes through while computing their CRC-32.
+struct CrcWriter<W: Write> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -723,17 +816,23 @@ type Hits<'py, D> = (
 /// exact search is about 0.99 on isotropic data but lower on tightly clustered data. With
 /// ``exact_rescore=True`` an int8 index also keeps the float32 vectors and re-scores the
 /// shortlist exactly against them (exact scores, recall@10 >= 0.99 on clustered data too):
-/// scans still read 4x fewer bytes, but memory is 1.25x that of float32.
+/// scans still read 4x fewer bytes, but memory is 1.25x that of float32 -- unless
+/// ``originals_path`` puts the float32 copies in a file: memory is then a quarter of
+/// float32's, and each search reads only its ``k * rescore`` shortlisted rows from the file
+/// (served from the OS page cache while they are hot).
 ///
 /// Args:
 ///     dim: vector length.
 ///     dtype: ``"float32"``, ``"float16"`` or ``"int8"``.
 ///     rescore: int8 shortlist factor (candidates re-scored per result).
 ///     exact_rescore: int8 only: keep float32 copies and re-score against them.
+///     originals_path: int8 only, implies ``exact_rescore``: a file (created, or truncated)
+///         that holds the float32 copies instead of memory; the index owns it.
 ///
 /// Raises:
-///     MemoryStoreError: `dim` or `rescore` is 0, an unknown `dtype`, or `exact_rescore`
-///         with a dtype other than int8.
+///     MemoryStoreError: `dim` or `rescore` is 0, an unknown `dtype`, or `exact_rescore` or
+///         `originals_path` with a dtype other than int8.
+///     PersistenceError: `originals_path` cannot be created.
 #[pyclass(module = "llm_agent_runtime", name = "VectorIndex", frozen)]
 pub struct PyVectorIndex {
     inner: RwLock<Index>,
@@ -743,16 +842,30 @@ pub struct PyVectorIndex {
 impl PyVectorIndex {
     #[new]
     // `rescore=8` is DEFAULT_RESCORE, spelled out so the Python signature shows it.
-    #[pyo3(signature = (dim, dtype="float32", rescore=8, exact_rescore=false))]
-    fn new(dim: usize, dtype: &str, rescore: usize, exact_rescore: bool) -> PyResult<Self> {
+    #[pyo3(signature = (dim, dtype="float32", rescore=8, exact_rescore=false, originals_path=None))]
+    fn new(
+        dim: usize,
+        dtype: &str,
+        rescore: usize,
+        exact_rescore: bool,
+        originals_path: Option<PathBuf>,
+    ) -> PyResult<Self> {
         let dtype = Dtype::parse(dtype).ok_or_else(|| {
             CoreError::Memory(format!(
                 "unknown dtype {dtype:?}: expected \"float32\", \"float16\" or \"int8\""
             ))
         })?;
+        let originals_path = originals_path.as_deref().map(path_str).transpose()?;
+        let index = Index::with_storage(dim, dtype, rescore, exact_rescore, originals_path)?;
         Ok(Self {
-            inner: RwLock::new(Index::with_dtype(dim, dtype, rescore, exact_rescore)?),
+            inner: RwLock::new(index),
         })
+    }
+
+    /// The file holding the float32 copies (see ``originals_path``), or None.
+    #[getter]
+    fn originals_path(&self) -> Option<String> {
+        self.inner.read().originals_path().map(str::to_owned)
     }
 
     /// Whether int8 searches re-score against kept float32 copies.
@@ -773,7 +886,8 @@ impl PyVectorIndex {
         self.inner.read().rescore()
     }
 
-    /// Bytes held by the ids and the stored vectors (and float32 copies, if kept).
+    /// Bytes of memory held by the ids and the stored vectors (and float32 copies kept in
+    /// memory; none for copies kept in a file).
     #[getter]
     fn nbytes(&self) -> usize {
         self.inner.read().nbytes()
@@ -875,8 +989,15 @@ impl PyVectorIndex {
     ///
     /// Returns:
     ///     A float32 array of length dim, or None when `id` is not in the index.
-    fn get<'py>(&self, py: Python<'py>, id: u64) -> Option<Bound<'py, numpy::PyArray1<f32>>> {
-        self.inner.read().get(id).map(|v| v.into_pyarray(py))
+    ///
+    /// Raises:
+    ///     PersistenceError: float32 copies kept in a file cannot be read.
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        id: u64,
+    ) -> PyResult<Option<Bound<'py, numpy::PyArray1<f32>>>> {
+        Ok(self.inner.read().get(id)?.map(|v| v.into_pyarray(py)))
     }
 
     /// Whether `id` is in the index.
@@ -892,13 +1013,17 @@ impl PyVectorIndex {
         run_detached(py, || self.inner.read().save(path))
     }
 
-    /// Reads an index written by `save`.
+    /// Reads an index written by `save`; with `originals_path`, its float32 copies (of an
+    /// index built with ``exact_rescore``) go to that file instead of memory.
     ///
     /// Raises:
-    ///     PersistenceError: unreadable, not an index, another version, truncated or corrupt.
+    ///     PersistenceError: unreadable, not an index, another version, truncated or corrupt;
+    ///         or `originals_path` given for an index without float32 copies.
     #[staticmethod]
-    fn load(py: Python<'_>, path: &str) -> PyResult<Self> {
-        let index = run_detached(py, || Index::load(path))?;
+    #[pyo3(signature = (path, originals_path=None))]
+    fn load(py: Python<'_>, path: &str, originals_path: Option<PathBuf>) -> PyResult<Self> {
+        let originals_path = originals_path.as_deref().map(path_str).transpose()?;
+        let index = run_detached(py, || Index::load(path, originals_path))?;
         Ok(Self {
             inner: RwLock::new(index),
         })
@@ -990,34 +1115,75 @@ mod tests {
         let exact = filled(3_000, 48);
         let dir = std::env::temp_dir().join(format!("vecq-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for (dtype, exact_rescore) in [(Dtype::F16, false), (Dtype::I8, false), (Dtype::I8, true)] {
-            let mut index = Index::with_dtype(48, dtype, DEFAULT_RESCORE, exact_rescore).unwrap();
+        let copies_file = dir.join("copies.f32").to_string_lossy().into_owned();
+        let modes = [
+            (Dtype::F16, false, None),
+            (Dtype::I8, false, None),
+            (Dtype::I8, true, None),
+            (Dtype::I8, true, Some(copies_file.as_str())),
+        ];
+        for (dtype, exact_rescore, file) in modes {
+            let mut index =
+                Index::with_storage(48, dtype, DEFAULT_RESCORE, exact_rescore, file).unwrap();
             let data: Vec<f32> = (0..exact.len())
                 .flat_map(|r| exact.vectors.row(r, 48))
                 .collect();
             index.add(&exact.ids, &data).unwrap();
-            let copies = if exact_rescore { 3_000 * 48 * 4 } else { 0 };
+            let copies = if exact_rescore && file.is_none() {
+                3_000 * 48 * 4
+            } else {
+                0
+            };
             assert_eq!(
                 index.nbytes() - 8 * 3_000 - copies,
                 3_000 * dtype.row_bytes(48)
             );
             let mut found = 0;
-            for seed in 0..20 {
-                let q: Vec<f32> = (0..48)
-                    .map(|i| ((i * 7 + seed * 13) % 17) as f32 - 8.0)
-                    .collect();
-                let want = brute(&exact, &q, 10);
-                let (got, _) = index.search(&q, 10).unwrap();
+            let queries: Vec<Vec<f32>> = (0..20)
+                .map(|seed| {
+                    (0..48)
+                        .map(|i| ((i * 7 + seed * 13) % 17) as f32 - 8.0)
+                        .collect()
+                })
+                .collect();
+            for q in &queries {
+                let want = brute(&exact, q, 10);
+                let (got, scores) = index.search(q, 10).unwrap();
                 found += got.iter().filter(|id| want.contains(id)).count();
+                if exact_rescore {
+                    let row = index.get(got[0]).unwrap().unwrap();
+                    let mut qn = q.clone();
+                    normalize(&mut qn, "q").unwrap();
+                    assert!((dot_portable(&row, &qn) - scores[0]).abs() < 1e-6);
+                }
             }
-            assert!(found >= 196, "{dtype:?}: {found} of 200");
+            let want = if exact_rescore { 199 } else { 196 };
+            assert!(found >= want, "{dtype:?}: {found} of 200");
             let path = dir.join("q.bin").to_string_lossy().into_owned();
             index.save(&path).unwrap();
-            assert_eq!(Index::load(&path).unwrap(), index);
-            index.remove(&[0, 5]).unwrap();
-            assert_eq!(index.len(), 2_998);
-            assert!(index.get(0).is_none() && index.get(1).is_some());
+            let loaded = Index::load(&path, None).unwrap();
+            if file.is_none() {
+                assert_eq!(loaded, index);
+            }
+            for q in &queries {
+                assert_eq!(loaded.search(q, 10).unwrap(), index.search(q, 10).unwrap());
+            }
+            index.remove(&[0, 5, 2_999]).unwrap();
+            assert_eq!(index.len(), 2_997);
+            assert!(index.get(0).unwrap().is_none());
+            for id in [1, 2_998] {
+                let row = exact.vectors.row(id as usize, 48);
+                let got = index.get(id).unwrap().unwrap();
+                let tolerance = if exact_rescore { 0.0 } else { 1e-2 };
+                assert!(row
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| (a - b).abs() <= tolerance));
+            }
         }
+        let without_copies = dir.join("plain.bin").to_string_lossy().into_owned();
+        exact.save(&without_copies).unwrap();
+        assert!(Index::load(&without_copies, Some(&copies_file)).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1028,13 +1194,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("i.bin").to_string_lossy().into_owned();
         index.save(&path).unwrap();
-        assert_eq!(Index::load(&path).unwrap(), index);
+        assert_eq!(Index::load(&path, None).unwrap(), index);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[100] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(Index::load(&path), Err(CoreError::Persistence(_))));
+        assert!(matches!(
+            Index::load(&path, None),
+            Err(CoreError::Persistence(_))
+        ));
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-        assert!(Index::load(&path).is_err());
+        assert!(Index::load(&path, None).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,3 +1,4 @@
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,43 @@ def test_add_remove_upsert_against_a_reference(ops: list[tuple[str, int]]) -> No
         assert key in index
         ids, scores = index.search(v, 1)
         assert ids[0] == key and scores[0] == pytest.approx(1.0, abs=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["add", "remove"]), st.lists(st.integers(0, 12), max_size=4)),
+        max_size=30,
+    )
+)
+def test_float32_copies_in_a_file_follow_every_change(ops: list[tuple[str, list[int]]]) -> None:
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "copies.f32"
+        index = ar.VectorIndex(6, dtype="int8", rescore=2, originals_path=path)
+        assert index.exact_rescore and index.originals_path == str(path)
+        ref: dict[int, np.ndarray] = {}
+        for op, keys in ops:
+            batch = list(dict.fromkeys(keys))
+            if op == "add":
+                rows = rng.standard_normal((len(batch), 6)).astype(np.float32)
+                index.add(np.array(batch, dtype=np.int64), rows)
+                for key, row in zip(batch, rows, strict=True):
+                    ref[key] = row / np.linalg.norm(row)
+            elif all(key in ref for key in batch):
+                index.remove(batch)
+                for key in batch:
+                    del ref[key]
+            else:
+                with pytest.raises(ar.MemoryStoreError, match="unknown id"):
+                    index.remove(batch)
+        assert len(index) == len(ref)
+        assert path.stat().st_size == 4 * 6 * len(ref)  # exactly one row per vector
+        assert index.nbytes == len(ref) * (8 + 6 + 4)  # the copies take no memory
+        for key, want in ref.items():
+            np.testing.assert_allclose(index.get(key), want, rtol=0, atol=1e-7)
+            ids, scores = index.search(want, 1)
+            assert ids[0] == key and scores[0] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_empty_index_and_k_larger_than_index() -> None:
@@ -190,19 +228,21 @@ def _clustered(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "exact_rescore", "kind", "min_recall"),
+    ("dtype", "copies", "kind", "min_recall"),
     [
-        ("float16", False, "random", 0.99),
-        ("float16", False, "clustered", 0.99),
-        ("int8", False, "random", 0.99),
+        ("float16", None, "random", 0.99),
+        ("float16", None, "clustered", 0.99),
+        ("int8", None, "random", 0.99),
         # Codes alone cannot order the crowded neighbours of a tight cluster: documented.
-        ("int8", False, "clustered", 0.9),
-        ("int8", True, "random", 0.99),
-        ("int8", True, "clustered", 0.99),
+        ("int8", None, "clustered", 0.9),
+        ("int8", "memory", "random", 0.99),
+        ("int8", "memory", "clustered", 0.99),
+        ("int8", "file", "random", 0.99),
+        ("int8", "file", "clustered", 0.99),
     ],
 )
 def test_compressed_modes_recall_and_memory(
-    dtype: str, exact_rescore: bool, kind: str, min_recall: float
+    dtype: str, copies: str | None, kind: str, min_recall: float, tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(3)
     n, dim = 5_000, 384
@@ -216,7 +256,11 @@ def test_compressed_modes_recall_and_memory(
         queries = data[rng.integers(0, n, 40)] + 0.1 * queries
     exact = ar.VectorIndex(dim)
     exact.add(np.arange(n), data)
-    index = ar.VectorIndex(dim, dtype=dtype, exact_rescore=exact_rescore)
+    exact_rescore = copies is not None
+    copies_file = tmp_path / "copies.f32" if copies == "file" else None
+    index = ar.VectorIndex(
+        dim, dtype=dtype, exact_rescore=exact_rescore, originals_path=copies_file
+    )
     index.add(np.arange(n), data)
     assert index.dtype == dtype and index.exact_rescore == exact_rescore and len(index) == n
     assert _recall_at_10(index, data, queries) >= min_recall
@@ -224,8 +268,8 @@ def test_compressed_modes_recall_and_memory(
     _, exact_scores = exact.search(queries[0], 10)
     _, scores = index.search(queries[0], 10)
     np.testing.assert_allclose(scores, exact_scores, atol=1e-5 if exact_rescore else 5e-3)
-    copies = 4 * n * dim if exact_rescore else 0
-    vector_bytes = index.nbytes - 8 * n - copies
+    in_memory = 4 * n * dim if copies == "memory" else 0
+    vector_bytes = index.nbytes - 8 * n - in_memory
     assert vector_bytes == n * (2 * dim if dtype == "float16" else dim + 4)
     assert exact.nbytes - 8 * n == 4 * n * dim
     batch_ids, _ = index.search_batch(queries[:3], 10)
@@ -234,15 +278,19 @@ def test_compressed_modes_recall_and_memory(
 
 
 @pytest.mark.parametrize(
-    ("dtype", "exact_rescore"),
-    [("float32", False), ("float16", False), ("int8", False), ("int8", True)],
+    ("dtype", "copies"),
+    [("float32", None), ("float16", None), ("int8", None), ("int8", "memory"), ("int8", "file")],
 )
 def test_modes_remove_upsert_get_and_save_load(
-    dtype: str, exact_rescore: bool, tmp_path: Path
+    dtype: str, copies: str | None, tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(4)
     data = rng.standard_normal((300, 40)).astype(np.float32)
-    index = ar.VectorIndex(40, dtype=dtype, rescore=3, exact_rescore=exact_rescore)
+    exact_rescore = copies is not None
+    copies_file = tmp_path / "copies.f32" if copies == "file" else None
+    index = ar.VectorIndex(
+        40, dtype=dtype, rescore=3, exact_rescore=exact_rescore, originals_path=copies_file
+    )
     index.add(np.arange(300), data)
     index.remove([0, 17, 299])
     index.add(np.array([5]), data[6:7])
@@ -256,10 +304,19 @@ def test_modes_remove_upsert_get_and_save_load(
     index.save(path)
     loaded = ar.VectorIndex.load(path)
     assert (loaded.dtype, loaded.rescore, len(loaded)) == (dtype, 3, 297)
-    assert loaded.exact_rescore == exact_rescore
+    assert loaded.exact_rescore == exact_rescore and loaded.originals_path is None
     q = rng.standard_normal(40).astype(np.float32)
     np.testing.assert_array_equal(loaded.search(q, 7)[0], index.search(q, 7)[0])
     np.testing.assert_array_equal(loaded.get(5), stored)
+    if exact_rescore:  # the copies can move to a file on load, and back into memory on save
+        moved = ar.VectorIndex.load(path, originals_path=tmp_path / "loaded.f32")
+        assert moved.originals_path == str(tmp_path / "loaded.f32")
+        assert moved.nbytes == loaded.nbytes - 4 * 297 * 40
+        np.testing.assert_array_equal(moved.search(q, 7)[0], index.search(q, 7)[0])
+        np.testing.assert_array_equal(moved.get(5), stored)
+    else:
+        with pytest.raises(ar.PersistenceError, match="no float32 copies"):
+            ar.VectorIndex.load(path, originals_path=tmp_path / "never.f32")
 
 
 def test_bad_dtype_and_rescore_are_clear_errors() -> None:
@@ -267,6 +324,10 @@ def test_bad_dtype_and_rescore_are_clear_errors() -> None:
         ar.VectorIndex(8, dtype="float64")
     with pytest.raises(ar.MemoryStoreError, match="rescore"):
         ar.VectorIndex(8, dtype="int8", rescore=0)
-    with pytest.raises(ar.MemoryStoreError, match="exact_rescore applies to dtype"):
+    with pytest.raises(ar.MemoryStoreError, match="apply to dtype"):
         ar.VectorIndex(8, dtype="float16", exact_rescore=True)
+    with pytest.raises(ar.MemoryStoreError, match="apply to dtype"):
+        ar.VectorIndex(8, dtype="float32", originals_path="unused.f32")
+    with pytest.raises(ar.PersistenceError, match="cannot create"):
+        ar.VectorIndex(8, dtype="int8", originals_path="/nonexistent-dir/copies.f32")
     assert "int8" in repr(ar.VectorIndex(8, dtype="int8"))

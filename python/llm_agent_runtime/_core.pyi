@@ -1,5 +1,6 @@
 """Type stubs for the compiled `llm_agent_runtime._core` extension (kept in step with rust/)."""
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, final
 
@@ -270,12 +271,22 @@ class EpisodicStore:
 class VectorIndex:
     """Cosine-similarity index (SIMD, multi-core, GIL released); float32, float16 or int8.
 
+    With originals_path (int8), the float32 copies used for exact re-scoring live in that file
+    instead of memory: memory is a quarter of float32's.
+
     Raises:
-        MemoryStoreError: dim or rescore is 0, an unknown dtype, or exact_rescore without int8.
+        MemoryStoreError: dim or rescore is 0, an unknown dtype, or exact_rescore or
+            originals_path without int8.
+        PersistenceError: originals_path cannot be created.
     """
 
     def __new__(
-        cls, dim: int, dtype: str = "float32", rescore: int = 8, exact_rescore: bool = False
+        cls,
+        dim: int,
+        dtype: str = "float32",
+        rescore: int = 8,
+        exact_rescore: bool = False,
+        originals_path: str | os.PathLike[str] | None = None,
     ) -> VectorIndex: ...
     @property
     def dim(self) -> int: ...
@@ -289,10 +300,17 @@ class VectorIndex:
     def exact_rescore(self) -> bool:
         """Whether int8 searches re-score against kept float32 copies."""
     @property
+    def originals_path(self) -> str | None:
+        """The file holding the float32 copies, or None."""
+    @property
     def nbytes(self) -> int:
-        """Bytes held by the ids and the stored vectors (and float32 copies, if kept)."""
+        """Bytes of memory held by the ids, the stored vectors and in-memory float32 copies."""
     def get(self, id: int) -> npt.NDArray[np.float32] | None:
-        """The stored vector of id (normalized, dequantized), or None."""
+        """The stored vector of id (normalized, dequantized), or None.
+
+        Raises:
+            PersistenceError: float32 copies kept in a file cannot be read.
+        """
     def add(self, ids: npt.ArrayLike, vectors: npt.NDArray[np.float32]) -> None:
         """Adds or replaces vectors (all or nothing).
 
@@ -324,11 +342,12 @@ class VectorIndex:
             PersistenceError: the file cannot be written.
         """
     @staticmethod
-    def load(path: str) -> VectorIndex:
-        """Reads an index written by save().
+    def load(path: str, originals_path: str | os.PathLike[str] | None = None) -> VectorIndex:
+        """Reads an index written by save(); originals_path puts its float32 copies in a file.
 
         Raises:
-            PersistenceError: unreadable, not an index, other version, truncated or corrupt.
+            PersistenceError: unreadable, not an index, other version, truncated or corrupt,
+                or originals_path for an index without float32 copies.
         """
     def __len__(self) -> int: ...
     def __contains__(self, id: int, /) -> bool: ...
