@@ -90,7 +90,7 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-fn panic_to_pyerr(payload: &(dyn Any + Send)) -> PyErr {
+pub(crate) fn panic_to_pyerr(payload: &(dyn Any + Send)) -> PyErr {
     AgentRuntimeError::new_err(format!(
         "internal error in the Rust core (please report it): {}",
         panic_message(payload)

@@ -12,6 +12,12 @@ pub mod vector;
 
 use pyo3::prelude::*;
 
+/// mimalloc keeps freed pages for reuse: building and dropping large graphs, indexes and
+/// stores does not map fresh (page-faulting) memory from the kernel each time, and small
+/// allocations are cheaper than glibc's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The compiled core of `llm_agent_runtime`; import the package, not this module.
 #[pymodule(gil_used = false)]
 mod _core {

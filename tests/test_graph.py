@@ -252,6 +252,17 @@ def test_bulk_builders() -> None:
         ar.GraphStore.from_edge_list(2, [(0, 1, float("inf"))])
     with pytest.raises(ar.GraphError, match="2 or 3 items"):
         ar.GraphStore.from_edge_list(2, [(0, 1, 1.0, 9)])
+    # A large graph's entities are made on a second thread while the edges are read.
+    n = 6_000
+    edges = [(i % n, (i * 7 + 1) % n, float(i % 5 + 1)) for i in range(3 * n)]
+    big = ar.GraphStore.from_edge_list(n, edges)
+    assert big.entity_count() == n and big.relationship_count() == 3 * n
+    assert big.entity_ids()[:3] == ["0", "1", "2"] and big.has_entity(str(n - 1))
+    assert big.shortest_path("0", "1") == (["0", "1"], 1.0)
+    with pytest.raises(ar.GraphError, match="out of range"):
+        ar.GraphStore.from_edge_list(n, [*edges, (0, n)])
+    with pytest.raises(ar.GraphError, match="tuple"):
+        ar.GraphStore.from_edge_list(n, [*edges[:10], [0, 1]])
     g.add_entities(["x", "y"])
     assert g.entity_count() == 6
     with pytest.raises(ar.GraphError, match="already exists"):

@@ -15,22 +15,23 @@ pub mod store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 
+use compact_str::CompactString;
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use rustc_hash::FxHashMap;
 
-use crate::errors::{catch_panics, run_detached, CoreError, CoreResult};
+use crate::errors::{catch_panics, panic_to_pyerr, run_detached, CoreError, CoreResult};
 use algo::DegreeMode;
 use community::SplitMix;
 use csr::{Adjacency, Snapshot};
-use store::{check_weight, Store};
+use store::{check_weight, Relationship, Store};
 
 /// What the algorithms read: a consistent copy of one mutation generation.
 struct Frozen {
     snapshot: Snapshot,
-    ids: Vec<String>,
-    index: FxHashMap<String, u32>,
+    ids: Vec<CompactString>,
+    index: FxHashMap<CompactString, u32>,
     edges: Vec<(u32, u32, f64)>,
     /// The ids as Python strings, made once per generation for results that list nodes.
     py_ids: OnceLock<Vec<Py<PyString>>>,
@@ -38,7 +39,7 @@ struct Frozen {
 
 impl Frozen {
     fn build(store: &Store) -> Frozen {
-        let ids: Vec<String> = store.entities().iter().map(|e| e.id.clone()).collect();
+        let ids: Vec<CompactString> = store.entities().iter().map(|e| e.id.clone()).collect();
         let index = ids
             .iter()
             .enumerate()
@@ -96,7 +97,7 @@ impl Frozen {
     fn names(&self, nodes: &[u32]) -> Vec<String> {
         nodes
             .iter()
-            .map(|&v| self.ids[v as usize].clone())
+            .map(|&v| self.ids[v as usize].to_string())
             .collect()
     }
 
@@ -109,6 +110,78 @@ impl Frozen {
             Ok(())
         }
     }
+}
+
+/// Entities above which `from_edge_list` makes them on a second thread.
+const PARALLEL_ENTITIES: usize = 4_096;
+
+/// `from_edge_list`'s work: entities "0".."n-1" and the relationships of `edges`.
+fn build_numbered(n: u32, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGraphStore> {
+    let mut store = Store::default();
+    let kind = store.intern(kind);
+    // A large graph's entities are made on another core while this one (holding the GIL)
+    // reads the edges from Python.
+    let (mut store, relationships) = if n as usize >= PARALLEL_ENTITIES {
+        std::thread::scope(|scope| -> PyResult<_> {
+            let worker = scope.spawn(move || store.add_numbered_entities(n).map(|()| store));
+            let relationships = edge_list(n, edges, kind)?;
+            let store = worker
+                .join()
+                .map_err(|payload| panic_to_pyerr(payload.as_ref()))??;
+            Ok((store, relationships))
+        })?
+    } else {
+        store.add_numbered_entities(n)?;
+        (store, edge_list(n, edges, kind)?)
+    };
+    store.append_relationships(relationships);
+    Ok(PyGraphStore::from_store(store))
+}
+
+/// The relationships of `from_edge_list`'s `edges`: tuples `(u, v)` or `(u, v, weight)`.
+fn edge_list(n: u32, edges: &Bound<'_, PyAny>, kind: u32) -> PyResult<Vec<Relationship>> {
+    let mut relationships = Vec::with_capacity(edges.len().unwrap_or(0));
+    let shape_error = || {
+        PyErr::from(CoreError::Graph(
+            "each edge must be a tuple (u, v[, weight])".into(),
+        ))
+    };
+    let mut add = |item: &Bound<'_, PyAny>| -> PyResult<()> {
+        let tuple = item.cast::<PyTuple>().map_err(|_| shape_error())?;
+        let len = tuple.len();
+        if !(2..=3).contains(&len) {
+            return Err(
+                CoreError::Graph(format!("an edge tuple has 2 or 3 items, got {len}")).into(),
+            );
+        }
+        let from: u32 = tuple.get_borrowed_item(0)?.extract()?;
+        let to: u32 = tuple.get_borrowed_item(1)?.extract()?;
+        let weight: f64 = if len == 3 {
+            tuple.get_borrowed_item(2)?.extract()?
+        } else {
+            1.0
+        };
+        if from >= n || to >= n {
+            return Err(CoreError::Graph(format!(
+                "edge ({from}, {to}) is out of range for {n} entities"
+            ))
+            .into());
+        }
+        check_weight(weight)?;
+        relationships.push(Relationship::new(from, to, kind, weight));
+        Ok(())
+    };
+    // A list is walked by index (no iterator protocol per edge).
+    if let Ok(list) = edges.cast::<PyList>() {
+        for item in list.iter() {
+            add(&item)?;
+        }
+    } else {
+        for item in edges.try_iter()? {
+            add(&item?)?;
+        }
+    }
+    Ok(relationships)
 }
 
 /// A directed multigraph of entities and typed, weighted relationships, with traversal,
@@ -228,12 +301,12 @@ impl PyGraphStore {
     #[pyo3(signature = (id, label = "", properties = None))]
     fn add_entity(
         &self,
-        id: String,
+        id: &str,
         label: &str,
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let properties = props::properties(properties)?;
-        self.mutate(|s| s.add_entity(id, label.to_owned(), properties))
+        self.mutate(|s| s.add_entity(id, label, properties).map(|_| ()))
     }
 
     /// Replaces an entity's label and/or properties (None keeps the current one).
@@ -271,11 +344,11 @@ impl PyGraphStore {
         let index = store.index_of(id)?;
         let e = &store.entities()[index as usize];
         let dict = PyDict::new(py);
-        dict.set_item("id", &e.id)?;
-        dict.set_item("label", &e.label)?;
+        dict.set_item("id", e.id.as_str())?;
+        dict.set_item("label", e.label.as_str())?;
         dict.set_item(
             "properties",
-            props::properties_to_python(py, &e.properties)?,
+            props::properties_to_python(py, e.properties.value())?,
         )?;
         Ok(dict)
     }
@@ -286,7 +359,7 @@ impl PyGraphStore {
             .read()
             .entities()
             .iter()
-            .map(|e| e.id.clone())
+            .map(|e| e.id.to_string())
             .collect()
     }
 
@@ -411,53 +484,7 @@ impl PyGraphStore {
     #[staticmethod]
     #[pyo3(signature = (n, edges, kind = "related"))]
     fn from_edge_list(n: u32, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGraphStore> {
-        let mut store = Store::default();
-        store.reserve(n as usize, edges.len().unwrap_or(0));
-        for i in 0..n {
-            store.add_entity(i.to_string(), String::new(), serde_json::Value::Null)?;
-        }
-        let kind = store.intern(kind);
-        let shape_error = || {
-            PyErr::from(CoreError::Graph(
-                "each edge must be a tuple (u, v[, weight])".into(),
-            ))
-        };
-        let mut add = |item: &Bound<'_, PyAny>| -> PyResult<()> {
-            let tuple = item.cast::<PyTuple>().map_err(|_| shape_error())?;
-            let len = tuple.len();
-            if !(2..=3).contains(&len) {
-                return Err(
-                    CoreError::Graph(format!("an edge tuple has 2 or 3 items, got {len}")).into(),
-                );
-            }
-            let u: u32 = tuple.get_borrowed_item(0)?.extract()?;
-            let v: u32 = tuple.get_borrowed_item(1)?.extract()?;
-            let weight: f64 = if len == 3 {
-                tuple.get_borrowed_item(2)?.extract()?
-            } else {
-                1.0
-            };
-            if u >= n || v >= n {
-                return Err(CoreError::Graph(format!(
-                    "edge ({u}, {v}) is out of range for {n} entities"
-                ))
-                .into());
-            }
-            check_weight(weight)?;
-            store.push_relationship(u, v, kind, weight);
-            Ok(())
-        };
-        // A list is walked by index (no iterator protocol per edge).
-        if let Ok(list) = edges.cast::<PyList>() {
-            for item in list.iter() {
-                add(&item)?;
-            }
-        } else {
-            for item in edges.try_iter()? {
-                add(&item?)?;
-            }
-        }
-        Ok(PyGraphStore::from_store(store))
+        catch_panics(|| build_numbered(n, edges, kind))
     }
 
     /// Adds entities by id (empty label, no properties); all or nothing.
@@ -473,7 +500,7 @@ impl PyGraphStore {
                 }
             }
             for id in ids {
-                s.add_entity(id, String::new(), serde_json::Value::Null)?;
+                s.add_entity(id, "", serde_json::Value::Null)?;
             }
             Ok(())
         })
@@ -608,7 +635,7 @@ impl PyGraphStore {
             }
             Ok(seen
                 .into_iter()
-                .map(|v| f.ids[v as usize].clone())
+                .map(|v| f.ids[v as usize].to_string())
                 .collect())
         })
     }
@@ -621,7 +648,7 @@ impl PyGraphStore {
             for (v, reach) in closure.into_iter().enumerate() {
                 let mut names = f.names(&reach);
                 names.sort_unstable();
-                out.insert(f.ids[v].clone(), names);
+                out.insert(f.ids[v].to_string(), names);
             }
             Ok(out)
         })
@@ -1007,7 +1034,7 @@ fn relationship_dicts<'a, 'py>(
         dict.set_item("weight", r.weight)?;
         dict.set_item(
             "properties",
-            props::properties_to_python(py, &r.properties)?,
+            props::properties_to_python(py, r.properties.value())?,
         )?;
         list.append(dict)?;
     }

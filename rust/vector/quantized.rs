@@ -13,7 +13,8 @@
 //!   is bounded by int8 precision (about 0.99 on isotropic 384-d data at N = 100k, 0.97 at
 //!   1M, lower inside tight clusters). The index can keep float32 copies beside the codes
 //!   (`exact_rescore`) to re-score exactly instead: scans still read a quarter of the bytes,
-//!   but memory grows to 1.25x that of float32.
+//!   but memory grows to 1.25x that of float32, unless the copies live in a file (see
+//!   `originals`), where a search reads only its shortlisted rows.
 
 use super::TopK;
 

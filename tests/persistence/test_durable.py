@@ -278,9 +278,9 @@ async def test_native_mode_resume_rebuilds_the_chat() -> None:
     seen: list[list[Any]] = []
 
     class Recorder(ar.ScriptedProvider):
-        def chat_stream(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+        async def chat(self, messages: Any, tools: Any = None, **params: Any) -> Any:
             seen.append(list(messages))
-            return super().chat_stream(messages, tools, **params)
+            return await super().chat(messages, tools, **params)
 
     final = ar.providers.base.ChatResponse(text="3")
     resumed = await runtime.resume(session.session_id, Recorder([final]))
