@@ -251,9 +251,11 @@ def tool(
                 prop["description"] = arg_docs[prop_name]
         is_async = inspect.iscoroutinefunction(func)
 
+        validate_python = validator.validator.validate_python  # the core: one frame less
+
         def validate(arguments: dict[str, Any]) -> dict[str, Any]:
             try:
-                checked: dict[str, Any] = validator.validate_python(arguments)
+                checked: dict[str, Any] = validate_python(arguments)
             except ValidationError as error:
                 problems = "; ".join(
                     f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
@@ -376,9 +378,11 @@ class ToolRegistry:
             if isinstance(error, TimeoutError):
                 message = f"timed out after {spec.timeout} s"
             return Observation(_truncate(f"error: {message}", max_chars), kind)
-        return Observation(_truncate(_render(result), max_chars))
+        # tuple.__new__ skips the named tuple's Python-level __new__: the success path is hot.
+        return _new_tuple(Observation, (_truncate(_render(result), max_chars), None))
 
 
+_new_tuple = tuple.__new__
 _TRUNCATION_MARK = " …[truncated]"
 
 
