@@ -180,6 +180,7 @@ fn scan_rows(rows: &[f32], dim: usize, first: usize, query: &[f32], top: &mut To
 #[target_feature(enable = "avx2,fma")]
 fn scan_rows_avx2(rows: &[f32], dim: usize, first: usize, query: &[f32], top: &mut TopK) {
     for (i, row) in rows.chunks_exact(dim).enumerate() {
+        quantized::prefetch(rows, (i + quantized::PREFETCH_ROWS) * dim, dim * 4);
         top.push(dot_avx2(row, query), first + i);
     }
 }

@@ -4,7 +4,6 @@
 //! entity swap-removes it, so indices stay dense and the adjacency snapshot needs no remapping.
 //! Relationships are kept in insertion order, which fixes the neighbour order of every
 //! traversal (the same order networkx uses for a graph built from the same edges).
-
 //!
 //! Ids and labels are `CompactString`s: up to 24 bytes they live inline, so building a graph
 //! of short ids allocates nothing per entity, and properties are boxed (8 bytes when absent):

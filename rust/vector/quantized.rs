@@ -342,13 +342,13 @@ fn scan_f16_avx2(rows: &[u16], dim: usize, first: usize, query: &[f32], top: &mu
 /// Rows ahead of the scan whose cache lines are requested early: the hardware prefetcher
 /// alone leaves the compressed scans short of the memory bandwidth.
 #[cfg(target_arch = "x86_64")]
-const PREFETCH_ROWS: usize = 8;
+pub(crate) const PREFETCH_ROWS: usize = 8;
 
 /// Asks for the cache lines of `bytes` bytes of `data` from element `at` on (a hint: no-op past
 /// the end).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn prefetch<T>(data: &[T], at: usize, bytes: usize) {
+pub(crate) fn prefetch<T>(data: &[T], at: usize, bytes: usize) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     if let Some(tail) = data.get(at..) {
         let base = tail.as_ptr().cast::<i8>();
