@@ -558,6 +558,7 @@ class AgentRuntime:
         post_hooks = self._hooks["on_post_llm"]
         events = self.events
         perf = time.perf_counter
+        streamed = getattr(provider, "streams_text", True)
         for _ in range(config.max_iterations - rounds_done):
             round_start = perf()
             if journal:
@@ -568,8 +569,12 @@ class AgentRuntime:
             elif self._tracer is not None:
                 with self._tracer.start_as_current_span("agent.llm"):
                     response = await self._chat(session, provider, messages, tool_defs)
-            else:
+            elif streamed and events.active:
                 response = await self._chat(session, provider, messages, tool_defs)
+            else:  # the common case inline: one coroutine less per round
+                response = await provider.chat(messages, tools=tool_defs, model=config.model)
+                if response.text and events.active:
+                    events.emit(_event(LlmTextDelta, (session.session_id, response.text)))
             model_ms = (perf() - round_start) * 1000.0
             text = response.text
             for hook in post_hooks:
@@ -605,17 +610,23 @@ class AgentRuntime:
             tools_total = 0.0
             steps: list[Step] = []
             for call, (observation, tool_ms) in zip(calls, results, strict=True):
-                error_kind = observation.error_kind
-                step = Step(text, call.name, call.arguments, observation.content, error_kind)
-                if not steps:  # the round's tokens are counted once, on its first step
-                    step.input_tokens = usage.input_tokens
-                    step.output_tokens = usage.output_tokens
-                step.model_ms = share
-                step.tool_ms = tool_ms
+                content, error_kind = observation
+                first = not steps  # the round's tokens are counted once, on its first step
+                step = Step(
+                    text,
+                    call.name,
+                    call.arguments,
+                    content,
+                    error_kind,
+                    usage.input_tokens if first else 0,
+                    usage.output_tokens if first else 0,
+                    share,
+                    tool_ms,
+                )
                 tools_total += tool_ms
                 failed = failed or error_kind is not None
-                messages.append(Message("tool", observation.content, [], call.id, call.name))
-                record = self._commit_step(session, step, text, call.id, not steps)
+                messages.append(Message("tool", content, [], call.id, call.name))
+                record = self._commit_step(session, step, text, call.id, first)
                 if record is not None:
                     await self._save_step(session, record)
                 steps.append(step)
