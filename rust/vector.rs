@@ -828,7 +828,8 @@ type Hits<'py, D> = (
 ///     rescore: int8 shortlist factor (candidates re-scored per result).
 ///     exact_rescore: int8 only: keep float32 copies and re-score against them.
 ///     originals_path: int8 only, implies ``exact_rescore``: a file (created, or truncated)
-///         that holds the float32 copies instead of memory; the index owns it.
+///         that holds the float32 copies instead of memory. It is left on disk when the
+///         index goes away but means nothing without it: persist the index with ``save``.
 ///
 /// Raises:
 ///     MemoryStoreError: `dim` or `rescore` is 0, an unknown `dtype`, or `exact_rescore` or
