@@ -484,9 +484,7 @@ class AgentRuntime:
                 reply = await _maybe_await(hook(session, reply)) or reply
             input_tokens = len(text_prompt) // _CHARS_PER_TOKEN
             output_tokens = len(reply) // _CHARS_PER_TOKEN
-            self.metrics.record_tokens(input_tokens, output_tokens)
-            if self.budget is not None:
-                self.budget.record(input_tokens, output_tokens)
+            self._charge(input_tokens, output_tokens)
             if events.active:
                 response_event = (session.session_id, len(session.steps), reply, model_ms)
                 events.emit(_event(LlmResponse, response_event))
@@ -558,7 +556,6 @@ class AgentRuntime:
         post_hooks = self._hooks["on_post_llm"]
         events = self.events
         perf = time.perf_counter
-        streamed = getattr(provider, "streams_text", True)
         for _ in range(config.max_iterations - rounds_done):
             round_start = perf()
             if journal:
@@ -569,20 +566,14 @@ class AgentRuntime:
             elif self._tracer is not None:
                 with self._tracer.start_as_current_span("agent.llm"):
                     response = await self._chat(session, provider, messages, tool_defs)
-            elif streamed and events.active:
+            else:
                 response = await self._chat(session, provider, messages, tool_defs)
-            else:  # the common case inline: one coroutine less per round
-                response = await provider.chat(messages, tools=tool_defs, model=config.model)
-                if response.text and events.active:
-                    events.emit(_event(LlmTextDelta, (session.session_id, response.text)))
             model_ms = (perf() - round_start) * 1000.0
             text = response.text
             for hook in post_hooks:
                 text = await _maybe_await(hook(session, text)) or text
             usage = response.usage
-            self.metrics.record_tokens(usage.input_tokens, usage.output_tokens)
-            if self.budget is not None:
-                self.budget.record(usage.input_tokens, usage.output_tokens)
+            self._charge(usage.input_tokens, usage.output_tokens)
             if events.active:
                 response_event = (session.session_id, len(session.steps), text, model_ms)
                 events.emit(_event(LlmResponse, response_event))
@@ -739,6 +730,11 @@ class AgentRuntime:
     def forget_approvals(self, session_id: str) -> None:
         """Drops the approval decisions remembered for a session."""
         self._approvals.pop(session_id, None)
+
+    def _charge(self, input_tokens: int, output_tokens: int) -> None:
+        self.metrics.record_tokens(input_tokens, output_tokens)
+        if self.budget is not None:
+            self.budget.record(input_tokens, output_tokens)
 
     def _commit_step(
         self,
