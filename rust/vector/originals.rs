@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 
 use super::dot_portable;
-use super::quantized::reserve_huge;
+use super::quantized::{f32_from_le, f32_to_le, reserve_huge};
 use crate::errors::{CoreError, CoreResult};
 
 /// Where the float32 copies live.
@@ -44,7 +44,9 @@ impl PartialEq for Originals {
 }
 
 fn le_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|x| x.to_le_bytes()).collect()
+    let mut bytes = Vec::new();
+    f32_to_le(values, &mut bytes);
+    bytes
 }
 
 impl Originals {
@@ -169,10 +171,7 @@ impl Originals {
             Self::File(f) => {
                 let mut bytes = vec![0u8; dim * 4];
                 f.read_row(r, &mut bytes)?;
-                Ok(bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect())
+                Ok(f32_from_le(&bytes))
             }
         }
     }

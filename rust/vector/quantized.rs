@@ -215,16 +215,12 @@ impl Rows {
     /// The rows' bytes, little-endian (int8: the scales, then the codes).
     pub fn to_le_bytes(&self, out: &mut Vec<u8>) {
         match self {
-            Self::F32(data) => data
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::F32(data) => f32_to_le(data, out),
             Self::F16(data) => data
                 .iter()
                 .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
             Self::I8 { codes, scales } => {
-                scales
-                    .iter()
-                    .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+                f32_to_le(scales, out);
                 out.extend(codes.iter().map(|&c| c as u8));
             }
         }
@@ -235,13 +231,8 @@ impl Rows {
         if bytes.len() != rows.checked_mul(dtype.row_bytes(dim))? {
             return None;
         }
-        let f32s = |b: &[u8]| -> Vec<f32> {
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        };
         Some(match dtype {
-            Dtype::F32 => Self::F32(f32s(bytes)),
+            Dtype::F32 => Self::F32(f32_from_le(bytes)),
             Dtype::F16 => Self::F16(
                 bytes
                     .chunks_exact(2)
@@ -250,7 +241,7 @@ impl Rows {
             ),
             Dtype::I8 => {
                 let (scales, codes) = bytes.split_at(rows * 4);
-                let scales = f32s(scales);
+                let scales = f32_from_le(scales);
                 if scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
                     return None;
                 }
@@ -261,6 +252,22 @@ impl Rows {
             }
         })
     }
+}
+
+/// Appends `values` to `out` as little-endian bytes.
+pub fn f32_to_le(values: &[f32], out: &mut Vec<u8>) {
+    out.reserve(values.len() * 4);
+    values
+        .iter()
+        .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+}
+
+/// The float32 values of little-endian `bytes` (a multiple of 4 long).
+pub fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// Reserves room for `extra` more values. When that moves the buffer (to fresh, untouched
@@ -340,7 +347,7 @@ fn scan_f16_avx2(rows: &[u16], dim: usize, first: usize, query: &[f32], top: &mu
 }
 
 /// Rows ahead of the scan whose cache lines are requested early: the hardware prefetcher
-/// alone leaves the compressed scans short of the memory bandwidth.
+/// alone leaves the scans short of the memory bandwidth.
 #[cfg(target_arch = "x86_64")]
 pub(crate) const PREFETCH_ROWS: usize = 8;
 
