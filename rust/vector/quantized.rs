@@ -347,9 +347,11 @@ fn scan_f16_avx2(rows: &[u16], dim: usize, first: usize, query: &[f32], top: &mu
 }
 
 /// Rows ahead of the scan whose cache lines are requested early: the hardware prefetcher
-/// alone leaves the scans short of the memory bandwidth.
+/// alone leaves the scans short of the memory bandwidth. Measured at d=384 on 1M rows: 2
+/// rows ahead beat 8 by ~10% (float32) and ~20% (float16); further ahead, the lines are
+/// evicted or compete with the rows being read.
 #[cfg(target_arch = "x86_64")]
-pub(crate) const PREFETCH_ROWS: usize = 8;
+pub(crate) const PREFETCH_ROWS: usize = 2;
 
 /// Asks for the cache lines of `bytes` bytes of `data` from element `at` on (a hint: no-op past
 /// the end).
@@ -446,7 +448,7 @@ fn scan_i8_avx2(
     top: &mut TopK,
 ) {
     for (i, (row, &scale)) in codes.chunks_exact(dim).zip(scales).enumerate() {
-        prefetch(codes, (i + PREFETCH_ROWS) * dim, dim);
+        prefetch(codes, (i + 2 * PREFETCH_ROWS) * dim, dim); // rows a quarter the size
         top.push(dot_i8_avx2(row, query) as f32 * scale, first + i);
     }
 }
