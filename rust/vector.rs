@@ -383,11 +383,12 @@ impl Index {
             // The copies first, new rows before replaced ones: a failed append changes nothing.
             originals.reserve(new_rows, self.dim);
             let rows = || normalized.chunks_exact(self.dim).zip(ids);
-            let appended: Vec<f32> = rows()
-                .filter(|(_, id)| !self.rows.contains_key(id))
-                .flat_map(|(row, _)| row.iter().copied())
-                .collect();
-            originals.append(&appended)?;
+            let known = &self.rows;
+            originals.append(
+                rows()
+                    .filter(|(_, id)| !known.contains_key(id))
+                    .map(|(row, _)| row),
+            )?;
             for (row, id) in rows() {
                 if let Some(&r) = self.rows.get(id) {
                     originals.set(r, row)?;
@@ -695,7 +696,7 @@ impl Index {
             }
             (Some(values), Some(file)) => {
                 let mut copies = Originals::in_file(file, dim)?;
-                copies.append(&values)?;
+                copies.append(values.chunks_exact(dim))?;
                 Some(copies)
             }
             (values, None) => values.map(Originals::Memory),

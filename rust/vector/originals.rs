@@ -43,6 +43,9 @@ impl PartialEq for Originals {
     }
 }
 
+/// Bytes a file read or write moves at once.
+const CHUNK_BYTES: usize = 1 << 20;
+
 fn le_bytes(values: &[f32]) -> Vec<u8> {
     let mut bytes = Vec::new();
     f32_to_le(values, &mut bytes);
@@ -94,23 +97,37 @@ impl Originals {
         }
     }
 
-    /// Appends whole rows; a failed file write is rolled back.
+    /// Appends whole rows, written to a file 1 MiB at a time (no copy of the whole batch);
+    /// a failed file write is rolled back.
     ///
     /// # Errors
     /// [`CoreError::Persistence`] when the file cannot be written (nothing is appended).
-    pub fn append(&mut self, rows: &[f32]) -> CoreResult<()> {
+    pub fn append<'a>(&mut self, rows: impl Iterator<Item = &'a [f32]>) -> CoreResult<()> {
         match self {
-            Self::Memory(values) => values.extend_from_slice(rows),
+            Self::Memory(values) => rows.for_each(|row| values.extend_from_slice(row)),
             Self::File(f) => {
                 f.usable()?;
-                let at = f.offset(f.rows);
-                if let Err(e) = f.file.write_all_at(&le_bytes(rows), at) {
-                    if let Err(undo) = f.file.set_len(at) {
-                        f.broken = Some(format!("rolling back a failed append: {undo}"));
+                let start = f.offset(f.rows);
+                let mut at = start;
+                let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+                let mut rows = rows.peekable();
+                while rows.peek().is_some() {
+                    chunk.clear();
+                    while chunk.len() < CHUNK_BYTES {
+                        match rows.next() {
+                            Some(row) => f32_to_le(row, &mut chunk),
+                            None => break,
+                        }
                     }
-                    return Err(f.error("write", &e));
+                    if let Err(e) = f.file.write_all_at(&chunk, at) {
+                        if let Err(undo) = f.file.set_len(start) {
+                            f.broken = Some(format!("rolling back a failed append: {undo}"));
+                        }
+                        return Err(f.error("write", &e));
+                    }
+                    at += chunk.len() as u64;
                 }
-                f.rows += rows.len() / f.dim;
+                f.rows = (at / (f.dim as u64 * 4)) as usize;
             }
         }
         Ok(())
@@ -193,17 +210,16 @@ impl Originals {
     /// [`CoreError::Persistence`] when reading the copies or writing `out` fails.
     pub fn write_le(&self, out: &mut impl Write) -> CoreResult<()> {
         let io = |e: std::io::Error| CoreError::Persistence(format!("cannot write: {e}"));
-        const CHUNK_VALUES: usize = 1 << 18; // 1 MiB a write
         match self {
             Self::Memory(values) => {
-                for chunk in values.chunks(CHUNK_VALUES) {
+                for chunk in values.chunks(CHUNK_BYTES / 4) {
                     out.write_all(&le_bytes(chunk)).map_err(io)?;
                 }
             }
             Self::File(f) => {
                 f.usable()?;
                 let total = f.offset(f.rows);
-                let mut buffer = vec![0u8; CHUNK_VALUES * 4];
+                let mut buffer = vec![0u8; CHUNK_BYTES];
                 let mut at = 0u64;
                 while at < total {
                     let len = (total - at).min(buffer.len() as u64) as usize;
