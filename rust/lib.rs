@@ -4,6 +4,7 @@
 
 pub mod embed;
 pub mod errors;
+pub mod events;
 pub mod graph;
 pub mod memory;
 pub mod metrics;
@@ -25,6 +26,8 @@ mod _core {
     use crate::embed::PyHashingEmbedder;
     #[pymodule_export]
     use crate::errors::raise_panic;
+    #[pymodule_export]
+    use crate::events::PyEventFanout;
     #[pymodule_export]
     use crate::graph::PyGraphStore;
     #[pymodule_export]

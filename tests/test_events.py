@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -76,3 +78,62 @@ async def test_native_mode_streams_text_deltas_when_listened_to() -> None:
     session = await rt.run_agent_with_provider("a", "q", provider)
     deltas = [e.text for e in seen if isinstance(e, ar.LlmTextDelta)]
     assert deltas == ["adding", "two"] and session.final_answer == "two"
+
+
+async def test_bus_delivers_in_order_and_schedules_coroutine_results() -> None:
+    bus = ar.EventBus()
+    order: list[str] = []
+    done: list[object] = []
+
+    async def later(event: object) -> None:
+        done.append(event)
+
+    bus.on(lambda event: order.append(f"first {event}"))
+    bus.on(lambda event: later(event))  # a sync callable returning a coroutine: scheduled
+    bus.on(lambda event: order.append(f"second {event}") or 42)  # other results are ignored
+    stream = bus.subscribe()
+    bus.emit("e1")  # type: ignore[arg-type]
+    bus.close()
+    assert order == ["first e1", "second e1"]
+    assert [event async for event in stream] == ["e1"]
+    await asyncio.sleep(0)
+    assert done == ["e1"]
+
+
+def test_bus_callback_errors_propagate_and_removal_mid_emit_is_safe() -> None:
+    bus = ar.EventBus()
+    seen: list[str] = []
+
+    def once(event: object) -> None:
+        seen.append("once")
+        bus.off(once)
+
+    bus.on(once)
+    bus.on(lambda event: seen.append("stays"))
+    bus.emit("e")  # type: ignore[arg-type]
+    bus.emit("e")  # type: ignore[arg-type]
+    # As with a Python loop over the list: removing the running callback skips the next one.
+    assert seen == ["once", "stays"]
+
+    def broken(event: object) -> None:
+        raise RuntimeError("listener failed")
+
+    bus.on(broken)
+    with pytest.raises(RuntimeError, match="listener failed"):
+        bus.emit("e")  # type: ignore[arg-type]
+
+
+def test_runtime_listening_to_itself_is_garbage_collected() -> None:
+    class Listener:
+        def __init__(self) -> None:
+            self.runtime = ar.AgentRuntime()
+            self.runtime.events.on(self.seen)  # runtime -> bus -> callbacks -> self -> runtime
+
+        def seen(self, event: object) -> None:
+            pass
+
+    listener = Listener()
+    ref = weakref.ref(listener)
+    del listener
+    gc.collect()
+    assert ref() is None

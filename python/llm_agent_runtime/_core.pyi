@@ -104,6 +104,22 @@ class MetricsSnapshot:
     def __eq__(self, value: object, /) -> bool: ...
 
 @final
+class EventFanout:
+    """Delivers events to a list of callbacks and a list of queues (`put_nowait`).
+
+    A callback's result other than None is handed to `schedule`.
+    """
+
+    def __new__(
+        cls,
+        callbacks: list[Callable[[Any], Any]],
+        queues: list[Any],
+        schedule: Callable[[Any], Any],
+    ) -> EventFanout: ...
+    def emit(self, event: Any) -> None:
+        """Calls every callback with `event`, then puts it on every queue, in list order."""
+
+@final
 class RuntimeMetrics:
     """Lock-free counters of an agent runtime, exact under contention."""
 

@@ -9,6 +9,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
+from llm_agent_runtime._core import EventFanout
+
 __all__ = [
     "CheckpointSaved",
     "ErrorEvent",
@@ -103,19 +105,37 @@ Event = (
 """Any event the runtime emits."""
 
 
+def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
+    """What happens to a callback's result: a coroutine (an async callback) is scheduled."""
+
+    def schedule(result: Any) -> None:
+        if asyncio.iscoroutine(result):
+            task = asyncio.ensure_future(result)
+            # Keep a reference so the scheduled callback is not garbage-collected mid-run.
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    return schedule
+
+
 class EventBus:
     """Fans events out to callbacks and to async subscribers.
 
     `active` is False while nobody listens, so the runtime skips building events entirely.
     """
 
-    __slots__ = ("_callbacks", "_pending", "_queues", "active")
+    __slots__ = ("_callbacks", "_pending", "_queues", "active", "emit")
 
     def __init__(self) -> None:
         self._callbacks: list[Callable[[Event], Any]] = []
         self._queues: list[asyncio.Queue[Event | None]] = []
         self._pending: set[asyncio.Future[Any]] = set()
         self.active = False
+        # The delivery loop runs in Rust, over these very lists.
+        self.emit: Callable[[Event], None] = EventFanout(
+            self._callbacks, self._queues, _scheduler(self._pending)
+        ).emit
+        """Delivers an event to every callback, then to every subscriber, in order."""
 
     def on(self, callback: Callable[[Event], Any]) -> Callable[[Event], Any]:
         """Registers `callback` (sync, or async: it is scheduled) for every event.
@@ -131,18 +151,6 @@ class EventBus:
         """Removes a callback registered with `on`."""
         self._callbacks.remove(callback)
         self.active = bool(self._callbacks or self._queues)
-
-    def emit(self, event: Event) -> None:
-        """Delivers `event` to every callback and subscriber."""
-        for callback in self._callbacks:
-            result = callback(event)
-            if result is not None and asyncio.iscoroutine(result):
-                # Keep a reference so the scheduled callback is not garbage-collected mid-run.
-                task = asyncio.ensure_future(result)
-                self._pending.add(task)
-                task.add_done_callback(self._pending.discard)
-        for queue in self._queues:
-            queue.put_nowait(event)
 
     def subscribe(self) -> AsyncIterator[Event]:
         """Subscribes now; the iterator yields events until `close()` is called.

@@ -230,6 +230,10 @@ class AgentRuntime:
         self._tracer = _load_tracer()
         self._approvals: dict[str, dict[str, ApprovalDecision]] = {}
         self._semantic_recall = bool(getattr(memory, "has_embedder", False))
+        # Whether a tool call passes capabilities, middlewares or an approval before it runs.
+        self._guarded = bool(
+            capabilities is not None or self._hooks["on_tool_call"] or approval_handler is not None
+        )
         if self._checkpoints is not None:
             self.events.on(self._log_event)
 
@@ -501,37 +505,52 @@ class AgentRuntime:
                 raise AgentLoopError(f"model output is not a ReAct step: {error}") from error
             final = parsed.final_answer
             if final is not None:
+                overhead_ms = (perf() - step_start) * 1000.0 - model_ms
                 step = Step(
-                    parsed.thought, "FINAL_ANSWER", final, "", None, input_tokens, output_tokens
+                    parsed.thought,
+                    "FINAL_ANSWER",
+                    final,
+                    "",
+                    None,
+                    input_tokens,
+                    output_tokens,
+                    model_ms,
+                    0.0,
+                    overhead_ms,
                 )
-                step.model_ms = model_ms
-                step.overhead_ms = (perf() - step_start) * 1000.0 - model_ms
                 session.final_answer = final
                 if (record := self._commit_step(session, step, reply=reply)) is not None:
                     await self._save_step(session, record)
                 return
             action = parsed.action or ""
-            step = Step(
-                parsed.thought, action, parsed.action_input, "", None, input_tokens, output_tokens
-            )
-            step.model_ms = model_ms
+            action_input = parsed.action_input
             if self._checkpoints is None:
-                observation, tool_ms = await self._call_tool(session, action, parsed.action_input)
+                observation, tool_ms = await self._call_tool(session, action, action_input)
             else:
                 entry = journal[0] if journal else {"reply": reply}
                 journal = []
                 observation, tool_ms = await self._durable_call(
-                    session, session.step_count + 1, 0, action, parsed.action_input, entry
+                    session, session.step_count + 1, 0, action, action_input, entry
                 )
-            step.observation = observation.content
-            step.error_kind = observation.error_kind
-            step.tool_ms = tool_ms
-            step.overhead_ms = (perf() - step_start) * 1000.0 - model_ms - tool_ms
+            content, error_kind = observation
+            overhead_ms = (perf() - step_start) * 1000.0 - model_ms - tool_ms
+            step = Step(
+                parsed.thought,
+                action,
+                action_input,
+                content,
+                error_kind,
+                input_tokens,
+                output_tokens,
+                model_ms,
+                tool_ms,
+                overhead_ms,
+            )
             if (record := self._commit_step(session, step, reply=reply)) is not None:
                 await self._save_step(session, record)
-            if observation.error_kind is not None and config.error_recovery == "stop":
+            if error_kind is not None and config.error_recovery == "stop":
                 return
-            transcript.append(f"{reply}\nObservation: {observation.content}")
+            transcript.append(f"{reply}\nObservation: {content}")
 
     async def _tool_loop(
         self,
@@ -555,6 +574,8 @@ class AgentRuntime:
         tool_defs = self._tool_definitions or None
         post_hooks = self._hooks["on_post_llm"]
         events = self.events
+        # A provider whose text exists whole is not streamed; its text is one delta event.
+        whole_text = not getattr(provider, "streams_text", True)
         perf = time.perf_counter
         for _ in range(config.max_iterations - rounds_done):
             round_start = perf()
@@ -570,6 +591,8 @@ class AgentRuntime:
                 response = await self._chat(session, provider, messages, tool_defs)
             model_ms = (perf() - round_start) * 1000.0
             text = response.text
+            if whole_text and text and events.active and not journal:
+                events.emit(_event(LlmTextDelta, (session.session_id, text)))
             for hook in post_hooks:
                 text = await _maybe_await(hook(session, text)) or text
             usage = response.usage
@@ -628,28 +651,33 @@ class AgentRuntime:
             if failed and config.error_recovery == "stop":
                 return
 
-    async def _chat(
+    def _chat(
+        self,
+        session: AgentSession,
+        provider: LlmProvider,
+        messages: list[Message],
+        tool_defs: list[ToolDefinition] | None,
+    ) -> Awaitable[ChatResponse]:
+        """One model call; streamed (emitting text deltas) only while someone listens.
+
+        Not a coroutine itself: an unstreamed call is the provider's own coroutine, so the
+        loop awaits one frame, not two. A provider with `streams_text = False` has its text
+        whole; the loop reports that text as one delta.
+        """
+        if self.events.active and getattr(provider, "streams_text", True):
+            return self._chat_stream(session, provider, messages, tool_defs)
+        return provider.chat(messages, tools=tool_defs, model=self.config.model)
+
+    async def _chat_stream(
         self,
         session: AgentSession,
         provider: LlmProvider,
         messages: list[Message],
         tool_defs: list[ToolDefinition] | None,
     ) -> ChatResponse:
-        """One model call; streamed (emitting text deltas) only while someone listens.
-
-        A provider with `streams_text = False` produces its text all at once: it is asked
-        with `chat` (no stream machinery) and the text is emitted as one delta.
-        """
-        model = self.config.model
-        if not self.events.active:
-            return await provider.chat(messages, tools=tool_defs, model=model)
-        if not getattr(provider, "streams_text", True):  # the whole text at once: no stream
-            whole = await provider.chat(messages, tools=tool_defs, model=model)
-            if whole.text:
-                self.events.emit(LlmTextDelta(session.session_id, whole.text))
-            return whole
         response: ChatResponse | None = None
-        async for event in provider.chat_stream(messages, tools=tool_defs, model=model):
+        stream = provider.chat_stream(messages, tools=tool_defs, model=self.config.model)
+        async for event in stream:
             if isinstance(event, TextDelta):
                 self.events.emit(LlmTextDelta(session.session_id, event.text))
             elif isinstance(event, StreamEnd):
@@ -673,25 +701,15 @@ class AgentRuntime:
         self, session: AgentSession, name: str, arguments: Any, key: str | None = None
     ) -> tuple[Observation, float]:
         """Runs one tool call through capabilities, approvals, middlewares and metrics."""
-        if self.capabilities is not None:
-            self.capabilities.check_tool(name)
-            self.capabilities.record_action()
-        for hook in self._hooks["on_tool_call"]:
-            rewritten = await _maybe_await(hook(session, name, arguments))
-            if rewritten is not None:
-                name, arguments = rewritten
-        if self.approval_handler is not None:
-            decision = await self._approve(session, name, arguments)
-            if decision.action == "deny":
-                reason = decision.reason or "denied by the approval handler"
-                return Observation(f"error: tool call {name!r} denied: {reason}", "permanent"), 0.0
-            if decision.action == "edit":
-                arguments = decision.arguments
-        agent_id = session.agent_id
-        self.metrics.record_tool_call(name, agent_id)
+        if self._guarded:
+            guarded = await self._guard_call(session, name, arguments)
+            if type(guarded) is Observation:
+                return guarded, 0.0
+            name, arguments = guarded
+        self.metrics.record_tool_call(name, session.agent_id)
         events = self.events
-        step_index = len(session.steps)
         if events.active:
+            step_index = len(session.steps)
             events.emit(_event(ToolCallStarted, (session.session_id, step_index, name, arguments)))
         start = time.perf_counter()
         if self._tracer is not None:
@@ -704,13 +722,33 @@ class AgentRuntime:
                 name, arguments, self.config.max_observation_chars, key
             )
         tool_ms = (time.perf_counter() - start) * 1000.0
-        if observation.error_kind is not None:
-            self.metrics.record_tool_failure(name, agent_id)
+        if observation[1] is not None:
+            self.metrics.record_tool_failure(name, session.agent_id)
         if events.active:
             content, error_kind = observation
             finished = (session.session_id, step_index, name, content, error_kind, tool_ms)
             events.emit(_event(ToolCallFinished, finished))
         return observation, tool_ms
+
+    async def _guard_call(
+        self, session: AgentSession, name: str, arguments: Any
+    ) -> tuple[str, Any] | Observation:
+        """Capabilities, middlewares and approval of one call: the call to run, or a denial."""
+        if self.capabilities is not None:
+            self.capabilities.check_tool(name)
+            self.capabilities.record_action()
+        for hook in self._hooks["on_tool_call"]:
+            rewritten = await _maybe_await(hook(session, name, arguments))
+            if rewritten is not None:
+                name, arguments = rewritten
+        if self.approval_handler is not None:
+            decision = await self._approve(session, name, arguments)
+            if decision.action == "deny":
+                reason = decision.reason or "denied by the approval handler"
+                return Observation(f"error: tool call {name!r} denied: {reason}", "permanent")
+            if decision.action == "edit":
+                arguments = decision.arguments
+        return name, arguments
 
     async def _approve(self, session: AgentSession, name: str, arguments: Any) -> ApprovalDecision:
         cache = self._approvals.setdefault(session.session_id, {})

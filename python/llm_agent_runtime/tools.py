@@ -92,7 +92,8 @@ class ToolSpec:
     """
 
     __slots__ = (
-        "_validate",
+        "_check",
+        "_direct",
         "circuit_breaker",
         "description",
         "handler",
@@ -136,7 +137,11 @@ class ToolSpec:
         self.idempotent = idempotent
         self.takes_idempotency_key = takes_idempotency_key
         self.is_async = inspect.iscoroutinefunction(handler)
-        self._validate: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        # The argument check `check_arguments` runs (replaced by `@tool` with pydantic's).
+        self._check: Callable[[Any], dict[str, Any]] = self._check_required
+        # An async `@tool` function without timeout or breaker, called with the checked
+        # arguments as keywords: no handler frame between the registry and the function.
+        self._direct: Callable[..., Awaitable[Any]] | None = None
 
     def definition(self) -> dict[str, Any]:
         """Returns the tool as a provider-neutral definition dict (name, description, schema)."""
@@ -148,17 +153,21 @@ class ToolSpec:
         Raises:
             ValueError: With a message for the model when arguments are missing or wrong.
         """
-        if not isinstance(arguments, dict):
-            if len(self.required_fields) == 1:
-                arguments = {self.required_fields[0]: arguments}
-            else:
-                raise ValueError(f"arguments of {self.name} must be a JSON object")
-        if self._validate is not None:  # typed tools: pydantic also reports missing fields
-            return self._validate(arguments)
-        missing = [f for f in self.required_fields if f not in arguments]
+        return self._check(arguments)
+
+    def _as_object(self, arguments: Any) -> dict[str, Any]:
+        """The arguments as a dict: a bare value is taken as the only required argument."""
+        if isinstance(arguments, dict):
+            return arguments
+        if len(self.required_fields) == 1:
+            return {self.required_fields[0]: arguments}
+        raise ValueError(f"arguments of {self.name} must be a JSON object")
+
+    def _check_required(self, arguments: Any) -> dict[str, Any]:
+        checked = self._as_object(arguments)
+        missing = [f for f in self.required_fields if f not in checked]
         if missing:
             raise ValueError(f"missing required argument(s) {', '.join(missing)}")
-        checked: dict[str, Any] = arguments
         return checked
 
     async def invoke(self, arguments: dict[str, Any]) -> Any:
@@ -253,7 +262,10 @@ def tool(
 
         validate_python = validator.validator.validate_python  # the core: one frame less
 
-        def validate(arguments: dict[str, Any]) -> dict[str, Any]:
+        def validate(arguments: Any) -> dict[str, Any]:
+            # pydantic reports missing fields too; only a bare value needs wrapping first.
+            if type(arguments) is not dict:
+                arguments = spec._as_object(arguments)
             try:
                 checked: dict[str, Any] = validate_python(arguments)
             except ValidationError as error:
@@ -265,7 +277,6 @@ def tool(
             return checked
 
         def handler(arguments: dict[str, Any]) -> Any:
-            # Returns the coroutine of an async `func` unawaited: one frame less per call.
             return func(**arguments)
 
         spec = ToolSpec(
@@ -278,8 +289,10 @@ def tool(
             idempotent=idempotent,
             takes_idempotency_key=takes_key,
         )
-        spec._validate = validate
+        spec._check = validate
         spec.is_async = is_async
+        if is_async and timeout is None and circuit_breaker is None:
+            spec._direct = func
         return spec
 
     if fn is not None:
@@ -358,15 +371,17 @@ class ToolRegistry:
             known = ", ".join(self.names()) or "none"
             return Observation(f"error: unknown tool {name!r} (known: {known})", "not_found")
         try:
-            checked = spec.check_arguments(arguments)
+            checked = spec._check(arguments)
         except ValueError as error:
             return Observation(f"error: {error}", "permanent")
         if spec.takes_idempotency_key and idempotency_key is not None:
             checked = {**checked, IDEMPOTENCY_KEY: idempotency_key}
         try:
-            if spec.circuit_breaker is not None:
+            if spec._direct is not None:  # the common case: an async @tool, awaited directly
+                result = await spec._direct(**checked)
+            elif spec.circuit_breaker is not None:
                 result = await spec.circuit_breaker.call(spec.invoke, checked)
-            elif spec.is_async and spec.timeout is None:  # the common case, one frame less
+            elif spec.is_async and spec.timeout is None:
                 result = await spec.handler(checked)
             else:
                 result = await spec.invoke(checked)
@@ -378,8 +393,11 @@ class ToolRegistry:
             if isinstance(error, TimeoutError):
                 message = f"timed out after {spec.timeout} s"
             return Observation(_truncate(f"error: {message}", max_chars), kind)
+        text = result if type(result) is str else _render(result)
+        if len(text) > max_chars:
+            text = _truncate(text, max_chars)
         # tuple.__new__ skips the named tuple's Python-level __new__: the success path is hot.
-        return _new_tuple(Observation, (_truncate(_render(result), max_chars), None))
+        return _new_tuple(Observation, (text, None))
 
 
 _new_tuple = tuple.__new__

@@ -1,7 +1,9 @@
 """The provider contract: wire-neutral message types and the `LlmProvider` protocol.
 
 Every provider (OpenAI-compatible, Anthropic, the offline scripted model) speaks these types,
-so the agent loop never sees a wire format.
+so the agent loop never sees a wire format. Messages, tool calls and responses are slotted
+dataclasses, not pydantic models: a provider builds them from wire data its own pydantic
+models have already validated, and the agent loop reads their fields on every step.
 """
 
 from __future__ import annotations
@@ -26,16 +28,15 @@ __all__ = [
 ]
 
 
-class ToolCall(BaseModel):
+@dataclass(slots=True)
+class ToolCall:
     """A tool call requested by the model."""
-
-    model_config = ConfigDict(frozen=True)
 
     id: str
     """Provider-assigned id, echoed back with the tool's result."""
     name: str
     """Name of the tool to call."""
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments: dict[str, Any] = field(default_factory=dict)
     """Arguments, already decoded from JSON."""
 
 
@@ -44,7 +45,7 @@ Role = Literal["system", "user", "assistant", "tool"]
 _ROLES = frozenset(("system", "user", "assistant", "tool"))
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Message:
     """One chat message, in a provider-neutral form.
 
@@ -57,18 +58,31 @@ class Message:
 
     role: Role
     """Who wrote the message; `tool` carries a tool's result."""
-    content: str = ""
+    content: str
     """The text of the message."""
-    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_calls: list[ToolCall]
     """Tool calls an assistant message requested."""
-    tool_call_id: str | None = None
+    tool_call_id: str | None
     """For a `tool` message: the id of the call it answers."""
-    name: str | None = None
+    name: str | None
     """For a `tool` message: the tool's name."""
 
-    def __post_init__(self) -> None:
-        if self.role not in _ROLES:
-            raise ValueError(f"message role must be one of {sorted(_ROLES)}, got {self.role!r}")
+    # Written out rather than generated with a __post_init__: one frame per message, not two.
+    def __init__(
+        self,
+        role: Role,
+        content: str = "",
+        tool_calls: list[ToolCall] | None = None,
+        tool_call_id: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        if role not in _ROLES:
+            raise ValueError(f"message role must be one of {sorted(_ROLES)}, got {role!r}")
+        self.role = role
+        self.content = content
+        self.tool_calls = [] if tool_calls is None else tool_calls
+        self.tool_call_id = tool_call_id
+        self.name = name
 
 
 class ToolDefinition(BaseModel):
@@ -84,7 +98,8 @@ class ToolDefinition(BaseModel):
     """JSON schema of the arguments object."""
 
 
-class Usage(BaseModel):
+@dataclass(slots=True)
+class Usage:
     """Token usage of one model call."""
 
     input_tokens: int = 0
@@ -98,14 +113,15 @@ class Usage(BaseModel):
         return self.input_tokens + self.output_tokens
 
 
-class ChatResponse(BaseModel):
+@dataclass(slots=True)
+class ChatResponse:
     """The complete answer of one chat call."""
 
     text: str = ""
     """Text the model produced (may be empty when it only calls tools)."""
-    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
     """Tool calls the model requested, in order."""
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage = field(default_factory=Usage)
     """Tokens used by the call."""
     stop_reason: str | None = None
     """Why generation stopped, as the provider reported it (e.g. `stop`, `tool_calls`)."""
