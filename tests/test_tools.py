@@ -128,3 +128,44 @@ def test_registry_refuses_duplicates_and_non_specs() -> None:
         ar.ToolRegistry([lambda x: x])  # type: ignore[list-item]
     with pytest.raises(ar.ToolError):
         ar.ToolSpec("", "d", lambda a: a)
+
+
+async def test_bare_value_is_the_only_required_argument() -> None:
+    @ar.tool
+    async def shout(text: str, times: int = 1) -> str:
+        """Repeats text in capitals."""
+        return text.upper() * times
+
+    registry = ar.ToolRegistry([shout])
+    assert (await registry.call("shout", "hi")).content == "HI"
+    assert shout.check_arguments("hi") == {"text": "hi"}
+
+    @ar.tool
+    async def pair(a: int, b: int) -> int:
+        """Needs both."""
+        return a * b
+
+    refused = await ar.ToolRegistry([pair]).call("pair", 3)
+    assert refused.error_kind == "permanent" and "must be a JSON object" in refused.content
+    with pytest.raises(ValueError, match="invalid arguments: times"):
+        shout.check_arguments({"text": "x", "times": "many"})
+
+
+@pytest.mark.parametrize(
+    ("result", "text"),
+    [
+        ("plain", "plain"),
+        (7, "7"),
+        (2.5, "2.5"),
+        (True, "true"),  # a bool is not rendered as an int
+        (None, "null"),
+        ([1, "a"], '[1, "a"]'),
+    ],
+)
+async def test_results_rendered_for_the_model(result: object, text: str) -> None:
+    @ar.tool
+    async def give() -> object:
+        """Returns the result under test."""
+        return result
+
+    assert (await ar.ToolRegistry([give]).call("give", {})).content == text

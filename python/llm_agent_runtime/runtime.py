@@ -601,11 +601,19 @@ class AgentRuntime:
                 response_event = (session.session_id, len(session.steps), text, model_ms)
                 events.emit(_event(LlmResponse, response_event))
             if not response.tool_calls:
+                overhead_ms = (perf() - round_start) * 1000.0 - model_ms
                 step = Step(
-                    text, "FINAL_ANSWER", text, "", None, usage.input_tokens, usage.output_tokens
+                    text,
+                    "FINAL_ANSWER",
+                    text,
+                    "",
+                    None,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    model_ms,
+                    0.0,
+                    overhead_ms,
                 )
-                step.model_ms = model_ms
-                step.overhead_ms = (perf() - round_start) * 1000.0 - model_ms
                 session.final_answer = text
                 if (record := self._commit_step(session, step)) is not None:
                     await self._save_step(session, record)
@@ -619,34 +627,36 @@ class AgentRuntime:
                 results = [await self._call_tool(session, calls[0].name, calls[0].arguments)]
             else:
                 results = await self._run_parallel(session, calls)
+            # The round's model time is shared by its steps; its tokens go to the first step.
+            share = model_ms / len(calls)
+            input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+            tools_ms = 0.0
             failed = False
-            share = model_ms / len(results)
-            tools_total = 0.0
-            steps: list[Step] = []
             for call, (observation, tool_ms) in zip(calls, results, strict=True):
                 content, error_kind = observation
-                first = not steps  # the round's tokens are counted once, on its first step
                 step = Step(
                     text,
                     call.name,
                     call.arguments,
                     content,
                     error_kind,
-                    usage.input_tokens if first else 0,
-                    usage.output_tokens if first else 0,
+                    input_tokens,
+                    output_tokens,
                     share,
                     tool_ms,
                 )
-                tools_total += tool_ms
-                failed = failed or error_kind is not None
-                messages.append(Message("tool", content, [], call.id, call.name))
-                record = self._commit_step(session, step, text, call.id, first)
+                messages.append(Message("tool", content, None, call.id, call.name))
+                record = self._commit_step(session, step, text, call.id, call is calls[0])
                 if record is not None:
                     await self._save_step(session, record)
-                steps.append(step)
+                if error_kind is not None:
+                    failed = True
+                input_tokens = output_tokens = 0
+                tools_ms += tool_ms
+            # What the round took beyond the model and the tools, split evenly by its steps.
             elapsed = (perf() - round_start) * 1000.0
-            overhead = max(0.0, elapsed - model_ms - tools_total) / len(steps)
-            for step in steps:
+            overhead = max(0.0, elapsed - model_ms - tools_ms) / len(calls)
+            for step in session.steps[-len(calls) :]:
                 step.overhead_ms = overhead
             if failed and config.error_recovery == "stop":
                 return

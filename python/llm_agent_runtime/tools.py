@@ -137,7 +137,8 @@ class ToolSpec:
         self.idempotent = idempotent
         self.takes_idempotency_key = takes_idempotency_key
         self.is_async = inspect.iscoroutinefunction(handler)
-        # The argument check `check_arguments` runs (replaced by `@tool` with pydantic's).
+        # Checks an arguments dict; `@tool` puts pydantic's validator here. It may raise a
+        # bare ValidationError: `check_arguments` wraps bare values and explains failures.
         self._check: Callable[[Any], dict[str, Any]] = self._check_required
         # An async `@tool` function without timeout or breaker, called with the checked
         # arguments as keywords: no handler frame between the registry and the function.
@@ -153,7 +154,14 @@ class ToolSpec:
         Raises:
             ValueError: With a message for the model when arguments are missing or wrong.
         """
-        return self._check(arguments)
+        try:
+            return self._check(self._as_object(arguments))
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
+                for e in error.errors()
+            )
+            raise ValueError(f"invalid arguments: {problems}") from None
 
     def _as_object(self, arguments: Any) -> dict[str, Any]:
         """The arguments as a dict: a bare value is taken as the only required argument."""
@@ -260,22 +268,6 @@ def tool(
                 prop["description"] = arg_docs[prop_name]
         is_async = inspect.iscoroutinefunction(func)
 
-        validate_python = validator.validator.validate_python  # the core: one frame less
-
-        def validate(arguments: Any) -> dict[str, Any]:
-            # pydantic reports missing fields too; only a bare value needs wrapping first.
-            if type(arguments) is not dict:
-                arguments = spec._as_object(arguments)
-            try:
-                checked: dict[str, Any] = validate_python(arguments)
-            except ValidationError as error:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-                    for e in error.errors()
-                )
-                raise ValueError(f"invalid arguments: {problems}") from None
-            return checked
-
         def handler(arguments: dict[str, Any]) -> Any:
             return func(**arguments)
 
@@ -289,7 +281,8 @@ def tool(
             idempotent=idempotent,
             takes_idempotency_key=takes_key,
         )
-        spec._check = validate
+        # pydantic's core validator itself: the registry tries it first, with no frame around.
+        spec._check = validator.validator.validate_python
         spec.is_async = is_async
         if is_async and timeout is None and circuit_breaker is None:
             spec._direct = func
@@ -301,11 +294,7 @@ def tool(
 
 
 def _render(result: Any) -> str:
-    kind = type(result)
-    if kind is str:
-        return result  # type: ignore[no-any-return]
-    if kind is int or kind is float:
-        return repr(result)
+    """The text the model sees for a tool's result: JSON where it can be, else `str`."""
     if isinstance(result, str):
         return str(result)
     try:
@@ -372,8 +361,11 @@ class ToolRegistry:
             return Observation(f"error: unknown tool {name!r} (known: {known})", "not_found")
         try:
             checked = spec._check(arguments)
-        except ValueError as error:
-            return Observation(f"error: {error}", "permanent")
+        except ValueError:  # a bare value to wrap, or arguments to explain: the full check
+            try:
+                checked = spec.check_arguments(arguments)
+            except ValueError as error:
+                return Observation(f"error: {error}", "permanent")
         if spec.takes_idempotency_key and idempotency_key is not None:
             checked = {**checked, IDEMPOTENCY_KEY: idempotency_key}
         try:
@@ -393,7 +385,7 @@ class ToolRegistry:
             if isinstance(error, TimeoutError):
                 message = f"timed out after {spec.timeout} s"
             return Observation(_truncate(f"error: {message}", max_chars), kind)
-        text = result if type(result) is str else _render(result)
+        text: str = _RENDER_EXACT.get(type(result), _render)(result)
         if len(text) > max_chars:
             text = _truncate(text, max_chars)
         # tuple.__new__ skips the named tuple's Python-level __new__: the success path is hot.
@@ -401,6 +393,12 @@ class ToolRegistry:
 
 
 _new_tuple = tuple.__new__
+# The commonest results, rendered by one C call (a str is returned as is).
+_RENDER_EXACT: dict[type, Callable[[Any], str]] = {
+    str: str,
+    int: int.__repr__,
+    float: float.__repr__,
+}
 _TRUNCATION_MARK = " …[truncated]"
 
 
