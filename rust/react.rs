@@ -9,10 +9,12 @@
 //! linear in the length of the text whatever the text holds.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
+use pyo3::{PyTraverseError, PyVisit};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
@@ -452,7 +454,8 @@ pub struct PyReActStep {
     final_answer: Option<Answer>,
     /// Where the input (trimmed, unfenced) lies in the source.
     input: Option<Span>,
-    decoded_input: PyOnceLock<Py<PyAny>>,
+    /// Set once, with the GIL held; read by `__traverse__`, which has no GIL token.
+    decoded_input: OnceLock<Py<PyAny>>,
 }
 
 impl PyReActStep {
@@ -493,18 +496,33 @@ impl PyReActStep {
 
     /// The action's input: decoded JSON, or the raw text; None for a final answer.
     #[getter]
-    fn action_input(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let value = self
-            .decoded_input
-            .get_or_try_init(py, || match self.input {
-                None => Ok::<_, PyErr>(py.None()),
-                Some((start, end)) => {
-                    let source = self.source.bind(py).to_str()?;
-                    let text = source.get(start..end).unwrap_or_default();
-                    Ok(input_to_py(py, &InputText { text }).unbind())
-                }
-            })?;
+    fn action_input(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        if let Some(value) = this.decoded_input.get() {
+            return Ok(value.clone_ref(py));
+        }
+        let value = match this.input {
+            None => py.None(),
+            Some((start, end)) => {
+                let source = this.source.bind(py).to_str()?;
+                let text = source.get(start..end).unwrap_or_default();
+                input_to_py(py, &InputText { text }).unbind()
+            }
+        };
+        // Had another thread set it meanwhile (decoding may run Python code), its value wins.
+        let value = this.decoded_input.get_or_init(|| value);
+        track_if_it_holds_a_container(slf, value.bind(py));
         Ok(value.clone_ref(py))
+    }
+
+    /// Lets the cycle collector see the decoded input, which a user may make refer back
+    /// to the step.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(value) = self.decoded_input.get() {
+            visit.call(value)?;
+        }
+        Ok(())
     }
 
     /// Whether this step ends the run with a final answer.
@@ -513,32 +531,34 @@ impl PyReActStep {
         self.final_answer.is_some()
     }
 
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let py = slf.py();
+        let this = slf.get();
         let repr = |value: Bound<'_, PyAny>| -> PyResult<String> { Ok(value.repr()?.to_string()) };
         Ok(format!(
             "ReActStep(thought={}, action={}, action_input={}, final_answer={})",
-            repr(self.thought(py)?.into_any())?,
-            repr(self.action(py)?.into_pyobject(py)?)?,
-            repr(self.action_input(py)?.into_bound(py))?,
-            repr(self.final_answer(py)?.into_pyobject(py)?)?,
+            repr(this.thought(py)?.into_any())?,
+            repr(this.action(py)?.into_pyobject(py)?)?,
+            repr(Self::action_input(slf)?.into_bound(py))?,
+            repr(this.final_answer(py)?.into_pyobject(py)?)?,
         ))
     }
 
-    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn __eq__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = slf.py();
         let Ok(other) = other.cast::<PyReActStep>() else {
             return Ok(false);
         };
-        let other = other.get();
-        Ok(self.thought(py)?.as_any().eq(other.thought(py)?)?
-            && self.action(py)?.into_pyobject(py)?.eq(other.action(py)?)?
-            && self
+        let (this, that) = (slf.get(), other.get());
+        Ok(this.thought(py)?.as_any().eq(that.thought(py)?)?
+            && this.action(py)?.into_pyobject(py)?.eq(that.action(py)?)?
+            && this
                 .final_answer(py)?
                 .into_pyobject(py)?
-                .eq(other.final_answer(py)?)?
-            && self
-                .action_input(py)?
+                .eq(that.final_answer(py)?)?
+            && Self::action_input(slf)?
                 .bind(py)
-                .eq(other.action_input(py)?)?)
+                .eq(Self::action_input(other)?)?)
     }
 }
 
@@ -558,21 +578,51 @@ impl PyReActStep {
 ///     ParseError: the text is not a ReAct step; the message says what was expected, and
 ///         ``position`` the byte offset where.
 #[pyfunction]
-pub fn parse_react_step(text: &Bound<'_, PyString>) -> PyResult<PyReActStep> {
+pub fn parse_react_step<'py>(text: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyReActStep>> {
     let source = text.to_str()?;
     let step = parse(source)?;
     let span = |part: &str| span_of(source, part);
-    Ok(PyReActStep {
-        source: text.clone().unbind(),
-        thought: span(step.thought),
-        action: step.action.map(span),
-        final_answer: step.final_answer.map(|answer| match answer {
-            Cow::Borrowed(part) => Answer::Span(span(part)),
-            Cow::Owned(text) => Answer::Owned(text),
-        }),
-        input: step.action_input.map(|input| span(input.text)),
-        decoded_input: PyOnceLock::new(),
-    })
+    let step = Bound::new(
+        text.py(),
+        PyReActStep {
+            source: text.clone().unbind(),
+            thought: span(step.thought),
+            action: step.action.map(span),
+            final_answer: step.final_answer.map(|answer| match answer {
+                Cow::Borrowed(part) => Answer::Span(span(part)),
+                Cow::Owned(text) => Answer::Owned(text),
+            }),
+            input: step.action_input.map(|input| span(input.text)),
+            decoded_input: OnceLock::new(),
+        },
+    )?;
+    // A new step holds only a string, so it cannot be part of a reference cycle: like CPython
+    // with its tuples of atomic values, keep it out of the cycle collector, which would
+    // otherwise visit each of the (often many, long-kept) parsed steps at every collection.
+    // It is tracked again if its decoded input turns out to be a dict or list.
+    #[allow(unsafe_code)]
+    // SAFETY: `step` is a live, GC-capable object (every #[pyclass] is) held by this thread
+    // with the GIL; untracking a tracked object is always allowed.
+    unsafe {
+        ffi::PyObject_GC_UnTrack(step.as_ptr().cast());
+    }
+    Ok(step)
+}
+
+/// Puts `step` back under the cycle collector once it holds `value`, when `value` is a dict
+/// or a list: a user may put the step inside its own input.
+fn track_if_it_holds_a_container(step: &Bound<'_, PyReActStep>, value: &Bound<'_, PyAny>) {
+    if !(value.is_instance_of::<PyDict>() || value.is_instance_of::<PyList>()) {
+        return;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: `step` is alive and the GIL is held; `PyObject_GC_Track` is only called on an
+    // untracked object, as it requires.
+    unsafe {
+        if ffi::PyObject_GC_IsTracked(step.as_ptr()) == 0 {
+            ffi::PyObject_GC_Track(step.as_ptr().cast());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 import contextlib
+import gc
 import json
 import time
+import weakref
 
 import pytest
 from hypothesis import given, settings
@@ -155,3 +157,27 @@ def test_adversarial_inputs_take_linear_time() -> None:
             ar.parse_react_step(text)
         # Generous bound: a quadratic parser would take minutes on these inputs.
         assert time.perf_counter() - start < 1.0
+
+
+def test_steps_stay_out_of_the_cycle_collector_until_they_hold_a_container() -> None:
+    raw = ar.parse_react_step("Thought: t\nAction: search rust pyo3")
+    assert not gc.is_tracked(raw)  # it holds only strings: it cannot be part of a cycle
+    assert raw.action_input == "rust pyo3" and not gc.is_tracked(raw)
+    step = ar.parse_react_step('Thought: t\nAction: add {"a": 1}')
+    assert not gc.is_tracked(step)
+    assert step.action_input == {"a": 1}
+    assert gc.is_tracked(step)  # a dict input could come to hold the step itself
+
+
+def test_a_step_inside_its_own_input_is_collected() -> None:
+    class Marker:
+        pass
+
+    step = ar.parse_react_step('Thought: t\nAction: add {"a": 1}')
+    marker = Marker()
+    alive = weakref.ref(marker)
+    step.action_input["cycle"] = step
+    step.action_input["marker"] = marker
+    del step, marker
+    gc.collect()
+    assert alive() is None
