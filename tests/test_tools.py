@@ -169,3 +169,19 @@ async def test_results_rendered_for_the_model(result: object, text: str) -> None
         return result
 
     assert (await ar.ToolRegistry([give]).call("give", {})).content == text
+
+
+async def test_timeout_and_breaker_set_after_the_decorator_apply() -> None:
+    @ar.tool
+    async def slow() -> str:
+        """Takes its time."""
+        await asyncio.sleep(5)
+        return "late"
+
+    slow.timeout = 0.01
+    registry = ar.ToolRegistry([slow])
+    assert (await registry.call("slow", {})).error_kind == "transient"
+    slow.circuit_breaker = ar.CircuitBreaker("slow", failure_threshold=1)
+    await registry.call("slow", {})  # fails and opens the breaker
+    refused = await registry.call("slow", {})
+    assert refused.error_kind == "transient" and "open" in refused.content.lower()

@@ -93,7 +93,6 @@ class ToolSpec:
 
     __slots__ = (
         "_check",
-        "_direct",
         "circuit_breaker",
         "description",
         "handler",
@@ -140,9 +139,6 @@ class ToolSpec:
         # Checks an arguments dict; `@tool` puts pydantic's validator here. It may raise a
         # bare ValidationError: `check_arguments` wraps bare values and explains failures.
         self._check: Callable[[Any], dict[str, Any]] = self._check_required
-        # An async `@tool` function without timeout or breaker, called with the checked
-        # arguments as keywords: no handler frame between the registry and the function.
-        self._direct: Callable[..., Awaitable[Any]] | None = None
 
     def definition(self) -> dict[str, Any]:
         """Returns the tool as a provider-neutral definition dict (name, description, schema)."""
@@ -269,6 +265,7 @@ def tool(
         is_async = inspect.iscoroutinefunction(func)
 
         def handler(arguments: dict[str, Any]) -> Any:
+            # Returns the coroutine of an async `func` unawaited: one frame less per call.
             return func(**arguments)
 
         spec = ToolSpec(
@@ -284,8 +281,6 @@ def tool(
         # pydantic's core validator itself: the registry tries it first, with no frame around.
         spec._check = validator.validator.validate_python
         spec.is_async = is_async
-        if is_async and timeout is None and circuit_breaker is None:
-            spec._direct = func
         return spec
 
     if fn is not None:
@@ -369,11 +364,9 @@ class ToolRegistry:
         if spec.takes_idempotency_key and idempotency_key is not None:
             checked = {**checked, IDEMPOTENCY_KEY: idempotency_key}
         try:
-            if spec._direct is not None:  # the common case: an async @tool, awaited directly
-                result = await spec._direct(**checked)
-            elif spec.circuit_breaker is not None:
+            if spec.circuit_breaker is not None:
                 result = await spec.circuit_breaker.call(spec.invoke, checked)
-            elif spec.is_async and spec.timeout is None:
+            elif spec.is_async and spec.timeout is None:  # the common case, one frame less
                 result = await spec.handler(checked)
             else:
                 result = await spec.invoke(checked)
