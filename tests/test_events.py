@@ -137,3 +137,20 @@ def test_runtime_listening_to_itself_is_garbage_collected() -> None:
     del listener
     gc.collect()
     assert ref() is None
+
+
+async def test_listener_joining_while_a_tool_runs_gets_its_finish() -> None:
+    seen: list[ar.Event] = []
+
+    @ar.tool
+    async def wait() -> str:
+        """Lets a listener join mid-call."""
+        rt.events.on(seen.append)
+        return "done"
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[wait])
+    provider = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply([("wait", {})]), "ok"])
+    session = await rt.run_agent_with_provider("a", "q", provider)
+    assert session.final_answer == "ok"
+    finished = [e for e in seen if isinstance(e, ar.ToolCallFinished)]
+    assert len(finished) == 1 and finished[0].step == 0 and finished[0].observation == "done"

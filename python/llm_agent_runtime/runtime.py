@@ -718,8 +718,8 @@ class AgentRuntime:
             name, arguments = guarded
         self.metrics.record_tool_call(name, session.agent_id)
         events = self.events
+        step_index = len(session.steps)  # also when a listener joins while the tool runs
         if events.active:
-            step_index = len(session.steps)
             events.emit(_event(ToolCallStarted, (session.session_id, step_index, name, arguments)))
         start = time.perf_counter()
         if self._tracer is not None:
@@ -732,7 +732,7 @@ class AgentRuntime:
                 name, arguments, self.config.max_observation_chars, key
             )
         tool_ms = (time.perf_counter() - start) * 1000.0
-        if observation[1] is not None:
+        if observation.error_kind is not None:
             self.metrics.record_tool_failure(name, session.agent_id)
         if events.active:
             content, error_kind = observation
