@@ -574,11 +574,12 @@ class AgentRuntime:
         tool_defs = self._tool_definitions or None
         post_hooks = self._hooks["on_post_llm"]
         events = self.events
-        # A provider whose text exists whole is not streamed; its text is one delta event.
-        whole_text = not getattr(provider, "streams_text", True)
+        # A provider whose text exists whole is never streamed; its text is one delta event.
+        streams_text = getattr(provider, "streams_text", True)
         perf = time.perf_counter
         for _ in range(config.max_iterations - rounds_done):
             round_start = perf()
+            stream = streams_text and events.active  # text deltas only while someone listens
             if journal:
                 saved = journal[0]["round"]
                 response = ChatResponse(
@@ -586,12 +587,12 @@ class AgentRuntime:
                 )
             elif self._tracer is not None:
                 with self._tracer.start_as_current_span("agent.llm"):
-                    response = await self._chat(session, provider, messages, tool_defs)
+                    response = await self._chat(session, provider, messages, tool_defs, stream)
             else:
-                response = await self._chat(session, provider, messages, tool_defs)
+                response = await self._chat(session, provider, messages, tool_defs, stream)
             model_ms = (perf() - round_start) * 1000.0
             text = response.text
-            if whole_text and text and events.active and not journal:
+            if not stream and text and events.active and not journal:
                 events.emit(_event(LlmTextDelta, (session.session_id, text)))
             for hook in post_hooks:
                 text = await _maybe_await(hook(session, text)) or text
@@ -667,14 +668,14 @@ class AgentRuntime:
         provider: LlmProvider,
         messages: list[Message],
         tool_defs: list[ToolDefinition] | None,
+        stream: bool,
     ) -> Awaitable[ChatResponse]:
-        """One model call; streamed (emitting text deltas) only while someone listens.
+        """One model call, streamed (emitting text deltas) when `stream`.
 
         Not a coroutine itself: an unstreamed call is the provider's own coroutine, so the
-        loop awaits one frame, not two. A provider with `streams_text = False` has its text
-        whole; the loop reports that text as one delta.
+        loop awaits one frame, not two.
         """
-        if self.events.active and getattr(provider, "streams_text", True):
+        if stream:
             return self._chat_stream(session, provider, messages, tool_defs)
         return provider.chat(messages, tools=tool_defs, model=self.config.model)
 
