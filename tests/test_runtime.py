@@ -6,9 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.persistence.codec import decode
+from llm_agent_runtime.runtime import _cut_at_stop
 
 
 @ar.tool
@@ -376,3 +379,25 @@ async def test_memory_with_an_embedder_recalls_what_matches_the_request() -> Non
     assert "cat" not in prompts[0] and "rent" not in prompts[0]
     await runtime.run_agent("a", "what is my cat called?", infer)
     assert "the user's cat is called Tom" in prompts[1]
+
+
+async def test_stop_sequences_cut_replies_of_an_infer_function() -> None:
+    config = ar.AgentConfig(stop_sequences=["\nObservation:", "<end>"])
+    rt = ar.AgentRuntime(config, tools=[add])
+    infer = react(ADD + "\nObservation: 42 (made up)", FINAL + "<end> trailing")
+    s = await rt.run_agent("a", "q", infer)
+    assert s.steps[0].observation == "5" and s.final_answer == "5"
+    assert "made up" not in infer.prompts[1] and "Observation: 5" in infer.prompts[1]
+
+
+def test_stop_sequences_must_be_non_empty() -> None:
+    with pytest.raises(ValueError, match="stop_sequences"):
+        ar.AgentConfig(stop_sequences=[""])
+
+
+@given(text=st.text("ab\n:", max_size=30), stops=st.lists(st.text("ab\n:", min_size=1), max_size=3))
+def test_cut_at_stop_keeps_the_longest_prefix_without_a_stop(text: str, stops: list[str]) -> None:
+    cut = _cut_at_stop(text, stops)
+    ends = [text.find(s) for s in stops if s in text]
+    assert cut == text[: min(ends, default=len(text))]
+    assert not any(s in cut for s in stops)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,7 +18,9 @@ class AgentConfig(BaseModel):
         system_prompt: Instruction put first in every prompt.
         max_memory_recalls: Episodes recalled into the prompt at most.
         max_memory_tokens: Token budget of recalled episodes (about 4 characters a token).
-        stop_sequences: Passed to providers that support them.
+        stop_sequences: Sent with every model call; a reply is also cut before the first
+            one it contains, so an `infer` function or a provider that ignores them ends
+            there too (e.g. `["Observation:"]` keeps a ReAct model from inventing results).
         loop_timeout_ms: Wall-clock limit of one run; None for no limit.
         mode: `react` (text parsed by the ReAct parser) or `tools` (native tool calls).
         max_parallel_tool_calls: Native tool calls of one response run concurrently up to this.
@@ -35,7 +37,7 @@ class AgentConfig(BaseModel):
     system_prompt: str = "You are a helpful AI agent."
     max_memory_recalls: int = Field(default=3, ge=0)
     max_memory_tokens: int | None = Field(default=None, ge=1)
-    stop_sequences: list[str] = Field(default_factory=list)
+    stop_sequences: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     loop_timeout_ms: int | None = Field(default=None, ge=1)
     mode: Literal["react", "tools"] = "react"
     max_parallel_tool_calls: int = Field(default=4, ge=1)

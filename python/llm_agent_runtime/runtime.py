@@ -202,6 +202,8 @@ class AgentRuntime:
                     f"middlewares must subclass Middleware, got {type(middleware).__name__}"
                 )
         self.config = config
+        # Sent with every model call; replies are also cut there, for models that ignore them.
+        self._stops = list(config.stop_sequences)
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
         self.memory = memory
         self.working_memory = working_memory
@@ -275,12 +277,7 @@ class AgentRuntime:
         """Runs the loop on an `LlmProvider`: text ReAct, or native tools (`config.mode`)."""
         if self.config.mode == "tools":
             return await self._run(agent_id, prompt, None, provider, session)
-        model = self.config.model
-
-        async def infer(text: str) -> str:
-            return await provider.complete(text, model=model)
-
-        return await self._run(agent_id, prompt, infer, None, session)
+        return await self._run(agent_id, prompt, self._text_model(provider), None, session)
 
     def create_session(self, agent_id: str, session_id: str | None = None) -> AgentSession:
         """Starts a multi-turn session (chat history kept across `run_turn` calls)."""
@@ -299,16 +296,24 @@ class AgentRuntime:
         elif self.config.mode == "tools":
             result = await self._run(session.agent_id, message, None, provider, session, history)
         else:
-            model = self.config.model
-            chat_provider = provider
-
-            async def infer(text: str) -> str:
-                return await chat_provider.complete(text, model=model)
-
+            infer = self._text_model(provider)
             result = await self._run(session.agent_id, message, infer, None, session, history)
         session.messages.append({"role": "user", "content": message})
         session.messages.append({"role": "assistant", "content": result.final_answer or ""})
         return result.final_answer
+
+    def _text_model(self, provider: LlmProvider) -> InferFn:
+        """The provider as a ReAct text model: one user prompt in, the reply's text out."""
+        model, stops = self.config.model, self._stops
+        if not stops:
+            return lambda text: provider.complete(text, model=model)
+
+        async def infer(text: str) -> str:
+            # `complete` takes no stop sequences; a one-message chat carries them.
+            response = await provider.chat([Message("user", text)], model=model, stop=stops)
+            return response.text
+
+        return infer
 
     def trim_history(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Keeps the latest messages that fit the context window (the system prompt is apart)."""
@@ -469,6 +474,7 @@ class AgentRuntime:
         post_hooks = self._hooks["on_post_llm"]
         reprompted = False
         events = self.events
+        stops = self._stops
         perf = time.perf_counter
         for _ in range(config.max_iterations - session.step_count):
             step_start = perf()
@@ -484,6 +490,8 @@ class AgentRuntime:
             else:
                 reply = await infer(text_prompt)
             model_ms = (perf() - model_start) * 1000.0
+            if stops:
+                reply = _cut_at_stop(reply, stops)
             for hook in post_hooks:
                 reply = await _maybe_await(hook(session, reply)) or reply
             input_tokens = len(text_prompt) // _CHARS_PER_TOKEN
@@ -576,6 +584,7 @@ class AgentRuntime:
         events = self.events
         # A provider whose text exists whole is never streamed; its text is one delta event.
         streams_text = getattr(provider, "streams_text", True)
+        stops = self._stops
         perf = time.perf_counter
         for _ in range(config.max_iterations - rounds_done):
             round_start = perf()
@@ -592,6 +601,8 @@ class AgentRuntime:
                 response = await self._chat(session, provider, messages, tool_defs, stream)
             model_ms = (perf() - round_start) * 1000.0
             text = response.text
+            if stops and text:
+                text = _cut_at_stop(text, stops)
             if not stream and text and events.active and not journal:
                 events.emit(_event(LlmTextDelta, (session.session_id, text)))
             for hook in post_hooks:
@@ -677,6 +688,10 @@ class AgentRuntime:
         """
         if stream:
             return self._chat_stream(session, provider, messages, tool_defs)
+        if self._stops:
+            return provider.chat(
+                messages, tools=tool_defs, model=self.config.model, stop=self._stops
+            )
         return provider.chat(messages, tools=tool_defs, model=self.config.model)
 
     async def _chat_stream(
@@ -687,7 +702,8 @@ class AgentRuntime:
         tool_defs: list[ToolDefinition] | None,
     ) -> ChatResponse:
         response: ChatResponse | None = None
-        stream = provider.chat_stream(messages, tools=tool_defs, model=self.config.model)
+        params = {"stop": self._stops} if self._stops else {}
+        stream = provider.chat_stream(messages, tools=tool_defs, model=self.config.model, **params)
         async for event in stream:
             if isinstance(event, TextDelta):
                 self.events.emit(LlmTextDelta(session.session_id, event.text))
@@ -969,11 +985,7 @@ class AgentRuntime:
                 return await self._run(
                     state.agent_id, state.prompt, None, model, session, resume=state
                 )
-            provider, name = model, self.config.model
-
-            async def infer(text: str) -> str:
-                return await provider.complete(text, model=name)
-
+            infer = self._text_model(model)
             return await self._run(state.agent_id, state.prompt, infer, None, session, resume=state)
         return await self._run(state.agent_id, state.prompt, model, None, session, resume=state)
 
@@ -1084,6 +1096,16 @@ os.register_at_fork(after_in_child=_new_session_id_prefix)
 def new_session_id() -> str:
     """Returns a fresh session id (32 hex characters, unique across processes)."""
     return f"{_session_id_prefix}{next(_session_counter):016x}"
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` up to the earliest stop sequence in it (all of it when none occurs)."""
+    end = len(text)
+    for stop in stops:
+        found = text.find(stop)
+        if 0 <= found < end:
+            end = found
+    return text[:end]
 
 
 def _need(infer: InferFn | None) -> InferFn:

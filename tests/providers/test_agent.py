@@ -104,3 +104,37 @@ async def test_provider_failure_surfaces_from_the_loop(kind: str, server: FakeLl
             await runtime.run_agent_with_provider("agent-1", "hi", llm)
     assert (caught.value.status, caught.value.retryable) == (401, False)
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "streaming"), [("react", False), ("tools", False), ("tools", True)]
+)
+async def test_stop_sequences_are_sent_and_replies_cut_there(
+    kind: str, mode: str, streaming: bool, server: FakeLlmServer
+) -> None:
+    # The server ignores `stop` and invents an observation: the runtime cuts it off itself.
+    if mode == "react":
+        first = Turn('Thought: add.\nAction: add {"a": 2, "b": 3}\nObservation: 99')
+        last = Turn("Thought: I know it.\nAction: FINAL_ANSWER 5\nObservation: none")
+    else:
+        first = Turn("Adding.\nObservation: 99", tool_calls=[("call_1", "add", {"a": 2, "b": 3})])
+        last = Turn("5\nObservation: none")
+    server.script(first, last)
+    config = ar.AgentConfig(mode=mode, stop_sequences=["\nObservation:"])  # type: ignore[arg-type]
+    runtime = ar.AgentRuntime(config, tools=[add])
+    if streaming:  # a listener makes the runtime stream
+        runtime.events.on(lambda event: None)
+    async with make_provider(kind, server) as llm:
+        session = await runtime.run_agent_with_provider("agent-1", "2+3?", llm)
+    assert session.final_answer == "5"
+    assert session.steps[0].observation == "5"
+    assert all(r.streamed is streaming for r in server.requests)
+    sent = [r.json["stop" if kind == "openai" else "stop_sequences"] for r in server.requests]
+    assert sent == [["\nObservation:"]] * 2
+    second = server.requests[1].body.decode()
+    assert "99" not in second  # the invented observation never reaches the model again
+    if mode == "react":
+        assert "Observation: 5" in second
+    else:
+        assert session.steps[0].thought == "Adding."
+        assert tool_results(kind, server.requests[1].json) == [("call_1", "5")]
