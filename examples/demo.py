@@ -144,7 +144,13 @@ async def main() -> None:
     db_path = Path(os.environ.get("LLM_AGENT_RUNTIME_DEMO_DB", ".demo/checkpoints.db"))
     checkpoints = ar.SqliteBackend(db_path)
     runtime = ar.AgentRuntime(
-        ar.AgentConfig(max_iterations=8, max_memory_recalls=3, max_memory_tokens=200),
+        ar.AgentConfig(
+            max_iterations=8,
+            max_memory_recalls=3,
+            max_memory_tokens=200,
+            # A real model stops before writing an observation of its own.
+            stop_sequences=["\nObservation:"],
+        ),
         memory=episodes,
         working_memory=working,
         graph=graph,
