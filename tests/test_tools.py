@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
+from collections.abc import Awaitable
 
 import pytest
 
@@ -185,3 +187,155 @@ async def test_timeout_and_breaker_set_after_the_decorator_apply() -> None:
     await registry.call("slow", {})  # fails and opens the breaker
     refused = await registry.call("slow", {})
     assert refused.error_kind == "transient" and "open" in refused.content.lower()
+
+
+class _AsyncCallable:
+    """A handler object whose `__call__` is a coroutine function."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    async def __call__(self, args: dict[str, object]) -> dict[str, object]:
+        self.threads.append(threading.get_ident())
+        await asyncio.sleep(0)
+        return {"got": args.get("q")}
+
+
+async def test_object_with_async_call_is_awaited_not_rendered_as_a_coroutine() -> None:
+    handler = _AsyncCallable()
+    spec = ar.ToolSpec("t", "d", handler)
+    assert spec.is_async
+    obs = await ar.ToolRegistry([spec]).call("t", {"q": 1})
+    assert obs.ok and obs.content == '{"got": 1}'
+    assert handler.threads == [threading.get_ident()]  # awaited on the loop, not in a thread
+
+
+async def test_partial_of_async_handlers_counts_as_async() -> None:
+    async def handler(args: dict[str, object], suffix: str) -> str:
+        return f"{args['q']}{suffix}"
+
+    partial_fn = ar.ToolSpec("f", "d", functools.partial(handler, suffix="!"))
+    partial_obj = ar.ToolSpec("o", "d", functools.partial(_AsyncCallable()))
+    assert partial_fn.is_async and partial_obj.is_async
+    registry = ar.ToolRegistry([partial_fn, partial_obj])
+    assert (await registry.call("f", {"q": "hi"})).content == "hi!"
+    assert (await registry.call("o", {"q": 2})).content == '{"got": 2}'
+    assert not ar.ToolSpec("s", "d", functools.partial(lambda a: a)).is_async
+
+
+@pytest.mark.parametrize("run_inline", [False, True])
+@pytest.mark.parametrize("timeout", [None, 5.0])
+async def test_awaitable_from_a_sync_handler_is_awaited(
+    run_inline: bool, timeout: float | None
+) -> None:
+    async def later(q: object) -> str:
+        await asyncio.sleep(0)
+        return f"done {q}"
+
+    def handler(args: dict[str, object]) -> Awaitable[str]:
+        return later(args["q"])  # a sync function handing back a coroutine
+
+    spec = ar.ToolSpec("t", "d", handler, timeout=timeout, run_inline=run_inline)
+    assert not spec.is_async
+    obs = await ar.ToolRegistry([spec]).call("t", {"q": 3})
+    assert obs.ok and obs.content == "done 3"
+
+
+async def test_error_observations_are_truncated_to_max_chars() -> None:
+    registry = ar.ToolRegistry(
+        [ar.ToolSpec(f"tool_{i:03}", "d", lambda a: a) for i in range(100)] + [add]
+    )
+    unknown = await registry.call("nope", {}, max_chars=80)
+    assert unknown.error_kind == "not_found"
+    assert len(unknown.content) == 80 and unknown.content.endswith("[truncated]")
+    assert unknown.content.startswith("error: unknown tool 'nope'")
+    invalid = await registry.call("add", {"a": "x" * 500, "b": "y" * 500}, max_chars=60)
+    assert invalid.error_kind == "permanent"
+    assert len(invalid.content) == 60 and invalid.content.startswith("error: invalid arguments")
+    missing = await ar.ToolRegistry(
+        [ar.ToolSpec("r", "d", lambda a: a, required_fields=["x" * 200])]
+    ).call("r", {}, max_chars=40)
+    assert missing.error_kind == "permanent" and len(missing.content) == 40
+
+
+def test_docstring_sections_other_than_the_summary_stay_out_of_the_description() -> None:
+    @ar.tool
+    def plus(a: int, b: int) -> int:
+        """Add two numbers.
+
+        Args:
+            a: first
+            b: second
+
+        Returns:
+            The sum of a and b.
+
+        Raises:
+            OverflowError: Never.
+
+        Examples:
+            plus(1, 2) == 3
+        """
+        return a + b
+
+    assert plus.description == "Add two numbers."
+    props = plus.parameters["properties"]
+    assert props["a"]["description"] == "first" and props["b"]["description"] == "second"
+
+    @ar.tool
+    def gen(n: int) -> int:
+        """Counts to n.
+
+        Yields:
+            Each number.
+
+        Note:
+            Slow for big n.
+        """
+        return n
+
+    assert gen.description == "Counts to n."
+
+    @ar.tool
+    def late_args(x: int) -> int:
+        """Echoes x.
+
+        Returns:
+            x itself.
+
+        Args:
+            x: the value
+        """
+        return x
+
+    assert late_args.description == "Echoes x."
+    assert late_args.parameters["properties"]["x"]["description"] == "the value"
+
+
+async def test_tool_taking_an_idempotency_key_gets_a_fresh_one_without_checkpoints() -> None:
+    keys: list[str] = []
+
+    @ar.tool
+    async def charge(amount: int, idempotency_key: str) -> str:
+        """Charges an amount."""
+        keys.append(idempotency_key)
+        return f"charged {amount}"
+
+    assert "idempotency_key" not in charge.parameters["properties"]
+    registry = ar.ToolRegistry([charge])
+    first = await registry.call("charge", {"amount": 5})
+    second = await registry.call("charge", {"amount": 5})
+    assert first.ok and first.content == "charged 5" and second.ok
+    assert len(keys) == 2 and keys[0] != keys[1] and all(keys)
+    given = await registry.call("charge", {"amount": 1}, idempotency_key="s1:2:0")
+    assert given.ok and keys[-1] == "s1:2:0"
+
+    seen: list[object] = []
+
+    def raw(args: dict[str, object]) -> str:
+        seen.append(args.get("idempotency_key"))
+        return "ok"
+
+    spec = ar.ToolSpec("raw", "d", raw, takes_idempotency_key=True)
+    assert (await ar.ToolRegistry([spec]).call("raw", {})).ok
+    assert isinstance(seen[0], str) and seen[0]

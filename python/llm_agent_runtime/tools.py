@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal, NamedTuple
 
@@ -84,8 +86,10 @@ class ToolSpec:
             may repeat a call that an interruption left unfinished. With checkpoints on, a lone
             call of such a tool is not journaled before it runs (one write less per step): an
             interrupted step is run again, model reply included.
-        takes_idempotency_key: The handler receives `idempotency_key` (unique per session,
-            step and call, stable across a resume) to deduplicate its side effects itself.
+        takes_idempotency_key: The handler receives `idempotency_key` to deduplicate its side
+            effects itself. With checkpoints on, the key is unique per session, step and call,
+            and stable across a resume; without them (or when `ToolRegistry.call` is given no
+            key) each call gets a fresh random key: unique per call, never repeated.
 
     Raises:
         ToolError: When the name is empty or the handler is not callable.
@@ -135,7 +139,7 @@ class ToolSpec:
         self.run_inline = run_inline
         self.idempotent = idempotent
         self.takes_idempotency_key = takes_idempotency_key
-        self.is_async = inspect.iscoroutinefunction(handler)
+        self.is_async = _is_async_callable(handler)
         # Checks an arguments dict; `@tool` puts pydantic's validator here. It may raise a
         # bare ValidationError: `check_arguments` wraps bare values and explains failures.
         self._check: Callable[[Any], dict[str, Any]] = self._check_required
@@ -175,43 +179,119 @@ class ToolSpec:
         return checked
 
     async def invoke(self, arguments: dict[str, Any]) -> Any:
-        """Runs the handler (sync handlers off the event loop) under the per-tool timeout."""
+        """Runs the handler (sync handlers off the event loop) under the per-tool timeout.
+
+        An awaitable returned by a handler taken for sync is awaited on the event loop.
+        """
         if self.is_async:
             call: Awaitable[Any] = self.handler(arguments)
         elif self.run_inline:
-            return self.handler(arguments)
+            result = self.handler(arguments)
+            if not inspect.isawaitable(result):
+                return result
+            call = result
         else:
-            call = asyncio.to_thread(self.handler, arguments)
+            call = self._in_thread(arguments)
         if self.timeout is not None:
             return await asyncio.wait_for(call, self.timeout)
         return await call
+
+    async def _in_thread(self, arguments: dict[str, Any]) -> Any:
+        """Runs a sync handler in a worker thread; awaits what it returns if that is awaitable."""
+        result = await asyncio.to_thread(self.handler, arguments)
+        if inspect.isawaitable(result):
+            return await result
+        return result
 
     def __repr__(self) -> str:
         return f"ToolSpec(name={self.name!r})"
 
 
+def _is_async_callable(handler: Any) -> bool:
+    """Whether calling `handler` returns a coroutine.
+
+    True for an async function, an object with an async `__call__`, or a `functools.partial`
+    of either.
+    """
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    if inspect.iscoroutinefunction(handler):
+        return True
+    if isinstance(handler, type) or inspect.isroutine(handler):
+        return False  # calling a class makes an instance; a plain routine was checked above
+    return inspect.iscoroutinefunction(type(handler).__call__)
+
+
+_ARG_SECTIONS = frozenset({"args", "arguments", "parameters", "params"})
+# Google-style section headers; any other single word ending in ":" on a line of its own,
+# at the docstring's left margin, is taken for a section header too.
+_SECTIONS = _ARG_SECTIONS | {
+    "attributes",
+    "example",
+    "examples",
+    "except",
+    "exceptions",
+    "keyword args",
+    "keyword arguments",
+    "methods",
+    "note",
+    "notes",
+    "other parameters",
+    "raise",
+    "raises",
+    "references",
+    "return",
+    "returns",
+    "see also",
+    "todo",
+    "warning",
+    "warnings",
+    "warns",
+    "yield",
+    "yields",
+}
+
+
+def _section_header(raw: str) -> str | None:
+    """The lower-cased section name when `raw` is a section header line, else None."""
+    if raw[:1].isspace() or not raw.rstrip().endswith(":"):
+        return None
+    name = raw.strip()[:-1].strip().lower()
+    if name in _SECTIONS or name.isalpha():
+        return name
+    return None
+
+
 def _doc_parts(doc: str) -> tuple[str, dict[str, str]]:
-    """Splits a Google-style docstring into a summary and per-argument descriptions."""
+    """Splits a Google-style docstring into a summary and per-argument descriptions.
+
+    The summary is the prose outside sections (its first two lines); `Returns:`, `Raises:`,
+    `Examples:` and other sections are left out of it. Argument descriptions come from the
+    `Args:` section.
+    """
     summary_lines: list[str] = []
     arg_docs: dict[str, str] = {}
-    in_args = False
+    section: str | None = None
     for raw in inspect.cleandoc(doc).splitlines():
         line = raw.strip()
-        if line in ("Args:", "Arguments:"):
-            in_args = True
+        if not line:
             continue
-        if in_args:
-            if line.endswith(":") and " " not in line:
-                in_args = False
-                continue
-            if ":" in line and raw.startswith("    ") and not raw.startswith("        "):
-                arg, text = line.split(":", 1)
-                arg_docs[arg.split(" ")[0]] = text.strip()
+        header = _section_header(raw)
+        if header is not None:
+            section = header
             continue
-        if not line and summary_lines:
-            in_args = False
-        if line:
+        if section is not None and not raw[:1].isspace():
+            section = None  # back at the left margin: the section has ended
+        if section is None:
             summary_lines.append(line)
+        elif (
+            section in _ARG_SECTIONS
+            and ":" in line
+            and raw.startswith("    ")
+            and not raw.startswith("        ")
+        ):
+            arg, text = line.split(":", 1)
+            arg_docs[arg.split(" ")[0]] = text.strip()
     return " ".join(summary_lines[:2]), arg_docs
 
 
@@ -262,7 +342,7 @@ def tool(
             prop.pop("title", None)
             if prop_name in arg_docs:
                 prop["description"] = arg_docs[prop_name]
-        is_async = inspect.iscoroutinefunction(func)
+        is_async = _is_async_callable(func)
 
         def handler(arguments: dict[str, Any]) -> Any:
             # Returns the coroutine of an async `func` unawaited: one frame less per call.
@@ -347,22 +427,26 @@ class ToolRegistry:
     ) -> Observation:
         """Runs one tool call; every failure becomes an `Observation` with an error kind.
 
-        `idempotency_key` is passed to tools that take one. Policy errors
+        `idempotency_key` is passed to tools that take one (a fresh random key when it is
+        None). Every observation is truncated to `max_chars`. Policy errors
         (`PolicyDeniedError`, `BudgetExceededError`) and cancellation propagate.
         """
         spec = self._tools.get(name)
         if spec is None:
             known = ", ".join(self.names()) or "none"
-            return Observation(f"error: unknown tool {name!r} (known: {known})", "not_found")
+            message = f"error: unknown tool {name!r} (known: {known})"
+            return Observation(_truncate(message, max_chars), "not_found")
         try:
             checked = spec._check(arguments)
         except ValueError:  # a bare value to wrap, or arguments to explain: the full check
             try:
                 checked = spec.check_arguments(arguments)
             except ValueError as error:
-                return Observation(f"error: {error}", "permanent")
-        if spec.takes_idempotency_key and idempotency_key is not None:
-            checked = {**checked, IDEMPOTENCY_KEY: idempotency_key}
+                return Observation(_truncate(f"error: {error}", max_chars), "permanent")
+        if spec.takes_idempotency_key:
+            # Without a key from the caller (no checkpoints), one unique to this call.
+            key = uuid.uuid4().hex if idempotency_key is None else idempotency_key
+            checked = {**checked, IDEMPOTENCY_KEY: key}
         try:
             if spec.circuit_breaker is not None:
                 result = await spec.circuit_breaker.call(spec.invoke, checked)

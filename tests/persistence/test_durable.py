@@ -336,3 +336,84 @@ async def test_resume_and_fork_need_a_backend() -> None:
         await runtime.resume("x", script(FINAL))
     with pytest.raises(ar.PersistenceError, match="no checkpoint saved"):
         await ar.AgentRuntime(checkpoint_backend=ar.InMemoryBackend()).resume("x", script())
+
+
+class HangingRoundBackend(ar.InMemoryBackend):
+    """The first save that holds step 2 never ends: a crash while a round is saved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached = asyncio.Event()
+
+    async def batch_save(self, items: Any) -> None:
+        if not self.reached.is_set() and any(key.endswith(":step:2") for key in items):
+            self.reached.set()
+            await asyncio.Event().wait()  # never returns: the run is cancelled here
+        await super().batch_save(items)
+
+
+async def test_a_round_interrupted_while_saved_resumes_from_its_journal() -> None:
+    backend = HangingRoundBackend()
+    effects = Effects()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=effects.tools(), checkpoint_backend=backend
+    )
+    round_of_three = ar.ScriptedProvider.tool_call_reply(
+        [("charge", {"amount": n}) for n in (1, 2, 3)]
+    )
+    session = runtime.create_session("a")
+    task = asyncio.create_task(
+        runtime.run_agent_with_provider(
+            "a", "q", ar.ScriptedProvider([round_of_three]), session=session
+        )
+    )
+    await backend.reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert effects.calls == [("charge", 1), ("charge", 2), ("charge", 3)]
+    # The round is saved whole or not at all; its calls' results come from the journal.
+    resumed = await runtime.resume(session.session_id, ar.ScriptedProvider(["done"]))
+    assert [(s.action, s.action_input) for s in resumed.steps] == [
+        ("charge", {"amount": 1}),
+        ("charge", {"amount": 2}),
+        ("charge", {"amount": 3}),
+        ("FINAL_ANSWER", "done"),
+    ]
+    assert len(effects.calls) == 3  # no charge ran twice
+
+
+class FailsOnceAtStep2(ar.InMemoryBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    async def batch_save(self, items: Any) -> None:
+        if not self.failed and any(key.endswith(":step:2") for key in items):
+            self.failed = True
+            raise OSError("disk full")
+        await super().batch_save(items)
+
+
+async def test_a_failed_step_checkpoint_goes_with_the_next_so_resume_finds_no_gap() -> None:
+    backend = FailsOnceAtStep2()
+    effects = Effects()
+    runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
+    replies = [add_step(i) for i in range(4)]
+
+    async def failing_model(prompt: str) -> str:
+        if replies:
+            return replies.pop(0)
+        raise ConnectionError("model down")
+
+    session = runtime.create_session("a")
+    with pytest.raises(ConnectionError):
+        await runtime.run_agent("a", "q", failing_model, session=session)
+    assert session.checkpoint_errors == 1
+    prefix = f"session:{session.session_id}:step:"
+    assert sorted(k for k in backend.data if k.startswith(prefix)) == [
+        f"{prefix}{n}" for n in (1, 2, 3, 4)
+    ]
+    resumed = await runtime.resume(session.session_id, script(FINAL))
+    assert [s.observation for s in resumed.steps] == ["1", "2", "3", "4", ""]
+    assert len(effects.calls) == 4  # nothing ran twice
