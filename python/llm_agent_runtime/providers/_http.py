@@ -14,8 +14,10 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import re
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -61,6 +63,10 @@ DEFAULT_LIMITS_MAX_CONNECTIONS = 100
 _MAX_ERROR_MESSAGE = 500
 """Error bodies longer than this many characters are cut in messages."""
 _REDACTED = "[redacted]"
+_END_GRACE = 0.1
+"""Seconds a stream's body may take to end after its last event (then it is cut)."""
+_KEY_CHARACTERS = re.compile(r"[!-~]*")
+"""What an API key is made of: printable ASCII, no spaces (what an HTTP header can carry)."""
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -156,13 +162,19 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
         yield SseEvent(event, b"\n".join(data))
 
 
-def error_message(body: bytes) -> str:
-    """The human part of an error body: `error.message` of either API's JSON, else the text."""
+def error_message(body: bytes, redact: Callable[[str], str] | None = None) -> str:
+    """The human part of an error body: `error.message` of either API's JSON, else the text.
+
+    Args:
+        body: The error response's body.
+        redact: Applied to the whole message before it is cut to length, so no part of a
+            secret survives the cut.
+    """
     text = body.decode("utf-8", "replace").strip()
     try:
         payload = json.loads(text)
     except ValueError:
-        return text[:_MAX_ERROR_MESSAGE] or "no error message"
+        payload = None
     if isinstance(payload, dict):
         error = payload.get("error", payload)
         if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -171,7 +183,33 @@ def error_message(body: bytes) -> str:
             text = f"{kind}: {message}" if isinstance(kind, str) else message
         elif isinstance(error, str):
             text = error
+    if redact is not None:
+        text = redact(text)
     return text[:_MAX_ERROR_MESSAGE] or "no error message"
+
+
+def check_api_key(name: str, key: str | None) -> None:
+    """Refuses an API key that no HTTP header can carry, without ever quoting it.
+
+    Raises:
+        ProviderError: The key has whitespace (a trailing newline read from a file, say),
+            control characters or non-ASCII characters.
+    """
+    if key is None or _KEY_CHARACTERS.fullmatch(key):
+        return
+    position = next(i for i, c in enumerate(key) if not _KEY_CHARACTERS.fullmatch(c))
+    char = key[position]
+    what = (
+        "whitespace"
+        if char.isspace()
+        else "a control character"
+        if char.isascii()
+        else "a non-ASCII character"
+    )
+    raise ProviderError(
+        f"the {name} API key is not valid: it has {what} at position {position} of "
+        f"{len(key)} (an API key is printable ASCII without spaces; strip the value you read)"
+    )
 
 
 def parse_json(model: type[ModelT], data: bytes, what: str) -> ModelT:
@@ -245,8 +283,8 @@ class HttpTransport:
         timeout: Seconds to wait for the next bytes of a response.
         connect_timeout: Seconds to wait for a connection.
         retry: Retry policy for failed calls (None: `RetryPolicy()`, 3 attempts).
-        http_client: An `httpx.AsyncClient` to use instead of creating one; it is not closed
-            by `aclose`.
+        http_client: An `httpx.AsyncClient` to use instead of creating one (`timeout` and
+            `connect_timeout` still apply to each request); it is not closed by `aclose`.
         budget: Cost budget checked before each call and charged with its usage.
         metrics: Runtime metrics that receive each call's token counts.
         input_cost_per_million: US dollars per million input tokens (charged to `budget`).
@@ -273,12 +311,16 @@ class HttpTransport:
             raise ValueError("timeouts must be > 0 seconds")
         if input_cost_per_million < 0 or output_cost_per_million < 0:
             raise ValueError("token prices must be >= 0")
+        check_api_key(name, secret)
         self.name = name
         self.base_url = base_url.rstrip("/")
         self._headers = dict(headers)
-        self._secret = secret or None
+        # The forms the key takes in reprs and JSON ("'" and "\" escaped), to redact too.
+        self._secret_forms = _escaped_forms(secret) if secret else ()
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        # Sent with every request: a client passed in has timeouts of its own (5 s default).
+        self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
         self.retry = retry if retry is not None else RetryPolicy()
         self._client = http_client
         self._owns_client = http_client is None
@@ -305,7 +347,7 @@ class HttpTransport:
             # Pooled connections belong to the loop that opened them: a provider reused under
             # a new event loop (a second asyncio.run) starts a fresh pool.
             self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+                timeout=self._timeouts,
                 limits=httpx.Limits(max_connections=DEFAULT_LIMITS_MAX_CONNECTIONS),
             )
             self._client_loop = loop
@@ -326,34 +368,63 @@ class HttpTransport:
 
     # ------------------------------------------------------------------ errors
     def redact(self, text: str) -> str:
-        """Removes the API key from text that came from the server or the network layer."""
-        if self._secret is not None and self._secret in text:
-            return text.replace(self._secret, _REDACTED)
+        """Removes the API key from text that came from the server or the network layer.
+
+        The key is also found where a repr or JSON escaped it (a backslash before `'`).
+        """
+        for form in self._secret_forms:
+            if form in text:
+                text = text.replace(form, _REDACTED)
         return text
+
+    def _reveals_secret(self, exc: BaseException) -> bool:
+        """Whether the exception, or one it was raised from, shows the key in its text."""
+        return any(
+            form in f"{link!s} {link!r}" for link in _chain(exc) for form in self._secret_forms
+        )
 
     @contextlib.contextmanager
     def translate_errors(self) -> Iterator[None]:
-        """Turns httpx transport failures into `ProviderError` (timeouts and drops retryable)."""
+        """Turns httpx transport failures into `ProviderError` (timeouts and drops retryable).
+
+        The httpx error is the cause; when its text (or its causes') shows the key, their
+        arguments are redacted first, and if that does not hide the key the error is not
+        chained at all (`from None`).
+        """
         try:
             yield
         except httpx.TimeoutException as exc:
-            raise ProviderError(
+            error = ProviderError(
                 f"{self.name} request timed out ({type(exc).__name__})", retryable=True
-            ) from exc
+            )
+            raise error from self._cause(exc)
         except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise ProviderError(
+            error = ProviderError(
                 self.redact(f"{self.name} connection failed: {type(exc).__name__}: {exc}"),
                 retryable=True,
-            ) from exc
+            )
+            raise error from self._cause(exc)
         except (httpx.TransportError, httpx.InvalidURL) as exc:
-            raise ProviderError(
+            error = ProviderError(
                 self.redact(f"{self.name} request failed: {type(exc).__name__}: {exc}")
-            ) from exc
+            )
+            raise error from self._cause(exc)
+
+    def _cause(self, exc: BaseException) -> BaseException | None:
+        """What to chain a `ProviderError` to: `exc`, redacted if it shows the key.
+
+        None when redacting the arguments of its chain does not hide the key.
+        """
+        if not self._secret_forms or not self._reveals_secret(exc):
+            return exc
+        for link in _chain(exc):
+            link.args = tuple(self.redact(a) if isinstance(a, str) else a for a in link.args)
+        return None if self._reveals_secret(exc) else exc
 
     def status_error(self, response: httpx.Response, body: bytes) -> ProviderError:
         """The `ProviderError` for a response with an error status."""
         status = response.status_code
-        message = self.redact(error_message(body))
+        message = error_message(body, self.redact)  # redacted whole, then cut
         return ProviderError(
             f"{self.name} API error: {message}",
             status=status,
@@ -379,15 +450,25 @@ class HttpTransport:
         client = self._http()
         with self.translate_errors():
             response = await client.post(
-                self.base_url + path, content=content, headers=self._headers
+                self.base_url + path, content=content, headers=self._headers, timeout=self._timeouts
             )
             payload = response.content
         if response.status_code >= 400:
             raise self.status_error(response, payload)
         return payload
 
-    async def post_sse(self, path: str, body: dict[str, Any]) -> AsyncIterator[SseEvent]:
+    async def post_sse(
+        self, path: str, body: dict[str, Any], ended: Callable[[], bool] | None = None
+    ) -> AsyncGenerator[SseEvent, None]:
         """POSTs a JSON body and yields the server-sent events of the response (one attempt).
+
+        Args:
+            path: Appended to the base URL.
+            body: The JSON request body.
+            ended: Tells whether the caller has seen the stream's last event (`[DONE]`,
+                `message_stop`). The caller then stops reading, or closes this iterator:
+                the rest of the body is read only briefly (so the connection can go back to
+                the pool) and the response is closed, even if the server keeps it open.
 
         Raises:
             ProviderError: Error status, timeout, or a connection lost mid-stream.
@@ -396,16 +477,27 @@ class HttpTransport:
         content = json.dumps(body).encode()
         with self.translate_errors():
             request = client.build_request(
-                "POST", self.base_url + path, content=content, headers=self._headers
+                "POST",
+                self.base_url + path,
+                content=content,
+                headers=self._headers,
+                timeout=self._timeouts,
             )
             response = await client.send(request, stream=True)
+            chunks = response.aiter_bytes()
             try:
                 if response.status_code >= 400:
                     raise self.status_error(response, await response.aread())
-                async for event in iter_sse(response.aiter_bytes()):
+                async for event in iter_sse(chunks):
                     yield event
+                    if ended is not None and ended():
+                        break
             finally:
-                await response.aclose()
+                try:
+                    if ended is not None and ended():  # left after the last event
+                        await _finish_body(chunks, min(_END_GRACE, self.timeout))
+                finally:
+                    await response.aclose()
 
     async def retry_stream(self, open_stream: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
         """Yields a stream's items, retrying the whole stream until its first item arrives.
@@ -458,6 +550,47 @@ class HttpTransport:
                 + output_tokens * self.output_cost_per_million
             ) / 1_000_000
             self.budget.record(input_tokens, output_tokens, cost)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and those it was raised from or during, as a traceback shows them."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
+
+
+def _escaped_forms(secret: str) -> tuple[str, ...]:
+    """The secret as written, and as a repr or JSON string escapes it."""
+    backslashed = secret.replace("\\", "\\\\")
+    forms = (
+        secret,
+        backslashed,
+        backslashed.replace("'", "\\'"),
+        backslashed.replace('"', '\\"'),
+    )
+    return tuple(dict.fromkeys(forms))
+
+
+async def _finish_body(chunks: AsyncIterator[bytes], grace: float) -> None:
+    """Reads the rest of a body for at most `grace` seconds, ignoring any failure.
+
+    A body read to its end lets its connection go back to the pool; one that does not end
+    in time is cut when the response is closed.
+    """
+
+    async def rest() -> None:
+        async for _ in chunks:
+            pass
+
+    with contextlib.suppress(httpx.HTTPError, TimeoutError, asyncio.TimeoutError):
+        if sys.version_info >= (3, 11):
+            async with asyncio.timeout(grace):
+                await rest()
+        else:  # pragma: no cover - Python 3.10
+            await asyncio.wait_for(rest(), grace)
 
 
 async def _aclose(stream: AsyncIterator[Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -150,7 +151,8 @@ class AnthropicProvider(HttpProvider):
         retry: Retry policy (None: `RetryPolicy()`, 3 attempts; `RetryPolicy(max_attempts=1)`
             turns retries off).
         stop: Stop sequences sent with every call (a call's `stop=` overrides them).
-        http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here).
+        http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here;
+            `timeout` and `connect_timeout` apply to its requests all the same).
         budget: Cost budget checked before each call and charged with its usage. Leave it
             unset inside an `AgentRuntime` that has a budget: the runtime charges each call.
         metrics: Runtime metrics that receive each call's token counts (the same caveat).
@@ -158,7 +160,8 @@ class AnthropicProvider(HttpProvider):
         output_cost_per_million: US dollars per million output tokens, charged to `budget`.
 
     Raises:
-        ProviderError: No API key for Anthropic's own API.
+        ProviderError: No API key for Anthropic's own API, or a key no HTTP header can carry
+            (whitespace such as a trailing newline, control or non-ASCII characters).
         ValueError: A timeout, price or `max_tokens` is out of range.
     """
 
@@ -308,7 +311,7 @@ class AnthropicProvider(HttpProvider):
                 {"name": t.name, "description": t.description, "input_schema": t.parameters}
                 for t in tools
             ]
-        stop = params.pop("stop", None) or self.stop
+        stop = params.pop("stop") if "stop" in params else self.stop  # a call's own wins
         if stop:
             body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
         body.update(params)
@@ -323,70 +326,69 @@ class AnthropicProvider(HttpProvider):
         model: str | None = None
         input_tokens = output_tokens = 0
         done = False
-        async for sse in self._transport.post_sse("/v1/messages", body):
-            # Read on past message_stop to the end of the body: the connection goes back to
-            # the pool only once the body is complete.
-            if done:
-                continue
-            event = parse_json(_Event, sse.data, "Anthropic stream event")
-            kind = event.type
-            if kind == "content_block_delta":
-                delta = event.delta
-                if delta is None:
-                    raise ProviderError("malformed Anthropic stream event: delta missing")
-                if delta.type == "text_delta" and delta.text:
-                    text.append(delta.text)
-                    yield TextDelta(delta.text)
-                elif delta.type == "input_json_delta" and delta.partial_json:
-                    block = tool_blocks.get(event.index)
-                    if block is None:
-                        raise ProviderError(
-                            f"Anthropic stream sent input JSON for block {event.index}, "
-                            "which is not a tool_use block"
+        events = self._transport.post_sse("/v1/messages", body, ended=lambda: done)
+        async with contextlib.aclosing(events):  # closing it cuts a body kept open at the end
+            async for sse in events:
+                event = parse_json(_Event, sse.data, "Anthropic stream event")
+                kind = event.type
+                if kind == "content_block_delta":
+                    delta = event.delta
+                    if delta is None:
+                        raise ProviderError("malformed Anthropic stream event: delta missing")
+                    if delta.type == "text_delta" and delta.text:
+                        text.append(delta.text)
+                        yield TextDelta(delta.text)
+                    elif delta.type == "input_json_delta" and delta.partial_json:
+                        block = tool_blocks.get(event.index)
+                        if block is None:
+                            raise ProviderError(
+                                f"Anthropic stream sent input JSON for block {event.index}, "
+                                "which is not a tool_use block"
+                            )
+                        block.fragments.append(delta.partial_json)
+                        yield ToolCallDelta(block.index, None, None, delta.partial_json)
+                elif kind == "content_block_start":
+                    start = event.content_block
+                    if start is not None and start.type == "tool_use":
+                        ordinal = len(tool_blocks)
+                        tool_blocks[event.index] = PartialToolCall(
+                            ordinal, start.id, start.name, initial=start.input
                         )
-                    block.fragments.append(delta.partial_json)
-                    yield ToolCallDelta(block.index, None, None, delta.partial_json)
-            elif kind == "content_block_start":
-                start = event.content_block
-                if start is not None and start.type == "tool_use":
-                    ordinal = len(tool_blocks)
-                    tool_blocks[event.index] = PartialToolCall(
-                        ordinal, start.id, start.name, initial=start.input
-                    )
-                    yield ToolCallDelta(ordinal, start.id, start.name, "")
-                elif start is not None and start.type == "text" and start.text:
-                    text.append(start.text)
-                    yield TextDelta(start.text)
-            elif kind == "message_start":
-                if event.message is not None:
-                    model = event.message.model
-                    input_tokens = event.message.usage.billed_input()
-                    output_tokens = event.message.usage.output_tokens or 0
-            elif kind == "message_delta":
-                if event.delta is not None and event.delta.stop_reason is not None:
-                    stop_reason = event.delta.stop_reason
-                if event.usage is not None:
-                    # Counts in message_delta are cumulative for the whole message.
-                    if event.usage.output_tokens is not None:
-                        output_tokens = event.usage.output_tokens
-                    if event.usage.input_tokens is not None:
-                        input_tokens = event.usage.billed_input()
-            elif kind == "message_stop":
-                done = True
-            elif kind == "error":
-                raise _stream_error(event.error or _Error(), self._transport)
-            # ping, content_block_stop and event types added later carry nothing we need.
-        if not done:
-            raise ProviderError("Anthropic stream ended before message_stop", retryable=True)
-        response = ChatResponse(
-            text="".join(text),
-            tool_calls=[call.build() for call in tool_blocks.values()],
-            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
-            stop_reason=stop_reason,
-            model=model,
-        )
-        self._transport.charge(input_tokens, output_tokens)
-        yield StreamEnd(response)
+                        yield ToolCallDelta(ordinal, start.id, start.name, "")
+                    elif start is not None and start.type == "text" and start.text:
+                        text.append(start.text)
+                        yield TextDelta(start.text)
+                elif kind == "message_start":
+                    if event.message is not None:
+                        model = event.message.model
+                        input_tokens = event.message.usage.billed_input()
+                        output_tokens = event.message.usage.output_tokens or 0
+                elif kind == "message_delta":
+                    if event.delta is not None and event.delta.stop_reason is not None:
+                        stop_reason = event.delta.stop_reason
+                    if event.usage is not None:
+                        # Counts in message_delta are cumulative for the whole message.
+                        if event.usage.output_tokens is not None:
+                            output_tokens = event.usage.output_tokens
+                        if event.usage.input_tokens is not None:
+                            input_tokens = event.usage.billed_input()
+                elif kind == "message_stop":
+                    done = True
+                    break
+                elif kind == "error":
+                    raise _stream_error(event.error or _Error(), self._transport)
+                # ping, content_block_stop and event types added later carry nothing we need.
+            if not done:
+                raise ProviderError("Anthropic stream ended before message_stop", retryable=True)
+            response = ChatResponse(
+                text="".join(text),
+                tool_calls=[call.build() for call in tool_blocks.values()],
+                usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+                stop_reason=stop_reason,
+                model=model,
+            )
+            self._transport.charge(input_tokens, output_tokens)
+            yield StreamEnd(response)  # at once: the body is finished (or cut) after this
 
 
 def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:

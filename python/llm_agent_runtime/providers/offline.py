@@ -90,10 +90,16 @@ class ScriptedProvider:
         return self._next(prompt).text
 
     async def stream(self, prompt: str, model: str | None = None) -> AsyncIterator[str]:
-        """Yields the next scripted reply word by word."""
+        """Yields the next scripted reply word by word (each word with the space after it).
+
+        The pieces join back to exactly the reply's text.
+        """
         text = self._next(prompt).text
-        for piece in text.split(" "):
-            yield piece + " "
+        start = 0
+        while start < len(text):
+            end = text.find(" ", start) + 1 or len(text)
+            yield text[start:end]
+            start = end
 
     async def chat(
         self,

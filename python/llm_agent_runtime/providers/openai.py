@@ -6,6 +6,7 @@ LM Studio) through `base_url`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -136,7 +137,8 @@ class OpenAIProvider(HttpProvider):
         retry: Retry policy (None: `RetryPolicy()`, 3 attempts; `RetryPolicy(max_attempts=1)`
             turns retries off).
         stop: Stop sequences sent with every call (a call's `stop=` overrides them).
-        http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here).
+        http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here;
+            `timeout` and `connect_timeout` apply to its requests all the same).
         budget: Cost budget checked before each call and charged with its usage. Leave it
             unset inside an `AgentRuntime` that has a budget: the runtime charges each call.
         metrics: Runtime metrics that receive each call's token counts (the same caveat).
@@ -144,7 +146,8 @@ class OpenAIProvider(HttpProvider):
         output_cost_per_million: US dollars per million output tokens, charged to `budget`.
 
     Raises:
-        ProviderError: No API key for OpenAI's own API.
+        ProviderError: No API key for OpenAI's own API, or a key no HTTP header can carry
+            (whitespace such as a trailing newline, control or non-ASCII characters).
         ValueError: A timeout or price is out of range.
     """
 
@@ -304,53 +307,54 @@ class OpenAIProvider(HttpProvider):
         model: str | None = None
         usage = _Usage()
         done = False
-        async for sse in self._transport.post_sse("/chat/completions", body):
-            # Read on past [DONE] to the end of the body so the connection returns to the pool.
-            data = sse.data
-            if done:
-                continue
-            if data == _DONE:
-                done = True
-                continue
-            chunk = parse_json(_Chunk, data, "OpenAI stream event")
-            if chunk.error is not None:
-                raise _stream_error(chunk.error, self._transport)
-            if chunk.usage is not None:
-                usage = chunk.usage
-            if chunk.model:
-                model = chunk.model
-            for choice in chunk.choices:
-                if choice.index != 0:
-                    continue  # only the first choice is assembled (n > 1 is not supported)
-                delta = choice.delta
-                if delta.content:
-                    text.append(delta.content)
-                    yield TextDelta(delta.content)
-                for piece in delta.tool_calls or ():
-                    function = piece.function
-                    name = function.name if function is not None else None
-                    fragment = (function.arguments if function is not None else None) or ""
-                    call = calls.get(piece.index)
-                    if call is None:
-                        call = calls[piece.index] = PartialToolCall(piece.index, piece.id, name)
-                    else:
-                        call.id = call.id or piece.id
-                        call.name = call.name or name
-                    call.fragments.append(fragment)
-                    yield ToolCallDelta(piece.index, piece.id, name, fragment)
-                if choice.finish_reason is not None:
-                    finish_reason = choice.finish_reason
-        if not done:
-            raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
-        response = ChatResponse(
-            text="".join(text),
-            tool_calls=[calls[index].build() for index in sorted(calls)],
-            usage=Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
-            stop_reason=finish_reason,
-            model=model,
-        )
-        self._transport.charge(usage.prompt_tokens, usage.completion_tokens)
-        yield StreamEnd(response)
+        events = self._transport.post_sse("/chat/completions", body, ended=lambda: done)
+        async with contextlib.aclosing(events):  # closing it cuts a body kept open after [DONE]
+            async for sse in events:
+                data = sse.data
+                if data == _DONE:
+                    done = True
+                    break
+                chunk = parse_json(_Chunk, data, "OpenAI stream event")
+                if chunk.error is not None:
+                    raise _stream_error(chunk.error, self._transport)
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if chunk.model:
+                    model = chunk.model
+                for choice in chunk.choices:
+                    if choice.index != 0:
+                        continue  # only the first choice is assembled (n > 1 is not supported)
+                    delta = choice.delta
+                    if delta.content:
+                        text.append(delta.content)
+                        yield TextDelta(delta.content)
+                    for piece in delta.tool_calls or ():
+                        function = piece.function
+                        name = function.name if function is not None else None
+                        fragment = (function.arguments if function is not None else None) or ""
+                        call = calls.get(piece.index)
+                        if call is None:
+                            call = calls[piece.index] = PartialToolCall(piece.index, piece.id, name)
+                        else:
+                            call.id = call.id or piece.id
+                            call.name = call.name or name
+                        call.fragments.append(fragment)
+                        yield ToolCallDelta(piece.index, piece.id, name, fragment)
+                    if choice.finish_reason is not None:
+                        finish_reason = choice.finish_reason
+            if not done:
+                raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
+            response = ChatResponse(
+                text="".join(text),
+                tool_calls=[calls[index].build() for index in sorted(calls)],
+                usage=Usage(
+                    input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens
+                ),
+                stop_reason=finish_reason,
+                model=model,
+            )
+            self._transport.charge(usage.prompt_tokens, usage.completion_tokens)
+            yield StreamEnd(response)  # at once: the body is finished (or cut) after this
 
 
 def _wire_message(message: Message) -> dict[str, Any]:
