@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
@@ -182,7 +182,8 @@ async def test_checkpoints_per_step_and_final() -> None:
 async def test_step_checkpoint_failures_counted_final_failure_raised() -> None:
     rt = ar.AgentRuntime(tools=[add], checkpoint_backend=DictBackend(fail_steps=True))
     s = await rt.run_agent("a", "q", react(ADD, FINAL))
-    assert s.checkpoint_error_count() == 2 and rt.metrics.snapshot().checkpoint_errors == 2
+    # Unsaved steps go with every later save: after each step and before the final record.
+    assert s.checkpoint_error_count() == 3 and rt.metrics.snapshot().checkpoint_errors == 3
     rt2 = ar.AgentRuntime(checkpoint_backend=DictBackend(fail_final=True))
     with pytest.raises(ar.PersistenceError, match="session:"):
         await rt2.run_agent("a", "q", react(FINAL))
@@ -396,8 +397,180 @@ def test_stop_sequences_must_be_non_empty() -> None:
 
 
 @given(text=st.text("ab\n:", max_size=30), stops=st.lists(st.text("ab\n:", min_size=1), max_size=3))
-def test_cut_at_stop_keeps_the_longest_prefix_without_a_stop(text: str, stops: list[str]) -> None:
+def test_cut_at_stop_ends_where_the_first_stop_sequence_completes(
+    text: str, stops: list[str]
+) -> None:
     cut = _cut_at_stop(text, stops)
-    ends = [text.find(s) for s in stops if s in text]
-    assert cut == text[: min(ends, default=len(text))]
-    assert not any(s in cut for s in stops)
+    # Reference: write the text a character at a time; stop once the written part holds a
+    # stop sequence, dropping that sequence.
+    written = ""
+    for char in text:
+        written += char
+        done = [s for s in stops if written.endswith(s)]
+        if done:
+            written = written[: -max(map(len, done))]
+            break
+    assert cut == written
+
+
+async def test_each_turn_of_a_session_gets_all_its_iterations_and_its_own_answer() -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(max_iterations=2), tools=[add])
+    session = rt.create_session("a")
+    answers = []
+    for turn in range(3):
+        final = FINAL.replace("5", f"answer {turn}")
+        answers.append(await rt.run_turn(session, f"q{turn}", react(ADD, final)))
+    assert answers == ["answer 0", "answer 1", "answer 2"]
+    assert session.step_count == 6
+    # A turn that runs out of iterations answers None, not the previous turn's answer.
+    assert await rt.run_turn(session, "q3", react(ADD, ADD)) is None
+
+
+async def test_a_failure_before_the_loop_releases_the_slot_and_is_typed() -> None:
+    class NoMeta(ar.InMemoryBackend):
+        async def save(self, key: str, value: bytes) -> None:
+            raise OSError("disk full")
+
+    guard = ar.BackpressureGuard(capacity=1)
+    rt = ar.AgentRuntime(checkpoint_backend=NoMeta(), backpressure=guard)
+    with pytest.raises(ar.PersistenceError, match="disk full"):
+        await rt.run_agent("a", "q", react(FINAL))
+    rt2 = ar.AgentRuntime(backpressure=guard)
+
+    def failing_listener(event: ar.Event) -> None:
+        if isinstance(event, ar.RunStarted):
+            raise RuntimeError("listener broke")
+
+    rt2.events.on(failing_listener)
+    with pytest.raises(RuntimeError, match="listener broke"):
+        await rt2.run_agent("a", "q", react(FINAL))
+    assert guard.depth == 0
+    assert rt.metrics.snapshot().active_sessions == rt2.metrics.snapshot().active_sessions == 0
+
+
+async def test_a_remembered_edit_holds_for_the_same_arguments_only() -> None:
+    seen: list[Any] = []
+
+    def cap(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        seen.append(args)
+        return ar.ApprovalDecision("edit", arguments={**args, "b": 0}, remember=True)
+
+    rt = ar.AgentRuntime(ar.AgentConfig(max_iterations=4), tools=[add], approval_handler=cap)
+    other = 'Thought: t\nAction: add {"a": 7, "b": 3}'
+    s = await rt.run_agent("a", "q", react(ADD, ADD, other, FINAL))
+    assert [st.observation for st in s.steps[:3]] == ["2", "2", "7"]
+    assert seen == [{"a": 2, "b": 3}, {"a": 7, "b": 3}]  # the repeat reused its decision
+    # Steps record the call that ran.
+    assert [st.action_input for st in s.steps[:3]] == [{"a": 2, "b": 0}] * 2 + [{"a": 7, "b": 0}]
+
+
+async def test_denials_are_truncated_like_other_observations() -> None:
+    def deny(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("deny", reason="x" * 500)
+
+    config = ar.AgentConfig(max_observation_chars=40)
+    rt = ar.AgentRuntime(config, tools=[add], approval_handler=deny)
+    s = await rt.run_agent("a", "q", react(ADD, FINAL))
+    assert s.steps[0].error_kind == "permanent" and len(s.steps[0].observation) == 40
+
+
+async def test_hooks_inherited_from_a_base_middleware_run() -> None:
+    class Upper(ar.Middleware):
+        def on_post_llm(self, session: ar.AgentSession, text: str) -> str:
+            return text.replace("FINAL_ANSWER 5", "FINAL_ANSWER 6")
+
+    class Child(Upper):
+        pass
+
+    rt = ar.AgentRuntime(middlewares=[Child()])
+    assert (await rt.run_agent("a", "q", react(FINAL))).final_answer == "6"
+
+
+async def test_parallel_calls_events_carry_each_call_its_step_index() -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add])
+    seen: list[tuple[str, int, Any]] = []
+    rt.events.on(
+        lambda e: (
+            seen.append((type(e).__name__, e.step, e.arguments))
+            if isinstance(e, ar.ToolCallStarted)
+            else None
+        )
+    )
+    calls = [("add", {"a": i, "b": 0}) for i in range(3)]
+    provider = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply(calls), "done"])
+    s = await rt.run_agent_with_provider("a", "q", provider)
+    assert sorted((step, args["a"]) for _, step, args in seen) == [(0, 0), (1, 1), (2, 2)]
+    assert [st.action_input["a"] for st in s.steps[:3]] == [0, 1, 2]
+
+
+def test_history_trimming_keeps_whole_turns() -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(context_window_tokens=100, system_prompt="S"))
+    history = [
+        {"role": "user", "content": "old question"},
+        {"role": "assistant", "content": "old answer"},
+        {"role": "user", "content": "U" * 380},
+        {"role": "assistant", "content": "short answer"},
+    ]
+    assert rt.trim_history(history) == []  # the last turn alone is over the budget
+    assert rt.trim_history(history[:2] + history[:2]) == history[:2] + history[:2]
+    roomy = ar.AgentRuntime(ar.AgentConfig(context_window_tokens=110, system_prompt="S"))
+    assert roomy.trim_history(history) == history[2:]
+
+
+def test_none_means_no_tools_or_middlewares_and_metrics_are_checked() -> None:
+    rt = ar.AgentRuntime(tools=None, middlewares=None)
+    assert len(rt.tools) == 0
+    with pytest.raises(ar.AgentRuntimeError, match="RuntimeMetrics"):
+        ar.AgentRuntime(metrics="x")  # type: ignore[arg-type]
+
+
+class ChunkedStream(ar.ScriptedProvider):
+    """Streams each scripted reply in pieces of `size` characters."""
+
+    streams_text = True
+
+    def __init__(self, replies: list[str], size: int) -> None:
+        super().__init__(replies)
+        self.size = size
+
+    async def chat_stream(
+        self, messages: Any, tools: Any = None, model: Any = None, **params: Any
+    ) -> Any:
+        response = self._next(messages[-1].content)
+        text = response.text
+        for start in range(0, len(text), self.size):
+            yield ar.providers.base.TextDelta(text=text[start : start + self.size])
+        yield ar.providers.base.StreamEnd(response=response)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.text("abST\n", max_size=40),
+    stops=st.lists(st.text("abST\n", min_size=1, max_size=4), max_size=3),
+    size=st.integers(1, 6),
+)
+def test_streamed_deltas_end_where_the_reply_is_cut(text: str, stops: list[str], size: int) -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools", stop_sequences=stops))
+    deltas: list[str] = []
+    rt.events.on(lambda e: deltas.append(e.text) if isinstance(e, ar.LlmTextDelta) else None)
+    session = asyncio.run(rt.run_agent_with_provider("a", "q", ChunkedStream([text], size)))
+    expected = _cut_at_stop(text, stops)
+    assert "".join(deltas) == expected and all(deltas)
+    assert session.final_answer == expected
+
+
+async def test_a_spent_budget_is_refused_before_the_model_is_called() -> None:
+    budget = ar.CostBudget(max_tokens=1)
+    rt = ar.AgentRuntime(ar.AgentConfig(max_iterations=3), budget=budget)
+    infer = react(FINAL, FINAL)
+    with pytest.raises(ar.BudgetExceededError):
+        await rt.run_agent("a", "q", infer)  # the first call goes past the budget
+    spent = budget.used_tokens
+    with pytest.raises(ar.BudgetExceededError, match="spent"):
+        await rt.run_agent("a", "q", infer)
+    assert len(infer.prompts) == 1 and budget.used_tokens == spent
+    tools_rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), budget=budget)
+    provider = ar.ScriptedProvider(["never"])
+    with pytest.raises(ar.BudgetExceededError, match="spent"):
+        await tools_rt.run_agent_with_provider("a", "q", provider)
+    assert provider.calls == 0

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import itertools
+import json
 import logging
 import os
 import time
@@ -60,13 +61,15 @@ from llm_agent_runtime.providers.base import (
     ToolDefinition,
 )
 from llm_agent_runtime.session import AgentSession, Step
-from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec
+from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, _truncate
 
 __all__ = ["AgentRuntime", "ApprovalDecision", "Middleware"]
 
 logger = logging.getLogger("llm_agent_runtime")
 
 InferFn = Callable[[str], Awaitable[str]]
+ToolRun = tuple[Observation, float, str, Any]
+"""A tool call's observation, the tool's time in ms, and the name and arguments that ran."""
 """An async model call: prompt text in, reply text out."""
 
 _CHARS_PER_TOKEN = 4
@@ -150,7 +153,7 @@ class AgentRuntime:
         middlewares: Hooks that may rewrite prompts, replies and tool calls.
         approval_handler: Approves, denies or edits tool calls.
         capabilities: Tools allowed and actions budget, checked per call.
-        budget: Token / cost budget, charged per model call.
+        budget: Token / cost budget, checked before each model call and charged after it.
 
     Raises:
         AgentRuntimeError: On misconfiguration (wrong types, missing methods).
@@ -163,11 +166,11 @@ class AgentRuntime:
         memory: Any = None,
         working_memory: Any = None,
         graph: Any = None,
-        tools: Iterable[ToolSpec] | ToolRegistry = (),
+        tools: Iterable[ToolSpec] | ToolRegistry | None = (),
         backpressure: BackpressureGuard | None = None,
         metrics: RuntimeMetrics | None = None,
         checkpoint_backend: PersistenceBackend | None = None,
-        middlewares: Sequence[Middleware] = (),
+        middlewares: Sequence[Middleware] | None = (),
         approval_handler: ApprovalHandler | None = None,
         capabilities: CapabilitySet | None = None,
         budget: CostBudget | None = None,
@@ -196,6 +199,11 @@ class AgentRuntime:
             _required("capabilities", capabilities, ["check_tool", "record_action"])
         if budget is not None:
             _required("budget", budget, ["record", "check"])
+        if metrics is not None and not isinstance(metrics, RuntimeMetrics):
+            raise AgentRuntimeError(
+                f"metrics must be a RuntimeMetrics, got {type(metrics).__name__}"
+            )
+        middlewares = middlewares or ()
         for middleware in middlewares:
             if not isinstance(middleware, Middleware):
                 raise AgentRuntimeError(
@@ -204,7 +212,7 @@ class AgentRuntime:
         self.config = config
         # Sent with every model call; replies are also cut there, for models that ignore them.
         self._stops = list(config.stop_sequences)
-        self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
+        self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
         self.memory = memory
         self.working_memory = working_memory
         self.graph = graph
@@ -214,13 +222,20 @@ class AgentRuntime:
         self._checkpoints = CheckpointStore(checkpoint_backend) if checkpoint_backend else None
         # Events waiting to be written to the event log with the next checkpoint, by session.
         self._event_log: dict[str, list[Event]] = {}
+        # Steps whose checkpoint failed, by session: (first step number, records).
+        self._unsaved_steps: dict[str, tuple[int, list[StepRecord]]] = {}
         self.approval_handler = approval_handler
         self.capabilities = capabilities
         self.budget = budget
         self.events = EventBus()
         """Subscribe with `runtime.events.subscribe()` or `runtime.events.on(callback)`."""
+        # Only hooks a middleware overrides (in its class or a base) cost a call per step.
         self._hooks = {
-            hook: [getattr(m, hook) for m in middlewares if type(m).__dict__.get(hook) is not None]
+            hook: [
+                getattr(m, hook)
+                for m in middlewares
+                if getattr(type(m), hook) is not getattr(Middleware, hook)
+            ]
             for hook in ("on_user_message", "on_pre_llm", "on_post_llm", "on_tool_call")
         }
         self._shed_counted_by_guard = getattr(backpressure, "_metrics", None) is not None
@@ -230,7 +245,7 @@ class AgentRuntime:
             for d in self._tool_definitions
         )
         self._tracer = _load_tracer()
-        self._approvals: dict[str, dict[str, ApprovalDecision]] = {}
+        self._approvals: dict[str, dict[str | tuple[str, str], ApprovalDecision]] = {}
         self._semantic_recall = bool(getattr(memory, "has_embedder", False))
         # Whether a tool call passes capabilities, middlewares or an approval before it runs.
         self._guarded = bool(
@@ -316,18 +331,26 @@ class AgentRuntime:
         return infer
 
     def trim_history(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Keeps the latest messages that fit the context window (the system prompt is apart)."""
+        """Keeps the latest whole turns that fit the context window (the system prompt is apart).
+
+        A turn is a user message and the replies after it; turns are dropped oldest first and
+        never split, so no reply is kept without the message it answers.
+        """
         budget = self.config.context_window_tokens * _CHARS_PER_TOKEN - len(
             self.config.system_prompt
         )
-        kept: list[dict[str, Any]] = []
-        for message in reversed(messages):
-            budget -= len(message["content"]) + 16
+        turns: list[list[dict[str, Any]]] = []
+        for message in messages:
+            if message["role"] == "user" or not turns:
+                turns.append([])
+            turns[-1].append(message)
+        start = len(turns)
+        for turn in reversed(turns):
+            budget -= sum(len(m["content"]) + 16 for m in turn)
             if budget < 0:
                 break
-            kept.append(message)
-        kept.reverse()
-        return kept
+            start -= 1
+        return [m for turn in turns[start:] for m in turn]
 
     # ------------------------------------------------------------------ the loop
     async def _run(
@@ -355,18 +378,21 @@ class AgentRuntime:
         if session is None:
             session = AgentSession(session_id=new_session_id(), agent_id=agent_id)
         session.prompt = prompt
+        if resume is None:
+            session.final_answer = None  # a session's next turn answers afresh
         started = time.perf_counter()
-        if self._checkpoints is not None and resume is None:
-            await self._checkpoints.save_meta(session, "tools" if provider else "react")
         events = self.events
-        if events.active:
-            events.emit(RunStarted(session.session_id, agent_id, prompt))
-        span = (
-            self._tracer.start_as_current_span("agent.run", attributes={"agent_id": agent_id})
-            if self._tracer is not None
-            else _NO_SPAN
-        )
+        # From here on, whatever fails releases the slot and counts the session finished.
         try:
+            if self._checkpoints is not None and resume is None:
+                await self._save_meta(session, "tools" if provider else "react")
+            if events.active:
+                events.emit(RunStarted(session.session_id, agent_id, prompt))
+            span = (
+                self._tracer.start_as_current_span("agent.run", attributes={"agent_id": agent_id})
+                if self._tracer is not None
+                else _NO_SPAN
+            )
             with span:
                 for hook in self._hooks["on_user_message"]:
                     prompt = await _maybe_await(hook(session, prompt)) or prompt
@@ -405,12 +431,8 @@ class AgentRuntime:
             if events.active:
                 events.emit(ErrorEvent(session.session_id, error))
             logger.warning("agent run %s failed: %r", session.session_id, error)
-            pending = self._event_log.pop(session.session_id, None)
-            if pending and self._checkpoints is not None:
-                try:  # best effort: the run's failure is what the caller must see
-                    await self._checkpoints.append_events(session.session_id, pending)
-                except Exception as log_error:
-                    logger.warning("event log of %s not saved: %r", session.session_id, log_error)
+            if self._checkpoints is not None:
+                await self._save_what_is_left(session)
             raise
         finally:
             metrics.session_finished()
@@ -474,13 +496,18 @@ class AgentRuntime:
         post_hooks = self._hooks["on_post_llm"]
         reprompted = False
         events = self.events
+        budget = self.budget
         stops = self._stops
         perf = time.perf_counter
-        for _ in range(config.max_iterations - session.step_count):
+        # A resumed run counts the steps it already took; a session's new turn starts afresh.
+        done = session.step_count if resume is not None else 0
+        for _ in range(config.max_iterations - done):
             step_start = perf()
             text_prompt = "\n".join(transcript)
             for hook in pre_hooks:
                 text_prompt = await _maybe_await(hook(session, text_prompt)) or text_prompt
+            if budget is not None:  # a spent budget pays for no further model call
+                budget.check()
             model_start = perf()
             if journal:
                 reply = journal[0]["reply"]
@@ -528,17 +555,23 @@ class AgentRuntime:
                 )
                 session.final_answer = final
                 if (record := self._commit_step(session, step, reply=reply)) is not None:
-                    await self._save_step(session, record)
+                    await self._save_steps(session, [record])
                 return
-            action = parsed.action or ""
-            action_input = parsed.action_input
+            # The step records the call that ran (a middleware or an approval may change it).
             if self._checkpoints is None:
-                observation, tool_ms = await self._call_tool(session, action, action_input)
+                observation, tool_ms, action, action_input = await self._call_tool(
+                    session, parsed.action or "", parsed.action_input
+                )
             else:
                 entry = journal[0] if journal else {"reply": reply}
                 journal = []
-                observation, tool_ms = await self._durable_call(
-                    session, session.step_count + 1, 0, action, action_input, entry
+                observation, tool_ms, action, action_input = await self._durable_call(
+                    session,
+                    session.step_count + 1,
+                    0,
+                    parsed.action or "",
+                    parsed.action_input,
+                    entry,
                 )
             content, error_kind = observation
             overhead_ms = (perf() - step_start) * 1000.0 - model_ms - tool_ms
@@ -555,7 +588,7 @@ class AgentRuntime:
                 overhead_ms,
             )
             if (record := self._commit_step(session, step, reply=reply)) is not None:
-                await self._save_step(session, record)
+                await self._save_steps(session, [record])
             if error_kind is not None and config.error_recovery == "stop":
                 return
             transcript.append(f"{reply}\nObservation: {content}")
@@ -584,9 +617,12 @@ class AgentRuntime:
         events = self.events
         # A provider whose text exists whole is never streamed; its text is one delta event.
         streams_text = getattr(provider, "streams_text", True)
+        budget = self.budget
         stops = self._stops
         perf = time.perf_counter
         for _ in range(config.max_iterations - rounds_done):
+            if budget is not None:  # a spent budget pays for no further model call
+                budget.check()
             round_start = perf()
             stream = streams_text and events.active  # text deltas only while someone listens
             if journal:
@@ -628,7 +664,7 @@ class AgentRuntime:
                 )
                 session.final_answer = text
                 if (record := self._commit_step(session, step)) is not None:
-                    await self._save_step(session, record)
+                    await self._save_steps(session, [record])
                 return
             calls = response.tool_calls
             messages.append(Message("assistant", text, calls))
@@ -644,12 +680,13 @@ class AgentRuntime:
             input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
             tools_ms = 0.0
             failed = False
-            for call, (observation, tool_ms) in zip(calls, results, strict=True):
+            records: list[StepRecord] = []
+            for call, (observation, tool_ms, name, arguments) in zip(calls, results, strict=True):
                 content, error_kind = observation
                 step = Step(
                     text,
-                    call.name,
-                    call.arguments,
+                    name,
+                    arguments,
                     content,
                     error_kind,
                     input_tokens,
@@ -660,7 +697,7 @@ class AgentRuntime:
                 messages.append(Message("tool", content, None, call.id, call.name))
                 record = self._commit_step(session, step, text, call.id, call is calls[0])
                 if record is not None:
-                    await self._save_step(session, record)
+                    records.append(record)
                 if error_kind is not None:
                     failed = True
                 input_tokens = output_tokens = 0
@@ -670,6 +707,8 @@ class AgentRuntime:
             overhead = max(0.0, elapsed - model_ms - tools_ms) / len(calls)
             for step in session.steps[-len(calls) :]:
                 step.overhead_ms = overhead
+            if records:  # the round is saved whole: a resume never finds part of it
+                await self._save_steps(session, records)
             if failed and config.error_recovery == "stop":
                 return
 
@@ -702,40 +741,67 @@ class AgentRuntime:
         tool_defs: list[ToolDefinition] | None,
     ) -> ChatResponse:
         response: ChatResponse | None = None
-        params = {"stop": self._stops} if self._stops else {}
+        stops = self._stops
+        params = {"stop": stops} if stops else {}
         stream = provider.chat_stream(messages, tools=tool_defs, model=self.config.model, **params)
+        # With stop sequences, the last (longest stop - 1) characters wait for the next delta,
+        # so no delta carries text past a stop sequence split across deltas.
+        hold = max(map(len, stops), default=1) - 1
+        pending = ""
+        stopped = False
         async for event in stream:
             if isinstance(event, TextDelta):
-                self.events.emit(LlmTextDelta(session.session_id, event.text))
+                if stopped:
+                    continue
+                pending += event.text
+                cut = len(_cut_at_stop(pending, stops)) if stops else len(pending)
+                if cut < len(pending):  # a stop sequence: the text ends here
+                    stopped = True
+                    ready, pending = pending[:cut], ""
+                else:
+                    ready_len = max(0, len(pending) - hold)
+                    ready, pending = pending[:ready_len], pending[ready_len:]
+                if ready:
+                    self.events.emit(LlmTextDelta(session.session_id, ready))
             elif isinstance(event, StreamEnd):
                 response = event.response
+        if pending:
+            self.events.emit(LlmTextDelta(session.session_id, pending))
         if response is None:
             raise AgentRuntimeError("provider stream ended without a StreamEnd event")
         return response
 
-    async def _run_parallel(
-        self, session: AgentSession, calls: list[ToolCall]
-    ) -> list[tuple[Observation, float]]:
+    async def _run_parallel(self, session: AgentSession, calls: list[ToolCall]) -> list[ToolRun]:
         limit = asyncio.Semaphore(self.config.max_parallel_tool_calls)
 
-        async def bounded(name: str, arguments: Any) -> tuple[Observation, float]:
+        async def bounded(index: int, call: ToolCall) -> ToolRun:
             async with limit:
-                return await self._call_tool(session, name, arguments)
+                return await self._call_tool(session, call.name, call.arguments, None, index)
 
-        return list(await asyncio.gather(*(bounded(c.name, c.arguments) for c in calls)))
+        return list(await asyncio.gather(*(bounded(i, c) for i, c in enumerate(calls))))
 
     async def _call_tool(
-        self, session: AgentSession, name: str, arguments: Any, key: str | None = None
-    ) -> tuple[Observation, float]:
-        """Runs one tool call through capabilities, approvals, middlewares and metrics."""
+        self,
+        session: AgentSession,
+        name: str,
+        arguments: Any,
+        key: str | None = None,
+        index: int = 0,
+    ) -> ToolRun:
+        """Runs one tool call through capabilities, approvals, middlewares and metrics.
+
+        `index` is the call's place in its round. Returns the observation, the tool's time,
+        and the call that ran (a middleware or an approval may have changed it).
+        """
         if self._guarded:
             guarded = await self._guard_call(session, name, arguments)
             if type(guarded) is Observation:
-                return guarded, 0.0
+                return guarded, 0.0, name, arguments
             name, arguments = guarded
         self.metrics.record_tool_call(name, session.agent_id)
         events = self.events
-        step_index = len(session.steps)  # also when a listener joins while the tool runs
+        # Computed also when a listener joins while the tool runs.
+        step_index = len(session.steps) + index
         if events.active:
             events.emit(_event(ToolCallStarted, (session.session_id, step_index, name, arguments)))
         start = time.perf_counter()
@@ -755,7 +821,7 @@ class AgentRuntime:
             content, error_kind = observation
             finished = (session.session_id, step_index, name, content, error_kind, tool_ms)
             events.emit(_event(ToolCallFinished, finished))
-        return observation, tool_ms
+        return observation, tool_ms, name, arguments
 
     async def _guard_call(
         self, session: AgentSession, name: str, arguments: Any
@@ -772,14 +838,19 @@ class AgentRuntime:
             decision = await self._approve(session, name, arguments)
             if decision.action == "deny":
                 reason = decision.reason or "denied by the approval handler"
-                return Observation(f"error: tool call {name!r} denied: {reason}", "permanent")
+                denial = f"error: tool call {name!r} denied: {reason}"
+                return Observation(
+                    _truncate(denial, self.config.max_observation_chars), "permanent"
+                )
             if decision.action == "edit":
                 arguments = decision.arguments
         return name, arguments
 
     async def _approve(self, session: AgentSession, name: str, arguments: Any) -> ApprovalDecision:
         cache = self._approvals.setdefault(session.session_id, {})
-        cached = cache.get(name)
+        # Approvals and denials are remembered per tool; an edit only for the same arguments,
+        # since its edited arguments answer that call alone.
+        cached = cache.get(name) or cache.get((name, _arguments_key(arguments)))
         if cached is not None:
             return cached
         assert self.approval_handler is not None
@@ -789,7 +860,8 @@ class AgentRuntime:
                 f"approval handler must return an ApprovalDecision, got {type(decision).__name__}"
             )
         if decision.remember:
-            cache[name] = decision
+            remembered = (name, _arguments_key(arguments)) if decision.action == "edit" else name
+            cache[remembered] = decision
         return decision
 
     def forget_approvals(self, session_id: str) -> None:
@@ -827,24 +899,62 @@ class AgentRuntime:
         if not isinstance(event, CheckpointSaved):  # the log records the run, not itself
             self._event_log.setdefault(event.session_id, []).append(event)
 
-    async def _save_step(self, session: AgentSession, record: StepRecord) -> None:
+    async def _save_steps(self, session: AgentSession, records: list[StepRecord]) -> None:
+        """Saves the session's latest steps, with any whose earlier save failed.
+
+        A failure is logged and counted, never raised: the steps stay pending and go with
+        the next save, so the saved steps never have a gap.
+        """
         assert self._checkpoints is not None
-        key = step_key(session.session_id, session.step_count)
-        events = self._event_log.pop(session.session_id, [])
+        session_id = session.session_id
+        first = session.step_count - len(records) + 1
+        unsaved = self._unsaved_steps.pop(session_id, None)
+        if unsaved is not None:
+            first, records = unsaved[0], unsaved[1] + records
+        events = self._event_log.pop(session_id, [])
         try:
-            await self._checkpoints.save_step(
-                session.session_id, session.step_count, record, events
-            )
+            keys = await self._checkpoints.save_steps(session_id, first, records, events)
         except Exception as error:  # a lost per-step checkpoint must not end the run
-            self._event_log.setdefault(session.session_id, [])[:0] = events
+            self._event_log.setdefault(session_id, [])[:0] = events
+            self._unsaved_steps[session_id] = (first, records)
             session.checkpoint_errors += 1
             self.metrics.record_checkpoint_error()
-            logger.warning("checkpoint %s failed: %r", key, error)
+            logger.warning("checkpoint %s failed: %r", step_key(session_id, first), error)
             return
-        self.events.emit(CheckpointSaved(session.session_id, key))
+        for key in keys:
+            self.events.emit(CheckpointSaved(session_id, key))
+
+    async def _save_what_is_left(self, session: AgentSession) -> None:
+        """Saves a failed run's unsaved steps and events, best effort.
+
+        The run's failure is what the caller must see, so nothing here raises.
+        """
+        assert self._checkpoints is not None
+        session_id = session.session_id
+        if session_id in self._unsaved_steps:
+            await self._save_steps(session, [])  # takes the pending events along
+            self._unsaved_steps.pop(session_id, None)
+        pending = self._event_log.pop(session_id, None)
+        if pending:
+            try:
+                await self._checkpoints.append_events(session_id, pending)
+            except Exception as log_error:
+                logger.warning("event log of %s not saved: %r", session_id, log_error)
+
+    async def _save_meta(self, session: AgentSession, mode: str) -> None:
+        assert self._checkpoints is not None
+        try:
+            await self._checkpoints.save_meta(session, mode)
+        except PersistenceError:
+            raise
+        except Exception as error:  # a backend's own error, typed for the caller
+            key = session_key(session.session_id) + ":meta"
+            raise PersistenceError(f"session start checkpoint failed: {error}", key=key) from error
 
     async def _save_final(self, session: AgentSession) -> None:
         assert self._checkpoints is not None
+        if session.session_id in self._unsaved_steps:  # steps first: forks and prunes use them
+            await self._save_steps(session, [])
         key = session_key(session.session_id)
         extra: dict[str, Any] = {}
         if self.memory is not None and hasattr(self.memory, "to_json"):
@@ -855,6 +965,7 @@ class AgentRuntime:
         try:
             await self._checkpoints.save_final(session, extra, events)
         except Exception as error:
+            self._event_log.setdefault(session.session_id, [])[:0] = events
             self.metrics.record_checkpoint_error()
             raise PersistenceError(f"final checkpoint failed: {error}", key=key) from error
         self.events.emit(CheckpointSaved(session.session_id, key))
@@ -872,7 +983,7 @@ class AgentRuntime:
         arguments: Any,
         entry: dict[str, Any],
         record_result: bool = False,
-    ) -> tuple[Observation, float]:
+    ) -> ToolRun:
         """Runs one tool call under the journal: its intent is recorded before it runs.
 
         Except for a lone call of an idempotent tool that does not take the key: after an
@@ -888,7 +999,13 @@ class AgentRuntime:
         key = idempotency_key(session_id, step, index)
         state = entry.get("state")
         if state == "done":
-            return Observation(entry["observation"], entry["error_kind"]), 0.0
+            ran_name, ran_arguments = entry.get("ran", (name, arguments))
+            return (
+                Observation(entry["observation"], entry["error_kind"]),
+                0.0,
+                ran_name,
+                ran_arguments,
+            )
         if state == "intent":
             spec = self.tools.get(name)
             if spec is None or not (spec.idempotent or spec.takes_idempotency_key):
@@ -906,16 +1023,18 @@ class AgentRuntime:
         # saves a write per step. A tool taking the key keeps it: its key must name this call.
         if record_result or spec is None or not spec.idempotent or spec.takes_idempotency_key:
             await self._checkpoints.journal(session_id, step, index, intent)
-        observation, tool_ms = await self._call_tool(session, name, arguments, key)
+        run = await self._call_tool(session, name, arguments, key, index)
+        observation = run[0]
         if record_result:
             done = {
                 **intent,
                 "state": "done",
                 "observation": observation.content,
                 "error_kind": observation.error_kind,
+                "ran": [run[2], run[3]],
             }
             await self._checkpoints.journal(session_id, step, index, done)
-        return observation, tool_ms
+        return run
 
     async def _durable_round(
         self,
@@ -923,7 +1042,7 @@ class AgentRuntime:
         text: str,
         calls: list[ToolCall],
         journal: list[dict[str, Any]],
-    ) -> list[tuple[Observation, float]]:
+    ) -> list[ToolRun]:
         """Runs a round's tool calls (concurrently up to the limit), each journaled alone."""
         # A parallel round's finished calls are journaled one by one, so an interruption
         # re-runs none of them.
@@ -934,7 +1053,7 @@ class AgentRuntime:
         }
         entries = {e["index"]: e for e in journal}
 
-        def one(index: int, call: ToolCall) -> Awaitable[tuple[Observation, float]]:
+        def one(index: int, call: ToolCall) -> Awaitable[ToolRun]:
             entry = entries.get(index, {"round": saved_round, "index": index})
             return self._durable_call(
                 session, step, index, call.name, call.arguments, entry, len(calls) > 1
@@ -944,7 +1063,7 @@ class AgentRuntime:
             return [await one(0, calls[0])]
         limit = asyncio.Semaphore(self.config.max_parallel_tool_calls)
 
-        async def bounded(index: int, call: ToolCall) -> tuple[Observation, float]:
+        async def bounded(index: int, call: ToolCall) -> ToolRun:
             async with limit:
                 return await one(index, call)
 
@@ -1098,14 +1217,23 @@ def new_session_id() -> str:
     return f"{_session_id_prefix}{next(_session_counter):016x}"
 
 
+def _arguments_key(arguments: Any) -> str:
+    """A stable text of a call's arguments, to remember decisions per arguments."""
+    return json.dumps(arguments, sort_keys=True, default=repr)
+
+
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    """`text` up to the earliest stop sequence in it (all of it when none occurs)."""
-    end = len(text)
+    """`text` before the stop sequence that a model writing it would end at (all of it if none).
+
+    That is the one whose end comes first, as generation stops once a stop sequence is
+    complete: with stops `b` and `abc`, `abcd` is cut to `a`.
+    """
+    cut, first_end = len(text), len(text) + 1
     for stop in stops:
         found = text.find(stop)
-        if 0 <= found < end:
-            end = found
-    return text[:end]
+        if found >= 0 and (found + len(stop), found) < (first_end, cut):
+            cut, first_end = found, found + len(stop)
+    return text[:cut]
 
 
 def _need(infer: InferFn | None) -> InferFn:

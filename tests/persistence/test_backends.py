@@ -209,3 +209,84 @@ async def test_server_backends_name_the_failure_and_hide_credentials() -> None:
     await redis_store.close()
     with pytest.raises(ar.PersistenceError, match="plain SQL identifier"):
         ar.PostgresBackend("postgresql://x", table="kv; DROP TABLE users")
+
+
+async def test_long_non_ascii_keys_round_trip(backend: ar.PersistenceBackend) -> None:
+    # 92 CJK characters are 276 bytes: more than a file name may have.
+    keys = ["session:" + "会" * 92, "session:" + "😀" * 70, "é" * 300, "session:" + "x" * 100 + "a"]
+    for i, key in enumerate(keys):
+        await backend.save(key, str(i).encode())
+    assert await backend.batch_load(keys) == {k: str(i).encode() for i, k in enumerate(keys)}
+    assert await backend.list_keys() == sorted(keys)
+    for key in keys:
+        assert await backend.delete(key) is True
+    assert await backend.list_keys() == []
+
+
+@pytest.mark.parametrize("key", ["session:\udc80", "\ud800", "a\udfffb"])
+async def test_keys_that_are_not_unicode_text_raise_persistence_error(
+    backend: ar.PersistenceBackend, key: str
+) -> None:
+    calls = [
+        lambda: backend.save(key, b"v"),
+        lambda: backend.load(key),
+        lambda: backend.delete(key),
+        lambda: backend.batch_save({"fine": b"v", key: b"v"}),
+        lambda: backend.batch_load(["fine", key]),
+        lambda: backend.list_keys(key),
+    ]
+    for call in calls:
+        with pytest.raises(ar.PersistenceError, match="not valid Unicode") as info:
+            await call()
+        assert info.value.key in (key, None)
+    assert await backend.list_keys() == []  # the batch wrote nothing, not even "fine"
+
+
+def test_file_names_are_short_and_distinct_for_keys_that_defeat_a_weak_hash() -> None:
+    # Both pairs collided with the truncated prefix and 64-bit djb2 hash of earlier versions.
+    pairs = [
+        ('a\x00"', "a\x01\x01"),
+        ("session:" + "x" * 100 + "az", "session:" + "x" * 100 + "bY"),
+    ]
+    for one, other in pairs:
+        assert file_name_for(one) != file_name_for(other)
+    for key in ["会" * 5000, "😀" * 5000, "a" * 5000, '/\\:*?"<>|\x00\n..']:
+        name = file_name_for(key)
+        assert len(name.encode()) <= 117 and name.isascii()
+        assert "/" not in name and "\\" not in name and name.endswith(".bin")
+
+
+async def test_file_backend_keeps_keys_whose_names_once_collided(tmp_path: Path) -> None:
+    store = ar.FileBackend(tmp_path)
+    await store.save('a\x00"', b"one")
+    await store.save("a\x01\x01", b"two")
+    assert await store.load('a\x00"') == b"one"
+    assert await store.load("a\x01\x01") == b"two"
+    assert await store.list_keys() == ['a\x00"', "a\x01\x01"]
+
+
+async def test_file_backend_failures_are_persistence_errors_with_nothing_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ar.FileBackend(tmp_path)
+    # The target name is taken by a directory: the rename fails after the temporary file is
+    # written, and removing that file fails too; the write error is the one reported.
+    (tmp_path / file_name_for("k")).mkdir()
+    (tmp_path / file_name_for("k") / "x").write_text("x")
+    real_unlink = Path.unlink
+
+    def failing_unlink(path: Path, missing_ok: bool = False) -> None:
+        if path.name.endswith(".tmp"):
+            raise PermissionError(13, "Permission denied", str(path))
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", failing_unlink)
+    with pytest.raises(ar.PersistenceError, match="cannot write") as info:
+        await store.save("k", b"v")
+    assert info.value.key == "k"
+    monkeypatch.undo()
+    left = list(tmp_path.glob(".*.tmp"))
+    assert len(left) == 1
+    with pytest.raises(ar.PersistenceError, match="cannot write"):
+        await store.save("k", b"v")
+    assert list(tmp_path.glob(".*.tmp")) == left  # cleaned up when it can be

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["PersistenceBackend", "session_key", "step_key"]
+from llm_agent_runtime.errors import PersistenceError
+
+__all__ = ["PersistenceBackend", "encode_key", "session_key", "step_key"]
 
 
 def session_key(session_id: str) -> str:
@@ -16,6 +18,21 @@ def session_key(session_id: str) -> str:
 def step_key(session_id: str, step: int) -> str:
     """Key of a session's per-step checkpoint: `session:<id>:step:<n>`."""
     return f"session:{session_id}:step:{step}"
+
+
+def encode_key(key: str) -> bytes:
+    """The UTF-8 bytes of a key.
+
+    Raises:
+        PersistenceError: The key is not valid Unicode text (a lone surrogate, as
+            `os.fsdecode` or the `surrogateescape` error handler make): no store can keep it.
+    """
+    try:
+        return key.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise PersistenceError(
+            f"key is not valid Unicode text ({error.reason} at {error.start})", key=key
+        ) from None
 
 
 @runtime_checkable

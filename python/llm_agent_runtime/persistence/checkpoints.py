@@ -15,14 +15,15 @@ Keys of session `<id>` (every value is a codec record):
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.persistence.base import PersistenceBackend, session_key, step_key
-from llm_agent_runtime.persistence.codec import decode, encode
+from llm_agent_runtime.persistence.codec import decode, encode, record_kind
 from llm_agent_runtime.session import AgentSession, Step
 
 __all__ = ["CheckpointStore", "SessionState", "StepRecord", "idempotency_key"]
@@ -87,8 +88,28 @@ class SessionState:
         )
 
 
-def _number(key: str) -> int:
-    return int(key.rsplit(":", 1)[1])
+_PREFIX = session_key("")
+# What follows `session:<id>:` in the keys of session `<id>` itself. Session ids may hold ':'
+# (`a:b`, `user:42`), so a key is a session's own only when its rest is exactly one of these.
+_SUFFIXES = r"(?:meta|base|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
+_OWN_SUFFIX = re.compile(_SUFFIXES)
+_SUB_KEY = re.compile(":" + _SUFFIXES)
+_LOAD_ATTEMPTS = 3  # folds of a session that a concurrent prune may force a load to redo
+
+
+def _numbered(keys: Iterable[str], prefix: str) -> list[tuple[int, str]]:
+    """The keys that are exactly `prefix` then a number (no other session's), by number.
+
+    `session:a:step:` also lists `session:a:step:meta`, the meta record of session `a:step`.
+    """
+    start = len(prefix)
+    found = []
+    for key in keys:
+        rest = key[start:]
+        if key.startswith(prefix) and rest.isascii() and rest.isdigit():
+            found.append((int(rest), key))
+    found.sort()
+    return found
 
 
 class CheckpointStore:
@@ -115,15 +136,23 @@ class CheckpointStore:
         key = f"{session_key(session.session_id)}:meta"
         await self.backend.save(key, encode("meta", meta))
 
-    async def save_step(
-        self, session_id: str, number: int, record: StepRecord, events: Iterable[Any] = ()
-    ) -> str:
-        """Saves step `number` (and pending events, in the same transaction); returns its key."""
-        key = step_key(session_id, number)
-        items = {key: encode("step", record.to_dict())}
+    async def save_steps(
+        self,
+        session_id: str,
+        first: int,
+        records: Sequence[StepRecord],
+        events: Iterable[Any] = (),
+    ) -> list[str]:
+        """Saves steps `first`, `first + 1`, ... (and pending events) in one transaction.
+
+        Returns their keys. A round of tool calls is saved whole, so a resume never finds
+        part of a round.
+        """
+        keys = [step_key(session_id, first + i) for i in range(len(records))]
+        items = {key: encode("step", r.to_dict()) for key, r in zip(keys, records, strict=True)}
         items.update(await self._event_items(session_id, events))
         await self.backend.batch_save(items)
-        return key
+        return keys
 
     async def save_final(
         self, session: AgentSession, extra: dict[str, Any], events: Iterable[Any] = ()
@@ -149,8 +178,8 @@ class CheckpointStore:
         prefix = f"{session_key(session_id)}:event:"
         start = self._next_event.get(session_id)
         if start is None:  # first events of this process for the session: find the log's end
-            existing = await self.backend.list_keys(prefix)
-            start = _number(existing[-1]) + 1 if existing else 0
+            existing = _numbered(await self.backend.list_keys(prefix), prefix)
+            start = existing[-1][0] + 1 if existing else 0
         self._next_event[session_id] = start + len(events)
         return {
             f"{prefix}{start + i:010d}": encode("event", _event_dict(e))
@@ -166,6 +195,9 @@ class CheckpointStore:
     # ------------------------------------------------------------------ reading
     async def load(self, session_id: str) -> SessionState:
         """Loads a session: meta, the folded step deltas, and the final checkpoint if any.
+
+        Safe while `prune` runs: steps it folds into the base while the load reads are
+        found in the base (see `_fold`).
 
         Raises:
             PersistenceError: When nothing is saved for the session, or a record is corrupt.
@@ -184,32 +216,49 @@ class CheckpointStore:
             meta = {"agent_id": saved["agent_id"], "prompt": saved["prompt"], "mode": "react"}
         state = SessionState(session_id, meta["agent_id"], meta["prompt"], meta["mode"])
         state.final = final
-        folded_raw = await self.backend.load(f"{base_key}:base")
-        if folded_raw is not None:
-            folded = decode(folded_raw, f"{base_key}:base", "base")
-            state.records = [StepRecord.from_dict(r) for r in folded["records"]]
-        keys = sorted(await self.backend.list_keys(f"{base_key}:step:"), key=_number)
-        keys = [k for k in keys if _number(k) > len(state.records)]
-        values = await self.backend.batch_load(keys)
-        for key in keys:
-            if key not in values:  # pruned meanwhile: it is in the base now
-                continue
-            if _number(key) != len(state.records) + 1:
-                raise PersistenceError("a step checkpoint is missing before this one", key=key)
-            state.records.append(StepRecord.from_dict(decode(values[key], key, "step")))
+        state.records = await self._fold(base_key)
         return state
+
+    async def _fold(self, base_key: str) -> list[StepRecord]:
+        """The base record's steps, then the step deltas after them.
+
+        `prune` writes the base before it deletes the deltas it folded, so the deltas are
+        listed before the base is read: a delta deleted before the listing is in that base.
+        A listed delta gone by the time it is read was folded into a newer base; the load
+        then starts again. Only a gap that stays is a missing checkpoint.
+        """
+        prefix = f"{base_key}:step:"
+        missing = prefix
+        for _ in range(_LOAD_ATTEMPTS):
+            listed = _numbered(await self.backend.list_keys(prefix), prefix)
+            records: list[StepRecord] = []
+            folded_raw = await self.backend.load(f"{base_key}:base")
+            if folded_raw is not None:
+                folded = decode(folded_raw, f"{base_key}:base", "base")
+                records = [StepRecord.from_dict(r) for r in folded["records"]]
+            numbered = [(n, k) for n, k in listed if n > len(records)]
+            values = await self.backend.batch_load([k for _, k in numbered])
+            for number, key in numbered:
+                raw = values.get(key)
+                if raw is None or number != len(records) + 1:
+                    missing = key  # pruned meanwhile (read again), or really missing
+                    break
+                records.append(StepRecord.from_dict(decode(raw, key, "step")))
+            else:
+                return records
+        raise PersistenceError("a step checkpoint is missing before this one", key=missing)
 
     async def load_journal(self, session_id: str, step: int) -> list[dict[str, Any]]:
         """The journal entries of step `step`, by call index."""
         prefix = f"{session_key(session_id)}:call:{step}:"
-        keys = sorted(await self.backend.list_keys(prefix), key=_number)
+        keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
         values = await self.backend.batch_load(keys)
         return [decode(values[k], k, "call") for k in keys if k in values]
 
     async def events(self, session_id: str) -> list[dict[str, Any]]:
         """The session's event log, oldest first."""
         prefix = f"{session_key(session_id)}:event:"
-        keys = await self.backend.list_keys(prefix)
+        keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
         values = await self.backend.batch_load(keys)
         return [decode(values[k], k, "event") for k in keys if k in values]
 
@@ -238,7 +287,8 @@ class CheckpointStore:
         await self.backend.save(base_key, encode("base", folded))
         doomed = [step_key(session_id, n) for n in range(already + 1, cut + 1)]
         for n in range(already + 1, cut + 1):
-            doomed += await self.backend.list_keys(f"{session_key(session_id)}:call:{n}:")
+            prefix = f"{session_key(session_id)}:call:{n}:"
+            doomed += [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
         for key in doomed:
             await self.backend.delete(key)
         return cut - already
@@ -247,20 +297,35 @@ class CheckpointStore:
         """Deletes finished sessions that ended more than `older_than` seconds ago.
 
         Running sessions are never touched. Returns the ids of the deleted sessions.
+
+        Session ids may contain `:`: a session is found by its `:meta` record or its final
+        checkpoint, and only its own keys (`:meta`, `:base`, `:step:<n>`, `:call:<n>:<i>`,
+        `:event:<n>`) are deleted, never those of a session whose id extends it (`a:b`).
         """
         now = time.time() if now is None else now
+        keys = await self.backend.list_keys(_PREFIX)
+        present = set(keys)
+        candidates: dict[str, None] = {}  # session ids, in key order
+        for key in keys:
+            rest = key[len(_PREFIX) :]
+            if rest.endswith(":meta"):
+                candidates[rest[: -len(":meta")]] = None
+            elif _SUB_KEY.search(rest) is None:  # no session's sub-key: a final checkpoint
+                candidates[rest] = None
         swept = []
-        for key in await self.backend.list_keys("session:"):
-            if key.count(":") != 1:
-                continue
+        for session_id in candidates:
+            key = session_key(session_id)
+            if key not in present:
+                continue  # running, or never finished
             raw = await self.backend.load(key)
-            if raw is None:
-                continue
+            if raw is None or record_kind(raw) not in ("session", None):
+                continue  # a record of session `x` at `session:x:step:3` (id `x:step:3`)
             if decode(raw, key, "session").get("finished_at", now) < now - older_than:
-                session_id = key.split(":", 1)[1]
-                for doomed in await self.backend.list_keys(f"{key}:"):
-                    await self.backend.delete(doomed)
-                await self.backend.delete(key)
+                prefix = f"{key}:"
+                for doomed in await self.backend.list_keys(prefix):
+                    if _OWN_SUFFIX.match(doomed, len(prefix)):
+                        await self.backend.delete(doomed)
+                await self.backend.delete(key)  # last: a sweep cut short finds it again
                 swept.append(session_id)
         return swept
 

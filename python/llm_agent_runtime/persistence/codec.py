@@ -13,7 +13,7 @@ from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
 
-__all__ = ["FORMAT_VERSION", "decode", "encode"]
+__all__ = ["FORMAT_VERSION", "decode", "encode", "record_kind"]
 
 FORMAT_VERSION = 1
 _MAGIC = b"llm-agent-runtime/"
@@ -57,3 +57,14 @@ def decode(raw: bytes, key: str, kind: str | None = None) -> Any:
         return json.loads(body)
     except ValueError as error:
         raise PersistenceError(f"record body is not JSON: {error}", key=key) from error
+
+
+def record_kind(raw: bytes) -> str | None:
+    """The kind a record's header names (`session`, `step`, ...), or None for no record.
+
+    Reads the header only: the record may still be corrupt.
+    """
+    header = bytes(raw[:256]).partition(b"\n")[0].split(b" ")
+    if len(header) != 3 or not header[0].startswith(_MAGIC):
+        return None
+    return header[2].decode(errors="replace")

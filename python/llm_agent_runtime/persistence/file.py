@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
 import re
 import struct
@@ -11,30 +13,29 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["FileBackend", "file_name_for"]
 
-_UNSAFE = re.compile(r'[/\\:*?"<>|\x00-\x1f]')
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _HEADER = struct.Struct("<I")
-_PREFIX_CHARS = 100  # keeps file names well under the usual 255-byte limit
-
-
-def _djb2(key: str) -> int:
-    h = 5381
-    for byte in key.encode("utf-8"):
-        h = (h * 33 + byte) & 0xFFFF_FFFF_FFFF_FFFF
-    return h
+_PREFIX_CHARS = 48
+"""Length of the readable part of a file name: ASCII only, so also its length in bytes."""
 
 
 def file_name_for(key: str) -> str:
-    """`<readable prefix>-<16 hex digit djb2 hash>.bin` for a key.
+    """`<readable prefix>-<SHA-256 of the key, hex>.bin` for a key (at most 117 bytes).
 
-    Characters that are unsafe in file names become `_`; the hash of the original key keeps
-    distinct keys apart even when they sanitize alike (`a/b` and `a_b`), and no key can
-    name a path outside the directory.
+    The prefix is the key's first characters, each one that is not an ASCII letter, digit,
+    `.`, `_` or `-` replaced by `_`: a name never leaves the directory, whatever the key. The
+    hash of the key's UTF-8 bytes keeps distinct keys apart even when they sanitize alike
+    (`a/b` and `a_b`).
+
+    Raises:
+        PersistenceError: The key is not valid Unicode text.
     """
-    readable = _UNSAFE.sub("_", key)[:_PREFIX_CHARS]
-    return f"{readable}-{_djb2(key):016x}.bin"
+    digest = hashlib.sha256(encode_key(key)).hexdigest()
+    return f"{_UNSAFE.sub('_', key[:_PREFIX_CHARS])}-{digest}.bin"
 
 
 class FileBackend:
@@ -60,7 +61,7 @@ class FileBackend:
 
     def _write(self, key: str, value: bytes) -> None:
         path = self._path(key)
-        encoded = key.encode("utf-8")
+        encoded = key.encode("utf-8")  # _path checked that it encodes
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
             with open(tmp, "wb") as f:
@@ -69,7 +70,8 @@ class FileBackend:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # best effort: the write error is what matters
+                tmp.unlink(missing_ok=True)
             raise PersistenceError(f"cannot write {path}: {exc}", key=key) from exc
 
     def _read(self, path: Path, key: str | None) -> tuple[str, bytes] | None:
@@ -121,7 +123,12 @@ class FileBackend:
         return await asyncio.to_thread(remove)
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
-        """Stores every item (each atomically; files have no multi-file transaction)."""
+        """Stores every item (each atomically; files have no multi-file transaction).
+
+        Every key is checked first: a key no file can hold fails the batch before any write.
+        """
+        for key in items:
+            encode_key(key)
         for key, value in items.items():
             await self.save(key, value)
 
@@ -136,6 +143,7 @@ class FileBackend:
 
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the stored keys starting with `prefix`, sorted."""
+        encode_key(prefix)  # a prefix no key can have fails as in the other backends
 
         def scan() -> list[str]:
             keys = []

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["PostgresBackend"]
 
@@ -135,14 +136,14 @@ class PostgresBackend:
     async def load(self, key: str) -> bytes | None:
         """Returns the value stored under `key`, or None."""
         rows = await self._execute(
-            key, f"SELECT value FROM {self.table} WHERE key = %s", [key.encode()]
+            key, f"SELECT value FROM {self.table} WHERE key = %s", [encode_key(key)]
         )
         return bytes(rows[0][0]) if rows else None
 
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
         rows = await self._execute(
-            key, f"DELETE FROM {self.table} WHERE key = %s RETURNING key", [key.encode()]
+            key, f"DELETE FROM {self.table} WHERE key = %s RETURNING key", [encode_key(key)]
         )
         return bool(rows)
 
@@ -150,7 +151,7 @@ class PostgresBackend:
         """Stores every item in one transaction: all or none."""
         if not items:
             return
-        keys = [k.encode() for k in items]
+        keys = _encode_keys(items)
         values = [bytes(v) for v in items.values()]
         # One statement: one round trip, all rows or none. A multi-row VALUES list (one
         # prepared statement per row count) costs the server a third less than unnest();
@@ -173,7 +174,7 @@ class PostgresBackend:
         rows = await self._execute(
             None,
             f"SELECT key, value FROM {self.table} WHERE key = ANY(%s)",
-            [[k.encode() for k in keys]],
+            [_encode_keys(keys)],
         )
         return {bytes(key).decode(): bytes(value) for key, value in rows}
 
@@ -181,10 +182,18 @@ class PostgresBackend:
         """Returns the stored keys that start with `prefix`, sorted."""
         # Keys are UTF-8 bytes, which never contain 0xFF: [prefix, prefix + FF) holds exactly
         # the keys starting with `prefix`, and byte order is code point order (Python's).
-        low = prefix.encode()
+        low = encode_key(prefix)
         rows = await self._execute(
             None,
             f"SELECT key FROM {self.table} WHERE key >= %s AND key < %s ORDER BY key",
             [low, low + b"\xff"],
         )
         return [bytes(row[0]).decode() for row in rows]
+
+
+def _encode_keys(keys: Iterable[str]) -> list[bytes]:
+    """The UTF-8 bytes of each key (`PersistenceError` for one that is not valid text)."""
+    try:
+        return [k.encode() for k in keys]
+    except UnicodeEncodeError:
+        return [encode_key(k) for k in keys]  # raises, naming the key

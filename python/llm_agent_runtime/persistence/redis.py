@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["RedisBackend"]
 
@@ -49,9 +50,14 @@ class RedisBackend:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def _call(self, key: str | None, method: str, *args: Any) -> Any:
+    async def _call(
+        self, key: str | None, method: str, *args: Any, keys: Sequence[str] = ()
+    ) -> Any:
+        """Calls a client method; `key` or `keys` are the keys it is about."""
         try:
             return await getattr(self.client, method)(*args)
+        except UnicodeEncodeError:  # redis-py encodes keys as strict UTF-8
+            raise _not_text(key, *keys) from None
         except Exception as error:
             raise PersistenceError(f"Redis: {error}", key=key) from error
 
@@ -77,6 +83,8 @@ class RedisBackend:
                 for key, value in items.items():
                     pipe.set(self.prefix + key, bytes(value))
                 await pipe.execute()
+        except UnicodeEncodeError:
+            raise _not_text(*items) from None
         except Exception as error:
             raise PersistenceError(f"Redis: {error}", key=next(iter(items))) from error
 
@@ -84,7 +92,7 @@ class RedisBackend:
         """Returns the stored values of those `keys` that exist."""
         if not keys:
             return {}
-        values = await self._call(None, "mget", [self.prefix + k for k in keys])
+        values = await self._call(None, "mget", [self.prefix + k for k in keys], keys=keys)
         return {k: bytes(v) for k, v in zip(keys, values, strict=True) if v is not None}
 
     async def list_keys(self, prefix: str = "") -> list[str]:
@@ -93,6 +101,8 @@ class RedisBackend:
         start = len(self.prefix)
         try:
             keys = [k async for k in self.client.scan_iter(match=pattern, count=1000)]
+        except UnicodeEncodeError:
+            raise _not_text(prefix) from None
         except Exception as error:
             raise PersistenceError(f"Redis: {error}") from error
         return sorted(bytes(k).decode()[start:] for k in keys)
@@ -101,3 +111,11 @@ class RedisBackend:
 def _escape_glob(text: str) -> str:
     """Escapes Redis glob characters so a prefix matches literally."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _not_text(*keys: str | None) -> PersistenceError:
+    """The error for keys redis-py could not encode; raised at once naming the bad key."""
+    for key in keys:
+        if key is not None:
+            encode_key(key)  # raises PersistenceError for a key that is not valid text
+    return PersistenceError("key is not valid Unicode text")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["SqliteBackend"]
 
@@ -54,7 +55,14 @@ class SqliteBackend:
         except (sqlite3.Error, OSError) as exc:
             raise PersistenceError(f"cannot open SQLite database {self.path}: {exc}") from exc
 
-    async def _run(self, key: str | None, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(
+        self,
+        key: str | None,
+        work: Callable[[sqlite3.Connection], T],
+        keys: Iterable[str] = (),
+    ) -> T:
+        """Runs `work` on the connection in a thread; `key` or `keys` are the keys it binds."""
+
         def locked() -> T:
             with self._lock:
                 return work(self._conn)
@@ -63,6 +71,11 @@ class SqliteBackend:
             return await asyncio.to_thread(locked)
         except sqlite3.Error as exc:
             raise PersistenceError(f"SQLite error on {self.path}: {exc}", key=key) from exc
+        except UnicodeEncodeError:  # sqlite3 binds text as UTF-8: a lone surrogate fails
+            for name in (key, *keys):
+                if name is not None:
+                    encode_key(name)  # raises PersistenceError naming the key
+            raise PersistenceError("key is not valid Unicode text", key=key) from None
 
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value."""
@@ -104,7 +117,7 @@ class SqliteBackend:
                 raise
             c.execute("COMMIT")
 
-        await self._run(None, write)
+        await self._run(None, write, items)
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
@@ -119,7 +132,7 @@ class SqliteBackend:
                     found[k] = bytes(v)
             return found
 
-        return await self._run(None, read)
+        return await self._run(None, read, wanted)
 
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the stored keys starting with `prefix`, sorted."""
@@ -129,6 +142,7 @@ class SqliteBackend:
             lambda c: c.execute(
                 "SELECT key FROM kv WHERE key LIKE ? ESCAPE '\\' ORDER BY key", (escaped + "%",)
             ).fetchall(),
+            (prefix,),
         )
         # LIKE is case-insensitive for ASCII: filter exactly.
         return [k for (k,) in rows if k.startswith(prefix)]

@@ -1,0 +1,182 @@
+"""Checkpoint keys of sessions whose ids contain ':', and loads racing a concurrent prune."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.events import RunStarted
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore, StepRecord
+from llm_agent_runtime.session import AgentSession, Step
+
+from .test_backends import close_backend, make_backend
+
+
+@pytest.fixture(params=["memory", "sqlite", "file", "postgres", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CheckpointStore]:
+    if request.param == "memory":
+        backend: ar.PersistenceBackend = ar.InMemoryBackend()
+    else:
+        backend = make_backend(request.param, tmp_path)
+    yield CheckpointStore(backend)
+    await close_backend(backend)
+
+
+def record(n: int) -> StepRecord:
+    return StepRecord(
+        Step(thought=f"t{n}", action="add", action_input={"n": n}, observation=str(n))
+    )
+
+
+async def start(cs: CheckpointStore, session_id: str, steps: int = 0) -> AgentSession:
+    session = AgentSession(session_id=session_id, agent_id="agent", prompt=f"q {session_id}")
+    await cs.save_meta(session, "react")
+    if steps:
+        await cs.save_steps(session_id, 1, [record(n) for n in range(1, steps + 1)])
+    return session
+
+
+async def finish(cs: CheckpointStore, session_id: str, steps: int = 0) -> None:
+    session = await start(cs, session_id, steps)
+    await cs.save_final(session, {})
+
+
+async def test_sweep_deletes_only_the_finished_sessions_own_keys(store: CheckpointStore) -> None:
+    await finish(store, "a", steps=2)
+    await store.journal("a", 1, 0, {"state": "done"})
+    await store.append_events("a", [RunStarted("a", "x", "q")])
+    running = "a:b"  # its keys all start with the finished session's `session:a:`
+    await start(store, running, steps=3)
+    await store.journal(running, 1, 0, {"state": "intent"})
+    await store.append_events(running, [RunStarted(running, "x", "q")])
+    await finish(store, "user:42", steps=1)
+    kept = await store.backend.list_keys(f"session:{running}:")
+
+    swept = await store.sweep(older_than=-1000)
+
+    assert sorted(swept) == ["a", "user:42"]
+    assert await store.backend.list_keys("session:") == kept
+    state = await store.load(running)
+    assert [r.step.observation for r in state.records] == ["1", "2", "3"]
+    assert await store.load_journal(running, 1) == [{"state": "intent"}]
+    assert len(await store.events(running)) == 1
+    assert await store.sweep(older_than=-1000) == []
+
+
+async def test_sweep_finds_finished_sessions_without_meta_and_keeps_running_ones(
+    store: CheckpointStore,
+) -> None:
+    # A final checkpoint alone (older records) still identifies its session.
+    await store.save_final(AgentSession(session_id="team:7:run", agent_id="x", prompt="p"), {})
+    await start(store, "team:7", steps=1)  # running: no final checkpoint
+    assert await store.sweep(older_than=-1000) == ["team:7:run"]
+    assert await store.backend.list_keys("session:") == [
+        "session:team:7:meta",
+        "session:team:7:step:1",
+    ]
+
+
+async def test_sweep_passes_over_a_record_of_another_kind_at_a_final_key(
+    store: CheckpointStore,
+) -> None:
+    await start(store, "a", steps=3)
+    # Its meta names a session "a:step:3": `session:a:step:3` holds a step of "a", not the
+    # final checkpoint of "a:step:3".
+    await start(store, "a:step:3")
+    await finish(store, "done")
+    assert await store.sweep(older_than=-1000) == ["done"]
+    assert len((await store.load("a")).records) == 3
+
+
+async def test_a_session_is_not_confused_with_one_whose_id_extends_it(
+    store: CheckpointStore,
+) -> None:
+    await start(store, "a", steps=1)
+    # Their meta, step, journal and event keys all start with one of session a's prefixes.
+    for other in ("a:step", "a:call:1", "a:event"):
+        await start(store, other, steps=2)
+        await store.journal(other, 1, 0, {"state": other})
+        await store.append_events(other, [RunStarted(other, "x", "q")])
+    await store.journal("a", 1, 0, {"state": "mine"})
+
+    state = await store.load("a")
+    assert [r.step.observation for r in state.records] == ["1"]
+    assert await store.load_journal("a", 1) == [{"state": "mine"}]
+    assert await store.events("a") == []
+    assert await store.prune("a", keep_last=0) == 1
+    # The prune of `a` deleted its own step and journal, nothing of the other sessions.
+    for other in ("a:step", "a:call:1", "a:event"):
+        assert len((await store.load(other)).records) == 2
+        assert await store.load_journal(other, 1) == [{"state": other}]
+        assert len(await store.events(other)) == 1
+    assert [r.step.observation for r in (await store.load("a")).records] == ["1"]
+    # A new process's first events of `a` start its log, past no other session's events.
+    fresh = CheckpointStore(store.backend)
+    await fresh.append_events("a", [RunStarted("a", "x", "q")])
+    assert [e["type"] for e in await fresh.events("a")] == ["RunStarted"]
+
+
+class Interleaved(ar.InMemoryBackend):
+    """Runs `hook` once, at `moment`: just before the first step-key listing, base-record
+    read, or step-record batch read (whichever order a load does them in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moment = ""
+        self.hook: Callable[[], Awaitable[object]] | None = None
+
+    async def _at(self, moment: str) -> None:
+        if self.hook is not None and moment == self.moment:
+            hook, self.hook = self.hook, None  # the hook's own calls do not trigger it
+            await hook()
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        if prefix.endswith(":step:"):
+            await self._at("list steps")
+        return await super().list_keys(prefix)
+
+    async def load(self, key: str) -> bytes | None:
+        if key.endswith(":base"):
+            await self._at("read base")
+        return await super().load(key)
+
+    async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
+        if any(":step:" in k for k in keys):
+            await self._at("read steps")
+        return await super().batch_load(keys)
+
+
+@pytest.mark.parametrize("already_pruned", [0, 2])
+@pytest.mark.parametrize("keep_last", [0, 1, 3])
+@pytest.mark.parametrize("moment", ["list steps", "read base", "read steps"])
+async def test_load_during_a_concurrent_prune_sees_every_step(
+    moment: str, keep_last: int, already_pruned: int
+) -> None:
+    backend = Interleaved()
+    reader, pruner = CheckpointStore(backend), CheckpointStore(backend)
+    await start(reader, "s", steps=5)
+    if already_pruned:
+        await pruner.prune("s", keep_last=5 - already_pruned)
+    folded: list[int] = []
+
+    async def prune() -> None:
+        folded.append(await pruner.prune("s", keep_last=keep_last))
+
+    backend.moment, backend.hook = moment, prune
+    state = await reader.load("s")
+    assert folded == [5 - keep_last - already_pruned]  # the prune did run, mid-load
+    assert [r.step.observation for r in state.records] == ["1", "2", "3", "4", "5"]
+    assert len(await backend.list_keys("session:s:step:")) == keep_last
+
+
+async def test_a_step_that_is_really_missing_is_still_reported() -> None:
+    backend = ar.InMemoryBackend()
+    cs = CheckpointStore(backend)
+    await start(cs, "s", steps=3)
+    await backend.delete("session:s:step:2")
+    with pytest.raises(ar.PersistenceError, match="missing before this one") as info:
+        await cs.load("s")
+    assert info.value.key == "session:s:step:3"
