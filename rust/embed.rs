@@ -13,7 +13,7 @@ use numpy::{IntoPyArray, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
-use crate::errors::{run_detached, CoreError, CoreResult};
+use crate::errors::{non_negative, run_detached, CoreError, CoreResult};
 
 /// Texts above which a batch is embedded over rayon threads.
 const PARALLEL_TEXTS: usize = 64;
@@ -164,7 +164,7 @@ impl Hashing {
 ///         them off.
 ///
 /// Raises:
-///     MemoryStoreError: dim or word_ngrams is 0, or an invalid char_ngrams range.
+///     MemoryStoreError: dim or word_ngrams is not positive, or an invalid char_ngrams range.
 #[pyclass(module = "llm_agent_runtime", name = "HashingEmbedder", frozen)]
 pub struct PyHashingEmbedder {
     inner: Hashing,
@@ -177,9 +177,15 @@ impl PyHashingEmbedder {
         signature = (dim=384, word_ngrams=2, char_ngrams=(3, 5)),
         text_signature = "(dim=384, word_ngrams=2, char_ngrams=(3, 5))"
     )]
-    fn new(dim: usize, word_ngrams: usize, char_ngrams: (usize, usize)) -> PyResult<Self> {
+    fn new(dim: i64, word_ngrams: i64, char_ngrams: (i64, i64)) -> PyResult<Self> {
+        let count = |value, what| non_negative(value, what, CoreError::Memory);
         Ok(Self {
-            inner: Hashing::new(dim, word_ngrams, char_ngrams.0, char_ngrams.1)?,
+            inner: Hashing::new(
+                count(dim, "dim")?,
+                count(word_ngrams, "word_ngrams")?,
+                count(char_ngrams.0, "char_ngrams")?,
+                count(char_ngrams.1, "char_ngrams")?,
+            )?,
         })
     }
 

@@ -128,6 +128,55 @@ where
     }
 }
 
+/// Converts an integer argument that a method takes as `i64` to `usize`.
+///
+/// Taking `i64` rather than `usize` lets PyO3 accept a negative Python int (it would raise the
+/// built-in `OverflowError`), so the method can refuse it with its own typed exception:
+/// `error` receives a message naming the argument `what`.
+///
+/// # Errors
+/// `error(message)` when `value` is negative (or does not fit `usize`).
+pub fn non_negative(value: i64, what: &str, error: fn(String) -> CoreError) -> CoreResult<usize> {
+    usize::try_from(value).map_err(|_| error(format!("{what} must be >= 0, got {value}")))
+}
+
+/// Extracts a Python int as an unsigned `T` (`u32`, `u64`, ...) for arguments whose whole
+/// range is meaningful; an int out of range raises `error(its decimal text)` instead of the
+/// built-in `OverflowError`. Anything not an int is a `TypeError`, as with plain `T`.
+///
+/// # Errors
+/// `error(...)` for a negative int or one above `T::MAX`; `TypeError` for a non-int.
+#[inline]
+pub fn extract_unsigned<'py, T>(
+    obj: &Bound<'py, PyAny>,
+    error: impl FnOnce(String) -> CoreError,
+) -> PyResult<T>
+where
+    T: for<'a> FromPyObject<'a, 'py, Error = PyErr>,
+{
+    match obj.extract::<T>() {
+        Ok(value) => Ok(value),
+        Err(e) => Err(not_unsigned(obj, e, error)),
+    }
+}
+
+/// The error of [`extract_unsigned`], kept off its fast path.
+#[cold]
+#[inline(never)]
+fn not_unsigned(
+    obj: &Bound<'_, PyAny>,
+    e: PyErr,
+    error: impl FnOnce(String) -> CoreError,
+) -> PyErr {
+    if !e.is_instance_of::<pyo3::exceptions::PyOverflowError>(obj.py()) {
+        return e;
+    }
+    match obj.str() {
+        Ok(text) => error(text.to_string()).into(),
+        Err(e) => e,
+    }
+}
+
 /// Panics inside the detach helper; lets the tests prove a panic becomes `AgentRuntimeError`
 /// and the interpreter survives.
 #[pyfunction]

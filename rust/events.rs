@@ -37,26 +37,22 @@ impl PyEventFanout {
 
     /// Calls every callback with `event`, then puts it on every queue, in list order.
     ///
-    /// An exception from a callback or a queue propagates, as a Python loop's would.
+    /// Each list is read once, before its deliveries: a callback removed (or added) while the
+    /// event is delivered still gets (or does not get) this event, and no other callback is
+    /// skipped. An exception from a callback or a queue propagates, as a Python loop's would.
     fn emit(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<()> {
-        // Indexing (not a snapshot) matches a Python `for` loop over a list that a callback
-        // changes while it runs.
-        let callbacks = self.callbacks.bind(py);
-        let mut index = 0;
-        while index < callbacks.len() {
-            let result = callbacks.get_item(index)?.call1((event,))?;
+        let schedule = self.schedule.bind(py);
+        for callback in snapshot(self.callbacks.bind(py)) {
+            let result = callback.call1((event,))?;
             if !result.is_none() {
-                self.schedule.bind(py).call1((result,))?;
+                schedule.call1((result,))?;
             }
-            index += 1;
         }
         let queues = self.queues.bind(py);
         if !queues.is_empty() {
             let put = pyo3::intern!(py, "put_nowait");
-            let mut index = 0;
-            while index < queues.len() {
-                queues.get_item(index)?.call_method1(put, (event,))?;
-                index += 1;
+            for queue in snapshot(queues) {
+                queue.call_method1(put, (event,))?;
             }
         }
         Ok(())
@@ -68,5 +64,31 @@ impl PyEventFanout {
         visit.call(&self.callbacks)?;
         visit.call(&self.queues)?;
         visit.call(&self.schedule)
+    }
+}
+
+/// The list's items as they are now (one callback, the usual case, needs no allocation).
+fn snapshot<'py>(list: &Bound<'py, PyList>) -> Snapshot<'py> {
+    if list.len() == 1 {
+        Snapshot::One(list.get_item(0).ok())
+    } else {
+        Snapshot::Many(list.iter().collect::<Vec<_>>().into_iter())
+    }
+}
+
+/// An iterator over a list's items taken at one moment.
+enum Snapshot<'py> {
+    One(Option<Bound<'py, PyAny>>),
+    Many(std::vec::IntoIter<Bound<'py, PyAny>>),
+}
+
+impl<'py> Iterator for Snapshot<'py> {
+    type Item = Bound<'py, PyAny>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Snapshot::One(item) => item.take(),
+            Snapshot::Many(rest) => rest.next(),
+        }
     }
 }

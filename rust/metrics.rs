@@ -13,7 +13,7 @@ use parking_lot::RwLock;
 use pyo3::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::errors::CoreError;
+use crate::errors::{extract_unsigned, CoreError};
 
 /// Call and failure counts of one tool or one agent.
 #[derive(Debug, Default)]
@@ -88,15 +88,24 @@ pub struct Metrics {
     agents: NamedCounters,
 }
 
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
+/// Counts one event: a plain atomic add (2**64 single events cannot happen, so it never wraps).
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds an amount the caller chose, saturating at `u64::MAX` instead of wrapping around.
+fn add_saturating(counter: &AtomicU64, by: u64) {
+    // The closure always returns Some, so the update always succeeds.
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        Some(n.saturating_add(by))
+    });
 }
 
 impl Metrics {
     /// Counts a session start (active and total).
     pub fn session_started(&self) {
-        bump(&self.active_sessions, 1);
-        bump(&self.total_sessions, 1);
+        bump(&self.active_sessions);
+        bump(&self.total_sessions);
     }
 
     /// Counts a session end; the active count never goes below zero.
@@ -108,12 +117,12 @@ impl Metrics {
 
     /// Counts one loop step.
     pub fn record_step(&self) {
-        bump(&self.total_steps, 1);
+        bump(&self.total_steps);
     }
 
     /// Counts a tool call, per tool and (when given) per agent.
     pub fn record_tool_call(&self, tool: &str, agent_id: Option<&str>) {
-        bump(&self.total_tool_calls, 1);
+        bump(&self.total_tool_calls);
         self.tools.add_call(tool);
         if let Some(agent) = agent_id {
             self.agents.add_call(agent);
@@ -122,7 +131,7 @@ impl Metrics {
 
     /// Counts a failed tool call, per tool and (when given) per agent.
     pub fn record_tool_failure(&self, tool: &str, agent_id: Option<&str>) {
-        bump(&self.failed_tool_calls, 1);
+        bump(&self.failed_tool_calls);
         self.tools.add_failure(tool);
         if let Some(agent) = agent_id {
             self.agents.add_failure(agent);
@@ -131,23 +140,23 @@ impl Metrics {
 
     /// Counts a request shed by backpressure.
     pub fn record_backpressure_shed(&self) {
-        bump(&self.backpressure_shed_count, 1);
+        bump(&self.backpressure_shed_count);
     }
 
-    /// Counts memories recalled into a prompt.
+    /// Counts memories recalled into a prompt (saturating at `u64::MAX`).
     pub fn record_memory_recall(&self, count: u64) {
-        bump(&self.memory_recall_count, count);
+        add_saturating(&self.memory_recall_count, count);
     }
 
     /// Counts a failed checkpoint write.
     pub fn record_checkpoint_error(&self) {
-        bump(&self.checkpoint_errors, 1);
+        bump(&self.checkpoint_errors);
     }
 
-    /// Adds model token usage.
+    /// Adds model token usage (each total saturating at `u64::MAX`).
     pub fn record_tokens(&self, input_tokens: u64, output_tokens: u64) {
-        bump(&self.input_tokens, input_tokens);
-        bump(&self.output_tokens, output_tokens);
+        add_saturating(&self.input_tokens, input_tokens);
+        add_saturating(&self.output_tokens, output_tokens);
     }
 
     /// Reads every counter into a plain snapshot.
@@ -423,6 +432,16 @@ pub struct PyRuntimeMetrics {
     inner: Metrics,
 }
 
+/// An amount added to a counter: an int from 0 to 2**64 - 1; others raise `AgentRuntimeError`
+/// (metrics have no narrower exception class) rather than the built-in `OverflowError`.
+fn amount_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
+    extract_unsigned(value, |v| {
+        CoreError::Runtime(format!(
+            "counts must be integers between 0 and 2**64 - 1, got {v}"
+        ))
+    })
+}
+
 #[pymethods]
 impl PyRuntimeMetrics {
     #[new]
@@ -462,9 +481,12 @@ impl PyRuntimeMetrics {
         self.inner.record_backpressure_shed();
     }
 
-    /// Counts `count` memories recalled into a prompt.
+    /// Counts `count` memories recalled into a prompt (the total saturates at 2**64 - 1).
+    ///
+    /// Raises:
+    ///     AgentRuntimeError: `count` is negative or not below 2**64.
     #[pyo3(signature = (count=1))]
-    fn record_memory_recall(&self, count: u64) {
+    fn record_memory_recall(&self, #[pyo3(from_py_with = amount_arg)] count: u64) {
         self.inner.record_memory_recall(count);
     }
 
@@ -473,8 +495,15 @@ impl PyRuntimeMetrics {
         self.inner.record_checkpoint_error();
     }
 
-    /// Adds model token usage.
-    fn record_tokens(&self, input_tokens: u64, output_tokens: u64) {
+    /// Adds model token usage (each total saturates at 2**64 - 1).
+    ///
+    /// Raises:
+    ///     AgentRuntimeError: a count is negative or not below 2**64.
+    fn record_tokens(
+        &self,
+        #[pyo3(from_py_with = amount_arg)] input_tokens: u64,
+        #[pyo3(from_py_with = amount_arg)] output_tokens: u64,
+    ) {
         self.inner.record_tokens(input_tokens, output_tokens);
     }
 
@@ -768,6 +797,20 @@ mod tests {
         assert_eq!(d.tool_call_count("x"), 1);
         assert_eq!(d.tool_failure_count("y"), 1);
         assert_eq!(before.delta(&after).total_tool_calls, 0);
+    }
+
+    #[test]
+    fn amounts_saturate_instead_of_wrapping() {
+        let m = Metrics::default();
+        m.record_tokens(u64::MAX - 1, 7);
+        m.record_tokens(5, 0);
+        m.record_memory_recall(u64::MAX);
+        m.record_memory_recall(1);
+        let s = m.snapshot();
+        assert_eq!(
+            (s.input_tokens, s.output_tokens, s.memory_recall_count),
+            (u64::MAX, 7, u64::MAX)
+        );
     }
 
     #[test]

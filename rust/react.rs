@@ -311,10 +311,13 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
         });
     }
     if tool.eq_ignore_ascii_case(FINAL_ANSWER_TOOL) {
-        let answer = match InputText::new(inline_input).decode() {
+        // `Action: FINAL_ANSWER 42`, or LangChain's `Action: FINAL_ANSWER` then
+        // `Action Input: 42`; with neither, the answer is empty.
+        let input = InputText::new(input_section.map_or(inline_input, content));
+        let answer = match input.decode() {
             ActionInput::Json(Value::String(s)) => Cow::Owned(s),
             ActionInput::Json(other) => Cow::Owned(other.to_string()),
-            ActionInput::Raw(_) => Cow::Borrowed(InputText::new(inline_input).raw()),
+            ActionInput::Raw(_) => Cow::Borrowed(input.raw()),
         };
         return Ok(Step {
             thought,
@@ -657,6 +660,11 @@ mod tests {
         assert_eq!(step.action, None);
         let quoted = parse("Action: final_answer \"the end\"").unwrap();
         assert_eq!(quoted.final_answer.as_deref(), Some("the end"));
+        let langchain = parse("Thought: done\nAction: FINAL_ANSWER\nAction Input: 42").unwrap();
+        assert_eq!(langchain.final_answer.as_deref(), Some("42"));
+        assert_eq!(langchain.action, None);
+        let bare = parse("Thought: done\nAction: FINAL_ANSWER").unwrap();
+        assert_eq!(bare.final_answer.as_deref(), Some(""));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use pyo3::prelude::*;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
-use crate::errors::{run_detached, CoreError, CoreResult};
+use crate::errors::{non_negative, run_detached, CoreError, CoreResult};
 
 mod batch;
 mod originals;
@@ -49,6 +49,8 @@ const MAGIC: &[u8; 8] = b"LARVEC\0\x01";
 const FORMAT_VERSION: u32 = 2;
 /// Default shortlist factor of int8 search: `k * DEFAULT_RESCORE` rows are re-scored.
 pub const DEFAULT_RESCORE: usize = 8;
+/// The largest id: searches return ids as int64, so ids stop at `i64::MAX` (2**63 - 1).
+pub const MAX_ID: u64 = i64::MAX as u64;
 
 /// A scored candidate; ordered so that a `BinaryHeap` pops the worst one first.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -206,6 +208,11 @@ fn scan_split(n: usize, k: usize, scan: impl Fn(usize, usize, &mut TopK) + Sync)
 
 /// Normalizes `v` in place; refuses non-finite values and zero vectors.
 ///
+/// The norm is computed in f64. Scaling multiplies by `1 / norm` in float32 when that is a
+/// normal float32, and otherwise (norms below about 2.9e-39, where it would overflow to
+/// infinity, or above about 8.5e37, where it would be subnormal and imprecise) in f64: each
+/// `x / norm` is at most 1, so it always fits.
+///
 /// # Errors
 /// [`CoreError::Memory`] naming `what` when `v` has NaN/inf values or is zero.
 pub(crate) fn normalize(v: &mut [f32], what: &str) -> CoreResult<()> {
@@ -224,8 +231,13 @@ pub(crate) fn normalize(v: &mut [f32], what: &str) -> CoreResult<()> {
             "{what} is the zero vector: cosine similarity is undefined"
         )));
     }
-    let inv = (1.0 / norm) as f32;
-    v.iter_mut().for_each(|x| *x *= inv);
+    let inv = 1.0 / norm; // finite: norm >= the smallest subnormal float32, 1.4e-45
+    let inv32 = inv as f32;
+    if inv32.is_normal() {
+        v.iter_mut().for_each(|x| *x *= inv32); // the common case, at float32 speed
+    } else {
+        v.iter_mut().for_each(|x| *x = (f64::from(*x) * inv) as f32);
+    }
     Ok(())
 }
 
@@ -255,8 +267,8 @@ impl Index {
     /// against the dequantized codes.
     ///
     /// # Errors
-    /// [`CoreError::Memory`] when `dim` or `rescore` is 0, or `exact_rescore` is asked of a
-    /// dtype other than int8.
+    /// [`CoreError::Memory`] when `dim` or `rescore` is 0 or above `u32::MAX` (the saved
+    /// format stores both as 32 bits), or `exact_rescore` is asked of a dtype other than int8.
     pub fn with_dtype(
         dim: usize,
         dtype: Dtype,
@@ -280,11 +292,16 @@ impl Index {
         originals_path: Option<&str>,
     ) -> CoreResult<Self> {
         let exact_rescore = exact_rescore || originals_path.is_some();
-        if dim == 0 {
-            return Err(CoreError::Memory("dim must be at least 1".into()));
+        let max = u32::MAX as usize;
+        if dim == 0 || dim > max {
+            return Err(CoreError::Memory(format!(
+                "dim must be between 1 and {max}, got {dim}"
+            )));
         }
-        if rescore == 0 {
-            return Err(CoreError::Memory("rescore must be at least 1".into()));
+        if rescore == 0 || rescore > max {
+            return Err(CoreError::Memory(format!(
+                "rescore must be between 1 and {max}, got {rescore}"
+            )));
         }
         if exact_rescore && dtype != Dtype::I8 {
             return Err(CoreError::Memory(format!(
@@ -355,8 +372,8 @@ impl Index {
     /// Adds or replaces vectors (`vectors` is `ids.len()` rows of `dim`); all or nothing.
     ///
     /// # Errors
-    /// [`CoreError::Memory`] on a shape mismatch, a duplicate id in the batch, or a row that
-    /// is not finite or is zero; [`CoreError::Persistence`] when float32 copies kept in a file
+    /// [`CoreError::Memory`] on a shape mismatch, an id above [`MAX_ID`], a duplicate id in
+    /// the batch, or a row that is not finite or is zero; [`CoreError::Persistence`] when float32 copies kept in a file
     /// cannot be written (new rows are then not added; a failure while overwriting rows leaves
     /// the copies marked broken).
     pub fn add(&mut self, ids: &[u64], vectors: &[f32]) -> CoreResult<()> {
@@ -371,6 +388,12 @@ impl Index {
         let mut normalized = vectors.to_vec();
         let mut seen = FxHashMap::default();
         for (i, (row, id)) in normalized.chunks_exact_mut(self.dim).zip(ids).enumerate() {
+            if *id > MAX_ID {
+                return Err(CoreError::Memory(format!(
+                    "id {id} is out of range: ids go from 0 to 2**63 - 1 (searches return \
+                     them as int64)"
+                )));
+            }
             if seen.insert(*id, i).is_some() {
                 return Err(CoreError::Memory(format!(
                     "id {id} appears twice in one add"
@@ -480,14 +503,15 @@ impl Index {
     /// finite, or is zero.
     pub fn search(&self, query: &[f32], k: usize) -> CoreResult<(Vec<u64>, Vec<f32>)> {
         let q = self.check_query(query, k)?;
-        let hits = self.top_k(&q, k)?.into_sorted();
+        let hits = self.top_k(&q, k.min(self.len()))?.into_sorted();
         Ok((
             hits.iter().map(|h| self.ids[h.row]).collect(),
             hits.iter().map(|h| h.score).collect(),
         ))
     }
 
-    /// The top `k` rows for the normalized query `q`, in the index's storage form.
+    /// The top `k` rows for the normalized query `q`, in the index's storage form; `k` is at
+    /// most `len` (heaps reserve room for `k` hits).
     fn top_k(&self, q: &[f32], k: usize) -> CoreResult<TopK> {
         let dim = self.dim;
         Ok(match &self.vectors {
@@ -501,7 +525,7 @@ impl Index {
                 let qi = quantized::quantize_query(q);
                 let shortlist = scan_split(
                     self.len(),
-                    k.saturating_mul(self.rescore),
+                    k.saturating_mul(self.rescore).min(self.len()),
                     |start, end, top| {
                         quantized::scan_i8(
                             &codes[start * dim..end * dim],
@@ -537,6 +561,9 @@ impl Index {
         queries: &[f32],
         k: usize,
     ) -> CoreResult<(Vec<u64>, Vec<f32>, usize)> {
+        if k == 0 {
+            return Err(CoreError::Memory("k must be at least 1".into()));
+        }
         if queries.len() % self.dim != 0 {
             return Err(CoreError::Memory(format!(
                 "queries have dimension {}, the index has {}",
@@ -551,11 +578,11 @@ impl Index {
         let width = k.min(self.len());
         let tops: Vec<TopK> = match &self.vectors {
             Rows::F32(data) if qs.len() >= 2 => {
-                batch::search_batch_fused(data, self.dim, &qs.concat(), k)
+                batch::search_batch_fused(data, self.dim, &qs.concat(), width)
             }
             _ => qs
                 .iter()
-                .map(|q| self.top_k(q, k))
+                .map(|q| self.top_k(q, width))
                 .collect::<CoreResult<_>>()?,
         };
         let mut ids = Vec::with_capacity(tops.len() * width);
@@ -611,8 +638,9 @@ impl Index {
     ///
     /// # Errors
     /// [`CoreError::Persistence`] when the file cannot be read, is not an index, has an unknown
-    /// format version or dtype, is truncated, or fails its checksum, or `originals_path` is
-    /// given for an index saved without float32 copies or cannot be written.
+    /// format version or dtype, is truncated, fails its checksum, or holds an id above
+    /// [`MAX_ID`], or `originals_path` is given for an index saved without float32 copies or
+    /// cannot be written.
     pub fn load(path: &str, originals_path: Option<&str>) -> CoreResult<Self> {
         let bad = |why: String| CoreError::Persistence(format!("cannot load {path}: {why}"));
         let mut bytes = Vec::new();
@@ -670,6 +698,9 @@ impl Index {
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
             .collect();
+        if let Some(id) = ids.iter().find(|&&id| id > MAX_ID) {
+            return Err(bad(format!("id {id} is above 2**63 - 1")));
+        }
         let size = || bad("size does not match its header".into());
         let rows_end = count
             .checked_mul(dtype.row_bytes(dim))
@@ -797,6 +828,22 @@ fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
     })
 }
 
+/// An id as numpy returns it: lossless, as `add` refuses ids above [`MAX_ID`] (`i64::MAX`).
+#[inline]
+fn id_to_i64(id: u64) -> i64 {
+    id as i64
+}
+
+/// An id argument of `get` and `in`: a Python int of any size; one that no vector can have
+/// (negative, or above [`MAX_ID`]) is `None`.
+fn id_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<u64>> {
+    match value.extract::<i64>() {
+        Ok(id) => Ok(u64::try_from(id).ok()),
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(value.py()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Search results as numpy arrays: (ids, scores).
 type Hits<'py, D> = (
     Bound<'py, numpy::PyArray<i64, D>>,
@@ -833,8 +880,8 @@ type Hits<'py, D> = (
 ///         index goes away but means nothing without it: persist the index with ``save``.
 ///
 /// Raises:
-///     MemoryStoreError: `dim` or `rescore` is 0, an unknown `dtype`, or `exact_rescore` or
-///         `originals_path` with a dtype other than int8.
+///     MemoryStoreError: `dim` or `rescore` is not between 1 and 2**32 - 1, an unknown
+///         `dtype`, or `exact_rescore` or `originals_path` with a dtype other than int8.
 ///     PersistenceError: `originals_path` cannot be created.
 #[pyclass(module = "llm_agent_runtime", name = "VectorIndex", frozen)]
 pub struct PyVectorIndex {
@@ -847,12 +894,14 @@ impl PyVectorIndex {
     // `rescore=8` is DEFAULT_RESCORE, spelled out so the Python signature shows it.
     #[pyo3(signature = (dim, dtype="float32", rescore=8, exact_rescore=false, originals_path=None))]
     fn new(
-        dim: usize,
+        dim: i64,
         dtype: &str,
-        rescore: usize,
+        rescore: i64,
         exact_rescore: bool,
         originals_path: Option<PathBuf>,
     ) -> PyResult<Self> {
+        let dim = non_negative(dim, "dim", CoreError::Memory)?;
+        let rescore = non_negative(rescore, "rescore", CoreError::Memory)?;
         let dtype = Dtype::parse(dtype).ok_or_else(|| {
             CoreError::Memory(format!(
                 "unknown dtype {dtype:?}: expected \"float32\", \"float16\" or \"int8\""
@@ -905,12 +954,12 @@ impl PyVectorIndex {
     /// Adds vectors, replacing those whose id is already present (upsert); all or nothing.
     ///
     /// Args:
-    ///     ids: one non-negative integer id per row.
+    ///     ids: one integer id per row, from 0 to 2**63 - 1 (searches return int64 ids).
     ///     vectors: float32 array of shape (len(ids), dim).
     ///
     /// Raises:
-    ///     MemoryStoreError: wrong shape or dtype, a duplicate id in the batch, NaN/inf, or
-    ///         a zero vector.
+    ///     MemoryStoreError: wrong shape or dtype, an id out of range, a duplicate id in the
+    ///         batch, NaN/inf, or a zero vector.
     fn add(
         &self,
         py: Python<'_>,
@@ -959,7 +1008,7 @@ impl PyVectorIndex {
             .map_err(|_| CoreError::Memory(format!("k must be at least 1, got {k}")))?;
         let q = query.as_slice()?;
         let (ids, scores) = run_detached(py, || self.inner.read().search(q, k))?;
-        let ids: Vec<i64> = ids.into_iter().map(|id| id as i64).collect();
+        let ids: Vec<i64> = ids.into_iter().map(id_to_i64).collect();
         Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
     }
 
@@ -969,7 +1018,7 @@ impl PyVectorIndex {
     ///     (ids, scores): arrays of shape (m, min(k, len(index))).
     ///
     /// Raises:
-    ///     MemoryStoreError: as `search`.
+    ///     MemoryStoreError: as `search`, and when `queries` is not of shape (m, dim).
     fn search_batch<'py>(
         &self,
         py: Python<'py>,
@@ -979,10 +1028,18 @@ impl PyVectorIndex {
         let queries = as_f32_matrix(queries, "queries")?;
         let k = usize::try_from(k)
             .map_err(|_| CoreError::Memory(format!("k must be at least 1, got {k}")))?;
-        let m = queries.shape()[0];
+        let (m, dim) = (queries.shape()[0], self.inner.read().dim());
+        if queries.shape()[1] != dim {
+            return Err(CoreError::Memory(format!(
+                "queries have shape ({m}, {}), expected ({m}, {dim}): one query of dimension \
+                 {dim} a row",
+                queries.shape()[1]
+            ))
+            .into());
+        }
         let qs = queries.as_slice()?;
         let (ids, scores, width) = run_detached(py, || self.inner.read().search_batch(qs, k))?;
-        let ids: Vec<i64> = ids.into_iter().map(|id| id as i64).collect();
+        let ids: Vec<i64> = ids.into_iter().map(id_to_i64).collect();
         let ids = ids.into_pyarray(py).reshape([m, width])?;
         let scores = scores.into_pyarray(py).reshape([m, width])?;
         Ok((ids, scores))
@@ -994,18 +1051,26 @@ impl PyVectorIndex {
     ///     A float32 array of length dim, or None when `id` is not in the index.
     ///
     /// Raises:
+    ///     MemoryStoreError: `id` is not a valid id (negative, or above 2**63 - 1).
     ///     PersistenceError: float32 copies kept in a file cannot be read.
     fn get<'py>(
         &self,
         py: Python<'py>,
-        id: u64,
+        id: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, numpy::PyArray1<f32>>>> {
+        let Some(id) = id_arg(id)? else {
+            return Err(CoreError::Memory(format!(
+                "ids go from 0 to 2**63 - 1, got {}",
+                id.str()?
+            ))
+            .into());
+        };
         Ok(self.inner.read().get(id)?.map(|v| v.into_pyarray(py)))
     }
 
-    /// Whether `id` is in the index.
-    fn __contains__(&self, id: u64) -> bool {
-        self.inner.read().rows.contains_key(&id)
+    /// Whether `id` is in the index (False for an int no vector can have, such as -1).
+    fn __contains__(&self, id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(id_arg(id)?.is_some_and(|id| self.inner.read().rows.contains_key(&id)))
     }
 
     /// Writes the index to `path` (versioned format with a checksum, replaced atomically).
@@ -1093,6 +1158,69 @@ mod tests {
             assert_eq!(&ids[..5], &ids[5..]);
             assert_eq!(ids[..5].to_vec(), brute(&index, &q, 5));
         }
+    }
+
+    #[test]
+    fn huge_k_and_rescore_are_capped_at_the_row_count() {
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::I8] {
+            let mut index = Index::with_dtype(4, dtype, u32::MAX as usize, false).unwrap();
+            let data = lcg(5 * 4, 9);
+            index.add(&[0, 1, 2, 3, 4], &data).unwrap();
+            let q = [1.0, 0.5, -0.25, 0.0];
+            for k in [usize::MAX, 1 << 62, 1 << 50, 1] {
+                let (ids, scores) = index.search(&q, k).unwrap();
+                assert_eq!(ids.len(), k.min(5), "{dtype:?} k={k}");
+                assert!(scores.windows(2).all(|w| w[0] >= w[1]));
+                let (ids, _, width) = index.search_batch(&[q, q].concat(), k).unwrap();
+                assert_eq!((ids.len(), width), (2 * k.min(5), k.min(5)));
+            }
+        }
+        assert!(Index::with_dtype(4, Dtype::I8, u32::MAX as usize + 1, false).is_err());
+        assert!(Index::new(0).is_err());
+        let empty = Index::new(2).unwrap();
+        assert!(empty.search(&[1.0, 0.0], 1 << 60).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn subnormal_vectors_normalize_to_unit_length() {
+        let tiny = f32::from_bits(1); // 1.4e-45, the smallest subnormal
+        for (v, want) in [
+            (vec![tiny, 0.0, 0.0], vec![1.0, 0.0, 0.0]),
+            (vec![tiny, -tiny, 0.0], vec![0.70710677, -0.70710677, 0.0]),
+            (vec![3e38, 3e38, 0.0], vec![0.70710677, 0.70710677, 0.0]),
+        ] {
+            let mut got = v.clone();
+            normalize(&mut got, "v").unwrap();
+            assert_eq!(got, want, "{v:?}");
+        }
+        let mut index = Index::new(3).unwrap();
+        index.add(&[1], &[tiny, 0.0, 0.0]).unwrap();
+        assert_eq!(index.get(1).unwrap().unwrap(), vec![1.0, 0.0, 0.0]);
+        assert_eq!(index.search(&[0.0, 0.0, tiny], 1).unwrap().1, vec![0.0]);
+    }
+
+    #[test]
+    fn ids_stop_at_i64_max() {
+        let mut index = Index::new(2).unwrap();
+        index.add(&[MAX_ID], &[1.0, 0.0]).unwrap();
+        let err = index.add(&[MAX_ID + 1], &[1.0, 0.0]).unwrap_err();
+        assert!(matches!(err, CoreError::Memory(_)));
+        assert!(index.add(&[7, u64::MAX], &[1.0, 0.0, 0.0, 1.0]).is_err());
+        assert_eq!(index.len(), 1); // all or nothing
+                                    // A file with a larger id (say, written before the rule) does not load.
+        let dir = std::env::temp_dir().join(format!("vec-ids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("i.bin").to_string_lossy().into_owned();
+        index.save(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[36..44].copy_from_slice(&(MAX_ID + 1).to_le_bytes()); // the first id
+        let body = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Index::load(&path, None).unwrap_err();
+        assert!(err.to_string().contains("above 2**63 - 1"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

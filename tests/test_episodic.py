@@ -59,6 +59,18 @@ def test_validation() -> None:
         ar.EpisodicStore.from_json("{}")
 
 
+def test_negative_limits_and_capacities_are_memory_store_errors() -> None:
+    store = ar.EpisodicStore()
+    store.add_episode("a", "x", 0.5)
+    # These used to raise Python's OverflowError.
+    with pytest.raises(ar.MemoryStoreError, match="limit must be >= 0, got -1"):
+        store.recall("a", -1)
+    with pytest.raises(ar.MemoryStoreError, match="per_agent_capacity must be >= 0, got -3"):
+        ar.EpisodicStore(per_agent_capacity=-3)
+    assert [e.recall_count for e in store.episodes("a")] == [0]  # the failed recall counted none
+    assert [e.content for e in store.recall("a", 2**62)] == ["x"]
+
+
 def test_per_agent_capacity_evicts_lowest_importance() -> None:
     store = ar.EpisodicStore(per_agent_capacity=2)
     store.add_episode("a", "keep", 0.5)

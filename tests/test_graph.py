@@ -270,3 +270,46 @@ def test_bulk_builders() -> None:
     with pytest.raises(ar.GraphError, match="already exists"):
         g.add_entities(["w", "x"])
     assert "z" not in g and "w" not in g
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 6])
+def test_betweenness_from_no_sources_is_a_graph_error(n: int) -> None:
+    g = ar.GraphStore.from_edge_list(n, [(i, (i + 1) % n) for i in range(n)])
+    # An empty sample used to rescale by zero sources: NaN for every entity.
+    for options in ({}, {"normalized": False}, {"directed": False}, {"weighted": True}):
+        with pytest.raises(ar.GraphError, match="at least one source"):
+            g.betweenness_from([], **options)
+    with pytest.raises(ar.GraphError, match="k must be between 1"):
+        g.betweenness_centrality(k=0)
+    if n:  # every entity as a source is the exact answer, as networkx computes it
+        cycle = nx.DiGraph(nx.cycle_graph(n, create_using=nx.DiGraph))
+        assert g.betweenness_from([str(i) for i in range(n)]) == pytest.approx(
+            {str(v): b for v, b in nx.betweenness_centrality(cycle).items()}
+        )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda g: g.bfs("alice", max_depth=-1), "max_depth must be >= 0, got -1"),
+        (lambda g: g.dfs("alice", max_depth=-2), "max_depth must be >= 0, got -2"),
+        (lambda g: g.neighborhood("alice", hops=-1), "hops must be >= 0, got -1"),
+        (lambda g: g.betweenness_centrality(k=-1), r"k must be between 1 and .*got -1"),
+        (lambda g: g.betweenness_centrality(k=2, seed=-1), "seed must be between 0"),
+        (lambda g: g.communities(seed=-5), "seed must be between 0"),
+        (lambda g: g.label_propagation(seed=2**64), "seed must be between 0"),
+        (lambda g: g.label_propagation(max_rounds=-1), "max_rounds must be >= 0, got -1"),
+        (lambda g: g.cycles(-1), "cap must be positive"),
+        (lambda _: ar.GraphStore.from_edge_list(-1, []), "n must be between 0"),
+        (lambda _: ar.GraphStore.from_edge_list(2, [(0, -1)]), "edge index -1 is out of range"),
+        (lambda _: ar.GraphStore.from_edge_list(2, [(2**40, 1)]), "out of range"),
+    ],
+)
+def test_negative_integer_arguments_are_graph_errors(
+    people: ar.GraphStore, call, message: str
+) -> None:  # type: ignore[no-untyped-def]
+    # These used to raise Python's OverflowError, which `except GraphError` does not catch.
+    with pytest.raises(ar.GraphError, match=message):
+        call(people)
+    assert people.bfs("alice", max_depth=0) == ["alice"]
+    assert people.label_propagation(seed=2**64 - 1, max_rounds=0)

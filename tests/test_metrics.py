@@ -1,6 +1,7 @@
 import json
 import threading
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -169,3 +170,53 @@ def test_matches_a_python_reference(ops: list[tuple[str, str, str | None]]) -> N
         assert s.tool_failure_count(tool) == fails.get(tool, 0)
     assert s.total_tool_calls == sum(calls.values())
     assert s.tool_diversity() == len(calls)
+
+
+U64_MAX = 2**64 - 1
+amounts = st.one_of(st.integers(0, 1000), st.integers(0, U64_MAX), st.just(U64_MAX))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(amounts, amounts, amounts), max_size=12))
+def test_token_and_recall_totals_saturate_instead_of_wrapping(
+    ops: list[tuple[int, int, int]],
+) -> None:
+    m = ar.RuntimeMetrics()
+    for input_tokens, output_tokens, recalled in ops:
+        m.record_tokens(input_tokens, output_tokens)
+        m.record_memory_recall(recalled)
+    s = m.snapshot()
+    # The reference: exact sums, clamped to the largest u64.
+    assert s.input_tokens == min(sum(op[0] for op in ops), U64_MAX)
+    assert s.output_tokens == min(sum(op[1] for op in ops), U64_MAX)
+    assert s.memory_recall_count == min(sum(op[2] for op in ops), U64_MAX)
+
+
+def test_token_totals_stay_at_the_maximum() -> None:
+    m = ar.RuntimeMetrics()
+    m.record_tokens(U64_MAX, 1)
+    m.record_tokens(5, 0)  # used to wrap around to 4
+    m.record_memory_recall()
+    s = m.snapshot()
+    assert (s.input_tokens, s.output_tokens, s.memory_recall_count) == (U64_MAX, 1, 1)
+    assert f"llm_agent_runtime_input_tokens_total {U64_MAX}" in m.to_prometheus()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.record_memory_recall(-1),
+        lambda m: m.record_tokens(-1, 0),
+        lambda m: m.record_tokens(0, -(2**70)),
+        lambda m: m.record_tokens(2**64, 0),
+    ],
+)
+def test_counts_out_of_range_are_typed_errors(call) -> None:  # type: ignore[no-untyped-def]
+    m = ar.RuntimeMetrics()
+    # These used to raise Python's OverflowError.
+    with pytest.raises(
+        ar.AgentRuntimeError, match=r"counts must be integers between 0 and 2\*\*64 - 1"
+    ):
+        call(m)
+    s = m.snapshot()
+    assert (s.input_tokens, s.output_tokens, s.memory_recall_count) == (0, 0, 0)

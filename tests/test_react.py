@@ -42,6 +42,42 @@ def test_seed_final_answer() -> None:
     assert step.action is None and step.action_input is None and step.is_final
 
 
+def test_final_answer_tool_in_the_langchain_form() -> None:
+    # `Action: FINAL_ANSWER` then `Action Input: 42` used to answer '' (the input was ignored).
+    step = ar.parse_react_step("Thought: done\nAction: FINAL_ANSWER\nAction Input: 42")
+    assert step.final_answer == "42" and step.is_final
+    assert step.action is None and step.action_input is None
+    quoted = ar.parse_react_step('Action: final_answer\nAction Input: "the end"\nObservation: x')
+    assert quoted.final_answer == "the end"
+    # With no input at all (the seeds never show it) the answer stays empty.
+    assert ar.parse_react_step("Thought: done\nAction: FINAL_ANSWER").final_answer == ""
+    assert ar.parse_react_step("Action: FINAL_ANSWER\nAction Input:").final_answer == ""
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    thought=thoughts,
+    answer=st.one_of(
+        thoughts,
+        json_values.map(json.dumps),
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40).filter(
+            lambda t: "\n" not in t and "\r" not in t
+        ),
+    ),
+    spelling=st.sampled_from(["FINAL_ANSWER", "final_answer", "Final_Answer"]),
+)
+def test_final_answer_tool_reads_the_same_in_both_forms(
+    thought: str, answer: str, spelling: str
+) -> None:
+    seed = ar.parse_react_step(f"Thought: {thought}\nAction: {spelling} {answer}")
+    langchain = ar.parse_react_step(
+        f"Thought: {thought}\nAction: {spelling}\nAction Input: {answer}"
+    )
+    assert langchain.is_final and seed.is_final
+    assert langchain.final_answer == seed.final_answer
+    assert langchain.thought == seed.thought
+
+
 def test_langchain_form() -> None:
     step = ar.parse_react_step("Thought: look it up\nAction: search\nAction Input: rust pyo3\n")
     assert (step.action, step.action_input) == ("search", "rust pyo3")

@@ -1,3 +1,6 @@
+import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -331,3 +334,155 @@ def test_bad_dtype_and_rescore_are_clear_errors() -> None:
     with pytest.raises(ar.PersistenceError, match="cannot create"):
         ar.VectorIndex(8, dtype="int8", originals_path="/nonexistent-dir/copies.f32")
     assert "int8" in repr(ar.VectorIndex(8, dtype="int8"))
+
+
+DTYPES = ["float32", "float16", "int8"]
+
+# Runs in a child process: before k was capped at the row count, these searches reserved room
+# for k hits and aborted the interpreter (a failed allocation is not an exception).
+_HUGE_K = """
+import json, sys
+import numpy as np
+import llm_agent_runtime as ar
+
+dtype, rescore = sys.argv[1], int(sys.argv[2])
+data = np.random.default_rng(7).standard_normal((8, 4)).astype(np.float32)
+index = ar.VectorIndex(4, dtype=dtype, rescore=rescore)
+index.add(np.arange(5), data[:5])
+out = {}
+for k in (1, 3, 2**50, 2**62, 2**63 - 1):
+    ids, scores = index.search(data[5], k)
+    batch_ids, batch_scores = index.search_batch(data[5:], k)
+    out[k] = [ids.tolist(), scores.tolist(), batch_ids.tolist(), batch_scores.tolist()]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rescore"), [("float32", 8), ("float16", 8), ("int8", 8), ("int8", 2**32 - 1)]
+)
+def test_huge_k_and_rescore_give_min_k_len_rows(dtype: str, rescore: int) -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", _HUGE_K, dtype, str(rescore)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout)
+    # The reference: the same index searched for all 5 rows (rescore 8 shortlists every row).
+    data = np.random.default_rng(7).standard_normal((8, 4)).astype(np.float32)
+    index = ar.VectorIndex(4, dtype=dtype)
+    index.add(np.arange(5), data[:5])
+    want_ids, want_scores = index.search(data[5], 5)
+    want_batch_ids, want_batch_scores = index.search_batch(data[5:], 5)
+    if dtype == "float32":
+        np.testing.assert_allclose(
+            want_scores, numpy_top_k(data[:5], np.arange(5), data[5], 5)[1], atol=1e-6
+        )
+    for k, (ids, scores, batch_ids, batch_scores) in got.items():
+        rows = min(int(k), 5)
+        assert ids == want_ids[:rows].tolist()
+        np.testing.assert_allclose(scores, want_scores[:rows], rtol=0, atol=1e-6)
+        assert np.array(batch_ids).shape == (3, rows)
+        assert batch_ids == want_batch_ids[:, :rows].tolist()
+        np.testing.assert_allclose(batch_scores, want_batch_scores[:, :rows], rtol=0, atol=1e-6)
+
+
+def test_rescore_must_fit_the_saved_format(tmp_path: Path) -> None:
+    # The file stores rescore (and dim) in 32 bits: 2**32 + 8 used to come back as 8.
+    for rescore in (2**32, 2**32 + 8, 2**44):
+        with pytest.raises(ar.MemoryStoreError, match="rescore must be between 1 and 4294967295"):
+            ar.VectorIndex(4, dtype="int8", rescore=rescore)
+    index = ar.VectorIndex(4, dtype="int8", rescore=2**32 - 1)
+    index.add(np.arange(3), np.eye(3, 4, dtype=np.float32))
+    index.save(str(tmp_path / "i.bin"))
+    loaded = ar.VectorIndex.load(str(tmp_path / "i.bin"))
+    assert loaded.rescore == 2**32 - 1
+    assert loaded.search(np.ones(4, dtype=np.float32), 2**40)[0].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 8), (2, 2), (4, 1), (3, 5), (0, 3), (0, 5)])
+def test_search_batch_refuses_rows_of_another_width(dtype: str, shape: tuple[int, int]) -> None:
+    index = ar.VectorIndex(4, dtype=dtype)
+    index.add(np.arange(3), np.eye(3, 4, dtype=np.float32))
+    # (1, 8) used to be read as two queries, then failed numpy's reshape with a ValueError;
+    # (0, 3) used to return an empty result as if it were well formed.
+    with pytest.raises(
+        ar.MemoryStoreError, match=rf"queries have shape \({shape[0]}, {shape[1]}\)"
+    ):
+        index.search_batch(np.ones(shape, dtype=np.float32), 2)
+    assert index.search_batch(np.ones((0, 4), dtype=np.float32), 2)[0].shape == (0, 2)
+    assert index.search_batch(np.ones((2, 4), dtype=np.float32), 2)[0].shape == (2, 2)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    dtype=st.sampled_from(DTYPES),
+    dim=st.integers(1, 12),
+    exponent=st.integers(-46, 37),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_vectors_of_any_finite_scale_normalize_like_numpy(
+    dtype: str, dim: int, exponent: int, seed: int
+) -> None:
+    """Subnormal rows (norm below ~2.9e-39) used to be stored as [inf, nan, ...]."""
+    rng = np.random.default_rng(seed)
+    data = (rng.standard_normal((4, dim)) * 10.0**exponent).astype(np.float32)
+    data[data[:, 0] == 0, 0] = np.float32(1e-45)  # no zero rows: the smallest subnormal
+    assert np.all(np.any(data != 0, axis=1)) and np.all(np.isfinite(data))
+    wide = data.astype(np.float64)
+    unit = wide / np.linalg.norm(wide, axis=1, keepdims=True)  # the reference, in float64
+    index = ar.VectorIndex(dim, dtype=dtype)
+    index.add(np.arange(4), data)
+    tolerance = {"float32": 1e-6, "float16": 1e-3, "int8": 1e-2}[dtype]
+    for i in range(4):
+        got = index.get(i)
+        assert got is not None and np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, unit[i], rtol=0, atol=tolerance)
+    ids, scores = index.search(data[0], 4)
+    assert np.all(np.isfinite(scores)) and sorted(ids.tolist()) == [0, 1, 2, 3]
+    np.testing.assert_allclose(scores, np.sort(unit @ unit[0])[::-1], rtol=0, atol=3 * tolerance)
+    _, batch_scores = index.search_batch(data, 4)
+    assert np.all(np.isfinite(batch_scores))
+    np.testing.assert_allclose(
+        batch_scores[:, 0], np.max(unit @ unit.T, axis=1), atol=3 * tolerance
+    )
+
+
+def test_the_smallest_subnormal_vector_is_a_unit_vector() -> None:
+    index = ar.VectorIndex(4)
+    index.add([7], np.array([[1e-45, 0, 0, 0]], dtype=np.float32))
+    np.testing.assert_array_equal(index.get(7), [1, 0, 0, 0])
+    ids, scores = index.search(np.array([0, 0, 0, 1e-45], dtype=np.float32), 1)
+    assert ids.tolist() == [7] and scores.tolist() == [0.0]
+
+
+def test_ids_above_int64_max_are_refused() -> None:
+    index = ar.VectorIndex(2)
+    top = 2**63 - 1
+    index.add(np.array([top], dtype=np.uint64), np.ones((1, 2), dtype=np.float32))
+    assert index.search(np.ones(2, dtype=np.float32), 1)[0].tolist() == [top]
+    for ids in (np.array([5, 2**63], dtype=np.uint64), [5, 2**63 + 5], [5, 2**64 - 1]):
+        with pytest.raises(ar.MemoryStoreError, match="is out of range"):
+            index.add(ids, np.ones((2, 2), dtype=np.float32))
+    assert len(index) == 1 and 5 not in index  # all or nothing
+    got_ids, _ = index.search_batch(np.ones((2, 2), dtype=np.float32), 3)
+    assert got_ids.tolist() == [[top], [top]]
+
+
+def test_integer_arguments_out_of_range_are_memory_store_errors() -> None:
+    index = ar.VectorIndex(2)
+    index.add([1], np.ones((1, 2), dtype=np.float32))
+    for bad_id in (-1, 2**63, 2**70):
+        with pytest.raises(ar.MemoryStoreError, match="ids go from 0 to 2\\*\\*63 - 1"):
+            index.get(bad_id)
+        assert bad_id not in index
+    assert index.get(2) is None and 1 in index
+    with pytest.raises(ar.MemoryStoreError, match="dim must be >= 0, got -1"):
+        ar.VectorIndex(-1)
+    with pytest.raises(ar.MemoryStoreError, match="rescore must be >= 0, got -3"):
+        ar.VectorIndex(4, dtype="int8", rescore=-3)
+    with pytest.raises(TypeError):
+        index.get("1")  # type: ignore[arg-type]

@@ -75,7 +75,8 @@ def test_value_destructor_may_reenter_the_memory() -> None:
 def test_capacity_errors_and_prompt() -> None:
     with pytest.raises(ar.MemoryStoreError, match="at least 1"):
         ar.WorkingMemory(0)
-    with pytest.raises(OverflowError):
+    # A negative capacity is the typed error, not Python's OverflowError.
+    with pytest.raises(ar.MemoryStoreError, match="capacity must be >= 0, got -1"):
         ar.WorkingMemory(-1)
     wm = ar.WorkingMemory(4)
     assert wm.to_prompt() == ""

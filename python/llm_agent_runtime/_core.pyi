@@ -130,9 +130,19 @@ class RuntimeMetrics:
     def record_tool_call(self, tool: str, agent_id: str | None = None) -> None: ...
     def record_tool_failure(self, tool: str, agent_id: str | None = None) -> None: ...
     def record_backpressure_shed(self) -> None: ...
-    def record_memory_recall(self, count: int = 1) -> None: ...
+    def record_memory_recall(self, count: int = 1) -> None:
+        """Counts recalled memories; the total saturates at 2**64 - 1.
+
+        Raises:
+            AgentRuntimeError: count is negative or not below 2**64.
+        """
     def record_checkpoint_error(self) -> None: ...
-    def record_tokens(self, input_tokens: int, output_tokens: int) -> None: ...
+    def record_tokens(self, input_tokens: int, output_tokens: int) -> None:
+        """Adds token usage; each total saturates at 2**64 - 1.
+
+        Raises:
+            AgentRuntimeError: a count is negative or not below 2**64.
+        """
     def snapshot(self) -> MetricsSnapshot: ...
     def to_prometheus(self) -> str: ...
 
@@ -143,7 +153,7 @@ class WorkingMemory:
     """Bounded key -> value LRU memory; O(1) operations, thread-safe.
 
     Raises:
-        MemoryStoreError: capacity is 0.
+        MemoryStoreError: capacity is not positive (or too large).
     """
 
     def __new__(cls, capacity: int) -> WorkingMemory: ...
@@ -222,7 +232,7 @@ class EpisodicStore:
     policy score + similarity_weight * cos(query, episode embedding).
 
     Raises:
-        MemoryStoreError: per_agent_capacity is 0, or similarity_weight is negative.
+        MemoryStoreError: per_agent_capacity is not positive, or similarity_weight is negative.
     """
 
     def __new__(
@@ -255,7 +265,8 @@ class EpisodicStore:
         """The agent's best episodes, best first; a query blends in cosine similarity.
 
         Raises:
-            MemoryStoreError: a text query without an embedder, or a bad query vector.
+            MemoryStoreError: a negative limit, a text query without an embedder, or a bad
+                query vector.
         """
     def episodes(self, agent_id: str) -> list[Episode]: ...
     def clear(self, agent_id: str | None = None) -> int: ...
@@ -291,8 +302,8 @@ class VectorIndex:
     instead of memory: memory is a quarter of float32's.
 
     Raises:
-        MemoryStoreError: dim or rescore is 0, an unknown dtype, or exact_rescore or
-            originals_path without int8.
+        MemoryStoreError: dim or rescore not between 1 and 2**32 - 1, an unknown dtype, or
+            exact_rescore or originals_path without int8.
         PersistenceError: originals_path cannot be created.
     """
 
@@ -325,13 +336,15 @@ class VectorIndex:
         """The stored vector of id (normalized, dequantized), or None.
 
         Raises:
+            MemoryStoreError: id is negative or above 2**63 - 1 (no vector can have it).
             PersistenceError: float32 copies kept in a file cannot be read.
         """
     def add(self, ids: npt.ArrayLike, vectors: npt.NDArray[np.float32]) -> None:
-        """Adds or replaces vectors (all or nothing).
+        """Adds or replaces vectors (all or nothing); ids go from 0 to 2**63 - 1.
 
         Raises:
-            MemoryStoreError: wrong shape or dtype, duplicate id, NaN/inf or zero vector.
+            MemoryStoreError: wrong shape or dtype, an id out of range, duplicate id, NaN/inf
+                or zero vector.
         """
     def remove(self, ids: npt.ArrayLike) -> None:
         """Removes vectors by id (all or nothing).
@@ -342,7 +355,7 @@ class VectorIndex:
     def search(
         self, query: npt.NDArray[np.float32], k: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """The k most similar vectors, best first.
+        """The min(k, len) most similar vectors, best first (any k >= 1 is accepted).
 
         Raises:
             MemoryStoreError: k < 1, or a bad query.
@@ -350,7 +363,11 @@ class VectorIndex:
     def search_batch(
         self, queries: npt.NDArray[np.float32], k: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """search() for every row of queries; arrays of shape (m, min(k, len))."""
+        """search() for every row of queries; arrays of shape (m, min(k, len)).
+
+        Raises:
+            MemoryStoreError: k < 1, queries not of shape (m, dim), or a bad query.
+        """
     def save(self, path: str) -> None:
         """Writes the index (versioned, checksummed, atomic replace).
 
@@ -366,7 +383,8 @@ class VectorIndex:
                 or originals_path for an index without float32 copies.
         """
     def __len__(self) -> int: ...
-    def __contains__(self, id: int, /) -> bool: ...
+    def __contains__(self, id: int, /) -> bool:
+        """Whether id is in the index (False for an int no vector can have, such as -1)."""
 
 # --- Hashing text embedder (rust/embed.rs) ---------------------------------------------------
 
@@ -375,7 +393,7 @@ class HashingEmbedder:
     """Deterministic text embedder by feature hashing of word and character n-grams.
 
     Raises:
-        MemoryStoreError: dim or word_ngrams is 0, or an invalid char_ngrams range.
+        MemoryStoreError: dim or word_ngrams is not positive, or an invalid char_ngrams range.
     """
 
     def __new__(
@@ -399,7 +417,8 @@ class GraphStore:
 
     Raises:
         GraphError: unknown entities, duplicate ids, non-finite weights, negative weights
-            given to Dijkstra, a non-positive cycle cap.
+            given to Dijkstra, a non-positive cycle cap, a negative depth, hop count, round
+            count or seed, an empty source list for betweenness_from.
     """
 
     def __new__(cls) -> GraphStore: ...

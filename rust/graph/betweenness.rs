@@ -189,8 +189,12 @@ fn accumulate_weighted(g: &Snapshot, directed: bool, s: u32, sc: &mut Scratch, s
 
 /// Betweenness of every node.
 ///
-/// `sources` restricts the sum to those sources (a sample) and rescales the estimate as
-/// networkx's `k=` does. Weighted runs refuse non-positive weights.
+/// `sources` restricts the sum to those sources (a sample, at least one) and rescales the
+/// estimate as networkx's `k=` does. Weighted runs refuse non-positive weights.
+///
+/// # Errors
+/// [`CoreError::Graph`] when `sources` is an empty sample, or a weighted run meets a
+/// non-positive weight.
 pub fn betweenness(
     g: &Snapshot,
     directed: bool,
@@ -199,6 +203,12 @@ pub fn betweenness(
     sources: Option<&[u32]>,
 ) -> CoreResult<Vec<f64>> {
     let n = g.n;
+    if sources.is_some_and(<[u32]>::is_empty) {
+        // The estimate rescales by the sample size: an empty sample has none to give.
+        return Err(CoreError::Graph(
+            "betweenness needs at least one source entity, got none".into(),
+        ));
+    }
     if weighted && g.has_negative_weight {
         return Err(CoreError::Graph(
             "weighted betweenness needs non-negative weights; the graph has a negative one".into(),
@@ -340,6 +350,16 @@ mod tests {
         }
         let directed = betweenness(&path_graph(4, 1.0), true, false, false, None).unwrap();
         assert_eq!(directed, vec![0.0, 2.0, 2.0, 0.0]);
+    }
+
+    #[test]
+    fn an_empty_sample_is_refused() {
+        let g = path_graph(4, 1.0);
+        for normalized in [true, false] {
+            let err = betweenness(&g, true, false, normalized, Some(&[])).unwrap_err();
+            assert!(matches!(err, CoreError::Graph(_)), "{err:?}");
+        }
+        assert!(betweenness(&g, true, false, true, Some(&[1])).is_ok());
     }
 
     #[test]

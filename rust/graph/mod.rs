@@ -21,7 +21,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use rustc_hash::FxHashMap;
 
-use crate::errors::{catch_panics, panic_to_pyerr, run_detached, CoreError, CoreResult};
+use crate::errors::{
+    catch_panics, extract_unsigned, non_negative, panic_to_pyerr, run_detached, CoreError,
+    CoreResult,
+};
 use algo::DegreeMode;
 use community::SplitMix;
 use csr::{Adjacency, Snapshot};
@@ -154,8 +157,12 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>, kind: u32) -> PyResult<Vec<Relati
                 CoreError::Graph(format!("an edge tuple has 2 or 3 items, got {len}")).into(),
             );
         }
-        let from: u32 = tuple.get_borrowed_item(0)?.extract()?;
-        let to: u32 = tuple.get_borrowed_item(1)?.extract()?;
+        let index = |i: usize| -> PyResult<u32> {
+            extract_unsigned(&*tuple.get_borrowed_item(i)?, |v| {
+                CoreError::Graph(format!("edge index {v} is out of range for {n} entities"))
+            })
+        };
+        let (from, to) = (index(0)?, index(1)?);
         let weight: f64 = if len == 3 {
             tuple.get_borrowed_item(2)?.extract()?
         } else {
@@ -193,7 +200,8 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>, kind: u32) -> PyResult<Vec<Relati
 ///
 /// Raises:
 ///     GraphError: On unknown entities, duplicate ids, non-finite weights, negative weights
-///         given to Dijkstra, a non-positive cycle cap.
+///         given to Dijkstra, a non-positive cycle cap, a negative depth, hop count, round
+///         count or seed, an empty source list for `betweenness_from`.
 #[pyclass(module = "llm_agent_runtime", name = "GraphStore", frozen)]
 pub struct PyGraphStore {
     store: RwLock<Store>,
@@ -242,9 +250,12 @@ impl PyGraphStore {
         py: Python<'py>,
         walk: fn(&Adjacency, usize, u32, Option<usize>) -> Vec<u32>,
         start: &str,
-        max_depth: Option<usize>,
+        max_depth: Option<i64>,
         directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
+        let max_depth = max_depth
+            .map(|d| non_negative(d, "max_depth", CoreError::Graph))
+            .transpose()?;
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
         let order = run_detached(py, move || {
@@ -268,6 +279,13 @@ impl PyGraphStore {
         let frozen = self.frozen(py)?;
         run_detached(py, move || f(&frozen))
     }
+}
+
+/// A `seed` argument: any int from 0 to 2**64 - 1 (a negative one is a `GraphError`).
+fn seed_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
+    extract_unsigned(value, |v| {
+        CoreError::Graph(format!("seed must be between 0 and 2**64 - 1, got {v}"))
+    })
 }
 
 fn degree_mode(mode: &str) -> CoreResult<DegreeMode> {
@@ -475,15 +493,18 @@ impl PyGraphStore {
     /// path for graphs that come as index pairs (e.g. from numpy or another graph library).
     ///
     /// Args:
-    ///     n: Number of entities.
+    ///     n: Number of entities (at most 2**32 - 1).
     ///     edges: Tuples `(u, v)` or `(u, v, weight)` of entity indices.
     ///     kind: Kind of every relationship.
     ///
     /// Raises:
-    ///     GraphError: When an index is out of range or a weight is not finite.
+    ///     GraphError: When `n` or an index is out of range, or a weight is not finite.
     #[staticmethod]
     #[pyo3(signature = (n, edges, kind = "related"))]
-    fn from_edge_list(n: u32, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGraphStore> {
+    fn from_edge_list(n: i64, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGraphStore> {
+        let n = u32::try_from(n).map_err(|_| {
+            CoreError::Graph(format!("n must be between 0 and {}, got {n}", u32::MAX))
+        })?;
         catch_panics(|| build_numbered(n, edges, kind))
     }
 
@@ -560,7 +581,7 @@ impl PyGraphStore {
         &self,
         py: Python<'py>,
         start: &str,
-        max_depth: Option<usize>,
+        max_depth: Option<i64>,
         directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         self.traverse(py, algo::bfs, start, max_depth, directed)
@@ -572,7 +593,7 @@ impl PyGraphStore {
         &self,
         py: Python<'py>,
         start: &str,
-        max_depth: Option<usize>,
+        max_depth: Option<i64>,
         directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         self.traverse(py, algo::dfs, start, max_depth, directed)
@@ -660,9 +681,10 @@ impl PyGraphStore {
         &self,
         py: Python<'_>,
         id: &str,
-        hops: usize,
+        hops: i64,
         directed: bool,
     ) -> PyResult<PyGraphStore> {
+        let hops = non_negative(hops, "hops", CoreError::Graph)?;
         let nodes = self.run(py, |f| {
             let s = f.node(id)?;
             Ok(algo::neighborhood(&f.snapshot, directed, s, hops))
@@ -727,8 +749,8 @@ impl PyGraphStore {
         normalized: bool,
         weighted: bool,
         directed: bool,
-        k: Option<usize>,
-        seed: u64,
+        k: Option<i64>,
+        #[pyo3(from_py_with = seed_arg)] seed: u64,
     ) -> PyResult<Bound<'py, PyDict>> {
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
@@ -736,12 +758,15 @@ impl PyGraphStore {
             let n = inner.snapshot.n;
             let sample = match k {
                 None => None,
-                Some(k) if k == 0 || k > n => {
-                    return Err(CoreError::Graph(format!(
-                        "k must be between 1 and the entity count ({n}), got {k}"
-                    )))
-                }
                 Some(k) => {
+                    let k = usize::try_from(k)
+                        .ok()
+                        .filter(|k| (1..=n).contains(k))
+                        .ok_or_else(|| {
+                            CoreError::Graph(format!(
+                                "k must be between 1 and the entity count ({n}), got {k}"
+                            ))
+                        })?;
                     let mut all: Vec<u32> = (0..n as u32).collect();
                     SplitMix::new(seed).shuffle(&mut all);
                     all.truncate(k);
@@ -760,6 +785,10 @@ impl PyGraphStore {
     }
 
     /// Betweenness from an explicit list of source entities (for reproducing an estimate).
+    ///
+    /// Raises:
+    ///     GraphError: When `sources` is empty or names an unknown entity, or weights are not
+    ///         positive in a weighted run.
     #[pyo3(signature = (sources, normalized = true, weighted = false, directed = true))]
     fn betweenness_from<'py>(
         &self,
@@ -799,7 +828,7 @@ impl PyGraphStore {
         &self,
         py: Python<'_>,
         resolution: f64,
-        seed: u64,
+        #[pyo3(from_py_with = seed_arg)] seed: u64,
     ) -> PyResult<(Vec<Vec<String>>, f64)> {
         self.run(py, |f| {
             f.refuse_negative("community detection")?;
@@ -813,9 +842,10 @@ impl PyGraphStore {
     fn label_propagation(
         &self,
         py: Python<'_>,
-        seed: u64,
-        max_rounds: usize,
+        #[pyo3(from_py_with = seed_arg)] seed: u64,
+        max_rounds: i64,
     ) -> PyResult<Vec<Vec<String>>> {
+        let max_rounds = non_negative(max_rounds, "max_rounds", CoreError::Graph)?;
         self.run(py, |f| {
             f.refuse_negative("label propagation")?;
             let communities =

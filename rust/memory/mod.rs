@@ -11,7 +11,7 @@ use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::errors::{run_detached, CoreError};
+use crate::errors::{non_negative, run_detached, CoreError};
 use episodic::{Decay, Episode, Episodes, Recall};
 use working::Lru;
 
@@ -25,7 +25,7 @@ use working::Lru;
 ///     capacity: most entries kept; inserting beyond it evicts the least recently used.
 ///
 /// Raises:
-///     MemoryStoreError: `capacity` is 0.
+///     MemoryStoreError: `capacity` is not positive (or too large).
 #[pyclass(module = "llm_agent_runtime", name = "WorkingMemory", frozen)]
 pub struct PyWorkingMemory {
     inner: Mutex<Lru<Py<PyAny>>>,
@@ -46,7 +46,8 @@ impl PyWorkingMemory {
 #[pymethods]
 impl PyWorkingMemory {
     #[new]
-    fn new(capacity: usize) -> PyResult<Self> {
+    fn new(capacity: i64) -> PyResult<Self> {
+        let capacity = non_negative(capacity, "WorkingMemory capacity", CoreError::Memory)?;
         Ok(Self {
             inner: Mutex::new(Lru::new(capacity)?),
         })
@@ -295,7 +296,8 @@ impl PyRecallPolicy {
 ///     similarity_weight: weight of the query similarity in recall scores (>= 0).
 ///
 /// Raises:
-///     MemoryStoreError: `per_agent_capacity` is 0, or `similarity_weight` is negative.
+///     MemoryStoreError: `per_agent_capacity` is not positive, or `similarity_weight` is
+///         negative.
 #[pyclass(module = "llm_agent_runtime", name = "EpisodicStore", frozen)]
 pub struct PyEpisodicStore {
     inner: Mutex<Episodes>,
@@ -370,11 +372,14 @@ impl PyEpisodicStore {
     fn new(
         decay: Option<&PyDecayPolicy>,
         recall_policy: Option<&PyRecallPolicy>,
-        per_agent_capacity: Option<usize>,
+        per_agent_capacity: Option<i64>,
         clock: Option<Py<PyAny>>,
         embedder: Option<Py<PyAny>>,
         similarity_weight: f64,
     ) -> PyResult<Self> {
+        let per_agent_capacity = per_agent_capacity
+            .map(|c| non_negative(c, "per_agent_capacity", CoreError::Memory))
+            .transpose()?;
         let store = Episodes::new(
             decay.map(|d| d.inner),
             recall_policy.map_or(Recall::Importance, |r| r.inner),
@@ -435,16 +440,18 @@ impl PyEpisodicStore {
     ///         nothing to embed ranks by the policy alone.
     ///
     /// Raises:
-    ///     MemoryStoreError: a text query without an embedder; a query vector that is not
-    ///         finite, zero, or of another length than the episodes' embeddings.
+    ///     MemoryStoreError: a negative `limit`; a text query without an embedder; a query
+    ///         vector that is not finite, zero, or of another length than the episodes'
+    ///         embeddings.
     #[pyo3(signature = (agent_id, limit=3, query=None))]
     fn recall(
         &self,
         py: Python<'_>,
         agent_id: &str,
-        limit: usize,
+        limit: i64,
         query: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<PyEpisode>> {
+        let limit = non_negative(limit, "limit", CoreError::Memory)?;
         let query = match query {
             None => None,
             Some(q) => match q.extract::<&str>() {
