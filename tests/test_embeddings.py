@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import threading
@@ -97,6 +98,9 @@ def test_hashing_properties_and_large_batches() -> None:
         (lambda: ar.HashingEmbedder(0), "at least 1"),
         (lambda: ar.HashingEmbedder(8, word_ngrams=0), "at least 1"),
         (lambda: ar.HashingEmbedder(8, char_ngrams=(4, 2)), "char_ngrams"),
+        (lambda: ar.HashingEmbedder(-1), "dim must be >= 0, got -1"),
+        (lambda: ar.HashingEmbedder(8, word_ngrams=-2), "word_ngrams must be >= 0, got -2"),
+        (lambda: ar.HashingEmbedder(8, char_ngrams=(-1, 3)), "char_ngrams must be >= 0"),
         (lambda: ar.HashingEmbedder(8).embed("one string"), "not one string"),
         (lambda: ar.HashingEmbedder(8).embed(["ok", 3]), "sequence of strings"),
     ],
@@ -203,6 +207,30 @@ def test_openai_embedder_errors(server: tuple[_Server, str], monkeypatch: Any) -
     with pytest.raises(ar.ProviderError) as transport:
         dead.embed(["x"])
     assert transport.value.retryable is True
+
+
+@pytest.mark.parametrize("header", ["nan", "inf", "-inf", "-5", "soon"])
+def test_openai_embedder_unusable_retry_after(server: tuple[_Server, str], header: str) -> None:
+    state, url = server
+    embedder = ar.OpenAIEmbedder(base_url=url)
+    state.replies.append((429, {"Retry-After": header}, b'{"error": {"message": "slow"}}'))
+    with pytest.raises(ar.ProviderError) as rate:
+        embedder.embed(["x"])
+    wait = rate.value.retry_after
+    assert rate.value.retryable is True
+    assert wait is None or 0.0 <= wait < float("inf")  # never NaN, infinite or negative
+
+
+async def test_retry_after_nan_does_not_hang_a_retried_embed(server: tuple[_Server, str]) -> None:
+    """`Retry-After: nan` used to make the retry sleep forever (`asyncio.sleep(nan)`)."""
+    state, url = server
+    embedder = ar.OpenAIEmbedder(base_url=url)
+    for _ in range(3):
+        state.replies.append((429, {"Retry-After": "nan"}, b'{"error": {"message": "slow"}}'))
+    policy = ar.RetryPolicy(max_attempts=3, base_delay=0.001, jitter=False)  # the real clock
+    with pytest.raises(ar.ProviderError, match="HTTP 429"):
+        await asyncio.wait_for(policy.run(embedder.embed, ["x"]), 5)
+    assert len(state.requests) == 3
 
 
 # --- sentence-transformers -------------------------------------------------------------------

@@ -108,12 +108,21 @@ def test_bus_callback_errors_propagate_and_removal_mid_emit_is_safe() -> None:
         seen.append("once")
         bus.off(once)
 
+    def late(event: object) -> None:
+        seen.append("late")
+
+    def adds_late(event: object) -> None:
+        bus.on(late)
+        bus.off(adds_late)
+
     bus.on(once)
     bus.on(lambda event: seen.append("stays"))
+    bus.on(adds_late)
     bus.emit("e")  # type: ignore[arg-type]
     bus.emit("e")  # type: ignore[arg-type]
-    # As with a Python loop over the list: removing the running callback skips the next one.
-    assert seen == ["once", "stays"]
+    # Each event goes to the callbacks registered when it was emitted: removing one while
+    # it runs skips no other, and one added then starts with the next event.
+    assert seen == ["once", "stays", "stays", "late"]
 
     def broken(event: object) -> None:
         raise RuntimeError("listener failed")
@@ -154,3 +163,66 @@ async def test_listener_joining_while_a_tool_runs_gets_its_finish() -> None:
     assert session.final_answer == "ok"
     finished = [e for e in seen if isinstance(e, ar.ToolCallFinished)]
     assert len(finished) == 1 and finished[0].step == 0 and finished[0].observation == "done"
+
+
+async def test_a_subscription_never_iterated_ends_when_dropped() -> None:
+    bus = ar.EventBus()
+    stream = bus.subscribe()
+    assert bus.active
+    del stream
+    gc.collect()
+    assert not bus.active  # nobody listens: the runtime skips building events again
+    for _ in range(1000):
+        bus.emit("e")  # type: ignore[arg-type]
+    kept = bus.subscribe()
+    bus.emit("kept")  # type: ignore[arg-type]
+    bus.close()
+    assert [event async for event in kept] == ["kept"]  # nothing of the dropped one's
+
+
+async def test_subscriptions_end_on_aclose_cancellation_break_and_close() -> None:
+    bus = ar.EventBus()
+    closed = bus.subscribe()
+    await closed.aclose()  # type: ignore[attr-defined]
+    assert not bus.active
+    assert [event async for event in closed] == []
+
+    reading = asyncio.Event()
+
+    async def consume() -> None:
+        reading.set()
+        async for _ in bus.subscribe():
+            pass
+
+    task = asyncio.create_task(consume())
+    await reading.wait()
+    await asyncio.sleep(0)
+    assert bus.active
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not bus.active
+
+    async def first() -> object:
+        async for event in bus.subscribe():
+            return event
+        return None
+
+    waiting = asyncio.create_task(first())
+    await asyncio.sleep(0)
+    bus.emit("one")  # type: ignore[arg-type]
+    assert await waiting == "one"
+    gc.collect()
+    assert not bus.active
+
+    seen: list[object] = []
+    bus.on(seen.append)
+    pending = bus.subscribe()
+    bus.emit("before")  # type: ignore[arg-type]
+    bus.close()
+    assert bus.active  # the callback still listens
+    bus.emit("after")  # type: ignore[arg-type]
+    assert [event async for event in pending] == ["before"]
+    assert seen == ["before", "after"]
+    bus.off(seen.append)
+    assert not bus.active

@@ -208,3 +208,198 @@ class BreakerModel(RuleBasedStateMachine):
 
 TestBreakerModel = BreakerModel.TestCase
 TestBreakerModel.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+# -- calls that outlive the state they were admitted in ----------------------------------------
+
+
+class Gate:
+    """An async call that runs until released (or cancelled), then returns or raises."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.error: BaseException | None = None
+
+    async def __call__(self) -> str:
+        await self.release.wait()
+        if self.error is not None:
+            raise self.error
+        return "late"
+
+
+@pytest.mark.parametrize("failures_before", [0, 1])
+async def test_stale_success_does_not_close_an_open_circuit(failures_before: int) -> None:
+    # failures_before=0 admits the slow call on the fast path (closed, nothing counted), 1 on
+    # the slow path: both must leave an open circuit open.
+    clock = ar.FakeClock()
+    breaker = ar.CircuitBreaker("svc", failure_threshold=2, recovery_window=10, clock=clock)
+    for _ in range(failures_before):
+        with pytest.raises(Boom):
+            await breaker.call(failing)
+    gate = Gate()
+    slow = asyncio.create_task(breaker.call(gate))
+    await asyncio.sleep(0)
+    for _ in range(2 - failures_before):
+        with pytest.raises(Boom):
+            await breaker.call(failing)
+    assert breaker.state == "open"
+    gate.release.set()
+    assert await slow == "late"
+    assert breaker.state == "open"  # it was admitted before the circuit opened: no probe
+    with pytest.raises(ar.CircuitOpenError):
+        await breaker.call(ok)
+    assert breaker.transitions == {"closed->open": 1}
+
+
+async def test_only_a_trial_success_closes_a_half_open_circuit() -> None:
+    clock = ar.FakeClock()
+    breaker = ar.CircuitBreaker("svc", failure_threshold=2, recovery_window=10, clock=clock)
+    with pytest.raises(Boom):
+        await breaker.call(failing)
+    stale, trial = Gate(), Gate()
+    stale_task = asyncio.create_task(breaker.call(stale))  # admitted while closed
+    await asyncio.sleep(0)
+    with pytest.raises(Boom):
+        await breaker.call(failing)
+    clock.advance(10)
+    trial_task = asyncio.create_task(breaker.call(trial))  # the one trial call
+    await asyncio.sleep(0)
+    assert (await breaker.current_state()).trial_calls == 1
+    stale.release.set()
+    assert await stale_task == "late"
+    assert breaker.state == "half_open"  # the stale success is no probe
+    with pytest.raises(ar.CircuitOpenError):
+        await breaker.call(ok)  # and the trial slot is still taken
+    trial.release.set()
+    assert await trial_task == "late"
+    assert breaker.state == "closed"
+
+
+@pytest.mark.parametrize("ending", ["cancelled", "not a failure"])
+async def test_a_stale_call_frees_no_trial_slot(ending: str) -> None:
+    clock = ar.FakeClock()
+    breaker = ar.CircuitBreaker(
+        "svc",
+        failure_threshold=1,
+        recovery_window=10,
+        half_open_max_calls=1,
+        clock=clock,
+        is_failure=lambda e: not isinstance(e, KeyError),
+    )
+    stale, trial = Gate(), Gate()
+    stale_task = asyncio.create_task(breaker.call(stale))  # admitted while closed
+    await asyncio.sleep(0)
+    with pytest.raises(Boom):
+        await breaker.call(failing)
+    clock.advance(10)
+    trial_task = asyncio.create_task(breaker.call(trial))
+    await asyncio.sleep(0)
+    if ending == "cancelled":
+        stale_task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stale_task
+    else:
+        stale.error = KeyError("not the service's fault")
+        stale.release.set()
+        with pytest.raises(KeyError):
+            await stale_task
+    assert (await breaker.current_state()).trial_calls == 1
+    extra = []
+    with pytest.raises(ar.CircuitOpenError):
+        await breaker.call(lambda: extra.append(1))
+    assert extra == []
+    trial.release.set()
+    assert await trial_task == "late"
+    assert breaker.state == "closed"
+
+
+async def test_a_trial_of_an_earlier_half_open_period_frees_no_slot_of_this_one() -> None:
+    clock = ar.FakeClock()
+    breaker = ar.CircuitBreaker("svc", 1, 10, half_open_max_calls=2, clock=clock)
+    with pytest.raises(Boom):
+        await breaker.call(failing)
+    clock.advance(10)
+    old_trial = Gate()
+    old_task = asyncio.create_task(breaker.call(old_trial))  # trial of the first period
+    await asyncio.sleep(0)
+    with pytest.raises(Boom):
+        await breaker.call(failing)  # the other trial fails: open again
+    clock.advance(10)
+    new_trials = [Gate(), Gate()]
+    new_tasks = [asyncio.create_task(breaker.call(g)) for g in new_trials]
+    await asyncio.sleep(0)
+    assert (await breaker.current_state()).trial_calls == 2
+    old_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await old_task
+    assert (await breaker.current_state()).trial_calls == 2
+    with pytest.raises(ar.CircuitOpenError):
+        await breaker.call(ok)
+    old_trial.release.set()
+    for gate in new_trials:
+        gate.release.set()
+    assert await asyncio.gather(*new_tasks) == ["late", "late"]
+    assert breaker.state == "closed"
+
+
+async def test_context_manager_tracks_trial_slots_per_block() -> None:
+    clock = ar.FakeClock()
+    breaker = ar.CircuitBreaker("svc", failure_threshold=1, recovery_window=10, clock=clock)
+    entered = asyncio.Event()
+    stay = asyncio.Event()
+
+    async def stale_block() -> None:
+        async with breaker:  # entered while closed
+            entered.set()
+            await stay.wait()
+
+    stale_task = asyncio.create_task(stale_block())
+    await entered.wait()
+    with pytest.raises(Boom):
+        async with breaker:
+            raise Boom
+    clock.advance(10)
+    async with breaker:  # the trial
+        assert breaker.state == "half_open"
+        stale_task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stale_task
+        assert (await breaker.current_state()).trial_calls == 1  # its slot is still held
+        with pytest.raises(ar.CircuitOpenError):
+            async with breaker:
+                pass
+    assert breaker.state == "closed"  # the trial's success closed it
+
+
+async def test_a_success_resets_failures_counted_while_it_ran() -> None:
+    # The call starts on the fast path; a failure is counted while it runs; its success
+    # ends the run of consecutive failures.
+    breaker = ar.CircuitBreaker("svc", failure_threshold=2, clock=ar.FakeClock())
+    gate = Gate()
+    slow = asyncio.create_task(breaker.call(gate))
+    await asyncio.sleep(0)
+    with pytest.raises(Boom):
+        await breaker.call(failing)
+    gate.release.set()
+    assert await slow == "late"
+    assert (await breaker.current_state()).failures == 0
+    with pytest.raises(Boom):
+        await breaker.call(failing)
+    assert breaker.state == "closed"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"failure_threshold": float("nan")},
+        {"failure_threshold": float("inf")},
+        {"recovery_window": float("nan")},
+        {"recovery_window": float("inf")},
+        {"recovery_window": -1.0},
+        {"half_open_max_calls": float("nan")},
+        {"half_open_max_calls": float("inf")},
+    ],
+)
+def test_nan_and_infinite_settings_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        ar.CircuitBreaker("s", **bad)  # type: ignore[arg-type]

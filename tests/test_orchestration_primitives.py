@@ -327,3 +327,71 @@ async def test_fake_clock_rejects_going_back() -> None:
     with pytest.raises(ValueError):
         ar.FakeClock().advance(-1)
     assert ar.SystemClock().now() > 0
+
+
+# -- NaN, inf and negative settings -------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ar.RateLimiter(rate=NAN, capacity=1),
+        lambda: ar.RateLimiter(rate=INF, capacity=1),
+        lambda: ar.RateLimiter(rate=1, capacity=NAN),
+        lambda: ar.RateLimiter(rate=1, capacity=INF),
+        lambda: ar.CostBudget(max_tokens=NAN),  # type: ignore[arg-type]
+        lambda: ar.CostBudget(max_cost_usd=NAN),
+        lambda: ar.CostBudget(max_cost_usd=INF),
+        lambda: ar.ResultCache(ttl=NAN),
+        lambda: ar.ResultCache(ttl=1, max_entries=NAN),  # type: ignore[arg-type]
+        lambda: ar.Deduplicator(ttl=NAN),
+        lambda: ar.BackpressureGuard(NAN),  # type: ignore[arg-type]
+        lambda: ar.BackpressureGuard(INF),  # type: ignore[arg-type]
+        lambda: ar.BackpressureGuard(2, soft_limit=NAN),  # type: ignore[arg-type]
+        lambda: ar.CapabilitySet(max_actions=NAN),  # type: ignore[arg-type]
+    ],
+)
+def test_nan_and_infinite_settings_are_refused(make: object) -> None:
+    with pytest.raises(ValueError):
+        make()  # type: ignore[operator]
+
+
+async def test_an_infinite_ttl_keeps_entries_for_good() -> None:
+    clock = ar.FakeClock()
+    cache = ar.ResultCache(ttl=INF, clock=clock)
+    dedup = ar.Deduplicator(ttl=INF, clock=clock)
+    runs: list[int] = []
+
+    async def work() -> int:
+        runs.append(1)
+        return 7
+
+    cache.put("t", {"a": 1}, "kept")
+    assert await dedup.run("k", work) == 7
+    clock.advance(1e12)
+    assert cache.get("t", {"a": 1}) == (True, "kept")
+    assert await dedup.run("k", work) == 7 and len(runs) == 1
+
+
+async def test_limiter_refuses_nan_tokens_and_stays_enforced() -> None:
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=1, capacity=1, clock=clock)
+    with pytest.raises(ValueError):
+        limiter.try_acquire(tokens=NAN)
+    with pytest.raises(ValueError):
+        await limiter.acquire(tokens=NAN)
+    assert [limiter.try_acquire() for _ in range(3)] == [True, False, False]
+
+
+def test_budget_refuses_nan_usage_and_stays_enforced() -> None:
+    budget = ar.CostBudget(max_tokens=10, max_cost_usd=1.0)
+    for usage in [(0, 0, NAN), (0, 0, INF), (0, 0, -0.5), (NAN, 0, 0.0), (0, INF, 0.0)]:
+        with pytest.raises(ValueError):
+            budget.record(*usage)  # type: ignore[arg-type]
+    assert (budget.used_tokens, budget.used_cost_usd) == (0, 0.0)  # nothing was recorded
+    with pytest.raises(ar.BudgetExceededError, match="cost budget exceeded"):
+        budget.record(0, 0, 5.0)
+    with pytest.raises(ar.BudgetExceededError):
+        budget.check()

@@ -112,3 +112,31 @@ def test_validation() -> None:
         ar.RetryPolicy(max_attempts=0)
     with pytest.raises(ValueError):
         ar.RetryPolicy(base_delay=-1)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_attempts": float("nan")},
+        {"max_attempts": float("inf")},
+        {"base_delay": float("nan")},
+        {"base_delay": float("inf")},
+        {"max_delay": float("nan")},
+        {"max_delay": -1.0},
+    ],
+)
+def test_nan_and_infinite_settings_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        ar.RetryPolicy(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("retry_after", [float("nan"), float("inf"), float("-inf"), -3.0])
+async def test_unusable_retry_after_falls_back_to_the_backoff(retry_after: float) -> None:
+    clock = ar.FakeClock()
+    policy = ar.RetryPolicy(max_attempts=3, base_delay=1.0, jitter=False, clock=clock)
+    error = ar.ProviderError("busy", status=429, retryable=True, retry_after=retry_after)
+    assert policy.delay_for(2, error) == 2.0
+    flaky = Flaky(2, error)
+    assert await policy.run(flaky) == "ok"
+    assert clock.sleeps == [1.0, 2.0]
+    assert policy.delay_for(1, ar.ProviderError("x", retryable=True, retry_after=0.0)) == 0.0

@@ -197,3 +197,172 @@ async def test_single_flight_failures_are_not_shared() -> None:
     with pytest.raises(ar.PersistenceError, match="JSON-serializable"):
         await dedup.run("other", lambda: object())
     await dedup.close()
+
+
+# -- breaker: calls that outlive the state they were admitted in -------------------------------
+
+
+async def test_shared_breaker_ignores_stale_successes_and_stale_slot_releases() -> None:
+    url = redis_url()
+    backend = ar.RedisCircuitStateBackend(url, prefix=f"stale:{os.getpid()}:")
+    clock = ar.FakeClock()
+    breaker = ar.CircuitBreaker(
+        "svc", failure_threshold=2, recovery_window=10, backend=backend, clock=clock
+    )
+    await backend.client.delete(backend.prefix + "svc")
+    release, probe_release, never = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    started: list[str] = []
+
+    async def slow(name: str, gate: asyncio.Event) -> str:
+        started.append(name)
+        await gate.wait()
+        return name
+
+    async def failing() -> None:
+        raise ConnectionError("down")
+
+    async def until_started(count: int) -> None:
+        while len(started) < count:
+            await asyncio.sleep(0.001)
+
+    # Two calls admitted while closed; then two failures open the circuit.
+    stale_success = asyncio.create_task(breaker.call(slow, "success", release))
+    stale_cancelled = asyncio.create_task(breaker.call(slow, "cancelled", never))
+    await until_started(2)
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            await breaker.call(failing)
+    assert (await breaker.current_state()).status == "open"
+    release.set()
+    assert await stale_success == "success"
+    assert (await breaker.current_state()).status == "open"  # not closed by a stale success
+
+    clock.advance(10)
+    probe = asyncio.create_task(breaker.call(slow, "probe", probe_release))  # the one trial
+    await until_started(3)
+    assert (await breaker.current_state()).trial_calls == 1
+    stale_cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stale_cancelled
+    assert (await breaker.current_state()).trial_calls == 1  # it held no slot to free
+    with pytest.raises(ar.CircuitOpenError):
+        await breaker.call(slow, "extra", probe_release)
+    probe_release.set()
+    assert await probe == "probe"
+    assert (await breaker.current_state()).status == "closed"
+    assert "extra" not in started
+    await backend.close()
+
+
+# -- rate limiter: a bucket in debt outlives its debt -------------------------------------------
+
+
+async def test_shared_bucket_in_debt_lives_until_refilled() -> None:
+    url = redis_url()
+    limiter = ar.RedisRateLimiter(url, rate=1.0, capacity=1, prefix=f"debt:{os.getpid()}:")
+    key = limiter.prefix + "k"
+    await limiter.client.delete(key)
+    waiters = [asyncio.create_task(limiter.acquire("k")) for _ in range(100)]
+    await asyncio.sleep(0.2)
+    level = float(await limiter.client.hget(key, "level"))
+    assert level < -98
+    # The key must outlive the debt: were it to expire first, the bucket would come back
+    # full while the waiters' reservations are still queued.
+    assert await limiter.client.ttl(key) >= 1 - level
+    for waiter in waiters:
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    assert 0 < await limiter.client.ttl(key) <= 61 + 1  # refunded: a full bucket again
+    await limiter.client.delete(key)
+    await limiter.close()
+
+
+@pytest.mark.parametrize("tokens", [float("nan"), 0.0, 2.0])
+async def test_shared_limiter_refuses_bad_tokens(tokens: float) -> None:
+    limiter = ar.RedisRateLimiter(redis_url(), rate=1.0, capacity=1)
+    with pytest.raises(ValueError, match="tokens must be in"):
+        await limiter.try_acquire("k", tokens)
+    await limiter.close()
+
+
+@pytest.mark.parametrize(
+    ("rate", "capacity"), [(float("nan"), 1.0), (float("inf"), 1.0), (1.0, float("nan"))]
+)
+def test_shared_limiter_refuses_nan_settings(rate: float, capacity: float) -> None:
+    with pytest.raises(ValueError, match="rate and capacity"):
+        ar.RedisRateLimiter("redis://127.0.0.1:1/0", rate=rate, capacity=capacity)
+
+
+# -- single flight ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"ttl": 0.0004},  # would be `PX 0`, which Redis refuses
+        {"ttl": 0.0},
+        {"ttl": -1.0},
+        {"ttl": float("nan")},
+        {"ttl": float("inf")},
+        {"ttl": 1.0, "lease": 0.0004},
+        {"ttl": 1.0, "lease": float("nan")},
+        {"ttl": 1.0, "poll_interval": 0.0},
+        {"ttl": 1.0, "poll_interval": float("nan")},
+    ],
+)
+def test_single_flight_refuses_unusable_durations(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        ar.RedisDeduplicator("redis://127.0.0.1:1/0", **bad)  # type: ignore[arg-type]
+
+
+async def test_single_flight_lets_the_functions_own_errors_through() -> None:
+    dedup = ar.RedisDeduplicator(redis_url(), ttl=5.0, prefix=f"own:{os.getpid()}:")
+
+    def buggy() -> int:
+        return len(5)  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match="has no len"):
+        await dedup.run("k", buggy)
+    with pytest.raises(ar.PersistenceError, match="JSON-serializable"):
+        await dedup.run("k", lambda: {1, 2})
+    assert await dedup.client.exists(dedup.prefix + "k:lease") == 0  # released each time
+    assert await dedup.run("k", lambda: 3) == 3
+    await dedup.close()
+
+
+async def test_single_flight_gives_every_caller_the_same_value() -> None:
+    dedup = ar.RedisDeduplicator(redis_url(), ttl=5.0, prefix=f"same:{os.getpid()}:")
+    running, release = asyncio.Event(), asyncio.Event()
+
+    async def compute() -> dict[int, tuple[int, int]]:
+        running.set()
+        await release.wait()
+        return {1: (1, 2)}
+
+    runner = asyncio.create_task(dedup.run("k", compute))
+    await running.wait()
+    waiter = asyncio.create_task(dedup.run("k", compute))
+    await asyncio.sleep(0.05)
+    release.set()
+    assert await runner == await waiter == {"1": [1, 2]}
+    assert dedup.executions == 1
+    await dedup.close()
+
+
+async def test_single_flight_releases_the_lease_when_publishing_fails() -> None:
+    dedup = ar.RedisDeduplicator(redis_url(), ttl=5.0, lease=30.0, prefix=f"pub:{os.getpid()}:")
+    finish = dedup._finish
+    failures = [ConnectionError("connection lost while publishing")]
+
+    async def flaky_finish(*, keys: list[str], args: list[object]) -> object:
+        if args[1] != "" and failures:  # publishing a result (not giving the lease back)
+            raise failures.pop()
+        return await finish(keys=keys, args=args)
+
+    dedup._finish = flaky_finish
+    with pytest.raises(ar.PersistenceError, match="connection lost"):
+        await dedup.run("k", lambda: 1)
+    assert await dedup.client.exists(dedup.prefix + "k:lease") == 0
+    # The next caller runs the call at once instead of waiting out a 30 s lease.
+    assert await asyncio.wait_for(dedup.run("k", lambda: 2), 5) == 2
+    await dedup.close()

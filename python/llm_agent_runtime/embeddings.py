@@ -14,6 +14,7 @@ numpy, httpx and sentence-transformers are imported only when an embedder is use
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -211,10 +212,12 @@ class OpenAIEmbedder:
                 f"embeddings request failed: {type(e).__name__}", retryable=True
             ) from e
         if response.status_code != 200:
-            retry_after = response.headers.get("retry-after")
-            try:
-                wait = float(retry_after) if retry_after is not None else None
-            except ValueError:
+            # The providers' own reading of `retry-after-ms` / `Retry-After` (seconds or an
+            # HTTP date, never negative); an infinite delay is no delay the client can honour.
+            from llm_agent_runtime.providers._http import parse_retry_after
+
+            wait = parse_retry_after(response.headers)
+            if wait is not None and not math.isfinite(wait):
                 wait = None
             raise ProviderError(
                 f"embeddings request returned HTTP {response.status_code}: {response.text[:200]}",

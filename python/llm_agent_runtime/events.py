@@ -140,6 +140,9 @@ class EventBus:
     def on(self, callback: Callable[[Event], Any]) -> Callable[[Event], Any]:
         """Registers `callback` (sync, or async: it is scheduled) for every event.
 
+        An event goes to the callbacks registered when it is emitted: one added or removed
+        by a callback while an event is delivered takes effect from the next event.
+
         Returns:
             The callback, so this works as a decorator.
         """
@@ -155,26 +158,78 @@ class EventBus:
     def subscribe(self) -> AsyncIterator[Event]:
         """Subscribes now; the iterator yields events until `close()` is called.
 
+        The subscription ends (and stops collecting events) when its iterator ends, when the
+        task iterating it is cancelled, when it is closed (`await stream.aclose()`), or when
+        it is dropped, iterated or not.
+
         Returns:
             An async iterator of events in emission order.
         """
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._queues.append(queue)
         self.active = True
-        return self._drain(queue)
+        return _Subscription(self, queue)
 
-    async def _drain(self, queue: asyncio.Queue[Event | None]) -> AsyncIterator[Event]:
-        try:
-            while True:
-                event = await queue.get()
-                if event is None:
-                    return
-                yield event
-        finally:
-            self._queues.remove(queue)
-            self.active = bool(self._callbacks or self._queues)
+    def _unsubscribe(self, queue: asyncio.Queue[Event | None]) -> None:
+        # By identity: the Rust fan-out delivers over this very list.
+        for index, registered in enumerate(self._queues):
+            if registered is queue:
+                del self._queues[index]
+                break
+        self.active = bool(self._callbacks or self._queues)
 
     def close(self) -> None:
-        """Ends every open subscription."""
+        """Ends every open subscription.
+
+        Each subscriber still reads the events emitted before `close()`, then its iterator
+        ends; later events do not reach it.
+        """
         for queue in self._queues:
             queue.put_nowait(None)
+        self._queues.clear()  # the same list object: the Rust fan-out holds it
+        self.active = bool(self._callbacks)
+
+
+class _Subscription:
+    """The async iterator `EventBus.subscribe()` returns: one subscriber's queue.
+
+    Not an async generator: a generator's cleanup runs only once it has been started, so an
+    iterator that was never iterated would stay subscribed (collecting events) forever. This
+    one unsubscribes when dropped as well.
+    """
+
+    __slots__ = ("_bus", "_queue")
+
+    def __init__(self, bus: EventBus, queue: asyncio.Queue[Event | None]) -> None:
+        self._bus: EventBus | None = bus
+        self._queue: asyncio.Queue[Event | None] | None = queue
+
+    def __aiter__(self) -> _Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        queue = self._queue
+        if queue is None:
+            raise StopAsyncIteration
+        try:
+            event = await queue.get()
+        except BaseException:  # cancelled: the subscriber is gone
+            self._end()
+            raise
+        if event is None:  # `EventBus.close()`
+            self._end()
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        """Ends the subscription (events not read yet are dropped)."""
+        self._end()
+
+    def _end(self) -> None:
+        bus, queue = self._bus, self._queue
+        self._bus = self._queue = None
+        if bus is not None and queue is not None:
+            bus._unsubscribe(queue)
+
+    def __del__(self) -> None:
+        self._end()

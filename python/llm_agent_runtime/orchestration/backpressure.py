@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ class BackpressureGuard:
         metrics: counts each shed request when given.
 
     Raises:
-        ValueError: `capacity` < 1, or `soft_limit` outside 1..capacity.
+        ValueError: `capacity` < 1 (or NaN or infinite), or `soft_limit` outside 1..capacity.
     """
 
     def __init__(
@@ -38,7 +39,8 @@ class BackpressureGuard:
         soft_limit: int | None = None,
         metrics: RuntimeMetrics | None = None,
     ) -> None:
-        if capacity < 1:
+        # Written so that NaN fails the checks (each comparison with NaN is false).
+        if not 1 <= capacity < math.inf:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if soft_limit is not None and not 1 <= soft_limit <= capacity:
             raise ValueError(f"soft_limit must be in 1..{capacity}, got {soft_limit}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from llm_agent_runtime.errors import BudgetExceededError
 
 __all__ = ["CostBudget"]
@@ -18,14 +20,17 @@ class CostBudget:
         max_cost_usd: most money in US dollars (None: unlimited).
 
     Raises:
-        ValueError: a limit is negative.
+        ValueError: a limit is negative, NaN or infinite (None is the unlimited budget).
     """
 
     def __init__(self, max_tokens: int | None = None, max_cost_usd: float | None = None) -> None:
-        if (max_tokens is not None and max_tokens < 0) or (
-            max_cost_usd is not None and max_cost_usd < 0
+        # Written so that NaN fails the checks (each comparison with NaN is false).
+        if (max_tokens is not None and not 0 <= max_tokens < math.inf) or (
+            max_cost_usd is not None and not 0 <= max_cost_usd < math.inf
         ):
-            raise ValueError("budget limits must be >= 0")
+            raise ValueError(
+                f"budget limits must be finite and >= 0, got {max_tokens} and {max_cost_usd}"
+            )
         self.max_tokens = max_tokens
         self.max_cost_usd = max_cost_usd
         self.used_tokens = 0
@@ -60,11 +65,17 @@ class CostBudget:
         """Adds one call's usage.
 
         Raises:
-            ValueError: a count or cost is negative.
+            ValueError: a count or cost is negative, NaN or infinite (nothing is recorded).
             BudgetExceededError: this usage went past a limit.
         """
-        if input_tokens < 0 or output_tokens < 0 or cost_usd < 0:
-            raise ValueError("usage must be >= 0")
+        if not (
+            0 <= input_tokens < math.inf
+            and 0 <= output_tokens < math.inf
+            and 0 <= cost_usd < math.inf
+        ):
+            raise ValueError(
+                f"usage must be finite and >= 0, got {input_tokens}, {output_tokens}, {cost_usd}"
+            )
         self.used_tokens += input_tokens + output_tokens
         self.used_cost_usd += cost_usd
         if self.max_tokens is not None and self.used_tokens > self.max_tokens:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,17 +23,22 @@ class ResultCache:
     `{"b": 2, "a": 1}` share an entry.
 
     Args:
-        ttl: seconds an entry is served.
+        ttl: seconds an entry is served (`math.inf`: until evicted).
         max_entries: entries kept across all tools.
         clock: time source.
 
     Raises:
-        ValueError: `ttl` or `max_entries` is not positive.
+        ValueError: `ttl` or `max_entries` is not positive, or is NaN; `max_entries` is
+            infinite.
     """
 
     def __init__(self, ttl: float, max_entries: int = 1024, clock: Clock | None = None) -> None:
-        if ttl <= 0 or max_entries < 1:
-            raise ValueError(f"ttl and max_entries must be positive, got {ttl}, {max_entries}")
+        # Written so that NaN fails the check (each comparison with NaN is false).
+        if not (0 < ttl <= math.inf and 1 <= max_entries < math.inf):
+            raise ValueError(
+                f"ttl and max_entries must be positive (max_entries finite), got {ttl}, "
+                f"{max_entries}"
+            )
         self.ttl = ttl
         self.max_entries = max_entries
         self._clock = clock or SYSTEM_CLOCK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from llm_agent_runtime.errors import PolicyDeniedError
@@ -18,7 +19,7 @@ class CapabilitySet:
         max_actions: most actions (tool calls) in total (None: unlimited).
 
     Raises:
-        ValueError: `max_actions` is negative.
+        ValueError: `max_actions` is negative, NaN or infinite.
     """
 
     def __init__(
@@ -27,7 +28,7 @@ class CapabilitySet:
         allowed_state_keys: Iterable[str] | None = None,
         max_actions: int | None = None,
     ) -> None:
-        if max_actions is not None and max_actions < 0:
+        if max_actions is not None and not 0 <= max_actions < math.inf:  # NaN fails too
             raise ValueError(f"max_actions must be >= 0, got {max_actions}")
         self.allowed_tools = None if allowed_tools is None else frozenset(allowed_tools)
         self.allowed_state_keys = (

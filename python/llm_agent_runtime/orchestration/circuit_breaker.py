@@ -1,8 +1,15 @@
 """Circuit breaker: stop calling a failing service, probe it again after a recovery window.
 
-States: `closed` (calls pass; consecutive failures are counted), `open` (calls are refused
-with `CircuitOpenError` until `recovery_window` has passed), `half_open` (up to
-`half_open_max_calls` trial calls pass; a success closes the circuit, a failure opens it again).
+States: `closed` (calls pass; consecutive failures are counted, a success resets the count),
+`open` (calls are refused with `CircuitOpenError` until `recovery_window` has passed),
+`half_open` (up to `half_open_max_calls` trial calls pass; a trial's success closes the circuit,
+a failure opens it again).
+
+Each call remembers whether it was admitted as a trial call of the current half-open period.
+Only such a call frees a trial slot when it ends without a verdict (cancelled, or an error that
+`is_failure` does not count), and only its success closes the circuit. A call admitted while the
+circuit was closed that ends after the circuit opened is stale: its success changes nothing
+(the service was not probed), and it frees no slot it never held.
 
 The state lives in a `CircuitStateBackend`, so several processes can share one breaker (a
 Redis backend does that); the default keeps it in this process.
@@ -10,8 +17,10 @@ Redis backend does that); the default keeps it in this process.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
+import math
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -49,6 +58,11 @@ class CircuitState(NamedTuple):
 
 
 CLOSED = CircuitState()
+
+_HELD: contextvars.ContextVar[tuple[tuple[object, float | None], ...]] = contextvars.ContextVar(
+    "llm_agent_runtime_circuit_breaker_held", default=()
+)
+"""(breaker, trial token) of each `async with breaker:` block open in the current task."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +144,7 @@ class CircuitBreaker:
             `Exception`; cancellation never counts).
 
     Raises:
-        ValueError: a threshold, window or trial count is not positive.
+        ValueError: a threshold, window or trial count is not positive, or is NaN or infinite.
     """
 
     def __init__(
@@ -143,11 +157,12 @@ class CircuitBreaker:
         clock: Clock | None = None,
         is_failure: Callable[[BaseException], bool] | None = None,
     ) -> None:
-        if failure_threshold < 1:
+        # Written so that NaN fails every check (each comparison with NaN is false).
+        if not 1 <= failure_threshold < math.inf:
             raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold}")
-        if recovery_window <= 0:
-            raise ValueError(f"recovery_window must be > 0, got {recovery_window}")
-        if half_open_max_calls < 1:
+        if not 0 < recovery_window < math.inf:
+            raise ValueError(f"recovery_window must be finite and > 0, got {recovery_window}")
+        if not 1 <= half_open_max_calls < math.inf:
             raise ValueError(f"half_open_max_calls must be >= 1, got {half_open_max_calls}")
         self.service = service
         self.failure_threshold = failure_threshold
@@ -157,6 +172,8 @@ class CircuitBreaker:
         self._local = (
             self._backend if isinstance(self._backend, InMemoryCircuitStateBackend) else None
         )
+        # The in-process states, read directly on the fast path (`peek` without the call).
+        self._local_states = None if self._local is None else self._local._states
         self._clock = clock or SYSTEM_CLOCK
         self._is_failure = is_failure
         self._listeners: list[Callable[[CircuitStateChange], None]] = []
@@ -178,10 +195,16 @@ class CircuitBreaker:
             return state._replace(trial_calls=state.trial_calls + 1)
         return state
 
-    def _on_success(self, state: CircuitState) -> CircuitState:
-        if state.status == "closed" and state.failures == 0:
-            return state
-        return CLOSED
+    # A call admitted as a trial holds a slot of one half-open period, identified by the
+    # `opened_at` of the open period it ended (it grows with each reopening): the call's
+    # "trial token". A call admitted while closed has no token (None).
+
+    def _on_success(self, state: CircuitState, trial: float | None = None) -> CircuitState:
+        if state.status == "closed":
+            return state if state.failures == 0 else CLOSED
+        if state.status == "half_open" and trial is not None and trial == state.opened_at:
+            return CLOSED
+        return state  # open, or a call that is not a trial of this half-open period
 
     def _on_failure(self, state: CircuitState) -> CircuitState:
         if state.status == "half_open":
@@ -193,9 +216,11 @@ class CircuitBreaker:
             return CircuitState("open", failures, self._clock.now(), 0)
         return state._replace(failures=failures)
 
-    def _release_trial(self, state: CircuitState) -> CircuitState:
-        # A trial call ended without a verdict (cancelled or not a failure): free its slot.
-        if state.status == "half_open" and state.trial_calls > 0:
+    @staticmethod
+    def _release_trial(state: CircuitState, trial: float) -> CircuitState:
+        # A trial call ended without a verdict (cancelled or not a failure): free its slot,
+        # if the half-open period it holds a slot of is still the current one.
+        if state.status == "half_open" and state.opened_at == trial and state.trial_calls > 0:
             return state._replace(trial_calls=state.trial_calls - 1)
         return state
 
@@ -210,30 +235,42 @@ class CircuitBreaker:
                 for listener in self._listeners:
                     listener(event)
 
-    @staticmethod
-    def _admitted(old: CircuitState, new: CircuitState) -> bool:
-        # `_admit` leaves the state unchanged exactly when it refuses a call.
-        return new.status == "closed" or new != old
+    def _trial_token(self, old: CircuitState, new: CircuitState) -> float | None:
+        """The trial token of a call `_admit` took `old` to `new` for; refuses a call.
 
-    async def _enter(self) -> None:
+        Raises:
+            CircuitOpenError: `_admit` refused the call (it leaves the state unchanged then).
+        """
+        if new.status == "closed":
+            return None
+        if new == old:
+            raise CircuitOpenError(self.service)
+        return new.opened_at  # admitted as a trial of this half-open period
+
+    async def _enter(self) -> float | None:
         old, new = await self._backend.update(self.service, self._admit)
         self._observe(old, new)
-        if not self._admitted(old, new):
-            raise CircuitOpenError(self.service)
+        return self._trial_token(old, new)
 
-    async def _exit(self, error: BaseException | None) -> None:
-        change = self._verdict(error)
-        old, new = await self._backend.update(self.service, change)
-        self._observe(old, new)
+    async def _exit(self, error: BaseException | None, trial: float | None) -> None:
+        change = self._verdict(error, trial)
+        if change is not None:
+            self._observe(*(await self._backend.update(self.service, change)))
 
-    def _verdict(self, error: BaseException | None) -> Callable[[CircuitState], CircuitState]:
+    def _verdict(
+        self, error: BaseException | None, trial: float | None
+    ) -> Callable[[CircuitState], CircuitState] | None:
+        """The state change for a call that ended with `error`; None when there is none."""
         if error is None:
-            return self._on_success
-        if not isinstance(error, Exception):
-            return self._release_trial
-        if self._is_failure is not None and not self._is_failure(error):
-            return self._release_trial
-        return self._on_failure
+            if trial is None:
+                return self._on_success
+            return functools.partial(self._on_success, trial=trial)
+        if isinstance(error, Exception) and (self._is_failure is None or self._is_failure(error)):
+            return self._on_failure
+        # Cancelled, or not a failure: only a trial call has something (its slot) to give back.
+        if trial is None:
+            return None
+        return functools.partial(self._release_trial, trial=trial)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -258,37 +295,36 @@ class CircuitBreaker:
         """Calls `listener` with a `CircuitStateChange` on every state change."""
         self._listeners.append(listener)
 
-    def _closed_and_clean(self) -> bool:
-        """Whether the in-process state is closed with no failures counted.
-
-        The fast path: such a call needs no state change when it succeeds, so it skips the
-        backend entirely (a read of a dict, no lock).
-        """
-        local = self._local
-        return local is not None and local.peek(self.service) is CLOSED
-
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Calls `fn` (sync or async) through the breaker.
 
         Raises:
             CircuitOpenError: the circuit is open; `fn` was not called.
         """
-        if self._closed_and_clean():
+        states = self._local_states
+        if states is not None and states.get(self.service, CLOSED) is CLOSED:
+            # The fast path: in-process state, closed with no failures counted. Such a call
+            # needs no state change to start, nor to succeed unless the state moved meanwhile
+            # (a read of a dict, no lock).
             try:
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
             except BaseException as exc:
-                await self._exit(exc)
+                await self._exit(exc, None)
                 raise
+            if states.get(self.service, CLOSED) is not CLOSED:
+                # Failures were counted while this call ran (its success resets them), or
+                # the circuit opened (then its success changes nothing).
+                await self._exit(None, None)
             return result
-        await self._enter()
+        trial = await self._enter()
         try:
             result = await call_maybe_async(fn, *args, **kwargs)
         except BaseException as exc:
-            await self._exit(exc)
+            await self._exit(exc, trial)
             raise
-        await self._exit(None)
+        await self._exit(None, trial)
         return result
 
     def call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -305,22 +341,29 @@ class CircuitBreaker:
             try:
                 return fn(*args, **kwargs)
             except BaseException as exc:
-                self._observe(*local.update_now(self.service, self._verdict(exc)))
+                self._exit_sync(local, exc, None)
                 raise
         old, new = local.update_now(self.service, self._admit)
         self._observe(old, new)
-        if not self._admitted(old, new):
-            raise CircuitOpenError(self.service)
+        trial = self._trial_token(old, new)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._observe(*local.update_now(self.service, self._verdict(exc)))
+            self._exit_sync(local, exc, trial)
             raise
-        self._observe(*local.update_now(self.service, self._on_success))
+        self._exit_sync(local, None, trial)
         return result
 
+    def _exit_sync(
+        self, local: InMemoryCircuitStateBackend, error: BaseException | None, trial: float | None
+    ) -> None:
+        change = self._verdict(error, trial)
+        if change is not None:
+            self._observe(*local.update_now(self.service, change))
+
     async def __aenter__(self) -> CircuitBreaker:
-        await self._enter()
+        trial = await self._enter()
+        _HELD.set((*_HELD.get(), (self, trial)))
         return self
 
     async def __aexit__(
@@ -329,7 +372,14 @@ class CircuitBreaker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._exit(exc)
+        trial = None
+        held = _HELD.get()
+        for index in range(len(held) - 1, -1, -1):  # the innermost block of this breaker
+            if held[index][0] is self:
+                trial = held[index][1]
+                _HELD.set(held[:index] + held[index + 1 :])
+                break
+        await self._exit(exc, trial)
 
     def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Decorates a sync or async function so every call goes through the breaker."""

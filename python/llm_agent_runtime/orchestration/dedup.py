@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -30,15 +31,16 @@ class Deduplicator:
     it for the others. A failure is passed to every waiter and is not cached.
 
     Args:
-        ttl: seconds a completed result is served (0 disables result caching).
+        ttl: seconds a completed result is served (0 disables result caching, `math.inf`
+            keeps results for good).
         clock: time source.
 
     Raises:
-        ValueError: `ttl` is negative.
+        ValueError: `ttl` is negative or NaN.
     """
 
     def __init__(self, ttl: float, clock: Clock | None = None) -> None:
-        if ttl < 0:
+        if not 0 <= ttl <= math.inf:  # NaN fails too
             raise ValueError(f"ttl must be >= 0, got {ttl}")
         self.ttl = ttl
         self._clock = clock or SYSTEM_CLOCK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
@@ -21,12 +22,13 @@ class RateLimiter:
         clock: time source.
 
     Raises:
-        ValueError: `rate` or `capacity` is not positive.
+        ValueError: `rate` or `capacity` is not positive, or is NaN or infinite.
     """
 
     def __init__(self, rate: float, capacity: float, clock: Clock | None = None) -> None:
-        if rate <= 0 or capacity <= 0:
-            raise ValueError(f"rate and capacity must be > 0, got {rate} and {capacity}")
+        # Written so that NaN fails the check (each comparison with NaN is false).
+        if not (0 < rate < math.inf and 0 < capacity < math.inf):
+            raise ValueError(f"rate and capacity must be finite and > 0, got {rate} and {capacity}")
         self.rate = rate
         self.capacity = capacity
         self._clock = clock or SYSTEM_CLOCK
@@ -41,14 +43,14 @@ class RateLimiter:
         return min(self.capacity, level + (now - last) * self.rate)
 
     def _check(self, tokens: float) -> None:
-        if tokens <= 0 or tokens > self.capacity:
+        if not 0 < tokens <= self.capacity:  # NaN fails too
             raise ValueError(f"tokens must be in (0, {self.capacity}], got {tokens}")
 
     def try_acquire(self, key: Hashable = "default", tokens: float = 1.0) -> bool:
         """Takes `tokens` from `key`'s bucket if it has them; returns whether it did.
 
         Raises:
-            ValueError: `tokens` is not in (0, capacity] (it could never be granted).
+            ValueError: `tokens` is not in (0, capacity] (it could never be granted), or NaN.
         """
         self._check(tokens)
         now = self._clock.now()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -99,6 +101,8 @@ def _decode(raw: bytes | None) -> CircuitState:
 # Token bucket, atomically in Redis, on the server's clock (shared by every worker).
 # KEYS[1] bucket; ARGV: rate, capacity, tokens, mode (0 = take or refuse, 1 = reserve,
 # 2 = refund). Returns {granted (0/1), wait seconds as a string}.
+# A missing key reads as a full bucket, so the key lives until its bucket has refilled from
+# the level it is left at, debt included (plus a minute; at most ~31 years).
 _BUCKET_SCRIPT = """
 local rate, capacity, tokens, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
     tonumber(ARGV[4])
@@ -120,7 +124,7 @@ elseif level >= tokens then
   granted = 1
 end
 redis.call('HSET', KEYS[1], 'level', tostring(level), 'last', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 60)
+redis.call('EXPIRE', KEYS[1], math.min(math.ceil((capacity - level) / rate) + 60, 1000000000))
 return {granted, tostring(wait)}
 """
 
@@ -139,7 +143,7 @@ class RedisRateLimiter:
         prefix: Prepended to each key.
 
     Raises:
-        ValueError: `rate` or `capacity` is not positive.
+        ValueError: `rate` or `capacity` is not positive, or is NaN or infinite.
         PersistenceError: When redis-py is not installed (the `redis` extra).
     """
 
@@ -150,8 +154,9 @@ class RedisRateLimiter:
         capacity: float,
         prefix: str = "llm_agent_runtime:bucket:",
     ) -> None:
-        if rate <= 0 or capacity <= 0:
-            raise ValueError(f"rate and capacity must be > 0, got {rate} and {capacity}")
+        # Written so that NaN fails the check (each comparison with NaN is false).
+        if not (0 < rate < math.inf and 0 < capacity < math.inf):
+            raise ValueError(f"rate and capacity must be finite and > 0, got {rate} and {capacity}")
         try:
             from redis.asyncio import Redis
         except ImportError as error:
@@ -172,7 +177,7 @@ class RedisRateLimiter:
         await self.client.aclose()
 
     async def _run(self, key: str, tokens: float, mode: int) -> tuple[bool, float]:
-        if tokens <= 0 or tokens > self.capacity:
+        if not 0 < tokens <= self.capacity:  # NaN fails too
             raise ValueError(f"tokens must be in (0, {self.capacity}], got {tokens}")
         try:
             granted, wait = await self._script(
@@ -232,15 +237,21 @@ class RedisDeduplicator:
     running the call again. A failure is not shared: the next caller runs the call. If the
     runner dies, its lease expires after `lease` seconds and a waiter takes over.
 
+    Every caller, the one that ran the call included, gets the JSON round trip of the result:
+    tuples come back as lists and dict keys as strings (`{1: (1, 2)}` is `{"1": [1, 2]}`), so
+    the value does not depend on which caller ran it.
+
     Args:
         url: e.g. `redis://host:6379/0`.
-        ttl: Seconds a result is served.
-        lease: Seconds a runner holds a key before another caller may take over.
+        ttl: Seconds a result is served (at least 1 ms: Redis keeps it in milliseconds).
+        lease: Seconds a runner holds a key before another caller may take over (at least
+            1 ms).
         poll_interval: Seconds between a waiter's checks.
         prefix: Prepended to each key.
 
     Raises:
-        ValueError: When `ttl`, `lease` or `poll_interval` is not positive.
+        ValueError: When `ttl` or `lease` is below 1 ms, `poll_interval` is not positive, or
+            any of them is NaN or infinite.
         PersistenceError: When redis-py is not installed (the `redis` extra).
     """
 
@@ -252,8 +263,12 @@ class RedisDeduplicator:
         poll_interval: float = 0.01,
         prefix: str = "llm_agent_runtime:dedup:",
     ) -> None:
-        if ttl <= 0 or lease <= 0 or poll_interval <= 0:
-            raise ValueError("ttl, lease and poll_interval must be > 0")
+        # Written so that NaN fails every check (each comparison with NaN is false).
+        for name, value in (("ttl", ttl), ("lease", lease)):
+            if not 0.001 <= value < math.inf:
+                raise ValueError(f"{name} must be finite and at least 0.001 s (1 ms), got {value}")
+        if not 0 < poll_interval < math.inf:
+            raise ValueError(f"poll_interval must be finite and > 0, got {poll_interval}")
         try:
             from redis.asyncio import Redis
         except ImportError as error:
@@ -264,6 +279,8 @@ class RedisDeduplicator:
         self.lease = lease
         self.poll_interval = poll_interval
         self.prefix = prefix
+        self._ttl_ms = int(ttl * 1000)
+        self._lease_ms = int(lease * 1000)
         self.client: Any = Redis.from_url(url)
         self._claim = self.client.register_script(_CLAIM_SCRIPT)
         self._finish = self.client.register_script(_FINISH_SCRIPT)
@@ -280,14 +297,18 @@ class RedisDeduplicator:
     async def run(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Returns `fn(*args, **kwargs)` (sync or async), run once for all callers of `key`.
 
+        Returns:
+            The JSON round trip of the result (the same value for every caller).
+
         Raises:
-            PersistenceError: When Redis fails, or the result is not JSON-serializable.
+            PersistenceError: When Redis fails, or the result is not JSON-serializable (an
+                error `fn` itself raises propagates as it is).
         """
         keys = [f"{self.prefix}{key}:result", f"{self.prefix}{key}:lease"]
         token = uuid.uuid4().hex
         try:
             while True:
-                claim = await self._claim(keys=keys, args=[token, int(self.lease * 1000)])
+                claim = await self._claim(keys=keys, args=[token, self._lease_ms])
                 if claim[0] == 1:
                     return json.loads(claim[1])
                 if claim[0] == 2:
@@ -297,16 +318,34 @@ class RedisDeduplicator:
             raise
         except Exception as error:
             raise PersistenceError(f"Redis: {error}", key=keys[0]) from error
+        # This caller holds the lease: whatever happens from here, it gives the lease back.
         self.executions += 1
         try:
             value = await call_maybe_async(fn, *args, **kwargs)
-            encoded = json.dumps(value)
-        except BaseException as error:
-            await asyncio.shield(self._finish(keys=keys, args=[token, "", 0]))
-            if isinstance(error, TypeError):
-                raise PersistenceError(
-                    f"a shared result must be JSON-serializable: {error}", key=keys[0]
-                ) from error
+        except BaseException:
+            await self._release(keys, token)
             raise
-        await self._finish(keys=keys, args=[token, encoded, int(self.ttl * 1000)])
-        return value
+        try:
+            encoded = json.dumps(value)
+        except (TypeError, ValueError) as error:
+            await self._release(keys, token)
+            raise PersistenceError(
+                f"a shared result must be JSON-serializable: {error}", key=keys[0]
+            ) from error
+        try:
+            await self._finish(keys=keys, args=[token, encoded, self._ttl_ms])
+        except BaseException as error:
+            await self._release(keys, token)
+            if isinstance(error, Exception):
+                raise PersistenceError(f"Redis: {error}", key=keys[0]) from error
+            raise
+        return json.loads(encoded)
+
+    async def _release(self, keys: list[str], token: str) -> None:
+        """Gives the lease back (if still held) without publishing a result.
+
+        Runs to completion even if the caller is cancelled. A Redis failure here is not
+        raised: the caller's own error matters more, and the lease expires anyway.
+        """
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._finish(keys=keys, args=[token, "", 0]))

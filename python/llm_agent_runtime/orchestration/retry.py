@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +44,8 @@ class RetryPolicy:
 
     The delay before attempt `n + 1` is drawn uniformly from `[0, min(max_delay,
     base_delay * 2**(n-1))]` (or is that bound itself without jitter). A `ProviderError`
-    carrying `retry_after` waits what the server asked instead (still capped at `max_delay`).
+    carrying `retry_after` waits what the server asked instead (still capped at `max_delay`;
+    a negative, NaN or infinite `retry_after` is ignored).
     `CircuitOpenError`, `PolicyDeniedError` and `BudgetExceededError` are never retried.
 
     Args:
@@ -56,7 +58,8 @@ class RetryPolicy:
         rng: random source for jitter (seed it for reproducible delays).
 
     Raises:
-        ValueError: an attempt count or delay is out of range.
+        ValueError: an attempt count or delay is out of range or NaN, or `max_attempts` or
+            `base_delay` is infinite.
     """
 
     def __init__(
@@ -69,10 +72,14 @@ class RetryPolicy:
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if max_attempts < 1:
+        # Written so that NaN fails every check (each comparison with NaN is false).
+        if not 1 <= max_attempts < math.inf:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-        if base_delay < 0 or max_delay < 0:
-            raise ValueError("delays must be >= 0")
+        # max_delay may be infinite: it is capped at DEFAULT_MAX_DELAY anyway.
+        if not (0 <= base_delay < math.inf and 0 <= max_delay <= math.inf):
+            raise ValueError(
+                f"delays must be >= 0 (base_delay finite), got {base_delay} and {max_delay}"
+            )
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.max_delay = min(max_delay, DEFAULT_MAX_DELAY)
@@ -89,8 +96,11 @@ class RetryPolicy:
 
     def delay_for(self, attempt: int, error: BaseException | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        if isinstance(error, ProviderError) and error.retry_after is not None:
-            return min(max(error.retry_after, 0.0), self.max_delay)
+        if isinstance(error, ProviderError):
+            retry_after = error.retry_after
+            # A negative, NaN or infinite delay is no delay at all: the backoff applies.
+            if retry_after is not None and 0.0 <= retry_after < math.inf:
+                return min(retry_after, self.max_delay)
         # The exponent is clamped only to keep 2.0**n finite; the cap applies long before.
         bound = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 1000))
         return self._rng.uniform(0.0, bound) if self.jitter else bound
