@@ -181,9 +181,14 @@ async def test_checkpoints_per_step_and_final() -> None:
 
 async def test_step_checkpoint_failures_counted_final_failure_raised() -> None:
     rt = ar.AgentRuntime(tools=[add], checkpoint_backend=DictBackend(fail_steps=True))
-    s = await rt.run_agent("a", "q", react(ADD, FINAL))
-    # Unsaved steps go with every later save: after each step and before the final record.
-    assert s.checkpoint_error_count() == 3 and rt.metrics.snapshot().checkpoint_errors == 3
+    session = rt.create_session("a")
+    # Unsaved steps go with every later save, the final record's too: that one fails, so
+    # the run reports it rather than leave a finished session with steps missing.
+    with pytest.raises(ar.PersistenceError, match="final checkpoint failed"):
+        await rt.run_agent("a", "q", react(ADD, FINAL), session=session)
+    # Two step saves, then the failed run's last try; plus the final record in the metrics.
+    assert session.checkpoint_error_count() == 3 and session.step_count == 2
+    assert rt.metrics.snapshot().checkpoint_errors == 4
     rt2 = ar.AgentRuntime(checkpoint_backend=DictBackend(fail_final=True))
     with pytest.raises(ar.PersistenceError, match="session:"):
         await rt2.run_agent("a", "q", react(FINAL))

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from llm_agent_runtime._core import RuntimeMetrics, parse_react_step
 from llm_agent_runtime.config import AgentConfig
@@ -67,6 +67,7 @@ __all__ = ["AgentRuntime", "ApprovalDecision", "Middleware"]
 
 logger = logging.getLogger("llm_agent_runtime")
 
+T = TypeVar("T")
 InferFn = Callable[[str], Awaitable[str]]
 ToolRun = tuple[Observation, float, str, Any]
 """A tool call's observation, the tool's time in ms, and the name and arguments that ran."""
@@ -504,29 +505,33 @@ class AgentRuntime:
         for _ in range(config.max_iterations - done):
             step_start = perf()
             text_prompt = "\n".join(transcript)
-            for hook in pre_hooks:
-                text_prompt = await _maybe_await(hook(session, text_prompt)) or text_prompt
-            if budget is not None:  # a spent budget pays for no further model call
-                budget.check()
-            model_start = perf()
-            if journal:
+            replayed = bool(journal)
+            if replayed:  # the reply of an interrupted step, handled (hooks, charge) back then
                 reply = journal[0]["reply"]
-            elif self._tracer is not None:
-                with self._tracer.start_as_current_span("agent.llm"):
-                    reply = await infer(text_prompt)
+                model_ms = 0.0
             else:
-                reply = await infer(text_prompt)
-            model_ms = (perf() - model_start) * 1000.0
-            if stops:
-                reply = _cut_at_stop(reply, stops)
-            for hook in post_hooks:
-                reply = await _maybe_await(hook(session, reply)) or reply
+                for hook in pre_hooks:
+                    text_prompt = await _maybe_await(hook(session, text_prompt)) or text_prompt
+                if budget is not None:  # a spent budget pays for no further model call
+                    budget.check()
+                model_start = perf()
+                if self._tracer is not None:
+                    with self._tracer.start_as_current_span("agent.llm"):
+                        reply = await infer(text_prompt)
+                else:
+                    reply = await infer(text_prompt)
+                model_ms = (perf() - model_start) * 1000.0
+                if stops:
+                    reply = _cut_at_stop(reply, stops)
+                for hook in post_hooks:
+                    reply = await _maybe_await(hook(session, reply)) or reply
             input_tokens = len(text_prompt) // _CHARS_PER_TOKEN
             output_tokens = len(reply) // _CHARS_PER_TOKEN
-            self._charge(input_tokens, output_tokens)
-            if events.active:
-                response_event = (session.session_id, len(session.steps), reply, model_ms)
-                events.emit(_event(LlmResponse, response_event))
+            if not replayed:
+                self._charge(input_tokens, output_tokens)
+                if events.active:
+                    response_event = (session.session_id, len(session.steps), reply, model_ms)
+                    events.emit(_event(LlmResponse, response_event))
             try:
                 parsed = parse_react_step(reply)
             except ParseError as error:
@@ -592,6 +597,8 @@ class AgentRuntime:
             if error_kind is not None and config.error_recovery == "stop":
                 return
             transcript.append(f"{reply}\nObservation: {content}")
+            if replayed:  # the step after may be journaled too (its checkpoint failed as well)
+                journal = await self._journal_of_next_step(session)
 
     async def _tool_loop(
         self,
@@ -621,11 +628,12 @@ class AgentRuntime:
         stops = self._stops
         perf = time.perf_counter
         for _ in range(config.max_iterations - rounds_done):
-            if budget is not None:  # a spent budget pays for no further model call
+            replayed = bool(journal)
+            if not replayed and budget is not None:  # a spent budget pays for no model call
                 budget.check()
             round_start = perf()
             stream = streams_text and events.active  # text deltas only while someone listens
-            if journal:
+            if replayed:  # the response of an interrupted round, handled (hooks, charge) then
                 saved = journal[0]["round"]
                 response = ChatResponse(
                     text=saved["text"], tool_calls=[ToolCall(**c) for c in saved["calls"]]
@@ -637,17 +645,18 @@ class AgentRuntime:
                 response = await self._chat(session, provider, messages, tool_defs, stream)
             model_ms = (perf() - round_start) * 1000.0
             text = response.text
-            if stops and text:
-                text = _cut_at_stop(text, stops)
-            if not stream and text and events.active and not journal:
-                events.emit(_event(LlmTextDelta, (session.session_id, text)))
-            for hook in post_hooks:
-                text = await _maybe_await(hook(session, text)) or text
             usage = response.usage
-            self._charge(usage.input_tokens, usage.output_tokens)
-            if events.active:
-                response_event = (session.session_id, len(session.steps), text, model_ms)
-                events.emit(_event(LlmResponse, response_event))
+            if not replayed:
+                if stops and text:
+                    text = _cut_at_stop(text, stops)
+                if not stream and text and events.active:
+                    events.emit(_event(LlmTextDelta, (session.session_id, text)))
+                for hook in post_hooks:
+                    text = await _maybe_await(hook(session, text)) or text
+                self._charge(usage.input_tokens, usage.output_tokens)
+                if events.active:
+                    response_event = (session.session_id, len(session.steps), text, model_ms)
+                    events.emit(_event(LlmResponse, response_event))
             if not response.tool_calls:
                 overhead_ms = (perf() - round_start) * 1000.0 - model_ms
                 step = Step(
@@ -711,6 +720,8 @@ class AgentRuntime:
                 await self._save_steps(session, records)
             if failed and config.error_recovery == "stop":
                 return
+            if replayed:  # the round after may be journaled too (its checkpoint failed as well)
+                journal = await self._journal_of_next_step(session)
 
     def _chat(
         self,
@@ -778,7 +789,7 @@ class AgentRuntime:
             async with limit:
                 return await self._call_tool(session, call.name, call.arguments, None, index)
 
-        return list(await asyncio.gather(*(bounded(i, c) for i, c in enumerate(calls))))
+        return await _all_or_none(bounded(i, c) for i, c in enumerate(calls))
 
     async def _call_tool(
         self,
@@ -914,9 +925,11 @@ class AgentRuntime:
         events = self._event_log.pop(session_id, [])
         try:
             keys = await self._checkpoints.save_steps(session_id, first, records, events)
-        except Exception as error:  # a lost per-step checkpoint must not end the run
+        except BaseException as error:  # a lost per-step checkpoint must not end the run
             self._event_log.setdefault(session_id, [])[:0] = events
             self._unsaved_steps[session_id] = (first, records)
+            if not isinstance(error, Exception):
+                raise  # cancelled: the run's own handler saves what it can
             session.checkpoint_errors += 1
             self.metrics.record_checkpoint_error()
             logger.warning("checkpoint %s failed: %r", step_key(session_id, first), error)
@@ -953,8 +966,6 @@ class AgentRuntime:
 
     async def _save_final(self, session: AgentSession) -> None:
         assert self._checkpoints is not None
-        if session.session_id in self._unsaved_steps:  # steps first: forks and prunes use them
-            await self._save_steps(session, [])
         key = session_key(session.session_id)
         extra: dict[str, Any] = {}
         if self.memory is not None and hasattr(self.memory, "to_json"):
@@ -962,12 +973,15 @@ class AgentRuntime:
         if self.working_memory is not None and hasattr(self.working_memory, "items"):
             extra["working_memory"] = [[k, v] for k, v in self.working_memory.items()]
         events = self._event_log.pop(session.session_id, [])
+        # Steps whose own save failed go in the same write: a finished session has no gap.
+        unsaved = self._unsaved_steps.get(session.session_id)
         try:
-            await self._checkpoints.save_final(session, extra, events)
+            await self._checkpoints.save_final(session, extra, events, unsaved)
         except Exception as error:
             self._event_log.setdefault(session.session_id, [])[:0] = events
             self.metrics.record_checkpoint_error()
             raise PersistenceError(f"final checkpoint failed: {error}", key=key) from error
+        self._unsaved_steps.pop(session.session_id, None)
         self.events.emit(CheckpointSaved(session.session_id, key))
 
     async def _journal_of_next_step(self, session: AgentSession) -> list[dict[str, Any]]:
@@ -1006,16 +1020,7 @@ class AgentRuntime:
                 ran_name,
                 ran_arguments,
             )
-        if state == "intent":
-            spec = self.tools.get(name)
-            if spec is None or not (spec.idempotent or spec.takes_idempotency_key):
-                raise ToolError(
-                    f"tool call {name!r} (step {step}, call {index}, idempotency key {key!r}) "
-                    "may have run before the interruption and the tool is neither idempotent "
-                    "nor takes an idempotency key: check its effect, record the outcome with "
-                    "settle_call(), then resume (or fork the session before this step)",
-                    tool=name,
-                )
+        self._check_repeatable(session_id, step, index, name, entry)
         intent = {**entry, "tool": name, "arguments": arguments, "key": key, "state": "intent"}
         spec = self.tools.get(name)
         # An intent only matters for a call that must not run twice: a lone call of an
@@ -1036,6 +1041,23 @@ class AgentRuntime:
             await self._checkpoints.journal(session_id, step, index, done)
         return run
 
+    def _check_repeatable(
+        self, session_id: str, step: int, index: int, name: str, entry: dict[str, Any]
+    ) -> None:
+        """Raises `ToolError` when a journaled call may have run and must not run twice."""
+        if entry.get("state") != "intent":
+            return
+        spec = self.tools.get(name)
+        if spec is None or not (spec.idempotent or spec.takes_idempotency_key):
+            key = idempotency_key(session_id, step, index)
+            raise ToolError(
+                f"tool call {name!r} (step {step}, call {index}, idempotency key {key!r}) "
+                "may have run before the interruption and the tool is neither idempotent "
+                "nor takes an idempotency key: check its effect, record the outcome with "
+                "settle_call(), then resume (or fork the session before this step)",
+                tool=name,
+            )
+
     async def _durable_round(
         self,
         session: AgentSession,
@@ -1052,6 +1074,10 @@ class AgentRuntime:
             "calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls],
         }
         entries = {e["index"]: e for e in journal}
+        for index, call in enumerate(calls):  # before any call runs: none starts in vain
+            self._check_repeatable(
+                session.session_id, step, index, call.name, entries.get(index, {})
+            )
 
         def one(index: int, call: ToolCall) -> Awaitable[ToolRun]:
             entry = entries.get(index, {"round": saved_round, "index": index})
@@ -1067,7 +1093,7 @@ class AgentRuntime:
             async with limit:
                 return await one(index, call)
 
-        return list(await asyncio.gather(*(bounded(i, c) for i, c in enumerate(calls))))
+        return await _all_or_none(bounded(i, c) for i, c in enumerate(calls))
 
     async def resume(self, session_id: str, model: InferFn | LlmProvider) -> AgentSession:
         """Continues an interrupted run from its last completed step.
@@ -1093,6 +1119,12 @@ class AgentRuntime:
         if self._checkpoints is None:
             raise AgentRuntimeError("resume needs a checkpoint_backend")
         state = await self._checkpoints.load(session_id)
+        if state.interrupted_turn:
+            raise AgentRuntimeError(
+                f"session {session_id!r}: a later turn was interrupted; resume continues a "
+                "single run, not a turn of a multi-turn session (run the turn again with "
+                "run_turn)"
+            )
         session = state.session()
         if state.final is not None:
             return session
@@ -1215,6 +1247,22 @@ os.register_at_fork(after_in_child=_new_session_id_prefix)
 def new_session_id() -> str:
     """Returns a fresh session id (32 hex characters, unique across processes)."""
     return f"{_session_id_prefix}{next(_session_counter):016x}"
+
+
+async def _all_or_none(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Awaits `calls` concurrently; returns their results in order.
+
+    When one fails (or this is cancelled), the others are cancelled and waited for before
+    the error propagates: no tool call outlives its round.
+    """
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _arguments_key(arguments: Any) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import llm_agent_runtime as ar
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 from llm_agent_runtime.persistence.codec import decode, encode
 
 
@@ -417,3 +418,227 @@ async def test_a_failed_step_checkpoint_goes_with_the_next_so_resume_finds_no_ga
     resumed = await runtime.resume(session.session_id, script(FINAL))
     assert [s.observation for s in resumed.steps] == ["1", "2", "3", "4", ""]
     assert len(effects.calls) == 4  # nothing ran twice
+
+
+class StepSavesDown(ar.InMemoryBackend):
+    """Refuses every write holding a step checkpoint while `down`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    async def batch_save(self, items: Any) -> None:
+        if self.down and any(":step:" in key for key in items):
+            raise OSError("disk full")
+        await super().batch_save(items)
+
+
+async def test_rounds_whose_saves_all_failed_come_back_from_their_journals() -> None:
+    backend = StepSavesDown()
+    effects = Effects()
+    config = ar.AgentConfig(mode="tools")
+    runtime = ar.AgentRuntime(config, tools=effects.tools(), checkpoint_backend=backend)
+    rounds = [
+        ar.ScriptedProvider.tool_call_reply(
+            [("charge", {"amount": n}), ("charge", {"amount": n + 1})]
+        )
+        for n in (1, 3)
+    ]
+    session = runtime.create_session("a")
+    with pytest.raises(ar.ProviderError):  # the script runs out: the model fails
+        await runtime.run_agent_with_provider(
+            "a", "q", ar.ScriptedProvider(rounds), session=session
+        )
+    assert session.checkpoint_errors >= 2 and [c[1] for c in effects.calls] == [1, 2, 3, 4]
+    backend.down = False
+    model = ar.ScriptedProvider(["done"])
+    resumed = await ar.AgentRuntime(
+        config, tools=effects.tools(), checkpoint_backend=backend
+    ).resume(session.session_id, model)
+    assert model.calls == 1  # both rounds came from the journal
+    assert [c[1] for c in effects.calls] == [1, 2, 3, 4]  # no charge ran twice
+    assert [s.observation for s in resumed.steps] == ["charged"] * 4 + [""]
+
+
+async def test_react_steps_whose_saves_failed_reuse_their_replies_and_keys() -> None:
+    backend = StepSavesDown()
+    effects = Effects()
+    runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
+    sends = [f'Thought: {t}\nAction: send {{"text": "{t}"}}' for t in ("a", "b")]
+    session = runtime.create_session("a")
+    with pytest.raises(IndexError):  # the model fails after two steps
+        await runtime.run_agent("a", "q", script(*sends), session=session)
+    backend.down = False
+    asked: list[str] = []
+
+    async def model(prompt: str) -> str:
+        asked.append(prompt)
+        return FINAL
+
+    resumed = await runtime.resume(session.session_id, model)
+    assert len(asked) == 1 and "Observation: sent" in asked[0]
+    sid = session.session_id
+    # Each send ran again (it takes the key), with the key of its first run.
+    assert effects.keys == [f"{sid}:1:0", f"{sid}:2:0", f"{sid}:1:0", f"{sid}:2:0"]
+    assert [s.action for s in resumed.steps] == ["send", "send", "FINAL_ANSWER"]
+
+
+async def test_the_final_record_takes_the_steps_whose_saves_failed() -> None:
+    class StepsAloneFail(ar.InMemoryBackend):
+        down = True
+
+        async def batch_save(self, items: Any) -> None:
+            if self.down and all(":step:" in key or ":event:" in key for key in items):
+                raise OSError("disk full")
+            await super().batch_save(items)
+
+    backend = StepsAloneFail()
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = await runtime.run_agent("a", "q", script(add_step(0), add_step(1), FINAL))
+    assert session.checkpoint_errors == 3
+    state = await CheckpointStore(backend).load(session.session_id)
+    assert [r.step.observation for r in state.records] == ["1", "2", ""]
+    assert not runtime._unsaved_steps
+    backend.down = False
+    assert await runtime.fork(session.session_id, 2)
+
+
+async def test_cancelled_while_a_step_is_saved_the_step_is_saved_on_the_way_out() -> None:
+    class FirstStepSaveHangs(ar.InMemoryBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reached = asyncio.Event()
+
+        async def batch_save(self, items: Any) -> None:
+            if not self.reached.is_set() and any(":step:" in key for key in items):
+                self.reached.set()
+                await asyncio.Event().wait()
+            await super().batch_save(items)
+
+    backend = FirstStepSaveHangs()
+    effects = Effects()
+    runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
+    session = runtime.create_session("a")
+    reply = 'Thought: pay\nAction: charge {"amount": 5}'
+    task = asyncio.create_task(runtime.run_agent("a", "q", script(reply), session=session))
+    await backend.reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    events = [e["type"] for e in await runtime.session_events(session.session_id)]
+    assert events == [
+        "RunStarted",
+        "LlmResponse",
+        "ToolCallStarted",
+        "ToolCallFinished",
+        "ErrorEvent",
+    ]
+    resumed = await runtime.resume(session.session_id, script(FINAL))  # no ToolError
+    assert resumed.steps[0].observation == "charged" and effects.calls == [("charge", 5)]
+
+
+async def test_a_resumed_reply_is_not_handled_twice() -> None:
+    seen: list[str] = []
+
+    class Raise(ar.Middleware):
+        def on_post_llm(self, session: ar.AgentSession, text: str) -> str:
+            seen.append(text)
+            return text.replace('"amount": 5', '"amount": 50')
+
+    backend = ar.InMemoryBackend()
+    started, gate = asyncio.Event(), asyncio.Event()
+    keys: list[tuple[str, int]] = []
+
+    @ar.tool
+    async def pay(amount: int, idempotency_key: str) -> str:
+        """Pays once per key."""
+        keys.append((idempotency_key, amount))
+        started.set()
+        await gate.wait()
+        return "paid"
+
+    runtime = ar.AgentRuntime(tools=[pay], checkpoint_backend=backend, middlewares=[Raise()])
+    sid = await interrupt_mid_tool(
+        runtime, 'Thought: pay\nAction: pay {"amount": 5}', gate, started
+    )
+    await runtime.resume(sid, script(FINAL))
+    assert [amount for _, amount in keys] == [50, 50]  # repeated as it ran, not re-rewritten
+    assert len(seen) == 2  # the interrupted reply, then the final one: no reply twice
+    events = [e for e in await runtime.session_events(sid) if e["type"] == "LlmResponse"]
+    assert len(events) == 2
+
+
+async def test_a_round_that_may_have_run_starts_no_call_on_resume() -> None:
+    backend = ar.InMemoryBackend()
+    started, gate = asyncio.Event(), asyncio.Event()
+    charges: list[int] = []
+
+    @ar.tool
+    async def charge(amount: int) -> str:
+        """Charges."""
+        charges.append(amount)
+        started.set()
+        await gate.wait()
+        return "charged"
+
+    config = ar.AgentConfig(mode="tools", max_parallel_tool_calls=1)
+    runtime = ar.AgentRuntime(config, tools=[charge], checkpoint_backend=backend)
+    round_ = ar.ScriptedProvider.tool_call_reply([("charge", {"amount": n}) for n in (1, 2)])
+    session = runtime.create_session("a")
+    task = asyncio.create_task(
+        runtime.run_agent_with_provider("a", "q", ar.ScriptedProvider([round_]), session=session)
+    )
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gate.set()
+    with pytest.raises(ar.ToolError, match="call 0"):
+        await runtime.resume(session.session_id, ar.ScriptedProvider(["done"]))
+    await asyncio.sleep(0.05)
+    assert charges == [1]  # call 1 never started, then or now
+
+
+async def test_event_logs_of_two_runtimes_on_one_session_add_up() -> None:
+    backend = ar.InMemoryBackend()
+    effects = Effects()
+    first, second = (
+        ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend) for _ in range(2)
+    )
+
+    def fails_after(*replies: str) -> Callable[[str], Awaitable[str]]:
+        queue = list(replies)
+
+        async def infer(prompt: str) -> str:
+            if not queue:
+                raise ConnectionError("model down")
+            return queue.pop(0)
+
+        return infer
+
+    session = first.create_session("a")
+    with pytest.raises(ConnectionError):
+        await first.run_agent("a", "q", fails_after(add_step(0)), session=session)
+    with pytest.raises(ConnectionError):
+        await second.resume(session.session_id, fails_after(add_step(1)))
+    await first.resume(session.session_id, script(FINAL))
+    types = [e["type"] for e in await first.session_events(session.session_id)]
+    assert types.count("RunStarted") == 3 and types.count("ErrorEvent") == 2
+    assert types.count("LlmResponse") == 3 and types[-1] == "RunFinished"
+
+
+async def test_a_session_whose_later_turn_was_interrupted_is_neither_resumed_nor_swept() -> None:
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = runtime.create_session("a")
+    await runtime.run_turn(session, "first", script(FINAL))
+
+    async def down(prompt: str) -> str:
+        raise ConnectionError("model down")
+
+    with pytest.raises(ConnectionError):
+        await runtime.run_turn(session, "second", down)
+    with pytest.raises(ar.AgentRuntimeError, match="later turn was interrupted"):
+        await runtime.resume(session.session_id, script(FINAL))
+    assert await runtime.sweep(older_than=-1000) == []
+    assert await CheckpointStore(backend).load(session.session_id)

@@ -72,6 +72,8 @@ class SessionState:
     mode: str
     records: list[StepRecord] = field(default_factory=list)
     final: dict[str, Any] | None = None
+    interrupted_turn: bool = False
+    """A later turn of a multi-turn session started after the final checkpoint, unfinished."""
 
     def session(self) -> AgentSession:
         """The session as saved: the final checkpoint, else the folded steps."""
@@ -95,6 +97,11 @@ _SUFFIXES = r"(?:meta|base|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
 _OWN_SUFFIX = re.compile(_SUFFIXES)
 _SUB_KEY = re.compile(":" + _SUFFIXES)
 _LOAD_ATTEMPTS = 3  # folds of a session that a concurrent prune may force a load to redo
+
+
+def _turn_after(meta: dict[str, Any], final: dict[str, Any]) -> bool:
+    """Whether the run of `meta` started after the final checkpoint (a session's next turn)."""
+    return float(meta.get("started_at", 0.0)) > float(final.get("finished_at", 0.0))
 
 
 def _numbered(keys: Iterable[str], prefix: str) -> list[tuple[int, str]]:
@@ -135,6 +142,8 @@ class CheckpointStore:
         }
         key = f"{session_key(session.session_id)}:meta"
         await self.backend.save(key, encode("meta", meta))
+        # Another process may have logged events since this one last wrote: count afresh.
+        self._next_event.pop(session.session_id, None)
 
     async def save_steps(
         self,
@@ -155,12 +164,24 @@ class CheckpointStore:
         return keys
 
     async def save_final(
-        self, session: AgentSession, extra: dict[str, Any], events: Iterable[Any] = ()
+        self,
+        session: AgentSession,
+        extra: dict[str, Any],
+        events: Iterable[Any] = (),
+        unsaved: tuple[int, Sequence[StepRecord]] | None = None,
     ) -> str:
-        """Saves the whole session (and `extra`, e.g. memory state); returns its key."""
+        """Saves the whole session (and `extra`, e.g. memory state); returns its key.
+
+        `unsaved` (first step number, records) are steps whose own save failed: they are
+        written in the same transaction, so a finished session's steps have no gap.
+        """
         key = session_key(session.session_id)
         payload = {"session": session.to_dict(), "finished_at": time.time(), **extra}
         items = {key: encode("session", payload)}
+        if unsaved is not None:
+            first, records = unsaved
+            for i, record in enumerate(records):
+                items[step_key(session.session_id, first + i)] = encode("step", record.to_dict())
         items.update(await self._event_items(session.session_id, events))
         await self.backend.batch_save(items)
         self._next_event.pop(session.session_id, None)
@@ -215,8 +236,13 @@ class CheckpointStore:
             saved = final["session"]
             meta = {"agent_id": saved["agent_id"], "prompt": saved["prompt"], "mode": "react"}
         state = SessionState(session_id, meta["agent_id"], meta["prompt"], meta["mode"])
-        state.final = final
+        if final is not None and meta_raw is not None and _turn_after(meta, final):
+            state.interrupted_turn = True  # the final checkpoint is an earlier turn's
+        else:
+            state.final = final
         state.records = await self._fold(base_key)
+        # Another process may have logged events since this one last wrote: count afresh.
+        self._next_event.pop(session_id, None)
         return state
 
     async def _fold(self, base_key: str) -> list[StepRecord]:
@@ -320,7 +346,14 @@ class CheckpointStore:
             raw = await self.backend.load(key)
             if raw is None or record_kind(raw) not in ("session", None):
                 continue  # a record of session `x` at `session:x:step:3` (id `x:step:3`)
-            if decode(raw, key, "session").get("finished_at", now) < now - older_than:
+            final = decode(raw, key, "session")
+            if f"{key}:meta" in present:
+                meta_raw = await self.backend.load(f"{key}:meta")
+                if meta_raw is not None and _turn_after(
+                    decode(meta_raw, f"{key}:meta", "meta"), final
+                ):
+                    continue  # a later turn runs (or was interrupted): not finished
+            if final.get("finished_at", now) < now - older_than:
                 prefix = f"{key}:"
                 for doomed in await self.backend.list_keys(prefix):
                     if _OWN_SUFFIX.match(doomed, len(prefix)):
