@@ -69,9 +69,9 @@ logger = logging.getLogger("llm_agent_runtime")
 
 T = TypeVar("T")
 InferFn = Callable[[str], Awaitable[str]]
+"""An async model call: prompt text in, reply text out."""
 ToolRun = tuple[Observation, float, str, Any]
 """A tool call's observation, the tool's time in ms, and the name and arguments that ran."""
-"""An async model call: prompt text in, reply text out."""
 
 _CHARS_PER_TOKEN = 4
 _NO_SPAN = contextlib.nullcontext()

@@ -166,6 +166,46 @@ async def test_openai_tool_calls_assembled_by_index(server: FakeLlmServer) -> No
     assert (end.response.usage.input_tokens, end.response.usage.output_tokens) == (20, 9)
 
 
+def _openai_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    return sse({"model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+@pytest.mark.parametrize("form", ["all at index 0", "no index"])
+async def test_openai_compatible_tool_call_streams_are_told_apart(
+    form: str, server: FakeLlmServer
+) -> None:
+    """Some compatible servers send each call whole at index 0, or send no index at all."""
+
+    def piece(call_id: str | None, name: str | None, arguments: str) -> bytes:
+        fields: dict[str, Any] = {"type": "function", "function": {"arguments": arguments}}
+        if call_id is not None:
+            fields["id"] = call_id
+        if name is not None:
+            fields["function"]["name"] = name
+        if form == "all at index 0":
+            fields["index"] = 0
+        return _openai_chunk({"tool_calls": [fields]})
+
+    frames = [
+        piece("c0", "add", '{"a": 1, "b": 2}'),
+        piece("c1", "mul", '{"x": 3'),
+        piece(None, None, "}") if form == "no index" else piece("c1", None, "}"),
+        _openai_chunk({}, "tool_calls"),
+        sse("[DONE]"),
+    ]
+    server.script(Reply(frames=frames))
+    async with make_provider("openai", server) as llm:
+        events = [e async for e in llm.chat_stream([Message("user", "go")], tools=[ADD])]
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert end.response.tool_calls == [
+        ToolCall(id="c0", name="add", arguments={"a": 1, "b": 2}),
+        ToolCall(id="c1", name="mul", arguments={"x": 3}),
+    ]
+    deltas = [e for e in events if isinstance(e, ToolCallDelta)]
+    assert [d.index for d in deltas] == [0, 1, 1]
+
+
 async def test_openai_non_streamed_tool_calls(server: FakeLlmServer) -> None:
     server.script(Turn(tool_calls=[("call_1", "add", {"a": 2, "b": 3})]))
     async with make_provider("openai", server) as llm:

@@ -88,7 +88,7 @@ class _Completion(BaseModel):
 
 
 class _ToolCallChunk(BaseModel):
-    index: int
+    index: int | None = None  # some OpenAI-compatible servers leave it out
     id: str | None = None
     function: _FunctionCall | None = None
 
@@ -302,7 +302,7 @@ class OpenAIProvider(HttpProvider):
 
     async def _stream_once(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
         text: list[str] = []
-        calls: dict[int, PartialToolCall] = {}
+        calls = _ToolCallAssembly()
         finish_reason: str | None = None
         model: str | None = None
         usage = _Usage()
@@ -332,21 +332,16 @@ class OpenAIProvider(HttpProvider):
                         function = piece.function
                         name = function.name if function is not None else None
                         fragment = (function.arguments if function is not None else None) or ""
-                        call = calls.get(piece.index)
-                        if call is None:
-                            call = calls[piece.index] = PartialToolCall(piece.index, piece.id, name)
-                        else:
-                            call.id = call.id or piece.id
-                            call.name = call.name or name
+                        call = calls.call_of(piece.index, piece.id, name)
                         call.fragments.append(fragment)
-                        yield ToolCallDelta(piece.index, piece.id, name, fragment)
+                        yield ToolCallDelta(call.index, piece.id, name, fragment)
                     if choice.finish_reason is not None:
                         finish_reason = choice.finish_reason
             if not done:
                 raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
             response = ChatResponse(
                 text="".join(text),
-                tool_calls=[calls[index].build() for index in sorted(calls)],
+                tool_calls=[call.build() for call in calls.calls],
                 usage=Usage(
                     input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens
                 ),
@@ -355,6 +350,44 @@ class OpenAIProvider(HttpProvider):
             )
             self._transport.charge(usage.prompt_tokens, usage.completion_tokens)
             yield StreamEnd(response)  # at once: the body is finished (or cut) after this
+
+
+class _ToolCallAssembly:
+    """The tool calls of a stream, told apart as OpenAI and compatible servers send them.
+
+    OpenAI gives each call an `index` (and its `id` in the first piece). Some compatible
+    servers send every call whole at index 0 with its own id, or leave the index out (a
+    piece without index or id continues the last call). A call's position is the order in
+    which calls first appear.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[PartialToolCall] = []
+        self._by_index: dict[int, PartialToolCall] = {}
+        self._by_id: dict[str, PartialToolCall] = {}
+
+    def call_of(self, index: int | None, call_id: str | None, name: str | None) -> PartialToolCall:
+        """The call a piece belongs to, started if the piece is its first."""
+        call: PartialToolCall | None = None
+        if index is not None:
+            current = self._by_index.get(index)
+            if current is not None and (call_id is None or current.id in (None, call_id)):
+                call = current  # the same call continued (OpenAI's own form)
+        elif call_id:
+            call = self._by_id.get(call_id)
+        elif self.calls:
+            call = self.calls[-1]
+        if call is None:
+            call = PartialToolCall(len(self.calls), call_id, name)
+            self.calls.append(call)
+        else:
+            call.id = call.id or call_id
+            call.name = call.name or name
+        if index is not None:
+            self._by_index[index] = call
+        if call_id:
+            self._by_id[call_id] = call
+        return call
 
 
 def _wire_message(message: Message) -> dict[str, Any]:
