@@ -26,9 +26,8 @@ async def test_every_event_via_callback_and_stream() -> None:
 
     rt.events.on(async_callback)
     stream = rt.events.subscribe()
-    provider = ar.ScriptedProvider(
-        ['Thought: t\nAction: add {"a": 1, "b": 2}', "Action: FINAL_ANSWER 3"]
-    )
+    replies = ['Thought: t\nAction: add {"a": 1, "b": 2}', "Action: FINAL_ANSWER 3"]
+    provider = ar.ScriptedProvider(replies)
     session = await rt.run_agent_with_provider("a", "q", provider)
     rt.events.close()
     streamed = [event async for event in stream]
@@ -36,10 +35,12 @@ async def test_every_event_via_callback_and_stream() -> None:
     kinds = [type(e).__name__ for e in seen]
     assert kinds == [
         "RunStarted",
+        "LlmTextDelta",  # a text model's reply is whole: one delta
         "LlmResponse",
         "ToolCallStarted",
         "ToolCallFinished",
         "CheckpointSaved",
+        "LlmTextDelta",
         "LlmResponse",
         "CheckpointSaved",
         "RunFinished",
@@ -49,8 +50,9 @@ async def test_every_event_via_callback_and_stream() -> None:
     finished = seen[-2]
     assert isinstance(finished, ar.RunFinished) and finished.final_answer == "3"
     assert finished.session_id == session.session_id
-    tool_done = seen[3]
+    tool_done = seen[4]
     assert isinstance(tool_done, ar.ToolCallFinished) and tool_done.observation == "3"
+    assert [e.text for e in seen if isinstance(e, ar.LlmTextDelta)] == replies
 
 
 async def test_error_event_and_off() -> None:

@@ -34,7 +34,10 @@ class RunStarted(NamedTuple):
 
 
 class LlmTextDelta(NamedTuple):
-    """A piece of streamed model text."""
+    """Model text as it arrives: streamed pieces, or a whole reply that was not streamed.
+
+    Every mode emits them (ReAct text models too), so their texts joined are the reply.
+    """
 
     session_id: str
     text: str

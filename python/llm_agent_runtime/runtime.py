@@ -523,6 +523,8 @@ class AgentRuntime:
                 model_ms = (perf() - model_start) * 1000.0
                 if stops:
                     reply = _cut_at_stop(reply, stops)
+                if events.active and reply:  # a text model's reply is whole: one delta
+                    events.emit(_event(LlmTextDelta, (session.session_id, reply)))
                 for hook in post_hooks:
                     reply = await _maybe_await(hook(session, reply)) or reply
             input_tokens = len(text_prompt) // _CHARS_PER_TOKEN

@@ -528,6 +528,7 @@ async def test_cancelled_while_a_step_is_saved_the_step_is_saved_on_the_way_out(
     events = [e["type"] for e in await runtime.session_events(session.session_id)]
     assert events == [
         "RunStarted",
+        "LlmTextDelta",
         "LlmResponse",
         "ToolCallStarted",
         "ToolCallFinished",
