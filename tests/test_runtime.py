@@ -568,9 +568,10 @@ async def test_a_spent_budget_is_refused_before_the_model_is_called() -> None:
     budget = ar.CostBudget(max_tokens=1)
     rt = ar.AgentRuntime(ar.AgentConfig(max_iterations=3), budget=budget)
     infer = react(FINAL, FINAL)
-    with pytest.raises(ar.BudgetExceededError):
-        await rt.run_agent("a", "q", infer)  # the first call goes past the budget
+    # The call that goes past the budget is paid for: its answer is kept.
+    assert (await rt.run_agent("a", "q", infer)).final_answer == "5"
     spent = budget.used_tokens
+    assert spent > 1
     with pytest.raises(ar.BudgetExceededError, match="spent"):
         await rt.run_agent("a", "q", infer)
     assert len(infer.prompts) == 1 and budget.used_tokens == spent
@@ -579,3 +580,85 @@ async def test_a_spent_budget_is_refused_before_the_model_is_called() -> None:
     with pytest.raises(ar.BudgetExceededError, match="spent"):
         await tools_rt.run_agent_with_provider("a", "q", provider)
     assert provider.calls == 0
+
+
+async def test_capabilities_check_the_call_a_middleware_leaves() -> None:
+    @ar.tool
+    def danger() -> str:
+        """Not allowed."""
+        return "ran"
+
+    class Rename(ar.Middleware):
+        def on_tool_call(self, session: ar.AgentSession, tool: str, args: Any) -> Any:
+            return "danger", {}
+
+    caps = ar.CapabilitySet(allowed_tools=["add"])
+    rt = ar.AgentRuntime(tools=[add, danger], capabilities=caps, middlewares=[Rename()])
+    with pytest.raises(ar.PolicyDeniedError):
+        await rt.run_agent("a", "q", react(ADD, FINAL))
+
+
+def test_an_unknown_approval_action_is_refused() -> None:
+    with pytest.raises(ar.AgentRuntimeError, match="'reject'"):
+        ar.ApprovalDecision("reject", reason="nope")  # type: ignore[arg-type]
+
+
+async def test_a_denial_records_the_call_as_the_middleware_left_it() -> None:
+    class Rewrite(ar.Middleware):
+        def on_tool_call(self, session: ar.AgentSession, tool: str, args: Any) -> Any:
+            return tool, {"a": 9, "b": 9}
+
+    def deny(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("deny")
+
+    rt = ar.AgentRuntime(tools=[add], middlewares=[Rewrite()], approval_handler=deny)
+    s = await rt.run_agent("a", "q", react(ADD, FINAL))
+    assert s.steps[0].action_input == {"a": 9, "b": 9} and s.steps[0].error_kind == "permanent"
+
+
+async def test_a_remembered_approval_is_asked_once_for_a_parallel_round() -> None:
+    asked: list[Any] = []
+
+    async def approve(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        asked.append(args)
+        await asyncio.sleep(0.01)
+        return ar.ApprovalDecision("approve", remember=True)
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add], approval_handler=approve)
+    calls = [("add", {"a": i, "b": 1}) for i in range(4)]
+    provider = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply(calls), "done"])
+    s = await rt.run_agent_with_provider("a", "q", provider)
+    assert len(asked) == 1 and [st.observation for st in s.steps[:4]] == ["1", "2", "3", "4"]
+
+
+async def test_a_rewritten_user_message_is_what_the_session_keeps_and_saves() -> None:
+    class Redact(ar.Middleware):
+        def on_user_message(self, session: ar.AgentSession, text: str) -> str:
+            return text.replace("SECRET", "[redacted]")
+
+    backend = ar.InMemoryBackend()
+    rt = ar.AgentRuntime(middlewares=[Redact()], checkpoint_backend=backend)
+    session = rt.create_session("a")
+    infer = react(FINAL, FINAL)
+    await rt.run_turn(session, "my pw is SECRET", infer)
+    await rt.run_turn(session, "and now?", infer)
+    assert "SECRET" not in infer.prompts[1] and "[redacted]" in infer.prompts[1]
+    assert all(b"SECRET" not in value for value in backend.data.values())
+    saved = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    assert saved.messages == session.messages and len(saved.messages) == 4
+
+
+async def test_a_models_own_timeout_is_not_reported_as_the_loops() -> None:
+    async def times_out(prompt: str) -> str:
+        raise TimeoutError("socket read timed out")
+
+    rt = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=60_000))
+    with pytest.raises(TimeoutError, match="socket read") as caught:
+        await rt.run_agent("a", "q", times_out)
+    assert not isinstance(caught.value, ar.AgentLoopError)
+
+
+async def test_a_reprompt_with_no_iteration_left_is_an_agent_loop_error() -> None:
+    config = ar.AgentConfig(corrective_reprompt=True, max_iterations=1)
+    with pytest.raises(ar.AgentLoopError, match="not a ReAct step"):
+        await ar.AgentRuntime(config).run_agent("a", "q", react("nonsense"))

@@ -26,6 +26,7 @@ from llm_agent_runtime.errors import (
     AgentLoopError,
     AgentRuntimeError,
     BackpressureShedError,
+    BudgetExceededError,
     ParseError,
     PersistenceError,
     ToolError,
@@ -88,13 +89,23 @@ class ApprovalDecision:
         action: `approve`, `deny`, or `edit` (run with `arguments` instead).
         arguments: The edited arguments, for `edit`.
         reason: Told to the model when the call is denied.
-        remember: Reuse this decision for later calls of the same tool in the session.
+        remember: Reuse this decision for later calls of the same tool in the session (an
+            edit: for later calls with the same arguments).
+
+    Raises:
+        AgentRuntimeError: `action` is none of the three.
     """
 
     action: Literal["approve", "deny", "edit"]
     arguments: Any = None
     reason: str = ""
     remember: bool = False
+
+    def __post_init__(self) -> None:
+        if self.action not in ("approve", "deny", "edit"):  # a typo must not approve
+            raise AgentRuntimeError(
+                f"approval action must be 'approve', 'deny' or 'edit', got {self.action!r}"
+            )
 
 
 ApprovalHandler = Callable[
@@ -246,7 +257,10 @@ class AgentRuntime:
             for d in self._tool_definitions
         )
         self._tracer = _load_tracer()
+        # Per session: remembered decisions (by tool, or by tool and arguments for an edit),
+        # and one lock per tool so that a tool's approval is asked once at a time.
         self._approvals: dict[str, dict[str | tuple[str, str], ApprovalDecision]] = {}
+        self._approval_locks: dict[str, dict[str, asyncio.Lock]] = {}
         self._semantic_recall = bool(getattr(memory, "has_embedder", False))
         # Whether a tool call passes capabilities, middlewares or an approval before it runs.
         self._guarded = bool(
@@ -307,15 +321,14 @@ class AgentRuntime:
         The history is trimmed to `config.context_window_tokens`, dropping oldest turns first.
         """
         history = self.trim_history(session.messages)
+        agent_id = session.agent_id
         if callable(provider) and not isinstance(provider, LlmProvider):
-            result = await self._run(session.agent_id, message, provider, None, session, history)
+            result = await self._run(agent_id, message, provider, None, session, history)
         elif self.config.mode == "tools":
-            result = await self._run(session.agent_id, message, None, provider, session, history)
+            result = await self._run(agent_id, message, None, provider, session, history)
         else:
             infer = self._text_model(provider)
-            result = await self._run(session.agent_id, message, infer, None, session, history)
-        session.messages.append({"role": "user", "content": message})
-        session.messages.append({"role": "assistant", "content": result.final_answer or ""})
+            result = await self._run(agent_id, message, infer, None, session, history)
         return result.final_answer
 
     def _text_model(self, provider: LlmProvider) -> InferFn:
@@ -385,6 +398,10 @@ class AgentRuntime:
         events = self.events
         # From here on, whatever fails releases the slot and counts the session finished.
         try:
+            if resume is None:  # a resumed run's prompt was rewritten before it was saved
+                for hook in self._hooks["on_user_message"]:
+                    prompt = await _maybe_await(hook(session, prompt)) or prompt
+                session.prompt = prompt  # what is kept, saved and sent: the rewritten text
             if self._checkpoints is not None and resume is None:
                 await self._save_meta(session, "tools" if provider else "react")
             if events.active:
@@ -395,8 +412,6 @@ class AgentRuntime:
                 else _NO_SPAN
             )
             with span:
-                for hook in self._hooks["on_user_message"]:
-                    prompt = await _maybe_await(hook(session, prompt)) or prompt
                 context = self._context(agent_id, prompt, session)
                 timeout = self.config.loop_timeout_ms
                 loop = (
@@ -407,13 +422,21 @@ class AgentRuntime:
                 if timeout is None:
                     await loop
                 else:
+                    loop_start = time.perf_counter()
                     try:
                         await asyncio.wait_for(loop, timeout / 1000)
                     except asyncio.TimeoutError:
+                        if (time.perf_counter() - loop_start) * 1000.0 < timeout:
+                            raise  # a timeout of the model or a tool, not of the loop
                         raise AgentLoopError(
                             f"agent loop timed out after {timeout} ms "
                             f"({session.step_count} steps done)"
                         ) from None
+            if history is not None:  # a turn: the session's chat history, saved with it
+                session.messages.append({"role": "user", "content": prompt})
+                session.messages.append(
+                    {"role": "assistant", "content": session.final_answer or ""}
+                )
             session.duration_ms = (time.perf_counter() - started) * 1000.0
             if events.active:
                 events.emit(
@@ -502,7 +525,8 @@ class AgentRuntime:
         perf = time.perf_counter
         # A resumed run counts the steps it already took; a session's new turn starts afresh.
         done = session.step_count if resume is not None else 0
-        for _ in range(config.max_iterations - done):
+        iterations = config.max_iterations - done
+        for iteration in range(iterations):
             step_start = perf()
             text_prompt = "\n".join(transcript)
             replayed = bool(journal)
@@ -537,7 +561,8 @@ class AgentRuntime:
             try:
                 parsed = parse_react_step(reply)
             except ParseError as error:
-                if config.corrective_reprompt and not reprompted:
+                # A re-prompt needs an iteration left to answer it.
+                if config.corrective_reprompt and not reprompted and iteration + 1 < iterations:
                     reprompted = True
                     transcript.append(
                         f"{reply}\nObservation: your reply was not a ReAct step ({error}). "
@@ -807,10 +832,9 @@ class AgentRuntime:
         and the call that ran (a middleware or an approval may have changed it).
         """
         if self._guarded:
-            guarded = await self._guard_call(session, name, arguments)
-            if type(guarded) is Observation:
-                return guarded, 0.0, name, arguments
-            name, arguments = guarded
+            name, arguments, denial = await self._guard_call(session, name, arguments)
+            if denial is not None:
+                return denial, 0.0, name, arguments
         self.metrics.record_tool_call(name, session.agent_id)
         events = self.events
         # Computed also when a listener joins while the tool runs.
@@ -838,53 +862,66 @@ class AgentRuntime:
 
     async def _guard_call(
         self, session: AgentSession, name: str, arguments: Any
-    ) -> tuple[str, Any] | Observation:
-        """Capabilities, middlewares and approval of one call: the call to run, or a denial."""
-        if self.capabilities is not None:
-            self.capabilities.check_tool(name)
-            self.capabilities.record_action()
+    ) -> tuple[str, Any, Observation | None]:
+        """Middlewares, capabilities and approval of one call.
+
+        Returns the call to run (as the middlewares left it) and a denial, if it is denied.
+        Capabilities check the call the middlewares leave, so a rewrite cannot reach a tool
+        the agent may not use.
+        """
         for hook in self._hooks["on_tool_call"]:
             rewritten = await _maybe_await(hook(session, name, arguments))
             if rewritten is not None:
                 name, arguments = rewritten
+        if self.capabilities is not None:
+            self.capabilities.check_tool(name)
+            self.capabilities.record_action()
         if self.approval_handler is not None:
             decision = await self._approve(session, name, arguments)
             if decision.action == "deny":
                 reason = decision.reason or "denied by the approval handler"
                 denial = f"error: tool call {name!r} denied: {reason}"
-                return Observation(
-                    _truncate(denial, self.config.max_observation_chars), "permanent"
-                )
+                limit = self.config.max_observation_chars
+                return name, arguments, Observation(_truncate(denial, limit), "permanent")
             if decision.action == "edit":
                 arguments = decision.arguments
-        return name, arguments
+        return name, arguments, None
 
     async def _approve(self, session: AgentSession, name: str, arguments: Any) -> ApprovalDecision:
         cache = self._approvals.setdefault(session.session_id, {})
-        # Approvals and denials are remembered per tool; an edit only for the same arguments,
-        # since its edited arguments answer that call alone.
-        cached = cache.get(name) or cache.get((name, _arguments_key(arguments)))
-        if cached is not None:
-            return cached
-        assert self.approval_handler is not None
-        decision = await _maybe_await(self.approval_handler(session, name, arguments))
-        if not isinstance(decision, ApprovalDecision):
-            raise AgentRuntimeError(
-                f"approval handler must return an ApprovalDecision, got {type(decision).__name__}"
-            )
-        if decision.remember:
-            remembered = (name, _arguments_key(arguments)) if decision.action == "edit" else name
-            cache[remembered] = decision
-        return decision
+        # One question per tool at a time: the parallel calls of a round wait for the first
+        # answer, which may be remembered for them.
+        locks = self._approval_locks.setdefault(session.session_id, {})
+        async with locks.setdefault(name, asyncio.Lock()):
+            # Approvals and denials are remembered per tool; an edit only for the same
+            # arguments, since its edited arguments answer that call alone.
+            cached = cache.get(name) or cache.get((name, _arguments_key(arguments)))
+            if cached is not None:
+                return cached
+            assert self.approval_handler is not None
+            decision = await _maybe_await(self.approval_handler(session, name, arguments))
+            if not isinstance(decision, ApprovalDecision):
+                raise AgentRuntimeError(
+                    "approval handler must return an ApprovalDecision, got "
+                    f"{type(decision).__name__}"
+                )
+            if decision.remember:
+                edit = decision.action == "edit"
+                cache[(name, _arguments_key(arguments)) if edit else name] = decision
+            return decision
 
     def forget_approvals(self, session_id: str) -> None:
         """Drops the approval decisions remembered for a session."""
         self._approvals.pop(session_id, None)
+        self._approval_locks.pop(session_id, None)
 
     def _charge(self, input_tokens: int, output_tokens: int) -> None:
         self.metrics.record_tokens(input_tokens, output_tokens)
         if self.budget is not None:
-            self.budget.record(input_tokens, output_tokens)
+            # Going past the limit is recorded all the same: the reply is paid for and kept,
+            # and the next model call is refused.
+            with contextlib.suppress(BudgetExceededError):
+                self.budget.record(input_tokens, output_tokens)
 
     def _commit_step(
         self,
