@@ -209,6 +209,31 @@ def test_openai_embedder_errors(server: tuple[_Server, str], monkeypatch: Any) -
     assert transport.value.retryable is True
 
 
+def test_openai_embedder_redacts_an_echoed_key(server: tuple[_Server, str]) -> None:
+    """A server that quotes the key back ("Incorrect API key provided: ...") must not put it
+    in the error: it is redacted, also JSON-escaped, before the message is cut to length."""
+    state, url = server
+    key = 'sk-embed-0123456789-"SECRET"-abcdef'
+    escaped = json.dumps(key)[1:-1]
+    replies = [
+        {"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_api_key"}},
+        {"error": {"message": "x" * 480 + key}},  # the key straddles the length cut
+        {"detail": f"bad header Authorization: Bearer {key}"},
+    ]
+    for reply in replies:
+        state.replies.append((401, {}, json.dumps(reply).encode()))
+    state.replies.append((401, {}, f"<html>Bearer {escaped}</html>".encode()))
+    embedder = ar.OpenAIEmbedder(api_key=key, base_url=url)
+    for _ in range(4):
+        with pytest.raises(ar.ProviderError, match="HTTP 401") as error:
+            embedder.embed(["x"])
+        shown = f"{error.value} {error.value!r}"
+        assert key[:12] not in shown and escaped[:12] not in shown
+        assert error.value.status == 401 and error.value.retryable is False
+    assert len(state.requests) == 4
+    assert state.requests[0][0]["Authorization"] == f"Bearer {key}"
+
+
 @pytest.mark.parametrize("header", ["nan", "inf", "-inf", "-5", "soon"])
 def test_openai_embedder_unusable_retry_after(server: tuple[_Server, str], header: str) -> None:
     state, url = server

@@ -214,13 +214,21 @@ class OpenAIEmbedder:
         if response.status_code != 200:
             # The providers' own reading of `retry-after-ms` / `Retry-After` (seconds or an
             # HTTP date, never negative); an infinite delay is no delay the client can honour.
-            from llm_agent_runtime.providers._http import parse_retry_after
+            # Their reading of the error body too: the key is redacted before the text is cut,
+            # so a server that echoes it (an "incorrect API key" reply) shows no part of it.
+            from llm_agent_runtime.providers._http import (
+                error_message,
+                parse_retry_after,
+                redact_secret,
+            )
 
             wait = parse_retry_after(response.headers)
             if wait is not None and not math.isfinite(wait):
                 wait = None
+            key = self._api_key
+            message = error_message(response.content, lambda text: redact_secret(text, key))
             raise ProviderError(
-                f"embeddings request returned HTTP {response.status_code}: {response.text[:200]}",
+                f"embeddings request returned HTTP {response.status_code}: {message}",
                 status=response.status_code,
                 retryable=response.status_code == 429 or response.status_code >= 500,
                 retry_after=wait,

@@ -31,6 +31,7 @@ __all__ = [
     "Reply",
     "Turn",
     "anthropic_error_event",
+    "anthropic_event",
     "openai_error_event",
     "sse",
 ]
@@ -72,6 +73,13 @@ class Turn:
     model: str = "fake-model"
     argument_chunk: int = 5
     """Characters of tool-call argument JSON per streamed delta."""
+    refusal: str | None = None
+    """OpenAI only: a refusal, sent as `message.refusal` (streamed: `delta.refusal` pieces,
+    about 8 characters each) with no content."""
+    arguments_cut: int | None = None
+    """Cut each call's argument JSON after this many characters, as a reply stopped by the
+    token limit leaves it (pair with `stop_reason="length"` / `"max_tokens"`). Not applied to
+    Anthropic's non-streamed form, whose `input` is an object."""
 
 
 @dataclass
@@ -116,11 +124,21 @@ def anthropic_error_event(message: str, kind: str = "overloaded_error") -> bytes
     return sse({"type": "error", "error": {"type": kind, "message": message}}, "error")
 
 
+def anthropic_event(name: str, **data: Any) -> bytes:
+    """One Messages API stream event: `event: name` with `{"type": name, **data}`."""
+    return sse({"type": name, **data}, name)
+
+
 # ---------------------------------------------------------------------- rendering
 def _chunks(turn: Turn) -> list[str]:
     if turn.text_chunks is not None:
         return turn.text_chunks
     return [turn.text[i : i + 8] for i in range(0, len(turn.text), 8)]
+
+
+def _arguments(turn: Turn, args: dict[str, Any]) -> str:
+    text = json.dumps(args)
+    return text if turn.arguments_cut is None else text[: turn.arguments_cut]
 
 
 def render_openai(turn: Turn, stream: bool) -> Reply:
@@ -133,12 +151,14 @@ def render_openai(turn: Turn, stream: bool) -> Reply:
     head = {"id": "chatcmpl-1", "created": 1700000000, "model": turn.model}
     if not stream:
         message: dict[str, Any] = {"role": "assistant", "content": turn.text or None}
+        if turn.refusal is not None:
+            message["refusal"] = turn.refusal
         if turn.tool_calls:
             message["tool_calls"] = [
                 {
                     "id": call_id,
                     "type": "function",
-                    "function": {"name": name, "arguments": json.dumps(args)},
+                    "function": {"name": name, "arguments": _arguments(turn, args)},
                 }
                 for call_id, name, args in turn.tool_calls
             ]
@@ -161,6 +181,10 @@ def render_openai(turn: Turn, stream: bool) -> Reply:
 
     frames = [chunk({"role": "assistant", "content": ""})]
     frames += [chunk({"content": piece}) for piece in _chunks(turn)]
+    if turn.refusal is not None:
+        frames[0] = chunk({"role": "assistant", "content": None, "refusal": ""})
+        refusal = turn.refusal
+        frames += [chunk({"refusal": refusal[i : i + 8]}) for i in range(0, len(refusal), 8)]
     for index, (call_id, name, args) in enumerate(turn.tool_calls):
         frames.append(
             chunk(
@@ -176,7 +200,7 @@ def render_openai(turn: Turn, stream: bool) -> Reply:
                 }
             )
         )
-        text = json.dumps(args)
+        text = _arguments(turn, args)
         for start in range(0, len(text), turn.argument_chunk):
             frames.append(
                 chunk(
@@ -273,7 +297,7 @@ def render_anthropic(turn: Turn, stream: bool) -> Reply:
                 "content_block_start",
             )
         )
-        text = json.dumps(args)
+        text = _arguments(turn, args)
         frames += [
             sse(
                 {

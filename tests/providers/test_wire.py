@@ -33,6 +33,7 @@ from llm_agent_runtime.providers.base import (
     ToolCallDelta,
     ToolDefinition,
 )
+from llm_agent_runtime.providers.openai import DEFAULT_OPENAI_BASE_URL
 
 from .conftest import API_KEY, PROVIDERS, make_provider
 from .fake_server import FakeLlmServer, Reply, Turn, sse
@@ -395,6 +396,53 @@ def test_provider_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert chosen.stop == ["X"]
     assert isinstance(chosen, LlmProvider)
     assert ar.provider_from_env is provider_from_env
+
+
+@pytest.mark.parametrize(
+    ("env", "chosen"),
+    [
+        ({}, None),
+        ({"ANTHROPIC_API_KEY": API_KEY}, AnthropicProvider),
+        (
+            {"ANTHROPIC_API_KEY": API_KEY, "OPENAI_BASE_URL": DEFAULT_OPENAI_BASE_URL},
+            AnthropicProvider,
+        ),
+        (
+            {"ANTHROPIC_API_KEY": API_KEY, "OPENAI_BASE_URL": "https://API.openai.com/v1/"},
+            AnthropicProvider,
+        ),
+        ({"OPENAI_BASE_URL": DEFAULT_OPENAI_BASE_URL}, None),
+        (
+            {"ANTHROPIC_API_KEY": API_KEY, "OPENAI_BASE_URL": "http://localhost:8000/v1"},
+            OpenAIProvider,
+        ),
+        ({"OPENAI_BASE_URL": "https://my-resource.openai.azure.com/openai/v1"}, OpenAIProvider),
+        ({"ANTHROPIC_API_KEY": API_KEY, "OPENAI_API_KEY": API_KEY}, OpenAIProvider),
+        (
+            {
+                "ANTHROPIC_API_KEY": API_KEY,
+                "OPENAI_API_KEY": API_KEY,
+                "OPENAI_BASE_URL": DEFAULT_OPENAI_BASE_URL,
+            },
+            OpenAIProvider,
+        ),
+        ({"ANTHROPIC_API_KEY": API_KEY, "OPENAI_API_KEY": ""}, AnthropicProvider),
+    ],
+)
+def test_provider_from_env_chooses_openai_only_when_it_can_be_used(
+    env: dict[str, str], chosen: type | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A base URL naming OpenAI's own API is no OpenAI configuration without its key."""
+    names = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    provider = provider_from_env()
+    if chosen is None:
+        assert provider is None
+    else:
+        assert type(provider) is chosen
 
 
 # ---------------------------------------------------------------------- both

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AnthropicProvider", "OpenAIProvider", "provider_from_env"]
 
+_OPENAI_API_HOST = "api.openai.com"
+"""Host of `DEFAULT_OPENAI_BASE_URL` (kept here: importing the provider module loads httpx)."""
+
 _LAZY = {
     "AnthropicProvider": "llm_agent_runtime.providers.anthropic",
     "OpenAIProvider": "llm_agent_runtime.providers.openai",
@@ -37,18 +40,25 @@ def __getattr__(name: str) -> Any:
 def provider_from_env(**options: Any) -> LlmProvider | None:
     """Returns a real provider chosen from the environment, or None when none is configured.
 
-    `OPENAI_API_KEY` or `OPENAI_BASE_URL` selects `OpenAIProvider` (a base URL alone suits a
-    local OpenAI-compatible server such as Ollama or vLLM); otherwise `ANTHROPIC_API_KEY`
-    selects `AnthropicProvider`. The model comes from `OPENAI_MODEL` / `ANTHROPIC_MODEL` when
+    `OpenAIProvider` when `OPENAI_API_KEY` is set, or when `OPENAI_BASE_URL` points at an
+    OpenAI-compatible server other than OpenAI's own API (a base URL alone suits a local,
+    keyless server such as Ollama or vLLM); otherwise `AnthropicProvider` when
+    `ANTHROPIC_API_KEY` is set. An `OPENAI_BASE_URL` naming OpenAI's API without a key
+    chooses nothing by itself. The model comes from `OPENAI_MODEL` / `ANTHROPIC_MODEL` when
     set.
 
     Args:
         **options: Passed to the chosen provider's constructor (e.g. `retry=`, `budget=`).
 
     Returns:
-        The provider, or None when none of those variables is set.
+        The provider, or None when neither provider is configured.
+
+    Raises:
+        ProviderError: The chosen provider refuses its settings (a key no HTTP header can
+            carry, for instance).
     """
-    if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
+    base_url = os.environ.get("OPENAI_BASE_URL")
+    if os.environ.get("OPENAI_API_KEY") or (base_url and not _is_openai_api(base_url)):
         from llm_agent_runtime.providers.openai import OpenAIProvider
 
         return OpenAIProvider(**options)
@@ -57,3 +67,14 @@ def provider_from_env(**options: Any) -> LlmProvider | None:
 
         return AnthropicProvider(**options)
     return None
+
+
+def _is_openai_api(url: str) -> bool:
+    """Whether a base URL is OpenAI's own API (which needs a key), whatever its path."""
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(url.strip()).hostname
+    except ValueError:  # a malformed URL: OpenAIProvider will say what is wrong with it
+        return False
+    return host == _OPENAI_API_HOST

@@ -43,15 +43,18 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_TIMEOUT",
+    "TRUNCATION_STOP_REASONS",
     "HttpProvider",
     "HttpTransport",
     "PartialToolCall",
     "SseEvent",
     "decode_arguments",
+    "error_message",
     "is_retryable_status",
     "iter_sse",
     "parse_json",
     "parse_retry_after",
+    "redact_secret",
 ]
 
 DEFAULT_TIMEOUT = 600.0
@@ -229,21 +232,53 @@ def parse_json(model: type[ModelT], data: bytes, what: str) -> ModelT:
     raise ProviderError(f"malformed {what}: {problem}")
 
 
-def decode_arguments(text: str, default: dict[str, Any] | None = None) -> dict[str, Any]:
+TRUNCATION_STOP_REASONS = frozenset(("length", "max_tokens", "model_context_window_exceeded"))
+"""Stop reasons that say the reply was cut off by a token limit: OpenAI's `length`,
+Anthropic's `max_tokens` and `model_context_window_exceeded`."""
+
+
+def decode_arguments(
+    text: str,
+    default: dict[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    stop_reason: str | None = None,
+) -> dict[str, Any]:
     """Decodes a tool call's JSON arguments; blank text gives `default` (or `{}`).
 
+    Args:
+        text: The arguments' JSON text.
+        default: What blank text stands for.
+        name: The tool's name, for the error message.
+        stop_reason: Why the reply ended; a token-limit stop (`TRUNCATION_STOP_REASONS`)
+            explains arguments that do not decode.
+
     Raises:
-        ProviderError: The text is not a JSON object.
+        ProviderError: The text is not a JSON object (never retryable: the same request
+            gives the same reply). When the reply was cut off by the token limit, the message
+            says so rather than quoting the broken JSON.
     """
     if not text.strip():
         return default if default is not None else {}
     try:
         value = json.loads(text)
     except ValueError:
-        raise ProviderError(f"tool call arguments are not valid JSON: {text[:200]!r}") from None
+        raise _bad_arguments("not valid JSON", text, name, stop_reason) from None
     if not isinstance(value, dict):
-        raise ProviderError(f"tool call arguments are not a JSON object: {text[:200]!r}")
+        raise _bad_arguments("not a JSON object", text, name, stop_reason)
     return value
+
+
+def _bad_arguments(
+    problem: str, text: str, name: str | None, stop_reason: str | None
+) -> ProviderError:
+    if stop_reason in TRUNCATION_STOP_REASONS:
+        return ProviderError(
+            f"the reply was cut off by the token limit (stop reason {stop_reason!r}) inside "
+            f"the arguments of tool call {name!r} ({len(text)} characters of JSON arrived): "
+            "raise max_tokens for this call, or ask for less output"
+        )
+    return ProviderError(f"tool call {name!r} arguments are {problem}: {text[:200]!r}")
 
 
 @dataclass(slots=True)
@@ -259,17 +294,20 @@ class PartialToolCall:
     initial: dict[str, Any] | None = None
     """Arguments announced at the start, used when no fragment arrives."""
 
-    def build(self) -> ToolCall:
+    def build(self, stop_reason: str | None = None) -> ToolCall:
         """The finished call.
+
+        Args:
+            stop_reason: Why the reply ended (a token-limit stop explains broken arguments).
 
         Raises:
             ProviderError: The assembled arguments are not a JSON object.
         """
-        return ToolCall(
-            id=self.id or f"call_{self.index}",
-            name=self.name or "",
-            arguments=decode_arguments("".join(self.fragments), self.initial),
+        name = self.name or ""
+        arguments = decode_arguments(
+            "".join(self.fragments), self.initial, name=name, stop_reason=stop_reason
         )
+        return ToolCall(id=self.id or f"call_{self.index}", name=name, arguments=arguments)
 
 
 class HttpTransport:
@@ -372,10 +410,7 @@ class HttpTransport:
 
         The key is also found where a repr or JSON escaped it (a backslash before `'`).
         """
-        for form in self._secret_forms:
-            if form in text:
-                text = text.replace(form, _REDACTED)
-        return text
+        return _redact(text, self._secret_forms)
 
     def _reveals_secret(self, exc: BaseException) -> bool:
         """Whether the exception, or one it was raised from, shows the key in its text."""
@@ -560,6 +595,22 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(link))
         yield link
         link = link.__cause__ or link.__context__
+
+
+def redact_secret(text: str, secret: str | None) -> str:
+    """Removes a secret from text, also where a repr or JSON escaped it.
+
+    What `HttpTransport.redact` does with its API key, for clients that have no transport
+    (such as `OpenAIEmbedder`).
+    """
+    return _redact(text, _escaped_forms(secret)) if secret else text
+
+
+def _redact(text: str, forms: Sequence[str]) -> str:
+    for form in forms:
+        if form in text:
+            text = text.replace(form, _REDACTED)
+    return text
 
 
 def _escaped_forms(secret: str) -> tuple[str, ...]:

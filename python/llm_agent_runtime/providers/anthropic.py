@@ -134,11 +134,15 @@ class AnthropicProvider(HttpProvider):
     """An `LlmProvider` over the Anthropic Messages API.
 
     System messages are sent as the `system` parameter; tool calls and results travel as
-    `tool_use` / `tool_result` content blocks. One pooled `httpx.AsyncClient` per provider; use
-    `async with AnthropicProvider() as llm:` or call `aclose()`. Failed calls are retried
-    through `retry` on 408/409/429/5xx/529 statuses, overloaded or API error events that
-    arrive before any output, timeouts and dropped connections, honouring `Retry-After` and
-    `retry-after-ms`.
+    `tool_use` / `tool_result` content blocks. Messages without content (an empty answer kept
+    in a conversation's history) are left out, as the API refuses them. Blocks of server-side
+    tools (`server_tool_use`, `mcp_tool_use` and their results) are skipped: the API runs
+    those tools itself, so they are no tool calls for the caller.
+
+    One pooled `httpx.AsyncClient` per provider; use `async with AnthropicProvider() as llm:`
+    or call `aclose()`. Failed calls are retried through `retry` on 408/409/429/5xx/529
+    statuses, overloaded or API error events that arrive before any output, timeouts and
+    dropped connections, honouring `Retry-After` and `retry-after-ms`.
 
     Args:
         api_key: API key (default: `ANTHROPIC_API_KEY`). Optional for a custom `base_url`.
@@ -237,7 +241,9 @@ class AnthropicProvider(HttpProvider):
                 `temperature`, `tool_choice`, ...); `stop=` is sent as `stop_sequences`.
 
         Raises:
-            ProviderError: The call failed, or the response is not a message.
+            ProviderError: The call failed, the response is not a message, or the last
+                user message is empty (the API accepts no empty message; other empty
+                messages are left out).
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself.
         """
@@ -278,7 +284,10 @@ class AnthropicProvider(HttpProvider):
 
         Raises:
             ProviderError: From the iterator: the stream failed (error status, `error` event,
-                malformed event, timeout, connection lost, or no `message_stop`).
+                malformed event, timeout, connection lost, or no `message_stop`), or a tool
+                call's arguments are not a JSON object (when the reply was cut off by the
+                token limit, stop reason `max_tokens`, the message says so). Raised at once,
+                not from the iterator, when the last user message is empty.
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself.
         """
@@ -322,6 +331,7 @@ class AnthropicProvider(HttpProvider):
     async def _stream_once(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
         text: list[str] = []
         tool_blocks: dict[int, PartialToolCall] = {}  # by content block index
+        server_blocks: set[int] = set()  # server-side tool calls (web search, MCP): skipped
         stop_reason: str | None = None
         model: str | None = None
         input_tokens = output_tokens = 0
@@ -341,6 +351,8 @@ class AnthropicProvider(HttpProvider):
                     elif delta.type == "input_json_delta" and delta.partial_json:
                         block = tool_blocks.get(event.index)
                         if block is None:
+                            if event.index in server_blocks:
+                                continue
                             raise ProviderError(
                                 f"Anthropic stream sent input JSON for block {event.index}, "
                                 "which is not a tool_use block"
@@ -358,6 +370,9 @@ class AnthropicProvider(HttpProvider):
                     elif start is not None and start.type == "text" and start.text:
                         text.append(start.text)
                         yield TextDelta(start.text)
+                    elif start is not None and start.type.endswith("tool_use"):
+                        # server_tool_use, mcp_tool_use: their input streams as JSON too.
+                        server_blocks.add(event.index)
                 elif kind == "message_start":
                     if event.message is not None:
                         model = event.message.model
@@ -382,7 +397,7 @@ class AnthropicProvider(HttpProvider):
                 raise ProviderError("Anthropic stream ended before message_stop", retryable=True)
             response = ChatResponse(
                 text="".join(text),
-                tool_calls=[call.build() for call in tool_blocks.values()],
+                tool_calls=[call.build(stop_reason) for call in tool_blocks.values()],
                 usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
                 stop_reason=stop_reason,
                 model=model,
@@ -394,17 +409,26 @@ class AnthropicProvider(HttpProvider):
 def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
     """Splits out the system prompt and builds alternating user / assistant messages.
 
-    Tool results become `tool_result` blocks of a user message; consecutive messages of one
-    role are merged, as the API requires the roles to alternate.
+    Tool results become `tool_result` blocks of a user message. A message with no content
+    block (empty or blank text, no tool calls) is left out: the API refuses empty messages
+    and blank text blocks. That includes an empty last assistant message, which would only
+    prefill nothing. Consecutive messages of one role, those left out or not, are merged, as
+    the API requires the roles to alternate.
+
+    Raises:
+        ProviderError: The last user message is empty, so that leaving it out would send
+            nothing, or make the assistant message before it a prefill to continue.
     """
     system: list[str] = []
     wire: list[dict[str, Any]] = []
+    last_role = ""
     for message in messages:
         role = message.role
         blocks: list[dict[str, Any]]
         if role == "system":
             system.append(message.content)
             continue
+        last_role = role
         if role == "tool":
             role = "user"
             blocks = [
@@ -415,15 +439,25 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
                 }
             ]
         else:
-            blocks = [{"type": "text", "text": message.content}] if message.content else []
+            content = message.content
+            blocks = (
+                [{"type": "text", "text": content}] if content and not content.isspace() else []
+            )
             blocks.extend(
                 {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
                 for call in message.tool_calls
             )
+            if not blocks:
+                continue
         if wire and wire[-1]["role"] == role:
             wire[-1]["content"].extend(blocks)
         else:
             wire.append({"role": role, "content": blocks})
+    if last_role == "user" and (not wire or wire[-1]["role"] != "user"):
+        raise ProviderError(
+            "the last user message is empty, and the Anthropic API accepts no empty message: "
+            "send some text"
+        )
     return "\n\n".join(system), wire
 
 

@@ -124,7 +124,9 @@ class ChatResponse:
     usage: Usage = field(default_factory=Usage)
     """Tokens used by the call."""
     stop_reason: str | None = None
-    """Why generation stopped, as the provider reported it (e.g. `stop`, `tool_calls`)."""
+    """Why generation stopped, as the provider reported it (e.g. `stop`, `tool_calls`,
+    `end_turn`). `refusal` when the model declined to answer: `OpenAIProvider` reports an
+    OpenAI refusal so too, with the refusal as `text`."""
     model: str | None = None
     """Model that answered, as the provider reported it."""
 

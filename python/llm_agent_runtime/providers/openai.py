@@ -53,6 +53,8 @@ DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 
 _RESERVED_PARAMS = frozenset(("messages", "model", "stream", "stream_options", "tools"))
 _DONE = b"[DONE]"
+_REFUSAL = "refusal"
+"""Stop reason of a reply that carries a refusal (the Anthropic API's own name for it)."""
 
 
 # ---------------------------------------------------------------------- wire types
@@ -68,6 +70,7 @@ class _ToolCall(BaseModel):
 
 class _AssistantMessage(BaseModel):
     content: str | None = None
+    refusal: str | None = None
     tool_calls: list[_ToolCall] | None = None
 
 
@@ -95,12 +98,13 @@ class _ToolCallChunk(BaseModel):
 
 class _Delta(BaseModel):
     content: str | None = None
+    refusal: str | None = None
     tool_calls: list[_ToolCallChunk] | None = None
 
 
 class _ChunkChoice(BaseModel):
     index: int = 0
-    delta: _Delta
+    delta: _Delta | None = None  # absent from Azure's content-filter annotation chunks
     finish_reason: str | None = None
 
 
@@ -125,6 +129,11 @@ class OpenAIProvider(HttpProvider):
     call `aclose()`. Failed calls are retried through `retry` on 408/409/429/5xx statuses,
     timeouts and dropped connections, honouring `Retry-After` and `retry-after-ms`. A stream is
     retried only until its first event has been yielded.
+
+    A refusal (`message.refusal`, streamed as `delta.refusal`) is the response's text, and its
+    `stop_reason` is `"refusal"` (as the Anthropic API says it) in place of the finish reason:
+    the reply does not pass for an empty answer, and a stream yields it as `TextDelta`s.
+    Chunks whose choice has no `delta` (Azure's content-filter annotations) are skipped.
 
     Args:
         api_key: API key (default: `OPENAI_API_KEY`). Optional for a custom `base_url`, as
@@ -214,7 +223,9 @@ class OpenAIProvider(HttpProvider):
                 `max_tokens`, `stop`, `response_format` for JSON-schema output, ...).
 
         Raises:
-            ProviderError: The call failed, or the response is not a chat completion.
+            ProviderError: The call failed, the response is not a chat completion, or a tool
+                call's arguments are not a JSON object (when the reply was cut off by the
+                token limit, finish reason `length`, the message says so).
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself.
         """
@@ -224,20 +235,30 @@ class OpenAIProvider(HttpProvider):
         if not completion.choices:
             raise ProviderError("malformed OpenAI response: no choices")
         choice = completion.choices[0]
+        message = choice.message
         calls = [
             ToolCall(
                 id=call.id,
                 name=call.function.name or "",
-                arguments=decode_arguments(call.function.arguments or ""),
+                arguments=decode_arguments(
+                    call.function.arguments or "",
+                    name=call.function.name,
+                    stop_reason=choice.finish_reason,
+                ),
             )
-            for call in choice.message.tool_calls or ()
+            for call in message.tool_calls or ()
         ]
         usage = completion.usage or _Usage()
+        text = message.content or ""
+        stop_reason = choice.finish_reason
+        if message.refusal:
+            text += message.refusal
+            stop_reason = _REFUSAL
         response = ChatResponse(
-            text=choice.message.content or "",
+            text=text,
             tool_calls=calls,
             usage=Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
-            stop_reason=choice.finish_reason,
+            stop_reason=stop_reason,
             model=completion.model,
         )
         self._transport.charge(usage.prompt_tokens, usage.completion_tokens)
@@ -256,7 +277,8 @@ class OpenAIProvider(HttpProvider):
 
         Raises:
             ProviderError: From the iterator: the stream failed (error status, error event,
-                malformed event, timeout, connection lost, or no `[DONE]`).
+                malformed event, timeout, connection lost, or no `[DONE]`), or a tool call's
+                arguments are not a JSON object (as for `chat`).
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself.
         """
@@ -304,6 +326,7 @@ class OpenAIProvider(HttpProvider):
         text: list[str] = []
         calls = _ToolCallAssembly()
         finish_reason: str | None = None
+        refused = False
         model: str | None = None
         usage = _Usage()
         done = False
@@ -325,9 +348,17 @@ class OpenAIProvider(HttpProvider):
                     if choice.index != 0:
                         continue  # only the first choice is assembled (n > 1 is not supported)
                     delta = choice.delta
+                    if delta is None:  # an annotation (Azure's content filter), no output
+                        if choice.finish_reason is not None:
+                            finish_reason = choice.finish_reason
+                        continue
                     if delta.content:
                         text.append(delta.content)
                         yield TextDelta(delta.content)
+                    if delta.refusal:
+                        refused = True
+                        text.append(delta.refusal)
+                        yield TextDelta(delta.refusal)
                     for piece in delta.tool_calls or ():
                         function = piece.function
                         name = function.name if function is not None else None
@@ -341,11 +372,11 @@ class OpenAIProvider(HttpProvider):
                 raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
             response = ChatResponse(
                 text="".join(text),
-                tool_calls=[call.build() for call in calls.calls],
+                tool_calls=[call.build(finish_reason) for call in calls.calls],
                 usage=Usage(
                     input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens
                 ),
-                stop_reason=finish_reason,
+                stop_reason=_REFUSAL if refused else finish_reason,
                 model=model,
             )
             self._transport.charge(usage.prompt_tokens, usage.completion_tokens)
