@@ -1,6 +1,8 @@
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -126,6 +128,89 @@ def test_json_round_trip_keeps_settings_and_counts() -> None:
     assert back.episodes("a") == store.episodes("a")
     assert back.recall("a", 2) == store.recall("a", 2)
     assert back.add_episode("a", "z", 0.1) == store.add_episode("a", "z", 0.1)
+
+
+def _exported() -> str:
+    """An export with every setting and an embedding, to be broken one field at a time."""
+    store = ar.EpisodicStore(
+        decay=ar.DecayPolicy.exponential(1.0),
+        recall_policy=ar.RecallPolicy.hybrid(0.5, 0.5),
+        per_agent_capacity=2,
+        clock=lambda: 1000.0,
+        similarity_weight=0.3,
+    )
+    store.add_episode("a", "first", 0.5, embedding=[1.0, 2.0, 3.0])
+    store.add_episode("a", "second", 0.7)
+    store.recall("a", 1)
+    return store.to_json()
+
+
+def _set_store(**fields: object) -> Callable[[dict[str, Any]], None]:
+    return lambda doc: doc.update(fields)
+
+
+def _set_episode(n: int, **fields: object) -> Callable[[dict[str, Any]], None]:
+    return lambda doc: doc["by_agent"]["a"][n].update(fields)
+
+
+@pytest.mark.parametrize(
+    ("breaks", "message"),
+    [
+        (_set_store(per_agent_capacity=0), "per_agent_capacity must be at least 1"),
+        (_set_store(per_agent_capacity=1), "over per_agent_capacity 1"),
+        (_set_store(decay={"Exponential": {"half_life_hours": 0.0}}), "half_life_hours"),
+        (_set_store(decay={"Exponential": {"half_life_hours": -2.0}}), "half_life_hours"),
+        (
+            _set_store(recall={"Hybrid": {"recency_weight": -1.0, "frequency_weight": 0.0}}),
+            "recency_weight must be >= 0",
+        ),
+        (_set_store(similarity_weight=-5.0), "similarity_weight must be >= 0"),
+        (_set_episode(0, importance=7.5), "importance must be in"),
+        (_set_episode(1, importance=-0.5), "importance must be in"),
+        (_set_episode(1, embedding=[1.0, 0.0]), "dimension 2, the store's embeddings have 3"),
+        (
+            lambda doc: (doc.update(embedding_dim=None), _set_episode(1, embedding=[1.0])(doc)),
+            "dimension",
+        ),
+        (_set_episode(1, agent_id="b"), "another agent"),
+        (_set_episode(1, id=0), "ids must increase"),
+        (_set_store(next_id=1), "below next_id"),
+    ],
+)
+def test_from_json_enforces_what_the_constructor_and_add_episode_do(
+    breaks: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    # These used to load: a capacity-0 store that silently dropped every episode, NaN
+    # scores from a zero half-life, importance 7.5, cosines of vectors of different lengths.
+    # (Infinite numbers cannot reach the checks: JSON has none, and 1e400 does not parse.)
+    doc = json.loads(_exported())
+    breaks(doc)
+    with pytest.raises(ar.MemoryStoreError, match=message):
+        ar.EpisodicStore.from_json(json.dumps(doc))
+
+
+def test_from_json_takes_the_embedding_length_of_an_export_without_one() -> None:
+    doc = json.loads(_exported())
+    del doc["embedding_dim"]  # exports from before embedding_dim existed
+    store = ar.EpisodicStore.from_json(json.dumps(doc), clock=lambda: 1000.0)
+    with pytest.raises(ar.MemoryStoreError, match="dimension 2"):
+        store.add_episode("a", "third", 0.9, embedding=[1.0, 0.0])
+    assert len(store.recall("a", 2, query=[1.0, 2.0, 3.0])) == 2
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_clock_returning_a_non_finite_time_is_refused(bad: float) -> None:
+    # A NaN clock used to be stored as "created_at": null, an export no store can read.
+    clock = Clock()
+    store = ar.EpisodicStore(clock=clock)
+    store.add_episode("a", "kept", 0.5)
+    clock.t = bad
+    with pytest.raises(ar.MemoryStoreError, match="clock returned"):
+        store.add_episode("a", "x", 0.5)
+    with pytest.raises(ar.MemoryStoreError, match="clock returned"):
+        store.recall("a", 1)
+    assert [(e.content, e.recall_count) for e in store.episodes("a")] == [("kept", 0)]
+    assert ar.EpisodicStore.from_json(store.to_json()).episodes("a") == store.episodes("a")
 
 
 @dataclass

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import networkx as nx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
 
@@ -96,7 +101,7 @@ def test_errors_are_graph_errors(people: ar.GraphStore) -> None:
         people.add_entity("x", properties={"when": object()})
     with pytest.raises(ar.GraphError, match="keys must be strings"):
         people.add_entity("y", properties={1: "one"})
-    with pytest.raises(TypeError, match="must be a dict"):
+    with pytest.raises(ar.GraphError, match="must be a dict"):
         people.add_entity("z", properties=["not", "a", "dict"])  # type: ignore[arg-type]
     with pytest.raises(ar.GraphError, match="cap must be positive"):
         people.cycles(cap=0)
@@ -185,6 +190,119 @@ def test_networkx_round_trip(people: ar.GraphStore) -> None:
     clash = nx.Graph([(1, "1")])
     with pytest.raises(ar.GraphError, match="share the id"):
         ar.from_networkx(clash)
+
+
+@pytest.mark.parametrize("bad", [["not", "a", "dict"], ("k", 1), "text", 3, 1.5])
+def test_properties_that_are_not_a_dict_are_graph_errors(
+    people: ar.GraphStore, bad: object
+) -> None:
+    # These used to raise TypeError, which `except GraphError` does not catch.
+    before = people.to_json()
+    calls = [
+        lambda: people.add_entity("z", "", bad),  # type: ignore[arg-type]
+        lambda: people.update_entity("alice", properties=bad),  # type: ignore[arg-type]
+        lambda: people.add_relationship("alice", "bob", "k", 1.0, bad),  # type: ignore[arg-type]
+        lambda: people.update_relationship("alice", "bob", "knows", properties=bad),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(
+            ar.GraphError, match=f"must be a dict or None, got a {type(bad).__name__}"
+        ):
+            call()
+    assert people.to_json() == before  # nothing changed
+
+
+def test_from_networkx_merges_properties_with_the_other_attributes() -> None:
+    g = nx.MultiDiGraph()
+    g.add_node(1, label="L", properties={"p": 1, "color": "blue"}, color="red", size=3)
+    g.add_node(2, color="green")
+    g.add_node(3, properties={"only": True})
+    g.add_edge(1, 2, weight=3, kind="k", properties={"q": 1, "extra": "explicit"}, extra="e", n=2)
+    g.add_edge(2, 1, cost=4.5, weight=7)
+    out = ar.from_networkx(g)
+    # The explicit `properties` dict wins on a key both have ("color", "extra").
+    assert out.entity("1") == {
+        "id": "1",
+        "label": "L",
+        "properties": {"p": 1, "color": "blue", "size": 3},
+    }
+    assert out.entity("2")["properties"] == {"color": "green"}
+    assert out.entity("3")["properties"] == {"only": True}
+    assert out.relationships() == [
+        {
+            "from": "1",
+            "to": "2",
+            "kind": "k",
+            "weight": 3.0,
+            "properties": {"q": 1, "extra": "explicit", "n": 2},
+        },
+        {"from": "2", "to": "1", "kind": "related", "weight": 7.0, "properties": {"cost": 4.5}},
+    ]
+    # With another weight attribute, the edge's `weight` attribute is an ordinary property.
+    by_cost = ar.from_networkx(g, weight="cost")
+    assert [(r["weight"], r["properties"]) for r in by_cost.relationships()] == [
+        (1.0, {"q": 1, "extra": "explicit", "n": 2, "weight": 3}),
+        (4.5, {"weight": 7}),
+    ]
+
+
+@given(
+    attrs=st.dictionaries(
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.integers(-(2**63), 2**63 - 1) | st.text(max_size=3),
+        max_size=4,
+    ),
+    explicit=st.dictionaries(st.sampled_from(["b", "c", "e"]), st.booleans(), max_size=3),
+)
+def test_from_networkx_properties_are_attributes_updated_by_the_explicit_dict(
+    attrs: dict[str, object], explicit: dict[str, object]
+) -> None:
+    g = nx.DiGraph()
+    g.add_node("n", properties=explicit, **attrs)
+    g.add_edge("n", "n", properties=explicit, **attrs)
+    out = ar.from_networkx(g)
+    assert out.entity("n")["properties"] == {**attrs, **explicit}
+    assert out.relationships()[0]["properties"] == {**attrs, **explicit}
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda g: g.add_edge("x", "y", weight=None), r"edge 'x' -> 'y'.*weight.*got None"),
+        (lambda g: g.add_edge("x", "y", weight="heavy"), r"edge 'x' -> 'y'.*got 'heavy'"),
+        (lambda g: g.add_edge("x", "y", weight=True), r"edge 'x' -> 'y'.*got True"),
+        (lambda g: g.add_edge("x", "y", weight=math.nan), r"edge 'x' -> 'y'.*finite"),
+        (lambda g: g.add_edge("x", "y", properties=[1]), r"edge 'x' -> 'y'.*must be a dict"),
+        (lambda g: g.add_edge("x", "y", when=object()), r"edge 'x' -> 'y'.*JSON-compatible"),
+        (lambda g: g.add_node("n", properties=[1, 2]), r"node 'n'.*must be a dict, got list"),
+        (lambda g: g.add_node(7, properties={1: "x"}), r"node 7.*keys must be strings"),
+        (lambda g: g.add_node("n", when=object()), r"node 'n'.*JSON-compatible"),
+    ],
+)
+def test_from_networkx_bad_data_are_graph_errors_naming_the_node_or_edge(
+    build: Callable[[Any], None], message: str
+) -> None:
+    # weight=None and weight="heavy" used to raise TypeError and ValueError; a list of
+    # properties, TypeError.
+    g = nx.Graph()
+    build(g)
+    with pytest.raises(ar.GraphError, match=message):
+        ar.from_networkx(g)
+
+
+def test_from_networkx_names_the_key_of_a_multigraph_edge_and_defaults_none() -> None:
+    g = nx.MultiGraph()
+    g.add_edge("x", "y", weight=1.0)
+    g.add_edge("x", "y", weight=None)
+    with pytest.raises(ar.GraphError, match=r"edge 'x' -> 'y' \(key 1\)"):
+        ar.from_networkx(g)
+    h = nx.DiGraph()
+    h.add_node("n", label=None)  # used to become the label "None"
+    h.add_node("m", label=5)
+    h.add_edge("n", "m", kind=None)
+    out = ar.from_networkx(h)
+    assert out.entity("n")["label"] == "" and out.entity("m")["label"] == "5"
+    assert out.relationships()[0]["kind"] == "related"
 
 
 def test_bulk_add_is_all_or_nothing() -> None:

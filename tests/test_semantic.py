@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -140,3 +140,16 @@ def test_dtype_and_custom_embedder_and_errors() -> None:
         lazy.store("z", "", embedding=[0.0, 0.0, 0.0, 0.0])
     lazy.store("ok", "abc")  # the refused vector did not fix the dimension at 4
     assert lazy.search([3.0, 1.0, 0.0], k=1)[0].key == "ok"
+
+
+@given(tag=st.text(min_size=2, max_size=6))
+def test_a_single_string_is_one_tag_in_store_and_search(tag: str) -> None:
+    # `frozenset("news")` used to store the tags "n", "e", "w", "s".
+    store = ar.SemanticStore(dim=2)
+    store.store("k", "v", tag, [1.0, 0.0])
+    store.store("other", "w", [tag[0]], [1.0, 0.0])
+    assert store.get_entry("k").tags == frozenset({tag})  # type: ignore[union-attr]
+    assert [e.key for e in store.retrieve_by_tag(tag)] == ["k"]
+    assert [h.key for h in store.search([1.0, 0.0], k=5, tags=tag)] == ["k"]
+    assert [h.key for h in store.search([1.0, 0.0], k=5, tags=[tag])] == ["k"]
+    assert [h.key for h in store.search([1.0, 0.0], k=5, tags=tag[0])] == ["other"]

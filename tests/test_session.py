@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 import llm_agent_runtime as ar
-from llm_agent_runtime.persistence.checkpoints import CheckpointStore
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore, StepRecord
+from llm_agent_runtime.persistence.codec import decode, encode
 
 
 def make_session() -> ar.AgentSession:
@@ -66,3 +70,139 @@ async def test_load_checkpoint() -> None:
     backend.data["session:s1"] = backend.data["session:s1"][:-5]  # truncated
     with pytest.raises(ar.PersistenceError, match="checksum"):
         await ar.AgentSession.load_checkpoint(backend, "s1")
+
+
+GOOD_STEP = {"thought": "t", "action": "a"}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "lacks the field"),
+        ({"session_id": "x"}, "lacks the field.*agent_id"),
+        ({"session_id": "x", "agent_id": "y", "bogus": 1}, "unknown field.*bogus"),
+        ({"session_id": 1, "agent_id": "y"}, "'session_id' must be a string, got int"),
+        ({"session_id": "x", "agent_id": None}, "'agent_id' must be a string, got null"),
+        ({"session_id": "x", "agent_id": "y", "steps": None}, "'steps' must be a list"),
+        ({"session_id": "x", "agent_id": "y", "steps": "ab"}, "'steps' must be a list"),
+        ({"session_id": "x", "agent_id": "y", "steps": {"thought": "t"}}, "must be a list"),
+        ({"session_id": "x", "agent_id": "y", "steps": [1]}, "step 1: a step must be an object"),
+        (
+            {"session_id": "x", "agent_id": "y", "steps": [GOOD_STEP, {"thought": "t"}]},
+            "step 2: step lacks the field.*action",
+        ),
+        (
+            {"session_id": "x", "agent_id": "y", "steps": [{"thought": 5, "action": "a"}]},
+            "'thought' must be a string, got int",
+        ),
+        (
+            {"session_id": "x", "agent_id": "y", "steps": [{"thought": "t", "action": None}]},
+            "'action' must be a string, got null",
+        ),
+        (
+            {"session_id": "x", "agent_id": "y", "steps": [{**GOOD_STEP, "input_tokens": 1.5}]},
+            "'input_tokens' must be an integer",
+        ),
+        (
+            {"session_id": "x", "agent_id": "y", "steps": [{**GOOD_STEP, "model_ms": "1"}]},
+            "'model_ms' must be a number",
+        ),
+        (
+            {"session_id": "x", "agent_id": "y", "steps": [{**GOOD_STEP, "zz": 1}]},
+            "unknown field.*zz",
+        ),
+        ({"session_id": "x", "agent_id": "y", "memory_hits": "many"}, "'memory_hits'"),
+        ({"session_id": "x", "agent_id": "y", "memory_hits": True}, "got bool"),
+        ({"session_id": "x", "agent_id": "y", "duration_ms": None}, "'duration_ms'"),
+        ({"session_id": "x", "agent_id": "y", "final_answer": 42}, "'final_answer'"),
+        ({"session_id": "x", "agent_id": "y", "graph_entity_count": "3"}, "graph_entity_count"),
+        ({"session_id": "x", "agent_id": "y", "messages": [1]}, "'messages' must be a list"),
+        ({"session_id": "x", "agent_id": "y", "messages": {}}, "'messages' must be a list"),
+        (None, "must be an object, got null"),
+        ([], "must be an object, got list"),
+    ],
+)
+def test_malformed_sessions_are_persistence_errors_on_load(data: Any, message: str) -> None:
+    # These used to raise TypeError/KeyError from from_dict, or load and fail later with
+    # AttributeError in a helper (thought=5: `5.encode`).
+    with pytest.raises(ar.PersistenceError, match=message):
+        ar.AgentSession.from_dict(data)
+    with pytest.raises(ar.PersistenceError, match=f"not a serialized AgentSession: .*{message}"):
+        ar.AgentSession.from_json(json.dumps(data))
+
+
+def test_from_dict_accepts_what_to_dict_writes_and_ints_for_floats() -> None:
+    s = make_session()
+    assert ar.AgentSession.from_dict(s.to_dict()) == s
+    loaded = ar.AgentSession.from_dict(
+        {
+            "session_id": "x",
+            "agent_id": "y",
+            "duration_ms": 5,
+            "steps": [{**GOOD_STEP, "tool_ms": 2}],
+        }
+    )
+    assert loaded.duration_ms == 5.0 and loaded.steps[0].tool_ms == 2.0
+    assert ar.Step.from_dict({**GOOD_STEP, "action_input": {"any": [1, None]}}).action_input == {
+        "any": [1, None]
+    }
+
+
+def _record_of(backend: ar.InMemoryBackend, key: str) -> Any:
+    return decode(backend.data[key], key)
+
+
+async def test_load_checkpoint_of_a_wrong_shape_record_is_a_persistence_error_naming_it() -> None:
+    # A valid, checksummed record whose payload has the wrong shape used to leak
+    # KeyError/TypeError from load.
+    for payload, message in [
+        ({"session": {"session_id": "x"}}, "final checkpoint: session lacks the field"),
+        ({"nosession": 1}, "final checkpoint holds no 'session'"),
+        ([1, 2], "final checkpoint holds no 'session'"),
+        ({"session": {"session_id": "x", "agent_id": "a", "steps": [{"thought": "t"}]}}, "step 1"),
+        ({"session": {"session_id": "x", "agent_id": "a"}, "finished_at": "late"}, "finished_at"),
+    ]:
+        backend = ar.InMemoryBackend()
+        await backend.save("session:x", encode("session", payload))
+        with pytest.raises(ar.PersistenceError, match=message) as caught:
+            await ar.AgentSession.load_checkpoint(backend, "x")
+        assert caught.value.key == "session:x"
+
+
+async def test_wrong_shape_step_meta_and_base_records_are_persistence_errors_naming_them() -> None:
+    store = CheckpointStore(ar.InMemoryBackend())
+    session = ar.AgentSession("x", "a", prompt="p")
+    await store.save_meta(session, "react")
+    records = [StepRecord(ar.Step("t", "calc", {"x": 1}, "2")), StepRecord(ar.Step("u", "calc"))]
+    await store.save_steps("x", 1, records)
+    assert [r.step for r in (await store.load("x")).records] == [r.step for r in records]
+    backend = store.backend
+    assert isinstance(backend, ar.InMemoryBackend)
+    good = dict(backend.data)
+    broken = [
+        ("session:x:step:2", "step", {"step": {"thought": "t"}}, "step lacks the field"),
+        ("session:x:step:2", "step", {"nostep": 1}, "'step' field"),
+        ("session:x:step:2", "step", [1], "'step' field"),
+        ("session:x:step:2", "step", {"step": GOOD_STEP, "reply": 3}, "'reply'"),
+        ("session:x:step:2", "step", {"step": GOOD_STEP, "round_start": "yes"}, "round_start"),
+        ("session:x:step:2", "step", {"step": GOOD_STEP, "extra": 1}, "unknown field"),
+        ("session:x:step:1", "step", {"step": {**GOOD_STEP, "observation": None}}, "observation"),
+        ("session:x:meta", "meta", {"agent_id": "a"}, "meta record"),
+        ("session:x:meta", "meta", {"agent_id": "a", "prompt": "p", "mode": 3}, "meta record"),
+        ("session:x:base", "base", {"records": None}, "base record"),
+        (
+            "session:x:base",
+            "base",
+            {"records": [{"step": {"thought": 1, "action": "a"}}]},
+            "'thought'",
+        ),
+    ]
+    for key, kind, payload, message in broken:
+        backend.data = {**good, key: encode(kind, payload)}
+        with pytest.raises(ar.PersistenceError, match=message) as caught:
+            await store.load("x")
+        assert caught.value.key == key
+    backend.data = dict(good)
+    assert _record_of(backend, "session:x:step:1")["step"]["thought"] == "t"
+    with pytest.raises(ar.PersistenceError, match="must be an object"):
+        StepRecord.from_dict(None)  # type: ignore[arg-type]

@@ -254,7 +254,8 @@ class EpisodicStore:
         """Adds an episode (embedded by the store's embedder unless given) and returns its id.
 
         Raises:
-            MemoryStoreError: importance outside [0, 1], or a bad embedding.
+            MemoryStoreError: importance outside [0, 1], a bad embedding, or a clock that
+                returned a NaN or infinite time.
         """
     @property
     def has_embedder(self) -> bool:
@@ -265,8 +266,8 @@ class EpisodicStore:
         """The agent's best episodes, best first; a query blends in cosine similarity.
 
         Raises:
-            MemoryStoreError: a negative limit, a text query without an embedder, or a bad
-                query vector.
+            MemoryStoreError: a negative limit, a text query without an embedder, a bad
+                query vector, or a clock that returned a NaN or infinite time.
         """
     def episodes(self, agent_id: str) -> list[Episode]: ...
     def clear(self, agent_id: str | None = None) -> int: ...
@@ -285,10 +286,15 @@ class EpisodicStore:
     def from_json(
         text: str, clock: Callable[[], float] | None = None, embedder: Embedder | None = None
     ) -> EpisodicStore:
-        """Rebuilds a store from to_json() output.
+        """Rebuilds a store from to_json() output, checked as the constructor and
+        add_episode check their input.
 
         Raises:
-            MemoryStoreError: the text is not an exported store.
+            MemoryStoreError: the text is not an exported store, or breaks a rule of the
+                store: per_agent_capacity 0 (or an agent over it), a half-life that is not a
+                positive number, a negative or non-finite weight, importance outside [0, 1], a
+                non-finite time, an episode under another agent's id, ids out of order, or
+                embeddings of different lengths.
         """
     def __len__(self) -> int: ...
 
@@ -416,9 +422,10 @@ class GraphStore:
     """Directed multigraph of entities and typed, weighted relationships, analytics in Rust.
 
     Raises:
-        GraphError: unknown entities, duplicate ids, non-finite weights, negative weights
-            given to Dijkstra, a non-positive cycle cap, a negative depth, hop count, round
-            count or seed, an empty source list for betweenness_from.
+        GraphError: unknown entities, duplicate ids, non-finite weights, properties that
+            are not a dict (or None) or not JSON-compatible, negative weights given to
+            Dijkstra, a non-positive cycle cap, a negative depth, hop count, round count or
+            seed, an empty source list for betweenness_from.
     """
 
     def __new__(cls) -> GraphStore: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from llm_agent_runtime._core import GraphStore
@@ -42,22 +43,29 @@ def to_networkx(graph: GraphStore) -> Any:
 def from_networkx(nx_graph: Any, *, weight: str = "weight", kind: str = "kind") -> GraphStore:
     """Builds a `GraphStore` from any networkx graph.
 
-    Node ids become strings (`str(node)`). Node attributes `label` and `properties` are read
-    when present; other node attributes become properties. Each edge becomes one relationship
-    (an undirected edge becomes one relationship from its first to its second endpoint; run
-    algorithms with `directed=False` to treat them as undirected).
+    Node ids become strings (`str(node)`). A node's `label` attribute becomes its label
+    (None or absent is "", other values than strings are converted with `str`); its
+    properties are its other attributes merged with its `properties` attribute (a dict):
+    on a key in both, the `properties` dict wins, as it is the explicit one (and what
+    `to_networkx` writes). Each edge becomes one relationship (an undirected edge becomes one
+    relationship from its first to its second endpoint; run algorithms with `directed=False`
+    to treat them as undirected); its properties are, likewise, its attributes other than
+    `weight` and `kind` merged with its `properties` dict, which wins on a clash. With
+    `weight="cost"`, an edge's `weight` attribute is an ordinary property.
 
     Args:
         nx_graph: A `Graph`, `DiGraph`, `MultiGraph` or `MultiDiGraph`.
-        weight: Edge attribute holding the weight (default 1.0 when absent).
-        kind: Edge attribute holding the relationship kind (default "related").
+        weight: Edge attribute holding the weight, a real number (default 1.0 when absent).
+        kind: Edge attribute holding the relationship kind (default "related" when absent
+            or None; other values than strings are converted with `str`).
 
     Returns:
         The new graph.
 
     Raises:
-        GraphError: When two nodes have the same string form, or an attribute is not
-            JSON-compatible.
+        GraphError: When two nodes have the same string form; a weight is not a finite
+            real number (None, a string, a bool, NaN); a `properties` attribute is not a
+            dict; or a property is not JSON-compatible. The message names the node or edge.
     """
     graph = GraphStore()
     names: dict[Any, str] = {}
@@ -66,18 +74,46 @@ def from_networkx(nx_graph: Any, *, weight: str = "weight", kind: str = "kind") 
         if name in graph:
             raise GraphError(f"two nodes share the id {name!r} once converted to strings")
         names[node] = name
+        where = f"node {node!r}"
         attributes = dict(data)
-        label = attributes.pop("label", "")
-        properties = attributes.pop("properties", None) or attributes or None
-        graph.add_entity(name, str(label), properties)
-    for u, v, data in nx_graph.edges(data=True):
+        label = attributes.pop("label", None)
+        properties = _merged(attributes.pop("properties", None), attributes, where)
+        try:
+            graph.add_entity(name, "" if label is None else str(label), properties)
+        except GraphError as error:
+            raise GraphError(f"{where}: {error}") from error
+    edges = (
+        nx_graph.edges(keys=True, data=True)
+        if nx_graph.is_multigraph()
+        else ((u, v, None, data) for u, v, data in nx_graph.edges(data=True))
+    )
+    for u, v, key, data in edges:
+        where = f"edge {u!r} -> {v!r}" + (f" (key {key!r})" if key is not None else "")
         extra = {k: val for k, val in data.items() if k not in (weight, kind, "properties")}
-        properties = data.get("properties") or extra or None
-        graph.add_relationship(
-            names[u],
-            names[v],
-            str(data.get(kind, "related")),
-            float(data.get(weight, 1.0)),
-            properties,
-        )
+        properties = _merged(data.get("properties"), extra, where)
+        kind_value = data.get(kind)
+        kind_name = "related" if kind_value is None else str(kind_value)
+        weight_value = data.get(weight, 1.0)
+        if isinstance(weight_value, bool) or not isinstance(weight_value, numbers.Real):
+            raise GraphError(
+                f"{where}: weight ({weight!r}) must be a real number, got {weight_value!r}"
+            )
+        try:
+            graph.add_relationship(names[u], names[v], kind_name, float(weight_value), properties)
+        except GraphError as error:
+            raise GraphError(f"{where}: {error}") from error
     return graph
+
+
+def _merged(explicit: Any, attributes: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """`attributes` updated with the `explicit` properties dict (which wins on a clash).
+
+    Raises:
+        GraphError: When `explicit` is neither a dict nor None.
+    """
+    if explicit is not None and not isinstance(explicit, dict):
+        raise GraphError(
+            f"{where}: the properties attribute must be a dict, got {type(explicit).__name__}"
+        )
+    merged = {**attributes, **(explicit or {})}
+    return merged or None

@@ -98,7 +98,8 @@ class SemanticStore:
         Args:
             key: unique key; storing it again replaces value, tags and embedding.
             value: the text.
-            tags: labels for `retrieve_by_tag` and filtered search.
+            tags: labels for `retrieve_by_tag` and filtered search; a single string is one
+                tag (`tags="news"` is the tag "news", not the tags "n", "e", "w", "s").
             embedding: its vector; when None and `embed`, the value is embedded with the
                 store's embedder (a value with nothing to embed, e.g. empty, gets none).
             embed: embed the value when no embedding is given.
@@ -109,7 +110,7 @@ class SemanticStore:
         """
         if not isinstance(key, str) or not isinstance(value, str):
             raise MemoryStoreError("key and value must be strings")
-        tag_set = frozenset(tags)
+        tag_set = _tag_set(tags)
         if not all(isinstance(t, str) for t in tag_set):
             raise MemoryStoreError("tags must be strings")
         vector = None
@@ -183,7 +184,8 @@ class SemanticStore:
         Args:
             query: text (embedded with the store's embedder) or a vector.
             k: most results returned.
-            tags: when given, only entries carrying every one of these tags are considered.
+            tags: when given, only entries carrying every one of these tags are considered;
+                a single string is one tag, as in `store`.
 
         Returns:
             Up to `k` hits; only entries with an embedding take part.
@@ -197,7 +199,7 @@ class SemanticStore:
         vector = (
             self._embed_text(query) if isinstance(query, str) else self._as_vector(query, "query")
         )
-        required = frozenset(tags) if tags is not None else frozenset()
+        required = _tag_set(tags) if tags is not None else frozenset()
         if self._index is None or len(self._index) == 0:
             if self._index is not None and len(vector) != self._index.dim:
                 raise MemoryStoreError(
@@ -320,3 +322,10 @@ class SemanticStore:
             keys.discard(key)
             if not keys:
                 del self._by_tag[tag]
+
+
+def _tag_set(tags: Iterable[str]) -> frozenset[str]:
+    """`tags` as a set; a single string is one tag, not the set of its characters."""
+    if isinstance(tags, str):
+        return frozenset((tags,))
+    return frozenset(tags)

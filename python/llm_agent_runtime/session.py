@@ -39,6 +39,19 @@ class Step:
         """Whether the step's tool call failed."""
         return self.error_kind is not None
 
+    @classmethod
+    def from_dict(cls, data: Any) -> Step:
+        """Rebuilds a step from `asdict(step)` output, checking its shape and field types.
+
+        `thought` and `action` are required; `action_input` may be any JSON value; integer
+        fields take ints, timing fields take ints or floats (never bools).
+
+        Raises:
+            PersistenceError: When `data` is not a dict, lacks a required field, has an
+                unknown field, or a field of the wrong type (the message names it).
+        """
+        return cls(**_checked(data, _STEP_FIELDS, ("thought", "action"), "step"))
+
 
 @dataclass(slots=True)
 class AgentSession:
@@ -185,9 +198,28 @@ class AgentSession:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AgentSession:
-        """Rebuilds a session from `to_dict` output."""
-        fields = dict(data)
-        fields["steps"] = [Step(**step) for step in fields.get("steps", [])]
+        """Rebuilds a session from `to_dict` output, checking its shape and field types.
+
+        `session_id` and `agent_id` are required; `steps` is a list of step dicts (see
+        `Step.from_dict`) and `messages` a list of dicts; integer fields take ints, timing
+        fields ints or floats (never bools). A session that loads has the types its
+        helpers rely on.
+
+        Raises:
+            PersistenceError: When `data` is not a dict, lacks a required field, has an
+                unknown field, or a field (or a step's field) of the wrong type; the message
+                names it.
+        """
+        fields = _checked(data, _SESSION_FIELDS, ("session_id", "agent_id"), "session")
+        steps = []
+        for n, step in enumerate(fields.get("steps", []), 1):
+            try:
+                steps.append(Step.from_dict(step))
+            except PersistenceError as error:
+                raise PersistenceError(f"step {n}: {error}") from error
+        fields["steps"] = steps
+        if not all(isinstance(m, dict) for m in fields.get("messages", [])):
+            raise PersistenceError("session field 'messages' must be a list of dicts")
         return cls(**fields)
 
     @classmethod
@@ -195,14 +227,12 @@ class AgentSession:
         """Rebuilds a session from `to_json` output.
 
         Raises:
-            PersistenceError: When the text is not a serialized session.
+            PersistenceError: When the text is not a serialized session: not JSON, or a
+                value of the wrong shape or type (see `from_dict`).
         """
         try:
-            data = json.loads(text)
-            if not isinstance(data, dict):
-                raise TypeError("not an object")
-            return cls.from_dict(data)
-        except (ValueError, TypeError) as error:
+            return cls.from_dict(json.loads(text))
+        except (ValueError, TypeError, PersistenceError) as error:
             raise PersistenceError(f"not a serialized AgentSession: {error}") from error
 
     @classmethod
@@ -217,3 +247,71 @@ class AgentSession:
 
         state = await CheckpointStore(backend).load(session_id)
         return state.session()
+
+
+# Field name -> (accepted types, description) of what `from_dict` loads. Floats take ints too
+# (JSON writers may drop the ".0"), never bools (a bool is an int to `isinstance`).
+_Spec = tuple[tuple[type, ...], str]
+_ANY: _Spec = ((object,), "any value")
+_STR: _Spec = ((str,), "a string")
+_OPT_STR: _Spec = ((str, type(None)), "a string or null")
+_INT: _Spec = ((int,), "an integer")
+_OPT_INT: _Spec = ((int, type(None)), "an integer or null")
+_FLOAT: _Spec = ((int, float), "a number")
+_LIST: _Spec = ((list,), "a list")
+
+_STEP_FIELDS: dict[str, _Spec] = {
+    "thought": _STR,
+    "action": _STR,
+    "action_input": _ANY,
+    "observation": _STR,
+    "error_kind": _OPT_STR,
+    "input_tokens": _INT,
+    "output_tokens": _INT,
+    "model_ms": _FLOAT,
+    "tool_ms": _FLOAT,
+    "overhead_ms": _FLOAT,
+}
+_SESSION_FIELDS: dict[str, _Spec] = {
+    "session_id": _STR,
+    "agent_id": _STR,
+    "prompt": _STR,
+    "steps": _LIST,
+    "final_answer": _OPT_STR,
+    "memory_hits": _INT,
+    "graph_entity_count": _OPT_INT,
+    "duration_ms": _FLOAT,
+    "checkpoint_errors": _INT,
+    "messages": _LIST,
+}
+
+
+def _kind(value: Any) -> str:
+    """How an error message names the type of `value`."""
+    return "null" if value is None else type(value).__name__
+
+
+def _checked(
+    data: Any, spec: dict[str, _Spec], required: tuple[str, ...], what: str
+) -> dict[str, Any]:
+    """A copy of the dict `data` whose fields all match `spec`, with the `required` ones.
+
+    Raises:
+        PersistenceError: When `data` is not a dict, or a field is missing, unknown or of
+            the wrong type.
+    """
+    if not isinstance(data, dict):
+        raise PersistenceError(f"a {what} must be an object, got {_kind(data)}")
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise PersistenceError(f"{what} lacks the field(s) {', '.join(map(repr, missing))}")
+    unknown = sorted(str(name) for name in data if name not in spec)
+    if unknown:
+        raise PersistenceError(f"{what} has unknown field(s) {', '.join(map(repr, unknown))}")
+    for name, value in data.items():
+        types, expected = spec[name]
+        if isinstance(value, bool) and bool not in types and object not in types:
+            raise PersistenceError(f"{what} field {name!r} must be {expected}, got bool")
+        if not isinstance(value, types):
+            raise PersistenceError(f"{what} field {name!r} must be {expected}, got {_kind(value)}")
+    return dict(data)

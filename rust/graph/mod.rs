@@ -312,10 +312,11 @@ impl PyGraphStore {
     /// Args:
     ///     id: Unique id.
     ///     label: Type label, e.g. "person".
-    ///     properties: A JSON-compatible dict.
+    ///     properties: A JSON-compatible dict (or None).
     ///
     /// Raises:
-    ///     GraphError: When the id exists or a property is not JSON-compatible.
+    ///     GraphError: When the id exists, `properties` is not a dict, or a property is not
+    ///         JSON-compatible.
     #[pyo3(signature = (id, label = "", properties = None))]
     fn add_entity(
         &self,
@@ -328,6 +329,10 @@ impl PyGraphStore {
     }
 
     /// Replaces an entity's label and/or properties (None keeps the current one).
+    ///
+    /// Raises:
+    ///     GraphError: On an unknown entity, `properties` that are not a dict, or a property
+    ///         that is not JSON-compatible.
     #[pyo3(signature = (id, label = None, properties = None))]
     fn update_entity(
         &self,
@@ -399,7 +404,8 @@ impl PyGraphStore {
     /// Adds a directed relationship between two existing entities (parallel ones allowed).
     ///
     /// Raises:
-    ///     GraphError: On an unknown entity or a non-finite weight.
+    ///     GraphError: On an unknown entity, a non-finite weight, `properties` that are not a
+    ///         dict, or a property that is not JSON-compatible.
     #[pyo3(signature = (from_id, to_id, kind = "related", weight = 1.0, properties = None))]
     fn add_relationship(
         &self,
@@ -529,6 +535,10 @@ impl PyGraphStore {
 
     /// Sets the weight and/or properties of every `from -> to` relationship of `kind`;
     /// returns how many were updated.
+    ///
+    /// Raises:
+    ///     GraphError: On an unknown entity, a non-finite weight, `properties` that are not a
+    ///         dict, or a property that is not JSON-compatible.
     #[pyo3(signature = (from_id, to_id, kind, weight = None, properties = None))]
     fn update_relationship(
         &self,

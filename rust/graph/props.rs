@@ -2,7 +2,6 @@
 //! properties (stored without Python objects, so the graph exports, copies and crosses
 //! threads freely).
 
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
@@ -68,16 +67,18 @@ fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
     .into())
 }
 
-/// Converts properties given as an optional dict (None -> null).
+/// Converts properties given as an optional dict (None -> null); anything but a dict or
+/// None is a `GraphError` naming the type.
 pub fn properties(value: Option<&Bound<'_, PyAny>>) -> PyResult<Value> {
     match value {
         None => Ok(Value::Null),
         Some(v) if v.is_none() => Ok(Value::Null),
         Some(v) if v.is_instance_of::<PyDict>() => to_json(v),
-        Some(v) => Err(PyTypeError::new_err(format!(
-            "properties must be a dict, got {}",
+        Some(v) => Err(CoreError::Graph(format!(
+            "properties must be a dict or None, got a {}",
             v.get_type().name()?
-        ))),
+        ))
+        .into()),
     }
 }
 

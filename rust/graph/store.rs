@@ -540,6 +540,23 @@ mod tests {
     }
 
     #[test]
+    fn json_round_trip_keeps_every_float_bit() {
+        // Values the default (fast, not always exact) float parser reads one ulp off.
+        let mut s = Store::default();
+        s.add_entity("a", "", serde_json::json!({"w": 95.89784328838307}))
+            .unwrap();
+        s.add_relationship("a", "a", "k", 0.42451918914251396, Value::Null)
+            .unwrap();
+        let text = s.to_json().unwrap();
+        let back = Store::from_json(&text).unwrap();
+        assert_eq!(
+            back.relationships()[0].weight.to_bits(),
+            0.42451918914251396_f64.to_bits()
+        );
+        assert_eq!(back.to_json().unwrap(), text);
+    }
+
+    #[test]
     fn errors_name_the_problem() {
         let mut s = abc();
         assert!(s.add_entity("a", "", Value::Null).is_err());

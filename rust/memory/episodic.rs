@@ -126,6 +126,29 @@ pub fn hybrid(recency_weight: f64, frequency_weight: f64) -> CoreResult<Recall> 
     })
 }
 
+/// Checks that an importance is in [0, 1] (NaN is not).
+fn check_importance(importance: f64) -> CoreResult<()> {
+    if (0.0..=1.0).contains(&importance) {
+        Ok(())
+    } else {
+        Err(CoreError::Memory(format!(
+            "importance must be in [0, 1], got {importance}"
+        )))
+    }
+}
+
+/// Checks that a clock time is finite: a NaN or infinite time would poison every score and
+/// export as `null`, which no store can read back.
+fn check_time(now: f64) -> CoreResult<()> {
+    if now.is_finite() {
+        Ok(())
+    } else {
+        Err(CoreError::Memory(format!(
+            "the clock returned {now}: times must be finite numbers of seconds"
+        )))
+    }
+}
+
 impl Episodes {
     /// An empty store.
     ///
@@ -166,6 +189,87 @@ impl Episodes {
         Ok(self)
     }
 
+    /// Checks a store read from an export against everything the constructor and `add`
+    /// enforce, so a hand-edited or foreign document cannot make a store that scores NaN,
+    /// never stores, or compares vectors of different lengths. An export from before
+    /// `embedding_dim` existed gets it from its embeddings.
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] naming the first problem: `per_agent_capacity` 0, a half-life
+    /// that is not a positive number, a negative or non-finite weight, an agent over its
+    /// capacity, an episode filed under another agent, ids not increasing within an agent
+    /// or not below `next_id`, importance outside [0, 1], a non-finite time, or an
+    /// embedding that is not finite or of another length than the others (or
+    /// `embedding_dim`).
+    pub fn validated(mut self) -> CoreResult<Self> {
+        if self.per_agent_capacity == Some(0) {
+            return Err(CoreError::Memory(
+                "per_agent_capacity must be at least 1".into(),
+            ));
+        }
+        if let Some(Decay::Exponential { half_life_hours }) = self.decay {
+            exponential(half_life_hours)?;
+        }
+        if let Recall::Hybrid {
+            recency_weight,
+            frequency_weight,
+        } = self.recall
+        {
+            hybrid(recency_weight, frequency_weight)?;
+        }
+        let weight = self.similarity_weight;
+        self = self.with_similarity_weight(weight)?;
+        let mut dim = self.embedding_dim;
+        for (agent_id, episodes) in &self.by_agent {
+            if let Some(cap) = self.per_agent_capacity {
+                if episodes.len() > cap {
+                    return Err(CoreError::Memory(format!(
+                        "agent {agent_id:?} has {} episodes, over per_agent_capacity {cap}",
+                        episodes.len()
+                    )));
+                }
+            }
+            let mut previous_id: Option<u64> = None;
+            for e in episodes {
+                let bad = |what: String| {
+                    CoreError::Memory(format!("episode {} of agent {agent_id:?}: {what}", e.id))
+                };
+                if e.agent_id != *agent_id {
+                    return Err(bad(format!("filed under another agent ({:?})", e.agent_id)));
+                }
+                // An agent's episodes are kept in insertion order, so their ids increase.
+                if e.id >= self.next_id || previous_id.is_some_and(|p| p >= e.id) {
+                    return Err(bad(format!(
+                        "ids must increase within an agent and stay below next_id ({})",
+                        self.next_id
+                    )));
+                }
+                previous_id = Some(e.id);
+                check_importance(e.importance).map_err(|err| bad(err.to_string()))?;
+                check_time(e.created_at).map_err(|err| bad(err.to_string()))?;
+                if let Some(t) = e.last_recalled_at {
+                    check_time(t).map_err(|err| bad(err.to_string()))?;
+                }
+                if let Some(v) = &e.embedding {
+                    if v.iter().any(|x| !x.is_finite()) {
+                        return Err(bad("embedding contains NaN or infinite values".into()));
+                    }
+                    match dim {
+                        Some(d) if d != v.len() => {
+                            return Err(bad(format!(
+                                "embedding has dimension {}, the store's embeddings have {d}",
+                                v.len()
+                            )));
+                        }
+                        _ => dim = Some(v.len()),
+                    }
+                }
+            }
+        }
+        self.embedding_dim = dim;
+        Ok(self)
+    }
+
     /// Normalizes `v` and checks its length against the store's embeddings.
     fn check_embedding(&self, v: &[f32], what: &str) -> CoreResult<Vec<f32>> {
         if let Some(dim) = self.embedding_dim {
@@ -183,8 +287,8 @@ impl Episodes {
     /// episode (oldest on ties) when over capacity. Returns the new episode's id.
     ///
     /// # Errors
-    /// [`CoreError::Memory`] when `importance` is outside [0, 1], or the embedding is not
-    /// finite, zero, or of another length than the store's embeddings.
+    /// [`CoreError::Memory`] when `importance` is outside [0, 1], `now` is not finite, or the
+    /// embedding is not finite, zero, or of another length than the store's embeddings.
     pub fn add(
         &mut self,
         agent_id: &str,
@@ -193,11 +297,8 @@ impl Episodes {
         now: f64,
         embedding: Option<&[f32]>,
     ) -> CoreResult<u64> {
-        if !(0.0..=1.0).contains(&importance) {
-            return Err(CoreError::Memory(format!(
-                "importance must be in [0, 1], got {importance}"
-            )));
-        }
+        check_importance(importance)?;
+        check_time(now)?;
         let embedding = embedding
             .map(|v| self.check_embedding(v, "embedding"))
             .transpose()?;
@@ -274,8 +375,8 @@ impl Episodes {
     /// `query` when given; their recall counts go up.
     ///
     /// # Errors
-    /// [`CoreError::Memory`] when `query` is not finite, zero, or of another length than the
-    /// store's embeddings.
+    /// [`CoreError::Memory`] when `now` is not finite, or `query` is not finite, zero, or of
+    /// another length than the store's embeddings.
     pub fn recall(
         &mut self,
         agent_id: &str,
@@ -283,6 +384,7 @@ impl Episodes {
         now: f64,
         query: Option<&[f32]>,
     ) -> CoreResult<Vec<Episode>> {
+        check_time(now)?;
         let query = query
             .map(|q| self.check_embedding(q, "query embedding"))
             .transpose()?;
@@ -405,6 +507,64 @@ mod tests {
         s.add("a", "z", 0.9, 0.0, None).unwrap();
         let kept: Vec<_> = s.episodes("a").iter().map(|e| e.content.as_str()).collect();
         assert_eq!(kept, ["x", "z"]);
+    }
+
+    #[test]
+    fn non_finite_times_are_refused() {
+        let mut s = Episodes::new(None, Recall::Importance, None).unwrap();
+        assert!(s.add("a", "x", 0.5, f64::NAN, None).is_err());
+        assert!(s.add("a", "x", 0.5, f64::INFINITY, None).is_err());
+        assert!(s.is_empty());
+        s.add("a", "x", 0.5, 0.0, None).unwrap();
+        assert!(s.recall("a", 1, f64::NAN, None).is_err());
+        assert_eq!(s.episodes("a")[0].recall_count, 0);
+    }
+
+    #[test]
+    fn validated_enforces_the_rules_of_add_and_new() {
+        let mut good = Episodes::new(None, Recall::Importance, Some(2)).unwrap();
+        good.add("a", "x", 0.5, 1.0, Some(&[1.0, 0.0])).unwrap();
+        good.add("a", "y", 0.7, 2.0, None).unwrap();
+        assert!(good.clone().validated().is_ok());
+        let broken: Vec<fn(&mut Episodes)> = vec![
+            |s| s.per_agent_capacity = Some(0),
+            |s| s.per_agent_capacity = Some(1),
+            |s| {
+                s.decay = Some(Decay::Exponential {
+                    half_life_hours: 0.0,
+                })
+            },
+            |s| {
+                s.decay = Some(Decay::Exponential {
+                    half_life_hours: f64::NAN,
+                })
+            },
+            |s| {
+                s.recall = Recall::Hybrid {
+                    recency_weight: -1.0,
+                    frequency_weight: 0.0,
+                }
+            },
+            |s| s.similarity_weight = -0.5,
+            |s| s.by_agent.get_mut("a").unwrap()[0].importance = 7.5,
+            |s| s.by_agent.get_mut("a").unwrap()[0].importance = f64::NAN,
+            |s| s.by_agent.get_mut("a").unwrap()[0].created_at = f64::INFINITY,
+            |s| s.by_agent.get_mut("a").unwrap()[1].last_recalled_at = Some(f64::NAN),
+            |s| s.by_agent.get_mut("a").unwrap()[1].embedding = Some(vec![1.0, 0.0, 0.0]),
+            |s| s.by_agent.get_mut("a").unwrap()[1].embedding = Some(vec![f32::NAN, 0.0]),
+            |s| s.by_agent.get_mut("a").unwrap()[1].agent_id = "b".into(),
+            |s| s.by_agent.get_mut("a").unwrap()[1].id = 0,
+            |s| s.next_id = 1,
+        ];
+        for (i, breaks) in broken.into_iter().enumerate() {
+            let mut s = good.clone();
+            breaks(&mut s);
+            assert!(s.validated().is_err(), "case {i} was accepted");
+        }
+        // An export from before `embedding_dim` gets it from its embeddings.
+        let mut old = good.clone();
+        old.embedding_dim = None;
+        assert_eq!(old.validated().unwrap().embedding_dim, Some(2));
     }
 
     #[test]

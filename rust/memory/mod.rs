@@ -291,7 +291,8 @@ impl PyRecallPolicy {
 ///     recall_policy: `RecallPolicy.importance()` (default) or `RecallPolicy.hybrid(...)`.
 ///     per_agent_capacity: most episodes per agent; the lowest-importance one is evicted.
 ///     clock: callable returning the time in seconds (default: wall-clock time); inject
-///         one to make decay testable.
+///         one to make decay testable. A NaN or infinite time makes `add_episode` and
+///         `recall` raise `MemoryStoreError`.
 ///     embedder: embeds episode contents and text queries (optional).
 ///     similarity_weight: weight of the query similarity in recall scores (>= 0).
 ///
@@ -319,9 +320,23 @@ fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
 }
 
 impl PyEpisodicStore {
+    /// The clock's time in seconds.
+    ///
+    /// A NaN or infinite time is refused with `MemoryStoreError`: it would make every score
+    /// NaN and export as `null`, which `from_json` cannot read back.
     fn now(&self, py: Python<'_>) -> PyResult<f64> {
         match &self.clock {
-            Some(clock) => clock.call0(py)?.extract::<f64>(py),
+            Some(clock) => {
+                let now = clock.call0(py)?.extract::<f64>(py)?;
+                if now.is_finite() {
+                    Ok(now)
+                } else {
+                    Err(CoreError::Memory(format!(
+                        "the clock returned {now}: it must return a finite number of seconds"
+                    ))
+                    .into())
+                }
+            }
             None => Ok(SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64())),
@@ -409,7 +424,8 @@ impl PyEpisodicStore {
     ///
     /// Raises:
     ///     MemoryStoreError: `importance` is outside [0, 1]; an embedding that is not finite,
-    ///         zero, or of another length than the store's embeddings.
+    ///         zero, or of another length than the store's embeddings; the clock returned a
+    ///         NaN or infinite time.
     #[pyo3(signature = (agent_id, content, importance, embedding=None))]
     fn add_episode(
         &self,
@@ -442,7 +458,7 @@ impl PyEpisodicStore {
     /// Raises:
     ///     MemoryStoreError: a negative `limit`; a text query without an embedder; a query
     ///         vector that is not finite, zero, or of another length than the episodes'
-    ///         embeddings.
+    ///         embeddings; the clock returned a NaN or infinite time.
     #[pyo3(signature = (agent_id, limit=3, query=None))]
     fn recall(
         &self,
@@ -570,8 +586,14 @@ impl PyEpisodicStore {
     /// Rebuilds a store from `to_json()` output (the clock and embedder are not exported:
     /// pass them again).
     ///
+    /// The document is checked as the constructor and `add_episode` check their input.
+    ///
     /// Raises:
-    ///     MemoryStoreError: the text is not an exported store.
+    ///     MemoryStoreError: the text is not an exported store, or breaks a rule of the
+    ///         store: `per_agent_capacity` 0 (or an agent over it), a half-life that is not a
+    ///         positive number, a negative or non-finite weight, importance outside [0, 1],
+    ///         a non-finite time, an episode under another agent's id, ids out of order, or
+    ///         embeddings of different lengths.
     #[staticmethod]
     #[pyo3(signature = (text, clock=None, embedder=None))]
     fn from_json(
@@ -581,6 +603,9 @@ impl PyEpisodicStore {
     ) -> PyResult<Self> {
         let store: Episodes = serde_json::from_str(text)
             .map_err(|e| CoreError::Memory(format!("not an exported episodic store: {e}")))?;
+        let store = store
+            .validated()
+            .map_err(|e| CoreError::Memory(format!("not a valid exported episodic store: {e}")))?;
         Ok(Self {
             inner: Mutex::new(store),
             clock,

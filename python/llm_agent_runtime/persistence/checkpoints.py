@@ -56,10 +56,28 @@ class StepRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:
-        """Rebuilds a record from `to_dict` output."""
+        """Rebuilds a record from `to_dict` output, checking its shape and field types.
+
+        Raises:
+            PersistenceError: When `data` is not a dict, lacks `step`, has an unknown field,
+                or a field (or a field of its step, see `Step.from_dict`) of the wrong type.
+        """
+        if not isinstance(data, dict) or "step" not in data:
+            raise PersistenceError("a step record must be an object with a 'step' field")
+        unknown = sorted(str(k) for k in data if k not in _RECORD_FIELDS)
+        if unknown:
+            raise PersistenceError(f"step record has unknown field(s) {unknown}")
         fields = dict(data)
-        fields["step"] = Step(**fields["step"])
+        for name in ("reply", "round_text", "call_id"):
+            if not isinstance(fields.get(name), str | None):
+                raise PersistenceError(f"step record field {name!r} must be a string or null")
+        if not isinstance(fields.get("round_start", False), bool):
+            raise PersistenceError("step record field 'round_start' must be a bool")
+        fields["step"] = Step.from_dict(fields["step"])
         return cls(**fields)
+
+
+_RECORD_FIELDS = frozenset({"step", "reply", "round_text", "call_id", "round_start"})
 
 
 @dataclass(slots=True)
@@ -76,9 +94,13 @@ class SessionState:
     """A later turn of a multi-turn session started after the final checkpoint, unfinished."""
 
     def session(self) -> AgentSession:
-        """The session as saved: the final checkpoint, else the folded steps."""
+        """The session as saved: the final checkpoint, else the folded steps.
+
+        Raises:
+            PersistenceError: When the final checkpoint does not hold a valid session.
+        """
         if self.final is not None:
-            return AgentSession.from_dict(self.final["session"])
+            return _final_session(self.final, session_key(self.session_id))
         steps = [r.step for r in self.records]
         last = steps[-1] if steps else None
         return AgentSession(
@@ -97,6 +119,40 @@ _SUFFIXES = r"(?:meta|base|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
 _OWN_SUFFIX = re.compile(_SUFFIXES)
 _SUB_KEY = re.compile(":" + _SUFFIXES)
 _LOAD_ATTEMPTS = 3  # folds of a session that a concurrent prune may force a load to redo
+
+
+def _final_session(final: Any, key: str) -> AgentSession:
+    """The session a final checkpoint (stored under `key`) holds.
+
+    Raises:
+        PersistenceError: Naming `key`, when the record is not an object with a valid
+            `session` (see `AgentSession.from_dict`) and a numeric `finished_at`.
+    """
+    if not isinstance(final, dict) or "session" not in final:
+        raise PersistenceError("final checkpoint holds no 'session'", key=key)
+    if not _is_number(final.get("finished_at", 0.0)):
+        raise PersistenceError("final checkpoint's 'finished_at' is not a number", key=key)
+    try:
+        return AgentSession.from_dict(final["session"])
+    except PersistenceError as error:
+        raise PersistenceError(f"final checkpoint: {error.args[0]}", key=key) from error
+
+
+def _step_record(data: Any, key: str) -> StepRecord:
+    """`StepRecord.from_dict(data)`, a record stored under `key`.
+
+    Raises:
+        PersistenceError: Naming `key`, when the record has the wrong shape.
+    """
+    try:
+        return StepRecord.from_dict(data)
+    except PersistenceError as error:
+        raise PersistenceError(str(error.args[0]), key=key) from error
+
+
+def _is_number(value: Any) -> bool:
+    """Whether `value` is an int or a float (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _turn_after(meta: dict[str, Any], final: dict[str, Any]) -> bool:
@@ -229,12 +285,22 @@ class CheckpointStore:
         if meta_raw is None and final_raw is None:
             raise PersistenceError("no checkpoint saved", key=base_key)
         final = decode(final_raw, base_key, "session") if final_raw is not None else None
+        saved = _final_session(final, base_key) if final is not None else None
         if meta_raw is not None:
             meta = decode(meta_raw, f"{base_key}:meta", "meta")
+            if not (
+                isinstance(meta, dict)
+                and all(isinstance(meta.get(f), str) for f in ("agent_id", "prompt", "mode"))
+                and _is_number(meta.get("started_at", 0.0))
+            ):
+                raise PersistenceError(
+                    "meta record needs string 'agent_id', 'prompt' and 'mode' (and a "
+                    "numeric 'started_at')",
+                    key=f"{base_key}:meta",
+                )
         else:  # a final checkpoint alone (older records, or a pruned session)
-            assert final is not None
-            saved = final["session"]
-            meta = {"agent_id": saved["agent_id"], "prompt": saved["prompt"], "mode": "react"}
+            assert saved is not None
+            meta = {"agent_id": saved.agent_id, "prompt": saved.prompt, "mode": "react"}
         state = SessionState(session_id, meta["agent_id"], meta["prompt"], meta["mode"])
         if final is not None and meta_raw is not None and _turn_after(meta, final):
             state.interrupted_turn = True  # the final checkpoint is an earlier turn's
@@ -261,7 +327,11 @@ class CheckpointStore:
             folded_raw = await self.backend.load(f"{base_key}:base")
             if folded_raw is not None:
                 folded = decode(folded_raw, f"{base_key}:base", "base")
-                records = [StepRecord.from_dict(r) for r in folded["records"]]
+                if not isinstance(folded, dict) or not isinstance(folded.get("records"), list):
+                    raise PersistenceError(
+                        "base record holds no list of records", key=f"{base_key}:base"
+                    )
+                records = [_step_record(r, f"{base_key}:base") for r in folded["records"]]
             numbered = [(n, k) for n, k in listed if n > len(records)]
             values = await self.backend.batch_load([k for _, k in numbered])
             for number, key in numbered:
@@ -269,7 +339,7 @@ class CheckpointStore:
                 if raw is None or number != len(records) + 1:
                     missing = key  # pruned meanwhile (read again), or really missing
                     break
-                records.append(StepRecord.from_dict(decode(raw, key, "step")))
+                records.append(_step_record(decode(raw, key, "step"), key))
             else:
                 return records
         raise PersistenceError("a step checkpoint is missing before this one", key=missing)
