@@ -180,3 +180,13 @@ async def test_a_step_that_is_really_missing_is_still_reported() -> None:
     with pytest.raises(ar.PersistenceError, match="missing before this one") as info:
         await cs.load("s")
     assert info.value.key == "session:s:step:3"
+
+
+async def test_sweep_reports_a_final_record_of_the_wrong_shape() -> None:
+    from llm_agent_runtime.persistence.codec import encode
+
+    backend = ar.InMemoryBackend()
+    await backend.save("session:bad", encode("session", {"finished_at": 1.0}))
+    with pytest.raises(ar.PersistenceError, match="holds no 'session'") as caught:
+        await CheckpointStore(backend).sweep(older_than=0)
+    assert caught.value.key == "session:bad"

@@ -157,7 +157,9 @@ def _is_number(value: Any) -> bool:
 
 def _turn_after(meta: dict[str, Any], final: dict[str, Any]) -> bool:
     """Whether the run of `meta` started after the final checkpoint (a session's next turn)."""
-    return float(meta.get("started_at", 0.0)) > float(final.get("finished_at", 0.0))
+    started = meta.get("started_at", 0.0) if isinstance(meta, dict) else 0.0
+    finished = final.get("finished_at", 0.0)
+    return _is_number(started) and _is_number(finished) and started > finished
 
 
 def _numbered(keys: Iterable[str], prefix: str) -> list[tuple[int, str]]:
@@ -417,6 +419,7 @@ class CheckpointStore:
             if raw is None or record_kind(raw) not in ("session", None):
                 continue  # a record of session `x` at `session:x:step:3` (id `x:step:3`)
             final = decode(raw, key, "session")
+            _final_session(final, key)  # a record of the wrong shape: PersistenceError
             if f"{key}:meta" in present:
                 meta_raw = await self.backend.load(f"{key}:meta")
                 if meta_raw is not None and _turn_after(
