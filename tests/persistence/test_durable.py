@@ -144,10 +144,8 @@ async def interrupt_mid_tool(
     return session.session_id
 
 
-async def test_a_call_that_may_have_run_is_repeated_only_when_safe() -> None:
-    backend = ar.InMemoryBackend()
-    started, gate = asyncio.Event(), asyncio.Event()
-    charges: list[int] = []
+def gated_charge(charges: list[int], started: asyncio.Event, gate: asyncio.Event) -> ar.ToolSpec:
+    """A charge tool (not idempotent) that records each call, then waits for `gate`."""
 
     @ar.tool
     async def charge(amount: int) -> str:
@@ -156,6 +154,15 @@ async def test_a_call_that_may_have_run_is_repeated_only_when_safe() -> None:
         started.set()
         await gate.wait()
         return "charged"
+
+    return charge
+
+
+async def test_a_call_that_may_have_run_is_repeated_only_when_safe() -> None:
+    backend = ar.InMemoryBackend()
+    started, gate = asyncio.Event(), asyncio.Event()
+    charges: list[int] = []
+    charge = gated_charge(charges, started, gate)
 
     runtime = ar.AgentRuntime(tools=[charge], checkpoint_backend=backend)
     sid = await interrupt_mid_tool(
@@ -573,14 +580,7 @@ async def test_a_round_that_may_have_run_starts_no_call_on_resume() -> None:
     backend = ar.InMemoryBackend()
     started, gate = asyncio.Event(), asyncio.Event()
     charges: list[int] = []
-
-    @ar.tool
-    async def charge(amount: int) -> str:
-        """Charges."""
-        charges.append(amount)
-        started.set()
-        await gate.wait()
-        return "charged"
+    charge = gated_charge(charges, started, gate)
 
     config = ar.AgentConfig(mode="tools", max_parallel_tool_calls=1)
     runtime = ar.AgentRuntime(config, tools=[charge], checkpoint_backend=backend)
