@@ -283,7 +283,7 @@ impl Index {
     ///
     /// # Errors
     /// As [`Index::with_dtype`], and [`CoreError::Persistence`] when the file cannot be
-    /// created.
+    /// created or another index holds it.
     pub fn with_storage(
         dim: usize,
         dtype: Dtype,
@@ -500,7 +500,8 @@ impl Index {
     ///
     /// # Errors
     /// [`CoreError::Memory`] when `k` is 0 or the query has the wrong dimension, is not
-    /// finite, or is zero.
+    /// finite, or is zero; [`CoreError::Persistence`] when float32 copies kept in a file
+    /// cannot be read for re-scoring (or are marked broken).
     pub fn search(&self, query: &[f32], k: usize) -> CoreResult<(Vec<u64>, Vec<f32>)> {
         let q = self.check_query(query, k)?;
         let hits = self.top_k(&q, k.min(self.len()))?.into_sorted();
@@ -615,22 +616,41 @@ impl Index {
             .iter()
             .for_each(|id| bytes.extend_from_slice(&id.to_le_bytes()));
         self.vectors.to_le_bytes(&mut bytes);
-        // Write beside, then rename: a crash never leaves a half-written index in place.
-        let tmp = format!("{path}.tmp");
+        // Write beside, then rename: a crash never leaves a half-written index in place. The
+        // temporary name is unique to this save, so concurrent saves to one path never share
+        // it, and it is removed again when the save fails.
+        let tmp = unique_temp_path(path);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io)?;
+        let written = self
+            .write_to(file, bytes, path)
+            .and_then(|()| std::fs::rename(&tmp, path).map_err(io));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp); // best effort: the save failed anyway
+        }
+        written
+    }
+
+    /// Writes `header` (everything before the float32 copies), the copies, and the CRC-32 of
+    /// all of it to `file`, then syncs it; `path` names the target in errors.
+    fn write_to(&self, file: std::fs::File, header: Vec<u8>, path: &str) -> CoreResult<()> {
+        let io = |e: std::io::Error| CoreError::Persistence(format!("cannot write {path}: {e}"));
         let mut out = CrcWriter {
-            inner: std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?),
+            inner: std::io::BufWriter::new(file),
             crc: crc32fast::Hasher::new(),
         };
-        out.write_all(&bytes).map_err(io)?;
-        drop(bytes);
+        out.write_all(&header).map_err(io)?;
+        drop(header);
         if let Some(originals) = &self.originals {
             originals.write_le(&mut out)?; // streamed: no second copy of them in memory
         }
         let crc = out.crc.clone().finalize();
         out.write_all(&crc.to_le_bytes()).map_err(io)?;
         let file = out.inner.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        file.sync_all().map_err(io)
     }
 
     /// Reads an index written by [`Index::save`] (format version 1 or 2); with
@@ -639,10 +659,18 @@ impl Index {
     /// # Errors
     /// [`CoreError::Persistence`] when the file cannot be read, is not an index, has an unknown
     /// format version or dtype, is truncated, fails its checksum, or holds an id above
-    /// [`MAX_ID`], or `originals_path` is given for an index saved without float32 copies or
-    /// cannot be written.
+    /// [`MAX_ID`], or stores a value the index never writes (not finite, or an int8 code of
+    /// -128), or `originals_path` is given for an index saved without float32 copies,
+    /// cannot be written, or is in use by another index; [`CoreError::Memory`] when
+    /// `originals_path` is the index file itself.
     pub fn load(path: &str, originals_path: Option<&str>) -> CoreResult<Self> {
         let bad = |why: String| CoreError::Persistence(format!("cannot load {path}: {why}"));
+        if originals_path.is_some_and(|file| same_file(path, file)) {
+            // Checked before anything is opened: the copies file is truncated when it opens.
+            return Err(CoreError::Memory(format!(
+                "originals_path must not be the index file itself ({path})"
+            )));
+        }
         let mut bytes = Vec::new();
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -717,6 +745,16 @@ impl Index {
             },
             (false, _) => return Err(size()),
         };
+        // A crafted or damaged file: values the index never stores would skew every score.
+        if let Some(why) = vectors.invalid_values() {
+            return Err(bad(why.into()));
+        }
+        if originals
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| !x.is_finite()))
+        {
+            return Err(bad("a float32 copy is not finite".into()));
+        }
         let originals = match (originals, originals_path) {
             (None, Some(_)) => {
                 return Err(bad(
@@ -749,6 +787,37 @@ impl Index {
             rows,
         })
     }
+}
+
+/// Whether `a` and `b` name one existing file (the same inode on Unix, so hard links and
+/// symlinks count; the same canonical path elsewhere).
+fn same_file(a: &str, b: &str) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
+    }
+}
+
+/// A temporary file name beside `path` that no other save (in this process or another) uses
+/// at the same time: `{path}.{pid}.{counter}.{nanos}.tmp`.
+fn unique_temp_path(path: &str) -> String {
+    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let counter = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{path}.{}.{counter}.{nanos}.tmp", std::process::id())
 }
 
 fn path_str(path: &std::path::Path) -> CoreResult<&str> {
@@ -878,11 +947,12 @@ type Hits<'py, D> = (
 ///     originals_path: int8 only, implies ``exact_rescore``: a file (created, or truncated)
 ///         that holds the float32 copies instead of memory. It is left on disk when the
 ///         index goes away but means nothing without it: persist the index with ``save``.
+///         The index locks it while it lives: one file serves one index at a time.
 ///
 /// Raises:
 ///     MemoryStoreError: `dim` or `rescore` is not between 1 and 2**32 - 1, an unknown
 ///         `dtype`, or `exact_rescore` or `originals_path` with a dtype other than int8.
-///     PersistenceError: `originals_path` cannot be created.
+///     PersistenceError: `originals_path` cannot be created, or another index uses it.
 #[pyclass(module = "llm_agent_runtime", name = "VectorIndex", frozen)]
 pub struct PyVectorIndex {
     inner: RwLock<Index>,
@@ -960,6 +1030,8 @@ impl PyVectorIndex {
     /// Raises:
     ///     MemoryStoreError: wrong shape or dtype, an id out of range, a duplicate id in the
     ///         batch, NaN/inf, or a zero vector.
+    ///     PersistenceError: float32 copies kept in a file cannot be written, were changed
+    ///         from outside the index, or are marked broken by an earlier failure.
     fn add(
         &self,
         py: Python<'_>,
@@ -985,6 +1057,8 @@ impl PyVectorIndex {
     ///
     /// Raises:
     ///     MemoryStoreError: an id is not in the index.
+    ///     PersistenceError: float32 copies kept in a file cannot be updated (the vectors
+    ///         are removed and the copies marked broken).
     fn remove(&self, ids: &Bound<'_, PyAny>) -> PyResult<()> {
         let ids = as_ids(ids)?;
         Ok(self.inner.write().remove(&ids)?)
@@ -997,6 +1071,7 @@ impl PyVectorIndex {
     ///
     /// Raises:
     ///     MemoryStoreError: k < 1, or a query of the wrong shape or dtype, NaN/inf, or zero.
+    ///     PersistenceError: float32 copies kept in a file cannot be read for re-scoring.
     fn search<'py>(
         &self,
         py: Python<'py>,
@@ -1019,6 +1094,7 @@ impl PyVectorIndex {
     ///
     /// Raises:
     ///     MemoryStoreError: as `search`, and when `queries` is not of shape (m, dim).
+    ///     PersistenceError: as `search`.
     fn search_batch<'py>(
         &self,
         py: Python<'py>,
@@ -1085,8 +1161,10 @@ impl PyVectorIndex {
     /// index built with ``exact_rescore``) go to that file instead of memory.
     ///
     /// Raises:
+    ///     MemoryStoreError: `originals_path` is the index file itself.
     ///     PersistenceError: unreadable, not an index, another version, truncated or corrupt;
-    ///         or `originals_path` given for an index without float32 copies.
+    ///         or `originals_path` given for an index without float32 copies, that cannot be
+    ///         created, or that another index uses.
     #[staticmethod]
     #[pyo3(signature = (path, originals_path=None))]
     fn load(py: Python<'_>, path: &str, originals_path: Option<PathBuf>) -> PyResult<Self> {

@@ -310,7 +310,7 @@ class VectorIndex:
     Raises:
         MemoryStoreError: dim or rescore not between 1 and 2**32 - 1, an unknown dtype, or
             exact_rescore or originals_path without int8.
-        PersistenceError: originals_path cannot be created.
+        PersistenceError: originals_path cannot be created, or another index uses it.
     """
 
     def __new__(
@@ -351,12 +351,16 @@ class VectorIndex:
         Raises:
             MemoryStoreError: wrong shape or dtype, an id out of range, duplicate id, NaN/inf
                 or zero vector.
+            PersistenceError: float32 copies kept in a file cannot be written, were changed
+                from outside the index, or are marked broken by an earlier failure.
         """
     def remove(self, ids: npt.ArrayLike) -> None:
         """Removes vectors by id (all or nothing).
 
         Raises:
             MemoryStoreError: an id is not in the index.
+            PersistenceError: float32 copies kept in a file cannot be updated (the vectors
+                are removed and the copies marked broken).
         """
     def search(
         self, query: npt.NDArray[np.float32], k: int
@@ -365,6 +369,7 @@ class VectorIndex:
 
         Raises:
             MemoryStoreError: k < 1, or a bad query.
+            PersistenceError: float32 copies kept in a file cannot be read for re-scoring.
         """
     def search_batch(
         self, queries: npt.NDArray[np.float32], k: int
@@ -373,6 +378,7 @@ class VectorIndex:
 
         Raises:
             MemoryStoreError: k < 1, queries not of shape (m, dim), or a bad query.
+            PersistenceError: as search().
         """
     def save(self, path: str) -> None:
         """Writes the index (versioned, checksummed, atomic replace).
@@ -385,8 +391,10 @@ class VectorIndex:
         """Reads an index written by save(); originals_path puts its float32 copies in a file.
 
         Raises:
-            PersistenceError: unreadable, not an index, other version, truncated or corrupt,
-                or originals_path for an index without float32 copies.
+            MemoryStoreError: originals_path is the index file itself.
+            PersistenceError: unreadable, not an index, other version, truncated or corrupt
+                (including NaN/inf values or int8 code -128), originals_path for an index without float32 copies, or originals_path
+                cannot be created or is in use by another index.
         """
     def __len__(self) -> int: ...
     def __contains__(self, id: int, /) -> bool:

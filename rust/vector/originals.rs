@@ -53,18 +53,34 @@ fn le_bytes(values: &[f32]) -> Vec<u8> {
 }
 
 impl Originals {
-    /// Empty copies in a new file at `path` (an existing file there is truncated).
+    /// Empty copies in a new file at `path` (an existing file there is truncated). The file
+    /// is locked (an exclusive advisory `flock`) for as long as the copies live, so a second
+    /// index cannot take the same file and truncate the rows of the first.
     ///
     /// # Errors
-    /// [`CoreError::Persistence`] when the file cannot be created.
+    /// [`CoreError::Persistence`] when the file cannot be created, or another index (in this
+    /// process or another) holds it.
     pub fn in_file(path: &str, dim: usize) -> CoreResult<Self> {
+        let failed =
+            |e: std::io::Error| CoreError::Persistence(format!("cannot create {path}: {e}"));
+        // Not `truncate(true)`: the file is emptied only once it is locked.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(path)
-            .map_err(|e| CoreError::Persistence(format!("cannot create {path}: {e}")))?;
+            .map_err(failed)?;
+        lock_exclusive(&file).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                CoreError::Persistence(format!(
+                    "cannot use {path}: the originals file is in use by another index"
+                ))
+            } else {
+                CoreError::Persistence(format!("cannot lock {path}: {e}"))
+            }
+        })?;
+        file.set_len(0).map_err(failed)?;
         Ok(Self::File(FileRows {
             file,
             path: path.to_owned(),
@@ -108,6 +124,21 @@ impl Originals {
             Self::File(f) => {
                 f.usable()?;
                 let start = f.offset(f.rows);
+                // One metadata call per batch: a file changed from outside (truncated, say)
+                // would otherwise get a zero-filled gap that scores as real rows.
+                let len = f.file.metadata().map(|m| m.len());
+                let len = f.check(len, "inspect")?;
+                if len != start {
+                    let why = format!(
+                        "it holds {len} bytes, the index expects {start}: it was changed \
+                         from outside the index"
+                    );
+                    f.broken = Some(why.clone());
+                    return Err(CoreError::Persistence(format!(
+                        "cannot append to the float32 copies in {}: {why}",
+                        f.path
+                    )));
+                }
                 let mut at = start;
                 let mut chunk = Vec::with_capacity(CHUNK_BYTES);
                 let mut rows = rows.peekable();
@@ -257,7 +288,7 @@ impl FileRows {
     }
 
     /// Marks the copies broken when `result` failed.
-    fn check(&mut self, result: std::io::Result<()>, what: &str) -> CoreResult<()> {
+    fn check<T>(&mut self, result: std::io::Result<T>, what: &str) -> CoreResult<T> {
         result.map_err(|e| {
             let error = self.error(what, &e);
             self.broken = Some(error.to_string());
@@ -271,6 +302,26 @@ impl FileRows {
             .read_exact_at(bytes, self.offset(r))
             .map_err(|e| self.error("read", &e))
     }
+}
+
+/// Takes an exclusive advisory lock on `file` without waiting (`ErrorKind::WouldBlock` when
+/// another open file holds it); closing the file releases it.
+#[cfg(unix)]
+fn lock_exclusive(file: &File) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: `flock` only reads the descriptor, which `file` keeps open for the call.
+    #[allow(unsafe_code)]
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// No advisory lock where `flock` is missing.
+#[cfg(not(unix))]
+fn lock_exclusive(_file: &File) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Positioned reads and writes (`pread`/`pwrite`), which need no seek and so work through `&File`.

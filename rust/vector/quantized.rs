@@ -102,6 +102,25 @@ fn quantize(row: &[f32], codes: &mut [i8]) -> f32 {
 }
 
 impl Rows {
+    /// Why the stored values could not have come from the index (a crafted or damaged file):
+    /// a float that is not finite, or an int8 code outside the quantizer's [-127, 127].
+    /// A linear scan, for loading.
+    pub fn invalid_values(&self) -> Option<&'static str> {
+        match self {
+            Self::F32(values) => values
+                .iter()
+                .any(|x| !x.is_finite())
+                .then_some("a stored value is not finite"),
+            Self::F16(bits) => bits
+                .iter()
+                .any(|b| b & 0x7c00 == 0x7c00) // all-ones exponent: inf or NaN
+                .then_some("a stored value is not finite"),
+            Self::I8 { codes, .. } => codes
+                .contains(&i8::MIN)
+                .then_some("an int8 code is -128, outside the quantizer's [-127, 127]"),
+        }
+    }
+
     /// No rows, stored as `dtype`.
     pub fn new(dtype: Dtype) -> Self {
         match dtype {

@@ -1,0 +1,155 @@
+"""The vector index's files: atomic saves, temporary files, and the float32 copies file."""
+
+import os
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import llm_agent_runtime as ar
+
+
+def rows(seed: int, n: int = 20, dim: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+def test_concurrent_saves_to_one_path_always_leave_a_whole_index(tmp_path: Path) -> None:
+    path = tmp_path / "shared.bin"
+    indexes = []
+    for seed in range(4):
+        index = ar.VectorIndex(8)
+        index.add(np.arange(seed * 100, seed * 100 + 20 + seed), rows(seed, 20 + seed))
+        indexes.append(index)
+    expected = {len(index) for index in indexes}
+    errors: list[BaseException] = []
+    bad: list[str] = []
+
+    def saver(index: ar.VectorIndex) -> None:
+        for _ in range(40):
+            try:
+                index.save(str(path))
+                loaded = ar.VectorIndex.load(str(path))
+                if len(loaded) not in expected:
+                    bad.append(f"loaded {len(loaded)} rows")
+            except ar.PersistenceError as e:  # a save that fails must say so, not corrupt
+                errors.append(e)
+
+    threads = [threading.Thread(target=saver, args=(index,)) for index in indexes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and not bad
+    final = ar.VectorIndex.load(str(path))
+    assert any(
+        final.search(rows(s)[0], 3)[0].tolist() == index.search(rows(s)[0], 3)[0].tolist()
+        for s, index in enumerate(indexes)
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.bin"]
+
+
+def test_a_failed_save_leaves_no_temporary_file(tmp_path: Path) -> None:
+    index = ar.VectorIndex(8)
+    index.add(np.arange(20), rows(0))
+    target = tmp_path / "target"
+    target.mkdir()  # renaming a file over a directory fails
+    with pytest.raises(ar.PersistenceError, match="cannot write"):
+        index.save(str(target))
+    assert [p.name for p in tmp_path.iterdir()] == ["target"]
+    assert list(target.iterdir()) == []
+
+
+def test_two_indexes_cannot_share_an_originals_file(tmp_path: Path) -> None:
+    copies = tmp_path / "copies.f32"
+    first = ar.VectorIndex(8, dtype="int8", originals_path=copies)
+    data = rows(1)
+    first.add(np.arange(20), data)
+    with pytest.raises(ar.PersistenceError, match="in use by another index"):
+        ar.VectorIndex(8, dtype="int8", originals_path=copies)
+    saved = tmp_path / "i.bin"
+    first.save(str(saved))
+    with pytest.raises(ar.PersistenceError, match="in use by another index"):
+        ar.VectorIndex.load(str(saved), originals_path=copies)
+    assert copies.stat().st_size == 20 * 8 * 4  # the first index's rows are untouched
+    assert first.search(data[7], 1)[0].tolist() == [7]
+    del first  # closing the file releases it
+    second = ar.VectorIndex(8, dtype="int8", originals_path=copies)
+    assert second.originals_path == str(copies)
+
+
+def test_appending_to_a_truncated_originals_file_is_refused(tmp_path: Path) -> None:
+    copies = tmp_path / "copies.f32"
+    index = ar.VectorIndex(16, dtype="int8", originals_path=copies)
+    data = rows(3, 50, 16)
+    index.add(np.arange(50), data)
+    os.truncate(copies, 100)
+    with pytest.raises(ar.PersistenceError):
+        index.search(data[9], 3)
+    with pytest.raises(ar.PersistenceError, match="changed from outside"):
+        index.add([100], -data[:1])
+    assert copies.stat().st_size == 100  # no zero-filled gap
+    assert len(index) == 50
+    with pytest.raises(ar.PersistenceError):
+        index.search(data[9], 3)
+
+
+def test_load_refuses_the_index_file_as_its_originals_file(tmp_path: Path) -> None:
+    index = ar.VectorIndex(8, dtype="int8", exact_rescore=True)
+    index.add(np.arange(20), rows(2))
+    path = tmp_path / "i.bin"
+    index.save(str(path))
+    before = path.read_bytes()
+    with pytest.raises(ar.MemoryStoreError, match="index file itself"):
+        ar.VectorIndex.load(str(path), originals_path=path)
+    link = tmp_path / "link.bin"
+    link.symlink_to(path)
+    with pytest.raises(ar.MemoryStoreError, match="index file itself"):
+        ar.VectorIndex.load(str(path), originals_path=link)
+    assert path.read_bytes() == before
+    assert len(ar.VectorIndex.load(str(path))) == 20
+
+
+def with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "offset", "value", "message"),
+    [
+        # Header 36 bytes, then two ids (16 bytes): the rows start at 52.
+        ("float32", 52, struct.pack("<f", float("nan")), "not finite"),
+        ("float32", 56, struct.pack("<f", float("inf")), "not finite"),
+        ("float16", 52, struct.pack("<H", 0x7E00), "not finite"),
+        # int8: two scales (8 bytes) come first, then the codes at 60.
+        ("int8", 60, bytes([0x80]), "-128"),
+    ],
+)
+def test_load_refuses_values_the_index_never_stores(
+    tmp_path: Path, dtype: str, offset: int, value: bytes, message: str
+) -> None:
+    index = ar.VectorIndex(4, dtype=dtype)
+    index.add([1, 2], np.eye(2, 4, dtype=np.float32))
+    path = tmp_path / "i.bin"
+    index.save(str(path))
+    body = bytearray(path.read_bytes()[:-4])
+    body[offset : offset + len(value)] = value
+    path.write_bytes(with_crc(bytes(body)))
+    with pytest.raises(ar.PersistenceError, match=message):
+        ar.VectorIndex.load(str(path))
+
+
+def test_load_refuses_a_float32_copy_that_is_not_finite(tmp_path: Path) -> None:
+    index = ar.VectorIndex(4, dtype="int8", exact_rescore=True)
+    index.add([1, 2], np.eye(2, 4, dtype=np.float32))
+    path = tmp_path / "i.bin"
+    index.save(str(path))
+    data = path.read_bytes()
+    body = data[:-8] + struct.pack("<f", float("nan"))  # the last copy value
+    path.write_bytes(with_crc(body))
+    with pytest.raises(ar.PersistenceError, match="not finite"):
+        ar.VectorIndex.load(str(path))
+    path.write_bytes(data)
+    assert len(ar.VectorIndex.load(str(path))) == 2
