@@ -431,3 +431,15 @@ def test_negative_integer_arguments_are_graph_errors(
         call(people)
     assert people.bfs("alice", max_depth=0) == ["alice"]
     assert people.label_propagation(seed=2**64 - 1, max_rounds=0)
+
+
+@pytest.mark.parametrize("where", ["entities", "relationships"])
+def test_from_json_refuses_properties_that_are_not_an_object(where: str) -> None:
+    g = ar.GraphStore()
+    g.add_entity("a", "x")
+    g.add_entity("b", "x")
+    g.add_relationship("a", "b", "knows")
+    doc = json.loads(g.to_json())
+    doc[where][0]["properties"] = [1, 2]
+    with pytest.raises(ar.GraphError, match="not an object"):
+        ar.GraphStore.from_json(json.dumps(doc))

@@ -490,12 +490,29 @@ impl Store {
         }
         let mut store = Store::default();
         for e in doc.entities {
-            store.add_entity(e.id, e.label, e.properties.into())?;
+            let properties: Value = e.properties.into();
+            object_or_null(&properties, || format!("entity {:?}", e.id))?;
+            store.add_entity(e.id, e.label, properties)?;
         }
         for r in doc.relationships {
+            object_or_null(&r.properties, || {
+                format!("relationship {:?} -> {:?}", r.from, r.to)
+            })?;
             store.add_relationship(&r.from, &r.to, &r.kind, r.weight, r.properties)?;
         }
         Ok(store)
+    }
+}
+
+/// Properties read from a document must be what the API accepts: an object, or null.
+fn object_or_null(properties: &Value, whose: impl FnOnce() -> String) -> CoreResult<()> {
+    if properties.is_object() || properties.is_null() {
+        Ok(())
+    } else {
+        Err(CoreError::Graph(format!(
+            "not a graph document: the properties of {} are not an object",
+            whose()
+        )))
     }
 }
 
