@@ -24,6 +24,18 @@ def script(*replies: str) -> Callable[[str], Awaitable[str]]:
     return infer
 
 
+def fails_after(*replies: str) -> Callable[[str], Awaitable[str]]:
+    """A model that gives `replies`, then fails as if it went down."""
+    queue = list(replies)
+
+    async def infer(prompt: str) -> str:
+        if not queue:
+            raise ConnectionError("model down")
+        return queue.pop(0)
+
+    return infer
+
+
 def add_step(i: int) -> str:
     return f'Thought: step {i}\nAction: add {{"a": {i}, "b": 1}}'
 
@@ -104,16 +116,9 @@ async def test_resume_continues_after_the_last_completed_step() -> None:
     backend = ar.InMemoryBackend()
     effects = Effects()
     runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
-    replies = [add_step(0), add_step(1)]
-
-    async def failing_model(prompt: str) -> str:
-        if replies:
-            return replies.pop(0)
-        raise ConnectionError("model down")
-
     session = runtime.create_session("a")
     with pytest.raises(ConnectionError):
-        await runtime.run_agent("a", "q", failing_model, session=session)
+        await runtime.run_agent("a", "q", fails_after(add_step(0), add_step(1)), session=session)
     assert effects.calls == [("add", (0, 1)), ("add", (1, 1))]
     seen: list[str] = []
 
@@ -407,16 +412,10 @@ async def test_a_failed_step_checkpoint_goes_with_the_next_so_resume_finds_no_ga
     backend = FailsOnceAtStep2()
     effects = Effects()
     runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
-    replies = [add_step(i) for i in range(4)]
-
-    async def failing_model(prompt: str) -> str:
-        if replies:
-            return replies.pop(0)
-        raise ConnectionError("model down")
-
     session = runtime.create_session("a")
+    model = fails_after(*(add_step(i) for i in range(4)))
     with pytest.raises(ConnectionError):
-        await runtime.run_agent("a", "q", failing_model, session=session)
+        await runtime.run_agent("a", "q", model, session=session)
     assert session.checkpoint_errors == 1
     prefix = f"session:{session.session_id}:step:"
     assert sorted(k for k in backend.data if k.startswith(prefix)) == [
@@ -606,16 +605,6 @@ async def test_event_logs_of_two_runtimes_on_one_session_add_up() -> None:
     first, second = (
         ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend) for _ in range(2)
     )
-
-    def fails_after(*replies: str) -> Callable[[str], Awaitable[str]]:
-        queue = list(replies)
-
-        async def infer(prompt: str) -> str:
-            if not queue:
-                raise ConnectionError("model down")
-            return queue.pop(0)
-
-        return infer
 
     session = first.create_session("a")
     with pytest.raises(ConnectionError):
