@@ -7,6 +7,9 @@ from collections.abc import Hashable
 
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
+_ROUNDING = 1e-9
+"""Tokens a bucket may lack by float rounding alone (4.1 - 4.0 is not quite 0.1 seconds)."""
+
 __all__ = ["RateLimiter"]
 
 
@@ -55,8 +58,8 @@ class RateLimiter:
         self._check(tokens)
         now = self._clock.now()
         level = self._refill(key, now)
-        if level >= tokens:
-            self._buckets[key] = (level - tokens, now)
+        if level > tokens - _ROUNDING:
+            self._buckets[key] = (max(level - tokens, 0.0), now)
             return True
         self._buckets[key] = (level, now)
         return False
@@ -74,9 +77,10 @@ class RateLimiter:
         self._check(tokens)
         now = self._clock.now()
         level = self._refill(key, now) - tokens
-        self._buckets[key] = (level, now)
-        if level >= 0:
+        if level > -_ROUNDING:
+            self._buckets[key] = (max(level, 0.0), now)
             return
+        self._buckets[key] = (level, now)
         try:
             await self._clock.sleep(-level / self.rate)
         except BaseException:
