@@ -34,10 +34,14 @@ py-check: build
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest llm_agent_runtime._core --allowlist stubtest-allowlist.txt
 
+# Property tests draw the same examples on every run, so a run is reproducible; explore
+# afresh with `make test PYTEST_ARGS=`.
+PYTEST_ARGS ?= --hypothesis-seed=0
+
 # PostgreSQL and Redis run for the tests only, and are stopped even when a test fails.
 test: build rust-check py-check
 	scripts/services.sh start
-	. .services/env && $(PY) -m pytest; status=$$?; scripts/services.sh stop; exit $$status
+	. .services/env && $(PY) -m pytest $(PYTEST_ARGS); status=$$?; scripts/services.sh stop; exit $$status
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/maturin develop --release --quiet --extras dev,bench
