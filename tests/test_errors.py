@@ -104,3 +104,14 @@ def test_importing_the_package_loads_only_the_fast_parts() -> None:
     ).stdout.split("\n")
     assert out[0] == "[]"  # the agent layer, HTTP and database drivers load on first use
     assert out[1] == "True"
+
+
+def test_every_public_name_resolves_and_the_provider_protocol_is_one() -> None:
+    from llm_agent_runtime import providers
+
+    for module in (ar, providers):
+        missing = [name for name in module.__all__ if not hasattr(module, name)]
+        assert missing == []
+    assert ar.LlmProvider is providers.LlmProvider
+    assert isinstance(ar.ScriptedProvider(["hi"]), ar.LlmProvider)
+    assert not isinstance(object(), ar.LlmProvider)

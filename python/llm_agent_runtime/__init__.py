@@ -91,9 +91,16 @@ if TYPE_CHECKING:
     from llm_agent_runtime.persistence.redis import RedisBackend
     from llm_agent_runtime.providers import provider_from_env
     from llm_agent_runtime.providers.anthropic import AnthropicProvider
+    from llm_agent_runtime.providers.base import LlmProvider
     from llm_agent_runtime.providers.offline import ScriptedProvider
     from llm_agent_runtime.providers.openai import OpenAIProvider
-    from llm_agent_runtime.runtime import AgentRuntime, ApprovalDecision, Middleware
+    from llm_agent_runtime.runtime import (
+        AgentRuntime,
+        ApprovalDecision,
+        ApprovalHandler,
+        InferFn,
+        Middleware,
+    )
     from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, tool
 
 # Loaded on first use: name -> module that defines it.
@@ -102,6 +109,9 @@ _LAZY = {
     "AgentRuntime": "llm_agent_runtime.runtime",
     "AnthropicProvider": "llm_agent_runtime.providers.anthropic",
     "ApprovalDecision": "llm_agent_runtime.runtime",
+    "ApprovalHandler": "llm_agent_runtime.runtime",
+    "InferFn": "llm_agent_runtime.runtime",
+    "LlmProvider": "llm_agent_runtime.providers.base",
     "Middleware": "llm_agent_runtime.runtime",
     "Observation": "llm_agent_runtime.tools",
     "OpenAIProvider": "llm_agent_runtime.providers.openai",
@@ -122,6 +132,7 @@ __all__ = [
     "AgentSession",
     "AnthropicProvider",
     "ApprovalDecision",
+    "ApprovalHandler",
     "BackpressureGuard",
     "BackpressureShedError",
     "BudgetExceededError",
@@ -149,6 +160,8 @@ __all__ = [
     "HashingEmbedder",
     "InMemoryBackend",
     "InMemoryCircuitStateBackend",
+    "InferFn",
+    "LlmProvider",
     "LlmResponse",
     "LlmTextDelta",
     "MemoryStoreError",

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from llm_agent_runtime.providers.anthropic import AnthropicProvider
     from llm_agent_runtime.providers.openai import OpenAIProvider
 
-__all__ = ["AnthropicProvider", "OpenAIProvider", "provider_from_env"]
+__all__ = ["AnthropicProvider", "LlmProvider", "OpenAIProvider", "provider_from_env"]
 
 _OPENAI_API_HOST = "api.openai.com"
 """Host of `DEFAULT_OPENAI_BASE_URL` (kept here: importing the provider module loads httpx)."""
