@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent(
+SETUP = textwrap.dedent(
     """
     import asyncio
 
@@ -21,7 +21,11 @@ SCRIPT = textwrap.dedent(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    """
+)
 
+SCRIPT = SETUP + textwrap.dedent(
+    """
     @ar.tool
     async def add(a: int, b: int) -> int:
         '''Adds.'''
@@ -36,25 +40,64 @@ SCRIPT = textwrap.dedent(
         return next(replies)
 
     runtime = ar.AgentRuntime(ar.AgentConfig(), tools=[add])
-    asyncio.run(runtime.run_agent("agent-1", "add", infer))
+    session = asyncio.run(runtime.run_agent("agent-1", "add", infer))
     for span in exporter.get_finished_spans():
         parent = span.parent.span_id if span.parent else None
-        print(span.name, dict(span.attributes or {}), parent is not None)
+        attributes = dict(span.attributes or {})
+        assert attributes.pop("session_id", session.session_id) == session.session_id
+        print(span.name, attributes, parent is not None, span.status.status_code.name)
+    """
+)
+
+FAILURES = SETUP + textwrap.dedent(
+    """
+    @ar.tool
+    async def broken() -> int:
+        '''Fails.'''
+        raise ValueError("tool broke")
+
+    class NoFinal(ar.InMemoryBackend):
+        async def batch_save(self, items):
+            if any(key.count(":") == 1 for key in items):  # the final record
+                raise OSError("disk full")
+            await super().batch_save(items)
+
+    replies = iter(["Thought: t\\nAction: broken {}", "Thought: t\\nAction: FINAL_ANSWER no"])
+
+    async def infer(prompt: str) -> str:
+        return next(replies)
+
+    runtime = ar.AgentRuntime(ar.AgentConfig(), tools=[broken], checkpoint_backend=NoFinal())
+    try:
+        asyncio.run(runtime.run_agent("agent-1", "q", infer))
+    except ar.PersistenceError:
+        pass
+    for span in exporter.get_finished_spans():
+        print(span.name, span.status.status_code.name, span.status.description or "")
     """
 )
 
 
-def test_spans_for_the_run_each_llm_call_and_each_tool_call() -> None:
+def _run(script: str) -> list[str]:
     # A subprocess: the global tracer provider can be set only once per process.
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout.splitlines()
-    assert out == [
-        "agent.llm {} True",
-        "agent.tool {'tool': 'add'} True",
-        "agent.llm {} True",
-        "agent.run {'agent_id': 'agent-1'} False",
+
+
+def test_spans_for_the_run_each_llm_call_and_each_tool_call() -> None:
+    assert _run(SCRIPT) == [
+        "agent.llm {} True UNSET",
+        "agent.tool {'tool': 'add'} True UNSET",
+        "agent.llm {} True UNSET",
+        "agent.run {'agent_id': 'agent-1'} False UNSET",
     ]
+
+
+def test_a_failed_tool_call_and_a_failed_final_checkpoint_mark_their_spans() -> None:
+    out = _run(FAILURES)
+    assert out[1] == "agent.tool ERROR error: tool broke"  # absorbed into an observation
+    assert out[-1].startswith("agent.run ERROR PersistenceError: final checkpoint failed")
 
 
 def test_no_tracer_without_a_configured_provider() -> None:

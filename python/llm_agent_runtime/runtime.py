@@ -398,20 +398,23 @@ class AgentRuntime:
         events = self.events
         # From here on, whatever fails releases the slot and counts the session finished.
         try:
-            if resume is None:  # a resumed run's prompt was rewritten before it was saved
-                for hook in self._hooks["on_user_message"]:
-                    prompt = await _maybe_await(hook(session, prompt)) or prompt
-                session.prompt = prompt  # what is kept, saved and sent: the rewritten text
-            if self._checkpoints is not None and resume is None:
-                await self._save_meta(session, "tools" if provider else "react")
-            if events.active:
-                events.emit(RunStarted(session.session_id, agent_id, prompt))
             span = (
-                self._tracer.start_as_current_span("agent.run", attributes={"agent_id": agent_id})
+                self._tracer.start_as_current_span(
+                    "agent.run", attributes={"agent_id": agent_id, "session_id": session.session_id}
+                )
                 if self._tracer is not None
                 else _NO_SPAN
             )
+            # The run's span covers all of it, its checkpoints included.
             with span:
+                if resume is None:  # a resumed run's prompt was rewritten before it was saved
+                    for hook in self._hooks["on_user_message"]:
+                        prompt = await _maybe_await(hook(session, prompt)) or prompt
+                    session.prompt = prompt  # what is kept, saved and sent: the rewritten text
+                if self._checkpoints is not None and resume is None:
+                    await self._save_meta(session, "tools" if provider else "react")
+                if events.active:
+                    events.emit(RunStarted(session.session_id, agent_id, prompt))
                 context = self._context(agent_id, prompt, session)
                 timeout = self.config.loop_timeout_ms
                 loop = (
@@ -432,23 +435,23 @@ class AgentRuntime:
                             f"agent loop timed out after {timeout} ms "
                             f"({session.step_count} steps done)"
                         ) from None
-            if history is not None:  # a turn: the session's chat history, saved with it
-                session.messages.append({"role": "user", "content": prompt})
-                session.messages.append(
-                    {"role": "assistant", "content": session.final_answer or ""}
-                )
-            session.duration_ms = (time.perf_counter() - started) * 1000.0
-            if events.active:
-                events.emit(
-                    RunFinished(
-                        session.session_id,
-                        session.final_answer,
-                        session.step_count,
-                        session.duration_ms,
+                if history is not None:  # a turn: the session's chat history, saved with it
+                    session.messages.append({"role": "user", "content": prompt})
+                    session.messages.append(
+                        {"role": "assistant", "content": session.final_answer or ""}
                     )
-                )
-            if self._checkpoints is not None:  # after RunFinished, so the log records it
-                await self._save_final(session)
+                session.duration_ms = (time.perf_counter() - started) * 1000.0
+                if events.active:
+                    events.emit(
+                        RunFinished(
+                            session.session_id,
+                            session.final_answer,
+                            session.step_count,
+                            session.duration_ms,
+                        )
+                    )
+                if self._checkpoints is not None:  # after RunFinished, so the log records it
+                    await self._save_final(session)
             return session
         except BaseException as error:
             session.duration_ms = (time.perf_counter() - started) * 1000.0
@@ -843,10 +846,14 @@ class AgentRuntime:
             events.emit(_event(ToolCallStarted, (session.session_id, step_index, name, arguments)))
         start = time.perf_counter()
         if self._tracer is not None:
-            with self._tracer.start_as_current_span("agent.tool", attributes={"tool": name}):
+            with self._tracer.start_as_current_span(
+                "agent.tool", attributes={"tool": name}
+            ) as span:
                 observation = await self.tools.call(
                     name, arguments, self.config.max_observation_chars, key
                 )
+                if observation.error_kind is not None:  # a failure the tool call absorbed
+                    _mark_failed(span, observation)
         else:
             observation = await self.tools.call(
                 name, arguments, self.config.max_observation_chars, key
@@ -1333,6 +1340,14 @@ async def _maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+def _mark_failed(span: Any, observation: Observation) -> None:
+    """Marks a tool's span as failed: its failure became an observation, not an exception."""
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_attribute("tool.error_kind", observation.error_kind or "")
+    span.set_status(Status(StatusCode.ERROR, observation.content))
 
 
 def _load_tracer() -> Any:
