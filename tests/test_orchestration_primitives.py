@@ -324,6 +324,18 @@ async def test_pipeline_runs_sync_and_async_stages_and_names_failures() -> None:
         ar.Pipeline().then(3)  # type: ignore[arg-type]
 
 
+def test_pipeline_refuses_bad_stages_and_names_objects_by_class() -> None:
+    class Scale:
+        def __call__(self, x: int) -> int:
+            return x * 3
+
+    assert ar.Pipeline(Scale()).stage_names == ["Scale"]  # no memory address in the name
+    with pytest.raises(TypeError, match="unsupported operand"):
+        ar.Pipeline() | (lambda x: x)  # type: ignore[operator]
+    with pytest.raises(TypeError, match="a named stage is a"):
+        ar.Pipeline(("only",))  # type: ignore[arg-type]
+
+
 async def test_fake_clock_rejects_going_back() -> None:
     with pytest.raises(ValueError):
         ar.FakeClock().advance(-1)

@@ -18,13 +18,19 @@ class Pipeline:
     as its cause.
 
     Args:
-        stages: initial `(name, fn)` pairs or plain callables (named after the function).
+        stages: initial `(name, fn)` pairs or plain callables (named after the function, or
+            the class of a callable object).
+
+    Raises:
+        TypeError: a stage is neither a callable nor a `(name, fn)` pair.
     """
 
     def __init__(self, *stages: Callable[[Any], Any] | tuple[str, Callable[[Any], Any]]) -> None:
         self._stages: list[tuple[str, Callable[[Any], Any]]] = []
         for stage in stages:
             if isinstance(stage, tuple):
+                if len(stage) != 2 or not isinstance(stage[0], str):
+                    raise TypeError(f"a named stage is a (name, fn) pair, got {stage!r}")
                 self.then(stage[1], name=stage[0])
             else:
                 self.then(stage)
@@ -42,11 +48,15 @@ class Pipeline:
         """
         if not callable(fn):
             raise TypeError(f"a pipeline stage must be callable, got {fn!r}")
-        self._stages.append((name or str(getattr(fn, "__name__", repr(fn))), fn))
+        # A callable object is named after its class: a repr holds a memory address.
+        default = getattr(fn, "__name__", None) or type(fn).__name__
+        self._stages.append((name or str(default), fn))
         return self
 
     def __or__(self, other: Pipeline) -> Pipeline:
-        """Concatenates two pipelines."""
+        """Concatenates two pipelines (`|` with anything else is a TypeError)."""
+        if not isinstance(other, Pipeline):
+            return NotImplemented
         joined = Pipeline()
         joined._stages = [*self._stages, *other._stages]
         return joined
