@@ -1,6 +1,7 @@
 //! A deterministic hashing text embedder: semantic memory with no model and no network.
 //!
-//! Text is lowercased and split into words (runs of alphanumeric characters). Features are the
+//! Text is normalized to Unicode NFKC (so composed and decomposed accents, full-width letters
+//! and ligatures embed like their plain forms), lowercased and split into words (runs of alphanumeric characters). Features are the
 //! word n-grams (1..=`word_ngrams` words) and the character n-grams (`char_min..=char_max`
 //! characters) of each word wrapped in `<` and `>` (so prefixes and suffixes are features of
 //! their own). Each feature is hashed with 64-bit FNV-1a (a fixed function: vectors are the
@@ -9,11 +10,15 @@
 //! the character n-grams of one word share a weight of 1 between them, so long words do not
 //! drown the words. The sum is L2-normalized; a text with no word at all embeds to zeros.
 
+use std::borrow::Cow;
+
 use numpy::{IntoPyArray, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use rayon::prelude::*;
+use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 use crate::errors::{non_negative, run_detached, CoreError, CoreResult};
+use crate::memory::at_least_one;
 
 /// Texts above which a batch is embedded over rayon threads.
 const PARALLEL_TEXTS: usize = 64;
@@ -27,6 +32,14 @@ pub struct Hashing {
     word_ngrams: usize,
     char_min: usize,
     char_max: usize,
+}
+
+/// `text` in Unicode NFKC; borrowed (no copy) when it already is, as ASCII always is.
+fn nfkc(text: &str) -> Cow<'_, str> {
+    match is_nfkc_quick(text.chars()) {
+        IsNormalized::Yes => Cow::Borrowed(text),
+        IsNormalized::No | IsNormalized::Maybe => Cow::Owned(text.nfkc().collect()),
+    }
 }
 
 #[inline]
@@ -77,12 +90,12 @@ impl Hashing {
         out[slot] += if hash >> 63 == 1 { -weight } else { weight };
     }
 
-    /// Embeds `text` into `row` (`dim` values, overwritten).
+    /// Embeds `text` into `row` (`dim` values, overwritten); `text` is NFKC-normalized first.
     pub fn embed_into(&self, text: &str, row: &mut [f32]) {
         // Sums in f64: weights like 1/3 cancel exactly enough that a text's vector does not
         // depend on rounding noise.
         let mut out = vec![0.0f64; self.dim];
-        let lower = text.to_lowercase();
+        let lower = nfkc(text).to_lowercase();
         let words: Vec<&str> = lower
             .split(|c: char| !c.is_alphanumeric())
             .filter(|w| !w.is_empty())
@@ -153,7 +166,8 @@ impl Hashing {
 /// Deterministic text embedder by feature hashing (word and character n-grams), in Rust.
 ///
 /// Needs no model and no network; the same text gives the same vector on every machine.
-/// Similar wording gives similar vectors (shared words, shared word pieces); it does not know
+/// Text is NFKC-normalized and lowercased first, so "é" composed or decomposed, and
+/// full-width "ＡＢＣ" and "abc", embed alike. Similar wording gives similar vectors (shared words, shared word pieces); it does not know
 /// synonyms. Rows are L2-normalized float32; a text with no word (empty, punctuation only)
 /// embeds to the zero vector.
 ///
@@ -181,8 +195,8 @@ impl PyHashingEmbedder {
         let count = |value, what| non_negative(value, what, CoreError::Memory);
         Ok(Self {
             inner: Hashing::new(
-                count(dim, "dim")?,
-                count(word_ngrams, "word_ngrams")?,
+                at_least_one(dim, "dim")?,
+                at_least_one(word_ngrams, "word_ngrams")?,
                 count(char_ngrams.0, "char_ngrams")?,
                 count(char_ngrams.1, "char_ngrams")?,
             )?,
@@ -278,5 +292,23 @@ mod tests {
         let mut out = vec![0.0; 64];
         h.embed_into("héllo wörld ß 日本語", &mut out);
         assert!((cosine(&out, &out) - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn nfkc_forms_embed_identically() {
+        let h = Hashing::new(128, 2, 3, 5).unwrap();
+        let pairs = [
+            (
+                "d\u{e9}j\u{e0} vu, \u{e7}a va",
+                "de\u{301}ja\u{300} vu, c\u{327}a va",
+            ),
+            ("\u{ff21}\u{ff22}\u{ff23} \u{fb01}le", "abc file"),
+        ];
+        for (a, b) in pairs {
+            let texts = [a.to_owned(), b.to_owned()];
+            let rows = h.embed(&texts);
+            assert_eq!(rows[..128], rows[128..], "{a:?} vs {b:?}");
+            assert!(rows.iter().any(|&x| x != 0.0));
+        }
     }
 }

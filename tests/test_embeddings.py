@@ -7,6 +7,7 @@ import json
 import sys
 import threading
 import types
+import unicodedata
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,14 +30,14 @@ def fnv(h: int, data: bytes) -> int:
 
 
 def reference_embed(text: str, dim: int, word_ngrams: int, cmin: int, cmax: int) -> np.ndarray:
-    """The documented hashing scheme, written plainly."""
+    """The documented hashing scheme, written plainly: NFKC, lowercase, words, n-grams."""
     out = np.zeros(dim, dtype=np.float64)
 
     def add(h: int, weight: float) -> None:
         out[h % dim] += -weight if h >> 63 else weight
 
     words, current = [], ""
-    for ch in text.lower():
+    for ch in unicodedata.normalize("NFKC", text).lower():
         if ch.isalnum():
             current += ch
         elif current:
@@ -59,7 +60,11 @@ def reference_embed(text: str, dim: int, word_ngrams: int, cmin: int, cmax: int)
     return (out / norm if norm > 0 else out).astype(np.float32)
 
 
-TEXT = st.text(alphabet=st.sampled_from("abcdeXYZ019 .,!-éü'"), max_size=60)
+# Decomposed accents, full-width letters and a ligature exercise the NFKC step.
+TEXT = st.text(
+    alphabet=st.sampled_from("abcdeXYZ019 .,!-éü'\u0301\u0308\uff21\uff3a\uff42\uff11\ufb01"),
+    max_size=60,
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -92,14 +97,48 @@ def test_hashing_properties_and_large_batches() -> None:
     assert not embedder.embed(["...!"]).any()
 
 
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(st.text(max_size=40), min_size=1, max_size=5))
+def test_hashing_normalizes_unicode_so_equivalent_forms_embed_alike(texts: list[str]) -> None:
+    """NFC, NFD and NFKC forms of a text embed bit-identically, in a batch and alone (there
+    was no normalization: NFC and NFD of one French sentence had cosine 0.018)."""
+    embedder = ar.HashingEmbedder(64)
+    forms = {
+        form: embedder.embed([unicodedata.normalize(form, t) for t in texts])
+        for form in ("NFC", "NFD", "NFKC", "NFKD")
+    }
+    for form in ("NFD", "NFKC", "NFKD"):
+        np.testing.assert_array_equal(forms[form], forms["NFC"])
+    np.testing.assert_array_equal(forms["NFC"], embedder.embed(texts))
+    for i, text in enumerate(texts):
+        np.testing.assert_array_equal(embedder.embed([text])[0], forms["NFC"][i])
+
+
+def test_hashing_equivalent_spellings() -> None:
+    embedder = ar.HashingEmbedder()
+    nfc = unicodedata.normalize("NFC", "Déjà vu: ça coûte très cher à Noël")
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfc != nfd
+    pairs = [
+        (nfc, nfd),
+        ("\uff21\uff22\uff23 \uff44\uff45\uff46", "abc def"),
+        ("\ufb01nance o\ufb03ce", "finance office"),
+    ]
+    for a, b in pairs:
+        rows = embedder.embed([a, b])
+        assert rows[0].any()
+        np.testing.assert_array_equal(rows[0], rows[1])
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda: ar.HashingEmbedder(0), "at least 1"),
         (lambda: ar.HashingEmbedder(8, word_ngrams=0), "at least 1"),
         (lambda: ar.HashingEmbedder(8, char_ngrams=(4, 2)), "char_ngrams"),
-        (lambda: ar.HashingEmbedder(-1), "dim must be >= 0, got -1"),
-        (lambda: ar.HashingEmbedder(8, word_ngrams=-2), "word_ngrams must be >= 0, got -2"),
+        # 0 is refused too, so a negative value is told "at least 1", not ">= 0".
+        (lambda: ar.HashingEmbedder(-1), "dim must be at least 1, got -1"),
+        (lambda: ar.HashingEmbedder(8, word_ngrams=-2), "word_ngrams must be at least 1, got -2"),
         (lambda: ar.HashingEmbedder(8, char_ngrams=(-1, 3)), "char_ngrams must be >= 0"),
         (lambda: ar.HashingEmbedder(8).embed("one string"), "not one string"),
         (lambda: ar.HashingEmbedder(8).embed(["ok", 3]), "sequence of strings"),
@@ -207,6 +246,62 @@ def test_openai_embedder_errors(server: tuple[_Server, str], monkeypatch: Any) -
     with pytest.raises(ar.ProviderError) as transport:
         dead.embed(["x"])
     assert transport.value.retryable is True
+
+
+def _reply(*items: object) -> tuple[int, dict[str, str], bytes]:
+    return 200, {}, json.dumps({"object": "list", "data": list(items)}).encode()
+
+
+def _row(index: object, embedding: object) -> dict[str, object]:
+    return {"object": "embedding", "index": index, "embedding": embedding}
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        # Each of these used to be accepted, or to escape as a raw TypeError.
+        (_reply(_row(0, [1.0, 2.0]), _row(0, [3.0, 4.0])), "index 0 appears twice"),
+        (_reply(_row(5, [1.0, 2.0]), _row(6, [3.0, 4.0])), r"index 5 is not an int in \[0, 2\)"),
+        (_reply(_row(-1, [1.0, 2.0]), _row(0, [3.0, 4.0])), "index -1 is not an int"),
+        (_reply(_row("0", [1.0, 2.0]), _row(1, [3.0, 4.0])), "index '0' is not an int"),
+        (_reply(_row(True, [1.0, 2.0]), _row(0, [3.0, 4.0])), "index True is not an int"),
+        (_reply(_row(0, []), _row(1, [])), "embedding of input 0 is empty"),
+        (
+            _reply(_row(0, {"x": 1}), _row(1, [1.0])),
+            "embedding of input 0 is not a list of numbers",
+        ),
+        (_reply(_row(0, [1.0]), _row(1, [None])), "embedding of input 1 is not a list of numbers"),
+        (_reply(_row(0, [1.0]), _row(1, [True])), "embedding of input 1 is not a list of numbers"),
+        (_reply(_row(0, "AAAAAA=="), _row(1, [1.0])), "not a list of numbers"),  # base64
+        (_reply(_row(0, [1.0, 2.0]), _row(1, [3.0])), "differ in length: 2 and 1"),
+        (_reply(_row(0, [1e39]), _row(1, [1.0])), "infinite"),
+        (_reply("row", _row(1, [1.0])), "object with 'index' and 'embedding'"),
+        ((200, {}, b"[1, 2]"), "expected an object with a 'data' list"),
+        ((200, {}, b'{"data": 7}'), "expected an object with a 'data' list"),
+        ((200, {}, b"not json"), "not JSON"),
+    ],
+)
+def test_openai_embedder_refuses_malformed_rows(
+    server: tuple[_Server, str], reply: tuple[int, dict[str, str], bytes], message: str
+) -> None:
+    state, url = server
+    state.replies.append(reply)
+    with pytest.raises(ar.ProviderError, match=message) as error:
+        ar.OpenAIEmbedder(base_url=url).embed(["a", "b"])
+    assert error.value.retryable is False
+
+
+def test_openai_embedder_checks_the_requested_dimensions(server: tuple[_Server, str]) -> None:
+    state, url = server
+    # A server that ignores `dimensions` and returns 8-wide rows used to be accepted.
+    state.replies.append(_reply(_row(0, [0.1] * 8)))
+    with pytest.raises(ar.ProviderError, match="8 values, but dimensions=4 was requested"):
+        ar.OpenAIEmbedder(base_url=url, dimensions=4).embed(["a"])
+    assert ar.OpenAIEmbedder(base_url=url, dimensions=4).embed(["a"]).shape == (1, 4)
+    # Rows of different widths in different requests are one malformed matrix too.
+    state.replies += [_reply(_row(0, [1.0] * 3)), _reply(_row(0, [1.0] * 4))]
+    with pytest.raises(ar.ProviderError, match="across requests: 3 and 4"):
+        ar.OpenAIEmbedder(base_url=url, batch_size=1).embed(["a", "b"])
 
 
 def test_openai_embedder_redacts_an_echoed_key(server: tuple[_Server, str]) -> None:

@@ -67,10 +67,54 @@ def test_negative_limits_and_capacities_are_memory_store_errors() -> None:
     # These used to raise Python's OverflowError.
     with pytest.raises(ar.MemoryStoreError, match="limit must be >= 0, got -1"):
         store.recall("a", -1)
-    with pytest.raises(ar.MemoryStoreError, match="per_agent_capacity must be >= 0, got -3"):
+    # 0 is refused too, so the message says "at least 1", not ">= 0".
+    with pytest.raises(ar.MemoryStoreError, match="per_agent_capacity must be at least 1, got -3"):
         ar.EpisodicStore(per_agent_capacity=-3)
+    with pytest.raises(ar.MemoryStoreError, match="per_agent_capacity must be at least 1, got 0"):
+        ar.EpisodicStore(per_agent_capacity=0)
+    with pytest.raises(
+        ar.MemoryStoreError, match="limit must be >= 0, got -2361183241434822606848"
+    ):
+        store.recall("a", -(2**71))
     assert [e.recall_count for e in store.episodes("a")] == [0]  # the failed recall counted none
     assert [e.content for e in store.recall("a", 2**62)] == ["x"]
+
+
+@pytest.mark.parametrize("huge", [2**63, 2**64, 10**30])
+def test_a_limit_beyond_64_bits_means_all(huge: int) -> None:
+    # These used to raise Python's OverflowError ("int too large to convert").
+    store = ar.EpisodicStore(clock=lambda: 0.0)
+    store.add_episode("a", "x", 0.5)
+    store.add_episode("a", "y", 0.7)
+    assert [e.content for e in store.recall("a", huge)] == ["y", "x"]
+    assert [e.content for e in store.recall("a", limit=huge)] == ["y", "x"]
+
+
+def test_capacity_never_evicts_the_episode_just_added() -> None:
+    # The new episode used to be the victim when it mattered least: add_episode returned the
+    # id 2, but only 0 and 1 were stored. An older episode makes room instead.
+    store = ar.EpisodicStore(per_agent_capacity=2, clock=lambda: 0.0)
+    store.add_episode("a", "x", 0.5)
+    store.add_episode("a", "y", 0.6)
+    new_id = store.add_episode("a", "new", 0.1)
+    assert new_id == 2
+    assert [(e.id, e.content) for e in store.episodes("a")] == [(1, "y"), (2, "new")]
+    one = ar.EpisodicStore(per_agent_capacity=1)
+    one.add_episode("a", "important", 1.0)
+    minor = one.add_episode("a", "minor", 0.0)
+    assert [(e.id, e.content) for e in one.episodes("a")] == [(minor, "minor")]
+
+
+def test_equal_scores_recall_in_insertion_order() -> None:
+    # Ties used to come back newest first; a stable sort by descending score keeps insertion
+    # order, oldest first, for recall and episodes_by_importance alike.
+    store = ar.EpisodicStore(clock=lambda: 0.0)
+    for content in ("first", "second", "third"):
+        store.add_episode("a", content, 0.5)
+    store.add_episode("a", "top", 0.9)
+    assert [e.content for e in store.recall("a", 4)] == ["top", "first", "second", "third"]
+    assert [e.content for e in store.recall("a", 2)] == ["top", "first"]
+    assert store.episodes_by_importance("a") == ["top", "first", "second", "third"]
 
 
 def test_per_agent_capacity_evicts_lowest_importance() -> None:
@@ -237,14 +281,15 @@ class EpisodicModel(RuleBasedStateMachine):
         episodes = self.ref.setdefault(agent, [])
         episodes.append(RefEpisode(self.next_id, content, importance))
         self.next_id += 1
-        if len(episodes) > 4:
-            victim = min(range(len(episodes)), key=lambda i: (episodes[i].importance, i))
+        if len(episodes) > 4:  # the lowest-importance older one goes, never the new one
+            victim = min(range(len(episodes) - 1), key=lambda i: (episodes[i].importance, i))
             del episodes[victim]
 
     @rule(agent=st.sampled_from(["a", "b", "c"]), limit=st.integers(0, 6))
     def recall(self, agent: str, limit: int) -> None:
         episodes = self.ref.get(agent, [])
-        order = sorted(range(len(episodes)), key=lambda i: (-episodes[i].importance, -i))[:limit]
+        # A stable sort by descending importance: ties keep insertion order.
+        order = sorted(range(len(episodes)), key=lambda i: -episodes[i].importance)[:limit]
         for i in order:
             episodes[i].recall_count += 1
         got = self.store.recall(agent, limit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any
 
@@ -153,3 +154,85 @@ def test_a_single_string_is_one_tag_in_store_and_search(tag: str) -> None:
     assert [h.key for h in store.search([1.0, 0.0], k=5, tags=tag)] == ["k"]
     assert [h.key for h in store.search([1.0, 0.0], k=5, tags=[tag])] == ["k"]
     assert [h.key for h in store.search([1.0, 0.0], k=5, tags=tag[0])] == ["other"]
+
+
+class _Rows:
+    """An embedder that returns whatever `make(texts)` builds."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    def embed(self, texts: Any) -> Any:
+        return self.make(texts)
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        # A 1-D row (the batch axis forgotten) used to make an index of dimension 1 in which
+        # every score was +-1; two rows for one text were accepted, the first one used.
+        (lambda texts: np.array([len(texts[0]), 1.0, 2.0], dtype=np.float32), r"\(3,\)"),
+        (lambda texts: np.ones((2, 4), dtype=np.float32), r"\(2, 4\)"),
+        (lambda texts: np.ones((1, 0), dtype=np.float32), r"\(1, 0\)"),
+        (lambda texts: np.ones((1, 1, 4), dtype=np.float32), r"\(1, 1, 4\)"),
+        (lambda texts: np.float32(3.0), r"\(\)"),
+    ],
+)
+def test_the_embedder_must_return_one_row_per_text(make: Any, shape: str) -> None:
+    store = ar.SemanticStore(_Rows(make))
+    with pytest.raises(ar.MemoryStoreError, match=rf"shape \(1, dim\), got shape {shape}"):
+        store.store("a", "apples")
+    with pytest.raises(ar.MemoryStoreError, match="shape"):
+        store.search("apples")
+    assert len(store) == 0 and store._index is None  # nothing stored, no dimension fixed
+    lists = ar.SemanticStore(_Rows(lambda texts: [[1.0, 2.0, 3.0] for _ in texts]))
+    lists.store("a", "apples")  # a (1, dim) list of lists is fine
+    assert [h.key for h in lists.search([1.0, 2.0, 3.0])] == ["a"]
+
+
+@pytest.mark.parametrize("embedding", [3.0, np.float32(2.0), np.array(1.0), [[1.0]], []])
+def test_an_embedding_must_be_one_non_empty_vector(embedding: Any) -> None:
+    # A scalar used to become a 1-vector (ascontiguousarray makes 0-d arrays 1-d).
+    store = ar.SemanticStore(dim=1)
+    with pytest.raises(ar.MemoryStoreError, match="embedding must"):
+        store.store("k", "v", embedding=embedding)
+    assert "k" not in store
+
+
+def test_tags_none_means_no_tags_and_bad_tags_are_memory_store_errors() -> None:
+    store = ar.SemanticStore(dim=2)
+    store.store("k", "v", tags=None, embedding=[1.0, 0.0])  # used to raise a raw TypeError
+    assert store.get_entry("k").tags == frozenset()  # type: ignore[union-attr]
+    for bad, message in [
+        ([["x"]], "tags must be strings, got list"),  # used to be "unhashable type: 'list'"
+        (5, "tags must be a string or an iterable of strings, got int"),
+        ([1], "tags must be strings, got int"),
+    ]:
+        with pytest.raises(ar.MemoryStoreError, match=re.escape(message)):
+            store.store("bad", "v", tags=bad, embedding=[1.0, 0.0])
+        with pytest.raises(ar.MemoryStoreError, match=re.escape(message)):
+            store.search([1.0, 0.0], tags=bad)
+    assert "bad" not in store
+
+
+def test_search_arguments_are_checked_with_clear_messages() -> None:
+    store = ar.SemanticStore()
+    store.store("cat", "the cat sat on the mat")
+    store.store("money", "quarterly revenue grew")
+    # A non-string, non-vector query used to be reported as "query has dimension 1".
+    with pytest.raises(ar.MemoryStoreError, match="query must be a string or a vector of numbers"):
+        store.search(None)  # type: ignore[arg-type]
+    with pytest.raises(ar.MemoryStoreError, match="k must be an int, got float"):
+        store.search("cat", 2.5)  # type: ignore[arg-type]
+    # A huge k means "all": it used to raise Python's OverflowError.
+    for k in (2**63, 10**20):
+        assert {h.key for h in store.search("cat", k)} == {"cat", "money"}
+        assert [h.key for h in store.search("cat", k, tags=["none"])] == []
+
+
+@pytest.mark.parametrize("dim", [0, -1, 2.5, True])
+def test_dim_must_be_at_least_one(dim: Any) -> None:
+    # dim=0 used to mean "auto" silently (None is the documented auto), and dim=-1 was told
+    # "dim must be >= 0" although 0 is refused too.
+    with pytest.raises(ar.MemoryStoreError, match="dim must be an int of at least 1"):
+        ar.SemanticStore(dim=dim)

@@ -75,9 +75,12 @@ def test_value_destructor_may_reenter_the_memory() -> None:
 def test_capacity_errors_and_prompt() -> None:
     with pytest.raises(ar.MemoryStoreError, match="at least 1"):
         ar.WorkingMemory(0)
-    # A negative capacity is the typed error, not Python's OverflowError.
-    with pytest.raises(ar.MemoryStoreError, match="capacity must be >= 0, got -1"):
+    # A negative capacity is the typed error, not Python's OverflowError; as 0 is refused too,
+    # the message says "at least 1" (it used to say ">= 0").
+    with pytest.raises(ar.MemoryStoreError, match="capacity must be at least 1, got -1"):
         ar.WorkingMemory(-1)
+    with pytest.raises(ar.MemoryStoreError, match="capacity must be at least 1, got 0"):
+        ar.WorkingMemory(0)
     wm = ar.WorkingMemory(4)
     assert wm.to_prompt() == ""
     wm.set("goal", "book a flight")
@@ -110,11 +113,35 @@ def test_thread_safe_under_contention() -> None:
 def test_fit_to_token_budget() -> None:
     texts = ["a" * 8, "b" * 5, "c" * 4]
     assert estimate_tokens("a" * 8) == 2 and estimate_tokens("b" * 5) == 2
+    assert ar.fit_to_token_budget(texts, 5) == texts
     assert ar.fit_to_token_budget(texts, 4) == ["a" * 8, "b" * 5]
-    assert ar.fit_to_token_budget(texts, 3) == ["a" * 8]
+    # "b" * 5 does not fit in what is left (1 token), but "c" * 4 does: skipped, not stopped.
+    assert ar.fit_to_token_budget(texts, 3) == ["a" * 8, "c" * 4]
     assert ar.fit_to_token_budget(texts, 0) == []
     with pytest.raises(ValueError):
         ar.fit_to_token_budget(texts, -1)
+
+
+def test_an_oversized_top_memory_does_not_block_the_others() -> None:
+    # The first text that did not fit used to end the selection, so one long top-ranked
+    # memory shut out every short one after it.
+    texts = ["x" * 400, "user likes tea", "y" * 100, "short"]
+    assert ar.fit_to_token_budget(texts, 20) == ["user likes tea", "short"]
+    assert ar.fit_to_token_budget(["z" * 81, "ok"], 20) == ["ok"]
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [("", 1), ("a", 1), ("abcd", 1), ("abcde", 2), ("a" * 400, 100), ("日本語の文", 2)],
+)
+def test_any_text_costs_at_least_one_token(text: str, tokens: int) -> None:
+    assert estimate_tokens(text) == tokens
+
+
+def test_blank_texts_cost_a_token_each() -> None:
+    # "" used to cost 0 tokens, so any number of blank memories fit in any budget.
+    assert ar.fit_to_token_budget([""] * 5, 3) == ["", "", ""]
+    assert ar.fit_to_token_budget(["", "abcd"], 1) == [""]
 
 
 class LruModel(RuleBasedStateMachine):

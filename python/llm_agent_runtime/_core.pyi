@@ -153,7 +153,7 @@ class WorkingMemory:
     """Bounded key -> value LRU memory; O(1) operations, thread-safe.
 
     Raises:
-        MemoryStoreError: capacity is not positive (or too large).
+        MemoryStoreError: capacity is below 1 (or too large).
     """
 
     def __new__(cls, capacity: int) -> WorkingMemory: ...
@@ -230,9 +230,11 @@ class EpisodicStore:
 
     With an embedder, recall(query=...) ranks by
     policy score + similarity_weight * cos(query, episode embedding).
+    Adding beyond per_agent_capacity evicts the lowest-importance older episode (the oldest
+    among equals), never the one being added.
 
     Raises:
-        MemoryStoreError: per_agent_capacity is not positive, or similarity_weight is negative.
+        MemoryStoreError: per_agent_capacity is below 1, or similarity_weight is negative.
     """
 
     def __new__(
@@ -264,6 +266,8 @@ class EpisodicStore:
         self, agent_id: str, limit: int = 3, query: str | npt.ArrayLike | None = None
     ) -> list[Episode]:
         """The agent's best episodes, best first; a query blends in cosine similarity.
+
+        Equal scores keep insertion order (oldest first); a limit beyond 64 bits means all.
 
         Raises:
             MemoryStoreError: a negative limit, a text query without an embedder, a bad
@@ -405,6 +409,9 @@ class VectorIndex:
 @final
 class HashingEmbedder:
     """Deterministic text embedder by feature hashing of word and character n-grams.
+
+    Text is NFKC-normalized and lowercased first: composed and decomposed accents, full-width
+    letters and ligatures embed like their plain forms.
 
     Raises:
         MemoryStoreError: dim or word_ngrams is not positive, or an invalid char_ngrams range.

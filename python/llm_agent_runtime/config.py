@@ -4,20 +4,29 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["AgentConfig"]
+__all__ = ["MAX_COUNT", "AgentConfig"]
+
+MAX_COUNT = 2**63 - 1
+"""Largest value of every integer setting (the largest signed 64-bit int the Rust core takes)."""
 
 
 class AgentConfig(BaseModel):
     """Settings of one `AgentRuntime`, validated once at construction.
 
+    Integer settings are strict: a bool (`True`), a float or a numeric string (`"7"`) is
+    refused rather than converted, as are values above `MAX_COUNT`; bool settings take only
+    bools.
+
     Attributes:
         max_iterations: Thought-Action-Observation cycles before the loop gives up.
-        model: Model name passed to the provider (None lets the provider choose).
+        model: Model name passed to the provider (None lets the provider choose); surrounding
+            whitespace is stripped, and a blank name is refused.
         system_prompt: Instruction put first in every prompt.
         max_memory_recalls: Episodes recalled into the prompt at most.
-        max_memory_tokens: Token budget of recalled episodes (about 4 characters a token).
+        max_memory_tokens: Token budget of recalled episodes (about 4 characters a token, at
+            least 1 each); 0 injects no memory, None sets no budget.
         stop_sequences: Sent with every model call; a reply is also cut before the first
             one it contains, so an `infer` function or a provider that ignores them ends
             there too (e.g. `["Observation:"]` keeps a ReAct model from inventing results).
@@ -32,16 +41,26 @@ class AgentConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_iterations: int = Field(default=10, ge=1)
+    max_iterations: int = Field(default=10, strict=True, ge=1, le=MAX_COUNT)
     model: str | None = None
     system_prompt: str = "You are a helpful AI agent."
-    max_memory_recalls: int = Field(default=3, ge=0)
-    max_memory_tokens: int | None = Field(default=None, ge=1)
+    max_memory_recalls: int = Field(default=3, strict=True, ge=0, le=MAX_COUNT)
+    max_memory_tokens: int | None = Field(default=None, strict=True, ge=0, le=MAX_COUNT)
     stop_sequences: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
-    loop_timeout_ms: int | None = Field(default=None, ge=1)
+    loop_timeout_ms: int | None = Field(default=None, strict=True, ge=1, le=MAX_COUNT)
     mode: Literal["react", "tools"] = "react"
-    max_parallel_tool_calls: int = Field(default=4, ge=1)
-    max_observation_chars: int = Field(default=4000, ge=16)
-    corrective_reprompt: bool = False
+    max_parallel_tool_calls: int = Field(default=4, strict=True, ge=1, le=MAX_COUNT)
+    max_observation_chars: int = Field(default=4000, strict=True, ge=16, le=MAX_COUNT)
+    corrective_reprompt: bool = Field(default=False, strict=True)
     error_recovery: Literal["stop", "retry"] = "retry"
-    context_window_tokens: int = Field(default=8000, ge=16)
+    context_window_tokens: int = Field(default=8000, strict=True, ge=16, le=MAX_COUNT)
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_blank(cls, model: str | None) -> str | None:
+        if model is None:
+            return None
+        model = model.strip()
+        if not model:
+            raise ValueError("model must not be blank (None lets the provider choose)")
+        return model

@@ -172,7 +172,10 @@ class OpenAIEmbedder:
         Raises:
             MemoryStoreError: `texts` is not a sequence of strings.
             ProviderError: an HTTP error (retryable for 429 and 5xx, with the server's
-                Retry-After), a transport failure (retryable), or a malformed response.
+                Retry-After), a transport failure (retryable), or a malformed response: not
+                exactly one row per input (the `index` values must be 0 .. n-1, each once), a
+                row that is empty, not a list of numbers, or not finite, rows of different
+                lengths, or rows of another length than `dimensions` when it was given.
         """
         import httpx
         import numpy as np
@@ -185,16 +188,22 @@ class OpenAIEmbedder:
         try:
             rows: list[list[float]] = []
             for start in range(0, len(batch), self._batch_size):
-                rows.extend(self._request(client, headers, batch[start : start + self._batch_size]))
+                chunk = self._request(client, headers, batch[start : start + self._batch_size])
+                if rows and len(chunk[0]) != len(rows[0]):
+                    raise ProviderError(
+                        "embeddings response rows differ in length across requests: "
+                        f"{len(rows[0])} and {len(chunk[0])}"
+                    )
+                rows.extend(chunk)
         finally:
             if self._client is None:
                 client.close()
-        try:
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused below
             out = np.asarray(rows, dtype=np.float32)
-        except ValueError as e:
-            raise ProviderError(f"embeddings response rows differ in length: {e}") from e
-        if out.ndim != 2 or not np.isfinite(out).all():
-            raise ProviderError("embeddings response is not a finite (n, dim) matrix")
+        if not np.isfinite(out).all():
+            raise ProviderError(
+                "embeddings response has NaN or infinite (or beyond float32) values"
+            )
         return out
 
     def _request(
@@ -234,10 +243,61 @@ class OpenAIEmbedder:
                 retry_after=wait,
             )
         try:
-            items = sorted(response.json()["data"], key=lambda item: item["index"])
-            rows = [item["embedding"] for item in items]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ProviderError(f"malformed embeddings response: {e!r}") from e
-        if len(rows) != len(texts):
-            raise ProviderError(f"embeddings response has {len(rows)} rows for {len(texts)} inputs")
-        return rows
+            payload = response.json()
+        except ValueError as e:
+            raise ProviderError(f"malformed embeddings response: not JSON ({e})") from e
+        return _rows(payload, len(texts), self.dimensions)
+
+
+def _rows(payload: Any, count: int, dimensions: int | None) -> list[list[float]]:
+    """The rows of an embeddings response for `count` inputs, in input order.
+
+    Raises:
+        ProviderError: a payload without a `data` list; not exactly one item per input (the
+            `index` values must be 0 .. count-1, each once); an embedding that is not a
+            non-empty list of numbers; rows of different lengths, or of another length than
+            `dimensions` when given.
+    """
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise ProviderError("malformed embeddings response: expected an object with a 'data' list")
+    if len(data) != count:
+        raise ProviderError(f"embeddings response has {len(data)} rows for {count} inputs")
+    rows: list[list[float] | None] = [None] * count
+    width: int | None = None
+    for item in data:
+        if not isinstance(item, dict) or "index" not in item or "embedding" not in item:
+            raise ProviderError(
+                "malformed embeddings response: each item of 'data' must be an object with "
+                "'index' and 'embedding'"
+            )
+        index, row = item["index"], item["embedding"]
+        if type(index) is not int or not 0 <= index < count:
+            raise ProviderError(
+                f"malformed embeddings response: index {index!r:.40} is not an int in [0, {count})"
+            )
+        if rows[index] is not None:
+            raise ProviderError(f"malformed embeddings response: index {index} appears twice")
+        # JSON numbers only: no bool, null, string (a base64 reply) or nested value.
+        if not isinstance(row, list) or not set(map(type, row)) <= {int, float}:
+            raise ProviderError(
+                f"malformed embeddings response: the embedding of input {index} is not a "
+                "list of numbers"
+            )
+        if not row:
+            raise ProviderError(
+                f"malformed embeddings response: the embedding of input {index} is empty"
+            )
+        if width is None:
+            width = len(row)
+        elif len(row) != width:
+            raise ProviderError(
+                f"embeddings response rows differ in length: {width} and {len(row)}"
+            )
+        rows[index] = row
+    if dimensions is not None and width is not None and width != dimensions:
+        raise ProviderError(
+            f"embeddings response rows have {width} values, but dimensions={dimensions} "
+            "was requested (does the model support `dimensions`?)"
+        )
+    return [row for row in rows if row is not None]

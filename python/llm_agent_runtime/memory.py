@@ -28,15 +28,20 @@ CHARS_PER_TOKEN = 4
 
 
 def estimate_tokens(text: str) -> int:
-    """Estimated tokens of `text` (about four characters a token, rounded up)."""
-    return -(-len(text) // CHARS_PER_TOKEN)
+    """Estimated tokens of `text`: about four characters a token, rounded up, and at least 1.
+
+    Any text costs at least one token (a blank memory still takes a line of the prompt), so
+    a budget of `n` tokens holds at most `n` texts.
+    """
+    return max(1, -(-len(text) // CHARS_PER_TOKEN))
 
 
 def fit_to_token_budget(texts: Iterable[str], max_tokens: int) -> list[str]:
-    """Keeps texts, in order, while their estimated tokens fit in `max_tokens`.
+    """Keeps texts, in order, whose estimated tokens fit together in `max_tokens`.
 
-    Stops at the first text that does not fit, so a higher-ranked memory is never dropped
-    in favour of a lower-ranked one that happens to be shorter.
+    A text that does not fit in what is left of the budget is skipped, and the next ones are
+    still tried: one oversized top-ranked memory does not shut out the smaller ones after it.
+    The kept texts stay in their given (rank) order.
 
     Raises:
         ValueError: `max_tokens` is negative.
@@ -46,9 +51,11 @@ def fit_to_token_budget(texts: Iterable[str], max_tokens: int) -> list[str]:
     kept: list[str] = []
     used = 0
     for text in texts:
+        if used >= max_tokens:
+            break  # every text costs at least 1 token: nothing more can fit
         cost = estimate_tokens(text)
         if used + cost > max_tokens:
-            break
+            continue
         kept.append(text)
         used += cost
     return kept

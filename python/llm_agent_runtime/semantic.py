@@ -56,11 +56,12 @@ class SemanticStore:
     Args:
         embedder: turns texts into vectors (for `store(..., embed=True)` and text queries);
             defaults to the built-in `HashingEmbedder()` (offline, deterministic).
-        dim: embedding length; defaults to the embedder's `dim`, else the first vector's length.
+        dim: embedding length, at least 1; None (the default) takes the embedder's `dim`,
+            else the first vector's length.
         dtype: storage of the vector index: "float32", "float16" or "int8" (see `VectorIndex`).
 
     Raises:
-        MemoryStoreError: an unknown dtype.
+        MemoryStoreError: an unknown dtype; a `dim` that is not an int of at least 1.
     """
 
     def __init__(
@@ -70,6 +71,10 @@ class SemanticStore:
         dim: int | None = None,
         dtype: str = "float32",
     ) -> None:
+        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
+            raise MemoryStoreError(
+                f"dim must be an int of at least 1 (or None to take the embedder's), got {dim!r}"
+            )
         self._embedder: Embedder = embedder if embedder is not None else HashingEmbedder()
         self._dtype = dtype
         dim = dim if dim is not None else getattr(self._embedder, "dim", None)
@@ -88,7 +93,7 @@ class SemanticStore:
         self,
         key: str,
         value: str,
-        tags: Iterable[str] = (),
+        tags: Iterable[str] | None = (),
         embedding: npt.ArrayLike | None = None,
         *,
         embed: bool = True,
@@ -98,21 +103,22 @@ class SemanticStore:
         Args:
             key: unique key; storing it again replaces value, tags and embedding.
             value: the text.
-            tags: labels for `retrieve_by_tag` and filtered search; a single string is one
-                tag (`tags="news"` is the tag "news", not the tags "n", "e", "w", "s").
+            tags: labels for `retrieve_by_tag` and filtered search; None means no tags, and a
+                single string is one tag (`tags="news"` is the tag "news", not the tags "n",
+                "e", "w", "s").
             embedding: its vector; when None and `embed`, the value is embedded with the
                 store's embedder (a value with nothing to embed, e.g. empty, gets none).
             embed: embed the value when no embedding is given.
 
         Raises:
-            MemoryStoreError: a non-string key, value or tag; an embedding of the wrong length,
-                with NaN/inf, or zero.
+            MemoryStoreError: a non-string key or value; tags that are not a string or an
+                iterable of strings; an embedding that is not one vector of numbers (a scalar,
+                a matrix), or of the wrong length, with NaN/inf, or zero; an embedder that does
+                not return one row of shape (1, dim) for the value.
         """
         if not isinstance(key, str) or not isinstance(value, str):
             raise MemoryStoreError("key and value must be strings")
         tag_set = _tag_set(tags)
-        if not all(isinstance(t, str) for t in tag_set):
-            raise MemoryStoreError("tags must be strings")
         vector = None
         if embedding is not None:
             vector = self._as_vector(embedding, "embedding")
@@ -183,7 +189,7 @@ class SemanticStore:
 
         Args:
             query: text (embedded with the store's embedder) or a vector.
-            k: most results returned.
+            k: most results returned; a huge k means all of them.
             tags: when given, only entries carrying every one of these tags are considered;
                 a single string is one tag, as in `store`.
 
@@ -191,15 +197,21 @@ class SemanticStore:
             Up to `k` hits; only entries with an embedding take part.
 
         Raises:
-            MemoryStoreError: k < 1, or a query of the wrong length, NaN/inf, or zero (a text
-                with nothing to embed).
+            MemoryStoreError: k is not an int or is below 1; a query that is neither a string
+                nor one vector of numbers; a query vector of the wrong length, NaN/inf, or zero
+                (a text with nothing to embed); tags that are not a string or an iterable of
+                strings.
         """
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise MemoryStoreError(f"k must be an int, got {type(k).__name__}")
         if k < 1:
             raise MemoryStoreError(f"k must be at least 1, got {k}")
         vector = (
-            self._embed_text(query) if isinstance(query, str) else self._as_vector(query, "query")
+            self._embed_text(query)
+            if isinstance(query, str)
+            else self._as_vector(query, "query", "a string or a vector of numbers")
         )
-        required = _tag_set(tags) if tags is not None else frozenset()
+        required = _tag_set(tags)
         if self._index is None or len(self._index) == 0:
             if self._index is not None and len(vector) != self._index.dim:
                 raise MemoryStoreError(
@@ -214,7 +226,9 @@ class SemanticStore:
             if candidates == 0:
                 index.search(vector, 1)  # still validates the query
                 return []
-        # Over-fetch, then filter by tags; widen until k pass or every vector was seen.
+        # Over-fetch, then filter by tags; widen until k pass or every vector was seen. Never
+        # ask the index for more than it holds, so a huge k (meaning "all") cannot overflow.
+        k = min(k, len(index))
         want = min(k, candidates) if candidates is not None else k
         fetch = k
         while True:
@@ -293,19 +307,46 @@ class SemanticStore:
         return self._index
 
     def _embed_text(self, text: str) -> np.ndarray[Any, np.dtype[np.float32]]:
-        rows = self._embedder.embed([text])
-        return self._as_vector(rows[0], "embedding of the text")
+        """The embedder's row for `text`; it must return exactly one row: shape (1, dim)."""
+        import numpy as np
 
-    def _as_vector(self, value: Any, what: str) -> np.ndarray[Any, np.dtype[np.float32]]:
+        rows = self._embedder.embed([text])
+        try:
+            matrix = np.asarray(rows, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise MemoryStoreError(
+                f"embedder.embed([text]) must return a (1, dim) array of numbers: {e}"
+            ) from e
+        if matrix.ndim != 2 or matrix.shape[0] != 1 or matrix.shape[1] < 1:
+            raise MemoryStoreError(
+                "embedder.embed([text]) must return one row, an array of shape (1, dim), "
+                f"got shape {matrix.shape}"
+            )
+        return np.ascontiguousarray(matrix[0])
+
+    def _as_vector(
+        self, value: Any, what: str, expected: str = "a vector of numbers"
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """`value` as a contiguous float32 vector.
+
+        `what` names it and `expected` says what it must be, in the error.
+        """
         import numpy as np
 
         try:
-            vector = np.ascontiguousarray(value, dtype=np.float32)
+            # Shape first: ascontiguousarray would turn a scalar into a 1-vector. A value
+            # beyond float32 becomes inf, which the index refuses with its own message.
+            with np.errstate(over="ignore"):
+                vector = np.asarray(value, dtype=np.float32)
         except (TypeError, ValueError) as e:
-            raise MemoryStoreError(f"{what} must be a sequence of numbers: {e}") from e
+            raise MemoryStoreError(f"{what} must be {expected}: {e}") from e
+        if vector.ndim == 0:
+            raise MemoryStoreError(f"{what} must be {expected}, got {type(value).__name__}")
         if vector.ndim != 1:
             raise MemoryStoreError(f"{what} must be one vector, got shape {vector.shape}")
-        return vector
+        if vector.size == 0:
+            raise MemoryStoreError(f"{what} must not be empty")
+        return np.ascontiguousarray(vector)
 
     def _drop_vector(self, key: str) -> None:
         doc_id = self._ids.pop(key)
@@ -324,8 +365,23 @@ class SemanticStore:
                 del self._by_tag[tag]
 
 
-def _tag_set(tags: Iterable[str]) -> frozenset[str]:
-    """`tags` as a set; a single string is one tag, not the set of its characters."""
+def _tag_set(tags: Iterable[str] | None) -> frozenset[str]:
+    """`tags` as a set; None is no tags, a single string is one tag (not its characters).
+
+    Raises:
+        MemoryStoreError: `tags` is not None, a string or an iterable of strings.
+    """
+    if tags is None:
+        return frozenset()
     if isinstance(tags, str):
         return frozenset((tags,))
-    return frozenset(tags)
+    try:
+        items = list(tags)
+    except TypeError:
+        raise MemoryStoreError(
+            f"tags must be a string or an iterable of strings, got {type(tags).__name__}"
+        ) from None
+    for tag in items:
+        if not isinstance(tag, str):
+            raise MemoryStoreError(f"tags must be strings, got {type(tag).__name__}: {tag!r:.80}")
+    return frozenset(items)

@@ -10,9 +10,9 @@
 //!   where `cos` is the cosine between the query and the episode's embedding, and 0 for an
 //!   episode without one.
 //!
-//! Ties rank the newer episode first.
+//! Equal scores keep insertion order: the older episode ranks first (a stable sort by
+//! descending score).
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -72,7 +72,8 @@ pub struct Episodes {
     pub decay: Option<Decay>,
     /// Ranking policy.
     pub recall: Recall,
-    /// Most episodes kept per agent (lowest importance evicted first).
+    /// Most episodes kept per agent (adding beyond it evicts the lowest-importance older
+    /// episode; never the one being added).
     pub per_agent_capacity: Option<usize>,
     /// Next episode id.
     pub next_id: u64,
@@ -283,8 +284,9 @@ impl Episodes {
         normalized(v, what)
     }
 
-    /// Adds an episode (with an optional embedding); evicts the agent's lowest-importance
-    /// episode (oldest on ties) when over capacity. Returns the new episode's id.
+    /// Adds an episode (with an optional embedding) and returns its id, which is always
+    /// stored: when the agent goes over capacity, the lowest-importance episode among the
+    /// *older* ones (the oldest on ties) is evicted, whatever the new one's importance.
     ///
     /// # Errors
     /// [`CoreError::Memory`] when `importance` is outside [0, 1], `now` is not finite, or the
@@ -320,8 +322,10 @@ impl Episodes {
         });
         if let Some(cap) = self.per_agent_capacity {
             if episodes.len() > cap {
-                // Lowest importance goes; among equals, the oldest (first in insertion order).
-                let victim = episodes
+                // Lowest importance among the older episodes goes (the new one, last, is
+                // never the victim); among equals, the oldest (first in insertion order).
+                let older = episodes.len() - 1;
+                let victim = episodes[..older]
                     .iter()
                     .enumerate()
                     .min_by(|a, b| {
@@ -371,8 +375,9 @@ impl Episodes {
         }
     }
 
-    /// The agent's top `limit` episodes at time `now`, best first, blending in similarity to
-    /// `query` when given; their recall counts go up.
+    /// The agent's top `limit` episodes at time `now`, best first (equal scores in insertion
+    /// order, oldest first), blending in similarity to `query` when given; their recall
+    /// counts go up.
     ///
     /// # Errors
     /// [`CoreError::Memory`] when `now` is not finite, or `query` is not finite, zero, or of
@@ -396,8 +401,9 @@ impl Episodes {
             .enumerate()
             .map(|(i, e)| (self.blended_score(e, now, query.as_deref()), i))
             .collect();
-        // Best first: higher score, then newer (later in insertion order).
-        let better = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1));
+        // Best first: higher score, then older (earlier in insertion order), as a stable sort
+        // by descending score would give.
+        let better = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         let limit = limit.min(ranked.len());
         if limit == 0 {
             return Ok(Vec::new());
@@ -449,14 +455,11 @@ impl Episodes {
     }
 }
 
-/// Content strings of `episodes` by descending importance (stable for ties).
+/// Content strings of `episodes` by descending importance (ties keep insertion order,
+/// oldest first, as `recall` ranks them).
 pub fn by_importance(episodes: &[Episode]) -> Vec<String> {
     let mut sorted: Vec<&Episode> = episodes.iter().collect();
-    sorted.sort_by(|a, b| {
-        b.importance
-            .partial_cmp(&a.importance)
-            .unwrap_or(Ordering::Equal)
-    });
+    sorted.sort_by(|a, b| b.importance.total_cmp(&a.importance));
     sorted.into_iter().map(|e| e.content.clone()).collect()
 }
 
@@ -507,6 +510,35 @@ mod tests {
         s.add("a", "z", 0.9, 0.0, None).unwrap();
         let kept: Vec<_> = s.episodes("a").iter().map(|e| e.content.as_str()).collect();
         assert_eq!(kept, ["x", "z"]);
+        // The new episode is kept even when it matters least: an older one makes room.
+        let id = s.add("a", "new-low", 0.1, 0.0, None).unwrap();
+        let kept: Vec<_> = s
+            .episodes("a")
+            .iter()
+            .map(|e| (e.id, e.content.as_str()))
+            .collect();
+        assert_eq!(kept, [(2, "z"), (id, "new-low")]);
+    }
+
+    #[test]
+    fn equal_scores_recall_in_insertion_order() {
+        let mut s = Episodes::new(None, Recall::Importance, None).unwrap();
+        for c in ["first", "second", "third", "fourth"] {
+            s.add("a", c, 0.5, 0.0, None).unwrap();
+        }
+        let order = |s: &mut Episodes, limit| -> Vec<String> {
+            s.recall("a", limit, 0.0, None)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.content)
+                .collect()
+        };
+        assert_eq!(order(&mut s, 4), ["first", "second", "third", "fourth"]);
+        assert_eq!(order(&mut s, 2), ["first", "second"]);
+        assert_eq!(
+            by_importance(s.episodes("a")),
+            ["first", "second", "third", "fourth"]
+        );
     }
 
     #[test]

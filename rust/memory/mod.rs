@@ -7,13 +7,47 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use numpy::{IntoPyArray, PyUntypedArrayMethods};
 use parking_lot::Mutex;
-use pyo3::exceptions::PyKeyError;
+use pyo3::exceptions::{PyKeyError, PyOverflowError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::errors::{non_negative, run_detached, CoreError};
+use crate::errors::{non_negative, run_detached, CoreError, CoreResult};
 use episodic::{Decay, Episode, Episodes, Recall};
 use working::Lru;
+
+/// `value` as a count that must be at least 1 (a capacity, a dimension); `what` names it in
+/// the error.
+///
+/// # Errors
+/// [`CoreError::Memory`] "`what` must be at least 1, got `value`" when `value` is below 1.
+pub(crate) fn at_least_one(value: i64, what: &str) -> CoreResult<usize> {
+    usize::try_from(value)
+        .ok()
+        .filter(|&v| v >= 1)
+        .ok_or_else(|| CoreError::Memory(format!("{what} must be at least 1, got {value}")))
+}
+
+/// A `limit` argument: a non-negative Python int. An int too large for the platform means
+/// "all" and is clamped to `usize::MAX`, instead of the built-in `OverflowError`.
+pub(crate) struct Limit(pub(crate) usize);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Limit {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        match obj.extract::<i64>() {
+            Ok(value) => Ok(Limit(non_negative(value, "limit", CoreError::Memory)?)),
+            Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => {
+                if obj.gt(0)? {
+                    Ok(Limit(usize::MAX))
+                } else {
+                    Err(CoreError::Memory(format!("limit must be >= 0, got {}", obj.str()?)).into())
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
 
 /// Bounded key -> value working memory with exact least-recently-used eviction.
 ///
@@ -47,7 +81,7 @@ impl PyWorkingMemory {
 impl PyWorkingMemory {
     #[new]
     fn new(capacity: i64) -> PyResult<Self> {
-        let capacity = non_negative(capacity, "WorkingMemory capacity", CoreError::Memory)?;
+        let capacity = at_least_one(capacity, "WorkingMemory capacity")?;
         Ok(Self {
             inner: Mutex::new(Lru::new(capacity)?),
         })
@@ -289,7 +323,8 @@ impl PyRecallPolicy {
 /// Args:
 ///     decay: optional `DecayPolicy` fading importance with age.
 ///     recall_policy: `RecallPolicy.importance()` (default) or `RecallPolicy.hybrid(...)`.
-///     per_agent_capacity: most episodes per agent; the lowest-importance one is evicted.
+///     per_agent_capacity: most episodes per agent; adding one beyond it evicts the
+///         lowest-importance older episode (the oldest among equals), never the new one.
 ///     clock: callable returning the time in seconds (default: wall-clock time); inject
 ///         one to make decay testable. A NaN or infinite time makes `add_episode` and
 ///         `recall` raise `MemoryStoreError`.
@@ -393,7 +428,7 @@ impl PyEpisodicStore {
         similarity_weight: f64,
     ) -> PyResult<Self> {
         let per_agent_capacity = per_agent_capacity
-            .map(|c| non_negative(c, "per_agent_capacity", CoreError::Memory))
+            .map(|c| at_least_one(c, "per_agent_capacity"))
             .transpose()?;
         let store = Episodes::new(
             decay.map(|d| d.inner),
@@ -446,11 +481,12 @@ impl PyEpisodicStore {
             .add(agent_id, content, importance, now, embedding.as_deref())?)
     }
 
-    /// The agent's `limit` best episodes, best first; each one's recall count goes up.
+    /// The agent's `limit` best episodes, best first (equal scores in insertion order,
+    /// oldest first); each one's recall count goes up.
     ///
     /// Args:
     ///     agent_id: whose episodes.
-    ///     limit: most episodes returned.
+    ///     limit: most episodes returned; a huge int means all of them.
     ///     query: text (embedded with the store's embedder) or a vector; when given, scores
     ///         become `policy score + similarity_weight * cos(query, episode)`. A text with
     ///         nothing to embed ranks by the policy alone.
@@ -459,15 +495,18 @@ impl PyEpisodicStore {
     ///     MemoryStoreError: a negative `limit`; a text query without an embedder; a query
     ///         vector that is not finite, zero, or of another length than the episodes'
     ///         embeddings; the clock returned a NaN or infinite time.
-    #[pyo3(signature = (agent_id, limit=3, query=None))]
+    #[pyo3(
+        signature = (agent_id, limit=Limit(3), query=None),
+        text_signature = "($self, agent_id, limit=3, query=None)"
+    )]
     fn recall(
         &self,
         py: Python<'_>,
         agent_id: &str,
-        limit: i64,
+        limit: Limit,
         query: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<PyEpisode>> {
-        let limit = non_negative(limit, "limit", CoreError::Memory)?;
+        let Limit(limit) = limit;
         let query = match query {
             None => None,
             Some(q) => match q.extract::<&str>() {
