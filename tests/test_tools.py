@@ -223,8 +223,10 @@ async def test_partial_of_async_handlers_counts_as_async() -> None:
     assert not ar.ToolSpec("s", "d", functools.partial(lambda a: a)).is_async
 
 
-@pytest.mark.parametrize("run_inline", [False, True])
-@pytest.mark.parametrize("timeout", [None, 5.0])
+@pytest.mark.parametrize(
+    ("run_inline", "timeout"),
+    [(False, None), (False, 5.0), (True, None)],  # run_inline takes no timeout
+)
 async def test_awaitable_from_a_sync_handler_is_awaited(
     run_inline: bool, timeout: float | None
 ) -> None:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import enum
 import functools
 import inspect
 import json
+import re
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic.fields import FieldInfo
 from typing_extensions import NotRequired, TypedDict
 
 from llm_agent_runtime.errors import (
@@ -32,9 +39,18 @@ ErrorKind = Literal["not_found", "transient", "permanent"]
 
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
+    asyncio.TimeoutError,  # a class of its own before Python 3.11
     ConnectionError,
     CircuitOpenError,
 )
+_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, asyncio.TimeoutError)
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""Tool names the providers accept (OpenAI and Anthropic enforce this pattern)."""
+
+
+class _ToolTimeoutError(TimeoutError):
+    """The per-tool timeout expired (a tool's own `TimeoutError` keeps its own message)."""
 
 
 class Observation(NamedTuple):
@@ -67,21 +83,47 @@ def classify_error(error: BaseException) -> ErrorKind:
     return "permanent"
 
 
+def _check_name(name: Any) -> None:
+    """Raises `ToolError` unless `name` is a tool name every provider accepts."""
+    if not isinstance(name, str) or not name.strip():
+        raise ToolError("tool name must not be empty")
+    if _NAME.fullmatch(name) is None:
+        raise ToolError(
+            f"tool name {name!r} is invalid: use 1 to 64 ASCII letters, digits, '_' or '-' "
+            "(providers refuse other names)",
+            tool=name,
+        )
+
+
 class ToolSpec:
     """A tool: a name, a description, a JSON schema, and a handler.
 
     A handler receives the parsed arguments as one dict; it may be sync (run in a worker
-    thread, off the event loop) or async (awaited).
+    thread, off the event loop) or async (awaited). The dict is the handler's own copy: it
+    may change it without changing the call the session records (a shallow copy: nested
+    lists and dicts are shared with the caller's arguments, so leave those unchanged).
+
+    Arguments are a dict; a string holding a JSON object is taken for that object. Another
+    bare value is taken for the only required argument when there is exactly one; for a tool
+    with no required argument, None and "" mean no arguments.
+
+    A sync handler with a `timeout` runs on a daemon thread of its own, so a call that times
+    out does not hold a worker that other tools need. A thread cannot be killed: the timed-out
+    handler keeps running in the background until it returns (its result is dropped), though
+    it does not keep `asyncio.run` or the interpreter from exiting. A sync handler without a
+    timeout runs in the event loop's default executor.
 
     Args:
-        name: Name the model calls the tool by.
+        name: Name the model calls the tool by: 1 to 64 ASCII letters, digits, '_' or '-'.
         description: What the tool does, shown to the model.
         handler: `dict -> result`, sync or async.
         parameters: JSON schema of the arguments object.
-        required_fields: Argument names that must be present (added to the schema's `required`).
+        required_fields: Argument names that must be present (added to the schema's
+            `required`, in a copy of `parameters`).
         timeout: Seconds a call may take before it fails as `transient`.
         circuit_breaker: Fast-fails calls while the tool is unhealthy.
         run_inline: Run a sync handler on the event loop (for trivial, non-blocking handlers).
+            Nothing can interrupt it there, so it takes no `timeout`.
         idempotent: Running a call twice has the effect of running it once, so a resumed run
             may repeat a call that an interruption left unfinished. With checkpoints on, a lone
             call of such a tool is not journaled before it runs (one write less per step): an
@@ -92,11 +134,13 @@ class ToolSpec:
             key) each call gets a fresh random key: unique per call, never repeated.
 
     Raises:
-        ToolError: When the name is empty or the handler is not callable.
+        ToolError: When the name is empty or not a valid tool name, the handler is not
+            callable, the timeout is not positive, or `run_inline` comes with a timeout.
     """
 
     __slots__ = (
         "_check",
+        "_full_check",
         "circuit_breaker",
         "description",
         "handler",
@@ -123,17 +167,27 @@ class ToolSpec:
         idempotent: bool = False,
         takes_idempotency_key: bool = False,
     ) -> None:
-        if not name or not name.strip():
-            raise ToolError("tool name must not be empty")
+        _check_name(name)
         if not callable(handler):
             raise ToolError(f"handler of tool {name!r} is not callable", tool=name)
         if timeout is not None and timeout <= 0:
             raise ToolError(f"timeout of tool {name!r} must be positive", tool=name)
+        if run_inline and timeout is not None:
+            raise ToolError(
+                f"tool {name!r}: run_inline=True runs the handler on the event loop, where a "
+                "timeout cannot interrupt it; drop run_inline or the timeout",
+                tool=name,
+            )
+        schema = parameters or {"type": "object", "properties": {}}
+        declared = list(schema.get("required", ()))
+        added = [f for f in dict.fromkeys(required_fields) if f not in declared]
+        if added:  # a copy: the caller's schema stays as it was
+            schema = {**schema, "required": declared + added}
         self.name = name
         self.description = description
         self.handler = handler
-        self.parameters = parameters or {"type": "object", "properties": {}}
-        self.required_fields = tuple(required_fields) or tuple(self.parameters.get("required", ()))
+        self.parameters = schema
+        self.required_fields = tuple(declared + added)
         self.timeout = timeout
         self.circuit_breaker = circuit_breaker
         self.run_inline = run_inline
@@ -141,8 +195,12 @@ class ToolSpec:
         self.takes_idempotency_key = takes_idempotency_key
         self.is_async = _is_async_callable(handler)
         # Checks an arguments dict; `@tool` puts pydantic's validator here. It may raise a
-        # bare ValidationError: `check_arguments` wraps bare values and explains failures.
+        # bare ValidationError, or whatever a validator raises: `check_arguments` wraps bare
+        # values and explains failures. `_check` may drop keys it does not know (a cheaper
+        # validator; the registry then sees fewer keys than it passed); `_full_check` refuses
+        # them.
         self._check: Callable[[Any], dict[str, Any]] = self._check_required
+        self._full_check: Callable[[Any], dict[str, Any]] = self._check_required
 
     def definition(self) -> dict[str, Any]:
         """Returns the tool as a provider-neutral definition dict (name, description, schema)."""
@@ -152,21 +210,58 @@ class ToolSpec:
         """Validates arguments; returns them as a dict.
 
         Raises:
-            ValueError: With a message for the model when arguments are missing or wrong.
+            ValueError: With a message for the model when arguments are missing or wrong
+                (also when a validator fails with an exception other than ValueError).
         """
         try:
-            return self._check(self._as_object(arguments))
+            return self._full_check(self._as_object(arguments))
         except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-                for e in error.errors()
-            )
-            raise ValueError(f"invalid arguments: {problems}") from None
+            raise ValueError(f"invalid arguments: {self._explain(error)}") from None
+        except ValueError:
+            raise
+        except Exception as error:  # a validator's own failure, e.g. a KeyError
+            raise ValueError(
+                f"invalid arguments: a validator failed with {_describe(error, with_type=True)}"
+            ) from None
+
+    def _explain(self, error: ValidationError) -> str:
+        """The errors pydantic found, as one line for the model."""
+        problems = []
+        for e in error.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "arguments"
+            if e["type"] == "extra_forbidden":
+                known = ", ".join(self.parameters.get("properties", ())) or "none"
+                problems.append(f"{where}: unexpected argument (the arguments are: {known})")
+            else:
+                problems.append(f"{where}: {e['msg']}")
+        return "; ".join(problems)
 
     def _as_object(self, arguments: Any) -> dict[str, Any]:
-        """The arguments as a dict: a bare value is taken as the only required argument."""
+        """The arguments as a dict.
+
+        A string holding a JSON object is that object; any other string starting with '{'
+        is refused. Another bare value is the only required argument; None and "" are no
+        arguments for a tool that requires none.
+        """
         if isinstance(arguments, dict):
             return arguments
+        if isinstance(arguments, str):
+            text = arguments.strip()
+            if text.startswith("{"):
+                try:
+                    parsed = json.loads(text)
+                except ValueError:
+                    parsed = None
+                if not isinstance(parsed, dict):
+                    raise ValueError(
+                        f"arguments of {self.name} must be a JSON object, with double-quoted "
+                        f"keys and strings; got text that is not one: {_preview(text)}"
+                    )
+                return parsed
+            if not text and not self.required_fields:
+                return {}
+        elif arguments is None and not self.required_fields:
+            return {}
         if len(self.required_fields) == 1:
             return {self.required_fields[0]: arguments}
         raise ValueError(f"arguments of {self.name} must be a JSON object")
@@ -176,13 +271,18 @@ class ToolSpec:
         missing = [f for f in self.required_fields if f not in checked]
         if missing:
             raise ValueError(f"missing required argument(s) {', '.join(missing)}")
-        return checked
+        return dict(checked)  # the handler's own copy: the caller's dict is left as it was
 
     async def invoke(self, arguments: dict[str, Any]) -> Any:
         """Runs the handler (sync handlers off the event loop) under the per-tool timeout.
 
         An awaitable returned by a handler taken for sync is awaited on the event loop.
+
+        Raises:
+            TimeoutError: "timed out after N s" when the per-tool timeout expires; a
+                `TimeoutError` the handler raises itself propagates as it is.
         """
+        timeout = self.timeout
         if self.is_async:
             call: Awaitable[Any] = self.handler(arguments)
         elif self.run_inline:
@@ -190,11 +290,13 @@ class ToolSpec:
             if not inspect.isawaitable(result):
                 return result
             call = result
-        else:
+        elif timeout is None:
             call = self._in_thread(arguments)
-        if self.timeout is not None:
-            return await asyncio.wait_for(call, self.timeout)
-        return await call
+        else:
+            call = self._in_daemon_thread(arguments)
+        if timeout is None:
+            return await call
+        return await _with_timeout(call, timeout)
 
     async def _in_thread(self, arguments: dict[str, Any]) -> Any:
         """Runs a sync handler in a worker thread; awaits what it returns if that is awaitable."""
@@ -203,8 +305,67 @@ class ToolSpec:
             return await result
         return result
 
+    async def _in_daemon_thread(self, arguments: dict[str, Any]) -> Any:
+        """Runs a sync handler on a daemon thread of its own (for a call with a timeout).
+
+        A timed-out call leaves the thread running (it cannot be killed) without holding a
+        worker of the shared executor; its result is then dropped.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        context = contextvars.copy_context()
+        handler = self.handler
+
+        def work() -> None:
+            error: BaseException | None = None
+            result: Any = None
+            try:
+                result = context.run(handler, arguments)
+            except BaseException as exc:  # handed to the awaiting coroutine, as to_thread does
+                error = exc
+            # RuntimeError: the event loop has closed, and nobody waits for this call.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, result, error)
+
+        threading.Thread(target=work, name=f"tool-{self.name}", daemon=True).start()
+        result = await future
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
     def __repr__(self) -> str:
         return f"ToolSpec(name={self.name!r})"
+
+
+async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
+    """Awaits `call` for at most `timeout` s; only an expiry says "timed out after N s"."""
+    own: list[BaseException] = []
+
+    async def watched() -> Any:
+        try:
+            return await call
+        except _TIMEOUT_ERRORS as error:  # the tool's own, to tell it from the expiry
+            own.append(error)
+            raise
+
+    try:
+        return await asyncio.wait_for(watched(), timeout)
+    except _TIMEOUT_ERRORS as error:
+        if own and own[0] is error:
+            raise
+        raise _ToolTimeoutError(f"timed out after {timeout} s") from None
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """Hands a worker thread's outcome to its future, unless the call has timed out."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    elif isinstance(error, StopIteration):  # a future refuses StopIteration
+        future.set_exception(RuntimeError(f"the tool raised {error!r}"))
+    else:
+        future.set_exception(error)
 
 
 def _is_async_callable(handler: Any) -> bool:
@@ -222,7 +383,17 @@ def _is_async_callable(handler: Any) -> bool:
     return inspect.iscoroutinefunction(type(handler).__call__)
 
 
-_ARG_SECTIONS = frozenset({"args", "arguments", "parameters", "params"})
+_ARG_SECTIONS = frozenset(
+    {
+        "args",
+        "arguments",
+        "parameters",
+        "params",
+        "keyword args",
+        "keyword arguments",
+        "other parameters",
+    }
+)
 # Google-style section headers; any other single word ending in ":" on a line of its own,
 # at the docstring's left margin, is taken for a section header too.
 _SECTIONS = _ARG_SECTIONS | {
@@ -231,12 +402,9 @@ _SECTIONS = _ARG_SECTIONS | {
     "examples",
     "except",
     "exceptions",
-    "keyword args",
-    "keyword arguments",
     "methods",
     "note",
     "notes",
-    "other parameters",
     "raise",
     "raises",
     "references",
@@ -250,6 +418,16 @@ _SECTIONS = _ARG_SECTIONS | {
     "yield",
     "yields",
 }
+# `name: text`, `name (type): text`, `*args: text` (Google style).
+_GOOGLE_ARG = re.compile(r"\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:(.*)")
+# `:param name: text`, `:param type name: text` (Sphinx style).
+_SPHINX_ARG = re.compile(
+    r":(?:param|parameter|arg|argument|key|keyword)\s+(?:[^:]*\s)?\**(\w+)\s*:(.*)"
+)
+# Any other Sphinx field: `:returns: ...`, `:type name: ...`, `:raises E: ...`.
+_SPHINX_FIELD = re.compile(r":[^:\s][^:]*:")
+# The line under a NumPy-style section header.
+_UNDERLINE = re.compile(r"-{3,}|={3,}")
 
 
 def _section_header(raw: str) -> str | None:
@@ -263,36 +441,149 @@ def _section_header(raw: str) -> str | None:
 
 
 def _doc_parts(doc: str) -> tuple[str, dict[str, str]]:
-    """Splits a Google-style docstring into a summary and per-argument descriptions.
+    """Splits a docstring into a summary and per-argument descriptions.
 
-    The summary is the prose outside sections (its first two lines); `Returns:`, `Raises:`,
-    `Examples:` and other sections are left out of it. Argument descriptions come from the
-    `Args:` section.
+    Google (`Args:` with `name (type): text`, wrapped onto deeper-indented lines), Sphinx
+    (`:param name: text`) and NumPy (`Parameters` underlined by dashes, `name : type` with
+    the text indented below) styles are understood. The summary is the prose outside
+    sections (its first two lines); `Returns`, `Raises`, `Examples` and other sections are
+    left out of it.
     """
+    lines = inspect.cleandoc(doc).splitlines()
     summary_lines: list[str] = []
     arg_docs: dict[str, str] = {}
-    section: str | None = None
-    for raw in inspect.cleandoc(doc).splitlines():
+    section: str | None = None  # lower-cased name of the current section; None in the prose
+    numpy = False  # the current section has an underlined (NumPy-style) header
+    current: list[str] = []  # the argument(s) whose description the next lines continue
+    current_indent = 0
+    skip_next = False
+    for index, raw in enumerate(lines):
+        if skip_next:  # a NumPy header's underline
+            skip_next = False
+            continue
         line = raw.strip()
         if not line:
             continue
+        indent = len(raw) - len(raw.lstrip())
+        following = lines[index + 1].strip() if index + 1 < len(lines) else ""
+        if indent == 0 and _UNDERLINE.fullmatch(following) and not _UNDERLINE.fullmatch(line):
+            section, numpy, current, skip_next = line.lower(), True, [], True
+            continue
+        if indent == 0 and line.startswith(":"):
+            match = _SPHINX_ARG.fullmatch(line)
+            if match is not None:
+                current, current_indent = [match[1]], 0
+                arg_docs[match[1]] = match[2].strip()
+                section, numpy = "sphinx fields", False
+                continue
+            if _SPHINX_FIELD.match(line):
+                current, section, numpy = [], "sphinx fields", False
+                continue
         header = _section_header(raw)
         if header is not None:
-            section = header
+            section, numpy, current = header, False, []
             continue
-        if section is not None and not raw[:1].isspace():
-            section = None  # back at the left margin: the section has ended
+        if indent == 0 and not numpy:
+            section, current = None, []  # back at the left margin: the section has ended
         if section is None:
             summary_lines.append(line)
-        elif (
-            section in _ARG_SECTIONS
-            and ":" in line
-            and raw.startswith("    ")
-            and not raw.startswith("        ")
-        ):
-            arg, text = line.split(":", 1)
-            arg_docs[arg.split(" ")[0]] = text.strip()
-    return " ".join(summary_lines[:2]), arg_docs
+        elif current and indent > current_indent:  # a description continued
+            for name in current:
+                arg_docs[name] = f"{arg_docs[name]} {line}".strip()
+        elif section in _ARG_SECTIONS and numpy:
+            if indent == 0:  # `name : type`, or `x, y : type`
+                current = [n.strip().lstrip("*") for n in line.split(":", 1)[0].split(",")]
+                current = [n for n in current if n.isidentifier()]
+                current_indent = 0
+                for name in current:
+                    arg_docs[name] = ""
+        elif section in _ARG_SECTIONS and not numpy:
+            match = _GOOGLE_ARG.fullmatch(line)
+            if match is not None:
+                current, current_indent = [match[1]], indent
+                arg_docs[match[1]] = match[2].strip()
+            elif current:  # text at the argument's own indentation: still its description
+                for name in current:
+                    arg_docs[name] = f"{arg_docs[name]} {line}".strip()
+    return " ".join(summary_lines[:2]), {k: v for k, v in arg_docs.items() if v}
+
+
+def _base_callable(fn: Any) -> Any:
+    """The callable under any `functools.partial` layers."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
+def _partial_keywords(fn: Any) -> set[str]:
+    """Names of the arguments `functools.partial` layers fix by keyword (not for the model)."""
+    names: set[str] = set()
+    while isinstance(fn, functools.partial):
+        names.update(fn.keywords)
+        fn = fn.func
+    return names
+
+
+def _callable_name(fn: Any) -> str:
+    """A function's (or method's, or class's) name; a callable object's class name."""
+    name = getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__
+
+
+def _callable_doc(fn: Any) -> str:
+    """The docstring to describe a tool by; for a callable object, its `__call__`'s or class's."""
+    if inspect.isroutine(fn) or isinstance(fn, type):
+        return fn.__doc__ or ""
+    call = type(fn).__call__
+    return getattr(call, "__doc__", None) or type(fn).__doc__ or ""
+
+
+def _globals_of(fn: Any) -> dict[str, Any]:
+    """The module globals a callable's string annotations are resolved in."""
+    fn = _base_callable(fn)
+    if isinstance(fn, type):
+        fn = vars(fn).get("__init__") or object.__init__
+    elif not inspect.isroutine(fn):
+        fn = type(fn).__call__
+    fn = inspect.unwrap(getattr(fn, "__func__", fn))
+    namespace = getattr(fn, "__globals__", None)
+    return namespace if isinstance(namespace, dict) else {}
+
+
+def _signature(fn: Any, tool_name: str) -> inspect.Signature:
+    """`fn`'s signature with its parameters' annotations resolved.
+
+    Raises:
+        ToolError: When the signature cannot be read or an annotation cannot be resolved
+            (naming the parameter).
+    """
+    try:
+        raw = inspect.signature(fn)
+    except (TypeError, ValueError) as error:
+        raise ToolError(
+            f"cannot make tool {tool_name!r}: its signature cannot be read ({error})",
+            tool=tool_name,
+        ) from error
+    if not any(isinstance(p.annotation, str) for p in raw.parameters.values()):
+        return raw.replace(return_annotation=inspect.Signature.empty)
+    namespace = _globals_of(fn)
+    params = []
+    for param in raw.parameters.values():
+        if isinstance(param.annotation, str):
+            try:
+                resolved = eval(param.annotation, namespace)  # what inspect's eval_str does
+            except Exception as error:
+                raise ToolError(
+                    f"cannot make tool {tool_name!r}: the annotation {param.annotation!r} of "
+                    f"parameter {param.name!r} cannot be resolved "
+                    f"({_describe(error, with_type=True)}); the type must be importable at "
+                    "module level (not local to a function, nor imported under "
+                    "`if TYPE_CHECKING:`)",
+                    tool=tool_name,
+                ) from error
+            param = param.replace(annotation=resolved)
+        params.append(param)
+    return raw.replace(parameters=params, return_annotation=inspect.Signature.empty)
 
 
 def tool(
@@ -305,11 +596,19 @@ def tool(
 ) -> Any:
     """Turns a typed function into a `ToolSpec`; schema from type hints and docstring.
 
-    The function receives the arguments as keyword arguments, validated by pydantic.
+    The function receives the arguments as keyword arguments, validated by pydantic; an
+    argument the function does not take is refused (the schema says
+    `"additionalProperties": false`). A default may be a pydantic `Field(...)`, whose
+    constraints are then checked. Positional-only parameters are passed positionally;
+    `*args: T` is an optional argument holding a list of `T`; `**kwargs: T` lets the model
+    pass further arguments of type `T`. Functions, bound methods, `functools.partial`
+    objects (arguments the partial fixes by keyword are not shown to the model) and
+    callable objects can be tools. Argument descriptions come from a Google, Sphinx or
+    NumPy style docstring.
 
     Args:
         fn: The function (when used as `@tool` without parentheses).
-        name: Tool name (default: the function's name).
+        name: Tool name (default: the function's name, or a callable object's class name).
         timeout: Per-call timeout in seconds.
         circuit_breaker: Optional breaker for this tool.
         idempotent: Calls may be repeated safely (see `ToolSpec`). A function with a parameter
@@ -317,49 +616,117 @@ def tool(
 
     Returns:
         A `ToolSpec`, or a decorator producing one.
+
+    Raises:
+        ToolError: When the name is not a valid tool name (a lambda's `<lambda>`: pass
+            `name=`), an annotation cannot be resolved, or a parameter's type has no JSON
+            schema; the message names the parameter.
     """
 
     def build(func: Callable[..., Any]) -> ToolSpec:
-        summary, arg_docs = _doc_parts(func.__doc__ or "")
-        signature = inspect.signature(func)
-        hints = inspect.get_annotations(func, eval_str=True)
-        fields: dict[str, Any] = {}
+        if not callable(func):
+            raise ToolError(f"cannot make a tool of {func!r}: it is not callable")
+        base = _base_callable(func)
+        tool_name = name if name is not None else _callable_name(base)
+        if name is None and _NAME.fullmatch(tool_name) is None:
+            raise ToolError(
+                f"cannot make a tool of {func!r}: its name {tool_name!r} is not a valid tool "
+                "name (1 to 64 ASCII letters, digits, '_' or '-'); pass name= to @tool",
+                tool=tool_name,
+            )
+        _check_name(tool_name)
+        summary, arg_docs = _doc_parts(_callable_doc(base))
+        signature = _signature(func, tool_name)
+        fixed = _partial_keywords(func)
+        kind = inspect.Parameter
+        model_fields: dict[str, Any] = {}
         typed_fields: dict[str, Any] = {}
-        takes_key = IDEMPOTENCY_KEY in signature.parameters
-        for param in signature.parameters.values():
-            if param.name == IDEMPOTENCY_KEY:
+        annotations: dict[str, Any] = {}
+        defaults: dict[str, Any] = {}
+        positional: list[str] = []  # passed positionally (before `*args`, or positional-only)
+        var_positional: str | None = None
+        var_keyword: Any = None
+        has_var_keyword = False
+        fills_defaults = False  # the validator adds omitted arguments' `Field` defaults
+        params = [p for p in signature.parameters.values() if p.name not in fixed]
+        takes_var_positional = any(p.kind is kind.VAR_POSITIONAL for p in params)
+        for index, param in enumerate(params):
+            pname = param.name
+            annotation = Any if param.annotation is kind.empty else param.annotation
+            if param.kind is kind.VAR_KEYWORD:
+                has_var_keyword, var_keyword = True, annotation
                 continue
-            annotation = hints.get(param.name, Any)
-            optional = param.default is not inspect.Parameter.empty
-            fields[param.name] = (annotation, param.default if optional else ...)
-            typed_fields[param.name] = NotRequired[annotation] if optional else annotation
-        schema = create_model(f"{func.__name__}_args", **fields).model_json_schema()
-        # Validating into a TypedDict yields the checked dict directly (no model instance to
-        # unpack); omitted optional arguments fall back to the function's own defaults.
-        validator = TypeAdapter(TypedDict(f"{func.__name__}_args", typed_fields))  # type: ignore[operator]
+            if param.kind is kind.POSITIONAL_ONLY or (
+                param.kind is kind.POSITIONAL_OR_KEYWORD and takes_var_positional
+            ):
+                positional.append(pname)
+                defaults[pname] = param.default
+            if pname == IDEMPOTENCY_KEY:
+                continue
+            annotations[pname] = annotation
+            # Schema fields are named f0, f1... with the parameter's name as their alias, so
+            # no name (`_private`, `model_config`, `schema`) clashes with pydantic's own.
+            field = f"f{index}"
+            default = param.default
+            if param.kind is kind.VAR_POSITIONAL:
+                var_positional = pname
+                items: Any = list[annotation]  # type: ignore[valid-type]
+                model_fields[field] = (items, Field(default_factory=list, alias=pname))
+                typed_fields[pname] = NotRequired[items]
+            elif isinstance(default, FieldInfo):  # `= Field(default=..., ge=...)`
+                typed: Any = Annotated[annotation, default]
+                model_fields[field] = (typed, Field(alias=pname))
+                typed_fields[pname] = typed if default.is_required() else NotRequired[typed]
+                fills_defaults = fills_defaults or not default.is_required()
+            elif default is kind.empty:
+                model_fields[field] = (annotation, Field(alias=pname))
+                typed_fields[pname] = annotation
+            else:
+                model_fields[field] = (annotation, Field(default, alias=pname))
+                typed_fields[pname] = NotRequired[annotation]
+        try:
+            schema, check, full_check = _schema_and_check(
+                tool_name, model_fields, typed_fields, has_var_keyword, var_keyword, fills_defaults
+            )
+        except Exception as error:
+            raise _schema_error(tool_name, annotations, var_keyword, error) from error
         schema.pop("title", None)
         for prop_name, prop in schema.get("properties", {}).items():
             prop.pop("title", None)
             if prop_name in arg_docs:
-                prop["description"] = arg_docs[prop_name]
+                prop.setdefault("description", arg_docs[prop_name])
         is_async = _is_async_callable(func)
 
-        def handler(arguments: dict[str, Any]) -> Any:
-            # Returns the coroutine of an async `func` unawaited: one frame less per call.
-            return func(**arguments)
+        if positional or var_positional is not None:
+
+            def handler(arguments: dict[str, Any]) -> Any:
+                keywords = dict(arguments)
+                args = [keywords.pop(n) if n in keywords else defaults[n] for n in positional]
+                if var_positional is not None:
+                    args.extend(keywords.pop(var_positional, ()))
+                return func(*args, **keywords)
+
+        else:
+
+            def handler(arguments: dict[str, Any]) -> Any:
+                # Returns the coroutine of an async `func` unawaited: one frame less per call.
+                return func(**arguments)
 
         spec = ToolSpec(
-            name or func.__name__,
+            tool_name,
             summary,
             handler,
             parameters=schema,
             timeout=timeout,
             circuit_breaker=circuit_breaker,
             idempotent=idempotent,
-            takes_idempotency_key=takes_key,
+            takes_idempotency_key=IDEMPOTENCY_KEY in signature.parameters
+            and IDEMPOTENCY_KEY not in fixed,
         )
-        # pydantic's core validator itself: the registry tries it first, with no frame around.
-        spec._check = validator.validator.validate_python
+        # The fast check, for most tools pydantic's core validator itself: the registry tries
+        # it first, with no frame around.
+        spec._check = check
+        spec._full_check = full_check
         spec.is_async = is_async
         return spec
 
@@ -368,14 +735,137 @@ def tool(
     return build
 
 
+def _schema_and_check(
+    tool_name: str,
+    model_fields: dict[str, Any],
+    typed_fields: dict[str, Any],
+    has_var_keyword: bool,
+    var_keyword: Any,
+    fills_defaults: bool,
+) -> tuple[dict[str, Any], Callable[[Any], dict[str, Any]], Callable[[Any], dict[str, Any]]]:
+    """The JSON schema of a tool's arguments, a fast check and the full check.
+
+    The fast check drops unknown keys instead of refusing them (pydantic's refusal costs
+    about half the validation again): `ToolRegistry.call` sees that the checked dict is
+    smaller than the arguments and runs the full check. A validator that adds defaults (so
+    that a dropped key could go unnoticed) is used as both.
+    """
+    extra: Literal["allow", "forbid"] = "allow" if has_var_keyword else "forbid"
+    namespace: dict[str, Any] = {"model_config": ConfigDict(extra=extra)}
+    if has_var_keyword:  # the schema's `additionalProperties` is the type of **kwargs
+        namespace["__annotations__"] = {"__pydantic_extra__": dict[str, var_keyword]}
+    base = type(f"{tool_name}_base", (BaseModel,), namespace)
+    model: type[BaseModel] = create_model(f"{tool_name}_args", __base__=base, **model_fields)
+    schema = model.model_json_schema()
+    # Validating into a TypedDict yields the checked dict directly (no model instance to
+    # unpack); omitted optional arguments fall back to the function's own defaults.
+    make_typed_dict: Any = TypedDict  # a TypedDict made at run time: mypy cannot check it
+    typed = make_typed_dict(f"{tool_name}_args", typed_fields)
+    typed.__pydantic_config__ = ConfigDict(extra=extra)
+    validate: Callable[[Any], dict[str, Any]] = TypeAdapter(typed).validator.validate_python
+    if not has_var_keyword:
+        if fills_defaults:
+            return schema, validate, validate
+        lenient = make_typed_dict(f"{tool_name}_args", typed_fields)
+        lenient.__pydantic_config__ = ConfigDict(extra="ignore")
+        return schema, TypeAdapter(lenient).validator.validate_python, validate
+    validate_extra = TypeAdapter(dict[str, var_keyword]).validator.validate_python
+    known = frozenset(typed_fields)
+
+    def check(arguments: Any) -> dict[str, Any]:
+        checked = validate(arguments)
+        extra_args = {k: v for k, v in checked.items() if k not in known}
+        if extra_args:
+            checked.update(validate_extra(extra_args))
+        return checked
+
+    return schema, check, check
+
+
+def _schema_error(
+    tool_name: str, annotations: dict[str, Any], var_keyword: Any, error: Exception
+) -> ToolError:
+    """A `ToolError` naming the parameter whose type has no schema or validator."""
+    candidates = list(annotations.items())
+    if var_keyword is not None:
+        candidates.append(("**kwargs", var_keyword))
+    for pname, annotation in candidates:
+        try:
+            TypeAdapter(annotation).json_schema()
+        except Exception as culprit:
+            return ToolError(
+                f"cannot make tool {tool_name!r}: parameter {pname!r} has a type with no JSON "
+                f"schema ({annotation!r}): {_describe(culprit, with_type=True)}",
+                tool=tool_name,
+            )
+    return ToolError(
+        f"cannot make tool {tool_name!r}: {_describe(error, with_type=True)}", tool=tool_name
+    )
+
+
+def _describe(error: BaseException, with_type: bool = False) -> str:
+    """An exception's message (`Type: message` with `with_type`), even when `str` fails."""
+    kind = type(error).__name__
+    try:
+        message = str(error)
+    except Exception as failure:
+        return f"{kind} (its message could not be rendered: {type(failure).__name__})"
+    if not message:
+        return kind
+    return f"{kind}: {message}" if with_type else message
+
+
+def _preview(text: str, limit: int = 60) -> str:
+    """The start of `text`, for an error message."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for what `json` cannot encode itself: models, dataclasses, enums, bytes, sets."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    return str(value)
+
+
 def _render(result: Any) -> str:
-    """The text the model sees for a tool's result: JSON where it can be, else `str`."""
+    """The text the model sees for a tool's result: JSON where it can be, else `str`.
+
+    A str is returned as is, and bytes as text (UTF-8, undecodable bytes replaced). Pydantic
+    models, dataclasses, enums (by value), sets, and bytes inside a structure become JSON.
+
+    Raises:
+        Exception: Whatever rendering raises (`ToolRegistry.call` makes it an observation).
+    """
     if isinstance(result, str):
         return str(result)
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return bytes(result).decode("utf-8", "replace")
     try:
-        return json.dumps(result, default=str)
+        return json.dumps(result, default=_json_default)
     except (TypeError, ValueError):
         return str(result)
+
+
+def _cancelled_by_the_tool() -> bool:
+    """Whether a CancelledError comes from the tool's own work, not from cancelling the call.
+
+    True when the current task is not being cancelled (Python 3.11+; on 3.10, which cannot
+    tell, a CancelledError always propagates).
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is not None and cancelling() == 0
 
 
 class ToolRegistry:
@@ -428,8 +918,16 @@ class ToolRegistry:
         """Runs one tool call; every failure becomes an `Observation` with an error kind.
 
         `idempotency_key` is passed to tools that take one (a fresh random key when it is
-        None). Every observation is truncated to `max_chars`. Policy errors
-        (`PolicyDeniedError`, `BudgetExceededError`) and cancellation propagate.
+        None). Every observation is truncated to `max_chars`.
+
+        Failures: invalid arguments (a validator's own exception included), a result that
+        cannot be rendered, and `SystemExit` raised by a tool (say, by argparse) are
+        `permanent`; the per-tool timeout ("timed out after N s") and a tool's own
+        `TimeoutError` (with its own message) are `transient`. A `CancelledError` that comes
+        from the tool's own work (say, a subtask it awaited was cancelled) while nobody
+        cancels the call is `transient`: a retry may work. Policy errors
+        (`PolicyDeniedError`, `BudgetExceededError`), cancellation of the call, and
+        `KeyboardInterrupt` propagate.
         """
         spec = self._tools.get(name)
         if spec is None:
@@ -438,11 +936,13 @@ class ToolRegistry:
             return Observation(_truncate(message, max_chars), "not_found")
         try:
             checked = spec._check(arguments)
-        except ValueError:  # a bare value to wrap, or arguments to explain: the full check
+            if len(arguments) > len(checked):  # keys the fast check dropped: refused below
+                raise ValueError
+        except Exception:  # a bare value, unknown keys, arguments to explain: the full check
             try:
                 checked = spec.check_arguments(arguments)
             except ValueError as error:
-                return Observation(_truncate(f"error: {error}", max_chars), "permanent")
+                return Observation(_truncate(f"error: {_describe(error)}", max_chars), "permanent")
         if spec.takes_idempotency_key:
             # Without a key from the caller (no checkpoints), one unique to this call.
             key = uuid.uuid4().hex if idempotency_key is None else idempotency_key
@@ -458,11 +958,24 @@ class ToolRegistry:
             raise
         except Exception as error:  # a tool's failure is an observation for the model
             kind = classify_error(error)
-            message = str(error) or type(error).__name__
-            if isinstance(error, TimeoutError):
-                message = f"timed out after {spec.timeout} s"
-            return Observation(_truncate(f"error: {message}", max_chars), kind)
-        text: str = _RENDER_EXACT.get(type(result), _render)(result)
+            return Observation(_truncate(f"error: {_describe(error)}", max_chars), kind)
+        except asyncio.CancelledError:
+            if not _cancelled_by_the_tool():
+                raise  # the call itself is cancelled
+            message = (
+                "error: the tool's own work was cancelled (CancelledError), "
+                "though the call was not; it may work if retried"
+            )
+            return Observation(_truncate(message, max_chars), "transient")
+        except SystemExit as error:
+            detail = _describe(error, with_type=True)
+            message = f"error: the tool tried to exit the program ({detail})"
+            return Observation(_truncate(message, max_chars), "permanent")
+        try:
+            text: str = _RENDER_EXACT.get(type(result), _render)(result)
+        except Exception as error:  # e.g. an int over the str conversion limit, a bad __repr__
+            message = f"error: tool result could not be rendered: {_describe(error, True)}"
+            return Observation(_truncate(message, max_chars), "permanent")
         if len(text) > max_chars:
             text = _truncate(text, max_chars)
         # tuple.__new__ skips the named tuple's Python-level __new__: the success path is hot.
@@ -480,6 +993,9 @@ _TRUNCATION_MARK = " …[truncated]"
 
 
 def _truncate(text: str, max_chars: int) -> str:
+    """`text` cut to at most `max_chars` characters, marked as truncated when there is room."""
     if len(text) <= max_chars:
         return text
+    if max_chars <= len(_TRUNCATION_MARK):
+        return text[: max(max_chars, 0)]
     return text[: max_chars - len(_TRUNCATION_MARK)] + _TRUNCATION_MARK

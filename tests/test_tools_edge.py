@@ -1,0 +1,653 @@
+"""Edge cases of tools: threads, rendering, arguments, signatures, docstrings, names."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import enum
+import functools
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import pydantic
+import pytest
+from pydantic import AfterValidator, Field
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.tools import _truncate
+
+# --- 1. a timed-out sync tool does not hold a worker other tools need ---------------------
+
+
+async def test_timed_out_sync_tools_do_not_starve_other_sync_tools() -> None:
+    release = threading.Event()
+    daemon: list[bool] = []
+
+    @ar.tool(timeout=0.05)
+    def hang(q: str) -> str:
+        """Waits on a server that never answers."""
+        daemon.append(threading.current_thread().daemon)
+        release.wait(10)
+        return "late"
+
+    @ar.tool
+    def quick(q: str) -> str:
+        """Answers at once."""
+        return "quick ok"
+
+    registry = ar.ToolRegistry([hang, quick])
+    workers = min(32, (os.cpu_count() or 1) + 4)  # the default executor's size
+    try:
+        hung = await asyncio.gather(*[registry.call("hang", {"q": "x"}) for _ in range(workers)])
+        assert {o.content for o in hung} == {"error: timed out after 0.05 s"}
+        assert all(o.error_kind == "transient" for o in hung)
+        obs = await asyncio.wait_for(registry.call("quick", {"q": "x"}), 2)
+        assert obs.ok and obs.content == "quick ok"
+        assert daemon and all(daemon)
+    finally:
+        release.set()
+
+
+def test_a_timed_out_sync_tool_does_not_hold_up_asyncio_run() -> None:
+    release = threading.Event()
+
+    @ar.tool(timeout=0.05)
+    def stuck(q: str) -> str:
+        """Never returns in time."""
+        release.wait(3)
+        return "late"
+
+    async def main() -> ar.Observation:
+        return await ar.ToolRegistry([stuck]).call("stuck", {"q": "x"})
+
+    start = time.monotonic()
+    try:
+        obs = asyncio.run(main())
+        assert time.monotonic() - start < 2
+        assert obs.error_kind == "transient" and "timed out after 0.05 s" in obs.content
+    finally:
+        release.set()
+
+
+async def test_sync_tool_with_a_timeout_returns_its_result_and_raises_its_errors() -> None:
+    @ar.tool(timeout=5)
+    def fine(q: str) -> str:
+        """Works."""
+        return q.upper()
+
+    @ar.tool(timeout=5)
+    def broken(q: str) -> str:
+        """Fails."""
+        raise ConnectionError("reset by peer")
+
+    registry = ar.ToolRegistry([fine, broken])
+    assert (await registry.call("fine", {"q": "a"})).content == "A"
+    failed = await registry.call("broken", {"q": "a"})
+    assert failed == ("error: reset by peer", "transient")
+
+
+# --- 2. rendering failures are observations -------------------------------------------------
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr boom")
+
+    __str__ = __repr__
+
+
+class _BadMessage(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str boom")
+
+
+@pytest.mark.parametrize(
+    "result", [10**5000, [10**5000], _BadRepr()], ids=["huge int", "in a list", "bad repr"]
+)
+async def test_a_result_that_cannot_be_rendered_is_a_permanent_observation(result: object) -> None:
+    @ar.tool
+    def give() -> object:
+        """Returns the result under test."""
+        return result
+
+    obs = await ar.ToolRegistry([give]).call("give", {})
+    assert obs.error_kind == "permanent"
+    assert obs.content.startswith("error: tool result could not be rendered: ")
+
+
+async def test_an_error_whose_message_cannot_be_rendered_is_still_an_observation() -> None:
+    @ar.tool
+    async def fail() -> str:
+        """Fails oddly."""
+        raise _BadMessage()
+
+    obs = await ar.ToolRegistry([fail]).call("fail", {})
+    assert obs.error_kind == "permanent" and "_BadMessage" in obs.content
+
+
+# --- 3. a validator's own exception ---------------------------------------------------------
+
+UNITS = {"c": "celsius", "f": "fahrenheit"}
+
+
+async def test_a_validator_raising_a_key_error_is_an_invalid_arguments_observation() -> None:
+    @ar.tool
+    def convert(value: float, unit: Annotated[str, AfterValidator(lambda u: UNITS[u])]) -> str:
+        """Converts."""
+        return f"{value} {unit}"
+
+    registry = ar.ToolRegistry([convert])
+    assert (await registry.call("convert", {"value": 1, "unit": "c"})).content == "1.0 celsius"
+    obs = await registry.call("convert", {"value": 1, "unit": "kelvin"})
+    assert obs.error_kind == "permanent"
+    assert obs.content.startswith("error: invalid arguments") and "KeyError" in obs.content
+
+
+# --- 4. a `Field(...)` default ----------------------------------------------------------------
+
+
+async def test_a_field_default_is_applied_and_its_constraints_checked() -> None:
+    @ar.tool
+    def search(query: str, limit: int = Field(default=5, ge=1, le=50)) -> str:
+        """Searches."""
+        return f"limit={limit!r}"
+
+    props = search.parameters["properties"]["limit"]
+    assert props["default"] == 5 and props["maximum"] == 50
+    registry = ar.ToolRegistry([search])
+    assert (await registry.call("search", {"query": "x"})).content == "limit=5"
+    assert (await registry.call("search", {"query": "x", "limit": 7})).content == "limit=7"
+    refused = await registry.call("search", {"query": "x", "limit": 500})
+    assert refused.error_kind == "permanent" and "limit" in refused.content
+    extra = await registry.call("search", {"query": "x", "limt": 3})
+    assert extra.error_kind == "permanent" and "limt" in extra.content
+
+
+# --- 5. arguments that are not a dict -------------------------------------------------------
+
+
+@ar.tool
+def search(query: str, limit: int = 10) -> str:
+    """Searches the web."""
+    return f"query={query!r} limit={limit}"
+
+
+@ar.tool
+def noargs() -> str:
+    """Takes nothing."""
+    return "ran"
+
+
+@ar.tool
+def maybe(n: int = 1) -> str:
+    """Takes an optional number."""
+    return f"n={n}"
+
+
+async def test_a_json_object_in_a_string_is_the_arguments_object() -> None:
+    registry = ar.ToolRegistry([search])
+    obs = await registry.call("search", '{"query": "cats", "limit": 3}')
+    assert obs.ok and obs.content == "query='cats' limit=3"
+    obs = await registry.call("search", '  {"query": "cats"} ')
+    assert obs.ok and obs.content == "query='cats' limit=10"
+    assert (await registry.call("search", "cats")).content == "query='cats' limit=10"
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    ["{'query': 'cats', 'limit': 3}", '{"query": "cats", "limit": 3,}', "{not json"],
+)
+async def test_text_that_looks_like_an_object_but_is_not_json_is_refused(arguments: str) -> None:
+    obs = await ar.ToolRegistry([search]).call("search", arguments)
+    assert obs.error_kind == "permanent" and "must be a JSON object" in obs.content
+
+
+@pytest.mark.parametrize("arguments", [None, "", "  ", "{}", {}])
+async def test_no_arguments_for_a_tool_that_requires_none(arguments: object) -> None:
+    plain = ar.ToolSpec("plain", "d", lambda a: f"got {a!r}")
+    registry = ar.ToolRegistry([noargs, maybe, plain])
+    assert (await registry.call("noargs", arguments)).content == "ran"
+    assert (await registry.call("maybe", arguments)).content == "n=1"
+    assert (await registry.call("plain", arguments)).content == "got {}"
+
+
+async def test_a_plain_tool_gets_a_json_object_string_as_a_dict() -> None:
+    plain = ar.ToolSpec("plain", "d", lambda a: f"got {a!r}")
+    assert (await ar.ToolRegistry([plain]).call("plain", '{"a": 1}')).content == "got {'a': 1}"
+
+
+# --- 6. unknown arguments -------------------------------------------------------------------
+
+
+async def test_unknown_arguments_are_refused_and_named() -> None:
+    assert search.parameters["additionalProperties"] is False
+    obs = await ar.ToolRegistry([search]).call("search", {"query": "cats", "limt": 3})
+    assert obs.error_kind == "permanent"
+    assert "limt: unexpected argument" in obs.content and "query, limit" in obs.content
+
+
+async def test_a_tool_taking_an_idempotency_key_still_gets_it_and_refuses_extras() -> None:
+    keys: list[str] = []
+
+    @ar.tool
+    async def charge(amount: int, idempotency_key: str) -> str:
+        """Charges an amount."""
+        keys.append(idempotency_key)
+        return f"charged {amount}"
+
+    assert charge.parameters["additionalProperties"] is False
+    registry = ar.ToolRegistry([charge])
+    assert (await registry.call("charge", {"amount": 5}, idempotency_key="k1")).ok
+    assert keys == ["k1"]
+    refused = await registry.call("charge", {"amount": 5, "currency": "EUR"})
+    assert refused.error_kind == "permanent" and "currency" in refused.content
+    assert keys == ["k1"]
+
+
+# --- 7. a tool's own TimeoutError -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_a_tools_own_timeout_error_keeps_its_message(
+    timeout: float | None, is_async: bool
+) -> None:
+    def fetch(url: str) -> str:
+        """Fetches."""
+        raise TimeoutError("upstream read timed out")
+
+    async def afetch(url: str) -> str:
+        """Fetches."""
+        raise TimeoutError("upstream read timed out")
+
+    spec = ar.tool(afetch if is_async else fetch, name="fetch", timeout=timeout)
+    obs = await ar.ToolRegistry([spec]).call("fetch", {"url": "x"})
+    assert obs == ("error: upstream read timed out", "transient")
+
+
+async def test_the_per_tool_timeout_says_how_long_it_was() -> None:
+    @ar.tool(timeout=0.05)
+    async def slow() -> str:
+        """Takes its time."""
+        await asyncio.sleep(5)
+        return "late"
+
+    obs = await ar.ToolRegistry([slow]).call("slow", {})
+    assert obs == ("error: timed out after 0.05 s", "transient")
+
+
+# --- 8. SystemExit, a tool's own CancelledError, KeyboardInterrupt ----------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_system_exit_in_a_tool_is_a_permanent_observation(is_async: bool) -> None:
+    def convert(args: dict[str, Any]) -> str:
+        parser = argparse.ArgumentParser(prog="convert", add_help=False)
+        parser.add_argument("n", type=int)
+        return str(parser.parse_args([str(args["n"])]).n)
+
+    async def aconvert(args: dict[str, Any]) -> str:
+        raise SystemExit(2)
+
+    spec = ar.ToolSpec("convert", "d", aconvert if is_async else convert)
+    obs = await ar.ToolRegistry([spec]).call("convert", {"n": "ten"})
+    assert obs.error_kind == "permanent" and "SystemExit: 2" in obs.content
+
+
+async def test_a_cancelled_subtask_of_the_tool_is_an_observation_not_a_cancellation() -> None:
+    async def fetch(args: dict[str, Any]) -> str:
+        inner = asyncio.ensure_future(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        inner.cancel()
+        await inner  # the tool's own subtask was cancelled (say, a closed client)
+        return "unreachable"
+
+    obs = await ar.ToolRegistry([ar.ToolSpec("fetch", "d", fetch)]).call("fetch", {})
+    assert obs.error_kind == "transient" and "CancelledError" in obs.content
+
+
+async def test_cancelling_the_call_still_propagates() -> None:
+    started = asyncio.Event()
+
+    async def slow(args: dict[str, Any]) -> str:
+        started.set()
+        await asyncio.sleep(10)
+        return "late"
+
+    registry = ar.ToolRegistry([ar.ToolSpec("slow", "d", slow)])
+    task = asyncio.ensure_future(registry.call("slow", {}))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_keyboard_interrupt_in_a_tool_propagates() -> None:
+    async def stop(args: dict[str, Any]) -> str:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        await ar.ToolRegistry([ar.ToolSpec("stop", "d", stop)]).call("stop", {})
+
+
+# --- 9. the handler's own copy of the arguments ---------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_a_plain_handler_changing_its_arguments_leaves_the_callers_dict(
+    is_async: bool,
+) -> None:
+    def consume(args: dict[str, Any]) -> str:
+        query = args.pop("query")
+        args["internal_token"] = "secret"
+        return f"results for {query}"
+
+    async def aconsume(args: dict[str, Any]) -> str:
+        return consume(args)
+
+    spec = ar.ToolSpec("search", "d", aconsume if is_async else consume, required_fields=["query"])
+    arguments = {"query": "cats"}
+    obs = await ar.ToolRegistry([spec]).call("search", arguments)
+    assert obs.content == "results for cats"
+    assert arguments == {"query": "cats"}
+
+
+# --- 10. *args, **kwargs, positional-only ---------------------------------------------------
+
+
+async def test_var_positional_var_keyword_and_positional_only_parameters() -> None:
+    @ar.tool
+    def total(*numbers: float) -> float:
+        """Sums numbers."""
+        return sum(numbers)
+
+    assert total.parameters["properties"]["numbers"] == {
+        "items": {"type": "number"},
+        "type": "array",
+    }
+    assert "required" not in total.parameters
+
+    @ar.tool
+    def weather(city: str, **options: str) -> str:
+        """Weather with options."""
+        return f"{city} {sorted(options.items())}"
+
+    assert weather.parameters["additionalProperties"] == {"type": "string"}
+    assert list(weather.parameters["properties"]) == ["city"]
+
+    @ar.tool
+    def scale(x: int, factor: int = 2, /, *rest: int, label: str = "") -> str:
+        """Positional-only, varargs and keyword-only together."""
+        return f"{x * factor} {list(rest)} {label}"
+
+    registry = ar.ToolRegistry([total, weather, scale])
+    assert (await registry.call("total", {"numbers": [1, 2.5]})).content == "3.5"
+    assert (await registry.call("total", {})).content == "0"
+    assert (await registry.call("weather", {"city": "Paris", "unit": "C"})).content == (
+        "Paris [('unit', 'C')]"
+    )
+    bad = await registry.call("weather", {"city": "Paris", "unit": 3})
+    assert bad.error_kind == "permanent" and "unit" in bad.content
+    assert (await registry.call("scale", {"x": 3})).content == "6 [] "
+    assert (await registry.call("scale", {"x": 3, "rest": [7], "label": "y"})).content == (
+        "6 [7] y"
+    )
+    assert (await registry.call("scale", {"x": 3, "factor": 3})).content == "9 [] "
+
+
+# --- 11. parameters starting with an underscore; pydantic's own names ---------------------
+
+
+async def test_underscore_and_pydantic_reserved_parameter_names_are_in_the_schema() -> None:
+    def pick(_private: int, model_config: str, schema: str = "s") -> str:
+        """Picks."""
+        return f"{_private} {model_config} {schema}"
+
+    spec = ar.tool(pick)
+    assert list(spec.parameters["properties"]) == ["_private", "model_config", "schema"]
+    assert spec.parameters["required"] == ["_private", "model_config"]
+    registry = ar.ToolRegistry([spec])
+    ok = await registry.call("pick", {"_private": 1, "model_config": "m"})
+    assert ok.content == "1 m s"
+    missing = await registry.call("pick", {"model_config": "m"})
+    assert missing.error_kind == "permanent" and "_private" in missing.content
+
+
+# --- 12. partials, callable objects, unresolvable annotations -------------------------------
+
+
+def _add(a: int, b: int) -> int:
+    """Adds two integers.
+
+    Args:
+        a: The first.
+        b: The second.
+    """
+    return a + b
+
+
+class _Search:
+    def __call__(self, q: str) -> str:
+        """Searches for q.
+
+        Args:
+            q: What to look for.
+        """
+        return f"found {q}"
+
+
+class _AsyncSearch:
+    """Searches asynchronously."""
+
+    async def __call__(self, q: str) -> str:
+        return f"async {q}"
+
+
+async def test_partials_and_callable_objects_become_tools() -> None:
+    add1 = ar.tool(functools.partial(_add, b=1), name="add1")
+    assert add1.name == "add1" and add1.description == "Adds two integers."
+    assert list(add1.parameters["properties"]) == ["a"]  # b is fixed by the partial
+    plain = ar.tool(functools.partial(_add, b=1))
+    assert plain.name == "_add"
+    search_obj = ar.tool(_Search())
+    assert search_obj.name == "_Search" and search_obj.description == "Searches for q."
+    assert search_obj.parameters["properties"]["q"]["description"] == "What to look for."
+    async_obj = ar.tool(_AsyncSearch(), name="asearch")
+    assert async_obj.is_async and async_obj.description == "Searches asynchronously."
+    registry = ar.ToolRegistry([add1, search_obj, async_obj])
+    assert (await registry.call("add1", {"a": 2})).content == "3"
+    assert (await registry.call("add1", {"a": 2, "b": 5})).error_kind == "permanent"
+    assert (await registry.call("_Search", {"q": "x"})).content == "found x"
+    assert (await registry.call("asearch", {"q": "x"})).content == "async x"
+
+
+def test_an_unresolvable_annotation_is_a_tool_error_naming_the_parameter() -> None:
+    class Filter(pydantic.BaseModel):  # local: a string annotation cannot see it
+        field: str
+
+    def find(limit: int, f: Filter) -> str:
+        """Finds."""
+        return f.field
+
+    with pytest.raises(ar.ToolError, match=r"'find'.*'Filter'.*parameter 'f'"):
+        ar.tool(find)
+
+
+def test_a_parameter_type_without_a_schema_is_a_tool_error_naming_it() -> None:
+    def weird(n: int, cb: Callable[[int], int]) -> str:
+        """Takes a callback."""
+        return "x"
+
+    with pytest.raises(ar.ToolError, match=r"'weird'.*parameter 'cb'"):
+        ar.tool(weird)
+
+
+# --- 13. docstring styles -------------------------------------------------------------------
+
+
+def test_sphinx_numpy_and_wrapped_google_docstrings() -> None:
+    def sphinx(city: str, days: int = 1) -> str:
+        """Get the weather forecast.
+
+        :param city: Name of the city,
+            spelled out.
+        :param int days: Number of days.
+        :type city: str
+        :returns: The forecast.
+        """
+        return city
+
+    def numpy(city: str, days: int = 1) -> str:
+        """Get the weather forecast.
+
+        Parameters
+        ----------
+        city : str
+            Name of the city,
+            spelled out.
+        days : int, optional
+            Number of days.
+
+        Returns
+        -------
+        str
+            The forecast.
+        """
+        return city
+
+    def google(city: str, days: int = 1) -> str:
+        """Get the weather forecast.
+
+        Args:
+            city (str): Name of the city,
+                spelled out.
+            days: Number of days.
+
+        Returns:
+            The forecast.
+        """
+        return city
+
+    for fn in (sphinx, numpy, google):
+        spec = ar.tool(fn)
+        assert spec.description == "Get the weather forecast.", fn.__name__
+        props = spec.parameters["properties"]
+        assert props["city"]["description"] == "Name of the city, spelled out.", fn.__name__
+        assert props["days"]["description"] == "Number of days.", fn.__name__
+
+
+def test_a_field_description_wins_over_the_docstring() -> None:
+    def lookup(key: str = Field(default="k", description="From the field.")) -> str:
+        """Looks up.
+
+        Args:
+            key: From the docstring.
+        """
+        return key
+
+    assert ar.tool(lookup).parameters["properties"]["key"]["description"] == "From the field."
+
+
+# --- 14. required_fields ----------------------------------------------------------------------
+
+
+async def test_required_fields_are_added_to_a_copy_of_the_schemas_required() -> None:
+    spec = ar.ToolSpec("lookup", "d", lambda a: a, required_fields=["id"])
+    assert spec.definition()["parameters"]["required"] == ["id"]
+    parameters = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+        "required": ["a"],
+    }
+    both = ar.ToolSpec("both", "d", lambda a: a, parameters=parameters, required_fields=["b"])
+    assert both.required_fields == ("a", "b") and both.parameters["required"] == ["a", "b"]
+    assert parameters["required"] == ["a"]  # the caller's schema is left as it was
+    missing = await ar.ToolRegistry([both]).call("both", {"b": "x"})
+    assert missing.error_kind == "permanent" and "a" in missing.content
+
+
+# --- 16. names --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["my tool", "<lambda>", "a\nb", "a\n", "x" * 65, "né"])
+def test_invalid_tool_names_are_refused(name: str) -> None:
+    with pytest.raises(ar.ToolError, match="invalid"):
+        ar.ToolSpec(name, "d", lambda a: a)
+
+
+def test_valid_tool_names_and_a_lambda_needs_a_name() -> None:
+    for name in ("a", "get-weather_2", "x" * 64):
+        assert ar.ToolSpec(name, "d", lambda a: a).name == name
+    with pytest.raises(ar.ToolError, match="name="):
+        ar.tool(lambda q: q)
+    assert ar.tool(lambda q: q, name="echo").name == "echo"
+
+
+# --- 18. run_inline with a timeout -------------------------------------------------------------
+
+
+def test_run_inline_with_a_timeout_is_refused() -> None:
+    with pytest.raises(ar.ToolError, match="run_inline"):
+        ar.ToolSpec("inl", "d", lambda a: "done", timeout=0.1, run_inline=True)
+
+
+# --- 19. truncation to tiny limits -------------------------------------------------------------
+
+
+def test_truncation_never_exceeds_max_chars() -> None:
+    assert _truncate("x" * 100, 5) == "xxxxx"
+    assert _truncate("x" * 100, 0) == ""
+    assert _truncate("x" * 100, -1) == ""
+    assert _truncate("x" * 100, 14) == "x" + " …[truncated]"
+    assert _truncate("short", 5) == "short"
+    for limit in range(0, 30):
+        assert len(_truncate("y" * 100, limit)) == limit
+
+
+async def test_tiny_observation_limits_are_honoured() -> None:
+    registry = ar.ToolRegistry([ar.ToolSpec("e", "d", lambda a: "y" * 100)])
+    assert (await registry.call("e", {}, max_chars=10)).content == "y" * 10
+    assert (await registry.call("e", {}, max_chars=0)).content == ""
+
+
+# --- 20. structured results as JSON ------------------------------------------------------------
+
+
+class _Place(pydantic.BaseModel):
+    city: str
+    tags: list[str]
+
+
+@dataclasses.dataclass
+class _Reading:
+    city: str
+    celsius: int
+
+
+class _Unit(enum.Enum):
+    C = "celsius"
+
+
+@pytest.mark.parametrize(
+    ("result", "text"),
+    [
+        (_Place(city="Paris", tags=["x"]), '{"city": "Paris", "tags": ["x"]}'),
+        ([_Place(city="Oslo", tags=[])], '[{"city": "Oslo", "tags": []}]'),
+        (_Reading("Rome", 21), '{"city": "Rome", "celsius": 21}'),
+        (_Unit.C, '"celsius"'),
+        ({"unit": _Unit.C}, '{"unit": "celsius"}'),
+        (b"hello \xff", "hello \ufffd"),
+        ({"raw": b"abc"}, '{"raw": "abc"}'),
+    ],
+)
+async def test_structured_results_are_rendered_as_json(result: object, text: str) -> None:
+    spec = ar.ToolSpec("give", "d", lambda a: result)
+    obs = await ar.ToolRegistry([spec]).call("give", {})
+    assert obs.ok and obs.content == text
+    if text.startswith(("{", "[")):
+        json.loads(obs.content)
