@@ -23,7 +23,7 @@ build: $(VENV)/.installed
 demo: build
 	$(PY) examples/demo.py
 
-rust-check:
+rust-check: $(VENV)/.installed
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo test --quiet
@@ -38,17 +38,21 @@ py-check: build
 # afresh with `make test PYTEST_ARGS=`.
 PYTEST_ARGS ?= --hypothesis-seed=0
 
-# PostgreSQL and Redis run for the tests only, and are stopped even when a test fails.
+# PostgreSQL and Redis run for the tests only, one run per checkout at a time (a second run
+# would replace the first one's servers), and are stopped on every exit: a failed test, a
+# failed start, Ctrl-C or SIGTERM.
+WITH_SERVICES = exec 9>.services.lock; \
+	flock -n 9 || { echo "tests or benchmarks already run in this checkout" >&2; exit 1; }; \
+	trap 'scripts/services.sh stop' EXIT; trap 'exit 143' TERM HUP; \
+	scripts/services.sh start 9>&- && . .services/env &&
+
 test: build rust-check py-check
-	scripts/services.sh start
-	. .services/env && $(PY) -m pytest $(PYTEST_ARGS); status=$$?; scripts/services.sh stop; exit $$status
+	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/maturin develop --release --quiet --extras dev,bench
-	scripts/services.sh start
-	. .services/env && $(PY) -m pytest benches --benchmark-enable \
-		--benchmark-json=benches/.results.json --timeout=0 $(BENCH_ARGS); \
-		status=$$?; scripts/services.sh stop; exit $$status
+	$(WITH_SERVICES) $(PY) -m pytest benches --benchmark-enable \
+		--benchmark-json=benches/.results.json --timeout=0 $(BENCH_ARGS)
 	$(PY) benches/report.py benches/.results.json benches/RESULTS.md
 
 clean:

@@ -15,7 +15,8 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+# The newest server's bin directory: a client-only package has psql there but no initdb.
+pg_bin() { ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 | xargs -r dirname; }
 
 install_missing() {
   local packages=()
@@ -75,8 +76,11 @@ stop() {
     "${run_as[@]}" "$bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null || true
   fi
   [ -n "$pg_dir" ] && rm -rf "$pg_dir"
-  if [ -f "$STATE/redis.pid" ]; then
-    kill "$(cat "$STATE/redis.pid")" 2>/dev/null || true
+  local pid
+  pid="$(cat "$STATE/redis.pid" 2>/dev/null || true)"
+  # Only our server: a pid left behind by a server that died may belong to another process.
+  if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = redis-server ]; then
+    kill "$pid" 2>/dev/null || true
   fi
   rm -rf "$STATE"
 }

@@ -13,6 +13,7 @@ from typing import Any
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.orchestration._calls import call_maybe_async
 from llm_agent_runtime.orchestration.circuit_breaker import CLOSED, CircuitState
+from llm_agent_runtime.persistence.redis import redis_client
 
 __all__ = ["RedisCircuitStateBackend", "RedisDeduplicator", "RedisRateLimiter"]
 
@@ -34,14 +35,8 @@ class RedisCircuitStateBackend:
     """
 
     def __init__(self, url: str, prefix: str = "llm_agent_runtime:breaker:") -> None:
-        try:
-            from redis.asyncio import Redis
-        except ImportError as error:
-            raise PersistenceError(
-                "RedisCircuitStateBackend needs redis-py: pip install 'llm-agent-runtime[redis]'"
-            ) from error
         self.prefix = prefix
-        self.client: Any = Redis.from_url(url)
+        self.client: Any = redis_client(url, "RedisCircuitStateBackend")
 
     def __repr__(self) -> str:
         return f"RedisCircuitStateBackend(prefix={self.prefix!r})"
@@ -157,16 +152,10 @@ class RedisRateLimiter:
         # Written so that NaN fails the check (each comparison with NaN is false).
         if not (0 < rate < math.inf and 0 < capacity < math.inf):
             raise ValueError(f"rate and capacity must be finite and > 0, got {rate} and {capacity}")
-        try:
-            from redis.asyncio import Redis
-        except ImportError as error:
-            raise PersistenceError(
-                "RedisRateLimiter needs redis-py: pip install 'llm-agent-runtime[redis]'"
-            ) from error
         self.rate = rate
         self.capacity = capacity
         self.prefix = prefix
-        self.client: Any = Redis.from_url(url)
+        self.client: Any = redis_client(url, "RedisRateLimiter")
         self._script = self.client.register_script(_BUCKET_SCRIPT)
 
     def __repr__(self) -> str:
@@ -269,19 +258,13 @@ class RedisDeduplicator:
                 raise ValueError(f"{name} must be finite and at least 0.001 s (1 ms), got {value}")
         if not 0 < poll_interval < math.inf:
             raise ValueError(f"poll_interval must be finite and > 0, got {poll_interval}")
-        try:
-            from redis.asyncio import Redis
-        except ImportError as error:
-            raise PersistenceError(
-                "RedisDeduplicator needs redis-py: pip install 'llm-agent-runtime[redis]'"
-            ) from error
         self.ttl = ttl
         self.lease = lease
         self.poll_interval = poll_interval
         self.prefix = prefix
         self._ttl_ms = int(ttl * 1000)
         self._lease_ms = int(lease * 1000)
-        self.client: Any = Redis.from_url(url)
+        self.client: Any = redis_client(url, "RedisDeduplicator")
         self._claim = self.client.register_script(_CLAIM_SCRIPT)
         self._finish = self.client.register_script(_FINISH_SCRIPT)
         self.executions = 0
