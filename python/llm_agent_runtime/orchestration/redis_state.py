@@ -10,10 +10,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from llm_agent_runtime._redis import redis_client
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.orchestration._calls import call_maybe_async
 from llm_agent_runtime.orchestration.circuit_breaker import CLOSED, CircuitState
-from llm_agent_runtime.persistence.redis import redis_client
 
 __all__ = ["RedisCircuitStateBackend", "RedisDeduplicator", "RedisRateLimiter"]
 
