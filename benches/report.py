@@ -72,7 +72,7 @@ def render(groups: dict[str, dict[str, dict[str, Any]]], machine: dict[str, Any]
         ]
         for lib, row in sorted(rows.items(), key=lambda kv: kv[1]["median"]):
             ratio = "—"
-            if ours and lib != OURS and row["correct"]:
+            if ours and lib != OURS and row["correct"] and ours["correct"]:
                 ratio = f"{row['median'] / ours['median']:.2f}x"
             notes = ", ".join(f"{k}={v}" for k, v in sorted(row["notes"].items()))
             name = f"**{lib}**" if lib == OURS else lib
