@@ -94,16 +94,21 @@ def test_importing_the_package_loads_only_the_fast_parts() -> None:
 
     code = (
         "import sys, llm_agent_runtime as ar\n"
-        "heavy = ('pydantic', 'httpx', 'numpy', 'psycopg', 'redis', 'networkx')\n"
+        "heavy = ('pydantic', 'httpx', 'numpy', 'psycopg', 'redis', 'networkx', 'sqlite3',\n"
+        "         'llm_agent_runtime.orchestration.redis_state', 'llm_agent_runtime.semantic')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
-        "ar.AgentRuntime\n"
-        "print('pydantic' in sys.modules)\n"
+        "ar.AgentRuntime, ar.AgentConfig, ar.tool\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "ar.SqliteBackend, ar.RedisRateLimiter\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split("\n")
-    assert out[0] == "[]"  # the agent layer, HTTP and database drivers load on first use
-    assert out[1] == "True"
+    assert out[0] == "[]"  # the agent layer, HTTP, databases and backends load on first use
+    # An agent needs pydantic, not the backends, the HTTP stack or numpy.
+    assert out[1] == "['pydantic']"
+    assert out[2] == "['llm_agent_runtime.orchestration.redis_state', 'pydantic', 'sqlite3']"
 
 
 def test_every_public_name_resolves_and_the_provider_protocol_is_one() -> None:

@@ -1,14 +1,14 @@
 """llm-agent-runtime: a Python agent runtime with a Rust core.
 
 Everything public is re-exported here by name; other modules are implementation detail. The
-fast parts (vector search, graph, memory, metrics, parsing, orchestration, persistence) load
-with the package; the agent layer (pydantic), the HTTP providers (httpx) and the database
-drivers load on first use, so a program using only the fast parts never pays for them.
+Rust core, the errors, events and sessions load with the package; everything else (the
+agent layer's pydantic models, orchestration, persistence backends, the HTTP providers and
+the database drivers) loads on first use, so a program pays only for the parts it uses.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llm_agent_runtime._core import (
     DecayPolicy,
@@ -25,7 +25,7 @@ from llm_agent_runtime._core import (
     __version__,
     parse_react_step,
 )
-from llm_agent_runtime.embeddings import Embedder, OpenAIEmbedder, SentenceTransformerEmbedder
+from llm_agent_runtime._lazy import lazy_exports
 from llm_agent_runtime.errors import (
     AgentLoopError,
     AgentRuntimeError,
@@ -53,40 +53,40 @@ from llm_agent_runtime.events import (
     ToolCallFinished,
     ToolCallStarted,
 )
-from llm_agent_runtime.graph import from_networkx, to_networkx
-from llm_agent_runtime.memory import fit_to_token_budget
-from llm_agent_runtime.orchestration import (
-    BackpressureGuard,
-    CapabilitySet,
-    CircuitBreaker,
-    CircuitState,
-    CircuitStateBackend,
-    CircuitStateChange,
-    Clock,
-    CostBudget,
-    Deduplicator,
-    FakeClock,
-    InMemoryCircuitStateBackend,
-    Pipeline,
-    RateLimiter,
-    RedisCircuitStateBackend,
-    RedisDeduplicator,
-    RedisRateLimiter,
-    ResultCache,
-    RetryPolicy,
-    SystemClock,
-)
-from llm_agent_runtime.persistence import (
-    FileBackend,
-    InMemoryBackend,
-    PersistenceBackend,
-    SqliteBackend,
-)
-from llm_agent_runtime.semantic import SemanticEntry, SemanticHit, SemanticStore
 from llm_agent_runtime.session import AgentSession, Step
 
 if TYPE_CHECKING:
     from llm_agent_runtime.config import AgentConfig
+    from llm_agent_runtime.embeddings import Embedder, OpenAIEmbedder, SentenceTransformerEmbedder
+    from llm_agent_runtime.graph import from_networkx, to_networkx
+    from llm_agent_runtime.memory import fit_to_token_budget
+    from llm_agent_runtime.orchestration import (
+        BackpressureGuard,
+        CapabilitySet,
+        CircuitBreaker,
+        CircuitState,
+        CircuitStateBackend,
+        CircuitStateChange,
+        Clock,
+        CostBudget,
+        Deduplicator,
+        FakeClock,
+        InMemoryCircuitStateBackend,
+        Pipeline,
+        RateLimiter,
+        RedisCircuitStateBackend,
+        RedisDeduplicator,
+        RedisRateLimiter,
+        ResultCache,
+        RetryPolicy,
+        SystemClock,
+    )
+    from llm_agent_runtime.persistence import (
+        FileBackend,
+        InMemoryBackend,
+        PersistenceBackend,
+        SqliteBackend,
+    )
     from llm_agent_runtime.persistence.postgres import PostgresBackend
     from llm_agent_runtime.persistence.redis import RedisBackend
     from llm_agent_runtime.providers import provider_from_env
@@ -101,10 +101,43 @@ if TYPE_CHECKING:
         InferFn,
         Middleware,
     )
+    from llm_agent_runtime.semantic import SemanticEntry, SemanticHit, SemanticStore
     from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, tool
 
-# Loaded on first use: name -> module that defines it.
+# Loaded on first use: name -> module that defines it (or the subpackage itself).
 _LAZY = {
+    "Embedder": "llm_agent_runtime.embeddings",
+    "OpenAIEmbedder": "llm_agent_runtime.embeddings",
+    "SentenceTransformerEmbedder": "llm_agent_runtime.embeddings",
+    "from_networkx": "llm_agent_runtime.graph",
+    "to_networkx": "llm_agent_runtime.graph",
+    "fit_to_token_budget": "llm_agent_runtime.memory",
+    "BackpressureGuard": "llm_agent_runtime.orchestration",
+    "CapabilitySet": "llm_agent_runtime.orchestration",
+    "CircuitBreaker": "llm_agent_runtime.orchestration",
+    "CircuitState": "llm_agent_runtime.orchestration",
+    "CircuitStateBackend": "llm_agent_runtime.orchestration",
+    "CircuitStateChange": "llm_agent_runtime.orchestration",
+    "Clock": "llm_agent_runtime.orchestration",
+    "CostBudget": "llm_agent_runtime.orchestration",
+    "Deduplicator": "llm_agent_runtime.orchestration",
+    "FakeClock": "llm_agent_runtime.orchestration",
+    "InMemoryCircuitStateBackend": "llm_agent_runtime.orchestration",
+    "Pipeline": "llm_agent_runtime.orchestration",
+    "RateLimiter": "llm_agent_runtime.orchestration",
+    "RedisCircuitStateBackend": "llm_agent_runtime.orchestration",
+    "RedisDeduplicator": "llm_agent_runtime.orchestration",
+    "RedisRateLimiter": "llm_agent_runtime.orchestration",
+    "ResultCache": "llm_agent_runtime.orchestration",
+    "RetryPolicy": "llm_agent_runtime.orchestration",
+    "SystemClock": "llm_agent_runtime.orchestration",
+    "FileBackend": "llm_agent_runtime.persistence",
+    "InMemoryBackend": "llm_agent_runtime.persistence",
+    "PersistenceBackend": "llm_agent_runtime.persistence",
+    "SqliteBackend": "llm_agent_runtime.persistence",
+    "SemanticEntry": "llm_agent_runtime.semantic",
+    "SemanticHit": "llm_agent_runtime.semantic",
+    "SemanticStore": "llm_agent_runtime.semantic",
     "AgentConfig": "llm_agent_runtime.config",
     "AgentRuntime": "llm_agent_runtime.runtime",
     "AnthropicProvider": "llm_agent_runtime.providers.anthropic",
@@ -122,6 +155,7 @@ _LAZY = {
     "ToolSpec": "llm_agent_runtime.tools",
     "provider_from_env": "llm_agent_runtime.providers",
     "tool": "llm_agent_runtime.tools",
+    "providers": "llm_agent_runtime.providers",
 }
 
 __all__ = [
@@ -215,18 +249,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    if name == "providers":  # the subpackage itself
-        return importlib.import_module("llm_agent_runtime.providers")
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

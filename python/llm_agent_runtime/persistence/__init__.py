@@ -1,18 +1,31 @@
 """Persistence backends for checkpoints, sessions and event logs.
 
-`PostgresBackend` and `RedisBackend` load their drivers only when first used.
+Each backend's module loads on first use: `PostgresBackend` and `RedisBackend` import their
+drivers then, and a program that checkpoints to memory never loads SQLite.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from llm_agent_runtime.persistence.base import PersistenceBackend, session_key, step_key
-from llm_agent_runtime.persistence.file import FileBackend
-from llm_agent_runtime.persistence.memory import InMemoryBackend
-from llm_agent_runtime.persistence.sqlite import SqliteBackend
+from llm_agent_runtime._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from llm_agent_runtime.persistence.base import PersistenceBackend, session_key, step_key
+    from llm_agent_runtime.persistence.file import FileBackend
+    from llm_agent_runtime.persistence.memory import InMemoryBackend
     from llm_agent_runtime.persistence.postgres import PostgresBackend
     from llm_agent_runtime.persistence.redis import RedisBackend
+    from llm_agent_runtime.persistence.sqlite import SqliteBackend
+
+_EXPORTS = {
+    "FileBackend": "llm_agent_runtime.persistence.file",
+    "InMemoryBackend": "llm_agent_runtime.persistence.memory",
+    "PersistenceBackend": "llm_agent_runtime.persistence.base",
+    "PostgresBackend": "llm_agent_runtime.persistence.postgres",
+    "RedisBackend": "llm_agent_runtime.persistence.redis",
+    "SqliteBackend": "llm_agent_runtime.persistence.sqlite",
+    "session_key": "llm_agent_runtime.persistence.base",
+    "step_key": "llm_agent_runtime.persistence.base",
+}
 
 __all__ = [
     "FileBackend",
@@ -25,15 +38,4 @@ __all__ = [
     "step_key",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # The server backends import their drivers: load them on first use only.
-    if name == "PostgresBackend":
-        from llm_agent_runtime.persistence.postgres import PostgresBackend
-
-        return PostgresBackend
-    if name == "RedisBackend":
-        from llm_agent_runtime.persistence.redis import RedisBackend
-
-        return RedisBackend
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
