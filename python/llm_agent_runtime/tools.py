@@ -27,7 +27,7 @@ from llm_agent_runtime.errors import (
     ProviderError,
     ToolError,
 )
-from llm_agent_runtime.orchestration import CircuitBreaker
+from llm_agent_runtime.orchestration.circuit_breaker import CircuitBreaker
 
 __all__ = ["ErrorKind", "Observation", "ToolRegistry", "ToolSpec", "tool"]
 
