@@ -17,11 +17,15 @@ use pyo3::prelude::*;
 use rayon::prelude::*;
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
-use crate::errors::{non_negative, run_detached, CoreError, CoreResult};
-use crate::memory::at_least_one;
+use crate::args::{self, OutOfRange};
+use crate::errors::{out_of_memory, run_detached, try_filled, CoreError, CoreResult};
 
 /// Texts above which a batch is embedded over rayon threads.
 const PARALLEL_TEXTS: usize = 64;
+/// The largest `dim`: 2**20, the largest feature space hashing embedders commonly use
+/// (scikit-learn's `HashingVectorizer` default). Each text needs `dim` f64 sums while it is
+/// embedded (8 MiB at this bound), and a batch returns `dim` float32 values a text.
+pub const MAX_DIM: usize = 1 << 20;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
@@ -53,8 +57,9 @@ impl Hashing {
     /// Validated settings.
     ///
     /// # Errors
-    /// [`CoreError::Memory`] when `dim` is 0, `word_ngrams` is 0, or the character n-gram range
-    /// is empty or starts at 0 (`char_max = 0` turns character n-grams off).
+    /// [`CoreError::Memory`] when `dim` is 0 or above [`MAX_DIM`], `word_ngrams` is 0, or the
+    /// character n-gram range is empty or starts at 0 (`char_max = 0` turns character n-grams
+    /// off).
     pub fn new(
         dim: usize,
         word_ngrams: usize,
@@ -65,6 +70,9 @@ impl Hashing {
             return Err(CoreError::Memory(
                 "dim and word_ngrams must be at least 1".into(),
             ));
+        }
+        if dim > MAX_DIM {
+            return Err(too_large_dim(&dim.to_string()));
         }
         if char_max != 0 && (char_min == 0 || char_min > char_max) {
             return Err(CoreError::Memory(format!(
@@ -91,10 +99,13 @@ impl Hashing {
     }
 
     /// Embeds `text` into `row` (`dim` values, overwritten); `text` is NFKC-normalized first.
-    pub fn embed_into(&self, text: &str, row: &mut [f32]) {
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when the `dim` sums cannot be allocated.
+    pub fn embed_into(&self, text: &str, row: &mut [f32]) -> CoreResult<()> {
         // Sums in f64: weights like 1/3 cancel exactly enough that a text's vector does not
         // depend on rounding noise.
-        let mut out = vec![0.0f64; self.dim];
+        let mut out = try_filled(self.dim, 0.0f64, "one text's feature sums")?;
         let lower = nfkc(text).to_lowercase();
         let words: Vec<&str> = lower
             .split(|c: char| !c.is_alphanumeric())
@@ -145,22 +156,66 @@ impl Hashing {
         for (r, x) in row.iter_mut().zip(&out) {
             *r = (x * inv) as f32;
         }
+        Ok(())
     }
 
     /// Embeds every text: `texts.len()` rows of `dim`, row-major.
-    pub fn embed(&self, texts: &[String]) -> Vec<f32> {
-        let mut out = vec![0.0f32; texts.len() * self.dim];
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when the result (or a text's sums) cannot be allocated: a batch
+    /// too large for memory is an error, not an abort of the interpreter.
+    pub fn embed<S: AsRef<str> + Sync>(&self, texts: &[S]) -> CoreResult<Vec<f32>> {
+        let len = texts
+            .len()
+            .checked_mul(self.dim)
+            .ok_or_else(|| out_of_memory(usize::MAX, "the embeddings"))?;
+        let mut out = try_filled(len, 0.0f32, "the embeddings")?;
         if texts.len() < PARALLEL_TEXTS {
             for (text, row) in texts.iter().zip(out.chunks_exact_mut(self.dim)) {
-                self.embed_into(text, row);
+                self.embed_into(text.as_ref(), row)?;
             }
         } else {
             out.par_chunks_exact_mut(self.dim)
                 .zip(texts.par_iter())
-                .for_each(|(row, text)| self.embed_into(text, row));
+                .try_for_each(|(row, text)| self.embed_into(text.as_ref(), row))?;
         }
-        out
+        Ok(out)
     }
+}
+
+/// The error for a `dim` above [`MAX_DIM`]; `dim` is its decimal text.
+fn too_large_dim(dim: &str) -> CoreError {
+    CoreError::Memory(format!("dim must be at most {MAX_DIM} (2**20), got {dim}"))
+}
+
+/// The `dim` argument: an int from 1 to [`MAX_DIM`].
+fn dim_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    match args::to_usize(value)? {
+        Ok(dim) if dim >= 1 => Ok(dim), // the upper bound is checked by `Hashing::new`
+        Ok(dim) => Err(CoreError::Memory(format!("dim must be at least 1, got {dim}")).into()),
+        Err(OutOfRange::Negative(v)) => {
+            Err(CoreError::Memory(format!("dim must be at least 1, got {v}")).into())
+        }
+        Err(OutOfRange::TooLarge(v)) => Err(too_large_dim(&v).into()),
+    }
+}
+
+/// The `word_ngrams` argument: an int >= 1; one beyond 64 bits means no limit.
+fn word_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::limit(value, 1, |v| {
+        CoreError::Memory(format!("word_ngrams must be at least 1, got {v}"))
+    })
+}
+
+/// The `char_ngrams` argument: a pair of ints >= 0; one beyond 64 bits means no limit.
+fn char_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
+    let (min, max) = value.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
+    let bound = |v: &Bound<'_, PyAny>| {
+        args::limit(v, 0, |v| {
+            CoreError::Memory(format!("char_ngrams must be >= 0, got {v}"))
+        })
+    };
+    Ok((bound(&min)?, bound(&max)?))
 }
 
 /// Deterministic text embedder by feature hashing (word and character n-grams), in Rust.
@@ -172,13 +227,14 @@ impl Hashing {
 /// embeds to the zero vector.
 ///
 /// Args:
-///     dim: output length.
+///     dim: output length, from 1 to 2**20 (1048576).
 ///     word_ngrams: longest word n-gram hashed (1 = words only).
 ///     char_ngrams: (min, max) lengths of the character n-grams of each word; max = 0 turns
 ///         them off.
 ///
 /// Raises:
-///     MemoryStoreError: dim or word_ngrams is not positive, or an invalid char_ngrams range.
+///     MemoryStoreError: dim is not between 1 and 2**20, word_ngrams is not positive, or an
+///         invalid char_ngrams range.
 #[pyclass(module = "llm_agent_runtime", name = "HashingEmbedder", frozen)]
 pub struct PyHashingEmbedder {
     inner: Hashing,
@@ -191,15 +247,13 @@ impl PyHashingEmbedder {
         signature = (dim=384, word_ngrams=2, char_ngrams=(3, 5)),
         text_signature = "(dim=384, word_ngrams=2, char_ngrams=(3, 5))"
     )]
-    fn new(dim: i64, word_ngrams: i64, char_ngrams: (i64, i64)) -> PyResult<Self> {
-        let count = |value, what| non_negative(value, what, CoreError::Memory);
+    fn new(
+        #[pyo3(from_py_with = dim_arg)] dim: usize,
+        #[pyo3(from_py_with = word_ngrams_arg)] word_ngrams: usize,
+        #[pyo3(from_py_with = char_ngrams_arg)] char_ngrams: (usize, usize),
+    ) -> PyResult<Self> {
         Ok(Self {
-            inner: Hashing::new(
-                at_least_one(dim, "dim")?,
-                at_least_one(word_ngrams, "word_ngrams")?,
-                count(char_ngrams.0, "char_ngrams")?,
-                count(char_ngrams.1, "char_ngrams")?,
-            )?,
+            inner: Hashing::new(dim, word_ngrams, char_ngrams.0, char_ngrams.1)?,
         })
     }
 
@@ -218,7 +272,9 @@ impl PyHashingEmbedder {
     ///     float32 array of shape (len(texts), dim), rows L2-normalized.
     ///
     /// Raises:
-    ///     MemoryStoreError: `texts` is a single string or holds a non-string.
+    ///     MemoryStoreError: `texts` is a single string or holds a non-string or a string
+    ///         that is not valid Unicode (a lone surrogate), or the result does not fit in
+    ///         memory.
     fn embed<'py>(
         &self,
         py: Python<'py>,
@@ -230,14 +286,24 @@ impl PyHashingEmbedder {
             )
             .into());
         }
-        let texts: Vec<String> = texts.extract().map_err(|_| {
+        let not_strings = || {
             PyErr::from(CoreError::Memory(
                 "texts must be a sequence of strings".into(),
             ))
-        })?;
+        };
+        let items: Vec<Bound<'py, PyAny>> = texts.extract().map_err(|_| not_strings())?;
+        let texts = items
+            .iter()
+            .map(|item| {
+                if !item.is_instance_of::<pyo3::types::PyString>() {
+                    return Err(not_strings());
+                }
+                args::text(item, CoreError::Memory)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
         let n = texts.len();
         let inner = self.inner;
-        let rows = run_detached(py, || Ok(inner.embed(&texts)))?;
+        let rows = run_detached(py, || inner.embed(&texts))?;
         rows.into_pyarray(py).reshape([n, inner.dim()])
     }
 
@@ -269,16 +335,16 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let rows = h.embed(&texts);
+        let rows = h.embed(&texts).unwrap();
         let row = |i: usize| &rows[i * 256..(i + 1) * 256];
         assert_eq!(row(0), row(1));
         assert!((cosine(row(0), row(0)) - 1.0).abs() < 1e-5);
         assert!(cosine(row(0), row(2)) > cosine(row(0), row(3)) + 0.2);
         assert!(row(4).iter().all(|&x| x == 0.0));
         let many: Vec<String> = (0..200).map(|i| format!("text number {i}")).collect();
-        let parallel = h.embed(&many);
+        let parallel = h.embed(&many).unwrap();
         let mut one = vec![0.0; 256];
-        h.embed_into(&many[150], &mut one);
+        h.embed_into(&many[150], &mut one).unwrap();
         assert_eq!(&parallel[150 * 256..151 * 256], one.as_slice());
     }
 
@@ -290,8 +356,18 @@ mod tests {
         assert!(Hashing::new(8, 1, 0, 0).is_ok());
         let h = Hashing::new(64, 1, 2, 3).unwrap();
         let mut out = vec![0.0; 64];
-        h.embed_into("héllo wörld ß 日本語", &mut out);
+        h.embed_into("héllo wörld ß 日本語", &mut out).unwrap();
         assert!((cosine(&out, &out) - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn dim_is_capped_and_oversized_batches_are_errors() {
+        assert!(Hashing::new(MAX_DIM, 1, 3, 5).is_ok());
+        let err = Hashing::new(MAX_DIM + 1, 1, 3, 5).unwrap_err();
+        assert!(err.to_string().contains("at most 1048576"), "{err}");
+        let h = Hashing::new(MAX_DIM, 1, 3, 5).unwrap();
+        let rows = h.embed(&["hello", ""]).unwrap();
+        assert_eq!(rows.len(), 2 * MAX_DIM);
     }
 
     #[test]
@@ -306,7 +382,7 @@ mod tests {
         ];
         for (a, b) in pairs {
             let texts = [a.to_owned(), b.to_owned()];
-            let rows = h.embed(&texts);
+            let rows = h.embed(&texts).unwrap();
             assert_eq!(rows[..128], rows[128..], "{a:?} vs {b:?}");
             assert!(rows.iter().any(|&x| x != 0.0));
         }

@@ -128,53 +128,40 @@ where
     }
 }
 
-/// Converts an integer argument that a method takes as `i64` to `usize`.
+/// Makes room for `extra` more items in `values`, or fails with [`CoreError::Memory`]: an
+/// input-sized buffer that does not fit in memory must not abort the interpreter (Rust's
+/// infallible allocations abort the process on failure; numpy raises `MemoryError`).
 ///
-/// Taking `i64` rather than `usize` lets PyO3 accept a negative Python int (it would raise the
-/// built-in `OverflowError`), so the method can refuse it with its own typed exception:
-/// `error` receives a message naming the argument `what`.
-///
-/// # Errors
-/// `error(message)` when `value` is negative (or does not fit `usize`).
-pub fn non_negative(value: i64, what: &str, error: fn(String) -> CoreError) -> CoreResult<usize> {
-    usize::try_from(value).map_err(|_| error(format!("{what} must be >= 0, got {value}")))
-}
-
-/// Extracts a Python int as an unsigned `T` (`u32`, `u64`, ...) for arguments whose whole
-/// range is meaningful; an int out of range raises `error(its decimal text)` instead of the
-/// built-in `OverflowError`. Anything not an int is a `TypeError`, as with plain `T`.
+/// `what` names the buffer in the message.
 ///
 /// # Errors
-/// `error(...)` for a negative int or one above `T::MAX`; `TypeError` for a non-int.
-#[inline]
-pub fn extract_unsigned<'py, T>(
-    obj: &Bound<'py, PyAny>,
-    error: impl FnOnce(String) -> CoreError,
-) -> PyResult<T>
-where
-    T: for<'a> FromPyObject<'a, 'py, Error = PyErr>,
-{
-    match obj.extract::<T>() {
-        Ok(value) => Ok(value),
-        Err(e) => Err(not_unsigned(obj, e, error)),
-    }
+/// [`CoreError::Memory`] "out of memory" when the allocation fails or its size overflows.
+pub fn try_reserve<T>(values: &mut Vec<T>, extra: usize, what: &str) -> CoreResult<()> {
+    values
+        .try_reserve(extra)
+        .map_err(|_| out_of_memory(extra.saturating_mul(std::mem::size_of::<T>()), what))
 }
 
-/// The error of [`extract_unsigned`], kept off its fast path.
+/// A vector of `len` copies of `value`, or [`CoreError::Memory`] when it does not fit (see
+/// [`try_reserve`]).
+///
+/// # Errors
+/// [`CoreError::Memory`] "out of memory" when the allocation fails or its size overflows.
+pub fn try_filled<T: Clone>(len: usize, value: T, what: &str) -> CoreResult<Vec<T>> {
+    let mut values = Vec::new();
+    values
+        .try_reserve_exact(len)
+        .map_err(|_| out_of_memory(len.saturating_mul(std::mem::size_of::<T>()), what))?;
+    values.resize(len, value);
+    Ok(values)
+}
+
+/// The error of a failed allocation of `bytes` bytes for `what`.
 #[cold]
-#[inline(never)]
-fn not_unsigned(
-    obj: &Bound<'_, PyAny>,
-    e: PyErr,
-    error: impl FnOnce(String) -> CoreError,
-) -> PyErr {
-    if !e.is_instance_of::<pyo3::exceptions::PyOverflowError>(obj.py()) {
-        return e;
-    }
-    match obj.str() {
-        Ok(text) => error(text.to_string()).into(),
-        Err(e) => e,
-    }
+pub fn out_of_memory(bytes: usize, what: &str) -> CoreError {
+    CoreError::Memory(format!(
+        "out of memory: {what} needs {bytes} bytes, which cannot be allocated"
+    ))
 }
 
 /// Panics inside the detach helper; lets the tests prove a panic becomes `AgentRuntimeError`
@@ -200,6 +187,17 @@ mod tests {
             position: Some(12),
         };
         assert_eq!(err.to_string(), "expected 'Action:' (at byte 12)");
+    }
+
+    #[test]
+    fn allocations_too_large_are_errors_not_aborts() {
+        let err = try_filled(usize::MAX / 2, 0u64, "a test buffer").unwrap_err();
+        assert!(
+            matches!(err, CoreError::Memory(ref m) if m.starts_with("out of memory: a test buffer"))
+        );
+        let mut v: Vec<u8> = Vec::new();
+        assert!(try_reserve(&mut v, isize::MAX as usize, "bytes").is_err());
+        assert_eq!(try_filled(3, 7u8, "small").unwrap(), vec![7, 7, 7]);
     }
 
     #[test]

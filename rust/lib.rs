@@ -2,6 +2,7 @@
 //!
 //! This file only lists what the module exports; each capability lives in its own module.
 
+pub mod args;
 pub mod embed;
 pub mod errors;
 pub mod events;
@@ -9,6 +10,7 @@ pub mod graph;
 pub mod memory;
 pub mod metrics;
 pub mod react;
+pub mod sync;
 pub mod vector;
 
 use pyo3::prelude::*;

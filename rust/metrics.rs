@@ -13,7 +13,10 @@ use parking_lot::RwLock;
 use pyo3::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::errors::{extract_unsigned, CoreError};
+use pyo3::pybacked::PyBackedStr;
+
+use crate::args::{extract_unsigned, optional_runtime_text, runtime_text};
+use crate::errors::CoreError;
 
 /// Call and failure counts of one tool or one agent.
 #[derive(Debug, Default)]
@@ -465,15 +468,29 @@ impl PyRuntimeMetrics {
     }
 
     /// Counts a call of `tool`, also per agent when `agent_id` is given.
+    ///
+    /// Raises:
+    ///     AgentRuntimeError: a name is not valid Unicode (a lone surrogate).
     #[pyo3(signature = (tool, agent_id=None))]
-    fn record_tool_call(&self, tool: &str, agent_id: Option<&str>) {
-        self.inner.record_tool_call(tool, agent_id);
+    fn record_tool_call(
+        &self,
+        #[pyo3(from_py_with = runtime_text)] tool: PyBackedStr,
+        #[pyo3(from_py_with = optional_runtime_text)] agent_id: Option<PyBackedStr>,
+    ) {
+        self.inner.record_tool_call(&tool, agent_id.as_deref());
     }
 
     /// Counts a failed call of `tool`, also per agent when `agent_id` is given.
+    ///
+    /// Raises:
+    ///     AgentRuntimeError: a name is not valid Unicode (a lone surrogate).
     #[pyo3(signature = (tool, agent_id=None))]
-    fn record_tool_failure(&self, tool: &str, agent_id: Option<&str>) {
-        self.inner.record_tool_failure(tool, agent_id);
+    fn record_tool_failure(
+        &self,
+        #[pyo3(from_py_with = runtime_text)] tool: PyBackedStr,
+        #[pyo3(from_py_with = optional_runtime_text)] agent_id: Option<PyBackedStr>,
+    ) {
+        self.inner.record_tool_failure(&tool, agent_id.as_deref());
     }
 
     /// Counts a request shed by backpressure.

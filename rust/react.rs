@@ -9,6 +9,7 @@
 //! linear in the length of the text whatever the text holds.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 use pyo3::ffi;
@@ -18,7 +19,8 @@ use pyo3::{PyTraverseError, PyVisit};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use crate::errors::{CoreError, CoreResult};
+use crate::args;
+use crate::errors::{catch_panics, CoreError, CoreResult};
 
 /// The tool name that marks a final answer in the seed form (`Action: FINAL_ANSWER 42`).
 pub const FINAL_ANSWER_TOOL: &str = "FINAL_ANSWER";
@@ -67,6 +69,9 @@ impl<'a> InputText<'a> {
     }
 
     /// Decodes the input: JSON when the candidate is valid JSON, the raw text otherwise.
+    ///
+    /// A `Value` holds integers of at most 64 bits: a larger one is read as the nearest
+    /// float (the binding decodes into Python instead, where it stays exact).
     pub fn decode(&self) -> ActionInput {
         self.json()
             .and_then(|json| serde_json::from_str::<Value>(json).ok())
@@ -74,6 +79,53 @@ impl<'a> InputText<'a> {
                 || ActionInput::Raw(self.raw().to_owned()),
                 ActionInput::Json,
             )
+    }
+}
+
+/// The number literals of the JSON text `json` that serde_json reads as an f64, in order:
+/// `None` for a float literal, `Some(literal)` for an integer literal that serde_json
+/// cannot hold exactly (beyond `i64`/`u64`, or `-0`) but Python's `json` reads as an exact
+/// int. `None` overall when there is no such integer (the usual case), or the text is not
+/// well-formed enough to scan (decoding then fails on its own).
+///
+/// One pass over the text; string contents are skipped.
+pub fn wide_integers(json: &str) -> Option<Vec<Option<&str>>> {
+    let bytes = json.as_bytes();
+    let mut literals = Vec::new();
+    let mut wide = false;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => i = skip_string(bytes, i + 1)?,
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while matches!(
+                    bytes.get(i),
+                    Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                ) {
+                    i += 1;
+                }
+                let literal = json.get(start..i)?;
+                if literal.bytes().any(|c| matches!(c, b'.' | b'e' | b'E')) {
+                    literals.push(None);
+                } else if !fits_serde_integer(literal) {
+                    literals.push(Some(literal));
+                    wide = true;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    wide.then_some(literals)
+}
+
+/// Whether serde_json reads the integer literal `literal` as an integer (not as an f64):
+/// a negative one must fit `i64` and not be `-0`, a non-negative one `u64`.
+fn fits_serde_integer(literal: &str) -> bool {
+    if literal.starts_with('-') {
+        literal.parse::<i64>().is_ok_and(|v| v != 0)
+    } else {
+        literal.parse::<u64>().is_ok()
     }
 }
 
@@ -316,6 +368,10 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
         let input = InputText::new(input_section.map_or(inline_input, content));
         let answer = match input.decode() {
             ActionInput::Json(Value::String(s)) => Cow::Owned(s),
+            // An integer beyond 64 bits would come back rounded: keep the JSON as written.
+            ActionInput::Json(_) if input.json().and_then(wide_integers).is_some() => {
+                Cow::Borrowed(input.json().unwrap_or_default())
+            }
             ActionInput::Json(other) => Cow::Owned(other.to_string()),
             ActionInput::Raw(_) => Cow::Borrowed(input.raw()),
         };
@@ -355,10 +411,17 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
 }
 
 /// Builds Python objects straight from JSON text, with no intermediate `Value`.
+///
+/// serde_json reads an integer beyond 64 bits as an f64; `wide` (from [`wide_integers`])
+/// lists the literals behind each f64 it reports, so that such an integer becomes an exact
+/// Python int, as `json.loads` makes it.
 #[derive(Clone, Copy)]
-struct PyJson<'py>(Python<'py>);
+struct PyJson<'a, 'py> {
+    py: Python<'py>,
+    wide: Option<(&'a [Option<&'a str>], &'a Cell<usize>)>,
+}
 
-impl<'de, 'py> DeserializeSeed<'de> for PyJson<'py> {
+impl<'de, 'py> DeserializeSeed<'de> for PyJson<'_, 'py> {
     type Value = Bound<'py, PyAny>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
@@ -366,7 +429,7 @@ impl<'de, 'py> DeserializeSeed<'de> for PyJson<'py> {
     }
 }
 
-impl<'de, 'py> Visitor<'de> for PyJson<'py> {
+impl<'de, 'py> Visitor<'de> for PyJson<'_, 'py> {
     type Value = Bound<'py, PyAny>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -374,31 +437,43 @@ impl<'de, 'py> Visitor<'de> for PyJson<'py> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(self.0.None().into_bound(self.0))
+        Ok(self.py.None().into_bound(self.py))
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(PyBool::new(self.0, v).to_owned().into_any())
+        Ok(PyBool::new(self.py, v).to_owned().into_any())
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(PyInt::new(self.0, v).into_any())
+        Ok(PyInt::new(self.py, v).into_any())
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(PyInt::new(self.0, v).into_any())
+        Ok(PyInt::new(self.py, v).into_any())
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(PyFloat::new(self.0, v).into_any())
+        if let Some((literals, next)) = self.wide {
+            let at = next.get();
+            next.set(at + 1);
+            if let Some(Some(literal)) = literals.get(at) {
+                // Python's int() reads the literal exactly (`-0` is 0, as in `json.loads`).
+                return self
+                    .py
+                    .get_type::<PyInt>()
+                    .call1((*literal,))
+                    .map_err(de::Error::custom);
+            }
+        }
+        Ok(PyFloat::new(self.py, v).into_any())
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(PyString::new(self.0, v).into_any())
+        Ok(PyString::new(self.py, v).into_any())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let list = PyList::empty(self.0);
+        let list = PyList::empty(self.py);
         while let Some(item) = seq.next_element_seed(self)? {
             list.append(item).map_err(de::Error::custom)?;
         }
@@ -406,7 +481,7 @@ impl<'de, 'py> Visitor<'de> for PyJson<'py> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let dict = PyDict::new(self.0);
+        let dict = PyDict::new(self.py);
         while let Some(key) = map.next_key_seed(self)? {
             let value = map.next_value_seed(self)?;
             dict.set_item(key, value).map_err(de::Error::custom)?;
@@ -419,8 +494,14 @@ impl<'de, 'py> Visitor<'de> for PyJson<'py> {
 /// and str; anything else (including invalid JSON) stays the raw text.
 fn input_to_py<'py>(py: Python<'py>, input: &InputText<'_>) -> Bound<'py, PyAny> {
     if let Some(json) = input.json() {
+        let literals = wide_integers(json);
+        let next = Cell::new(0);
+        let seed = PyJson {
+            py,
+            wide: literals.as_deref().map(|literals| (literals, &next)),
+        };
         let mut deserializer = serde_json::Deserializer::from_str(json);
-        if let Ok(value) = PyJson(py).deserialize(&mut deserializer) {
+        if let Ok(value) = seed.deserialize(&mut deserializer) {
             return value;
         }
     }
@@ -579,11 +660,16 @@ impl PyReActStep {
 ///
 /// Raises:
 ///     ParseError: the text is not a ReAct step; the message says what was expected, and
-///         ``position`` the byte offset where.
+///         ``position`` the byte offset where. Also when the text is not valid Unicode (it
+///         holds a lone surrogate, as a stream cut inside an emoji's escape leaves).
 #[pyfunction]
 pub fn parse_react_step<'py>(text: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyReActStep>> {
-    let source = text.to_str()?;
-    let step = parse(source)?;
+    let source = args::text_of(text, |message| CoreError::Parse {
+        message,
+        position: None,
+    })?;
+    // Parsing slices the text by offsets it found: a bug there must not escape as a panic.
+    let step = catch_panics(|| Ok(parse(source)?))?;
     let span = |part: &str| span_of(source, part);
     let step = Bound::new(
         text.py(),
@@ -711,6 +797,36 @@ mod tests {
         assert!(parse("Action: tool").is_err());
         assert!(parse("Action: t {}\nFinal Answer: 1").is_err());
         assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn wide_integers_lists_the_f64_literals_only_when_one_is_an_exact_int() {
+        assert_eq!(
+            wide_integers(r#"{"a": 1, "b": 2.5, "c": -3e4, "d": "99999999999999999999"}"#),
+            None
+        );
+        let big = "123456789012345678901234567890";
+        let text = format!(
+            r#"{{"x": 1.5, "y": {big}, "z": [-0, 7, -9223372036854775808, 18446744073709551616e0]}}"#
+        );
+        assert_eq!(
+            wide_integers(&text),
+            Some(vec![None, Some(big), Some("-0"), None])
+        );
+        assert_eq!(
+            wide_integers("[18446744073709551615, -9223372036854775809]"),
+            Some(vec![Some("-9223372036854775809")])
+        );
+        assert_eq!(wide_integers(r#"{"unterminated: 1"#), None);
+    }
+
+    #[test]
+    fn final_answer_json_with_a_wide_integer_is_kept_as_written() {
+        let step = parse(r#"Action: FINAL_ANSWER {"n": 123456789012345678901234567890}"#).unwrap();
+        assert_eq!(
+            step.final_answer.as_deref(),
+            Some(r#"{"n": 123456789012345678901234567890}"#)
+        );
     }
 
     #[test]

@@ -20,7 +20,11 @@ use pyo3::prelude::*;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
-use crate::errors::{non_negative, run_detached, CoreError, CoreResult};
+use crate::args::{self, OutOfRange};
+use crate::errors::{
+    catch_panics, out_of_memory, run_detached, try_reserve, CoreError, CoreResult,
+};
+use crate::sync;
 
 mod batch;
 mod originals;
@@ -51,6 +55,8 @@ const FORMAT_VERSION: u32 = 2;
 pub const DEFAULT_RESCORE: usize = 8;
 /// The largest id: searches return ids as int64, so ids stop at `i64::MAX` (2**63 - 1).
 pub const MAX_ID: u64 = i64::MAX as u64;
+/// Heap sizes (in bytes) from which a search first checks that its top-k heaps fit in memory.
+const PROBE_BYTES: usize = 1 << 20;
 
 /// A scored candidate; ordered so that a `BinaryHeap` pops the worst one first.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -123,6 +129,28 @@ impl TopK {
         let mut hits = self.heap.into_vec();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
         hits
+    }
+
+    /// Checks that `heaps` heaps of `k` hits fit in memory before a search makes them: a
+    /// huge `k` (read as "all rows") over a large index must fail with an error, not abort
+    /// the process. Small heaps are not checked (the check costs an allocation).
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when the memory cannot be allocated.
+    fn check_fits(heaps: usize, k: usize) -> CoreResult<()> {
+        let hits = heaps
+            .checked_mul(k.saturating_add(1))
+            .ok_or_else(|| out_of_memory(usize::MAX, "the top-k heaps"))?;
+        if hits.saturating_mul(std::mem::size_of::<Hit>()) < PROBE_BYTES {
+            return Ok(());
+        }
+        let mut probe: Vec<Hit> = Vec::new();
+        probe.try_reserve_exact(hits).map_err(|_| {
+            out_of_memory(
+                hits.saturating_mul(std::mem::size_of::<Hit>()),
+                "the top-k heaps",
+            )
+        })
     }
 }
 
@@ -385,8 +413,18 @@ impl Index {
                 vectors.len()
             )));
         }
-        let mut normalized = vectors.to_vec();
+        // Every buffer sized by the input is allocated fallibly: a batch (or an index) that
+        // does not fit in memory is a MemoryStoreError, not an abort of the interpreter.
+        let mut normalized = Vec::new();
+        try_reserve(
+            &mut normalized,
+            vectors.len(),
+            "a normalized copy of the vectors",
+        )?;
+        normalized.extend_from_slice(vectors);
         let mut seen = FxHashMap::default();
+        seen.try_reserve(ids.len())
+            .map_err(|_| out_of_memory(ids.len().saturating_mul(16), "the batch's id table"))?;
         for (i, (row, id)) in normalized.chunks_exact_mut(self.dim).zip(ids).enumerate() {
             if *id > MAX_ID {
                 return Err(CoreError::Memory(format!(
@@ -404,7 +442,7 @@ impl Index {
         let new_rows = ids.iter().filter(|id| !self.rows.contains_key(id)).count();
         if let Some(originals) = &mut self.originals {
             // The copies first, new rows before replaced ones: a failed append changes nothing.
-            originals.reserve(new_rows, self.dim);
+            originals.reserve(new_rows, self.dim)?;
             let rows = || normalized.chunks_exact(self.dim).zip(ids);
             let known = &self.rows;
             originals.append(
@@ -418,8 +456,11 @@ impl Index {
                 }
             }
         }
-        self.ids.reserve(new_rows);
-        self.vectors.reserve(new_rows, self.dim);
+        try_reserve(&mut self.ids, new_rows, "the ids")?;
+        self.vectors.reserve(new_rows, self.dim)?;
+        self.rows
+            .try_reserve(new_rows)
+            .map_err(|_| out_of_memory(new_rows.saturating_mul(16), "the id -> row table"))?;
         for (row, &id) in normalized.chunks_exact(self.dim).zip(ids) {
             match self.rows.get(&id) {
                 Some(&r) => self.vectors.set(r, row),
@@ -504,7 +545,9 @@ impl Index {
     /// cannot be read for re-scoring (or are marked broken).
     pub fn search(&self, query: &[f32], k: usize) -> CoreResult<(Vec<u64>, Vec<f32>)> {
         let q = self.check_query(query, k)?;
-        let hits = self.top_k(&q, k.min(self.len()))?.into_sorted();
+        let width = k.min(self.len());
+        TopK::check_fits(1, width)?;
+        let hits = self.top_k(&q, width)?.into_sorted();
         Ok((
             hits.iter().map(|h| self.ids[h.row]).collect(),
             hits.iter().map(|h| h.score).collect(),
@@ -572,22 +615,30 @@ impl Index {
                 self.dim
             )));
         }
-        let qs: Vec<Vec<f32>> = queries
-            .chunks_exact(self.dim)
-            .map(|q| self.check_query(q, k))
-            .collect::<CoreResult<_>>()?;
+        // The normalized queries, in one buffer (allocated fallibly, as are the results).
+        let mut qs = Vec::new();
+        try_reserve(&mut qs, queries.len(), "a normalized copy of the queries")?;
+        qs.extend_from_slice(queries);
+        for q in qs.chunks_exact_mut(self.dim) {
+            normalize(q, "query")?;
+        }
+        let m = qs.len() / self.dim;
         let width = k.min(self.len());
+        let total = m
+            .checked_mul(width)
+            .ok_or_else(|| out_of_memory(usize::MAX, "the results"))?;
+        let mut ids = Vec::new();
+        let mut scores = Vec::new();
+        try_reserve(&mut ids, total, "the result ids")?;
+        try_reserve(&mut scores, total, "the result scores")?;
+        TopK::check_fits(m, width)?;
         let tops: Vec<TopK> = match &self.vectors {
-            Rows::F32(data) if qs.len() >= 2 => {
-                batch::search_batch_fused(data, self.dim, &qs.concat(), width)
-            }
+            Rows::F32(data) if m >= 2 => batch::search_batch_fused(data, self.dim, &qs, width),
             _ => qs
-                .iter()
+                .chunks_exact(self.dim)
                 .map(|q| self.top_k(q, width))
                 .collect::<CoreResult<_>>()?,
         };
-        let mut ids = Vec::with_capacity(tops.len() * width);
-        let mut scores = Vec::with_capacity(tops.len() * width);
         for top in tops {
             for hit in top.into_sorted() {
                 ids.push(self.ids[hit.row]);
@@ -958,27 +1009,72 @@ pub struct PyVectorIndex {
     inner: RwLock<Index>,
 }
 
+impl PyVectorIndex {
+    /// Runs `f` on the index, read-locked (see [`sync`]): `f` copies out Rust values, and
+    /// Python objects are built from them after the lock is released.
+    fn read<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&Index) -> R + Send) -> PyResult<R> {
+        sync::read(py, &self.inner, f)
+    }
+}
+
+/// A size of the index (`dim`, `rescore`) named `what`: an int from 0 (the index refuses 0
+/// itself, naming the range) to 2**32 - 1, refused with a `MemoryStoreError` beyond.
+fn size_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
+    match args::to_usize(value)? {
+        Ok(size) => Ok(size),
+        Err(OutOfRange::Negative(v)) => {
+            Err(CoreError::Memory(format!("{what} must be >= 0, got {v}")).into())
+        }
+        Err(OutOfRange::TooLarge(v)) => Err(CoreError::Memory(format!(
+            "{what} must be between 1 and {}, got {v}",
+            u32::MAX
+        ))
+        .into()),
+    }
+}
+
+fn dim_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    size_arg(value, "dim")
+}
+
+fn rescore_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    size_arg(value, "rescore")
+}
+
+/// A search's `k`: an int >= 1; one beyond 64 bits means every vector.
+fn k_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::limit(value, 1, |v| {
+        CoreError::Memory(format!("k must be at least 1, got {v}"))
+    })
+}
+
 #[pymethods]
 impl PyVectorIndex {
     #[new]
     // `rescore=8` is DEFAULT_RESCORE, spelled out so the Python signature shows it.
     #[pyo3(signature = (dim, dtype="float32", rescore=8, exact_rescore=false, originals_path=None))]
     fn new(
-        dim: i64,
+        #[pyo3(from_py_with = dim_arg)] dim: usize,
         dtype: &str,
-        rescore: i64,
+        #[pyo3(from_py_with = rescore_arg)] rescore: usize,
         exact_rescore: bool,
         originals_path: Option<PathBuf>,
     ) -> PyResult<Self> {
-        let dim = non_negative(dim, "dim", CoreError::Memory)?;
-        let rescore = non_negative(rescore, "rescore", CoreError::Memory)?;
         let dtype = Dtype::parse(dtype).ok_or_else(|| {
             CoreError::Memory(format!(
                 "unknown dtype {dtype:?}: expected \"float32\", \"float16\" or \"int8\""
             ))
         })?;
         let originals_path = originals_path.as_deref().map(path_str).transpose()?;
-        let index = Index::with_storage(dim, dtype, rescore, exact_rescore, originals_path)?;
+        let index = catch_panics(|| {
+            Ok(Index::with_storage(
+                dim,
+                dtype,
+                rescore,
+                exact_rescore,
+                originals_path,
+            )?)
+        })?;
         Ok(Self {
             inner: RwLock::new(index),
         })
@@ -986,39 +1082,39 @@ impl PyVectorIndex {
 
     /// The file holding the float32 copies (see ``originals_path``), or None.
     #[getter]
-    fn originals_path(&self) -> Option<String> {
-        self.inner.read().originals_path().map(str::to_owned)
+    fn originals_path(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        self.read(py, |index| index.originals_path().map(str::to_owned))
     }
 
     /// Whether int8 searches re-score against kept float32 copies.
     #[getter]
-    fn exact_rescore(&self) -> bool {
-        self.inner.read().exact_rescore()
+    fn exact_rescore(&self, py: Python<'_>) -> PyResult<bool> {
+        self.read(py, Index::exact_rescore)
     }
 
     /// Storage form: "float32", "float16" or "int8".
     #[getter]
-    fn dtype(&self) -> &'static str {
-        self.inner.read().dtype().name()
+    fn dtype(&self, py: Python<'_>) -> PyResult<&'static str> {
+        self.read(py, |index| index.dtype().name())
     }
 
     /// Shortlist factor of int8 searches.
     #[getter]
-    fn rescore(&self) -> usize {
-        self.inner.read().rescore()
+    fn rescore(&self, py: Python<'_>) -> PyResult<usize> {
+        self.read(py, Index::rescore)
     }
 
     /// Bytes of memory held by the ids and the stored vectors (and float32 copies kept in
     /// memory; none for copies kept in a file).
     #[getter]
-    fn nbytes(&self) -> usize {
-        self.inner.read().nbytes()
+    fn nbytes(&self, py: Python<'_>) -> PyResult<usize> {
+        self.read(py, Index::nbytes)
     }
 
     /// Vector length.
     #[getter]
-    fn dim(&self) -> usize {
-        self.inner.read().dim()
+    fn dim(&self, py: Python<'_>) -> PyResult<usize> {
+        self.read(py, Index::dim)
     }
 
     /// Adds vectors, replacing those whose id is already present (upsert); all or nothing.
@@ -1029,7 +1125,8 @@ impl PyVectorIndex {
     ///
     /// Raises:
     ///     MemoryStoreError: wrong shape or dtype, an id out of range, a duplicate id in the
-    ///         batch, NaN/inf, or a zero vector.
+    ///         batch, NaN/inf, or a zero vector; or out of memory (the batch's copy, or the
+    ///         grown index, cannot be allocated: the index is left unchanged).
     ///     PersistenceError: float32 copies kept in a file cannot be written, were changed
     ///         from outside the index, or are marked broken by an earlier failure.
     fn add(
@@ -1040,7 +1137,7 @@ impl PyVectorIndex {
     ) -> PyResult<()> {
         let ids = as_ids(ids)?;
         let vectors = as_f32_matrix(vectors, "vectors")?;
-        let dim = self.inner.read().dim();
+        let dim = self.read(py, Index::dim)?;
         if vectors.shape() != [ids.len(), dim] {
             return Err(CoreError::Memory(format!(
                 "vectors have shape {:?}, expected ({}, {dim})",
@@ -1059,9 +1156,9 @@ impl PyVectorIndex {
     ///     MemoryStoreError: an id is not in the index.
     ///     PersistenceError: float32 copies kept in a file cannot be updated (the vectors
     ///         are removed and the copies marked broken).
-    fn remove(&self, ids: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn remove(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
         let ids = as_ids(ids)?;
-        Ok(self.inner.write().remove(&ids)?)
+        Ok(sync::write(py, &self.inner, |index| index.remove(&ids))??)
     }
 
     /// The `k` vectors most similar to `query`, best first.
@@ -1069,18 +1166,20 @@ impl PyVectorIndex {
     /// Returns:
     ///     (ids, scores): int64 and float32 arrays of length min(k, len(index)).
     ///
+    /// Any `k` >= 1 is accepted: one above the number of vectors (even beyond 64 bits)
+    /// returns them all.
+    ///
     /// Raises:
-    ///     MemoryStoreError: k < 1, or a query of the wrong shape or dtype, NaN/inf, or zero.
+    ///     MemoryStoreError: k < 1, or a query of the wrong shape or dtype, NaN/inf, or zero;
+    ///         or out of memory for the results.
     ///     PersistenceError: float32 copies kept in a file cannot be read for re-scoring.
     fn search<'py>(
         &self,
         py: Python<'py>,
         query: &Bound<'py, PyAny>,
-        k: i64,
+        #[pyo3(from_py_with = k_arg)] k: usize,
     ) -> PyResult<Hits<'py, numpy::Ix1>> {
         let query = as_f32_vector(query)?;
-        let k = usize::try_from(k)
-            .map_err(|_| CoreError::Memory(format!("k must be at least 1, got {k}")))?;
         let q = query.as_slice()?;
         let (ids, scores) = run_detached(py, || self.inner.read().search(q, k))?;
         let ids: Vec<i64> = ids.into_iter().map(id_to_i64).collect();
@@ -1099,12 +1198,10 @@ impl PyVectorIndex {
         &self,
         py: Python<'py>,
         queries: &Bound<'py, PyAny>,
-        k: i64,
+        #[pyo3(from_py_with = k_arg)] k: usize,
     ) -> PyResult<Hits<'py, numpy::Ix2>> {
         let queries = as_f32_matrix(queries, "queries")?;
-        let k = usize::try_from(k)
-            .map_err(|_| CoreError::Memory(format!("k must be at least 1, got {k}")))?;
-        let (m, dim) = (queries.shape()[0], self.inner.read().dim());
+        let (m, dim) = (queries.shape()[0], self.read(py, Index::dim)?);
         if queries.shape()[1] != dim {
             return Err(CoreError::Memory(format!(
                 "queries have shape ({m}, {}), expected ({m}, {dim}): one query of dimension \
@@ -1141,12 +1238,18 @@ impl PyVectorIndex {
             ))
             .into());
         };
-        Ok(self.inner.read().get(id)?.map(|v| v.into_pyarray(py)))
+        // Copied out under the lock, made into an array after it: the array's allocation
+        // may run the cycle collector, and with it Python code that writes to this index.
+        let row = self.read(py, |index| index.get(id))??;
+        Ok(row.map(|v| v.into_pyarray(py)))
     }
 
     /// Whether `id` is in the index (False for an int no vector can have, such as -1).
-    fn __contains__(&self, id: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Ok(id_arg(id)?.is_some_and(|id| self.inner.read().rows.contains_key(&id)))
+    fn __contains__(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match id_arg(id)? {
+            Some(id) => self.read(py, |index| index.rows.contains_key(&id)),
+            None => Ok(false),
+        }
     }
 
     /// Writes the index to `path` (versioned format with a checksum, replaced atomically).
@@ -1175,18 +1278,19 @@ impl PyVectorIndex {
         })
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.read().len()
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        self.read(py, Index::len)
     }
 
-    fn __repr__(&self) -> String {
-        let inner = self.inner.read();
-        format!(
-            "VectorIndex(dim={}, dtype={:?}, len={})",
-            inner.dim(),
-            inner.dtype().name(),
-            inner.len()
-        )
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        self.read(py, |index| {
+            format!(
+                "VectorIndex(dim={}, dtype={:?}, len={})",
+                index.dim(),
+                index.dtype().name(),
+                index.len()
+            )
+        })
     }
 }
 

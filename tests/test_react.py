@@ -217,3 +217,53 @@ def test_a_step_inside_its_own_input_is_collected() -> None:
     del step, marker
     gc.collect()
     assert alive() is None
+
+
+wide_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()  # unbounded: hypothesis also draws ints far beyond 64 bits
+    | st.integers(-(2**200), 2**200)
+    | st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 0])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=6),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=16,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.dictionaries(st.text(max_size=6), wide_json_values, max_size=5))
+def test_action_input_decodes_as_json_loads(value: dict[str, object]) -> None:
+    # Integers beyond 64 bits used to come back as the nearest float.
+    payload = json.dumps(value)
+    step = ar.parse_react_step(f"Thought: t\nAction: get_order {payload}")
+    expected = json.loads(payload)
+    assert step.action_input == expected
+    # Same types too (1 == 1.0 in Python), compared through an exact re-encoding.
+    assert json.dumps(step.action_input) == json.dumps(expected)
+
+
+def test_big_and_negative_zero_integers_are_exact_ints() -> None:
+    text = (
+        'Thought: t\nAction: get_order {"order_id": 123456789012345678901234567890, '
+        '"n": -99999999999999999999, "z": -0, "f": 1e30, "g": -0.0}'
+    )
+    got = ar.parse_react_step(text).action_input
+    assert got == {
+        "order_id": 123456789012345678901234567890,
+        "n": -99999999999999999999,
+        "z": 0,
+        "f": 1e30,
+        "g": -0.0,
+    }
+    assert [type(v) for v in got.values()] == [int, int, int, float, float]
+    final = ar.parse_react_step('Action: FINAL_ANSWER {"n": 123456789012345678901234567890}')
+    assert final.final_answer == '{"n": 123456789012345678901234567890}'

@@ -1,7 +1,7 @@
 """Type stubs for the compiled `llm_agent_runtime._core` extension (kept in step with rust/)."""
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, final
 
 import numpy as np
@@ -36,8 +36,11 @@ class ReActStep:
 def parse_react_step(text: str) -> ReActStep:
     """Parses one ReAct step from model output.
 
+    JSON input decodes as `json.loads` would: integers of any size stay exact ints.
+
     Raises:
-        ParseError: the text is not a ReAct step (message says what and where).
+        ParseError: the text is not a ReAct step (message says what and where), or is not
+            valid Unicode (a lone surrogate).
     """
 
 # --- Runtime metrics (rust/metrics.rs) -----------------------------------------------------
@@ -127,8 +130,18 @@ class RuntimeMetrics:
     def session_started(self) -> None: ...
     def session_finished(self) -> None: ...
     def record_step(self) -> None: ...
-    def record_tool_call(self, tool: str, agent_id: str | None = None) -> None: ...
-    def record_tool_failure(self, tool: str, agent_id: str | None = None) -> None: ...
+    def record_tool_call(self, tool: str, agent_id: str | None = None) -> None:
+        """Counts a call of tool (and of agent_id's tools).
+
+        Raises:
+            AgentRuntimeError: a name is not valid Unicode (a lone surrogate).
+        """
+    def record_tool_failure(self, tool: str, agent_id: str | None = None) -> None:
+        """Counts a failed call of tool (and of agent_id's tools).
+
+        Raises:
+            AgentRuntimeError: a name is not valid Unicode (a lone surrogate).
+        """
     def record_backpressure_shed(self) -> None: ...
     def record_memory_recall(self, count: int = 1) -> None:
         """Counts recalled memories; the total saturates at 2**64 - 1.
@@ -152,8 +165,10 @@ class RuntimeMetrics:
 class WorkingMemory:
     """Bounded key -> value LRU memory; O(1) operations, thread-safe.
 
+    Iterating gives the keys from most to least recently used (a snapshot, as keys()).
+
     Raises:
-        MemoryStoreError: capacity is below 1 (or too large).
+        MemoryStoreError: capacity is below 1 (or too large); a key is not valid Unicode.
     """
 
     def __new__(cls, capacity: int) -> WorkingMemory: ...
@@ -172,6 +187,8 @@ class WorkingMemory:
     def __getitem__(self, key: str, /) -> Any: ...
     def __setitem__(self, key: str, value: Any, /) -> None: ...
     def __delitem__(self, key: str, /) -> None: ...
+    def __iter__(self) -> Iterator[str]:
+        """The keys, most recently used first (a snapshot, as keys())."""
 
 # --- Episodic memory (rust/memory/episodic.rs) -----------------------------------------------
 
@@ -200,8 +217,10 @@ class Episode:
 
 @final
 class DecayPolicy:
-    """How episode importance fades with age."""
+    """How episode importance fades with age (immutable; equal policies are equal)."""
 
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
     @staticmethod
     def exponential(half_life_hours: float) -> DecayPolicy:
         """Importance halves every `half_life_hours`.
@@ -212,8 +231,10 @@ class DecayPolicy:
 
 @final
 class RecallPolicy:
-    """How recalled episodes are ranked."""
+    """How recalled episodes are ranked (immutable; equal policies are equal)."""
 
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
     @staticmethod
     def importance() -> RecallPolicy: ...
     @staticmethod
@@ -234,7 +255,8 @@ class EpisodicStore:
     among equals), never the one being added.
 
     Raises:
-        MemoryStoreError: per_agent_capacity is below 1, or similarity_weight is negative.
+        MemoryStoreError: per_agent_capacity is below 1 (or beyond 64 bits), or
+            similarity_weight is negative.
     """
 
     def __new__(
@@ -256,8 +278,8 @@ class EpisodicStore:
         """Adds an episode (embedded by the store's embedder unless given) and returns its id.
 
         Raises:
-            MemoryStoreError: importance outside [0, 1], a bad embedding, or a clock that
-                returned a NaN or infinite time.
+            MemoryStoreError: importance outside [0, 1], a bad embedding, a clock that
+                returned a NaN or infinite time, or agent_id or content not valid Unicode.
         """
     @property
     def has_embedder(self) -> bool:
@@ -354,7 +376,7 @@ class VectorIndex:
 
         Raises:
             MemoryStoreError: wrong shape or dtype, an id out of range, duplicate id, NaN/inf
-                or zero vector.
+                or zero vector; out of memory (the index is left unchanged).
             PersistenceError: float32 copies kept in a file cannot be written, were changed
                 from outside the index, or are marked broken by an earlier failure.
         """
@@ -372,7 +394,7 @@ class VectorIndex:
         """The min(k, len) most similar vectors, best first (any k >= 1 is accepted).
 
         Raises:
-            MemoryStoreError: k < 1, or a bad query.
+            MemoryStoreError: k < 1, or a bad query; out of memory for the results.
             PersistenceError: float32 copies kept in a file cannot be read for re-scoring.
         """
     def search_batch(
@@ -381,7 +403,8 @@ class VectorIndex:
         """search() for every row of queries; arrays of shape (m, min(k, len)).
 
         Raises:
-            MemoryStoreError: k < 1, queries not of shape (m, dim), or a bad query.
+            MemoryStoreError: k < 1, queries not of shape (m, dim), or a bad query; out of
+                memory for the results.
             PersistenceError: as search().
         """
     def save(self, path: str) -> None:
@@ -413,8 +436,11 @@ class HashingEmbedder:
     Text is NFKC-normalized and lowercased first: composed and decomposed accents, full-width
     letters and ligatures embed like their plain forms.
 
+    dim goes up to 2**20 (1048576).
+
     Raises:
-        MemoryStoreError: dim or word_ngrams is not positive, or an invalid char_ngrams range.
+        MemoryStoreError: dim is not between 1 and 2**20, word_ngrams is not positive, or an
+            invalid char_ngrams range.
     """
 
     def __new__(
@@ -427,7 +453,8 @@ class HashingEmbedder:
         """Embeds texts: float32 (len(texts), dim), rows L2-normalized (zeros for no words).
 
         Raises:
-            MemoryStoreError: texts is one string or holds a non-string.
+            MemoryStoreError: texts is one string or holds a non-string (or a string that is
+                not valid Unicode), or the result does not fit in memory.
         """
 
 # --- Knowledge graph (rust/graph/) ---------------------------------------------------------
@@ -440,7 +467,9 @@ class GraphStore:
         GraphError: unknown entities, duplicate ids, non-finite weights, properties that
             are not a dict (or None) or not JSON-compatible, negative weights given to
             Dijkstra, a non-positive cycle cap, a negative depth, hop count, round count or
-            seed, an empty source list for betweenness_from.
+            seed, an empty source list for betweenness_from, or a stored text (id, label,
+            kind) that is not valid Unicode. A depth, hop count, round count or cycle cap
+            beyond 64 bits means no limit.
     """
 
     def __new__(cls) -> GraphStore: ...

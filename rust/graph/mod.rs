@@ -18,13 +18,14 @@ use std::sync::{Arc, OnceLock};
 use compact_str::CompactString;
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use rustc_hash::FxHashMap;
+use serde_json::Value;
 
-use crate::errors::{
-    catch_panics, extract_unsigned, non_negative, panic_to_pyerr, run_detached, CoreError,
-    CoreResult,
-};
+use crate::args::{self, extract_unsigned, graph_text, optional_graph_text, OutOfRange};
+use crate::errors::{catch_panics, panic_to_pyerr, run_detached, CoreError, CoreResult};
+use crate::sync;
 use algo::DegreeMode;
 use community::SplitMix;
 use csr::{Adjacency, Snapshot};
@@ -62,17 +63,28 @@ impl Frozen {
     }
 
     fn py_ids(&self, py: Python<'_>) -> &[Py<PyString>] {
-        self.py_ids.get_or_init(|| {
-            self.ids
-                .iter()
-                .map(|id| PyString::new(py, id).unbind())
-                .collect()
-        })
+        if let Some(ids) = self.py_ids.get() {
+            return ids;
+        }
+        // Made before the cell is touched: making strings may run the cycle collector, and
+        // with it `__del__` code that lists nodes of this graph too (on this thread, or on
+        // another one the GIL passes to). Initializing the cell inside that work would
+        // deadlock them; setting it to a finished value cannot.
+        let built: Vec<Py<PyString>> = self
+            .ids
+            .iter()
+            .map(|id| PyString::new(py, id).unbind())
+            .collect();
+        self.py_ids.get_or_init(|| built)
     }
 
     /// The ids of `nodes` as a Python list.
     fn py_list<'py>(&self, py: Python<'py>, nodes: &[u32]) -> PyResult<Bound<'py, PyList>> {
         let ids = self.py_ids(py);
+        // Checked once up front, so the list is filled straight from the ids.
+        if let Some(v) = nodes.iter().copied().max() {
+            py_id(ids, v as usize)?;
+        }
         PyList::new(py, nodes.iter().map(|&v| ids[v as usize].bind(py)))
     }
 
@@ -85,7 +97,7 @@ impl Frozen {
         let ids = self.py_ids(py);
         let dict = PyDict::new(py);
         for (v, x) in values {
-            dict.set_item(ids[v].bind(py), x)?;
+            dict.set_item(py_id(ids, v)?.bind(py), x)?;
         }
         Ok(dict)
     }
@@ -113,6 +125,17 @@ impl Frozen {
             Ok(())
         }
     }
+}
+
+/// The Python id of node `v`; an index out of range is an internal error, not a panic.
+fn py_id(ids: &[Py<PyString>], v: usize) -> PyResult<&Py<PyString>> {
+    ids.get(v).ok_or_else(|| {
+        CoreError::Runtime(format!(
+            "internal error: node {v} is outside the graph snapshot ({} nodes)",
+            ids.len()
+        ))
+        .into()
+    })
 }
 
 /// Entities above which `from_edge_list` makes them on a second thread.
@@ -196,12 +219,17 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>, kind: u32) -> PyResult<Vec<Relati
 ///
 /// Entity ids are strings. Relationships are directed; algorithms taking `directed=False`
 /// treat each one as an undirected edge. Parallel relationships count once (at their smallest
-/// weight) for paths and betweenness, and add up for communities. Thread-safe.
+/// weight) for paths and betweenness, and add up for communities. Thread-safe: reads and
+/// mutations from several threads never wait for the store with the GIL held, and results
+/// are built from a copy taken under the lock.
+///
+/// A depth, hop count, round count or cycle cap beyond 64 bits means no limit.
 ///
 /// Raises:
 ///     GraphError: On unknown entities, duplicate ids, non-finite weights, negative weights
 ///         given to Dijkstra, a non-positive cycle cap, a negative depth, hop count, round
-///         count or seed, an empty source list for `betweenness_from`.
+///         count or seed, an empty source list for `betweenness_from`, or a stored text (id,
+///         label, kind) that is not valid Unicode (a lone surrogate).
 #[pyclass(module = "llm_agent_runtime", name = "GraphStore", frozen)]
 pub struct PyGraphStore {
     store: RwLock<Store>,
@@ -216,32 +244,45 @@ impl PyGraphStore {
         }
     }
 
-    /// Runs a mutation and invalidates the snapshot.
-    fn mutate<T>(&self, f: impl FnOnce(&mut Store) -> CoreResult<T>) -> PyResult<T> {
-        catch_panics(|| {
-            let mut store = self.store.write();
-            let result = f(&mut store)?;
-            *self.frozen.lock() = None;
-            Ok(result)
-        })
+    /// Runs a mutation (store write-locked, see [`sync`]) and invalidates the snapshot.
+    fn mutate<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Store) -> CoreResult<T> + Send,
+    ) -> PyResult<T> {
+        let (result, stale) = sync::write(py, &self.store, |store| {
+            let result = f(store);
+            // Even a failed mutation may have changed something (a bulk add stopped half
+            // way): the snapshot goes either way.
+            (result, self.frozen.lock().take())
+        })?;
+        // The old snapshot holds Python strings: released after the lock, with the GIL.
+        drop(stale);
+        Ok(result?)
+    }
+
+    /// Runs `f` on the store, read-locked (see [`sync`]): `f` copies out Rust values, and
+    /// Python objects are built from them after the lock is released.
+    fn read<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&Store) -> R + Send) -> PyResult<R> {
+        sync::read(py, &self.store, f)
     }
 
     /// The snapshot of the current generation, built on first use after a mutation.
-    ///
-    /// Built with the GIL held and locks taken in the same order as `mutate` (store, then
-    /// snapshot): releasing the GIL while holding a lock could deadlock with a thread that
-    /// holds the GIL and waits for that lock.
-    fn frozen(&self, _py: Python<'_>) -> PyResult<Arc<Frozen>> {
-        catch_panics(|| {
-            let store = self.store.read();
-            let mut slot = self.frozen.lock();
-            if let Some(frozen) = slot.as_ref() {
-                return Ok(frozen.clone());
-            }
-            let built = Arc::new(Frozen::build(&store));
-            *slot = Some(built.clone());
-            Ok(built)
-        })
+    fn frozen(&self, py: Python<'_>) -> PyResult<Arc<Frozen>> {
+        self.read(py, |store| self.frozen_of(store))
+    }
+
+    /// The snapshot of `store`, which the caller holds read-locked: as every mutation drops
+    /// the snapshot under the write lock, a snapshot found here is of this very generation.
+    /// Locks are taken in the same order as `mutate` (store, then snapshot).
+    fn frozen_of(&self, store: &Store) -> Arc<Frozen> {
+        let mut slot = self.frozen.lock();
+        if let Some(frozen) = slot.as_ref() {
+            return frozen.clone();
+        }
+        let built = Arc::new(Frozen::build(store));
+        *slot = Some(built.clone());
+        built
     }
 
     /// Runs a traversal (`algo::bfs` or `algo::dfs`) and lists the ids it visits.
@@ -250,12 +291,9 @@ impl PyGraphStore {
         py: Python<'py>,
         walk: fn(&Adjacency, usize, u32, Option<usize>) -> Vec<u32>,
         start: &str,
-        max_depth: Option<i64>,
+        max_depth: Option<usize>,
         directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
-        let max_depth = max_depth
-            .map(|d| non_negative(d, "max_depth", CoreError::Graph))
-            .transpose()?;
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
         let order = run_detached(py, move || {
@@ -288,6 +326,67 @@ fn seed_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
     })
 }
 
+/// A non-negative limit argument named `what`: an int beyond 64 bits means no limit.
+fn graph_limit(value: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
+    args::limit(value, 0, |v| {
+        CoreError::Graph(format!("{what} must be >= 0, got {v}"))
+    })
+}
+
+/// A `max_depth` argument: None or an int >= 0 (beyond 64 bits: no limit, as None).
+fn max_depth_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+    if value.is_none() {
+        return Ok(None);
+    }
+    graph_limit(value, "max_depth").map(Some)
+}
+
+/// A `hops` argument: an int >= 0 (beyond 64 bits: no limit).
+fn hops_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    graph_limit(value, "hops")
+}
+
+/// A `max_rounds` argument: an int >= 0 (beyond 64 bits: no limit).
+fn max_rounds_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    graph_limit(value, "max_rounds")
+}
+
+/// A cycle `cap`: an int >= 1 (beyond 64 bits: no limit).
+fn cap_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::limit(value, 1, |v| {
+        CoreError::Graph(format!("cycle cap must be positive, got {v}"))
+    })
+}
+
+/// `from_edge_list`'s `n`: an int from 0 to 2**32 - 1.
+fn entity_count_arg(value: &Bound<'_, PyAny>) -> PyResult<u32> {
+    extract_unsigned(value, |v| {
+        CoreError::Graph(format!("n must be between 0 and {}, got {v}", u32::MAX))
+    })
+}
+
+/// One relationship as `relationships()` lists it, copied out of the store so that the
+/// Python dict is built after the lock is released.
+struct RelationshipRow {
+    from: CompactString,
+    to: CompactString,
+    kind: CompactString,
+    weight: f64,
+    properties: Value,
+}
+
+impl RelationshipRow {
+    fn of(store: &Store, r: &Relationship) -> Self {
+        Self {
+            from: store.id_at(r.from).into(),
+            to: store.id_at(r.to).into(),
+            kind: store.kind_name(r.kind).into(),
+            weight: r.weight,
+            properties: r.properties.value().clone(),
+        }
+    }
+}
+
 fn degree_mode(mode: &str) -> CoreResult<DegreeMode> {
     match mode {
         "in" => Ok(DegreeMode::In),
@@ -315,17 +414,22 @@ impl PyGraphStore {
     ///     properties: A JSON-compatible dict (or None).
     ///
     /// Raises:
-    ///     GraphError: When the id exists, `properties` is not a dict, or a property is not
-    ///         JSON-compatible.
-    #[pyo3(signature = (id, label = "", properties = None))]
+    ///     GraphError: When the id exists, `properties` is not a dict, a property is not
+    ///         JSON-compatible, or `id` or `label` is not valid Unicode (a lone surrogate).
+    #[pyo3(
+        signature = (id, label = None, properties = None),
+        text_signature = "($self, id, label='', properties=None)"
+    )]
     fn add_entity(
         &self,
-        id: &str,
-        label: &str,
+        py: Python<'_>,
+        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
+        #[pyo3(from_py_with = optional_graph_text)] label: Option<PyBackedStr>,
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let properties = props::properties(properties)?;
-        self.mutate(|s| s.add_entity(id, label, properties).map(|_| ()))
+        let label = label.as_deref().unwrap_or("");
+        self.mutate(py, |s| s.add_entity(&*id, label, properties).map(|_| ()))
     }
 
     /// Replaces an entity's label and/or properties (None keeps the current one).
@@ -336,68 +440,68 @@ impl PyGraphStore {
     #[pyo3(signature = (id, label = None, properties = None))]
     fn update_entity(
         &self,
+        py: Python<'_>,
         id: &str,
-        label: Option<String>,
+        #[pyo3(from_py_with = optional_graph_text)] label: Option<PyBackedStr>,
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let properties = match properties {
             None => None,
             some => Some(props::properties(some)?),
         };
-        self.mutate(|s| s.update_entity(id, label, properties))
+        let label = label.as_deref().map(str::to_owned);
+        self.mutate(py, |s| s.update_entity(id, label, properties))
     }
 
     /// Removes an entity and every relationship touching it.
-    fn remove_entity(&self, id: &str) -> PyResult<()> {
-        self.mutate(|s| s.remove_entity(id).map(|_| ()))
+    fn remove_entity(&self, py: Python<'_>, id: &str) -> PyResult<()> {
+        self.mutate(py, |s| s.remove_entity(id).map(|_| ()))
     }
 
     /// Whether `id` is an entity.
-    fn has_entity(&self, id: &str) -> bool {
-        self.store.read().contains(id)
+    fn has_entity(&self, py: Python<'_>, id: &str) -> PyResult<bool> {
+        self.read(py, |s| s.contains(id))
     }
 
-    fn __contains__(&self, id: &str) -> bool {
-        self.has_entity(id)
+    fn __contains__(&self, py: Python<'_>, id: &str) -> PyResult<bool> {
+        self.has_entity(py, id)
     }
 
     /// The entity as a dict `{"id", "label", "properties"}`.
     fn entity<'py>(&self, py: Python<'py>, id: &str) -> PyResult<Bound<'py, PyDict>> {
-        let store = self.store.read();
-        let index = store.index_of(id)?;
-        let e = &store.entities()[index as usize];
-        let dict = PyDict::new(py);
-        dict.set_item("id", e.id.as_str())?;
-        dict.set_item("label", e.label.as_str())?;
-        dict.set_item(
-            "properties",
-            props::properties_to_python(py, e.properties.value())?,
-        )?;
-        Ok(dict)
+        let (id, label, properties) = self.read(py, |s| {
+            let e = &s.entities()[s.index_of(id)? as usize];
+            Ok::<_, CoreError>((e.id.clone(), e.label.clone(), e.properties.value().clone()))
+        })??;
+        // Built with the lock released: allocating may run the cycle collector.
+        catch_panics(|| {
+            let dict = PyDict::new(py);
+            dict.set_item("id", id.as_str())?;
+            dict.set_item("label", label.as_str())?;
+            dict.set_item("properties", props::properties_to_python(py, &properties)?)?;
+            Ok(dict)
+        })
     }
 
     /// Entity ids, in insertion order (removals move the last entity into the gap).
-    fn entity_ids(&self) -> Vec<String> {
-        self.store
-            .read()
-            .entities()
-            .iter()
-            .map(|e| e.id.to_string())
-            .collect()
+    fn entity_ids(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.read(py, |s| {
+            s.entities().iter().map(|e| e.id.to_string()).collect()
+        })
     }
 
     /// Number of entities.
-    fn entity_count(&self) -> usize {
-        self.store.read().entity_count()
+    fn entity_count(&self, py: Python<'_>) -> PyResult<usize> {
+        self.read(py, Store::entity_count)
     }
 
     /// Number of relationships.
-    fn relationship_count(&self) -> usize {
-        self.store.read().relationship_count()
+    fn relationship_count(&self, py: Python<'_>) -> PyResult<usize> {
+        self.read(py, Store::relationship_count)
     }
 
-    fn __len__(&self) -> usize {
-        self.entity_count()
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        self.entity_count(py)
     }
 
     // ------------------------------------------------------------------ relationships
@@ -405,18 +509,26 @@ impl PyGraphStore {
     ///
     /// Raises:
     ///     GraphError: On an unknown entity, a non-finite weight, `properties` that are not a
-    ///         dict, or a property that is not JSON-compatible.
-    #[pyo3(signature = (from_id, to_id, kind = "related", weight = 1.0, properties = None))]
+    ///         dict, a property that is not JSON-compatible, or a `kind` that is not valid
+    ///         Unicode (a lone surrogate).
+    #[pyo3(
+        signature = (from_id, to_id, kind = None, weight = 1.0, properties = None),
+        text_signature = "($self, from_id, to_id, kind='related', weight=1.0, properties=None)"
+    )]
     fn add_relationship(
         &self,
+        py: Python<'_>,
         from_id: &str,
         to_id: &str,
-        kind: &str,
+        #[pyo3(from_py_with = optional_graph_text)] kind: Option<PyBackedStr>,
         weight: f64,
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let properties = props::properties(properties)?;
-        self.mutate(|s| s.add_relationship(from_id, to_id, kind, weight, properties))
+        let kind = kind.as_deref().unwrap_or("related");
+        self.mutate(py, |s| {
+            s.add_relationship(from_id, to_id, kind, weight, properties)
+        })
     }
 
     /// Adds many relationships at once: tuples `(from, to)`, `(from, to, kind)` or
@@ -426,6 +538,7 @@ impl PyGraphStore {
     #[pyo3(signature = (relationships, create_missing = false))]
     fn add_relationships(
         &self,
+        py: Python<'_>,
         relationships: &Bound<'_, PyAny>,
         create_missing: bool,
     ) -> PyResult<usize> {
@@ -470,15 +583,16 @@ impl PyGraphStore {
             rows.push((text(0)?, text(1)?, kind, weight));
         }
         let mut parsed: Vec<(&str, &str, &str, f64)> = Vec::with_capacity(rows.len());
+        let text = |s| args::text_of(s, CoreError::Graph);
         for (from, to, kind, weight) in &rows {
             let kind = match kind {
-                Some(k) => k.to_str()?,
+                Some(k) => text(k)?,
                 None => "related",
             };
-            parsed.push((from.to_str()?, to.to_str()?, kind, *weight));
+            parsed.push((text(from)?, text(to)?, kind, *weight));
         }
         let count = parsed.len();
-        self.mutate(|s| {
+        self.mutate(py, |s| {
             if !create_missing {
                 for (from, to, _, _) in &parsed {
                     s.index_of(from)?;
@@ -506,11 +620,16 @@ impl PyGraphStore {
     /// Raises:
     ///     GraphError: When `n` or an index is out of range, or a weight is not finite.
     #[staticmethod]
-    #[pyo3(signature = (n, edges, kind = "related"))]
-    fn from_edge_list(n: i64, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGraphStore> {
-        let n = u32::try_from(n).map_err(|_| {
-            CoreError::Graph(format!("n must be between 0 and {}, got {n}", u32::MAX))
-        })?;
+    #[pyo3(
+        signature = (n, edges, kind = None),
+        text_signature = "(n, edges, kind='related')"
+    )]
+    fn from_edge_list(
+        #[pyo3(from_py_with = entity_count_arg)] n: u32,
+        edges: &Bound<'_, PyAny>,
+        #[pyo3(from_py_with = optional_graph_text)] kind: Option<PyBackedStr>,
+    ) -> PyResult<PyGraphStore> {
+        let kind = kind.as_deref().unwrap_or("related");
         catch_panics(|| build_numbered(n, edges, kind))
     }
 
@@ -518,8 +637,8 @@ impl PyGraphStore {
     ///
     /// Raises:
     ///     GraphError: When an id exists already or repeats.
-    fn add_entities(&self, ids: Vec<String>) -> PyResult<()> {
-        self.mutate(|s| {
+    fn add_entities(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<()> {
+        self.mutate(py, |s| {
             let mut fresh = rustc_hash::FxHashSet::default();
             for id in &ids {
                 if s.contains(id) || !fresh.insert(id.as_str()) {
@@ -542,6 +661,7 @@ impl PyGraphStore {
     #[pyo3(signature = (from_id, to_id, kind, weight = None, properties = None))]
     fn update_relationship(
         &self,
+        py: Python<'_>,
         from_id: &str,
         to_id: &str,
         kind: &str,
@@ -552,7 +672,9 @@ impl PyGraphStore {
             None => None,
             some => Some(props::properties(some)?),
         };
-        self.mutate(|s| s.update_relationship(from_id, to_id, kind, weight, properties))
+        self.mutate(py, |s| {
+            s.update_relationship(from_id, to_id, kind, weight, properties)
+        })
     }
 
     /// Removes the `from -> to` relationships (only those of `kind` when given); returns how
@@ -560,28 +682,38 @@ impl PyGraphStore {
     #[pyo3(signature = (from_id, to_id, kind = None))]
     fn remove_relationship(
         &self,
+        py: Python<'_>,
         from_id: &str,
         to_id: &str,
         kind: Option<&str>,
     ) -> PyResult<usize> {
-        self.mutate(|s| s.remove_relationship(from_id, to_id, kind))
+        self.mutate(py, |s| s.remove_relationship(from_id, to_id, kind))
     }
 
     /// Every relationship as a dict `{"from", "to", "kind", "weight", "properties"}`.
     fn relationships<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let store = self.store.read();
-        relationship_dicts(py, &store, store.relationships().iter())
+        let rows = self.read(py, |s| {
+            s.relationships()
+                .iter()
+                .map(|r| RelationshipRow::of(s, r))
+                .collect::<Vec<_>>()
+        })?;
+        relationship_dicts(py, rows)
     }
 
     /// The relationships leaving `id`, as dicts (the seed's `edges_from`).
     fn edges_from<'py>(&self, py: Python<'py>, id: &str) -> PyResult<Bound<'py, PyList>> {
-        let store = self.store.read();
-        let v = store.index_of(id)?;
-        relationship_dicts(
-            py,
-            &store,
-            store.relationships().iter().filter(|r| r.from == v),
-        )
+        let rows = self.read(py, |s| {
+            let v = s.index_of(id)?;
+            Ok::<_, CoreError>(
+                s.relationships()
+                    .iter()
+                    .filter(|r| r.from == v)
+                    .map(|r| RelationshipRow::of(s, r))
+                    .collect::<Vec<_>>(),
+            )
+        })??;
+        relationship_dicts(py, rows)
     }
 
     // ------------------------------------------------------------------ traversal
@@ -591,7 +723,7 @@ impl PyGraphStore {
         &self,
         py: Python<'py>,
         start: &str,
-        max_depth: Option<i64>,
+        #[pyo3(from_py_with = max_depth_arg)] max_depth: Option<usize>,
         directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         self.traverse(py, algo::bfs, start, max_depth, directed)
@@ -603,7 +735,7 @@ impl PyGraphStore {
         &self,
         py: Python<'py>,
         start: &str,
-        max_depth: Option<i64>,
+        #[pyo3(from_py_with = max_depth_arg)] max_depth: Option<usize>,
         directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         self.traverse(py, algo::dfs, start, max_depth, directed)
@@ -686,35 +818,42 @@ impl PyGraphStore {
     }
 
     /// Entities within `hops` of `id` (both directions unless `directed`) as a new graph.
+    ///
+    /// The walk and the copy read one generation of the graph (a concurrent mutation comes
+    /// wholly before or after), with the GIL released.
     #[pyo3(signature = (id, hops = 1, directed = false))]
     fn neighborhood(
         &self,
         py: Python<'_>,
         id: &str,
-        hops: i64,
+        #[pyo3(from_py_with = hops_arg)] hops: usize,
         directed: bool,
     ) -> PyResult<PyGraphStore> {
-        let hops = non_negative(hops, "hops", CoreError::Graph)?;
-        let nodes = self.run(py, |f| {
-            let s = f.node(id)?;
-            Ok(algo::neighborhood(&f.snapshot, directed, s, hops))
-        })?;
-        let store = self.store.read();
-        Ok(PyGraphStore::from_store(store.induced(&nodes)))
+        run_detached(py, || {
+            // Node indices are only meaningful for the store they were found in: the walk
+            // uses the snapshot of the generation held read-locked here, and so does the copy.
+            let store = self.store.read();
+            let frozen = self.frozen_of(&store);
+            let s = frozen.node(id)?;
+            let nodes = algo::neighborhood(&frozen.snapshot, directed, s, hops);
+            Ok(PyGraphStore::from_store(store.induced(&nodes)))
+        })
     }
 
     /// The entities `ids` and the relationships among them, as a new graph.
-    fn subgraph(&self, ids: Vec<String>) -> PyResult<PyGraphStore> {
-        let store = self.store.read();
-        let mut seen = rustc_hash::FxHashSet::default();
-        let mut nodes = Vec::with_capacity(ids.len());
-        for id in &ids {
-            let v = store.index_of(id)?;
-            if seen.insert(v) {
-                nodes.push(v);
+    fn subgraph(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<PyGraphStore> {
+        let store = self.read(py, |store| {
+            let mut seen = rustc_hash::FxHashSet::default();
+            let mut nodes = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let v = store.index_of(id)?;
+                if seen.insert(v) {
+                    nodes.push(v);
+                }
             }
-        }
-        Ok(PyGraphStore::from_store(store.induced(&nodes)))
+            Ok::<_, CoreError>(store.induced(&nodes))
+        })??;
+        Ok(PyGraphStore::from_store(store))
     }
 
     // ------------------------------------------------------------------ centrality
@@ -759,9 +898,11 @@ impl PyGraphStore {
         normalized: bool,
         weighted: bool,
         directed: bool,
-        k: Option<i64>,
+        k: Option<&Bound<'py, PyAny>>,
         #[pyo3(from_py_with = seed_arg)] seed: u64,
     ) -> PyResult<Bound<'py, PyDict>> {
+        // An int of any size; one outside 1..=n is refused below, once n is known.
+        let k: Option<Result<usize, OutOfRange>> = k.map(args::to_usize).transpose()?;
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
         let scores = run_detached(py, move || {
@@ -769,14 +910,15 @@ impl PyGraphStore {
             let sample = match k {
                 None => None,
                 Some(k) => {
-                    let k = usize::try_from(k)
-                        .ok()
-                        .filter(|k| (1..=n).contains(k))
-                        .ok_or_else(|| {
-                            CoreError::Graph(format!(
+                    let k = match k {
+                        Ok(k) if (1..=n).contains(&k) => k,
+                        other => {
+                            let k = other.map_or_else(|e| e.text().to_owned(), |k| k.to_string());
+                            return Err(CoreError::Graph(format!(
                                 "k must be between 1 and the entity count ({n}), got {k}"
-                            ))
-                        })?;
+                            )));
+                        }
+                    };
                     let mut all: Vec<u32> = (0..n as u32).collect();
                     SplitMix::new(seed).shuffle(&mut all);
                     all.truncate(k);
@@ -853,9 +995,8 @@ impl PyGraphStore {
         &self,
         py: Python<'_>,
         #[pyo3(from_py_with = seed_arg)] seed: u64,
-        max_rounds: i64,
+        #[pyo3(from_py_with = max_rounds_arg)] max_rounds: usize,
     ) -> PyResult<Vec<Vec<String>>> {
-        let max_rounds = non_negative(max_rounds, "max_rounds", CoreError::Graph)?;
         self.run(py, |f| {
             f.refuse_negative("label propagation")?;
             let communities =
@@ -914,126 +1055,142 @@ impl PyGraphStore {
     /// Raises:
     ///     GraphError: When `cap` is not positive.
     #[pyo3(signature = (cap = 100))]
-    fn cycles(&self, py: Python<'_>, cap: i64) -> PyResult<Vec<Vec<String>>> {
-        if cap <= 0 {
-            return Err(CoreError::Graph(format!("cycle cap must be positive, got {cap}")).into());
-        }
+    fn cycles(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = cap_arg)] cap: usize,
+    ) -> PyResult<Vec<Vec<String>>> {
         self.run(py, |f| {
-            let found = algo::cycles(&f.snapshot, cap as usize);
+            let found = algo::cycles(&f.snapshot, cap);
             Ok(found.iter().map(|c| f.names(c)).collect())
         })
     }
 
     // ------------------------------------------------------------------ the seed's queries
     /// Distinct relationship kinds, sorted.
-    fn relationship_kinds(&self) -> Vec<String> {
-        let store = self.store.read();
-        let used: BTreeSet<u32> = store.relationships().iter().map(|r| r.kind).collect();
-        let kinds: BTreeSet<&str> = used.into_iter().map(|k| store.kind_name(k)).collect();
-        kinds.into_iter().map(str::to_owned).collect()
+    fn relationship_kinds(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.read(py, |store| {
+            let used: BTreeSet<u32> = store.relationships().iter().map(|r| r.kind).collect();
+            let kinds: BTreeSet<&str> = used.into_iter().map(|k| store.kind_name(k)).collect();
+            kinds.into_iter().map(str::to_owned).collect()
+        })
     }
 
     /// Number of distinct relationship kinds.
-    fn relationship_kind_count(&self) -> usize {
-        self.relationship_kinds().len()
+    fn relationship_kind_count(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.relationship_kinds(py)?.len())
     }
 
     /// Number of relationships from `from_id` to `to_id`.
-    fn relationship_count_between(&self, from_id: &str, to_id: &str) -> PyResult<usize> {
-        let store = self.store.read();
-        let (a, b) = (store.index_of(from_id)?, store.index_of(to_id)?);
-        Ok(store
-            .relationships()
-            .iter()
-            .filter(|r| r.from == a && r.to == b)
-            .count())
+    fn relationship_count_between(
+        &self,
+        py: Python<'_>,
+        from_id: &str,
+        to_id: &str,
+    ) -> PyResult<usize> {
+        let count = self.read(py, |store| {
+            let (a, b) = (store.index_of(from_id)?, store.index_of(to_id)?);
+            Ok::<_, CoreError>(
+                store
+                    .relationships()
+                    .iter()
+                    .filter(|r| r.from == a && r.to == b)
+                    .count(),
+            )
+        })??;
+        Ok(count)
     }
 
     /// Ids one hop away along outgoing relationships, sorted, without duplicates.
-    fn neighbors_of(&self, id: &str) -> PyResult<Vec<String>> {
-        let store = self.store.read();
-        let v = store.index_of(id)?;
-        let names: BTreeSet<&str> = store
-            .relationships()
-            .iter()
-            .filter(|r| r.from == v)
-            .map(|r| store.id_at(r.to))
-            .collect();
-        Ok(names.into_iter().map(str::to_owned).collect())
+    fn neighbors_of(&self, py: Python<'_>, id: &str) -> PyResult<Vec<String>> {
+        let names = self.read(py, |store| {
+            let v = store.index_of(id)?;
+            let names: BTreeSet<&str> = store
+                .relationships()
+                .iter()
+                .filter(|r| r.from == v)
+                .map(|r| store.id_at(r.to))
+                .collect();
+            Ok::<_, CoreError>(names.into_iter().map(str::to_owned).collect())
+        })??;
+        Ok(names)
     }
 
     /// Ids of entities with a relationship to themselves, sorted.
-    fn entities_with_self_loops(&self) -> Vec<String> {
-        let store = self.store.read();
-        let names: BTreeSet<&str> = store
-            .relationships()
-            .iter()
-            .filter(|r| r.from == r.to)
-            .map(|r| store.id_at(r.from))
-            .collect();
-        names.into_iter().map(str::to_owned).collect()
+    fn entities_with_self_loops(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.read(py, |store| {
+            let names: BTreeSet<&str> = store
+                .relationships()
+                .iter()
+                .filter(|r| r.from == r.to)
+                .map(|r| store.id_at(r.from))
+                .collect();
+            names.into_iter().map(str::to_owned).collect()
+        })
     }
 
     /// Number of unordered pairs of distinct entities linked in both directions.
-    fn bidirectional_count(&self) -> usize {
-        let store = self.store.read();
-        let pairs: rustc_hash::FxHashSet<(u32, u32)> = store
-            .relationships()
-            .iter()
-            .filter(|r| r.from != r.to)
-            .map(|r| (r.from, r.to))
-            .collect();
-        pairs
-            .iter()
-            .filter(|&&(a, b)| a < b && pairs.contains(&(b, a)))
-            .count()
+    fn bidirectional_count(&self, py: Python<'_>) -> PyResult<usize> {
+        self.read(py, |store| {
+            let pairs: rustc_hash::FxHashSet<(u32, u32)> = store
+                .relationships()
+                .iter()
+                .filter(|r| r.from != r.to)
+                .map(|r| (r.from, r.to))
+                .collect();
+            pairs
+                .iter()
+                .filter(|&&(a, b)| a < b && pairs.contains(&(b, a)))
+                .count()
+        })
     }
 
     /// Number of entities with no relationship in or out.
-    fn isolated_entity_count(&self) -> usize {
-        let store = self.store.read();
-        let mut touched = vec![false; store.entity_count()];
-        for r in store.relationships() {
-            touched[r.from as usize] = true;
-            touched[r.to as usize] = true;
-        }
-        touched.iter().filter(|t| !**t).count()
+    fn isolated_entity_count(&self, py: Python<'_>) -> PyResult<usize> {
+        self.read(py, |store| {
+            let mut touched = vec![false; store.entity_count()];
+            for r in store.relationships() {
+                touched[r.from as usize] = true;
+                touched[r.to as usize] = true;
+            }
+            touched.iter().filter(|t| !**t).count()
+        })
     }
 
     /// Sum of in-degrees (equals the relationship count).
-    fn total_in_degree(&self) -> usize {
-        self.relationship_count()
+    fn total_in_degree(&self, py: Python<'_>) -> PyResult<usize> {
+        self.relationship_count(py)
     }
 
     /// Mean relationship weight (0.0 without relationships).
-    fn avg_relationship_weight(&self) -> f64 {
-        let store = self.store.read();
-        let rels = store.relationships();
-        if rels.is_empty() {
-            0.0
-        } else {
-            rels.iter().map(|r| r.weight).sum::<f64>() / rels.len() as f64
-        }
+    fn avg_relationship_weight(&self, py: Python<'_>) -> PyResult<f64> {
+        self.read(py, |store| {
+            let rels = store.relationships();
+            if rels.is_empty() {
+                0.0
+            } else {
+                rels.iter().map(|r| r.weight).sum::<f64>() / rels.len() as f64
+            }
+        })
     }
 
     /// Mean number of outgoing relationships per entity (0.0 without entities).
-    fn avg_out_degree(&self) -> f64 {
-        let store = self.store.read();
-        match store.entity_count() {
+    fn avg_out_degree(&self, py: Python<'_>) -> PyResult<f64> {
+        self.read(py, |store| match store.entity_count() {
             0 => 0.0,
             n => store.relationship_count() as f64 / n as f64,
-        }
+        })
     }
 
     /// Mean number of incoming relationships per entity (0.0 without entities).
-    fn avg_in_degree(&self) -> f64 {
-        self.avg_out_degree()
+    fn avg_in_degree(&self, py: Python<'_>) -> PyResult<f64> {
+        self.avg_out_degree(py)
     }
 
     // ------------------------------------------------------------------ export
     /// The graph as a versioned JSON document (round-trips through `from_json`).
-    fn to_json(&self) -> PyResult<String> {
-        Ok(self.store.read().to_json()?)
+    fn to_json(&self, py: Python<'_>) -> PyResult<String> {
+        run_detached(py, || self.store.read().to_json())
     }
 
     /// Rebuilds a graph from `to_json` output.
@@ -1041,42 +1198,43 @@ impl PyGraphStore {
     /// Raises:
     ///     GraphError: On a malformed, foreign or newer-version document.
     #[staticmethod]
-    fn from_json(text: &str) -> PyResult<PyGraphStore> {
-        Ok(PyGraphStore::from_store(Store::from_json(text)?))
+    fn from_json(py: Python<'_>, text: &str) -> PyResult<PyGraphStore> {
+        run_detached(py, || Store::from_json(text).map(PyGraphStore::from_store))
     }
 
     /// An independent copy.
-    fn copy(&self) -> PyGraphStore {
-        PyGraphStore::from_store(self.store.read().clone())
+    fn copy(&self, py: Python<'_>) -> PyResult<PyGraphStore> {
+        run_detached(py, || {
+            Ok(PyGraphStore::from_store(self.store.read().clone()))
+        })
     }
 
-    fn __repr__(&self) -> String {
-        let store = self.store.read();
-        format!(
-            "GraphStore(entities={}, relationships={})",
-            store.entity_count(),
-            store.relationship_count()
-        )
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let (entities, relationships) = self.read(py, |store| {
+            (store.entity_count(), store.relationship_count())
+        })?;
+        Ok(format!(
+            "GraphStore(entities={entities}, relationships={relationships})"
+        ))
     }
 }
 
-fn relationship_dicts<'a, 'py>(
-    py: Python<'py>,
-    store: &Store,
-    rels: impl Iterator<Item = &'a store::Relationship>,
-) -> PyResult<Bound<'py, PyList>> {
-    let list = PyList::empty(py);
-    for r in rels {
-        let dict = PyDict::new(py);
-        dict.set_item("from", store.id_at(r.from))?;
-        dict.set_item("to", store.id_at(r.to))?;
-        dict.set_item("kind", store.kind_name(r.kind))?;
-        dict.set_item("weight", r.weight)?;
-        dict.set_item(
-            "properties",
-            props::properties_to_python(py, r.properties.value())?,
-        )?;
-        list.append(dict)?;
-    }
-    Ok(list)
+/// The Python dicts of `rows` (built with no lock held).
+fn relationship_dicts(py: Python<'_>, rows: Vec<RelationshipRow>) -> PyResult<Bound<'_, PyList>> {
+    catch_panics(|| {
+        let list = PyList::empty(py);
+        for r in rows {
+            let dict = PyDict::new(py);
+            dict.set_item("from", r.from.as_str())?;
+            dict.set_item("to", r.to.as_str())?;
+            dict.set_item("kind", r.kind.as_str())?;
+            dict.set_item("weight", r.weight)?;
+            dict.set_item(
+                "properties",
+                props::properties_to_python(py, &r.properties)?,
+            )?;
+            list.append(dict)?;
+        }
+        Ok(list)
+    })
 }

@@ -6,7 +6,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
 
-use crate::errors::CoreError;
+use crate::args::text_of;
+use crate::errors::{catch_panics, CoreError};
 
 const MAX_DEPTH: usize = 64;
 
@@ -41,15 +42,22 @@ fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
             .ok_or_else(|| CoreError::Graph("property floats must be finite".into()).into());
     }
     if let Ok(s) = value.cast::<PyString>() {
-        return Ok(Value::String(s.to_str()?.to_owned()));
+        return Ok(Value::String(text_of(s, CoreError::Graph)?.to_owned()));
     }
     if let Ok(d) = value.cast::<PyDict>() {
-        let mut map = Map::with_capacity(d.len());
-        for (k, v) in d.iter() {
+        // A snapshot of the items: converting a value may run Python code (a list
+        // subclass's `__iter__`) that changes the dict, which a live iterator cannot survive.
+        let items = d.items();
+        let mut map = Map::with_capacity(items.len());
+        for item in items.iter() {
+            let (k, v) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
             let key = k.cast::<PyString>().map_err(|_| {
                 PyErr::from(CoreError::Graph("property keys must be strings".into()))
             })?;
-            map.insert(key.to_str()?.to_owned(), convert(&v, depth + 1)?);
+            map.insert(
+                text_of(key, CoreError::Graph)?.to_owned(),
+                convert(&v, depth + 1)?,
+            );
         }
         return Ok(Value::Object(map));
     }
@@ -68,8 +76,12 @@ fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
 }
 
 /// Converts properties given as an optional dict (None -> null); anything but a dict or
-/// None is a `GraphError` naming the type.
+/// None is a `GraphError` naming the type. A panic while converting is `AgentRuntimeError`.
 pub fn properties(value: Option<&Bound<'_, PyAny>>) -> PyResult<Value> {
+    catch_panics(|| properties_of(value))
+}
+
+fn properties_of(value: Option<&Bound<'_, PyAny>>) -> PyResult<Value> {
     match value {
         None => Ok(Value::Null),
         Some(v) if v.is_none() => Ok(Value::Null),

@@ -3,85 +3,105 @@
 pub mod episodic;
 pub mod working;
 
+use std::hash::{Hash, Hasher};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use numpy::{IntoPyArray, PyUntypedArrayMethods};
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyKeyError, PyOverflowError};
+use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::pybacked::PyBackedStr;
+use pyo3::types::{PyIterator, PyList};
+use pyo3::{PyTraverseError, PyVisit};
 
-use crate::errors::{non_negative, run_detached, CoreError, CoreResult};
+use crate::args::{self, memory_text, OutOfRange};
+use crate::errors::{catch_panics, run_detached, CoreError};
+use crate::sync;
 use episodic::{Decay, Episode, Episodes, Recall};
 use working::Lru;
 
-/// `value` as a count that must be at least 1 (a capacity, a dimension); `what` names it in
-/// the error.
-///
-/// # Errors
-/// [`CoreError::Memory`] "`what` must be at least 1, got `value`" when `value` is below 1.
-pub(crate) fn at_least_one(value: i64, what: &str) -> CoreResult<usize> {
-    usize::try_from(value)
-        .ok()
-        .filter(|&v| v >= 1)
-        .ok_or_else(|| CoreError::Memory(format!("{what} must be at least 1, got {value}")))
-}
-
-/// A `limit` argument: a non-negative Python int. An int too large for the platform means
-/// "all" and is clamped to `usize::MAX`, instead of the built-in `OverflowError`.
-pub(crate) struct Limit(pub(crate) usize);
-
-impl<'a, 'py> FromPyObject<'a, 'py> for Limit {
-    type Error = PyErr;
-
-    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
-        match obj.extract::<i64>() {
-            Ok(value) => Ok(Limit(non_negative(value, "limit", CoreError::Memory)?)),
-            Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => {
-                if obj.gt(0)? {
-                    Ok(Limit(usize::MAX))
-                } else {
-                    Err(CoreError::Memory(format!("limit must be >= 0, got {}", obj.str()?)).into())
-                }
-            }
-            Err(e) => Err(e),
+/// A capacity argument named `what`: an int of at least 1; one beyond 64 bits is refused as
+/// too large, naming `max`.
+fn capacity(value: &Bound<'_, PyAny>, what: &str, max: usize) -> PyResult<usize> {
+    match args::to_usize(value)? {
+        Ok(capacity) if capacity >= 1 => Ok(capacity),
+        Ok(capacity) => {
+            Err(CoreError::Memory(format!("{what} must be at least 1, got {capacity}")).into())
+        }
+        Err(OutOfRange::Negative(v)) => {
+            Err(CoreError::Memory(format!("{what} must be at least 1, got {v}")).into())
+        }
+        Err(OutOfRange::TooLarge(v)) => {
+            Err(CoreError::Memory(format!("{what} {v} is too large (max {max})")).into())
         }
     }
+}
+
+/// `WorkingMemory(capacity)` (its upper bound is checked by [`Lru::new`]).
+fn working_capacity_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    capacity(value, "WorkingMemory capacity", working::MAX_CAPACITY)
+}
+
+/// `EpisodicStore(per_agent_capacity=...)`: None or an int >= 1.
+fn per_agent_capacity_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+    if value.is_none() {
+        return Ok(None);
+    }
+    capacity(value, "per_agent_capacity", usize::MAX).map(Some)
+}
+
+/// A `limit` argument: an int >= 0; one beyond 64 bits means "all".
+fn limit_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::limit(value, 0, |v| {
+        CoreError::Memory(format!("limit must be >= 0, got {v}"))
+    })
 }
 
 /// Bounded key -> value working memory with exact least-recently-used eviction.
 ///
 /// Keys are strings, values any Python object. `get`, `set`, `delete` and membership are
 /// O(1); reading a key with `get` (or `wm[key]`) makes it the most recently used, `in` does
-/// not. Safe to share between threads.
+/// not. Iterating gives the keys from most to least recently used (as `keys()`; a snapshot,
+/// so the memory may change meanwhile). Safe to share between threads.
 ///
 /// Args:
 ///     capacity: most entries kept; inserting beyond it evicts the least recently used.
 ///
 /// Raises:
-///     MemoryStoreError: `capacity` is not positive (or too large).
+///     MemoryStoreError: `capacity` is not positive (or too large), or a key is not valid
+///         Unicode (a lone surrogate).
 #[pyclass(module = "llm_agent_runtime", name = "WorkingMemory", frozen)]
 pub struct PyWorkingMemory {
+    /// Held only with the GIL, for O(1) work that runs no Python code: values are cloned
+    /// (a reference count) under it and dropped or converted after it, so a `__del__` or
+    /// `__str__` never runs under it. The GIL thus serializes every holder, and the lock is
+    /// never contended: taking it never waits (the rule of [`crate::sync`] holds trivially).
     inner: Mutex<Lru<Py<PyAny>>>,
 }
 
 impl PyWorkingMemory {
+    /// Runs `f` on the map, locked; a panic becomes `AgentRuntimeError`. Whatever `f`
+    /// returns (a displaced value, say) is dropped by the caller after the lock is released.
+    #[inline]
+    fn with_lru<R>(&self, f: impl FnOnce(&mut Lru<Py<PyAny>>) -> R) -> PyResult<R> {
+        catch_panics(|| Ok(f(&mut self.inner.lock())))
+    }
+
     /// A copy of the entries, most recent first, taken under the lock; Python code (such as
     /// `str()` of a value) runs only after the lock is released.
-    fn pairs(&self, py: Python<'_>) -> Vec<(String, Py<PyAny>)> {
-        self.inner
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.to_owned(), v.clone_ref(py)))
-            .collect()
+    fn pairs(&self, py: Python<'_>) -> PyResult<Vec<(String, Py<PyAny>)>> {
+        self.with_lru(|lru| {
+            lru.iter()
+                .map(|(k, v)| (k.to_owned(), v.clone_ref(py)))
+                .collect()
+        })
     }
 }
 
 #[pymethods]
 impl PyWorkingMemory {
     #[new]
-    fn new(capacity: i64) -> PyResult<Self> {
-        let capacity = at_least_one(capacity, "WorkingMemory capacity")?;
+    fn new(#[pyo3(from_py_with = working_capacity_arg)] capacity: usize) -> PyResult<Self> {
         Ok(Self {
             inner: Mutex::new(Lru::new(capacity)?),
         })
@@ -89,55 +109,60 @@ impl PyWorkingMemory {
 
     /// Most entries kept.
     #[getter]
-    fn capacity(&self) -> usize {
-        self.inner.lock().capacity()
+    fn capacity(&self) -> PyResult<usize> {
+        self.with_lru(|lru| lru.capacity())
     }
 
     /// Sets `key` to `value`, making it the most recently used entry.
-    fn set(&self, key: &str, value: Py<PyAny>) {
-        let displaced = self.inner.lock().insert(key, value);
+    ///
+    /// Raises:
+    ///     MemoryStoreError: `key` is not valid Unicode (a lone surrogate).
+    fn set(
+        &self,
+        #[pyo3(from_py_with = memory_text)] key: PyBackedStr,
+        value: Py<PyAny>,
+    ) -> PyResult<()> {
+        let displaced = self.with_lru(|lru| lru.insert(&key, value))?;
         // Dropped after the lock is released: a value's __del__ may run Python code that
         // touches this memory again.
         drop(displaced);
+        Ok(())
     }
 
     /// Returns the value of `key` (making it most recently used), or `default`.
     #[pyo3(signature = (key, default=None))]
-    fn get(&self, py: Python<'_>, key: &str, default: Option<Py<PyAny>>) -> Py<PyAny> {
-        let found = self.inner.lock().get(key).map(|v| v.clone_ref(py));
-        found.or(default).unwrap_or_else(|| py.None())
+    fn get(&self, py: Python<'_>, key: &str, default: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+        let found = self.with_lru(|lru| lru.get(key).map(|v| v.clone_ref(py)))?;
+        Ok(found.or(default).unwrap_or_else(|| py.None()))
     }
 
     /// Removes `key`; returns whether it was present.
-    fn delete(&self, key: &str) -> bool {
-        let removed = self.inner.lock().remove(key);
-        removed.is_some()
+    fn delete(&self, key: &str) -> PyResult<bool> {
+        let removed = self.with_lru(|lru| lru.remove(key))?;
+        Ok(removed.is_some())
     }
 
     /// Removes every entry.
-    fn clear(&self) {
-        let values = self.inner.lock().clear();
+    fn clear(&self) -> PyResult<()> {
+        let values = self.with_lru(Lru::clear)?;
         drop(values);
+        Ok(())
     }
 
     /// `(key, value)` pairs from most to least recently used.
     fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(py, self.pairs(py))
+        PyList::new(py, self.pairs(py)?)
     }
 
     /// Keys from most to least recently used.
-    fn keys(&self) -> Vec<String> {
-        self.inner
-            .lock()
-            .iter()
-            .map(|(k, _)| k.to_owned())
-            .collect()
+    fn keys(&self) -> PyResult<Vec<String>> {
+        self.with_lru(|lru| lru.iter().map(|(k, _)| k.to_owned()).collect())
     }
 
     /// Renders the entries for an agent's prompt, one `key: value` line each, most recent
     /// first; an empty string when there are none.
     fn to_prompt(&self, py: Python<'_>) -> PyResult<String> {
-        let pairs = self.pairs(py);
+        let pairs = self.pairs(py)?;
         if pairs.is_empty() {
             return Ok(String::new());
         }
@@ -151,38 +176,68 @@ impl PyWorkingMemory {
         Ok(out)
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.lock().len()
+    fn __len__(&self) -> PyResult<usize> {
+        self.with_lru(|lru| lru.len())
     }
 
-    fn __contains__(&self, key: &str) -> bool {
-        self.inner.lock().contains(key)
+    fn __contains__(&self, key: &str) -> PyResult<bool> {
+        self.with_lru(|lru| lru.contains(key))
     }
 
     fn __getitem__(&self, py: Python<'_>, key: &str) -> PyResult<Py<PyAny>> {
-        let found = self.inner.lock().get(key).map(|v| v.clone_ref(py));
+        let found = self.with_lru(|lru| lru.get(key).map(|v| v.clone_ref(py)))?;
         found.ok_or_else(|| PyKeyError::new_err(key.to_owned()))
     }
 
-    fn __setitem__(&self, key: &str, value: Py<PyAny>) {
-        self.set(key, value);
+    fn __setitem__(
+        &self,
+        #[pyo3(from_py_with = memory_text)] key: PyBackedStr,
+        value: Py<PyAny>,
+    ) -> PyResult<()> {
+        self.set(key, value)
     }
 
     fn __delitem__(&self, key: &str) -> PyResult<()> {
-        if self.delete(key) {
+        if self.delete(key)? {
             Ok(())
         } else {
             Err(PyKeyError::new_err(key.to_owned()))
         }
     }
 
-    fn __repr__(&self) -> String {
-        let inner = self.inner.lock();
-        format!(
-            "WorkingMemory(len={}, capacity={})",
-            inner.len(),
-            inner.capacity()
-        )
+    /// The keys, most recently used first: a snapshot, as `keys()`.
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+        PyList::new(py, self.keys()?)?.into_any().try_iter()
+    }
+
+    /// Lets the cycle collector see the values, which may refer back to this memory.
+    ///
+    /// Never blocks: when the lock is held (it never is while the collector runs, as its
+    /// holders run no Python code), the values go unreported, so this collection keeps them.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(lru) = self.inner.try_lock() {
+            for (_, value) in lru.iter() {
+                visit.call(value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the values, breaking a reference cycle through them.
+    fn __clear__(&self) {
+        let values = self.inner.try_lock().map(|mut lru| lru.clear());
+        // Dropped after the lock is released: a value's __del__ may use this memory.
+        drop(values);
+    }
+
+    fn __repr__(&self) -> PyResult<String> {
+        self.with_lru(|lru| {
+            format!(
+                "WorkingMemory(len={}, capacity={})",
+                lru.len(),
+                lru.capacity()
+            )
+        })
     }
 }
 
@@ -248,10 +303,30 @@ impl PyEpisode {
     }
 }
 
+/// A float's key for hashing, consistent with `==`: 0.0 and -0.0 are equal, so they hash
+/// alike. (Policies hold no NaN: their constructors refuse it.)
+fn float_key(x: f64) -> u64 {
+    if x == 0.0 {
+        0
+    } else {
+        x.to_bits()
+    }
+}
+
 /// How episode importance fades with age.
-#[pyclass(module = "llm_agent_runtime", name = "DecayPolicy", frozen)]
+///
+/// Immutable; equal policies compare equal and hash alike.
+#[pyclass(module = "llm_agent_runtime", name = "DecayPolicy", frozen, eq, hash)]
+#[derive(PartialEq)]
 pub struct PyDecayPolicy {
     inner: Decay,
+}
+
+impl Hash for PyDecayPolicy {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let Decay::Exponential { half_life_hours } = self.inner;
+        float_key(half_life_hours).hash(state);
+    }
 }
 
 #[pymethods]
@@ -274,9 +349,28 @@ impl PyDecayPolicy {
 }
 
 /// How recalled episodes are ranked.
-#[pyclass(module = "llm_agent_runtime", name = "RecallPolicy", frozen)]
+///
+/// Immutable; equal policies compare equal and hash alike.
+#[pyclass(module = "llm_agent_runtime", name = "RecallPolicy", frozen, eq, hash)]
+#[derive(PartialEq)]
 pub struct PyRecallPolicy {
     inner: Recall,
+}
+
+impl Hash for PyRecallPolicy {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self.inner {
+            Recall::Importance => 0u8.hash(state),
+            Recall::Hybrid {
+                recency_weight,
+                frequency_weight,
+            } => {
+                1u8.hash(state);
+                float_key(recency_weight).hash(state);
+                float_key(frequency_weight).hash(state);
+            }
+        }
+    }
 }
 
 #[pymethods]
@@ -332,11 +426,20 @@ impl PyRecallPolicy {
 ///     similarity_weight: weight of the query similarity in recall scores (>= 0).
 ///
 /// Raises:
-///     MemoryStoreError: `per_agent_capacity` is not positive, or `similarity_weight` is
-///         negative.
+///     MemoryStoreError: `per_agent_capacity` is not positive (or too large), or
+///         `similarity_weight` is negative.
 #[pyclass(module = "llm_agent_runtime", name = "EpisodicStore", frozen)]
 pub struct PyEpisodicStore {
+    /// Taken with [`sync::lock`] (or inside `run_detached`): no Python code runs under it.
     inner: Mutex<Episodes>,
+    /// The clock and the embedder: behind a lock so that `__clear__` can drop them (a
+    /// reference cycle through them, say a clock that is a bound method of the store's
+    /// owner, must be collectable). Held only to clone or take them, with the GIL.
+    hooks: Mutex<Hooks>,
+}
+
+/// The Python objects an episodic store calls.
+struct Hooks {
     clock: Option<Py<PyAny>>,
     embedder: Option<Py<PyAny>>,
 }
@@ -355,12 +458,38 @@ fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
 }
 
 impl PyEpisodicStore {
+    fn from_parts(store: Episodes, clock: Option<Py<PyAny>>, embedder: Option<Py<PyAny>>) -> Self {
+        Self {
+            inner: Mutex::new(store),
+            hooks: Mutex::new(Hooks { clock, embedder }),
+        }
+    }
+
+    /// Runs `f` on the episodes, locked (see [`sync`]).
+    fn locked<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Episodes) -> R + Send,
+    ) -> PyResult<R> {
+        sync::lock(py, &self.inner, f)
+    }
+
+    /// The clock, if any (a new reference: it is called with no lock held).
+    fn clock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.hooks.lock().clock.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    /// The embedder, if any (a new reference: it is called with no lock held).
+    fn embedder(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.hooks.lock().embedder.as_ref().map(|e| e.clone_ref(py))
+    }
+
     /// The clock's time in seconds.
     ///
     /// A NaN or infinite time is refused with `MemoryStoreError`: it would make every score
     /// NaN and export as `null`, which `from_json` cannot read back.
     fn now(&self, py: Python<'_>) -> PyResult<f64> {
-        match &self.clock {
+        match self.clock(py) {
             Some(clock) => {
                 let now = clock.call0(py)?.extract::<f64>(py)?;
                 if now.is_finite() {
@@ -378,14 +507,19 @@ impl PyEpisodicStore {
         }
     }
 
-    fn with_episodes<T>(&self, agent_id: &str, f: impl FnOnce(&[Episode]) -> T) -> T {
-        f(self.inner.lock().episodes(agent_id))
+    fn with_episodes<T: Send>(
+        &self,
+        py: Python<'_>,
+        agent_id: &str,
+        f: impl FnOnce(&[Episode]) -> T + Send,
+    ) -> PyResult<T> {
+        self.locked(py, |episodes| f(episodes.episodes(agent_id)))
     }
 
     /// The embedder's vector for `text`: None without an embedder or when it is all zeros
     /// (a text with nothing to embed).
     fn embed_text(&self, py: Python<'_>, text: &str) -> PyResult<Option<Vec<f32>>> {
-        let Some(embedder) = &self.embedder else {
+        let Some(embedder) = self.embedder(py) else {
             return Ok(None);
         };
         let rows = embedder.call_method1(py, "embed", (vec![text],))?;
@@ -422,31 +556,47 @@ impl PyEpisodicStore {
     fn new(
         decay: Option<&PyDecayPolicy>,
         recall_policy: Option<&PyRecallPolicy>,
-        per_agent_capacity: Option<i64>,
+        #[pyo3(from_py_with = per_agent_capacity_arg)] per_agent_capacity: Option<usize>,
         clock: Option<Py<PyAny>>,
         embedder: Option<Py<PyAny>>,
         similarity_weight: f64,
     ) -> PyResult<Self> {
-        let per_agent_capacity = per_agent_capacity
-            .map(|c| at_least_one(c, "per_agent_capacity"))
-            .transpose()?;
         let store = Episodes::new(
             decay.map(|d| d.inner),
             recall_policy.map_or(Recall::Importance, |r| r.inner),
             per_agent_capacity,
         )?
         .with_similarity_weight(similarity_weight)?;
-        Ok(Self {
-            inner: Mutex::new(store),
-            clock,
-            embedder,
-        })
+        Ok(Self::from_parts(store, clock, embedder))
     }
 
     /// Whether the store has an embedder (so `recall` accepts a text query).
     #[getter]
     fn has_embedder(&self) -> bool {
-        self.embedder.is_some()
+        self.hooks.lock().embedder.is_some()
+    }
+
+    /// Lets the cycle collector see the clock and the embedder, which may refer back to
+    /// this store (a bound method of the object that owns it).
+    ///
+    /// Never blocks: when the lock is held (it never is while the collector runs), they go
+    /// unreported, so this collection keeps them.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(hooks) = self.hooks.try_lock() {
+            visit.call(&hooks.clock)?;
+            visit.call(&hooks.embedder)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the clock and the embedder, breaking a reference cycle through them.
+    fn __clear__(&self) {
+        let taken = self
+            .hooks
+            .try_lock()
+            .map(|mut hooks| (hooks.clock.take(), hooks.embedder.take()));
+        // Dropped after the lock is released: their __del__ may use this store.
+        drop(taken);
     }
 
     /// Adds an episode and returns its id.
@@ -460,25 +610,26 @@ impl PyEpisodicStore {
     /// Raises:
     ///     MemoryStoreError: `importance` is outside [0, 1]; an embedding that is not finite,
     ///         zero, or of another length than the store's embeddings; the clock returned a
-    ///         NaN or infinite time.
+    ///         NaN or infinite time; `agent_id` or `content` is not valid Unicode (a lone
+    ///         surrogate).
     #[pyo3(signature = (agent_id, content, importance, embedding=None))]
     fn add_episode(
         &self,
         py: Python<'_>,
-        agent_id: &str,
-        content: &str,
+        #[pyo3(from_py_with = memory_text)] agent_id: PyBackedStr,
+        #[pyo3(from_py_with = memory_text)] content: PyBackedStr,
         importance: f64,
         embedding: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
         let embedding = match embedding {
             Some(v) => Some(as_vector(v, "embedding")?),
-            None => self.embed_text(py, content)?,
+            None => self.embed_text(py, &content)?,
         };
         let now = self.now(py)?;
-        Ok(self
-            .inner
-            .lock()
-            .add(agent_id, content, importance, now, embedding.as_deref())?)
+        let (agent_id, content) = (&*agent_id, &*content);
+        Ok(self.locked(py, |episodes| {
+            episodes.add(agent_id, content, importance, now, embedding.as_deref())
+        })??)
     }
 
     /// The agent's `limit` best episodes, best first (equal scores in insertion order,
@@ -495,23 +646,19 @@ impl PyEpisodicStore {
     ///     MemoryStoreError: a negative `limit`; a text query without an embedder; a query
     ///         vector that is not finite, zero, or of another length than the episodes'
     ///         embeddings; the clock returned a NaN or infinite time.
-    #[pyo3(
-        signature = (agent_id, limit=Limit(3), query=None),
-        text_signature = "($self, agent_id, limit=3, query=None)"
-    )]
+    #[pyo3(signature = (agent_id, limit=3, query=None))]
     fn recall(
         &self,
         py: Python<'_>,
         agent_id: &str,
-        limit: Limit,
+        #[pyo3(from_py_with = limit_arg)] limit: usize,
         query: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<PyEpisode>> {
-        let Limit(limit) = limit;
         let query = match query {
             None => None,
             Some(q) => match q.extract::<&str>() {
                 Ok(text) => {
-                    if self.embedder.is_none() {
+                    if !self.has_embedder() {
                         return Err(CoreError::Memory(
                             "a text query needs an embedder: EpisodicStore(embedder=...)".into(),
                         )
@@ -532,49 +679,52 @@ impl PyEpisodicStore {
     }
 
     /// The agent's episodes in insertion order.
-    fn episodes(&self, agent_id: &str) -> Vec<PyEpisode> {
-        self.with_episodes(agent_id, |eps| {
+    fn episodes(&self, py: Python<'_>, agent_id: &str) -> PyResult<Vec<PyEpisode>> {
+        self.with_episodes(py, agent_id, |eps| {
             eps.iter().map(|e| PyEpisode { inner: e.clone() }).collect()
         })
     }
 
     /// Removes the agent's episodes (everyone's when `agent_id` is None); returns how many.
     #[pyo3(signature = (agent_id=None))]
-    fn clear(&self, agent_id: Option<&str>) -> usize {
-        self.inner.lock().clear(agent_id)
+    fn clear(&self, py: Python<'_>, agent_id: Option<&str>) -> PyResult<usize> {
+        self.locked(py, |episodes| episodes.clear(agent_id))
     }
 
     /// Episodes stored for the agent.
-    fn episode_count_for(&self, agent_id: &str) -> usize {
-        self.with_episodes(agent_id, <[Episode]>::len)
+    fn episode_count_for(&self, py: Python<'_>, agent_id: &str) -> PyResult<usize> {
+        self.with_episodes(py, agent_id, <[Episode]>::len)
     }
 
     /// Sorted ids of agents with at least one episode.
-    fn agents_with_episodes(&self) -> Vec<String> {
-        let inner = self.inner.lock();
-        inner
-            .by_agent
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, _)| k.clone())
-            .collect()
+    fn agents_with_episodes(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.locked(py, |episodes| {
+            episodes
+                .by_agent
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
     }
 
     /// Byte lengths of the agent's episode contents, in insertion order.
-    fn content_lengths(&self, agent_id: &str) -> Vec<usize> {
-        self.with_episodes(agent_id, |eps| {
+    fn content_lengths(&self, py: Python<'_>, agent_id: &str) -> PyResult<Vec<usize>> {
+        self.with_episodes(py, agent_id, |eps| {
             eps.iter().map(|e| e.content.len()).collect()
         })
     }
 
     /// Sum of the byte lengths of the agent's episode contents.
-    fn total_content_bytes(&self, agent_id: &str) -> usize {
-        self.with_episodes(agent_id, |eps| eps.iter().map(|e| e.content.len()).sum())
+    fn total_content_bytes(&self, py: Python<'_>, agent_id: &str) -> PyResult<usize> {
+        self.with_episodes(py, agent_id, |eps| {
+            eps.iter().map(|e| e.content.len()).sum()
+        })
     }
 
     /// Mean byte length of the agent's episode contents (0.0 with none).
-    fn avg_content_length(&self, agent_id: &str) -> f64 {
-        self.with_episodes(agent_id, |eps| {
+    fn avg_content_length(&self, py: Python<'_>, agent_id: &str) -> PyResult<f64> {
+        self.with_episodes(py, agent_id, |eps| {
             if eps.is_empty() {
                 0.0
             } else {
@@ -584,42 +734,54 @@ impl PyEpisodicStore {
     }
 
     /// Byte length of the agent's longest episode (0 with none).
-    fn max_content_length(&self, agent_id: &str) -> usize {
-        self.with_episodes(agent_id, |eps| {
+    fn max_content_length(&self, py: Python<'_>, agent_id: &str) -> PyResult<usize> {
+        self.with_episodes(py, agent_id, |eps| {
             eps.iter().map(|e| e.content.len()).max().unwrap_or(0)
         })
     }
 
     /// Byte length of the agent's shortest episode (0 with none).
-    fn min_content_length(&self, agent_id: &str) -> usize {
-        self.with_episodes(agent_id, |eps| {
+    fn min_content_length(&self, py: Python<'_>, agent_id: &str) -> PyResult<usize> {
+        self.with_episodes(py, agent_id, |eps| {
             eps.iter().map(|e| e.content.len()).min().unwrap_or(0)
         })
     }
 
     /// The agent's episodes with importance above `threshold`.
-    fn high_importance_count(&self, agent_id: &str, threshold: f64) -> usize {
-        self.with_episodes(agent_id, |eps| {
+    fn high_importance_count(
+        &self,
+        py: Python<'_>,
+        agent_id: &str,
+        threshold: f64,
+    ) -> PyResult<usize> {
+        self.with_episodes(py, agent_id, |eps| {
             eps.iter().filter(|e| e.importance > threshold).count()
         })
     }
 
     /// The agent's contents by descending importance.
-    fn episodes_by_importance(&self, agent_id: &str) -> Vec<String> {
-        self.with_episodes(agent_id, episodic::by_importance)
+    fn episodes_by_importance(&self, py: Python<'_>, agent_id: &str) -> PyResult<Vec<String>> {
+        self.with_episodes(py, agent_id, episodic::by_importance)
     }
 
     /// The agent's episodes whose content contains `needle`.
-    fn content_contains_count(&self, agent_id: &str, needle: &str) -> usize {
-        self.with_episodes(agent_id, |eps| {
+    fn content_contains_count(
+        &self,
+        py: Python<'_>,
+        agent_id: &str,
+        needle: &str,
+    ) -> PyResult<usize> {
+        self.with_episodes(py, agent_id, |eps| {
             eps.iter().filter(|e| e.content.contains(needle)).count()
         })
     }
 
     /// The whole store (settings and episodes) as JSON text.
-    fn to_json(&self) -> PyResult<String> {
-        serde_json::to_string(&*self.inner.lock())
-            .map_err(|e| CoreError::Memory(format!("cannot serialize episodes: {e}")).into())
+    fn to_json(&self, py: Python<'_>) -> PyResult<String> {
+        run_detached(py, || {
+            serde_json::to_string(&*self.inner.lock())
+                .map_err(|e| CoreError::Memory(format!("cannot serialize episodes: {e}")))
+        })
     }
 
     /// Rebuilds a store from `to_json()` output (the clock and embedder are not exported:
@@ -636,32 +798,32 @@ impl PyEpisodicStore {
     #[staticmethod]
     #[pyo3(signature = (text, clock=None, embedder=None))]
     fn from_json(
+        py: Python<'_>,
         text: &str,
         clock: Option<Py<PyAny>>,
         embedder: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
-        let store: Episodes = serde_json::from_str(text)
-            .map_err(|e| CoreError::Memory(format!("not an exported episodic store: {e}")))?;
-        let store = store
-            .validated()
-            .map_err(|e| CoreError::Memory(format!("not a valid exported episodic store: {e}")))?;
-        Ok(Self {
-            inner: Mutex::new(store),
-            clock,
-            embedder,
+        let store = run_detached(py, || {
+            let store: Episodes = serde_json::from_str(text)
+                .map_err(|e| CoreError::Memory(format!("not an exported episodic store: {e}")))?;
+            store
+                .validated()
+                .map_err(|e| CoreError::Memory(format!("not a valid exported episodic store: {e}")))
+        })?;
+        Ok(Self::from_parts(store, clock, embedder))
+    }
+
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        self.locked(py, |episodes| episodes.len())
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        self.locked(py, |episodes| {
+            format!(
+                "EpisodicStore(episodes={}, agents={})",
+                episodes.len(),
+                episodes.by_agent.len()
+            )
         })
-    }
-
-    fn __len__(&self) -> usize {
-        self.inner.lock().len()
-    }
-
-    fn __repr__(&self) -> String {
-        let inner = self.inner.lock();
-        format!(
-            "EpisodicStore(episodes={}, agents={})",
-            inner.len(),
-            inner.by_agent.len()
-        )
     }
 }

@@ -8,6 +8,8 @@ use rustc_hash::FxHashMap;
 use crate::errors::{CoreError, CoreResult};
 
 const NIL: u32 = u32::MAX;
+/// The largest capacity: slots are numbered in 32 bits, one value marking "none".
+pub const MAX_CAPACITY: usize = NIL as usize - 1;
 
 #[derive(Debug)]
 struct Node<V> {
@@ -40,10 +42,9 @@ impl<V> Lru<V> {
                 "WorkingMemory capacity must be at least 1".into(),
             ));
         }
-        if capacity >= NIL as usize {
+        if capacity > MAX_CAPACITY {
             return Err(CoreError::Memory(format!(
-                "WorkingMemory capacity {capacity} is too large (max {})",
-                NIL - 1
+                "WorkingMemory capacity {capacity} is too large (max {MAX_CAPACITY})"
             )));
         }
         Ok(Self {

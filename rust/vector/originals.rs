@@ -12,7 +12,7 @@ use std::io::Write;
 
 use super::dot_portable;
 use super::quantized::{f32_from_le, f32_to_le, reserve_huge};
-use crate::errors::{CoreError, CoreResult};
+use crate::errors::{out_of_memory, CoreError, CoreResult};
 
 /// Where the float32 copies live.
 #[derive(Debug)]
@@ -107,10 +107,17 @@ impl Originals {
     }
 
     /// Room for `rows` more rows.
-    pub fn reserve(&mut self, rows: usize, dim: usize) {
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when the memory cannot be allocated.
+    pub fn reserve(&mut self, rows: usize, dim: usize) -> CoreResult<()> {
         if let Self::Memory(values) = self {
-            reserve_huge(values, rows * dim);
+            let extra = rows
+                .checked_mul(dim)
+                .ok_or_else(|| out_of_memory(usize::MAX, "the float32 copies"))?;
+            reserve_huge(values, extra)?;
         }
+        Ok(())
     }
 
     /// Appends whole rows, written to a file 1 MiB at a time (no copy of the whole batch);

@@ -17,6 +17,7 @@
 //!   `originals`), where a search reads only its shortlisted rows.
 
 use super::TopK;
+use crate::errors::{out_of_memory, try_reserve, CoreResult};
 
 /// How an index stores its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,13 +144,19 @@ impl Rows {
     }
 
     /// Makes room for `rows` more rows of `dim` values (see [`reserve_huge`]).
-    pub fn reserve(&mut self, rows: usize, dim: usize) {
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when the memory cannot be allocated.
+    pub fn reserve(&mut self, rows: usize, dim: usize) -> CoreResult<()> {
+        let values = rows
+            .checked_mul(dim)
+            .ok_or_else(|| out_of_memory(usize::MAX, "the stored vectors"))?;
         match self {
-            Self::F32(data) => reserve_huge(data, rows * dim),
-            Self::F16(data) => reserve_huge(data, rows * dim),
+            Self::F32(data) => reserve_huge(data, values),
+            Self::F16(data) => reserve_huge(data, values),
             Self::I8 { codes, scales } => {
-                reserve_huge(codes, rows * dim);
-                scales.reserve(rows);
+                reserve_huge(codes, values)?;
+                try_reserve(scales, rows, "the stored vectors' scales")
             }
         }
     }
@@ -293,15 +300,20 @@ pub fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
 /// memory), asks Linux to back it with transparent huge pages, as numpy does for its large
 /// arrays: a streaming scan over 4 KiB pages stalls at every page boundary (the hardware
 /// prefetchers stop there) and misses the TLB far more often.
-pub fn reserve_huge<T>(values: &mut Vec<T>, extra: usize) {
+///
+/// # Errors
+/// [`CoreError::Memory`] when the memory cannot be allocated (an index too large for the
+/// machine must not abort the interpreter).
+pub fn reserve_huge<T>(values: &mut Vec<T>, extra: usize) -> CoreResult<()> {
     let before = values.capacity();
-    values.reserve(extra);
+    try_reserve(values, extra, "the stored vectors")?;
     if values.capacity() != before {
         advise_huge_pages(
             values.as_ptr() as usize,
             values.capacity() * std::mem::size_of::<T>(),
         );
     }
+    Ok(())
 }
 
 #[cfg(target_os = "linux")]

@@ -1,0 +1,247 @@
+//! Arguments taken from Python that the machine types cannot always hold: ints of any size
+//! and strings that are not valid Unicode.
+//!
+//! PyO3's own conversions raise the built-in `OverflowError` (an int beyond 64 bits) and
+//! `UnicodeEncodeError` (a `str` holding a lone surrogate, such as a cut-off emoji escape).
+//! The helpers here turn both into the calling method's typed error naming the argument, or
+//! read a huge int as "no limit" where the argument is a limit. Methods take them with
+//! `#[pyo3(from_py_with = ...)]`, or call them on a `&Bound<PyAny>` argument.
+
+use pyo3::exceptions::PyOverflowError;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
+use pyo3::types::PyString;
+
+use crate::errors::CoreError;
+
+/// Converts an integer argument that a method takes as `i64` to `usize`.
+///
+/// Taking `i64` rather than `usize` lets PyO3 accept a negative Python int (it would raise the
+/// built-in `OverflowError`), so the method can refuse it with its own typed exception:
+/// `error` receives a message naming the argument `what`.
+///
+/// # Errors
+/// `error(message)` when `value` is negative (or does not fit `usize`).
+pub fn non_negative(
+    value: i64,
+    what: &str,
+    error: fn(String) -> CoreError,
+) -> Result<usize, CoreError> {
+    usize::try_from(value).map_err(|_| error(format!("{what} must be >= 0, got {value}")))
+}
+
+/// Extracts a Python int as an unsigned `T` (`u32`, `u64`, ...) for arguments whose whole
+/// range is meaningful; an int out of range raises `error(its decimal text)` instead of the
+/// built-in `OverflowError`. Anything not an int is a `TypeError`, as with plain `T`.
+///
+/// # Errors
+/// `error(...)` for a negative int or one above `T::MAX`; `TypeError` for a non-int.
+#[inline]
+pub fn extract_unsigned<'py, T>(
+    obj: &Bound<'py, PyAny>,
+    error: impl FnOnce(String) -> CoreError,
+) -> PyResult<T>
+where
+    T: for<'a> FromPyObject<'a, 'py, Error = PyErr>,
+{
+    match obj.extract::<T>() {
+        Ok(value) => Ok(value),
+        Err(e) => Err(not_unsigned(obj, e, error)),
+    }
+}
+
+/// The error of [`extract_unsigned`], kept off its fast path.
+#[cold]
+#[inline(never)]
+fn not_unsigned(
+    obj: &Bound<'_, PyAny>,
+    e: PyErr,
+    error: impl FnOnce(String) -> CoreError,
+) -> PyErr {
+    if !e.is_instance_of::<PyOverflowError>(obj.py()) {
+        return e;
+    }
+    match obj.str() {
+        Ok(text) => error(text.to_string()).into(),
+        Err(e) => e,
+    }
+}
+
+/// A Python int that does not fit `usize`, with its decimal text for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutOfRange {
+    /// Below zero.
+    Negative(String),
+    /// Above `usize::MAX`.
+    TooLarge(String),
+}
+
+impl OutOfRange {
+    /// The int's decimal text.
+    pub fn text(&self) -> &str {
+        match self {
+            OutOfRange::Negative(text) | OutOfRange::TooLarge(text) => text,
+        }
+    }
+}
+
+/// A Python int of any size as `usize`, or where it falls outside (never `OverflowError`).
+///
+/// # Errors
+/// `TypeError` when `obj` is not an int (as PyO3's own conversion).
+pub fn to_usize(obj: &Bound<'_, PyAny>) -> PyResult<Result<usize, OutOfRange>> {
+    match obj.extract::<i64>() {
+        Ok(value) => {
+            Ok(usize::try_from(value).map_err(|_| OutOfRange::Negative(value.to_string())))
+        }
+        Err(e) => beyond_i64(obj, e),
+    }
+}
+
+/// [`to_usize`] for an int that `i64` cannot hold (or a non-int), off the fast path.
+#[cold]
+#[inline(never)]
+fn beyond_i64(obj: &Bound<'_, PyAny>, e: PyErr) -> PyResult<Result<usize, OutOfRange>> {
+    if !e.is_instance_of::<PyOverflowError>(obj.py()) {
+        return Err(e);
+    }
+    if let Ok(value) = obj.extract::<u64>() {
+        if let Ok(value) = usize::try_from(value) {
+            return Ok(Ok(value));
+        }
+    }
+    let text = obj.str()?.to_string();
+    Ok(Err(if obj.gt(0)? {
+        OutOfRange::TooLarge(text)
+    } else {
+        OutOfRange::Negative(text)
+    }))
+}
+
+/// A limit argument (a depth, a hop or round count, a `k`, a cap): an int of at least `min`,
+/// where an int too large for `usize` means "no limit" and becomes `usize::MAX`.
+///
+/// # Errors
+/// `refuse(decimal text of the value)` when it is below `min`; `TypeError` for a non-int.
+pub fn limit(
+    obj: &Bound<'_, PyAny>,
+    min: usize,
+    refuse: impl FnOnce(String) -> CoreError,
+) -> PyResult<usize> {
+    match to_usize(obj)? {
+        Ok(value) if value >= min => Ok(value),
+        Ok(value) => Err(refuse(value.to_string()).into()),
+        Err(OutOfRange::TooLarge(_)) => Ok(usize::MAX),
+        Err(OutOfRange::Negative(text)) => Err(refuse(text).into()),
+    }
+}
+
+/// A `str` argument as UTF-8 without a copy; a string that has no UTF-8 form (it holds a
+/// lone surrogate, as a stream cut inside a `\ud83d\ude00` escape leaves) is
+/// `error(message)` instead of the built-in `UnicodeEncodeError`.
+///
+/// # Errors
+/// `error(...)` for a lone surrogate; `TypeError` when `obj` is not a `str`.
+pub fn text(
+    obj: &Bound<'_, PyAny>,
+    error: impl FnOnce(String) -> CoreError,
+) -> PyResult<PyBackedStr> {
+    let string = obj.cast::<PyString>()?;
+    match PyBackedStr::try_from(string.clone()) {
+        Ok(text) => Ok(text),
+        Err(e) => Err(not_unicode(string, &e, error)),
+    }
+}
+
+/// Like [`text`], for a borrowed `&str` of a `str` the caller holds.
+///
+/// # Errors
+/// As [`text`].
+pub fn text_of<'a>(
+    string: &'a Bound<'_, PyString>,
+    error: impl FnOnce(String) -> CoreError,
+) -> PyResult<&'a str> {
+    match string.to_str() {
+        Ok(text) => Ok(text),
+        Err(e) => Err(not_unicode(string, &e, error)),
+    }
+}
+
+/// The error of [`text`]: names the first lone surrogate and its index (in characters).
+#[cold]
+#[inline(never)]
+fn not_unicode(
+    string: &Bound<'_, PyString>,
+    e: &PyErr,
+    error: impl FnOnce(String) -> CoreError,
+) -> PyErr {
+    let py = string.py();
+    let start = e
+        .value(py)
+        .getattr("start")
+        .and_then(|start| start.extract::<usize>())
+        .ok();
+    let message = match start {
+        Some(at) => format!(
+            "text is not valid Unicode: it holds a lone surrogate at index {at} (a \
+             surrogate pair cut in two has no UTF-8 form)"
+        ),
+        None => "text is not valid Unicode: it holds a lone surrogate".to_owned(),
+    };
+    error(message).into()
+}
+
+/// [`text`] for arguments of the knowledge graph (a `GraphError`).
+///
+/// # Errors
+/// As [`text`].
+pub fn graph_text(obj: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    text(obj, CoreError::Graph)
+}
+
+/// [`text`] for arguments of the memory stores (a `MemoryStoreError`).
+///
+/// # Errors
+/// As [`text`].
+pub fn memory_text(obj: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    text(obj, CoreError::Memory)
+}
+
+/// [`text`] for arguments of the runtime metrics (an `AgentRuntimeError`).
+///
+/// # Errors
+/// As [`text`].
+pub fn runtime_text(obj: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    text(obj, CoreError::Runtime)
+}
+
+/// [`text`] for an optional argument: None stays None.
+///
+/// # Errors
+/// As [`text`].
+pub fn optional_text(
+    obj: &Bound<'_, PyAny>,
+    error: impl FnOnce(String) -> CoreError,
+) -> PyResult<Option<PyBackedStr>> {
+    if obj.is_none() {
+        Ok(None)
+    } else {
+        text(obj, error).map(Some)
+    }
+}
+
+/// [`graph_text`] for an optional argument (None stays None).
+///
+/// # Errors
+/// As [`text`].
+pub fn optional_graph_text(obj: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
+    optional_text(obj, CoreError::Graph)
+}
+
+/// [`runtime_text`] for an optional argument (None stays None).
+///
+/// # Errors
+/// As [`text`].
+pub fn optional_runtime_text(obj: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
+    optional_text(obj, CoreError::Runtime)
+}
