@@ -228,3 +228,15 @@ async def test_subscriptions_end_on_aclose_cancellation_break_and_close() -> Non
     assert seen == ["before", "after"]
     bus.off(seen.append)
     assert not bus.active
+
+
+def test_off_of_a_callback_not_registered_does_nothing() -> None:
+    bus = ar.EventBus()
+    seen: list[ar.Event] = []
+    bus.off(seen.append)  # never registered
+    bus.on(seen.append)
+    bus.off(seen.append)
+    bus.off(seen.append)  # twice
+    assert not bus.active
+    bus.emit(ar.RunStarted("s", "a", "q"))
+    assert seen == []

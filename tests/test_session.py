@@ -118,6 +118,29 @@ GOOD_STEP = {"thought": "t", "action": "a"}
         ({"session_id": "x", "agent_id": "y", "graph_entity_count": "3"}, "graph_entity_count"),
         ({"session_id": "x", "agent_id": "y", "messages": [1]}, "'messages' must be a list"),
         ({"session_id": "x", "agent_id": "y", "messages": {}}, "'messages' must be a list"),
+        (
+            {"session_id": "x", "agent_id": "y", "messages": [{"role": "user"}]},
+            "message 1: 'content' must be a string, got null",
+        ),
+        (
+            {"session_id": "x", "agent_id": "y", "messages": [{"content": "hi"}]},
+            "message 1: 'role' must be one of 'system', 'user', 'assistant', 'tool', got None",
+        ),
+        (
+            {
+                "session_id": "x",
+                "agent_id": "y",
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "robot", "content": "beep"},
+                ],
+            },
+            "message 2: 'role' must be one of .* got 'robot'",
+        ),
+        (
+            {"session_id": "x", "agent_id": "y", "messages": [{"role": "user", "content": 5}]},
+            "'content' must be a string, got int",
+        ),
         (None, "must be an object, got null"),
         ([], "must be an object, got list"),
     ],

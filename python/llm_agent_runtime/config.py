@@ -30,7 +30,12 @@ class AgentConfig(BaseModel):
         stop_sequences: Sent with every model call; a reply is also cut before the first
             one it contains, so an `infer` function or a provider that ignores them ends
             there too (e.g. `["Observation:"]` keeps a ReAct model from inventing results).
-        loop_timeout_ms: Wall-clock limit of one run; None for no limit.
+        loop_timeout_ms: Wall-clock limit of one run (a `run_agent` / `run_turn` call, or a
+            resumed run), all of it: the `on_user_message` hooks, the start and final
+            checkpoints, and every model and tool call. When it passes, the run raises
+            `AgentLoopError` ("agent loop timed out after N ms (k steps done)", k counting this
+            turn's steps); saving what the failed run left unsaved then gets at most as long
+            again. None for no limit.
         mode: `react` (text parsed by the ReAct parser) or `tools` (native tool calls).
         max_parallel_tool_calls: Native tool calls of one response run concurrently up to this.
         max_observation_chars: Observations longer than this are truncated.

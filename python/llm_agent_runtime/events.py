@@ -6,6 +6,7 @@ Events are named tuples: immutable, and cheap enough to build on every step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
@@ -154,8 +155,14 @@ class EventBus:
         return callback
 
     def off(self, callback: Callable[[Event], Any]) -> None:
-        """Removes a callback registered with `on`."""
-        self._callbacks.remove(callback)
+        """Removes a callback registered with `on`; one that is not registered is ignored.
+
+        Like ending a subscription twice, removing a callback twice (or one never added) is
+        harmless: afterwards the callback is not registered, which is all `off` promises.
+        A callback registered more than once is removed once.
+        """
+        with contextlib.suppress(ValueError):  # not registered: nothing to remove
+            self._callbacks.remove(callback)
         self.active = bool(self._callbacks or self._queues)
 
     def subscribe(self) -> AsyncIterator[Event]:

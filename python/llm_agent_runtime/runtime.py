@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import itertools
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import FunctionType
 from typing import Any, Literal, TypeVar
 
 from llm_agent_runtime._core import RuntimeMetrics, parse_react_step
@@ -75,6 +78,7 @@ ToolRun = tuple[Observation, float, str, Any]
 """A tool call's observation, the tool's time in ms, and the name and arguments that ran."""
 
 _CHARS_PER_TOKEN = 4
+_CO_COROUTINE = inspect.CO_COROUTINE
 _NO_SPAN = contextlib.nullcontext()
 # Events are named tuples; on the per-step path they are built with tuple.__new__, which
 # skips the named tuple's Python-level __new__ (~100 ns an event).
@@ -153,7 +157,10 @@ class AgentRuntime:
         config: Loop settings (defaults to `AgentConfig()`).
         memory: Episodic store (`recall(agent_id, limit)`, e.g. `EpisodicStore`); one with an
             embedder (`has_embedder`) recalls the memories most similar to the request too.
-        working_memory: Key-value memory (`to_prompt()`) appended to every prompt.
+            A recalled memory that is blank is skipped (neither shown nor counted as a hit;
+            it still took one of the `max_memory_recalls` slots, as the store ranks first).
+        working_memory: Key-value memory whose `to_prompt()` block is appended, as it is, to
+            every prompt (`WorkingMemory`'s starts with its own `Working memory:` header).
         graph: Knowledge graph (`entity_count()`), whose size is recorded per session.
         tools: `ToolSpec`s or a `ToolRegistry`.
         backpressure: Sheds runs beyond its capacity.
@@ -251,11 +258,14 @@ class AgentRuntime:
             for hook in ("on_user_message", "on_pre_llm", "on_post_llm", "on_tool_call")
         }
         self._shed_counted_by_guard = getattr(backpressure, "_metrics", None) is not None
-        self._tool_definitions = [ToolDefinition(**d) for d in self.tools.definitions()]
-        self._tool_catalog = "\n".join(
-            f"- {d.name}: {d.description} {d.parameters.get('properties', {})}"
-            for d in self._tool_definitions
-        )
+        # What the model is shown of the tools; rebuilt at a run's start when tools were
+        # registered since (`_refresh_tools`).
+        self._tool_definitions: list[ToolDefinition] = []
+        self._tool_catalog = ""
+        self._tools_seen: tuple[ToolRegistry | None, int] = (None, 0)
+        self._refresh_tools()
+        # Sessions with a run in progress: a session runs one turn at a time.
+        self._running: set[str] = set()
         self._tracer = _load_tracer()
         # Per session: remembered decisions (by tool, or by tool and arguments for an edit),
         # and one lock per tool so that a tool's approval is asked once at a time.
@@ -283,15 +293,22 @@ class AgentRuntime:
         Args:
             agent_id: Whose memories are recalled.
             prompt: The user's request.
-            infer: Async `prompt -> reply text`.
-            session: A session to fill (its state stays consistent if the run is cancelled).
+            infer: Async `prompt -> reply text` (an `async def`, or a callable returning an
+                awaitable).
+            session: A session to fill (its state stays consistent if the run is cancelled);
+                a session runs one turn at a time.
 
         Returns:
             The finished session.
 
         Raises:
+            AgentRuntimeError: A bad argument (checked before the run takes a slot): an
+                `agent_id` that is not a non-empty string, a `prompt` that is not a string,
+                a `session` that is not an `AgentSession`, an `infer` that is not an async
+                callable; or `session` is already running a turn.
             BackpressureShedError: The runtime is at capacity.
-            AgentLoopError: Unparseable model output, or the loop timeout elapsed.
+            AgentLoopError: Unparseable model output, a reply that is not a string, or the
+                loop timeout elapsed.
             PersistenceError: The final checkpoint could not be saved.
         """
         return await self._run(agent_id, prompt, infer, None, session)
@@ -304,9 +321,17 @@ class AgentRuntime:
         *,
         session: AgentSession | None = None,
     ) -> AgentSession:
-        """Runs the loop on an `LlmProvider`: text ReAct, or native tools (`config.mode`)."""
+        """Runs the loop on an `LlmProvider`: text ReAct, or native tools (`config.mode`).
+
+        Raises:
+            AgentRuntimeError: `provider` lacks a method the mode needs (`chat`, or
+                `complete` for a text model without stop sequences), or as `run_agent`.
+        """
         if self.config.mode == "tools":
+            if not callable(getattr(provider, "chat", None)):
+                self._check_provider(provider)
             return await self._run(agent_id, prompt, None, provider, session)
+        self._check_provider(provider)
         return await self._run(agent_id, prompt, self._text_model(provider), None, session)
 
     def create_session(self, agent_id: str, session_id: str | None = None) -> AgentSession:
@@ -319,23 +344,42 @@ class AgentRuntime:
         """Runs one turn of a multi-turn session; returns the turn's final answer.
 
         The history is trimmed to `config.context_window_tokens`, dropping oldest turns first.
+        A session runs one turn at a time.
+
+        Raises:
+            AgentRuntimeError: `session` is not an `AgentSession` or is already running a
+                turn, its messages are malformed, `message` is not a string, or `provider`
+                is neither a provider nor an async callable.
         """
+        if not isinstance(session, AgentSession):
+            raise AgentRuntimeError(
+                f"session must be an AgentSession (see create_session), got {_kind(session)}"
+            )
         history = self.trim_history(session.messages)
         agent_id = session.agent_id
         if callable(provider) and not isinstance(provider, LlmProvider):
             result = await self._run(agent_id, message, provider, None, session, history)
-        elif self.config.mode == "tools":
-            result = await self._run(agent_id, message, None, provider, session, history)
         else:
-            infer = self._text_model(provider)
-            result = await self._run(agent_id, message, infer, None, session, history)
+            self._check_provider(provider)
+            if self.config.mode == "tools":
+                result = await self._run(agent_id, message, None, provider, session, history)
+            else:
+                infer = self._text_model(provider)
+                result = await self._run(agent_id, message, infer, None, session, history)
         return result.final_answer
+
+    def _check_provider(self, provider: Any) -> None:
+        """Raises `AgentRuntimeError` when `provider` lacks the method this runtime calls."""
+        method = "chat" if self.config.mode == "tools" or self._stops else "complete"
+        if not callable(getattr(provider, method, None)):
+            _required("provider", provider, [method])
 
     def _text_model(self, provider: LlmProvider) -> InferFn:
         """The provider as a ReAct text model: one user prompt in, the reply's text out."""
         model, stops = self.config.model, self._stops
         if not stops:
-            return lambda text: provider.complete(text, model=model)
+            # A partial of an async method is seen as async (no adapter frame per step).
+            return functools.partial(provider.complete, model=model)
 
         async def infer(text: str) -> str:
             # `complete` takes no stop sequences; a one-message chat carries them.
@@ -349,21 +393,30 @@ class AgentRuntime:
 
         A turn is a user message and the replies after it; turns are dropped oldest first and
         never split, so no reply is kept without the message it answers.
+
+        Raises:
+            AgentRuntimeError: A message is not a dict with a string `role` and `content`.
         """
         budget = self.config.context_window_tokens * _CHARS_PER_TOKEN - len(
             self.config.system_prompt
         )
         turns: list[list[dict[str, Any]]] = []
-        for message in messages:
-            if message["role"] == "user" or not turns:
-                turns.append([])
-            turns[-1].append(message)
-        start = len(turns)
-        for turn in reversed(turns):
-            budget -= sum(len(m["content"]) + 16 for m in turn)
-            if budget < 0:
-                break
-            start -= 1
+        try:
+            for message in messages:
+                if message["role"] == "user" or not turns:
+                    turns.append([])
+                turns[-1].append(message)
+            start = len(turns)
+            for turn in reversed(turns):
+                budget -= sum(len(m["content"]) + 16 for m in turn)
+                if budget < 0:
+                    break
+                start -= 1
+        except (KeyError, TypeError) as error:  # checked on failure only: no cost per turn
+            raise AgentRuntimeError(
+                "session messages must be dicts with a string 'role' and 'content' "
+                f"({type(error).__name__}: {error})"
+            ) from error
         return [m for turn in turns[start:] for m in turn]
 
     # ------------------------------------------------------------------ the loop
@@ -377,8 +430,36 @@ class AgentRuntime:
         history: list[dict[str, Any]] | None = None,
         resume: SessionState | None = None,
     ) -> AgentSession:
+        """One run: arguments checked, a slot taken, the session marked running, the deadline.
+
+        Everything is checked before anything is taken, and everything taken is given back
+        in `finally`, so no failure leaks a slot, an active-session count or a mark.
+        """
         if not isinstance(agent_id, str) or not agent_id:
             raise AgentRuntimeError("agent_id must be a non-empty string")
+        if not isinstance(prompt, str):
+            raise AgentRuntimeError(f"prompt must be a string, got {_kind(prompt)}")
+        if session is None:
+            session = AgentSession(session_id=new_session_id(), agent_id=agent_id)
+        elif not isinstance(session, AgentSession):
+            raise AgentRuntimeError(
+                f"session must be an AgentSession (see create_session), got {_kind(session)}"
+            )
+        # An `async def` function (the usual model) is told here, without a call.
+        if provider is None and not (
+            type(infer) is FunctionType and infer.__code__.co_flags & _CO_COROUTINE
+        ):
+            infer = _as_model(infer)
+        tools, seen = self.tools, self._tools_seen
+        if seen[0] is not tools or seen[1] != len(tools):
+            self._refresh_tools()
+        session_id = session.session_id
+        running = self._running
+        if session_id in running:
+            raise AgentRuntimeError(
+                f"session {session_id!r} is already running a turn: a session runs one turn "
+                "at a time (await the running one first)"
+            )
         guard = self.backpressure
         if guard is not None:
             try:
@@ -387,84 +468,127 @@ class AgentRuntime:
                 if not self._shed_counted_by_guard:
                     self.metrics.record_backpressure_shed()
                 raise
+        # Checked and marked with no await in between: no other task runs this session now.
+        running.add(session_id)
         metrics = self.metrics
-        metrics.session_started()
-        if session is None:
-            session = AgentSession(session_id=new_session_id(), agent_id=agent_id)
-        session.prompt = prompt
-        if resume is None:
-            session.final_answer = None  # a session's next turn answers afresh
-        started = time.perf_counter()
-        events = self.events
-        # From here on, whatever fails releases the slot and counts the session finished.
         try:
-            span = (
-                self._tracer.start_as_current_span(
-                    "agent.run", attributes={"agent_id": agent_id, "session_id": session.session_id}
+            metrics.session_started()
+            session.prompt = prompt
+            if resume is None:
+                session.final_answer = None  # a session's next turn answers afresh
+            # The timeout's message counts this turn's steps (a resumed run's are its own).
+            steps_before = session.step_count if resume is None else 0
+            started = time.perf_counter()
+            events = self.events
+            try:
+                span = (
+                    self._tracer.start_as_current_span(
+                        "agent.run", attributes={"agent_id": agent_id, "session_id": session_id}
+                    )
+                    if self._tracer is not None
+                    else _NO_SPAN
                 )
-                if self._tracer is not None
-                else _NO_SPAN
-            )
-            # The run's span covers all of it, its checkpoints included.
-            with span:
-                if resume is None:  # a resumed run's prompt was rewritten before it was saved
-                    for hook in self._hooks["on_user_message"]:
-                        prompt = await _maybe_await(hook(session, prompt)) or prompt
-                    session.prompt = prompt  # what is kept, saved and sent: the rewritten text
-                if self._checkpoints is not None and resume is None:
-                    await self._save_meta(session, "tools" if provider else "react")
-                if events.active:
-                    events.emit(RunStarted(session.session_id, agent_id, prompt))
-                context = self._context(agent_id, prompt, session)
-                timeout = self.config.loop_timeout_ms
-                loop = (
-                    self._tool_loop(session, context, prompt, provider, history, resume)
-                    if provider is not None
-                    else self._react_loop(session, context, prompt, _need(infer), history, resume)
-                )
-                if timeout is None:
-                    await loop
-                else:
-                    loop_start = time.perf_counter()
-                    try:
-                        await asyncio.wait_for(loop, timeout / 1000)
-                    except asyncio.TimeoutError:
-                        if (time.perf_counter() - loop_start) * 1000.0 < timeout:
-                            raise  # a timeout of the model or a tool, not of the loop
+                # The run's span covers all of it, its checkpoints included.
+                with span:
+                    body = self._run_body(
+                        agent_id, prompt, infer, provider, session, history, resume, started
+                    )
+                    timeout = self.config.loop_timeout_ms
+                    if timeout is None:
+                        await body
+                    elif await _within_deadline(body, timeout / 1000):
                         raise AgentLoopError(
                             f"agent loop timed out after {timeout} ms "
-                            f"({session.step_count} steps done)"
-                        ) from None
-                if history is not None:  # a turn: the session's chat history, saved with it
-                    session.messages.append({"role": "user", "content": prompt})
-                    session.messages.append(
-                        {"role": "assistant", "content": session.final_answer or ""}
-                    )
+                            f"({session.step_count - steps_before} steps done)"
+                        )
+                return session
+            except BaseException as error:
                 session.duration_ms = (time.perf_counter() - started) * 1000.0
                 if events.active:
-                    events.emit(
-                        RunFinished(
-                            session.session_id,
-                            session.final_answer,
-                            session.step_count,
-                            session.duration_ms,
+                    # A failing listener must not hide the run's error nor skip the save.
+                    try:
+                        events.emit(ErrorEvent(session_id, error))
+                    except Exception as listener_error:
+                        logger.warning(
+                            "a listener failed on the ErrorEvent of run %s: %r",
+                            session_id,
+                            listener_error,
                         )
-                    )
-                if self._checkpoints is not None:  # after RunFinished, so the log records it
-                    await self._save_final(session)
-            return session
-        except BaseException as error:
-            session.duration_ms = (time.perf_counter() - started) * 1000.0
-            if events.active:
-                events.emit(ErrorEvent(session.session_id, error))
-            logger.warning("agent run %s failed: %r", session.session_id, error)
-            if self._checkpoints is not None:
-                await self._save_what_is_left(session)
-            raise
+                logger.warning("agent run %s failed: %r", session_id, error)
+                if self._checkpoints is not None:
+                    await self._save_left_in_time(session)
+                raise
+            finally:
+                metrics.session_finished()
         finally:
-            metrics.session_finished()
+            running.discard(session_id)
+            if self.approval_handler is not None:
+                self._drop_unremembered_approvals(session_id)
             if guard is not None:
                 guard.release()
+
+    async def _run_body(
+        self,
+        agent_id: str,
+        prompt: str,
+        infer: InferFn | None,
+        provider: LlmProvider | None,
+        session: AgentSession,
+        history: list[dict[str, Any]] | None,
+        resume: SessionState | None,
+        started: float,
+    ) -> None:
+        """What a run does, all under its deadline: hooks, checkpoints, the loop, events."""
+        events = self.events
+        if resume is None:  # a resumed run's prompt was rewritten before it was saved
+            for hook in self._hooks["on_user_message"]:
+                prompt = await _maybe_await(hook(session, prompt)) or prompt
+                if not isinstance(prompt, str):
+                    raise AgentRuntimeError(
+                        f"on_user_message must return a string or None, got {_kind(prompt)}"
+                    )
+            session.prompt = prompt  # what is kept, saved and sent: the rewritten text
+        if self._checkpoints is not None and resume is None:
+            await self._save_meta(session, "tools" if provider else "react")
+        if events.active:
+            events.emit(RunStarted(session.session_id, agent_id, prompt))
+        context = self._context(agent_id, prompt, session)
+        if provider is not None:
+            await self._tool_loop(session, context, prompt, provider, history, resume)
+        else:
+            await self._react_loop(session, context, prompt, _need(infer), history, resume)
+        if history is not None:  # a turn: the session's chat history, saved with it
+            session.messages.append({"role": "user", "content": prompt})
+            session.messages.append({"role": "assistant", "content": session.final_answer or ""})
+        session.duration_ms = (time.perf_counter() - started) * 1000.0
+        if events.active:
+            events.emit(
+                RunFinished(
+                    session.session_id,
+                    session.final_answer,
+                    session.step_count,
+                    session.duration_ms,
+                )
+            )
+        if self._checkpoints is not None:  # after RunFinished, so the log records it
+            await self._save_final(session)
+
+    def _refresh_tools(self) -> None:
+        """Rebuilds what the model is shown of the tools (its registry changed).
+
+        `_run` calls it when the registry is another or has another size (a registry only
+        grows: `register` refuses a name twice), so a tool registered after the runtime was
+        built is shown from the next run on. Per run, not per step.
+        """
+        tools = self.tools
+        definitions = [ToolDefinition(**d) for d in tools.definitions()]
+        self._tool_catalog = "\n".join(
+            f"- {d.name}: {d.description} Arguments: "
+            + json.dumps(_schema_for_prompt(d.parameters), ensure_ascii=False, default=str)
+            for d in definitions
+        )
+        self._tool_definitions = definitions
+        self._tools_seen = (tools, len(tools))
 
     def _context(self, agent_id: str, prompt: str, session: AgentSession) -> str:
         """Builds the prompt preamble: system prompt, recalled memories, working memory."""
@@ -476,7 +600,9 @@ class AgentRuntime:
                 episodes = self.memory.recall(agent_id, limit, prompt)
             else:
                 episodes = self.memory.recall(agent_id, limit)
-            texts = [e.content for e in episodes]
+            # A blank memory says nothing: it is neither shown nor counted as a hit. (The
+            # store ranks before this, so a blank one still takes one of the recall slots.)
+            texts = [text for e in episodes if (text := e.content).strip()]
             if self.config.max_memory_tokens is not None:
                 texts = fit_to_token_budget(texts, self.config.max_memory_tokens)
             if texts:
@@ -485,8 +611,8 @@ class AgentRuntime:
                 parts.append("Relevant memories:\n" + "\n".join(f"- {t}" for t in texts))
         if self.working_memory is not None:
             working = self.working_memory.to_prompt()
-            if working:
-                parts.append("Working memory:\n" + working)
+            if working:  # the block as is: `WorkingMemory.to_prompt()` has its own header
+                parts.append(working)
         if self.graph is not None:
             session.graph_entity_count = self.graph.entity_count()
         return "\n\n".join(parts)
@@ -529,33 +655,41 @@ class AgentRuntime:
         # A resumed run counts the steps it already took; a session's new turn starts afresh.
         done = session.step_count if resume is not None else 0
         iterations = config.max_iterations - done
+        # When handling a reply fails, the reply is checked: a model that returned no text is
+        # an AgentLoopError. Checked then only: a `try` costs nothing until it raises.
+        reply = ""
         for iteration in range(iterations):
             step_start = perf()
             text_prompt = "\n".join(transcript)
             replayed = bool(journal)
-            if replayed:  # the reply of an interrupted step, handled (hooks, charge) back then
-                reply = journal[0]["reply"]
-                model_ms = 0.0
-            else:
-                for hook in pre_hooks:
-                    text_prompt = await _maybe_await(hook(session, text_prompt)) or text_prompt
-                if budget is not None:  # a spent budget pays for no further model call
-                    budget.check()
-                model_start = perf()
-                if self._tracer is not None:
-                    with self._tracer.start_as_current_span("agent.llm"):
-                        reply = await infer(text_prompt)
+            try:
+                if replayed:  # the reply of an interrupted step, handled (hooks, charge) back then
+                    reply = journal[0]["reply"]
+                    model_ms = 0.0
                 else:
-                    reply = await infer(text_prompt)
-                model_ms = (perf() - model_start) * 1000.0
-                if stops:
-                    reply = _cut_at_stop(reply, stops)
-                if events.active and reply:  # a text model's reply is whole: one delta
-                    events.emit(_event(LlmTextDelta, (session.session_id, reply)))
-                for hook in post_hooks:
-                    reply = await _maybe_await(hook(session, reply)) or reply
-            input_tokens = len(text_prompt) // _CHARS_PER_TOKEN
-            output_tokens = len(reply) // _CHARS_PER_TOKEN
+                    for hook in pre_hooks:
+                        text_prompt = await _maybe_await(hook(session, text_prompt)) or text_prompt
+                    if budget is not None:  # a spent budget pays for no further model call
+                        budget.check()
+                    model_start = perf()
+                    if self._tracer is not None:
+                        with self._tracer.start_as_current_span("agent.llm"):
+                            reply = await infer(text_prompt)
+                    else:
+                        reply = await infer(text_prompt)
+                    model_ms = (perf() - model_start) * 1000.0
+                    if stops:
+                        reply = _cut_at_stop(reply, stops)
+                    if events.active and reply:  # a text model's reply is whole: one delta
+                        events.emit(_event(LlmTextDelta, (session.session_id, reply)))
+                    for hook in post_hooks:
+                        reply = await _maybe_await(hook(session, reply)) or reply
+                input_tokens = len(text_prompt) // _CHARS_PER_TOKEN
+                output_tokens = len(reply) // _CHARS_PER_TOKEN
+            except (TypeError, AttributeError) as error:
+                if isinstance(reply, str):
+                    raise
+                raise _not_text(reply) from error
             if not replayed:
                 self._charge(input_tokens, output_tokens)
                 if events.active:
@@ -563,6 +697,10 @@ class AgentRuntime:
                     events.emit(_event(LlmResponse, response_event))
             try:
                 parsed = parse_react_step(reply)
+            except TypeError as error:
+                if isinstance(reply, str):
+                    raise
+                raise _not_text(reply) from error
             except ParseError as error:
                 # A re-prompt needs an iteration left to answer it.
                 if config.corrective_reprompt and not reprompted and iteration + 1 < iterations:
@@ -922,6 +1060,16 @@ class AgentRuntime:
         self._approvals.pop(session_id, None)
         self._approval_locks.pop(session_id, None)
 
+    def _drop_unremembered_approvals(self, session_id: str) -> None:
+        """At a run's end: drops the session's approval state unless a decision is remembered.
+
+        Remembered decisions stay (per session, until `forget_approvals`); a session with none
+        keeps nothing, so runs do not pile up entries.
+        """
+        if not self._approvals.get(session_id):
+            self._approvals.pop(session_id, None)
+            self._approval_locks.pop(session_id, None)
+
     def _charge(self, input_tokens: int, output_tokens: int) -> None:
         self.metrics.record_tokens(input_tokens, output_tokens)
         if self.budget is not None:
@@ -983,22 +1131,44 @@ class AgentRuntime:
         for key in keys:
             self.events.emit(CheckpointSaved(session_id, key))
 
+    async def _save_left_in_time(self, session: AgentSession) -> None:
+        """`_save_what_is_left`, given at most `loop_timeout_ms` (when set) to finish.
+
+        A run that timed out must not then hang on a backend that hangs: after another
+        `loop_timeout_ms`, what is not saved is dropped (and logged), and the run's error
+        goes to the caller.
+        """
+        timeout = self.config.loop_timeout_ms
+        if timeout is None:
+            await self._save_what_is_left(session)
+            return
+        if await _within_deadline(self._save_what_is_left(session), timeout / 1000):
+            logger.warning(
+                "failed run %s: saving its unsaved steps and events took over %d ms; dropped",
+                session.session_id,
+                timeout,
+            )
+
     async def _save_what_is_left(self, session: AgentSession) -> None:
         """Saves a failed run's unsaved steps and events, best effort.
 
-        The run's failure is what the caller must see, so nothing here raises.
+        The run's failure is what the caller must see, so nothing here raises but a
+        cancellation. Whatever is not saved is dropped: nothing of the run stays in memory.
         """
         assert self._checkpoints is not None
         session_id = session.session_id
-        if session_id in self._unsaved_steps:
-            await self._save_steps(session, [])  # takes the pending events along
+        try:
+            if session_id in self._unsaved_steps:
+                await self._save_steps(session, [])  # takes the pending events along
+            pending = self._event_log.pop(session_id, None)
+            if pending:
+                try:
+                    await self._checkpoints.append_events(session_id, pending)
+                except Exception as log_error:
+                    logger.warning("event log of %s not saved: %r", session_id, log_error)
+        finally:
             self._unsaved_steps.pop(session_id, None)
-        pending = self._event_log.pop(session_id, None)
-        if pending:
-            try:
-                await self._checkpoints.append_events(session_id, pending)
-            except Exception as log_error:
-                logger.warning("event log of %s not saved: %r", session_id, log_error)
+            self._event_log.pop(session_id, None)
 
     async def _save_meta(self, session: AgentSession, mode: str) -> None:
         assert self._checkpoints is not None
@@ -1013,9 +1183,9 @@ class AgentRuntime:
     async def _save_final(self, session: AgentSession) -> None:
         assert self._checkpoints is not None
         key = session_key(session.session_id)
+        # The episodic store is not saved with the session: it holds every agent's memories
+        # (another agent's are not this session's to keep), and nothing reads it back.
         extra: dict[str, Any] = {}
-        if self.memory is not None and hasattr(self.memory, "to_json"):
-            extra["memory"] = self.memory.to_json()
         if self.working_memory is not None and hasattr(self.working_memory, "items"):
             extra["working_memory"] = [[k, v] for k, v in self.working_memory.items()]
         events = self._event_log.pop(session.session_id, [])
@@ -1158,12 +1328,18 @@ class AgentRuntime:
             The finished session (at once when the run had already finished).
 
         Raises:
-            AgentRuntimeError: Without a checkpoint backend.
+            AgentRuntimeError: Without a checkpoint backend; when the session is running (in
+                this runtime); when a later turn of a multi-turn session was interrupted.
             PersistenceError: When nothing is saved for the session or a record is corrupt.
             ToolError: When a call that may have run cannot safely be repeated.
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("resume needs a checkpoint_backend")
+        if session_id in self._running:
+            raise AgentRuntimeError(
+                f"session {session_id!r} is already running a turn: it cannot be resumed "
+                "while it runs"
+            )
         state = await self._checkpoints.load(session_id)
         if state.interrupted_turn:
             raise AgentRuntimeError(
@@ -1175,7 +1351,13 @@ class AgentRuntime:
         if state.final is not None:
             return session
         if session.final_answer is not None:  # interrupted after its last step: just close it
-            await self._save_final(session)
+            if session_id in self._running:  # it started running while this one loaded it
+                raise AgentRuntimeError(f"session {session_id!r} is already running a turn")
+            self._running.add(session_id)
+            try:
+                await self._save_final(session)
+            finally:
+                self._running.discard(session_id)
             return session
         if isinstance(model, LlmProvider):
             if state.mode == "tools" or self.config.mode == "tools":
@@ -1334,6 +1516,141 @@ def _need(infer: InferFn | None) -> InferFn:
     if infer is None:
         raise AgentRuntimeError("no model: give infer or a provider")
     return infer
+
+
+def _kind(value: Any) -> str:
+    """How an error message names the type of `value`."""
+    return "None" if value is None else type(value).__name__
+
+
+def _as_model(infer: Any) -> InferFn:
+    """`infer`, checked at a run's start to be an async callable.
+
+    An `async def` (function, method, partial of one, or object with an async `__call__`)
+    is used as is. Any other callable may still return an awaitable (a lambda returning a
+    coroutine), which cannot be told before it is called: it is wrapped (one frame a step)
+    so that a synchronous `infer` is a clear `AgentRuntimeError` at its first call.
+
+    Raises:
+        AgentRuntimeError: `infer` is None or not callable.
+    """
+    if infer is None:
+        raise AgentRuntimeError("no model: give infer or a provider")
+    if not callable(infer):
+        raise AgentRuntimeError(
+            f"infer must be an async callable (async def infer(prompt) -> str), got {_kind(infer)}"
+        )
+    if type(infer) is FunctionType and infer.__code__.co_flags & _CO_COROUTINE:
+        return infer
+    # A method, a partial of one, or an object whose class has an `async def __call__`.
+    if inspect.iscoroutinefunction(infer) or inspect.iscoroutinefunction(type(infer).__call__):
+        return infer  # type: ignore[no-any-return]
+    name = getattr(infer, "__qualname__", None) or type(infer).__name__
+
+    async def awaited(prompt: str) -> str:
+        reply = infer(prompt)
+        if not inspect.isawaitable(reply):
+            raise AgentRuntimeError(
+                f"infer must be async (async def infer(prompt) -> str): {name} is a "
+                f"synchronous callable and returned {_kind(reply)}"
+            )
+        return await reply  # type: ignore[no-any-return]
+
+    return awaited
+
+
+def _not_text(reply: Any) -> AgentLoopError:
+    """The error of a model reply (after the `on_post_llm` hooks) that is not a string."""
+    return AgentLoopError(f"the model's reply must be a str, got {_kind(reply)}")
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within_deadline(body: Awaitable[Any], seconds: float) -> bool:
+        """Awaits `body` in this task; returns whether `seconds` passed first (it is cut).
+
+        `asyncio.timeout` runs `body` in the caller's task: unlike `asyncio.wait_for` on
+        3.11, a cancellation that lands as `body` ends is never swallowed. A `TimeoutError`
+        that `body` raises itself propagates as it is.
+        """
+        try:
+            async with asyncio.timeout(seconds) as scope:
+                await body
+        except TimeoutError:
+            if scope.expired():
+                return True
+            raise
+        return False
+
+else:
+
+    async def _within_deadline(body: Awaitable[Any], seconds: float) -> bool:
+        """Awaits `body`; returns whether `seconds` passed first (it is cut).
+
+        Python 3.10 has no `asyncio.timeout` nor `Task.cancelling()`: `asyncio.wait_for`
+        may swallow a cancellation that lands exactly as `body` ends, and nothing public
+        can tell afterwards (fixed from Python 3.11 on, by the branch above).
+        """
+        start = time.perf_counter()
+        try:
+            await asyncio.wait_for(body, seconds)
+        except asyncio.TimeoutError:
+            if time.perf_counter() - start < seconds:
+                raise  # raised by `body` itself, before the deadline
+            return True
+        return False
+
+
+_SCHEMA_KEYWORDS = ("items", "additionalProperties", "not", "contains", "propertyNames")
+_SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
+_SCHEMA_MAPS = ("properties", "patternProperties")
+
+
+def _schema_for_prompt(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A tool's JSON schema as the ReAct prompt shows it: whole, yet compact.
+
+    Local `$ref`s (`#/$defs/...`, `#/definitions/...`) are replaced by what they name, so the
+    model sees nested objects, enums and `required` lists; `title`s (a name said again) are
+    dropped. A recursive reference stays a `$ref`, and `$defs` is kept for it.
+    """
+    defs: dict[str, Any] = {}
+    for section in ("$defs", "definitions"):
+        named = parameters.get(section)
+        if isinstance(named, dict):
+            defs.update({f"#/{section}/{name}": schema for name, schema in named.items()})
+    recursive = False
+
+    def walk(node: Any, resolving: frozenset[str]) -> Any:
+        nonlocal recursive
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref in defs:
+            if ref in resolving:
+                recursive = True
+            else:
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return walk({**defs[ref], **rest}, resolving | {ref})
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("title", "$defs", "definitions"):
+                continue
+            if key in _SCHEMA_MAPS and isinstance(value, dict):
+                out[key] = {name: walk(sub, resolving) for name, sub in value.items()}
+            elif key in _SCHEMA_LISTS and isinstance(value, list):
+                out[key] = [walk(sub, resolving) for sub in value]
+            elif key in _SCHEMA_KEYWORDS:
+                out[key] = walk(value, resolving)
+            else:  # a value, not a schema (`default`, `enum`, ...): as it is
+                out[key] = value
+        return out
+
+    shown: dict[str, Any] = walk(parameters, frozenset())
+    if recursive:
+        for section in ("$defs", "definitions"):
+            if section in parameters:
+                shown[section] = parameters[section]
+    return shown
 
 
 async def _maybe_await(value: Any) -> Any:

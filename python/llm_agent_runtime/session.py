@@ -201,8 +201,9 @@ class AgentSession:
         """Rebuilds a session from `to_dict` output, checking its shape and field types.
 
         `session_id` and `agent_id` are required; `steps` is a list of step dicts (see
-        `Step.from_dict`) and `messages` a list of dicts; integer fields take ints, timing
-        fields ints or floats (never bools). A session that loads has the types its
+        `Step.from_dict`) and `messages` a list of dicts, each with a `role` (`system`,
+        `user`, `assistant` or `tool`) and a string `content`; integer fields take ints,
+        timing fields ints or floats (never bools). A session that loads has the types its
         helpers rely on.
 
         Raises:
@@ -218,8 +219,19 @@ class AgentSession:
             except PersistenceError as error:
                 raise PersistenceError(f"step {n}: {error}") from error
         fields["steps"] = steps
-        if not all(isinstance(m, dict) for m in fields.get("messages", [])):
-            raise PersistenceError("session field 'messages' must be a list of dicts")
+        for n, message in enumerate(fields.get("messages", []), 1):
+            if not isinstance(message, dict):
+                raise PersistenceError("session field 'messages' must be a list of dicts")
+            role, content = message.get("role"), message.get("content")
+            if not isinstance(role, str) or role not in _MESSAGE_ROLES:
+                raise PersistenceError(
+                    f"message {n}: 'role' must be one of {', '.join(map(repr, _MESSAGE_ROLES))}, "
+                    f"got {role!r}"
+                )
+            if not isinstance(content, str):
+                raise PersistenceError(
+                    f"message {n}: 'content' must be a string, got {_kind(content)}"
+                )
         return cls(**fields)
 
     @classmethod
@@ -239,6 +251,9 @@ class AgentSession:
     async def load_checkpoint(cls, backend: PersistenceBackend, session_id: str) -> AgentSession:
         """Loads a saved session: its final checkpoint, or the steps an interrupted run saved.
 
+        A multi-turn session whose latest turn was interrupted loads as its earlier turns
+        (chat history, memory hits, ...) followed by the steps that turn saved.
+
         Raises:
             PersistenceError: When nothing is saved for the session, or a record is corrupt,
                 truncated or from a newer version.
@@ -248,6 +263,9 @@ class AgentSession:
         state = await CheckpointStore(backend).load(session_id)
         return state.session()
 
+
+# The roles a message of a session's chat history (`AgentSession.messages`) may have.
+_MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 
 # Field name -> (accepted types, description) of what `from_dict` loads. Floats take ints too
 # (JSON writers may drop the ".0"), never bools (a bool is an int to `isinstance`).

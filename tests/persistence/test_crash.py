@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -61,8 +62,10 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path, kind: str) -> Non
     store = store_for(kind, tmp_path)
     rng = random.Random(20261122)
     killed_mid_run = 0
+    # A server outlives a test run, and tmp_path's name repeats in the next: ids of this run.
+    run = uuid.uuid4().hex[:8]
     for trial in range(TRIALS):
-        session_id = f"{tmp_path.name}-{kind}-{trial}"
+        session_id = f"{tmp_path.name}-{kind}-{run}-{trial}"
         (tmp_path / f"{session_id}.effects").touch()
         worker = start(tmp_path, store, session_id, "run")
         time.sleep(rng.uniform(0.0, 0.08))  # the run takes ~50 ms

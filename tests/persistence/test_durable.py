@@ -632,3 +632,66 @@ async def test_a_session_whose_later_turn_was_interrupted_is_neither_resumed_nor
         await runtime.resume(session.session_id, script(FINAL))
     assert await runtime.sweep(older_than=-1000) == []
     assert await CheckpointStore(backend).load(session.session_id)
+
+
+async def test_a_session_whose_later_turn_timed_out_loads_with_its_earlier_turns() -> None:
+    backend = ar.InMemoryBackend()
+    memory = ar.EpisodicStore()
+    memory.add_episode("a", "likes tea", 0.5)
+    config = ar.AgentConfig(loop_timeout_ms=150)
+    runtime = ar.AgentRuntime(
+        config, tools=Effects().tools(), memory=memory, checkpoint_backend=backend
+    )
+    session = runtime.create_session("a")
+    assert await runtime.run_turn(session, "turn1", script(FINAL)) == "finished"
+    replies = [add_step(0)]
+
+    async def then_hang(prompt: str) -> str:
+        if replies:
+            return replies.pop(0)
+        await asyncio.sleep(10)
+        return FINAL
+
+    with pytest.raises(ar.AgentLoopError, match=r"\(1 steps done\)"):
+        await runtime.run_turn(session, "turn2", then_hang)
+    saved = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    # The earlier turn's history and counts, then the steps the interrupted turn saved.
+    assert (
+        saved.messages
+        == session.messages
+        == [
+            {"role": "user", "content": "turn1"},
+            {"role": "assistant", "content": "finished"},
+        ]
+    )
+    assert saved.memory_hits == 1
+    assert [s.action for s in saved.steps] == ["FINAL_ANSWER", "add"]
+    assert saved.prompt == "turn2" and saved.final_answer is None
+    with pytest.raises(ar.AgentRuntimeError, match="later turn was interrupted"):
+        await runtime.resume(session.session_id, script(FINAL))
+    # The turn run again ends the session as if nothing had happened.
+    assert await runtime.run_turn(saved, "turn2", script(FINAL)) == "finished"
+    saved = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    assert [m["content"] for m in saved.messages] == ["turn1", "finished", "turn2", "finished"]
+
+
+async def test_a_later_turn_that_answered_but_was_not_closed_loads_with_its_answer() -> None:
+    class FinalFails(ar.InMemoryBackend):
+        fail = False
+
+        async def batch_save(self, items: Any) -> None:
+            if self.fail and any(k.count(":") == 1 for k in items):
+                raise OSError("disk full")
+            await super().batch_save(items)
+
+    backend = FinalFails()
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    session = runtime.create_session("a")
+    await runtime.run_turn(session, "turn1", script(FINAL))
+    backend.fail = True
+    with pytest.raises(ar.PersistenceError, match="disk full"):
+        await runtime.run_turn(session, "turn2", script(FINAL.replace("finished", "second")))
+    saved = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    assert saved.final_answer == "second"
+    assert saved.messages == session.messages
+    assert [m["content"] for m in saved.messages] == ["turn1", "finished", "turn2", "second"]

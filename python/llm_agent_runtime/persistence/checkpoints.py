@@ -10,7 +10,8 @@ Keys of session `<id>` (every value is a codec record):
 - `session:<id>:call:<n>:<i>`: tool call i of step n, written as an intent before the call and
   as a result after it (the journal that makes resume at-most-once);
 - `session:<id>:event:<seq>`: the append-only event log;
-- `session:<id>`: the final checkpoint (the whole session, memory state included).
+- `session:<id>`: the final checkpoint (the whole session, with the working memory's entries;
+  a multi-turn session's is its latest finished turn's).
 """
 
 from __future__ import annotations
@@ -92,24 +93,48 @@ class SessionState:
     final: dict[str, Any] | None = None
     interrupted_turn: bool = False
     """A later turn of a multi-turn session started after the final checkpoint, unfinished."""
+    earlier: dict[str, Any] | None = None
+    """With `interrupted_turn`: the final checkpoint of the earlier turns."""
 
     def session(self) -> AgentSession:
         """The session as saved: the final checkpoint, else the folded steps.
 
+        A multi-turn session whose latest turn did not finish (`interrupted_turn`) is the
+        earlier turns' session (chat history, memory hits, ...) with the steps the latest
+        turn saved after them; its `prompt` is the latest turn's, and its `final_answer` that
+        turn's when its last saved step is one (the history then has the turn too, as the run
+        adds it before the final checkpoint).
+
         Raises:
             PersistenceError: When the final checkpoint does not hold a valid session.
         """
+        key = session_key(self.session_id)
         if self.final is not None:
-            return _final_session(self.final, session_key(self.session_id))
+            return _final_session(self.final, key)
+        if self.earlier is not None:
+            session = _final_session(self.earlier, key)
+            turn = [r.step for r in self.records[len(session.steps) :]]
+            session.steps += turn
+            session.prompt = self.prompt
+            session.final_answer = _answer(turn)
+            if session.final_answer is not None:
+                session.messages.append({"role": "user", "content": self.prompt})
+                session.messages.append({"role": "assistant", "content": session.final_answer})
+            return session
         steps = [r.step for r in self.records]
-        last = steps[-1] if steps else None
         return AgentSession(
             session_id=self.session_id,
             agent_id=self.agent_id,
             prompt=self.prompt,
             steps=steps,
-            final_answer=last.action_input if last and last.action == "FINAL_ANSWER" else None,
+            final_answer=_answer(steps),
         )
+
+
+def _answer(steps: list[Step]) -> str | None:
+    """The final answer of a run whose saved steps are `steps`: its last, if it is one."""
+    last = steps[-1] if steps else None
+    return last.action_input if last and last.action == "FINAL_ANSWER" else None
 
 
 _PREFIX = session_key("")
@@ -228,7 +253,7 @@ class CheckpointStore:
         events: Iterable[Any] = (),
         unsaved: tuple[int, Sequence[StepRecord]] | None = None,
     ) -> str:
-        """Saves the whole session (and `extra`, e.g. memory state); returns its key.
+        """Saves the whole session (and `extra`, e.g. working memory entries); returns its key.
 
         `unsaved` (first step number, records) are steps whose own save failed: they are
         written in the same transaction, so a finished session's steps have no gap.
@@ -306,6 +331,7 @@ class CheckpointStore:
         state = SessionState(session_id, meta["agent_id"], meta["prompt"], meta["mode"])
         if final is not None and meta_raw is not None and _turn_after(meta, final):
             state.interrupted_turn = True  # the final checkpoint is an earlier turn's
+            state.earlier = final
         else:
             state.final = final
         state.records = await self._fold(base_key)

@@ -1,0 +1,527 @@
+"""Edge cases of a run: bad arguments, concurrent turns, deadlines, cancellation, failure
+paths, per-session state, and what the prompt shows (memories, tools)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pydantic
+import pytest
+
+import llm_agent_runtime as ar
+
+FINAL = "Thought: done\nAction: FINAL_ANSWER ok"
+ADD = 'Thought: add\nAction: add {"a": 2, "b": 3}'
+
+
+@ar.tool
+def add(a: int, b: int) -> int:
+    """Adds two integers."""
+    return a + b
+
+
+def react(*replies: str) -> Any:
+    it = iter(replies)
+    prompts: list[str] = []
+
+    async def infer(prompt: str) -> str:
+        prompts.append(prompt)
+        return next(it)
+
+    infer.prompts = prompts  # type: ignore[attr-defined]
+    return infer
+
+
+async def final(prompt: str) -> str:
+    return FINAL
+
+
+def assert_nothing_leaked(rt: ar.AgentRuntime, guard: ar.BackpressureGuard) -> None:
+    assert guard.depth == 0
+    assert rt.metrics.snapshot().active_sessions == 0
+    assert not rt._running
+
+
+# ------------------------------------------------------------------ bad arguments (A, E)
+def sync_infer(prompt: str) -> str:
+    return FINAL
+
+
+async def none_infer(prompt: str) -> Any:
+    return None
+
+
+async def bytes_infer(prompt: str) -> Any:
+    return FINAL.encode()
+
+
+BAD_CALLS = {
+    "session is a string": (
+        lambda rt: rt.run_agent("a", "q", final, session="my-session-id"),
+        ar.AgentRuntimeError,
+        "session must be an AgentSession.*got str",
+    ),
+    "session is a dict": (
+        lambda rt: rt.run_agent("a", "q", final, session={}),
+        ar.AgentRuntimeError,
+        "session must be an AgentSession.*got dict",
+    ),
+    "prompt is None": (
+        lambda rt: rt.run_agent("a", None, final),
+        ar.AgentRuntimeError,
+        "prompt must be a string, got None",
+    ),
+    "prompt is an int": (
+        lambda rt: rt.run_agent("a", 42, final),
+        ar.AgentRuntimeError,
+        "prompt must be a string, got int",
+    ),
+    "infer is not callable": (
+        lambda rt: rt.run_agent("a", "q", "model"),
+        ar.AgentRuntimeError,
+        "infer must be an async callable.*got str",
+    ),
+    "infer is synchronous": (
+        lambda rt: rt.run_agent("a", "q", sync_infer),
+        ar.AgentRuntimeError,
+        "infer must be async .*sync_infer is a synchronous callable and returned str",
+    ),
+    "the reply is None": (
+        lambda rt: rt.run_agent("a", "q", none_infer),
+        ar.AgentLoopError,
+        "reply must be a str, got None",
+    ),
+    "the reply is bytes": (
+        lambda rt: rt.run_agent("a", "q", bytes_infer),
+        ar.AgentLoopError,
+        "reply must be a str, got bytes",
+    ),
+    "run_turn without a session": (
+        lambda rt: rt.run_turn(None, "q", final),
+        ar.AgentRuntimeError,
+        "session must be an AgentSession.*got None",
+    ),
+    "run_turn without a message": (
+        lambda rt: rt.run_turn(rt.create_session("a"), None, final),
+        ar.AgentRuntimeError,
+        "prompt must be a string, got None",
+    ),
+    "a provider without methods": (
+        lambda rt: rt.run_agent_with_provider("a", "q", object()),
+        ar.AgentRuntimeError,
+        "provider must provide complete; object lacks complete",
+    ),
+    "run_turn with a provider without methods": (
+        lambda rt: rt.run_turn(rt.create_session("a"), "q", object()),
+        ar.AgentRuntimeError,
+        "provider must provide complete",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+async def test_bad_arguments_are_typed_errors_and_leak_nothing(case: str) -> None:
+    call, error, message = BAD_CALLS[case]
+    guard = ar.BackpressureGuard(capacity=1)
+    rt = ar.AgentRuntime(backpressure=guard)
+    with pytest.raises(error, match=message):
+        await call(rt)
+    assert_nothing_leaked(rt, guard)
+    assert (await rt.run_agent("a", "q", final)).final_answer == "ok"  # the slot is free
+
+
+async def test_a_tools_mode_provider_needs_chat() -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+    with pytest.raises(ar.AgentRuntimeError, match="provider must provide chat"):
+        await rt.run_agent_with_provider("a", "q", object())  # type: ignore[arg-type]
+
+
+async def test_a_reply_that_is_no_text_is_typed_with_stop_sequences_and_hooks_too() -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(stop_sequences=["Observation:"]))
+    with pytest.raises(ar.AgentLoopError, match="reply must be a str, got None"):
+        await rt.run_agent("a", "q", none_infer)
+
+    class Breaks(ar.Middleware):
+        def on_post_llm(self, session: ar.AgentSession, text: str) -> Any:
+            return 42
+
+    with pytest.raises(ar.AgentLoopError, match="reply must be a str, got int"):
+        await ar.AgentRuntime(middlewares=[Breaks()]).run_agent("a", "q", final)
+
+
+async def test_a_models_own_type_error_propagates_as_it_is() -> None:
+    async def buggy(prompt: str) -> str:
+        raise TypeError("bug in the model client")
+
+    with pytest.raises(TypeError, match="bug in the model client"):
+        await ar.AgentRuntime().run_agent("a", "q", buggy)
+
+
+async def test_callables_returning_awaitables_are_models_too() -> None:
+    class Model:
+        async def __call__(self, prompt: str) -> str:
+            return FINAL
+
+    async def answer(prompt: str, text: str) -> str:
+        return text
+
+    rt = ar.AgentRuntime()
+    for model in (
+        Model(),
+        lambda prompt: final(prompt),  # a sync callable returning a coroutine
+        functools.partial(answer, text=FINAL),
+    ):
+        assert (await rt.run_agent("a", "q", model)).final_answer == "ok"
+
+
+async def test_a_user_message_hook_must_return_text() -> None:
+    class Breaks(ar.Middleware):
+        def on_user_message(self, session: ar.AgentSession, text: str) -> Any:
+            return 7
+
+    with pytest.raises(ar.AgentRuntimeError, match="on_user_message must return a string"):
+        await ar.AgentRuntime(middlewares=[Breaks()]).run_agent("a", "q", final)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [[{"role": "user"}], [{"content": "hi"}], [{"role": "user", "content": None}], [3]],
+)
+async def test_malformed_history_of_a_session_is_a_typed_error(messages: list[Any]) -> None:
+    session = ar.AgentSession("s", "a", messages=messages)
+    with pytest.raises(ar.AgentRuntimeError, match="session messages must be dicts"):
+        await ar.AgentRuntime().run_turn(session, "q", final)
+
+
+# ------------------------------------------------------------------ one turn at a time (B)
+async def test_concurrent_turns_of_one_session_are_refused() -> None:
+    rt = ar.AgentRuntime()
+    session = rt.create_session("a")
+
+    async def slow(prompt: str) -> str:
+        await asyncio.sleep(0.05)
+        return "Thought: t\nAction: FINAL_ANSWER slow"
+
+    first, second = await asyncio.gather(
+        rt.run_turn(session, "first", slow),
+        rt.run_turn(session, "second", final),
+        return_exceptions=True,
+    )
+    assert first == "slow"
+    assert isinstance(second, ar.AgentRuntimeError)
+    assert "is already running a turn" in str(second)
+    assert session.messages == [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "slow"},
+    ]
+    done, refused = await asyncio.gather(
+        rt.run_agent("a", "q", slow, session=session),
+        rt.run_agent("a", "q", final, session=session),
+        return_exceptions=True,
+    )
+    assert done is session and isinstance(refused, ar.AgentRuntimeError)
+    assert await rt.run_turn(session, "third", final) == "ok"  # the mark is cleared
+    assert rt.metrics.snapshot().active_sessions == 0 and not rt._running
+
+
+async def test_a_turn_started_during_anothers_final_checkpoint_loses_nothing() -> None:
+    class SlowBackend(ar.InMemoryBackend):
+        async def batch_save(self, items: Mapping[str, bytes]) -> None:
+            await asyncio.sleep(0.05)
+            await super().batch_save(items)
+
+    backend = SlowBackend()
+    rt = ar.AgentRuntime(checkpoint_backend=backend)
+    session = rt.create_session("a")
+    turn_a = asyncio.create_task(rt.run_turn(session, "qa", final))
+    await asyncio.sleep(0.02)  # turn A is writing its final checkpoint
+    with pytest.raises(ar.AgentRuntimeError, match="already running a turn"):
+        await rt.run_turn(session, "qb", final)
+    assert await turn_a == "ok"
+    saved = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    assert saved.messages == [
+        {"role": "user", "content": "qa"},
+        {"role": "assistant", "content": "ok"},
+    ]
+
+
+async def test_a_running_session_cannot_be_resumed() -> None:
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    @ar.tool
+    async def wait() -> str:
+        """Waits for the gate."""
+        started.set()
+        await gate.wait()
+        return "done"
+
+    rt = ar.AgentRuntime(tools=[wait], checkpoint_backend=ar.InMemoryBackend())
+    session = rt.create_session("a")
+    run = asyncio.create_task(
+        rt.run_agent("a", "q", react("Thought: w\nAction: wait {}", FINAL), session=session)
+    )
+    await started.wait()
+    with pytest.raises(ar.AgentRuntimeError, match="already running a turn"):
+        await rt.resume(session.session_id, final)
+    gate.set()
+    assert (await run).final_answer == "ok"
+
+
+# ------------------------------------------------------------------ deadlines (D, F, G, H)
+@pytest.mark.parametrize("hops", range(6))
+async def test_a_cancel_landing_as_the_run_ends_is_never_swallowed(hops: int) -> None:
+    # The cancel is sent `hops` loop iterations after the model answered, so that for some
+    # `hops` it lands just as the run's deadline scope ends (asyncio.wait_for lost it there).
+    loop = asyncio.get_running_loop()
+    outcome: list[bool] = []
+
+    def cancel_later(n: int) -> None:
+        if n:
+            loop.call_soon(cancel_later, n - 1)
+        else:
+            outcome.append(task.cancel())
+
+    async def infer(prompt: str) -> str:
+        loop.call_soon(cancel_later, hops)
+        return FINAL
+
+    rt = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=60_000))
+    task = asyncio.create_task(rt.run_agent("a", "q", infer))
+    try:
+        await task
+    except asyncio.CancelledError:
+        assert outcome == [True]
+        return
+    for _ in range(hops + 2):
+        await asyncio.sleep(0)
+    assert outcome == [False]  # returned normally: the cancel came after the run ended
+    assert task.cancelling() == 0
+
+
+class SlowHook(ar.Middleware):
+    async def on_user_message(self, session: ar.AgentSession, text: str) -> None:
+        await asyncio.sleep(10)
+
+
+class FinalSaveHangsOnce(ar.InMemoryBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hung = False
+
+    async def batch_save(self, items: Mapping[str, bytes]) -> None:
+        final = any(key.count(":") == 1 for key in items)  # `session:<id>`
+        if final and not self.hung:
+            self.hung = True
+            await asyncio.sleep(10)
+        await super().batch_save(items)
+
+
+class Hangs(ar.InMemoryBackend):
+    async def save(self, key: str, value: bytes) -> None:
+        await asyncio.sleep(10)
+
+    async def batch_save(self, items: Mapping[str, bytes]) -> None:
+        await asyncio.sleep(10)
+
+
+async def test_the_loop_timeout_covers_hooks_and_checkpoints() -> None:
+    config = ar.AgentConfig(loop_timeout_ms=50)
+    start = time.perf_counter()
+    with pytest.raises(ar.AgentLoopError, match=r"timed out after 50 ms \(0 steps done\)"):
+        await ar.AgentRuntime(config, middlewares=[SlowHook()]).run_agent("a", "q", final)
+    assert time.perf_counter() - start < 2
+
+    backend = FinalSaveHangsOnce()
+    rt = ar.AgentRuntime(config, checkpoint_backend=backend)
+    session = rt.create_session("a")
+    with pytest.raises(ar.AgentLoopError, match=r"\(1 steps done\)"):
+        await rt.run_agent("a", "q", final, session=session)
+    # The step was saved: the run is resumable, and resume just closes it.
+    resumed = await rt.resume(session.session_id, final)
+    assert resumed.final_answer == "ok"
+    assert await backend.load(f"session:{session.session_id}") is not None
+
+
+async def test_the_failure_path_save_is_bounded_too() -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=50), checkpoint_backend=Hangs())
+    start = time.perf_counter()
+    with pytest.raises(ar.AgentLoopError, match="timed out"):
+        await rt.run_agent("a", "q", final)
+    assert time.perf_counter() - start < 2  # the deadline, then as long again to save
+    assert not rt._event_log and not rt._unsaved_steps
+
+
+async def test_a_listener_failing_on_the_error_event_hides_nothing() -> None:
+    @ar.tool
+    async def hang() -> int:
+        """Hangs."""
+        await asyncio.sleep(10)
+        return 0
+
+    backend = ar.InMemoryBackend()
+    rt = ar.AgentRuntime(
+        ar.AgentConfig(loop_timeout_ms=50), tools=[hang], checkpoint_backend=backend
+    )
+
+    def listener(event: ar.Event) -> None:
+        if isinstance(event, ar.ErrorEvent):
+            raise RuntimeError("listener broke")
+
+    rt.events.on(listener)
+    session = rt.create_session("a")
+    with pytest.raises(ar.AgentLoopError, match="timed out"):
+        await rt.run_agent("a", "q", react("Thought: t\nAction: hang {}"), session=session)
+    types = [e["type"] for e in await rt.session_events(session.session_id)]
+    assert types[0] == "RunStarted" and types[-1] == "ErrorEvent"
+    assert not rt._event_log
+
+
+async def test_the_timeout_message_counts_the_failed_turns_steps() -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=100), tools=[add])
+    session = rt.create_session("a")
+    assert await rt.run_turn(session, "one", react(ADD, ADD, FINAL)) == "ok"
+    replies = iter([ADD])
+
+    async def then_slow(prompt: str) -> str:
+        reply = next(replies, None)
+        if reply is None:
+            await asyncio.sleep(10)
+        return reply or FINAL
+
+    with pytest.raises(ar.AgentLoopError, match=r"\(1 steps done\)"):
+        await rt.run_turn(session, "two", then_slow)
+    assert session.step_count == 4
+
+
+# ------------------------------------------------------------------ per-session state (I)
+async def test_approval_state_is_dropped_unless_a_decision_is_remembered() -> None:
+    def approve(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("approve")
+
+    rt = ar.AgentRuntime(tools=[add], approval_handler=approve)
+    await asyncio.gather(*(rt.run_agent("a", "q", react(ADD, FINAL)) for _ in range(50)))
+    assert rt._approvals == {} and rt._approval_locks == {}
+
+    def remember(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("approve", remember=True)
+
+    rt = ar.AgentRuntime(tools=[add], approval_handler=remember)
+    session = rt.create_session("a")
+    await rt.run_agent("a", "q", react(ADD, FINAL), session=session)
+    assert list(rt._approvals) == [session.session_id]
+    rt.forget_approvals(session.session_id)
+    assert rt._approvals == {} and rt._approval_locks == {}
+
+
+# ------------------------------------------------------------------ memory (J, K, L)
+async def test_a_session_checkpoint_holds_no_other_agents_memories() -> None:
+    memory = ar.EpisodicStore()
+    memory.add_episode("alice", "alice's note", 0.5)
+    memory.add_episode("bob", "bob's password is hunter2", 0.9)
+    backend = ar.InMemoryBackend()
+    rt = ar.AgentRuntime(memory=memory, checkpoint_backend=backend)
+    session = await rt.run_agent("alice", "hi", final)
+    assert session.memory_hits == 1
+    assert backend.data and not any(b"hunter2" in value for value in backend.data.values())
+
+
+async def test_the_prompt_shows_working_memory_once() -> None:
+    working = ar.WorkingMemory(4)
+    working.set("user", "alice")
+    memory = ar.EpisodicStore()
+    memory.add_episode("a", "alpha fact", 0.9)
+    memory.add_episode("b", "SECRET of b", 1.0)
+    rt = ar.AgentRuntime(memory=memory, working_memory=working)
+    infer = react(FINAL)
+    await rt.run_agent("a", "hi", infer)
+    assert infer.prompts[0] == (
+        "You are a helpful AI agent.\n\n"
+        "Relevant memories:\n- alpha fact\n\n"
+        "Working memory:\n- user: alice\n\n"
+        "Question: hi"
+    )
+
+
+async def test_blank_memories_are_neither_shown_nor_counted() -> None:
+    memory = ar.EpisodicStore(clock=lambda: 1000.0)
+    for content, importance in [("", 0.9), ("   ", 0.8), ("\n", 0.7), ("real", 0.1)]:
+        memory.add_episode("a", content, importance)
+    rt = ar.AgentRuntime(ar.AgentConfig(max_memory_recalls=4, max_memory_tokens=1), memory=memory)
+    infer = react(FINAL)
+    session = await rt.run_agent("a", "q", infer)
+    assert "Relevant memories:\n- real\n\n" in infer.prompts[0]
+    assert "- \n" not in infer.prompts[0]
+    assert session.memory_hits == 1 and rt.metrics.snapshot().memory_recall_count == 1
+
+
+# ------------------------------------------------------------------ tools shown (M, N)
+class Unit(enum.Enum):
+    C = "celsius"
+    F = "fahrenheit"
+
+
+class Place(pydantic.BaseModel):
+    city: str
+    country: str
+
+
+@ar.tool
+def weather(place: Place, unit: Unit = Unit.C) -> str:
+    """Gets the weather."""
+    return "sunny"
+
+
+class Node(pydantic.BaseModel):
+    name: str
+    children: list[Node] = []
+
+
+@ar.tool
+def tree(root: Node) -> str:
+    """Walks a tree."""
+    return root.name
+
+
+async def test_the_tool_catalog_shows_whole_schemas() -> None:
+    infer = react(FINAL)
+    await ar.AgentRuntime(tools=[weather, tree]).run_agent("a", "q", infer)
+    line = next(x for x in infer.prompts[0].splitlines() if x.startswith("- weather:"))
+    assert line.startswith("- weather: Gets the weather. Arguments: {")
+    assert '"enum": ["celsius", "fahrenheit"]' in line
+    assert '"required": ["city", "country"]' in line and '"required": ["place"]' in line
+    assert "$ref" not in line and "$defs" not in line and '"title"' not in line
+    # A recursive model keeps its reference, and the definition it names.
+    line = next(x for x in infer.prompts[0].splitlines() if x.startswith("- tree:"))
+    assert '"$ref": "#/$defs/Node"' in line and '"$defs": {"Node"' in line
+
+
+async def test_a_tool_registered_after_the_runtime_was_built_is_shown() -> None:
+    @ar.tool
+    def second(x: str) -> str:
+        """The late tool."""
+        return "second ran"
+
+    rt = ar.AgentRuntime(tools=[add])
+    rt.tools.register(second)
+    infer = react('Thought: t\nAction: second {"x": "y"}', FINAL)
+    session = await rt.run_agent("a", "q", infer)
+    assert "- second: The late tool." in infer.prompts[0]
+    assert session.steps[0].observation == "second ran"
+
+    seen: list[list[str]] = []
+
+    class Recording(ar.ScriptedProvider):
+        async def chat(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+            seen.append([t.name for t in tools or []])
+            return await super().chat(messages, tools, **params)
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add])
+    await rt.run_agent_with_provider("a", "q", Recording(["done"]))
+    rt.tools.register(second)
+    await rt.run_agent_with_provider("a", "q", Recording(["done"]))
+    assert seen == [["add"], ["add", "second"]]
