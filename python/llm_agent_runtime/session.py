@@ -39,6 +39,24 @@ class Step:
         """Whether the step's tool call failed."""
         return self.error_kind is not None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The step's fields by name, as `asdict` gives them but without copying.
+
+        `action_input` is the step's own object, not a copy: encode the dict, don't keep it.
+        """
+        return {
+            "thought": self.thought,
+            "action": self.action,
+            "action_input": self.action_input,
+            "observation": self.observation,
+            "error_kind": self.error_kind,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "model_ms": self.model_ms,
+            "tool_ms": self.tool_ms,
+            "overhead_ms": self.overhead_ms,
+        }
+
     @classmethod
     def from_dict(cls, data: Any) -> Step:
         """Rebuilds a step from `asdict(step)` output, checking its shape and field types.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
@@ -50,10 +50,14 @@ class StepRecord:
     round_start: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as JSON-compatible data."""
-        data = asdict(self)
-        data["step"] = asdict(self.step)
-        return data
+        """The record as JSON-compatible data (sharing the step's `action_input`: encode it)."""
+        return {
+            "step": self.step.to_dict(),
+            "reply": self.reply,
+            "round_text": self.round_text,
+            "call_id": self.call_id,
+            "round_start": self.round_start,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:

@@ -19,9 +19,13 @@ FORMAT_VERSION = 1
 _MAGIC = b"llm-agent-runtime/"
 
 
+# One encoder for every record: `json.dumps` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def encode(kind: str, payload: Any) -> bytes:
     """Encodes `payload` (JSON-compatible; other values become strings) as a `kind` record."""
-    body = json.dumps(payload, separators=(",", ":"), default=str).encode()
+    body = _ENCODER.encode(payload).encode()
     header = b"%s%d %08x %s\n" % (_MAGIC, FORMAT_VERSION, zlib.crc32(body), kind.encode())
     return header + body
 
