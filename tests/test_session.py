@@ -229,3 +229,11 @@ async def test_wrong_shape_step_meta_and_base_records_are_persistence_errors_nam
     assert _record_of(backend, "session:x:step:1")["step"]["thought"] == "t"
     with pytest.raises(ar.PersistenceError, match="must be an object"):
         StepRecord.from_dict(None)  # type: ignore[arg-type]
+
+
+def test_step_to_dict_has_every_field_as_asdict_does() -> None:
+    from dataclasses import asdict
+
+    step = ar.Step("t", "add", {"a": [1, 2]}, "3", "permanent", 1, 2, 0.5, 0.25, 0.125)
+    assert step.to_dict() == asdict(step)
+    assert ar.Step.from_dict(step.to_dict()) == step
