@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import itertools
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -443,6 +444,7 @@ async def test_the_prompt_shows_working_memory_once() -> None:
         "You are a helpful AI agent.\n\n"
         "Relevant memories:\n- alpha fact\n\n"
         "Working memory:\n- user: alice\n\n"
+        "Answer with:\nThought: ...\nAction: FINAL_ANSWER your answer\n\n"
         "Question: hi"
     )
 
@@ -525,3 +527,46 @@ async def test_a_tool_registered_after_the_runtime_was_built_is_shown() -> None:
     rt.tools.register(second)
     await rt.run_agent_with_provider("a", "q", Recording(["done"]))
     assert seen == [["add"], ["add", "second"]]
+
+
+# ------------------------------------------------------------------ ReAct prompt and re-prompts
+def _example_steps(prompt: str) -> list[str]:
+    """The example steps a prompt shows: each 'Thought: ...' line with the Action line after."""
+    lines = prompt.split("\n")
+    return [f"{a}\n{b}" for a, b in itertools.pairwise(lines) if a == "Thought: ..."]
+
+
+async def test_the_answer_format_is_shown_on_real_lines_and_parses() -> None:
+    for tools in ([add], []):
+        infer = react(FINAL)
+        await ar.AgentRuntime(tools=tools).run_agent("a", "hi", infer)
+        examples = _example_steps(infer.prompts[0])
+        assert len(examples) == (2 if tools else 1)  # with no tool, the final answer alone
+        parsed = [ar.parse_react_step(text) for text in examples]
+        assert parsed[-1].final_answer == "your answer"
+        if tools:
+            assert parsed[0].action == "tool_name"
+            assert parsed[0].action_input == {"argument": "value"}
+
+
+async def test_each_unparseable_reply_gets_its_own_corrective_reprompt() -> None:
+    config = ar.AgentConfig(corrective_reprompt=True)
+    infer = react("garbage", ADD, "more garbage", FINAL)
+    session = await ar.AgentRuntime(config, tools=[add]).run_agent("a", "hi", infer)
+    assert session.final_answer == "ok"
+    assert [s.action for s in session.steps] == ["add", "FINAL_ANSWER"]
+    # Two unparseable replies in a row still fail: one re-prompt per bad reply.
+    infer = react("garbage", "more garbage", FINAL)
+    with pytest.raises(ar.AgentLoopError):
+        await ar.AgentRuntime(config, tools=[add]).run_agent("a", "hi", infer)
+
+
+async def test_a_denied_call_is_a_failed_call_in_the_metrics_as_in_the_session() -> None:
+    async def deny(session: ar.AgentSession, name: str, arguments: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("deny", reason="no")
+
+    rt = ar.AgentRuntime(tools=[add], approval_handler=deny)
+    session = await rt.run_agent("a", "hi", react(ADD, FINAL))
+    snapshot = rt.metrics.snapshot()
+    assert session.failed_tool_call_count() == 1
+    assert (snapshot.total_tool_calls, snapshot.failed_tool_calls) == (1, 1)

@@ -78,6 +78,16 @@ ToolRun = tuple[Observation, float, str, Any]
 """A tool call's observation, the tool's time in ms, and the name and arguments that ran."""
 
 _CHARS_PER_TOKEN = 4
+# How a text-mode model is asked to answer: the format the ReAct parser reads.
+_REACT_FORMAT = (
+    "Answer with a thought and one action, a tool call with JSON arguments:\n"
+    "Thought: ...\n"
+    'Action: tool_name {"argument": "value"}\n'
+    "or, when you know the answer:\n"
+    "Thought: ...\n"
+    "Action: FINAL_ANSWER your answer"
+)
+_REACT_FORMAT_NO_TOOLS = "Answer with:\nThought: ...\nAction: FINAL_ANSWER your answer"
 _CO_COROUTINE = inspect.CO_COROUTINE
 _NO_SPAN = contextlib.nullcontext()
 # Events are named tuples; on the per-step path they are built with tuple.__new__, which
@@ -629,10 +639,8 @@ class AgentRuntime:
         config = self.config
         head = [context]
         if len(self.tools):
-            head.append(
-                "Tools:\n" + self._tool_catalog + '\nAnswer with "Thought: ...\\nAction: tool '
-                '{json}" or "Thought: ...\\nAction: FINAL_ANSWER answer".'
-            )
+            head.append("Tools:\n" + self._tool_catalog)
+        head.append(_REACT_FORMAT if len(self.tools) else _REACT_FORMAT_NO_TOOLS)
         if history:
             head.append("\n".join(f"{m['role']}: {m['content']}" for m in history))
         head.append("Question: " + prompt)
@@ -711,6 +719,7 @@ class AgentRuntime:
                     )
                     continue
                 raise AgentLoopError(f"model output is not a ReAct step: {error}") from error
+            reprompted = False  # a later unparseable reply gets its own re-prompt
             final = parsed.final_answer
             if final is not None:
                 overhead_ms = (perf() - step_start) * 1000.0 - model_ms
@@ -974,7 +983,9 @@ class AgentRuntime:
         """
         if self._guarded:
             name, arguments, denial = await self._guard_call(session, name, arguments)
-            if denial is not None:
+            if denial is not None:  # a failed call in the metrics, as in the session
+                self.metrics.record_tool_call(name, session.agent_id)
+                self.metrics.record_tool_failure(name, session.agent_id)
                 return denial, 0.0, name, arguments
         self.metrics.record_tool_call(name, session.agent_id)
         events = self.events
