@@ -5,6 +5,13 @@
 //! * the seed form: `Thought: ...` / `Action: tool {"n": 21}` / `Action: FINAL_ANSWER 42`;
 //! * the LangChain form: `Action: tool` / `Action Input: {...}` / `Final Answer: ...`.
 //!
+//! The tool name is the run of `[A-Za-z0-9_-]` after `Action:`; its input follows, after an
+//! optional `:` or `=` (`Action: FINAL_ANSWER: 42`) or inside call parentheses
+//! (`Action: FINAL_ANSWER(42)`). The first `Action:` is the step's action; an `Action Input:`
+//! line gives its input only when the name stands alone on its line, and only before any
+//! other `Action:`. The step ends at the first `Observation:` line after the action: the
+//! model invented that observation, and what follows is not read.
+//!
 //! Parsing is one pass over the lines plus one bracket-matching pass over the input, so it is
 //! linear in the length of the text whatever the text holds.
 
@@ -63,9 +70,12 @@ impl<'a> InputText<'a> {
         Some(&self.text[..len])
     }
 
-    /// The input as raw text (surrounding double quotes removed).
+    /// The input as raw text, without the pair of double quotes around it, if it has one.
     pub fn raw(&self) -> &'a str {
-        self.text.trim_matches('"')
+        self.text
+            .strip_prefix('"')
+            .and_then(|text| text.strip_suffix('"'))
+            .unwrap_or(self.text)
     }
 
     /// Decodes the input: JSON when the candidate is valid JSON, the raw text otherwise.
@@ -140,6 +150,10 @@ pub struct Step<'a> {
     pub action_input: Option<InputText<'a>>,
     /// The final answer, when the step ends the run.
     pub final_answer: Option<Cow<'a, str>>,
+    /// Byte offset in the text where the step ends: the text's length, or, when an
+    /// `Observation:` line follows the action (the model invented it), the end of the text
+    /// before that line, trailing whitespace excluded.
+    pub end: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,14 +209,21 @@ fn label_at(bytes: &[u8], line_start: usize) -> Option<(Label, usize, usize)> {
     (bytes.get(colon) == Some(&b':')).then_some((label, at, colon + 1))
 }
 
-/// The sections the parser uses: the first of each label, except the last `Final Answer`.
-#[derive(Debug, Default)]
+/// The sections the parser uses, all before `end`.
+#[derive(Debug)]
 struct Sections {
     preamble_end: usize,
+    /// The first `Thought:`.
     thought: Option<Section>,
+    /// The first `Action:`: the step's action.
     action: Option<Section>,
+    /// The first `Action Input:` after the first `Action:` and before any other.
     action_input: Option<Section>,
+    /// The last `Final Answer:`.
     final_answer: Option<Section>,
+    /// Where the step ends: the start of the first `Observation:` line after the action, or
+    /// the text's length. The model invented that observation: what follows is not read.
+    end: usize,
 }
 
 impl Sections {
@@ -222,11 +243,17 @@ fn sections(text: &str) -> Sections {
     let bytes = text.as_bytes();
     let mut found = Sections {
         preamble_end: text.len(),
-        ..Sections::default()
+        thought: None,
+        action: None,
+        action_input: None,
+        final_answer: None,
+        end: text.len(),
     };
     // The label of the section being read, when that section is one `found` keeps.
     let mut open: Option<Label> = None;
     let mut seen_label = false;
+    // Whether an `Action:` after the first was seen: an `Action Input:` after it is its own.
+    let mut later_action = false;
     let mut line_start = 0;
     while line_start <= bytes.len() {
         if let Some((label, label_pos, start)) = label_at(bytes, line_start) {
@@ -238,15 +265,29 @@ fn sections(text: &str) -> Sections {
                 section.end = line_start;
             }
             open = None;
-            if let Some(slot) = found.slot(label) {
-                if slot.is_none() || label == Label::FinalAnswer {
-                    *slot = Some(Section {
-                        label_pos,
-                        start,
-                        end: text.len(),
-                    });
-                    open = Some(label);
+            let keep = match label {
+                Label::Thought => found.thought.is_none(),
+                Label::Action => {
+                    later_action |= found.action.is_some();
+                    found.action.is_none()
                 }
+                Label::ActionInput => {
+                    found.action.is_some() && !later_action && found.action_input.is_none()
+                }
+                Label::FinalAnswer => true,
+                Label::Observation if found.action.is_some() => {
+                    found.end = line_start;
+                    break;
+                }
+                Label::Observation => false,
+            };
+            if let Some(slot) = found.slot(label).filter(|_| keep) {
+                *slot = Some(Section {
+                    label_pos,
+                    start,
+                    end: text.len(),
+                });
+                open = Some(label);
             }
         }
         match memchr::memchr(b'\n', &bytes[line_start..]) {
@@ -270,26 +311,31 @@ fn skip_string(bytes: &[u8], mut from: usize) -> Option<usize> {
     }
 }
 
-/// Returns the end (exclusive) of the bracketed JSON value starting at `bytes[0]`
-/// (`{` or `[`), honouring strings and escapes; `None` when it never closes.
-fn matching_close(bytes: &[u8]) -> Option<usize> {
+/// Returns the end (exclusive) of the bracketed value starting at `bytes[0]` (`open`),
+/// honouring JSON strings and escapes; `None` when it never closes.
+fn matching_close_of(bytes: &[u8], open: &[u8], close: &[u8]) -> Option<usize> {
     let mut depth: usize = 0;
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         i += 1;
-        match b {
-            b'"' => i = skip_string(bytes, i)?,
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return Some(i);
-                }
+        if b == b'"' {
+            i = skip_string(bytes, i)?;
+        } else if open.contains(&b) {
+            depth += 1;
+        } else if close.contains(&b) {
+            depth = depth.checked_sub(1)?;
+            if depth == 0 {
+                return Some(i);
             }
-            _ => {}
         }
     }
     None
+}
+
+/// Returns the end (exclusive) of the bracketed JSON value starting at `bytes[0]`
+/// (`{` or `[`), honouring strings and escapes; `None` when it never closes.
+fn matching_close(bytes: &[u8]) -> Option<usize> {
+    matching_close_of(bytes, b"{[", b"}]")
 }
 
 /// Returns the end (exclusive) of the JSON string literal starting at `bytes[0]` (`"`).
@@ -313,6 +359,69 @@ fn strip_fence(text: &str) -> &str {
     }
 }
 
+/// Whether `b` may be part of a tool name (`[A-Za-z0-9_-]`).
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// The text of an `Action:` section, split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ActionText<'a> {
+    /// The tool name: the leading run of `[A-Za-z0-9_-]` (empty when there is none).
+    tool: &'a str,
+    /// The input written after the name, trimmed: after an optional `:` or `=`, or inside
+    /// call parentheses (`tool(...)`).
+    input: &'a str,
+    /// Whether the name stands alone on its line (an `Action Input:` line may give the input).
+    alone: bool,
+}
+
+/// Splits the (trimmed) content of an `Action:` section into the tool name and its input.
+fn split_action(body: &str) -> ActionText<'_> {
+    let name_end = body
+        .bytes()
+        .position(|b| !is_name_byte(b))
+        .unwrap_or(body.len());
+    let (tool, rest) = body.split_at(name_end);
+    if let Some(input) = call_arguments(rest) {
+        return ActionText {
+            tool,
+            input: input.trim(),
+            alone: false,
+        };
+    }
+    // An optional separator: `FINAL_ANSWER: 42`, `tool = {...}`.
+    fn unseparated(part: &str) -> &str {
+        let part = part.trim_start();
+        part.strip_prefix([':', '=']).unwrap_or(part).trim()
+    }
+    let first_line = rest.split('\n').next().unwrap_or_default();
+    ActionText {
+        tool,
+        input: unseparated(rest),
+        alone: unseparated(first_line).is_empty(),
+    }
+}
+
+/// The arguments of call syntax: `rest` (what follows a tool name) is `(...)`, the opening
+/// parenthesis closing at the end.
+fn call_arguments(rest: &str) -> Option<&str> {
+    let rest = rest.trim_end();
+    let inner = rest.strip_prefix('(')?.strip_suffix(')')?;
+    (matching_close_of(rest.as_bytes(), b"(", b")")? == rest.len()).then_some(inner)
+}
+
+/// A final answer as written (trimmed); decoded when it is exactly one JSON string literal.
+fn answer_of(text: &str) -> Cow<'_, str> {
+    let text = text.trim();
+    if text.starts_with('"') && string_close(text.as_bytes()) == Some(text.len()) {
+        if let Ok(decoded) = serde_json::from_str::<String>(text) {
+            return Cow::Owned(decoded);
+        }
+    }
+    Cow::Borrowed(text)
+}
+
 /// Parses one ReAct step.
 ///
 /// # Errors
@@ -321,22 +430,26 @@ fn strip_fence(text: &str) -> &str {
 pub fn parse(text: &str) -> CoreResult<Step<'_>> {
     let found = sections(text);
     let content = |s: Section| text[s.start..s.end].trim();
+    let end = if found.end < text.len() {
+        text[..found.end].trim_end().len()
+    } else {
+        text.len()
+    };
 
     let thought = match found.thought {
         Some(s) => content(s),
         None => text[..found.preamble_end].trim(),
     };
-    let action = found.action;
-    let final_answer = found.final_answer;
 
-    let Some(action) = action else {
-        return match final_answer {
+    let Some(action) = found.action else {
+        return match found.final_answer {
             Some(s) => Ok(Step {
                 thought,
                 action: None,
                 action_input: None,
                 // Everything after the last `Final Answer:` is the answer.
                 final_answer: Some(Cow::Borrowed(text[s.start..].trim())),
+                end,
             }),
             None => Err(CoreError::Parse {
                 message: "expected a line starting with 'Action:' or 'Final Answer:'".into(),
@@ -345,44 +458,29 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
         };
     };
 
-    let input_section = found.action_input;
-    let body = content(action);
-    let (tool, inline_input) = if input_section.is_some() {
-        // LangChain form: the whole Action line is the tool name.
-        (body.lines().next().unwrap_or("").trim(), "")
-    } else {
-        let split = body
-            .find(|c: char| c.is_whitespace() || c == '{' || c == '[')
-            .unwrap_or(body.len());
-        (&body[..split], body[split..].trim())
-    };
+    let written = split_action(content(action));
+    let tool = written.tool;
     if tool.is_empty() {
         return Err(CoreError::Parse {
-            message: "expected a tool name after 'Action:'".into(),
+            message: "expected a tool name (letters, digits, '_' or '-') after 'Action:'".into(),
             position: Some(action.start),
         });
     }
+    // LangChain form: an `Action Input:` line gives the input of a name alone on its line.
+    let input_section = found.action_input.filter(|_| written.alone);
+    let input_text = input_section.map_or(written.input, content);
     if tool.eq_ignore_ascii_case(FINAL_ANSWER_TOOL) {
         // `Action: FINAL_ANSWER 42`, or LangChain's `Action: FINAL_ANSWER` then
         // `Action Input: 42`; with neither, the answer is empty.
-        let input = InputText::new(input_section.map_or(inline_input, content));
-        let answer = match input.decode() {
-            ActionInput::Json(Value::String(s)) => Cow::Owned(s),
-            // An integer beyond 64 bits would come back rounded: keep the JSON as written.
-            ActionInput::Json(_) if input.json().and_then(wide_integers).is_some() => {
-                Cow::Borrowed(input.json().unwrap_or_default())
-            }
-            ActionInput::Json(other) => Cow::Owned(other.to_string()),
-            ActionInput::Raw(_) => Cow::Borrowed(input.raw()),
-        };
         return Ok(Step {
             thought,
             action: None,
             action_input: None,
-            final_answer: Some(answer),
+            final_answer: Some(answer_of(input_text)),
+            end,
         });
     }
-    if let Some(answer) = final_answer {
+    if let Some(answer) = found.final_answer {
         return Err(CoreError::Parse {
             message: format!(
                 "found both an action ('{tool}') and a final answer; expected only one"
@@ -390,10 +488,6 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
             position: Some(answer.label_pos),
         });
     }
-    let input_text = match input_section {
-        Some(s) => content(s),
-        None => inline_input,
-    };
     if input_text.is_empty() {
         return Err(CoreError::Parse {
             message: format!(
@@ -407,6 +501,7 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
         action: Some(tool),
         action_input: Some(InputText::new(input_text)),
         final_answer: None,
+        end,
     })
 }
 
@@ -508,76 +603,37 @@ fn input_to_py<'py>(py: Python<'py>, input: &InputText<'_>) -> Bound<'py, PyAny>
     PyString::new(py, input.raw()).into_any()
 }
 
-/// Byte range of a part of the parsed text.
-type Span = (usize, usize);
-
-/// Where `part` (a subslice of `text`) lies in `text`.
-fn span_of(text: &str, part: &str) -> Span {
-    let start = (part.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
-    (start, start + part.len())
-}
-
-/// A final answer: usually a slice of the text, decoded text for `FINAL_ANSWER "..."`.
-enum Answer {
-    Span(Span),
-    Owned(String),
-}
-
 /// One step of a ReAct trace: the model's thought, then either an action with its input or
 /// a final answer.
 ///
-/// The step keeps a reference to the parsed text and the byte ranges of its parts, so
-/// parsing copies nothing; each attribute is built on access. `action_input` is the decoded
-/// JSON (dict, list or str) when the input was a JSON object, array or string, and the raw
-/// trimmed text otherwise; it is decoded on first access and then cached.
+/// The thought, action and final answer are Python strings made at parse time. The action
+/// input is the decoded JSON (dict, list or str) when the input was a JSON object, array or
+/// string, and the raw trimmed text otherwise; it is decoded on first access (from the
+/// parsed text, which the step keeps) and then cached.
 #[pyclass(module = "llm_agent_runtime", name = "ReActStep", frozen)]
 pub struct PyReActStep {
-    source: Py<PyString>,
-    thought: Span,
-    action: Option<Span>,
-    final_answer: Option<Answer>,
-    /// Where the input (trimmed, unfenced) lies in the source.
-    input: Option<Span>,
+    /// The model's reasoning (may be empty).
+    #[pyo3(get)]
+    thought: Py<PyString>,
+    /// The tool to call, or None for a final answer.
+    #[pyo3(get)]
+    action: Option<Py<PyString>>,
+    /// The final answer, or None when the step calls a tool.
+    #[pyo3(get)]
+    final_answer: Option<Py<PyString>>,
+    /// Where the step ends in the parsed text, in characters: len(text), unless an
+    /// `Observation:` line follows the action (the model invented it); then the end of the
+    /// text before that line, trailing whitespace excluded. text[:end] is the step.
+    #[pyo3(get)]
+    end: usize,
+    /// The parsed text and where the input (trimmed, unfenced) lies in it, in bytes.
+    input: Option<(Py<PyString>, usize, usize)>,
     /// Set once, with the GIL held; read by `__traverse__`, which has no GIL token.
     decoded_input: OnceLock<Py<PyAny>>,
 }
 
-impl PyReActStep {
-    fn slice<'py>(&self, py: Python<'py>, (start, end): Span) -> PyResult<Bound<'py, PyString>> {
-        let source = self.source.bind(py).to_str()?;
-        let part = source.get(start..end).ok_or_else(|| {
-            PyErr::from(CoreError::Runtime(format!(
-                "span {start}..{end} outside the parsed text"
-            )))
-        })?;
-        Ok(PyString::new(py, part))
-    }
-}
-
 #[pymethods]
 impl PyReActStep {
-    /// The model's reasoning (may be empty).
-    #[getter]
-    fn thought<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyString>> {
-        self.slice(py, self.thought)
-    }
-
-    /// The tool to call, or None for a final answer.
-    #[getter]
-    fn action<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyString>>> {
-        self.action.map(|span| self.slice(py, span)).transpose()
-    }
-
-    /// The final answer, or None when the step calls a tool.
-    #[getter]
-    fn final_answer<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyString>>> {
-        match &self.final_answer {
-            None => Ok(None),
-            Some(Answer::Span(span)) => self.slice(py, *span).map(Some),
-            Some(Answer::Owned(text)) => Ok(Some(PyString::new(py, text))),
-        }
-    }
-
     /// The action's input: decoded JSON, or the raw text; None for a final answer.
     #[getter]
     fn action_input(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
@@ -586,11 +642,11 @@ impl PyReActStep {
         if let Some(value) = this.decoded_input.get() {
             return Ok(value.clone_ref(py));
         }
-        let value = match this.input {
+        let value = match &this.input {
             None => py.None(),
-            Some((start, end)) => {
-                let source = this.source.bind(py).to_str()?;
-                let text = source.get(start..end).unwrap_or_default();
+            Some((source, start, end)) => {
+                let source = source.bind(py).to_str()?;
+                let text = source.get(*start..*end).unwrap_or_default();
                 input_to_py(py, &InputText { text }).unbind()
             }
         };
@@ -621,25 +677,31 @@ impl PyReActStep {
         let repr = |value: Bound<'_, PyAny>| -> PyResult<String> { Ok(value.repr()?.to_string()) };
         Ok(format!(
             "ReActStep(thought={}, action={}, action_input={}, final_answer={})",
-            repr(this.thought(py)?.into_any())?,
-            repr(this.action(py)?.into_pyobject(py)?)?,
+            repr(this.thought.bind(py).clone().into_any())?,
+            repr((&this.action).into_pyobject(py)?.into_any())?,
             repr(Self::action_input(slf)?.into_bound(py))?,
-            repr(this.final_answer(py)?.into_pyobject(py)?)?,
+            repr((&this.final_answer).into_pyobject(py)?.into_any())?,
         ))
     }
 
+    /// Steps are equal when their thought, action, input and final answer are (wherever
+    /// they end in their texts).
     fn __eq__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<bool> {
         let py = slf.py();
         let Ok(other) = other.cast::<PyReActStep>() else {
             return Ok(false);
         };
         let (this, that) = (slf.get(), other.get());
-        Ok(this.thought(py)?.as_any().eq(that.thought(py)?)?
-            && this.action(py)?.into_pyobject(py)?.eq(that.action(py)?)?
-            && this
-                .final_answer(py)?
-                .into_pyobject(py)?
-                .eq(that.final_answer(py)?)?
+        let same = |a: &Option<Py<PyString>>, b: &Option<Py<PyString>>| -> PyResult<bool> {
+            match (a, b) {
+                (None, None) => Ok(true),
+                (Some(a), Some(b)) => a.bind(py).as_any().eq(b),
+                _ => Ok(false),
+            }
+        };
+        Ok(this.thought.bind(py).as_any().eq(&that.thought)?
+            && same(&this.action, &that.action)?
+            && same(&this.final_answer, &that.final_answer)?
             && Self::action_input(slf)?
                 .bind(py)
                 .eq(Self::action_input(other)?)?)
@@ -650,7 +712,8 @@ impl PyReActStep {
 ///
 /// Accepts `Thought: ...` followed by `Action: tool {"json": 1}`, `Action: FINAL_ANSWER 42`,
 /// `Action: tool` + `Action Input: ...`, or `Final Answer: ...`. Labels are case-insensitive;
-/// JSON input may sit in a ```json fence and be followed by other text.
+/// JSON input may sit in a ```json fence and be followed by other text. The step ends at an
+/// `Observation:` line after the action (see `ReActStep.end`).
 ///
 /// Args:
 ///     text: the model's output for one step.
@@ -664,28 +727,38 @@ impl PyReActStep {
 ///         holds a lone surrogate, as a stream cut inside an emoji's escape leaves).
 #[pyfunction]
 pub fn parse_react_step<'py>(text: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyReActStep>> {
+    let py = text.py();
     let source = args::text_of(text, |message| CoreError::Parse {
         message,
         position: None,
     })?;
     // Parsing slices the text by offsets it found: a bug there must not escape as a panic.
     let step = catch_panics(|| Ok(parse(source)?))?;
-    let span = |part: &str| span_of(source, part);
+    let end = if step.end < source.len() {
+        source
+            .get(..step.end)
+            .map_or(0, |part| part.chars().count())
+    } else {
+        text.len()?
+    };
+    let input = step.action_input.map(|input| {
+        let start = (input.text.as_ptr() as usize).saturating_sub(source.as_ptr() as usize);
+        (text.clone().unbind(), start, start + input.text.len())
+    });
     let step = Bound::new(
-        text.py(),
+        py,
         PyReActStep {
-            source: text.clone().unbind(),
-            thought: span(step.thought),
-            action: step.action.map(span),
-            final_answer: step.final_answer.map(|answer| match answer {
-                Cow::Borrowed(part) => Answer::Span(span(part)),
-                Cow::Owned(text) => Answer::Owned(text),
-            }),
-            input: step.action_input.map(|input| span(input.text)),
+            thought: PyString::new(py, step.thought).unbind(),
+            action: step.action.map(|action| PyString::new(py, action).unbind()),
+            final_answer: step
+                .final_answer
+                .map(|answer| PyString::new(py, &answer).unbind()),
+            end,
+            input,
             decoded_input: OnceLock::new(),
         },
     )?;
-    // A new step holds only a string, so it cannot be part of a reference cycle: like CPython
+    // A new step holds only strings, so it cannot be part of a reference cycle: like CPython
     // with its tuples of atomic values, keep it out of the cycle collector, which would
     // otherwise visit each of the (often many, long-kept) parsed steps at every collection.
     // It is tracked again if its decoded input turns out to be a dict or list.
@@ -826,6 +899,98 @@ mod tests {
         assert_eq!(
             step.final_answer.as_deref(),
             Some(r#"{"n": 123456789012345678901234567890}"#)
+        );
+    }
+
+    #[test]
+    fn final_answer_tool_keeps_the_answer_as_written() {
+        let answer = |text: &str| parse(text).unwrap().final_answer.unwrap().into_owned();
+        for written in [
+            r#""Paris" is the capital of France"#,
+            "[1, 2, 3] are the primes",
+            r#"{"price": 3.10, "b": 1, "a": 2}"#,
+            r#"The word is "cat""#,
+            r#""unclosed"#,
+        ] {
+            assert_eq!(answer(&format!("Action: FINAL_ANSWER {written}")), written);
+            assert_eq!(
+                answer(&format!("Action: FINAL_ANSWER\nAction Input: {written}")),
+                written
+            );
+        }
+        // Exactly one JSON string literal: its value.
+        assert_eq!(answer(r#"Action: FINAL_ANSWER "a \"b\"" "#), r#"a "b""#);
+    }
+
+    #[test]
+    fn raw_input_loses_only_a_matching_pair_of_quotes() {
+        assert_eq!(InputText::new(r#"he said "hi""#).raw(), r#"he said "hi""#);
+        assert_eq!(InputText::new(r#""a\qb""#).raw(), r#"a\qb"#);
+        assert_eq!(InputText::new(r#""open"#).raw(), r#""open"#);
+        assert_eq!(InputText::new(r#"""x"""#).raw(), r#""x""#);
+        assert_eq!(InputText::new(r#"""#).raw(), r#"""#);
+    }
+
+    #[test]
+    fn tool_name_ends_at_the_first_character_outside_the_name_set() {
+        for action in [
+            "FINAL_ANSWER: 42",
+            "FINAL_ANSWER(42)",
+            "FINAL_ANSWER=42",
+            "final_answer = 42",
+        ] {
+            let text = format!("Action: {action}");
+            let step = parse(&text).unwrap();
+            assert_eq!(step.final_answer.as_deref(), Some("42"), "{action}");
+            assert_eq!(step.action, None);
+        }
+        assert_eq!(
+            split_action(r#"double({"n": 1})"#),
+            ActionText {
+                tool: "double",
+                input: r#"{"n": 1}"#,
+                alone: false
+            }
+        );
+        assert_eq!(split_action("calc(2*(3+4))").input, "2*(3+4)");
+        assert_eq!(split_action("calc (1) + (2)").input, "(1) + (2)");
+        assert_eq!(split_action("f(1) (2)").input, "(1) (2)");
+        assert_eq!(split_action(r#"f("a)")"#).input, r#""a)""#);
+        assert_eq!(split_action("web-search_2{}").tool, "web-search_2");
+        assert!(split_action("search:\nmore").alone);
+        assert!(!split_action("search x").alone);
+        assert_eq!(split_action("é x").tool, "");
+    }
+
+    #[test]
+    fn first_action_wins_with_its_own_input() {
+        let (tool, input) =
+            action("Thought: x\nAction: double {\"n\":1}\nAction: double\nAction Input: {\"n\":2}");
+        assert_eq!(
+            (tool.as_str(), input),
+            ("double", ActionInput::Json(json!({"n": 1})))
+        );
+        let (tool, input) = action("Action: a\nAction Input: 1\nAction: b\nAction Input: 2");
+        assert_eq!((tool.as_str(), input), ("a", ActionInput::Raw("1".into())));
+        assert!(parse("Action: a\nAction: b\nAction Input: 1").is_err());
+        assert!(parse("Action Input: 1\nAction: a").is_err());
+    }
+
+    #[test]
+    fn an_observation_after_the_action_ends_the_step() {
+        let text = "Thought: x\nAction: double {\"n\":21}  \nObservation: 42\nThought: I know\nFinal Answer: 42";
+        let step = parse(text).unwrap();
+        assert_eq!((step.thought, step.action), ("x", Some("double")));
+        assert_eq!(&text[..step.end], "Thought: x\nAction: double {\"n\":21}");
+        let before = "Observation: x\nAction: t {}";
+        assert_eq!(parse(before).unwrap().end, before.len());
+        let after = parse("Action: t {}\nObservation: x\nThought: y").unwrap();
+        assert_eq!(after.thought, "");
+        let answer = "Final Answer: a\nObservation: b";
+        let step = parse(answer).unwrap();
+        assert_eq!(
+            (step.final_answer.as_deref(), step.end),
+            (Some("a\nObservation: b"), answer.len())
         );
     }
 

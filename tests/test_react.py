@@ -17,7 +17,8 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-tool_names = st.from_regex(r"[a-z][a-z0-9_]{0,15}", fullmatch=True).filter(
+# The names tools.py allows.
+tool_names = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True).filter(
     lambda s: s.lower() != "final_answer"
 )
 thoughts = st.text(
@@ -63,7 +64,7 @@ def test_final_answer_tool_in_the_langchain_form() -> None:
         st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40).filter(
             lambda t: "\n" not in t and "\r" not in t
         ),
-    ),
+    ).filter(lambda t: not t.lstrip().startswith((":", "="))),  # a separator after the name
     spelling=st.sampled_from(["FINAL_ANSWER", "final_answer", "Final_Answer"]),
 )
 def test_final_answer_tool_reads_the_same_in_both_forms(
@@ -76,6 +77,165 @@ def test_final_answer_tool_reads_the_same_in_both_forms(
     assert langchain.is_final and seed.is_final
     assert langchain.final_answer == seed.final_answer
     assert langchain.thought == seed.thought
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        # These used to come back cut, re-serialized or missing a quote.
+        ('"Paris" is the capital of France', '"Paris" is the capital of France'),
+        ("[1, 2, 3] are the primes", "[1, 2, 3] are the primes"),
+        ('{"price": 3.10, "b": 1, "a": 2}', '{"price": 3.10, "b": 1, "a": 2}'),
+        ('The word is "cat"', 'The word is "cat"'),
+        ('"unclosed', '"unclosed'),
+        ('"a" and "b"', '"a" and "b"'),
+        # Exactly one JSON string literal: its value.
+        ('"the end"', "the end"),
+        ('"say \\"hi\\"\\n"', 'say "hi"\n'),
+        ("42", "42"),
+        ("  spaced out  ", "spaced out"),
+    ],
+)
+def test_final_answer_tool_keeps_the_answer_as_written(answer: str, expected: str) -> None:
+    seed = ar.parse_react_step(f"Thought: t\nAction: FINAL_ANSWER {answer}")
+    langchain = ar.parse_react_step(f"Thought: t\nAction: FINAL_ANSWER\nAction Input: {answer}")
+    assert seed.final_answer == langchain.final_answer == expected
+
+
+answers = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=40
+).filter(lambda t: not t.lstrip().startswith((":", "=")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(answer=st.one_of(answers, json_values.map(json.dumps), st.text(max_size=10).map(json.dumps)))
+def test_final_answer_tool_answer_is_the_text_or_one_decoded_string(answer: str) -> None:
+    expected = answer.strip()
+    with contextlib.suppress(ValueError):
+        value = json.loads(expected)
+        # A lone surrogate escape (`"\\ud800"`) has no UTF-8 form: such a literal stays as written.
+        if isinstance(value, str) and not any("\ud800" <= c <= "\udfff" for c in value):
+            expected = value
+    step = ar.parse_react_step(f"Thought: t\nAction: FINAL_ANSWER {answer}")
+    assert step.final_answer == expected
+
+
+def test_raw_input_loses_only_a_matching_pair_of_quotes() -> None:
+    langchain = ar.parse_react_step('Thought: t\nAction: t\nAction Input: he said "hi"')
+    assert langchain.action_input == 'he said "hi"'  # used to be 'he said "hi'
+    assert ar.parse_react_step('Action: t "a\\qb"').action_input == "a\\qb"  # invalid JSON
+    assert ar.parse_react_step('Action: t "open').action_input == '"open'
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        "FINAL_ANSWER: 42",
+        "FINAL_ANSWER:42",
+        "FINAL_ANSWER(42)",
+        "FINAL_ANSWER=42",
+        "final_answer = 42",
+        'Final_Answer("42")',
+        "FINAL_ANSWER : 42",
+    ],
+)
+def test_final_answer_tool_after_a_separator_or_in_call_syntax(action: str) -> None:
+    # `FINAL_ANSWER: 42` used to call a tool 'FINAL_ANSWER:'; the others raised ParseError.
+    step = ar.parse_react_step(f"Thought: done\nAction: {action}")
+    assert (step.action, step.action_input, step.final_answer) == (None, None, "42")
+
+
+@pytest.mark.parametrize(
+    ("action", "tool", "tool_input"),
+    [
+        ('double: {"n": 1}', "double", {"n": 1}),
+        ('double={"n": 1}', "double", {"n": 1}),
+        ('double({"n": 1})', "double", {"n": 1}),
+        ("calc(2*(3+4))", "calc", "2*(3+4)"),
+        ("calc (1) + (2)", "calc", "(1) + (2)"),  # not one pair of call parentheses
+        ('f("a)")', "f", "a)"),
+        ('search-web_2{"q": 1}', "search-web_2", {"q": 1}),
+        ("search.web x", "search", ".web x"),  # the name ends at the first other character
+    ],
+)
+def test_tool_name_is_letters_digits_underscores_and_hyphens(
+    action: str, tool: str, tool_input: object
+) -> None:
+    step = ar.parse_react_step(f"Thought: t\nAction: {action}")
+    assert (step.action, step.action_input) == (tool, tool_input)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tool=tool_names,
+    value=json_values,
+    form=st.sampled_from(["{} {}", "{}: {}", "{}:{}", "{}={}", "{} = {}", "{}({})", "{}{}"]),
+)
+def test_tool_input_after_any_separator(tool: str, value: object, form: str) -> None:
+    payload = json.dumps([value])
+    step = ar.parse_react_step("Thought: t\nAction: " + form.format(tool, payload))
+    assert (step.action, step.action_input) == (tool, [value])
+
+
+def test_first_action_wins_with_its_own_input() -> None:
+    # The whole first Action line used to be the name, paired with the next action's input.
+    text = 'Thought: x\nAction: double {"n":1}\nAction: double\nAction Input: {"n":2}'
+    step = ar.parse_react_step(text)
+    assert (step.action, step.action_input) == ("double", {"n": 1})
+    later = "Action: a\nAction Input: 1\nAction: b\nAction Input: 2"
+    assert (ar.parse_react_step(later).action, ar.parse_react_step(later).action_input) == (
+        "a",
+        "1",
+    )
+    named = ar.parse_react_step("Action: search:\nAction Input: cats")
+    assert (named.action, named.action_input) == ("search", "cats")
+    # An Action Input serves only a name alone on its line, and only before another Action.
+    inline = ar.parse_react_step("Action: search web\nAction Input: cats")
+    assert (inline.action, inline.action_input) == ("search", "web")
+    for text in ["Action: a\nAction: b\nAction Input: 1", "Action Input: 1\nAction: a"]:
+        with pytest.raises(ar.ParseError, match="expected the input of tool 'a'"):
+            ar.parse_react_step(text)
+
+
+def test_an_invented_observation_ends_the_step() -> None:
+    # This used to raise ParseError: "found both an action and a final answer".
+    text = 'Thought: x\nAction: double {"n":21}\nObservation: 42\nThought: I know\nFinal Answer: 42'
+    step = ar.parse_react_step(text)
+    assert (step.thought, step.action, step.action_input) == ("x", "double", {"n": 21})
+    assert step.final_answer is None
+    assert text[: step.end] == 'Thought: x\nAction: double {"n":21}'
+    # `end` counts characters, not bytes.
+    text = "Thought: été 🙂\nAction: t {}  \n  observation: x\nThought: later"
+    step = ar.parse_react_step(text)
+    assert text[: step.end] == "Thought: été 🙂\nAction: t {}"
+    assert step.thought == "été 🙂"
+    # What follows the observation is not read, a thought included.
+    assert ar.parse_react_step("Action: t {}\nObservation: x\nThought: y").thought == ""
+    final = ar.parse_react_step("Thought: t\nAction: FINAL_ANSWER 5\nObservation: none")
+    assert (final.final_answer, final.end) == ("5", len("Thought: t\nAction: FINAL_ANSWER 5"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Thought: t\nAction: t {}",
+        "Thought: t\nAction: t {}\n\n",
+        "Thought: a\nObservation: before the action\nAction: t {}",
+        "Thought: t\nFinal Answer: a\nObservation: b",
+        "Thought: ü\nAction: search\nAction Input: cats",
+    ],
+)
+def test_end_is_the_length_when_nothing_is_cut(text: str) -> None:
+    assert ar.parse_react_step(text).end == len(text)
+
+
+def test_fields_are_strings_made_at_parse_time() -> None:
+    step = ar.parse_react_step("Thought: t\nAction: search rust")
+    # Plain attributes: reading one twice gives the same object (they used to be rebuilt).
+    assert step.thought is step.thought and step.action is step.action
+    final = ar.parse_react_step("Thought: t\nFinal Answer: done")
+    assert final.final_answer is final.final_answer
+    assert final.final_answer == "done" and not gc.is_tracked(final)
 
 
 def test_langchain_form() -> None:

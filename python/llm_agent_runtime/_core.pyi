@@ -18,23 +18,49 @@ def _raise_panic(message: str) -> None:
 
 @final
 class ReActStep:
-    """One ReAct step: a thought, then an action with its input or a final answer."""
+    """One ReAct step: a thought, then an action with its input or a final answer.
+
+    The thought, action and final answer are strings made at parse time; the action input
+    is decoded on first access and then cached.
+    """
 
     @property
-    def thought(self) -> str: ...
+    def thought(self) -> str:
+        """The model's reasoning (may be empty)."""
     @property
-    def action(self) -> str | None: ...
+    def action(self) -> str | None:
+        """The tool to call, or None for a final answer."""
     @property
     def action_input(self) -> Any:
         """Decoded JSON (dict, list or str) or the raw text; None for a final answer."""
     @property
-    def final_answer(self) -> str | None: ...
+    def final_answer(self) -> str | None:
+        """The final answer, or None when the step calls a tool.
+
+        `Action: FINAL_ANSWER ...` answers with the text as written (trimmed), or the value
+        of a lone JSON string literal (`Action: FINAL_ANSWER "Paris"` answers `Paris`).
+        """
+    @property
+    def end(self) -> int:
+        """Where the step ends in the parsed text, in characters: `text[:end]` is the step.
+
+        `len(text)`, unless an `Observation:` line follows the action (the model invented
+        it): then the end of the text before that line, trailing whitespace excluded. What
+        follows was not read.
+        """
     @property
     def is_final(self) -> bool: ...
-    def __eq__(self, value: object, /) -> bool: ...
+    def __eq__(self, value: object, /) -> bool:
+        """Equal thought, action, input and final answer (wherever the steps end)."""
 
 def parse_react_step(text: str) -> ReActStep:
     """Parses one ReAct step from model output.
+
+    The tool name is the run of `[A-Za-z0-9_-]` after `Action:`; its input follows, after an
+    optional `:` or `=`, or inside call parentheses (`Action: FINAL_ANSWER(42)`). The first
+    `Action:` is the step's; an `Action Input:` line gives its input only when the name
+    stands alone on its line, and only before any other `Action:`. The step ends at the
+    first `Observation:` line after the action (see `ReActStep.end`).
 
     JSON input decodes as `json.loads` would: integers of any size stay exact ints.
 
