@@ -570,3 +570,12 @@ async def test_a_denied_call_is_a_failed_call_in_the_metrics_as_in_the_session()
     snapshot = rt.metrics.snapshot()
     assert session.failed_tool_call_count() == 1
     assert (snapshot.total_tool_calls, snapshot.failed_tool_calls) == (1, 1)
+
+
+async def test_an_observation_the_model_invents_is_not_kept_in_the_transcript() -> None:
+    invented = 'Thought: add\nAction: add {"a": 2, "b": 3}\nObservation: 999\nThought: so'
+    infer = react(invented, FINAL)
+    session = await ar.AgentRuntime(tools=[add]).run_agent("a", "hi", infer)
+    assert session.steps[0].observation == "5"
+    assert "999" not in infer.prompts[1]
+    assert infer.prompts[1].endswith('Action: add {"a": 2, "b": 3}\nObservation: 5')

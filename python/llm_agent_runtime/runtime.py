@@ -720,6 +720,8 @@ class AgentRuntime:
                     continue
                 raise AgentLoopError(f"model output is not a ReAct step: {error}") from error
             reprompted = False  # a later unparseable reply gets its own re-prompt
+            if parsed.end < len(reply):  # an Observation the model invented: not kept
+                reply = reply[: parsed.end]
             final = parsed.final_answer
             if final is not None:
                 overhead_ms = (perf() - step_start) * 1000.0 - model_ms
