@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import threading
+import traceback
 import types
 import unicodedata
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -327,6 +330,79 @@ def test_openai_embedder_redacts_an_echoed_key(server: tuple[_Server, str]) -> N
         assert error.value.status == 401 and error.value.retryable is False
     assert len(state.requests) == 4
     assert state.requests[0][0]["Authorization"] == f"Bearer {key}"
+
+
+def _shown(error: BaseException) -> str:
+    """Everything a traceback of the error prints, plus the reprs of its whole chain."""
+    texts = ["".join(traceback.format_exception(error))]
+    link: BaseException | None = error
+    while link is not None:
+        texts += [str(link), repr(link)]
+        link = link.__cause__ or link.__context__
+    return "\n".join(texts)
+
+
+@pytest.mark.parametrize(
+    "key", ["sk-embed-SECRET-0123\n", "sk-embed-SECRÉT-0123", "sk-embed SECRET", "sk-SECRET\x00"]
+)
+def test_openai_embedder_refuses_a_key_no_header_can_carry(
+    server: tuple[_Server, str], key: str, monkeypatch: Any
+) -> None:
+    """Such a key used to fail inside httpx, quoting it in the chained error (or raising a bare
+    UnicodeEncodeError); it is refused up front, as the chat providers refuse it."""
+    state, url = server
+    with pytest.raises(ar.ProviderError, match="API key is not valid") as caught:
+        ar.OpenAIEmbedder(api_key=key, base_url=url)
+    assert "SECR" not in _shown(caught.value)
+    if "\x00" not in key:  # no environment variable can hold a NUL
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+        with pytest.raises(ar.ProviderError, match="API key is not valid") as caught:
+            ar.OpenAIEmbedder(base_url=url)
+        assert "SECR" not in _shown(caught.value)
+    assert state.requests == []
+
+
+class _QuotingTransport(httpx.BaseTransport):
+    """Fails as httpx fails on a header it cannot send: quoting the header, key and all."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        header = request.headers["authorization"].encode()
+        raise httpx.LocalProtocolError(f"Illegal header value {header!r}")
+
+
+def test_openai_embedder_transport_errors_hide_the_key_and_say_whether_to_retry(
+    server: tuple[_Server, str],
+) -> None:
+    _, url = server
+    key = "sk-embed-0123456789-SECRET"
+    with httpx.Client(transport=_QuotingTransport()) as client:
+        embedder = ar.OpenAIEmbedder(api_key=key, base_url=url, client=client)
+        with pytest.raises(ar.ProviderError, match="request failed: LocalProtocolError") as caught:
+            embedder.embed(["x"])
+    assert caught.value.retryable is False  # the same request fails the same way
+    assert "SECRET" not in _shown(caught.value) and "[redacted]" in str(caught.value)
+    # A timeout is worth another attempt: a server that accepts and never answers.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        slow = ar.OpenAIEmbedder(api_key=key, base_url=f"http://127.0.0.1:{port}/v1", timeout=0.3)
+        with pytest.raises(ar.ProviderError, match="timed out") as timed_out:
+            slow.embed(["x"])
+    assert timed_out.value.retryable is True
+    assert "SECRET" not in _shown(timed_out.value)
+
+
+@pytest.mark.parametrize(
+    "base_url", ["127.0.0.1:8000/v1", "localhost:8000/v1", "api.openai.com/v1", "ftp://h/v1"]
+)
+def test_openai_embedder_refuses_a_base_url_without_http_scheme(base_url: str) -> None:
+    with pytest.raises(ar.ProviderError, match="not an http:// or https:// URL"):
+        ar.OpenAIEmbedder(api_key="sk-x", base_url=base_url)
+
+
+def test_openai_embedder_strips_its_base_url(server: tuple[_Server, str]) -> None:
+    state, url = server
+    assert ar.OpenAIEmbedder(base_url=f"  {url}/\n").embed(["ab"]).shape == (1, 3)
+    assert len(state.requests) == 1
 
 
 @pytest.mark.parametrize("header", ["nan", "inf", "-inf", "-5", "soon"])

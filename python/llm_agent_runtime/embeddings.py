@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -26,6 +25,8 @@ if TYPE_CHECKING:
     import httpx
     import numpy as np
     import numpy.typing as npt
+
+    from llm_agent_runtime.providers._http import Redactor
 
 __all__ = ["Embedder", "HashingEmbedder", "OpenAIEmbedder", "SentenceTransformerEmbedder"]
 
@@ -125,9 +126,15 @@ class SentenceTransformerEmbedder:
 class OpenAIEmbedder:
     """Embeds through an OpenAI-compatible ``POST {base_url}/embeddings`` endpoint.
 
+    Transport failures are reported as the chat providers report them (they share the code):
+    timeouts and dropped connections are retryable, other failures are not, and the API key
+    appears in no message and no chained exception.
+
     Args:
-        api_key: bearer token; None reads ``OPENAI_API_KEY`` (a local server may need none).
-        base_url: API root, e.g. "http://localhost:8000/v1" for vLLM.
+        api_key: bearer token; None reads ``OPENAI_API_KEY`` (a local server may need none; a
+            blank variable counts as unset).
+        base_url: API root with its http:// or https:// scheme, e.g.
+            "http://localhost:8000/v1" for vLLM.
         model: embedding model name.
         dimensions: ask the server for shorter vectors (models that support it).
         batch_size: texts per request.
@@ -137,6 +144,9 @@ class OpenAIEmbedder:
 
     Raises:
         MemoryStoreError: batch_size or dimensions is below 1.
+        ProviderError: the API key is one no HTTP header can carry (whitespace such as a
+            trailing newline, control or non-ASCII characters; the message never quotes it),
+            or the base URL is not an http(s) URL.
     """
 
     def __init__(
@@ -150,10 +160,14 @@ class OpenAIEmbedder:
         timeout: float = 30.0,
         client: httpx.Client | None = None,
     ) -> None:
+        # The providers' checks (importing them loads httpx, which a request needs anyway).
+        from llm_agent_runtime.providers._http import check_api_key, check_base_url, env_setting
+
         if batch_size < 1 or (dimensions is not None and dimensions < 1):
             raise MemoryStoreError("batch_size and dimensions must be at least 1")
-        self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self._url = base_url.rstrip("/") + "/embeddings"
+        self._api_key = api_key if api_key is not None else env_setting("OPENAI_API_KEY")
+        check_api_key("OpenAI", self._api_key)
+        self._url = check_base_url("OpenAI embeddings", base_url) + "/embeddings"
         self.model = model
         """Embedding model name sent with each request."""
         self.dimensions = dimensions
@@ -171,8 +185,9 @@ class OpenAIEmbedder:
 
         Raises:
             MemoryStoreError: `texts` is not a sequence of strings.
-            ProviderError: an HTTP error (retryable for 429 and 5xx, with the server's
-                Retry-After), a transport failure (retryable), or a malformed response: not
+            ProviderError: an HTTP error (retryable for 408, 409, 429 and 5xx, with the
+                server's Retry-After), a transport failure (retryable for timeouts and
+                dropped connections), or a malformed response: not
                 exactly one row per input (the `index` values must be 0 .. n-1, each once), a
                 row that is empty, not a list of numbers, or not finite, rows of different
                 lengths, or rows of another length than `dimensions` when it was given.
@@ -180,15 +195,19 @@ class OpenAIEmbedder:
         import httpx
         import numpy as np
 
+        from llm_agent_runtime.providers._http import Redactor
+
         batch = _texts(texts)
         if not batch:
             return np.zeros((0, self.dimensions or 0), dtype=np.float32)
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        redactor = Redactor(self._api_key)  # made per call: the embedder stays picklable
         client = self._client or httpx.Client(timeout=self._timeout)
         try:
             rows: list[list[float]] = []
             for start in range(0, len(batch), self._batch_size):
-                chunk = self._request(client, headers, batch[start : start + self._batch_size])
+                texts_of_request = batch[start : start + self._batch_size]
+                chunk = self._request(client, headers, redactor, texts_of_request)
                 if rows and len(chunk[0]) != len(rows[0]):
                     raise ProviderError(
                         "embeddings response rows differ in length across requests: "
@@ -207,45 +226,43 @@ class OpenAIEmbedder:
         return out
 
     def _request(
-        self, client: httpx.Client, headers: dict[str, str], texts: list[str]
+        self,
+        client: httpx.Client,
+        headers: dict[str, str],
+        redactor: Redactor,
+        texts: list[str],
     ) -> list[list[float]]:
-        import httpx
+        # The providers' handling of transport failures, of `retry-after-ms` / `Retry-After`
+        # (seconds or an HTTP date, never negative) and of error bodies: the key is redacted
+        # before the text is cut, so a server that echoes it shows no part of it.
+        from llm_agent_runtime.providers._http import (
+            error_message,
+            is_retryable_status,
+            parse_retry_after,
+            transport_errors,
+        )
 
         body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
         if self.dimensions is not None:
             body["dimensions"] = self.dimensions
-        try:
+        with transport_errors("OpenAI embeddings", redactor):
             response = client.post(self._url, json=body, headers=headers, timeout=self._timeout)
-        except httpx.HTTPError as e:
-            raise ProviderError(
-                f"embeddings request failed: {type(e).__name__}", retryable=True
-            ) from e
         if response.status_code != 200:
-            # The providers' own reading of `retry-after-ms` / `Retry-After` (seconds or an
-            # HTTP date, never negative); an infinite delay is no delay the client can honour.
-            # Their reading of the error body too: the key is redacted before the text is cut,
-            # so a server that echoes it (an "incorrect API key" reply) shows no part of it.
-            from llm_agent_runtime.providers._http import (
-                error_message,
-                parse_retry_after,
-                redact_secret,
-            )
-
             wait = parse_retry_after(response.headers)
             if wait is not None and not math.isfinite(wait):
-                wait = None
-            key = self._api_key
-            message = error_message(response.content, lambda text: redact_secret(text, key))
+                wait = None  # an infinite delay is no delay the client can honour
+            message = error_message(response.content, redactor.redact)
             raise ProviderError(
                 f"embeddings request returned HTTP {response.status_code}: {message}",
                 status=response.status_code,
-                retryable=response.status_code == 429 or response.status_code >= 500,
+                retryable=is_retryable_status(response.status_code),
                 retry_after=wait,
             )
         try:
             payload = response.json()
         except ValueError as e:
-            raise ProviderError(f"malformed embeddings response: not JSON ({e})") from e
+            # Not chained: the decode error holds the whole body, which may echo the key.
+            raise ProviderError(f"malformed embeddings response: not JSON ({e})") from None
         return _rows(payload, len(texts), self.dimensions)
 
 

@@ -7,8 +7,8 @@ benchmarks) talk to it over a real socket. Each request takes the next scripted 
   Completions or Anthropic Messages, as JSON or as server-sent events when the body asks
   for `"stream": true`;
 - a `Reply` is sent as it is and carries the faults: any status and headers, a raw body or
-  raw SSE frames, a delay before the first byte, a pause mid-stream, a connection dropped
-  after some frames.
+  raw SSE frames, a delay before the first byte, a pause mid-stream, frames trickled at an
+  interval (keep-alive pings), a connection dropped after some frames.
 
 Streams use chunked transfer encoding, so a dropped connection is visible to the client as an
 incomplete body.
@@ -99,6 +99,8 @@ class Reply:
     pause: float = 0.0
     drop_after: int | None = None
     """Close the connection after this many frames, without ending the body."""
+    frame_interval: float = 0.0
+    """Seconds to wait before each frame (a server that pings while the model thinks)."""
 
 
 Script = Turn | Reply | Callable[[RecordedRequest], "Turn | Reply"]
@@ -349,6 +351,8 @@ class FakeLlmServer:
         self.requests: list[RecordedRequest] = []
         self.connections = 0
         """Connections accepted since the last `reset`."""
+        self.open_connections = 0
+        """Connections open now (the server closes its side once the client has closed)."""
         self._script: collections.deque[Script] = collections.deque()
         self.fallback: Script | None = None
         """Answers every request once the script is used up."""
@@ -403,16 +407,20 @@ class FakeLlmServer:
         # Cancellation (at shutdown) ends the handler normally: asyncio would log it otherwise.
         quiet = (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.CancelledError)
         self.connections += 1
-        with contextlib.suppress(*quiet):
-            while True:
-                request = await _read_request(reader)
-                if request is None:
-                    break
-                self.requests.append(request)
-                reply = self._next(request)
-                if not await self._send(writer, reply):
-                    break
-        writer.close()
+        self.open_connections += 1
+        try:
+            with contextlib.suppress(*quiet):
+                while True:
+                    request = await _read_request(reader)
+                    if request is None:
+                        break
+                    self.requests.append(request)
+                    reply = self._next(request)
+                    if not await self._send(writer, reply):
+                        break
+            writer.close()
+        finally:
+            self.open_connections -= 1
 
     async def _send(self, writer: asyncio.StreamWriter, reply: Reply) -> bool:
         """Writes the reply; False when the connection must close."""
@@ -431,6 +439,14 @@ class FakeLlmServer:
             await writer.drain()
             return True
         frames = reply.frames
+        if reply.frame_interval:
+            for frame in frames:
+                await asyncio.sleep(reply.frame_interval)
+                writer.write(_encode_chunk(frame))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            return True
         if reply.drop_after is not None:
             writer.write(b"".join(_encode_chunk(f) for f in frames[: reply.drop_after]))
             await writer.drain()

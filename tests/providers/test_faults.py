@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
+import re
 import socket
 import time
 from types import SimpleNamespace
@@ -23,6 +25,7 @@ from .fake_server import (
     openai_error_event,
     render_anthropic,
     render_openai,
+    sse,
 )
 
 pytestmark = pytest.mark.parametrize("kind", PROVIDERS)
@@ -229,6 +232,122 @@ async def test_stall_mid_stream_times_out(kind: str, server: FakeLlmServer) -> N
     assert (error.status, error.retryable) == (None, True)
     assert "timed out (ReadTimeout)" in str(error)
     assert len(server.requests) == 1
+
+
+def ping(kind: str) -> bytes:
+    """A keep-alive: an SSE comment (OpenAI-compatible servers), a `ping` event (Anthropic)."""
+    return b": ping\n\n" if kind == "openai" else sse({"type": "ping"}, "ping")
+
+
+def trickled(frames: list[bytes]) -> Reply:
+    """An event stream that sends a frame every 0.05 s."""
+    return Reply(frames=frames, headers={"content-type": "text/event-stream"}, frame_interval=0.05)
+
+
+async def test_keep_alive_pings_do_not_keep_a_stalled_stream_going(
+    kind: str, server: FakeLlmServer, clock: FakeClock
+) -> None:
+    reply = streamed(kind)
+    assert reply.frames is not None
+    pings = [ping(kind)] * 100  # 5 s of pings, well beyond the 0.5 s timeout
+    before_output = trickled(reply.frames[:1] + pings)
+    after_output = trickled(reply.frames[: AFTER_FIRST_DELTA[kind]] + pings)
+    server.script(before_output, HELLO, after_output)
+    retry = RetryPolicy(max_attempts=2, base_delay=1.0, jitter=False, clock=clock)
+    started = time.perf_counter()
+    async with make_provider(kind, server, retry=retry, timeout=0.5) as llm:
+        # Nothing had reached the caller: tried again, and the second attempt answers.
+        events, error = await collect(llm.chat_stream(USER))
+        assert error is None and "".join(texts(events)) == HELLO.text
+        assert time.perf_counter() - started < 3.0
+        # After output, the same stall raises (no silent replay).
+        started = time.perf_counter()
+        events, error = await collect(llm.chat_stream(USER))
+    assert texts(events) == ["Hello"]
+    assert error is not None
+    assert (error.status, error.retryable) == (None, True)
+    assert "no content for 0.5 s" in str(error)
+    assert time.perf_counter() - started < 3.0
+    assert len(server.requests) == 3
+
+
+async def test_content_between_pings_keeps_a_slow_stream_going(
+    kind: str, server: FakeLlmServer
+) -> None:
+    reply = streamed(kind)
+    assert reply.frames is not None
+    frames = [ping(kind)] * 6 + reply.frames[:-3] + [ping(kind)] * 6 + reply.frames[-3:]
+    server.script(trickled(frames))
+    async with make_provider(kind, server, timeout=1.0, retry=RetryPolicy(max_attempts=1)) as llm:
+        events, error = await collect(llm.chat_stream(USER))  # > 1 s in all, 0.35 s at most silent
+    assert error is None
+    assert "".join(texts(events)) == HELLO.text
+
+
+async def test_a_streamed_request_answered_without_a_stream_reports_the_servers_error(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    body = {"error": {"type": "invalid_request_error", "message": "streaming is not supported"}}
+    json_reply = Reply(body=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    server.script(json_reply, Turn("unused"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert events == []
+    assert error is not None
+    assert "invalid_request_error: streaming is not supported" in str(error)
+    assert "'application/json', not an event stream" in str(error)
+    assert error.retryable is False  # the same request gets the same answer
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("error_type", "retryable"), [("invalid_request_error", False), ("overloaded_error", True)]
+)
+async def test_an_error_sent_with_status_200_is_the_servers_error(
+    kind: str,
+    error_type: str,
+    retryable: bool,
+    server: FakeLlmServer,
+    retry: RetryPolicy,
+    clock: FakeClock,
+) -> None:
+    body: dict[str, Any] = {"error": {"type": error_type, "message": "model is loading"}}
+    if kind == "anthropic":
+        body["type"] = "error"
+    failure = Reply(body=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    server.script(failure, failure, Turn("ok"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        if retryable:  # retried like an error status, and the third attempt answers
+            assert await llm.complete("hi") == "ok"
+            assert clock.sleeps == [1.0, 2.0]
+            return
+        with pytest.raises(ProviderError) as caught:
+            await llm.chat(USER)
+    assert f"API error: {error_type}: model is loading" in str(caught.value)
+    assert "malformed" not in str(caught.value)
+    assert caught.value.retryable is False
+    assert len(server.requests) == 1
+
+
+async def test_the_last_error_says_how_often_the_call_was_tried(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    server.script(*[Reply(503, body=ERROR_BODY)] * 6, Reply(400, body=ERROR_BODY))
+    async with make_provider(kind, server, retry=retry) as llm:
+        with pytest.raises(ProviderError) as caught:
+            await llm.chat(USER)
+        events, streamed_error = await collect(llm.chat_stream(USER))
+        with pytest.raises(ProviderError) as once:
+            await llm.chat(USER)
+    assert events == []
+    for error in (caught.value, streamed_error):
+        assert error is not None
+        assert re.search(
+            r"try again \(after 3 attempts over \d+\.\d s\) \(status 503\)$", str(error)
+        )
+        assert (error.status, error.retryable) == (503, True)
+    assert "attempts" not in str(once.value)  # tried once: nothing to add
+    assert len(server.requests) == 7
 
 
 @pytest.mark.parametrize("position", ["first", "mid"])

@@ -118,6 +118,20 @@ async def test_an_echoed_key_is_redacted_in_its_escaped_forms(
     assert "[redacted]" in str(caught.value)
 
 
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("key", ["k", "x", "ollama"])
+async def test_a_short_key_is_left_in_messages(kind: str, key: str, server: FakeLlmServer) -> None:
+    # A key of a few characters is no secret (local servers take any), and redacting it
+    # would mangle every word it occurs in.
+    message = "chunked body broken: keep-alive lost, ask ollama or x again"
+    server.script(Reply(400, body=json.dumps({"error": {"message": message}}).encode()))
+    async with make_provider(kind, server, api_key=key, retry=ONCE) as llm:
+        with pytest.raises(ProviderError) as caught:
+            await llm.chat(USER)
+    assert message in str(caught.value)
+    assert "[redacted]" not in str(caught.value)
+
+
 class EchoingTransport(httpx.AsyncBaseTransport):
     """A transport that fails quoting the request's auth header (as some proxies do)."""
 

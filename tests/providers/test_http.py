@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import email.utils
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from llm_agent_runtime.providers._http import (
     is_retryable_status,
     iter_sse,
     parse_retry_after,
+    redact_secret,
 )
 
 
@@ -151,6 +153,70 @@ async def test_sse_chunking_never_changes_events(
     parts = [raw[a:b] for a, b in zip([0, *bounds], [*bounds, len(raw)], strict=True)]
     expected = [SseEvent(name, "\n".join(lines).encode()) for name, lines in events]
     assert await _events(parts) == expected
+
+
+async def test_sse_bare_cr_ends_a_line_and_cr_lf_across_chunks_is_one_line_end() -> None:
+    stream = b'event: a\rdata: {"x": 1}\r\r: comment\rdata: b\r\r'
+    expected = [SseEvent("a", b'{"x": 1}'), SseEvent(None, b"b")]
+    assert await _events([stream]) == expected
+    assert await _events([bytes([byte]) for byte in stream]) == expected
+    # A CR that ends a chunk and the LF that starts the next are one line end (CRLF), not a
+    # line end and a blank line (which would dispatch "1" alone).
+    assert await _events([b"data: 1\r", b"\ndata: 2\r", b"\n\r", b"\n"]) == [
+        SseEvent(None, b"1\n2")
+    ]
+    assert await _events([b"data: last\r"]) == [SseEvent(None, b"last")]
+
+
+def _reference_events(raw: bytes) -> list[SseEvent]:
+    """The event-stream rules read the plain way: the whole body, split at every line end."""
+    events: list[SseEvent] = []
+    event: str | None = None
+    data: list[bytes] = []
+    for line in re.split(rb"\r\n|\r|\n", raw):
+        if not line:
+            if data:
+                events.append(SseEvent(event, b"\n".join(data)))
+            event, data = None, []
+        elif line.startswith(b"data:"):
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode()
+    if data:
+        events.append(SseEvent(event, b"\n".join(data)))
+    return events
+
+
+_field = st.one_of(
+    st.just(b""),  # a blank line: dispatches the event
+    st.text(alphabet='ab{}": ', max_size=8).map(lambda text: b"data: " + text.encode()),
+    st.text(alphabet="ab", max_size=3).map(lambda text: b"data:" + text.encode()),
+    st.sampled_from([b"event: ping", b"event: delta", b": keep-alive", b"id: 1"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.tuples(_field, st.integers(min_value=0, max_value=2)), max_size=30),
+    endings=st.permutations([b"\n", b"\r", b"\r\n"]),
+    kinds=st.integers(min_value=1, max_value=3),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+)
+async def test_sse_mixed_line_endings_under_any_chunking_read_as_the_whole_body(
+    lines: list[tuple[bytes, int]], endings: list[bytes], kinds: int, cuts: list[int]
+) -> None:
+    # `kinds` line endings in use: one throughout (LF, CR or CRLF), or a mix of two or three.
+    raw = b"".join(field + endings[choice % kinds] for field, choice in lines)
+    bounds = sorted({min(c, len(raw)) for c in cuts})
+    parts = [raw[a:b] for a, b in zip([0, *bounds], [*bounds, len(raw)], strict=True)]
+    assert await _events(parts) == _reference_events(raw)
+
+
+def test_only_keys_long_enough_to_be_secrets_are_redacted() -> None:
+    # Removing a one-letter key from messages would mangle them ("chun[redacted]ed").
+    assert redact_secret("chunked read failed", "k") == "chunked read failed"
+    assert redact_secret("ollama said no", "ollama") == "ollama said no"
+    assert redact_secret("bad key sk-12345!", "sk-12345") == "bad key [redacted]!"
 
 
 def test_importing_the_package_does_not_load_httpx() -> None:

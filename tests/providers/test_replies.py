@@ -1,11 +1,13 @@
 """Conversations and replies the providers must carry right, on the wire against the fake
 server: empty messages (Anthropic), server-side tool blocks in a stream (Anthropic), refusals
-and content-filter chunks (OpenAI), and tool calls cut off by the token limit (both)."""
+and content-filter chunks (OpenAI), tool calls cut off by the token limit, and token usage
+that is null or unreadable (both)."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -22,7 +24,15 @@ from llm_agent_runtime.providers.base import (
 )
 
 from .conftest import PROVIDERS, make_provider
-from .fake_server import FakeLlmServer, Reply, Turn, anthropic_event, sse
+from .fake_server import (
+    FakeLlmServer,
+    Reply,
+    Turn,
+    anthropic_event,
+    render_anthropic,
+    render_openai,
+    sse,
+)
 
 ONCE = RetryPolicy(max_attempts=1)
 
@@ -331,6 +341,76 @@ async def test_openai_stream_ignores_choices_without_delta(server: FakeLlmServer
         response, shown = await chat(llm, [Message("user", "x")], streaming=True)
     assert (response.text, shown, response.stop_reason) == ("Hi!", "Hi!", "stop")
     assert response.model == "gpt-4o"
+
+
+# ---------------------------------------------------------------------- token usage
+def _with_usage(kind: str, streaming: bool, usage: Any) -> Reply:
+    """The reply "Hello" with each of its usage objects replaced by `usage` (decoded JSON)."""
+    turn = Turn("Hello", text_chunks=["Hel", "lo"])
+    render = render_openai if kind == "openai" else render_anthropic
+    reply = render(turn, streaming)
+    if not streaming:
+        body = json.loads(reply.body)
+        body["usage"] = usage
+        reply.body = json.dumps(body).encode()
+        return reply
+    assert reply.frames is not None
+    if kind == "openai":  # the usage chunk, with the null `choices` some servers send
+        chunk = {"id": "chatcmpl-1", "model": "fake-model", "choices": None, "usage": usage}
+        reply.frames[-2] = sse(chunk)
+        return reply
+    for at, name in ((0, "message_start"), (-2, "message_delta")):
+        event = json.loads(reply.frames[at].split(b"data: ", 1)[1])
+        if name == "message_start":
+            event["message"]["usage"] = usage
+        else:
+            event["usage"] = usage
+        reply.frames[at] = sse(event, name)
+    return reply
+
+
+NULL_COUNTS = {
+    "openai": {"prompt_tokens": 3, "completion_tokens": None, "total_tokens": None},
+    "anthropic": {"input_tokens": 3, "output_tokens": None, "cache_read_input_tokens": None},
+}
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("whole", [False, True], ids=["null-counts", "null-usage"])
+async def test_null_token_counts_are_zero_and_keep_the_answer(
+    kind: str, streaming: bool, whole: bool, server: FakeLlmServer
+) -> None:
+    """Some compatible servers send `"completion_tokens": null`, or `"usage": null`."""
+    server.script(_with_usage(kind, streaming, None if whole else NULL_COUNTS[kind]))
+    metrics = ar.RuntimeMetrics()
+    async with make_provider(kind, server, retry=ONCE, metrics=metrics) as llm:
+        response, shown = await chat(llm, [Message("user", "x")], streaming)
+    assert (response.text, shown) == ("Hello", "Hello")
+    expected = (0, 0) if whole else (3, 0)
+    assert (response.usage.input_tokens, response.usage.output_tokens) == expected
+    snapshot = metrics.snapshot()
+    assert (snapshot.input_tokens, snapshot.output_tokens) == expected
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("usage", ["lots", {"prompt_tokens": "many", "input_tokens": [1]}])
+async def test_unreadable_usage_counts_as_none_with_a_warning(
+    kind: str,
+    streaming: bool,
+    usage: Any,
+    server: FakeLlmServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Usage is bookkeeping: usage that does not fit the format fails no finished answer."""
+    server.script(_with_usage(kind, streaming, usage))
+    caplog.set_level(logging.WARNING, logger="llm_agent_runtime.providers")
+    async with make_provider(kind, server, retry=ONCE) as llm:
+        response, shown = await chat(llm, [Message("user", "x")], streaming)
+    assert (response.text, shown) == ("Hello", "Hello")
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (0, 0)
+    assert "unreadable token usage" in caplog.text and "counted as 0 tokens" in caplog.text
 
 
 # ---------------------------------------------------------------------- truncated tool calls

@@ -7,7 +7,8 @@ import gc
 import json
 import logging
 import pickle
-import warnings
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from llm_agent_runtime import (
     RuntimeMetrics,
 )
 from llm_agent_runtime.providers import provider_from_env
+from llm_agent_runtime.providers.anthropic import DEFAULT_ANTHROPIC_BASE_URL
 from llm_agent_runtime.providers.base import (
     LlmProvider,
     Message,
@@ -427,6 +429,11 @@ def test_provider_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
             OpenAIProvider,
         ),
         ({"ANTHROPIC_API_KEY": API_KEY, "OPENAI_API_KEY": ""}, AnthropicProvider),
+        # Blank values (an `OPENAI_BASE_URL=` line in an env file) are unset.
+        ({"ANTHROPIC_API_KEY": API_KEY, "OPENAI_BASE_URL": " "}, AnthropicProvider),
+        ({"ANTHROPIC_API_KEY": API_KEY, "OPENAI_BASE_URL": "\n"}, AnthropicProvider),
+        ({"ANTHROPIC_API_KEY": API_KEY, "OPENAI_API_KEY": "  "}, AnthropicProvider),
+        ({"OPENAI_BASE_URL": " ", "ANTHROPIC_API_KEY": "\t"}, None),
     ],
 )
 def test_provider_from_env_chooses_openai_only_when_it_can_be_used(
@@ -554,14 +561,100 @@ def test_provider_survives_a_new_event_loop(kind: str, server: FakeLlmServer) ->
         async with llm:
             return str(await llm.complete("y"))
 
-    with warnings.catch_warnings():
-        # The first loop ends with the pool still open (no aclose), so its socket is orphaned
-        # whatever the provider does; collect it here rather than in a later test.
-        warnings.simplefilter("ignore", ResourceWarning)
-        assert asyncio.run(llm.complete("x")) == "ok"
-        assert asyncio.run(second_run()) == "ok"  # a fresh pool on the new loop
-        gc.collect()
+    # The first loop ends without aclose: its pool is closed as asyncio.run ends the loop,
+    # so no socket is left for the garbage collector (and its ResourceWarning, an error here).
+    assert asyncio.run(llm.complete("x")) == "ok"
+    assert asyncio.run(second_run()) == "ok"  # a fresh pool on the new loop
+    gc.collect()
     assert len(server.requests) == 2
+
+
+def _eventually(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Whether `condition` holds within `seconds` (the server closes its side in its thread)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("streaming", [False, True])
+def test_reuse_across_asyncio_run_leaves_no_connection_open(kind: str, streaming: bool) -> None:
+    """Each `asyncio.run` used to leave its pooled connection open, out of `aclose`'s reach."""
+    with FakeLlmServer() as server:  # its own: other tests' connections may still be closing
+        server.fallback = Turn("ok")
+        llm = make_provider(kind, server)
+
+        async def call() -> str:
+            if streaming:
+                return "".join([piece async for piece in llm.stream("x")])
+            return str(await llm.complete("x"))
+
+        for _ in range(20):
+            assert asyncio.run(call()) == "ok"
+        assert _eventually(lambda: server.open_connections == 0), server.open_connections
+        assert server.connections == 20  # one per loop: a pool cannot outlive its loop
+        asyncio.run(llm.aclose())
+        gc.collect()
+        assert server.open_connections == 0
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_aclose_closes_the_pooled_connection(kind: str) -> None:
+    with FakeLlmServer() as server:
+        server.fallback = Turn("ok")
+        llm = make_provider(kind, server)
+        assert await llm.complete("x") == "ok"
+        assert server.open_connections == 1  # kept alive in the pool
+        await llm.aclose()
+        assert await asyncio.to_thread(_eventually, lambda: server.open_connections == 0)
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_base_urls_are_stripped_and_need_an_http_scheme(
+    kind: str, server: FakeLlmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cls: Any = OpenAIProvider if kind == "openai" else AnthropicProvider
+    env = "OPENAI_BASE_URL" if kind == "openai" else "ANTHROPIC_BASE_URL"
+    default = DEFAULT_OPENAI_BASE_URL if kind == "openai" else DEFAULT_ANTHROPIC_BASE_URL
+    root = server.url + ("/v1" if kind == "openai" else "")
+    monkeypatch.delenv(env, raising=False)
+    # Whitespace around a URL (a line read from a file) is no part of it.
+    server.script(Turn("ok"), Turn("ok"))
+    async with cls(api_key=API_KEY, base_url=f"  {root}/\n") as llm:
+        assert llm.base_url == root
+        assert await llm.complete("x") == "ok"
+    monkeypatch.setenv(env, f"\t{root}\n")
+    async with cls(api_key=API_KEY) as llm:
+        assert await llm.complete("x") == "ok"
+    # Blank is unset, as an argument or a variable.
+    monkeypatch.setenv(env, "  ")
+    assert cls(api_key=API_KEY).base_url == default
+    assert cls(api_key=API_KEY, base_url=" \n").base_url == default
+    # A URL without its scheme is refused when the provider is made, not on the first call.
+    for bad in [
+        "127.0.0.1:8000/v1",
+        "localhost:8000",
+        "api.openai.com/v1",
+        "ftp://h/v1",
+        "http://",
+    ]:
+        with pytest.raises(ProviderError, match="is not an http:// or https:// URL") as caught:
+            cls(api_key=API_KEY, base_url=bad)
+        assert API_KEY not in str(caught.value)
+        monkeypatch.setenv(env, bad)
+        with pytest.raises(ProviderError, match="is not an http:// or https:// URL"):
+            cls(api_key=API_KEY)
+    monkeypatch.setenv(env, "localhost:8000/v1")
+    if kind == "openai":  # provider_from_env applies the same rule
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        with pytest.raises(ProviderError, match="base URL 'localhost:8000/v1'"):
+            provider_from_env()
+    assert server.requests[0].path == (
+        "/v1/chat/completions" if kind == "openai" else "/v1/messages"
+    )
 
 
 @pytest.mark.parametrize("kind", PROVIDERS)

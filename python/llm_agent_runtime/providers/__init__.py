@@ -45,7 +45,8 @@ def provider_from_env(**options: Any) -> LlmProvider | None:
     keyless server such as Ollama or vLLM); otherwise `AnthropicProvider` when
     `ANTHROPIC_API_KEY` is set. An `OPENAI_BASE_URL` naming OpenAI's API without a key
     chooses nothing by itself. The model comes from `OPENAI_MODEL` / `ANTHROPIC_MODEL` when
-    set.
+    set. A variable set to a blank value counts as unset, as the providers read it (an empty
+    `OPENAI_BASE_URL=` line does not win over `ANTHROPIC_API_KEY`).
 
     Args:
         **options: Passed to the chosen provider's constructor (e.g. `retry=`, `budget=`).
@@ -55,18 +56,27 @@ def provider_from_env(**options: Any) -> LlmProvider | None:
 
     Raises:
         ProviderError: The chosen provider refuses its settings (a key no HTTP header can
-            carry, for instance).
+            carry, or a base URL without its http:// or https:// scheme, for instance).
     """
-    base_url = os.environ.get("OPENAI_BASE_URL")
-    if os.environ.get("OPENAI_API_KEY") or (base_url and not _is_openai_api(base_url)):
+    base_url = _setting("OPENAI_BASE_URL")
+    if _setting("OPENAI_API_KEY") or (base_url and not _is_openai_api(base_url)):
         from llm_agent_runtime.providers.openai import OpenAIProvider
 
         return OpenAIProvider(**options)
-    if os.environ.get("ANTHROPIC_API_KEY"):
+    if _setting("ANTHROPIC_API_KEY"):
         from llm_agent_runtime.providers.anthropic import AnthropicProvider
 
         return AnthropicProvider(**options)
     return None
+
+
+def _setting(name: str) -> str | None:
+    """A variable as the providers read it (`_http.env_setting`): blank is unset.
+
+    Repeated here so that choosing a provider does not import httpx.
+    """
+    value = os.environ.get(name)
+    return value if value and not value.isspace() else None
 
 
 def _is_openai_api(url: str) -> bool:

@@ -14,12 +14,23 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import logging
+import os
 import re
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -47,15 +58,24 @@ __all__ = [
     "HttpProvider",
     "HttpTransport",
     "PartialToolCall",
+    "Redactor",
     "SseEvent",
+    "check_api_key",
+    "check_base_url",
     "decode_arguments",
+    "env_setting",
+    "error_in_body",
     "error_message",
     "is_retryable_status",
     "iter_sse",
     "parse_json",
     "parse_retry_after",
+    "parse_usage",
     "redact_secret",
+    "transport_errors",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 600.0
 """Seconds to wait for the next bytes of a response (long completions are slow to start)."""
@@ -66,6 +86,10 @@ DEFAULT_LIMITS_MAX_CONNECTIONS = 100
 _MAX_ERROR_MESSAGE = 500
 """Error bodies longer than this many characters are cut in messages."""
 _REDACTED = "[redacted]"
+MIN_REDACTED_SECRET = 8
+"""Shortest API key that is redacted from messages. A shorter key is no secret worth
+guarding (local servers take "x" or "ollama"), and removing every occurrence of one or two
+characters would mangle the messages it is removed from ("chunked" with the key "k")."""
 _END_GRACE = 0.1
 """Seconds a stream's body may take to end after its last event (then it is cut)."""
 _KEY_CHARACTERS = re.compile(r"[!-~]*")
@@ -127,8 +151,10 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
 
     Follows the HTML event-stream rules the two APIs use: `data:` lines accumulate, `event:`
     names the event, a blank line dispatches it, `:` starts a comment, other fields (`id`,
-    `retry`) are ignored. Lines end in LF or CRLF. An event not closed by a blank line when the
-    stream ends is still dispatched (some servers omit the last blank line).
+    `retry`) are ignored. Lines end in LF, CRLF or a bare CR, as the rules allow, however the
+    chunks cut them: a CR that ends a chunk waits for the next one, where an LF makes CRLF
+    one line end. An event not closed by a blank line when the stream ends is still
+    dispatched (some servers omit the last blank line).
 
     Args:
         chunks: The response body, in chunks of any size.
@@ -140,13 +166,16 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
     event: str | None = None
     data: list[bytes] = []
     async for chunk in chunks:
-        pending += chunk
-        end = pending.rfind(b"\n")
-        if end < 0:
+        if not pending.endswith(b"\r") and b"\n" not in chunk and b"\r" not in chunk:
+            pending += chunk  # no line ends here: nothing to split yet
             continue
-        lines = pending[: end + 1].splitlines()
-        pending = pending[end + 1 :]
+        lines = (pending + chunk).splitlines(keepends=True)  # splits at LF, CRLF and CR
+        # The last line is still open when it has no end yet, or ends in a CR that the next
+        # chunk may turn into CRLF.
+        last = lines[-1]
+        pending = lines.pop() if last.endswith(b"\r") or not last.endswith(b"\n") else b""
         for line in lines:
+            line = line.rstrip(b"\r\n")
             if not line:
                 if data:
                     yield SseEvent(event, b"\n".join(data))
@@ -156,11 +185,11 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
                 data.append(line[6:] if line[5:6] == b" " else line[5:])
             elif line.startswith(b"event:"):
                 event = line[6:].strip().decode("utf-8", "replace")
-    for line in pending.splitlines():
-        if line.startswith(b"data:"):
-            data.append(line[6:] if line[5:6] == b" " else line[5:])
-        elif line.startswith(b"event:"):
-            event = line[6:].strip().decode("utf-8", "replace")
+    line = pending.rstrip(b"\r\n")  # the stream ended: so does its last line
+    if line.startswith(b"data:"):
+        data.append(line[6:] if line[5:6] == b" " else line[5:])
+    elif line.startswith(b"event:"):
+        event = line[6:].strip().decode("utf-8", "replace")
     if data:
         yield SseEvent(event, b"\n".join(data))
 
@@ -215,6 +244,38 @@ def check_api_key(name: str, key: str | None) -> None:
     )
 
 
+def env_setting(name: str) -> str | None:
+    """An environment variable's value; None when it is unset or blank (whitespace only).
+
+    An `OPENAI_BASE_URL=` line in an env file sets nothing. A value is not stripped here: an
+    API key with a stray newline is refused by `check_api_key` rather than repaired in
+    silence, and `check_base_url` strips a base URL.
+    """
+    value = os.environ.get(name)
+    return value if value and not value.isspace() else None
+
+
+def check_base_url(name: str, url: str) -> str:
+    """The API root as requests use it: no surrounding whitespace, no trailing slash.
+
+    Raises:
+        ProviderError: The URL is not an `http://` or `https://` URL with a host (a base URL
+            written without its scheme, say), which no request could reach.
+    """
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a malformed URL, such as an unclosed IPv6 bracket
+        usable = False
+    if not usable:
+        raise ProviderError(
+            f"the {name} base URL {url[:200]!r} is not an http:// or https:// URL with a host "
+            "(write it in full, e.g. 'http://localhost:8000/v1')"
+        )
+    return url.rstrip("/")
+
+
 def parse_json(model: type[ModelT], data: bytes, what: str) -> ModelT:
     """Validates a JSON body or event as a wire model.
 
@@ -230,6 +291,57 @@ def parse_json(model: type[ModelT], data: bytes, what: str) -> ModelT:
     where = ".".join(str(part) for part in errors[0]["loc"]) if errors else ""
     problem = f"{where or 'body'}: {errors[0]['msg']}" if errors else "invalid"
     raise ProviderError(f"malformed {what}: {problem}")
+
+
+def parse_usage(model: type[ModelT], raw: object, what: str) -> ModelT:
+    """Validates a reply's token usage leniently: usage is bookkeeping, not the answer.
+
+    Counts that are null or absent are the model's defaults (0). A usage object that does not
+    fit the model at all counts as no tokens, with a warning, rather than failing a reply that
+    has arrived whole.
+
+    Args:
+        model: The wire model of the usage object (every field has a default).
+        raw: The `usage` value as decoded from JSON (None when absent).
+        what: Names the reply in the warning, e.g. "OpenAI response".
+    """
+    if raw is None:
+        return model()
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+    problem = ".".join(str(part) for part in errors[0]["loc"]) if errors else ""
+    problem = f"{problem or 'usage'}: {errors[0]['msg']}" if errors else "invalid"
+    logger.warning("unreadable token usage in %s (%s): counted as 0 tokens", what, problem)
+    return model()
+
+
+def error_in_body(body: bytes, model: type[ModelT]) -> ModelT | None:
+    """The `error` object of a JSON body that reports an error with a success status.
+
+    Both APIs put an error in an `error` member (OpenAI's `{"error": {...}}`, Anthropic's
+    `{"type": "error", "error": {...}}`); some compatible servers make it a bare string,
+    read here as its `message`.
+
+    Returns:
+        The error validated as `model`, or None when the body holds no such error.
+    """
+    if b'"error"' not in body:  # the usual reply: no second parse
+        return None
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, str):
+        error = {"message": error}
+    if not isinstance(error, dict):
+        return None
+    try:
+        return model.model_validate(error)
+    except ValidationError:
+        return None
 
 
 TRUNCATION_STOP_REASONS = frozenset(("length", "max_tokens", "model_context_window_exceeded"))
@@ -310,15 +422,108 @@ class PartialToolCall:
         return ToolCall(id=self.id or f"call_{self.index}", name=name, arguments=arguments)
 
 
+class Redactor:
+    """Keeps one API key out of error text and out of the exceptions errors are chained to.
+
+    The key is also found where a repr or JSON escaped it (a backslash before a quote or a
+    backslash). A key shorter than `MIN_REDACTED_SECRET` characters is not redacted.
+
+    Args:
+        secret: The API key (None: nothing to redact).
+    """
+
+    __slots__ = ("_forms",)
+
+    def __init__(self, secret: str | None) -> None:
+        long_enough = secret is not None and len(secret) >= MIN_REDACTED_SECRET
+        self._forms = _escaped_forms(secret) if secret is not None and long_enough else ()
+
+    def __repr__(self) -> str:
+        return "Redactor(...)"  # never the key
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Redactor holds an API key and cannot be pickled")
+
+    def redact(self, text: str) -> str:
+        """The text with every form of the key replaced by `[redacted]`."""
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, _REDACTED)
+        return text
+
+    def reveals(self, exc: BaseException) -> bool:
+        """Whether the exception, or one it was raised from, shows the key in its text."""
+        return any(form in f"{link!s} {link!r}" for link in _chain(exc) for form in self._forms)
+
+    def cause(self, exc: BaseException) -> BaseException | None:
+        """What to chain an error to: `exc`, redacted if it shows the key.
+
+        The string arguments of `exc` and of the exceptions it was raised from are redacted;
+        None when that does not hide the key (chain nothing rather than the key).
+        """
+        if not self._forms or not self.reveals(exc):
+            return exc
+        for link in _chain(exc):
+            link.args = tuple(self.redact(a) if isinstance(a, str) else a for a in link.args)
+        return None if self.reveals(exc) else exc
+
+
+@contextlib.contextmanager
+def transport_errors(name: str, redactor: Redactor) -> Iterator[None]:
+    """Turns httpx transport failures into `ProviderError`, for async and sync clients alike.
+
+    Timeouts, network errors and connections the server dropped are retryable; other
+    transport failures (a URL scheme httpx cannot speak, a header it refuses) are not, as
+    another attempt fails the same way. The httpx error is the cause, redacted by `redactor`
+    (or not chained at all when redacting cannot hide the key).
+
+    Args:
+        name: Names the service in messages, e.g. "OpenAI".
+        redactor: Removes the API key from messages and causes.
+    """
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        error = ProviderError(f"{name} request timed out ({type(exc).__name__})", retryable=True)
+        raise error from redactor.cause(exc)
+    except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+        error = ProviderError(
+            redactor.redact(f"{name} connection failed: {type(exc).__name__}: {exc}"),
+            retryable=True,
+        )
+        raise error from redactor.cause(exc)
+    except (httpx.TransportError, httpx.InvalidURL) as exc:
+        error = ProviderError(
+            redactor.redact(f"{name} request failed: {type(exc).__name__}: {exc}")
+        )
+        raise error from redactor.cause(exc)
+
+
+class _LoopClient(NamedTuple):
+    """The pooled client of one event loop, and what closes it when that loop ends."""
+
+    client: httpx.AsyncClient
+    closer: AsyncGenerator[None, None]
+
+
 class HttpTransport:
     """The HTTP side of one provider: pooled client, headers, timeouts, retries, accounting.
+
+    Connections belong to the event loop that opened them, so the transport keeps one pooled
+    client per event loop it is used from, and each is closed within its own loop: by
+    `aclose`, or as the loop ends under `asyncio.run` (or `asyncio.Runner`, or any loop's
+    `shutdown_asyncgens`). A provider can thus be reused across `asyncio.run` calls without
+    leaving a connection open behind each. A loop closed without `shutdown_asyncgens` leaves
+    its connections to the garbage collector.
 
     Args:
         name: Provider name used in error messages (e.g. "OpenAI").
         base_url: API root; request paths are appended to it.
         headers: Headers sent with every request (auth included).
         secret: The API key, removed from any error text the server echoes.
-        timeout: Seconds to wait for the next bytes of a response.
+        timeout: Seconds to wait for the next bytes of a response; also how long a stream
+            may go on without an event that carries content (keep-alive comments and `ping`
+            events do not count).
         connect_timeout: Seconds to wait for a connection.
         retry: Retry policy for failed calls (None: `RetryPolicy()`, 3 attempts).
         http_client: An `httpx.AsyncClient` to use instead of creating one (`timeout` and
@@ -351,18 +556,16 @@ class HttpTransport:
             raise ValueError("token prices must be >= 0")
         check_api_key(name, secret)
         self.name = name
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_base_url(name, base_url)
         self._headers = dict(headers)
-        # The forms the key takes in reprs and JSON ("'" and "\" escaped), to redact too.
-        self._secret_forms = _escaped_forms(secret) if secret else ()
+        self._redactor = Redactor(secret)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         # Sent with every request: a client passed in has timeouts of its own (5 s default).
         self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
         self.retry = retry if retry is not None else RetryPolicy()
-        self._client = http_client
-        self._owns_client = http_client is None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._given_client = http_client
+        self._clients: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
         self._closed = False
         self.budget = budget
         self.metrics = metrics
@@ -377,27 +580,42 @@ class HttpTransport:
     def _http(self) -> httpx.AsyncClient:
         if self._closed:
             raise ProviderError(f"{self.name} provider is closed")
-        if not self._owns_client:
-            assert self._client is not None
-            return self._client
+        if self._given_client is not None:
+            return self._given_client
         loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            # Pooled connections belong to the loop that opened them: a provider reused under
-            # a new event loop (a second asyncio.run) starts a fresh pool.
-            self._client = httpx.AsyncClient(
+        entry = self._clients.get(loop)
+        if entry is None or entry.client.is_closed:  # closed: the loop is ending
+            # A closed loop's client was closed as the loop ended (or is past closing).
+            for stale in [old for old in self._clients if old.is_closed()]:
+                del self._clients[stale]
+            client = httpx.AsyncClient(
                 timeout=self._timeouts,
                 limits=httpx.Limits(max_connections=DEFAULT_LIMITS_MAX_CONNECTIONS),
             )
-            self._client_loop = loop
-        return self._client
+            entry = _LoopClient(client, _close_with_loop(client))
+            self._clients[loop] = entry
+        return entry.client
 
     async def aclose(self) -> None:
-        """Closes the pooled client (when this transport created it); later calls fail."""
+        """Closes the pooled clients this transport created; later calls fail.
+
+        The running loop's client is closed before this returns. A client of another loop
+        that is still running (in another thread) is closed there, without waiting for it;
+        one of an idle loop is closed when that loop next runs. A client passed in is left
+        open.
+        """
         self._closed = True
-        client, self._client = self._client, None
-        if client is not None and self._owns_client:
-            with contextlib.suppress(RuntimeError):  # its event loop is already gone
-                await client.aclose()
+        entries, self._clients = self._clients, {}
+        current = asyncio.get_running_loop()
+        for loop, entry in entries.items():
+            if loop is current:
+                await entry.closer.aclose()  # its `finally` closes the client
+            elif loop.is_running():  # in another thread
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    asyncio.run_coroutine_threadsafe(_close_closer(entry.closer), loop)
+            # A closed loop closed its client as it ended. The closer of an idle loop, no
+            # longer referenced here, is handed by the loop's finalizer hook to that loop,
+            # which closes it when it runs again (or at its `shutdown_asyncgens`).
 
     @property
     def closed(self) -> bool:
@@ -410,51 +628,11 @@ class HttpTransport:
 
         The key is also found where a repr or JSON escaped it (a backslash before `'`).
         """
-        return _redact(text, self._secret_forms)
+        return self._redactor.redact(text)
 
-    def _reveals_secret(self, exc: BaseException) -> bool:
-        """Whether the exception, or one it was raised from, shows the key in its text."""
-        return any(
-            form in f"{link!s} {link!r}" for link in _chain(exc) for form in self._secret_forms
-        )
-
-    @contextlib.contextmanager
-    def translate_errors(self) -> Iterator[None]:
-        """Turns httpx transport failures into `ProviderError` (timeouts and drops retryable).
-
-        The httpx error is the cause; when its text (or its causes') shows the key, their
-        arguments are redacted first, and if that does not hide the key the error is not
-        chained at all (`from None`).
-        """
-        try:
-            yield
-        except httpx.TimeoutException as exc:
-            error = ProviderError(
-                f"{self.name} request timed out ({type(exc).__name__})", retryable=True
-            )
-            raise error from self._cause(exc)
-        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            error = ProviderError(
-                self.redact(f"{self.name} connection failed: {type(exc).__name__}: {exc}"),
-                retryable=True,
-            )
-            raise error from self._cause(exc)
-        except (httpx.TransportError, httpx.InvalidURL) as exc:
-            error = ProviderError(
-                self.redact(f"{self.name} request failed: {type(exc).__name__}: {exc}")
-            )
-            raise error from self._cause(exc)
-
-    def _cause(self, exc: BaseException) -> BaseException | None:
-        """What to chain a `ProviderError` to: `exc`, redacted if it shows the key.
-
-        None when redacting the arguments of its chain does not hide the key.
-        """
-        if not self._secret_forms or not self._reveals_secret(exc):
-            return exc
-        for link in _chain(exc):
-            link.args = tuple(self.redact(a) if isinstance(a, str) else a for a in link.args)
-        return None if self._reveals_secret(exc) else exc
+    def translate_errors(self) -> contextlib.AbstractContextManager[None]:
+        """Turns httpx transport failures into `ProviderError` (see `transport_errors`)."""
+        return transport_errors(self.name, self._redactor)
 
     def status_error(self, response: httpx.Response, body: bytes) -> ProviderError:
         """The `ProviderError` for a response with an error status."""
@@ -467,21 +645,46 @@ class HttpTransport:
             retry_after=parse_retry_after(response.headers),
         )
 
+    def not_a_stream_error(self, response: httpx.Response, body: bytes) -> ProviderError:
+        """The `ProviderError` for a successful reply to a streamed request that is no stream.
+
+        A server that cannot stream (or not this model) may answer with a JSON error, or a
+        whole reply, under status 200. Another attempt gets the same answer: not retryable.
+        """
+        kind = response.headers.get("content-type", "").split(";")[0].strip()
+        message = error_message(body, self.redact)
+        return ProviderError(
+            f"{self.name} API error: {message} (the streamed request was answered with "
+            f"{kind!r}, not an event stream)"
+        )
+
     # ------------------------------------------------------------------ requests
-    async def post_json(self, path: str, body: dict[str, Any]) -> bytes:
+    async def post_json(
+        self, path: str, body: dict[str, Any], check: Callable[[bytes], None] | None = None
+    ) -> bytes:
         """POSTs a JSON body and returns the response body, retrying per the policy.
 
+        Args:
+            path: Appended to the base URL.
+            body: The JSON request body.
+            check: Called with each successful attempt's body; a `ProviderError` it raises
+                (an error reported with status 200, say) fails that attempt, and is retried
+                when retryable.
+
         Raises:
-            ProviderError: The call failed on its last attempt, or with a status that
-                another attempt cannot fix.
+            ProviderError: The call failed on its last attempt (the message then says how
+                many attempts were made, over how long), or with a status that another
+                attempt cannot fix.
             BudgetExceededError: The budget is already spent.
         """
         self.check_budget()
         content = json.dumps(body).encode()
-        result: bytes = await self.retry.run(self._post_once, path, content)
+        result: bytes = await self._with_retries(self._post_once, path, content, check)
         return result
 
-    async def _post_once(self, path: str, content: bytes) -> bytes:
+    async def _post_once(
+        self, path: str, content: bytes, check: Callable[[bytes], None] | None
+    ) -> bytes:
         client = self._http()
         with self.translate_errors():
             response = await client.post(
@@ -490,7 +693,29 @@ class HttpTransport:
             payload = response.content
         if response.status_code >= 400:
             raise self.status_error(response, payload)
+        if check is not None:
+            check(payload)
         return payload
+
+    async def _with_retries(self, attempt: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Runs `attempt` through the retry policy; a final error says how often it was tried."""
+        attempts = 0
+        started = time.monotonic()
+
+        async def counted() -> T:
+            nonlocal attempts
+            attempts += 1
+            return await attempt(*args)
+
+        try:
+            result: T = await self.retry.run(counted)
+        except ProviderError as exc:
+            if attempts > 1 and exc.args:
+                took = time.monotonic() - started
+                note = f"(after {attempts} attempts over {took:.1f} s)"
+                exc.args = (f"{exc.args[0]} {note}", *exc.args[1:])
+            raise
+        return result
 
     async def post_sse(
         self, path: str, body: dict[str, Any], ended: Callable[[], bool] | None = None
@@ -506,10 +731,35 @@ class HttpTransport:
                 the pool) and the response is closed, even if the server keeps it open.
 
         Raises:
-            ProviderError: Error status, timeout, or a connection lost mid-stream.
+            ProviderError: Error status; a successful reply that is not an event stream
+                (its `content-type` is another; a reply without one is read as a stream);
+                timeout; `timeout` seconds spent waiting without an event that carries
+                content (keep-alive comments and `ping` events keep a connection open, not
+                a stream going; retryable); or a connection lost mid-stream.
         """
         client = self._http()
         content = json.dumps(body).encode()
+        waited = 0.0  # seconds spent waiting for bytes since the last event with content
+
+        async def timed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+            # A silent server trips the read timeout; this catches one that only pings.
+            nonlocal waited
+            clock = asyncio.get_running_loop().time
+            while True:
+                started = clock()
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+                waited += clock() - started
+                if waited > self.timeout:
+                    raise ProviderError(
+                        f"{self.name} stream sent no content for {self.timeout:g} s "
+                        "(only keep-alive pings)",
+                        retryable=True,
+                    )
+                yield chunk
+
         with self.translate_errors():
             request = client.build_request(
                 "POST",
@@ -523,10 +773,22 @@ class HttpTransport:
             try:
                 if response.status_code >= 400:
                     raise self.status_error(response, await response.aread())
-                async for event in iter_sse(chunks):
-                    yield event
-                    if ended is not None and ended():
-                        break
+                kind = response.headers.get("content-type")
+                if kind is not None and not _is_event_stream(kind):
+                    raise self.not_a_stream_error(response, await response.aread())
+                timed_chunks = timed(chunks)
+                events = iter_sse(timed_chunks)
+                try:
+                    async for event in events:
+                        if event.event != "ping":
+                            waited = 0.0
+                        yield event
+                        if ended is not None and ended():
+                            break
+                finally:
+                    # Left suspended, they would be finalized later by a task of their own.
+                    await _aclose(events)
+                    await _aclose(timed_chunks)
             finally:
                 try:
                     if ended is not None and ended():  # left after the last event
@@ -544,7 +806,8 @@ class HttpTransport:
             open_stream: Starts one attempt of the stream.
 
         Raises:
-            ProviderError: The stream failed (before its first item: on the last attempt).
+            ProviderError: The stream failed (before its first item: on the last attempt,
+                and the message then says how many attempts were made, over how long).
             BudgetExceededError: The budget is already spent.
         """
         self.check_budget()
@@ -561,7 +824,7 @@ class HttpTransport:
                 await _aclose(stream)
                 raise
 
-        first, stream = await self.retry.run(first_item)
+        first, stream = await self._with_retries(first_item)
         try:
             yield first
             async for item in stream:
@@ -587,6 +850,37 @@ class HttpTransport:
             self.budget.record(input_tokens, output_tokens, cost)
 
 
+def _is_event_stream(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() == "text/event-stream"
+
+
+def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+    """An async generator, started on the running loop, whose `finally` closes `client`.
+
+    An event loop keeps track of the async generators started on it, and its
+    `shutdown_asyncgens` (which `asyncio.run` and `asyncio.Runner` call before closing it)
+    closes them: so the client is closed in its own loop, when the loop ends, however the
+    provider was left. Closing the generator earlier (`aclose`) closes the client then.
+    """
+
+    async def close_at_end() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            with contextlib.suppress(httpx.HTTPError, OSError, RuntimeError):
+                await client.aclose()
+
+    closer = close_at_end()
+    # Runs it to its `yield` at once (nothing there awaits): the loop now knows of it.
+    with contextlib.suppress(StopIteration):
+        closer.asend(None).__await__().send(None)
+    return closer
+
+
+async def _close_closer(closer: AsyncGenerator[None, None]) -> None:
+    await closer.aclose()
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """The exception and those it was raised from or during, as a traceback shows them."""
     seen: set[int] = set()
@@ -600,17 +894,9 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def redact_secret(text: str, secret: str | None) -> str:
     """Removes a secret from text, also where a repr or JSON escaped it.
 
-    What `HttpTransport.redact` does with its API key, for clients that have no transport
-    (such as `OpenAIEmbedder`).
+    What `Redactor(secret).redact` does; keys shorter than `MIN_REDACTED_SECRET` are left.
     """
-    return _redact(text, _escaped_forms(secret)) if secret else text
-
-
-def _redact(text: str, forms: Sequence[str]) -> str:
-    for form in forms:
-        if form in text:
-            text = text.replace(form, _REDACTED)
-    return text
+    return Redactor(secret).redact(text)
 
 
 def _escaped_forms(secret: str) -> tuple[str, ...]:

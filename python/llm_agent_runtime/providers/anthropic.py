@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +15,12 @@ from llm_agent_runtime.providers._http import (
     HttpProvider,
     HttpTransport,
     PartialToolCall,
+    check_base_url,
+    env_setting,
+    error_in_body,
     is_retryable_status,
     parse_json,
+    parse_usage,
 )
 from llm_agent_runtime.providers.base import (
     ChatResponse,
@@ -82,6 +85,8 @@ class _Block(BaseModel):
 
 
 class _Usage(BaseModel):
+    # Null or missing counts are 0 tokens; a whole usage that is null or does not fit is
+    # read by `parse_usage` as no tokens.
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
@@ -99,12 +104,12 @@ class _Message(BaseModel):
     model: str | None = None
     content: list[_Block]
     stop_reason: str | None = None
-    usage: _Usage = _Usage()
+    usage: Any = None  # read by `parse_usage`
 
 
 class _StreamedMessage(BaseModel):
     model: str | None = None
-    usage: _Usage = _Usage()
+    usage: Any = None  # read by `parse_usage`
 
 
 class _Delta(BaseModel):
@@ -125,7 +130,7 @@ class _Event(BaseModel):
     index: int = 0
     content_block: _Block | None = None
     delta: _Delta | None = None
-    usage: _Usage | None = None
+    usage: Any = None  # read by `parse_usage`
     error: _Error | None = None
 
 
@@ -144,13 +149,25 @@ class AnthropicProvider(HttpProvider):
     statuses, overloaded or API error events that arrive before any output, timeouts and
     dropped connections, honouring `Retry-After` and `retry-after-ms`.
 
+    A provider is not bound to one event loop: it keeps a pool per loop it is used from, and
+    closes each as its loop ends under `asyncio.run` (see `HttpTransport`).
+
+    A stream that sends only `ping` events for `timeout` seconds fails (retryable, so it is
+    tried again when it had yielded nothing yet). A 200 reply with an error in its body (JSON,
+    or in place of the event stream that was asked for) raises the server's message. Null or
+    missing token counts are 0 tokens, and usage that does not fit the format is counted as
+    none (with a warning) rather than failing the reply.
+
     Args:
         api_key: API key (default: `ANTHROPIC_API_KEY`). Optional for a custom `base_url`.
-        base_url: API root (default: `ANTHROPIC_BASE_URL`, else Anthropic's).
+        base_url: API root (default: `ANTHROPIC_BASE_URL`, else Anthropic's), with its
+            `http://` or `https://` scheme. Surrounding whitespace is ignored, and a blank
+            value (argument or variable) counts as unset.
         model: Model used when a call names none (default: `ANTHROPIC_MODEL`, else
             `DEFAULT_ANTHROPIC_MODEL`).
         max_tokens: Most tokens per reply unless a call passes `max_tokens=`.
-        timeout: Seconds to wait for the next bytes of a response.
+        timeout: Seconds to wait for the next bytes of a response, and the longest a stream
+            may go on without content (`ping` events do not count).
         connect_timeout: Seconds to wait for a connection.
         retry: Retry policy (None: `RetryPolicy()`, 3 attempts; `RetryPolicy(max_attempts=1)`
             turns retries off).
@@ -164,8 +181,9 @@ class AnthropicProvider(HttpProvider):
         output_cost_per_million: US dollars per million output tokens, charged to `budget`.
 
     Raises:
-        ProviderError: No API key for Anthropic's own API, or a key no HTTP header can carry
-            (whitespace such as a trailing newline, control or non-ASCII characters).
+        ProviderError: No API key for Anthropic's own API, a key no HTTP header can carry
+            (whitespace such as a trailing newline, control or non-ASCII characters), or a
+            base URL that is not an http(s) URL (one written without its scheme, say).
         ValueError: A timeout, price or `max_tokens` is out of range.
     """
 
@@ -188,14 +206,19 @@ class AnthropicProvider(HttpProvider):
     ) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
-        base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_BASE_URL
-        if api_key is None and base_url.rstrip("/") == DEFAULT_ANTHROPIC_BASE_URL:
+        api_key = api_key or env_setting("ANTHROPIC_API_KEY")
+        base_url = check_base_url(
+            "Anthropic",
+            (base_url or "").strip()
+            or env_setting("ANTHROPIC_BASE_URL")
+            or DEFAULT_ANTHROPIC_BASE_URL,
+        )
+        if api_key is None and base_url == DEFAULT_ANTHROPIC_BASE_URL:
             raise ProviderError(
                 "no Anthropic API key: pass api_key= or set ANTHROPIC_API_KEY "
                 "(or point base_url at a proxy that adds it)"
             )
-        self.model = model or os.environ.get("ANTHROPIC_MODEL") or DEFAULT_ANTHROPIC_MODEL
+        self.model = model or env_setting("ANTHROPIC_MODEL") or DEFAULT_ANTHROPIC_MODEL
         """Model used when a call names none."""
         self.max_tokens = max_tokens
         """Most tokens per reply unless a call says otherwise."""
@@ -241,14 +264,15 @@ class AnthropicProvider(HttpProvider):
                 `temperature`, `tool_choice`, ...); `stop=` is sent as `stop_sequences`.
 
         Raises:
-            ProviderError: The call failed, the response is not a message, or the last
+            ProviderError: The call failed, the response is an error (under any status) or
+                not a message, or the last
                 user message is empty (the API accepts no empty message; other empty
                 messages are left out).
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself.
         """
         body = self._body(messages, tools, model, params, stream=False)
-        raw = await self._transport.post_json("/v1/messages", body)
+        raw = await self._transport.post_json("/v1/messages", body, self._check_reply)
         message = parse_json(_Message, raw, "Anthropic response")
         text: list[str] = []
         calls: list[ToolCall] = []
@@ -259,8 +283,9 @@ class AnthropicProvider(HttpProvider):
                 calls.append(
                     ToolCall(id=block.id or "", name=block.name or "", arguments=block.input or {})
                 )
-        input_tokens = message.usage.billed_input()
-        output_tokens = message.usage.output_tokens or 0
+        usage = parse_usage(_Usage, message.usage, "Anthropic response")
+        input_tokens = usage.billed_input()
+        output_tokens = usage.output_tokens or 0
         response = ChatResponse(
             text="".join(text),
             tool_calls=calls,
@@ -270,6 +295,11 @@ class AnthropicProvider(HttpProvider):
         )
         self._transport.charge(input_tokens, output_tokens)
         return response
+
+    def _check_reply(self, raw: bytes) -> None:
+        error = error_in_body(raw, _Error)
+        if error is not None:  # an error sent with status 200
+            raise _stream_error(error, self._transport)
 
     def chat_stream(
         self,
@@ -283,8 +313,9 @@ class AnthropicProvider(HttpProvider):
         Arguments are as for `chat`.
 
         Raises:
-            ProviderError: From the iterator: the stream failed (error status, `error` event,
-                malformed event, timeout, connection lost, or no `message_stop`), or a tool
+            ProviderError: From the iterator: the stream failed (error status, a reply that
+                is no event stream, `error` event, malformed event, timeout, no content for
+                `timeout` seconds, connection lost, or no `message_stop`), or a tool
                 call's arguments are not a JSON object (when the reply was cut off by the
                 token limit, stop reason `max_tokens`, the message says so). Raised at once,
                 not from the iterator, when the last user message is empty.
@@ -376,17 +407,19 @@ class AnthropicProvider(HttpProvider):
                 elif kind == "message_start":
                     if event.message is not None:
                         model = event.message.model
-                        input_tokens = event.message.usage.billed_input()
-                        output_tokens = event.message.usage.output_tokens or 0
+                        usage = parse_usage(_Usage, event.message.usage, "Anthropic stream")
+                        input_tokens = usage.billed_input()
+                        output_tokens = usage.output_tokens or 0
                 elif kind == "message_delta":
                     if event.delta is not None and event.delta.stop_reason is not None:
                         stop_reason = event.delta.stop_reason
                     if event.usage is not None:
                         # Counts in message_delta are cumulative for the whole message.
-                        if event.usage.output_tokens is not None:
-                            output_tokens = event.usage.output_tokens
-                        if event.usage.input_tokens is not None:
-                            input_tokens = event.usage.billed_input()
+                        usage = parse_usage(_Usage, event.usage, "Anthropic stream")
+                        if usage.output_tokens is not None:
+                            output_tokens = usage.output_tokens
+                        if usage.input_tokens is not None:
+                            input_tokens = usage.billed_input()
                 elif kind == "message_stop":
                     done = True
                     break
@@ -462,7 +495,10 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
 
 
 def _stream_error(error: _Error, transport: HttpTransport) -> ProviderError:
-    """The error for an `error` event (e.g. `overloaded_error` mid-stream)."""
+    """The error for an `error` event (e.g. `overloaded_error` mid-stream).
+
+    Also for an error body sent with status 200.
+    """
     status = _ERROR_STATUS.get(error.type)
     return ProviderError(
         transport.redact(f"Anthropic API error: {error.type}: {error.message}"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +20,13 @@ from llm_agent_runtime.providers._http import (
     HttpProvider,
     HttpTransport,
     PartialToolCall,
+    check_base_url,
     decode_arguments,
+    env_setting,
+    error_in_body,
     is_retryable_status,
     parse_json,
+    parse_usage,
 )
 from llm_agent_runtime.providers.base import (
     ChatResponse,
@@ -80,14 +83,18 @@ class _Choice(BaseModel):
 
 
 class _Usage(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    # Some compatible servers send null counts (or no usage at all): 0 tokens then.
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def counts(self) -> tuple[int, int]:
+        return self.prompt_tokens or 0, self.completion_tokens or 0
 
 
 class _Completion(BaseModel):
     model: str | None = None
     choices: list[_Choice]
-    usage: _Usage | None = None
+    usage: Any = None  # read by `parse_usage`: a usage that does not fit fails no reply
 
 
 class _ToolCallChunk(BaseModel):
@@ -109,15 +116,15 @@ class _ChunkChoice(BaseModel):
 
 
 class _Error(BaseModel):
-    message: str = "unknown error"
+    message: str | None = None
     type: str | None = None
     code: int | str | None = None
 
 
 class _Chunk(BaseModel):
     model: str | None = None
-    choices: list[_ChunkChoice] = []
-    usage: _Usage | None = None
+    choices: list[_ChunkChoice] | None = None  # null in some servers' usage chunk
+    usage: Any = None  # read by `parse_usage`: a usage that does not fit fails no reply
     error: _Error | None = None
 
 
@@ -130,6 +137,15 @@ class OpenAIProvider(HttpProvider):
     timeouts and dropped connections, honouring `Retry-After` and `retry-after-ms`. A stream is
     retried only until its first event has been yielded.
 
+    A provider is not bound to one event loop: it keeps a pool per loop it is used from, and
+    closes each as its loop ends under `asyncio.run` (see `HttpTransport`).
+
+    A stream that sends only keep-alive comments or pings for `timeout` seconds fails
+    (retryable, so it is tried again when it had yielded nothing yet). A 200 reply with an
+    error in its body (JSON, or in place of the event stream that was asked for) raises the
+    server's message. Null or missing token counts are 0 tokens, and usage that does not fit
+    the format is counted as none (with a warning) rather than failing the reply.
+
     A refusal (`message.refusal`, streamed as `delta.refusal`) is the response's text, and its
     `stop_reason` is `"refusal"` (as the Anthropic API says it) in place of the finish reason:
     the reply does not pass for an empty answer, and a stream yields it as `TextDelta`s.
@@ -138,10 +154,13 @@ class OpenAIProvider(HttpProvider):
     Args:
         api_key: API key (default: `OPENAI_API_KEY`). Optional for a custom `base_url`, as
             local servers (Ollama, llama.cpp) need none.
-        base_url: API root including `/v1` (default: `OPENAI_BASE_URL`, else OpenAI's).
+        base_url: API root including `/v1` (default: `OPENAI_BASE_URL`, else OpenAI's), with
+            its `http://` or `https://` scheme. Surrounding whitespace is ignored, and a blank
+            value (argument or variable) counts as unset.
         model: Model used when a call names none (default: `OPENAI_MODEL`, else
             `DEFAULT_OPENAI_MODEL`).
-        timeout: Seconds to wait for the next bytes of a response.
+        timeout: Seconds to wait for the next bytes of a response, and the longest a stream
+            may go on without content (keep-alive comments and pings do not count).
         connect_timeout: Seconds to wait for a connection.
         retry: Retry policy (None: `RetryPolicy()`, 3 attempts; `RetryPolicy(max_attempts=1)`
             turns retries off).
@@ -155,8 +174,9 @@ class OpenAIProvider(HttpProvider):
         output_cost_per_million: US dollars per million output tokens, charged to `budget`.
 
     Raises:
-        ProviderError: No API key for OpenAI's own API, or a key no HTTP header can carry
-            (whitespace such as a trailing newline, control or non-ASCII characters).
+        ProviderError: No API key for OpenAI's own API, a key no HTTP header can carry
+            (whitespace such as a trailing newline, control or non-ASCII characters), or a
+            base URL that is not an http(s) URL (one written without its scheme, say).
         ValueError: A timeout or price is out of range.
     """
 
@@ -176,14 +196,17 @@ class OpenAIProvider(HttpProvider):
         input_cost_per_million: float = 0.0,
         output_cost_per_million: float = 0.0,
     ) -> None:
-        api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL
-        if api_key is None and base_url.rstrip("/") == DEFAULT_OPENAI_BASE_URL:
+        api_key = api_key or env_setting("OPENAI_API_KEY")
+        base_url = check_base_url(
+            "OpenAI",
+            (base_url or "").strip() or env_setting("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL,
+        )
+        if api_key is None and base_url == DEFAULT_OPENAI_BASE_URL:
             raise ProviderError(
                 "no OpenAI API key: pass api_key= or set OPENAI_API_KEY "
                 "(or point base_url / OPENAI_BASE_URL at a local OpenAI-compatible server)"
             )
-        self.model = model or os.environ.get("OPENAI_MODEL") or DEFAULT_OPENAI_MODEL
+        self.model = model or env_setting("OPENAI_MODEL") or DEFAULT_OPENAI_MODEL
         """Model used when a call names none."""
         self.stop = list(stop) if stop else None
         """Stop sequences sent with every call."""
@@ -223,14 +246,15 @@ class OpenAIProvider(HttpProvider):
                 `max_tokens`, `stop`, `response_format` for JSON-schema output, ...).
 
         Raises:
-            ProviderError: The call failed, the response is not a chat completion, or a tool
-                call's arguments are not a JSON object (when the reply was cut off by the
-                token limit, finish reason `length`, the message says so).
+            ProviderError: The call failed, the response is an error (under any status) or
+                not a chat completion, or a tool call's arguments are not a JSON object
+                (when the reply was cut off by the token limit, finish reason `length`, the
+                message says so).
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself.
         """
         body = self._body(messages, tools, model, params, stream=False)
-        raw = await self._transport.post_json("/chat/completions", body)
+        raw = await self._transport.post_json("/chat/completions", body, self._check_reply)
         completion = parse_json(_Completion, raw, "OpenAI response")
         if not completion.choices:
             raise ProviderError("malformed OpenAI response: no choices")
@@ -248,7 +272,9 @@ class OpenAIProvider(HttpProvider):
             )
             for call in message.tool_calls or ()
         ]
-        usage = completion.usage or _Usage()
+        input_tokens, output_tokens = parse_usage(
+            _Usage, completion.usage, "OpenAI response"
+        ).counts()
         text = message.content or ""
         stop_reason = choice.finish_reason
         if message.refusal:
@@ -257,12 +283,17 @@ class OpenAIProvider(HttpProvider):
         response = ChatResponse(
             text=text,
             tool_calls=calls,
-            usage=Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
+            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
             stop_reason=stop_reason,
             model=completion.model,
         )
-        self._transport.charge(usage.prompt_tokens, usage.completion_tokens)
+        self._transport.charge(input_tokens, output_tokens)
         return response
+
+    def _check_reply(self, raw: bytes) -> None:
+        error = error_in_body(raw, _Error)
+        if error is not None:  # an error sent with status 200
+            raise _api_error(error, self._transport, "OpenAI API error")
 
     def chat_stream(
         self,
@@ -276,8 +307,9 @@ class OpenAIProvider(HttpProvider):
         Usage comes from `stream_options.include_usage`. Arguments are as for `chat`.
 
         Raises:
-            ProviderError: From the iterator: the stream failed (error status, error event,
-                malformed event, timeout, connection lost, or no `[DONE]`), or a tool call's
+            ProviderError: From the iterator: the stream failed (error status, a reply that
+                is no event stream, error event, malformed event, timeout, no content for
+                `timeout` seconds, connection lost, or no `[DONE]`), or a tool call's
                 arguments are not a JSON object (as for `chat`).
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself.
@@ -328,7 +360,7 @@ class OpenAIProvider(HttpProvider):
         finish_reason: str | None = None
         refused = False
         model: str | None = None
-        usage = _Usage()
+        input_tokens = output_tokens = 0
         done = False
         events = self._transport.post_sse("/chat/completions", body, ended=lambda: done)
         async with contextlib.aclosing(events):  # closing it cuts a body kept open after [DONE]
@@ -339,12 +371,13 @@ class OpenAIProvider(HttpProvider):
                     break
                 chunk = parse_json(_Chunk, data, "OpenAI stream event")
                 if chunk.error is not None:
-                    raise _stream_error(chunk.error, self._transport)
+                    raise _api_error(chunk.error, self._transport, "OpenAI stream error")
                 if chunk.usage is not None:
-                    usage = chunk.usage
+                    usage = parse_usage(_Usage, chunk.usage, "OpenAI stream")
+                    input_tokens, output_tokens = usage.counts()
                 if chunk.model:
                     model = chunk.model
-                for choice in chunk.choices:
+                for choice in chunk.choices or ():
                     if choice.index != 0:
                         continue  # only the first choice is assembled (n > 1 is not supported)
                     delta = choice.delta
@@ -373,13 +406,11 @@ class OpenAIProvider(HttpProvider):
             response = ChatResponse(
                 text="".join(text),
                 tool_calls=[call.build(finish_reason) for call in calls.calls],
-                usage=Usage(
-                    input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens
-                ),
+                usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
                 stop_reason=_REFUSAL if refused else finish_reason,
                 model=model,
             )
-            self._transport.charge(usage.prompt_tokens, usage.completion_tokens)
+            self._transport.charge(input_tokens, output_tokens)
             yield StreamEnd(response)  # at once: the body is finished (or cut) after this
 
 
@@ -442,8 +473,11 @@ def _wire_message(message: Message) -> dict[str, Any]:
     return wire
 
 
-def _stream_error(error: _Error, transport: HttpTransport) -> ProviderError:
-    """The error for an `{"error": ...}` event sent in place of a chunk."""
+def _api_error(error: _Error, transport: HttpTransport, what: str) -> ProviderError:
+    """The error for an `{"error": ...}` body or event sent in place of a reply or chunk.
+
+    Retryable when its code is a retryable status, or its type says the server is busy.
+    """
     status = error.code if isinstance(error.code, int) else None
     retryable = (
         is_retryable_status(status)
@@ -457,7 +491,7 @@ def _stream_error(error: _Error, transport: HttpTransport) -> ProviderError:
     )
     kind = f"{error.type}: " if error.type else ""
     return ProviderError(
-        transport.redact(f"OpenAI stream error: {kind}{error.message}"),
+        transport.redact(f"{what}: {kind}{error.message or 'no error message'}"),
         status=status,
         retryable=retryable,
     )
