@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import dataclasses
 import enum
 import functools
@@ -651,3 +652,360 @@ async def test_structured_results_are_rendered_as_json(result: object, text: str
     assert obs.ok and obs.content == text
     if text.startswith(("{", "[")):
         json.loads(obs.content)
+
+
+# --- 21. aliases -------------------------------------------------------------------------------
+
+
+def _alias_annotated(x: Annotated[int, Field(alias="xx")]) -> str:
+    """Takes x by its alias.
+
+    Args:
+        x: The x.
+    """
+    return f"x={x}"
+
+
+def _alias_validation(x: Annotated[int, Field(validation_alias="xx")]) -> str:
+    """Takes x by its validation alias.
+
+    Args:
+        x: The x.
+    """
+    return f"x={x}"
+
+
+def _alias_default(x: int = Field(1, alias="xx")) -> str:
+    """Takes x by its alias, with a default.
+
+    Args:
+        x: The x.
+    """
+    return f"x={x}"
+
+
+@pytest.mark.parametrize("fn", [_alias_annotated, _alias_validation, _alias_default])
+async def test_a_parameter_with_an_alias_goes_by_its_alias(fn: Callable[..., str]) -> None:
+    spec = ar.tool(fn, name="aliased")
+    assert list(spec.parameters["properties"]) == ["xx"]
+    assert spec.parameters["properties"]["xx"]["description"] == "The x."
+    registry = ar.ToolRegistry([spec])
+    assert await registry.call("aliased", {"xx": 5}) == ("x=5", None)
+    assert await registry.call("aliased", '{"xx": "6"}') == ("x=6", None)
+    by_name = await registry.call("aliased", {"x": 5})
+    assert by_name.error_kind == "permanent"
+    assert "x: unexpected argument (the arguments are: xx)" in by_name.content
+    if fn is _alias_default:
+        assert spec.parameters["properties"]["xx"]["default"] == 1
+        assert await registry.call("aliased", {}) == ("x=1", None)
+    else:
+        assert spec.parameters["required"] == ["xx"]
+        assert await registry.call("aliased", 7) == ("x=7", None)  # the only required argument
+        assert "xx: Field required" in by_name.content
+
+
+async def test_an_alias_lets_a_tool_take_a_keyword_as_an_argument_name() -> None:
+    @ar.tool
+    async def trip(from_: Annotated[str, Field(alias="from")], to: str, /) -> str:
+        """Plans a trip."""
+        return f"{from_}->{to}"
+
+    assert list(trip.parameters["properties"]) == ["from", "to"]
+    assert await ar.ToolRegistry([trip]).call("trip", {"from": "A", "to": "B"}) == ("A->B", None)
+
+
+def test_an_alias_clashing_with_another_parameter_is_a_tool_error() -> None:
+    def clash(x: Annotated[int, Field(alias="y")], y: int) -> str:
+        """Clashes."""
+        return "x"
+
+    with pytest.raises(ar.ToolError, match=r"'clash'.*'y'"):
+        ar.tool(clash)
+
+
+# --- 22. a default filled in from `Annotated[..., Field(default=...)]` --------------------------
+
+
+async def test_unknown_arguments_are_refused_when_an_annotated_field_has_a_default() -> None:
+    @ar.tool
+    async def search(
+        query: str,
+        limit: Annotated[int, Field(default=10, ge=1)],
+        tags: Annotated[list[str], Field(default_factory=list)],
+    ) -> str:
+        """Searches."""
+        return f"{query} limit={limit} tags={tags}"
+
+    registry = ar.ToolRegistry([search])
+    assert (await registry.call("search", {"query": "q"})).content == "q limit=10 tags=[]"
+    for arguments in ({"query": "q", "limt": 1}, {"query": "q", "typo": 1, "tags": []}):
+        obs = await registry.call("search", arguments)
+        assert obs.error_kind == "permanent", arguments
+        assert "unexpected argument (the arguments are: query, limit, tags)" in obs.content
+
+
+# --- 23. text starting with '{' for a tool whose only argument is a string -----------------------
+
+
+@ar.tool
+def run_code(code: str) -> str:
+    """Runs Python code."""
+    return code
+
+
+@pytest.mark.parametrize(
+    "text", ["{x for x in range(3)}", "{'a': 1}", '{"a": 1}', "{}", "  {", '{"b": 2} trailing']
+)
+async def test_text_that_is_no_valid_arguments_object_is_the_only_arguments_value(
+    text: str,
+) -> None:
+    plain = ar.ToolSpec("plain", "d", lambda a: a["code"], required_fields=["code"])
+    registry = ar.ToolRegistry([run_code, plain])
+    assert await registry.call("run_code", text) == (text, None)
+    assert await registry.call("plain", text) == (text, None)
+
+
+async def test_text_that_is_a_valid_arguments_object_is_that_object() -> None:
+    registry = ar.ToolRegistry([run_code])
+    assert await registry.call("run_code", '{"code": "print(1)"}') == ("print(1)", None)
+
+
+async def test_a_brace_text_that_fits_neither_way_reports_the_objects_error() -> None:
+    @ar.tool
+    def double(n: int) -> int:
+        """Doubles."""
+        return 2 * n
+
+    registry = ar.ToolRegistry([double])
+    assert await registry.call("double", '{"n": 4}') == ("8", None)
+    missing = await registry.call("double", '{"m": 4}')
+    assert missing.error_kind == "permanent" and "n: Field required" in missing.content
+    not_json = await registry.call("double", "{n: 4}")
+    assert not_json.error_kind == "permanent" and "must be a JSON object" in not_json.content
+
+
+# --- 24. docstrings: nested parentheses in a type; an underlined summary ------------------------
+
+
+def test_a_google_argument_type_with_nested_parentheses_keeps_its_description() -> None:
+    def total(scale: float, weights: dict[str, int]) -> float:
+        """Weighted total.
+
+        Args:
+            scale (float): Multiplier applied to the total.
+            weights (dict(str, int)): Weight of each item, by name.
+        """
+        return scale
+
+    props = ar.tool(total).parameters["properties"]
+    assert props["scale"]["description"] == "Multiplier applied to the total."
+    assert props["weights"]["description"] == "Weight of each item, by name."
+
+
+def test_an_underlined_line_that_names_no_section_is_prose() -> None:
+    def search(query: str) -> str:
+        """Search the web.
+        ==================
+
+        Args:
+            query: What to search for.
+        """
+        return query
+
+    def fetch(url: str) -> str:
+        """Fetch a page.
+        ---------------
+        Returns its text.
+
+        Parameters
+        ----------
+        url : str
+            The address.
+        """
+        return url
+
+    spec = ar.tool(search)
+    assert spec.description == "Search the web."
+    assert spec.parameters["properties"]["query"]["description"] == "What to search for."
+    spec = ar.tool(fetch)
+    assert spec.description == "Fetch a page. Returns its text."
+    assert spec.parameters["properties"]["url"]["description"] == "The address."
+
+
+# --- 25. results that contain themselves, or nest deeply ---------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class _Node:
+    name: str
+    next: _Node | None = None
+
+
+@dataclasses.dataclass
+class _Chain:
+    child: _Chain | None = dataclasses.field(default=None, repr=False)
+
+
+@dataclasses.dataclass
+class _Locked:
+    name: str
+    lock: Any
+
+
+async def test_a_dataclass_that_contains_itself_or_nests_deeply_is_rendered_by_str() -> None:
+    node = _Node("a")
+    node.next = node
+    chain = _Chain()
+    for _ in range(5000):
+        chain = _Chain(chain)
+    for result, text in ((node, "_Node(name='a', next=...)"), (chain, "_Chain()")):
+        spec = ar.ToolSpec("give", "d", functools.partial(lambda r, a: r, result))
+        assert await ar.ToolRegistry([spec]).call("give", {}) == (text, None)
+
+
+async def test_a_dataclass_field_is_rendered_without_a_deep_copy() -> None:
+    result = _Locked("x", threading.Lock())  # a lock cannot be deep-copied
+    obs = await ar.ToolRegistry([ar.ToolSpec("give", "d", lambda a: result)]).call("give", {})
+    assert obs.ok and json.loads(obs.content)["name"] == "x"
+
+
+# --- 26. SystemExit from a tool with a timeout -------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_system_exit_from_a_tool_with_a_timeout_is_a_permanent_observation(
+    is_async: bool,
+) -> None:
+    def convert(args: dict[str, Any]) -> str:
+        raise SystemExit(2)
+
+    async def aconvert(args: dict[str, Any]) -> str:
+        raise SystemExit(2)
+
+    spec = ar.ToolSpec("convert", "d", aconvert if is_async else convert, timeout=5)
+
+    async def main() -> ar.Observation:
+        return await ar.ToolRegistry([spec]).call("convert", {})
+
+    obs = asyncio.run(main())  # a loop of its own: an escaping SystemExit would stop it
+    assert obs == ("error: the tool tried to exit the program (SystemExit: 2)", "permanent")
+
+
+# --- 27. the worker pool of sync tools with a timeout -------------------------------------------
+
+
+_POOL_SIZE = min(32, (os.cpu_count() or 1) + 4)
+
+
+async def test_timed_sync_calls_share_a_pool_of_reused_daemon_workers() -> None:
+    threads: list[threading.Thread] = []
+
+    @ar.tool(timeout=5)
+    def quick(q: str) -> str:
+        """Answers at once."""
+        threads.append(threading.current_thread())
+        time.sleep(0.001)
+        return q
+
+    registry = ar.ToolRegistry([quick])
+    before = threading.active_count()
+    peak = before
+    for _ in range(2):
+        calls = [asyncio.ensure_future(registry.call("quick", str(i))) for i in range(200)]
+        while not all(c.done() for c in calls):
+            peak = max(peak, threading.active_count())
+            await asyncio.sleep(0.001)
+        assert [c.result().content for c in calls] == [str(i) for i in range(200)]
+    assert len({id(t) for t in threads}) <= _POOL_SIZE
+    assert peak <= before + _POOL_SIZE
+    assert all(t.daemon for t in threads)
+
+
+async def test_a_full_pool_of_hung_timed_calls_does_not_block_a_timed_call() -> None:
+    release = threading.Event()
+
+    @ar.tool(timeout=0.1)
+    def hang(q: str) -> str:
+        """Waits on a server that never answers."""
+        release.wait(10)
+        return "late"
+
+    @ar.tool(timeout=5)
+    def quick(q: str) -> str:
+        """Answers at once."""
+        return "quick ok"
+
+    registry = ar.ToolRegistry([hang, quick])
+    try:
+        hung = [registry.call("hang", {"q": "x"}) for _ in range(_POOL_SIZE)]
+        *outcomes, obs = await asyncio.gather(*hung, registry.call("quick", {"q": "x"}))
+        assert {o.content for o in outcomes} == {"error: timed out after 0.1 s"}
+        assert obs == ("quick ok", None)  # run by a worker that took a stuck one's place
+        assert await asyncio.wait_for(registry.call("quick", {"q": "x"}), 2) == ("quick ok", None)
+    finally:
+        release.set()
+
+
+async def test_a_timed_call_that_times_out_waiting_for_a_worker_never_runs() -> None:
+    release = threading.Event()
+    ran: list[str] = []
+
+    started: list[str] = []
+
+    @ar.tool(timeout=5)
+    def busy(q: str) -> str:
+        """Holds a worker."""
+        started.append(q)
+        release.wait(10)
+        return "done"
+
+    @ar.tool(timeout=0.05)
+    def late(q: str) -> str:
+        """Must not run once its call has given up."""
+        ran.append(q)
+        return "ran"
+
+    registry = ar.ToolRegistry([busy, late])
+    calls = [asyncio.ensure_future(registry.call("busy", {"q": "x"})) for _ in range(_POOL_SIZE)]
+    try:
+        while len(started) < _POOL_SIZE:  # every worker busy
+            await asyncio.sleep(0.001)
+        timed_out = await registry.call("late", {"q": "x"})
+        assert timed_out == ("error: timed out after 0.05 s", "transient")
+    finally:
+        release.set()
+    assert {o.content for o in await asyncio.gather(*calls)} == {"done"}
+    assert await registry.call("late", {"q": "y"}) == ("ran", None)
+    assert ran == ["y"]
+
+
+async def test_a_timed_sync_call_sees_the_callers_context_variables() -> None:
+    @ar.tool(timeout=5)
+    def whoami() -> str:
+        """Reads a context variable."""
+        return _USER.get()
+
+    token = _USER.set("alice")
+    try:
+        assert await ar.ToolRegistry([whoami]).call("whoami", {}) == ("alice", None)
+    finally:
+        _USER.reset(token)
+
+
+_USER: contextvars.ContextVar[str] = contextvars.ContextVar("_USER", default="nobody")
+
+
+# --- 28. settings changed after `@tool` -----------------------------------------------------------
+
+
+async def test_a_handler_or_settings_set_after_the_decorator_apply() -> None:
+    @ar.tool
+    async def greet(name: str) -> str:
+        """Greets."""
+        return f"hello {name}"
+
+    registry = ar.ToolRegistry([greet])
+    assert (await registry.call("greet", {"name": "a"})).content == "hello a"
+    greet.handler = lambda arguments: f"hi {arguments['name']}"
+    greet.is_async = False
+    assert (await registry.call("greet", {"name": "a"})).content == "hi a"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import dataclasses
@@ -10,8 +11,10 @@ import enum
 import functools
 import inspect
 import json
+import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any, Literal, NamedTuple
@@ -51,6 +54,17 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 class _ToolTimeoutError(TimeoutError):
     """The per-tool timeout expired (a tool's own `TimeoutError` keeps its own message)."""
+
+
+class _CarriedExit(Exception):
+    """A tool's `SystemExit`, carried out of the task `asyncio.wait_for` runs a call in.
+
+    Before Python 3.12 that task would re-raise a `SystemExit` out of the event loop.
+    """
+
+    def __init__(self, exit_: SystemExit) -> None:
+        super().__init__(exit_)
+        self.exit = exit_
 
 
 class Observation(NamedTuple):
@@ -105,13 +119,18 @@ class ToolSpec:
 
     Arguments are a dict; a string holding a JSON object is taken for that object. Another
     bare value is taken for the only required argument when there is exactly one; for a tool
-    with no required argument, None and "" mean no arguments.
+    with no required argument, None and "" mean no arguments. For a tool whose only argument
+    is a required one, text starting with '{' that is not a JSON object, or is one that does
+    not validate (say, `{}` or a code snippet), is that argument's value when it validates as
+    such.
 
-    A sync handler with a `timeout` runs on a daemon thread of its own, so a call that times
-    out does not hold a worker that other tools need. A thread cannot be killed: the timed-out
-    handler keeps running in the background until it returns (its result is dropped), though
-    it does not keep `asyncio.run` or the interpreter from exiting. A sync handler without a
-    timeout runs in the event loop's default executor.
+    A sync handler with a `timeout` runs on a pool of daemon threads (as many as the default
+    executor has), so a call that times out does not hold a worker that other tools need: a
+    worker stuck in a timed-out call leaves the pool and a new one takes its place. A thread
+    cannot be killed: the timed-out handler keeps running in the background until it returns
+    (its result is dropped), though it does not keep `asyncio.run` or the interpreter from
+    exiting. A call whose timeout expires before a worker is free never runs. A sync handler
+    without a timeout runs in the event loop's default executor.
 
     Args:
         name: Name the model calls the tool by: 1 to 64 ASCII letters, digits, '_' or '-'.
@@ -140,6 +159,7 @@ class ToolSpec:
 
     __slots__ = (
         "_check",
+        "_direct",
         "_full_check",
         "circuit_breaker",
         "description",
@@ -201,6 +221,15 @@ class ToolSpec:
         # them.
         self._check: Callable[[Any], dict[str, Any]] = self._check_required
         self._full_check: Callable[[Any], dict[str, Any]] = self._check_required
+        # An async function the registry may call with the checked arguments as keywords
+        # instead of going through `handler` (`@tool` sets it); cleared when a setting of
+        # how calls run changes.
+        self._direct: Callable[..., Awaitable[Any]] | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _RUN_SETTINGS:
+            object.__setattr__(self, "_direct", None)
 
     def definition(self) -> dict[str, Any]:
         """Returns the tool as a provider-neutral definition dict (name, description, schema)."""
@@ -215,14 +244,28 @@ class ToolSpec:
         """
         try:
             return self._full_check(self._as_object(arguments))
-        except ValidationError as error:
-            raise ValueError(f"invalid arguments: {self._explain(error)}") from None
-        except ValueError:
-            raise
-        except Exception as error:  # a validator's own failure, e.g. a KeyError
+        except Exception as error:
+            sole = self._sole_argument()
+            if sole is not None and isinstance(arguments, str) and arguments.lstrip()[:1] == "{":
+                # Not an arguments object after all: a code snippet, say, or `{}`.
+                with contextlib.suppress(Exception):
+                    return self._full_check({sole: arguments})
+            if isinstance(error, ValidationError):
+                raise ValueError(f"invalid arguments: {self._explain(error)}") from None
+            if isinstance(error, ValueError):
+                raise
+            # A validator's own failure, e.g. a KeyError.
             raise ValueError(
                 f"invalid arguments: a validator failed with {_describe(error, with_type=True)}"
             ) from None
+
+    def _sole_argument(self) -> str | None:
+        """The name of the tool's only argument when that one is required, else None."""
+        if len(self.required_fields) != 1:
+            return None
+        sole = self.required_fields[0]
+        properties = self.parameters.get("properties") or {}
+        return sole if all(p == sole for p in properties) else None
 
     def _explain(self, error: ValidationError) -> str:
         """The errors pydantic found, as one line for the model."""
@@ -240,8 +283,9 @@ class ToolSpec:
         """The arguments as a dict.
 
         A string holding a JSON object is that object; any other string starting with '{'
-        is refused. Another bare value is the only required argument; None and "" are no
-        arguments for a tool that requires none.
+        is refused (`check_arguments` may then take it for the only argument). Another bare
+        value is the only required argument; None and "" are no arguments for a tool that
+        requires none.
         """
         if isinstance(arguments, dict):
             return arguments
@@ -293,7 +337,7 @@ class ToolSpec:
         elif timeout is None:
             call = self._in_thread(arguments)
         else:
-            call = self._in_daemon_thread(arguments)
+            call = self._in_pool(arguments, timeout)
         if timeout is None:
             return await call
         return await _with_timeout(call, timeout)
@@ -305,30 +349,23 @@ class ToolSpec:
             return await result
         return result
 
-    async def _in_daemon_thread(self, arguments: dict[str, Any]) -> Any:
-        """Runs a sync handler on a daemon thread of its own (for a call with a timeout).
+    async def _in_pool(self, arguments: dict[str, Any], timeout: float) -> Any:
+        """Runs a sync handler on the daemon worker pool (for a call with a timeout).
 
-        A timed-out call leaves the thread running (it cannot be killed) without holding a
-        worker of the shared executor; its result is then dropped.
+        A call abandoned (timed out or cancelled) while it runs leaves its worker running it
+        without holding a place in the pool; its outcome is then dropped. A call still
+        waiting for a worker when its timeout expires is not run.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        context = contextvars.copy_context()
-        handler = self.handler
-
-        def work() -> None:
-            error: BaseException | None = None
-            result: Any = None
-            try:
-                result = context.run(handler, arguments)
-            except BaseException as exc:  # handed to the awaiting coroutine, as to_thread does
-                error = exc
-            # RuntimeError: the event loop has closed, and nobody waits for this call.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, future, result, error)
-
-        threading.Thread(target=work, name=f"tool-{self.name}", daemon=True).start()
-        result = await future
+        deadline = time.monotonic() + timeout
+        job = _Job(self.handler, arguments, contextvars.copy_context(), loop, future, deadline)
+        _POOL.submit(job)
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            _POOL.abandon(job)
+            raise
         if inspect.isawaitable(result):
             return await result
         return result
@@ -338,7 +375,11 @@ class ToolSpec:
 
 
 async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
-    """Awaits `call` for at most `timeout` s; only an expiry says "timed out after N s"."""
+    """Awaits `call` for at most `timeout` s; only an expiry says "timed out after N s".
+
+    A `SystemExit` from the call is raised here, in the caller's task, like one from a call
+    without a timeout.
+    """
     own: list[BaseException] = []
 
     async def watched() -> Any:
@@ -347,6 +388,8 @@ async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
         except _TIMEOUT_ERRORS as error:  # the tool's own, to tell it from the expiry
             own.append(error)
             raise
+        except SystemExit as exit_:
+            raise _CarriedExit(exit_) from None
 
     try:
         return await asyncio.wait_for(watched(), timeout)
@@ -354,6 +397,8 @@ async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
         if own and own[0] is error:
             raise
         raise _ToolTimeoutError(f"timed out after {timeout} s") from None
+    except _CarriedExit as carried:
+        raise carried.exit from None
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -366,6 +411,150 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(RuntimeError(f"the tool raised {error!r}"))
     else:
         future.set_exception(error)
+
+
+# States of a `_Job`.
+_QUEUED = "queued"
+_RUNNING = "running"
+_DONE = "done"
+_ABANDONED = "abandoned"  # its call gave up on it (timed out, or was cancelled)
+
+
+class _Job:
+    """One call of a sync handler on the worker pool."""
+
+    __slots__ = ("arguments", "context", "deadline", "future", "handler", "loop", "state")
+
+    def __init__(
+        self,
+        handler: Callable[[dict[str, Any]], Any],
+        arguments: dict[str, Any],
+        context: contextvars.Context,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any],
+        deadline: float,
+    ) -> None:
+        self.handler = handler
+        self.arguments = arguments
+        self.context = context
+        self.loop = loop
+        self.future = future
+        self.deadline = deadline  # `time.monotonic()` past which the call has timed out
+        self.state = _QUEUED
+
+    def run(self) -> None:
+        """Runs the handler in the caller's context; hands its outcome to the caller's loop."""
+        error: BaseException | None = None
+        result: Any = None
+        try:
+            result = self.context.run(self.handler, self.arguments)
+        except BaseException as exc:  # handed to the awaiting coroutine, as to_thread does
+            error = exc
+        # RuntimeError: the event loop has closed, and nobody waits for this call.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_settle, self.future, result, error)
+        del result, error  # no cycle through the traceback's frames
+
+
+class _WorkerPool:
+    """Daemon threads that run the calls of sync tools with a timeout.
+
+    At most `size` workers run calls that someone still awaits; further calls wait in a
+    queue, and idle workers wait for calls. A call abandoned while it runs gives its worker's
+    place to a new worker: the stuck worker finishes the call, drops its outcome and exits. A
+    call abandoned while it waits, or whose timeout has expired by the time a worker is free,
+    is never run. Being daemon threads, workers do not keep the interpreter from exiting.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._reset()
+
+    def _reset(self) -> None:
+        """Starts empty (also in a forked child, where the parent's workers do not exist)."""
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._jobs: collections.deque[_Job] = collections.deque()  # abandoned ones included
+        self._waiting = 0  # jobs in the queue not abandoned
+        self._workers = 0  # workers not stuck in an abandoned call
+        self._idle = 0  # of these, the ones waiting with no job meant for them yet
+        self._started = 0
+
+    def submit(self, job: _Job) -> None:
+        """Queues `job`, for an idle worker or a new one when the pool has room.
+
+        Raises:
+            RuntimeError: When no worker can be started and none exists to run the job.
+        """
+        with self._lock:
+            self._jobs.append(job)
+            self._waiting += 1
+            if self._idle:
+                self._idle -= 1
+                self._wakeup.notify()
+            elif self._workers < self.size:
+                try:
+                    self._start()
+                except RuntimeError:  # can't start new thread
+                    if self._workers:
+                        return  # a busy worker runs it later (if its timeout allows)
+                    self._jobs.remove(job)
+                    self._waiting -= 1
+                    raise
+
+    def abandon(self, job: _Job) -> None:
+        """Gives up on `job`: dropped if it waits; if it runs, its worker's place is freed."""
+        with self._lock:
+            if job.state is _QUEUED:
+                job.state = _ABANDONED
+                self._waiting -= 1
+            elif job.state is _RUNNING:
+                job.state = _ABANDONED
+                self._workers -= 1
+                if self._waiting > self._idle:  # calls wait: a worker for them at once
+                    with contextlib.suppress(RuntimeError):
+                        self._start()
+
+    def _start(self) -> None:
+        """Starts a worker (with the lock held)."""
+        self._workers += 1
+        self._started += 1
+        name = f"llm-agent-runtime-tool-{self._started}"
+        try:
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+        except BaseException:
+            self._workers -= 1
+            raise
+
+    def _work(self) -> None:
+        """A worker's loop: takes jobs until one it runs is abandoned."""
+        lock, wakeup, jobs = self._lock, self._wakeup, self._jobs
+        while True:
+            with lock:
+                while not jobs:
+                    self._idle += 1
+                    wakeup.wait()  # `submit` takes it off the idle count
+                job = jobs.popleft()
+                runnable = job.state is _QUEUED  # else abandoned while it waited
+                if runnable:
+                    self._waiting -= 1
+                    if time.monotonic() < job.deadline:
+                        job.state = _RUNNING
+                    else:  # timed out while it waited: its call is about to give up
+                        job.state = _ABANDONED
+                        runnable = False
+            if runnable:
+                job.run()
+                with lock:
+                    if job.state is _ABANDONED:
+                        return  # another worker has taken this one's place
+                    job.state = _DONE
+            del job  # an idle worker holds on to no call's loop or arguments
+
+
+_POOL = _WorkerPool(min(32, (os.cpu_count() or 1) + 4))  # the default executor's size
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL._reset)
 
 
 def _is_async_callable(handler: Any) -> bool:
@@ -407,6 +596,7 @@ _SECTIONS = _ARG_SECTIONS | {
     "notes",
     "raise",
     "raises",
+    "receives",
     "references",
     "return",
     "returns",
@@ -418,8 +608,9 @@ _SECTIONS = _ARG_SECTIONS | {
     "yield",
     "yields",
 }
-# `name: text`, `name (type): text`, `*args: text` (Google style).
-_GOOGLE_ARG = re.compile(r"\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:(.*)")
+# `name: text`, `name (type): text`, `*args: text` (Google style); the type may hold one
+# level of parentheses, as in `(dict(str, int))`.
+_GOOGLE_ARG = re.compile(r"\*{0,2}(\w+)\s*(?:\((?:[^()]|\([^()]*\))*\))?\s*:(.*)")
 # `:param name: text`, `:param type name: text` (Sphinx style).
 _SPHINX_ARG = re.compile(
     r":(?:param|parameter|arg|argument|key|keyword)\s+(?:[^:]*\s)?\**(\w+)\s*:(.*)"
@@ -447,7 +638,8 @@ def _doc_parts(doc: str) -> tuple[str, dict[str, str]]:
     (`:param name: text`) and NumPy (`Parameters` underlined by dashes, `name : type` with
     the text indented below) styles are understood. The summary is the prose outside
     sections (its first two lines); `Returns`, `Raises`, `Examples` and other sections are
-    left out of it.
+    left out of it. An underlined line is a section header only when it names a known
+    section; another one is a title, part of the prose (its underline is not).
     """
     lines = inspect.cleandoc(doc).splitlines()
     summary_lines: list[str] = []
@@ -456,19 +648,19 @@ def _doc_parts(doc: str) -> tuple[str, dict[str, str]]:
     numpy = False  # the current section has an underlined (NumPy-style) header
     current: list[str] = []  # the argument(s) whose description the next lines continue
     current_indent = 0
-    skip_next = False
     for index, raw in enumerate(lines):
-        if skip_next:  # a NumPy header's underline
-            skip_next = False
-            continue
         line = raw.strip()
         if not line:
             continue
         indent = len(raw) - len(raw.lstrip())
         following = lines[index + 1].strip() if index + 1 < len(lines) else ""
-        if indent == 0 and _UNDERLINE.fullmatch(following) and not _UNDERLINE.fullmatch(line):
-            section, numpy, current, skip_next = line.lower(), True, [], True
-            continue
+        if _UNDERLINE.fullmatch(line):
+            continue  # a rule, or the underline of a title: no text
+        if indent == 0 and _UNDERLINE.fullmatch(following):
+            if line.lower() in _SECTIONS:  # a NumPy-style section header
+                section, numpy, current = line.lower(), True, []
+                continue
+            section, numpy, current = None, False, []  # an underlined title: prose
         if indent == 0 and line.startswith(":"):
             match = _SPHINX_ARG.fullmatch(line)
             if match is not None:
@@ -603,8 +795,9 @@ def tool(
     `*args: T` is an optional argument holding a list of `T`; `**kwargs: T` lets the model
     pass further arguments of type `T`. Functions, bound methods, `functools.partial`
     objects (arguments the partial fixes by keyword are not shown to the model) and
-    callable objects can be tools. Argument descriptions come from a Google, Sphinx or
-    NumPy style docstring.
+    callable objects can be tools. A parameter whose `Field` has an alias (or a validation
+    alias) goes by it, in the schema and in the arguments. Argument descriptions come from
+    a Google, Sphinx or NumPy style docstring.
 
     Args:
         fn: The function (when used as `@tool` without parentheses).
@@ -648,6 +841,8 @@ def tool(
         var_keyword: Any = None
         has_var_keyword = False
         fills_defaults = False  # the validator adds omitted arguments' `Field` defaults
+        order: list[str] = []  # the parameters in the schema, in order
+        called: list[str] = []  # the names they go by (other than *args)
         params = [p for p in signature.parameters.values() if p.name not in fixed]
         takes_var_positional = any(p.kind is kind.VAR_POSITIONAL for p in params)
         for index, param in enumerate(params):
@@ -668,21 +863,36 @@ def tool(
             # no name (`_private`, `model_config`, `schema`) clashes with pydantic's own.
             field = f"f{index}"
             default = param.default
+            order.append(pname)
             if param.kind is kind.VAR_POSITIONAL:
                 var_positional = pname
                 items: Any = list[annotation]  # type: ignore[valid-type]
                 model_fields[field] = (items, Field(default_factory=list, alias=pname))
                 typed_fields[pname] = NotRequired[items]
-            elif isinstance(default, FieldInfo):  # `= Field(default=..., ge=...)`
+                continue
+            # The parameter's own `Field`s: in `Annotated[...]`, whose default the validator
+            # fills in, and as its default.
+            infos = [m for m in getattr(annotation, "__metadata__", ()) if isinstance(m, FieldInfo)]
+            fills_defaults = fills_defaults or any(not info.is_required() for info in infos)
+            if isinstance(default, FieldInfo):
+                infos.append(default)
+            # A parameter with an alias of its own goes by its alias, in the schema and the
+            # validator alike (which hands the value over under the parameter's name).
+            own_alias = next(
+                (a for i in infos for a in (i.validation_alias, i.alias) if a is not None), None
+            )
+            named: dict[str, Any] = {} if own_alias is not None else {"alias": pname}
+            called.append(own_alias if isinstance(own_alias, str) else pname)
+            if isinstance(default, FieldInfo):  # `= Field(default=..., ge=...)`
                 typed: Any = Annotated[annotation, default]
-                model_fields[field] = (typed, Field(alias=pname))
+                model_fields[field] = (typed, Field(**named))
                 typed_fields[pname] = typed if default.is_required() else NotRequired[typed]
                 fills_defaults = fills_defaults or not default.is_required()
             elif default is kind.empty:
-                model_fields[field] = (annotation, Field(alias=pname))
+                model_fields[field] = (annotation, Field(**named))
                 typed_fields[pname] = annotation
             else:
-                model_fields[field] = (annotation, Field(default, alias=pname))
+                model_fields[field] = (annotation, Field(default, **named))
                 typed_fields[pname] = NotRequired[annotation]
         try:
             schema, check, full_check = _schema_and_check(
@@ -691,13 +901,24 @@ def tool(
         except Exception as error:
             raise _schema_error(tool_name, annotations, var_keyword, error) from error
         schema.pop("title", None)
-        for prop_name, prop in schema.get("properties", {}).items():
+        properties = schema.get("properties", {})
+        if len(properties) != len(order):  # an alias is another parameter's name or alias
+            clashes = sorted({n for n in called if called.count(n) > 1})
+            raise ToolError(
+                f"cannot make tool {tool_name!r}: more than one parameter goes by the name "
+                f"{', '.join(map(repr, clashes)) or 'of an alias'}",
+                tool=tool_name,
+            )
+        # The schema lists the parameters in order, each by its alias if it has one.
+        for pname, (prop_name, prop) in zip(order, properties.items(), strict=True):
             prop.pop("title", None)
-            if prop_name in arg_docs:
-                prop.setdefault("description", arg_docs[prop_name])
+            doc = arg_docs.get(pname, arg_docs.get(prop_name))
+            if doc is not None:
+                prop.setdefault("description", doc)
         is_async = _is_async_callable(func)
 
-        if positional or var_positional is not None:
+        handler_takes_keywords = not positional and var_positional is None
+        if not handler_takes_keywords:
 
             def handler(arguments: dict[str, Any]) -> Any:
                 keywords = dict(arguments)
@@ -728,6 +949,14 @@ def tool(
         spec._check = check
         spec._full_check = full_check
         spec.is_async = is_async
+        if (
+            is_async
+            and handler_takes_keywords
+            and timeout is None
+            and circuit_breaker is None
+            and not spec.takes_idempotency_key
+        ):
+            spec._direct = func  # what `handler` calls: the registry saves a frame per call
         return spec
 
     if fn is not None:
@@ -827,7 +1056,9 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        # Its fields as they are (no deep copy): `json` encodes them in turn, and its check
+        # for cycles catches a dataclass that contains itself.
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", "replace")
     if isinstance(value, (set, frozenset)):
@@ -853,7 +1084,7 @@ def _render(result: Any) -> str:
         return bytes(result).decode("utf-8", "replace")
     try:
         return json.dumps(result, default=_json_default)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # not JSON, a cycle, or nested too deep
         return str(result)
 
 
@@ -929,8 +1160,9 @@ class ToolRegistry:
         (`PolicyDeniedError`, `BudgetExceededError`), cancellation of the call, and
         `KeyboardInterrupt` propagate.
         """
-        spec = self._tools.get(name)
-        if spec is None:
+        try:
+            spec = self._tools[name]
+        except KeyError:
             known = ", ".join(self.names()) or "none"
             message = f"error: unknown tool {name!r} (known: {known})"
             return Observation(_truncate(message, max_chars), "not_found")
@@ -943,14 +1175,17 @@ class ToolRegistry:
                 checked = spec.check_arguments(arguments)
             except ValueError as error:
                 return Observation(_truncate(f"error: {_describe(error)}", max_chars), "permanent")
-        if spec.takes_idempotency_key:
+        direct = spec._direct
+        if direct is None and spec.takes_idempotency_key:
             # Without a key from the caller (no checkpoints), one unique to this call.
             key = uuid.uuid4().hex if idempotency_key is None else idempotency_key
             checked = {**checked, IDEMPOTENCY_KEY: key}
         try:
-            if spec.circuit_breaker is not None:
+            if direct is not None:  # an async `@tool` function: the common case, called as is
+                result = await direct(**checked)
+            elif spec.circuit_breaker is not None:
                 result = await spec.circuit_breaker.call(spec.invoke, checked)
-            elif spec.is_async and spec.timeout is None:  # the common case, one frame less
+            elif spec.is_async and spec.timeout is None:  # one frame less
                 result = await spec.handler(checked)
             else:
                 result = await spec.invoke(checked)
@@ -983,6 +1218,10 @@ class ToolRegistry:
 
 
 _new_tuple = tuple.__new__
+# The `ToolSpec` attributes that decide how a call runs: setting one clears `_direct`.
+_RUN_SETTINGS = frozenset(
+    {"circuit_breaker", "handler", "is_async", "takes_idempotency_key", "timeout"}
+)
 # The commonest results, rendered by one C call (a str is returned as is).
 _RENDER_EXACT: dict[type, Callable[[Any], str]] = {
     str: str,
