@@ -326,9 +326,10 @@ class _FirstReached(rx.visit.BFSVisitor):  # type: ignore[misc]
 def first_query(lib: str, g: Any, directed: bool) -> list[int]:
     """The nodes within 0 hops of node 0: the cheapest query, run once on a new graph.
 
-    Ours builds its CSR snapshot and the Python strings of its ids on the first algorithm
-    call (`bfs` needs both); the peers' graphs answer as built. So construction is timed up
-    to a graph that has answered a query, on every side.
+    Ours builds the adjacency view an algorithm reads (here the undirected one) on that
+    algorithm's first call, and the Python strings of the ids a result holds; the peers'
+    graphs answer as built. So construction is timed up to a graph that has answered a
+    query, on every side.
     """
     if lib == OURS:
         return [int(v) for v in g.bfs("0", max_depth=0, directed=directed)]

@@ -370,7 +370,7 @@ def test_bulk_builders() -> None:
         ar.GraphStore.from_edge_list(2, [(0, 1, float("inf"))])
     with pytest.raises(ar.GraphError, match="2 or 3 items"):
         ar.GraphStore.from_edge_list(2, [(0, 1, 1.0, 9)])
-    # A large graph's entities are made on a second thread while the edges are read.
+    # A large graph: its entities are implied (not stored) and its snapshot made as it is read.
     n = 6_000
     edges = [(i % n, (i * 7 + 1) % n, float(i % 5 + 1)) for i in range(3 * n)]
     big = ar.GraphStore.from_edge_list(n, edges)

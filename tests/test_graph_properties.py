@@ -182,3 +182,66 @@ def test_louvain_modularity_close_to_networkx(graph: tuple[int, list[Edge]], see
     )
     peer = nx.community.louvain_communities(undirected, weight="weight", seed=seed)
     assert q >= nx.community.modularity(undirected, peer) - 0.02
+
+
+def _answers(g: ar.GraphStore) -> list[Any]:
+    """What a graph answers, from its stored form to every algorithm (for comparing builds)."""
+    ids = g.entity_ids()
+    out: list[Any] = [ids, g.to_json(), g.relationships(), g.relationship_kinds()]
+    for source in ids:
+        for directed in (True, False):
+            out += [
+                g.bfs(source, directed=directed),
+                g.bfs(source, max_depth=1, directed=directed),
+                g.dfs(source, directed=directed),
+                g.distances(source, directed=directed),
+                g.reachable(source, directed=directed),
+            ]
+        out += [g.neighbors_of(source), g.entity(source), g.edges_from(source)]
+        out += [g.shortest_path(source, target) for target in ids]
+    out += [
+        g.degree_centrality("total"),
+        g.betweenness_centrality(),
+        g.betweenness_centrality(directed=False, weighted=True),
+        g.transitive_closure(),
+        g.has_cycle(),
+        g.cycles(),
+        g.communities(seed=1),
+        g.entities_with_self_loops(),
+        g.bidirectional_count(),
+        g.isolated_entity_count(),
+        g.subgraph(ids[::2]).to_json(),
+        g.neighborhood(ids[0]).to_json() if ids else None,
+        [g.has_entity(x) for x in ("0", "00", "01", "+1", "-0", " 1", "1.0", str(len(ids)))],
+    ]
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(graphs(max_nodes=9, max_edges=20), st.data())
+def test_from_edge_list_answers_as_a_graph_built_one_by_one(
+    graph: tuple[int, list[Edge]], data: Any
+) -> None:
+    # from_edge_list implies its entities, shares its edge list and makes its snapshot while
+    # reading: every answer, before and after each kind of change, is the one-by-one graph's.
+    n, edges = graph
+    bulk = ar.GraphStore.from_edge_list(n, edges, kind="k")
+    one_by_one, _, _ = build(n, edges)
+    assert _answers(bulk) == _answers(one_by_one)
+    if n == 0:
+        return
+    node = str(data.draw(st.integers(0, n - 1)))
+    changes = [
+        lambda g: g.remove_entity(node),
+        lambda g: g.add_entity(str(n)),
+        lambda g: g.add_entity("x"),
+        lambda g: g.update_entity(node, label="l", properties={"p": 1}),
+        lambda g: g.add_relationship(node, node, "j", 2.0),
+        lambda g: g.remove_relationship(node, node),
+        lambda g: g.update_relationship(node, node, "k", weight=3.0),
+        lambda g: g.add_relationships([(node, "y", "j", 1.0)], create_missing=True),
+    ]
+    change = data.draw(st.sampled_from(changes))
+    for g in (bulk, one_by_one):
+        change(g)
+    assert _answers(bulk) == _answers(one_by_one)

@@ -172,7 +172,7 @@ pub fn reachable(snapshot: &Snapshot, directed: bool, source: u32) -> Vec<u32> {
 /// For every node, the nodes reachable from it in one or more hops (so a node is in its own
 /// set only when it lies on a cycle), sorted. Parallel over sources on large graphs.
 pub fn transitive_closure(snapshot: &Snapshot) -> Vec<Vec<u32>> {
-    let adj = &snapshot.out;
+    let adj = snapshot.out();
     let n = snapshot.n;
     let one = |s: usize| -> Vec<u32> {
         let mut seen = vec![false; n];
@@ -204,14 +204,16 @@ pub fn transitive_closure(snapshot: &Snapshot) -> Vec<Vec<u32>> {
 pub fn has_cycle(snapshot: &Snapshot) -> bool {
     // Kahn's algorithm: a cycle exists iff some node never reaches in-degree zero.
     let n = snapshot.n;
-    let mut indegree: Vec<u32> = (0..n).map(|v| snapshot.incoming.degree(v) as u32).collect();
+    let mut indegree: Vec<u32> = (0..n)
+        .map(|v| snapshot.incoming().degree(v) as u32)
+        .collect();
     let mut queue: Vec<u32> = (0..n as u32)
         .filter(|&v| indegree[v as usize] == 0)
         .collect();
     let mut removed = 0;
     while let Some(v) = queue.pop() {
         removed += 1;
-        for &w in snapshot.out.neighbors(v as usize).0 {
+        for &w in snapshot.out().neighbors(v as usize).0 {
             indegree[w as usize] -= 1;
             if indegree[w as usize] == 0 {
                 queue.push(w);
@@ -225,7 +227,7 @@ pub fn has_cycle(snapshot: &Snapshot) -> bool {
 /// cycle starts at its smallest node index and is listed once.
 pub fn cycles(snapshot: &Snapshot, cap: usize) -> Vec<Vec<u32>> {
     let n = snapshot.n;
-    let adj = &snapshot.out;
+    let adj = snapshot.out();
     let mut found = Vec::new();
     let mut in_component = vec![false; n];
     let mut blocked = vec![false; n];
@@ -242,7 +244,7 @@ pub fn cycles(snapshot: &Snapshot, cap: usize) -> Vec<Vec<u32>> {
         // The strongly connected component of `s` among nodes >= s: forward ∩ backward reach.
         let same = |w: u32| w >= s && component_of[w as usize] == component_of[s as usize];
         let forward = reach_from(adj, s, same);
-        let backward = reach_from(&snapshot.incoming, s, same);
+        let backward = reach_from(snapshot.incoming(), s, same);
         let component: Vec<u32> = forward
             .iter()
             .copied()
@@ -318,7 +320,7 @@ pub fn strongly_connected(snapshot: &Snapshot) -> (Vec<u32>, Vec<usize>) {
         visited[root] = true;
         let mut stack = vec![(root as u32, 0usize)];
         while let Some(&mut (v, ref mut next)) = stack.last_mut() {
-            let neighbors = snapshot.out.neighbors(v as usize).0;
+            let neighbors = snapshot.out().neighbors(v as usize).0;
             if *next < neighbors.len() {
                 let w = neighbors[*next];
                 *next += 1;
@@ -345,7 +347,7 @@ pub fn strongly_connected(snapshot: &Snapshot) -> (Vec<u32>, Vec<usize>) {
         let mut stack = vec![root];
         while let Some(v) = stack.pop() {
             size += 1;
-            for &w in snapshot.incoming.neighbors(v as usize).0 {
+            for &w in snapshot.incoming().neighbors(v as usize).0 {
                 if component[w as usize] == u32::MAX {
                     component[w as usize] = id;
                     stack.push(w);
@@ -443,16 +445,16 @@ mod tests {
             let k = s.intern("k");
             s.push_relationship(a, b, k, w);
         }
-        Snapshot::build(&s)
+        Snapshot::build(&s).unwrap()
     }
 
     #[test]
     fn traversals_follow_insertion_order_and_depth() {
         let g = graph(5, &[(0, 2, 1.0), (0, 1, 1.0), (1, 3, 1.0), (2, 4, 1.0)]);
-        assert_eq!(bfs(&g.out, 5, 0, None), vec![0, 2, 1, 4, 3]);
-        assert_eq!(bfs(&g.out, 5, 0, Some(1)), vec![0, 2, 1]);
-        assert_eq!(dfs(&g.out, 5, 0, None), vec![0, 2, 4, 1, 3]);
-        assert_eq!(dfs(&g.out, 5, 0, Some(1)), vec![0, 2, 1]);
+        assert_eq!(bfs(g.out(), 5, 0, None), vec![0, 2, 1, 4, 3]);
+        assert_eq!(bfs(g.out(), 5, 0, Some(1)), vec![0, 2, 1]);
+        assert_eq!(dfs(g.out(), 5, 0, None), vec![0, 2, 4, 1, 3]);
+        assert_eq!(dfs(g.out(), 5, 0, Some(1)), vec![0, 2, 1]);
     }
 
     #[test]

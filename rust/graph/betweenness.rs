@@ -214,7 +214,7 @@ pub fn betweenness(
             "weighted betweenness needs non-negative weights; the graph has a negative one".into(),
         ));
     }
-    if weighted && g.view(directed).edge_count() > 0 && has_zero_weight(g) {
+    if weighted && g.edges().iter().any(|&(_, _, w)| w == 0.0) {
         return Err(CoreError::Graph(
             "weighted betweenness needs positive weights; the graph has a zero weight".into(),
         ));
@@ -230,6 +230,11 @@ pub fn betweenness(
             &all
         }
     };
+    // The views are built here, once, rather than raced for by the parallel workers.
+    let _ = g.view(directed);
+    if weighted {
+        let _ = g.reverse_view(directed);
+    }
     let run = |sc: &mut Scratch, scores: &mut Vec<f64>, s: u32| {
         if weighted {
             accumulate_weighted(g, directed, s, sc, scores);
@@ -270,10 +275,6 @@ pub fn betweenness(
         sampled.then_some(sources),
     );
     Ok(scores)
-}
-
-fn has_zero_weight(g: &Snapshot) -> bool {
-    (0..g.n).any(|v| g.out.neighbors(v).1.contains(&0.0))
 }
 
 /// networkx's `_rescale` (3.6, endpoints excluded): exact runs divide by the number of
@@ -335,7 +336,7 @@ mod tests {
             let k = s.intern("k");
             s.push_relationship(i as u32, i as u32 + 1, k, w);
         }
-        Snapshot::build(&s)
+        Snapshot::build(&s).unwrap()
     }
 
     #[test]

@@ -3,8 +3,18 @@
 //! Parallel relationships collapse into one neighbour with the smallest weight (what shortest
 //! paths and path counting see, as in networkx on a multigraph); neighbours keep the order of
 //! first insertion, so traversals are deterministic and match networkx's adjacency order.
+//!
+//! A [`Snapshot`] holds the relationship list and the degree counts, gathered in one pass
+//! (or while `from_edge_list` reads its input); each adjacency view is built from them on
+//! first use, in O(n + m) with no hashing and no sort: the degrees give the row offsets, a
+//! placing pass writes every half-edge into its row (a stable counting sort, so insertion
+//! order holds within a row), and a last pass collapses parallel edges in place, writing
+//! nothing while it has found none.
 
-use super::store::Store;
+use std::sync::{Arc, OnceLock};
+
+use super::store::{EdgeList, Store};
+use crate::errors::{try_filled, try_reserve, CoreResult};
 
 /// One direction of adjacency in compressed sparse row form.
 #[derive(Debug, Default, Clone)]
@@ -15,47 +25,50 @@ pub struct Adjacency {
 }
 
 impl Adjacency {
-    /// Builds from half-edges `(source, target, weight)` over `n` nodes, in the given order.
-    fn build(n: usize, half_edges: &[(u32, u32, f64)]) -> Adjacency {
-        // Stable counting sort by source keeps insertion order within each row.
-        let mut counts = vec![0u32; n + 1];
-        for &(s, _, _) in half_edges {
-            counts[s as usize + 1] += 1;
-        }
-        for i in 0..n {
-            counts[i + 1] += counts[i];
-        }
-        let mut fill = counts.clone();
-        let mut sorted = vec![(0u32, 0f64); half_edges.len()];
-        for &(s, t, w) in half_edges {
-            let slot = &mut fill[s as usize];
-            sorted[*slot as usize] = (t, w);
-            *slot += 1;
-        }
-        // Collapse parallel edges per row: `seen[t]` holds the row that last saw `t` and
-        // `position[t]` where it was written.
-        let mut seen = vec![u32::MAX; n];
-        let mut position = vec![0u32; n];
-        let mut offsets = Vec::with_capacity(n + 1);
-        let mut targets = Vec::with_capacity(sorted.len());
-        let mut weights = Vec::with_capacity(sorted.len());
-        offsets.push(0);
-        for row in 0..n {
-            for &(t, w) in &sorted[counts[row] as usize..counts[row + 1] as usize] {
-                if seen[t as usize] == row as u32 {
-                    let at = position[t as usize] as usize;
-                    if w < weights[at] {
-                        weights[at] = w;
-                    }
-                } else {
-                    seen[t as usize] = row as u32;
-                    position[t as usize] = targets.len() as u32;
-                    targets.push(t);
-                    weights.push(w);
+    /// Builds the `direction` view of `edges` (`(from, to, weight)`, every index below `n`),
+    /// whose degrees are `degrees`.
+    fn build(
+        n: usize,
+        edges: &[(u32, u32, f64)],
+        degrees: &Degrees,
+        direction: Direction,
+    ) -> Adjacency {
+        // The half-edges leaving each row, then (exclusive prefix sum) where each row starts.
+        let mut offsets = vec![0u32; n + 1];
+        match direction {
+            Direction::Out => offsets[..n].copy_from_slice(&degrees.out),
+            Direction::In => offsets[..n].copy_from_slice(&degrees.incoming),
+            Direction::Both => {
+                for ((count, &out), &incoming) in
+                    offsets.iter_mut().zip(&degrees.out).zip(&degrees.incoming)
+                {
+                    *count = out + incoming;
+                }
+                for &v in &degrees.loops {
+                    offsets[v as usize] -= 1; // a self-loop is one undirected half-edge
                 }
             }
-            offsets.push(targets.len() as u32);
         }
+        let mut sum = 0;
+        for offset in &mut offsets[..n] {
+            let count = *offset;
+            *offset = sum;
+            sum += count;
+        }
+        offsets[n] = sum;
+        // Stable placement: each row fills in the order its half-edges come. The row starts
+        // serve as cursors, which end where the next row starts: shifted back afterwards.
+        let mut targets = vec![0u32; sum as usize];
+        let mut weights = vec![0f64; sum as usize];
+        for_each_half_edge(edges, direction, |s, t, w| {
+            let slot = &mut offsets[s as usize];
+            targets[*slot as usize] = t;
+            weights[*slot as usize] = w;
+            *slot += 1;
+        });
+        offsets.copy_within(0..n, 1);
+        offsets[0] = 0;
+        collapse_parallel(&mut offsets, &mut targets, &mut weights);
         Adjacency {
             offsets,
             targets,
@@ -82,17 +95,187 @@ impl Adjacency {
     }
 }
 
-/// Every view of the graph an algorithm may need, built together after a mutation.
-#[derive(Debug, Default, Clone)]
+/// Collapses the repeated targets of each row into their first position with the smallest
+/// weight, and closes the gaps. In place: a row only ever moves towards the front, and
+/// nothing is written before the first repeat.
+fn collapse_parallel(offsets: &mut [u32], targets: &mut Vec<u32>, weights: &mut Vec<f64>) {
+    let n = offsets.len() - 1;
+    // written[t] is 1 + where `t` was last written (0: never). Positions only grow, so `t` is
+    // already in the current row exactly when that position is at or past the row's start.
+    let mut written = vec![0u32; n];
+    // Scan the targets alone until a row repeats one: the rows before it are final as they
+    // are (most graphs have no parallel edges at all, and end here).
+    let (mut row, mut read) = (0usize, 0usize);
+    'scan: while row < n {
+        let (row_start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+        while read < end {
+            let last = &mut written[targets[read] as usize];
+            if *last as usize > row_start {
+                break 'scan;
+            }
+            *last = read as u32 + 1;
+            read += 1;
+        }
+        row += 1;
+    }
+    if row == n {
+        return;
+    }
+    // From the first repeat on, compact: `write` trails `read`.
+    let mut write = read;
+    let mut row_start = offsets[row] as usize;
+    while row < n {
+        let end = offsets[row + 1] as usize;
+        while read < end {
+            let (t, w) = (targets[read], weights[read]);
+            read += 1;
+            let last = &mut written[t as usize];
+            if *last as usize > row_start {
+                let at = *last as usize - 1;
+                if w < weights[at] {
+                    weights[at] = w;
+                }
+            } else {
+                *last = write as u32 + 1;
+                targets[write] = t;
+                weights[write] = w;
+                write += 1;
+            }
+        }
+        offsets[row + 1] = write as u32;
+        row_start = write;
+        row += 1;
+    }
+    targets.truncate(write);
+    weights.truncate(write);
+}
+
+/// Which half-edges of a relationship list a view is made of.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// `from -> to`.
+    Out,
+    /// `to -> from`.
+    In,
+    /// Both, a self-loop once.
+    Both,
+}
+
+/// Calls `f` on every half-edge `(source, target, weight)` of `direction`, in relationship
+/// order.
+#[inline]
+fn for_each_half_edge(
+    edges: &[(u32, u32, f64)],
+    direction: Direction,
+    mut f: impl FnMut(u32, u32, f64),
+) {
+    match direction {
+        Direction::Out => edges.iter().for_each(|&(a, b, w)| f(a, b, w)),
+        Direction::In => edges.iter().for_each(|&(a, b, w)| f(b, a, w)),
+        Direction::Both => edges.iter().for_each(|&(a, b, w)| {
+            f(a, b, w);
+            if a != b {
+                f(b, a, w);
+            }
+        }),
+    }
+}
+
+/// Relationship counts per entity, from which every view's row offsets follow.
+#[derive(Debug, Default)]
+struct Degrees {
+    out: Vec<u32>,
+    incoming: Vec<u32>,
+    /// The entity of every self-loop (counted once, not twice, in the undirected view).
+    loops: Vec<u32>,
+}
+
+/// Gathers a [`Snapshot`] relationship by relationship: the list, the degrees and the weight
+/// flags in one pass (`from_edge_list` feeds it as it reads its input).
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    n: usize,
+    edges: Vec<(u32, u32, f64)>,
+    degrees: Degrees,
+    has_negative_weight: bool,
+    unit_weights: bool,
+}
+
+impl SnapshotBuilder {
+    /// A builder for `n` entities, with room for `relationships` relationships.
+    ///
+    /// # Errors
+    /// [`crate::errors::CoreError::Memory`] when that does not fit in memory.
+    pub fn new(n: usize, relationships: usize) -> CoreResult<SnapshotBuilder> {
+        let mut edges = Vec::new();
+        try_reserve(&mut edges, relationships, "graph snapshot")?;
+        Ok(SnapshotBuilder {
+            n,
+            edges,
+            degrees: Degrees {
+                out: try_filled(n, 0, "graph snapshot")?,
+                incoming: try_filled(n, 0, "graph snapshot")?,
+                loops: Vec::new(),
+            },
+            has_negative_weight: false,
+            unit_weights: true,
+        })
+    }
+
+    /// Adds the relationship `from -> to` (both below `n`) of weight `weight`.
+    #[inline(always)]
+    pub fn push(&mut self, from: u32, to: u32, weight: f64) {
+        self.edges.push((from, to, weight));
+        self.count(from, to, weight);
+    }
+
+    /// Counts the relationship `from -> to` of weight `weight` in the degrees and flags.
+    #[inline(always)]
+    fn count(&mut self, from: u32, to: u32, weight: f64) {
+        self.degrees.out[from as usize] += 1;
+        self.degrees.incoming[to as usize] += 1;
+        if from == to {
+            self.degrees.loops.push(from);
+        }
+        self.has_negative_weight |= weight < 0.0;
+        self.unit_weights &= weight == 1.0;
+    }
+
+    /// The snapshot of the relationships pushed, in that order. O(1): the views come on
+    /// first use.
+    pub fn finish(mut self) -> Snapshot {
+        let edges = Arc::new(std::mem::take(&mut self.edges));
+        self.finish_with(edges)
+    }
+
+    /// The snapshot of `edges`, which this builder has counted (and not pushed).
+    fn finish_with(self, edges: EdgeList) -> Snapshot {
+        Snapshot {
+            n: self.n,
+            edges,
+            degrees: self.degrees,
+            out: OnceLock::new(),
+            incoming: OnceLock::new(),
+            undirected: OnceLock::new(),
+            has_negative_weight: self.has_negative_weight,
+            unit_weights: self.unit_weights,
+        }
+    }
+}
+
+/// The graph as algorithms read it, for one mutation generation: the relationship list, and
+/// each adjacency view built from it on first use (a query pays only for the view it reads;
+/// a view, once built, serves every later query of the generation).
+#[derive(Debug, Default)]
 pub struct Snapshot {
     /// Number of entities.
     pub n: usize,
-    /// Outgoing neighbours.
-    pub out: Adjacency,
-    /// Incoming neighbours.
-    pub incoming: Adjacency,
-    /// Neighbours ignoring direction.
-    pub undirected: Adjacency,
+    /// `(from, to, weight)` of every relationship, in insertion order.
+    edges: EdgeList,
+    degrees: Degrees,
+    out: OnceLock<Adjacency>,
+    incoming: OnceLock<Adjacency>,
+    undirected: OnceLock<Adjacency>,
     /// Whether any relationship has a negative weight (Dijkstra refuses them).
     pub has_negative_weight: bool,
     /// Whether every weight equals 1 (weighted algorithms may then take the BFS path).
@@ -100,45 +283,72 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the snapshot of `store`.
-    pub fn build(store: &Store) -> Snapshot {
+    /// Builds the snapshot of `store`. O(n + m); the views come on first use.
+    ///
+    /// # Errors
+    /// [`crate::errors::CoreError::Memory`] when it does not fit in memory.
+    pub fn build(store: &Store) -> CoreResult<Snapshot> {
         let n = store.entity_count();
-        let rels = store.relationships();
-        let forward: Vec<(u32, u32, f64)> = rels.iter().map(|r| (r.from, r.to, r.weight)).collect();
-        let backward: Vec<(u32, u32, f64)> =
-            rels.iter().map(|r| (r.to, r.from, r.weight)).collect();
-        let mut both = Vec::with_capacity(rels.len() * 2);
-        for r in rels {
-            both.push((r.from, r.to, r.weight));
-            if r.from != r.to {
-                both.push((r.to, r.from, r.weight));
+        if let Some(edges) = store.plain_edges() {
+            // Shared with the store, not copied: only the degrees are counted.
+            let mut builder = SnapshotBuilder::new(n, 0)?;
+            for &(from, to, weight) in edges.iter() {
+                builder.count(from, to, weight);
             }
+            return Ok(builder.finish_with(edges.clone()));
         }
-        Snapshot {
-            n,
-            out: Adjacency::build(n, &forward),
-            incoming: Adjacency::build(n, &backward),
-            undirected: Adjacency::build(n, &both),
-            has_negative_weight: rels.iter().any(|r| r.weight < 0.0),
-            unit_weights: rels.iter().all(|r| r.weight == 1.0),
+        let relationships = store.relationships();
+        let mut builder = SnapshotBuilder::new(n, relationships.len())?;
+        for r in relationships {
+            builder.push(r.from, r.to, r.weight);
         }
+        Ok(builder.finish())
+    }
+
+    /// The relationship list, shared.
+    pub fn shared_edges(&self) -> EdgeList {
+        self.edges.clone()
+    }
+
+    /// `(from, to, weight)` of every relationship, in insertion order.
+    pub fn edges(&self) -> &[(u32, u32, f64)] {
+        &self.edges
+    }
+
+    /// Outgoing neighbours.
+    pub fn out(&self) -> &Adjacency {
+        self.view_of(&self.out, Direction::Out)
+    }
+
+    /// Incoming neighbours.
+    pub fn incoming(&self) -> &Adjacency {
+        self.view_of(&self.incoming, Direction::In)
+    }
+
+    /// Neighbours ignoring direction.
+    pub fn undirected(&self) -> &Adjacency {
+        self.view_of(&self.undirected, Direction::Both)
+    }
+
+    fn view_of<'a>(&'a self, cell: &'a OnceLock<Adjacency>, direction: Direction) -> &'a Adjacency {
+        cell.get_or_init(|| Adjacency::build(self.n, &self.edges, &self.degrees, direction))
     }
 
     /// The forward adjacency of the requested view.
     pub fn view(&self, directed: bool) -> &Adjacency {
         if directed {
-            &self.out
+            self.out()
         } else {
-            &self.undirected
+            self.undirected()
         }
     }
 
     /// The adjacency a predecessor walk uses (reverse of `view`).
     pub fn reverse_view(&self, directed: bool) -> &Adjacency {
         if directed {
-            &self.incoming
+            self.incoming()
         } else {
-            &self.undirected
+            self.undirected()
         }
     }
 }
@@ -147,9 +357,48 @@ impl Snapshot {
 mod tests {
     use super::*;
 
+    fn snapshot(n: usize, edges: &[(u32, u32, f64)]) -> Snapshot {
+        let mut builder = SnapshotBuilder::new(n, edges.len()).unwrap();
+        for &(a, b, w) in edges {
+            builder.push(a, b, w);
+        }
+        builder.finish()
+    }
+
+    /// The view by definition: each row's half-edges in relationship order, a repeated
+    /// target kept at its first place with the smallest weight.
+    fn reference(
+        n: usize,
+        edges: &[(u32, u32, f64)],
+        direction: Direction,
+    ) -> Vec<Vec<(u32, f64)>> {
+        let mut rows: Vec<Vec<(u32, f64)>> = vec![Vec::new(); n];
+        for_each_half_edge(edges, direction, |s, t, w| {
+            let row = &mut rows[s as usize];
+            match row.iter_mut().find(|(u, _)| *u == t) {
+                Some((_, weight)) => *weight = weight.min(w),
+                None => row.push((t, w)),
+            }
+        });
+        rows
+    }
+
+    fn rows(adj: &Adjacency, n: usize) -> Vec<Vec<(u32, f64)>> {
+        (0..n)
+            .map(|v| {
+                let (targets, weights) = adj.neighbors(v);
+                targets
+                    .iter()
+                    .copied()
+                    .zip(weights.iter().copied())
+                    .collect()
+            })
+            .collect()
+    }
+
     #[test]
     fn parallel_edges_collapse_to_the_lightest_in_first_seen_order() {
-        let adj = Adjacency::build(
+        let g = snapshot(
             3,
             &[
                 (0, 2, 5.0),
@@ -159,9 +408,52 @@ mod tests {
                 (0, 1, 3.0),
             ],
         );
+        let adj = g.out();
         assert_eq!(adj.neighbors(0), (&[2u32, 1][..], &[2.0, 1.0][..]));
         assert_eq!(adj.neighbors(1), (&[0u32][..], &[1.0][..]));
         assert_eq!(adj.degree(2), 0);
         assert_eq!(adj.edge_count(), 3);
+        // Undirected: 0-1 three times (weights 1, 1, 3), 0-2 twice.
+        assert_eq!(
+            g.undirected().neighbors(0),
+            (&[2u32, 1][..], &[2.0, 1.0][..])
+        );
+        assert_eq!(g.undirected().neighbors(1), (&[0u32][..], &[1.0][..]));
+    }
+
+    #[test]
+    fn every_view_matches_its_definition() {
+        // Pseudo-random multigraphs with self-loops, repeats early, late or nowhere.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        for case in 0..200 {
+            let n = 1 + next(12) as usize;
+            let m = next(40) as usize;
+            let edges: Vec<(u32, u32, f64)> = (0..m)
+                .map(|_| {
+                    let a = next(n as u64) as u32;
+                    let b = if case % 3 == 0 {
+                        a
+                    } else {
+                        next(n as u64) as u32
+                    };
+                    (a, b, next(5) as f64 - 1.0)
+                })
+                .collect();
+            let g = snapshot(n, &edges);
+            assert_eq!(rows(g.out(), n), reference(n, &edges, Direction::Out));
+            assert_eq!(rows(g.incoming(), n), reference(n, &edges, Direction::In));
+            assert_eq!(
+                rows(g.undirected(), n),
+                reference(n, &edges, Direction::Both)
+            );
+            assert_eq!(g.has_negative_weight, edges.iter().any(|e| e.2 < 0.0));
+            assert_eq!(g.unit_weights, edges.iter().all(|e| e.2 == 1.0));
+        }
     }
 }

@@ -2,8 +2,10 @@
 //! relationships with graph analytics in Rust.
 //!
 //! Mutations go to the [`store::Store`] under a write lock and drop the cached snapshot;
-//! algorithms run on a [`Frozen`] copy (CSR adjacency, ids, edge list) built once per
-//! mutation generation and shared behind an `Arc`, with the GIL released.
+//! algorithms run on a [`Frozen`] copy (edge list, ids, and each CSR adjacency view built on
+//! first use) made once per mutation generation and shared behind an `Arc`, with the GIL
+//! released. `from_edge_list` makes the snapshot while it reads its input, and shares the
+//! edge list with the store.
 
 pub mod algo;
 pub mod betweenness;
@@ -12,6 +14,7 @@ pub mod csr;
 pub mod props;
 pub mod store;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 
@@ -20,44 +23,38 @@ use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
-use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 use crate::args::{self, extract_unsigned, graph_text, optional_graph_text, OutOfRange};
-use crate::errors::{catch_panics, panic_to_pyerr, run_detached, CoreError, CoreResult};
+use crate::errors::{catch_panics, run_detached, CoreError, CoreResult};
 use crate::sync;
 use algo::DegreeMode;
 use community::SplitMix;
-use csr::{Adjacency, Snapshot};
-use store::{check_weight, Relationship, Store};
+use csr::{Adjacency, Snapshot, SnapshotBuilder};
+use store::{check_weight, IdTable, Relationship, Store};
 
 /// What the algorithms read: a consistent copy of one mutation generation.
 struct Frozen {
     snapshot: Snapshot,
-    ids: Vec<CompactString>,
-    index: FxHashMap<CompactString, u32>,
-    edges: Vec<(u32, u32, f64)>,
-    /// The ids as Python strings, made once per generation for results that list nodes.
+    ids: IdTable,
+    /// The ids as Python strings, made once per generation for results that list many nodes.
     py_ids: OnceLock<Vec<Py<PyString>>>,
 }
 
+/// A result listing fewer than one node in this many makes its own Python strings rather
+/// than the snapshot's cache of every id (a short answer from a big graph stays cheap).
+const FEW_NODES: usize = 8;
+
 impl Frozen {
-    fn build(store: &Store) -> Frozen {
-        let ids: Vec<CompactString> = store.entities().iter().map(|e| e.id.clone()).collect();
-        let index = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.clone(), i as u32))
-            .collect();
+    fn build(store: &Store) -> CoreResult<Frozen> {
+        Ok(Frozen::of(store, Snapshot::build(store)?))
+    }
+
+    /// The frozen graph of `store`, whose snapshot is `snapshot`.
+    fn of(store: &Store, snapshot: Snapshot) -> Frozen {
         Frozen {
-            snapshot: Snapshot::build(store),
-            ids,
-            index,
-            edges: store
-                .relationships()
-                .iter()
-                .map(|r| (r.from, r.to, r.weight))
-                .collect(),
+            snapshot,
+            ids: IdTable::of(store),
             py_ids: OnceLock::new(),
         }
     }
@@ -70,16 +67,27 @@ impl Frozen {
         // with it `__del__` code that lists nodes of this graph too (on this thread, or on
         // another one the GIL passes to). Initializing the cell inside that work would
         // deadlock them; setting it to a finished value cannot.
-        let built: Vec<Py<PyString>> = self
-            .ids
-            .iter()
-            .map(|id| PyString::new(py, id).unbind())
+        let built: Vec<Py<PyString>> = (0..self.ids.entity_count() as u32)
+            .filter_map(|v| self.ids.with_id(v, |id| PyString::new(py, id).unbind()))
             .collect();
         self.py_ids.get_or_init(|| built)
     }
 
     /// The ids of `nodes` as a Python list.
     fn py_list<'py>(&self, py: Python<'py>, nodes: &[u32]) -> PyResult<Bound<'py, PyList>> {
+        if self.py_ids.get().is_none()
+            && nodes.len().saturating_mul(FEW_NODES) < self.ids.entity_count()
+        {
+            let strings = nodes
+                .iter()
+                .map(|&v| {
+                    self.ids
+                        .with_id(v, |id| PyString::new(py, id))
+                        .ok_or_else(|| outside_snapshot(v as usize, self.ids.entity_count()))
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            return PyList::new(py, strings);
+        }
         let ids = self.py_ids(py);
         // Checked once up front, so the list is filled straight from the ids.
         if let Some(v) = nodes.iter().copied().max() {
@@ -103,17 +111,23 @@ impl Frozen {
     }
 
     fn node(&self, id: &str) -> CoreResult<u32> {
-        self.index
+        self.ids
             .get(id)
-            .copied()
             .ok_or_else(|| CoreError::Graph(format!("unknown entity {id:?}")))
     }
 
-    fn names(&self, nodes: &[u32]) -> Vec<String> {
-        nodes
-            .iter()
-            .map(|&v| self.ids[v as usize].to_string())
-            .collect()
+    /// The id of node `v`; an index out of range is an internal error, not a panic.
+    fn name(&self, v: u32) -> CoreResult<String> {
+        self.ids.with_id(v, str::to_owned).ok_or_else(|| {
+            CoreError::Runtime(format!(
+                "internal error: node {v} is outside the graph snapshot ({} nodes)",
+                self.ids.entity_count()
+            ))
+        })
+    }
+
+    fn names(&self, nodes: &[u32]) -> CoreResult<Vec<String>> {
+        nodes.iter().map(|&v| self.name(v)).collect()
     }
 
     fn refuse_negative(&self, what: &str) -> CoreResult<()> {
@@ -129,51 +143,48 @@ impl Frozen {
 
 /// The Python id of node `v`; an index out of range is an internal error, not a panic.
 fn py_id(ids: &[Py<PyString>], v: usize) -> PyResult<&Py<PyString>> {
-    ids.get(v).ok_or_else(|| {
-        CoreError::Runtime(format!(
-            "internal error: node {v} is outside the graph snapshot ({} nodes)",
-            ids.len()
-        ))
-        .into()
+    ids.get(v).ok_or_else(|| outside_snapshot(v, ids.len()))
+}
+
+#[cold]
+fn outside_snapshot(v: usize, n: usize) -> PyErr {
+    CoreError::Runtime(format!(
+        "internal error: node {v} is outside the graph snapshot ({n} nodes)"
+    ))
+    .into()
+}
+
+/// `from_edge_list`'s work: entities "0".."n-1" (implied, not stored: see [`Store`]), the
+/// relationships of `edges`, and the snapshot of the result, gathered while the edges are
+/// read (so the first query builds no more than the adjacency view it reads).
+fn build_numbered(n: u32, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGraphStore> {
+    let snapshot = edge_list(n, edges)?.finish();
+    let mut store = Store::default();
+    let kind = store.intern(kind);
+    store.add_numbered_entities(n)?;
+    store.add_plain_relationships(kind, snapshot.shared_edges());
+    let frozen = Frozen::of(&store, snapshot);
+    Ok(PyGraphStore {
+        store: RwLock::new(store),
+        frozen: Mutex::new(Some(Arc::new(frozen))),
     })
 }
 
-/// Entities above which `from_edge_list` makes them on a second thread.
-const PARALLEL_ENTITIES: usize = 4_096;
-
-/// `from_edge_list`'s work: entities "0".."n-1" and the relationships of `edges`.
-fn build_numbered(n: u32, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGraphStore> {
-    let mut store = Store::default();
-    let kind = store.intern(kind);
-    // A large graph's entities are made on another core while this one (holding the GIL)
-    // reads the edges from Python.
-    let (mut store, relationships) = if n as usize >= PARALLEL_ENTITIES {
-        std::thread::scope(|scope| -> PyResult<_> {
-            let worker = scope.spawn(move || store.add_numbered_entities(n).map(|()| store));
-            let relationships = edge_list(n, edges, kind)?;
-            let store = worker
-                .join()
-                .map_err(|payload| panic_to_pyerr(payload.as_ref()))??;
-            Ok((store, relationships))
-        })?
-    } else {
-        store.add_numbered_entities(n)?;
-        (store, edge_list(n, edges, kind)?)
-    };
-    store.append_relationships(relationships);
-    Ok(PyGraphStore::from_store(store))
-}
-
-/// The relationships of `from_edge_list`'s `edges`: tuples `(u, v)` or `(u, v, weight)`.
-fn edge_list(n: u32, edges: &Bound<'_, PyAny>, kind: u32) -> PyResult<Vec<Relationship>> {
-    let mut relationships = Vec::with_capacity(edges.len().unwrap_or(0));
+/// The snapshot of `from_edge_list`'s `edges` (tuples `(u, v)` or `(u, v, weight)`).
+fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
+    let count = edges.len().unwrap_or(0);
+    let mut snapshot = SnapshotBuilder::new(n as usize, count)?;
     let shape_error = || {
         PyErr::from(CoreError::Graph(
             "each edge must be a tuple (u, v[, weight])".into(),
         ))
     };
     let mut add = |item: &Bound<'_, PyAny>| -> PyResult<()> {
-        let tuple = item.cast::<PyTuple>().map_err(|_| shape_error())?;
+        // An exact tuple is told by its type pointer, without a call into Python.
+        let tuple = match item.cast_exact::<PyTuple>() {
+            Ok(tuple) => tuple,
+            Err(_) => item.cast::<PyTuple>().map_err(|_| shape_error())?,
+        };
         let len = tuple.len();
         if !(2..=3).contains(&len) {
             return Err(
@@ -198,7 +209,7 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>, kind: u32) -> PyResult<Vec<Relati
             .into());
         }
         check_weight(weight)?;
-        relationships.push(Relationship::new(from, to, kind, weight));
+        snapshot.push(from, to, weight);
         Ok(())
     };
     // A list is walked by index (no iterator protocol per edge).
@@ -211,7 +222,7 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>, kind: u32) -> PyResult<Vec<Relati
             add(&item?)?;
         }
     }
-    Ok(relationships)
+    Ok(snapshot)
 }
 
 /// A directed multigraph of entities and typed, weighted relationships, with traversal,
@@ -267,22 +278,29 @@ impl PyGraphStore {
         sync::read(py, &self.store, f)
     }
 
-    /// The snapshot of the current generation, built on first use after a mutation.
+    /// The snapshot of the current generation, built on first use after a mutation (with
+    /// the GIL released: it is O(n + m)).
     fn frozen(&self, py: Python<'_>) -> PyResult<Arc<Frozen>> {
-        self.read(py, |store| self.frozen_of(store))
+        // The usual case, a snapshot already there, costs no GIL round trip. A snapshot being
+        // built (its slot locked) is waited for below, with the GIL released.
+        let cached = self.read(py, |_| self.frozen.try_lock().and_then(|slot| slot.clone()))?;
+        if let Some(frozen) = cached {
+            return Ok(frozen);
+        }
+        run_detached(py, || self.frozen_of(&self.store.read()))
     }
 
     /// The snapshot of `store`, which the caller holds read-locked: as every mutation drops
     /// the snapshot under the write lock, a snapshot found here is of this very generation.
     /// Locks are taken in the same order as `mutate` (store, then snapshot).
-    fn frozen_of(&self, store: &Store) -> Arc<Frozen> {
+    fn frozen_of(&self, store: &Store) -> CoreResult<Arc<Frozen>> {
         let mut slot = self.frozen.lock();
         if let Some(frozen) = slot.as_ref() {
-            return frozen.clone();
+            return Ok(frozen.clone());
         }
-        let built = Arc::new(Frozen::build(store));
+        let built = Arc::new(Frozen::build(store)?);
         *slot = Some(built.clone());
-        built
+        Ok(built)
     }
 
     /// Runs a traversal (`algo::bfs` or `algo::dfs`) and lists the ids it visits.
@@ -470,7 +488,7 @@ impl PyGraphStore {
     /// The entity as a dict `{"id", "label", "properties"}`.
     fn entity<'py>(&self, py: Python<'py>, id: &str) -> PyResult<Bound<'py, PyDict>> {
         let (id, label, properties) = self.read(py, |s| {
-            let e = &s.entities()[s.index_of(id)? as usize];
+            let e = s.entity(s.index_of(id)?);
             Ok::<_, CoreError>((e.id.clone(), e.label.clone(), e.properties.value().clone()))
         })??;
         // Built with the lock released: allocating may run the cycle collector.
@@ -486,7 +504,9 @@ impl PyGraphStore {
     /// Entity ids, in insertion order (removals move the last entity into the gap).
     fn entity_ids(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         self.read(py, |s| {
-            s.entities().iter().map(|e| e.id.to_string()).collect()
+            (0..s.entity_count() as u32)
+                .map(|i| s.id_at(i).into_owned())
+                .collect()
         })
     }
 
@@ -755,7 +775,10 @@ impl PyGraphStore {
     ) -> PyResult<Option<(Vec<String>, f64)>> {
         self.run(py, |f| {
             let (s, t) = (f.node(source)?, f.node(target)?);
-            Ok(algo::shortest_path(&f.snapshot, directed, s, t)?.map(|(p, c)| (f.names(&p), c)))
+            match algo::shortest_path(&f.snapshot, directed, s, t)? {
+                Some((path, cost)) => Ok(Some((f.names(&path)?, cost))),
+                None => Ok(None),
+            }
         })
     }
 
@@ -796,10 +819,7 @@ impl PyGraphStore {
                     seen.insert(v);
                 }
             }
-            Ok(seen
-                .into_iter()
-                .map(|v| f.ids[v as usize].to_string())
-                .collect())
+            seen.into_iter().map(|v| f.name(v)).collect()
         })
     }
 
@@ -809,9 +829,9 @@ impl PyGraphStore {
             let closure = algo::transitive_closure(&f.snapshot);
             let mut out = BTreeMap::new();
             for (v, reach) in closure.into_iter().enumerate() {
-                let mut names = f.names(&reach);
+                let mut names = f.names(&reach)?;
                 names.sort_unstable();
-                out.insert(f.ids[v].to_string(), names);
+                out.insert(f.name(v as u32)?, names);
             }
             Ok(out)
         })
@@ -833,7 +853,7 @@ impl PyGraphStore {
             // Node indices are only meaningful for the store they were found in: the walk
             // uses the snapshot of the generation held read-locked here, and so does the copy.
             let store = self.store.read();
-            let frozen = self.frozen_of(&store);
+            let frozen = self.frozen_of(&store)?;
             let s = frozen.node(id)?;
             let nodes = algo::neighborhood(&frozen.snapshot, directed, s, hops);
             Ok(PyGraphStore::from_store(store.induced(&nodes)))
@@ -872,7 +892,7 @@ impl PyGraphStore {
         let scores = run_detached(py, move || {
             Ok(algo::degree_centrality(
                 inner.snapshot.n,
-                inner.edges.iter().map(|&(a, b, _)| (a, b)),
+                inner.snapshot.edges().iter().map(|&(a, b, _)| (a, b)),
                 mode,
                 normalized,
             ))
@@ -984,8 +1004,10 @@ impl PyGraphStore {
     ) -> PyResult<(Vec<Vec<String>>, f64)> {
         self.run(py, |f| {
             f.refuse_negative("community detection")?;
-            let (communities, q) = community::louvain(f.snapshot.n, &f.edges, resolution, seed);
-            Ok((communities.iter().map(|c| f.names(c)).collect(), q))
+            let (communities, q) =
+                community::louvain(f.snapshot.n, f.snapshot.edges(), resolution, seed);
+            let names = communities.iter().map(|c| f.names(c));
+            Ok((names.collect::<CoreResult<_>>()?, q))
         })
     }
 
@@ -1000,8 +1022,8 @@ impl PyGraphStore {
         self.run(py, |f| {
             f.refuse_negative("label propagation")?;
             let communities =
-                community::label_propagation(f.snapshot.n, &f.edges, seed, max_rounds);
-            Ok(communities.iter().map(|c| f.names(c)).collect())
+                community::label_propagation(f.snapshot.n, f.snapshot.edges(), seed, max_rounds);
+            communities.iter().map(|c| f.names(c)).collect()
         })
     }
 
@@ -1036,7 +1058,7 @@ impl PyGraphStore {
             }
             Ok(community::modularity(
                 f.snapshot.n,
-                &f.edges,
+                f.snapshot.edges(),
                 &parts,
                 resolution,
             ))
@@ -1062,7 +1084,7 @@ impl PyGraphStore {
     ) -> PyResult<Vec<Vec<String>>> {
         self.run(py, |f| {
             let found = algo::cycles(&f.snapshot, cap);
-            Ok(found.iter().map(|c| f.names(c)).collect())
+            found.iter().map(|c| f.names(c)).collect()
         })
     }
 
@@ -1105,13 +1127,13 @@ impl PyGraphStore {
     fn neighbors_of(&self, py: Python<'_>, id: &str) -> PyResult<Vec<String>> {
         let names = self.read(py, |store| {
             let v = store.index_of(id)?;
-            let names: BTreeSet<&str> = store
+            let names: BTreeSet<Cow<'_, str>> = store
                 .relationships()
                 .iter()
                 .filter(|r| r.from == v)
                 .map(|r| store.id_at(r.to))
                 .collect();
-            Ok::<_, CoreError>(names.into_iter().map(str::to_owned).collect())
+            Ok::<_, CoreError>(names.into_iter().map(Cow::into_owned).collect())
         })??;
         Ok(names)
     }
@@ -1119,13 +1141,13 @@ impl PyGraphStore {
     /// Ids of entities with a relationship to themselves, sorted.
     fn entities_with_self_loops(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         self.read(py, |store| {
-            let names: BTreeSet<&str> = store
+            let names: BTreeSet<Cow<'_, str>> = store
                 .relationships()
                 .iter()
                 .filter(|r| r.from == r.to)
                 .map(|r| store.id_at(r.from))
                 .collect();
-            names.into_iter().map(str::to_owned).collect()
+            names.into_iter().map(Cow::into_owned).collect()
         })
     }
 
