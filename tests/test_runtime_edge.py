@@ -13,29 +13,12 @@ from typing import Any
 
 import pydantic
 import pytest
+from test_runtime import add, react
 
 import llm_agent_runtime as ar
 
 FINAL = "Thought: done\nAction: FINAL_ANSWER ok"
 ADD = 'Thought: add\nAction: add {"a": 2, "b": 3}'
-
-
-@ar.tool
-def add(a: int, b: int) -> int:
-    """Adds two integers."""
-    return a + b
-
-
-def react(*replies: str) -> Any:
-    it = iter(replies)
-    prompts: list[str] = []
-
-    async def infer(prompt: str) -> str:
-        prompts.append(prompt)
-        return next(it)
-
-    infer.prompts = prompts  # type: ignore[attr-defined]
-    return infer
 
 
 async def final(prompt: str) -> str:

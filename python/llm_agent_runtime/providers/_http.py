@@ -287,10 +287,17 @@ def parse_json(model: type[ModelT], data: bytes, what: str) -> ModelT:
     try:
         return model.model_validate_json(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-    where = ".".join(str(part) for part in errors[0]["loc"]) if errors else ""
-    problem = f"{where or 'body'}: {errors[0]['msg']}" if errors else "invalid"
+        problem = _first_problem(exc, "body")
     raise ProviderError(f"malformed {what}: {problem}")
+
+
+def _first_problem(exc: ValidationError, whole: str) -> str:
+    """The first error pydantic found, as "where: what", never showing the input."""
+    errors = exc.errors(include_url=False, include_input=False)
+    if not errors:
+        return "invalid"
+    where = ".".join(str(part) for part in errors[0]["loc"])
+    return f"{where or whole}: {errors[0]['msg']}"
 
 
 def parse_usage(model: type[ModelT], raw: object, what: str) -> ModelT:
@@ -310,9 +317,7 @@ def parse_usage(model: type[ModelT], raw: object, what: str) -> ModelT:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-    problem = ".".join(str(part) for part in errors[0]["loc"]) if errors else ""
-    problem = f"{problem or 'usage'}: {errors[0]['msg']}" if errors else "invalid"
+        problem = _first_problem(exc, "usage")
     logger.warning("unreadable token usage in %s (%s): counted as 0 tokens", what, problem)
     return model()
 
