@@ -7,7 +7,6 @@ import json
 import socket
 import sys
 import threading
-import traceback
 import types
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from providers.test_hardening import shown
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.embeddings import Embedder
@@ -332,16 +332,6 @@ def test_openai_embedder_redacts_an_echoed_key(server: tuple[_Server, str]) -> N
     assert state.requests[0][0]["Authorization"] == f"Bearer {key}"
 
 
-def _shown(error: BaseException) -> str:
-    """Everything a traceback of the error prints, plus the reprs of its whole chain."""
-    texts = ["".join(traceback.format_exception(error))]
-    link: BaseException | None = error
-    while link is not None:
-        texts += [str(link), repr(link)]
-        link = link.__cause__ or link.__context__
-    return "\n".join(texts)
-
-
 @pytest.mark.parametrize(
     "key", ["sk-embed-SECRET-0123\n", "sk-embed-SECRÉT-0123", "sk-embed SECRET", "sk-SECRET\x00"]
 )
@@ -353,12 +343,12 @@ def test_openai_embedder_refuses_a_key_no_header_can_carry(
     state, url = server
     with pytest.raises(ar.ProviderError, match="API key is not valid") as caught:
         ar.OpenAIEmbedder(api_key=key, base_url=url)
-    assert "SECR" not in _shown(caught.value)
+    assert "SECR" not in shown(caught.value)
     if "\x00" not in key:  # no environment variable can hold a NUL
         monkeypatch.setenv("OPENAI_API_KEY", key)
         with pytest.raises(ar.ProviderError, match="API key is not valid") as caught:
             ar.OpenAIEmbedder(base_url=url)
-        assert "SECR" not in _shown(caught.value)
+        assert "SECR" not in shown(caught.value)
     assert state.requests == []
 
 
@@ -380,7 +370,7 @@ def test_openai_embedder_transport_errors_hide_the_key_and_say_whether_to_retry(
         with pytest.raises(ar.ProviderError, match="request failed: LocalProtocolError") as caught:
             embedder.embed(["x"])
     assert caught.value.retryable is False  # the same request fails the same way
-    assert "SECRET" not in _shown(caught.value) and "[redacted]" in str(caught.value)
+    assert "SECRET" not in shown(caught.value) and "[redacted]" in str(caught.value)
     # A timeout is worth another attempt: a server that accepts and never answers.
     with socket.create_server(("127.0.0.1", 0)) as silent:
         port = silent.getsockname()[1]
@@ -388,7 +378,7 @@ def test_openai_embedder_transport_errors_hide_the_key_and_say_whether_to_retry(
         with pytest.raises(ar.ProviderError, match="timed out") as timed_out:
             slow.embed(["x"])
     assert timed_out.value.retryable is True
-    assert "SECRET" not in _shown(timed_out.value)
+    assert "SECRET" not in shown(timed_out.value)
 
 
 @pytest.mark.parametrize(
