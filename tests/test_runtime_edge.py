@@ -562,3 +562,81 @@ async def test_an_observation_the_model_invents_is_not_kept_in_the_transcript() 
     assert session.steps[0].observation == "5"
     assert "999" not in infer.prompts[1]
     assert infer.prompts[1].endswith('Action: add {"a": 2, "b": 3}\nObservation: 5')
+
+
+# ------------------------------------------------------------------ replies cut off early
+def cut(text: str, reason: str = "length", **fields: Any) -> ar.providers.base.ChatResponse:
+    return ar.providers.base.ChatResponse(text=text, stop_reason=reason, **fields)
+
+
+@pytest.mark.parametrize("reason", ["length", "max_tokens", "model_context_window_exceeded"])
+async def test_a_final_answer_cut_at_the_token_limit_is_an_error_not_an_answer(
+    reason: str,
+) -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add])
+    provider = ar.ScriptedProvider([cut("The capital of France is Pa", reason)])
+    with pytest.raises(ar.AgentLoopError, match=f"token limit.*{reason}.*final answer"):
+        await rt.run_agent_with_provider("a", "capital?", provider)
+    assert rt.metrics.snapshot().active_sessions == 0
+
+
+async def test_a_final_answer_cut_by_the_content_filter_is_an_error() -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+    provider = ar.ScriptedProvider([cut("Here is how", "content_filter")])
+    with pytest.raises(ar.AgentLoopError, match=r"content filter.*final answer is incomplete"):
+        await rt.run_agent_with_provider("a", "q", provider)
+
+
+async def test_a_reply_that_ended_at_a_stop_sequence_before_the_limit_is_whole() -> None:
+    config = ar.AgentConfig(mode="tools", stop_sequences=["END"])
+    provider = ar.ScriptedProvider([cut("Paris END and more the limit cut")])
+    session = await ar.AgentRuntime(config).run_agent_with_provider("a", "q", provider)
+    assert session.final_answer == "Paris "
+
+
+async def test_tool_calls_whose_arguments_arrived_whole_run_despite_the_limit() -> None:
+    call = ar.providers.base.ToolCall(id="c1", name="add", arguments={"a": 2, "b": 3})
+    provider = ar.ScriptedProvider([cut("", tool_calls=[call]), "done"])
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add])
+    session = await rt.run_agent_with_provider("a", "q", provider)
+    assert [(s.action, s.observation) for s in session.steps] == [
+        ("add", "5"),
+        ("FINAL_ANSWER", ""),
+    ]
+    assert session.final_answer == "done"
+
+
+@pytest.mark.parametrize(
+    ("reply", "what"),
+    [
+        ("Thought: t\nAction: FINAL_ANSWER The capital is Pa", "its final answer"),
+        ('Thought: t\nAction: add {"a": 2, "b": 3', "the input of 'add'"),
+        ("Thought: I will first", "its ReAct step"),
+    ],
+)
+async def test_a_react_reply_cut_at_the_token_limit_is_not_acted_on(reply: str, what: str) -> None:
+    # Even with a corrective re-prompt on: the next reply would be cut off too.
+    config = ar.AgentConfig(corrective_reprompt=True)
+    provider = ar.ScriptedProvider([cut(reply, "max_tokens"), FINAL])
+    rt = ar.AgentRuntime(config, tools=[add])
+    with pytest.raises(ar.AgentLoopError, match=f"token limit.*{what}"):
+        await rt.run_agent_with_provider("a", "q", provider)
+    assert provider.calls == 1
+
+
+async def test_a_react_step_that_ends_before_the_cut_is_acted_on() -> None:
+    # The model went on inventing an Observation until the limit: its step is whole.
+    invented = 'Thought: add\nAction: add {"a": 2, "b": 3}\nObservation: 999\nThought: so I'
+    provider = ar.ScriptedProvider([cut(invented), FINAL])
+    session = await ar.AgentRuntime(tools=[add]).run_agent_with_provider("a", "q", provider)
+    assert [s.observation for s in session.steps] == ["5", ""]
+    assert session.final_answer == "ok"
+
+
+async def test_a_text_provider_with_complete_alone_still_runs_react() -> None:
+    class CompleteOnly:
+        async def complete(self, prompt: str, model: str | None = None) -> str:
+            return FINAL
+
+    session = await ar.AgentRuntime().run_agent_with_provider("a", "q", CompleteOnly())  # type: ignore[arg-type]
+    assert session.final_answer == "ok"

@@ -56,6 +56,7 @@ from llm_agent_runtime.persistence.checkpoints import (
     idempotency_key,
 )
 from llm_agent_runtime.providers.base import (
+    TRUNCATION_STOP_REASONS,
     ChatResponse,
     LlmProvider,
     Message,
@@ -88,6 +89,9 @@ _REACT_FORMAT = (
     "Action: FINAL_ANSWER your answer"
 )
 _REACT_FORMAT_NO_TOOLS = "Answer with:\nThought: ...\nAction: FINAL_ANSWER your answer"
+# Stop reasons of a reply that ended before the model finished it: at a token limit, or
+# cut by the provider's content filter (OpenAI's `content_filter`).
+_INCOMPLETE_STOP_REASONS = TRUNCATION_STOP_REASONS | {"content_filter"}
 _CO_COROUTINE = inspect.CO_COROUTINE
 _NO_SPAN = contextlib.nullcontext()
 # Events are named tuples; on the per-step path they are built with tuple.__new__, which
@@ -333,9 +337,18 @@ class AgentRuntime:
     ) -> AgentSession:
         """Runs the loop on an `LlmProvider`: text ReAct, or native tools (`config.mode`).
 
+        A text model is asked through `chat` (or `complete`, for a provider without `chat`).
+        A reply that stopped before it was complete (stop reason `length`, `max_tokens`,
+        `model_context_window_exceeded` or `content_filter`) is never taken as a final
+        answer or a tool's input: unless the step in it ended before the cut (a ReAct reply
+        that went on past its action), the run fails with `AgentLoopError`. Native tool
+        calls whose arguments arrived whole still run.
+
         Raises:
             AgentRuntimeError: `provider` lacks a method the mode needs (`chat`, or
                 `complete` for a text model without stop sequences), or as `run_agent`.
+            AgentLoopError: As `run_agent`, or the reply that would end the run or name a
+                tool's input was cut off (see above).
         """
         if self.config.mode == "tools":
             if not callable(getattr(provider, "chat", None)):
@@ -380,20 +393,31 @@ class AgentRuntime:
 
     def _check_provider(self, provider: Any) -> None:
         """Raises `AgentRuntimeError` when `provider` lacks the method this runtime calls."""
+        if callable(getattr(provider, "chat", None)):
+            return
         method = "chat" if self.config.mode == "tools" or self._stops else "complete"
         if not callable(getattr(provider, method, None)):
             _required("provider", provider, [method])
 
     def _text_model(self, provider: LlmProvider) -> InferFn:
-        """The provider as a ReAct text model: one user prompt in, the reply's text out."""
+        """The provider as a ReAct text model: one user prompt in, the reply's text out.
+
+        Asked through a one-message `chat` when the provider has one: it carries the stop
+        sequences, and its stop reason tells a reply that was cut off (returned as an
+        `_IncompleteReply`). A provider with `complete` alone is asked through that.
+        """
         model, stops = self.config.model, self._stops
-        if not stops:
+        chat = getattr(provider, "chat", None)
+        if not callable(chat):
             # A partial of an async method is seen as async (no adapter frame per step).
             return functools.partial(provider.complete, model=model)
+        params: dict[str, Any] = {"model": model, "stop": stops} if stops else {"model": model}
 
         async def infer(text: str) -> str:
-            # `complete` takes no stop sequences; a one-message chat carries them.
-            response = await provider.chat([Message("user", text)], model=model, stop=stops)
+            response = await chat([Message("user", text)], **params)
+            reason = response.stop_reason
+            if reason in _INCOMPLETE_STOP_REASONS:
+                return _IncompleteReply(response.text, reason)
             return response.text
 
         return infer
@@ -670,6 +694,7 @@ class AgentRuntime:
             step_start = perf()
             text_prompt = "\n".join(transcript)
             replayed = bool(journal)
+            incomplete = None  # the stop reason of a reply that stopped before it was complete
             try:
                 if replayed:  # the reply of an interrupted step, handled (hooks, charge) back then
                     reply = journal[0]["reply"]
@@ -686,8 +711,13 @@ class AgentRuntime:
                     else:
                         reply = await infer(text_prompt)
                     model_ms = (perf() - model_start) * 1000.0
+                    if type(reply) is _IncompleteReply:
+                        incomplete = reply.stop_reason
                     if stops:
-                        reply = _cut_at_stop(reply, stops)
+                        cut = _cut_at_stop(reply, stops)
+                        if len(cut) < len(reply):  # it ended at a stop sequence, before any cut
+                            incomplete = None
+                        reply = cut
                     if events.active and reply:  # a text model's reply is whole: one delta
                         events.emit(_event(LlmTextDelta, (session.session_id, reply)))
                     for hook in post_hooks:
@@ -710,6 +740,8 @@ class AgentRuntime:
                     raise
                 raise _not_text(reply) from error
             except ParseError as error:
+                if incomplete is not None:  # re-prompting would be cut off again
+                    raise _incomplete_reply(incomplete, "its ReAct step") from error
                 # A re-prompt needs an iteration left to answer it.
                 if config.corrective_reprompt and not reprompted and iteration + 1 < iterations:
                     reprompted = True
@@ -722,6 +754,9 @@ class AgentRuntime:
             reprompted = False  # a later unparseable reply gets its own re-prompt
             if parsed.end < len(reply):  # an Observation the model invented: not kept
                 reply = reply[: parsed.end]
+            elif incomplete is not None:  # the step's last part is what the cut left of it
+                what = "its final answer" if parsed.is_final else f"the input of {parsed.action!r}"
+                raise _incomplete_reply(incomplete, what)
             final = parsed.final_answer
             if final is not None:
                 overhead_ms = (perf() - step_start) * 1000.0 - model_ms
@@ -825,9 +860,13 @@ class AgentRuntime:
             model_ms = (perf() - round_start) * 1000.0
             text = response.text
             usage = response.usage
+            incomplete = None if replayed else response.stop_reason
             if not replayed:
                 if stops and text:
-                    text = _cut_at_stop(text, stops)
+                    cut = _cut_at_stop(text, stops)
+                    if len(cut) < len(text):  # it ended at a stop sequence, before any cut
+                        incomplete = None
+                    text = cut
                 if not stream and text and events.active:
                     events.emit(_event(LlmTextDelta, (session.session_id, text)))
                 for hook in post_hooks:
@@ -837,6 +876,8 @@ class AgentRuntime:
                     response_event = (session.session_id, len(session.steps), text, model_ms)
                     events.emit(_event(LlmResponse, response_event))
             if not response.tool_calls:
+                if incomplete in _INCOMPLETE_STOP_REASONS:
+                    raise _incomplete_reply(incomplete, "its final answer")
                 overhead_ms = (perf() - round_start) * 1000.0 - model_ms
                 step = Step(
                     text,
@@ -1523,6 +1564,31 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
         if found >= 0 and (found + len(stop), found) < (first_end, cut):
             cut, first_end = found, found + len(stop)
     return text[:cut]
+
+
+class _IncompleteReply(str):
+    """A text model's reply that stopped before it was complete, with the stop reason why."""
+
+    stop_reason: str
+
+    def __new__(cls, text: str, stop_reason: str) -> _IncompleteReply:
+        reply = super().__new__(cls, text)
+        reply.stop_reason = stop_reason
+        return reply
+
+
+def _incomplete_reply(stop_reason: str, what: str) -> AgentLoopError:
+    """The error of a reply that stopped early where it counts: `what` was cut off."""
+    if stop_reason == "content_filter":
+        return AgentLoopError(
+            f"the provider's content filter cut off the model's reply (stop reason "
+            f"'content_filter'): {what} is incomplete, so the run stops"
+        )
+    return AgentLoopError(
+        f"the model's reply was cut off at its output token limit (stop reason "
+        f"{stop_reason!r}): {what} may be incomplete, so the run stops; raise the provider's "
+        "max_tokens or ask for a shorter reply"
+    )
 
 
 def _need(infer: InferFn | None) -> InferFn:

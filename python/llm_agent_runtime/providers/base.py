@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "TRUNCATION_STOP_REASONS",
     "ChatResponse",
     "LlmProvider",
     "Message",
@@ -26,6 +27,10 @@ __all__ = [
     "ToolDefinition",
     "Usage",
 ]
+
+TRUNCATION_STOP_REASONS = frozenset(("length", "max_tokens", "model_context_window_exceeded"))
+"""Stop reasons that say the reply was cut off by a token limit: OpenAI's `length`,
+Anthropic's `max_tokens` and `model_context_window_exceeded`."""
 
 
 @dataclass(slots=True)
