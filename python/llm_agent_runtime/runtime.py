@@ -407,10 +407,10 @@ class AgentRuntime:
         `_IncompleteReply`). A provider with `complete` alone is asked through that.
         """
         model, stops = self.config.model, self._stops
-        chat = getattr(provider, "chat", None)
-        if not callable(chat):
+        if not callable(getattr(provider, "chat", None)):
             # A partial of an async method is seen as async (no adapter frame per step).
             return functools.partial(provider.complete, model=model)
+        chat = provider.chat
         params: dict[str, Any] = {"model": model, "stop": stops} if stops else {"model": model}
 
         async def infer(text: str) -> str:
