@@ -712,7 +712,7 @@ class AgentRuntime:
                         reply = await infer(text_prompt)
                     model_ms = (perf() - model_start) * 1000.0
                     if type(reply) is _IncompleteReply:
-                        incomplete = reply.stop_reason
+                        incomplete, reply = reply.stop_reason, str(reply)
                     if stops:
                         cut = _cut_at_stop(reply, stops)
                         if len(cut) < len(reply):  # it ended at a stop sequence, before any cut
