@@ -34,6 +34,7 @@ __all__ = [
     "anthropic_event",
     "openai_error_event",
     "sse",
+    "vllm_error_event",
 ]
 
 
@@ -118,8 +119,16 @@ def sse(data: Any, event: str | None = None) -> bytes:
     return head + b"data: " + payload + b"\n\n"
 
 
-def openai_error_event(message: str, kind: str = "server_error") -> bytes:
-    return sse({"error": {"message": message, "type": kind, "code": None}})
+def openai_error_event(
+    message: str, kind: str | None = "server_error", code: int | str | None = None
+) -> bytes:
+    """`data: {"error": {...}}`, as OpenAI (code a name or null) and recent vLLM (an int)."""
+    return sse({"error": {"message": message, "type": kind, "code": code}})
+
+
+def vllm_error_event(message: str, kind: str = "BadRequestError", code: int = 400) -> bytes:
+    """vLLM's older error chunk: the error object itself, marked `"object": "error"`."""
+    return sse({"object": "error", "message": message, "type": kind, "param": None, "code": code})
 
 
 def anthropic_error_event(message: str, kind: str = "overloaded_error") -> bytes:

@@ -168,6 +168,20 @@ async def test_sse_bare_cr_ends_a_line_and_cr_lf_across_chunks_is_one_line_end()
     assert await _events([b"data: last\r"]) == [SseEvent(None, b"last")]
 
 
+@pytest.mark.timeout(10)  # read in ~0.2 s; gathering the line by copying took ~20 s
+async def test_sse_one_huge_event_in_thousands_of_chunks_is_read_whole() -> None:
+    # A 16 MiB `data:` line (a big tool call's arguments, say) in 32,769 chunks of 512 bytes
+    # without a line end: a reader that copies what it has gathered for every chunk is
+    # quadratic in the line's length.
+    payload = bytes(range(32, 127)) * (16 * 2**20 // 95)
+    body = b"event: big\r\ndata: " + payload + b"\r\n\r\ndata: after\n\n"
+    parts = [body[i : i + 512] for i in range(0, len(body), 512)]
+    events = await _events(parts)
+    assert [(e.event, len(e.data)) for e in events] == [("big", len(payload)), (None, 5)]
+    assert events[0].data == payload  # compared apart: a failure would print megabytes
+    assert events[1].data == b"after"
+
+
 def _reference_events(raw: bytes) -> list[SseEvent]:
     """The event-stream rules read the plain way: the whole body, split at every line end."""
     events: list[SseEvent] = []

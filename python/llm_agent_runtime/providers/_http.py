@@ -39,6 +39,7 @@ from typing_extensions import Self
 from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.orchestration.retry import RetryPolicy
 from llm_agent_runtime.providers.base import (
+    TRUNCATION_STOP_REASONS,
     ChatResponse,
     Message,
     StreamEvent,
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_TIMEOUT",
-    "TRUNCATION_STOP_REASONS",
     "HttpProvider",
     "HttpTransport",
     "PartialToolCall",
@@ -94,6 +94,8 @@ _END_GRACE = 0.1
 """Seconds a stream's body may take to end after its last event (then it is cut)."""
 _KEY_CHARACTERS = re.compile(r"[!-~]*")
 """What an API key is made of: printable ASCII, no spaces (what an HTTP header can carry)."""
+_LF = ord("\n")
+_CR = ord("\r")
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -152,9 +154,12 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
     Follows the HTML event-stream rules the two APIs use: `data:` lines accumulate, `event:`
     names the event, a blank line dispatches it, `:` starts a comment, other fields (`id`,
     `retry`) are ignored. Lines end in LF, CRLF or a bare CR, as the rules allow, however the
-    chunks cut them: a CR that ends a chunk waits for the next one, where an LF makes CRLF
-    one line end. An event not closed by a blank line when the stream ends is still
-    dispatched (some servers omit the last blank line).
+    chunks cut them: a CR that ends a chunk and an LF that starts the next are one line end
+    (CRLF). An event not closed by a blank line when the stream ends is still dispatched
+    (some servers omit the last blank line).
+
+    Reading is linear in the body's size, however finely it is cut: a line that arrives in
+    many chunks is kept in pieces and joined once, when it ends.
 
     Args:
         chunks: The response body, in chunks of any size.
@@ -162,20 +167,32 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
     Yields:
         Events with their data, in order.
     """
-    pending = b""
+    pieces: list[bytes] = []  # the line still open (it has no line end yet), in pieces
+    after_cr = False  # the last chunk ended in a CR: an LF starting the next one belongs to it
     event: str | None = None
     data: list[bytes] = []
     async for chunk in chunks:
-        if not pending.endswith(b"\r") and b"\n" not in chunk and b"\r" not in chunk:
-            pending += chunk  # no line ends here: nothing to split yet
+        if not chunk:
             continue
-        lines = (pending + chunk).splitlines(keepends=True)  # splits at LF, CRLF and CR
-        # The last line is still open when it has no end yet, or ends in a CR that the next
-        # chunk may turn into CRLF.
-        last = lines[-1]
-        pending = lines.pop() if last.endswith(b"\r") or not last.endswith(b"\n") else b""
+        if after_cr and chunk[0] == _LF:
+            chunk = chunk[1:]  # the LF of a CRLF cut between two chunks: no line of its own
+            if not chunk:
+                after_cr = False
+                continue
+        if b"\n" not in chunk and b"\r" not in chunk:
+            pieces.append(chunk)  # no line end here: nothing to split yet
+            after_cr = False
+            continue
+        if pieces:
+            pieces.append(chunk)
+            chunk = b"".join(pieces)
+            pieces = []
+        lines = chunk.splitlines()  # splits at LF, CRLF and CR
+        last = chunk[-1]
+        after_cr = last == _CR
+        if last != _LF and not after_cr:
+            pieces.append(lines.pop())  # the last line has no end yet
         for line in lines:
-            line = line.rstrip(b"\r\n")
             if not line:
                 if data:
                     yield SseEvent(event, b"\n".join(data))
@@ -185,7 +202,7 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
                 data.append(line[6:] if line[5:6] == b" " else line[5:])
             elif line.startswith(b"event:"):
                 event = line[6:].strip().decode("utf-8", "replace")
-    line = pending.rstrip(b"\r\n")  # the stream ended: so does its last line
+    line = b"".join(pieces)  # the stream ended: so does its last line
     if line.startswith(b"data:"):
         data.append(line[6:] if line[5:6] == b" " else line[5:])
     elif line.startswith(b"event:"):
@@ -322,23 +339,35 @@ def parse_usage(model: type[ModelT], raw: object, what: str) -> ModelT:
     return model()
 
 
-def error_in_body(body: bytes, model: type[ModelT]) -> ModelT | None:
-    """The `error` object of a JSON body that reports an error with a success status.
+def error_in_body(body: bytes, model: type[ModelT], *, known: bool = False) -> ModelT | None:
+    """The error object of a JSON body or event that reports an error with a success status.
 
     Both APIs put an error in an `error` member (OpenAI's `{"error": {...}}`, Anthropic's
     `{"type": "error", "error": {...}}`); some compatible servers make it a bare string,
-    read here as its `message`.
+    read here as its `message`. vLLM's older form is the error itself, marked as one:
+    `{"object": "error", "message": ..., "type": ..., "code": 400}`.
+
+    Args:
+        body: A response body, or the data of a stream event.
+        model: The wire model of the error object.
+        known: The body is known to report an error (an SSE event named `error`): a JSON
+            object without an `error` member is then read as the error itself.
 
     Returns:
-        The error validated as `model`, or None when the body holds no such error.
+        The error validated as `model`, or None when the body holds no such error (or one
+        whose fields do not fit `model`).
     """
-    if b'"error"' not in body:  # the usual reply: no second parse
+    if not known and b'"error"' not in body:  # the usual reply: no second parse
         return None
     try:
         payload = json.loads(body)
     except ValueError:
         return None
-    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict):
+        return None
+    error = payload.get("error")
+    if error is None and (known or payload.get("object") == "error"):
+        error = payload
     if isinstance(error, str):
         error = {"message": error}
     if not isinstance(error, dict):
@@ -347,11 +376,6 @@ def error_in_body(body: bytes, model: type[ModelT]) -> ModelT | None:
         return model.model_validate(error)
     except ValidationError:
         return None
-
-
-TRUNCATION_STOP_REASONS = frozenset(("length", "max_tokens", "model_context_window_exceeded"))
-"""Stop reasons that say the reply was cut off by a token limit: OpenAI's `length`,
-Anthropic's `max_tokens` and `model_context_window_exceeded`."""
 
 
 def decode_arguments(

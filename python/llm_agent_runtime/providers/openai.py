@@ -24,6 +24,7 @@ from llm_agent_runtime.providers._http import (
     decode_arguments,
     env_setting,
     error_in_body,
+    error_message,
     is_retryable_status,
     parse_json,
     parse_usage,
@@ -58,6 +59,8 @@ _RESERVED_PARAMS = frozenset(("messages", "model", "stream", "stream_options", "
 _DONE = b"[DONE]"
 _REFUSAL = "refusal"
 """Stop reason of a reply that carries a refusal (the Anthropic API's own name for it)."""
+_BUSY = frozenset(("server_error", "rate_limit_exceeded", "overloaded_error"))
+"""Error types and codes that say the server is busy or rate-limited: worth another attempt."""
 
 
 # ---------------------------------------------------------------------- wire types
@@ -122,10 +125,11 @@ class _Error(BaseModel):
 
 
 class _Chunk(BaseModel):
+    object: Any = None  # "error" marks vLLM's older error form
     model: str | None = None
     choices: list[_ChunkChoice] | None = None  # null in some servers' usage chunk
     usage: Any = None  # read by `parse_usage`: a usage that does not fit fails no reply
-    error: _Error | None = None
+    error: Any = None  # read by `_reported_error`: an error of any shape is still reported
 
 
 # ---------------------------------------------------------------------- provider
@@ -143,8 +147,11 @@ class OpenAIProvider(HttpProvider):
     A stream that sends only keep-alive comments or pings for `timeout` seconds fails
     (retryable, so it is tried again when it had yielded nothing yet). A 200 reply with an
     error in its body (JSON, or in place of the event stream that was asked for) raises the
-    server's message. Null or missing token counts are 0 tokens, and usage that does not fit
-    the format is counted as none (with a warning) rather than failing the reply.
+    server's message, and so does an error reported in the middle of a stream: a chunk
+    `{"error": {...}}`, vLLM's older `{"object": "error", "message": ...}`, or an event named
+    `error` (JSON or plain text, as some gateways send). Such an error's `status` is its code
+    when that is an HTTP status. Null or missing token counts are 0 tokens, and usage that
+    does not fit the format is counted as none (with a warning) rather than failing the reply.
 
     A refusal (`message.refusal`, streamed as `delta.refusal`) is the response's text, and its
     `stop_reason` is `"refusal"` (as the Anthropic API says it) in place of the finish reason:
@@ -369,9 +376,11 @@ class OpenAIProvider(HttpProvider):
                 if data == _DONE:
                     done = True
                     break
+                if sse.event == "error":  # a gateway's error event: its data may be no chunk
+                    raise _reported_error(data, self._transport, known=True)
                 chunk = parse_json(_Chunk, data, "OpenAI stream event")
-                if chunk.error is not None:
-                    raise _api_error(chunk.error, self._transport, "OpenAI stream error")
+                if chunk.error is not None or chunk.object == "error":
+                    raise _reported_error(data, self._transport)
                 if chunk.usage is not None:
                     usage = parse_usage(_Usage, chunk.usage, "OpenAI stream")
                     input_tokens, output_tokens = usage.counts()
@@ -473,21 +482,31 @@ def _wire_message(message: Message) -> dict[str, Any]:
     return wire
 
 
-def _api_error(error: _Error, transport: HttpTransport, what: str) -> ProviderError:
-    """The error for an `{"error": ...}` body or event sent in place of a reply or chunk.
+def _reported_error(data: bytes, transport: HttpTransport, *, known: bool = False) -> ProviderError:
+    """The error for a stream event that reports one in place of a chunk.
 
-    Retryable when its code is a retryable status, or its type says the server is busy.
+    The event is read by `error_in_body` (`known`: the event is named `error`); what does not
+    read as an error object (plain text, fields of unexpected types) is still the server's
+    message, never a malformed-event error.
     """
-    status = error.code if isinstance(error.code, int) else None
+    error = error_in_body(data, _Error, known=known)
+    if error is None:
+        error = _Error(message=error_message(data, transport.redact))
+    return _api_error(error, transport, "OpenAI stream error")
+
+
+def _api_error(error: _Error, transport: HttpTransport, what: str) -> ProviderError:
+    """The error for an error body or event sent in place of a reply or chunk.
+
+    Its `status` is its code when that is an HTTP status (vLLM sends `400`, LiteLLM `"400"`).
+    Retryable when that status is, or, without one, when its type or code says the server
+    is busy or rate-limited.
+    """
+    status = _http_status(error.code)
     retryable = (
         is_retryable_status(status)
         if status is not None
-        else error.type
-        in (
-            "server_error",
-            "rate_limit_exceeded",
-            "overloaded_error",
-        )
+        else error.type in _BUSY or error.code in _BUSY
     )
     kind = f"{error.type}: " if error.type else ""
     return ProviderError(
@@ -495,3 +514,10 @@ def _api_error(error: _Error, transport: HttpTransport, what: str) -> ProviderEr
         status=status,
         retryable=retryable,
     )
+
+
+def _http_status(code: int | str | None) -> int | None:
+    """The HTTP status an error's code stands for, if it is one (OpenAI's codes are names)."""
+    if isinstance(code, str) and code.isascii() and code.isdigit():
+        code = int(code)
+    return code if isinstance(code, int) and 100 <= code <= 599 else None
