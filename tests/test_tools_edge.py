@@ -1009,3 +1009,284 @@ async def test_a_handler_or_settings_set_after_the_decorator_apply() -> None:
     greet.handler = lambda arguments: f"hi {arguments['name']}"
     greet.is_async = False
     assert (await registry.call("greet", {"name": "a"})).content == "hi a"
+
+
+# --- 29. defaults: `Annotated[..., Field(default=...)]` against the signature's; bad defaults ----
+
+
+def _oracle(fn: Callable[..., str]) -> str:
+    """What `fn` returns (the repr of its argument) when pydantic's `validate_call` calls it
+    with no arguments, or "refused"."""
+    try:
+        return pydantic.validate_call(fn)()
+    except pydantic.ValidationError:
+        return "refused"
+
+
+def _annotated_5_signature_3(x: Annotated[int, Field(default=5)] = 3) -> str:
+    """Takes x."""
+    return repr(x)
+
+
+def _annotated_5_field_7(x: Annotated[int, Field(default=5)] = Field(default=7)) -> str:
+    """Takes x."""
+    return repr(x)
+
+
+def _annotated_5_field_ge_0(x: Annotated[int, Field(default=5)] = Field(ge=0)) -> str:
+    """Takes x."""
+    return repr(x)
+
+
+def _annotated_5_signature_none(x: Annotated[int, Field(default=5)] = None) -> str:  # type: ignore[assignment]  # noqa: RUF013
+    """Takes x."""
+    return repr(x)
+
+
+def _annotated_5_keyword_only(q: str, *, x: Annotated[int, Field(default=5, ge=0)] = 3) -> str:
+    """Takes x."""
+    return repr(x)
+
+
+def _annotated_5_positional_only(x: Annotated[int, Field(default=5)] = 3, /) -> str:
+    """Takes x."""
+    return repr(x)
+
+
+@pytest.mark.parametrize(
+    ("fn", "filled"),
+    [
+        (_annotated_5_signature_3, 3),
+        (_annotated_5_field_7, 7),
+        (_annotated_5_field_ge_0, 5),
+        (_annotated_5_signature_none, None),
+        (_annotated_5_positional_only, 3),
+    ],
+)
+async def test_an_omitted_argument_gets_the_default_validate_call_gives(
+    fn: Callable[..., str], filled: int | None
+) -> None:
+    assert _oracle(fn) == repr(filled)  # pydantic's own answer: the signature's default wins
+    spec = ar.tool(fn, name="f")
+    registry = ar.ToolRegistry([spec])
+    assert await registry.call("f", {}) == (repr(filled), None)
+    assert spec.check_arguments({}).get("x", filled) == filled
+    shown = spec.parameters["properties"]["x"]
+    if filled is None:  # `int` refuses the None the model would pass back: not shown
+        assert "default" not in shown
+    else:
+        assert shown["default"] == filled
+
+
+async def test_a_signature_default_replaces_an_annotated_one_and_keeps_its_constraints() -> None:
+    spec = ar.tool(_annotated_5_keyword_only, name="f")
+    registry = ar.ToolRegistry([spec])
+    assert spec.parameters["properties"]["x"] == {"default": 3, "minimum": 0, "type": "integer"}
+    assert await registry.call("f", {"q": "a"}) == ("3", None)
+    assert await registry.call("f", {"q": "a", "x": 9}) == ("9", None)
+    refused = await registry.call("f", {"q": "a", "x": -1})
+    assert refused.error_kind == "permanent" and "x: Input should be greater" in refused.content
+    unknown = await registry.call("f", {"q": "a", "y": 1})
+    assert unknown.error_kind == "permanent" and "y: unexpected argument" in unknown.content
+
+
+def _factory_and_signature(x: Annotated[int, Field(default_factory=lambda: 5)] = 3) -> str:
+    """Takes x."""
+    return repr(x)
+
+
+def _factory_and_field(x: Annotated[int, Field(default_factory=lambda: 5)] = Field(3)) -> str:
+    """Takes x."""
+    return repr(x)
+
+
+def _default_and_field_factory(
+    x: Annotated[int, Field(default=5)] = Field(default_factory=lambda: 7),
+) -> str:
+    """Takes x."""
+    return repr(x)
+
+
+@pytest.mark.parametrize(
+    "fn", [_factory_and_signature, _factory_and_field, _default_and_field_factory]
+)
+def test_a_default_and_a_default_factory_are_a_tool_error_naming_the_parameter(
+    fn: Callable[..., str],
+) -> None:
+    with pytest.raises(TypeError, match="both default and default_factory"):
+        pydantic.validate_call(fn)  # refused when decorated
+    with pytest.raises(ar.ToolError, match=r"'f'.*parameter 'x'.*default_factory"):
+        ar.tool(fn, name="f")
+
+
+async def test_field_defaults_and_annotated_constraints_keep_working() -> None:
+    @ar.tool
+    def f(a: int = Field(default=5, ge=0), b: Annotated[int, Field(ge=0)] = 3) -> str:
+        """Takes a and b."""
+        return f"{a} {b}"
+
+    registry = ar.ToolRegistry([f])
+    assert f.parameters["properties"]["a"] == {"default": 5, "minimum": 0, "type": "integer"}
+    assert f.parameters["properties"]["b"] == {"default": 3, "minimum": 0, "type": "integer"}
+    assert await registry.call("f", {}) == ("5 3", None)
+    for name in ("a", "b"):
+        refused = await registry.call("f", {name: -1})
+        assert refused.error_kind == "permanent" and f"{name}: Input should be" in refused.content
+
+
+def _int_default_none(x: int = None) -> str:  # type: ignore[assignment]  # noqa: RUF013
+    """Takes x."""
+    return repr(x)
+
+
+def _int_default_text(x: int = "a") -> str:  # type: ignore[assignment]
+    """Takes x."""
+    return repr(x)
+
+
+def _annotated_ge_10_default_3(x: Annotated[int, Field(ge=10)] = 3) -> str:
+    """Takes x."""
+    return repr(x)
+
+
+def _field_ge_10_default_3(x: int = Field(default=3, ge=10)) -> str:
+    """Takes x."""
+    return repr(x)
+
+
+def _annotated_default_3_ge_10(x: Annotated[int, Field(default=3, ge=10)]) -> str:
+    """Takes x."""
+    return repr(x)
+
+
+def _strict_tuple(x: Annotated[tuple[int, int], Field(strict=True)] = (1, 2)) -> str:
+    """Takes x (a JSON array is no strict tuple: the model cannot pass the default)."""
+    return repr(x)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        _int_default_none,
+        _int_default_text,
+        _annotated_ge_10_default_3,
+        _field_ge_10_default_3,
+        _annotated_default_3_ge_10,
+        _strict_tuple,
+    ],
+)
+async def test_a_default_a_call_refuses_is_not_shown_but_still_filled_in(
+    fn: Callable[..., str],
+) -> None:
+    spec = ar.tool(fn, name="f")
+    shown = spec.parameters["properties"]["x"]
+    assert "default" not in shown
+    assert "required" not in spec.parameters  # still optional
+    registry = ar.ToolRegistry([spec])
+    # Omitted, it gets its default unvalidated, as from `validate_call`.
+    assert await registry.call("f", {}) == (_oracle(fn), None)
+
+
+async def test_every_default_shown_is_one_the_model_may_pass() -> None:
+    @ar.tool
+    def f(
+        q: str,
+        n: int = 2,
+        o: int | None = None,
+        u: _Unit = _Unit.C,
+        t: tuple[int, int] = (1, 2),
+        m: Annotated[int, Field(ge=0)] = 3,
+        k: Annotated[str, Field(alias="kk", max_length=3)] = "abc",
+        bad: int = None,  # type: ignore[assignment]  # noqa: RUF013
+    ) -> str:
+        """Takes defaults."""
+        return "ok"
+
+    properties = f.parameters["properties"]
+    shown = {k: p["default"] for k, p in properties.items() if "default" in p}
+    assert shown == {"n": 2, "o": None, "u": "celsius", "t": [1, 2], "m": 3, "kk": "abc"}
+    registry = ar.ToolRegistry([f])
+    assert await registry.call("f", {"q": "x", **shown}) == ("ok", None)
+    assert await registry.call("f", json.dumps({"q": "x", **shown})) == ("ok", None)
+
+
+def _lookup(unit: str) -> str:
+    return {"c": "celsius"}[unit]  # a KeyError, not a ValueError, for an unknown unit
+
+
+async def test_a_default_whose_validator_raises_is_not_shown_and_others_are() -> None:
+    @ar.tool
+    def f(
+        a: Annotated[str, AfterValidator(_lookup)] = "kelvin",
+        b: Annotated[str, AfterValidator(_lookup)] = "c",
+    ) -> str:
+        """Converts."""
+        return f"{a} {b}"
+
+    properties = f.parameters["properties"]
+    assert "default" not in properties["a"] and properties["b"]["default"] == "c"
+    registry = ar.ToolRegistry([f])
+    assert await registry.call("f", {}) == ("kelvin c", None)  # omitted: unvalidated
+    assert await registry.call("f", {"b": "c"}) == ("kelvin celsius", None)
+
+
+_FACTORY_CALLS: list[int] = []
+
+
+def _counted_factory() -> list[str]:
+    _FACTORY_CALLS.append(1)
+    return []
+
+
+async def test_checking_the_defaults_calls_no_default_factory() -> None:
+    _FACTORY_CALLS.clear()
+
+    @ar.tool
+    def f(
+        tags: Annotated[list[str], Field(default_factory=_counted_factory)],
+        limit: Annotated[int, Field(default=5)] = None,  # type: ignore[assignment]  # noqa: RUF013
+    ) -> str:
+        """Takes tags."""
+        return f"{tags} {limit}"
+
+    assert _FACTORY_CALLS == []
+    assert "default" not in f.parameters["properties"]["limit"]
+    assert await ar.ToolRegistry([f]).call("f", {}) == ("[] None", None)
+    assert _FACTORY_CALLS == [1]
+
+
+def _validated_7(x: Annotated[int, Field(validate_default=True)] = "7") -> str:  # type: ignore[assignment]
+    """Takes x."""
+    return repr(x)
+
+
+def _validated_ge_10(x: Annotated[int, Field(ge=10, validate_default=True)] = 3) -> str:
+    """Takes x."""
+    return repr(x)
+
+
+def _validated_field_text(x: int = Field(default="a", validate_default=True)) -> str:
+    """Takes x."""
+    return repr(x)
+
+
+async def test_validate_default_on_an_annotated_field_validates_the_signature_default() -> None:
+    assert _oracle(_validated_7) == "7"  # the int 7
+    spec = ar.tool(_validated_7, name="f")
+    assert await ar.ToolRegistry([spec]).call("f", {}) == ("7", None)
+    assert spec.parameters["properties"]["x"]["default"] == "7"  # and "7" passes, as 7
+
+
+@pytest.mark.parametrize("fn", [_validated_ge_10, _validated_field_text])
+async def test_a_validated_default_that_fails_makes_the_argument_required(
+    fn: Callable[..., str],
+) -> None:
+    assert _oracle(fn) == "refused"  # every call without x fails in `validate_call` too
+    spec = ar.tool(fn, name="f")
+    assert spec.parameters["required"] == ["x"]
+    assert "default" not in spec.parameters["properties"]["x"]
+    registry = ar.ToolRegistry([spec])
+    omitted = await registry.call("f", {})
+    assert omitted.error_kind == "permanent" and "x: Input should be" in omitted.content
+    assert await registry.call("f", {"x": 12}) == ("12", None)
+    assert await registry.call("f", 12) == ("12", None)  # the only required argument

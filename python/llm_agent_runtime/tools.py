@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 from typing_extensions import NotRequired, TypedDict
 
 from llm_agent_runtime.errors import (
@@ -791,7 +792,12 @@ def tool(
     The function receives the arguments as keyword arguments, validated by pydantic; an
     argument the function does not take is refused (the schema says
     `"additionalProperties": false`). A default may be a pydantic `Field(...)`, whose
-    constraints are then checked. Positional-only parameters are passed positionally;
+    constraints are then checked. Defaults follow pydantic's `validate_call`: a signature
+    default replaces one from `Annotated[..., Field(default=...)]`; an omitted argument gets
+    its default unvalidated (unless `Field(validate_default=True)`); a default the validator
+    would refuse if the model passed it (say `limit: int = None`) is left out of the schema,
+    and one that `validate_default` refuses makes the argument required there.
+    Positional-only parameters are passed positionally;
     `*args: T` is an optional argument holding a list of `T`; `**kwargs: T` lets the model
     pass further arguments of type `T`. Functions, bound methods, `functools.partial`
     objects (arguments the partial fixes by keyword are not shown to the model) and
@@ -812,8 +818,10 @@ def tool(
 
     Raises:
         ToolError: When the name is not a valid tool name (a lambda's `<lambda>`: pass
-            `name=`), an annotation cannot be resolved, or a parameter's type has no JSON
-            schema; the message names the parameter.
+            `name=`), an annotation cannot be resolved, a parameter's type has no JSON
+            schema, or a parameter's default and `Field(...)` settings conflict (a default
+            and a default factory, which `validate_call` refuses too); the message names the
+            parameter.
     """
 
     def build(func: Callable[..., Any]) -> ToolSpec:
@@ -842,6 +850,8 @@ def tool(
         has_var_keyword = False
         fills_defaults = False  # the validator adds omitted arguments' `Field` defaults
         order: list[str] = []  # the parameters in the schema, in order
+        field_types: dict[str, Any] = {}  # what the validator checks each parameter's value by
+        validated_defaults: dict[str, Any] = {}  # defaults a `validate_default` checks per call
         called: list[str] = []  # the names they go by (other than *args)
         params = [p for p in signature.parameters.values() if p.name not in fixed]
         takes_var_positional = any(p.kind is kind.VAR_POSITIONAL for p in params)
@@ -871,11 +881,15 @@ def tool(
                 typed_fields[pname] = NotRequired[items]
                 continue
             # The parameter's own `Field`s: in `Annotated[...]`, whose default the validator
-            # fills in, and as its default.
+            # fills in (the signature's default instead when it has one), and as its default.
             infos = [m for m in getattr(annotation, "__metadata__", ()) if isinstance(m, FieldInfo)]
             fills_defaults = fills_defaults or any(not info.is_required() for info in infos)
             if isinstance(default, FieldInfo):
                 infos.append(default)
+            if infos:  # pydantic's own merge, to refuse conflicts and see `validate_default`
+                merged = _merged_field(tool_name, pname, annotation, default)
+                if merged.validate_default and merged.default is not PydanticUndefined:
+                    validated_defaults[pname] = merged.default
             # A parameter with an alias of its own goes by its alias, in the schema and the
             # validator alike (which hands the value over under the parameter's name).
             own_alias = next(
@@ -890,10 +904,19 @@ def tool(
                 fills_defaults = fills_defaults or not default.is_required()
             elif default is kind.empty:
                 model_fields[field] = (annotation, Field(**named))
-                typed_fields[pname] = annotation
-            else:
+                typed = typed_fields[pname] = annotation
+            elif any(not info.is_required() or info.validate_default for info in infos):
+                # As in pydantic, the signature's default replaces one in `Annotated` (and
+                # `validate_default` validates it): the validator fills it in.
                 model_fields[field] = (annotation, Field(default, **named))
+                typed = Annotated[annotation, Field(default=default)]
+                typed_fields[pname] = NotRequired[typed]
+                fills_defaults = True
+            else:  # left to the function itself when omitted
+                model_fields[field] = (annotation, Field(default, **named))
+                typed = annotation
                 typed_fields[pname] = NotRequired[annotation]
+            field_types[pname] = typed
         try:
             schema, check, full_check = _schema_and_check(
                 tool_name, model_fields, typed_fields, has_var_keyword, var_keyword, fills_defaults
@@ -915,6 +938,14 @@ def tool(
             doc = arg_docs.get(pname, arg_docs.get(prop_name))
             if doc is not None:
                 prop.setdefault("description", doc)
+        _drop_refused_defaults(
+            tool_name,
+            schema,
+            order,
+            field_types,
+            validated_defaults,
+            None if fills_defaults else full_check,
+        )
         is_async = _is_async_callable(func)
 
         handler_takes_keywords = not positional and var_positional is None
@@ -1009,6 +1040,109 @@ def _schema_and_check(
         return checked
 
     return schema, check, check
+
+
+def _merged_field(tool_name: str, pname: str, annotation: Any, default: Any) -> FieldInfo:
+    """A parameter's `Field`s merged as pydantic merges them (the signature's default last).
+
+    Raises:
+        ToolError: When they conflict, say a default and a default factory (which pydantic's
+            `validate_call` refuses too).
+    """
+    try:
+        if default is inspect.Parameter.empty:
+            return FieldInfo.from_annotation(annotation)
+        return FieldInfo.from_annotated_attribute(annotation, default)
+    except Exception as error:
+        raise ToolError(
+            f"cannot make tool {tool_name!r}: the default and `Field(...)` settings of "
+            f"parameter {pname!r} conflict: {_describe(error, with_type=True)}",
+            tool=tool_name,
+        ) from error
+
+
+# Types whose values of exactly that type always pass validation: defaults to check no further.
+_PLAIN_TYPES = frozenset({bool, int, float, str})
+
+
+def _drop_refused_defaults(
+    tool_name: str,
+    schema: dict[str, Any],
+    order: list[str],
+    field_types: dict[str, Any],
+    validated_defaults: dict[str, Any],
+    validate: Callable[[Any], Any] | None,
+) -> None:
+    """Keeps the schema from showing a default that a call refuses (at decoration time).
+
+    Like `validate_call`, a tool fills in an omitted argument's default without validating
+    it, but a model that passes the default it is shown (say `null` for `limit: int = None`,
+    or 3 for `Annotated[int, Field(ge=10)] = 3`) is refused: such a default is left out of
+    the schema. A default validated at every call (`validate_default=True`) that does not
+    validate fails every call that omits it: the argument is listed as required.
+
+    Args:
+        tool_name: The tool's name.
+        schema: The tool's JSON schema, changed in place.
+        order: The parameters, in the order of the schema's properties.
+        field_types: The type the validator checks each parameter's value by.
+        validated_defaults: The defaults validated at every call that omits them.
+        validate: The tool's own validator of an arguments dict when it fills in no
+            defaults (so it calls no default factory here), else None.
+    """
+    properties = schema.get("properties", {})
+    keys = dict(zip(order, properties, strict=True))  # parameter -> the key it goes by
+    shown: dict[str, tuple[str, Any, Any]] = {}  # parameter -> (its key, its type, default)
+    for pname, key in keys.items():
+        prop = properties[key]
+        if "default" in prop and pname in field_types:
+            value, kind = prop["default"], field_types[pname]
+            if not (kind in _PLAIN_TYPES and type(value) is kind):
+                shown[pname] = (key, kind, value)
+    refused = _refused_values(tool_name, shown, validate)
+    validated = {
+        pname: (keys[pname], field_types[pname], value)
+        for pname, value in validated_defaults.items()
+    }
+    failing = _refused_values(tool_name, validated, None)
+    for key in refused | failing:
+        properties[key].pop("default", None)
+    if failing:
+        required = list(schema.get("required", ()))
+        schema["required"] = required + [k for k in properties if k in failing - set(required)]
+
+
+def _refused_values(
+    tool_name: str, fields: dict[str, tuple[str, Any, Any]], validate: Callable[[Any], Any] | None
+) -> set[str]:
+    """The keys of the values in `fields` (parameter -> (key, type, value)) that fail.
+
+    `validate` checks a dict of arguments (errors for other, missing ones are ignored); when
+    None, a validator of just these fields is made.
+    """
+    if not fields:
+        return set()
+    if validate is None:
+        make_typed_dict: Any = TypedDict
+        types = {pname: kind for pname, (_, kind, _) in fields.items()}
+        typed = make_typed_dict(f"{tool_name}_defaults", types)
+        typed.__pydantic_config__ = ConfigDict(extra="ignore")
+        try:
+            validate = TypeAdapter(typed).validator.validate_python
+        except Exception:  # not expected: the tool's own validator takes the same types
+            return set()
+    keys = {key for key, _, _ in fields.values()}
+    try:
+        validate({key: value for key, _, value in fields.values()})
+    except ValidationError as error:
+        return {str(e["loc"][0]) for e in error.errors() if e["loc"]} & keys
+    except Exception:  # a validator's own failure, which a call gets too: whose value, then?
+        if len(fields) == 1:
+            return keys
+        return set().union(
+            *(_refused_values(tool_name, {p: f}, validate) for p, f in fields.items())
+        )
+    return set()
 
 
 def _schema_error(
