@@ -1,4 +1,8 @@
 import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -403,3 +407,264 @@ async def test_a_success_resets_failures_counted_while_it_ran() -> None:
 def test_nan_and_infinite_settings_are_refused(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         ar.CircuitBreaker("s", **bad)  # type: ignore[arg-type]
+
+
+# -- a half-open circuit always recovers ------------------------------------------------------
+
+
+@pytest.mark.parametrize("trial_timeout", [None, 3.0])
+async def test_a_lost_trial_slot_is_reclaimed_after_trial_timeout(
+    trial_timeout: float | None,
+) -> None:
+    # Two breakers share one state, as two worker processes would; the first is admitted as
+    # the trial call and never reports back (its worker was killed).
+    clock = ar.FakeClock()
+    backend = ar.InMemoryCircuitStateBackend()
+    settings: dict[str, Any] = {"backend": backend, "clock": clock}
+    if trial_timeout is not None:
+        settings["trial_timeout"] = trial_timeout
+    dead = ar.CircuitBreaker("svc", failure_threshold=1, recovery_window=10, **settings)
+    alive = ar.CircuitBreaker("svc", failure_threshold=1, recovery_window=10, **settings)
+    timeout = 10.0 if trial_timeout is None else trial_timeout
+    with pytest.raises(Boom):
+        await alive.call(failing)
+    clock.advance(10)
+    await dead.__aenter__()  # the trial, lost
+    assert (await alive.current_state()).trial_calls == 1
+    clock.advance(timeout - 0.5)
+    with pytest.raises(ar.CircuitOpenError):
+        await alive.call(ok)  # the trial may still be running
+    clock.advance(0.5)
+    gate = Gate()
+    probe = asyncio.create_task(alive.call(gate))  # reclaims the slot: a new round of trials
+    await asyncio.sleep(0)
+    assert not probe.done()  # admitted, not refused
+    state = await alive.current_state()
+    assert (state.status, state.trial_calls, state.trial_round) == ("half_open", 1, 1)
+    await dead.__aexit__(None, None, None)  # the lost trial's verdict no longer counts
+    assert await alive.current_state() == state
+    gate.release.set()
+    assert await probe == "late"
+    assert alive.state == "closed"
+
+
+async def test_a_trial_of_a_reclaimed_round_does_not_decide_by_failing() -> None:
+    clock = ar.FakeClock()
+    breaker = ar.CircuitBreaker("svc", failure_threshold=1, recovery_window=10, clock=clock)
+    with pytest.raises(Boom):
+        await breaker.call(failing)
+    clock.advance(10)
+    lost, probe = Gate(), Gate()
+    lost_task = asyncio.create_task(breaker.call(lost))  # the trial of round 0, very slow
+    await asyncio.sleep(0)
+    clock.advance(10)
+    probe_task = asyncio.create_task(breaker.call(probe))  # reclaims: round 1
+    await asyncio.sleep(0)
+    lost.error = Boom("late")
+    lost.release.set()
+    with pytest.raises(Boom):
+        await lost_task
+    assert breaker.state == "half_open"  # the current round's trial decides
+    probe.release.set()
+    assert await probe_task == "late"
+    assert breaker.state == "closed"
+
+
+async def test_a_listener_that_raises_breaks_neither_admission_nor_the_state_machine(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ar.FakeClock()
+    breaker = ar.CircuitBreaker("svc", failure_threshold=1, recovery_window=5, clock=clock)
+    seen: list[str] = []
+
+    def flaky_alert(event: ar.CircuitStateChange) -> None:
+        raise RuntimeError(f"alerting webhook down ({event.new})")
+
+    breaker.add_listener(flaky_alert)
+    breaker.add_listener(lambda event: seen.append(f"{event.old}->{event.new}"))
+    with caplog.at_level(logging.ERROR, logger="llm_agent_runtime"):
+        with pytest.raises(Boom):
+            await breaker.call(failing)
+        clock.advance(5)
+        assert await breaker.call(ok) == "ok"  # the trial runs although a listener failed
+        assert breaker.call_sync(ok) == "ok"
+    assert breaker.state == "closed"
+    assert seen == ["closed->open", "open->half_open", "half_open->closed"]
+    logged = [
+        str(r.exc_info[1])
+        for r in caplog.records
+        if "state-change listener" in r.getMessage() and r.exc_info
+    ]
+    assert logged == [f"alerting webhook down ({new})" for new in ("open", "half_open", "closed")]
+
+
+class FlakyBackend:
+    """An in-process state behind the generic (shared-backend) path; updates fail on demand."""
+
+    def __init__(self) -> None:
+        self.inner = ar.InMemoryCircuitStateBackend()
+        self.fail_next = 0
+        self.hold: asyncio.Event | None = None  # when set, updates wait for it...
+        self.waiting = asyncio.Event()  # ...and say so here
+
+    async def get(self, service: str) -> ar.CircuitState:
+        return await self.inner.get(service)
+
+    async def update(
+        self, service: str, change: Callable[[ar.CircuitState], ar.CircuitState]
+    ) -> tuple[ar.CircuitState, ar.CircuitState]:
+        await asyncio.sleep(0)
+        if self.hold is not None:
+            self.waiting.set()
+            await self.hold.wait()
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ar.PersistenceError("Redis: Connection closed by server.")
+        return await self.inner.update(service, change)
+
+
+async def test_a_failed_outcome_update_changes_neither_the_result_nor_the_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ar.FakeClock()
+    backend = FlakyBackend()
+    breaker = ar.CircuitBreaker(
+        "svc", failure_threshold=1, recovery_window=10, backend=backend, clock=clock
+    )
+    charged: list[str] = []
+
+    async def charge_card() -> str:
+        charged.append("charged")
+        backend.fail_next = 1  # the store fails while the call runs
+        return "receipt-123"
+
+    async def card_declined() -> None:
+        backend.fail_next = 1
+        raise Boom("declined")
+
+    with caplog.at_level(logging.WARNING, logger="llm_agent_runtime"):
+        assert await breaker.call(charge_card) == "receipt-123"
+        with pytest.raises(Boom, match="declined"):
+            await breaker.call(card_declined)
+        async with breaker:
+            backend.fail_next = 1
+        assert breaker.record_errors == 3
+        assert sum("could not record" in r.getMessage() for r in caplog.records) == 3
+        # A failed trial's outcome is lost too; its slot comes back after trial_timeout.
+        with pytest.raises(Boom):
+            await breaker.call(failing)
+        clock.advance(10)
+        assert await breaker.call(charge_card) == "receipt-123"  # the trial; not recorded
+    assert (await breaker.current_state()).trial_calls == 1
+    with pytest.raises(ar.CircuitOpenError):
+        await breaker.call(ok)
+    clock.advance(10)
+    assert await breaker.call(ok) == "ok"
+    assert (await breaker.current_state()).status == "closed"
+    assert breaker.record_errors == 4
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_outcome_update() -> None:
+    clock = ar.FakeClock()
+    backend = FlakyBackend()
+    breaker = ar.CircuitBreaker(
+        "svc", failure_threshold=1, recovery_window=10, backend=backend, clock=clock
+    )
+    with pytest.raises(Boom):
+        await breaker.call(failing)
+    clock.advance(10)
+    gate = Gate()
+    trial = asyncio.create_task(breaker.call(gate))
+    while (await breaker.current_state()).trial_calls == 0:
+        await asyncio.sleep(0)
+    backend.hold = asyncio.Event()
+    gate.release.set()
+    await backend.waiting.wait()  # the call has returned; the update closing the circuit waits
+    trial.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await trial
+    backend.hold.set()
+    await asyncio.sleep(0.01)
+    assert (await breaker.current_state()).status == "closed"
+    assert breaker.transitions["half_open->closed"] == 1
+
+
+def test_call_sync_resets_failures_counted_while_it_ran() -> None:
+    # As `call` does (test_a_success_resets_failures_counted_while_it_ran), from threads.
+    breaker = ar.CircuitBreaker("svc", failure_threshold=2, recovery_window=60)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_ok() -> str:
+        started.set()
+        release.wait(10)
+        return "ok"
+
+    results: list[str] = []
+    worker = threading.Thread(target=lambda: results.append(breaker.call_sync(slow_ok)))
+    worker.start()
+    assert started.wait(10)  # admitted on the fast path
+    with pytest.raises(Boom):
+        breaker.call_sync(failing)
+    release.set()
+    worker.join(10)
+    assert results == ["ok"]
+    assert breaker._local is not None and breaker._local.peek("svc").failures == 0
+    with pytest.raises(Boom):
+        breaker.call_sync(failing)
+    assert breaker.state == "closed"  # one failure since the last success
+
+
+async def test_a_stale_failure_does_not_decide_a_half_open_circuit() -> None:
+    clock = ar.FakeClock()
+    breaker = ar.CircuitBreaker("svc", failure_threshold=2, recovery_window=10, clock=clock)
+    stale, probe = Gate(), Gate()
+    stale_task = asyncio.create_task(breaker.call(stale))  # admitted while closed
+    await asyncio.sleep(0)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            await breaker.call(failing)
+    clock.advance(10)
+    probe_task = asyncio.create_task(breaker.call(probe))  # the trial
+    await asyncio.sleep(0)
+    stale.error = TimeoutError("a request admitted long ago timed out")
+    stale.release.set()
+    with pytest.raises(TimeoutError):
+        await stale_task
+    assert breaker.state == "half_open"  # not reopened: the probe decides
+    assert (await breaker.current_state()).trial_calls == 1
+    probe.release.set()
+    assert await probe_task == "late"
+    assert breaker.state == "closed"
+    assert breaker.transitions == {"closed->open": 1, "open->half_open": 1, "half_open->closed": 1}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"failure_threshold": 1.5},
+        {"failure_threshold": 2.0},
+        {"failure_threshold": True},
+        {"failure_threshold": "3"},
+        {"half_open_max_calls": 1.5},
+        {"half_open_max_calls": True},
+        {"trial_timeout": 0.0},
+        {"trial_timeout": float("nan")},
+        {"trial_timeout": float("inf")},
+    ],
+)
+def test_non_integer_counts_and_bad_trial_timeouts_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        ar.CircuitBreaker("s", **bad)  # type: ignore[arg-type]
+
+
+async def test_a_broken_is_failure_predicate_does_not_replace_the_calls_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(error: BaseException) -> bool:
+        raise RuntimeError("bug in the predicate")
+
+    breaker = ar.CircuitBreaker("svc", failure_threshold=1, clock=ar.FakeClock(), is_failure=broken)
+    with caplog.at_level(logging.ERROR, logger="llm_agent_runtime"), pytest.raises(Boom):
+        await breaker.call(failing)
+    assert breaker.state == "open"  # counted as a failure, as without a predicate
+    assert any("is_failure raised" in r.getMessage() for r in caplog.records)

@@ -420,3 +420,131 @@ async def test_a_refill_is_not_lost_to_float_rounding_of_the_clock() -> None:
     clock.advance(0.1)
     await asyncio.wait_for(limiter.acquire(), 1)  # no wait for a rounding error
     assert limiter.tokens() == 0.0
+
+
+# -- money is counted exactly -------------------------------------------------------------------
+
+
+def test_a_budget_spent_exactly_is_reached_not_exceeded() -> None:
+    budget = ar.CostBudget(max_cost_usd=0.30)
+    for _ in range(3):
+        budget.check()
+        budget.record(0, 0, cost_usd=0.10)  # the third spends the budget exactly: no error
+    assert budget.used_cost_usd == 0.3
+    assert budget.remaining_cost_usd == 0.0
+    with pytest.raises(ar.BudgetExceededError, match="cost budget spent"):
+        budget.check()  # reached: the next call is refused
+
+    budget = ar.CostBudget(max_cost_usd=0.80)
+    for _ in range(8):
+        budget.check()
+        budget.record(0, 0, cost_usd=0.10)
+    with pytest.raises(ar.BudgetExceededError):
+        budget.check()
+    with pytest.raises(ar.BudgetExceededError, match="cost budget exceeded"):
+        budget.record(0, 0, cost_usd=0.000001)  # past the limit by a millionth of a dollar
+
+
+def test_budget_money_sums_do_not_depend_on_the_decimal_context() -> None:
+    import decimal
+
+    with decimal.localcontext() as context:
+        context.prec = 3
+        budget = ar.CostBudget(max_cost_usd=2.0)
+        for _ in range(1000):
+            budget.record(0, 0, cost_usd=0.001234)  # 4 significant digits
+    assert budget.used_cost_usd == 1.234
+    # Per-token prices: 1e6 tokens at $0.15 per million, a thousand at a time.
+    budget = ar.CostBudget(max_cost_usd=0.15)
+    for _ in range(1000):
+        budget.record(1000, 0, cost_usd=1000 * 0.15 / 1e6)
+    assert budget.used_cost_usd == 0.15
+    with pytest.raises(ar.BudgetExceededError):
+        budget.check()
+
+
+@pytest.mark.parametrize("usage", [(1.5, 0, 0.0), (0, 2.0, 0.0), (True, 0, 0.0)])
+def test_budget_refuses_token_counts_that_are_not_ints(usage: tuple[object, ...]) -> None:
+    budget = ar.CostBudget(max_tokens=10)
+    with pytest.raises(ValueError, match="whole token counts"):
+        budget.record(*usage)  # type: ignore[arg-type]
+    assert budget.used_tokens == 0
+
+
+# -- soft limit: warn when the depth reaches it -------------------------------------------------
+
+
+def test_guard_warns_when_depth_reaches_the_soft_limit(caplog: pytest.LogCaptureFixture) -> None:
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "soft limit" in r.getMessage()]
+
+    guard = ar.BackpressureGuard(100, soft_limit=75)
+    with caplog.at_level(logging.WARNING, logger="llm_agent_runtime"):
+        for _ in range(74):
+            guard.acquire()
+        assert warnings() == []
+        guard.acquire()
+        assert warnings() == ["backpressure: depth 75 reached soft limit 75 (capacity 100)"]
+        caplog.clear()
+        full = ar.BackpressureGuard(10, soft_limit=10)
+        for _ in range(10):
+            full.acquire()
+        assert warnings() == ["backpressure: depth 10 reached soft limit 10 (capacity 10)"]
+
+
+# -- names and counts of the wrong type are refused ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ar.CapabilitySet(allowed_tools="search"),  # type: ignore[arg-type]
+        lambda: ar.CapabilitySet(allowed_state_keys="ab"),  # type: ignore[arg-type]
+        lambda: ar.CapabilitySet(allowed_tools=b"search"),  # type: ignore[arg-type]
+        lambda: ar.CapabilitySet(allowed_tools=["search", 3]),  # type: ignore[list-item]
+        lambda: ar.CapabilitySet(allowed_tools=3),  # type: ignore[arg-type]
+    ],
+)
+def test_capabilities_refuse_a_single_string_for_a_collection_of_names(make: object) -> None:
+    with pytest.raises(TypeError):
+        make()  # type: ignore[operator]
+
+
+def test_capabilities_take_any_collection_of_names() -> None:
+    caps = ar.CapabilitySet(allowed_tools=("search",), allowed_state_keys=iter(["ab"]))
+    caps.check_tool("search")
+    with pytest.raises(ar.PolicyDeniedError):
+        caps.check_tool("s")
+    with pytest.raises(ar.PolicyDeniedError):
+        caps.check_state_key("a")
+    assert ar.CapabilitySet(allowed_tools=[]).allows_tool("search") is False
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ar.CapabilitySet(max_actions=2.5),  # type: ignore[arg-type]
+        lambda: ar.CapabilitySet(max_actions=2.0),  # type: ignore[arg-type]
+        lambda: ar.CapabilitySet(max_actions=True),
+        lambda: ar.BackpressureGuard(capacity=1.5),  # type: ignore[arg-type]
+        lambda: ar.BackpressureGuard(capacity=True),
+        lambda: ar.BackpressureGuard(capacity=4, soft_limit=2.5),  # type: ignore[arg-type]
+        lambda: ar.ResultCache(ttl=1, max_entries=1.5),  # type: ignore[arg-type]
+        lambda: ar.CostBudget(max_tokens=1.5),  # type: ignore[arg-type]
+        lambda: ar.CostBudget(max_tokens=False),
+        lambda: ar.CircuitBreaker("s", failure_threshold=1.5),  # type: ignore[arg-type]
+        lambda: ar.RetryPolicy(max_attempts=1.5),  # type: ignore[arg-type]
+    ],
+)
+def test_non_integer_counts_are_refused(make: object) -> None:
+    with pytest.raises(ValueError, match="must be an int"):
+        make()  # type: ignore[operator]
+
+
+def test_integer_counts_of_other_integer_types_are_taken() -> None:
+    import numpy as np
+
+    guard = ar.BackpressureGuard(np.int64(2), soft_limit=np.int32(1))  # type: ignore[arg-type]
+    assert (guard.capacity, guard.soft_limit) == (2, 1)
+    assert type(guard.capacity) is int
+    assert ar.CapabilitySet(max_actions=0).max_actions == 0

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import multiprocessing
 import os
+from typing import Any
 
 import pytest
 
@@ -147,7 +150,7 @@ async def test_shared_limiter_waits_refunds_and_checks_input() -> None:
 
 def _dedup_worker(url: str, key: str, start: object, results: object) -> None:
     async def go() -> tuple[int, list[int]]:
-        dedup = ar.RedisDeduplicator(url, ttl=30.0)
+        dedup = ar.RedisDeduplicator(url, ttl=30.0, namespace="report")
 
         async def expensive() -> int:
             await asyncio.sleep(0.2)
@@ -179,7 +182,7 @@ def test_four_processes_share_one_single_flight() -> None:
 
 async def test_single_flight_failures_are_not_shared() -> None:
     url = redis_url()
-    dedup = ar.RedisDeduplicator(url, ttl=5.0, prefix=f"d:{os.getpid()}:")
+    dedup = ar.RedisDeduplicator(url, ttl=5.0, prefix=f"d:{os.getpid()}:", namespace="t")
     calls = 0
 
     def flaky() -> str:
@@ -260,7 +263,7 @@ async def test_shared_breaker_ignores_stale_successes_and_stale_slot_releases() 
 async def test_shared_bucket_in_debt_lives_until_refilled() -> None:
     url = redis_url()
     limiter = ar.RedisRateLimiter(url, rate=1.0, capacity=1, prefix=f"debt:{os.getpid()}:")
-    key = limiter.prefix + "k"
+    key = limiter.redis_key("k")
     await limiter.client.delete(key)
     waiters = [asyncio.create_task(limiter.acquire("k")) for _ in range(100)]
     # All 100 reservations reach Redis however loaded the machine is (within 10 s).
@@ -316,11 +319,11 @@ def test_shared_limiter_refuses_nan_settings(rate: float, capacity: float) -> No
 )
 def test_single_flight_refuses_unusable_durations(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        ar.RedisDeduplicator("redis://127.0.0.1:1/0", **bad)  # type: ignore[arg-type]
+        ar.RedisDeduplicator("redis://127.0.0.1:1/0", namespace="t", **bad)  # type: ignore[arg-type]
 
 
 async def test_single_flight_lets_the_functions_own_errors_through() -> None:
-    dedup = ar.RedisDeduplicator(redis_url(), ttl=5.0, prefix=f"own:{os.getpid()}:")
+    dedup = ar.RedisDeduplicator(redis_url(), ttl=5.0, prefix=f"own:{os.getpid()}:", namespace="t")
 
     def buggy() -> int:
         return len(5)  # type: ignore[arg-type]
@@ -329,13 +332,13 @@ async def test_single_flight_lets_the_functions_own_errors_through() -> None:
         await dedup.run("k", buggy)
     with pytest.raises(ar.PersistenceError, match="JSON-serializable"):
         await dedup.run("k", lambda: {1, 2})
-    assert await dedup.client.exists(dedup.prefix + "k:lease") == 0  # released each time
+    assert await dedup.client.exists(dedup.redis_keys("k")[1]) == 0  # released each time
     assert await dedup.run("k", lambda: 3) == 3
     await dedup.close()
 
 
 async def test_single_flight_gives_every_caller_the_same_value() -> None:
-    dedup = ar.RedisDeduplicator(redis_url(), ttl=5.0, prefix=f"same:{os.getpid()}:")
+    dedup = ar.RedisDeduplicator(redis_url(), ttl=5.0, prefix=f"same:{os.getpid()}:", namespace="t")
     running, release = asyncio.Event(), asyncio.Event()
 
     async def compute() -> dict[int, tuple[int, int]]:
@@ -354,7 +357,9 @@ async def test_single_flight_gives_every_caller_the_same_value() -> None:
 
 
 async def test_single_flight_releases_the_lease_when_publishing_fails() -> None:
-    dedup = ar.RedisDeduplicator(redis_url(), ttl=5.0, lease=30.0, prefix=f"pub:{os.getpid()}:")
+    dedup = ar.RedisDeduplicator(
+        redis_url(), ttl=5.0, lease=30.0, prefix=f"pub:{os.getpid()}:", namespace="t"
+    )
     finish = dedup._finish
     failures = [ConnectionError("connection lost while publishing")]
 
@@ -366,7 +371,7 @@ async def test_single_flight_releases_the_lease_when_publishing_fails() -> None:
     dedup._finish = flaky_finish
     with pytest.raises(ar.PersistenceError, match="connection lost"):
         await dedup.run("k", lambda: 1)
-    assert await dedup.client.exists(dedup.prefix + "k:lease") == 0
+    assert await dedup.client.exists(dedup.redis_keys("k")[1]) == 0
     # The next caller runs the call at once instead of waiting out a 30 s lease.
     assert await asyncio.wait_for(dedup.run("k", lambda: 2), 5) == 2
     await dedup.close()
@@ -387,3 +392,276 @@ async def test_commands_beyond_the_pool_size_wait_for_a_connection() -> None:
     finally:
         await limiter.close()
         await backend.close()
+
+
+# -- a shared half-open circuit always recovers -------------------------------------------------
+
+
+def _dying_trial(url: str, prefix: str, service: str) -> None:
+    async def go() -> None:
+        breaker = ar.CircuitBreaker(
+            service,
+            failure_threshold=1,
+            recovery_window=0.2,
+            backend=ar.RedisCircuitStateBackend(url, prefix=prefix),
+        )
+        async with breaker:  # admitted as the trial call...
+            os._exit(137)  # ...and the worker is killed (SIGKILL, OOM) before it ends
+
+    asyncio.run(go())
+
+
+async def test_shared_breaker_reclaims_the_trial_slot_of_a_killed_worker() -> None:
+    url = redis_url()
+    prefix = f"killed:{os.getpid()}:"
+    backend = ar.RedisCircuitStateBackend(url, prefix=prefix)
+    await backend.client.delete(prefix + "svc")
+    breaker = ar.CircuitBreaker("svc", failure_threshold=1, recovery_window=0.2, backend=backend)
+
+    async def failing() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        await breaker.call(failing)
+    await asyncio.sleep(0.25)
+    worker = multiprocessing.get_context("spawn").Process(
+        target=_dying_trial, args=(url, prefix, "svc")
+    )
+    worker.start()
+    await asyncio.get_running_loop().run_in_executor(None, worker.join, 60)
+    assert worker.exitcode == 137
+    state = await breaker.current_state()
+    assert (state.status, state.trial_calls) == ("half_open", 1)  # held by the dead worker
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:  # refused while the trial might still run, then admitted
+        try:
+            assert await breaker.call(lambda: "ok") == "ok"
+            break
+        except ar.CircuitOpenError:
+            assert loop.time() - started < 5
+            await asyncio.sleep(0.02)
+    assert (await breaker.current_state()).status == "closed"
+    await backend.client.delete(prefix + "svc")
+    await backend.close()
+
+
+async def test_shared_breaker_survives_redis_failing_while_a_call_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = redis_url()
+    live = ar.RedisCircuitStateBackend(url, prefix=f"blip:{os.getpid()}:")
+    down = ar.RedisCircuitStateBackend("redis://127.0.0.1:1/0")  # nothing listens there
+    await live.client.delete(live.prefix + "svc")
+    clock = ar.FakeClock()
+    breaker = ar.CircuitBreaker(
+        "svc", failure_threshold=1, recovery_window=10, backend=live, clock=clock
+    )
+    charged: list[str] = []
+
+    async def charge_card() -> str:
+        charged.append("charged")
+        breaker._backend = down  # Redis goes away while the call runs
+        return "receipt-123"
+
+    async def declined() -> None:
+        breaker._backend = down
+        raise ValueError("card declined")
+
+    with caplog.at_level(logging.WARNING, logger="llm_agent_runtime"):
+        assert await breaker.call(charge_card) == "receipt-123"  # the call's own result
+        breaker._backend = live
+        with pytest.raises(ValueError, match="card declined"):  # the call's own error
+            await breaker.call(declined)
+        breaker._backend = live
+        assert breaker.record_errors == 2
+        assert sum("could not record" in r.getMessage() for r in caplog.records) == 2
+        # The trial call's outcome is lost: its slot comes back after trial_timeout.
+        with pytest.raises(ConnectionError):
+            await breaker.call(_raise_connection_error)
+        clock.advance(10)
+        assert await breaker.call(charge_card) == "receipt-123"
+        breaker._backend = live
+    assert (await breaker.current_state()).trial_calls == 1
+    with pytest.raises(ar.CircuitOpenError):
+        await breaker.call(lambda: "ok")
+    clock.advance(10)
+    assert await breaker.call(lambda: "ok") == "ok"
+    assert (await breaker.current_state()).status == "closed"
+    assert charged == ["charged", "charged"]
+    await live.client.delete(live.prefix + "svc")
+    await live.close()
+    await down.close()
+
+
+async def _raise_connection_error() -> None:
+    raise ConnectionError("down")
+
+
+async def test_breaker_states_written_before_trial_rounds_are_read_and_recover() -> None:
+    url = redis_url()
+    backend = ar.RedisCircuitStateBackend(url, prefix=f"v1:{os.getpid()}:")
+    # A half-open state with its one slot taken, as the four-field format stored it.
+    await backend.client.set(backend.prefix + "svc", json.dumps(["half_open", 3, 5.0, 1]))
+    assert await backend.get("svc") == ar.CircuitState("half_open", 3, 5.0, 1, 0.0, 0)
+    breaker = ar.CircuitBreaker(
+        "svc", recovery_window=10, backend=backend, clock=ar.FakeClock(start=100.0)
+    )
+    assert await breaker.call(lambda: "ok") == "ok"  # the slot is reclaimed, the trial closes
+    assert (await breaker.current_state()).status == "closed"
+    for corrupt in (["half_open", 3, 5.0], ["shut", 0, 0.0, 0], ["open", 0, 0.0, 0, 1.0]):
+        await backend.client.set(backend.prefix + "svc", json.dumps(corrupt))
+        with pytest.raises(ar.PersistenceError, match="corrupt breaker state"):
+            await backend.get("svc")
+    await backend.client.delete(backend.prefix + "svc")
+    await backend.close()
+
+
+# -- a cancelled caller gives back what its command took ----------------------------------------
+
+
+def _slow_replies(script: Any, delay_before: bool = False) -> tuple[Any, asyncio.Event]:
+    """Wraps a registered script so that its reply (or its sending) waits for an event.
+
+    By default the command runs on the server at once and only its reply is held back: a
+    caller cancelled meanwhile has taken what the command took.
+    """
+    reply = asyncio.Event()
+
+    async def in_flight(**kwargs: Any) -> Any:
+        if delay_before:
+            await reply.wait()
+            return await script(**kwargs)
+        result = await script(**kwargs)
+        await reply.wait()
+        return result
+
+    return in_flight, reply
+
+
+@pytest.mark.parametrize("method", ["acquire", "try_acquire"])
+async def test_a_caller_cancelled_in_flight_gives_its_tokens_back(method: str) -> None:
+    limiter = ar.RedisRateLimiter(
+        redis_url(), rate=1 / 3600, capacity=5, prefix=f"inflight:{os.getpid()}:"
+    )
+    bucket = limiter.redis_key("k")
+    await limiter.client.delete(bucket)
+    limiter._script, reply = _slow_replies(limiter._script)
+    task = asyncio.create_task(getattr(limiter, method)("k", 2))
+    while not await limiter.client.exists(bucket):  # the command ran on the server
+        await asyncio.sleep(0.001)
+    assert float(await limiter.client.hget(bucket, "level")) == pytest.approx(3, abs=0.01)
+    task.cancel()
+    reply.set()  # the reply arrives after the caller gave up
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert float(await limiter.client.hget(bucket, "level")) == pytest.approx(5, abs=0.01)
+    await limiter.client.delete(bucket)
+    await limiter.close()
+
+
+async def test_a_caller_cancelled_while_claiming_gives_the_lease_back() -> None:
+    dedup = ar.RedisDeduplicator(
+        redis_url(), ttl=5.0, lease=30.0, prefix=f"claim:{os.getpid()}:", namespace="t"
+    )
+    result_key, lease_key = dedup.redis_keys("k")
+    await dedup.client.delete(result_key, lease_key)
+    claim = dedup._claim
+    dedup._claim, reply = _slow_replies(claim)
+    calls: list[str] = []
+    task = asyncio.create_task(dedup.run("k", lambda: calls.append("first")))
+    while not await dedup.client.exists(lease_key):  # the claim took the lease
+        await asyncio.sleep(0.001)
+    task.cancel()
+    reply.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await dedup.client.exists(lease_key) == 0
+    assert calls == []
+    dedup._claim = claim
+    # The next caller runs the call at once instead of waiting out a 30 s lease.
+    assert await asyncio.wait_for(dedup.run("k", lambda: 2), 5) == 2
+    await dedup.client.delete(result_key, lease_key)
+    await dedup.close()
+
+
+async def test_a_runner_cancelled_while_publishing_still_publishes() -> None:
+    dedup = ar.RedisDeduplicator(
+        redis_url(), ttl=5.0, lease=30.0, prefix=f"cpub:{os.getpid()}:", namespace="t"
+    )
+    result_key, lease_key = dedup.redis_keys("k")
+    await dedup.client.delete(result_key, lease_key)
+    finish = dedup._finish
+    dedup._finish, send = _slow_replies(finish, delay_before=True)
+    computed = asyncio.Event()
+
+    def compute() -> int:
+        computed.set()
+        return 42
+
+    task = asyncio.create_task(dedup.run("k", compute))
+    await computed.wait()
+    await asyncio.sleep(0.01)  # the publication is on its way
+    task.cancel()
+    send.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await dedup.client.get(result_key) == b"42"
+    assert await dedup.client.exists(lease_key) == 0
+    assert await dedup.run("k", lambda: 0) == 42  # served, not run again
+    await dedup.client.delete(result_key, lease_key)
+    await dedup.close()
+
+
+# -- independently configured instances do not share state by accident -------------------------
+
+
+async def test_limiters_share_a_bucket_only_with_the_same_settings() -> None:
+    url, prefix = redis_url(), f"iso:{os.getpid()}:"
+    search = ar.RedisRateLimiter(url, rate=0.01, capacity=3, prefix=prefix)
+    search_too = ar.RedisRateLimiter(url, rate=0.01, capacity=3.0, prefix=prefix)  # same
+    email = ar.RedisRateLimiter(url, rate=10.0, capacity=100, prefix=prefix)
+    keys = [search.redis_key(), email.redis_key()]
+    await search.client.delete(*keys)
+    assert search.redis_key() == search_too.redis_key() != email.redis_key()
+    assert [await search.try_acquire() for _ in range(2)] == [True, True]
+    assert [await search_too.try_acquire() for _ in range(2)] == [True, False]  # one bucket
+    assert await email.try_acquire()  # its own bucket of 100
+    await search.client.delete(*keys)
+    for limiter in (search, search_too, email):
+        await limiter.close()
+
+
+async def test_deduplicators_share_results_only_within_a_namespace() -> None:
+    url, prefix = redis_url(), f"ns:{os.getpid()}:"
+    profiles = ar.RedisDeduplicator(url, ttl=60, prefix=prefix, namespace="profiles")
+    profiles_too = ar.RedisDeduplicator(url, ttl=60, prefix=prefix, namespace="profiles")
+    orders = ar.RedisDeduplicator(url, ttl=60, prefix=prefix, namespace="orders")
+    keys = [*profiles.redis_keys("user:1"), *orders.redis_keys("user:1")]
+    await profiles.client.delete(*keys)
+    assert await profiles.run("user:1", lambda: {"name": "Ada"}) == {"name": "Ada"}
+    assert await profiles_too.run("user:1", lambda: {"name": "?"}) == {"name": "Ada"}
+    assert await orders.run("user:1", lambda: [{"order": 42}]) == [{"order": 42}]
+    await profiles.client.delete(*keys)
+    for dedup in (profiles, profiles_too, orders):
+        await dedup.close()
+
+
+async def test_a_corrupt_shared_result_is_reported() -> None:
+    dedup = ar.RedisDeduplicator(redis_url(), ttl=5.0, prefix=f"bad:{os.getpid()}:", namespace="t")
+    result_key, _ = dedup.redis_keys("k")
+    await dedup.client.set(result_key, b"{not json", px=5000)
+    with pytest.raises(ar.PersistenceError, match="corrupt shared result"):
+        await dedup.run("k", lambda: 1)
+    await dedup.client.delete(result_key)
+    await dedup.close()
+
+
+def test_a_deduplicator_needs_a_namespace() -> None:
+    with pytest.raises(TypeError, match="namespace"):
+        ar.RedisDeduplicator("redis://127.0.0.1:1/0", ttl=1)  # type: ignore[call-arg]
+    for bad in ("", "a:b"):
+        with pytest.raises(ValueError, match="namespace"):
+            ar.RedisDeduplicator("redis://127.0.0.1:1/0", ttl=1, namespace=bad)
+    with pytest.raises(TypeError, match="namespace"):
+        ar.RedisDeduplicator("redis://127.0.0.1:1/0", ttl=1, namespace=3)  # type: ignore[arg-type]

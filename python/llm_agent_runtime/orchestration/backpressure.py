@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import math
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from llm_agent_runtime.errors import BackpressureShedError
+from llm_agent_runtime.orchestration._checks import check_count
 
 if TYPE_CHECKING:
     from llm_agent_runtime._core import RuntimeMetrics
@@ -25,12 +25,15 @@ class BackpressureGuard:
     event loop (not shared between threads).
 
     Args:
-        capacity: most holders at once.
-        soft_limit: depth above which a warning is logged (must not exceed `capacity`).
+        capacity: most holders at once (an int).
+        soft_limit: depth at which a warning is logged: each acquire that brings the depth to
+            `soft_limit` or beyond warns (an int in 1..capacity; `soft_limit == capacity`
+            warns when the guard becomes full).
         metrics: counts each shed request when given.
 
     Raises:
-        ValueError: `capacity` < 1 (or NaN or infinite), or `soft_limit` outside 1..capacity.
+        ValueError: `capacity` < 1, `soft_limit` outside 1..capacity, or either is not an int
+            (a float such as 1.5, NaN or infinity, or a bool).
     """
 
     def __init__(
@@ -39,11 +42,11 @@ class BackpressureGuard:
         soft_limit: int | None = None,
         metrics: RuntimeMetrics | None = None,
     ) -> None:
-        # Written so that NaN fails the checks (each comparison with NaN is false).
-        if not 1 <= capacity < math.inf:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        if soft_limit is not None and not 1 <= soft_limit <= capacity:
-            raise ValueError(f"soft_limit must be in 1..{capacity}, got {soft_limit}")
+        capacity = check_count("capacity", capacity, 1)
+        if soft_limit is not None:
+            soft_limit = check_count("soft_limit", soft_limit, 1)
+            if soft_limit > capacity:
+                raise ValueError(f"soft_limit must be in 1..{capacity}, got {soft_limit}")
         self.capacity = capacity
         self.soft_limit = soft_limit
         self._metrics = metrics
@@ -69,9 +72,9 @@ class BackpressureGuard:
                 self._metrics.record_backpressure_shed()
             raise BackpressureShedError(depth, self.capacity)
         self._depth = depth + 1
-        if self.soft_limit is not None and depth + 1 > self.soft_limit:
+        if self.soft_limit is not None and depth + 1 >= self.soft_limit:
             logger.warning(
-                "backpressure: depth %d above soft limit %d (capacity %d)",
+                "backpressure: depth %d reached soft limit %d (capacity %d)",
                 depth + 1,
                 self.soft_limit,
                 self.capacity,

@@ -3,40 +3,75 @@
 from __future__ import annotations
 
 import math
+from decimal import Context, Decimal
 
 from llm_agent_runtime.errors import BudgetExceededError
+from llm_agent_runtime.orchestration._checks import check_count
 
 __all__ = ["CostBudget"]
+
+_PICO = 10**12
+"""Money is kept in whole picodollars (10**-12 US dollars): sums and comparisons are exact."""
+
+_DECIMAL = Context(prec=60)
+"""Our own context: the thread's current one may have been set to a lower precision."""
+
+
+def _picodollars(dollars: float) -> int:
+    """`dollars` (finite, >= 0) in whole picodollars.
+
+    A float is read as the shortest decimal that it prints as (`0.1` is 0.1, not the binary
+    0.1000000000000000055...), so decimal prices add up exactly; anything below half a
+    picodollar is rounded away (prices are quoted in far coarser units).
+    """
+    scaled = _DECIMAL.multiply(Decimal(repr(float(dollars))), _PICO)
+    return int(scaled.to_integral_value(context=_DECIMAL))
+
+
+def _dollars(picodollars: int) -> float:
+    return picodollars / _PICO
 
 
 class CostBudget:
     """Tracks tokens and money spent and refuses to go past the limits.
 
-    `check()` before a call refuses once a limit is reached; `record()` after a call adds its
-    usage and raises when that pushed spending past a limit (the usage is still recorded).
+    `check()` before a call refuses it once a limit is reached (spending equal to the limit
+    is reached); `record()` after a call adds its usage and raises when that pushed spending
+    past a limit (the usage is still recorded). Money is counted exactly (in whole
+    picodollars, reading each float as the decimal it prints as), so three $0.10 calls spend
+    exactly a $0.30 budget: the third is not "past" it, and a fourth is refused.
+
+    The check and the record are separate steps: calls already in flight when a limit is
+    reached were admitted by `check()` before it was, and their usage is still recorded, so
+    a budget shared by concurrent calls may end above its limit (by at most what those calls
+    spend). Only calls that ask after the limit is reached are refused.
 
     Args:
-        max_tokens: most input + output tokens (None: unlimited).
+        max_tokens: most input + output tokens, an int (None: unlimited).
         max_cost_usd: most money in US dollars (None: unlimited).
 
     Raises:
-        ValueError: a limit is negative, NaN or infinite (None is the unlimited budget).
+        ValueError: a limit is negative, NaN or infinite, or `max_tokens` is not an int (None
+            is the unlimited budget).
     """
 
     def __init__(self, max_tokens: int | None = None, max_cost_usd: float | None = None) -> None:
-        # Written so that NaN fails the checks (each comparison with NaN is false).
-        if (max_tokens is not None and not 0 <= max_tokens < math.inf) or (
-            max_cost_usd is not None and not 0 <= max_cost_usd < math.inf
-        ):
-            raise ValueError(
-                f"budget limits must be finite and >= 0, got {max_tokens} and {max_cost_usd}"
-            )
+        if max_tokens is not None:
+            max_tokens = check_count("max_tokens", max_tokens, 0)
+        # Written so that NaN fails the check (each comparison with NaN is false).
+        if max_cost_usd is not None and not 0 <= max_cost_usd < math.inf:
+            raise ValueError(f"max_cost_usd must be finite and >= 0, got {max_cost_usd}")
         self.max_tokens = max_tokens
         self.max_cost_usd = max_cost_usd
+        self._max_cost = None if max_cost_usd is None else _picodollars(max_cost_usd)
         self.used_tokens = 0
         """Input + output tokens recorded."""
-        self.used_cost_usd = 0.0
-        """Money recorded, in US dollars."""
+        self._used_cost = 0  # picodollars
+
+    @property
+    def used_cost_usd(self) -> float:
+        """Money recorded, in US dollars (the float nearest the exact sum)."""
+        return _dollars(self._used_cost)
 
     @property
     def remaining_tokens(self) -> int | None:
@@ -46,9 +81,9 @@ class CostBudget:
     @property
     def remaining_cost_usd(self) -> float | None:
         """Money left (None when unlimited)."""
-        if self.max_cost_usd is None:
+        if self._max_cost is None:
             return None
-        return max(0.0, self.max_cost_usd - self.used_cost_usd)
+        return _dollars(max(0, self._max_cost - self._used_cost))
 
     def check(self) -> None:
         """Raises `BudgetExceededError` when a limit has been reached."""
@@ -56,7 +91,7 @@ class CostBudget:
             raise BudgetExceededError(
                 f"token budget spent: {self.used_tokens} of {self.max_tokens} tokens"
             )
-        if self.max_cost_usd is not None and self.used_cost_usd >= self.max_cost_usd:
+        if self._max_cost is not None and self._used_cost >= self._max_cost:
             raise BudgetExceededError(
                 f"cost budget spent: ${self.used_cost_usd:.4f} of ${self.max_cost_usd:.4f}"
             )
@@ -65,24 +100,26 @@ class CostBudget:
         """Adds one call's usage.
 
         Raises:
-            ValueError: a count or cost is negative, NaN or infinite (nothing is recorded).
+            ValueError: a token count is negative or not an int, or the cost is negative, NaN
+                or infinite (nothing is recorded).
             BudgetExceededError: this usage went past a limit.
         """
-        if not (
-            0 <= input_tokens < math.inf
-            and 0 <= output_tokens < math.inf
-            and 0 <= cost_usd < math.inf
-        ):
-            raise ValueError(
-                f"usage must be finite and >= 0, got {input_tokens}, {output_tokens}, {cost_usd}"
+        try:
+            tokens = check_count("input_tokens", input_tokens, 0) + check_count(
+                "output_tokens", output_tokens, 0
             )
-        self.used_tokens += input_tokens + output_tokens
-        self.used_cost_usd += cost_usd
+        except ValueError as error:
+            raise ValueError(f"usage must be whole token counts >= 0: {error}") from None
+        if not 0 <= cost_usd < math.inf:  # NaN fails too
+            raise ValueError(f"usage cost must be finite and >= 0, got {cost_usd}")
+        cost = _picodollars(cost_usd)
+        self.used_tokens += tokens
+        self._used_cost += cost
         if self.max_tokens is not None and self.used_tokens > self.max_tokens:
             raise BudgetExceededError(
                 f"token budget exceeded: {self.used_tokens} of {self.max_tokens} tokens"
             )
-        if self.max_cost_usd is not None and self.used_cost_usd > self.max_cost_usd:
+        if self._max_cost is not None and self._used_cost > self._max_cost:
             raise BudgetExceededError(
                 f"cost budget exceeded: ${self.used_cost_usd:.4f} of ${self.max_cost_usd:.4f}"
             )

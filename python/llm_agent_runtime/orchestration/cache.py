@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from llm_agent_runtime.orchestration._calls import call_maybe_async
+from llm_agent_runtime.orchestration._checks import check_count
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 from llm_agent_runtime.orchestration.dedup import canonical_key
 
@@ -28,17 +29,15 @@ class ResultCache:
         clock: time source.
 
     Raises:
-        ValueError: `ttl` or `max_entries` is not positive, or is NaN; `max_entries` is
-            infinite.
+        ValueError: `ttl` is not positive, or is NaN; `max_entries` is below 1 or is not an
+            int (a float such as 1.5, NaN or infinity, or a bool).
     """
 
     def __init__(self, ttl: float, max_entries: int = 1024, clock: Clock | None = None) -> None:
         # Written so that NaN fails the check (each comparison with NaN is false).
-        if not (0 < ttl <= math.inf and 1 <= max_entries < math.inf):
-            raise ValueError(
-                f"ttl and max_entries must be positive (max_entries finite), got {ttl}, "
-                f"{max_entries}"
-            )
+        if not 0 < ttl <= math.inf:
+            raise ValueError(f"ttl must be positive, got {ttl}")
+        max_entries = check_count("max_entries", max_entries, 1)
         self.ttl = ttl
         self.max_entries = max_entries
         self._clock = clock or SYSTEM_CLOCK

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 from llm_agent_runtime.errors import PolicyDeniedError
+from llm_agent_runtime.orchestration._checks import check_count, check_names
 
 __all__ = ["CapabilitySet"]
 
@@ -14,12 +14,16 @@ class CapabilitySet:
     """What an agent is allowed to do; anything else raises `PolicyDeniedError`.
 
     Args:
-        allowed_tools: tool names allowed (None: every tool).
-        allowed_state_keys: state keys that may be read or written (None: every key).
-        max_actions: most actions (tool calls) in total (None: unlimited).
+        allowed_tools: tool names allowed, a collection of strings (None: every tool).
+        allowed_state_keys: state keys that may be read or written, a collection of strings
+            (None: every key).
+        max_actions: most actions (tool calls) in total, an int (None: unlimited).
 
     Raises:
-        ValueError: `max_actions` is negative, NaN or infinite.
+        TypeError: `allowed_tools` or `allowed_state_keys` is a single string (it would read
+            as a set of letters: write `["search"]`), or holds something other than strings.
+        ValueError: `max_actions` is negative or not an int (a float such as 1.5, NaN or
+            infinity, or a bool).
     """
 
     def __init__(
@@ -28,12 +32,10 @@ class CapabilitySet:
         allowed_state_keys: Iterable[str] | None = None,
         max_actions: int | None = None,
     ) -> None:
-        if max_actions is not None and not 0 <= max_actions < math.inf:  # NaN fails too
-            raise ValueError(f"max_actions must be >= 0, got {max_actions}")
-        self.allowed_tools = None if allowed_tools is None else frozenset(allowed_tools)
-        self.allowed_state_keys = (
-            None if allowed_state_keys is None else frozenset(allowed_state_keys)
-        )
+        if max_actions is not None:
+            max_actions = check_count("max_actions", max_actions, 0)
+        self.allowed_tools = check_names("allowed_tools", allowed_tools)
+        self.allowed_state_keys = check_names("allowed_state_keys", allowed_state_keys)
         self.max_actions = max_actions
         self.actions_taken = 0
         """Actions recorded so far."""

@@ -7,9 +7,19 @@ a failure opens it again).
 
 Each call remembers whether it was admitted as a trial call of the current half-open period.
 Only such a call frees a trial slot when it ends without a verdict (cancelled, or an error that
-`is_failure` does not count), and only its success closes the circuit. A call admitted while the
-circuit was closed that ends after the circuit opened is stale: its success changes nothing
-(the service was not probed), and it frees no slot it never held.
+`is_failure` does not count), and only its success or failure decides the half-open state. A
+call admitted while the circuit was closed that ends after the circuit opened is stale: its
+success changes nothing (the service was not probed), its failure does not reopen a half-open
+circuit (the probe decides), and it frees no slot it never held.
+
+A half-open circuit always recovers. Trial slots are handed back when a trial ends, but a trial
+can also end unseen: its worker process is killed, its caller is cancelled while a shared
+backend admits it, or its outcome cannot be written to a shared backend. So when every slot is
+taken and the latest trial was admitted `trial_timeout` seconds ago or more, the next call
+reclaims the slots and starts a new round of trials; the trials of the earlier round then count
+as stale. Recording a call's outcome never changes that outcome: a backend failure is logged and
+counted in `record_errors`, and an exception raised by a state-change listener (or by
+`is_failure`) is logged.
 
 The state lives in a `CircuitStateBackend`, so several processes can share one breaker (a
 Redis backend does that); the default keeps it in this process.
@@ -17,9 +27,11 @@ Redis backend does that); the default keeps it in this process.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import inspect
+import logging
 import math
 import threading
 from collections import Counter
@@ -29,7 +41,8 @@ from types import TracebackType
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from llm_agent_runtime.errors import CircuitOpenError
-from llm_agent_runtime.orchestration._calls import call_maybe_async
+from llm_agent_runtime.orchestration._calls import call_maybe_async, keep_alive
+from llm_agent_runtime.orchestration._checks import check_count
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 __all__ = [
@@ -43,6 +56,11 @@ __all__ = [
 Status = Literal["closed", "open", "half_open"]
 T = TypeVar("T")
 
+Trial = tuple[float, int]
+"""The trial token of a call admitted as a trial: `(opened_at, trial_round)` of its round."""
+
+logger = logging.getLogger(__name__)
+
 
 class CircuitState(NamedTuple):
     """The shared state of one breaker (immutable: each change makes a new one)."""
@@ -55,11 +73,15 @@ class CircuitState(NamedTuple):
     """Clock time the circuit last opened."""
     trial_calls: int = 0
     """Trial calls in flight while half-open."""
+    trial_started: float = 0.0
+    """Clock time the latest trial call was admitted while half-open."""
+    trial_round: int = 0
+    """Rounds of trial slots reclaimed in this half-open period (see `trial_timeout`)."""
 
 
 CLOSED = CircuitState()
 
-_HELD: contextvars.ContextVar[tuple[tuple[object, float | None], ...]] = contextvars.ContextVar(
+_HELD: contextvars.ContextVar[tuple[tuple[object, Trial | None], ...]] = contextvars.ContextVar(
     "llm_agent_runtime_circuit_breaker_held", default=()
 )
 """(breaker, trial token) of each `async with breaker:` block open in the current task."""
@@ -135,16 +157,24 @@ class CircuitBreaker:
 
     Args:
         service: name of the protected service (used in errors, events and the backend).
-        failure_threshold: consecutive failures that open the circuit.
+        failure_threshold: consecutive failures that open the circuit (an int).
         recovery_window: seconds the circuit stays open before trial calls are let through.
-        half_open_max_calls: trial calls allowed at once while half-open.
+        half_open_max_calls: trial calls allowed at once while half-open (an int).
         backend: where the state lives; in this process by default.
         clock: time source; the system clock by default.
         is_failure: decides whether an exception counts as a failure (default: any
-            `Exception`; cancellation never counts).
+            `Exception`; cancellation never counts; an exception it raises is logged, and the
+            error counts).
+        trial_timeout: seconds after which the trial slots of a half-open circuit whose
+            trials never reported back (a killed worker, an outcome the backend failed to
+            record) are reclaimed: once every slot is taken and the latest trial was admitted
+            this long ago, the next call starts a new round of trials (default:
+            `recovery_window`). Make it longer than a trial call may take.
 
     Raises:
-        ValueError: a threshold, window or trial count is not positive, or is NaN or infinite.
+        ValueError: a threshold, window, timeout or trial count is not positive, or is NaN or
+            infinite; a threshold or trial count is not an int (a float such as 1.5, or a
+            bool).
     """
 
     def __init__(
@@ -156,18 +186,22 @@ class CircuitBreaker:
         backend: CircuitStateBackend | None = None,
         clock: Clock | None = None,
         is_failure: Callable[[BaseException], bool] | None = None,
+        trial_timeout: float | None = None,
     ) -> None:
+        failure_threshold = check_count("failure_threshold", failure_threshold, 1)
+        half_open_max_calls = check_count("half_open_max_calls", half_open_max_calls, 1)
         # Written so that NaN fails every check (each comparison with NaN is false).
-        if not 1 <= failure_threshold < math.inf:
-            raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold}")
         if not 0 < recovery_window < math.inf:
             raise ValueError(f"recovery_window must be finite and > 0, got {recovery_window}")
-        if not 1 <= half_open_max_calls < math.inf:
-            raise ValueError(f"half_open_max_calls must be >= 1, got {half_open_max_calls}")
+        if trial_timeout is None:
+            trial_timeout = recovery_window
+        elif not 0 < trial_timeout < math.inf:
+            raise ValueError(f"trial_timeout must be finite and > 0, got {trial_timeout}")
         self.service = service
         self.failure_threshold = failure_threshold
         self.recovery_window = recovery_window
         self.half_open_max_calls = half_open_max_calls
+        self.trial_timeout = trial_timeout
         self._backend: CircuitStateBackend = backend or InMemoryCircuitStateBackend()
         self._local = (
             self._backend if isinstance(self._backend, InMemoryCircuitStateBackend) else None
@@ -179,6 +213,9 @@ class CircuitBreaker:
         self._listeners: list[Callable[[CircuitStateChange], None]] = []
         self.transitions: Counter[str] = Counter()
         """How many times each change happened, keyed `"old->new"`."""
+        self.record_errors = 0
+        """Outcomes of calls the backend failed to record (each is logged; the call's own
+        result or error is what its caller got)."""
         self._last: CircuitState = CLOSED
 
     # -- state machine (pure functions of the state) ------------------------------------
@@ -187,28 +224,48 @@ class CircuitBreaker:
         """The state after admitting a call; unchanged when the call must be refused."""
         if state.status == "closed":
             return state
+        now = self._clock.now()
         if state.status == "open":
-            if self._clock.now() - state.opened_at < self.recovery_window:
+            if now - state.opened_at < self.recovery_window:
                 return state
-            return CircuitState("half_open", state.failures, state.opened_at, 1)
+            return CircuitState("half_open", state.failures, state.opened_at, 1, now, 0)
         if state.trial_calls < self.half_open_max_calls:
-            return state._replace(trial_calls=state.trial_calls + 1)
+            return state._replace(trial_calls=state.trial_calls + 1, trial_started=now)
+        if now - state.trial_started >= self.trial_timeout:
+            # Every slot is held by a trial admitted at least `trial_timeout` ago that never
+            # reported back: a new round of trials begins with this call.
+            return state._replace(
+                trial_calls=1, trial_started=now, trial_round=state.trial_round + 1
+            )
         return state
 
-    # A call admitted as a trial holds a slot of one half-open period, identified by the
-    # `opened_at` of the open period it ended (it grows with each reopening): the call's
-    # "trial token". A call admitted while closed has no token (None).
+    # A call admitted as a trial holds a slot of one round of trials, identified by the
+    # `opened_at` of the open period the half-open period ended (it grows with each
+    # reopening) and the `trial_round` within it: the call's "trial token". A call admitted
+    # while closed has no token (None).
 
-    def _on_success(self, state: CircuitState, trial: float | None = None) -> CircuitState:
+    @staticmethod
+    def _is_current(state: CircuitState, trial: Trial | None) -> bool:
+        """Whether `trial` is a token of the current round of trials of a half-open state."""
+        return (
+            trial is not None
+            and state.status == "half_open"
+            and trial[0] == state.opened_at
+            and trial[1] == state.trial_round
+        )
+
+    def _on_success(self, state: CircuitState, trial: Trial | None = None) -> CircuitState:
         if state.status == "closed":
             return state if state.failures == 0 else CLOSED
-        if state.status == "half_open" and trial is not None and trial == state.opened_at:
+        if self._is_current(state, trial):
             return CLOSED
-        return state  # open, or a call that is not a trial of this half-open period
+        return state  # open, or a call that is not a trial of this round (stale)
 
-    def _on_failure(self, state: CircuitState) -> CircuitState:
+    def _on_failure(self, state: CircuitState, trial: Trial | None = None) -> CircuitState:
         if state.status == "half_open":
-            return CircuitState("open", state.failures, self._clock.now(), 0)
+            if self._is_current(state, trial):
+                return CircuitState("open", state.failures, self._clock.now(), 0)
+            return state  # a stale call: the trials decide
         if state.status == "open":
             return state
         failures = state.failures + 1
@@ -216,11 +273,11 @@ class CircuitBreaker:
             return CircuitState("open", failures, self._clock.now(), 0)
         return state._replace(failures=failures)
 
-    @staticmethod
-    def _release_trial(state: CircuitState, trial: float) -> CircuitState:
+    @classmethod
+    def _release_trial(cls, state: CircuitState, trial: Trial) -> CircuitState:
         # A trial call ended without a verdict (cancelled or not a failure): free its slot,
-        # if the half-open period it holds a slot of is still the current one.
-        if state.status == "half_open" and state.opened_at == trial and state.trial_calls > 0:
+        # if the round it holds a slot of is still the current one.
+        if cls._is_current(state, trial) and state.trial_calls > 0:
             return state._replace(trial_calls=state.trial_calls - 1)
         return state
 
@@ -233,9 +290,20 @@ class CircuitBreaker:
             if self._listeners:
                 event = CircuitStateChange(self.service, old.status, new.status, self._clock.now())
                 for listener in self._listeners:
-                    listener(event)
+                    try:
+                        listener(event)
+                    except Exception:
+                        # A listener (a metrics or alerting hook) must not break admission
+                        # nor the state machine: the change has happened already.
+                        logger.exception(
+                            "circuit breaker %r: state-change listener %r failed on %s->%s",
+                            self.service,
+                            listener,
+                            old.status,
+                            new.status,
+                        )
 
-    def _trial_token(self, old: CircuitState, new: CircuitState) -> float | None:
+    def _trial_token(self, old: CircuitState, new: CircuitState) -> Trial | None:
         """The trial token of a call `_admit` took `old` to `new` for; refuses a call.
 
         Raises:
@@ -245,32 +313,106 @@ class CircuitBreaker:
             return None
         if new == old:
             raise CircuitOpenError(self.service)
-        return new.opened_at  # admitted as a trial of this half-open period
+        return new.opened_at, new.trial_round  # admitted as a trial of this round
 
-    async def _enter(self) -> float | None:
-        old, new = await self._backend.update(self.service, self._admit)
+    async def _enter(self) -> Trial | None:
+        local = self._local
+        if local is not None:
+            old, new = local.update_now(self.service, self._admit)
+        else:
+            old, new = await self._backend.update(self.service, self._admit)
         self._observe(old, new)
         return self._trial_token(old, new)
 
-    async def _exit(self, error: BaseException | None, trial: float | None) -> None:
+    async def _exit(self, error: BaseException | None, trial: Trial | None) -> None:
+        """Records the outcome of a call; never raises but `CancelledError`.
+
+        A backend failure is logged and counted (the call's own outcome stands). The update
+        runs to its end even if the caller is cancelled meanwhile (then `CancelledError` is
+        raised, and the update is observed when it is done).
+        """
+        change = self._verdict(error, trial)
+        if change is None:
+            return
+        if self._local is not None:
+            self._record_now(change)
+            return
+        update = keep_alive(asyncio.ensure_future(self._backend.update(self.service, change)))
+        try:
+            old, new = await asyncio.shield(update)
+        except asyncio.CancelledError:
+            update.add_done_callback(self._recorded_late)
+            raise
+        except Exception as failure:
+            self._record_failed(failure)
+            return
+        self._observe(old, new)
+
+    def _exit_sync(self, error: BaseException | None, trial: Trial | None) -> None:
+        """`_exit` for the in-process backend."""
         change = self._verdict(error, trial)
         if change is not None:
-            self._observe(*(await self._backend.update(self.service, change)))
+            self._record_now(change)
+
+    def _record_now(self, change: Callable[[CircuitState], CircuitState]) -> None:
+        local = self._local
+        assert local is not None
+        try:
+            old, new = local.update_now(self.service, change)
+        except Exception as failure:
+            self._record_failed(failure)
+            return
+        self._observe(old, new)
+
+    def _recorded_late(self, update: asyncio.Future[tuple[CircuitState, CircuitState]]) -> None:
+        """Observes an outcome update that outlived its (cancelled) caller."""
+        if update.cancelled():
+            self._record_failed(asyncio.CancelledError("the update was cancelled"))
+        elif (failure := update.exception()) is not None:
+            self._record_failed(failure)
+        else:
+            self._observe(*update.result())
+
+    def _record_failed(self, failure: BaseException) -> None:
+        self.record_errors += 1
+        logger.warning(
+            "circuit breaker %r: could not record a call's outcome (%s: %s); the call's own "
+            "result stands, and a trial slot it held is reclaimed after trial_timeout",
+            self.service,
+            type(failure).__name__,
+            failure,
+        )
 
     def _verdict(
-        self, error: BaseException | None, trial: float | None
+        self, error: BaseException | None, trial: Trial | None
     ) -> Callable[[CircuitState], CircuitState] | None:
         """The state change for a call that ended with `error`; None when there is none."""
         if error is None:
             if trial is None:
                 return self._on_success
             return functools.partial(self._on_success, trial=trial)
-        if isinstance(error, Exception) and (self._is_failure is None or self._is_failure(error)):
-            return self._on_failure
+        if isinstance(error, Exception) and self._counts_as_failure(error):
+            if trial is None:
+                return self._on_failure
+            return functools.partial(self._on_failure, trial=trial)
         # Cancelled, or not a failure: only a trial call has something (its slot) to give back.
         if trial is None:
             return None
         return functools.partial(self._release_trial, trial=trial)
+
+    def _counts_as_failure(self, error: Exception) -> bool:
+        if self._is_failure is None:
+            return True
+        try:
+            return bool(self._is_failure(error))
+        except Exception:
+            # A broken predicate must not replace the call's own error either.
+            logger.exception(
+                "circuit breaker %r: is_failure raised on %r; counted as a failure",
+                self.service,
+                error,
+            )
+            return True
 
     # -- public API -----------------------------------------------------------------------
 
@@ -311,12 +453,12 @@ class CircuitBreaker:
                 if inspect.isawaitable(result):
                     result = await result
             except BaseException as exc:
-                await self._exit(exc, None)
+                self._exit_sync(exc, None)
                 raise
             if states.get(self.service, CLOSED) is not CLOSED:
                 # Failures were counted while this call ran (its success resets them), or
                 # the circuit opened (then its success changes nothing).
-                await self._exit(None, None)
+                self._exit_sync(None, None)
             return result
         trial = await self._enter()
         try:
@@ -334,32 +476,31 @@ class CircuitBreaker:
             CircuitOpenError: the circuit is open; `fn` was not called.
             TypeError: the breaker uses a shared backend, which needs the async API.
         """
-        local = self._local
-        if local is None:
+        states = self._local_states
+        if states is None:
             raise TypeError("a shared circuit backend needs the async API: await breaker.call(...)")
-        if local.peek(self.service) is CLOSED:
+        if states.get(self.service, CLOSED) is CLOSED:
+            # The fast path, as in `call`.
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             except BaseException as exc:
-                self._exit_sync(local, exc, None)
+                self._exit_sync(exc, None)
                 raise
+            if states.get(self.service, CLOSED) is not CLOSED:
+                self._exit_sync(None, None)  # as in `call`: the state moved while it ran
+            return result
+        local = self._local
+        assert local is not None
         old, new = local.update_now(self.service, self._admit)
         self._observe(old, new)
         trial = self._trial_token(old, new)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._exit_sync(local, exc, trial)
+            self._exit_sync(exc, trial)
             raise
-        self._exit_sync(local, None, trial)
+        self._exit_sync(None, trial)
         return result
-
-    def _exit_sync(
-        self, local: InMemoryCircuitStateBackend, error: BaseException | None, trial: float | None
-    ) -> None:
-        change = self._verdict(error, trial)
-        if change is not None:
-            self._observe(*local.update_now(self.service, change))
 
     async def __aenter__(self) -> CircuitBreaker:
         trial = await self._enter()

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import logging
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from llm_agent_runtime._redis import redis_client
 from llm_agent_runtime.errors import PersistenceError
-from llm_agent_runtime.orchestration._calls import call_maybe_async
+from llm_agent_runtime.orchestration._calls import call_maybe_async, keep_alive
 from llm_agent_runtime.orchestration.circuit_breaker import CLOSED, CircuitState
 
 __all__ = ["RedisCircuitStateBackend", "RedisDeduplicator", "RedisRateLimiter"]
+
+logger = logging.getLogger(__name__)
+
+
+async def _settle(cleanup: Awaitable[None]) -> None:
+    """Runs `cleanup` to its end, even if the caller is cancelled (again) meanwhile.
+
+    Called by a cancelled caller before it re-raises `CancelledError`: it waits for the
+    cleanup unless cancelled once more, and the cleanup finishes on its own then.
+    """
+    await asyncio.shield(keep_alive(asyncio.ensure_future(cleanup)))
 
 
 class RedisCircuitStateBackend:
@@ -87,8 +98,20 @@ def _decode(raw: bytes | None) -> CircuitState:
     if raw is None:
         return CLOSED
     try:
-        status, failures, opened_at, trial_calls = json.loads(raw)
-        return CircuitState(status, int(failures), float(opened_at), int(trial_calls))
+        # Four fields in states written before trial rounds existed: they read as round 0
+        # with a trial admitted long ago (so slots such a state holds are reclaimable).
+        status, failures, opened_at, trial_calls, *rest = json.loads(raw)
+        if status not in ("closed", "open", "half_open") or len(rest) not in (0, 2):
+            raise ValueError(f"not a breaker state: {raw!r}")
+        trial_started, trial_round = rest if rest else (0.0, 0)
+        return CircuitState(
+            status,
+            int(failures),
+            float(opened_at),
+            int(trial_calls),
+            float(trial_started),
+            int(trial_round),
+        )
     except (ValueError, TypeError) as error:
         raise PersistenceError(f"corrupt breaker state: {error}") from error
 
@@ -131,11 +154,21 @@ class RedisRateLimiter:
     order, a cancelled waiter's tokens given back), made atomic by a Lua script running on the
     Redis server's clock, so workers on many machines draw from one bucket.
 
+    Limiters share the bucket of a key when they have the same `prefix`, `rate` and
+    `capacity` (the bucket's Redis key is `redis_key(key)`: `<prefix><rate>/<capacity>:<key>`),
+    so the workers of one limiter share it, and a limiter configured otherwise never draws
+    from it by accident. Give limiters of one rate and capacity that must not share distinct
+    keys or prefixes.
+
+    A caller cancelled while its command is in flight gives back whatever the command took:
+    the command runs to its end, then the tokens are refunded, then `CancelledError` is
+    raised.
+
     Args:
         url: e.g. `redis://host:6379/0`.
         rate: Tokens added per second.
         capacity: Bucket size (the largest burst); a new key starts full.
-        prefix: Prepended to each key.
+        prefix: Prepended to each Redis key.
 
     Raises:
         ValueError: `rate` or `capacity` is not positive, or is NaN or infinite.
@@ -155,49 +188,93 @@ class RedisRateLimiter:
         self.rate = rate
         self.capacity = capacity
         self.prefix = prefix
+        self._namespace = f"{prefix}{float(rate)!r}/{float(capacity)!r}:"
         self.client: Any = redis_client(url, "RedisRateLimiter")
         self._script = self.client.register_script(_BUCKET_SCRIPT)
 
     def __repr__(self) -> str:
         return f"RedisRateLimiter(rate={self.rate}, capacity={self.capacity})"
 
+    def redis_key(self, key: str = "default") -> str:
+        """The Redis key of `key`'s bucket (its prefix, rate and capacity, then `key`)."""
+        return self._namespace + key
+
     async def close(self) -> None:
         """Closes the connection pool."""
         await self.client.aclose()
 
-    async def _run(self, key: str, tokens: float, mode: int) -> tuple[bool, float]:
+    def _check(self, tokens: float) -> None:
         if not 0 < tokens <= self.capacity:  # NaN fails too
             raise ValueError(f"tokens must be in (0, {self.capacity}], got {tokens}")
+
+    async def _run(self, key: str, tokens: float, mode: int) -> tuple[bool, float]:
+        redis_key = self._namespace + key
         try:
             granted, wait = await self._script(
-                keys=[self.prefix + key], args=[self.rate, self.capacity, tokens, mode]
+                keys=[redis_key], args=[self.rate, self.capacity, tokens, mode]
             )
         except Exception as error:
-            raise PersistenceError(f"Redis: {error}", key=self.prefix + key) from error
+            raise PersistenceError(f"Redis: {error}", key=redis_key) from error
         return bool(granted), float(wait)
+
+    async def _take(self, key: str, tokens: float, mode: int) -> tuple[bool, float]:
+        """Runs the take (mode 0) or reserve (mode 1) command.
+
+        If the caller is cancelled while the command is in flight, the command still runs to
+        its end, what it took is given back, and then `CancelledError` is raised.
+        """
+        command = keep_alive(asyncio.ensure_future(self._run(key, tokens, mode)))
+        try:
+            return await asyncio.shield(command)
+        except asyncio.CancelledError:
+            await _settle(self._refund_after(command, key, tokens))
+            raise
+
+    async def _refund_after(
+        self, command: asyncio.Future[tuple[bool, float]], key: str, tokens: float
+    ) -> None:
+        try:
+            granted, _ = await command
+        except Exception:
+            return  # the command failed: it took nothing (that this process can know of)
+        if granted:
+            await self._refund(key, tokens)
+
+    async def _refund(self, key: str, tokens: float) -> None:
+        """Gives `tokens` back to `key`'s bucket; a Redis failure is logged, not raised."""
+        try:
+            await self._run(key, tokens, 2)
+        except Exception as error:
+            logger.warning("RedisRateLimiter: could not give back %s tokens: %s", tokens, error)
 
     async def try_acquire(self, key: str = "default", tokens: float = 1.0) -> bool:
         """Takes `tokens` from `key`'s shared bucket if it has them; returns whether it did.
 
         Raises:
             ValueError: `tokens` is not in (0, capacity].
+            PersistenceError: Redis failed.
         """
-        granted, _ = await self._run(key, tokens, 0)
+        self._check(tokens)
+        granted, _ = await self._take(key, tokens, 0)
         return granted
 
     async def acquire(self, key: str = "default", tokens: float = 1.0) -> None:
         """Takes `tokens`, waiting (in arrival order across all workers) until refilled.
 
+        A cancelled caller takes nothing: its reservation is given back.
+
         Raises:
             ValueError: `tokens` is not in (0, capacity].
+            PersistenceError: Redis failed.
         """
-        _, wait = await self._run(key, tokens, 1)
+        self._check(tokens)
+        _, wait = await self._take(key, tokens, 1)
         if wait <= 0:
             return
         try:
             await asyncio.sleep(wait)
         except BaseException:
-            await asyncio.shield(self._run(key, tokens, 2))  # give the reservation back
+            await _settle(self._refund(key, tokens))  # give the reservation back
             raise
 
 
@@ -224,7 +301,15 @@ class RedisDeduplicator:
     The first caller of a key takes a lease, runs the call and publishes its result (as JSON)
     for `ttl` seconds; the other callers, in any process, wait for that result instead of
     running the call again. A failure is not shared: the next caller runs the call. If the
-    runner dies, its lease expires after `lease` seconds and a waiter takes over.
+    runner dies, its lease expires after `lease` seconds and a waiter takes over. A caller
+    cancelled while it holds the lease (or while the command taking it is in flight) gives
+    the lease back before `CancelledError` is raised, so the next caller need not wait it out.
+
+    Keys live in a `namespace`, which is required: deduplicators of one namespace (and
+    prefix) share results, for instance one per worker process for the same function;
+    deduplicators of different namespaces never serve each other's results, even for the
+    same key. Name it after what the calls compute (`namespace="user-profiles"`). The Redis
+    keys are `redis_keys(key)`: `<prefix><namespace>:<key>:result` and `...:lease`.
 
     Every caller, the one that ran the call included, gets the JSON round trip of the result:
     tuples come back as lists and dict keys as strings (`{1: (1, 2)}` is `{"1": [1, 2]}`), so
@@ -236,11 +321,14 @@ class RedisDeduplicator:
         lease: Seconds a runner holds a key before another caller may take over (at least
             1 ms).
         poll_interval: Seconds between a waiter's checks.
-        prefix: Prepended to each key.
+        prefix: Prepended to each Redis key.
+        namespace: The results this deduplicator shares (keyword only, required): a
+            non-empty string without `:`.
 
     Raises:
+        TypeError: When `namespace` is not a string.
         ValueError: When `ttl` or `lease` is below 1 ms, `poll_interval` is not positive, or
-            any of them is NaN or infinite.
+            any of them is NaN or infinite; when `namespace` is empty or holds a `:`.
         PersistenceError: When redis-py is not installed (the `redis` extra).
     """
 
@@ -251,7 +339,16 @@ class RedisDeduplicator:
         lease: float = 30.0,
         poll_interval: float = 0.01,
         prefix: str = "llm_agent_runtime:dedup:",
+        *,
+        namespace: str,
     ) -> None:
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a string, got {namespace!r}")
+        if not namespace or ":" in namespace:
+            raise ValueError(
+                f"namespace must be a non-empty string without ':' (put a hierarchy in "
+                f"prefix), got {namespace!r}"
+            )
         # Written so that NaN fails every check (each comparison with NaN is false).
         for name, value in (("ttl", ttl), ("lease", lease)):
             if not 0.001 <= value < math.inf:
@@ -262,6 +359,7 @@ class RedisDeduplicator:
         self.lease = lease
         self.poll_interval = poll_interval
         self.prefix = prefix
+        self.namespace = namespace
         self._ttl_ms = int(ttl * 1000)
         self._lease_ms = int(lease * 1000)
         self.client: Any = redis_client(url, "RedisDeduplicator")
@@ -271,7 +369,14 @@ class RedisDeduplicator:
         """Calls this process actually ran."""
 
     def __repr__(self) -> str:
-        return f"RedisDeduplicator(ttl={self.ttl}, lease={self.lease})"
+        return (
+            f"RedisDeduplicator(namespace={self.namespace!r}, ttl={self.ttl}, lease={self.lease})"
+        )
+
+    def redis_keys(self, key: str) -> tuple[str, str]:
+        """The Redis keys of `key`: its published result and its lease."""
+        base = f"{self.prefix}{self.namespace}:{key}"
+        return f"{base}:result", f"{base}:lease"
 
     async def close(self) -> None:
         """Closes the connection pool."""
@@ -287,48 +392,93 @@ class RedisDeduplicator:
             PersistenceError: When Redis fails, or the result is not JSON-serializable (an
                 error `fn` itself raises propagates as it is).
         """
-        keys = [f"{self.prefix}{key}:result", f"{self.prefix}{key}:lease"]
+        keys = list(self.redis_keys(key))
         token = uuid.uuid4().hex
-        try:
-            while True:
-                claim = await self._claim(keys=keys, args=[token, self._lease_ms])
-                if claim[0] == 1:
+        while True:
+            claim = await self._claim_once(keys, token)
+            if claim[0] == 1:
+                try:
                     return json.loads(claim[1])
-                if claim[0] == 2:
-                    break
-                await asyncio.sleep(self.poll_interval)
-        except PersistenceError:
-            raise
-        except Exception as error:
-            raise PersistenceError(f"Redis: {error}", key=keys[0]) from error
+                except ValueError as error:
+                    raise PersistenceError(f"corrupt shared result: {error}", key=keys[0]) from None
+            if claim[0] == 2:
+                break
+            await asyncio.sleep(self.poll_interval)
         # This caller holds the lease: whatever happens from here, it gives the lease back.
         self.executions += 1
         try:
             value = await call_maybe_async(fn, *args, **kwargs)
         except BaseException:
-            await self._release(keys, token)
+            await _settle(self._release(keys, token))
             raise
         try:
             encoded = json.dumps(value)
         except (TypeError, ValueError) as error:
-            await self._release(keys, token)
+            await _settle(self._release(keys, token))
             raise PersistenceError(
                 f"a shared result must be JSON-serializable: {error}", key=keys[0]
             ) from error
+        publish = keep_alive(
+            asyncio.ensure_future(self._finish(keys=keys, args=[token, encoded, self._ttl_ms]))
+        )
         try:
-            await self._finish(keys=keys, args=[token, encoded, self._ttl_ms])
-        except BaseException as error:
-            await self._release(keys, token)
-            if isinstance(error, Exception):
-                raise PersistenceError(f"Redis: {error}", key=keys[0]) from error
+            await asyncio.shield(publish)
+        except asyncio.CancelledError:
+            # The result is computed: publishing it runs to its end (and gives the lease back).
+            await _settle(self._release_unless_done(publish, keys, token))
             raise
+        except Exception as error:
+            await _settle(self._release(keys, token))
+            raise PersistenceError(f"Redis: {error}", key=keys[0]) from error
         return json.loads(encoded)
+
+    async def _claim_once(self, keys: list[str], token: str) -> Any:
+        """Runs the claim command once; returns its reply.
+
+        If the caller is cancelled while the command is in flight, the command still runs to
+        its end, the lease it may have taken is given back, and then `CancelledError` is
+        raised.
+
+        Raises:
+            PersistenceError: Redis failed.
+        """
+        command = keep_alive(asyncio.ensure_future(self._claim_command(keys, token)))
+        try:
+            return await asyncio.shield(command)
+        except asyncio.CancelledError:
+            await _settle(self._release_unless_done(command, keys, token, claim=True))
+            raise
+
+    async def _claim_command(self, keys: list[str], token: str) -> Any:
+        try:
+            return await self._claim(keys=keys, args=[token, self._lease_ms])
+        except Exception as error:
+            raise PersistenceError(f"Redis: {error}", key=keys[0]) from error
+
+    async def _release_unless_done(
+        self, command: asyncio.Future[Any], keys: list[str], token: str, claim: bool = False
+    ) -> None:
+        """Waits for `command` (a claim or a publication), then gives the lease back if needed.
+
+        It is needed when the command may hold the lease: a claim that took it, or any
+        command that failed (it may have run on the server all the same).
+        """
+        try:
+            reply = await command
+        except Exception:
+            reply = None
+        if reply is None or (claim and reply[0] == 2):
+            await self._release(keys, token)
 
     async def _release(self, keys: list[str], token: str) -> None:
         """Gives the lease back (if still held) without publishing a result.
 
-        Runs to completion even if the caller is cancelled. A Redis failure here is not
-        raised: the caller's own error matters more, and the lease expires anyway.
+        A Redis failure here is logged, not raised: the caller's own error matters more, and
+        the lease expires anyway.
         """
-        with contextlib.suppress(Exception):
-            await asyncio.shield(self._finish(keys=keys, args=[token, "", 0]))
+        try:
+            await self._finish(keys=keys, args=[token, "", 0])
+        except Exception as error:
+            logger.warning(
+                "RedisDeduplicator: could not give back the lease of %s: %s", keys[1], error
+            )

@@ -15,6 +15,7 @@ from llm_agent_runtime.errors import (
     PolicyDeniedError,
     ProviderError,
 )
+from llm_agent_runtime.orchestration._checks import check_count
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["DEFAULT_MAX_DELAY", "RetryPolicy"]
@@ -58,8 +59,8 @@ class RetryPolicy:
         rng: random source for jitter (seed it for reproducible delays).
 
     Raises:
-        ValueError: an attempt count or delay is out of range or NaN, or `max_attempts` or
-            `base_delay` is infinite.
+        ValueError: an attempt count or delay is out of range or NaN, `base_delay` is
+            infinite, or `max_attempts` is not an int (a float such as 1.5, or a bool).
     """
 
     def __init__(
@@ -72,9 +73,8 @@ class RetryPolicy:
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        max_attempts = check_count("max_attempts", max_attempts, 1)
         # Written so that NaN fails every check (each comparison with NaN is false).
-        if not 1 <= max_attempts < math.inf:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         # max_delay may be infinite: it is capped at DEFAULT_MAX_DELAY anyway.
         if not (0 <= base_delay < math.inf and 0 <= max_delay <= math.inf):
             raise ValueError(
