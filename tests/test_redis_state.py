@@ -665,3 +665,12 @@ def test_a_deduplicator_needs_a_namespace() -> None:
             ar.RedisDeduplicator("redis://127.0.0.1:1/0", ttl=1, namespace=bad)
     with pytest.raises(TypeError, match="namespace"):
         ar.RedisDeduplicator("redis://127.0.0.1:1/0", ttl=1, namespace=3)  # type: ignore[arg-type]
+
+
+def test_redis_clients_time_out_whatever_redis_pys_default() -> None:
+    from llm_agent_runtime._redis import REDIS_SOCKET_TIMEOUT, redis_client
+
+    kwargs = redis_client("redis://127.0.0.1:1/0", "test").connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == REDIS_SOCKET_TIMEOUT
+    url = "redis://127.0.0.1:1/0?socket_timeout=2"  # the URL's own setting wins
+    assert redis_client(url, "test").connection_pool.connection_kwargs["socket_timeout"] == 2.0

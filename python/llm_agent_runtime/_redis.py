@@ -9,12 +9,16 @@ from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
 
-__all__ = ["REDIS_MAX_CONNECTIONS", "REDIS_POOL_TIMEOUT", "redis_client"]
+__all__ = ["REDIS_MAX_CONNECTIONS", "REDIS_POOL_TIMEOUT", "REDIS_SOCKET_TIMEOUT", "redis_client"]
 
 REDIS_MAX_CONNECTIONS = 100
 """Connections each client keeps open at most; more concurrent commands wait for one."""
 REDIS_POOL_TIMEOUT = 30.0
 """Seconds a command waits for a free connection before it fails."""
+REDIS_SOCKET_TIMEOUT = 5.0
+"""Seconds to connect, and to wait for each reply, before a command fails (a `?socket_timeout=`
+in the URL overrides it). Set here, not left to redis-py: its default differs by version, and
+without one a server that stops answering hangs every command."""
 
 
 def redis_client(url: str, owner: str) -> Any:
@@ -35,6 +39,10 @@ def redis_client(url: str, owner: str) -> Any:
             f"{owner} needs redis-py: pip install 'llm-agent-runtime[redis]'"
         ) from error
     pool = BlockingConnectionPool.from_url(
-        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_TIMEOUT
+        url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=REDIS_POOL_TIMEOUT,
+        socket_timeout=REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
     )
     return Redis.from_pool(pool)
