@@ -182,7 +182,8 @@ class AgentRuntime:
         checkpoint_backend: Makes runs durable: each step is saved as `session:<id>:step:<n>`
             (what the step added), each tool call is journaled, the events are logged, and the
             whole session is saved as `session:<id>` at the end; `resume` continues a run
-            that was interrupted.
+            that was interrupted. In keys, `%` and `:` of an id are escaped as `%25` and
+            `%3A` (see `persistence.base.escape_session_id`): ids may hold any text.
         middlewares: Hooks that may rewrite prompts, replies and tool calls.
         approval_handler: Approves, denies or edits tool calls.
         capabilities: Tools allowed and actions budget, checked per call.
@@ -582,8 +583,11 @@ class AgentRuntime:
                         f"on_user_message must return a string or None, got {_kind(prompt)}"
                     )
             session.prompt = prompt  # what is kept, saved and sent: the rewritten text
+        # The run's id: its meta record names it, and so does its final checkpoint (a
+        # resumed run's is the interrupted run's), which tells a later turn from this one.
+        run = resume.run if resume is not None else new_session_id()
         if self._checkpoints is not None and resume is None:
-            await self._save_meta(session, "tools" if provider else "react")
+            await self._save_meta(session, "tools" if provider else "react", run)
         if events.active:
             events.emit(RunStarted(session.session_id, agent_id, prompt))
         context = self._context(agent_id, prompt, session)
@@ -605,7 +609,7 @@ class AgentRuntime:
                 )
             )
         if self._checkpoints is not None:  # after RunFinished, so the log records it
-            await self._save_final(session)
+            await self._save_final(session, run)
 
     def _refresh_tools(self) -> None:
         """Rebuilds what the model is shown of the tools (its registry changed).
@@ -1224,17 +1228,17 @@ class AgentRuntime:
             self._unsaved_steps.pop(session_id, None)
             self._event_log.pop(session_id, None)
 
-    async def _save_meta(self, session: AgentSession, mode: str) -> None:
+    async def _save_meta(self, session: AgentSession, mode: str, run: str | None) -> None:
         assert self._checkpoints is not None
         try:
-            await self._checkpoints.save_meta(session, mode)
+            await self._checkpoints.save_meta(session, mode, run)
         except PersistenceError:
             raise
         except Exception as error:  # a backend's own error, typed for the caller
             key = session_key(session.session_id) + ":meta"
             raise PersistenceError(f"session start checkpoint failed: {error}", key=key) from error
 
-    async def _save_final(self, session: AgentSession) -> None:
+    async def _save_final(self, session: AgentSession, run: str | None) -> None:
         assert self._checkpoints is not None
         key = session_key(session.session_id)
         # The episodic store is not saved with the session: it holds every agent's memories
@@ -1246,7 +1250,7 @@ class AgentRuntime:
         # Steps whose own save failed go in the same write: a finished session has no gap.
         unsaved = self._unsaved_steps.get(session.session_id)
         try:
-            await self._checkpoints.save_final(session, extra, events, unsaved)
+            await self._checkpoints.save_final(session, extra, events, unsaved, run=run)
         except Exception as error:
             self._event_log.setdefault(session.session_id, [])[:0] = events
             self.metrics.record_checkpoint_error()
@@ -1297,7 +1301,17 @@ class AgentRuntime:
         # idempotent tool is simply repeated (with the step) after an interruption, which
         # saves a write per step. A tool taking the key keeps it: its key must name this call.
         if record_result or spec is None or not spec.idempotent or spec.takes_idempotency_key:
-            await self._checkpoints.journal(session_id, step, index, intent)
+            # Written only if the call has no entry: another worker resuming this session may
+            # have journaled it since this one read the journal. Its entry is honoured as one
+            # found at resume: a result is reused, a call that may run (or have run) elsewhere
+            # is not run again unless the tool allows it.
+            found = await self._checkpoints.journal(session_id, step, index, intent, new=True)
+            if found is not None:
+                if found.get("state") == "done":
+                    return await self._durable_call(
+                        session, step, index, name, arguments, found, record_result
+                    )
+                self._check_repeatable(session_id, step, index, name, {"state": "intent"})
         run = await self._call_tool(session, name, arguments, key, index)
         observation = run[0]
         if record_result:
@@ -1409,7 +1423,7 @@ class AgentRuntime:
                 raise AgentRuntimeError(f"session {session_id!r} is already running a turn")
             self._running.add(session_id)
             try:
-                await self._save_final(session)
+                await self._save_final(session, state.run)
             finally:
                 self._running.discard(session_id)
             return session
@@ -1453,10 +1467,13 @@ class AgentRuntime:
         """Starts a new session from step `step` of a saved one; returns its id.
 
         The new session has the first `step` steps; `resume` continues it from there.
+        `new_id` (a fresh id when None) must name no saved session: a fork never writes over
+        one (its records would mix with the fork's): to retry a fork, fork into a new id.
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend.
-            PersistenceError: When the source is missing or shorter than `step`.
+            PersistenceError: When the source is missing or shorter than `step`, or when
+                `new_id` already has checkpoints (the source's own id too).
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("fork needs a checkpoint_backend")

@@ -1,7 +1,7 @@
 """A worker process for the crash test: runs (or resumes) one agent, printing `ready` first.
 
 Usage: crash_worker.py STORE EFFECTS INVOCATIONS SESSION_ID run|resume, where STORE is a
-SQLite file path or a `postgresql://` DSN.
+SQLite file path, a `postgresql://` DSN, or `file:` and the directory of a `FileBackend`.
 
 The side-effecting tool takes the idempotency key: it logs every invocation, and appends its
 key to the effects file only if the key is not there yet (as an API with idempotency keys
@@ -44,11 +44,13 @@ async def main(db: str, effects: Path, invocations: Path, session_id: str, actio
             return f'Thought: effect {done}\nAction: side_effect {{"n": {done}}}'
         return f"Thought: done\nAction: FINAL_ANSWER {sum(i * i for i in range(TOOL_CALLS))}"
 
-    backend: ar.PersistenceBackend = (
-        ar.PostgresBackend(db, table="crash_test")
-        if db.startswith("postgresql://")
-        else ar.SqliteBackend(db)
-    )
+    backend: ar.PersistenceBackend
+    if db.startswith("postgresql://"):
+        backend = ar.PostgresBackend(db, table="crash_test")
+    elif db.startswith("file:"):
+        backend = ar.FileBackend(db[len("file:") :])  # finishes a batch the kill cut short
+    else:
+        backend = ar.SqliteBackend(db)
     runtime = ar.AgentRuntime(
         ar.AgentConfig(max_iterations=TOOL_CALLS + 1),
         tools=[side_effect],
@@ -71,7 +73,7 @@ async def main(db: str, effects: Path, invocations: Path, session_id: str, actio
     print(f"answer {result.final_answer} steps {result.step_count}", flush=True)
     if isinstance(backend, ar.PostgresBackend):
         await backend.close()
-    else:
+    elif isinstance(backend, ar.SqliteBackend):
         backend.close()
 
 

@@ -1,20 +1,27 @@
 """One conformance suite run against every persistence backend."""
 
 import asyncio
+import fcntl
 import multiprocessing
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore
+from llm_agent_runtime.persistence.codec import decode
 from llm_agent_runtime.persistence.file import file_name_for
 
-BACKENDS = ["sqlite", "file", "postgres", "redis"]
+BACKENDS = ["memory", "sqlite", "file", "postgres", "redis"]
 SERVERS = {
     "postgres": "LLM_AGENT_RUNTIME_TEST_POSTGRES_DSN",
     "redis": "LLM_AGENT_RUNTIME_TEST_REDIS_URL",
@@ -34,6 +41,8 @@ def server_address(kind: str) -> str:
 def make_backend(kind: str, where: Path) -> ar.PersistenceBackend:
     """A fresh, empty backend (its own table or key prefix on the shared servers)."""
     unique = uuid.uuid4().hex
+    if kind == "memory":
+        return ar.InMemoryBackend()
     if kind == "sqlite":
         return ar.SqliteBackend(where / "store.db")
     if kind == "postgres":
@@ -290,3 +299,408 @@ async def test_file_backend_failures_are_persistence_errors_with_nothing_left_be
     with pytest.raises(ar.PersistenceError, match="cannot write"):
         await store.save("k", b"v")
     assert list(tmp_path.glob(".*.tmp")) == left  # cleaned up when it can be
+
+
+# ---------------------------------------------------------------- insert-if-absent (save_new)
+
+
+async def test_save_new_writes_only_when_the_key_is_absent(backend: ar.PersistenceBackend) -> None:
+    assert await backend.save_new("session:a:call:1:0", b"intent") is True
+    assert await backend.save_new("session:a:call:1:0", b"other") is False
+    assert await backend.load("session:a:call:1:0") == b"intent"  # left as it was
+    await backend.save("session:a:call:1:0", b"done")  # a plain save still overwrites
+    assert await backend.save_new("session:a:call:1:0", b"again") is False
+    assert await backend.load("session:a:call:1:0") == b"done"
+    assert await backend.delete("session:a:call:1:0") is True
+    assert await backend.save_new("session:a:call:1:0", bytearray(b"anew")) is True
+    assert await backend.load("session:a:call:1:0") == b"anew"
+    assert await backend.list_keys() == ["session:a:call:1:0"]
+
+
+async def test_save_new_has_exactly_one_winner_among_concurrent_writers(
+    backend: ar.PersistenceBackend,
+) -> None:
+    for round_ in range(3):
+        key = f"race:{round_}"
+        won = await asyncio.gather(*(backend.save_new(key, b"%d" % i) for i in range(20)))
+        assert won.count(True) == 1
+        assert await backend.load(key) == b"%d" % won.index(True)
+
+
+def _save_new_in_a_process(kind: str, address: str, key: str, start: float) -> bool:
+    async def go() -> bool:
+        if kind == "sqlite":
+            store: ar.PersistenceBackend = ar.SqliteBackend(address)
+        elif kind == "file":
+            store = ar.FileBackend(address)
+        elif kind == "postgres":
+            store = ar.PostgresBackend(os.environ[SERVERS[kind]], table=address)
+            await store.open()
+        else:
+            store = ar.RedisBackend(os.environ[SERVERS[kind]], prefix=address)
+        while time.time() < start:
+            await asyncio.sleep(0.001)
+        won = await store.save_new(key, str(os.getpid()).encode())
+        await close_backend(store)
+        return won
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file", "postgres", "redis"])
+def test_save_new_has_exactly_one_winner_among_processes(kind: str, tmp_path: Path) -> None:
+    if kind in SERVERS:
+        server_address(kind)
+    address = {
+        "sqlite": str(tmp_path / "store.db"),
+        "file": str(tmp_path / "files"),
+        "postgres": f"kv_{uuid.uuid4().hex}",
+        "redis": f"test:{uuid.uuid4().hex}:",
+    }[kind]
+    if kind == "sqlite":
+        ar.SqliteBackend(address).close()
+    elif kind == "postgres":
+
+        async def create() -> None:
+            store = ar.PostgresBackend(os.environ[SERVERS[kind]], table=address)
+            await store.open()
+            await store.close()
+
+        asyncio.run(create())
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        for round_ in range(3):
+            start = time.time() + 1.0  # every worker started: they race from then on
+            args = [(kind, address, f"race:{round_}", start)] * 4
+            assert sorted(pool.starmap(_save_new_in_a_process, args)) == [False] * 3 + [True]
+
+
+# ---------------------------------------------------------------- bad input, the same everywhere
+
+
+def _bad_calls(backend: ar.PersistenceBackend) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
+    b: Any = backend  # the calls below break the protocol's types on purpose
+    return [
+        ("save(5, b'x')", lambda: b.save(5, b"x")),
+        ("save(None, b'x')", lambda: b.save(None, b"x")),
+        ("save(b'k', b'x')", lambda: b.save(b"k", b"x")),
+        ("save('k', 'text')", lambda: b.save("k", "text")),
+        ("save('k', 5)", lambda: b.save("k", 5)),
+        ("save('k', None)", lambda: b.save("k", None)),
+        ("save('k', [1])", lambda: b.save("k", [1])),
+        ("save_new(5, b'x')", lambda: b.save_new(5, b"x")),
+        ("save_new('k', 'text')", lambda: b.save_new("k", "text")),
+        ("load(5)", lambda: b.load(5)),
+        ("delete(5)", lambda: b.delete(5)),
+        ("batch_save({5: b'x'})", lambda: b.batch_save({"fine": b"v", 5: b"x"})),
+        ("batch_save({'k': 'text'})", lambda: b.batch_save({"fine": b"v", "k": "text"})),
+        ("batch_save([('k', b'x')])", lambda: b.batch_save([("k", b"x")])),
+        ("batch_load([5])", lambda: b.batch_load(["fine", 5])),
+        ("batch_load('keys')", lambda: b.batch_load("keys")),
+        ("batch_load(5)", lambda: b.batch_load(5)),
+        ("list_keys(5)", lambda: b.list_keys(5)),
+        ("list_keys(b'k')", lambda: b.list_keys(b"k")),
+    ]
+
+
+async def test_bad_keys_and_values_raise_persistence_error_and_store_nothing(
+    backend: ar.PersistenceBackend,
+) -> None:
+    for label, call in _bad_calls(backend):
+        with pytest.raises(ar.PersistenceError, match="must be") as info:
+            await call()
+        assert isinstance(info.value.key, str | None), label
+        if "text" in label:  # a bad value: the error names its key
+            assert info.value.key == "k", label
+    assert await backend.list_keys() == []  # nothing stored, not even "fine" or "5"
+
+
+async def test_bytes_like_values_are_stored_and_loaded_as_bytes(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await backend.save("a", bytearray(b"one"))
+    await backend.save("b", memoryview(b"two"))
+    await backend.batch_save({"c": bytearray(b"three"), "d": memoryview(b"four"), "e": b"five"})
+    assert await backend.save_new("f", memoryview(b"six")) is True
+    loaded = await backend.batch_load(["a", "b", "c", "d", "e", "f"])
+    assert loaded == {"a": b"one", "b": b"two", "c": b"three", "d": b"four", "e": b"five"} | {
+        "f": b"six"
+    }
+    for key in loaded:
+        value = await backend.load(key)
+        assert type(value) is bytes and type(loaded[key]) is bytes
+
+
+def test_a_reserved_word_is_a_postgres_table_name_and_a_bad_name_fails_at_once() -> None:
+    async def run() -> None:
+        store = ar.PostgresBackend(server_address("postgres"), table="order")
+        try:
+            await store.save("k", b"v")
+            assert await store.load("k") == b"v"
+            assert await store.save_new("k", b"w") is False
+            assert await store.list_keys() == ["k"]
+            assert await store.delete("k") is True
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+    for bad in ["kv; DROP TABLE users", 'a"b', "x" * 64, "", "1abc", "naïve", "a b"]:
+        with pytest.raises(ar.PersistenceError, match="plain SQL identifier"):
+            ar.PostgresBackend("postgresql://x", table=bad)
+    for timeout in [0, -1, float("nan"), float("inf"), "10"]:
+        with pytest.raises(ar.PersistenceError, match="timeout"):
+            ar.PostgresBackend("postgresql://x", timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_a_record_nested_too_deeply_to_decode_is_a_persistence_error() -> None:
+    nested: list[Any] = []
+    for _ in range(100_000):
+        nested = [nested]
+    raw = b"llm-agent-runtime/1 %08x call\n" % zlib.crc32(b"[" * 100_000 + b"]" * 100_000)
+    raw += b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(ar.PersistenceError, match="nests too deeply") as info:
+        decode(raw, "session:x:call:1:0", "call")
+    assert info.value.key == "session:x:call:1:0"
+
+
+# ---------------------------------------------------------------- two workers, one session
+
+
+def _charging_runtime(backend: ar.PersistenceBackend, charges: list[int]) -> ar.AgentRuntime:
+    @ar.tool
+    async def charge(amount: int) -> str:
+        """Charges a card (not idempotent)."""
+        charges.append(amount)
+        await asyncio.sleep(0.02)
+        return "charged"
+
+    return ar.AgentRuntime(tools=[charge], checkpoint_backend=backend)
+
+
+def _scripted(*replies: str) -> Callable[[str], Awaitable[str]]:
+    queue = list(replies)
+
+    async def infer(prompt: str) -> str:
+        if not queue:
+            raise ConnectionError("model down")
+        return queue.pop(0)
+
+    return infer
+
+
+async def test_two_workers_resuming_one_session_run_a_tool_at_most_once(
+    backend: ar.PersistenceBackend,
+) -> None:
+    pay = 'Thought: pay\nAction: charge {{"amount": {}}}'.format
+    done = "Thought: done\nAction: FINAL_ANSWER finished"
+    for trial in range(5):
+        charges: list[int] = []
+        first = _charging_runtime(backend, charges)
+        session = first.create_session("agent", f"order-{trial}")
+        with pytest.raises(ConnectionError):  # step 1 done, then the model goes down
+            await first.run_agent("agent", "q", _scripted(pay(1)), session=session)
+        charges.clear()
+        # Two workers (two runtimes on one store, as two processes would be) resume it.
+        workers = [_charging_runtime(backend, charges) for _ in range(2)]
+        results = await asyncio.gather(
+            *(w.resume(session.session_id, _scripted(pay(5), done)) for w in workers),
+            return_exceptions=True,
+        )
+        assert charges == [5], (trial, results)  # step 2's charge ran exactly once
+        finished = [r for r in results if isinstance(r, ar.AgentSession)]
+        assert finished and all(s.final_answer == "finished" for s in finished), results
+        # The other worker found the call journaled: it refused to run it again.
+        assert all(isinstance(r, ar.AgentSession | ar.ToolError) for r in results), results
+
+
+async def test_the_journal_works_on_a_backend_without_save_new() -> None:
+    class Older:  # the protocol before save_new
+        def __init__(self) -> None:
+            self.inner = ar.InMemoryBackend()
+            self.save = self.inner.save
+            self.load = self.inner.load
+            self.delete = self.inner.delete
+            self.batch_save = self.inner.batch_save
+            self.batch_load = self.inner.batch_load
+            self.list_keys = self.inner.list_keys
+
+    store = CheckpointStore(Older())  # type: ignore[arg-type]
+    assert await store.journal("s", 1, 0, {"state": "intent"}, new=True) is None
+    found = await store.journal("s", 1, 0, {"state": "intent", "n": 2}, new=True)
+    assert found == {"state": "intent"}
+    assert await store.journal("s", 1, 0, {"state": "done"}) is None  # a result overwrites
+    assert await store.journal("s", 1, 0, {"state": "intent"}, new=True) == {"state": "done"}
+
+
+# ---------------------------------------------------------------- FileBackend: what crashes leave
+
+
+async def test_file_backend_removes_the_temporary_files_a_crash_left_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    store = ar.FileBackend(tmp_path)
+    await store.save("session:x:step:1", b"kept")
+    name = file_name_for("session:x:step:1")
+    crashed = [
+        tmp_path / f".{name}.{uuid.uuid4().hex}.tmp",  # a value cut short before its rename
+        tmp_path / ".batches" / f"{uuid.uuid4().hex}.tmp",  # a batch cut short
+    ]
+    live = tmp_path / f".{name}.{uuid.uuid4().hex}.tmp"  # a write under way elsewhere
+    foreign = [tmp_path / "notes.tmp", tmp_path / ".notes.tmp", tmp_path / f".{name}.x.tmp"]
+    for path in [*crashed, live, *foreign]:
+        path.write_bytes(b"partial")
+    with open(live, "rb+") as writer:
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)  # held by its (live) writer
+        ar.FileBackend(tmp_path)  # opening cleans up
+        assert live.exists()
+    assert not any(path.exists() for path in crashed)
+    assert all(path.exists() for path in foreign)  # not this backend's: never touched
+    assert await store.load("session:x:step:1") == b"kept"
+    ar.FileBackend(tmp_path)
+    assert not live.exists()  # its writer is gone now
+
+
+async def test_file_backend_confines_a_damaged_file_to_its_own_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ar.FileBackend(tmp_path)
+    await store.batch_save({"session:good": b"1", "session:good:meta": b"2", "other": b"3"})
+    (tmp_path / file_name_for("other")).write_bytes(b"\x01")  # a disk error, a cut copy
+    assert await store.list_keys("session:") == ["session:good", "session:good:meta"]
+    assert await store.batch_load(["session:good"]) == {"session:good": b"1"}
+    assert await store.list_keys() == ["session:good", "session:good:meta"]  # skipped...
+    assert "unreadable record file" in caplog.text  # ...and said
+    with pytest.raises(ar.PersistenceError, match="truncated") as info:
+        await store.load("other")  # its own key fails
+    assert info.value.key == "other"
+    # A file whose name is not its key's (copied under another name) is skipped too.
+    (tmp_path / file_name_for("elsewhere")).write_bytes(
+        (tmp_path / file_name_for("session:good")).read_bytes()
+    )
+    assert await store.list_keys() == ["session:good", "session:good:meta"]
+
+
+async def test_file_backend_reads_only_the_files_a_prefix_can_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ar.FileBackend(tmp_path)
+    await store.batch_save({f"session:{s}:step:{n}": b"x" for s in "ab" for n in range(5)})
+    read: list[str] = []
+    real = ar.FileBackend._stored_key
+
+    def counting(self: ar.FileBackend, path: Path) -> str | None:
+        read.append(path.name)
+        return real(self, path)
+
+    monkeypatch.setattr(ar.FileBackend, "_stored_key", counting)
+    assert await store.list_keys("session:a:") == [f"session:a:step:{n}" for n in range(5)]
+    assert len(read) == 5
+
+
+# ---------------------------------------------------------------- a server that stops answering
+
+
+class FreezingProxy:
+    """A TCP proxy to a real server that can stop forwarding: a hung host, a partition."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.writers: list[asyncio.StreamWriter] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.writers += [writer, up_writer]
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(source, sink))
+            self.tasks.add(task)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                await self.flowing.wait()  # frozen: the bytes wait here, unanswered
+                sink.write(data)
+                await sink.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            sink.close()
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
+    async def close(self) -> None:
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for writer in self.writers:
+            writer.close()
+        await self.server.wait_closed()
+
+
+async def test_postgres_gives_up_on_a_server_that_stops_answering() -> None:
+    address = urlsplit(server_address("postgres"))
+    assert address.hostname is not None and address.port is not None
+    proxy = FreezingProxy(address.hostname, address.port)
+    port = await proxy.start()
+    dsn = address._replace(netloc=f"{address.username}@127.0.0.1:{port}").geturl()
+    store = ar.PostgresBackend(dsn, table=f"kv_{uuid.uuid4().hex}", max_size=2, timeout=1.0)
+    try:
+        await store.save("k", b"v")
+        proxy.freeze()
+        start = time.monotonic()
+        with pytest.raises(ar.PersistenceError, match="timeout of 1 s") as info:
+            await store.load("k")
+        assert info.value.key == "k"
+        assert time.monotonic() - start < 3.5  # the timeout, the cancel's grace, slack
+        # Each of many calls at once gives up too, waiting for a connection included.
+        start = time.monotonic()
+        results = await asyncio.gather(
+            *(store.save(f"k{i}", b"v") for i in range(4)), return_exceptions=True
+        )
+        assert all(isinstance(r, ar.PersistenceError) for r in results), results
+        assert all("timeout of 1 s" in str(r) for r in results), results
+        assert time.monotonic() - start < 3.5
+        proxy.thaw()
+        # Connections whose statement timed out were dropped, not handed out again broken.
+        for _ in range(5):
+            assert await store.load("k") == b"v"
+        await store.save("k", b"w")
+        assert await store.load("k") == b"w"
+    finally:
+        proxy.thaw()
+        await store.close()
+        await proxy.close()
+
+
+async def test_redis_gives_up_on_a_server_that_stops_answering() -> None:
+    address = urlsplit(server_address("redis"))
+    assert address.hostname is not None and address.port is not None
+    proxy = FreezingProxy(address.hostname, address.port)
+    port = await proxy.start()
+    url = address._replace(netloc=f"127.0.0.1:{port}").geturl()
+    store = ar.RedisBackend(url, prefix=f"test:{uuid.uuid4().hex}:")
+    try:
+        await store.save("k", b"v")
+        proxy.freeze()
+        start = time.monotonic()
+        with pytest.raises(ar.PersistenceError) as info:
+            await store.load("k")
+        assert info.value.key == "k"
+        assert time.monotonic() - start < 10  # redis-py's socket timeout: 5 s
+        proxy.thaw()
+        assert await store.load("k") == b"v"
+    finally:
+        proxy.thaw()
+        await store.close()
+        await proxy.close()

@@ -6,13 +6,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.events import RunStarted
-from llm_agent_runtime.persistence.checkpoints import CheckpointStore, StepRecord
+from llm_agent_runtime.persistence.base import (
+    escape_session_id,
+    session_key,
+    split_session_key,
+    step_key,
+)
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore, StepRecord, idempotency_key
 from llm_agent_runtime.session import AgentSession, Step
 
 from .test_backends import close_backend, make_backend
+from .test_durable import FINAL, Effects, add_step, fails_after, script
 
 
 @pytest.fixture(params=["memory", "sqlite", "file", "postgres", "redis"])
@@ -48,12 +57,13 @@ async def test_sweep_deletes_only_the_finished_sessions_own_keys(store: Checkpoi
     await finish(store, "a", steps=2)
     await store.journal("a", 1, 0, {"state": "done"})
     await store.append_events("a", [RunStarted("a", "x", "q")])
-    running = "a:b"  # its keys all start with the finished session's `session:a:`
+    running = "a:b"  # before ids were escaped, its keys all started with `session:a:`
     await start(store, running, steps=3)
     await store.journal(running, 1, 0, {"state": "intent"})
     await store.append_events(running, [RunStarted(running, "x", "q")])
     await finish(store, "user:42", steps=1)
-    kept = await store.backend.list_keys(f"session:{running}:")
+    kept = await store.backend.list_keys(f"{session_key(running)}:")
+    assert kept and all(k.startswith("session:a%3Ab:") for k in kept)
 
     swept = await store.sweep(older_than=-1000)
 
@@ -74,8 +84,8 @@ async def test_sweep_finds_finished_sessions_without_meta_and_keeps_running_ones
     await start(store, "team:7", steps=1)  # running: no final checkpoint
     assert await store.sweep(older_than=-1000) == ["team:7:run"]
     assert await store.backend.list_keys("session:") == [
-        "session:team:7:meta",
-        "session:team:7:step:1",
+        "session:team%3A7:meta",
+        "session:team%3A7:step:1",
     ]
 
 
@@ -120,8 +130,9 @@ async def test_a_session_is_not_confused_with_one_whose_id_extends_it(
 
 
 class Interleaved(ar.InMemoryBackend):
-    """Runs `hook` once, at `moment`: just before the first step-key listing, base-record
-    read, or step-record batch read (whichever order a load does them in)."""
+    """Runs `hook` once, at `moment`: just before the first step-key listing, base-key
+    listing, base-record read, or step-record batch read (whichever order a load does them
+    in)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -136,10 +147,12 @@ class Interleaved(ar.InMemoryBackend):
     async def list_keys(self, prefix: str = "") -> list[str]:
         if prefix.endswith(":step:"):
             await self._at("list steps")
+        elif prefix.endswith(":base"):
+            await self._at("list bases")
         return await super().list_keys(prefix)
 
     async def load(self, key: str) -> bytes | None:
-        if key.endswith(":base"):
+        if ":base" in key:
             await self._at("read base")
         return await super().load(key)
 
@@ -149,9 +162,14 @@ class Interleaved(ar.InMemoryBackend):
         return await super().batch_load(keys)
 
 
-@pytest.mark.parametrize("already_pruned", [0, 2])
 @pytest.mark.parametrize("keep_last", [0, 1, 3])
-@pytest.mark.parametrize("moment", ["list steps", "read base", "read steps"])
+@pytest.mark.parametrize(
+    ("moment", "already_pruned"),
+    [
+        *[(moment, n) for moment in ("list steps", "list bases", "read steps") for n in (0, 2)],
+        ("read base", 2),  # before a first prune, a load has no base to read
+    ],
+)
 async def test_load_during_a_concurrent_prune_sees_every_step(
     moment: str, keep_last: int, already_pruned: int
 ) -> None:
@@ -190,3 +208,67 @@ async def test_sweep_reports_a_final_record_of_the_wrong_shape() -> None:
     with pytest.raises(ar.PersistenceError, match="holds no 'session'") as caught:
         await CheckpointStore(backend).sweep(older_than=0)
     assert caught.value.key == "session:bad"
+
+
+def test_ids_are_escaped_in_keys_and_ids_without_percent_or_colon_keep_their_keys() -> None:
+    # The keys of every id written before escaping came in, but those with '%' or ':'.
+    assert session_key("run-7_a.b") == "session:run-7_a.b"
+    assert step_key("run-7_a.b", 3) == "session:run-7_a.b:step:3"
+    assert session_key("user:42") == "session:user%3A42"
+    assert step_key("user:42", 1) == "session:user%3A42:step:1"
+    assert escape_session_id("50%:x") == "50%25%3Ax"
+    assert split_session_key("session:user%3A42:step:1") == ("user:42", "step:1")
+    assert split_session_key("session:50%25%3Ax") == ("50%:x", "")
+    assert split_session_key("session:50%") is None  # no id escapes to it
+    assert split_session_key("session:a%3a") is None  # nor to a lower-case escape
+    assert split_session_key("sessions:a") is None
+    # The idempotency key goes to tools, unescaped: the step and index end it.
+    assert idempotency_key("user:42", 1, 0) == "user:42:1:0"
+
+
+@given(st.text(), st.text(), st.sampled_from(["", ":meta", ":step:1", ":call:1:0", ":base:2"]))
+def test_a_key_names_one_session_only(first: str, second: str, suffix: str) -> None:
+    key = session_key(first) + suffix
+    assert split_session_key(key) == (first, suffix[1:])
+    if first != second:  # no key of one session is, or starts as, a key of another
+        assert key != session_key(second) + suffix
+        assert not key.startswith(session_key(second) + ":")
+
+
+async def test_sessions_whose_ids_hold_colons_keep_to_their_own_keys(
+    store: CheckpointStore,
+) -> None:
+    backend = store.backend
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+
+    async def interrupted(session_id: str, prompt: str, steps: int) -> None:
+        session = runtime.create_session("a", session_id)
+        model = fails_after(*(add_step(i) for i in range(steps)))
+        with pytest.raises(ConnectionError):
+            await runtime.run_agent("a", prompt, model, session=session)
+
+    async def finished(session_id: str) -> None:
+        session = runtime.create_session("a", session_id)
+        await runtime.run_agent("a", f"q {session_id}", script(FINAL), session=session)
+
+    await interrupted("user:42", "q user", steps=2)
+    await interrupted("x", "q x", steps=1)
+    # Without escaping, their final checkpoints are step 1 of `user:42`, the meta record of
+    # `x`, the journal entry of its next step, and its first event; the meta record of
+    # `user:42:step:1` is a step of `user:42:step`'s, and so on.
+    others = ["user:42:step:1", "x:meta", "x:call:2:0", "x:event:0000000000", "50%", "50%25"]
+    for other in others:
+        await finished(other)
+
+    assert (await runtime.session_events("x"))[0]["type"] == "RunStarted"
+    resumed = await runtime.resume("user:42", script(FINAL))
+    assert resumed.prompt == "q user"
+    assert [s.action for s in resumed.steps] == ["add", "add", "FINAL_ANSWER"]
+    resumed = await runtime.resume("x", script(FINAL))
+    assert resumed.prompt == "q x" and resumed.final_answer == "finished"
+    for other in others:
+        saved = await ar.AgentSession.load_checkpoint(backend, other)
+        assert saved.session_id == other and saved.prompt == f"q {other}"
+    # Ids are escaped in keys only: sweep gives them back as they are.
+    assert sorted(await runtime.sweep(older_than=-1000)) == sorted(["user:42", "x", *others])
+    assert await backend.list_keys("session:") == []

@@ -2,22 +2,68 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from llm_agent_runtime.errors import PersistenceError
 
-__all__ = ["PersistenceBackend", "encode_key", "session_key", "step_key"]
+__all__ = [
+    "PersistenceBackend",
+    "encode_key",
+    "escape_session_id",
+    "session_key",
+    "split_session_key",
+    "step_key",
+]
+
+
+_SESSION = "session:"
+_ESCAPE = re.compile("%(25|3A)")
+
+
+def escape_session_id(session_id: str) -> str:
+    """A session id as every checkpoint key holds it: `%` as `%25`, `:` as `%3A`.
+
+    The one place ids enter keys, so a key names one session only: ids may hold `:`, and
+    then `session:<id>:...` would read as a key of another session (`user:42:step:1`, the
+    final checkpoint of session `user:42:step:1`, is step 1 of session `user:42`). An id
+    without `%` or `:` is its own escape: its keys are the same as before escaping came in.
+    """
+    if "%" in session_id or ":" in session_id:
+        return session_id.replace("%", "%25").replace(":", "%3A")
+    return session_id
 
 
 def session_key(session_id: str) -> str:
-    """Key of a session's final checkpoint: `session:<id>`."""
-    return f"session:{session_id}"
+    """Key of a session's final checkpoint: `session:<id>`, the id escaped.
+
+    See `escape_session_id`. The session's other keys are this key, `:` and what they hold.
+    """
+    return _SESSION + escape_session_id(session_id)
 
 
 def step_key(session_id: str, step: int) -> str:
-    """Key of a session's per-step checkpoint: `session:<id>:step:<n>`."""
-    return f"session:{session_id}:step:{step}"
+    """Key of a session's per-step checkpoint: `session:<id>:step:<n>` (the id escaped)."""
+    return f"{session_key(session_id)}:step:{step}"
+
+
+def split_session_key(key: str) -> tuple[str, str] | None:
+    """The session id and the rest of a checkpoint key, or None for no session's key.
+
+    `session:a%3Ab:step:3` gives `("a:b", "step:3")`, a final checkpoint's key `(id, "")`.
+    A key that is not `session:` then an escaped id (as `escape_session_id` makes them) is
+    None. The rest is not checked: a key written before ids were escaped, such as
+    `session:a:b:meta` (session `a:b`'s meta then), gives `("a", "b:meta")`, which is no key
+    session `a` has.
+    """
+    if not key.startswith(_SESSION):
+        return None
+    escaped, _, rest = key[len(_SESSION) :].partition(":")
+    session_id = _ESCAPE.sub(lambda m: "%" if m[1] == "25" else ":", escaped)
+    if escape_session_id(session_id) != escaped:
+        return None
+    return session_id, rest
 
 
 def encode_key(key: str) -> bytes:
@@ -40,10 +86,21 @@ class PersistenceBackend(Protocol):
     """Async key -> bytes storage behind checkpoints, sessions and event logs.
 
     Failures raise `PersistenceError` naming the key. Values are opaque bytes to the backend.
+    Bad input raises `PersistenceError` too, before anything is stored: a key or prefix that
+    is not a `str`, a value that is not bytes-like (a `bytearray` or `memoryview` value is
+    stored, and loaded, as `bytes`).
     """
 
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value atomically."""
+        ...
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        """Stores `value` under `key` only if the key is absent, atomically (insert-if-absent).
+
+        Returns True when it wrote, False when the key existed (its value is left as it is).
+        Of several writers racing for one key, in one process or many, exactly one wins.
+        """
         ...
 
     async def load(self, key: str) -> bytes | None:

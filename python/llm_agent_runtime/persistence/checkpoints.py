@@ -2,36 +2,48 @@
 
 Also the operations on them: load, resume state, prune, sweep, fork.
 
-Keys of session `<id>` (every value is a codec record):
+Keys of session `<id>` (every value is a codec record; `<id>` is escaped, `%` as `%25` and
+`:` as `%3A`, see `escape_session_id`, so no key of one session is a key of another):
 
-- `session:<id>:meta`: who runs what (agent, prompt, mode, start time);
+- `session:<id>:meta`: who runs what (agent, prompt, mode, start time, and the run's id);
 - `session:<id>:step:<n>`: what step n added (a delta: storage grows linearly with steps);
-- `session:<id>:base`: steps folded by `prune`, so a running session stays resumable;
+- `session:<id>:base:<n>`: steps 1 to n, folded by `prune`, so a running session stays
+  resumable (`session:<id>:base`, without `<n>`, as older versions wrote it, is read too);
 - `session:<id>:call:<n>:<i>`: tool call i of step n, written as an intent before the call and
   as a result after it (the journal that makes resume at-most-once);
 - `session:<id>:event:<seq>`: the append-only event log;
 - `session:<id>`: the final checkpoint (the whole session, with the working memory's entries;
-  a multi-turn session's is its latest finished turn's).
+  a multi-turn session's is its latest finished turn's), naming the run it closes.
 """
 
 from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
-from llm_agent_runtime.persistence.base import PersistenceBackend, session_key, step_key
-from llm_agent_runtime.persistence.codec import decode, encode, record_kind
+from llm_agent_runtime.persistence.base import (
+    PersistenceBackend,
+    session_key,
+    split_session_key,
+    step_key,
+)
+from llm_agent_runtime.persistence.codec import decode, encode
 from llm_agent_runtime.session import AgentSession, Step
 
 __all__ = ["CheckpointStore", "SessionState", "StepRecord", "idempotency_key"]
 
 
 def idempotency_key(session_id: str, step: int, call_index: int) -> str:
-    """The idempotency key of tool call `call_index` of step `step` of a session."""
+    """The idempotency key of tool call `call_index` of step `step` of a session.
+
+    The id is not escaped here (the key goes to tools, and is not a storage key): it is
+    already one call's only, as the step and index are the last two `:`-separated fields.
+    """
     return f"{session_id}:{step}:{call_index}"
 
 
@@ -99,6 +111,8 @@ class SessionState:
     """A later turn of a multi-turn session started after the final checkpoint, unfinished."""
     earlier: dict[str, Any] | None = None
     """With `interrupted_turn`: the final checkpoint of the earlier turns."""
+    run: str | None = None
+    """The id of the saved run (from the meta record): a resumed run's final names it."""
 
     def session(self) -> AgentSession:
         """The session as saved: the final checkpoint, else the folded steps.
@@ -142,11 +156,11 @@ def _answer(steps: list[Step]) -> str | None:
 
 
 _PREFIX = session_key("")
-# What follows `session:<id>:` in the keys of session `<id>` itself. Session ids may hold ':'
-# (`a:b`, `user:42`), so a key is a session's own only when its rest is exactly one of these.
-_SUFFIXES = r"(?:meta|base|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
-_OWN_SUFFIX = re.compile(_SUFFIXES)
-_SUB_KEY = re.compile(":" + _SUFFIXES)
+# What follows `session:<id>:` in the keys of session `<id>` itself. Ids are escaped in keys,
+# but keys written before they were hold ids with ':' as they are (`session:a:b:meta`, then
+# session `a:b`'s): a key is a session's own only when its rest is exactly one of these.
+_OWN_SUFFIX = re.compile(r"(?:meta|base|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z")
+_CALL = re.compile(r"([0-9]+):[0-9]+\Z")  # what follows `session:<id>:call:` in a journal key
 _LOAD_ATTEMPTS = 3  # folds of a session that a concurrent prune may force a load to redo
 
 
@@ -185,16 +199,46 @@ def _is_number(value: Any) -> bool:
 
 
 def _turn_after(meta: dict[str, Any], final: dict[str, Any]) -> bool:
-    """Whether the run of `meta` started after the final checkpoint (a session's next turn)."""
-    started = meta.get("started_at", 0.0) if isinstance(meta, dict) else 0.0
+    """Whether the run of `meta` is not the one the final checkpoint closed: a later turn.
+
+    That turn is running or was interrupted; the final checkpoint is an earlier turn's. The
+    meta record names its run, and the final record the run it closes: no clocks are
+    compared, so hosts whose clocks disagree agree on it. Records of older versions, which
+    name no run, are compared by their times (`started_at` after `finished_at`) as they were.
+    """
+    if not isinstance(meta, dict):
+        return False
+    run, closed = meta.get("run"), final.get("run")
+    if isinstance(run, str) and isinstance(closed, str):
+        return run != closed
+    started = meta.get("started_at", 0.0)
     finished = final.get("finished_at", 0.0)
     return _is_number(started) and _is_number(finished) and started > finished
+
+
+def _base_records(raw: bytes, key: str, steps: int | None = None) -> list[StepRecord]:
+    """The steps a base record (stored under `key`) holds: `steps` of them when given.
+
+    Raises:
+        PersistenceError: Naming `key`, when the record is corrupt, has the wrong shape, or
+            holds another number of steps than its key says.
+    """
+    folded = decode(raw, key, "base")
+    if not isinstance(folded, dict) or not isinstance(folded.get("records"), list):
+        raise PersistenceError("base record holds no list of records", key=key)
+    records = [_step_record(r, key) for r in folded["records"]]
+    if steps is not None and len(records) != steps:
+        raise PersistenceError(
+            f"base record holds {len(records)} steps, its key says {steps}", key=key
+        )
+    return records
 
 
 def _numbered(keys: Iterable[str], prefix: str) -> list[tuple[int, str]]:
     """The keys that are exactly `prefix` then a number (no other session's), by number.
 
-    `session:a:step:` also lists `session:a:step:meta`, the meta record of session `a:step`.
+    `session:a:step:` may list `session:a:step:meta`, the meta record that session `a:step`
+    had before ids were escaped in keys.
     """
     start = len(prefix)
     found = []
@@ -218,19 +262,18 @@ class CheckpointStore:
         self._next_event: dict[str, int] = {}  # per running session: the log's next number
 
     # ------------------------------------------------------------------ writing
-    async def save_meta(self, session: AgentSession, mode: str) -> None:
-        """Records who runs what, before the first step."""
-        meta = {
-            "session_id": session.session_id,
-            "agent_id": session.agent_id,
-            "prompt": session.prompt,
-            "mode": mode,
-            "started_at": time.time(),
-        }
-        key = f"{session_key(session.session_id)}:meta"
-        await self.backend.save(key, encode("meta", meta))
+    async def save_meta(self, session: AgentSession, mode: str, run: str | None = None) -> str:
+        """Records who runs what, before the first step; returns the run's id.
+
+        `run` names the run (a fresh id when None): pass it to `save_final` when the run
+        ends, so a later load knows that final checkpoint closes this run and not an earlier
+        turn (see `SessionState.interrupted_turn`).
+        """
+        run = uuid.uuid4().hex if run is None else run
+        await self.backend.save(*_meta_item(session, mode, run))
         # Another process may have logged events since this one last wrote: count afresh.
         self._next_event.pop(session.session_id, None)
+        return run
 
     async def save_steps(
         self,
@@ -244,7 +287,8 @@ class CheckpointStore:
         Returns their keys. A round of tool calls is saved whole, so a resume never finds
         part of a round.
         """
-        keys = [step_key(session_id, first + i) for i in range(len(records))]
+        prefix = f"{session_key(session_id)}:step:"  # as `step_key`, the id escaped once
+        keys = [f"{prefix}{first + i}" for i in range(len(records))]
         items = {key: encode("step", r.to_dict()) for key, r in zip(keys, records, strict=True)}
         items.update(await self._event_items(session_id, events))
         await self.backend.batch_save(items)
@@ -256,14 +300,20 @@ class CheckpointStore:
         extra: dict[str, Any],
         events: Iterable[Any] = (),
         unsaved: tuple[int, Sequence[StepRecord]] | None = None,
+        run: str | None = None,
     ) -> str:
         """Saves the whole session (and `extra`, e.g. working memory entries); returns its key.
 
         `unsaved` (first step number, records) are steps whose own save failed: they are
-        written in the same transaction, so a finished session's steps have no gap.
+        written in the same transaction, so a finished session's steps have no gap. `run`
+        is the id of the run this checkpoint closes (`save_meta`'s, or `SessionState.run`
+        for a resumed run); without it, whether a later turn began after this checkpoint is
+        told by the clock, as in records of older versions.
         """
         key = session_key(session.session_id)
         payload = {"session": session.to_dict(), "finished_at": time.time(), **extra}
+        if run is not None:
+            payload["run"] = run
         items = {key: encode("session", payload)}
         if unsaved is not None:
             first, records = unsaved
@@ -274,10 +324,35 @@ class CheckpointStore:
         self._next_event.pop(session.session_id, None)
         return key
 
-    async def journal(self, session_id: str, step: int, index: int, entry: dict[str, Any]) -> None:
-        """Writes the journal entry of tool call `index` of step `step`."""
+    async def journal(
+        self, session_id: str, step: int, index: int, entry: dict[str, Any], *, new: bool = False
+    ) -> dict[str, Any] | None:
+        """Writes the journal entry of tool call `index` of step `step`; None when written.
+
+        With `new` (an intent, written before the call runs) the entry is written only if
+        the call has none yet, atomically (`save_new`, one round trip): of several workers
+        resuming one session, one alone records the intent and runs the call. Returns the
+        entry found instead, another worker's intent or result: the caller honours it as one
+        found at resume.
+        """
         key = f"{session_key(session_id)}:call:{step}:{index}"
-        await self.backend.save(key, encode("call", entry))
+        record = encode("call", entry)
+        if not new:
+            await self.backend.save(key, record)
+            return None
+        save_new = getattr(self.backend, "save_new", None)
+        if save_new is not None:
+            if await save_new(key, record):
+                return None
+            raw = await self.backend.load(key)
+        else:  # a backend written before `save_new`: a check, then a write (not atomic)
+            raw = await self.backend.load(key)
+            if raw is None:
+                await self.backend.save(key, record)
+                return None
+        found = decode(raw, key, "call") if raw is not None else None
+        # Gone meanwhile (pruned), or not an entry: a call that may have run.
+        return found if isinstance(found, dict) else {"state": "intent"}
 
     async def _event_items(self, session_id: str, events: Iterable[Any]) -> dict[str, bytes]:
         events = list(events)
@@ -323,16 +398,18 @@ class CheckpointStore:
                 isinstance(meta, dict)
                 and all(isinstance(meta.get(f), str) for f in ("agent_id", "prompt", "mode"))
                 and _is_number(meta.get("started_at", 0.0))
+                and isinstance(meta.get("run", ""), str)
             ):
                 raise PersistenceError(
                     "meta record needs string 'agent_id', 'prompt' and 'mode' (and a "
-                    "numeric 'started_at')",
+                    "numeric 'started_at', a string 'run')",
                     key=f"{base_key}:meta",
                 )
         else:  # a final checkpoint alone (older records, or a pruned session)
             assert saved is not None
             meta = {"agent_id": saved.agent_id, "prompt": saved.prompt, "mode": "react"}
         state = SessionState(session_id, meta["agent_id"], meta["prompt"], meta["mode"])
+        state.run = meta.get("run")
         if final is not None and meta_raw is not None and _turn_after(meta, final):
             state.interrupted_turn = True  # the final checkpoint is an earlier turn's
             state.earlier = final
@@ -344,26 +421,23 @@ class CheckpointStore:
         return state
 
     async def _fold(self, base_key: str) -> list[StepRecord]:
-        """The base record's steps, then the step deltas after them.
+        """The longest base record's steps, then the step deltas after them.
 
-        `prune` writes the base before it deletes the deltas it folded, so the deltas are
-        listed before the base is read: a delta deleted before the listing is in that base.
-        A listed delta gone by the time it is read was folded into a newer base; the load
-        then starts again. Only a gap that stays is a missing checkpoint.
+        `prune` writes a base before it deletes the deltas it folded, and deletes a base only
+        when a longer one is there, so the deltas are listed before the bases: a delta
+        deleted before the listing is in the longest base listed after it. A listed base or
+        delta gone by the time it is read was folded into a newer base; the load then starts
+        again. Only a gap that stays is a missing checkpoint.
         """
         prefix = f"{base_key}:step:"
         missing = prefix
         for _ in range(_LOAD_ATTEMPTS):
             listed = _numbered(await self.backend.list_keys(prefix), prefix)
-            records: list[StepRecord] = []
-            folded_raw = await self.backend.load(f"{base_key}:base")
-            if folded_raw is not None:
-                folded = decode(folded_raw, f"{base_key}:base", "base")
-                if not isinstance(folded, dict) or not isinstance(folded.get("records"), list):
-                    raise PersistenceError(
-                        "base record holds no list of records", key=f"{base_key}:base"
-                    )
-                records = [_step_record(r, f"{base_key}:base") for r in folded["records"]]
+            folded = await self._folded(base_key)
+            if folded is None:
+                missing = f"{base_key}:base"  # replaced meanwhile (read again)
+                continue
+            records = folded
             numbered = [(n, k) for n, k in listed if n > len(records)]
             values = await self.backend.batch_load([k for _, k in numbered])
             for number, key in numbered:
@@ -375,6 +449,38 @@ class CheckpointStore:
             else:
                 return records
         raise PersistenceError("a step checkpoint is missing before this one", key=missing)
+
+    async def _bases(self, base_key: str) -> tuple[list[tuple[int, str]], bool]:
+        """The keys of the session's base records, `:base:<n>`, by n.
+
+        And whether the `:base` that versions before them wrote is there.
+        """
+        listed = await self.backend.list_keys(f"{base_key}:base")
+        return _numbered(listed, f"{base_key}:base:"), f"{base_key}:base" in listed
+
+    async def _folded(self, base_key: str) -> list[StepRecord] | None:
+        """The steps of the longest base record (none without one).
+
+        None when a listed base was gone by the time it was read: a longer one replaced it,
+        list them again.
+        """
+        numbered, legacy = await self._bases(base_key)
+        records: list[StepRecord] = []
+        if numbered:
+            steps, key = numbered[-1]
+            raw = await self.backend.load(key)
+            if raw is None:
+                return None
+            records = _base_records(raw, key, steps)
+        if legacy:
+            key = f"{base_key}:base"
+            raw = await self.backend.load(key)
+            if raw is None:
+                return None
+            older = _base_records(raw, key)
+            if len(older) > len(records):
+                records = older
+        return records
 
     async def load_journal(self, session_id: str, step: int) -> list[dict[str, Any]]:
         """The journal entries of step `step`, by call index."""
@@ -392,12 +498,17 @@ class CheckpointStore:
 
     # ------------------------------------------------------------------ maintenance
     async def prune(self, session_id: str, keep_last: int) -> int:
-        """Folds all but the last `keep_last` step deltas into the base record.
+        """Folds all but the last `keep_last` step deltas into a base record.
 
-        The folded deltas and their journal entries are deleted; returns how many were folded.
+        The folded deltas and their journal entries are deleted; returns how many steps this
+        call folded beyond the longest base it found.
 
-        Safe while the session runs: the base is written before any delta is deleted, and a
-        reader that sees both skips the duplicates.
+        Safe while the session runs, and while other prunes of it run (in this process or
+        another): each writes the steps it folds as a base record of its own,
+        `:base:<n>` for steps 1 to n, before it deletes any delta, and a base is deleted only
+        when a longer one is there. A prune's write, however late it lands, never replaces
+        a longer base, so no step another prune folded is lost; a reader that sees a base and
+        the deltas it holds skips the duplicates.
 
         Raises:
             ValueError: When `keep_last` is negative.
@@ -406,48 +517,68 @@ class CheckpointStore:
             raise ValueError("keep_last must be >= 0")
         state = await self.load(session_id)
         cut = len(state.records) - keep_last
-        base_key = f"{session_key(session_id)}:base"
-        existing = await self.backend.load(base_key)
-        already = len(decode(existing, base_key, "base")["records"]) if existing else 0
+        key = session_key(session_id)
+        already = await self._longest_base(key)  # read again right before writing
         if cut <= already:
             return 0
         folded = {"records": [r.to_dict() for r in state.records[:cut]]}
-        await self.backend.save(base_key, encode("base", folded))
-        doomed = [step_key(session_id, n) for n in range(already + 1, cut + 1)]
-        for n in range(already + 1, cut + 1):
-            prefix = f"{session_key(session_id)}:call:{n}:"
-            doomed += [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
-        for key in doomed:
-            await self.backend.delete(key)
+        await self.backend.save(f"{key}:base:{cut}", encode("base", folded))
+        # What that base holds: the deltas and the journal entries of steps 1 to `cut`.
+        steps, calls = f"{key}:step:", f"{key}:call:"
+        doomed = [k for n, k in _numbered(await self.backend.list_keys(steps), steps) if n <= cut]
+        for call in await self.backend.list_keys(calls):
+            number = _CALL.match(call, len(calls))
+            if number is not None and call.startswith(calls) and int(number[1]) <= cut:
+                doomed.append(call)
+        for doomed_key in doomed:
+            await self.backend.delete(doomed_key)
+        # Then the bases shorter than the longest (this one's, or a longer one's of another
+        # prune): what they hold, the longest holds.
+        numbered, legacy = await self._bases(key)
+        for _, shorter in numbered[:-1]:
+            await self.backend.delete(shorter)
+        if legacy and numbered and len(await self._legacy_base(key)) <= numbered[-1][0]:
+            await self.backend.delete(f"{key}:base")
         return cut - already
+
+    async def _legacy_base(self, key: str) -> list[StepRecord]:
+        """The steps of the `:base` record of versions before `:base:<n>` (none if none)."""
+        raw = await self.backend.load(f"{key}:base")
+        return [] if raw is None else _base_records(raw, f"{key}:base")
+
+    async def _longest_base(self, key: str) -> int:
+        """How many steps the longest base record of session key `key` holds."""
+        numbered, legacy = await self._bases(key)
+        longest = numbered[-1][0] if numbered else 0
+        if legacy:
+            longest = max(longest, len(await self._legacy_base(key)))
+        return longest
 
     async def sweep(self, older_than: float, now: float | None = None) -> list[str]:
         """Deletes finished sessions that ended more than `older_than` seconds ago.
 
         Running sessions are never touched. Returns the ids of the deleted sessions.
 
-        Session ids may contain `:`: a session is found by its `:meta` record or its final
-        checkpoint, and only its own keys (`:meta`, `:base`, `:step:<n>`, `:call:<n>:<i>`,
-        `:event:<n>`) are deleted, never those of a session whose id extends it (`a:b`).
+        A session is found by its `:meta` record or its final checkpoint, and only its own
+        keys (`:meta`, `:base:<n>`, `:step:<n>`, `:call:<n>:<i>`, `:event:<n>`) are deleted,
+        never those of another session (ids are escaped in keys: see `escape_session_id`).
         """
         now = time.time() if now is None else now
         keys = await self.backend.list_keys(_PREFIX)
         present = set(keys)
         candidates: dict[str, None] = {}  # session ids, in key order
         for key in keys:
-            rest = key[len(_PREFIX) :]
-            if rest.endswith(":meta"):
-                candidates[rest[: -len(":meta")]] = None
-            elif _SUB_KEY.search(rest) is None:  # no session's sub-key: a final checkpoint
-                candidates[rest] = None
+            parsed = split_session_key(key)
+            if parsed is not None and parsed[1] in ("", "meta"):
+                candidates[parsed[0]] = None
         swept = []
         for session_id in candidates:
             key = session_key(session_id)
             if key not in present:
                 continue  # running, or never finished
             raw = await self.backend.load(key)
-            if raw is None or record_kind(raw) not in ("session", None):
-                continue  # a record of session `x` at `session:x:step:3` (id `x:step:3`)
+            if raw is None:
+                continue  # deleted meanwhile
             final = decode(raw, key, "session")
             _final_session(final, key)  # a record of the wrong shape: PersistenceError
             if f"{key}:meta" in present:
@@ -468,10 +599,13 @@ class CheckpointStore:
     async def fork(self, session_id: str, step: int, new_session_id: str) -> AgentSession:
         """Starts session `new_session_id` from step `step` of `session_id` (time travel).
 
-        Its first `step` steps are copied; `resume` continues it from there.
+        Its first `step` steps are copied (with its meta record, in one transaction);
+        `resume` continues it from there. `new_session_id` must be new: a session that has
+        checkpoints is never written over (its records would mix with the fork's).
 
         Raises:
-            PersistenceError: When the source is missing or has fewer than `step` steps.
+            PersistenceError: When the source is missing or has fewer than `step` steps, or
+                when `new_session_id` already has checkpoints (the source's own id too).
         """
         state = await self.load(session_id)
         if not 0 <= step <= len(state.records):
@@ -479,20 +613,46 @@ class CheckpointStore:
                 f"cannot fork at step {step}: the session has {len(state.records)} steps",
                 key=session_key(session_id),
             )
+        if await self._exists(new_session_id):
+            raise PersistenceError(
+                f"cannot fork into session {new_session_id!r}: it already has checkpoints "
+                "(fork into a new session id)",
+                key=session_key(new_session_id),
+            )
         fork = AgentSession(
             session_id=new_session_id,
             agent_id=state.agent_id,
             prompt=state.prompt,
             steps=[r.step for r in state.records[:step]],
         )
-        await self.save_meta(fork, state.mode)
-        items = {
-            step_key(new_session_id, n): encode("step", r.to_dict())
-            for n, r in enumerate(state.records[:step], 1)
-        }
-        if items:
-            await self.backend.batch_save(items)
+        meta_key, meta = _meta_item(fork, state.mode, uuid.uuid4().hex)
+        items = {meta_key: meta}
+        for n, record in enumerate(state.records[:step], 1):
+            items[step_key(new_session_id, n)] = encode("step", record.to_dict())
+        await self.backend.batch_save(items)
+        self._next_event.pop(new_session_id, None)
         return fork
+
+    async def _exists(self, session_id: str) -> bool:
+        """Whether the session has any checkpoint record (final, meta, step, ...)."""
+        key = session_key(session_id)
+        if await self.backend.load(key) is not None:
+            return True
+        prefix = f"{key}:"
+        return any(_OWN_SUFFIX.match(k, len(prefix)) for k in await self.backend.list_keys(prefix))
+
+
+def _meta_item(session: AgentSession, mode: str, run: str) -> tuple[str, bytes]:
+    """The key and record of a run's meta data: who runs what, since when, which run."""
+    meta = {
+        "session_id": session.session_id,
+        "agent_id": session.agent_id,
+        "prompt": session.prompt,
+        "mode": mode,
+        "started_at": time.time(),
+        "run": run,
+    }
+    return f"{session_key(session.session_id)}:meta", encode("meta", meta)
 
 
 def _event_dict(event: Any) -> dict[str, Any]:

@@ -34,8 +34,8 @@ def decode(raw: bytes, key: str, kind: str | None = None) -> Any:
     """Decodes a record stored under `key`, checking version, checksum and (when given) kind.
 
     Raises:
-        PersistenceError: On a corrupt, truncated, foreign or newer-version record, or a
-            record of another kind.
+        PersistenceError: On a corrupt, truncated, foreign or newer-version record, a
+            record of another kind, or one nested too deeply to decode.
     """
     header, newline, body = bytes(raw).partition(b"\n")
     parts = header.split(b" ")
@@ -61,6 +61,8 @@ def decode(raw: bytes, key: str, kind: str | None = None) -> Any:
         return json.loads(body)
     except ValueError as error:
         raise PersistenceError(f"record body is not JSON: {error}", key=key) from error
+    except RecursionError:  # nested deeper than the stack this call runs on allows
+        raise PersistenceError("record body nests too deeply to decode", key=key) from None
 
 
 def record_kind(raw: bytes) -> str | None:

@@ -1,26 +1,57 @@
-"""File persistence: one file per key, written atomically."""
+"""File persistence: one file per key, written atomically; a batch all or none (a redo log)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import struct
+import sys
+import threading
 import uuid
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.persistence._checks import (
+    check_items,
+    check_key,
+    check_keys,
+    check_prefix,
+    check_value,
+)
 from llm_agent_runtime.persistence.base import encode_key
 
+if sys.platform != "win32":
+    import fcntl
+
 __all__ = ["FileBackend", "file_name_for"]
+
+logger = logging.getLogger("llm_agent_runtime")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _HEADER = struct.Struct("<I")
 _PREFIX_CHARS = 48
 """Length of the readable part of a file name: ASCII only, so also its length in bytes."""
+_RECORD = re.compile(r"[A-Za-z0-9._-]*-[0-9a-f]{64}\.bin\Z")
+"""The name of a record file (see `file_name_for`)."""
+_TEMP = re.compile(r"\.[A-Za-z0-9._-]*-[0-9a-f]{64}\.bin\.[0-9a-f]{32}\.tmp\Z")
+"""The name of a record file being written (`_write`): `.<record file name>.<uuid>.tmp`."""
+_BATCHES = ".batches"
+"""The folder of the redo log: a batch being written (`<uuid>.tmp`) or installed."""
+_BATCH = re.compile(r"[0-9a-f]{32}\.batch\Z")
+_BATCH_TEMP = re.compile(r"[0-9a-f]{32}\.tmp\Z")
+_BATCH_MAGIC = b"llm-agent-runtime-batch/1\n"
+_BATCH_COUNT = struct.Struct("<I")
+_BATCH_ITEM = struct.Struct("<IQ")
+_BATCH_CHECKSUM = struct.Struct("<I")
+_INSTALLING: set[str] = set()
+"""The batches this process is installing: without POSIX locks, what tells them apart."""
+_INSTALLING_LOCK = threading.Lock()
 
 
 def file_name_for(key: str) -> str:
@@ -38,41 +69,162 @@ def file_name_for(key: str) -> str:
     return f"{_UNSAFE.sub('_', key[:_PREFIX_CHARS])}-{digest}.bin"
 
 
+def _lock(fd: int, wait: bool = True) -> bool:
+    """Takes an exclusive advisory lock on open file `fd`; False if `wait` is off and taken.
+
+    The lock says "a live writer uses this file": the kernel drops it when the process dies.
+    Without POSIX locks (Windows) it is always taken (see `FileBackend`).
+    """
+    if sys.platform == "win32":
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _sync_directory(directory: Path) -> None:
+    """Makes the renames and removals in `directory` durable (fsync of the directory)."""
+    if sys.platform == "win32":  # directories cannot be opened there; NTFS journals names
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _encode_batch(items: Mapping[str, bytes]) -> bytes:
+    """A batch as one redo-log record: magic, count, (key, value) pairs, CRC-32 of it all."""
+    parts = [_BATCH_MAGIC, _BATCH_COUNT.pack(len(items))]
+    for key, value in items.items():
+        encoded = encode_key(key)
+        parts += [_BATCH_ITEM.pack(len(encoded), len(value)), encoded, value]
+    body = b"".join(parts)
+    return body + _BATCH_CHECKSUM.pack(zlib.crc32(body))
+
+
+def _decode_batch(data: bytes) -> dict[str, bytes] | None:
+    """The items of a redo-log record, or None when it is not a whole, intact one."""
+    end = len(data) - _BATCH_CHECKSUM.size
+    if end < len(_BATCH_MAGIC) + _BATCH_COUNT.size or not data.startswith(_BATCH_MAGIC):
+        return None
+    if _BATCH_CHECKSUM.unpack_from(data, end)[0] != zlib.crc32(data[:end]):
+        return None
+    at = len(_BATCH_MAGIC)
+    (count,) = _BATCH_COUNT.unpack_from(data, at)
+    at += _BATCH_COUNT.size
+    items: dict[str, bytes] = {}
+    try:
+        for _ in range(count):
+            key_length, value_length = _BATCH_ITEM.unpack_from(data, at)
+            at += _BATCH_ITEM.size
+            key = data[at : at + key_length].decode("utf-8")
+            at += key_length
+            items[key] = data[at : at + value_length]
+            at += value_length
+    except (struct.error, UnicodeDecodeError):
+        return None
+    return items if at == end else None
+
+
 class FileBackend:
     """Key -> bytes storage as files in one directory.
 
     Each value is written to a unique temporary file, fsynced, and renamed into place, so a
     reader never sees a half-written value, even after a crash. A file holds its original
-    key, so `list_keys` can return keys exactly.
+    key, so `list_keys` can return keys exactly; a damaged file fails the loads of its own
+    key only (a listing skips it, with a warning).
+
+    A batch is all or none, even across a crash, through a redo log: the whole batch is
+    written to one file in `.batches/`, fsynced, and renamed to its final name there (the
+    commit, fsynced too); then each key's file is written as a single value is, the
+    directory fsynced, and the batch's file removed. A batch a crash left committed is
+    finished before anything else is read or written (when the backend is opened, and by
+    every call); one left uncommitted is dropped, as are the temporary files of writes a
+    crash cut short.
+
+    Several processes may share the directory: POSIX advisory locks (`flock`) tell a live
+    writer's files from those a crash left, and a call waits for a batch being installed to
+    be installed whole. (Where there are no such locks, Windows, only one process should
+    use a directory.)
 
     Args:
         directory: where the files live (created if missing).
+
+    Raises:
+        PersistenceError: When the directory cannot be created, or a batch a crash left
+            cannot be finished.
     """
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
+        self._batches = self.directory / _BATCHES
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise PersistenceError(f"cannot create {self.directory}: {exc}") from exc
+        # A directory that is read-only (an archive) is still read: the redo log's folder
+        # is made by the first batch then.
+        with contextlib.suppress(OSError):
+            self._batches.mkdir(exist_ok=True)
+        self._finish_batches()
+        self._remove_abandoned_temporaries()
 
+    def __repr__(self) -> str:
+        return f"FileBackend(directory={str(self.directory)!r})"
+
+    # ------------------------------------------------------------------ one file
     def _path(self, key: str) -> Path:
         return self.directory / file_name_for(key)
 
     def _write(self, key: str, value: bytes) -> None:
+        """Writes one key's file atomically."""
+        self._put(key, value, new=False)
+
+    def _write_new(self, key: str, value: bytes) -> bool:
+        """Writes one key's file atomically if there is none; returns whether it wrote."""
+        return self._put(key, value, new=True)
+
+    def _put(self, key: str, value: bytes, new: bool) -> bool:
+        """Writes one key's file atomically; with `new`, only if there is none (else False)."""
         path = self._path(key)
         encoded = key.encode("utf-8")  # _path checked that it encodes
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(_HEADER.pack(len(encoded)) + encoded + bytes(value))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
+        for attempt in range(2):
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                with open(tmp, "xb") as f:
+                    _lock(f.fileno())  # a live write: `_remove_abandoned_temporaries` spares it
+                    f.write(_HEADER.pack(len(encoded)) + encoded + value)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    if not new:
+                        os.replace(tmp, path)
+                        return True
+                    # A hard link fails if the name exists: create-if-absent, atomically,
+                    # with the whole value already in the file.
+                    try:
+                        os.link(tmp, path)
+                    except FileExistsError:
+                        written = False
+                    else:
+                        written = True
+                    with contextlib.suppress(OSError):  # else removed as a crash's leftover
+                        os.unlink(tmp)
+                    return written
+            except FileNotFoundError as exc:
+                # Another process opening the directory took this temporary file for one a
+                # crash left, in the instant between its creation and its lock: write anew.
+                if attempt == 0 and self.directory.is_dir() and not tmp.exists():
+                    continue
+                error: OSError = exc
+            except OSError as exc:
+                error = exc
             with contextlib.suppress(OSError):  # best effort: the write error is what matters
                 tmp.unlink(missing_ok=True)
-            raise PersistenceError(f"cannot write {path}: {exc}", key=key) from exc
+            raise PersistenceError(f"cannot write {path}: {error}", key=key) from error
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _read(self, path: Path, key: str | None) -> tuple[str, bytes] | None:
         try:
@@ -93,13 +245,8 @@ class FileBackend:
             raise PersistenceError(f"corrupt record file {path}", key=key) from exc
         return stored_key, data[end:]
 
-    async def save(self, key: str, value: bytes) -> None:
-        """Stores `value` under `key` atomically."""
-        await asyncio.to_thread(self._write, key, value)
-
-    async def load(self, key: str) -> bytes | None:
-        """Returns the value stored under `key`, or None."""
-        found = await asyncio.to_thread(self._read, self._path(key), key)
+    def _load(self, key: str) -> bytes | None:
+        found = self._read(self._path(key), key)
         if found is None:
             return None
         stored_key, value = found
@@ -107,11 +254,225 @@ class FileBackend:
             raise PersistenceError(f"record file holds key {stored_key!r}", key=key)
         return value
 
+    def _stored_key(self, path: Path) -> str | None:
+        """The key the record file at `path` holds; None (and a warning) when it is damaged.
+
+        Only the key is read, not the value.
+        """
+        try:
+            with open(path, "rb") as f:
+                header = f.read(_HEADER.size)
+                if len(header) < _HEADER.size:
+                    raise ValueError("truncated")
+                (length,) = _HEADER.unpack(header)
+                encoded = f.read(length)
+            if len(encoded) < length:
+                raise ValueError("truncated")
+            key = encoded.decode("utf-8")
+            if file_name_for(key) != path.name:
+                raise ValueError("it holds the key of another file")
+        except FileNotFoundError:
+            return None  # deleted meanwhile
+        except (OSError, ValueError, PersistenceError) as exc:
+            logger.warning("FileBackend: skipped the unreadable record file %s: %s", path, exc)
+            return None
+        return key
+
+    # ------------------------------------------------------------------ the redo log
+    def _write_batch(self, items: dict[str, bytes]) -> None:
+        """Writes `items` all or none (see the class): commit to the redo log, then install."""
+        if len(items) <= 1:  # one file is atomic on its own
+            for key, value in items.items():
+                self._write(key, value)
+            return
+        record = _encode_batch(items)  # checks every key first: a bad one writes nothing
+        for attempt in range(2):
+            name = uuid.uuid4().hex
+            tmp = self._batches / f"{name}.tmp"
+            batch = self._batches / f"{name}.batch"
+            try:
+                try:
+                    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileNotFoundError:
+                    self._batches.mkdir(exist_ok=True)  # removed by hand: made again
+                    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except OSError as exc:
+                raise PersistenceError(f"cannot write the batch {tmp}: {exc}") from exc
+            try:
+                try:
+                    # Held until the batch is installed: readers wait for it, and nobody
+                    # takes it for one a crash left.
+                    _lock(fd)
+                    view = memoryview(record)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                    os.replace(tmp, batch)  # the commit...
+                except OSError as exc:
+                    if (
+                        isinstance(exc, FileNotFoundError)
+                        and attempt == 0
+                        and self._batches.is_dir()
+                        and not tmp.exists()
+                    ):
+                        continue  # taken for a crash's leftover in the instant before the lock
+                    with contextlib.suppress(OSError):
+                        tmp.unlink(missing_ok=True)
+                    raise PersistenceError(
+                        f"cannot write the batch {tmp} (nothing of it was saved): {exc}"
+                    ) from exc
+                with _INSTALLING_LOCK:
+                    _INSTALLING.add(str(batch))
+                try:
+                    _sync_directory(self._batches)  # ...made durable
+                    self._install(batch, items)
+                except (OSError, PersistenceError) as exc:
+                    raise PersistenceError(
+                        f"batch committed to {batch} but not installed: {exc}; the next call "
+                        "on this directory finishes it",
+                        key=next(iter(items)),
+                    ) from exc
+                finally:
+                    with _INSTALLING_LOCK:
+                        _INSTALLING.discard(str(batch))
+                return
+            finally:
+                os.close(fd)
+        raise PersistenceError(f"cannot write the batch in {self._batches}")  # pragma: no cover
+
+    def _install(self, batch: Path, items: Mapping[str, bytes]) -> None:
+        """Writes each item's file, makes them durable, then removes the batch's file."""
+        for key, value in items.items():
+            self._write(key, value)
+        _sync_directory(self.directory)
+        batch.unlink(missing_ok=True)
+
+    def _finish_batches(self) -> None:
+        """Finishes each batch a crash left committed (and waits for one being installed).
+
+        Raises:
+            PersistenceError: When one cannot be finished: what is stored would not be
+                all of it.
+        """
+        try:
+            names = sorted(os.listdir(self._batches))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise PersistenceError(f"cannot list the redo log {self._batches}: {exc}") from exc
+        for name in names:
+            if not _BATCH.match(name):
+                continue
+            batch = self._batches / name
+            if sys.platform == "win32":  # no lock to wait on: leave this process's own alone
+                with _INSTALLING_LOCK:
+                    if str(batch) in _INSTALLING:
+                        continue
+            self._finish_batch(batch)
+
+    def _finish_batch(self, batch: Path) -> None:
+        try:
+            fd = os.open(batch, os.O_RDWR)
+        except FileNotFoundError:
+            return  # finished meanwhile
+        except OSError as exc:
+            raise PersistenceError(f"cannot finish the batch {batch}: {exc}") from exc
+        try:
+            _lock(fd)  # a live writer holds it until its batch is installed: wait for that
+            try:
+                if os.stat(batch).st_ino != os.fstat(fd).st_ino:
+                    return  # pragma: no cover (names are never reused)
+            except FileNotFoundError:
+                return  # installed by its writer while this one waited
+            with os.fdopen(os.dup(fd), "rb") as f:
+                items = _decode_batch(f.read())
+            if items is None:  # fsynced before its commit: only a failing disk gets here
+                aside = batch.with_suffix(".damaged")
+                os.replace(batch, aside)
+                logger.warning("FileBackend: a damaged batch file was put aside as %s", aside)
+                return
+            logger.warning("FileBackend: finishing a batch a crash interrupted (%s)", batch)
+            self._install(batch, items)
+        except (OSError, PersistenceError) as exc:
+            raise PersistenceError(
+                f"cannot finish the batch {batch} a crash interrupted: {exc}"
+            ) from exc
+        finally:
+            os.close(fd)
+
+    def _remove_abandoned_temporaries(self) -> None:
+        """Removes the temporary files of writes a crash cut short (only this backend's).
+
+        A file is removed only when it has this backend's temporary-file name and no live
+        writer holds its lock; failures are logged, never raised.
+        """
+        for directory, pattern in ((self.directory, _TEMP), (self._batches, _BATCH_TEMP)):
+            try:
+                names = [n for n in os.listdir(directory) if pattern.match(n)]
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                logger.warning("FileBackend: cannot list %s: %s", directory, exc)
+                continue
+            for name in names:
+                path = directory / name
+                try:
+                    fd = os.open(path, os.O_RDWR)
+                except FileNotFoundError:
+                    continue  # renamed into place meanwhile
+                except OSError as exc:
+                    logger.warning("FileBackend: cannot remove %s: %s", path, exc)
+                    continue
+                try:
+                    if _lock(fd, wait=False) and sys.platform != "win32":
+                        path.unlink(missing_ok=True)
+                except OSError as exc:
+                    logger.warning("FileBackend: cannot remove %s: %s", path, exc)
+                finally:
+                    os.close(fd)
+
+    # ------------------------------------------------------------------ the protocol
+    async def save(self, key: str, value: bytes) -> None:
+        """Stores `value` under `key` atomically."""
+        value = check_value(check_key(key), value)
+
+        def write() -> None:
+            self._finish_batches()
+            self._write(key, value)
+
+        await asyncio.to_thread(write)
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        """Stores `value` under `key` unless the key exists; returns whether it wrote.
+
+        The file is written whole, then hard-linked to its name, which fails if the name
+        exists: of several writers (processes included), exactly one wins. (A file system
+        without hard links fails it with `PersistenceError`.)
+        """
+        value = check_value(check_key(key), value)
+
+        def write() -> bool:
+            self._finish_batches()
+            return self._write_new(key, value)
+
+        return await asyncio.to_thread(write)
+
+    async def load(self, key: str) -> bytes | None:
+        """Returns the value stored under `key`, or None."""
+        check_key(key)
+
+        def read() -> bytes | None:
+            self._finish_batches()
+            return self._load(key)
+
+        return await asyncio.to_thread(read)
+
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
-        path = self._path(key)
+        path = self._path(check_key(key))
 
         def remove() -> bool:
+            self._finish_batches()
             try:
                 path.unlink()
             except FileNotFoundError:
@@ -123,37 +484,59 @@ class FileBackend:
         return await asyncio.to_thread(remove)
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
-        """Stores every item (each atomically; files have no multi-file transaction).
+        """Stores every item, all or none, even across a crash (see the class).
 
         Every key is checked first: a key no file can hold fails the batch before any write.
         """
-        for key in items:
+        checked = check_items(items)
+        for key in checked:
             encode_key(key)
-        for key, value in items.items():
-            await self.save(key, value)
+
+        def write() -> None:
+            self._finish_batches()
+            self._write_batch(checked)
+
+        await asyncio.to_thread(write)
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
-        found: dict[str, bytes] = {}
-        for key in dict.fromkeys(keys):
-            value = await self.load(key)
-            if value is not None:
-                found[key] = value
-        return found
+        wanted = list(dict.fromkeys(check_keys(keys)))
+        for key in wanted:
+            encode_key(key)
+
+        def read() -> dict[str, bytes]:
+            self._finish_batches()
+            found: dict[str, bytes] = {}
+            for key in wanted:
+                value = self._load(key)
+                if value is not None:
+                    found[key] = value
+            return found
+
+        return await asyncio.to_thread(read)
 
     async def list_keys(self, prefix: str = "") -> list[str]:
-        """Returns the stored keys starting with `prefix`, sorted."""
-        encode_key(prefix)  # a prefix no key can have fails as in the other backends
+        """Returns the stored keys starting with `prefix`, sorted.
+
+        Only the files whose names can be those of such keys are read (their keys only). A
+        damaged file is skipped, with a warning: it fails the loads of its own key alone.
+        """
+        encode_key(check_prefix(prefix))  # a prefix no key can have fails as in the others
+        # A key's file name starts with its first characters, each unsafe one as `_`.
+        start = _UNSAFE.sub("_", prefix[:_PREFIX_CHARS])
 
         def scan() -> list[str]:
+            self._finish_batches()
             keys = []
-            for path in self.directory.glob("*.bin"):
-                found = self._read(path, None)
-                if found is not None and found[0].startswith(prefix):
-                    keys.append(found[0])
+            try:
+                names = os.listdir(self.directory)
+            except OSError as exc:
+                raise PersistenceError(f"cannot list {self.directory}: {exc}") from exc
+            for name in names:
+                if name.startswith(start) and _RECORD.match(name):
+                    key = self._stored_key(self.directory / name)
+                    if key is not None and key.startswith(prefix):
+                        keys.append(key)
             return sorted(keys)
 
         return await asyncio.to_thread(scan)
-
-    def __repr__(self) -> str:
-        return f"FileBackend(directory={str(self.directory)!r})"

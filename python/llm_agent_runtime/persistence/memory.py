@@ -8,11 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from llm_agent_runtime.persistence._checks import (
+    check_items,
+    check_key,
+    check_keys,
+    check_prefix,
+    check_value,
+)
+from llm_agent_runtime.persistence.base import encode_key
+
 __all__ = ["InMemoryBackend"]
 
 
 class InMemoryBackend:
-    """Key -> bytes in a dict; `data` holds the records."""
+    """Key -> bytes in a dict; `data` holds the records.
+
+    It checks its input as the other backends do (a key that is not valid Unicode text is
+    refused, as no other store could keep it), so code tried on it behaves the same on them.
+    """
 
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
@@ -20,24 +33,45 @@ class InMemoryBackend:
 
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`."""
-        self.data[key] = bytes(value)
+        value = check_value(check_key(key), value)
+        encode_key(key)
+        self.data[key] = value
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        """Stores `value` under `key` unless the key exists; returns whether it wrote."""
+        value = check_value(check_key(key), value)
+        encode_key(key)
+        # No await between the test and the write: no other task runs in between.
+        if key in self.data:
+            return False
+        self.data[key] = value
+        return True
 
     async def load(self, key: str) -> bytes | None:
         """Returns the value under `key`, or None."""
+        encode_key(check_key(key))
         return self.data.get(key)
 
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
+        encode_key(check_key(key))
         return self.data.pop(key, None) is not None
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
-        """Stores every item (a dict update cannot half-fail)."""
-        self.data.update({k: bytes(v) for k, v in items.items()})
+        """Stores every item (checked first: a dict update cannot half-fail)."""
+        checked = check_items(items)
+        for key in checked:
+            encode_key(key)
+        self.data.update(checked)
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the values of those `keys` that exist."""
-        return {k: self.data[k] for k in keys if k in self.data}
+        wanted = check_keys(keys)
+        for key in wanted:
+            encode_key(key)
+        return {k: self.data[k] for k in wanted if k in self.data}
 
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the keys starting with `prefix`, sorted."""
+        encode_key(check_prefix(prefix))
         return sorted(k for k in self.data if k.startswith(prefix))

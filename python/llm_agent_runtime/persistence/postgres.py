@@ -5,17 +5,25 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import sys
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.persistence._checks import check_items, check_key, check_keys, check_prefix
 from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["PostgresBackend"]
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+T = TypeVar("T")
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _UPSERT = "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
 _VALUES_ROWS_MAX = 32
+_CANCEL_GRACE = 1.0
+"""Seconds a timed-out statement is given to be cancelled on the server before its
+connection is closed instead (the server may not answer the cancel request either)."""
+_STOP_ATTEMPTS = 40
 
 
 @functools.lru_cache(maxsize=256)
@@ -29,20 +37,28 @@ class PostgresBackend:
 
     Keys are stored as their UTF-8 bytes, so any string is a valid key.
 
+    Every call gives up after `timeout` seconds, getting a pooled connection included, with
+    `PersistenceError` naming the timeout: a server that stops answering (a hung host, a
+    network partition) never blocks a caller forever. A timed-out statement is cancelled on
+    the server; when the server does not answer that within a second either, its connection
+    is closed, and the pool drops it rather than handing it out again.
+
     The pool opens on first use (or `await backend.open()`); close it with `await
     backend.close()` or use the backend as an async context manager. psycopg is imported only
     when a backend is created. A batch is one transaction.
 
     Args:
         dsn: libpq connection string, e.g. `postgresql://user@host:5432/db`.
-        table: Table name (created if missing).
+        table: Table name (created if missing): a plain SQL identifier (ASCII letters,
+            digits and `_`, at most 63), case-insensitive as an unquoted name is; it is
+            quoted in every statement, so a reserved word (`order`, `user`) works too.
         min_size: Connections kept open.
         max_size: Most connections at once.
-        timeout: Seconds to wait for the server, or for a free connection.
+        timeout: Seconds a call may take, waiting for a free connection included.
 
     Raises:
-        PersistenceError: When the table name is not a plain identifier, or psycopg is not
-            installed (the `postgres` extra).
+        PersistenceError: When the table name is not a plain identifier, `timeout` is not a
+            positive number, or psycopg is not installed (the `postgres` extra).
     """
 
     def __init__(
@@ -53,15 +69,24 @@ class PostgresBackend:
         max_size: int = 10,
         timeout: float = 10.0,
     ) -> None:
-        if not _IDENTIFIER.match(table):
+        if not isinstance(table, str) or not _IDENTIFIER.match(table):
             raise PersistenceError(f"table name {table!r} is not a plain SQL identifier")
+        if (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not 0 < timeout < float("inf")
+        ):
+            raise PersistenceError(f"timeout must be a positive number of seconds, got {timeout!r}")
         try:
-            from psycopg_pool import AsyncConnectionPool
+            from psycopg_pool import AsyncConnectionPool, PoolTimeout
         except ImportError as error:
             raise PersistenceError(
                 "PostgresBackend needs psycopg: pip install 'llm-agent-runtime[postgres]'"
             ) from error
         self.table = table
+        # Quoted, so that a reserved word is a name too; lower case, so that the name means
+        # the table an unquoted one did (PostgreSQL folds unquoted names to lower case).
+        self._table = f'"{table.lower()}"'
         self.timeout = timeout
         # Autocommit: every call is one statement, atomic on its own, in one round trip.
         self._pool = AsyncConnectionPool(
@@ -74,6 +99,7 @@ class PostgresBackend:
         )
         self._ready = False
         self._opening = asyncio.Lock()  # concurrent first calls open (and create) once
+        self._pool_timeout: type[Exception] = PoolTimeout
 
     def __repr__(self) -> str:
         return f"PostgresBackend(table={self.table!r})"  # the DSN may hold a password
@@ -87,12 +113,12 @@ class PostgresBackend:
                 return
             try:
                 await self._pool.open(wait=True, timeout=self.timeout)
-                async with self._pool.connection() as conn:
-                    await conn.execute(
-                        f"CREATE TABLE IF NOT EXISTS {self.table} "
-                        "(key BYTEA PRIMARY KEY, value BYTEA NOT NULL, "
-                        "updated_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-                    )
+                await self._statement(
+                    f"CREATE TABLE IF NOT EXISTS {self._table} "
+                    "(key BYTEA PRIMARY KEY, value BYTEA NOT NULL, "
+                    "updated_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+                    (),
+                )
             except Exception as error:
                 raise PersistenceError(
                     f"cannot open PostgreSQL storage: {type(error).__name__}: {error}"
@@ -112,69 +138,110 @@ class PostgresBackend:
         await self.close()
 
     async def _execute(self, key: str | None, query: str, params: Sequence[Any]) -> list[Any]:
-        """Runs one statement (atomic on its own: autocommit) and returns its rows."""
+        """Runs one statement (atomic on its own: autocommit) and returns its rows.
+
+        Raises:
+            PersistenceError: Naming `key`, when the statement fails or does not end within
+                `timeout` seconds (waiting for a connection included).
+        """
         if not self._ready:
             await self.open()
         try:
-            # getconn/putconn rather than connection(): that one also opens and commits a
-            # transaction block, a cost (~20 us a call) an autocommit statement does not need.
-            conn = await self._pool.getconn()
-            try:
-                cursor = await conn.execute(query, params)
-                return await cursor.fetchall() if cursor.description else []
-            finally:
-                await self._pool.putconn(conn)
+            return await self._statement(query, params)
+        except TimeoutError as error:
+            raise PersistenceError(
+                f"PostgreSQL did not answer within the backend's timeout of {self.timeout:g} s "
+                f"({error or 'no connection free'})",
+                key=key,
+            ) from error
         except Exception as error:
             raise PersistenceError(
                 f"PostgreSQL: {type(error).__name__}: {error}", key=key
             ) from error
 
+    async def _statement(self, query: str, params: Sequence[Any]) -> list[Any]:
+        """Runs one statement on a pooled connection within `timeout`; returns its rows.
+
+        Raises:
+            TimeoutError: When no connection was free in time, or the statement did not end.
+        """
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        # getconn/putconn rather than connection(): that one also opens and commits a
+        # transaction block, a cost (~20 us a call) an autocommit statement does not need.
+        try:
+            conn = await self._pool.getconn(timeout=self.timeout)
+        except self._pool_timeout as error:
+            raise TimeoutError(str(error)) from error
+        try:
+            return await _within(
+                deadline, min(_CANCEL_GRACE, self.timeout), _rows(conn, query, params)
+            )
+        finally:
+            # A statement that timed out left its connection idle (cancelled on the server),
+            # or closed: the pool drops a closed (or still busy) connection.
+            await self._pool.putconn(conn)
+
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value atomically."""
-        await self.batch_save({key: value})
+        await self.batch_save({check_key(key): value})
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        """Stores `value` under `key` unless the key exists; returns whether it wrote."""
+        checked = check_items({check_key(key): value})
+        rows = await self._execute(
+            key,
+            f"INSERT INTO {self._table} (key, value) VALUES (%b, %b) "
+            "ON CONFLICT (key) DO NOTHING RETURNING true",
+            [encode_key(key), checked[key]],
+        )
+        return bool(rows)
 
     async def load(self, key: str) -> bytes | None:
         """Returns the value stored under `key`, or None."""
         rows = await self._execute(
-            key, f"SELECT value FROM {self.table} WHERE key = %s", [encode_key(key)]
+            key, f"SELECT value FROM {self._table} WHERE key = %s", [encode_key(check_key(key))]
         )
         return bytes(rows[0][0]) if rows else None
 
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
         rows = await self._execute(
-            key, f"DELETE FROM {self.table} WHERE key = %s RETURNING key", [encode_key(key)]
+            key,
+            f"DELETE FROM {self._table} WHERE key = %s RETURNING key",
+            [encode_key(check_key(key))],
         )
         return bool(rows)
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
         """Stores every item in one transaction: all or none."""
-        if not items:
+        checked = check_items(items)
+        if not checked:
             return
-        keys = _encode_keys(items)
-        values = [bytes(v) for v in items.values()]
+        keys = _encode_keys(checked)
+        values = list(checked.values())
         # One statement: one round trip, all rows or none. A multi-row VALUES list (one
         # prepared statement per row count) costs the server a third less than unnest();
         # big batches use unnest() to stay under the bind-parameter limit.
         if len(keys) <= _VALUES_ROWS_MAX:
-            query = _values_upsert(self.table, len(keys))
+            query = _values_upsert(self._table, len(keys))
             params: list[Any] = [x for pair in zip(keys, values, strict=True) for x in pair]
         else:
             query = (
-                f"INSERT INTO {self.table} (key, value) "
+                f"INSERT INTO {self._table} (key, value) "
                 f"SELECT * FROM unnest(%s::bytea[], %s::bytea[]) {_UPSERT}"
             )
             params = [keys, values]
-        await self._execute(next(iter(items)), query, params)
+        await self._execute(next(iter(checked)), query, params)
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
-        if not keys:
+        wanted = check_keys(keys)
+        if not wanted:
             return {}
         rows = await self._execute(
             None,
-            f"SELECT key, value FROM {self.table} WHERE key = ANY(%s)",
-            [_encode_keys(keys)],
+            f"SELECT key, value FROM {self._table} WHERE key = ANY(%s)",
+            [_encode_keys(wanted)],
         )
         return {bytes(key).decode(): bytes(value) for key, value in rows}
 
@@ -182,13 +249,62 @@ class PostgresBackend:
         """Returns the stored keys that start with `prefix`, sorted."""
         # Keys are UTF-8 bytes, which never contain 0xFF: [prefix, prefix + FF) holds exactly
         # the keys starting with `prefix`, and byte order is code point order (Python's).
-        low = encode_key(prefix)
+        low = encode_key(check_prefix(prefix))
         rows = await self._execute(
             None,
-            f"SELECT key FROM {self.table} WHERE key >= %s AND key < %s ORDER BY key",
+            f"SELECT key FROM {self._table} WHERE key >= %s AND key < %s ORDER BY key",
             [low, low + b"\xff"],
         )
         return [bytes(row[0]).decode() for row in rows]
+
+
+async def _within(deadline: float, grace: float, statement: Coroutine[Any, Any, T]) -> T:
+    """Awaits `statement` (in this task) until the loop's time `deadline`, then stops it.
+
+    The task is cancelled at the deadline: psycopg then asks the server to cancel the
+    statement, and waits for that. A server that does not answer within `grace` seconds gets
+    no more time: cancelled again, psycopg closes the connection and gives up. A timer, not
+    a task of its own: a statement that ends in time costs nothing more.
+
+    Raises:
+        TimeoutError: When the deadline passed first.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    fired = 0
+    handle: asyncio.TimerHandle | None = None
+
+    def expire() -> None:
+        nonlocal fired, handle
+        fired += 1
+        task.cancel()
+        if fired < _STOP_ATTEMPTS:
+            handle = loop.call_later(grace if fired == 1 else 0.05, expire)
+
+    handle = loop.call_at(deadline, expire)
+    try:
+        return await statement
+    except BaseException as error:
+        if not fired:
+            raise
+        handle.cancel()
+        if sys.version_info >= (3, 11):
+            for _ in range(fired):
+                task.uncancel()
+            if task.cancelling():
+                raise  # cancelled by its caller too: that cancellation goes on
+        if isinstance(error, Exception | asyncio.CancelledError):
+            raise TimeoutError("the statement was cancelled") from error
+        raise
+    finally:
+        handle.cancel()
+
+
+async def _rows(conn: Any, query: str, params: Sequence[Any]) -> list[Any]:
+    """Runs one statement on `conn`; returns its rows (none for a statement without)."""
+    cursor = await conn.execute(query, params)
+    return await cursor.fetchall() if cursor.description else []
 
 
 def _encode_keys(keys: Iterable[str]) -> list[bytes]:

@@ -7,6 +7,13 @@ from typing import Any
 
 from llm_agent_runtime._redis import redis_client
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.persistence._checks import (
+    check_items,
+    check_key,
+    check_keys,
+    check_prefix,
+    check_value,
+)
 from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["RedisBackend"]
@@ -46,11 +53,11 @@ class RedisBackend:
         await self.close()
 
     async def _call(
-        self, key: str | None, method: str, *args: Any, keys: Sequence[str] = ()
+        self, key: str | None, method: str, *args: Any, keys: Sequence[str] = (), **options: Any
     ) -> Any:
         """Calls a client method; `key` or `keys` are the keys it is about."""
         try:
-            return await getattr(self.client, method)(*args)
+            return await getattr(self.client, method)(*args, **options)
         except UnicodeEncodeError:  # redis-py encodes keys as strict UTF-8
             raise _not_text(key, *keys) from None
         except Exception as error:
@@ -58,41 +65,49 @@ class RedisBackend:
 
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value atomically."""
-        await self._call(key, "set", self.prefix + key, bytes(value))
+        value = check_value(check_key(key), value)
+        await self._call(key, "set", self.prefix + key, value)
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        """Stores `value` under `key` unless the key exists (SET NX); returns whether it wrote."""
+        value = check_value(check_key(key), value)
+        return bool(await self._call(key, "set", self.prefix + key, value, nx=True))
 
     async def load(self, key: str) -> bytes | None:
         """Returns the value stored under `key`, or None."""
-        value = await self._call(key, "get", self.prefix + key)
+        value = await self._call(key, "get", self.prefix + check_key(key))
         return None if value is None else bytes(value)
 
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
-        return bool(await self._call(key, "delete", self.prefix + key))
+        return bool(await self._call(key, "delete", self.prefix + check_key(key)))
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
         """Stores every item in one MULTI/EXEC transaction."""
-        if not items:
+        checked = check_items(items)
+        if not checked:
             return
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                for key, value in items.items():
-                    pipe.set(self.prefix + key, bytes(value))
+                for key, value in checked.items():
+                    pipe.set(self.prefix + key, value)
                 await pipe.execute()
         except UnicodeEncodeError:
-            raise _not_text(*items) from None
+            raise _not_text(*checked) from None
         except Exception as error:
-            raise PersistenceError(f"Redis: {error}", key=next(iter(items))) from error
+            raise PersistenceError(f"Redis: {error}", key=next(iter(checked))) from error
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
-        if not keys:
+        wanted = check_keys(keys)
+        if not wanted:
             return {}
-        values = await self._call(None, "mget", [self.prefix + k for k in keys], keys=keys)
-        return {k: bytes(v) for k, v in zip(keys, values, strict=True) if v is not None}
+        values = await self._call(None, "mget", [self.prefix + k for k in wanted], keys=wanted)
+        return {k: bytes(v) for k, v in zip(wanted, values, strict=True) if v is not None}
 
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the stored keys that start with `prefix`, sorted."""
-        pattern = _escape_glob(self.prefix + prefix) + "*"
+        pattern = _escape_glob(self.prefix + check_prefix(prefix)) + "*"
         start = len(self.prefix)
         try:
             keys = [k async for k in self.client.scan_iter(match=pattern, count=1000)]

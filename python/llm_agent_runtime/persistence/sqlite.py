@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.persistence._checks import (
+    check_items,
+    check_key,
+    check_keys,
+    check_prefix,
+    check_value,
+)
 from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["SqliteBackend"]
@@ -17,6 +24,10 @@ __all__ = ["SqliteBackend"]
 T = TypeVar("T")
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
+_UPSERT = (
+    "INSERT INTO kv (key, value) VALUES (?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+)
 
 
 class SqliteBackend:
@@ -79,17 +90,23 @@ class SqliteBackend:
 
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value."""
-        await self._run(
+        row = (check_key(key), check_value(key, value))
+        await self._run(key, lambda c: c.execute(_UPSERT, row))
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        """Stores `value` under `key` unless the key exists; returns whether it wrote."""
+        row = (check_key(key), check_value(key, value))
+        cursor = await self._run(
             key,
             lambda c: c.execute(
-                "INSERT INTO kv (key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, bytes(value)),
+                "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", row
             ),
         )
+        return cursor.rowcount > 0
 
     async def load(self, key: str) -> bytes | None:
         """Returns the value stored under `key`, or None."""
+        check_key(key)
         row = await self._run(
             key, lambda c: c.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         )
@@ -97,31 +114,29 @@ class SqliteBackend:
 
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
+        check_key(key)
         cursor = await self._run(key, lambda c: c.execute("DELETE FROM kv WHERE key = ?", (key,)))
         return cursor.rowcount > 0
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
         """Stores every item in one transaction (all or none)."""
-        rows = [(k, bytes(v)) for k, v in items.items()]
+        checked = check_items(items)
+        rows = list(checked.items())
 
         def write(c: sqlite3.Connection) -> None:
             c.execute("BEGIN IMMEDIATE")
             try:
-                c.executemany(
-                    "INSERT INTO kv (key, value) VALUES (?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    rows,
-                )
+                c.executemany(_UPSERT, rows)
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
             c.execute("COMMIT")
 
-        await self._run(None, write, items)
+        await self._run(None, write, checked)
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
-        wanted = list(dict.fromkeys(keys))
+        wanted = list(dict.fromkeys(check_keys(keys)))
 
         def read(c: sqlite3.Connection) -> dict[str, bytes]:
             found: dict[str, bytes] = {}
@@ -136,7 +151,7 @@ class SqliteBackend:
 
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the stored keys starting with `prefix`, sorted."""
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        escaped = check_prefix(prefix).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         rows = await self._run(
             None,
             lambda c: c.execute(

@@ -1,0 +1,263 @@
+"""Durable sessions under concurrency and across hosts, on every backend: prunes that
+overlap (one's write landing late), runs on hosts whose clocks disagree, forks onto an id
+that is taken."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+import llm_agent_runtime.persistence.checkpoints as checkpoints
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore
+from llm_agent_runtime.persistence.codec import encode
+from llm_agent_runtime.session import AgentSession
+
+from .test_backends import close_backend, make_backend
+from .test_checkpoint_keys import record, start
+from .test_durable import FINAL, Effects, add_step, fails_after, script
+
+
+@pytest.fixture(params=["memory", "sqlite", "file", "postgres", "redis"])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[ar.PersistenceBackend]:
+    store = ar.InMemoryBackend() if request.param == "memory" else None
+    store = store or make_backend(request.param, tmp_path)
+    yield store
+    await close_backend(store)
+
+
+def observations(state: checkpoints.SessionState) -> list[str]:
+    return [r.step.observation for r in state.records]
+
+
+class LateBaseWrite:
+    """The backend, but the first write of a base record waits for `go`: a prune's write in
+    flight (a slow link, a paused process) while the session and other prunes go on."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        self.inner = inner
+        self.go, self.reached = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def save(self, key: str, value: bytes) -> None:
+        if ":base" in key and not self.go.is_set():
+            self.reached.set()
+            await self.go.wait()
+        await self.inner.save(key, value)
+
+
+# ---------------------------------------------------------------------- overlapping prunes
+@pytest.mark.parametrize(("late_keeps", "other_keeps"), [(2, 1), (1, 4)])
+async def test_a_prune_whose_write_lands_late_loses_no_step(
+    backend: ar.PersistenceBackend, late_keeps: int, other_keeps: int
+) -> None:
+    writer = CheckpointStore(backend)
+    await start(writer, "s", steps=10)
+    late = LateBaseWrite(backend)
+    first = asyncio.create_task(CheckpointStore(late).prune("s", keep_last=late_keeps))
+    await late.reached.wait()  # it has read the session and is writing its base
+    await writer.save_steps("s", 11, [record(11), record(12)])  # the session runs on
+    assert await CheckpointStore(backend).prune("s", keep_last=other_keeps) == 12 - other_keeps
+    late.go.set()
+    assert await first == 10 - late_keeps
+    everything = [str(n) for n in range(1, 13)]
+    assert observations(await CheckpointStore(backend).load("s")) == everything
+    # The shorter base is gone again; a later prune folds on from the longest.
+    longest = max(10 - late_keeps, 12 - other_keeps)
+    assert await backend.list_keys("session:s:base") == [f"session:s:base:{longest}"]
+    assert await writer.prune("s", keep_last=0) == 12 - longest
+    assert await backend.list_keys("session:s:base") == ["session:s:base:12"]
+    assert await backend.list_keys("session:s:step:") == []
+    assert observations(await writer.load("s")) == everything
+
+
+async def test_many_prunes_at_once_while_the_session_runs(backend: ar.PersistenceBackend) -> None:
+    writer = CheckpointStore(backend)
+    await start(writer, "s", steps=20)
+
+    async def run_on() -> None:
+        for n in range(21, 31):
+            await writer.save_steps("s", n, [record(n)])
+
+    prunes = [CheckpointStore(backend).prune("s", keep_last=k) for k in (0, 3, 7, 1, 12, 5)]
+    await asyncio.gather(run_on(), *prunes)
+    assert observations(await writer.load("s")) == [str(n) for n in range(1, 31)]
+    assert len(await backend.list_keys("session:s:base")) == 1  # the longest alone
+
+
+async def test_a_step_saved_again_after_a_prune_folded_it_is_pruned_later(
+    backend: ar.PersistenceBackend,
+) -> None:
+    cs = CheckpointStore(backend)
+    await start(cs, "s", steps=4)
+    await cs.journal("s", 2, 0, {"state": "done"})
+    assert await cs.prune("s", keep_last=1) == 3
+    # A save the runtime took for failed is sent again with the next step (see
+    # `AgentRuntime._save_steps`): it may land after a prune folded those steps.
+    await cs.save_steps("s", 2, [record(2), record(3), record(4), record(5)])
+    assert observations(await cs.load("s")) == ["1", "2", "3", "4", "5"]
+    assert await cs.prune("s", keep_last=0) == 2
+    assert await backend.list_keys("session:s:step:") == []
+    assert await backend.list_keys("session:s:call:") == []
+    assert observations(await cs.load("s")) == ["1", "2", "3", "4", "5"]
+
+
+async def test_a_base_record_of_older_versions_is_read_and_folded_on(
+    backend: ar.PersistenceBackend,
+) -> None:
+    cs = CheckpointStore(backend)
+    await start(cs, "s", steps=5)
+    # As versions before `:base:<n>` left a pruned session: `:base` with steps 1 to 3.
+    folded = {"records": [record(n).to_dict() for n in (1, 2, 3)]}
+    await backend.save("session:s:base", encode("base", folded))
+    for n in (1, 2, 3):
+        await backend.delete(f"session:s:step:{n}")
+    assert observations(await cs.load("s")) == ["1", "2", "3", "4", "5"]
+    assert await cs.prune("s", keep_last=3) == 0
+    assert await cs.prune("s", keep_last=1) == 1
+    assert await backend.list_keys("session:s:base") == ["session:s:base:4"]
+    assert observations(await cs.load("s")) == ["1", "2", "3", "4", "5"]
+
+
+# ---------------------------------------------------------------------- hosts' clocks
+class Clock:
+    """`time` as a host whose clock is `behind` seconds behind this one's sees it."""
+
+    def __init__(self, behind: float) -> None:
+        self.behind = behind
+
+    def time(self) -> float:
+        return time.time() - self.behind
+
+
+@pytest.mark.parametrize("behind", [2.0, 0.0, -2.0])
+async def test_a_later_turn_interrupted_on_another_host_is_seen_whatever_its_clock(
+    backend: ar.PersistenceBackend, behind: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker_a = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    worker_b = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = worker_a.create_session("a", "chat-1")
+    assert await worker_a.run_turn(session, "turn 1", script(FINAL)) == "finished"
+    with monkeypatch.context() as host_b:  # worker B's clock
+        host_b.setattr(checkpoints, "time", Clock(behind))
+        with pytest.raises(ConnectionError):
+            await worker_b.run_turn(session, "turn 2", fails_after(add_step(0), add_step(1)))
+
+    state = await CheckpointStore(backend).load("chat-1")
+    assert state.interrupted_turn and state.final is None and state.prompt == "turn 2"
+    assert len(state.records) == 3
+    with pytest.raises(ar.AgentRuntimeError, match="later turn was interrupted"):
+        await worker_a.resume("chat-1", script(FINAL))
+    assert await worker_a.sweep(older_than=-1000) == []  # turn 2's steps are kept
+    saved = await ar.AgentSession.load_checkpoint(backend, "chat-1")
+    assert [s.action for s in saved.steps] == ["FINAL_ANSWER", "add", "add"]
+
+    with monkeypatch.context() as host_b:  # B runs the turn again, to its end
+        host_b.setattr(checkpoints, "time", Clock(behind))
+        assert await worker_b.run_turn(saved, "turn 2", script(FINAL)) == "finished"
+    state = await CheckpointStore(backend).load("chat-1")
+    assert not state.interrupted_turn and state.final is not None
+    assert await worker_a.sweep(older_than=-1000) == ["chat-1"]
+
+
+@pytest.mark.parametrize("behind", [2.0, -2.0])
+async def test_a_run_resumed_on_another_host_is_finished_whatever_its_clock(
+    backend: ar.PersistenceBackend, behind: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker_a = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    worker_b = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = worker_a.create_session("a", "job")
+    with pytest.raises(ConnectionError):
+        await worker_a.run_agent("a", "q", fails_after(add_step(0)), session=session)
+    with monkeypatch.context() as host_b:
+        host_b.setattr(checkpoints, "time", Clock(behind))
+        assert (await worker_b.resume("job", script(FINAL))).final_answer == "finished"
+    state = await CheckpointStore(backend).load("job")
+    assert not state.interrupted_turn and state.final is not None
+    finished = await worker_a.resume("job", script())  # finished: returned as saved
+    assert [s.action for s in finished.steps] == ["add", "FINAL_ANSWER"]
+    assert await worker_a.sweep(older_than=-1000) == ["job"]
+
+
+async def test_records_that_name_no_run_are_told_apart_by_their_times(
+    backend: ar.PersistenceBackend,
+) -> None:
+    """Meta and final records written before runs were named (and a mix of both kinds)."""
+    cs = CheckpointStore(backend)
+    turn1 = AgentSession("s", "a", prompt="turn 1")
+
+    async def write(started: float, finished: float, run: str | None) -> None:
+        meta: dict[str, Any] = {"agent_id": "a", "prompt": "turn 2", "mode": "react"}
+        meta = {"session_id": "s", **meta, "started_at": started}
+        if run is not None:
+            meta["run"] = run
+        final = {"session": turn1.to_dict(), "finished_at": finished}
+        await backend.batch_save(
+            {"session:s:meta": encode("meta", meta), "session:s": encode("session", final)}
+        )
+
+    for run in (None, "r2"):
+        await write(started=20.0, finished=10.0, run=run)  # turn 2 began after turn 1 ended
+        state = await cs.load("s")
+        assert state.interrupted_turn and state.prompt == "turn 2"
+        assert await cs.sweep(older_than=-1000) == []
+        await write(started=10.0, finished=20.0, run=run)  # the final record closes the run
+        state = await cs.load("s")
+        assert not state.interrupted_turn and state.final is not None
+    assert await cs.sweep(older_than=-1000) == ["s"]
+
+
+# ---------------------------------------------------------------------- fork
+async def test_fork_refuses_an_id_that_has_checkpoints(backend: ar.PersistenceBackend) -> None:
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    source = runtime.create_session("a", "src")
+    replies = [add_step(0), add_step(1), add_step(2), FINAL]
+    await runtime.run_agent("a", "q", script(*replies), session=source)
+    assert await runtime.fork("src", 3, "retry") == "retry"
+    await runtime.resume("retry", script(add_step(7), FINAL))
+    kept = {k: await backend.load(k) for k in await backend.list_keys("session:retry")}
+
+    with pytest.raises(ar.PersistenceError, match="'retry': it already has checkpoints") as info:
+        await runtime.fork("src", 1, "retry")  # a retried fork, under the same name
+    assert info.value.key == "session:retry"
+    assert {k: await backend.load(k) for k in await backend.list_keys("session:retry")} == kept
+    with pytest.raises(ar.PersistenceError, match="already has checkpoints"):
+        await runtime.fork("src", 1, "src")  # onto its own source
+    await CheckpointStore(backend).save_meta(AgentSession("started", "a"), "react")
+    with pytest.raises(ar.PersistenceError, match="already has checkpoints"):
+        await runtime.fork("src", 1, "started")  # a run that has only started
+
+    # Ids that extend a taken one, or that it extends, are others: free.
+    for free in ("retry:2", "re", "retryx"):
+        assert await runtime.fork("src", 1, free) == free
+        forked = await runtime.resume(free, script(FINAL))
+        assert [s.action_input for s in forked.steps] == [{"a": 0, "b": 1}, "finished"]
+
+
+async def test_a_fork_that_failed_to_save_left_nothing_and_can_be_retried() -> None:
+    class FailsOnce(ar.InMemoryBackend):
+        fail = True
+
+        async def batch_save(self, items: Any) -> None:
+            if self.fail and any(k.startswith("session:copy") for k in items):
+                self.fail = False
+                raise OSError("disk full")
+            await super().batch_save(items)
+
+    backend = FailsOnce()
+    cs = CheckpointStore(backend)
+    await start(cs, "src", steps=2)
+    with pytest.raises(OSError, match="disk full"):
+        await cs.fork("src", 2, "copy")
+    assert await backend.list_keys("session:copy") == []  # meta and steps: all or none
+    await cs.fork("src", 2, "copy")
+    assert observations(await cs.load("copy")) == ["1", "2"]
