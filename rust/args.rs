@@ -1,8 +1,9 @@
-//! Arguments taken from Python that the machine types cannot always hold: ints of any size
-//! and strings that are not valid Unicode.
+//! Arguments taken from Python that the machine types cannot always hold: ints of any size,
+//! numbers beyond the float range and strings that are not valid Unicode.
 //!
-//! PyO3's own conversions raise the built-in `OverflowError` (an int beyond 64 bits) and
-//! `UnicodeEncodeError` (a `str` holding a lone surrogate, such as a cut-off emoji escape).
+//! PyO3's own conversions raise the built-in `OverflowError` (an int beyond 64 bits, or one
+//! beyond the float range read as a float) and `UnicodeEncodeError` (a `str` holding a lone
+//! surrogate, such as a cut-off emoji escape).
 //! The helpers here turn both into the calling method's typed error naming the argument, or
 //! read a huge int as "no limit" where the argument is a limit. Methods take them with
 //! `#[pyo3(from_py_with = ...)]`, or call them on a `&Bound<PyAny>` argument.
@@ -83,6 +84,33 @@ impl OutOfRange {
             OutOfRange::Negative(text) | OutOfRange::TooLarge(text) => text,
         }
     }
+}
+
+/// A real-number argument as `f64` (a float, an int, or anything with `__float__`); a number
+/// beyond the float range (such as `10**400`) is `error(message)` instead of the built-in
+/// `OverflowError`.
+///
+/// # Errors
+/// `error(...)` for a number beyond the float range; `TypeError` for a non-number, as `f64`.
+pub fn real(obj: &Bound<'_, PyAny>, error: impl FnOnce(String) -> CoreError) -> PyResult<f64> {
+    match obj.extract::<f64>() {
+        Ok(value) => Ok(value),
+        Err(e) => Err(not_real(obj, e, error)),
+    }
+}
+
+/// The error of [`real`], kept off its fast path.
+#[cold]
+#[inline(never)]
+fn not_real(obj: &Bound<'_, PyAny>, e: PyErr, error: impl FnOnce(String) -> CoreError) -> PyErr {
+    if !e.is_instance_of::<PyOverflowError>(obj.py()) {
+        return e;
+    }
+    error(format!(
+        "a number beyond the float range ({})",
+        e.value(obj.py())
+    ))
+    .into()
 }
 
 /// A Python int of any size as `usize`, or where it falls outside (never `OverflowError`).
@@ -189,6 +217,25 @@ fn not_unicode(
         None => "text is not valid Unicode: it holds a lone surrogate".to_owned(),
     };
     error(message).into()
+}
+
+/// A sequence of `str` arguments (a list or tuple of ids), each read as by [`text`]. As with
+/// PyO3's `Vec<String>`, a `str` is refused (`TypeError`) rather than read as its characters.
+///
+/// # Errors
+/// `error(...)` for an item holding a lone surrogate; `TypeError` when `obj` is a `str` or
+/// not a sequence, or an item is not a `str`.
+pub fn texts(obj: &Bound<'_, PyAny>, error: fn(String) -> CoreError) -> PyResult<Vec<PyBackedStr>> {
+    let items: Vec<Bound<'_, PyAny>> = obj.extract()?;
+    items.iter().map(|item| text(item, error)).collect()
+}
+
+/// [`texts`] for arguments of the knowledge graph (a `GraphError`).
+///
+/// # Errors
+/// As [`texts`].
+pub fn graph_texts(obj: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedStr>> {
+    texts(obj, CoreError::Graph)
 }
 
 /// [`text`] for arguments of the knowledge graph (a `GraphError`).

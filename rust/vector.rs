@@ -16,7 +16,9 @@ use numpy::{
     IntoPyArray, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
 };
 use parking_lot::RwLock;
+use pyo3::exceptions::PyUnicodeEncodeError;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
@@ -1003,7 +1005,8 @@ type Hits<'py, D> = (
 /// Raises:
 ///     MemoryStoreError: `dim` or `rescore` is not between 1 and 2**32 - 1, an unknown
 ///         `dtype`, or `exact_rescore` or `originals_path` with a dtype other than int8.
-///     PersistenceError: `originals_path` cannot be created, or another index uses it.
+///     PersistenceError: `originals_path` cannot be created (or is not valid Unicode), or
+///         another index uses it.
 #[pyclass(module = "llm_agent_runtime", name = "VectorIndex", frozen)]
 pub struct PyVectorIndex {
     inner: RwLock<Index>,
@@ -1041,6 +1044,47 @@ fn rescore_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
     size_arg(value, "rescore")
 }
 
+/// A `dtype` name: "float32", "float16" or "int8"; a `str` that is not valid Unicode is a
+/// `MemoryStoreError`. An unknown name is returned as the error, which the constructor
+/// raises itself (PyO3 notes the argument on errors raised while extracting it).
+fn dtype_arg(value: &Bound<'_, PyAny>) -> PyResult<CoreResult<Dtype>> {
+    let name = args::memory_text(value)?;
+    Ok(Dtype::parse(&name).ok_or_else(|| {
+        CoreError::Memory(format!(
+            "unknown dtype {:?}: expected \"float32\", \"float16\" or \"int8\"",
+            &*name
+        ))
+    }))
+}
+
+/// A file path given as a `str` (`save`, `load`); one that is not valid Unicode (a lone
+/// surrogate) is a `PersistenceError`, as a path that cannot be used is, not the built-in
+/// `UnicodeEncodeError`.
+fn path_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, |m| {
+        CoreError::Persistence(format!("cannot use the path: {m}"))
+    })
+}
+
+/// An optional file path given as a `str` or `os.PathLike` (`originals_path`); one with no
+/// file-system form (a lone surrogate) is a `PersistenceError`, not `UnicodeEncodeError`.
+fn optional_path_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<PathBuf>> {
+    if value.is_none() {
+        return Ok(None);
+    }
+    match value.extract::<PathBuf>() {
+        Ok(path) => Ok(Some(path)),
+        Err(e) if e.is_instance_of::<PyUnicodeEncodeError>(value.py()) => {
+            Err(CoreError::Persistence(format!(
+                "cannot use the path: it is not valid Unicode ({})",
+                e.value(value.py())
+            ))
+            .into())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A search's `k`: an int >= 1; one beyond 64 bits means every vector.
 fn k_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
     args::limit(value, 1, |v| {
@@ -1052,19 +1096,18 @@ fn k_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
 impl PyVectorIndex {
     #[new]
     // `rescore=8` is DEFAULT_RESCORE, spelled out so the Python signature shows it.
-    #[pyo3(signature = (dim, dtype="float32", rescore=8, exact_rescore=false, originals_path=None))]
+    #[pyo3(
+        signature = (dim, dtype=Ok(Dtype::F32), rescore=8, exact_rescore=false, originals_path=None),
+        text_signature = "(dim, dtype=\"float32\", rescore=8, exact_rescore=False, originals_path=None)"
+    )]
     fn new(
         #[pyo3(from_py_with = dim_arg)] dim: usize,
-        dtype: &str,
+        #[pyo3(from_py_with = dtype_arg)] dtype: CoreResult<Dtype>,
         #[pyo3(from_py_with = rescore_arg)] rescore: usize,
         exact_rescore: bool,
-        originals_path: Option<PathBuf>,
+        #[pyo3(from_py_with = optional_path_arg)] originals_path: Option<PathBuf>,
     ) -> PyResult<Self> {
-        let dtype = Dtype::parse(dtype).ok_or_else(|| {
-            CoreError::Memory(format!(
-                "unknown dtype {dtype:?}: expected \"float32\", \"float16\" or \"int8\""
-            ))
-        })?;
+        let dtype = dtype?;
         let originals_path = originals_path.as_deref().map(path_str).transpose()?;
         let index = catch_panics(|| {
             Ok(Index::with_storage(
@@ -1188,6 +1231,11 @@ impl PyVectorIndex {
 
     /// `search` for every row of `queries` (float32, shape (m, dim)).
     ///
+    /// A row's scores agree with `search`'s for the same query within float rounding, not
+    /// bit for bit: a float32 index scores two or more queries as one blocked matrix
+    /// product, which sums in another order. So results whose scores nearly tie may come
+    /// back in another order (or, at the k-th place, as another id) than `search` gives.
+    ///
     /// Returns:
     ///     (ids, scores): arrays of shape (m, min(k, len(index))).
     ///
@@ -1255,9 +1303,13 @@ impl PyVectorIndex {
     /// Writes the index to `path` (versioned format with a checksum, replaced atomically).
     ///
     /// Raises:
-    ///     PersistenceError: the file cannot be written.
-    fn save(&self, py: Python<'_>, path: &str) -> PyResult<()> {
-        run_detached(py, || self.inner.read().save(path))
+    ///     PersistenceError: the file cannot be written, or `path` is not valid Unicode.
+    fn save(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = path_arg)] path: PyBackedStr,
+    ) -> PyResult<()> {
+        run_detached(py, || self.inner.read().save(&path))
     }
 
     /// Reads an index written by `save`; with `originals_path`, its float32 copies (of an
@@ -1267,12 +1319,16 @@ impl PyVectorIndex {
     ///     MemoryStoreError: `originals_path` is the index file itself.
     ///     PersistenceError: unreadable, not an index, another version, truncated or corrupt;
     ///         or `originals_path` given for an index without float32 copies, that cannot be
-    ///         created, or that another index uses.
+    ///         created, or that another index uses; or a path that is not valid Unicode.
     #[staticmethod]
     #[pyo3(signature = (path, originals_path=None))]
-    fn load(py: Python<'_>, path: &str, originals_path: Option<PathBuf>) -> PyResult<Self> {
+    fn load(
+        py: Python<'_>,
+        #[pyo3(from_py_with = path_arg)] path: PyBackedStr,
+        #[pyo3(from_py_with = optional_path_arg)] originals_path: Option<PathBuf>,
+    ) -> PyResult<Self> {
         let originals_path = originals_path.as_deref().map(path_str).transpose()?;
-        let index = run_detached(py, || Index::load(path, originals_path))?;
+        let index = run_detached(py, || Index::load(&path, originals_path))?;
         Ok(Self {
             inner: RwLock::new(index),
         })

@@ -443,3 +443,257 @@ def test_from_json_refuses_properties_that_are_not_an_object(where: str) -> None
     doc[where][0]["properties"] = [1, 2]
     with pytest.raises(ar.GraphError, match="not an object"):
         ar.GraphStore.from_json(json.dumps(doc))
+
+
+LONE = "x\ud800"  # a str with no UTF-8 form (a surrogate pair cut in two)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda g: g.add_entity(LONE), id="add_entity"),
+        pytest.param(lambda g: g.add_entity("new", LONE), id="add_entity_label"),
+        pytest.param(lambda g: g.update_entity(LONE, label="l"), id="update_entity"),
+        pytest.param(lambda g: g.remove_entity(LONE), id="remove_entity"),
+        pytest.param(lambda g: g.entity(LONE), id="entity"),
+        pytest.param(lambda g: g.add_entities(["new", LONE]), id="add_entities"),
+        pytest.param(lambda g: g.add_relationship("alice", LONE), id="add_relationship_to"),
+        pytest.param(lambda g: g.add_relationship(LONE, "alice"), id="add_relationship_from"),
+        pytest.param(
+            lambda g: g.add_relationship("alice", "bob", LONE), id="add_relationship_kind"
+        ),
+        pytest.param(
+            lambda g: g.add_relationships([("alice", LONE)], create_missing=True),
+            id="add_relationships",
+        ),
+        pytest.param(
+            lambda g: g.update_relationship(LONE, "bob", "knows", weight=2.0),
+            id="update_relationship_from",
+        ),
+        pytest.param(
+            lambda g: g.update_relationship("alice", "bob", LONE, weight=2.0),
+            id="update_relationship_kind",
+        ),
+        pytest.param(lambda g: g.remove_relationship("alice", LONE), id="remove_relationship_to"),
+        pytest.param(
+            lambda g: g.remove_relationship("alice", "bob", LONE), id="remove_relationship_kind"
+        ),
+        pytest.param(lambda g: g.edges_from(LONE), id="edges_from"),
+        pytest.param(lambda g: g.neighbors_of(LONE), id="neighbors_of"),
+        pytest.param(
+            lambda g: g.relationship_count_between("alice", LONE), id="relationship_count_between"
+        ),
+        pytest.param(lambda g: g.bfs(LONE), id="bfs"),
+        pytest.param(lambda g: g.dfs(LONE), id="dfs"),
+        pytest.param(lambda g: g.shortest_path(LONE, "alice"), id="shortest_path_source"),
+        pytest.param(lambda g: g.shortest_path("alice", LONE), id="shortest_path_target"),
+        pytest.param(lambda g: g.distances(LONE), id="distances"),
+        pytest.param(lambda g: g.reachable(LONE), id="reachable"),
+        pytest.param(lambda g: g.neighborhood(LONE), id="neighborhood"),
+        pytest.param(lambda g: g.subgraph(["alice", LONE]), id="subgraph"),
+        pytest.param(lambda g: g.degree_centrality(LONE), id="degree_centrality"),
+        pytest.param(lambda g: g.betweenness_from(["alice", LONE]), id="betweenness_from"),
+        pytest.param(
+            lambda g: g.modularity([["alice", "bob", "acme"], ["loner", LONE]]), id="modularity"
+        ),
+        pytest.param(lambda g: ar.GraphStore.from_json(LONE), id="from_json"),
+        pytest.param(
+            lambda g: ar.GraphStore.from_edge_list(2, [(0, 1)], kind=LONE), id="from_edge_list_kind"
+        ),
+        pytest.param(
+            lambda g: ar.from_networkx(nx.path_graph([LONE, "b"])), id="from_networkx_node"
+        ),
+        pytest.param(
+            lambda g: ar.from_networkx(nx.Graph([("a", "b", {"kind": LONE})])),
+            id="from_networkx_kind",
+        ),
+    ],
+)
+def test_text_that_is_not_valid_unicode_is_a_graph_error(
+    people: ar.GraphStore, call: Callable[[ar.GraphStore], object]
+) -> None:
+    # These raised the built-in UnicodeEncodeError (add_entity alone gave GraphError).
+    before = people.to_json()
+    with pytest.raises(ar.GraphError, match="not valid Unicode"):
+        call(people)
+    assert people.to_json() == before
+
+
+def test_an_id_that_is_not_valid_unicode_is_never_an_entity(people: ar.GraphStore) -> None:
+    assert LONE not in people
+    assert not people.has_entity(LONE)
+    assert "alice" in people and people.has_entity("alice")
+    with pytest.raises(TypeError):
+        people.has_entity(1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("weight", [10**400, -(10**400)], ids=["huge", "huge_negative"])
+def test_a_weight_beyond_the_float_range_is_a_graph_error(
+    people: ar.GraphStore, weight: int
+) -> None:
+    # These raised the built-in OverflowError.
+    from fractions import Fraction
+
+    before = people.to_json()
+    calls: list[Callable[[], object]] = [
+        lambda: people.add_relationship("alice", "bob", "k", weight),
+        lambda: people.add_relationship("alice", "bob", weight=weight),
+        lambda: people.add_relationships([("alice", "bob", "k", weight)]),
+        lambda: people.update_relationship("alice", "bob", "knows", weight=weight),
+    ]
+    for call in calls:
+        with pytest.raises(ar.GraphError, match=r"weight must be finite.*beyond the float range"):
+            call()
+    assert people.to_json() == before
+    with pytest.raises(ar.GraphError, match="beyond the float range"):
+        ar.GraphStore.from_edge_list(2, [(0, 1, weight)])
+    for value in (weight, Fraction(weight, 3)):
+        g = nx.DiGraph()
+        g.add_edge("a", "b", weight=value)
+        with pytest.raises(ar.GraphError, match=r"edge 'a' -> 'b'.*finite real number"):
+            ar.from_networkx(g)
+    # A big int within the float range is still a weight.
+    people.add_relationship("alice", "bob", "k", 10**300)
+    assert people.relationship_count_between("alice", "bob") == 2
+
+
+@pytest.mark.parametrize(
+    "resolution",
+    [math.nan, math.inf, -math.inf, -0.5, 10**400],
+    ids=["nan", "inf", "-inf", "-0.5", "huge"],
+)
+def test_resolution_must_be_a_finite_non_negative_number(
+    people: ar.GraphStore, resolution: float
+) -> None:
+    # NaN used to be accepted, giving NaN modularity.
+    partition = [["alice", "bob"], ["acme", "loner"]]
+    with pytest.raises(ar.GraphError, match="resolution must be a finite number >= 0"):
+        people.communities(resolution=resolution)
+    with pytest.raises(ar.GraphError, match="resolution must be a finite number >= 0"):
+        people.modularity(partition, resolution=resolution)
+    g = nx.MultiGraph()
+    g.add_nodes_from(people.entity_ids())
+    for r in people.relationships():
+        g.add_edge(r["from"], r["to"], weight=r["weight"])
+    for ok in (0, 0.0, 2.5):
+        assert people.modularity(partition, resolution=ok) == pytest.approx(
+            nx.community.modularity(g, [set(c) for c in partition], resolution=ok)
+        )
+        people.communities(resolution=ok)
+
+
+def test_paths_whose_cost_overflows_are_found_at_cost_inf() -> None:
+    # Finite weights summing past the float range: "c" was reported unreachable.
+    g = ar.GraphStore()
+    peer = nx.DiGraph()
+    for a, b in [("a", "b"), ("b", "c"), ("c", "d")]:
+        for x in (a, b):
+            if x not in g:
+                g.add_entity(x)
+        weight = 1.0 if a == "c" else 1e308
+        g.add_relationship(a, b, weight=weight)
+        peer.add_edge(a, b, weight=weight)
+    found = g.shortest_path("a", "d")
+    assert found == (nx.dijkstra_path(peer, "a", "d"), nx.dijkstra_path_length(peer, "a", "d"))
+    assert found[1] == math.inf
+    assert g.distances("a") == nx.single_source_dijkstra_path_length(peer, "a")
+    assert g.distances("a", directed=False) == nx.single_source_dijkstra_path_length(
+        peer.to_undirected(), "a"
+    )
+    assert g.shortest_path("d", "a") is None
+    expected = nx.betweenness_centrality(peer, weight="weight", normalized=False)
+    assert expected == {"a": 0.0, "b": 2.0, "c": 2.0, "d": 0.0}
+    assert g.betweenness_centrality(weighted=True, normalized=False) == expected
+    # Undirected, the path a - b - c - d has the same answer. networkx gives b 1.75 and c 3.0
+    # there: c and d are both at distance inf from a (and at 1e308 from b, as 1e308 + 1
+    # rounds to 1e308), and networkx then records d, settled after c, as a predecessor of c
+    # as well as c of d. Only nodes settled earlier are predecessors here.
+    got = g.betweenness_centrality(weighted=True, normalized=False, directed=False)
+    assert got == {"a": 0.0, "b": 2.0, "c": 2.0, "d": 0.0}
+
+
+def test_reachable_undirected_lists_the_source_only_on_a_cycle() -> None:
+    g = ar.GraphStore()
+    for x in "abcd":
+        g.add_entity(x)
+    g.add_relationship("a", "b")
+    # a - b - a walks one relationship twice: no cycle (networkx: descendants = {b}).
+    assert g.reachable("a", directed=False) == nx.descendants(nx.Graph([("a", "b")]), "a")
+    g.add_relationship("b", "a")  # two relationships between a and b: a 2-cycle
+    assert g.reachable("a", directed=False) == {"a", "b"}
+    assert g.reachable("a") == {"a", "b"}
+    g.add_relationship("c", "b")
+    g.add_relationship("c", "d")
+    assert g.reachable("c", directed=False) == {"a", "b", "d"}
+    g.add_relationship("d", "b")  # the triangle b - c - d
+    assert g.reachable("c", directed=False) == {"a", "b", "c", "d"}
+    g.add_relationship("d", "d")
+    assert g.reachable("d") == {"b", "a", "d"}
+
+
+def test_reachable_from_a_hub_is_one_search() -> None:
+    # One breadth-first search per out-neighbour, each with its own O(n) array, took 16.7 s
+    # here; a single search takes milliseconds.
+    import time
+
+    n = 20_000
+    edges = [(0, i) for i in range(1, n)] + [(i, 0) for i in range(1, n)]
+    g = ar.GraphStore.from_edge_list(n, edges)
+    g.bfs("0")
+    start = time.perf_counter()
+    for directed in (True, False):
+        assert len(g.reachable("0", directed=directed)) == n  # "0" lies on a cycle
+        assert len(g.reachable("5", directed=directed)) == n
+    assert time.perf_counter() - start < 2.0
+
+
+def test_per_entity_queries_do_not_scan_every_relationship() -> None:
+    # neighbors_of, edges_from and relationship_count_between read the entity's own
+    # relationships: they scanned all of them per call (about 4 s for every node here).
+    import random
+    import time
+    from collections import Counter
+
+    n, m = 20_000, 200_000
+    rnd = random.Random(0)
+    edges = [(rnd.randrange(n), rnd.randrange(n)) for _ in range(m)]
+    g = ar.GraphStore.from_edge_list(n, edges)
+    ids = [str(i) for i in range(n)]
+    g.neighbors_of("0")
+    start = time.perf_counter()
+    neighbors = [g.neighbors_of(i) for i in ids]
+    counts = [g.relationship_count_between(i, str((int(i) * 7) % n)) for i in ids]
+    out = [g.edges_from(i) for i in ids[:2000]]
+    assert time.perf_counter() - start < 2.5
+    leaving: dict[int, list[tuple[str, str]]] = {}
+    for a, b in edges:
+        leaving.setdefault(a, []).append((str(a), str(b)))
+    pairs = Counter(edges)
+    assert neighbors == [sorted({b for _, b in leaving.get(i, [])}) for i in range(n)]
+    assert counts == [pairs[i, (i * 7) % n] for i in range(n)]
+    assert [[(r["from"], r["to"]) for r in rows] for rows in out] == [
+        leaving.get(i, []) for i in range(2000)
+    ]
+
+
+def test_orders_follow_entity_ids_also_after_a_removal() -> None:
+    # The documented order is entity_ids() order: insertion order until a removal moves the
+    # last entity into the gap.
+    g = ar.GraphStore()
+    for x in "abcd":
+        g.add_entity(x)
+    for a, b in [("b", "d"), ("d", "b"), ("b", "c"), ("c", "b")]:
+        g.add_relationship(a, b)
+    g.remove_entity("a")
+    order = g.entity_ids()
+    assert order == ["d", "b", "c"]
+    position = {x: i for i, x in enumerate(order)}
+    cycles = g.cycles()
+    assert sorted(map(sorted, cycles)) == [["b", "c"], ["b", "d"]]
+    for cycle in cycles:
+        assert cycle[0] == min(cycle, key=position.__getitem__)
+    communities, _ = g.communities()
+    for community in communities:
+        assert community == sorted(community, key=position.__getitem__)
+    firsts = [position[c[0]] for c in communities]
+    assert firsts == sorted(firsts)

@@ -245,3 +245,78 @@ def test_from_edge_list_answers_as_a_graph_built_one_by_one(
     for g in (bulk, one_by_one):
         change(g)
     assert _answers(bulk) == _answers(one_by_one)
+
+
+@st.composite
+def tied_graphs(draw: Any, max_nodes: int = 10, max_edges: int = 30) -> tuple[int, list[Edge]]:
+    """Graphs whose weights are 1 or 2 (some all 1): many equal-cost paths."""
+    n = draw(st.integers(min_value=1, max_value=max_nodes))
+    weights = st.sampled_from([1.0]) if draw(st.booleans()) else st.sampled_from([1.0, 2.0])
+    edge = st.tuples(st.integers(0, n - 1), st.integers(0, n - 1), weights)
+    return n, draw(st.lists(edge, max_size=max_edges))
+
+
+@settings(max_examples=300, deadline=None)
+@given(tied_graphs())
+def test_equal_cost_shortest_paths_are_networkx_dijkstra_paths(
+    graph: tuple[int, list[Edge]],
+) -> None:
+    # Ties used to go to the smaller entity index; networkx's heap breaks them by push order.
+    ours, directed, undirected = build(*graph)
+    for peer, is_directed in ((directed, True), (undirected, False)):
+        for source in peer:
+            for target in peer:
+                found = ours.shortest_path(source, target, directed=is_directed)
+                if not nx.has_path(peer, source, target):
+                    assert found is None
+                    continue
+                expected = nx.dijkstra_path(peer, source, target)
+                assert found == (expected, nx.dijkstra_path_length(peer, source, target))
+
+
+@settings(max_examples=150, deadline=None)
+@given(graphs(max_nodes=7, max_edges=12))
+def test_undirected_reachability_matches(graph: tuple[int, list[Edge]]) -> None:
+    # The source is in its own set only on a cycle of the multigraph (networkx's
+    # simple_cycles of a MultiGraph: a self-loop, a pair of parallel edges, or a longer
+    # cycle); walking one relationship there and back is none.
+    ours, _, undirected = build(*graph)
+    on_cycle = {v for cycle in nx.simple_cycles(undirected) for v in cycle}
+    for node in undirected:
+        expected = nx.descendants(undirected, node) | ({node} if node in on_cycle else set())
+        assert ours.reachable(node, directed=False) == expected
+
+
+@SETTINGS
+@given(graphs())
+def test_per_entity_queries_match_networkx(graph: tuple[int, list[Edge]]) -> None:
+    ours, directed, _ = build(*graph)
+    relationships = ours.relationships()
+    for node in directed:
+        assert ours.neighbors_of(node) == sorted(set(directed.successors(node)))
+        assert ours.edges_from(node) == [r for r in relationships if r["from"] == node]
+        for other in directed:
+            assert ours.relationship_count_between(node, other) == directed.number_of_edges(
+                node, other
+            )
+
+
+@SETTINGS
+@given(graphs(), st.lists(st.sampled_from([1.0, 3.0, 6e307, 1e308]), min_size=30, max_size=30))
+def test_distances_past_the_float_range_match(
+    graph: tuple[int, list[Edge]], weights: list[float]
+) -> None:
+    # Finite weights whose sums overflow to inf: the node is reached at cost inf, as in
+    # networkx, rather than left out as unreachable.
+    n, edges = graph
+    ours, directed, undirected = build(n, [(a, b, weights[i]) for i, (a, b, _) in enumerate(edges)])
+    for source in directed:
+        for peer, is_directed in ((directed, True), (undirected, False)):
+            expected = nx.single_source_dijkstra_path_length(peer, source)
+            assert ours.distances(source, directed=is_directed) == expected
+            for target in peer:
+                found = ours.shortest_path(source, target, directed=is_directed)
+                assert (found is None) == (target not in expected)
+                if found is not None:
+                    assert found[1] == expected[target]
+                    assert found[0][0] == source and found[0][-1] == target

@@ -236,3 +236,38 @@ def test_dim_must_be_at_least_one(dim: Any) -> None:
     # "dim must be >= 0" although 0 is refused too.
     with pytest.raises(ar.MemoryStoreError, match="dim must be an int of at least 1"):
         ar.SemanticStore(dim=dim)
+
+
+def test_a_bad_query_is_refused_even_when_nothing_can_match() -> None:
+    # The query was only checked once some entry had an embedding: before that, a NaN or zero
+    # vector (or a text with nothing to embed) returned [] instead of an error.
+    nan, zero = np.full(384, np.nan, np.float32), np.zeros(384, np.float32)
+    empty = ar.SemanticStore()
+    unembedded = ar.SemanticStore()
+    unembedded.store("note", "only text", embed=False)
+    tagged = ar.SemanticStore()
+    tagged.store("x", "hello world", tags=["a"])
+    lazy = ar.SemanticStore(dim=None, embedder=_NoDim())  # no dimension fixed yet
+    for store in (empty, unembedded, tagged, lazy):
+        tags = ["missing"] if store is tagged else None
+        with pytest.raises(ar.MemoryStoreError, match="NaN or infinite"):
+            store.search(nan, tags=tags)
+        with pytest.raises(ar.MemoryStoreError, match="zero vector"):
+            store.search(zero, tags=tags)
+        with pytest.raises(ar.MemoryStoreError, match="zero vector"):
+            store.search("!!!", tags=tags)  # nothing to embed
+        with pytest.raises(ar.MemoryStoreError, match="NaN or infinite"):
+            store.search(np.where(np.arange(384) == 5, np.inf, 1.0), tags=tags)
+    for store in (empty, unembedded, tagged):
+        with pytest.raises(ar.MemoryStoreError, match="dimension 3, the store has 384"):
+            store.search([1.0, 2.0, 3.0])
+    assert empty.search("hello") == [] and unembedded.search("hello") == []
+    assert tagged.search("hello", tags=["missing"]) == []
+    assert lazy.search([1.0, 2.0, 3.0]) == []
+
+
+class _NoDim:
+    """An embedder without a `dim` attribute: the store learns its dimension from a vector."""
+
+    def embed(self, texts: Any) -> np.ndarray:
+        return np.zeros((len(texts), 3), dtype=np.float32)

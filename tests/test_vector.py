@@ -486,3 +486,23 @@ def test_integer_arguments_out_of_range_are_memory_store_errors() -> None:
         ar.VectorIndex(4, dtype="int8", rescore=-3)
     with pytest.raises(TypeError):
         index.get("1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("exact_rescore", [False, True])
+def test_int8_scores_stay_exact_past_the_32_bit_range(exact_rescore: bool) -> None:
+    # Vectors of +-1 quantize to codes of +-127: a vector's integer dot with itself is
+    # 127 * 127 * dim, above 2**31 - 1 from dim 133,145 on. The int8 scan summed it in 32 bits,
+    # which wrapped around: every query found another vector than itself.
+    # More rows than the shortlist of a k=1 search (k * rescore = 2) holds, so the integer
+    # scan alone decides which rows are re-scored.
+    dim, n = 140_000, 12
+    rng = np.random.default_rng(1)
+    data = np.where(rng.random((n, dim)) < 0.5, -1.0, 1.0).astype(np.float32)
+    index = ar.VectorIndex(dim, dtype="int8", rescore=2, exact_rescore=exact_rescore)
+    index.add(np.arange(n), data)
+    for i in range(n):
+        ids, scores = index.search(data[i], 1)
+        assert ids[0] == i and scores[0] == pytest.approx(1.0, abs=1e-4)
+    # Every score is the cosine similarity (the others are near 0: random signs).
+    ids, scores = index.search(data[0], n)
+    np.testing.assert_allclose(scores, data[ids] @ data[0] / dim, atol=1e-4)

@@ -153,3 +153,25 @@ def test_load_refuses_a_float32_copy_that_is_not_finite(tmp_path: Path) -> None:
         ar.VectorIndex.load(str(path))
     path.write_bytes(data)
     assert len(ar.VectorIndex.load(str(path))) == 2
+
+
+def test_text_arguments_that_are_not_valid_unicode_are_typed_errors(tmp_path: Path) -> None:
+    # A str holding a lone surrogate has no UTF-8 (or file-system) form: these raised the
+    # built-in UnicodeEncodeError.
+    lone = str(tmp_path / "index\ud800.bin")
+    index = ar.VectorIndex(8)
+    index.add(np.arange(20), rows(0))
+    with pytest.raises(ar.PersistenceError, match="not valid Unicode"):
+        index.save(lone)
+    with pytest.raises(ar.PersistenceError, match="not valid Unicode"):
+        ar.VectorIndex.load(lone)
+    saved = str(tmp_path / "index.bin")
+    index.save(saved)
+    with pytest.raises(ar.PersistenceError, match="not valid Unicode"):
+        ar.VectorIndex.load(saved, originals_path=lone)
+    with pytest.raises(ar.PersistenceError, match="not valid Unicode"):
+        ar.VectorIndex(8, dtype="int8", originals_path=lone)
+    with pytest.raises(ar.MemoryStoreError, match="not valid Unicode"):
+        ar.VectorIndex(8, dtype="int8\ud800")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.bin"]
+    assert len(ar.VectorIndex.load(saved)) == 20

@@ -362,7 +362,8 @@ class VectorIndex:
     Raises:
         MemoryStoreError: dim or rescore not between 1 and 2**32 - 1, an unknown dtype, or
             exact_rescore or originals_path without int8.
-        PersistenceError: originals_path cannot be created, or another index uses it.
+        PersistenceError: originals_path cannot be created (or is not valid Unicode), or
+            another index uses it.
     """
 
     def __new__(
@@ -428,6 +429,10 @@ class VectorIndex:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """search() for every row of queries; arrays of shape (m, min(k, len)).
 
+        A row's scores agree with search()'s within float rounding, not bit for bit (a
+        float32 index scores two or more queries as one matrix product, summing in another
+        order): results whose scores nearly tie may come back in another order.
+
         Raises:
             MemoryStoreError: k < 1, queries not of shape (m, dim), or a bad query; out of
                 memory for the results.
@@ -437,7 +442,7 @@ class VectorIndex:
         """Writes the index (versioned, checksummed, atomic replace).
 
         Raises:
-            PersistenceError: the file cannot be written.
+            PersistenceError: the file cannot be written, or the path is not valid Unicode.
         """
     @staticmethod
     def load(path: str, originals_path: str | os.PathLike[str] | None = None) -> VectorIndex:
@@ -447,7 +452,8 @@ class VectorIndex:
             MemoryStoreError: originals_path is the index file itself.
             PersistenceError: unreadable, not an index, other version, truncated or corrupt
                 (including NaN/inf values or int8 code -128), originals_path for an index without float32 copies, or originals_path
-                cannot be created or is in use by another index.
+                cannot be created or is in use by another index; a path that is not valid
+                Unicode.
         """
     def __len__(self) -> int: ...
     def __contains__(self, id: int, /) -> bool:
@@ -490,12 +496,13 @@ class GraphStore:
     """Directed multigraph of entities and typed, weighted relationships, analytics in Rust.
 
     Raises:
-        GraphError: unknown entities, duplicate ids, non-finite weights, properties that
-            are not a dict (or None) or not JSON-compatible, negative weights given to
-            Dijkstra, a non-positive cycle cap, a negative depth, hop count, round count or
-            seed, an empty source list for betweenness_from, or a stored text (id, label,
-            kind) that is not valid Unicode. A depth, hop count, round count or cycle cap
-            beyond 64 bits means no limit.
+        GraphError: unknown entities, duplicate ids, non-finite weights (or beyond the float
+            range), properties that are not a dict (or None) or not JSON-compatible,
+            negative weights given to Dijkstra, a non-positive cycle cap, a negative depth,
+            hop count, round count or seed, a negative or non-finite resolution, an empty
+            source list for betweenness_from, or a text argument (id, label, kind) that is
+            not valid Unicode (`in` and has_entity answer False for such an id). A depth,
+            hop count, round count or cycle cap beyond 64 bits means no limit.
     """
 
     def __new__(cls) -> GraphStore: ...

@@ -63,9 +63,11 @@ def from_networkx(nx_graph: Any, *, weight: str = "weight", kind: str = "kind") 
         The new graph.
 
     Raises:
-        GraphError: When two nodes have the same string form; a weight is not a finite
-            real number (None, a string, a bool, NaN); a `properties` attribute is not a
-            dict; or a property is not JSON-compatible. The message names the node or edge.
+        GraphError: When two nodes have the same string form; a node's string form, a
+            label or a kind is not valid Unicode (a lone surrogate); a weight is not a finite real
+            number (None, a string, a bool, NaN, or one beyond the float range such as
+            `10**400`); a `properties` attribute is not a dict; or a property is not
+            JSON-compatible. The message names the node or edge.
     """
     graph = GraphStore()
     names: dict[Any, str] = {}
@@ -99,7 +101,14 @@ def from_networkx(nx_graph: Any, *, weight: str = "weight", kind: str = "kind") 
                 f"{where}: weight ({weight!r}) must be a real number, got {weight_value!r}"
             )
         try:
-            graph.add_relationship(names[u], names[v], kind_name, float(weight_value), properties)
+            as_float = float(weight_value)
+        except OverflowError as error:  # an int or Fraction beyond the float range
+            raise GraphError(
+                f"{where}: weight ({weight!r}) must be a finite real number, got one beyond "
+                f"the float range ({error})"
+            ) from error
+        try:
+            graph.add_relationship(names[u], names[v], kind_name, as_float, properties)
         except GraphError as error:
             raise GraphError(f"{where}: {error}") from error
     return graph

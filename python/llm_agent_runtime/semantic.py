@@ -212,11 +212,10 @@ class SemanticStore:
             else self._as_vector(query, "query", "a string or a vector of numbers")
         )
         required = _tag_set(tags)
+        # Checked before anything is looked up, so a bad query is refused whatever the store
+        # holds (even nothing, or no entry with an embedding).
+        self._check_query(vector)
         if self._index is None or len(self._index) == 0:
-            if self._index is not None and len(vector) != self._index.dim:
-                raise MemoryStoreError(
-                    f"query has dimension {len(vector)}, the store has {self._index.dim}"
-                )
             return []
         index = self._index
         candidates = None
@@ -224,7 +223,6 @@ class SemanticStore:
             keys = set.intersection(*(self._by_tag.get(t, set()) for t in required))
             candidates = sum(1 for key in keys if key in self._ids)
             if candidates == 0:
-                index.search(vector, 1)  # still validates the query
                 return []
         # Over-fetch, then filter by tags; widen until k pass or every vector was seen. Never
         # ask the index for more than it holds, so a huge k (meaning "all") cannot overflow.
@@ -347,6 +345,26 @@ class SemanticStore:
         if vector.size == 0:
             raise MemoryStoreError(f"{what} must not be empty")
         return np.ascontiguousarray(vector)
+
+    def _check_query(self, vector: np.ndarray[Any, np.dtype[np.float32]]) -> None:
+        """Refuses a query vector the index would refuse, whatever the store holds.
+
+        That is one of another length than the store's (once it has one), with NaN/inf
+        values, or zero (cosine similarity is undefined).
+
+        Raises:
+            MemoryStoreError: as the index's `search` would, with its messages.
+        """
+        import numpy as np
+
+        if self._index is not None and len(vector) != self._index.dim:
+            raise MemoryStoreError(
+                f"query has dimension {len(vector)}, the store has {self._index.dim}"
+            )
+        if not np.isfinite(vector).all():
+            raise MemoryStoreError("query contains NaN or infinite values")
+        if not vector.any():
+            raise MemoryStoreError("query is the zero vector: cosine similarity is undefined")
 
     def _drop_vector(self, key: str) -> None:
         doc_id = self._ids.pop(key)

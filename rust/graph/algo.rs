@@ -74,18 +74,26 @@ pub fn dfs(adj: &Adjacency, n: usize, start: u32, max_depth: Option<usize>) -> V
     order
 }
 
+/// A Dijkstra queue entry: `dist` to `node`, pushed as the queue's `seq`-th entry.
 #[derive(Clone, Copy, PartialEq)]
-struct HeapItem(f64, u32);
+struct HeapItem {
+    dist: f64,
+    seq: u64,
+    node: u32,
+}
 
 impl Eq for HeapItem {}
 
 impl Ord for HeapItem {
     fn cmp(&self, other: &Self) -> Ordering {
-        // Min-heap on distance; weights are finite so `total_cmp` is a plain numeric order.
+        // Min-heap on distance (never NaN: weights are finite and non-negative, so a sum is at
+        // worst +inf), ties to the entry pushed first. networkx's queue holds (distance, push
+        // count, node) the same way, so among equal-cost paths both settle nodes, and so pick
+        // paths, alike.
         other
-            .0
-            .total_cmp(&self.0)
-            .then_with(|| other.1.cmp(&self.1))
+            .dist
+            .total_cmp(&self.dist)
+            .then_with(|| other.seq.cmp(&self.seq))
     }
 }
 
@@ -105,8 +113,14 @@ fn refuse_negative(snapshot: &Snapshot) -> CoreResult<()> {
     }
 }
 
-/// Dijkstra from `source`: distance and predecessor of every node (`f64::INFINITY` and
-/// `u32::MAX` when unreachable). Stops early once `target` is settled.
+/// The predecessor of a node Dijkstra did not reach.
+pub const UNREACHED: u32 = u32::MAX;
+
+/// Dijkstra from `source`: distance and predecessor of every node. An unreached node has the
+/// predecessor [`UNREACHED`] (and distance `f64::INFINITY`); the source is its own
+/// predecessor. A reached node's distance may be infinite too: finite weights can sum past
+/// `f64::MAX` (networkx then reports the path, at cost inf). Stops early once `target` is
+/// settled. Among equal-cost paths, the one networkx's `dijkstra_path` returns.
 pub fn dijkstra(
     snapshot: &Snapshot,
     directed: bool,
@@ -117,12 +131,25 @@ pub fn dijkstra(
     let adj = snapshot.view(directed);
     let n = snapshot.n;
     let mut dist = vec![f64::INFINITY; n];
-    let mut pred = vec![u32::MAX; n];
+    let mut pred = vec![UNREACHED; n];
     let mut done = vec![false; n];
     let mut heap = BinaryHeap::with_capacity(n.min(1 << 16));
+    let mut pushed = 0u64;
+    let mut push = |heap: &mut BinaryHeap<HeapItem>, dist: f64, node: u32| {
+        heap.push(HeapItem {
+            dist,
+            seq: pushed,
+            node,
+        });
+        pushed += 1;
+    };
     dist[source as usize] = 0.0;
-    heap.push(HeapItem(0.0, source));
-    while let Some(HeapItem(d, v)) = heap.pop() {
+    pred[source as usize] = source;
+    push(&mut heap, 0.0, source);
+    while let Some(HeapItem {
+        dist: d, node: v, ..
+    }) = heap.pop()
+    {
         if done[v as usize] {
             continue;
         }
@@ -133,10 +160,12 @@ pub fn dijkstra(
         let (targets, weights) = adj.neighbors(v as usize);
         for (&w, &weight) in targets.iter().zip(weights) {
             let candidate = d + weight;
-            if candidate < dist[w as usize] {
-                dist[w as usize] = candidate;
-                pred[w as usize] = v;
-                heap.push(HeapItem(candidate, w));
+            // The first path found stands until a strictly cheaper one (networkx's rule).
+            let wi = w as usize;
+            if pred[wi] == UNREACHED || candidate < dist[wi] {
+                dist[wi] = candidate;
+                pred[wi] = v;
+                push(&mut heap, candidate, w);
             }
         }
     }
@@ -151,7 +180,7 @@ pub fn shortest_path(
     target: u32,
 ) -> CoreResult<Option<(Vec<u32>, f64)>> {
     let (dist, pred) = dijkstra(snapshot, directed, source, Some(target))?;
-    if dist[target as usize].is_infinite() {
+    if pred[target as usize] == UNREACHED {
         return Ok(None);
     }
     let mut path = vec![target];
@@ -164,9 +193,77 @@ pub fn shortest_path(
     Ok(Some((path, dist[target as usize])))
 }
 
-/// Nodes reachable from `source` (itself included), in BFS order.
+/// Nodes reachable from `source` in one or more hops, sorted: `source` itself only when it
+/// lies on a cycle. Directed, that is a directed cycle (a self-loop counts). Undirected, a
+/// cycle of the multigraph whose edges are the relationships: a self-loop, two relationships
+/// between `source` and one neighbour, or a path between two of its neighbours that avoids
+/// it; one relationship walked there and back is no cycle. One search, O(n + m).
 pub fn reachable(snapshot: &Snapshot, directed: bool, source: u32) -> Vec<u32> {
-    bfs(snapshot.view(directed), snapshot.n, source, None)
+    let n = snapshot.n;
+    let s = source as usize;
+    let mut found = Vec::new();
+    if directed {
+        // One breadth-first search seeded with every out-neighbour: the source is found
+        // exactly when some path leads back to it.
+        let adj = snapshot.out();
+        let mut seen = vec![false; n];
+        for &w in adj.neighbors(s).0 {
+            if !std::mem::replace(&mut seen[w as usize], true) {
+                found.push(w);
+            }
+        }
+        let mut head = 0;
+        while head < found.len() {
+            let v = found[head];
+            head += 1;
+            for &w in adj.neighbors(v as usize).0 {
+                if !std::mem::replace(&mut seen[w as usize], true) {
+                    found.push(w);
+                }
+            }
+        }
+        found.sort_unstable();
+        return found;
+    }
+    let adj = snapshot.undirected();
+    let neighbors = adj.neighbors(s).0;
+    // A self-loop, or more relationships touching the source than distinct neighbours (two
+    // to one neighbour, a 2-cycle).
+    let mut on_cycle =
+        neighbors.contains(&source) || snapshot.relationships_touching(s) > neighbors.len();
+    // One search from all the neighbours at once, never entering the source; `root[v]` is the
+    // neighbour whose part of the search reached `v`. An edge between two parts closes a cycle
+    // through the source (neighbour, ..., other neighbour, source).
+    let mut root = vec![u32::MAX; n];
+    for &w in neighbors {
+        if w != source {
+            root[w as usize] = w;
+            found.push(w);
+        }
+    }
+    let mut head = 0;
+    while head < found.len() {
+        let v = found[head];
+        head += 1;
+        let r = root[v as usize];
+        for &w in adj.neighbors(v as usize).0 {
+            if w == source {
+                continue;
+            }
+            match root[w as usize] {
+                u32::MAX => {
+                    root[w as usize] = r;
+                    found.push(w);
+                }
+                other => on_cycle |= other != r,
+            }
+        }
+    }
+    if on_cycle {
+        found.push(source);
+    }
+    found.sort_unstable();
+    found
 }
 
 /// For every node, the nodes reachable from it in one or more hops (so a node is in its own
@@ -465,6 +562,66 @@ mod tests {
         assert!(shortest_path(&g, true, 3, 0).unwrap().is_none());
         let negative = graph(2, &[(0, 1, -1.0)]);
         assert!(dijkstra(&negative, true, 0, None).is_err());
+    }
+
+    #[test]
+    fn paths_whose_cost_overflows_to_inf_are_still_found() {
+        // Finite weights that sum past f64::MAX: c is reachable, at cost inf (networkx's
+        // answer), not "unreachable".
+        let g = graph(4, &[(0, 1, 1e308), (1, 2, 1e308), (2, 3, 0.0)]);
+        let (path, cost) = shortest_path(&g, true, 0, 3).unwrap().unwrap();
+        assert_eq!((path, cost), (vec![0, 1, 2, 3], f64::INFINITY));
+        let (dist, pred) = dijkstra(&g, true, 0, None).unwrap();
+        assert_eq!(dist, vec![0.0, 1e308, f64::INFINITY, f64::INFINITY]);
+        assert_eq!(pred, vec![0, 0, 1, 2]);
+        let (_, pred) = dijkstra(&g, true, 3, None).unwrap();
+        assert_eq!(pred, vec![UNREACHED, UNREACHED, UNREACHED, 3]);
+        assert!(shortest_path(&g, true, 3, 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn equal_cost_paths_are_the_first_pushed_as_in_networkx() {
+        // s=0, b=1, a=2, t=3: s->a is added before s->b, so networkx pops a first and goes
+        // s->a->t, although b has the smaller index.
+        let g = graph(4, &[(0, 2, 1.0), (0, 1, 1.0), (2, 3, 1.0), (1, 3, 1.0)]);
+        let (path, cost) = shortest_path(&g, true, 0, 3).unwrap().unwrap();
+        assert_eq!((path, cost), (vec![0, 2, 3], 2.0));
+        let g = graph(4, &[(0, 1, 1.0), (0, 2, 1.0), (2, 3, 1.0), (1, 3, 1.0)]);
+        assert_eq!(
+            shortest_path(&g, true, 0, 3).unwrap().unwrap().0,
+            vec![0, 1, 3]
+        );
+    }
+
+    #[test]
+    fn reachable_lists_the_source_only_on_a_cycle() {
+        let one_edge = graph(2, &[(0, 1, 1.0)]);
+        assert_eq!(reachable(&one_edge, true, 0), vec![1]);
+        assert_eq!(reachable(&one_edge, false, 0), vec![1]); // 0-1-0 walks one edge twice
+        assert_eq!(reachable(&one_edge, false, 1), vec![0]);
+        let both_ways = graph(2, &[(0, 1, 1.0), (1, 0, 1.0)]);
+        assert_eq!(reachable(&both_ways, true, 0), vec![0, 1]);
+        assert_eq!(reachable(&both_ways, false, 0), vec![0, 1]); // two relationships: a cycle
+        let parallel = graph(2, &[(0, 1, 1.0), (0, 1, 2.0)]);
+        assert_eq!(reachable(&parallel, true, 0), vec![1]);
+        assert_eq!(reachable(&parallel, false, 1), vec![0, 1]);
+        let self_loop = graph(2, &[(0, 0, 1.0), (0, 1, 1.0)]);
+        assert_eq!(reachable(&self_loop, true, 0), vec![0, 1]);
+        assert_eq!(reachable(&self_loop, false, 0), vec![0, 1]);
+        assert_eq!(reachable(&self_loop, false, 1), vec![0]);
+        // A triangle hanging off a path: 0-1, 1-2, 2-3, 3-1.
+        let g = graph(4, &[(0, 1, 1.0), (1, 2, 1.0), (2, 3, 1.0), (3, 1, 1.0)]);
+        assert_eq!(reachable(&g, false, 0), vec![1, 2, 3]);
+        assert_eq!(reachable(&g, false, 1), vec![0, 1, 2, 3]);
+        assert_eq!(reachable(&g, false, 3), vec![0, 1, 2, 3]);
+        assert_eq!(reachable(&g, true, 0), vec![1, 2, 3]);
+        assert_eq!(reachable(&g, true, 2), vec![1, 2, 3]);
+        // A star: no cycle anywhere.
+        let star = graph(5, &[(0, 1, 1.0), (2, 0, 1.0), (0, 3, 1.0), (4, 0, 1.0)]);
+        assert_eq!(reachable(&star, false, 0), vec![1, 2, 3, 4]);
+        assert_eq!(reachable(&star, false, 1), vec![0, 2, 3, 4]);
+        assert_eq!(reachable(&star, true, 0), vec![1, 3]);
+        assert_eq!(reachable(&graph(1, &[]), false, 0), Vec::<u32>::new());
     }
 
     #[test]

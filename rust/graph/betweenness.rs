@@ -21,8 +21,11 @@ struct NodeState {
     delta: f64,
     /// Weighted distance (weighted runs).
     dist: f64,
-    /// Hop distance (unweighted runs); in weighted runs 0 marks a settled node.
+    /// Hop distance (unweighted runs); in weighted runs [`QUEUED`] or [`SETTLED`] once seen
+    /// (a weighted distance may be infinite: finite weights can sum past `f64::MAX`).
     hops: u32,
+    /// Weighted runs: the node's place in the order nodes are settled in.
+    rank: u32,
 }
 
 const UNSEEN: NodeState = NodeState {
@@ -30,7 +33,13 @@ const UNSEEN: NodeState = NodeState {
     delta: 0.0,
     dist: f64::INFINITY,
     hops: u32::MAX,
+    rank: u32::MAX,
 };
+
+/// `hops` of a node a weighted run has reached but not settled.
+const QUEUED: u32 = 1;
+/// `hops` of a node a weighted run has settled.
+const SETTLED: u32 = 0;
 
 /// Per-thread buffers, reused across sources.
 struct Scratch {
@@ -132,31 +141,41 @@ fn accumulate_unweighted(
 
 /// Adds source `s`'s dependencies to `scores` (weighted: Dijkstra path counting, with
 /// networkx's rule that two paths tie only when their float lengths are exactly equal).
+///
+/// A node's shortest-path predecessors are the nodes settled before it whose distance plus
+/// the weight between them equals its own: exactly the ones whose counts its `sigma` summed
+/// (a distance is compared as a float, so a weight lost to rounding, or two paths that both
+/// overflow to inf, do not make a node its own descendant's predecessor).
 fn accumulate_weighted(g: &Snapshot, directed: bool, s: u32, sc: &mut Scratch, scores: &mut [f64]) {
     let (fwd, back) = (g.view(directed), g.reverse_view(directed));
     sc.reset();
     let nodes = &mut sc.nodes;
     nodes[s as usize].dist = 0.0;
     nodes[s as usize].sigma = 1.0;
+    nodes[s as usize].hops = QUEUED;
     sc.touched.push(s);
     sc.heap.push(Item(0.0, s));
     while let Some(Item(d, v)) = sc.heap.pop() {
         let vi = v as usize;
-        if nodes[vi].hops == 0 {
+        if nodes[vi].hops == SETTLED {
             continue; // settled already (a stale heap entry)
         }
-        nodes[vi].hops = 0;
+        nodes[vi].hops = SETTLED;
+        nodes[vi].rank = sc.order.len() as u32;
         sc.order.push(v);
         let sigma = nodes[vi].sigma;
         let (targets, weights) = fwd.neighbors(vi);
         for (&w, &weight) in targets.iter().zip(weights) {
             let node = &mut nodes[w as usize];
-            if node.hops == 0 {
+            if node.hops == SETTLED {
                 continue;
             }
             let candidate = d + weight;
-            if candidate < node.dist {
-                if node.dist.is_infinite() {
+            // Seen is tracked apart from the distance: a path of cost inf is still a path.
+            let unseen = node.hops == u32::MAX;
+            if unseen || candidate < node.dist {
+                if unseen {
+                    node.hops = QUEUED;
                     sc.touched.push(w);
                 }
                 node.dist = candidate;
@@ -173,13 +192,17 @@ fn accumulate_weighted(g: &Snapshot, directed: bool, s: u32, sc: &mut Scratch, s
             continue;
         }
         let NodeState {
-            sigma, delta, dist, ..
+            sigma,
+            delta,
+            dist,
+            rank,
+            ..
         } = nodes[w];
         let coefficient = (1.0 + delta) / sigma;
         let (sources, weights) = back.neighbors(w);
         for (&v, &weight) in sources.iter().zip(weights) {
             let node = &mut nodes[v as usize];
-            if v as usize != w && node.hops == 0 && node.dist + weight == dist {
+            if node.hops == SETTLED && node.rank < rank && node.dist + weight == dist {
                 node.delta += node.sigma * coefficient;
             }
         }
@@ -351,6 +374,35 @@ mod tests {
         }
         let directed = betweenness(&path_graph(4, 1.0), true, false, false, None).unwrap();
         assert_eq!(directed, vec![0.0, 2.0, 2.0, 0.0]);
+    }
+
+    #[test]
+    fn paths_whose_length_overflows_to_inf_still_count() {
+        // 0 -> 1 -> 2 at 1e308 a step: the 0 -> 2 path passes through 1 (networkx: 1.0).
+        let mut s = Store::default();
+        for i in 0..4 {
+            s.add_entity(i.to_string(), String::new(), Value::Null)
+                .unwrap();
+        }
+        let k = s.intern("k");
+        s.push_relationship(0, 1, k, 1e308);
+        s.push_relationship(1, 2, k, 1e308);
+        let g = Snapshot::build(&s).unwrap();
+        let b = betweenness(&g, true, true, false, None).unwrap();
+        assert_eq!(b, vec![0.0, 1.0, 0.0, 0.0]);
+        // Two such paths to 3, through 1 and through 2: each carries half.
+        let mut s = Store::default();
+        for i in 0..4 {
+            s.add_entity(i.to_string(), String::new(), Value::Null)
+                .unwrap();
+        }
+        let k = s.intern("k");
+        for (a, b) in [(0, 1), (0, 2), (1, 3), (2, 3)] {
+            s.push_relationship(a, b, k, 1e308);
+        }
+        let g = Snapshot::build(&s).unwrap();
+        let b = betweenness(&g, true, true, false, None).unwrap();
+        assert_eq!(b, vec![0.0, 0.5, 0.5, 0.0]);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! first use, in O(n + m) with no hashing and no sort: the degrees give the row offsets, a
 //! placing pass writes every half-edge into its row (a stable counting sort, so insertion
 //! order holds within a row), and a last pass collapses parallel edges in place, writing
-//! nothing while it has found none.
+//! nothing while it has found none. The rows of relationship indices per source (parallel
+//! ones kept, for per-entity queries such as `edges_from`) are built the same way, also on
+//! first use.
 
 use std::sync::{Arc, OnceLock};
 
@@ -92,6 +94,45 @@ impl Adjacency {
     /// Number of stored (collapsed) edges.
     pub fn edge_count(&self) -> usize {
         self.targets.len()
+    }
+}
+
+/// The relationships leaving each node, as indices into the relationship list, in insertion
+/// order and with parallel ones kept (what `edges_from` and relationship counts read).
+#[derive(Debug, Default, Clone)]
+pub struct RelationshipRows {
+    offsets: Vec<u32>,
+    indices: Vec<u32>,
+}
+
+impl RelationshipRows {
+    /// Places every relationship of `edges` in the row of its source (a stable counting
+    /// sort: O(n + m), rows in relationship order); `out_degrees` are the row lengths.
+    fn build(edges: &[(u32, u32, f64)], out_degrees: &[u32]) -> RelationshipRows {
+        let n = out_degrees.len();
+        let mut offsets = vec![0u32; n + 1];
+        let mut sum = 0u32;
+        for (offset, &count) in offsets.iter_mut().zip(out_degrees) {
+            *offset = sum;
+            sum += count;
+        }
+        offsets[n] = sum;
+        let mut indices = vec![0u32; sum as usize];
+        for (i, &(from, _, _)) in edges.iter().enumerate() {
+            let slot = &mut offsets[from as usize];
+            indices[*slot as usize] = i as u32;
+            *slot += 1;
+        }
+        // The row starts served as cursors, which now end where the next row starts.
+        offsets.copy_within(0..n, 1);
+        offsets[0] = 0;
+        RelationshipRows { offsets, indices }
+    }
+
+    /// The indices of the relationships leaving `v`, in insertion order.
+    #[inline]
+    pub fn of(&self, v: usize) -> &[u32] {
+        &self.indices[self.offsets[v] as usize..self.offsets[v + 1] as usize]
     }
 }
 
@@ -257,6 +298,7 @@ impl SnapshotBuilder {
             out: OnceLock::new(),
             incoming: OnceLock::new(),
             undirected: OnceLock::new(),
+            out_relationships: OnceLock::new(),
             has_negative_weight: self.has_negative_weight,
             unit_weights: self.unit_weights,
         }
@@ -276,6 +318,7 @@ pub struct Snapshot {
     out: OnceLock<Adjacency>,
     incoming: OnceLock<Adjacency>,
     undirected: OnceLock<Adjacency>,
+    out_relationships: OnceLock<RelationshipRows>,
     /// Whether any relationship has a negative weight (Dijkstra refuses them).
     pub has_negative_weight: bool,
     /// Whether every weight equals 1 (weighted algorithms may then take the BFS path).
@@ -328,6 +371,24 @@ impl Snapshot {
     /// Neighbours ignoring direction.
     pub fn undirected(&self) -> &Adjacency {
         self.view_of(&self.undirected, Direction::Both)
+    }
+
+    /// The relationships leaving each node, parallel ones kept (built on first use).
+    pub fn out_relationships(&self) -> &RelationshipRows {
+        self.out_relationships
+            .get_or_init(|| RelationshipRows::build(&self.edges, &self.degrees.out))
+    }
+
+    /// Number of relationships touching `v`, a self-loop once: its degree in the undirected
+    /// view before parallel relationships collapse.
+    pub fn relationships_touching(&self, v: usize) -> usize {
+        let loops = self
+            .degrees
+            .loops
+            .iter()
+            .filter(|&&u| u as usize == v)
+            .count();
+        self.degrees.out[v] as usize + self.degrees.incoming[v] as usize - loops
     }
 
     fn view_of<'a>(&'a self, cell: &'a OnceLock<Adjacency>, direction: Direction) -> &'a Adjacency {
@@ -452,6 +513,17 @@ mod tests {
                 rows(g.undirected(), n),
                 reference(n, &edges, Direction::Both)
             );
+            for v in 0..n {
+                let leaving: Vec<u32> = (0..m as u32)
+                    .filter(|&i| edges[i as usize].0 == v as u32)
+                    .collect();
+                assert_eq!(g.out_relationships().of(v), leaving.as_slice());
+                let touching = edges
+                    .iter()
+                    .filter(|e| e.0 == v as u32 || e.1 == v as u32)
+                    .count();
+                assert_eq!(g.relationships_touching(v), touching);
+            }
             assert_eq!(g.has_negative_weight, edges.iter().any(|e| e.2 < 0.0));
             assert_eq!(g.unit_weights, edges.iter().all(|e| e.2 == 1.0));
         }

@@ -22,10 +22,12 @@ use compact_str::CompactString;
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple};
 use serde_json::Value;
 
-use crate::args::{self, extract_unsigned, graph_text, optional_graph_text, OutOfRange};
+use crate::args::{
+    self, extract_unsigned, graph_text, graph_texts, optional_graph_text, OutOfRange,
+};
 use crate::errors::{catch_panics, run_detached, CoreError, CoreResult};
 use crate::sync;
 use algo::DegreeMode;
@@ -94,6 +96,28 @@ impl Frozen {
             py_id(ids, v as usize)?;
         }
         PyList::new(py, nodes.iter().map(|&v| ids[v as usize].bind(py)))
+    }
+
+    /// The ids of `nodes` (distinct) as a Python set.
+    fn py_set<'py>(&self, py: Python<'py>, nodes: &[u32]) -> PyResult<Bound<'py, PySet>> {
+        if self.py_ids.get().is_none()
+            && nodes.len().saturating_mul(FEW_NODES) < self.ids.entity_count()
+        {
+            let strings = nodes
+                .iter()
+                .map(|&v| {
+                    self.ids
+                        .with_id(v, |id| PyString::new(py, id))
+                        .ok_or_else(|| outside_snapshot(v as usize, self.ids.entity_count()))
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            return PySet::new(py, strings);
+        }
+        let ids = self.py_ids(py);
+        if let Some(v) = nodes.iter().copied().max() {
+            py_id(ids, v as usize)?;
+        }
+        PySet::new(py, nodes.iter().map(|&v| ids[v as usize].bind(py)))
     }
 
     /// `{id: value}` for the given `(node, value)` pairs.
@@ -198,7 +222,7 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
         };
         let (from, to) = (index(0)?, index(1)?);
         let weight: f64 = if len == 3 {
-            tuple.get_borrowed_item(2)?.extract()?
+            weight_arg(&*tuple.get_borrowed_item(2)?)?
         } else {
             1.0
         };
@@ -237,10 +261,12 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
 /// A depth, hop count, round count or cycle cap beyond 64 bits means no limit.
 ///
 /// Raises:
-///     GraphError: On unknown entities, duplicate ids, non-finite weights, negative weights
-///         given to Dijkstra, a non-positive cycle cap, a negative depth, hop count, round
-///         count or seed, an empty source list for `betweenness_from`, or a stored text (id,
-///         label, kind) that is not valid Unicode (a lone surrogate).
+///     GraphError: On unknown entities, duplicate ids, non-finite weights (or beyond the
+///         float range), negative weights given to Dijkstra, a non-positive cycle cap, a
+///         negative depth, hop count, round count or seed, a negative or non-finite
+///         resolution, an empty source list for `betweenness_from`, or a text argument (id,
+///         label, kind) that is not valid Unicode (a lone surrogate; `in` and `has_entity`
+///         answer False for such an id).
 #[pyclass(module = "llm_agent_runtime", name = "GraphStore", frozen)]
 pub struct PyGraphStore {
     store: RwLock<Store>,
@@ -383,6 +409,44 @@ fn entity_count_arg(value: &Bound<'_, PyAny>) -> PyResult<u32> {
     })
 }
 
+/// A relationship weight: a real number; one beyond the float range (an int such as
+/// `10**400`) is a `GraphError`, as a non-finite float is, not the built-in `OverflowError`.
+/// (Whether it is finite is checked where it is stored.)
+fn weight_arg(value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    args::real(value, |v| {
+        CoreError::Graph(format!("relationship weight must be finite, got {v}"))
+    })
+}
+
+/// An optional weight (None keeps the current one): see [`weight_arg`].
+fn optional_weight_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+    if value.is_none() {
+        Ok(None)
+    } else {
+        weight_arg(value).map(Some)
+    }
+}
+
+/// A modularity `resolution`: a finite number >= 0 (networkx's `resolution`; NaN, inf or a
+/// negative value would make every modularity meaningless).
+fn resolution_arg(value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let refuse =
+        |v: String| CoreError::Graph(format!("resolution must be a finite number >= 0, got {v}"));
+    let resolution = args::real(value, refuse)?;
+    if resolution.is_finite() && resolution >= 0.0 {
+        Ok(resolution)
+    } else {
+        Err(refuse(resolution.to_string()).into())
+    }
+}
+
+/// The communities of `modularity` (a sequence of sequences of ids), each id read as by
+/// [`graph_text`].
+fn communities_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<PyBackedStr>>> {
+    let communities: Vec<Bound<'_, PyAny>> = value.extract()?;
+    communities.iter().map(graph_texts).collect()
+}
+
 /// One relationship as `relationships()` lists it, copied out of the store so that the
 /// Python dict is built after the lock is released.
 struct RelationshipRow {
@@ -403,6 +467,13 @@ impl RelationshipRow {
             properties: r.properties.value().clone(),
         }
     }
+}
+
+/// A degree `mode` argument: "in", "out" or "total". An unknown name is returned as the
+/// error, which the method raises itself (PyO3 notes the argument on errors raised while
+/// extracting it, and this one had no such note).
+fn degree_mode_arg(value: &Bound<'_, PyAny>) -> PyResult<CoreResult<DegreeMode>> {
+    Ok(degree_mode(&graph_text(value)?))
 }
 
 fn degree_mode(mode: &str) -> CoreResult<DegreeMode> {
@@ -459,7 +530,7 @@ impl PyGraphStore {
     fn update_entity(
         &self,
         py: Python<'_>,
-        id: &str,
+        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
         #[pyo3(from_py_with = optional_graph_text)] label: Option<PyBackedStr>,
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
@@ -468,27 +539,39 @@ impl PyGraphStore {
             some => Some(props::properties(some)?),
         };
         let label = label.as_deref().map(str::to_owned);
-        self.mutate(py, |s| s.update_entity(id, label, properties))
+        self.mutate(py, |s| s.update_entity(&id, label, properties))
     }
 
     /// Removes an entity and every relationship touching it.
-    fn remove_entity(&self, py: Python<'_>, id: &str) -> PyResult<()> {
-        self.mutate(py, |s| s.remove_entity(id).map(|_| ()))
+    fn remove_entity(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
+    ) -> PyResult<()> {
+        self.mutate(py, |s| s.remove_entity(&id).map(|_| ()))
     }
 
-    /// Whether `id` is an entity.
-    fn has_entity(&self, py: Python<'_>, id: &str) -> PyResult<bool> {
-        self.read(py, |s| s.contains(id))
+    /// Whether `id` is an entity (False for a `str` that is not valid Unicode, which no
+    /// entity id is).
+    fn has_entity(&self, py: Python<'_>, id: &Bound<'_, PyString>) -> PyResult<bool> {
+        match id.to_str() {
+            Ok(id) => self.read(py, |s| s.contains(id)),
+            Err(_) => Ok(false), // a lone surrogate: every stored id is valid Unicode
+        }
     }
 
-    fn __contains__(&self, py: Python<'_>, id: &str) -> PyResult<bool> {
+    fn __contains__(&self, py: Python<'_>, id: &Bound<'_, PyString>) -> PyResult<bool> {
         self.has_entity(py, id)
     }
 
     /// The entity as a dict `{"id", "label", "properties"}`.
-    fn entity<'py>(&self, py: Python<'py>, id: &str) -> PyResult<Bound<'py, PyDict>> {
+    fn entity<'py>(
+        &self,
+        py: Python<'py>,
+        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let (id, label, properties) = self.read(py, |s| {
-            let e = s.entity(s.index_of(id)?);
+            let e = s.entity(s.index_of(&id)?);
             Ok::<_, CoreError>((e.id.clone(), e.label.clone(), e.properties.value().clone()))
         })??;
         // Built with the lock released: allocating may run the cycle collector.
@@ -528,9 +611,9 @@ impl PyGraphStore {
     /// Adds a directed relationship between two existing entities (parallel ones allowed).
     ///
     /// Raises:
-    ///     GraphError: On an unknown entity, a non-finite weight, `properties` that are not a
-    ///         dict, a property that is not JSON-compatible, or a `kind` that is not valid
-    ///         Unicode (a lone surrogate).
+    ///     GraphError: On an unknown entity, a weight that is not finite (or beyond the float
+    ///         range), `properties` that are not a dict, a property that is not
+    ///         JSON-compatible, or an id or `kind` that is not valid Unicode (a lone surrogate).
     #[pyo3(
         signature = (from_id, to_id, kind = None, weight = 1.0, properties = None),
         text_signature = "($self, from_id, to_id, kind='related', weight=1.0, properties=None)"
@@ -538,16 +621,16 @@ impl PyGraphStore {
     fn add_relationship(
         &self,
         py: Python<'_>,
-        from_id: &str,
-        to_id: &str,
+        #[pyo3(from_py_with = graph_text)] from_id: PyBackedStr,
+        #[pyo3(from_py_with = graph_text)] to_id: PyBackedStr,
         #[pyo3(from_py_with = optional_graph_text)] kind: Option<PyBackedStr>,
-        weight: f64,
+        #[pyo3(from_py_with = weight_arg)] weight: f64,
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let properties = props::properties(properties)?;
         let kind = kind.as_deref().unwrap_or("related");
         self.mutate(py, |s| {
-            s.add_relationship(from_id, to_id, kind, weight, properties)
+            s.add_relationship(&from_id, &to_id, kind, weight, properties)
         })
     }
 
@@ -595,7 +678,7 @@ impl PyGraphStore {
             };
             let kind = if len >= 3 { Some(text(2)?) } else { None };
             let weight: f64 = if len == 4 {
-                tuple.get_item(3)?.extract()?
+                weight_arg(&tuple.get_item(3)?)?
             } else {
                 1.0
             };
@@ -656,17 +739,23 @@ impl PyGraphStore {
     /// Adds entities by id (empty label, no properties); all or nothing.
     ///
     /// Raises:
-    ///     GraphError: When an id exists already or repeats.
-    fn add_entities(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<()> {
+    ///     GraphError: When an id exists already or repeats, or is not valid Unicode (a lone
+    ///         surrogate).
+    fn add_entities(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = graph_texts)] ids: Vec<PyBackedStr>,
+    ) -> PyResult<()> {
         self.mutate(py, |s| {
             let mut fresh = rustc_hash::FxHashSet::default();
             for id in &ids {
-                if s.contains(id) || !fresh.insert(id.as_str()) {
+                let id: &str = id;
+                if s.contains(id) || !fresh.insert(id) {
                     return Err(CoreError::Graph(format!("entity {id:?} already exists")));
                 }
             }
-            for id in ids {
-                s.add_entity(id, "", serde_json::Value::Null)?;
+            for id in &ids {
+                s.add_entity(&**id, "", serde_json::Value::Null)?;
             }
             Ok(())
         })
@@ -676,16 +765,17 @@ impl PyGraphStore {
     /// returns how many were updated.
     ///
     /// Raises:
-    ///     GraphError: On an unknown entity, a non-finite weight, `properties` that are not a
-    ///         dict, or a property that is not JSON-compatible.
+    ///     GraphError: On an unknown entity, a weight that is not finite (or beyond the float
+    ///         range), `properties` that are not a dict, or a property that is not
+    ///         JSON-compatible.
     #[pyo3(signature = (from_id, to_id, kind, weight = None, properties = None))]
     fn update_relationship(
         &self,
         py: Python<'_>,
-        from_id: &str,
-        to_id: &str,
-        kind: &str,
-        weight: Option<f64>,
+        #[pyo3(from_py_with = graph_text)] from_id: PyBackedStr,
+        #[pyo3(from_py_with = graph_text)] to_id: PyBackedStr,
+        #[pyo3(from_py_with = graph_text)] kind: PyBackedStr,
+        #[pyo3(from_py_with = optional_weight_arg)] weight: Option<f64>,
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
         let properties = match properties {
@@ -693,7 +783,7 @@ impl PyGraphStore {
             some => Some(props::properties(some)?),
         };
         self.mutate(py, |s| {
-            s.update_relationship(from_id, to_id, kind, weight, properties)
+            s.update_relationship(&from_id, &to_id, &kind, weight, properties)
         })
     }
 
@@ -703,11 +793,13 @@ impl PyGraphStore {
     fn remove_relationship(
         &self,
         py: Python<'_>,
-        from_id: &str,
-        to_id: &str,
-        kind: Option<&str>,
+        #[pyo3(from_py_with = graph_text)] from_id: PyBackedStr,
+        #[pyo3(from_py_with = graph_text)] to_id: PyBackedStr,
+        #[pyo3(from_py_with = optional_graph_text)] kind: Option<PyBackedStr>,
     ) -> PyResult<usize> {
-        self.mutate(py, |s| s.remove_relationship(from_id, to_id, kind))
+        self.mutate(py, |s| {
+            s.remove_relationship(&from_id, &to_id, kind.as_deref())
+        })
     }
 
     /// Every relationship as a dict `{"from", "to", "kind", "weight", "properties"}`.
@@ -721,18 +813,33 @@ impl PyGraphStore {
         relationship_dicts(py, rows)
     }
 
-    /// The relationships leaving `id`, as dicts (the seed's `edges_from`).
-    fn edges_from<'py>(&self, py: Python<'py>, id: &str) -> PyResult<Bound<'py, PyList>> {
-        let rows = self.read(py, |s| {
-            let v = s.index_of(id)?;
-            Ok::<_, CoreError>(
-                s.relationships()
-                    .iter()
-                    .filter(|r| r.from == v)
-                    .map(|r| RelationshipRow::of(s, r))
-                    .collect::<Vec<_>>(),
-            )
-        })??;
+    /// The relationships leaving `id`, as dicts in insertion order (the seed's `edges_from`).
+    fn edges_from<'py>(
+        &self,
+        py: Python<'py>,
+        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let rows = run_detached(py, || {
+            // Read from the snapshot's rows of this very generation (held read-locked): the
+            // relationships of one entity, not a scan of every relationship.
+            let store = self.store.read();
+            let frozen = self.frozen_of(&store)?;
+            let v = frozen.node(&id)?;
+            let relationships = store.relationships();
+            frozen
+                .snapshot
+                .out_relationships()
+                .of(v as usize)
+                .iter()
+                .map(|&i| match relationships.get(i as usize) {
+                    Some(r) => Ok(RelationshipRow::of(&store, r)),
+                    None => Err(CoreError::Runtime(format!(
+                        "internal error: relationship {i} is outside the graph ({} relationships)",
+                        relationships.len()
+                    ))),
+                })
+                .collect::<CoreResult<Vec<_>>>()
+        })?;
         relationship_dicts(py, rows)
     }
 
@@ -742,11 +849,11 @@ impl PyGraphStore {
     fn bfs<'py>(
         &self,
         py: Python<'py>,
-        start: &str,
+        #[pyo3(from_py_with = graph_text)] start: PyBackedStr,
         #[pyo3(from_py_with = max_depth_arg)] max_depth: Option<usize>,
         directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
-        self.traverse(py, algo::bfs, start, max_depth, directed)
+        self.traverse(py, algo::bfs, &start, max_depth, directed)
     }
 
     /// Entities in depth-first preorder from `start`, at most `max_depth` hops away.
@@ -754,14 +861,17 @@ impl PyGraphStore {
     fn dfs<'py>(
         &self,
         py: Python<'py>,
-        start: &str,
+        #[pyo3(from_py_with = graph_text)] start: PyBackedStr,
         #[pyo3(from_py_with = max_depth_arg)] max_depth: Option<usize>,
         directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
-        self.traverse(py, algo::dfs, start, max_depth, directed)
+        self.traverse(py, algo::dfs, &start, max_depth, directed)
     }
 
     /// The cheapest path (Dijkstra) and its cost, or None when `target` is unreachable.
+    ///
+    /// Among equal-cost paths, the one networkx's `dijkstra_path` returns. Finite weights
+    /// can sum past the float range: such a path is still found, at cost inf (as networkx).
     ///
     /// Raises:
     ///     GraphError: On an unknown entity or a negative weight.
@@ -769,12 +879,12 @@ impl PyGraphStore {
     fn shortest_path(
         &self,
         py: Python<'_>,
-        source: &str,
-        target: &str,
+        #[pyo3(from_py_with = graph_text)] source: PyBackedStr,
+        #[pyo3(from_py_with = graph_text)] target: PyBackedStr,
         directed: bool,
     ) -> PyResult<Option<(Vec<String>, f64)>> {
         self.run(py, |f| {
-            let (s, t) = (f.node(source)?, f.node(target)?);
+            let (s, t) = (f.node(&source)?, f.node(&target)?);
             match algo::shortest_path(&f.snapshot, directed, s, t)? {
                 Some((path, cost)) => Ok(Some((f.names(&path)?, cost))),
                 None => Ok(None),
@@ -782,45 +892,53 @@ impl PyGraphStore {
         })
     }
 
-    /// Cheapest distance from `source` to every reachable entity (itself at 0.0).
+    /// Cheapest distance from `source` to every reachable entity (itself at 0.0; inf where
+    /// finite weights sum past the float range, as networkx).
     #[pyo3(signature = (source, directed = true))]
     fn distances<'py>(
         &self,
         py: Python<'py>,
-        source: &str,
+        #[pyo3(from_py_with = graph_text)] source: PyBackedStr,
         directed: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
-        let dist = run_detached(py, move || {
+        let source: &str = &source;
+        let (dist, pred) = run_detached(py, move || {
             let s = inner.node(source)?;
-            Ok(algo::dijkstra(&inner.snapshot, directed, s, None)?.0)
+            algo::dijkstra(&inner.snapshot, directed, s, None)
         })?;
-        frozen.py_dict(
-            py,
-            dist.into_iter().enumerate().filter(|(_, d)| d.is_finite()),
-        )
+        let reached = dist
+            .into_iter()
+            .zip(pred)
+            .enumerate()
+            .filter(|&(_, (_, p))| p != algo::UNREACHED);
+        frozen.py_dict(py, reached.map(|(v, (d, _))| (v, d)))
     }
 
-    /// Entities reachable from `source` in one or more hops (itself only on a cycle).
+    /// Entities reachable from `source` in one or more hops: itself only on a cycle.
+    ///
+    /// With `directed`, a directed cycle (a self-loop counts); without, a cycle of the
+    /// relationships taken as undirected edges: a self-loop, two relationships between
+    /// `source` and one neighbour, or a path between two of its neighbours that avoids it
+    /// (a single relationship walked there and back is no cycle). Every other entity is in
+    /// the set exactly when it is in networkx's `descendants` (of the `MultiDiGraph`, or of
+    /// the `MultiGraph` without `directed`).
     #[pyo3(signature = (source, directed = true))]
-    fn reachable(
+    fn reachable<'py>(
         &self,
-        py: Python<'_>,
-        source: &str,
+        py: Python<'py>,
+        #[pyo3(from_py_with = graph_text)] source: PyBackedStr,
         directed: bool,
-    ) -> PyResult<BTreeSet<String>> {
-        self.run(py, |f| {
-            let s = f.node(source)?;
-            let adj = f.snapshot.view(directed);
-            let mut seen = BTreeSet::new();
-            for &w in adj.neighbors(s as usize).0 {
-                for v in algo::bfs(adj, f.snapshot.n, w, None) {
-                    seen.insert(v);
-                }
-            }
-            seen.into_iter().map(|v| f.name(v)).collect()
-        })
+    ) -> PyResult<Bound<'py, PySet>> {
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        let source: &str = &source;
+        let found = run_detached(py, move || {
+            let s = inner.node(source)?;
+            Ok(algo::reachable(&inner.snapshot, directed, s))
+        })?;
+        frozen.py_set(py, &found)
     }
 
     /// For every entity, the sorted ids reachable from it in one or more hops.
@@ -845,7 +963,7 @@ impl PyGraphStore {
     fn neighborhood(
         &self,
         py: Python<'_>,
-        id: &str,
+        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
         #[pyo3(from_py_with = hops_arg)] hops: usize,
         directed: bool,
     ) -> PyResult<PyGraphStore> {
@@ -854,14 +972,18 @@ impl PyGraphStore {
             // uses the snapshot of the generation held read-locked here, and so does the copy.
             let store = self.store.read();
             let frozen = self.frozen_of(&store)?;
-            let s = frozen.node(id)?;
+            let s = frozen.node(&id)?;
             let nodes = algo::neighborhood(&frozen.snapshot, directed, s, hops);
             Ok(PyGraphStore::from_store(store.induced(&nodes)))
         })
     }
 
     /// The entities `ids` and the relationships among them, as a new graph.
-    fn subgraph(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<PyGraphStore> {
+    fn subgraph(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = graph_texts)] ids: Vec<PyBackedStr>,
+    ) -> PyResult<PyGraphStore> {
         let store = self.read(py, |store| {
             let mut seen = rustc_hash::FxHashSet::default();
             let mut nodes = Vec::with_capacity(ids.len());
@@ -879,14 +1001,17 @@ impl PyGraphStore {
     // ------------------------------------------------------------------ centrality
     /// Degree centrality: `mode` "in", "out" or "total" (every relationship counts, a
     /// self-loop twice in total), divided by `n - 1` when `normalized` (networkx's).
-    #[pyo3(signature = (mode = "total", normalized = true))]
+    #[pyo3(
+        signature = (mode = Ok(DegreeMode::Total), normalized = true),
+        text_signature = "($self, mode=\"total\", normalized=True)"
+    )]
     fn degree_centrality<'py>(
         &self,
         py: Python<'py>,
-        mode: &str,
+        #[pyo3(from_py_with = degree_mode_arg)] mode: CoreResult<DegreeMode>,
         normalized: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let mode = degree_mode(mode)?;
+        let mode = mode?;
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
         let scores = run_detached(py, move || {
@@ -965,13 +1090,15 @@ impl PyGraphStore {
     fn betweenness_from<'py>(
         &self,
         py: Python<'py>,
-        sources: Vec<String>,
+        #[pyo3(from_py_with = graph_texts)] sources: Vec<PyBackedStr>,
         normalized: bool,
         weighted: bool,
         directed: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
+        // Borrowed, not moved: the Python strings are released here, with the GIL.
+        let sources = &sources;
         let scores = run_detached(py, move || {
             let nodes: CoreResult<Vec<u32>> = sources.iter().map(|s| inner.node(s)).collect();
             betweenness::betweenness(
@@ -990,16 +1117,18 @@ impl PyGraphStore {
     /// of up to 512 entities keep the best of 8 seeded node orders.
     ///
     /// Returns:
-    ///     (communities, modularity): lists of ids (each sorted by insertion order), and the
-    ///     partition's modularity at `resolution` (networkx's definition).
+    ///     (communities, modularity): lists of ids, each in `entity_ids()` order (insertion
+    ///     order until an entity is removed: a removal moves the last entity into its place),
+    ///     listed in that order of their first ids; and the partition's modularity at
+    ///     `resolution` (networkx's definition).
     ///
     /// Raises:
-    ///     GraphError: When a weight is negative.
+    ///     GraphError: When a weight is negative, or `resolution` is negative, NaN or inf.
     #[pyo3(signature = (resolution = 1.0, seed = 0))]
     fn communities(
         &self,
         py: Python<'_>,
-        resolution: f64,
+        #[pyo3(from_py_with = resolution_arg)] resolution: f64,
         #[pyo3(from_py_with = seed_arg)] seed: u64,
     ) -> PyResult<(Vec<Vec<String>>, f64)> {
         self.run(py, |f| {
@@ -1028,12 +1157,16 @@ impl PyGraphStore {
     }
 
     /// Modularity of a partition (lists of ids) on the undirected view.
+    ///
+    /// Raises:
+    ///     GraphError: When the communities name an unknown entity, overlap or miss one, or
+    ///         `resolution` is negative, NaN or inf.
     #[pyo3(signature = (communities, resolution = 1.0))]
     fn modularity(
         &self,
         py: Python<'_>,
-        communities: Vec<Vec<String>>,
-        resolution: f64,
+        #[pyo3(from_py_with = communities_arg)] communities: Vec<Vec<PyBackedStr>>,
+        #[pyo3(from_py_with = resolution_arg)] resolution: f64,
     ) -> PyResult<f64> {
         self.run(py, |f| {
             let mut parts = Vec::with_capacity(communities.len());
@@ -1071,8 +1204,9 @@ impl PyGraphStore {
         self.run(py, |f| Ok(algo::has_cycle(&f.snapshot)))
     }
 
-    /// Elementary directed cycles, at most `cap` of them, each starting at its earliest
-    /// inserted entity.
+    /// Elementary directed cycles, at most `cap` of them, each starting at its entity that
+    /// comes first in `entity_ids()` order (insertion order until an entity is removed: a
+    /// removal moves the last entity into its place).
     ///
     /// Raises:
     ///     GraphError: When `cap` is not positive.
@@ -1107,35 +1241,33 @@ impl PyGraphStore {
     fn relationship_count_between(
         &self,
         py: Python<'_>,
-        from_id: &str,
-        to_id: &str,
+        #[pyo3(from_py_with = graph_text)] from_id: PyBackedStr,
+        #[pyo3(from_py_with = graph_text)] to_id: PyBackedStr,
     ) -> PyResult<usize> {
-        let count = self.read(py, |store| {
-            let (a, b) = (store.index_of(from_id)?, store.index_of(to_id)?);
-            Ok::<_, CoreError>(
-                store
-                    .relationships()
-                    .iter()
-                    .filter(|r| r.from == a && r.to == b)
-                    .count(),
-            )
-        })??;
-        Ok(count)
+        self.run(py, |f| {
+            let (a, b) = (f.node(&from_id)?, f.node(&to_id)?);
+            let edges = f.snapshot.edges();
+            let leaving = f.snapshot.out_relationships().of(a as usize);
+            Ok(leaving
+                .iter()
+                .filter(|&&i| edges.get(i as usize).is_some_and(|e| e.1 == b))
+                .count())
+        })
     }
 
     /// Ids one hop away along outgoing relationships, sorted, without duplicates.
-    fn neighbors_of(&self, py: Python<'_>, id: &str) -> PyResult<Vec<String>> {
-        let names = self.read(py, |store| {
-            let v = store.index_of(id)?;
-            let names: BTreeSet<Cow<'_, str>> = store
-                .relationships()
-                .iter()
-                .filter(|r| r.from == v)
-                .map(|r| store.id_at(r.to))
-                .collect();
-            Ok::<_, CoreError>(names.into_iter().map(Cow::into_owned).collect())
-        })??;
-        Ok(names)
+    fn neighbors_of(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
+    ) -> PyResult<Vec<String>> {
+        self.run(py, |f| {
+            let v = f.node(&id)?;
+            // The out-view row: each neighbour once, whatever the parallel relationships.
+            let mut names = f.names(f.snapshot.out().neighbors(v as usize).0)?;
+            names.sort_unstable();
+            Ok(names)
+        })
     }
 
     /// Ids of entities with a relationship to themselves, sorted.
@@ -1220,8 +1352,11 @@ impl PyGraphStore {
     /// Raises:
     ///     GraphError: On a malformed, foreign or newer-version document.
     #[staticmethod]
-    fn from_json(py: Python<'_>, text: &str) -> PyResult<PyGraphStore> {
-        run_detached(py, || Store::from_json(text).map(PyGraphStore::from_store))
+    fn from_json(
+        py: Python<'_>,
+        #[pyo3(from_py_with = graph_text)] text: PyBackedStr,
+    ) -> PyResult<PyGraphStore> {
+        run_detached(py, || Store::from_json(&text).map(PyGraphStore::from_store))
     }
 
     /// An independent copy.
