@@ -39,23 +39,33 @@ impl PyEventFanout {
     ///
     /// Each list is read once, before its deliveries: a callback removed (or added) while the
     /// event is delivered still gets (or does not get) this event, and no other callback is
-    /// skipped. An exception from a callback or a queue propagates, as a Python loop's would.
+    /// skipped. A callback or queue that raises does not keep the event from the others:
+    /// every one gets it, then the first exception propagates.
     fn emit(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<()> {
         let schedule = self.schedule.bind(py);
+        let mut first_error: Option<PyErr> = None;
         for callback in snapshot(self.callbacks.bind(py)) {
-            let result = callback.call1((event,))?;
-            if !result.is_none() {
-                schedule.call1((result,))?;
+            let delivered = callback.call1((event,)).and_then(|result| {
+                if result.is_none() {
+                    Ok(())
+                } else {
+                    schedule.call1((result,)).map(drop)
+                }
+            });
+            if let Err(error) = delivered {
+                first_error.get_or_insert(error);
             }
         }
         let queues = self.queues.bind(py);
         if !queues.is_empty() {
             let put = pyo3::intern!(py, "put_nowait");
             for queue in snapshot(queues) {
-                queue.call_method1(put, (event,))?;
+                if let Err(error) = queue.call_method1(put, (event,)) {
+                    first_error.get_or_insert(error);
+                }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Lets the garbage collector see the lists: a callback that refers back to the bus

@@ -134,6 +134,48 @@ def test_bus_callback_errors_propagate_and_removal_mid_emit_is_safe() -> None:
         bus.emit("e")  # type: ignore[arg-type]
 
 
+async def test_a_raising_callback_keeps_the_event_from_no_one() -> None:
+    bus = ar.EventBus()
+    seen: list[str] = []
+
+    def broken(event: object) -> None:
+        raise RuntimeError(f"first failed on {event}")
+
+    def also_broken(event: object) -> None:
+        raise ValueError("second failed")
+
+    bus.on(broken)
+    bus.on(also_broken)
+    bus.on(lambda event: seen.append(f"callback {event}"))
+    stream = bus.subscribe()
+    with pytest.raises(RuntimeError, match="first failed on e"):  # the first error wins
+        bus.emit("e")  # type: ignore[arg-type]
+    assert seen == ["callback e"]
+    assert await anext(stream) == "e"
+
+
+async def test_a_callback_raising_on_every_event_hides_no_run_end_from_subscribers() -> None:
+    rt = ar.AgentRuntime()
+
+    def broken(event: object) -> None:
+        raise RuntimeError("listener failed")
+
+    rt.events.on(broken)
+    stream = rt.events.subscribe()
+
+    async def final(prompt: str) -> str:
+        return "Thought: t\nAction: FINAL_ANSWER ok"
+
+    with pytest.raises(RuntimeError, match="listener failed"):
+        await rt.run_agent("a", "q", final)
+    kinds = []
+    async for event in stream:
+        kinds.append(type(event).__name__)
+        if isinstance(event, ar.ErrorEvent):
+            break
+    assert kinds == ["RunStarted", "ErrorEvent"]
+
+
 def test_runtime_listening_to_itself_is_garbage_collected() -> None:
     class Listener:
         def __init__(self) -> None:

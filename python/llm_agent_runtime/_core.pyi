@@ -146,7 +146,8 @@ class EventFanout:
         schedule: Callable[[Any], Any],
     ) -> EventFanout: ...
     def emit(self, event: Any) -> None:
-        """Calls every callback with `event`, then puts it on every queue, in list order."""
+        """Calls every callback with `event`, then puts it on every queue, in list order; one
+        that raises keeps the event from no other (then the first exception propagates)."""
 
 @final
 class RuntimeMetrics:
