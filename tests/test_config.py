@@ -8,7 +8,7 @@ import pydantic
 import pytest
 
 import llm_agent_runtime as ar
-from llm_agent_runtime.config import MAX_COUNT
+from llm_agent_runtime.config import MAX_COUNT, RUNTIME_PARAMS
 
 INT_FIELDS = [
     "max_iterations",
@@ -75,6 +75,27 @@ def test_a_blank_model_is_refused(model: str) -> None:
 
 def test_the_model_name_is_stripped() -> None:
     assert ar.AgentConfig(model="  gpt-4o \n").model == "gpt-4o"
+
+
+def test_model_params_are_kept_and_round_trip() -> None:
+    assert ar.AgentConfig().model_params == {}
+    params = {"temperature": 0, "max_completion_tokens": 2048, "reasoning_effort": "low"}
+    config = ar.AgentConfig(model_params=params)
+    assert config.model_params == params
+    assert ar.AgentConfig.model_validate_json(config.model_dump_json()) == config
+
+
+@pytest.mark.parametrize("key", sorted(RUNTIME_PARAMS))
+def test_model_params_cannot_set_what_the_runtime_sets(key: str) -> None:
+    assert {"messages", "tools", "model", "stop", "stream"} <= RUNTIME_PARAMS
+    with pytest.raises(pydantic.ValidationError, match=f"model_params cannot set.*'{key}'"):
+        ar.AgentConfig(model_params={"temperature": 0, key: "x"})
+
+
+@pytest.mark.parametrize("value", [None, ["temperature"], "temperature=0", {1: 0}])
+def test_model_params_must_be_a_dict_of_names(value: Any) -> None:
+    with pytest.raises(pydantic.ValidationError, match="model_params"):
+        ar.AgentConfig(model_params=value)
 
 
 def _react_final(prompts: list[str]) -> Any:

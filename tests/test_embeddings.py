@@ -172,6 +172,10 @@ def server() -> Iterator[tuple[_Server, str]]:
             state.requests.append((dict(self.headers), body))
             if state.replies:
                 status, headers, payload = state.replies.pop(0)
+            elif "" in body["input"]:  # as OpenAI's API: the whole request fails
+                status, headers = 400, {}
+                message = "'$.input' is invalid: an input cannot be an empty string"
+                payload = json.dumps({"error": {"message": message}}).encode()
             else:
                 status, headers = 200, {}
                 dims = body.get("dimensions", 3)
@@ -249,6 +253,88 @@ def test_openai_embedder_errors(server: tuple[_Server, str], monkeypatch: Any) -
     with pytest.raises(ar.ProviderError) as transport:
         dead.embed(["x"])
     assert transport.value.retryable is True
+
+
+def test_openai_embedder_goes_where_openai_base_url_says(
+    server: tuple[_Server, str], monkeypatch: Any
+) -> None:
+    """It used to ignore OPENAI_BASE_URL and send that server's key to api.openai.com."""
+    state, url = server
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-or-v1-THIRD-PARTY-KEY")
+    embedder = ar.OpenAIEmbedder()
+    assert embedder.embed(["ab"]).shape == (1, 3)
+    assert state.requests[-1][0]["Authorization"] == "Bearer sk-or-v1-THIRD-PARTY-KEY"
+    assert f"{url}/embeddings" in repr(embedder)
+    # A keyless local server: no key needed, none sent.
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert ar.OpenAIEmbedder().embed(["ab"]).shape == (1, 3)
+    assert "Authorization" not in state.requests[-1][0]
+    # An explicit base URL wins over the variable, a blank one does not.
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    assert ar.OpenAIEmbedder(base_url=url).embed(["ab"]).shape == (1, 3)
+    assert ar.OpenAIEmbedder(base_url=" ")._url == "http://127.0.0.1:9/v1/embeddings"
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        None,
+        "https://api.openai.com/v1",
+        "https://API.OPENAI.COM/v1/",
+        "https://api.openai.com:443/v1",
+    ],
+)
+def test_openai_embedder_needs_a_key_for_openai_api(base_url: str | None, monkeypatch: Any) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ar.ProviderError, match="no OpenAI embeddings API key"):
+        ar.OpenAIEmbedder(base_url=base_url)
+    if base_url is not None:  # from the variable too, as OpenAIProvider reads it
+        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+        with pytest.raises(ar.ProviderError, match="no OpenAI embeddings API key"):
+            ar.OpenAIEmbedder()
+        with pytest.raises(ar.ProviderError, match="no OpenAI API key"):
+            ar.OpenAIProvider()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    assert "api.openai.com" in repr(ar.OpenAIEmbedder(base_url=base_url)).lower()
+
+
+def test_openai_embedder_sends_no_empty_text(server: tuple[_Server, str]) -> None:
+    """An empty input fails the API's whole request: it gets a zero row, made here."""
+    state, url = server
+    embedder = ar.OpenAIEmbedder(base_url=url, batch_size=2)
+    rows = embedder.embed(["a", "", "bbb", "", " ", "cc"])
+    assert rows.shape == (6, 3)
+    np.testing.assert_array_equal(rows[:, 0], [1, 0, 3, 0, 1, 2])
+    assert not rows[1].any() and not rows[3].any()
+    assert [body["input"] for _, body in state.requests] == [["a", "bbb"], [" ", "cc"]]
+    # Nothing to send, and the width known from the last reply: no request at all.
+    assert embedder.embed(["", ""]).shape == (2, 3) and not embedder.embed([""]).any()
+    assert len(state.requests) == 2
+    # ... or from `dimensions`.
+    assert ar.OpenAIEmbedder(base_url=url, dimensions=5).embed([""]).shape == (1, 5)
+    assert len(state.requests) == 2
+    # A first call with only empty texts learns the width from one space, then knows it.
+    fresh = ar.OpenAIEmbedder(base_url=url)
+    assert fresh.embed(["", ""]).shape == (2, 3) and not fresh.embed([""]).any()
+    assert [body["input"] for _, body in state.requests[2:]] == [[" "]]
+
+
+def test_stores_keep_an_empty_text_without_embedding(server: tuple[_Server, str]) -> None:
+    """SemanticStore.store's contract: a value with nothing to embed gets no embedding."""
+    state, url = server
+    embedder = ar.OpenAIEmbedder(base_url=url)
+    store = ar.SemanticStore(embedder=embedder)
+    store.store("empty", "")
+    store.store("full", "abc")
+    assert store.get("empty") is not None and store.entry_count_with_embedding() == 1
+    episodes = ar.EpisodicStore(embedder=embedder)
+    episodes.add_episode("agent", "", 0.5)
+    sent = len(state.requests)
+    assert [e.content for e in episodes.recall("agent", 3, "")] == [""]
+    assert len(state.requests) == sent  # the empty query was not sent either
+    assert all("" not in body["input"] for _, body in state.requests)
 
 
 def _reply(*items: object) -> tuple[int, dict[str, str], bytes]:

@@ -640,3 +640,183 @@ async def test_a_text_provider_with_complete_alone_still_runs_react() -> None:
 
     session = await ar.AgentRuntime().run_agent_with_provider("a", "q", CompleteOnly())  # type: ignore[arg-type]
     assert session.final_answer == "ok"
+
+
+# ------------------------------------------------------------------ what a provider is sent
+class Recording:
+    """A provider that answers from a script and keeps what each call was sent."""
+
+    def __init__(
+        self, *replies: ar.providers.base.ChatResponse | str, fail_at: int | None = None
+    ) -> None:
+        self.replies = list(replies)
+        self.fail_at = fail_at
+        """The call (0, 1, ...) that fails (once)."""
+        self.calls: list[tuple[str, list[ar.providers.base.Message], dict[str, Any]]] = []
+
+    def _next(self, how: str, messages: Any, params: dict[str, Any]) -> Any:
+        self.calls.append((how, list(messages), params))
+        if len(self.calls) - 1 == self.fail_at:
+            raise ar.ProviderError("down", status=500)
+        reply = self.replies.pop(0)
+        return ar.providers.base.ChatResponse(text=reply) if isinstance(reply, str) else reply
+
+    async def complete(self, prompt: str, model: str | None = None) -> str:
+        raise AssertionError("chat is used")
+
+    async def stream(self, prompt: str, model: str | None = None) -> Any:
+        raise AssertionError("chat_stream is used")
+        yield ""
+
+    async def chat(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+        return self._next("chat", messages, params)
+
+    async def chat_stream(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+        response = self._next("chat_stream", messages, params)
+        if response.text:
+            yield ar.providers.base.TextDelta(response.text)
+        yield ar.providers.base.StreamEnd(response)
+
+
+PARAMS = {"temperature": 0, "max_completion_tokens": 2048}
+
+
+@pytest.mark.parametrize(
+    ("mode", "streaming"), [("react", False), ("tools", False), ("tools", True)]
+)
+async def test_model_params_reach_every_provider_call(mode: str, streaming: bool) -> None:
+    config = ar.AgentConfig(
+        mode=mode,  # type: ignore[arg-type]
+        model="m",
+        stop_sequences=["END"],
+        model_params=PARAMS,
+    )
+    provider = Recording(
+        ADD if mode == "react" else tool_reply(("c1", "add", {"a": 2, "b": 3})), FINAL
+    )
+    runtime = ar.AgentRuntime(config, tools=[add])
+    if streaming:
+        runtime.events.on(lambda event: None)
+    session = await runtime.run_agent_with_provider("a", "q", provider)  # type: ignore[arg-type]
+    assert session.step_count == 2
+    expected = {"model": "m", "stop": ["END"], **PARAMS}
+    how = "chat_stream" if streaming else "chat"
+    assert [(c[0], c[2]) for c in provider.calls] == [(how, expected)] * 2
+    # The same in a multi-turn session's turn.
+    provider = Recording(FINAL)
+    await runtime.run_turn(runtime.create_session("a"), "again", provider)  # type: ignore[arg-type]
+    assert provider.calls[0][2] == expected
+
+
+async def test_model_params_without_them_the_call_is_as_before() -> None:
+    provider = Recording(FINAL)
+    await ar.AgentRuntime(ar.AgentConfig(mode="tools")).run_agent_with_provider("a", "q", provider)  # type: ignore[arg-type]
+    assert provider.calls[0][2] == {"model": None}
+
+
+async def test_model_params_need_a_provider_with_chat() -> None:
+    class CompleteOnly:
+        async def complete(self, prompt: str, model: str | None = None) -> str:
+            return FINAL
+
+    runtime = ar.AgentRuntime(ar.AgentConfig(model_params={"temperature": 0}))
+    with pytest.raises(ar.AgentRuntimeError, match="model_params need a provider with a chat"):
+        await runtime.run_agent_with_provider("a", "q", CompleteOnly())  # type: ignore[arg-type]
+
+
+def tool_reply(*calls: tuple[str, str, dict[str, Any]], **fields: Any) -> Any:
+    tool_calls = [ar.providers.base.ToolCall(id=i, name=n, arguments=a) for i, n, a in calls]
+    return ar.providers.base.ChatResponse(tool_calls=tool_calls, stop_reason="tool_calls", **fields)
+
+
+@ar.tool
+def fails(x: str) -> str:
+    """Fails."""
+    raise RuntimeError("kaput")
+
+
+THINKING = {"type": "thinking", "thinking": "add them", "signature": "sig"}
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_the_tool_loop_sends_reasoning_and_failures_back(streaming: bool) -> None:
+    provider = Recording(
+        tool_reply(
+            ("c1", "add", {"a": 2, "b": 3}), ("c2", "fails", {"x": "y"}), reasoning=[THINKING]
+        ),
+        tool_reply(("c3", "add", {"a": 1, "b": 1})),
+        "done",
+    )
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add, fails])
+    if streaming:
+        runtime.events.on(lambda event: None)
+    session = await runtime.run_agent_with_provider("a", "q", provider)  # type: ignore[arg-type]
+    assert session.final_answer == "done"
+    sent = provider.calls[-1][1]
+    assistants = [m for m in sent if m.role == "assistant"]
+    assert [list(m.reasoning) for m in assistants] == [[THINKING], []]
+    results = [(m.tool_call_id, m.is_error) for m in sent if m.role == "tool"]
+    assert results == [("c1", False), ("c2", True), ("c3", False)]
+
+
+def conversation(messages: list[ar.providers.base.Message]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            m.role,
+            m.content,
+            [(c.id, c.name, c.arguments) for c in m.tool_calls],
+            m.tool_call_id,
+            list(m.reasoning),
+            m.is_error,
+        )
+        for m in messages
+    ]
+
+
+hung: list[int] = []
+
+
+@ar.tool(idempotent=True)
+async def hangs_once(a: int, b: int) -> int:
+    """Adds, the first time only after a long while."""
+    if not hung:
+        hung.append(1)
+        await asyncio.sleep(30)
+    return a + b
+
+
+@pytest.mark.parametrize("where", ["after the round", "during the round"])
+async def test_a_resumed_tool_loop_sends_what_the_run_would_have(where: str) -> None:
+    hung.clear()
+    first_tool = "hangs_once" if where == "during the round" else "add"
+    first = tool_reply(
+        ("c1", first_tool, {"a": 2, "b": 3}), ("c2", "fails", {"x": "y"}), reasoning=[THINKING]
+    )
+    config = ar.AgentConfig(
+        mode="tools",
+        loop_timeout_ms=300 if where == "during the round" else None,
+        model_params=PARAMS,
+    )
+    backend = ar.InMemoryBackend()
+    tools = [add, fails, hangs_once]
+    provider = Recording(first, "done", fail_at=1 if where == "after the round" else None)
+    runtime = ar.AgentRuntime(config, tools=tools, checkpoint_backend=backend)
+    session = runtime.create_session("a")
+    with pytest.raises((ar.ProviderError, ar.AgentLoopError)):
+        await runtime.run_agent_with_provider("a", "q", provider, session=session)  # type: ignore[arg-type]
+    resumed = ar.AgentRuntime(config, tools=tools, checkpoint_backend=backend)
+    done = await resumed.resume(session.session_id, provider)  # type: ignore[arg-type]
+    assert done.final_answer == "done"
+    assert provider.calls[-1][2] == {"model": None, **PARAMS}
+    sent = conversation(provider.calls[-1][1])
+    assert sent[2] == (
+        "assistant",
+        "",
+        [("c1", first_tool, {"a": 2, "b": 3}), ("c2", "fails", {"x": "y"})],
+        None,
+        [THINKING],
+        False,
+    )
+    assert [(s[3], s[5]) for s in sent[3:]] == [("c1", False), ("c2", True)]
+    if where == "after the round":  # the failed call's request, sent again as it was
+        assert sent == conversation(provider.calls[1][1])

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["MAX_COUNT", "AgentConfig"]
+__all__ = ["MAX_COUNT", "RUNTIME_PARAMS", "AgentConfig"]
 
 MAX_COUNT = 2**63 - 1
 """Largest value of every integer setting (the largest signed 64-bit int the Rust core takes)."""
+RUNTIME_PARAMS = frozenset(
+    ("messages", "tools", "model", "stop", "stop_sequences", "stream", "stream_options", "system")
+)
+"""Model call parameters the runtime sets itself, which `AgentConfig.model_params` refuses
+(`model`, `stop_sequences`, `system_prompt` and `mode` set them)."""
 
 
 class AgentConfig(BaseModel):
@@ -42,9 +47,19 @@ class AgentConfig(BaseModel):
         corrective_reprompt: On unparseable output, re-prompt once before failing.
         error_recovery: `stop` ends the run on a failed tool round; `retry` goes on.
         context_window_tokens: Token budget of a multi-turn session's chat history.
+        model_params: Other parameters of every model call the runtime makes through a
+            provider (`chat` and `chat_stream`, in both modes; not an `infer` function),
+            passed to it as keyword arguments: e.g. `{"temperature": 0}`, or
+            `{"max_completion_tokens": 2048}` for OpenAI's reasoning models, `{"thinking":
+            {"type": "enabled", "budget_tokens": 2048}}` for Anthropic's. Read when a run
+            starts. Keys the runtime sets itself (`RUNTIME_PARAMS`: messages, tools, model,
+            stop, stop_sequences, stream, stream_options, system) are refused: set `model`,
+            `stop_sequences`, `system_prompt` and `mode` instead.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # `protected_namespaces=()`: `model_params` is a setting, not pydantic's (before 2.10,
+    # pydantic warns of any field named `model_...`).
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
     max_iterations: int = Field(default=10, strict=True, ge=1, le=MAX_COUNT)
     model: str | None = None
@@ -59,6 +74,7 @@ class AgentConfig(BaseModel):
     corrective_reprompt: bool = Field(default=False, strict=True)
     error_recovery: Literal["stop", "retry"] = "retry"
     context_window_tokens: int = Field(default=8000, strict=True, ge=16, le=MAX_COUNT)
+    model_params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("model")
     @classmethod
@@ -69,3 +85,14 @@ class AgentConfig(BaseModel):
         if not model:
             raise ValueError("model must not be blank (None lets the provider choose)")
         return model
+
+    @field_validator("model_params")
+    @classmethod
+    def _no_runtime_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(RUNTIME_PARAMS.intersection(params))
+        if taken:
+            raise ValueError(
+                f"model_params cannot set {taken}: the runtime sets them itself (use the "
+                "AgentConfig settings model, stop_sequences, system_prompt and mode)"
+            )
+        return params

@@ -126,15 +126,23 @@ class SentenceTransformerEmbedder:
 class OpenAIEmbedder:
     """Embeds through an OpenAI-compatible ``POST {base_url}/embeddings`` endpoint.
 
-    Transport failures are reported as the chat providers report them (they share the code):
+    The key and the base URL are found as `OpenAIProvider` finds them (the same code), so a
+    key meant for the server ``OPENAI_BASE_URL`` names goes to that server only. Transport
+    failures are reported as the chat providers report them (they share the code too):
     timeouts and dropped connections are retryable, other failures are not, and the API key
     appears in no message and no chained exception.
 
+    An empty text is never sent (the API refuses one, failing its whole request): its row
+    is all zeros, which the stores read as no embedding. When every text of a call is empty
+    and the vector length is not known yet (no `dimensions`, no earlier reply for this
+    model), one text, a single space, is embedded to learn it.
+
     Args:
-        api_key: bearer token; None reads ``OPENAI_API_KEY`` (a local server may need none; a
-            blank variable counts as unset).
+        api_key: bearer token; None (or blank) reads ``OPENAI_API_KEY`` (a local server may
+            need none; a blank variable counts as unset).
         base_url: API root with its http:// or https:// scheme, e.g.
-            "http://localhost:8000/v1" for vLLM.
+            "http://localhost:8000/v1" for vLLM; None (or blank) reads ``OPENAI_BASE_URL``,
+            else OpenAI's API.
         model: embedding model name.
         dimensions: ask the server for shorter vectors (models that support it).
         batch_size: texts per request.
@@ -146,13 +154,14 @@ class OpenAIEmbedder:
         MemoryStoreError: batch_size or dimensions is below 1.
         ProviderError: the API key is one no HTTP header can carry (whitespace such as a
             trailing newline, control or non-ASCII characters; the message never quotes it),
-            or the base URL is not an http(s) URL.
+            the base URL is not an http(s) URL, or it is OpenAI's own API and there is no
+            key.
     """
 
     def __init__(
         self,
         api_key: str | None = None,
-        base_url: str = "https://api.openai.com/v1",
+        base_url: str | None = None,
         model: str = "text-embedding-3-small",
         *,
         dimensions: int | None = None,
@@ -161,13 +170,14 @@ class OpenAIEmbedder:
         client: httpx.Client | None = None,
     ) -> None:
         # The providers' checks (importing them loads httpx, which a request needs anyway).
-        from llm_agent_runtime.providers._http import check_api_key, check_base_url, env_setting
+        from llm_agent_runtime.providers._http import check_api_key
+        from llm_agent_runtime.providers.openai import openai_endpoint
 
         if batch_size < 1 or (dimensions is not None and dimensions < 1):
             raise MemoryStoreError("batch_size and dimensions must be at least 1")
-        self._api_key = api_key if api_key is not None else env_setting("OPENAI_API_KEY")
+        self._api_key, url = openai_endpoint("OpenAI embeddings", api_key, base_url)
         check_api_key("OpenAI", self._api_key)
-        self._url = check_base_url("OpenAI embeddings", base_url) + "/embeddings"
+        self._url = url + "/embeddings"
         self.model = model
         """Embedding model name sent with each request."""
         self.dimensions = dimensions
@@ -175,6 +185,8 @@ class OpenAIEmbedder:
         self._batch_size = batch_size
         self._timeout = timeout
         self._client = client
+        self._width: tuple[str, int] | None = None
+        """The model and the length of its rows, from the last reply (for empty texts)."""
 
     def __repr__(self) -> str:
         # Never show the key.
@@ -182,6 +194,8 @@ class OpenAIEmbedder:
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Embeds `texts` (see `Embedder.embed`), `batch_size` texts a request.
+
+        An empty text is not sent: its row is zeros (see the class).
 
         Raises:
             MemoryStoreError: `texts` is not a sequence of strings.
@@ -200,13 +214,23 @@ class OpenAIEmbedder:
         batch = _texts(texts)
         if not batch:
             return np.zeros((0, self.dimensions or 0), dtype=np.float32)
+        # The API refuses an empty input (and fails the whole request): such a text is not
+        # sent, and its row stays zero, which the stores read as "no embedding".
+        sent = [i for i, text in enumerate(batch) if text]
+        width = self.dimensions
+        if width is None and self._width is not None and self._width[0] == self.model:
+            width = self._width[1]
+        if not sent and width is not None:
+            return np.zeros((len(batch), width), dtype=np.float32)
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         redactor = Redactor(self._api_key)  # made per call: the embedder stays picklable
         client = self._client or httpx.Client(timeout=self._timeout)
+        # Nothing to send and no known width: one space is embedded to learn it.
+        inputs = [batch[i] for i in sent] if sent else [" "]
         try:
             rows: list[list[float]] = []
-            for start in range(0, len(batch), self._batch_size):
-                texts_of_request = batch[start : start + self._batch_size]
+            for start in range(0, len(inputs), self._batch_size):
+                texts_of_request = inputs[start : start + self._batch_size]
                 chunk = self._request(client, headers, redactor, texts_of_request)
                 if rows and len(chunk[0]) != len(rows[0]):
                     raise ProviderError(
@@ -218,11 +242,17 @@ class OpenAIEmbedder:
             if self._client is None:
                 client.close()
         with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused below
-            out = np.asarray(rows, dtype=np.float32)
-        if not np.isfinite(out).all():
+            found = np.asarray(rows, dtype=np.float32)
+        if not np.isfinite(found).all():
             raise ProviderError(
                 "embeddings response has NaN or infinite (or beyond float32) values"
             )
+        self._width = (self.model, found.shape[1])
+        if len(sent) == len(batch):
+            return found
+        out = np.zeros((len(batch), found.shape[1]), dtype=np.float32)
+        if sent:
+            out[sent] = found
         return out
 
     def _request(

@@ -400,19 +400,40 @@ class AgentRuntime:
         if not callable(getattr(provider, method, None)):
             _required("provider", provider, [method])
 
+    def _call_params(self) -> dict[str, Any]:
+        """The keyword arguments of a run's model calls: model, stop sequences, model_params.
+
+        Built once per run (not per step): a call passes them on as they are.
+        """
+        config = self.config
+        params: dict[str, Any] = {"model": config.model}
+        if self._stops:
+            params["stop"] = self._stops
+        if config.model_params:
+            params.update(config.model_params)
+        return params
+
     def _text_model(self, provider: LlmProvider) -> InferFn:
         """The provider as a ReAct text model: one user prompt in, the reply's text out.
 
         Asked through a one-message `chat` when the provider has one: it carries the stop
-        sequences, and its stop reason tells a reply that was cut off (returned as an
-        `_IncompleteReply`). A provider with `complete` alone is asked through that.
+        sequences and `model_params`, and its stop reason tells a reply that was cut off
+        (returned as an `_IncompleteReply`). A provider with `complete` alone is asked
+        through that.
+
+        Raises:
+            AgentRuntimeError: The provider has no `chat` to take `config.model_params`.
         """
-        model, stops = self.config.model, self._stops
         if not callable(getattr(provider, "chat", None)):
+            if self.config.model_params:
+                raise AgentRuntimeError(
+                    "config.model_params need a provider with a chat method "
+                    f"({type(provider).__name__} has only complete)"
+                )
             # A partial of an async method is seen as async (no adapter frame per step).
-            return functools.partial(provider.complete, model=model)
+            return functools.partial(provider.complete, model=self.config.model)
         chat = provider.chat
-        params: dict[str, Any] = {"model": model, "stop": stops} if stops else {"model": model}
+        params = self._call_params()
 
         async def infer(text: str) -> str:
             response = await chat([Message("user", text)], **params)
@@ -844,6 +865,7 @@ class AgentRuntime:
         streams_text = getattr(provider, "streams_text", True)
         budget = self.budget
         stops = self._stops
+        params = self._call_params()
         perf = time.perf_counter
         for _ in range(config.max_iterations - rounds_done):
             replayed = bool(journal)
@@ -854,13 +876,17 @@ class AgentRuntime:
             if replayed:  # the response of an interrupted round, handled (hooks, charge) then
                 saved = journal[0]["round"]
                 response = ChatResponse(
-                    text=saved["text"], tool_calls=[ToolCall(**c) for c in saved["calls"]]
+                    text=saved["text"],
+                    tool_calls=[ToolCall(**c) for c in saved["calls"]],
+                    reasoning=saved.get("reasoning", ()),
                 )
             elif self._tracer is not None:
                 with self._tracer.start_as_current_span("agent.llm"):
-                    response = await self._chat(session, provider, messages, tool_defs, stream)
+                    response = await self._chat(
+                        session, provider, messages, tool_defs, stream, params
+                    )
             else:
-                response = await self._chat(session, provider, messages, tool_defs, stream)
+                response = await self._chat(session, provider, messages, tool_defs, stream, params)
             model_ms = (perf() - round_start) * 1000.0
             text = response.text
             usage = response.usage
@@ -900,9 +926,11 @@ class AgentRuntime:
                     await self._save_steps(session, [record])
                 return
             calls = response.tool_calls
-            messages.append(Message("assistant", text, calls))
+            # The provider's reasoning goes back with the reply (Anthropic needs its thinking).
+            reasoning = response.reasoning
+            messages.append(Message("assistant", text, calls, None, None, reasoning))
             if self._checkpoints is not None:
-                results = await self._durable_round(session, text, calls, journal)
+                results = await self._durable_round(session, text, calls, journal, reasoning)
                 journal = []
             elif len(calls) == 1:
                 results = [await self._call_tool(session, calls[0].name, calls[0].arguments)]
@@ -927,11 +955,15 @@ class AgentRuntime:
                     share,
                     tool_ms,
                 )
-                messages.append(Message("tool", content, None, call.id, call.name))
+                result = Message("tool", content, None, call.id, call.name)
+                messages.append(result)
                 record = self._commit_step(session, step, text, call.id, call is calls[0])
                 if record is not None:
+                    if reasoning and call is calls[0]:  # saved with the round's first step
+                        record.round_reasoning = list(reasoning)
                     records.append(record)
                 if error_kind is not None:
+                    result.is_error = True  # a failed tool's result says so (Anthropic's)
                     failed = True
                 input_tokens = output_tokens = 0
                 tools_ms += tool_ms
@@ -954,19 +986,17 @@ class AgentRuntime:
         messages: list[Message],
         tool_defs: list[ToolDefinition] | None,
         stream: bool,
+        params: dict[str, Any],
     ) -> Awaitable[ChatResponse]:
         """One model call, streamed (emitting text deltas) when `stream`.
 
-        Not a coroutine itself: an unstreamed call is the provider's own coroutine, so the
-        loop awaits one frame, not two.
+        `params` are the run's call parameters (`_call_params`: model, stop sequences,
+        `model_params`). Not a coroutine itself: an unstreamed call is the provider's own
+        coroutine, so the loop awaits one frame, not two.
         """
         if stream:
-            return self._chat_stream(session, provider, messages, tool_defs)
-        if self._stops:
-            return provider.chat(
-                messages, tools=tool_defs, model=self.config.model, stop=self._stops
-            )
-        return provider.chat(messages, tools=tool_defs, model=self.config.model)
+            return self._chat_stream(session, provider, messages, tool_defs, params)
+        return provider.chat(messages, tools=tool_defs, **params)
 
     async def _chat_stream(
         self,
@@ -974,11 +1004,11 @@ class AgentRuntime:
         provider: LlmProvider,
         messages: list[Message],
         tool_defs: list[ToolDefinition] | None,
+        params: dict[str, Any],
     ) -> ChatResponse:
         response: ChatResponse | None = None
         stops = self._stops
-        params = {"stop": stops} if stops else {}
-        stream = provider.chat_stream(messages, tools=tool_defs, model=self.config.model, **params)
+        stream = provider.chat_stream(messages, tools=tool_defs, **params)
         # With stop sequences, the last (longest stop - 1) characters wait for the next delta,
         # so no delta carries text past a stop sequence split across deltas.
         hold = max(map(len, stops), default=1) - 1
@@ -1348,15 +1378,22 @@ class AgentRuntime:
         text: str,
         calls: list[ToolCall],
         journal: list[dict[str, Any]],
+        reasoning: Sequence[dict[str, Any]] = (),
     ) -> list[ToolRun]:
-        """Runs a round's tool calls (concurrently up to the limit), each journaled alone."""
+        """Runs a round's tool calls (concurrently up to the limit), each journaled alone.
+
+        The round's response (text, calls, the provider's reasoning) is journaled with each
+        call, so that a resumed run sends the model what this one would have.
+        """
         # A parallel round's finished calls are journaled one by one, so an interruption
         # re-runs none of them.
         step = session.step_count + 1
-        saved_round = {
+        saved_round: dict[str, Any] = {
             "text": text,
             "calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls],
         }
+        if reasoning:
+            saved_round["reasoning"] = list(reasoning)
         entries = {e["index"]: e for e in journal}
         for index, call in enumerate(calls):  # before any call runs: none starts in vain
             self._check_repeatable(
@@ -1504,7 +1541,11 @@ class AgentRuntime:
 
 
 def _replay_rounds(records: list[StepRecord], messages: list[Message]) -> int:
-    """Appends the chat messages of saved native rounds; returns how many rounds there were."""
+    """Appends the chat messages of saved native rounds; returns how many rounds there were.
+
+    They are the messages the interrupted run sent: each round's reply with its reasoning
+    blocks, and each tool's result, marked as an error when the tool failed.
+    """
     rounds = 0
     for position, record in enumerate(records):
         step = record.step
@@ -1524,8 +1565,11 @@ def _replay_rounds(records: list[StepRecord], messages: list[Message]) -> int:
                         arguments=later.step.action_input or {},
                     )
                 )
-            messages.append(Message("assistant", record.round_text or "", calls))
-        messages.append(Message("tool", step.observation, [], record.call_id, step.action))
+            text, reasoning = record.round_text or "", record.round_reasoning or ()
+            messages.append(Message("assistant", text, calls, None, None, reasoning))
+        result = Message("tool", step.observation, [], record.call_id, step.action)
+        result.is_error = step.error_kind is not None
+        messages.append(result)
     return rounds
 
 

@@ -81,6 +81,17 @@ class Turn:
     """Cut each call's argument JSON after this many characters, as a reply stopped by the
     token limit leaves it (pair with `stop_reason="length"` / `"max_tokens"`). Not applied to
     Anthropic's non-streamed form, whose `input` is an object."""
+    cache_read_tokens: int = 0
+    """Input tokens read from the prompt cache, on top of `input_tokens`: Anthropic's
+    `cache_read_input_tokens`; OpenAI's `prompt_tokens_details.cached_tokens`, included in
+    its `prompt_tokens`."""
+    cache_write_tokens: int = 0
+    """Anthropic only: input tokens written to the prompt cache, on top of `input_tokens`
+    (`cache_creation_input_tokens`)."""
+    reasoning: list[dict[str, Any]] = field(default_factory=list)
+    """Anthropic only: `thinking` / `redacted_thinking` blocks put before the text, as the
+    API sends them (streamed: a thinking block's text in `thinking_delta` pieces of about 8
+    characters, then its signature in one `signature_delta`)."""
 
 
 @dataclass
@@ -154,11 +165,14 @@ def _arguments(turn: Turn, args: dict[str, Any]) -> str:
 
 def render_openai(turn: Turn, stream: bool) -> Reply:
     finish = turn.stop_reason or ("tool_calls" if turn.tool_calls else "stop")
-    usage = {
-        "prompt_tokens": turn.input_tokens,
+    prompt_tokens = turn.input_tokens + turn.cache_read_tokens
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
         "completion_tokens": turn.output_tokens,
-        "total_tokens": turn.input_tokens + turn.output_tokens,
+        "total_tokens": prompt_tokens + turn.output_tokens,
     }
+    if turn.cache_read_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": turn.cache_read_tokens}
     head = {"id": "chatcmpl-1", "created": 1700000000, "model": turn.model}
     if not stream:
         message: dict[str, Any] = {"role": "assistant", "content": turn.text or None}
@@ -235,7 +249,11 @@ def render_openai(turn: Turn, stream: bool) -> Reply:
 
 def render_anthropic(turn: Turn, stream: bool) -> Reply:
     stop = turn.stop_reason or ("tool_use" if turn.tool_calls else "end_turn")
-    blocks: list[dict[str, Any]] = []
+    usage = {"input_tokens": turn.input_tokens, "output_tokens": turn.output_tokens}
+    if turn.cache_read_tokens or turn.cache_write_tokens:
+        usage["cache_read_input_tokens"] = turn.cache_read_tokens
+        usage["cache_creation_input_tokens"] = turn.cache_write_tokens
+    blocks: list[dict[str, Any]] = list(turn.reasoning)
     if turn.text:
         blocks.append({"type": "text", "text": turn.text})
     blocks += [
@@ -254,7 +272,7 @@ def render_anthropic(turn: Turn, stream: bool) -> Reply:
             **message,
             "content": blocks,
             "stop_reason": stop,
-            "usage": {"input_tokens": turn.input_tokens, "output_tokens": turn.output_tokens},
+            "usage": usage,
         }
         return Reply(body=json.dumps(body).encode(), headers={"content-type": "application/json"})
     frames = [
@@ -265,7 +283,7 @@ def render_anthropic(turn: Turn, stream: bool) -> Reply:
                     **message,
                     "content": [],
                     "stop_reason": None,
-                    "usage": {"input_tokens": turn.input_tokens, "output_tokens": 1},
+                    "usage": {**usage, "output_tokens": 1},
                 },
             },
             "message_start",
@@ -273,12 +291,15 @@ def render_anthropic(turn: Turn, stream: bool) -> Reply:
         sse({"type": "ping"}, "ping"),
     ]
     index = 0
+    for block in turn.reasoning:
+        frames += _streamed_reasoning(block, index)
+        index += 1
     if turn.text:
         frames.append(
             sse(
                 {
                     "type": "content_block_start",
-                    "index": 0,
+                    "index": index,
                     "content_block": {"type": "text", "text": ""},
                 },
                 "content_block_start",
@@ -288,15 +309,15 @@ def render_anthropic(turn: Turn, stream: bool) -> Reply:
             sse(
                 {
                     "type": "content_block_delta",
-                    "index": 0,
+                    "index": index,
                     "delta": {"type": "text_delta", "text": piece},
                 },
                 "content_block_delta",
             )
             for piece in _chunks(turn)
         ]
-        frames.append(sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
-        index = 1
+        frames.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+        index += 1
     for call_id, name, args in turn.tool_calls:
         frames.append(
             sse(
@@ -337,6 +358,27 @@ def render_anthropic(turn: Turn, stream: bool) -> Reply:
     )
     frames.append(sse({"type": "message_stop"}, "message_stop"))
     return Reply(frames=frames, headers={"content-type": "text/event-stream"})
+
+
+def _streamed_reasoning(block: dict[str, Any], index: int) -> list[bytes]:
+    """The stream events of one reasoning block, as the Messages API streams it."""
+
+    def event(name: str, **data: Any) -> bytes:
+        return sse({"type": name, "index": index, **data}, name)
+
+    if block["type"] != "thinking":  # redacted_thinking arrives whole
+        return [event("content_block_start", content_block=block), event("content_block_stop")]
+    thinking = block["thinking"]
+    frames = [
+        event("content_block_start", content_block={"type": "thinking", "thinking": ""}),
+    ]
+    frames += [
+        event("content_block_delta", delta={"type": "thinking_delta", "thinking": piece})
+        for piece in (thinking[i : i + 8] for i in range(0, len(thinking), 8))
+    ]
+    signature = {"type": "signature_delta", "signature": block["signature"]}
+    frames += [event("content_block_delta", delta=signature), event("content_block_stop")]
+    return frames
 
 
 def render(turn: Turn, request: RecordedRequest) -> Reply:

@@ -52,7 +52,9 @@ class StepRecord:
     """One persisted step: the step, and what the loop needs to rebuild its context.
 
     `reply` is the model's raw text (ReAct mode). In native mode a model round that requested
-    several tool calls yields one step per call; `round_text` and `call_id` rebuild the chat.
+    several tool calls yields one step per call; `round_text` and `call_id` rebuild the chat,
+    and the round's first step keeps the provider's reasoning blocks of the round's response
+    (`round_reasoning`, `ChatResponse.reasoning`), which a resumed run sends back with it.
     """
 
     step: Step
@@ -60,16 +62,23 @@ class StepRecord:
     round_text: str | None = None
     call_id: str | None = None
     round_start: bool = False
+    round_reasoning: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as JSON-compatible data (sharing the step's `action_input`: encode it)."""
-        return {
+        """The record as JSON-compatible data (sharing the step's `action_input`: encode it).
+
+        `round_reasoning` is left out when there is none: most records have none.
+        """
+        data: dict[str, Any] = {
             "step": self.step.to_dict(),
             "reply": self.reply,
             "round_text": self.round_text,
             "call_id": self.call_id,
             "round_start": self.round_start,
         }
+        if self.round_reasoning:
+            data["round_reasoning"] = self.round_reasoning
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:
@@ -90,11 +99,20 @@ class StepRecord:
                 raise PersistenceError(f"step record field {name!r} must be a string or null")
         if not isinstance(fields.get("round_start", False), bool):
             raise PersistenceError("step record field 'round_start' must be a bool")
+        reasoning = fields.get("round_reasoning")
+        if reasoning is not None and not (
+            isinstance(reasoning, list) and all(isinstance(block, dict) for block in reasoning)
+        ):
+            raise PersistenceError(
+                "step record field 'round_reasoning' must be a list of objects or null"
+            )
         fields["step"] = Step.from_dict(fields["step"])
         return cls(**fields)
 
 
-_RECORD_FIELDS = frozenset({"step", "reply", "round_text", "call_id", "round_start"})
+_RECORD_FIELDS = frozenset(
+    {"step", "reply", "round_text", "call_id", "round_start", "round_reasoning"}
+)
 
 
 @dataclass(slots=True)

@@ -80,7 +80,10 @@ def _setting(name: str) -> str | None:
 
 
 def _is_openai_api(url: str) -> bool:
-    """Whether a base URL is OpenAI's own API (which needs a key), whatever its path."""
+    """Whether a base URL is OpenAI's own API (which needs a key), whatever its path.
+
+    Also what `openai.openai_endpoint` refuses to call without a key.
+    """
     from urllib.parse import urlsplit
 
     try:

@@ -46,6 +46,7 @@ from llm_agent_runtime.providers.base import (
     TextDelta,
     ToolCall,
     ToolDefinition,
+    Usage,
 )
 
 if TYPE_CHECKING:
@@ -561,6 +562,10 @@ class HttpTransport:
         metrics: Runtime metrics that receive each call's token counts.
         input_cost_per_million: US dollars per million input tokens (charged to `budget`).
         output_cost_per_million: US dollars per million output tokens (charged to `budget`).
+        cached_input_cost_per_million: US dollars per million input tokens read from the
+            prompt cache (`Usage.cached_input_tokens`); None: `input_cost_per_million`.
+        cache_write_cost_per_million: US dollars per million input tokens written to the
+            prompt cache (`Usage.cache_write_tokens`); None: `input_cost_per_million`.
     """
 
     def __init__(
@@ -578,11 +583,23 @@ class HttpTransport:
         metrics: RuntimeMetrics | None,
         input_cost_per_million: float,
         output_cost_per_million: float,
+        cached_input_cost_per_million: float | None = None,
+        cache_write_cost_per_million: float | None = None,
     ) -> None:
         if timeout <= 0 or connect_timeout <= 0:
             raise ValueError("timeouts must be > 0 seconds")
-        if input_cost_per_million < 0 or output_cost_per_million < 0:
-            raise ValueError("token prices must be >= 0")
+        if cached_input_cost_per_million is None:
+            cached_input_cost_per_million = input_cost_per_million
+        if cache_write_cost_per_million is None:
+            cache_write_cost_per_million = input_cost_per_million
+        prices = (
+            input_cost_per_million,
+            output_cost_per_million,
+            cached_input_cost_per_million,
+            cache_write_cost_per_million,
+        )
+        if not all(0 <= price < float("inf") for price in prices):  # NaN fails too
+            raise ValueError("token prices must be finite and >= 0")
         check_api_key(name, secret)
         self.name = name
         self.base_url = check_base_url(name, base_url)
@@ -600,6 +617,8 @@ class HttpTransport:
         self.metrics = metrics
         self.input_cost_per_million = input_cost_per_million
         self.output_cost_per_million = output_cost_per_million
+        self.cached_input_cost_per_million = cached_input_cost_per_million
+        self.cache_write_cost_per_million = cache_write_cost_per_million
 
     def __reduce__(self) -> Any:
         # The headers hold the API key: never let it reach a pickle (or a checkpoint).
@@ -867,13 +886,22 @@ class HttpTransport:
         if self.budget is not None:
             self.budget.check()
 
-    def charge(self, input_tokens: int, output_tokens: int) -> None:
-        """Feeds one call's usage to the metrics and the budget (which may then raise)."""
+    def charge(self, usage: Usage) -> None:
+        """Feeds one call's usage to the metrics and the budget (which may then raise).
+
+        The metrics and the budget count every input token (`usage.input_tokens`); the cost
+        prices the input read from the prompt cache and the input written to it at their
+        own prices, and the rest at the input price.
+        """
+        input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
         if self.metrics is not None:
             self.metrics.record_tokens(input_tokens, output_tokens)
         if self.budget is not None:
+            cached, written = usage.cached_input_tokens, usage.cache_write_tokens
             cost = (
-                input_tokens * self.input_cost_per_million
+                max(0, input_tokens - cached - written) * self.input_cost_per_million
+                + cached * self.cached_input_cost_per_million
+                + written * self.cache_write_cost_per_million
                 + output_tokens * self.output_cost_per_million
             ) / 1_000_000
             self.budget.record(input_tokens, output_tokens, cost)

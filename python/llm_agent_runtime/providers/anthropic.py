@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.providers._http import (
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANTHROPIC_VERSION",
+    "CACHE_READ_PRICE_FACTOR",
+    "CACHE_WRITE_PRICE_FACTOR",
     "DEFAULT_ANTHROPIC_BASE_URL",
     "DEFAULT_ANTHROPIC_MODEL",
     "DEFAULT_MAX_TOKENS",
@@ -57,8 +59,17 @@ DEFAULT_MAX_TOKENS = 4096
 """Most tokens a reply may have unless the call says otherwise (the API requires a limit)."""
 ANTHROPIC_VERSION = "2023-06-01"
 """Value of the `anthropic-version` header."""
+CACHE_READ_PRICE_FACTOR = 0.1
+"""Price of an input token read from the prompt cache, as a multiple of the input price."""
+CACHE_WRITE_PRICE_FACTOR = 1.25
+"""Price of an input token written to the prompt cache (the default, 5-minute cache), as a
+multiple of the input price."""
 
 _RESERVED_PARAMS = frozenset(("messages", "model", "stream", "system", "tools"))
+_REASONING_BLOCKS = frozenset(("thinking", "redacted_thinking"))
+"""Content blocks of the model's reasoning: kept as received, to be sent back with the reply."""
+_TOOL_FAILED = "the tool failed"
+"""Content of a failed tool's result that has no text (the API refuses an empty one)."""
 
 # Error types of the Messages API and the HTTP status each stands for.
 _ERROR_STATUS = {
@@ -77,11 +88,18 @@ _ERROR_STATUS = {
 
 # ---------------------------------------------------------------------- wire types
 class _Block(BaseModel):
+    # Other fields are kept: a reasoning block goes back exactly as it came (`model_dump`).
+    model_config = ConfigDict(extra="allow")
+
     type: str
     text: str | None = None
     id: str | None = None
     name: str | None = None
     input: dict[str, Any] | None = None
+
+    def as_received(self) -> dict[str, Any]:
+        """The block's fields as the API sent them, no more (none of the defaults)."""
+        return self.model_dump(exclude_unset=True)
 
 
 class _Usage(BaseModel):
@@ -92,12 +110,24 @@ class _Usage(BaseModel):
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
 
-    def billed_input(self) -> int:
-        return (
-            (self.input_tokens or 0)
-            + (self.cache_creation_input_tokens or 0)
-            + (self.cache_read_input_tokens or 0)
+    def usage(self, earlier: Usage | None = None) -> Usage:
+        """The counts as a `Usage`; those not given are `earlier`'s (0 without it).
+
+        `input_tokens` is the whole input: the uncached part and the cache reads and writes.
+        """
+        if earlier is None:
+            earlier = Usage()
+        uncached = (
+            self.input_tokens
+            if self.input_tokens is not None
+            else earlier.input_tokens - earlier.cached_input_tokens - earlier.cache_write_tokens
         )
+        read = self.cache_read_input_tokens
+        read = read if read is not None else earlier.cached_input_tokens
+        written = self.cache_creation_input_tokens
+        written = written if written is not None else earlier.cache_write_tokens
+        output = self.output_tokens if self.output_tokens is not None else earlier.output_tokens
+        return Usage(uncached + read + written, output, read, written)
 
 
 class _Message(BaseModel):
@@ -116,6 +146,8 @@ class _Delta(BaseModel):
     type: str | None = None
     text: str | None = None
     partial_json: str | None = None
+    thinking: str | None = None
+    signature: str | None = None
     stop_reason: str | None = None
 
 
@@ -139,10 +171,19 @@ class AnthropicProvider(HttpProvider):
     """An `LlmProvider` over the Anthropic Messages API.
 
     System messages are sent as the `system` parameter; tool calls and results travel as
-    `tool_use` / `tool_result` content blocks. Messages without content (an empty answer kept
-    in a conversation's history) are left out, as the API refuses them. Blocks of server-side
-    tools (`server_tool_use`, `mcp_tool_use` and their results) are skipped: the API runs
-    those tools itself, so they are no tool calls for the caller.
+    `tool_use` / `tool_result` content blocks (a failed tool's result, `Message.is_error`,
+    with `is_error`). Messages without content (an empty answer kept in a conversation's
+    history) are left out, as the API refuses them, and a conversation that ends on an
+    assistant message (a prefill) has the trailing whitespace of its text cut, as the API
+    refuses that too. Blocks of server-side tools (`server_tool_use`, `mcp_tool_use` and
+    their results) are skipped: the API runs those tools itself, so they are no tool calls
+    for the caller.
+
+    With extended thinking (`thinking={"type": "enabled", ...}`), the reply's `thinking` and
+    `redacted_thinking` blocks are `ChatResponse.reasoning`, as received (streamed ones
+    assembled, signature included); an assistant `Message` that carries them back
+    (`Message.reasoning`) sends them first in its content, as the API requires of the turn
+    whose tool calls a conversation answers.
 
     One pooled `httpx.AsyncClient` per provider; use `async with AnthropicProvider() as llm:`
     or call `aclose()`. Failed calls are retried through `retry` on 408/409/429/5xx/529
@@ -171,7 +212,10 @@ class AnthropicProvider(HttpProvider):
         connect_timeout: Seconds to wait for a connection.
         retry: Retry policy (None: `RetryPolicy()`, 3 attempts; `RetryPolicy(max_attempts=1)`
             turns retries off).
-        stop: Stop sequences sent with every call (a call's `stop=` overrides them).
+        stop: Stop sequences sent with every call (a call's `stop=` overrides them). Those
+            that are only whitespace (a newline, say) are not sent, as the API refuses them: the
+            reply goes on past them (an `AgentRuntime` cuts each reply at every one of its
+            `stop_sequences` itself).
         http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here;
             `timeout` and `connect_timeout` apply to its requests all the same).
         budget: Cost budget checked before each call and charged with its usage. Leave it
@@ -179,6 +223,13 @@ class AnthropicProvider(HttpProvider):
         metrics: Runtime metrics that receive each call's token counts (the same caveat).
         input_cost_per_million: US dollars per million input tokens, charged to `budget`.
         output_cost_per_million: US dollars per million output tokens, charged to `budget`.
+        cached_input_cost_per_million: US dollars per million input tokens read from the
+            prompt cache (`cache_read_input_tokens`). None: `CACHE_READ_PRICE_FACTOR` (0.1)
+            times the input price, as Anthropic bills them.
+        cache_write_cost_per_million: US dollars per million input tokens written to the
+            prompt cache (`cache_creation_input_tokens`). None: `CACHE_WRITE_PRICE_FACTOR`
+            (1.25) times the input price, the price of the default 5-minute cache; set it
+            (to 2 times the input price) when writing to the 1-hour cache.
 
     Raises:
         ProviderError: No API key for Anthropic's own API, a key no HTTP header can carry
@@ -203,6 +254,8 @@ class AnthropicProvider(HttpProvider):
         metrics: RuntimeMetrics | None = None,
         input_cost_per_million: float = 0.0,
         output_cost_per_million: float = 0.0,
+        cached_input_cost_per_million: float | None = None,
+        cache_write_cost_per_million: float | None = None,
     ) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -244,6 +297,16 @@ class AnthropicProvider(HttpProvider):
             metrics=metrics,
             input_cost_per_million=input_cost_per_million,
             output_cost_per_million=output_cost_per_million,
+            cached_input_cost_per_million=(
+                CACHE_READ_PRICE_FACTOR * input_cost_per_million
+                if cached_input_cost_per_million is None
+                else cached_input_cost_per_million
+            ),
+            cache_write_cost_per_million=(
+                CACHE_WRITE_PRICE_FACTOR * input_cost_per_million
+                if cache_write_cost_per_million is None
+                else cache_write_cost_per_million
+            ),
         )
 
     # ------------------------------------------------------------------ LlmProvider
@@ -261,7 +324,8 @@ class AnthropicProvider(HttpProvider):
             tools: Tools the model may call.
             model: Model for this call (default: the provider's).
             **params: Other Messages API parameters, sent as given (`max_tokens`,
-                `temperature`, `tool_choice`, ...); `stop=` is sent as `stop_sequences`.
+                `temperature`, `tool_choice`, `thinking`, ...); `stop=` is sent as
+                `stop_sequences`, but for those that are only whitespace.
 
         Raises:
             ProviderError: The call failed, the response is an error (under any status) or
@@ -276,6 +340,7 @@ class AnthropicProvider(HttpProvider):
         message = parse_json(_Message, raw, "Anthropic response")
         text: list[str] = []
         calls: list[ToolCall] = []
+        reasoning: list[dict[str, Any]] = []
         for block in message.content:
             if block.type == "text":
                 text.append(block.text or "")
@@ -283,17 +348,18 @@ class AnthropicProvider(HttpProvider):
                 calls.append(
                     ToolCall(id=block.id or "", name=block.name or "", arguments=block.input or {})
                 )
-        usage = parse_usage(_Usage, message.usage, "Anthropic response")
-        input_tokens = usage.billed_input()
-        output_tokens = usage.output_tokens or 0
+            elif block.type in _REASONING_BLOCKS:
+                reasoning.append(block.as_received())
+        usage = parse_usage(_Usage, message.usage, "Anthropic response").usage()
         response = ChatResponse(
             text="".join(text),
             tool_calls=calls,
-            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+            usage=usage,
             stop_reason=message.stop_reason,
             model=message.model,
+            reasoning=reasoning,
         )
-        self._transport.charge(input_tokens, output_tokens)
+        self._transport.charge(usage)
         return response
 
     def _check_reply(self, raw: bytes) -> None:
@@ -353,7 +419,11 @@ class AnthropicProvider(HttpProvider):
             ]
         stop = params.pop("stop") if "stop" in params else self.stop  # a call's own wins
         if stop:
-            body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+            stops = [stop] if isinstance(stop, str) else stop
+            # The API refuses a sequence of whitespace only ("\n"): such a one is not sent.
+            stops = [s for s in stops if not isinstance(s, str) or s.strip()]
+            if stops:
+                body["stop_sequences"] = stops
         body.update(params)
         if stream:
             body["stream"] = True
@@ -363,9 +433,11 @@ class AnthropicProvider(HttpProvider):
         text: list[str] = []
         tool_blocks: dict[int, PartialToolCall] = {}  # by content block index
         server_blocks: set[int] = set()  # server-side tool calls (web search, MCP): skipped
+        reasoning: dict[int, dict[str, Any]] = {}  # thinking blocks, by content block index
+        thoughts: dict[int, list[str]] = {}  # the pieces of each thinking block's text
         stop_reason: str | None = None
         model: str | None = None
-        input_tokens = output_tokens = 0
+        usage = Usage()
         done = False
         events = self._transport.post_sse("/v1/messages", body, ended=lambda: done)
         async with contextlib.aclosing(events):  # closing it cuts a body kept open at the end
@@ -390,6 +462,14 @@ class AnthropicProvider(HttpProvider):
                             )
                         block.fragments.append(delta.partial_json)
                         yield ToolCallDelta(block.index, None, None, delta.partial_json)
+                    elif delta.type == "thinking_delta" and delta.thinking:
+                        pieces = thoughts.get(event.index)
+                        if pieces is not None:
+                            pieces.append(delta.thinking)
+                    elif delta.type == "signature_delta" and delta.signature is not None:
+                        thinking = reasoning.get(event.index)
+                        if thinking is not None:
+                            thinking["signature"] = delta.signature  # sent whole, once
                 elif kind == "content_block_start":
                     start = event.content_block
                     if start is not None and start.type == "tool_use":
@@ -404,22 +484,24 @@ class AnthropicProvider(HttpProvider):
                     elif start is not None and start.type.endswith("tool_use"):
                         # server_tool_use, mcp_tool_use: their input streams as JSON too.
                         server_blocks.add(event.index)
+                    elif start is not None and start.type in _REASONING_BLOCKS:
+                        received = start.as_received()
+                        reasoning[event.index] = received
+                        if start.type == "thinking":
+                            thoughts[event.index] = [received.get("thinking") or ""]
                 elif kind == "message_start":
                     if event.message is not None:
                         model = event.message.model
-                        usage = parse_usage(_Usage, event.message.usage, "Anthropic stream")
-                        input_tokens = usage.billed_input()
-                        output_tokens = usage.output_tokens or 0
+                        started = parse_usage(_Usage, event.message.usage, "Anthropic stream")
+                        usage = started.usage()
                 elif kind == "message_delta":
                     if event.delta is not None and event.delta.stop_reason is not None:
                         stop_reason = event.delta.stop_reason
                     if event.usage is not None:
-                        # Counts in message_delta are cumulative for the whole message.
-                        usage = parse_usage(_Usage, event.usage, "Anthropic stream")
-                        if usage.output_tokens is not None:
-                            output_tokens = usage.output_tokens
-                        if usage.input_tokens is not None:
-                            input_tokens = usage.billed_input()
+                        # Counts in message_delta are cumulative for the whole message; those
+                        # it leaves out (or null) stay as message_start gave them.
+                        delta_usage = parse_usage(_Usage, event.usage, "Anthropic stream")
+                        usage = delta_usage.usage(usage)
                 elif kind == "message_stop":
                     done = True
                     break
@@ -428,25 +510,32 @@ class AnthropicProvider(HttpProvider):
                 # ping, content_block_stop and event types added later carry nothing we need.
             if not done:
                 raise ProviderError("Anthropic stream ended before message_stop", retryable=True)
+            for index, pieces in thoughts.items():
+                reasoning[index]["thinking"] = "".join(pieces)
             response = ChatResponse(
                 text="".join(text),
                 tool_calls=[call.build(stop_reason) for call in tool_blocks.values()],
-                usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+                usage=usage,
                 stop_reason=stop_reason,
                 model=model,
+                reasoning=list(reasoning.values()),
             )
-            self._transport.charge(input_tokens, output_tokens)
+            self._transport.charge(usage)
             yield StreamEnd(response)  # at once: the body is finished (or cut) after this
 
 
 def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
     """Splits out the system prompt and builds alternating user / assistant messages.
 
-    Tool results become `tool_result` blocks of a user message. A message with no content
-    block (empty or blank text, no tool calls) is left out: the API refuses empty messages
+    Tool results become `tool_result` blocks of a user message, with `is_error` for a failed
+    tool (and text, as the API refuses an empty error). An assistant message's reasoning
+    blocks come first in its content, as received. A message with no content block (empty
+    or blank text, no tool calls, no reasoning) is left out: the API refuses empty messages
     and blank text blocks. That includes an empty last assistant message, which would only
-    prefill nothing. Consecutive messages of one role, those left out or not, are merged, as
-    the API requires the roles to alternate.
+    prefill nothing. A last assistant message (a prefill) that ends in text has that text's
+    trailing whitespace cut: the API refuses a prefill that ends in whitespace. Consecutive
+    messages of one role, those left out or not, are merged, as the API requires the roles
+    to alternate.
 
     Raises:
         ProviderError: The last user message is empty, so that leaving it out would send
@@ -464,13 +553,16 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
         last_role = role
         if role == "tool":
             role = "user"
-            blocks = [
-                {
-                    "type": "tool_result",
-                    "tool_use_id": message.tool_call_id or "",
-                    "content": message.content,
-                }
-            ]
+            result: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": message.tool_call_id or "",
+                "content": message.content,
+            }
+            if message.is_error:
+                result["is_error"] = True
+                if not message.content.strip():
+                    result["content"] = _TOOL_FAILED
+            blocks = [result]
         else:
             content = message.content
             blocks = (
@@ -480,6 +572,8 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
                 {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
                 for call in message.tool_calls
             )
+            if message.reasoning and role == "assistant":
+                blocks[:0] = message.reasoning
             if not blocks:
                 continue
         if wire and wire[-1]["role"] == role:
@@ -491,6 +585,12 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
             "the last user message is empty, and the Anthropic API accepts no empty message: "
             "send some text"
         )
+    if wire and wire[-1]["role"] == "assistant":  # a prefill: it must not end in whitespace
+        content = wire[-1]["content"]
+        last = content[-1]
+        text = last.get("text") if last.get("type") == "text" else None
+        if isinstance(text, str) and text != text.rstrip():
+            content[-1] = {**last, "text": text.rstrip()}  # a copy: never the caller's block
     return "\n\n".join(system), wire
 
 

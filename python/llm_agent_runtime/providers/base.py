@@ -71,6 +71,14 @@ class Message:
     """For a `tool` message: the id of the call it answers."""
     name: str | None
     """For a `tool` message: the tool's name."""
+    reasoning: Sequence[dict[str, Any]]
+    """For an `assistant` message: the provider's reasoning blocks of the reply it repeats
+    (`ChatResponse.reasoning`), opaque and sent back as received. Anthropic needs the
+    thinking blocks of the reply whose tool calls a conversation answers; other providers
+    ignore them."""
+    is_error: bool
+    """For a `tool` message: the tool failed, and `content` says how (Anthropic's
+    `is_error`; other providers ignore it)."""
 
     # Written out rather than generated with a __post_init__: one frame per message, not two.
     def __init__(
@@ -80,6 +88,8 @@ class Message:
         tool_calls: list[ToolCall] | None = None,
         tool_call_id: str | None = None,
         name: str | None = None,
+        reasoning: Sequence[dict[str, Any]] = (),
+        is_error: bool = False,
     ) -> None:
         if role not in _ROLES:
             raise ValueError(f"message role must be one of {sorted(_ROLES)}, got {role!r}")
@@ -88,6 +98,8 @@ class Message:
         self.tool_calls = [] if tool_calls is None else tool_calls
         self.tool_call_id = tool_call_id
         self.name = name
+        self.reasoning = reasoning
+        self.is_error = is_error
 
 
 class ToolDefinition(BaseModel):
@@ -108,9 +120,16 @@ class Usage:
     """Token usage of one model call."""
 
     input_tokens: int = 0
-    """Prompt tokens billed."""
+    """Prompt tokens billed, all of them: cache reads and cache writes included."""
     output_tokens: int = 0
     """Completion tokens billed."""
+    cached_input_tokens: int = 0
+    """Of `input_tokens`, those read from the provider's prompt cache (Anthropic's
+    `cache_read_input_tokens`, OpenAI's `prompt_tokens_details.cached_tokens`), which are
+    billed at a lower price."""
+    cache_write_tokens: int = 0
+    """Of `input_tokens`, those written to the prompt cache (Anthropic's
+    `cache_creation_input_tokens`), which are billed at a higher price."""
 
     @property
     def total_tokens(self) -> int:
@@ -134,6 +153,11 @@ class ChatResponse:
     OpenAI refusal so too, with the refusal as `text`."""
     model: str | None = None
     """Model that answered, as the provider reported it."""
+    reasoning: Sequence[dict[str, Any]] = ()
+    """The provider's reasoning blocks, opaque, in the order received: Anthropic's `thinking`
+    and `redacted_thinking` blocks (with their signatures). Copy them into the `assistant`
+    `Message` that repeats this reply (`Message.reasoning`): with extended thinking, the
+    API refuses a tool-use turn whose reply lost them."""
 
 
 # Stream events are named tuples, not pydantic models: a provider builds one per streamed

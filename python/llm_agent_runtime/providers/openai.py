@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from llm_agent_runtime.errors import ProviderError
+from llm_agent_runtime.providers import _is_openai_api
 from llm_agent_runtime.providers._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -48,12 +49,21 @@ if TYPE_CHECKING:
     from llm_agent_runtime.orchestration.budget import CostBudget
     from llm_agent_runtime.orchestration.retry import RetryPolicy
 
-__all__ = ["DEFAULT_OPENAI_BASE_URL", "DEFAULT_OPENAI_MODEL", "OpenAIProvider"]
+__all__ = [
+    "DEFAULT_OPENAI_BASE_URL",
+    "DEFAULT_OPENAI_MODEL",
+    "MAX_STOP_SEQUENCES",
+    "OpenAIProvider",
+    "openai_endpoint",
+]
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 """The OpenAI API root (`OPENAI_BASE_URL` overrides it)."""
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 """Model used when neither the call nor the provider names one (`OPENAI_MODEL` overrides it)."""
+
+MAX_STOP_SEQUENCES = 4
+"""Most stop sequences the Chat Completions API takes; only the first ones are sent."""
 
 _RESERVED_PARAMS = frozenset(("messages", "model", "stream", "stream_options", "tools"))
 _DONE = b"[DONE]"
@@ -61,6 +71,40 @@ _REFUSAL = "refusal"
 """Stop reason of a reply that carries a refusal (the Anthropic API's own name for it)."""
 _BUSY = frozenset(("server_error", "rate_limit_exceeded", "overloaded_error"))
 """Error types and codes that say the server is busy or rate-limited: worth another attempt."""
+
+
+def openai_endpoint(name: str, api_key: str | None, base_url: str | None) -> tuple[str | None, str]:
+    """The API key and base URL a client of an OpenAI-compatible API uses.
+
+    The one place both are resolved, for `OpenAIProvider` and `OpenAIEmbedder` alike: the
+    key is `api_key`, else `OPENAI_API_KEY`; the base URL is `base_url`, else
+    `OPENAI_BASE_URL`, else `DEFAULT_OPENAI_BASE_URL` (blank values count as unset), so a
+    key meant for the server `OPENAI_BASE_URL` names is never sent to OpenAI's own API.
+
+    Args:
+        name: Names the client in errors, e.g. "OpenAI".
+        api_key: The key given to the client (None or blank: the environment's).
+        base_url: The base URL given to the client (None or blank: the environment's).
+
+    Returns:
+        The key (None when there is none: a local server may need none) and the base URL,
+        stripped, without a trailing slash.
+
+    Raises:
+        ProviderError: The base URL is not an http(s) URL, or it is OpenAI's own API (its
+            host `api.openai.com`) and there is no key.
+    """
+    api_key = api_key or env_setting("OPENAI_API_KEY")
+    base_url = check_base_url(
+        name,
+        (base_url or "").strip() or env_setting("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL,
+    )
+    if api_key is None and _is_openai_api(base_url):
+        raise ProviderError(
+            f"no {name} API key: pass api_key= or set OPENAI_API_KEY "
+            "(or point base_url / OPENAI_BASE_URL at a local OpenAI-compatible server)"
+        )
+    return api_key, base_url
 
 
 # ---------------------------------------------------------------------- wire types
@@ -89,9 +133,16 @@ class _Usage(BaseModel):
     # Some compatible servers send null counts (or no usage at all): 0 tokens then.
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Read by `usage`: details of an unexpected shape (compatible servers) lose no counts.
+    prompt_tokens_details: Any = None
 
-    def counts(self) -> tuple[int, int]:
-        return self.prompt_tokens or 0, self.completion_tokens or 0
+    def usage(self) -> Usage:
+        prompt = self.prompt_tokens or 0
+        details = self.prompt_tokens_details
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        # Part of `prompt_tokens`, never more (nor less than none), whatever a server says.
+        cached = max(0, min(cached, prompt)) if type(cached) is int else 0
+        return Usage(prompt, self.completion_tokens or 0, cached)
 
 
 class _Completion(BaseModel):
@@ -171,7 +222,12 @@ class OpenAIProvider(HttpProvider):
         connect_timeout: Seconds to wait for a connection.
         retry: Retry policy (None: `RetryPolicy()`, 3 attempts; `RetryPolicy(max_attempts=1)`
             turns retries off).
-        stop: Stop sequences sent with every call (a call's `stop=` overrides them).
+        stop: Stop sequences sent with every call (a call's `stop=` overrides them). The API
+            takes at most `MAX_STOP_SEQUENCES` (4): only the first 4 are sent. (An
+            `AgentRuntime` still cuts each reply at every one of its `stop_sequences`.)
+        send_stop: Whether to send stop sequences at all. False sends no `stop`, neither
+            these nor a call's `stop=`: OpenAI's reasoning models (o3, o4-mini, gpt-5)
+            refuse the parameter. An `AgentRuntime` still cuts replies at its own.
         http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here;
             `timeout` and `connect_timeout` apply to its requests all the same).
         budget: Cost budget checked before each call and charged with its usage. Leave it
@@ -179,6 +235,10 @@ class OpenAIProvider(HttpProvider):
         metrics: Runtime metrics that receive each call's token counts (the same caveat).
         input_cost_per_million: US dollars per million input tokens, charged to `budget`.
         output_cost_per_million: US dollars per million output tokens, charged to `budget`.
+        cached_input_cost_per_million: US dollars per million input tokens read from the
+            prompt cache (`usage.prompt_tokens_details.cached_tokens`, reported as
+            `Usage.cached_input_tokens`). None charges them the full input price: the
+            discount differs by model, and the budget should never be under-charged.
 
     Raises:
         ProviderError: No API key for OpenAI's own API, a key no HTTP header can carry
@@ -197,26 +257,21 @@ class OpenAIProvider(HttpProvider):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         retry: RetryPolicy | None = None,
         stop: Sequence[str] | None = None,
+        send_stop: bool = True,
         http_client: httpx.AsyncClient | None = None,
         budget: CostBudget | None = None,
         metrics: RuntimeMetrics | None = None,
         input_cost_per_million: float = 0.0,
         output_cost_per_million: float = 0.0,
+        cached_input_cost_per_million: float | None = None,
     ) -> None:
-        api_key = api_key or env_setting("OPENAI_API_KEY")
-        base_url = check_base_url(
-            "OpenAI",
-            (base_url or "").strip() or env_setting("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL,
-        )
-        if api_key is None and base_url == DEFAULT_OPENAI_BASE_URL:
-            raise ProviderError(
-                "no OpenAI API key: pass api_key= or set OPENAI_API_KEY "
-                "(or point base_url / OPENAI_BASE_URL at a local OpenAI-compatible server)"
-            )
+        api_key, base_url = openai_endpoint("OpenAI", api_key, base_url)
         self.model = model or env_setting("OPENAI_MODEL") or DEFAULT_OPENAI_MODEL
         """Model used when a call names none."""
         self.stop = list(stop) if stop else None
-        """Stop sequences sent with every call."""
+        """Stop sequences sent with every call (the first `MAX_STOP_SEQUENCES` of them)."""
+        self.send_stop = send_stop
+        """Whether stop sequences are sent (False for models that refuse `stop`)."""
         headers = {"content-type": "application/json", "accept": "application/json"}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"
@@ -233,6 +288,7 @@ class OpenAIProvider(HttpProvider):
             metrics=metrics,
             input_cost_per_million=input_cost_per_million,
             output_cost_per_million=output_cost_per_million,
+            cached_input_cost_per_million=cached_input_cost_per_million,
         )
 
     # ------------------------------------------------------------------ LlmProvider
@@ -250,7 +306,10 @@ class OpenAIProvider(HttpProvider):
             tools: Tools the model may call.
             model: Model for this call (default: the provider's).
             **params: Other Chat Completions parameters, sent as given (`temperature`,
-                `max_tokens`, `stop`, `response_format` for JSON-schema output, ...).
+                `max_completion_tokens`, `response_format` for JSON-schema output, ...).
+                `stop` (a string or a list) replaces the provider's stop sequences; only
+                the first `MAX_STOP_SEQUENCES` of a list are sent, and none without
+                `send_stop`.
 
         Raises:
             ProviderError: The call failed, the response is an error (under any status) or
@@ -279,9 +338,7 @@ class OpenAIProvider(HttpProvider):
             )
             for call in message.tool_calls or ()
         ]
-        input_tokens, output_tokens = parse_usage(
-            _Usage, completion.usage, "OpenAI response"
-        ).counts()
+        usage = parse_usage(_Usage, completion.usage, "OpenAI response").usage()
         text = message.content or ""
         stop_reason = choice.finish_reason
         if message.refusal:
@@ -290,11 +347,11 @@ class OpenAIProvider(HttpProvider):
         response = ChatResponse(
             text=text,
             tool_calls=calls,
-            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+            usage=usage,
             stop_reason=stop_reason,
             model=completion.model,
         )
-        self._transport.charge(input_tokens, output_tokens)
+        self._transport.charge(usage)
         return response
 
     def _check_reply(self, raw: bytes) -> None:
@@ -353,8 +410,9 @@ class OpenAIProvider(HttpProvider):
                 }
                 for t in tools
             ]
-        if self.stop:
-            body["stop"] = self.stop
+        stop = params.pop("stop") if "stop" in params else self.stop  # a call's own wins
+        if stop and self.send_stop:
+            body["stop"] = stop if isinstance(stop, str) else list(stop)[:MAX_STOP_SEQUENCES]
         body.update(params)
         if stream:
             body["stream"] = True
@@ -367,7 +425,7 @@ class OpenAIProvider(HttpProvider):
         finish_reason: str | None = None
         refused = False
         model: str | None = None
-        input_tokens = output_tokens = 0
+        usage = Usage()
         done = False
         events = self._transport.post_sse("/chat/completions", body, ended=lambda: done)
         async with contextlib.aclosing(events):  # closing it cuts a body kept open after [DONE]
@@ -382,8 +440,7 @@ class OpenAIProvider(HttpProvider):
                 if chunk.error is not None or chunk.object == "error":
                     raise _reported_error(data, self._transport)
                 if chunk.usage is not None:
-                    usage = parse_usage(_Usage, chunk.usage, "OpenAI stream")
-                    input_tokens, output_tokens = usage.counts()
+                    usage = parse_usage(_Usage, chunk.usage, "OpenAI stream").usage()
                 if chunk.model:
                     model = chunk.model
                 for choice in chunk.choices or ():
@@ -415,11 +472,11 @@ class OpenAIProvider(HttpProvider):
             response = ChatResponse(
                 text="".join(text),
                 tool_calls=[call.build(finish_reason) for call in calls.calls],
-                usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+                usage=usage,
                 stop_reason=_REFUSAL if refused else finish_reason,
                 model=model,
             )
-            self._transport.charge(input_tokens, output_tokens)
+            self._transport.charge(usage)
             yield StreamEnd(response)  # at once: the body is finished (or cut) after this
 
 
