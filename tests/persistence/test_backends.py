@@ -21,6 +21,8 @@ from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 from llm_agent_runtime.persistence.codec import decode
 from llm_agent_runtime.persistence.file import file_name_for
 
+from .test_durable import fails_after
+
 BACKENDS = ["memory", "sqlite", "file", "postgres", "redis"]
 SERVERS = {
     "postgres": "LLM_AGENT_RUNTIME_TEST_POSTGRES_DSN",
@@ -477,17 +479,6 @@ def _charging_runtime(backend: ar.PersistenceBackend, charges: list[int]) -> ar.
     return ar.AgentRuntime(tools=[charge], checkpoint_backend=backend)
 
 
-def _scripted(*replies: str) -> Callable[[str], Awaitable[str]]:
-    queue = list(replies)
-
-    async def infer(prompt: str) -> str:
-        if not queue:
-            raise ConnectionError("model down")
-        return queue.pop(0)
-
-    return infer
-
-
 async def test_two_workers_resuming_one_session_run_a_tool_at_most_once(
     backend: ar.PersistenceBackend,
 ) -> None:
@@ -498,12 +489,12 @@ async def test_two_workers_resuming_one_session_run_a_tool_at_most_once(
         first = _charging_runtime(backend, charges)
         session = first.create_session("agent", f"order-{trial}")
         with pytest.raises(ConnectionError):  # step 1 done, then the model goes down
-            await first.run_agent("agent", "q", _scripted(pay(1)), session=session)
+            await first.run_agent("agent", "q", fails_after(pay(1)), session=session)
         charges.clear()
         # Two workers (two runtimes on one store, as two processes would be) resume it.
         workers = [_charging_runtime(backend, charges) for _ in range(2)]
         results = await asyncio.gather(
-            *(w.resume(session.session_id, _scripted(pay(5), done)) for w in workers),
+            *(w.resume(session.session_id, fails_after(pay(5), done)) for w in workers),
             return_exceptions=True,
         )
         assert charges == [5], (trial, results)  # step 2's charge ran exactly once
