@@ -100,24 +100,7 @@ impl Frozen {
 
     /// The ids of `nodes` (distinct) as a Python set.
     fn py_set<'py>(&self, py: Python<'py>, nodes: &[u32]) -> PyResult<Bound<'py, PySet>> {
-        if self.py_ids.get().is_none()
-            && nodes.len().saturating_mul(FEW_NODES) < self.ids.entity_count()
-        {
-            let strings = nodes
-                .iter()
-                .map(|&v| {
-                    self.ids
-                        .with_id(v, |id| PyString::new(py, id))
-                        .ok_or_else(|| outside_snapshot(v as usize, self.ids.entity_count()))
-                })
-                .collect::<PyResult<Vec<_>>>()?;
-            return PySet::new(py, strings);
-        }
-        let ids = self.py_ids(py);
-        if let Some(v) = nodes.iter().copied().max() {
-            py_id(ids, v as usize)?;
-        }
-        PySet::new(py, nodes.iter().map(|&v| ids[v as usize].bind(py)))
+        PySet::new(py, self.py_list(py, nodes)?)
     }
 
     /// `{id: value}` for the given `(node, value)` pairs.
