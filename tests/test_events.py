@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
+from typing import Any
 
 import pytest
 
@@ -282,3 +283,28 @@ def test_off_of_a_callback_not_registered_does_nothing() -> None:
     assert not bus.active
     bus.emit(ar.RunStarted("s", "a", "q"))
     assert seen == []
+
+
+async def test_a_failed_final_save_comes_after_run_finished_as_an_error_event() -> None:
+    """RunFinished precedes the final checkpoint (the event log it writes holds it): when
+    that save fails, the run's ErrorEvent follows its RunFinished, in the log too."""
+
+    class FinalFails(ar.InMemoryBackend):
+        async def batch_save(self, items: Any) -> None:
+            if "session:S" in items:
+                raise OSError("disk full")
+            await super().batch_save(items)
+
+    backend = FinalFails()
+    rt = ar.AgentRuntime(checkpoint_backend=backend)
+    seen: list[ar.Event] = []
+    rt.events.on(seen.append)
+
+    async def model(prompt: str) -> str:
+        return "Thought: t\nAction: FINAL_ANSWER 42"
+
+    with pytest.raises(ar.PersistenceError, match="disk full"):
+        await rt.run_agent("a", "q", model, session=ar.AgentSession("S", "a"))
+    assert [type(e).__name__ for e in seen][-2:] == ["RunFinished", "ErrorEvent"]
+    logged = [e["type"] for e in await rt.session_events("S")]
+    assert logged[-2:] == ["RunFinished", "ErrorEvent"]

@@ -820,3 +820,91 @@ async def test_a_resumed_tool_loop_sends_what_the_run_would_have(where: str) -> 
     assert [(s[3], s[5]) for s in sent[3:]] == [("c1", False), ("c2", True)]
     if where == "after the round":  # the failed call's request, sent again as it was
         assert sent == conversation(provider.calls[1][1])
+
+
+# ------------------------------------------------------------------ rounds and usage
+@pytest.mark.parametrize(
+    "capabilities",
+    [ar.CapabilitySet(allowed_tools=["transfer"]), ar.CapabilitySet(max_actions=1)],
+    ids=["tool not allowed", "max_actions"],
+)
+async def test_a_round_a_capability_refuses_starts_no_call(
+    capabilities: ar.CapabilitySet,
+) -> None:
+    log: list[str] = []
+
+    @ar.tool
+    async def transfer(account: str) -> str:
+        """Transfers."""
+        log.append("debit " + account)
+        await asyncio.sleep(0.01)
+        log.append("credit " + account)
+        return "ok"
+
+    @ar.tool
+    async def delete() -> str:
+        """Deletes."""
+        return "deleted"
+
+    rt = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=[transfer, delete], capabilities=capabilities
+    )
+    events: list[ar.Event] = []
+    rt.events.on(events.append)
+    second = ("delete", {}) if capabilities.max_actions is None else ("transfer", {"account": "B"})
+    round_ = ar.ScriptedProvider.tool_call_reply([("transfer", {"account": "A"}), second])
+    with pytest.raises(ar.PolicyDeniedError):
+        await rt.run_agent_with_provider("a", "go", ar.ScriptedProvider([round_, "done"]))
+    assert log == []  # no call started, so none was cut off half done
+    assert not [e for e in events if isinstance(e, ar.ToolCallStarted)]
+    assert rt.metrics.snapshot().total_tool_calls == 0
+
+
+async def test_a_denied_call_of_a_parallel_round_leaves_the_others_to_run() -> None:
+    ran: list[int] = []
+
+    @ar.tool
+    async def pay(amount: int) -> str:
+        """Pays."""
+        ran.append(amount)
+        return "paid"
+
+    def handler(session: ar.AgentSession, tool: str, arguments: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("deny" if arguments["amount"] > 10 else "approve")
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[pay], approval_handler=handler)
+    round_ = ar.ScriptedProvider.tool_call_reply([("pay", {"amount": 5}), ("pay", {"amount": 50})])
+    session = await rt.run_agent_with_provider("a", "go", ar.ScriptedProvider([round_, "done"]))
+    assert ran == [5]
+    assert [s.error_kind for s in session.steps] == [None, "permanent", None]
+    snapshot = rt.metrics.snapshot()
+    assert snapshot.total_tool_calls == 2 and snapshot.failed_tool_calls == 1
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_providers_usage_is_charged_in_both_modes(mode: str) -> None:
+    text = "Thought: t\nAction: FINAL_ANSWER 42" if mode == "react" else "42"
+    usage = ar.providers.base.Usage(input_tokens=5000, output_tokens=700)
+    reply = ar.providers.base.ChatResponse(text=text, usage=usage, stop_reason="stop")
+    budget = ar.CostBudget(max_tokens=100_000)
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode), budget=budget)  # type: ignore[arg-type]
+    session = await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([reply]))
+    step = session.steps[0]
+    assert (step.input_tokens, step.output_tokens) == (5000, 700)
+    snapshot = rt.metrics.snapshot()
+    assert (snapshot.input_tokens, snapshot.output_tokens) == (5000, 700)
+    assert budget.used_tokens == 5700
+
+
+async def test_react_tokens_are_estimated_without_a_providers_usage() -> None:
+    reply = "Thought: t\nAction: FINAL_ANSWER 42"
+    silent = ar.providers.base.ChatResponse(text=reply)  # a provider that reports no usage
+    for model in (react(reply), ar.ScriptedProvider([silent])):
+        rt = ar.AgentRuntime()
+        if isinstance(model, ar.ScriptedProvider):
+            session = await rt.run_agent_with_provider("a", "q", model)
+        else:
+            session = await rt.run_agent("a", "q", model)
+        step = session.steps[0]
+        assert step.output_tokens == len(reply) // 4 and step.input_tokens > 0
+        assert rt.metrics.snapshot().output_tokens == len(reply) // 4

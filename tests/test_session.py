@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -192,6 +193,9 @@ async def test_load_checkpoint_of_a_wrong_shape_record_is_a_persistence_error_na
         assert caught.value.key == "session:x"
 
 
+META = {"agent_id": "a", "prompt": "p", "mode": "react"}
+
+
 async def test_wrong_shape_step_meta_and_base_records_are_persistence_errors_naming_them() -> None:
     store = CheckpointStore(ar.InMemoryBackend())
     session = ar.AgentSession("x", "a", prompt="p")
@@ -212,6 +216,10 @@ async def test_wrong_shape_step_meta_and_base_records_are_persistence_errors_nam
         ("session:x:step:1", "step", {"step": {**GOOD_STEP, "observation": None}}, "observation"),
         ("session:x:meta", "meta", {"agent_id": "a"}, "meta record"),
         ("session:x:meta", "meta", {"agent_id": "a", "prompt": "p", "mode": 3}, "meta record"),
+        ("session:x:meta", "meta", {**META, "turn": "yes"}, "a bool 'turn'"),
+        ("session:x:meta", "meta", {**META, "first_step": -1}, "a count 'first_step'"),
+        ("session:x:meta", "meta", {**META, "history": [{"role": "user"}]}, "'history'"),
+        ("session:x:step:2", "step", {"step": GOOD_STEP, "run_start": {"prompt": 1}}, "run_start"),
         ("session:x:base", "base", {"records": None}, "base record"),
         (
             "session:x:base",
@@ -237,3 +245,25 @@ def test_step_to_dict_has_every_field_as_asdict_does() -> None:
     step = ar.Step("t", "add", {"a": [1, 2]}, "3", "permanent", 1, 2, 0.5, 0.25, 0.125)
     assert step.to_dict() == asdict(step)
     assert ar.Step.from_dict(step.to_dict()) == step
+
+
+async def test_a_sessions_duration_adds_up_its_turns_as_its_steps_do() -> None:
+    rt = ar.AgentRuntime()
+    session = rt.create_session("a")
+    finished: list[float] = []
+    rt.events.on(
+        lambda e: finished.append(e.duration_ms) if isinstance(e, ar.RunFinished) else None
+    )
+
+    async def slow(prompt: str) -> str:
+        await asyncio.sleep(0.03)
+        return "Thought: t\nAction: FINAL_ANSWER x"
+
+    for turn in range(3):
+        await rt.run_turn(session, f"q{turn}", slow)
+    assert session.step_count == 3
+    assert session.duration_ms >= session.model_ms() >= 90.0  # all three turns, not the last
+    assert finished == sorted(finished) and finished[-1] == session.duration_ms
+    restored = ar.AgentSession.from_json(session.to_json())
+    await rt.run_turn(restored, "q3", slow)
+    assert restored.duration_ms >= session.duration_ms + 30.0

@@ -1,6 +1,14 @@
 """Typed events of an agent run, delivered to callbacks and async streams.
 
 Events are named tuples: immutable, and cheap enough to build on every step.
+
+The order of a run's events: `RunStarted`, then per step the model's (`LlmTextDelta`,
+`LlmResponse`) and the tools' (`ToolCallStarted`, `ToolCallFinished`) events, each step's
+`CheckpointSaved` (with a checkpoint backend), then `RunFinished`, then the final
+`CheckpointSaved`. A run that fails emits `ErrorEvent` as its last event. `RunFinished` comes
+before the final checkpoint, because the event log that checkpoint writes must hold it: so a
+run whose final checkpoint fails emits `RunFinished` and then `ErrorEvent` (the run raises
+`PersistenceError`), and its logged events end the same way.
 """
 
 from __future__ import annotations
@@ -81,7 +89,13 @@ class CheckpointSaved(NamedTuple):
 
 
 class RunFinished(NamedTuple):
-    """A run ended (with or without a final answer)."""
+    """A run ended (with or without a final answer).
+
+    `step_count` and `duration_ms` are the session's (`AgentSession`), so a multi-turn
+    session's add up its turns. With a checkpoint backend, the final checkpoint is saved
+    after this event (the event log it writes holds it): when that save fails, an
+    `ErrorEvent` follows, and the run raises `PersistenceError`.
+    """
 
     session_id: str
     final_answer: str | None
@@ -171,6 +185,11 @@ class EventBus:
         The subscription ends (and stops collecting events) when its iterator ends, when the
         task iterating it is cancelled, when it is closed (`await stream.aclose()`), or when
         it is dropped, iterated or not.
+
+        Every event of every run on the runtime is queued for the subscriber, without a
+        limit, until it reads it: a subscriber must keep reading, or close the subscription
+        when it stops (a subscription kept but not read holds every event since in memory).
+        A callback (`on`) queues nothing.
 
         Returns:
             An async iterator of events in emission order.

@@ -54,6 +54,7 @@ from llm_agent_runtime.persistence.checkpoints import (
     SessionState,
     StepRecord,
     idempotency_key,
+    is_stale_entry,
 )
 from llm_agent_runtime.providers.base import (
     TRUNCATION_STOP_REASONS,
@@ -64,6 +65,7 @@ from llm_agent_runtime.providers.base import (
     TextDelta,
     ToolCall,
     ToolDefinition,
+    Usage,
 )
 from llm_agent_runtime.session import AgentSession, Step
 from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, _truncate
@@ -124,6 +126,18 @@ class ApprovalDecision:
             raise AgentRuntimeError(
                 f"approval action must be 'approve', 'deny' or 'edit', got {self.action!r}"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class _DurableRun:
+    """A checkpointed run in progress: its id, the steps before it, what it started with."""
+
+    run: str | None
+    """The run's id: its journal entries name it (another run's entries are stale)."""
+    first: int
+    """How many steps the session had when the run started."""
+    start: dict[str, Any]
+    """Saved with the run's first step (`StepRecord.run_start`)."""
 
 
 ApprovalHandler = Callable[
@@ -258,6 +272,8 @@ class AgentRuntime:
         self._event_log: dict[str, list[Event]] = {}
         # Steps whose checkpoint failed, by session: (first step number, records).
         self._unsaved_steps: dict[str, tuple[int, list[StepRecord]]] = {}
+        # Checkpointed runs in progress, by session.
+        self._durable_runs: dict[str, _DurableRun] = {}
         self.approval_handler = approval_handler
         self.capabilities = capabilities
         self.budget = budget
@@ -417,9 +433,10 @@ class AgentRuntime:
         """The provider as a ReAct text model: one user prompt in, the reply's text out.
 
         Asked through a one-message `chat` when the provider has one: it carries the stop
-        sequences and `model_params`, and its stop reason tells a reply that was cut off
-        (returned as an `_IncompleteReply`). A provider with `complete` alone is asked
-        through that.
+        sequences and `model_params`, and each reply comes back as a `_ProviderReply`, with
+        the provider's stop reason (which tells a reply that was cut off) and token usage
+        (which the run charges instead of an estimate). A provider with `complete` alone is
+        asked through that (its text alone: its tokens are estimated).
 
         Raises:
             AgentRuntimeError: The provider has no `chat` to take `config.model_params`.
@@ -437,10 +454,7 @@ class AgentRuntime:
 
         async def infer(text: str) -> str:
             response = await chat([Message("user", text)], **params)
-            reason = response.stop_reason
-            if reason in _INCOMPLETE_STOP_REASONS:
-                return _IncompleteReply(response.text, reason)
-            return response.text
+            return _ProviderReply(response.text, response.stop_reason, response.usage)
 
         return infer
 
@@ -533,7 +547,9 @@ class AgentRuntime:
             if resume is None:
                 session.final_answer = None  # a session's next turn answers afresh
             # The timeout's message counts this turn's steps (a resumed run's are its own).
-            steps_before = session.step_count if resume is None else 0
+            steps_before = session.step_count if resume is None else resume.first_step
+            # A session's duration adds up its turns, as its steps do.
+            earlier_ms = session.duration_ms
             started = time.perf_counter()
             events = self.events
             try:
@@ -547,7 +563,15 @@ class AgentRuntime:
                 # The run's span covers all of it, its checkpoints included.
                 with span:
                     body = self._run_body(
-                        agent_id, prompt, infer, provider, session, history, resume, started
+                        agent_id,
+                        prompt,
+                        infer,
+                        provider,
+                        session,
+                        history,
+                        resume,
+                        started,
+                        earlier_ms,
                     )
                     timeout = self.config.loop_timeout_ms
                     if timeout is None:
@@ -559,7 +583,7 @@ class AgentRuntime:
                         )
                 return session
             except BaseException as error:
-                session.duration_ms = (time.perf_counter() - started) * 1000.0
+                session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
                 if events.active:
                     # A failing listener must not hide the run's error nor skip the save.
                     try:
@@ -578,6 +602,9 @@ class AgentRuntime:
                 metrics.session_finished()
         finally:
             running.discard(session_id)
+            if self._checkpoints is not None:  # nothing of an ended run stays in memory
+                self._durable_runs.pop(session_id, None)
+                self._checkpoints.forget(session_id)
             if self.approval_handler is not None:
                 self._drop_unremembered_approvals(session_id)
             if guard is not None:
@@ -593,8 +620,13 @@ class AgentRuntime:
         history: list[dict[str, Any]] | None,
         resume: SessionState | None,
         started: float,
+        earlier_ms: float,
     ) -> None:
-        """What a run does, all under its deadline: hooks, checkpoints, the loop, events."""
+        """What a run does, all under its deadline: hooks, checkpoints, the loop, events.
+
+        `history` is None for a run that is not a turn; `earlier_ms` the session's
+        `duration_ms` before this run.
+        """
         events = self.events
         if resume is None:  # a resumed run's prompt was rewritten before it was saved
             for hook in self._hooks["on_user_message"]:
@@ -607,8 +639,15 @@ class AgentRuntime:
         # The run's id: its meta record names it, and so does its final checkpoint (a
         # resumed run's is the interrupted run's), which tells a later turn from this one.
         run = resume.run if resume is not None else new_session_id()
-        if self._checkpoints is not None and resume is None:
-            await self._save_meta(session, "tools" if provider else "react", run)
+        if self._checkpoints is not None:
+            # A resumed run's first step, if it saved none yet, records its start too.
+            first = resume.first_step if resume is not None else session.step_count
+            turn = history is not None
+            start = {"prompt": prompt, "turn": turn, "messages": len(session.messages)}
+            self._durable_runs[session.session_id] = _DurableRun(run, first, start)
+            if resume is None:
+                mode = "tools" if provider else "react"
+                await self._save_meta(session, mode, run, session.messages if turn else None)
         if events.active:
             events.emit(RunStarted(session.session_id, agent_id, prompt))
         context = self._context(agent_id, prompt, session)
@@ -619,7 +658,7 @@ class AgentRuntime:
         if history is not None:  # a turn: the session's chat history, saved with it
             session.messages.append({"role": "user", "content": prompt})
             session.messages.append({"role": "assistant", "content": session.final_answer or ""})
-        session.duration_ms = (time.perf_counter() - started) * 1000.0
+        session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
         if events.active:
             events.emit(
                 RunFinished(
@@ -694,12 +733,15 @@ class AgentRuntime:
             head.append("\n".join(f"{m['role']}: {m['content']}" for m in history))
         head.append("Question: " + prompt)
         transcript = ["\n\n".join(head)]
-        # A resumed run replays its saved steps into the transcript, and takes the reply of
-        # an interrupted step from the journal instead of asking the model again.
+        # A resumed run replays its own saved steps (not an earlier turn's) into the
+        # transcript, and takes the reply of an interrupted step from the journal instead of
+        # asking the model again.
         journal: list[dict[str, Any]] = []
         if resume is not None:
             transcript += [
-                f"{r.reply}\nObservation: {r.step.observation}" for r in resume.records if r.reply
+                f"{r.reply}\nObservation: {r.step.observation}"
+                for r in resume.run_records
+                if r.reply
             ]
             journal = await self._journal_of_next_step(session)
         pre_hooks = self._hooks["on_pre_llm"]
@@ -710,7 +752,7 @@ class AgentRuntime:
         stops = self._stops
         perf = time.perf_counter
         # A resumed run counts the steps it already took; a session's new turn starts afresh.
-        done = session.step_count if resume is not None else 0
+        done = len(resume.run_records) if resume is not None else 0
         iterations = config.max_iterations - done
         # When handling a reply fails, the reply is checked: a model that returned no text is
         # an AgentLoopError. Checked then only: a `try` costs nothing until it raises.
@@ -720,9 +762,11 @@ class AgentRuntime:
             text_prompt = "\n".join(transcript)
             replayed = bool(journal)
             incomplete = None  # the stop reason of a reply that stopped before it was complete
+            usage = None  # the provider's token counts, when it reported them
             try:
                 if replayed:  # the reply of an interrupted step, handled (hooks, charge) back then
                     reply = journal[0]["reply"]
+                    usage = _journaled_usage(journal[0])
                     model_ms = 0.0
                 else:
                     for hook in pre_hooks:
@@ -736,8 +780,11 @@ class AgentRuntime:
                     else:
                         reply = await infer(text_prompt)
                     model_ms = (perf() - model_start) * 1000.0
-                    if type(reply) is _IncompleteReply:
-                        incomplete, reply = reply.stop_reason, str(reply)
+                    if type(reply) is _ProviderReply:
+                        usage = reply.usage
+                        if reply.stop_reason in _INCOMPLETE_STOP_REASONS:
+                            incomplete = reply.stop_reason
+                        reply = str(reply)
                     if stops:
                         cut = _cut_at_stop(reply, stops)
                         if len(cut) < len(reply):  # it ended at a stop sequence, before any cut
@@ -747,8 +794,11 @@ class AgentRuntime:
                         events.emit(_event(LlmTextDelta, (session.session_id, reply)))
                     for hook in post_hooks:
                         reply = await _maybe_await(hook(session, reply)) or reply
-                input_tokens = len(text_prompt) // _CHARS_PER_TOKEN
-                output_tokens = len(reply) // _CHARS_PER_TOKEN
+                if usage is not None and (usage.input_tokens or usage.output_tokens):
+                    input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+                else:  # a plain `infer`, or a provider that reports no usage: estimated
+                    input_tokens = len(text_prompt) // _CHARS_PER_TOKEN
+                    output_tokens = len(reply) // _CHARS_PER_TOKEN
             except (TypeError, AttributeError) as error:
                 if isinstance(reply, str):
                     raise
@@ -807,7 +857,9 @@ class AgentRuntime:
                     session, parsed.action or "", parsed.action_input
                 )
             else:
-                entry = journal[0] if journal else {"reply": reply}
+                # Replayed after an interruption, the step records the tokens its reply took.
+                tokens = [input_tokens, output_tokens]
+                entry = journal[0] if journal else {"reply": reply, "tokens": tokens}
                 journal = []
                 observation, tool_ms, action, action_input = await self._durable_call(
                     session,
@@ -855,8 +907,8 @@ class AgentRuntime:
         messages.append(Message(role="user", content=prompt))
         rounds_done = 0
         journal: list[dict[str, Any]] = []
-        if resume is not None:  # replay the saved rounds; an interrupted one is journaled
-            rounds_done = _replay_rounds(resume.records, messages)
+        if resume is not None:  # replay the run's saved rounds; an interrupted one is journaled
+            rounds_done = _replay_rounds(resume.run_records, messages)
             journal = await self._journal_of_next_step(session)
         tool_defs = self._tool_definitions or None
         post_hooks = self._hooks["on_post_llm"]
@@ -878,6 +930,7 @@ class AgentRuntime:
                 response = ChatResponse(
                     text=saved["text"],
                     tool_calls=[ToolCall(**c) for c in saved["calls"]],
+                    usage=_journaled_usage(saved) or Usage(),
                     reasoning=saved.get("reasoning", ()),
                 )
             elif self._tracer is not None:
@@ -930,7 +983,7 @@ class AgentRuntime:
             reasoning = response.reasoning
             messages.append(Message("assistant", text, calls, None, None, reasoning))
             if self._checkpoints is not None:
-                results = await self._durable_round(session, text, calls, journal, reasoning)
+                results = await self._durable_round(session, text, calls, journal, reasoning, usage)
                 journal = []
             elif len(calls) == 1:
                 results = [await self._call_tool(session, calls[0].name, calls[0].arguments)]
@@ -1037,13 +1090,25 @@ class AgentRuntime:
         return response
 
     async def _run_parallel(self, session: AgentSession, calls: list[ToolCall]) -> list[ToolRun]:
+        """Runs a round's calls concurrently, up to `max_parallel_tool_calls` at a time.
+
+        Every call is guarded (middlewares, capabilities, approval) before any starts: a
+        round that fails there (a capability refuses a call) fails with no call started,
+        rather than cut off calls that were half done.
+        """
+        if self._guarded:
+            resolved = [await self._guard_call(session, c.name, c.arguments) for c in calls]
+        else:
+            resolved = [(c.name, c.arguments, None) for c in calls]
         limit = asyncio.Semaphore(self.config.max_parallel_tool_calls)
 
-        async def bounded(index: int, call: ToolCall) -> ToolRun:
+        async def bounded(index: int, name: str, arguments: Any, denial: Any) -> ToolRun:
+            if denial is not None:
+                return self._denied(session, name, arguments, denial)
             async with limit:
-                return await self._call_tool(session, call.name, call.arguments, None, index)
+                return await self._call_tool(session, name, arguments, None, index, False)
 
-        return await _all_or_none(bounded(i, c) for i, c in enumerate(calls))
+        return await _all_or_none(bounded(i, *call) for i, call in enumerate(resolved))
 
     async def _call_tool(
         self,
@@ -1052,18 +1117,18 @@ class AgentRuntime:
         arguments: Any,
         key: str | None = None,
         index: int = 0,
+        guard: bool = True,
     ) -> ToolRun:
         """Runs one tool call through capabilities, approvals, middlewares and metrics.
 
         `index` is the call's place in its round. Returns the observation, the tool's time,
-        and the call that ran (a middleware or an approval may have changed it).
+        and the call that ran (a middleware or an approval may have changed it). Without
+        `guard`, the call was guarded already (`_guard_call`) and is run as it is.
         """
-        if self._guarded:
+        if self._guarded and guard:
             name, arguments, denial = await self._guard_call(session, name, arguments)
-            if denial is not None:  # a failed call in the metrics, as in the session
-                self.metrics.record_tool_call(name, session.agent_id)
-                self.metrics.record_tool_failure(name, session.agent_id)
-                return denial, 0.0, name, arguments
+            if denial is not None:
+                return self._denied(session, name, arguments, denial)
         self.metrics.record_tool_call(name, session.agent_id)
         events = self.events
         # Computed also when a listener joins while the tool runs.
@@ -1092,6 +1157,14 @@ class AgentRuntime:
             finished = (session.session_id, step_index, name, content, error_kind, tool_ms)
             events.emit(_event(ToolCallFinished, finished))
         return observation, tool_ms, name, arguments
+
+    def _denied(
+        self, session: AgentSession, name: str, arguments: Any, denial: Observation
+    ) -> ToolRun:
+        """The run of a call the approval handler denied: a failed call in the metrics."""
+        self.metrics.record_tool_call(name, session.agent_id)
+        self.metrics.record_tool_failure(name, session.agent_id)
+        return denial, 0.0, name, arguments
 
     async def _guard_call(
         self, session: AgentSession, name: str, arguments: Any
@@ -1122,8 +1195,9 @@ class AgentRuntime:
 
     async def _approve(self, session: AgentSession, name: str, arguments: Any) -> ApprovalDecision:
         cache = self._approvals.setdefault(session.session_id, {})
-        # One question per tool at a time: the parallel calls of a round wait for the first
-        # answer, which may be remembered for them.
+        # One question per tool at a time: a later call waits for the first answer, which may
+        # be remembered for it. (A round's calls are guarded one after another, before any
+        # runs: see `_run_parallel`.)
         locks = self._approval_locks.setdefault(session.session_id, {})
         async with locks.setdefault(name, asyncio.Lock()):
             # Approvals and denials are remembered per tool; an edit only for the same
@@ -1183,7 +1257,11 @@ class AgentRuntime:
         self.metrics.record_step()
         if self._checkpoints is None:
             return None
-        return StepRecord(step, reply, round_text, call_id, round_start)
+        record = StepRecord(step, reply, round_text, call_id, round_start)
+        durable = self._durable_runs.get(session.session_id)
+        if durable is not None and len(session.steps) == durable.first + 1:
+            record.run_start = durable.start  # the run's first step: what the run started with
+        return record
 
     # ------------------------------------------------------------------ durability
     # The one place checkpoints are written: per-step deltas (failures logged and counted,
@@ -1258,10 +1336,19 @@ class AgentRuntime:
             self._unsaved_steps.pop(session_id, None)
             self._event_log.pop(session_id, None)
 
-    async def _save_meta(self, session: AgentSession, mode: str, run: str | None) -> None:
+    async def _save_meta(
+        self,
+        session: AgentSession,
+        mode: str,
+        run: str | None,
+        history: list[dict[str, Any]] | None,
+    ) -> None:
+        """Saves the run's meta record; `history` is a turn's chat history (None: no turn)."""
         assert self._checkpoints is not None
         try:
-            await self._checkpoints.save_meta(session, mode, run)
+            await self._checkpoints.save_meta(
+                session, mode, run, turn=history is not None, history=history
+            )
         except PersistenceError:
             raise
         except Exception as error:  # a backend's own error, typed for the caller
@@ -1289,8 +1376,10 @@ class AgentRuntime:
         self.events.emit(CheckpointSaved(session.session_id, key))
 
     async def _journal_of_next_step(self, session: AgentSession) -> list[dict[str, Any]]:
+        """The running run's journal entries of the session's next step (none of another run)."""
         assert self._checkpoints is not None
-        return await self._checkpoints.load_journal(session.session_id, session.step_count + 1)
+        run = self._durable_runs[session.session_id].run
+        return await self._checkpoints.load_journal(session.session_id, session.step_count + 1, run)
 
     async def _durable_call(
         self,
@@ -1301,48 +1390,63 @@ class AgentRuntime:
         arguments: Any,
         entry: dict[str, Any],
         record_result: bool = False,
+        resolved: tuple[str, Any, Observation | None] | None = None,
     ) -> ToolRun:
-        """Runs one tool call under the journal: its intent is recorded before it runs.
+        """Runs one tool call under the journal: its intent is recorded right before it runs.
 
-        Except for a lone call of an idempotent tool that does not take the key: after an
-        interruption, its step is simply run again (model reply included). The result is
-        journaled too when `record_result` (a call of a parallel round, whose step checkpoints
-        come only after every call ends); a lone call's step checkpoint is its result, so it
-        costs one write less. An entry from an interrupted run is honoured:
-        a recorded result is reused, and a call that may have run is repeated only for a tool
-        that is idempotent or takes the key.
+        The call is first guarded (middlewares, capabilities, approval: `_resolve_call`,
+        unless `resolved` says what it resolved to already), so the journal and the repeat
+        rule concern the tool that actually runs, and a run stopped before its call was
+        approved has journaled nothing (it is resumed as if the call had not come yet).
+
+        The intent is not written for a lone call of an idempotent tool that does not take
+        the key: after an interruption, its step is simply run again (model reply included).
+        The result is journaled too when `record_result` (a call of a parallel round, whose
+        step checkpoints come only after every call ends); a lone call's step checkpoint is
+        its result, so it costs one write less. An entry of this run is honoured: a recorded
+        result is reused, and a call that may have run is repeated (as it was approved) only
+        for a tool that is idempotent or takes the key. An entry another run wrote is stale:
+        the call is run as if it had none.
         """
-        assert self._checkpoints is not None
+        checkpoints = self._checkpoints
+        assert checkpoints is not None
         session_id = session.session_id
+        if entry.get("state") == "done":
+            return _journaled_run(entry, name, arguments)
+        if resolved is None:
+            resolved = await self._resolve_call(session, step, index, name, arguments, entry)
+        name, arguments, denial = resolved
+        run_id = self._durable_runs[session_id].run
         key = idempotency_key(session_id, step, index)
-        state = entry.get("state")
-        if state == "done":
-            ran_name, ran_arguments = entry.get("ran", (name, arguments))
-            return (
-                Observation(entry["observation"], entry["error_kind"]),
-                0.0,
-                ran_name,
-                ran_arguments,
-            )
-        self._check_repeatable(session_id, step, index, name, entry)
         intent = {**entry, "tool": name, "arguments": arguments, "key": key, "state": "intent"}
+        intent["run"] = run_id
+        if denial is not None:  # denied: nothing runs, so no intent
+            result = self._denied(session, name, arguments, denial)
+            if record_result:  # the round's other calls' outcomes are journaled: this one's too
+                outcome = {"observation": denial.content, "error_kind": denial.error_kind}
+                done = {**intent, **outcome, "state": "done", "ran": [name, arguments]}
+                await checkpoints.journal(session_id, step, index, done)
+            return result
         spec = self.tools.get(name)
         # An intent only matters for a call that must not run twice: a lone call of an
         # idempotent tool is simply repeated (with the step) after an interruption, which
         # saves a write per step. A tool taking the key keeps it: its key must name this call.
         if record_result or spec is None or not spec.idempotent or spec.takes_idempotency_key:
-            # Written only if the call has no entry: another worker resuming this session may
+            # Written only if the call has no entry: another worker resuming this run may
             # have journaled it since this one read the journal. Its entry is honoured as one
             # found at resume: a result is reused, a call that may run (or have run) elsewhere
-            # is not run again unless the tool allows it.
-            found = await self._checkpoints.journal(session_id, step, index, intent, new=True)
+            # is not run again unless the tool allows it. Another run's entry is stale (that
+            # run was interrupted, then its turn run again instead of resumed): written over.
+            found = await checkpoints.journal(session_id, step, index, intent, new=True)
             if found is not None:
-                if found.get("state") == "done":
-                    return await self._durable_call(
-                        session, step, index, name, arguments, found, record_result
-                    )
-                self._check_repeatable(session_id, step, index, name, {"state": "intent"})
-        run = await self._call_tool(session, name, arguments, key, index)
+                if is_stale_entry(found, run_id):
+                    await checkpoints.journal(session_id, step, index, intent)
+                elif found.get("state") == "done":
+                    return _journaled_run(found, name, arguments)
+                else:
+                    ran = found.get("tool", name)
+                    self._check_repeatable(session_id, step, index, ran, {"state": "intent"})
+        run = await self._call_tool(session, name, arguments, key, index, False)
         observation = run[0]
         if record_result:
             done = {
@@ -1352,13 +1456,46 @@ class AgentRuntime:
                 "error_kind": observation.error_kind,
                 "ran": [run[2], run[3]],
             }
-            await self._checkpoints.journal(session_id, step, index, done)
+            await checkpoints.journal(session_id, step, index, done)
         return run
+
+    async def _resolve_call(
+        self,
+        session: AgentSession,
+        step: int,
+        index: int,
+        name: str,
+        arguments: Any,
+        entry: dict[str, Any],
+    ) -> tuple[str, Any, Observation | None]:
+        """The call a journaled tool call runs: its tool, its arguments, and a denial if any.
+
+        A call of this run that may have run (its intent is journaled) is repeated as it was
+        approved, with the tool and arguments the intent names, when that tool allows it.
+        Any other call is guarded now (middlewares, capabilities, approval: `_guard_call`).
+
+        Raises:
+            ToolError: The call may have run and its tool must not run twice.
+        """
+        session_id = session.session_id
+        if entry.get("state") == "intent" and entry.get("run") is not None:
+            name, arguments = entry.get("tool", name), entry.get("arguments", arguments)
+            self._check_repeatable(session_id, step, index, name, entry)
+            return name, arguments, None
+        denial = None
+        if self._guarded:
+            name, arguments, denial = await self._guard_call(session, name, arguments)
+        # An intent of an older version named the model's call: decided by the one that runs.
+        self._check_repeatable(session_id, step, index, name, entry)
+        return name, arguments, denial
 
     def _check_repeatable(
         self, session_id: str, step: int, index: int, name: str, entry: dict[str, Any]
     ) -> None:
-        """Raises `ToolError` when a journaled call may have run and must not run twice."""
+        """Raises `ToolError` when a journaled call may have run and must not run twice.
+
+        `name` is the tool that ran (or runs): the one the middlewares and the approval left.
+        """
         if entry.get("state") != "intent":
             return
         spec = self.tools.get(name)
@@ -1379,14 +1516,19 @@ class AgentRuntime:
         calls: list[ToolCall],
         journal: list[dict[str, Any]],
         reasoning: Sequence[dict[str, Any]] = (),
+        usage: Usage | None = None,
     ) -> list[ToolRun]:
         """Runs a round's tool calls (concurrently up to the limit), each journaled alone.
 
-        The round's response (text, calls, the provider's reasoning) is journaled with each
-        call, so that a resumed run sends the model what this one would have.
+        The round's response (text, calls, the provider's reasoning, its token usage) is
+        journaled with each call, so that a resumed run sends the model what this one would
+        have. Before any call starts, every call is checked and guarded: a call that may
+        have run and must not run twice, or one the capabilities refuse, fails the round
+        with no call started.
         """
         # A parallel round's finished calls are journaled one by one, so an interruption
         # re-runs none of them.
+        session_id = session.session_id
         step = session.step_count + 1
         saved_round: dict[str, Any] = {
             "text": text,
@@ -1394,16 +1536,34 @@ class AgentRuntime:
         }
         if reasoning:
             saved_round["reasoning"] = list(reasoning)
+        if usage is not None and (usage.input_tokens or usage.output_tokens):
+            saved_round["tokens"] = [usage.input_tokens, usage.output_tokens]
         entries = {e["index"]: e for e in journal}
-        for index, call in enumerate(calls):  # before any call runs: none starts in vain
-            self._check_repeatable(
-                session.session_id, step, index, call.name, entries.get(index, {})
+        for index in range(len(calls)):
+            entries.setdefault(index, {"round": saved_round, "index": index})
+        pending = [i for i in range(len(calls)) if entries[i].get("state") != "done"]
+        for index in pending:  # first what needs no guard (no approval is asked in vain)
+            entry = entries[index]
+            if entry.get("state") == "intent" and entry.get("run") is not None:
+                ran = entry.get("tool", calls[index].name)
+                self._check_repeatable(session_id, step, index, ran, entry)
+        resolved = {
+            index: await self._resolve_call(
+                session, step, index, calls[index].name, calls[index].arguments, entries[index]
             )
+            for index in pending
+        }
 
         def one(index: int, call: ToolCall) -> Awaitable[ToolRun]:
-            entry = entries.get(index, {"round": saved_round, "index": index})
             return self._durable_call(
-                session, step, index, call.name, call.arguments, entry, len(calls) > 1
+                session,
+                step,
+                index,
+                call.name,
+                call.arguments,
+                entries[index],
+                len(calls) > 1,
+                resolved.get(index),
             )
 
         if len(calls) == 1:
@@ -1422,7 +1582,15 @@ class AgentRuntime:
         Completed steps are never re-executed: their results come from the checkpoints. A
         step interrupted mid-way continues from its journal: its model reply is reused, a
         finished tool call is not repeated, and a tool call that may have run is repeated
-        only for tools that are idempotent or take the idempotency key.
+        only for tools that are idempotent or take the idempotency key. A call that had not
+        been approved (or allowed by the capabilities) yet had not run: it is asked again.
+
+        The interrupted run may be any turn of a multi-turn session (`run_turn`), the first
+        or a later one: it is continued as that turn, with the chat history of the turns
+        before it (trimmed as `run_turn` trims it), its own completed steps replayed and
+        counted against `max_iterations` (the earlier turns' are not), and, when it ends,
+        the turn added to the session's chat history as `run_turn` adds it. The same holds
+        for a fork (`fork`) taken inside a turn.
 
         Args:
             session_id: The interrupted session.
@@ -1434,7 +1602,8 @@ class AgentRuntime:
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend; when the session is running (in
-                this runtime); when a later turn of a multi-turn session was interrupted.
+                this runtime); when the run started after steps that are not saved (records
+                of older versions), as its context cannot then be rebuilt.
             PersistenceError: When nothing is saved for the session or a record is corrupt.
             ToolError: When a call that may have run cannot safely be repeated.
         """
@@ -1446,15 +1615,17 @@ class AgentRuntime:
                 "while it runs"
             )
         state = await self._checkpoints.load(session_id)
-        if state.interrupted_turn:
-            raise AgentRuntimeError(
-                f"session {session_id!r}: a later turn was interrupted; resume continues a "
-                "single run, not a turn of a multi-turn session (run the turn again with "
-                "run_turn)"
-            )
         session = state.session()
         if state.final is not None:
             return session
+        if state.first_step > len(state.records):
+            raise AgentRuntimeError(
+                f"session {session_id!r} cannot be resumed: its interrupted run started after "
+                f"step {state.first_step}, but only {len(state.records)} steps are saved (the "
+                "session was not checkpointed before that run, by a version that did not save "
+                "it then), so the run's context cannot be rebuilt; load_checkpoint shows what "
+                "is saved"
+            )
         if session.final_answer is not None:  # interrupted after its last step: just close it
             if session_id in self._running:  # it started running while this one loaded it
                 raise AgentRuntimeError(f"session {session_id!r} is already running a turn")
@@ -1464,14 +1635,15 @@ class AgentRuntime:
             finally:
                 self._running.discard(session_id)
             return session
+        # A turn goes on with the history it started with (`session()` gives it).
+        history = self.trim_history(session.messages) if state.turn else None
+        agent_id, prompt = state.agent_id, state.prompt
         if isinstance(model, LlmProvider):
             if state.mode == "tools" or self.config.mode == "tools":
-                return await self._run(
-                    state.agent_id, state.prompt, None, model, session, resume=state
-                )
+                return await self._run(agent_id, prompt, None, model, session, history, state)
             infer = self._text_model(model)
-            return await self._run(state.agent_id, state.prompt, infer, None, session, resume=state)
-        return await self._run(state.agent_id, state.prompt, model, None, session, resume=state)
+            return await self._run(agent_id, prompt, infer, None, session, history, state)
+        return await self._run(agent_id, prompt, model, None, session, history, state)
 
     async def settle_call(
         self,
@@ -1493,7 +1665,8 @@ class AgentRuntime:
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("settle_call needs a checkpoint_backend")
-        entries = await self._checkpoints.load_journal(session_id, step)
+        run = await self._checkpoints.current_run(session_id)  # another run's entry is stale
+        entries = await self._checkpoints.load_journal(session_id, step, run)
         entry = next((e for e in entries if e.get("key", "").endswith(f":{step}:{index}")), None)
         if entry is None or entry.get("state") != "intent":
             raise ToolError(f"no unsettled tool call at step {step}, call {index}")
@@ -1543,20 +1716,26 @@ class AgentRuntime:
 def _replay_rounds(records: list[StepRecord], messages: list[Message]) -> int:
     """Appends the chat messages of saved native rounds; returns how many rounds there were.
 
-    They are the messages the interrupted run sent: each round's reply with its reasoning
-    blocks, and each tool's result, marked as an error when the tool failed.
+    `records` are the interrupted run's own steps. They give the messages it sent: each
+    round's reply with its reasoning blocks, and each tool's result, marked as an error when
+    the tool failed. A final answer ends a turn: the rounds before one are another turn's
+    (records of older versions did not tell a run's steps), so they are dropped.
     """
     rounds = 0
+    replayed = len(messages)
     for position, record in enumerate(records):
         step = record.step
         if step.action == "FINAL_ANSWER":
-            rounds += 1
+            del messages[replayed:]
+            rounds = 0
             continue
         if record.round_start:
             rounds += 1
             calls = []
             for later in records[position:]:
-                if later is not record and later.round_start:
+                if later is not record and (
+                    later.round_start or later.step.action == "FINAL_ANSWER"
+                ):
                     break
                 calls.append(
                     ToolCall(
@@ -1627,15 +1806,39 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
-class _IncompleteReply(str):
-    """A text model's reply that stopped before it was complete, with the stop reason why."""
+class _ProviderReply(str):
+    """A provider's reply to a ReAct text prompt: its text, with its stop reason and usage.
 
-    stop_reason: str
+    The stop reason tells a reply that stopped before it was complete; the usage is what
+    the run charges (steps, metrics, budget) instead of an estimate.
+    """
 
-    def __new__(cls, text: str, stop_reason: str) -> _IncompleteReply:
+    stop_reason: str | None
+    usage: Usage
+
+    def __new__(cls, text: str, stop_reason: str | None, usage: Usage) -> _ProviderReply:
         reply = super().__new__(cls, text)
         reply.stop_reason = stop_reason
+        reply.usage = usage
         return reply
+
+
+def _journaled_usage(entry: dict[str, Any]) -> Usage | None:
+    """The token counts a journal entry (a reply or a round) records, None without them."""
+    tokens = entry.get("tokens")
+    if (
+        isinstance(tokens, list)
+        and len(tokens) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in tokens)
+    ):
+        return Usage(input_tokens=tokens[0], output_tokens=tokens[1])
+    return None
+
+
+def _journaled_run(entry: dict[str, Any], name: str, arguments: Any) -> ToolRun:
+    """The run of a tool call whose outcome is journaled (it ran, or was settled by hand)."""
+    ran = entry.get("ran") or (entry.get("tool", name), entry.get("arguments", arguments))
+    return Observation(entry["observation"], entry["error_kind"]), 0.0, ran[0], ran[1]
 
 
 def _incomplete_reply(stop_reason: str, what: str) -> AgentLoopError:

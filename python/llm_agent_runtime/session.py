@@ -73,7 +73,12 @@ class Step:
 
 @dataclass(slots=True)
 class AgentSession:
-    """Everything one run did: steps, final answer, memory hits, timings."""
+    """Everything a session's runs did: steps, final answer, memory hits, timings.
+
+    A multi-turn session (`AgentRuntime.run_turn`) adds up its turns: `steps`, `memory_hits`,
+    `duration_ms` (the wall time of all its runs) and `checkpoint_errors` grow with each
+    turn; `prompt` and `final_answer` are the latest turn's.
+    """
 
     session_id: str
     agent_id: str
@@ -83,6 +88,7 @@ class AgentSession:
     memory_hits: int = 0
     graph_entity_count: int | None = None
     duration_ms: float = 0.0
+    """Wall time of the session's runs, in ms: all its turns (a failed run's too)."""
     checkpoint_errors: int = 0
     messages: list[dict[str, Any]] = field(default_factory=list)
     """Chat history of a multi-turn session (role/content dicts)."""
@@ -98,7 +104,7 @@ class AgentSession:
         return self.final_answer is not None
 
     def duration_secs(self) -> float:
-        """Wall-clock duration in seconds."""
+        """Wall-clock duration in seconds (all the session's turns, as `duration_ms`)."""
         return self.duration_ms / 1000.0
 
     def failed_tool_call_count(self) -> int:
@@ -270,7 +276,9 @@ class AgentSession:
         """Loads a saved session: its final checkpoint, or the steps an interrupted run saved.
 
         A multi-turn session whose latest turn was interrupted loads as its earlier turns
-        (chat history, memory hits, ...) followed by the steps that turn saved.
+        (chat history, memory hits, ...) followed by the steps that turn saved, with the chat
+        history that turn started with (and the turn itself when its last saved step is its
+        final answer). `AgentRuntime.resume` continues that turn.
 
         Raises:
             PersistenceError: When nothing is saved for the session, or a record is corrupt,

@@ -617,7 +617,7 @@ async def test_event_logs_of_two_runtimes_on_one_session_add_up() -> None:
     assert types.count("LlmResponse") == 3 and types[-1] == "RunFinished"
 
 
-async def test_a_session_whose_later_turn_was_interrupted_is_neither_resumed_nor_swept() -> None:
+async def test_a_session_whose_later_turn_was_interrupted_is_swept_only_once_resumed() -> None:
     backend = ar.InMemoryBackend()
     runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     session = runtime.create_session("a")
@@ -628,10 +628,11 @@ async def test_a_session_whose_later_turn_was_interrupted_is_neither_resumed_nor
 
     with pytest.raises(ConnectionError):
         await runtime.run_turn(session, "second", down)
-    with pytest.raises(ar.AgentRuntimeError, match="later turn was interrupted"):
-        await runtime.resume(session.session_id, script(FINAL))
     assert await runtime.sweep(older_than=-1000) == []
     assert await CheckpointStore(backend).load(session.session_id)
+    resumed = await runtime.resume(session.session_id, script(FINAL))
+    assert [m["content"] for m in resumed.messages] == ["first", "finished", "second", "finished"]
+    assert await runtime.sweep(older_than=-1000) == [session.session_id]
 
 
 async def test_a_session_whose_later_turn_timed_out_loads_with_its_earlier_turns() -> None:
@@ -667,12 +668,13 @@ async def test_a_session_whose_later_turn_timed_out_loads_with_its_earlier_turns
     assert saved.memory_hits == 1
     assert [s.action for s in saved.steps] == ["FINAL_ANSWER", "add"]
     assert saved.prompt == "turn2" and saved.final_answer is None
-    with pytest.raises(ar.AgentRuntimeError, match="later turn was interrupted"):
-        await runtime.resume(session.session_id, script(FINAL))
-    # The turn run again ends the session as if nothing had happened.
-    assert await runtime.run_turn(saved, "turn2", script(FINAL)) == "finished"
+    # Resumed, the turn ends the session as if nothing had happened.
+    resumed = await runtime.resume(session.session_id, script(FINAL))
+    assert resumed.final_answer == "finished"
+    assert [s.action for s in resumed.steps] == ["FINAL_ANSWER", "add", "FINAL_ANSWER"]
     saved = await ar.AgentSession.load_checkpoint(backend, session.session_id)
     assert [m["content"] for m in saved.messages] == ["turn1", "finished", "turn2", "finished"]
+    assert saved == resumed
 
 
 async def test_a_later_turn_that_answered_but_was_not_closed_loads_with_its_answer() -> None:
@@ -695,3 +697,464 @@ async def test_a_later_turn_that_answered_but_was_not_closed_loads_with_its_answ
     assert saved.final_answer == "second"
     assert saved.messages == session.messages
     assert [m["content"] for m in saved.messages] == ["turn1", "finished", "turn2", "second"]
+
+
+# ---------------------------------------------------------------------- runs and turns
+class Recorder(ar.ScriptedProvider):
+    """A scripted provider that keeps the messages of every call."""
+
+    def __init__(self, replies: Any) -> None:
+        super().__init__(replies)
+        self.seen: list[list[Any]] = []
+
+    async def chat(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+        self.seen.append(list(messages))
+        return await super().chat(messages, tools, **params)
+
+
+def chat_of(messages: list[Any]) -> list[tuple[str, str, list[str], str | None]]:
+    """What a chat call sent: each message's role, text, tool call ids and answered call."""
+    return [(m.role, m.content, [c.id for c in m.tool_calls], m.tool_call_id) for m in messages]
+
+
+async def cancel_when(task: asyncio.Task[Any], reached: asyncio.Event) -> None:
+    """Cancels `task` once `reached` is set (a crash at that point), and waits for its end."""
+    await reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_turn_run_again_ignores_the_journal_of_the_interrupted_run() -> None:
+    """A journal entry is valid for the run that wrote it: not for the turn run again."""
+    backend = ar.InMemoryBackend()
+    ran: list[dict[str, Any]] = []
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    @ar.tool(idempotent=True)
+    async def add(a: int, b: int, slow: bool = False) -> int:
+        """Adds; `slow` waits."""
+        ran.append({"a": a, "b": b})
+        if slow:
+            reached.set()
+            await gate.wait()
+        return a + b
+
+    config = ar.AgentConfig(mode="tools")
+    runtime = ar.AgentRuntime(config, tools=[add], checkpoint_backend=backend)
+    session = runtime.create_session("a", "S1")
+    await runtime.run_turn(session, "hi", ar.ScriptedProvider(["hello"]))
+    round_ = ar.ScriptedProvider.tool_call_reply(
+        [("add", {"a": 1, "b": 2}), ("add", {"a": 0, "b": 0, "slow": True})]
+    )
+    task = asyncio.create_task(runtime.run_turn(session, "compute", ar.ScriptedProvider([round_])))
+    await cancel_when(task, reached)  # call 0 finished and is journaled; call 1 may have run
+    gate.set()
+    ran.clear()
+    loaded = await ar.AgentSession.load_checkpoint(backend, "S1")
+    other = ar.ScriptedProvider(
+        [
+            ar.ScriptedProvider.tool_call_reply(
+                [("add", {"a": 100, "b": 200}), ("add", {"a": 5, "b": 5})]
+            ),
+            "done",
+        ]
+    )
+    again = ar.AgentRuntime(config, tools=[add], checkpoint_backend=backend)
+    assert await again.run_turn(loaded, "compute again", other) == "done"
+    assert ran == [{"a": 100, "b": 200}, {"a": 5, "b": 5}]  # both ran: no stale result
+    assert [(s.action_input, s.observation) for s in loaded.steps[1:3]] == [
+        ({"a": 100, "b": 200}, "300"),
+        ({"a": 5, "b": 5}, "10"),
+    ]
+
+
+async def test_a_stale_intent_of_another_run_blocks_neither_a_new_turn_nor_a_resume() -> None:
+    backend = ar.InMemoryBackend()
+    sent: list[str] = []
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    @ar.tool
+    async def send(to: str) -> str:
+        """Sends a message (not idempotent)."""
+        sent.append(to)
+        if to == "bob":
+            reached.set()
+            await gate.wait()
+        return "sent " + to
+
+    runtime = ar.AgentRuntime(tools=[send], checkpoint_backend=backend)
+    session = runtime.create_session("a", "S1")
+    await runtime.run_turn(session, "hi", script(FINAL))
+    to_bob = 'Thought: t\nAction: send {"to": "bob"}'
+    task = asyncio.create_task(runtime.run_turn(session, "send to bob", script(to_bob)))
+    await cancel_when(task, reached)  # the intent of step 2 is journaled: it may have run
+    gate.set()
+
+    # A new turn (not a resume) runs its own step 2: the interrupted run's intent is stale.
+    with pytest.raises(ConnectionError):  # it sends, then the model goes down
+        await runtime.run_turn(
+            session, "send to alice", fails_after('Thought: t\nAction: send {"to": "alice"}')
+        )
+    assert sent == ["bob", "alice"]
+    # Its resume takes its own step 2, not the stale journal of the run before.
+    resumed = await runtime.resume("S1", script(FINAL))
+    assert sent == ["bob", "alice"]
+    assert [s.observation for s in resumed.steps] == ["", "sent alice", ""]
+    assert [m["content"] for m in resumed.messages] == [
+        "hi",
+        "finished",
+        "send to alice",
+        "finished",
+    ]
+
+
+async def test_an_interrupted_later_turn_is_resumed_without_repeating_its_steps() -> None:
+    backend = ar.InMemoryBackend()
+    booked: list[str] = []
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    @ar.tool(idempotent=True)
+    async def book(what: str) -> str:
+        """Books."""
+        booked.append(what)
+        if what == "hotel" and not gate.is_set():
+            reached.set()
+            await gate.wait()
+        return "booked " + what
+
+    # Three rounds a turn: the earlier turn's round must not count against the resumed one.
+    config = ar.AgentConfig(mode="tools", max_iterations=3)
+    runtime = ar.AgentRuntime(config, tools=[book], checkpoint_backend=backend)
+    session = runtime.create_session("a", "S")
+    await runtime.run_turn(session, "hi", ar.ScriptedProvider(["hello"]))
+    flight = ar.ScriptedProvider.tool_call_reply([("book", {"what": "flight"})])
+    hotel = ar.ScriptedProvider.tool_call_reply([("book", {"what": "hotel"})])
+    task = asyncio.create_task(
+        runtime.run_turn(session, "book trip", ar.ScriptedProvider([flight, hotel, "all"]))
+    )
+    await cancel_when(task, reached)
+    gate.set()
+
+    model = Recorder([hotel, "all booked"])
+    resumed = await ar.AgentRuntime(config, tools=[book], checkpoint_backend=backend).resume(
+        "S", model
+    )
+    assert booked == ["flight", "hotel", "hotel"]  # the completed flight step is not re-run
+    assert resumed.final_answer == "all booked"
+    assert [s.action_input for s in resumed.steps] == [
+        "hello",
+        {"what": "flight"},
+        {"what": "hotel"},
+        "all booked",
+    ]
+    assert [m["content"] for m in resumed.messages] == ["hi", "hello", "book trip", "all booked"]
+    assert chat_of(model.seen[0])[1:] == [
+        ("user", "hi", [], None),
+        ("assistant", "hello", [], None),
+        ("user", "book trip", [], None),
+        ("assistant", "", ["call_0"], None),
+        ("tool", "booked flight", [], "call_0"),
+    ]
+    assert await ar.AgentSession.load_checkpoint(backend, "S") == resumed
+
+
+async def test_a_resumed_first_turn_joins_the_chat_history() -> None:
+    backend = ar.InMemoryBackend()
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    @ar.tool(idempotent=True)
+    async def lookup() -> str:
+        """Looks up."""
+        reached.set()
+        await gate.wait()
+        return "Paris"
+
+    config = ar.AgentConfig(mode="tools")
+    runtime = ar.AgentRuntime(config, tools=[lookup], checkpoint_backend=backend)
+    session = runtime.create_session("a", "S")
+    answer = [ar.ScriptedProvider.tool_call_reply([("lookup", {})]), "The capital is Paris"]
+    task = asyncio.create_task(
+        runtime.run_turn(session, "capital of France?", ar.ScriptedProvider(answer))
+    )
+    await cancel_when(task, reached)
+    gate.set()
+    other = ar.AgentRuntime(config, tools=[lookup], checkpoint_backend=backend)
+    resumed = await other.resume("S", ar.ScriptedProvider(answer))
+    turn = [
+        {"role": "user", "content": "capital of France?"},
+        {"role": "assistant", "content": "The capital is Paris"},
+    ]
+    assert resumed.messages == turn  # as an uninterrupted turn adds it
+    assert (await ar.AgentSession.load_checkpoint(backend, "S")).messages == turn
+    model = Recorder(["2 million"])
+    await other.run_turn(resumed, "and its population?", model)
+    assert [m.content for m in model.seen[0][1:]] == [
+        "capital of France?",
+        "The capital is Paris",
+        "and its population?",
+    ]
+
+
+async def test_the_journal_decides_by_the_tool_a_middleware_routes_a_call_to() -> None:
+    charges: list[Any] = []
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    @ar.tool(idempotent=True)
+    async def lookup(pay: bool = False) -> str:
+        """Looks up (safe to repeat)."""
+        return "looked up"
+
+    @ar.tool
+    async def charge(pay: bool = False) -> str:
+        """Charges (not idempotent)."""
+        charges.append(pay)
+        reached.set()
+        await gate.wait()
+        return "charged"
+
+    class Route(ar.Middleware):
+        def on_tool_call(self, session: ar.AgentSession, tool: str, arguments: Any) -> Any:
+            return ("charge", arguments) if tool == "lookup" and arguments.get("pay") else None
+
+    backend = ar.InMemoryBackend()
+
+    def runtime() -> ar.AgentRuntime:
+        return ar.AgentRuntime(
+            tools=[lookup, charge], checkpoint_backend=backend, middlewares=[Route()]
+        )
+
+    reply = 'Thought: t\nAction: lookup {"pay": true}'
+    sid = await interrupt_mid_tool(runtime(), reply, gate, reached)
+    # The call that ran is a charge: journaled, and not repeated on resume.
+    assert [k for k in await backend.list_keys() if ":call:" in k] == [f"session:{sid}:call:1:0"]
+    with pytest.raises(ar.ToolError, match=r"'charge' \(step 1"):
+        await runtime().resume(sid, script(FINAL))
+    assert charges == [True]
+
+    # An idempotent tool called by an alias is repeated as the idempotent tool it is.
+    adds: list[int] = []
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    @ar.tool(idempotent=True)
+    async def add(a: int, b: int) -> int:
+        """Adds."""
+        adds.append(a)
+        reached.set()
+        await gate.wait()
+        return a + b
+
+    class Alias(ar.Middleware):
+        def on_tool_call(self, session: ar.AgentSession, tool: str, arguments: Any) -> Any:
+            return ("add", arguments) if tool == "plus" else None
+
+    def aliased() -> ar.AgentRuntime:
+        return ar.AgentRuntime(tools=[add], checkpoint_backend=backend, middlewares=[Alias()])
+
+    sid = await interrupt_mid_tool(
+        aliased(), 'Thought: t\nAction: plus {"a": 1, "b": 2}', gate, reached
+    )
+    resumed = await aliased().resume(
+        sid, script('Thought: t\nAction: plus {"a": 1, "b": 2}', FINAL)
+    )
+    assert resumed.final_answer == "finished" and adds == [1, 1]
+    assert [(s.action, s.observation) for s in resumed.steps] == [
+        ("add", "3"),
+        ("FINAL_ANSWER", ""),
+    ]
+
+
+async def test_a_run_stopped_while_a_call_awaits_approval_is_resumed() -> None:
+    backend = ar.InMemoryBackend()
+    wired: list[Any] = []
+    asked = asyncio.Event()
+
+    @ar.tool
+    async def wire(amount: int) -> str:
+        """Wires money (not idempotent)."""
+        wired.append(amount)
+        return "wired"
+
+    async def human(session: ar.AgentSession, tool: str, arguments: Any) -> ar.ApprovalDecision:
+        asked.set()
+        await asyncio.Event().wait()  # nobody has clicked yet
+        return ar.ApprovalDecision("approve")
+
+    async def model(prompt: str) -> str:
+        if "Observation: wired" in prompt:
+            return FINAL
+        return 'Thought: t\nAction: wire {"amount": 5}'
+
+    runtime = ar.AgentRuntime(tools=[wire], checkpoint_backend=backend, approval_handler=human)
+    session = runtime.create_session("a", "S")
+    task = asyncio.create_task(runtime.run_agent("a", "pay", model, session=session))
+    await cancel_when(task, asked)
+    assert not [k for k in await backend.list_keys() if ":call:" in k]  # nothing ran
+
+    resumed = await ar.AgentRuntime(
+        tools=[wire],
+        checkpoint_backend=backend,
+        approval_handler=lambda s, t, a: ar.ApprovalDecision("approve"),
+    ).resume("S", model)
+    assert resumed.final_answer == "finished" and wired == [5]
+
+
+@pytest.mark.parametrize(
+    "capabilities",
+    [ar.CapabilitySet(allowed_tools=["transfer"]), ar.CapabilitySet(max_actions=1)],
+    ids=["tool not allowed", "max_actions"],
+)
+async def test_a_durable_round_a_capability_refuses_starts_no_call(
+    capabilities: ar.CapabilitySet,
+) -> None:
+    log: list[str] = []
+
+    @ar.tool
+    async def transfer(account: str) -> str:
+        """Transfers."""
+        log.append("debit " + account)
+        await asyncio.sleep(0.01)
+        log.append("credit " + account)
+        return "ok"
+
+    @ar.tool
+    async def delete() -> str:
+        """Deletes."""
+        return "deleted"
+
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"),
+        tools=[transfer, delete],
+        checkpoint_backend=backend,
+        capabilities=capabilities,
+    )
+    second = ("delete", {}) if capabilities.max_actions is None else ("transfer", {"account": "B"})
+    round_ = ar.ScriptedProvider.tool_call_reply([("transfer", {"account": "A"}), second])
+    with pytest.raises(ar.PolicyDeniedError):
+        await runtime.run_agent_with_provider("a", "go", ar.ScriptedProvider([round_, "done"]))
+    assert log == []  # no call started: none was cut off half done
+    assert not [k for k in await backend.list_keys() if ":call:" in k]
+
+
+async def test_a_fork_inside_a_later_turn_resumes_that_turn_after_the_earlier_ones() -> None:
+    backend = ar.InMemoryBackend()
+    effects = Effects()
+    # As many rounds a turn as turn 2 takes: the earlier turns' rounds must not count.
+    config = ar.AgentConfig(mode="tools", max_iterations=2)
+    runtime = ar.AgentRuntime(config, tools=effects.tools(), checkpoint_backend=backend)
+    session = runtime.create_session("a", "S")
+    for question, (a, b), answer in (("q1", (1, 2), "a1"), ("q2", (3, 4), "a2")):
+        call = ar.ScriptedProvider.tool_call_reply([("add", {"a": a, "b": b})])
+        await runtime.run_turn(session, question, ar.ScriptedProvider([call, answer]))
+
+    fork_id = await runtime.fork("S", 3)  # after turn 2's tool round
+    model = Recorder(["a2 (fork)"])
+    forked = await runtime.resume(fork_id, model)
+    assert forked.final_answer == "a2 (fork)" and model.calls == 1
+    assert chat_of(model.seen[0])[1:] == [
+        ("user", "q1", [], None),
+        ("assistant", "a1", [], None),
+        ("user", "q2", [], None),
+        ("assistant", "", ["call_0"], None),
+        ("tool", "7", [], "call_0"),
+    ]
+    assert [m["content"] for m in forked.messages] == ["q1", "a1", "q2", "a2 (fork)"]
+    assert forked.prompt == "q2" and len(effects.calls) == 2  # no tool ran again
+
+    # A fork inside the first turn asks that turn's question, with no history.
+    model = Recorder(["a1 (fork)"])
+    forked = await runtime.resume(await runtime.fork("S", 1), model)
+    assert chat_of(model.seen[0])[1:] == [
+        ("user", "q1", [], None),
+        ("assistant", "", ["call_0"], None),
+        ("tool", "3", [], "call_0"),
+    ]
+    assert [m["content"] for m in forked.messages] == ["q1", "a1 (fork)"]
+    # A fork at the end of the first turn is that turn, finished.
+    forked = await runtime.resume(await runtime.fork("S", 2), Recorder([]))
+    assert forked.final_answer == "a1" and forked.step_count == 2
+    assert [m["content"] for m in forked.messages] == ["q1", "a1"]
+
+
+async def test_a_react_fork_inside_a_later_turn_replays_that_turn_alone() -> None:
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(max_iterations=2), tools=Effects().tools(), checkpoint_backend=backend
+    )
+    session = runtime.create_session("a", "S")
+    one = "Thought: turn one done\nAction: FINAL_ANSWER a1"
+    await runtime.run_turn(session, "q1", script(add_step(1), one))
+    await runtime.run_turn(session, "q2", script(add_step(2), FINAL))
+    prompts: list[str] = []
+
+    async def model(prompt: str) -> str:
+        prompts.append(prompt)
+        return FINAL
+
+    forked = await runtime.resume(await runtime.fork("S", 3), model)
+    assert forked.final_answer == "finished" and len(prompts) == 1
+    assert "user: q1\nassistant: a1" in prompts[0] and "Question: q2" in prompts[0]
+    assert "step 2" in prompts[0] and "step 1" not in prompts[0]  # turn 2's step alone
+    assert "turn one done" not in prompts[0]
+    assert [m["content"] for m in forked.messages] == ["q1", "a1", "q2", "finished"]
+
+
+async def test_a_session_restored_from_json_is_saved_whole_when_continued() -> None:
+    tools = Effects().tools()
+    config = ar.AgentConfig(mode="tools")
+    unsaved = ar.AgentRuntime(config, tools=tools)
+    session = unsaved.create_session("a", "S")
+    call = ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})])
+    await unsaved.run_turn(session, "1+2?", ar.ScriptedProvider([call, "3"]))
+
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(config, tools=tools, checkpoint_backend=backend)
+    restored = ar.AgentSession.from_json(session.to_json())
+    call = ar.ScriptedProvider.tool_call_reply([("add", {"a": 3, "b": 4})])
+    assert await runtime.run_turn(restored, "3+4?", ar.ScriptedProvider([call, "7"])) == "7"
+    loaded = await ar.AgentSession.load_checkpoint(backend, "S")
+    assert loaded == restored and loaded.step_count == 4
+
+    # Its turn interrupted, the session resumes as saved whole too.
+    restored = ar.AgentSession.from_json(session.to_json())
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(config, tools=tools, checkpoint_backend=backend)
+    with pytest.raises(ar.ProviderError):  # the model fails after the tool round
+        await runtime.run_turn(restored, "3+4?", ar.ScriptedProvider([call]))
+    resumed = await runtime.resume("S", ar.ScriptedProvider(["7"]))
+    assert [s.observation for s in resumed.steps] == ["3", "", "7", ""]
+    assert [m["content"] for m in resumed.messages] == ["1+2?", "3", "3+4?", "7"]
+    assert await ar.AgentSession.load_checkpoint(backend, "S") == resumed
+
+
+async def test_runs_that_end_any_way_leave_no_event_counter_behind() -> None:
+    @ar.tool(idempotent=True)
+    async def work(kind: str) -> str:
+        """Works; `slow` hangs."""
+        if kind == "slow":
+            await asyncio.sleep(10)
+        return "ok"
+
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools", loop_timeout_ms=100),
+        tools=[work],
+        checkpoint_backend=ar.InMemoryBackend(),
+    )
+
+    def run(kind: str) -> Any:
+        calls = [("work", {"kind": kind}), ("work", {"kind": "ok"})]
+        provider = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply(calls), "done"])
+        return runtime.run_agent_with_provider("a", "go", provider)
+
+    cancelled = asyncio.create_task(run("slow"))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    finished = await run("ok")
+    with pytest.raises(ar.AgentLoopError, match="timed out"):
+        await run("slow")
+    assert finished.final_answer == "done"
+    assert runtime._checkpoints is not None and runtime._checkpoints._next_event == {}
+    assert not runtime._durable_runs

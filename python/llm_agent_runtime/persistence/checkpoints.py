@@ -5,12 +5,15 @@ Also the operations on them: load, resume state, prune, sweep, fork.
 Keys of session `<id>` (every value is a codec record; `<id>` is escaped, `%` as `%25` and
 `:` as `%3A`, see `escape_session_id`, so no key of one session is a key of another):
 
-- `session:<id>:meta`: who runs what (agent, prompt, mode, start time, and the run's id);
+- `session:<id>:meta`: who runs what (agent, prompt, mode, start time, the run's id, whether
+  it is a turn of a multi-turn session, how many steps the session had before it, and the
+  chat history it started with);
 - `session:<id>:step:<n>`: what step n added (a delta: storage grows linearly with steps);
 - `session:<id>:base:<n>`: steps 1 to n, folded by `prune`, so a running session stays
   resumable (`session:<id>:base`, without `<n>`, as older versions wrote it, is read too);
 - `session:<id>:call:<n>:<i>`: tool call i of step n, written as an intent before the call and
-  as a result after it (the journal that makes resume at-most-once);
+  as a result after it (the journal that makes resume at-most-once), naming the run that
+  wrote it: an entry is valid for that run alone (another run's is stale, as if absent);
 - `session:<id>:event:<seq>`: the append-only event log;
 - `session:<id>`: the final checkpoint (the whole session, with the working memory's entries;
   a multi-turn session's is its latest finished turn's), naming the run it closes.
@@ -35,7 +38,7 @@ from llm_agent_runtime.persistence.base import (
 from llm_agent_runtime.persistence.codec import decode, encode
 from llm_agent_runtime.session import AgentSession, Step
 
-__all__ = ["CheckpointStore", "SessionState", "StepRecord", "idempotency_key"]
+__all__ = ["CheckpointStore", "SessionState", "StepRecord", "idempotency_key", "is_stale_entry"]
 
 
 def idempotency_key(session_id: str, step: int, call_index: int) -> str:
@@ -55,6 +58,10 @@ class StepRecord:
     several tool calls yields one step per call; `round_text` and `call_id` rebuild the chat,
     and the round's first step keeps the provider's reasoning blocks of the round's response
     (`round_reasoning`, `ChatResponse.reasoning`), which a resumed run sends back with it.
+
+    The first step of each run keeps what the run started with (`run_start`: its `prompt`,
+    whether it is a `turn` of a multi-turn session, and how many chat `messages` the session
+    had), so a fork inside any run of a session knows that run's question and history.
     """
 
     step: Step
@@ -63,6 +70,7 @@ class StepRecord:
     call_id: str | None = None
     round_start: bool = False
     round_reasoning: list[dict[str, Any]] | None = None
+    run_start: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-compatible data (sharing the step's `action_input`: encode it).
@@ -78,6 +86,8 @@ class StepRecord:
         }
         if self.round_reasoning:
             data["round_reasoning"] = self.round_reasoning
+        if self.run_start is not None:
+            data["run_start"] = self.run_start
         return data
 
     @classmethod
@@ -106,12 +116,23 @@ class StepRecord:
             raise PersistenceError(
                 "step record field 'round_reasoning' must be a list of objects or null"
             )
+        start = fields.get("run_start")
+        if start is not None and not (
+            isinstance(start, dict)
+            and isinstance(start.get("prompt"), str)
+            and isinstance(start.get("turn"), bool)
+            and _is_count(start.get("messages"))
+        ):
+            raise PersistenceError(
+                "step record field 'run_start' must be an object with a string 'prompt', a "
+                "bool 'turn' and a count of 'messages', or null"
+            )
         fields["step"] = Step.from_dict(fields["step"])
         return cls(**fields)
 
 
 _RECORD_FIELDS = frozenset(
-    {"step", "reply", "round_text", "call_id", "round_start", "round_reasoning"}
+    {"step", "reply", "round_text", "call_id", "round_start", "round_reasoning", "run_start"}
 )
 
 
@@ -131,15 +152,29 @@ class SessionState:
     """With `interrupted_turn`: the final checkpoint of the earlier turns."""
     run: str | None = None
     """The id of the saved run (from the meta record): a resumed run's final names it."""
+    turn: bool = False
+    """Whether the saved run is a turn of a multi-turn session (`run_turn`): it adds its
+    question and answer to the chat history when it ends."""
+    first_step: int = 0
+    """How many steps the session had when the saved run started: its own steps are the
+    records after them (`run_records`)."""
+    history: list[dict[str, Any]] | None = None
+    """The chat history (`AgentSession.messages`) the saved run started with, for a turn."""
+
+    @property
+    def run_records(self) -> list[StepRecord]:
+        """The saved run's own steps: those after the `first_step` steps before it."""
+        return self.records[self.first_step :]
 
     def session(self) -> AgentSession:
         """The session as saved: the final checkpoint, else the folded steps.
 
-        A multi-turn session whose latest turn did not finish (`interrupted_turn`) is the
-        earlier turns' session (chat history, memory hits, ...) with the steps the latest
-        turn saved after them; its `prompt` is the latest turn's, and its `final_answer` that
-        turn's when its last saved step is one (the history then has the turn too, as the run
-        adds it before the final checkpoint).
+        A session whose latest run did not finish is the earlier turns' session (chat
+        history, memory hits, ...: the final checkpoint they left, if any) with the steps
+        saved after them; its `prompt` is the latest run's, and its `final_answer` that run's
+        when its last saved step is one. The chat history is the one the run started with;
+        for a turn that answered, the turn is added to it too, as a run adds it before its
+        final checkpoint.
 
         Raises:
             PersistenceError: When the final checkpoint does not hold a valid session.
@@ -149,22 +184,17 @@ class SessionState:
             return _final_session(self.final, key)
         if self.earlier is not None:
             session = _final_session(self.earlier, key)
-            turn = [r.step for r in self.records[len(session.steps) :]]
-            session.steps += turn
-            session.prompt = self.prompt
-            session.final_answer = _answer(turn)
-            if session.final_answer is not None:
-                session.messages.append({"role": "user", "content": self.prompt})
-                session.messages.append({"role": "assistant", "content": session.final_answer})
-            return session
-        steps = [r.step for r in self.records]
-        return AgentSession(
-            session_id=self.session_id,
-            agent_id=self.agent_id,
-            prompt=self.prompt,
-            steps=steps,
-            final_answer=_answer(steps),
-        )
+        else:
+            session = AgentSession(session_id=self.session_id, agent_id=self.agent_id)
+        session.steps += [r.step for r in self.records[len(session.steps) :]]
+        session.prompt = self.prompt
+        session.final_answer = _answer([r.step for r in self.run_records])
+        if self.history is not None:
+            session.messages = [dict(m) for m in self.history]
+        if self.turn and session.final_answer is not None:
+            session.messages.append({"role": "user", "content": self.prompt})
+            session.messages.append({"role": "assistant", "content": session.final_answer})
+        return session
 
 
 def _answer(steps: list[Step]) -> str | None:
@@ -214,6 +244,29 @@ def _step_record(data: Any, key: str) -> StepRecord:
 def _is_number(value: Any) -> bool:
     """Whether `value` is an int or a float (not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    """Whether `value` is an int >= 0 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_history(value: Any) -> bool:
+    """Whether `value` is a chat history: a list of dicts with a string role and content."""
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
+    )
+
+
+def is_stale_entry(entry: dict[str, Any], run: str | None) -> bool:
+    """Whether a journal entry is another run's than `run` (so, for `run`, absent).
+
+    An entry that names no run (written by versions before entries were tagged) is taken
+    for the run's own: honouring it may refuse a call, ignoring it could repeat one.
+    """
+    written_by = entry.get("run")
+    return run is not None and written_by is not None and written_by != run
 
 
 def _turn_after(meta: dict[str, Any], final: dict[str, Any]) -> bool:
@@ -280,18 +333,59 @@ class CheckpointStore:
         self._next_event: dict[str, int] = {}  # per running session: the log's next number
 
     # ------------------------------------------------------------------ writing
-    async def save_meta(self, session: AgentSession, mode: str, run: str | None = None) -> str:
+    async def save_meta(
+        self,
+        session: AgentSession,
+        mode: str,
+        run: str | None = None,
+        *,
+        turn: bool = False,
+        history: Sequence[dict[str, Any]] | None = None,
+    ) -> str:
         """Records who runs what, before the first step; returns the run's id.
 
         `run` names the run (a fresh id when None): pass it to `save_final` when the run
         ends, so a later load knows that final checkpoint closes this run and not an earlier
-        turn (see `SessionState.interrupted_turn`).
+        turn (see `SessionState.interrupted_turn`). `turn` says the run is a turn of a
+        multi-turn session, and `history` is the chat history it starts with; the record
+        also keeps how many steps the session has before the run (`SessionState.first_step`).
+
+        A session whose steps the store does not all hold (one restored with
+        `AgentSession.from_json`, or run before on a runtime without checkpoints) has them
+        saved in the same write, as a base record, and the session as it is as the final
+        checkpoint of its earlier turns: the stored session is whole, and loads and resumes.
         """
         run = uuid.uuid4().hex if run is None else run
-        await self.backend.save(*_meta_item(session, mode, run))
+        meta_key, meta = _meta_item(
+            session, mode, run, turn=turn, first_step=session.step_count, history=history
+        )
+        key = session_key(session.session_id)
+        if session.steps and await self._stored_steps(key) < len(session.steps):
+            records = [StepRecord(step).to_dict() for step in session.steps]
+            earlier = {"session": session.to_dict(), "finished_at": time.time()}
+            earlier["run"] = uuid.uuid4().hex  # not this run's: an earlier turn's
+            await self.backend.batch_save(
+                {
+                    f"{key}:base:{len(records)}": encode("base", {"records": records}),
+                    key: encode("session", earlier),
+                    meta_key: meta,
+                }
+            )
+        else:
+            await self.backend.save(meta_key, meta)
         # Another process may have logged events since this one last wrote: count afresh.
         self._next_event.pop(session.session_id, None)
         return run
+
+    async def _stored_steps(self, key: str) -> int:
+        """How many steps the store holds of session key `key` (the highest step saved)."""
+        prefix = f"{key}:step:"
+        deltas = _numbered(await self.backend.list_keys(prefix), prefix)
+        return max(deltas[-1][0] if deltas else 0, await self._longest_base(key))
+
+    def forget(self, session_id: str) -> None:
+        """Drops what this store keeps in memory of a session's run (it ended, any way)."""
+        self._next_event.pop(session_id, None)
 
     async def save_steps(
         self,
@@ -417,10 +511,14 @@ class CheckpointStore:
                 and all(isinstance(meta.get(f), str) for f in ("agent_id", "prompt", "mode"))
                 and _is_number(meta.get("started_at", 0.0))
                 and isinstance(meta.get("run", ""), str)
+                and isinstance(meta.get("turn", False), bool)
+                and _is_count(meta.get("first_step", 0))
+                and (meta.get("history") is None or _is_history(meta["history"]))
             ):
                 raise PersistenceError(
                     "meta record needs string 'agent_id', 'prompt' and 'mode' (and a "
-                    "numeric 'started_at', a string 'run')",
+                    "numeric 'started_at', a string 'run', a bool 'turn', a count "
+                    "'first_step', a list of messages 'history')",
                     key=f"{base_key}:meta",
                 )
         else:  # a final checkpoint alone (older records, or a pruned session)
@@ -428,11 +526,20 @@ class CheckpointStore:
             meta = {"agent_id": saved.agent_id, "prompt": saved.prompt, "mode": "react"}
         state = SessionState(session_id, meta["agent_id"], meta["prompt"], meta["mode"])
         state.run = meta.get("run")
+        earlier = None
         if final is not None and meta_raw is not None and _turn_after(meta, final):
             state.interrupted_turn = True  # the final checkpoint is an earlier turn's
             state.earlier = final
+            earlier = _final_session(final, base_key)
         else:
             state.final = final
+        # Records of versions before the meta record told these: a run after an earlier
+        # turn's final checkpoint was a turn, and started after that turn's steps.
+        state.turn = meta.get("turn", earlier is not None)
+        state.first_step = meta.get("first_step", len(earlier.steps) if earlier else 0)
+        state.history = meta.get("history")
+        if state.history is None and earlier is not None and state.turn:
+            state.history = earlier.messages
         state.records = await self._fold(base_key)
         # Another process may have logged events since this one last wrote: count afresh.
         self._next_event.pop(session_id, None)
@@ -500,12 +607,28 @@ class CheckpointStore:
                 records = older
         return records
 
-    async def load_journal(self, session_id: str, step: int) -> list[dict[str, Any]]:
-        """The journal entries of step `step`, by call index."""
+    async def load_journal(
+        self, session_id: str, step: int, run: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The journal entries of step `step`, by call index.
+
+        With `run`, only that run's: an entry another run wrote (a turn that was interrupted,
+        then run again instead of resumed) is stale, so left out. Entries that name no run
+        (older versions) are kept.
+        """
         prefix = f"{session_key(session_id)}:call:{step}:"
         keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
         values = await self.backend.batch_load(keys)
-        return [decode(values[k], k, "call") for k in keys if k in values]
+        entries = [decode(values[k], k, "call") for k in keys if k in values]
+        return [e for e in entries if not (isinstance(e, dict) and is_stale_entry(e, run))]
+
+    async def current_run(self, session_id: str) -> str | None:
+        """The id of the session's latest run (its meta record's), None without one."""
+        key = f"{session_key(session_id)}:meta"
+        raw = await self.backend.load(key)
+        meta = decode(raw, key, "meta") if raw is not None else None
+        run = meta.get("run") if isinstance(meta, dict) else None
+        return run if isinstance(run, str) else None
 
     async def events(self, session_id: str) -> list[dict[str, Any]]:
         """The session's event log, oldest first."""
@@ -617,9 +740,11 @@ class CheckpointStore:
     async def fork(self, session_id: str, step: int, new_session_id: str) -> AgentSession:
         """Starts session `new_session_id` from step `step` of `session_id` (time travel).
 
-        Its first `step` steps are copied (with its meta record, in one transaction);
-        `resume` continues it from there. `new_session_id` must be new: a session that has
-        checkpoints is never written over (its records would mix with the fork's).
+        Its first `step` steps are copied (with a meta record, in one transaction); `resume`
+        continues it from there: it continues the run that took step `step` (in a multi-turn
+        session, that turn, with the question it asked and the chat history of the turns
+        before it). `new_session_id` must be new: a session that has checkpoints is never
+        written over (its records would mix with the fork's).
 
         Raises:
             PersistenceError: When the source is missing or has fewer than `step` steps, or
@@ -637,13 +762,22 @@ class CheckpointStore:
                 "(fork into a new session id)",
                 key=session_key(new_session_id),
             )
+        first, prompt, turn, history = _run_at(state, step)
         fork = AgentSession(
             session_id=new_session_id,
             agent_id=state.agent_id,
-            prompt=state.prompt,
+            prompt=prompt,
             steps=[r.step for r in state.records[:step]],
+            messages=history,
         )
-        meta_key, meta = _meta_item(fork, state.mode, uuid.uuid4().hex)
+        meta_key, meta = _meta_item(
+            fork,
+            state.mode,
+            uuid.uuid4().hex,
+            turn=turn,
+            first_step=first,
+            history=history if turn else None,
+        )
         items = {meta_key: meta}
         for n, record in enumerate(state.records[:step], 1):
             items[step_key(new_session_id, n)] = encode("step", record.to_dict())
@@ -660,17 +794,64 @@ class CheckpointStore:
         return any(_OWN_SUFFIX.match(k, len(prefix)) for k in await self.backend.list_keys(prefix))
 
 
-def _meta_item(session: AgentSession, mode: str, run: str) -> tuple[str, bytes]:
-    """The key and record of a run's meta data: who runs what, since when, which run."""
-    meta = {
+def _meta_item(
+    session: AgentSession,
+    mode: str,
+    run: str,
+    *,
+    turn: bool = False,
+    first_step: int = 0,
+    history: Sequence[dict[str, Any]] | None = None,
+) -> tuple[str, bytes]:
+    """The key and record of a run's meta data: who runs what, since when, which run.
+
+    And whether it is a turn, after how many steps it started, and the chat history it
+    started with (a turn's only).
+    """
+    meta: dict[str, Any] = {
         "session_id": session.session_id,
         "agent_id": session.agent_id,
         "prompt": session.prompt,
         "mode": mode,
         "started_at": time.time(),
         "run": run,
+        "turn": turn,
+        "first_step": first_step,
     }
+    if history is not None:
+        meta["history"] = list(history)
     return f"{session_key(session.session_id)}:meta", encode("meta", meta)
+
+
+def _run_at(state: SessionState, step: int) -> tuple[int, str, bool, list[dict[str, Any]]]:
+    """The run of a saved session that took step `step` (the first run for step 0).
+
+    Returns how many steps came before it, its prompt, whether it is a turn, and the chat
+    history it started with. A run is told by the `run_start` of its first step, its
+    history being the start of the session's (a chat history only grows). Steps saved
+    without `run_start` (by older versions, or before the session had checkpoints) give the
+    run after the last final answer before the step; the latest run's data when that is it.
+    """
+    records = state.records
+    if state.final is not None:
+        longest = _final_session(state.final, session_key(state.session_id)).messages
+    else:
+        longest = state.history or []
+    for index in range(min(max(step, 1), len(records)) - 1, -1, -1):
+        start = records[index].run_start
+        if start is not None:
+            history = [dict(m) for m in longest[: start["messages"]]]
+            return index, start["prompt"], start["turn"], history
+    before = records[: max(step - 1, 0)]
+    first = next((n + 1 for n in range(len(before) - 1, -1, -1) if _is_final(before[n])), 0)
+    if first == state.first_step:
+        return first, state.prompt, state.turn, [dict(m) for m in state.history or []]
+    return first, state.prompt, state.turn, []
+
+
+def _is_final(record: StepRecord) -> bool:
+    """Whether a saved step is a run's final answer (the end of a turn)."""
+    return record.step.action == "FINAL_ANSWER"
 
 
 def _event_dict(event: Any) -> dict[str, Any]:
