@@ -823,13 +823,14 @@ async def test_a_resumed_tool_loop_sends_what_the_run_would_have(where: str) -> 
 
 
 # ------------------------------------------------------------------ rounds and usage
+@pytest.mark.parametrize("durable", [False, True], ids=["plain", "checkpointed"])
 @pytest.mark.parametrize(
     "capabilities",
     [ar.CapabilitySet(allowed_tools=["transfer"]), ar.CapabilitySet(max_actions=1)],
     ids=["tool not allowed", "max_actions"],
 )
 async def test_a_round_a_capability_refuses_starts_no_call(
-    capabilities: ar.CapabilitySet,
+    capabilities: ar.CapabilitySet, durable: bool
 ) -> None:
     log: list[str] = []
 
@@ -846,8 +847,12 @@ async def test_a_round_a_capability_refuses_starts_no_call(
         """Deletes."""
         return "deleted"
 
+    backend = ar.InMemoryBackend() if durable else None
     rt = ar.AgentRuntime(
-        ar.AgentConfig(mode="tools"), tools=[transfer, delete], capabilities=capabilities
+        ar.AgentConfig(mode="tools"),
+        tools=[transfer, delete],
+        capabilities=capabilities,
+        checkpoint_backend=backend,
     )
     events: list[ar.Event] = []
     rt.events.on(events.append)
@@ -858,6 +863,8 @@ async def test_a_round_a_capability_refuses_starts_no_call(
     assert log == []  # no call started, so none was cut off half done
     assert not [e for e in events if isinstance(e, ar.ToolCallStarted)]
     assert rt.metrics.snapshot().total_tool_calls == 0
+    if backend is not None:  # and none was journaled
+        assert not [k for k in await backend.list_keys() if ":call:" in k]
 
 
 async def test_a_denied_call_of_a_parallel_round_leaves_the_others_to_run() -> None:

@@ -999,44 +999,6 @@ async def test_a_run_stopped_while_a_call_awaits_approval_is_resumed() -> None:
     assert resumed.final_answer == "finished" and wired == [5]
 
 
-@pytest.mark.parametrize(
-    "capabilities",
-    [ar.CapabilitySet(allowed_tools=["transfer"]), ar.CapabilitySet(max_actions=1)],
-    ids=["tool not allowed", "max_actions"],
-)
-async def test_a_durable_round_a_capability_refuses_starts_no_call(
-    capabilities: ar.CapabilitySet,
-) -> None:
-    log: list[str] = []
-
-    @ar.tool
-    async def transfer(account: str) -> str:
-        """Transfers."""
-        log.append("debit " + account)
-        await asyncio.sleep(0.01)
-        log.append("credit " + account)
-        return "ok"
-
-    @ar.tool
-    async def delete() -> str:
-        """Deletes."""
-        return "deleted"
-
-    backend = ar.InMemoryBackend()
-    runtime = ar.AgentRuntime(
-        ar.AgentConfig(mode="tools"),
-        tools=[transfer, delete],
-        checkpoint_backend=backend,
-        capabilities=capabilities,
-    )
-    second = ("delete", {}) if capabilities.max_actions is None else ("transfer", {"account": "B"})
-    round_ = ar.ScriptedProvider.tool_call_reply([("transfer", {"account": "A"}), second])
-    with pytest.raises(ar.PolicyDeniedError):
-        await runtime.run_agent_with_provider("a", "go", ar.ScriptedProvider([round_, "done"]))
-    assert log == []  # no call started: none was cut off half done
-    assert not [k for k in await backend.list_keys() if ":call:" in k]
-
-
 async def test_a_fork_inside_a_later_turn_resumes_that_turn_after_the_earlier_ones() -> None:
     backend = ar.InMemoryBackend()
     effects = Effects()
