@@ -1418,37 +1418,41 @@ class AgentRuntime:
         name, arguments, denial = resolved
         run_id = self._durable_runs[session_id].run
         key = idempotency_key(session_id, step, index)
-        intent = {**entry, "tool": name, "arguments": arguments, "key": key, "state": "intent"}
-        intent["run"] = run_id
+        intent = {
+            **entry,
+            "tool": name,
+            "arguments": arguments,
+            "key": key,
+            "state": "intent",
+            "run": run_id,
+        }
         if denial is not None:  # denied: nothing runs, so no intent
-            result = self._denied(session, name, arguments, denial)
-            if record_result:  # the round's other calls' outcomes are journaled: this one's too
-                outcome = {"observation": denial.content, "error_kind": denial.error_kind}
-                done = {**intent, **outcome, "state": "done", "ran": [name, arguments]}
-                await checkpoints.journal(session_id, step, index, done)
-            return result
-        spec = self.tools.get(name)
-        # An intent only matters for a call that must not run twice: a lone call of an
-        # idempotent tool is simply repeated (with the step) after an interruption, which
-        # saves a write per step. A tool taking the key keeps it: its key must name this call.
-        if record_result or spec is None or not spec.idempotent or spec.takes_idempotency_key:
-            # Written only if the call has no entry: another worker resuming this run may
-            # have journaled it since this one read the journal. Its entry is honoured as one
-            # found at resume: a result is reused, a call that may run (or have run) elsewhere
-            # is not run again unless the tool allows it. Another run's entry is stale (that
-            # run was interrupted, then its turn run again instead of resumed): written over.
-            found = await checkpoints.journal(session_id, step, index, intent, new=True)
-            if found is not None:
-                if is_stale_entry(found, run_id):
-                    await checkpoints.journal(session_id, step, index, intent)
-                elif found.get("state") == "done":
-                    return _journaled_run(found, name, arguments)
-                else:
-                    ran = found.get("tool", name)
-                    self._check_repeatable(session_id, step, index, ran, {"state": "intent"})
-        run = await self._call_tool(session, name, arguments, key, index, False)
-        observation = run[0]
-        if record_result:
+            run = self._denied(session, name, arguments, denial)
+        else:
+            spec = self.tools.get(name)
+            # An intent only matters for a call that must not run twice: a lone call of an
+            # idempotent tool is simply repeated (with the step) after an interruption, which
+            # saves a write per step. A tool taking the key keeps it: its key must name this
+            # call.
+            if record_result or spec is None or not spec.idempotent or spec.takes_idempotency_key:
+                # Written only if the call has no entry: another worker resuming this run may
+                # have journaled it since this one read the journal. Its entry is honoured as
+                # one found at resume: a result is reused, a call that may run (or have run)
+                # elsewhere is not run again unless the tool allows it. Another run's entry is
+                # stale (that run was interrupted, then its turn run again instead of
+                # resumed): written over.
+                found = await checkpoints.journal(session_id, step, index, intent, new=True)
+                if found is not None:
+                    if is_stale_entry(found, run_id):
+                        await checkpoints.journal(session_id, step, index, intent)
+                    elif found.get("state") == "done":
+                        return _journaled_run(found, name, arguments)
+                    else:
+                        ran = found.get("tool", name)
+                        self._check_repeatable(session_id, step, index, ran, {"state": "intent"})
+            run = await self._call_tool(session, name, arguments, key, index, False)
+        if record_result:  # a round's calls are journaled as they end (a denied one too)
+            observation = run[0]
             done = {
                 **intent,
                 "state": "done",
