@@ -134,7 +134,8 @@ async def test_a_reply_that_is_no_text_is_typed_with_stop_sequences_and_hooks_to
         def on_post_llm(self, session: ar.AgentSession, text: str) -> Any:
             return 42
 
-    with pytest.raises(ar.AgentLoopError, match="reply must be a str, got int"):
+    # A hook's wrong return is the hook's fault, and said so.
+    with pytest.raises(ar.AgentRuntimeError, match="on_post_llm must return a string or None"):
         await ar.AgentRuntime(middlewares=[Breaks()]).run_agent("a", "q", final)
 
 

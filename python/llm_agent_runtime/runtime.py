@@ -170,6 +170,11 @@ class Middleware:
 
 
 def _required(name: str, value: Any, methods: Sequence[str]) -> None:
+    if isinstance(value, type):  # its methods are there, unbound: the first call would fail
+        raise AgentRuntimeError(
+            f"{name} must be an instance, got the class {value.__name__} (call it: "
+            f"{value.__name__}(...))"
+        )
     missing = [m for m in methods if not callable(getattr(value, m, None))]
     if missing:
         raise AgentRuntimeError(
@@ -251,7 +256,11 @@ class AgentRuntime:
             raise AgentRuntimeError(
                 f"metrics must be a RuntimeMetrics, got {type(metrics).__name__}"
             )
+        if isinstance(tools, ToolSpec):
+            raise AgentRuntimeError(f"tools must be a list of ToolSpec, got one ({tools.name!r})")
         middlewares = middlewares or ()
+        if isinstance(middlewares, Middleware):
+            raise AgentRuntimeError("middlewares must be a list of Middleware, got one Middleware")
         for middleware in middlewares:
             if not isinstance(middleware, Middleware):
                 raise AgentRuntimeError(
@@ -292,6 +301,7 @@ class AgentRuntime:
         # What the model is shown of the tools; rebuilt at a run's start when tools were
         # registered since (`_refresh_tools`).
         self._tool_definitions: list[ToolDefinition] = []
+        self._tool_definitions_chars = 0
         self._tool_catalog = ""
         self._tools_seen: tuple[ToolRegistry | None, int] = (None, 0)
         self._refresh_tools()
@@ -458,18 +468,23 @@ class AgentRuntime:
 
         return infer
 
-    def trim_history(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Keeps the latest whole turns that fit the context window (the system prompt is apart).
+    def trim_history(
+        self, messages: list[dict[str, Any]], reserved_chars: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Keeps the latest whole turns that fit the context window beside the rest of a request.
 
         A turn is a user message and the replies after it; turns are dropped oldest first and
-        never split, so no reply is kept without the message it answers.
+        never split, so no reply is kept without the message it answers. `reserved_chars` is
+        the size of the rest of the request (a run passes its system prompt with recalled and
+        working memory, the tools shown to the model and the new message); None: the system
+        prompt alone.
 
         Raises:
             AgentRuntimeError: A message is not a dict with a string `role` and `content`.
         """
-        budget = self.config.context_window_tokens * _CHARS_PER_TOKEN - len(
-            self.config.system_prompt
-        )
+        if reserved_chars is None:
+            reserved_chars = len(self.config.system_prompt)
+        budget = self.config.context_window_tokens * _CHARS_PER_TOKEN - reserved_chars
         turns: list[list[dict[str, Any]]] = []
         try:
             for message in messages:
@@ -630,11 +645,7 @@ class AgentRuntime:
         events = self.events
         if resume is None:  # a resumed run's prompt was rewritten before it was saved
             for hook in self._hooks["on_user_message"]:
-                prompt = await _maybe_await(hook(session, prompt)) or prompt
-                if not isinstance(prompt, str):
-                    raise AgentRuntimeError(
-                        f"on_user_message must return a string or None, got {_kind(prompt)}"
-                    )
+                prompt = await _rewrite(hook(session, prompt), prompt, "on_user_message")
             session.prompt = prompt  # what is kept, saved and sent: the rewritten text
         # The run's id: its meta record names it, and so does its final checkpoint (a
         # resumed run's is the interrupted run's), which tells a later turn from this one.
@@ -651,6 +662,8 @@ class AgentRuntime:
         if events.active:
             events.emit(RunStarted(session.session_id, agent_id, prompt))
         context = self._context(agent_id, prompt, session)
+        if history:  # the earlier turns that fit beside what this request holds anyway
+            history = self.trim_history(history, self._request_chars(context, prompt, provider))
         if provider is not None:
             await self._tool_loop(session, context, prompt, provider, history, resume)
         else:
@@ -686,7 +699,26 @@ class AgentRuntime:
             for d in definitions
         )
         self._tool_definitions = definitions
+        # What the definitions take of a request (a context window counts them too).
+        self._tool_definitions_chars = sum(
+            len(d.name) + len(d.description) + len(json.dumps(d.parameters, default=str))
+            for d in definitions
+        )
         self._tools_seen = (tools, len(tools))
+
+    def _request_chars(self, context: str, prompt: str, provider: LlmProvider | None) -> int:
+        """Characters of a turn's request besides its history.
+
+        That is the context, the tools as the model is shown them (a catalog in text mode,
+        definitions in tools mode) and the prompt.
+        """
+        if provider is not None:
+            tools = self._tool_definitions_chars
+        elif len(self.tools):
+            tools = len(self._tool_catalog) + len(_REACT_FORMAT)
+        else:
+            tools = len(_REACT_FORMAT_NO_TOOLS)
+        return len(context) + tools + len(prompt)
 
     def _context(self, agent_id: str, prompt: str, session: AgentSession) -> str:
         """Builds the prompt preamble: system prompt, recalled memories, working memory."""
@@ -757,8 +789,13 @@ class AgentRuntime:
         # When handling a reply fails, the reply is checked: a model that returned no text is
         # an AgentLoopError. Checked then only: a `try` costs nothing until it raises.
         reply = ""
+        # A re-prompted reply's tokens and model time, which the step that answers it keeps
+        # (that step's time starts at the reply, too).
+        reprompt_cost: tuple[int, int, float] | None = None
+        step_start = 0.0
         for iteration in range(iterations):
-            step_start = perf()
+            if reprompt_cost is None:
+                step_start = perf()
             text_prompt = "\n".join(transcript)
             replayed = bool(journal)
             incomplete = None  # the stop reason of a reply that stopped before it was complete
@@ -770,7 +807,9 @@ class AgentRuntime:
                     model_ms = 0.0
                 else:
                     for hook in pre_hooks:
-                        text_prompt = await _maybe_await(hook(session, text_prompt)) or text_prompt
+                        text_prompt = await _rewrite(
+                            hook(session, text_prompt), text_prompt, "on_pre_llm"
+                        )
                     if budget is not None:  # a spent budget pays for no further model call
                         budget.check()
                     model_start = perf()
@@ -793,7 +832,7 @@ class AgentRuntime:
                     if events.active and reply:  # a text model's reply is whole: one delta
                         events.emit(_event(LlmTextDelta, (session.session_id, reply)))
                     for hook in post_hooks:
-                        reply = await _maybe_await(hook(session, reply)) or reply
+                        reply = await _rewrite(hook(session, reply), reply, "on_post_llm")
                 if usage is not None and (usage.input_tokens or usage.output_tokens):
                     input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
                 else:  # a plain `infer`, or a provider that reports no usage: estimated
@@ -808,6 +847,11 @@ class AgentRuntime:
                 if events.active:
                     response_event = (session.session_id, len(session.steps), reply, model_ms)
                     events.emit(_event(LlmResponse, response_event))
+            if reprompt_cost is not None:  # charged when it came; counted in this step
+                input_tokens += reprompt_cost[0]
+                output_tokens += reprompt_cost[1]
+                model_ms += reprompt_cost[2]
+                reprompt_cost = None
             try:
                 parsed = parse_react_step(reply)
             except TypeError as error:
@@ -820,6 +864,7 @@ class AgentRuntime:
                 # A re-prompt needs an iteration left to answer it.
                 if config.corrective_reprompt and not reprompted and iteration + 1 < iterations:
                     reprompted = True
+                    reprompt_cost = (input_tokens, output_tokens, model_ms)
                     transcript.append(
                         f"{reply}\nObservation: your reply was not a ReAct step ({error}). "
                         "Reply with Thought and Action lines."
@@ -953,7 +998,7 @@ class AgentRuntime:
                 if not stream and text and events.active:
                     events.emit(_event(LlmTextDelta, (session.session_id, text)))
                 for hook in post_hooks:
-                    text = await _maybe_await(hook(session, text)) or text
+                    text = await _rewrite(hook(session, text), text, "on_post_llm")
                 self._charge(usage.input_tokens, usage.output_tokens)
                 if events.active:
                     response_event = (session.session_id, len(session.steps), text, model_ms)
@@ -982,13 +1027,17 @@ class AgentRuntime:
             # The provider's reasoning goes back with the reply (Anthropic needs its thinking).
             reasoning = response.reasoning
             messages.append(Message("assistant", text, calls, None, None, reasoning))
+            # The time any of a round's concurrent calls ran (their own times overlap).
+            busy = _BusyTime() if len(calls) > 1 else None
             if self._checkpoints is not None:
-                results = await self._durable_round(session, text, calls, journal, reasoning, usage)
+                results = await self._durable_round(
+                    session, text, calls, journal, reasoning, usage, busy
+                )
                 journal = []
-            elif len(calls) == 1:
+            elif busy is None:
                 results = [await self._call_tool(session, calls[0].name, calls[0].arguments)]
             else:
-                results = await self._run_parallel(session, calls)
+                results = await self._run_parallel(session, calls, busy)
             # The round's model time is shared by its steps; its tokens go to the first step.
             share = model_ms / len(calls)
             input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
@@ -1020,9 +1069,11 @@ class AgentRuntime:
                     failed = True
                 input_tokens = output_tokens = 0
                 tools_ms += tool_ms
-            # What the round took beyond the model and the tools, split evenly by its steps.
+            # What the round took beyond the model and the tools, split evenly by its steps
+            # (approvals asked before a parallel round's calls start are the runtime's).
             elapsed = (perf() - round_start) * 1000.0
-            overhead = max(0.0, elapsed - model_ms - tools_ms) / len(calls)
+            tools_wall = tools_ms if busy is None else busy.ms
+            overhead = max(0.0, elapsed - model_ms - tools_wall) / len(calls)
             for step in session.steps[-len(calls) :]:
                 step.overhead_ms = overhead
             if records:  # the round is saved whole: a resume never finds part of it
@@ -1089,8 +1140,12 @@ class AgentRuntime:
             raise AgentRuntimeError("provider stream ended without a StreamEnd event")
         return response
 
-    async def _run_parallel(self, session: AgentSession, calls: list[ToolCall]) -> list[ToolRun]:
+    async def _run_parallel(
+        self, session: AgentSession, calls: list[ToolCall], busy: _BusyTime
+    ) -> list[ToolRun]:
         """Runs a round's calls concurrently, up to `max_parallel_tool_calls` at a time.
+
+        `busy` accumulates the time any of the calls' tools ran.
 
         Every call is guarded (middlewares, capabilities, approval) before any starts: a
         round that fails there (a capability refuses a call) fails with no call started,
@@ -1104,9 +1159,9 @@ class AgentRuntime:
 
         async def bounded(index: int, name: str, arguments: Any, denial: Any) -> ToolRun:
             if denial is not None:
-                return self._denied(session, name, arguments, denial)
+                return self._denied(session, name, arguments, denial, index)
             async with limit:
-                return await self._call_tool(session, name, arguments, None, index, False)
+                return await self._call_tool(session, name, arguments, None, index, False, busy)
 
         return await _all_or_none(bounded(i, *call) for i, call in enumerate(resolved))
 
@@ -1118,23 +1173,27 @@ class AgentRuntime:
         key: str | None = None,
         index: int = 0,
         guard: bool = True,
+        busy: _BusyTime | None = None,
     ) -> ToolRun:
         """Runs one tool call through capabilities, approvals, middlewares and metrics.
 
         `index` is the call's place in its round. Returns the observation, the tool's time,
         and the call that ran (a middleware or an approval may have changed it). Without
-        `guard`, the call was guarded already (`_guard_call`) and is run as it is.
+        `guard`, the call was guarded already (`_guard_call`) and is run as it is. `busy`
+        (a parallel round's) is told when the tool runs.
         """
         if self._guarded and guard:
             name, arguments, denial = await self._guard_call(session, name, arguments)
             if denial is not None:
-                return self._denied(session, name, arguments, denial)
+                return self._denied(session, name, arguments, denial, index)
         self.metrics.record_tool_call(name, session.agent_id)
         events = self.events
         # Computed also when a listener joins while the tool runs.
         step_index = len(session.steps) + index
         if events.active:
             events.emit(_event(ToolCallStarted, (session.session_id, step_index, name, arguments)))
+        if busy is not None:
+            busy.start()
         start = time.perf_counter()
         if self._tracer is not None:
             with self._tracer.start_as_current_span(
@@ -1150,6 +1209,8 @@ class AgentRuntime:
                 name, arguments, self.config.max_observation_chars, key
             )
         tool_ms = (time.perf_counter() - start) * 1000.0
+        if busy is not None:
+            busy.stop()
         if observation.error_kind is not None:
             self.metrics.record_tool_failure(name, session.agent_id)
         if events.active:
@@ -1159,11 +1220,23 @@ class AgentRuntime:
         return observation, tool_ms, name, arguments
 
     def _denied(
-        self, session: AgentSession, name: str, arguments: Any, denial: Observation
+        self, session: AgentSession, name: str, arguments: Any, denial: Observation, index: int
     ) -> ToolRun:
-        """The run of a call the approval handler denied: a failed call in the metrics."""
+        """The run of a call the approval handler denied.
+
+        A failed call in the metrics, and a call that started and failed at once in the
+        events (so listeners see the denial).
+        """
         self.metrics.record_tool_call(name, session.agent_id)
         self.metrics.record_tool_failure(name, session.agent_id)
+        events = self.events
+        if events.active:
+            step_index = len(session.steps) + index
+            started = (session.session_id, step_index, name, arguments)
+            events.emit(_event(ToolCallStarted, started))
+            content, error_kind = denial
+            finished = (session.session_id, step_index, name, content, error_kind, 0.0)
+            events.emit(_event(ToolCallFinished, finished))
         return denial, 0.0, name, arguments
 
     async def _guard_call(
@@ -1178,6 +1251,16 @@ class AgentRuntime:
         for hook in self._hooks["on_tool_call"]:
             rewritten = await _maybe_await(hook(session, name, arguments))
             if rewritten is not None:
+                pair = isinstance(rewritten, (tuple, list)) and len(rewritten) == 2
+                if not (pair and isinstance(rewritten[0], str)):
+                    raise AgentRuntimeError(
+                        "on_tool_call must return None or a (tool name, arguments) pair, got "
+                        + (
+                            f"{rewritten!r:.80}"
+                            if isinstance(rewritten, (tuple, list))
+                            else _kind(rewritten)
+                        )
+                    )
                 name, arguments = rewritten
         if self.capabilities is not None:
             self.capabilities.check_tool(name)
@@ -1391,6 +1474,7 @@ class AgentRuntime:
         entry: dict[str, Any],
         record_result: bool = False,
         resolved: tuple[str, Any, Observation | None] | None = None,
+        busy: _BusyTime | None = None,
     ) -> ToolRun:
         """Runs one tool call under the journal: its intent is recorded right before it runs.
 
@@ -1427,7 +1511,7 @@ class AgentRuntime:
             "run": run_id,
         }
         if denial is not None:  # denied: nothing runs, so no intent
-            run = self._denied(session, name, arguments, denial)
+            run = self._denied(session, name, arguments, denial, index)
         else:
             spec = self.tools.get(name)
             # An intent only matters for a call that must not run twice: a lone call of an
@@ -1450,7 +1534,7 @@ class AgentRuntime:
                     else:
                         ran = found.get("tool", name)
                         self._check_repeatable(session_id, step, index, ran, {"state": "intent"})
-            run = await self._call_tool(session, name, arguments, key, index, False)
+            run = await self._call_tool(session, name, arguments, key, index, False, busy)
         if record_result:  # a round's calls are journaled as they end (a denied one too)
             observation = run[0]
             done = {
@@ -1521,6 +1605,7 @@ class AgentRuntime:
         journal: list[dict[str, Any]],
         reasoning: Sequence[dict[str, Any]] = (),
         usage: Usage | None = None,
+        busy: _BusyTime | None = None,
     ) -> list[ToolRun]:
         """Runs a round's tool calls (concurrently up to the limit), each journaled alone.
 
@@ -1568,6 +1653,7 @@ class AgentRuntime:
                 entries[index],
                 len(calls) > 1,
                 resolved.get(index),
+                busy,
             )
 
         if len(calls) == 1:
@@ -1773,6 +1859,30 @@ os.register_at_fork(after_in_child=_new_session_id_prefix)
 def new_session_id() -> str:
     """Returns a fresh session id (32 hex characters, unique across processes)."""
     return f"{_session_id_prefix}{next(_session_counter):016x}"
+
+
+class _BusyTime:
+    """The time during which at least one of a round's concurrent tool calls ran (ms).
+
+    A parallel round's calls overlap: the sum of their times is more than the round took.
+    """
+
+    __slots__ = ("_running", "_since", "ms")
+
+    def __init__(self) -> None:
+        self.ms = 0.0
+        self._running = 0
+        self._since = 0.0
+
+    def start(self) -> None:
+        if not self._running:
+            self._since = time.perf_counter()
+        self._running += 1
+
+    def stop(self) -> None:
+        self._running -= 1
+        if not self._running:
+            self.ms += (time.perf_counter() - self._since) * 1000.0
 
 
 async def _all_or_none(calls: Iterable[Awaitable[T]]) -> list[T]:
@@ -2004,6 +2114,23 @@ async def _maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+async def _rewrite(result: Any, text: str, hook: str) -> str:
+    """A text hook's rewrite of `text`: `text` itself when the hook returned None.
+
+    An empty string is a rewrite like any other (a redaction that removed everything).
+
+    Raises:
+        AgentRuntimeError: The hook returned neither a string nor None.
+    """
+    if inspect.isawaitable(result):
+        result = await result
+    if result is None:
+        return text
+    if not isinstance(result, str):
+        raise AgentRuntimeError(f"{hook} must return a string or None, got {_kind(result)}")
+    return result
 
 
 def _mark_failed(span: Any, observation: Observation) -> None:

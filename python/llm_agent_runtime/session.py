@@ -20,7 +20,11 @@ class Step:
     """One Thought-Action-Observation cycle.
 
     Timings split the step's wall time into the model's time, the tools' time and the
-    runtime's own overhead (everything else), so framework cost is visible.
+    runtime's own overhead (everything else), so framework cost is visible. The steps of
+    one round of tool calls share its model time and overhead evenly; each keeps its own
+    tool's time, so a parallel round's tool times overlap (their sum exceeds the round's).
+    A step that answers a corrective re-prompt holds the unparseable reply's model time and
+    tokens too.
     """
 
     thought: str

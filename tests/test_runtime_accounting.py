@@ -1,0 +1,227 @@
+"""What a run reports and checks about itself: hook rewrites taken at their word, context
+trimming that counts the whole request, timings and tokens that add up, denials that the
+event stream sees, and components given in a form that cannot work refused at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from test_runtime import ADD, FINAL, add, react
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.providers.base import ChatResponse, Message, Usage
+
+
+# ------------------------------------------------------------------ hooks
+class Redact(ar.Middleware):
+    """Redacts to nothing: an empty string is a rewrite, not "keep the value"."""
+
+    def on_user_message(self, session: ar.AgentSession, text: str) -> str:
+        return ""
+
+    def on_post_llm(self, session: ar.AgentSession, text: str) -> str:
+        return "" if "secret" in text else text
+
+
+async def test_a_hook_that_rewrites_to_an_empty_string_is_obeyed() -> None:
+    infer = react("Thought: ok\nAction: FINAL_ANSWER fine")
+    s = await ar.AgentRuntime(middlewares=[Redact()]).run_agent("a", "sk-live-123", infer)
+    assert s.prompt == "" and "sk-live-123" not in infer.prompts[0]
+
+    # The model's reply redacted to nothing is no final answer carrying the secret.
+    with pytest.raises(ar.AgentLoopError, match="not a ReAct step"):
+        await ar.AgentRuntime(middlewares=[Redact()]).run_agent(
+            "a", "q", react("Thought: x\nAction: FINAL_ANSWER the secret is 42")
+        )
+    provider = ar.ScriptedProvider(["the secret is 42"])
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), middlewares=[Redact()])
+    assert (await rt.run_agent_with_provider("a", "q", provider)).final_answer == ""
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        ({"a": 5, "b": 6}, "got dict"),  # read as tool 'a' with arguments 'b' before
+        (("add", {"a": 1}, "extra"), "got \\('add'"),  # a raw unpacking ValueError before
+        ((1, {"a": 1}), "got \\(1,"),
+        ("add", "got str"),
+    ],
+)
+async def test_an_on_tool_call_return_that_is_no_name_and_arguments_pair_is_refused(
+    returned: Any, message: str
+) -> None:
+    class Rewrite(ar.Middleware):
+        def on_tool_call(self, session: ar.AgentSession, tool: str, arguments: Any) -> Any:
+            return returned
+
+    rt = ar.AgentRuntime(tools=[add], middlewares=[Rewrite()])
+    with pytest.raises(ar.AgentRuntimeError, match=f"on_tool_call must return .*{message}"):
+        await rt.run_agent("a", "q", react(ADD, FINAL))
+
+
+async def test_an_on_tool_call_pair_given_as_a_list_still_rewrites() -> None:
+    class Rewrite(ar.Middleware):
+        def on_tool_call(self, session: ar.AgentSession, tool: str, arguments: Any) -> Any:
+            return ["add", {"a": 40, "b": 2}]
+
+    rt = ar.AgentRuntime(tools=[add], middlewares=[Rewrite()])
+    s = await rt.run_agent("a", "q", react(ADD, FINAL))
+    assert s.steps[0].observation == "42"
+
+
+# ------------------------------------------------------------------ context trimming
+class Recorder(ar.ScriptedProvider):
+    """Scripted replies; records the characters of every request it is sent."""
+
+    def __init__(self, replies: list[Any]) -> None:
+        super().__init__(replies)
+        self.sent: list[list[Message]] = []
+
+    async def chat(self, messages: list[Message], *args: Any, **kwargs: Any) -> ChatResponse:
+        self.sent.append(list(messages))
+        return await super().chat(messages, *args, **kwargs)
+
+
+async def test_trimming_counts_the_new_message_and_the_recalled_memories() -> None:
+    memory = ar.EpisodicStore()
+    memory.add_episode("a", "M" * 200, 0.9)
+    config = ar.AgentConfig(mode="tools", context_window_tokens=100, system_prompt="S")
+    rt = ar.AgentRuntime(config, memory=memory)
+    session = rt.create_session("a")
+    turn = [{"role": "user", "content": "u" * 40}, {"role": "assistant", "content": "a" * 40}]
+    session.messages = turn * 3
+    assert len(rt.trim_history(session.messages)) == 6  # the system prompt alone: all fit
+    provider = Recorder(["ok"])
+    await rt.run_turn(session, "Q" * 150, provider)
+    sent = provider.sent[0]
+    # Every old turn that fit beside the memories and the question was kept, no more.
+    assert sum(len(m.content) for m in sent) <= 100 * 4
+    history = sent[1:-1]
+    assert len(history) % 2 == 0 and history == [Message(**m) for m in turn][: len(history)]
+    assert sent[-1].content == "Q" * 150 and "M" * 200 in sent[0].content
+
+
+async def test_trimming_in_text_mode_counts_the_tool_catalog_too() -> None:
+    config = ar.AgentConfig(context_window_tokens=200, system_prompt="S")
+    rt = ar.AgentRuntime(config, tools=[add])
+    session = rt.create_session("a")
+    session.messages = [
+        {"role": "user", "content": "u" * 60},
+        {"role": "assistant", "content": "a"},
+    ]
+    infer = react(FINAL)
+    await rt.run_turn(session, "q" * 330, infer)
+    assert rt.trim_history(session.messages[:2]) == session.messages[:2]  # alone, it fits
+    # Beside the catalog, the answer format and the question it does not: it was dropped.
+    assert "u" * 60 not in infer.prompts[0] and len(infer.prompts[0]) <= 200 * 4
+
+
+# ------------------------------------------------------------------ accounting
+async def test_a_parallel_rounds_overhead_holds_the_approval_time() -> None:
+    @ar.tool
+    async def slow(a: int) -> int:
+        """Sleeps a while."""
+        await asyncio.sleep(0.2)
+        return a
+
+    async def approve(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        await asyncio.sleep(0.1)
+        return ar.ApprovalDecision("approve")
+
+    calls = [("slow", {"a": 1}), ("slow", {"a": 2})]
+    provider = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply(calls), "done"])
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[slow], approval_handler=approve)
+    started = time.perf_counter()
+    s = await rt.run_agent_with_provider("a", "q", provider)
+    wall_ms = (time.perf_counter() - started) * 1000.0
+    round_steps = s.steps[:2]
+    # Two approvals one after the other (0.2 s), then both tools at once (0.2 s): the
+    # approvals are the runtime's time, not hidden behind the overlapping tool times.
+    assert sum(st.overhead_ms for st in round_steps) >= 180
+    assert all(st.tool_ms >= 195 for st in round_steps)
+    busy = sum(st.overhead_ms + st.model_ms for st in round_steps) + 200
+    assert busy <= wall_ms + 5
+
+
+async def test_a_reprompted_reply_is_counted_in_the_step_that_answers_it() -> None:
+    replies = iter(["not a react step at all", FINAL])
+
+    async def slow_model(prompt: str) -> str:
+        await asyncio.sleep(0.05)
+        return next(replies)
+
+    rt = ar.AgentRuntime(ar.AgentConfig(corrective_reprompt=True))
+    s = await rt.run_agent("a", "q", slow_model)
+    usage = rt.metrics.snapshot()
+    assert len(s.steps) == 1 and s.final_answer == "5"
+    tokens = (sum(st.input_tokens for st in s.steps), sum(st.output_tokens for st in s.steps))
+    assert tokens == (usage.input_tokens, usage.output_tokens)
+    assert s.model_ms() >= 95  # both model calls
+    parts = s.model_ms() + s.tool_ms() + s.overhead_ms()
+    assert parts == pytest.approx(s.duration_ms, abs=2.0)
+
+
+async def test_a_reprompted_provider_reply_charges_its_real_usage_once() -> None:
+    replies = [
+        ChatResponse(text="gibberish", usage=Usage(100, 7)),
+        ChatResponse(text=FINAL, usage=Usage(130, 9)),
+    ]
+    rt = ar.AgentRuntime(ar.AgentConfig(corrective_reprompt=True))
+    s = await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider(replies))
+    assert (s.steps[0].input_tokens, s.steps[0].output_tokens) == (230, 16)
+    snapshot = rt.metrics.snapshot()
+    assert (snapshot.input_tokens, snapshot.output_tokens) == (230, 16)
+
+
+# ------------------------------------------------------------------ events of a denial
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_denied_call_starts_and_fails_in_the_event_stream(mode: str) -> None:
+    def deny(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("deny", reason="not now")
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode), tools=[add], approval_handler=deny)  # type: ignore[arg-type]
+    seen: list[Any] = []
+    rt.events.on(seen.append)
+    if mode == "react":
+        s = await rt.run_agent("a", "q", react(ADD, FINAL))
+    else:
+        calls = [("add", {"a": 1, "b": 1}), ("add", {"a": 2, "b": 2})]
+        provider = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply(calls), "done"])
+        s = await rt.run_agent_with_provider("a", "q", provider)
+    denied = [st for st in s.steps if st.error_kind == "permanent"]
+    started = [e for e in seen if isinstance(e, ar.ToolCallStarted)]
+    finished = [e for e in seen if isinstance(e, ar.ToolCallFinished)]
+    assert len(started) == len(finished) == len(denied) >= 1
+    assert [e.step for e in started] == [e.step for e in finished] == list(range(len(denied)))
+    assert all(e.error_kind == "permanent" and "denied: not now" in e.observation for e in finished)
+    assert rt.metrics.snapshot().total_tool_calls == len(started)
+
+
+# ------------------------------------------------------------------ construction
+@pytest.mark.parametrize(
+    "component",
+    [
+        {"memory": ar.EpisodicStore},
+        {"working_memory": ar.WorkingMemory},
+        {"graph": ar.GraphStore},
+        {"backpressure": ar.BackpressureGuard},
+        {"checkpoint_backend": ar.InMemoryBackend},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_a_component_given_as_its_class_is_refused_at_construction(
+    component: dict[str, Any],
+) -> None:
+    name, cls = next(iter(component.items()))
+    with pytest.raises(ar.AgentRuntimeError, match=f"{name} must be an instance.*{cls.__name__}"):
+        ar.AgentRuntime(**component)
+
+
+def test_one_tool_or_one_middleware_instead_of_a_list_is_refused_at_construction() -> None:
+    with pytest.raises(ar.AgentRuntimeError, match=r"tools must be a list of ToolSpec.*'add'"):
+        ar.AgentRuntime(tools=add)  # type: ignore[arg-type]
+    with pytest.raises(ar.AgentRuntimeError, match="middlewares must be a list of Middleware"):
+        ar.AgentRuntime(middlewares=ar.Middleware())  # type: ignore[arg-type]
