@@ -1120,3 +1120,63 @@ async def test_runs_that_end_any_way_leave_no_event_counter_behind() -> None:
     assert finished.final_answer == "done"
     assert runtime._checkpoints is not None and runtime._checkpoints._next_event == {}
     assert not runtime._durable_runs
+
+
+class BarrierBackend(ar.InMemoryBackend):
+    """In-memory checkpoints where two checks that session `child` is free meet before
+    either returns: both forks pass the check before either writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checks = 0
+        self.both_checked = asyncio.Event()
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        keys = await super().list_keys(prefix)
+        if prefix.startswith("session:child"):
+            self.checks += 1
+            if self.checks == 2:
+                self.both_checked.set()
+            await asyncio.wait_for(self.both_checked.wait(), 5)
+        return keys
+
+
+async def test_of_two_forks_racing_into_one_new_id_one_alone_writes() -> None:
+    backend = BarrierBackend()
+    effects = Effects()
+    runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
+    session = await runtime.run_agent("a", "q", script(*(add_step(i) for i in range(3)), FINAL))
+    # Both check that the id is free before either writes.
+    results = await asyncio.gather(
+        runtime.fork(session.session_id, 1, "child"),
+        runtime.fork(session.session_id, 3, "child"),
+        return_exceptions=True,
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert results.count("child") == 1 and len(errors) == 1
+    assert isinstance(errors[0], ar.PersistenceError) and "another fork took it" in str(errors[0])
+    won = 1 if results[0] == "child" else 3
+    # The child holds the winner's steps alone, and resumes from its fork point.
+    child = await ar.AgentSession.load_checkpoint(backend, "child")
+    parent = [s.observation for s in session.steps[:won]]
+    assert [s.observation for s in child.steps] == parent
+
+
+async def test_a_fork_whose_copy_fails_leaves_its_new_id_free() -> None:
+    class FailingCopy(ar.InMemoryBackend):
+        fail = True
+
+        async def batch_save(self, items: Any) -> None:
+            if self.fail and any(":step:" in k for k in items):
+                raise ar.PersistenceError("disk full", key="batch")
+            await super().batch_save(items)
+
+    backend = FailingCopy()
+    backend.fail = False
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = await runtime.run_agent("a", "q", script(add_step(1), FINAL))
+    backend.fail = True
+    with pytest.raises(ar.PersistenceError, match="disk full"):
+        await runtime.fork(session.session_id, 1, "child")
+    backend.fail = False
+    assert await runtime.fork(session.session_id, 1, "child") == "child"

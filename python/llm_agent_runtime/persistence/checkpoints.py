@@ -21,6 +21,7 @@ Keys of session `<id>` (every value is a codec record; `<id>` is escaped, `%` as
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -744,11 +745,14 @@ class CheckpointStore:
         continues it from there: it continues the run that took step `step` (in a multi-turn
         session, that turn, with the question it asked and the chat history of the turns
         before it). `new_session_id` must be new: a session that has checkpoints is never
-        written over (its records would mix with the fork's).
+        written over (its records would mix with the fork's). Of forks racing into one new id,
+        one alone writes: the meta record claims the id insert-if-absent (`save_new`) before
+        the steps are copied.
 
         Raises:
             PersistenceError: When the source is missing or has fewer than `step` steps, or
-                when `new_session_id` already has checkpoints (the source's own id too).
+                when `new_session_id` already has checkpoints (the source's own id too) or
+                another fork claimed it meanwhile.
         """
         state = await self.load(session_id)
         if not 0 <= step <= len(state.records):
@@ -778,10 +782,25 @@ class CheckpointStore:
             first_step=first,
             history=history if turn else None,
         )
+        # The meta record claims the id first, insert-if-absent: of two forks racing into one
+        # new id (both passed the check above), one alone writes.
+        save_new = getattr(self.backend, "save_new", None)
+        if save_new is not None and not await save_new(meta_key, meta):
+            raise PersistenceError(
+                f"cannot fork into session {new_session_id!r}: another fork took it meanwhile "
+                "(fork into a new session id)",
+                key=meta_key,
+            )
         items = {meta_key: meta}
         for n, record in enumerate(state.records[:step], 1):
             items[step_key(new_session_id, n)] = encode("step", record.to_dict())
-        await self.backend.batch_save(items)
+        try:
+            await self.backend.batch_save(items)
+        except BaseException:
+            if save_new is not None:  # the claim goes with the failed copy, so the id is free
+                with contextlib.suppress(Exception):
+                    await self.backend.delete(meta_key)
+            raise
         self._next_event.pop(new_session_id, None)
         return fork
 
