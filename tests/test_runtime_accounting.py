@@ -225,3 +225,37 @@ def test_one_tool_or_one_middleware_instead_of_a_list_is_refused_at_construction
         ar.AgentRuntime(tools=add)  # type: ignore[arg-type]
     with pytest.raises(ar.AgentRuntimeError, match="middlewares must be a list of Middleware"):
         ar.AgentRuntime(middlewares=ar.Middleware())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_a_parallel_rounds_questions_about_different_tools_are_asked_at_once(
+    durable: bool,
+) -> None:
+    @ar.tool
+    def double(a: int) -> int:
+        """Doubles."""
+        return 2 * a
+
+    asking = peak = 0
+
+    async def approve(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        nonlocal asking, peak
+        asking += 1
+        peak = max(peak, asking)
+        await asyncio.sleep(0.05)
+        asking -= 1
+        return ar.ApprovalDecision("approve")
+
+    calls = [("add", {"a": 1, "b": 2}), ("double", {"a": 4}), ("add", {"a": 3, "b": 4})]
+    provider = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply(calls), "done"])
+    rt = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"),
+        tools=[add, double],
+        approval_handler=approve,
+        checkpoint_backend=ar.InMemoryBackend() if durable else None,
+    )
+    s = await rt.run_agent_with_provider("a", "q", provider)
+    assert [st.observation for st in s.steps[:3]] == ["3", "8", "7"]
+    # `add` and `double` are asked about together; the second `add` waits for the first
+    # answer (it may be remembered for it).
+    assert peak == 2

@@ -1149,10 +1149,13 @@ class AgentRuntime:
 
         Every call is guarded (middlewares, capabilities, approval) before any starts: a
         round that fails there (a capability refuses a call) fails with no call started,
-        rather than cut off calls that were half done.
+        rather than cut off calls that were half done. The calls are guarded concurrently,
+        so the approval questions of a round are all asked at once.
         """
         if self._guarded:
-            resolved = [await self._guard_call(session, c.name, c.arguments) for c in calls]
+            resolved = await _all_or_none(
+                self._guard_call(session, c.name, c.arguments) for c in calls
+            )
         else:
             resolved = [(c.name, c.arguments, None) for c in calls]
         limit = asyncio.Semaphore(self.config.max_parallel_tool_calls)
@@ -1279,8 +1282,8 @@ class AgentRuntime:
     async def _approve(self, session: AgentSession, name: str, arguments: Any) -> ApprovalDecision:
         cache = self._approvals.setdefault(session.session_id, {})
         # One question per tool at a time: a later call waits for the first answer, which may
-        # be remembered for it. (A round's calls are guarded one after another, before any
-        # runs: see `_run_parallel`.)
+        # be remembered for it. (A round's calls are guarded concurrently, before any runs:
+        # see `_run_parallel`; questions about different tools are asked at once.)
         locks = self._approval_locks.setdefault(session.session_id, {})
         async with locks.setdefault(name, asyncio.Lock()):
             # Approvals and denials are remembered per tool; an edit only for the same
@@ -1636,12 +1639,14 @@ class AgentRuntime:
             if entry.get("state") == "intent" and entry.get("run") is not None:
                 ran = entry.get("tool", calls[index].name)
                 self._check_repeatable(session_id, step, index, ran, entry)
-        resolved = {
-            index: await self._resolve_call(
+        # Guarded concurrently, as `_run_parallel` does: a round's questions are asked at once.
+        resolutions = await _all_or_none(
+            self._resolve_call(
                 session, step, index, calls[index].name, calls[index].arguments, entries[index]
             )
             for index in pending
-        }
+        )
+        resolved = dict(zip(pending, resolutions, strict=True))
 
         def one(index: int, call: ToolCall) -> Awaitable[ToolRun]:
             return self._durable_call(
