@@ -488,7 +488,9 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
             position: Some(answer.label_pos),
         });
     }
-    if input_text.is_empty() {
+    // Checked without the code fence: an empty fence gives the tool no input either.
+    let input = InputText::new(input_text);
+    if input.text.is_empty() {
         return Err(CoreError::Parse {
             message: format!(
                 "expected the input of tool '{tool}': JSON after the tool name or an 'Action Input:' line"
@@ -499,7 +501,7 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
     Ok(Step {
         thought,
         action: Some(tool),
-        action_input: Some(InputText::new(input_text)),
+        action_input: Some(input),
         final_answer: None,
         end,
     })
@@ -868,6 +870,8 @@ mod tests {
         ));
         assert!(parse("Action:   \n").is_err());
         assert!(parse("Action: tool").is_err());
+        assert!(parse("Action: search ```\n```").is_err());
+        assert!(parse("Action: search\nAction Input: ```json\n```").is_err());
         assert!(parse("Action: t {}\nFinal Answer: 1").is_err());
         assert!(parse("").is_err());
     }

@@ -286,6 +286,10 @@ def test_observation_ends_the_input() -> None:
         ("Thought: only thinking", "expected a line starting with 'Action:'"),
         ("Action:   \nAction Input: x", "expected a tool name"),
         ("Action: calc", "expected the input of tool 'calc'"),
+        # An empty code fence is no input either (these parsed with the input '').
+        ("Action: search ```\n```", "expected the input of tool 'search'"),
+        ("Action: search\nAction Input: ```json\n```", "expected the input of tool 'search'"),
+        ("Action: search ```json", "expected the input of tool 'search'"),
         ('Action: calc {"a": 1}\nFinal Answer: 3', "both an action"),
     ],
 )
