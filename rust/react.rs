@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
+use pyo3::exceptions::{PyRecursionError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
@@ -587,9 +588,14 @@ impl<'de, 'py> Visitor<'de> for PyJson<'_, 'py> {
     }
 }
 
-/// Decodes an action input into Python: JSON objects, arrays and strings become dict, list
-/// and str; anything else (including invalid JSON) stays the raw text.
-fn input_to_py<'py>(py: Python<'py>, input: &InputText<'_>) -> Bound<'py, PyAny> {
+/// Decodes an action input into Python as `json.loads` would: JSON objects, arrays and
+/// strings become dict, list and str; anything else (including invalid JSON) stays the raw
+/// text.
+///
+/// # Errors
+/// Only what `json.loads` raises other than `ValueError` and `RecursionError` (which mean
+/// "not JSON" here), such as `MemoryError`.
+fn input_to_py<'py>(py: Python<'py>, input: &InputText<'_>) -> PyResult<Bound<'py, PyAny>> {
     if let Some(json) = input.json() {
         let literals = wide_integers(json);
         let next = Cell::new(0);
@@ -599,10 +605,34 @@ fn input_to_py<'py>(py: Python<'py>, input: &InputText<'_>) -> Bound<'py, PyAny>
         };
         let mut deserializer = serde_json::Deserializer::from_str(json);
         if let Ok(value) = seed.deserialize(&mut deserializer) {
-            return value;
+            return Ok(value);
+        }
+        if let Some(value) = python_json(py, json)? {
+            return Ok(value);
         }
     }
-    PyString::new(py, input.raw()).into_any()
+    Ok(PyString::new(py, input.raw()).into_any())
+}
+
+/// `json.loads(json)`, or `None` when it refuses the text. Off the fast path: it only runs
+/// where serde_json refused a text that Python's `json` may accept (nesting deeper than
+/// 128, a number beyond the float range, an escaped lone surrogate, `NaN`).
+#[cold]
+#[inline(never)]
+fn python_json<'py>(py: Python<'py>, json: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let loads = py
+        .import(pyo3::intern!(py, "json"))?
+        .getattr(pyo3::intern!(py, "loads"))?;
+    match loads.call1((json,)) {
+        Ok(value) => Ok(Some(value)),
+        // Too deep for Python's recursion limit is "not JSON" too, as for serde_json.
+        Err(e)
+            if e.is_instance_of::<PyValueError>(py) || e.is_instance_of::<PyRecursionError>(py) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// One step of a ReAct trace: the model's thought, then either an action with its input or
@@ -649,7 +679,7 @@ impl PyReActStep {
             Some((source, start, end)) => {
                 let source = source.bind(py).to_str()?;
                 let text = source.get(*start..*end).unwrap_or_default();
-                input_to_py(py, &InputText { text }).unbind()
+                input_to_py(py, &InputText { text })?.unbind()
             }
         };
         // Had another thread set it meanwhile (decoding may run Python code), its value wins.
@@ -714,8 +744,9 @@ impl PyReActStep {
 ///
 /// Accepts `Thought: ...` followed by `Action: tool {"json": 1}`, `Action: FINAL_ANSWER 42`,
 /// `Action: tool` + `Action Input: ...`, or `Final Answer: ...`. Labels are case-insensitive;
-/// JSON input may sit in a ```json fence and be followed by other text. The step ends at an
-/// `Observation:` line after the action (see `ReActStep.end`).
+/// JSON input may sit in a ```json fence and be followed by other text; it decodes as
+/// `json.loads` would (JSON nested too deeply even for it stays raw text). The step ends at
+/// an `Observation:` line after the action (see `ReActStep.end`).
 ///
 /// Args:
 ///     text: the model's output for one step.

@@ -415,6 +415,54 @@ def test_action_input_decodes_as_json_loads(value: dict[str, object]) -> None:
     assert json.dumps(step.action_input) == json.dumps(expected)
 
 
+def _nested(depth: int, leaf: str) -> str:
+    return '{"a": ' * depth + leaf + "}" * depth
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _nested(128, "1"),  # deeper than serde_json's limit
+        "[" * 500 + "]" * 500,
+        '{"x": 1e400, "y": [-1e999]}',  # beyond the float range: json.loads gives inf
+        '{"text": "cut emoji \\ud83d"}',  # an escaped lone surrogate
+        '["\\udc00", "ok"]',
+        '{"n": NaN, "i": -Infinity}',
+    ],
+)
+def test_json_that_serde_refuses_but_json_loads_accepts_is_decoded(payload: str) -> None:
+    # These used to come back as the raw text.
+    got = ar.parse_react_step(f"Thought: t\nAction: tool {payload} and chatter").action_input
+    expected = json.loads(payload)
+    assert not isinstance(got, str)
+    assert json.dumps(got) == json.dumps(expected)
+
+
+def test_json_too_deep_for_json_loads_stays_raw_text() -> None:
+    payload = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(RecursionError):
+        json.loads(payload)
+    assert ar.parse_react_step(f"Action: tool {payload}").action_input == payload
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    value=st.recursive(
+        st.floats()
+        | st.integers()
+        | st.text(st.characters(categories=["Cs"]) | st.characters(), max_size=4),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+        max_leaves=8,
+    ),
+    depth=st.integers(0, 200),
+)
+def test_action_input_decodes_as_json_loads_beyond_serde(value: object, depth: int) -> None:
+    # Lone surrogates, NaN and infinities (json.dumps writes them), and deep nesting.
+    payload = "[" * depth + json.dumps([value]) + "]" * depth
+    got = ar.parse_react_step(f"Action: tool {payload}").action_input
+    assert json.dumps(got) == json.dumps(json.loads(payload))
+
+
 def test_big_and_negative_zero_integers_are_exact_ints() -> None:
     text = (
         'Thought: t\nAction: get_order {"order_id": 123456789012345678901234567890, '

@@ -62,7 +62,9 @@ def parse_react_step(text: str) -> ReActStep:
     stands alone on its line, and only before any other `Action:`. The step ends at the
     first `Observation:` line after the action (see `ReActStep.end`).
 
-    JSON input decodes as `json.loads` would: integers of any size stay exact ints.
+    JSON input decodes as `json.loads` would: integers of any size stay exact ints; deep
+    nesting, numbers beyond the float range (inf), escaped lone surrogates and NaN decode
+    too. JSON nested too deeply even for `json.loads` (a RecursionError) stays raw text.
 
     Raises:
         ParseError: the text is not a ReAct step (message says what and where), or is not
