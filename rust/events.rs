@@ -1,4 +1,4 @@
-//! The per-event fan-out of the Python `EventBus`: every callback, then every subscriber queue.
+//! The per-event fan-out of the Python `EventBus`: every subscriber queue, then every callback.
 //!
 //! The runtime emits a few events on every agent step; doing the delivery loop here instead of
 //! in a Python method saves a frame and the loop's bytecode per event. The lists are the bus's
@@ -35,15 +35,26 @@ impl PyEventFanout {
         }
     }
 
-    /// Calls every callback with `event`, then puts it on every queue, in list order.
+    /// Puts `event` on every queue, then calls every callback with it, in list order.
     ///
-    /// Each list is read once, before its deliveries: a callback removed (or added) while the
-    /// event is delivered still gets (or does not get) this event, and no other callback is
-    /// skipped. A callback or queue that raises does not keep the event from the others:
-    /// every one gets it, then the first exception propagates.
+    /// Queues come first so that subscribers see events in emission order: a callback may
+    /// emit a follow-up event, which must queue after this one. Each list is read once,
+    /// before its deliveries: a callback removed (or added) while the event is delivered
+    /// still gets (or does not get) this event, and no other callback is skipped. A callback
+    /// or queue that raises does not keep the event from the others: every one gets it,
+    /// then the first exception propagates.
     fn emit(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<()> {
-        let schedule = self.schedule.bind(py);
         let mut first_error: Option<PyErr> = None;
+        let queues = self.queues.bind(py);
+        if !queues.is_empty() {
+            let put = pyo3::intern!(py, "put_nowait");
+            for queue in snapshot(queues) {
+                if let Err(error) = queue.call_method1(put, (event,)) {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        let schedule = self.schedule.bind(py);
         for callback in snapshot(self.callbacks.bind(py)) {
             let delivered = callback.call1((event,)).and_then(|result| {
                 if result.is_none() {
@@ -54,15 +65,6 @@ impl PyEventFanout {
             });
             if let Err(error) = delivered {
                 first_error.get_or_insert(error);
-            }
-        }
-        let queues = self.queues.bind(py);
-        if !queues.is_empty() {
-            let put = pyo3::intern!(py, "put_nowait");
-            for queue in snapshot(queues) {
-                if let Err(error) = queue.call_method1(put, (event,)) {
-                    first_error.get_or_insert(error);
-                }
             }
         }
         first_error.map_or(Ok(()), Err)

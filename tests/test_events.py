@@ -103,6 +103,24 @@ async def test_bus_delivers_in_order_and_schedules_coroutine_results() -> None:
     assert done == ["e1"]
 
 
+async def test_subscribers_see_an_event_a_callback_emits_after_the_one_it_handles() -> None:
+    # Subscribers used to get the follow-up first: callbacks ran before the queues.
+    bus = ar.EventBus()
+    handled: list[str] = []
+
+    def follow_up(event: object) -> None:
+        handled.append(str(event))
+        if event == "outer":
+            bus.emit("inner")  # type: ignore[arg-type]
+
+    bus.on(follow_up)
+    stream = bus.subscribe()
+    bus.emit("outer")  # type: ignore[arg-type]
+    bus.close()
+    assert handled == ["outer", "inner"]
+    assert [event async for event in stream] == ["outer", "inner"]
+
+
 def test_bus_callback_errors_propagate_and_removal_mid_emit_is_safe() -> None:
     bus = ar.EventBus()
     seen: list[str] = []

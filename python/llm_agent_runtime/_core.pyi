@@ -148,8 +148,9 @@ class EventFanout:
         schedule: Callable[[Any], Any],
     ) -> EventFanout: ...
     def emit(self, event: Any) -> None:
-        """Calls every callback with `event`, then puts it on every queue, in list order; one
-        that raises keeps the event from no other (then the first exception propagates)."""
+        """Puts `event` on every queue, then calls every callback with it, in list order (so
+        an event a callback emits queues after this one); one that raises keeps the event
+        from no other (then the first exception propagates)."""
 
 @final
 class RuntimeMetrics:

@@ -153,7 +153,11 @@ class EventBus:
         self.emit: Callable[[Event], None] = EventFanout(
             self._callbacks, self._queues, _scheduler(self._pending)
         ).emit
-        """Delivers an event to every callback, then to every subscriber, in order."""
+        """Delivers an event to every subscriber, then to every callback, in order.
+
+        Subscribers come first so that they see events in emission order even when a
+        callback emits a follow-up event.
+        """
 
     def on(self, callback: Callable[[Event], Any]) -> Callable[[Event], Any]:
         """Registers `callback` (sync, or async: it is scheduled) for every event.
