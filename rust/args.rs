@@ -219,6 +219,17 @@ fn not_unicode(
     error(message).into()
 }
 
+/// A `str` argument naming something to look up (a key, an agent, a tool): `None` when it
+/// holds a lone surrogate. Writers refuse such a name ([`text`]), so nothing is stored under
+/// it and a lookup treats it as absent.
+///
+/// # Errors
+/// `TypeError` when `obj` is not a `str`.
+pub fn lookup_text(obj: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
+    let string = obj.cast::<PyString>()?;
+    Ok(PyBackedStr::try_from(string.clone()).ok())
+}
+
 /// A sequence of `str` arguments (a list or tuple of ids), each read as by [`text`]. As with
 /// PyO3's `Vec<String>`, a `str` is refused (`TypeError`) rather than read as its characters.
 ///

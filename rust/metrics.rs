@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use pyo3::pybacked::PyBackedStr;
 
-use crate::args::{extract_unsigned, optional_runtime_text, runtime_text};
+use crate::args::{extract_unsigned, lookup_text, optional_runtime_text, runtime_text};
 use crate::errors::CoreError;
 
 /// Call and failure counts of one tool or one agent.
@@ -629,21 +629,33 @@ impl PyMetricsSnapshot {
         self.inner.agent_failures.clone()
     }
 
-    /// Total calls of the tool `name` (0 if never called).
-    fn tool_call_count(&self, name: &str) -> u64 {
-        self.inner.tool_call_count(name)
+    /// Total calls of the tool `name` (0 if never called, as for a name that is not valid
+    /// Unicode: none can be recorded).
+    fn tool_call_count(
+        &self,
+        #[pyo3(from_py_with = lookup_text)] name: Option<PyBackedStr>,
+    ) -> u64 {
+        name.map_or(0, |name| self.inner.tool_call_count(&name))
     }
 
-    /// Total failures of the tool `name`.
-    fn tool_failure_count(&self, name: &str) -> u64 {
-        self.inner.tool_failure_count(name)
+    /// Total failures of the tool `name` (0 if none, or `name` is not valid Unicode).
+    fn tool_failure_count(
+        &self,
+        #[pyo3(from_py_with = lookup_text)] name: Option<PyBackedStr>,
+    ) -> u64 {
+        name.map_or(0, |name| self.inner.tool_failure_count(&name))
     }
 
-    /// Calls of `name` that did not fail.
-    fn tool_success_count(&self, name: &str) -> u64 {
-        self.inner
-            .tool_call_count(name)
-            .saturating_sub(self.inner.tool_failure_count(name))
+    /// Calls of `name` that did not fail (0 for a name that is not valid Unicode).
+    fn tool_success_count(
+        &self,
+        #[pyo3(from_py_with = lookup_text)] name: Option<PyBackedStr>,
+    ) -> u64 {
+        name.map_or(0, |name| {
+            self.inner
+                .tool_call_count(&name)
+                .saturating_sub(self.inner.tool_failure_count(&name))
+        })
     }
 
     /// Sorted names of the tools with recorded calls.
@@ -666,12 +678,17 @@ impl PyMetricsSnapshot {
         self.inner.success_rate()
     }
 
-    /// Failure rate of one tool (0.0 if never called).
-    fn failed_tool_ratio_for(&self, name: &str) -> f64 {
-        ratio(
-            self.inner.tool_failure_count(name),
-            self.inner.tool_call_count(name),
-        )
+    /// Failure rate of one tool (0.0 if never called, or `name` is not valid Unicode).
+    fn failed_tool_ratio_for(
+        &self,
+        #[pyo3(from_py_with = lookup_text)] name: Option<PyBackedStr>,
+    ) -> f64 {
+        name.map_or(0.0, |name| {
+            ratio(
+                self.inner.tool_failure_count(&name),
+                self.inner.tool_call_count(&name),
+            )
+        })
     }
 
     /// The most called tool (ties: the smallest name), or None.
@@ -743,10 +760,12 @@ impl PyMetricsSnapshot {
     /// Rebuilds a snapshot from `to_json()` output.
     ///
     /// Raises:
-    ///     AgentRuntimeError: the text is not a snapshot.
+    ///     AgentRuntimeError: the text is not a snapshot (or not valid Unicode).
     #[staticmethod]
-    fn from_json(text: &str) -> PyResult<PyMetricsSnapshot> {
-        serde_json::from_str(text)
+    fn from_json(
+        #[pyo3(from_py_with = runtime_text)] text: PyBackedStr,
+    ) -> PyResult<PyMetricsSnapshot> {
+        serde_json::from_str(&text)
             .map(|inner| PyMetricsSnapshot { inner })
             .map_err(|e| CoreError::Runtime(format!("not a metrics snapshot: {e}")).into())
     }

@@ -22,6 +22,7 @@ import pytest
 import llm_agent_runtime as ar
 
 BIG = 2**64
+BEYOND = 10**400  # an int no float can hold
 
 
 def run_python(code: str, timeout: float = 20.0, env: dict[str, str] | None = None) -> str:
@@ -291,11 +292,53 @@ LONE = "emoji cut in two: \ud83d"
         (lambda: ar.EpisodicStore().add_episode("a", LONE, 0.5), ar.MemoryStoreError),
         (lambda: ar.HashingEmbedder(8).embed(["ok", LONE]), ar.MemoryStoreError),
         (lambda: ar.RuntimeMetrics().record_tool_call(LONE), ar.AgentRuntimeError),
+        (lambda: ar.EpisodicStore.from_json(LONE), ar.MemoryStoreError),
+        (lambda: ar.MetricsSnapshot.from_json(LONE), ar.AgentRuntimeError),
+        (
+            lambda: ar.EpisodicStore(embedder=ar.HashingEmbedder(8)).recall("a", query=LONE),
+            ar.MemoryStoreError,
+        ),
     ],
 )
 def test_lone_surrogates_are_typed_errors(call: Callable[[], object], error: type) -> None:
     with pytest.raises(error, match="not valid Unicode"):
         call()
+
+
+def test_lookups_of_a_name_with_a_lone_surrogate_find_nothing() -> None:
+    # No writer stores such a name, so a lookup finds nothing (these raised the built-in
+    # UnicodeEncodeError).
+    wm = ar.WorkingMemory(2)
+    wm.set("k", 1)
+    assert LONE not in wm
+    assert wm.get(LONE) is None and wm.get(LONE, 7) == 7
+    assert wm.delete(LONE) is False
+    with pytest.raises(KeyError):
+        wm[LONE]
+    with pytest.raises(KeyError):
+        del wm[LONE]
+    assert wm.items() == [("k", 1)]
+
+    store = ar.EpisodicStore(clock=lambda: 0.0)
+    store.add_episode("a", "x", 0.5, embedding=[1.0, 0.0])
+    assert store.recall(LONE) == [] and store.episodes(LONE) == []
+    assert store.clear(LONE) == 0 and len(store) == 1
+    assert store.episode_count_for(LONE) == 0 and store.content_lengths(LONE) == []
+    assert store.total_content_bytes(LONE) == 0 and store.avg_content_length(LONE) == 0.0
+    assert (store.max_content_length(LONE), store.min_content_length(LONE)) == (0, 0)
+    assert store.high_importance_count(LONE, 0.0) == 0
+    assert store.episodes_by_importance(LONE) == []
+    assert store.content_contains_count(LONE, "x") == 0
+    assert store.content_contains_count("a", LONE) == 0
+    # The other arguments are checked as for any agent without episodes.
+    with pytest.raises(ar.MemoryStoreError, match="zero vector"):
+        store.recall(LONE, query=[0.0, 0.0])
+
+    metrics = ar.RuntimeMetrics()
+    metrics.record_tool_call("t")
+    snap = metrics.snapshot()
+    assert (snap.tool_call_count(LONE), snap.tool_failure_count(LONE)) == (0, 0)
+    assert (snap.tool_success_count(LONE), snap.failed_tool_ratio_for(LONE)) == (0, 0.0)
 
 
 def test_a_react_step_with_a_lone_surrogate_says_where() -> None:
@@ -336,6 +379,29 @@ def test_ints_beyond_64_bits_are_typed_errors(
     call: Callable[[], object], error: type, message: str
 ) -> None:
     with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: ar.EpisodicStore().add_episode("a", "x", BEYOND), "importance must be in"),
+        (lambda: ar.DecayPolicy.exponential(BEYOND), "half_life_hours must be"),
+        (lambda: ar.RecallPolicy.hybrid(BEYOND, 0), "recency_weight must be"),
+        (lambda: ar.RecallPolicy.hybrid(0, -BEYOND), "frequency_weight must be"),
+        (lambda: ar.EpisodicStore(similarity_weight=BEYOND), "similarity_weight must be"),
+        (lambda: ar.EpisodicStore().high_importance_count("a", BEYOND), "threshold"),
+        (
+            lambda: ar.EpisodicStore(clock=lambda: BEYOND).add_episode("a", "x", 0.5),
+            "the clock returned",
+        ),
+    ],
+)
+def test_numbers_beyond_the_float_range_are_typed_errors(
+    call: Callable[[], object], message: str
+) -> None:
+    # These raised the built-in OverflowError.
+    with pytest.raises(ar.MemoryStoreError, match=f"{message}.*beyond the float range"):
         call()
 
 

@@ -75,7 +75,11 @@ def parse_react_step(text: str) -> ReActStep:
 
 @final
 class MetricsSnapshot:
-    """A point-in-time copy of RuntimeMetrics: plain integers and per-name counts."""
+    """A point-in-time copy of RuntimeMetrics: plain integers and per-name counts.
+
+    The per-tool lookups give 0 for a name that is not valid Unicode (a lone surrogate):
+    RuntimeMetrics refuses to record one.
+    """
 
     @property
     def active_sessions(self) -> int: ...
@@ -129,7 +133,7 @@ class MetricsSnapshot:
         """Rebuilds a snapshot from to_json() output.
 
         Raises:
-            AgentRuntimeError: the text is not a snapshot.
+            AgentRuntimeError: the text is not a snapshot (or not valid Unicode).
         """
     def to_prometheus(self) -> str: ...
     def __eq__(self, value: object, /) -> bool: ...
@@ -196,9 +200,12 @@ class WorkingMemory:
     """Bounded key -> value LRU memory; O(1) operations, thread-safe.
 
     Iterating gives the keys from most to least recently used (a snapshot, as keys()).
+    A key that is not valid Unicode (a lone surrogate) cannot be stored: set refuses it, and
+    lookups (in, get, delete, wm[key], del wm[key]) find it absent.
 
     Raises:
-        MemoryStoreError: capacity is below 1 (or too large); a key is not valid Unicode.
+        MemoryStoreError: capacity is below 1 (or too large); a key given to set is not
+            valid Unicode.
     """
 
     def __new__(cls, capacity: int) -> WorkingMemory: ...
@@ -282,11 +289,13 @@ class EpisodicStore:
     With an embedder, recall(query=...) ranks by
     policy score + similarity_weight * cos(query, episode embedding).
     Adding beyond per_agent_capacity evicts the lowest-importance older episode (the oldest
-    among equals), never the one being added.
+    among equals), never the one being added. An agent id that is not valid Unicode (a lone
+    surrogate) cannot be stored: add_episode refuses it, and the methods reading an agent's
+    episodes find none under it.
 
     Raises:
         MemoryStoreError: per_agent_capacity is below 1 (or beyond 64 bits), or
-            similarity_weight is negative.
+            similarity_weight is negative or not finite (or beyond the float range).
     """
 
     def __new__(
@@ -322,8 +331,9 @@ class EpisodicStore:
         Equal scores keep insertion order (oldest first); a limit beyond 64 bits means all.
 
         Raises:
-            MemoryStoreError: a negative limit, a text query without an embedder, a bad
-                query vector, or a clock that returned a NaN or infinite time.
+            MemoryStoreError: a negative limit, a text query without an embedder (or not
+                valid Unicode), a bad query vector, or a clock that returned a NaN or
+                infinite time.
         """
     def episodes(self, agent_id: str) -> list[Episode]: ...
     def clear(self, agent_id: str | None = None) -> int: ...

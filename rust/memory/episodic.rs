@@ -389,10 +389,7 @@ impl Episodes {
         now: f64,
         query: Option<&[f32]>,
     ) -> CoreResult<Vec<Episode>> {
-        check_time(now)?;
-        let query = query
-            .map(|q| self.check_embedding(q, "query embedding"))
-            .transpose()?;
+        let query = self.recall_query(now, query)?;
         let Some(episodes) = self.by_agent.get(agent_id) else {
             return Ok(Vec::new());
         };
@@ -425,6 +422,18 @@ impl Episodes {
                 Some(e.clone())
             })
             .collect())
+    }
+
+    /// Checks the arguments of [`Episodes::recall`] (whatever the agent): returns the query
+    /// normalized.
+    ///
+    /// # Errors
+    /// As [`Episodes::recall`].
+    pub fn recall_query(&self, now: f64, query: Option<&[f32]>) -> CoreResult<Option<Vec<f32>>> {
+        check_time(now)?;
+        query
+            .map(|q| self.check_embedding(q, "query embedding"))
+            .transpose()
     }
 
     /// The agent's episodes in insertion order.

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyIterator, PyList};
+use pyo3::types::{PyIterator, PyList, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::args::{self, memory_text, OutOfRange};
@@ -50,6 +50,19 @@ fn per_agent_capacity_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
     capacity(value, "per_agent_capacity", usize::MAX).map(Some)
 }
 
+/// A real-number argument; one beyond the float range is a `MemoryStoreError` stating
+/// `rule`, the argument's rule (such as "importance must be in [0, 1]").
+fn memory_real(value: &Bound<'_, PyAny>, rule: &str) -> PyResult<f64> {
+    args::real(value, |beyond| {
+        CoreError::Memory(format!("{rule}, got {beyond}"))
+    })
+}
+
+/// `EpisodicStore(similarity_weight=...)` as a float.
+fn similarity_weight_arg(value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    memory_real(value, "similarity_weight must be >= 0")
+}
+
 /// A `limit` argument: an int >= 0; one beyond 64 bits means "all".
 fn limit_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
     args::limit(value, 0, |v| {
@@ -67,9 +80,12 @@ fn limit_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
 /// Args:
 ///     capacity: most entries kept; inserting beyond it evicts the least recently used.
 ///
+/// A key that is not valid Unicode (a lone surrogate) cannot be stored: `set` refuses it, and
+/// lookups (`in`, `get`, `delete`, `wm[key]`, `del wm[key]`) find it absent.
+///
 /// Raises:
-///     MemoryStoreError: `capacity` is not positive (or too large), or a key is not valid
-///         Unicode (a lone surrogate).
+///     MemoryStoreError: `capacity` is not positive (or too large), or a key given to `set`
+///         is not valid Unicode (a lone surrogate).
 #[pyclass(module = "llm_agent_runtime", name = "WorkingMemory", frozen)]
 pub struct PyWorkingMemory {
     /// Held only with the GIL, for O(1) work that runs no Python code: values are cloned
@@ -130,15 +146,32 @@ impl PyWorkingMemory {
     }
 
     /// Returns the value of `key` (making it most recently used), or `default`.
+    ///
+    /// A key that is not valid Unicode (a lone surrogate) is never stored, so it is absent.
     #[pyo3(signature = (key, default=None))]
-    fn get(&self, py: Python<'_>, key: &str, default: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
-        let found = self.with_lru(|lru| lru.get(key).map(|v| v.clone_ref(py)))?;
+    fn get(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = args::lookup_text)] key: Option<PyBackedStr>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let found = match key {
+            Some(key) => self.with_lru(|lru| lru.get(&key).map(|v| v.clone_ref(py)))?,
+            None => None,
+        };
         Ok(found.or(default).unwrap_or_else(|| py.None()))
     }
 
-    /// Removes `key`; returns whether it was present.
-    fn delete(&self, key: &str) -> PyResult<bool> {
-        let removed = self.with_lru(|lru| lru.remove(key))?;
+    /// Removes `key`; returns whether it was present (False for a key that is not valid
+    /// Unicode: such a key is never stored).
+    fn delete(
+        &self,
+        #[pyo3(from_py_with = args::lookup_text)] key: Option<PyBackedStr>,
+    ) -> PyResult<bool> {
+        let Some(key) = key else {
+            return Ok(false);
+        };
+        let removed = self.with_lru(|lru| lru.remove(&key))?;
         Ok(removed.is_some())
     }
 
@@ -180,13 +213,22 @@ impl PyWorkingMemory {
         self.with_lru(|lru| lru.len())
     }
 
-    fn __contains__(&self, key: &str) -> PyResult<bool> {
-        self.with_lru(|lru| lru.contains(key))
+    fn __contains__(
+        &self,
+        #[pyo3(from_py_with = args::lookup_text)] key: Option<PyBackedStr>,
+    ) -> PyResult<bool> {
+        match key {
+            Some(key) => self.with_lru(|lru| lru.contains(&key)),
+            None => Ok(false),
+        }
     }
 
-    fn __getitem__(&self, py: Python<'_>, key: &str) -> PyResult<Py<PyAny>> {
-        let found = self.with_lru(|lru| lru.get(key).map(|v| v.clone_ref(py)))?;
-        found.ok_or_else(|| PyKeyError::new_err(key.to_owned()))
+    fn __getitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let found = match args::lookup_text(key)? {
+            Some(text) => self.with_lru(|lru| lru.get(&text).map(|v| v.clone_ref(py)))?,
+            None => None,
+        };
+        found.ok_or_else(|| PyKeyError::new_err(key.clone().unbind()))
     }
 
     fn __setitem__(
@@ -197,11 +239,11 @@ impl PyWorkingMemory {
         self.set(key, value)
     }
 
-    fn __delitem__(&self, key: &str) -> PyResult<()> {
-        if self.delete(key)? {
+    fn __delitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.delete(args::lookup_text(key)?)? {
             Ok(())
         } else {
-            Err(PyKeyError::new_err(key.to_owned()))
+            Err(PyKeyError::new_err(key.clone().unbind()))
         }
     }
 
@@ -336,7 +378,9 @@ impl PyDecayPolicy {
     /// Raises:
     ///     MemoryStoreError: `half_life_hours` is not a positive number.
     #[staticmethod]
-    fn exponential(half_life_hours: f64) -> PyResult<Self> {
+    fn exponential(half_life_hours: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let half_life_hours =
+            memory_real(half_life_hours, "half_life_hours must be a positive number")?;
         Ok(Self {
             inner: episodic::exponential(half_life_hours)?,
         })
@@ -389,7 +433,12 @@ impl PyRecallPolicy {
     /// Raises:
     ///     MemoryStoreError: a weight is negative or not finite.
     #[staticmethod]
-    fn hybrid(recency_weight: f64, frequency_weight: f64) -> PyResult<Self> {
+    fn hybrid(
+        recency_weight: &Bound<'_, PyAny>,
+        frequency_weight: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let recency_weight = memory_real(recency_weight, "recency_weight must be >= 0")?;
+        let frequency_weight = memory_real(frequency_weight, "frequency_weight must be >= 0")?;
         Ok(Self {
             inner: episodic::hybrid(recency_weight, frequency_weight)?,
         })
@@ -425,9 +474,13 @@ impl PyRecallPolicy {
 ///     embedder: embeds episode contents and text queries (optional).
 ///     similarity_weight: weight of the query similarity in recall scores (>= 0).
 ///
+/// An agent id that is not valid Unicode (a lone surrogate) cannot be stored: `add_episode`
+/// refuses it, and the methods reading an agent's episodes find none under it.
+///
 /// Raises:
 ///     MemoryStoreError: `per_agent_capacity` is not positive (or too large), or
-///         `similarity_weight` is negative.
+///         `similarity_weight` is negative or not finite (a number beyond the float range
+///         included).
 #[pyclass(module = "llm_agent_runtime", name = "EpisodicStore", frozen)]
 pub struct PyEpisodicStore {
     /// Taken with [`sync::lock`] (or inside `run_detached`): no Python code runs under it.
@@ -491,7 +544,9 @@ impl PyEpisodicStore {
     fn now(&self, py: Python<'_>) -> PyResult<f64> {
         match self.clock(py) {
             Some(clock) => {
-                let now = clock.call0(py)?.extract::<f64>(py)?;
+                let now = args::real(clock.call0(py)?.bind(py), |e| {
+                    CoreError::Memory(format!("the clock returned {e}"))
+                })?;
                 if now.is_finite() {
                     Ok(now)
                 } else {
@@ -507,13 +562,18 @@ impl PyEpisodicStore {
         }
     }
 
+    /// Runs `f` on the agent's episodes, locked; `None` (an id that is not valid Unicode,
+    /// which no agent can have) has none.
     fn with_episodes<T: Send>(
         &self,
         py: Python<'_>,
-        agent_id: &str,
+        agent_id: Option<&str>,
         f: impl FnOnce(&[Episode]) -> T + Send,
     ) -> PyResult<T> {
-        self.locked(py, |episodes| f(episodes.episodes(agent_id)))
+        match agent_id {
+            Some(agent_id) => self.locked(py, |episodes| f(episodes.episodes(agent_id))),
+            None => Ok(f(&[])),
+        }
     }
 
     /// The embedder's vector for `text`: None without an embedder or when it is all zeros
@@ -559,7 +619,7 @@ impl PyEpisodicStore {
         #[pyo3(from_py_with = per_agent_capacity_arg)] per_agent_capacity: Option<usize>,
         clock: Option<Py<PyAny>>,
         embedder: Option<Py<PyAny>>,
-        similarity_weight: f64,
+        #[pyo3(from_py_with = similarity_weight_arg)] similarity_weight: f64,
     ) -> PyResult<Self> {
         let store = Episodes::new(
             decay.map(|d| d.inner),
@@ -618,9 +678,10 @@ impl PyEpisodicStore {
         py: Python<'_>,
         #[pyo3(from_py_with = memory_text)] agent_id: PyBackedStr,
         #[pyo3(from_py_with = memory_text)] content: PyBackedStr,
-        importance: f64,
+        importance: &Bound<'_, PyAny>,
         embedding: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
+        let importance = memory_real(importance, "importance must be in [0, 1]")?;
         let embedding = match embedding {
             Some(v) => Some(as_vector(v, "embedding")?),
             None => self.embed_text(py, &content)?,
@@ -643,21 +704,22 @@ impl PyEpisodicStore {
     ///         nothing to embed ranks by the policy alone.
     ///
     /// Raises:
-    ///     MemoryStoreError: a negative `limit`; a text query without an embedder; a query
-    ///         vector that is not finite, zero, or of another length than the episodes'
-    ///         embeddings; the clock returned a NaN or infinite time.
+    ///     MemoryStoreError: a negative `limit`; a text query without an embedder, or not
+    ///         valid Unicode; a query vector that is not finite, zero, or of another length
+    ///         than the episodes' embeddings; the clock returned a NaN or infinite time.
     #[pyo3(signature = (agent_id, limit=3, query=None))]
     fn recall(
         &self,
         py: Python<'_>,
-        agent_id: &str,
+        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
         #[pyo3(from_py_with = limit_arg)] limit: usize,
         query: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<PyEpisode>> {
         let query = match query {
             None => None,
-            Some(q) => match q.extract::<&str>() {
+            Some(q) => match q.cast::<PyString>() {
                 Ok(text) => {
+                    let text = args::text_of(text, CoreError::Memory)?;
                     if !self.has_embedder() {
                         return Err(CoreError::Memory(
                             "a text query needs an embedder: EpisodicStore(embedder=...)".into(),
@@ -671,29 +733,47 @@ impl PyEpisodicStore {
         };
         let now = self.now(py)?;
         let found = run_detached(py, || {
-            self.inner
-                .lock()
-                .recall(agent_id, limit, now, query.as_deref())
+            let mut episodes = self.inner.lock();
+            match agent_id.as_deref() {
+                Some(agent_id) => episodes.recall(agent_id, limit, now, query.as_deref()),
+                // No agent has this id: the arguments are checked as for any absent agent.
+                None => episodes
+                    .recall_query(now, query.as_deref())
+                    .map(|_| Vec::new()),
+            }
         })?;
         Ok(found.into_iter().map(|inner| PyEpisode { inner }).collect())
     }
 
     /// The agent's episodes in insertion order.
-    fn episodes(&self, py: Python<'_>, agent_id: &str) -> PyResult<Vec<PyEpisode>> {
-        self.with_episodes(py, agent_id, |eps| {
+    fn episodes(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+    ) -> PyResult<Vec<PyEpisode>> {
+        self.with_episodes(py, agent_id.as_deref(), |eps| {
             eps.iter().map(|e| PyEpisode { inner: e.clone() }).collect()
         })
     }
 
     /// Removes the agent's episodes (everyone's when `agent_id` is None); returns how many.
     #[pyo3(signature = (agent_id=None))]
-    fn clear(&self, py: Python<'_>, agent_id: Option<&str>) -> PyResult<usize> {
-        self.locked(py, |episodes| episodes.clear(agent_id))
+    fn clear(&self, py: Python<'_>, agent_id: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+        match agent_id.map(args::lookup_text).transpose()? {
+            None => self.locked(py, |episodes| episodes.clear(None)),
+            Some(Some(agent_id)) => self.locked(py, |episodes| episodes.clear(Some(&agent_id))),
+            // An id that is not valid Unicode: no agent has it.
+            Some(None) => Ok(0),
+        }
     }
 
     /// Episodes stored for the agent.
-    fn episode_count_for(&self, py: Python<'_>, agent_id: &str) -> PyResult<usize> {
-        self.with_episodes(py, agent_id, <[Episode]>::len)
+    fn episode_count_for(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+    ) -> PyResult<usize> {
+        self.with_episodes(py, agent_id.as_deref(), <[Episode]>::len)
     }
 
     /// Sorted ids of agents with at least one episode.
@@ -709,22 +789,34 @@ impl PyEpisodicStore {
     }
 
     /// Byte lengths of the agent's episode contents, in insertion order.
-    fn content_lengths(&self, py: Python<'_>, agent_id: &str) -> PyResult<Vec<usize>> {
-        self.with_episodes(py, agent_id, |eps| {
+    fn content_lengths(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+    ) -> PyResult<Vec<usize>> {
+        self.with_episodes(py, agent_id.as_deref(), |eps| {
             eps.iter().map(|e| e.content.len()).collect()
         })
     }
 
     /// Sum of the byte lengths of the agent's episode contents.
-    fn total_content_bytes(&self, py: Python<'_>, agent_id: &str) -> PyResult<usize> {
-        self.with_episodes(py, agent_id, |eps| {
+    fn total_content_bytes(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+    ) -> PyResult<usize> {
+        self.with_episodes(py, agent_id.as_deref(), |eps| {
             eps.iter().map(|e| e.content.len()).sum()
         })
     }
 
     /// Mean byte length of the agent's episode contents (0.0 with none).
-    fn avg_content_length(&self, py: Python<'_>, agent_id: &str) -> PyResult<f64> {
-        self.with_episodes(py, agent_id, |eps| {
+    fn avg_content_length(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+    ) -> PyResult<f64> {
+        self.with_episodes(py, agent_id.as_deref(), |eps| {
             if eps.is_empty() {
                 0.0
             } else {
@@ -734,45 +826,65 @@ impl PyEpisodicStore {
     }
 
     /// Byte length of the agent's longest episode (0 with none).
-    fn max_content_length(&self, py: Python<'_>, agent_id: &str) -> PyResult<usize> {
-        self.with_episodes(py, agent_id, |eps| {
+    fn max_content_length(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+    ) -> PyResult<usize> {
+        self.with_episodes(py, agent_id.as_deref(), |eps| {
             eps.iter().map(|e| e.content.len()).max().unwrap_or(0)
         })
     }
 
     /// Byte length of the agent's shortest episode (0 with none).
-    fn min_content_length(&self, py: Python<'_>, agent_id: &str) -> PyResult<usize> {
-        self.with_episodes(py, agent_id, |eps| {
+    fn min_content_length(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+    ) -> PyResult<usize> {
+        self.with_episodes(py, agent_id.as_deref(), |eps| {
             eps.iter().map(|e| e.content.len()).min().unwrap_or(0)
         })
     }
 
     /// The agent's episodes with importance above `threshold`.
+    ///
+    /// Raises:
+    ///     MemoryStoreError: `threshold` is a number beyond the float range.
     fn high_importance_count(
         &self,
         py: Python<'_>,
-        agent_id: &str,
-        threshold: f64,
+        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        threshold: &Bound<'_, PyAny>,
     ) -> PyResult<usize> {
-        self.with_episodes(py, agent_id, |eps| {
+        let threshold = memory_real(threshold, "threshold must be a float")?;
+        self.with_episodes(py, agent_id.as_deref(), |eps| {
             eps.iter().filter(|e| e.importance > threshold).count()
         })
     }
 
     /// The agent's contents by descending importance.
-    fn episodes_by_importance(&self, py: Python<'_>, agent_id: &str) -> PyResult<Vec<String>> {
-        self.with_episodes(py, agent_id, episodic::by_importance)
+    fn episodes_by_importance(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+    ) -> PyResult<Vec<String>> {
+        self.with_episodes(py, agent_id.as_deref(), episodic::by_importance)
     }
 
-    /// The agent's episodes whose content contains `needle`.
+    /// The agent's episodes whose content contains `needle` (none for a needle that is not
+    /// valid Unicode: contents are).
     fn content_contains_count(
         &self,
         py: Python<'_>,
-        agent_id: &str,
-        needle: &str,
+        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = args::lookup_text)] needle: Option<PyBackedStr>,
     ) -> PyResult<usize> {
-        self.with_episodes(py, agent_id, |eps| {
-            eps.iter().filter(|e| e.content.contains(needle)).count()
+        let Some(needle) = needle else {
+            return Ok(0);
+        };
+        self.with_episodes(py, agent_id.as_deref(), |eps| {
+            eps.iter().filter(|e| e.content.contains(&*needle)).count()
         })
     }
 
@@ -799,12 +911,12 @@ impl PyEpisodicStore {
     #[pyo3(signature = (text, clock=None, embedder=None))]
     fn from_json(
         py: Python<'_>,
-        text: &str,
+        #[pyo3(from_py_with = memory_text)] text: PyBackedStr,
         clock: Option<Py<PyAny>>,
         embedder: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let store = run_detached(py, || {
-            let store: Episodes = serde_json::from_str(text)
+            let store: Episodes = serde_json::from_str(&text)
                 .map_err(|e| CoreError::Memory(format!("not an exported episodic store: {e}")))?;
             store
                 .validated()
