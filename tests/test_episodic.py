@@ -4,6 +4,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -219,6 +220,13 @@ def _set_episode(n: int, **fields: object) -> Callable[[dict[str, Any]], None]:
         (_set_episode(1, agent_id="b"), "another agent"),
         (_set_episode(1, id=0), "ids must increase"),
         (_set_store(next_id=1), "below next_id"),
+        (_set_episode(0, embedding=[0.0, 0.0, 0.0]), "zero vector"),
+        (
+            lambda doc: doc["by_agent"].update(
+                b=[dict(doc["by_agent"]["a"][0], agent_id="b", embedding=None)]
+            ),
+            "ids are store-wide",
+        ),
     ],
 )
 def test_from_json_enforces_what_the_constructor_and_add_episode_do(
@@ -231,6 +239,35 @@ def test_from_json_enforces_what_the_constructor_and_add_episode_do(
     breaks(doc)
     with pytest.raises(ar.MemoryStoreError, match=message):
         ar.EpisodicStore.from_json(json.dumps(doc))
+
+
+def test_from_json_stores_embeddings_at_unit_length_as_add_episode_does() -> None:
+    # A longer vector used to be kept as it was, giving cosines outside [-1, 1].
+    doc = json.loads(_exported())
+    exported = np.array(doc["by_agent"]["a"][0]["embedding"], dtype=np.float32)
+    doc["by_agent"]["a"][0]["embedding"] = [0.0, 50.0, 0.0]
+    store = ar.EpisodicStore.from_json(json.dumps(doc), clock=lambda: 1000.0)
+    np.testing.assert_array_equal(store.episodes("a")[0].embedding, [0.0, 1.0, 0.0])
+    # A vector add_episode stored reads back bit for bit.
+    back = ar.EpisodicStore.from_json(_exported())
+    np.testing.assert_array_equal(back.episodes("a")[0].embedding, exported)
+
+
+def test_episode_ids_never_wrap_and_recall_counts_saturate() -> None:
+    # Both used to wrap to 0 in release builds, repeating ids.
+    doc = json.loads(ar.EpisodicStore().to_json())
+    doc["next_id"] = 2**64 - 2
+    store = ar.EpisodicStore.from_json(json.dumps(doc), clock=lambda: 0.0)
+    assert store.add_episode("a", "last", 0.5) == 2**64 - 2
+    with pytest.raises(ar.MemoryStoreError, match="ids are exhausted"):
+        store.add_episode("a", "one too many", 0.5)
+    assert [e.content for e in store.episodes("a")] == ["last"]
+    assert json.loads(store.to_json())["next_id"] == 2**64 - 1
+
+    doc = json.loads(store.to_json())
+    doc["by_agent"]["a"][0]["recall_count"] = 2**64 - 1
+    store = ar.EpisodicStore.from_json(json.dumps(doc), clock=lambda: 0.0)
+    assert store.recall("a", 1)[0].recall_count == 2**64 - 1
 
 
 def test_from_json_takes_the_embedding_length_of_an_export_without_one() -> None:

@@ -318,7 +318,8 @@ class EpisodicStore:
 
         Raises:
             MemoryStoreError: importance outside [0, 1], a bad embedding, a clock that
-                returned a NaN or infinite time, or agent_id or content not valid Unicode.
+                returned a NaN or infinite time, agent_id or content not valid Unicode, or
+                ids exhausted (next_id reached 2**64 - 1).
         """
     @property
     def has_embedder(self) -> bool:
@@ -355,12 +356,15 @@ class EpisodicStore:
         """Rebuilds a store from to_json() output, checked as the constructor and
         add_episode check their input.
 
+        Other embeddings are scaled to unit length, as add_episode stores them.
+
         Raises:
-            MemoryStoreError: the text is not an exported store, or breaks a rule of the
-                store: per_agent_capacity 0 (or an agent over it), a half-life that is not a
-                positive number, a negative or non-finite weight, importance outside [0, 1], a
-                non-finite time, an episode under another agent's id, ids out of order, or
-                embeddings of different lengths.
+            MemoryStoreError: the text is not an exported store (or not valid Unicode), or
+                breaks a rule of the store: per_agent_capacity 0 (or an agent over it), a
+                half-life that is not a positive number, a negative or non-finite weight,
+                importance outside [0, 1], a non-finite time, an episode under another
+                agent's id, ids out of order or shared by two episodes, or embeddings that
+                are zero or of different lengths.
         """
     def __len__(self) -> int: ...
 

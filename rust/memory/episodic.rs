@@ -13,7 +13,7 @@
 //! Equal scores keep insertion order: the older episode ranks first (a stable sort by
 //! descending score).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +99,20 @@ pub fn normalized(v: &[f32], what: &str) -> CoreResult<Vec<f32>> {
     let mut unit = v.to_vec();
     crate::vector::normalize(&mut unit, what)?;
     Ok(unit)
+}
+
+/// Scales an exported embedding to unit length, as `add` stores embeddings; refuses one that
+/// is not finite or zero.
+///
+/// A vector already within float32 rounding of unit length (any that `add` stored) is kept
+/// bit for bit, so an export reads back exactly as it was written.
+fn unit_length(v: &mut [f32], what: &str) -> CoreResult<()> {
+    let norm_sq: f64 = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum();
+    // NaN fails this test too, and `normalize` refuses it.
+    if (norm_sq - 1.0).abs() <= 1e-6 {
+        return Ok(());
+    }
+    crate::vector::normalize(v, what)
 }
 
 /// Validates a decay half-life.
@@ -198,10 +212,11 @@ impl Episodes {
     /// # Errors
     /// [`CoreError::Memory`] naming the first problem: `per_agent_capacity` 0, a half-life
     /// that is not a positive number, a negative or non-finite weight, an agent over its
-    /// capacity, an episode filed under another agent, ids not increasing within an agent
-    /// or not below `next_id`, importance outside [0, 1], a non-finite time, or an
-    /// embedding that is not finite or of another length than the others (or
-    /// `embedding_dim`).
+    /// capacity, an episode filed under another agent, ids not increasing within an agent,
+    /// not below `next_id` or shared by two episodes, importance outside [0, 1], a
+    /// non-finite time, or an embedding that is not finite, zero, or of another length than
+    /// the others (or `embedding_dim`). Other embeddings are scaled to unit length, as `add`
+    /// stores them.
     pub fn validated(mut self) -> CoreResult<Self> {
         if self.per_agent_capacity == Some(0) {
             return Err(CoreError::Memory(
@@ -221,7 +236,8 @@ impl Episodes {
         let weight = self.similarity_weight;
         self = self.with_similarity_weight(weight)?;
         let mut dim = self.embedding_dim;
-        for (agent_id, episodes) in &self.by_agent {
+        let mut ids = HashSet::new();
+        for (agent_id, episodes) in &mut self.by_agent {
             if let Some(cap) = self.per_agent_capacity {
                 if episodes.len() > cap {
                     return Err(CoreError::Memory(format!(
@@ -232,26 +248,30 @@ impl Episodes {
             }
             let mut previous_id: Option<u64> = None;
             for e in episodes {
+                let id = e.id;
                 let bad = |what: String| {
-                    CoreError::Memory(format!("episode {} of agent {agent_id:?}: {what}", e.id))
+                    CoreError::Memory(format!("episode {id} of agent {agent_id:?}: {what}"))
                 };
                 if e.agent_id != *agent_id {
                     return Err(bad(format!("filed under another agent ({:?})", e.agent_id)));
                 }
                 // An agent's episodes are kept in insertion order, so their ids increase.
-                if e.id >= self.next_id || previous_id.is_some_and(|p| p >= e.id) {
+                if id >= self.next_id || previous_id.is_some_and(|p| p >= id) {
                     return Err(bad(format!(
                         "ids must increase within an agent and stay below next_id ({})",
                         self.next_id
                     )));
                 }
-                previous_id = Some(e.id);
+                if !ids.insert(id) {
+                    return Err(bad("its id is another episode's: ids are store-wide".into()));
+                }
+                previous_id = Some(id);
                 check_importance(e.importance).map_err(|err| bad(err.to_string()))?;
                 check_time(e.created_at).map_err(|err| bad(err.to_string()))?;
                 if let Some(t) = e.last_recalled_at {
                     check_time(t).map_err(|err| bad(err.to_string()))?;
                 }
-                if let Some(v) = &e.embedding {
+                if let Some(v) = &mut e.embedding {
                     if v.iter().any(|x| !x.is_finite()) {
                         return Err(bad("embedding contains NaN or infinite values".into()));
                     }
@@ -264,6 +284,7 @@ impl Episodes {
                         }
                         _ => dim = Some(v.len()),
                     }
+                    unit_length(v, "embedding").map_err(|err| bad(err.to_string()))?;
                 }
             }
         }
@@ -289,8 +310,9 @@ impl Episodes {
     /// *older* ones (the oldest on ties) is evicted, whatever the new one's importance.
     ///
     /// # Errors
-    /// [`CoreError::Memory`] when `importance` is outside [0, 1], `now` is not finite, or the
-    /// embedding is not finite, zero, or of another length than the store's embeddings.
+    /// [`CoreError::Memory`] when `importance` is outside [0, 1], `now` is not finite, the
+    /// embedding is not finite, zero, or of another length than the store's embeddings, or
+    /// the ids are exhausted (`next_id` is `u64::MAX`).
     pub fn add(
         &mut self,
         agent_id: &str,
@@ -301,6 +323,13 @@ impl Episodes {
     ) -> CoreResult<u64> {
         check_importance(importance)?;
         check_time(now)?;
+        // Checked before anything changes: a wrapped id would repeat an existing one.
+        let next_id = self.next_id.checked_add(1).ok_or_else(|| {
+            CoreError::Memory(format!(
+                "episode ids are exhausted (next_id is {}, the largest)",
+                self.next_id
+            ))
+        })?;
         let embedding = embedding
             .map(|v| self.check_embedding(v, "embedding"))
             .transpose()?;
@@ -308,7 +337,7 @@ impl Episodes {
             self.embedding_dim = Some(v.len());
         }
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id = next_id;
         let episodes = self.by_agent.entry(agent_id.to_owned()).or_default();
         episodes.push(Episode {
             id,
@@ -377,7 +406,7 @@ impl Episodes {
 
     /// The agent's top `limit` episodes at time `now`, best first (equal scores in insertion
     /// order, oldest first), blending in similarity to `query` when given; their recall
-    /// counts go up.
+    /// counts go up (saturating at `u64::MAX`).
     ///
     /// # Errors
     /// [`CoreError::Memory`] when `now` is not finite, or `query` is not finite, zero, or of
@@ -417,7 +446,7 @@ impl Episodes {
             .into_iter()
             .filter_map(|(_, i)| {
                 let e = episodes.get_mut(i)?;
-                e.recall_count += 1;
+                e.recall_count = e.recall_count.saturating_add(1);
                 e.last_recalled_at = Some(now);
                 Some(e.clone())
             })
@@ -593,6 +622,12 @@ mod tests {
             |s| s.by_agent.get_mut("a").unwrap()[1].last_recalled_at = Some(f64::NAN),
             |s| s.by_agent.get_mut("a").unwrap()[1].embedding = Some(vec![1.0, 0.0, 0.0]),
             |s| s.by_agent.get_mut("a").unwrap()[1].embedding = Some(vec![f32::NAN, 0.0]),
+            |s| s.by_agent.get_mut("a").unwrap()[1].embedding = Some(vec![0.0, 0.0]),
+            |s| {
+                let mut other = s.by_agent["a"][0].clone();
+                other.agent_id = "b".into();
+                s.by_agent.insert("b".into(), vec![other]);
+            },
             |s| s.by_agent.get_mut("a").unwrap()[1].agent_id = "b".into(),
             |s| s.by_agent.get_mut("a").unwrap()[1].id = 0,
             |s| s.next_id = 1,
@@ -606,6 +641,27 @@ mod tests {
         let mut old = good.clone();
         old.embedding_dim = None;
         assert_eq!(old.validated().unwrap().embedding_dim, Some(2));
+        // Embeddings are stored at unit length; one already there is kept bit for bit.
+        let mut long = good.clone();
+        long.by_agent.get_mut("a").unwrap()[1].embedding = Some(vec![0.0, 50.0]);
+        let long = long.validated().unwrap();
+        assert_eq!(long.episodes("a")[1].embedding, Some(vec![0.0, 1.0]));
+        let unit = good.episodes("a")[0].embedding.clone();
+        assert_eq!(long.episodes("a")[0].embedding, unit);
+    }
+
+    #[test]
+    fn ids_never_wrap_and_recall_counts_saturate() {
+        let mut s = Episodes::new(None, Recall::Importance, None).unwrap();
+        s.next_id = u64::MAX - 1;
+        assert_eq!(s.add("a", "x", 0.5, 0.0, None).unwrap(), u64::MAX - 1);
+        assert!(s.add("a", "y", 0.5, 0.0, None).is_err());
+        assert_eq!((s.len(), s.next_id), (1, u64::MAX));
+        s.by_agent.get_mut("a").unwrap()[0].recall_count = u64::MAX;
+        assert_eq!(
+            s.recall("a", 1, 0.0, None).unwrap()[0].recall_count,
+            u64::MAX
+        );
     }
 
     #[test]

@@ -670,8 +670,9 @@ impl PyEpisodicStore {
     /// Raises:
     ///     MemoryStoreError: `importance` is outside [0, 1]; an embedding that is not finite,
     ///         zero, or of another length than the store's embeddings; the clock returned a
-    ///         NaN or infinite time; `agent_id` or `content` is not valid Unicode (a lone
-    ///         surrogate).
+    ///         NaN or infinite time (or a number beyond the float range); `agent_id` or
+    ///         `content` is not valid Unicode (a lone surrogate); the ids are exhausted
+    ///         (`next_id` reached 2**64 - 1).
     #[pyo3(signature = (agent_id, content, importance, embedding=None))]
     fn add_episode(
         &self,
@@ -902,11 +903,13 @@ impl PyEpisodicStore {
     /// The document is checked as the constructor and `add_episode` check their input.
     ///
     /// Raises:
-    ///     MemoryStoreError: the text is not an exported store, or breaks a rule of the
-    ///         store: `per_agent_capacity` 0 (or an agent over it), a half-life that is not a
-    ///         positive number, a negative or non-finite weight, importance outside [0, 1],
-    ///         a non-finite time, an episode under another agent's id, ids out of order, or
-    ///         embeddings of different lengths.
+    ///     MemoryStoreError: the text is not an exported store (or not valid Unicode), or
+    ///         breaks a rule of the store: `per_agent_capacity` 0 (or an agent over it), a
+    ///         half-life that is not a positive number, a negative or non-finite weight,
+    ///         importance outside [0, 1], a non-finite time, an episode under another
+    ///         agent's id, ids out of order or shared by two episodes, or embeddings that
+    ///         are zero or of different lengths. Other embeddings are scaled to unit length,
+    ///         as `add_episode` stores them.
     #[staticmethod]
     #[pyo3(signature = (text, clock=None, embedder=None))]
     fn from_json(
