@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import sys
+import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -230,7 +233,22 @@ def test_search_arguments_are_checked_with_clear_messages() -> None:
         assert [h.key for h in store.search("cat", k, tags=["none"])] == []
 
 
-@pytest.mark.parametrize("dim", [0, -1, 2.5, True])
+def test_numpy_integers_are_ints_for_k_and_dim() -> None:
+    # Both were refused, while VectorIndex and HashingEmbedder take numpy integers.
+    store = ar.SemanticStore(dim=np.int64(4))
+    store.store("a", "x", embedding=[1.0, 0.0, 0.0, 0.0])
+    store.store("b", "y", embedding=[0.0, 1.0, 0.0, 0.0])
+    assert [h.key for h in store.search([1.0, 0.1, 0.0, 0.0], np.int64(1))] == ["a"]
+    assert len(store.search([1.0, 0.1, 0.0, 0.0], np.uint8(5))) == 2
+    with pytest.raises(ar.MemoryStoreError, match="k must be an int, got bool"):
+        store.search([1.0, 0.0, 0.0, 0.0], True)
+    with pytest.raises(ar.MemoryStoreError, match="k must be at least 1, got 0"):
+        store.search([1.0, 0.0, 0.0, 0.0], np.int64(0))
+    with pytest.raises(ar.MemoryStoreError, match="dim must be an int of at least 1"):
+        ar.SemanticStore(dim=np.int64(0))
+
+
+@pytest.mark.parametrize("dim", [0, -1, 2.5, True, np.bool_(True), np.float64(4.0)])
 def test_dim_must_be_at_least_one(dim: Any) -> None:
     # dim=0 used to mean "auto" silently (None is the documented auto), and dim=-1 was told
     # "dim must be >= 0" although 0 is refused too.
@@ -271,3 +289,112 @@ class _NoDim:
 
     def embed(self, texts: Any) -> np.ndarray:
         return np.zeros((len(texts), 3), dtype=np.float32)
+
+
+class _SlowIndex:
+    """A VectorIndex whose add, remove and search sleep first: they release the GIL as the
+    Rust calls do, only for long enough that other threads surely run meanwhile."""
+
+    def __init__(self, index: ar.VectorIndex) -> None:
+        self._index = index
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index, name)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def add(self, ids: Any, vectors: Any) -> None:
+        time.sleep(0.0002)
+        self._index.add(ids, vectors)
+
+    def remove(self, ids: Any) -> None:
+        time.sleep(0.0002)
+        self._index.remove(ids)
+
+    def search(self, query: Any, k: int) -> Any:
+        time.sleep(0.0002)
+        return self._index.search(query, k)
+
+
+def test_threads_storing_replacing_deleting_and_searching_keep_the_store_consistent() -> None:
+    # store() read the next vector id, released the GIL inside the index's add, then bumped
+    # it: two threads shared an id, one vector overwrote the other, and delete() later
+    # raised KeyError. Searches mapped ids to keys unguarded as well.
+    dim, threads, per = 256, 4, 60
+    rng = np.random.default_rng(0)
+    # Made beforehand, so that the writers spend their time inside store().
+    vectors = {
+        (f"t{t}-{i}", version): rng.standard_normal(dim).astype(np.float32)
+        for t in range(threads)
+        for i in range(per)
+        for version in (0, 1)
+    }
+
+    def vector(key: str, version: int) -> np.ndarray:
+        return vectors[key, version]
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        return v / np.linalg.norm(v)
+
+    store = ar.SemanticStore(dim=dim)
+    store._index = _SlowIndex(store._index)  # type: ignore[assignment,arg-type]
+    expected: dict[str, int] = {}  # key -> version of its vector, after the writers
+    errors: list[BaseException] = []
+    mismatched: list[tuple[str, float, float]] = []
+    done = threading.Event()
+
+    def writer(t: int) -> None:
+        try:
+            for i in range(per):
+                key = f"t{t}-{i}"
+                store.store(key, f"{key}:0", tags=[f"t{t}"], embedding=vector(key, 0))
+                if i % 3 == 0:  # replaced: a new vector under the same key
+                    store.store(key, f"{key}:1", tags=[f"t{t}"], embedding=vector(key, 1))
+                if i % 5 == 0:
+                    assert store.delete(key)
+        except BaseException as e:
+            errors.append(e)
+
+    def searcher(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            while not done.is_set():
+                query = rng.standard_normal(dim).astype(np.float32)
+                tags = [f"t{rng.integers(threads)}"] if rng.integers(2) else None
+                for hit in store.search(query, int(rng.integers(1, 8)), tags=tags):
+                    # Each hit's score is that of the vector stored with its value.
+                    key, version = hit.value.rsplit(":", 1)
+                    want = float(unit(vector(key, int(version))) @ unit(query))
+                    if abs(hit.score - want) > 1e-4 or (tags and tags[0] not in hit.tags):
+                        mismatched.append((hit.value, hit.score, want))
+        except BaseException as e:
+            errors.append(e)
+
+    for t in range(threads):
+        for i in range(per):
+            if i % 5:
+                expected[f"t{t}-{i}"] = 1 if i % 3 == 0 else 0
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        searchers = [threading.Thread(target=searcher, args=(s,)) for s in range(2)]
+        writers = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+        for thread in searchers + writers:
+            thread.start()
+        for thread in writers:
+            thread.join()
+        done.set()
+        for thread in searchers:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == [] and mismatched == []
+    assert len(store) == store.entry_count_with_embedding() == len(expected)
+    for key, version in expected.items():
+        [hit] = store.search(vector(key, version), 1)
+        assert (hit.key, hit.value) == (key, f"{key}:{version}") and hit.score > 0.999
+    for key in expected:
+        assert store.delete(key)
+    assert len(store) == store.entry_count_with_embedding() == 0
+    assert store.search(vector("t0-1", 0), 5) == []

@@ -6,6 +6,8 @@ dicts, with a tag -> keys index so tag queries never scan every entry.
 
 from __future__ import annotations
 
+import operator
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -60,8 +62,16 @@ class SemanticStore:
             else the first vector's length.
         dtype: storage of the vector index: "float32", "float16" or "int8" (see `VectorIndex`).
 
+    Thread-safe: threads may store, delete and search at once. Writes are serialized by a
+    lock; a search scans the vectors outside it, so searches run in parallel with each other
+    (and with embedding). A search that overlaps writes returns each hit with the entry as it
+    was stored together with the scored vector: an entry deleted or replaced during the scan
+    is left out (the search widens its scan to still return up to `k` hits), never paired
+    with another entry's vector.
+
     Raises:
-        MemoryStoreError: an unknown dtype; a `dim` that is not an int of at least 1.
+        MemoryStoreError: an unknown dtype; a `dim` that is not an int (any integer type, not
+            a bool) of at least 1.
     """
 
     def __init__(
@@ -71,10 +81,14 @@ class SemanticStore:
         dim: int | None = None,
         dtype: str = "float32",
     ) -> None:
-        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
-            raise MemoryStoreError(
-                f"dim must be an int of at least 1 (or None to take the embedder's), got {dim!r}"
-            )
+        if dim is not None:
+            size = _as_int(dim)
+            if size is None or size < 1:
+                raise MemoryStoreError(
+                    "dim must be an int of at least 1 (or None to take the embedder's), "
+                    f"got {dim!r}"
+                )
+            dim = size
         self._embedder: Embedder = embedder if embedder is not None else HashingEmbedder()
         self._dtype = dtype
         dim = dim if dim is not None else getattr(self._embedder, "dim", None)
@@ -85,7 +99,12 @@ class SemanticStore:
         self._by_tag: dict[str, set[str]] = {}
         self._ids: dict[str, int] = {}
         self._keys: dict[int, str] = {}
+        # Ids are never reused, not even by a replaced entry: a search maps the ids it found
+        # after the scan, and an id still present names the vector that was scored.
         self._next_id = 0
+        # Guards every field above; held across the index's add and remove (which release the
+        # GIL) so that the index and the bookkeeping change together.
+        self._lock = threading.Lock()
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -126,43 +145,43 @@ class SemanticStore:
             vector = self._embed_text(value)
             if not vector.any():
                 vector = None
-        if vector is not None:
-            created = self._index is None
-            index = self._index_for(len(vector))
-            doc_id = self._ids.get(key)
-            if doc_id is None:
+        with self._lock:
+            old_id = self._ids.get(key)
+            if vector is not None:
+                created = self._index is None
+                index = self._index_for(len(vector))
                 doc_id = self._next_id
-            try:
-                index.add([doc_id], vector[None, :])  # all or nothing
-            except MemoryStoreError:
-                if created:
-                    self._index = None  # a refused first vector does not fix the dimension
-                raise
-            if key not in self._ids:
+                try:
+                    index.add([doc_id], vector[None, :])  # all or nothing
+                except MemoryStoreError:
+                    if created:
+                        self._index = None  # a refused first vector does not fix the dimension
+                    raise
                 self._next_id += 1
                 self._ids[key] = doc_id
                 self._keys[doc_id] = key
-        elif key in self._ids:
-            self._drop_vector(key)
-        self._untag(key)
-        self._entries[key] = SemanticEntry(key, value, tag_set, vector is not None)
-        for tag in tag_set:
-            self._by_tag.setdefault(tag, set()).add(key)
+            elif old_id is not None:
+                del self._ids[key]
+            if old_id is not None:
+                del self._keys[old_id]
+            self._untag(key)
+            self._entries[key] = SemanticEntry(key, value, tag_set, vector is not None)
+            for tag in tag_set:
+                self._by_tag.setdefault(tag, set()).add(key)
+            if old_id is not None and self._index is not None:
+                # Last: the store is consistent even if the index cannot update its file.
+                self._index.remove([old_id])
 
     def delete(self, key: str) -> bool:
         """Removes an entry; returns whether it existed."""
-        if key not in self._entries:
-            return False
-        if key in self._ids:
-            self._drop_vector(key)
-        self._untag(key)
-        del self._entries[key]
-        return True
+        with self._lock:
+            return self._delete(key)
 
     def clear(self) -> None:
         """Removes every entry."""
-        for key in list(self._entries):
-            self.delete(key)
+        with self._lock:
+            for key in list(self._entries):
+                self._delete(key)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -177,7 +196,8 @@ class SemanticStore:
 
     def retrieve_by_tag(self, tag: str) -> list[SemanticEntry]:
         """Entries carrying `tag`, sorted by key."""
-        return [self._entries[k] for k in sorted(self._by_tag.get(tag, ()))]
+        with self._lock:
+            return [self._entries[k] for k in sorted(self._by_tag.get(tag, ()))]
 
     def search(
         self,
@@ -197,13 +217,15 @@ class SemanticStore:
             Up to `k` hits; only entries with an embedding take part.
 
         Raises:
-            MemoryStoreError: k is not an int or is below 1; a query that is neither a string
-                nor one vector of numbers; a query vector of the wrong length, NaN/inf, or zero
-                (a text with nothing to embed); tags that are not a string or an iterable of
-                strings.
+            MemoryStoreError: k is not an int (any integer type, not a bool) or is below 1; a
+                query that is neither a string nor one vector of numbers; a query vector of the
+                wrong length, NaN/inf, or zero (a text with nothing to embed); tags that are
+                not a string or an iterable of strings.
         """
-        if not isinstance(k, int) or isinstance(k, bool):
+        count = _as_int(k)
+        if count is None:
             raise MemoryStoreError(f"k must be an int, got {type(k).__name__}")
+        k = count
         if k < 1:
             raise MemoryStoreError(f"k must be at least 1, got {k}")
         vector = (
@@ -212,33 +234,41 @@ class SemanticStore:
             else self._as_vector(query, "query", "a string or a vector of numbers")
         )
         required = _tag_set(tags)
-        # Checked before anything is looked up, so a bad query is refused whatever the store
-        # holds (even nothing, or no entry with an embedding).
-        self._check_query(vector)
-        if self._index is None or len(self._index) == 0:
+        with self._lock:
+            # Checked before anything is looked up, so a bad query is refused whatever the
+            # store holds (even nothing, or no entry with an embedding).
+            self._check_query(vector)
+            index = self._index
+            size = len(index) if index is not None else 0
+            candidates = None
+            if required and size:
+                keys = set.intersection(*(self._by_tag.get(t, set()) for t in required))
+                candidates = sum(1 for key in keys if key in self._ids)
+        if index is None or size == 0 or candidates == 0:
             return []
-        index = self._index
-        candidates = None
-        if required:
-            keys = set.intersection(*(self._by_tag.get(t, set()) for t in required))
-            candidates = sum(1 for key in keys if key in self._ids)
-            if candidates == 0:
-                return []
         # Over-fetch, then filter by tags; widen until k pass or every vector was seen. Never
         # ask the index for more than it holds, so a huge k (meaning "all") cannot overflow.
-        k = min(k, len(index))
+        k = min(k, size)
         want = min(k, candidates) if candidates is not None else k
         fetch = k
         while True:
+            # The scan runs outside the lock, so searches run in parallel; other threads may
+            # write meanwhile (see the class on what a search then returns).
             ids, scores = index.search(vector, fetch)
+            found = zip(ids.tolist(), scores.tolist(), strict=True)
             hits = []
-            for doc_id, score in zip(ids.tolist(), scores.tolist(), strict=True):
-                entry = self._entries[self._keys[doc_id]]
-                if required <= entry.tags:
-                    hits.append(SemanticHit(entry.key, entry.value, entry.tags, score))
-            if len(hits) >= want or fetch >= len(index):
+            with self._lock:
+                size = len(index)
+                for doc_id, score in found:
+                    key = self._keys.get(doc_id)
+                    if key is None:
+                        continue  # deleted or replaced since the scan
+                    entry = self._entries[key]
+                    if required <= entry.tags:
+                        hits.append(SemanticHit(entry.key, entry.value, entry.tags, score))
+            if len(hits) >= want or fetch >= size:
                 return hits[:k]
-            fetch = min(fetch * 4, len(index))
+            fetch = min(fetch * 4, size)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -261,16 +291,18 @@ class SemanticStore:
 
     def most_common_tag(self) -> str | None:
         """The tag on the most entries (ties: the alphabetically first); None when untagged."""
-        if not self._by_tag:
-            return None
-        return min(self._by_tag, key=lambda t: (-len(self._by_tag[t]), t))
+        with self._lock:  # the key function runs Python code, where threads can switch
+            if not self._by_tag:
+                return None
+            return min(self._by_tag, key=lambda t: (-len(self._by_tag[t]), t))
 
     def all_keys(self) -> list[str]:
         """All keys, sorted."""
         return sorted(self._entries)
 
     def _value_sizes(self) -> list[int]:
-        return [len(e.value.encode()) for e in self._entries.values()]
+        with self._lock:
+            return [len(e.value.encode()) for e in self._entries.values()]
 
     def total_value_bytes(self) -> int:
         """Sum of the values' UTF-8 lengths in bytes."""
@@ -366,11 +398,19 @@ class SemanticStore:
         if not vector.any():
             raise MemoryStoreError("query is the zero vector: cosine similarity is undefined")
 
-    def _drop_vector(self, key: str) -> None:
-        doc_id = self._ids.pop(key)
-        del self._keys[doc_id]
-        if self._index is not None:
+    def _delete(self, key: str) -> bool:
+        """`delete`, with the lock held."""
+        if key not in self._entries:
+            return False
+        doc_id = self._ids.pop(key, None)
+        if doc_id is not None:
+            del self._keys[doc_id]
+        self._untag(key)
+        del self._entries[key]
+        if doc_id is not None and self._index is not None:
+            # Last: the store is consistent even if the index cannot update its file.
             self._index.remove([doc_id])
+        return True
 
     def _untag(self, key: str) -> None:
         old = self._entries.get(key)
@@ -381,6 +421,19 @@ class SemanticStore:
             keys.discard(key)
             if not keys:
                 del self._by_tag[tag]
+
+
+def _as_int(value: Any) -> int | None:
+    """`value` as an int when it is one of any integer type (numpy's too), else None.
+
+    A bool is not a count or a size: None.
+    """
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def _tag_set(tags: Iterable[str] | None) -> frozenset[str]:
