@@ -18,7 +18,6 @@ use numpy::{
 use parking_lot::RwLock;
 use pyo3::exceptions::PyUnicodeEncodeError;
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedStr;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
@@ -913,6 +912,16 @@ fn as_f32_matrix<'py>(
         ))
         .into());
     }
+    // A buffer at an odd byte offset (np.frombuffer past a header) is contiguous but cannot
+    // be read as &[f32]; rust-numpy would raise the built-in TypeError. np.ascontiguousarray
+    // keeps such an array as it is: only a copy moves it.
+    if !array.is_aligned() {
+        return Err(CoreError::Memory(format!(
+            "{what} must be aligned in memory for float32 (it is not, e.g. np.frombuffer at an \
+             odd offset): pass a copy, x.copy()"
+        ))
+        .into());
+    }
     Ok(array)
 }
 
@@ -924,6 +933,15 @@ fn as_f32_vector<'py>(value: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray1<'p
     })?;
     if !array.is_c_contiguous() {
         return Err(CoreError::Memory("query must be C-contiguous".into()).into());
+    }
+    // As in `as_f32_matrix`: contiguous is not enough for &[f32].
+    if !array.is_aligned() {
+        return Err(CoreError::Memory(
+            "query must be aligned in memory for float32 (it is not, e.g. np.frombuffer at an \
+             odd offset): pass a copy, q.copy()"
+                .into(),
+        )
+        .into());
     }
     Ok(array)
 }
@@ -1057,23 +1075,27 @@ fn dtype_arg(value: &Bound<'_, PyAny>) -> PyResult<CoreResult<Dtype>> {
     }))
 }
 
-/// A file path given as a `str` (`save`, `load`); one that is not valid Unicode (a lone
-/// surrogate) is a `PersistenceError`, as a path that cannot be used is, not the built-in
-/// `UnicodeEncodeError`.
-fn path_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
-    args::text(value, |m| {
-        CoreError::Persistence(format!("cannot use the path: {m}"))
-    })
+/// A file path given as a `str` or `os.PathLike` (`save`, `load`), as `originals_path` is;
+/// one that is not valid Unicode (a lone surrogate) is a `PersistenceError`, as a path that
+/// cannot be used is, not the built-in `UnicodeEncodeError`.
+fn path_arg(value: &Bound<'_, PyAny>) -> PyResult<String> {
+    Ok(path_str(&fs_path(value)?)?.to_owned())
 }
 
-/// An optional file path given as a `str` or `os.PathLike` (`originals_path`); one with no
-/// file-system form (a lone surrogate) is a `PersistenceError`, not `UnicodeEncodeError`.
+/// An optional file path given as a `str` or `os.PathLike` (`originals_path`); see
+/// [`fs_path`].
 fn optional_path_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<PathBuf>> {
     if value.is_none() {
         return Ok(None);
     }
+    fs_path(value).map(Some)
+}
+
+/// `os.fspath(value)` as a path; one with no file-system form (a lone surrogate) is a
+/// `PersistenceError`, not `UnicodeEncodeError`.
+fn fs_path(value: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
     match value.extract::<PathBuf>() {
-        Ok(path) => Ok(Some(path)),
+        Ok(path) => Ok(path),
         Err(e) if e.is_instance_of::<PyUnicodeEncodeError>(value.py()) => {
             Err(CoreError::Persistence(format!(
                 "cannot use the path: it is not valid Unicode ({})",
@@ -1167,9 +1189,10 @@ impl PyVectorIndex {
     ///     vectors: float32 array of shape (len(ids), dim).
     ///
     /// Raises:
-    ///     MemoryStoreError: wrong shape or dtype, an id out of range, a duplicate id in the
-    ///         batch, NaN/inf, or a zero vector; or out of memory (the batch's copy, or the
-    ///         grown index, cannot be allocated: the index is left unchanged).
+    ///     MemoryStoreError: wrong shape or dtype, not aligned in memory (pass a copy), an
+    ///         id out of range, a duplicate id in the batch, NaN/inf, or a zero vector; or
+    ///         out of memory (the batch's copy, or the grown index, cannot be allocated: the
+    ///         index is left unchanged).
     ///     PersistenceError: float32 copies kept in a file cannot be written, were changed
     ///         from outside the index, or are marked broken by an earlier failure.
     fn add(
@@ -1193,7 +1216,7 @@ impl PyVectorIndex {
         run_detached(py, || self.inner.write().add(&ids, slice))
     }
 
-    /// Removes vectors by id (all or nothing).
+    /// Removes vectors by id (all or nothing), with the GIL released.
     ///
     /// Raises:
     ///     MemoryStoreError: an id is not in the index.
@@ -1201,7 +1224,9 @@ impl PyVectorIndex {
     ///         are removed and the copies marked broken).
     fn remove(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
         let ids = as_ids(ids)?;
-        Ok(sync::write(py, &self.inner, |index| index.remove(&ids))??)
+        // Detached as `add` is: with float32 copies in a file each id costs file I/O, and
+        // a large removal must not stall every other Python thread.
+        run_detached(py, || self.inner.write().remove(&ids))
     }
 
     /// The `k` vectors most similar to `query`, best first.
@@ -1213,8 +1238,8 @@ impl PyVectorIndex {
     /// returns them all.
     ///
     /// Raises:
-    ///     MemoryStoreError: k < 1, or a query of the wrong shape or dtype, NaN/inf, or zero;
-    ///         or out of memory for the results.
+    ///     MemoryStoreError: k < 1, or a query of the wrong shape or dtype, not aligned in
+    ///         memory, NaN/inf, or zero; or out of memory for the results.
     ///     PersistenceError: float32 copies kept in a file cannot be read for re-scoring.
     fn search<'py>(
         &self,
@@ -1300,20 +1325,18 @@ impl PyVectorIndex {
         }
     }
 
-    /// Writes the index to `path` (versioned format with a checksum, replaced atomically).
+    /// Writes the index to `path`, a `str` or `os.PathLike` (versioned format with a
+    /// checksum, replaced atomically).
     ///
     /// Raises:
     ///     PersistenceError: the file cannot be written, or `path` is not valid Unicode.
-    fn save(
-        &self,
-        py: Python<'_>,
-        #[pyo3(from_py_with = path_arg)] path: PyBackedStr,
-    ) -> PyResult<()> {
+    fn save(&self, py: Python<'_>, #[pyo3(from_py_with = path_arg)] path: String) -> PyResult<()> {
         run_detached(py, || self.inner.read().save(&path))
     }
 
-    /// Reads an index written by `save`; with `originals_path`, its float32 copies (of an
-    /// index built with ``exact_rescore``) go to that file instead of memory.
+    /// Reads an index written by `save` from `path`, a `str` or `os.PathLike`; with
+    /// `originals_path`, its float32 copies (of an index built with ``exact_rescore``) go to
+    /// that file instead of memory.
     ///
     /// Raises:
     ///     MemoryStoreError: `originals_path` is the index file itself.
@@ -1324,7 +1347,7 @@ impl PyVectorIndex {
     #[pyo3(signature = (path, originals_path=None))]
     fn load(
         py: Python<'_>,
-        #[pyo3(from_py_with = path_arg)] path: PyBackedStr,
+        #[pyo3(from_py_with = path_arg)] path: String,
         #[pyo3(from_py_with = optional_path_arg)] originals_path: Option<PathBuf>,
     ) -> PyResult<Self> {
         let originals_path = originals_path.as_deref().map(path_str).transpose()?;

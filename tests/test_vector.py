@@ -506,3 +506,29 @@ def test_int8_scores_stay_exact_past_the_32_bit_range(exact_rescore: bool) -> No
     # Every score is the cosine similarity (the others are near 0: random signs).
     ids, scores = index.search(data[0], n)
     np.testing.assert_allclose(scores, data[ids] @ data[0] / dim, atol=1e-4)
+
+
+def _misaligned(array: np.ndarray) -> np.ndarray:
+    """`array`'s values in a C-contiguous float32 array one byte off alignment, as
+    np.frombuffer gives past a 1-byte header."""
+    raw = b"\x00" + np.ascontiguousarray(array, dtype=np.float32).tobytes()
+    return np.frombuffer(raw, dtype=np.float32, offset=1).reshape(array.shape)
+
+
+@pytest.mark.parametrize("method", ["add", "search", "search_batch"])
+def test_misaligned_arrays_are_memory_store_errors(method: str) -> None:
+    # They raised the built-in TypeError from inside rust-numpy.
+    vectors = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    index = ar.VectorIndex(8)
+    index.add(np.arange(4), vectors)
+    shifted = _misaligned(vectors)
+    assert shifted.flags.c_contiguous and not shifted.flags.aligned
+    call = {
+        "add": lambda x: index.add(np.arange(10, 14), x),
+        "search": lambda x: index.search(x[1], 2),
+        "search_batch": lambda x: index.search_batch(x, 2),
+    }[method]
+    with pytest.raises(ar.MemoryStoreError, match=r"aligned in memory .*\.copy\(\)"):
+        call(shifted)
+    assert len(index) == 4
+    call(shifted.copy())  # the remedy the message gives

@@ -3,6 +3,7 @@
 import os
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -175,3 +176,64 @@ def test_text_arguments_that_are_not_valid_unicode_are_typed_errors(tmp_path: Pa
         ar.VectorIndex(8, dtype="int8\ud800")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.bin"]
     assert len(ar.VectorIndex.load(saved)) == 20
+
+
+class _FsPath(os.PathLike[str]):
+    """An os.PathLike that is not a pathlib.Path."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def __fspath__(self) -> str:
+        return self._path
+
+
+def test_save_and_load_take_os_path_like(tmp_path: Path) -> None:
+    # They refused pathlib.Path with the built-in TypeError, while originals_path took it.
+    index = ar.VectorIndex(8, dtype="int8", originals_path=tmp_path / "copies.f32")
+    index.add(np.arange(20), rows(0))
+    index.save(tmp_path / "a.bin")
+    index.save(_FsPath(str(tmp_path / "b.bin")))
+    for i, path in enumerate([tmp_path / "a.bin", _FsPath(str(tmp_path / "b.bin"))]):
+        loaded = ar.VectorIndex.load(path, originals_path=tmp_path / f"loaded{i}.f32")
+        assert len(loaded) == 20
+        np.testing.assert_array_equal(loaded.get(3), index.get(3))
+    lone = tmp_path / "index\ud800.bin"
+    with pytest.raises(ar.PersistenceError, match="not valid Unicode"):
+        index.save(lone)
+    with pytest.raises(ar.PersistenceError, match="not valid Unicode"):
+        ar.VectorIndex.load(_FsPath(str(lone)))
+    with pytest.raises(TypeError):
+        index.save(None)  # type: ignore[arg-type]
+
+
+def test_a_long_remove_lets_other_threads_run(tmp_path: Path) -> None:
+    # With float32 copies in a file each removed id costs file I/O; the removal held the GIL
+    # throughout (over a second for 50,000 ids), so no other Python thread ran meanwhile.
+    n = 40_000
+    index = ar.VectorIndex(8, dtype="int8", originals_path=tmp_path / "copies.f32")
+    index.add(np.arange(n), rows(0, n))
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        while len(ticks) < 3:  # the ticker runs before the call starts
+            time.sleep(0.001)
+        start = time.perf_counter()
+        index.remove(np.random.default_rng(1).permutation(n)[: n // 2])
+        end = time.perf_counter()
+    finally:
+        stop.set()
+        ticker.join()
+    during = sum(1 for t in ticks if start < t < end)
+    # Holding the GIL, the call let the ticker in at most at its edges; releasing it, the
+    # ticker runs about once a millisecond of a call that takes a tenth of a second or more.
+    assert during >= 10, f"{during} ticks in {end - start:.3f} s"
+    assert len(index) == n - n // 2

@@ -420,13 +420,14 @@ class VectorIndex:
         """Adds or replaces vectors (all or nothing); ids go from 0 to 2**63 - 1.
 
         Raises:
-            MemoryStoreError: wrong shape or dtype, an id out of range, duplicate id, NaN/inf
-                or zero vector; out of memory (the index is left unchanged).
+            MemoryStoreError: wrong shape or dtype, not aligned in memory (pass a copy), an id
+                out of range, duplicate id, NaN/inf or zero vector; out of memory (the index is
+                left unchanged).
             PersistenceError: float32 copies kept in a file cannot be written, were changed
                 from outside the index, or are marked broken by an earlier failure.
         """
     def remove(self, ids: npt.ArrayLike) -> None:
-        """Removes vectors by id (all or nothing).
+        """Removes vectors by id (all or nothing), with the GIL released.
 
         Raises:
             MemoryStoreError: an id is not in the index.
@@ -439,7 +440,8 @@ class VectorIndex:
         """The min(k, len) most similar vectors, best first (any k >= 1 is accepted).
 
         Raises:
-            MemoryStoreError: k < 1, or a bad query; out of memory for the results.
+            MemoryStoreError: k < 1, or a bad query (wrong shape or dtype, not aligned in
+                memory, NaN/inf, zero); out of memory for the results.
             PersistenceError: float32 copies kept in a file cannot be read for re-scoring.
         """
     def search_batch(
@@ -456,14 +458,16 @@ class VectorIndex:
                 memory for the results.
             PersistenceError: as search().
         """
-    def save(self, path: str) -> None:
-        """Writes the index (versioned, checksummed, atomic replace).
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes the index to path, a str or os.PathLike (versioned, checksummed, atomic replace).
 
         Raises:
             PersistenceError: the file cannot be written, or the path is not valid Unicode.
         """
     @staticmethod
-    def load(path: str, originals_path: str | os.PathLike[str] | None = None) -> VectorIndex:
+    def load(
+        path: str | os.PathLike[str], originals_path: str | os.PathLike[str] | None = None
+    ) -> VectorIndex:
         """Reads an index written by save(); originals_path puts its float32 copies in a file.
 
         Raises:
