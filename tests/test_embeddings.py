@@ -364,6 +364,8 @@ def _row(index: object, embedding: object) -> dict[str, object]:
         (_reply(_row(0, "AAAAAA=="), _row(1, [1.0])), "not a list of numbers"),  # base64
         (_reply(_row(0, [1.0, 2.0]), _row(1, [3.0])), "differ in length: 2 and 1"),
         (_reply(_row(0, [1e39]), _row(1, [1.0])), "infinite"),
+        # An integer beyond the float range escaped as OverflowError.
+        (_reply(_row(0, [10**400]), _row(1, [1])), "infinite"),
         (_reply("row", _row(1, [1.0])), "object with 'index' and 'embedding'"),
         ((200, {}, b"[1, 2]"), "expected an object with a 'data' list"),
         ((200, {}, b'{"data": 7}'), "expected an object with a 'data' list"),
@@ -378,6 +380,22 @@ def test_openai_embedder_refuses_malformed_rows(
     with pytest.raises(ar.ProviderError, match=message) as error:
         ar.OpenAIEmbedder(base_url=url).embed(["a", "b"])
     assert error.value.retryable is False
+
+
+@pytest.mark.parametrize("field", ["batch_size", "dimensions"])
+@pytest.mark.parametrize("value", [2.5, True, "2", 0, -1])
+def test_openai_embedder_sizes_must_be_ints_of_at_least_one(field: str, value: Any) -> None:
+    # batch_size=2.5 was accepted, then raised TypeError inside embed().
+    with pytest.raises(ar.MemoryStoreError, match=f"{field} must be an int of at least 1"):
+        ar.OpenAIEmbedder(base_url="http://127.0.0.1:9/v1", **{field: value})
+
+
+def test_openai_embedder_takes_numpy_ints_for_its_sizes(server: tuple[_Server, str]) -> None:
+    state, url = server
+    embedder = ar.OpenAIEmbedder(base_url=url, batch_size=np.int64(2), dimensions=np.int32(4))
+    assert embedder.embed(["a", "b", "c"]).shape == (3, 4)
+    assert [len(body["input"]) for _, body in state.requests] == [2, 1]
+    assert json.dumps(state.requests[0][1]["dimensions"]) == "4"
 
 
 def test_openai_embedder_checks_the_requested_dimensions(server: tuple[_Server, str]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -151,7 +152,8 @@ class OpenAIEmbedder:
             connection pooling.
 
     Raises:
-        MemoryStoreError: batch_size or dimensions is below 1.
+        MemoryStoreError: batch_size or dimensions is not an int (a bool or float is
+            refused) of at least 1.
         ProviderError: the API key is one no HTTP header can carry (whitespace such as a
             trailing newline, control or non-ASCII characters; the message never quotes it),
             the base URL is not an http(s) URL, or it is OpenAI's own API and there is no
@@ -173,8 +175,9 @@ class OpenAIEmbedder:
         from llm_agent_runtime.providers._http import check_api_key
         from llm_agent_runtime.providers.openai import openai_endpoint
 
-        if batch_size < 1 or (dimensions is not None and dimensions < 1):
-            raise MemoryStoreError("batch_size and dimensions must be at least 1")
+        batch_size = _count(batch_size, "batch_size")
+        if dimensions is not None:
+            dimensions = _count(dimensions, "dimensions")
         self._api_key, url = openai_endpoint("OpenAI embeddings", api_key, base_url)
         check_api_key("OpenAI", self._api_key)
         self._url = url + "/embeddings"
@@ -241,12 +244,15 @@ class OpenAIEmbedder:
         finally:
             if self._client is None:
                 client.close()
-        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused below
-            found = np.asarray(rows, dtype=np.float32)
+        not_finite = "embeddings response has NaN or infinite (or beyond float32) values"
+        try:
+            with np.errstate(over="ignore"):  # a float beyond float32 becomes inf, refused below
+                found = np.asarray(rows, dtype=np.float32)
+        except OverflowError:
+            # A JSON integer beyond the float range (400 digits) raises instead of becoming inf.
+            raise ProviderError(not_finite) from None
         if not np.isfinite(found).all():
-            raise ProviderError(
-                "embeddings response has NaN or infinite (or beyond float32) values"
-            )
+            raise ProviderError(not_finite)
         self._width = (self.model, found.shape[1])
         if len(sent) == len(batch):
             return found
@@ -294,6 +300,23 @@ class OpenAIEmbedder:
             # Not chained: the decode error holds the whole body, which may echo the key.
             raise ProviderError(f"malformed embeddings response: not JSON ({e})") from None
         return _rows(payload, len(texts), self.dimensions)
+
+
+def _count(value: Any, name: str) -> int:
+    """`value` as an int of at least 1: any integer type (numpy's too), not a bool or float.
+
+    Raises:
+        MemoryStoreError: `value` is not such an int.
+    """
+    if not isinstance(value, bool):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            pass
+        else:
+            if number >= 1:
+                return number
+    raise MemoryStoreError(f"{name} must be an int of at least 1, got {value!r:.80}")
 
 
 def _rows(payload: Any, count: int, dimensions: int | None) -> list[list[float]]:
