@@ -121,6 +121,27 @@ async def test_subscribers_see_an_event_a_callback_emits_after_the_one_it_handle
     assert [event async for event in stream] == ["outer", "inner"]
 
 
+async def test_a_bounded_subscriber_keeps_the_latest_events_and_counts_the_rest() -> None:
+    bus = ar.EventBus()
+    slow = bus.subscribe(max_buffered=3)
+    whole = bus.subscribe()
+    for n in range(10):
+        bus.emit(n)  # type: ignore[arg-type]
+    assert slow.dropped == 7 and whole.dropped == 0
+    assert await slow.__anext__() == 7
+    bus.emit(10)  # type: ignore[arg-type]
+    bus.close()  # the end is never pushed out, even from a full queue
+    assert [event async for event in slow] == [8, 9, 10]
+    assert [event async for event in whole] == list(range(11))
+    assert slow.dropped == 7  # still told once the subscription ended
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "3"])
+def test_max_buffered_must_be_a_positive_int(bad: object) -> None:
+    with pytest.raises(ValueError, match="max_buffered must be an int of at least 1"):
+        ar.EventBus().subscribe(max_buffered=bad)  # type: ignore[arg-type]
+
+
 def test_bus_callback_errors_propagate_and_removal_mid_emit_is_safe() -> None:
     bus = ar.EventBus()
     seen: list[str] = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from llm_agent_runtime._core import EventFanout
@@ -29,6 +29,7 @@ __all__ = [
     "LlmTextDelta",
     "RunFinished",
     "RunStarted",
+    "Subscription",
     "ToolCallFinished",
     "ToolCallStarted",
 ]
@@ -183,25 +184,39 @@ class EventBus:
             self._callbacks.remove(callback)
         self.active = bool(self._callbacks or self._queues)
 
-    def subscribe(self) -> AsyncIterator[Event]:
+    def subscribe(self, max_buffered: int | None = None) -> Subscription:
         """Subscribes now; the iterator yields events until `close()` is called.
 
         The subscription ends (and stops collecting events) when its iterator ends, when the
         task iterating it is cancelled, when it is closed (`await stream.aclose()`), or when
         it is dropped, iterated or not.
 
-        Every event of every run on the runtime is queued for the subscriber, without a
-        limit, until it reads it: a subscriber must keep reading, or close the subscription
-        when it stops (a subscription kept but not read holds every event since in memory).
-        A callback (`on`) queues nothing.
+        Every event of every run on the runtime is queued for the subscriber until it reads
+        it. Without `max_buffered` there is no limit: a subscriber must keep reading, or
+        close the subscription when it stops (one kept but not read holds every event since
+        in memory). With it, a subscriber that falls behind by that many events loses the
+        oldest unread ones, counted in `Subscription.dropped`: a slow consumer (a stalled
+        web client, say) costs bounded memory and never slows the runs. A callback (`on`)
+        queues nothing.
+
+        Args:
+            max_buffered: Most unread events kept (at least 1); None: no limit.
 
         Returns:
             An async iterator of events in emission order.
+
+        Raises:
+            ValueError: `max_buffered` is not an int of at least 1.
         """
-        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        if max_buffered is None:
+            queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        elif type(max_buffered) is not int or max_buffered < 1:
+            raise ValueError(f"max_buffered must be an int of at least 1, got {max_buffered!r}")
+        else:
+            queue = _DroppingQueue(max_buffered)
         self._queues.append(queue)
         self.active = True
-        return _Subscription(self, queue)
+        return Subscription(self, queue)
 
     def _unsubscribe(self, queue: asyncio.Queue[Event | None]) -> None:
         # By identity: the Rust fan-out delivers over this very list.
@@ -223,7 +238,25 @@ class EventBus:
         self.active = bool(self._callbacks)
 
 
-class _Subscription:
+class _DroppingQueue(asyncio.Queue["Event | None"]):
+    """A subscriber's queue of at most `limit` unread events: a new one pushes out the oldest.
+
+    The end-of-stream marker (None, from `EventBus.close`) is always kept.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.dropped = 0
+
+    def put_nowait(self, item: Event | None) -> None:
+        if item is not None and self.qsize() >= self.limit:
+            self.get_nowait()
+            self.dropped += 1
+        super().put_nowait(item)
+
+
+class Subscription:
     """The async iterator `EventBus.subscribe()` returns: one subscriber's queue.
 
     Not an async generator: a generator's cleanup runs only once it has been started, so an
@@ -231,14 +264,21 @@ class _Subscription:
     one unsubscribes when dropped as well.
     """
 
-    __slots__ = ("_bus", "_queue")
+    __slots__ = ("_bus", "_dropped", "_queue")
 
     def __init__(self, bus: EventBus, queue: asyncio.Queue[Event | None]) -> None:
         self._bus: EventBus | None = bus
         self._queue: asyncio.Queue[Event | None] | None = queue
+        self._dropped = 0  # the count when the subscription ended
 
-    def __aiter__(self) -> _Subscription:
+    def __aiter__(self) -> Subscription:
         return self
+
+    @property
+    def dropped(self) -> int:
+        """Events this subscriber lost by falling `max_buffered` behind (0 without a limit)."""
+        queue = self._queue
+        return self._dropped if queue is None else getattr(queue, "dropped", 0)
 
     async def __anext__(self) -> Event:
         queue = self._queue
@@ -261,6 +301,8 @@ class _Subscription:
     def _end(self) -> None:
         bus, queue = self._bus, self._queue
         self._bus = self._queue = None
+        if queue is not None:
+            self._dropped = getattr(queue, "dropped", 0)
         if bus is not None and queue is not None:
             bus._unsubscribe(queue)
 
