@@ -8,7 +8,22 @@ export PYO3_PYTHON := $(PY)
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test bench build lint rust-check py-check clean
+.PHONY: demo test bench build lint rust-check py-check clean toolchain
+
+# What the build needs and `pip` cannot install: fails at once, naming what is missing.
+RUST_VERSION := $(shell sed -n 's/^rust-version *= *"\(.*\)"/\1/p' Cargo.toml)
+toolchain:
+	@missing=(); have=$$(rustc --version 2>/dev/null | cut -d' ' -f2); \
+	if [ -z "$$have" ] || ! command -v cargo >/dev/null; then \
+	  missing+=("Rust >= $(RUST_VERSION) (cargo, rustc), from rustup: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y -c rustfmt,clippy, then . ~/.cargo/env"); \
+	else \
+	  [ "$$(printf '%s\n' "$(RUST_VERSION)" "$$have" | sort -V | head -n1)" = "$(RUST_VERSION)" ] || \
+	    missing+=("rustc >= $(RUST_VERSION) (Cargo.toml's rust-version; found $$have): rustup update stable"); \
+	  cargo fmt --version >/dev/null 2>&1 || missing+=("rustfmt: rustup component add rustfmt"); \
+	  cargo clippy --version >/dev/null 2>&1 || missing+=("clippy: rustup component add clippy"); \
+	fi; \
+	command -v cc >/dev/null || missing+=("a C compiler and linker as cc: apt-get install gcc (Debian, Ubuntu)"); \
+	[ $${#missing[@]} -eq 0 ] || { printf 'missing: %s\n' "$${missing[@]}" >&2; exit 1; }
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,13 +32,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Release build: debug builds make every timing meaningless and the property tests slow.
-build: $(VENV)/.installed
+build: toolchain $(VENV)/.installed
 	$(VENV)/bin/maturin develop --release --quiet --extras dev
 
 demo: build
-	$(PY) examples/demo.py
+	$(PY) -m llm_agent_runtime.demo
 
-rust-check: $(VENV)/.installed
+rust-check: toolchain $(VENV)/.installed
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo test --quiet
@@ -49,7 +64,7 @@ WITH_SERVICES = exec 9>.services.lock; \
 test: build rust-check py-check
 	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed
+bench: toolchain $(VENV)/.installed
 	$(VENV)/bin/maturin develop --release --quiet --extras dev,bench
 	$(WITH_SERVICES) $(PY) -m pytest benches --benchmark-enable \
 		--benchmark-json=benches/.results.json --timeout=0 $(BENCH_ARGS)

@@ -1,21 +1,46 @@
+"""The bundled demo (`llm_agent_runtime.demo`), the console script and the public namespace."""
+
+import asyncio
+import shutil
 import subprocess
 import sys
+import types
+from importlib import resources
 from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime import demo
+
+PACKAGE = Path(ar.__file__).resolve().parent
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+def run_demo(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**ENV, **env},
+        cwd=cwd,
+    )
+
+
+def assert_answered(out: str) -> None:
+    assert "seeded 7 facts from solar_system.txt into episodic and semantic memory" in out
+    assert "final answer: Mars is on average 78 million km farther" in out
 
 
 def test_demo_runs_an_agent_end_to_end(tmp_path: Path) -> None:
     db = tmp_path / "demo.db"
-    out = subprocess.run(
-        [sys.executable, str(EXAMPLES / "demo.py")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "LLM_AGENT_RUNTIME_DEMO_DB": str(db)},
-    ).stdout
-    assert "seeded 7 facts from solar_system.txt into episodic and semantic memory" in out
+    run = run_demo("-m", "llm_agent_runtime.demo", env={"LLM_AGENT_RUNTIME_DEMO_DB": str(db)})
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert_answered(out)
     assert "knowledge graph: 7 entities, 6 relationships (has_moon, orbits)" in out
     assert "model: offline ScriptedProvider" in out
     # The semantic search finds both distances among the facts, by meaning.
@@ -27,11 +52,96 @@ def test_demo_runs_an_agent_end_to_end(tmp_path: Path) -> None:
     assert "action: graph_query({'entity': 'Mars'})" in out
     assert '"Mars has_moon Phobos", "Mars has_moon Deimos"' in out
     assert '"Mars orbits Sun (228 million km)"' in out
-    assert "final answer: Mars is on average 78 million km farther" in out
     assert "metrics: sessions=1 steps=4 tool_calls=3 failed=0 memory_recalls=3" in out
     assert f"saved in SQLite at {db}" in out and db.exists()
     assert "with 4 per-step checkpoints" in out
     assert "reloaded from it: 4 steps, answer 'Mars is on average 78 million km" in out
+    assert run.stderr == ""
+
+
+def test_demo_data_is_package_data() -> None:
+    """The text ships inside the package (maturin puts the python-source files in the wheel)."""
+    data = resources.files("llm_agent_runtime.demo").joinpath("solar_system.txt")
+    assert data.is_file()
+    assert "Mars has two small moons, Phobos and Deimos." in data.read_text(encoding="utf-8")
+
+
+def test_demo_runs_from_an_install_without_the_source_tree(tmp_path: Path) -> None:
+    """As from a wheel: the package alone, the demo run from elsewhere, no DB path given.
+
+    The console script used to look for `examples/demo.py` next to the package's parent, which
+    only a source checkout has; and the demo wrote `.demo/checkpoints.db` into the working
+    directory.
+    """
+    site = tmp_path / "site"
+    shutil.copytree(
+        PACKAGE, site / "llm_agent_runtime", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(site), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    where = run_demo("-c", "import llm_agent_runtime.cli as c; print(c.__file__)", env=env)
+    assert where.stdout.startswith(str(site)), where  # the copy runs, not the source tree
+    run = run_demo("-m", "llm_agent_runtime.cli", "demo", env=env, cwd=elsewhere)
+    assert run.returncode == 0, run.stderr
+    assert_answered(run.stdout)
+    db = tmp_path / "cache" / "llm-agent-runtime" / "demo.db"
+    assert f"saved in SQLite at {db} " in run.stdout and db.is_file()
+    assert list(elsewhere.iterdir()) == []  # nothing left in the working directory
+
+
+async def sessions_in(db: Path) -> dict[str, str]:
+    backend = ar.SqliteBackend(db)
+    try:
+        keys = await backend.list_keys("session:")
+        ids = {key.split(":")[1] for key in keys}
+        return {sid: (await ar.AgentSession.load_checkpoint(backend, sid)).agent_id for sid in ids}
+    finally:
+        backend.close()
+
+
+async def save_other_agents_session(db: Path) -> None:
+    backend = ar.SqliteBackend(db)
+    try:
+        runtime = ar.AgentRuntime(ar.AgentConfig(max_iterations=2), checkpoint_backend=backend)
+        model = ar.ScriptedProvider(["Thought: done\nAction: FINAL_ANSWER 42"])
+        await runtime.run_agent_with_provider("someone-else", "?", model)
+    finally:
+        backend.close()
+
+
+def test_demo_database_does_not_grow_run_after_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each run deletes the demo sessions earlier runs saved; other agents' sessions stay."""
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    db = tmp_path / "demo.db"
+    monkeypatch.setenv("LLM_AGENT_RUNTIME_DEMO_DB", str(db))
+    asyncio.run(save_other_agents_session(db))
+    sizes = []
+    for _ in range(4):
+        assert demo.main() == 0
+        sizes.append(db.stat().st_size)
+        agents = sorted(asyncio.run(sessions_in(db)).values())
+        assert agents == ["astro-agent", "someone-else"]
+    out = capsys.readouterr().out
+    assert out.count("final answer: Mars is on average 78 million km") == 4
+    assert out.count("(it keeps the latest run's: deleted 1 earlier demo session)") == 3
+    assert sizes[1] == sizes[2] == sizes[3], sizes  # freed pages are reused: no growth
+
+
+def test_default_database_is_per_user_not_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LLM_AGENT_RUNTIME_DEMO_DB", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert demo.default_db_path() == tmp_path / "xdg" / "llm-agent-runtime" / "demo.db"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert demo.default_db_path() == Path.home() / ".cache" / "llm-agent-runtime" / "demo.db"
+    monkeypatch.setenv("LLM_AGENT_RUNTIME_DEMO_DB", str(tmp_path / "mine.db"))
+    assert demo.default_db_path() == tmp_path / "mine.db"
 
 
 def test_console_script_demo_and_version() -> None:
@@ -50,3 +160,24 @@ def test_console_script_demo_and_version() -> None:
         timeout=60,
     )
     assert bad.returncode == 2
+
+
+def test_public_namespace_is_all_and_submodules() -> None:
+    """No helper (`lazy_exports`, `annotations`, `TYPE_CHECKING`) leaks into `dir(ar)`.
+
+    Public names are `__all__`'s, plus the package's own submodules (an imported submodule is
+    an attribute of its package, whatever the package does).
+    """
+    public = {name for name in dir(ar) if not name.startswith("_")}
+    assert set(ar.__all__) - {"__version__"} <= public
+    extra = {
+        name
+        for name in public - set(ar.__all__)
+        if not (
+            isinstance(getattr(ar, name), types.ModuleType)
+            and getattr(ar, name).__name__ == f"llm_agent_runtime.{name}"
+        )
+    }
+    assert extra == set()
+    leaked = {name for name in vars(ar) if not name.startswith("_")} - set(ar.__all__)
+    assert all(isinstance(getattr(ar, name), types.ModuleType) for name in leaked), leaked

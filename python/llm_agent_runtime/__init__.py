@@ -6,9 +6,10 @@ agent layer's pydantic models, orchestration, persistence backends, the HTTP pro
 the database drivers) loads on first use, so a program pays only for the parts it uses.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
+# No `from __future__ import annotations` here: it would make `annotations` a public name of
+# the package, and nothing here needs it. Helpers are imported under private names, so that
+# the public names are `__all__`'s (and the package's submodules).
+import typing as _typing
 
 from llm_agent_runtime._core import (
     DecayPolicy,
@@ -25,7 +26,7 @@ from llm_agent_runtime._core import (
     __version__,
     parse_react_step,
 )
-from llm_agent_runtime._lazy import lazy_exports
+from llm_agent_runtime._lazy import lazy_exports as _lazy_exports
 from llm_agent_runtime.errors import (
     AgentLoopError,
     AgentRuntimeError,
@@ -55,7 +56,7 @@ from llm_agent_runtime.events import (
 )
 from llm_agent_runtime.session import AgentSession, Step
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from llm_agent_runtime.config import AgentConfig
     from llm_agent_runtime.embeddings import Embedder, OpenAIEmbedder, SentenceTransformerEmbedder
     from llm_agent_runtime.graph import from_networkx, to_networkx
@@ -249,4 +250,4 @@ __all__ = [
 ]
 
 
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
+__getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)

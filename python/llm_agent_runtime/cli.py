@@ -1,12 +1,10 @@
-"""The `llm-agent-runtime` console script: `demo` runs the bundled example, `version` prints it."""
+"""The `llm-agent-runtime` console script: `demo` runs the bundled demo, `version` prints it."""
 
 from __future__ import annotations
 
 import argparse
-import runpy
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 __all__ = ["main"]
 
@@ -28,12 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"llm-agent-runtime {__version__}")
         return 0
-    demo = Path(__file__).resolve().parents[2] / "examples" / "demo.py"
-    if not demo.is_file():
-        print(f"demo not found at {demo} (it ships with the source tree)", file=sys.stderr)
-        return 1
-    runpy.run_path(str(demo), run_name="__main__")
-    return 0
+    # Part of the package (`llm_agent_runtime.demo`, its data read with importlib.resources),
+    # so it runs from any install, not only from a source checkout.
+    from llm_agent_runtime.demo import main as demo
+
+    return demo()
 
 
 if __name__ == "__main__":

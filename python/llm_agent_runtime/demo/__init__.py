@@ -1,0 +1,348 @@
+"""Demo of llm-agent-runtime on embedded defaults: no keys, no servers.
+
+Run it with `python -m llm_agent_runtime.demo`, `llm-agent-runtime demo` or `make demo`.
+
+An agent answers a question about a small bundled text with three tools (a calculator, a
+semantic memory search and a knowledge-graph query). Episodic memory, semantic memory (the
+built-in hashing embedder) and a knowledge graph are all seeded from the text; the model is the
+offline scripted one, and every step is checkpointed to SQLite.
+
+The same agent runs on a real model when the environment names one (`provider_from_env`):
+`OPENAI_API_KEY`, or `OPENAI_BASE_URL` pointing at an OpenAI-compatible server (vLLM, Ollama,
+llama.cpp, ...), with the model from `OPENAI_MODEL` (default `gpt-4o-mini`); otherwise
+`ANTHROPIC_API_KEY` (and `ANTHROPIC_BASE_URL`), with the model from `ANTHROPIC_MODEL` (default
+`claude-sonnet-4-5`).
+
+The checkpoints go to `LLM_AGENT_RUNTIME_DEMO_DB` when set, else to `llm-agent-runtime/demo.db`
+in the user's cache directory (`XDG_CACHE_HOME`, else `~/.cache`). Each run first deletes
+the sessions earlier demo runs saved there (its agent's only), so the file does not grow run
+after run: it holds the latest run's session.
+
+The demo exits with status 1, saying why on stderr, when the model gives no final answer
+within `max_iterations` steps or the run fails with an `AgentRuntimeError`.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import logging
+import operator
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.persistence.base import session_key, split_session_key
+from llm_agent_runtime.providers import provider_from_env
+
+__all__ = ["AGENT", "QUESTION", "SCRIPT", "default_db_path", "forget_demo_sessions", "main", "run"]
+
+DATA = "solar_system.txt"
+"""The bundled text the agent learns from (package data, read with importlib.resources)."""
+AGENT = "astro-agent"
+QUESTION = (
+    "How much farther from the Sun is Mars than Earth, on average, and what are Mars's moons?"
+)
+MAX_ITERATIONS = 8
+DB_ENV = "LLM_AGENT_RUNTIME_DEMO_DB"
+
+OPERATORS: dict[type[ast.operator], Callable[[float, float], float]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+
+SCRIPT = [
+    "Thought: I need the orbital distances of Earth and Mars.\n"
+    'Action: memory_search {"query": "average distance of Earth and Mars from the Sun"}',
+    "Thought: Earth is at 150 and Mars at 228 million km; subtract.\n"
+    'Action: calculator {"expression": "228 - 150"}',
+    "Thought: Now the moons: the knowledge graph links Mars to them.\n"
+    'Action: graph_query {"entity": "Mars"}',
+    "Thought: I have both parts.\n"
+    "Action: FINAL_ANSWER Mars is on average 78 million km farther from the Sun than Earth; "
+    "its moons are Phobos and Deimos.",
+]
+"""What the offline model answers, step by step."""
+
+_ORBIT = re.compile(r"^(\w+) orbits the (\w+) at an average distance of (\d+) million km")
+_MOONS = re.compile(r"^(\w+) has .*?moons?, (\w+) and (\w+)")
+_SATELLITE = re.compile(r"^(\w+) has one natural satellite, the (\w+)")
+
+
+def calculator(expression: str) -> float:
+    """Evaluates + - * / over numbers, safely (no eval).
+
+    Args:
+        expression: Arithmetic such as "228 - 150".
+    """
+
+    def walk(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
+            return float(OPERATORS[type(node.op)](walk(node.left), walk(node.right)))
+        raise ValueError(f"unsupported expression: {expression!r}")
+
+    return walk(ast.parse(expression, mode="eval").body)
+
+
+def build_graph(facts: list[str]) -> ar.GraphStore:
+    """Extracts entities and relationships (orbits, has_moon) from the facts."""
+    graph = ar.GraphStore()
+
+    def entity(name: str, label: str) -> None:
+        if name not in graph:
+            graph.add_entity(name, label)
+
+    for fact in facts:
+        if match := _ORBIT.match(fact):
+            body, center, distance = match.groups()
+            entity(center, "star")
+            entity(body, "planet")
+            graph.add_relationship(body, center, "orbits", float(distance), {"unit": "million km"})
+        elif (match := _MOONS.match(fact)) or (match := _SATELLITE.match(fact)):
+            planet, *moons = match.groups()
+            entity(planet, "planet")
+            for moon in moons:
+                entity(moon, "moon")
+                graph.add_relationship(planet, moon, "has_moon")
+    return graph
+
+
+def build_semantic_search(memory: ar.SemanticStore) -> ar.ToolSpec:
+    """A tool searching the semantic memory by meaning (hashing embedder, offline)."""
+
+    def memory_search(query: str) -> list[str]:
+        """Finds the remembered facts most similar to the query.
+
+        Args:
+            query: What to look for, in words.
+        """
+        return [str(hit.value) for hit in memory.search(query, k=3)]
+
+    spec: ar.ToolSpec = ar.tool(memory_search)
+    return spec
+
+
+def build_graph_query(graph: ar.GraphStore) -> ar.ToolSpec:
+    """A tool listing an entity's relationships in the knowledge graph."""
+
+    def graph_query(entity: str) -> list[str]:
+        """Lists the relationships of an entity in the knowledge graph.
+
+        Args:
+            entity: Name of the entity, e.g. "Mars".
+        """
+        if entity not in graph:
+            known = ", ".join(sorted(graph.entity_ids()))
+            raise ValueError(f"unknown entity {entity!r}; known: {known}")
+        return [
+            f"{r['from']} {r['kind']} {r['to']}"
+            + (f" ({r['weight']:g} {r['properties']['unit']})" if r["properties"] else "")
+            for r in graph.edges_from(entity)
+        ]
+
+    spec: ar.ToolSpec = ar.tool(graph_query)
+    return spec
+
+
+def default_db_path() -> Path:
+    """Where the demo keeps its checkpoints: `LLM_AGENT_RUNTIME_DEMO_DB`, else a per-user file.
+
+    The per-user file is `llm-agent-runtime/demo.db` in `XDG_CACHE_HOME`, else in `~/.cache`
+    (in the temporary directory when there is no home directory), never in the working
+    directory.
+    """
+    if configured := os.environ.get(DB_ENV, "").strip():
+        return Path(configured).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if not cache:
+        try:
+            cache = str(Path.home() / ".cache")
+        except RuntimeError:  # no home directory to be found
+            cache = tempfile.gettempdir()
+    return Path(cache) / "llm-agent-runtime" / "demo.db"
+
+
+async def forget_demo_sessions(backend: ar.PersistenceBackend) -> int:
+    """Deletes every session of the demo's agent saved in `backend`; returns how many.
+
+    Sessions of other agents stay, so a database shared with other programs keeps theirs. A
+    session is found by its meta record or its final checkpoint, finished or not.
+    """
+    keys = await backend.list_keys(session_key(""))
+    ids = {parsed[0] for key in keys if (parsed := split_session_key(key)) is not None}
+    doomed: set[str] = set()
+    for session_id in ids:
+        try:
+            saved = await ar.AgentSession.load_checkpoint(backend, session_id)
+        except ar.PersistenceError:  # only stray keys of it, or a record of another kind
+            continue
+        if saved.agent_id == AGENT:
+            doomed.add(session_id)
+    for key in keys:
+        parsed = split_session_key(key)
+        if parsed is not None and parsed[0] in doomed and key != session_key(parsed[0]):
+            await backend.delete(key)
+    for session_id in doomed:  # last: a prune cut short finds the session again
+        await backend.delete(session_key(session_id))
+    return len(doomed)
+
+
+class _HeldWarnings(logging.Handler):
+    """Holds the runtime's log records during a run, to print them once it has ended.
+
+    A failed run is logged by the runtime and then reported by the demo: held, the record of
+    the very error the demo reports is left out, so an error reads as one line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def report(self, reported: BaseException | None) -> None:
+        for record in self.records:
+            if not any(arg is reported for arg in record.args or ()):
+                print(f"warning: {record.getMessage()}", file=sys.stderr)
+
+
+def _facts() -> list[str]:
+    text = resources.files(__name__).joinpath(DATA).read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+async def run(db_path: Path | None = None) -> int:
+    """Runs the demo, printing what the agent does; returns the exit status.
+
+    Args:
+        db_path: The SQLite checkpoint database (default: `default_db_path()`).
+
+    Returns:
+        0 when the agent answered; 1 when it gave no final answer within `max_iterations`
+        steps or the run failed (the reason is printed to stderr).
+    """
+    db_path = default_db_path() if db_path is None else db_path
+    print(f"llm-agent-runtime {ar.__version__}: an agent end to end on embedded defaults\n")
+    checkpoints: ar.SqliteBackend | None = None
+    provider: object = None
+    reported: ar.AgentRuntimeError | None = None
+    logger = logging.getLogger("llm_agent_runtime")
+    # Unless the program running the demo has set up logging, its records wait for the end.
+    held = None if logger.hasHandlers() else _HeldWarnings()
+    if held is not None:
+        logger.addHandler(held)
+    try:
+        facts = _facts()
+        episodes = ar.EpisodicStore(embedder=ar.HashingEmbedder())
+        semantic = ar.SemanticStore()
+        for number, fact in enumerate(facts):
+            episodes.add_episode(AGENT, fact, 0.5)
+            semantic.store(f"fact-{number}", fact, tags=["solar-system"])
+        graph = build_graph(facts)
+        working = ar.WorkingMemory(8)
+        working.set("units", "million km")
+        print(
+            f"seeded {len(facts)} facts from {DATA} into episodic and semantic memory; "
+            f"knowledge graph: {graph.entity_count()} entities, "
+            f"{graph.relationship_count()} relationships ({', '.join(graph.relationship_kinds())})"
+        )
+
+        checkpoints = ar.SqliteBackend(db_path)
+        forgotten = await forget_demo_sessions(checkpoints)
+        config = ar.AgentConfig(
+            max_iterations=MAX_ITERATIONS,
+            max_memory_recalls=3,
+            max_memory_tokens=200,
+            # A real model stops before writing an observation of its own.
+            stop_sequences=["\nObservation:"],
+        )
+        runtime = ar.AgentRuntime(
+            config,
+            memory=episodes,
+            working_memory=working,
+            graph=graph,
+            tools=[
+                ar.tool(calculator),
+                build_semantic_search(semantic),
+                build_graph_query(graph),
+            ],
+            checkpoint_backend=checkpoints,
+        )
+        model = provider_from_env()
+        if model is None:
+            provider = model = ar.ScriptedProvider(SCRIPT)
+            print(
+                "model: offline ScriptedProvider (set OPENAI_API_KEY, OPENAI_BASE_URL or "
+                "ANTHROPIC_API_KEY for a real one; OPENAI_MODEL / ANTHROPIC_MODEL pick its model)"
+            )
+        else:
+            provider = model
+            print(f"model: {model!r}")
+        print(f"question: {QUESTION}\n")
+
+        session = await runtime.run_agent_with_provider(AGENT, QUESTION, model)
+        for number, step in enumerate(session.steps, 1):
+            print(f"step {number}: thought: {step.thought}")
+            if step.action != "FINAL_ANSWER":
+                print(f"        action: {step.action}({step.action_input})")
+                print(f"        observation: {step.observation} [{step.error_kind or 'ok'}]")
+            print(
+                f"        model {step.model_ms:.3f} ms, tools {step.tool_ms:.3f} ms, "
+                f"runtime overhead {step.overhead_ms:.3f} ms"
+            )
+        if session.final_answer is not None:
+            print(f"\nfinal answer: {session.final_answer}")
+        print(f"memory hits: {session.memory_hits}, steps: {session.step_count}")
+        snap = runtime.metrics.snapshot()
+        print(
+            f"metrics: sessions={snap.total_sessions} steps={snap.total_steps} "
+            f"tool_calls={snap.total_tool_calls} failed={snap.failed_tool_calls} "
+            f"memory_recalls={snap.memory_recall_count}"
+        )
+        step_keys = await checkpoints.list_keys(f"{session_key(session.session_id)}:step:")
+        reloaded = await ar.AgentSession.load_checkpoint(checkpoints, session.session_id)
+        print(
+            f"session {session.session_id} saved in SQLite at {db_path.resolve()} under key "
+            f"{session_key(session.session_id)}, with {len(step_keys)} per-step checkpoints; "
+            f"reloaded from it: {reloaded.step_count} steps, answer {reloaded.final_answer!r}"
+        )
+        if forgotten:
+            plural = "s" if forgotten > 1 else ""
+            print(f"(it keeps the latest run's: deleted {forgotten} earlier demo session{plural})")
+        if session.final_answer is None:
+            print(
+                f"error: the model gave no final answer within "
+                f"max_iterations={config.max_iterations} steps",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    except ar.AgentRuntimeError as error:
+        reported = error
+        return 1
+    finally:
+        aclose = getattr(provider, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        if checkpoints is not None:
+            checkpoints.close()
+        if held is not None:
+            logger.removeHandler(held)
+            held.report(reported)
+        if reported is not None:
+            print(f"error: {reported}", file=sys.stderr)
+
+
+def main() -> int:
+    """Runs the demo in a new event loop; returns the exit status (see `run`)."""
+    return asyncio.run(run())
