@@ -11,8 +11,11 @@ import enum
 import functools
 import inspect
 import json
+import math
+import numbers
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -45,12 +48,32 @@ _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncio.TimeoutError,  # a class of its own before Python 3.11
     ConnectionError,
+    socket.gaierror,  # a failed DNS lookup
     CircuitOpenError,
 )
+# Exceptions of HTTP clients this module does not import (they may not be installed), by
+# (top-level package, class name); the first class along an exception's MRO found here
+# decides. TLS failures come before the connection errors they derive from: no retry
+# fixes a bad certificate, nor a URL with no scheme.
+_THIRD_PARTY_KINDS: dict[tuple[str, str], ErrorKind] = {
+    ("requests", "SSLError"): "permanent",
+    ("requests", "ConnectionError"): "transient",  # ConnectTimeout, ProxyError too
+    ("requests", "Timeout"): "transient",  # ReadTimeout
+    ("httpx", "UnsupportedProtocol"): "permanent",
+    ("httpx", "LocalProtocolError"): "permanent",
+    ("httpx", "TransportError"): "transient",  # ConnectError, ReadTimeout, RemoteProtocolError
+    ("aiohttp", "ClientSSLError"): "permanent",
+    ("aiohttp", "ServerFingerprintMismatch"): "permanent",
+    ("aiohttp", "ClientConnectionError"): "transient",  # ServerDisconnectedError too
+}
+_GROUP_SHOWN = 10
+"""How many of an exception group's members an observation describes."""
 _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, asyncio.TimeoutError)
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """Tool names the providers accept (OpenAI and Anthropic enforce this pattern)."""
+_PROPERTY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""Argument names (the schema's property keys) Anthropic accepts; OpenAI accepts them too."""
 
 
 class _ToolTimeoutError(TimeoutError):
@@ -85,6 +108,16 @@ class Observation(NamedTuple):
 def classify_error(error: BaseException) -> ErrorKind:
     """Classifies a tool's exception as `transient` (retry may help) or `permanent`.
 
+    Transient: `TimeoutError` (`asyncio.TimeoutError` too), `ConnectionError` (not other
+    `OSError`s), `socket.gaierror` (a failed DNS lookup), `CircuitOpenError`, a retryable
+    `ProviderError`; and the network failures of HTTP clients, recognised by package and
+    class name along the exception's MRO, without importing them: requests'
+    `ConnectionError` and `Timeout` (not `SSLError`), httpx's `TransportError` (not
+    `UnsupportedProtocol` nor `LocalProtocolError`), aiohttp's `ClientConnectionError` (not
+    `ClientSSLError` nor `ServerFingerprintMismatch`). An exception group (say, from a
+    `TaskGroup`) is transient when all its members are, nested groups included. Anything
+    else is permanent.
+
     Args:
         error: The exception the handler raised.
 
@@ -95,7 +128,51 @@ def classify_error(error: BaseException) -> ErrorKind:
         return "transient"
     if isinstance(error, ProviderError):
         return "transient" if error.retryable else "permanent"
+    members = _group_leaves(error)
+    if members is not None:
+        if members and all(classify_error(m) == "transient" for m in members):
+            return "transient"
+        return "permanent"
+    for klass in type(error).__mro__:
+        kind = _THIRD_PARTY_KINDS.get((_package(klass), klass.__name__))
+        if kind is not None:
+            return kind
     return "permanent"
+
+
+def _package(klass: type) -> str:
+    """The top-level package a class is defined in."""
+    module = getattr(klass, "__module__", None)
+    return module.partition(".")[0] if isinstance(module, str) else ""
+
+
+def _is_group(error: BaseException) -> bool:
+    """Whether `error` is an exception group.
+
+    Both the built-in `BaseExceptionGroup` (3.11+) and the `exceptiongroup` backport's are
+    recognised, by name: neither is importable everywhere.
+    """
+    return any(
+        k.__name__ == "BaseExceptionGroup" and _package(k) in ("builtins", "exceptiongroup")
+        for k in type(error).__mro__
+    )
+
+
+def _group_leaves(error: BaseException) -> list[BaseException] | None:
+    """The members of an exception group, nested groups flattened; None for another error."""
+    if not _is_group(error):
+        return None
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if current is not error and not _is_group(current):
+            leaves.append(current)
+            continue
+        members = getattr(current, "exceptions", ())
+        if isinstance(members, tuple):  # in order: `pending` is a stack
+            pending.extend(m for m in reversed(members) if isinstance(m, BaseException))
+    return leaves
 
 
 def _check_name(name: Any) -> None:
@@ -108,6 +185,83 @@ def _check_name(name: Any) -> None:
             "(providers refuse other names)",
             tool=name,
         )
+
+
+def _check_timeout(name: str, timeout: Any) -> None:
+    """Raises `ToolError` unless `timeout` is None or a finite number of seconds above 0."""
+    if timeout is None:
+        return
+    # A NaN compares false with everything: the call's deadline would never come.
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, numbers.Real)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ToolError(
+            f"timeout of tool {name!r} must be a finite number of seconds above 0, got {timeout!r}",
+            tool=name,
+        )
+
+
+def _check_handler(name: str, handler: Any) -> None:
+    """Raises `ToolError` unless `handler` is callable and not a generator function."""
+    if not callable(handler):
+        raise ToolError(f"handler of tool {name!r} is not callable", tool=name)
+    if _is_generator_callable(handler):
+        raise ToolError(
+            f"tool {name!r}: its function is a generator (it yields); a tool's result is "
+            "handed to the model whole: return a list instead",
+            tool=name,
+        )
+
+
+def _is_generator_callable(fn: Any) -> bool:
+    """Whether calling `fn` makes a generator or an async generator (partials unwrapped)."""
+    fn = _base_callable(fn)
+    if isinstance(fn, type):
+        return False  # calling a class makes an instance
+    if not inspect.isroutine(fn):
+        fn = type(fn).__call__
+    return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+def _check_schema(name: str, parameters: Any) -> None:
+    """Raises `ToolError` unless `parameters` is a JSON schema of an arguments object."""
+    if not isinstance(parameters, dict):
+        raise ToolError(
+            f"parameters of tool {name!r} must be a dict (the JSON schema of the arguments "
+            f"object), got {type(parameters).__name__}",
+            tool=name,
+        )
+    if parameters.get("type", "object") != "object":
+        raise ToolError(
+            f'parameters of tool {name!r} must be a schema of "type": "object", '
+            f"got {parameters['type']!r}",
+            tool=name,
+        )
+    properties = parameters.get("properties", {})
+    if not isinstance(properties, dict):
+        raise ToolError(f'"properties" of tool {name!r} must be a dict', tool=name)
+    for key in properties:
+        _check_property(name, key)
+    required = parameters.get("required", [])
+    if not isinstance(required, (list, tuple)) or not all(isinstance(r, str) for r in required):
+        raise ToolError(f'"required" of tool {name!r} must be a list of names', tool=name)
+
+
+def _check_property(name: str, key: Any, parameter: str | None = None) -> None:
+    """Raises `ToolError` unless `key` is an argument name every provider accepts."""
+    if isinstance(key, str) and _PROPERTY.fullmatch(key) is not None:
+        return
+    which = f"argument name {key!r}"
+    if parameter is not None and parameter != key:
+        which = f"parameter {parameter!r} goes by the {which}, which"
+    raise ToolError(
+        f"tool {name!r}: {which} is invalid: use 1 to 64 ASCII letters, digits, '_', '.' "
+        "or '-' (Anthropic refuses other names; an alias can rename a parameter)",
+        tool=name,
+    )
 
 
 class ToolSpec:
@@ -154,8 +308,12 @@ class ToolSpec:
             key) each call gets a fresh random key: unique per call, never repeated.
 
     Raises:
-        ToolError: When the name is empty or not a valid tool name, the handler is not
-            callable, the timeout is not positive, or `run_inline` comes with a timeout.
+        ToolError: When the name is empty or not a valid tool name; the handler is not
+            callable, or is a generator function; `parameters` is not a dict holding an
+            object's schema, or names an argument other than by 1 to 64 ASCII letters,
+            digits, '_', '.' or '-'; `required_fields` is a str, not names; the timeout is
+            not a finite number above 0; or `run_inline` comes with a timeout. A handler or
+            timeout set later is checked too.
     """
 
     __slots__ = (
@@ -189,10 +347,22 @@ class ToolSpec:
         takes_idempotency_key: bool = False,
     ) -> None:
         _check_name(name)
-        if not callable(handler):
-            raise ToolError(f"handler of tool {name!r} is not callable", tool=name)
-        if timeout is not None and timeout <= 0:
-            raise ToolError(f"timeout of tool {name!r} must be positive", tool=name)
+        _check_handler(name, handler)
+        _check_timeout(name, timeout)
+        if parameters is not None:
+            _check_schema(name, parameters)
+        # A str is an iterable of names too: one of one-letter names.
+        fields = (
+            tuple(required_fields)
+            if isinstance(required_fields, Iterable) and not isinstance(required_fields, str)
+            else None
+        )
+        if fields is None or not all(isinstance(f, str) for f in fields):
+            raise ToolError(
+                f"required_fields of tool {name!r} must be a list of argument names, "
+                f"got {required_fields!r}",
+                tool=name,
+            )
         if run_inline and timeout is not None:
             raise ToolError(
                 f"tool {name!r}: run_inline=True runs the handler on the event loop, where a "
@@ -201,7 +371,7 @@ class ToolSpec:
             )
         schema = parameters or {"type": "object", "properties": {}}
         declared = list(schema.get("required", ()))
-        added = [f for f in dict.fromkeys(required_fields) if f not in declared]
+        added = [f for f in dict.fromkeys(fields) if f not in declared]
         if added:  # a copy: the caller's schema stays as it was
             schema = {**schema, "required": declared + added}
         self.name = name
@@ -228,6 +398,10 @@ class ToolSpec:
         self._direct: Callable[..., Awaitable[Any]] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name == "timeout":  # also when set after `@tool`
+            _check_timeout(self.name, value)
+        elif name == "handler":
+            _check_handler(self.name, value)
         object.__setattr__(self, name, value)
         if name in _RUN_SETTINGS:
             object.__setattr__(self, "_direct", None)
@@ -345,7 +519,7 @@ class ToolSpec:
 
     async def _in_thread(self, arguments: dict[str, Any]) -> Any:
         """Runs a sync handler in a worker thread; awaits what it returns if that is awaitable."""
-        result = await asyncio.to_thread(self.handler, arguments)
+        result = await asyncio.to_thread(_call_sync, self.handler, arguments)
         if inspect.isawaitable(result):
             return await result
         return result
@@ -402,14 +576,34 @@ async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
         raise carried.exit from None
 
 
+def _call_sync(handler: Callable[[dict[str, Any]], Any], arguments: dict[str, Any]) -> Any:
+    """Calls a sync handler (in a worker thread); what a future cannot carry is replaced.
+
+    A future refuses a StopIteration (the call awaiting it would never finish), and hands a
+    GeneratorExit to the awaiting task by `throw`, which closes every coroutine of the call
+    instead of letting `ToolRegistry.call` catch it: each becomes a RuntimeError.
+    """
+    try:
+        return handler(arguments)
+    except (StopIteration, GeneratorExit) as error:
+        raise _carried_error(error) from error
+
+
+def _carried_error(error: BaseException) -> RuntimeError:
+    """The RuntimeError that stands for a tool's StopIteration or GeneratorExit (its cause)."""
+    replacement = RuntimeError(f"the tool raised {error!r}")
+    replacement.__cause__ = error
+    return replacement
+
+
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     """Hands a worker thread's outcome to its future, unless the call has timed out."""
     if future.done():
         return
     if error is None:
         future.set_result(result)
-    elif isinstance(error, StopIteration):  # a future refuses StopIteration
-        future.set_exception(RuntimeError(f"the tool raised {error!r}"))
+    elif isinstance(error, (StopIteration, GeneratorExit)):  # see `_call_sync`
+        future.set_exception(_carried_error(error))
     else:
         future.set_exception(error)
 
@@ -820,8 +1014,12 @@ def tool(
         ToolError: When the name is not a valid tool name (a lambda's `<lambda>`: pass
             `name=`), an annotation cannot be resolved, a parameter's type has no JSON
             schema, or a parameter's default and `Field(...)` settings conflict (a default
-            and a default factory, which `validate_call` refuses too); the message names the
-            parameter.
+            and a default factory, which `validate_call` refuses too); when a parameter goes
+            by a name other than 1 to 64 ASCII letters, digits, '_', '.' or '-' (Anthropic
+            refuses others: an alias can rename it); the message names the parameter. Also
+            when the function is a generator (return a list instead), is a method decorated
+            in its class body or taken from its class (use the bound method:
+            `tool(instance.method)`), or the timeout is not a finite number above 0.
     """
 
     def build(func: Callable[..., Any]) -> ToolSpec:
@@ -836,9 +1034,11 @@ def tool(
                 tool=tool_name,
             )
         _check_name(tool_name)
+        _check_handler(tool_name, func)
         summary, arg_docs = _doc_parts(_callable_doc(base))
         signature = _signature(func, tool_name)
         fixed = _partial_keywords(func)
+        _refuse_unbound_method(tool_name, base, signature, fixed)
         kind = inspect.Parameter
         model_fields: dict[str, Any] = {}
         typed_fields: dict[str, Any] = {}
@@ -934,6 +1134,7 @@ def tool(
             )
         # The schema lists the parameters in order, each by its alias if it has one.
         for pname, (prop_name, prop) in zip(order, properties.items(), strict=True):
+            _check_property(tool_name, prop_name, pname)
             prop.pop("title", None)
             doc = arg_docs.get(pname, arg_docs.get(prop_name))
             if doc is not None:
@@ -993,6 +1194,37 @@ def tool(
     if fn is not None:
         return build(fn)
     return build
+
+
+def _refuse_unbound_method(
+    tool_name: str, base: Any, signature: inspect.Signature, fixed: set[str]
+) -> None:
+    """Raises `ToolError` for a method decorated in its class body (or taken from its class).
+
+    Such a function's `self` (or `cls`) would be an argument for the model to pass: a plain
+    function defined in a class (by its `__qualname__`) whose first parameter is an
+    unannotated `self` or `cls` that no partial fixes.
+    """
+    first = next(iter(signature.parameters.values()), None)
+    if (
+        first is None
+        or first.name not in ("self", "cls")
+        or first.name in fixed
+        or first.annotation is not inspect.Parameter.empty
+        or first.kind not in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD)
+        or not inspect.isfunction(base)
+    ):
+        return
+    scopes = base.__qualname__.split(".")
+    if len(scopes) < 2 or scopes[-2] == "<locals>":
+        return  # a module-level or local function, not a method
+    raise ToolError(
+        f"cannot make tool {tool_name!r}: {base.__qualname__} is a method, and its "
+        f"{first.name!r} is not an argument the model can pass; make the tool from the bound "
+        f"method instead: `tool(instance.{base.__name__})` (for a classmethod, "
+        f"`tool({scopes[-2]}.{base.__name__})`), not `@tool` in the class body",
+        tool=tool_name,
+    )
 
 
 def _schema_and_check(
@@ -1167,12 +1399,21 @@ def _schema_error(
 
 
 def _describe(error: BaseException, with_type: bool = False) -> str:
-    """An exception's message (`Type: message` with `with_type`), even when `str` fails."""
+    """An exception's message (`Type: message` with `with_type`), even when `str` fails.
+
+    An exception group's message is followed by its members' (a group's own only counts
+    them).
+    """
     kind = type(error).__name__
     try:
         message = str(error)
     except Exception as failure:
         return f"{kind} (its message could not be rendered: {type(failure).__name__})"
+    leaves = _group_leaves(error)
+    if leaves:
+        shown = "; ".join(_describe(m, with_type=True) for m in leaves[:_GROUP_SHOWN])
+        more = len(leaves) - _GROUP_SHOWN
+        message = f"{message}: {shown}" + (f"; and {more} more" if more > 0 else "")
     if not message:
         return kind
     return f"{kind}: {message}" if with_type else message
@@ -1200,26 +1441,50 @@ def _json_default(value: Any) -> Any:
             return sorted(value)
         except TypeError:
             return list(value)
+    # numpy scalars and arrays (numpy not imported): their numbers, not `str`'s text, which
+    # elides a long array's middle.
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()
     return str(value)
 
 
+# Non-ASCII text as it is (the model reads it, and it is a sixth of the size of `\\uXXXX`).
+_JSON = json.JSONEncoder(ensure_ascii=False, default=_json_default)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _render(result: Any) -> str:
-    """The text the model sees for a tool's result: JSON where it can be, else `str`.
+    r"""The text the model sees for a tool's result: JSON where it can be, else `str`.
 
     A str is returned as is, and bytes as text (UTF-8, undecodable bytes replaced). Pydantic
-    models, dataclasses, enums (by value), sets, and bytes inside a structure become JSON.
+    models, dataclasses, enums (by value), sets, bytes, and numpy scalars and arrays (by
+    `tolist()`) inside a structure become JSON. JSON keeps non-ASCII text as it is; a lone
+    surrogate in it is escaped (`\udcff`), so the text always has a UTF-8 form.
 
     Raises:
+        TypeError: For a generator (or async generator): its items are not the result.
         Exception: Whatever rendering raises (`ToolRegistry.call` makes it an observation).
     """
     if isinstance(result, str):
         return str(result)
     if isinstance(result, (bytes, bytearray, memoryview)):
         return bytes(result).decode("utf-8", "replace")
+    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        raise TypeError("the tool returned a generator; return a list instead")
     try:
-        return json.dumps(result, default=_json_default)
+        text = _JSON.encode(result)
     except (TypeError, ValueError, RecursionError):  # not JSON, a cycle, or nested too deep
         return str(result)
+    if not text.isascii() and _SURROGATE.search(text):
+        # A lone surrogate (say, from `os.fsdecode`) has no UTF-8 form: JSON escapes it.
+        text = _SURROGATE.sub(_escape_surrogate, text)
+    return text
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    """A surrogate code point as a JSON escape."""
+    return f"\\u{ord(match[0]):04x}"
 
 
 def _cancelled_by_the_tool() -> bool:
@@ -1231,6 +1496,15 @@ def _cancelled_by_the_tool() -> bool:
     task = asyncio.current_task()
     cancelling = getattr(task, "cancelling", None)
     return cancelling is not None and cancelling() == 0
+
+
+def _must_propagate(group: BaseException) -> bool:
+    """Whether an exception group carries a `KeyboardInterrupt` or the call's cancellation."""
+    leaves = _group_leaves(group) or ()
+    if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+        return True
+    cancelled = any(isinstance(e, asyncio.CancelledError) for e in leaves)
+    return cancelled and not _cancelled_by_the_tool()
 
 
 class ToolRegistry:
@@ -1290,9 +1564,11 @@ class ToolRegistry:
         `permanent`; the per-tool timeout ("timed out after N s") and a tool's own
         `TimeoutError` (with its own message) are `transient`. A `CancelledError` that comes
         from the tool's own work (say, a subtask it awaited was cancelled) while nobody
-        cancels the call is `transient`: a retry may work. Policy errors
-        (`PolicyDeniedError`, `BudgetExceededError`), cancellation of the call, and
-        `KeyboardInterrupt` propagate.
+        cancels the call is `transient`: a retry may work. A `StopIteration` (which a
+        coroutine or future cannot carry) and any other `BaseException` a tool raises (say,
+        `GeneratorExit`) are `permanent`. Policy errors (`PolicyDeniedError`,
+        `BudgetExceededError`), cancellation of the call, and `KeyboardInterrupt` (also
+        inside an exception group) propagate.
         """
         try:
             spec = self._tools[name]
@@ -1340,6 +1616,13 @@ class ToolRegistry:
             detail = _describe(error, with_type=True)
             message = f"error: the tool tried to exit the program ({detail})"
             return Observation(_truncate(message, max_chars), "permanent")
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # GeneratorExit, a library's own BaseException
+            if _must_propagate(error):
+                raise
+            message = f"error: {_describe(error, with_type=True)}"
+            return Observation(_truncate(message, max_chars), "permanent")
         try:
             text: str = _RENDER_EXACT.get(type(result), _render)(result)
         except Exception as error:  # e.g. an int over the str conversion limit, a bad __repr__
@@ -1366,9 +1649,39 @@ _TRUNCATION_MARK = " …[truncated]"
 
 
 def _truncate(text: str, max_chars: int) -> str:
-    """`text` cut to at most `max_chars` characters, marked as truncated when there is room."""
+    r"""`text` cut to at most `max_chars` characters, marked as truncated when there is room.
+
+    The cut never splits a surrogate pair nor a backslash escape (`\n`, `\u00e9`): it
+    comes before them.
+    """
     if len(text) <= max_chars:
         return text
     if max_chars <= len(_TRUNCATION_MARK):
-        return text[: max(max_chars, 0)]
-    return text[: max_chars - len(_TRUNCATION_MARK)] + _TRUNCATION_MARK
+        return text[: _cut(text, max(max_chars, 0))]
+    return text[: _cut(text, max_chars - len(_TRUNCATION_MARK))] + _TRUNCATION_MARK
+
+
+def _cut(text: str, end: int) -> int:
+    """Where to cut `text` at or before `end`, outside a surrogate pair and an escape."""
+    if 0 < end < len(text) and _is_high(text[end - 1]) and _is_low(text[end]):
+        end -= 1
+    start = text.rfind("\\", max(end - 5, 0), end)  # an escape is at most 6 characters
+    if start == -1:
+        return end
+    before = start
+    while before > 0 and text[before - 1] == "\\":
+        before -= 1
+    if (start - before) % 2:
+        return end  # the second backslash of an escaped backslash: that escape is whole
+    size = 6 if text[start + 1 : start + 2] == "u" else 2
+    return start if start + size > end else end
+
+
+def _is_high(char: str) -> bool:
+    """Whether `char` is the first half of a surrogate pair."""
+    return "\ud800" <= char <= "\udbff"
+
+
+def _is_low(char: str) -> bool:
+    """Whether `char` is the second half of a surrogate pair."""
+    return "\udc00" <= char <= "\udfff"

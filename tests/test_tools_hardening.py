@@ -1,0 +1,531 @@
+"""Tools: exceptions futures cannot carry, definitions refused at once, network failures
+classified, results rendered faithfully (non-ASCII, numpy), generators refused."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import builtins
+import functools
+import json
+import math
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import pytest
+from pydantic import Field
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.providers.offline import ScriptedProvider
+from llm_agent_runtime.tools import _TRUNCATION_MARK, _truncate, classify_error
+
+needs_exception_groups = pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="ExceptionGroup and TaskGroup are built in from 3.11"
+)
+
+
+# --- 1. StopIteration and other exceptions a future cannot carry ------------------------------
+
+
+def _first_match(args: dict[str, Any]) -> str:
+    return next(r for r in ["apple", "banana"] if args["query"] in r)  # StopIteration: no match
+
+
+@pytest.mark.parametrize("settings", [{}, {"timeout": 5.0}, {"run_inline": True}])
+async def test_a_sync_tool_raising_stop_iteration_is_a_permanent_observation(
+    settings: dict[str, Any],
+) -> None:
+    registry = ar.ToolRegistry([ar.ToolSpec("first_match", "d", _first_match, **settings)])
+    obs = await asyncio.wait_for(registry.call("first_match", {"query": "zzz"}), 5)
+    assert obs.error_kind == "permanent" and "StopIteration" in obs.content
+
+
+async def test_an_async_tool_raising_stop_iteration_is_a_permanent_observation() -> None:
+    @ar.tool
+    async def first(query: str) -> str:
+        """Returns the first match."""
+        return next(r for r in ["apple"] if query in r)
+
+    # PEP 479 makes it a RuntimeError at the coroutine's edge.
+    obs = await asyncio.wait_for(ar.ToolRegistry([first]).call("first", {"query": "z"}), 5)
+    assert obs.error_kind == "permanent" and "StopIteration" in obs.content
+
+
+async def test_a_run_with_a_tool_raising_stop_iteration_finishes() -> None:
+    first_match = ar.tool(lambda query: next(r for r in ["apple"] if query in r), name="first")
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[first_match])
+    provider = ScriptedProvider(
+        [ScriptedProvider.tool_call_reply([("first", {"query": "zzz"})]), "done"]
+    )
+    session = await asyncio.wait_for(runtime.run_agent_with_provider("a", "find", provider), 5)
+    step = session.steps[0]
+    assert step.error_kind == "permanent" and "StopIteration" in step.observation
+    assert session.final_answer == "done"
+
+
+@pytest.mark.parametrize(
+    ("is_async", "settings"),
+    [
+        (False, {}),
+        (False, {"timeout": 5.0}),
+        (False, {"run_inline": True}),
+        (True, {}),
+        (True, {"timeout": 5.0}),
+    ],
+)
+async def test_a_generator_exit_from_a_tool_is_a_permanent_observation(
+    is_async: bool, settings: dict[str, Any]
+) -> None:
+    def close(args: dict[str, Any]) -> str:
+        raise GeneratorExit
+
+    async def aclose(args: dict[str, Any]) -> str:
+        raise GeneratorExit
+
+    spec = ar.ToolSpec("close", "d", aclose if is_async else close, **settings)
+    obs = await asyncio.wait_for(ar.ToolRegistry([spec]).call("close", {}), 5)
+    assert obs.error_kind == "permanent" and "GeneratorExit" in obs.content
+
+
+# --- 9. other BaseExceptions become observations; the ones meant to stop things propagate -----
+
+
+class _Abort(BaseException):
+    """Like gevent's Timeout or pytest's outcome exceptions: not an Exception."""
+
+
+@pytest.mark.parametrize("settings", [{}, {"timeout": 5.0}])
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_a_base_exception_from_a_tool_is_a_permanent_observation(
+    settings: dict[str, Any], is_async: bool
+) -> None:
+    def abort(args: dict[str, Any]) -> str:
+        raise _Abort("stop")
+
+    async def aabort(args: dict[str, Any]) -> str:
+        raise _Abort("stop")
+
+    spec = ar.ToolSpec("abort", "d", aabort if is_async else abort, **settings)
+    obs = await ar.ToolRegistry([spec]).call("abort", {})
+    assert obs == ("error: _Abort: stop", "permanent")
+
+
+async def test_policy_errors_from_a_tool_still_propagate() -> None:
+    async def deny(args: dict[str, Any]) -> str:
+        raise ar.PolicyDeniedError("not allowed")
+
+    with pytest.raises(ar.PolicyDeniedError):
+        await ar.ToolRegistry([ar.ToolSpec("deny", "d", deny)]).call("deny", {})
+
+
+@needs_exception_groups
+async def test_a_keyboard_interrupt_inside_an_exception_group_propagates() -> None:
+    group = getattr(builtins, "BaseExceptionGroup")  # noqa: B009 (not in 3.10's builtins)
+
+    async def stop(args: dict[str, Any]) -> str:
+        raise group("workers", [KeyboardInterrupt()])
+
+    with pytest.raises(group):
+        await ar.ToolRegistry([ar.ToolSpec("stop", "d", stop)]).call("stop", {})
+
+
+# --- 2. non-ASCII results as they are; escapes and surrogate pairs never cut --------------------
+
+
+async def test_non_ascii_text_in_a_structured_result_is_not_escaped() -> None:
+    spec = ar.ToolSpec("lookup", "d", lambda a: {"city": "東京", "note": "café 😀"})
+    obs = await ar.ToolRegistry([spec]).call("lookup", {})
+    assert obs == ('{"city": "東京", "note": "café 😀"}', None)
+
+
+async def test_a_lone_surrogate_in_a_structured_result_stays_escaped_and_encodable() -> None:
+    spec = ar.ToolSpec("names", "d", lambda a: {"name": "\udcff", "city": "東京"})
+    obs = await ar.ToolRegistry([spec]).call("names", {})
+    assert obs.content == '{"name": "\\udcff", "city": "東京"}'
+    assert json.loads(obs.content) == {"name": "\udcff", "city": "東京"}
+    obs.content.encode("utf-8")  # no lone surrogate left: UTF-8 (files, sockets) takes it
+    assert json.loads(json.dumps(obs)) == list(obs)  # as a checkpoint or a wire body holds it
+
+
+async def test_a_non_ascii_and_surrogate_result_goes_through_a_checkpointed_run(
+    tmp_path: Path,
+) -> None:
+    @ar.tool
+    def list_dir(path: str) -> dict[str, str]:
+        """Lists a directory."""
+        return {"file": "caf\udce9.txt", "city": "東京"}
+
+    backend = ar.SqliteBackend(str(tmp_path / "ck.db"))
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=[list_dir], checkpoint_backend=backend
+    )
+    provider = ScriptedProvider(
+        [ScriptedProvider.tool_call_reply([("list_dir", {"path": "/tmp"})]), "done"]
+    )
+    session = await runtime.run_agent_with_provider("a", "list", provider)
+    assert session.steps[0].observation == '{"file": "caf\\udce9.txt", "city": "東京"}'
+    assert session.final_answer == "done"
+
+
+def test_truncation_never_cuts_inside_an_escape() -> None:
+    text = json.dumps(["x" * 10 + "\x01\n\\" + "y" * 40])  # escapes: \u0001 \n \\
+    assert text.startswith('["xxxxxxxxxx\\u0001\\n\\\\y')
+    whole = json.loads(text)[0]
+    for limit in range(len(_TRUNCATION_MARK) + 2, 40):
+        cut = _truncate(text, limit)
+        assert len(cut) <= limit and cut.endswith(_TRUNCATION_MARK)
+        kept = cut[: -len(_TRUNCATION_MARK)]
+        # Whole escapes only: what is kept parses once its string and list are closed.
+        assert text.startswith(kept) and whole.startswith(json.loads(kept + '"]')[0])
+    # 15 characters would end inside "\u0001" (characters 12 to 17): the cut comes before it.
+    assert _truncate(text, 15 + len(_TRUNCATION_MARK)) == text[:12] + _TRUNCATION_MARK
+
+
+def test_truncation_never_splits_a_surrogate_pair() -> None:
+    text = "ab\ud83d\ude00" + "c" * 40  # a pair (as UTF-16 decoding with surrogatepass gives)
+    assert _truncate(text, 3 + len(_TRUNCATION_MARK)) == "ab" + _TRUNCATION_MARK
+    assert _truncate(text, 3) == "ab"
+    assert _truncate(text, 4 + len(_TRUNCATION_MARK)) == text[:4] + _TRUNCATION_MARK
+
+
+# --- 3. bad definitions refused with ToolError ------------------------------------------------
+
+_SCHEMA = {"type": "object", "properties": {"query": {"type": "string"}}}
+
+
+def _echo(args: dict[str, Any]) -> str:
+    return "ok"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"required_fields": "query"},  # not split into q, u, e, r, y
+        {"required_fields": [1]},
+        {"required_fields": None},
+        {"parameters": ["query"]},
+        {"parameters": {"type": "array", "items": {}}},
+        {"parameters": {"type": "object", "properties": ["query"]}},
+        {"parameters": {"type": "object", "properties": {}, "required": "query"}},
+        {"parameters": {"type": "object", "properties": {}, "required": 1}},
+        {"timeout": "5"},
+        {"timeout": True},
+        {"timeout": math.nan},
+        {"timeout": math.inf},
+        {"timeout": 0},
+        {"timeout": -1.0},
+    ],
+)
+def test_a_bad_tool_spec_definition_is_a_tool_error(settings: dict[str, Any]) -> None:
+    settings.setdefault("parameters", _SCHEMA)
+    with pytest.raises(ar.ToolError):
+        ar.ToolSpec("search", "d", _echo, **settings)
+
+
+def test_a_bad_timeout_is_refused_by_tool_and_when_set_later() -> None:
+    with pytest.raises(ar.ToolError, match="finite number"):
+        ar.tool(lambda q: q, name="t", timeout=math.nan)
+    spec = ar.ToolSpec("t", "d", _echo, timeout=1)
+    with pytest.raises(ar.ToolError, match="finite number"):
+        spec.timeout = math.nan
+    assert spec.timeout == 1
+
+
+async def test_good_definitions_are_still_accepted() -> None:
+    spec = ar.ToolSpec("search", "d", _echo, parameters=_SCHEMA, required_fields=["query"])
+    assert spec.parameters["required"] == ["query"]
+    assert ar.ToolSpec("t", "d", _echo, timeout=2).timeout == 2
+    assert ar.ToolSpec("t", "d", _echo, parameters={"properties": {}}).parameters
+    assert (await ar.ToolRegistry([spec]).call("search", {"query": "x"})).ok
+
+
+# --- 4. a method decorated in its class body ----------------------------------------------------
+
+
+def test_tool_on_a_method_in_its_class_body_is_a_tool_error() -> None:
+    with pytest.raises(ar.ToolError, match=r"tool\(instance\.forecast\)"):
+
+        class Weather:
+            @ar.tool
+            def forecast(self, city: str) -> str:
+                """Forecast for a city."""
+                return city
+
+
+class _Weather:
+    unit = "C"
+
+    def forecast(self, city: str) -> str:
+        """Forecast for a city."""
+        return f"{city}: 20{self.unit}"
+
+    @classmethod
+    def units(cls, system: str) -> str:
+        """Units of a system."""
+        return f"{system}: {cls.unit}"
+
+    @staticmethod
+    def normalise(city: str) -> str:
+        """Normalises a city name."""
+        return city.title()
+
+
+def test_tool_on_a_method_taken_from_its_class_is_a_tool_error() -> None:
+    with pytest.raises(ar.ToolError, match="bound method"):
+        ar.tool(_Weather.forecast)
+
+
+async def test_bound_methods_classmethods_staticmethods_and_partials_still_work() -> None:
+    weather = _Weather()
+    specs = [
+        ar.tool(weather.forecast),
+        ar.tool(_Weather.units),
+        ar.tool(_Weather.normalise),
+        ar.tool(functools.partial(_Weather.forecast, weather), name="paris"),
+    ]
+    assert [list(s.parameters["properties"]) for s in specs] == [
+        ["city"],
+        ["system"],
+        ["city"],
+        ["city"],
+    ]
+    registry = ar.ToolRegistry(specs)
+    assert (await registry.call("forecast", {"city": "Oslo"})).content == "Oslo: 20C"
+    assert (await registry.call("units", {"system": "SI"})).content == "SI: C"
+    assert (await registry.call("normalise", {"city": "rome"})).content == "Rome"
+    assert (await registry.call("paris", {"city": "Paris"})).content == "Paris: 20C"
+
+
+def test_a_local_function_with_a_self_parameter_is_not_taken_for_a_method() -> None:
+    def helper(self: str, n: int) -> str:
+        """A local function whose first parameter happens to be called self."""
+        return self * n
+
+    assert list(ar.tool(helper).parameters["properties"]) == ["self", "n"]
+
+
+# --- 5. argument names Anthropic refuses ---------------------------------------------------------
+
+
+def test_a_parameter_name_anthropic_refuses_is_a_tool_error_naming_it() -> None:
+    def resize(größe: int) -> str:
+        """Resizes."""
+        return "ok"
+
+    with pytest.raises(ar.ToolError, match="größe"):
+        ar.tool(resize)
+    with pytest.raises(ar.ToolError, match="größe"):
+        ar.ToolSpec("resize", "d", _echo, parameters={"properties": {"größe": {}}})
+
+
+def test_an_alias_anthropic_refuses_is_a_tool_error_naming_the_parameter() -> None:
+    def drive_list(top: Annotated[int, Field(alias="$top")] = 10) -> str:
+        """Lists items."""
+        return "ok"
+
+    with pytest.raises(ar.ToolError, match=r"parameter 'top' goes by .*'\$top'"):
+        ar.tool(drive_list)
+
+
+@pytest.mark.parametrize("key", ["filter[id]", "a b", "x" * 65, "", "é"])
+def test_schema_property_keys_anthropic_refuses_are_tool_errors(key: str) -> None:
+    with pytest.raises(ar.ToolError):
+        ar.ToolSpec("t", "d", _echo, parameters={"type": "object", "properties": {key: {}}})
+
+
+async def test_property_keys_anthropic_accepts_are_accepted() -> None:
+    def search(q: Annotated[str, Field(alias="filter.name-1")], limit: int = 3) -> str:
+        """Searches."""
+        return f"{q}/{limit}"
+
+    spec = ar.tool(search)
+    assert list(spec.parameters["properties"]) == ["filter.name-1", "limit"]
+    ar.ToolSpec("t", "d", _echo, parameters={"properties": {"x" * 64: {}}})
+    obs = await ar.ToolRegistry([spec]).call("search", {"filter.name-1": "a"})
+    assert obs.content == "a/3"
+
+
+# --- 6. network failures are transient ---------------------------------------------------------
+
+
+def _fake(module: str, name: str, *bases: type) -> type[Exception]:
+    """A class as a library defines it, without the library."""
+    klass: type[Exception] = type(name, bases or (Exception,), {"__module__": module})
+    return klass
+
+
+_RequestException = _fake("requests.exceptions", "RequestException", OSError)
+_RequestsConnectionError = _fake("requests.exceptions", "ConnectionError", _RequestException)
+_RequestsTimeout = _fake("requests.exceptions", "Timeout", _RequestException)
+_HttpxTransportError = _fake("httpx", "TransportError")
+_AiohttpConnectionError = _fake("aiohttp.client_exceptions", "ClientConnectionError")
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (_RequestsConnectionError("Connection refused"), "transient"),
+        (_fake("requests.exceptions", "ReadTimeout", _RequestsTimeout)("slow"), "transient"),
+        (
+            _fake(
+                "requests.exceptions", "ConnectTimeout", _RequestsConnectionError, _RequestsTimeout
+            )("slow"),
+            "transient",
+        ),
+        (_fake("requests.exceptions", "SSLError", _RequestsConnectionError)("cert"), "permanent"),
+        (_fake("requests.exceptions", "HTTPError", _RequestException)("404"), "permanent"),
+        (_fake("httpx", "ConnectError", _HttpxTransportError)("refused"), "transient"),
+        (_fake("httpx", "ReadTimeout", _HttpxTransportError)("slow"), "transient"),
+        (_fake("httpx", "UnsupportedProtocol", _HttpxTransportError)("no scheme"), "permanent"),
+        (
+            _fake(
+                "aiohttp.client_exceptions", "ServerDisconnectedError", _AiohttpConnectionError
+            )(),
+            "transient",
+        ),
+        (
+            _fake("aiohttp.client_exceptions", "ClientSSLError", _AiohttpConnectionError)(),
+            "permanent",
+        ),
+        (_fake("mylib", "ConnectionError")("not a network library"), "permanent"),
+        (socket.gaierror(-3, "Temporary failure in name resolution"), "transient"),
+        (ConnectionResetError("reset"), "transient"),
+        (FileNotFoundError("x"), "permanent"),
+    ],
+)
+def test_network_failures_of_http_clients_are_transient(error: Exception, kind: str) -> None:
+    assert classify_error(error) == kind
+
+
+def test_real_httpx_transport_errors_are_transient() -> None:
+    httpx = pytest.importorskip("httpx")
+    assert classify_error(httpx.ConnectError("refused")) == "transient"
+    assert classify_error(httpx.ReadTimeout("slow")) == "transient"
+    assert classify_error(httpx.UnsupportedProtocol("no scheme")) == "permanent"
+
+
+class _BackportGroup(Exception):
+    """What the `exceptiongroup` backport defines (3.10), by module and name."""
+
+    def __init__(self, message: str, exceptions: list[BaseException]) -> None:
+        super().__init__(message)
+        self.exceptions = tuple(exceptions)
+
+
+_BackportGroup.__module__ = "exceptiongroup"
+_BackportGroup.__name__ = "BaseExceptionGroup"
+
+
+def test_a_backport_exception_group_is_classified_by_its_members() -> None:
+    assert classify_error(_BackportGroup("g", [ConnectionError("a")])) == "transient"
+    assert classify_error(_BackportGroup("g", [ConnectionError("a"), KeyError()])) == "permanent"
+    assert classify_error(_BackportGroup("g", [])) == "permanent"
+
+
+@needs_exception_groups
+def test_an_exception_group_is_transient_when_all_its_members_are() -> None:
+    group = getattr(builtins, "ExceptionGroup")  # noqa: B009 (not in 3.10's builtins)
+    assert classify_error(group("g", [ConnectionError("a"), TimeoutError("b")])) == "transient"
+    nested = group("g", [group("h", [socket.gaierror(-3, "dns")]), TimeoutError()])
+    assert classify_error(nested) == "transient"
+    assert classify_error(group("g", [ConnectionError("a"), ValueError("b")])) == "permanent"
+
+
+@needs_exception_groups
+async def test_a_task_group_failure_names_its_members_in_the_observation() -> None:
+    async def fetch_all(args: dict[str, Any]) -> str:
+        async def fail(n: int) -> None:
+            raise ConnectionError(f"reset by peer {n}")
+
+        async with getattr(asyncio, "TaskGroup")() as group:  # noqa: B009 (3.11+)
+            for n in range(args["n"]):
+                group.create_task(fail(n))
+        return "unreachable"
+
+    registry = ar.ToolRegistry([ar.ToolSpec("fetch_all", "d", fetch_all)])
+    obs = await registry.call("fetch_all", {"n": 1})
+    assert obs.error_kind == "transient"
+    assert obs.content.endswith("(1 sub-exception): ConnectionError: reset by peer 0")
+    many = await registry.call("fetch_all", {"n": 12}, max_chars=100_000)
+    assert many.error_kind == "transient" and many.content.endswith("; and 2 more")
+    assert many.content.count("ConnectionError: reset by peer") == 10
+
+
+# --- 7. generator tools are refused ------------------------------------------------------------
+
+
+def _rows(n: int) -> Iterator[dict[str, int]]:
+    """Yields rows."""
+    yield from ({"row": i} for i in range(n))
+
+
+async def _stream_rows(n: int) -> AsyncIterator[dict[str, int]]:
+    """Streams rows."""
+    for i in range(n):
+        yield {"row": i}
+
+
+class _RowSource:
+    def __call__(self, n: int) -> Iterator[int]:
+        yield from range(n)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [_rows, _stream_rows, _RowSource(), functools.partial(_rows, n=2)],
+    ids=["generator", "async_generator", "callable_object", "partial"],
+)
+def test_a_generator_function_is_refused_as_a_tool(fn: Any) -> None:
+    with pytest.raises(ar.ToolError, match="return a list"):
+        ar.tool(fn, name="rows")
+    with pytest.raises(ar.ToolError, match="return a list"):
+        ar.ToolSpec("rows", "d", fn)
+
+
+def test_a_generator_handler_set_later_is_refused() -> None:
+    spec = ar.ToolSpec("rows", "d", _echo)
+    with pytest.raises(ar.ToolError, match="return a list"):
+        spec.handler = _rows
+    assert spec.handler is _echo
+
+
+async def test_a_generator_returned_at_run_time_is_a_permanent_observation() -> None:
+    spec = ar.ToolSpec("rows", "d", lambda a: (i for i in range(3)))
+    obs = await ar.ToolRegistry([spec]).call("rows", {})
+    assert obs.error_kind == "permanent" and "return a list" in obs.content
+
+
+# --- 8. numpy results ----------------------------------------------------------------------------
+
+
+async def test_numpy_scalars_and_arrays_are_rendered_as_json_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    values = np.arange(2000)
+    result = {
+        "count": np.int64(5),
+        "mean": np.float32(0.5),
+        "flag": np.bool_(True),
+        "values": values,
+        "grid": np.eye(2, dtype=np.int8),
+    }
+    obs = await ar.ToolRegistry([ar.ToolSpec("stats", "d", lambda a: result)]).call(
+        "stats", {}, max_chars=100_000
+    )
+    assert obs.ok
+    assert json.loads(obs.content) == {
+        "count": 5,
+        "mean": 0.5,
+        "flag": True,
+        "values": list(range(2000)),  # all of them: no "..." in the middle
+        "grid": [[1, 0], [0, 1]],
+    }
+    top = await ar.ToolRegistry([ar.ToolSpec("arr", "d", lambda a: np.arange(3))]).call("arr", {})
+    assert top.content == "[0, 1, 2]"
+
+
+async def test_an_object_with_tolist_is_rendered_by_it() -> None:
+    spec = ar.ToolSpec("arr", "d", lambda a: {"a": array.array("i", [1, 2])})
+    assert (await ar.ToolRegistry([spec]).call("arr", {})).content == '{"a": [1, 2]}'
