@@ -407,6 +407,36 @@ def test_real_httpx_transport_errors_are_transient() -> None:
     assert classify_error(httpx.UnsupportedProtocol("no scheme")) == "permanent"
 
 
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (429, "transient"),
+        (503, "transient"),
+        (408, "transient"),
+        (404, "permanent"),
+        (401, "permanent"),
+    ],
+)
+def test_http_error_statuses_are_transient_when_a_retry_may_help(status: int, kind: str) -> None:
+    import httpx
+
+    request = httpx.Request("GET", "http://127.0.0.1/x")
+    response = httpx.Response(status, request=request)
+    raised = httpx.HTTPStatusError("status", request=request, response=response)
+    assert classify_error(raised) == kind
+
+    class Response:  # what requests' HTTPError carries
+        status_code = status
+
+    requests_error = _fake("requests.exceptions", "HTTPError", _RequestException)("status")
+    requests_error.response = Response()  # type: ignore[attr-defined]
+    assert classify_error(requests_error) == kind
+
+    aiohttp_error = _fake("aiohttp.client_exceptions", "ClientResponseError")("status")
+    aiohttp_error.status = status  # type: ignore[attr-defined]
+    assert classify_error(aiohttp_error) == kind
+
+
 class _BackportGroup(Exception):
     """What the `exceptiongroup` backport defines (3.10), by module and name."""
 

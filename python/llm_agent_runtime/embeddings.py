@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from llm_agent_runtime._core import HashingEmbedder
-from llm_agent_runtime.errors import MemoryStoreError, ProviderError
+from llm_agent_runtime.errors import MemoryStoreError, ProviderError, is_retryable_status
 
 if TYPE_CHECKING:
     import httpx
@@ -273,7 +273,6 @@ class OpenAIEmbedder:
         # before the text is cut, so a server that echoes it shows no part of it.
         from llm_agent_runtime.providers._http import (
             error_message,
-            is_retryable_status,
             parse_retry_after,
             transport_errors,
         )

@@ -42,6 +42,14 @@ __all__ = [
 ]
 
 
+def is_retryable_status(status: int) -> bool:
+    """Whether an HTTP response status is worth another attempt: 408, 409, 429 and every 5xx.
+
+    One rule for the providers' own calls and for the HTTP errors a tool raises.
+    """
+    return status in (408, 409, 429) or status >= 500
+
+
 class AgentRuntimeError(Exception):
     """Base class of every error raised by llm-agent-runtime."""
 

@@ -33,6 +33,7 @@ from llm_agent_runtime.errors import (
     PolicyDeniedError,
     ProviderError,
     ToolError,
+    is_retryable_status,
 )
 from llm_agent_runtime.orchestration.circuit_breaker import CircuitBreaker
 
@@ -66,6 +67,10 @@ _THIRD_PARTY_KINDS: dict[tuple[str, str], ErrorKind] = {
     ("aiohttp", "ServerFingerprintMismatch"): "permanent",
     ("aiohttp", "ClientConnectionError"): "transient",  # ServerDisconnectedError too
 }
+# Their HTTP error status exceptions, classified by the status (`_http_status`).
+_HTTP_STATUS_ERRORS = frozenset(
+    {("httpx", "HTTPStatusError"), ("requests", "HTTPError"), ("aiohttp", "ClientResponseError")}
+)
 _GROUP_SHOWN = 10
 """How many of an exception group's members an observation describes."""
 _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, asyncio.TimeoutError)
@@ -114,9 +119,11 @@ def classify_error(error: BaseException) -> ErrorKind:
     class name along the exception's MRO, without importing them: requests'
     `ConnectionError` and `Timeout` (not `SSLError`), httpx's `TransportError` (not
     `UnsupportedProtocol` nor `LocalProtocolError`), aiohttp's `ClientConnectionError` (not
-    `ClientSSLError` nor `ServerFingerprintMismatch`). An exception group (say, from a
-    `TaskGroup`) is transient when all its members are, nested groups included. Anything
-    else is permanent.
+    `ClientSSLError` nor `ServerFingerprintMismatch`). An HTTP error status those clients
+    raise (httpx's `HTTPStatusError`, requests' `HTTPError`, aiohttp's
+    `ClientResponseError`) is transient when the providers would retry it too: 408, 409,
+    429 and 5xx. An exception group (say, from a `TaskGroup`) is transient when all its
+    members are, nested groups included. Anything else is permanent.
 
     Args:
         error: The exception the handler raised.
@@ -137,7 +144,22 @@ def classify_error(error: BaseException) -> ErrorKind:
         kind = _THIRD_PARTY_KINDS.get((_package(klass), klass.__name__))
         if kind is not None:
             return kind
+    status = _http_status(error)
+    if status is not None and is_retryable_status(status):
+        return "transient"
     return "permanent"
+
+
+def _http_status(error: BaseException) -> int | None:
+    """The response status of an HTTP client's error status exception, None for others."""
+    for klass in type(error).__mro__:
+        if (_package(klass), klass.__name__) in _HTTP_STATUS_ERRORS:
+            # aiohttp's carries `status`; httpx's and requests' their response.
+            status = getattr(error, "status", None)
+            if status is None:
+                status = getattr(getattr(error, "response", None), "status_code", None)
+            return status if isinstance(status, int) else None
+    return None
 
 
 def _package(klass: type) -> str:

@@ -11,12 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_agent_runtime.errors import ProviderError
+from llm_agent_runtime.errors import ProviderError, is_retryable_status
 from llm_agent_runtime.providers._http import (
     SseEvent,
     decode_arguments,
     error_message,
-    is_retryable_status,
     iter_sse,
     parse_retry_after,
     redact_secret,

@@ -36,7 +36,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 from typing_extensions import Self
 
-from llm_agent_runtime.errors import ProviderError
+from llm_agent_runtime.errors import ProviderError, is_retryable_status
 from llm_agent_runtime.orchestration.retry import RetryPolicy
 from llm_agent_runtime.providers.base import (
     TRUNCATION_STOP_REASONS,
@@ -67,7 +67,6 @@ __all__ = [
     "env_setting",
     "error_in_body",
     "error_message",
-    "is_retryable_status",
     "iter_sse",
     "parse_json",
     "parse_retry_after",
@@ -100,11 +99,6 @@ _CR = ord("\r")
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def is_retryable_status(status: int) -> bool:
-    """Whether a response status is worth another attempt: 408, 409, 429 and every 5xx (529)."""
-    return status in (408, 409, 429) or status >= 500
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:

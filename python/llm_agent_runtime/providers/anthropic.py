@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from llm_agent_runtime.errors import ProviderError
+from llm_agent_runtime.errors import ProviderError, is_retryable_status
 from llm_agent_runtime.providers._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -18,7 +18,6 @@ from llm_agent_runtime.providers._http import (
     check_base_url,
     env_setting,
     error_in_body,
-    is_retryable_status,
     parse_json,
     parse_usage,
 )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from llm_agent_runtime.errors import ProviderError
+from llm_agent_runtime.errors import ProviderError, is_retryable_status
 from llm_agent_runtime.providers import _is_openai_api
 from llm_agent_runtime.providers._http import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -26,7 +26,6 @@ from llm_agent_runtime.providers._http import (
     env_setting,
     error_in_body,
     error_message,
-    is_retryable_status,
     parse_json,
     parse_usage,
 )
