@@ -136,6 +136,10 @@ def test_exports_without_embeddings_still_load() -> None:
         (lambda s: s.recall("a", 1, query=[0.0, 0.0, 0.0]), "zero vector"),
         (lambda s: s.recall("a", 1, query=[np.nan, 0.0, 1.0]), "NaN"),
         (lambda s: s.recall("a", 1, query=["x"]), "sequence of numbers"),
+        # Undecoded text: its byte values were taken as a vector before.
+        (lambda s: s.recall("a", 1, query=b"abc"), "got bytes \\(decode text first\\)"),
+        (lambda s: s.recall("a", 1, query=bytearray(b"abc")), "got bytearray"),
+        (lambda s: s.add_episode("a", "x", 0.5, embedding=b"abc"), "got bytes"),
         (lambda s: s.add_episode("a", "x", 0.5, embedding=[1.0]), "dimension 1"),
         (lambda s: s.add_episode("a", "x", 0.5, embedding=[0.0, 0.0, 0.0]), "zero"),
         (lambda s: ar.EpisodicStore(similarity_weight=-1.0), "similarity_weight"),

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyIterator, PyList, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyIterator, PyList, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::args::{self, memory_text, OutOfRange};
@@ -501,6 +501,14 @@ struct Hooks {
 fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
     if let Ok(array) = value.extract::<numpy::PyReadonlyArray1<'_, f32>>() {
         return Ok(array.as_array().to_vec());
+    }
+    // Bytes are a sequence of ints too: undecoded text would silently become a vector.
+    if value.is_instance_of::<PyBytes>() || value.is_instance_of::<PyByteArray>() {
+        return Err(CoreError::Memory(format!(
+            "{what} must be a 1-D float32 array or a sequence of numbers, got {} (decode text first)",
+            value.get_type().name()?
+        ))
+        .into());
     }
     value.extract::<Vec<f32>>().map_err(|_| {
         CoreError::Memory(format!(
