@@ -259,3 +259,46 @@ async def test_a_parallel_rounds_questions_about_different_tools_are_asked_at_on
     # `add` and `double` are asked about together; the second `add` waits for the first
     # answer (it may be remembered for it).
     assert peak == 2
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_a_round_with_a_refused_call_charges_no_action_and_asks_nothing(
+    durable: bool,
+) -> None:
+    @ar.tool
+    def other(a: int) -> int:
+        """Not allowed."""
+        return a
+
+    asked: list[str] = []
+
+    async def approve(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        asked.append(tool)
+        return ar.ApprovalDecision("approve")
+
+    capabilities = ar.CapabilitySet(allowed_tools=["add"], max_actions=10)
+    calls = [("add", {"a": 1, "b": 2}), ("other", {"a": 1}), ("add", {"a": 3, "b": 4})]
+    provider = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply(calls), "done"])
+    rt = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"),
+        tools=[add, other],
+        capabilities=capabilities,
+        approval_handler=approve,
+        checkpoint_backend=ar.InMemoryBackend() if durable else None,
+    )
+    with pytest.raises(ar.PolicyDeniedError, match="other"):
+        await rt.run_agent_with_provider("a", "q", provider)
+    assert capabilities.actions_taken == 0 and asked == []
+
+
+def test_a_component_class_of_classmethods_and_staticmethods_is_accepted() -> None:
+    class Caps:
+        @staticmethod
+        def check_tool(name: str) -> None:
+            return None
+
+        @classmethod
+        def record_action(cls) -> None:
+            return None
+
+    ar.AgentRuntime(capabilities=Caps)  # type: ignore[arg-type]

@@ -559,3 +559,40 @@ async def test_numpy_scalars_and_arrays_are_rendered_as_json_numbers() -> None:
 async def test_an_object_with_tolist_is_rendered_by_it() -> None:
     spec = ar.ToolSpec("arr", "d", lambda a: {"a": array.array("i", [1, 2])})
     assert (await ar.ToolRegistry([spec]).call("arr", {})).content == '{"a": [1, 2]}'
+
+
+def test_a_tls_failure_wrapped_by_an_http_client_is_permanent() -> None:
+    import ssl
+
+    import httpx
+
+    # As httpx reports a bad certificate: its ConnectError raised from httpcore's, which
+    # was raised while handling the ssl error, with that context suppressed.
+    httpcore_error = _fake("httpcore", "ConnectError")
+    try:
+        try:
+            raise ssl.SSLCertVerificationError(1, "certificate verify failed")
+        except ssl.SSLError as tls:
+            raise httpcore_error(str(tls)) from None
+    except Exception as inner:
+        outer = httpx.ConnectError("certificate verify failed")
+        outer.__cause__ = inner
+    assert classify_error(outer) == "permanent"
+    assert classify_error(httpx.ConnectError("refused")) == "transient"  # no TLS failure
+
+
+def test_a_tool_spec_copies() -> None:
+    import copy
+
+    spec = ar.tool(timeout=5)(_module_level_add)
+    for clone in (copy.copy(spec), copy.deepcopy(spec)):
+        assert (clone.name, clone.timeout, clone.parameters) == (
+            spec.name,
+            spec.timeout,
+            spec.parameters,
+        )
+
+
+def _module_level_add(a: int, b: int) -> int:
+    """Adds."""
+    return a + b

@@ -51,6 +51,7 @@ from llm_agent_runtime.events import (
     LlmTextDelta,
     RunFinished,
     RunStarted,
+    Subscription,
     ToolCallFinished,
     ToolCallStarted,
 )
@@ -232,6 +233,7 @@ __all__ = [
     "SentenceTransformerEmbedder",
     "SqliteBackend",
     "Step",
+    "Subscription",
     "SystemClock",
     "ToolCallFinished",
     "ToolCallStarted",

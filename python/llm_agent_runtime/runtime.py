@@ -169,8 +169,23 @@ class Middleware:
         return None
 
 
+def _unbound(cls: type, method: str) -> bool:
+    """Whether `method` of class `cls` needs an instance.
+
+    A classmethod or staticmethod works on the class itself.
+    """
+    raw = inspect.getattr_static(cls, method, None)
+    if (
+        isinstance(raw, (classmethod, staticmethod))
+        or type(raw).__name__ == "classmethod_descriptor"
+    ):
+        return False
+    return inspect.isfunction(raw) or inspect.ismethoddescriptor(raw)
+
+
 def _required(name: str, value: Any, methods: Sequence[str]) -> None:
-    if isinstance(value, type):  # its methods are there, unbound: the first call would fail
+    # A class given for an instance: its methods would be called unbound and fail.
+    if isinstance(value, type) and any(_unbound(value, m) for m in methods):
         raise AgentRuntimeError(
             f"{name} must be an instance, got the class {value.__name__} (call it: "
             f"{value.__name__}(...))"
@@ -1147,15 +1162,12 @@ class AgentRuntime:
 
         `busy` accumulates the time any of the calls' tools ran.
 
-        Every call is guarded (middlewares, capabilities, approval) before any starts: a
-        round that fails there (a capability refuses a call) fails with no call started,
-        rather than cut off calls that were half done. The calls are guarded concurrently,
-        so the approval questions of a round are all asked at once.
+        Every call is guarded (middlewares, capabilities, approval: `_guard_calls`) before
+        any starts: a round that fails there (a capability refuses a call) fails with no call
+        started, rather than cut off calls that were half done.
         """
         if self._guarded:
-            resolved = await _all_or_none(
-                self._guard_call(session, c.name, c.arguments) for c in calls
-            )
+            resolved = await self._guard_calls(session, [(c.name, c.arguments) for c in calls])
         else:
             resolved = [(c.name, c.arguments, None) for c in calls]
         limit = asyncio.Semaphore(self.config.max_parallel_tool_calls)
@@ -1245,45 +1257,57 @@ class AgentRuntime:
     async def _guard_call(
         self, session: AgentSession, name: str, arguments: Any
     ) -> tuple[str, Any, Observation | None]:
-        """Middlewares, capabilities and approval of one call.
+        """Middlewares, capabilities and approval of one call (see `_guard_calls`)."""
+        (resolved,) = await self._guard_calls(session, [(name, arguments)])
+        return resolved
 
-        Returns the call to run (as the middlewares left it) and a denial, if it is denied.
-        Capabilities check the call the middlewares leave, so a rewrite cannot reach a tool
-        the agent may not use.
+    async def _guard_calls(
+        self, session: AgentSession, calls: Sequence[tuple[str, Any]]
+    ) -> list[tuple[str, Any, Observation | None]]:
+        """Middlewares, capabilities and approval of a round's calls, before any of them runs.
+
+        Returns each call to run (as the middlewares left it) and its denial, if denied. The
+        middlewares see the calls in order; the capabilities check every call they leave
+        (so a rewrite cannot reach a tool the agent may not use) before any action is
+        recorded, so a round with a refused call fails having charged none; the approval
+        questions are then asked concurrently (one at a time per tool, see `_approve`).
         """
-        for hook in self._hooks["on_tool_call"]:
-            rewritten = await _maybe_await(hook(session, name, arguments))
-            if rewritten is not None:
-                pair = isinstance(rewritten, (tuple, list)) and len(rewritten) == 2
-                if not (pair and isinstance(rewritten[0], str)):
-                    raise AgentRuntimeError(
-                        "on_tool_call must return None or a (tool name, arguments) pair, got "
-                        + (
-                            f"{rewritten!r:.80}"
-                            if isinstance(rewritten, (tuple, list))
-                            else _kind(rewritten)
-                        )
-                    )
-                name, arguments = rewritten
-        if self.capabilities is not None:
-            self.capabilities.check_tool(name)
-            self.capabilities.record_action()
-        if self.approval_handler is not None:
-            decision = await self._approve(session, name, arguments)
-            if decision.action == "deny":
-                reason = decision.reason or "denied by the approval handler"
-                denial = f"error: tool call {name!r} denied: {reason}"
-                limit = self.config.max_observation_chars
-                return name, arguments, Observation(_truncate(denial, limit), "permanent")
-            if decision.action == "edit":
-                arguments = decision.arguments
+        rewritten: list[tuple[str, Any]] = []
+        for name, arguments in calls:
+            for hook in self._hooks["on_tool_call"]:
+                result = await _maybe_await(hook(session, name, arguments))
+                if result is not None:
+                    name, arguments = _rewritten_call(result)
+            rewritten.append((name, arguments))
+        capabilities = self.capabilities
+        if capabilities is not None:
+            for name, _ in rewritten:
+                capabilities.check_tool(name)
+            for _ in rewritten:
+                capabilities.record_action()
+        if self.approval_handler is None:
+            return [(name, arguments, None) for name, arguments in rewritten]
+        return await _all_or_none(self._decide(session, n, a) for n, a in rewritten)
+
+    async def _decide(
+        self, session: AgentSession, name: str, arguments: Any
+    ) -> tuple[str, Any, Observation | None]:
+        """The approval handler's decision on one call: the call to run and its denial."""
+        decision = await self._approve(session, name, arguments)
+        if decision.action == "deny":
+            reason = decision.reason or "denied by the approval handler"
+            denial = f"error: tool call {name!r} denied: {reason}"
+            limit = self.config.max_observation_chars
+            return name, arguments, Observation(_truncate(denial, limit), "permanent")
+        if decision.action == "edit":
+            arguments = decision.arguments
         return name, arguments, None
 
     async def _approve(self, session: AgentSession, name: str, arguments: Any) -> ApprovalDecision:
         cache = self._approvals.setdefault(session.session_id, {})
         # One question per tool at a time: a later call waits for the first answer, which may
-        # be remembered for it. (A round's calls are guarded concurrently, before any runs:
-        # see `_run_parallel`; questions about different tools are asked at once.)
+        # be remembered for it. (A round's questions are asked concurrently, before any call
+        # runs: see `_guard_calls`; questions about different tools are asked at once.)
         locks = self._approval_locks.setdefault(session.session_id, {})
         async with locks.setdefault(name, asyncio.Lock()):
             # Approvals and denials are remembered per tool; an edit only for the same
@@ -1481,7 +1505,7 @@ class AgentRuntime:
     ) -> ToolRun:
         """Runs one tool call under the journal: its intent is recorded right before it runs.
 
-        The call is first guarded (middlewares, capabilities, approval: `_resolve_call`,
+        The call is first guarded (middlewares, capabilities, approval: `_resolve_calls`,
         unless `resolved` says what it resolved to already), so the journal and the repeat
         rule concern the tool that actually runs, and a run stopped before its call was
         approved has journaled nothing (it is resumed as if the call had not come yet).
@@ -1501,7 +1525,10 @@ class AgentRuntime:
         if entry.get("state") == "done":
             return _journaled_run(entry, name, arguments)
         if resolved is None:
-            resolved = await self._resolve_call(session, step, index, name, arguments, entry)
+            resolutions = await self._resolve_calls(
+                session, step, [(index, name, arguments, entry)]
+            )
+            resolved = resolutions[index]
         name, arguments, denial = resolved
         run_id = self._durable_runs[session_id].run
         key = idempotency_key(session_id, step, index)
@@ -1550,35 +1577,43 @@ class AgentRuntime:
             await checkpoints.journal(session_id, step, index, done)
         return run
 
-    async def _resolve_call(
+    async def _resolve_calls(
         self,
         session: AgentSession,
         step: int,
-        index: int,
-        name: str,
-        arguments: Any,
-        entry: dict[str, Any],
-    ) -> tuple[str, Any, Observation | None]:
-        """The call a journaled tool call runs: its tool, its arguments, and a denial if any.
+        calls: Sequence[tuple[int, str, Any, dict[str, Any]]],
+    ) -> dict[int, tuple[str, Any, Observation | None]]:
+        """What journaled tool calls run, by index: tool, arguments, and a denial if any.
 
-        A call of this run that may have run (its intent is journaled) is repeated as it was
-        approved, with the tool and arguments the intent names, when that tool allows it.
-        Any other call is guarded now (middlewares, capabilities, approval: `_guard_call`).
+        `calls` are (index, name, arguments, journal entry). A call of this run that may have
+        run (its intent is journaled) is repeated as it was approved, with the tool and
+        arguments the intent names, when that tool allows it; those are checked first, so no
+        approval is asked in vain. The others are guarded now, together (middlewares,
+        capabilities, approval: `_guard_calls`).
 
         Raises:
-            ToolError: The call may have run and its tool must not run twice.
+            ToolError: A call may have run and its tool must not run twice.
         """
         session_id = session.session_id
-        if entry.get("state") == "intent" and entry.get("run") is not None:
-            name, arguments = entry.get("tool", name), entry.get("arguments", arguments)
-            self._check_repeatable(session_id, step, index, name, entry)
-            return name, arguments, None
-        denial = None
-        if self._guarded:
-            name, arguments, denial = await self._guard_call(session, name, arguments)
-        # An intent of an older version named the model's call: decided by the one that runs.
-        self._check_repeatable(session_id, step, index, name, entry)
-        return name, arguments, denial
+        resolved: dict[int, tuple[str, Any, Observation | None]] = {}
+        fresh: list[tuple[int, str, Any, dict[str, Any]]] = []
+        for index, name, arguments, entry in calls:
+            if entry.get("state") == "intent" and entry.get("run") is not None:
+                name, arguments = entry.get("tool", name), entry.get("arguments", arguments)
+                self._check_repeatable(session_id, step, index, name, entry)
+                resolved[index] = (name, arguments, None)
+            else:
+                fresh.append((index, name, arguments, entry))
+        if self._guarded and fresh:
+            guarded = await self._guard_calls(session, [(n, a) for _, n, a, _ in fresh])
+        else:
+            guarded = [(n, a, None) for _, n, a, _ in fresh]
+        for (index, _, _, entry), call in zip(fresh, guarded, strict=True):
+            # An intent of an older version named the model's call: decided by the one that
+            # runs.
+            self._check_repeatable(session_id, step, index, call[0], entry)
+            resolved[index] = call
+        return resolved
 
     def _check_repeatable(
         self, session_id: str, step: int, index: int, name: str, entry: dict[str, Any]
@@ -1620,7 +1655,6 @@ class AgentRuntime:
         """
         # A parallel round's finished calls are journaled one by one, so an interruption
         # re-runs none of them.
-        session_id = session.session_id
         step = session.step_count + 1
         saved_round: dict[str, Any] = {
             "text": text,
@@ -1634,19 +1668,11 @@ class AgentRuntime:
         for index in range(len(calls)):
             entries.setdefault(index, {"round": saved_round, "index": index})
         pending = [i for i in range(len(calls)) if entries[i].get("state") != "done"]
-        for index in pending:  # first what needs no guard (no approval is asked in vain)
-            entry = entries[index]
-            if entry.get("state") == "intent" and entry.get("run") is not None:
-                ran = entry.get("tool", calls[index].name)
-                self._check_repeatable(session_id, step, index, ran, entry)
-        # Guarded concurrently, as `_run_parallel` does: a round's questions are asked at once.
-        resolutions = await _all_or_none(
-            self._resolve_call(
-                session, step, index, calls[index].name, calls[index].arguments, entries[index]
-            )
-            for index in pending
+        resolved = await self._resolve_calls(
+            session,
+            step,
+            [(i, calls[i].name, calls[i].arguments, entries[i]) for i in pending],
         )
-        resolved = dict(zip(pending, resolutions, strict=True))
 
         def one(index: int, call: ToolCall) -> Awaitable[ToolRun]:
             return self._durable_call(
@@ -1864,6 +1890,20 @@ os.register_at_fork(after_in_child=_new_session_id_prefix)
 def new_session_id() -> str:
     """Returns a fresh session id (32 hex characters, unique across processes)."""
     return f"{_session_id_prefix}{next(_session_counter):016x}"
+
+
+def _rewritten_call(result: Any) -> tuple[str, Any]:
+    """An `on_tool_call` hook's rewrite: a (tool name, arguments) pair.
+
+    Raises:
+        AgentRuntimeError: The hook returned anything else (None means "keep the call").
+    """
+    if isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[0], str):
+        return result[0], result[1]
+    shown = f"{result!r:.80}" if isinstance(result, (tuple, list)) else _kind(result)
+    raise AgentRuntimeError(
+        f"on_tool_call must return None or a (tool name, arguments) pair, got {shown}"
+    )
 
 
 class _BusyTime:

@@ -119,7 +119,8 @@ def classify_error(error: BaseException) -> ErrorKind:
     class name along the exception's MRO, without importing them: requests'
     `ConnectionError` and `Timeout` (not `SSLError`), httpx's `TransportError` (not
     `UnsupportedProtocol` nor `LocalProtocolError`), aiohttp's `ClientConnectionError` (not
-    `ClientSSLError` nor `ServerFingerprintMismatch`). An HTTP error status those clients
+    `ClientSSLError` nor `ServerFingerprintMismatch`), unless an `ssl.SSLError` caused them
+    (no retry fixes a bad certificate). An HTTP error status those clients
     raise (httpx's `HTTPStatusError`, requests' `HTTPError`, aiohttp's
     `ClientResponseError`) is transient when the providers would retry it too: 408, 409,
     429 and 5xx. An exception group (say, from a `TaskGroup`) is transient when all its
@@ -140,6 +141,8 @@ def classify_error(error: BaseException) -> ErrorKind:
         if members and all(classify_error(m) == "transient" for m in members):
             return "transient"
         return "permanent"
+    if _tls_failure(error):
+        return "permanent"
     for klass in type(error).__mro__:
         kind = _THIRD_PARTY_KINDS.get((_package(klass), klass.__name__))
         if kind is not None:
@@ -148,6 +151,24 @@ def classify_error(error: BaseException) -> ErrorKind:
     if status is not None and is_retryable_status(status):
         return "transient"
     return "permanent"
+
+
+def _tls_failure(error: BaseException) -> bool:
+    """Whether `error` is an `ssl.SSLError` or was raised while handling one.
+
+    HTTP clients wrap a TLS failure (a bad certificate, say) in their connection errors
+    (httpx's `ConnectError`, through httpcore's, which hides it as a suppressed context),
+    which are transient otherwise: every cause and context is followed. Told by class name:
+    importing `ssl` here would slow every import.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(_package(k) == "ssl" and k.__name__ == "SSLError" for k in type(current).__mro__):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _http_status(error: BaseException) -> int | None:
@@ -420,10 +441,12 @@ class ToolSpec:
         self._direct: Callable[..., Awaitable[Any]] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "timeout":  # also when set after `@tool`
-            _check_timeout(self.name, value)
+        # Checked also when set after `@tool`; a copy or an unpickled spec sets its slots in
+        # their order, before `name`.
+        if name == "timeout":
+            _check_timeout(getattr(self, "name", "?"), value)
         elif name == "handler":
-            _check_handler(self.name, value)
+            _check_handler(getattr(self, "name", "?"), value)
         object.__setattr__(self, name, value)
         if name in _RUN_SETTINGS:
             object.__setattr__(self, "_direct", None)
