@@ -35,6 +35,7 @@ from llm_agent_runtime.errors import (
     ToolError,
     is_retryable_status,
 )
+from llm_agent_runtime.orchestration._calls import is_async_callable
 from llm_agent_runtime.orchestration.circuit_breaker import CircuitBreaker
 
 __all__ = ["ErrorKind", "Observation", "ToolRegistry", "ToolSpec", "tool"]
@@ -427,7 +428,7 @@ class ToolSpec:
         self.run_inline = run_inline
         self.idempotent = idempotent
         self.takes_idempotency_key = takes_idempotency_key
-        self.is_async = _is_async_callable(handler)
+        self.is_async = is_async_callable(handler)
         # Checks an arguments dict; `@tool` puts pydantic's validator here. It may raise a
         # bare ValidationError, or whatever a validator raises: `check_arguments` wraps bare
         # values and explains failures. `_check` may drop keys it does not know (a cheaper
@@ -795,21 +796,6 @@ class _WorkerPool:
 _POOL = _WorkerPool(min(32, (os.cpu_count() or 1) + 4))  # the default executor's size
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_POOL._reset)
-
-
-def _is_async_callable(handler: Any) -> bool:
-    """Whether calling `handler` returns a coroutine.
-
-    True for an async function, an object with an async `__call__`, or a `functools.partial`
-    of either.
-    """
-    while isinstance(handler, functools.partial):
-        handler = handler.func
-    if inspect.iscoroutinefunction(handler):
-        return True
-    if isinstance(handler, type) or inspect.isroutine(handler):
-        return False  # calling a class makes an instance; a plain routine was checked above
-    return inspect.iscoroutinefunction(type(handler).__call__)
 
 
 _ARG_SECTIONS = frozenset(
@@ -1192,7 +1178,7 @@ def tool(
             validated_defaults,
             None if fills_defaults else full_check,
         )
-        is_async = _is_async_callable(func)
+        is_async = is_async_callable(func)
 
         handler_takes_keywords = not positional and var_positional is None
         if not handler_takes_keywords:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,6 +20,37 @@ async def call_maybe_async(fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
     if inspect.isawaitable(result):
         return await result
     return result
+
+
+def is_async_callable(fn: Any) -> bool:
+    """Whether calling `fn` returns a coroutine.
+
+    True for an async function, an object with an async `__call__`, or a `functools.partial`
+    of either.
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if isinstance(fn, type) or inspect.isroutine(fn):
+        return False  # calling a class makes an instance; a plain routine was checked above
+    return inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def refuse_awaitable(result: Any, api: str) -> None:
+    """Raises `TypeError` when a sync API's callable returned an awaitable (closed first).
+
+    Its work would run, unobserved, only if someone awaited it: a sync wrapper would take
+    an un-awaited coroutine for a success.
+    """
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()  # no "never awaited" warning: it is refused on purpose
+        raise TypeError(
+            f"{api} needs a sync callable, and this one returned {type(result).__name__}: "
+            "use the async API for async callables"
+        )
 
 
 def keep_alive(future: F) -> F:

@@ -55,7 +55,8 @@ class ResultCache:
         """The cache key of a call.
 
         Raises:
-            TypeError: an argument is not JSON-serializable.
+            TypeError: an argument is not JSON-serializable, or a dict in it has a key that
+                is not a string (see `canonical_key`).
         """
         return tool, canonical_key(**arguments)
 

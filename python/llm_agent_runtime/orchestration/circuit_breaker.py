@@ -37,11 +37,16 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from llm_agent_runtime.errors import CircuitOpenError
-from llm_agent_runtime.orchestration._calls import call_maybe_async, keep_alive
+from llm_agent_runtime.orchestration._calls import (
+    call_maybe_async,
+    is_async_callable,
+    keep_alive,
+    refuse_awaitable,
+)
 from llm_agent_runtime.orchestration._checks import check_count
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
@@ -434,7 +439,17 @@ class CircuitBreaker:
         return state
 
     def add_listener(self, listener: Callable[[CircuitStateChange], None]) -> None:
-        """Calls `listener` with a `CircuitStateChange` on every state change."""
+        """Calls `listener` with a `CircuitStateChange` on every state change.
+
+        Raises:
+            TypeError: `listener` is async: state changes happen in sync code, where it
+                could not be awaited (schedule a task from a sync listener instead).
+        """
+        if is_async_callable(listener):
+            raise TypeError(
+                "a circuit state-change listener must be sync: state changes happen where it "
+                "cannot be awaited (a sync listener can schedule a task)"
+            )
         self._listeners.append(listener)
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -474,7 +489,8 @@ class CircuitBreaker:
 
         Raises:
             CircuitOpenError: the circuit is open; `fn` was not called.
-            TypeError: the breaker uses a shared backend, which needs the async API.
+            TypeError: the breaker uses a shared backend, which needs the async API; or `fn`
+                returned an awaitable (an async callable: it counts as a failed call).
         """
         states = self._local_states
         if states is None:
@@ -483,6 +499,10 @@ class CircuitBreaker:
             # The fast path, as in `call`.
             try:
                 result = fn(*args, **kwargs)
+                # What an async callable returns (isawaitable's ABC check would double the
+                # fast path's cost; the slow path checks any awaitable).
+                if type(result) is CoroutineType:
+                    refuse_awaitable(result, "CircuitBreaker.call_sync")
             except BaseException as exc:
                 self._exit_sync(exc, None)
                 raise
@@ -496,6 +516,7 @@ class CircuitBreaker:
         trial = self._trial_token(old, new)
         try:
             result = fn(*args, **kwargs)
+            refuse_awaitable(result, "CircuitBreaker.call_sync")
         except BaseException as exc:
             self._exit_sync(exc, trial)
             raise
@@ -523,8 +544,8 @@ class CircuitBreaker:
         await self._exit(exc, trial)
 
     def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Decorates a sync or async function so every call goes through the breaker."""
-        if inspect.iscoroutinefunction(fn):
+        """Decorates a sync or async callable so every call goes through the breaker."""
+        if is_async_callable(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from typing import Protocol, runtime_checkable
 
@@ -70,10 +71,11 @@ class FakeClock:
         """Moves time forward, waking every sleeper whose deadline has come.
 
         Raises:
-            ValueError: `seconds` is negative (monotonic time never goes back).
+            ValueError: `seconds` is negative (monotonic time never goes back), NaN or
+                infinite (time would stay NaN or infinite for good).
         """
-        if seconds < 0:
-            raise ValueError(f"cannot move a monotonic clock back ({seconds} s)")
+        if not 0 <= seconds < math.inf:  # NaN fails too
+            raise ValueError(f"can only move a clock forward by a finite time, got {seconds} s")
         self._now += seconds
         while self._sleepers and self._sleepers[0][0] <= self._now:
             _, _, future = heapq.heappop(self._sleepers)
@@ -106,8 +108,8 @@ class FakeClock:
         self._jump_scheduled = False
         while self._sleepers and self._sleepers[0][2].done():
             heapq.heappop(self._sleepers)  # cancelled sleepers
-        if not self._sleepers:
-            return
+        if not self._sleepers or self._sleepers[0][0] == math.inf:
+            return  # what sleeps for ever is never woken, as on the system clock
         self.advance(max(0.0, self._sleepers[0][0] - self._now))
         if self._sleepers:
             self._schedule_jump()

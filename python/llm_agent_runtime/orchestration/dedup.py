@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -17,10 +18,30 @@ __all__ = ["Deduplicator", "canonical_key"]
 def canonical_key(*args: Any, **kwargs: Any) -> str:
     """Canonical JSON of call arguments (sorted keys, no spaces), usable as a dedup key.
 
+    Tuples and lists give the same key (JSON has arrays only), as JSON-decoded arguments
+    would hold them.
+
     Raises:
-        TypeError: an argument is not JSON-serializable.
+        TypeError: an argument is not JSON-serializable, or a dict in it has a key that is
+            not a string (JSON would turn `1` into `"1"`: two calls would share a key).
     """
+    _check_keys(args)
+    _check_keys(kwargs)
     return json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"))
+
+
+def _check_keys(value: Any) -> None:
+    """Raises `TypeError` for a dict, anywhere in `value`, with a key that is not a str."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"canonical_key needs string dict keys, got {type(key).__name__} {key!r:.40}"
+                )
+            _check_keys(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_keys(item)
 
 
 class Deduplicator:
@@ -28,7 +49,9 @@ class Deduplicator:
 
     Callers asking for a key already running wait for that execution instead of starting
     another. The execution runs as its own task, so one caller's cancellation does not cancel
-    it for the others. A failure is passed to every waiter and is not cached.
+    it for the others. A failure is passed to every waiter and is not cached. Expired
+    results are dropped as new ones come in, so a stream of distinct keys holds only the
+    results of the last `ttl` seconds.
 
     Args:
         ttl: seconds a completed result is served (0 disables result caching, `math.inf`
@@ -45,7 +68,8 @@ class Deduplicator:
         self.ttl = ttl
         self._clock = clock or SYSTEM_CLOCK
         self._in_flight: dict[Hashable, asyncio.Task[Any]] = {}
-        self._done: dict[Hashable, tuple[float, Any]] = {}
+        # By expiry: every result lives `ttl`, so the oldest stored expires first.
+        self._done: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
         self.executions = 0
         """Times a request was actually executed."""
 
@@ -82,7 +106,15 @@ class Deduplicator:
         if task.cancelled() or task.exception() is not None:
             return
         if self.ttl > 0:
-            self._done[key] = (self._clock.now() + self.ttl, task.result())
+            now = self._clock.now()
+            done = self._done
+            done[key] = (now + self.ttl, task.result())
+            done.move_to_end(key)
+            while done:  # the expired results, oldest first: amortized O(1) a result
+                oldest, (expires, _) = next(iter(done.items()))
+                if now < expires:
+                    break
+                del done[oldest]
 
     def forget(self, key: Hashable) -> None:
         """Drops a cached result (a running execution is left alone)."""

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from llm_agent_runtime.errors import PipelineStageError
-from llm_agent_runtime.orchestration._calls import call_maybe_async
 
 __all__ = ["Pipeline"]
 
@@ -69,7 +69,11 @@ class Pipeline:
         """
         for index, (name, fn) in enumerate(self._stages):
             try:
-                value = await call_maybe_async(fn, value)
+                # Called here, not in a helper coroutine: a sync stage's StopIteration stays
+                # itself (a coroutine would turn it into a RuntimeError).
+                value = fn(value)
+                if inspect.isawaitable(value):
+                    value = await value
             except Exception as exc:
                 raise PipelineStageError(
                     f"pipeline stage {index} ({name!r}) failed: {exc}", stage=name

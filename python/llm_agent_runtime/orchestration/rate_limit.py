@@ -10,6 +10,9 @@ from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 _ROUNDING = 1e-9
 """Tokens a bucket may lack by float rounding alone (4.1 - 4.0 is not quite 0.1 seconds)."""
 
+_FIRST_SWEEP = 1024
+"""Buckets held before refilled ones are first dropped."""
+
 __all__ = ["RateLimiter"]
 
 
@@ -17,7 +20,9 @@ class RateLimiter:
     """A token bucket per key: `capacity` tokens, refilled at `rate` tokens per second.
 
     `try_acquire` takes tokens or refuses at once; `acquire` waits until they are there.
-    Meant for one event loop (not shared between threads).
+    Meant for one event loop (not shared between threads). A bucket that has refilled is
+    dropped now and then (a new key starts full, as it would), so many distinct keys do not
+    pile up.
 
     Args:
         rate: tokens added per second.
@@ -36,6 +41,7 @@ class RateLimiter:
         self.capacity = capacity
         self._clock = clock or SYSTEM_CLOCK
         self._buckets: dict[Hashable, tuple[float, float]] = {}
+        self._sweep_at = _FIRST_SWEEP  # buckets held when refilled ones are next dropped
 
     def tokens(self, key: Hashable = "default") -> float:
         """Tokens available for `key` now."""
@@ -44,6 +50,20 @@ class RateLimiter:
     def _refill(self, key: Hashable, now: float) -> float:
         level, last = self._buckets.get(key, (self.capacity, now))
         return min(self.capacity, level + (now - last) * self.rate)
+
+    def _store(self, key: Hashable, level: float, now: float) -> None:
+        """Records `key`'s bucket; when the buckets have doubled, first drops the full ones.
+
+        A sweep of n buckets comes after n/2 new ones at least: amortized O(1) a write.
+        """
+        buckets = self._buckets
+        if len(buckets) >= self._sweep_at:
+            rate, capacity = self.rate, self.capacity
+            full = [k for k, (lv, last) in buckets.items() if lv + (now - last) * rate >= capacity]
+            for k in full:
+                del buckets[k]
+            self._sweep_at = max(_FIRST_SWEEP, 2 * len(buckets))
+        buckets[key] = (level, now)
 
     def _check(self, tokens: float) -> None:
         if not 0 < tokens <= self.capacity:  # NaN fails too
@@ -59,9 +79,9 @@ class RateLimiter:
         now = self._clock.now()
         level = self._refill(key, now)
         if level > tokens - _ROUNDING:
-            self._buckets[key] = (max(level - tokens, 0.0), now)
+            self._store(key, max(level - tokens, 0.0), now)
             return True
-        self._buckets[key] = (level, now)
+        self._store(key, level, now)
         return False
 
     async def acquire(self, key: Hashable = "default", tokens: float = 1.0) -> None:
@@ -78,12 +98,13 @@ class RateLimiter:
         now = self._clock.now()
         level = self._refill(key, now) - tokens
         if level > -_ROUNDING:
-            self._buckets[key] = (max(level, 0.0), now)
+            self._store(key, max(level, 0.0), now)
             return
-        self._buckets[key] = (level, now)
+        self._store(key, level, now)
         try:
             await self._clock.sleep(-level / self.rate)
         except BaseException:
-            current, last = self._buckets[key]
-            self._buckets[key] = (current + tokens, last)
+            bucket = self._buckets.get(key)
+            if bucket is not None:  # else it has refilled since, and was dropped: full
+                self._buckets[key] = (bucket[0] + tokens, bucket[1])
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from llm_agent_runtime.errors import (
     AgentRuntimeError,
     BudgetExceededError,
     CircuitOpenError,
+    PipelineStageError,
     PolicyDeniedError,
     ProviderError,
 )
@@ -19,6 +21,8 @@ from llm_agent_runtime.orchestration._checks import check_count
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["DEFAULT_MAX_DELAY", "RetryPolicy"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_DELAY = 60.0
 """No backoff ever waits longer than this many seconds."""
@@ -89,10 +93,20 @@ class RetryPolicy:
         self._rng = rng or random.Random()
 
     def should_retry(self, error: BaseException) -> bool:
-        """Whether `error` may succeed on another attempt."""
+        """Whether `error` may succeed on another attempt.
+
+        A `PipelineStageError` is judged by the stage's own error (its `__cause__`). A
+        `retry_on` that raises is logged and means "no": the call's own error propagates.
+        """
+        while isinstance(error, PipelineStageError) and error.__cause__ is not None:
+            error = error.__cause__
         if isinstance(error, NEVER_RETRIED) or not isinstance(error, Exception):
             return False
-        return self.retry_on(error)
+        try:
+            return bool(self.retry_on(error))
+        except Exception:
+            logger.exception("retry_on raised on %r: not retried", error)
+            return False
 
     def delay_for(self, attempt: int, error: BaseException | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""

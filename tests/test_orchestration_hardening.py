@@ -1,0 +1,198 @@
+"""Orchestration primitives at their edges: async callables handed to sync paths, tables that
+must not grow for ever, retry decisions that see through pipelines or fail themselves, keys
+that must not collide, and a fake clock that refuses times no clock can show."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import math
+import warnings
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.orchestration import (
+    CircuitBreaker,
+    Deduplicator,
+    FakeClock,
+    Pipeline,
+    RateLimiter,
+    ResultCache,
+    RetryPolicy,
+    canonical_key,
+)
+
+
+class AsyncService:
+    """An object whose `__call__` is async (fails every time)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        raise ConnectionError("down")
+
+
+async def test_a_breaker_decorating_an_async_callable_object_counts_its_failures() -> None:
+    # It was wrapped as a sync function: each call "succeeded" with an un-awaited coroutine.
+    breaker = CircuitBreaker("svc", failure_threshold=2, recovery_window=60)
+    service = AsyncService()
+    guarded = breaker(service)
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            await guarded()
+    assert breaker.state == "open" and service.calls == 2
+    with pytest.raises(ar.CircuitOpenError):
+        await guarded()
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["fast path", "half-open trial"])
+def test_call_sync_refuses_an_async_callable(closed: bool) -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("svc", failure_threshold=1, recovery_window=1, clock=clock)
+    if not closed:
+        with pytest.raises(ZeroDivisionError):
+            breaker.call_sync(lambda: 1 / 0)
+        clock.advance(2)  # the next call is a trial
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(TypeError, match=r"needs a sync callable.*coroutine"):
+            breaker.call_sync(AsyncService())
+        gc.collect()  # a coroutine left unclosed warns when collected
+    assert not [w for w in seen if "never awaited" in str(w.message)]
+    assert breaker.state == "open"  # a refused call is a failed one (the trial too)
+
+
+def test_an_async_state_change_listener_is_refused() -> None:
+    breaker = CircuitBreaker("svc")
+
+    async def listener(change: Any) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="listener must be sync"):
+        breaker.add_listener(listener)
+    breaker.add_listener(lambda change: None)
+
+
+async def test_expired_dedup_results_are_dropped_as_new_ones_come() -> None:
+    clock = FakeClock()
+    dedup = Deduplicator(ttl=1.0, clock=clock)
+    for i in range(5_000):
+        await dedup.run(("user", i), lambda: "x")
+        if i % 100 == 99:
+            clock.advance(10.0)
+    assert len(dedup._done) <= 100  # the results of the last second only
+    await dedup.run("fresh", lambda: "x")
+    assert await dedup.run("fresh", lambda: "other") == "x"  # a live result is still served
+
+
+async def test_refilled_rate_limit_buckets_are_dropped() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate=10, capacity=10, clock=clock)
+    for i in range(20_000):
+        assert limiter.try_acquire(("user", i))
+        if i % 100 == 99:
+            clock.advance(10.0)
+    assert len(limiter._buckets) <= 2_048
+    # A dropped bucket is a full one, as a new key's: nothing about limiting changes.
+    assert limiter.tokens(("user", 0)) == 10
+    for _ in range(10):
+        assert limiter.try_acquire("hot")
+    assert not limiter.try_acquire("hot")
+
+
+async def test_a_waiter_cancelled_after_its_bucket_was_dropped_refunds_nothing() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate=1, capacity=1, clock=clock)
+    assert limiter.try_acquire("k")
+    waiter = asyncio.ensure_future(limiter.acquire("k"))
+    await asyncio.sleep(0)
+    del limiter._buckets["k"]  # as a sweep does once the bucket has refilled
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert limiter.tokens("k") == 1
+
+
+async def test_a_retry_predicate_that_raises_leaves_the_calls_own_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(error: BaseException) -> bool:
+        raise KeyError("bug in the predicate")
+
+    async def fails() -> None:
+        raise ValueError("the real failure")
+
+    policy = RetryPolicy(max_attempts=3, retry_on=broken, clock=FakeClock())
+    with caplog.at_level(logging.ERROR), pytest.raises(ValueError, match="the real failure"):
+        await policy.run(fails)
+    assert "retry_on raised" in caplog.text
+
+
+async def test_retry_judges_a_pipeline_failure_by_the_stages_own_error() -> None:
+    attempts = 0
+
+    async def flaky(value: str) -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise ar.ProviderError("busy", status=503, retryable=True)
+        return value + "!"
+
+    policy = RetryPolicy(max_attempts=5, clock=FakeClock())
+    assert await policy.run(Pipeline(flaky).run, "hi") == "hi!" and attempts == 3
+
+    spent = 0
+
+    def spend(value: int) -> int:
+        nonlocal spent
+        spent += 1
+        raise ar.BudgetExceededError("spent")
+
+    permissive = RetryPolicy(max_attempts=4, retry_on=lambda e: True, clock=FakeClock())
+    with pytest.raises(ar.PipelineStageError):
+        await permissive.run(Pipeline(spend).run, 1)
+    assert spent == 1  # never retried, wrapped or not
+
+
+async def test_a_sync_stage_raising_stop_iteration_keeps_it_as_the_cause() -> None:
+    def first(items: list[int]) -> int:
+        return next(iter(items))
+
+    with pytest.raises(ar.PipelineStageError) as raised:
+        await Pipeline(first).run([])
+    assert type(raised.value.__cause__) is StopIteration
+
+
+def test_canonical_keys_do_not_collide_across_key_types() -> None:
+    with pytest.raises(TypeError, match="string dict keys"):
+        canonical_key({1: "a"})
+    with pytest.raises(TypeError, match="string dict keys"):
+        canonical_key(filters=[{"nested": {2: "b"}}])
+    cache = ResultCache(max_entries=10, ttl=60)
+    cache.put("t", {"ids": {"1": "a"}}, ["1"])
+    with pytest.raises(TypeError):
+        cache.get("t", {"ids": {1: "a"}})  # was served ["1"], another call's result
+    assert canonical_key((1, 2)) == canonical_key([1, 2])  # documented: JSON has arrays only
+
+
+@pytest.mark.parametrize("seconds", [math.nan, math.inf, -1.0])
+def test_a_fake_clock_moves_forward_by_finite_times_only(seconds: float) -> None:
+    clock = FakeClock()
+    with pytest.raises(ValueError):
+        clock.advance(seconds)
+    assert clock.now() == 0.0
+
+
+async def test_a_fake_clock_never_jumps_to_an_endless_sleep() -> None:
+    clock = FakeClock()
+    forever = asyncio.ensure_future(clock.sleep(math.inf))
+    await clock.sleep(5.0)  # still woken: the endless one does not block the jump
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert clock.now() == 5.0 and not forever.done()
+    forever.cancel()
