@@ -392,9 +392,12 @@ def decode_arguments(
     Raises:
         ProviderError: The text is not a JSON object (never retryable: the same request
             gives the same reply). When the reply was cut off by the token limit, the message
-            says so rather than quoting the broken JSON.
+            says so rather than quoting the broken JSON; blank arguments then are cut off
+            too (the call would run with every default).
     """
     if not text.strip():
+        if stop_reason in TRUNCATION_STOP_REASONS:
+            raise _bad_arguments("blank", text, name, stop_reason)
         return default if default is not None else {}
     try:
         value = json.loads(text)
@@ -496,10 +499,11 @@ class Redactor:
 def transport_errors(name: str, redactor: Redactor) -> Iterator[None]:
     """Turns httpx transport failures into `ProviderError`, for async and sync clients alike.
 
-    Timeouts, network errors and connections the server dropped are retryable; other
-    transport failures (a URL scheme httpx cannot speak, a header it refuses) are not, as
-    another attempt fails the same way. The httpx error is the cause, redacted by `redactor`
-    (or not chained at all when redacting cannot hide the key).
+    Timeouts, network errors, connections the server dropped and bodies that do not decode
+    (a proxy's broken gzip) are retryable; other transport failures (a URL scheme httpx
+    cannot speak, a header it refuses) are not, as another attempt fails the same way. The
+    httpx error is the cause, redacted by `redactor` (or not chained at all when redacting
+    cannot hide the key).
 
     Args:
         name: Names the service in messages, e.g. "OpenAI".
@@ -513,6 +517,12 @@ def transport_errors(name: str, redactor: Redactor) -> Iterator[None]:
     except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
         error = ProviderError(
             redactor.redact(f"{name} connection failed: {type(exc).__name__}: {exc}"),
+            retryable=True,
+        )
+        raise error from redactor.cause(exc)
+    except httpx.DecodingError as exc:
+        error = ProviderError(
+            redactor.redact(f"{name} response body could not be decoded: {exc}"),
             retryable=True,
         )
         raise error from redactor.cause(exc)

@@ -113,7 +113,7 @@ class _FunctionCall(BaseModel):
 
 
 class _ToolCall(BaseModel):
-    id: str
+    id: str | None = None  # some compatible servers (NVIDIA NIM, StepFun) leave it out
     function: _FunctionCall
 
 
@@ -327,7 +327,7 @@ class OpenAIProvider(HttpProvider):
         message = choice.message
         calls = [
             ToolCall(
-                id=call.id,
+                id=call.id or f"call_{index}",  # as a streamed call without one is named
                 name=call.function.name or "",
                 arguments=decode_arguments(
                     call.function.arguments or "",
@@ -335,7 +335,7 @@ class OpenAIProvider(HttpProvider):
                     stop_reason=choice.finish_reason,
                 ),
             )
-            for call in message.tool_calls or ()
+            for index, call in enumerate(message.tool_calls or ())
         ]
         usage = parse_usage(_Usage, completion.usage, "OpenAI response").usage()
         text = message.content or ""
@@ -494,7 +494,12 @@ class _ToolCallAssembly:
         self._by_id: dict[str, PartialToolCall] = {}
 
     def call_of(self, index: int | None, call_id: str | None, name: str | None) -> PartialToolCall:
-        """The call a piece belongs to, started if the piece is its first."""
+        """The call a piece belongs to, started if the piece is its first.
+
+        An empty id or name is none (DashScope sends `"id": ""` on every continuation).
+        """
+        call_id = call_id or None
+        name = name or None
         call: PartialToolCall | None = None
         if index is not None:
             current = self._by_index.get(index)

@@ -1,0 +1,146 @@
+"""What compatible servers and proxies really send: broken compressed bodies, calls cut off
+before their arguments, empty or missing call ids. Over loopback HTTP, against the fake
+server speaking each wire format."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime import ProviderError, RetryPolicy
+from llm_agent_runtime.providers.base import Message
+
+from .conftest import PROVIDERS, make_provider
+from .fake_server import FakeLlmServer, Reply, Turn, anthropic_event, sse
+
+USER = [Message("user", "hi")]
+ONCE = RetryPolicy(max_attempts=1)
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    """One OpenAI chat.completion.chunk frame."""
+    return sse({"model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_a_body_that_does_not_decompress_is_a_retryable_provider_error(
+    kind: str, stream: bool, server: FakeLlmServer
+) -> None:
+    # A proxy's broken gzip escaped as httpx.DecodingError, which is no ProviderError.
+    headers = {
+        "content-type": "text/event-stream" if stream else "application/json",
+        "content-encoding": "gzip",
+    }
+    body = b"this is not gzip data" * 3
+    server.script(
+        Reply(frames=[body], headers=headers) if stream else Reply(body=body, headers=headers)
+    )
+    async with make_provider(kind, server, retry=ONCE) as llm:
+        with pytest.raises(ProviderError, match="could not be decoded") as raised:
+            if stream:
+                [event async for event in llm.chat_stream(USER)]
+            else:
+                await llm.chat(USER)
+    assert raised.value.retryable
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_a_bad_gateway_with_a_broken_body_is_retried(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    broken = Reply(
+        status=502,
+        body=b"<html>Bad Gateway</html>",
+        headers={"content-type": "text/html", "content-encoding": "gzip"},
+    )
+    server.script(broken, Turn("recovered"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        assert (await llm.chat(USER)).text == "recovered"
+    assert len(server.requests) == 2
+
+
+def _cut_before_arguments(kind: str) -> Reply:
+    """A tool call whose arguments never came: the token limit struck right after its name."""
+    if kind == "openai":
+        call = {"index": 0, "id": "c1", "type": "function"}
+        call["function"] = {"name": "cleanup", "arguments": ""}
+        frames = [chunk({"role": "assistant"}), chunk({"tool_calls": [call]}), chunk({}, "length")]
+        frames.append(sse("[DONE]"))
+    else:
+        block = {"type": "tool_use", "id": "toolu_1", "name": "cleanup", "input": {}}
+        frames = [
+            anthropic_event("message_start", message={"model": "m", "usage": {"input_tokens": 5}}),
+            anthropic_event("content_block_start", index=0, content_block=block),
+            anthropic_event("content_block_stop", index=0),
+            anthropic_event("message_delta", delta={"stop_reason": "max_tokens"}, usage={}),
+            anthropic_event("message_stop"),
+        ]
+    return Reply(frames=frames, headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_a_call_cut_off_before_its_arguments_never_runs(
+    kind: str, server: FakeLlmServer
+) -> None:
+    ran: list[Any] = []
+
+    @ar.tool
+    def cleanup(path: str = "/", recursive: bool = True) -> str:
+        """Deletes files under path."""
+        ran.append((path, recursive))
+        return "deleted"
+
+    server.script(_cut_before_arguments(kind))
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[cleanup])
+    runtime.events.on(lambda event: None)  # streamed
+    async with make_provider(kind, server, retry=ONCE) as llm:
+        with pytest.raises(ProviderError, match="cut off by the token limit"):
+            await runtime.run_agent_with_provider("a", "clean /tmp/x", llm)
+    assert ran == []  # it used to run with every default: cleanup("/", recursive=True)
+
+
+async def test_continuation_chunks_with_an_empty_id_continue_their_call(
+    server: FakeLlmServer,
+) -> None:
+    # DashScope (Qwen, GLM) sends "id": "" and "name": "" on every continuation.
+    first = {"index": 0, "id": "call_1", "type": "function"}
+    first["function"] = {"name": "bash", "arguments": ""}
+    pieces = ['{"comm', 'and": "ls"}']
+    frames = [chunk({"role": "assistant", "tool_calls": [first]})]
+    for piece in pieces:
+        more = {
+            "index": 0,
+            "id": "",
+            "type": "function",
+            "function": {"name": "", "arguments": piece},
+        }
+        frames.append(chunk({"tool_calls": [more]}))
+    frames += [chunk({}, "tool_calls"), sse("[DONE]")]
+    server.script(Reply(frames=frames, headers={"content-type": "text/event-stream"}))
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        events = [event async for event in llm.chat_stream(USER)]
+    (call,) = events[-1].response.tool_calls
+    assert (call.id, call.name, call.arguments) == ("call_1", "bash", {"command": "ls"})
+
+
+@pytest.mark.parametrize("call_id", [None, ""], ids=["null", "empty"])
+async def test_an_unstreamed_call_without_an_id_gets_one_as_a_streamed_call_does(
+    call_id: str | None, server: FakeLlmServer
+) -> None:
+    # NVIDIA NIM and StepFun leave ids out: the whole reply was refused as malformed.
+    call = {"id": call_id, "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    body = {
+        "model": "m",
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+    }
+    server.script(
+        Reply(body=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    )
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        (parsed,) = (await llm.chat(USER)).tool_calls
+    assert (parsed.id, parsed.name, parsed.arguments) == ("call_0", "add", {"a": 1})
