@@ -38,7 +38,9 @@ async def add(a: int, b: int) -> int:
 
 NATIVE_SCRIPT = [
     ar.ScriptedProvider.tool_call_reply([("add", {"a": i, "b": 1})]) for i in range(N_TOOL_CALLS)
-] + [ar.providers.base.ChatResponse(text="done")]
+] + [  # reporting its usage, as real providers do (without it, the runtime estimates it)
+    ar.providers.base.ChatResponse(text="done", usage=ar.providers.base.Usage(output_tokens=1))
+]
 REACT_SCRIPT = [
     f'Thought: step {i}\nAction: add {{"a": {i}, "b": 1}}' for i in range(N_TOOL_CALLS)
 ] + ["Thought: done\nAction: FINAL_ANSWER done"]

@@ -302,3 +302,27 @@ def test_a_component_class_of_classmethods_and_staticmethods_is_accepted() -> No
             return None
 
     ar.AgentRuntime(capabilities=Caps)  # type: ignore[arg-type]
+
+
+async def test_a_native_model_reporting_no_usage_is_charged_an_estimate() -> None:
+    # It was charged nothing, so a token budget never stopped a usage-less local server.
+    class NoUsage(ar.ScriptedProvider):
+        async def chat(self, messages: list[Message], *args: Any, **kwargs: Any) -> ChatResponse:
+            reply = await super().chat(messages, *args, **kwargs)
+            return ChatResponse(text=reply.text, tool_calls=reply.tool_calls)
+
+    calls = [("add", {"a": 1, "b": 2})]
+    script = [ar.ScriptedProvider.tool_call_reply(calls)] * 20
+    budget = ar.CostBudget(max_tokens=2_000)
+    config = ar.AgentConfig(mode="tools", max_iterations=20, system_prompt="S" * 2_000)
+    rt = ar.AgentRuntime(config, tools=[add], budget=budget)
+    with pytest.raises(ar.BudgetExceededError):
+        await rt.run_agent_with_provider("a", "q", NoUsage(script))
+    snapshot = rt.metrics.snapshot()
+    assert snapshot.input_tokens >= 500 and budget.used_tokens >= 2_000
+    assert snapshot.total_steps < 20  # stopped by the budget, not by max_iterations
+
+
+def test_a_scripted_tool_call_reply_reports_its_output_usage() -> None:
+    reply = ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})])
+    assert reply.usage.output_tokens >= 1

@@ -1005,6 +1005,10 @@ class AgentRuntime:
             usage = response.usage
             incomplete = None if replayed else response.stop_reason
             if not replayed:
+                if not (usage.input_tokens or usage.output_tokens):
+                    # A server that reports no usage: estimated, as in ReAct mode, so budgets
+                    # and token metrics still count the call.
+                    usage = self._estimated_usage(messages, text, response.tool_calls)
                 if stops and text:
                     cut = _cut_at_stop(text, stops)
                     if len(cut) < len(text):  # it ended at a stop sequence, before any cut
@@ -1097,6 +1101,16 @@ class AgentRuntime:
                 return
             if replayed:  # the round after may be journaled too (its checkpoint failed as well)
                 journal = await self._journal_of_next_step(session)
+
+    def _estimated_usage(
+        self, messages: Sequence[Message], text: str, calls: Sequence[ToolCall]
+    ) -> Usage:
+        """Tokens of a model call whose provider reported none, estimated from characters."""
+        sent = self._tool_definitions_chars + sum(len(m.content) for m in messages)
+        written = len(text) + sum(
+            len(c.name) + len(json.dumps(c.arguments, default=str)) for c in calls
+        )
+        return Usage(sent // _CHARS_PER_TOKEN, written // _CHARS_PER_TOKEN)
 
     def _chat(
         self,

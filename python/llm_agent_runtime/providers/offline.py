@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -75,12 +76,18 @@ class ScriptedProvider:
     def tool_call_reply(
         calls: Sequence[tuple[str, dict[str, Any]]], text: str = ""
     ) -> ChatResponse:
-        """Builds a response requesting native tool calls `(name, arguments)`, ids `call_<i>`."""
+        """Builds a response requesting native tool calls `(name, arguments)`, ids `call_<i>`.
+
+        Its usage counts the output (estimated from its characters, as `complete` does); its
+        input is not known until it is sent.
+        """
+        written = len(text) + sum(len(n) + len(json.dumps(a, default=str)) for n, a in calls)
         return ChatResponse(
             text=text,
             tool_calls=[
                 ToolCall(id=f"call_{i}", name=n, arguments=a) for i, (n, a) in enumerate(calls)
             ],
+            usage=Usage(output_tokens=max(1, written // 4)),
             stop_reason="tool_calls",
             model="scripted",
         )
