@@ -15,7 +15,11 @@ def to_networkx(graph: GraphStore) -> Any:
     """Exports `graph` as a `networkx.MultiDiGraph`.
 
     Nodes carry `label` and `properties`; edges carry `kind`, `weight` and `properties`,
-    in insertion order (parallel relationships stay separate edges).
+    added in insertion order (parallel relationships stay separate edges). networkx lists
+    edges grouped by their source node, so `from_networkx(to_networkx(g))` holds the same
+    relationships, each source's in their order, but not their order across sources: the
+    order of a traversal's visits among neighbours reached through different sources
+    (undirected BFS/DFS) may differ.
 
     Args:
         graph: The graph to export.

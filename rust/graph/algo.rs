@@ -330,22 +330,47 @@ pub fn cycles(snapshot: &Snapshot, cap: usize) -> Vec<Vec<u32>> {
     let mut blocked = vec![false; n];
     let mut blockers: Vec<Vec<u32>> = vec![Vec::new(); n];
     let (component_of, component_size) = strongly_connected(snapshot);
+    let mut members: Vec<Vec<u32>> = vec![Vec::new(); component_size.len()];
+    for v in 0..n as u32 {
+        members[component_of[v as usize] as usize].push(v); // ascending
+    }
+    let self_loop = |v: u32| adj.neighbors(v as usize).0.contains(&v);
+    // Nodes on no cycle among the nodes from the current start on. Removing nodes only
+    // splits components, so a node found on none stays on none: it is never looked at again
+    // (a large component with few cycles costs a few passes, not one per node).
+    let mut dead = vec![false; n];
     for s in 0..n as u32 {
         if found.len() >= cap {
             break;
         }
-        let self_loop = adj.neighbors(s as usize).0.contains(&s);
-        if component_size[component_of[s as usize] as usize] == 1 && !self_loop {
+        if dead[s as usize] {
+            continue;
+        }
+        let global = component_of[s as usize];
+        if component_size[global as usize] == 1 && !self_loop(s) {
             continue; // on no cycle at all
         }
-        // The strongly connected component of `s` among nodes >= s: forward ∩ backward reach.
-        let same = |w: u32| w >= s && component_of[w as usize] == component_of[s as usize];
-        let forward = reach_from(adj, s, same);
-        let backward = reach_from(snapshot.incoming(), s, same);
-        let component: Vec<u32> = forward
+        // The strongly connected components of `s`'s component among its live nodes >= s.
+        let live: Vec<u32> = members[global as usize]
             .iter()
             .copied()
-            .filter(|v| backward.binary_search(v).is_ok())
+            .filter(|&w| w >= s && !dead[w as usize])
+            .collect();
+        let (sub_of, sub_size) = components_among(snapshot, &live, |w| {
+            w >= s && !dead[w as usize] && component_of[w as usize] == global
+        });
+        for &v in &live {
+            if sub_size[sub_of[&v] as usize] == 1 && !self_loop(v) {
+                dead[v as usize] = true;
+            }
+        }
+        if dead[s as usize] {
+            continue;
+        }
+        let component: Vec<u32> = live
+            .iter()
+            .copied()
+            .filter(|v| sub_of[v] == sub_of[&s])
             .collect();
         for &v in &component {
             in_component[v as usize] = true;
@@ -456,21 +481,57 @@ pub fn strongly_connected(snapshot: &Snapshot) -> (Vec<u32>, Vec<usize>) {
     (component, sizes)
 }
 
-/// Sorted nodes reachable from `s` through nodes accepted by `allowed`.
-fn reach_from(adj: &Adjacency, s: u32, allowed: impl Fn(u32) -> bool) -> Vec<u32> {
-    let mut seen = rustc_hash::FxHashSet::default();
-    seen.insert(s);
-    let mut stack = vec![s];
-    while let Some(v) = stack.pop() {
-        for &w in adj.neighbors(v as usize).0 {
-            if allowed(w) && seen.insert(w) {
-                stack.push(w);
+/// Strongly connected components (Kosaraju) of the subgraph induced by `nodes`, the nodes
+/// `keep` accepts: each node's component and each component's size. Its cost is the
+/// subgraph's size, not the graph's.
+fn components_among(
+    snapshot: &Snapshot,
+    nodes: &[u32],
+    keep: impl Fn(u32) -> bool,
+) -> (rustc_hash::FxHashMap<u32, u32>, Vec<usize>) {
+    let mut visited = rustc_hash::FxHashSet::default();
+    let mut finished = Vec::with_capacity(nodes.len());
+    for &root in nodes {
+        if !visited.insert(root) {
+            continue;
+        }
+        let mut stack = vec![(root, 0usize)];
+        while let Some(&mut (v, ref mut next)) = stack.last_mut() {
+            let neighbors = snapshot.out().neighbors(v as usize).0;
+            if *next < neighbors.len() {
+                let w = neighbors[*next];
+                *next += 1;
+                if keep(w) && visited.insert(w) {
+                    stack.push((w, 0));
+                }
+            } else {
+                finished.push(v);
+                stack.pop();
             }
         }
     }
-    let mut out: Vec<u32> = seen.into_iter().collect();
-    out.sort_unstable();
-    out
+    let mut component = rustc_hash::FxHashMap::default();
+    let mut sizes = Vec::new();
+    for &root in finished.iter().rev() {
+        if component.contains_key(&root) {
+            continue;
+        }
+        let id = sizes.len() as u32;
+        component.insert(root, id);
+        let mut size = 0;
+        let mut stack = vec![root];
+        while let Some(v) = stack.pop() {
+            size += 1;
+            for &w in snapshot.incoming().neighbors(v as usize).0 {
+                if keep(w) && !component.contains_key(&w) {
+                    component.insert(w, id);
+                    stack.push(w);
+                }
+            }
+        }
+        sizes.push(size);
+    }
+    (component, sizes)
 }
 
 fn unblock(start: u32, blocked: &mut [bool], blockers: &mut [Vec<u32>]) {
