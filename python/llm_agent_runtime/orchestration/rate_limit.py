@@ -51,19 +51,17 @@ class RateLimiter:
         level, last = self._buckets.get(key, (self.capacity, now))
         return min(self.capacity, level + (now - last) * self.rate)
 
-    def _store(self, key: Hashable, level: float, now: float) -> None:
-        """Records `key`'s bucket; when the buckets have doubled, first drops the full ones.
+    def _sweep(self, now: float) -> None:
+        """Drops the buckets that have refilled (a new key starts full: nothing changes).
 
-        A sweep of n buckets comes after n/2 new ones at least: amortized O(1) a write.
+        Called when the buckets have doubled since the last sweep (`_sweep_at`): a sweep of
+        n buckets comes after n/2 new ones at least, amortized O(1) a write.
         """
-        buckets = self._buckets
-        if len(buckets) >= self._sweep_at:
-            rate, capacity = self.rate, self.capacity
-            full = [k for k, (lv, last) in buckets.items() if lv + (now - last) * rate >= capacity]
-            for k in full:
-                del buckets[k]
-            self._sweep_at = max(_FIRST_SWEEP, 2 * len(buckets))
-        buckets[key] = (level, now)
+        buckets, rate, capacity = self._buckets, self.rate, self.capacity
+        full = [k for k, (lv, last) in buckets.items() if lv + (now - last) * rate >= capacity]
+        for k in full:
+            del buckets[k]
+        self._sweep_at = max(_FIRST_SWEEP, 2 * len(buckets))
 
     def _check(self, tokens: float) -> None:
         if not 0 < tokens <= self.capacity:  # NaN fails too
@@ -78,10 +76,12 @@ class RateLimiter:
         self._check(tokens)
         now = self._clock.now()
         level = self._refill(key, now)
+        if len(self._buckets) >= self._sweep_at:  # inline: this is the hot path
+            self._sweep(now)
         if level > tokens - _ROUNDING:
-            self._store(key, max(level - tokens, 0.0), now)
+            self._buckets[key] = (max(level - tokens, 0.0), now)
             return True
-        self._store(key, level, now)
+        self._buckets[key] = (level, now)
         return False
 
     async def acquire(self, key: Hashable = "default", tokens: float = 1.0) -> None:
@@ -97,10 +97,12 @@ class RateLimiter:
         self._check(tokens)
         now = self._clock.now()
         level = self._refill(key, now) - tokens
+        if len(self._buckets) >= self._sweep_at:
+            self._sweep(now)
         if level > -_ROUNDING:
-            self._store(key, max(level, 0.0), now)
+            self._buckets[key] = (max(level, 0.0), now)
             return
-        self._store(key, level, now)
+        self._buckets[key] = (level, now)
         try:
             await self._clock.sleep(-level / self.rate)
         except BaseException:
