@@ -711,3 +711,23 @@ def test_orders_follow_entity_ids_also_after_a_removal() -> None:
         assert community == sorted(community, key=position.__getitem__)
     firsts = [position[c[0]] for c in communities]
     assert firsts == sorted(firsts)
+
+
+def test_numpy_integer_properties_are_ints() -> None:
+    # Graphs built from pandas carry numpy ints: they were refused as not JSON-compatible.
+    import networkx as nx
+    import numpy as np
+
+    g = ar.GraphStore()
+    g.add_entity("a", "x", {"n": np.int64(3), "u": np.uint64(2**64 - 1), "l": [np.int32(1)]})
+    assert g.entity("a")["properties"] == {"n": 3, "u": 2**64 - 1, "l": [1]}
+    assert type(g.entity("a")["properties"]["n"]) is int
+    source = nx.MultiDiGraph()
+    source.add_node("p", rank=np.int64(7))
+    source.add_node("q")
+    source.add_edge("p", "q", hops=np.int16(2))
+    imported = ar.from_networkx(source)
+    assert imported.entity("p")["properties"] == {"rank": 7}
+    assert imported.relationships()[0]["properties"] == {"hops": 2}
+    with pytest.raises(ar.GraphError, match="JSON-compatible"):
+        g.add_entity("b", "x", {"v": object()})

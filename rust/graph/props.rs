@@ -11,8 +11,9 @@ use crate::errors::{catch_panics, CoreError};
 
 const MAX_DEPTH: usize = 64;
 
-/// Converts a JSON-compatible Python value (dict with str keys, list/tuple, str, int, float,
-/// bool, None); anything else is a `GraphError` naming the type.
+/// Converts a JSON-compatible Python value (dict with str keys, list/tuple, str, int or any
+/// integer type with `__index__` such as numpy's, float, bool, None); anything else is a
+/// `GraphError` naming the type.
 pub fn to_json(value: &Bound<'_, PyAny>) -> PyResult<Value> {
     convert(value, 0)
 }
@@ -67,6 +68,12 @@ fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
             .map(|item| convert(&item?, depth + 1))
             .collect();
         return Ok(Value::Array(items?));
+    }
+    // Other integer types (numpy's, which pandas hands out) are ints through `__index__`.
+    if let Ok(index) = value.call_method0(pyo3::intern!(value.py(), "__index__")) {
+        if index.is_instance_of::<PyInt>() {
+            return convert(&index, depth);
+        }
     }
     Err(CoreError::Graph(format!(
         "properties must be JSON-compatible; got a {}",
