@@ -46,7 +46,7 @@ from llm_agent_runtime.events import (
     ToolCallFinished,
     ToolCallStarted,
 )
-from llm_agent_runtime.memory import fit_to_token_budget
+from llm_agent_runtime.memory import CHARS_PER_TOKEN, fit_to_token_budget
 from llm_agent_runtime.orchestration import BackpressureGuard, CapabilitySet, CostBudget
 from llm_agent_runtime.persistence.base import PersistenceBackend, session_key, step_key
 from llm_agent_runtime.persistence.checkpoints import (
@@ -66,6 +66,7 @@ from llm_agent_runtime.providers.base import (
     ToolCall,
     ToolDefinition,
     Usage,
+    estimated_output_tokens,
 )
 from llm_agent_runtime.session import AgentSession, Step
 from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, _truncate
@@ -80,7 +81,6 @@ InferFn = Callable[[str], Awaitable[str]]
 ToolRun = tuple[Observation, float, str, Any]
 """A tool call's observation, the tool's time in ms, and the name and arguments that ran."""
 
-_CHARS_PER_TOKEN = 4
 # How a text-mode model is asked to answer: the format the ReAct parser reads.
 _REACT_FORMAT = (
     "Answer with a thought and one action, a tool call with JSON arguments:\n"
@@ -499,7 +499,7 @@ class AgentRuntime:
         """
         if reserved_chars is None:
             reserved_chars = len(self.config.system_prompt)
-        budget = self.config.context_window_tokens * _CHARS_PER_TOKEN - reserved_chars
+        budget = self.config.context_window_tokens * CHARS_PER_TOKEN - reserved_chars
         turns: list[list[dict[str, Any]]] = []
         try:
             for message in messages:
@@ -851,8 +851,8 @@ class AgentRuntime:
                 if usage is not None and (usage.input_tokens or usage.output_tokens):
                     input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
                 else:  # a plain `infer`, or a provider that reports no usage: estimated
-                    input_tokens = len(text_prompt) // _CHARS_PER_TOKEN
-                    output_tokens = len(reply) // _CHARS_PER_TOKEN
+                    input_tokens = len(text_prompt) // CHARS_PER_TOKEN
+                    output_tokens = len(reply) // CHARS_PER_TOKEN
             except (TypeError, AttributeError) as error:
                 if isinstance(reply, str):
                     raise
@@ -1107,10 +1107,7 @@ class AgentRuntime:
     ) -> Usage:
         """Tokens of a model call whose provider reported none, estimated from characters."""
         sent = self._tool_definitions_chars + sum(len(m.content) for m in messages)
-        written = len(text) + sum(
-            len(c.name) + len(json.dumps(c.arguments, default=str)) for c in calls
-        )
-        return Usage(sent // _CHARS_PER_TOKEN, written // _CHARS_PER_TOKEN)
+        return Usage(sent // CHARS_PER_TOKEN, estimated_output_tokens(text, calls))
 
     def _chat(
         self,

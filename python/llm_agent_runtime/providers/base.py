@@ -8,11 +8,14 @@ models have already validated, and the agent loop reads their fields on every st
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from llm_agent_runtime.memory import CHARS_PER_TOKEN
 
 __all__ = [
     "TRUNCATION_STOP_REASONS",
@@ -26,6 +29,7 @@ __all__ = [
     "ToolCallDelta",
     "ToolDefinition",
     "Usage",
+    "estimated_output_tokens",
 ]
 
 TRUNCATION_STOP_REASONS = frozenset(("length", "max_tokens", "model_context_window_exceeded"))
@@ -135,6 +139,18 @@ class Usage:
     def total_tokens(self) -> int:
         """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
+
+
+def estimated_output_tokens(text: str, calls: Sequence[ToolCall] = ()) -> int:
+    """Output tokens of a reply whose provider reported none, estimated from characters.
+
+    The reply's text and each tool call's name and JSON arguments count, at
+    `memory.CHARS_PER_TOKEN` characters a token.
+    """
+    written = len(text) + sum(
+        len(c.name) + len(json.dumps(c.arguments, default=str)) for c in calls
+    )
+    return written // CHARS_PER_TOKEN
 
 
 @dataclass(slots=True)

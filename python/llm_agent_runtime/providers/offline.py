@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from llm_agent_runtime.errors import ProviderError
+from llm_agent_runtime.memory import CHARS_PER_TOKEN
 from llm_agent_runtime.providers.base import (
     ChatResponse,
     Message,
@@ -17,6 +17,7 @@ from llm_agent_runtime.providers.base import (
     ToolCall,
     ToolDefinition,
     Usage,
+    estimated_output_tokens,
 )
 
 __all__ = ["ScriptedProvider", "ScriptedReply"]
@@ -67,7 +68,7 @@ class ScriptedProvider:
             return reply
         return ChatResponse(
             text=reply,
-            usage=Usage(input_tokens=len(prompt) // 4, output_tokens=len(reply) // 4),
+            usage=Usage(len(prompt) // CHARS_PER_TOKEN, estimated_output_tokens(reply)),
             stop_reason="stop",
             model="scripted",
         )
@@ -81,13 +82,13 @@ class ScriptedProvider:
         Its usage counts the output (estimated from its characters, as `complete` does); its
         input is not known until it is sent.
         """
-        written = len(text) + sum(len(n) + len(json.dumps(a, default=str)) for n, a in calls)
+        tool_calls = [
+            ToolCall(id=f"call_{i}", name=n, arguments=a) for i, (n, a) in enumerate(calls)
+        ]
         return ChatResponse(
             text=text,
-            tool_calls=[
-                ToolCall(id=f"call_{i}", name=n, arguments=a) for i, (n, a) in enumerate(calls)
-            ],
-            usage=Usage(output_tokens=max(1, written // 4)),
+            tool_calls=tool_calls,
+            usage=Usage(output_tokens=max(1, estimated_output_tokens(text, tool_calls))),
             stop_reason="tool_calls",
             model="scripted",
         )
