@@ -58,8 +58,11 @@ class AgentConfig(BaseModel):
     """
 
     # `protected_namespaces=()`: `model_params` is a setting, not pydantic's (before 2.10,
-    # pydantic warns of any field named `model_...`).
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    # pydantic warns of any field named `model_...`). `defer_build`: the validator is built at
+    # the first validation, not at import, which then skips pydantic's plugin loading.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", protected_namespaces=(), defer_build=True
+    )
 
     max_iterations: int = Field(default=10, strict=True, ge=1, le=MAX_COUNT)
     model: str | None = None

@@ -109,7 +109,7 @@ class Message:
 class ToolDefinition(BaseModel):
     """A tool offered to the model: its name, description and JSON schema of arguments."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built at first use (import time)
 
     name: str
     """Tool name the model calls it by."""
