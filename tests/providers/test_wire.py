@@ -173,21 +173,30 @@ def _openai_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
     return sse({"model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
 
+def _openai_call_piece(
+    call_id: str | None, name: str | None, arguments: str, index: int | None
+) -> bytes:
+    fields: dict[str, Any] = {"type": "function", "function": {"arguments": arguments}}
+    if call_id is not None:
+        fields["id"] = call_id
+    if name is not None:
+        fields["function"]["name"] = name
+    if index is not None:
+        fields["index"] = index
+    return _openai_chunk({"tool_calls": [fields]})
+
+
+@pytest.mark.parametrize("ids", [True, False], ids=["ids", "no ids"])
 @pytest.mark.parametrize("form", ["all at index 0", "no index"])
 async def test_openai_compatible_tool_call_streams_are_told_apart(
-    form: str, server: FakeLlmServer
+    form: str, ids: bool, server: FakeLlmServer
 ) -> None:
-    """Some compatible servers send each call whole at index 0, or send no index at all."""
+    """Some compatible servers send each call whole at index 0, or send no index at all,
+    with or without ids."""
+    index = 0 if form == "all at index 0" else None
 
     def piece(call_id: str | None, name: str | None, arguments: str) -> bytes:
-        fields: dict[str, Any] = {"type": "function", "function": {"arguments": arguments}}
-        if call_id is not None:
-            fields["id"] = call_id
-        if name is not None:
-            fields["function"]["name"] = name
-        if form == "all at index 0":
-            fields["index"] = 0
-        return _openai_chunk({"tool_calls": [fields]})
+        return _openai_call_piece(call_id if ids else None, name, arguments, index)
 
     frames = [
         piece("c0", "add", '{"a": 1, "b": 2}'),
@@ -201,12 +210,34 @@ async def test_openai_compatible_tool_call_streams_are_told_apart(
         events = [e async for e in llm.chat_stream([Message("user", "go")], tools=[ADD])]
     end = events[-1]
     assert isinstance(end, StreamEnd)
+    first, second = ("c0", "c1") if ids else ("call_0", "call_1")
     assert end.response.tool_calls == [
-        ToolCall(id="c0", name="add", arguments={"a": 1, "b": 2}),
-        ToolCall(id="c1", name="mul", arguments={"x": 3}),
+        ToolCall(id=first, name="add", arguments={"a": 1, "b": 2}),
+        ToolCall(id=second, name="mul", arguments={"x": 3}),
     ]
     deltas = [e for e in events if isinstance(e, ToolCallDelta)]
     assert [d.index for d in deltas] == [0, 1, 1]
+
+
+@pytest.mark.parametrize("index", [0, None])
+async def test_openai_tool_name_repeated_in_every_piece_continues_the_call(
+    index: int | None, server: FakeLlmServer
+) -> None:
+    """A server that names the tool in every piece of a call still sends one call."""
+    frames = [
+        _openai_call_piece(None, "add", '{"a": 1,', index),
+        _openai_call_piece(None, "add", ' "b": 2}', index),
+        _openai_chunk({}, "tool_calls"),
+        sse("[DONE]"),
+    ]
+    server.script(Reply(frames=frames))
+    async with make_provider("openai", server) as llm:
+        events = [e async for e in llm.chat_stream([Message("user", "go")], tools=[ADD])]
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert end.response.tool_calls == [
+        ToolCall(id="call_0", name="add", arguments={"a": 1, "b": 2})
+    ]
 
 
 async def test_openai_non_streamed_tool_calls(server: FakeLlmServer) -> None:

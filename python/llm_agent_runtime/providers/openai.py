@@ -484,8 +484,11 @@ class _ToolCallAssembly:
 
     OpenAI gives each call an `index` (and its `id` in the first piece). Some compatible
     servers send every call whole at index 0 with its own id, or leave the index out (a
-    piece without index or id continues the last call). A call's position is the order in
-    which calls first appear.
+    piece without index or id continues the last call). Without ids, a piece naming a tool
+    starts a new call once the call it would continue has whole JSON arguments (OpenAI names
+    the tool in a call's first piece only; a server that repeats the name in every piece
+    does so before the arguments are whole). A call's position is the order in which calls
+    first appear.
     """
 
     def __init__(self) -> None:
@@ -509,6 +512,8 @@ class _ToolCallAssembly:
             call = self._by_id.get(call_id)
         elif self.calls:
             call = self.calls[-1]
+        if call is not None and call_id is None and name is not None and _whole(call):
+            call = None  # the next call, sent whole after this one without an id
         if call is None:
             call = PartialToolCall(len(self.calls), call_id, name)
             self.calls.append(call)
@@ -520,6 +525,16 @@ class _ToolCallAssembly:
         if call_id:
             self._by_id[call_id] = call
         return call
+
+
+def _whole(call: PartialToolCall) -> bool:
+    """Whether a named call's arguments so far are one whole JSON object."""
+    if call.name is None or not call.fragments:
+        return False
+    try:
+        return isinstance(json.loads("".join(call.fragments)), dict)
+    except ValueError:
+        return False
 
 
 def _wire_message(message: Message) -> dict[str, Any]:
