@@ -221,7 +221,9 @@ class AgentRuntime:
         middlewares: Hooks that may rewrite prompts, replies and tool calls.
         approval_handler: Approves, denies or edits tool calls.
         capabilities: Tools allowed and actions budget, checked per call.
-        budget: Token / cost budget, checked before each model call and charged after it.
+        budget: Token / cost budget, checked before each model call and charged after it:
+            with its tokens, and with its cost as the provider priced it (`Usage.cost_usd`:
+            give the provider its token prices, e.g. `input_cost_per_million`).
 
     Raises:
         AgentRuntimeError: On misconfiguration (wrong types, missing methods).
@@ -850,15 +852,17 @@ class AgentRuntime:
                         reply = await _rewrite(hook(session, reply), reply, "on_post_llm")
                 if usage is not None and (usage.input_tokens or usage.output_tokens):
                     input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+                    cost_usd = usage.cost_usd
                 else:  # a plain `infer`, or a provider that reports no usage: estimated
                     input_tokens = len(text_prompt) // CHARS_PER_TOKEN
                     output_tokens = len(reply) // CHARS_PER_TOKEN
+                    cost_usd = 0.0
             except (TypeError, AttributeError) as error:
                 if isinstance(reply, str):
                     raise
                 raise _not_text(reply) from error
             if not replayed:
-                self._charge(input_tokens, output_tokens)
+                self._charge(input_tokens, output_tokens, cost_usd)
                 if events.active:
                     response_event = (session.session_id, len(session.steps), reply, model_ms)
                     events.emit(_event(LlmResponse, response_event))
@@ -1018,7 +1022,7 @@ class AgentRuntime:
                     events.emit(_event(LlmTextDelta, (session.session_id, text)))
                 for hook in post_hooks:
                     text = await _rewrite(hook(session, text), text, "on_post_llm")
-                self._charge(usage.input_tokens, usage.output_tokens)
+                self._charge(usage.input_tokens, usage.output_tokens, usage.cost_usd)
                 if events.active:
                     response_event = (session.session_id, len(session.steps), text, model_ms)
                     events.emit(_event(LlmResponse, response_event))
@@ -1353,13 +1357,15 @@ class AgentRuntime:
             self._approvals.pop(session_id, None)
             self._approval_locks.pop(session_id, None)
 
-    def _charge(self, input_tokens: int, output_tokens: int) -> None:
+    def _charge(self, input_tokens: int, output_tokens: int, cost_usd: float = 0.0) -> None:
+        """Counts one model call's tokens, and charges them and its cost (the provider's
+        `Usage.cost_usd`) to the budget."""
         self.metrics.record_tokens(input_tokens, output_tokens)
         if self.budget is not None:
             # Going past the limit is recorded all the same: the reply is paid for and kept,
             # and the next model call is refused.
             with contextlib.suppress(BudgetExceededError):
-                self.budget.record(input_tokens, output_tokens)
+                self.budget.record(input_tokens, output_tokens, cost_usd)
 
     def _commit_step(
         self,

@@ -138,3 +138,29 @@ async def test_stop_sequences_are_sent_and_replies_cut_there(
     else:
         assert session.steps[0].thought == "Adding."
         assert tool_results(kind, server.requests[1].json) == [("call_1", "5")]
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_runtime_budget_counts_the_money_its_provider_prices(
+    kind: str, mode: str, streaming: bool, server: FakeLlmServer
+) -> None:
+    """The provider prices each call (`Usage.cost_usd`); the runtime charges that cost to its
+    own budget, so a dollar limit stops runs (it used to be charged tokens only: $0)."""
+    per_call = (11 * 1000.0 + 7 * 2000.0) / 1e6  # the fake server's usage: 11 in, 7 out
+    final = "Thought: done\nAction: FINAL_ANSWER 5"  # a final answer in either mode
+    server.script(Turn(final), Turn(final), Turn(final))
+    budget = ar.CostBudget(max_cost_usd=per_call * 1.5)
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode), budget=budget)
+    if streaming:
+        runtime.events.on(lambda event: None)  # a listener makes native calls stream
+    prices = {"input_cost_per_million": 1000.0, "output_cost_per_million": 2000.0}
+    async with make_provider(kind, server, **prices) as llm:
+        await runtime.run_agent_with_provider("a", "q", llm)
+        assert budget.used_cost_usd == pytest.approx(per_call)
+        await runtime.run_agent_with_provider("a", "q", llm)  # admitted: $0.025 of $0.0375
+        assert budget.used_cost_usd == pytest.approx(2 * per_call)
+        with pytest.raises(ar.BudgetExceededError, match="cost budget spent"):
+            await runtime.run_agent_with_provider("a", "q", llm)
+    assert len(server.requests) == 2
+    assert all(r.streamed == (streaming and mode == "tools") for r in server.requests)

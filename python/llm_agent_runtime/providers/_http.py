@@ -891,24 +891,25 @@ class HttpTransport:
             self.budget.check()
 
     def charge(self, usage: Usage) -> None:
-        """Feeds one call's usage to the metrics and the budget (which may then raise).
+        """Prices one call's usage (sets `usage.cost_usd`), then feeds it to the metrics and
+        the budget (which may then raise).
 
         The metrics and the budget count every input token (`usage.input_tokens`); the cost
         prices the input read from the prompt cache and the input written to it at their
         own prices, and the rest at the input price.
         """
         input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+        cached, written = usage.cached_input_tokens, usage.cache_write_tokens
+        usage.cost_usd = (
+            max(0, input_tokens - cached - written) * self.input_cost_per_million
+            + cached * self.cached_input_cost_per_million
+            + written * self.cache_write_cost_per_million
+            + output_tokens * self.output_cost_per_million
+        ) / 1_000_000
         if self.metrics is not None:
             self.metrics.record_tokens(input_tokens, output_tokens)
         if self.budget is not None:
-            cached, written = usage.cached_input_tokens, usage.cache_write_tokens
-            cost = (
-                max(0, input_tokens - cached - written) * self.input_cost_per_million
-                + cached * self.cached_input_cost_per_million
-                + written * self.cache_write_cost_per_million
-                + output_tokens * self.output_cost_per_million
-            ) / 1_000_000
-            self.budget.record(input_tokens, output_tokens, cost)
+            self.budget.record(input_tokens, output_tokens, usage.cost_usd)
 
 
 def _is_event_stream(content_type: str) -> bool:
