@@ -1359,7 +1359,8 @@ class AgentRuntime:
 
     def _charge(self, input_tokens: int, output_tokens: int, cost_usd: float = 0.0) -> None:
         """Counts one model call's tokens, and charges them and its cost (the provider's
-        `Usage.cost_usd`) to the budget."""
+        `Usage.cost_usd`) to the budget.
+        """
         self.metrics.record_tokens(input_tokens, output_tokens)
         if self.budget is not None:
             # Going past the limit is recorded all the same: the reply is paid for and kept,

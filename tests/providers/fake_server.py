@@ -88,6 +88,9 @@ class Turn:
     cache_write_tokens: int = 0
     """Anthropic only: input tokens written to the prompt cache, on top of `input_tokens`
     (`cache_creation_input_tokens`)."""
+    cache_write_1h_tokens: int = 0
+    """Anthropic only: of `cache_write_tokens`, those written to the 1-hour cache (the
+    `cache_creation` breakdown by lifetime)."""
     reasoning: list[dict[str, Any]] = field(default_factory=list)
     """Anthropic only: `thinking` / `redacted_thinking` blocks put before the text, as the
     API sends them (streamed: a thinking block's text in `thinking_delta` pieces of about 8
@@ -253,6 +256,10 @@ def render_anthropic(turn: Turn, stream: bool) -> Reply:
     if turn.cache_read_tokens or turn.cache_write_tokens:
         usage["cache_read_input_tokens"] = turn.cache_read_tokens
         usage["cache_creation_input_tokens"] = turn.cache_write_tokens
+        usage["cache_creation"] = {
+            "ephemeral_5m_input_tokens": turn.cache_write_tokens - turn.cache_write_1h_tokens,
+            "ephemeral_1h_input_tokens": turn.cache_write_1h_tokens,
+        }
     blocks: list[dict[str, Any]] = list(turn.reasoning)
     if turn.text:
         blocks.append({"type": "text", "text": turn.text})

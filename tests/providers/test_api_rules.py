@@ -127,13 +127,65 @@ async def test_anthropic_prices_cache_reads_and_writes(
     assert budget.used_tokens == 102_057
     expected = (50 * 3.0 + 100_000 * 0.3 + 2_000 * 3.75 + 7 * 15.0) / 1e6
     assert budget.used_cost_usd == pytest.approx(expected)  # was $0.306, 8x this
-    # Prices of one's own (the 1-hour cache bills writes 2x, say).
+    # Prices of one's own.
     budget = CostBudget(max_cost_usd=10.0)
     own = {"cached_input_cost_per_million": 0.5, "cache_write_cost_per_million": 6.0}
     async with make_provider("anthropic", server, budget=budget, **prices, **own) as llm:
         await reply(llm, [Message("user", "x")], streamed)
     expected = (50 * 3.0 + 100_000 * 0.5 + 2_000 * 6.0 + 7 * 15.0) / 1e6
     assert budget.used_cost_usd == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_anthropic_prices_writes_to_the_1_hour_cache_apart(
+    streamed: bool, server: FakeLlmServer
+) -> None:
+    # Of 3,000 tokens written, 1,000 went to the 1-hour cache: billed 2x the input price,
+    # the other 2,000 (5-minute) 1.25x. All were billed 1.25x before.
+    turn = Turn("hi", input_tokens=50, cache_write_tokens=3_000, cache_write_1h_tokens=1_000)
+    server.script(turn, turn)
+    budget = CostBudget(max_cost_usd=10.0)
+    prices = {"input_cost_per_million": 3.0, "output_cost_per_million": 15.0}
+    async with make_provider("anthropic", server, budget=budget, **prices) as llm:
+        response = await reply(llm, [Message("user", "x")], streamed)
+    usage = response.usage
+    assert (usage.input_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens) == (
+        3_050,
+        3_000,
+        1_000,
+    )
+    expected = (50 * 3.0 + 2_000 * 3.75 + 1_000 * 6.0 + 7 * 15.0) / 1e6
+    assert usage.cost_usd == pytest.approx(expected)
+    assert budget.used_cost_usd == pytest.approx(expected)
+    # A price of one's own for the 1-hour writes.
+    budget = CostBudget(max_cost_usd=10.0)
+    own = {"cache_write_1h_cost_per_million": 9.0}
+    async with make_provider("anthropic", server, budget=budget, **prices, **own) as llm:
+        await reply(llm, [Message("user", "x")], streamed)
+    expected = (50 * 3.0 + 2_000 * 3.75 + 1_000 * 9.0 + 7 * 15.0) / 1e6
+    assert budget.used_cost_usd == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("breakdown", "hour"),
+    [(None, 0), ([1], 0), ("x", 0), ({"ephemeral_1h_input_tokens": "9"}, 0), ({}, 0)]
+    + [({"ephemeral_1h_input_tokens": n}, h) for n, h in [(-5, 0), (40, 40), (10**6, 100)]],
+)
+async def test_anthropic_odd_cache_breakdowns_lose_no_counts(
+    breakdown: Any, hour: int, server: FakeLlmServer
+) -> None:
+    usage = {"input_tokens": 5, "output_tokens": 2, "cache_creation_input_tokens": 100}
+    body = {
+        "model": "m",
+        "content": [{"type": "text", "text": "x"}],
+        "stop_reason": "end_turn",
+        "usage": {**usage, "cache_creation": breakdown},
+    }
+    server.script(Reply(body=json.dumps(body).encode()))
+    async with make_provider("anthropic", server) as llm:
+        got = (await llm.chat([Message("user", "x")])).usage
+    assert (got.input_tokens, got.output_tokens, got.cache_write_tokens) == (105, 2, 100)
+    assert got.cache_write_1h_tokens == hour  # never beyond the writes, never below 0
 
 
 async def test_anthropic_stream_keeps_the_cache_counts_a_later_delta_leaves_out(
@@ -226,6 +278,7 @@ async def test_openai_usage_details_of_odd_shapes_lose_no_counts(server: FakeLlm
         ("openai", "cached_input_cost_per_million"),
         ("anthropic", "cached_input_cost_per_million"),
         ("anthropic", "cache_write_cost_per_million"),  # OpenAI bills no cache writes
+        ("anthropic", "cache_write_1h_cost_per_million"),
     ],
 )
 @pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])

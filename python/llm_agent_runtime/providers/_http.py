@@ -570,6 +570,8 @@ class HttpTransport:
             prompt cache (`Usage.cached_input_tokens`); None: `input_cost_per_million`.
         cache_write_cost_per_million: US dollars per million input tokens written to the
             prompt cache (`Usage.cache_write_tokens`); None: `input_cost_per_million`.
+        cache_write_1h_cost_per_million: The same for those written to the 1-hour cache
+            (`Usage.cache_write_1h_tokens`); None: `cache_write_cost_per_million`.
     """
 
     def __init__(
@@ -589,6 +591,7 @@ class HttpTransport:
         output_cost_per_million: float,
         cached_input_cost_per_million: float | None = None,
         cache_write_cost_per_million: float | None = None,
+        cache_write_1h_cost_per_million: float | None = None,
     ) -> None:
         if timeout <= 0 or connect_timeout <= 0:
             raise ValueError("timeouts must be > 0 seconds")
@@ -596,11 +599,14 @@ class HttpTransport:
             cached_input_cost_per_million = input_cost_per_million
         if cache_write_cost_per_million is None:
             cache_write_cost_per_million = input_cost_per_million
+        if cache_write_1h_cost_per_million is None:
+            cache_write_1h_cost_per_million = cache_write_cost_per_million
         prices = (
             input_cost_per_million,
             output_cost_per_million,
             cached_input_cost_per_million,
             cache_write_cost_per_million,
+            cache_write_1h_cost_per_million,
         )
         if not all(0 <= price < float("inf") for price in prices):  # NaN fails too
             raise ValueError("token prices must be finite and >= 0")
@@ -623,6 +629,7 @@ class HttpTransport:
         self.output_cost_per_million = output_cost_per_million
         self.cached_input_cost_per_million = cached_input_cost_per_million
         self.cache_write_cost_per_million = cache_write_cost_per_million
+        self.cache_write_1h_cost_per_million = cache_write_1h_cost_per_million
 
     def __reduce__(self) -> Any:
         # The headers hold the API key: never let it reach a pickle (or a checkpoint).
@@ -895,15 +902,17 @@ class HttpTransport:
         the budget (which may then raise).
 
         The metrics and the budget count every input token (`usage.input_tokens`); the cost
-        prices the input read from the prompt cache and the input written to it at their
-        own prices, and the rest at the input price.
+        prices the input read from the prompt cache and the input written to it (to the
+        1-hour cache apart) at their own prices, and the rest at the input price.
         """
         input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
         cached, written = usage.cached_input_tokens, usage.cache_write_tokens
+        written_1h = min(written, usage.cache_write_1h_tokens)
         usage.cost_usd = (
             max(0, input_tokens - cached - written) * self.input_cost_per_million
             + cached * self.cached_input_cost_per_million
-            + written * self.cache_write_cost_per_million
+            + (written - written_1h) * self.cache_write_cost_per_million
+            + written_1h * self.cache_write_1h_cost_per_million
             + output_tokens * self.output_cost_per_million
         ) / 1_000_000
         if self.metrics is not None:

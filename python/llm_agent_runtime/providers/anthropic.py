@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANTHROPIC_VERSION",
     "CACHE_READ_PRICE_FACTOR",
+    "CACHE_WRITE_1H_PRICE_FACTOR",
     "CACHE_WRITE_PRICE_FACTOR",
     "DEFAULT_ANTHROPIC_BASE_URL",
     "DEFAULT_ANTHROPIC_MODEL",
@@ -63,6 +64,9 @@ CACHE_READ_PRICE_FACTOR = 0.1
 CACHE_WRITE_PRICE_FACTOR = 1.25
 """Price of an input token written to the prompt cache (the default, 5-minute cache), as a
 multiple of the input price."""
+CACHE_WRITE_1H_PRICE_FACTOR = 2.0
+"""Price of an input token written to the 1-hour prompt cache (`"ttl": "1h"`), as a multiple
+of the input price."""
 
 _RESERVED_PARAMS = frozenset(("messages", "model", "stream", "system", "tools"))
 _REASONING_BLOCKS = frozenset(("thinking", "redacted_thinking"))
@@ -108,6 +112,9 @@ class _Usage(BaseModel):
     output_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
+    cache_creation: Any = None
+    """The cache writes by lifetime (those to the 1-hour cache are billed apart); read
+    leniently: an odd breakdown loses only itself, not the counts."""
 
     def usage(self, earlier: Usage | None = None) -> Usage:
         """The counts as a `Usage`; those not given are `earlier`'s (0 without it).
@@ -125,8 +132,12 @@ class _Usage(BaseModel):
         read = read if read is not None else earlier.cached_input_tokens
         written = self.cache_creation_input_tokens
         written = written if written is not None else earlier.cache_write_tokens
+        breakdown = self.cache_creation
+        hour = breakdown.get("ephemeral_1h_input_tokens") if isinstance(breakdown, dict) else None
+        if type(hour) is not int:  # absent, null or not a count: as the earlier event said
+            hour = earlier.cache_write_1h_tokens
         output = self.output_tokens if self.output_tokens is not None else earlier.output_tokens
-        return Usage(uncached + read + written, output, read, written)
+        return Usage(uncached + read + written, output, read, written, max(0, min(hour, written)))
 
 
 class _Message(BaseModel):
@@ -226,9 +237,11 @@ class AnthropicProvider(HttpProvider):
             prompt cache (`cache_read_input_tokens`). None: `CACHE_READ_PRICE_FACTOR` (0.1)
             times the input price, as Anthropic bills them.
         cache_write_cost_per_million: US dollars per million input tokens written to the
-            prompt cache (`cache_creation_input_tokens`). None: `CACHE_WRITE_PRICE_FACTOR`
-            (1.25) times the input price, the price of the default 5-minute cache; set it
-            (to 2 times the input price) when writing to the 1-hour cache.
+            5-minute prompt cache (`cache_creation_input_tokens`, but for the 1-hour cache's
+            share). None: `CACHE_WRITE_PRICE_FACTOR` (1.25) times the input price.
+        cache_write_1h_cost_per_million: US dollars per million input tokens written to the
+            1-hour prompt cache (`cache_creation.ephemeral_1h_input_tokens`). None:
+            `CACHE_WRITE_1H_PRICE_FACTOR` (2) times the input price.
 
     Raises:
         ProviderError: No API key for Anthropic's own API, a key no HTTP header can carry
@@ -255,6 +268,7 @@ class AnthropicProvider(HttpProvider):
         output_cost_per_million: float = 0.0,
         cached_input_cost_per_million: float | None = None,
         cache_write_cost_per_million: float | None = None,
+        cache_write_1h_cost_per_million: float | None = None,
     ) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -305,6 +319,11 @@ class AnthropicProvider(HttpProvider):
                 CACHE_WRITE_PRICE_FACTOR * input_cost_per_million
                 if cache_write_cost_per_million is None
                 else cache_write_cost_per_million
+            ),
+            cache_write_1h_cost_per_million=(
+                CACHE_WRITE_1H_PRICE_FACTOR * input_cost_per_million
+                if cache_write_1h_cost_per_million is None
+                else cache_write_1h_cost_per_million
             ),
         )
 

@@ -134,6 +134,9 @@ class Usage:
     cache_write_tokens: int = 0
     """Of `input_tokens`, those written to the prompt cache (Anthropic's
     `cache_creation_input_tokens`), which are billed at a higher price."""
+    cache_write_1h_tokens: int = 0
+    """Of `cache_write_tokens`, those written to the 1-hour prompt cache (Anthropic's
+    `cache_creation.ephemeral_1h_input_tokens`), which are billed higher still."""
     cost_usd: float = 0.0
     """What the call cost in US dollars, at the token prices the provider was given (0 when
     it was given none). An `AgentRuntime` charges it to its `CostBudget`."""
