@@ -1358,8 +1358,9 @@ class AgentRuntime:
             self._approval_locks.pop(session_id, None)
 
     def _charge(self, input_tokens: int, output_tokens: int, cost_usd: float = 0.0) -> None:
-        """Counts one model call's tokens, and charges them and its cost (the provider's
-        `Usage.cost_usd`) to the budget.
+        """Counts one model call's tokens; charges them and its cost to the budget.
+
+        `cost_usd` is the provider's price of the call (`Usage.cost_usd`).
         """
         self.metrics.record_tokens(input_tokens, output_tokens)
         if self.budget is not None:

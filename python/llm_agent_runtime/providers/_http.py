@@ -898,9 +898,9 @@ class HttpTransport:
             self.budget.check()
 
     def charge(self, usage: Usage) -> None:
-        """Prices one call's usage (sets `usage.cost_usd`), then feeds it to the metrics and
-        the budget (which may then raise).
+        """Prices one call's usage, then feeds it to the metrics and the budget (may raise).
 
+        The price is set in `usage.cost_usd`.
         The metrics and the budget count every input token (`usage.input_tokens`); the cost
         prices the input read from the prompt cache and the input written to it (to the
         1-hour cache apart) at their own prices, and the rest at the input price.
