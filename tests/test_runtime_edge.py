@@ -916,3 +916,50 @@ async def test_react_tokens_are_estimated_without_a_providers_usage() -> None:
         step = session.steps[0]
         assert step.output_tokens == len(reply) // 4 and step.input_tokens > 0
         assert rt.metrics.snapshot().output_tokens == len(reply) // 4
+
+
+# ------------------------------------------------------------------ providers of few methods
+class ChatOnly:
+    """A provider with `chat` alone: native tool calls need no more."""
+
+    def __init__(self, *replies: Any) -> None:
+        self.replies = list(replies)
+
+    async def chat(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+        return self.replies.pop(0)
+
+
+async def test_a_provider_without_chat_stream_runs_with_listeners_and_checkpoints() -> None:
+    # A listener (or a checkpoint backend's event log) used to ask it for a stream: a raw
+    # AttributeError. Its text is now one delta, as for a provider whose text exists whole.
+    calls = [ar.providers.base.ToolCall(id="c1", name="add", arguments={"a": 2, "b": 3})]
+    provider = ChatOnly(
+        ar.providers.base.ChatResponse(tool_calls=calls),
+        ar.providers.base.ChatResponse(text="five"),
+    )
+    config = ar.AgentConfig(mode="tools")
+    rt = ar.AgentRuntime(config, tools=[add], checkpoint_backend=ar.InMemoryBackend())
+    events: list[ar.Event] = []
+    rt.events.on(events.append)
+    session = await rt.run_agent_with_provider("a", "2 + 3?", provider)
+    assert session.final_answer == "five"
+    deltas = [e.text for e in events if isinstance(e, ar.LlmTextDelta)]
+    assert deltas == ["five"]
+
+
+@pytest.mark.parametrize("text", [None, 42, ["x"]])
+async def test_tools_mode_refuses_a_reply_text_that_is_not_a_string(text: Any) -> None:
+    # It used to be a raw TypeError, or a "final answer" that is a list, saved in a session
+    # that could then not be loaded back.
+    usage = ar.providers.base.Usage(5, 2)
+    provider = ChatOnly(ar.providers.base.ChatResponse(text=text, usage=usage))
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+    with pytest.raises(ar.AgentLoopError, match="reply must be a str"):
+        await rt.run_agent_with_provider("a", "q", provider)
+    assert rt.metrics.snapshot().active_sessions == 0
+
+
+async def test_tools_mode_refuses_a_chat_that_returns_no_chat_response() -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+    with pytest.raises(ar.AgentLoopError, match="must return a ChatResponse, got dict"):
+        await rt.run_agent_with_provider("a", "q", ChatOnly({"text": "hi"}))

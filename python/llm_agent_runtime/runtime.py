@@ -977,8 +977,11 @@ class AgentRuntime:
         tool_defs = self._tool_definitions or None
         post_hooks = self._hooks["on_post_llm"]
         events = self.events
-        # A provider whose text exists whole is never streamed; its text is one delta event.
-        streams_text = getattr(provider, "streams_text", True)
+        # A provider whose text exists whole, or that cannot stream (it has `chat` alone), is
+        # never streamed; its text is one delta event.
+        streams_text = getattr(provider, "streams_text", True) and callable(
+            getattr(provider, "chat_stream", None)
+        )
         budget = self.budget
         stops = self._stops
         params = self._call_params()
@@ -1005,7 +1008,13 @@ class AgentRuntime:
             else:
                 response = await self._chat(session, provider, messages, tool_defs, stream, params)
             model_ms = (perf() - round_start) * 1000.0
+            if not isinstance(response, ChatResponse):
+                raise AgentLoopError(
+                    f"the provider's chat must return a ChatResponse, got {_kind(response)}"
+                )
             text = response.text
+            if not isinstance(text, str):
+                raise _not_text(text)
             usage = response.usage
             incomplete = None if replayed else response.stop_reason
             if not replayed:
