@@ -1,6 +1,7 @@
 """The bundled demo (`llm_agent_runtime.demo`), the console script and the public namespace."""
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,31 @@ def test_demo_runs_an_agent_end_to_end(tmp_path: Path) -> None:
     assert "with 4 per-step checkpoints" in out
     assert "reloaded from it: 4 steps, answer 'Mars is on average 78 million km" in out
     assert run.stderr == ""
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_demo_whose_reader_closes_early_stops_quietly(tmp_path: Path, unbuffered: str) -> None:
+    """`... demo | head -1`: no BrokenPipeError traceback, status 1.
+
+    The reader here closes before the demo writes anything, so its first write (unbuffered)
+    or its flush of the buffered output fails, every time.
+    """
+    reader, writer = os.pipe()
+    os.close(reader)
+    env = {**ENV, "LLM_AGENT_RUNTIME_DEMO_DB": str(tmp_path / "demo.db")}
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "llm_agent_runtime.demo"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={**env, "PYTHONUNBUFFERED": unbuffered},
+        )
+    finally:
+        os.close(writer)
+    assert run.stderr == ""
+    assert run.returncode == 1
 
 
 def test_demo_data_is_package_data() -> None:

@@ -61,6 +61,53 @@ def test_bad_json_is_persistence_error() -> None:
         ar.AgentSession.from_json("{not json")
 
 
+def test_json_nested_too_deeply_is_persistence_error() -> None:
+    # json.loads recurses: 100,000 brackets used to escape as a raw RecursionError.
+    deep = "[" * 100_000 + "]" * 100_000
+    step = '{"thought": "t", "action": "x", "action_input": ' + deep + "}"
+    text = '{"session_id": "s", "agent_id": "a", "steps": [' + step + "]}"
+    with pytest.raises(ar.PersistenceError, match="nests too deeply to decode"):
+        ar.AgentSession.from_json(text)
+    nested: Any = []
+    for _ in range(100_000):
+        nested = [nested]
+    session = ar.AgentSession("s", "a", steps=[ar.Step("t", "x", nested)])
+    with pytest.raises(ar.PersistenceError, match="nests too deeply to encode"):
+        session.to_json()
+
+
+def test_to_json_refuses_a_key_json_has_no_type_for_as_a_checkpoint_does() -> None:
+    # A middleware or an approval edit can put any dict in a step's action_input.
+    step = ar.Step("t", "tool", {("a", "b"): 1})
+    session = ar.AgentSession("s", "a", steps=[step])
+    with pytest.raises(ar.PersistenceError, match=r"keys must be str.*not tuple"):
+        session.to_json()
+    assert step.action_input == {("a", "b"): 1}  # refused, not renamed
+    # Keys JSON does write become strings, as in a checkpoint record.
+    step.action_input = {1: "one", None: "none", 2.5: "x", False: "no"}
+    record = decode(encode("step", step.to_dict()), "k")
+    assert json.loads(session.to_json())["steps"][0] == record
+    assert record["action_input"] == {"1": "one", "null": "none", "2.5": "x", "false": "no"}
+
+
+def test_byte_length_helpers_count_a_lone_surrogate_as_3_bytes() -> None:
+    # A tool's result or a model's reply may hold half an emoji; the session keeps it.
+    session = ar.AgentSession("s", "a")
+    session.steps = [
+        ar.Step("smile \ud83d", "tool\udc00", None, "half \ud83d"),
+        ar.Step("\U0001f600", "FINAL_ANSWER", None, "ok"),
+    ]
+    assert session.thought_lengths() == [9, 4]
+    assert session.total_thought_bytes() == 13
+    assert session.avg_thought_length() == 6.5
+    assert session.longest_thought() == "smile \ud83d"
+    assert session.steps_above_thought_length(8) == 1
+    assert session.total_observation_bytes() == 10
+    assert session.action_lengths() == [7, 12]
+    assert session.avg_action_length() == 9.5
+    assert session.shortest_action() == "tool\udc00"
+
+
 async def test_load_checkpoint() -> None:
     backend = ar.InMemoryBackend()
     s = make_session()

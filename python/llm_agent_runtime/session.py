@@ -136,38 +136,38 @@ class AgentSession:
         return [s.observation for s in self.steps]
 
     def action_lengths(self) -> list[int]:
-        """UTF-8 byte length of each action."""
-        return [len(s.action.encode()) for s in self.steps]
+        """UTF-8 byte length of each action (a lone surrogate counts 3 bytes)."""
+        return [_utf8_len(s.action) for s in self.steps]
 
     def thought_lengths(self) -> list[int]:
-        """UTF-8 byte length of each thought."""
-        return [len(s.thought.encode()) for s in self.steps]
+        """UTF-8 byte length of each thought (a lone surrogate counts 3 bytes)."""
+        return [_utf8_len(s.thought) for s in self.steps]
 
     def total_thought_bytes(self) -> int:
-        """Sum of thought byte lengths."""
+        """Sum of thought byte lengths (a lone surrogate counts 3 bytes)."""
         return sum(self.thought_lengths())
 
     def total_observation_bytes(self) -> int:
-        """Sum of observation byte lengths."""
-        return sum(len(s.observation.encode()) for s in self.steps)
+        """Sum of observation UTF-8 byte lengths (a lone surrogate counts 3 bytes)."""
+        return sum(_utf8_len(s.observation) for s in self.steps)
 
     def avg_action_length(self) -> float:
-        """Mean action byte length (0.0 without steps)."""
+        """Mean action byte length (0.0 without steps; a lone surrogate counts 3 bytes)."""
         lengths = self.action_lengths()
         return sum(lengths) / len(lengths) if lengths else 0.0
 
     def avg_thought_length(self) -> float:
-        """Mean thought byte length (0.0 without steps)."""
+        """Mean thought byte length (0.0 without steps; a lone surrogate counts 3 bytes)."""
         lengths = self.thought_lengths()
         return sum(lengths) / len(lengths) if lengths else 0.0
 
     def longest_thought(self) -> str | None:
-        """The thought with the most bytes (the first on ties)."""
-        return max(self.all_thoughts(), key=lambda t: len(t.encode()), default=None)
+        """The thought with the most bytes (the first on ties; a lone surrogate counts 3)."""
+        return max(self.all_thoughts(), key=_utf8_len, default=None)
 
     def shortest_action(self) -> str | None:
-        """The action with the fewest bytes (the first on ties)."""
-        return min(self.all_actions(), key=lambda a: len(a.encode()), default=None)
+        """The action with the fewest bytes (the first on ties; a lone surrogate counts 3)."""
+        return min(self.all_actions(), key=_utf8_len, default=None)
 
     def first_step_action(self) -> str | None:
         """Action of the first step."""
@@ -200,7 +200,7 @@ class AgentSession:
         return sum(1 for s in self.steps if s.thought)
 
     def steps_above_thought_length(self, n: int) -> int:
-        """Steps whose thought exceeds `n` bytes."""
+        """Steps whose thought exceeds `n` bytes (a lone surrogate counts 3)."""
         return sum(1 for length in self.thought_lengths() if length > n)
 
     def model_ms(self) -> float:
@@ -221,8 +221,22 @@ class AgentSession:
         return asdict(self)
 
     def to_json(self) -> str:
-        """Serializes the session to JSON."""
-        return json.dumps(self.to_dict(), default=str)
+        """Serializes the session to JSON.
+
+        As a checkpoint record does: a value JSON has no type for becomes its `str`, a dict
+        key that is an int, float, bool or None a string; any other key is refused, not renamed.
+
+        Raises:
+            PersistenceError: When a dict key (in a step's `action_input`, say) is not a str,
+                int, float, bool or None, such as a tuple, or the session nests too deeply to
+                encode. Checkpointing the same session fails too.
+        """
+        try:
+            return json.dumps(self.to_dict(), default=str)
+        except TypeError as error:  # `default` covers values, never keys
+            raise PersistenceError(f"session cannot be encoded as JSON: {error}") from error
+        except RecursionError:  # nested deeper than the stack this call runs on allows
+            raise PersistenceError("session nests too deeply to encode as JSON") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AgentSession:
@@ -267,13 +281,18 @@ class AgentSession:
         """Rebuilds a session from `to_json` output.
 
         Raises:
-            PersistenceError: When the text is not a serialized session: not JSON, or a
-                value of the wrong shape or type (see `from_dict`).
+            PersistenceError: When the text is not a serialized session: not JSON, JSON
+                nested too deeply to decode, or a value of the wrong shape or type (see
+                `from_dict`).
         """
         try:
             return cls.from_dict(json.loads(text))
         except (ValueError, TypeError, PersistenceError) as error:
             raise PersistenceError(f"not a serialized AgentSession: {error}") from error
+        except RecursionError:  # nested deeper than the stack this call runs on allows
+            raise PersistenceError(
+                "not a serialized AgentSession: JSON nests too deeply to decode"
+            ) from None
 
     @classmethod
     async def load_checkpoint(cls, backend: PersistenceBackend, session_id: str) -> AgentSession:
@@ -332,6 +351,15 @@ _SESSION_FIELDS: dict[str, _Spec] = {
     "checkpoint_errors": _INT,
     "messages": _LIST,
 }
+
+
+def _utf8_len(text: str) -> int:
+    r"""The UTF-8 byte length of `text`, a lone surrogate counting 3 bytes.
+
+    A session keeps what tools and models gave, and that may hold half a surrogate pair
+    (a tool's "half \ud83d", a JSON reply's escape): a bare `encode()` raises on it.
+    """
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _kind(value: Any) -> str:

@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llm_agent_runtime import OpenAIProvider
 from llm_agent_runtime.errors import ProviderError, is_retryable_status
 from llm_agent_runtime.providers._http import (
     SseEvent,
+    check_base_url,
     decode_arguments,
     error_message,
     iter_sse,
@@ -230,6 +232,23 @@ def test_only_keys_long_enough_to_be_secrets_are_redacted() -> None:
     assert redact_secret("chunked read failed", "k") == "chunked read failed"
     assert redact_secret("ollama said no", "ollama") == "ollama said no"
     assert redact_secret("bad key sk-12345!", "sk-12345") == "bad key [redacted]!"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:99999/v1", "http://127.0.0.1:65536/v1", "http://h:-1/v1", "http://h:x"],
+)
+def test_a_base_url_with_an_unusable_port_is_refused(url: str) -> None:
+    # The socket would refuse it on the first request, with a raw OverflowError.
+    with pytest.raises(ProviderError, match="is not an http:// or https:// URL") as caught:
+        check_base_url("OpenAI", url)
+    assert "valid port" in str(caught.value)
+    with pytest.raises(ProviderError, match="valid port"):  # when the provider is made
+        OpenAIProvider(api_key="sk-x", base_url=url)
+    for port in ("", ":0", ":65535"):
+        assert check_base_url("OpenAI", f" http://127.0.0.1{port}/v1/ ") == (
+            f"http://127.0.0.1{port}/v1"
+        )
 
 
 def test_importing_the_package_does_not_load_httpx() -> None:

@@ -19,7 +19,8 @@ the sessions earlier demo runs saved there (its agent's only), so the file does 
 after run: it holds the latest run's session.
 
 The demo exits with status 1, saying why on stderr, when the model gives no final answer
-within `max_iterations` steps or the run fails with an `AgentRuntimeError`.
+within `max_iterations` steps or the run fails with an `AgentRuntimeError`; and with status 1,
+quietly, when the reader of its output closes it early (`... demo | head -1`).
 """
 
 from __future__ import annotations
@@ -344,5 +345,18 @@ async def run(db_path: Path | None = None) -> int:
 
 
 def main() -> int:
-    """Runs the demo in a new event loop; returns the exit status (see `run`)."""
-    return asyncio.run(run())
+    """Runs the demo in a new event loop; returns the exit status (see `run`).
+
+    When the reader of stdout closes it early (`... demo | head -1`), the demo stops
+    quietly with status 1.
+    """
+    try:
+        status = asyncio.run(run())
+        sys.stdout.flush()  # a closed pipe must fail here, not at exit (out of the `try`)
+    except BrokenPipeError:
+        # As the Python docs advise: the output left in the buffer goes to /dev/null, so
+        # flushing it at exit raises nothing more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return status

@@ -271,19 +271,23 @@ def check_base_url(name: str, url: str) -> str:
     """The API root as requests use it: no surrounding whitespace, no trailing slash.
 
     Raises:
-        ProviderError: The URL is not an `http://` or `https://` URL with a host (a base URL
-            written without its scheme, say), which no request could reach.
+        ProviderError: The URL is not an `http://` or `https://` URL with a host and a valid
+            port (a base URL written without its scheme, or with port 99999, say), which no
+            request could reach.
     """
     url = url.strip()
     try:
         parts = urlsplit(url)
+        # Reading the port checks it: one that is not a number in 0-65535 raises ValueError
+        # here, where the first request would fail with a raw OverflowError from the socket.
+        parts.port  # noqa: B018
         usable = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:  # a malformed URL, such as an unclosed IPv6 bracket
+    except ValueError:  # a malformed URL, such as an unclosed IPv6 bracket or a bad port
         usable = False
     if not usable:
         raise ProviderError(
             f"the {name} base URL {url[:200]!r} is not an http:// or https:// URL with a host "
-            "(write it in full, e.g. 'http://localhost:8000/v1')"
+            "and a valid port (write it in full, e.g. 'http://localhost:8000/v1')"
         )
     return url.rstrip("/")
 
