@@ -1506,8 +1506,10 @@ class AgentRuntime:
         unsaved = self._unsaved_steps.get(session.session_id)
         try:
             await self._checkpoints.save_final(session, extra, events, unsaved, run=run)
-        except Exception as error:
+        except BaseException as error:  # the events stay for the next write, cancelled too
             self._event_log.setdefault(session.session_id, [])[:0] = events
+            if not isinstance(error, Exception):
+                raise
             self.metrics.record_checkpoint_error()
             raise PersistenceError(f"final checkpoint failed: {error}", key=key) from error
         self._unsaved_steps.pop(session.session_id, None)

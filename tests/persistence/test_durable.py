@@ -544,6 +544,65 @@ async def test_cancelled_while_a_step_is_saved_the_step_is_saved_on_the_way_out(
     assert resumed.steps[0].observation == "charged" and effects.calls == [("charge", 5)]
 
 
+async def test_a_step_save_that_lands_though_cancelled_logs_its_events_once() -> None:
+    # A backend that finishes a write its caller stopped waiting for (SQLite's worker thread
+    # does): the events went back to the runtime and were written again, under new numbers.
+    class FirstStepSaveLandsThenHangs(ar.InMemoryBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reached = asyncio.Event()
+
+        async def batch_save(self, items: Any) -> None:
+            await super().batch_save(items)
+            if not self.reached.is_set() and any(":step:" in key for key in items):
+                self.reached.set()
+                await asyncio.Event().wait()
+
+    backend = FirstStepSaveLandsThenHangs()
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = runtime.create_session("a")
+    reply = 'Thought: pay\nAction: charge {"amount": 5}'
+    task = asyncio.create_task(runtime.run_agent("a", "q", script(reply), session=session))
+    await backend.reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    events = [e["type"] for e in await runtime.session_events(session.session_id)]
+    assert events == [
+        "RunStarted",
+        "LlmTextDelta",
+        "LlmResponse",
+        "ToolCallStarted",
+        "ToolCallFinished",
+        "ErrorEvent",
+    ]
+
+
+async def test_cancelled_during_the_final_checkpoint_the_run_keeps_its_finished_event() -> None:
+    class FinalSaveHangs(ar.InMemoryBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reached = asyncio.Event()
+
+        async def batch_save(self, items: Any) -> None:
+            final = any(key.count(":") == 1 for key in items)  # `session:<id>` alone
+            if final and not self.reached.is_set():
+                self.reached.set()
+                await asyncio.Event().wait()
+            await super().batch_save(items)
+
+    backend = FinalSaveHangs()
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    session = runtime.create_session("a")
+    task = asyncio.create_task(runtime.run_agent("a", "q", script(FINAL), session=session))
+    await backend.reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    events = [e["type"] for e in await runtime.session_events(session.session_id)]
+    assert "RunFinished" in events  # it was dropped: popped, and given back to Exceptions only
+
+
 async def test_a_resumed_reply_is_not_handled_twice() -> None:
     seen: list[str] = []
 

@@ -403,8 +403,7 @@ class CheckpointStore:
         prefix = f"{session_key(session_id)}:step:"  # as `step_key`, the id escaped once
         keys = [f"{prefix}{first + i}" for i in range(len(records))]
         items = {key: encode("step", r.to_dict()) for key, r in zip(keys, records, strict=True)}
-        items.update(await self._event_items(session_id, events))
-        await self.backend.batch_save(items)
+        await self._save_with_events(session_id, items, events)
         return keys
 
     async def save_final(
@@ -432,8 +431,7 @@ class CheckpointStore:
             first, records = unsaved
             for i, record in enumerate(records):
                 items[step_key(session.session_id, first + i)] = encode("step", record.to_dict())
-        items.update(await self._event_items(session.session_id, events))
-        await self.backend.batch_save(items)
+        await self._save_with_events(session.session_id, items, events)
         self._next_event.pop(session.session_id, None)
         return key
 
@@ -482,11 +480,30 @@ class CheckpointStore:
             for i, e in enumerate(events)
         }
 
+    async def _save_with_events(
+        self, session_id: str, items: dict[str, bytes], events: Iterable[Any]
+    ) -> None:
+        """Writes `items` and the events (appended to the session's log) in one batch.
+
+        A write that fails gives its event numbers back, so the events, saved again with the
+        next write (the runtime keeps them), take the same keys: a write that failed for its
+        caller but landed all the same (cancelled while the backend finished it) is then
+        overwritten, not logged twice.
+        """
+        numbered = await self._event_items(session_id, events)
+        end = self._next_event.get(session_id)
+        try:
+            await self.backend.batch_save({**items, **numbered})
+        except BaseException:
+            if numbered and end is not None and self._next_event.get(session_id) == end:
+                self._next_event[session_id] = end - len(numbered)
+            raise
+
     async def append_events(self, session_id: str, events: Iterable[Any]) -> None:
         """Appends events to the session's log."""
-        items = await self._event_items(session_id, events)
-        if items:
-            await self.backend.batch_save(items)
+        events = list(events)
+        if events:
+            await self._save_with_events(session_id, {}, events)
 
     # ------------------------------------------------------------------ reading
     async def load(self, session_id: str) -> SessionState:
