@@ -173,14 +173,31 @@ async def test_a_user_message_hook_must_return_text() -> None:
         await ar.AgentRuntime(middlewares=[Breaks()]).run_agent("a", "q", final)
 
 
+@pytest.mark.parametrize("mode", ["react", "tools"])
 @pytest.mark.parametrize(
     "messages",
-    [[{"role": "user"}], [{"content": "hi"}], [{"role": "user", "content": None}], [3]],
+    [
+        [{"role": "user"}],
+        [{"content": "hi"}],
+        [{"role": "user", "content": None}],
+        [3],
+        # Accepted before, each in one mode or both: a raw ValueError mid-run, or a turn that
+        # "succeeded" and left a session `from_json` then refused.
+        [{"role": "wizard", "content": "hi"}],
+        [{"role": 5, "content": "hi"}],
+        [{"role": "user", "content": ["hi"]}],
+        [{"role": "user", "content": b"hi"}],
+    ],
 )
-async def test_malformed_history_of_a_session_is_a_typed_error(messages: list[Any]) -> None:
+async def test_malformed_history_of_a_session_is_a_typed_error(
+    messages: list[Any], mode: str
+) -> None:
     session = ar.AgentSession("s", "a", messages=messages)
-    with pytest.raises(ar.AgentRuntimeError, match="session messages must be dicts"):
-        await ar.AgentRuntime().run_turn(session, "q", final)
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode))  # type: ignore[arg-type]
+    provider = ar.ScriptedProvider([FINAL])
+    with pytest.raises(ar.AgentRuntimeError, match="session message 1: "):
+        await runtime.run_turn(session, "q", provider)
+    assert session.messages == messages and not session.steps
 
 
 # ------------------------------------------------------------------ one turn at a time (B)

@@ -68,7 +68,7 @@ from llm_agent_runtime.providers.base import (
     Usage,
     estimated_output_tokens,
 )
-from llm_agent_runtime.session import AgentSession, Step
+from llm_agent_runtime.session import AgentSession, Step, message_problem
 from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, _truncate
 
 __all__ = ["AgentRuntime", "ApprovalDecision", "Middleware"]
@@ -497,28 +497,25 @@ class AgentRuntime:
         prompt alone.
 
         Raises:
-            AgentRuntimeError: A message is not a dict with a string `role` and `content`.
+            AgentRuntimeError: A message is not a dict with a `role` (system, user, assistant
+                or tool) and a string `content` (see `session.message_problem`).
         """
         if reserved_chars is None:
             reserved_chars = len(self.config.system_prompt)
         budget = self.config.context_window_tokens * CHARS_PER_TOKEN - reserved_chars
         turns: list[list[dict[str, Any]]] = []
-        try:
-            for message in messages:
-                if message["role"] == "user" or not turns:
-                    turns.append([])
-                turns[-1].append(message)
-            start = len(turns)
-            for turn in reversed(turns):
-                budget -= sum(len(m["content"]) + 16 for m in turn)
-                if budget < 0:
-                    break
-                start -= 1
-        except (KeyError, TypeError) as error:  # checked on failure only: no cost per turn
-            raise AgentRuntimeError(
-                "session messages must be dicts with a string 'role' and 'content' "
-                f"({type(error).__name__}: {error})"
-            ) from error
+        for n, message in enumerate(messages, 1):
+            if (problem := message_problem(message)) is not None:
+                raise AgentRuntimeError(f"session message {n}: {problem}")
+            if message["role"] == "user" or not turns:
+                turns.append([])
+            turns[-1].append(message)
+        start = len(turns)
+        for turn in reversed(turns):
+            budget -= sum(len(m["content"]) + 16 for m in turn)
+            if budget < 0:
+                break
+            start -= 1
         return [m for turn in turns[start:] for m in turn]
 
     # ------------------------------------------------------------------ the loop

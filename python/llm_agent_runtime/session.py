@@ -264,16 +264,8 @@ class AgentSession:
         for n, message in enumerate(fields.get("messages", []), 1):
             if not isinstance(message, dict):
                 raise PersistenceError("session field 'messages' must be a list of dicts")
-            role, content = message.get("role"), message.get("content")
-            if not isinstance(role, str) or role not in _MESSAGE_ROLES:
-                raise PersistenceError(
-                    f"message {n}: 'role' must be one of {', '.join(map(repr, _MESSAGE_ROLES))}, "
-                    f"got {role!r}"
-                )
-            if not isinstance(content, str):
-                raise PersistenceError(
-                    f"message {n}: 'content' must be a string, got {_kind(content)}"
-                )
+            if (problem := message_problem(message)) is not None:
+                raise PersistenceError(f"message {n}: {problem}")
         return cls(**fields)
 
     @classmethod
@@ -351,6 +343,22 @@ _SESSION_FIELDS: dict[str, _Spec] = {
     "checkpoint_errors": _INT,
     "messages": _LIST,
 }
+
+
+def message_problem(message: Any) -> str | None:
+    """What keeps `message` from being a chat message of a session (None when it is one).
+
+    A message is a dict with a `role` (system, user, assistant or tool) and a string
+    `content`, as `AgentSession.messages` holds them.
+    """
+    if not isinstance(message, dict):
+        return f"a message must be a dict, got {_kind(message)}"
+    role, content = message.get("role"), message.get("content")
+    if not isinstance(role, str) or role not in _MESSAGE_ROLES:
+        return f"'role' must be one of {', '.join(map(repr, _MESSAGE_ROLES))}, got {role!r}"
+    if not isinstance(content, str):
+        return f"'content' must be a string, got {_kind(content)}"
+    return None
 
 
 def _utf8_len(text: str) -> int:
