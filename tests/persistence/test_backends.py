@@ -4,6 +4,8 @@ import asyncio
 import fcntl
 import multiprocessing
 import os
+import sqlite3
+import threading
 import time
 import uuid
 import zlib
@@ -601,9 +603,15 @@ class FreezingProxy:
         self.writers: list[asyncio.StreamWriter] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+    async def start(self, serving: bool = True) -> int:
+        """Its port; one not `serving` yet refuses connections, as a server that is down."""
+        self.server = await asyncio.start_server(
+            self._accept, "127.0.0.1", 0, start_serving=serving
+        )
         return int(self.server.sockets[0].getsockname()[1])
+
+    async def serve(self) -> None:
+        await self.server.start_serving()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -695,3 +703,117 @@ async def test_redis_gives_up_on_a_server_that_stops_answering() -> None:
         proxy.thaw()
         await store.close()
         await proxy.close()
+
+
+async def test_postgres_opens_once_its_server_is_back_and_again_after_close() -> None:
+    address = urlsplit(server_address("postgres"))
+    assert address.hostname is not None and address.port is not None
+    proxy = FreezingProxy(address.hostname, address.port)
+    port = await proxy.start(serving=False)  # the server is down
+    dsn = address._replace(netloc=f"{address.username}@127.0.0.1:{port}").geturl()
+    store = ar.PostgresBackend(dsn, table=f"kv_{uuid.uuid4().hex}", timeout=0.5)
+    try:
+        with pytest.raises(ar.PersistenceError, match="cannot open PostgreSQL") as info:
+            await store.save("k", b"v")
+        assert "PoolTimeout" in str(info.value)
+        await proxy.serve()  # the server is back: the next call opens a new pool
+        await store.save("k", b"v")
+        assert await store.load("k") == b"v"
+        await store.close()
+        assert await store.load("k") == b"v"  # a closed backend opens again on its next use
+        await store.save("k", b"w")
+        assert await store.load("k") == b"w"
+    finally:
+        await store.close()
+        await proxy.close()
+
+
+async def test_postgres_refuses_a_key_longer_than_its_index_takes_naming_the_limit() -> None:
+    store = ar.PostgresBackend(server_address("postgres"), table=f"kv_{uuid.uuid4().hex}")
+    longest = os.urandom(1346).hex()  # 2692 bytes: incompressible, the index takes them as is
+    try:
+        await store.save(longest, b"v")
+        assert await store.save_new(longest, b"w") is False
+        assert await store.load(longest) == b"v"
+        for key in [longest + "x", "é" * 1347, "session:" + "x" * 10_000]:
+            calls = [
+                store.save(key, b"v"),
+                store.save_new(key, b"v"),
+                store.batch_save({"fine": b"v", key: b"v"}),
+                store.batch_save({"fine": b"v", key: b"v"} | {f"n{i}": b"" for i in range(40)}),
+            ]
+            for call in calls:
+                with pytest.raises(ar.PersistenceError, match="at most 2692 can be") as info:
+                    await call
+                assert info.value.key == key
+            assert await store.load(key) is None  # looking one up is fine: it is not there
+            assert await store.delete(key) is False
+        assert await store.list_keys() == [longest]  # no batch wrote anything
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_sqlite_call_has_ended_when_its_cancellation_goes_on(
+    tmp_path: Path,
+) -> None:
+    store = ar.SqliteBackend(tmp_path / "store.db")
+    other = sqlite3.connect(tmp_path / "store.db", isolation_level=None, check_same_thread=False)
+    reader = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock for a moment
+    release = threading.Timer(0.5, other.execute, ["COMMIT"])
+    release.start()
+    try:
+        task = asyncio.create_task(store.batch_save({"session:f": b"m", "session:f:step:1": b"s"}))
+        await asyncio.sleep(0.1)
+        task.cancel()  # the batch waits for the lock in its thread
+        await asyncio.sleep(0.1)
+        task.cancel()  # and again, while the cancelled call waits for its thread
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        seen = reader.execute("SELECT key FROM kv ORDER BY key").fetchall()
+        release.join()
+        await asyncio.sleep(0.2)
+        # The batch committed before the cancellation went on: nothing changes after it.
+        assert seen == [("session:f",), ("session:f:step:1",)]
+        assert reader.execute("SELECT key FROM kv ORDER BY key").fetchall() == seen
+    finally:
+        release.join()
+        for conn in (other, reader):
+            conn.close()
+        store.close()
+
+
+async def test_a_value_sqlite_cannot_bind_is_a_persistence_error_naming_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ar.SqliteBackend(tmp_path / "store.db")
+
+    class Binding:  # binds as sqlite3 does, with its INT_MAX bytes made 100: fast to test
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def _bound(self, row: Any) -> Any:
+            if any(isinstance(v, bytes) and len(v) > 100 for v in row):
+                raise OverflowError("BLOB longer than INT_MAX bytes")
+            return row
+
+        def execute(self, sql: str, row: Any = ()) -> sqlite3.Cursor:
+            return self.conn.execute(sql, self._bound(row))
+
+        def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+            return self.conn.executemany(sql, (self._bound(row) for row in rows))
+
+    monkeypatch.setattr(store, "_conn", Binding(store._conn))
+    big = bytes(101)
+    calls = [
+        lambda: store.save("k", big),
+        lambda: store.save_new("k", big),
+        lambda: store.batch_save({"fine": b"v", "k": big, "small": b"w"}),
+    ]
+    for call in calls:
+        with pytest.raises(ar.PersistenceError, match="too big for SQLite") as info:
+            await call()
+        assert info.value.key == "k"
+    assert await store.list_keys() == []  # the batch wrote nothing, not even "fine"
+    monkeypatch.undo()
+    store.close()

@@ -24,6 +24,9 @@ _CANCEL_GRACE = 1.0
 """Seconds a timed-out statement is given to be cancelled on the server before its
 connection is closed instead (the server may not answer the cancel request either)."""
 _STOP_ATTEMPTS = 40
+_KEY_BYTES_MAX = 2692
+"""Longest key (UTF-8 bytes) a write takes: a longer one does not fit an entry of the primary
+key's index (2704 bytes on PostgreSQL's default 8 kB pages, less 12 bytes of headers)."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -35,7 +38,9 @@ def _values_upsert(table: str, rows: int) -> str:
 class PostgresBackend:
     """Key -> bytes storage in one PostgreSQL table, through a connection pool.
 
-    Keys are stored as their UTF-8 bytes, so any string is a valid key.
+    Keys are stored as their UTF-8 bytes, so any string is a valid key to look up; a write
+    takes keys of at most 2692 bytes of UTF-8 (the most an entry of the table's index holds),
+    and raises `PersistenceError` naming that limit for a longer one.
 
     Every call gives up after `timeout` seconds, getting a pooled connection included, with
     `PersistenceError` naming the timeout: a server that stops answering (a hung host, a
@@ -44,8 +49,10 @@ class PostgresBackend:
     is closed, and the pool drops it rather than handing it out again.
 
     The pool opens on first use (or `await backend.open()`); close it with `await
-    backend.close()` or use the backend as an async context manager. psycopg is imported only
-    when a backend is created. A batch is one transaction.
+    backend.close()` or use the backend as an async context manager. An open that failed (the
+    server down) is tried again, with a new pool, by the next call; a closed backend opens a
+    new pool on its next use too. psycopg is imported only when a backend is created. A batch
+    is one transaction.
 
     Args:
         dsn: libpq connection string, e.g. `postgresql://user@host:5432/db`.
@@ -89,7 +96,8 @@ class PostgresBackend:
         self._table = f'"{table.lower()}"'
         self.timeout = timeout
         # Autocommit: every call is one statement, atomic on its own, in one round trip.
-        self._pool = AsyncConnectionPool(
+        self._new_pool = functools.partial(
+            AsyncConnectionPool,
             dsn,
             min_size=min_size,
             max_size=max_size,
@@ -97,6 +105,7 @@ class PostgresBackend:
             open=False,
             kwargs={"autocommit": True},
         )
+        self._pool = self._new_pool()  # built now so that bad sizes fail here; never opened
         self._ready = False
         self._opening = asyncio.Lock()  # concurrent first calls open (and create) once
         self._pool_timeout: type[Exception] = PoolTimeout
@@ -105,30 +114,42 @@ class PostgresBackend:
         return f"PostgresBackend(table={self.table!r})"  # the DSN may hold a password
 
     async def open(self) -> None:
-        """Opens the pool and creates the table if missing."""
+        """Opens a new pool and creates the table if missing.
+
+        Raises:
+            PersistenceError: When the server cannot be reached within `timeout`, or the
+                table cannot be created; the next call tries again.
+        """
         if self._ready:
             return
         async with self._opening:
             if self._ready:
                 return
+            # A new pool each time: psycopg_pool cannot reopen a pool once closed, and it
+            # closes one whose first open failed.
+            pool = self._pool = self._new_pool()
             try:
-                await self._pool.open(wait=True, timeout=self.timeout)
+                await pool.open(wait=True, timeout=self.timeout)
                 await self._statement(
                     f"CREATE TABLE IF NOT EXISTS {self._table} "
                     "(key BYTEA PRIMARY KEY, value BYTEA NOT NULL, "
                     "updated_at TIMESTAMPTZ NOT NULL DEFAULT now())",
                     (),
                 )
-            except Exception as error:
+            except BaseException as error:
+                await pool.close()  # an opened pool too (the table failed): no leaked conns
+                if not isinstance(error, Exception):
+                    raise
                 raise PersistenceError(
                     f"cannot open PostgreSQL storage: {type(error).__name__}: {error}"
                 ) from error
             self._ready = True
 
     async def close(self) -> None:
-        """Closes the pool."""
-        await self._pool.close()
-        self._ready = False
+        """Closes the pool; a later call opens a new one."""
+        async with self._opening:  # not a pool an open under way is about to hand out
+            self._ready = False
+            await self._pool.close()
 
     async def __aenter__(self) -> PostgresBackend:
         await self.open()
@@ -192,7 +213,7 @@ class PostgresBackend:
             key,
             f"INSERT INTO {self._table} (key, value) VALUES (%b, %b) "
             "ON CONFLICT (key) DO NOTHING RETURNING true",
-            [encode_key(key), checked[key]],
+            [_writable(key, encode_key(key)), checked[key]],
         )
         return bool(rows)
 
@@ -217,7 +238,7 @@ class PostgresBackend:
         checked = check_items(items)
         if not checked:
             return
-        keys = _encode_keys(checked)
+        keys = [_writable(k, raw) for k, raw in zip(checked, _encode_keys(checked), strict=True)]
         values = list(checked.values())
         # One statement: one round trip, all rows or none. A multi-row VALUES list (one
         # prepared statement per row count) costs the server a third less than unnest();
@@ -305,6 +326,21 @@ async def _rows(conn: Any, query: str, params: Sequence[Any]) -> list[Any]:
     """Runs one statement on `conn`; returns its rows (none for a statement without)."""
     cursor = await conn.execute(query, params)
     return await cursor.fetchall() if cursor.description else []
+
+
+def _writable(key: str, raw: bytes) -> bytes:
+    """`raw`, the UTF-8 of `key`, when it fits the table's index.
+
+    Raises:
+        PersistenceError: Naming the limit, when `raw` is longer than `_KEY_BYTES_MAX`.
+    """
+    if len(raw) > _KEY_BYTES_MAX:
+        raise PersistenceError(
+            f"key too long for PostgreSQL: {len(raw)} bytes of UTF-8, "
+            f"at most {_KEY_BYTES_MAX} can be stored",
+            key=key,
+        )
+    return raw
 
 
 def _encode_keys(keys: Iterable[str]) -> list[bytes]:

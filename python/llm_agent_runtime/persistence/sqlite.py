@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,7 +36,9 @@ class SqliteBackend:
 
     The database runs in WAL mode, so readers never block the writer and several processes
     can share one file (writers wait up to `busy_timeout` seconds for each other). Every call
-    runs in a worker thread, off the event loop; a batch is one transaction.
+    runs in a worker thread, off the event loop; a batch is one transaction. A thread cannot
+    be stopped: a call whose task is cancelled waits for its thread before the cancellation
+    goes on, so that a cancelled write has either happened or not by then, never later.
 
     Args:
         path: database file (created, with its directory, if missing), or ":memory:".
@@ -72,14 +75,21 @@ class SqliteBackend:
         work: Callable[[sqlite3.Connection], T],
         keys: Iterable[str] = (),
     ) -> T:
-        """Runs `work` on the connection in a thread; `key` or `keys` are the keys it binds."""
+        """Runs `work` on the connection in a thread; `key` or `keys` are the keys it binds.
+
+        `keys` may be the mapping of a batch's items: a value too big to bind names its key.
+        """
 
         def locked() -> T:
             with self._lock:
                 return work(self._conn)
 
+        done = asyncio.get_running_loop().run_in_executor(None, locked)
         try:
-            return await asyncio.to_thread(locked)
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            await _wait_out(done)
+            raise
         except sqlite3.Error as exc:
             raise PersistenceError(f"SQLite error on {self.path}: {exc}", key=key) from exc
         except UnicodeEncodeError:  # sqlite3 binds text as UTF-8: a lone surrogate fails
@@ -87,6 +97,10 @@ class SqliteBackend:
                 if name is not None:
                     encode_key(name)  # raises PersistenceError naming the key
             raise PersistenceError("key is not valid Unicode text", key=key) from None
+        except OverflowError as exc:  # sqlite3 binds at most INT_MAX bytes: 2 GiB less one
+            if key is None and isinstance(keys, Mapping):  # a batch: its largest value
+                key = max(keys, key=lambda name: len(keys[name]), default=None)
+            raise PersistenceError(f"too big for SQLite on {self.path}: {exc}", key=key) from exc
 
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value."""
@@ -169,3 +183,13 @@ class SqliteBackend:
 
     def __repr__(self) -> str:
         return f"SqliteBackend(path={self.path!r}, synchronous={self.synchronous!r})"
+
+
+async def _wait_out(done: asyncio.Future[T]) -> None:
+    """Waits until the thread behind `done` has finished, whatever cancels the waiting task."""
+    while not done.done():
+        # Cancelled again: the thread still runs, and the first cancellation goes on after.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([done])
+    if not done.cancelled():
+        done.exception()  # retrieved (not logged): the caller's cancellation is what it sees
