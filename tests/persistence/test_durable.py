@@ -1221,6 +1221,36 @@ async def test_of_two_forks_racing_into_one_new_id_one_alone_writes() -> None:
     assert [s.observation for s in child.steps] == parent
 
 
+async def test_a_fork_cancelled_while_its_copy_lands_leaves_its_new_id_free() -> None:
+    # The copy landed though the fork was cancelled (SQLite finishes a cancelled call's
+    # write): the cleanup took the claim alone, leaving steps and no meta, an id that could
+    # neither be loaded nor forked into again.
+    class CopyLandsThenHangs(ar.InMemoryBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hang = False
+            self.reached = asyncio.Event()
+
+        async def batch_save(self, items: Any) -> None:
+            await super().batch_save(items)
+            if self.hang and any(":step:" in k for k in items):
+                self.reached.set()
+                await asyncio.Event().wait()
+
+    backend = CopyLandsThenHangs()
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = await runtime.run_agent("a", "q", script(add_step(1), FINAL))
+    backend.hang = True
+    task = asyncio.create_task(runtime.fork(session.session_id, 1, "child"))
+    await backend.reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await backend.list_keys("session:child") == []
+    backend.hang = False
+    assert await runtime.fork(session.session_id, 1, "child") == "child"
+
+
 async def test_a_fork_whose_copy_fails_leaves_its_new_id_free() -> None:
     class FailingCopy(ar.InMemoryBackend):
         fail = True

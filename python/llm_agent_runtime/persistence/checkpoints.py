@@ -814,9 +814,13 @@ class CheckpointStore:
         try:
             await self.backend.batch_save(items)
         except BaseException:
-            if save_new is not None:  # the claim goes with the failed copy, so the id is free
+            # The claim goes with the failed copy, so the id is free. The copy may have landed
+            # all the same (cancelled while the backend finished it): its steps go too, before
+            # the claim that keeps other forks out.
+            if save_new is not None:
                 with contextlib.suppress(Exception):
-                    await self.backend.delete(meta_key)
+                    for key in reversed(items):
+                        await self.backend.delete(key)
             raise
         self._next_event.pop(new_session_id, None)
         return fork
