@@ -731,24 +731,26 @@ async def test_postgres_opens_once_its_server_is_back_and_again_after_close() ->
 async def test_postgres_refuses_a_key_longer_than_its_index_takes_naming_the_limit() -> None:
     store = ar.PostgresBackend(server_address("postgres"), table=f"kv_{uuid.uuid4().hex}")
     longest = os.urandom(1346).hex()  # 2692 bytes: incompressible, the index takes them as is
+    repetitive = "session:" + "x" * 10_000  # compressed, it fits an index entry
     try:
-        await store.save(longest, b"v")
-        assert await store.save_new(longest, b"w") is False
-        assert await store.load(longest) == b"v"
-        for key in [longest + "x", "é" * 1347, "session:" + "x" * 10_000]:
-            calls = [
-                store.save(key, b"v"),
-                store.save_new(key, b"v"),
-                store.batch_save({"fine": b"v", key: b"v"}),
-                store.batch_save({"fine": b"v", key: b"v"} | {f"n{i}": b"" for i in range(40)}),
-            ]
-            for call in calls:
-                with pytest.raises(ar.PersistenceError, match="at most 2692 can be") as info:
-                    await call
-                assert info.value.key == key
-            assert await store.load(key) is None  # looking one up is fine: it is not there
-            assert await store.delete(key) is False
-        assert await store.list_keys() == [longest]  # no batch wrote anything
+        for key in [longest, repetitive]:
+            await store.save(key, b"v")
+            assert await store.save_new(key, b"w") is False
+            assert await store.load(key) == b"v"
+        too_long = os.urandom(1500).hex()  # 3000 bytes that do not compress
+        calls = [
+            store.save(too_long, b"v"),
+            store.save_new(too_long, b"v"),
+            store.batch_save({"fine": b"v", too_long: b"v"}),
+            store.batch_save({"fine": b"v", too_long: b"v"} | {f"n{i}": b"" for i in range(40)}),
+        ]
+        for call in calls:
+            with pytest.raises(ar.PersistenceError, match="key too long for PostgreSQL") as info:
+                await call
+            assert info.value.key == too_long
+        assert await store.load(too_long) is None  # looking one up is fine: it is not there
+        assert await store.delete(too_long) is False
+        assert sorted(await store.list_keys()) == sorted([longest, repetitive])  # no batch wrote
     finally:
         await store.close()
 
@@ -817,3 +819,29 @@ async def test_a_value_sqlite_cannot_bind_is_a_persistence_error_naming_its_key(
     assert await store.list_keys() == []  # the batch wrote nothing, not even "fine"
     monkeypatch.undo()
     store.close()
+
+
+async def test_a_postgres_write_running_across_a_close_and_a_reopen_ends_well() -> None:
+    # The connection went back to the new pool, which refused it: a write that committed was
+    # reported failed, and its connection leaked.
+    import psycopg
+
+    dsn = server_address("postgres")
+    table = f"kv_{uuid.uuid4().hex}"
+    store = ar.PostgresBackend(dsn, table=table)
+    await store.save("k", b"old")
+    blocker = await psycopg.AsyncConnection.connect(dsn)
+    try:
+        # Another session holds the row lock: the write waits in the server.
+        await blocker.execute(f'SELECT 1 FROM "{table}" WHERE key = %s FOR UPDATE', [b"k"])
+        write = asyncio.create_task(store.save("k", b"new"))
+        await asyncio.sleep(0.3)
+        await store.close()
+        assert await store.load("other") is None  # opens a new pool
+        await blocker.commit()
+        await write
+        assert await store.load("k") == b"new"
+    finally:
+        await blocker.close()
+        await store._execute(None, f'DROP TABLE "{table}"', [])
+        await store.close()

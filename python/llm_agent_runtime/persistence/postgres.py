@@ -24,9 +24,8 @@ _CANCEL_GRACE = 1.0
 """Seconds a timed-out statement is given to be cancelled on the server before its
 connection is closed instead (the server may not answer the cancel request either)."""
 _STOP_ATTEMPTS = 40
-_KEY_BYTES_MAX = 2692
-"""Longest key (UTF-8 bytes) a write takes: a longer one does not fit an entry of the primary
-key's index (2704 bytes on PostgreSQL's default 8 kB pages, less 12 bytes of headers)."""
+_PROGRAM_LIMIT_EXCEEDED = "54000"
+"""SQLSTATE of a value beyond a server limit: a key too long for an entry of the table's index."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -38,9 +37,11 @@ def _values_upsert(table: str, rows: int) -> str:
 class PostgresBackend:
     """Key -> bytes storage in one PostgreSQL table, through a connection pool.
 
-    Keys are stored as their UTF-8 bytes, so any string is a valid key to look up; a write
-    takes keys of at most 2692 bytes of UTF-8 (the most an entry of the table's index holds),
-    and raises `PersistenceError` naming that limit for a longer one.
+    Keys are stored as their UTF-8 bytes, so any string is a valid key to look up. A key is
+    written into the table's index, whose entries hold about 2.7 kB once PostgreSQL has
+    compressed them: a longer key that does not compress that far (a random one of more than
+    2,692 bytes of UTF-8; a repetitive one may be much longer) is refused with a
+    `PersistenceError` saying so.
 
     Every call gives up after `timeout` seconds, getting a pooled connection included, with
     `PersistenceError` naming the timeout: a server that stops answering (a hung host, a
@@ -176,6 +177,12 @@ class PostgresBackend:
                 key=key,
             ) from error
         except Exception as error:
+            if getattr(error, "sqlstate", None) == _PROGRAM_LIMIT_EXCEEDED:
+                raise PersistenceError(
+                    "key too long for PostgreSQL: the table's index holds keys of about 2.7 kB "
+                    f"once compressed ({error})",
+                    key=key,
+                ) from error
             raise PersistenceError(
                 f"PostgreSQL: {type(error).__name__}: {error}", key=key
             ) from error
@@ -189,8 +196,11 @@ class PostgresBackend:
         deadline = asyncio.get_running_loop().time() + self.timeout
         # getconn/putconn rather than connection(): that one also opens and commits a
         # transaction block, a cost (~20 us a call) an autocommit statement does not need.
+        # The connection goes back to the pool it came from, even when a close and a reopen
+        # (a new pool) happen while the statement runs.
+        pool = self._pool
         try:
-            conn = await self._pool.getconn(timeout=self.timeout)
+            conn = await pool.getconn(timeout=self.timeout)
         except self._pool_timeout as error:
             raise TimeoutError(str(error)) from error
         try:
@@ -200,7 +210,7 @@ class PostgresBackend:
         finally:
             # A statement that timed out left its connection idle (cancelled on the server),
             # or closed: the pool drops a closed (or still busy) connection.
-            await self._pool.putconn(conn)
+            await pool.putconn(conn)
 
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value atomically."""
@@ -213,7 +223,7 @@ class PostgresBackend:
             key,
             f"INSERT INTO {self._table} (key, value) VALUES (%b, %b) "
             "ON CONFLICT (key) DO NOTHING RETURNING true",
-            [_writable(key, encode_key(key)), checked[key]],
+            [encode_key(key), checked[key]],
         )
         return bool(rows)
 
@@ -238,7 +248,7 @@ class PostgresBackend:
         checked = check_items(items)
         if not checked:
             return
-        keys = [_writable(k, raw) for k, raw in zip(checked, _encode_keys(checked), strict=True)]
+        keys = _encode_keys(checked)
         values = list(checked.values())
         # One statement: one round trip, all rows or none. A multi-row VALUES list (one
         # prepared statement per row count) costs the server a third less than unnest();
@@ -252,7 +262,8 @@ class PostgresBackend:
                 f"SELECT * FROM unnest(%s::bytea[], %s::bytea[]) {_UPSERT}"
             )
             params = [keys, values]
-        await self._execute(next(iter(checked)), query, params)
+        # Named in an error: the longest key, the one an index-size failure is about.
+        await self._execute(max(checked, key=len), query, params)
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
@@ -326,21 +337,6 @@ async def _rows(conn: Any, query: str, params: Sequence[Any]) -> list[Any]:
     """Runs one statement on `conn`; returns its rows (none for a statement without)."""
     cursor = await conn.execute(query, params)
     return await cursor.fetchall() if cursor.description else []
-
-
-def _writable(key: str, raw: bytes) -> bytes:
-    """`raw`, the UTF-8 of `key`, when it fits the table's index.
-
-    Raises:
-        PersistenceError: Naming the limit, when `raw` is longer than `_KEY_BYTES_MAX`.
-    """
-    if len(raw) > _KEY_BYTES_MAX:
-        raise PersistenceError(
-            f"key too long for PostgreSQL: {len(raw)} bytes of UTF-8, "
-            f"at most {_KEY_BYTES_MAX} can be stored",
-            key=key,
-        )
-    return raw
 
 
 def _encode_keys(keys: Iterable[str]) -> list[bytes]:
