@@ -223,10 +223,12 @@ async def test_openai_compatible_tool_call_streams_are_told_apart(
 async def test_openai_tool_name_repeated_in_every_piece_continues_the_call(
     index: int | None, server: FakeLlmServer
 ) -> None:
-    """A server that names the tool in every piece of a call still sends one call."""
+    """A server that names the tool in every piece of a call still sends one call, even
+    with a named piece without arguments after them (not a call the model made)."""
     frames = [
         _openai_call_piece(None, "add", '{"a": 1,', index),
         _openai_call_piece(None, "add", ' "b": 2}', index),
+        _openai_call_piece(None, "add", "", index),
         _openai_chunk({}, "tool_calls"),
         sse("[DONE]"),
     ]
@@ -238,6 +240,30 @@ async def test_openai_tool_name_repeated_in_every_piece_continues_the_call(
     assert end.response.tool_calls == [
         ToolCall(id="call_0", name="add", arguments={"a": 1, "b": 2})
     ]
+
+
+def test_openai_a_tool_named_in_every_piece_is_not_parsed_at_every_piece(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Whether a call is whole was decided by parsing all its arguments at each named piece:
+    # quadratic (2.7 s of blocked event loop for 100 kB of arguments in 4-character pieces).
+    from llm_agent_runtime.providers import openai as openai_module
+
+    parses: list[str] = []
+
+    def counting_loads(text: str) -> Any:
+        parses.append(text)
+        return json.loads(text)
+
+    shim = type("Json", (), {"loads": staticmethod(counting_loads), "dumps": json.dumps})
+    monkeypatch.setattr(openai_module, "json", shim)
+    arguments = json.dumps({"query": "x" * 4000, "nested": {"a": 1}})
+    pieces = [arguments[i : i + 4] for i in range(0, len(arguments), 4)]
+    assembly = openai_module._ToolCallAssembly()
+    for piece in pieces:
+        assembly.call_of(0, None, "search", piece).fragments.append(piece)
+    assert len(assembly.calls) == 1
+    assert len(parses) <= sum(p.rstrip().endswith("}") for p in pieces)
 
 
 async def test_openai_non_streamed_tool_calls(server: FakeLlmServer) -> None:

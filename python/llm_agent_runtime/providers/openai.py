@@ -461,7 +461,7 @@ class OpenAIProvider(HttpProvider):
                         function = piece.function
                         name = function.name if function is not None else None
                         fragment = (function.arguments if function is not None else None) or ""
-                        call = calls.call_of(piece.index, piece.id, name)
+                        call = calls.call_of(piece.index, piece.id, name, fragment)
                         call.fragments.append(fragment)
                         yield ToolCallDelta(call.index, piece.id, name, fragment)
                     if choice.finish_reason is not None:
@@ -485,9 +485,10 @@ class _ToolCallAssembly:
     OpenAI gives each call an `index` (and its `id` in the first piece). Some compatible
     servers send every call whole at index 0 with its own id, or leave the index out (a
     piece without index or id continues the last call). Without ids, a piece naming a tool
-    starts a new call once the call it would continue has whole JSON arguments (OpenAI names
-    the tool in a call's first piece only; a server that repeats the name in every piece
-    does so before the arguments are whole). A call's position is the order in which calls
+    and carrying arguments starts a new call once the call it would continue has whole JSON
+    arguments (OpenAI names the tool in a call's first piece only; a server that repeats the
+    name in every piece does so before the arguments are whole, and a named piece without
+    arguments after them starts nothing). A call's position is the order in which calls
     first appear.
     """
 
@@ -496,10 +497,12 @@ class _ToolCallAssembly:
         self._by_index: dict[int, PartialToolCall] = {}
         self._by_id: dict[str, PartialToolCall] = {}
 
-    def call_of(self, index: int | None, call_id: str | None, name: str | None) -> PartialToolCall:
+    def call_of(
+        self, index: int | None, call_id: str | None, name: str | None, fragment: str = ""
+    ) -> PartialToolCall:
         """The call a piece belongs to, started if the piece is its first.
 
-        An empty id or name is none (DashScope sends `"id": ""` on every continuation).
+        `fragment` is the piece's part of the arguments. An empty id or name is none (DashScope sends `"id": ""` on every continuation).
         """
         call_id = call_id or None
         name = name or None
@@ -512,7 +515,7 @@ class _ToolCallAssembly:
             call = self._by_id.get(call_id)
         elif self.calls:
             call = self.calls[-1]
-        if call is not None and call_id is None and name is not None and _whole(call):
+        if call is not None and call_id is None and name and fragment.strip() and _whole(call):
             call = None  # the next call, sent whole after this one without an id
         if call is None:
             call = PartialToolCall(len(self.calls), call_id, name)
@@ -528,8 +531,15 @@ class _ToolCallAssembly:
 
 
 def _whole(call: PartialToolCall) -> bool:
-    """Whether a named call's arguments so far are one whole JSON object."""
-    if call.name is None or not call.fragments:
+    """Whether a named call's arguments so far are one whole JSON object.
+
+    Parsed only when they end with `}`: a call whose tool is named in every piece is not
+    parsed again at every piece.
+    """
+    if call.name is None:
+        return False
+    last = next((f for f in reversed(call.fragments) if f.strip()), "")
+    if not last.rstrip().endswith("}"):
         return False
     try:
         return isinstance(json.loads("".join(call.fragments)), dict)
