@@ -502,7 +502,8 @@ class _ToolCallAssembly:
     ) -> PartialToolCall:
         """The call a piece belongs to, started if the piece is its first.
 
-        `fragment` is the piece's part of the arguments. An empty id or name is none (DashScope sends `"id": ""` on every continuation).
+        `fragment` is the piece's part of the arguments. An empty id or name is none
+        (DashScope sends `"id": ""` on every continuation).
         """
         call_id = call_id or None
         name = name or None
