@@ -28,8 +28,11 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds / 1e-9:.3g} ns"
 
 
-def load(path: Path) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
-    """Returns {group: {lib: row}} and the machine info of a pytest-benchmark JSON file."""
+def load(
+    path: Path,
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any], dict[str, Any]]:
+    """Returns {group: {lib: row}}, the machine info and the commit info of a
+    pytest-benchmark JSON file."""
     data = json.loads(path.read_text())
     groups: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for bench in data["benchmarks"]:
@@ -44,10 +47,21 @@ def load(path: Path) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, An
             "correct": info.get("correct", True),
             "notes": {k: v for k, v in info.items() if k not in ("lib", "correct", "units")},
         }
-    return groups, data.get("machine_info", {})
+    return groups, data.get("machine_info", {}), data.get("commit_info") or {}
 
 
-def render(groups: dict[str, dict[str, dict[str, Any]]], machine: dict[str, Any]) -> str:
+def commit_line(commit: dict[str, Any]) -> str:
+    """`Commit: <short id>` (with `(dirty)` for uncommitted changes), or "" without an id."""
+    if not commit.get("id"):
+        return ""
+    return f" Commit: {commit['id'][:12]}{' (dirty)' if commit.get('dirty') else ''}."
+
+
+def render(
+    groups: dict[str, dict[str, dict[str, Any]]],
+    machine: dict[str, Any],
+    commit: dict[str, Any] | None = None,
+) -> str:
     """Renders the Markdown report: one table per group, then the targets."""
     lines = [
         "# Benchmark results",
@@ -56,9 +70,10 @@ def render(groups: dict[str, dict[str, dict[str, Any]]], machine: dict[str, Any]
         "data. `ratio` = peer median / our median (above 1: we are faster). Absolute times on "
         "a shared machine are noise; ratios within one run are not.",
         "",
+        # With the commit measured, so a table can be traced back to its code.
         f"Machine: {machine.get('cpu', {}).get('brand_raw', platform.processor())}, "
         f"{machine.get('cpu', {}).get('count', '?')} cores, Python "
-        f"{machine.get('python_version', platform.python_version())}.",
+        f"{machine.get('python_version', platform.python_version())}." + commit_line(commit or {}),
         "",
     ]
     for group in sorted(groups):
@@ -91,8 +106,8 @@ def render(groups: dict[str, dict[str, dict[str, Any]]], machine: dict[str, Any]
 def main() -> int:
     """Reads the JSON named on the command line, prints the report and writes it."""
     src, dst = Path(sys.argv[1]), Path(sys.argv[2])
-    groups, machine = load(src)
-    text = render(groups, machine)
+    groups, machine, commit = load(src)
+    text = render(groups, machine, commit)
     dst.write_text(text)
     print(text)
     return 0

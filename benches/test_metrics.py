@@ -9,6 +9,10 @@ import pytest
 import llm_agent_runtime as ar
 
 N_INCREMENTS = 100_000
+PROM = "prometheus-client"
+"""Its labels() looked up at each call, as our tool name is: the row the target names."""
+PROM_CHILD = "prometheus-client (child kept)"
+"""Its labelled child looked up once and kept, as many of its users write it (informational)."""
 
 
 def _plain(lib: str) -> tuple[Any, Any]:
@@ -23,6 +27,7 @@ def _plain(lib: str) -> tuple[Any, Any]:
 
 
 def _per_tool(lib: str) -> tuple[Any, Any]:
+    """The same for one tool's counter."""
     if lib == "llm_agent_runtime":
         m = ar.RuntimeMetrics()
         return (lambda: m.record_tool_call("search")), (
@@ -31,14 +36,24 @@ def _per_tool(lib: str) -> tuple[Any, Any]:
     from prometheus_client import CollectorRegistry, Counter
 
     c = Counter("tool_calls", "tool calls", ["tool"], registry=CollectorRegistry())
-    return (lambda: c.labels(tool="search").inc()), (
-        lambda: int(c.labels(tool="search")._value.get())
-    )
+    read = lambda: int(c.labels("search")._value.get())  # noqa: E731
+    if lib == PROM_CHILD:
+        return c.labels("search").inc, read
+    # Positional labels: its faster form (keywords are matched to label names first).
+    return (lambda: c.labels("search").inc()), read
 
 
-@pytest.mark.parametrize("lib", ["llm_agent_runtime", "prometheus-client"])
-@pytest.mark.parametrize("kind", ["increment", "per-tool increment"])
-def test_increment(benchmark: Any, lib: str, kind: str) -> None:
+CASES = [
+    ("increment", "llm_agent_runtime"),
+    ("increment", PROM),
+    ("per-tool increment", "llm_agent_runtime"),
+    ("per-tool increment", PROM),
+    ("per-tool increment", PROM_CHILD),
+]
+
+
+@pytest.mark.parametrize(("kind", "lib"), CASES)
+def test_increment(benchmark: Any, kind: str, lib: str) -> None:
     inc, read = (_plain if kind == "increment" else _per_tool)(lib)
     benchmark.group = f"metrics: {N_INCREMENTS:,} x {kind}"
 
