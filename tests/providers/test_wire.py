@@ -186,6 +186,13 @@ def _openai_call_piece(
     return _openai_chunk({"tool_calls": [fields]})
 
 
+async def _streamed_calls(server: FakeLlmServer, *pieces: bytes) -> list[Any]:
+    """The events of an OpenAI stream of tool-call `pieces` (then its end)."""
+    server.script(Reply(frames=[*pieces, _openai_chunk({}, "tool_calls"), sse("[DONE]")]))
+    async with make_provider("openai", server) as llm:
+        return [e async for e in llm.chat_stream([Message("user", "go")], tools=[ADD])]
+
+
 @pytest.mark.parametrize("ids", [True, False], ids=["ids", "no ids"])
 @pytest.mark.parametrize("form", ["all at index 0", "no index"])
 async def test_openai_compatible_tool_call_streams_are_told_apart(
@@ -198,16 +205,12 @@ async def test_openai_compatible_tool_call_streams_are_told_apart(
     def piece(call_id: str | None, name: str | None, arguments: str) -> bytes:
         return _openai_call_piece(call_id if ids else None, name, arguments, index)
 
-    frames = [
+    events = await _streamed_calls(
+        server,
         piece("c0", "add", '{"a": 1, "b": 2}'),
         piece("c1", "mul", '{"x": 3'),
         piece(None, None, "}") if form == "no index" else piece("c1", None, "}"),
-        _openai_chunk({}, "tool_calls"),
-        sse("[DONE]"),
-    ]
-    server.script(Reply(frames=frames))
-    async with make_provider("openai", server) as llm:
-        events = [e async for e in llm.chat_stream([Message("user", "go")], tools=[ADD])]
+    )
     end = events[-1]
     assert isinstance(end, StreamEnd)
     first, second = ("c0", "c1") if ids else ("call_0", "call_1")
@@ -225,16 +228,12 @@ async def test_openai_tool_name_repeated_in_every_piece_continues_the_call(
 ) -> None:
     """A server that names the tool in every piece of a call still sends one call, even
     with a named piece without arguments after them (not a call the model made)."""
-    frames = [
+    events = await _streamed_calls(
+        server,
         _openai_call_piece(None, "add", '{"a": 1,', index),
         _openai_call_piece(None, "add", ' "b": 2}', index),
         _openai_call_piece(None, "add", "", index),
-        _openai_chunk({}, "tool_calls"),
-        sse("[DONE]"),
-    ]
-    server.script(Reply(frames=frames))
-    async with make_provider("openai", server) as llm:
-        events = [e async for e in llm.chat_stream([Message("user", "go")], tools=[ADD])]
+    )
     end = events[-1]
     assert isinstance(end, StreamEnd)
     assert end.response.tool_calls == [
