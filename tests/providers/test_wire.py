@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 import logging
 import pickle
@@ -13,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
 from llm_agent_runtime import (
@@ -241,28 +244,85 @@ async def test_openai_tool_name_repeated_in_every_piece_continues_the_call(
     ]
 
 
-def test_openai_a_tool_named_in_every_piece_is_not_parsed_at_every_piece(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("index", [0, None])
+def test_openai_a_tool_named_in_every_piece_is_followed_without_parsing(
+    index: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Whether a call is whole was decided by parsing all its arguments at each named piece:
-    # quadratic (2.7 s of blocked event loop for 100 kB of arguments in 4-character pieces).
+    # Whether a call is whole was decided by parsing all its arguments at each named piece
+    # that ended with '}': quadratic (seconds of blocked event loop for a tool writing code
+    # full of braces). It is followed in one pass now, and never parsed.
     from llm_agent_runtime.providers import openai as openai_module
 
-    parses: list[str] = []
+    def no_parse(text: str) -> Any:
+        raise AssertionError("the assembly parsed the arguments")
 
-    def counting_loads(text: str) -> Any:
-        parses.append(text)
-        return json.loads(text)
-
-    shim = type("Json", (), {"loads": staticmethod(counting_loads), "dumps": json.dumps})
+    shim = type("Json", (), {"loads": staticmethod(no_parse), "dumps": json.dumps})
     monkeypatch.setattr(openai_module, "json", shim)
-    arguments = json.dumps({"query": "x" * 4000, "nested": {"a": 1}})
-    pieces = [arguments[i : i + 4] for i in range(0, len(arguments), 4)]
+    arguments = json.dumps({"code": "a}}}" * 2000, "nested": {"a": [1, {"b": "}"}]}})
     assembly = openai_module._ToolCallAssembly()
-    for piece in pieces:
-        assembly.call_of(0, None, "search", piece).fragments.append(piece)
+    for i in range(0, len(arguments), 4):
+        assembly.add(index, None, "write", arguments[i : i + 4])
+    assembly.add(index, None, "write", "")  # named again, nothing after: no call
     assert len(assembly.calls) == 1
-    assert len(parses) <= sum(p.rstrip().endswith("}") for p in pieces)
+    assert json.loads("".join(assembly.calls[0].fragments)) == json.loads(arguments)
+
+
+@pytest.mark.parametrize("index", [0, None])
+def test_openai_an_id_less_call_named_first_and_given_arguments_after_is_a_new_call(
+    index: int | None,
+) -> None:
+    # OpenAI's own form (the name in the first piece only), sent without ids after a whole
+    # call: it was joined to the call before it.
+    from llm_agent_runtime.providers.openai import _ToolCallAssembly
+
+    assembly = _ToolCallAssembly()
+    for name, fragment in [("add", '{"a": 1, "b": 2}'), ("mul", ""), (None, '{"x": 3}')]:
+        assembly.add(index, None, name, fragment)
+    assert [(c.name, "".join(c.fragments)) for c in assembly.calls] == [
+        ("add", '{"a": 1, "b": 2}'),
+        ("mul", '{"x": 3}'),
+    ]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='ab{}[]"\\ :,'),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(alphabet='ab{}"\\', max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    value=json_values,
+    cut=st.integers(min_value=0, max_value=200),
+    sizes=st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=5),
+    tail=st.sampled_from(["", " ", "}", "{}", "x"]),
+)
+def test_openai_whole_arguments_are_told_as_json_loads_tells_them(
+    value: Any, cut: int, sizes: list[int], tail: str
+) -> None:
+    from llm_agent_runtime.providers.openai import _JsonDepth
+
+    text = json.dumps(value)
+    text = text[: len(text) - cut % (len(text) + 1)] + tail
+    depth, at, size = _JsonDepth(), 0, itertools.cycle(sizes)
+    while at < len(text):
+        step = next(size)
+        depth.feed(text[at : at + step])
+        at += step
+    try:
+        want = isinstance(json.loads(text), dict)
+    except ValueError:
+        want = False
+    # Every whole object is told whole; a text told whole is one object with its brackets
+    # closed (its literals are not checked: `{"a": nul}` is whole, and fails when decoded).
+    assert depth.whole >= want, text
+    if depth.whole:
+        assert text.strip()[:1] == "{" and text.strip()[-1:] == "}", text
+    if cut == 0 and not tail.strip():
+        assert depth.whole == isinstance(value, dict), text
 
 
 async def test_openai_non_streamed_tool_calls(server: FakeLlmServer) -> None:

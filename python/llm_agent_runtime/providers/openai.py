@@ -461,8 +461,7 @@ class OpenAIProvider(HttpProvider):
                         function = piece.function
                         name = function.name if function is not None else None
                         fragment = (function.arguments if function is not None else None) or ""
-                        call = calls.call_of(piece.index, piece.id, name, fragment)
-                        call.fragments.append(fragment)
+                        call = calls.add(piece.index, piece.id, name, fragment)
                         yield ToolCallDelta(call.index, piece.id, name, fragment)
                     if choice.finish_reason is not None:
                         finish_reason = choice.finish_reason
@@ -484,26 +483,27 @@ class _ToolCallAssembly:
 
     OpenAI gives each call an `index` (and its `id` in the first piece). Some compatible
     servers send every call whole at index 0 with its own id, or leave the index out (a
-    piece without index or id continues the last call). Without ids, a piece naming a tool
-    and carrying arguments starts a new call once the call it would continue has whole JSON
-    arguments (OpenAI names the tool in a call's first piece only; a server that repeats the
-    name in every piece does so before the arguments are whole, and a named piece without
-    arguments after them starts nothing). A call's position is the order in which calls
-    first appear.
+    piece without index or id continues the last call). Without ids, once the call a piece
+    would continue has whole JSON arguments, a tool named with arguments, or named in one
+    piece with its arguments in the next (OpenAI names a call in its first piece only),
+    starts a new call. A server that names the tool in every piece does so before the
+    arguments are whole; a named piece after them with no arguments following starts
+    nothing. A call's position is the order in which calls first appear.
     """
 
     def __init__(self) -> None:
         self.calls: list[PartialToolCall] = []
         self._by_index: dict[int, PartialToolCall] = {}
         self._by_id: dict[str, PartialToolCall] = {}
+        self._depths: dict[int, _JsonDepth] = {}  # by call position
+        self._pending_name: str | None = None  # named after a whole call, arguments to come
 
-    def call_of(
-        self, index: int | None, call_id: str | None, name: str | None, fragment: str = ""
+    def add(
+        self, index: int | None, call_id: str | None, name: str | None, fragment: str
     ) -> PartialToolCall:
-        """The call a piece belongs to, started if the piece is its first.
+        """Adds a piece (`fragment` of a call's arguments) to its call; returns the call.
 
-        `fragment` is the piece's part of the arguments. An empty id or name is none
-        (DashScope sends `"id": ""` on every continuation).
+        An empty id or name is none (DashScope sends `"id": ""` on every continuation).
         """
         call_id = call_id or None
         name = name or None
@@ -516,11 +516,22 @@ class _ToolCallAssembly:
             call = self._by_id.get(call_id)
         elif self.calls:
             call = self.calls[-1]
-        if call is not None and call_id is None and name and fragment.strip() and _whole(call):
-            call = None  # the next call, sent whole after this one without an id
+        if (
+            call is not None
+            and call_id is None
+            and call.name is not None
+            and self._depths[call.index].whole
+        ):
+            if name and not fragment.strip():
+                self._pending_name = name  # the next call's first piece: arguments to come
+            elif fragment.strip() and (name or self._pending_name):
+                name = name or self._pending_name
+                call = None  # the next call, sent after this one without an id
         if call is None:
             call = PartialToolCall(len(self.calls), call_id, name)
             self.calls.append(call)
+            self._depths[call.index] = _JsonDepth()
+            self._pending_name = None
         else:
             call.id = call.id or call_id
             call.name = call.name or name
@@ -528,24 +539,51 @@ class _ToolCallAssembly:
             self._by_index[index] = call
         if call_id:
             self._by_id[call_id] = call
+        call.fragments.append(fragment)
+        self._depths[call.index].feed(fragment)
         return call
 
 
-def _whole(call: PartialToolCall) -> bool:
-    """Whether a named call's arguments so far are one whole JSON object.
+class _JsonDepth:
+    """Whether the JSON text fed so far is one whole object, followed in one pass over it.
 
-    Parsed only when they end with `}`: a call whose tool is named in every piece is not
-    parsed again at every piece.
+    Tracks the nesting depth outside strings, so deciding costs nothing per piece (parsing
+    the arguments at each piece is quadratic). Whole means its brackets are closed; its
+    literals are not checked (a call with broken arguments fails when it is built).
     """
-    if call.name is None:
-        return False
-    last = next((f for f in reversed(call.fragments) if f.strip()), "")
-    if not last.rstrip().endswith("}"):
-        return False
-    try:
-        return isinstance(json.loads("".join(call.fragments)), dict)
-    except ValueError:
-        return False
+
+    __slots__ = ("broken", "depth", "escaped", "in_string", "whole")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+        self.broken = False  # no object can come of it (a second value, a bare array)
+        self.whole = False
+        """An object opened and closed, and nothing but whitespace after it."""
+
+    def feed(self, text: str) -> None:
+        for char in text:
+            if self.broken:
+                return
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif char == "\\":
+                    self.escaped = True
+                elif char == '"':
+                    self.in_string = False
+            elif char.isspace():
+                continue
+            elif self.depth == 0 and (self.whole or char != "{"):
+                self.broken, self.whole = True, False  # not one object
+            elif char == '"':
+                self.in_string = True
+            elif char in "{[":
+                self.depth += 1
+            elif char in "}]":
+                self.depth -= 1
+                self.whole = self.depth == 0
 
 
 def _wire_message(message: Message) -> dict[str, Any]:
