@@ -396,6 +396,53 @@ async def test_a_round_interrupted_while_saved_resumes_from_its_journal() -> Non
     assert len(effects.calls) == 3  # no charge ran twice
 
 
+class SlowCleanupBackend(ar.InMemoryBackend):
+    """A fork's copy that lands, then hangs; deletes that take a round trip, one may fail."""
+
+    def __init__(self, failing: str = "") -> None:
+        super().__init__()
+        self.hang = False
+        self.failing = failing
+        self.reached = asyncio.Event()
+        self.deleting = asyncio.Event()
+
+    async def batch_save(self, items: Any) -> None:
+        await super().batch_save(items)
+        if self.hang and any(":step:" in key for key in items):
+            self.reached.set()
+            await asyncio.Event().wait()  # cancelled here, the copy landed
+
+    async def delete(self, key: str) -> bool:
+        await asyncio.sleep(0.01)  # a network round trip
+        if self.failing and key.endswith(self.failing):
+            raise ConnectionError("delete failed")
+        found = await super().delete(key)
+        self.deleting.set()
+        return found
+
+
+@pytest.mark.parametrize("failing", ["", ":step:2"])
+async def test_a_fork_cancelled_twice_cleans_up_whole_and_never_resumes_short(
+    failing: str,
+) -> None:
+    backend = SlowCleanupBackend(failing)
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = await runtime.run_agent("a", "q", script(*(add_step(i) for i in (1, 2, 3)), FINAL))
+    backend.hang = True
+    task = asyncio.create_task(runtime.fork(session.session_id, 3, "child"))
+    await backend.reached.wait()
+    task.cancel()
+    await backend.deleting.wait()
+    task.cancel()  # again, during the cleanup: it still runs to the end
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    left = await backend.list_keys("session:child")
+    # The meta claim goes even when a step's delete failed: no short fork to resume.
+    assert left == ([] if not failing else ["session:child:step:2"])
+    with pytest.raises(ar.PersistenceError):
+        await runtime.resume("child", script(FINAL))
+
+
 class FailsOnceAtStep2(ar.InMemoryBackend):
     def __init__(self) -> None:
         super().__init__()

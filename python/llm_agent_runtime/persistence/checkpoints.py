@@ -21,6 +21,7 @@ Keys of session `<id>` (every value is a codec record; `<id>` is escaped, `%` as
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
@@ -816,14 +817,30 @@ class CheckpointStore:
         except BaseException:
             # The claim goes with the failed copy, so the id is free. The copy may have landed
             # all the same (cancelled while the backend finished it): its steps go too, before
-            # the claim that keeps other forks out.
+            # the claim that keeps other forks out. The cleanup runs as its own task, waited
+            # for through further cancellations: stopped half way, it would leave the claim
+            # over fewer steps, a fork that resumes from the wrong step.
             if save_new is not None:
-                with contextlib.suppress(Exception):
-                    for key in reversed(items):
-                        await self.backend.delete(key)
+                cleanup = asyncio.ensure_future(self._unclaim(list(reversed(items))))
+                while not cleanup.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([cleanup])
+                if not cleanup.cancelled():
+                    cleanup.exception()  # retrieved: the original error is what is raised
             raise
         self._next_event.pop(new_session_id, None)
         return fork
+
+    async def _unclaim(self, keys: Sequence[str]) -> None:
+        """Deletes a failed fork's `keys`: its steps, then its meta claim, last.
+
+        Each is tried even when one before it failed (that failure suppressed): the claim goes
+        in any case, so no fork is left to resume as if whole; a stray step under no meta is
+        refused by `fork`'s existence check and ignored by `load`.
+        """
+        for key in keys:
+            with contextlib.suppress(Exception):
+                await self.backend.delete(key)
 
     async def _exists(self, session_id: str) -> bool:
         """Whether the session has any checkpoint record (final, meta, step, ...)."""

@@ -159,12 +159,15 @@ class PostgresBackend:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def _execute(self, key: str | None, query: str, params: Sequence[Any]) -> list[Any]:
+    async def _execute(
+        self, key: str | None, query: str, params: Sequence[Any], batch: bool = False
+    ) -> list[Any]:
         """Runs one statement (atomic on its own: autocommit) and returns its rows.
 
         Raises:
             PersistenceError: Naming `key`, when the statement fails or does not end within
-                `timeout` seconds (waiting for a connection included).
+                `timeout` seconds (waiting for a connection included); a `batch` of several
+                keys names no key when one is too long (the server does not say which).
         """
         if not self._ready:
             await self.open()
@@ -177,11 +180,13 @@ class PostgresBackend:
                 key=key,
             ) from error
         except Exception as error:
-            if getattr(error, "sqlstate", None) == _PROGRAM_LIMIT_EXCEEDED:
+            if getattr(error, "sqlstate", None) == _PROGRAM_LIMIT_EXCEEDED and "index row" in str(
+                error
+            ):
                 raise PersistenceError(
                     "key too long for PostgreSQL: the table's index holds keys of about 2.7 kB "
                     f"once compressed ({error})",
-                    key=key,
+                    key=None if batch else key,
                 ) from error
             raise PersistenceError(
                 f"PostgreSQL: {type(error).__name__}: {error}", key=key
@@ -262,8 +267,9 @@ class PostgresBackend:
                 f"SELECT * FROM unnest(%s::bytea[], %s::bytea[]) {_UPSERT}"
             )
             params = [keys, values]
-        # Named in an error: the longest key, the one an index-size failure is about.
-        await self._execute(max(checked, key=len), query, params)
+        # Named in an error: the first key; a key too long, only when it is the batch's one
+        # key (which of several the index refused, the server does not say).
+        await self._execute(next(iter(checked)), query, params, batch=len(checked) > 1)
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""

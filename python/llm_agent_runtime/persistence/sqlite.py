@@ -29,6 +29,9 @@ _UPSERT = (
     "INSERT INTO kv (key, value) VALUES (?, ?) "
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 )
+_CANCEL_GRACE = 1.0
+"""Seconds a cancelled call waits for its running thread before the cancellation goes on
+(the thread may be waiting up to `busy_timeout` for another writer's lock)."""
 
 
 class SqliteBackend:
@@ -37,8 +40,10 @@ class SqliteBackend:
     The database runs in WAL mode, so readers never block the writer and several processes
     can share one file (writers wait up to `busy_timeout` seconds for each other). Every call
     runs in a worker thread, off the event loop; a batch is one transaction. A thread cannot
-    be stopped: a call whose task is cancelled waits for its thread before the cancellation
-    goes on, so that a cancelled write has either happened or not by then, never later.
+    be stopped: a call cancelled before its thread started never runs; one cancelled later
+    waits for its thread, at most a grace period (one second), before the cancellation goes
+    on. So a cancelled write has either happened or not by then, unless its thread is still
+    waiting for another writer's lock after the grace: it may then still happen later.
 
     Args:
         path: database file (created, with its directory, if missing), or ":memory:".
@@ -79,16 +84,26 @@ class SqliteBackend:
 
         `keys` may be the mapping of a batch's items: a value too big to bind names its key.
         """
+        guard = threading.Lock()
+        state = {"started": False, "abandoned": False}
 
         def locked() -> T:
+            with guard:
+                if state["abandoned"]:  # cancelled before this thread started: never runs
+                    raise _Abandoned
+                state["started"] = True
             with self._lock:
                 return work(self._conn)
 
         done = asyncio.get_running_loop().run_in_executor(None, locked)
+        done.add_done_callback(_retrieve)
         try:
             return await asyncio.shield(done)
         except asyncio.CancelledError:
-            await _wait_out(done)
+            with guard:
+                state["abandoned"] = not state["started"]
+            if not state["abandoned"]:
+                await _wait_out(done, _CANCEL_GRACE)
             raise
         except sqlite3.Error as exc:
             raise PersistenceError(f"SQLite error on {self.path}: {exc}", key=key) from exc
@@ -185,11 +200,23 @@ class SqliteBackend:
         return f"SqliteBackend(path={self.path!r}, synchronous={self.synchronous!r})"
 
 
-async def _wait_out(done: asyncio.Future[T]) -> None:
-    """Waits until the thread behind `done` has finished, whatever cancels the waiting task."""
-    while not done.done():
-        # Cancelled again: the thread still runs, and the first cancellation goes on after.
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait([done])
+class _Abandoned(Exception):
+    """A call cancelled before its thread started: the thread skips its work."""
+
+
+def _retrieve(done: asyncio.Future[T]) -> None:
+    """Marks the exception of a finished call retrieved: a cancelled caller never sees it."""
     if not done.cancelled():
-        done.exception()  # retrieved (not logged): the caller's cancellation is what it sees
+        done.exception()
+
+
+async def _wait_out(done: asyncio.Future[T], grace: float) -> None:
+    """Waits until the thread behind `done` has finished, at most `grace` seconds.
+
+    Whatever cancels the waiting task meanwhile, the first cancellation goes on after.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while not done.done() and (left := deadline - loop.time()) > 0:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([done], timeout=left)
