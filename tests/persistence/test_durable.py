@@ -135,6 +135,15 @@ async def test_resume_continues_after_the_last_completed_step() -> None:
     assert again.final_answer == "finished" and len(seen) == 1
 
 
+async def cancel_once_reached(run: Awaitable[Any], reached: asyncio.Event) -> None:
+    """Runs `run` as a task, cancels it once `reached` is set, and expects the cancellation."""
+    task = asyncio.ensure_future(run)
+    await reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def interrupt_mid_tool(
     runtime: ar.AgentRuntime, reply: str, gate: asyncio.Event, started: asyncio.Event
 ) -> str:
@@ -375,15 +384,12 @@ async def test_a_round_interrupted_while_saved_resumes_from_its_journal() -> Non
         [("charge", {"amount": n}) for n in (1, 2, 3)]
     )
     session = runtime.create_session("a")
-    task = asyncio.create_task(
+    await cancel_once_reached(
         runtime.run_agent_with_provider(
             "a", "q", ar.ScriptedProvider([round_of_three]), session=session
-        )
+        ),
+        backend.reached,
     )
-    await backend.reached.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
     assert effects.calls == [("charge", 1), ("charge", 2), ("charge", 3)]
     # The round is saved whole or not at all; its calls' results come from the journal.
     resumed = await runtime.resume(session.session_id, ar.ScriptedProvider(["done"]))
@@ -582,11 +588,9 @@ async def test_cancelled_while_a_step_is_saved_the_step_is_saved_on_the_way_out(
     runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
     session = runtime.create_session("a")
     reply = 'Thought: pay\nAction: charge {"amount": 5}'
-    task = asyncio.create_task(runtime.run_agent("a", "q", script(reply), session=session))
-    await backend.reached.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_once_reached(
+        runtime.run_agent("a", "q", script(reply), session=session), backend.reached
+    )
     events = [e["type"] for e in await runtime.session_events(session.session_id)]
     assert events == [
         "RunStarted",
@@ -616,11 +620,9 @@ async def test_cancelled_during_the_final_checkpoint_the_run_keeps_its_finished_
     backend = FinalSaveHangs()
     runtime = ar.AgentRuntime(checkpoint_backend=backend)
     session = runtime.create_session("a")
-    task = asyncio.create_task(runtime.run_agent("a", "q", script(FINAL), session=session))
-    await backend.reached.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_once_reached(
+        runtime.run_agent("a", "q", script(FINAL), session=session), backend.reached
+    )
     events = [e["type"] for e in await runtime.session_events(session.session_id)]
     assert "RunFinished" in events  # it was dropped: popped, and given back to Exceptions only
 
@@ -1263,11 +1265,7 @@ async def test_a_fork_cancelled_while_its_copy_lands_leaves_its_new_id_free() ->
     runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     session = await runtime.run_agent("a", "q", script(add_step(1), FINAL))
     backend.hang = True
-    task = asyncio.create_task(runtime.fork(session.session_id, 1, "child"))
-    await backend.reached.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_once_reached(runtime.fork(session.session_id, 1, "child"), backend.reached)
     assert await backend.list_keys("session:child") == []
     backend.hang = False
     assert await runtime.fork(session.session_id, 1, "child") == "child"

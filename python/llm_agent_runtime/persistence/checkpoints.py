@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.persistence._waiting import retrieve_outcome, wait_through_cancellation
 from llm_agent_runtime.persistence.base import (
     PersistenceBackend,
     session_key,
@@ -822,11 +823,8 @@ class CheckpointStore:
             # over fewer steps, a fork that resumes from the wrong step.
             if save_new is not None:
                 cleanup = asyncio.ensure_future(self._unclaim(list(reversed(items))))
-                while not cleanup.done():
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.wait([cleanup])
-                if not cleanup.cancelled():
-                    cleanup.exception()  # retrieved: the original error is what is raised
+                await wait_through_cancellation(cleanup)
+                retrieve_outcome(cleanup)  # the original error is what is raised
             raise
         self._next_event.pop(new_session_id, None)
         return fork

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,6 +17,7 @@ from llm_agent_runtime.persistence._checks import (
     check_prefix,
     check_value,
 )
+from llm_agent_runtime.persistence._waiting import retrieve_outcome, wait_through_cancellation
 from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["SqliteBackend"]
@@ -96,14 +96,14 @@ class SqliteBackend:
                 return work(self._conn)
 
         done = asyncio.get_running_loop().run_in_executor(None, locked)
-        done.add_done_callback(_retrieve)
+        done.add_done_callback(retrieve_outcome)  # a cancelled caller never sees it
         try:
             return await asyncio.shield(done)
         except asyncio.CancelledError:
             with guard:
                 state["abandoned"] = not state["started"]
             if not state["abandoned"]:
-                await _wait_out(done, _CANCEL_GRACE)
+                await wait_through_cancellation(done, _CANCEL_GRACE)
             raise
         except sqlite3.Error as exc:
             raise PersistenceError(f"SQLite error on {self.path}: {exc}", key=key) from exc
@@ -202,21 +202,3 @@ class SqliteBackend:
 
 class _Abandoned(Exception):
     """A call cancelled before its thread started: the thread skips its work."""
-
-
-def _retrieve(done: asyncio.Future[T]) -> None:
-    """Marks the exception of a finished call retrieved: a cancelled caller never sees it."""
-    if not done.cancelled():
-        done.exception()
-
-
-async def _wait_out(done: asyncio.Future[T], grace: float) -> None:
-    """Waits until the thread behind `done` has finished, at most `grace` seconds.
-
-    Whatever cancels the waiting task meanwhile, the first cancellation goes on after.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    while not done.done() and (left := deadline - loop.time()) > 0:
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait([done], timeout=left)
