@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import FunctionType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from llm_agent_runtime._core import RuntimeMetrics, parse_react_step
 from llm_agent_runtime.config import AgentConfig
@@ -47,15 +47,6 @@ from llm_agent_runtime.events import (
     ToolCallStarted,
 )
 from llm_agent_runtime.memory import CHARS_PER_TOKEN, fit_to_token_budget
-from llm_agent_runtime.orchestration import BackpressureGuard, CapabilitySet, CostBudget
-from llm_agent_runtime.persistence.base import PersistenceBackend, session_key, step_key
-from llm_agent_runtime.persistence.checkpoints import (
-    CheckpointStore,
-    SessionState,
-    StepRecord,
-    idempotency_key,
-    is_stale_entry,
-)
 from llm_agent_runtime.providers.base import (
     TRUNCATION_STOP_REASONS,
     ChatResponse,
@@ -70,6 +61,17 @@ from llm_agent_runtime.providers.base import (
 )
 from llm_agent_runtime.session import AgentSession, Step, message_problem
 from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, _truncate
+
+# The checkpoint machinery is imported where it is used, all of it behind a checkpoint
+# backend: a runtime without one (and its import) never loads it.
+if TYPE_CHECKING:
+    from llm_agent_runtime.orchestration import BackpressureGuard, CapabilitySet, CostBudget
+    from llm_agent_runtime.persistence.base import PersistenceBackend
+    from llm_agent_runtime.persistence.checkpoints import (
+        CheckpointStore,
+        SessionState,
+        StepRecord,
+    )
 
 __all__ = ["AgentRuntime", "ApprovalDecision", "Middleware"]
 
@@ -293,7 +295,11 @@ class AgentRuntime:
         self.backpressure = backpressure
         self.metrics = metrics if metrics is not None else RuntimeMetrics()
         self.checkpoint_backend = checkpoint_backend
-        self._checkpoints = CheckpointStore(checkpoint_backend) if checkpoint_backend else None
+        self._checkpoints: CheckpointStore | None = None
+        if checkpoint_backend:
+            from llm_agent_runtime.persistence.checkpoints import CheckpointStore
+
+            self._checkpoints = CheckpointStore(checkpoint_backend)
         # Events waiting to be written to the event log with the next checkpoint, by session.
         self._event_log: dict[str, list[Event]] = {}
         # Steps whose checkpoint failed, by session: (first step number, records).
@@ -1392,6 +1398,8 @@ class AgentRuntime:
         self.metrics.record_step()
         if self._checkpoints is None:
             return None
+        from llm_agent_runtime.persistence.checkpoints import StepRecord
+
         record = StepRecord(step, reply, round_text, call_id, round_start)
         durable = self._durable_runs.get(session.session_id)
         if durable is not None and len(session.steps) == durable.first + 1:
@@ -1427,6 +1435,8 @@ class AgentRuntime:
                 raise  # cancelled: the run's own handler saves what it can
             session.checkpoint_errors += 1
             self.metrics.record_checkpoint_error()
+            from llm_agent_runtime.persistence.base import step_key
+
             logger.warning("checkpoint %s failed: %r", step_key(session_id, first), error)
             return
         for key in keys:
@@ -1487,10 +1497,14 @@ class AgentRuntime:
         except PersistenceError:
             raise
         except Exception as error:  # a backend's own error, typed for the caller
+            from llm_agent_runtime.persistence.base import session_key
+
             key = session_key(session.session_id) + ":meta"
             raise PersistenceError(f"session start checkpoint failed: {error}", key=key) from error
 
     async def _save_final(self, session: AgentSession, run: str | None) -> None:
+        from llm_agent_runtime.persistence.base import session_key
+
         assert self._checkpoints is not None
         key = session_key(session.session_id)
         # The episodic store is not saved with the session: it holds every agent's memories
@@ -1557,6 +1571,8 @@ class AgentRuntime:
             )
             resolved = resolutions[index]
         name, arguments, denial = resolved
+        from llm_agent_runtime.persistence.checkpoints import idempotency_key, is_stale_entry
+
         run_id = self._durable_runs[session_id].run
         key = idempotency_key(session_id, step, index)
         intent = {
@@ -1653,6 +1669,8 @@ class AgentRuntime:
             return
         spec = self.tools.get(name)
         if spec is None or not (spec.idempotent or spec.takes_idempotency_key):
+            from llm_agent_runtime.persistence.checkpoints import idempotency_key
+
             key = idempotency_key(session_id, step, index)
             raise ToolError(
                 f"tool call {name!r} (step {step}, call {index}, idempotency key {key!r}) "
