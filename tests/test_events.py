@@ -312,6 +312,37 @@ async def test_subscriptions_end_on_aclose_cancellation_break_and_close() -> Non
     assert not bus.active
 
 
+async def test_a_subscription_ended_elsewhere_ends_the_iteration_waiting_on_it() -> None:
+    # One task reads; another closes the subscription (a client went away), or a second
+    # reader of it is cancelled: the reader waiting for the next event stops, not hangs.
+    bus = ar.EventBus()
+    for end in ("aclose", "cancel"):
+        stream = bus.subscribe()
+        read: list[object] = []
+
+        async def consume(stream: Any = stream, read: list[object] = read) -> str:
+            async for event in stream:
+                read.append(event)
+            return "ended"
+
+        reader = asyncio.create_task(consume())
+        other = asyncio.create_task(consume())
+        bus.emit("one")  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        if end == "aclose":
+            await stream.aclose()  # type: ignore[attr-defined]
+            other_ended = await asyncio.wait_for(other, 1.0)
+            assert other_ended == "ended"
+        else:
+            other.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await other
+        bus.emit("two")  # type: ignore[arg-type]
+        assert await asyncio.wait_for(reader, 1.0) == "ended"
+        assert read == ["one"]
+        assert not bus.active
+
+
 def test_off_of_a_callback_not_registered_does_nothing() -> None:
     bus = ar.EventBus()
     seen: list[ar.Event] = []

@@ -289,13 +289,17 @@ class Subscription:
         except BaseException:  # cancelled: the subscriber is gone
             self._end()
             raise
-        if event is None:  # `EventBus.close()`
+        if event is None:  # the end: `EventBus.close()`, or the subscription ended elsewhere
+            queue.put_nowait(None)  # left for any other task waiting on this subscription
             self._end()
             raise StopAsyncIteration
         return event
 
     async def aclose(self) -> None:
-        """Ends the subscription (events not read yet are dropped)."""
+        """Ends the subscription (events not read yet are dropped).
+
+        A task waiting on it for the next event stops iterating too.
+        """
         self._end()
 
     def _end(self) -> None:
@@ -305,6 +309,9 @@ class Subscription:
             self._dropped = getattr(queue, "dropped", 0)
         if bus is not None and queue is not None:
             bus._unsubscribe(queue)
+            # A task waiting on the queue (another reader of this subscription, say) would
+            # wait forever: no event comes to it now. The end marker ends its iteration.
+            queue.put_nowait(None)
 
     def __del__(self) -> None:
         self._end()
