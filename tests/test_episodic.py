@@ -118,6 +118,29 @@ def test_equal_scores_recall_in_insertion_order() -> None:
     assert store.episodes_by_importance("a") == ["top", "first", "second", "third"]
 
 
+def test_an_importance_of_minus_zero_is_zero() -> None:
+    # -0.0 (say, round(-0.001, 2)) is in [0, 1]; it ranks and is evicted as 0.0, so equal
+    # importances keep insertion order, and a JSON export keeps it as 0.0 too.
+    store = ar.EpisodicStore(clock=lambda: 0.0)
+    store.add_episode("a", "old", -0.0)
+    store.add_episode("a", "new", 0.0)
+    assert [e.content for e in store.recall("a", 2)] == ["old", "new"]
+    assert store.episodes_by_importance("a") == ["old", "new"]
+    assert str(store.episodes("a")[0].importance) == "0.0"
+    capped = ar.EpisodicStore(clock=lambda: 0.0, per_agent_capacity=2)
+    capped.add_episode("a", "oldest", 0.0)
+    capped.add_episode("a", "second", -0.0)
+    capped.add_episode("a", "third", 0.5)
+    assert [e.content for e in capped.episodes("a")] == ["second", "third"]
+    exported = json.loads(store.to_json())
+    for episodes in exported["by_agent"].values():
+        for episode in episodes:
+            episode["importance"] = -0.0
+    back = ar.EpisodicStore.from_json(json.dumps(exported), clock=lambda: 0.0)
+    assert str(back.episodes("a")[0].importance) == "0.0"
+    assert back.episodes_by_importance("a") == ["old", "new"]
+
+
 def test_per_agent_capacity_evicts_lowest_importance() -> None:
     store = ar.EpisodicStore(per_agent_capacity=2)
     store.add_episode("a", "keep", 0.5)

@@ -141,10 +141,13 @@ pub fn hybrid(recency_weight: f64, frequency_weight: f64) -> CoreResult<Recall> 
     })
 }
 
-/// Checks that an importance is in [0, 1] (NaN is not).
-fn check_importance(importance: f64) -> CoreResult<()> {
+/// Checks that an importance is in [0, 1] (NaN is not); returns it with -0.0 made 0.0.
+///
+/// Scores are ordered with `total_cmp`, which puts -0.0 below 0.0: an episode stored with
+/// -0.0 would rank (and be evicted) as less important than an equal one.
+fn checked_importance(importance: f64) -> CoreResult<f64> {
     if (0.0..=1.0).contains(&importance) {
-        Ok(())
+        Ok(importance + 0.0)
     } else {
         Err(CoreError::Memory(format!(
             "importance must be in [0, 1], got {importance}"
@@ -266,7 +269,8 @@ impl Episodes {
                     return Err(bad("its id is another episode's: ids are store-wide".into()));
                 }
                 previous_id = Some(id);
-                check_importance(e.importance).map_err(|err| bad(err.to_string()))?;
+                e.importance =
+                    checked_importance(e.importance).map_err(|err| bad(err.to_string()))?;
                 check_time(e.created_at).map_err(|err| bad(err.to_string()))?;
                 if let Some(t) = e.last_recalled_at {
                     check_time(t).map_err(|err| bad(err.to_string()))?;
@@ -321,7 +325,7 @@ impl Episodes {
         now: f64,
         embedding: Option<&[f32]>,
     ) -> CoreResult<u64> {
-        check_importance(importance)?;
+        let importance = checked_importance(importance)?;
         check_time(now)?;
         // Checked before anything changes: a wrapped id would repeat an existing one.
         let next_id = self.next_id.checked_add(1).ok_or_else(|| {
