@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextvars
+import copy
 import dataclasses
 import enum
 import functools
 import json
+import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import pydantic
 import pytest
@@ -479,6 +482,50 @@ def test_an_unresolvable_annotation_is_a_tool_error_naming_the_parameter() -> No
         ar.tool(find)
 
 
+class _Point(pydantic.BaseModel):
+    x: int
+    y: int
+
+
+def _annotated_as(annotation: object) -> Callable[..., str]:
+    """A tool function whose parameter `p` has `annotation` as it is: an object, as in a
+    module without `from __future__ import annotations`, or text, as in one with it."""
+
+    def where(p: object = None) -> str:
+        """Says where."""
+        return repr(p)
+
+    where.__annotations__ = {"p": annotation}
+    return where
+
+
+_NEEDS_311 = pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="Python 3.10's typing leaves names in list[...] quoted"
+)
+
+
+@pytest.mark.parametrize(
+    ("annotate", "passed", "received"),
+    [
+        pytest.param(lambda n: list[n], [{"x": 1, "y": 2}], "[_Point(x=1, y=2)]", marks=_NEEDS_311),
+        pytest.param(
+            lambda n: f'list["{n}"]', [{"x": 1, "y": 2}], "[_Point(x=1, y=2)]", marks=_NEEDS_311
+        ),
+        (lambda n: Optional[n], {"x": 1, "y": 2}, "_Point(x=1, y=2)"),  # noqa: UP045 (a str | None fails)
+        (lambda n: f'Optional["{n}"]', {"x": 1, "y": 2}, "_Point(x=1, y=2)"),
+    ],
+)
+async def test_a_name_quoted_inside_a_generic_is_resolved_in_the_functions_module(
+    annotate: Callable[[str], object], passed: object, received: str
+) -> None:
+    spec = ar.tool(_annotated_as(annotate("_Point")), name="where")
+    assert "_Point" in spec.parameters["$defs"]
+    assert await ar.ToolRegistry([spec]).call("where", {"p": passed}) == (received, None)
+    # A name the module does not have is still an error naming the parameter.
+    with pytest.raises(ar.ToolError, match=r"'where'.*parameter 'p'"):
+        ar.tool(_annotated_as(annotate("_Nowhere")), name="where")
+
+
 def test_a_parameter_type_without_a_schema_is_a_tool_error_naming_it() -> None:
     def weird(n: int, cb: Callable[[int], int]) -> str:
         """Takes a callback."""
@@ -597,6 +644,25 @@ def test_run_inline_with_a_timeout_is_refused() -> None:
         ar.ToolSpec("inl", "d", lambda a: "done", timeout=0.1, run_inline=True)
 
 
+def test_run_inline_and_a_timeout_set_later_are_refused_together() -> None:
+    inline = ar.ToolSpec("inl", "d", lambda a: "done", run_inline=True)
+    with pytest.raises(ar.ToolError, match="run_inline"):
+        inline.timeout = 0.1  # would be ignored: nothing interrupts a call on the loop
+    assert inline.timeout is None
+    timed = ar.tool(lambda q: q, name="timed", timeout=0.1)
+    with pytest.raises(ar.ToolError, match="run_inline"):
+        timed.run_inline = True
+    assert timed.run_inline is False
+    # One at a time, either may be changed; and copies (set slot by slot) still work.
+    timed.timeout = None
+    timed.run_inline = True
+    inline.run_inline = False
+    inline.timeout = 0.1
+    for spec in (timed, inline):
+        clone = copy.copy(spec)
+        assert (clone.run_inline, clone.timeout) == (spec.run_inline, spec.timeout)
+
+
 # --- 19. truncation to tiny limits -------------------------------------------------------------
 
 
@@ -652,6 +718,43 @@ async def test_structured_results_are_rendered_as_json(result: object, text: str
     assert obs.ok and obs.content == text
     if text.startswith(("{", "[")):
         json.loads(obs.content)
+
+
+class _Status(str, enum.Enum):
+    ACTIVE = "active"
+
+
+class _Level(enum.Enum):
+    LOW = 1
+    HIGH = 2
+
+
+@dataclasses.dataclass
+class _Tally:
+    counts: dict[_Level, int]
+
+
+async def _rendered(result: object) -> str:
+    obs = await ar.ToolRegistry([ar.ToolSpec("give", "d", lambda a: result)]).call("give", {})
+    assert obs.ok
+    return obs.content
+
+
+async def test_a_str_based_enum_result_is_rendered_by_its_value() -> None:
+    assert await _rendered([_Status.ACTIVE]) == '["active"]'  # nested: by value
+    assert await _rendered(_Status.ACTIVE) == "active"  # not `_Status.ACTIVE`
+
+
+async def test_dict_keys_json_refuses_are_made_text_not_the_whole_result_a_repr() -> None:
+    assert await _rendered({_Level.LOW: 3, _Level.HIGH: 4}) == '{"1": 3, "2": 4}'
+    assert await _rendered({"by_unit": {_Unit.C: [_Level.LOW]}}) == (
+        '{"by_unit": {"celsius": [1]}}'
+    )
+    assert await _rendered({(1, 2): "pair", None: True}) == '{"(1, 2)": "pair", "null": true}'
+    assert await _rendered(_Tally({_Level.HIGH: 1})) == '{"counts": {"2": 1}}'
+    looped: dict[object, object] = {_Level.LOW: 1}
+    looped["self"] = looped
+    assert await _rendered(looped) == str(looped)  # a cycle: `str`, as before
 
 
 # --- 21. aliases -------------------------------------------------------------------------------
@@ -1290,3 +1393,26 @@ async def test_a_validated_default_that_fails_makes_the_argument_required(
     assert omitted.error_kind == "permanent" and "x: Input should be" in omitted.content
     assert await registry.call("f", {"x": 12}) == ("12", None)
     assert await registry.call("f", 12) == ("12", None)  # the only required argument
+
+
+def _far(
+    place: str,
+    max_km: float = math.inf,
+    min_km: float = -math.inf,
+    ratio: float = math.nan,
+    marks: tuple[float, ...] = (1.0, math.inf),
+    step: float = 0.5,
+) -> str:
+    """Places near `place`."""
+    return f"{max_km} {min_km} {ratio} {marks} {step}"
+
+
+async def test_a_default_with_no_json_form_is_not_shown_but_still_filled_in() -> None:
+    spec = ar.tool(_far)
+    properties = spec.parameters["properties"]
+    shown = {k: p["default"] for k, p in properties.items() if "default" in p}
+    assert shown == {"step": 0.5}
+    assert spec.parameters["required"] == ["place"]  # the others still optional
+    json.dumps(spec.definition(), allow_nan=False)  # no `Infinity` nor `NaN` in a request
+    registry = ar.ToolRegistry([spec])
+    assert await registry.call("_far", {"place": "x"}) == ("inf -inf nan (1.0, inf) 0.5", None)

@@ -20,7 +20,8 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Annotated, Any, Literal, NamedTuple
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal, NamedTuple, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -248,6 +249,16 @@ def _check_timeout(name: str, timeout: Any) -> None:
         )
 
 
+def _check_inline(name: str, run_inline: Any, timeout: Any) -> None:
+    """Raises `ToolError` when `run_inline` comes with a timeout (which could not apply)."""
+    if run_inline and timeout is not None:
+        raise ToolError(
+            f"tool {name!r}: run_inline=True runs the handler on the event loop, where a "
+            "timeout cannot interrupt it; drop run_inline or the timeout",
+            tool=name,
+        )
+
+
 def _check_handler(name: str, handler: Any) -> None:
     """Raises `ToolError` unless `handler` is callable and not a generator function."""
     if not callable(handler):
@@ -356,8 +367,8 @@ class ToolSpec:
             callable, or is a generator function; `parameters` is not a dict holding an
             object's schema, or names an argument other than by 1 to 64 ASCII letters,
             digits, '_', '.' or '-'; `required_fields` is a str, not names; the timeout is
-            not a finite number above 0; or `run_inline` comes with a timeout. A handler or
-            timeout set later is checked too.
+            not a finite number above 0; or `run_inline` comes with a timeout. A handler,
+            timeout or `run_inline` set later is checked too.
     """
 
     __slots__ = (
@@ -407,12 +418,7 @@ class ToolSpec:
                 f"got {required_fields!r}",
                 tool=name,
             )
-        if run_inline and timeout is not None:
-            raise ToolError(
-                f"tool {name!r}: run_inline=True runs the handler on the event loop, where a "
-                "timeout cannot interrupt it; drop run_inline or the timeout",
-                tool=name,
-            )
+        _check_inline(name, run_inline, timeout)
         schema = parameters or {"type": "object", "properties": {}}
         declared = list(schema.get("required", ()))
         added = [f for f in dict.fromkeys(fields) if f not in declared]
@@ -446,6 +452,10 @@ class ToolSpec:
         # their order, before `name`.
         if name == "timeout":
             _check_timeout(getattr(self, "name", "?"), value)
+            # Else the timeout would be silently ignored (an unset slot reads as None).
+            _check_inline(getattr(self, "name", "?"), getattr(self, "run_inline", None), value)
+        elif name == "run_inline":
+            _check_inline(getattr(self, "name", "?"), value, getattr(self, "timeout", None))
         elif name == "handler":
             _check_handler(getattr(self, "name", "?"), value)
         object.__setattr__(self, name, value)
@@ -969,7 +979,11 @@ def _globals_of(fn: Any) -> dict[str, Any]:
 
 
 def _signature(fn: Any, tool_name: str) -> inspect.Signature:
-    """`fn`'s signature with its parameters' annotations resolved.
+    """`fn`'s signature with its parameters' annotations resolved in `fn`'s module.
+
+    Names quoted inside an annotation (`list["Point"]`) are resolved too, as pydantic's
+    `validate_call` resolves them (on Python 3.10, not those inside a builtin generic such
+    as `list[...]`: its `typing` leaves them as they are).
 
     Raises:
         ToolError: When the signature cannot be read or an annotation cannot be resolved
@@ -982,25 +996,32 @@ def _signature(fn: Any, tool_name: str) -> inspect.Signature:
             f"cannot make tool {tool_name!r}: its signature cannot be read ({error})",
             tool=tool_name,
         ) from error
-    if not any(isinstance(p.annotation, str) for p in raw.parameters.values()):
+    empty = inspect.Parameter.empty
+    if all(p.annotation is empty for p in raw.parameters.values()):
         return raw.replace(return_annotation=inspect.Signature.empty)
     namespace = _globals_of(fn)
     params = []
     for param in raw.parameters.values():
-        if isinstance(param.annotation, str):
+        annotation = param.annotation
+        if annotation is not empty:
+            # Also resolves the names quoted inside a generic (`list["Point"]`,
+            # `Optional["Point"]`), which pydantic would look up in this module, not `fn`'s.
+            holder = SimpleNamespace(__annotations__={param.name: annotation})
+            with contextlib.suppress(Exception):  # left as it is; a whole str is tried below
+                annotation = get_type_hints(holder, namespace, include_extras=True)[param.name]
+        if isinstance(annotation, str):
             try:
-                resolved = eval(param.annotation, namespace)  # what inspect's eval_str does
+                annotation = eval(annotation, namespace)  # what inspect's eval_str does
             except Exception as error:
                 raise ToolError(
-                    f"cannot make tool {tool_name!r}: the annotation {param.annotation!r} of "
+                    f"cannot make tool {tool_name!r}: the annotation {annotation!r} of "
                     f"parameter {param.name!r} cannot be resolved "
                     f"({_describe(error, with_type=True)}); the type must be importable at "
                     "module level (not local to a function, nor imported under "
                     "`if TYPE_CHECKING:`)",
                     tool=tool_name,
                 ) from error
-            param = param.replace(annotation=resolved)
-        params.append(param)
+        params.append(param.replace(annotation=annotation))
     return raw.replace(parameters=params, return_annotation=inspect.Signature.empty)
 
 
@@ -1021,7 +1042,8 @@ def tool(
     default replaces one from `Annotated[..., Field(default=...)]`; an omitted argument gets
     its default unvalidated (unless `Field(validate_default=True)`); a default the validator
     would refuse if the model passed it (say `limit: int = None`) is left out of the schema,
-    and one that `validate_default` refuses makes the argument required there.
+    and one that `validate_default` refuses makes the argument required there. A default
+    with no JSON form (`math.inf`, NaN, also inside a list) is left out of the schema too.
     Positional-only parameters are passed positionally;
     `*args: T` is an optional argument holding a list of `T`; `**kwargs: T` lets the model
     pass further arguments of type `T`. Functions, bound methods, `functools.partial`
@@ -1342,7 +1364,9 @@ def _drop_refused_defaults(
     it, but a model that passes the default it is shown (say `null` for `limit: int = None`,
     or 3 for `Annotated[int, Field(ge=10)] = 3`) is refused: such a default is left out of
     the schema. A default validated at every call (`validate_default=True`) that does not
-    validate fails every call that omits it: the argument is listed as required.
+    validate fails every call that omits it: the argument is listed as required. A default
+    with no JSON form (`inf` or `nan`, even nested) is left out too: providers would send
+    `Infinity` or `NaN`, which is no JSON and which their APIs refuse.
 
     Args:
         tool_name: The tool's name.
@@ -1358,6 +1382,8 @@ def _drop_refused_defaults(
     shown: dict[str, tuple[str, Any, Any]] = {}  # parameter -> (its key, its type, default)
     for pname, key in keys.items():
         prop = properties[key]
+        if "default" in prop and not _has_json_form(prop["default"]):
+            del prop["default"]  # still optional: omitted, it gets the function's default
         if "default" in prop and pname in field_types:
             value, kind = prop["default"], field_types[pname]
             if not (kind in _PLAIN_TYPES and type(value) is kind):
@@ -1373,6 +1399,18 @@ def _drop_refused_defaults(
     if failing:
         required = list(schema.get("required", ()))
         schema["required"] = required + [k for k in properties if k in failing - set(required)]
+
+
+def _has_json_form(value: Any) -> bool:
+    """Whether `value` has a strict JSON form: no `inf` nor `nan` anywhere in it.
+
+    `json` writes those as `Infinity` and `NaN`, which no JSON parser need accept.
+    """
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def _refused_values(
@@ -1488,15 +1526,20 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def _render(result: Any) -> str:
     r"""The text the model sees for a tool's result: JSON where it can be, else `str`.
 
-    A str is returned as is, and bytes as text (UTF-8, undecodable bytes replaced). Pydantic
-    models, dataclasses, enums (by value), sets, bytes, and numpy scalars and arrays (by
-    `tolist()`) inside a structure become JSON. JSON keeps non-ASCII text as it is; a lone
-    surrogate in it is escaped (`\udcff`), so the text always has a UTF-8 form.
+    A str is returned as is (a str-based enum as its value's text), and bytes as text (UTF-8,
+    undecodable bytes replaced). Pydantic models, dataclasses, enums (by value), sets, bytes,
+    and numpy scalars and arrays (by `tolist()`) inside a structure become JSON. A dict key
+    JSON refuses is made text: an enum's by its value, any other by `str`. JSON keeps
+    non-ASCII text as it is; a lone surrogate in it is escaped (`\udcff`), so the text always
+    has a UTF-8 form.
 
     Raises:
         TypeError: For a generator (or async generator): its items are not the result.
         Exception: Whatever rendering raises (`ToolRegistry.call` makes it an observation).
     """
+    if isinstance(result, enum.Enum) and isinstance(result, str):
+        # Its value, as inside a structure: its `str` may be `Status.ACTIVE` (Python 3.11).
+        return str.__str__(result)
     if isinstance(result, str):
         return str(result)
     if isinstance(result, (bytes, bytearray, memoryview)):
@@ -1504,13 +1547,53 @@ def _render(result: Any) -> str:
     if inspect.isgenerator(result) or inspect.isasyncgen(result):
         raise TypeError("the tool returned a generator; return a list instead")
     try:
-        text = _JSON.encode(result)
+        try:
+            text = _JSON.encode(result)
+        except TypeError:  # a dict key `json` refuses (say, an enum): made text instead
+            text = _JSON.encode(_with_json_keys(result, set()))
     except (TypeError, ValueError, RecursionError):  # not JSON, a cycle, or nested too deep
         return str(result)
     if not text.isascii() and _SURROGATE.search(text):
         # A lone surrogate (say, from `os.fsdecode`) has no UTF-8 form: JSON escapes it.
         text = _SURROGATE.sub(_escape_surrogate, text)
     return text
+
+
+def _with_json_keys(value: Any, within: set[int]) -> Any:
+    """`value` with the dict keys `json` refuses made keys it takes (see `_json_key`).
+
+    Values `json` cannot encode itself are converted by `_json_default` first, so that a
+    dict inside a dataclass, say, is reached too.
+
+    Args:
+        value: What to convert.
+        within: The ids of the values being converted around this one, to refuse a cycle.
+
+    Raises:
+        ValueError: For a value that contains itself (as `json` does).
+    """
+    if value is None or isinstance(value, (str, int, float)):  # what `json` takes as it is
+        return value
+    if id(value) in within:
+        raise ValueError("circular reference")
+    within.add(id(value))
+    try:
+        if isinstance(value, dict):
+            return {_json_key(k): _with_json_keys(v, within) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [_with_json_keys(v, within) for v in value]
+        return _with_json_keys(_json_default(value), within)
+    finally:
+        within.discard(id(value))
+
+
+def _json_key(key: Any) -> Any:
+    """A dict key `json` takes: an enum's value, and `str` of what is still not one."""
+    if isinstance(key, enum.Enum):
+        key = key.value
+    if key is None or isinstance(key, (str, int, float)):  # `json` makes these text itself
+        return key
+    return str(key)
 
 
 def _escape_surrogate(match: re.Match[str]) -> str:
