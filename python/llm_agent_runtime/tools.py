@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from types import SimpleNamespace
-from typing import Annotated, Any, Literal, NamedTuple, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -37,7 +37,9 @@ from llm_agent_runtime.errors import (
     is_retryable_status,
 )
 from llm_agent_runtime.orchestration._calls import is_async_callable
-from llm_agent_runtime.orchestration.circuit_breaker import CircuitBreaker
+
+if TYPE_CHECKING:  # a breaker is the user's; the tool only calls it
+    from llm_agent_runtime.orchestration.circuit_breaker import CircuitBreaker
 
 __all__ = ["ErrorKind", "Observation", "ToolRegistry", "ToolSpec", "tool"]
 
