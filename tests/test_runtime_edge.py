@@ -400,6 +400,43 @@ async def test_the_timeout_message_counts_the_failed_turns_steps() -> None:
     assert session.step_count == 4
 
 
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_the_loop_timeout_ends_a_run_that_never_suspends(mode: str) -> None:
+    # An offline model and a plain async tool never give the event loop a turn, so the
+    # timer alone could not fire: the loop checks the deadline before each step.
+    config = ar.AgentConfig(mode=mode, max_iterations=1_000_000, loop_timeout_ms=50)  # type: ignore[arg-type]
+
+    @ar.tool(name="add")
+    async def add_async(a: int, b: int) -> int:
+        """Adds two integers, never suspending."""
+        return a + b
+
+    rt = ar.AgentRuntime(config, tools=[add_async])
+    if mode == "react":
+        reply: Any = 'Thought: t\nAction: add {"a": 1, "b": 2}'
+    else:
+        reply = ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})])
+    events: list[ar.Event] = []
+    rt.events.on(events.append)
+    session = rt.create_session("a")
+    start = time.perf_counter()
+    with pytest.raises(ar.AgentLoopError, match=r"timed out after 50 ms \((\d+) steps done\)"):
+        await rt.run_agent_with_provider(
+            "a", "q", ar.ScriptedProvider([reply], loop=True), session=session
+        )
+    assert time.perf_counter() - start < 5
+    assert 0 < session.step_count < 1_000_000
+    assert all(step.observation == "3" for step in session.steps)  # no step cut halfway
+    assert isinstance(events[-1], ar.ErrorEvent)
+    assert rt.metrics.snapshot().active_sessions == 0
+    # The session is free again: it runs its next turn.
+    final_reply = "Thought: t\nAction: FINAL_ANSWER ok" if mode == "react" else "ok"
+    again = await rt.run_agent_with_provider(
+        "a", "q", ar.ScriptedProvider([final_reply]), session=session
+    )
+    assert again.final_answer == "ok"
+
+
 # ------------------------------------------------------------------ per-session state (I)
 async def test_approval_state_is_dropped_unless_a_decision_is_remembered() -> None:
     def approve(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:

@@ -103,6 +103,10 @@ _NO_SPAN = contextlib.nullcontext()
 _event = tuple.__new__
 
 
+class _DeadlinePassed(Exception):
+    """The loop found the run's deadline passed before a step (`_run` reports the timeout)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ApprovalDecision:
     """What an approval handler decided about one tool call.
@@ -586,6 +590,10 @@ class AgentRuntime:
             # A session's duration adds up its turns, as its steps do.
             earlier_ms = session.duration_ms
             started = time.perf_counter()
+            timeout = self.config.loop_timeout_ms
+            # Also checked by the loop at each step: a run whose model and tools never
+            # suspend (an offline model, plain async tools) gives the timer no chance to fire.
+            deadline = None if timeout is None else started + timeout / 1000
             events = self.events
             try:
                 span = (
@@ -607,15 +615,20 @@ class AgentRuntime:
                         resume,
                         started,
                         earlier_ms,
+                        deadline,
                     )
-                    timeout = self.config.loop_timeout_ms
                     if timeout is None:
                         await body
-                    elif await _within_deadline(body, timeout / 1000):
-                        raise AgentLoopError(
-                            f"agent loop timed out after {timeout} ms "
-                            f"({session.step_count - steps_before} steps done)"
-                        )
+                    else:
+                        try:
+                            expired = await _within_deadline(body, timeout / 1000)
+                        except _DeadlinePassed:
+                            expired = True
+                        if expired:
+                            raise AgentLoopError(
+                                f"agent loop timed out after {timeout} ms "
+                                f"({session.step_count - steps_before} steps done)"
+                            )
                 return session
             except BaseException as error:
                 session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
@@ -656,11 +669,13 @@ class AgentRuntime:
         resume: SessionState | None,
         started: float,
         earlier_ms: float,
+        deadline: float | None,
     ) -> None:
         """What a run does, all under its deadline: hooks, checkpoints, the loop, events.
 
         `history` is None for a run that is not a turn; `earlier_ms` the session's
-        `duration_ms` before this run.
+        `duration_ms` before this run; `deadline` the `perf_counter` time the loop must not
+        start a step after (None: no timeout).
         """
         events = self.events
         if resume is None:  # a resumed run's prompt was rewritten before it was saved
@@ -685,9 +700,10 @@ class AgentRuntime:
         if history:  # the earlier turns that fit beside what this request holds anyway
             history = self.trim_history(history, self._request_chars(context, prompt, provider))
         if provider is not None:
-            await self._tool_loop(session, context, prompt, provider, history, resume)
+            await self._tool_loop(session, context, prompt, provider, history, resume, deadline)
         else:
-            await self._react_loop(session, context, prompt, _need(infer), history, resume)
+            infer = _need(infer)
+            await self._react_loop(session, context, prompt, infer, history, resume, deadline)
         if history is not None:  # a turn: the session's chat history, saved with it
             session.messages.append({"role": "user", "content": prompt})
             session.messages.append({"role": "assistant", "content": session.final_answer or ""})
@@ -775,6 +791,7 @@ class AgentRuntime:
         infer: InferFn,
         history: list[dict[str, Any]] | None,
         resume: SessionState | None = None,
+        deadline: float | None = None,
     ) -> None:
         config = self.config
         head = [context]
@@ -814,6 +831,8 @@ class AgentRuntime:
         reprompt_cost: tuple[int, int, float] | None = None
         step_start = 0.0
         for iteration in range(iterations):
+            if deadline is not None and perf() >= deadline:
+                raise _DeadlinePassed
             if reprompt_cost is None:
                 step_start = perf()
             text_prompt = "\n".join(transcript)
@@ -966,6 +985,7 @@ class AgentRuntime:
         provider: LlmProvider,
         history: list[dict[str, Any]] | None,
         resume: SessionState | None = None,
+        deadline: float | None = None,
     ) -> None:
         config = self.config
         messages = [Message(role="system", content=context)]
@@ -990,6 +1010,8 @@ class AgentRuntime:
         params = self._call_params()
         perf = time.perf_counter
         for _ in range(config.max_iterations - rounds_done):
+            if deadline is not None and perf() >= deadline:
+                raise _DeadlinePassed
             replayed = bool(journal)
             if not replayed and budget is not None:  # a spent budget pays for no model call
                 budget.check()
