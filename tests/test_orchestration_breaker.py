@@ -409,6 +409,55 @@ def test_nan_and_infinite_settings_are_refused(bad: dict[str, float]) -> None:
         ar.CircuitBreaker("s", **bad)  # type: ignore[arg-type]
 
 
+# -- time is compared as the clock computes it --------------------------------------------------
+
+
+@pytest.mark.parametrize(("opened_at", "window"), [(0.7, 0.1), (3.3, 0.3)])
+async def test_a_trial_is_admitted_exactly_recovery_window_after_opening(
+    opened_at: float, window: float
+) -> None:
+    clock = ar.FakeClock(opened_at)
+    breaker = ar.CircuitBreaker("svc", failure_threshold=1, recovery_window=window, clock=clock)
+    with pytest.raises(Boom):
+        await breaker.call(failing)
+    await clock.sleep(window)  # now is opened_at + window, whose difference rounds below window
+    assert clock.now() - opened_at < window
+    assert await breaker.call(ok) == "ok"  # the trial call, admitted
+    assert breaker.state == "closed"
+
+
+async def test_trial_slots_are_reclaimed_exactly_trial_timeout_after_the_last_trial() -> None:
+    clock = ar.FakeClock()
+    breaker = ar.CircuitBreaker(
+        "svc", failure_threshold=1, recovery_window=0.7, trial_timeout=0.1, clock=clock
+    )
+    with pytest.raises(Boom):
+        await breaker.call(failing)
+    await clock.sleep(0.7)
+    async with breaker:  # the trial, admitted at 0.7, holds the only slot
+        await clock.sleep(0.1)  # 0.7 + 0.1, whose difference with 0.7 rounds below 0.1
+        assert clock.now() - 0.7 < 0.1
+        assert await breaker.call(ok) == "ok"  # reclaims the slot: a new round of trials
+        assert breaker.state == "closed"
+    assert breaker.state == "closed"
+
+
+async def test_an_argument_named_fn_is_passed_through() -> None:
+    breaker = ar.CircuitBreaker("svc")
+
+    def apply(fn: str) -> str:
+        return f"applied {fn}"
+
+    assert await breaker.call(apply, fn="x") == "applied x"
+    assert breaker.call_sync(apply, fn="y") == "applied y"
+    with pytest.raises(Boom):
+        await breaker.call(failing)  # a failure counted: the calls below take the slow path
+    assert await breaker.call(apply, fn="x") == "applied x"
+    with pytest.raises(Boom):
+        await breaker.call(failing)
+    assert breaker.call_sync(apply, fn="y") == "applied y"
+
+
 # -- a half-open circuit always recovers ------------------------------------------------------
 
 

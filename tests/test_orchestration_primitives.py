@@ -1,5 +1,8 @@
 import asyncio
 import logging
+import sys
+import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -75,6 +78,17 @@ async def test_dedup_caller_cancellation_does_not_cancel_shared_work() -> None:
     gate.set()
     assert await second == "shared"
     assert dedup.in_flight == 0 and dedup.executions == 1
+
+
+async def test_dedup_passes_arguments_named_key_and_fn_through() -> None:
+    dedup = ar.Deduplicator(ttl=60)
+
+    async def fetch(key: str, fn: str) -> str:
+        return f"{fn} of {key}"
+
+    assert await dedup.run("k", fetch, key="user:1", fn="name") == "name of user:1"
+    assert await dedup.run("k", fetch, key="other", fn="other") == "name of user:1"  # cached
+    assert dedup.executions == 1
 
 
 def test_canonical_key_is_order_independent() -> None:
@@ -264,6 +278,84 @@ async def test_cache_does_not_store_failures() -> None:
     with pytest.raises(RuntimeError):
         await cache.get_or_call("t", {}, boom)
     assert len(cache) == 0
+
+
+@pytest.mark.parametrize("everything", [False, True])
+async def test_cache_does_not_store_a_result_invalidated_while_its_call_ran(
+    everything: bool,
+) -> None:
+    cache = ar.ResultCache(ttl=300, clock=ar.FakeClock())
+    db = {"price": 10, "stock": 5}
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def read(item: str) -> int:
+        value = db[item]
+        started.set()
+        await release.wait()
+        return value
+
+    price = asyncio.create_task(cache.get_or_call("price", {"item": "price"}, read))
+    stock = asyncio.create_task(cache.get_or_call("stock", {"item": "stock"}, read))
+    await started.wait()
+    db["price"] = 99  # a write, then its invalidation, while the reads run
+    cache.invalidate(None if everything else "price")
+    release.set()
+    assert (await price, await stock) == (10, 5)  # the callers still get their results
+    assert cache.get("price", {"item": "price"}) == (False, None)  # not stored: may be stale
+    # Another tool's call is stale only after an invalidation of every tool.
+    assert cache.get("stock", {"item": "stock"}) == ((False, None) if everything else (True, 5))
+    assert await cache.get_or_call("price", {"item": "price"}, read) == 99
+    assert cache.get("price", {"item": "price"}) == (True, 99)  # later calls are stored
+
+
+async def test_cache_passes_an_argument_named_fn_to_the_tool() -> None:
+    cache = ar.ResultCache(ttl=60)
+
+    def apply(fn: str) -> str:
+        return f"applied {fn}"
+
+    assert await cache.get_or_call("apply", {"fn": "x"}, apply) == "applied x"
+    assert cache.get("apply", {"fn": "x"}) == (True, "applied x")
+
+
+class YieldingClock(ar.SystemClock):
+    """The system clock, letting other threads run whenever it is read (as I/O would)."""
+
+    def now(self) -> float:
+        time.sleep(0)  # releases the GIL
+        return super().now()
+
+
+def test_cache_can_be_shared_between_threads() -> None:
+    cache = ar.ResultCache(ttl=60, max_entries=2, clock=YieldingClock())
+    errors: list[BaseException] = []
+    sizes: list[int] = []
+    rounds = 1_000
+
+    def hammer(offset: int) -> None:
+        try:
+            for i in range(rounds):
+                cache.put("t", {"q": (i + offset) % 3}, i)
+                cache.get("t", {"q": (i + offset + 1) % 3})
+                if i % 100 == 0:
+                    sizes.append(len(cache))
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, between any two steps
+    try:
+        threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert max(sizes) <= 2 and len(cache) == 2
+    assert cache.hits + cache.misses == 4 * rounds  # no lookup lost
 
 
 # -- CostBudget and CapabilitySet -------------------------------------------------------------

@@ -87,6 +87,19 @@ async def test_sync_functions_are_supported() -> None:
     assert await ar.RetryPolicy(clock=ar.FakeClock()).run(sync) == 7
 
 
+async def test_an_argument_named_fn_is_passed_through() -> None:
+    calls = []
+
+    def apply(fn: str) -> str:
+        calls.append(fn)
+        if len(calls) < 2:
+            raise ConnectionError("reset")
+        return f"applied {fn}"
+
+    assert await ar.RetryPolicy(clock=ar.FakeClock()).run(apply, fn="x") == "applied x"
+    assert calls == ["x", "x"]
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     attempt=st.integers(1, 200),

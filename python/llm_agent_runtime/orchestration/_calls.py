@@ -14,8 +14,11 @@ _BACKGROUND: set[asyncio.Future[Any]] = set()
 """Tasks left to finish on their own (the event loop keeps only weak references to tasks)."""
 
 
-async def call_maybe_async(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Calls `fn`; awaits the result when it is awaitable (async function or coroutine)."""
+async def call_maybe_async(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Calls `fn`; awaits the result when it is awaitable (async function or coroutine).
+
+    `fn` is positional-only, so `kwargs` may hold an argument named `fn`.
+    """
     result = fn(*args, **kwargs)
     if inspect.isawaitable(result):
         return await result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,7 +19,11 @@ __all__ = ["ResultCache"]
 class ResultCache:
     """Caches tool results for `ttl` seconds, at most `max_entries` of them.
 
-    When full, the least recently used entry goes first.
+    When full, the least recently used entry goes first. `invalidate` also covers calls in
+    flight: `get_or_call` does not store the result of a call that was running when an
+    `invalidate` of its tool (or of every tool) happened, as that call may have read the data
+    the invalidation was for (its caller still gets the result). Safe to use from several
+    threads.
 
     Keys are `(tool, canonical JSON of the arguments)`, so `{"a": 1, "b": 2}` and
     `{"b": 2, "a": 1}` share an entry.
@@ -42,6 +47,13 @@ class ResultCache:
         self.max_entries = max_entries
         self._clock = clock or SYSTEM_CLOCK
         self._entries: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
+        # Guards the entries and counters; held only for in-memory work, never across an
+        # await (and never around JSON encoding of the arguments).
+        self._lock = threading.Lock()
+        # Bumped by `invalidate()` (all tools) and `invalidate(tool)`, so `get_or_call` can
+        # tell an invalidation happened while its call ran.
+        self._generation = 0
+        self._tool_generations: dict[str, int] = {}
         self.hits = 0
         """Lookups served from the cache."""
         self.misses = 0
@@ -63,42 +75,67 @@ class ResultCache:
     def get(self, tool: str, arguments: Mapping[str, Any]) -> tuple[bool, Any]:
         """Returns `(True, result)` on a hit, `(False, None)` otherwise."""
         key = self.key(tool, arguments)
-        entry = self._entries.get(key)
-        if entry is not None:
-            expires, value = entry
-            if self._clock.now() < expires:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return True, value
-            del self._entries[key]
-        self.misses += 1
-        return False, None
+        # Under the lock: another thread could evict the entry between lookup and move.
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                expires, value = entry
+                if self._clock.now() < expires:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return True, value
+                del self._entries[key]
+            self.misses += 1
+            return False, None
 
     def put(self, tool: str, arguments: Mapping[str, Any], result: Any) -> None:
         """Stores a result, evicting the least recently used entry when full."""
         key = self.key(tool, arguments)
+        with self._lock:
+            self._store(key, result)
+
+    def _store(self, key: tuple[str, str], result: Any) -> None:
+        """`put` with the lock held."""
         self._entries[key] = (self._clock.now() + self.ttl, result)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+    def _generation_of(self, tool: str) -> tuple[int, int]:
+        """Changes whenever `tool`'s entries are invalidated (read with the lock held)."""
+        return self._generation, self._tool_generations.get(tool, 0)
 
     async def get_or_call(
         self, tool: str, arguments: Mapping[str, Any], fn: Callable[..., Any]
     ) -> Any:
         """Returns the cached result, or calls `fn(**arguments)` and caches its result.
 
-        `fn` may be sync or async; an exception is not cached.
+        `fn` may be sync or async; an exception is not cached. The result is not cached
+        either when `tool`'s entries were invalidated while `fn` ran (it may be stale).
         """
         hit, value = self.get(tool, arguments)
         if hit:
             return value
+        key = self.key(tool, arguments)
+        with self._lock:
+            generation = self._generation_of(tool)
         result = await call_maybe_async(fn, **arguments)
-        self.put(tool, arguments, result)
+        with self._lock:
+            if self._generation_of(tool) == generation:
+                self._store(key, result)
         return result
 
     def invalidate(self, tool: str | None = None) -> int:
-        """Drops every entry (or every entry of `tool`); returns how many."""
-        doomed = [k for k in self._entries if tool is None or k[0] == tool]
-        for k in doomed:
-            del self._entries[k]
-        return len(doomed)
+        """Drops every entry (or every entry of `tool`); returns how many.
+
+        A `get_or_call` of an invalidated tool that is running now will not store its result.
+        """
+        with self._lock:
+            if tool is None:
+                self._generation += 1
+            else:
+                self._tool_generations[tool] = self._tool_generations.get(tool, 0) + 1
+            doomed = [k for k in self._entries if tool is None or k[0] == tool]
+            for k in doomed:
+                del self._entries[k]
+            return len(doomed)

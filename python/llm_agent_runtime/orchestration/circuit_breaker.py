@@ -230,13 +230,15 @@ class CircuitBreaker:
         if state.status == "closed":
             return state
         now = self._clock.now()
+        # Deadlines, not elapsed times: `now - opened_at` can round below a window that
+        # `opened_at + window` (what a clock sleeping that window reaches) does not.
         if state.status == "open":
-            if now - state.opened_at < self.recovery_window:
+            if now < state.opened_at + self.recovery_window:
                 return state
             return CircuitState("half_open", state.failures, state.opened_at, 1, now, 0)
         if state.trial_calls < self.half_open_max_calls:
             return state._replace(trial_calls=state.trial_calls + 1, trial_started=now)
-        if now - state.trial_started >= self.trial_timeout:
+        if now >= state.trial_started + self.trial_timeout:
             # Every slot is held by a trial admitted at least `trial_timeout` ago that never
             # reported back: a new round of trials begins with this call.
             return state._replace(
@@ -452,8 +454,10 @@ class CircuitBreaker:
             )
         self._listeners.append(listener)
 
-    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Calls `fn` (sync or async) through the breaker.
+
+        `fn` is positional-only, so `kwargs` may hold an argument named `fn`.
 
         Raises:
             CircuitOpenError: the circuit is open; `fn` was not called.
@@ -484,8 +488,8 @@ class CircuitBreaker:
         await self._exit(None, trial)
         return result
 
-    def call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Calls a sync `fn` through the breaker without an event loop.
+    def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Calls a sync `fn` through the breaker without an event loop (`fn` positional-only).
 
         Raises:
             CircuitOpenError: the circuit is open; `fn` was not called.

@@ -88,8 +88,11 @@ class Deduplicator:
             return False, None
         return True, value
 
-    async def run(self, key: Hashable, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Returns `fn(*args, **kwargs)` (sync or async), shared by every caller of `key`."""
+    async def run(self, key: Hashable, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Returns `fn(*args, **kwargs)` (sync or async), shared by every caller of `key`.
+
+        `key` and `fn` are positional-only, so `kwargs` may hold arguments of those names.
+        """
         hit, value = self._cached(key)
         if hit:
             return value

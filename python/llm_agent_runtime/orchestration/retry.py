@@ -119,10 +119,11 @@ class RetryPolicy:
         bound = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 1000))
         return self._rng.uniform(0.0, bound) if self.jitter else bound
 
-    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Calls `fn` (sync or async) until it succeeds; re-raises the last error.
 
-        Stops early on an error that `should_retry` rejects.
+        Stops early on an error that `should_retry` rejects. `fn` is positional-only, so
+        `kwargs` may hold an argument named `fn`.
         """
         attempt = 1
         while True:
