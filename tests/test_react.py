@@ -215,6 +215,22 @@ def test_an_invented_observation_ends_the_step() -> None:
     assert (final.final_answer, final.end) == ("5", len("Thought: t\nAction: FINAL_ANSWER 5"))
 
 
+def test_a_next_thought_or_action_ends_the_step() -> None:
+    # The model went on to its next step without the observation: only the first action is
+    # the step's, and what follows it (which that action's observation must precede) is cut.
+    two = 'Thought: two sums\nAction: add {"a": 1}\nThought: and\nAction: add {"a": 5}'
+    step = ar.parse_react_step(two)
+    assert (step.thought, step.action, step.action_input) == ("two sums", "add", {"a": 1})
+    assert two[: step.end] == 'Thought: two sums\nAction: add {"a": 1}'
+    bare = "Action: a\nAction Input: 1\n\nAction: b\nAction Input: 2"
+    step = ar.parse_react_step(bare)
+    assert (step.action, step.action_input) == ("a", "1")
+    assert bare[: step.end] == "Action: a\nAction Input: 1"
+    # A thought after the action is the next step's, as after an invented observation.
+    after = ar.parse_react_step("Action: t {}\nThought: later")
+    assert (after.thought, after.end) == ("", len("Action: t {}"))
+
+
 @pytest.mark.parametrize(
     "text",
     [

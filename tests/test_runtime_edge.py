@@ -619,6 +619,16 @@ async def test_an_observation_the_model_invents_is_not_kept_in_the_transcript() 
     assert infer.prompts[1].endswith('Action: add {"a": 2, "b": 3}\nObservation: 5')
 
 
+async def test_a_second_action_in_a_reply_is_not_kept_in_the_transcript() -> None:
+    # Only the first action runs: its observation must follow it, not an action never run.
+    two = 'Thought: sums\nAction: add {"a": 1, "b": 2}\nThought: and\nAction: add {"a": 5, "b": 5}'
+    infer = react(two, FINAL)
+    session = await ar.AgentRuntime(tools=[add]).run_agent("a", "hi", infer)
+    assert (session.steps[0].action, session.steps[0].observation) == ("add", "3")
+    assert '"a": 5' not in infer.prompts[1]
+    assert infer.prompts[1].endswith('Action: add {"a": 1, "b": 2}\nObservation: 3')
+
+
 # ------------------------------------------------------------------ replies cut off early
 def cut(text: str, reason: str = "length", **fields: Any) -> ar.providers.base.ChatResponse:
     return ar.providers.base.ChatResponse(text=text, stop_reason=reason, **fields)
