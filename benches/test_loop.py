@@ -36,11 +36,16 @@ async def add(a: int, b: int) -> int:
     return a + b
 
 
+# Replies report their usage, as real providers do (without it, it is estimated per call).
+_USAGE = ar.providers.base.Usage(input_tokens=100, output_tokens=10)
 NATIVE_SCRIPT = [
-    ar.ScriptedProvider.tool_call_reply([("add", {"a": i, "b": 1})]) for i in range(N_TOOL_CALLS)
-] + [  # reporting its usage, as real providers do (without it, the runtime estimates it)
-    ar.providers.base.ChatResponse(text="done", usage=ar.providers.base.Usage(output_tokens=1))
-]
+    ar.providers.base.ChatResponse(
+        tool_calls=[ar.providers.base.ToolCall(f"call_{i}", "add", {"a": i, "b": 1})],
+        usage=_USAGE,
+        stop_reason="tool_calls",
+    )
+    for i in range(N_TOOL_CALLS)
+] + [ar.providers.base.ChatResponse(text="done", usage=_USAGE, stop_reason="stop")]
 REACT_SCRIPT = [
     f'Thought: step {i}\nAction: add {{"a": {i}, "b": 1}}' for i in range(N_TOOL_CALLS)
 ] + ["Thought: done\nAction: FINAL_ANSWER done"]

@@ -326,3 +326,39 @@ async def test_a_native_model_reporting_no_usage_is_charged_an_estimate() -> Non
 def test_a_scripted_tool_call_reply_reports_its_output_usage() -> None:
     reply = ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})])
     assert reply.usage.output_tokens >= 1
+
+
+async def test_a_scripted_response_counts_the_whole_request_as_its_input() -> None:
+    # Only the last message used to count (a tool result, "3"): a token budget never saw
+    # the system prompt, the history or the tool definitions, and scripted runs ran free.
+    calls = [("add", {"a": 1, "b": 2})]
+    budget = ar.CostBudget(max_tokens=1_000)
+    config = ar.AgentConfig(mode="tools", system_prompt="S" * 20_000)
+    rt = ar.AgentRuntime(config, tools=[add], budget=budget)
+    script = [ar.ScriptedProvider.tool_call_reply(calls)] * 3 + ["done"]
+    with pytest.raises(ar.BudgetExceededError):
+        await rt.run_agent_with_provider("a", "q" * 4_000, ar.ScriptedProvider(script))
+    assert rt.metrics.snapshot().input_tokens >= 24_000 // 4
+    assert budget.used_tokens > 1_000
+
+    sent: list[Message] = [Message("system", "s" * 400), Message("user", "u" * 40)]
+    definition = ar.providers.base.ToolDefinition(name="add", description="Adds.")
+    tools_chars = ar.providers.base.tool_definitions_chars([definition])
+    for reply in ("text", ChatResponse(text="done"), ar.ScriptedProvider.tool_call_reply(calls)):
+        response = await ar.ScriptedProvider([reply]).chat(sent, tools=[definition])
+        assert response.usage.input_tokens == (440 + tools_chars) // 4
+        assert response.usage.output_tokens >= 1
+    # A scripted usage that counts both is kept as it is, the very response.
+    given = ChatResponse(text="done", usage=Usage(input_tokens=7, output_tokens=1))
+    assert await ar.ScriptedProvider([given]).chat(sent) is given
+    assert (await ar.ScriptedProvider(["x"]).complete("p" * 40)).startswith("x")
+
+
+async def test_a_scripted_provider_counts_answered_calls_and_refuses_one_str() -> None:
+    provider = ar.ScriptedProvider(["one"])
+    assert await provider.complete("q") == "one"
+    with pytest.raises(ar.ProviderError, match="ran out of replies"):
+        await provider.complete("q")
+    assert provider.calls == 1  # the call that got no reply is not counted
+    with pytest.raises(ValueError, match="a list of replies"):
+        ar.ScriptedProvider("Thought: t\nAction: FINAL_ANSWER 42")  # type: ignore[arg-type]

@@ -57,7 +57,9 @@ from llm_agent_runtime.providers.base import (
     ToolCall,
     ToolDefinition,
     Usage,
+    estimated_input_tokens,
     estimated_output_tokens,
+    tool_definitions_chars,
 )
 from llm_agent_runtime.session import AgentSession, Step, message_problem
 from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, _truncate
@@ -736,10 +738,7 @@ class AgentRuntime:
         )
         self._tool_definitions = definitions
         # What the definitions take of a request (a context window counts them too).
-        self._tool_definitions_chars = sum(
-            len(d.name) + len(d.description) + len(json.dumps(d.parameters, default=str))
-            for d in definitions
-        )
+        self._tool_definitions_chars = tool_definitions_chars(definitions)
         self._tools_seen = (tools, len(tools))
 
     def _request_chars(self, context: str, prompt: str, provider: LlmProvider | None) -> int:
@@ -1144,8 +1143,8 @@ class AgentRuntime:
         self, messages: Sequence[Message], text: str, calls: Sequence[ToolCall]
     ) -> Usage:
         """Tokens of a model call whose provider reported none, estimated from characters."""
-        sent = self._tool_definitions_chars + sum(len(m.content) for m in messages)
-        return Usage(sent // CHARS_PER_TOKEN, estimated_output_tokens(text, calls))
+        sent = estimated_input_tokens(messages, self._tool_definitions_chars)
+        return Usage(sent, estimated_output_tokens(text, calls))
 
     def _chat(
         self,

@@ -159,6 +159,22 @@ def estimated_output_tokens(text: str, calls: Sequence[ToolCall] = ()) -> int:
     return written // CHARS_PER_TOKEN
 
 
+def tool_definitions_chars(tools: Sequence[ToolDefinition]) -> int:
+    """Characters the tool definitions take of a request: names, descriptions, JSON schemas."""
+    return sum(
+        len(d.name) + len(d.description) + len(json.dumps(d.parameters, default=str)) for d in tools
+    )
+
+
+def estimated_input_tokens(messages: Sequence[Message], tools_chars: int = 0) -> int:
+    """Input tokens of a request whose provider reported none, estimated from characters.
+
+    Every message's content counts, and `tools_chars` (`tool_definitions_chars`), at
+    `memory.CHARS_PER_TOKEN` characters a token.
+    """
+    return (tools_chars + sum(len(m.content) for m in messages)) // CHARS_PER_TOKEN
+
+
 @dataclass(slots=True)
 class ChatResponse:
     """The complete answer of one chat call."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -17,7 +18,9 @@ from llm_agent_runtime.providers.base import (
     ToolCall,
     ToolDefinition,
     Usage,
+    estimated_input_tokens,
     estimated_output_tokens,
+    tool_definitions_chars,
 )
 
 __all__ = ["ScriptedProvider", "ScriptedReply"]
@@ -29,13 +32,21 @@ ScriptedReply = str | ChatResponse
 class ScriptedProvider:
     """Replays a list of replies in order, or answers through a rule `prompt -> reply`.
 
+    Each response reports its usage as a provider bills it: a response whose usage does not
+    count its input (a text reply, `tool_call_reply`'s) or its output counts them estimated
+    from characters (`memory.CHARS_PER_TOKEN` a token); the input is the whole request, every
+    message and tool definition. Budgets and token metrics then count scripted runs as they
+    would count real ones.
+
     Args:
         replies: Replies to return one per call, in order.
         rule: Maps the latest prompt text to a reply (used when `replies` is None).
         loop: Start the list again when it runs out, instead of raising.
 
     Raises:
-        ValueError: When neither or both of `replies` and `rule` are given.
+        ValueError: When neither or both of `replies` and `rule` are given, or `replies` is
+            a str (a list of replies is expected: a str would be replayed a character a
+            call).
     """
 
     streams_text = False
@@ -49,14 +60,20 @@ class ScriptedProvider:
     ) -> None:
         if (replies is None) == (rule is None):
             raise ValueError("give exactly one of replies or rule")
+        if isinstance(replies, str):
+            raise ValueError("replies must be a list of replies, got one str (wrap it in a list)")
         self._rule = rule
         self._replies = list(replies or [])
         self._iter = itertools.cycle(self._replies) if loop else iter(self._replies)
         self.calls = 0
         """Number of calls answered."""
 
-    def _next(self, prompt: str) -> ChatResponse:
-        self.calls += 1
+    def _next(self, prompt: str, sent_tokens: int | None = None) -> ChatResponse:
+        """The next reply as a response, its usage completed (see the class); counts the call.
+
+        `prompt` is what the rule sees; `sent_tokens` the request's input tokens (None: the
+        prompt's).
+        """
         if self._rule is not None:
             reply = self._rule(prompt)
         else:
@@ -64,14 +81,24 @@ class ScriptedProvider:
                 reply = next(self._iter)
             except StopIteration:
                 raise ProviderError("scripted provider ran out of replies") from None
-        if isinstance(reply, ChatResponse):
+        self.calls += 1
+        if sent_tokens is None:
+            sent_tokens = len(prompt) // CHARS_PER_TOKEN
+        if not isinstance(reply, ChatResponse):
+            return ChatResponse(
+                text=reply,
+                usage=Usage(sent_tokens, estimated_output_tokens(reply)),
+                stop_reason="stop",
+                model="scripted",
+            )
+        usage = reply.usage
+        if usage.input_tokens and usage.output_tokens:  # a scripted usage, as it is
             return reply
-        return ChatResponse(
-            text=reply,
-            usage=Usage(len(prompt) // CHARS_PER_TOKEN, estimated_output_tokens(reply)),
-            stop_reason="stop",
-            model="scripted",
+        written = usage.output_tokens or estimated_output_tokens(reply.text, reply.tool_calls)
+        usage = dataclasses.replace(
+            usage, input_tokens=usage.input_tokens or sent_tokens, output_tokens=written
         )
+        return dataclasses.replace(reply, usage=usage)
 
     @staticmethod
     def tool_call_reply(
@@ -117,7 +144,8 @@ class ScriptedProvider:
         **params: Any,
     ) -> ChatResponse:
         """Returns the next scripted response; the rule sees the last message's content."""
-        return self._next(messages[-1].content if messages else "")
+        sent = estimated_input_tokens(messages, tool_definitions_chars(tools or ()))
+        return self._next(messages[-1].content if messages else "", sent)
 
     async def chat_stream(
         self,
@@ -127,7 +155,8 @@ class ScriptedProvider:
         **params: Any,
     ) -> AsyncIterator[StreamEvent]:
         """Streams the next scripted response as a text delta then `StreamEnd`."""
-        response = self._next(messages[-1].content if messages else "")
+        sent = estimated_input_tokens(messages, tool_definitions_chars(tools or ()))
+        response = self._next(messages[-1].content if messages else "", sent)
         if response.text:
             yield TextDelta(text=response.text)
         yield StreamEnd(response=response)
