@@ -640,3 +640,20 @@ def test_integer_counts_of_other_integer_types_are_taken() -> None:
     assert (guard.capacity, guard.soft_limit) == (2, 1)
     assert type(guard.capacity) is int
     assert ar.CapabilitySet(max_actions=0).max_actions == 0
+
+
+def test_capabilities_record_a_rounds_actions_all_or_none() -> None:
+    caps = ar.CapabilitySet(max_actions=3)
+    caps.record_actions(2)
+    with pytest.raises(ar.PolicyDeniedError, match="2 actions would go past it"):
+        caps.record_actions(2)
+    assert caps.actions_taken == 2  # none of the refused two was counted
+    caps.record_actions(1)
+    with pytest.raises(ar.PolicyDeniedError, match=r"action limit reached \(3 actions\)"):
+        caps.record_action()
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match="count must be"):
+            caps.record_actions(bad)  # type: ignore[arg-type]
+    unlimited = ar.CapabilitySet()
+    unlimited.record_actions(10**6)
+    assert unlimited.actions_taken == 10**6

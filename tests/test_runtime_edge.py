@@ -928,6 +928,7 @@ async def test_a_round_a_capability_refuses_starts_no_call(
     assert log == []  # no call started, so none was cut off half done
     assert not [e for e in events if isinstance(e, ar.ToolCallStarted)]
     assert rt.metrics.snapshot().total_tool_calls == 0
+    assert capabilities.actions_taken == 0  # the refused round used none of the limit
     if backend is not None:  # and none was journaled
         assert not [k for k in await backend.list_keys() if ":call:" in k]
 

@@ -228,7 +228,9 @@ class AgentRuntime:
             `%3A` (see `persistence.base.escape_session_id`): ids may hold any text.
         middlewares: Hooks that may rewrite prompts, replies and tool calls.
         approval_handler: Approves, denies or edits tool calls.
-        capabilities: Tools allowed and actions budget, checked per call.
+        capabilities: Tools allowed and actions budget, checked per call; a round of
+            parallel calls takes its actions all or none (`record_actions(n)`, when the
+            object has it, else `record_action()` per call).
         budget: Token / cost budget, checked before each model call and charged after it:
             with its tokens, and with its cost as the provider priced it (`Usage.cost_usd`:
             give the provider its token prices, e.g. `input_cost_per_million`).
@@ -1331,8 +1333,13 @@ class AgentRuntime:
         if capabilities is not None:
             for name, _ in rewritten:
                 capabilities.check_tool(name)
-            for _ in rewritten:
-                capabilities.record_action()
+            # All or none: a round the limit cannot take whole is refused having used none.
+            record_actions = getattr(capabilities, "record_actions", None)
+            if record_actions is not None:
+                record_actions(len(rewritten))
+            else:
+                for _ in rewritten:
+                    capabilities.record_action()
         if self.approval_handler is None:
             return [(name, arguments, None) for name, arguments in rewritten]
         return await _all_or_none(self._decide(session, n, a) for n, a in rewritten)

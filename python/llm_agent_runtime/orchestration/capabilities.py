@@ -60,6 +60,22 @@ class CapabilitySet:
         Raises:
             PolicyDeniedError: the action limit is already reached (it is not counted).
         """
-        if self.max_actions is not None and self.actions_taken >= self.max_actions:
-            raise PolicyDeniedError(f"action limit reached ({self.max_actions} actions)")
-        self.actions_taken += 1
+        self.record_actions(1)
+
+    def record_actions(self, count: int) -> None:
+        """Counts `count` actions together (a round of parallel tool calls): all or none.
+
+        Raises:
+            PolicyDeniedError: they would go past the action limit (none is counted).
+            ValueError: `count` is negative or not an int.
+        """
+        count = check_count("count", count, 0)
+        limit = self.max_actions
+        if limit is not None and self.actions_taken + count > limit:
+            if self.actions_taken >= limit:
+                raise PolicyDeniedError(f"action limit reached ({limit} actions)")
+            raise PolicyDeniedError(
+                f"action limit: {count} actions would go past it ({self.actions_taken} of "
+                f"{limit} taken)"
+            )
+        self.actions_taken += count
