@@ -68,11 +68,16 @@ class ScriptedProvider:
         self.calls = 0
         """Number of calls answered."""
 
-    def _next(self, prompt: str, sent_tokens: int | None = None) -> ChatResponse:
+    def _next(
+        self,
+        prompt: str,
+        messages: Sequence[Message] | None = None,
+        tools: Sequence[ToolDefinition] | None = None,
+    ) -> ChatResponse:
         """The next reply as a response, its usage completed (see the class); counts the call.
 
-        `prompt` is what the rule sees; `sent_tokens` the request's input tokens (None: the
-        prompt's).
+        `prompt` is what the rule sees; the request is `messages` and `tools` (without
+        `messages`: the prompt alone). Its size is estimated only for a usage that lacks it.
         """
         if self._rule is not None:
             reply = self._rule(prompt)
@@ -82,12 +87,10 @@ class ScriptedProvider:
             except StopIteration:
                 raise ProviderError("scripted provider ran out of replies") from None
         self.calls += 1
-        if sent_tokens is None:
-            sent_tokens = len(prompt) // CHARS_PER_TOKEN
         if not isinstance(reply, ChatResponse):
             return ChatResponse(
                 text=reply,
-                usage=Usage(sent_tokens, estimated_output_tokens(reply)),
+                usage=Usage(_sent_tokens(prompt, messages, tools), estimated_output_tokens(reply)),
                 stop_reason="stop",
                 model="scripted",
             )
@@ -95,9 +98,8 @@ class ScriptedProvider:
         if usage.input_tokens and usage.output_tokens:  # a scripted usage, as it is
             return reply
         written = usage.output_tokens or estimated_output_tokens(reply.text, reply.tool_calls)
-        usage = dataclasses.replace(
-            usage, input_tokens=usage.input_tokens or sent_tokens, output_tokens=written
-        )
+        sent = usage.input_tokens or _sent_tokens(prompt, messages, tools)
+        usage = dataclasses.replace(usage, input_tokens=sent, output_tokens=written)
         return dataclasses.replace(reply, usage=usage)
 
     @staticmethod
@@ -144,8 +146,7 @@ class ScriptedProvider:
         **params: Any,
     ) -> ChatResponse:
         """Returns the next scripted response; the rule sees the last message's content."""
-        sent = estimated_input_tokens(messages, tool_definitions_chars(tools or ()))
-        return self._next(messages[-1].content if messages else "", sent)
+        return self._next(messages[-1].content if messages else "", messages, tools)
 
     async def chat_stream(
         self,
@@ -155,8 +156,16 @@ class ScriptedProvider:
         **params: Any,
     ) -> AsyncIterator[StreamEvent]:
         """Streams the next scripted response as a text delta then `StreamEnd`."""
-        sent = estimated_input_tokens(messages, tool_definitions_chars(tools or ()))
-        response = self._next(messages[-1].content if messages else "", sent)
+        response = self._next(messages[-1].content if messages else "", messages, tools)
         if response.text:
             yield TextDelta(text=response.text)
         yield StreamEnd(response=response)
+
+
+def _sent_tokens(
+    prompt: str, messages: Sequence[Message] | None, tools: Sequence[ToolDefinition] | None
+) -> int:
+    """Input tokens of a request: every message and tool definition, or the prompt alone."""
+    if messages is None:
+        return len(prompt) // CHARS_PER_TOKEN
+    return estimated_input_tokens(messages, tool_definitions_chars(tools or ()))
