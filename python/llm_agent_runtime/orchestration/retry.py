@@ -56,7 +56,8 @@ class RetryPolicy:
     Args:
         max_attempts: total attempts, the first included.
         base_delay: seconds before the second attempt (before jitter).
-        max_delay: cap on any single delay (60 s by default).
+        max_delay: cap on any single delay: at most 60 s (the default), a larger value is
+            taken as 60 s.
         jitter: draw delays uniformly below the exponential bound.
         retry_on: decides whether an error is worth another attempt (see `default_retry_on`).
         clock: time source used to sleep.
