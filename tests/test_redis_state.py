@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -674,3 +675,210 @@ def test_redis_clients_time_out_whatever_redis_pys_default() -> None:
     assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == REDIS_SOCKET_TIMEOUT
     url = "redis://127.0.0.1:1/0?socket_timeout=2"  # the URL's own setting wins
     assert redis_client(url, "test").connection_pool.connection_kwargs["socket_timeout"] == 2.0
+
+
+# -- a cancelled waiter's tokens go to the waiters behind it -----------------------------------
+
+
+async def _until(condition: Any, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():
+        assert loop.time() < deadline
+        await asyncio.sleep(0.002)
+
+
+async def test_a_newcomer_to_a_shared_bucket_does_not_overtake_the_waiter_behind() -> None:
+    limiter = ar.RedisRateLimiter(redis_url(), rate=2.0, capacity=1, prefix=f"fifo:{os.getpid()}:")
+    await limiter.client.delete(limiter.redis_key("k"))
+    assert await limiter.try_acquire("k")  # empty
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    served: list[tuple[str, float]] = []
+
+    async def wait(name: str, tokens: float) -> None:
+        await limiter.acquire("k", tokens)
+        served.append((name, loop.time() - started))
+
+    a = asyncio.create_task(wait("A", 1.0))  # due at 0.5 s
+    await _until(lambda: _level_below(limiter, -0.5))
+    b = asyncio.create_task(wait("B", 1.0))  # due at 1 s; at 0.5 s once A is gone
+    await _until(lambda: _level_below(limiter, -1.5))
+    a.cancel()
+    await asyncio.gather(a, return_exceptions=True)
+    c = asyncio.create_task(wait("C", 0.5))  # behind B: due at 0.75 s
+    await asyncio.gather(b, c)
+    assert [name for name, _ in served] == ["B", "C"]
+    assert served[0][1] < 0.85  # not the 1 s it was given before A left
+    await limiter.client.delete(limiter.redis_key("k"))
+    await limiter.close()
+
+
+async def _level_below(limiter: ar.RedisRateLimiter, level: float) -> bool:
+    raw = await limiter.client.hget(limiter.redis_key("k"), "level")
+    return raw is not None and float(raw) < level
+
+
+async def test_a_refund_moves_up_a_reservation_in_flight_only_if_it_came_first() -> None:
+    limiter = ar.RedisRateLimiter(
+        redis_url(), rate=2.0, capacity=1, prefix=f"flight:{os.getpid()}:"
+    )
+    script = limiter._script
+    loop = asyncio.get_running_loop()
+
+    async def scenario(reserve_before_refund: bool) -> float:
+        """A waits for 1 token, B's command for 0.75 is held back, A leaves: B's wait."""
+        await limiter.client.delete(limiter.redis_key("k"))
+        assert await limiter.try_acquire("k")  # empty
+        held = asyncio.Event()
+
+        async def holding_b(*, keys: list[str], args: list[Any]) -> Any:
+            if args[2] != 0.75:
+                return await script(keys=keys, args=args)
+            if reserve_before_refund:  # runs on the server now, the reply comes later
+                reply = await script(keys=keys, args=args)
+                await held.wait()
+                return reply
+            await held.wait()  # sent only after A's refund
+            return await script(keys=keys, args=args)
+
+        limiter._script = holding_b
+        a = asyncio.create_task(limiter.acquire("k"))  # due at 0.5 s
+        await _until(lambda: _level_below(limiter, -0.5))
+        started = loop.time()
+        b = asyncio.create_task(limiter.acquire("k", 0.75))
+        if reserve_before_refund:
+            await _until(lambda: _level_below(limiter, -1.5))  # B's reservation ran
+        else:
+            await asyncio.sleep(0.01)  # B waits for its command to be sent
+        a.cancel()
+        await asyncio.gather(a, return_exceptions=True)  # A's refund has landed
+        held.set()
+        await b
+        return loop.time() - started
+
+    # B reserved before A's refund: due at 0.875 s, 0.375 s once A's token is given back.
+    assert await scenario(reserve_before_refund=True) < 0.6
+    # B reserved after it: its wait already counts the refund, which must not move it again.
+    assert await scenario(reserve_before_refund=False) > 0.2
+    assert limiter._waiters == {}
+    await limiter.client.delete(limiter.redis_key("k"))
+    await limiter.close()
+
+
+# -- connections the server closed, or that died silently, are replaced before use --------------
+
+
+async def _close_server_side(*clients: Any) -> int:
+    """Makes the server close the pooled connections of `clients`, and only theirs."""
+    import redis.asyncio
+
+    addresses = set()
+    for client in clients:
+        pool = client.connection_pool
+        for connection in [*pool._available_connections, *pool._in_use_connections]:
+            if connection._writer is not None:
+                host, port = connection._writer.get_extra_info("sockname")[:2]
+                addresses.add(f"{host}:{port}")
+    admin = redis.asyncio.from_url(redis_url())
+    try:
+        return sum([await admin.client_kill_filter(_type=None, addr=a) for a in addresses])
+    finally:
+        await admin.aclose()
+
+
+async def test_state_survives_the_server_closing_pooled_connections() -> None:
+    url, prefix = redis_url(), f"closed:{os.getpid()}:"
+    backend = ar.RedisCircuitStateBackend(url, prefix=prefix)
+    breaker = ar.CircuitBreaker("svc", backend=backend)
+    limiter = ar.RedisRateLimiter(url, rate=1000, capacity=1000, prefix=prefix)
+    dedup = ar.RedisDeduplicator(url, ttl=5.0, prefix=prefix, namespace="t")
+
+    async def use_all(round_: int) -> list[Any]:
+        return await asyncio.gather(
+            *(breaker.call(asyncio.sleep, 0.01, i) for i in range(10)),
+            *(limiter.acquire("k") for _ in range(10)),
+            *(dedup.run(f"k{round_}:{i}", lambda: 1) for i in range(10)),
+            return_exceptions=True,
+        )
+
+    assert not [r for r in await use_all(0) if isinstance(r, BaseException)]
+    # What a restart, a failover or the server's idle `timeout` does to warm pools.
+    assert await _close_server_side(backend.client, limiter.client, dedup.client) >= 3
+    await asyncio.sleep(0.05)  # the closings reach this process
+    assert not [r for r in await use_all(1) if isinstance(r, BaseException)]
+    await backend.client.delete(prefix + "svc", limiter.redis_key("k"))
+    for closable in (backend, limiter, dedup):
+        await closable.close()
+
+
+class _Blackhole:
+    """A TCP proxy to Redis whose open connections can go silent (a dead host, a dropped NAT
+    entry: no reply and no end of stream); connections made afterwards work."""
+
+    def __init__(self) -> None:
+        self.silenced: list[dict[str, bool]] = []
+        self.streams: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        from urllib.parse import urlsplit
+
+        target = urlsplit(redis_url())
+        self.target = (target.hostname, target.port)
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}{target.path}?socket_timeout=0.5"
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.streams += [writer, up_writer]
+        link = {"silent": False}
+        self.silenced.append(link)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):  # a side closed: the link ends
+                while data := await src.read(65536):
+                    if not link["silent"]:
+                        dst.write(data)
+                        await dst.drain()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    def silence(self) -> None:
+        for link in self.silenced:
+            link["silent"] = True
+
+    async def close(self) -> None:
+        for stream in self.streams:
+            stream.close()
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_a_connection_that_died_silently_is_replaced_after_idling() -> None:
+    proxy = _Blackhole()
+    limiter = ar.RedisRateLimiter(
+        await proxy.start(), rate=1000, capacity=1000, prefix=f"silent:{os.getpid()}:"
+    )
+    try:
+        assert await limiter.try_acquire("k")
+        proxy.silence()
+        pool_settings = limiter.client.connection_pool.connection_kwargs
+        await asyncio.sleep(pool_settings.get("health_check_interval", 0) + 0.1)
+        # The idle connection fails its PING (nothing is sent for the command) and is
+        # replaced: the command runs on a new one, instead of timing out.
+        assert await limiter.try_acquire("k")
+        await limiter.client.delete(limiter.redis_key("k"))
+    finally:
+        await limiter.close()
+        await proxy.close()
+
+
+async def test_the_redis_deduplicator_passes_arguments_named_key_and_fn_through() -> None:
+    dedup = ar.RedisDeduplicator(redis_url(), ttl=5.0, prefix=f"kw:{os.getpid()}:", namespace="kw")
+
+    async def fetch(key: str, fn: str) -> str:
+        return f"{key}/{fn}"
+
+    assert await dedup.run("k", fetch, key="user:1", fn="name") == "user:1/name"
+    await dedup.close()

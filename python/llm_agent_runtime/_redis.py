@@ -5,11 +5,19 @@ A module of its own so that orchestration does not import the persistence packag
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
 
-__all__ = ["REDIS_MAX_CONNECTIONS", "REDIS_POOL_TIMEOUT", "REDIS_SOCKET_TIMEOUT", "redis_client"]
+__all__ = [
+    "REDIS_HEALTH_CHECK_INTERVAL",
+    "REDIS_MAX_CONNECTIONS",
+    "REDIS_POOL_TIMEOUT",
+    "REDIS_SOCKET_TIMEOUT",
+    "redis_client",
+]
 
 REDIS_MAX_CONNECTIONS = 100
 """Connections each client keeps open at most; more concurrent commands wait for one."""
@@ -19,6 +27,10 @@ REDIS_SOCKET_TIMEOUT = 5.0
 """Seconds to connect, and to wait for each reply, before a command fails (a `?socket_timeout=`
 in the URL overrides it). Set here, not left to redis-py: its default differs by version, and
 without one a server that stops answering hangs every command."""
+REDIS_HEALTH_CHECK_INTERVAL = 1.0
+"""Seconds a pooled connection may sit idle before it is checked (a PING) as it is taken for
+a command; one that fails the check is replaced first (a `?health_check_interval=` in the URL
+overrides it)."""
 
 
 def redis_client(url: str, owner: str) -> Any:
@@ -28,21 +40,79 @@ def redis_client(url: str, owner: str) -> Any:
     flight than it has connections (e.g. 1,000 sessions sharing one rate limiter); a
     blocking pool makes the excess wait instead.
 
+    The pool replaces a connection the server has closed (a restart, a failover, its idle
+    `timeout`), or one idle for `REDIS_HEALTH_CHECK_INTERVAL` that fails a PING, as it hands
+    it out: before anything is sent on it, so that is always safe. No command is retried
+    once sent: a Lua script whose reply was lost may have run (taken tokens, a lease), so it
+    fails instead, as does a command on a connection lost while in use.
+
     Raises:
         PersistenceError: When redis-py is not installed (the `redis` extra); `owner` names
             the class that needs it.
     """
     try:
-        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio import Redis
     except ImportError as error:
         raise PersistenceError(
             f"{owner} needs redis-py: pip install 'llm-agent-runtime[redis]'"
         ) from error
-    pool = BlockingConnectionPool.from_url(
+    pool = _checked_pool_class().from_url(
         url,
         max_connections=REDIS_MAX_CONNECTIONS,
         timeout=REDIS_POOL_TIMEOUT,
         socket_timeout=REDIS_SOCKET_TIMEOUT,
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+        health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
     )
     return Redis.from_pool(pool)
+
+
+@functools.cache
+def _checked_pool_class() -> Any:
+    """A `BlockingConnectionPool` that replaces dead connections as it hands them out.
+
+    Made on first use: redis-py is an optional dependency.
+    """
+    from redis.asyncio import BlockingConnectionPool
+
+    class CheckedConnectionPool(BlockingConnectionPool):
+        async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            get_connection: Any = super().get_connection  # untyped in some redis-py versions
+            connection = await get_connection(*args, **kwargs)
+            try:
+                await _replace_if_dead(connection)
+            except BaseException:
+                await self.release(connection)
+                raise
+            return connection
+
+    return CheckedConnectionPool
+
+
+async def _replace_if_dead(connection: Any) -> None:
+    """Reconnects `connection` if the server closed it, or it idled and fails a PING.
+
+    Runs before anything is sent on the connection. redis-py checks for a closed connection
+    itself, but version 8 skips that check while its maintenance notifications are on (the
+    default); and its own health check runs inside the command, with no retry here (one
+    would retry the command too), so a failed PING there fails the command.
+    """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    try:
+        # Data or an end of stream is waiting (redis-py 8 names it `can_read`; older versions
+        # check it before handing the connection out): a PING tells a push message from EOF.
+        can_read = getattr(connection, "can_read", None)
+        waiting = can_read is not None and await can_read()
+        interval = connection.health_check_interval
+        idle = interval and asyncio.get_running_loop().time() > connection.next_health_check
+        if not (waiting or idle):
+            return
+        await connection.send_command("PING", check_health=False)
+        if await connection.read_response() in (b"PONG", "PONG"):
+            return
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        pass
+    await connection.disconnect()
+    await connection.connect()

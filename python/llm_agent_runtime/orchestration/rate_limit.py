@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 from collections.abc import Hashable
 
@@ -14,6 +16,59 @@ _FIRST_SWEEP = 1024
 """Buckets held before refilled ones are first dropped."""
 
 __all__ = ["RateLimiter"]
+
+
+class _Waiter:
+    """A caller of `acquire` waiting for its tokens: when it is due, and how to wake it sooner.
+
+    When an earlier waiter gives its reservation back, the ones behind it are due sooner:
+    `move_up` brings the deadline forward and wakes the waiter to sleep anew, shorter.
+    """
+
+    __slots__ = ("_wake", "due")
+
+    def __init__(self, due: float = math.inf) -> None:
+        self.due = due
+        self._wake: asyncio.Future[None] | None = None
+
+    def move_up(self, seconds: float) -> None:
+        """Makes the waiter due `seconds` sooner."""
+        self.due -= seconds
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def wait(self, clock: Clock, seconds: float, now: float) -> None:
+        """Sleeps on `clock` until `due`, sooner if `move_up` brings it forward meanwhile.
+
+        `seconds` is the time from `now` until `due`, as exactly as the caller computed it.
+        """
+        while seconds > 0:
+            # The sleep runs as a task of its own so that `move_up` can cut it short, while
+            # a CancelledError here always means this caller was cancelled.
+            wake = self._wake = asyncio.get_running_loop().create_future()
+            sleep = asyncio.ensure_future(self._sleep(clock, seconds, now))
+            sleep.add_done_callback(functools.partial(_wake_up, wake))
+            try:
+                await wake
+            finally:
+                self._wake = None
+                sleep.cancel()  # does nothing once it has slept
+            if sleep.done() and not sleep.cancelled():
+                sleep.result()  # a clock that failed to sleep fails the wait
+                return
+            now = clock.now()
+            seconds = self.due - now
+
+    async def _sleep(self, clock: Clock, seconds: float, since: float) -> None:
+        # A task starts a turn of the event loop later: if the clock moved meanwhile, the
+        # sleep is measured from `due`, else it is exactly `seconds`.
+        now = clock.now()
+        await clock.sleep(seconds if now == since else self.due - now)
+
+
+def _wake_up(wake: asyncio.Future[None], _: object) -> None:
+    if not wake.done():
+        wake.set_result(None)
 
 
 class RateLimiter:
@@ -41,6 +96,8 @@ class RateLimiter:
         self.capacity = capacity
         self._clock = clock or SYSTEM_CLOCK
         self._buckets: dict[Hashable, tuple[float, float]] = {}
+        # The callers of `acquire` waiting on each key, in arrival order.
+        self._waiters: dict[Hashable, dict[_Waiter, None]] = {}
         self._sweep_at = _FIRST_SWEEP  # buckets held when refilled ones are next dropped
 
     def tokens(self, key: Hashable = "default") -> float:
@@ -89,7 +146,8 @@ class RateLimiter:
 
         Waiters reserve tokens in arrival order (the bucket may go into debt), so each waits
         exactly as long as the rate requires and concurrent waiters are served first come,
-        first served. A cancelled waiter gives its reservation back.
+        first served. A cancelled waiter gives its reservation back, and the waiters behind
+        it are served that much sooner (a newcomer never overtakes them).
 
         Raises:
             ValueError: `tokens` is not in (0, capacity].
@@ -103,10 +161,24 @@ class RateLimiter:
             self._buckets[key] = (max(level, 0.0), now)
             return
         self._buckets[key] = (level, now)
+        wait = -level / self.rate
+        waiter = _Waiter(now + wait)
+        queue = self._waiters.setdefault(key, {})
+        queue[waiter] = None
         try:
-            await self._clock.sleep(-level / self.rate)
+            await waiter.wait(self._clock, wait, now)
         except BaseException:
             bucket = self._buckets.get(key)
             if bucket is not None:  # else it has refilled since, and was dropped: full
                 self._buckets[key] = (bucket[0] + tokens, bucket[1])
+                # The refund is theirs: without it, a newcomer would be served before them.
+                behind = False
+                for other in queue:
+                    if behind:
+                        other.move_up(tokens / self.rate)
+                    behind = behind or other is waiter
             raise
+        finally:
+            del queue[waiter]
+            if not queue:
+                del self._waiters[key]

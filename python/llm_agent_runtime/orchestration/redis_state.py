@@ -14,6 +14,8 @@ from llm_agent_runtime._redis import redis_client
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.orchestration._calls import call_maybe_async, keep_alive
 from llm_agent_runtime.orchestration.circuit_breaker import CLOSED, CircuitState
+from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK
+from llm_agent_runtime.orchestration.rate_limit import _Waiter
 
 __all__ = ["RedisCircuitStateBackend", "RedisDeduplicator", "RedisRateLimiter"]
 
@@ -118,17 +120,20 @@ def _decode(raw: bytes | None) -> CircuitState:
 
 # Token bucket, atomically in Redis, on the server's clock (shared by every worker).
 # KEYS[1] bucket; ARGV: rate, capacity, tokens, mode (0 = take or refuse, 1 = reserve,
-# 2 = refund). Returns {granted (0/1), wait seconds as a string}.
+# 2 = refund). Returns {granted (0/1), wait seconds as a string, seq}: seq numbers the
+# bucket's commands, so a refund tells which reservations came after the one it gives back.
 # A missing key reads as a full bucket, so the key lives until its bucket has refilled from
-# the level it is left at, debt included (plus a minute; at most ~31 years).
+# the level it is left at, debt included (plus a minute; at most ~31 years). Its seq starts
+# again then, when every reservation it held is due anyway.
 _BUCKET_SCRIPT = """
 local rate, capacity, tokens, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
     tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'level', 'last')
+local state = redis.call('HMGET', KEYS[1], 'level', 'last', 'seq')
 local level = tonumber(state[1]) or capacity
 local last = tonumber(state[2]) or now
+local seq = (tonumber(state[3]) or 0) + 1
 level = math.min(capacity, level + (now - last) * rate)
 local granted, wait = 0, 0
 if mode == 2 then
@@ -141,10 +146,26 @@ elseif level >= tokens then
   level = level - tokens
   granted = 1
 end
-redis.call('HSET', KEYS[1], 'level', tostring(level), 'last', tostring(now))
+redis.call('HSET', KEYS[1], 'level', tostring(level), 'last', tostring(now), 'seq', seq)
 redis.call('EXPIRE', KEYS[1], math.min(math.ceil((capacity - level) / rate) + 60, 1000000000))
-return {granted, tostring(wait)}
+return {granted, tostring(wait), seq}
 """
+
+
+class _SharedWaiter(_Waiter):
+    """A caller of `RedisRateLimiter.acquire`, and where its reservation is in the bucket.
+
+    `seq` is the number the bucket gave its reservation (None while the command is in
+    flight); `gains` the refunds that landed meanwhile: (after, refund, seconds), which move
+    it up if its reservation came between the two.
+    """
+
+    __slots__ = ("gains", "seq")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq: int | None = None
+        self.gains: list[tuple[int, int, float]] = []
 
 
 class RedisRateLimiter:
@@ -153,6 +174,11 @@ class RedisRateLimiter:
     The same semantics as `RateLimiter` (capacity, refill rate, waiters served in arrival
     order, a cancelled waiter's tokens given back), made atomic by a Lua script running on the
     Redis server's clock, so workers on many machines draw from one bucket.
+
+    One limit across processes: when a waiter gives its reservation back, only the waiters
+    behind it in the same limiter object are woken sooner. Those of other processes (or other
+    limiter objects) keep the wait they were given, so a caller arriving later may be served
+    before them; none is served sooner than the rate allows.
 
     Limiters share the bucket of a key when they have the same `prefix`, `rate` and
     `capacity` (the bucket's Redis key is `redis_key(key)`: `<prefix><rate>/<capacity>:<key>`),
@@ -191,6 +217,8 @@ class RedisRateLimiter:
         self._namespace = f"{prefix}{float(rate)!r}/{float(capacity)!r}:"
         self.client: Any = redis_client(url, "RedisRateLimiter")
         self._script = self.client.register_script(_BUCKET_SCRIPT)
+        # This object's callers of `acquire` on each key, from before their command is sent.
+        self._waiters: dict[str, dict[_SharedWaiter, None]] = {}
 
     def __repr__(self) -> str:
         return f"RedisRateLimiter(rate={self.rate}, capacity={self.capacity})"
@@ -207,17 +235,17 @@ class RedisRateLimiter:
         if not 0 < tokens <= self.capacity:  # NaN fails too
             raise ValueError(f"tokens must be in (0, {self.capacity}], got {tokens}")
 
-    async def _run(self, key: str, tokens: float, mode: int) -> tuple[bool, float]:
+    async def _run(self, key: str, tokens: float, mode: int) -> tuple[bool, float, int]:
         redis_key = self._namespace + key
         try:
-            granted, wait = await self._script(
+            granted, wait, seq = await self._script(
                 keys=[redis_key], args=[self.rate, self.capacity, tokens, mode]
             )
         except Exception as error:
             raise PersistenceError(f"Redis: {error}", key=redis_key) from error
-        return bool(granted), float(wait)
+        return bool(granted), float(wait), int(seq)
 
-    async def _take(self, key: str, tokens: float, mode: int) -> tuple[bool, float]:
+    async def _take(self, key: str, tokens: float, mode: int) -> tuple[bool, float, int]:
         """Runs the take (mode 0) or reserve (mode 1) command.
 
         If the caller is cancelled while the command is in flight, the command still runs to
@@ -231,21 +259,32 @@ class RedisRateLimiter:
             raise
 
     async def _refund_after(
-        self, command: asyncio.Future[tuple[bool, float]], key: str, tokens: float
+        self, command: asyncio.Future[tuple[bool, float, int]], key: str, tokens: float
     ) -> None:
         try:
-            granted, _ = await command
+            granted, _, seq = await command
         except Exception:
             return  # the command failed: it took nothing (that this process can know of)
         if granted:
-            await self._refund(key, tokens)
+            await self._refund(key, tokens, seq)
 
-    async def _refund(self, key: str, tokens: float) -> None:
-        """Gives `tokens` back to `key`'s bucket; a Redis failure is logged, not raised."""
+    async def _refund(self, key: str, tokens: float, after: int) -> None:
+        """Gives back `tokens` that command `after` took; a Redis failure is logged, not raised.
+
+        The reservations made since are due sooner: this limiter's waiters among them are
+        moved up.
+        """
         try:
-            await self._run(key, tokens, 2)
+            _, _, refund = await self._run(key, tokens, 2)
         except Exception as error:
             logger.warning("RedisRateLimiter: could not give back %s tokens: %s", tokens, error)
+            return
+        seconds = tokens / self.rate
+        for waiter in self._waiters.get(key, ()):
+            if waiter.seq is None:  # in flight: whether it came before or after, its reply says
+                waiter.gains.append((after, refund, seconds))
+            elif after < waiter.seq < refund:
+                waiter.move_up(seconds)
 
     async def try_acquire(self, key: str = "default", tokens: float = 1.0) -> bool:
         """Takes `tokens` from `key`'s shared bucket if it has them; returns whether it did.
@@ -255,27 +294,41 @@ class RedisRateLimiter:
             PersistenceError: Redis failed.
         """
         self._check(tokens)
-        granted, _ = await self._take(key, tokens, 0)
+        granted, _, _ = await self._take(key, tokens, 0)
         return granted
 
     async def acquire(self, key: str = "default", tokens: float = 1.0) -> None:
         """Takes `tokens`, waiting (in arrival order across all workers) until refilled.
 
-        A cancelled caller takes nothing: its reservation is given back.
+        A cancelled caller takes nothing: its reservation is given back, and the callers of
+        this limiter waiting behind it are served that much sooner (see the class docstring
+        for those of other processes).
 
         Raises:
             ValueError: `tokens` is not in (0, capacity].
             PersistenceError: Redis failed.
         """
         self._check(tokens)
-        _, wait = await self._take(key, tokens, 1)
-        if wait <= 0:
-            return
+        waiter = _SharedWaiter()
+        queue = self._waiters.setdefault(key, {})
+        queue[waiter] = None
         try:
-            await asyncio.sleep(wait)
-        except BaseException:
-            await _settle(self._refund(key, tokens))  # give the reservation back
-            raise
+            _, wait, seq = await self._take(key, tokens, 1)
+            now = SYSTEM_CLOCK.now()
+            waiter.seq = seq
+            for after, refund, seconds in waiter.gains:
+                if after < seq < refund:
+                    wait -= seconds
+            waiter.due = now + wait
+            try:
+                await waiter.wait(SYSTEM_CLOCK, wait, now)
+            except BaseException:
+                await _settle(self._refund(key, tokens, seq))  # give the reservation back
+                raise
+        finally:
+            del queue[waiter]
+            if not queue:
+                del self._waiters[key]
 
 
 # Single flight. KEYS: result, lease. ARGV: lease token, lease ms. Returns {1, result} when a
@@ -382,8 +435,10 @@ class RedisDeduplicator:
         """Closes the connection pool."""
         await self.client.aclose()
 
-    async def run(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run(self, key: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Returns `fn(*args, **kwargs)` (sync or async), run once for all callers of `key`.
+
+        `key` and `fn` are positional-only, so `kwargs` may hold arguments of those names.
 
         Returns:
             The JSON round trip of the result (the same value for every caller).

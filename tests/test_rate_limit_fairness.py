@@ -1,0 +1,178 @@
+"""RateLimiter.acquire stays first come, first served when a waiter gives up."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llm_agent_runtime as ar
+
+
+class StoppedClock:
+    """A clock that stands still until `run` (a FakeClock moves once the loop idles a bit).
+
+    Lets a test take many turns of the event loop at one instant.
+    """
+
+    def __init__(self) -> None:
+        self.time = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.time + seconds, next(self._order), future))
+        try:
+            await future
+        finally:
+            future.cancel()
+
+    async def run(self) -> None:
+        """Moves time from deadline to deadline until no one sleeps."""
+        while True:
+            for _ in range(10):  # the woken tasks run, and may sleep again
+                await asyncio.sleep(0)
+            while self._sleepers and self._sleepers[0][2].done():
+                heapq.heappop(self._sleepers)
+            if not self._sleepers:
+                return
+            deadline, _, future = heapq.heappop(self._sleepers)
+            self.time = max(self.time, deadline)
+            future.set_result(None)
+
+
+class Queue:
+    """Callers of `acquire` on one key, each recording when it was served."""
+
+    def __init__(self, limiter: ar.RateLimiter, clock: ar.FakeClock | StoppedClock) -> None:
+        self.limiter, self.clock = limiter, clock
+        self.served: list[tuple[str, float]] = []
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def arrive(self, name: str, tokens: float = 1.0) -> None:
+        async def wait() -> None:
+            await self.limiter.acquire("k", tokens)
+            self.served.append((name, self.clock.now()))
+
+        self.tasks[name] = asyncio.create_task(wait())
+        await asyncio.sleep(0)  # it has reserved its tokens
+
+    async def leave(self, name: str) -> None:
+        self.tasks[name].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self.tasks[name]
+
+    async def until_served(self) -> list[tuple[str, float]]:
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        return self.served
+
+
+async def empty_queue(rate: float = 1.0, capacity: float = 1.0) -> Queue:
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=rate, capacity=capacity, clock=clock)
+    assert limiter.try_acquire("k", capacity)  # the bucket is empty at t = 0
+    return Queue(limiter, clock)
+
+
+async def test_a_newcomer_does_not_overtake_the_waiter_behind_a_cancelled_one() -> None:
+    queue = await empty_queue()
+    await queue.arrive("A")
+    await queue.arrive("B")
+    await queue.leave("A")
+    await queue.arrive("C", 0.5)
+    # B is first in line: its token is there at t = 1, C's half token at 1.5.
+    assert await queue.until_served() == [("B", 1.0), ("C", 1.5)]
+
+
+async def test_every_waiter_behind_a_cancelled_one_moves_up_and_those_ahead_stay() -> None:
+    queue = await empty_queue(rate=2.0, capacity=2.0)
+    for name in "ABCD":
+        await queue.arrive(name)  # due at 0.5, 1.0, 1.5, 2.0
+    await queue.leave("B")
+    await queue.arrive("E")  # behind D: due at 2
+    await queue.leave("E")  # no one is behind it: nothing moves
+    await queue.arrive("F", 0.5)  # E's refund is F's: due at 1.75
+    assert await queue.until_served() == [("A", 0.5), ("C", 1.0), ("D", 1.5), ("F", 1.75)]
+    assert queue.limiter.tokens("k") == 0.0  # the rate was never exceeded
+    assert queue.limiter._waiters == {}  # nothing is kept once all are served or gone
+
+
+async def test_a_waiter_cancelled_while_others_sleep_wakes_them_sooner() -> None:
+    queue = await empty_queue()
+    for name in "ABC":
+        await queue.arrive(name)  # due at 1, 2, 3
+
+    async def leave_at(when: float, name: str) -> None:
+        await queue.clock.sleep(when - queue.clock.now())
+        queue.tasks[name].cancel()
+
+    leaving = asyncio.create_task(leave_at(0.5, "B"))
+    await leaving
+    await queue.arrive("D")  # at t = 0.5, behind C
+    assert await queue.until_served() == [("A", 1.0), ("C", 2.0), ("D", 3.0)]
+
+
+async def test_a_waiter_moved_up_past_its_new_deadline_is_served_at_once() -> None:
+    queue = await empty_queue(rate=1.0, capacity=2.0)
+    await queue.arrive("A", 2.0)  # due at 2
+    await queue.arrive("B", 0.5)  # due at 2.5; 0.5 once A's 2 tokens are given back
+    await queue.clock.sleep(1.0)
+    await queue.leave("A")
+    await queue.arrive("C", 1.0)  # half a token is left after B's: due at 1.5
+    assert await queue.until_served() == [("B", 1.0), ("C", 1.5)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.floats(0.125, 2.0).map(lambda tokens: ("arrive", tokens)),
+            st.integers(0, 30).map(lambda index: ("leave", index)),
+        ),
+        max_size=30,
+    )
+)
+def test_waiters_are_served_in_arrival_order_exactly_at_the_rate(
+    ops: list[tuple[str, float]],
+) -> None:
+    """Arrivals and cancellations at t = 0 on an empty bucket (rate 2, capacity 2).
+
+    Each remaining waiter is served when the tokens of those still ahead of it, and its
+    own, have been refilled.
+    """
+
+    async def run() -> None:
+        clock = StoppedClock()
+        limiter = ar.RateLimiter(rate=2.0, capacity=2.0, clock=clock)
+        assert limiter.try_acquire("k", 2.0)
+        queue = Queue(limiter, clock)
+        wanted: dict[str, float] = {}
+        for kind, value in ops:
+            if kind == "arrive":
+                name = f"w{len(wanted)}"
+                wanted[name] = value
+                await queue.arrive(name, value)
+            elif wanted:
+                name = list(wanted)[int(value) % len(wanted)]
+                if not queue.tasks[name].done():
+                    await queue.leave(name)
+        assert clock.now() == 0.0
+        await clock.run()
+        served = await queue.until_served()
+        remaining = [name for name in wanted if not queue.tasks[name].cancelled()]
+        assert [name for name, _ in served] == remaining  # first come, first served
+        total = 0.0
+        for name, when in served:
+            total += wanted[name]
+            assert when == pytest.approx(total / 2.0, abs=1e-9)
+        assert limiter._waiters == {}
+
+    asyncio.run(run())
