@@ -1026,17 +1026,13 @@ class AgentRuntime:
                     usage=_journaled_usage(saved) or Usage(),
                     reasoning=saved.get("reasoning", ()),
                 )
+            elif self._tracer is not None:
+                with self._tracer.start_as_current_span("agent.llm"):
+                    response = await self._chat(
+                        session, provider, messages, tool_defs, stream, params
+                    )
             else:
-                # An unstreamed call is the provider's own coroutine: one frame to await.
-                if stream:
-                    answer = self._chat_stream(session, provider, messages, tool_defs, params)
-                else:
-                    answer = provider.chat(messages, tools=tool_defs, **params)
-                if self._tracer is not None:
-                    with self._tracer.start_as_current_span("agent.llm"):
-                        response = await answer
-                else:
-                    response = await answer
+                response = await self._chat(session, provider, messages, tool_defs, stream, params)
             model_ms = (perf() - round_start) * 1000.0
             if not isinstance(response, ChatResponse):
                 raise AgentLoopError(
@@ -1152,6 +1148,25 @@ class AgentRuntime:
         sent = estimated_input_tokens(messages, self._tool_definitions_chars)
         return Usage(sent, estimated_output_tokens(text, calls))
 
+    def _chat(
+        self,
+        session: AgentSession,
+        provider: LlmProvider,
+        messages: list[Message],
+        tool_defs: list[ToolDefinition] | None,
+        stream: bool,
+        params: dict[str, Any],
+    ) -> Awaitable[ChatResponse]:
+        """One model call, streamed (emitting text deltas) when `stream`.
+
+        `params` are the run's call parameters (`_call_params`: model, stop sequences,
+        `model_params`). Not a coroutine itself: an unstreamed call is the provider's own
+        coroutine, so the loop awaits one frame, not two.
+        """
+        if stream:
+            return self._chat_stream(session, provider, messages, tool_defs, params)
+        return provider.chat(messages, tools=tool_defs, **params)
+
     async def _chat_stream(
         self,
         session: AgentSession,
@@ -1160,7 +1175,6 @@ class AgentRuntime:
         tool_defs: list[ToolDefinition] | None,
         params: dict[str, Any],
     ) -> ChatResponse:
-        """One streamed model call, emitting its text deltas; `params` as `_call_params`."""
         response: ChatResponse | None = None
         stops = self._stops
         stream = provider.chat_stream(messages, tools=tool_defs, **params)
