@@ -657,3 +657,19 @@ def test_capabilities_record_a_rounds_actions_all_or_none() -> None:
     unlimited = ar.CapabilitySet()
     unlimited.record_actions(10**6)
     assert unlimited.actions_taken == 10**6
+
+
+def test_a_subclass_recording_each_action_sees_a_rounds_actions() -> None:
+    audit: list[int] = []
+
+    class Audited(ar.CapabilitySet):
+        def record_action(self) -> None:
+            super().record_action()
+            audit.append(self.actions_taken)
+
+    caps = Audited(max_actions=3)
+    caps.record_actions(2)
+    assert audit == [1, 2]
+    with pytest.raises(ar.PolicyDeniedError):
+        caps.record_actions(2)
+    assert audit == [1, 2] and caps.actions_taken == 2

@@ -60,10 +60,15 @@ class CapabilitySet:
         Raises:
             PolicyDeniedError: the action limit is already reached (it is not counted).
         """
-        self.record_actions(1)
+        if self.max_actions is not None and self.actions_taken >= self.max_actions:
+            raise PolicyDeniedError(f"action limit reached ({self.max_actions} actions)")
+        self.actions_taken += 1
 
     def record_actions(self, count: int) -> None:
         """Counts `count` actions together (a round of parallel tool calls): all or none.
+
+        Checks the limit for all of them first, then records each with `record_action` (so
+        a subclass that overrides it sees every action).
 
         Raises:
             PolicyDeniedError: they would go past the action limit (none is counted).
@@ -78,4 +83,5 @@ class CapabilitySet:
                 f"action limit: {count} actions would go past it ({self.actions_taken} of "
                 f"{limit} taken)"
             )
-        self.actions_taken += count
+        for _ in range(count):
+            self.record_action()
