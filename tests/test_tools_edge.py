@@ -755,6 +755,9 @@ async def test_dict_keys_json_refuses_are_made_text_not_the_whole_result_a_repr(
     looped: dict[object, object] = {_Level.LOW: 1}
     looped["self"] = looped
     assert await _rendered(looped) == str(looped)  # a cycle: `str`, as before
+    # Keys that would become the same text: `str`, which keeps both entries.
+    for colliding in ({_Level.LOW: "enum", 1: "int"}, {(1, 2): "a", "(1, 2)": "b"}):
+        assert await _rendered(colliding) == str(colliding)
 
 
 # --- 21. aliases -------------------------------------------------------------------------------

@@ -1572,7 +1572,8 @@ def _with_json_keys(value: Any, within: set[int]) -> Any:
         within: The ids of the values being converted around this one, to refuse a cycle.
 
     Raises:
-        ValueError: For a value that contains itself (as `json` does).
+        ValueError: For a value that contains itself (as `json` does), or a dict two of whose
+            keys are made the same text (`_render` then shows the whole result by `str`).
     """
     if value is None or isinstance(value, (str, int, float)):  # what `json` takes as it is
         return value
@@ -1581,7 +1582,10 @@ def _with_json_keys(value: Any, within: set[int]) -> Any:
     within.add(id(value))
     try:
         if isinstance(value, dict):
-            return {_json_key(k): _with_json_keys(v, within) for k, v in value.items()}
+            converted = {_json_key(k): _with_json_keys(v, within) for k, v in value.items()}
+            if len(converted) < len(value):  # two keys made the same text: one would be lost
+                raise ValueError("dict keys collide once made text")
+            return converted
         if isinstance(value, (list, tuple)):
             return [_with_json_keys(v, within) for v in value]
         return _with_json_keys(_json_default(value), within)
