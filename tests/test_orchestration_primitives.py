@@ -673,3 +673,22 @@ def test_a_subclass_recording_each_action_sees_a_rounds_actions() -> None:
     with pytest.raises(ar.PolicyDeniedError):
         caps.record_actions(2)
     assert audit == [1, 2] and caps.actions_taken == 2
+
+
+def test_cache_calls_back_from_an_evicted_values_finalizer_do_not_deadlock() -> None:
+    cache = ar.ResultCache(ttl=60, max_entries=1)
+    invalidated: list[int] = []
+
+    class Handle:
+        def __del__(self) -> None:  # a resource that invalidates its tool when dropped
+            invalidated.append(cache.invalidate("a"))
+
+    def fill() -> None:
+        cache.put("a", {}, Handle())
+        cache.put("b", {}, 1)  # evicts the handle: its finalizer calls back into the cache
+
+    worker = threading.Thread(target=fill, daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive()
+    assert invalidated == [0] and cache.get("b", {}) == (True, 1)

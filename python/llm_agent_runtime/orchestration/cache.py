@@ -48,8 +48,9 @@ class ResultCache:
         self._clock = clock or SYSTEM_CLOCK
         self._entries: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
         # Guards the entries and counters; held only for in-memory work, never across an
-        # await (and never around JSON encoding of the arguments).
-        self._lock = threading.Lock()
+        # await (and never around JSON encoding of the arguments). Re-entrant: an evicted
+        # value's finalizer, or the clock, may call back into the cache.
+        self._lock = threading.RLock()
         # Bumped by `invalidate()` (all tools) and `invalidate(tool)`, so `get_or_call` can
         # tell an invalidation happened while its call ran.
         self._generation = 0
