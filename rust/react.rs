@@ -8,9 +8,10 @@
 //! The tool name is the run of `[A-Za-z0-9_-]` after `Action:`; its input follows, after an
 //! optional `:` or `=` (`Action: FINAL_ANSWER: 42`) or inside call parentheses
 //! (`Action: FINAL_ANSWER(42)`). The first `Action:` is the step's action; an `Action Input:`
-//! line gives its input only when the name stands alone on its line. The step ends at the
-//! first `Observation:`, `Thought:` or `Action:` line after the action: the model invented
-//! the observation, or went on to its next step before seeing one; what follows is not read.
+//! line gives its input only when the name stands alone on its line, and only before any
+//! other `Action:`. The step ends at the first `Observation:` line after the action, or the
+//! first `Thought:` or `Action:` line once the action has its input: the model invented the
+//! observation, or went on to its next step before seeing one; what follows is not read.
 //!
 //! Parsing is one pass over the lines plus one bracket-matching pass over the input, so it is
 //! linear in the length of the text whatever the text holds.
@@ -152,9 +153,9 @@ pub struct Step<'a> {
     /// The final answer, when the step ends the run.
     pub final_answer: Option<Cow<'a, str>>,
     /// Byte offset in the text where the step ends: the text's length, or, when an
-    /// `Observation:`, `Thought:` or `Action:` line follows the action (the model went on
-    /// without the observation), the end of the text before that line, trailing whitespace
-    /// excluded.
+    /// `Observation:` line follows the action, or a `Thought:` or `Action:` line follows the
+    /// action's input (the model went on without the observation), the end of the text
+    /// before that line, trailing whitespace excluded.
     pub end: usize,
 }
 
@@ -219,12 +220,13 @@ struct Sections {
     thought: Option<Section>,
     /// The first `Action:`: the step's action.
     action: Option<Section>,
-    /// The first `Action Input:` after the first `Action:`.
+    /// The first `Action Input:` after the first `Action:` and before any other.
     action_input: Option<Section>,
     /// The last `Final Answer:`.
     final_answer: Option<Section>,
-    /// Where the step ends: the start of the first `Observation:`, `Thought:` or `Action:`
-    /// line after the action, or the text's length. What follows is not read.
+    /// Where the step ends: the start of the first `Observation:` line after the action, or
+    /// of the first `Thought:` or `Action:` line after its input; else the text's length.
+    /// What follows is not read.
     end: usize,
 }
 
@@ -254,6 +256,8 @@ fn sections(text: &str) -> Sections {
     // The label of the section being read, when that section is one `found` keeps.
     let mut open: Option<Label> = None;
     let mut seen_label = false;
+    // Whether an `Action:` after the first was seen: an `Action Input:` after it is its own.
+    let mut later_action = false;
     let mut line_start = 0;
     while line_start <= bytes.len() {
         if let Some((label, label_pos, start)) = label_at(bytes, line_start) {
@@ -266,15 +270,29 @@ fn sections(text: &str) -> Sections {
             }
             open = None;
             let keep = match label {
-                // After the action, an observation (invented) or a next thought or action
-                // (the model went on without the observation) ends the step.
-                Label::Observation | Label::Thought | Label::Action if found.action.is_some() => {
+                // After the action, an observation (invented) ends the step; so does a next
+                // thought or action once the action has its input (the model went on without
+                // the observation).
+                Label::Observation if found.action.is_some() => {
+                    found.end = line_start;
+                    break;
+                }
+                Label::Thought | Label::Action
+                    if found.action.is_some_and(|action| {
+                        found.action_input.is_some() || has_inline_input(text, action)
+                    }) =>
+                {
                     found.end = line_start;
                     break;
                 }
                 Label::Thought => found.thought.is_none(),
-                Label::Action => true,
-                Label::ActionInput => found.action.is_some() && found.action_input.is_none(),
+                Label::Action => {
+                    later_action |= found.action.is_some();
+                    found.action.is_none()
+                }
+                Label::ActionInput => {
+                    found.action.is_some() && !later_action && found.action_input.is_none()
+                }
                 Label::FinalAnswer => true,
                 Label::Observation => false,
             };
@@ -293,6 +311,12 @@ fn sections(text: &str) -> Sections {
         }
     }
     found
+}
+
+/// Whether the `Action:` section holds an input after the tool's name.
+fn has_inline_input(text: &str, action: Section) -> bool {
+    let body = text.get(action.start..action.end).unwrap_or_default();
+    !split_action(body.trim()).input.is_empty()
 }
 
 /// Returns the index just past the `"` closing the string whose body starts at `from`.
@@ -650,9 +674,9 @@ pub struct PyReActStep {
     #[pyo3(get)]
     final_answer: Option<Py<PyString>>,
     /// Where the step ends in the parsed text, in characters: len(text), unless an
-    /// `Observation:`, `Thought:` or `Action:` line follows the action (the model went on
-    /// without the observation); then the end of the text before that line, trailing
-    /// whitespace excluded. text[:end] is the step.
+    /// `Observation:` line follows the action, or a `Thought:` or `Action:` line its input
+    /// (the model went on without the observation); then the end of the text before that
+    /// line, trailing whitespace excluded. text[:end] is the step.
     #[pyo3(get)]
     end: usize,
     /// The parsed text and where the input (trimmed, unfenced) lies in it, in bytes.
@@ -743,7 +767,8 @@ impl PyReActStep {
 /// `Action: tool` + `Action Input: ...`, or `Final Answer: ...`. Labels are case-insensitive;
 /// JSON input may sit in a ```json fence and be followed by other text; it decodes as
 /// `json.loads` would (JSON nested too deeply even for it stays raw text). The step ends at
-/// an `Observation:`, `Thought:` or `Action:` line after the action (see `ReActStep.end`).
+/// an `Observation:` line after the action, or a `Thought:` or `Action:` line after its
+/// input (see `ReActStep.end`).
 ///
 /// Args:
 ///     text: the model's output for one step.

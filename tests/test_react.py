@@ -229,6 +229,15 @@ def test_a_next_thought_or_action_ends_the_step() -> None:
     # A thought after the action is the next step's, as after an invented observation.
     after = ar.parse_react_step("Action: t {}\nThought: later")
     assert (after.thought, after.end) == ("", len("Action: t {}"))
+    # Before the action has its input, a thought is still part of the step.
+    text = "Action: search\nThought: I need the weather\nAction Input: paris"
+    step = ar.parse_react_step(text)
+    assert (step.thought, step.action, step.action_input, step.end) == (
+        "I need the weather",
+        "search",
+        "paris",
+        len(text),
+    )
 
 
 @pytest.mark.parametrize(

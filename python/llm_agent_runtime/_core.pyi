@@ -44,9 +44,10 @@ class ReActStep:
     def end(self) -> int:
         """Where the step ends in the parsed text, in characters: `text[:end]` is the step.
 
-        `len(text)`, unless an `Observation:`, `Thought:` or `Action:` line follows the
-        action (the model invented the observation, or went on without it): then the end of
-        the text before that line, trailing whitespace excluded. What follows was not read.
+        `len(text)`, unless an `Observation:` line follows the action, or a `Thought:` or
+        `Action:` line follows its input (the model invented the observation, or went on
+        without it): then the end of the text before that line, trailing whitespace
+        excluded. What follows was not read.
         """
     @property
     def is_final(self) -> bool: ...
@@ -59,8 +60,9 @@ def parse_react_step(text: str) -> ReActStep:
     The tool name is the run of `[A-Za-z0-9_-]` after `Action:`; its input follows, after an
     optional `:` or `=`, or inside call parentheses (`Action: FINAL_ANSWER(42)`). The first
     `Action:` is the step's; an `Action Input:` line gives its input only when the name
-    stands alone on its line. The step ends at the first `Observation:`, `Thought:` or
-    `Action:` line after the action (see `ReActStep.end`).
+    stands alone on its line, and only before any other `Action:`. The step ends at the
+    first `Observation:` line after the action, or `Thought:` or `Action:` line after its
+    input (see `ReActStep.end`).
 
     JSON input decodes as `json.loads` would: integers of any size stay exact ints; deep
     nesting, numbers beyond the float range (inf), escaped lone surrogates and NaN decode
