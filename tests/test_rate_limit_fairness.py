@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
+from llm_agent_runtime.orchestration import rate_limit
 
 
 class StoppedClock:
@@ -102,7 +103,7 @@ async def test_every_waiter_behind_a_cancelled_one_moves_up_and_those_ahead_stay
     await queue.arrive("F", 0.5)  # E's refund is F's: due at 1.75
     assert await queue.until_served() == [("A", 0.5), ("C", 1.0), ("D", 1.5), ("F", 1.75)]
     assert queue.limiter.tokens("k") == 0.0  # the rate was never exceeded
-    assert queue.limiter._waiters == {}  # nothing is kept once all are served or gone
+    assert queue.limiter._room.waiters == {}  # nothing is kept once all are served or gone
 
 
 async def test_a_waiter_cancelled_while_others_sleep_wakes_them_sooner() -> None:
@@ -173,6 +174,37 @@ def test_waiters_are_served_in_arrival_order_exactly_at_the_rate(
         for name, when in served:
             total += wanted[name]
             assert when == pytest.approx(total / 2.0, abs=1e-9)
-        assert limiter._waiters == {}
+        assert limiter._room.waiters == {}
 
     asyncio.run(run())
+
+
+async def test_cancelling_many_waiters_at_once_moves_each_other_one_up_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Refunds are settled in one pass a turn of the loop: cancelling half of 2,000 waiters
+    # (a shutdown) moved the rest up once each per refund before, a million moves.
+    moves = 0
+    move_up = rate_limit._Waiter.move_up
+
+    def counted(self: object, seconds: float) -> None:
+        nonlocal moves
+        moves += 1
+        move_up(self, seconds)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rate_limit._Waiter, "move_up", counted)
+    clock = StoppedClock()
+    queue = Queue(ar.RateLimiter(rate=1.0, capacity=1.0, clock=clock), clock)
+    names = [f"w{i}" for i in range(2_000)]
+    for name in names:
+        await queue.arrive(name)
+    await asyncio.sleep(0)
+    for name in names[::2]:
+        queue.tasks[name].cancel()
+    await clock.run()
+    served = dict(queue.served)
+    # The first waiter took the full bucket at once; each other kept one is served a second
+    # after the one before it, as if the cancelled ones had never come.
+    kept = names[1::2]
+    assert [served[n] for n in kept] == [float(i) for i in range(1, len(kept) + 1)]
+    assert moves <= len(kept)

@@ -761,7 +761,7 @@ async def test_a_refund_moves_up_a_reservation_in_flight_only_if_it_came_first()
     assert await scenario(reserve_before_refund=True) < 0.6
     # B reserved after it: its wait already counts the refund, which must not move it again.
     assert await scenario(reserve_before_refund=False) > 0.2
-    assert limiter._waiters == {}
+    assert limiter._room.waiters == {}
     await limiter.client.delete(limiter.redis_key("k"))
     await limiter.close()
 

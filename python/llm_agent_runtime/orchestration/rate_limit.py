@@ -18,17 +18,27 @@ _FIRST_SWEEP = 1024
 __all__ = ["RateLimiter"]
 
 
+Refund = tuple[int, int, float]
+"""A reservation given back: `(after, at, seconds)`. The reservation numbered `after` was given
+back when the count stood at `at`, so the reservations numbered between the two are due
+`seconds` sooner (those before were ahead of it; those after saw the bucket refunded)."""
+
+
 class _Waiter:
     """A caller of `acquire` waiting for its tokens: when it is due, and how to wake it sooner.
 
     When an earlier waiter gives its reservation back, the ones behind it are due sooner:
-    `move_up` brings the deadline forward and wakes the waiter to sleep anew, shorter.
+    `move_up` brings the deadline forward and wakes the waiter to sleep anew, shorter. `seq`
+    numbers its reservation (None while its command is in flight, for a shared bucket);
+    `gains` holds the refunds that landed meanwhile, to apply once its number is known.
     """
 
-    __slots__ = ("_wake", "due")
+    __slots__ = ("_wake", "due", "gains", "seq")
 
-    def __init__(self, due: float = math.inf) -> None:
+    def __init__(self, due: float = math.inf, seq: int | None = None) -> None:
         self.due = due
+        self.seq = seq
+        self.gains: list[Refund] = []
         self._wake: asyncio.Future[None] | None = None
 
     def move_up(self, seconds: float) -> None:
@@ -71,6 +81,67 @@ def _wake_up(wake: asyncio.Future[None], _: object) -> None:
         wake.set_result(None)
 
 
+def owed(seq: int, refunds: list[Refund]) -> float:
+    """The seconds `refunds` move up the reservation numbered `seq`."""
+    return sum(seconds for after, at, seconds in refunds if after < seq < at)
+
+
+class _WaitingRoom:
+    """The waiters of each key, in arrival order, and the refunds owed to them.
+
+    Refunds are settled once per turn of the event loop, in one pass over the key's waiters:
+    cancelling many waiters at once (a shutdown) costs linear time, not a pass per waiter.
+    """
+
+    __slots__ = ("_owed", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: dict[Hashable, dict[_Waiter, None]] = {}
+        self._owed: dict[Hashable, list[Refund]] = {}
+
+    def enter(self, key: Hashable, waiter: _Waiter) -> None:
+        self.waiters.setdefault(key, {})[waiter] = None
+
+    def leave(self, key: Hashable, waiter: _Waiter) -> None:
+        queue = self.waiters[key]
+        del queue[waiter]
+        if not queue:
+            del self.waiters[key]
+
+    def owe(self, key: Hashable, refund: Refund) -> None:
+        """Records a refund; the waiters it is owed to move up at the next turn of the loop."""
+        pending = self._owed.get(key)
+        if pending is None:
+            pending = self._owed[key] = []
+            asyncio.get_running_loop().call_soon(self._settle, key)
+        pending.append(refund)
+
+    def _settle(self, key: Hashable) -> None:
+        refunds = self._owed.pop(key, [])
+        numbered: list[tuple[int, _Waiter]] = []
+        for waiter in self.waiters.get(key, ()):
+            if waiter.seq is None:  # in flight: its number, when known, says what it is owed
+                waiter.gains += refunds
+            else:
+                numbered.append((waiter.seq, waiter))
+        numbered.sort(key=lambda pair: pair[0])
+        # One sweep over the refunds' bounds: +seconds from `after`, -seconds from `at`.
+        bounds = sorted(
+            [(after, seconds, 1) for after, _, seconds in refunds]
+            + [(at, -seconds, -1) for _, at, seconds in refunds]
+        )
+        shift, open_refunds, i = 0.0, 0, 0
+        for seq, waiter in numbered:
+            while i < len(bounds) and bounds[i][0] < seq:
+                shift += bounds[i][1]
+                open_refunds += bounds[i][2]
+                i += 1
+                if not open_refunds:
+                    shift = 0.0  # exactly, outside every refund
+            if open_refunds:
+                waiter.move_up(shift)
+
+
 class RateLimiter:
     """A token bucket per key: `capacity` tokens, refilled at `rate` tokens per second.
 
@@ -96,8 +167,8 @@ class RateLimiter:
         self.capacity = capacity
         self._clock = clock or SYSTEM_CLOCK
         self._buckets: dict[Hashable, tuple[float, float]] = {}
-        # The callers of `acquire` waiting on each key, in arrival order.
-        self._waiters: dict[Hashable, dict[_Waiter, None]] = {}
+        self._room = _WaitingRoom()  # the callers of `acquire` waiting on each key
+        self._count = 0  # numbers reservations and refunds (see `Refund`)
         self._sweep_at = _FIRST_SWEEP  # buckets held when refilled ones are next dropped
 
     def tokens(self, key: Hashable = "default") -> float:
@@ -162,9 +233,10 @@ class RateLimiter:
             return
         self._buckets[key] = (level, now)
         wait = -level / self.rate
-        waiter = _Waiter(now + wait)
-        queue = self._waiters.setdefault(key, {})
-        queue[waiter] = None
+        self._count += 1
+        seq = self._count
+        waiter = _Waiter(now + wait, seq)
+        self._room.enter(key, waiter)
         try:
             await waiter.wait(self._clock, wait, now)
         except BaseException:
@@ -172,13 +244,8 @@ class RateLimiter:
             if bucket is not None:  # else it has refilled since, and was dropped: full
                 self._buckets[key] = (bucket[0] + tokens, bucket[1])
                 # The refund is theirs: without it, a newcomer would be served before them.
-                behind = False
-                for other in queue:
-                    if behind:
-                        other.move_up(tokens / self.rate)
-                    behind = behind or other is waiter
+                self._count += 1
+                self._room.owe(key, (seq, self._count, tokens / self.rate))
             raise
         finally:
-            del queue[waiter]
-            if not queue:
-                del self._waiters[key]
+            self._room.leave(key, waiter)

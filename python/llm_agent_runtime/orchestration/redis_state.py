@@ -15,7 +15,7 @@ from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.orchestration._calls import call_maybe_async, keep_alive
 from llm_agent_runtime.orchestration.circuit_breaker import CLOSED, CircuitState
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK
-from llm_agent_runtime.orchestration.rate_limit import _Waiter
+from llm_agent_runtime.orchestration.rate_limit import _Waiter, _WaitingRoom, owed
 
 __all__ = ["RedisCircuitStateBackend", "RedisDeduplicator", "RedisRateLimiter"]
 
@@ -152,22 +152,6 @@ return {granted, tostring(wait), seq}
 """
 
 
-class _SharedWaiter(_Waiter):
-    """A caller of `RedisRateLimiter.acquire`, and where its reservation is in the bucket.
-
-    `seq` is the number the bucket gave its reservation (None while the command is in
-    flight); `gains` the refunds that landed meanwhile: (after, refund, seconds), which move
-    it up if its reservation came between the two.
-    """
-
-    __slots__ = ("gains", "seq")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seq: int | None = None
-        self.gains: list[tuple[int, int, float]] = []
-
-
 class RedisRateLimiter:
     """A token bucket per key shared by every process that uses the same Redis.
 
@@ -218,7 +202,7 @@ class RedisRateLimiter:
         self.client: Any = redis_client(url, "RedisRateLimiter")
         self._script = self.client.register_script(_BUCKET_SCRIPT)
         # This object's callers of `acquire` on each key, from before their command is sent.
-        self._waiters: dict[str, dict[_SharedWaiter, None]] = {}
+        self._room = _WaitingRoom()
 
     def __repr__(self) -> str:
         return f"RedisRateLimiter(rate={self.rate}, capacity={self.capacity})"
@@ -279,12 +263,7 @@ class RedisRateLimiter:
         except Exception as error:
             logger.warning("RedisRateLimiter: could not give back %s tokens: %s", tokens, error)
             return
-        seconds = tokens / self.rate
-        for waiter in self._waiters.get(key, ()):
-            if waiter.seq is None:  # in flight: whether it came before or after, its reply says
-                waiter.gains.append((after, refund, seconds))
-            elif after < waiter.seq < refund:
-                waiter.move_up(seconds)
+        self._room.owe(key, (after, refund, tokens / self.rate))
 
     async def try_acquire(self, key: str = "default", tokens: float = 1.0) -> bool:
         """Takes `tokens` from `key`'s shared bucket if it has them; returns whether it did.
@@ -309,16 +288,13 @@ class RedisRateLimiter:
             PersistenceError: Redis failed.
         """
         self._check(tokens)
-        waiter = _SharedWaiter()
-        queue = self._waiters.setdefault(key, {})
-        queue[waiter] = None
+        waiter = _Waiter()
+        self._room.enter(key, waiter)
         try:
             _, wait, seq = await self._take(key, tokens, 1)
             now = SYSTEM_CLOCK.now()
             waiter.seq = seq
-            for after, refund, seconds in waiter.gains:
-                if after < seq < refund:
-                    wait -= seconds
+            wait -= owed(seq, waiter.gains)  # refunds that landed while its command was out
             waiter.due = now + wait
             try:
                 await waiter.wait(SYSTEM_CLOCK, wait, now)
@@ -326,9 +302,7 @@ class RedisRateLimiter:
                 await _settle(self._refund(key, tokens, seq))  # give the reservation back
                 raise
         finally:
-            del queue[waiter]
-            if not queue:
-                del self._waiters[key]
+            self._room.leave(key, waiter)
 
 
 # Single flight. KEYS: result, lease. ARGV: lease token, lease ms. Returns {1, result} when a
