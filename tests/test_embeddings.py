@@ -255,6 +255,41 @@ def test_openai_embedder_errors(server: tuple[_Server, str], monkeypatch: Any) -
     assert transport.value.retryable is True
 
 
+@pytest.mark.parametrize(
+    ("body", "message", "status", "retryable"),
+    [
+        (
+            {"error": {"message": "quota exceeded for KEY", "type": "insufficient_quota"}},
+            "insufficient_quota: quota exceeded for [redacted]",
+            None,
+            False,
+        ),
+        ({"error": {"message": "busy", "type": "server_error"}}, "server_error: busy", None, True),
+        (  # vLLM's older form: the error itself, with an HTTP status as its code
+            {"object": "error", "message": "bad input", "type": "BadRequestError", "code": 503},
+            "BadRequestError: bad input",
+            503,
+            True,
+        ),
+        ({"error": "no model loaded"}, "no model loaded", None, False),
+    ],
+)
+def test_openai_embedder_reports_an_error_sent_with_status_200(
+    server: tuple[_Server, str], body: Any, message: str, status: int | None, retryable: bool
+) -> None:
+    # It used to say "malformed embeddings response: expected an object with a 'data' list".
+    state, url = server
+    key = "sk-test-SECRET-0123456789"
+    state.replies.append((200, {}, json.dumps(body).replace("KEY", key).encode()))
+    with pytest.raises(ar.ProviderError) as caught:
+        ar.OpenAIEmbedder(api_key=key, base_url=url).embed(["x"])
+    assert message in str(caught.value)
+    assert "malformed" not in str(caught.value)
+    assert (caught.value.status, caught.value.retryable) == (status, retryable)
+    assert "SECRET" not in shown(caught.value)
+    assert len(state.requests) == 1
+
+
 def test_openai_embedder_goes_where_openai_base_url_says(
     server: tuple[_Server, str], monkeypatch: Any
 ) -> None:

@@ -14,7 +14,6 @@ numpy, httpx and sentence-transformers are imported only when an embedder is use
 from __future__ import annotations
 
 import importlib
-import math
 import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -205,8 +204,10 @@ class OpenAIEmbedder:
         Raises:
             MemoryStoreError: `texts` is not a sequence of strings.
             ProviderError: an HTTP error (retryable for 408, 409, 429 and 5xx, with the
-                server's Retry-After), a transport failure (retryable for timeouts and
-                dropped connections), or a malformed response: not
+                server's Retry-After), an error reported with status 200 (`{"error": {...}}`:
+                the server's message, retryable as the chat provider judges it), a transport
+                failure (retryable for timeouts and dropped connections), or a malformed
+                response: not
                 exactly one row per input (the `index` values must be 0 .. n-1, each once), a
                 row that is empty, not a list of numbers, or not finite, rows of different
                 lengths, or rows of another length than `dimensions` when it was given.
@@ -274,10 +275,12 @@ class OpenAIEmbedder:
         # (seconds or an HTTP date, never negative) and of error bodies: the key is redacted
         # before the text is cut, so a server that echoes it shows no part of it.
         from llm_agent_runtime.providers._http import (
+            error_in_body,
             error_message,
             parse_retry_after,
             transport_errors,
         )
+        from llm_agent_runtime.providers.openai import _api_error, _Error
 
         body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
         if self.dimensions is not None:
@@ -285,16 +288,18 @@ class OpenAIEmbedder:
         with transport_errors("OpenAI embeddings", redactor):
             response = client.post(self._url, json=body, headers=headers, timeout=self._timeout)
         if response.status_code != 200:
-            wait = parse_retry_after(response.headers)
-            if wait is not None and not math.isfinite(wait):
-                wait = None  # an infinite delay is no delay the client can honour
             message = error_message(response.content, redactor.redact)
             raise ProviderError(
                 f"embeddings request returned HTTP {response.status_code}: {message}",
                 status=response.status_code,
                 retryable=is_retryable_status(response.status_code),
-                retry_after=wait,
+                retry_after=parse_retry_after(response.headers),  # None for NaN or infinity
             )
+        # An error sent with status 200 is the server's, read as the chat provider reads it:
+        # not a "malformed response" that would lose its message.
+        error = error_in_body(response.content, _Error)
+        if error is not None:
+            raise _api_error(error, redactor.redact, "embeddings API error")
         try:
             payload = response.json()
         except ValueError as e:

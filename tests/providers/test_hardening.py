@@ -74,6 +74,28 @@ def test_a_key_no_header_can_carry_is_refused_up_front_without_quoting_it(
     assert server.requests == []
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://API.anthropic.com",
+        "https://api.anthropic.com:443",
+        "https://api.anthropic.com/v1",
+        " https://Api.Anthropic.com/ ",
+    ],
+)
+def test_anthropics_own_api_is_never_called_without_a_key_however_its_url_is_written(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the default spelling used to be refused: the others sent requests with no key.
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    with pytest.raises(ProviderError, match="no Anthropic API key"):
+        AnthropicProvider(base_url=url)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)  # from the variable too
+    with pytest.raises(ProviderError, match="no Anthropic API key"):
+        AnthropicProvider()
+
+
 @pytest.mark.parametrize("kind", PROVIDERS)
 async def test_an_echoed_key_is_redacted_before_a_long_message_is_cut(
     kind: str, server: FakeLlmServer

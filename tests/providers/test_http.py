@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_agent_runtime import OpenAIProvider
+from llm_agent_runtime import AnthropicProvider, OpenAIEmbedder, OpenAIProvider
 from llm_agent_runtime.errors import ProviderError, is_retryable_status
 from llm_agent_runtime.providers._http import (
     SseEvent,
@@ -22,6 +22,8 @@ from llm_agent_runtime.providers._http import (
     parse_retry_after,
     redact_secret,
 )
+
+from .fake_server import FakeLlmServer, Turn
 
 
 @pytest.mark.parametrize(
@@ -60,6 +62,27 @@ def test_retry_after_seconds_ms_and_http_date() -> None:
 @pytest.mark.parametrize("value", ["soon", "", "Mon, 99 Foo 2020", "-"])
 def test_unreadable_retry_after_is_ignored(value: str) -> None:
     assert parse_retry_after(httpx.Headers({"Retry-After": value})) is None
+
+
+def test_retry_after_in_the_asctime_form_is_read_as_gmt() -> None:
+    # RFC 9110 (5.6.7) has clients accept all three date forms; asctime has no zone.
+    now = 784111777.0  # Sun, 06 Nov 1994 08:49:37 GMT
+    for date in (
+        "Sun, 06 Nov 1994 08:49:47 GMT",
+        "Sunday, 06-Nov-94 08:49:47 GMT",
+        "Sun Nov  6 08:49:47 1994",
+    ):
+        assert parse_retry_after(httpx.Headers({"Retry-After": date}), now=now) == 10.0
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e400"])
+def test_a_retry_after_of_nan_or_infinity_is_unreadable(value: str) -> None:
+    # max(0.0, nan) is 0: read as a number it would mean "retry at once".
+    assert parse_retry_after(httpx.Headers({"Retry-After": value})) is None
+    assert parse_retry_after(httpx.Headers({"retry-after-ms": value})) is None
+    # An unreadable retry-after-ms leaves it to Retry-After, as a non-number does.
+    both = httpx.Headers({"retry-after-ms": value, "retry-after": "7"})
+    assert parse_retry_after(both) == 7.0
 
 
 def test_no_retry_after() -> None:
@@ -249,6 +272,31 @@ def test_a_base_url_with_an_unusable_port_is_refused(url: str) -> None:
         assert check_base_url("OpenAI", f" http://127.0.0.1{port}/v1/ ") == (
             f"http://127.0.0.1{port}/v1"
         )
+
+
+@pytest.mark.parametrize(
+    "tail", ["/v1?api-version=2024-06-01", "/v1/?", "/v1#frag", "/v1?key=sk-QUERY-SECRET#x"]
+)
+async def test_a_base_url_with_a_query_or_fragment_is_refused(
+    tail: str, server: FakeLlmServer
+) -> None:
+    # Paths were appended after it: "/v1?api-version=..." + "/chat/completions" went to /v1.
+    url = server.url + tail
+    for make in (
+        lambda: OpenAIProvider(api_key="sk-x", base_url=url),
+        lambda: AnthropicProvider(api_key="sk-x", base_url=url),
+        lambda: OpenAIEmbedder(api_key="sk-x", base_url=url),
+    ):
+        with pytest.raises(ProviderError, match="query or a fragment") as caught:
+            make()
+        assert "SECRET" not in str(caught.value)  # a query may carry a key: not quoted
+    assert server.requests == []
+    # What the message advises: query parameters on a client of one's own.
+    server.script(Turn("ok"))
+    async with httpx.AsyncClient(params={"api-version": "2024-06-01"}) as client:
+        llm = OpenAIProvider(api_key="sk-x", base_url=server.url + "/v1", http_client=client)
+        assert await llm.complete("hi") == "ok"
+    assert server.requests[0].path == "/v1/chat/completions?api-version=2024-06-01"
 
 
 def test_importing_the_package_does_not_load_httpx() -> None:

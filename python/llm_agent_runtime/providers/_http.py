@@ -12,9 +12,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import datetime
 import email.utils
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -104,7 +106,10 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds the server asked to wait, from `retry-after-ms` or `Retry-After`.
 
-    `Retry-After` may be a number of seconds or an HTTP date.
+    `Retry-After` may be a number of seconds or an HTTP date, in any of the three forms
+    RFC 9110 has clients accept (IMF-fixdate, RFC 850 and asctime); a date without a zone
+    (the asctime form) is GMT, as every HTTP date is. An unreadable `retry-after-ms` leaves
+    the choice to `Retry-After`.
 
     Args:
         headers: Response headers (case-insensitive lookups, as `httpx.Headers`).
@@ -112,26 +117,39 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
 
     Returns:
         The delay in seconds (never negative), or None when the server gave none or gave
-        something unreadable.
+        something unreadable (NaN and infinity included).
     """
     millis = headers.get("retry-after-ms")
     if millis is not None:
         with contextlib.suppress(ValueError):
-            return max(0.0, float(millis) / 1000.0)
+            delay = _delay(millis, 1000.0)
+            if delay is not None:  # NaN or infinity: unreadable, `Retry-After` decides
+                return delay
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    with contextlib.suppress(ValueError):
+        return _delay(value)  # a number, or NaN / infinity (None, not "at once")
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:  # an HTTP date is always GMT
-        return None
+    if when.tzinfo is None:  # the asctime form has no zone: an HTTP date is always GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _delay(text: str, per_second: float = 1.0) -> float | None:
+    """A number of seconds (`text` in units of 1/`per_second` s), never negative.
+
+    Returns:
+        None for NaN and infinity: `max(0.0, nan)` would be 0, a retry at once.
+
+    Raises:
+        ValueError: `text` is no number.
+    """
+    delay = float(text) / per_second
+    return max(0.0, delay) if math.isfinite(delay) else None
 
 
 class SseEvent(NamedTuple):
@@ -273,7 +291,9 @@ def check_base_url(name: str, url: str) -> str:
     Raises:
         ProviderError: The URL is not an `http://` or `https://` URL with a host and a valid
             port (a base URL written without its scheme, or with port 99999, say), which no
-            request could reach.
+            request could reach; or it has a query or a fragment (`?api-version=...`,
+            `#...`): request paths are appended to the base URL, so they would land inside
+            the query and every request would go to the wrong endpoint.
     """
     url = url.strip()
     try:
@@ -288,6 +308,13 @@ def check_base_url(name: str, url: str) -> str:
         raise ProviderError(
             f"the {name} base URL {url[:200]!r} is not an http:// or https:// URL with a host "
             "and a valid port (write it in full, e.g. 'http://localhost:8000/v1')"
+        )
+    if "?" in url or "#" in url:  # even an empty one: the path would be appended after it
+        root = url.split("?", 1)[0].split("#", 1)[0]  # the query may hold a key: not quoted
+        raise ProviderError(
+            f"the {name} base URL {root[:200]!r} is followed by a query or a fragment ('?...' "
+            "or '#...'): request paths appended to it would land there (pass query parameters "
+            "through an httpx client of your own, made with params={...})"
         )
     return url.rstrip("/")
 
@@ -563,6 +590,14 @@ class HttpTransport:
             may go on without an event that carries content (keep-alive comments and `ping`
             events do not count).
         connect_timeout: Seconds to wait for a connection.
+        total_timeout: Seconds one attempt of a non-streamed call may take in all, from
+            sending the request to the last byte of the reply (`timeout` bounds each wait
+            for bytes, so a server sending a byte now and then would never be cut). None:
+            `connect_timeout + 2 * timeout` (20 minutes by default): room for a reply that
+            takes up to `timeout` to start (a whole non-streamed reply is written at its end)
+            and as long again to arrive, or for a gateway that sends keep-alive whitespace
+            while the model works. `math.inf`: no bound. Streams are bounded otherwise (see
+            `timeout`).
         retry: Retry policy for failed calls (None: `RetryPolicy()`, 3 attempts).
         http_client: An `httpx.AsyncClient` to use instead of creating one (`timeout` and
             `connect_timeout` still apply to each request); it is not closed by `aclose`.
@@ -596,8 +631,11 @@ class HttpTransport:
         cached_input_cost_per_million: float | None = None,
         cache_write_cost_per_million: float | None = None,
         cache_write_1h_cost_per_million: float | None = None,
+        total_timeout: float | None = None,
     ) -> None:
-        if timeout <= 0 or connect_timeout <= 0:
+        if total_timeout is None:
+            total_timeout = connect_timeout + 2 * timeout
+        if timeout <= 0 or connect_timeout <= 0 or not total_timeout > 0:  # NaN fails too
             raise ValueError("timeouts must be > 0 seconds")
         if cached_input_cost_per_million is None:
             cached_input_cost_per_million = input_cost_per_million
@@ -621,6 +659,7 @@ class HttpTransport:
         self._redactor = Redactor(secret)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.total_timeout = total_timeout
         # Sent with every request: a client passed in has timeouts of its own (5 s default).
         self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
         self.retry = retry if retry is not None else RetryPolicy()
@@ -698,15 +737,48 @@ class HttpTransport:
         return transport_errors(self.name, self._redactor)
 
     def status_error(self, response: httpx.Response, body: bytes) -> ProviderError:
-        """The `ProviderError` for a response with an error status."""
+        """The `ProviderError` for a response whose status is not a success (not 2xx).
+
+        A redirect (3xx) is not followed: the request would take the API key to wherever
+        it points. Its error names the `Location` and is not retryable (nor is any 1xx or
+        3xx status: another attempt is answered the same way).
+        """
         status = response.status_code
         message = error_message(body, self.redact)  # redacted whole, then cut
+        location = response.headers.get("location") if status < 400 else None
+        if location:
+            message = (
+                f"redirected to {self.redact(location)[:200]!r} (HTTP {status}; redirects are "
+                f"not followed: set the base URL to where the API is): {message}"
+            )
+        elif status < 400:
+            message = f"HTTP {status}, not a reply: {message}"
         return ProviderError(
             f"{self.name} API error: {message}",
             status=status,
             retryable=is_retryable_status(status),
             retry_after=parse_retry_after(response.headers),
         )
+
+    async def check_status(self, response: httpx.Response) -> None:
+        """Refuses a response that brings no reply to read; a success's body is left unread.
+
+        Raises:
+            ProviderError: The status is not a success (`status_error`; an error body that
+                does not decode does not hide the status), or it is a success without a body
+                (204, 205, or `content-length: 0`): a malformed response, not retryable, as
+                the server said on purpose that there is nothing (a stream cut before its
+                first event is retried, as a connection dropped early may be).
+        """
+        status = response.status_code
+        if not 200 <= status < 300:
+            raise self.status_error(response, await _error_body(response))
+        if status in (204, 205) or response.headers.get("content-length") == "0":
+            raise ProviderError(
+                f"malformed {self.name} response: HTTP {status} without a body, where a "
+                "reply was expected",
+                status=status,
+            )
 
     def not_a_stream_error(self, response: httpx.Response, body: bytes) -> ProviderError:
         """The `ProviderError` for a successful reply to a streamed request that is no stream.
@@ -737,7 +809,9 @@ class HttpTransport:
         Raises:
             ProviderError: The call failed on its last attempt (the message then says how
                 many attempts were made, over how long), or with a status that another
-                attempt cannot fix.
+                attempt cannot fix (one outside 2xx, a redirect included, or a success
+                without a body: see `check_status`). An attempt that takes longer than
+                `total_timeout` in all fails as a timeout (retryable).
             BudgetExceededError: The budget is already spent.
         """
         self.check_budget()
@@ -748,17 +822,40 @@ class HttpTransport:
     async def _post_once(
         self, path: str, content: bytes, check: Callable[[bytes], None] | None
     ) -> bytes:
-        client = self._http()
-        with self.translate_errors():
-            response = await client.post(
-                self.base_url + path, content=content, headers=self._headers, timeout=self._timeouts
-            )
-            payload = response.content
-        if response.status_code >= 400:
-            raise self.status_error(response, payload)
+        # `timeout` bounds each wait for bytes; this bounds a reply trickled a byte at a time.
+        try:
+            if sys.version_info >= (3, 11):
+                async with asyncio.timeout(self.total_timeout):
+                    payload = await self._exchange(path, content)
+            else:  # pragma: no cover - Python 3.10
+                payload = await asyncio.wait_for(self._exchange(path, content), self.total_timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise ProviderError(
+                f"{self.name} request timed out: the reply took longer than "
+                f"{self.total_timeout:g} s in all (total_timeout)",
+                retryable=True,
+            ) from None
         if check is not None:
             check(payload)
         return payload
+
+    async def _exchange(self, path: str, content: bytes) -> bytes:
+        """POSTs once and returns the body of a successful reply."""
+        client = self._http()
+        with self.translate_errors():
+            request = client.build_request(
+                "POST",
+                self.base_url + path,
+                content=content,
+                headers=self._headers,
+                timeout=self._timeouts,
+            )
+            response = await client.send(request, stream=True)
+            try:
+                await self.check_status(response)
+                return await response.aread()
+            finally:
+                await response.aclose()
 
     async def _with_retries(self, attempt: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Runs `attempt` through the retry policy; a final error says how often it was tried."""
@@ -794,11 +891,13 @@ class HttpTransport:
                 the pool) and the response is closed, even if the server keeps it open.
 
         Raises:
-            ProviderError: Error status; a successful reply that is not an event stream
-                (its `content-type` is another; a reply without one is read as a stream);
-                timeout; `timeout` seconds spent waiting without an event that carries
-                content (keep-alive comments and `ping` events keep a connection open, not
-                a stream going; retryable); or a connection lost mid-stream.
+            ProviderError: A status outside 2xx (retryable for 408, 409, 429 and 5xx), or
+                a success without a body (see `check_status`); a successful reply that is
+                not an event stream (its `content-type` is another; a reply without one is
+                read as a stream); timeout; `timeout` seconds spent waiting without an event
+                that carries content (keep-alive comments and `ping` events keep a
+                connection open, not a stream going; retryable); or a connection lost
+                mid-stream.
         """
         client = self._http()
         content = json.dumps(body).encode()
@@ -834,8 +933,7 @@ class HttpTransport:
             response = await client.send(request, stream=True)
             chunks = response.aiter_bytes()
             try:
-                if response.status_code >= 400:
-                    raise self.status_error(response, await response.aread())
+                await self.check_status(response)
                 kind = response.headers.get("content-type")
                 if kind is not None and not _is_event_stream(kind):
                     raise self.not_a_stream_error(response, await response.aread())
@@ -1003,6 +1101,18 @@ async def _finish_body(chunks: AsyncIterator[bytes], grace: float) -> None:
                 await rest()
         else:  # pragma: no cover - Python 3.10
             await asyncio.wait_for(rest(), grace)
+
+
+async def _error_body(response: httpx.Response) -> bytes:
+    """The body of a response with an error status, or a note when it does not decode.
+
+    A body that fails to decode (a `Content-Encoding: gzip` header on a plain body) must not
+    turn the status error into a retryable decoding error: the status says what failed.
+    """
+    try:
+        return await response.aread()
+    except httpx.DecodingError:
+        return b"no error message (the error body did not decode)"
 
 
 async def _aclose(stream: AsyncIterator[Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
@@ -53,6 +54,8 @@ __all__ = [
 
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 """The Anthropic API root (`ANTHROPIC_BASE_URL` overrides it)."""
+_ANTHROPIC_API_HOST = "api.anthropic.com"
+"""The host of Anthropic's own API, which is never called without a key."""
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-5"
 """Model used when neither the call nor the provider names one (`ANTHROPIC_MODEL` overrides)."""
 DEFAULT_MAX_TOKENS = 4096
@@ -220,6 +223,9 @@ class AnthropicProvider(HttpProvider):
         timeout: Seconds to wait for the next bytes of a response, and the longest a stream
             may go on without content (`ping` events do not count).
         connect_timeout: Seconds to wait for a connection.
+        total_timeout: Seconds one attempt of a non-streamed call (`chat`, `complete`) may
+            take in all, however its reply trickles in (None: `connect_timeout + 2 *
+            timeout`, 20 minutes by default; see `HttpTransport`).
         retry: Retry policy (None: `RetryPolicy()`, 3 attempts; `RetryPolicy(max_attempts=1)`
             turns retries off).
         stop: Stop sequences sent with every call (a call's `stop=` overrides them). Those
@@ -244,7 +250,8 @@ class AnthropicProvider(HttpProvider):
             `CACHE_WRITE_1H_PRICE_FACTOR` (2) times the input price.
 
     Raises:
-        ProviderError: No API key for Anthropic's own API, a key no HTTP header can carry
+        ProviderError: No API key for Anthropic's own API (its host `api.anthropic.com`,
+            whatever the port, path or letter case), a key no HTTP header can carry
             (whitespace such as a trailing newline, control or non-ASCII characters), or a
             base URL that is not an http(s) URL (one written without its scheme, say).
         ValueError: A timeout, price or `max_tokens` is out of range.
@@ -259,6 +266,7 @@ class AnthropicProvider(HttpProvider):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        total_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         stop: Sequence[str] | None = None,
         http_client: httpx.AsyncClient | None = None,
@@ -279,7 +287,8 @@ class AnthropicProvider(HttpProvider):
             or env_setting("ANTHROPIC_BASE_URL")
             or DEFAULT_ANTHROPIC_BASE_URL,
         )
-        if api_key is None and base_url == DEFAULT_ANTHROPIC_BASE_URL:
+        # By host, as `openai_endpoint` does: `https://API.anthropic.com:443/v1` is the API too.
+        if api_key is None and urlsplit(base_url).hostname == _ANTHROPIC_API_HOST:
             raise ProviderError(
                 "no Anthropic API key: pass api_key= or set ANTHROPIC_API_KEY "
                 "(or point base_url at a proxy that adds it)"
@@ -304,6 +313,7 @@ class AnthropicProvider(HttpProvider):
             secret=api_key,
             timeout=timeout,
             connect_timeout=connect_timeout,
+            total_timeout=total_timeout,
             retry=retry,
             http_client=http_client,
             budget=budget,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -219,6 +219,9 @@ class OpenAIProvider(HttpProvider):
         timeout: Seconds to wait for the next bytes of a response, and the longest a stream
             may go on without content (keep-alive comments and pings do not count).
         connect_timeout: Seconds to wait for a connection.
+        total_timeout: Seconds one attempt of a non-streamed call (`chat`, `complete`) may
+            take in all, however its reply trickles in (None: `connect_timeout + 2 *
+            timeout`, 20 minutes by default; see `HttpTransport`).
         retry: Retry policy (None: `RetryPolicy()`, 3 attempts; `RetryPolicy(max_attempts=1)`
             turns retries off).
         stop: Stop sequences sent with every call (a call's `stop=` overrides them). The API
@@ -254,6 +257,7 @@ class OpenAIProvider(HttpProvider):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        total_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         stop: Sequence[str] | None = None,
         send_stop: bool = True,
@@ -281,6 +285,7 @@ class OpenAIProvider(HttpProvider):
             secret=api_key,
             timeout=timeout,
             connect_timeout=connect_timeout,
+            total_timeout=total_timeout,
             retry=retry,
             http_client=http_client,
             budget=budget,
@@ -356,7 +361,7 @@ class OpenAIProvider(HttpProvider):
     def _check_reply(self, raw: bytes) -> None:
         error = error_in_body(raw, _Error)
         if error is not None:  # an error sent with status 200
-            raise _api_error(error, self._transport, "OpenAI API error")
+            raise _api_error(error, self._transport.redact, "OpenAI API error")
 
     def chat_stream(
         self,
@@ -617,15 +622,16 @@ def _reported_error(data: bytes, transport: HttpTransport, *, known: bool = Fals
     error = error_in_body(data, _Error, known=known)
     if error is None:
         error = _Error(message=error_message(data, transport.redact))
-    return _api_error(error, transport, "OpenAI stream error")
+    return _api_error(error, transport.redact, "OpenAI stream error")
 
 
-def _api_error(error: _Error, transport: HttpTransport, what: str) -> ProviderError:
+def _api_error(error: _Error, redact: Callable[[str], str], what: str) -> ProviderError:
     """The error for an error body or event sent in place of a reply or chunk.
 
     Its `status` is its code when that is an HTTP status (vLLM sends `400`, LiteLLM `"400"`).
     Retryable when that status is, or, without one, when its type or code says the server
-    is busy or rate-limited.
+    is busy or rate-limited. `redact` removes the API key from the message (`OpenAIEmbedder`
+    reads its replies' errors here too).
     """
     status = _http_status(error.code)
     retryable = (
@@ -635,7 +641,7 @@ def _api_error(error: _Error, transport: HttpTransport, what: str) -> ProviderEr
     )
     kind = f"{error.type}: " if error.type else ""
     return ProviderError(
-        transport.redact(f"{what}: {kind}{error.message or 'no error message'}"),
+        redact(f"{what}: {kind}{error.message or 'no error message'}"),
         status=status,
         retryable=retryable,
     )
