@@ -692,3 +692,19 @@ def test_cache_calls_back_from_an_evicted_values_finalizer_do_not_deadlock() -> 
     worker.join(5)
     assert not worker.is_alive()
     assert invalidated == [0] and cache.get("b", {}) == (True, 1)
+
+
+def test_cache_invalidation_re_entered_by_a_finalizer_counts_what_it_dropped() -> None:
+    cache = ar.ResultCache(ttl=60, max_entries=10)
+    inner: list[int] = []
+
+    class Handle:
+        def __del__(self) -> None:  # drops the rest of its tool's entries first
+            inner.append(cache.invalidate("t"))
+
+    cache.put("t", {"a": 1}, Handle())
+    cache.put("t", {"a": 2}, 2)
+    cache.put("u", {}, 3)
+    assert cache.invalidate("t") + sum(inner) == 2  # each counts what it dropped itself
+    assert cache.get("t", {"a": 2}) == (False, None)
+    assert cache.get("u", {}) == (True, 3)

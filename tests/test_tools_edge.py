@@ -756,7 +756,13 @@ async def test_dict_keys_json_refuses_are_made_text_not_the_whole_result_a_repr(
     looped["self"] = looped
     assert await _rendered(looped) == str(looped)  # a cycle: `str`, as before
     # Keys that would become the same text: `str`, which keeps both entries.
-    for colliding in ({_Level.LOW: "enum", 1: "int"}, {(1, 2): "a", "(1, 2)": "b"}):
+    collisions: list[dict[object, str]] = [
+        {_Level.LOW: "enum", 1: "int"},
+        {(1, 2): "a", "(1, 2)": "b"},
+        {_Level.LOW: "enum", "1": "text"},  # the same once `json` writes the int as text
+        {(0,): "tuple", None: "none", "null": "text"},
+    ]
+    for colliding in collisions:
         assert await _rendered(colliding) == str(colliding)
 
 

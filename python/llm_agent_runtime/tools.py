@@ -1593,12 +1593,18 @@ def _with_json_keys(value: Any, within: set[int]) -> Any:
         within.discard(id(value))
 
 
-def _json_key(key: Any) -> Any:
-    """A dict key `json` takes: an enum's value, and `str` of what is still not one."""
+def _json_key(key: Any) -> str:
+    """A dict key as the text `json` writes for it: an enum's by its value, any other by `str`.
+
+    The text itself (`1` and `"1"` are both `"1"`), so two keys that would collide are seen
+    to collide.
+    """
     if isinstance(key, enum.Enum):
         key = key.value
-    if key is None or isinstance(key, (str, int, float)):  # `json` makes these text itself
-        return key
+    if isinstance(key, str):
+        return str.__str__(key)
+    if key is None or isinstance(key, (int, float)):  # `null`, `true`, `1`, `1.5`, `NaN`
+        return json.dumps(key)
     return str(key)
 
 

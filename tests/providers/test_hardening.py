@@ -81,6 +81,7 @@ def test_a_key_no_header_can_carry_is_refused_up_front_without_quoting_it(
         "https://api.anthropic.com:443",
         "https://api.anthropic.com/v1",
         " https://Api.Anthropic.com/ ",
+        "https://api.anthropic.com./v1",  # a fully qualified name: the same host
     ],
 )
 def test_anthropics_own_api_is_never_called_without_a_key_however_its_url_is_written(
@@ -313,3 +314,12 @@ async def test_streams_do_not_leak_tasks(server: FakeLlmServer) -> None:
         async for _ in llm.chat_stream(USER):
             pass
         assert len(asyncio.all_tasks()) == before
+
+
+def test_openais_own_api_is_never_called_without_a_key_under_its_fully_qualified_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ProviderError, match="API key"):
+        OpenAIProvider(base_url="https://api.openai.com./v1")

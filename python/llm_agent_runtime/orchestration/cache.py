@@ -137,6 +137,5 @@ class ResultCache:
             else:
                 self._tool_generations[tool] = self._tool_generations.get(tool, 0) + 1
             doomed = [k for k in self._entries if tool is None or k[0] == tool]
-            for k in doomed:
-                del self._entries[k]
-            return len(doomed)
+            # A dropped value's finalizer may re-enter and drop some of them first.
+            return sum(self._entries.pop(k, None) is not None for k in doomed)

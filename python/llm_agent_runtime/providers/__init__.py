@@ -90,4 +90,4 @@ def _is_openai_api(url: str) -> bool:
         host = urlsplit(url.strip()).hostname
     except ValueError:  # a malformed URL: OpenAIProvider will say what is wrong with it
         return False
-    return host == _OPENAI_API_HOST
+    return (host or "").rstrip(".") == _OPENAI_API_HOST  # a trailing dot: the same host

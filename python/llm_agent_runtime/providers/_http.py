@@ -590,9 +590,10 @@ class HttpTransport:
             may go on without an event that carries content (keep-alive comments and `ping`
             events do not count).
         connect_timeout: Seconds to wait for a connection.
-        total_timeout: Seconds one attempt of a non-streamed call may take in all, from
-            sending the request to the last byte of the reply (`timeout` bounds each wait
-            for bytes, so a server sending a byte now and then would never be cut). None:
+        total_timeout: Seconds one attempt of a non-streamed call may take in all, from its
+            start (a wait for a free pooled connection included) to the last byte of the
+            reply (`timeout` bounds each wait for bytes, so a server sending a byte now and
+            then would never be cut). None:
             `connect_timeout + 2 * timeout` (20 minutes by default): room for a reply that
             takes up to `timeout` to start (a whole non-streamed reply is written at its end)
             and as long again to arrive, or for a gateway that sends keep-alive whitespace

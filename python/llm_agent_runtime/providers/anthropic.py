@@ -288,7 +288,9 @@ class AnthropicProvider(HttpProvider):
             or DEFAULT_ANTHROPIC_BASE_URL,
         )
         # By host, as `openai_endpoint` does: `https://API.anthropic.com:443/v1` is the API too.
-        if api_key is None and urlsplit(base_url).hostname == _ANTHROPIC_API_HOST:
+        # A trailing dot names the same host (a fully qualified name).
+        host = (urlsplit(base_url).hostname or "").rstrip(".")
+        if api_key is None and host == _ANTHROPIC_API_HOST:
             raise ProviderError(
                 "no Anthropic API key: pass api_key= or set ANTHROPIC_API_KEY "
                 "(or point base_url at a proxy that adds it)"
