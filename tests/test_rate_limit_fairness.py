@@ -208,3 +208,55 @@ async def test_cancelling_many_waiters_at_once_moves_each_other_one_up_once(
     kept = names[1::2]
     assert [served[n] for n in kept] == [float(i) for i in range(1, len(kept) + 1)]
     assert moves <= len(kept)
+
+
+async def test_refunds_and_a_newcomer_in_one_turn_serve_it_exactly_on_time() -> None:
+    # W2 gives its reservation back, N arrives (seeing W2's refund), then W1 gives its
+    # back: settled together, N is owed W1's refund alone, to the last bit.
+    clock = StoppedClock()
+    limiter = ar.RateLimiter(rate=10.0, capacity=3.0, clock=clock)
+    assert limiter.try_acquire("k", 3.0)
+    queue = Queue(limiter, clock)
+    await queue.arrive("W1", 1.0)
+    await queue.arrive("W2", 2.0)
+    # In this order in the loop's next turn, before any refund is settled: W2's refund,
+    # N's reservation, W1's refund.
+    queue.tasks["W2"].cancel()
+    queue.tasks["N"] = asyncio.create_task(queue_wait(queue, "N", 1.0))
+    queue.tasks["W1"].cancel()
+    await clock.run()
+    assert await queue.until_served() == [("N", 0.1)]
+    assert limiter.tokens("k") == 0.0
+
+
+async def queue_wait(queue: Queue, name: str, tokens: float) -> None:
+    await queue.limiter.acquire("k", tokens)
+    queue.served.append((name, queue.clock.now()))
+
+
+def test_a_refund_left_unsettled_by_a_stopped_loop_is_settled_by_the_next() -> None:
+    limiter = ar.RateLimiter(rate=10.0, capacity=1.0, clock=ar.FakeClock())
+
+    async def give_up_at_once() -> None:
+        assert limiter.try_acquire("k")
+        waiting = asyncio.create_task(limiter.acquire("k"))
+        await asyncio.sleep(0)
+        waiting.cancel()  # its refund is owed; this loop stops before it is settled
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(give_up_at_once())
+    loop.close()
+
+    async def later() -> list[tuple[str, float]]:
+        clock = StoppedClock()
+        limiter._clock = clock
+        limiter._buckets.clear()  # full again
+        assert limiter.try_acquire("k")
+        queue = Queue(limiter, clock)
+        await queue.arrive("B")
+        await queue.arrive("C")
+        await queue.leave("B")  # C is owed B's refund: due at 0.1, not 0.2
+        await clock.run()
+        return await queue.until_served()
+
+    assert asyncio.run(later()) == [("C", 0.1)]

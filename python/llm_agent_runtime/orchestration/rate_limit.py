@@ -97,7 +97,8 @@ class _WaitingRoom:
 
     def __init__(self) -> None:
         self.waiters: dict[Hashable, dict[_Waiter, None]] = {}
-        self._owed: dict[Hashable, list[Refund]] = {}
+        # Per key: the refunds not settled yet, and the loop that is to settle them.
+        self._owed: dict[Hashable, tuple[asyncio.AbstractEventLoop, list[Refund]]] = {}
 
     def enter(self, key: Hashable, waiter: _Waiter) -> None:
         self.waiters.setdefault(key, {})[waiter] = None
@@ -110,14 +111,25 @@ class _WaitingRoom:
 
     def owe(self, key: Hashable, refund: Refund) -> None:
         """Records a refund; the waiters it is owed to move up at the next turn of the loop."""
+        loop = asyncio.get_running_loop()
         pending = self._owed.get(key)
+        if pending is not None and pending[0] is not loop:
+            # Another loop was to settle them, and stopped first (a limiter used by one event
+            # loop, then another): settled now.
+            self._settle(key, pending)
+            pending = None
         if pending is None:
-            pending = self._owed[key] = []
-            asyncio.get_running_loop().call_soon(self._settle, key)
-        pending.append(refund)
+            pending = self._owed[key] = (loop, [])
+            loop.call_soon(self._settle, key, pending)
+        pending[1].append(refund)
 
-    def _settle(self, key: Hashable) -> None:
-        refunds = self._owed.pop(key, [])
+    def _settle(
+        self, key: Hashable, pending: tuple[asyncio.AbstractEventLoop, list[Refund]]
+    ) -> None:
+        if self._owed.get(key) is not pending:
+            return  # settled already
+        del self._owed[key]
+        refunds = pending[1]
         numbered: list[tuple[int, _Waiter]] = []
         for waiter in self.waiters.get(key, ()):
             if waiter.seq is None:  # in flight: its number, when known, says what it is owed
@@ -125,19 +137,24 @@ class _WaitingRoom:
             else:
                 numbered.append((waiter.seq, waiter))
         numbered.sort(key=lambda pair: pair[0])
-        # One sweep over the refunds' bounds: +seconds from `after`, -seconds from `at`.
+        # One sweep over the refunds' bounds: refund j opens after its `after` and closes at
+        # its `at`; a waiter is owed the refunds open over its number.
         bounds = sorted(
-            [(after, seconds, 1) for after, _, seconds in refunds]
-            + [(at, -seconds, -1) for _, at, seconds in refunds]
+            [(after, 1, j) for j, (after, _, _) in enumerate(refunds)]
+            + [(at, -1, j) for j, (_, at, _) in enumerate(refunds)]
         )
-        shift, open_refunds, i = 0.0, 0, 0
+        open_refunds: dict[int, float] = {}
+        shift, i = 0.0, 0
         for seq, waiter in numbered:
             while i < len(bounds) and bounds[i][0] < seq:
-                shift += bounds[i][1]
-                open_refunds += bounds[i][2]
+                _, change, j = bounds[i]
                 i += 1
-                if not open_refunds:
-                    shift = 0.0  # exactly, outside every refund
+                if change > 0:
+                    open_refunds[j] = refunds[j][2]
+                    shift += refunds[j][2]
+                else:  # summed anew, so no rounding of a closed refund is left in it
+                    del open_refunds[j]
+                    shift = math.fsum(open_refunds.values())
             if open_refunds:
                 waiter.move_up(shift)
 
