@@ -258,6 +258,9 @@ fn sections(text: &str) -> Sections {
     let mut seen_label = false;
     // Whether an `Action:` after the first was seen: an `Action Input:` after it is its own.
     let mut later_action = false;
+    // Whether the action's own section holds its input (known once that section closes,
+    // and worked out then, once: the parse stays linear).
+    let mut inline_input = false;
     let mut line_start = 0;
     while line_start <= bytes.len() {
         if let Some((label, label_pos, start)) = label_at(bytes, line_start) {
@@ -267,6 +270,9 @@ fn sections(text: &str) -> Sections {
             }
             if let Some(Some(section)) = open.and_then(|l| found.slot(l)) {
                 section.end = line_start;
+                if matches!(open, Some(Label::Action)) {
+                    inline_input = has_inline_input(text, *section);
+                }
             }
             open = None;
             let keep = match label {
@@ -278,9 +284,7 @@ fn sections(text: &str) -> Sections {
                     break;
                 }
                 Label::Thought | Label::Action
-                    if found.action.is_some_and(|action| {
-                        found.action_input.is_some() || has_inline_input(text, action)
-                    }) =>
+                    if found.action.is_some() && (found.action_input.is_some() || inline_input) =>
                 {
                     found.end = line_start;
                     break;

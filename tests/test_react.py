@@ -375,6 +375,8 @@ def test_adversarial_inputs_take_linear_time() -> None:
         "Action: t " + '{"a": "' + "\\" * 200_001,
         "Thought: x\n" * 50_000 + "Action: t {}",
         "Action" * 100_000,
+        # A long action section without its input, then many labels before the input.
+        "Action: " + "a" * 100_000 + "\n" + "Thought: x\n" * 100_000 + "Action Input: 1",
     ]
     for text in cases:
         start = time.perf_counter()
