@@ -840,18 +840,22 @@ class HttpTransport:
             check(payload)
         return payload
 
+    async def _send(self, client: httpx.AsyncClient, path: str, content: bytes) -> httpx.Response:
+        """POSTs `content` to `path`; the reply's body is left to stream (the caller closes it)."""
+        request = client.build_request(
+            "POST",
+            self.base_url + path,
+            content=content,
+            headers=self._headers,
+            timeout=self._timeouts,
+        )
+        return await client.send(request, stream=True)
+
     async def _exchange(self, path: str, content: bytes) -> bytes:
         """POSTs once and returns the body of a successful reply."""
         client = self._http()
         with self.translate_errors():
-            request = client.build_request(
-                "POST",
-                self.base_url + path,
-                content=content,
-                headers=self._headers,
-                timeout=self._timeouts,
-            )
-            response = await client.send(request, stream=True)
+            response = await self._send(client, path, content)
             try:
                 await self.check_status(response)
                 return await response.aread()
@@ -924,14 +928,7 @@ class HttpTransport:
                 yield chunk
 
         with self.translate_errors():
-            request = client.build_request(
-                "POST",
-                self.base_url + path,
-                content=content,
-                headers=self._headers,
-                timeout=self._timeouts,
-            )
-            response = await client.send(request, stream=True)
+            response = await self._send(client, path, content)
             chunks = response.aiter_bytes()
             try:
                 await self.check_status(response)
