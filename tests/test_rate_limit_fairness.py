@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import itertools
 
@@ -260,3 +261,47 @@ def test_a_refund_left_unsettled_by_a_stopped_loop_is_settled_by_the_next() -> N
         return await queue.until_served()
 
     assert asyncio.run(later()) == [("C", 0.1)]
+
+
+async def test_a_refund_numbered_before_its_reservation_is_owed_to_no_one() -> None:
+    # A shared bucket whose key was lost (evicted, flushed) numbers its commands from 1
+    # again: such a refund moves no one, and the others settled with it still apply.
+    room = rate_limit._WaitingRoom()
+    waiter = rate_limit._Waiter(due=1.0, seq=5)
+    room.enter("k", waiter)
+    room.owe("k", (6, 1, 0.5))  # after its reservation's number: owed to no one
+    room.owe("k", (1, 10, 0.25))  # reservations 2 to 9 are due 0.25 s sooner
+    await asyncio.sleep(0)
+    assert waiter.due == 0.75
+    room.leave("k", waiter)
+    assert room.waiters == {}
+
+
+def test_refunds_of_a_closed_loop_leave_the_next_loops_cancellation_as_it_is() -> None:
+    # The system clock: a task left pending with a closed loop cleans up without its loop.
+    limiter = ar.RateLimiter(rate=10.0, capacity=1.0)
+
+    async def leave_one_waiting() -> None:
+        assert limiter.try_acquire("k")
+        first = asyncio.create_task(limiter.acquire("k"))
+        asyncio.create_task(limiter.acquire("k"))  # noqa: RUF006 - left pending with its loop
+        await asyncio.sleep(0)
+        first.cancel()  # its refund is owed to the one left pending, never settled there
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(leave_one_waiting())
+    loop.close()
+
+    async def cancel_one() -> None:
+        waiting = asyncio.create_task(limiter.acquire("k"))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):  # not "Event loop is closed"
+            await waiting
+        await asyncio.sleep(0)
+        assert limiter._room._owed == {}  # the closed loop's refunds are settled too
+
+    asyncio.run(cancel_one())
+    del loop
+    gc.collect()  # the task left with the closed loop goes, giving its tokens back
+    assert limiter._room.waiters == {} and limiter._room._owed == {}

@@ -41,11 +41,17 @@ class _Waiter:
         self.gains: list[Refund] = []
         self._wake: asyncio.Future[None] | None = None
 
+    @property
+    def abandoned(self) -> bool:
+        """Left waiting by an event loop that was closed: it never runs again."""
+        return self._wake is not None and self._wake.get_loop().is_closed()
+
     def move_up(self, seconds: float) -> None:
         """Makes the waiter due `seconds` sooner."""
         self.due -= seconds
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
+        wake = self._wake
+        if wake is not None and not wake.done() and not self.abandoned:
+            wake.set_result(None)
 
     async def wait(self, clock: Clock, seconds: float, now: float) -> None:
         """Sleeps on `clock` until `due`, sooner if `move_up` brings it forward meanwhile.
@@ -62,7 +68,8 @@ class _Waiter:
                 await wake
             finally:
                 self._wake = None
-                sleep.cancel()  # does nothing once it has slept
+                if not sleep.get_loop().is_closed():  # else dropped with its loop, unwoken
+                    sleep.cancel()  # does nothing once it has slept
             if sleep.done() and not sleep.cancelled():
                 sleep.result()  # a clock that failed to sleep fails the wait
                 return
@@ -104,35 +111,54 @@ class _WaitingRoom:
         self.waiters.setdefault(key, {})[waiter] = None
 
     def leave(self, key: Hashable, waiter: _Waiter) -> None:
-        queue = self.waiters[key]
-        del queue[waiter]
+        queue = self.waiters.get(key)
+        if queue is None:  # dropped by `_settle`, abandoned
+            return
+        queue.pop(waiter, None)
         if not queue:
             del self.waiters[key]
 
     def owe(self, key: Hashable, refund: Refund) -> None:
         """Records a refund; the waiters it is owed to move up at the next turn of the loop."""
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a waiter dropped with no loop running (closed by the GC):
+            return  # its tokens are back in the bucket; no loop has waiters to move up
+        stale = None
         pending = self._owed.get(key)
         if pending is not None and pending[0] is not loop:
             # Another loop was to settle them, and stopped first (a limiter used by one event
-            # loop, then another): settled now.
-            self._settle(key, pending)
-            pending = None
+            # loop, then another): settled now, once this refund is recorded.
+            stale, pending = pending, None
         if pending is None:
             pending = self._owed[key] = (loop, [])
             loop.call_soon(self._settle, key, pending)
         pending[1].append(refund)
+        if stale is not None:
+            self._settle(key, stale, stale=True)
 
     def _settle(
-        self, key: Hashable, pending: tuple[asyncio.AbstractEventLoop, list[Refund]]
+        self,
+        key: Hashable,
+        pending: tuple[asyncio.AbstractEventLoop, list[Refund]],
+        stale: bool = False,
     ) -> None:
-        if self._owed.get(key) is not pending:
-            return  # settled already
-        del self._owed[key]
-        refunds = pending[1]
+        """Moves up the waiters of `key` by the `pending` refunds owed to them.
+
+        `stale`: the refunds of a loop that stopped first, already taken off `_owed`.
+        """
+        if not stale:
+            if self._owed.get(key) is not pending:
+                return  # settled already
+            del self._owed[key]
+        # A refund numbered before its reservation (the shared bucket's count started again,
+        # its key lost) is owed to no one.
+        refunds = [refund for refund in pending[1] if refund[0] < refund[1]]
         numbered: list[tuple[int, _Waiter]] = []
-        for waiter in self.waiters.get(key, ()):
-            if waiter.seq is None:  # in flight: its number, when known, says what it is owed
+        for waiter in list(self.waiters.get(key, ())):
+            if waiter.abandoned:  # dropped, or it would keep its task (and loop) alive
+                self.leave(key, waiter)
+            elif waiter.seq is None:  # in flight: its number, when known, says what it is owed
                 waiter.gains += refunds
             else:
                 numbered.append((waiter.seq, waiter))
