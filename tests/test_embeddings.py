@@ -608,3 +608,16 @@ def test_bundled_minilm_when_the_embeddings_extra_is_installed() -> None:
     rows = embedder.embed(["A man is eating food.", "A man eats a meal.", "The stock fell."])
     assert rows.shape == (3, 384)
     assert rows[0] @ rows[1] > rows[0] @ rows[2] + 0.3
+
+
+def test_openai_embedder_keeps_the_status_of_an_error_whose_body_does_not_decode(
+    server: tuple[_Server, str],
+) -> None:
+    # It used to report a retryable decoding error, the status (a 401: a bad key) lost.
+    state, url = server
+    state.replies.append((401, {"Content-Encoding": "gzip"}, b"not gzip at all"))
+    with pytest.raises(ar.ProviderError) as caught:
+        ar.OpenAIEmbedder(api_key="sk-test", base_url=url).embed(["x"])
+    assert (caught.value.status, caught.value.retryable) == (401, False)
+    assert "did not decode" in str(caught.value)
+    assert len(state.requests) == 1

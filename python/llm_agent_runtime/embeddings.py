@@ -14,6 +14,7 @@ numpy, httpx and sentence-transformers are imported only when an embedder is use
 from __future__ import annotations
 
 import importlib
+import json
 import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -274,6 +275,8 @@ class OpenAIEmbedder:
         # The providers' handling of transport failures, of `retry-after-ms` / `Retry-After`
         # (seconds or an HTTP date, never negative) and of error bodies: the key is redacted
         # before the text is cut, so a server that echoes it shows no part of it.
+        import httpx
+
         from llm_agent_runtime.providers._http import (
             error_in_body,
             error_message,
@@ -285,10 +288,21 @@ class OpenAIEmbedder:
         body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
         if self.dimensions is not None:
             body["dimensions"] = self.dimensions
-        with transport_errors("OpenAI embeddings", redactor):
-            response = client.post(self._url, json=body, headers=headers, timeout=self._timeout)
+        with (
+            transport_errors("OpenAI embeddings", redactor),
+            client.stream(
+                "POST", self._url, json=body, headers=headers, timeout=self._timeout
+            ) as response,
+        ):
+            if response.status_code == 200:
+                content = response.read()
+            else:  # an error body that does not decode must not hide the status
+                try:
+                    content = response.read()
+                except httpx.DecodingError:
+                    content = b"no error message (the error body did not decode)"
         if response.status_code != 200:
-            message = error_message(response.content, redactor.redact)
+            message = error_message(content, redactor.redact)
             raise ProviderError(
                 f"embeddings request returned HTTP {response.status_code}: {message}",
                 status=response.status_code,
@@ -297,11 +311,11 @@ class OpenAIEmbedder:
             )
         # An error sent with status 200 is the server's, read as the chat provider reads it:
         # not a "malformed response" that would lose its message.
-        error = error_in_body(response.content, _Error)
+        error = error_in_body(content, _Error)
         if error is not None:
             raise _api_error(error, redactor.redact, "embeddings API error")
         try:
-            payload = response.json()
+            payload = json.loads(content)
         except ValueError as e:
             # Not chained: the decode error holds the whole body, which may echo the key.
             raise ProviderError(f"malformed embeddings response: not JSON ({e})") from None
