@@ -305,3 +305,33 @@ def test_refunds_of_a_closed_loop_leave_the_next_loops_cancellation_as_it_is() -
     del loop
     gc.collect()  # the task left with the closed loop goes, giving its tokens back
     assert limiter._room.waiters == {} and limiter._room._owed == {}
+
+
+def test_waiters_a_closed_loop_left_are_let_go_by_the_next_loops_first_caller() -> None:
+    limiter = ar.RateLimiter(rate=10.0, capacity=1.0)  # the system clock, as above
+
+    async def leave_waiting() -> None:
+        assert limiter.try_acquire("k")
+        for _ in range(3):
+            asyncio.create_task(limiter.acquire("k"))  # noqa: RUF006 - left with its loop
+        await asyncio.sleep(0)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(leave_waiting())
+    loop.close()
+    del loop
+    gc.collect()
+    assert sum(map(len, limiter._room.waiters.values())) == 3  # kept alive by the limiter
+
+    async def arrive() -> int:
+        waiting = asyncio.create_task(limiter.acquire("k"))
+        await asyncio.sleep(0)
+        held = sum(map(len, limiter._room.waiters.values()))
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return held
+
+    assert asyncio.run(arrive()) == 1  # only its own: the abandoned ones were dropped
+    gc.collect()  # and collected, their tokens back in the bucket
+    assert limiter._room.waiters == {}

@@ -88,6 +88,21 @@ def _wake_up(wake: asyncio.Future[None], _: object) -> None:
         wake.set_result(None)
 
 
+def _add_exactly(partials: list[float], x: float) -> None:
+    """Adds `x` to the exact sum kept as non-overlapping `partials` (Shewchuk's, as fsum's)."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        high = x + y
+        low = y - (high - x)
+        if low:
+            partials[i] = low
+            i += 1
+        x = high
+    partials[i:] = [x]
+
+
 def owed(seq: int, refunds: list[Refund]) -> float:
     """The seconds `refunds` move up the reservation numbered `seq`."""
     return sum(seconds for after, at, seconds in refunds if after < seq < at)
@@ -108,7 +123,13 @@ class _WaitingRoom:
         self._owed: dict[Hashable, tuple[asyncio.AbstractEventLoop, list[Refund]]] = {}
 
     def enter(self, key: Hashable, waiter: _Waiter) -> None:
-        self.waiters.setdefault(key, {})[waiter] = None
+        queue = self.waiters.setdefault(key, {})
+        if queue and next(iter(queue)).abandoned:
+            # A closed loop left its waiters: dropped, so their tasks are collected and give
+            # their reservations back (the oldest tells: loops use a limiter in turn).
+            for abandoned in [w for w in queue if w.abandoned]:
+                del queue[abandoned]
+        queue[waiter] = None
 
     def leave(self, key: Hashable, waiter: _Waiter) -> None:
         queue = self.waiters.get(key)
@@ -164,23 +185,22 @@ class _WaitingRoom:
                 numbered.append((waiter.seq, waiter))
         numbered.sort(key=lambda pair: pair[0])
         # One sweep over the refunds' bounds: refund j opens after its `after` and closes at
-        # its `at`; a waiter is owed the refunds open over its number.
+        # its `at`; a waiter is owed the refunds open over its number, summed exactly (so a
+        # closed refund leaves no rounding behind).
         bounds = sorted(
             [(after, 1, j) for j, (after, _, _) in enumerate(refunds)]
             + [(at, -1, j) for j, (_, at, _) in enumerate(refunds)]
         )
-        open_refunds: dict[int, float] = {}
-        shift, i = 0.0, 0
+        partials: list[float] = []
+        shift, open_refunds, i = 0.0, 0, 0
         for seq, waiter in numbered:
-            while i < len(bounds) and bounds[i][0] < seq:
-                _, change, j = bounds[i]
-                i += 1
-                if change > 0:
-                    open_refunds[j] = refunds[j][2]
-                    shift += refunds[j][2]
-                else:  # summed anew, so no rounding of a closed refund is left in it
-                    del open_refunds[j]
-                    shift = math.fsum(open_refunds.values())
+            if i < len(bounds) and bounds[i][0] < seq:
+                while i < len(bounds) and bounds[i][0] < seq:
+                    _, change, j = bounds[i]
+                    i += 1
+                    open_refunds += change
+                    _add_exactly(partials, change * refunds[j][2])
+                shift = math.fsum(partials)
             if open_refunds:
                 waiter.move_up(shift)
 
@@ -189,9 +209,10 @@ class RateLimiter:
     """A token bucket per key: `capacity` tokens, refilled at `rate` tokens per second.
 
     `try_acquire` takes tokens or refuses at once; `acquire` waits until they are there.
-    Meant for one event loop (not shared between threads). A bucket that has refilled is
-    dropped now and then (a new key starts full, as it would), so many distinct keys do not
-    pile up.
+    Meant for one event loop at a time (not shared between threads); the reservations of
+    waiters a closed loop left behind come back when their tasks are collected. A bucket
+    that has refilled is dropped now and then (a new key starts full, as it would), so many
+    distinct keys do not pile up.
 
     Args:
         rate: tokens added per second.
