@@ -75,7 +75,10 @@ class ResultCache:
 
     def get(self, tool: str, arguments: Mapping[str, Any]) -> tuple[bool, Any]:
         """Returns `(True, result)` on a hit, `(False, None)` otherwise."""
-        key = self.key(tool, arguments)
+        return self._get(self.key(tool, arguments))
+
+    def _get(self, key: tuple[str, str]) -> tuple[bool, Any]:
+        """`get` by the entry's key."""
         # Under the lock: another thread could evict the entry between lookup and move.
         with self._lock:
             entry = self._entries.get(key)
@@ -114,10 +117,10 @@ class ResultCache:
         `fn` may be sync or async; an exception is not cached. The result is not cached
         either when `tool`'s entries were invalidated while `fn` ran (it may be stale).
         """
-        hit, value = self.get(tool, arguments)
+        key = self.key(tool, arguments)  # encoded once, for the lookup and the store
+        hit, value = self._get(key)
         if hit:
             return value
-        key = self.key(tool, arguments)
         with self._lock:
             generation = self._generation_of(tool)
         result = await call_maybe_async(fn, **arguments)
