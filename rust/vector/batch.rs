@@ -1,9 +1,10 @@
 //! Batched exact search: a blocked matrix product with the top-k selection fused into it.
 //!
 //! The index is walked in blocks of rows; each block is repacked (in cache, never the whole
-//! index) into panels of [`PANEL_ROWS`] rows stored dimension-major, so a register-blocked
-//! micro-kernel computes a tile of [`TILE_QUERIES`] queries x [`PANEL_ROWS`] rows with one
-//! broadcast per query value and two loads per dimension. Each tile's scores go straight into
+//! index) into panels of rows stored dimension-major (two vector registers of rows: 32 with
+//! AVX-512, 16 with AVX2), so a register-blocked micro-kernel computes a tile of
+//! [`TILE_QUERIES`] queries x one panel with one broadcast per query value and two loads per
+//! dimension. Each tile's scores go straight into
 //! the per-query bounded heaps (most are rejected by one compare against the heap's
 //! threshold), so the full score matrix is never materialized. Large indexes are split into
 //! contiguous row ranges over rayon threads whose heaps are merged at the end.
@@ -12,13 +13,15 @@ use rayon::prelude::*;
 
 use super::TopK;
 
-/// Rows per packed panel (two 8-lane registers).
+/// Rows per packed panel of the AVX2 and portable kernels (two 8-lane registers).
 const PANEL_ROWS: usize = 16;
+/// Rows per packed panel of the AVX-512 kernel (two 16-lane registers).
+const WIDE_PANEL_ROWS: usize = 32;
 /// Queries per tile: 6 x 2 accumulators + 2 row registers + 1 broadcast fit the 16 AVX2
 /// registers.
 const TILE_QUERIES: usize = 6;
-/// Panels packed at once (8 x 16 rows of 384 floats = 192 KiB: stays in L2).
-const BLOCK_PANELS: usize = 8;
+/// Rows packed at once (128 rows of 384 floats = 192 KiB: stays in L2).
+const BLOCK_ROWS: usize = 128;
 /// Rows below which a batch stays on one thread.
 const PARALLEL_ROWS: usize = 2_048;
 
@@ -29,14 +32,13 @@ pub(super) fn search_batch_fused(data: &[f32], dim: usize, queries: &[f32], k: u
     let m = queries.len() / dim;
     let groups = pack_queries(queries, dim, m);
     let fused = Fused::detect();
-    let block_rows = PANEL_ROWS * BLOCK_PANELS;
     if n < PARALLEL_ROWS {
         return scan_range(data, dim, 0, n, &groups, m, k, fused);
     }
     // A few tasks per thread balance the load when another process shares a core.
     let per_task = n
         .div_ceil(rayon::current_num_threads() * 4)
-        .next_multiple_of(block_rows);
+        .next_multiple_of(BLOCK_ROWS);
     (0..n.div_ceil(per_task))
         .into_par_iter()
         .map(|t| {
@@ -62,6 +64,8 @@ pub(super) fn search_batch_fused(data: &[f32], dim: usize, queries: &[f32], k: u
 #[derive(Clone, Copy)]
 enum Fused {
     #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
     Avx2Fma,
     Portable,
 }
@@ -69,19 +73,38 @@ enum Fused {
 impl Fused {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Self::Avx2Fma;
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Self::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Self::Avx2Fma;
+            }
         }
         Self::Portable
     }
 
-    /// Scores of a tile: `out[q * PANEL_ROWS + r]` = query `q` of `group` . row `r` of `panel`.
+    /// Rows per panel of this kernel.
+    fn panel_rows(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => WIDE_PANEL_ROWS,
+            _ => PANEL_ROWS,
+        }
+    }
+
+    /// Scores of a tile: `out[q * rows + r]` = query `q` of `group` . row `r` of `panel`, for
+    /// the kernel's `rows` per panel.
     #[inline]
     fn tile(self, panel: &[f32], group: &[f32], dim: usize, out: &mut [f32; TILE]) {
-        if panel.len() < dim * PANEL_ROWS || group.len() < dim * TILE_QUERIES {
+        if panel.len() < dim * self.panel_rows() || group.len() < dim * TILE_QUERIES {
             return; // unreachable by construction; never read out of bounds
         }
         match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F was detected, and the lengths were checked just above.
+            #[allow(unsafe_code)]
+            Self::Avx512 => unsafe { tile_avx512(panel, group, dim, out) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX2 and FMA were detected, and the lengths were checked just above.
             #[allow(unsafe_code)]
@@ -91,7 +114,8 @@ impl Fused {
     }
 }
 
-const TILE: usize = TILE_QUERIES * PANEL_ROWS;
+/// Scores of the largest tile (the first `TILE_QUERIES * panel_rows` are used).
+const TILE: usize = TILE_QUERIES * WIDE_PANEL_ROWS;
 
 /// Queries in groups of [`TILE_QUERIES`], each group dimension-major (`[d][q]`), padded with
 /// zero queries.
@@ -107,22 +131,115 @@ fn pack_queries(queries: &[f32], dim: usize, m: usize) -> Vec<f32> {
     packed
 }
 
-/// Rows `first..first + rows` of `data` into panels of [`PANEL_ROWS`], dimension-major
+/// Rows `first..first + rows` of `data` into panels of the kernel's width, dimension-major
 /// (`[panel][d][r]`), padded with zero rows.
-fn pack_rows(data: &[f32], dim: usize, first: usize, rows: usize, panels: &mut [f32]) {
-    let panel_len = dim * PANEL_ROWS;
-    for r in 0..rows.div_ceil(PANEL_ROWS) * PANEL_ROWS {
-        let panel = &mut panels[(r / PANEL_ROWS) * panel_len..][..panel_len];
-        let lane = r % PANEL_ROWS;
-        if r < rows {
-            let row = &data[(first + r) * dim..][..dim];
-            for (d, &x) in row.iter().enumerate() {
-                panel[d * PANEL_ROWS + lane] = x;
+fn pack_rows(
+    data: &[f32],
+    dim: usize,
+    first: usize,
+    rows: usize,
+    fused: Fused,
+    panels: &mut [f32],
+) {
+    let width = fused.panel_rows();
+    let block = &data[first * dim..(first + rows) * dim];
+    for (panel, panel_rows) in panels
+        .chunks_exact_mut(dim * width)
+        .zip(block.chunks(dim * width))
+    {
+        #[cfg(target_arch = "x86_64")]
+        if let Fused::Avx512 = fused {
+            if panel_rows.len() == dim * width && panel.len() == dim * width {
+                // SAFETY: AVX-512F was detected (`fused`), and both lengths were just checked.
+                #[allow(unsafe_code)]
+                unsafe {
+                    pack_panel_avx512(panel_rows, dim, panel)
+                };
+                continue;
             }
-        } else {
-            for d in 0..dim {
-                panel[d * PANEL_ROWS + lane] = 0.0;
+        }
+        pack_panel(panel_rows, dim, width, panel);
+    }
+}
+
+/// One panel: `rows` (at most `width` rows of `dim`) dimension-major into `panel`, padded
+/// with zero rows.
+fn pack_panel(rows: &[f32], dim: usize, width: usize, panel: &mut [f32]) {
+    let count = rows.len() / dim;
+    for (lane, row) in rows.chunks_exact(dim).enumerate() {
+        for (d, &x) in row.iter().enumerate() {
+            panel[d * width + lane] = x;
+        }
+    }
+    for d in 0..dim {
+        panel[d * width + count..(d + 1) * width].fill(0.0);
+    }
+}
+
+/// A full panel of [`WIDE_PANEL_ROWS`] rows packed with 16 x 16 in-register transposes (a
+/// scalar copy costs as much as the products it feeds).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(unsafe_code)]
+unsafe fn pack_panel_avx512(rows: &[f32], dim: usize, panel: &mut [f32]) {
+    use std::arch::x86_64::{
+        __m512, _mm512_castpd_ps, _mm512_castps_pd, _mm512_loadu_ps, _mm512_setzero_ps,
+        _mm512_shuffle_f32x4, _mm512_storeu_ps, _mm512_unpackhi_pd, _mm512_unpackhi_ps,
+        _mm512_unpacklo_pd, _mm512_unpacklo_ps,
+    };
+    let chunks = dim / 16;
+    for half in 0..2 {
+        let first_row = half * 16;
+        for chunk in 0..chunks {
+            let d0 = chunk * 16;
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, reg) in r.iter_mut().enumerate() {
+                // SAFETY: row first_row + i < 32 and d0 + 16 <= dim: inside `rows` (32 x dim).
+                *reg = unsafe { _mm512_loadu_ps(rows.as_ptr().add((first_row + i) * dim + d0)) };
             }
+            // Pairs of rows interleaved by 32, then 64 bits, then 128-bit lanes regrouped twice.
+            let mut t = [_mm512_setzero_ps(); 16];
+            for p in 0..8 {
+                t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+                t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+            }
+            let lo = |a: __m512, b: __m512| {
+                _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+            };
+            let hi = |a: __m512, b: __m512| {
+                _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+            };
+            // u[4g + c], lane k: rows 4g..4g+4 at dimension 4k + c.
+            let mut u = [_mm512_setzero_ps(); 16];
+            for g in 0..4 {
+                u[4 * g] = lo(t[4 * g], t[4 * g + 2]);
+                u[4 * g + 1] = hi(t[4 * g], t[4 * g + 2]);
+                u[4 * g + 2] = lo(t[4 * g + 1], t[4 * g + 3]);
+                u[4 * g + 3] = hi(t[4 * g + 1], t[4 * g + 3]);
+            }
+            for c in 0..4 {
+                let v = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+                let v2 = _mm512_shuffle_f32x4::<0xdd>(u[c], u[4 + c]);
+                let w = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+                let w2 = _mm512_shuffle_f32x4::<0xdd>(u[8 + c], u[12 + c]);
+                // Dimension d0 + j, rows first_row..first_row + 16.
+                for (j, column) in [
+                    (c, _mm512_shuffle_f32x4::<0x88>(v, w)),
+                    (8 + c, _mm512_shuffle_f32x4::<0xdd>(v, w)),
+                    (4 + c, _mm512_shuffle_f32x4::<0x88>(v2, w2)),
+                    (12 + c, _mm512_shuffle_f32x4::<0xdd>(v2, w2)),
+                ] {
+                    let at = (d0 + j) * WIDE_PANEL_ROWS + first_row;
+                    // SAFETY: d0 + j < dim and first_row + 16 <= 32: inside `panel` (dim x 32).
+                    unsafe { _mm512_storeu_ps(panel.as_mut_ptr().add(at), column) };
+                }
+            }
+        }
+    }
+    // The dimensions past the last full 16.
+    for (lane, row) in rows.chunks_exact(dim).enumerate() {
+        for d in chunks * 16..dim {
+            panel[d * WIDE_PANEL_ROWS + lane] = row[d];
         }
     }
 }
@@ -140,14 +257,15 @@ fn scan_range(
     fused: Fused,
 ) -> Vec<TopK> {
     let mut tops: Vec<TopK> = (0..m).map(|_| TopK::new(k)).collect();
-    let panel_len = dim * PANEL_ROWS;
+    let width = fused.panel_rows();
+    let panel_len = dim * width;
     let group_len = dim * TILE_QUERIES;
-    let mut panels = vec![0.0f32; BLOCK_PANELS * panel_len];
+    let mut panels = vec![0.0f32; BLOCK_ROWS * dim];
     let mut scores = [0.0f32; TILE];
     let mut block = start;
     while block < end {
-        let rows = (end - block).min(PANEL_ROWS * BLOCK_PANELS);
-        pack_rows(data, dim, block, rows, &mut panels);
+        let rows = (end - block).min(BLOCK_ROWS);
+        pack_rows(data, dim, block, rows, fused, &mut panels);
         for (g, group) in groups.chunks_exact(group_len).enumerate() {
             let queries = (m - g * TILE_QUERIES).min(TILE_QUERIES);
             let tops = &mut tops[g * TILE_QUERIES..g * TILE_QUERIES + queries];
@@ -157,14 +275,14 @@ fn scan_range(
             }
             for (p, panel) in panels
                 .chunks_exact(panel_len)
-                .take(rows.div_ceil(PANEL_ROWS))
+                .take(rows.div_ceil(width))
                 .enumerate()
             {
                 fused.tile(panel, group, dim, &mut scores);
-                let first = block + p * PANEL_ROWS;
-                let valid = (rows - p * PANEL_ROWS).min(PANEL_ROWS);
+                let first = block + p * width;
+                let valid = (rows - p * width).min(width);
                 for (q, top) in tops.iter_mut().enumerate() {
-                    let row_scores = &scores[q * PANEL_ROWS..q * PANEL_ROWS + valid];
+                    let row_scores = &scores[q * width..q * width + valid];
                     for (r, &s) in row_scores.iter().enumerate() {
                         if s > thresholds[q] {
                             top.push(s, first + r);
@@ -228,6 +346,37 @@ unsafe fn tile_avx2(panel: &[f32], group: &[f32], dim: usize, out: &mut [f32; TI
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(unsafe_code)]
+unsafe fn tile_avx512(panel: &[f32], group: &[f32], dim: usize, out: &mut [f32; TILE]) {
+    use std::arch::x86_64::{
+        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+    let mut acc = [[_mm512_setzero_ps(); 2]; TILE_QUERIES];
+    let mut rows = panel.as_ptr();
+    let mut qs = group.as_ptr();
+    for _ in 0..dim {
+        // SAFETY: the caller checked panel.len() >= dim * 32 and group.len() >= dim * 6; each
+        // step reads 32 floats at `rows` and 6 at `qs`, then advances by those amounts.
+        let (r0, r1) = unsafe { (_mm512_loadu_ps(rows), _mm512_loadu_ps(rows.add(16))) };
+        for (q, a) in acc.iter_mut().enumerate() {
+            let b = _mm512_set1_ps(unsafe { *qs.add(q) });
+            a[0] = _mm512_fmadd_ps(b, r0, a[0]);
+            a[1] = _mm512_fmadd_ps(b, r1, a[1]);
+        }
+        rows = unsafe { rows.add(WIDE_PANEL_ROWS) };
+        qs = unsafe { qs.add(TILE_QUERIES) };
+    }
+    for (o, a) in out.chunks_exact_mut(WIDE_PANEL_ROWS).zip(&acc) {
+        // SAFETY: each chunk of `out` holds exactly 32 floats.
+        unsafe {
+            _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
+            _mm512_storeu_ps(o.as_mut_ptr().add(16), a[1]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,15 +410,66 @@ mod tests {
     }
 
     #[test]
-    fn avx2_and_portable_tiles_agree() {
+    fn every_kernel_agrees_with_the_portable_one() {
         let dim = 19;
-        let panel = lcg(dim * PANEL_ROWS, 5);
         let group = lcg(dim * TILE_QUERIES, 7);
-        let (mut a, mut b) = ([0.0f32; TILE], [0.0f32; TILE]);
-        Fused::detect().tile(&panel, &group, dim, &mut a);
-        Fused::Portable.tile(&panel, &group, dim, &mut b);
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() < 1e-5);
+        for fused in kernels() {
+            let width = fused.panel_rows();
+            let panel = lcg(dim * width, 5);
+            let (mut a, mut b) = ([0.0f32; TILE], [0.0f32; TILE]);
+            fused.tile(&panel, &group, dim, &mut a);
+            for (q, out) in b.chunks_exact_mut(width).take(TILE_QUERIES).enumerate() {
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = (0..dim)
+                        .map(|d| group[d * TILE_QUERIES + q] * panel[d * width + r])
+                        .sum();
+                }
+            }
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() < 1e-5);
+            }
         }
+    }
+
+    #[test]
+    fn packing_puts_every_row_in_its_lane() {
+        // Dimensions with and without a tail past the last 16; full and partial panels.
+        for dim in [1, 16, 37, 48] {
+            for fused in kernels() {
+                let width = fused.panel_rows();
+                let rows = 2 * width + 5;
+                let data = lcg((rows + 3) * dim, 9);
+                let mut panels = vec![f32::NAN; rows.div_ceil(width) * width * dim];
+                pack_rows(&data, dim, 3, rows, fused, &mut panels);
+                for (p, panel) in panels.chunks_exact(dim * width).enumerate() {
+                    for d in 0..dim {
+                        for lane in 0..width {
+                            let r = p * width + lane;
+                            let want = if r < rows {
+                                data[(3 + r) * dim + d]
+                            } else {
+                                0.0
+                            };
+                            assert_eq!(panel[d * width + lane], want, "{dim} {r} {d}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The kernels this CPU can run.
+    fn kernels() -> Vec<Fused> {
+        let mut all = vec![Fused::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                all.push(Fused::Avx2Fma);
+            }
+            if is_x86_feature_detected!("avx512f") {
+                all.push(Fused::Avx512);
+            }
+        }
+        all
     }
 }
