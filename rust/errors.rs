@@ -132,14 +132,29 @@ where
 /// input-sized buffer that does not fit in memory must not abort the interpreter (Rust's
 /// infallible allocations abort the process on failure; numpy raises `MemoryError`).
 ///
-/// `what` names the buffer in the message.
+/// `what` names the buffer in the message. [`try_reserve_for`] raises another class.
 ///
 /// # Errors
 /// [`CoreError::Memory`] "out of memory" when the allocation fails or its size overflows.
 pub fn try_reserve<T>(values: &mut Vec<T>, extra: usize, what: &str) -> CoreResult<()> {
+    try_reserve_for(CoreError::Memory, values, extra, what)
+}
+
+/// [`try_reserve`] for the component whose error class is `kind` (such as
+/// `CoreError::Graph`): a graph that runs out of memory raises `GraphError`, not
+/// `MemoryStoreError`.
+///
+/// # Errors
+/// `kind("out of memory: ...")` when the allocation fails or its size overflows.
+pub fn try_reserve_for<T>(
+    kind: fn(String) -> CoreError,
+    values: &mut Vec<T>,
+    extra: usize,
+    what: &str,
+) -> CoreResult<()> {
     values
         .try_reserve(extra)
-        .map_err(|_| out_of_memory(extra.saturating_mul(std::mem::size_of::<T>()), what))
+        .map_err(|_| out_of_memory_for(kind, extra.saturating_mul(std::mem::size_of::<T>()), what))
 }
 
 /// A vector of `len` copies of `value`, or [`CoreError::Memory`] when it does not fit (see
@@ -148,18 +163,40 @@ pub fn try_reserve<T>(values: &mut Vec<T>, extra: usize, what: &str) -> CoreResu
 /// # Errors
 /// [`CoreError::Memory`] "out of memory" when the allocation fails or its size overflows.
 pub fn try_filled<T: Clone>(len: usize, value: T, what: &str) -> CoreResult<Vec<T>> {
+    try_filled_for(CoreError::Memory, len, value, what)
+}
+
+/// [`try_filled`] for the component whose error class is `kind` (see [`try_reserve_for`]).
+///
+/// # Errors
+/// `kind("out of memory: ...")` when the allocation fails or its size overflows.
+pub fn try_filled_for<T: Clone>(
+    kind: fn(String) -> CoreError,
+    len: usize,
+    value: T,
+    what: &str,
+) -> CoreResult<Vec<T>> {
     let mut values = Vec::new();
     values
         .try_reserve_exact(len)
-        .map_err(|_| out_of_memory(len.saturating_mul(std::mem::size_of::<T>()), what))?;
+        .map_err(|_| out_of_memory_for(kind, len.saturating_mul(std::mem::size_of::<T>()), what))?;
     values.resize(len, value);
     Ok(values)
 }
 
-/// The error of a failed allocation of `bytes` bytes for `what`.
+/// The error of a failed allocation of `bytes` bytes for `what`, in a memory store or the
+/// vector index ([`CoreError::Memory`]).
 #[cold]
 pub fn out_of_memory(bytes: usize, what: &str) -> CoreError {
-    CoreError::Memory(format!(
+    out_of_memory_for(CoreError::Memory, bytes, what)
+}
+
+/// The error of a failed allocation of `bytes` bytes for `what`, of the class `kind` of the
+/// component that needed it (`CoreError::Graph` for the knowledge graph, whose callers catch
+/// `GraphError`).
+#[cold]
+pub fn out_of_memory_for(kind: fn(String) -> CoreError, bytes: usize, what: &str) -> CoreError {
+    kind(format!(
         "out of memory: {what} needs {bytes} bytes, which cannot be allocated"
     ))
 }
@@ -198,6 +235,26 @@ mod tests {
         let mut v: Vec<u8> = Vec::new();
         assert!(try_reserve(&mut v, isize::MAX as usize, "bytes").is_err());
         assert_eq!(try_filled(3, 7u8, "small").unwrap(), vec![7, 7, 7]);
+    }
+
+    #[test]
+    fn allocation_failures_take_the_class_of_their_component() {
+        let err = try_filled_for(CoreError::Graph, usize::MAX / 2, 0u64, "a graph buffer");
+        assert!(
+            matches!(err, Err(CoreError::Graph(ref m)) if m.starts_with("out of memory: a graph buffer"))
+        );
+        let mut v: Vec<u8> = Vec::new();
+        let err = try_reserve_for(CoreError::Graph, &mut v, isize::MAX as usize, "bytes");
+        assert!(matches!(err, Err(CoreError::Graph(_))));
+        assert!(matches!(
+            out_of_memory_for(CoreError::Graph, 8, "x"),
+            CoreError::Graph(ref m) if m == "out of memory: x needs 8 bytes, which cannot be allocated"
+        ));
+        assert!(matches!(out_of_memory(8, "x"), CoreError::Memory(_)));
+        assert_eq!(
+            try_filled_for(CoreError::Graph, 2, 1u8, "small").unwrap(),
+            vec![1, 1]
+        );
     }
 
     #[test]

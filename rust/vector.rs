@@ -18,6 +18,7 @@ use numpy::{
 use parking_lot::RwLock;
 use pyo3::exceptions::PyUnicodeEncodeError;
 use pyo3::prelude::*;
+use pyo3::types::PyBool;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
@@ -609,7 +610,7 @@ impl Index {
         if k == 0 {
             return Err(CoreError::Memory("k must be at least 1".into()));
         }
-        if queries.len() % self.dim != 0 {
+        if !queries.len().is_multiple_of(self.dim) {
             return Err(CoreError::Memory(format!(
                 "queries have dimension {}, the index has {}",
                 queries.len(),
@@ -653,8 +654,22 @@ impl Index {
     /// follow the rows), count, ids, rows, [copies], then a CRC-32 of all of it.
     ///
     /// # Errors
-    /// [`CoreError::Persistence`] on an I/O failure.
+    /// [`CoreError::Persistence`] on an I/O failure; [`CoreError::Memory`] when `path` is the
+    /// file of this index's float32 copies (`originals_path`), as [`Index::load`] refuses
+    /// the same file for both.
     pub fn save(&self, path: &str) -> CoreResult<()> {
+        if self
+            .originals_path()
+            .is_some_and(|originals| same_file(path, originals))
+        {
+            // Checked before anything is written: the rename would replace the copies file
+            // with the index, and the copies (still written to the replaced file, which no
+            // name reaches any more) would be lost with the process.
+            return Err(CoreError::Memory(format!(
+                "cannot save the index to {path}: it is the index's own originals_path, \
+                 which holds its float32 copies (save the index to another file)"
+            )));
+        }
         let io = |e: std::io::Error| CoreError::Persistence(format!("cannot write {path}: {e}"));
         let mut bytes = Vec::with_capacity(36 + self.ids.len() * 8 + self.vectors.nbytes());
         bytes.extend_from_slice(MAGIC);
@@ -960,12 +975,27 @@ fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
     if let Ok(a) = value.extract::<PyReadonlyArray1<'_, u64>>() {
         return Ok(a.as_array().to_vec());
     }
-    value.extract::<Vec<u64>>().map_err(|_| {
-        CoreError::Memory(
+    let refuse = || {
+        PyErr::from(CoreError::Memory(
             "ids must be a 1-D int64/uint64 numpy array or a list of ints >= 0".into(),
-        )
-        .into()
-    })
+        ))
+    };
+    let items: Vec<Bound<'_, PyAny>> = value.extract().map_err(|_| refuse())?;
+    items
+        .iter()
+        .map(|item| {
+            // `bool` is an `int` subclass, but True is no id (and no count: `k` and the
+            // semantic store refuse it too).
+            if item.is_instance_of::<PyBool>() {
+                return Err(CoreError::Memory(format!(
+                    "ids must be ints >= 0, not bool (got {})",
+                    if item.is_truthy()? { "True" } else { "False" }
+                ))
+                .into());
+            }
+            item.extract::<u64>().map_err(|_| refuse())
+        })
+        .collect()
 }
 
 /// An id as numpy returns it: lossless, as `add` refuses ids above [`MAX_ID`] (`i64::MAX`).
@@ -1107,8 +1137,12 @@ fn fs_path(value: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
     }
 }
 
-/// A search's `k`: an int >= 1; one beyond 64 bits means every vector.
+/// A search's `k`: an int >= 1; one beyond 64 bits means every vector. A `bool` is an
+/// `int` subclass but no count: refused, as `SemanticStore.search` refuses it.
 fn k_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if value.is_instance_of::<PyBool>() {
+        return Err(CoreError::Memory("k must be an int, got bool".into()).into());
+    }
     args::limit(value, 1, |v| {
         CoreError::Memory(format!("k must be at least 1, got {v}"))
     })
@@ -1185,14 +1219,15 @@ impl PyVectorIndex {
     /// Adds vectors, replacing those whose id is already present (upsert); all or nothing.
     ///
     /// Args:
-    ///     ids: one integer id per row, from 0 to 2**63 - 1 (searches return int64 ids).
+    ///     ids: one integer id per row, from 0 to 2**63 - 1 (searches return int64 ids);
+    ///         not a bool.
     ///     vectors: float32 array of shape (len(ids), dim).
     ///
     /// Raises:
     ///     MemoryStoreError: wrong shape or dtype, not aligned in memory (pass a copy), an
-    ///         id out of range, a duplicate id in the batch, NaN/inf, or a zero vector; or
-    ///         out of memory (the batch's copy, or the grown index, cannot be allocated: the
-    ///         index is left unchanged).
+    ///         id out of range (or a bool), a duplicate id in the batch, NaN/inf, or a zero
+    ///         vector; or out of memory (the batch's copy, or the grown index, cannot be
+    ///         allocated: the index is left unchanged).
     ///     PersistenceError: float32 copies kept in a file cannot be written, were changed
     ///         from outside the index, or are marked broken by an earlier failure.
     fn add(
@@ -1219,7 +1254,7 @@ impl PyVectorIndex {
     /// Removes vectors by id (all or nothing), with the GIL released.
     ///
     /// Raises:
-    ///     MemoryStoreError: an id is not in the index.
+    ///     MemoryStoreError: an id is not in the index (or is a bool).
     ///     PersistenceError: float32 copies kept in a file cannot be updated (the vectors
     ///         are removed and the copies marked broken).
     fn remove(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -1238,8 +1273,8 @@ impl PyVectorIndex {
     /// returns them all.
     ///
     /// Raises:
-    ///     MemoryStoreError: k < 1, or a query of the wrong shape or dtype, not aligned in
-    ///         memory, NaN/inf, or zero; or out of memory for the results.
+    ///     MemoryStoreError: k < 1 or a bool, or a query of the wrong shape or dtype, not
+    ///         aligned in memory, NaN/inf, or zero; or out of memory for the results.
     ///     PersistenceError: float32 copies kept in a file cannot be read for re-scoring.
     fn search<'py>(
         &self,
@@ -1329,6 +1364,8 @@ impl PyVectorIndex {
     /// checksum, replaced atomically).
     ///
     /// Raises:
+    ///     MemoryStoreError: `path` is this index's own `originals_path` (the file of its
+    ///         float32 copies, which the save would replace): nothing is written.
     ///     PersistenceError: the file cannot be written, or `path` is not valid Unicode.
     fn save(&self, py: Python<'_>, #[pyo3(from_py_with = path_arg)] path: String) -> PyResult<()> {
         run_detached(py, || self.inner.read().save(&path))

@@ -264,6 +264,39 @@ def test_from_json_enforces_what_the_constructor_and_add_episode_do(
         ar.EpisodicStore.from_json(json.dumps(doc))
 
 
+def test_from_json_refuses_an_embedding_dimension_of_zero() -> None:
+    # It used to load a store that refused every embedding ("the store's embeddings have 0").
+    doc = json.loads(ar.EpisodicStore().to_json())
+    doc["embedding_dim"] = 0
+    with pytest.raises(ar.MemoryStoreError, match="embedding_dim must be at least 1"):
+        ar.EpisodicStore.from_json(json.dumps(doc))
+    doc["embedding_dim"] = None  # absent: fixed by the first embedding
+    store = ar.EpisodicStore.from_json(json.dumps(doc), clock=lambda: 0.0)
+    store.add_episode("a", "x", 0.5, embedding=[1.0, 2.0])
+    assert json.loads(store.to_json())["embedding_dim"] == 2
+
+
+def test_from_json_drops_agents_listed_without_episodes() -> None:
+    # A hand-made "ghost": [] used to be kept, counted by repr but not agents_with_episodes,
+    # and written back by to_json.
+    doc = json.loads(_exported())
+    doc["by_agent"]["ghost"] = []
+    store = ar.EpisodicStore.from_json(json.dumps(doc), clock=lambda: 1000.0)
+    assert store.agents_with_episodes() == ["a"]
+    assert repr(store) == "EpisodicStore(episodes=2, agents=1)"
+    assert "ghost" not in json.loads(store.to_json())["by_agent"]
+    # The store never makes one itself: eviction keeps the newest episode, and clear
+    # forgets the agent, so to_json writes no empty list either.
+    store = ar.EpisodicStore(per_agent_capacity=1, clock=lambda: 0.0)
+    store.add_episode("a", "x", 0.9)
+    store.add_episode("a", "y", 0.1)
+    store.add_episode("b", "z", 0.5)
+    store.clear("b")
+    assert json.loads(store.to_json())["by_agent"].keys() == {"a"}
+    assert repr(store) == "EpisodicStore(episodes=1, agents=1)"
+    assert store.agents_with_episodes() == ["a"]
+
+
 def test_from_json_stores_embeddings_at_unit_length_as_add_episode_does() -> None:
     # A longer vector used to be kept as it was, giving cosines outside [-1, 1].
     doc = json.loads(_exported())

@@ -496,6 +496,127 @@ def test_allocations_that_do_not_fit_raise_instead_of_aborting() -> None:
     assert out.split() == ["add", "MemoryStoreError", "embed", "MemoryStoreError", "len", "0"]
 
 
+# The graph's algorithms allocate a few slots per entity (adjacency rows, distances, marks,
+# scratch): under an address-space limit these must raise GraphError, the class every
+# caller of the graph catches, not abort the interpreter (Rust's infallible allocations did)
+# nor raise MemoryStoreError. The graph is built first (8 bytes an entity), then the limit
+# is set just above what the process has mapped; MIMALLOC_ARENA_RESERVE=0 keeps mimalloc
+# from mapping a spare arena in advance, so every buffer of an algorithm (32 MiB and up
+# for 2**23 entities) needs memory the limit refuses, and none is touched.
+GRAPH_ALLOCATION_SCENARIO = """
+    import resource
+    import llm_agent_runtime as ar
+
+    def vm_bytes():
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmSize")
+
+    g = ar.GraphStore.from_edge_list(2**23, [(0, 1), (1, 2), (2, 0)])
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + 16 * 2**20, hard))
+    calls = [
+        ("shortest_path", lambda: g.shortest_path("0", "2")),
+        ("distances", lambda: g.distances("0")),
+        ("bfs", lambda: g.bfs("0")),
+        ("dfs", lambda: g.dfs("0", directed=False)),
+        ("reachable", lambda: g.reachable("0")),
+        ("reachable_undirected", lambda: g.reachable("0", directed=False)),
+        ("neighbors_of", lambda: g.neighbors_of("0")),
+        ("neighborhood", lambda: g.neighborhood("0")),
+        ("subgraph", lambda: g.subgraph(["0", "1"])),
+        ("edges_from", lambda: g.edges_from("0")),
+        ("has_cycle", lambda: g.has_cycle()),
+        ("cycles", lambda: g.cycles()),
+        ("transitive_closure", lambda: g.transitive_closure()),
+        ("degree_centrality", lambda: g.degree_centrality()),
+        ("betweenness_centrality", lambda: g.betweenness_centrality(k=1)),
+        ("betweenness_from", lambda: g.betweenness_from(["0"])),
+        ("communities", lambda: g.communities()),
+        ("label_propagation", lambda: g.label_propagation()),
+    ]
+    for name, call in calls:
+        try:
+            call()
+            print(name, "fit")
+        except ar.GraphError as e:
+            assert str(e).startswith("out of memory: "), e
+            print(name, "GraphError")
+    # A view whose build failed is not cached: with the limit lifted, every query works.
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    print("after", g.shortest_path("0", "2")[0], len(g.neighborhood("0")), g.has_cycle())
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(resource, "RLIMIT_AS") or not os.path.exists("/proc/self/status"),
+    reason="needs RLIMIT_AS and /proc (Linux)",
+)
+def test_graph_algorithms_out_of_memory_raise_graph_error_instead_of_aborting() -> None:
+    out = run_python(GRAPH_ALLOCATION_SCENARIO, env={"MIMALLOC_ARENA_RESERVE": "0"})
+    lines = out.splitlines()
+    assert lines[:-1] == [
+        f"{name} GraphError"
+        for name in (
+            "shortest_path",
+            "distances",
+            "bfs",
+            "dfs",
+            "reachable",
+            "reachable_undirected",
+            "neighbors_of",
+            "neighborhood",
+            "subgraph",
+            "edges_from",
+            "has_cycle",
+            "cycles",
+            "transitive_closure",
+            "degree_centrality",
+            "betweenness_centrality",
+            "betweenness_from",
+            "communities",
+            "label_propagation",
+        )
+    ]
+    assert lines[-1] == "after ['0', '1', '2'] 3 True"
+
+
+GRAPH_TOO_LARGE_SCENARIO = """
+    import resource
+    import llm_agent_runtime as ar
+
+    def vm_bytes():
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmSize")
+
+    limit = vm_bytes() + 256 * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    for edges in ([], [(0, 1)]):
+        try:
+            ar.GraphStore.from_edge_list(2**32 - 1, edges)  # 32 GiB of degree counts
+            print("built")
+        except ar.GraphError as e:
+            print("GraphError", str(e).startswith("out of memory: graph snapshot"))
+        except ar.MemoryStoreError as e:
+            print("MemoryStoreError", e)
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(resource, "RLIMIT_AS") or not os.path.exists("/proc/self/status"),
+    reason="needs RLIMIT_AS and /proc (Linux)",
+)
+def test_a_graph_too_large_for_memory_is_a_graph_error_not_a_memory_store_error() -> None:
+    # It used to raise MemoryStoreError, which `except GraphError` around graph code misses.
+    out = run_python(GRAPH_TOO_LARGE_SCENARIO, env={"MIMALLOC_ARENA_RESERVE": "0"})
+    assert out.split() == ["GraphError", "True", "GraphError", "True"]
+
+
 # ------------------------------------------------------------------ protocols
 
 

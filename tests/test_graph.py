@@ -731,3 +731,48 @@ def test_numpy_integer_properties_are_ints() -> None:
     assert imported.relationships()[0]["properties"] == {"hops": 2}
     with pytest.raises(ar.GraphError, match="JSON-compatible"):
         g.add_entity("b", "x", {"v": object()})
+
+
+def test_numpy_float_properties_are_floats() -> None:
+    # numpy.float32 (and float16) were refused while numpy ints were accepted; float64 is a
+    # float subclass and always passed. Any numbers.Real is a float; other objects that
+    # merely have __float__ are still refused, and a float must be finite.
+    import decimal
+    import fractions
+
+    import networkx as nx
+    import numpy as np
+
+    g = ar.GraphStore()
+    g.add_entity(
+        "a",
+        "x",
+        {
+            "f32": np.float32(0.5),
+            "f16": np.float16(-2.0),
+            "ld": np.longdouble(0.25),
+            "frac": fractions.Fraction(3, 4),
+            "l": [np.float32(1.5)],
+        },
+    )
+    props = g.entity("a")["properties"]
+    assert props == {"f32": 0.5, "f16": -2.0, "ld": 0.25, "frac": 0.75, "l": [1.5]}
+    assert all(type(props[k]) is float for k in ("f32", "f16", "ld", "frac"))
+    g.add_entity("b")
+    g.add_relationship("a", "b", properties={"score": np.float32(0.125)})
+    assert g.relationships()[0]["properties"] == {"score": 0.125}
+    assert ar.GraphStore.from_json(g.to_json()).entity("a")["properties"] == props
+    source = nx.MultiDiGraph()
+    source.add_node("p", score=np.float32(0.75))
+    assert ar.from_networkx(source).entity("p")["properties"] == {"score": 0.75}
+    for bad, message in [
+        (np.float32("nan"), "must be finite"),
+        (np.float16("inf"), "must be finite"),
+        (fractions.Fraction(10**400), "must be finite"),
+        (decimal.Decimal("0.5"), "JSON-compatible; got a Decimal"),
+        (np.complex64(1), "JSON-compatible"),
+        (np.array(0.5), "JSON-compatible; got a ndarray"),
+    ]:
+        with pytest.raises(ar.GraphError, match=message):
+            g.add_entity("c", "x", {"v": bad})
+    assert "c" not in g

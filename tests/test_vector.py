@@ -472,6 +472,33 @@ def test_ids_above_int64_max_are_refused() -> None:
     assert got_ids.tolist() == [[top], [top]]
 
 
+def test_bools_are_refused_as_ids_and_k() -> None:
+    # True used to be read as id 1 and k=1; SemanticStore already refused a bool k.
+    index = ar.VectorIndex(2)
+    for ids in ([True, 0], [0, False], np.array([True, False], dtype=object)):
+        with pytest.raises(ar.MemoryStoreError, match="not bool"):
+            index.add(ids, np.eye(2, dtype=np.float32))
+    with pytest.raises(ar.MemoryStoreError, match="ids must be"):
+        index.add(np.array([True, False]), np.eye(2, dtype=np.float32))  # a bool array
+    assert len(index) == 0
+    index.add([0, 1], np.eye(2, dtype=np.float32))
+    with pytest.raises(ar.MemoryStoreError, match="not bool"):
+        index.remove([True])
+    assert len(index) == 2
+    query = np.ones(2, dtype=np.float32)
+    for k in (True, False):
+        with pytest.raises(ar.MemoryStoreError, match="k must be an int, got bool"):
+            index.search(query, k)
+        with pytest.raises(ar.MemoryStoreError, match="k must be an int, got bool"):
+            index.search_batch(query[None, :], k)
+    assert index.search(query, np.int64(1))[0].tolist() in ([0], [1])
+    assert index.search_batch(query[None, :], 2)[0].shape == (1, 2)
+    store = ar.SemanticStore(dim=2)
+    store.store("a", "x", embedding=[1.0, 0.0])
+    with pytest.raises(ar.MemoryStoreError, match="k must be an int, got bool"):
+        store.search([1.0, 0.0], k=True)  # type: ignore[arg-type]
+
+
 def test_integer_arguments_out_of_range_are_memory_store_errors() -> None:
     index = ar.VectorIndex(2)
     index.add([1], np.ones((1, 2), dtype=np.float32))

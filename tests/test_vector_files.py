@@ -113,6 +113,28 @@ def test_load_refuses_the_index_file_as_its_originals_file(tmp_path: Path) -> No
     assert len(ar.VectorIndex.load(str(path))) == 20
 
 
+def test_save_refuses_the_index_own_originals_file(tmp_path: Path) -> None:
+    # It used to be accepted: the index file replaced the copies file, so the copies the
+    # index kept writing went to a file no name reached, and were lost with the process.
+    copies = tmp_path / "copies.f32"
+    index = ar.VectorIndex(4, dtype="int8", originals_path=copies)
+    index.add([1, 2], np.eye(4, dtype=np.float32)[:2])
+    before = copies.read_bytes()
+    link = tmp_path / "link.f32"
+    link.symlink_to(copies)
+    for target in (copies, str(copies), link):
+        with pytest.raises(ar.MemoryStoreError, match="own originals_path"):
+            index.save(target)
+    assert copies.read_bytes() == before  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copies.f32", "link.f32"]
+    index.add([3], np.eye(4, dtype=np.float32)[2:3])
+    assert copies.stat().st_size == 3 * 4 * 4  # the copies still go to the file
+    path = tmp_path / "index.bin"
+    index.save(path)
+    loaded = ar.VectorIndex.load(path)
+    assert loaded.search(np.eye(4, dtype=np.float32)[2], 1)[0].tolist() == [3]
+
+
 def with_crc(body: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 

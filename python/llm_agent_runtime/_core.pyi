@@ -358,15 +358,16 @@ class EpisodicStore:
         """Rebuilds a store from to_json() output, checked as the constructor and
         add_episode check their input.
 
-        Other embeddings are scaled to unit length, as add_episode stores them.
+        Other embeddings are scaled to unit length, as add_episode stores them. An agent
+        listed with no episodes is dropped (to_json never writes one).
 
         Raises:
             MemoryStoreError: the text is not an exported store (or not valid Unicode), or
-                breaks a rule of the store: per_agent_capacity 0 (or an agent over it), a
-                half-life that is not a positive number, a negative or non-finite weight,
-                importance outside [0, 1], a non-finite time, an episode under another
-                agent's id, ids out of order or shared by two episodes, or embeddings that
-                are zero or of different lengths.
+                breaks a rule of the store: per_agent_capacity 0 (or an agent over it),
+                embedding_dim 0, a half-life that is not a positive number, a negative or
+                non-finite weight, importance outside [0, 1], a non-finite time, an episode
+                under another agent's id, ids out of order or shared by two episodes, or
+                embeddings that are zero or of different lengths.
         """
     def __len__(self) -> int: ...
 
@@ -419,12 +420,12 @@ class VectorIndex:
             PersistenceError: float32 copies kept in a file cannot be read.
         """
     def add(self, ids: npt.ArrayLike, vectors: npt.NDArray[np.float32]) -> None:
-        """Adds or replaces vectors (all or nothing); ids go from 0 to 2**63 - 1.
+        """Adds or replaces vectors (all or nothing); ids go from 0 to 2**63 - 1 (not bools).
 
         Raises:
             MemoryStoreError: wrong shape or dtype, not aligned in memory (pass a copy), an id
-                out of range, duplicate id, NaN/inf or zero vector; out of memory (the index is
-                left unchanged).
+                out of range (or a bool), duplicate id, NaN/inf or zero vector; out of memory
+                (the index is left unchanged).
             PersistenceError: float32 copies kept in a file cannot be written, were changed
                 from outside the index, or are marked broken by an earlier failure.
         """
@@ -432,18 +433,18 @@ class VectorIndex:
         """Removes vectors by id (all or nothing), with the GIL released.
 
         Raises:
-            MemoryStoreError: an id is not in the index.
+            MemoryStoreError: an id is not in the index (or is a bool).
             PersistenceError: float32 copies kept in a file cannot be updated (the vectors
                 are removed and the copies marked broken).
         """
     def search(
         self, query: npt.NDArray[np.float32], k: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """The min(k, len) most similar vectors, best first (any k >= 1 is accepted).
+        """The min(k, len) most similar vectors, best first (any int k >= 1, not a bool).
 
         Raises:
-            MemoryStoreError: k < 1, or a bad query (wrong shape or dtype, not aligned in
-                memory, NaN/inf, zero); out of memory for the results.
+            MemoryStoreError: k < 1 or a bool, or a bad query (wrong shape or dtype, not
+                aligned in memory, NaN/inf, zero); out of memory for the results.
             PersistenceError: float32 copies kept in a file cannot be read for re-scoring.
         """
     def search_batch(
@@ -456,14 +457,15 @@ class VectorIndex:
         order): results whose scores nearly tie may come back in another order.
 
         Raises:
-            MemoryStoreError: k < 1, queries not of shape (m, dim), or a bad query; out of
-                memory for the results.
+            MemoryStoreError: k < 1 or a bool, queries not of shape (m, dim), or a bad query;
+                out of memory for the results.
             PersistenceError: as search().
         """
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the index to path, a str or os.PathLike (versioned, checksummed, atomic replace).
 
         Raises:
+            MemoryStoreError: path is this index's own originals_path (nothing is written).
             PersistenceError: the file cannot be written, or the path is not valid Unicode.
         """
     @staticmethod
@@ -519,14 +521,20 @@ class HashingEmbedder:
 class GraphStore:
     """Directed multigraph of entities and typed, weighted relationships, analytics in Rust.
 
+    Properties are JSON-compatible: str keys; values None, bool, str, int (or any integer
+    type with __index__, such as numpy's), finite float (or any numbers.Real, such as
+    numpy.float32, stored as a float), and lists, tuples and dicts of them.
+
     Raises:
         GraphError: unknown entities, duplicate ids, non-finite weights (or beyond the float
             range), properties that are not a dict (or None) or not JSON-compatible,
             negative weights given to Dijkstra, a non-positive cycle cap, a negative depth,
             hop count, round count or seed, a negative or non-finite resolution, an empty
             source list for betweenness_from, or a text argument (id, label, kind) that is
-            not valid Unicode (`in` and has_entity answer False for such an id). A depth,
-            hop count, round count or cycle cap beyond 64 bits means no limit.
+            not valid Unicode (`in` and has_entity answer False for such an id); "out of
+            memory" when a graph, or the buffers an algorithm needs (a few slots per
+            entity), does not fit in memory (the process goes on). A depth, hop count, round
+            count or cycle cap beyond 64 bits means no limit.
     """
 
     def __new__(cls) -> GraphStore: ...

@@ -8,6 +8,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use rayon::prelude::*;
 
+use super::alloc::{collected, filled, with_capacity};
 use super::csr::{Adjacency, Snapshot};
 use crate::errors::{CoreError, CoreResult};
 
@@ -15,8 +16,17 @@ use crate::errors::{CoreError, CoreResult};
 pub const PARALLEL_SOURCES: usize = 256;
 
 /// Breadth-first order from `start`, at most `max_depth` hops away.
-pub fn bfs(adj: &Adjacency, n: usize, start: u32, max_depth: Option<usize>) -> Vec<u32> {
-    let mut depth = vec![u32::MAX; n];
+///
+/// # Errors
+/// [`CoreError::Graph`] when its per-node scratch does not fit in memory (so for all the
+/// algorithms here).
+pub fn bfs(
+    adj: &Adjacency,
+    n: usize,
+    start: u32,
+    max_depth: Option<usize>,
+) -> CoreResult<Vec<u32>> {
+    let mut depth = filled(n, u32::MAX, "the breadth-first depths")?;
     let mut order = vec![start];
     depth[start as usize] = 0;
     let mut head = 0;
@@ -34,12 +44,20 @@ pub fn bfs(adj: &Adjacency, n: usize, start: u32, max_depth: Option<usize>) -> V
             }
         }
     }
-    order
+    Ok(order)
 }
 
 /// Depth-first preorder from `start`, at most `max_depth` hops away (iterative).
-pub fn dfs(adj: &Adjacency, n: usize, start: u32, max_depth: Option<usize>) -> Vec<u32> {
-    let mut visited = vec![false; n];
+///
+/// # Errors
+/// As [`bfs`].
+pub fn dfs(
+    adj: &Adjacency,
+    n: usize,
+    start: u32,
+    max_depth: Option<usize>,
+) -> CoreResult<Vec<u32>> {
+    let mut visited = filled(n, false, "the depth-first marks")?;
     let mut order = vec![start];
     visited[start as usize] = true;
     // (node, index of the next neighbour to try)
@@ -71,7 +89,7 @@ pub fn dfs(adj: &Adjacency, n: usize, start: u32, max_depth: Option<usize>) -> V
             }
         }
     }
-    order
+    Ok(order)
 }
 
 /// A Dijkstra queue entry: `dist` to `node`, pushed as the queue's `seq`-th entry.
@@ -128,11 +146,11 @@ pub fn dijkstra(
     target: Option<u32>,
 ) -> CoreResult<(Vec<f64>, Vec<u32>)> {
     refuse_negative(snapshot)?;
-    let adj = snapshot.view(directed);
+    let adj = snapshot.view(directed)?;
     let n = snapshot.n;
-    let mut dist = vec![f64::INFINITY; n];
-    let mut pred = vec![UNREACHED; n];
-    let mut done = vec![false; n];
+    let mut dist = filled(n, f64::INFINITY, "the shortest-path distances")?;
+    let mut pred = filled(n, UNREACHED, "the shortest-path predecessors")?;
+    let mut done = filled(n, false, "the shortest-path marks")?;
     let mut heap = BinaryHeap::with_capacity(n.min(1 << 16));
     let mut pushed = 0u64;
     let mut push = |heap: &mut BinaryHeap<HeapItem>, dist: f64, node: u32| {
@@ -198,15 +216,18 @@ pub fn shortest_path(
 /// cycle of the multigraph whose edges are the relationships: a self-loop, two relationships
 /// between `source` and one neighbour, or a path between two of its neighbours that avoids
 /// it; one relationship walked there and back is no cycle. One search, O(n + m).
-pub fn reachable(snapshot: &Snapshot, directed: bool, source: u32) -> Vec<u32> {
+///
+/// # Errors
+/// As [`bfs`].
+pub fn reachable(snapshot: &Snapshot, directed: bool, source: u32) -> CoreResult<Vec<u32>> {
     let n = snapshot.n;
     let s = source as usize;
     let mut found = Vec::new();
     if directed {
         // One breadth-first search seeded with every out-neighbour: the source is found
         // exactly when some path leads back to it.
-        let adj = snapshot.out();
-        let mut seen = vec![false; n];
+        let adj = snapshot.out()?;
+        let mut seen = filled(n, false, "the reachability marks")?;
         for &w in adj.neighbors(s).0 {
             if !std::mem::replace(&mut seen[w as usize], true) {
                 found.push(w);
@@ -223,9 +244,9 @@ pub fn reachable(snapshot: &Snapshot, directed: bool, source: u32) -> Vec<u32> {
             }
         }
         found.sort_unstable();
-        return found;
+        return Ok(found);
     }
-    let adj = snapshot.undirected();
+    let adj = snapshot.undirected()?;
     let neighbors = adj.neighbors(s).0;
     // A self-loop, or more relationships touching the source than distinct neighbours (two
     // to one neighbour, a 2-cycle).
@@ -234,7 +255,7 @@ pub fn reachable(snapshot: &Snapshot, directed: bool, source: u32) -> Vec<u32> {
     // One search from all the neighbours at once, never entering the source; `root[v]` is the
     // neighbour whose part of the search reached `v`. An edge between two parts closes a cycle
     // through the source (neighbour, ..., other neighbour, source).
-    let mut root = vec![u32::MAX; n];
+    let mut root = filled(n, u32::MAX, "the reachability roots")?;
     for &w in neighbors {
         if w != source {
             root[w as usize] = w;
@@ -263,16 +284,19 @@ pub fn reachable(snapshot: &Snapshot, directed: bool, source: u32) -> Vec<u32> {
         found.push(source);
     }
     found.sort_unstable();
-    found
+    Ok(found)
 }
 
 /// For every node, the nodes reachable from it in one or more hops (so a node is in its own
 /// set only when it lies on a cycle), sorted. Parallel over sources on large graphs.
-pub fn transitive_closure(snapshot: &Snapshot) -> Vec<Vec<u32>> {
-    let adj = snapshot.out();
+///
+/// # Errors
+/// As [`bfs`].
+pub fn transitive_closure(snapshot: &Snapshot) -> CoreResult<Vec<Vec<u32>>> {
+    let adj = snapshot.out()?;
     let n = snapshot.n;
-    let one = |s: usize| -> Vec<u32> {
-        let mut seen = vec![false; n];
+    let one = |s: usize| -> CoreResult<Vec<u32>> {
+        let mut seen = filled(n, false, "the closure's marks")?;
         let mut queue: VecDeque<u32> = adj.neighbors(s).0.iter().copied().collect();
         for &w in &queue {
             seen[w as usize] = true;
@@ -288,49 +312,60 @@ pub fn transitive_closure(snapshot: &Snapshot) -> Vec<Vec<u32>> {
             }
         }
         out.sort_unstable();
-        out
+        Ok(out)
+    };
+    let mut closure: Vec<Vec<u32>> = filled(n, Vec::new(), "the transitive closure")?;
+    let fill = |(s, row): (usize, &mut Vec<u32>)| -> CoreResult<()> {
+        *row = one(s)?;
+        Ok(())
     };
     if n >= PARALLEL_SOURCES {
-        (0..n).into_par_iter().map(one).collect()
+        closure.par_iter_mut().enumerate().try_for_each(fill)?;
     } else {
-        (0..n).map(one).collect()
+        closure.iter_mut().enumerate().try_for_each(fill)?;
     }
+    Ok(closure)
 }
 
 /// Whether the directed graph has a cycle (a self-loop counts).
-pub fn has_cycle(snapshot: &Snapshot) -> bool {
+///
+/// # Errors
+/// As [`bfs`].
+pub fn has_cycle(snapshot: &Snapshot) -> CoreResult<bool> {
     // Kahn's algorithm: a cycle exists iff some node never reaches in-degree zero.
     let n = snapshot.n;
-    let mut indegree: Vec<u32> = (0..n)
-        .map(|v| snapshot.incoming().degree(v) as u32)
-        .collect();
-    let mut queue: Vec<u32> = (0..n as u32)
-        .filter(|&v| indegree[v as usize] == 0)
-        .collect();
+    let (out, incoming) = (snapshot.out()?, snapshot.incoming()?);
+    let mut indegree = collected((0..n).map(|v| incoming.degree(v) as u32), "the in-degrees")?;
+    let mut queue = with_capacity(n, "the cycle check's queue")?;
+    queue.extend((0..n as u32).filter(|&v| indegree[v as usize] == 0));
     let mut removed = 0;
     while let Some(v) = queue.pop() {
         removed += 1;
-        for &w in snapshot.out().neighbors(v as usize).0 {
+        for &w in out.neighbors(v as usize).0 {
             indegree[w as usize] -= 1;
             if indegree[w as usize] == 0 {
                 queue.push(w);
             }
         }
     }
-    removed < n
+    Ok(removed < n)
 }
 
 /// Elementary directed cycles (Johnson's algorithm, iterative), at most `cap` of them. Each
 /// cycle starts at its smallest node index and is listed once.
-pub fn cycles(snapshot: &Snapshot, cap: usize) -> Vec<Vec<u32>> {
+///
+/// # Errors
+/// As [`bfs`].
+pub fn cycles(snapshot: &Snapshot, cap: usize) -> CoreResult<Vec<Vec<u32>>> {
     let n = snapshot.n;
-    let adj = snapshot.out();
+    let adj = snapshot.out()?;
     let mut found = Vec::new();
-    let mut in_component = vec![false; n];
-    let mut blocked = vec![false; n];
-    let mut blockers: Vec<Vec<u32>> = vec![Vec::new(); n];
-    let (component_of, component_size) = strongly_connected(snapshot);
-    let mut members: Vec<Vec<u32>> = vec![Vec::new(); component_size.len()];
+    let mut in_component = filled(n, false, "the cycle search's marks")?;
+    let mut blocked = filled(n, false, "the cycle search's marks")?;
+    let mut blockers: Vec<Vec<u32>> = filled(n, Vec::new(), "the cycle search's blockers")?;
+    let (component_of, component_size) = strongly_connected(snapshot)?;
+    let mut members: Vec<Vec<u32>> =
+        filled(component_size.len(), Vec::new(), "the components' members")?;
     for v in 0..n as u32 {
         members[component_of[v as usize] as usize].push(v); // ascending
     }
@@ -338,7 +373,7 @@ pub fn cycles(snapshot: &Snapshot, cap: usize) -> Vec<Vec<u32>> {
     // Nodes on no cycle among the nodes from the current start on. Removing nodes only
     // splits components, so a node found on none stays on none: it is never looked at again
     // (a large component with few cycles costs a few passes, not one per node).
-    let mut dead = vec![false; n];
+    let mut dead = filled(n, false, "the cycle search's marks")?;
     for s in 0..n as u32 {
         if found.len() >= cap {
             break;
@@ -358,7 +393,7 @@ pub fn cycles(snapshot: &Snapshot, cap: usize) -> Vec<Vec<u32>> {
             .collect();
         let (sub_of, sub_size) = components_among(snapshot, &live, |w| {
             w >= s && !dead[w as usize] && component_of[w as usize] == global
-        });
+        })?;
         for &v in &live {
             if sub_size[sub_of[&v] as usize] == 1 && !self_loop(v) {
                 dead[v as usize] = true;
@@ -425,16 +460,20 @@ pub fn cycles(snapshot: &Snapshot, cap: usize) -> Vec<Vec<u32>> {
             in_component[v as usize] = false;
         }
     }
-    found
+    Ok(found)
 }
 
 /// Strongly connected components (Kosaraju, iterative): the component of each node and the
 /// size of each component.
-pub fn strongly_connected(snapshot: &Snapshot) -> (Vec<u32>, Vec<usize>) {
+///
+/// # Errors
+/// As [`bfs`].
+pub fn strongly_connected(snapshot: &Snapshot) -> CoreResult<(Vec<u32>, Vec<usize>)> {
     let n = snapshot.n;
+    let (out, incoming) = (snapshot.out()?, snapshot.incoming()?);
     // Pass 1: nodes in order of DFS completion on the forward graph.
-    let mut visited = vec![false; n];
-    let mut finished = Vec::with_capacity(n);
+    let mut visited = filled(n, false, "the component search's marks")?;
+    let mut finished = with_capacity(n, "the component search's order")?;
     for root in 0..n {
         if visited[root] {
             continue;
@@ -442,7 +481,7 @@ pub fn strongly_connected(snapshot: &Snapshot) -> (Vec<u32>, Vec<usize>) {
         visited[root] = true;
         let mut stack = vec![(root as u32, 0usize)];
         while let Some(&mut (v, ref mut next)) = stack.last_mut() {
-            let neighbors = snapshot.out().neighbors(v as usize).0;
+            let neighbors = out.neighbors(v as usize).0;
             if *next < neighbors.len() {
                 let w = neighbors[*next];
                 *next += 1;
@@ -457,7 +496,7 @@ pub fn strongly_connected(snapshot: &Snapshot) -> (Vec<u32>, Vec<usize>) {
         }
     }
     // Pass 2: collect components on the reverse graph in reverse completion order.
-    let mut component = vec![u32::MAX; n];
+    let mut component = filled(n, u32::MAX, "the components")?;
     let mut sizes = Vec::new();
     for &root in finished.iter().rev() {
         if component[root as usize] != u32::MAX {
@@ -469,7 +508,7 @@ pub fn strongly_connected(snapshot: &Snapshot) -> (Vec<u32>, Vec<usize>) {
         let mut stack = vec![root];
         while let Some(v) = stack.pop() {
             size += 1;
-            for &w in snapshot.incoming().neighbors(v as usize).0 {
+            for &w in incoming.neighbors(v as usize).0 {
                 if component[w as usize] == u32::MAX {
                     component[w as usize] = id;
                     stack.push(w);
@@ -478,17 +517,21 @@ pub fn strongly_connected(snapshot: &Snapshot) -> (Vec<u32>, Vec<usize>) {
         }
         sizes.push(size);
     }
-    (component, sizes)
+    Ok((component, sizes))
 }
 
 /// Strongly connected components (Kosaraju) of the subgraph induced by `nodes`, the nodes
 /// `keep` accepts: each node's component and each component's size. Its cost is the
 /// subgraph's size, not the graph's.
+///
+/// # Errors
+/// As [`bfs`].
 fn components_among(
     snapshot: &Snapshot,
     nodes: &[u32],
     keep: impl Fn(u32) -> bool,
-) -> (rustc_hash::FxHashMap<u32, u32>, Vec<usize>) {
+) -> CoreResult<(rustc_hash::FxHashMap<u32, u32>, Vec<usize>)> {
+    let (out, incoming) = (snapshot.out()?, snapshot.incoming()?);
     let mut visited = rustc_hash::FxHashSet::default();
     let mut finished = Vec::with_capacity(nodes.len());
     for &root in nodes {
@@ -497,7 +540,7 @@ fn components_among(
         }
         let mut stack = vec![(root, 0usize)];
         while let Some(&mut (v, ref mut next)) = stack.last_mut() {
-            let neighbors = snapshot.out().neighbors(v as usize).0;
+            let neighbors = out.neighbors(v as usize).0;
             if *next < neighbors.len() {
                 let w = neighbors[*next];
                 *next += 1;
@@ -522,7 +565,7 @@ fn components_among(
         let mut stack = vec![root];
         while let Some(v) = stack.pop() {
             size += 1;
-            for &w in snapshot.incoming().neighbors(v as usize).0 {
+            for &w in incoming.neighbors(v as usize).0 {
                 if keep(w) && !component.contains_key(&w) {
                     component.insert(w, id);
                     stack.push(w);
@@ -531,7 +574,7 @@ fn components_among(
         }
         sizes.push(size);
     }
-    (component, sizes)
+    Ok((component, sizes))
 }
 
 fn unblock(start: u32, blocked: &mut [bool], blockers: &mut [Vec<u32>]) {
@@ -557,13 +600,16 @@ pub enum DegreeMode {
 
 /// Degree of each node counting every relationship (parallel ones included), optionally
 /// divided by `n - 1` as networkx does (a graph of one node gets 1.0).
+///
+/// # Errors
+/// As [`bfs`].
 pub fn degree_centrality(
     n: usize,
     relationships: impl Iterator<Item = (u32, u32)>,
     mode: DegreeMode,
     normalized: bool,
-) -> Vec<f64> {
-    let mut degree = vec![0f64; n];
+) -> CoreResult<Vec<f64>> {
+    let mut degree = filled(n, 0f64, "the degrees")?;
     for (from, to) in relationships {
         if mode != DegreeMode::In {
             degree[from as usize] += 1.0;
@@ -574,17 +620,25 @@ pub fn degree_centrality(
     }
     if normalized {
         if n <= 1 {
-            return vec![1.0; n];
+            return Ok(vec![1.0; n]);
         }
         let scale = 1.0 / (n - 1) as f64;
         degree.iter_mut().for_each(|d| *d *= scale);
     }
-    degree
+    Ok(degree)
 }
 
 /// Nodes within `hops` of `start` (following direction when `directed`), in BFS order.
-pub fn neighborhood(snapshot: &Snapshot, directed: bool, start: u32, hops: usize) -> Vec<u32> {
-    bfs(snapshot.view(directed), snapshot.n, start, Some(hops))
+///
+/// # Errors
+/// As [`bfs`].
+pub fn neighborhood(
+    snapshot: &Snapshot,
+    directed: bool,
+    start: u32,
+    hops: usize,
+) -> CoreResult<Vec<u32>> {
+    bfs(snapshot.view(directed)?, snapshot.n, start, Some(hops))
 }
 
 #[cfg(test)]
@@ -609,10 +663,16 @@ mod tests {
     #[test]
     fn traversals_follow_insertion_order_and_depth() {
         let g = graph(5, &[(0, 2, 1.0), (0, 1, 1.0), (1, 3, 1.0), (2, 4, 1.0)]);
-        assert_eq!(bfs(g.out(), 5, 0, None), vec![0, 2, 1, 4, 3]);
-        assert_eq!(bfs(g.out(), 5, 0, Some(1)), vec![0, 2, 1]);
-        assert_eq!(dfs(g.out(), 5, 0, None), vec![0, 2, 4, 1, 3]);
-        assert_eq!(dfs(g.out(), 5, 0, Some(1)), vec![0, 2, 1]);
+        assert_eq!(
+            bfs(g.out().unwrap(), 5, 0, None).unwrap(),
+            vec![0, 2, 1, 4, 3]
+        );
+        assert_eq!(bfs(g.out().unwrap(), 5, 0, Some(1)).unwrap(), vec![0, 2, 1]);
+        assert_eq!(
+            dfs(g.out().unwrap(), 5, 0, None).unwrap(),
+            vec![0, 2, 4, 1, 3]
+        );
+        assert_eq!(dfs(g.out().unwrap(), 5, 0, Some(1)).unwrap(), vec![0, 2, 1]);
     }
 
     #[test]
@@ -657,32 +717,35 @@ mod tests {
     #[test]
     fn reachable_lists_the_source_only_on_a_cycle() {
         let one_edge = graph(2, &[(0, 1, 1.0)]);
-        assert_eq!(reachable(&one_edge, true, 0), vec![1]);
-        assert_eq!(reachable(&one_edge, false, 0), vec![1]); // 0-1-0 walks one edge twice
-        assert_eq!(reachable(&one_edge, false, 1), vec![0]);
+        assert_eq!(reachable(&one_edge, true, 0).unwrap(), vec![1]);
+        assert_eq!(reachable(&one_edge, false, 0).unwrap(), vec![1]); // 0-1-0 walks one edge twice
+        assert_eq!(reachable(&one_edge, false, 1).unwrap(), vec![0]);
         let both_ways = graph(2, &[(0, 1, 1.0), (1, 0, 1.0)]);
-        assert_eq!(reachable(&both_ways, true, 0), vec![0, 1]);
-        assert_eq!(reachable(&both_ways, false, 0), vec![0, 1]); // two relationships: a cycle
+        assert_eq!(reachable(&both_ways, true, 0).unwrap(), vec![0, 1]);
+        assert_eq!(reachable(&both_ways, false, 0).unwrap(), vec![0, 1]); // two relationships: a cycle
         let parallel = graph(2, &[(0, 1, 1.0), (0, 1, 2.0)]);
-        assert_eq!(reachable(&parallel, true, 0), vec![1]);
-        assert_eq!(reachable(&parallel, false, 1), vec![0, 1]);
+        assert_eq!(reachable(&parallel, true, 0).unwrap(), vec![1]);
+        assert_eq!(reachable(&parallel, false, 1).unwrap(), vec![0, 1]);
         let self_loop = graph(2, &[(0, 0, 1.0), (0, 1, 1.0)]);
-        assert_eq!(reachable(&self_loop, true, 0), vec![0, 1]);
-        assert_eq!(reachable(&self_loop, false, 0), vec![0, 1]);
-        assert_eq!(reachable(&self_loop, false, 1), vec![0]);
+        assert_eq!(reachable(&self_loop, true, 0).unwrap(), vec![0, 1]);
+        assert_eq!(reachable(&self_loop, false, 0).unwrap(), vec![0, 1]);
+        assert_eq!(reachable(&self_loop, false, 1).unwrap(), vec![0]);
         // A triangle hanging off a path: 0-1, 1-2, 2-3, 3-1.
         let g = graph(4, &[(0, 1, 1.0), (1, 2, 1.0), (2, 3, 1.0), (3, 1, 1.0)]);
-        assert_eq!(reachable(&g, false, 0), vec![1, 2, 3]);
-        assert_eq!(reachable(&g, false, 1), vec![0, 1, 2, 3]);
-        assert_eq!(reachable(&g, false, 3), vec![0, 1, 2, 3]);
-        assert_eq!(reachable(&g, true, 0), vec![1, 2, 3]);
-        assert_eq!(reachable(&g, true, 2), vec![1, 2, 3]);
+        assert_eq!(reachable(&g, false, 0).unwrap(), vec![1, 2, 3]);
+        assert_eq!(reachable(&g, false, 1).unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(reachable(&g, false, 3).unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(reachable(&g, true, 0).unwrap(), vec![1, 2, 3]);
+        assert_eq!(reachable(&g, true, 2).unwrap(), vec![1, 2, 3]);
         // A star: no cycle anywhere.
         let star = graph(5, &[(0, 1, 1.0), (2, 0, 1.0), (0, 3, 1.0), (4, 0, 1.0)]);
-        assert_eq!(reachable(&star, false, 0), vec![1, 2, 3, 4]);
-        assert_eq!(reachable(&star, false, 1), vec![0, 2, 3, 4]);
-        assert_eq!(reachable(&star, true, 0), vec![1, 3]);
-        assert_eq!(reachable(&graph(1, &[]), false, 0), Vec::<u32>::new());
+        assert_eq!(reachable(&star, false, 0).unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(reachable(&star, false, 1).unwrap(), vec![0, 2, 3, 4]);
+        assert_eq!(reachable(&star, true, 0).unwrap(), vec![1, 3]);
+        assert_eq!(
+            reachable(&graph(1, &[]), false, 0).unwrap(),
+            Vec::<u32>::new()
+        );
     }
 
     #[test]
@@ -697,25 +760,66 @@ mod tests {
                 (3, 3, 1.0),
             ],
         );
-        assert!(has_cycle(&g));
-        let mut all = cycles(&g, 100);
+        assert!(has_cycle(&g).unwrap());
+        let mut all = cycles(&g, 100).unwrap();
         all.sort();
         assert_eq!(all, vec![vec![0, 1], vec![0, 1, 2], vec![3]]);
-        assert_eq!(cycles(&g, 1).len(), 1);
-        assert!(!has_cycle(&graph(
-            3,
-            &[(0, 1, 1.0), (1, 2, 1.0), (0, 2, 1.0)]
-        )));
+        assert_eq!(cycles(&g, 1).unwrap().len(), 1);
+        assert!(!has_cycle(&graph(3, &[(0, 1, 1.0), (1, 2, 1.0), (0, 2, 1.0)])).unwrap());
+    }
+
+    /// A graph whose per-node buffers cannot be allocated: every algorithm returns a
+    /// `CoreError::Graph` "out of memory" instead of aborting the process.
+    #[test]
+    fn buffers_sized_by_a_graph_too_large_for_memory_are_graph_errors() {
+        let n = usize::MAX / 16;
+        let mut huge = Snapshot::default();
+        huge.n = n;
+        let out_of_memory = |result: CoreResult<()>, what: &str| match result {
+            Err(CoreError::Graph(m)) => assert!(m.starts_with("out of memory: "), "{what}: {m}"),
+            other => panic!("{what}: {other:?}"),
+        };
+        let empty = Adjacency::default();
+        out_of_memory(bfs(&empty, n, 0, None).map(drop), "bfs");
+        out_of_memory(dfs(&empty, n, 0, None).map(drop), "dfs");
+        out_of_memory(huge.out().map(drop), "out view");
+        out_of_memory(huge.out().map(drop), "out view, again"); // no half-built view kept
+        out_of_memory(huge.undirected().map(drop), "undirected view");
+        out_of_memory(dijkstra(&huge, true, 0, None).map(drop), "dijkstra");
+        out_of_memory(reachable(&huge, false, 0).map(drop), "reachable");
+        out_of_memory(transitive_closure(&huge).map(drop), "closure");
+        out_of_memory(has_cycle(&huge).map(drop), "has_cycle");
+        out_of_memory(cycles(&huge, 1).map(drop), "cycles");
+        out_of_memory(strongly_connected(&huge).map(drop), "components");
+        out_of_memory(neighborhood(&huge, true, 0, 1).map(drop), "neighborhood");
+        let degrees = degree_centrality(n, std::iter::empty(), DegreeMode::Total, true);
+        out_of_memory(degrees.map(drop), "degrees");
+        let betweenness = crate::graph::betweenness::betweenness(&huge, true, false, true, None);
+        out_of_memory(betweenness.map(drop), "betweenness");
+        use crate::graph::community;
+        out_of_memory(community::louvain(n, &[], 1.0, 0).map(drop), "louvain");
+        out_of_memory(
+            community::label_propagation(n, &[], 0, 1).map(drop),
+            "label propagation",
+        );
+        out_of_memory(
+            community::modularity(n, &[], &[], 1.0).map(drop),
+            "modularity",
+        );
     }
 
     #[test]
     fn closure_and_degrees() {
         let g = graph(3, &[(0, 1, 1.0), (1, 2, 1.0)]);
-        assert_eq!(transitive_closure(&g), vec![vec![1, 2], vec![2], vec![]]);
-        let d = degree_centrality(3, [(0, 1), (1, 2)].into_iter(), DegreeMode::Total, true);
+        assert_eq!(
+            transitive_closure(&g).unwrap(),
+            vec![vec![1, 2], vec![2], vec![]]
+        );
+        let d =
+            degree_centrality(3, [(0, 1), (1, 2)].into_iter(), DegreeMode::Total, true).unwrap();
         assert_eq!(d, vec![0.5, 1.0, 0.5]);
         assert_eq!(
-            degree_centrality(1, std::iter::empty(), DegreeMode::In, true),
+            degree_centrality(1, std::iter::empty(), DegreeMode::In, true).unwrap(),
             vec![1.0]
         );
     }

@@ -9,7 +9,8 @@ use std::collections::BinaryHeap;
 use rayon::prelude::*;
 
 use super::algo::PARALLEL_SOURCES;
-use super::csr::Snapshot;
+use super::alloc::{collected, filled, with_capacity};
+use super::csr::{Adjacency, Snapshot};
 use crate::errors::{CoreError, CoreResult};
 
 /// Everything the passes know about one node, packed so one cache line serves a visit.
@@ -72,14 +73,18 @@ impl PartialOrd for Item {
 }
 
 impl Scratch {
-    fn new(n: usize) -> Scratch {
-        Scratch {
-            nodes: vec![UNSEEN; n],
-            order: Vec::with_capacity(n),
+    /// Buffers for a graph of `n` nodes.
+    ///
+    /// # Errors
+    /// [`CoreError::Graph`] when they do not fit in memory.
+    fn new(n: usize) -> CoreResult<Scratch> {
+        Ok(Scratch {
+            nodes: filled(n, UNSEEN, "the betweenness scratch")?,
+            order: with_capacity(n, "the betweenness scratch")?,
             touched: Vec::new(),
             dag: Vec::new(),
             heap: BinaryHeap::new(),
-        }
+        })
     }
 
     /// Resets only what the last source touched.
@@ -98,14 +103,7 @@ impl Scratch {
 /// The forward pass records the shortest-path DAG's edges in discovery order; walking that
 /// list backwards meets every child's edges before its parents', so each dependency is final
 /// when it is passed on, and no neighbour list is scanned twice.
-fn accumulate_unweighted(
-    g: &Snapshot,
-    directed: bool,
-    s: u32,
-    sc: &mut Scratch,
-    scores: &mut [f64],
-) {
-    let fwd = g.view(directed);
+fn accumulate_unweighted(fwd: &Adjacency, s: u32, sc: &mut Scratch, scores: &mut [f64]) {
     sc.reset();
     let nodes = &mut sc.nodes;
     nodes[s as usize].hops = 0;
@@ -145,9 +143,15 @@ fn accumulate_unweighted(
 /// A node's shortest-path predecessors are the nodes settled before it whose distance plus
 /// the weight between them equals its own: exactly the ones whose counts its `sigma` summed
 /// (a distance is compared as a float, so a weight lost to rounding, or two paths that both
-/// overflow to inf, do not make a node its own descendant's predecessor).
-fn accumulate_weighted(g: &Snapshot, directed: bool, s: u32, sc: &mut Scratch, scores: &mut [f64]) {
-    let (fwd, back) = (g.view(directed), g.reverse_view(directed));
+/// overflow to inf, do not make a node its own descendant's predecessor). `back` is the
+/// reverse of `fwd`.
+fn accumulate_weighted(
+    fwd: &Adjacency,
+    back: &Adjacency,
+    s: u32,
+    sc: &mut Scratch,
+    scores: &mut [f64],
+) {
     sc.reset();
     let nodes = &mut sc.nodes;
     nodes[s as usize].dist = 0.0;
@@ -216,8 +220,9 @@ fn accumulate_weighted(g: &Snapshot, directed: bool, s: u32, sc: &mut Scratch, s
 /// estimate as networkx's `k=` does. Weighted runs refuse non-positive weights.
 ///
 /// # Errors
-/// [`CoreError::Graph`] when `sources` is an empty sample, or a weighted run meets a
-/// non-positive weight.
+/// [`CoreError::Graph`] when `sources` is an empty sample, a weighted run meets a
+/// non-positive weight, or the per-thread buffers (two rows of one slot per node) do not fit
+/// in memory.
 pub fn betweenness(
     g: &Snapshot,
     directed: bool,
@@ -245,47 +250,50 @@ pub fn betweenness(
     // Unit weights give the same shortest paths as hop counts, at BFS cost.
     let weighted = weighted && !g.unit_weights;
     let sampled = sources.is_some();
+    // The views are built here, once, rather than raced for by the parallel workers.
+    let fwd = g.view(directed)?;
+    let back = if weighted {
+        Some(g.reverse_view(directed)?)
+    } else {
+        None
+    };
     let all: Vec<u32>;
     let sources = match sources {
         Some(s) => s,
         None => {
-            all = (0..n as u32).collect();
+            all = collected(0..n as u32, "the betweenness sources")?;
             &all
         }
     };
-    // The views are built here, once, rather than raced for by the parallel workers.
-    let _ = g.view(directed);
-    if weighted {
-        let _ = g.reverse_view(directed);
-    }
-    let run = |sc: &mut Scratch, scores: &mut Vec<f64>, s: u32| {
-        if weighted {
-            accumulate_weighted(g, directed, s, sc, scores);
-        } else {
-            accumulate_unweighted(g, directed, s, sc, scores);
-        }
+    let run = |sc: &mut Scratch, scores: &mut Vec<f64>, s: u32| match back {
+        Some(back) => accumulate_weighted(fwd, back, s, sc, scores),
+        None => accumulate_unweighted(fwd, s, sc, scores),
+    };
+    let buffers = || -> CoreResult<(Scratch, Vec<f64>)> {
+        Ok((Scratch::new(n)?, filled(n, 0.0, "the betweenness scores")?))
     };
     let mut scores = if sources.len() >= PARALLEL_SOURCES {
-        sources
+        // Each worker's buffers are allocated as its share starts: a share whose buffers do
+        // not fit skips its sources, and the run fails with that error.
+        let partial = sources
             .par_iter()
-            .fold(
-                || (Scratch::new(n), vec![0.0; n]),
-                |(mut sc, mut scores), &s| {
-                    run(&mut sc, &mut scores, s);
-                    (sc, scores)
-                },
-            )
-            .map(|(_, scores)| scores)
-            .reduce(
-                || vec![0.0; n],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            )
+            .fold(buffers, |state, &s| {
+                let (mut sc, mut scores) = state?;
+                run(&mut sc, &mut scores, s);
+                Ok((sc, scores))
+            })
+            .map(|state| state.map(|(_, scores)| scores))
+            .reduce_with(|a, b| {
+                let (mut a, b) = (a?, b?);
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                Ok(a)
+            });
+        match partial {
+            Some(scores) => scores?,
+            None => filled(n, 0.0, "the betweenness scores")?,
+        }
     } else {
-        let mut sc = Scratch::new(n);
-        let mut scores = vec![0.0; n];
+        let (mut sc, mut scores) = buffers()?;
         for &s in sources {
             run(&mut sc, &mut scores, s);
         }
@@ -296,17 +304,25 @@ pub fn betweenness(
         normalized,
         directed,
         sampled.then_some(sources),
-    );
+    )?;
     Ok(scores)
 }
 
 /// networkx's `_rescale` (3.6, endpoints excluded): exact runs divide by the number of
 /// ordered pairs; sampled runs scale source and non-source nodes differently, so that the
 /// estimate is unbiased (a single source leaves its own score undefined: NaN, as there).
-fn rescale(scores: &mut [f64], normalized: bool, directed: bool, sample: Option<&[u32]>) {
+///
+/// # Errors
+/// [`CoreError::Graph`] when the marks of the sampled sources do not fit in memory.
+fn rescale(
+    scores: &mut [f64],
+    normalized: bool,
+    directed: bool,
+    sample: Option<&[u32]>,
+) -> CoreResult<()> {
     let n = scores.len();
     if n < 3 {
-        return; // every score is 0
+        return Ok(()); // every score is 0
     }
     let pairs_per_source = (n - 2) as f64; // N - 1 with N = n - 1
     let correction = if directed { 1.0 } else { 2.0 };
@@ -317,7 +333,7 @@ fn rescale(scores: &mut [f64], normalized: bool, directed: bool, sample: Option<
             1.0 / correction
         };
         scores.iter_mut().for_each(|x| *x *= scale);
-        return;
+        return Ok(());
     };
     let k = sample.len() as f64;
     let (source_scale, other_scale) = if normalized {
@@ -334,13 +350,14 @@ fn rescale(scores: &mut [f64], normalized: bool, directed: bool, sample: Option<
     } else {
         f64::NAN
     };
-    let mut is_source = vec![false; n];
+    let mut is_source = filled(n, false, "the sampled sources' marks")?;
     for &s in sample {
         is_source[s as usize] = true;
     }
     for (x, source) in scores.iter_mut().zip(is_source) {
         *x *= if source { source_scale } else { other_scale };
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,12 @@
 //! Community detection on the undirected view: Louvain (with resolution) and asynchronous
 //! label propagation. Parallel relationships add their weights, as networkx does when it
 //! runs these on a multigraph.
+//!
+//! Every buffer sized by the graph is allocated fallibly: a graph too large for memory is a
+//! [`crate::errors::CoreError::Graph`], never an abort.
+
+use super::alloc::{collected, filled, reserve, with_capacity};
+use crate::errors::CoreResult;
 
 /// A small seeded generator (splitmix64): node orders and tie-breaks are reproducible.
 pub struct SplitMix(u64);
@@ -46,9 +52,22 @@ struct WeightedGraph {
 }
 
 impl WeightedGraph {
-    fn from_edges(n: usize, edges: impl Iterator<Item = (u32, u32, f64)>) -> WeightedGraph {
-        let mut self_loops = vec![0.0; n];
+    /// The graph of `n` nodes and `edges`.
+    ///
+    /// # Errors
+    /// [`crate::errors::CoreError::Graph`] when it does not fit in memory.
+    fn from_edges(
+        n: usize,
+        edges: impl Iterator<Item = (u32, u32, f64)>,
+    ) -> CoreResult<WeightedGraph> {
+        let mut self_loops = filled(n, 0.0, "the community graph")?;
         let mut half: Vec<(u32, u32, f64)> = Vec::new();
+        // Both halves of every edge (self-loops aside, which take none).
+        reserve(
+            &mut half,
+            edges.size_hint().0.saturating_mul(2),
+            "the community graph's edges",
+        )?;
         for (a, b, w) in edges {
             if a == b {
                 self_loops[a as usize] += w;
@@ -58,9 +77,9 @@ impl WeightedGraph {
             }
         }
         half.sort_unstable_by_key(|&(a, b, _)| (a, b));
-        let mut offsets = vec![0usize; n + 1];
-        let mut targets = Vec::with_capacity(half.len());
-        let mut weights: Vec<f64> = Vec::with_capacity(half.len());
+        let mut offsets = filled(n + 1, 0usize, "the community graph")?;
+        let mut targets = with_capacity(half.len(), "the community graph's edges")?;
+        let mut weights: Vec<f64> = with_capacity(half.len(), "the community graph's edges")?;
         let mut last: Option<(u32, u32)> = None;
         for (a, b, w) in half {
             if last == Some((a, b)) {
@@ -77,20 +96,20 @@ impl WeightedGraph {
         for i in 0..n {
             offsets[i + 1] += offsets[i];
         }
-        let mut degree = vec![0.0; n];
+        let mut degree = filled(n, 0.0, "the community graph")?;
         for v in 0..n {
             degree[v] =
                 weights[offsets[v]..offsets[v + 1]].iter().sum::<f64>() + 2.0 * self_loops[v];
         }
         let total = degree.iter().sum::<f64>() / 2.0;
-        WeightedGraph {
+        Ok(WeightedGraph {
             offsets,
             targets,
             weights,
             self_loops,
             degree,
             total,
-        }
+        })
     }
 
     fn n(&self) -> usize {
@@ -107,13 +126,16 @@ impl WeightedGraph {
 }
 
 /// networkx's modularity of a partition (`community[v]` = community id of node v).
-fn modularity_of(g: &WeightedGraph, community: &[usize], resolution: f64) -> f64 {
+///
+/// # Errors
+/// [`crate::errors::CoreError::Graph`] when the per-community sums do not fit in memory.
+fn modularity_of(g: &WeightedGraph, community: &[usize], resolution: f64) -> CoreResult<f64> {
     if g.total <= 0.0 {
-        return 0.0;
+        return Ok(0.0);
     }
     let count = community.iter().copied().max().map_or(0, |c| c + 1);
-    let mut internal = vec![0.0; count];
-    let mut degree = vec![0.0; count];
+    let mut internal = filled(count, 0.0, "the modularity sums")?;
+    let mut degree = filled(count, 0.0, "the modularity sums")?;
     for v in 0..g.n() {
         let c = community[v];
         degree[c] += g.degree[v];
@@ -125,33 +147,36 @@ fn modularity_of(g: &WeightedGraph, community: &[usize], resolution: f64) -> f64
         }
     }
     let m = g.total;
-    internal
+    Ok(internal
         .iter()
         .zip(&degree)
         .map(|(l, k)| l / m - resolution * (k / (2.0 * m)).powi(2))
-        .sum()
+        .sum())
 }
 
 /// Moves nodes between communities while modularity improves; returns whether any moved.
+///
+/// # Errors
+/// [`crate::errors::CoreError::Graph`] when its per-node buffers do not fit in memory.
 fn local_moving(
     g: &WeightedGraph,
     community: &mut [usize],
     resolution: f64,
     rng: &mut SplitMix,
-) -> bool {
+) -> CoreResult<bool> {
     let n = g.n();
     let two_m = 2.0 * g.total;
-    let mut totals = vec![0.0; n];
-    let mut sizes = vec![0usize; n];
+    let mut totals = filled(n, 0.0, "the community totals")?;
+    let mut sizes = filled(n, 0usize, "the community sizes")?;
     for v in 0..n {
         totals[community[v]] += g.degree[v];
         sizes[community[v]] += 1;
     }
     // Community ids with no member: where a node goes to stand alone.
     let mut empty: Vec<usize> = (0..n).filter(|&c| sizes[c] == 0).collect();
-    let mut order: Vec<usize> = (0..n).collect();
+    let mut order: Vec<usize> = collected(0..n, "the node order")?;
     rng.shuffle(&mut order);
-    let mut link = vec![0.0; n];
+    let mut link = filled(n, 0.0, "the community links")?;
     let mut touched: Vec<usize> = Vec::new();
     let mut any_move = false;
     loop {
@@ -204,12 +229,15 @@ fn local_moving(
         }
         any_move = true;
     }
-    any_move
+    Ok(any_move)
 }
 
 /// Renumbers community ids to 0..count in order of first appearance.
-fn renumber(community: &mut [usize]) -> usize {
-    let mut map = vec![usize::MAX; community.len()];
+///
+/// # Errors
+/// [`crate::errors::CoreError::Graph`] when the renumbering table does not fit in memory.
+fn renumber(community: &mut [usize]) -> CoreResult<usize> {
+    let mut map = filled(community.len(), usize::MAX, "the community renumbering")?;
     let mut next = 0;
     for c in community.iter_mut() {
         if map[*c] == usize::MAX {
@@ -218,7 +246,7 @@ fn renumber(community: &mut [usize]) -> usize {
         }
         *c = map[*c];
     }
-    next
+    Ok(next)
 }
 
 /// Graphs up to this many nodes run Louvain from several node orders and keep the best.
@@ -230,12 +258,16 @@ const SMALL_GRAPH_TRIES: u64 = 8;
 ///
 /// Louvain's result depends on the order nodes are visited; on small graphs that variance is
 /// largest and a run costs microseconds, so they keep the best of several seeded orders.
+///
+/// # Errors
+/// [`crate::errors::CoreError::Graph`] when its buffers (a few slots per node and per relationship) do not
+/// fit in memory.
 pub fn louvain(
     n: usize,
     edges: &[(u32, u32, f64)],
     resolution: f64,
     seed: u64,
-) -> (Vec<Vec<u32>>, f64) {
+) -> CoreResult<(Vec<Vec<u32>>, f64)> {
     let tries = if n <= SMALL_GRAPH {
         SMALL_GRAPH_TRIES
     } else {
@@ -243,36 +275,43 @@ pub fn louvain(
     };
     let mut best: Option<(Vec<Vec<u32>>, f64)> = None;
     for attempt in 0..tries {
-        let found = louvain_once(n, edges, resolution, seed.wrapping_add(attempt));
+        let found = louvain_once(n, edges, resolution, seed.wrapping_add(attempt))?;
         if best.as_ref().is_none_or(|(_, q)| found.1 > *q + 1e-12) {
             best = Some(found);
         }
     }
-    best.unwrap_or_default()
+    Ok(best.unwrap_or_default())
 }
 
+/// One Louvain run from the node order `seed` gives.
+///
+/// # Errors
+/// As [`louvain`].
 fn louvain_once(
     n: usize,
     edges: &[(u32, u32, f64)],
     resolution: f64,
     seed: u64,
-) -> (Vec<Vec<u32>>, f64) {
-    let original = WeightedGraph::from_edges(n, edges.iter().copied());
+) -> CoreResult<(Vec<Vec<u32>>, f64)> {
+    let original = WeightedGraph::from_edges(n, edges.iter().copied())?;
     let mut rng = SplitMix::new(seed);
     // `membership[v]` = community of original node v, refined level by level.
-    let mut membership: Vec<usize> = (0..n).collect();
-    let mut level = WeightedGraph::from_edges(n, edges.iter().copied());
+    let mut membership: Vec<usize> = collected(0..n, "the community membership")?;
+    let mut level = WeightedGraph::from_edges(n, edges.iter().copied())?;
     loop {
-        let mut community: Vec<usize> = (0..level.n()).collect();
-        if !local_moving(&level, &mut community, resolution, &mut rng) {
+        let mut community: Vec<usize> = collected(0..level.n(), "the community membership")?;
+        if !local_moving(&level, &mut community, resolution, &mut rng)? {
             break;
         }
-        let count = renumber(&mut community);
+        let count = renumber(&mut community)?;
         for m in membership.iter_mut() {
             *m = community[*m];
         }
         // Aggregate: communities become nodes; internal weight becomes a self-loop.
-        let mut edges = Vec::with_capacity(level.targets.len() / 2 + level.n());
+        let mut edges = with_capacity(
+            level.targets.len() / 2 + level.n(),
+            "the aggregated community graph",
+        )?;
         for v in 0..level.n() {
             let cv = community[v] as u32;
             if level.self_loops[v] != 0.0 {
@@ -284,29 +323,32 @@ fn louvain_once(
                 }
             }
         }
-        level = WeightedGraph::from_edges(count, edges.into_iter());
+        level = WeightedGraph::from_edges(count, edges.into_iter())?;
         if count == 1 {
             break;
         }
     }
-    let count = renumber(&mut membership);
-    let mut communities = vec![Vec::new(); count];
+    let count = renumber(&mut membership)?;
+    let mut communities = filled(count, Vec::new(), "the communities")?;
     for (v, &c) in membership.iter().enumerate() {
         communities[c].push(v as u32);
     }
-    let q = modularity_of(&original, &membership, resolution);
-    (communities, q)
+    let q = modularity_of(&original, &membership, resolution)?;
+    Ok((communities, q))
 }
 
 /// Modularity of a given partition (lists of node indices) on the undirected view.
+///
+/// # Errors
+/// As [`louvain`].
 pub fn modularity(
     n: usize,
     edges: &[(u32, u32, f64)],
     communities: &[Vec<u32>],
     resolution: f64,
-) -> f64 {
-    let g = WeightedGraph::from_edges(n, edges.iter().copied());
-    let mut membership = vec![0usize; n];
+) -> CoreResult<f64> {
+    let g = WeightedGraph::from_edges(n, edges.iter().copied())?;
+    let mut membership = filled(n, 0usize, "the community membership")?;
     for (c, members) in communities.iter().enumerate() {
         for &v in members {
             membership[v as usize] = c;
@@ -317,17 +359,20 @@ pub fn modularity(
 
 /// Asynchronous label propagation (weighted, seeded): every node ends with a label carried
 /// by the largest weight among its neighbours. Communities as sorted node-index lists.
+///
+/// # Errors
+/// As [`louvain`].
 pub fn label_propagation(
     n: usize,
     edges: &[(u32, u32, f64)],
     seed: u64,
     max_rounds: usize,
-) -> Vec<Vec<u32>> {
-    let g = WeightedGraph::from_edges(n, edges.iter().copied());
-    let mut label: Vec<usize> = (0..n).collect();
+) -> CoreResult<Vec<Vec<u32>>> {
+    let g = WeightedGraph::from_edges(n, edges.iter().copied())?;
+    let mut label: Vec<usize> = collected(0..n, "the labels")?;
     let mut rng = SplitMix::new(seed);
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut weight_of = vec![0.0; n];
+    let mut order: Vec<usize> = collected(0..n, "the node order")?;
+    let mut weight_of = filled(n, 0.0, "the label weights")?;
     let mut touched = Vec::new();
     let mut best = Vec::new();
     for _ in 0..max_rounds {
@@ -359,13 +404,12 @@ pub fn label_propagation(
             break;
         }
     }
-    renumber(&mut label);
-    let count = label.iter().copied().max().map_or(0, |c| c + 1);
-    let mut communities = vec![Vec::new(); count];
+    let count = renumber(&mut label)?;
+    let mut communities = filled(count, Vec::new(), "the communities")?;
     for (v, &c) in label.iter().enumerate() {
         communities[c].push(v as u32);
     }
-    communities
+    Ok(communities)
 }
 
 #[cfg(test)]
@@ -381,16 +425,16 @@ mod tests {
 
     #[test]
     fn louvain_splits_two_triangles() {
-        let (communities, q) = louvain(6, &two_triangles(), 1.0, 7);
+        let (communities, q) = louvain(6, &two_triangles(), 1.0, 7).unwrap();
         assert_eq!(communities, vec![vec![0, 1, 2], vec![3, 4, 5]]);
         // networkx: modularity of this split is 5/14.
         assert!((q - 5.0 / 14.0).abs() < 1e-12);
-        assert!((modularity(6, &two_triangles(), &communities, 1.0) - q).abs() < 1e-12);
+        assert!((modularity(6, &two_triangles(), &communities, 1.0).unwrap() - q).abs() < 1e-12);
     }
 
     #[test]
     fn label_propagation_partitions_every_node() {
-        let communities = label_propagation(6, &two_triangles(), 3, 100);
+        let communities = label_propagation(6, &two_triangles(), 3, 100).unwrap();
         let mut all: Vec<u32> = communities.concat();
         all.sort_unstable();
         assert_eq!(all, vec![0, 1, 2, 3, 4, 5]);

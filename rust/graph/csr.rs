@@ -15,8 +15,11 @@
 
 use std::sync::{Arc, OnceLock};
 
+use parking_lot::Mutex;
+
+use super::alloc::{filled, reserve};
 use super::store::{EdgeList, Store};
-use crate::errors::{try_filled, try_reserve, CoreResult};
+use crate::errors::CoreResult;
 
 /// One direction of adjacency in compressed sparse row form.
 #[derive(Debug, Default, Clone)]
@@ -29,14 +32,17 @@ pub struct Adjacency {
 impl Adjacency {
     /// Builds the `direction` view of `edges` (`(from, to, weight)`, every index below `n`),
     /// whose degrees are `degrees`.
+    ///
+    /// # Errors
+    /// [`crate::errors::CoreError::Graph`] when the view does not fit in memory.
     fn build(
         n: usize,
         edges: &[(u32, u32, f64)],
         degrees: &Degrees,
         direction: Direction,
-    ) -> Adjacency {
+    ) -> CoreResult<Adjacency> {
         // The half-edges leaving each row, then (exclusive prefix sum) where each row starts.
-        let mut offsets = vec![0u32; n + 1];
+        let mut offsets = filled(n + 1, 0u32, "an adjacency view's row offsets")?;
         match direction {
             Direction::Out => offsets[..n].copy_from_slice(&degrees.out),
             Direction::In => offsets[..n].copy_from_slice(&degrees.incoming),
@@ -60,8 +66,8 @@ impl Adjacency {
         offsets[n] = sum;
         // Stable placement: each row fills in the order its half-edges come. The row starts
         // serve as cursors, which end where the next row starts: shifted back afterwards.
-        let mut targets = vec![0u32; sum as usize];
-        let mut weights = vec![0f64; sum as usize];
+        let mut targets = filled(sum as usize, 0u32, "an adjacency view's neighbours")?;
+        let mut weights = filled(sum as usize, 0f64, "an adjacency view's weights")?;
         for_each_half_edge(edges, direction, |s, t, w| {
             let slot = &mut offsets[s as usize];
             targets[*slot as usize] = t;
@@ -70,12 +76,12 @@ impl Adjacency {
         });
         offsets.copy_within(0..n, 1);
         offsets[0] = 0;
-        collapse_parallel(&mut offsets, &mut targets, &mut weights);
-        Adjacency {
+        collapse_parallel(&mut offsets, &mut targets, &mut weights)?;
+        Ok(Adjacency {
             offsets,
             targets,
             weights,
-        }
+        })
     }
 
     /// Neighbours of `v` and the (smallest) weight to each.
@@ -108,16 +114,19 @@ pub struct RelationshipRows {
 impl RelationshipRows {
     /// Places every relationship of `edges` in the row of its source (a stable counting
     /// sort: O(n + m), rows in relationship order); `out_degrees` are the row lengths.
-    fn build(edges: &[(u32, u32, f64)], out_degrees: &[u32]) -> RelationshipRows {
+    ///
+    /// # Errors
+    /// [`crate::errors::CoreError::Graph`] when the rows do not fit in memory.
+    fn build(edges: &[(u32, u32, f64)], out_degrees: &[u32]) -> CoreResult<RelationshipRows> {
         let n = out_degrees.len();
-        let mut offsets = vec![0u32; n + 1];
+        let mut offsets = filled(n + 1, 0u32, "the relationship rows' offsets")?;
         let mut sum = 0u32;
         for (offset, &count) in offsets.iter_mut().zip(out_degrees) {
             *offset = sum;
             sum += count;
         }
         offsets[n] = sum;
-        let mut indices = vec![0u32; sum as usize];
+        let mut indices = filled(sum as usize, 0u32, "the relationship rows")?;
         for (i, &(from, _, _)) in edges.iter().enumerate() {
             let slot = &mut offsets[from as usize];
             indices[*slot as usize] = i as u32;
@@ -126,7 +135,7 @@ impl RelationshipRows {
         // The row starts served as cursors, which now end where the next row starts.
         offsets.copy_within(0..n, 1);
         offsets[0] = 0;
-        RelationshipRows { offsets, indices }
+        Ok(RelationshipRows { offsets, indices })
     }
 
     /// The indices of the relationships leaving `v`, in insertion order.
@@ -139,11 +148,19 @@ impl RelationshipRows {
 /// Collapses the repeated targets of each row into their first position with the smallest
 /// weight, and closes the gaps. In place: a row only ever moves towards the front, and
 /// nothing is written before the first repeat.
-fn collapse_parallel(offsets: &mut [u32], targets: &mut Vec<u32>, weights: &mut Vec<f64>) {
+///
+/// # Errors
+/// [`crate::errors::CoreError::Graph`] when its scratch row (one slot per node) does not fit
+/// in memory.
+fn collapse_parallel(
+    offsets: &mut [u32],
+    targets: &mut Vec<u32>,
+    weights: &mut Vec<f64>,
+) -> CoreResult<()> {
     let n = offsets.len() - 1;
     // written[t] is 1 + where `t` was last written (0: never). Positions only grow, so `t` is
     // already in the current row exactly when that position is at or past the row's start.
-    let mut written = vec![0u32; n];
+    let mut written = filled(n, 0u32, "the parallel-relationship scan")?;
     // Scan the targets alone until a row repeats one: the rows before it are final as they
     // are (most graphs have no parallel edges at all, and end here).
     let (mut row, mut read) = (0usize, 0usize);
@@ -160,7 +177,7 @@ fn collapse_parallel(offsets: &mut [u32], targets: &mut Vec<u32>, weights: &mut 
         row += 1;
     }
     if row == n {
-        return;
+        return Ok(());
     }
     // From the first repeat on, compact: `write` trails `read`.
     let mut write = read;
@@ -189,6 +206,7 @@ fn collapse_parallel(offsets: &mut [u32], targets: &mut Vec<u32>, weights: &mut 
     }
     targets.truncate(write);
     weights.truncate(write);
+    Ok(())
 }
 
 /// Which half-edges of a relationship list a view is made of.
@@ -246,16 +264,16 @@ impl SnapshotBuilder {
     /// A builder for `n` entities, with room for `relationships` relationships.
     ///
     /// # Errors
-    /// [`crate::errors::CoreError::Memory`] when that does not fit in memory.
+    /// [`crate::errors::CoreError::Graph`] when that does not fit in memory.
     pub fn new(n: usize, relationships: usize) -> CoreResult<SnapshotBuilder> {
         let mut edges = Vec::new();
-        try_reserve(&mut edges, relationships, "graph snapshot")?;
+        reserve(&mut edges, relationships, "graph snapshot")?;
         Ok(SnapshotBuilder {
             n,
             edges,
             degrees: Degrees {
-                out: try_filled(n, 0, "graph snapshot")?,
-                incoming: try_filled(n, 0, "graph snapshot")?,
+                out: filled(n, 0, "graph snapshot")?,
+                incoming: filled(n, 0, "graph snapshot")?,
                 loops: Vec::new(),
             },
             has_negative_weight: false,
@@ -299,6 +317,7 @@ impl SnapshotBuilder {
             incoming: OnceLock::new(),
             undirected: OnceLock::new(),
             out_relationships: OnceLock::new(),
+            building: Mutex::new(()),
             has_negative_weight: self.has_negative_weight,
             unit_weights: self.unit_weights,
         }
@@ -319,6 +338,9 @@ pub struct Snapshot {
     incoming: OnceLock<Adjacency>,
     undirected: OnceLock<Adjacency>,
     out_relationships: OnceLock<RelationshipRows>,
+    /// Held while a view is built: a view is built once, by the first query that needs it,
+    /// while later ones wait for it (a failed build leaves the cell empty for the next try).
+    building: Mutex<()>,
     /// Whether any relationship has a negative weight (Dijkstra refuses them).
     pub has_negative_weight: bool,
     /// Whether every weight equals 1 (weighted algorithms may then take the BFS path).
@@ -329,7 +351,7 @@ impl Snapshot {
     /// Builds the snapshot of `store`. O(n + m); the views come on first use.
     ///
     /// # Errors
-    /// [`crate::errors::CoreError::Memory`] when it does not fit in memory.
+    /// [`crate::errors::CoreError::Graph`] when it does not fit in memory.
     pub fn build(store: &Store) -> CoreResult<Snapshot> {
         let n = store.entity_count();
         if let Some(edges) = store.plain_edges() {
@@ -358,25 +380,38 @@ impl Snapshot {
         &self.edges
     }
 
-    /// Outgoing neighbours.
-    pub fn out(&self) -> &Adjacency {
+    /// Outgoing neighbours (built on first use).
+    ///
+    /// # Errors
+    /// [`crate::errors::CoreError::Graph`] when the view does not fit in memory.
+    pub fn out(&self) -> CoreResult<&Adjacency> {
         self.view_of(&self.out, Direction::Out)
     }
 
-    /// Incoming neighbours.
-    pub fn incoming(&self) -> &Adjacency {
+    /// Incoming neighbours (built on first use).
+    ///
+    /// # Errors
+    /// As [`Snapshot::out`].
+    pub fn incoming(&self) -> CoreResult<&Adjacency> {
         self.view_of(&self.incoming, Direction::In)
     }
 
-    /// Neighbours ignoring direction.
-    pub fn undirected(&self) -> &Adjacency {
+    /// Neighbours ignoring direction (built on first use).
+    ///
+    /// # Errors
+    /// As [`Snapshot::out`].
+    pub fn undirected(&self) -> CoreResult<&Adjacency> {
         self.view_of(&self.undirected, Direction::Both)
     }
 
     /// The relationships leaving each node, parallel ones kept (built on first use).
-    pub fn out_relationships(&self) -> &RelationshipRows {
-        self.out_relationships
-            .get_or_init(|| RelationshipRows::build(&self.edges, &self.degrees.out))
+    ///
+    /// # Errors
+    /// [`crate::errors::CoreError::Graph`] when the rows do not fit in memory.
+    pub fn out_relationships(&self) -> CoreResult<&RelationshipRows> {
+        self.built_once(&self.out_relationships, || {
+            RelationshipRows::build(&self.edges, &self.degrees.out)
+        })
     }
 
     /// Number of relationships touching `v`, a self-loop once: its degree in the undirected
@@ -391,12 +426,40 @@ impl Snapshot {
         self.degrees.out[v] as usize + self.degrees.incoming[v] as usize - loops
     }
 
-    fn view_of<'a>(&'a self, cell: &'a OnceLock<Adjacency>, direction: Direction) -> &'a Adjacency {
-        cell.get_or_init(|| Adjacency::build(self.n, &self.edges, &self.degrees, direction))
+    fn view_of<'a>(
+        &'a self,
+        cell: &'a OnceLock<Adjacency>,
+        direction: Direction,
+    ) -> CoreResult<&'a Adjacency> {
+        self.built_once(cell, || {
+            Adjacency::build(self.n, &self.edges, &self.degrees, direction)
+        })
+    }
+
+    /// The value of `cell`, built by `build` on first use. A build that fails (out of
+    /// memory) leaves the cell empty, so a later query tries again rather than inheriting
+    /// the error; concurrent first uses wait for one build instead of each making its own.
+    fn built_once<'a, T>(
+        &'a self,
+        cell: &'a OnceLock<T>,
+        build: impl FnOnce() -> CoreResult<T>,
+    ) -> CoreResult<&'a T> {
+        if let Some(value) = cell.get() {
+            return Ok(value);
+        }
+        let _building = self.building.lock();
+        if let Some(value) = cell.get() {
+            return Ok(value); // built by the query this one waited for
+        }
+        let built = build()?;
+        Ok(cell.get_or_init(|| built))
     }
 
     /// The forward adjacency of the requested view.
-    pub fn view(&self, directed: bool) -> &Adjacency {
+    ///
+    /// # Errors
+    /// As [`Snapshot::out`].
+    pub fn view(&self, directed: bool) -> CoreResult<&Adjacency> {
         if directed {
             self.out()
         } else {
@@ -405,7 +468,10 @@ impl Snapshot {
     }
 
     /// The adjacency a predecessor walk uses (reverse of `view`).
-    pub fn reverse_view(&self, directed: bool) -> &Adjacency {
+    ///
+    /// # Errors
+    /// As [`Snapshot::out`].
+    pub fn reverse_view(&self, directed: bool) -> CoreResult<&Adjacency> {
         if directed {
             self.incoming()
         } else {
@@ -469,17 +535,20 @@ mod tests {
                 (0, 1, 3.0),
             ],
         );
-        let adj = g.out();
+        let adj = g.out().unwrap();
         assert_eq!(adj.neighbors(0), (&[2u32, 1][..], &[2.0, 1.0][..]));
         assert_eq!(adj.neighbors(1), (&[0u32][..], &[1.0][..]));
         assert_eq!(adj.degree(2), 0);
         assert_eq!(adj.edge_count(), 3);
         // Undirected: 0-1 three times (weights 1, 1, 3), 0-2 twice.
         assert_eq!(
-            g.undirected().neighbors(0),
+            g.undirected().unwrap().neighbors(0),
             (&[2u32, 1][..], &[2.0, 1.0][..])
         );
-        assert_eq!(g.undirected().neighbors(1), (&[0u32][..], &[1.0][..]));
+        assert_eq!(
+            g.undirected().unwrap().neighbors(1),
+            (&[0u32][..], &[1.0][..])
+        );
     }
 
     #[test]
@@ -507,17 +576,23 @@ mod tests {
                 })
                 .collect();
             let g = snapshot(n, &edges);
-            assert_eq!(rows(g.out(), n), reference(n, &edges, Direction::Out));
-            assert_eq!(rows(g.incoming(), n), reference(n, &edges, Direction::In));
             assert_eq!(
-                rows(g.undirected(), n),
+                rows(g.out().unwrap(), n),
+                reference(n, &edges, Direction::Out)
+            );
+            assert_eq!(
+                rows(g.incoming().unwrap(), n),
+                reference(n, &edges, Direction::In)
+            );
+            assert_eq!(
+                rows(g.undirected().unwrap(), n),
                 reference(n, &edges, Direction::Both)
             );
             for v in 0..n {
                 let leaving: Vec<u32> = (0..m as u32)
                     .filter(|&i| edges[i as usize].0 == v as u32)
                     .collect();
-                assert_eq!(g.out_relationships().of(v), leaving.as_slice());
+                assert_eq!(g.out_relationships().unwrap().of(v), leaving.as_slice());
                 let touching = edges
                     .iter()
                     .filter(|e| e.0 == v as u32 || e.1 == v as u32)

@@ -8,6 +8,7 @@
 //! edge list with the store.
 
 pub mod algo;
+pub mod alloc;
 pub mod betweenness;
 pub mod community;
 pub mod csr;
@@ -35,6 +36,10 @@ use community::SplitMix;
 use csr::{Adjacency, Snapshot, SnapshotBuilder};
 use store::{check_weight, IdTable, Relationship, Store};
 
+/// A traversal (`algo::bfs` or `algo::dfs`): adjacency, node count, start and depth limit
+/// to the ids visited, in order.
+type Traversal = fn(&Adjacency, usize, u32, Option<usize>) -> CoreResult<Vec<u32>>;
+
 /// What the algorithms read: a consistent copy of one mutation generation.
 struct Frozen {
     snapshot: Snapshot,
@@ -49,16 +54,19 @@ const FEW_NODES: usize = 8;
 
 impl Frozen {
     fn build(store: &Store) -> CoreResult<Frozen> {
-        Ok(Frozen::of(store, Snapshot::build(store)?))
+        Frozen::of(store, Snapshot::build(store)?)
     }
 
     /// The frozen graph of `store`, whose snapshot is `snapshot`.
-    fn of(store: &Store, snapshot: Snapshot) -> Frozen {
-        Frozen {
+    ///
+    /// # Errors
+    /// [`CoreError::Graph`] when the copy of the ids does not fit in memory.
+    fn of(store: &Store, snapshot: Snapshot) -> CoreResult<Frozen> {
+        Ok(Frozen {
             snapshot,
-            ids: IdTable::of(store),
+            ids: IdTable::of(store)?,
             py_ids: OnceLock::new(),
-        }
+        })
     }
 
     fn py_ids(&self, py: Python<'_>) -> &[Py<PyString>] {
@@ -170,7 +178,7 @@ fn build_numbered(n: u32, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGr
     let kind = store.intern(kind);
     store.add_numbered_entities(n)?;
     store.add_plain_relationships(kind, snapshot.shared_edges());
-    let frozen = Frozen::of(&store, snapshot);
+    let frozen = Frozen::of(&store, snapshot)?;
     Ok(PyGraphStore {
         store: RwLock::new(store),
         frozen: Mutex::new(Some(Arc::new(frozen))),
@@ -249,7 +257,9 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
 ///         negative depth, hop count, round count or seed, a negative or non-finite
 ///         resolution, an empty source list for `betweenness_from`, or a text argument (id,
 ///         label, kind) that is not valid Unicode (a lone surrogate; `in` and `has_entity`
-///         answer False for such an id).
+///         answer False for such an id); and "out of memory" when a graph (or the buffers
+///         an algorithm needs, a few slots per entity) does not fit in memory: the process
+///         goes on, and the graph is left as it was.
 #[pyclass(module = "llm_agent_runtime", name = "GraphStore", frozen)]
 pub struct PyGraphStore {
     store: RwLock<Store>,
@@ -316,7 +326,7 @@ impl PyGraphStore {
     fn traverse<'py>(
         &self,
         py: Python<'py>,
-        walk: fn(&Adjacency, usize, u32, Option<usize>) -> Vec<u32>,
+        walk: Traversal,
         start: &str,
         max_depth: Option<usize>,
         directed: bool,
@@ -325,12 +335,12 @@ impl PyGraphStore {
         let inner = frozen.clone();
         let order = run_detached(py, move || {
             let s = inner.node(start)?;
-            Ok(walk(
-                inner.snapshot.view(directed),
+            walk(
+                inner.snapshot.view(directed)?,
                 inner.snapshot.n,
                 s,
                 max_depth,
-            ))
+            )
         })?;
         frozen.py_list(py, &order)
     }
@@ -483,7 +493,10 @@ impl PyGraphStore {
     /// Args:
     ///     id: Unique id.
     ///     label: Type label, e.g. "person".
-    ///     properties: A JSON-compatible dict (or None).
+    ///     properties: A JSON-compatible dict (or None): str keys; values None, bool, str,
+    ///         int (or an integer type with `__index__`, such as numpy's), finite float (or
+    ///         any `numbers.Real`, such as `numpy.float32`, stored as a float), and lists,
+    ///         tuples and dicts of them.
     ///
     /// Raises:
     ///     GraphError: When the id exists, `properties` is not a dict, a property is not
@@ -811,7 +824,7 @@ impl PyGraphStore {
             let relationships = store.relationships();
             frozen
                 .snapshot
-                .out_relationships()
+                .out_relationships()?
                 .of(v as usize)
                 .iter()
                 .map(|&i| match relationships.get(i as usize) {
@@ -919,7 +932,7 @@ impl PyGraphStore {
         let source: &str = &source;
         let found = run_detached(py, move || {
             let s = inner.node(source)?;
-            Ok(algo::reachable(&inner.snapshot, directed, s))
+            algo::reachable(&inner.snapshot, directed, s)
         })?;
         frozen.py_set(py, &found)
     }
@@ -927,7 +940,7 @@ impl PyGraphStore {
     /// For every entity, the sorted ids reachable from it in one or more hops.
     fn transitive_closure(&self, py: Python<'_>) -> PyResult<BTreeMap<String, Vec<String>>> {
         self.run(py, |f| {
-            let closure = algo::transitive_closure(&f.snapshot);
+            let closure = algo::transitive_closure(&f.snapshot)?;
             let mut out = BTreeMap::new();
             for (v, reach) in closure.into_iter().enumerate() {
                 let mut names = f.names(&reach)?;
@@ -956,8 +969,8 @@ impl PyGraphStore {
             let store = self.store.read();
             let frozen = self.frozen_of(&store)?;
             let s = frozen.node(&id)?;
-            let nodes = algo::neighborhood(&frozen.snapshot, directed, s, hops);
-            Ok(PyGraphStore::from_store(store.induced(&nodes)))
+            let nodes = algo::neighborhood(&frozen.snapshot, directed, s, hops)?;
+            Ok(PyGraphStore::from_store(store.induced(&nodes)?))
         })
     }
 
@@ -976,7 +989,7 @@ impl PyGraphStore {
                     nodes.push(v);
                 }
             }
-            Ok::<_, CoreError>(store.induced(&nodes))
+            store.induced(&nodes)
         })??;
         Ok(PyGraphStore::from_store(store))
     }
@@ -998,12 +1011,12 @@ impl PyGraphStore {
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
         let scores = run_detached(py, move || {
-            Ok(algo::degree_centrality(
+            algo::degree_centrality(
                 inner.snapshot.n,
                 inner.snapshot.edges().iter().map(|&(a, b, _)| (a, b)),
                 mode,
                 normalized,
-            ))
+            )
         })?;
         frozen.py_dict(py, scores.into_iter().enumerate())
     }
@@ -1047,7 +1060,7 @@ impl PyGraphStore {
                             )));
                         }
                     };
-                    let mut all: Vec<u32> = (0..n as u32).collect();
+                    let mut all = alloc::collected(0..n as u32, "the betweenness sample")?;
                     SplitMix::new(seed).shuffle(&mut all);
                     all.truncate(k);
                     Some(all)
@@ -1117,7 +1130,7 @@ impl PyGraphStore {
         self.run(py, |f| {
             f.refuse_negative("community detection")?;
             let (communities, q) =
-                community::louvain(f.snapshot.n, f.snapshot.edges(), resolution, seed);
+                community::louvain(f.snapshot.n, f.snapshot.edges(), resolution, seed)?;
             let names = communities.iter().map(|c| f.names(c));
             Ok((names.collect::<CoreResult<_>>()?, q))
         })
@@ -1134,7 +1147,7 @@ impl PyGraphStore {
         self.run(py, |f| {
             f.refuse_negative("label propagation")?;
             let communities =
-                community::label_propagation(f.snapshot.n, f.snapshot.edges(), seed, max_rounds);
+                community::label_propagation(f.snapshot.n, f.snapshot.edges(), seed, max_rounds)?;
             communities.iter().map(|c| f.names(c)).collect()
         })
     }
@@ -1153,7 +1166,7 @@ impl PyGraphStore {
     ) -> PyResult<f64> {
         self.run(py, |f| {
             let mut parts = Vec::with_capacity(communities.len());
-            let mut seen = vec![false; f.snapshot.n];
+            let mut seen = alloc::filled(f.snapshot.n, false, "the partition's marks")?;
             for community in &communities {
                 let mut part = Vec::with_capacity(community.len());
                 for id in community {
@@ -1172,19 +1185,14 @@ impl PyGraphStore {
                     "the communities must cover every entity".into(),
                 ));
             }
-            Ok(community::modularity(
-                f.snapshot.n,
-                f.snapshot.edges(),
-                &parts,
-                resolution,
-            ))
+            community::modularity(f.snapshot.n, f.snapshot.edges(), &parts, resolution)
         })
     }
 
     // ------------------------------------------------------------------ cycles
     /// Whether the directed graph has a cycle (a self-loop counts).
     fn has_cycle(&self, py: Python<'_>) -> PyResult<bool> {
-        self.run(py, |f| Ok(algo::has_cycle(&f.snapshot)))
+        self.run(py, |f| algo::has_cycle(&f.snapshot))
     }
 
     /// Elementary directed cycles, at most `cap` of them, each starting at its entity that
@@ -1200,7 +1208,7 @@ impl PyGraphStore {
         #[pyo3(from_py_with = cap_arg)] cap: usize,
     ) -> PyResult<Vec<Vec<String>>> {
         self.run(py, |f| {
-            let found = algo::cycles(&f.snapshot, cap);
+            let found = algo::cycles(&f.snapshot, cap)?;
             found.iter().map(|c| f.names(c)).collect()
         })
     }
@@ -1230,7 +1238,7 @@ impl PyGraphStore {
         self.run(py, |f| {
             let (a, b) = (f.node(&from_id)?, f.node(&to_id)?);
             let edges = f.snapshot.edges();
-            let leaving = f.snapshot.out_relationships().of(a as usize);
+            let leaving = f.snapshot.out_relationships()?.of(a as usize);
             Ok(leaving
                 .iter()
                 .filter(|&&i| edges.get(i as usize).is_some_and(|e| e.1 == b))
@@ -1247,7 +1255,7 @@ impl PyGraphStore {
         self.run(py, |f| {
             let v = f.node(&id)?;
             // The out-view row: each neighbour once, whatever the parallel relationships.
-            let mut names = f.names(f.snapshot.out().neighbors(v as usize).0)?;
+            let mut names = f.names(f.snapshot.out()?.neighbors(v as usize).0)?;
             names.sort_unstable();
             Ok(names)
         })
@@ -1284,14 +1292,15 @@ impl PyGraphStore {
 
     /// Number of entities with no relationship in or out.
     fn isolated_entity_count(&self, py: Python<'_>) -> PyResult<usize> {
-        self.read(py, |store| {
-            let mut touched = vec![false; store.entity_count()];
+        let count = self.read(py, |store| {
+            let mut touched = alloc::filled(store.entity_count(), false, "the entities' marks")?;
             for r in store.relationships() {
                 touched[r.from as usize] = true;
                 touched[r.to as usize] = true;
             }
-            touched.iter().filter(|t| !**t).count()
-        })
+            Ok::<_, CoreError>(touched.iter().filter(|t| !**t).count())
+        })?;
+        Ok(count?)
     }
 
     /// Sum of in-degrees (equals the relationship count).

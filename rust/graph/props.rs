@@ -3,19 +3,37 @@
 //! threads freely).
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 use serde_json::{Map, Number, Value};
 
-use crate::args::text_of;
+use crate::args::{self, text_of};
 use crate::errors::{catch_panics, CoreError};
 
 const MAX_DEPTH: usize = 64;
 
 /// Converts a JSON-compatible Python value (dict with str keys, list/tuple, str, int or any
-/// integer type with `__index__` such as numpy's, float, bool, None); anything else is a
-/// `GraphError` naming the type.
+/// integer type with `__index__` such as numpy's, float or any real-number type registered
+/// as `numbers.Real` such as numpy's float32, bool, None); anything else is a `GraphError`
+/// naming the type. A float must be finite.
 pub fn to_json(value: &Bound<'_, PyAny>) -> PyResult<Value> {
     convert(value, 0)
+}
+
+/// A float property, refused unless finite (JSON has no NaN or infinity).
+fn finite_float(value: f64) -> PyResult<Value> {
+    Number::from_f64(value)
+        .map(Value::Number)
+        .ok_or_else(|| CoreError::Graph("property floats must be finite".into()).into())
+}
+
+/// Whether `value` is a real number of a type other than `float`: an instance of
+/// `numbers.Real`, as numpy's floating scalars (float16, float32, longdouble) and
+/// `fractions.Fraction` are. An object that merely has `__float__` (a `Decimal`, a 0-d
+/// array, a custom class) is not: it is refused rather than silently made a float.
+fn is_real_number(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    static REAL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    value.is_instance(REAL.import(value.py(), "numbers", "Real")?)
 }
 
 fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
@@ -38,9 +56,7 @@ fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
         return Err(CoreError::Graph("property integer does not fit in 64 bits".into()).into());
     }
     if let Ok(f) = value.cast::<PyFloat>() {
-        return Number::from_f64(f.value())
-            .map(Value::Number)
-            .ok_or_else(|| CoreError::Graph("property floats must be finite".into()).into());
+        return finite_float(f.value());
     }
     if let Ok(s) = value.cast::<PyString>() {
         return Ok(Value::String(text_of(s, CoreError::Graph)?.to_owned()));
@@ -74,6 +90,14 @@ fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
         if index.is_instance_of::<PyInt>() {
             return convert(&index, depth);
         }
+    }
+    // Other real numbers (numpy's float32, which embeddings and scores come as) are floats
+    // through `__float__`; one beyond the float range is refused as a non-finite float is.
+    if is_real_number(value)? {
+        let float = args::real(value, |why| {
+            CoreError::Graph(format!("property floats must be finite, got {why}"))
+        })?;
+        return finite_float(float);
     }
     Err(CoreError::Graph(format!(
         "properties must be JSON-compatible; got a {}",

@@ -18,7 +18,8 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::errors::{try_reserve, CoreError, CoreResult};
+use super::alloc::{filled, reserve};
+use crate::errors::{CoreError, CoreResult};
 
 /// JSON-compatible properties; none (null) costs one pointer.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -276,15 +277,21 @@ impl IdList for NamedIds<'_> {
 
 impl IdTable {
     /// The ids of `store`'s entities.
-    pub fn of(store: &Store) -> IdTable {
+    ///
+    /// # Errors
+    /// [`CoreError::Graph`] when the copy of the ids does not fit in memory.
+    pub fn of(store: &Store) -> CoreResult<IdTable> {
         let index = store.id_index().clone();
-        let named: Vec<CompactString> = store.stored_ids_from(index.numbered()).cloned().collect();
-        IdTable {
+        let stored = store.stored_ids_from(index.numbered());
+        let mut named: Vec<CompactString> = Vec::new();
+        reserve(&mut named, stored.len(), "the snapshot's ids")?;
+        named.extend(stored.cloned());
+        Ok(IdTable {
             // The numbered run and the stored rest are every entity (see `Store`).
             len: index.numbered() + named.len() as u32,
             index,
             named,
-        }
+        })
     }
 
     /// Number of entities.
@@ -408,7 +415,7 @@ impl Store {
 
     /// The ids of the stored entities from index `start` on (none when `start` is past them;
     /// an implied entity, see [`Store`], has the id of its index).
-    fn stored_ids_from(&self, start: u32) -> impl Iterator<Item = &CompactString> {
+    fn stored_ids_from(&self, start: u32) -> impl ExactSizeIterator<Item = &CompactString> {
         let stored = self.entities.get(start as usize..).unwrap_or_default();
         stored.iter().map(|e| &e.id)
     }
@@ -419,7 +426,7 @@ impl Store {
             return Ok(());
         }
         let n = self.unstored;
-        try_reserve(&mut self.entities, n as usize, "graph entities")?;
+        reserve(&mut self.entities, n as usize, "graph entities")?;
         self.entities.extend((0..n).map(|i| Entity {
             id: i.to_compact_string(),
             label: CompactString::default(),
@@ -639,7 +646,7 @@ impl Store {
             self.index.numbered = n;
             return Ok(());
         }
-        try_reserve(&mut self.entities, n as usize, "graph entities")?;
+        reserve(&mut self.entities, n as usize, "graph entities")?;
         for i in 0..n {
             self.add_entity(i.to_compact_string(), "", Value::Null)?;
         }
@@ -714,13 +721,17 @@ impl Store {
 
     /// A new store with the entities whose indices are `keep` (in that order) and the
     /// relationships among them.
-    pub fn induced(&self, keep: &[u32]) -> Store {
+    ///
+    /// # Errors
+    /// [`CoreError::Graph`] when its table of new indices (one per entity) does not fit in
+    /// memory.
+    pub fn induced(&self, keep: &[u32]) -> CoreResult<Store> {
         let mut out = Store {
             kinds: self.kinds.clone(),
             kind_index: self.kind_index.clone(),
             ..Store::default()
         };
-        let mut new_index = vec![u32::MAX; self.entity_count()];
+        let mut new_index = filled(self.entity_count(), u32::MAX, "the subgraph's index table")?;
         for (position, &old) in keep.iter().enumerate() {
             new_index[old as usize] = position as u32;
             let entity = self.entity(old).into_owned();
@@ -738,7 +749,7 @@ impl Store {
                 });
             }
         }
-        out
+        Ok(out)
     }
 
     /// The whole graph as a versioned JSON document.
@@ -930,7 +941,7 @@ mod tests {
         );
         assert_eq!(bulk.relationship_count(), 3);
         assert!(bulk.plain_edges().is_some());
-        let sub = bulk.induced(&[2, 0]);
+        let sub = bulk.induced(&[2, 0]).unwrap();
         assert_eq!(ids(&sub), ["2", "0"]);
         assert_eq!(sub.relationship_count(), 1);
         // Every kind of change stores them first, and behaves as on stored ones.

@@ -212,20 +212,32 @@ impl Episodes {
     /// never stores, or compares vectors of different lengths. An export from before
     /// `embedding_dim` existed gets it from its embeddings.
     ///
+    /// An agent listed with no episodes is dropped: the store never holds one (an agent's
+    /// last episode goes only with `clear`, which forgets the agent), so it never exports
+    /// one, and counts of agents agree with `agents_with_episodes`.
+    ///
     /// # Errors
-    /// [`CoreError::Memory`] naming the first problem: `per_agent_capacity` 0, a half-life
-    /// that is not a positive number, a negative or non-finite weight, an agent over its
-    /// capacity, an episode filed under another agent, ids not increasing within an agent,
-    /// not below `next_id` or shared by two episodes, importance outside [0, 1], a
-    /// non-finite time, or an embedding that is not finite, zero, or of another length than
-    /// the others (or `embedding_dim`). Other embeddings are scaled to unit length, as `add`
-    /// stores them.
+    /// [`CoreError::Memory`] naming the first problem: `per_agent_capacity` 0, an
+    /// `embedding_dim` of 0 (no embedding has length 0), a half-life that is not a positive
+    /// number, a negative or non-finite weight, an agent over its capacity, an episode filed
+    /// under another agent, ids not increasing within an agent, not below `next_id` or shared
+    /// by two episodes, importance outside [0, 1], a non-finite time, or an embedding that
+    /// is not finite, zero, or of another length than the others (or `embedding_dim`).
+    /// Other embeddings are scaled to unit length, as `add` stores them.
     pub fn validated(mut self) -> CoreResult<Self> {
         if self.per_agent_capacity == Some(0) {
             return Err(CoreError::Memory(
                 "per_agent_capacity must be at least 1".into(),
             ));
         }
+        if self.embedding_dim == Some(0) {
+            // A store fixed at length 0 would refuse every embedding, as `add` refuses an
+            // empty one: the dimension comes from the first embedding, which has one.
+            return Err(CoreError::Memory(
+                "embedding_dim must be at least 1 (or absent), got 0".into(),
+            ));
+        }
+        self.by_agent.retain(|_, episodes| !episodes.is_empty());
         if let Some(Decay::Exponential { half_life_hours }) = self.decay {
             exponential(half_life_hours)?;
         }
@@ -652,6 +664,32 @@ mod tests {
         assert_eq!(long.episodes("a")[1].embedding, Some(vec![0.0, 1.0]));
         let unit = good.episodes("a")[0].embedding.clone();
         assert_eq!(long.episodes("a")[0].embedding, unit);
+    }
+
+    #[test]
+    fn validated_refuses_a_zero_dimension_and_drops_agents_without_episodes() {
+        let mut zero = Episodes::new(None, Recall::Importance, None).unwrap();
+        zero.embedding_dim = Some(0);
+        let err = zero.validated().unwrap_err();
+        assert!(
+            matches!(err, CoreError::Memory(ref m) if m.contains("embedding_dim")),
+            "{err:?}"
+        );
+        let mut ghost = Episodes::new(None, Recall::Importance, None).unwrap();
+        ghost.add("a", "x", 0.5, 0.0, None).unwrap();
+        ghost.by_agent.insert("ghost".into(), Vec::new());
+        let ghost = ghost.validated().unwrap();
+        assert_eq!(ghost.by_agent.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(ghost.len(), 1);
+        // The store itself never keeps an agent without episodes: eviction keeps the new
+        // one, and `clear` forgets the agent.
+        let mut s = Episodes::new(None, Recall::Importance, Some(1)).unwrap();
+        s.add("a", "x", 0.5, 0.0, None).unwrap();
+        s.add("a", "y", 0.1, 0.0, None).unwrap();
+        s.add("b", "z", 0.1, 0.0, None).unwrap();
+        assert_eq!(s.clear(Some("b")), 1);
+        assert!(s.by_agent.values().all(|v| !v.is_empty()));
+        assert_eq!(s.by_agent.len(), 1);
     }
 
     #[test]

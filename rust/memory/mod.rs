@@ -908,16 +908,17 @@ impl PyEpisodicStore {
     /// Rebuilds a store from `to_json()` output (the clock and embedder are not exported:
     /// pass them again).
     ///
-    /// The document is checked as the constructor and `add_episode` check their input.
+    /// The document is checked as the constructor and `add_episode` check their input. An
+    /// agent listed with no episodes is dropped (`to_json` never writes one).
     ///
     /// Raises:
     ///     MemoryStoreError: the text is not an exported store (or not valid Unicode), or
-    ///         breaks a rule of the store: `per_agent_capacity` 0 (or an agent over it), a
-    ///         half-life that is not a positive number, a negative or non-finite weight,
-    ///         importance outside [0, 1], a non-finite time, an episode under another
-    ///         agent's id, ids out of order or shared by two episodes, or embeddings that
-    ///         are zero or of different lengths. Other embeddings are scaled to unit length,
-    ///         as `add_episode` stores them.
+    ///         breaks a rule of the store: `per_agent_capacity` 0 (or an agent over it),
+    ///         `embedding_dim` 0, a half-life that is not a positive number, a negative or
+    ///         non-finite weight, importance outside [0, 1], a non-finite time, an episode
+    ///         under another agent's id, ids out of order or shared by two episodes, or
+    ///         embeddings that are zero or of different lengths. Other embeddings are scaled
+    ///         to unit length, as `add_episode` stores them.
     #[staticmethod]
     #[pyo3(signature = (text, clock=None, embedder=None))]
     fn from_json(
