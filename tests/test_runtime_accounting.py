@@ -72,6 +72,82 @@ async def test_an_on_tool_call_pair_given_as_a_list_still_rewrites() -> None:
     assert s.steps[0].observation == "42"
 
 
+class InstanceRedactor(ar.Middleware):
+    """Chooses its hook per instance, in `__init__`: it used to be skipped silently."""
+
+    def __init__(self, secret: str) -> None:
+        self.on_post_llm = lambda session, text: text.replace(secret, "[REDACTED]")
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_hook_set_on_a_middleware_instance_runs(mode: str) -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode), middlewares=[InstanceRedactor("hunter2")])  # type: ignore[arg-type]
+    reply = "the password is hunter2"
+    if mode == "react":
+        reply = "Thought: x\nAction: FINAL_ANSWER " + reply
+    s = await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([reply]))
+    assert s.final_answer == "the password is [REDACTED]"
+
+
+def test_a_hook_set_on_a_middleware_instance_must_be_callable() -> None:
+    class Broken(ar.Middleware):
+        def __init__(self) -> None:
+            self.on_pre_llm = "not a function"
+
+    with pytest.raises(ar.AgentRuntimeError, match="Broken's on_pre_llm must be callable, got str"):
+        ar.AgentRuntime(middlewares=[Broken()])
+
+
+class Guardrail(ar.Middleware):
+    """An output guardrail that rejects the model's reply by raising."""
+
+    def on_post_llm(self, session: ar.AgentSession, text: str) -> str:
+        raise ar.AgentRuntimeError("guardrail: reply rejected")
+
+
+class SlowReview(ar.Middleware):
+    """A review of the reply that outlasts the run's deadline."""
+
+    async def on_post_llm(self, session: ar.AgentSession, text: str) -> str:
+        await asyncio.sleep(10)
+        return text
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+@pytest.mark.parametrize("hook", [Guardrail, SlowReview])
+async def test_a_model_call_is_paid_for_when_its_post_llm_hook_fails_or_times_out(
+    mode: str, hook: type[ar.Middleware]
+) -> None:
+    # The call was charged after the hooks: a hook that raised, or a timeout while one ran,
+    # left a paid model call out of the budget and the token metrics.
+    budget = ar.CostBudget(max_tokens=10_000)
+    config = ar.AgentConfig(mode=mode, loop_timeout_ms=100)  # type: ignore[arg-type]
+    rt = ar.AgentRuntime(config, middlewares=[hook()], budget=budget)
+    reply = ChatResponse(text="Thought: x\nAction: FINAL_ANSWER 4", usage=Usage(120, 30))
+    with pytest.raises(ar.AgentRuntimeError, match=r"guardrail|timed out"):
+        await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([reply]))
+    snapshot = rt.metrics.snapshot()
+    assert (snapshot.input_tokens, snapshot.output_tokens) == (120, 30)
+    assert budget.used_tokens == 150
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_the_response_event_carries_the_rewritten_reply_charged_once(mode: str) -> None:
+    class Shout(ar.Middleware):
+        def on_post_llm(self, session: ar.AgentSession, text: str) -> str:
+            return text.upper()
+
+    budget = ar.CostBudget(max_tokens=10_000)
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode), middlewares=[Shout()], budget=budget)  # type: ignore[arg-type]
+    seen: list[ar.Event] = []
+    rt.events.on(seen.append)
+    reply = ChatResponse(text="Thought: x\nAction: FINAL_ANSWER four", usage=Usage(12, 3))
+    await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([reply]))
+    responses = [e.text for e in seen if isinstance(e, ar.LlmResponse)]
+    assert responses == ["THOUGHT: X\nACTION: FINAL_ANSWER FOUR"]
+    assert budget.used_tokens == 15 and rt.metrics.snapshot().input_tokens == 12
+
+
 # ------------------------------------------------------------------ context trimming
 class Recorder(ar.ScriptedProvider):
     """Scripted replies; records the characters of every request it is sent."""
@@ -117,6 +193,41 @@ async def test_trimming_in_text_mode_counts_the_tool_catalog_too() -> None:
     assert rt.trim_history(session.messages[:2]) == session.messages[:2]  # alone, it fits
     # Beside the catalog, the answer format and the question it does not: it was dropped.
     assert "u" * 60 not in infer.prompts[0] and len(infer.prompts[0]) <= 200 * 4
+
+
+def test_trimming_keeps_the_historys_system_messages_in_their_places() -> None:
+    # A leading system message was a "turn" of its own, the oldest: the first thing dropped.
+    rt = ar.AgentRuntime(ar.AgentConfig(context_window_tokens=50, system_prompt="S"))
+    persona = {"role": "system", "content": "Always answer in French."}
+    rule = {"role": "system", "content": "Be brief."}
+    turns = [
+        [
+            {"role": "user", "content": f"question {i} " + "z" * 40},
+            {"role": "assistant", "content": f"a{i}"},
+        ]
+        for i in range(3)
+    ]
+    history = [persona, *turns[0], *turns[1], rule, *turns[2]]
+    kept = rt.trim_history(history)
+    assert kept == [persona, rule, *turns[2]]  # in the order given, the oldest turns dropped
+    # Their size comes first: system messages that fill the window leave no turn.
+    big = {"role": "system", "content": "x" * 240}
+    assert rt.trim_history([big, *turns[2]]) == [big]
+    assert rt.trim_history([*turns[2], persona]) == [*turns[2], persona]
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_system_message_of_the_history_is_sent_with_every_turn(mode: str) -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode, context_window_tokens=60))  # type: ignore[arg-type]
+    session = rt.create_session("a")
+    session.messages = [{"role": "system", "content": "Always answer in French."}]
+    for i in range(3):
+        provider = Recorder(["Thought: t\nAction: FINAL_ANSWER oui" if mode == "react" else "oui"])
+        await rt.run_turn(session, f"question {i} " + "z" * 40, provider)
+        sent = "\n".join(m.content for m in provider.sent[0])
+        assert "Always answer in French." in sent
+        assert f"question {i - 2} " not in sent  # older turns are still trimmed
+    assert session.messages[0]["role"] == "system" and len(session.messages) == 7
 
 
 # ------------------------------------------------------------------ accounting
@@ -362,3 +473,26 @@ async def test_a_scripted_provider_counts_answered_calls_and_refuses_one_str() -
     assert provider.calls == 1  # the call that got no reply is not counted
     with pytest.raises(ValueError, match="a list of replies"):
         ar.ScriptedProvider("Thought: t\nAction: FINAL_ANSWER 42")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+@pytest.mark.parametrize(("returned", "kind"), [(None, "None"), (42, "int"), (["x"], "list")])
+async def test_a_scripted_rule_returning_no_reply_is_a_provider_error(
+    mode: str, returned: Any, kind: str
+) -> None:
+    # It was a raw TypeError from deep in the usage estimate.
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode))  # type: ignore[arg-type]
+    provider = ar.ScriptedProvider(rule=lambda prompt: returned)
+    message = f"scripted rule's reply must be a str or a ChatResponse, got {kind}"
+    with pytest.raises(ar.ProviderError, match=message):
+        await rt.run_agent_with_provider("a", "q", provider)
+    with pytest.raises(ar.ProviderError, match=message):
+        await provider.complete("q")
+    assert provider.calls == 0
+
+
+def test_scripted_replies_that_are_no_replies_are_refused_at_construction() -> None:
+    with pytest.raises(ar.ProviderError, match=r"scripted reply 2 must be .* got None"):
+        ar.ScriptedProvider(["fine", None])  # type: ignore[list-item]
+    with pytest.raises(ar.ProviderError, match=r"scripted reply 1 must be .* got dict"):
+        ar.ScriptedProvider([{"text": "hi"}], loop=True)  # type: ignore[list-item]

@@ -437,6 +437,48 @@ async def test_the_loop_timeout_ends_a_run_that_never_suspends(mode: str) -> Non
     assert again.final_answer == "ok"
 
 
+class SlowStepSaveOnce(ar.InMemoryBackend):
+    """A loaded database: the first step checkpoint takes a while to write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = True
+
+    async def batch_save(self, items: Mapping[str, bytes]) -> None:
+        if self.slow and any(":step:" in key for key in items):
+            self.slow = False
+            await asyncio.sleep(0.5)
+        await super().batch_save(items)
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+@pytest.mark.parametrize("ending", ["timeout", "cancel"])
+async def test_a_turn_ended_while_its_answer_is_saved_is_in_the_history(
+    mode: str, ending: str
+) -> None:
+    # The answer and its step were in the session, the turn not in its history: the next
+    # turn was sent a history without the question the session had answered.
+    timeout = 100 if ending == "timeout" else None
+    config = ar.AgentConfig(mode=mode, loop_timeout_ms=timeout)  # type: ignore[arg-type]
+    rt = ar.AgentRuntime(config, checkpoint_backend=SlowStepSaveOnce())
+    session = rt.create_session("a")
+    reply = FINAL if mode == "react" else "ok"
+    turn = asyncio.create_task(rt.run_turn(session, "2+3?", ar.ScriptedProvider([reply])))
+    if ending == "timeout":
+        with pytest.raises(ar.AgentLoopError, match="timed out"):
+            await turn
+    else:
+        await asyncio.sleep(0.1)  # the final step's checkpoint is being written
+        turn.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await turn
+    assert session.final_answer == "ok" and session.step_count == 1
+    asked = [{"role": "user", "content": "2+3?"}, {"role": "assistant", "content": "ok"}]
+    assert session.messages == asked
+    assert await rt.run_turn(session, "again", ar.ScriptedProvider([reply])) == "ok"
+    assert session.messages[:2] == asked and len(session.messages) == 4
+
+
 # ------------------------------------------------------------------ per-session state (I)
 async def test_approval_state_is_dropped_unless_a_decision_is_remembered() -> None:
     def approve(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
@@ -1024,7 +1066,121 @@ async def test_tools_mode_refuses_a_reply_text_that_is_not_a_string(text: Any) -
     assert rt.metrics.snapshot().active_sessions == 0
 
 
-async def test_tools_mode_refuses_a_chat_that_returns_no_chat_response() -> None:
-    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_chat_that_returns_no_chat_response_is_refused(mode: str) -> None:
+    # In ReAct mode it was a raw AttributeError (`dict` has no `text`).
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode))  # type: ignore[arg-type]
     with pytest.raises(ar.AgentLoopError, match="must return a ChatResponse, got dict"):
         await rt.run_agent_with_provider("a", "q", ChatOnly({"text": "hi"}))
+    assert rt.metrics.snapshot().active_sessions == 0
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_resume_takes_a_provider_with_chat_alone(mode: str) -> None:
+    # `run_agent_with_provider` and `run_turn` take it; `resume` wanted every method of
+    # `LlmProvider` and called it an `infer` that is not async.
+    chat = ar.providers.base.ChatResponse
+    if mode == "react":  # a tool step, then a reply the run fails on
+        script: Any = ChatOnly(chat(text=ADD), chat(text="gibberish"))
+    else:
+        script = ChatOnly(tool_reply(("c1", "add", {"a": 2, "b": 3})), {})
+    config = ar.AgentConfig(mode=mode)  # type: ignore[arg-type]
+    backend = ar.InMemoryBackend()
+    rt = ar.AgentRuntime(config, tools=[add], checkpoint_backend=backend)
+    session = rt.create_session("a")
+    with pytest.raises(ar.AgentLoopError):
+        await rt.run_agent_with_provider("a", "q", script, session=session)
+    resumed = ar.AgentRuntime(config, tools=[add], checkpoint_backend=backend)
+    reply = FINAL if mode == "react" else "ok"
+    done = await resumed.resume(session.session_id, ChatOnly(chat(text=reply)))  # type: ignore[arg-type]
+    assert done.final_answer == "ok" and done.steps[0].observation == "5"
+
+
+async def test_resume_refuses_a_provider_without_the_method_its_mode_calls() -> None:
+    class CompleteOnly:
+        async def complete(self, prompt: str, model: str | None = None) -> str:
+            return "ok"
+
+    backend = ar.InMemoryBackend()
+    config = ar.AgentConfig(mode="tools")
+    rt = ar.AgentRuntime(config, tools=[add], checkpoint_backend=backend)
+    session = rt.create_session("a")
+    first = tool_reply(("c1", "add", {"a": 2, "b": 3}))
+    with pytest.raises(ar.AgentLoopError):
+        await rt.run_agent_with_provider("a", "q", ChatOnly(first, {}), session=session)  # type: ignore[arg-type]
+    with pytest.raises(ar.AgentRuntimeError, match="provider must provide chat"):
+        await rt.resume(session.session_id, CompleteOnly())  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ tool exchanges in history
+WEATHER = [
+    {"role": "user", "content": "weather?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "c1", "name": "weather", "arguments": {"city": "Oslo"}}],
+    },
+    {"role": "tool", "content": "sunny", "tool_call_id": "c1", "name": "weather"},
+    {"role": "assistant", "content": "It is sunny."},
+]
+
+
+async def test_a_tool_exchange_of_the_history_is_sent_with_its_ids() -> None:
+    # Only role and content went: the tool result answered no call, which providers refuse.
+    session = ar.AgentSession.from_dict({"session_id": "s", "agent_id": "a", "messages": WEATHER})
+    provider = Recording("ok")
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+    assert await rt.run_turn(session, "and tomorrow?", provider) == "ok"  # type: ignore[arg-type]
+    sent = conversation(provider.calls[0][1])
+    assert sent[1:] == [
+        ("user", "weather?", [], None, [], False),
+        ("assistant", "", [("c1", "weather", {"city": "Oslo"})], None, [], False),
+        ("tool", "sunny", [], "c1", [], False),
+        ("assistant", "It is sunny.", [], None, [], False),
+        ("user", "and tomorrow?", [], None, [], False),
+    ]
+    assert provider.calls[0][1][3].name == "weather"
+    assert session.messages[:4] == WEATHER
+
+
+async def test_a_tool_exchange_of_the_history_is_shown_to_a_react_model() -> None:
+    session = ar.AgentSession("s", "a", messages=[dict(m) for m in WEATHER])
+    infer = react(FINAL)
+    await ar.AgentRuntime().run_turn(session, "and tomorrow?", infer)
+    shown = 'user: weather?\nassistant: Action: weather {"city": "Oslo"}\ntool: sunny\n'
+    assert shown + "assistant: It is sunny." in infer.prompts[0]
+
+
+@pytest.mark.parametrize(
+    ("history", "message"),
+    [
+        (
+            [{"role": "user", "content": "weather?"}, {"role": "tool", "content": "sunny"}],
+            "session message 2: a tool message needs the 'tool_call_id' of the call it answers",
+        ),
+        (
+            [*WEATHER[:2], {"role": "tool", "content": "sunny", "tool_call_id": "c9"}],
+            "session message 3: tool message answers call 'c9', which the assistant message",
+        ),
+        (
+            [*WEATHER[:3], {"role": "tool", "content": "again", "tool_call_id": "c1"}],
+            "session message 4: tool message answers call 'c1'",
+        ),
+        (WEATHER[:2], r"session message 2: its tool call\(s\) 'c1' have no tool message"),
+        (
+            [*WEATHER[:2], {"role": "user", "content": "hm?"}, WEATHER[2]],
+            r"session message 2: its tool call\(s\) 'c1' have no tool message",
+        ),
+    ],
+)
+async def test_a_tool_exchange_a_provider_would_refuse_is_refused_before_the_turn(
+    history: list[dict[str, Any]], message: str
+) -> None:
+    session = ar.AgentSession("s", "a", messages=[dict(m) for m in history])
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+    provider = Recording("ok")
+    with pytest.raises(ar.AgentRuntimeError, match=message):
+        await rt.run_turn(session, "q", provider)  # type: ignore[arg-type]
+    assert not provider.calls and not session.steps and len(session.messages) == len(history)
+    # A ReAct model is shown such a history as text: a tool message is what it says.
+    assert await ar.AgentRuntime().run_turn(session, "q", react(FINAL)) == "ok"

@@ -189,6 +189,41 @@ GOOD_STEP = {"thought": "t", "action": "a"}
             {"session_id": "x", "agent_id": "y", "messages": [{"role": "user", "content": 5}]},
             "'content' must be a string, got int",
         ),
+        # Tool fields of the wrong shape loaded, then failed in a turn (they go to the provider).
+        (
+            {
+                "session_id": "x",
+                "agent_id": "y",
+                "messages": [{"role": "assistant", "content": "", "tool_calls": {"id": "c1"}}],
+            },
+            "message 1: 'tool_calls' must be a list, got dict",
+        ),
+        (
+            {
+                "session_id": "x",
+                "agent_id": "y",
+                "messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]}],
+            },
+            "message 1: tool call 1 must be a dict with a string 'id' and 'name'",
+        ),
+        (
+            {
+                "session_id": "x",
+                "agent_id": "y",
+                "messages": [
+                    {"role": "user", "content": "", "tool_calls": [{"id": "c", "name": "f"}]}
+                ],
+            },
+            "'tool_calls' belong to an assistant message, not a user message",
+        ),
+        (
+            {
+                "session_id": "x",
+                "agent_id": "y",
+                "messages": [{"role": "tool", "content": "sunny", "tool_call_id": 7}],
+            },
+            "message 1: 'tool_call_id' must be a string, got int",
+        ),
         (None, "must be an object, got null"),
         ([], "must be an object, got list"),
     ],
@@ -217,6 +252,20 @@ def test_from_dict_accepts_what_to_dict_writes_and_ints_for_floats() -> None:
     assert ar.Step.from_dict({**GOOD_STEP, "action_input": {"any": [1, None]}}).action_input == {
         "any": [1, None]
     }
+
+
+async def test_sessions_loaded_from_one_dict_share_no_history() -> None:
+    # They shared the dict's list (and message dicts): a turn of one grew the other's
+    # history and the caller's dict.
+    data = ar.AgentSession("s", "a").to_dict()
+    given = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    data["messages"] = [dict(m) for m in given]
+    first, second = ar.AgentSession.from_dict(data), ar.AgentSession.from_dict(data)
+    provider = ar.ScriptedProvider(["Thought: x\nAction: FINAL_ANSWER A"])
+    await ar.AgentRuntime().run_turn(first, "again", provider)
+    first.messages[0]["content"] = "edited"
+    assert len(first.messages) == 4
+    assert second.messages == data["messages"] == given
 
 
 def _record_of(backend: ar.InMemoryBackend, key: str) -> Any:

@@ -157,6 +157,7 @@ ApprovalHandler = Callable[
 class Middleware:
     """Base of middlewares; override any hook. A hook returning None keeps the value.
 
+    A hook is overridden in a subclass or set on an instance (`self.on_post_llm = ...`).
     Hooks may be sync or async. `on_tool_call` returns `(tool name, arguments)` or None.
     """
 
@@ -175,6 +176,25 @@ class Middleware:
     def on_tool_call(self, session: AgentSession, tool: str, arguments: Any) -> Any:
         """Sees (and may rewrite) a tool call before it runs."""
         return None
+
+
+def _overridden_hook(middleware: Middleware, hook: str) -> Callable[..., Any] | None:
+    """The middleware's `hook`, or None when it is `Middleware`'s own (which does nothing).
+
+    A hook may be overridden in the middleware's class (or a base), or set on the instance
+    (`self.on_post_llm = ...`): both run.
+
+    Raises:
+        AgentRuntimeError: The hook is not callable (`self.on_pre_llm = None`, say).
+    """
+    value: Callable[..., Any] = getattr(middleware, hook)
+    if getattr(value, "__func__", None) is getattr(Middleware, hook):
+        return None
+    if not callable(value):
+        raise AgentRuntimeError(
+            f"middleware {type(middleware).__name__}'s {hook} must be callable, got {_kind(value)}"
+        )
+    return value
 
 
 def _unbound(cls: type, method: str) -> bool:
@@ -231,9 +251,10 @@ class AgentRuntime:
         capabilities: Tools allowed and actions budget, checked per call; a round of
             parallel calls takes its actions all or none (`record_actions(n)`, when the
             object has it, else `record_action()` per call).
-        budget: Token / cost budget, checked before each model call and charged after it:
-            with its tokens, and with its cost as the provider priced it (`Usage.cost_usd`:
-            give the provider its token prices, e.g. `input_cost_per_million`).
+        budget: Token / cost budget, checked before each model call and charged as soon as
+            it returns (before the `on_post_llm` hooks): with its tokens, and with its cost
+            as the provider priced it (`Usage.cost_usd`: give the provider its token
+            prices, e.g. `input_cost_per_million`).
 
     Raises:
         AgentRuntimeError: On misconfiguration (wrong types, missing methods).
@@ -319,13 +340,10 @@ class AgentRuntime:
         self.budget = budget
         self.events = EventBus()
         """Subscribe with `runtime.events.subscribe()` or `runtime.events.on(callback)`."""
-        # Only hooks a middleware overrides (in its class or a base) cost a call per step.
+        # Only hooks a middleware overrides (in its class, a base, or on the instance) cost a
+        # call per step.
         self._hooks = {
-            hook: [
-                getattr(m, hook)
-                for m in middlewares
-                if getattr(type(m), hook) is not getattr(Middleware, hook)
-            ]
+            hook: [h for m in middlewares if (h := _overridden_hook(m, hook)) is not None]
             for hook in ("on_user_message", "on_pre_llm", "on_post_llm", "on_tool_call")
         }
         self._shed_counted_by_guard = getattr(backpressure, "_metrics", None) is not None
@@ -424,13 +442,24 @@ class AgentRuntime:
     ) -> str | None:
         """Runs one turn of a multi-turn session; returns the turn's final answer.
 
-        The history is trimmed to `config.context_window_tokens`, dropping oldest turns first.
-        A session runs one turn at a time.
+        The history is trimmed to `config.context_window_tokens`, dropping oldest turns first
+        (its system messages are kept: see `trim_history`). A session runs one turn at a time.
+        Once the turn's final answer is in `session.final_answer`, the turn is in
+        `session.messages` too, even if a timeout or a cancellation ends the run after it.
+
+        A tool exchange in the history (see `session.message_problem`) is sent as one in
+        tools mode: the assistant message's tool calls, and each tool message with the id of
+        the call it answers. Providers refuse a tool result that answers no call and a call
+        left unanswered, so such a history is refused before the turn starts: a tool message
+        without a `tool_call_id` is an error in tools mode, not sent as text. In ReAct mode
+        the calls are shown as `Action:` lines, and every tool message as its text.
 
         Raises:
             AgentRuntimeError: `session` is not an `AgentSession` or is already running a
-                turn, its messages are malformed, `message` is not a string, or `provider`
-                is neither a provider nor an async callable.
+                turn, its messages are malformed (in tools mode: a tool message answers no
+                call of the assistant message before it, or a call is left unanswered),
+                `message` is not a string, or `provider` is neither a provider nor an async
+                callable.
         """
         if not isinstance(session, AgentSession):
             raise AgentRuntimeError(
@@ -443,6 +472,7 @@ class AgentRuntime:
         else:
             self._check_provider(provider)
             if self.config.mode == "tools":
+                _check_tool_exchanges(session.messages)
                 result = await self._run(agent_id, message, None, provider, session, history)
             else:
                 infer = self._text_model(provider)
@@ -495,6 +525,10 @@ class AgentRuntime:
 
         async def infer(text: str) -> str:
             response = await chat([Message("user", text)], **params)
+            if not isinstance(response, ChatResponse):  # as the tool loop refuses it
+                raise AgentLoopError(
+                    f"the provider's chat must return a ChatResponse, got {_kind(response)}"
+                )
             return _ProviderReply(response.text, response.stop_reason, response.usage)
 
         return infer
@@ -505,32 +539,45 @@ class AgentRuntime:
         """Keeps the latest whole turns that fit the context window beside the rest of a request.
 
         A turn is a user message and the replies after it; turns are dropped oldest first and
-        never split, so no reply is kept without the message it answers. `reserved_chars` is
+        never split, so no reply is kept without the message it answers. The history's
+        `system` messages are always kept, in their places (a persona or a standing
+        instruction is not the oldest thing to drop): their size is taken from the window
+        first, and the turns share what is left (system messages that fill the window leave
+        no turn). An assistant message's tool calls count with its text. `reserved_chars` is
         the size of the rest of the request (a run passes its system prompt with recalled and
         working memory, the tools shown to the model and the new message); None: the system
         prompt alone.
 
         Raises:
             AgentRuntimeError: A message is not a dict with a `role` (system, user, assistant
-                or tool) and a string `content` (see `session.message_problem`).
+                or tool) and a string `content`, or has tool fields of the wrong shape (see
+                `session.message_problem`).
         """
         if reserved_chars is None:
             reserved_chars = len(self.config.system_prompt)
         budget = self.config.context_window_tokens * CHARS_PER_TOKEN - reserved_chars
-        turns: list[list[dict[str, Any]]] = []
+        turn_sizes: list[int] = []
+        turn_of: list[int] = []  # each message's turn; -1 for a system message (always kept)
         for n, message in enumerate(messages, 1):
             if (problem := message_problem(message)) is not None:
                 raise AgentRuntimeError(f"session message {n}: {problem}")
-            if message["role"] == "user" or not turns:
-                turns.append([])
-            turns[-1].append(message)
-        start = len(turns)
-        for turn in reversed(turns):
-            budget -= sum(len(m["content"]) + 16 for m in turn)
+            size = _history_chars(message)
+            role = message["role"]
+            if role == "system":
+                budget -= size
+                turn_of.append(-1)
+                continue
+            if role == "user" or not turn_sizes:
+                turn_sizes.append(0)
+            turn_sizes[-1] += size
+            turn_of.append(len(turn_sizes) - 1)
+        start = len(turn_sizes)
+        for size in reversed(turn_sizes):
+            budget -= size
             if budget < 0:
                 break
             start -= 1
-        return [m for turn in turns[start:] for m in turn]
+        return [m for m, turn in zip(messages, turn_of, strict=True) if turn < 0 or turn >= start]
 
     # ------------------------------------------------------------------ the loop
     async def _run(
@@ -708,9 +755,8 @@ class AgentRuntime:
         else:
             infer = _need(infer)
             await self._react_loop(session, context, prompt, infer, history, resume, deadline)
-        if history is not None:  # a turn: the session's chat history, saved with it
-            session.messages.append({"role": "user", "content": prompt})
-            session.messages.append({"role": "assistant", "content": session.final_answer or ""})
+        if history is not None and session.final_answer is None:  # a turn with no answer
+            _add_turn(session, prompt, "")
         session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
         if events.active:
             events.emit(
@@ -800,7 +846,7 @@ class AgentRuntime:
             head.append("Tools:\n" + self._tool_catalog)
         head.append(_REACT_FORMAT if len(self.tools) else _REACT_FORMAT_NO_TOOLS)
         if history:
-            head.append("\n".join(f"{m['role']}: {m['content']}" for m in history))
+            head.append("\n".join(map(_history_line, history)))
         head.append("Question: " + prompt)
         transcript = ["\n\n".join(head)]
         # A resumed run replays its own saved steps (not an earlier turn's) into the
@@ -869,10 +915,6 @@ class AgentRuntime:
                         if len(cut) < len(reply):  # it ended at a stop sequence, before any cut
                             incomplete = None
                         reply = cut
-                    if events.active and reply:  # a text model's reply is whole: one delta
-                        events.emit(_event(LlmTextDelta, (session.session_id, reply)))
-                    for hook in post_hooks:
-                        reply = await _rewrite(hook(session, reply), reply, "on_post_llm")
                 if usage is not None and (usage.input_tokens or usage.output_tokens):
                     input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
                     cost_usd = usage.cost_usd
@@ -880,15 +922,21 @@ class AgentRuntime:
                     input_tokens = len(text_prompt) // CHARS_PER_TOKEN
                     output_tokens = len(reply) // CHARS_PER_TOKEN
                     cost_usd = 0.0
+                if not replayed:
+                    # Charged before the hooks: a hook that fails, or a timeout or cancel
+                    # while one runs, leaves the call paid for all the same.
+                    self._charge(input_tokens, output_tokens, cost_usd)
+                    if events.active and reply:  # a text model's reply is whole: one delta
+                        events.emit(_event(LlmTextDelta, (session.session_id, reply)))
+                    for hook in post_hooks:
+                        reply = await _rewrite(hook(session, reply), reply, "on_post_llm")
+                    if events.active:
+                        response_event = (session.session_id, len(session.steps), reply, model_ms)
+                        events.emit(_event(LlmResponse, response_event))
             except (TypeError, AttributeError) as error:
                 if isinstance(reply, str):
                     raise
                 raise _not_text(reply) from error
-            if not replayed:
-                self._charge(input_tokens, output_tokens, cost_usd)
-                if events.active:
-                    response_event = (session.session_id, len(session.steps), reply, model_ms)
-                    events.emit(_event(LlmResponse, response_event))
             if reprompt_cost is not None:  # charged when it came; counted in this step
                 input_tokens += reprompt_cost[0]
                 output_tokens += reprompt_cost[1]
@@ -935,6 +983,8 @@ class AgentRuntime:
                     overhead_ms,
                 )
                 session.final_answer = final
+                if history is not None:  # the answered turn goes with its answer, before an await
+                    _add_turn(session, prompt, final)
                 if (record := self._commit_step(session, step, reply=reply)) is not None:
                     await self._save_steps(session, [record])
                 return
@@ -991,7 +1041,7 @@ class AgentRuntime:
         config = self.config
         messages = [Message(role="system", content=context)]
         if history:
-            messages.extend(Message(role=m["role"], content=m["content"]) for m in history)
+            messages.extend(map(_chat_message, history))
         messages.append(Message(role="user", content=prompt))
         rounds_done = 0
         journal: list[dict[str, Any]] = []
@@ -1048,6 +1098,9 @@ class AgentRuntime:
                     # A server that reports no usage: estimated, as in ReAct mode, so budgets
                     # and token metrics still count the call.
                     usage = self._estimated_usage(messages, text, response.tool_calls)
+                # Charged before the hooks: a hook that fails, or a timeout or cancel while
+                # one runs, leaves the call paid for all the same.
+                self._charge(usage.input_tokens, usage.output_tokens, usage.cost_usd)
                 if stops and text:
                     cut = _cut_at_stop(text, stops)
                     if len(cut) < len(text):  # it ended at a stop sequence, before any cut
@@ -1057,7 +1110,6 @@ class AgentRuntime:
                     events.emit(_event(LlmTextDelta, (session.session_id, text)))
                 for hook in post_hooks:
                     text = await _rewrite(hook(session, text), text, "on_post_llm")
-                self._charge(usage.input_tokens, usage.output_tokens, usage.cost_usd)
                 if events.active:
                     response_event = (session.session_id, len(session.steps), text, model_ms)
                     events.emit(_event(LlmResponse, response_event))
@@ -1078,6 +1130,8 @@ class AgentRuntime:
                     overhead_ms,
                 )
                 session.final_answer = text
+                if history is not None:  # the answered turn goes with its answer, before an await
+                    _add_turn(session, prompt, text)
                 if (record := self._commit_step(session, step)) is not None:
                     await self._save_steps(session, [record])
                 return
@@ -1788,8 +1842,9 @@ class AgentRuntime:
 
         Args:
             session_id: The interrupted session.
-            model: Async `prompt -> reply` (ReAct text), or a provider; use the same mode
-                as the interrupted run.
+            model: Async `prompt -> reply` (ReAct text), or a provider (told apart as
+                `run_turn` tells them: a provider needs only the methods its mode calls, such
+                as `chat` alone in tools mode); use the same mode as the interrupted run.
 
         Returns:
             The finished session (at once when the run had already finished).
@@ -1797,7 +1852,9 @@ class AgentRuntime:
         Raises:
             AgentRuntimeError: Without a checkpoint backend; when the session is running (in
                 this runtime); when the run started after steps that are not saved (records
-                of older versions), as its context cannot then be rebuilt.
+                of older versions), as its context cannot then be rebuilt; when `model` lacks
+                a method its mode calls; for a turn in tools mode, when its history has a
+                tool exchange a provider would refuse (see `run_turn`).
             PersistenceError: When nothing is saved for the session or a record is corrupt.
             ToolError: When a call that may have run cannot safely be repeated.
         """
@@ -1832,12 +1889,18 @@ class AgentRuntime:
         # A turn goes on with the history it started with (`session()` gives it).
         history = self.trim_history(session.messages) if state.turn else None
         agent_id, prompt = state.agent_id, state.prompt
-        if isinstance(model, LlmProvider):
-            if state.mode == "tools" or self.config.mode == "tools":
-                return await self._run(agent_id, prompt, None, model, session, history, state)
-            infer = self._text_model(model)
-            return await self._run(agent_id, prompt, infer, None, session, history, state)
-        return await self._run(agent_id, prompt, model, None, session, history, state)
+        # A provider is told from a model as `run_turn` tells it: a provider need not have
+        # every method of `LlmProvider`, only the ones its mode calls.
+        if callable(model) and not isinstance(model, LlmProvider):
+            return await self._run(agent_id, prompt, model, None, session, history, state)
+        if state.mode == "tools" or self.config.mode == "tools":
+            _required("provider", model, ["chat"])
+            if history is not None:
+                _check_tool_exchanges(session.messages)
+            return await self._run(agent_id, prompt, None, model, session, history, state)
+        self._check_provider(model)
+        infer = self._text_model(model)
+        return await self._run(agent_id, prompt, infer, None, session, history, state)
 
     async def settle_call(
         self,
@@ -1905,6 +1968,96 @@ class AgentRuntime:
         if self._checkpoints is None:
             raise AgentRuntimeError("the event log needs a checkpoint_backend")
         return await self._checkpoints.events(session_id)
+
+
+def _add_turn(session: AgentSession, prompt: str, answer: str) -> None:
+    """Adds a turn to the session's chat history: the user's message and the answer."""
+    session.messages.append({"role": "user", "content": prompt})
+    session.messages.append({"role": "assistant", "content": answer})
+
+
+def _history_chars(message: dict[str, Any]) -> int:
+    """What a message of a session's chat history takes of a request, in characters.
+
+    Its text, its tool calls (name and arguments), and 16 for the rest (role, framing).
+    """
+    size = len(message["content"]) + 16
+    for call in message.get("tool_calls") or ():
+        size += len(call["name"]) + len(json.dumps(call.get("arguments", {}), default=str))
+    return size
+
+
+def _history_line(message: dict[str, Any]) -> str:
+    """A message of a session's chat history as a ReAct prompt shows it: `role: content`.
+
+    An assistant message's tool calls follow its text as the `Action:` lines that ask for
+    them; the tool messages after it show the results.
+    """
+    parts = [message["content"]] if message["content"] else []
+    parts += [
+        f"Action: {call['name']} "
+        + json.dumps(call.get("arguments", {}), ensure_ascii=False, default=str)
+        for call in message.get("tool_calls") or ()
+    ]
+    return f"{message['role']}: " + "\n".join(parts)
+
+
+def _chat_message(message: dict[str, Any]) -> Message:
+    """A message of a session's chat history as a provider is sent it, tool fields included.
+
+    An assistant message's `tool_calls` (dicts) become `ToolCall`s; a tool message keeps the
+    `tool_call_id` and `name` that tie it to its call.
+    """
+    calls = message.get("tool_calls")
+    return Message(
+        message["role"],
+        message["content"],
+        [ToolCall(c["id"], c["name"], c.get("arguments", {})) for c in calls] if calls else None,
+        message.get("tool_call_id"),
+        message.get("name"),
+    )
+
+
+def _check_tool_exchanges(messages: list[dict[str, Any]]) -> None:
+    """Refuses a chat history whose tool exchanges a provider would refuse (tools mode).
+
+    A tool message answers, by its `tool_call_id`, a call of the assistant message before
+    it (tool messages between them answer its other calls), and every call is answered
+    before the next message that is not a tool result. `trim_history` has checked each
+    message's shape; it drops whole turns only, so what it keeps of a valid history is valid.
+
+    Raises:
+        AgentRuntimeError: A tool message answers no call of the assistant message before it
+            (it has no `tool_call_id`, say), or a call is left unanswered; names the message.
+    """
+    waiting: dict[str, int] = {}  # the ids of calls not answered yet -> their message
+    for n, message in enumerate(messages, 1):
+        if message["role"] == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id is None:
+                raise AgentRuntimeError(
+                    f"session message {n}: a tool message needs the 'tool_call_id' of the call "
+                    "it answers in tools mode (providers refuse a tool result that answers no "
+                    "call): give it the id of a call of the assistant message before it, or "
+                    "make it a user or assistant message"
+                )
+            if waiting.pop(call_id, None) is None:
+                raise AgentRuntimeError(
+                    f"session message {n}: tool message answers call {call_id!r}, which the "
+                    "assistant message before it did not make (or another tool message "
+                    "answered already)"
+                )
+            continue
+        if waiting:
+            break
+        for call in message.get("tool_calls") or ():
+            waiting[call["id"]] = n
+    if waiting:
+        ids = ", ".join(map(repr, waiting))
+        raise AgentRuntimeError(
+            f"session message {next(iter(waiting.values()))}: its tool call(s) {ids} have no "
+            "tool message answering them after it (providers refuse a call left unanswered)"
+        )
 
 
 def _replay_rounds(records: list[StepRecord], messages: list[Message]) -> int:

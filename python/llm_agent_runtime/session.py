@@ -95,7 +95,8 @@ class AgentSession:
     """Wall time of the session's runs, in ms: all its turns (a failed run's too)."""
     checkpoint_errors: int = 0
     messages: list[dict[str, Any]] = field(default_factory=list)
-    """Chat history of a multi-turn session (role/content dicts)."""
+    """Chat history of a multi-turn session (role/content dicts; a tool exchange's also carry
+    `tool_calls`, `tool_call_id` and `name`, see `message_problem`)."""
 
     # --- introspection (the seed's helpers) ---
     @property
@@ -244,9 +245,11 @@ class AgentSession:
 
         `session_id` and `agent_id` are required; `steps` is a list of step dicts (see
         `Step.from_dict`) and `messages` a list of dicts, each with a `role` (`system`,
-        `user`, `assistant` or `tool`) and a string `content`; integer fields take ints,
-        timing fields ints or floats (never bools). A session that loads has the types its
-        helpers rely on.
+        `user`, `assistant` or `tool`) and a string `content` (and tool fields, see
+        `message_problem`); integer fields take ints, timing fields ints or floats (never
+        bools). A session that loads has the types its helpers rely on. The session gets its
+        own list of messages and its own message dicts: two sessions loaded from one dict
+        share no history, and `data` is not changed by the session's later turns.
 
         Raises:
             PersistenceError: When `data` is not a dict, lacks a required field, has an
@@ -266,6 +269,8 @@ class AgentSession:
                 raise PersistenceError("session field 'messages' must be a list of dicts")
             if (problem := message_problem(message)) is not None:
                 raise PersistenceError(f"message {n}: {problem}")
+        if "messages" in fields:  # the session's own: its turns must not grow `data`'s list
+            fields["messages"] = [dict(m) for m in fields["messages"]]
         return cls(**fields)
 
     @classmethod
@@ -349,7 +354,10 @@ def message_problem(message: Any) -> str | None:
     """What keeps `message` from being a chat message of a session (None when it is one).
 
     A message is a dict with a `role` (system, user, assistant or tool) and a string
-    `content`, as `AgentSession.messages` holds them.
+    `content`, as `AgentSession.messages` holds them. A tool exchange's messages carry more,
+    each optional: an assistant message's `tool_calls`, a list of dicts with a string `id`
+    and `name` and a dict `arguments`; a tool message's `tool_call_id` (the id of the call it
+    answers) and `name` (the tool's), strings. In tools mode they go to the provider.
     """
     if not isinstance(message, dict):
         return f"a message must be a dict, got {_kind(message)}"
@@ -358,6 +366,27 @@ def message_problem(message: Any) -> str | None:
         return f"'role' must be one of {', '.join(map(repr, _MESSAGE_ROLES))}, got {role!r}"
     if not isinstance(content, str):
         return f"'content' must be a string, got {_kind(content)}"
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            return f"'tool_calls' must be a list, got {_kind(calls)}"
+        if calls and role != "assistant":
+            return f"'tool_calls' belong to an assistant message, not a {role} message"
+        for n, call in enumerate(calls, 1):
+            if not (
+                isinstance(call, dict)
+                and isinstance(call.get("id"), str)
+                and isinstance(call.get("name"), str)
+                and isinstance(call.get("arguments", {}), dict)
+            ):
+                return (
+                    f"tool call {n} must be a dict with a string 'id' and 'name' (and a dict "
+                    "'arguments')"
+                )
+    for key in ("tool_call_id", "name"):
+        value = message.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"{key!r} must be a string, got {_kind(value)}"
     return None
 
 

@@ -43,10 +43,14 @@ class ScriptedProvider:
         rule: Maps the latest prompt text to a reply (used when `replies` is None).
         loop: Start the list again when it runs out, instead of raising.
 
+    A reply that is neither a str nor a `ChatResponse` is a `ProviderError` naming its type:
+    at construction for `replies`, at the call for what `rule` returns.
+
     Raises:
         ValueError: When neither or both of `replies` and `rule` are given, or `replies` is
             a str (a list of replies is expected: a str would be replayed a character a
             call).
+        ProviderError: When a reply of `replies` is neither a str nor a `ChatResponse`.
     """
 
     streams_text = False
@@ -64,6 +68,9 @@ class ScriptedProvider:
             raise ValueError("replies must be a list of replies, got one str (wrap it in a list)")
         self._rule = rule
         self._replies = list(replies or [])
+        for n, reply in enumerate(self._replies, 1):
+            if not isinstance(reply, (str, ChatResponse)):
+                raise ProviderError(_not_a_reply(f"scripted reply {n}", reply))
         self._iter = itertools.cycle(self._replies) if loop else iter(self._replies)
         self.calls = 0
         """Number of calls answered."""
@@ -81,6 +88,8 @@ class ScriptedProvider:
         """
         if self._rule is not None:
             reply = self._rule(prompt)
+            if not isinstance(reply, (str, ChatResponse)):
+                raise ProviderError(_not_a_reply("the scripted rule's reply", reply))
         else:
             try:
                 reply = next(self._iter)
@@ -160,6 +169,12 @@ class ScriptedProvider:
         if response.text:
             yield TextDelta(text=response.text)
         yield StreamEnd(response=response)
+
+
+def _not_a_reply(what: str, reply: object) -> str:
+    """The message of a `ProviderError` for a scripted reply of the wrong type."""
+    kind = "None" if reply is None else type(reply).__name__
+    return f"{what} must be a str or a ChatResponse, got {kind}"
 
 
 def _sent_tokens(
