@@ -1184,3 +1184,23 @@ async def test_a_tool_exchange_a_provider_would_refuse_is_refused_before_the_tur
     assert not provider.calls and not session.steps and len(session.messages) == len(history)
     # A ReAct model is shown such a history as text: a tool message is what it says.
     assert await ar.AgentRuntime().run_turn(session, "q", react(FINAL)) == "ok"
+
+
+async def test_a_checkpoint_backend_that_is_falsy_while_empty_still_checkpoints() -> None:
+    # A backend with `__len__` is falsy while it holds nothing: the runtime took it for no
+    # backend at all, saved nothing, and `resume` said there was no backend.
+    class CountingBackend(ar.InMemoryBackend):
+        def __len__(self) -> int:
+            return len(self.data)
+
+    backend = CountingBackend()
+    assert not backend
+    rt = ar.AgentRuntime(checkpoint_backend=backend)
+
+    async def infer(prompt: str) -> str:
+        return "Thought: t\nAction: FINAL_ANSWER 42"
+
+    session = await rt.run_agent("a", "q", infer)
+    assert len(backend) > 0
+    resumed = await rt.resume(session.session_id, infer)
+    assert resumed.final_answer == "42"

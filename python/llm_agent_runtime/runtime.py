@@ -325,7 +325,7 @@ class AgentRuntime:
         self.metrics = metrics if metrics is not None else RuntimeMetrics()
         self.checkpoint_backend = checkpoint_backend
         self._checkpoints: CheckpointStore | None = None
-        if checkpoint_backend:
+        if checkpoint_backend is not None:  # a backend holding nothing may be falsy
             from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 
             self._checkpoints = CheckpointStore(checkpoint_backend)
