@@ -2,10 +2,10 @@
 //!
 //! The index is walked in blocks of rows; each block is repacked (in cache, never the whole
 //! index) into panels of rows stored dimension-major (two vector registers of rows: 32 with
-//! AVX-512, 16 with AVX2), so a register-blocked micro-kernel computes a tile of
-//! [`TILE_QUERIES`] queries x one panel with one broadcast per query value and two loads per
-//! dimension. Each tile's scores go straight into
-//! the per-query bounded heaps (most are rejected by one compare against the heap's
+//! AVX-512, 16 with AVX2), by in-register transposes where the CPU has them, so a
+//! register-blocked micro-kernel computes a tile of [`TILE_QUERIES`] queries x one panel with
+//! one broadcast per query value and two loads per dimension. Each tile's scores go straight
+//! into the per-query bounded heaps (most are rejected by one compare against the heap's
 //! threshold), so the full score matrix is never materialized. Large indexes are split into
 //! contiguous row ranges over rayon threads whose heaps are merged at the end.
 
@@ -147,32 +147,98 @@ fn pack_rows(
         .chunks_exact_mut(dim * width)
         .zip(block.chunks(dim * width))
     {
-        #[cfg(target_arch = "x86_64")]
-        if let Fused::Avx512 = fused {
-            if panel_rows.len() == dim * width && panel.len() == dim * width {
-                // SAFETY: AVX-512F was detected (`fused`), and both lengths were just checked.
-                #[allow(unsafe_code)]
-                unsafe {
-                    pack_panel_avx512(panel_rows, dim, panel)
-                };
-                continue;
-            }
+        let full = panel_rows.len() == dim * width && panel.len() == dim * width;
+        match fused {
+            // SAFETY (both): the kernel's instructions were detected (`fused`), and `full`
+            // checked both lengths.
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            Fused::Avx512 if full => unsafe { pack_panel_avx512(panel_rows, dim, panel) },
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            Fused::Avx2Fma if full => unsafe { pack_panel_avx2(panel_rows, dim, panel) },
+            _ if width == WIDE_PANEL_ROWS => pack_panel::<WIDE_PANEL_ROWS>(panel_rows, dim, panel),
+            _ => pack_panel::<PANEL_ROWS>(panel_rows, dim, panel),
         }
-        pack_panel(panel_rows, dim, width, panel);
     }
 }
 
 /// One panel: `rows` (at most `width` rows of `dim`) dimension-major into `panel`, padded
 /// with zero rows.
-fn pack_panel(rows: &[f32], dim: usize, width: usize, panel: &mut [f32]) {
-    let count = rows.len() / dim;
-    for (lane, row) in rows.chunks_exact(dim).enumerate() {
+fn pack_panel<const WIDTH: usize>(rows: &[f32], dim: usize, panel: &mut [f32]) {
+    // Exact lengths, so the compiler sees every index in bounds and copies 4 at a time.
+    let panel = &mut panel[..dim * WIDTH];
+    let count = (rows.len() / dim).min(WIDTH);
+    for lane in 0..count {
+        let row = &rows[lane * dim..][..dim];
         for (d, &x) in row.iter().enumerate() {
-            panel[d * width + lane] = x;
+            panel[d * WIDTH + lane] = x;
         }
     }
-    for d in 0..dim {
-        panel[d * width + count..(d + 1) * width].fill(0.0);
+    if count < WIDTH {
+        for lanes in panel.chunks_exact_mut(WIDTH) {
+            lanes[count..].fill(0.0);
+        }
+    }
+}
+
+/// A full panel of [`PANEL_ROWS`] rows packed with 8 x 8 in-register transposes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(unsafe_code)]
+unsafe fn pack_panel_avx2(rows: &[f32], dim: usize, panel: &mut [f32]) {
+    use std::arch::x86_64::{
+        __m256, _mm256_castpd_ps, _mm256_castps_pd, _mm256_loadu_ps, _mm256_permute2f128_ps,
+        _mm256_setzero_ps, _mm256_storeu_ps, _mm256_unpackhi_pd, _mm256_unpackhi_ps,
+        _mm256_unpacklo_pd, _mm256_unpacklo_ps,
+    };
+    let chunks = dim / 8;
+    for half in 0..2 {
+        let first_row = half * 8;
+        for chunk in 0..chunks {
+            let d0 = chunk * 8;
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (i, reg) in r.iter_mut().enumerate() {
+                // SAFETY: row first_row + i < 16 and d0 + 8 <= dim: inside `rows` (16 x dim).
+                *reg = unsafe { _mm256_loadu_ps(rows.as_ptr().add((first_row + i) * dim + d0)) };
+            }
+            // Pairs of rows interleaved by 32, then 64 bits, then the 128-bit halves swapped.
+            let lo = |a: __m256, b: __m256| {
+                _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(a), _mm256_castps_pd(b)))
+            };
+            let hi = |a: __m256, b: __m256| {
+                _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(a), _mm256_castps_pd(b)))
+            };
+            // u[4g + c], half h: rows 4g..4g+4 at dimension 4h + c.
+            let mut u = [_mm256_setzero_ps(); 8];
+            for g in 0..2 {
+                let (a, b) = (r[4 * g], r[4 * g + 1]);
+                let (c, d) = (r[4 * g + 2], r[4 * g + 3]);
+                let (t0, t1) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+                let (t2, t3) = (_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+                u[4 * g] = lo(t0, t2);
+                u[4 * g + 1] = hi(t0, t2);
+                u[4 * g + 2] = lo(t1, t3);
+                u[4 * g + 3] = hi(t1, t3);
+            }
+            for c in 0..4 {
+                // Dimension d0 + j, rows first_row..first_row + 8.
+                for (j, column) in [
+                    (c, _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c])),
+                    (4 + c, _mm256_permute2f128_ps::<0x31>(u[c], u[4 + c])),
+                ] {
+                    let at = (d0 + j) * PANEL_ROWS + first_row;
+                    // SAFETY: d0 + j < dim and first_row + 8 <= 16: inside `panel` (dim x 16).
+                    unsafe { _mm256_storeu_ps(panel.as_mut_ptr().add(at), column) };
+                }
+            }
+        }
+    }
+    // The dimensions past the last full 8.
+    for (lane, row) in rows.chunks_exact(dim).enumerate() {
+        for d in chunks * 8..dim {
+            panel[d * PANEL_ROWS + lane] = row[d];
+        }
     }
 }
 
@@ -392,8 +458,14 @@ mod tests {
         ] {
             let data = lcg(n * dim, 3);
             let queries = lcg(m * dim, 11);
-            let tops = search_batch_fused(&data, dim, &queries, 4);
-            for (query, top) in queries.chunks_exact(dim).zip(tops) {
+            let groups = pack_queries(&queries, dim, m);
+            // The search as this CPU runs it, then each kernel it could run (one thread).
+            let runs = std::iter::once(search_batch_fused(&data, dim, &queries, 4)).chain(
+                kernels()
+                    .into_iter()
+                    .map(|fused| scan_range(&data, dim, 0, n, &groups, m, 4, fused)),
+            );
+            for (query, top) in runs.flat_map(|tops| queries.chunks_exact(dim).zip(tops)) {
                 let mut want: Vec<(f32, usize)> = data
                     .chunks_exact(dim)
                     .enumerate()
