@@ -23,7 +23,7 @@ from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 from llm_agent_runtime.persistence.codec import decode
 from llm_agent_runtime.persistence.file import file_name_for
 
-from .test_durable import fails_after
+from .test_durable import FINAL, Effects, add_step, fails_after, script
 
 BACKENDS = ["memory", "sqlite", "file", "postgres", "redis"]
 SERVERS = {
@@ -879,3 +879,236 @@ async def test_a_postgres_write_running_across_a_close_and_a_reopen_ends_well() 
         await blocker.close()
         await store._execute(None, f'DROP TABLE "{table}"', [])
         await store.close()
+
+
+# ---------------------------------------------------------------- cancelled FileBackend calls
+
+
+async def test_a_cancelled_file_write_has_ended_when_its_cancellation_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The write went on in its thread after the cancellation, and landed after the caller's
+    # next write of the key: the older value won.
+    store = ar.FileBackend(tmp_path / "files")
+    started, release = threading.Event(), threading.Event()
+    write = store._write
+
+    def slow_write(key: str, value: bytes) -> None:
+        if value == b"old":
+            started.set()
+            release.wait(5)
+        write(key, value)
+
+    monkeypatch.setattr(store, "_write", slow_write)
+    task = asyncio.create_task(store.save("k", b"old"))
+    assert await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    timer = threading.Timer(0.2, release.set)
+    timer.start()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await store.save("k", b"new")  # the caller's next write, once the cancellation came
+    timer.join()
+    await asyncio.sleep(0.2)
+    assert await store.load("k") == b"new"
+
+
+async def test_a_file_fork_cancelled_while_its_copy_is_written_leaves_its_new_id_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The copy's thread went on after the fork's cleanup had deleted its claim: the fork
+    # landed all the same, and its id was taken.
+    store = ar.FileBackend(tmp_path / "files")
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=store)
+    session = await runtime.run_agent("a", "q", script(add_step(1), add_step(2), FINAL))
+    started, release = threading.Event(), threading.Event()
+    write_batch = store._write_batch
+
+    def slow_copy(items: dict[str, bytes]) -> None:
+        if any(key.startswith("session:child:step:") for key in items):
+            started.set()
+            release.wait(5)
+        write_batch(items)
+
+    monkeypatch.setattr(store, "_write_batch", slow_copy)
+    fork = asyncio.create_task(runtime.fork(session.session_id, 3, "child"))
+    assert await asyncio.to_thread(started.wait, 5)
+    fork.cancel()
+    timer = threading.Timer(0.2, release.set)
+    timer.start()
+    with pytest.raises(asyncio.CancelledError):
+        await fork
+    timer.join()
+    await asyncio.sleep(0.2)
+    assert await store.list_keys("session:child") == []
+    assert await runtime.fork(session.session_id, 3, "child") == "child"
+
+
+# ---------------------------------------------------------------- no read sees part of a batch
+
+
+async def test_no_file_read_sees_part_of_a_batch_installed_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A read that found no batch in the redo log went on while one was committed and
+    # installed: it saw some of the batch's keys new, the others old.
+    writer, reader = ar.FileBackend(tmp_path / "files"), ar.FileBackend(tmp_path / "files")
+    keys = [f"session:s:step:{n}" for n in range(1, 5)]
+    await writer.batch_save(dict.fromkeys(keys, b"old"))
+    reading, half_installed, finish = threading.Event(), threading.Event(), threading.Event()
+    write, load = writer._write, reader._load
+    written: list[str] = []
+
+    def pausing_write(key: str, value: bytes) -> None:
+        write(key, value)
+        written.append(key)
+        if len(written) == 2:
+            half_installed.set()
+            finish.wait(5)
+
+    def pausing_load(key: str) -> bytes | None:
+        if not reading.is_set():
+            reading.set()
+            half_installed.wait(0.5)  # in vain once fixed: the batch waits for this read
+        return load(key)
+
+    monkeypatch.setattr(writer, "_write", pausing_write)
+    monkeypatch.setattr(reader, "_load", pausing_load)
+    read = asyncio.create_task(reader.batch_load(keys))
+    assert await asyncio.to_thread(reading.wait, 5)
+    batch = asyncio.create_task(writer.batch_save(dict.fromkeys(keys, b"new")))
+    seen = await read
+    finish.set()
+    await batch
+    assert len(seen) == 4 and len(set(seen.values())) == 1, seen
+    assert await reader.batch_load(keys) == dict.fromkeys(keys, b"new")
+
+
+async def test_a_sqlite_batch_load_in_chunks_reads_one_snapshot(tmp_path: Path) -> None:
+    # Past SQLite's 500 variables a batch_load reads in chunks: a batch another connection
+    # committed between two chunks showed in the later chunks only.
+    store = ar.SqliteBackend(tmp_path / "store.db")
+    keys = [f"session:s:step:{n}" for n in range(1, 1001)]
+    await store.batch_save(dict.fromkeys(keys, b"old"))
+    other = sqlite3.connect(tmp_path / "store.db", isolation_level=None, check_same_thread=False)
+    chunks = 0
+
+    def between_chunks(statement: str) -> None:
+        nonlocal chunks
+        if statement.startswith("SELECT key, value"):
+            chunks += 1
+            if chunks == 2:  # the second chunk starts: another writer commits a batch
+                other.execute("BEGIN IMMEDIATE")
+                other.executemany(
+                    "UPDATE kv SET value = ? WHERE key = ?", [(b"new", k) for k in keys]
+                )
+                other.execute("COMMIT")
+
+    try:
+        store._conn.set_trace_callback(between_chunks)
+        seen = await store.batch_load(keys)
+        store._conn.set_trace_callback(None)
+        assert chunks == 2
+        assert set(seen.values()) == {b"old"} and len(seen) == 1000
+        assert set((await store.batch_load(keys)).values()) == {b"new"}
+    finally:
+        other.close()
+        store.close()
+
+
+# ---------------------------------------------------------------- PostgreSQL: first use, sizes
+
+
+async def test_postgres_workers_creating_one_table_at_once_all_succeed() -> None:
+    # CREATE TABLE IF NOT EXISTS is not safe against a concurrent twin: a worker's first
+    # call failed on the catalog's unique index when another worker's created the table.
+    dsn = server_address("postgres")
+    for _ in range(5):
+        table = f"kv_{uuid.uuid4().hex}"
+        workers = [ar.PostgresBackend(dsn, table=table, min_size=1, max_size=1) for _ in range(8)]
+        try:
+            results = await asyncio.gather(
+                *(w.save(f"k{i}", b"v") for i, w in enumerate(workers)), return_exceptions=True
+            )
+            assert [r for r in results if r is not None] == []
+            assert len(await workers[0].list_keys()) == 8
+        finally:
+            for worker in workers:
+                await worker.close()
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        {"min_size": 5, "max_size": 2},
+        {"min_size": -1},
+        {"max_size": 0},
+        {"min_size": 0, "max_size": 0},
+        {"min_size": "2"},
+        {"max_size": 2.0},
+        {"max_size": True},
+    ],
+)
+def test_bad_postgres_pool_sizes_fail_at_once_as_persistence_errors(sizes: dict[str, Any]) -> None:
+    with pytest.raises(ar.PersistenceError, match="pool sizes must be ints"):
+        ar.PostgresBackend("postgresql://x", **sizes)
+
+
+# ---------------------------------------------------------------- Redis: a namespace of its own
+
+
+async def test_redis_backend_by_default_shares_no_keys_with_the_orchestration_state() -> None:
+    # Its default prefix held the orchestration state's defaults: list_keys listed a rate
+    # limiter's bucket, which load could not read, and a save could overwrite.
+    url = server_address("redis")
+    name = f"api-{uuid.uuid4().hex}"
+    limiter = ar.RedisRateLimiter(url, rate=5, capacity=5)  # every default
+    store = ar.RedisBackend(url)
+    bucket = limiter.redis_key(name)
+    shadow = bucket.removeprefix("llm_agent_runtime:")  # the bucket, as the store named it
+    try:
+        assert await limiter.try_acquire(name)
+        assert [k for k in await store.list_keys() if name in k] == []
+        await store.save(shadow, b"checkpoint")
+        assert await store.load(shadow) == b"checkpoint"
+        assert await limiter.try_acquire(name)  # its bucket is whole
+    finally:
+        await store.client.delete(bucket, store.prefix + shadow)
+        await store.close()
+        await limiter.close()
+
+
+# ---------------------------------------------------------------- SQLite's synchronous setting
+
+SYNCHRONOUS = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
+
+
+@pytest.mark.parametrize(
+    ("given", "level"),
+    [
+        ("FULL", "FULL"),
+        ("normal", "NORMAL"),
+        ("Off", "OFF"),
+        ("extra", "EXTRA"),
+        (0, "OFF"),
+        (2, "FULL"),
+    ],
+)
+def test_sqlite_synchronous_takes_a_level_by_name_in_any_case_or_by_number(
+    tmp_path: Path, given: str | int, level: str
+) -> None:
+    store = ar.SqliteBackend(tmp_path / "store.db", synchronous=given)
+    try:
+        assert store.synchronous == level and f"synchronous={level!r}" in repr(store)
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == SYNCHRONOUS[level]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("given", ["FULLL", "fsync", "ON", "", 5, -1, True, 2.0, None])
+def test_sqlite_refuses_a_synchronous_level_it_would_take_for_normal(
+    tmp_path: Path, given: Any
+) -> None:
+    # SQLite takes a name it does not know for NORMAL, silently: less durable than asked.
+    with pytest.raises(ar.PersistenceError, match="synchronous must be one of"):
+        ar.SqliteBackend(tmp_path / "store.db", synchronous=given)

@@ -1289,3 +1289,67 @@ async def test_a_fork_whose_copy_fails_leaves_its_new_id_free() -> None:
         await runtime.fork(session.session_id, 1, "child")
     backend.fail = False
     assert await runtime.fork(session.session_id, 1, "child") == "child"
+
+
+async def test_a_saved_session_run_again_as_itself_is_not_taken_for_a_new_one() -> None:
+    # Refusing a new session under a saved id must not refuse the saved session itself: run
+    # again after its step saves failed, loaded from its checkpoint, resumed, forked.
+    backend = StepSavesDown()
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = runtime.create_session("a", "chat")
+    with pytest.raises(ConnectionError):  # no step saved, then the model goes down
+        await runtime.run_turn(session, "first", fails_after(add_step(0), add_step(1)))
+    assert session.checkpoint_errors >= 2
+    backend.down = False
+    assert await runtime.run_turn(session, "second", script(FINAL)) == "finished"
+    loaded = await ar.AgentSession.load_checkpoint(backend, "chat")
+    assert loaded.step_count == 3
+    other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    with pytest.raises(ConnectionError):
+        await other.run_turn(loaded, "third", fails_after(add_step(5)))
+    resumed = await other.resume("chat", script(FINAL))
+    assert [s.observation for s in resumed.steps] == ["1", "2", "", "6", ""]
+    assert await other.fork("chat", 4, "fork") == "fork"
+    forked = await other.resume("fork", script(FINAL))
+    assert [s.observation for s in forked.steps] == ["1", "2", "", "6", ""]
+    again = await ar.AgentSession.load_checkpoint(backend, "chat")
+    assert await other.run_turn(again, "fourth", script(FINAL)) == "finished"
+
+
+async def test_bad_prune_fork_and_sweep_arguments_are_persistence_errors() -> None:
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = await runtime.run_agent("a", "q", script(add_step(1), FINAL))
+    sid = session.session_id
+    for keep_last in (-1, "1", None, 0.5, True):
+        with pytest.raises(ar.PersistenceError, match="keep_last must be an int >= 0"):
+            await runtime.prune(sid, keep_last)  # type: ignore[arg-type]
+    for step in ("1", 1.5, -1, None):
+        with pytest.raises(ar.PersistenceError, match=f"cannot fork at step {step!r}"):
+            await runtime.fork(sid, step)  # type: ignore[arg-type]
+    for older_than in ("3600", None):
+        with pytest.raises(ar.PersistenceError, match="older_than must be a number"):
+            await runtime.sweep(older_than)  # type: ignore[arg-type]
+    assert await ar.AgentSession.load_checkpoint(backend, sid) == session
+
+
+async def test_session_ids_that_are_no_strings_and_backends_without_its_methods_are_refused() -> (
+    None
+):
+    # They raised TypeError (`"%" in 123`) or AttributeError (`None.load`).
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = await runtime.run_agent("a", "q", script(add_step(1), FINAL))
+    for bad_id in (123, None, b"id"):
+        with pytest.raises(ar.PersistenceError, match="a session id must be a string"):
+            await runtime.resume(bad_id, script(FINAL))  # type: ignore[arg-type]
+        with pytest.raises(ar.PersistenceError, match="a session id must be a string"):
+            await runtime.session_events(bad_id)  # type: ignore[arg-type]
+        if bad_id is not None:  # None asks fork for a fresh id
+            with pytest.raises(ar.PersistenceError, match="a session id must be a string"):
+                await runtime.fork(session.session_id, 1, bad_id)  # type: ignore[arg-type]
+        with pytest.raises(ar.PersistenceError, match="a session id must be a string"):
+            await ar.AgentSession.load_checkpoint(backend, bad_id)  # type: ignore[arg-type]
+    with pytest.raises(ar.PersistenceError, match="a checkpoint backend needs save, load"):
+        await ar.AgentSession.load_checkpoint(None, session.session_id)  # type: ignore[arg-type]
+    assert await ar.AgentSession.load_checkpoint(backend, session.session_id) == session

@@ -260,3 +260,39 @@ async def test_a_fork_that_failed_to_save_left_nothing_and_can_be_retried() -> N
     assert await backend.list_keys("session:copy") == []  # meta and steps: all or none
     await cs.fork("src", 2, "copy")
     assert observations(await cs.load("copy")) == ["1", "2"]
+
+
+# ---------------------------------------------------------------------- a reused id
+async def test_a_new_session_under_an_id_that_has_checkpoints_is_refused(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # A stable per-user id reused after a restart: the new run's steps mixed with the old
+    # run's, so a load, a resume or a fork found the old run's steps and answer.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    replies = [*(add_step(i) for i in range(4)), FINAL]
+    old = await runtime.run_agent(
+        "a", "old", script(*replies), session=runtime.create_session("a", "user-42")
+    )
+    saved = {k: await backend.load(k) for k in await backend.list_keys()}
+
+    fresh = runtime.create_session("a", "user-42")
+    with pytest.raises(ar.PersistenceError, match="'user-42' already has checkpoints") as info:
+        await runtime.run_agent("a", "new", fails_after(add_step(9)), session=fresh)
+    assert info.value.key == "session:user-42"
+    # An older copy of the session (fewer steps than saved) is refused too.
+    older = AgentSession.from_json(old.to_json())
+    del older.steps[2:]
+    with pytest.raises(ar.PersistenceError, match="5 steps saved, the session has 2"):
+        await runtime.run_turn(older, "new", script(FINAL))
+    # Nothing was written, not even the refused runs' event logs.
+    assert {k: await backend.load(k) for k in await backend.list_keys()} == saved
+    assert await ar.AgentSession.load_checkpoint(backend, "user-42") == old
+    assert (await runtime.resume("user-42", script())).final_answer == "finished"
+    # A run that saved no step yet has the id too.
+    started = runtime.create_session("a", "started")
+    with pytest.raises(ConnectionError):
+        await runtime.run_agent("a", "q", fails_after(), session=started)
+    with pytest.raises(ar.PersistenceError, match="'started' already has checkpoints"):
+        await runtime.run_agent(
+            "a", "q", script(FINAL), session=runtime.create_session("a", "started")
+        )

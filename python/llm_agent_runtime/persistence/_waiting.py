@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 async def wait_through_cancellation(
@@ -30,3 +34,38 @@ def retrieve_outcome(future: asyncio.Future[Any]) -> None:
     """Marks a finished future's exception retrieved (not logged): its waiter raises its own."""
     if not future.cancelled():
         future.exception()
+
+
+async def run_in_thread(work: Callable[[], T], grace: float | None = None) -> T:
+    """Runs `work` in a worker thread and returns what it returns (or raises what it raises).
+
+    A thread cannot be stopped, so a cancelled call does not leave it running unseen (a
+    write that lands after the caller's next one, say): cancelled before its thread started,
+    `work` never runs; cancelled later, the call waits for the thread, at most `grace`
+    seconds (None: until it ends), before the cancellation goes on. Only work still running
+    after the grace may then happen later.
+    """
+    guard = threading.Lock()
+    state = {"started": False, "abandoned": False}
+
+    def guarded() -> T:
+        with guard:
+            if state["abandoned"]:  # cancelled before this thread started: never runs
+                raise _Abandoned
+            state["started"] = True
+        return work()
+
+    done = asyncio.get_running_loop().run_in_executor(None, guarded)
+    done.add_done_callback(retrieve_outcome)  # a cancelled caller never sees it
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        with guard:
+            state["abandoned"] = not state["started"]
+        if not state["abandoned"]:
+            await wait_through_cancellation(done, grace)
+        raise
+
+
+class _Abandoned(Exception):
+    """A call cancelled before its thread started: the thread skips its work."""

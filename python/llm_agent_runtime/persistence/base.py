@@ -29,7 +29,12 @@ def escape_session_id(session_id: str) -> str:
     then `session:<id>:...` would read as a key of another session (`user:42:step:1`, the
     final checkpoint of session `user:42:step:1`, is step 1 of session `user:42`). An id
     without `%` or `:` is its own escape: its keys are the same as before escaping came in.
+
+    Raises:
+        PersistenceError: `session_id` is not a string.
     """
+    if not isinstance(session_id, str):
+        raise PersistenceError(f"a session id must be a string, got {type(session_id).__name__}")
     if "%" in session_id or ":" in session_id:
         return session_id.replace("%", "%25").replace(":", "%3A")
     return session_id

@@ -324,6 +324,10 @@ def _numbered(keys: Iterable[str], prefix: str) -> list[tuple[int, str]]:
     return found
 
 
+# What `CheckpointStore` calls on its backend (`save_new`, where there is one, too).
+_BACKEND_METHODS = ("save", "load", "delete", "batch_save", "batch_load", "list_keys")
+
+
 class CheckpointStore:
     """Session checkpoints, journal and event log on a `PersistenceBackend`.
 
@@ -332,8 +336,17 @@ class CheckpointStore:
     """
 
     def __init__(self, backend: PersistenceBackend) -> None:
+        missing = [m for m in _BACKEND_METHODS if not callable(getattr(backend, m, None))]
+        if missing:
+            raise PersistenceError(
+                f"a checkpoint backend needs {', '.join(missing)}: got {type(backend).__name__} "
+                "(see PersistenceBackend)"
+            )
         self.backend = backend
         self._next_event: dict[str, int] = {}  # per running session: the log's next number
+        # Sessions whose run `save_meta` refused, until `forget`: nothing of that run is
+        # written (its events would go into the log of the run the id belongs to).
+        self._refused: set[str] = set()
 
     # ------------------------------------------------------------------ writing
     async def save_meta(
@@ -357,13 +370,38 @@ class CheckpointStore:
         `AgentSession.from_json`, or run before on a runtime without checkpoints) has them
         saved in the same write, as a base record, and the session as it is as the final
         checkpoint of its earlier turns: the stored session is whole, and loads and resumes.
+
+        Raises:
+            PersistenceError: Before anything is written, when the store holds more of the
+                session than `session` does: more steps, or any record for a session with
+                none (a new session under the id of a saved one, whose records would mix
+                with the new run's). Nothing of the refused run is written after it either
+                (its steps, final checkpoint and events raise `PersistenceError`) until
+                `forget` or another `save_meta` of the session.
         """
+        key = session_key(session.session_id)
+        if session.steps:
+            stored = await self._stored_steps(key)
+            taken = stored > len(session.steps)
+        else:  # a new session: any run under its id wrote its meta record first
+            # One read, by key: listing keys would scan a Redis keyspace at every run.
+            taken = bool(await self.backend.batch_load([key, f"{key}:meta"]))
+            stored = await self._stored_steps(key) if taken else 0
+        if taken:
+            self._refused.add(session.session_id)
+            raise PersistenceError(
+                f"session {session.session_id!r} already has checkpoints ({stored} steps "
+                f"saved, the session has {len(session.steps)}): load it "
+                "(AgentSession.load_checkpoint) and run that, resume it (runtime.resume), or "
+                "start the new session under a new id",
+                key=key,
+            )
+        self._refused.discard(session.session_id)
         run = uuid.uuid4().hex if run is None else run
         meta_key, meta = _meta_item(
             session, mode, run, turn=turn, first_step=session.step_count, history=history
         )
-        key = session_key(session.session_id)
-        if session.steps and await self._stored_steps(key) < len(session.steps):
+        if stored < len(session.steps):
             records = [StepRecord(step).to_dict() for step in session.steps]
             earlier = {"session": session.to_dict(), "finished_at": time.time()}
             earlier["run"] = uuid.uuid4().hex  # not this run's: an earlier turn's
@@ -389,6 +427,7 @@ class CheckpointStore:
     def forget(self, session_id: str) -> None:
         """Drops what this store keeps in memory of a session's run (it ended, any way)."""
         self._next_event.pop(session_id, None)
+        self._refused.discard(session_id)
 
     async def save_steps(
         self,
@@ -492,6 +531,12 @@ class CheckpointStore:
         caller but landed all the same (cancelled while the backend finished it) is then
         overwritten, not logged twice.
         """
+        if session_id in self._refused:
+            raise PersistenceError(
+                f"session {session_id!r}: its run was refused at its start (the id already "
+                "has checkpoints), so nothing of the run is saved",
+                key=session_key(session_id),
+            )
         numbered = await self._event_items(session_id, events)
         end = self._next_event.get(session_id)
         try:
@@ -672,10 +717,11 @@ class CheckpointStore:
         the deltas it holds skips the duplicates.
 
         Raises:
-            ValueError: When `keep_last` is negative.
+            PersistenceError: When `keep_last` is not an int >= 0, or the session cannot be
+                loaded.
         """
-        if keep_last < 0:
-            raise ValueError("keep_last must be >= 0")
+        if not _is_count(keep_last):
+            raise PersistenceError(f"keep_last must be an int >= 0, got {keep_last!r}")
         state = await self.load(session_id)
         cut = len(state.records) - keep_last
         key = session_key(session_id)
@@ -723,8 +769,15 @@ class CheckpointStore:
         A session is found by its `:meta` record or its final checkpoint, and only its own
         keys (`:meta`, `:base:<n>`, `:step:<n>`, `:call:<n>:<i>`, `:event:<n>`) are deleted,
         never those of another session (ids are escaped in keys: see `escape_session_id`).
+
+        Raises:
+            PersistenceError: When `older_than` (or `now`) is not a number, or a final
+                checkpoint is corrupt.
         """
         now = time.time() if now is None else now
+        for name, value in (("older_than", older_than), ("now", now)):
+            if not _is_number(value):
+                raise PersistenceError(f"{name} must be a number of seconds, got {value!r}")
         keys = await self.backend.list_keys(_PREFIX)
         present = set(keys)
         candidates: dict[str, None] = {}  # session ids, in key order
@@ -769,14 +822,14 @@ class CheckpointStore:
         the steps are copied.
 
         Raises:
-            PersistenceError: When the source is missing or has fewer than `step` steps, or
-                when `new_session_id` already has checkpoints (the source's own id too) or
-                another fork claimed it meanwhile.
+            PersistenceError: When `step` is not an int >= 0, the source is missing or has
+                fewer than `step` steps, or when `new_session_id` already has checkpoints
+                (the source's own id too) or another fork claimed it meanwhile.
         """
         state = await self.load(session_id)
-        if not 0 <= step <= len(state.records):
+        if not _is_count(step) or step > len(state.records):
             raise PersistenceError(
-                f"cannot fork at step {step}: the session has {len(state.records)} steps",
+                f"cannot fork at step {step!r}: the session has {len(state.records)} steps",
                 key=session_key(session_id),
             )
         if await self._exists(new_session_id):

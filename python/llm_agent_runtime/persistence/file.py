@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -13,8 +12,9 @@ import sys
 import threading
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.persistence._checks import (
@@ -24,6 +24,7 @@ from llm_agent_runtime.persistence._checks import (
     check_prefix,
     check_value,
 )
+from llm_agent_runtime.persistence._waiting import run_in_thread
 from llm_agent_runtime.persistence.base import encode_key
 
 if sys.platform != "win32":
@@ -32,6 +33,8 @@ if sys.platform != "win32":
 __all__ = ["FileBackend", "file_name_for"]
 
 logger = logging.getLogger("llm_agent_runtime")
+
+T = TypeVar("T")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _HEADER = struct.Struct("<I")
@@ -45,6 +48,10 @@ _BATCHES = ".batches"
 """The folder of the redo log: a batch being written (`<uuid>.tmp`) or installed."""
 _BATCH = re.compile(r"[0-9a-f]{32}\.batch\Z")
 _BATCH_TEMP = re.compile(r"[0-9a-f]{32}\.tmp\Z")
+_INSTALL_LOCK = ".batches.lock"
+"""The redo log's lock file, beside its folder: a batch's writer holds it exclusively from
+the batch's commit until it is installed, and readers hold it shared while they read (see
+`FileBackend`)."""
 _BATCH_MAGIC = b"llm-agent-runtime-batch/1\n"
 _BATCH_COUNT = struct.Struct("<I")
 _BATCH_ITEM = struct.Struct("<IQ")
@@ -69,16 +76,18 @@ def file_name_for(key: str) -> str:
     return f"{_UNSAFE.sub('_', key[:_PREFIX_CHARS])}-{digest}.bin"
 
 
-def _lock(fd: int, wait: bool = True) -> bool:
-    """Takes an exclusive advisory lock on open file `fd`; False if `wait` is off and taken.
+def _lock(fd: int, wait: bool = True, shared: bool = False) -> bool:
+    """Takes an advisory lock on open file `fd`; False if `wait` is off and it is taken.
 
-    The lock says "a live writer uses this file": the kernel drops it when the process dies.
-    Without POSIX locks (Windows) it is always taken (see `FileBackend`).
+    Exclusive, unless `shared`. The lock says "a live writer (or reader) uses this file": the
+    kernel drops it when the process dies, or the file is closed. Without POSIX locks
+    (Windows) it is always taken (see `FileBackend`).
     """
     if sys.platform == "win32":
         return True
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True
@@ -146,9 +155,18 @@ class FileBackend:
     crash cut short.
 
     Several processes may share the directory: POSIX advisory locks (`flock`) tell a live
-    writer's files from those a crash left, and a call waits for a batch being installed to
-    be installed whole. (Where there are no such locks, Windows, only one process should
-    use a directory.)
+    writer's files from those a crash left, and no read (`load`, `batch_load`, `list_keys`)
+    sees part of a batch: a batch's writer holds the redo log's lock (`.batches.lock`) from
+    the batch's commit until it is installed, and a read holds it shared, so a read waits
+    for a batch being installed, and a batch for the reads under way (a batch a crash left
+    is finished before a read). A read of a directory where that lock cannot be opened (a
+    read-only copy, where nobody writes) takes no lock. (Where there are no POSIX locks,
+    Windows, only one process should use a directory.)
+
+    Every call runs in a worker thread. A call cancelled before its thread started never
+    runs; one cancelled later waits for its thread to end before the cancellation goes on
+    (file I/O waits for no lock but a batch another writer is installing): a cancelled
+    write has happened, or never will, by the time the cancellation reaches the caller.
 
     Args:
         directory: where the files live (created if missing).
@@ -299,43 +317,47 @@ class FileBackend:
             except OSError as exc:
                 raise PersistenceError(f"cannot write the batch {tmp}: {exc}") from exc
             try:
-                try:
-                    # Held until the batch is installed: readers wait for it, and nobody
-                    # takes it for one a crash left.
-                    _lock(fd)
-                    view = memoryview(record)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    os.fsync(fd)
-                    os.replace(tmp, batch)  # the commit...
-                except OSError as exc:
-                    if (
-                        isinstance(exc, FileNotFoundError)
-                        and attempt == 0
-                        and self._batches.is_dir()
-                        and not tmp.exists()
-                    ):
-                        continue  # taken for a crash's leftover in the instant before the lock
-                    with contextlib.suppress(OSError):
-                        tmp.unlink(missing_ok=True)
-                    raise PersistenceError(
-                        f"cannot write the batch {tmp} (nothing of it was saved): {exc}"
-                    ) from exc
-                with _INSTALLING_LOCK:
-                    _INSTALLING.add(str(batch))
-                try:
-                    _sync_directory(self._batches)  # ...made durable
-                    self._install(batch, items)
-                except (OSError, PersistenceError) as exc:
-                    raise PersistenceError(
-                        f"batch committed to {batch} but not installed: {exc}; the next call "
-                        "on this directory finishes it",
-                        key=next(iter(items)),
-                    ) from exc
-                finally:
+                with contextlib.ExitStack() as installing:
+                    try:
+                        # Held until the batch is installed: `_finish_batch` waits for it,
+                        # and nobody takes it for one a crash left.
+                        _lock(fd)
+                        view = memoryview(record)
+                        while view:
+                            view = view[os.write(fd, view) :]
+                        os.fsync(fd)
+                        # From the commit until the batch is installed: no read sees part
+                        # of it.
+                        installing.enter_context(self._install_lock(shared=False))
+                        os.replace(tmp, batch)  # the commit...
+                    except (OSError, PersistenceError) as exc:
+                        if (
+                            isinstance(exc, FileNotFoundError)
+                            and attempt == 0
+                            and self._batches.is_dir()
+                            and not tmp.exists()
+                        ):
+                            continue  # taken for a crash's leftover before the lock
+                        with contextlib.suppress(OSError):
+                            tmp.unlink(missing_ok=True)
+                        raise PersistenceError(
+                            f"cannot write the batch {tmp} (nothing of it was saved): {exc}"
+                        ) from exc
                     with _INSTALLING_LOCK:
-                        _INSTALLING.discard(str(batch))
-                return
+                        _INSTALLING.add(str(batch))
+                    try:
+                        _sync_directory(self._batches)  # ...made durable
+                        self._install(batch, items)
+                    except (OSError, PersistenceError) as exc:
+                        raise PersistenceError(
+                            f"batch committed to {batch} but not installed: {exc}; the next "
+                            "call on this directory finishes it",
+                            key=next(iter(items)),
+                        ) from exc
+                    finally:
+                        with _INSTALLING_LOCK:
+                            _INSTALLING.discard(str(batch))
+                    return
             finally:
                 os.close(fd)
         raise PersistenceError(f"cannot write the batch in {self._batches}")  # pragma: no cover
@@ -347,6 +369,70 @@ class FileBackend:
         _sync_directory(self.directory)
         batch.unlink(missing_ok=True)
 
+    @contextlib.contextmanager
+    def _install_lock(self, shared: bool) -> Iterator[None]:
+        """Holds the redo log's install lock: shared to read, exclusive to install a batch.
+
+        A reader that cannot open it (a read-only copy of the directory) holds none.
+
+        Raises:
+            PersistenceError: When it cannot be locked, or a writer cannot open it.
+        """
+        path = self.directory / _INSTALL_LOCK
+        fd = None
+        if sys.platform != "win32":  # else no lock to take (see the class)
+            try:
+                # Open for writing: where `flock` is emulated with POSIX locks (NFS), an
+                # exclusive lock needs it.
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                if not shared:
+                    raise PersistenceError(f"cannot open {path}: {exc}") from exc
+        if fd is None:
+            yield
+            return
+        try:
+            try:
+                _lock(fd, shared=shared)
+            except OSError as exc:
+                raise PersistenceError(f"cannot lock {path}: {exc}") from exc
+            yield
+        finally:
+            os.close(fd)  # drops the lock
+
+    def _read_whole(self, read: Callable[[], T]) -> T:
+        """`read()`, with no batch installed meanwhile: it sees each batch whole, or not at all.
+
+        Under the shared install lock, a committed batch is one a crash left (a live writer
+        holds the lock until its batch is installed): it is finished first, outside the
+        lock, and the read is tried again.
+        """
+        while True:
+            with self._install_lock(shared=True):
+                if not self._committed_batches():
+                    return read()
+            self._finish_batches()
+
+    def _committed_batches(self) -> list[Path]:
+        """The batches committed to the redo log and not installed yet, by name.
+
+        Where there are no locks to wait on, those this process is installing are left out.
+
+        Raises:
+            PersistenceError: When the redo log cannot be listed.
+        """
+        try:
+            names = sorted(os.listdir(self._batches))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise PersistenceError(f"cannot list the redo log {self._batches}: {exc}") from exc
+        batches = [self._batches / name for name in names if _BATCH.match(name)]
+        if sys.platform == "win32":
+            with _INSTALLING_LOCK:
+                batches = [batch for batch in batches if str(batch) not in _INSTALLING]
+        return batches
+
     def _finish_batches(self) -> None:
         """Finishes each batch a crash left committed (and waits for one being installed).
 
@@ -354,20 +440,7 @@ class FileBackend:
             PersistenceError: When one cannot be finished: what is stored would not be
                 all of it.
         """
-        try:
-            names = sorted(os.listdir(self._batches))
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise PersistenceError(f"cannot list the redo log {self._batches}: {exc}") from exc
-        for name in names:
-            if not _BATCH.match(name):
-                continue
-            batch = self._batches / name
-            if sys.platform == "win32":  # no lock to wait on: leave this process's own alone
-                with _INSTALLING_LOCK:
-                    if str(batch) in _INSTALLING:
-                        continue
+        for batch in self._committed_batches():
             self._finish_batch(batch)
 
     def _finish_batch(self, batch: Path) -> None:
@@ -440,7 +513,7 @@ class FileBackend:
             self._finish_batches()
             self._write(key, value)
 
-        await asyncio.to_thread(write)
+        await run_in_thread(write)
 
     async def save_new(self, key: str, value: bytes) -> bool:
         """Stores `value` under `key` unless the key exists; returns whether it wrote.
@@ -455,17 +528,13 @@ class FileBackend:
             self._finish_batches()
             return self._write_new(key, value)
 
-        return await asyncio.to_thread(write)
+        return await run_in_thread(write)
 
     async def load(self, key: str) -> bytes | None:
         """Returns the value stored under `key`, or None."""
         check_key(key)
 
-        def read() -> bytes | None:
-            self._finish_batches()
-            return self._load(key)
-
-        return await asyncio.to_thread(read)
+        return await run_in_thread(lambda: self._read_whole(lambda: self._load(key)))
 
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
@@ -481,7 +550,7 @@ class FileBackend:
                 raise PersistenceError(f"cannot delete {path}: {exc}", key=key) from exc
             return True
 
-        return await asyncio.to_thread(remove)
+        return await run_in_thread(remove)
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
         """Stores every item, all or none, even across a crash (see the class).
@@ -496,7 +565,7 @@ class FileBackend:
             self._finish_batches()
             self._write_batch(checked)
 
-        await asyncio.to_thread(write)
+        await run_in_thread(write)
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
@@ -505,7 +574,6 @@ class FileBackend:
             encode_key(key)
 
         def read() -> dict[str, bytes]:
-            self._finish_batches()
             found: dict[str, bytes] = {}
             for key in wanted:
                 value = self._load(key)
@@ -513,7 +581,7 @@ class FileBackend:
                     found[key] = value
             return found
 
-        return await asyncio.to_thread(read)
+        return await run_in_thread(lambda: self._read_whole(read))
 
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the stored keys starting with `prefix`, sorted.
@@ -526,7 +594,6 @@ class FileBackend:
         start = _UNSAFE.sub("_", prefix[:_PREFIX_CHARS])
 
         def scan() -> list[str]:
-            self._finish_batches()
             keys = []
             try:
                 names = os.listdir(self.directory)
@@ -539,4 +606,4 @@ class FileBackend:
                         keys.append(key)
             return sorted(keys)
 
-        return await asyncio.to_thread(scan)
+        return await run_in_thread(lambda: self._read_whole(scan))

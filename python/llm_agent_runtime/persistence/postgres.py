@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import re
 import sys
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
@@ -60,13 +61,14 @@ class PostgresBackend:
         table: Table name (created if missing): a plain SQL identifier (ASCII letters,
             digits and `_`, at most 63), case-insensitive as an unquoted name is; it is
             quoted in every statement, so a reserved word (`order`, `user`) works too.
-        min_size: Connections kept open.
-        max_size: Most connections at once.
+        min_size: Connections kept open (an int >= 0).
+        max_size: Most connections at once (an int >= 1, and >= `min_size`).
         timeout: Seconds a call may take, waiting for a free connection included.
 
     Raises:
-        PersistenceError: When the table name is not a plain identifier, `timeout` is not a
-            positive number, or psycopg is not installed (the `postgres` extra).
+        PersistenceError: When the table name is not a plain identifier, the pool sizes are
+            not such ints, `timeout` is not a positive number, or psycopg is not installed
+            (the `postgres` extra).
     """
 
     def __init__(
@@ -85,6 +87,15 @@ class PostgresBackend:
             or not 0 < timeout < float("inf")
         ):
             raise PersistenceError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if not (
+            all(isinstance(n, int) and not isinstance(n, bool) for n in (min_size, max_size))
+            and 0 <= min_size <= max_size
+            and max_size >= 1
+        ):
+            raise PersistenceError(
+                "pool sizes must be ints with 0 <= min_size <= max_size and max_size >= 1, got "
+                f"min_size={min_size!r}, max_size={max_size!r}"
+            )
         try:
             from psycopg_pool import AsyncConnectionPool, PoolTimeout
         except ImportError as error:
@@ -95,6 +106,10 @@ class PostgresBackend:
         # Quoted, so that a reserved word is a name too; lower case, so that the name means
         # the table an unquoted one did (PostgreSQL folds unquoted names to lower case).
         self._table = f'"{table.lower()}"'
+        # The table's advisory lock, which its creation takes (see `open`): a stable number
+        # of its name, as the lock is shared by every process on the database.
+        digest = hashlib.sha256(f"llm_agent_runtime:create:{table.lower()}".encode()).digest()
+        self._create_lock = int.from_bytes(digest[:8], "big", signed=True)
         self.timeout = timeout
         # Autocommit: every call is one statement, atomic on its own, in one round trip.
         self._new_pool = functools.partial(
@@ -106,7 +121,7 @@ class PostgresBackend:
             open=False,
             kwargs={"autocommit": True},
         )
-        self._pool = self._new_pool()  # built now so that bad sizes fail here; never opened
+        self._pool = self._new_pool()  # what `close` closes before the first open
         self._ready = False
         self._opening = asyncio.Lock()  # concurrent first calls open (and create) once
         self._pool_timeout: type[Exception] = PoolTimeout
@@ -131,7 +146,13 @@ class PostgresBackend:
             pool = self._pool = self._new_pool()
             try:
                 await pool.open(wait=True, timeout=self.timeout)
+                # CREATE TABLE IF NOT EXISTS is not safe against a concurrent twin (another
+                # worker's first call): it fails on the catalog's unique index. The lock
+                # serializes them. One query without parameters, so one round trip of the
+                # simple protocol, whose statements run as one implicit transaction: the
+                # lock lasts until the table is committed.
                 await self._statement(
+                    f"SELECT pg_advisory_xact_lock({self._create_lock}); "
                     f"CREATE TABLE IF NOT EXISTS {self._table} "
                     "(key BYTEA PRIMARY KEY, value BYTEA NOT NULL, "
                     "updated_at TIMESTAMPTZ NOT NULL DEFAULT now())",

@@ -28,13 +28,18 @@ class RedisBackend:
 
     Args:
         url: e.g. `redis://host:6379/0`.
-        prefix: Prepended to every key, so several applications can share a database.
+        prefix: Prepended to every key, so several applications can share a database. The
+            default, `llm_agent_runtime:kv:`, is a namespace of the backend's own: the Redis
+            orchestration state's defaults (`llm_agent_runtime:breaker:`, `:bucket:`,
+            `:dedup:`) are beside it, not in it, so `list_keys` never lists their keys and
+            `save` never writes over them. (Checkpoints saved under the default of earlier
+            versions, `llm_agent_runtime:`, are read with that prefix.)
 
     Raises:
         PersistenceError: When redis-py is not installed (the `redis` extra).
     """
 
-    def __init__(self, url: str, prefix: str = "llm_agent_runtime:") -> None:
+    def __init__(self, url: str, prefix: str = "llm_agent_runtime:kv:") -> None:
         self.prefix = prefix
         self.client: Any = redis_client(url, "RedisBackend")
         """The redis-py client (shared with the Redis-backed orchestration state)."""

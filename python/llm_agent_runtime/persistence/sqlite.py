@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.persistence._checks import (
@@ -17,7 +16,7 @@ from llm_agent_runtime.persistence._checks import (
     check_prefix,
     check_value,
 )
-from llm_agent_runtime.persistence._waiting import retrieve_outcome, wait_through_cancellation
+from llm_agent_runtime.persistence._waiting import run_in_thread
 from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["SqliteBackend"]
@@ -32,6 +31,9 @@ _UPSERT = (
 _CANCEL_GRACE = 1.0
 """Seconds a cancelled call waits for its running thread before the cancellation goes on
 (the thread may be waiting up to `busy_timeout` for another writer's lock)."""
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+"""SQLite's `synchronous` levels, by their number: SQLite takes an unknown name for NORMAL,
+silently, so a name is checked here."""
 
 
 class SqliteBackend:
@@ -47,20 +49,26 @@ class SqliteBackend:
 
     Args:
         path: database file (created, with its directory, if missing), or ":memory:".
-        synchronous: SQLite's `synchronous` setting. `FULL` (the default) fsyncs every commit,
-            so a saved checkpoint survives a power cut; `NORMAL` is faster and survives a
-            process crash but may lose the last commits on power loss.
+        synchronous: SQLite's `synchronous` setting: `OFF`, `NORMAL`, `FULL` or `EXTRA` (in
+            any case), or SQLite's number for one, 0 to 3. `FULL` (the default) fsyncs every
+            commit, so a saved checkpoint survives a power cut; `NORMAL` is faster and
+            survives a process crash but may lose the last commits on power loss. The
+            attribute (and the repr) holds the level's name.
         busy_timeout: seconds to wait for another writer's lock.
+
+    Raises:
+        PersistenceError: When `synchronous` is no such level, or the database cannot be
+            opened.
     """
 
     def __init__(
         self,
         path: str | Path,
-        synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
+        synchronous: str | int = "FULL",
         busy_timeout: float = 30.0,
     ) -> None:
         self.path = str(path)
-        self.synchronous = synchronous
+        self.synchronous = _synchronous_level(synchronous)
         self._lock = threading.Lock()
         try:
             if self.path != ":memory:":
@@ -69,7 +77,7 @@ class SqliteBackend:
                 self.path, timeout=busy_timeout, check_same_thread=False, isolation_level=None
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA synchronous={synchronous}")
+            self._conn.execute(f"PRAGMA synchronous={self.synchronous}")
             self._conn.execute(SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise PersistenceError(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -84,27 +92,13 @@ class SqliteBackend:
 
         `keys` may be the mapping of a batch's items: a value too big to bind names its key.
         """
-        guard = threading.Lock()
-        state = {"started": False, "abandoned": False}
 
         def locked() -> T:
-            with guard:
-                if state["abandoned"]:  # cancelled before this thread started: never runs
-                    raise _Abandoned
-                state["started"] = True
             with self._lock:
                 return work(self._conn)
 
-        done = asyncio.get_running_loop().run_in_executor(None, locked)
-        done.add_done_callback(retrieve_outcome)  # a cancelled caller never sees it
         try:
-            return await asyncio.shield(done)
-        except asyncio.CancelledError:
-            with guard:
-                state["abandoned"] = not state["started"]
-            if not state["abandoned"]:
-                await wait_through_cancellation(done, _CANCEL_GRACE)
-            raise
+            return await run_in_thread(locked, _CANCEL_GRACE)
         except sqlite3.Error as exc:
             raise PersistenceError(f"SQLite error on {self.path}: {exc}", key=key) from exc
         except UnicodeEncodeError:  # sqlite3 binds text as UTF-8: a lone surrogate fails
@@ -169,11 +163,18 @@ class SqliteBackend:
 
         def read(c: sqlite3.Connection) -> dict[str, bytes]:
             found: dict[str, bytes] = {}
-            for start in range(0, len(wanted), 500):  # stay under SQLite's variable limit
-                chunk = wanted[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for k, v in c.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", chunk):
-                    found[k] = bytes(v)
+            # One read transaction: every chunk sees the same snapshot, never part of a batch
+            # another connection commits between two chunks.
+            c.execute("BEGIN")
+            try:
+                for start in range(0, len(wanted), 500):  # stay under SQLite's variable limit
+                    chunk = wanted[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    query = f"SELECT key, value FROM kv WHERE key IN ({marks})"
+                    for k, v in c.execute(query, chunk):
+                        found[k] = bytes(v)
+            finally:
+                c.execute("COMMIT")  # a read transaction: nothing to roll back
             return found
 
         return await self._run(None, read, wanted)
@@ -200,5 +201,16 @@ class SqliteBackend:
         return f"SqliteBackend(path={self.path!r}, synchronous={self.synchronous!r})"
 
 
-class _Abandoned(Exception):
-    """A call cancelled before its thread started: the thread skips its work."""
+def _synchronous_level(value: object) -> str:
+    """The name of the `synchronous` level `value` names (a name in any case, or 0 to 3).
+
+    Raises:
+        PersistenceError: When `value` names no level.
+    """
+    if isinstance(value, str) and value.upper() in _SYNCHRONOUS:
+        return value.upper()
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(_SYNCHRONOUS):
+        return _SYNCHRONOUS[value]
+    raise PersistenceError(
+        f"synchronous must be one of {', '.join(_SYNCHRONOUS)} (or 0 to 3), got {value!r}"
+    )
