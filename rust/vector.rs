@@ -18,7 +18,7 @@ use numpy::{
 use parking_lot::RwLock;
 use pyo3::exceptions::PyUnicodeEncodeError;
 use pyo3::prelude::*;
-use pyo3::types::PyBool;
+use pyo3::types::{PyBool, PyList};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
@@ -199,7 +199,8 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 #[allow(unsafe_code)]
 fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
     use std::arch::x86_64::{
-        _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps,
+        _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_maskz_loadu_ps,
+        _mm512_reduce_add_ps, _mm512_setzero_ps,
     };
     let mut acc = [_mm512_setzero_ps(); 4];
     let (ca, cb) = (a.chunks_exact(64), b.chunks_exact(64));
@@ -217,11 +218,30 @@ fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     let pairs = (_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-    let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(pairs.0, pairs.1));
-    for (x, y) in ra.iter().zip(rb) {
-        sum = x.mul_add(*y, sum);
+    let mut sum = _mm512_add_ps(pairs.0, pairs.1);
+    // The rest (up to 63 values) 16 at a time, then the last few under a mask: one by one,
+    // they would cost more than the chunks (dimensions such as 50, 100 or 300).
+    let (ca, cb) = (ra.chunks_exact(16), rb.chunks_exact(16));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        // SAFETY: `x` and `y` hold 16 floats.
+        let (p, q) = unsafe { (_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(y.as_ptr())) };
+        sum = _mm512_fmadd_ps(p, q, sum);
     }
-    sum
+    let tail = ta.len().min(tb.len());
+    if tail > 0 {
+        let mask = (1u16 << tail) - 1; // tail < 16
+                                       // SAFETY: only the first `tail` lanes are read, and they are inside `ta` and `tb`
+                                       // (a masked load does not touch the lanes it leaves out).
+        let (p, q) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(mask, ta.as_ptr()),
+                _mm512_maskz_loadu_ps(mask, tb.as_ptr()),
+            )
+        };
+        sum = _mm512_fmadd_ps(p, q, sum);
+    }
+    _mm512_reduce_add_ps(sum)
 }
 
 /// Scores `rows` (a slice of whole rows starting at row `first`) against `query` into `top`.
@@ -1030,22 +1050,24 @@ fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
             "ids must be a 1-D int64/uint64 numpy array or a list of ints >= 0".into(),
         ))
     };
+    let id = |item: Bound<'_, PyAny>| -> PyResult<u64> {
+        // `bool` is an `int` subclass, but True is no id (and no count: `k` and the
+        // semantic store refuse it too).
+        if item.is_instance_of::<PyBool>() {
+            return Err(CoreError::Memory(format!(
+                "ids must be ints >= 0, not bool (got {})",
+                if item.is_truthy()? { "True" } else { "False" }
+            ))
+            .into());
+        }
+        item.extract::<u64>().map_err(|_| refuse())
+    };
+    // A list is read in place; another sequence is copied out first (a str is no ids).
+    if let Ok(list) = value.cast::<PyList>() {
+        return list.iter().map(id).collect();
+    }
     let items: Vec<Bound<'_, PyAny>> = value.extract().map_err(|_| refuse())?;
-    items
-        .iter()
-        .map(|item| {
-            // `bool` is an `int` subclass, but True is no id (and no count: `k` and the
-            // semantic store refuse it too).
-            if item.is_instance_of::<PyBool>() {
-                return Err(CoreError::Memory(format!(
-                    "ids must be ints >= 0, not bool (got {})",
-                    if item.is_truthy()? { "True" } else { "False" }
-                ))
-                .into());
-            }
-            item.extract::<u64>().map_err(|_| refuse())
-        })
-        .collect()
+    items.into_iter().map(id).collect()
 }
 
 /// An id as numpy returns it: lossless, as `add` refuses ids above [`MAX_ID`] (`i64::MAX`).

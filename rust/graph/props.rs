@@ -2,12 +2,13 @@
 //! properties (stored without Python objects, so the graph exports, copies and crosses
 //! threads freely).
 
+use pyo3::exceptions::PyOverflowError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 use serde_json::{Map, Number, Value};
 
-use crate::args::{self, text_of};
+use crate::args::text_of;
 use crate::errors::{catch_panics, CoreError};
 
 const MAX_DEPTH: usize = 64;
@@ -33,7 +34,11 @@ fn finite_float(value: f64) -> PyResult<Value> {
 /// array, a custom class) is not: it is refused rather than silently made a float.
 fn is_real_number(value: &Bound<'_, PyAny>) -> PyResult<bool> {
     static REAL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    value.is_instance(REAL.import(value.py(), "numbers", "Real")?)
+    static RATIONAL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let py = value.py();
+    // An exact fraction (`Fraction`) is refused as `Decimal` is: a float would round it.
+    Ok(value.is_instance(REAL.import(py, "numbers", "Real")?)?
+        && !value.is_instance(RATIONAL.import(py, "numbers", "Rational")?)?)
 }
 
 fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
@@ -94,9 +99,24 @@ fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
     // Other real numbers (numpy's float32, which embeddings and scores come as) are floats
     // through `__float__`; one beyond the float range is refused as a non-finite float is.
     if is_real_number(value)? {
-        let float = args::real(value, |why| {
-            CoreError::Graph(format!("property floats must be finite, got {why}"))
-        })?;
+        let float = match value.extract::<f64>() {
+            Ok(float) => float,
+            Err(error) if error.is_instance_of::<PyOverflowError>(value.py()) => {
+                return Err(CoreError::Graph(format!(
+                    "property floats must be finite, got a number beyond the float range ({})",
+                    error.value(value.py())
+                ))
+                .into());
+            }
+            Err(error) => {
+                return Err(CoreError::Graph(format!(
+                    "property {} could not be read as a float: {}",
+                    value.get_type().name()?,
+                    error.value(value.py())
+                ))
+                .into());
+            }
+        };
         return finite_float(float);
     }
     Err(CoreError::Graph(format!(
