@@ -145,8 +145,17 @@ async def test_is_failure_predicate_and_validation() -> None:
             ar.CircuitBreaker("s", **bad)  # type: ignore[arg-type]
 
 
-async def test_shared_backend_across_breakers() -> None:
-    backend = ar.InMemoryCircuitStateBackend()
+class CountingBackend(ar.InMemoryCircuitStateBackend):
+    """A state backend that is falsy while it holds no state (it has `__len__`)."""
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+@pytest.mark.parametrize("backend_type", [ar.InMemoryCircuitStateBackend, CountingBackend])
+async def test_shared_backend_across_breakers(backend_type: type) -> None:
+    # A falsy backend was replaced by a breaker's own: the breakers shared nothing.
+    backend = backend_type()
     clock = ar.FakeClock()
     a = ar.CircuitBreaker("svc", 2, 10, backend=backend, clock=clock)
     b = ar.CircuitBreaker("svc", 2, 10, backend=backend, clock=clock)

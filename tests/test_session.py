@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from typing import Any
 
@@ -257,14 +258,23 @@ def test_from_dict_accepts_what_to_dict_writes_and_ints_for_floats() -> None:
 async def test_sessions_loaded_from_one_dict_share_no_history() -> None:
     # They shared the dict's list (and message dicts): a turn of one grew the other's
     # history and the caller's dict.
+    # Then they shared the tool calls of the messages (and their arguments).
     data = ar.AgentSession("s", "a").to_dict()
-    given = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
-    data["messages"] = [dict(m) for m in given]
+    call = {"id": "c1", "name": "add", "arguments": {"a": 1}}
+    given = [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "1", "tool_call_id": "c1", "name": "add"},
+        {"role": "assistant", "content": "hi"},
+    ]
+    data["messages"] = copy.deepcopy(given)
     first, second = ar.AgentSession.from_dict(data), ar.AgentSession.from_dict(data)
     provider = ar.ScriptedProvider(["Thought: x\nAction: FINAL_ANSWER A"])
     await ar.AgentRuntime().run_turn(first, "again", provider)
     first.messages[0]["content"] = "edited"
-    assert len(first.messages) == 4
+    first.messages[1]["tool_calls"][0]["arguments"]["a"] = 2
+    first.messages[1]["tool_calls"].append(call)
+    assert len(first.messages) == 6
     assert second.messages == data["messages"] == given
 
 

@@ -157,7 +157,8 @@ ApprovalHandler = Callable[
 class Middleware:
     """Base of middlewares; override any hook. A hook returning None keeps the value.
 
-    A hook is overridden in a subclass or set on an instance (`self.on_post_llm = ...`).
+    A hook is overridden in a subclass or set on an instance (`self.on_post_llm = ...`);
+    the runtime takes a middleware's hooks when it is built (a hook set later is not seen).
     Hooks may be sync or async. `on_tool_call` returns `(tool name, arguments)` or None.
     """
 
@@ -1952,13 +1953,23 @@ class AgentRuntime:
         """Folds all but the last `keep_last` step checkpoints of a session.
 
         Safe while the session runs. Returns how many checkpoints were folded.
+
+        Raises:
+            AgentRuntimeError: Without a checkpoint backend.
+            PersistenceError: `keep_last` is not an int >= 0, or the session cannot be
+                loaded.
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("prune needs a checkpoint_backend")
         return await self._checkpoints.prune(session_id, keep_last)
 
     async def sweep(self, older_than: float) -> list[str]:
-        """Deletes finished sessions that ended more than `older_than` seconds ago."""
+        """Deletes finished sessions that ended more than `older_than` seconds ago.
+
+        Raises:
+            AgentRuntimeError: Without a checkpoint backend.
+            PersistenceError: `older_than` is not a number, or a final checkpoint is corrupt.
+        """
         if self._checkpoints is None:
             raise AgentRuntimeError("sweep needs a checkpoint_backend")
         return await self._checkpoints.sweep(older_than)

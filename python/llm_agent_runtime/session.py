@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -269,8 +270,8 @@ class AgentSession:
                 raise PersistenceError("session field 'messages' must be a list of dicts")
             if (problem := message_problem(message)) is not None:
                 raise PersistenceError(f"message {n}: {problem}")
-        if "messages" in fields:  # the session's own: its turns must not grow `data`'s list
-            fields["messages"] = [dict(m) for m in fields["messages"]]
+        if "messages" in fields:  # the session's own, tool calls and all: `data` stays as is
+            fields["messages"] = copy.deepcopy(fields["messages"])
         return cls(**fields)
 
     @classmethod

@@ -288,11 +288,44 @@ async def test_a_new_session_under_an_id_that_has_checkpoints_is_refused(
     assert {k: await backend.load(k) for k in await backend.list_keys()} == saved
     assert await ar.AgentSession.load_checkpoint(backend, "user-42") == old
     assert (await runtime.resume("user-42", script())).final_answer == "finished"
-    # A run that saved no step yet has the id too.
-    started = runtime.create_session("a", "started")
+
+
+async def test_a_session_whose_run_saved_no_step_runs_again(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # A run that failed before its first step (a provider down, a spent budget) left its
+    # meta record alone: the retry was refused as a new session under a taken id, and so
+    # were a loaded copy's turn and a fork at step 0's.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = runtime.create_session("a", "s1")
     with pytest.raises(ConnectionError):
-        await runtime.run_agent("a", "q", fails_after(), session=started)
-    with pytest.raises(ar.PersistenceError, match="'started' already has checkpoints"):
-        await runtime.run_agent(
-            "a", "q", script(FINAL), session=runtime.create_session("a", "started")
-        )
+        await runtime.run_agent("a", "q", fails_after(), session=session)
+    assert (await runtime.run_agent("a", "q", script(FINAL), session=session)).final_answer
+    assert (await ar.AgentSession.load_checkpoint(backend, "s1")).final_answer == "finished"
+    with pytest.raises(ConnectionError):
+        await runtime.run_turn(runtime.create_session("a", "s2"), "q", fails_after())
+    loaded = await ar.AgentSession.load_checkpoint(backend, "s2")
+    assert await runtime.run_turn(loaded, "q", script(FINAL)) == "finished"
+    fork = await runtime.fork("s1", 0)
+    copy = await ar.AgentSession.load_checkpoint(backend, fork)
+    assert await runtime.run_turn(copy, "again", script(FINAL)) == "finished"
+
+
+async def test_two_runs_starting_one_fresh_id_at_once_run_one(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Both passed the check that the id was free, then wrote over each other's meta,
+    # steps and events.
+    first = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    second = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    runs = await asyncio.gather(
+        first.run_agent("a", "Q1", script(FINAL), session=first.create_session("a", "x")),
+        second.run_agent("a", "Q2", script(FINAL), session=second.create_session("a", "x")),
+        return_exceptions=True,
+    )
+    refused = [r for r in runs if isinstance(r, ar.PersistenceError)]
+    ran = [r for r in runs if isinstance(r, AgentSession)]
+    assert len(refused) == 1 and len(ran) == 1
+    # Refused by the claim, or, where a backend never suspends, by the first run's steps.
+    assert any(why in str(refused[0]) for why in ("was just taken", "1 steps saved"))
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == ran[0]

@@ -207,7 +207,10 @@ class CircuitBreaker:
         self.recovery_window = recovery_window
         self.half_open_max_calls = half_open_max_calls
         self.trial_timeout = trial_timeout
-        self._backend: CircuitStateBackend = backend or InMemoryCircuitStateBackend()
+        # `is None`, not truth: a shared backend may be falsy while it holds no state.
+        self._backend: CircuitStateBackend = (
+            InMemoryCircuitStateBackend() if backend is None else backend
+        )
         self._local = (
             self._backend if isinstance(self._backend, InMemoryCircuitStateBackend) else None
         )

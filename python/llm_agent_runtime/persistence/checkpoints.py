@@ -373,34 +373,46 @@ class CheckpointStore:
 
         Raises:
             PersistenceError: Before anything is written, when the store holds more of the
-                session than `session` does: more steps, or any record for a session with
-                none (a new session under the id of a saved one, whose records would mix
-                with the new run's). Nothing of the refused run is written after it either
-                (its steps, final checkpoint and events raise `PersistenceError`) until
-                `forget` or another `save_meta` of the session.
+                session than `session` does: more steps, or, for a session with none, a
+                final checkpoint or steps (a new session under the id of a saved one, whose
+                records would mix with the new run's), or another run claimed the id just
+                now. A run that saved nothing (it failed before its first step) leaves only
+                its meta record: the session may run again. Nothing of a refused run is
+                written after it either (its steps, final checkpoint and events raise
+                `PersistenceError`) until `forget` or another `save_meta` of the session.
         """
         key = session_key(session.session_id)
-        if session.steps:
-            stored = await self._stored_steps(key)
-            taken = stored > len(session.steps)
-        else:  # a new session: any run under its id wrote its meta record first
-            # One read, by key: listing keys would scan a Redis keyspace at every run.
-            taken = bool(await self.backend.batch_load([key, f"{key}:meta"]))
-            stored = await self._stored_steps(key) if taken else 0
-        if taken:
-            self._refused.add(session.session_id)
-            raise PersistenceError(
-                f"session {session.session_id!r} already has checkpoints ({stored} steps "
-                f"saved, the session has {len(session.steps)}): load it "
-                "(AgentSession.load_checkpoint) and run that, resume it (runtime.resume), or "
-                "start the new session under a new id",
-                key=key,
-            )
-        self._refused.discard(session.session_id)
         run = uuid.uuid4().hex if run is None else run
         meta_key, meta = _meta_item(
             session, mode, run, turn=turn, first_step=session.step_count, history=history
         )
+        claim = False  # whether the meta record is written insert-if-absent
+        if session.steps:
+            stored = await self._stored_steps(key)
+            taken = stored > len(session.steps)
+        else:
+            # Any run under the id wrote its meta record first: one read by key tells a
+            # fresh id (listing keys would scan a Redis keyspace at every run).
+            found = await self.backend.batch_load([key, meta_key])
+            stored = await self._stored_steps(key) if found else 0
+            # A meta record alone, with no step, is a run that saved nothing: run again.
+            taken = key in found or stored > 0
+            claim = not found and callable(getattr(self.backend, "save_new", None))
+        why = f"already has checkpoints ({stored} steps saved, the session has "
+        why += f"{len(session.steps)})"
+        if not taken and claim:
+            # Two runs starting one fresh id at once: the first to write its meta runs.
+            taken = not await self.backend.save_new(meta_key, meta)
+            why = "was just taken by another run starting under it"
+        if taken:
+            self._refused.add(session.session_id)
+            raise PersistenceError(
+                f"session {session.session_id!r} {why}: load it (AgentSession.load_checkpoint) "
+                "and run that, resume it (runtime.resume), or start the new session under a "
+                "new id",
+                key=key,
+            )
+        self._refused.discard(session.session_id)
         if stored < len(session.steps):
             records = [StepRecord(step).to_dict() for step in session.steps]
             earlier = {"session": session.to_dict(), "finished_at": time.time()}
@@ -412,7 +424,7 @@ class CheckpointStore:
                     meta_key: meta,
                 }
             )
-        else:
+        elif not claim:
             await self.backend.save(meta_key, meta)
         # Another process may have logged events since this one last wrote: count afresh.
         self._next_event.pop(session.session_id, None)
