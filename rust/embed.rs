@@ -1,11 +1,12 @@
 //! A deterministic hashing text embedder: semantic memory with no model and no network.
 //!
 //! Text is normalized to Unicode NFKC (so composed and decomposed accents, full-width letters
-//! and ligatures embed like their plain forms), lowercased and split into words (runs of alphanumeric characters). Features are the
-//! word n-grams (1..=`word_ngrams` words) and the character n-grams (`char_min..=char_max`
-//! characters) of each word wrapped in `<` and `>` (so prefixes and suffixes are features of
-//! their own). Each feature is hashed with 64-bit FNV-1a (a fixed function: vectors are the
-//! same on every machine and release); the hash picks the dimension and its top bit the sign
+//! and ligatures embed like their plain forms), lowercased and split into words (runs of
+//! alphanumeric characters). Features are the word n-grams (1..=`word_ngrams` words) and the
+//! character n-grams (`char_min..=char_max` characters) of each word wrapped in `<` and `>`
+//! (so prefixes and suffixes are features of their own); n-grams are at most [`MAX_NGRAM`]
+//! long. Each feature is hashed with 64-bit FNV-1a (a fixed function: vectors are the same
+//! on every machine and release); the hash picks the dimension and its top bit the sign
 //! (signed feature hashing, so collisions cancel out on average). Word features weigh 1, and
 //! the character n-grams of one word share a weight of 1 between them, so long words do not
 //! drown the words. The sum is L2-normalized; a text with no word at all embeds to zeros.
@@ -26,6 +27,12 @@ const PARALLEL_TEXTS: usize = 64;
 /// (scikit-learn's `HashingVectorizer` default). Each text needs `dim` f64 sums while it is
 /// embedded (8 MiB at this bound), and a batch returns `dim` float32 values a text.
 pub const MAX_DIM: usize = 1 << 20;
+/// The longest n-gram, in words (`word_ngrams`) or characters (`char_ngrams`): 32, far
+/// beyond the 1 to 6 that hashing embedders use (a longer n-gram matches only its exact
+/// text, which the shorter ones match already). A text of `w` words has about `w * n`
+/// n-grams up to `n` words long, but `w * w / 2` with no bound: the bound keeps the cost of
+/// embedding linear in the length of the text.
+pub const MAX_NGRAM: usize = 32;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
@@ -33,7 +40,8 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hashing {
     dim: usize,
-    word_ngrams: usize,
+    /// At most [`MAX_NGRAM`]: a byte holds it (it seeds the hash of each word n-gram).
+    word_ngrams: u8,
     char_min: usize,
     char_max: usize,
 }
@@ -57,9 +65,9 @@ impl Hashing {
     /// Validated settings.
     ///
     /// # Errors
-    /// [`CoreError::Memory`] when `dim` is 0 or above [`MAX_DIM`], `word_ngrams` is 0, or the
-    /// character n-gram range is empty or starts at 0 (`char_max = 0` turns character n-grams
-    /// off).
+    /// [`CoreError::Memory`] when `dim` is 0 or above [`MAX_DIM`], `word_ngrams` is 0 or
+    /// above [`MAX_NGRAM`], or the character n-gram range is empty, starts at 0, or has a
+    /// bound above [`MAX_NGRAM`] (`char_max = 0` turns character n-grams off).
     pub fn new(
         dim: usize,
         word_ngrams: usize,
@@ -74,10 +82,20 @@ impl Hashing {
         if dim > MAX_DIM {
             return Err(too_large_dim(&dim.to_string()));
         }
+        let word_ngrams = u8::try_from(word_ngrams)
+            .ok()
+            .filter(|&n| usize::from(n) <= MAX_NGRAM)
+            .ok_or_else(|| too_long_ngrams("word_ngrams", &word_ngrams.to_string()))?;
         if char_max != 0 && (char_min == 0 || char_min > char_max) {
             return Err(CoreError::Memory(format!(
                 "char_ngrams ({char_min}, {char_max}) must satisfy 1 <= min <= max, or max = 0"
             )));
+        }
+        if char_min.max(char_max) > MAX_NGRAM {
+            return Err(too_long_ngrams(
+                "char_ngrams",
+                &format!("({char_min}, {char_max})"),
+            ));
         }
         Ok(Self {
             dim,
@@ -111,10 +129,16 @@ impl Hashing {
             .split(|c: char| !c.is_alphanumeric())
             .filter(|w| !w.is_empty())
             .collect();
-        for n in 1..=self.word_ngrams.min(words.len()) {
-            for gram in words.windows(n) {
-                // The n-gram order seeds the hash so "a b" and a word "a b" never collide.
-                let mut h = fnv(FNV_OFFSET, &[b'w', n as u8]);
+        // The n of each n-gram (at most MAX_NGRAM, so each costs a bounded number of words
+        // to hash) seeds its hash, so that n-grams of different lengths never collide.
+        for n in 1..=self.word_ngrams {
+            let len = usize::from(n);
+            if len > words.len() {
+                break;
+            }
+            let seed = fnv(FNV_OFFSET, &[b'w', n]);
+            for gram in words.windows(len) {
+                let mut h = seed;
                 for (i, w) in gram.iter().enumerate() {
                     if i > 0 {
                         h = fnv(h, b" ");
@@ -127,6 +151,10 @@ impl Hashing {
         if self.char_max > 0 {
             let mut padded = String::new();
             let mut bounds = Vec::new();
+            // The hash of the n-gram from each start, grown by one character for each n: an
+            // n-gram costs the hashing of one character (its last), not of all n.
+            let mut hashes = Vec::new();
+            let c_seed = fnv(FNV_OFFSET, b"c");
             for w in &words {
                 padded.clear();
                 padded.push('<');
@@ -136,17 +164,26 @@ impl Hashing {
                 bounds.extend(padded.char_indices().map(|(i, _)| i));
                 bounds.push(padded.len());
                 let chars = bounds.len() - 1;
-                let grams: usize = (self.char_min..=self.char_max.min(chars))
-                    .map(|n| chars + 1 - n)
-                    .sum();
-                if grams == 0 {
+                let longest = self.char_max.min(chars);
+                if self.char_min > longest {
                     continue;
                 }
+                let grams: usize = (self.char_min..=longest).map(|n| chars + 1 - n).sum();
                 let weight = 1.0 / grams as f64;
-                for n in self.char_min..=self.char_max.min(chars) {
-                    for start in 0..=chars - n {
-                        let gram = &padded.as_bytes()[bounds[start]..bounds[start + n]];
-                        self.add(&mut out, fnv(fnv(FNV_OFFSET, b"c"), gram), weight);
+                let bytes = padded.as_bytes();
+                // Each start's first `char_min - 1` characters, hashed.
+                hashes.clear();
+                hashes.extend((0..=chars - self.char_min).map(|start| {
+                    fnv(
+                        c_seed,
+                        &bytes[bounds[start]..bounds[start + self.char_min - 1]],
+                    )
+                }));
+                // Features in the order of n, then start (the order of the sums in `out`).
+                for n in self.char_min..=longest {
+                    for (start, h) in hashes.iter_mut().enumerate().take(chars + 1 - n) {
+                        *h = fnv(*h, &bytes[bounds[start + n - 1]..bounds[start + n]]);
+                        self.add(&mut out, *h, weight);
                     }
                 }
             }
@@ -188,6 +225,14 @@ fn too_large_dim(dim: &str) -> CoreError {
     CoreError::Memory(format!("dim must be at most {MAX_DIM} (2**20), got {dim}"))
 }
 
+/// The error for an n-gram length above [`MAX_NGRAM`] given to `what`; `n` is its decimal
+/// text.
+fn too_long_ngrams(what: &str, n: &str) -> CoreError {
+    CoreError::Memory(format!(
+        "{what} must be at most {MAX_NGRAM} (the longest n-gram hashed), got {n}"
+    ))
+}
+
 /// The `dim` argument: an int from 1 to [`MAX_DIM`].
 fn dim_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
     match args::to_usize(value)? {
@@ -200,20 +245,31 @@ fn dim_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
     }
 }
 
-/// The `word_ngrams` argument: an int >= 1; one beyond 64 bits means no limit.
+/// The `word_ngrams` argument: an int >= 1 (the upper bound, [`MAX_NGRAM`], is checked by
+/// `Hashing::new`).
 fn word_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
-    args::limit(value, 1, |v| {
-        CoreError::Memory(format!("word_ngrams must be at least 1, got {v}"))
-    })
+    match args::to_usize(value)? {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(n) => Err(CoreError::Memory(format!("word_ngrams must be at least 1, got {n}")).into()),
+        Err(OutOfRange::Negative(v)) => {
+            Err(CoreError::Memory(format!("word_ngrams must be at least 1, got {v}")).into())
+        }
+        Err(OutOfRange::TooLarge(v)) => Err(too_long_ngrams("word_ngrams", &v).into()),
+    }
 }
 
-/// The `char_ngrams` argument: a pair of ints >= 0; one beyond 64 bits means no limit.
+/// The `char_ngrams` argument: a pair of ints >= 0 (the upper bound, [`MAX_NGRAM`], is
+/// checked by `Hashing::new`).
 fn char_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
     let (min, max) = value.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
-    let bound = |v: &Bound<'_, PyAny>| {
-        args::limit(v, 0, |v| {
-            CoreError::Memory(format!("char_ngrams must be >= 0, got {v}"))
-        })
+    let bound = |v: &Bound<'_, PyAny>| -> PyResult<usize> {
+        match args::to_usize(v)? {
+            Ok(n) => Ok(n),
+            Err(OutOfRange::Negative(v)) => {
+                Err(CoreError::Memory(format!("char_ngrams must be >= 0, got {v}")).into())
+            }
+            Err(OutOfRange::TooLarge(v)) => Err(too_long_ngrams("char_ngrams", &v).into()),
+        }
     };
     Ok((bound(&min)?, bound(&max)?))
 }
@@ -228,13 +284,17 @@ fn char_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
 ///
 /// Args:
 ///     dim: output length, from 1 to 2**20 (1048576).
-///     word_ngrams: longest word n-gram hashed (1 = words only).
-///     char_ngrams: (min, max) lengths of the character n-grams of each word; max = 0 turns
-///         them off.
+///     word_ngrams: longest word n-gram hashed (1 = words only), at most 32.
+///     char_ngrams: (min, max) lengths of the character n-grams of each word, at most 32;
+///         max = 0 turns them off.
+///
+/// N-grams are at most 32 words or characters long, so that embedding stays linear in the
+/// length of the text (longer n-grams would match only their exact text anyway).
 ///
 /// Raises:
-///     MemoryStoreError: dim is not between 1 and 2**20, word_ngrams is not positive, or an
-///         invalid char_ngrams range.
+///     MemoryStoreError: dim is not between 1 and 2**20, word_ngrams is not between 1 and
+///         32, or an invalid char_ngrams range (min above max, min 0 with max above 0, or
+///         a length above 32).
 #[pyclass(module = "llm_agent_runtime", name = "HashingEmbedder", frozen)]
 pub struct PyHashingEmbedder {
     inner: Hashing,
@@ -368,6 +428,71 @@ mod tests {
         let h = Hashing::new(MAX_DIM, 1, 3, 5).unwrap();
         let rows = h.embed(&["hello", ""]).unwrap();
         assert_eq!(rows.len(), 2 * MAX_DIM);
+    }
+
+    /// The documented features, each hashed from scratch (in the order of the sums).
+    fn from_scratch(h: &Hashing, text: &str) -> Vec<f32> {
+        let mut out = vec![0.0f64; h.dim];
+        let words: Vec<String> = text
+            .to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(String::from)
+            .collect();
+        for n in 1..=usize::from(h.word_ngrams).min(words.len()) {
+            for gram in words.windows(n) {
+                let seed = fnv(FNV_OFFSET, &[b'w', u8::try_from(n).unwrap()]);
+                h.add(&mut out, fnv(seed, gram.join(" ").as_bytes()), 1.0);
+            }
+        }
+        for w in &words {
+            let chars: Vec<char> = format!("<{w}>").chars().collect();
+            let sizes = h.char_min..=h.char_max.min(chars.len());
+            let grams: usize = sizes.clone().map(|n| chars.len() + 1 - n).sum();
+            for n in sizes {
+                for gram in chars.windows(n) {
+                    let gram: String = gram.iter().collect();
+                    let hash = fnv(fnv(FNV_OFFSET, b"c"), gram.as_bytes());
+                    h.add(&mut out, hash, 1.0 / grams as f64);
+                }
+            }
+        }
+        let norm = out.iter().map(|x| x * x).sum::<f64>().sqrt();
+        out.iter()
+            .map(|x| if norm > 0.0 { (x / norm) as f32 } else { 0.0 })
+            .collect()
+    }
+
+    #[test]
+    fn incremental_hashing_gives_the_features_hashed_from_scratch() {
+        let text = "Pneumonoultramicroscopicsilicovolcanoconiosis is a word; \
+                    so is Donaudampfschiffahrtsgesellschaftskapitän, and 日本語の文章 too. a b c";
+        for (word_ngrams, char_min, char_max) in [(1, 1, 32), (2, 3, 5), (32, 2, 7), (5, 32, 32)] {
+            let h = Hashing::new(512, word_ngrams, char_min, char_max).unwrap();
+            let mut row = vec![0.0; 512];
+            h.embed_into(text, &mut row).unwrap();
+            assert_eq!(
+                row,
+                from_scratch(&h, text),
+                "{word_ngrams} {char_min}..{char_max}"
+            );
+        }
+    }
+
+    #[test]
+    fn ngram_lengths_are_capped() {
+        assert!(Hashing::new(8, MAX_NGRAM, 1, MAX_NGRAM).is_ok());
+        for (word_ngrams, char_min, char_max) in [
+            (MAX_NGRAM + 1, 3, 5),
+            // 257 used to hash as 1 (the seed kept its low byte).
+            (257, 3, 5),
+            (usize::MAX, 3, 5),
+            (1, 3, MAX_NGRAM + 1),
+            (1, MAX_NGRAM + 1, 0),
+        ] {
+            let err = Hashing::new(8, word_ngrams, char_min, char_max).unwrap_err();
+            assert!(err.to_string().contains("at most 32"), "{err}");
+        }
     }
 
     #[test]

@@ -1,17 +1,23 @@
 //! ReAct step parsing: model text -> thought, action, action input, final answer.
 //!
-//! Two forms are accepted, with case-insensitive labels at the start of a line:
+//! Two forms are accepted, with case-insensitive labels at the start of a line (a step
+//! number may stand before the colon: `Action 1:`, `Action 1 Input:`):
 //!
 //! * the seed form: `Thought: ...` / `Action: tool {"n": 21}` / `Action: FINAL_ANSWER 42`;
 //! * the LangChain form: `Action: tool` / `Action Input: {...}` / `Final Answer: ...`.
 //!
-//! The tool name is the run of `[A-Za-z0-9_-]` after `Action:`; its input follows, after an
-//! optional `:` or `=` (`Action: FINAL_ANSWER: 42`) or inside call parentheses
-//! (`Action: FINAL_ANSWER(42)`). The first `Action:` is the step's action; an `Action Input:`
-//! line gives its input only when the name stands alone on its line, and only before any
-//! other `Action:`. The step ends at the first `Observation:` line after the action, or the
-//! first `Thought:` or `Action:` line once the action has its input: the model invented the
-//! observation, or went on to its next step before seeing one; what follows is not read.
+//! The first `Action:` is the step's action. When an `Action Input:` label follows it, later
+//! on its line or as the next such line before any other `Action:`, the tool is all the text
+//! of the action's line before that label (trimmed, a trailing `:` or `=` dropped: `Search
+//! Tool`, `github.search_issues`), as LangChain reads it, and the input is what follows the
+//! label. Otherwise (the seed form) the tool is the leading run of `[A-Za-z0-9_-]`, dots
+//! included between two such characters (`github.search_issues`), and its input follows,
+//! after an optional `:` or `=` (`Action: FINAL_ANSWER: 42`) or inside call parentheses
+//! (`Action: FINAL_ANSWER(42)`). The step ends at the first `Observation:` line after the
+//! action, or the first `Thought:` or `Action:` line once the action has its input: the model
+//! invented the observation, or went on to its next step before seeing one; what follows is
+//! not read. With no action and no `Final Answer:` line, a `Final Answer:` (so written, as
+//! LangChain looks for it) later on a line ends the thought and starts the answer.
 //!
 //! Parsing is one pass over the lines plus one bracket-matching pass over the input, so it is
 //! linear in the length of the text whatever the text holds.
@@ -60,13 +66,14 @@ impl<'a> InputText<'a> {
         }
     }
 
-    /// The leading JSON candidate (object, array or string; trailing chatter ignored), if
-    /// the input starts with one.
+    /// The JSON candidate: a leading object or array (trailing chatter ignored), or a string
+    /// literal that is the whole input (`"New York" weather` is text that starts with a
+    /// quoted phrase, not the string `New York`).
     pub fn json(&self) -> Option<&'a str> {
         let bytes = self.text.as_bytes();
         let len = match bytes.first() {
             Some(b'{' | b'[') => matching_close(bytes),
-            Some(b'"') => string_close(bytes),
+            Some(b'"') => self.quoted().then_some(bytes.len()),
             _ => None,
         }?;
         Some(&self.text[..len])
@@ -74,10 +81,18 @@ impl<'a> InputText<'a> {
 
     /// The input as raw text, without the pair of double quotes around it, if it has one.
     pub fn raw(&self) -> &'a str {
-        self.text
+        let inner = self
+            .text
             .strip_prefix('"')
-            .and_then(|text| text.strip_suffix('"'))
-            .unwrap_or(self.text)
+            .and_then(|text| text.strip_suffix('"'));
+        inner.filter(|_| self.quoted()).unwrap_or(self.text)
+    }
+
+    /// Whether the input is one double-quoted run: the quote it starts with closes at its end
+    /// (`"a" and "b"` is not: its first quote closes after `a`).
+    fn quoted(&self) -> bool {
+        let bytes = self.text.as_bytes();
+        bytes.first() == Some(&b'"') && string_close(bytes) == Some(bytes.len())
     }
 
     /// Decodes the input: JSON when the candidate is valid JSON, the raw text otherwise.
@@ -190,26 +205,52 @@ fn skip_blanks(bytes: &[u8], mut at: usize) -> usize {
     at
 }
 
+/// Skips a step number (`Action 1:`, `Thought 2:`): blanks then digits. Returns the index
+/// after the digits, or `at` when there are none.
+fn skip_number(bytes: &[u8], at: usize) -> usize {
+    let mut i = skip_blanks(bytes, at);
+    if !bytes.get(i).is_some_and(u8::is_ascii_digit) {
+        return at;
+    }
+    while bytes.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
+}
+
+/// If `bytes[at..]` is the rest of an `Action Input` label after its `Action` word (blanks,
+/// `Input`, an optional number), returns the index after it.
+fn input_word(bytes: &[u8], at: usize) -> Option<usize> {
+    let i = eat_word(bytes, skip_blanks(bytes, at), b"input")?;
+    Some(skip_number(bytes, i))
+}
+
+/// The index after the colon at `at`, after blanks, if there is one.
+fn colon_after(bytes: &[u8], at: usize) -> Option<usize> {
+    let colon = skip_blanks(bytes, at);
+    (bytes.get(colon) == Some(&b':')).then_some(colon + 1)
+}
+
 /// Recognises a label at the start of a line; returns it with the index after its colon.
 fn label_at(bytes: &[u8], line_start: usize) -> Option<(Label, usize, usize)> {
     let at = skip_blanks(bytes, line_start);
+    // A step number may follow the label word, as LangChain's `Action\s*\d*\s*:` allows.
     let (label, after) = if let Some(i) = eat_word(bytes, at, b"thought") {
-        (Label::Thought, i)
+        (Label::Thought, skip_number(bytes, i))
     } else if let Some(i) = eat_word(bytes, at, b"final answer") {
         (Label::FinalAnswer, i)
     } else if let Some(i) = eat_word(bytes, at, b"observation") {
-        (Label::Observation, i)
+        (Label::Observation, skip_number(bytes, i))
     } else if let Some(i) = eat_word(bytes, at, b"action") {
-        let j = skip_blanks(bytes, i);
-        match eat_word(bytes, j, b"input") {
+        let i = skip_number(bytes, i);
+        match input_word(bytes, i) {
             Some(k) => (Label::ActionInput, k),
             None => (Label::Action, i),
         }
     } else {
         return None;
     };
-    let colon = skip_blanks(bytes, after);
-    (bytes.get(colon) == Some(&b':')).then_some((label, at, colon + 1))
+    Some((label, at, colon_after(bytes, after)?))
 }
 
 /// The sections the parser uses, all before `end`.
@@ -258,9 +299,10 @@ fn sections(text: &str) -> Sections {
     let mut seen_label = false;
     // Whether an `Action:` after the first was seen: an `Action Input:` after it is its own.
     let mut later_action = false;
-    // Whether the action's own section holds its input (known once that section closes,
-    // and worked out then, once: the parse stays linear).
-    let mut inline_input = false;
+    // Whether the action's own section holds its input: worked out when a label after the
+    // action first needs it (that section has closed then), and only once, so that the
+    // parse stays linear.
+    let mut inline_input: Option<bool> = None;
     let mut line_start = 0;
     while line_start <= bytes.len() {
         if let Some((label, label_pos, start)) = label_at(bytes, line_start) {
@@ -270,11 +312,13 @@ fn sections(text: &str) -> Sections {
             }
             if let Some(Some(section)) = open.and_then(|l| found.slot(l)) {
                 section.end = line_start;
-                if matches!(open, Some(Label::Action)) {
-                    inline_input = has_inline_input(text, *section);
-                }
             }
             open = None;
+            let action_has_input = matches!(label, Label::Thought | Label::Action)
+                && found.action.is_some_and(|action| {
+                    found.action_input.is_some()
+                        || *inline_input.get_or_insert_with(|| has_inline_input(text, action))
+                });
             let keep = match label {
                 // After the action, an observation (invented) ends the step; so does a next
                 // thought or action once the action has its input (the model went on without
@@ -283,9 +327,7 @@ fn sections(text: &str) -> Sections {
                     found.end = line_start;
                     break;
                 }
-                Label::Thought | Label::Action
-                    if found.action.is_some() && (found.action_input.is_some() || inline_input) =>
-                {
+                Label::Thought | Label::Action if action_has_input => {
                     found.end = line_start;
                     break;
                 }
@@ -384,47 +426,101 @@ fn strip_fence(text: &str) -> &str {
     }
 }
 
-/// Whether `b` may be part of a tool name (`[A-Za-z0-9_-]`).
+/// Whether `b` may be part of a tool name in the seed form (`[A-Za-z0-9_-]`).
 fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// The length of the tool name at the start of `body` in the seed form: a run of
+/// `[A-Za-z0-9_-]`, with dots between two such characters (`github.search_issues`; a dot
+/// that ends a sentence is not part of the name).
+fn name_len(body: &[u8]) -> usize {
+    let mut end = 0;
+    while let Some(&b) = body.get(end) {
+        let joins = b == b'.' && end > 0 && body.get(end + 1).is_some_and(|&c| is_name_byte(c));
+        if !(is_name_byte(b) || joins) {
+            break;
+        }
+        end += 1;
+    }
+    end
 }
 
 /// The text of an `Action:` section, split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ActionText<'a> {
-    /// The tool name: the leading run of `[A-Za-z0-9_-]` (empty when there is none).
+    /// The tool name (empty when there is none).
     tool: &'a str,
-    /// The input written after the name, trimmed: after an optional `:` or `=`, or inside
-    /// call parentheses (`tool(...)`).
+    /// The input written in the section, trimmed.
     input: &'a str,
-    /// Whether the name stands alone on its line (an `Action Input:` line may give the input).
-    alone: bool,
+    /// Whether the input follows an `Action Input:` label on the action's line (a later
+    /// `Action Input:` line then gives no input).
+    labelled: bool,
 }
 
-/// Splits the (trimmed) content of an `Action:` section into the tool name and its input.
+/// The first line of `text`.
+fn first_line(text: &str) -> &str {
+    memchr::memchr(b'\n', text.as_bytes()).map_or(text, |nl| &text[..nl])
+}
+
+/// A tool name as LangChain reads it: all of `text`, trimmed, without a trailing `:` or `=`
+/// (`Action: search:` then `Action Input: cats` calls `search`).
+fn whole_name(text: &str) -> &str {
+    let text = text.trim();
+    text.strip_suffix([':', '=']).map_or(text, str::trim_end)
+}
+
+/// Where an `Action Input:` label stands on the action's line `line`, at its start or after
+/// a blank: its start and the index after its colon. It is looked for only before anything
+/// that opens an input (`{`, `[`, `(`, a quote or a code fence), so that the text of a JSON
+/// input is never taken for a label.
+fn input_label_on(line: &str) -> Option<(usize, usize)> {
+    let bytes = line.as_bytes();
+    // Most action lines have no colon at all: they are settled with one fast search.
+    memchr::memchr(b':', bytes)?;
+    let opener = bytes
+        .iter()
+        .position(|b| matches!(b, b'{' | b'[' | b'(' | b'"' | b'`'))
+        .unwrap_or(bytes.len());
+    let bytes = &bytes[..opener];
+    memchr::memchr2_iter(b'a', b'A', bytes).find_map(|at| {
+        let after_blank = at
+            .checked_sub(1)
+            .is_none_or(|before| matches!(bytes[before], b' ' | b'\t'));
+        if !after_blank {
+            return None;
+        }
+        let i = eat_word(bytes, at, b"action")?;
+        let k = input_word(bytes, skip_number(bytes, i))?;
+        Some((at, colon_after(bytes, k)?))
+    })
+}
+
+/// Splits the (trimmed) content of an `Action:` section into the tool name and its input:
+/// LangChain's `name Action Input: input` when the label is on the action's line, else the
+/// seed form.
 fn split_action(body: &str) -> ActionText<'_> {
-    let name_end = body
-        .bytes()
-        .position(|b| !is_name_byte(b))
-        .unwrap_or(body.len());
-    let (tool, rest) = body.split_at(name_end);
+    if let Some((label, after)) = input_label_on(first_line(body)) {
+        return ActionText {
+            tool: whole_name(&body[..label]),
+            input: body[after..].trim(),
+            labelled: true,
+        };
+    }
+    let (tool, rest) = body.split_at(name_len(body.as_bytes()));
     if let Some(input) = call_arguments(rest) {
         return ActionText {
             tool,
             input: input.trim(),
-            alone: false,
+            labelled: false,
         };
     }
     // An optional separator: `FINAL_ANSWER: 42`, `tool = {...}`.
-    fn unseparated(part: &str) -> &str {
-        let part = part.trim_start();
-        part.strip_prefix([':', '=']).unwrap_or(part).trim()
-    }
-    let first_line = rest.split('\n').next().unwrap_or_default();
+    let rest = rest.trim_start();
     ActionText {
         tool,
-        input: unseparated(rest),
-        alone: unseparated(first_line).is_empty(),
+        input: rest.strip_prefix([':', '=']).unwrap_or(rest).trim(),
+        labelled: false,
     }
 }
 
@@ -447,6 +543,24 @@ fn answer_of(text: &str) -> Cow<'_, str> {
     Cow::Borrowed(text)
 }
 
+/// The last `Final Answer:` written mid-line (LangChain's marker, so capitalized, and not
+/// the end of a word): its start and the index after its colon.
+fn final_answer_marker(text: &str) -> Option<(usize, usize)> {
+    const MARKER: &[u8] = b"Final Answer";
+    let bytes = text.as_bytes();
+    memchr::memrchr_iter(b'F', bytes).find_map(|at| {
+        let word_start = !text
+            .get(..at)
+            .and_then(|before| before.chars().next_back())
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        let after = at + MARKER.len();
+        if !word_start || bytes.get(at..after) != Some(MARKER) {
+            return None;
+        }
+        Some((at, colon_after(bytes, after)?))
+    })
+}
+
 /// Parses one ReAct step.
 ///
 /// # Errors
@@ -467,41 +581,66 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
     };
 
     let Some(action) = found.action else {
-        return match found.final_answer {
-            Some(s) => Ok(Step {
+        if let Some(s) = found.final_answer {
+            return Ok(Step {
                 thought,
                 action: None,
                 action_input: None,
                 // Everything after the last `Final Answer:` is the answer.
                 final_answer: Some(Cow::Borrowed(text[s.start..].trim())),
                 end,
-            }),
-            None => Err(CoreError::Parse {
+            });
+        }
+        // `Thought: I now know the final answer. Final Answer: 42`, which LangChain accepts:
+        // the thought ends at the marker (when the marker is in it), and the answer follows.
+        let Some((marker, start)) = final_answer_marker(text) else {
+            return Err(CoreError::Parse {
                 message: "expected a line starting with 'Action:' or 'Final Answer:'".into(),
                 position: Some(text.len()),
-            }),
+            });
         };
+        let thought = match found.thought {
+            Some(s) if s.start <= marker => &text[s.start..s.end.min(marker)],
+            _ => &text[..found.preamble_end.min(marker)],
+        };
+        return Ok(Step {
+            thought: thought.trim(),
+            action: None,
+            action_input: None,
+            final_answer: Some(Cow::Borrowed(text[start..].trim())),
+            end,
+        });
     };
 
-    let written = split_action(content(action));
-    let tool = written.tool;
+    let written_text = &text[action.start..action.end];
+    let body = written_text.trim();
+    let written = split_action(body);
+    // LangChain form: an `Action Input:` line after the action makes its whole line the name.
+    let (tool, input_section) = match found.action_input {
+        Some(section) if !written.labelled => (whole_name(first_line(body)), Some(section)),
+        _ => (written.tool, None),
+    };
     if tool.is_empty() {
         return Err(CoreError::Parse {
-            message: "expected a tool name (letters, digits, '_' or '-') after 'Action:'".into(),
-            position: Some(action.start),
+            message: "expected a tool name after 'Action:'".into(),
+            // Where the section's text starts (or ends, when it is blank).
+            position: Some(action.start + (written_text.len() - written_text.trim_start().len())),
         });
     }
-    // LangChain form: an `Action Input:` line gives the input of a name alone on its line.
-    let input_section = found.action_input.filter(|_| written.alone);
     let input_text = input_section.map_or(written.input, content);
     if tool.eq_ignore_ascii_case(FINAL_ANSWER_TOOL) {
         // `Action: FINAL_ANSWER 42`, or LangChain's `Action: FINAL_ANSWER` then
-        // `Action Input: 42`; with neither, the answer is empty.
+        // `Action Input: 42`, or a `Final Answer:` section after a bare `FINAL_ANSWER`; with
+        // none of them, the answer is empty.
+        let final_answer = match found.final_answer {
+            Some(s) if input_text.is_empty() => Cow::Borrowed(text[s.start..].trim()),
+            _ => answer_of(input_text),
+        };
         return Ok(Step {
             thought,
             action: None,
             action_input: None,
-            final_answer: Some(answer_of(input_text)),
+            final_answer: Some(final_answer),
             end,
         });
     }
@@ -663,9 +802,10 @@ fn python_json<'py>(py: Python<'py>, json: &str) -> PyResult<Option<Bound<'py, P
 /// a final answer.
 ///
 /// The thought, action and final answer are Python strings made at parse time. The action
-/// input is the decoded JSON (dict, list or str) when the input was a JSON object, array or
-/// string, and the raw trimmed text otherwise; it is decoded on first access (from the
-/// parsed text, which the step keeps) and then cached.
+/// input is the decoded JSON (dict, list or str) when the input was a JSON object or array
+/// (maybe followed by other text) or was one string literal, and the raw trimmed text
+/// otherwise; it is decoded on first access (from the parsed text, which the step keeps)
+/// and then cached.
 #[pyclass(module = "llm_agent_runtime", name = "ReActStep", frozen)]
 pub struct PyReActStep {
     /// The model's reasoning (may be empty).
@@ -692,6 +832,8 @@ pub struct PyReActStep {
 #[pymethods]
 impl PyReActStep {
     /// The action's input: decoded JSON, or the raw text; None for a final answer.
+    ///
+    /// A string literal decodes only when it is the whole input.
     #[getter]
     fn action_input(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
@@ -768,11 +910,15 @@ impl PyReActStep {
 /// Parses one ReAct step from model output.
 ///
 /// Accepts `Thought: ...` followed by `Action: tool {"json": 1}`, `Action: FINAL_ANSWER 42`,
-/// `Action: tool` + `Action Input: ...`, or `Final Answer: ...`. Labels are case-insensitive;
-/// JSON input may sit in a ```json fence and be followed by other text; it decodes as
-/// `json.loads` would (JSON nested too deeply even for it stays raw text). The step ends at
-/// an `Observation:` line after the action, or a `Thought:` or `Action:` line after its
-/// input (see `ReActStep.end`).
+/// `Action: tool` + `Action Input: ...` (the tool is then all the text before the label, as
+/// LangChain reads it: `Action: Search Tool`), or `Final Answer: ...` (also later on a line,
+/// when there is no action: `Thought: I know. Final Answer: 42`). Labels are
+/// case-insensitive and may carry a step number (`Action 1:`, `Action 1 Input:`). A JSON
+/// object or array input may sit in a ```json fence and be followed by other text; a string
+/// literal is JSON only when it is the whole input. Input decodes as `json.loads` would
+/// (JSON nested too deeply even for it stays raw text). The step ends at an `Observation:`
+/// line after the action, or a `Thought:` or `Action:` line after its input (see
+/// `ReActStep.end`).
 ///
 /// Args:
 ///     text: the model's output for one step.
@@ -782,8 +928,9 @@ impl PyReActStep {
 ///
 /// Raises:
 ///     ParseError: the text is not a ReAct step; the message says what was expected, and
-///         ``position`` the byte offset where. Also when the text is not valid Unicode (it
-///         holds a lone surrogate, as a stream cut inside an emoji's escape leaves).
+///         ``position`` where, as an index into ``text`` (in characters, like
+///         ``ReActStep.end``). Also when the text is not valid Unicode (it holds a lone
+///         surrogate, as a stream cut inside an emoji's escape leaves).
 #[pyfunction]
 pub fn parse_react_step<'py>(text: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyReActStep>> {
     let py = text.py();
@@ -792,11 +939,18 @@ pub fn parse_react_step<'py>(text: &Bound<'py, PyString>) -> PyResult<Bound<'py,
         position: None,
     })?;
     // Parsing slices the text by offsets it found: a bug there must not escape as a panic.
-    let step = catch_panics(|| Ok(parse(source)?))?;
+    let step = catch_panics(|| {
+        parse(source).map_err(|err| match err {
+            // Python indexes the text in characters, not UTF-8 bytes.
+            CoreError::Parse { message, position } => PyErr::from(CoreError::Parse {
+                message,
+                position: position.map(|at| char_index(source, at)),
+            }),
+            other => other.into(),
+        })
+    })?;
     let end = if step.end < source.len() {
-        source
-            .get(..step.end)
-            .map_or(0, |part| part.chars().count())
+        char_index(source, step.end)
     } else {
         text.len()?
     };
@@ -828,6 +982,12 @@ pub fn parse_react_step<'py>(text: &Bound<'py, PyString>) -> PyResult<Bound<'py,
         ffi::PyObject_GC_UnTrack(step.as_ptr().cast());
     }
     Ok(step)
+}
+
+/// The index in characters (as Python indexes `text`) of the byte offset `at`, which parsing
+/// only puts on a character boundary (or at the end).
+fn char_index(text: &str, at: usize) -> usize {
+    text.get(..at).map_or(0, |before| before.chars().count())
 }
 
 /// Puts `step` back under the cycle collector once it holds `value`, when `value` is a dict
@@ -988,7 +1148,8 @@ mod tests {
         assert_eq!(InputText::new(r#"he said "hi""#).raw(), r#"he said "hi""#);
         assert_eq!(InputText::new(r#""a\qb""#).raw(), r#"a\qb"#);
         assert_eq!(InputText::new(r#""open"#).raw(), r#""open"#);
-        assert_eq!(InputText::new(r#"""x"""#).raw(), r#""x""#);
+        assert_eq!(InputText::new(r#"""x"""#).raw(), r#"""x"""#);
+        assert_eq!(InputText::new(r#""a" and "b""#).raw(), r#""a" and "b""#);
         assert_eq!(InputText::new(r#"""#).raw(), r#"""#);
     }
 
@@ -1010,7 +1171,7 @@ mod tests {
             ActionText {
                 tool: "double",
                 input: r#"{"n": 1}"#,
-                alone: false
+                labelled: false
             }
         );
         assert_eq!(split_action("calc(2*(3+4))").input, "2*(3+4)");
@@ -1018,9 +1179,141 @@ mod tests {
         assert_eq!(split_action("f(1) (2)").input, "(1) (2)");
         assert_eq!(split_action(r#"f("a)")"#).input, r#""a)""#);
         assert_eq!(split_action("web-search_2{}").tool, "web-search_2");
-        assert!(split_action("search:\nmore").alone);
-        assert!(!split_action("search x").alone);
         assert_eq!(split_action("é x").tool, "");
+    }
+
+    #[test]
+    fn dots_join_name_runs_in_the_seed_form() {
+        let split = |body| {
+            let written = split_action(body);
+            (written.tool, written.input)
+        };
+        assert_eq!(
+            split(r#"github.search_issues {"q":1}"#),
+            ("github.search_issues", r#"{"q":1}"#)
+        );
+        assert_eq!(split("a.b-c_d.e(1)"), ("a.b-c_d.e", "1"));
+        assert_eq!(split("calc. 1"), ("calc", ". 1"));
+        assert_eq!(split("calc.. x"), ("calc", ".. x"));
+        assert_eq!(split(".hidden x"), ("", ".hidden x"));
+        assert_eq!(split("search.é"), ("search", ".é"));
+    }
+
+    #[test]
+    fn an_action_input_label_makes_the_action_line_the_tool_name() {
+        let step = |text| {
+            let step = parse(text).unwrap();
+            (step.action.unwrap(), step.action_input.unwrap().decode())
+        };
+        let raw = |text: &str| ActionInput::Raw(text.into());
+        for text in [
+            "Thought: x\nAction: Search Tool\nAction Input: rust pyo3",
+            "Action: Search Tool Action Input: rust pyo3",
+            "Action:  Search Tool :\nAction Input: rust pyo3",
+            "action 2: Search Tool action 2 input 2 : rust pyo3",
+        ] {
+            assert_eq!(step(text), ("Search Tool", raw("rust pyo3")), "{text:?}");
+        }
+        assert_eq!(
+            step("Action: github.search_issues\nAction Input: {\"q\": 1}"),
+            ("github.search_issues", ActionInput::Json(json!({"q": 1})))
+        );
+        assert_eq!(
+            step("Action: search Action Input: rust"),
+            ("search", raw("rust"))
+        );
+        // Inside a JSON input, or after it, the words are the input's.
+        assert_eq!(
+            step(r#"Action: t {"q": "Action Input: x"}"#),
+            ("t", ActionInput::Json(json!({"q": "Action Input: x"})))
+        );
+        // Not a label: not after a blank, or no colon.
+        assert_eq!(
+            step("Action: t transaction input: 1"),
+            ("t", raw("transaction input: 1"))
+        );
+        assert_eq!(
+            step("Action: t action input 1"),
+            ("t", raw("action input 1"))
+        );
+        assert!(parse("Action: Action Input: x").is_err());
+        assert!(parse("Action: search Action Input:   ").is_err());
+    }
+
+    #[test]
+    fn numbered_labels_and_a_final_answer_later_on_a_line() {
+        let step = parse("Thought 1: x\nAction 1: search\nAction 1 Input: rust\nObservation 1: y")
+            .unwrap();
+        assert_eq!(
+            (step.thought, step.action, step.end),
+            (
+                "x",
+                Some("search"),
+                "Thought 1: x\nAction 1: search\nAction 1 Input: rust".len()
+            )
+        );
+        let answer = |text| {
+            let step = parse(text).unwrap();
+            (step.thought, step.final_answer.unwrap().into_owned())
+        };
+        assert_eq!(
+            answer("Thought: I now know the final answer. Final Answer: 42"),
+            ("I now know the final answer.", "42".to_owned())
+        );
+        assert_eq!(
+            answer("I know. Final Answer :x\ny"),
+            ("I know.", "x\ny".to_owned())
+        );
+        assert_eq!(
+            answer("Thought: a Final Answer: 1. Final Answer: 2"),
+            ("a Final Answer: 1.", "2".to_owned())
+        );
+        assert_eq!(
+            answer("I know\nThought: t\nObservation: o Final Answer: 3"),
+            ("t", "3".to_owned())
+        );
+        // Prose, another spelling, part of a word, or no colon: no answer.
+        for text in [
+            "Thought: I now know the final answer.",
+            "Thought: the final answer: 42",
+            "Thought: PreFinal Answer: 42",
+            "Thought: éFinal Answer: 42",
+            "Thought: the Final Answer is 42",
+        ] {
+            assert!(parse(text).is_err(), "{text:?}");
+        }
+        // With an action, the words are the thought's.
+        let step = parse("Thought: then the Final Answer: 1\nAction: t {}").unwrap();
+        assert_eq!(step.thought, "then the Final Answer: 1");
+    }
+
+    #[test]
+    fn a_leading_string_literal_is_json_only_when_it_is_the_whole_input() {
+        let (_, input) = action("Action: search\nAction Input: \"New York\" weather tomorrow");
+        assert_eq!(
+            input,
+            ActionInput::Raw("\"New York\" weather tomorrow".into())
+        );
+        let (_, input) = action("Action: t \"a\" and \"b\"");
+        assert_eq!(input, ActionInput::Raw("\"a\" and \"b\"".into()));
+        let (_, input) = action("Action: t \"New York\"  \n");
+        assert_eq!(input, ActionInput::Json(json!("New York")));
+        let (_, input) = action("Action: t {\"q\": 1} and more");
+        assert_eq!(input, ActionInput::Json(json!({"q": 1})));
+    }
+
+    #[test]
+    fn final_answer_tool_takes_a_final_answer_section() {
+        let answer = |text| parse(text).unwrap().final_answer.unwrap().into_owned();
+        assert_eq!(
+            answer("Thought: x\nAction: FINAL_ANSWER\nFinal Answer: 5"),
+            "5"
+        );
+        assert_eq!(answer("Action: FINAL_ANSWER 4\nFinal Answer: 5"), "4");
+        assert_eq!(
+            answer("Action: FINAL_ANSWER\nAction Input: 4\nFinal Answer: 5"),
+            "4"
+        );
     }
 
     #[test]

@@ -152,6 +152,34 @@ def test_hashing_bad_input(make: Any, message: str) -> None:
         make()
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        # Accepted, these took time cubic in the text: 2**70 was "no limit", and each n-gram
+        # was hashed from scratch (and 257 hashed as 1: the seed kept the low byte of n).
+        {"word_ngrams": 2**70},
+        {"word_ngrams": 257},
+        {"word_ngrams": 33},
+        {"char_ngrams": (3, 2**70)},
+        {"char_ngrams": (3, 33)},
+        {"char_ngrams": (2**70, 0)},
+    ],
+)
+def test_hashing_ngram_lengths_are_at_most_32(settings: dict[str, Any]) -> None:
+    with pytest.raises(ar.MemoryStoreError, match=r"must be at most 32 \(the longest n-gram"):
+        ar.HashingEmbedder(8, **settings)
+
+
+def test_hashing_longest_ngrams_match_the_python_reference() -> None:
+    text = "Supercalifragilisticexpialidocious words, ünïcödé ones and 日本語 " * 3
+    for word_ngrams, chars in [(32, (1, 32)), (1, (32, 32)), (7, (2, 9))]:
+        embedder = ar.HashingEmbedder(256, word_ngrams=word_ngrams, char_ngrams=chars)
+        assert repr(embedder).startswith(f"HashingEmbedder(dim=256, word_ngrams={word_ngrams},")
+        np.testing.assert_allclose(
+            embedder.embed([text])[0], reference_embed(text, 256, word_ngrams, *chars), atol=1e-5
+        )
+
+
 # --- OpenAI-compatible /embeddings over a local server ----------------------------------------
 
 
@@ -223,7 +251,54 @@ def test_openai_embedder_speaks_the_wire_format(server: tuple[_Server, str]) -> 
     assert "sk-secret" not in repr(embedder) and isinstance(embedder, Embedder)
     short = ar.OpenAIEmbedder(base_url=url, model="m", dimensions=5).embed(["x"])
     assert short.shape == (1, 5) and state.requests[-1][1]["dimensions"] == 5
+    assert embedder.embed([]).shape == (0, 3)  # the width learned from the last reply
+
+
+def test_openai_embedder_no_texts_have_the_known_width(server: tuple[_Server, str]) -> None:
+    # These used to be (0, 0) even with the width known.
+    state, url = server
+    embedder = ar.OpenAIEmbedder(base_url=url, model="m")
+    assert embedder.embed([]).shape == (0, 0)  # not known yet: nothing is sent to learn it
+    assert embedder.embed(["a"]).shape == (1, 3)
+    assert embedder.embed([]).shape == (0, 3) and embedder.embed(()).dtype == np.float32
+    embedder.model = "other"  # another model's width is not this one's
     assert embedder.embed([]).shape == (0, 0)
+    assert ar.OpenAIEmbedder(base_url=url, dimensions=5).embed([]).shape == (0, 5)
+    assert len(state.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        (["\ud800"], r"texts\[0\] is not valid Unicode: it holds a lone surrogate at index 0"),
+        (["ok", "é", "cut \ud83d emoji"], r"texts\[2\] .* lone surrogate at index 4"),
+        (("a", "\udfff"), r"texts\[1\] .* at index 0"),
+    ],
+)
+def test_openai_embedder_refuses_a_lone_surrogate(
+    server: tuple[_Server, str], texts: Sequence[str], message: str
+) -> None:
+    # This used to escape as the built-in UnicodeEncodeError, from httpx.
+    state, url = server
+    with pytest.raises(ar.MemoryStoreError, match=message) as error:
+        ar.OpenAIEmbedder(base_url=url).embed(texts)
+    assert error.value.__suppress_context__  # the encoding error quotes the whole text
+    assert state.requests == []
+
+
+@pytest.mark.parametrize(
+    "timeout", [-1, 0, 0.0, float("nan"), float("inf"), 10**400, True, "30", None]
+)
+def test_openai_embedder_timeout_must_be_a_finite_number_above_zero(timeout: Any) -> None:
+    # -1 and NaN used to be accepted, then fail each request with a built-in ValueError.
+    with pytest.raises(ar.MemoryStoreError, match="timeout must be a finite number of seconds"):
+        ar.OpenAIEmbedder(base_url="http://127.0.0.1:9/v1", timeout=timeout)
+
+
+def test_openai_embedder_takes_any_positive_number_of_seconds(server: tuple[_Server, str]) -> None:
+    _, url = server
+    for timeout in (5, 0.5, np.float32(2.0), np.int64(3)):
+        assert ar.OpenAIEmbedder(base_url=url, timeout=timeout).embed(["a"]).shape == (1, 3)
 
 
 def test_openai_embedder_errors(server: tuple[_Server, str], monkeypatch: Any) -> None:

@@ -61,7 +61,7 @@ def test_attributes_and_messages() -> None:
     persistence = ar.PersistenceError("corrupt record", key="session:a")
     assert persistence.key == "session:a" and "session:a" in str(persistence)
     parse = ar.ParseError("expected 'Action:'", position=7)
-    assert parse.position == 7 and "byte 7" in str(parse)
+    assert parse.position == 7 and "(at index 7)" in str(parse)
     assert ar.ToolError("boom", tool="calc").tool == "calc"
 
 

@@ -155,10 +155,14 @@ def test_final_answer_tool_after_a_separator_or_in_call_syntax(action: str) -> N
         ("calc (1) + (2)", "calc", "(1) + (2)"),  # not one pair of call parentheses
         ('f("a)")', "f", "a)"),
         ('search-web_2{"q": 1}', "search-web_2", {"q": 1}),
-        ("search.web x", "search", ".web x"),  # the name ends at the first other character
+        ("search web x", "search", "web x"),  # the name ends at the first other character
+        # Dots join runs of name characters (they used to split `github` from its tool).
+        ('github.search_issues {"q": 1}', "github.search_issues", {"q": 1}),
+        ("mcp.fs.read_file(/tmp/x)", "mcp.fs.read_file", "/tmp/x"),
+        ("calc. 2+2", "calc", ". 2+2"),  # a dot not followed by a name character
     ],
 )
-def test_tool_name_is_letters_digits_underscores_and_hyphens(
+def test_tool_name_is_letters_digits_underscores_hyphens_and_inner_dots(
     action: str, tool: str, tool_input: object
 ) -> None:
     step = ar.parse_react_step(f"Thought: t\nAction: {action}")
@@ -189,12 +193,113 @@ def test_first_action_wins_with_its_own_input() -> None:
     )
     named = ar.parse_react_step("Action: search:\nAction Input: cats")
     assert (named.action, named.action_input) == ("search", "cats")
-    # An Action Input serves only a name alone on its line, and only before another Action.
-    inline = ar.parse_react_step("Action: search web\nAction Input: cats")
-    assert (inline.action, inline.action_input) == ("search", "web")
+    # An Action Input serves only the first action, and only before another Action.
     for text in ["Action: a\nAction: b\nAction Input: 1", "Action Input: 1\nAction: a"]:
         with pytest.raises(ar.ParseError, match="expected the input of tool 'a'"):
             ar.parse_react_step(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "tool", "tool_input"),
+    [
+        # These used to call 'Search' with 'Tool', and 'github' with '.search_issues'.
+        ("Thought: x\nAction: Search Tool\nAction Input: rust pyo3", "Search Tool", "rust pyo3"),
+        (
+            'Thought: x\nAction: github.search_issues\nAction Input: {"q": "panic"}',
+            "github.search_issues",
+            {"q": "panic"},
+        ),
+        ("Action: search web\nAction Input: cats", "search web", "cats"),
+        ("Action: search:\nAction Input: cats", "search", "cats"),
+        # On one line: this used to give the input 'Action Input: rust'.
+        ("Thought: x\nAction: search Action Input: rust", "search", "rust"),
+        ("Action: Search Tool  action input :  rust\npyo3", "Search Tool", "rust\npyo3"),
+        ('Action: FINAL_ANSWER Action Input: "done"', None, None),
+        # Inside a JSON input, the words are the input's.
+        ('Action: t {"q": "Action Input: x"}', "t", {"q": "Action Input: x"}),
+        ('Action: t "see Action Input: x"', "t", "see Action Input: x"),
+    ],
+)
+def test_an_action_input_label_makes_the_action_line_the_tool_name(
+    text: str, tool: str | None, tool_input: object
+) -> None:
+    step = ar.parse_react_step(text)
+    assert (step.action, step.action_input) == (tool, tool_input)
+    if tool is None:
+        assert step.final_answer == "done"
+
+
+@pytest.mark.parametrize(
+    ("text", "tool", "tool_input", "final"),
+    [
+        # Both used to raise ParseError, which LangChain accepts.
+        ("Thought: x\nAction 1: search\nAction 1 Input: rust", "search", "rust", None),
+        ("Thought: I now know the final answer. Final Answer: 42", None, None, "42"),
+        ("Action2 : search\nAction 2 Input 2: rust", "search", "rust", None),
+        ("Thought 1: x\nAction 1: t {}\nObservation 1: made up", "t", {}, None),
+        ("I know it. Final Answer: Paris\nis the capital", None, None, "Paris\nis the capital"),
+    ],
+)
+def test_numbered_labels_and_a_final_answer_later_on_a_line(
+    text: str, tool: str | None, tool_input: object, final: str | None
+) -> None:
+    step = ar.parse_react_step(text)
+    assert (step.action, step.action_input, step.final_answer) == (tool, tool_input, final)
+    if final is not None:
+        assert step.thought in {"I now know the final answer.", "I know it."}
+    else:
+        assert "Observation" not in text[: step.end]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Mentions of the final answer in prose end nothing.
+        "Thought: I now know the final answer.",
+        "Thought: I now know the Final Answer, it is 42",
+        "Thought: the final answer: 42",  # LangChain's marker is capitalized
+        "Thought: my PreFinal Answer: 42",
+    ],
+)
+def test_a_final_answer_in_prose_is_no_answer(text: str) -> None:
+    with pytest.raises(ar.ParseError, match="expected a line starting with 'Action:'"):
+        ar.parse_react_step(text)
+
+
+def test_a_final_answer_later_on_a_line_does_not_outweigh_an_action() -> None:
+    step = ar.parse_react_step("Thought: then give the Final Answer: soon\nAction: t {}")
+    assert (step.thought, step.action, step.final_answer) == (
+        "then give the Final Answer: soon",
+        "t",
+        None,
+    )
+
+
+def test_final_answer_tool_takes_a_final_answer_section() -> None:
+    # This used to answer '' (the Final Answer line was ignored).
+    step = ar.parse_react_step("Thought: x\nAction: FINAL_ANSWER\nFinal Answer: 5")
+    assert (step.action, step.final_answer, step.thought) == (None, "5", "x")
+    # An input of its own still wins.
+    assert ar.parse_react_step("Action: FINAL_ANSWER 4\nFinal Answer: 5").final_answer == "4"
+
+
+@pytest.mark.parametrize(
+    ("tool_input", "expected"),
+    [
+        # These used to give 'New York' and 'a': the text after the literal was lost.
+        ('"New York" weather tomorrow', '"New York" weather tomorrow'),
+        ('"a" and "b"', '"a" and "b"'),
+        ('"New York"  ', "New York"),
+        ('"a\\"b"', 'a"b'),
+        ('{"q": 1} and chatter', {"q": 1}),
+    ],
+)
+def test_a_leading_string_literal_is_json_only_when_it_is_the_whole_input(
+    tool_input: str, expected: object
+) -> None:
+    step = ar.parse_react_step(f"Thought: x\nAction: search\nAction Input: {tool_input}")
+    assert step.action_input == expected
+    assert ar.parse_react_step(f"Action: search {tool_input}").action_input == expected
 
 
 def test_an_invented_observation_ends_the_step() -> None:
@@ -322,7 +427,30 @@ def test_errors_say_what_was_expected_and_where(text: str, fragment: str) -> Non
     with pytest.raises(ar.ParseError, match=fragment) as info:
         ar.parse_react_step(text)
     assert info.value.position is not None
-    assert 0 <= info.value.position <= len(text.encode())
+    assert 0 <= info.value.position <= len(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "at"),
+    [
+        # The position used to count UTF-8 bytes: 34 here, pointing at the '}'.
+        ("Thought: café 😀 naïve\nAction: ét {}", "ét {}"),
+        ("Thought: ü\nAction:  é x", "é x"),
+        ("Thought: 😀\nAction: search\nAction Input: ```\n```", " ```\n```"),
+        ("Thought: 😀😀\nAction: t {}\nFinal Answer: x", "Final Answer: x"),
+    ],
+)
+def test_error_position_is_a_character_index(text: str, at: str) -> None:
+    with pytest.raises(ar.ParseError) as info:
+        ar.parse_react_step(text)
+    assert info.value.position == text.index(at)
+
+
+def test_error_position_at_the_end_is_the_length_in_characters() -> None:
+    text = "Thought: é😀 only thinking"
+    with pytest.raises(ar.ParseError) as info:
+        ar.parse_react_step(text)
+    assert info.value.position == len(text)
 
 
 def test_repr_and_eq() -> None:

@@ -436,6 +436,9 @@ async def test_a_failure_before_the_loop_releases_the_slot_and_is_typed() -> Non
         async def save(self, key: str, value: bytes) -> None:
             raise OSError("disk full")
 
+        async def save_new(self, key: str, value: bytes) -> bool:  # a fresh id's meta
+            raise OSError("disk full")
+
     guard = ar.BackpressureGuard(capacity=1)
     rt = ar.AgentRuntime(checkpoint_backend=NoMeta(), backpressure=guard)
     with pytest.raises(ar.PersistenceError, match="disk full"):

@@ -32,7 +32,10 @@ class ReActStep:
         """The tool to call, or None for a final answer."""
     @property
     def action_input(self) -> Any:
-        """Decoded JSON (dict, list or str) or the raw text; None for a final answer."""
+        """Decoded JSON (dict, list or str) or the raw text; None for a final answer.
+
+        A string literal decodes only when it is the whole input.
+        """
     @property
     def final_answer(self) -> str | None:
         """The final answer, or None when the step calls a tool.
@@ -57,20 +60,30 @@ class ReActStep:
 def parse_react_step(text: str) -> ReActStep:
     """Parses one ReAct step from model output.
 
-    The tool name is the run of `[A-Za-z0-9_-]` after `Action:`; its input follows, after an
-    optional `:` or `=`, or inside call parentheses (`Action: FINAL_ANSWER(42)`). The first
-    `Action:` is the step's; an `Action Input:` line gives its input only when the name
-    stands alone on its line, and only before any other `Action:`. The step ends at the
-    first `Observation:` line after the action, or `Thought:` or `Action:` line after its
-    input (see `ReActStep.end`).
+    Labels are case-insensitive at the start of a line, and may carry a step number
+    (`Action 1:`, `Action 1 Input:`). The first `Action:` is the step's. When an
+    `Action Input:` label follows it (later on its line, or as the next such line before any
+    other `Action:`), the tool is all the text of the action's line before that label,
+    trimmed, as LangChain reads it (`Action: Search Tool`), and the input is what follows
+    the label. Otherwise the tool name is the run of `[A-Za-z0-9_-]` after `Action:`, with
+    dots between two such characters (`github.search_issues`); its input follows, after an
+    optional `:` or `=`, or inside call parentheses (`Action: FINAL_ANSWER(42)`).
+    `Action: FINAL_ANSWER` with no input answers with a `Final Answer:` section that
+    follows. With no action and no `Final Answer:` line, a `Final Answer:` (so capitalized,
+    LangChain's marker) later on a line ends the thought and starts the answer
+    (`Thought: I know. Final Answer: 42`). The step ends at the first `Observation:` line
+    after the action, or `Thought:` or `Action:` line after its input (see `ReActStep.end`).
 
-    JSON input decodes as `json.loads` would: integers of any size stay exact ints; deep
-    nesting, numbers beyond the float range (inf), escaped lone surrogates and NaN decode
-    too. JSON nested too deeply even for `json.loads` (a RecursionError) stays raw text.
+    A JSON object or array input may be followed by other text; a string literal is JSON
+    only when it is the whole input (`"New York" weather` stays that text). JSON input
+    decodes as `json.loads` would: integers of any size stay exact ints; deep nesting,
+    numbers beyond the float range (inf), escaped lone surrogates and NaN decode too. JSON
+    nested too deeply even for `json.loads` (a RecursionError) stays raw text.
 
     Raises:
-        ParseError: the text is not a ReAct step (message says what and where), or is not
-            valid Unicode (a lone surrogate).
+        ParseError: the text is not a ReAct step (message says what; `position` where, as
+            an index into `text` in characters, like `ReActStep.end`), or is not valid
+            Unicode (a lone surrogate).
     """
 
 # --- Runtime metrics (rust/metrics.rs) -----------------------------------------------------
@@ -494,11 +507,13 @@ class HashingEmbedder:
     Text is NFKC-normalized and lowercased first: composed and decomposed accents, full-width
     letters and ligatures embed like their plain forms.
 
-    dim goes up to 2**20 (1048576).
+    dim goes up to 2**20 (1048576). N-grams are at most 32 long (word_ngrams, and the max
+    of char_ngrams), so that embedding stays linear in the length of the text.
 
     Raises:
-        MemoryStoreError: dim is not between 1 and 2**20, word_ngrams is not positive, or an
-            invalid char_ngrams range.
+        MemoryStoreError: dim is not between 1 and 2**20, word_ngrams is not between 1 and
+            32, or an invalid char_ngrams range (min above max, min 0 with max above 0, or
+            a length above 32).
     """
 
     def __new__(
@@ -522,8 +537,9 @@ class GraphStore:
     """Directed multigraph of entities and typed, weighted relationships, analytics in Rust.
 
     Properties are JSON-compatible: str keys; values None, bool, str, int (or any integer
-    type with __index__, such as numpy's), finite float (or any numbers.Real, such as
-    numpy.float32, stored as a float), and lists, tuples and dicts of them.
+    type with __index__, such as numpy's), finite float (or an inexact numbers.Real, such
+    as numpy.float32, stored as a float; not a Fraction, which a float would round), and
+    lists, tuples and dicts of them.
 
     Raises:
         GraphError: unknown entities, duplicate ids, non-finite weights (or beyond the float

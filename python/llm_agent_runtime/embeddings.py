@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
+import numbers
 import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -49,11 +51,28 @@ class Embedder(Protocol):
 
 
 def _texts(texts: Sequence[str]) -> list[str]:
+    """`texts` as a list of strings that have a UTF-8 form (as HashingEmbedder requires).
+
+    Raises:
+        MemoryStoreError: `texts` is one string, holds a non-string, or a string with a lone
+            surrogate (the message names its index in `texts` and the surrogate's).
+    """
     if isinstance(texts, str):
         raise MemoryStoreError("texts must be a sequence of strings, not one string")
     out = list(texts)
     if not all(isinstance(t, str) for t in out):
         raise MemoryStoreError("texts must be a sequence of strings")
+    for i, text in enumerate(out):
+        if text.isascii():  # the usual case, settled without encoding
+            continue
+        try:
+            text.encode()
+        except UnicodeEncodeError as error:
+            # Not chained: the encoding error quotes the whole text.
+            raise MemoryStoreError(
+                f"texts[{i}] is not valid Unicode: it holds a lone surrogate at index "
+                f"{error.start} (a surrogate pair cut in two has no UTF-8 form)"
+            ) from None
     return out
 
 
@@ -109,7 +128,8 @@ class SentenceTransformerEmbedder:
         """Embeds `texts` (see `Embedder.embed`).
 
         Raises:
-            MemoryStoreError: `texts` is not a sequence of strings.
+            MemoryStoreError: `texts` is not a sequence of strings, or holds a string that is
+                not valid Unicode (a lone surrogate; the message names its index).
         """
         import numpy as np
 
@@ -155,7 +175,7 @@ class OpenAIEmbedder:
 
     Raises:
         MemoryStoreError: batch_size or dimensions is not an int (a bool or float is
-            refused) of at least 1.
+            refused) of at least 1, or timeout is not a finite number of seconds above 0.
         ProviderError: the API key is one no HTTP header can carry (whitespace such as a
             trailing newline, control or non-ASCII characters; the message never quotes it),
             the base URL is not an http(s) URL, or it is OpenAI's own API and there is no
@@ -180,6 +200,8 @@ class OpenAIEmbedder:
         batch_size = _count(batch_size, "batch_size")
         if dimensions is not None:
             dimensions = _count(dimensions, "dimensions")
+        # Checked here: httpx would refuse it only at the first request, with a ValueError.
+        seconds = _seconds(timeout, "timeout")
         self._api_key, url = openai_endpoint("OpenAI embeddings", api_key, base_url)
         check_api_key("OpenAI", self._api_key)
         self._url = url + "/embeddings"
@@ -188,7 +210,7 @@ class OpenAIEmbedder:
         self.dimensions = dimensions
         """Requested output length, or None for the model's own."""
         self._batch_size = batch_size
-        self._timeout = timeout
+        self._timeout = seconds
         self._client = client
         self._width: tuple[str, int] | None = None
         """The model and the length of its rows, from the last reply (for empty texts)."""
@@ -200,10 +222,13 @@ class OpenAIEmbedder:
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Embeds `texts` (see `Embedder.embed`), `batch_size` texts a request.
 
-        An empty text is not sent: its row is zeros (see the class).
+        An empty text is not sent: its row is zeros (see the class). No texts give an array
+        of shape (0, dim) when the width is known (from `dimensions`, or an earlier reply
+        for this model), else (0, 0).
 
         Raises:
-            MemoryStoreError: `texts` is not a sequence of strings.
+            MemoryStoreError: `texts` is not a sequence of strings, or holds a string that is
+                not valid Unicode (a lone surrogate; the message names its index).
             ProviderError: an HTTP error (retryable for 408, 409, 429 and 5xx, with the
                 server's Retry-After), an error reported with status 200 (`{"error": {...}}`:
                 the server's message, retryable as the chat provider judges it), a transport
@@ -219,14 +244,14 @@ class OpenAIEmbedder:
         from llm_agent_runtime.providers._http import Redactor
 
         batch = _texts(texts)
-        if not batch:
-            return np.zeros((0, self.dimensions or 0), dtype=np.float32)
-        # The API refuses an empty input (and fails the whole request): such a text is not
-        # sent, and its row stays zero, which the stores read as "no embedding".
-        sent = [i for i, text in enumerate(batch) if text]
         width = self.dimensions
         if width is None and self._width is not None and self._width[0] == self.model:
             width = self._width[1]
+        if not batch:
+            return np.zeros((0, width or 0), dtype=np.float32)
+        # The API refuses an empty input (and fails the whole request): such a text is not
+        # sent, and its row stays zero, which the stores read as "no embedding".
+        sent = [i for i, text in enumerate(batch) if text]
         if not sent and width is not None:
             return np.zeros((len(batch), width), dtype=np.float32)
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -337,6 +362,24 @@ def _count(value: Any, name: str) -> int:
             if number >= 1:
                 return number
     raise MemoryStoreError(f"{name} must be an int of at least 1, got {value!r:.80}")
+
+
+def _seconds(value: Any, name: str) -> float:
+    """`value`, a finite number of seconds above 0 of any real type but bool, as a float.
+
+    httpx takes no numpy float.
+
+    Raises:
+        MemoryStoreError: `value` is not such a number.
+    """
+    if not isinstance(value, bool) and isinstance(value, numbers.Real):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond the float range
+            seconds = math.inf
+        if math.isfinite(seconds) and seconds > 0:
+            return seconds
+    raise MemoryStoreError(f"{name} must be a finite number of seconds above 0, got {value!r:.80}")
 
 
 def _rows(payload: Any, count: int, dimensions: int | None) -> list[list[float]]:

@@ -168,9 +168,10 @@ class ParseError(AgentRuntimeError):
 
     def __init__(self, message: str, position: int | None = None) -> None:
         self.position = position
-        """Byte offset into the parsed text where the problem was found, when known."""
+        """Index (in characters, as `text[position:]` takes it) where the problem was found
+        in the parsed text, when known."""
         super().__init__(message, position)
 
     def __str__(self) -> str:
         message = str(self.args[0])
-        return f"{message} (at byte {self.position})" if self.position is not None else message
+        return f"{message} (at index {self.position})" if self.position is not None else message
