@@ -1,6 +1,7 @@
 """One conformance suite run against every persistence backend."""
 
 import asyncio
+import contextvars
 import fcntl
 import multiprocessing
 import os
@@ -19,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
+from llm_agent_runtime.persistence._waiting import run_in_thread
 from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 from llm_agent_runtime.persistence.codec import decode
-from llm_agent_runtime.persistence.file import file_name_for
+from llm_agent_runtime.persistence.file import _encode_batch, file_name_for
 
 from .test_durable import FINAL, Effects, add_step, fails_after, script
 
@@ -944,6 +946,127 @@ async def test_a_file_fork_cancelled_while_its_copy_is_written_leaves_its_new_id
     assert await runtime.fork(session.session_id, 3, "child") == "child"
 
 
+def _hold_lock(path: Path, shared: bool, seconds: float) -> Callable[[], None]:
+    """Locks `path` as another process would (its own open file); returns its release.
+
+    Released after `seconds` at the latest: a wait that ignores cancellation ends then.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+    once = threading.Lock()
+
+    def close() -> None:
+        if once.acquire(blocking=False):
+            os.close(fd)
+
+    timer = threading.Timer(seconds, close)
+    timer.start()
+
+    def release() -> None:
+        timer.cancel()
+        close()
+
+    return release
+
+
+async def test_a_cancelled_file_read_goes_on_at_once_and_its_thread_gives_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A read waiting for a batch being installed (its writer paused, say) held its caller
+    # as long: a timeout did not end it.
+    store = ar.FileBackend(tmp_path / "files")
+    await store.batch_save({"a": b"1", "b": b"1"})
+    loads: list[str] = []
+    load = store._load
+
+    def counting(key: str) -> bytes | None:
+        loads.append(key)
+        return load(key)
+
+    monkeypatch.setattr(store, "_load", counting)
+    release = _hold_lock(tmp_path / "files" / ".batches.lock", shared=False, seconds=1.5)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(store.batch_load(["a", "b"]), 0.1)
+    assert time.monotonic() - started < 0.5
+    await asyncio.sleep(0.05)
+    release()  # the install ends now
+    await asyncio.sleep(0.1)
+    assert loads == []  # the thread gave up its wait: it read nothing, and holds no lock
+    lock = os.open(tmp_path / "files" / ".batches.lock", os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(lock)
+
+
+async def test_a_cancelled_file_batch_waiting_for_a_read_gives_up_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    # A batch waiting for a slow read (another process's) held its caller as long, then
+    # landed: a timeout did not end it.
+    store = ar.FileBackend(tmp_path / "files")
+    release = _hold_lock(tmp_path / "files" / ".batches.lock", shared=True, seconds=1.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.batch_save({"a": b"old", "b": b"old"}), 0.1)
+        assert time.monotonic() - started < 0.5
+        assert os.listdir(tmp_path / "files" / ".batches") == []  # nothing of it is left
+    finally:
+        release()
+    await store.batch_save({"a": b"new", "b": b"new"})
+    await asyncio.sleep(0.1)
+    assert await store.batch_load(["a", "b"]) == {"a": b"new", "b": b"new"}
+
+
+async def test_a_cancelled_file_save_waiting_for_a_batch_being_installed_gives_up(
+    tmp_path: Path,
+) -> None:
+    # Every write first waits for the batches being installed: one whose writer was paused
+    # held a cancelled save's caller as long.
+    store = ar.FileBackend(tmp_path / "files")
+    batch = tmp_path / "files" / ".batches" / f"{uuid.uuid4().hex}.batch"
+    batch.write_bytes(_encode_batch({"x": b"1", "y": b"1"}))  # committed by a live writer
+    release = _hold_lock(batch, shared=False, seconds=1.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.save("k", b"v"), 0.1)
+        assert time.monotonic() - started < 0.5
+    finally:
+        release()  # its writer dies: the next call finishes it
+    await asyncio.sleep(0.1)
+    assert await store.batch_load(["k", "x", "y"]) == {"x": b"1", "y": b"1"}
+
+
+async def test_a_file_batch_cancelled_after_its_commit_is_installed_whole_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past its commit a batch waits for no lock: its cancelled caller waits for the install.
+    store = ar.FileBackend(tmp_path / "files")
+    installing, release = threading.Event(), threading.Event()
+    install = store._install
+
+    def slow_install(batch: Path, items: dict[str, bytes]) -> None:
+        installing.set()
+        release.wait(5)
+        install(batch, items)
+
+    monkeypatch.setattr(store, "_install", slow_install)
+    task = asyncio.create_task(store.batch_save({"a": b"1", "b": b"1"}))
+    assert await asyncio.to_thread(installing.wait, 5)
+    task.cancel()
+    timer = threading.Timer(0.2, release.set)
+    timer.start()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    timer.join()
+    # Looked at directly: a call would finish a batch left in the redo log.
+    assert os.listdir(tmp_path / "files" / ".batches") == []
+    assert store._load("a") == store._load("b") == b"1"
+
+
 # ---------------------------------------------------------------- no read sees part of a batch
 
 
@@ -984,6 +1107,74 @@ async def test_no_file_read_sees_part_of_a_batch_installed_meanwhile(
     assert await reader.batch_load(keys) == dict.fromkeys(keys, b"new")
 
 
+async def test_a_file_batch_waits_for_the_reads_under_way_not_for_later_ones(
+    tmp_path: Path,
+) -> None:
+    # A new shared flock is granted past a waiting exclusive one: reads that overlapped one
+    # another held a batch off for as long as they came.
+    store = ar.FileBackend(tmp_path / "files")
+    go, inside = [threading.Event() for _ in range(30)], [threading.Event() for _ in range(30)]
+
+    def read(turn: int) -> None:
+        def hold() -> None:
+            inside[turn].set()
+            time.sleep(0.02)
+            if turn + 1 < len(inside):  # the next read comes in before this one ends
+                go[turn + 1].set()
+                inside[turn + 1].wait(0.1)
+
+        if turn:
+            go[turn].wait(5)
+        store._read_whole(hold)
+
+    readers = [threading.Thread(target=read, args=(turn,)) for turn in range(len(inside))]
+    for reader in readers:
+        reader.start()
+    try:
+        assert await asyncio.to_thread(inside[0].wait, 5)
+        await store.batch_save({"a": b"1", "b": b"1"})
+        assert not inside[-1].is_set()  # in while the reads went on
+    finally:
+        for reader in readers:
+            await asyncio.to_thread(reader.join, 5)
+    assert all(event.is_set() for event in inside)  # and the later reads came after it
+
+
+async def test_a_file_reader_that_may_not_write_the_lock_files_opens_them_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader that could not open the lock for writing (another user's directory) took
+    # none, and read while a batch was installed.
+    directory = tmp_path / "files"
+    store = ar.FileBackend(directory)
+    await store.batch_save({"a": b"1", "b": b"1"})
+    real_open = os.open
+    opened_to_read: list[str] = []
+
+    def no_write_access(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        name = Path(path).name
+        if name.startswith(".batches."):
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                raise PermissionError(13, "Permission denied", str(path))
+            opened_to_read.append(name)
+        return real_open(path, flags, *args, **kwargs)
+
+    release = _hold_lock(directory / ".batches.lock", shared=False, seconds=1.5)
+    monkeypatch.setattr(os, "open", no_write_access)
+    read = asyncio.create_task(store.batch_load(["a", "b"]))
+    try:
+        await asyncio.sleep(0.2)
+        assert not read.done()  # it waits for the batch being installed
+    finally:
+        release()
+    assert await read == {"a": b"1", "b": b"1"}
+    assert opened_to_read == [".batches.turnstile", ".batches.lock"]
+    # Missing, and nobody may make them (a read-only copy, which nobody writes): no lock.
+    for name in (".batches.lock", ".batches.turnstile"):
+        (directory / name).unlink(missing_ok=True)
+    assert await store.batch_load(["a", "b"]) == {"a": b"1", "b": b"1"}
+
+
 async def test_a_sqlite_batch_load_in_chunks_reads_one_snapshot(tmp_path: Path) -> None:
     # Past SQLite's 500 variables a batch_load reads in chunks: a batch another connection
     # committed between two chunks showed in the later chunks only.
@@ -1014,6 +1205,17 @@ async def test_a_sqlite_batch_load_in_chunks_reads_one_snapshot(tmp_path: Path) 
     finally:
         other.close()
         store.close()
+
+
+# ---------------------------------------------------------------- worker threads
+
+
+async def test_work_in_a_worker_thread_sees_the_callers_context_variables() -> None:
+    # The work ran in the worker thread's own context: what FileBackend and SQLite logged
+    # there lost the caller's request ids and traces.
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+    request_id.set("req-42")
+    assert await run_in_thread(request_id.get) == "req-42"
 
 
 # ---------------------------------------------------------------- PostgreSQL: first use, sizes

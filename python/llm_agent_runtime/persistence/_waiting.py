@@ -1,14 +1,31 @@
-"""Waiting for work that must not be abandoned half way, whatever cancels the waiter."""
+"""Waiting for work that must not be abandoned half way, whatever cancels the waiter.
+
+And, in that work, waiting for a lock in a way the cancellation ends (`wait_until`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+_ABANDONED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "_ABANDONED", default=None
+)
+"""Set in a call `run_in_thread` runs: the event its cancellation sets."""
+
+
+class Abandoned(Exception):
+    """The call a thread works for was cancelled: the thread gives up what it waited to do.
+
+    Raised before the work starts, or by `wait_until` (see `run_in_thread`).
+    """
 
 
 async def wait_through_cancellation(
@@ -36,36 +53,65 @@ def retrieve_outcome(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+def wait_until(ready: Callable[[], bool]) -> None:
+    """Calls `ready` until it returns True, pausing between tries (1 ms, growing to 5 ms).
+
+    For a lock whose blocking wait cannot be given up (`flock`): `ready` tries it without
+    waiting. In a call `run_in_thread` runs, it gives up as soon as that call is cancelled,
+    before any further try.
+
+    Raises:
+        Abandoned: The call was cancelled.
+    """
+    abandoned = _ABANDONED.get()
+    pause = 0.001
+    while True:
+        if abandoned is not None and abandoned.is_set():
+            raise Abandoned
+        if ready():
+            return
+        if abandoned is None:
+            time.sleep(pause)
+        elif abandoned.wait(pause):  # woken by the cancellation, not after the pause
+            raise Abandoned
+        pause = min(pause * 2, 0.005)
+
+
 async def run_in_thread(work: Callable[[], T], grace: float | None = None) -> T:
     """Runs `work` in a worker thread and returns what it returns (or raises what it raises).
 
-    A thread cannot be stopped, so a cancelled call does not leave it running unseen (a
-    write that lands after the caller's next one, say): cancelled before its thread started,
-    `work` never runs; cancelled later, the call waits for the thread, at most `grace`
-    seconds (None: until it ends), before the cancellation goes on. Only work still running
-    after the grace may then happen later.
+    `work` runs in a copy of the caller's context (`contextvars`), as with
+    `asyncio.to_thread`: what it logs keeps the caller's request ids and traces.
+
+    A thread cannot be stopped, so a cancelled call tells it to give up, and does not leave
+    it running unseen (a write that lands after the caller's next one, say): cancelled
+    before its thread started, `work` never runs; cancelled later, each `wait_until` it is
+    in or comes to raises `Abandoned`, and the call waits for the thread, at most `grace`
+    seconds (None: until it ends; 0: not at all), before the cancellation goes on. Only work
+    still running after the grace may then happen later.
     """
     guard = threading.Lock()
-    state = {"started": False, "abandoned": False}
+    abandoned = threading.Event()
+    started = False
 
     def guarded() -> T:
+        nonlocal started
         with guard:
-            if state["abandoned"]:  # cancelled before this thread started: never runs
-                raise _Abandoned
-            state["started"] = True
+            if abandoned.is_set():  # cancelled before this thread started: never runs
+                raise Abandoned
+            started = True
+        _ABANDONED.set(abandoned)  # in the copied context: this call's only
         return work()
 
-    done = asyncio.get_running_loop().run_in_executor(None, guarded)
+    context = contextvars.copy_context()
+    done = asyncio.get_running_loop().run_in_executor(None, context.run, guarded)
     done.add_done_callback(retrieve_outcome)  # a cancelled caller never sees it
     try:
         return await asyncio.shield(done)
     except asyncio.CancelledError:
         with guard:
-            state["abandoned"] = not state["started"]
-        if not state["abandoned"]:
+            abandoned.set()
+            running = started
+        if running:
             await wait_through_cancellation(done, grace)
         raise
-
-
-class _Abandoned(Exception):
-    """A call cancelled before its thread started: the thread skips its work."""

@@ -24,7 +24,7 @@ from llm_agent_runtime.persistence._checks import (
     check_prefix,
     check_value,
 )
-from llm_agent_runtime.persistence._waiting import run_in_thread
+from llm_agent_runtime.persistence._waiting import Abandoned, run_in_thread, wait_until
 from llm_agent_runtime.persistence.base import encode_key
 
 if sys.platform != "win32":
@@ -52,6 +52,10 @@ _INSTALL_LOCK = ".batches.lock"
 """The redo log's lock file, beside its folder: a batch's writer holds it exclusively from
 the batch's commit until it is installed, and readers hold it shared while they read (see
 `FileBackend`)."""
+_TURNSTILE = ".batches.turnstile"
+"""Passed on the way to `_INSTALL_LOCK`: a batch's writer holds it exclusively while it waits
+for that lock, readers take it shared, so the reads that come after a waiting writer wait
+behind it (flock lets new shared locks in past a waiting exclusive one)."""
 _BATCH_MAGIC = b"llm-agent-runtime-batch/1\n"
 _BATCH_COUNT = struct.Struct("<I")
 _BATCH_ITEM = struct.Struct("<IQ")
@@ -91,6 +95,60 @@ def _lock(fd: int, wait: bool = True, shared: bool = False) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def _wait_for_lock(fd: int, shared: bool = False) -> None:
+    """Takes an advisory lock on open file `fd` (see `_lock`), waiting as `wait_until` does.
+
+    A blocking `flock` cannot be given up: one a slow reader or a stopped process holds
+    would keep a cancelled call's thread, and so a cancelled write's caller, waiting.
+
+    Raises:
+        Abandoned: The call was cancelled meanwhile (see `run_in_thread`).
+    """
+    wait_until(lambda: _lock(fd, wait=False, shared=shared))
+
+
+@contextlib.contextmanager
+def _lock_file(path: Path, shared: bool) -> Iterator[None]:
+    """Holds the lock file at `path` (made if missing), shared or exclusive.
+
+    It waits for it as `_wait_for_lock` does. A reader that may not write it (another
+    user's directory, a read-only mount) opens it read-only: a shared lock needs no more.
+    Only where it is missing and cannot be made (a read-only copy of a directory, which
+    nobody writes) does a reader hold none. (Without POSIX locks, Windows, nobody does: see
+    `FileBackend`.)
+
+    Raises:
+        PersistenceError: When it cannot be opened (but as above), or locked.
+        Abandoned: The call was cancelled meanwhile.
+    """
+    fd = None
+    if sys.platform != "win32":
+        try:
+            # For writing: where `flock` is emulated with POSIX locks (NFS), an exclusive
+            # lock needs it.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if not shared:
+                raise PersistenceError(f"cannot open {path}: {exc}") from exc
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                pass  # `FileBackend` makes it wherever it can: here nobody writes
+            except OSError as error:
+                raise PersistenceError(f"cannot open {path}: {error}") from error
+    if fd is None:
+        yield
+        return
+    try:
+        try:
+            _wait_for_lock(fd, shared)
+        except OSError as exc:
+            raise PersistenceError(f"cannot lock {path}: {exc}") from exc
+        yield
+    finally:
+        os.close(fd)  # drops the lock
 
 
 def _sync_directory(directory: Path) -> None:
@@ -159,14 +217,22 @@ class FileBackend:
     sees part of a batch: a batch's writer holds the redo log's lock (`.batches.lock`) from
     the batch's commit until it is installed, and a read holds it shared, so a read waits
     for a batch being installed, and a batch for the reads under way (a batch a crash left
-    is finished before a read). A read of a directory where that lock cannot be opened (a
-    read-only copy, where nobody writes) takes no lock. (Where there are no POSIX locks,
-    Windows, only one process should use a directory.)
+    is finished before a read). Reads that start while a batch waits wait behind it, so a
+    stream of reads cannot hold a batch off. A reader that may not write the lock files
+    (another user's directory) opens them read-only; only where they are missing and cannot
+    be made (a read-only copy, which nobody writes) does a read take no lock. (Where there
+    are no POSIX locks, Windows, only one process should use a directory.)
 
-    Every call runs in a worker thread. A call cancelled before its thread started never
-    runs; one cancelled later waits for its thread to end before the cancellation goes on
-    (file I/O waits for no lock but a batch another writer is installing): a cancelled
-    write has happened, or never will, by the time the cancellation reaches the caller.
+    Every call runs in a worker thread, and waits for a lock (a batch another writer is
+    installing; for a batch, the reads under way) in a way a cancellation ends: a call
+    cancelled before its thread started never runs; one cancelled later makes its thread
+    give up any such wait, now or to come. A cancelled read then goes on at once (its
+    thread may end in the background: it writes nothing but a batch a crash left). A
+    cancelled write goes on once its thread has ended: a batch cancelled before its commit
+    writes nothing, one cancelled after it is installed whole first (which waits for no
+    lock); `save`, `save_new` and `delete` give up only while they wait for a batch being
+    installed. So a cancelled write has landed, or never will, by the time the cancellation
+    reaches the caller; only the file I/O under way (a hung network file system) delays it.
 
     Args:
         directory: where the files live (created if missing).
@@ -184,9 +250,12 @@ class FileBackend:
         except OSError as exc:
             raise PersistenceError(f"cannot create {self.directory}: {exc}") from exc
         # A directory that is read-only (an archive) is still read: the redo log's folder
-        # is made by the first batch then.
+        # is made by the first batch then. The lock files are made now, so that a reader
+        # that may not make them finds them (see `_lock_file`).
         with contextlib.suppress(OSError):
             self._batches.mkdir(exist_ok=True)
+            for name in (_TURNSTILE, _INSTALL_LOCK):
+                os.close(os.open(self.directory / name, os.O_RDWR | os.O_CREAT, 0o644))
         self._finish_batches()
         self._remove_abandoned_temporaries()
 
@@ -330,7 +399,7 @@ class FileBackend:
                         # of it.
                         installing.enter_context(self._install_lock(shared=False))
                         os.replace(tmp, batch)  # the commit...
-                    except (OSError, PersistenceError) as exc:
+                    except (OSError, PersistenceError, Abandoned) as exc:
                         if (
                             isinstance(exc, FileNotFoundError)
                             and attempt == 0
@@ -340,6 +409,8 @@ class FileBackend:
                             continue  # taken for a crash's leftover before the lock
                         with contextlib.suppress(OSError):
                             tmp.unlink(missing_ok=True)
+                        if isinstance(exc, Abandoned):
+                            raise  # cancelled before the commit: nothing of it is saved
                         raise PersistenceError(
                             f"cannot write the batch {tmp} (nothing of it was saved): {exc}"
                         ) from exc
@@ -373,32 +444,23 @@ class FileBackend:
     def _install_lock(self, shared: bool) -> Iterator[None]:
         """Holds the redo log's install lock: shared to read, exclusive to install a batch.
 
-        A reader that cannot open it (a read-only copy of the directory) holds none.
+        It is taken through the turnstile (`_TURNSTILE`), so a batch waits for the reads
+        under way, not for those that come after it. Each is held as `_lock_file` says.
 
         Raises:
-            PersistenceError: When it cannot be locked, or a writer cannot open it.
+            PersistenceError: When one cannot be opened or locked.
+            Abandoned: The call was cancelled meanwhile.
         """
-        path = self.directory / _INSTALL_LOCK
-        fd = None
-        if sys.platform != "win32":  # else no lock to take (see the class)
-            try:
-                # Open for writing: where `flock` is emulated with POSIX locks (NFS), an
-                # exclusive lock needs it.
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                if not shared:
-                    raise PersistenceError(f"cannot open {path}: {exc}") from exc
-        if fd is None:
+        with contextlib.ExitStack() as held:
+            with _lock_file(self.directory / _TURNSTILE, shared):
+                held.enter_context(_lock_file(self.directory / _INSTALL_LOCK, shared))
             yield
-            return
-        try:
-            try:
-                _lock(fd, shared=shared)
-            except OSError as exc:
-                raise PersistenceError(f"cannot lock {path}: {exc}") from exc
-            yield
-        finally:
-            os.close(fd)  # drops the lock
+
+    async def _read_in_thread(self, read: Callable[[], T]) -> T:
+        """`_read_whole(read)` in a worker thread; cancelled, it goes on at once (see the class)."""
+        # Nothing to wait for: the thread gives up its waits for locks, and writes nothing but
+        # a batch a crash left, which any call may finish.
+        return await run_in_thread(lambda: self._read_whole(read), grace=0)
 
     def _read_whole(self, read: Callable[[], T]) -> T:
         """`read()`, with no batch installed meanwhile: it sees each batch whole, or not at all.
@@ -451,7 +513,7 @@ class FileBackend:
         except OSError as exc:
             raise PersistenceError(f"cannot finish the batch {batch}: {exc}") from exc
         try:
-            _lock(fd)  # a live writer holds it until its batch is installed: wait for that
+            _wait_for_lock(fd)  # a live writer holds it until its batch is installed
             try:
                 if os.stat(batch).st_ino != os.fstat(fd).st_ino:
                     return  # pragma: no cover (names are never reused)
@@ -534,7 +596,7 @@ class FileBackend:
         """Returns the value stored under `key`, or None."""
         check_key(key)
 
-        return await run_in_thread(lambda: self._read_whole(lambda: self._load(key)))
+        return await self._read_in_thread(lambda: self._load(key))
 
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
@@ -581,7 +643,7 @@ class FileBackend:
                     found[key] = value
             return found
 
-        return await run_in_thread(lambda: self._read_whole(read))
+        return await self._read_in_thread(read)
 
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the stored keys starting with `prefix`, sorted.
@@ -606,4 +668,4 @@ class FileBackend:
                         keys.append(key)
             return sorted(keys)
 
-        return await run_in_thread(lambda: self._read_whole(scan))
+        return await self._read_in_thread(scan)
