@@ -449,21 +449,27 @@ def test_hashing_embedder_dim_is_capped_at_2_to_the_20() -> None:
         ar.HashingEmbedder(dim=2**30)  # used to be accepted, then abort the process in embed
 
 
-# Allocations that do not fit under an address-space limit must raise, not abort. The limit
-# is set just above what the process has mapped, so any request bigger than the allocator's
-# spare reserve (mimalloc keeps about 1 GiB) fails; the inputs are lazily zeroed, so no
-# memory is touched.
-ALLOCATION_SCENARIO = """
-    import resource
-    import numpy as np
-    import llm_agent_runtime as ar
-
+# Scenarios under an address-space limit set just above what the process has mapped.
+VM_BYTES = """
     def vm_bytes():
         with open("/proc/self/status") as status:
             for line in status:
                 if line.startswith("VmSize:"):
                     return int(line.split()[1]) * 1024
         raise RuntimeError("no VmSize")
+"""
+
+
+# Allocations that do not fit under an address-space limit must raise, not abort. The limit
+# is set just above what the process has mapped, so any request bigger than the allocator's
+# spare reserve (mimalloc keeps about 1 GiB) fails; the inputs are lazily zeroed, so no
+# memory is touched.
+ALLOCATION_SCENARIO = (
+    VM_BYTES
+    + """
+    import resource
+    import numpy as np
+    import llm_agent_runtime as ar
 
     x = np.zeros((1_500_000, 400), np.float32)  # 2.4 GB of untouched (virtual) memory
     ids = np.arange(len(x))
@@ -484,6 +490,7 @@ ALLOCATION_SCENARIO = """
             print(name, "MemoryStoreError")
     print("len", len(vi))
 """
+)
 
 
 @pytest.mark.skipif(
@@ -502,16 +509,11 @@ def test_allocations_that_do_not_fit_raise_instead_of_aborting() -> None:
 # is set just above what the process has mapped; MIMALLOC_ARENA_RESERVE=0 keeps mimalloc
 # from mapping a spare arena in advance, so every buffer of an algorithm (32 MiB and up
 # for 2**23 entities) needs memory the limit refuses, and none is touched.
-GRAPH_ALLOCATION_SCENARIO = """
+GRAPH_ALLOCATION_SCENARIO = (
+    VM_BYTES
+    + """
     import resource
     import llm_agent_runtime as ar
-
-    def vm_bytes():
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmSize")
 
     g = ar.GraphStore.from_edge_list(2**23, [(0, 1), (1, 2), (2, 0)])
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
@@ -547,6 +549,7 @@ GRAPH_ALLOCATION_SCENARIO = """
     resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     print("after", g.shortest_path("0", "2")[0], len(g.neighborhood("0")), g.has_cycle())
 """
+)
 
 
 @pytest.mark.skipif(
@@ -582,16 +585,11 @@ def test_graph_algorithms_out_of_memory_raise_graph_error_instead_of_aborting() 
     assert lines[-1] == "after ['0', '1', '2'] 3 True"
 
 
-GRAPH_TOO_LARGE_SCENARIO = """
+GRAPH_TOO_LARGE_SCENARIO = (
+    VM_BYTES
+    + """
     import resource
     import llm_agent_runtime as ar
-
-    def vm_bytes():
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmSize")
 
     limit = vm_bytes() + 256 * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
@@ -604,6 +602,7 @@ GRAPH_TOO_LARGE_SCENARIO = """
         except ar.MemoryStoreError as e:
             print("MemoryStoreError", e)
 """
+)
 
 
 @pytest.mark.skipif(
