@@ -6,15 +6,22 @@
 //! * the seed form: `Thought: ...` / `Action: tool {"n": 21}` / `Action: FINAL_ANSWER 42`;
 //! * the LangChain form: `Action: tool` / `Action Input: {...}` / `Final Answer: ...`.
 //!
-//! The first `Action:` is the step's action. When an `Action Input:` label follows it, later
-//! on its line or as the next such line before any other `Action:`, the tool is all the text
-//! of the action's line before that label (trimmed, a trailing `:` or `=` dropped: `Search
-//! Tool`, `github.search_issues`), as LangChain reads it, and the input is what follows the
-//! label. Otherwise (the seed form) the tool is the leading run of `[A-Za-z0-9_-]`, dots
-//! included between two such characters (`github.search_issues`), and its input follows,
-//! after an optional `:` or `=` (`Action: FINAL_ANSWER: 42`) or inside call parentheses
-//! (`Action: FINAL_ANSWER(42)`). The step ends at the first `Observation:` line after the
-//! action, or the first `Thought:` or `Action:` line once the action has its input: the model
+//! The first `Action:` is the step's action (numbered plan lines such as `Action 1: search
+//! for X` are labels too, so the first of them wins). When an `Action Input:` label follows
+//! it, later on its line (written so, case included, as LangChain matches it) or as the next
+//! such line before any other `Action:`, the tool is all the text of the action's line before
+//! that label (trimmed, a trailing `:` or `=` dropped: `Search Tool`,
+//! `github.search_issues`), as LangChain reads it, and the input is what follows the label;
+//! unless the line is in the seed form: its tool is `FINAL_ANSWER`, or an input starts right
+//! after the name (`{`, `[`, `(`, `"`, a code fence, `:` or `=`). Otherwise (the seed form)
+//! the tool is the leading run of `[A-Za-z0-9_-]`, dots included between two such characters
+//! (`github.search_issues`), and its input follows, after an optional `:` or `=` (`Action:
+//! FINAL_ANSWER: 42`) or inside call parentheses (`Action: FINAL_ANSWER(42)`), or else is on
+//! the `Action Input:` line. A bare `Action: FINAL_ANSWER` answers with a `Final Answer:`
+//! section (up to the next label), or else a `Final Answer:` later on a line after it; with
+//! neither, the text is not a step. The step ends at the first `Observation:` line after the
+//! action, or the first `Thought:` or `Action:` line once the action has its input (a
+//! `Final Answer:` section after the action counts as its input): the model
 //! invented the observation, or went on to its next step before seeing one; what follows is
 //! not read. With no action and no `Final Answer:` line, a `Final Answer:` (so written, as
 //! LangChain looks for it) later on a line ends the thought and starts the answer.
@@ -66,33 +73,37 @@ impl<'a> InputText<'a> {
         }
     }
 
-    /// The JSON candidate: a leading object or array (trailing chatter ignored), or a string
-    /// literal that is the whole input (`"New York" weather` is text that starts with a
-    /// quoted phrase, not the string `New York`).
+    /// The JSON candidate: a leading object or array (trailing chatter ignored), or a leading
+    /// string literal with nothing but blanks after it on its line (chatter on later lines is
+    /// ignored; `"New York" weather` is text that starts with a quoted phrase, not the string
+    /// `New York`).
     pub fn json(&self) -> Option<&'a str> {
         let bytes = self.text.as_bytes();
         let len = match bytes.first() {
             Some(b'{' | b'[') => matching_close(bytes),
-            Some(b'"') => self.quoted().then_some(bytes.len()),
+            Some(b'"') => {
+                let close = string_close(bytes)?;
+                let rest = bytes.get(close..)?;
+                let line = memchr::memchr(b'\n', rest).map_or(rest, |nl| &rest[..nl]);
+                line.iter().all(u8::is_ascii_whitespace).then_some(close)
+            }
             _ => None,
         }?;
         Some(&self.text[..len])
     }
 
-    /// The input as raw text, without the pair of double quotes around it, if it has one.
+    /// The input as raw text, without the pair of double quotes around it, if it has one:
+    /// unless the first quote closes before the last (`"a" and "b"` keeps its quotes), but
+    /// also when the last quote follows a backslash (`"C:\Users\"` is `C:\Users\`).
     pub fn raw(&self) -> &'a str {
+        let bytes = self.text.as_bytes();
         let inner = self
             .text
             .strip_prefix('"')
             .and_then(|text| text.strip_suffix('"'));
-        inner.filter(|_| self.quoted()).unwrap_or(self.text)
-    }
-
-    /// Whether the input is one double-quoted run: the quote it starts with closes at its end
-    /// (`"a" and "b"` is not: its first quote closes after `a`).
-    fn quoted(&self) -> bool {
-        let bytes = self.text.as_bytes();
-        bytes.first() == Some(&b'"') && string_close(bytes) == Some(bytes.len())
+        inner
+            .filter(|_| string_close(bytes).is_none_or(|close| close == bytes.len()))
+            .unwrap_or(self.text)
     }
 
     /// Decodes the input: JSON when the candidate is valid JSON, the raw text otherwise.
@@ -317,6 +328,10 @@ fn sections(text: &str) -> Sections {
             let action_has_input = matches!(label, Label::Thought | Label::Action)
                 && found.action.is_some_and(|action| {
                     found.action_input.is_some()
+                        // `Action: FINAL_ANSWER` then `Final Answer: ...`: that is its input.
+                        || found
+                            .final_answer
+                            .is_some_and(|answer| answer.label_pos > action.label_pos)
                         || *inline_input.get_or_insert_with(|| has_inline_input(text, action))
                 });
             let keep = match label {
@@ -470,8 +485,27 @@ fn whole_name(text: &str) -> &str {
     text.strip_suffix([':', '=']).map_or(text, str::trim_end)
 }
 
+/// If `bytes[at..]` starts with `word` (exactly, case included), returns the index after it.
+fn eat_exact(bytes: &[u8], at: usize, word: &[u8]) -> Option<usize> {
+    let end = at.checked_add(word.len())?;
+    (bytes.get(at..end)? == word).then_some(end)
+}
+
+/// Whether the action's line may be read whole as the tool name when an `Action Input:`
+/// label follows (LangChain's `Action: Search Tool`): not when the seed-form name `tool` is
+/// `FINAL_ANSWER`, nor when `rest`, the text after it, starts an input (`{`, `[`, `(`, `"`,
+/// a code fence, `:` or `=`): the seed form is read then (`Action: double {"n": 21}`).
+fn may_be_whole_name(tool: &str, rest: &str) -> bool {
+    let rest = rest.trim_start();
+    !tool.eq_ignore_ascii_case(FINAL_ANSWER_TOOL)
+        && !rest.starts_with(['{', '[', '(', '"', ':', '='])
+        && !rest.starts_with("```")
+}
+
 /// Where an `Action Input:` label stands on the action's line `line`, at its start or after
-/// a blank: its start and the index after its colon. It is looked for only before anything
+/// a blank: its
+/// start and the index after its colon. Written as LangChain matches it (case included: the
+/// words `action input:` in prose are not a label), and looked for only before anything
 /// that opens an input (`{`, `[`, `(`, a quote or a code fence), so that the text of a JSON
 /// input is never taken for a label.
 fn input_label_on(line: &str) -> Option<(usize, usize)> {
@@ -483,31 +517,34 @@ fn input_label_on(line: &str) -> Option<(usize, usize)> {
         .position(|b| matches!(b, b'{' | b'[' | b'(' | b'"' | b'`'))
         .unwrap_or(bytes.len());
     let bytes = &bytes[..opener];
-    memchr::memchr2_iter(b'a', b'A', bytes).find_map(|at| {
+    memchr::memchr_iter(b'A', bytes).find_map(|at| {
         let after_blank = at
             .checked_sub(1)
             .is_none_or(|before| matches!(bytes[before], b' ' | b'\t'));
         if !after_blank {
             return None;
         }
-        let i = eat_word(bytes, at, b"action")?;
-        let k = input_word(bytes, skip_number(bytes, i))?;
+        let i = skip_number(bytes, eat_exact(bytes, at, b"Action")?);
+        let k = skip_number(bytes, eat_exact(bytes, skip_blanks(bytes, i), b"Input")?);
         Some((at, colon_after(bytes, k)?))
     })
 }
 
 /// Splits the (trimmed) content of an `Action:` section into the tool name and its input:
-/// LangChain's `name Action Input: input` when the label is on the action's line, else the
-/// seed form.
+/// LangChain's `name Action Input: input` when the label is on the action's line (and
+/// [`may_be_whole_name`] allows it), else the seed form.
 fn split_action(body: &str) -> ActionText<'_> {
-    if let Some((label, after)) = input_label_on(first_line(body)) {
+    let (tool, rest) = body.split_at(name_len(body.as_bytes()));
+    if let Some((label, after)) = may_be_whole_name(tool, rest)
+        .then(|| input_label_on(first_line(body)))
+        .flatten()
+    {
         return ActionText {
             tool: whole_name(&body[..label]),
             input: body[after..].trim(),
             labelled: true,
         };
     }
-    let (tool, rest) = body.split_at(name_len(body.as_bytes()));
     if let Some(input) = call_arguments(rest) {
         return ActionText {
             tool,
@@ -615,9 +652,15 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
     let written_text = &text[action.start..action.end];
     let body = written_text.trim();
     let written = split_action(body);
-    // LangChain form: an `Action Input:` line after the action makes its whole line the name.
-    let (tool, input_section) = match found.action_input {
-        Some(section) if !written.labelled => (whole_name(first_line(body)), Some(section)),
+    // An `Action Input:` line after the action gives its input (when the action's line has
+    // none), and makes its whole line the tool name, as LangChain reads it, unless that line
+    // is in the seed form (`FINAL_ANSWER 42`, `double {"n": 21}`).
+    let seed_rest = body.get(written.tool.len()..).unwrap_or_default();
+    let (tool, input_section) = match found.action_input.filter(|_| !written.labelled) {
+        Some(section) if may_be_whole_name(written.tool, seed_rest) => {
+            (whole_name(first_line(body)), Some(section))
+        }
+        Some(section) if written.input.is_empty() => (written.tool, Some(section)),
         _ => (written.tool, None),
     };
     if tool.is_empty() {
@@ -630,12 +673,23 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
     let input_text = input_section.map_or(written.input, content);
     if tool.eq_ignore_ascii_case(FINAL_ANSWER_TOOL) {
         // `Action: FINAL_ANSWER 42`, or LangChain's `Action: FINAL_ANSWER` then
-        // `Action Input: 42`, or a `Final Answer:` section after a bare `FINAL_ANSWER`; with
-        // none of them, the answer is empty.
-        let final_answer = match found.final_answer {
-            Some(s) if input_text.is_empty() => Cow::Borrowed(text[s.start..].trim()),
-            _ => answer_of(input_text),
+        // `Action Input: 42`; for a bare `FINAL_ANSWER`, a `Final Answer:` section (up to the
+        // next label), or else a `Final Answer:` written later on a line after the action.
+        let final_answer = if !input_text.is_empty() {
+            answer_of(input_text)
+        } else if let Some(s) = found.final_answer {
+            Cow::Borrowed(text.get(s.start..s.end.min(end)).unwrap_or_default().trim())
+        } else {
+            let after = text.get(action.end..end).unwrap_or_default();
+            let answer = final_answer_marker(after).map(|(_, start)| &after[start..]);
+            Cow::Borrowed(answer.unwrap_or_default().trim())
         };
+        if final_answer.is_empty() && input_text.is_empty() {
+            return Err(CoreError::Parse {
+                message: format!("expected the final answer after '{tool}'"),
+                position: Some(action.start + written_text.trim_end().len()),
+            });
+        }
         return Ok(Step {
             thought,
             action: None,
@@ -833,7 +887,7 @@ pub struct PyReActStep {
 impl PyReActStep {
     /// The action's input: decoded JSON, or the raw text; None for a final answer.
     ///
-    /// A string literal decodes only when it is the whole input.
+    /// A string literal decodes only when nothing but blanks follows it on its line.
     #[getter]
     fn action_input(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
@@ -915,7 +969,7 @@ impl PyReActStep {
 /// when there is no action: `Thought: I know. Final Answer: 42`). Labels are
 /// case-insensitive and may carry a step number (`Action 1:`, `Action 1 Input:`). A JSON
 /// object or array input may sit in a ```json fence and be followed by other text; a string
-/// literal is JSON only when it is the whole input. Input decodes as `json.loads` would
+/// literal is JSON only when nothing follows it on its line. Input decodes as `json.loads` would
 /// (JSON nested too deeply even for it stays raw text). The step ends at an `Observation:`
 /// line after the action, or a `Thought:` or `Action:` line after its input (see
 /// `ReActStep.end`).
@@ -1041,8 +1095,8 @@ mod tests {
         let langchain = parse("Thought: done\nAction: FINAL_ANSWER\nAction Input: 42").unwrap();
         assert_eq!(langchain.final_answer.as_deref(), Some("42"));
         assert_eq!(langchain.action, None);
-        let bare = parse("Thought: done\nAction: FINAL_ANSWER").unwrap();
-        assert_eq!(bare.final_answer.as_deref(), Some(""));
+        assert!(parse("Thought: done\nAction: FINAL_ANSWER").is_err());
+        assert!(parse("Action: FINAL_ANSWER\nAction Input:  ").is_err());
     }
 
     #[test]
@@ -1150,6 +1204,10 @@ mod tests {
         assert_eq!(InputText::new(r#""open"#).raw(), r#""open"#);
         assert_eq!(InputText::new(r#"""x"""#).raw(), r#"""x"""#);
         assert_eq!(InputText::new(r#""a" and "b""#).raw(), r#""a" and "b""#);
+        assert_eq!(
+            InputText::new(r#""C:\Users\bob\""#).raw(),
+            r#"C:\Users\bob\"#
+        );
         assert_eq!(InputText::new(r#"""#).raw(), r#"""#);
     }
 
@@ -1210,7 +1268,7 @@ mod tests {
             "Thought: x\nAction: Search Tool\nAction Input: rust pyo3",
             "Action: Search Tool Action Input: rust pyo3",
             "Action:  Search Tool :\nAction Input: rust pyo3",
-            "action 2: Search Tool action 2 input 2 : rust pyo3",
+            "action 2: Search Tool Action 2 Input 2 : rust pyo3",
         ] {
             assert_eq!(step(text), ("Search Tool", raw("rust pyo3")), "{text:?}");
         }
@@ -1235,6 +1293,11 @@ mod tests {
         assert_eq!(
             step("Action: t action input 1"),
             ("t", raw("action input 1"))
+        );
+        // On the action's line, only as LangChain writes it (prose has `action input:` too).
+        assert_eq!(
+            step("Action: note remember the action input: must be JSON"),
+            ("note", raw("remember the action input: must be JSON"))
         );
         assert!(parse("Action: Action Input: x").is_err());
         assert!(parse("Action: search Action Input:   ").is_err());
@@ -1300,6 +1363,9 @@ mod tests {
         assert_eq!(input, ActionInput::Json(json!("New York")));
         let (_, input) = action("Action: t {\"q\": 1} and more");
         assert_eq!(input, ActionInput::Json(json!({"q": 1})));
+        // Chatter on later lines is ignored, as after an object.
+        let (_, input) = action("Action: t\nAction Input: \"rust\"  \n\nI will wait.");
+        assert_eq!(input, ActionInput::Json(json!("rust")));
     }
 
     #[test]
@@ -1314,6 +1380,53 @@ mod tests {
             answer("Action: FINAL_ANSWER\nAction Input: 4\nFinal Answer: 5"),
             "4"
         );
+    }
+
+    #[test]
+    fn a_seed_form_action_line_keeps_its_reading_before_an_action_input_line() {
+        assert_eq!(
+            action("Thought: x\nAction: double {\"n\": 21}\nAction Input: {\"n\": 21}"),
+            ("double".to_owned(), ActionInput::Json(json!({"n": 21})))
+        );
+        assert_eq!(
+            action("Thought: x\nAction: search(\"rust\")\nAction Input: rust"),
+            ("search".to_owned(), ActionInput::Json(json!("rust")))
+        );
+        assert_eq!(
+            action("Action: search:\nAction Input: cats"),
+            ("search".to_owned(), ActionInput::Raw("cats".into()))
+        );
+        let answer = |text: &str| parse(text).unwrap().final_answer.unwrap().into_owned();
+        assert_eq!(answer("Action: FINAL_ANSWER 42\nAction Input: 42"), "42");
+        let prose = "To call a tool, write the action input: as JSON.";
+        assert_eq!(answer(&format!("Action: FINAL_ANSWER {prose}")), prose);
+        assert_eq!(
+            answer("Action: FINAL_ANSWER Action Input: 4"),
+            "Action Input: 4"
+        );
+    }
+
+    #[test]
+    fn a_final_answer_section_is_cut_at_the_step_end_and_at_the_next_label() {
+        let text = "Thought: done\nAction: FINAL_ANSWER\nFinal Answer: 5\nObservation: the user replied thanks\nThought: I should also";
+        let step = parse(text).unwrap();
+        assert_eq!(step.final_answer.as_deref(), Some("5"));
+        assert_eq!(
+            &text[..step.end],
+            "Thought: done\nAction: FINAL_ANSWER\nFinal Answer: 5"
+        );
+        let text = "Action: FINAL_ANSWER\nFinal Answer: 5\nsix\nThought: more";
+        let step = parse(text).unwrap();
+        assert_eq!(step.final_answer.as_deref(), Some("5\nsix"));
+        assert_eq!(
+            &text[..step.end],
+            "Action: FINAL_ANSWER\nFinal Answer: 5\nsix"
+        );
+        let before = parse("Thought: done\nFinal Answer: 42\nAction: FINAL_ANSWER").unwrap();
+        assert_eq!(before.final_answer.as_deref(), Some("42"));
+        let marker = parse("Thought: x\nAction: FINAL_ANSWER\nThought: I know. Final Answer: 5");
+        assert_eq!(marker.unwrap().final_answer.as_deref(), Some("5"));
+        assert!(parse("Thought: x\nAction: FINAL_ANSWER\nThought: I know.").is_err());
     }
 
     #[test]

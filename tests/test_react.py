@@ -50,9 +50,10 @@ def test_final_answer_tool_in_the_langchain_form() -> None:
     assert step.action is None and step.action_input is None
     quoted = ar.parse_react_step('Action: final_answer\nAction Input: "the end"\nObservation: x')
     assert quoted.final_answer == "the end"
-    # With no input at all (the seeds never show it) the answer stays empty.
-    assert ar.parse_react_step("Thought: done\nAction: FINAL_ANSWER").final_answer == ""
-    assert ar.parse_react_step("Action: FINAL_ANSWER\nAction Input:").final_answer == ""
+    # With no input at all, and no `Final Answer:` after it, there is no answer: no step.
+    for text in ["Thought: done\nAction: FINAL_ANSWER", "Action: FINAL_ANSWER\nAction Input:"]:
+        with pytest.raises(ar.ParseError, match="expected the final answer"):
+            ar.parse_react_step(text)
 
 
 @settings(max_examples=300, deadline=None)
@@ -64,7 +65,10 @@ def test_final_answer_tool_in_the_langchain_form() -> None:
         st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40).filter(
             lambda t: "\n" not in t and "\r" not in t
         ),
-    ).filter(lambda t: not t.lstrip().startswith((":", "="))),  # a separator after the name
+    ).filter(
+        # A separator after the name; no answer at all is no step.
+        lambda t: t.strip() and not t.lstrip().startswith((":", "="))
+    ),
     spelling=st.sampled_from(["FINAL_ANSWER", "final_answer", "Final_Answer"]),
 )
 def test_final_answer_tool_reads_the_same_in_both_forms(
@@ -104,7 +108,7 @@ def test_final_answer_tool_keeps_the_answer_as_written(answer: str, expected: st
 
 answers = st.text(
     alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=40
-).filter(lambda t: not t.lstrip().startswith((":", "=")))
+).filter(lambda t: t.strip() and not t.lstrip().startswith((":", "=")))
 
 
 @settings(max_examples=300, deadline=None)
@@ -213,8 +217,7 @@ def test_first_action_wins_with_its_own_input() -> None:
         ("Action: search:\nAction Input: cats", "search", "cats"),
         # On one line: this used to give the input 'Action Input: rust'.
         ("Thought: x\nAction: search Action Input: rust", "search", "rust"),
-        ("Action: Search Tool  action input :  rust\npyo3", "Search Tool", "rust\npyo3"),
-        ('Action: FINAL_ANSWER Action Input: "done"', None, None),
+        ("Action: Search Tool  Action Input :  rust\npyo3", "Search Tool", "rust\npyo3"),
         # Inside a JSON input, the words are the input's.
         ('Action: t {"q": "Action Input: x"}', "t", {"q": "Action Input: x"}),
         ('Action: t "see Action Input: x"', "t", "see Action Input: x"),
@@ -275,6 +278,115 @@ def test_a_final_answer_later_on_a_line_does_not_outweigh_an_action() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "tool", "tool_input", "final"),
+    [
+        # These used to call 'double {"n": 21}' and 'search("rust")', and answer nothing.
+        (
+            'Thought: x\nAction: double {"n": 21}\nAction Input: {"n": 21}',
+            "double",
+            {"n": 21},
+            None,
+        ),
+        ('Thought: x\nAction: search("rust")\nAction Input: rust', "search", "rust", None),
+        ("Thought: I know it.\nAction: FINAL_ANSWER 42\nAction Input: 42", None, None, "42"),
+        ("Action: FINAL_ANSWER\nAction Input: 42", None, None, "42"),
+        ("Action: search: \nAction Input: cats", "search", "cats", None),
+        # On the action's line the label is matched as LangChain writes it, and never after
+        # FINAL_ANSWER: prose saying `action input:` is no label (these were split there).
+        (
+            "Thought: answer\n"
+            "Action: FINAL_ANSWER To call a tool, write the action input: as JSON.",
+            None,
+            None,
+            "To call a tool, write the action input: as JSON.",
+        ),
+        (
+            "Thought: note\nAction: note remember the action input: must be JSON",
+            "note",
+            "remember the action input: must be JSON",
+            None,
+        ),
+        ('Action: FINAL_ANSWER Action Input: "done"', None, None, 'Action Input: "done"'),
+    ],
+)
+def test_a_seed_form_action_line_is_not_read_whole_as_the_tool_name(
+    text: str, tool: str | None, tool_input: object, final: str | None
+) -> None:
+    step = ar.parse_react_step(text)
+    assert (step.action, step.action_input, step.final_answer) == (tool, tool_input, final)
+
+
+async def test_a_seed_form_action_with_an_action_input_line_runs_the_tool() -> None:
+    calls: list[object] = []
+
+    def double(args: dict[str, int]) -> str:
+        calls.append(args)
+        return str(2 * args["n"])
+
+    tool = ar.ToolSpec(
+        name="double",
+        description="doubles",
+        handler=double,
+        parameters={"type": "object", "properties": {"n": {"type": "integer"}}},
+    )
+    replies = iter(
+        [
+            'Thought: x\nAction: double {"n": 21}\nAction Input: {"n": 21}',
+            "Thought: done\nAction: FINAL_ANSWER 42\nAction Input: 42",
+        ]
+    )
+
+    async def infer(prompt: str) -> str:
+        return next(replies)
+
+    rt = ar.AgentRuntime(ar.AgentConfig(max_iterations=3), tools=[tool])
+    session = await rt.run_agent("a", "q", infer)
+    assert calls == [{"n": 21}]
+    assert session.final_answer == "42"
+
+
+@pytest.mark.parametrize(
+    ("text", "final", "step"),
+    [
+        # The answer used to run on to the end of the text, past the step's end.
+        (
+            "Thought: done\nAction: FINAL_ANSWER\nFinal Answer: 5\n"
+            "Observation: the user replied thanks\nThought: I should also",
+            "5",
+            "Thought: done\nAction: FINAL_ANSWER\nFinal Answer: 5",
+        ),
+        (
+            "Action: FINAL_ANSWER\nFinal Answer: 5\nsix\nThought: more",
+            "5\nsix",
+            "Action: FINAL_ANSWER\nFinal Answer: 5\nsix",
+        ),
+        # Before the action, the section is the answer, up to the next label.
+        (
+            "Thought: done\nFinal Answer: 42\nAction: FINAL_ANSWER",
+            "42",
+            "Thought: done\nFinal Answer: 42\nAction: FINAL_ANSWER",
+        ),
+        # No section: a `Final Answer:` later on a line after the action (this answered '').
+        (
+            "Thought: x\nAction: FINAL_ANSWER\nThought: I know. Final Answer: 5",
+            "5",
+            "Thought: x\nAction: FINAL_ANSWER\nThought: I know. Final Answer: 5",
+        ),
+    ],
+)
+def test_a_bare_final_answer_tool_answers_with_a_final_answer_within_the_step(
+    text: str, final: str, step: str
+) -> None:
+    parsed = ar.parse_react_step(text)
+    assert (parsed.action, parsed.final_answer, text[: parsed.end]) == (None, final, step)
+
+
+def test_a_bare_final_answer_tool_with_no_answer_anywhere_is_no_step() -> None:
+    with pytest.raises(ar.ParseError, match="expected the final answer"):
+        ar.parse_react_step("Thought: x\nAction: FINAL_ANSWER\nThought: I know.")
+
+
 def test_final_answer_tool_takes_a_final_answer_section() -> None:
     # This used to answer '' (the Final Answer line was ignored).
     step = ar.parse_react_step("Thought: x\nAction: FINAL_ANSWER\nFinal Answer: 5")
@@ -292,6 +404,12 @@ def test_final_answer_tool_takes_a_final_answer_section() -> None:
         ('"New York"  ', "New York"),
         ('"a\\"b"', 'a"b'),
         ('{"q": 1} and chatter', {"q": 1}),
+        # Chatter on later lines is ignored (this used to give the whole text).
+        ('"rust"\n\nI will now wait for the observation.', "rust"),
+        ('"rust"  \nmore', "rust"),
+        ('"New York" weather\nmore', '"New York" weather\nmore'),
+        # A trailing backslash before the closing quote: the quotes still go.
+        ('"C:\\Users\\bob\\"', "C:\\Users\\bob\\"),
     ],
 )
 def test_a_leading_string_literal_is_json_only_when_it_is_the_whole_input(

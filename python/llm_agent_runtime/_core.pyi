@@ -34,7 +34,7 @@ class ReActStep:
     def action_input(self) -> Any:
         """Decoded JSON (dict, list or str) or the raw text; None for a final answer.
 
-        A string literal decodes only when it is the whole input.
+        A string literal decodes only when nothing but blanks follows it on its line.
         """
     @property
     def final_answer(self) -> str | None:
@@ -61,22 +61,27 @@ def parse_react_step(text: str) -> ReActStep:
     """Parses one ReAct step from model output.
 
     Labels are case-insensitive at the start of a line, and may carry a step number
-    (`Action 1:`, `Action 1 Input:`). The first `Action:` is the step's. When an
-    `Action Input:` label follows it (later on its line, or as the next such line before any
-    other `Action:`), the tool is all the text of the action's line before that label,
-    trimmed, as LangChain reads it (`Action: Search Tool`), and the input is what follows
-    the label. Otherwise the tool name is the run of `[A-Za-z0-9_-]` after `Action:`, with
-    dots between two such characters (`github.search_issues`); its input follows, after an
-    optional `:` or `=`, or inside call parentheses (`Action: FINAL_ANSWER(42)`).
-    `Action: FINAL_ANSWER` with no input answers with a `Final Answer:` section that
-    follows. With no action and no `Final Answer:` line, a `Final Answer:` (so capitalized,
-    LangChain's marker) later on a line ends the thought and starts the answer
-    (`Thought: I know. Final Answer: 42`). The step ends at the first `Observation:` line
+    (`Action 1:`, `Action 1 Input:`). The first `Action:` is the step's: numbered plan lines
+    such as `Action 1: search for X` are labels too, so the first of them wins over a later
+    `Action:`. When an `Action Input:` label follows it (later on its line, written so, case
+    included, as LangChain matches it; or as the next such line before any other
+    `Action:`), the tool is all the text of the action's line before that label, trimmed, as
+    LangChain reads it (`Action: Search Tool`), and the input is what follows the label;
+    unless that line is in the seed form: its tool is `FINAL_ANSWER`, or an input starts
+    right after the name (`{`, `[`, `(`, `"`, a code fence, `:` or `=`). Otherwise the tool
+    name is the run of `[A-Za-z0-9_-]` after `Action:`, with dots between two such
+    characters (`github.search_issues`); its input follows, after an optional `:` or `=`,
+    or inside call parentheses (`Action: FINAL_ANSWER(42)`), or else is on the
+    `Action Input:` line. `Action: FINAL_ANSWER` with no input answers with a
+    `Final Answer:` section (up to the next label), or else a `Final Answer:` later on a
+    line after it; with neither, the text is not a step. With no action and no
+    `Final Answer:` line, a `Final Answer:` (so capitalized, LangChain's marker) later on a
+    line ends the thought and starts the answer (`Thought: I know. Final Answer: 42`). The step ends at the first `Observation:` line
     after the action, or `Thought:` or `Action:` line after its input (see `ReActStep.end`).
 
     A JSON object or array input may be followed by other text; a string literal is JSON
-    only when it is the whole input (`"New York" weather` stays that text). JSON input
-    decodes as `json.loads` would: integers of any size stay exact ints; deep nesting,
+    only when nothing follows it on its line (`"New York" weather` stays that text; chatter
+    on later lines is ignored). JSON input decodes as `json.loads` would: integers of any size stay exact ints; deep nesting,
     numbers beyond the float range (inf), escaped lone surrogates and NaN decode too. JSON
     nested too deeply even for `json.loads` (a RecursionError) stays raw text.
 
