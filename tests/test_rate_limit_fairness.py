@@ -308,7 +308,9 @@ def test_refunds_of_a_closed_loop_leave_the_next_loops_cancellation_as_it_is() -
 
 
 def test_waiters_a_closed_loop_left_are_let_go_by_the_next_loops_first_caller() -> None:
-    limiter = ar.RateLimiter(rate=10.0, capacity=1.0)  # the system clock, as above
+    # The system clock, as above; a token a minute, so that the newcomer below waits however
+    # slow the machine (at 10 a second, a loaded machine had the token back in time for it).
+    limiter = ar.RateLimiter(rate=1 / 60, capacity=1.0)
 
     async def leave_waiting() -> None:
         assert limiter.try_acquire("k")
