@@ -549,7 +549,7 @@ impl PyRuntimeMetrics {
     }
 }
 
-/// A point-in-time copy of [`PyRuntimeMetrics`]: plain integers and per-name counts.
+/// A point-in-time copy of `RuntimeMetrics`: plain integers and per-name counts.
 #[pyclass(module = "llm_agent_runtime", name = "MetricsSnapshot", frozen, eq)]
 #[derive(PartialEq)]
 pub struct PyMetricsSnapshot {

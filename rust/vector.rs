@@ -1092,7 +1092,7 @@ type Hits<'py, D> = (
     Bound<'py, numpy::PyArray<f32, D>>,
 );
 
-/// Cosine-similarity index over float32 vectors, in Rust.
+/// Cosine-similarity index (SIMD, multi-core, GIL released); float32, float16 or int8 storage.
 ///
 /// Vectors are normalized on insert and kept in one contiguous block. Searches scan every
 /// vector with the GIL released, using SIMD and, for large indexes, every core (set

@@ -188,6 +188,26 @@ def test_console_script_demo_and_version() -> None:
     assert bad.returncode == 2
 
 
+def test_console_script_help_names_the_demo_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--version` works, and the demo's help names the variables that change what it does."""
+    from llm_agent_runtime import cli
+
+    with pytest.raises(SystemExit) as version:
+        cli.main(["--version"])
+    assert version.value.code == 0
+    assert capsys.readouterr().out == f"llm-agent-runtime {ar.__version__}\n"
+    with pytest.raises(SystemExit) as shown:
+        cli.main(["demo", "--help"])
+    assert shown.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", demo.DB_ENV, "exit status"):
+        assert name in text
+    with pytest.raises(SystemExit) as missing:
+        cli.main([])
+    assert missing.value.code == 2
+    assert "required: command" in capsys.readouterr().err
+
+
 def test_public_namespace_is_all_and_submodules() -> None:
     """No helper (`lazy_exports`, `annotations`, `TYPE_CHECKING`) leaks into `dir(ar)`.
 

@@ -8,6 +8,49 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
+_DEMO_HELP = """\
+Runs an agent end to end on embedded defaults (no keys, no servers): tools, episodic and
+semantic memory and a knowledge graph seeded from a bundled text, the offline scripted model,
+SQLite checkpoints. It prints the trace step by step, the final answer, the metrics and where
+the session was saved.
+
+environment:
+  OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL
+                        run on an OpenAI (or OpenAI-compatible) model instead
+  ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, ANTHROPIC_MODEL
+                        run on an Anthropic model instead
+  LLM_AGENT_RUNTIME_DEMO_DB
+                        the SQLite file of the checkpoints (default:
+                        llm-agent-runtime/demo.db in the user's cache directory)
+
+exit status: 0 when the agent answered; 1 when it gave no final answer or the run failed
+(the reason goes to stderr)."""
+
+
+def _version() -> str:
+    from llm_agent_runtime import __version__
+
+    return f"llm-agent-runtime {__version__}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-agent-runtime",
+        description="A fast, dependable runtime for LLM agents (Rust core, Python async API).",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands.add_parser(
+        "demo",
+        help="run the bundled agent demo",
+        description=_DEMO_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands.add_parser(
+        "version", help="print the version", description="Prints the installed version."
+    )
+    return parser
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the console script.
@@ -18,13 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit status.
     """
-    parser = argparse.ArgumentParser(prog="llm-agent-runtime")
-    parser.add_argument("command", choices=["demo", "version"])
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     if args.command == "version":
-        from llm_agent_runtime import __version__
-
-        print(f"llm-agent-runtime {__version__}")
+        print(_version())
         return 0
     # Part of the package (`llm_agent_runtime.demo`, its data read with importlib.resources),
     # so it runs from any install, not only from a source checkout.
