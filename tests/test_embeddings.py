@@ -365,6 +365,29 @@ def test_openai_embedder_reports_an_error_sent_with_status_200(
     assert len(state.requests) == 1
 
 
+def test_openai_embedder_follows_no_redirect_even_when_its_client_would(
+    server: tuple[_Server, str],
+) -> None:
+    # A caller's client made with follow_redirects=True took the request (and, to the same
+    # host, the key) wherever the `Location` pointed.
+    state, url = server
+    state.replies.append((307, {"Location": f"{url}/elsewhere"}, b""))
+    with httpx.Client(follow_redirects=True) as client, pytest.raises(ar.ProviderError) as moved:
+        ar.OpenAIEmbedder(api_key="sk-x", base_url=url, client=client).embed(["x"])
+    assert (moved.value.status, moved.value.retryable) == (307, False)
+    assert len(state.requests) == 1
+
+
+def test_openai_embedder_reply_nested_too_deeply_is_a_provider_error(
+    server: tuple[_Server, str],
+) -> None:
+    # It raised a bare RecursionError from json.loads.
+    state, url = server
+    state.replies.append((200, {}, b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"))
+    with pytest.raises(ar.ProviderError, match="nested too deeply"):
+        ar.OpenAIEmbedder(base_url=url).embed(["x"])
+
+
 def test_openai_embedder_goes_where_openai_base_url_says(
     server: tuple[_Server, str], monkeypatch: Any
 ) -> None:

@@ -315,8 +315,15 @@ class OpenAIEmbedder:
             body["dimensions"] = self.dimensions
         with (
             transport_errors("OpenAI embeddings", redactor),
+            # Redirects are never followed, even by a caller's client made to: the request
+            # would take the key wherever the `Location` points (a 3xx is an error below).
             client.stream(
-                "POST", self._url, json=body, headers=headers, timeout=self._timeout
+                "POST",
+                self._url,
+                json=body,
+                headers=headers,
+                timeout=self._timeout,
+                follow_redirects=False,
             ) as response,
         ):
             if response.status_code == 200:
@@ -344,6 +351,8 @@ class OpenAIEmbedder:
         except ValueError as e:
             # Not chained: the decode error holds the whole body, which may echo the key.
             raise ProviderError(f"malformed embeddings response: not JSON ({e})") from None
+        except RecursionError:
+            raise ProviderError("malformed embeddings response: JSON nested too deeply") from None
         return _rows(payload, len(texts), self.dimensions)
 
 

@@ -31,7 +31,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, get_args
 from urllib.parse import urlsplit
 
 import httpx
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_TIMEOUT",
+    "MAX_TOKEN_COUNT",
     "HttpProvider",
     "HttpTransport",
     "PartialToolCall",
@@ -98,6 +99,11 @@ _KEY_CHARACTERS = re.compile(r"[!-~]*")
 """What an API key is made of: printable ASCII, no spaces (what an HTTP header can carry)."""
 _LF = ord("\n")
 _CR = ord("\r")
+_BOM = b"\xef\xbb\xbf"
+"""UTF-8 byte order mark: one may open an event stream, and is not part of its first line."""
+MAX_TOKEN_COUNT = 2**63
+"""Token counts from a server must be below this (the metrics take counts below 2**64, and
+a reply's counts are added up): a count past it, or a negative one, is no count."""
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -117,7 +123,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
 
     Returns:
         The delay in seconds (never negative), or None when the server gave none or gave
-        something unreadable (NaN and infinity included).
+        something unreadable (NaN and infinity included, and dates out of range).
     """
     millis = headers.get("retry-after-ms")
     if millis is not None:
@@ -132,11 +138,13 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         return _delay(value)  # a number, or NaN / infinity (None, not "at once")
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:  # the asctime form has no zone: an HTTP date is always GMT
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        # A zone or year out of range (`+999999999999999`) overflows: as unreadable as the rest.
+        stamp = when.timestamp()
+    except (TypeError, ValueError, OverflowError):
         return None
-    if when.tzinfo is None:  # the asctime form has no zone: an HTTP date is always GMT
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return max(0.0, stamp - (time.time() if now is None else now))
 
 
 def _delay(text: str, per_second: float = 1.0) -> float | None:
@@ -169,7 +177,8 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
     `retry`) are ignored. Lines end in LF, CRLF or a bare CR, as the rules allow, however the
     chunks cut them: a CR that ends a chunk and an LF that starts the next are one line end
     (CRLF). An event not closed by a blank line when the stream ends is still dispatched
-    (some servers omit the last blank line).
+    (some servers omit the last blank line). One byte order mark opening the stream is
+    ignored, as the rules say, even when it arrives cut across chunks.
 
     Reading is linear in the body's size, however finely it is cut: a line that arrives in
     many chunks is kept in pieces and joined once, when it ends.
@@ -184,7 +193,14 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
     after_cr = False  # the last chunk ended in a CR: an LF starting the next one belongs to it
     event: str | None = None
     data: list[bytes] = []
+    head: bytes | None = b""  # the stream's first bytes, until they show whether a BOM opens it
     async for chunk in chunks:
+        if head is not None:
+            head += chunk
+            if len(head) < len(_BOM) and _BOM.startswith(head):
+                continue  # maybe a BOM cut across chunks: wait for the rest of it
+            chunk = head[len(_BOM) :] if head.startswith(_BOM) else head
+            head = None
         if not chunk:
             continue
         if after_cr and chunk[0] == _LF:
@@ -235,7 +251,7 @@ def error_message(body: bytes, redact: Callable[[str], str] | None = None) -> st
     text = body.decode("utf-8", "replace").strip()
     try:
         payload = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deeply for the parser: text as well
         payload = None
     if isinstance(payload, dict):
         error = payload.get("error", payload)
@@ -348,21 +364,45 @@ def parse_usage(model: type[ModelT], raw: object, what: str) -> ModelT:
 
     Counts that are null or absent are the model's defaults (0). A usage object that does not
     fit the model at all counts as no tokens, with a warning, rather than failing a reply that
-    has arrived whole.
+    has arrived whole. So does a count that is negative or not below `MAX_TOKEN_COUNT`
+    (2**63): it is 0, the others are kept, and one warning names the counts dropped (a budget
+    or the metrics would refuse it, and fail the reply).
 
     Args:
-        model: The wire model of the usage object (every field has a default).
+        model: The wire model of the usage object (every field has a default; its integer
+            fields are the counts).
         raw: The `usage` value as decoded from JSON (None when absent).
         what: Names the reply in the warning, e.g. "OpenAI response".
     """
     if raw is None:
         return model()
     try:
-        return model.model_validate(raw)
+        usage = model.model_validate(raw)
     except ValidationError as exc:
         problem = _first_problem(exc, "usage")
-    logger.warning("unreadable token usage in %s (%s): counted as 0 tokens", what, problem)
-    return model()
+        logger.warning("unreadable token usage in %s (%s): counted as 0 tokens", what, problem)
+        return model()
+    dropped = [
+        name
+        for name, value in usage
+        if type(value) is int and _is_count_field(model, name) and not 0 <= value < MAX_TOKEN_COUNT
+    ]
+    if dropped:
+        for name in dropped:
+            setattr(usage, name, 0)
+        logger.warning(
+            "unreadable token usage in %s (%s: not a count from 0 to 2**63 - 1): counted as 0 "
+            "tokens",
+            what,
+            ", ".join(dropped),
+        )
+    return usage
+
+
+def _is_count_field(model: type[BaseModel], name: str) -> bool:
+    """Whether a field of a usage model is a token count (`int`, or `int | None`)."""
+    annotation = model.model_fields[name].annotation
+    return annotation is int or int in get_args(annotation)
 
 
 def error_in_body(body: bytes, model: type[ModelT], *, known: bool = False) -> ModelT | None:
@@ -387,7 +427,7 @@ def error_in_body(body: bytes, model: type[ModelT], *, known: bool = False) -> M
         return None
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deeply: no error object to read either
         return None
     if not isinstance(payload, dict):
         return None
@@ -410,6 +450,7 @@ def decode_arguments(
     *,
     name: str | None = None,
     stop_reason: str | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """Decodes a tool call's JSON arguments; blank text gives `default` (or `{}`).
 
@@ -419,36 +460,49 @@ def decode_arguments(
         name: The tool's name, for the error message.
         stop_reason: Why the reply ended; a token-limit stop (`TRUNCATION_STOP_REASONS`)
             explains arguments that do not decode.
+        redact: Applied to the quoted arguments and the tool's name before they are cut, as
+            to any text from the server (`HttpTransport.redact`: they may echo the API key).
 
     Raises:
-        ProviderError: The text is not a JSON object (never retryable: the same request
-            gives the same reply). When the reply was cut off by the token limit, the message
-            says so rather than quoting the broken JSON; blank arguments then are cut off
-            too (the call would run with every default).
+        ProviderError: The text is not a JSON object, or one nested too deeply to decode
+            (never retryable: the same request gives the same reply). When the reply was cut
+            off by the token limit, the message says so rather than quoting the broken JSON;
+            blank arguments then are cut off too (the call would run with every default).
     """
     if not text.strip():
         if stop_reason in TRUNCATION_STOP_REASONS:
-            raise _bad_arguments("blank", text, name, stop_reason)
+            raise _bad_arguments("blank", text, name, stop_reason, redact)
         return default if default is not None else {}
     try:
         value = json.loads(text)
     except ValueError:
-        raise _bad_arguments("not valid JSON", text, name, stop_reason) from None
+        raise _bad_arguments("not valid JSON", text, name, stop_reason, redact) from None
+    except RecursionError:  # valid or not, no tool can be called with it
+        raise _bad_arguments("nested too deeply", text, name, stop_reason, redact) from None
     if not isinstance(value, dict):
-        raise _bad_arguments("not a JSON object", text, name, stop_reason)
+        raise _bad_arguments("not a JSON object", text, name, stop_reason, redact)
     return value
 
 
 def _bad_arguments(
-    problem: str, text: str, name: str | None, stop_reason: str | None
+    problem: str,
+    text: str,
+    name: str | None,
+    stop_reason: str | None,
+    redact: Callable[[str], str] | None,
 ) -> ProviderError:
+    if redact is not None and name is not None:
+        name = redact(name)
+    shown = None if name is None else name[:200]
     if stop_reason in TRUNCATION_STOP_REASONS:
         return ProviderError(
             f"the reply was cut off by the token limit (stop reason {stop_reason!r}) inside "
-            f"the arguments of tool call {name!r} ({len(text)} characters of JSON arrived): "
+            f"the arguments of tool call {shown!r} ({len(text)} characters of JSON arrived): "
             "raise max_tokens for this call, or ask for less output"
         )
-    return ProviderError(f"tool call {name!r} arguments are {problem}: {text[:200]!r}")
+    if redact is not None:  # redacted whole, then cut: no part of the key survives the cut
+        text = redact(text)
+    return ProviderError(f"tool call {shown!r} arguments are {problem}: {text[:200]!r}")
 
 
 @dataclass(slots=True)
@@ -464,18 +518,25 @@ class PartialToolCall:
     initial: dict[str, Any] | None = None
     """Arguments announced at the start, used when no fragment arrives."""
 
-    def build(self, stop_reason: str | None = None) -> ToolCall:
+    def build(
+        self, stop_reason: str | None = None, redact: Callable[[str], str] | None = None
+    ) -> ToolCall:
         """The finished call.
 
         Args:
             stop_reason: Why the reply ended (a token-limit stop explains broken arguments).
+            redact: Removes the API key from an error's quotes (see `decode_arguments`).
 
         Raises:
             ProviderError: The assembled arguments are not a JSON object.
         """
         name = self.name or ""
         arguments = decode_arguments(
-            "".join(self.fragments), self.initial, name=name, stop_reason=stop_reason
+            "".join(self.fragments),
+            self.initial,
+            name=name,
+            stop_reason=stop_reason,
+            redact=redact,
         )
         return ToolCall(id=self.id or f"call_{self.index}", name=name, arguments=arguments)
 
@@ -601,7 +662,8 @@ class HttpTransport:
             `timeout`).
         retry: Retry policy for failed calls (None: `RetryPolicy()`, 3 attempts).
         http_client: An `httpx.AsyncClient` to use instead of creating one (`timeout` and
-            `connect_timeout` still apply to each request); it is not closed by `aclose`.
+            `connect_timeout` still apply to each request, and redirects are not followed
+            whatever its `follow_redirects`); it is not closed by `aclose`.
         budget: Cost budget checked before each call and charged with its usage.
         metrics: Runtime metrics that receive each call's token counts.
         input_cost_per_million: US dollars per million input tokens (charged to `budget`).
@@ -636,7 +698,9 @@ class HttpTransport:
     ) -> None:
         if total_timeout is None:
             total_timeout = connect_timeout + 2 * timeout
-        if timeout <= 0 or connect_timeout <= 0 or not total_timeout > 0:  # NaN fails too
+        # Each checked itself (NaN fails `> 0`): a NaN timeout beside a given total_timeout
+        # would fail every call with a raw ValueError.
+        if not (timeout > 0 and connect_timeout > 0 and total_timeout > 0):
             raise ValueError("timeouts must be > 0 seconds")
         if cached_input_cost_per_million is None:
             cached_input_cost_per_million = input_cost_per_million
@@ -740,9 +804,10 @@ class HttpTransport:
     def status_error(self, response: httpx.Response, body: bytes) -> ProviderError:
         """The `ProviderError` for a response whose status is not a success (not 2xx).
 
-        A redirect (3xx) is not followed: the request would take the API key to wherever
-        it points. Its error names the `Location` and is not retryable (nor is any 1xx or
-        3xx status: another attempt is answered the same way).
+        A redirect (3xx) is not followed, even by a caller's client made to follow them: the
+        request would take the API key to wherever it points. Its error names the `Location`
+        and is not retryable (nor is any 1xx or 3xx status: another attempt is answered the
+        same way).
         """
         status = response.status_code
         message = error_message(body, self.redact)  # redacted whole, then cut
@@ -849,7 +914,9 @@ class HttpTransport:
             headers=self._headers,
             timeout=self._timeouts,
         )
-        return await client.send(request, stream=True)
+        # Never followed, even by a caller's client made with follow_redirects=True: httpx
+        # drops `authorization` on the way to another host, but not Anthropic's `x-api-key`.
+        return await client.send(request, stream=True, follow_redirects=False)
 
     async def _exchange(self, path: str, content: bytes) -> bytes:
         """POSTs once and returns the body of a successful reply."""

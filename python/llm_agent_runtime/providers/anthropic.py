@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -13,12 +14,14 @@ from llm_agent_runtime.errors import ProviderError, is_retryable_status
 from llm_agent_runtime.providers._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
+    MAX_TOKEN_COUNT,
     HttpProvider,
     HttpTransport,
     PartialToolCall,
     check_base_url,
     env_setting,
     error_in_body,
+    error_message,
     parse_json,
     parse_usage,
 )
@@ -51,6 +54,8 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "AnthropicProvider",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 """The Anthropic API root (`ANTHROPIC_BASE_URL` overrides it)."""
@@ -109,8 +114,9 @@ class _Block(BaseModel):
 
 
 class _Usage(BaseModel):
-    # Null or missing counts are 0 tokens; a whole usage that is null or does not fit is
-    # read by `parse_usage` as no tokens.
+    # Null or missing counts are 0 tokens, and so is a count out of range (negative, or past
+    # 2**63: `parse_usage` drops it); a whole usage that is null or does not fit is read by
+    # `parse_usage` as no tokens.
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
@@ -140,6 +146,12 @@ class _Usage(BaseModel):
         if type(hour) is not int:  # absent, null or not a count: as the earlier event said
             hour = earlier.cache_write_1h_tokens
         output = self.output_tokens if self.output_tokens is not None else earlier.output_tokens
+        if uncached + read + written >= MAX_TOKEN_COUNT:  # each count is in range, not the sum
+            logger.warning(
+                "unreadable token usage in Anthropic reply (input_tokens and the cache counts "
+                "add up past 2**63 - 1): input counted as 0 tokens"
+            )
+            return Usage(0, output)
         return Usage(uncached + read + written, output, read, written, max(0, min(hour, written)))
 
 
@@ -165,8 +177,8 @@ class _Delta(BaseModel):
 
 
 class _Error(BaseModel):
-    type: str = "api_error"
-    message: str = "unknown error"
+    type: str = "api_error"  # an error that does not say its type is the API's own
+    message: str | None = None  # null from some servers (with its type, still worth reading)
 
 
 class _Event(BaseModel):
@@ -176,7 +188,7 @@ class _Event(BaseModel):
     content_block: _Block | None = None
     delta: _Delta | None = None
     usage: Any = None  # read by `parse_usage`
-    error: _Error | None = None
+    error: Any = None  # read by `_error_event`: an error of any shape is still reported
 
 
 # ---------------------------------------------------------------------- provider
@@ -208,9 +220,13 @@ class AnthropicProvider(HttpProvider):
 
     A stream that sends only `ping` events for `timeout` seconds fails (retryable, so it is
     tried again when it had yielded nothing yet). A 200 reply with an error in its body (JSON,
-    or in place of the event stream that was asked for) raises the server's message. Null or
-    missing token counts are 0 tokens, and usage that does not fit the format is counted as
-    none (with a warning) rather than failing the reply.
+    or in place of the event stream that was asked for) raises the server's message, and so
+    does an `error` event, whether its message is null or its data plain text (a proxy's;
+    read as an `api_error`); its type says whether it is retried (`overloaded_error` is).
+    Null or missing token counts are 0 tokens, a count that is negative or not below 2**63
+    is 0, and usage that does not fit the format is counted as none (each with a warning)
+    rather than failing the reply. A `tool_use` block without an id (some compatible
+    servers) gets `call_{n}`, its place among the reply's tool calls, streamed or not.
 
     Args:
         api_key: API key (default: `ANTHROPIC_API_KEY`). Optional for a custom `base_url`.
@@ -375,8 +391,10 @@ class AnthropicProvider(HttpProvider):
             if block.type == "text":
                 text.append(block.text or "")
             elif block.type == "tool_use":
+                # A call without an id is named by its place among the calls, as when streamed.
+                call_id = block.id or f"call_{len(calls)}"
                 calls.append(
-                    ToolCall(id=block.id or "", name=block.name or "", arguments=block.input or {})
+                    ToolCall(id=call_id, name=block.name or "", arguments=block.input or {})
                 )
             elif block.type in _REASONING_BLOCKS:
                 reasoning.append(block.as_received())
@@ -472,6 +490,8 @@ class AnthropicProvider(HttpProvider):
         events = self._transport.post_sse("/v1/messages", body, ended=lambda: done)
         async with contextlib.aclosing(events):  # closing it cuts a body kept open at the end
             async for sse in events:
+                if sse.event == "error":  # a proxy's error event: its data may be no event
+                    raise _error_event(sse.data, self._transport)
                 event = parse_json(_Event, sse.data, "Anthropic stream event")
                 kind = event.type
                 if kind == "content_block_delta":
@@ -536,7 +556,7 @@ class AnthropicProvider(HttpProvider):
                     done = True
                     break
                 elif kind == "error":
-                    raise _stream_error(event.error or _Error(), self._transport)
+                    raise _error_event(sse.data, self._transport)
                 # ping, content_block_stop and event types added later carry nothing we need.
             if not done:
                 raise ProviderError("Anthropic stream ended before message_stop", retryable=True)
@@ -544,7 +564,9 @@ class AnthropicProvider(HttpProvider):
                 reasoning[index]["thinking"] = "".join(pieces)
             response = ChatResponse(
                 text="".join(text),
-                tool_calls=[call.build(stop_reason) for call in tool_blocks.values()],
+                tool_calls=[
+                    call.build(stop_reason, self._transport.redact) for call in tool_blocks.values()
+                ],
                 usage=usage,
                 stop_reason=stop_reason,
                 model=model,
@@ -624,14 +646,29 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
     return "\n\n".join(system), wire
 
 
+def _error_event(data: bytes, transport: HttpTransport) -> ProviderError:
+    """The error for an `error` event, read as OpenAI's are (`openai._reported_error`).
+
+    `{"type": "error", "error": {...}}` as the API sends it, with a null message or none;
+    what does not read as an error object (plain text from a proxy, fields of unexpected
+    types) is still the server's message, an `api_error`, never a malformed-event error.
+    """
+    error = error_in_body(data, _Error)
+    if error is None:
+        error = _Error(message=error_message(data, transport.redact))
+    return _stream_error(error, transport)
+
+
 def _stream_error(error: _Error, transport: HttpTransport) -> ProviderError:
     """The error for an `error` event (e.g. `overloaded_error` mid-stream).
 
-    Also for an error body sent with status 200.
+    Also for an error body sent with status 200. Retryable when its type stands for a
+    retryable status (`overloaded_error`, `api_error`, `rate_limit_error`, ...).
     """
     status = _ERROR_STATUS.get(error.type)
+    message = error.message or "no error message"
     return ProviderError(
-        transport.redact(f"Anthropic API error: {error.type}: {error.message}"),
+        transport.redact(f"Anthropic API error: {error.type}: {message}"),
         status=status,
         retryable=status is not None and is_retryable_status(status),
     )

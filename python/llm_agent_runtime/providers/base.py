@@ -121,7 +121,12 @@ class ToolDefinition(BaseModel):
 
 @dataclass(slots=True)
 class Usage:
-    """Token usage of one model call."""
+    """Token usage of one model call.
+
+    The HTTP providers give whole counts from 0 to 2**63 - 1: a count a server reports out
+    of that range (negative, say) is taken as 0, with a warning, as is usage that does not
+    fit its format, rather than failing a reply that arrived whole.
+    """
 
     input_tokens: int = 0
     """Prompt tokens billed, all of them: cache reads and cache writes included."""

@@ -129,7 +129,8 @@ class _Choice(BaseModel):
 
 
 class _Usage(BaseModel):
-    # Some compatible servers send null counts (or no usage at all): 0 tokens then.
+    # Some compatible servers send null counts (or no usage at all): 0 tokens then. A count
+    # out of range (negative, or past 2**63) is 0 too: `parse_usage` drops it.
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     # Read by `usage`: details of an unexpected shape (compatible servers) lose no counts.
@@ -200,8 +201,9 @@ class OpenAIProvider(HttpProvider):
     server's message, and so does an error reported in the middle of a stream: a chunk
     `{"error": {...}}`, vLLM's older `{"object": "error", "message": ...}`, or an event named
     `error` (JSON or plain text, as some gateways send). Such an error's `status` is its code
-    when that is an HTTP status. Null or missing token counts are 0 tokens, and usage that
-    does not fit the format is counted as none (with a warning) rather than failing the reply.
+    when that is an HTTP status. Null or missing token counts are 0 tokens, a count that is
+    negative or not below 2**63 is 0, and usage that does not fit the format is counted as
+    none (each with a warning) rather than failing the reply.
 
     A refusal (`message.refusal`, streamed as `delta.refusal`) is the response's text, and its
     `stop_reason` is `"refusal"` (as the Anthropic API says it) in place of the finish reason:
@@ -338,6 +340,7 @@ class OpenAIProvider(HttpProvider):
                     call.function.arguments or "",
                     name=call.function.name,
                     stop_reason=choice.finish_reason,
+                    redact=self._transport.redact,
                 ),
             )
             for index, call in enumerate(message.tool_calls or ())
@@ -474,7 +477,9 @@ class OpenAIProvider(HttpProvider):
                 raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
             response = ChatResponse(
                 text="".join(text),
-                tool_calls=[call.build(finish_reason) for call in calls.calls],
+                tool_calls=[
+                    call.build(finish_reason, self._transport.redact) for call in calls.calls
+                ],
                 usage=usage,
                 stop_reason=_REFUSAL if refused else finish_reason,
                 model=model,
