@@ -121,6 +121,29 @@ async def test_tool_failures_become_observations_and_are_counted() -> None:
     assert snap.failed_tool_calls == 2 and s.failed_tool_call_count() == 2
 
 
+async def test_made_up_tool_names_add_no_counters() -> None:
+    """Calls of unregistered tools count under one name (each made-up name was a counter, and
+    a Prometheus series, of its own); a tool registered later counts by its name."""
+    rt = ar.AgentRuntime(ar.AgentConfig(max_iterations=30))
+    calls = [f"Thought: t\nAction: tool_{i} {{}}" for i in range(20)]
+    s = await rt.run_agent("a", "q", react(*calls, FINAL))
+    assert [st.error_kind for st in s.steps[:-1]] == ["not_found"] * 20
+    snap = rt.metrics.snapshot()
+    assert snap.tool_calls == snap.tool_failures == {"(unknown tool)": 20}
+    assert snap.total_tool_calls == snap.failed_tool_calls == 20
+    rt.tools.register(add)
+    await rt.run_agent("a", "q", react('Thought: t\nAction: add {"a": 1, "b": 2}', FINAL))
+    assert rt.metrics.snapshot().tool_calls == {"(unknown tool)": 20, "add": 1}
+    native = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add])
+    provider = ar.ScriptedProvider(
+        [ar.ScriptedProvider.tool_call_reply([("ghost", {}), ("add", {"a": 1, "b": 1})]), "ok"]
+    )
+    await native.run_agent_with_provider("a", "q", provider)
+    snap = native.metrics.snapshot()
+    assert snap.tool_calls == {"(unknown tool)": 1, "add": 1}
+    assert snap.tool_failures == {"(unknown tool)": 1, "add": 0}
+
+
 async def test_error_recovery_stop() -> None:
     rt = ar.AgentRuntime(ar.AgentConfig(error_recovery="stop"), tools=[add])
     s = await rt.run_agent("a", "q", react('Thought: t\nAction: add {"a": 1}', FINAL))

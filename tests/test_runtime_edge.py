@@ -1204,3 +1204,20 @@ async def test_a_checkpoint_backend_that_is_falsy_while_empty_still_checkpoints(
     assert len(backend) > 0
     resumed = await rt.resume(session.session_id, infer)
     assert resumed.final_answer == "42"
+
+
+def test_the_loops_messages_are_whole_messages() -> None:
+    """The loop's fast-built messages (`_loop_message`) equal `Message(...)` field for field:
+    a field added to `Message` and not set there fails here, rather than on a provider."""
+    from llm_agent_runtime.providers.base import Message, ToolCall, _loop_message
+
+    calls = [ToolCall("c1", "add", {"a": 1})]
+    reasoning = ({"type": "thinking", "thinking": "hm", "signature": "s"},)
+    assert _loop_message("assistant", "t", calls, None, reasoning) == Message(
+        "assistant", "t", calls, None, None, reasoning
+    )
+    assert _loop_message("tool", "3", [], "c1", (), "add") == Message(
+        "tool", "3", None, "c1", "add"
+    )
+    with pytest.raises(ValueError, match="message role"):
+        Message("robot", "x")  # type: ignore[arg-type]

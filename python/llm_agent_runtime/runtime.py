@@ -57,6 +57,7 @@ from llm_agent_runtime.providers.base import (
     ToolCall,
     ToolDefinition,
     Usage,
+    _loop_message,
     estimated_input_tokens,
     estimated_output_tokens,
     tool_definitions_chars,
@@ -100,6 +101,9 @@ _REACT_FORMAT_NO_TOOLS = "Answer with:\nThought: ...\nAction: FINAL_ANSWER your 
 _INCOMPLETE_STOP_REASONS = TRUNCATION_STOP_REASONS | {"content_filter"}
 _CO_COROUTINE = inspect.CO_COROUTINE
 _NO_SPAN = contextlib.nullcontext()
+# What the metrics count a call of an unregistered tool under: no tool is named so (names
+# are letters, digits, '_' and '-'), and made-up names add no counters.
+_UNKNOWN_TOOL = "(unknown tool)"
 # Events are named tuples; on the per-step path they are built with tuple.__new__, which
 # skips the named tuple's Python-level __new__ (~100 ns an event).
 _event = tuple.__new__
@@ -241,7 +245,9 @@ class AgentRuntime:
         graph: Knowledge graph (`entity_count()`), whose size is recorded per session.
         tools: `ToolSpec`s or a `ToolRegistry`.
         backpressure: Sheds runs beyond its capacity.
-        metrics: Counters (a fresh `RuntimeMetrics` by default).
+        metrics: Counters (a fresh `RuntimeMetrics` by default). Calls of a tool that is not
+            registered (a name the model made up) count under one name, `(unknown tool)`:
+            the per-tool counters (and their Prometheus series) stay as few as the tools.
         checkpoint_backend: Makes runs durable: each step is saved as `session:<id>:step:<n>`
             (what the step added), each tool call is journaled, the events are logged, and the
             whole session is saved as `session:<id>` at the end; `resume` continues a run
@@ -353,6 +359,7 @@ class AgentRuntime:
         self._tool_definitions: list[ToolDefinition] = []
         self._tool_definitions_chars = 0
         self._tool_catalog = ""
+        self._tool_names: frozenset[str] = frozenset()
         self._tools_seen: tuple[ToolRegistry | None, int] = (None, 0)
         self._refresh_tools()
         # Sessions with a run in progress: a session runs one turn at a time.
@@ -788,6 +795,7 @@ class AgentRuntime:
         self._tool_definitions = definitions
         # What the definitions take of a request (a context window counts them too).
         self._tool_definitions_chars = tool_definitions_chars(definitions)
+        self._tool_names = frozenset(d.name for d in definitions)
         self._tools_seen = (tools, len(tools))
 
     def _request_chars(self, context: str, prompt: str, provider: LlmProvider | None) -> int:
@@ -868,6 +876,8 @@ class AgentRuntime:
         budget = self.budget
         stops = self._stops
         perf = time.perf_counter
+        metrics = self.metrics
+        checkpoints = self._checkpoints
         # A resumed run counts the steps it already took; a session's new turn starts afresh.
         done = len(resume.run_records) if resume is not None else 0
         iterations = config.max_iterations - done
@@ -926,7 +936,9 @@ class AgentRuntime:
                 if not replayed:
                     # Charged before the hooks: a hook that fails, or a timeout or cancel
                     # while one runs, leaves the call paid for all the same.
-                    self._charge(input_tokens, output_tokens, cost_usd)
+                    metrics.record_tokens(input_tokens, output_tokens)
+                    if budget is not None:
+                        self._charge_budget(input_tokens, output_tokens, cost_usd)
                     if events.active and reply:  # a text model's reply is whole: one delta
                         events.emit(_event(LlmTextDelta, (session.session_id, reply)))
                     for hook in post_hooks:
@@ -986,11 +998,14 @@ class AgentRuntime:
                 session.final_answer = final
                 if history is not None:  # the answered turn goes with its answer, before an await
                     _add_turn(session, prompt, final)
-                if (record := self._commit_step(session, step, reply=reply)) is not None:
+                session.steps.append(step)
+                metrics.record_step()
+                if checkpoints is not None:
+                    record = self._step_record(session, step, reply=reply)
                     await self._save_steps(session, [record])
                 return
             # The step records the call that ran (a middleware or an approval may change it).
-            if self._checkpoints is None:
+            if checkpoints is None:
                 observation, tool_ms, action, action_input = await self._call_tool(
                     session, parsed.action or "", parsed.action_input
                 )
@@ -1021,8 +1036,10 @@ class AgentRuntime:
                 tool_ms,
                 overhead_ms,
             )
-            if (record := self._commit_step(session, step, reply=reply)) is not None:
-                await self._save_steps(session, [record])
+            session.steps.append(step)
+            metrics.record_step()
+            if checkpoints is not None:
+                await self._save_steps(session, [self._step_record(session, step, reply=reply)])
             if error_kind is not None and config.error_recovery == "stop":
                 return
             transcript.append(f"{reply}\nObservation: {content}")
@@ -1061,6 +1078,8 @@ class AgentRuntime:
         stops = self._stops
         params = self._call_params()
         perf = time.perf_counter
+        metrics = self.metrics
+        checkpoints = self._checkpoints
         for _ in range(config.max_iterations - rounds_done):
             if deadline is not None and perf() >= deadline:
                 raise _DeadlinePassed
@@ -1079,11 +1098,18 @@ class AgentRuntime:
                 )
             elif self._tracer is not None:
                 with self._tracer.start_as_current_span("agent.llm"):
-                    response = await self._chat(
-                        session, provider, messages, tool_defs, stream, params
+                    response = await (
+                        self._chat_stream(session, provider, messages, tool_defs, params)
+                        if stream
+                        else provider.chat(messages, tools=tool_defs, **params)
                     )
             else:
-                response = await self._chat(session, provider, messages, tool_defs, stream, params)
+                # An unstreamed call is the provider's own coroutine: one frame, not two.
+                response = await (
+                    self._chat_stream(session, provider, messages, tool_defs, params)
+                    if stream
+                    else provider.chat(messages, tools=tool_defs, **params)
+                )
             model_ms = (perf() - round_start) * 1000.0
             if not isinstance(response, ChatResponse):
                 raise AgentLoopError(
@@ -1101,7 +1127,9 @@ class AgentRuntime:
                     usage = self._estimated_usage(messages, text, response.tool_calls)
                 # Charged before the hooks: a hook that fails, or a timeout or cancel while
                 # one runs, leaves the call paid for all the same.
-                self._charge(usage.input_tokens, usage.output_tokens, usage.cost_usd)
+                metrics.record_tokens(usage.input_tokens, usage.output_tokens)
+                if budget is not None:
+                    self._charge_budget(usage.input_tokens, usage.output_tokens, usage.cost_usd)
                 if stops and text:
                     cut = _cut_at_stop(text, stops)
                     if len(cut) < len(text):  # it ended at a stop sequence, before any cut
@@ -1133,15 +1161,18 @@ class AgentRuntime:
                 session.final_answer = text
                 if history is not None:  # the answered turn goes with its answer, before an await
                     _add_turn(session, prompt, text)
-                if (record := self._commit_step(session, step)) is not None:
-                    await self._save_steps(session, [record])
+                session.steps.append(step)
+                metrics.record_step()
+                if checkpoints is not None:
+                    await self._save_steps(session, [self._step_record(session, step)])
                 return
             calls = response.tool_calls
             # The provider's reasoning goes back with the reply (Anthropic needs its thinking).
             reasoning = response.reasoning
-            messages.append(Message("assistant", text, calls, None, None, reasoning))
+            messages.append(_loop_message("assistant", text, calls, None, reasoning))
             # The time any of a round's concurrent calls ran (their own times overlap).
-            busy = _BusyTime() if len(calls) > 1 else None
+            n_calls = len(calls)
+            busy = _BusyTime() if n_calls > 1 else None
             if self._checkpoints is not None:
                 results = await self._durable_round(
                     session, text, calls, journal, reasoning, usage, busy
@@ -1152,7 +1183,7 @@ class AgentRuntime:
             else:
                 results = await self._run_parallel(session, calls, busy)
             # The round's model time is shared by its steps; its tokens go to the first step.
-            share = model_ms / len(calls)
+            share = model_ms / n_calls
             input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
             tools_ms = 0.0
             failed = False
@@ -1170,10 +1201,12 @@ class AgentRuntime:
                     share,
                     tool_ms,
                 )
-                result = Message("tool", content, None, call.id, call.name)
+                result = _loop_message("tool", content, [], call.id, (), call.name)
                 messages.append(result)
-                record = self._commit_step(session, step, text, call.id, call is calls[0])
-                if record is not None:
+                session.steps.append(step)
+                metrics.record_step()
+                if checkpoints is not None:
+                    record = self._step_record(session, step, text, call.id, call is calls[0])
                     if reasoning and call is calls[0]:  # saved with the round's first step
                         record.round_reasoning = list(reasoning)
                     records.append(record)
@@ -1186,9 +1219,14 @@ class AgentRuntime:
             # (approvals asked before a parallel round's calls start are the runtime's).
             elapsed = (perf() - round_start) * 1000.0
             tools_wall = tools_ms if busy is None else busy.ms
-            overhead = max(0.0, elapsed - model_ms - tools_wall) / len(calls)
-            for step in session.steps[-len(calls) :]:
+            overhead = (elapsed - model_ms - tools_wall) / n_calls
+            if overhead < 0.0:  # the clock's rounding
+                overhead = 0.0
+            if n_calls == 1:  # the step just made: no slice of the steps to build
                 step.overhead_ms = overhead
+            else:
+                for step in session.steps[-n_calls:]:
+                    step.overhead_ms = overhead
             if records:  # the round is saved whole: a resume never finds part of it
                 await self._save_steps(session, records)
             if failed and config.error_recovery == "stop":
@@ -1202,25 +1240,6 @@ class AgentRuntime:
         """Tokens of a model call whose provider reported none, estimated from characters."""
         sent = estimated_input_tokens(messages, self._tool_definitions_chars)
         return Usage(sent, estimated_output_tokens(text, calls))
-
-    def _chat(
-        self,
-        session: AgentSession,
-        provider: LlmProvider,
-        messages: list[Message],
-        tool_defs: list[ToolDefinition] | None,
-        stream: bool,
-        params: dict[str, Any],
-    ) -> Awaitable[ChatResponse]:
-        """One model call, streamed (emitting text deltas) when `stream`.
-
-        `params` are the run's call parameters (`_call_params`: model, stop sequences,
-        `model_params`). Not a coroutine itself: an unstreamed call is the provider's own
-        coroutine, so the loop awaits one frame, not two.
-        """
-        if stream:
-            return self._chat_stream(session, provider, messages, tool_defs, params)
-        return provider.chat(messages, tools=tool_defs, **params)
 
     async def _chat_stream(
         self,
@@ -1306,7 +1325,8 @@ class AgentRuntime:
             name, arguments, denial = await self._guard_call(session, name, arguments)
             if denial is not None:
                 return self._denied(session, name, arguments, denial, index)
-        self.metrics.record_tool_call(name, session.agent_id)
+        counted = name if name in self._tool_names else _UNKNOWN_TOOL
+        self.metrics.record_tool_call(counted, session.agent_id)
         events = self.events
         # Computed also when a listener joins while the tool runs.
         step_index = len(session.steps) + index
@@ -1332,7 +1352,7 @@ class AgentRuntime:
         if busy is not None:
             busy.stop()
         if observation.error_kind is not None:
-            self.metrics.record_tool_failure(name, session.agent_id)
+            self.metrics.record_tool_failure(counted, session.agent_id)
         if events.active:
             content, error_kind = observation
             finished = (session.session_id, step_index, name, content, error_kind, tool_ms)
@@ -1347,8 +1367,9 @@ class AgentRuntime:
         A failed call in the metrics, and a call that started and failed at once in the
         events (so listeners see the denial).
         """
-        self.metrics.record_tool_call(name, session.agent_id)
-        self.metrics.record_tool_failure(name, session.agent_id)
+        counted = name if name in self._tool_names else _UNKNOWN_TOOL
+        self.metrics.record_tool_call(counted, session.agent_id)
+        self.metrics.record_tool_failure(counted, session.agent_id)
         events = self.events
         if events.active:
             step_index = len(session.steps) + index
@@ -1452,19 +1473,20 @@ class AgentRuntime:
             self._approvals.pop(session_id, None)
             self._approval_locks.pop(session_id, None)
 
-    def _charge(self, input_tokens: int, output_tokens: int, cost_usd: float = 0.0) -> None:
-        """Counts one model call's tokens; charges them and its cost to the budget.
+    def _charge_budget(self, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
+        """Charges one model call's tokens and its cost to the budget, which is set.
 
-        `cost_usd` is the provider's price of the call (`Usage.cost_usd`).
+        `cost_usd` is the provider's price of the call (`Usage.cost_usd`). The loops count
+        the tokens in the metrics themselves: a run without a budget calls no method here.
         """
-        self.metrics.record_tokens(input_tokens, output_tokens)
-        if self.budget is not None:
+        budget = self.budget
+        if budget is not None:
             # Going past the limit is recorded all the same: the reply is paid for and kept,
             # and the next model call is refused.
             with contextlib.suppress(BudgetExceededError):
-                self.budget.record(input_tokens, output_tokens, cost_usd)
+                budget.record(input_tokens, output_tokens, cost_usd)
 
-    def _commit_step(
+    def _step_record(
         self,
         session: AgentSession,
         step: Step,
@@ -1472,15 +1494,12 @@ class AgentRuntime:
         call_id: str | None = None,
         round_start: bool = False,
         reply: str | None = None,
-    ) -> StepRecord | None:
-        """Adds the step to the session; returns its checkpoint record when checkpointing.
+    ) -> StepRecord:
+        """The checkpoint record of `step`, the session's latest (it was appended already).
 
-        Synchronous, so a run without checkpoints pays no coroutine per step.
+        The loops add each step to the session and count it themselves, and ask for its
+        record only when checkpointing: a run without checkpoints pays no call per step.
         """
-        session.steps.append(step)
-        self.metrics.record_step()
-        if self._checkpoints is None:
-            return None
         from llm_agent_runtime.persistence.checkpoints import StepRecord
 
         record = StepRecord(step, reply, round_text, call_id, round_start)

@@ -106,6 +106,33 @@ class Message:
         self.is_error = is_error
 
 
+def _loop_message(
+    role: Role,
+    content: str,
+    tool_calls: list[ToolCall],
+    tool_call_id: str | None,
+    reasoning: Sequence[dict[str, Any]],
+    name: str | None = None,
+) -> Message:
+    """A message the agent loop adds on every round, its fields known good.
+
+    `Message(...)` less its cost: calling a class with a Python `__init__` costs about
+    100 ns more than a plain function, and the loop builds two messages a step.
+    """
+    message = _new_object(Message)
+    message.role = role
+    message.content = content
+    message.tool_calls = tool_calls
+    message.tool_call_id = tool_call_id
+    message.name = name
+    message.reasoning = reasoning
+    message.is_error = False
+    return message
+
+
+_new_object = object.__new__
+
+
 class ToolDefinition(BaseModel):
     """A tool offered to the model: its name, description and JSON schema of arguments."""
 
