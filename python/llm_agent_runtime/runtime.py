@@ -1077,6 +1077,10 @@ class AgentRuntime:
         budget = self.budget
         stops = self._stops
         params = self._call_params()
+        # Passed by name: a call that unpacks a dict of keywords builds one each time (about
+        # 250 ns a call); only stop sequences and `model_params` need the dict.
+        model = params["model"]
+        more_params = len(params) > 1
         perf = time.perf_counter
         metrics = self.metrics
         checkpoints = self._checkpoints
@@ -1096,20 +1100,20 @@ class AgentRuntime:
                     usage=_journaled_usage(saved) or Usage(),
                     reasoning=saved.get("reasoning", ()),
                 )
-            elif self._tracer is not None:
-                with self._tracer.start_as_current_span("agent.llm"):
-                    response = await (
-                        self._chat_stream(session, provider, messages, tool_defs, params)
-                        if stream
-                        else provider.chat(messages, tools=tool_defs, **params)
-                    )
             else:
-                # An unstreamed call is the provider's own coroutine: one frame, not two.
-                response = await (
-                    self._chat_stream(session, provider, messages, tool_defs, params)
-                    if stream
-                    else provider.chat(messages, tools=tool_defs, **params)
-                )
+                # An unstreamed call is the provider's own coroutine: one frame, not two. It
+                # runs when awaited, so under the span when there is one.
+                if stream:
+                    request = self._chat_stream(session, provider, messages, tool_defs, params)
+                elif more_params:
+                    request = provider.chat(messages, tools=tool_defs, **params)
+                else:
+                    request = provider.chat(messages, tools=tool_defs, model=model)
+                if self._tracer is None:
+                    response = await request
+                else:
+                    with self._tracer.start_as_current_span("agent.llm"):
+                        response = await request
             model_ms = (perf() - round_start) * 1000.0
             if not isinstance(response, ChatResponse):
                 raise AgentLoopError(
