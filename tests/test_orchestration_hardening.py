@@ -8,6 +8,7 @@ import asyncio
 import gc
 import logging
 import math
+import types
 import warnings
 from typing import Any
 
@@ -65,6 +66,40 @@ def test_call_sync_refuses_an_async_callable(closed: bool) -> None:
         gc.collect()  # a coroutine left unclosed warns when collected
     assert not [w for w in seen if "never awaited" in str(w.message)]
     assert breaker.state == "open"  # a refused call is a failed one (the trial too)
+
+
+class Pending:
+    """An awaitable that is no coroutine, as a future or a task is."""
+
+    def __await__(self) -> Any:
+        yield
+        return "done"
+
+
+@types.coroutine
+def generator_based_coroutine() -> Any:
+    yield
+
+
+def plain_generator() -> Any:
+    yield 1
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["fast path", "half-open trial"])
+@pytest.mark.parametrize("make", [Pending, generator_based_coroutine])
+def test_call_sync_refuses_any_awaitable_whatever_the_state(closed: bool, make: Any) -> None:
+    # The fast path refused coroutines only: a future was a success there, a failure in trial.
+    clock = FakeClock()
+    breaker = CircuitBreaker("svc", failure_threshold=1, recovery_window=1, clock=clock)
+    for _ in range(3):  # a plain generator is no awaitable (nor is its type, once seen)
+        assert list(breaker.call_sync(plain_generator)) == [1]
+    if not closed:
+        with pytest.raises(ZeroDivisionError):
+            breaker.call_sync(lambda: 1 / 0)
+        clock.advance(2)  # the next call is a trial
+    with pytest.raises(TypeError, match="needs a sync callable"):
+        breaker.call_sync(make)
+    assert breaker.state == "open"  # a refused call is a failed one
 
 
 def test_an_async_state_change_listener_is_refused() -> None:
@@ -178,6 +213,23 @@ def test_canonical_keys_do_not_collide_across_key_types() -> None:
     with pytest.raises(TypeError):
         cache.get("t", {"ids": {1: "a"}})  # was served ["1"], another call's result
     assert canonical_key((1, 2)) == canonical_key([1, 2])  # documented: JSON has arrays only
+
+
+def test_canonical_key_refuses_self_containing_and_too_deep_arguments() -> None:
+    looped: list[Any] = []
+    looped.append(looped)
+    mapping: dict[str, Any] = {}
+    mapping["self"] = mapping
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    for bad in (looped, mapping, deep):  # each was a RecursionError
+        with pytest.raises(TypeError, match="JSON-serializable"):
+            canonical_key(bad)
+        with pytest.raises(TypeError):
+            ResultCache.key("t", {"filters": bad})  # as documented
+    shared = [1]
+    assert canonical_key([shared, shared]) == "[[[[1],[1]]],{}]"  # shared is not circular
 
 
 @pytest.mark.parametrize("seconds", [math.nan, math.inf, -1.0])

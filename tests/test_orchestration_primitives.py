@@ -3,6 +3,8 @@ import logging
 import sys
 import threading
 import time
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -309,6 +311,32 @@ async def test_cache_does_not_store_a_result_invalidated_while_its_call_ran(
     assert cache.get("price", {"item": "price"}) == (True, 99)  # later calls are stored
 
 
+async def test_cache_does_not_store_a_result_over_a_put_made_while_its_call_ran() -> None:
+    cache = ar.ResultCache(ttl=60)
+    db = {"x": "v1"}
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def read(key: str) -> str:
+        value = db[key]
+        started.set()
+        await release.wait()
+        return value
+
+    reader = asyncio.create_task(cache.get_or_call("read", {"key": "x"}, read))
+    await started.wait()
+    db["x"] = "v2"
+    cache.put("read", {"key": "x"}, "v2")  # write-through of the new value
+    cache.put("read", {"key": "y"}, "other")  # another key's put changes nothing for it
+    release.set()
+    assert await reader == "v1"  # the caller still gets its own result
+    assert cache.get("read", {"key": "x"}) == (True, "v2")  # not the older one, for the ttl
+    assert await cache.get_or_call("read", {"key": "z"}, lambda key: key) == "z"
+    assert cache.get("read", {"key": "z"}) == (True, "z")  # later calls are stored
+    with pytest.raises(KeyError):
+        await cache.get_or_call("read", {"key": "w"}, read)
+    assert cache._puts == {}  # kept only while calls run, whatever their end
+
+
 async def test_cache_passes_an_argument_named_fn_to_the_tool() -> None:
     cache = ar.ResultCache(ttl=60)
 
@@ -514,6 +542,47 @@ async def test_a_refill_is_not_lost_to_float_rounding_of_the_clock() -> None:
     assert limiter.tokens() == 0.0
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ar.RateLimiter(rate=True, capacity=1),
+        lambda: ar.RateLimiter(rate=1, capacity=True),
+        lambda: ar.RateLimiter(rate=1, capacity=1).try_acquire(tokens=True),
+        lambda: ar.RateLimiter(rate="1", capacity=1),  # type: ignore[arg-type]
+        lambda: ar.CircuitBreaker("s", recovery_window=True),
+        lambda: ar.CircuitBreaker("s", trial_timeout=True),
+        lambda: ar.ResultCache(ttl=True),
+        lambda: ar.Deduplicator(ttl=True),
+        lambda: ar.RetryPolicy(base_delay=True),
+        lambda: ar.CostBudget(max_cost_usd=True),
+        lambda: ar.CostBudget(max_cost_usd=1.0).record(0, 0, cost_usd=True),
+    ],
+)
+def test_a_bool_is_no_number_as_it_is_no_count(make: object) -> None:
+    # `True` read as 1 (one second, one token, one dollar), while counts refused it.
+    with pytest.raises(ValueError, match="must be a number"):
+        make()  # type: ignore[operator]
+
+
+async def test_numbers_of_any_real_type_are_taken_as_floats() -> None:
+    import numpy as np
+
+    limiter = ar.RateLimiter(rate=np.float32(2), capacity=Fraction(3), clock=ar.FakeClock())
+    assert (limiter.rate, limiter.capacity) == (2.0, 3.0)
+    assert type(limiter.rate) is type(limiter.capacity) is float
+    assert limiter.try_acquire(tokens=np.float32(1.5))
+    await limiter.acquire(tokens=np.int64(1))
+    with pytest.raises(ValueError, match="must be a number"):
+        await limiter.acquire(tokens=True)
+    assert type(ar.CircuitBreaker("s", recovery_window=np.int64(30)).recovery_window) is float
+    # An int beyond the float range is infinite: refused, where every opening of the
+    # circuit (and every backoff) failed with OverflowError.
+    with pytest.raises(ValueError, match="finite"):
+        ar.CircuitBreaker("s", recovery_window=10**400)
+    with pytest.raises(ValueError):
+        ar.RetryPolicy(base_delay=10**400)
+
+
 # -- money is counted exactly -------------------------------------------------------------------
 
 
@@ -561,6 +630,29 @@ def test_budget_refuses_token_counts_that_are_not_ints(usage: tuple[object, ...]
     with pytest.raises(ValueError, match="whole token counts"):
         budget.record(*usage)  # type: ignore[arg-type]
     assert budget.used_tokens == 0
+
+
+@pytest.mark.parametrize(
+    "amount",
+    [
+        pytest.param(10**400, id="10**400"),  # OverflowError, converting it to a float
+        pytest.param(-(10**400), id="-10**400"),
+        pytest.param(Fraction(10**400), id="Fraction(10**400)"),
+        Decimal("NaN"),  # decimal.InvalidOperation, comparing it
+        Decimal("sNaN"),
+        Decimal("Infinity"),
+        "0.5",  # TypeError, comparing it
+    ],
+)
+def test_budget_refuses_unusable_amounts_with_a_value_error(amount: object) -> None:
+    with pytest.raises(ValueError, match="max_cost_usd must be"):
+        ar.CostBudget(max_cost_usd=amount)  # type: ignore[arg-type]
+    budget = ar.CostBudget(max_tokens=10, max_cost_usd=1.0)
+    with pytest.raises(ValueError, match="usage cost must be"):
+        budget.record(1, 1, cost_usd=amount)  # type: ignore[arg-type]
+    assert (budget.used_tokens, budget.used_cost_usd) == (0, 0.0)  # nothing was recorded
+    budget.record(1, 1, cost_usd=Decimal("0.25"))  # a Decimal amount is still taken
+    assert budget.used_cost_usd == 0.25
 
 
 # -- soft limit: warn when the depth reaches it -------------------------------------------------

@@ -1,3 +1,4 @@
+import asyncio
 import random
 
 import pytest
@@ -153,3 +154,42 @@ async def test_unusable_retry_after_falls_back_to_the_backoff(retry_after: float
     assert await policy.run(flaky) == "ok"
     assert clock.sleeps == [1.0, 2.0]
     assert policy.delay_for(1, ar.ProviderError("x", retryable=True, retry_after=0.0)) == 0.0
+
+
+async def test_asyncio_timeouts_are_retried() -> None:
+    # On Python 3.10, `asyncio.wait_for` raises `asyncio.TimeoutError`, which is not the
+    # builtin `TimeoutError` there (it is from 3.11 on).
+    attempts = 0
+
+    async def slow() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            await asyncio.wait_for(asyncio.sleep(10), timeout=0.001)
+        return "ok"
+
+    policy = ar.RetryPolicy(max_attempts=3, base_delay=0.0, clock=ar.FakeClock())
+    assert await policy.run(slow) == "ok"
+    assert attempts == 3
+    assert policy.should_retry(asyncio.TimeoutError())
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"jitter": "no"}, "jitter must be a bool"),  # a true string: jitter on, silently
+        ({"jitter": 0}, "jitter must be a bool"),
+        ({"retry_on": 5}, "retry_on must be callable"),  # each failure logged, never retried
+    ],
+)
+def test_a_jitter_that_is_no_bool_or_a_retry_on_that_is_no_callable_is_refused(
+    bad: dict[str, object], message: str
+) -> None:
+    with pytest.raises(TypeError, match=message):
+        ar.RetryPolicy(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [{"base_delay": True}, {"max_delay": True}, {"base_delay": "1"}])
+def test_delays_that_are_not_numbers_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="must be a number"):
+        ar.RetryPolicy(**bad)  # type: ignore[arg-type]

@@ -337,3 +337,28 @@ def test_waiters_a_closed_loop_left_are_let_go_by_the_next_loops_first_caller() 
     assert asyncio.run(arrive()) == 1  # only its own: the abandoned ones were dropped
     gc.collect()  # and collected, their tokens back in the bucket
     assert limiter._room.waiters == {}
+
+
+# -- a waiter cancelled once it is due was served ---------------------------------------------
+
+
+async def test_a_waiter_cancelled_once_due_gives_nothing_back() -> None:
+    # A's token was refilled for it by t = 1; by t = 2 the bucket is full, having dropped the
+    # token refilled since at capacity. Given back, A's token was a second grant at t = 2.
+    queue = await empty_queue()
+    await queue.arrive("A")  # due at 1
+    queue.clock.advance(2.0)  # A is due, and has not resumed yet
+    assert queue.limiter.try_acquire("k")  # the one token the bucket holds at t = 2
+    await queue.leave("A")  # cancelled before it resumed (a timeout firing in the same turn)
+    assert not queue.limiter.try_acquire("k")
+    assert queue.limiter.tokens("k") == 0.0
+
+
+async def test_the_waiters_behind_one_cancelled_once_due_keep_their_turn() -> None:
+    queue = await empty_queue()
+    await queue.arrive("A")  # due at 1
+    await queue.arrive("B")  # due at 2
+    queue.clock.advance(1.0)  # A is due: it was served at 1, resumed or not
+    await queue.leave("A")
+    assert await queue.until_served() == [("B", 2.0)]
+    assert queue.limiter._room.waiters == {}

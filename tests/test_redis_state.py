@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing
 import os
+import time
 from typing import Any
 
 import pytest
@@ -881,4 +882,115 @@ async def test_the_redis_deduplicator_passes_arguments_named_key_and_fn_through(
         return f"{key}/{fn}"
 
     assert await dedup.run("k", fetch, key="user:1", fn="name") == "user:1/name"
+    await dedup.close()
+
+
+# -- a shared waiter cancelled once due was served; times are kept to the microsecond -----------
+
+
+async def test_a_shared_waiter_cancelled_once_due_gives_nothing_back() -> None:
+    import redis
+
+    from llm_agent_runtime.orchestration.redis_state import _BUCKET_SCRIPT
+
+    url = redis_url()
+    limiter = ar.RedisRateLimiter(url, rate=2.0, capacity=1, prefix=f"late:{os.getpid()}:")
+    key = limiter.redis_key("k")
+    await limiter.client.delete(key)
+    assert await limiter.try_acquire("k")  # empty
+    waiter = asyncio.create_task(limiter.acquire("k"))  # reserves a token, due in 0.5 s
+    await _until(lambda: _level_below(limiter, -0.5))
+    time.sleep(1.1)  # the loop is busy: the waiter is due, and has not resumed
+    other = redis.Redis.from_url(url)  # another worker, meanwhile
+    seconds, micros = other.time()
+    taken_after = seconds + micros / 1e6
+    # It takes the one token the bucket holds (full since 1 s: it dropped one at capacity).
+    assert other.eval(_BUCKET_SCRIPT, 1, key, 2.0, 1.0, 1.0, 0)[0] == 1
+    other.close()
+    waiter.cancel()  # the waiter's timeout fires before it resumed
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    level, last = map(float, await limiter.client.hmget(key, "level", "last"))
+    # What has refilled since the other worker took the token, no more: given back, the
+    # waiter's token was a second grant at once.
+    assert level <= (last - taken_after) * 2.0 + 1e-9
+    await limiter.client.delete(key)
+    await limiter.close()
+
+
+async def test_the_shared_bucket_keeps_the_servers_time_to_the_microsecond() -> None:
+    # Stored with tostring (14 significant digits), an epoch time moved by up to 50 us at
+    # each command: at 10,000 tokens a second, half a token granted or lost.
+    rate, capacity = 10_000.0, 10.0
+    limiter = ar.RedisRateLimiter(
+        redis_url(), rate=rate, capacity=capacity, prefix=f"micro:{os.getpid()}:"
+    )
+    key = limiter.redis_key("k")
+    assert await limiter.try_acquire("k")  # the script is loaded
+    for _ in range(300):
+        await limiter.client.delete(key)
+        async with limiter.client.pipeline(transaction=False) as pipe:
+            pipe.time()
+            await limiter._script(keys=[key], args=[rate, capacity, capacity, 0], client=pipe)
+            await limiter._script(keys=[key], args=[rate, capacity, 0.5, 0], client=pipe)
+            pipe.time()
+            before, _, half, after = await pipe.execute()
+        elapsed = (after[0] - before[0]) + (after[1] - before[1]) / 1e6
+        # Half a token is granted only once it has refilled since the bucket was emptied.
+        assert not int(half[0]) or elapsed * rate >= 0.5 - 1e-6
+    await limiter.client.delete(key)
+    await limiter.close()
+
+
+async def test_shared_limiter_refuses_bools_and_takes_numpy_numbers() -> None:
+    # Both were taken, then every command failed: redis-py sends no bool nor numpy scalar.
+    import numpy as np
+
+    url = redis_url()
+    for bad in ({"rate": True, "capacity": 1.0}, {"rate": 1.0, "capacity": True}):
+        with pytest.raises(ValueError, match="must be a number"):
+            ar.RedisRateLimiter(url, **bad)
+    limiter = ar.RedisRateLimiter(
+        url, rate=np.float32(1), capacity=np.int64(2), prefix=f"np:{os.getpid()}:"
+    )
+    await limiter.client.delete(limiter.redis_key("k"))
+    with pytest.raises(ValueError, match="must be a number"):
+        await limiter.try_acquire("k", True)
+    assert await limiter.try_acquire("k", np.float32(1))
+    await limiter.acquire("k", np.float64(1))
+    assert not await limiter.try_acquire("k")
+    assert limiter.redis_key("k") == f"np:{os.getpid()}:1.0/2.0:k"  # shared with rate=1.0
+    await limiter.client.delete(limiter.redis_key("k"))
+    await limiter.close()
+
+
+# -- single flight: durations Redis can keep ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"ttl": 1e16}, "2\\*\\*53 ms"),  # failed after `fn` ran: its result lost
+        ({"ttl": 1.0, "lease": 1e16}, "2\\*\\*53 ms"),  # failed every call
+        ({"ttl": True}, "must be a number"),
+        ({"ttl": 1.0, "lease": True}, "must be a number"),
+    ],
+)
+def test_single_flight_refuses_durations_redis_cannot_keep(
+    bad: dict[str, float], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        ar.RedisDeduplicator("redis://127.0.0.1:1/0", namespace="t", **bad)  # type: ignore[arg-type]
+
+
+async def test_single_flight_keeps_results_for_the_longest_ttl_it_takes() -> None:
+    longest = 2**53 / 1000
+    dedup = ar.RedisDeduplicator(
+        redis_url(), ttl=longest, lease=longest, prefix=f"long:{os.getpid()}:", namespace="t"
+    )
+    result_key, lease_key = dedup.redis_keys("k")
+    await dedup.client.delete(result_key, lease_key)
+    assert await dedup.run("k", lambda: 42) == 42  # Redis takes PX 2**53 for both
+    assert await dedup.client.pttl(result_key) > 2**52
+    await dedup.client.delete(result_key, lease_key)
     await dedup.close()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable
 
-__all__ = ["check_count", "check_names"]
+__all__ = ["check_count", "check_names", "check_real"]
 
 
 def check_count(name: str, value: object, minimum: int) -> int:
@@ -22,6 +23,25 @@ def check_count(name: str, value: object, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_real(name: str, value: object) -> float:
+    """Returns `value` as a float when it is a real number; the caller checks its range.
+
+    A real number is any `numbers.Real` (an int, a float, a `Fraction`, a numpy scalar), but
+    not a bool: `True` is no number of seconds or tokens, as it is no count. The float makes
+    the value safe to hand on (Redis takes no numpy scalar) and to compute with: an int too
+    large for a float is infinite, NaN stays NaN (both fail the caller's range check).
+
+    Raises:
+        ValueError: `value` is a bool, or not a real number.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:  # an int (or a Fraction) beyond the largest float
+        return -math.inf if value < 0 else math.inf
 
 
 def check_names(name: str, names: Iterable[str] | None) -> frozenset[str] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from decimal import Context, Decimal
 
 from llm_agent_runtime.errors import BudgetExceededError
@@ -15,6 +16,30 @@ _PICO = 10**12
 
 _DECIMAL = Context(prec=60)
 """Our own context: the thread's current one may have been set to a lower precision."""
+
+
+def _checked_dollars(name: str, value: object) -> float:
+    """`value`, an amount of US dollars, as a float when it is finite and >= 0.
+
+    Any real number or `Decimal` is an amount, but not a bool (`True` is no amount).
+
+    Raises:
+        ValueError: `value` is negative, NaN (a `Decimal` NaN included), infinite or beyond
+            the float range, or is not a number.
+    """
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Decimal)):
+        raise ValueError(f"{name} must be a number of US dollars, got {value!r:.60}")
+    try:
+        dollars = float(value)  # compared as a float: a Decimal NaN raises when compared
+    except OverflowError:  # an int or a Fraction beyond the largest float
+        raise ValueError(
+            f"{name} must be finite and >= 0, got a number beyond the float range"
+        ) from None
+    except ValueError:  # a signalling Decimal NaN
+        dollars = math.nan
+    if not 0 <= dollars < math.inf:  # NaN fails too
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return dollars
 
 
 def _picodollars(dollars: float) -> int:
@@ -51,16 +76,16 @@ class CostBudget:
         max_cost_usd: most money in US dollars (None: unlimited).
 
     Raises:
-        ValueError: a limit is negative, NaN or infinite, or `max_tokens` is not an int (None
-            is the unlimited budget).
+        ValueError: a limit is negative, NaN or infinite (or beyond the float range), or is
+            not a number (a bool included), or `max_tokens` is not an int (None is the
+            unlimited budget).
     """
 
     def __init__(self, max_tokens: int | None = None, max_cost_usd: float | None = None) -> None:
         if max_tokens is not None:
             max_tokens = check_count("max_tokens", max_tokens, 0)
-        # Written so that NaN fails the check (each comparison with NaN is false).
-        if max_cost_usd is not None and not 0 <= max_cost_usd < math.inf:
-            raise ValueError(f"max_cost_usd must be finite and >= 0, got {max_cost_usd}")
+        if max_cost_usd is not None:
+            max_cost_usd = _checked_dollars("max_cost_usd", max_cost_usd)
         self.max_tokens = max_tokens
         self.max_cost_usd = max_cost_usd
         self._max_cost = None if max_cost_usd is None else _picodollars(max_cost_usd)
@@ -100,8 +125,9 @@ class CostBudget:
         """Adds one call's usage.
 
         Raises:
-            ValueError: a token count is negative or not an int, or the cost is negative, NaN
-                or infinite (nothing is recorded).
+            ValueError: a token count is negative or not an int, or the cost is negative, NaN,
+                infinite (or beyond the float range) or not a number, a bool included
+                (nothing is recorded).
             BudgetExceededError: this usage went past a limit.
         """
         try:
@@ -110,9 +136,7 @@ class CostBudget:
             )
         except ValueError as error:
             raise ValueError(f"usage must be whole token counts >= 0: {error}") from None
-        if not 0 <= cost_usd < math.inf:  # NaN fails too
-            raise ValueError(f"usage cost must be finite and >= 0, got {cost_usd}")
-        cost = _picodollars(cost_usd)
+        cost = _picodollars(_checked_dollars("usage cost", cost_usd))
         self.used_tokens += tokens
         self._used_cost += cost
         if self.max_tokens is not None and self.used_tokens > self.max_tokens:

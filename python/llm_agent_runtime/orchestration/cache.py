@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from llm_agent_runtime.orchestration._calls import call_maybe_async
-from llm_agent_runtime.orchestration._checks import check_count
+from llm_agent_runtime.orchestration._checks import check_count, check_real
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 from llm_agent_runtime.orchestration.dedup import canonical_key
 
@@ -19,11 +19,11 @@ __all__ = ["ResultCache"]
 class ResultCache:
     """Caches tool results for `ttl` seconds, at most `max_entries` of them.
 
-    When full, the least recently used entry goes first. `invalidate` also covers calls in
-    flight: `get_or_call` does not store the result of a call that was running when an
-    `invalidate` of its tool (or of every tool) happened, as that call may have read the data
-    the invalidation was for (its caller still gets the result). Safe to use from several
-    threads.
+    When full, the least recently used entry goes first. `invalidate` and `put` also cover
+    calls in flight: `get_or_call` does not store the result of a call that was running when
+    an `invalidate` of its tool (or of every tool) happened, as that call may have read the
+    data the invalidation was for, nor when a `put` of its key happened, as that stored a
+    newer result (its caller still gets its own result). Safe to use from several threads.
 
     Keys are `(tool, canonical JSON of the arguments)`, so `{"a": 1, "b": 2}` and
     `{"b": 2, "a": 1}` share an entry.
@@ -34,11 +34,13 @@ class ResultCache:
         clock: time source.
 
     Raises:
-        ValueError: `ttl` is not positive, or is NaN; `max_entries` is below 1 or is not an
-            int (a float such as 1.5, NaN or infinity, or a bool).
+        ValueError: `ttl` is not positive, is NaN, or is not a number (a bool included);
+            `max_entries` is below 1 or is not an int (a float such as 1.5, NaN or infinity,
+            or a bool).
     """
 
     def __init__(self, ttl: float, max_entries: int = 1024, clock: Clock | None = None) -> None:
+        ttl = check_real("ttl", ttl)
         # Written so that NaN fails the check (each comparison with NaN is false).
         if not 0 < ttl <= math.inf:
             raise ValueError(f"ttl must be positive, got {ttl}")
@@ -55,6 +57,9 @@ class ResultCache:
         # tell an invalidation happened while its call ran.
         self._generation = 0
         self._tool_generations: dict[str, int] = {}
+        # Per key with a `get_or_call` running: [calls running, `put`s of the key so far], so
+        # the call can tell a newer result was stored meanwhile (kept only while calls run).
+        self._puts: dict[tuple[str, str], list[int]] = {}
         self.hits = 0
         """Lookups served from the cache."""
         self.misses = 0
@@ -93,9 +98,16 @@ class ResultCache:
             return False, None
 
     def put(self, tool: str, arguments: Mapping[str, Any], result: Any) -> None:
-        """Stores a result, evicting the least recently used entry when full."""
+        """Stores a result, evicting the least recently used entry when full.
+
+        A `get_or_call` of the same key that is running now will not store its result over
+        this one.
+        """
         key = self.key(tool, arguments)
         with self._lock:
+            running = self._puts.get(key)
+            if running is not None:
+                running[1] += 1
             self._store(key, result)
 
     def _store(self, key: tuple[str, str], result: Any) -> None:
@@ -115,7 +127,8 @@ class ResultCache:
         """Returns the cached result, or calls `fn(**arguments)` and caches its result.
 
         `fn` may be sync or async; an exception is not cached. The result is not cached
-        either when `tool`'s entries were invalidated while `fn` ran (it may be stale).
+        either when `tool`'s entries were invalidated while `fn` ran (it may be stale), nor
+        when a `put` of the same key happened meanwhile (it stored a newer result).
         """
         key = self.key(tool, arguments)  # encoded once, for the lookup and the store
         hit, value = self._get(key)
@@ -123,10 +136,20 @@ class ResultCache:
             return value
         with self._lock:
             generation = self._generation_of(tool)
-        result = await call_maybe_async(fn, **arguments)
-        with self._lock:
-            if self._generation_of(tool) == generation:
-                self._store(key, result)
+            running = self._puts.setdefault(key, [0, 0])
+            running[0] += 1
+            puts = running[1]
+        result, returned = None, False
+        try:
+            result = await call_maybe_async(fn, **arguments)
+            returned = True
+        finally:
+            with self._lock:
+                running[0] -= 1
+                if not running[0]:
+                    del self._puts[key]
+                if returned and self._generation_of(tool) == generation and running[1] == puts:
+                    self._store(key, result)
         return result
 
     def invalidate(self, tool: str | None = None) -> int:

@@ -37,17 +37,18 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import CoroutineType, TracebackType
+from types import TracebackType
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from llm_agent_runtime.errors import CircuitOpenError
 from llm_agent_runtime.orchestration._calls import (
+    _NOT_AWAITABLE,
     call_maybe_async,
     is_async_callable,
     keep_alive,
     refuse_awaitable,
 )
-from llm_agent_runtime.orchestration._checks import check_count
+from llm_agent_runtime.orchestration._checks import check_count, check_real
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 __all__ = [
@@ -179,7 +180,7 @@ class CircuitBreaker:
     Raises:
         ValueError: a threshold, window, timeout or trial count is not positive, or is NaN or
             infinite; a threshold or trial count is not an int (a float such as 1.5, or a
-            bool).
+            bool); a window or timeout is not a number (a bool included).
     """
 
     def __init__(
@@ -195,13 +196,16 @@ class CircuitBreaker:
     ) -> None:
         failure_threshold = check_count("failure_threshold", failure_threshold, 1)
         half_open_max_calls = check_count("half_open_max_calls", half_open_max_calls, 1)
+        recovery_window = check_real("recovery_window", recovery_window)
         # Written so that NaN fails every check (each comparison with NaN is false).
         if not 0 < recovery_window < math.inf:
             raise ValueError(f"recovery_window must be finite and > 0, got {recovery_window}")
         if trial_timeout is None:
             trial_timeout = recovery_window
-        elif not 0 < trial_timeout < math.inf:
-            raise ValueError(f"trial_timeout must be finite and > 0, got {trial_timeout}")
+        else:
+            trial_timeout = check_real("trial_timeout", trial_timeout)
+            if not 0 < trial_timeout < math.inf:
+                raise ValueError(f"trial_timeout must be finite and > 0, got {trial_timeout}")
         self.service = service
         self.failure_threshold = failure_threshold
         self.recovery_window = recovery_window
@@ -497,7 +501,8 @@ class CircuitBreaker:
         Raises:
             CircuitOpenError: the circuit is open; `fn` was not called.
             TypeError: the breaker uses a shared backend, which needs the async API; or `fn`
-                returned an awaitable (an async callable: it counts as a failed call).
+                returned an awaitable (an async callable, a future...: it counts as a failed
+                call, whatever the state).
         """
         states = self._local_states
         if states is None:
@@ -506,9 +511,9 @@ class CircuitBreaker:
             # The fast path, as in `call`.
             try:
                 result = fn(*args, **kwargs)
-                # What an async callable returns (isawaitable's ABC check would double the
-                # fast path's cost; the slow path checks any awaitable).
-                if type(result) is CoroutineType:
+                # Any awaitable is refused, as on a trial (a type known to be none skips
+                # the call: this is the hot path).
+                if type(result) not in _NOT_AWAITABLE:
                     refuse_awaitable(result, "CircuitBreaker.call_sync")
             except BaseException as exc:
                 self._exit_sync(exc, None)

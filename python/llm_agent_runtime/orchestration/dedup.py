@@ -10,6 +10,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from llm_agent_runtime.orchestration._calls import call_maybe_async
+from llm_agent_runtime.orchestration._checks import check_real
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["Deduplicator", "canonical_key"]
@@ -22,26 +23,40 @@ def canonical_key(*args: Any, **kwargs: Any) -> str:
     would hold them.
 
     Raises:
-        TypeError: an argument is not JSON-serializable, or a dict in it has a key that is
+        TypeError: an argument is not JSON-serializable (a list or dict that contains itself,
+            or nested too deeply for the encoder, included), or a dict in it has a key that is
             not a string (JSON would turn `1` into `"1"`: two calls would share a key).
     """
-    _check_keys(args)
-    _check_keys(kwargs)
-    return json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"))
+    _check_keys([args, kwargs])
+    try:
+        return json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"))
+    except (ValueError, RecursionError) as error:  # a circular reference; too deep
+        raise TypeError(f"canonical_key needs JSON-serializable arguments: {error}") from None
 
 
 def _check_keys(value: Any) -> None:
-    """Raises `TypeError` for a dict, anywhere in `value`, with a key that is not a str."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(
-                    f"canonical_key needs string dict keys, got {type(key).__name__} {key!r:.40}"
-                )
-            _check_keys(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_keys(item)
+    """Raises `TypeError` for a dict, anywhere in `value`, with a key that is not a str.
+
+    Iterative, and each container is visited once: nesting of any depth, or a container that
+    holds itself (which the encoder refuses next), cannot exhaust the stack.
+    """
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if not isinstance(value, (dict, list, tuple)) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise TypeError(
+                        f"canonical_key needs string dict keys, got {type(key).__name__} "
+                        f"{key!r:.40}"
+                    )
+                stack.append(item)
+        else:
+            stack.extend(value)
 
 
 class Deduplicator:
@@ -59,10 +74,11 @@ class Deduplicator:
         clock: time source.
 
     Raises:
-        ValueError: `ttl` is negative or NaN.
+        ValueError: `ttl` is negative, NaN or not a number (a bool included).
     """
 
     def __init__(self, ttl: float, clock: Clock | None = None) -> None:
+        ttl = check_real("ttl", ttl)
         if not 0 <= ttl <= math.inf:  # NaN fails too
             raise ValueError(f"ttl must be >= 0, got {ttl}")
         self.ttl = ttl

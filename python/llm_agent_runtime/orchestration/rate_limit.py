@@ -7,6 +7,7 @@ import functools
 import math
 from collections.abc import Hashable
 
+from llm_agent_runtime.orchestration._checks import check_real
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 _ROUNDING = 1e-9
@@ -139,6 +140,13 @@ class _WaitingRoom:
         if not queue:
             del self.waiters[key]
 
+    def due(self, key: Hashable, waiter: _Waiter) -> float:
+        """When `waiter` (numbered) is due, counting the refunds owed to it not settled yet."""
+        pending = self._owed.get(key)
+        if pending is None or waiter.seq is None:
+            return waiter.due
+        return waiter.due - owed(waiter.seq, pending[1])
+
     def owe(self, key: Hashable, refund: Refund) -> None:
         """Records a refund; the waiters it is owed to move up at the next turn of the loop."""
         try:
@@ -220,10 +228,12 @@ class RateLimiter:
         clock: time source.
 
     Raises:
-        ValueError: `rate` or `capacity` is not positive, or is NaN or infinite.
+        ValueError: `rate` or `capacity` is not positive, is NaN or infinite, or is not a
+            number (a bool included).
     """
 
     def __init__(self, rate: float, capacity: float, clock: Clock | None = None) -> None:
+        rate, capacity = check_real("rate", rate), check_real("capacity", capacity)
         # Written so that NaN fails the check (each comparison with NaN is false).
         if not (0 < rate < math.inf and 0 < capacity < math.inf):
             raise ValueError(f"rate and capacity must be finite and > 0, got {rate} and {capacity}")
@@ -255,17 +265,22 @@ class RateLimiter:
             del buckets[k]
         self._sweep_at = max(_FIRST_SWEEP, 2 * len(buckets))
 
-    def _check(self, tokens: float) -> None:
+    def _check(self, tokens: float) -> float:
+        """Returns `tokens` as a float when it is in (0, capacity]."""
+        if type(tokens) is not float:  # the common case costs one test on the hot path
+            tokens = check_real("tokens", tokens)
         if not 0 < tokens <= self.capacity:  # NaN fails too
             raise ValueError(f"tokens must be in (0, {self.capacity}], got {tokens}")
+        return tokens
 
     def try_acquire(self, key: Hashable = "default", tokens: float = 1.0) -> bool:
         """Takes `tokens` from `key`'s bucket if it has them; returns whether it did.
 
         Raises:
-            ValueError: `tokens` is not in (0, capacity] (it could never be granted), or NaN.
+            ValueError: `tokens` is not in (0, capacity] (it could never be granted), is NaN,
+                or is not a number (a bool included).
         """
-        self._check(tokens)
+        tokens = self._check(tokens)
         now = self._clock.now()
         level = self._refill(key, now)
         if len(self._buckets) >= self._sweep_at:  # inline: this is the hot path
@@ -282,12 +297,15 @@ class RateLimiter:
         Waiters reserve tokens in arrival order (the bucket may go into debt), so each waits
         exactly as long as the rate requires and concurrent waiters are served first come,
         first served. A cancelled waiter gives its reservation back, and the waiters behind
-        it are served that much sooner (a newcomer never overtakes them).
+        it are served that much sooner (a newcomer never overtakes them). A waiter cancelled
+        once it is due (before it resumed) was served: nothing is given back, as the bucket
+        may have dropped the tokens refilled for it at capacity since.
 
         Raises:
-            ValueError: `tokens` is not in (0, capacity].
+            ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
+                included).
         """
-        self._check(tokens)
+        tokens = self._check(tokens)
         now = self._clock.now()
         level = self._refill(key, now) - tokens
         if len(self._buckets) >= self._sweep_at:
@@ -305,7 +323,11 @@ class RateLimiter:
             await waiter.wait(self._clock, wait, now)
         except BaseException:
             bucket = self._buckets.get(key)
-            if bucket is not None:  # else it has refilled since, and was dropped: full
+            # None: it has refilled since, and was dropped (full). Once the waiter is due, its
+            # tokens have been refilled, and may have been dropped at capacity since (giving
+            # them back would grant them twice); before, the bucket is in debt for them (it
+            # never reached capacity) and takes them all back.
+            if bucket is not None and self._clock.now() < self._room.due(key, waiter):
                 self._buckets[key] = (bucket[0] + tokens, bucket[1])
                 # The refund is theirs: without it, a newcomer would be served before them.
                 self._count += 1

@@ -13,6 +13,7 @@ from typing import Any
 from llm_agent_runtime._redis import redis_client
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.orchestration._calls import call_maybe_async, keep_alive
+from llm_agent_runtime.orchestration._checks import check_real
 from llm_agent_runtime.orchestration.circuit_breaker import CLOSED, CircuitState
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK
 from llm_agent_runtime.orchestration.rate_limit import _Waiter, _WaitingRoom, owed
@@ -120,11 +121,15 @@ def _decode(raw: bytes | None) -> CircuitState:
 
 # Token bucket, atomically in Redis, on the server's clock (shared by every worker).
 # KEYS[1] bucket; ARGV: rate, capacity, tokens, mode (0 = take or refuse, 1 = reserve,
-# 2 = refund). Returns {granted (0/1), wait seconds as a string, seq}: seq numbers the
-# bucket's commands, so a refund tells which reservations came after the one it gives back.
+# 2 = refund), and for a refund the server time its reservation is due at (none: refund it
+# whatever the time). Returns {granted (0/1; for a refund: whether it was made), wait seconds,
+# seq, server time}, numbers as strings: seq numbers the bucket's commands, so a refund tells
+# which reservations came after the one it gives back.
 # A missing key reads as a full bucket, so the key lives until its bucket has refilled from
 # the level it is left at, debt included (plus a minute; at most ~31 years). Its seq starts
 # again then, when every reservation it held is due anyway.
+# Floats are stored with 17 significant digits, so they read back exactly: tostring keeps 14,
+# which rounds an epoch time to 100 us (each command moved the bucket's clock by up to 50 us).
 _BUCKET_SCRIPT = """
 local rate, capacity, tokens, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
     tonumber(ARGV[4])
@@ -137,7 +142,14 @@ local seq = (tonumber(state[3]) or 0) + 1
 level = math.min(capacity, level + (now - last) * rate)
 local granted, wait = 0, 0
 if mode == 2 then
-  level = math.min(capacity, level + tokens)
+  -- Once due, the reservation's tokens have been refilled and may have been dropped at
+  -- capacity since: giving them back would grant them twice. Before, the bucket is in debt
+  -- for them and takes them all back.
+  local due = tonumber(ARGV[5])
+  if due == nil or now < due then
+    level = math.min(capacity, level + tokens)
+    granted = 1
+  end
 elseif mode == 1 then
   level = level - tokens
   granted = 1
@@ -146,9 +158,10 @@ elseif level >= tokens then
   level = level - tokens
   granted = 1
 end
-redis.call('HSET', KEYS[1], 'level', tostring(level), 'last', tostring(now), 'seq', seq)
+local function exact(x) return string.format('%.17g', x) end
+redis.call('HSET', KEYS[1], 'level', exact(level), 'last', exact(now), 'seq', seq)
 redis.call('EXPIRE', KEYS[1], math.min(math.ceil((capacity - level) / rate) + 60, 1000000000))
-return {granted, tostring(wait), seq}
+return {granted, exact(wait), seq, exact(now)}
 """
 
 
@@ -181,7 +194,8 @@ class RedisRateLimiter:
         prefix: Prepended to each Redis key.
 
     Raises:
-        ValueError: `rate` or `capacity` is not positive, or is NaN or infinite.
+        ValueError: `rate` or `capacity` is not positive, is NaN or infinite, or is not a
+            number (a bool included).
         PersistenceError: When redis-py is not installed (the `redis` extra).
     """
 
@@ -192,13 +206,15 @@ class RedisRateLimiter:
         capacity: float,
         prefix: str = "llm_agent_runtime:bucket:",
     ) -> None:
+        # Floats: redis-py sends no bool nor numpy scalar (every command would fail).
+        rate, capacity = check_real("rate", rate), check_real("capacity", capacity)
         # Written so that NaN fails the check (each comparison with NaN is false).
         if not (0 < rate < math.inf and 0 < capacity < math.inf):
             raise ValueError(f"rate and capacity must be finite and > 0, got {rate} and {capacity}")
         self.rate = rate
         self.capacity = capacity
         self.prefix = prefix
-        self._namespace = f"{prefix}{float(rate)!r}/{float(capacity)!r}:"
+        self._namespace = f"{prefix}{rate!r}/{capacity!r}:"
         self.client: Any = redis_client(url, "RedisRateLimiter")
         self._script = self.client.register_script(_BUCKET_SCRIPT)
         # This object's callers of `acquire` on each key, from before their command is sent.
@@ -215,21 +231,28 @@ class RedisRateLimiter:
         """Closes the connection pool."""
         await self.client.aclose()
 
-    def _check(self, tokens: float) -> None:
+    def _check(self, tokens: float) -> float:
+        """Returns `tokens` as a float when it is in (0, capacity]."""
+        tokens = check_real("tokens", tokens)
         if not 0 < tokens <= self.capacity:  # NaN fails too
             raise ValueError(f"tokens must be in (0, {self.capacity}], got {tokens}")
+        return tokens
 
-    async def _run(self, key: str, tokens: float, mode: int) -> tuple[bool, float, int]:
+    async def _run(
+        self, key: str, tokens: float, mode: int, due: float | None = None
+    ) -> tuple[bool, float, int, float]:
+        """Runs the script; returns (granted, wait, seq, server time), as `_BUCKET_SCRIPT`."""
         redis_key = self._namespace + key
+        args = [self.rate, self.capacity, tokens, mode]
+        if due is not None:
+            args.append(due)
         try:
-            granted, wait, seq = await self._script(
-                keys=[redis_key], args=[self.rate, self.capacity, tokens, mode]
-            )
+            granted, wait, seq, now = await self._script(keys=[redis_key], args=args)
         except Exception as error:
             raise PersistenceError(f"Redis: {error}", key=redis_key) from error
-        return bool(granted), float(wait), int(seq)
+        return bool(granted), float(wait), int(seq), float(now)
 
-    async def _take(self, key: str, tokens: float, mode: int) -> tuple[bool, float, int]:
+    async def _take(self, key: str, tokens: float, mode: int) -> tuple[bool, float, int, float]:
         """Runs the take (mode 0) or reserve (mode 1) command.
 
         If the caller is cancelled while the command is in flight, the command still runs to
@@ -243,37 +266,40 @@ class RedisRateLimiter:
             raise
 
     async def _refund_after(
-        self, command: asyncio.Future[tuple[bool, float, int]], key: str, tokens: float
+        self, command: asyncio.Future[tuple[bool, float, int, float]], key: str, tokens: float
     ) -> None:
         try:
-            granted, _, seq = await command
+            granted, _, seq, _ = await command
         except Exception:
             return  # the command failed: it took nothing (that this process can know of)
         if granted:
             await self._refund(key, tokens, seq)
 
-    async def _refund(self, key: str, tokens: float, after: int) -> None:
+    async def _refund(self, key: str, tokens: float, after: int, due: float | None = None) -> None:
         """Gives back `tokens` that command `after` took; a Redis failure is logged, not raised.
 
-        The reservations made since are due sooner: this limiter's waiters among them are
-        moved up.
+        `due`: the server time the reservation is due at; none is given back from then on
+        (None: given back whatever the time). The reservations made since are due sooner:
+        this limiter's waiters among them are moved up.
         """
         try:
-            _, _, refund = await self._run(key, tokens, 2)
+            refunded, _, refund, _ = await self._run(key, tokens, 2, due)
         except Exception as error:
             logger.warning("RedisRateLimiter: could not give back %s tokens: %s", tokens, error)
             return
-        self._room.owe(key, (after, refund, tokens / self.rate))
+        if refunded:
+            self._room.owe(key, (after, refund, tokens / self.rate))
 
     async def try_acquire(self, key: str = "default", tokens: float = 1.0) -> bool:
         """Takes `tokens` from `key`'s shared bucket if it has them; returns whether it did.
 
         Raises:
-            ValueError: `tokens` is not in (0, capacity].
+            ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
+                included).
             PersistenceError: Redis failed.
         """
-        self._check(tokens)
-        granted, _, _ = await self._take(key, tokens, 0)
+        tokens = self._check(tokens)
+        granted, _, _, _ = await self._take(key, tokens, 0)
         return granted
 
     async def acquire(self, key: str = "default", tokens: float = 1.0) -> None:
@@ -281,17 +307,22 @@ class RedisRateLimiter:
 
         A cancelled caller takes nothing: its reservation is given back, and the callers of
         this limiter waiting behind it are served that much sooner (see the class docstring
-        for those of other processes).
+        for those of other processes). A caller cancelled once its reservation is due on the
+        server's clock (before it resumed) was served: nothing is given back, as the bucket
+        may have dropped the tokens refilled for it at capacity since. (Refunds of other
+        processes' waiters ahead of it are not known here: until the time it was given, it
+        is not taken as due.)
 
         Raises:
-            ValueError: `tokens` is not in (0, capacity].
+            ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
+                included).
             PersistenceError: Redis failed.
         """
-        self._check(tokens)
+        tokens = self._check(tokens)
         waiter = _Waiter()
         self._room.enter(key, waiter)
         try:
-            _, wait, seq = await self._take(key, tokens, 1)
+            _, wait, seq, server_now = await self._take(key, tokens, 1)
             now = SYSTEM_CLOCK.now()
             waiter.seq = seq
             wait -= owed(seq, waiter.gains)  # refunds that landed while its command was out
@@ -299,11 +330,18 @@ class RedisRateLimiter:
             try:
                 await waiter.wait(SYSTEM_CLOCK, wait, now)
             except BaseException:
-                await _settle(self._refund(key, tokens, seq))  # give the reservation back
+                # When it is due on the server's clock: `wait` after the command ran there,
+                # less what refunds have moved it up by since.
+                due = server_now + (self._room.due(key, waiter) - now)
+                await _settle(self._refund(key, tokens, seq, due))  # give the reservation back
                 raise
         finally:
             self._room.leave(key, waiter)
 
+
+_MAX_PX = 2**53
+"""Most milliseconds a result or lease is kept (~285,000 years): Redis adds PX to its clock in
+64 bits, and a float counts whole milliseconds exactly up to here."""
 
 # Single flight. KEYS: result, lease. ARGV: lease token, lease ms. Returns {1, result} when a
 # result is published, {2} when the caller took the lease (it runs the call), else {0}.
@@ -344,9 +382,10 @@ class RedisDeduplicator:
 
     Args:
         url: e.g. `redis://host:6379/0`.
-        ttl: Seconds a result is served (at least 1 ms: Redis keeps it in milliseconds).
+        ttl: Seconds a result is served (at least 1 ms: Redis keeps it in milliseconds; at
+            most 2**53 ms, about 285,000 years).
         lease: Seconds a runner holds a key before another caller may take over (at least
-            1 ms).
+            1 ms, at most 2**53 ms).
         poll_interval: Seconds between a waiter's checks.
         prefix: Prepended to each Redis key.
         namespace: The results this deduplicator shares (keyword only, required): a
@@ -354,8 +393,9 @@ class RedisDeduplicator:
 
     Raises:
         TypeError: When `namespace` is not a string.
-        ValueError: When `ttl` or `lease` is below 1 ms, `poll_interval` is not positive, or
-            any of them is NaN or infinite; when `namespace` is empty or holds a `:`.
+        ValueError: When `ttl` or `lease` is below 1 ms or above 2**53 ms,
+            `poll_interval` is not positive, any of them is NaN, infinite or not a number
+            (a bool included); when `namespace` is empty or holds a `:`.
         PersistenceError: When redis-py is not installed (the `redis` extra).
     """
 
@@ -376,10 +416,16 @@ class RedisDeduplicator:
                 f"namespace must be a non-empty string without ':' (put a hierarchy in "
                 f"prefix), got {namespace!r}"
             )
-        # Written so that NaN fails every check (each comparison with NaN is false).
+        ttl, lease = check_real("ttl", ttl), check_real("lease", lease)
+        poll_interval = check_real("poll_interval", poll_interval)
+        # Written so that NaN fails every check (each comparison with NaN is false). A
+        # duration Redis refuses would fail every call (a ttl, after `fn` ran: result lost).
         for name, value in (("ttl", ttl), ("lease", lease)):
-            if not 0.001 <= value < math.inf:
-                raise ValueError(f"{name} must be finite and at least 0.001 s (1 ms), got {value}")
+            if not 0.001 <= value <= _MAX_PX / 1000:
+                raise ValueError(
+                    f"{name} must be at least 0.001 s (1 ms) and at most {_MAX_PX / 1000} s "
+                    f"(2**53 ms), got {value}"
+                )
         if not 0 < poll_interval < math.inf:
             raise ValueError(f"poll_interval must be finite and > 0, got {poll_interval}")
         self.ttl = ttl

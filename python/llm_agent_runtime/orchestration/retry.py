@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
@@ -17,7 +18,7 @@ from llm_agent_runtime.errors import (
     PolicyDeniedError,
     ProviderError,
 )
-from llm_agent_runtime.orchestration._checks import check_count
+from llm_agent_runtime.orchestration._checks import check_count, check_real
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["DEFAULT_MAX_DELAY", "RetryPolicy"]
@@ -36,12 +37,17 @@ NEVER_RETRIED: tuple[type[BaseException], ...] = (
 
 
 def default_retry_on(error: BaseException) -> bool:
-    """Retries retryable provider errors, timeouts and connection errors; nothing else."""
+    """Retries retryable provider errors, timeouts and connection errors; nothing else.
+
+    A timeout is the builtin `TimeoutError` or `asyncio.TimeoutError` (a class of its own on
+    Python 3.10, where `asyncio.wait_for` raises it).
+    """
     if isinstance(error, ProviderError):
         return error.retryable
     if isinstance(error, AgentRuntimeError):
         return False
-    return isinstance(error, (TimeoutError, ConnectionError))
+    # Not an alias to drop while Python 3.10 is supported (the same class from 3.11 on).
+    return isinstance(error, (TimeoutError, asyncio.TimeoutError, ConnectionError))
 
 
 class RetryPolicy:
@@ -65,7 +71,9 @@ class RetryPolicy:
 
     Raises:
         ValueError: an attempt count or delay is out of range or NaN, `base_delay` is
-            infinite, or `max_attempts` is not an int (a float such as 1.5, or a bool).
+            infinite, `max_attempts` is not an int (a float such as 1.5, or a bool), or a
+            delay is not a number (a bool included).
+        TypeError: `jitter` is not a bool, or `retry_on` is neither None nor callable.
     """
 
     def __init__(
@@ -79,12 +87,20 @@ class RetryPolicy:
         rng: random.Random | None = None,
     ) -> None:
         max_attempts = check_count("max_attempts", max_attempts, 1)
+        base_delay = check_real("base_delay", base_delay)
+        max_delay = check_real("max_delay", max_delay)
         # Written so that NaN fails every check (each comparison with NaN is false).
         # max_delay may be infinite: it is capped at DEFAULT_MAX_DELAY anyway.
         if not (0 <= base_delay < math.inf and 0 <= max_delay <= math.inf):
             raise ValueError(
                 f"delays must be >= 0 (base_delay finite), got {base_delay} and {max_delay}"
             )
+        # Else unnoticed: any string is a true `jitter`, and a `retry_on` that cannot be
+        # called would only log, at each failure, that the error is not retried.
+        if not isinstance(jitter, bool):
+            raise TypeError(f"jitter must be a bool, got {jitter!r}")
+        if retry_on is not None and not callable(retry_on):
+            raise TypeError(f"retry_on must be callable (or None), got {retry_on!r}")
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.max_delay = min(max_delay, DEFAULT_MAX_DELAY)
