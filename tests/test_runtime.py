@@ -134,6 +134,34 @@ async def test_made_up_tool_names_add_no_counters() -> None:
     rt.tools.register(add)
     await rt.run_agent("a", "q", react('Thought: t\nAction: add {"a": 1, "b": 2}', FINAL))
     assert rt.metrics.snapshot().tool_calls == {"(unknown tool)": 20, "add": 1}
+
+    # A tool registered during a run (here, by another tool) counts under its own name.
+    @ar.tool
+    def enable_mul() -> str:
+        """Registers mul."""
+        rt.tools.register(mul)
+        return "mul loaded"
+
+    @ar.tool
+    def mul(a: int, b: int) -> int:
+        """Multiplies."""
+        return a * b
+
+    rt.tools.register(enable_mul)
+    s = await rt.run_agent(
+        "a",
+        "q",
+        react(
+            "Thought: t\nAction: enable_mul {}", 'Thought: t\nAction: mul {"a": 2, "b": 3}', FINAL
+        ),
+    )
+    assert s.steps[1].observation == "6"
+    assert rt.metrics.snapshot().tool_calls == {
+        "(unknown tool)": 20,
+        "add": 1,
+        "enable_mul": 1,
+        "mul": 1,
+    }
     native = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add])
     provider = ar.ScriptedProvider(
         [ar.ScriptedProvider.tool_call_reply([("ghost", {}), ("add", {"a": 1, "b": 1})]), "ok"]

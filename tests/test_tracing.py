@@ -105,3 +105,40 @@ def test_no_tracer_without_a_configured_provider() -> None:
 
     # opentelemetry-api is installed, but no SDK provider is set in this process: no spans.
     assert _load_tracer() is None
+
+
+NATIVE = SETUP + textwrap.dedent(
+    """
+    from llm_agent_runtime.providers.base import ChatResponse, Usage
+
+    class Eager:
+        '''Starts its request when called (a task), as some wrappers do.'''
+
+        def chat(self, messages, tools=None, model=None, **params):
+            return asyncio.ensure_future(self.answer())
+
+        async def answer(self):
+            print("inside", trace.get_current_span().name)
+            return ChatResponse(text="done", usage=Usage(3, 1))
+
+    class FailsAtCall:
+        def chat(self, messages, tools=None, model=None, **params):
+            raise ar.ProviderError("refused before sending")
+
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+    asyncio.run(runtime.run_agent_with_provider("a", "q", Eager()))
+    exporter.clear()
+    try:
+        asyncio.run(runtime.run_agent_with_provider("a", "q", FailsAtCall()))
+    except ar.ProviderError:
+        pass
+    for span in exporter.get_finished_spans():
+        print(span.name, span.status.status_code.name)
+    """
+)
+
+
+def test_a_native_model_call_is_made_inside_its_span() -> None:
+    # The call was made before the span was entered: work a provider starts when called ran
+    # under the run's span, and a call that failed at once left no `agent.llm` span.
+    assert _run(NATIVE) == ["inside agent.llm", "agent.llm ERROR", "agent.run ERROR"]

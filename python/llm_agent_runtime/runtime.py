@@ -1101,19 +1101,24 @@ class AgentRuntime:
                     reasoning=saved.get("reasoning", ()),
                 )
             else:
-                # An unstreamed call is the provider's own coroutine: one frame, not two. It
-                # runs when awaited, so under the span when there is one.
-                if stream:
-                    request = self._chat_stream(session, provider, messages, tool_defs, params)
-                elif more_params:
-                    request = provider.chat(messages, tools=tool_defs, **params)
-                else:
-                    request = provider.chat(messages, tools=tool_defs, model=model)
-                if self._tracer is None:
-                    response = await request
-                else:
+                # An unstreamed call is the provider's own coroutine: one frame, not two.
+                if self._tracer is not None:
+                    # Called in the span (a provider may start its work when called), with the
+                    # keywords as a dict: tracing costs far more than building it.
                     with self._tracer.start_as_current_span("agent.llm"):
-                        response = await request
+                        response = await (
+                            self._chat_stream(session, provider, messages, tool_defs, params)
+                            if stream
+                            else provider.chat(messages, tools=tool_defs, **params)
+                        )
+                elif stream:
+                    response = await self._chat_stream(
+                        session, provider, messages, tool_defs, params
+                    )
+                elif more_params:
+                    response = await provider.chat(messages, tools=tool_defs, **params)
+                else:
+                    response = await provider.chat(messages, tools=tool_defs, model=model)
             model_ms = (perf() - round_start) * 1000.0
             if not isinstance(response, ChatResponse):
                 raise AgentLoopError(
@@ -1329,7 +1334,7 @@ class AgentRuntime:
             name, arguments, denial = await self._guard_call(session, name, arguments)
             if denial is not None:
                 return self._denied(session, name, arguments, denial, index)
-        counted = name if name in self._tool_names else _UNKNOWN_TOOL
+        counted = name if name in self._tool_names else self._unlisted_name(name)
         self.metrics.record_tool_call(counted, session.agent_id)
         events = self.events
         # Computed also when a listener joins while the tool runs.
@@ -1363,6 +1368,14 @@ class AgentRuntime:
             events.emit(_event(ToolCallFinished, finished))
         return observation, tool_ms, name, arguments
 
+    def _unlisted_name(self, name: str) -> str:
+        """The name the metrics count a call under when `name` is not one of the run's tools.
+
+        `name` when the registry has it (a tool registered during the run), else
+        `(unknown tool)`.
+        """
+        return name if name in self.tools else _UNKNOWN_TOOL
+
     def _denied(
         self, session: AgentSession, name: str, arguments: Any, denial: Observation, index: int
     ) -> ToolRun:
@@ -1371,7 +1384,7 @@ class AgentRuntime:
         A failed call in the metrics, and a call that started and failed at once in the
         events (so listeners see the denial).
         """
-        counted = name if name in self._tool_names else _UNKNOWN_TOOL
+        counted = name if name in self._tool_names else self._unlisted_name(name)
         self.metrics.record_tool_call(counted, session.agent_id)
         self.metrics.record_tool_failure(counted, session.agent_id)
         events = self.events

@@ -365,6 +365,11 @@ ERROR_EVENTS = {
         "invalid_request_error: no error message",
         400,
     ),
+    "bare-error-object": (  # a proxy's: the error itself, its type kept (it was an api_error)
+        sse({"type": "invalid_request_error", "message": "prompt is too long"}, "error"),
+        "invalid_request_error: prompt is too long",
+        400,
+    ),
 }
 
 

@@ -653,7 +653,7 @@ def _error_event(data: bytes, transport: HttpTransport) -> ProviderError:
     what does not read as an error object (plain text from a proxy, fields of unexpected
     types) is still the server's message, an `api_error`, never a malformed-event error.
     """
-    error = error_in_body(data, _Error)
+    error = error_in_body(data, _Error, known=True)  # a bare error object is one too
     if error is None:
         error = _Error(message=error_message(data, transport.redact))
     return _stream_error(error, transport)
