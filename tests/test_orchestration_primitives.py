@@ -583,6 +583,54 @@ async def test_numbers_of_any_real_type_are_taken_as_floats() -> None:
         ar.RetryPolicy(base_delay=10**400)
 
 
+async def test_int_tokens_take_the_rate_limiters_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `check_real` (an ABC check) cost `try_acquire("k", 1)` 40% more than with 1.0.
+    from llm_agent_runtime.orchestration import rate_limit
+
+    limiter = ar.RateLimiter(rate=1.0, capacity=3.0, clock=ar.FakeClock())
+    checked: list[object] = []
+    check_real = rate_limit.check_real
+
+    def counted(name: str, value: object) -> float:
+        checked.append(value)
+        return check_real(name, value)
+
+    monkeypatch.setattr(rate_limit, "check_real", counted)
+    assert limiter.try_acquire("k", 1) and limiter.try_acquire("k", 1.0)
+    await limiter.acquire("k", 1)
+    assert checked == []
+    assert limiter.tokens("k") == 0.0
+    for bad in (True, False, 0, -1, 4, 10**400, -(10**400)):
+        with pytest.raises(
+            ValueError, match="must be a number" if type(bad) is bool else "must be in"
+        ):
+            limiter.try_acquire("k", bad)
+    assert checked == [True, False]  # a bool is no int on the fast path: it is checked
+
+
+async def test_numpy_arrays_of_one_number_and_decimals_are_numbers_numpy_bools_are_not() -> None:
+    # Each worked before the checks of numbers came; a 0-d array is no `numbers.Real`.
+    import numpy as np
+
+    for two in (np.array(2.0), np.array(2), Decimal("2")):
+        limiter = ar.RateLimiter(rate=two, capacity=two, clock=ar.FakeClock())  # type: ignore[arg-type]
+        assert (limiter.rate, limiter.capacity) == (2.0, 2.0)
+        assert type(limiter.rate) is type(limiter.capacity) is float
+        assert limiter.try_acquire("k", two)  # type: ignore[arg-type]
+        await limiter.acquire("j", two)  # type: ignore[arg-type]
+        assert ar.CircuitBreaker("s", recovery_window=two).recovery_window == 2.0  # type: ignore[arg-type]
+        assert ar.Deduplicator(ttl=two).ttl == 2.0  # type: ignore[arg-type]
+        assert ar.ResultCache(ttl=two).ttl == 2.0  # type: ignore[arg-type]
+        assert ar.RetryPolicy(base_delay=two, max_delay=two).base_delay == 2.0  # type: ignore[arg-type]
+    for bad in (np.True_, np.array(True), np.array([2.0]), np.complex128(2), 2j, "2", None):
+        with pytest.raises(ValueError, match="must be a number"):
+            ar.RateLimiter(rate=bad, capacity=1.0)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="must be a number"):
+            ar.Deduplicator(ttl=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):  # a NaN, signalling or not, fails the range check
+        ar.ResultCache(ttl=Decimal("sNaN"))  # type: ignore[arg-type]
+
+
 # -- money is counted exactly -------------------------------------------------------------------
 
 

@@ -178,7 +178,9 @@ async def test_asyncio_timeouts_are_retried() -> None:
     ("bad", "message"),
     [
         ({"jitter": "no"}, "jitter must be a bool"),  # a true string: jitter on, silently
-        ({"jitter": 0}, "jitter must be a bool"),
+        ({"jitter": 2}, "jitter must be a bool"),
+        ({"jitter": 1.0}, "jitter must be a bool"),
+        ({"jitter": None}, "jitter must be a bool"),
         ({"retry_on": 5}, "retry_on must be callable"),  # each failure logged, never retried
     ],
 )
@@ -187,6 +189,15 @@ def test_a_jitter_that_is_no_bool_or_a_retry_on_that_is_no_callable_is_refused(
 ) -> None:
     with pytest.raises(TypeError, match=message):
         ar.RetryPolicy(**bad)  # type: ignore[arg-type]
+
+
+def test_a_jitter_of_a_numpy_bool_or_the_int_0_or_1_is_a_bool() -> None:
+    # Each worked before jitter was checked (a flag read from a config or a numpy array).
+    import numpy as np
+
+    for flag, expected in ((np.True_, True), (np.False_, False), (1, True), (0, False)):
+        policy = ar.RetryPolicy(jitter=flag)  # type: ignore[arg-type]
+        assert policy.jitter is expected
 
 
 @pytest.mark.parametrize("bad", [{"base_delay": True}, {"max_delay": True}, {"base_delay": "1"}])

@@ -362,3 +362,23 @@ async def test_the_waiters_behind_one_cancelled_once_due_keep_their_turn() -> No
     await queue.leave("A")
     assert await queue.until_served() == [("B", 2.0)]
     assert queue.limiter._room.waiters == {}
+
+
+@pytest.mark.parametrize("order", ["AB", "BA"])
+async def test_waiters_cancelled_in_one_turn_before_they_are_due_give_all_back(order: str) -> None:
+    # Cancelling A first, its refund (owed to B, not settled yet) made B due after the fact:
+    # B gave nothing back, though it never ran and the bucket never reached capacity, and C
+    # was served at 1 with no token left (cancelling B first gave both back).
+    clock = StoppedClock()
+    limiter = ar.RateLimiter(rate=1.0, capacity=1.0, clock=clock)
+    assert limiter.try_acquire("k", 1.0)
+    queue = Queue(limiter, clock)
+    await queue.arrive("A", 1.0)  # due at 1
+    await queue.arrive("B", 0.5)  # due at 1.5
+    await queue.arrive("C", 0.5)  # due at 2; at 0.5 once A's and B's are given back
+    clock.time = 0.8  # no one is due
+    for name in order:  # in one turn of the loop (a task group or a shutdown cancelling both)
+        queue.tasks[name].cancel()
+    await clock.run()
+    assert await queue.until_served() == [("C", 0.8)]
+    assert limiter.tokens("k") == pytest.approx(0.3)

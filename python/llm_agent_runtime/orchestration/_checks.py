@@ -6,7 +6,7 @@ import math
 import numbers
 from collections.abc import Iterable
 
-__all__ = ["check_count", "check_names", "check_real"]
+__all__ = ["check_count", "check_flag", "check_names", "check_real"]
 
 
 def check_count(name: str, value: object, minimum: int) -> int:
@@ -28,20 +28,60 @@ def check_count(name: str, value: object, minimum: int) -> int:
 def check_real(name: str, value: object) -> float:
     """Returns `value` as a float when it is a real number; the caller checks its range.
 
-    A real number is any `numbers.Real` (an int, a float, a `Fraction`, a numpy scalar), but
-    not a bool: `True` is no number of seconds or tokens, as it is no count. The float makes
-    the value safe to hand on (Redis takes no numpy scalar) and to compute with: an int too
-    large for a float is infinite, NaN stays NaN (both fail the caller's range check).
+    A real number is what `float()` takes by `__float__` or `__index__`: any `numbers.Real`
+    (an int, a float, a `Fraction`), a `Decimal`, a numpy scalar or 0-d array of ints or
+    floats. Not a bool (a numpy one included): `True` is no number of seconds or tokens, as
+    it is no count; nor a string (`float("1")` parses it), None, or a complex number. The
+    float makes the value safe to hand on (Redis takes no numpy scalar) and to compute with:
+    an int too large for a float is infinite, NaN stays NaN, as does a signalling Decimal NaN
+    (both fail the caller's range check).
 
     Raises:
         ValueError: `value` is a bool, or not a real number.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) is float:
+        return value
+    cls = type(value)
+    if not (_is_real(value) and (hasattr(cls, "__float__") or hasattr(cls, "__index__"))):
         raise ValueError(f"{name} must be a number, got {value!r}")
     try:
-        return float(value)
+        return float(value)  # type: ignore[arg-type]
     except OverflowError:  # an int (or a Fraction) beyond the largest float
-        return -math.inf if value < 0 else math.inf
+        return -math.inf if value < 0 else math.inf  # type: ignore[operator]
+    except ValueError:  # a signalling Decimal NaN
+        return math.nan
+    except TypeError as error:  # a `__float__` that refuses (a numpy array of many values)
+        raise ValueError(f"{name} must be a number, got {value!r}") from error
+
+
+def _is_real(value: object) -> bool:
+    """Whether `value`, taken by `float()`, is no bool, complex number or string.
+
+    numpy (optional, not imported here) is told by its dtype: a numpy scalar or array of
+    bools, complex numbers or strings converts to a float too.
+    """
+    if isinstance(value, (bool, complex, str, bytes)):
+        return False
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:
+        return getattr(dtype, "kind", None) in ("i", "u", "f") and getattr(value, "ndim", 0) == 0
+    return True
+
+
+def check_flag(name: str, value: object) -> bool:
+    """Returns `value` as a bool when it is a bool, a numpy bool, or the int 0 or 1.
+
+    Raises:
+        TypeError: `value` is anything else (a string, any of which would read as true).
+    """
+    if isinstance(value, bool):
+        return value
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and getattr(dtype, "kind", None) == "b" and getattr(value, "ndim", 1) == 0:
+        return bool(value)  # a numpy bool
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def check_names(name: str, names: Iterable[str] | None) -> frozenset[str] | None:

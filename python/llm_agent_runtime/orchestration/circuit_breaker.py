@@ -37,12 +37,11 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
+from types import GeneratorType, TracebackType
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from llm_agent_runtime.errors import CircuitOpenError
 from llm_agent_runtime.orchestration._calls import (
-    _NOT_AWAITABLE,
     call_maybe_async,
     is_async_callable,
     keep_alive,
@@ -511,9 +510,9 @@ class CircuitBreaker:
             # The fast path, as in `call`.
             try:
                 result = fn(*args, **kwargs)
-                # Any awaitable is refused, as on a trial (a type known to be none skips
-                # the call: this is the hot path).
-                if type(result) not in _NOT_AWAITABLE:
+                # Any awaitable is refused, as on a trial. This is the hot path: what
+                # `surely_not_awaitable` tests, inline, skips the call.
+                if getattr(result, "__await__", None) is not None or type(result) is GeneratorType:
                     refuse_awaitable(result, "CircuitBreaker.call_sync")
             except BaseException as exc:
                 self._exit_sync(exc, None)

@@ -331,8 +331,10 @@ class RedisRateLimiter:
                 await waiter.wait(SYSTEM_CLOCK, wait, now)
             except BaseException:
                 # When it is due on the server's clock: `wait` after the command ran there,
-                # less what refunds have moved it up by since.
-                due = server_now + (self._room.due(key, waiter) - now)
+                # less what the refunds settled since have moved it up by (one owed to it but
+                # not settled, given in this turn of the loop, does not make it due after the
+                # fact: as `RateLimiter`).
+                due = server_now + (waiter.due - now)
                 await _settle(self._refund(key, tokens, seq, due))  # give the reservation back
                 raise
         finally:

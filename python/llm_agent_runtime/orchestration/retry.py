@@ -18,7 +18,7 @@ from llm_agent_runtime.errors import (
     PolicyDeniedError,
     ProviderError,
 )
-from llm_agent_runtime.orchestration._checks import check_count, check_real
+from llm_agent_runtime.orchestration._checks import check_count, check_flag, check_real
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["DEFAULT_MAX_DELAY", "RetryPolicy"]
@@ -73,7 +73,8 @@ class RetryPolicy:
         ValueError: an attempt count or delay is out of range or NaN, `base_delay` is
             infinite, `max_attempts` is not an int (a float such as 1.5, or a bool), or a
             delay is not a number (a bool included).
-        TypeError: `jitter` is not a bool, or `retry_on` is neither None nor callable.
+        TypeError: `jitter` is not a bool (a numpy bool, or the int 0 or 1, is one), or
+            `retry_on` is neither None nor callable.
     """
 
     def __init__(
@@ -97,8 +98,7 @@ class RetryPolicy:
             )
         # Else unnoticed: any string is a true `jitter`, and a `retry_on` that cannot be
         # called would only log, at each failure, that the error is not retried.
-        if not isinstance(jitter, bool):
-            raise TypeError(f"jitter must be a bool, got {jitter!r}")
+        jitter = check_flag("jitter", jitter)
         if retry_on is not None and not callable(retry_on):
             raise TypeError(f"retry_on must be callable (or None), got {retry_on!r}")
         self.max_attempts = max_attempts
