@@ -897,25 +897,30 @@ async def test_a_shared_waiter_cancelled_once_due_gives_nothing_back() -> None:
     limiter = ar.RedisRateLimiter(url, rate=2.0, capacity=1, prefix=f"late:{os.getpid()}:")
     key = limiter.redis_key("k")
     await limiter.client.delete(key)
-    assert await limiter.try_acquire("k")  # empty
-    waiter = asyncio.create_task(limiter.acquire("k"))  # reserves a token, due in 0.5 s
-    await _until(lambda: _level_below(limiter, -0.5))
-    time.sleep(1.1)  # the loop is busy: the waiter is due, and has not resumed
-    other = redis.Redis.from_url(url)  # another worker, meanwhile
-    seconds, micros = other.time()
-    taken_after = seconds + micros / 1e6
-    # It takes the one token the bucket holds (full since 1 s: it dropped one at capacity).
-    assert other.eval(_BUCKET_SCRIPT, 1, key, 2.0, 1.0, 1.0, 0)[0] == 1
-    other.close()
-    waiter.cancel()  # the waiter's timeout fires before it resumed
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    level, last = map(float, await limiter.client.hmget(key, "level", "last"))
-    # What has refilled since the other worker took the token, no more: given back, the
-    # waiter's token was a second grant at once.
-    assert level <= (last - taken_after) * 2.0 + 1e-9
-    await limiter.client.delete(key)
-    await limiter.close()
+    try:  # closed whatever happens: an unclosed client fails the next test with a warning
+        assert await limiter.try_acquire("k")  # empty
+        waiter = asyncio.create_task(limiter.acquire("k"))  # reserves a token, due in 0.5 s
+        await _until(lambda: _level_below(limiter, -0.5))
+        # The reservation is made; the waiter reads its reply and starts waiting (cancelled
+        # before it reads it, a reservation is given back whatever the time: in flight).
+        await asyncio.sleep(0.1)
+        time.sleep(1.1)  # the loop is busy: the waiter is due, and has not resumed
+        other = redis.Redis.from_url(url)  # another worker, meanwhile
+        seconds, micros = other.time()
+        taken_after = seconds + micros / 1e6
+        # It takes the one token the bucket holds (full since 1 s: it dropped one at capacity).
+        assert other.eval(_BUCKET_SCRIPT, 1, key, 2.0, 1.0, 1.0, 0)[0] == 1
+        other.close()
+        waiter.cancel()  # the waiter's timeout fires before it resumed
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        level, last = map(float, await limiter.client.hmget(key, "level", "last"))
+        # What has refilled since the other worker took the token, no more: given back, the
+        # waiter's token was a second grant at once.
+        assert level <= (last - taken_after) * 2.0 + 1e-9
+    finally:
+        await limiter.client.delete(key)
+        await limiter.close()
 
 
 async def test_the_shared_bucket_keeps_the_servers_time_to_the_microsecond() -> None:
