@@ -1182,7 +1182,7 @@ class AgentRuntime:
             # The time any of a round's concurrent calls ran (their own times overlap).
             n_calls = len(calls)
             busy = _BusyTime() if n_calls > 1 else None
-            if self._checkpoints is not None:
+            if checkpoints is not None:
                 results = await self._durable_round(
                     session, text, calls, journal, reasoning, usage, busy
                 )
@@ -1491,10 +1491,11 @@ class AgentRuntime:
             self._approval_locks.pop(session_id, None)
 
     def _charge_budget(self, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
-        """Charges one model call's tokens and its cost to the budget, which is set.
+        """Charges one model call's tokens and its cost to the budget, if there is one.
 
         `cost_usd` is the provider's price of the call (`Usage.cost_usd`). The loops count
-        the tokens in the metrics themselves: a run without a budget calls no method here.
+        the tokens in the metrics themselves, and call this only with a budget: a run
+        without one pays no call here.
         """
         budget = self.budget
         if budget is not None:
