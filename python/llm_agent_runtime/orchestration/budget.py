@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import numbers
 from decimal import Context, Decimal
 
 from llm_agent_runtime.errors import BudgetExceededError
-from llm_agent_runtime.orchestration._checks import check_count
+from llm_agent_runtime.orchestration._checks import check_count, check_real
 
 __all__ = ["CostBudget"]
 
@@ -21,24 +20,15 @@ _DECIMAL = Context(prec=60)
 def _checked_dollars(name: str, value: object) -> float:
     """`value`, an amount of US dollars, as a float when it is finite and >= 0.
 
-    Any real number or `Decimal` is an amount, but not a bool (`True` is no amount).
+    Any real number (`check_real`: a `Decimal` too, not a bool) is an amount.
 
     Raises:
         ValueError: `value` is negative, NaN (a `Decimal` NaN included), infinite or beyond
             the float range, or is not a number.
     """
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Decimal)):
-        raise ValueError(f"{name} must be a number of US dollars, got {value!r:.60}")
-    try:
-        dollars = float(value)  # compared as a float: a Decimal NaN raises when compared
-    except OverflowError:  # an int or a Fraction beyond the largest float
-        raise ValueError(
-            f"{name} must be finite and >= 0, got a number beyond the float range"
-        ) from None
-    except ValueError:  # a signalling Decimal NaN
-        dollars = math.nan
+    dollars = check_real(name, value)  # beyond the float range: infinite
     if not 0 <= dollars < math.inf:  # NaN fails too
-        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r:.60}")
     return dollars
 
 
