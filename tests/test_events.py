@@ -378,3 +378,110 @@ async def test_a_failed_final_save_comes_after_run_finished_as_an_error_event() 
     assert [type(e).__name__ for e in seen][-2:] == ["RunFinished", "ErrorEvent"]
     logged = [e["type"] for e in await rt.session_events("S")]
     assert logged[-2:] == ["RunFinished", "ErrorEvent"]
+
+
+# ------------------------------------------------------------------ async callbacks
+FINAL = "Thought: d\nAction: FINAL_ANSWER ok"
+ADD = 'Thought: t\nAction: add {"a": 1, "b": 2}'
+
+
+def test_a_run_waits_for_its_async_callbacks_before_it_returns() -> None:
+    rt = ar.AgentRuntime(tools=[add])
+    seen: list[str] = []
+
+    async def slow_callback(event: ar.Event) -> None:
+        await asyncio.sleep(0.001)  # a database write, a websocket send
+        seen.append(type(event).__name__)
+
+    rt.events.on(slow_callback)
+    # asyncio.run cancels the tasks still pending when the run returns: none may be.
+    asyncio.run(rt.run_agent("a", "q", _script(ADD, FINAL)))
+    first_step = ["LlmTextDelta", "LlmResponse", "ToolCallStarted", "ToolCallFinished"]
+    answer = ["LlmTextDelta", "LlmResponse"]
+    assert sorted(seen) == sorted(["RunStarted", *first_step, *answer, "RunFinished"])
+
+
+def test_a_failed_runs_error_event_reaches_its_async_callbacks() -> None:
+    rt = ar.AgentRuntime()
+    seen: list[str] = []
+
+    async def callback(event: ar.Event) -> None:
+        await asyncio.sleep(0)
+        seen.append(type(event).__name__)
+
+    rt.events.on(callback)
+    with pytest.raises(ar.AgentLoopError):
+        asyncio.run(rt.run_agent("a", "q", _script("no action here")))
+    assert seen[-1] == "ErrorEvent"
+
+
+async def test_a_raising_async_callback_is_logged_and_fails_no_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rt = ar.AgentRuntime()
+
+    async def broken(event: ar.Event) -> None:
+        await asyncio.sleep(0)
+        if isinstance(event, ar.RunFinished):
+            raise RuntimeError("the dashboard is down")
+
+    rt.events.on(broken)
+    session = await rt.run_agent("a", "q", _script(FINAL))
+    assert session.final_answer == "ok"
+    failures = [r for r in caplog.records if "async event callback failed" in r.getMessage()]
+    assert len(failures) == 1 and "the dashboard is down" in failures[0].getMessage()
+    assert failures[0].exc_info is not None
+
+
+async def test_a_run_waits_for_its_own_callbacks_not_another_runs() -> None:
+    rt = ar.AgentRuntime()
+    gate = asyncio.Event()
+    done: list[str] = []
+
+    async def callback(event: ar.Event) -> None:
+        if isinstance(event, ar.RunFinished):
+            if event.session_id == "slow":
+                await gate.wait()
+            done.append(event.session_id)
+
+    rt.events.on(callback)
+    slow = asyncio.ensure_future(
+        rt.run_agent("a", "q", _script(FINAL), session=rt.create_session("a", "slow"))
+    )
+    await asyncio.sleep(0.01)
+    assert not slow.done()  # waiting for its callback
+    fast = await rt.run_agent("a", "q", _script(FINAL), session=rt.create_session("a", "fast"))
+    assert fast.final_answer == "ok" and done == ["fast"]
+    gate.set()
+    assert (await slow).final_answer == "ok"
+    assert done == ["fast", "slow"]
+
+
+async def test_a_cancelled_run_does_not_wait_for_its_callbacks() -> None:
+    rt = ar.AgentRuntime()
+    gate = asyncio.Event()
+
+    async def stuck(event: ar.Event) -> None:
+        await gate.wait()
+
+    rt.events.on(stuck)
+
+    async def hangs(prompt: str) -> str:
+        await asyncio.sleep(3600)
+        return FINAL
+
+    run = asyncio.ensure_future(rt.run_agent("a", "q", hangs))
+    await asyncio.sleep(0.01)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 1)
+    gate.set()
+
+
+def _script(*replies: str) -> Any:
+    answers = iter(replies)
+
+    async def infer(prompt: str) -> str:
+        return next(answers)
+
+    return infer

@@ -73,8 +73,8 @@ def test_json_nested_too_deeply_is_persistence_error() -> None:
     for _ in range(100_000):
         nested = [nested]
     session = ar.AgentSession("s", "a", steps=[ar.Step("t", "x", nested)])
-    with pytest.raises(ar.PersistenceError, match="nests too deeply to encode"):
-        session.to_json()
+    with pytest.raises(ar.PersistenceError, match="nests too deeply to copy"):
+        session.to_json()  # it copies the session first (`to_dict`)
 
 
 def test_to_json_refuses_a_key_json_has_no_type_for_as_a_checkpoint_does() -> None:

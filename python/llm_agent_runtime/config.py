@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["MAX_COUNT", "RUNTIME_PARAMS", "AgentConfig"]
+__all__ = ["MAX_COUNT", "RUNTIME_PARAMS", "AgentConfig", "check_model_params"]
 
 MAX_COUNT = 2**63 - 1
 """Largest value of every integer setting (the largest signed 64-bit int the Rust core takes)."""
@@ -92,10 +92,22 @@ class AgentConfig(BaseModel):
     @field_validator("model_params")
     @classmethod
     def _no_runtime_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        taken = sorted(RUNTIME_PARAMS.intersection(params))
-        if taken:
-            raise ValueError(
-                f"model_params cannot set {taken}: the runtime sets them itself (use the "
-                "AgentConfig settings model, stop_sequences, system_prompt and mode)"
-            )
+        check_model_params(params)
         return params
+
+
+def check_model_params(params: dict[str, Any]) -> None:
+    """Refuses `model_params` that name a key the runtime sets itself, or a key not a str.
+
+    Raises:
+        ValueError: Saying which keys.
+    """
+    odd = [key for key in params if not isinstance(key, str)]
+    if odd:
+        raise ValueError(f"model_params keys must be strings, got {odd[0]!r}")
+    taken = sorted(RUNTIME_PARAMS.intersection(params))
+    if taken:
+        raise ValueError(
+            f"model_params cannot set {taken}: the runtime sets them itself (use the "
+            "AgentConfig settings model, stop_sequences, system_prompt and mode)"
+        )

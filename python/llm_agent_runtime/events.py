@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from llm_agent_runtime._core import EventFanout
@@ -124,6 +126,14 @@ Event = (
 """Any event the runtime emits."""
 
 
+logger = logging.getLogger("llm_agent_runtime")
+
+# The async callbacks scheduled by the run in progress (the context's), which it waits for.
+RUN_CALLBACKS: ContextVar[set[asyncio.Future[Any]] | None] = ContextVar(
+    "llm_agent_runtime_run_callbacks", default=None
+)
+
+
 def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
     """What happens to a callback's result: a coroutine (an async callback) is scheduled."""
 
@@ -133,8 +143,30 @@ def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
             # Keep a reference so the scheduled callback is not garbage-collected mid-run.
             pending.add(task)
             task.add_done_callback(pending.discard)
+            run = RUN_CALLBACKS.get()
+            if run is not None:
+                run.add(task)
 
     return schedule
+
+
+async def settle_callbacks(tasks: set[asyncio.Future[Any]]) -> None:
+    """Waits for the async callbacks in `tasks`, and for those they schedule meanwhile.
+
+    One that raised is logged with its traceback: it ran beside the run, whose outcome is
+    its own. Being cancelled stops the wait, not the callbacks.
+    """
+    while tasks:
+        batch = list(tasks)
+        tasks.clear()
+        await asyncio.wait(batch)
+        for task in batch:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                logger.error(
+                    "an async event callback failed: %r",
+                    error,
+                    exc_info=(type(error), error, error.__traceback__),
+                )
 
 
 class EventBus:
@@ -165,6 +197,13 @@ class EventBus:
 
         An event goes to the callbacks registered when it is emitted: one added or removed
         by a callback while an event is delivered takes effect from the next event.
+
+        A sync callback runs as the event is emitted; one that raises fails the run (after
+        the other callbacks got the event). An async callback runs as a task beside the
+        run, and the run waits for the ones its events started before it returns or raises
+        (unless it is cancelled), so none is lost when the program ends with the run; one
+        that raises is logged (logger `llm_agent_runtime`), and the run's outcome is its
+        own.
 
         Returns:
             The callback, so this works as a decorator.

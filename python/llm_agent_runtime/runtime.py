@@ -15,6 +15,7 @@ import inspect
 import itertools
 import json
 import logging
+import operator
 import os
 import sys
 import time
@@ -23,8 +24,10 @@ from dataclasses import dataclass
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from pydantic import ValidationError
+
 from llm_agent_runtime._core import RuntimeMetrics, parse_react_step
-from llm_agent_runtime.config import AgentConfig
+from llm_agent_runtime.config import AgentConfig, check_model_params
 from llm_agent_runtime.errors import (
     AgentLoopError,
     AgentRuntimeError,
@@ -35,6 +38,7 @@ from llm_agent_runtime.errors import (
     ToolError,
 )
 from llm_agent_runtime.events import (
+    RUN_CALLBACKS,
     CheckpointSaved,
     ErrorEvent,
     Event,
@@ -45,6 +49,7 @@ from llm_agent_runtime.events import (
     RunStarted,
     ToolCallFinished,
     ToolCallStarted,
+    settle_callbacks,
 )
 from llm_agent_runtime.memory import CHARS_PER_TOKEN, fit_to_token_budget
 from llm_agent_runtime.providers.base import (
@@ -287,6 +292,7 @@ class AgentRuntime:
             config = AgentConfig()
         if not isinstance(config, AgentConfig):
             raise AgentRuntimeError(f"config must be an AgentConfig, got {type(config).__name__}")
+        _check_config(config)
         if memory is not None:
             _required("memory", memory, ["recall"])
         if working_memory is not None:
@@ -442,8 +448,21 @@ class AgentRuntime:
         return await self._run(agent_id, prompt, self._text_model(provider), None, session)
 
     def create_session(self, agent_id: str, session_id: str | None = None) -> AgentSession:
-        """Starts a multi-turn session (chat history kept across `run_turn` calls)."""
-        return AgentSession(session_id=session_id or new_session_id(), agent_id=agent_id)
+        """Starts a multi-turn session (chat history kept across `run_turn` calls).
+
+        Raises:
+            AgentRuntimeError: `agent_id` is not a non-empty string, or `session_id` is
+                neither None (a fresh id) nor a non-empty string.
+        """
+        if not isinstance(agent_id, str) or not agent_id:
+            raise AgentRuntimeError("agent_id must be a non-empty string")
+        if session_id is None:
+            session_id = new_session_id()
+        elif not isinstance(session_id, str) or not session_id:
+            raise AgentRuntimeError(
+                f"session_id must be None or a non-empty string, got {_kind(session_id)}"
+            )
+        return AgentSession(session_id=session_id, agent_id=agent_id)
 
     async def run_turn(
         self, session: AgentSession, message: str, provider: LlmProvider | InferFn
@@ -505,6 +524,8 @@ class AgentRuntime:
         if self._stops:
             params["stop"] = self._stops
         if config.model_params:
+            # Read at each run, so checked here too: the dict can be changed in place.
+            _check_model_params(config.model_params)
             params.update(config.model_params)
         return params
 
@@ -654,6 +675,9 @@ class AgentRuntime:
             # suspend (an offline model, plain async tools) gives the timer no chance to fire.
             deadline = None if timeout is None else started + timeout / 1000
             events = self.events
+            # The async callbacks the run's events start: the run waits for them.
+            callbacks: set[asyncio.Future[Any]] = set()
+            callbacks_token = RUN_CALLBACKS.set(callbacks)
             try:
                 span = (
                     self._tracer.start_as_current_span(
@@ -688,6 +712,8 @@ class AgentRuntime:
                                 f"agent loop timed out after {timeout} ms "
                                 f"({session.step_count - steps_before} steps done)"
                             )
+                    if callbacks:
+                        await settle_callbacks(callbacks)
                 return session
             except BaseException as error:
                 session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
@@ -704,8 +730,11 @@ class AgentRuntime:
                 logger.warning("agent run %s failed: %r", session_id, error)
                 if self._checkpoints is not None:
                     await self._save_left_in_time(session)
+                if callbacks and isinstance(error, Exception):  # not when cancelled
+                    await settle_callbacks(callbacks)
                 raise
             finally:
+                RUN_CALLBACKS.reset(callbacks_token)
                 metrics.session_finished()
         finally:
             running.discard(session_id)
@@ -824,7 +853,10 @@ class AgentRuntime:
                 episodes = self.memory.recall(agent_id, limit)
             # A blank memory says nothing: it is neither shown nor counted as a hit. (The
             # store ranks before this, so a blank one still takes one of the recall slots.)
-            texts = [text for e in episodes if (text := e.content).strip()]
+            try:
+                texts = [text for e in episodes[:limit] if (text := e.content).strip()]
+            except (TypeError, AttributeError):
+                texts = _recalled_texts(self.memory, episodes, limit)
             if self.config.max_memory_tokens is not None:
                 texts = fit_to_token_budget(texts, self.config.max_memory_tokens)
             if texts:
@@ -836,7 +868,7 @@ class AgentRuntime:
             if working:  # the block as is: `WorkingMemory.to_prompt()` has its own header
                 parts.append(working)
         if self.graph is not None:
-            session.graph_entity_count = self.graph.entity_count()
+            session.graph_entity_count = _entity_count(self.graph)
         return "\n\n".join(parts)
 
     async def _react_loop(
@@ -1413,7 +1445,13 @@ class AgentRuntime:
         middlewares see the calls in order; the capabilities check every call they leave
         (so a rewrite cannot reach a tool the agent may not use) before any action is
         recorded, so a round with a refused call fails having charged none; the approval
-        questions are then asked concurrently (one at a time per tool, see `_approve`).
+        questions are then asked concurrently (one at a time per tool, see `_approve`). So
+        a call the handler denies has used an action: no one is asked to approve a call the
+        action limit would then refuse.
+
+        A call of a tool the registry does not have (a name the model made up) is neither
+        checked, counted nor asked about: it runs, and its observation is `not_found`, with
+        or without capabilities.
         """
         rewritten: list[tuple[str, Any]] = []
         for name, arguments in calls:
@@ -1422,20 +1460,24 @@ class AgentRuntime:
                 if result is not None:
                     name, arguments = _rewritten_call(result)
             rewritten.append((name, arguments))
+        tools = self.tools
+        known = [name for name, _ in rewritten if name in tools]
         capabilities = self.capabilities
-        if capabilities is not None:
-            for name, _ in rewritten:
+        if capabilities is not None and known:
+            for name in known:
                 capabilities.check_tool(name)
             # All or none: a round the limit cannot take whole is refused having used none.
             record_actions = getattr(capabilities, "record_actions", None)
             if record_actions is not None:
-                record_actions(len(rewritten))
+                record_actions(len(known))
             else:
-                for _ in rewritten:
+                for _ in known:
                     capabilities.record_action()
         if self.approval_handler is None:
             return [(name, arguments, None) for name, arguments in rewritten]
-        return await _all_or_none(self._decide(session, n, a) for n, a in rewritten)
+        return await _all_or_none(
+            self._decide(session, n, a) if n in tools else _undecided(n, a) for n, a in rewritten
+        )
 
     async def _decide(
         self, session: AgentSession, name: str, arguments: Any
@@ -2286,6 +2328,83 @@ def _incomplete_reply(stop_reason: str, what: str) -> AgentLoopError:
         f"{stop_reason!r}): {what} may be incomplete, so the run stops; raise the provider's "
         "max_tokens or ask for a shorter reply"
     )
+
+
+def _check_config(config: AgentConfig) -> None:
+    """Validates `config` again, field by field, as `AgentConfig(...)` does.
+
+    A config may have skipped validation (`model_copy(update=...)` does not validate) or
+    had its list or dict changed in place since.
+
+    Raises:
+        AgentRuntimeError: Naming the invalid settings.
+    """
+    try:
+        AgentConfig.model_validate(dict(config))
+    except ValidationError as error:
+        raise AgentRuntimeError(
+            "config is not a valid AgentConfig (changed after it was validated, say by "
+            f"model_copy(update=...)?): {error}"
+        ) from error
+
+
+def _check_model_params(params: dict[str, Any]) -> None:
+    """`check_model_params` of the config's dict as a run reads it, as an AgentRuntimeError."""
+    try:
+        check_model_params(params)
+    except ValueError as error:
+        raise AgentRuntimeError(f"config.{error}") from None
+
+
+async def _undecided(name: str, arguments: Any) -> tuple[str, Any, Observation | None]:
+    """A call no one is asked about (its tool does not exist), as `_decide` returns one."""
+    return name, arguments, None
+
+
+def _recalled_texts(memory: Any, episodes: Any, limit: int) -> list[str]:
+    """The non-blank texts of the first `limit` episodes a memory store recalled.
+
+    The slow path of `_context`: any iterable of objects with a string `content` is taken.
+
+    Raises:
+        AgentRuntimeError: Naming the store, when its `recall` returned something else.
+    """
+    store = type(memory).__name__
+    try:
+        recalled = list(itertools.islice(episodes, limit))
+    except TypeError:
+        raise AgentRuntimeError(
+            f"memory {store}.recall must return a list of episodes, got {_kind(episodes)}"
+        ) from None
+    texts = []
+    for episode in recalled:
+        text = getattr(episode, "content", None)
+        if not isinstance(text, str):
+            raise AgentRuntimeError(
+                f"memory {store}.recall returned an episode without a string content: "
+                f"{_kind(episode)}"
+            )
+        if text.strip():
+            texts.append(text)
+    return texts
+
+
+def _entity_count(graph: Any) -> int:
+    """`graph.entity_count()` as an int (an integer type such as numpy's converted).
+
+    Raises:
+        AgentRuntimeError: The count is not a whole number from 0 up.
+    """
+    count = graph.entity_count()
+    whole = type(count) is int or (
+        not isinstance(count, bool) and hasattr(type(count), "__index__")
+    )
+    if not whole or operator.index(count) < 0:
+        raise AgentRuntimeError(
+            f"graph {type(graph).__name__}.entity_count() must return a whole number from 0 "
+            f"up, got {count!r:.40}"
+        )
+    return operator.index(count)
 
 
 def _need(infer: InferFn | None) -> InferFn:

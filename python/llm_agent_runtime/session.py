@@ -219,8 +219,18 @@ class AgentSession:
 
     # --- serialization ---
     def to_dict(self) -> dict[str, Any]:
-        """Returns the session as plain JSON-compatible data."""
-        return asdict(self)
+        """Returns the session as plain JSON-compatible data (its values deep-copied).
+
+        Raises:
+            PersistenceError: When a value cannot be copied (an argument holding a lock, say)
+                or the session nests too deeply to copy.
+        """
+        try:
+            return asdict(self)
+        except RecursionError:
+            raise PersistenceError("session nests too deeply to copy") from None
+        except Exception as error:  # whatever a value's own copy hooks raise
+            raise PersistenceError(f"session cannot be copied: {error!r}") from error
 
     def to_json(self) -> str:
         """Serializes the session to JSON.

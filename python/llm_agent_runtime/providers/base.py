@@ -3,12 +3,16 @@
 Every provider (OpenAI-compatible, Anthropic, the offline scripted model) speaks these types,
 so the agent loop never sees a wire format. Messages, tool calls and responses are slotted
 dataclasses, not pydantic models: a provider builds them from wire data its own pydantic
-models have already validated, and the agent loop reads their fields on every step.
+models have already validated, and the agent loop reads their fields on every step. What a
+run keeps of them (a tool call's id and name, token counts) is checked when they are built,
+so that a custom provider's mistake is a `TypeError` where it is made, not a session that
+cannot be saved.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
@@ -47,6 +51,13 @@ class ToolCall:
     """Name of the tool to call."""
     arguments: dict[str, Any] = field(default_factory=dict)
     """Arguments, already decoded from JSON."""
+
+    def __post_init__(self) -> None:
+        """Raises `TypeError` when `id` or `name` is not a str."""
+        for name in ("id", "name"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"ToolCall.{name} must be a str, got {_kind(value)}")
 
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -173,10 +184,37 @@ class Usage:
     """What the call cost in US dollars, at the token prices the provider was given (0 when
     it was given none). An `AgentRuntime` charges it to its `CostBudget`."""
 
+    def __post_init__(self) -> None:
+        """Takes integer counts of any integer type as ints (numpy's, say).
+
+        Raises:
+            TypeError: A count is not an integer (a float or a bool, say).
+        """
+        for name in _USAGE_COUNTS:
+            value = getattr(self, name)
+            if type(value) is not int:
+                if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+                    raise TypeError(f"Usage.{name} must be an int, got {value!r:.40}")
+                setattr(self, name, operator.index(value))
+
     @property
     def total_tokens(self) -> int:
         """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
+
+
+_USAGE_COUNTS = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+)
+
+
+def _kind(value: Any) -> str:
+    """How an error message names the type of `value`."""
+    return "None" if value is None else type(value).__name__
 
 
 def estimated_output_tokens(text: str, calls: Sequence[ToolCall] = ()) -> int:
@@ -228,6 +266,26 @@ class ChatResponse:
     and `redacted_thinking` blocks (with their signatures). Copy them into the `assistant`
     `Message` that repeats this reply (`Message.reasoning`): with extended thinking, the
     API refuses a tool-use turn whose reply lost them."""
+
+    def __post_init__(self) -> None:
+        """Checks the parts a run keeps.
+
+        Raises:
+            TypeError: `tool_calls` is not a list (or tuple) of `ToolCall`, or `usage` is not
+                a `Usage`.
+        """
+        calls = self.tool_calls
+        if not isinstance(calls, (list, tuple)):
+            raise TypeError(
+                f"ChatResponse.tool_calls must be a list of ToolCall, got {_kind(calls)}"
+            )
+        for n, call in enumerate(calls):
+            if not isinstance(call, ToolCall):
+                raise TypeError(
+                    f"ChatResponse.tool_calls[{n}] must be a ToolCall, got {_kind(call)}"
+                )
+        if not isinstance(self.usage, Usage):
+            raise TypeError(f"ChatResponse.usage must be a Usage, got {_kind(self.usage)}")
 
 
 # Stream events are named tuples, not pydantic models: a provider builds one per streamed

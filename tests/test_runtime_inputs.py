@@ -1,0 +1,330 @@
+"""What a run takes from the application's own parts (a config changed after validation, a
+custom provider, memory store or graph) is checked: a typed error naming the part, never a
+bare TypeError, a hang, or a session its own loader refuses."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from test_runtime import add
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.providers.base import ChatResponse, ToolCall, Usage
+
+FINAL = "Thought: done\nAction: FINAL_ANSWER ok"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_failed_runs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="llm_agent_runtime")
+
+
+async def final(prompt: str) -> str:
+    return FINAL
+
+
+def assert_loads_back(session: ar.AgentSession) -> None:
+    assert ar.AgentSession.from_json(session.to_json()).to_dict() == session.to_dict()
+
+
+# ------------------------------------------------------------------ the config
+@pytest.mark.parametrize(
+    ("update", "named"),
+    [
+        ({"max_parallel_tool_calls": 0}, "max_parallel_tool_calls"),
+        ({"max_iterations": "3"}, "max_iterations"),
+        ({"mode": "tool"}, "mode"),
+        ({"bogus": 1}, "bogus"),
+        ({"model_params": {"messages": []}}, "model_params"),
+    ],
+)
+def test_a_config_copied_past_validation_is_refused_at_construction(
+    update: dict[str, Any], named: str
+) -> None:
+    config = ar.AgentConfig(mode="tools").model_copy(update=update)  # no validation here
+    with pytest.raises(ar.AgentRuntimeError, match=f"(?s)not a valid AgentConfig.*{named}"):
+        ar.AgentRuntime(config)
+
+
+def test_a_stop_sequence_emptied_in_place_is_refused_at_construction() -> None:
+    config = ar.AgentConfig(stop_sequences=["x"])
+    config.stop_sequences.append("")  # the model is frozen, its list is not
+    with pytest.raises(ar.AgentRuntimeError, match="stop_sequences"):
+        ar.AgentRuntime(config)
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("model", r"cannot set \['model'\]"),
+        ("messages", r"cannot set \['messages'\]"),
+        (3, "keys must be strings, got 3"),
+    ],
+)
+async def test_model_params_changed_in_place_are_checked_when_a_run_reads_them(
+    key: Any, message: str
+) -> None:
+    config = ar.AgentConfig(mode="tools", model="m", model_params={"temperature": 0.0})
+    rt = ar.AgentRuntime(config)
+    config.model_params[key] = "other"
+    with pytest.raises(ar.AgentRuntimeError, match=f"config.model_params {message}"):
+        await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider(["done"]))
+    react = ar.AgentRuntime(ar.AgentConfig(model_params={"temperature": 0.0}))
+    react.config.model_params[key] = "other"
+    with pytest.raises(ar.AgentRuntimeError, match=message):
+        await react.run_agent_with_provider("a", "q", ar.ScriptedProvider([FINAL]))
+    assert not rt._running and not react._running
+
+
+def test_a_valid_config_is_kept_as_given() -> None:
+    config = ar.AgentConfig(max_iterations=5, model_params={"temperature": 0.5})
+    assert ar.AgentRuntime(config).config is config
+
+
+# ------------------------------------------------------------------ a custom provider
+class OneRound:
+    """A custom provider: one reply with the calls `calls()` builds, then a final answer."""
+
+    def __init__(self, calls: Any) -> None:
+        self.calls = calls
+        self.n = 0
+
+    async def chat(self, messages: Any, tools: Any = None, **params: Any) -> ChatResponse:
+        self.n += 1
+        if self.n == 1:
+            return ChatResponse(text="", tool_calls=self.calls(), usage=Usage(1, 1))
+        return ChatResponse(text="done", usage=Usage(1, 1))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: ToolCall("c1", None, {}), "ToolCall.name must be a str, got None"),
+        (lambda: ToolCall("c1", ["add"], {}), "ToolCall.name must be a str, got list"),
+        (lambda: ToolCall(None, "add", {}), "ToolCall.id must be a str, got None"),
+        (
+            lambda: ChatResponse(tool_calls=[{"id": "c1", "name": "add"}]),
+            r"ChatResponse.tool_calls\[0\] must be a ToolCall, got dict",
+        ),
+        (
+            lambda: ChatResponse(tool_calls="add"),
+            "ChatResponse.tool_calls must be a list of ToolCall, got str",
+        ),
+        (lambda: ChatResponse(usage=None), "ChatResponse.usage must be a Usage, got None"),
+        (lambda: Usage(1.5, 2), "Usage.input_tokens must be an int, got 1.5"),
+        (lambda: Usage(3, True), "Usage.output_tokens must be an int, got True"),
+        (lambda: Usage(3, 2, "1"), "Usage.cached_input_tokens must be an int, got '1'"),
+    ],
+)
+def test_what_a_run_keeps_of_a_reply_is_checked_when_it_is_built(build: Any, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        build()
+
+
+async def test_a_custom_providers_malformed_call_fails_where_it_is_built() -> None:
+    backend = ar.InMemoryBackend()
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add], checkpoint_backend=backend)
+    session = rt.create_session("a")
+    with pytest.raises(TypeError, match=r"ToolCall\.name must be a str"):
+        await rt.run_agent_with_provider(
+            "a", "q", OneRound(lambda: [ToolCall("c1", None, {})]), session=session
+        )
+    assert session.steps == [] and not rt._running
+    loaded = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    assert loaded is not None and loaded.steps == []
+    ok = await rt.run_agent_with_provider(
+        "a", "q", OneRound(lambda: [ToolCall("c", "add", {"a": 1, "b": 1})])
+    )
+    assert ok.final_answer == "done" and rt.metrics.snapshot().active_sessions == 0
+
+
+async def test_a_tuple_of_calls_is_taken() -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add])
+    calls = (ToolCall("c1", "add", {"a": 1, "b": 2}), ToolCall("c2", "add", {"a": 3, "b": 4}))
+    session = await rt.run_agent_with_provider("a", "q", OneRound(lambda: calls))
+    assert [s.observation for s in session.steps[:2]] == ["3", "7"]
+    assert session.final_answer == "done"
+
+
+def test_integer_counts_of_any_integer_type_are_kept_as_ints() -> None:
+    usage = Usage(np.int64(7), np.uint16(2), np.int32(1), 0, 0)  # type: ignore[arg-type]
+    assert (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens) == (7, 2, 1)
+    assert {type(usage.input_tokens), type(usage.output_tokens)} == {int}
+
+
+@pytest.mark.parametrize("mode", ["tools", "react"])
+async def test_numpy_token_counts_reach_steps_and_checkpoints_as_ints(mode: str) -> None:
+    class Replies:
+        async def chat(self, messages: Any, tools: Any = None, **params: Any) -> ChatResponse:
+            return ChatResponse(text=FINAL, usage=Usage(np.int64(7), np.int64(2)))  # type: ignore[arg-type]
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode))  # type: ignore[arg-type]
+    session = await rt.run_agent_with_provider("a", "q", Replies())
+    step = session.steps[0]
+    assert (step.input_tokens, step.output_tokens) == (7, 2)
+    assert (rt.metrics.snapshot().input_tokens, rt.metrics.snapshot().output_tokens) == (7, 2)
+    assert_loads_back(session)
+
+
+# ------------------------------------------------------------------ a custom memory store
+class Episode:
+    def __init__(self, content: Any) -> None:
+        self.content = content
+
+
+class Store:
+    """A memory store that returns what it was given, whatever the limit."""
+
+    def __init__(self, recalled: Any) -> None:
+        self.recalled = recalled
+
+    def recall(self, agent_id: str, limit: int) -> Any:
+        return self.recalled() if callable(self.recalled) else self.recalled
+
+
+def ten() -> Iterator[Episode]:
+    return (Episode(f"memory {i}") for i in range(10))
+
+
+@pytest.mark.parametrize("recalled", [[Episode(f"memory {i}") for i in range(10)], ten])
+async def test_a_store_that_returns_more_than_the_limit_is_cut_to_it(recalled: Any) -> None:
+    prompts: list[str] = []
+
+    async def infer(prompt: str) -> str:
+        prompts.append(prompt)
+        return FINAL
+
+    config = ar.AgentConfig(max_memory_recalls=2)
+    rt = ar.AgentRuntime(config, memory=Store(recalled))
+    session = await rt.run_agent("a", "q", infer)
+    assert session.memory_hits == 2
+    assert "memory 1" in prompts[0] and "memory 2" not in prompts[0]
+
+
+@pytest.mark.parametrize(
+    ("recalled", "message"),
+    [
+        (None, "Store.recall must return a list of episodes, got None"),
+        (["text"], "Store.recall returned an episode without a string content: str"),
+        ([Episode(3)], "Store.recall returned an episode without a string content: Episode"),
+    ],
+)
+async def test_a_store_that_returns_no_episodes_is_named(recalled: Any, message: str) -> None:
+    rt = ar.AgentRuntime(memory=Store(recalled))
+    with pytest.raises(ar.AgentRuntimeError, match=message):
+        await rt.run_agent("a", "q", final)
+    assert not rt._running and rt.metrics.snapshot().active_sessions == 0
+
+
+# ------------------------------------------------------------------ a custom graph
+class Graph:
+    def __init__(self, count: Any) -> None:
+        self.count = count
+
+    def entity_count(self) -> Any:
+        return self.count
+
+
+async def test_a_numpy_entity_count_is_kept_as_an_int() -> None:
+    backend = ar.InMemoryBackend()
+    rt = ar.AgentRuntime(graph=Graph(np.int64(3)), checkpoint_backend=backend)
+    session = await rt.run_agent("a", "q", final)
+    assert session.graph_entity_count == 3 and type(session.graph_entity_count) is int
+    assert_loads_back(session)
+    loaded = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    assert loaded is not None and loaded.graph_entity_count == 3
+
+
+@pytest.mark.parametrize("count", [True, 2.0, -1, "3", None])
+async def test_an_entity_count_that_is_no_count_is_named(count: Any) -> None:
+    rt = ar.AgentRuntime(graph=Graph(count))
+    with pytest.raises(ar.AgentRuntimeError, match=r"graph Graph.entity_count\(\) must return"):
+        await rt.run_agent("a", "q", final)
+
+
+# ------------------------------------------------------------------ sessions
+@pytest.mark.parametrize(
+    ("agent_id", "session_id", "message"),
+    [
+        ("a", 7, "session_id must be None or a non-empty string, got int"),
+        ("a", "", "session_id must be None or a non-empty string, got str"),
+        ("", None, "agent_id must be a non-empty string"),
+        (None, None, "agent_id must be a non-empty string"),
+    ],
+)
+def test_create_session_refuses_ids_a_session_cannot_keep(
+    agent_id: Any, session_id: Any, message: str
+) -> None:
+    with pytest.raises(ar.AgentRuntimeError, match=message):
+        ar.AgentRuntime().create_session(agent_id, session_id)
+
+
+def test_create_session_keeps_a_given_id_and_makes_fresh_ones() -> None:
+    rt = ar.AgentRuntime()
+    assert rt.create_session("a", "mine").session_id == "mine"
+    assert rt.create_session("a").session_id != rt.create_session("a").session_id
+
+
+async def test_to_dict_of_an_uncopyable_argument_is_a_persistence_error() -> None:
+    session = await ar.AgentRuntime().run_agent("a", "q", final)
+    session.steps[0].action_input = {"lock": threading.Lock()}
+    with pytest.raises(ar.PersistenceError, match="cannot be copied"):
+        session.to_dict()
+    with pytest.raises(ar.PersistenceError, match="cannot be copied"):
+        session.to_json()
+
+
+# ------------------------------------------------------------------ a tool name made up
+@pytest.mark.parametrize("mode", ["tools", "react"])
+async def test_a_made_up_tool_name_is_not_found_under_capabilities_and_approvals(
+    mode: str,
+) -> None:
+    asked: list[str] = []
+
+    def approve(session: Any, name: str, arguments: Any) -> ar.ApprovalDecision:
+        asked.append(name)
+        return ar.ApprovalDecision("approve")
+
+    capabilities = ar.CapabilitySet(allowed_tools=["add"], max_actions=1)
+    rt = ar.AgentRuntime(
+        ar.AgentConfig(mode=mode),  # type: ignore[arg-type]
+        tools=[add],
+        capabilities=capabilities,
+        approval_handler=approve,
+    )
+    if mode == "tools":
+        provider: Any = ar.ScriptedProvider(
+            [
+                ar.ScriptedProvider.tool_call_reply([("dda", {"a": 1, "b": 2})]),
+                ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})]),
+                "done",
+            ]
+        )
+    else:
+        provider = ar.ScriptedProvider(
+            [
+                'Thought: t\nAction: dda {"a": 1, "b": 2}',
+                'Thought: t\nAction: add {"a": 1, "b": 2}',
+                "Thought: d\nAction: FINAL_ANSWER done",
+            ]
+        )
+    session = await rt.run_agent_with_provider("a", "q", provider)
+    assert [s.error_kind for s in session.steps[:2]] == ["not_found", None]
+    assert session.steps[1].observation == "3"
+    assert asked == ["add"] and capabilities.actions_taken == 1
+
+
+async def test_a_registered_tool_outside_the_capabilities_is_still_refused() -> None:
+    rt = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"),
+        tools=[add],
+        capabilities=ar.CapabilitySet(allowed_tools=["other"]),
+    )
+    call = ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})])
+    with pytest.raises(ar.PolicyDeniedError, match="'add' is not in this agent's capabilities"):
+        await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([call, "done"]))
