@@ -328,3 +328,9 @@ async def test_a_registered_tool_outside_the_capabilities_is_still_refused() -> 
     call = ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})])
     with pytest.raises(ar.PolicyDeniedError, match="'add' is not in this agent's capabilities"):
         await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([call, "done"]))
+
+
+def test_an_edit_approval_needs_arguments() -> None:
+    with pytest.raises(ar.AgentRuntimeError, match="'edit' approval needs the arguments"):
+        ar.ApprovalDecision("edit")
+    assert ar.ApprovalDecision("edit", arguments={}).arguments == {}

@@ -6,11 +6,17 @@ from __future__ import annotations
 import array
 import asyncio
 import builtins
+import contextlib
 import functools
+import http.server
 import json
 import math
 import socket
+import ssl
 import sys
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -435,6 +441,49 @@ def test_http_error_statuses_are_transient_when_a_retry_may_help(status: int, ki
     aiohttp_error = _fake("aiohttp.client_exceptions", "ClientResponseError")("status")
     aiohttp_error.status = status  # type: ignore[attr-defined]
     assert classify_error(aiohttp_error) == kind
+
+    with _serving(status) as url, pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(url, timeout=5)
+    caught.value.close()  # it holds the response
+    assert classify_error(caught.value) == kind
+
+
+@contextlib.contextmanager
+def _serving(status: int) -> Iterator[str]:
+    """The URL of a loopback HTTP server answering every GET with `status`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_urllib_failures_are_classified_by_the_failure_they_wrap() -> None:
+    with socket.socket() as probe:  # a port nobody listens on once it is closed
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    with pytest.raises(urllib.error.URLError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{closed}/", timeout=5)
+    assert isinstance(refused.value.reason, ConnectionRefusedError)
+    assert classify_error(refused.value) == "transient"
+    assert classify_error(urllib.error.URLError(TimeoutError("timed out"))) == "transient"
+    assert classify_error(urllib.error.URLError(ssl.SSLError("bad certificate"))) == "permanent"
+    with pytest.raises(urllib.error.URLError) as unknown:
+        urllib.request.urlopen("nope://x", timeout=5)
+    assert classify_error(unknown.value) == "permanent"  # its reason is text
 
 
 class _BackportGroup(Exception):

@@ -130,7 +130,7 @@ class ApprovalDecision:
             edit: for later calls with the same arguments).
 
     Raises:
-        AgentRuntimeError: `action` is none of the three.
+        AgentRuntimeError: `action` is none of the three, or an `edit` has no `arguments`.
     """
 
     action: Literal["approve", "deny", "edit"]
@@ -142,6 +142,10 @@ class ApprovalDecision:
         if self.action not in ("approve", "deny", "edit"):  # a typo must not approve
             raise AgentRuntimeError(
                 f"approval action must be 'approve', 'deny' or 'edit', got {self.action!r}"
+            )
+        if self.action == "edit" and self.arguments is None:  # the call would run without
+            raise AgentRuntimeError(
+                "an 'edit' approval needs the arguments to run the call with ({} for none)"
             )
 
 

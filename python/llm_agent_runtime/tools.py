@@ -73,7 +73,12 @@ _THIRD_PARTY_KINDS: dict[tuple[str, str], ErrorKind] = {
 }
 # Their HTTP error status exceptions, classified by the status (`_http_status`).
 _HTTP_STATUS_ERRORS = frozenset(
-    {("httpx", "HTTPStatusError"), ("requests", "HTTPError"), ("aiohttp", "ClientResponseError")}
+    {
+        ("httpx", "HTTPStatusError"),
+        ("requests", "HTTPError"),
+        ("aiohttp", "ClientResponseError"),
+        ("urllib", "HTTPError"),
+    }
 )
 _GROUP_SHOWN = 10
 """How many of an exception group's members an observation describes."""
@@ -126,9 +131,12 @@ def classify_error(error: BaseException) -> ErrorKind:
     `ClientSSLError` nor `ServerFingerprintMismatch`), unless an `ssl.SSLError` caused them
     (no retry fixes a bad certificate). An HTTP error status those clients
     raise (httpx's `HTTPStatusError`, requests' `HTTPError`, aiohttp's
-    `ClientResponseError`) is transient when the providers would retry it too: 408, 409,
-    429 and 5xx. An exception group (say, from a `TaskGroup`) is transient when all its
-    members are, nested groups included. Anything else is permanent.
+    `ClientResponseError`, the standard library's `urllib.error.HTTPError`) is transient
+    when the providers would retry it too: 408, 409, 429 and 5xx. Any other
+    `urllib.error.URLError` is classified by the failure it wraps (its `reason`): a refused
+    connection or a timeout is transient, a bad certificate or URL permanent. An exception
+    group (say, from a `TaskGroup`) is transient when all its members are, nested groups
+    included. Anything else is permanent.
 
     Args:
         error: The exception the handler raised.
@@ -154,7 +162,20 @@ def classify_error(error: BaseException) -> ErrorKind:
     status = _http_status(error)
     if status is not None and is_retryable_status(status):
         return "transient"
+    if status is None:
+        reason = _url_error_reason(error)
+        if reason is not None:
+            return classify_error(reason)
     return "permanent"
+
+
+def _url_error_reason(error: BaseException) -> BaseException | None:
+    """The exception a `urllib.error.URLError` wraps (its `reason`), None for others."""
+    if any((_package(k), k.__name__) == ("urllib", "URLError") for k in type(error).__mro__):
+        reason = getattr(error, "reason", None)
+        if isinstance(reason, BaseException) and reason is not error:
+            return reason
+    return None
 
 
 def _tls_failure(error: BaseException) -> bool:
@@ -328,6 +349,11 @@ class ToolSpec:
     thread, off the event loop) or async (awaited). The dict is the handler's own copy: it
     may change it without changing the call the session records (a shallow copy: nested
     lists and dicts are shared with the caller's arguments, so leave those unchanged).
+
+    A `ToolSpec` made by hand checks only that the schema's required arguments are there:
+    the types, ranges and enums of `parameters` are shown to the model, not enforced, so the
+    handler checks its values itself. `@tool` validates every argument against the function's
+    type hints (a wrong one is a `permanent` observation, the handler not called).
 
     Arguments are a dict; a string holding a JSON object is taken for that object. Another
     bare value is taken for the only required argument when there is exactly one; for a tool
