@@ -14,6 +14,7 @@ import pytest
 from test_runtime import add
 
 import llm_agent_runtime as ar
+import llm_agent_runtime.runtime as runtime_module
 from llm_agent_runtime.providers.base import ChatResponse, ToolCall, Usage
 
 FINAL = "Thought: done\nAction: FINAL_ANSWER ok"
@@ -334,3 +335,35 @@ def test_an_edit_approval_needs_arguments() -> None:
     with pytest.raises(ar.AgentRuntimeError, match="'edit' approval needs the arguments"):
         ar.ApprovalDecision("edit")
     assert ar.ApprovalDecision("edit", arguments={}).arguments == {}
+
+
+async def test_remembered_approvals_are_kept_for_the_latest_sessions_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime_module, "REMEMBERED_APPROVAL_SESSIONS", 3)
+    asked: list[str] = []
+
+    def approve(session: Any, name: str, arguments: Any) -> ar.ApprovalDecision:
+        asked.append(session.session_id)
+        return ar.ApprovalDecision("approve", remember=True)
+
+    rt = ar.AgentRuntime(tools=[add], approval_handler=approve)
+    adds = ['Thought: t\nAction: add {"a": 1, "b": 2}', FINAL]
+    sessions = [rt.create_session("a", f"s{i}") for i in range(5)]
+    for session in sessions:
+        await rt.run_agent("a", "q", _replies(*adds), session=session)
+    assert list(rt._approvals) == ["s2", "s3", "s4"] == list(rt._approval_locks)
+    await rt.run_agent("a", "q", _replies(*adds), session=sessions[2])  # remembered
+    assert asked == ["s0", "s1", "s2", "s3", "s4"]
+    assert list(rt._approvals) == ["s3", "s4", "s2"]  # the latest run last
+    await rt.run_agent("a", "q", _replies(*adds), session=sessions[0])  # forgotten: asked
+    assert asked[-1] == "s0" and list(rt._approvals) == ["s4", "s2", "s0"]
+
+
+def _replies(*replies: str) -> Any:
+    answers = iter(replies)
+
+    async def infer(prompt: str) -> str:
+        return next(answers)
+
+    return infer

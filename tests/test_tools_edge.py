@@ -121,7 +121,7 @@ async def test_a_result_that_cannot_be_rendered_is_a_permanent_observation(resul
 
     obs = await ar.ToolRegistry([give]).call("give", {})
     assert obs.error_kind == "permanent"
-    assert obs.content.startswith("error: tool result could not be rendered: ")
+    assert obs.content.startswith("error: the tool ran, but its result could not be rendered: ")
 
 
 async def test_an_error_whose_message_cannot_be_rendered_is_still_an_observation() -> None:

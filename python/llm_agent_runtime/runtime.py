@@ -81,7 +81,7 @@ if TYPE_CHECKING:
         StepRecord,
     )
 
-__all__ = ["AgentRuntime", "ApprovalDecision", "Middleware"]
+__all__ = ["REMEMBERED_APPROVAL_SESSIONS", "AgentRuntime", "ApprovalDecision", "Middleware"]
 
 logger = logging.getLogger("llm_agent_runtime")
 
@@ -106,6 +106,8 @@ _REACT_FORMAT_NO_TOOLS = "Answer with:\nThought: ...\nAction: FINAL_ANSWER your 
 _INCOMPLETE_STOP_REASONS = TRUNCATION_STOP_REASONS | {"content_filter"}
 _CO_COROUTINE = inspect.CO_COROUTINE
 _NO_SPAN = contextlib.nullcontext()
+REMEMBERED_APPROVAL_SESSIONS = 10_000
+"""How many sessions' remembered approval decisions a runtime keeps (see `ApprovalDecision`)."""
 # What the metrics count a call of an unregistered tool under: no tool is named so (names
 # are letters, digits, '_' and '-'), and made-up names add no counters.
 _UNKNOWN_TOOL = "(unknown tool)"
@@ -127,7 +129,9 @@ class ApprovalDecision:
         arguments: The edited arguments, for `edit`.
         reason: Told to the model when the call is denied.
         remember: Reuse this decision for later calls of the same tool in the session (an
-            edit: for later calls with the same arguments).
+            edit: for later calls with the same arguments). A runtime remembers the
+            decisions of its `REMEMBERED_APPROVAL_SESSIONS` most recently run sessions (the
+            handler is asked again in an older one), so one-off runs cannot pile them up.
 
     Raises:
         AgentRuntimeError: `action` is none of the three, or an `edit` has no `arguments`.
@@ -1529,12 +1533,23 @@ class AgentRuntime:
     def _drop_unremembered_approvals(self, session_id: str) -> None:
         """At a run's end: drops the session's approval state unless a decision is remembered.
 
-        Remembered decisions stay (per session, until `forget_approvals`); a session with none
-        keeps nothing, so runs do not pile up entries.
+        Remembered decisions stay (per session, until `forget_approvals`), for the
+        `REMEMBERED_APPROVAL_SESSIONS` sessions that ran last (the oldest idle ones are
+        forgotten first); a session with none keeps nothing, so runs do not pile up entries.
         """
-        if not self._approvals.get(session_id):
-            self._approvals.pop(session_id, None)
-            self._approval_locks.pop(session_id, None)
+        remembered = self._approvals.pop(session_id, None)
+        locks = self._approval_locks.pop(session_id, None)
+        if not remembered:
+            return
+        # Put back last: the dicts keep their order, oldest run first.
+        self._approvals[session_id] = remembered
+        if locks is not None:
+            self._approval_locks[session_id] = locks
+        excess = len(self._approvals) - REMEMBERED_APPROVAL_SESSIONS
+        if excess > 0:
+            idle = [s for s in self._approvals if s not in self._running][:excess]
+            for old in idle:
+                self.forget_approvals(old)
 
     def _charge_budget(self, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
         """Charges one model call's tokens and its cost to the budget, if there is one.

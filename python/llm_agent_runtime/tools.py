@@ -1778,7 +1778,9 @@ class ToolRegistry:
         try:
             text: str = _RENDER_EXACT.get(type(result), _render)(result)
         except Exception as error:  # e.g. an int over the str conversion limit, a bad __repr__
-            message = f"error: tool result could not be rendered: {_describe(error, True)}"
+            # The call did run: the model must not take it for one that did nothing.
+            detail = _describe(error, True)
+            message = f"error: the tool ran, but its result could not be rendered: {detail}"
             return Observation(_truncate(message, max_chars), "permanent")
         if len(text) > max_chars:
             text = _truncate(text, max_chars)
