@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import weakref
 from typing import Any
@@ -485,3 +486,32 @@ def _script(*replies: str) -> Any:
         return next(answers)
 
     return infer
+
+
+def test_async_callables_of_every_kind_are_waited_for() -> None:
+    seen: list[str] = []
+
+    class Sink:
+        async def __call__(self, event: ar.Event) -> None:
+            await asyncio.sleep(0)
+            seen.append("object")
+
+    async def record(tag: str, event: ar.Event) -> None:
+        await asyncio.sleep(0)
+        seen.append(tag)
+
+    rt = ar.AgentRuntime()
+    rt.events.on(Sink())
+    rt.events.on(functools.partial(record, "partial"))
+    asyncio.run(rt.run_agent("a", "q", _script(FINAL)))
+    assert sorted(seen) == ["object"] * 4 + ["partial"] * 4  # 4 events a one-step run
+
+    seen.clear()
+    later = ar.AgentRuntime()
+    later.events.on(lambda event: record("lambda", event))  # sync, returns a coroutine
+    assert not later.events.has_async_callbacks
+    asyncio.run(later.run_agent("a", "q", _script(FINAL)))
+    assert later.events.has_async_callbacks  # told by the first coroutine it returned
+    seen.clear()
+    asyncio.run(later.run_agent("a", "q", _script(FINAL)))
+    assert seen == ["lambda"] * 4

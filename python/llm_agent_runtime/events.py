@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -134,11 +135,12 @@ RUN_CALLBACKS: ContextVar[set[asyncio.Future[Any]] | None] = ContextVar(
 )
 
 
-def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
+def _scheduler(bus: EventBus, pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
     """What happens to a callback's result: a coroutine (an async callback) is scheduled."""
 
     def schedule(result: Any) -> None:
         if asyncio.iscoroutine(result):
+            bus.has_async_callbacks = True  # a sync callback that returned a coroutine
             task = asyncio.ensure_future(result)
             # Keep a reference so the scheduled callback is not garbage-collected mid-run.
             pending.add(task)
@@ -175,16 +177,19 @@ class EventBus:
     `active` is False while nobody listens, so the runtime skips building events entirely.
     """
 
-    __slots__ = ("_callbacks", "_pending", "_queues", "active", "emit")
+    __slots__ = ("_callbacks", "_pending", "_queues", "active", "emit", "has_async_callbacks")
 
     def __init__(self) -> None:
         self._callbacks: list[Callable[[Event], Any]] = []
         self._queues: list[asyncio.Queue[Event | None]] = []
         self._pending: set[asyncio.Future[Any]] = set()
         self.active = False
+        self.has_async_callbacks = False
+        """Whether an async callback was registered (or a callback returned a coroutine):
+        runs then keep track of the callbacks they start, to wait for them."""
         # The delivery loop runs in Rust, over these very lists.
         self.emit: Callable[[Event], None] = EventFanout(
-            self._callbacks, self._queues, _scheduler(self._pending)
+            self._callbacks, self._queues, _scheduler(self, self._pending)
         ).emit
         """Delivers an event to every subscriber, then to every callback, in order.
 
@@ -203,13 +208,19 @@ class EventBus:
         run, and the run waits for the ones its events started before it returns or raises
         (unless it is cancelled), so none is lost when the program ends with the run; one
         that raises is logged (logger `llm_agent_runtime`), and the run's outcome is its
-        own.
+        own. An async callback is an `async def` function (or a partial of one) or an object
+        whose `__call__` is one; a sync callback that returns a coroutine has it scheduled
+        too, and waited for from the next run on.
 
         Returns:
             The callback, so this works as a decorator.
         """
         self._callbacks.append(callback)
         self.active = True
+        if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
+            type(callback).__call__
+        ):
+            self.has_async_callbacks = True
         return callback
 
     def off(self, callback: Callable[[Event], Any]) -> None:
