@@ -12,7 +12,9 @@ import functools
 import json
 import math
 import os
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -1425,3 +1427,37 @@ async def test_a_default_with_no_json_form_is_not_shown_but_still_filled_in() ->
     json.dumps(spec.definition(), allow_nan=False)  # no `Infinity` nor `NaN` in a request
     registry = ar.ToolRegistry([spec])
     assert await registry.call("_far", {"place": "x"}) == ("inf -inf nan (1.0, inf) 0.5", None)
+
+
+def test_a_program_exits_at_once_when_a_run_times_out_in_a_sync_tool() -> None:
+    # A sync tool with no timeout of its own, still running when the loop timeout ends the
+    # run: its thread must not hold `asyncio.run` (and the program) until it returns.
+    script = textwrap.dedent(
+        """
+        import asyncio, time
+        import llm_agent_runtime as ar
+
+        @ar.tool
+        def slow(x: int) -> int:
+            \"\"\"Sleeps.\"\"\"
+            time.sleep(5)
+            return x
+
+        async def infer(prompt: str) -> str:
+            return 'Thought: t\\nAction: slow {"x": 1}'
+
+        rt = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=200), tools=[slow])
+        try:
+            asyncio.run(rt.run_agent("a", "q", infer))
+        except ar.AgentLoopError as error:
+            print("timed out:", error)
+        """
+    )
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    elapsed = time.monotonic() - start
+    assert done.returncode == 0, done.stderr
+    assert "timed out: agent loop timed out after 200 ms" in done.stdout
+    assert elapsed < 4, elapsed  # not the tool's 5 s
