@@ -3,8 +3,10 @@
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import types
 from importlib import resources
 from pathlib import Path
@@ -227,3 +229,71 @@ def test_public_namespace_is_all_and_submodules() -> None:
     assert extra == set()
     leaked = {name for name in vars(ar) if not name.startswith("_")} - set(ar.__all__)
     assert all(isinstance(getattr(ar, name), types.ModuleType) for name in leaked), leaked
+
+
+def test_the_module_forms_go_through_the_console_scripts_parser() -> None:
+    version = subprocess.run(
+        [sys.executable, "-m", "llm_agent_runtime", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert version.returncode == 0 and version.stdout == f"llm-agent-runtime {ar.__version__}\n"
+    # `--help` must not run the demo (a run deletes the last demo session).
+    shown = subprocess.run(
+        [sys.executable, "-m", "llm_agent_runtime.demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0 and "usage: llm-agent-runtime demo" in shown.stdout
+    assert "question:" not in shown.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "llm_agent_runtime.demo", "--bogus"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("expression", "value"),
+    [("228 - 150", 78.0), ("-5 + 3", -2.0), ("-(150 - 228)", 78.0), ("+2 * 3", 6.0)],
+)
+def test_the_demo_calculator_takes_signed_numbers(expression: str, value: float) -> None:
+    assert demo.calculator(expression) == value
+
+
+@pytest.mark.parametrize("expression", ["True + 1", "1e400 - 1e400", "2 ** 8", "x + 1"])
+def test_the_demo_calculator_refuses_what_is_no_arithmetic_on_numbers(expression: str) -> None:
+    with pytest.raises(ValueError, match=r"unsupported expression|no finite value"):
+        demo.calculator(expression)
+
+
+def test_an_interrupted_demo_says_so_and_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run", interrupted)
+    assert demo.main() == 130
+
+
+def test_the_demo_bounds_a_silent_models_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that accepts the connection and never answers fails the demo in time."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts (the kernel does), never reads nor answers
+    monkeypatch.setattr(demo, "MODEL_READ_TIMEOUT", 0.5)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{listener.getsockname()[1]}/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.setenv(demo.DB_ENV, str(tmp_path / "demo.db"))
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    try:
+        start = time.monotonic()
+        assert demo.main() == 1
+        assert time.monotonic() - start < 30
+    finally:
+        listener.close()

@@ -1,4 +1,7 @@
-"""The `llm-agent-runtime` console script: `demo` runs the bundled demo, `version` prints it."""
+"""The `llm-agent-runtime` console script, also `python -m llm_agent_runtime`.
+
+`demo` runs the bundled demo; `version` prints the version.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +26,10 @@ environment:
                         the SQLite file of the checkpoints (default:
                         llm-agent-runtime/demo.db in the user's cache directory)
 
+A real model's server silent for 120 s, or a run longer than 10 minutes, fails the run.
+
 exit status: 0 when the agent answered; 1 when it gave no final answer or the run failed
-(the reason goes to stderr)."""
+(the reason goes to stderr); 130 when interrupted."""
 
 
 def _version() -> str:

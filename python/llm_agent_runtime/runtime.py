@@ -1953,9 +1953,10 @@ class AgentRuntime:
         Raises:
             AgentRuntimeError: Without a checkpoint backend; when the session is running (in
                 this runtime); when the run started after steps that are not saved (records
-                of older versions), as its context cannot then be rebuilt; when `model` lacks
-                a method its mode calls; for a turn in tools mode, when its history has a
-                tool exchange a provider would refuse (see `run_turn`).
+                of older versions), as its context cannot then be rebuilt; when the run was
+                interrupted in the other mode (react or tools) than this resume would run;
+                when `model` lacks a method its mode calls; for a turn in tools mode, when
+                its history has a tool exchange a provider would refuse (see `run_turn`).
             PersistenceError: When nothing is saved for the session or a record is corrupt.
             ToolError: When a call that may have run cannot safely be repeated.
         """
@@ -1993,8 +1994,10 @@ class AgentRuntime:
         # A provider is told from a model as `run_turn` tells it: a provider need not have
         # every method of `LlmProvider`, only the ones its mode calls.
         if callable(model) and not isinstance(model, LlmProvider):
+            _check_resume_mode(session_id, state.mode, "react")
             return await self._run(agent_id, prompt, model, None, session, history, state)
-        if state.mode == "tools" or self.config.mode == "tools":
+        _check_resume_mode(session_id, state.mode, self.config.mode)
+        if self.config.mode == "tools":
             _required("provider", model, ["chat"])
             if history is not None:
                 _check_tool_exchanges(session.messages)
@@ -2349,6 +2352,23 @@ def _incomplete_reply(stop_reason: str, what: str) -> AgentLoopError:
         f"{stop_reason!r}): {what} may be incomplete, so the run stops; raise the provider's "
         "max_tokens or ask for a shorter reply"
     )
+
+
+def _check_resume_mode(session_id: str, saved: str, mode: str) -> None:
+    """Raises `AgentRuntimeError` when a resume would go on in another mode than the run's.
+
+    The saved steps and journal of a run are its mode's (ReAct replies or native tool calls).
+    """
+    if mode != saved:
+        how = (
+            "a runtime in tools mode and a provider"
+            if saved == "tools"
+            else "a runtime in react mode, or an async infer function"
+        )
+        raise AgentRuntimeError(
+            f"session {session_id!r} was interrupted in {saved} mode and cannot go on in "
+            f"{mode} mode: resume it with {how}"
+        )
 
 
 def _check_config(config: AgentConfig) -> None:

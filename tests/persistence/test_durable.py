@@ -1353,3 +1353,44 @@ async def test_session_ids_that_are_no_strings_and_backends_without_its_methods_
     with pytest.raises(ar.PersistenceError, match="a checkpoint backend needs save, load"):
         await ar.AgentSession.load_checkpoint(None, session.session_id)  # type: ignore[arg-type]
     assert await ar.AgentSession.load_checkpoint(backend, session.session_id) == session
+
+
+async def test_resume_refuses_to_go_on_in_the_other_mode() -> None:
+    backend = ar.InMemoryBackend()
+    effects = Effects()
+    react = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
+    session = react.create_session("a")
+    with pytest.raises(ConnectionError):
+        await react.run_agent("a", "q", fails_after(add_step(0)), session=session)
+    tools = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=effects.tools(), checkpoint_backend=backend
+    )
+    # A ReAct model's text in tools mode would be taken for the final answer and saved so.
+    model = ar.ScriptedProvider([add_step(1), FINAL])
+    with pytest.raises(ar.AgentRuntimeError, match="interrupted in react mode and cannot go on"):
+        await tools.resume(session.session_id, model)
+    loaded = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    assert loaded is not None and loaded.final_answer is None  # nothing saved as finished
+    resumed = await react.resume(session.session_id, model)
+    assert resumed.final_answer == "finished"
+    assert effects.calls == [("add", (0, 1)), ("add", (1, 1))]
+
+    native = tools.create_session("a")
+    call = ar.ScriptedProvider.tool_call_reply([("add", {"a": 5, "b": 1})])
+
+    class Down:
+        def __init__(self) -> None:
+            self.replies = [call]
+
+        async def chat(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+            if not self.replies:
+                raise ConnectionError("model down")
+            return self.replies.pop(0)
+
+    with pytest.raises(ConnectionError):
+        await tools.run_agent_with_provider("a", "q", Down(), session=native)
+    with pytest.raises(ar.AgentRuntimeError, match=r"interrupted in tools mode .* in react mode"):
+        await react.resume(native.session_id, ar.ScriptedProvider(["done"]))
+    with pytest.raises(ar.AgentRuntimeError, match="resume it with a runtime in tools mode"):
+        await tools.resume(native.session_id, script(FINAL))  # an infer function is ReAct
+    assert (await tools.resume(native.session_id, ar.ScriptedProvider(["done"]))).final_answer

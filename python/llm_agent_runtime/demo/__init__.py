@@ -19,8 +19,10 @@ the sessions earlier demo runs saved there (its agent's only), so the file does 
 after run: it holds the latest run's session.
 
 The demo exits with status 1, saying why on stderr, when the model gives no final answer
-within `max_iterations` steps or the run fails with an `AgentRuntimeError`; and with status 1,
-quietly, when the reader of its output closes it early (`... demo | head -1`).
+within `max_iterations` steps or the run fails with an `AgentRuntimeError` (a real model's
+server silent for `MODEL_READ_TIMEOUT` seconds, or a run longer than `RUN_TIMEOUT_MS`,
+included); with status 1, quietly, when the reader of its output closes it early
+(`... demo | head -1`); and with status 130 when interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import logging
+import math
 import operator
 import os
 import re
@@ -51,6 +54,12 @@ QUESTION = (
 )
 MAX_ITERATIONS = 8
 DB_ENV = "LLM_AGENT_RUNTIME_DEMO_DB"
+MODEL_READ_TIMEOUT = 120.0
+"""Seconds a real model's server may stay silent while it answers (a local model on a CPU
+may think for long before its first byte)."""
+RUN_TIMEOUT_MS = 600_000
+"""The whole run's limit: a server that accepts requests but never answers ends the demo
+with an error, not a wait of the providers' default (10 minutes a read, retried)."""
 
 OPERATORS: dict[type[ast.operator], Callable[[float, float], float]] = {
     ast.Add: operator.add,
@@ -85,13 +94,22 @@ def calculator(expression: str) -> float:
     """
 
     def walk(node: ast.AST) -> float:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            return float(node.value)
+        value = getattr(node, "value", None)
+        if isinstance(node, ast.Constant) and isinstance(value, int | float):
+            if isinstance(value, bool):  # an int to Python, not a number to a user
+                raise ValueError(f"unsupported expression: {expression!r}")
+            return float(value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            operand = walk(node.operand)
+            return -operand if isinstance(node.op, ast.USub) else operand
         if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
             return float(OPERATORS[type(node.op)](walk(node.left), walk(node.right)))
         raise ValueError(f"unsupported expression: {expression!r}")
 
-    return walk(ast.parse(expression, mode="eval").body)
+    result = walk(ast.parse(expression, mode="eval").body)
+    if not math.isfinite(result):
+        raise ValueError(f"{expression!r} has no finite value")
+    return result
 
 
 def build_graph(facts: list[str]) -> ar.GraphStore:
@@ -266,6 +284,7 @@ async def run(db_path: Path | None = None) -> int:
             max_memory_tokens=200,
             # A real model stops before writing an observation of its own.
             stop_sequences=["\nObservation:"],
+            loop_timeout_ms=RUN_TIMEOUT_MS,
         )
         runtime = ar.AgentRuntime(
             config,
@@ -279,7 +298,7 @@ async def run(db_path: Path | None = None) -> int:
             ],
             checkpoint_backend=checkpoints,
         )
-        model = provider_from_env()
+        model = provider_from_env(timeout=MODEL_READ_TIMEOUT)
         if model is None:
             provider = model = ar.ScriptedProvider(SCRIPT)
             print(
@@ -348,11 +367,14 @@ def main() -> int:
     """Runs the demo in a new event loop; returns the exit status (see `run`).
 
     When the reader of stdout closes it early (`... demo | head -1`), the demo stops
-    quietly with status 1.
+    quietly with status 1; interrupted (Ctrl-C), it says so and returns 130.
     """
     try:
         status = asyncio.run(run())
         sys.stdout.flush()  # a closed pipe must fail here, not at exit (out of the `try`)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # As the Python docs advise: the output left in the buffer goes to /dev/null, so
         # flushing it at exit raises nothing more.

@@ -1,8 +1,8 @@
-"""`python -m llm_agent_runtime.demo`: runs the demo (see `llm_agent_runtime.demo`)."""
+"""`python -m llm_agent_runtime.demo`: `llm-agent-runtime demo` (see `llm_agent_runtime.cli`)."""
 
 import sys
 
-from llm_agent_runtime.demo import main
+from llm_agent_runtime.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["demo", *sys.argv[1:]]))
