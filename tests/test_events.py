@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import time
 import weakref
 from typing import Any
 
@@ -515,3 +516,40 @@ def test_async_callables_of_every_kind_are_waited_for() -> None:
     seen.clear()
     asyncio.run(later.run_agent("a", "q", _script(FINAL)))
     assert seen == ["lambda"] * 4
+
+
+async def test_a_callback_may_start_the_sessions_next_turn() -> None:
+    """The run waits for its callbacks after it let go of its session (and its slot)."""
+    rt = ar.AgentRuntime(backpressure=ar.BackpressureGuard(1))
+    session = rt.create_session("a", "S")
+    follow_ups: list[str | None] = []
+    started: list[str] = []
+
+    async def on_finished(event: ar.Event) -> None:
+        if isinstance(event, ar.RunFinished) and not started:  # after the first turn only
+            started.append(event.session_id)
+            follow_ups.append(await rt.run_turn(session, "and then?", _script(FINAL)))
+
+    rt.events.on(on_finished)
+    assert await rt.run_turn(session, "hi", _script(FINAL)) == "ok"
+    assert follow_ups == ["ok"]
+    assert [m["role"] for m in session.messages] == ["user", "assistant"] * 2
+
+
+async def test_the_wait_for_callbacks_ends_at_the_loop_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=200))
+    gate = asyncio.Event()
+
+    async def hung_webhook(event: ar.Event) -> None:
+        await gate.wait()
+
+    rt.events.on(hung_webhook)
+    start = time.perf_counter()
+    session = await rt.run_agent("a", "q", _script(FINAL))
+    assert session.final_answer == "ok"
+    assert time.perf_counter() - start < 2
+    assert any("still running at the run's deadline" in r.getMessage() for r in caplog.records)
+    gate.set()
+    await asyncio.sleep(0)

@@ -4,6 +4,7 @@ bare TypeError, a hang, or a session its own loader refuses."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Iterator
@@ -252,8 +253,7 @@ async def test_an_entity_count_that_is_no_count_is_named(count: Any) -> None:
 @pytest.mark.parametrize(
     ("agent_id", "session_id", "message"),
     [
-        ("a", 7, "session_id must be None or a non-empty string, got int"),
-        ("a", "", "session_id must be None or a non-empty string, got str"),
+        ("a", 7, "session_id must be None or a string, got int"),
         ("", None, "agent_id must be a non-empty string"),
         (None, None, "agent_id must be a non-empty string"),
     ],
@@ -269,6 +269,18 @@ def test_create_session_keeps_a_given_id_and_makes_fresh_ones() -> None:
     rt = ar.AgentRuntime()
     assert rt.create_session("a", "mine").session_id == "mine"
     assert rt.create_session("a").session_id != rt.create_session("a").session_id
+    assert rt.create_session("a", "").session_id  # as None: a header that was absent
+
+
+def test_a_config_subclass_is_validated_by_its_own_fields() -> None:
+    class TenantConfig(ar.AgentConfig):
+        tenant: str = "acme"
+
+    config = TenantConfig(tenant="other")
+    assert ar.AgentRuntime(config).config is config
+    broken = config.model_copy(update={"tenant": 3})
+    with pytest.raises(ar.AgentRuntimeError, match="tenant"):
+        ar.AgentRuntime(broken)
 
 
 async def test_to_dict_of_an_uncopyable_argument_is_a_persistence_error() -> None:
@@ -367,3 +379,52 @@ def _replies(*replies: str) -> Any:
         return next(answers)
 
     return infer
+
+
+@pytest.mark.parametrize("approving", [False, True])
+async def test_a_tool_registered_while_its_round_waits_is_still_not_found(
+    approving: bool,
+) -> None:
+    """Guarded as unknown, a call is never run unchecked by a later registration."""
+    ran: list[str] = []
+
+    @ar.tool
+    async def search(q: str) -> str:
+        """Searches."""
+        await asyncio.sleep(0.01)  # meanwhile the application registers `wipe`
+        rt.tools.register(wipe)
+        return "found"
+
+    @ar.tool
+    def wipe(path: str) -> str:
+        """Wipes."""
+        ran.append(path)
+        return "wiped"
+
+    def approve(session: Any, name: str, arguments: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("approve" if name == "search" else "deny")
+
+    rt = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools", max_parallel_tool_calls=1),
+        tools=[search],
+        capabilities=ar.CapabilitySet(allowed_tools=["search"]),
+        approval_handler=approve if approving else None,
+    )
+    round_ = ar.ScriptedProvider.tool_call_reply(
+        [("search", {"q": "x"}), ("wipe", {"path": "/data"})]
+    )
+    session = await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([round_, "done"]))
+    assert ran == []
+    assert [s.error_kind for s in session.steps[:2]] == [None, "not_found"]
+
+
+def test_a_journaled_call_without_an_id_gets_one() -> None:
+    calls = runtime_module._journaled_calls(
+        [{"id": None, "name": "add", "arguments": {"a": 1}}, {"id": "c9", "name": "add"}]
+    )
+    assert [(c.id, c.name, c.arguments) for c in calls] == [
+        ("call_0", "add", {"a": 1}),
+        ("c9", "add", {}),
+    ]
+    with pytest.raises(ar.PersistenceError, match="journaled tool call 0 has no name"):
+        runtime_module._journaled_calls([{"id": "c", "name": None}])

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, NamedTuple
@@ -152,16 +153,24 @@ def _scheduler(bus: EventBus, pending: set[asyncio.Future[Any]]) -> Callable[[An
     return schedule
 
 
-async def settle_callbacks(tasks: set[asyncio.Future[Any]]) -> None:
+async def settle_callbacks(tasks: set[asyncio.Future[Any]], deadline: float | None) -> None:
     """Waits for the async callbacks in `tasks`, and for those they schedule meanwhile.
 
     One that raised is logged with its traceback: it ran beside the run, whose outcome is
-    its own. Being cancelled stops the wait, not the callbacks.
+    its own. At `deadline` (a `time.perf_counter()` reading; None: none) the wait ends with
+    a warning, the callbacks left running. Being cancelled stops the wait, not the callbacks.
     """
     while tasks:
         batch = list(tasks)
         tasks.clear()
-        await asyncio.wait(batch)
+        timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+        _, unfinished = await asyncio.wait(batch, timeout=timeout)
+        if unfinished:
+            logger.warning(
+                "%d async event callbacks still running at the run's deadline: left running",
+                len(unfinished),
+            )
+            return
         for task in batch:
             if not task.cancelled() and (error := task.exception()) is not None:
                 logger.error(

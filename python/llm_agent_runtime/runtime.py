@@ -458,18 +458,18 @@ class AgentRuntime:
     def create_session(self, agent_id: str, session_id: str | None = None) -> AgentSession:
         """Starts a multi-turn session (chat history kept across `run_turn` calls).
 
+        `session_id` None or "" gives the session a fresh id.
+
         Raises:
             AgentRuntimeError: `agent_id` is not a non-empty string, or `session_id` is
-                neither None (a fresh id) nor a non-empty string.
+                neither None nor a string.
         """
         if not isinstance(agent_id, str) or not agent_id:
             raise AgentRuntimeError("agent_id must be a non-empty string")
-        if session_id is None:
+        if session_id is None or session_id == "":
             session_id = new_session_id()
-        elif not isinstance(session_id, str) or not session_id:
-            raise AgentRuntimeError(
-                f"session_id must be None or a non-empty string, got {_kind(session_id)}"
-            )
+        elif not isinstance(session_id, str):
+            raise AgentRuntimeError(f"session_id must be None or a string, got {_kind(session_id)}")
         return AgentSession(session_id=session_id, agent_id=agent_id)
 
     async def run_turn(
@@ -668,6 +668,12 @@ class AgentRuntime:
         # Checked and marked with no await in between: no other task runs this session now.
         running.add(session_id)
         metrics = self.metrics
+        # The async callbacks the run's events start: the run waits for them once it has let
+        # go of its session and slot, within its deadline. (Tracked only with async
+        # callbacks about: a context variable costs ~0.4 us a run.)
+        callbacks: set[asyncio.Future[Any]] = set()
+        settle = True  # not when cancelled
+        deadline: float | None = None
         try:
             metrics.session_started()
             session.prompt = prompt
@@ -683,9 +689,6 @@ class AgentRuntime:
             # suspend (an offline model, plain async tools) gives the timer no chance to fire.
             deadline = None if timeout is None else started + timeout / 1000
             events = self.events
-            # The async callbacks the run's events start: the run waits for them. (Tracked
-            # only with async callbacks about: a context variable costs ~0.4 us a run.)
-            callbacks: set[asyncio.Future[Any]] = set()
             callbacks_token = RUN_CALLBACKS.set(callbacks) if events.has_async_callbacks else None
             try:
                 span = (
@@ -721,10 +724,9 @@ class AgentRuntime:
                                 f"agent loop timed out after {timeout} ms "
                                 f"({session.step_count - steps_before} steps done)"
                             )
-                    if callbacks:
-                        await settle_callbacks(callbacks)
                 return session
             except BaseException as error:
+                settle = isinstance(error, Exception)
                 session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
                 if events.active:
                     # A failing listener must not hide the run's error nor skip the save.
@@ -739,8 +741,6 @@ class AgentRuntime:
                 logger.warning("agent run %s failed: %r", session_id, error)
                 if self._checkpoints is not None:
                     await self._save_left_in_time(session)
-                if callbacks and isinstance(error, Exception):  # not when cancelled
-                    await settle_callbacks(callbacks)
                 raise
             finally:
                 if callbacks_token is not None:
@@ -755,6 +755,8 @@ class AgentRuntime:
                 self._drop_unremembered_approvals(session_id)
             if guard is not None:
                 guard.release()
+            if callbacks and settle:
+                await settle_callbacks(callbacks, deadline)
 
     async def _run_body(
         self,
@@ -1138,7 +1140,7 @@ class AgentRuntime:
                 saved = journal[0]["round"]
                 response = ChatResponse(
                     text=saved["text"],
-                    tool_calls=[ToolCall(**c) for c in saved["calls"]],
+                    tool_calls=_journaled_calls(saved["calls"]),
                     usage=_journaled_usage(saved) or Usage(),
                     reasoning=saved.get("reasoning", ()),
                 )
@@ -1421,10 +1423,11 @@ class AgentRuntime:
     def _denied(
         self, session: AgentSession, name: str, arguments: Any, denial: Observation, index: int
     ) -> ToolRun:
-        """The run of a call the approval handler denied.
+        """The run of a call that does not run (denied, or its tool unknown when guarded).
 
-        A failed call in the metrics, and a call that started and failed at once in the
-        events (so listeners see the denial).
+        The approval handler denied it, or its tool was not in the registry when the call
+        was guarded (`not_found`). A failed call in the metrics, and a call that started and
+        failed at once in the events (so listeners see the denial).
         """
         counted = name if name in self._tool_names else self._unlisted_name(name)
         self.metrics.record_tool_call(counted, session.agent_id)
@@ -1460,8 +1463,9 @@ class AgentRuntime:
         action limit would then refuse.
 
         A call of a tool the registry does not have (a name the model made up) is neither
-        checked, counted nor asked about: it runs, and its observation is `not_found`, with
-        or without capabilities.
+        checked, counted nor asked about: its observation is `not_found`, with or without
+        capabilities, even if the tool is registered before the call would run (it was not
+        checked).
         """
         rewritten: list[tuple[str, Any]] = []
         for name, arguments in calls:
@@ -1483,10 +1487,12 @@ class AgentRuntime:
             else:
                 for _ in known:
                     capabilities.record_action()
+        limit = self.config.max_observation_chars
         if self.approval_handler is None:
-            return [(name, arguments, None) for name, arguments in rewritten]
+            return [(n, a, None if n in tools else tools.not_found(n, limit)) for n, a in rewritten]
         return await _all_or_none(
-            self._decide(session, n, a) if n in tools else _undecided(n, a) for n, a in rewritten
+            self._decide(session, n, a) if n in tools else _not_found(tools, n, a, limit)
+            for n, a in rewritten
         )
 
     async def _decide(
@@ -1549,7 +1555,9 @@ class AgentRuntime:
             self._approval_locks[session_id] = locks
         excess = len(self._approvals) - REMEMBERED_APPROVAL_SESSIONS
         if excess > 0:
-            idle = [s for s in self._approvals if s not in self._running][:excess]
+            idle = list(
+                itertools.islice((s for s in self._approvals if s not in self._running), excess)
+            )
             for old in idle:
                 self.forget_approvals(old)
 
@@ -2334,6 +2342,25 @@ def _journaled_usage(entry: dict[str, Any]) -> Usage | None:
     return None
 
 
+def _journaled_calls(calls: list[dict[str, Any]]) -> list[ToolCall]:
+    """The tool calls of a journaled round.
+
+    A call journaled without an id (earlier versions kept a provider's missing one) gets
+    `call_{n}`, as the built-in providers name such calls.
+
+    Raises:
+        PersistenceError: A call's name is not a string.
+    """
+    rebuilt = []
+    for n, call in enumerate(calls):
+        name, call_id = call.get("name"), call.get("id")
+        if not isinstance(name, str):
+            raise PersistenceError(f"journaled tool call {n} has no name: {name!r:.40}")
+        call_id = call_id if isinstance(call_id, str) else f"call_{n}"
+        rebuilt.append(ToolCall(call_id, name, call.get("arguments", {})))
+    return rebuilt
+
+
 def _journaled_run(entry: dict[str, Any], name: str, arguments: Any) -> ToolRun:
     """The run of a tool call whose outcome is journaled (it ran, or was settled by hand)."""
     ran = entry.get("ran") or (entry.get("tool", name), entry.get("arguments", arguments))
@@ -2381,7 +2408,7 @@ def _check_config(config: AgentConfig) -> None:
         AgentRuntimeError: Naming the invalid settings.
     """
     try:
-        AgentConfig.model_validate(dict(config))
+        type(config).model_validate(dict(config))  # a subclass by its own fields
     except ValidationError as error:
         raise AgentRuntimeError(
             "config is not a valid AgentConfig (changed after it was validated, say by "
@@ -2397,9 +2424,11 @@ def _check_model_params(params: dict[str, Any]) -> None:
         raise AgentRuntimeError(f"config.{error}") from None
 
 
-async def _undecided(name: str, arguments: Any) -> tuple[str, Any, Observation | None]:
-    """A call no one is asked about (its tool does not exist), as `_decide` returns one."""
-    return name, arguments, None
+async def _not_found(
+    tools: ToolRegistry, name: str, arguments: Any, limit: int
+) -> tuple[str, Any, Observation | None]:
+    """A call of a tool the registry lacks, as `_decide` returns one: no one is asked."""
+    return name, arguments, tools.not_found(name, limit)
 
 
 def _recalled_texts(memory: Any, episodes: Any, limit: int) -> list[str]:

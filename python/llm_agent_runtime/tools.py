@@ -362,13 +362,15 @@ class ToolSpec:
     not validate (say, `{}` or a code snippet), is that argument's value when it validates as
     such.
 
-    A sync handler runs on a pool of daemon threads (as many as the event loop's default
-    executor has), so a call that times out, or whose run is cancelled or times out, does not
-    hold a worker that other tools need: a worker stuck in an abandoned call leaves the pool
-    and a new one takes its place. A thread cannot be killed: the abandoned handler keeps
-    running in the background until it returns (its result is dropped), though it does not
-    keep `asyncio.run` or the interpreter from exiting. A call whose timeout expires before
-    a worker is free never runs.
+    A sync handler with a `timeout` runs on a pool of daemon threads (as many as the default
+    executor has), so a call that times out does not hold a worker that other tools need: a
+    worker stuck in a timed-out call leaves the pool and a new one takes its place. A thread
+    cannot be killed: the timed-out handler keeps running in the background until it returns
+    (its result is dropped), though it does not keep `asyncio.run` or the interpreter from
+    exiting. A call whose timeout expires before a worker is free never runs. A sync handler
+    without a timeout runs in the event loop's default executor (a sub-agent it runs with
+    `asyncio.run` gets its own): `asyncio.run` waits for it at exit, even when its run was
+    cancelled or timed out, so give a handler that may block for long a `timeout`.
 
     Args:
         name: Name the model calls the tool by: 1 to 64 ASCII letters, digits, '_' or '-'.
@@ -593,14 +595,23 @@ class ToolSpec:
             if not inspect.isawaitable(result):
                 return result
             call = result
+        elif timeout is None:
+            call = self._in_thread(arguments)
         else:
             call = self._in_pool(arguments, timeout)
         if timeout is None:
             return await call
         return await _with_timeout(call, timeout)
 
-    async def _in_pool(self, arguments: dict[str, Any], timeout: float | None) -> Any:
-        """Runs a sync handler on the daemon worker pool; awaits what it returns if awaitable.
+    async def _in_thread(self, arguments: dict[str, Any]) -> Any:
+        """Runs a sync handler in a worker thread; awaits what it returns if that is awaitable."""
+        result = await asyncio.to_thread(_call_sync, self.handler, arguments)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    async def _in_pool(self, arguments: dict[str, Any], timeout: float) -> Any:
+        """Runs a sync handler on the daemon worker pool (for a call with a timeout).
 
         A call abandoned (timed out or cancelled) while it runs leaves its worker running it
         without holding a place in the pool; its outcome is then dropped. A call still
@@ -608,7 +619,7 @@ class ToolSpec:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        deadline = time.monotonic() + timeout
         job = _Job(self.handler, arguments, contextvars.copy_context(), loop, future, deadline)
         _POOL.submit(job)
         try:
@@ -651,6 +662,19 @@ async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
         raise carried.exit from None
 
 
+def _call_sync(handler: Callable[[dict[str, Any]], Any], arguments: dict[str, Any]) -> Any:
+    """Calls a sync handler (in a worker thread); what a future cannot carry is replaced.
+
+    A future refuses a StopIteration (the call awaiting it would never finish), and hands a
+    GeneratorExit to the awaiting task by `throw`, which closes every coroutine of the call
+    instead of letting `ToolRegistry.call` catch it: each becomes a RuntimeError.
+    """
+    try:
+        return handler(arguments)
+    except (StopIteration, GeneratorExit) as error:
+        raise _carried_error(error) from error
+
+
 def _carried_error(error: BaseException) -> RuntimeError:
     """The RuntimeError that stands for a tool's StopIteration or GeneratorExit (its cause)."""
     replacement = RuntimeError(f"the tool raised {error!r}")
@@ -664,10 +688,7 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         return
     if error is None:
         future.set_result(result)
-    elif isinstance(error, (StopIteration, GeneratorExit)):
-        # A future refuses a StopIteration (the call awaiting it would never finish), and
-        # hands a GeneratorExit on by `throw`, which would close every coroutine of the call
-        # instead of letting `ToolRegistry.call` catch it: each becomes a RuntimeError.
+    elif isinstance(error, (StopIteration, GeneratorExit)):  # see `_call_sync`
         future.set_exception(_carried_error(error))
     else:
         future.set_exception(error)
@@ -717,7 +738,7 @@ class _Job:
 
 
 class _WorkerPool:
-    """Daemon threads that run the calls of sync tools.
+    """Daemon threads that run the calls of sync tools with a timeout.
 
     At most `size` workers run calls that someone still awaits; further calls wait in a
     queue, and idle workers wait for calls. A call abandoned while it runs gives its worker's
@@ -1680,6 +1701,12 @@ class ToolRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._tools
 
+    def not_found(self, name: str, max_chars: int = 4000) -> Observation:
+        """The observation of a call of `name`, a tool this registry does not have."""
+        known = ", ".join(self.names()) or "none"
+        message = f"error: unknown tool {name!r} (known: {known})"
+        return Observation(_truncate(message, max_chars), "not_found")
+
     async def call(
         self,
         name: str,
@@ -1706,9 +1733,7 @@ class ToolRegistry:
         try:
             spec = self._tools[name]
         except KeyError:
-            known = ", ".join(self.names()) or "none"
-            message = f"error: unknown tool {name!r} (known: {known})"
-            return Observation(_truncate(message, max_chars), "not_found")
+            return self.not_found(name, max_chars)
         try:
             checked = spec._check(arguments)
             if len(arguments) > len(checked):  # keys the fast check dropped: refused below
