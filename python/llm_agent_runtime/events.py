@@ -215,11 +215,13 @@ class EventBus:
         A sync callback runs as the event is emitted; one that raises fails the run (after
         the other callbacks got the event). An async callback runs as a task beside the
         run, and the run waits for the ones its events started before it returns or raises
-        (unless it is cancelled), so none is lost when the program ends with the run; one
-        that raises is logged (logger `llm_agent_runtime`), and the run's outcome is its
-        own. An async callback is an `async def` function (or a partial of one) or an object
-        whose `__call__` is one; a sync callback that returns a coroutine has it scheduled
-        too, and waited for from the next run on.
+        (after it let go of its session, and unless it is cancelled), so none is lost when
+        the program ends with the run; the wait ends at the run's `loop_timeout_ms`, the
+        callbacks left running (say, a timed-out run's `ErrorEvent` ones). One that raises
+        is logged (logger `llm_agent_runtime`), and the run's outcome is its own. An async
+        callback is an `async def` function (or a partial of one) or an object whose
+        `__call__` is one; a sync callback that returns a coroutine has it scheduled too,
+        and waited for from the next run on.
 
         Returns:
             The callback, so this works as a decorator.

@@ -62,6 +62,7 @@ from llm_agent_runtime.providers.base import (
     ToolCall,
     ToolDefinition,
     Usage,
+    _kind,
     _loop_message,
     estimated_input_tokens,
     estimated_output_tokens,
@@ -2481,11 +2482,6 @@ def _need(infer: InferFn | None) -> InferFn:
     if infer is None:
         raise AgentRuntimeError("no model: give infer or a provider")
     return infer
-
-
-def _kind(value: Any) -> str:
-    """How an error message names the type of `value`."""
-    return "None" if value is None else type(value).__name__
 
 
 def _as_model(infer: Any) -> InferFn:
