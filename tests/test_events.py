@@ -553,3 +553,56 @@ async def test_the_wait_for_callbacks_ends_at_the_loop_deadline(
     assert any("still running at the run's deadline" in r.getMessage() for r in caplog.records)
     gate.set()
     await asyncio.sleep(0)
+
+
+async def test_a_run_cancelled_while_it_saves_its_failure_does_not_wait_for_callbacks() -> None:
+    class SlowSaves(ar.InMemoryBackend):
+        async def save(self, key: str, value: bytes) -> None:
+            await asyncio.sleep(0.5)
+            await super().save(key, value)
+
+        async def batch_save(self, items: Any) -> None:
+            await asyncio.sleep(0.5)
+            await super().batch_save(items)
+
+    rt = ar.AgentRuntime(checkpoint_backend=SlowSaves())
+    gate = asyncio.Event()
+
+    async def stuck(event: ar.Event) -> None:
+        if isinstance(event, ar.ErrorEvent):
+            await gate.wait()
+
+    rt.events.on(stuck)
+
+    async def fails(prompt: str) -> str:
+        raise RuntimeError("model down")
+
+    run = asyncio.ensure_future(rt.run_agent("a", "q", fails))
+    await asyncio.sleep(0.1)  # the run failed and is saving what it did
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 2)
+    gate.set()
+
+
+async def test_callbacks_that_fail_are_logged_even_when_others_outlive_the_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=300))
+    gate = asyncio.Event()
+
+    async def webhook(event: ar.Event) -> None:
+        if isinstance(event, ar.RunStarted):
+            raise RuntimeError("webhook 500")
+        if isinstance(event, ar.RunFinished):
+            await gate.wait()
+            raise RuntimeError("late failure")
+
+    rt.events.on(webhook)
+    assert (await rt.run_agent("a", "q", _script(FINAL))).final_answer == "ok"
+    failed = [r.getMessage() for r in caplog.records if "callback failed" in r.getMessage()]
+    assert len(failed) == 1 and "webhook 500" in failed[0]
+    gate.set()
+    await asyncio.sleep(0.01)  # the one left running fails now: logged too
+    failed = [r.getMessage() for r in caplog.records if "callback failed" in r.getMessage()]
+    assert len(failed) == 2 and "late failure" in failed[1]

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pydantic
 import pytest
 from test_runtime import add
 
@@ -281,6 +282,12 @@ def test_a_config_subclass_is_validated_by_its_own_fields() -> None:
     broken = config.model_copy(update={"tenant": 3})
     with pytest.raises(ar.AgentRuntimeError, match="tenant"):
         ar.AgentRuntime(broken)
+
+    class AliasedConfig(ar.AgentConfig):
+        tenant: str = pydantic.Field(alias="tenantId")
+
+    aliased = AliasedConfig(tenantId="t1")  # built by its alias
+    assert ar.AgentRuntime(aliased).config is aliased
 
 
 async def test_to_dict_of_an_uncopyable_argument_is_a_persistence_error() -> None:

@@ -164,20 +164,27 @@ async def settle_callbacks(tasks: set[asyncio.Future[Any]], deadline: float | No
         batch = list(tasks)
         tasks.clear()
         timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
-        _, unfinished = await asyncio.wait(batch, timeout=timeout)
+        finished, unfinished = await asyncio.wait(batch, timeout=timeout)
+        for task in finished:
+            _log_failure(task)
         if unfinished:
             logger.warning(
                 "%d async event callbacks still running at the run's deadline: left running",
                 len(unfinished),
             )
+            for task in unfinished:  # logged when they fail, all the same
+                task.add_done_callback(_log_failure)
             return
-        for task in batch:
-            if not task.cancelled() and (error := task.exception()) is not None:
-                logger.error(
-                    "an async event callback failed: %r",
-                    error,
-                    exc_info=(type(error), error, error.__traceback__),
-                )
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    """Logs the exception of a finished async callback, if it raised one."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.error(
+            "an async event callback failed: %r",
+            error,
+            exc_info=(type(error), error, error.__traceback__),
+        )
 
 
 class EventBus:

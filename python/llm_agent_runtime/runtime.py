@@ -727,7 +727,7 @@ class AgentRuntime:
                             )
                 return session
             except BaseException as error:
-                settle = isinstance(error, Exception)
+                settle = False  # unless this block ends as it should (not cancelled)
                 session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
                 if events.active:
                     # A failing listener must not hide the run's error nor skip the save.
@@ -742,6 +742,7 @@ class AgentRuntime:
                 logger.warning("agent run %s failed: %r", session_id, error)
                 if self._checkpoints is not None:
                     await self._save_left_in_time(session)
+                settle = isinstance(error, Exception)  # not when cancelled
                 raise
             finally:
                 if callbacks_token is not None:
@@ -2409,7 +2410,12 @@ def _check_config(config: AgentConfig) -> None:
         AgentRuntimeError: Naming the invalid settings.
     """
     try:
-        type(config).model_validate(dict(config))  # a subclass by its own fields
+        # A subclass by its own fields, and by their aliases (as it is built); a key that is
+        # no field (`model_copy` sets any) as it is, to be refused.
+        fields = type(config).model_fields
+        dumped = config.model_dump(by_alias=True, round_trip=True, warnings=False)
+        dumped.update((k, v) for k, v in vars(config).items() if k not in fields)
+        type(config).model_validate(dumped)
     except ValidationError as error:
         raise AgentRuntimeError(
             "config is not a valid AgentConfig (changed after it was validated, say by "
