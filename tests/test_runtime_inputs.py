@@ -423,6 +423,9 @@ async def test_a_tool_registered_while_its_round_waits_is_still_not_found(
     session = await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([round_, "done"]))
     assert ran == []
     assert [s.error_kind for s in session.steps[:2]] == [None, "not_found"]
+    snapshot = rt.metrics.snapshot()
+    assert "wipe" not in snapshot.tool_calls  # never reached, whatever it is called now
+    assert snapshot.tool_failures.get("(unknown tool)") == 1
 
 
 def test_a_journaled_call_without_an_id_gets_one() -> None:

@@ -1431,7 +1431,10 @@ class AgentRuntime:
         was guarded (`not_found`). A failed call in the metrics, and a call that started and
         failed at once in the events (so listeners see the denial).
         """
-        counted = name if name in self._tool_names else self._unlisted_name(name)
+        if denial.error_kind == "not_found":  # even if registered since: it was not reached
+            counted = _UNKNOWN_TOOL
+        else:
+            counted = name if name in self._tool_names else self._unlisted_name(name)
         self.metrics.record_tool_call(counted, session.agent_id)
         self.metrics.record_tool_failure(counted, session.agent_id)
         events = self.events
