@@ -232,28 +232,18 @@ def test_public_namespace_is_all_and_submodules() -> None:
 
 
 def test_the_module_forms_go_through_the_console_scripts_parser() -> None:
-    version = subprocess.run(
-        [sys.executable, "-m", "llm_agent_runtime", "--version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    def python_m(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", *args], capture_output=True, text=True, timeout=60
+        )
+
+    version = python_m("llm_agent_runtime", "--version")
     assert version.returncode == 0 and version.stdout == f"llm-agent-runtime {ar.__version__}\n"
     # `--help` must not run the demo (a run deletes the last demo session).
-    shown = subprocess.run(
-        [sys.executable, "-m", "llm_agent_runtime.demo", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    shown = python_m("llm_agent_runtime.demo", "--help")
     assert shown.returncode == 0 and "usage: llm-agent-runtime demo" in shown.stdout
     assert "question:" not in shown.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "llm_agent_runtime.demo", "--bogus"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = python_m("llm_agent_runtime.demo", "--bogus")
     assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
 
 
