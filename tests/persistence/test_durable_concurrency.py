@@ -325,7 +325,7 @@ async def test_two_runs_starting_one_fresh_id_at_once_run_one(
     )
     refused = [r for r in runs if isinstance(r, ar.PersistenceError)]
     ran = [r for r in runs if isinstance(r, AgentSession)]
-    assert len(refused) == 1 and len(ran) == 1
+    assert len(refused) == 1 and len(ran) == 1, runs  # what each run gave, when it fails
     # Refused by the claim, or, where a backend never suspends, by the first run's steps.
     assert any(why in str(refused[0]) for why in ("was just taken", "1 steps saved"))
     assert await ar.AgentSession.load_checkpoint(backend, "x") == ran[0]
