@@ -142,3 +142,39 @@ def test_a_native_model_call_is_made_inside_its_span() -> None:
     # The call was made before the span was entered: work a provider starts when called ran
     # under the run's span, and a call that failed at once left no `agent.llm` span.
     assert _run(NATIVE) == ["inside agent.llm", "agent.llm ERROR", "agent.run ERROR"]
+
+
+GUARDED = SETUP + textwrap.dedent(
+    """
+    @ar.tool
+    async def add(a: int, b: int) -> int:
+        '''Adds.'''
+        return a + b
+
+    replies = iter([
+        'Thought: t\\nAction: add {"a": 1, "b": 2}',
+        'Thought: t\\nAction: dda {"a": 1, "b": 2}',
+        "Thought: t\\nAction: FINAL_ANSWER 3",
+    ])
+
+    async def infer(prompt: str) -> str:
+        return next(replies)
+
+    def deny(session, name, arguments):
+        return ar.ApprovalDecision("deny", reason="not today")
+
+    runtime = ar.AgentRuntime(ar.AgentConfig(), tools=[add], approval_handler=deny)
+    asyncio.run(runtime.run_agent("agent-1", "add", infer))
+    for span in exporter.get_finished_spans():
+        if span.name == "agent.tool":
+            print(span.name, span.status.status_code.name, span.status.description or "")
+    """
+)
+
+
+def test_calls_that_never_run_have_failed_tool_spans_too() -> None:
+    """A denied call and a made-up tool name are in the trace, as the calls that ran are."""
+    assert _run(GUARDED) == [
+        "agent.tool ERROR error: tool call 'add' denied: not today",
+        "agent.tool ERROR error: unknown tool 'dda' (known: add)",
+    ]

@@ -1429,8 +1429,14 @@ class AgentRuntime:
 
         The approval handler denied it, or its tool was not in the registry when the call
         was guarded (`not_found`). A failed call in the metrics, and a call that started and
-        failed at once in the events (so listeners see the denial).
+        failed at once in the events (so listeners see the denial), and a failed tool span
+        in a trace.
         """
+        if self._tracer is not None:
+            with self._tracer.start_as_current_span(
+                "agent.tool", attributes={"tool": name}
+            ) as span:
+                _mark_failed(span, denial)
         if denial.error_kind == "not_found":  # even if registered since: it was not reached
             counted = _UNKNOWN_TOOL
         else:
