@@ -8,6 +8,7 @@ import weakref
 from typing import Any
 
 import pytest
+from test_runtime import react
 
 import llm_agent_runtime as ar
 
@@ -397,7 +398,7 @@ def test_a_run_waits_for_its_async_callbacks_before_it_returns() -> None:
 
     rt.events.on(slow_callback)
     # asyncio.run cancels the tasks still pending when the run returns: none may be.
-    asyncio.run(rt.run_agent("a", "q", _script(ADD, FINAL)))
+    asyncio.run(rt.run_agent("a", "q", react(ADD, FINAL)))
     first_step = ["LlmTextDelta", "LlmResponse", "ToolCallStarted", "ToolCallFinished"]
     answer = ["LlmTextDelta", "LlmResponse"]
     assert sorted(seen) == sorted(["RunStarted", *first_step, *answer, "RunFinished"])
@@ -413,7 +414,7 @@ def test_a_failed_runs_error_event_reaches_its_async_callbacks() -> None:
 
     rt.events.on(callback)
     with pytest.raises(ar.AgentLoopError):
-        asyncio.run(rt.run_agent("a", "q", _script("no action here")))
+        asyncio.run(rt.run_agent("a", "q", react("no action here")))
     assert seen[-1] == "ErrorEvent"
 
 
@@ -428,7 +429,7 @@ async def test_a_raising_async_callback_is_logged_and_fails_no_run(
             raise RuntimeError("the dashboard is down")
 
     rt.events.on(broken)
-    session = await rt.run_agent("a", "q", _script(FINAL))
+    session = await rt.run_agent("a", "q", react(FINAL))
     assert session.final_answer == "ok"
     failures = [r for r in caplog.records if "async event callback failed" in r.getMessage()]
     assert len(failures) == 1 and "the dashboard is down" in failures[0].getMessage()
@@ -448,11 +449,11 @@ async def test_a_run_waits_for_its_own_callbacks_not_another_runs() -> None:
 
     rt.events.on(callback)
     slow = asyncio.ensure_future(
-        rt.run_agent("a", "q", _script(FINAL), session=rt.create_session("a", "slow"))
+        rt.run_agent("a", "q", react(FINAL), session=rt.create_session("a", "slow"))
     )
     await asyncio.sleep(0.01)
     assert not slow.done()  # waiting for its callback
-    fast = await rt.run_agent("a", "q", _script(FINAL), session=rt.create_session("a", "fast"))
+    fast = await rt.run_agent("a", "q", react(FINAL), session=rt.create_session("a", "fast"))
     assert fast.final_answer == "ok" and done == ["fast"]
     gate.set()
     assert (await slow).final_answer == "ok"
@@ -480,15 +481,6 @@ async def test_a_cancelled_run_does_not_wait_for_its_callbacks() -> None:
     gate.set()
 
 
-def _script(*replies: str) -> Any:
-    answers = iter(replies)
-
-    async def infer(prompt: str) -> str:
-        return next(answers)
-
-    return infer
-
-
 def test_async_callables_of_every_kind_are_waited_for() -> None:
     seen: list[str] = []
 
@@ -504,17 +496,17 @@ def test_async_callables_of_every_kind_are_waited_for() -> None:
     rt = ar.AgentRuntime()
     rt.events.on(Sink())
     rt.events.on(functools.partial(record, "partial"))
-    asyncio.run(rt.run_agent("a", "q", _script(FINAL)))
+    asyncio.run(rt.run_agent("a", "q", react(FINAL)))
     assert sorted(seen) == ["object"] * 4 + ["partial"] * 4  # 4 events a one-step run
 
     seen.clear()
     later = ar.AgentRuntime()
     later.events.on(lambda event: record("lambda", event))  # sync, returns a coroutine
     assert not later.events.has_async_callbacks
-    asyncio.run(later.run_agent("a", "q", _script(FINAL)))
+    asyncio.run(later.run_agent("a", "q", react(FINAL)))
     assert later.events.has_async_callbacks  # told by the first coroutine it returned
     seen.clear()
-    asyncio.run(later.run_agent("a", "q", _script(FINAL)))
+    asyncio.run(later.run_agent("a", "q", react(FINAL)))
     assert seen == ["lambda"] * 4
 
 
@@ -528,10 +520,10 @@ async def test_a_callback_may_start_the_sessions_next_turn() -> None:
     async def on_finished(event: ar.Event) -> None:
         if isinstance(event, ar.RunFinished) and not started:  # after the first turn only
             started.append(event.session_id)
-            follow_ups.append(await rt.run_turn(session, "and then?", _script(FINAL)))
+            follow_ups.append(await rt.run_turn(session, "and then?", react(FINAL)))
 
     rt.events.on(on_finished)
-    assert await rt.run_turn(session, "hi", _script(FINAL)) == "ok"
+    assert await rt.run_turn(session, "hi", react(FINAL)) == "ok"
     assert follow_ups == ["ok"]
     assert [m["role"] for m in session.messages] == ["user", "assistant"] * 2
 
@@ -547,7 +539,7 @@ async def test_the_wait_for_callbacks_ends_at_the_loop_deadline(
 
     rt.events.on(hung_webhook)
     start = time.perf_counter()
-    session = await rt.run_agent("a", "q", _script(FINAL))
+    session = await rt.run_agent("a", "q", react(FINAL))
     assert session.final_answer == "ok"
     assert time.perf_counter() - start < 2
     assert any("still running at the run's deadline" in r.getMessage() for r in caplog.records)
@@ -599,7 +591,7 @@ async def test_callbacks_that_fail_are_logged_even_when_others_outlive_the_deadl
             raise RuntimeError("late failure")
 
     rt.events.on(webhook)
-    assert (await rt.run_agent("a", "q", _script(FINAL))).final_answer == "ok"
+    assert (await rt.run_agent("a", "q", react(FINAL))).final_answer == "ok"
     failed = [r.getMessage() for r in caplog.records if "callback failed" in r.getMessage()]
     assert len(failed) == 1 and "webhook 500" in failed[0]
     gate.set()

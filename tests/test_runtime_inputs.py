@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pydantic
 import pytest
-from test_runtime import add
+from test_runtime import add, react
 
 import llm_agent_runtime as ar
 import llm_agent_runtime.runtime as runtime_module
@@ -370,22 +370,13 @@ async def test_remembered_approvals_are_kept_for_the_latest_sessions_only(
     adds = ['Thought: t\nAction: add {"a": 1, "b": 2}', FINAL]
     sessions = [rt.create_session("a", f"s{i}") for i in range(5)]
     for session in sessions:
-        await rt.run_agent("a", "q", _replies(*adds), session=session)
+        await rt.run_agent("a", "q", react(*adds), session=session)
     assert list(rt._approvals) == ["s2", "s3", "s4"] == list(rt._approval_locks)
-    await rt.run_agent("a", "q", _replies(*adds), session=sessions[2])  # remembered
+    await rt.run_agent("a", "q", react(*adds), session=sessions[2])  # remembered
     assert asked == ["s0", "s1", "s2", "s3", "s4"]
     assert list(rt._approvals) == ["s3", "s4", "s2"]  # the latest run last
-    await rt.run_agent("a", "q", _replies(*adds), session=sessions[0])  # forgotten: asked
+    await rt.run_agent("a", "q", react(*adds), session=sessions[0])  # forgotten: asked
     assert asked[-1] == "s0" and list(rt._approvals) == ["s4", "s2", "s0"]
-
-
-def _replies(*replies: str) -> Any:
-    answers = iter(replies)
-
-    async def infer(prompt: str) -> str:
-        return next(answers)
-
-    return infer
 
 
 @pytest.mark.parametrize("approving", [False, True])

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Optional
 import pydantic
 import pytest
 from pydantic import AfterValidator, Field
+from test_runtime import react
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.tools import _truncate
@@ -1441,11 +1442,7 @@ def test_sync_tools_that_run_sub_agents_with_sync_tools_do_not_starve() -> None:
         """Runs a sub-agent."""
         time.sleep(0.05)
         inner = ar.AgentRuntime(tools=[leaf])
-        replies = iter([f'Thought: t\nAction: leaf {{"x": {x}}}', "Action: FINAL_ANSWER ok"])
-
-        async def infer(prompt: str) -> str:
-            return next(replies)
-
+        infer = react(f'Thought: t\nAction: leaf {{"x": {x}}}', "Action: FINAL_ANSWER ok")
         session = asyncio.run(inner.run_agent("inner", "q", infer))
         return int(session.steps[0].observation)
 
@@ -1453,11 +1450,7 @@ def test_sync_tools_that_run_sub_agents_with_sync_tools_do_not_starve() -> None:
     outer = ar.AgentRuntime(tools=[delegate])
 
     async def one(x: int) -> str:
-        replies = iter([f'Thought: t\nAction: delegate {{"x": {x}}}', "Action: FINAL_ANSWER ok"])
-
-        async def infer(prompt: str) -> str:
-            return next(replies)
-
+        infer = react(f'Thought: t\nAction: delegate {{"x": {x}}}', "Action: FINAL_ANSWER ok")
         session = await outer.run_agent("outer", "q", infer)
         return session.steps[0].observation
 

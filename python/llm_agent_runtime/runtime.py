@@ -15,7 +15,6 @@ import inspect
 import itertools
 import json
 import logging
-import operator
 import os
 import sys
 import time
@@ -52,6 +51,7 @@ from llm_agent_runtime.events import (
     settle_callbacks,
 )
 from llm_agent_runtime.memory import CHARS_PER_TOKEN, fit_to_token_budget
+from llm_agent_runtime.orchestration._checks import check_count
 from llm_agent_runtime.providers.base import (
     TRUNCATION_STOP_REASONS,
     ChatResponse,
@@ -2482,15 +2482,13 @@ def _entity_count(graph: Any) -> int:
         AgentRuntimeError: The count is not a whole number from 0 up.
     """
     count = graph.entity_count()
-    whole = type(count) is int or (
-        not isinstance(count, bool) and hasattr(type(count), "__index__")
-    )
-    if not whole or operator.index(count) < 0:
+    try:
+        return check_count("entity_count", count, 0)
+    except ValueError:
         raise AgentRuntimeError(
             f"graph {type(graph).__name__}.entity_count() must return a whole number from 0 "
             f"up, got {count!r:.40}"
-        )
-    return operator.index(count)
+        ) from None
 
 
 def _need(infer: InferFn | None) -> InferFn:
