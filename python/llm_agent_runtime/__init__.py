@@ -97,6 +97,7 @@ if _typing.TYPE_CHECKING:
     from llm_agent_runtime.providers.offline import ScriptedProvider
     from llm_agent_runtime.providers.openai import OpenAIProvider
     from llm_agent_runtime.runtime import (
+        REMEMBERED_APPROVAL_SESSIONS,
         AgentRuntime,
         ApprovalDecision,
         ApprovalHandler,
@@ -148,6 +149,7 @@ _LAZY = {
     "InferFn": "llm_agent_runtime.runtime",
     "LlmProvider": "llm_agent_runtime.providers.base",
     "Middleware": "llm_agent_runtime.runtime",
+    "REMEMBERED_APPROVAL_SESSIONS": "llm_agent_runtime.runtime",
     "Observation": "llm_agent_runtime.tools",
     "OpenAIProvider": "llm_agent_runtime.providers.openai",
     "PostgresBackend": "llm_agent_runtime.persistence.postgres",
@@ -161,6 +163,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "REMEMBERED_APPROVAL_SESSIONS",
     "AgentConfig",
     "AgentLoopError",
     "AgentRuntime",
