@@ -1679,6 +1679,10 @@ class AgentRuntime:
                     await self._checkpoints.append_events(session_id, pending)
                 except Exception as log_error:
                     logger.warning("event log of %s not saved: %r", session_id, log_error)
+            try:  # a run that saved no step leaves the id to the next run
+                await self._checkpoints.free(session_id)
+            except Exception as free_error:
+                logger.warning("session %s not left free: %r", session_id, free_error)
         finally:
             self._unsaved_steps.pop(session_id, None)
             self._event_log.pop(session_id, None)

@@ -326,6 +326,91 @@ async def test_two_runs_starting_one_fresh_id_at_once_run_one(
     refused = [r for r in runs if isinstance(r, ar.PersistenceError)]
     ran = [r for r in runs if isinstance(r, AgentSession)]
     assert len(refused) == 1 and len(ran) == 1, runs  # what each run gave, when it fails
-    # Refused by the claim, or, where a backend never suspends, by the first run's steps.
-    assert any(why in str(refused[0]) for why in ("was just taken", "1 steps saved"))
+    # Refused by the claim, by the first run's meta record (under way, no step yet), or,
+    # where a backend never suspends, by the first run's steps.
+    whys = ("was just taken", "is being run by another run", "1 steps saved")
+    assert any(why in str(refused[0]) for why in whys)
     assert await ar.AgentSession.load_checkpoint(backend, "x") == ran[0]
+
+
+def held(reached: asyncio.Event, go: asyncio.Event) -> Any:
+    """A model whose first reply waits for `go` (a slow first call: no step saved yet)."""
+
+    async def infer(prompt: str) -> str:
+        reached.set()
+        await go.wait()
+        return FINAL
+
+    return infer
+
+
+async def test_a_run_under_way_with_no_step_saved_keeps_its_id(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Its meta record alone read as a run that had failed: a second run under the id ran
+    # too, and the two wrote over each other's steps.
+    first = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    second = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    reached, go = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(
+        first.run_agent("a", "Q1", held(reached, go), session=first.create_session("a", "x"))
+    )
+    await reached.wait()
+    try:
+        with pytest.raises(ar.PersistenceError, match="is being run by another run") as info:
+            fresh = second.create_session("a", "x")
+            await second.run_agent("a", "Q2", script(FINAL), session=fresh)
+        assert "runtime.resume" in str(info.value)
+        # A copy loaded from the store is refused as well.
+        loaded = await ar.AgentSession.load_checkpoint(backend, "x")
+        with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+            await second.run_turn(loaded, "Q2", script(FINAL))
+    finally:
+        go.set()
+        done = await running
+    assert done.prompt == "Q1"
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+
+
+async def test_a_run_whose_process_ended_before_its_first_step_is_resumed(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # A process that died in its first model call leaves a meta record alone: a new run is
+    # refused (it cannot be told from a run under way), and resume runs the question.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = runtime.create_session("a", "x")
+    session.prompt = "Q1"
+    await CheckpointStore(backend).save_meta(session, "react")  # and then the process ended
+    with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+        await runtime.run_agent("a", "Q2", script(FINAL), session=runtime.create_session("a", "x"))
+    resumed = await runtime.resume("x", script(add_step(1), FINAL))
+    assert (resumed.prompt, resumed.final_answer, resumed.step_count) == ("Q1", "finished", 2)
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == resumed
+
+
+async def test_runs_retrying_a_failed_run_at_once_run_one(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # A run that failed before its first step leaves its id free; of two retries, one runs.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    with pytest.raises(ConnectionError):
+        await runtime.run_agent("a", "Q0", fails_after(), session=runtime.create_session("a", "x"))
+    assert await backend.list_keys("session:x:free") == ["session:x:free"]
+    others = [ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend) for _ in "ab"]
+    runs = await asyncio.gather(
+        *(
+            rt.run_agent("a", f"Q{n}", script(FINAL), session=rt.create_session("a", "x"))
+            for n, rt in enumerate(others, 1)
+        ),
+        return_exceptions=True,
+    )
+    refused = [r for r in runs if isinstance(r, ar.PersistenceError)]
+    ran = [r for r in runs if isinstance(r, AgentSession)]
+    assert len(refused) == 1 and len(ran) == 1, runs
+    whys = ("was just taken", "is being run by another run", "1 steps saved")
+    assert any(why in str(refused[0]) for why in whys)
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == ran[0]
+    assert await backend.list_keys("session:x:free") == []
+    # The finished session is swept whole.
+    assert await CheckpointStore(backend).sweep(older_than=-1.0) == ["x"]
+    assert await backend.list_keys("session:x") == []

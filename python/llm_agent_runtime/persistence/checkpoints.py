@@ -8,6 +8,8 @@ Keys of session `<id>` (every value is a codec record; `<id>` is escaped, `%` as
 - `session:<id>:meta`: who runs what (agent, prompt, mode, start time, the run's id, whether
   it is a turn of a multi-turn session, how many steps the session had before it, and the
   chat history it started with);
+- `session:<id>:free`: the meta record's run has no step and is not under way (it failed before
+  its first step, or the session is a fork at step 0): a new run may take the id;
 - `session:<id>:step:<n>`: what step n added (a delta: storage grows linearly with steps);
 - `session:<id>:base:<n>`: steps 1 to n, folded by `prune`, so a running session stays
   resumable (`session:<id>:base`, without `<n>`, as older versions wrote it, is read too);
@@ -210,7 +212,9 @@ _PREFIX = session_key("")
 # What follows `session:<id>:` in the keys of session `<id>` itself. Ids are escaped in keys,
 # but keys written before they were hold ids with ':' as they are (`session:a:b:meta`, then
 # session `a:b`'s): a key is a session's own only when its rest is exactly one of these.
-_OWN_SUFFIX = re.compile(r"(?:meta|base|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z")
+_OWN_SUFFIX = re.compile(
+    r"(?:meta|free|base|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
+)
 _CALL = re.compile(r"([0-9]+):[0-9]+\Z")  # what follows `session:<id>:call:` in a journal key
 _LOAD_ATTEMPTS = 3  # folds of a session that a concurrent prune may force a load to redo
 
@@ -347,6 +351,9 @@ class CheckpointStore:
         # Sessions whose run `save_meta` refused, until `forget`: nothing of that run is
         # written (its events would go into the log of the run the id belongs to).
         self._refused: set[str] = set()
+        # Sessions whose run `save_meta` started with no step, until `forget`: `free` may
+        # leave their id free for another run.
+        self._unstepped: set[str] = set()
 
     # ------------------------------------------------------------------ writing
     async def save_meta(
@@ -376,8 +383,9 @@ class CheckpointStore:
                 session than `session` does: more steps, or, for a session with none, a
                 final checkpoint or steps (a new session under the id of a saved one, whose
                 records would mix with the new run's), or another run claimed the id just
-                now. A run that saved nothing (it failed before its first step) leaves only
-                its meta record: the session may run again. Nothing of a refused run is
+                now, or another run is under way: its meta record has no step yet, and it did
+                not leave the id free (`free`, as a run that fails before its first step
+                does). Nothing of a refused run is
                 written after it either (its steps, final checkpoint and events raise
                 `PersistenceError`) until `forget` or another `save_meta` of the session.
         """
@@ -387,32 +395,50 @@ class CheckpointStore:
             session, mode, run, turn=turn, first_step=session.step_count, history=history
         )
         claim = False  # whether the meta record is written insert-if-absent
+        why = "was just taken by another run starting under it"
+        advice = (
+            "load it (AgentSession.load_checkpoint) and run that, resume it (runtime.resume), "
+            "or start the new session under a new id"
+        )
         if session.steps:
             stored = await self._stored_steps(key)
             taken = stored > len(session.steps)
+            checkpoints_taken = taken
         else:
             # Any run under the id wrote its meta record first: one read by key tells a
             # fresh id (listing keys would scan a Redis keyspace at every run).
-            found = await self.backend.batch_load([key, meta_key])
-            stored = await self._stored_steps(key) if found else 0
-            # A meta record alone, with no step, is a run that saved nothing: run again.
-            taken = key in found or stored > 0
-            claim = not found and callable(getattr(self.backend, "save_new", None))
-        why = f"already has checkpoints ({stored} steps saved, the session has "
-        why += f"{len(session.steps)})"
+            free_key = f"{key}:free"
+            found = await self.backend.batch_load([key, meta_key, free_key])
+            known = key in found or meta_key in found
+            stored = await self._stored_steps(key) if known else 0
+            taken = checkpoints_taken = key in found or stored > 0
+            if not taken and meta_key in found:
+                # A meta record with no step is a run under way (or one whose process ended
+                # before its first step), unless the id was left free: by a run that failed
+                # before its first step, or a fork at step 0. Of runs taking a free id at
+                # once, the one that deletes the mark runs.
+                if free_key in found:
+                    taken = not await self.backend.delete(free_key)
+                else:
+                    taken = True
+                    why = "is being run by another run, which has saved no step yet"
+                    advice = (
+                        "start the new session under a new id or, if that run's process "
+                        "ended, resume the session (runtime.resume)"
+                    )
+            claim = not known and callable(getattr(self.backend, "save_new", None))
+        if checkpoints_taken:
+            why = f"already has checkpoints ({stored} steps saved, the session has "
+            why += f"{len(session.steps)})"
         if not taken and claim:
             # Two runs starting one fresh id at once: the first to write its meta runs.
             taken = not await self.backend.save_new(meta_key, meta)
-            why = "was just taken by another run starting under it"
         if taken:
             self._refused.add(session.session_id)
-            raise PersistenceError(
-                f"session {session.session_id!r} {why}: load it (AgentSession.load_checkpoint) "
-                "and run that, resume it (runtime.resume), or start the new session under a "
-                "new id",
-                key=key,
-            )
+            raise PersistenceError(f"session {session.session_id!r} {why}: {advice}", key=key)
         self._refused.discard(session.session_id)
+        if not session.steps:
+            self._unstepped.add(session.session_id)
         if stored < len(session.steps):
             records = [StepRecord(step).to_dict() for step in session.steps]
             earlier = {"session": session.to_dict(), "finished_at": time.time()}
@@ -440,6 +466,20 @@ class CheckpointStore:
         """Drops what this store keeps in memory of a session's run (it ended, any way)."""
         self._next_event.pop(session_id, None)
         self._refused.discard(session_id)
+        self._unstepped.discard(session_id)
+
+    async def free(self, session_id: str) -> None:
+        """Leaves the id free to run again: its run, of a session with no step, saved none.
+
+        Call it when such a run ends before its first step (a provider down, a spent budget,
+        a timeout): until then, `save_meta` refuses another run under the id, as it cannot
+        tell a run under way from one that ended. Does nothing for a run this store did not
+        start that way (`save_meta` of a session with no step) or that saved a step since.
+        """
+        if session_id in self._unstepped:
+            self._unstepped.discard(session_id)
+            key = f"{session_key(session_id)}:free"
+            await self.backend.save(key, encode("free", {"at": time.time()}))
 
     async def save_steps(
         self,
@@ -457,6 +497,8 @@ class CheckpointStore:
         keys = [f"{prefix}{first + i}" for i in range(len(records))]
         items = {key: encode("step", r.to_dict()) for key, r in zip(keys, records, strict=True)}
         await self._save_with_events(session_id, items, events)
+        if records:
+            self._unstepped.discard(session_id)
         return keys
 
     async def save_final(
@@ -876,6 +918,8 @@ class CheckpointStore:
                 key=meta_key,
             )
         items = {meta_key: meta}
+        if step == 0:  # no step: nothing tells a run may start it but this mark
+            items[f"{session_key(new_session_id)}:free"] = encode("free", {"at": time.time()})
         for n, record in enumerate(state.records[:step], 1):
             items[step_key(new_session_id, n)] = encode("step", record.to_dict())
         try:
