@@ -793,9 +793,8 @@ class AgentRuntime:
             turn = history is not None
             start = {"prompt": prompt, "turn": turn, "messages": len(session.messages)}
             self._durable_runs[session.session_id] = _DurableRun(run, first, start)
-            if resume is None:
-                mode = "tools" if provider else "react"
-                await self._save_meta(session, mode, run, session.messages if turn else None)
+            mode = "tools" if provider else "react"
+            await self._save_meta(session, mode, run, session.messages if turn else None, resume)
         if events.active:
             events.emit(RunStarted(session.session_id, agent_id, prompt))
         context = self._context(agent_id, prompt, session)
@@ -1663,7 +1662,7 @@ class AgentRuntime:
             )
 
     async def _save_what_is_left(self, session: AgentSession) -> None:
-        """Saves a failed run's unsaved steps and events, best effort.
+        """Saves a failed run's unsaved steps and events, and gives up its claim, best effort.
 
         The run's failure is what the caller must see, so nothing here raises but a
         cancellation. Whatever is not saved is dropped: nothing of the run stays in memory.
@@ -1679,10 +1678,10 @@ class AgentRuntime:
                     await self._checkpoints.append_events(session_id, pending)
                 except Exception as log_error:
                     logger.warning("event log of %s not saved: %r", session_id, log_error)
-            try:  # a run that saved no step leaves the id to the next run
-                await self._checkpoints.free(session_id)
-            except Exception as free_error:
-                logger.warning("session %s not left free: %r", session_id, free_error)
+            try:  # a run that saved no step lets the next run start where it did
+                await self._checkpoints.release(session_id)
+            except Exception as release_error:
+                logger.warning("claim of run %s not released: %r", session_id, release_error)
         finally:
             self._unsaved_steps.pop(session_id, None)
             self._event_log.pop(session_id, None)
@@ -1693,13 +1692,20 @@ class AgentRuntime:
         mode: str,
         run: str | None,
         history: list[dict[str, Any]] | None,
+        resume: SessionState | None = None,
     ) -> None:
-        """Saves the run's meta record; `history` is a turn's chat history (None: no turn)."""
+        """Saves the run's meta record; `history` is a turn's chat history (None: no turn).
+
+        A resumed run's record is saved: it claims the session, if it has no step, instead.
+        """
         assert self._checkpoints is not None
         try:
-            await self._checkpoints.save_meta(
-                session, mode, run, turn=history is not None, history=history
-            )
+            if resume is not None:
+                await self._checkpoints.claim_resumed(resume)
+            else:
+                await self._checkpoints.save_meta(
+                    session, mode, run, turn=history is not None, history=history
+                )
         except PersistenceError:
             raise
         except Exception as error:  # a backend's own error, typed for the caller

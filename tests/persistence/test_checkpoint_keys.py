@@ -85,6 +85,7 @@ async def test_sweep_finds_finished_sessions_without_meta_and_keeps_running_ones
     assert await store.sweep(older_than=-1000) == ["team:7:run"]
     assert await store.backend.list_keys("session:") == [
         "session:team%3A7:meta",
+        "session:team%3A7:run:0",
         "session:team%3A7:step:1",
     ]
 

@@ -326,8 +326,8 @@ async def test_two_runs_starting_one_fresh_id_at_once_run_one(
     refused = [r for r in runs if isinstance(r, ar.PersistenceError)]
     ran = [r for r in runs if isinstance(r, AgentSession)]
     assert len(refused) == 1 and len(ran) == 1, runs  # what each run gave, when it fails
-    # Refused by the claim, by the first run's meta record (under way, no step yet), or,
-    # where a backend never suspends, by the first run's steps.
+    # Refused by the first run's meta record or claim or, where a backend never suspends,
+    # by its steps.
     whys = ("was just taken", "is being run by another run", "1 steps saved")
     assert any(why in str(refused[0]) for why in whys)
     assert await ar.AgentSession.load_checkpoint(backend, "x") == ran[0]
@@ -388,29 +388,93 @@ async def test_a_run_whose_process_ended_before_its_first_step_is_resumed(
     assert await ar.AgentSession.load_checkpoint(backend, "x") == resumed
 
 
-async def test_runs_retrying_a_failed_run_at_once_run_one(
+async def test_a_failed_run_gives_up_its_claim_and_one_retry_runs(
     backend: ar.PersistenceBackend,
 ) -> None:
-    # A run that failed before its first step leaves its id free; of two retries, one runs.
+    # A run that failed before its first step gives up its claim: the id runs again, one
+    # retry at a time.
     runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     with pytest.raises(ConnectionError):
         await runtime.run_agent("a", "Q0", fails_after(), session=runtime.create_session("a", "x"))
-    assert await backend.list_keys("session:x:free") == ["session:x:free"]
-    others = [ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend) for _ in "ab"]
-    runs = await asyncio.gather(
-        *(
-            rt.run_agent("a", f"Q{n}", script(FINAL), session=rt.create_session("a", "x"))
-            for n, rt in enumerate(others, 1)
-        ),
-        return_exceptions=True,
+    assert await backend.list_keys("session:x:run:") == []
+    other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    reached, go = asyncio.Event(), asyncio.Event()
+    retry = runtime.run_agent(
+        "a", "Q1", held(reached, go), session=runtime.create_session("a", "x")
     )
-    refused = [r for r in runs if isinstance(r, ar.PersistenceError)]
-    ran = [r for r in runs if isinstance(r, AgentSession)]
-    assert len(refused) == 1 and len(ran) == 1, runs
-    whys = ("was just taken", "is being run by another run", "1 steps saved")
-    assert any(why in str(refused[0]) for why in whys)
-    assert await ar.AgentSession.load_checkpoint(backend, "x") == ran[0]
-    assert await backend.list_keys("session:x:free") == []
+    running = asyncio.create_task(retry)
+    await reached.wait()
+    try:
+        with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+            await other.run_agent("a", "Q2", script(FINAL), session=other.create_session("a", "x"))
+    finally:
+        go.set()
+        done = await running
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+    assert done.prompt == "Q1"
+    assert await backend.list_keys("session:x:run:") == ["session:x:run:0"]
     # The finished session is swept whole.
     assert await CheckpointStore(backend).sweep(older_than=-1.0) == ["x"]
     assert await backend.list_keys("session:x") == []
+
+
+async def test_a_resumed_run_with_no_step_keeps_its_id(backend: ar.PersistenceBackend) -> None:
+    # A failed run gave up its claim; its resume ran with none, and a new run under the id ran
+    # beside it.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    with pytest.raises(ConnectionError):
+        await runtime.run_agent("a", "Q0", fails_after(), session=runtime.create_session("a", "x"))
+    other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    reached, go = asyncio.Event(), asyncio.Event()
+    resumed = asyncio.create_task(runtime.resume("x", held(reached, go)))
+    await reached.wait()
+    try:
+        with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+            await other.run_agent("a", "Q2", script(FINAL), session=other.create_session("a", "x"))
+    finally:
+        go.set()
+        done = await resumed
+    assert (done.prompt, done.final_answer) == ("Q0", "finished")
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+    # A resume that fails before its first step gives up the claim it made.
+    with pytest.raises(ConnectionError):
+        await runtime.run_agent("a", "Q3", fails_after(), session=runtime.create_session("a", "y"))
+    with pytest.raises(ConnectionError):
+        await runtime.resume("y", fails_after())
+    assert await runtime.run_agent(
+        "a", "Q4", script(FINAL), session=runtime.create_session("a", "y")
+    )
+
+
+class SlowClaimReply:
+    """The backend, but the reply to a claim comes late (the claim itself has landed)."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        self.inner = inner
+        self.landed = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        won: bool = await self.inner.save_new(key, value)
+        if key.endswith(":run:0"):
+            self.landed.set()
+            await asyncio.sleep(0.05)
+        return won
+
+
+async def test_a_run_cancelled_while_it_claims_the_id_gives_the_claim_up(
+    backend: ar.PersistenceBackend,
+) -> None:
+    slow = SlowClaimReply(backend)
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=slow)  # type: ignore[arg-type]
+    session = runtime.create_session("a", "x")
+    running = asyncio.create_task(runtime.run_agent("a", "Q1", script(FINAL), session=session))
+    await slow.landed.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert await backend.list_keys("session:x:run:") == []
+    again = runtime.create_session("a", "x")
+    assert (await runtime.run_agent("a", "Q2", script(FINAL), session=again)).final_answer

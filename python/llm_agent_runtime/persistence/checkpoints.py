@@ -8,8 +8,9 @@ Keys of session `<id>` (every value is a codec record; `<id>` is escaped, `%` as
 - `session:<id>:meta`: who runs what (agent, prompt, mode, start time, the run's id, whether
   it is a turn of a multi-turn session, how many steps the session had before it, and the
   chat history it started with);
-- `session:<id>:free`: the meta record's run has no step and is not under way (it failed before
-  its first step, or the session is a fork at step 0): a new run may take the id;
+- `session:<id>:run:0`: the claim of the run of a session with no step, insert-if-absent: of
+  runs starting the session at once, in any process, one runs (the claim is deleted again
+  when its run ends before its first step, so the session may run again);
 - `session:<id>:step:<n>`: what step n added (a delta: storage grows linearly with steps);
 - `session:<id>:base:<n>`: steps 1 to n, folded by `prune`, so a running session stays
   resumable (`session:<id>:base`, without `<n>`, as older versions wrote it, is read too);
@@ -30,7 +31,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.persistence._waiting import retrieve_outcome, wait_through_cancellation
@@ -213,7 +214,7 @@ _PREFIX = session_key("")
 # but keys written before they were hold ids with ':' as they are (`session:a:b:meta`, then
 # session `a:b`'s): a key is a session's own only when its rest is exactly one of these.
 _OWN_SUFFIX = re.compile(
-    r"(?:meta|free|base|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
+    r"(?:meta|run:0|base|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
 )
 _CALL = re.compile(r"([0-9]+):[0-9]+\Z")  # what follows `session:<id>:call:` in a journal key
 _LOAD_ATTEMPTS = 3  # folds of a session that a concurrent prune may force a load to redo
@@ -332,6 +333,18 @@ def _numbered(keys: Iterable[str], prefix: str) -> list[tuple[int, str]]:
 _BACKEND_METHODS = ("save", "load", "delete", "batch_save", "batch_load", "list_keys")
 
 
+_RUN_SAVED_ADVICE = (
+    "load it (AgentSession.load_checkpoint) and run that, resume it (runtime.resume), or start "
+    "the new session under a new id"
+)
+_UNDER_WAY = "is being run by another run, which has saved no step yet"
+_RUN_UNDER_WAY_ADVICE = (
+    "start the new session under a new id, or load it (AgentSession.load_checkpoint) when that "
+    "run has ended and run that; if that run's process ended before it saved a step, resume "
+    "the session (runtime.resume)"
+)
+
+
 class CheckpointStore:
     """Session checkpoints, journal and event log on a `PersistenceBackend`.
 
@@ -351,9 +364,9 @@ class CheckpointStore:
         # Sessions whose run `save_meta` refused, until `forget`: nothing of that run is
         # written (its events would go into the log of the run the id belongs to).
         self._refused: set[str] = set()
-        # Sessions whose run `save_meta` started with no step, until `forget`: `free` may
-        # leave their id free for another run.
-        self._unstepped: set[str] = set()
+        # The claims of the running sessions that saved no step yet (`save_meta`), until
+        # `release` or `forget`.
+        self._claims: dict[str, str] = {}
 
     # ------------------------------------------------------------------ writing
     async def save_meta(
@@ -382,10 +395,10 @@ class CheckpointStore:
             PersistenceError: Before anything is written, when the store holds more of the
                 session than `session` does: more steps, or, for a session with none, a
                 final checkpoint or steps (a new session under the id of a saved one, whose
-                records would mix with the new run's), or another run claimed the id just
-                now, or another run is under way: its meta record has no step yet, and it did
-                not leave the id free (`free`, as a run that fails before its first step
-                does). Nothing of a refused run is
+                records would mix with the new run's), another run or a fork that took the
+                id just now, or another run's claim (see `release`: it runs, or its process
+                ended before its first step, and `runtime.resume` continues it). Nothing of a
+                refused run is
                 written after it either (its steps, final checkpoint and events raise
                 `PersistenceError`) until `forget` or another `save_meta` of the session.
         """
@@ -394,52 +407,35 @@ class CheckpointStore:
         meta_key, meta = _meta_item(
             session, mode, run, turn=turn, first_step=session.step_count, history=history
         )
-        claim = False  # whether the meta record is written insert-if-absent
-        why = "was just taken by another run starting under it"
-        advice = (
-            "load it (AgentSession.load_checkpoint) and run that, resume it (runtime.resume), "
-            "or start the new session under a new id"
-        )
         if session.steps:
             stored = await self._stored_steps(key)
+            fresh = False
             taken = stored > len(session.steps)
-            checkpoints_taken = taken
         else:
             # Any run under the id wrote its meta record first: one read by key tells a
             # fresh id (listing keys would scan a Redis keyspace at every run).
-            free_key = f"{key}:free"
-            found = await self.backend.batch_load([key, meta_key, free_key])
-            known = key in found or meta_key in found
-            stored = await self._stored_steps(key) if known else 0
-            taken = checkpoints_taken = key in found or stored > 0
-            if not taken and meta_key in found:
-                # A meta record with no step is a run under way (or one whose process ended
-                # before its first step), unless the id was left free: by a run that failed
-                # before its first step, or a fork at step 0. Of runs taking a free id at
-                # once, the one that deletes the mark runs.
-                if free_key in found:
-                    taken = not await self.backend.delete(free_key)
-                else:
-                    taken = True
-                    why = "is being run by another run, which has saved no step yet"
-                    advice = (
-                        "start the new session under a new id or, if that run's process "
-                        "ended, resume the session (runtime.resume)"
-                    )
-            claim = not known and callable(getattr(self.backend, "save_new", None))
-        if checkpoints_taken:
-            why = f"already has checkpoints ({stored} steps saved, the session has "
-            why += f"{len(session.steps)})"
-        if not taken and claim:
-            # Two runs starting one fresh id at once: the first to write its meta runs.
-            taken = not await self.backend.save_new(meta_key, meta)
+            found = await self.backend.batch_load([key, meta_key])
+            fresh = not found
+            stored = 0 if fresh else await self._stored_steps(key)
+            taken = key in found or stored > 0
         if taken:
-            self._refused.add(session.session_id)
-            raise PersistenceError(f"session {session.session_id!r} {why}: {advice}", key=key)
-        self._refused.discard(session.session_id)
-        if not session.steps:
-            self._unstepped.add(session.session_id)
-        if stored < len(session.steps):
+            why = f"already has checkpoints ({stored} steps saved, the session has "
+            self._refuse(session, why + f"{len(session.steps)})", _RUN_SAVED_ADVICE)
+        if not session.steps and callable(getattr(self.backend, "save_new", None)):
+            if fresh:
+                # The meta record first, insert-if-absent: of runs (and forks) starting a
+                # fresh id at once, one writes it; a crash after it leaves no claim behind.
+                if not await self.backend.save_new(meta_key, meta):
+                    why = "was just taken by another run or a fork starting under it"
+                    self._refuse(session, why, _RUN_UNDER_WAY_ADVICE)
+                # A run that read the record meanwhile may have claimed the id first.
+                if not await self._claim(session.session_id, run):
+                    self._refuse(session, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
+            else:  # a saved run with no step: failed (its claim released), or under way
+                if not await self._claim(session.session_id, run):
+                    self._refuse(session, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
+                await self.backend.save(meta_key, meta)
+        elif stored < len(session.steps):
             records = [StepRecord(step).to_dict() for step in session.steps]
             earlier = {"session": session.to_dict(), "finished_at": time.time()}
             earlier["run"] = uuid.uuid4().hex  # not this run's: an earlier turn's
@@ -450,11 +446,48 @@ class CheckpointStore:
                     meta_key: meta,
                 }
             )
-        elif not claim:
+        else:
             await self.backend.save(meta_key, meta)
+        self._refused.discard(session.session_id)
         # Another process may have logged events since this one last wrote: count afresh.
         self._next_event.pop(session.session_id, None)
         return run
+
+    async def _claim(self, session_id: str, run: str) -> bool:
+        """Claims the run of a session with no step (`:run:0`, insert-if-absent).
+
+        Returns whether this run has it. A claim that lands is `release`d when the run ends
+        before its first step, also when the wait for the write was cancelled.
+        """
+        claim = f"{session_key(session_id)}:run:0"
+        record = encode("claim", {"run": run, "at": time.time()})
+        write = asyncio.ensure_future(self.backend.save_new(claim, record))
+        try:
+            won = bool(await asyncio.shield(write))
+        except asyncio.CancelledError:
+            await wait_through_cancellation(write)
+            if not write.cancelled() and write.exception() is None and write.result():
+                self._claims[session_id] = claim
+            raise
+        if won:
+            self._claims[session_id] = claim
+        return won
+
+    async def claim_resumed(self, state: SessionState) -> None:
+        """Claims the resumed run of a session with no step, as `save_meta` a new run's.
+
+        So that a new run under the id is refused while it runs. A claim another run holds
+        (its process ended before its first step: why the session is resumed) is left as it
+        is: `release` gives up only a claim this run made.
+        """
+        if not state.records and callable(getattr(self.backend, "save_new", None)):
+            await self._claim(state.session_id, state.run or "")
+
+    def _refuse(self, session: AgentSession, why: str, advice: str) -> NoReturn:
+        """Refuses the run of `session` (see `save_meta`): nothing of it is written after."""
+        self._refused.add(session.session_id)
+        key = session_key(session.session_id)
+        raise PersistenceError(f"session {session.session_id!r} {why}: {advice}", key=key)
 
     async def _stored_steps(self, key: str) -> int:
         """How many steps the store holds of session key `key` (the highest step saved)."""
@@ -466,20 +499,19 @@ class CheckpointStore:
         """Drops what this store keeps in memory of a session's run (it ended, any way)."""
         self._next_event.pop(session_id, None)
         self._refused.discard(session_id)
-        self._unstepped.discard(session_id)
+        self._claims.pop(session_id, None)
 
-    async def free(self, session_id: str) -> None:
-        """Leaves the id free to run again: its run, of a session with no step, saved none.
+    async def release(self, session_id: str) -> None:
+        """Gives up the claim of a session's run that saved no step (see `save_meta`).
 
-        Call it when such a run ends before its first step (a provider down, a spent budget,
-        a timeout): until then, `save_meta` refuses another run under the id, as it cannot
-        tell a run under way from one that ended. Does nothing for a run this store did not
-        start that way (`save_meta` of a session with no step) or that saved a step since.
+        Call it when the run ends before its first step (a provider down, a spent budget, a
+        timeout): until then, another run of the session is refused, as a run under way
+        cannot be told from one that ended. Does nothing once the run saved a step (the
+        steps keep other runs out then).
         """
-        if session_id in self._unstepped:
-            self._unstepped.discard(session_id)
-            key = f"{session_key(session_id)}:free"
-            await self.backend.save(key, encode("free", {"at": time.time()}))
+        claim = self._claims.pop(session_id, None)
+        if claim is not None:
+            await self.backend.delete(claim)
 
     async def save_steps(
         self,
@@ -498,7 +530,7 @@ class CheckpointStore:
         items = {key: encode("step", r.to_dict()) for key, r in zip(keys, records, strict=True)}
         await self._save_with_events(session_id, items, events)
         if records:
-            self._unstepped.discard(session_id)
+            self._claims.pop(session_id, None)
         return keys
 
     async def save_final(
@@ -587,8 +619,8 @@ class CheckpointStore:
         """
         if session_id in self._refused:
             raise PersistenceError(
-                f"session {session_id!r}: its run was refused at its start (the id already "
-                "has checkpoints), so nothing of the run is saved",
+                f"session {session_id!r}: its run was refused at its start (see save_meta), "
+                "so nothing of the run is saved",
                 key=session_key(session_id),
             )
         numbered = await self._event_items(session_id, events)
@@ -918,8 +950,6 @@ class CheckpointStore:
                 key=meta_key,
             )
         items = {meta_key: meta}
-        if step == 0:  # no step: nothing tells a run may start it but this mark
-            items[f"{session_key(new_session_id)}:free"] = encode("free", {"at": time.time()})
         for n, record in enumerate(state.records[:step], 1):
             items[step_key(new_session_id, n)] = encode("step", record.to_dict())
         try:
