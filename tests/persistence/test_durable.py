@@ -547,7 +547,9 @@ async def test_the_final_record_takes_the_steps_whose_saves_failed() -> None:
         down = True
 
         async def batch_save(self, items: Any) -> None:
-            if self.down and all(":step:" in key or ":event:" in key for key in items):
+            # Every write of steps fails but the final checkpoint's (`session:<id>`).
+            steps = any(":step:" in key for key in items)
+            if self.down and steps and not any(key.count(":") == 1 for key in items):
                 raise OSError("disk full")
             await super().batch_save(items)
 

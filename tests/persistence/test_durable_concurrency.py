@@ -5,6 +5,7 @@ that is taken."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -478,3 +479,79 @@ async def test_a_run_cancelled_while_it_claims_the_id_gives_the_claim_up(
     assert await backend.list_keys("session:x:run:") == []
     again = runtime.create_session("a", "x")
     assert (await runtime.run_agent("a", "Q2", script(FINAL), session=again)).final_answer
+
+
+async def test_two_turns_of_one_session_at_once_run_one(backend: ar.PersistenceBackend) -> None:
+    # Two processes with a copy of a session each (two messages of one chat, handled by two
+    # workers) both ran their turn and wrote over each other's steps.
+    first = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    second = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    assert await first.run_turn(first.create_session("a", "chat"), "Q1", script(FINAL))
+    mine = await ar.AgentSession.load_checkpoint(backend, "chat")
+    theirs = await ar.AgentSession.load_checkpoint(backend, "chat")
+    reached, go = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(first.run_turn(mine, "Q2", held(reached, go)))
+    await reached.wait()
+    try:
+        with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+            await second.run_turn(theirs, "Q3", script(FINAL))
+    finally:
+        go.set()
+        await running
+    # The refused copy is behind now; loaded again, its turn runs after the other's.
+    with pytest.raises(ar.PersistenceError, match="2 steps saved, the session has 1"):
+        await second.run_turn(theirs, "Q3", script(FINAL))
+    again = await ar.AgentSession.load_checkpoint(backend, "chat")
+    assert await second.run_turn(again, "Q3", script(FINAL)) == "finished"
+    saved = await ar.AgentSession.load_checkpoint(backend, "chat")
+    assert [m["content"] for m in saved.messages if m["role"] == "user"] == ["Q1", "Q2", "Q3"]
+    # A claim is emptied once its run saved a step: it does not keep a copy of the chat.
+    for key in await backend.list_keys("session:chat:run:"):
+        assert len(await backend.load(key) or b"") < 200, key
+
+
+class MetaWriteHangs:
+    """The backend, but a meta record's write never ends once `hang` is set: the process
+    ended between a run's claim and its meta record."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        self.inner = inner
+        self.hang, self.reached = False, asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def save(self, key: str, value: bytes) -> None:
+        if self.hang and key.endswith(":meta"):
+            self.reached.set()
+            await asyncio.Event().wait()
+        await self.inner.save(key, value)
+
+
+async def test_a_turn_whose_process_ended_after_its_claim_is_resumed(
+    backend: ar.PersistenceBackend,
+) -> None:
+    dying = MetaWriteHangs(backend)
+    gone = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=dying)  # type: ignore[arg-type]
+    assert await gone.run_turn(gone.create_session("a", "chat"), "Q1", script(FINAL))
+    copy = await ar.AgentSession.load_checkpoint(backend, "chat")
+    dying.hang = True
+    lost = asyncio.create_task(gone.run_turn(copy, "Q2", script(FINAL)))
+    await dying.reached.wait()
+    try:
+        runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+        stale = await ar.AgentSession.load_checkpoint(backend, "chat")
+        with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+            await runtime.run_turn(stale, "Q3", script(FINAL))
+        # The claim holds the turn: resume asks its question, after the chat before it.
+        resumed = await runtime.resume("chat", script(add_step(1), FINAL))
+        assert (resumed.step_count, resumed.final_answer) == (3, "finished")
+        asked = [m["content"] for m in resumed.messages if m["role"] == "user"]
+        assert asked == ["Q1", "Q2"]
+        state = await CheckpointStore(backend).load("chat")
+        assert not state.interrupted_turn  # the meta record went with the resumed steps
+        assert await runtime.run_turn(resumed, "Q3", script(FINAL)) == "finished"
+    finally:
+        lost.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lost

@@ -8,9 +8,10 @@ Keys of session `<id>` (every value is a codec record; `<id>` is escaped, `%` as
 - `session:<id>:meta`: who runs what (agent, prompt, mode, start time, the run's id, whether
   it is a turn of a multi-turn session, how many steps the session had before it, and the
   chat history it started with);
-- `session:<id>:run:0`: the claim of the run of a session with no step, insert-if-absent: of
-  runs starting the session at once, in any process, one runs (the claim is deleted again
-  when its run ends before its first step, so the session may run again);
+- `session:<id>:run:<n>`: the claim of the run that started the session from step n, written
+  insert-if-absent before its meta record, and holding it: of runs starting from one step at
+  once, in any process, one runs (the claim is deleted when its run ends before its first
+  step, so the session may run again, and emptied with that step);
 - `session:<id>:step:<n>`: what step n added (a delta: storage grows linearly with steps);
 - `session:<id>:base:<n>`: steps 1 to n, folded by `prune`, so a running session stays
   resumable (`session:<id>:base`, without `<n>`, as older versions wrote it, is read too);
@@ -41,7 +42,7 @@ from llm_agent_runtime.persistence.base import (
     split_session_key,
     step_key,
 )
-from llm_agent_runtime.persistence.codec import decode, encode
+from llm_agent_runtime.persistence.codec import decode, encode, record_kind
 from llm_agent_runtime.session import AgentSession, Step
 
 __all__ = ["CheckpointStore", "SessionState", "StepRecord", "idempotency_key", "is_stale_entry"]
@@ -214,7 +215,7 @@ _PREFIX = session_key("")
 # but keys written before they were hold ids with ':' as they are (`session:a:b:meta`, then
 # session `a:b`'s): a key is a session's own only when its rest is exactly one of these.
 _OWN_SUFFIX = re.compile(
-    r"(?:meta|run:0|base|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
+    r"(?:meta|run:[0-9]+|base|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
 )
 _CALL = re.compile(r"([0-9]+):[0-9]+\Z")  # what follows `session:<id>:call:` in a journal key
 _LOAD_ATTEMPTS = 3  # folds of a session that a concurrent prune may force a load to redo
@@ -333,11 +334,23 @@ def _numbered(keys: Iterable[str], prefix: str) -> list[tuple[int, str]]:
 _BACKEND_METHODS = ("save", "load", "delete", "batch_save", "batch_load", "list_keys")
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """A run's claim on the step it started the session from (see `CheckpointStore._claim`)."""
+
+    key: str
+    run: str
+    meta: bytes
+    """The run's meta record: saved again with its first step."""
+    owned: bool = True
+    """Whether this run made the claim (a resumed run may continue another's)."""
+
+
 _RUN_SAVED_ADVICE = (
     "load it (AgentSession.load_checkpoint) and run that, resume it (runtime.resume), or start "
     "the new session under a new id"
 )
-_UNDER_WAY = "is being run by another run, which has saved no step yet"
+_UNDER_WAY = "is being run by another run, which started from the same step"
 _RUN_UNDER_WAY_ADVICE = (
     "start the new session under a new id, or load it (AgentSession.load_checkpoint) when that "
     "run has ended and run that; if that run's process ended before it saved a step, resume "
@@ -365,8 +378,8 @@ class CheckpointStore:
         # written (its events would go into the log of the run the id belongs to).
         self._refused: set[str] = set()
         # The claims of the running sessions that saved no step yet (`save_meta`), until
-        # `release` or `forget`.
-        self._claims: dict[str, str] = {}
+        # their first step, `release` or `forget`.
+        self._claims: dict[str, _Claim] = {}
 
     # ------------------------------------------------------------------ writing
     async def save_meta(
@@ -391,16 +404,21 @@ class CheckpointStore:
         saved in the same write, as a base record, and the session as it is as the final
         checkpoint of its earlier turns: the stored session is whole, and loads and resumes.
 
+        Where the backend has `save_new`, the run first claims the step it starts the session
+        from (`session:<id>:run:<n>`): of runs starting one session from one step at once (two
+        workers each running a turn on their copy), in any process, one runs. Call `release`
+        if the run ends before its first step.
+
         Raises:
             PersistenceError: Before anything is written, when the store holds more of the
                 session than `session` does: more steps, or, for a session with none, a
                 final checkpoint or steps (a new session under the id of a saved one, whose
-                records would mix with the new run's), another run or a fork that took the
-                id just now, or another run's claim (see `release`: it runs, or its process
-                ended before its first step, and `runtime.resume` continues it). Nothing of a
-                refused run is
-                written after it either (its steps, final checkpoint and events raise
-                `PersistenceError`) until `forget` or another `save_meta` of the session.
+                records would mix with the new run's); or when another run took the step
+                first (it runs, or its process ended before its first step, and
+                `runtime.resume` continues it), or a fork took the fresh id. Nothing of a
+                refused run is written after it either (its steps, final checkpoint and
+                events raise `PersistenceError`) until `forget` or another `save_meta` of the
+                session.
         """
         key = session_key(session.session_id)
         run = uuid.uuid4().hex if run is None else run
@@ -421,21 +439,15 @@ class CheckpointStore:
         if taken:
             why = f"already has checkpoints ({stored} steps saved, the session has "
             self._refuse(session, why + f"{len(session.steps)})", _RUN_SAVED_ADVICE)
-        if not session.steps and callable(getattr(self.backend, "save_new", None)):
-            if fresh:
-                # The meta record first, insert-if-absent: of runs (and forks) starting a
-                # fresh id at once, one writes it; a crash after it leaves no claim behind.
-                if not await self.backend.save_new(meta_key, meta):
-                    why = "was just taken by another run or a fork starting under it"
-                    self._refuse(session, why, _RUN_UNDER_WAY_ADVICE)
-                # A run that read the record meanwhile may have claimed the id first.
-                if not await self._claim(session.session_id, run):
-                    self._refuse(session, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
-            else:  # a saved run with no step: failed (its claim released), or under way
-                if not await self._claim(session.session_id, run):
-                    self._refuse(session, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
-                await self.backend.save(meta_key, meta)
-        elif stored < len(session.steps):
+        claims = callable(getattr(self.backend, "save_new", None))
+        # A fresh id's meta record first, insert-if-absent: of runs (and forks) starting it
+        # at once, one writes it.
+        if claims and fresh and not await self.backend.save_new(meta_key, meta):
+            why = "was just taken by another run or a fork starting under it"
+            self._refuse(session, why, _RUN_UNDER_WAY_ADVICE)
+        if claims and not await self._claim(session.session_id, session.step_count, run, meta):
+            self._refuse(session, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
+        if stored < len(session.steps):
             records = [StepRecord(step).to_dict() for step in session.steps]
             earlier = {"session": session.to_dict(), "finished_at": time.time()}
             earlier["run"] = uuid.uuid4().hex  # not this run's: an earlier turn's
@@ -446,42 +458,61 @@ class CheckpointStore:
                     meta_key: meta,
                 }
             )
-        else:
+        elif not (claims and fresh):
             await self.backend.save(meta_key, meta)
         self._refused.discard(session.session_id)
         # Another process may have logged events since this one last wrote: count afresh.
         self._next_event.pop(session.session_id, None)
         return run
 
-    async def _claim(self, session_id: str, run: str) -> bool:
-        """Claims the run of a session with no step (`:run:0`, insert-if-absent).
+    async def _claim(self, session_id: str, step: int, run: str, meta: bytes) -> bool:
+        """Claims the run starting the session from step `step` (`:run:<step>`).
 
-        Returns whether this run has it. A claim that lands is `release`d when the run ends
-        before its first step, also when the wait for the write was cancelled.
+        Insert-if-absent; the claim holds the run's meta record (`load` reads it, should the
+        process end before the meta record is written). Returns whether this run has it. A
+        claim that lands is `release`d if the run ends before its first step, also when the
+        wait for the write was cancelled.
         """
-        claim = f"{session_key(session_id)}:run:0"
-        record = encode("claim", {"run": run, "at": time.time()})
-        write = asyncio.ensure_future(self.backend.save_new(claim, record))
+        claim = f"{session_key(session_id)}:run:{step}"
+        write = asyncio.ensure_future(self.backend.save_new(claim, meta))
         try:
             won = bool(await asyncio.shield(write))
         except asyncio.CancelledError:
             await wait_through_cancellation(write)
             if not write.cancelled() and write.exception() is None and write.result():
-                self._claims[session_id] = claim
+                self._claims[session_id] = _Claim(claim, run, meta)
             raise
         if won:
-            self._claims[session_id] = claim
+            self._claims[session_id] = _Claim(claim, run, meta)
         return won
 
     async def claim_resumed(self, state: SessionState) -> None:
-        """Claims the resumed run of a session with no step, as `save_meta` a new run's.
+        """Claims a resumed run that has no step yet, as `save_meta` a new run.
 
-        So that a new run under the id is refused while it runs. A claim another run holds
-        (its process ended before its first step: why the session is resumed) is left as it
-        is: `release` gives up only a claim this run made.
+        So that a new run of the session is refused while it runs. A claim another run holds
+        (its process ended before its first step: why the session is resumed) is left to it
+        until the resumed run's first step: `release` gives up only a claim this run made.
         """
-        if not state.records and callable(getattr(self.backend, "save_new", None)):
-            await self._claim(state.session_id, state.run or "")
+        if state.run_records or not callable(getattr(self.backend, "save_new", None)):
+            return
+        meta: dict[str, Any] = {
+            "session_id": state.session_id,
+            "agent_id": state.agent_id,
+            "prompt": state.prompt,
+            "mode": state.mode,
+            "started_at": time.time(),
+            "run": state.run or "",
+            "turn": state.turn,
+            "first_step": state.first_step,
+        }
+        if state.history is not None:
+            meta["history"] = state.history
+        record = encode("meta", meta)
+        if not await self._claim(state.session_id, state.first_step, meta["run"], record):
+            # Most likely the run's own claim (its process ended): the meta record, which
+            # the claim may hold alone, is saved with the first step all the same.
+            key = f"{session_key(state.session_id)}:run:{state.first_step}"
+            self._claims[state.session_id] = _Claim(key, meta["run"], record, owned=False)
 
     def _refuse(self, session: AgentSession, why: str, advice: str) -> NoReturn:
         """Refuses the run of `session` (see `save_meta`): nothing of it is written after."""
@@ -505,13 +536,13 @@ class CheckpointStore:
         """Gives up the claim of a session's run that saved no step (see `save_meta`).
 
         Call it when the run ends before its first step (a provider down, a spent budget, a
-        timeout): until then, another run of the session is refused, as a run under way
-        cannot be told from one that ended. Does nothing once the run saved a step (the
-        steps keep other runs out then).
+        timeout): until then, another run starting from the same step is refused, as a run
+        under way cannot be told from one that ended. Does nothing once the run saved a step
+        (the steps keep other runs out then).
         """
         claim = self._claims.pop(session_id, None)
-        if claim is not None:
-            await self.backend.delete(claim)
+        if claim is not None and claim.owned:
+            await self.backend.delete(claim.key)
 
     async def save_steps(
         self,
@@ -528,8 +559,15 @@ class CheckpointStore:
         prefix = f"{session_key(session_id)}:step:"  # as `step_key`, the id escaped once
         keys = [f"{prefix}{first + i}" for i in range(len(records))]
         items = {key: encode("step", r.to_dict()) for key, r in zip(keys, records, strict=True)}
+        claim = self._claims.get(session_id) if records else None
+        if claim is not None:
+            # The run's first step: its meta record goes with it (the run's own, whatever
+            # another run wrote meanwhile), and its claim, of no more use, is emptied (a
+            # claim keeps a turn's chat history: kept whole, one per turn would add up).
+            items[f"{session_key(session_id)}:meta"] = claim.meta
+            items[claim.key] = encode("claim", {"run": claim.run})
         await self._save_with_events(session_id, items, events)
-        if records:
+        if claim is not None:
             self._claims.pop(session_id, None)
         return keys
 
@@ -650,13 +688,21 @@ class CheckpointStore:
         """
         base_key = session_key(session_id)
         final_raw = await self.backend.load(base_key)
-        meta_raw = await self.backend.load(f"{base_key}:meta")
+        meta_key = f"{base_key}:meta"
+        meta_raw = await self.backend.load(meta_key)
         if meta_raw is None and final_raw is None:
             raise PersistenceError("no checkpoint saved", key=base_key)
+        records = await self._fold(base_key)
+        # A run that claimed the session from its last step is the latest run, whether or
+        # not its meta record was written (its process may have ended in between).
+        claim_key = f"{base_key}:run:{len(records)}"
+        claim_raw = await self.backend.load(claim_key)
+        if claim_raw is not None and record_kind(claim_raw) == "meta":
+            meta_key, meta_raw = claim_key, claim_raw
         final = decode(final_raw, base_key, "session") if final_raw is not None else None
         saved = _final_session(final, base_key) if final is not None else None
         if meta_raw is not None:
-            meta = decode(meta_raw, f"{base_key}:meta", "meta")
+            meta = decode(meta_raw, meta_key, "meta")
             if not (
                 isinstance(meta, dict)
                 and all(isinstance(meta.get(f), str) for f in ("agent_id", "prompt", "mode"))
@@ -670,7 +716,7 @@ class CheckpointStore:
                     "meta record needs string 'agent_id', 'prompt' and 'mode' (and a "
                     "numeric 'started_at', a string 'run', a bool 'turn', a count "
                     "'first_step', a list of messages 'history')",
-                    key=f"{base_key}:meta",
+                    key=meta_key,
                 )
         else:  # a final checkpoint alone (older records, or a pruned session)
             assert saved is not None
@@ -691,7 +737,7 @@ class CheckpointStore:
         state.history = meta.get("history")
         if state.history is None and earlier is not None and state.turn:
             state.history = earlier.messages
-        state.records = await self._fold(base_key)
+        state.records = records
         # Another process may have logged events since this one last wrote: count afresh.
         self._next_event.pop(session_id, None)
         return state
