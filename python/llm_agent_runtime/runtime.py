@@ -1650,19 +1650,27 @@ class AgentRuntime:
         `loop_timeout_ms`, what is not saved is dropped (and logged), and the run's error
         goes to the caller.
         """
+        assert self._checkpoints is not None
         timeout = self.config.loop_timeout_ms
-        if timeout is None:
-            await self._save_what_is_left(session)
-            return
-        if await _within_deadline(self._save_what_is_left(session), timeout / 1000):
-            logger.warning(
-                "failed run %s: saving its unsaved steps and events took over %d ms; dropped",
-                session.session_id,
-                timeout,
-            )
+        try:
+            if timeout is None:
+                await self._save_what_is_left(session)
+            elif await _within_deadline(self._save_what_is_left(session), timeout / 1000):
+                logger.warning(
+                    "failed run %s: saving its unsaved steps and events took over %d ms; dropped",
+                    session.session_id,
+                    timeout,
+                )
+        finally:
+            # A run that saved no step gives up its claim, so the next run may start where it
+            # did: in a task of its own, which a cancellation does not cut half way (a claim
+            # left behind refuses every later run until the session is resumed).
+            releasing = asyncio.ensure_future(self._checkpoints.release(session.session_id))
+            releasing.add_done_callback(functools.partial(_log_unreleased, session.session_id))
+            await asyncio.wait([releasing], timeout=None if timeout is None else timeout / 1000)
 
     async def _save_what_is_left(self, session: AgentSession) -> None:
-        """Saves a failed run's unsaved steps and events, and gives up its claim, best effort.
+        """Saves a failed run's unsaved steps and events, best effort.
 
         The run's failure is what the caller must see, so nothing here raises but a
         cancellation. Whatever is not saved is dropped: nothing of the run stays in memory.
@@ -1678,10 +1686,6 @@ class AgentRuntime:
                     await self._checkpoints.append_events(session_id, pending)
                 except Exception as log_error:
                     logger.warning("event log of %s not saved: %r", session_id, log_error)
-            try:  # a run that saved no step lets the next run start where it did
-                await self._checkpoints.release(session_id)
-            except Exception as release_error:
-                logger.warning("claim of run %s not released: %r", session_id, release_error)
         finally:
             self._unsaved_steps.pop(session_id, None)
             self._event_log.pop(session_id, None)
@@ -2583,6 +2587,13 @@ else:
                 raise  # raised by `body` itself, before the deadline
             return True
         return False
+
+
+def _log_unreleased(session_id: str, releasing: asyncio.Future[Any]) -> None:
+    """Logs a claim whose deletion failed (the session is refused until it is resumed)."""
+    error = None if releasing.cancelled() else releasing.exception()
+    if error is not None:
+        logger.warning("claim of failed run %s not released: %r", session_id, error)
 
 
 _SCHEMA_KEYWORDS = ("items", "additionalProperties", "not", "contains", "propertyNames")

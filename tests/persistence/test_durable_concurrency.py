@@ -476,6 +476,10 @@ async def test_a_run_cancelled_while_it_claims_the_id_gives_the_claim_up(
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
+    for _ in range(100):  # deleted once the write's reply comes (not waited for by the run)
+        if not await backend.list_keys("session:x:run:"):
+            break
+        await asyncio.sleep(0.01)
     assert await backend.list_keys("session:x:run:") == []
     again = runtime.create_session("a", "x")
     assert (await runtime.run_agent("a", "Q2", script(FINAL), session=again)).final_answer
@@ -555,3 +559,259 @@ async def test_a_turn_whose_process_ended_after_its_claim_is_resumed(
         lost.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await lost
+
+
+class HeldCopy:
+    """The backend, but a fork's copy of steps waits for `go`."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        self.inner = inner
+        self.go, self.reached = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def batch_save(self, items: Any) -> None:
+        if not self.go.is_set() and any(key.startswith("session:y:") for key in items):
+            self.reached.set()
+            await self.go.wait()
+        await self.inner.batch_save(items)
+
+
+@pytest.mark.parametrize("step", [0, 2])
+async def test_a_run_under_an_id_a_fork_is_copying_into_is_refused(
+    backend: ar.PersistenceBackend, step: int
+) -> None:
+    # The fork's meta record read as a failed run's: the run ran, then the fork's copy landed
+    # over it, and the id held both.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    await runtime.run_agent(
+        "a",
+        "SRC",
+        script(add_step(1), add_step(2), FINAL),
+        session=runtime.create_session("a", "src"),
+    )
+    held_copy = HeldCopy(backend)
+    forking_runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=held_copy)  # type: ignore[arg-type]
+    forking = asyncio.create_task(forking_runtime.fork("src", step, "y"))
+    await held_copy.reached.wait()
+    try:
+        with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+            await runtime.run_agent(
+                "a", "NEW", script(FINAL), session=runtime.create_session("a", "y")
+            )
+    finally:
+        held_copy.go.set()
+        assert await forking == "y"
+    assert await backend.list_keys("session:y:run:") == []
+    resumed = await runtime.resume("y", script(FINAL))
+    assert (resumed.prompt, resumed.step_count) == ("SRC", step + 1)
+
+
+class SlowDelete:
+    """The backend, but a delete takes `seconds`."""
+
+    def __init__(self, inner: ar.PersistenceBackend, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+        self.deleting = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def delete(self, key: str) -> bool:
+        self.deleting.set()
+        await asyncio.sleep(self.seconds)
+        return bool(await self.inner.delete(key))
+
+
+async def test_a_claim_is_released_though_its_release_is_cut(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Cancelled again while the claim was deleted, or out of time for it: the claim stayed,
+    # and every later run under the id was refused.
+    slow = SlowDelete(backend, 0.1)
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=slow)  # type: ignore[arg-type]
+    reached, go = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(
+        runtime.run_agent("a", "Q1", held(reached, go), session=runtime.create_session("a", "x"))
+    )
+    await reached.wait()
+    running.cancel()
+    await slow.deleting.wait()
+    running.cancel()  # a second cancellation, while the claim is deleted
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    timed = ar.AgentRuntime(
+        ar.AgentConfig(loop_timeout_ms=20),
+        tools=Effects().tools(),
+        checkpoint_backend=slow,  # type: ignore[arg-type]
+    )
+    with pytest.raises(ConnectionError):
+        await timed.run_agent("a", "Q2", fails_after(), session=timed.create_session("a", "z"))
+    await asyncio.sleep(0.3)  # the deletions finish on their own
+    assert await backend.list_keys("session:x:run:") == []
+    assert await backend.list_keys("session:z:run:") == []
+    for session_id in "xz":
+        again = runtime.create_session("a", session_id)
+        assert (await runtime.run_agent("a", "Q", script(FINAL), session=again)).final_answer
+
+
+class NoSaveNew:
+    """A backend with the six methods a runtime needs, and no `save_new`."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        self.inner = inner
+        for name in ("save", "load", "delete", "batch_save", "batch_load", "list_keys"):
+            setattr(self, name, getattr(inner, name))
+
+
+async def test_without_save_new_a_run_under_way_still_keeps_its_id(
+    backend: ar.PersistenceBackend,
+) -> None:
+    plain = NoSaveNew(backend)
+    first = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=plain)  # type: ignore[arg-type]
+    second = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=plain)  # type: ignore[arg-type]
+    reached, go = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(
+        first.run_agent("a", "Q1", held(reached, go), session=first.create_session("a", "x"))
+    )
+    await reached.wait()
+    try:
+        with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+            await second.run_agent(
+                "a", "Q2", script(FINAL), session=second.create_session("a", "x")
+            )
+    finally:
+        go.set()
+        done = await running
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+
+
+async def test_a_resume_is_refused_when_a_new_run_claimed_the_session_after_it_was_loaded(
+    backend: ar.PersistenceBackend,
+) -> None:
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    with pytest.raises(ConnectionError):
+        await runtime.run_agent("a", "Q0", fails_after(), session=runtime.create_session("a", "x"))
+    state = await CheckpointStore(backend).load("x")  # what a resume read
+    other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    reached, go = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(
+        other.run_agent("a", "Q1", held(reached, go), session=other.create_session("a", "x"))
+    )
+    await reached.wait()
+    try:
+        with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+            await CheckpointStore(backend).claim_resumed(state)
+    finally:
+        go.set()
+        done = await running
+    assert done.prompt == "Q1"
+
+
+async def test_a_resumed_run_keeps_a_new_run_of_a_copy_out(backend: ar.PersistenceBackend) -> None:
+    # The resumed run claimed nothing once the run had a step: a worker that loaded the
+    # session ran a new turn from the same step beside it, and they wrote over each other.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = runtime.create_session("a", "x")
+    with pytest.raises(ConnectionError):
+        await runtime.run_agent("a", "Q0", fails_after(add_step(1)), session=session)
+    other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    copy = await ar.AgentSession.load_checkpoint(backend, "x")
+    reached, go = asyncio.Event(), asyncio.Event()
+    resumed = asyncio.create_task(runtime.resume("x", held(reached, go)))
+    await reached.wait()
+    try:
+        with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+            await other.run_agent("a", "Q1", script(FINAL), session=copy)
+    finally:
+        go.set()
+        done = await resumed
+    assert [s.action for s in done.steps] == ["add", "FINAL_ANSWER"]
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+
+
+class Hangs:
+    """The backend, but the first call of `method` on a key matching `part` never ends (the
+    process died there); the runtime using it is left behind."""
+
+    def __init__(self, inner: ar.PersistenceBackend, method: str, part: str) -> None:
+        self.inner, self.method, self.part = inner, method, part
+        self.on, self.reached = True, asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        inner = getattr(self.inner, name)
+        if name != self.method:
+            return inner
+
+        async def call(key: Any, *args: Any) -> Any:
+            keys = list(key) if isinstance(key, dict) else [key]
+            if self.on and any(self.part in k for k in keys):
+                self.reached.set()
+                await asyncio.Event().wait()
+            return await inner(key, *args)
+
+        return call
+
+
+async def left_behind(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def test_a_fork_whose_process_ended_after_the_copy_is_resumed(
+    backend: ar.PersistenceBackend,
+) -> None:
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    source = runtime.create_session("a", "src")
+    await runtime.run_agent("a", "SRC", script(add_step(1), FINAL), session=source)
+    dying = Hangs(backend, "delete", ":run:0")
+    forking = asyncio.create_task(CheckpointStore(dying).fork("src", 0, "y"))  # type: ignore[arg-type]
+    await dying.reached.wait()
+    try:
+        resumed = await runtime.resume("y", script(FINAL))
+        assert (resumed.prompt, resumed.final_answer) == ("SRC", "finished")
+    finally:
+        await left_behind(forking)
+
+
+async def test_a_later_turn_claimed_but_not_started_is_not_swept(
+    backend: ar.PersistenceBackend,
+) -> None:
+    dying = MetaWriteHangs(backend)
+    gone = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=dying)  # type: ignore[arg-type]
+    assert await gone.run_turn(gone.create_session("a", "chat"), "Q1", script(FINAL))
+    copy = await ar.AgentSession.load_checkpoint(backend, "chat")
+    dying.hang = True
+    lost = asyncio.create_task(gone.run_turn(copy, "Q2", script(FINAL)))
+    await dying.reached.wait()
+    try:
+        assert await CheckpointStore(backend).sweep(older_than=-1000) == []
+        assert (await CheckpointStore(backend).load("chat")).interrupted_turn
+    finally:
+        await left_behind(lost)
+
+
+async def test_a_restored_session_whose_run_died_while_claiming_runs_again(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The claim came before the steps the store lacked: a run that died between them left a
+    # claim no load could see, and the restored session was refused for good.
+    offline = ar.AgentRuntime(tools=Effects().tools())
+    session = offline.create_session("a", "x")
+    assert await offline.run_turn(session, "T1", script(FINAL))
+    assert await offline.run_turn(session, "T2", script(FINAL))
+    dying = Hangs(backend, "save_new", ":run:")
+    gone = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=dying)  # type: ignore[arg-type]
+    restored = ar.AgentSession.from_json(session.to_json())
+    lost = asyncio.create_task(gone.run_turn(restored, "T3", script(FINAL)))
+    await dying.reached.wait()
+    try:
+        runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+        again = ar.AgentSession.from_json(session.to_json())
+        assert await runtime.run_turn(again, "T3", script(FINAL)) == "finished"
+        saved = await ar.AgentSession.load_checkpoint(backend, "x")
+        assert [m["content"] for m in saved.messages if m["role"] == "user"] == ["T1", "T2", "T3"]
+    finally:
+        await left_behind(lost)

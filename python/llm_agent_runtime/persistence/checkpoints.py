@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -380,6 +381,7 @@ class CheckpointStore:
         # The claims of the running sessions that saved no step yet (`save_meta`), until
         # their first step, `release` or `forget`.
         self._claims: dict[str, _Claim] = {}
+        self._background: set[asyncio.Future[Any]] = set()  # deletions of claims left behind
 
     # ------------------------------------------------------------------ writing
     async def save_meta(
@@ -438,16 +440,16 @@ class CheckpointStore:
             taken = key in found or stored > 0
         if taken:
             why = f"already has checkpoints ({stored} steps saved, the session has "
-            self._refuse(session, why + f"{len(session.steps)})", _RUN_SAVED_ADVICE)
-        claims = callable(getattr(self.backend, "save_new", None))
+            self._refuse(session.session_id, why + f"{len(session.steps)})", _RUN_SAVED_ADVICE)
+        save_new = getattr(self.backend, "save_new", None)
         # A fresh id's meta record first, insert-if-absent: of runs (and forks) starting it
         # at once, one writes it.
-        if claims and fresh and not await self.backend.save_new(meta_key, meta):
+        if fresh and callable(save_new) and not await save_new(meta_key, meta):
             why = "was just taken by another run or a fork starting under it"
-            self._refuse(session, why, _RUN_UNDER_WAY_ADVICE)
-        if claims and not await self._claim(session.session_id, session.step_count, run, meta):
-            self._refuse(session, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
+            self._refuse(session.session_id, why, _RUN_UNDER_WAY_ADVICE)
         if stored < len(session.steps):
+            # The steps the store lacks first (a crash after it leaves the session whole and
+            # unclaimed), then the claim.
             records = [StepRecord(step).to_dict() for step in session.steps]
             earlier = {"session": session.to_dict(), "finished_at": time.time()}
             earlier["run"] = uuid.uuid4().hex  # not this run's: an earlier turn's
@@ -458,7 +460,9 @@ class CheckpointStore:
                     meta_key: meta,
                 }
             )
-        elif not (claims and fresh):
+        if not await self._claim(session.session_id, session.step_count, run, meta):
+            self._refuse(session.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
+        if stored == len(session.steps) and not (fresh and callable(save_new)):
             await self.backend.save(meta_key, meta)
         self._refused.discard(session.session_id)
         # Another process may have logged events since this one last wrote: count afresh.
@@ -470,31 +474,56 @@ class CheckpointStore:
 
         Insert-if-absent; the claim holds the run's meta record (`load` reads it, should the
         process end before the meta record is written). Returns whether this run has it. A
-        claim that lands is `release`d if the run ends before its first step, also when the
-        wait for the write was cancelled.
+        claim that lands is `release`d if the run ends before its first step, or deleted once
+        it lands when the wait for the write was cancelled.
         """
         claim = f"{session_key(session_id)}:run:{step}"
-        write = asyncio.ensure_future(self.backend.save_new(claim, meta))
+        write = asyncio.ensure_future(self._save_if_absent(claim, meta))
         try:
             won = bool(await asyncio.shield(write))
         except asyncio.CancelledError:
-            await wait_through_cancellation(write)
-            if not write.cancelled() and write.exception() is None and write.result():
-                self._claims[session_id] = _Claim(claim, run, meta)
+            # The run is cut at its start: a claim that lands all the same is deleted then
+            # (not waited for here: a backend that hangs would hang the cancellation).
+            write.add_done_callback(functools.partial(self._drop_landed, claim))
             raise
         if won:
             self._claims[session_id] = _Claim(claim, run, meta)
         return won
 
-    async def claim_resumed(self, state: SessionState) -> None:
-        """Claims a resumed run that has no step yet, as `save_meta` a new run.
-
-        So that a new run of the session is refused while it runs. A claim another run holds
-        (its process ended before its first step: why the session is resumed) is left to it
-        until the resumed run's first step: `release` gives up only a claim this run made.
-        """
-        if state.run_records or not callable(getattr(self.backend, "save_new", None)):
+    def _drop_landed(self, claim: str, write: asyncio.Future[bool]) -> None:
+        """Deletes `claim` if `write` wrote it: the claim of a run cancelled as it claimed."""
+        if write.cancelled() or write.exception() is not None or not write.result():
             return
+        deleting = asyncio.ensure_future(self.backend.delete(claim))
+        self._background.add(deleting)  # a task only weakly referenced may be collected
+        deleting.add_done_callback(self._background.discard)
+        deleting.add_done_callback(retrieve_outcome)
+
+    async def _save_if_absent(self, key: str, value: bytes) -> bool:
+        """`save_new` where the backend has it; else a read, then a write if the key is absent.
+
+        The fallback is not atomic: two writers may both write. It still keeps out a run
+        that starts while another waits on its model, the common case.
+        """
+        save_new = getattr(self.backend, "save_new", None)
+        if callable(save_new):
+            return bool(await save_new(key, value))
+        if await self.backend.load(key) is not None:
+            return False
+        await self.backend.save(key, value)
+        return True
+
+    async def claim_resumed(self, state: SessionState) -> None:
+        """Claims the step a resumed run continues the session from, as a new run does.
+
+        So that a new run of a copy of the session is refused while it runs. A claim another
+        run holds (its process ended before its first step: why the session is resumed) is
+        left to it
+        until the resumed run's first step: `release` gives up only a claim this run made.
+
+        Raises:
+            PersistenceError: Another run claimed the step after the session was loaded.
+        """
         meta: dict[str, Any] = {
             "session_id": state.session_id,
             "agent_id": state.agent_id,
@@ -508,17 +537,24 @@ class CheckpointStore:
         if state.history is not None:
             meta["history"] = state.history
         record = encode("meta", meta)
-        if not await self._claim(state.session_id, state.first_step, meta["run"], record):
-            # Most likely the run's own claim (its process ended): the meta record, which
-            # the claim may hold alone, is saved with the first step all the same.
-            key = f"{session_key(state.session_id)}:run:{state.first_step}"
-            self._claims[state.session_id] = _Claim(key, meta["run"], record, owned=False)
+        step = len(state.records)  # where a new run of a copy loaded now would start from
+        if await self._claim(state.session_id, step, meta["run"], record):
+            return
+        key = f"{session_key(state.session_id)}:run:{step}"
+        raw = await self.backend.load(key)
+        holder = decode(raw, key) if raw is not None else None
+        if isinstance(holder, dict) and holder.get("run") != meta["run"]:
+            # Another run claimed the step after this session was loaded: it runs.
+            self._refuse(state.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
+        # The run's own claim (its process ended): the meta record, which the claim may hold
+        # alone, is saved with the first step all the same.
+        self._claims[state.session_id] = _Claim(key, meta["run"], record, owned=False)
 
-    def _refuse(self, session: AgentSession, why: str, advice: str) -> NoReturn:
-        """Refuses the run of `session` (see `save_meta`): nothing of it is written after."""
-        self._refused.add(session.session_id)
-        key = session_key(session.session_id)
-        raise PersistenceError(f"session {session.session_id!r} {why}: {advice}", key=key)
+    def _refuse(self, session_id: str, why: str, advice: str) -> NoReturn:
+        """Refuses the run of the session (see `save_meta`): nothing of it is written after."""
+        self._refused.add(session_id)
+        key = session_key(session_id)
+        raise PersistenceError(f"session {session_id!r} {why}: {advice}", key=key)
 
     async def _stored_steps(self, key: str) -> int:
         """How many steps the store holds of session key `key` (the highest step saved)."""
@@ -532,17 +568,20 @@ class CheckpointStore:
         self._refused.discard(session_id)
         self._claims.pop(session_id, None)
 
-    async def release(self, session_id: str) -> None:
+    def release(self, session_id: str) -> Awaitable[Any]:
         """Gives up the claim of a session's run that saved no step (see `save_meta`).
 
         Call it when the run ends before its first step (a provider down, a spent budget, a
         timeout): until then, another run starting from the same step is refused, as a run
         under way cannot be told from one that ended. Does nothing once the run saved a step
-        (the steps keep other runs out then).
+        (the steps keep other runs out then). Returns the deletion to await: the claim is
+        this store's no more from the call on (`forget` cannot lose it), and the deletion may
+        run as its own task, which a cancellation of the run does not cut half way.
         """
         claim = self._claims.pop(session_id, None)
-        if claim is not None and claim.owned:
-            await self.backend.delete(claim.key)
+        if claim is None or not claim.owned:
+            return asyncio.sleep(0)
+        return self.backend.delete(claim.key)
 
     async def save_steps(
         self,
@@ -596,7 +635,11 @@ class CheckpointStore:
             first, records = unsaved
             for i, record in enumerate(records):
                 items[step_key(session.session_id, first + i)] = encode("step", record.to_dict())
+        claim = self._claims.get(session.session_id)
+        if claim is not None:  # its run ended: emptied, as with a first step
+            items[claim.key] = encode("claim", {"run": claim.run})
         await self._save_with_events(session.session_id, items, events)
+        self._claims.pop(session.session_id, None)
         self._next_event.pop(session.session_id, None)
         return key
 
@@ -913,10 +956,13 @@ class CheckpointStore:
         keys = await self.backend.list_keys(_PREFIX)
         present = set(keys)
         candidates: dict[str, None] = {}  # session ids, in key order
+        claimed = set()  # sessions with a run's claim
         for key in keys:
             parsed = split_session_key(key)
             if parsed is not None and parsed[1] in ("", "meta"):
                 candidates[parsed[0]] = None
+            elif parsed is not None and parsed[1].startswith("run:"):
+                claimed.add(parsed[0])
         swept = []
         for session_id in candidates:
             key = session_key(session_id)
@@ -933,6 +979,8 @@ class CheckpointStore:
                     decode(meta_raw, f"{key}:meta", "meta"), final
                 ):
                     continue  # a later turn runs (or was interrupted): not finished
+            if session_id in claimed and await self._claimed_after(key, final):
+                continue  # a later turn claimed the session (its meta record not yet written)
             if final.get("finished_at", now) < now - older_than:
                 prefix = f"{key}:"
                 for doomed in await self.backend.list_keys(prefix):
@@ -950,8 +998,9 @@ class CheckpointStore:
         session, that turn, with the question it asked and the chat history of the turns
         before it). `new_session_id` must be new: a session that has checkpoints is never
         written over (its records would mix with the fork's). Of forks racing into one new id,
-        one alone writes: the meta record claims the id insert-if-absent (`save_new`) before
-        the steps are copied.
+        one alone writes: the meta record claims the id insert-if-absent (`save_new`), and
+        the fork then claims it as a run does (`session:<id>:run:0`), before the steps are
+        copied: a run starting under the id meanwhile is refused.
 
         Raises:
             PersistenceError: When `step` is not an int >= 0, the source is missing or has
@@ -978,22 +1027,35 @@ class CheckpointStore:
             steps=[r.step for r in state.records[:step]],
             messages=history,
         )
+        run = uuid.uuid4().hex
         meta_key, meta = _meta_item(
             fork,
             state.mode,
-            uuid.uuid4().hex,
+            run,
             turn=turn,
             first_step=first,
             history=history if turn else None,
         )
         # The meta record claims the id first, insert-if-absent: of two forks racing into one
-        # new id (both passed the check above), one alone writes.
+        # new id (both passed the check above), one alone writes. Then the fork claims the
+        # id as a run does, so that a run starting under it while the steps are copied is
+        # refused; the claim names the fork's run, which `resume` continues.
         save_new = getattr(self.backend, "save_new", None)
         if save_new is not None and not await save_new(meta_key, meta):
             raise PersistenceError(
                 f"cannot fork into session {new_session_id!r}: another fork took it meanwhile "
                 "(fork into a new session id)",
                 key=meta_key,
+            )
+        claim = f"{session_key(new_session_id)}:run:0"
+        if not await self._save_if_absent(claim, encode("claim", {"run": run})):
+            # A run took the id meanwhile: the record it runs by is its claim.
+            with contextlib.suppress(Exception):
+                await self.backend.delete(meta_key)
+            raise PersistenceError(
+                f"cannot fork into session {new_session_id!r}: a run took it meanwhile "
+                "(fork into a new session id)",
+                key=claim,
             )
         items = {meta_key: meta}
         for n, record in enumerate(state.records[:step], 1):
@@ -1006,16 +1068,30 @@ class CheckpointStore:
             # the claim that keeps other forks out. The cleanup runs as its own task, waited
             # for through further cancellations: stopped half way, it would leave the claim
             # over fewer steps, a fork that resumes from the wrong step.
-            if save_new is not None:
-                cleanup = asyncio.ensure_future(self._unclaim(list(reversed(items))))
-                await wait_through_cancellation(cleanup)
-                retrieve_outcome(cleanup)  # the original error is what is raised
+            cleanup = asyncio.ensure_future(self._unclaim([*reversed(items), claim]))
+            await wait_through_cancellation(cleanup)
+            retrieve_outcome(cleanup)  # the original error is what is raised
             raise
+        # The copy is whole: runs may start it. Its own task, not cut by a cancellation.
+        await asyncio.shield(asyncio.ensure_future(self.backend.delete(claim)))
         self._next_event.pop(new_session_id, None)
         return fork
 
+    async def _claimed_after(self, key: str, final: dict[str, Any]) -> bool:
+        """Whether another run than the one `final` closes claimed session key `key`.
+
+        From its last step, and has saved no step yet (see `save_meta`).
+        """
+        claim = f"{key}:run:{await self._stored_steps(key)}"
+        raw = await self.backend.load(claim)
+        if raw is None or record_kind(raw) != "meta":
+            return False  # none, or emptied by its run's first step
+        meta = decode(raw, claim, "meta")
+        closed = final.get("run")  # a final that names no run (older records) closes any
+        return closed is not None and (not isinstance(meta, dict) or meta.get("run") != closed)
+
     async def _unclaim(self, keys: Sequence[str]) -> None:
-        """Deletes a failed fork's `keys`: its steps, then its meta claim, last.
+        """Deletes a failed fork's `keys`: its steps, its meta record, then its claim, last.
 
         Each is tried even when one before it failed (that failure suppressed): the claim goes
         in any case, so no fork is left to resume as if whole; a stray step under no meta is
