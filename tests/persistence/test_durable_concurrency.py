@@ -815,3 +815,80 @@ async def test_a_restored_session_whose_run_died_while_claiming_runs_again(
         assert [m["content"] for m in saved.messages if m["role"] == "user"] == ["T1", "T2", "T3"]
     finally:
         await left_behind(lost)
+
+
+class FinalHangs:
+    """The backend, but the first write of the final checkpoint `key` never ends."""
+
+    def __init__(self, inner: ar.PersistenceBackend, key: str) -> None:
+        self.inner, self.key = inner, key
+        self.reached = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def batch_save(self, items: Any) -> None:
+        if self.key in items and not self.reached.is_set():
+            self.reached.set()
+            await asyncio.Event().wait()
+        await self.inner.batch_save(items)
+
+
+async def test_a_resume_that_only_closes_a_turn_leaves_the_next_turn_free(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The resume claimed the step the session was at and the final checkpoint kept the
+    # claim: every later turn was refused.
+    config = ar.AgentConfig(max_iterations=1)
+    dying = FinalHangs(backend, "session:chat")
+    gone = ar.AgentRuntime(config, tools=Effects().tools(), checkpoint_backend=dying)  # type: ignore[arg-type]
+    lost = asyncio.create_task(
+        gone.run_turn(gone.create_session("a", "chat"), "Q1", script(add_step(1)))
+    )
+    await dying.reached.wait()  # its step is saved; the process ends as it closes the turn
+    try:
+        runtime = ar.AgentRuntime(config, tools=Effects().tools(), checkpoint_backend=backend)
+        resumed = await runtime.resume("chat", script())  # nothing left to do but close it
+        assert resumed.step_count == 1
+        copy = await ar.AgentSession.load_checkpoint(backend, "chat")
+        assert await runtime.run_turn(copy, "Q2", script(FINAL)) == "finished"
+    finally:
+        await left_behind(lost)
+
+
+class HeldClaim:
+    """The backend, but a claim of `session:y` waits for `go` before it is written."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        self.inner = inner
+        self.go, self.reached = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        if key == "session:y:run:0":
+            self.reached.set()
+            await self.go.wait()
+        return bool(await self.inner.save_new(key, value))
+
+
+async def test_a_fork_refused_by_a_run_leaves_that_run_loadable(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The refused fork deleted the meta record, which by then was the run's: the session
+    # could no longer be loaded.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    source = runtime.create_session("a", "src")
+    await runtime.run_agent("a", "SRC", script(add_step(1), FINAL), session=source)
+    held_claim = HeldClaim(backend)
+    forking = asyncio.create_task(CheckpointStore(held_claim).fork("src", 0, "y"))  # type: ignore[arg-type]
+    await held_claim.reached.wait()  # the fork wrote its meta record, and waits to claim
+    fresh = runtime.create_session("a", "y")
+    with pytest.raises(ConnectionError):  # its step saved, then it stopped: to be resumed
+        await runtime.run_agent("a", "NEW", fails_after(add_step(1)), session=fresh)
+    held_claim.go.set()
+    with pytest.raises(ar.PersistenceError, match="a run took it"):
+        await forking
+    resumed = await runtime.resume("y", script(FINAL))
+    assert (resumed.prompt, resumed.step_count) == ("NEW", 2)

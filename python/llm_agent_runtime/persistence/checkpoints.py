@@ -448,21 +448,22 @@ class CheckpointStore:
             why = "was just taken by another run or a fork starting under it"
             self._refuse(session.session_id, why, _RUN_UNDER_WAY_ADVICE)
         if stored < len(session.steps):
-            # The steps the store lacks first (a crash after it leaves the session whole and
-            # unclaimed), then the claim.
+            # The steps the store lacks first, as the final checkpoint of the earlier turns (a
+            # crash after it leaves the session whole and unclaimed), then the claim.
             records = [StepRecord(step).to_dict() for step in session.steps]
             earlier = {"session": session.to_dict(), "finished_at": time.time()}
-            earlier["run"] = uuid.uuid4().hex  # not this run's: an earlier turn's
+            # It closes the stored run (the session loads whole and finished, should this
+            # run die before its claim), not this one.
+            earlier["run"] = await self.current_run(session.session_id) or uuid.uuid4().hex
             await self.backend.batch_save(
                 {
                     f"{key}:base:{len(records)}": encode("base", {"records": records}),
                     key: encode("session", earlier),
-                    meta_key: meta,
                 }
             )
         if not await self._claim(session.session_id, session.step_count, run, meta):
             self._refuse(session.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
-        if stored == len(session.steps) and not (fresh and callable(save_new)):
+        if not (fresh and callable(save_new)):
             await self.backend.save(meta_key, meta)
         self._refused.discard(session.session_id)
         # Another process may have logged events since this one last wrote: count afresh.
@@ -635,11 +636,11 @@ class CheckpointStore:
             first, records = unsaved
             for i, record in enumerate(records):
                 items[step_key(session.session_id, first + i)] = encode("step", record.to_dict())
-        claim = self._claims.get(session.session_id)
-        if claim is not None:  # its run ended: emptied, as with a first step
-            items[claim.key] = encode("claim", {"run": claim.run})
         await self._save_with_events(session.session_id, items, events)
-        self._claims.pop(session.session_id, None)
+        claim = self._claims.pop(session.session_id, None)
+        if claim is not None:  # its run ended with no step of its own saved: the next may start
+            with contextlib.suppress(Exception):
+                await self.backend.delete(claim.key)
         self._next_event.pop(session.session_id, None)
         return key
 
@@ -1049,9 +1050,7 @@ class CheckpointStore:
             )
         claim = f"{session_key(new_session_id)}:run:0"
         if not await self._save_if_absent(claim, encode("claim", {"run": run})):
-            # A run took the id meanwhile: the record it runs by is its claim.
-            with contextlib.suppress(Exception):
-                await self.backend.delete(meta_key)
+            # A run took the id meanwhile, and wrote its meta record over the fork's.
             raise PersistenceError(
                 f"cannot fork into session {new_session_id!r}: a run took it meanwhile "
                 "(fork into a new session id)",
