@@ -1648,7 +1648,7 @@ class AgentRuntime:
 
         A run that timed out must not then hang on a backend that hangs: after another
         `loop_timeout_ms`, what is not saved is dropped (and logged), and the run's error
-        goes to the caller.
+        goes to the caller. Then the run's claim is released (see `CheckpointStore.release`).
         """
         assert self._checkpoints is not None
         timeout = self.config.loop_timeout_ms
@@ -1700,7 +1700,7 @@ class AgentRuntime:
     ) -> None:
         """Saves the run's meta record; `history` is a turn's chat history (None: no turn).
 
-        A resumed run's record is saved: it claims the session, if it has no step, instead.
+        A resumed run's record is saved already: it claims the step it continues from instead.
         """
         assert self._checkpoints is not None
         try:

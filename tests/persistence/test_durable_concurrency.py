@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +345,23 @@ def held(reached: asyncio.Event, go: asyncio.Event) -> Any:
     return infer
 
 
+@contextlib.asynccontextmanager
+async def under_way(start: Callable[[Any], Awaitable[Any]]) -> AsyncIterator[list[Any]]:
+    """Runs `start(model)`, the model's first reply held until the block ends: the block
+    runs while that run is under way, no step saved. The list yielded holds the run's result
+    once the block is left.
+    """
+    reached, go = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(start(held(reached, go)))
+    await reached.wait()
+    result: list[Any] = []
+    try:
+        yield result
+    finally:
+        go.set()
+        result.append(await running)
+
+
 async def test_a_run_under_way_with_no_step_saved_keeps_its_id(
     backend: ar.PersistenceBackend,
 ) -> None:
@@ -352,12 +369,9 @@ async def test_a_run_under_way_with_no_step_saved_keeps_its_id(
     # too, and the two wrote over each other's steps.
     first = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     second = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
-    reached, go = asyncio.Event(), asyncio.Event()
-    running = asyncio.create_task(
-        first.run_agent("a", "Q1", held(reached, go), session=first.create_session("a", "x"))
-    )
-    await reached.wait()
-    try:
+    async with under_way(
+        lambda model: first.run_agent("a", "Q1", model, session=first.create_session("a", "x"))
+    ) as outcome:
         with pytest.raises(ar.PersistenceError, match="is being run by another run") as info:
             fresh = second.create_session("a", "x")
             await second.run_agent("a", "Q2", script(FINAL), session=fresh)
@@ -366,9 +380,7 @@ async def test_a_run_under_way_with_no_step_saved_keeps_its_id(
         loaded = await ar.AgentSession.load_checkpoint(backend, "x")
         with pytest.raises(ar.PersistenceError, match="is being run by another run"):
             await second.run_turn(loaded, "Q2", script(FINAL))
-    finally:
-        go.set()
-        done = await running
+    done = outcome[0]
     assert done.prompt == "Q1"
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done
 
@@ -426,15 +438,10 @@ async def test_a_resumed_run_with_no_step_keeps_its_id(backend: ar.PersistenceBa
     with pytest.raises(ConnectionError):
         await runtime.run_agent("a", "Q0", fails_after(), session=runtime.create_session("a", "x"))
     other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
-    reached, go = asyncio.Event(), asyncio.Event()
-    resumed = asyncio.create_task(runtime.resume("x", held(reached, go)))
-    await reached.wait()
-    try:
+    async with under_way(lambda model: runtime.resume("x", model)) as outcome:
         with pytest.raises(ar.PersistenceError, match="is being run by another run"):
             await other.run_agent("a", "Q2", script(FINAL), session=other.create_session("a", "x"))
-    finally:
-        go.set()
-        done = await resumed
+    done = outcome[0]
     assert (done.prompt, done.final_answer) == ("Q0", "finished")
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done
     # A resume that fails before its first step gives up the claim it made.
@@ -493,15 +500,9 @@ async def test_two_turns_of_one_session_at_once_run_one(backend: ar.PersistenceB
     assert await first.run_turn(first.create_session("a", "chat"), "Q1", script(FINAL))
     mine = await ar.AgentSession.load_checkpoint(backend, "chat")
     theirs = await ar.AgentSession.load_checkpoint(backend, "chat")
-    reached, go = asyncio.Event(), asyncio.Event()
-    running = asyncio.create_task(first.run_turn(mine, "Q2", held(reached, go)))
-    await reached.wait()
-    try:
+    async with under_way(lambda model: first.run_turn(mine, "Q2", model)):
         with pytest.raises(ar.PersistenceError, match="is being run by another run"):
             await second.run_turn(theirs, "Q3", script(FINAL))
-    finally:
-        go.set()
-        await running
     # The refused copy is behind now; loaded again, its turn runs after the other's.
     with pytest.raises(ar.PersistenceError, match="2 steps saved, the session has 1"):
         await second.run_turn(theirs, "Q3", script(FINAL))
@@ -671,19 +672,14 @@ async def test_without_save_new_a_run_under_way_still_keeps_its_id(
     plain = NoSaveNew(backend)
     first = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=plain)  # type: ignore[arg-type]
     second = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=plain)  # type: ignore[arg-type]
-    reached, go = asyncio.Event(), asyncio.Event()
-    running = asyncio.create_task(
-        first.run_agent("a", "Q1", held(reached, go), session=first.create_session("a", "x"))
-    )
-    await reached.wait()
-    try:
+    async with under_way(
+        lambda model: first.run_agent("a", "Q1", model, session=first.create_session("a", "x"))
+    ) as outcome:
         with pytest.raises(ar.PersistenceError, match="is being run by another run"):
             await second.run_agent(
                 "a", "Q2", script(FINAL), session=second.create_session("a", "x")
             )
-    finally:
-        go.set()
-        done = await running
+    done = outcome[0]
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done
 
 
@@ -695,17 +691,12 @@ async def test_a_resume_is_refused_when_a_new_run_claimed_the_session_after_it_w
         await runtime.run_agent("a", "Q0", fails_after(), session=runtime.create_session("a", "x"))
     state = await CheckpointStore(backend).load("x")  # what a resume read
     other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
-    reached, go = asyncio.Event(), asyncio.Event()
-    running = asyncio.create_task(
-        other.run_agent("a", "Q1", held(reached, go), session=other.create_session("a", "x"))
-    )
-    await reached.wait()
-    try:
+    async with under_way(
+        lambda model: other.run_agent("a", "Q1", model, session=other.create_session("a", "x"))
+    ) as outcome:
         with pytest.raises(ar.PersistenceError, match="is being run by another run"):
             await CheckpointStore(backend).claim_resumed(state)
-    finally:
-        go.set()
-        done = await running
+    done = outcome[0]
     assert done.prompt == "Q1"
 
 
@@ -718,15 +709,10 @@ async def test_a_resumed_run_keeps_a_new_run_of_a_copy_out(backend: ar.Persisten
         await runtime.run_agent("a", "Q0", fails_after(add_step(1)), session=session)
     other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     copy = await ar.AgentSession.load_checkpoint(backend, "x")
-    reached, go = asyncio.Event(), asyncio.Event()
-    resumed = asyncio.create_task(runtime.resume("x", held(reached, go)))
-    await reached.wait()
-    try:
+    async with under_way(lambda model: runtime.resume("x", model)) as outcome:
         with pytest.raises(ar.PersistenceError, match="is being run by another run"):
             await other.run_agent("a", "Q1", script(FINAL), session=copy)
-    finally:
-        go.set()
-        done = await resumed
+    done = outcome[0]
     assert [s.action for s in done.steps] == ["add", "FINAL_ANSWER"]
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done
 

@@ -406,10 +406,11 @@ class CheckpointStore:
         saved in the same write, as a base record, and the session as it is as the final
         checkpoint of its earlier turns: the stored session is whole, and loads and resumes.
 
-        Where the backend has `save_new`, the run first claims the step it starts the session
-        from (`session:<id>:run:<n>`): of runs starting one session from one step at once (two
-        workers each running a turn on their copy), in any process, one runs. Call `release`
-        if the run ends before its first step.
+        The run claims the step it starts the session from (`session:<id>:run:<n>`, with
+        `save_new`; on a backend without it, a read then a write, which is not atomic): of
+        runs starting one session from one step at once (two workers each running a turn on
+        their copy), in any process, one runs. Call `release` if the run ends before its
+        first step.
 
         Raises:
             PersistenceError: Before anything is written, when the store holds more of the
@@ -517,10 +518,9 @@ class CheckpointStore:
     async def claim_resumed(self, state: SessionState) -> None:
         """Claims the step a resumed run continues the session from, as a new run does.
 
-        So that a new run of a copy of the session is refused while it runs. A claim another
-        run holds (its process ended before its first step: why the session is resumed) is
-        left to it
-        until the resumed run's first step: `release` gives up only a claim this run made.
+        So that a new run of a copy of the session is refused while it runs. The claim of the
+        run resumed (its process ended before its first step) is kept until the resumed run's
+        first step: `release` gives up only a claim this run made.
 
         Raises:
             PersistenceError: Another run claimed the step after the session was loaded.
