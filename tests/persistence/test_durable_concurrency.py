@@ -362,6 +362,16 @@ async def under_way(start: Callable[[Any], Awaitable[Any]]) -> AsyncIterator[lis
         result.append(await running)
 
 
+async def failed_first_run(backend: ar.PersistenceBackend, session_id: str) -> ar.AgentRuntime:
+    """A runtime whose run of new session `session_id` (prompt "Q0") failed before its first
+    step, its model down."""
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    with pytest.raises(ConnectionError):
+        session = runtime.create_session("a", session_id)
+        await runtime.run_agent("a", "Q0", fails_after(), session=session)
+    return runtime
+
+
 async def test_a_run_under_way_with_no_step_saved_keeps_its_id(
     backend: ar.PersistenceBackend,
 ) -> None:
@@ -406,9 +416,7 @@ async def test_a_failed_run_gives_up_its_claim_and_one_retry_runs(
 ) -> None:
     # A run that failed before its first step gives up its claim: the id runs again, one
     # retry at a time.
-    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
-    with pytest.raises(ConnectionError):
-        await runtime.run_agent("a", "Q0", fails_after(), session=runtime.create_session("a", "x"))
+    runtime = await failed_first_run(backend, "x")
     assert await backend.list_keys("session:x:run:") == []
     other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     reached, go = asyncio.Event(), asyncio.Event()
@@ -434,9 +442,7 @@ async def test_a_failed_run_gives_up_its_claim_and_one_retry_runs(
 async def test_a_resumed_run_with_no_step_keeps_its_id(backend: ar.PersistenceBackend) -> None:
     # A failed run gave up its claim; its resume ran with none, and a new run under the id ran
     # beside it.
-    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
-    with pytest.raises(ConnectionError):
-        await runtime.run_agent("a", "Q0", fails_after(), session=runtime.create_session("a", "x"))
+    runtime = await failed_first_run(backend, "x")
     other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     async with under_way(lambda model: runtime.resume("x", model)) as outcome:
         with pytest.raises(ar.PersistenceError, match="is being run by another run"):
@@ -445,8 +451,7 @@ async def test_a_resumed_run_with_no_step_keeps_its_id(backend: ar.PersistenceBa
     assert (done.prompt, done.final_answer) == ("Q0", "finished")
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done
     # A resume that fails before its first step gives up the claim it made.
-    with pytest.raises(ConnectionError):
-        await runtime.run_agent("a", "Q3", fails_after(), session=runtime.create_session("a", "y"))
+    await failed_first_run(backend, "y")
     with pytest.raises(ConnectionError):
         await runtime.resume("y", fails_after())
     assert await runtime.run_agent(
@@ -533,9 +538,9 @@ class MetaWriteHangs:
         await self.inner.save(key, value)
 
 
-async def test_a_turn_whose_process_ended_after_its_claim_is_resumed(
-    backend: ar.PersistenceBackend,
-) -> None:
+async def second_turn_dying_after_its_claim(backend: ar.PersistenceBackend) -> asyncio.Task[Any]:
+    """Session "chat" after turn "Q1", its turn "Q2" claimed: the task of that turn, whose
+    process ended before it wrote its meta record (to be left behind)."""
     dying = MetaWriteHangs(backend)
     gone = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=dying)  # type: ignore[arg-type]
     assert await gone.run_turn(gone.create_session("a", "chat"), "Q1", script(FINAL))
@@ -543,6 +548,13 @@ async def test_a_turn_whose_process_ended_after_its_claim_is_resumed(
     dying.hang = True
     lost = asyncio.create_task(gone.run_turn(copy, "Q2", script(FINAL)))
     await dying.reached.wait()
+    return lost
+
+
+async def test_a_turn_whose_process_ended_after_its_claim_is_resumed(
+    backend: ar.PersistenceBackend,
+) -> None:
+    lost = await second_turn_dying_after_its_claim(backend)
     try:
         runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
         stale = await ar.AgentSession.load_checkpoint(backend, "chat")
@@ -557,9 +569,7 @@ async def test_a_turn_whose_process_ended_after_its_claim_is_resumed(
         assert not state.interrupted_turn  # the meta record went with the resumed steps
         assert await runtime.run_turn(resumed, "Q3", script(FINAL)) == "finished"
     finally:
-        lost.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await lost
+        await left_behind(lost)
 
 
 class HeldCopy:
@@ -686,9 +696,7 @@ async def test_without_save_new_a_run_under_way_still_keeps_its_id(
 async def test_a_resume_is_refused_when_a_new_run_claimed_the_session_after_it_was_loaded(
     backend: ar.PersistenceBackend,
 ) -> None:
-    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
-    with pytest.raises(ConnectionError):
-        await runtime.run_agent("a", "Q0", fails_after(), session=runtime.create_session("a", "x"))
+    await failed_first_run(backend, "x")
     state = await CheckpointStore(backend).load("x")  # what a resume read
     other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     async with under_way(
@@ -765,13 +773,7 @@ async def test_a_fork_whose_process_ended_after_the_copy_is_resumed(
 async def test_a_later_turn_claimed_but_not_started_is_not_swept(
     backend: ar.PersistenceBackend,
 ) -> None:
-    dying = MetaWriteHangs(backend)
-    gone = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=dying)  # type: ignore[arg-type]
-    assert await gone.run_turn(gone.create_session("a", "chat"), "Q1", script(FINAL))
-    copy = await ar.AgentSession.load_checkpoint(backend, "chat")
-    dying.hang = True
-    lost = asyncio.create_task(gone.run_turn(copy, "Q2", script(FINAL)))
-    await dying.reached.wait()
+    lost = await second_turn_dying_after_its_claim(backend)
     try:
         assert await CheckpointStore(backend).sweep(older_than=-1000) == []
         assert (await CheckpointStore(backend).load("chat")).interrupted_turn
