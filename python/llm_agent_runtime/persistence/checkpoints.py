@@ -504,8 +504,9 @@ class CheckpointStore:
     async def _save_if_absent(self, key: str, value: bytes) -> bool:
         """`save_new` where the backend has it; else a read, then a write if the key is absent.
 
-        The fallback is not atomic: two writers may both write. It still keeps out a run
-        that starts while another waits on its model, the common case.
+        The fallback (for backends written before `save_new`) is not atomic: two writers may
+        both write. It still keeps out a writer that comes once the other has written, the
+        common case (a run that starts while another waits on its model).
         """
         save_new = getattr(self.backend, "save_new", None)
         if callable(save_new):
@@ -525,31 +526,27 @@ class CheckpointStore:
         Raises:
             PersistenceError: Another run claimed the step after the session was loaded.
         """
-        meta: dict[str, Any] = {
-            "session_id": state.session_id,
-            "agent_id": state.agent_id,
-            "prompt": state.prompt,
-            "mode": state.mode,
-            "started_at": time.time(),
-            "run": state.run or "",
-            "turn": state.turn,
-            "first_step": state.first_step,
-        }
-        if state.history is not None:
-            meta["history"] = state.history
-        record = encode("meta", meta)
+        run = state.run or ""
+        _, record = _meta_item(
+            AgentSession(session_id=state.session_id, agent_id=state.agent_id, prompt=state.prompt),
+            state.mode,
+            run,
+            turn=state.turn,
+            first_step=state.first_step,
+            history=state.history,
+        )
         step = len(state.records)  # where a new run of a copy loaded now would start from
-        if await self._claim(state.session_id, step, meta["run"], record):
+        if await self._claim(state.session_id, step, run, record):
             return
         key = f"{session_key(state.session_id)}:run:{step}"
         raw = await self.backend.load(key)
         holder = decode(raw, key) if raw is not None else None
-        if isinstance(holder, dict) and holder.get("run") != meta["run"]:
+        if isinstance(holder, dict) and holder.get("run") != run:
             # Another run claimed the step after this session was loaded: it runs.
             self._refuse(state.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
         # The run's own claim (its process ended): the meta record, which the claim may hold
         # alone, is saved with the first step all the same.
-        self._claims[state.session_id] = _Claim(key, meta["run"], record, owned=False)
+        self._claims[state.session_id] = _Claim(key, run, record, owned=False)
 
     def _refuse(self, session_id: str, why: str, advice: str) -> NoReturn:
         """Refuses the run of the session (see `save_meta`): nothing of it is written after."""
@@ -660,16 +657,9 @@ class CheckpointStore:
         if not new:
             await self.backend.save(key, record)
             return None
-        save_new = getattr(self.backend, "save_new", None)
-        if save_new is not None:
-            if await save_new(key, record):
-                return None
-            raw = await self.backend.load(key)
-        else:  # a backend written before `save_new`: a check, then a write (not atomic)
-            raw = await self.backend.load(key)
-            if raw is None:
-                await self.backend.save(key, record)
-                return None
+        if await self._save_if_absent(key, record):
+            return None
+        raw = await self.backend.load(key)
         found = decode(raw, key, "call") if raw is not None else None
         # Gone meanwhile (pruned), or not an entry: a call that may have run.
         return found if isinstance(found, dict) else {"state": "intent"}
