@@ -38,16 +38,23 @@ def observations(state: checkpoints.SessionState) -> list[str]:
     return [r.step.observation for r in state.records]
 
 
-class LateBaseWrite:
+class Delegating:
+    """A backend that hands every call to `inner`, but those a subclass overrides."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class LateBaseWrite(Delegating):
     """The backend, but the first write of a base record waits for `go`: a prune's write in
     flight (a slow link, a paused process) while the session and other prunes go on."""
 
     def __init__(self, inner: ar.PersistenceBackend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.go, self.reached = asyncio.Event(), asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def save(self, key: str, value: bytes) -> None:
         if ":base" in key and not self.go.is_set():
@@ -459,15 +466,12 @@ async def test_a_resumed_run_with_no_step_keeps_its_id(backend: ar.PersistenceBa
     )
 
 
-class SlowClaimReply:
+class SlowClaimReply(Delegating):
     """The backend, but the reply to a claim comes late (the claim itself has landed)."""
 
     def __init__(self, inner: ar.PersistenceBackend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.landed = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def save_new(self, key: str, value: bytes) -> bool:
         won: bool = await self.inner.save_new(key, value)
@@ -520,16 +524,13 @@ async def test_two_turns_of_one_session_at_once_run_one(backend: ar.PersistenceB
         assert len(await backend.load(key) or b"") < 200, key
 
 
-class MetaWriteHangs:
+class MetaWriteHangs(Delegating):
     """The backend, but a meta record's write never ends once `hang` is set: the process
     ended between a run's claim and its meta record."""
 
     def __init__(self, inner: ar.PersistenceBackend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.hang, self.reached = False, asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def save(self, key: str, value: bytes) -> None:
         if self.hang and key.endswith(":meta"):
@@ -572,15 +573,12 @@ async def test_a_turn_whose_process_ended_after_its_claim_is_resumed(
         await left_behind(lost)
 
 
-class HeldCopy:
+class HeldCopy(Delegating):
     """The backend, but a fork's copy of steps waits for `go`."""
 
     def __init__(self, inner: ar.PersistenceBackend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.go, self.reached = asyncio.Event(), asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def batch_save(self, items: Any) -> None:
         if not self.go.is_set() and any(key.startswith("session:y:") for key in items):
@@ -619,15 +617,13 @@ async def test_a_run_under_an_id_a_fork_is_copying_into_is_refused(
     assert (resumed.prompt, resumed.step_count) == ("SRC", step + 1)
 
 
-class SlowDelete:
+class SlowDelete(Delegating):
     """The backend, but a delete takes `seconds`."""
 
     def __init__(self, inner: ar.PersistenceBackend, seconds: float) -> None:
-        self.inner, self.seconds = inner, seconds
+        super().__init__(inner)
+        self.seconds = seconds
         self.deleting = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def delete(self, key: str) -> bool:
         self.deleting.set()
@@ -725,12 +721,13 @@ async def test_a_resumed_run_keeps_a_new_run_of_a_copy_out(backend: ar.Persisten
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done
 
 
-class Hangs:
+class Hangs(Delegating):
     """The backend, but the first call of `method` on a key matching `part` never ends (the
     process died there); the runtime using it is left behind."""
 
     def __init__(self, inner: ar.PersistenceBackend, method: str, part: str) -> None:
-        self.inner, self.method, self.part = inner, method, part
+        super().__init__(inner)
+        self.method, self.part = method, part
         self.on, self.reached = True, asyncio.Event()
 
     def __getattr__(self, name: str) -> Any:
@@ -805,15 +802,13 @@ async def test_a_restored_session_whose_run_died_while_claiming_runs_again(
         await left_behind(lost)
 
 
-class FinalHangs:
+class FinalHangs(Delegating):
     """The backend, but the first write of the final checkpoint `key` never ends."""
 
     def __init__(self, inner: ar.PersistenceBackend, key: str) -> None:
-        self.inner, self.key = inner, key
+        super().__init__(inner)
+        self.key = key
         self.reached = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def batch_save(self, items: Any) -> None:
         if self.key in items and not self.reached.is_set():
@@ -844,15 +839,12 @@ async def test_a_resume_that_only_closes_a_turn_leaves_the_next_turn_free(
         await left_behind(lost)
 
 
-class HeldClaim:
+class HeldClaim(Delegating):
     """The backend, but a claim of `session:y` waits for `go` before it is written."""
 
     def __init__(self, inner: ar.PersistenceBackend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.go, self.reached = asyncio.Event(), asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def save_new(self, key: str, value: bytes) -> bool:
         if key == "session:y:run:0":
