@@ -446,6 +446,25 @@ def test_from_json_refuses_properties_that_are_not_an_object(where: str) -> None
         ar.GraphStore.from_json(json.dumps(doc))
 
 
+@pytest.mark.parametrize("where", ["entities", "relationships"])
+@pytest.mark.parametrize("big", [2**64, -(2**63) - 1, 10**30])
+def test_from_json_refuses_integers_beyond_64_bits_rather_than_rounding_them(
+    where: str, big: int
+) -> None:
+    # add_entity refuses such an int; a document holding one (written by another program)
+    # would otherwise come back as the nearest float.
+    g = ar.GraphStore()
+    g.add_entity("a 18446744073709551616", "x")
+    g.add_entity("b", "x")
+    g.add_relationship("a 18446744073709551616", "b", "knows")
+    doc = json.loads(g.to_json())
+    doc[where][0]["properties"] = {"n": [2**63 - 1, -(2**63), 2**64 - 1]}
+    assert ar.GraphStore.from_json(json.dumps(doc)).entity_count() == 2  # digits in ids are fine
+    doc[where][0]["properties"] = {"n": [1.5, {"big": big}]}
+    with pytest.raises(ar.GraphError, match=f"the integer {big} does not fit in 64 bits"):
+        ar.GraphStore.from_json(json.dumps(doc))
+
+
 LONE = "x\ud800"  # a str with no UTF-8 form (a surrogate pair cut in two)
 
 

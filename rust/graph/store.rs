@@ -773,6 +773,7 @@ impl Store {
     pub fn from_json(text: &str) -> CoreResult<Store> {
         let doc: GraphDocument = serde_json::from_str(text)
             .map_err(|e| CoreError::Graph(format!("not a graph document: {e}")))?;
+        check_integers_fit(text)?;
         if doc.format != FORMAT {
             return Err(CoreError::Graph(format!(
                 "not a graph document (format {:?})",
@@ -799,6 +800,46 @@ impl Store {
         }
         Ok(store)
     }
+}
+
+/// Refuses a document with an integer literal beyond 64 bits, as `add_entity` refuses such a
+/// property: the JSON parser would read it as the nearest float, silently changing it.
+/// (Only `from_json` needs this: `to_json` never writes one.)
+fn check_integers_fit(text: &str) -> CoreResult<()> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    let mut in_string = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1, // the escaped byte cannot end the string
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+        } else if b == b'"' {
+            in_string = true;
+            i += 1;
+        } else if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < bytes.len()
+                && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+            {
+                i += 1;
+            }
+            let literal = &text[start..i];
+            let integer = !literal.contains(['.', 'e', 'E']);
+            if integer && literal.parse::<i64>().is_err() && literal.parse::<u64>().is_err() {
+                return Err(CoreError::Graph(format!(
+                    "not a graph document: the integer {literal} does not fit in 64 bits"
+                )));
+            }
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Properties read from a document must be what the API accepts: an object, or null.
@@ -856,6 +897,27 @@ mod tests {
             .unwrap()
             .replace("\"version\":1", "\"version\":9");
         assert!(Store::from_json(&future).is_err());
+    }
+
+    #[test]
+    fn json_integers_beyond_64_bits_are_refused_not_rounded() {
+        let doc = |value: &str| {
+            format!(
+                r#"{{"format":"llm-agent-runtime/graph","version":1,"entities":[{{"id":"a\"18446744073709551616","label":"","properties":{{"n":{value}}}}}],"relationships":[]}}"#
+            )
+        };
+        for fits in [
+            "-9223372036854775808",
+            "18446744073709551615",
+            "1e30",
+            "-0.5",
+        ] {
+            assert!(Store::from_json(&doc(fits)).is_ok(), "{fits}");
+        }
+        for big in ["18446744073709551616", "-9223372036854775809"] {
+            let err = Store::from_json(&doc(big)).err().map(|e| e.to_string());
+            assert!(err.is_some_and(|e| e.contains(big)), "{big}");
+        }
     }
 
     #[test]
