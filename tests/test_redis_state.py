@@ -182,6 +182,36 @@ def test_four_processes_share_one_single_flight() -> None:
     assert all(values == [42] * 5 for _, values in outcomes)
 
 
+@pytest.mark.parametrize("ttl", [0.001, 0.005])
+async def test_single_flight_waiters_get_the_result_of_a_run_whose_ttl_ended_before_they_polled(
+    ttl: float,
+) -> None:
+    # The result expires before the waiters' next poll (every 10 ms): they get it all the same
+    # from the copy kept for them, in this process and in another (a second deduplicator).
+    url = redis_url()
+    prefix = f"short:{os.getpid()}:{ttl}:"
+    here, there = (ar.RedisDeduplicator(url, ttl=ttl, prefix=prefix, namespace="t") for _ in "ab")
+    runs = 0
+
+    async def slow() -> int:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.05)
+        return runs
+
+    results = await asyncio.gather(*(d.run("k", slow) for d in [here, there] * 3))
+    assert (results, runs, here.executions + there.executions) == ([1] * 6, 1, 1)
+    await asyncio.sleep(0.01)  # past the ttl: a new caller runs the call again
+    assert await here.run("k", slow) == 2
+    leftovers = await here.client.keys(f"{prefix}t:k:done:*")
+    assert 0 < await here.client.pttl(leftovers[0]) <= 30_000  # kept for `lease`, then gone
+    long_ttl = ar.RedisDeduplicator(url, ttl=60, prefix=prefix, namespace="long")
+    assert await long_ttl.run("k", slow) == 3
+    assert await here.client.keys(f"{prefix}long:k:done:*") == []  # no copy: the ttl covers it
+    for d in (here, there, long_ttl):
+        await d.close()
+
+
 async def test_single_flight_failures_are_not_shared() -> None:
     url = redis_url()
     dedup = ar.RedisDeduplicator(url, ttl=5.0, prefix=f"d:{os.getpid()}:", namespace="t")

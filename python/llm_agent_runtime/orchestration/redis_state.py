@@ -345,18 +345,28 @@ _MAX_PX = 2**53
 """Most milliseconds a result or lease is kept (~285,000 years): Redis adds PX to its clock in
 64 bits, and a float counts whole milliseconds exactly up to here."""
 
-# Single flight. KEYS: result, lease. ARGV: lease token, lease ms. Returns {1, result} when a
-# result is published, {2} when the caller took the lease (it runs the call), else {0}.
+# Single flight. KEYS: result, lease, and the copy left for the waiters of a run (see below)
+# once the caller knows whose run it waits on. ARGV: lease token, lease ms. Returns {1,
+# result} when a result is published (or that run's copy is there), {2} when the caller took
+# the lease (it runs the call), else {0, the token of the run under way}.
 _CLAIM_SCRIPT = """
 local result = redis.call('GET', KEYS[1])
 if result then return {1, result} end
+if KEYS[3] then
+  result = redis.call('GET', KEYS[3])
+  if result then return {1, result} end
+end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-return {0}
+return {0, redis.call('GET', KEYS[2])}
 """
 
-# KEYS: result, lease. ARGV: lease token, result ('' = failed: publish nothing), ttl ms.
+# KEYS: result, lease, the run's copy for its waiters. ARGV: lease token, result ('' = failed:
+# publish nothing), ttl ms, ms to keep the waiters' copy (0: none).
 _FINISH_SCRIPT = """
-if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+if ARGV[2] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  if ARGV[4] ~= '0' then redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[4]) end
+end
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
@@ -368,7 +378,10 @@ class RedisDeduplicator:
     The first caller of a key takes a lease, runs the call and publishes its result (as JSON)
     for `ttl` seconds; the other callers, in any process, wait for that result instead of
     running the call again. A failure is not shared: the next caller runs the call. If the
-    runner dies, its lease expires after `lease` seconds and a waiter takes over. A caller
+    runner dies, its lease expires after `lease` seconds and a waiter takes over. A `ttl`
+    shorter than the waiters' polling does not make them run the call again: the result is
+    also kept for the callers that waited on that run (under `...:done:<run>`, for `lease`
+    seconds, or two polls if longer; only when `ttl` is shorter than that). A caller
     cancelled while it holds the lease (or while the command taking it is in flight) gives
     the lease back before `CancelledError` is raised, so the next caller need not wait it out.
 
@@ -437,6 +450,10 @@ class RedisDeduplicator:
         self.namespace = namespace
         self._ttl_ms = int(ttl * 1000)
         self._lease_ms = int(lease * 1000)
+        # A waiter polls at least once in this time, so it finds the result of the run it
+        # waited on even when the published one has expired.
+        waiters_ms = max(self._lease_ms, math.ceil(2_000 * poll_interval))
+        self._waiters_ms = 0 if self._ttl_ms >= waiters_ms else min(waiters_ms, _MAX_PX)
         self.client: Any = redis_client(url, "RedisDeduplicator")
         self._claim = self.client.register_script(_CLAIM_SCRIPT)
         self._finish = self.client.register_script(_FINISH_SCRIPT)
@@ -450,8 +467,11 @@ class RedisDeduplicator:
 
     def redis_keys(self, key: str) -> tuple[str, str]:
         """The Redis keys of `key`: its published result and its lease."""
-        base = f"{self.prefix}{self.namespace}:{key}"
+        base = self._base(key)
         return f"{base}:result", f"{base}:lease"
+
+    def _base(self, key: str) -> str:
+        return f"{self.prefix}{self.namespace}:{key}"
 
     async def close(self) -> None:
         """Closes the connection pool."""
@@ -469,10 +489,14 @@ class RedisDeduplicator:
             PersistenceError: When Redis fails, or the result is not JSON-serializable (an
                 error `fn` itself raises propagates as it is).
         """
-        keys = list(self.redis_keys(key))
+        base = self._base(key)
         token = uuid.uuid4().hex
+        # A run publishes its result, and a copy for its waiters under its token; a waiter's
+        # claims read the copy of the run under way once they know it.
+        keys = [f"{base}:result", f"{base}:lease", f"{base}:done:{token}"]
+        claim_keys = keys[:2]
         while True:
-            claim = await self._claim_once(keys, token)
+            claim = await self._claim_once(claim_keys, token)
             if claim[0] == 1:
                 try:
                     return json.loads(claim[1])
@@ -480,6 +504,8 @@ class RedisDeduplicator:
                     raise PersistenceError(f"corrupt shared result: {error}", key=keys[0]) from None
             if claim[0] == 2:
                 break
+            if len(claim) > 1:  # the token of the run under way
+                claim_keys = [*keys[:2], f"{base}:done:{claim[1].decode()}"]
             await asyncio.sleep(self.poll_interval)
         # This caller holds the lease: whatever happens from here, it gives the lease back.
         self.executions += 1
@@ -496,7 +522,9 @@ class RedisDeduplicator:
                 f"a shared result must be JSON-serializable: {error}", key=keys[0]
             ) from error
         publish = keep_alive(
-            asyncio.ensure_future(self._finish(keys=keys, args=[token, encoded, self._ttl_ms]))
+            asyncio.ensure_future(
+                self._finish(keys=keys, args=[token, encoded, self._ttl_ms, self._waiters_ms])
+            )
         )
         try:
             await asyncio.shield(publish)
@@ -554,7 +582,7 @@ class RedisDeduplicator:
         the lease expires anyway.
         """
         try:
-            await self._finish(keys=keys, args=[token, "", 0])
+            await self._finish(keys=keys, args=[token, "", 0, 0])
         except Exception as error:
             logger.warning(
                 "RedisDeduplicator: could not give back the lease of %s: %s", keys[1], error
