@@ -1,5 +1,6 @@
 import asyncio
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -76,6 +77,22 @@ async def test_honours_retry_after_capped_at_max_delay() -> None:
     assert policy.delay_for(1, huge) == 60.0
 
 
+async def test_retry_after_of_an_error_a_pipeline_stage_raised_is_honoured() -> None:
+    clock = ar.FakeClock()
+    policy = ar.RetryPolicy(max_attempts=2, base_delay=0.5, jitter=False, clock=clock)
+    calls = 0
+
+    def llm(question: str) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ar.ProviderError("rate limited", status=429, retryable=True, retry_after=30.0)
+        return question
+
+    assert await policy.run(ar.Pipeline(("llm", llm)).run, "q") == "q"
+    assert clock.sleeps == [30.0]  # not the 0.5 s backoff
+
+
 async def test_sync_functions_are_supported() -> None:
     calls = []
 
@@ -144,8 +161,12 @@ def test_nan_and_infinite_settings_are_refused(bad: dict[str, float]) -> None:
         ar.RetryPolicy(**bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("retry_after", [float("nan"), float("inf"), float("-inf"), -3.0])
-async def test_unusable_retry_after_falls_back_to_the_backoff(retry_after: float) -> None:
+@pytest.mark.parametrize(
+    "retry_after", [float("nan"), float("inf"), float("-inf"), -3.0, "30", True, [1]]
+)
+async def test_unusable_retry_after_falls_back_to_the_backoff(retry_after: Any) -> None:
+    # A raw header value ("30") from a custom provider is ignored too, not a TypeError that
+    # would replace the call's own error.
     clock = ar.FakeClock()
     policy = ar.RetryPolicy(max_attempts=3, base_delay=1.0, jitter=False, clock=clock)
     error = ar.ProviderError("busy", status=429, retryable=True, retry_after=retry_after)

@@ -55,8 +55,9 @@ class RetryPolicy:
 
     The delay before attempt `n + 1` is drawn uniformly from `[0, min(max_delay,
     base_delay * 2**(n-1))]` (or is that bound itself without jitter). A `ProviderError`
-    carrying `retry_after` waits what the server asked instead (still capped at `max_delay`;
-    a negative, NaN or infinite `retry_after` is ignored).
+    carrying `retry_after` (or a `PipelineStageError` caused by one) waits what the server
+    asked instead (still capped at `max_delay`; a negative, NaN, infinite or non-numeric
+    `retry_after` is ignored).
     `CircuitOpenError`, `PolicyDeniedError` and `BudgetExceededError` are never retried.
 
     Args:
@@ -115,23 +116,31 @@ class RetryPolicy:
         A `PipelineStageError` is judged by the stage's own error (its `__cause__`). A
         `retry_on` that raises is logged and means "no": the call's own error propagates.
         """
-        while isinstance(error, PipelineStageError) and error.__cause__ is not None:
-            error = error.__cause__
-        if isinstance(error, NEVER_RETRIED) or not isinstance(error, Exception):
+        cause = _stage_error(error)
+        if isinstance(cause, NEVER_RETRIED) or not isinstance(cause, Exception):
             return False
         try:
-            return bool(self.retry_on(error))
+            return bool(self.retry_on(cause))
         except Exception:
-            logger.exception("retry_on raised on %r: not retried", error)
+            logger.exception("retry_on raised on %r: not retried", cause)
             return False
 
     def delay_for(self, attempt: int, error: BaseException | None = None) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        if isinstance(error, ProviderError):
-            retry_after = error.retry_after
-            # A negative, NaN or infinite delay is no delay at all: the backoff applies.
-            if retry_after is not None and 0.0 <= retry_after < math.inf:
-                return min(retry_after, self.max_delay)
+        """Seconds to wait after failed attempt number `attempt` (1-based).
+
+        A `ProviderError`'s `retry_after` (also as a `PipelineStageError`'s cause) sets it.
+        """
+        cause = _stage_error(error)
+        if isinstance(cause, ProviderError):
+            retry_after = cause.retry_after
+            # A negative, NaN, infinite or non-numeric delay (a raw header value, say) is no
+            # delay at all: the backoff applies.
+            if (
+                isinstance(retry_after, (int, float))
+                and not isinstance(retry_after, bool)
+                and 0.0 <= retry_after < math.inf
+            ):
+                return min(float(retry_after), self.max_delay)
         # The exponent is clamped only to keep 2.0**n finite; the cap applies long before.
         bound = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 1000))
         return self._rng.uniform(0.0, bound) if self.jitter else bound
@@ -160,3 +169,10 @@ class RetryPolicy:
             f"RetryPolicy(max_attempts={self.max_attempts}, base_delay={self.base_delay}, "
             f"max_delay={self.max_delay}, jitter={self.jitter})"
         )
+
+
+def _stage_error(error: BaseException | None) -> BaseException | None:
+    """The error a pipeline stage raised, for a `PipelineStageError`; else `error` itself."""
+    while isinstance(error, PipelineStageError) and error.__cause__ is not None:
+        error = error.__cause__
+    return error
