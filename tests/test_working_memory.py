@@ -118,8 +118,9 @@ def test_fit_to_token_budget() -> None:
     # "b" * 5 does not fit in what is left (1 token), but "c" * 4 does: skipped, not stopped.
     assert ar.fit_to_token_budget(texts, 3) == ["a" * 8, "c" * 4]
     assert ar.fit_to_token_budget(texts, 0) == []
-    with pytest.raises(ValueError):
-        ar.fit_to_token_budget(texts, -1)
+    for bad in (-1, float("nan"), 4.5, True, "5"):  # NaN used to keep every text
+        with pytest.raises(ValueError, match="max_tokens must be"):
+            ar.fit_to_token_budget(texts, bad)  # type: ignore[arg-type]
 
 
 def test_an_oversized_top_memory_does_not_block_the_others() -> None:

@@ -11,6 +11,7 @@ from llm_agent_runtime._core import (
     RecallPolicy,
     WorkingMemory,
 )
+from llm_agent_runtime.orchestration._checks import check_count
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -44,10 +45,9 @@ def fit_to_token_budget(texts: Iterable[str], max_tokens: int) -> list[str]:
     The kept texts stay in their given (rank) order.
 
     Raises:
-        ValueError: `max_tokens` is negative.
+        ValueError: `max_tokens` is negative or not an int (a float, NaN included, or a bool).
     """
-    if max_tokens < 0:
-        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+    max_tokens = check_count("max_tokens", max_tokens, 0)
     kept: list[str] = []
     used = 0
     for text in texts:
