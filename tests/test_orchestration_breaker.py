@@ -715,6 +715,13 @@ def test_non_integer_counts_and_bad_trial_timeouts_are_refused(bad: dict[str, ob
         ar.CircuitBreaker("s", **bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("is_failure", ["ConnectionError", ConnectionError(), 1])
+def test_an_is_failure_that_is_not_callable_is_refused_at_construction(is_failure: object) -> None:
+    # Accepted, it failed at every error, so every error counted: `is_failure` did nothing.
+    with pytest.raises(TypeError, match="is_failure must be callable"):
+        ar.CircuitBreaker("s", is_failure=is_failure)  # type: ignore[arg-type]
+
+
 async def test_a_broken_is_failure_predicate_does_not_replace_the_calls_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

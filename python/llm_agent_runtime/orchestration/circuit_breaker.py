@@ -180,6 +180,7 @@ class CircuitBreaker:
         ValueError: a threshold, window, timeout or trial count is not positive, or is NaN or
             infinite; a threshold or trial count is not an int (a float such as 1.5, or a
             bool); a window or timeout is not a number (a bool included).
+        TypeError: `is_failure` is neither callable nor None.
     """
 
     def __init__(
@@ -193,6 +194,9 @@ class CircuitBreaker:
         is_failure: Callable[[BaseException], bool] | None = None,
         trial_timeout: float | None = None,
     ) -> None:
+        if is_failure is not None and not callable(is_failure):
+            # Else every error would go through "is_failure raised" and count as a failure.
+            raise TypeError(f"is_failure must be callable (or None), got {is_failure!r}")
         failure_threshold = check_count("failure_threshold", failure_threshold, 1)
         half_open_max_calls = check_count("half_open_max_calls", half_open_max_calls, 1)
         recovery_window = check_real("recovery_window", recovery_window)
