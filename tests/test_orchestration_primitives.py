@@ -223,6 +223,21 @@ async def test_limiter_cancelled_waiter_takes_nothing() -> None:
     assert limiter.try_acquire()
 
 
+@pytest.mark.parametrize("scale", [1e-9, 1e-3, 1.0, 1e6])
+async def test_requests_of_any_size_are_granted_only_from_tokens_the_bucket_has(
+    scale: float,
+) -> None:
+    # The rounding slack is a share of the request: a fixed 1e-9 tokens used to grant every
+    # request smaller than that from an empty bucket.
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=scale, capacity=scale, clock=clock)
+    grants = sum(limiter.try_acquire("k", scale / 2) for _ in range(100))
+    assert grants == 2
+    for _ in range(2):  # acquire waits for its tokens too
+        await limiter.acquire("k", scale / 2)
+    assert clock.now() == pytest.approx(1.0)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     rate=st.floats(0.1, 100),
@@ -240,8 +255,8 @@ def test_bucket_never_exceeds_capacity_and_refills_exactly(
         expected = min(capacity, expected + wait * rate)
         want = min(want, capacity)
         granted = limiter.try_acquire("k", want)
-        # A bucket short by float rounding alone (under 1e-9 tokens) still grants.
-        assert granted == (expected > want - 1e-9)
+        # A bucket short by float rounding alone (under a billionth of the request) grants.
+        assert granted == (expected > want * (1 - 1e-9))
         if granted:
             expected = max(expected - want, 0.0)
         assert limiter.tokens("k") == pytest.approx(expected)

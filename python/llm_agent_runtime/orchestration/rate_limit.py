@@ -11,7 +11,8 @@ from llm_agent_runtime.orchestration._checks import check_real
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 _ROUNDING = 1e-9
-"""Tokens a bucket may lack by float rounding alone (4.1 - 4.0 is not quite 0.1 seconds)."""
+"""Share of a request a bucket may lack by float rounding alone (4.1 - 4.0 is not quite 0.1
+seconds): relative, so requests of a billionth of a token are not all granted."""
 
 _FIRST_SWEEP = 1024
 """Buckets held before refilled ones are first dropped."""
@@ -283,7 +284,7 @@ class RateLimiter:
         level = self._refill(key, now)
         if len(self._buckets) >= self._sweep_at:  # inline: this is the hot path
             self._sweep(now)
-        if level > tokens - _ROUNDING:
+        if level > tokens * (1.0 - _ROUNDING):
             self._buckets[key] = (max(level - tokens, 0.0), now)
             return True
         self._buckets[key] = (level, now)
@@ -308,7 +309,7 @@ class RateLimiter:
         level = self._refill(key, now) - tokens
         if len(self._buckets) >= self._sweep_at:
             self._sweep(now)
-        if level > -_ROUNDING:
+        if level > -tokens * _ROUNDING:
             self._buckets[key] = (max(level, 0.0), now)
             return
         self._buckets[key] = (level, now)
