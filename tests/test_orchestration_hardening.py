@@ -309,6 +309,34 @@ def test_a_fake_clock_moves_forward_by_finite_times_only(seconds: float) -> None
     assert clock.now() == 0.0
 
 
+async def test_a_fake_clock_jumps_only_once_no_other_work_is_ready() -> None:
+    # A sleeper that registers a few turns of the loop late still wakes at its own deadline:
+    # the clock used to jump after a fixed three turns, waking it at 10 + 1.
+    clock = FakeClock()
+    woken: list[tuple[str, float]] = []
+
+    async def sleeper(name: str, seconds: float, turns_late: int) -> None:
+        for _ in range(turns_late):
+            await asyncio.sleep(0)
+        await clock.sleep(seconds)
+        woken.append((name, clock.now()))
+
+    await asyncio.gather(sleeper("a", 10, 0), sleeper("b", 1, 5), sleeper("c", 2, 50))
+    assert woken == [("b", 1.0), ("c", 2.0), ("a", 10.0)]
+
+
+async def test_a_task_yielding_for_ever_does_not_stop_a_fake_clock() -> None:
+    clock = FakeClock()
+
+    async def poll() -> None:  # waits for the clock, yielding to the loop all along
+        while clock.now() < 3.0:
+            await asyncio.sleep(0)
+
+    poller = asyncio.ensure_future(poll())
+    await clock.sleep(3.0)
+    await asyncio.wait_for(poller, 1.0)
+
+
 async def test_a_fake_clock_never_jumps_to_an_endless_sleep() -> None:
     clock = FakeClock()
     forever = asyncio.ensure_future(clock.sleep(math.inf))

@@ -43,17 +43,21 @@ class SystemClock:
 class FakeClock:
     """Virtual time for tests: it moves only through `advance` and sleeping tasks.
 
-    `sleep` never waits for real. A sleeping task registers its deadline; once the tasks that
-    are ready have had a few turns of the event loop, the clock jumps to the earliest deadline
-    and wakes that sleeper (an "autojump" clock). Concurrent sleepers therefore wake in
-    deadline order, and time advances by the longest chain of sleeps, not their sum.
+    `sleep` never waits for real. A sleeping task registers its deadline; once no other work
+    is ready to run in the event loop, the clock jumps to the earliest deadline and wakes that
+    sleeper (an "autojump" clock). Concurrent sleepers therefore wake in deadline order, and
+    time advances by the longest chain of sleeps, not their sum. (Work that waits on real I/O
+    or a thread is not ready: the clock may jump meanwhile. A task that yields with
+    `asyncio.sleep(0)` for ever holds the clock back 1,000 turns of the loop at most.)
 
     Args:
         start: the initial time in seconds.
     """
 
-    # Event-loop turns left to ready tasks before the clock jumps to the next deadline.
-    _SETTLE_TURNS = 3
+    # Event-loop turns left to ready work before the clock jumps to the next deadline: at
+    # most, while other work is ready; at least, where the loop does not show what is ready.
+    _MAX_SETTLE_TURNS = 1000
+    _MIN_SETTLE_TURNS = 3
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
@@ -95,15 +99,20 @@ class FakeClock:
             if not future.done():
                 future.cancel()
 
-    def _schedule_jump(self, turns: int = _SETTLE_TURNS) -> None:
+    def _schedule_jump(self) -> None:
         if not self._jump_scheduled:
             self._jump_scheduled = True
-            asyncio.get_running_loop().call_soon(self._jump, turns)
+            asyncio.get_running_loop().call_soon(self._jump, 1)
 
     def _jump(self, turns: int) -> None:
         loop = asyncio.get_running_loop()
-        if turns > 0:
-            loop.call_soon(self._jump, turns - 1)
+        # asyncio's queue of ready callbacks (private; an event loop without one, such as
+        # uvloop, gets the fixed minimum of turns instead).
+        ready = getattr(loop, "_ready", None)
+        if (ready is None and turns < self._MIN_SETTLE_TURNS) or (
+            ready and turns < self._MAX_SETTLE_TURNS
+        ):
+            loop.call_soon(self._jump, turns + 1)
             return
         self._jump_scheduled = False
         while self._sleepers and self._sleepers[0][2].done():
