@@ -217,6 +217,21 @@ async def test_backpressure_sheds_at_once() -> None:
     assert rt.metrics.snapshot().backpressure_shed_count == 1 and guard.depth == 0
 
 
+@pytest.mark.parametrize("guard_metrics", ["none", "the runtime's", "other"])
+async def test_a_shed_is_counted_once_in_the_runtimes_metrics(guard_metrics: str) -> None:
+    # Whatever metrics the guard counts into: a guard counting into other metrics used to
+    # leave the runtime's at 0.
+    runtime_metrics, other = ar.RuntimeMetrics(), ar.RuntimeMetrics()
+    chosen = {"none": None, "the runtime's": runtime_metrics, "other": other}[guard_metrics]
+    guard = ar.BackpressureGuard(capacity=1, metrics=chosen)
+    rt = ar.AgentRuntime(backpressure=guard, metrics=runtime_metrics)
+    guard.acquire()  # full
+    with pytest.raises(ar.BackpressureShedError):
+        await rt.run_agent("a", "q", react(FINAL))
+    assert runtime_metrics.snapshot().backpressure_shed_count == 1
+    assert other.snapshot().backpressure_shed_count == (guard_metrics == "other")
+
+
 async def test_checkpoints_per_step_and_final() -> None:
     backend = DictBackend()
     rt = ar.AgentRuntime(tools=[add], checkpoint_backend=backend)

@@ -368,7 +368,6 @@ class AgentRuntime:
             hook: [h for m in middlewares if (h := _overridden_hook(m, hook)) is not None]
             for hook in ("on_user_message", "on_pre_llm", "on_post_llm", "on_tool_call")
         }
-        self._shed_counted_by_guard = getattr(backpressure, "_metrics", None) is not None
         # What the model is shown of the tools; rebuilt at a run's start when tools were
         # registered since (`_refresh_tools`).
         self._tool_definitions: list[ToolDefinition] = []
@@ -663,7 +662,8 @@ class AgentRuntime:
             try:
                 guard.acquire()
             except BackpressureShedError:
-                if not self._shed_counted_by_guard:
+                # Counted once: by the guard when it counts into these metrics.
+                if getattr(guard, "_metrics", None) is not self.metrics:
                     self.metrics.record_backpressure_shed()
                 raise
         # Checked and marked with no await in between: no other task runs this session now.
