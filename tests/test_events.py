@@ -346,6 +346,19 @@ async def test_a_subscription_ended_elsewhere_ends_the_iteration_waiting_on_it()
         assert not bus.active
 
 
+@pytest.mark.parametrize("callback", [None, "print", 3])
+def test_a_callback_that_is_not_callable_is_refused_where_it_is_registered(
+    callback: object,
+) -> None:
+    # Accepted, it failed every later run with a bare TypeError, far from the mistake (say,
+    # `on(handler())` for `on(handler)`).
+    bus = ar.EventBus()
+    with pytest.raises(ar.AgentRuntimeError, match="an event callback must be callable"):
+        bus.on(callback)  # type: ignore[arg-type]
+    assert not bus.active
+    bus.emit(ar.RunStarted("s", "a", "q"))
+
+
 def test_off_of_a_callback_not_registered_does_nothing() -> None:
     bus = ar.EventBus()
     seen: list[ar.Event] = []

@@ -23,6 +23,7 @@ from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from llm_agent_runtime._core import EventFanout
+from llm_agent_runtime.errors import AgentRuntimeError
 
 __all__ = [
     "CheckpointSaved",
@@ -232,7 +233,13 @@ class EventBus:
 
         Returns:
             The callback, so this works as a decorator.
+
+        Raises:
+            AgentRuntimeError: `callback` is not callable (registered, it would fail every
+                run that emits an event).
         """
+        if not callable(callback):
+            raise AgentRuntimeError(f"an event callback must be callable, got {callback!r}")
         self._callbacks.append(callback)
         self.active = True
         if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
