@@ -396,6 +396,39 @@ async def test_a_failed_final_save_comes_after_run_finished_as_an_error_event() 
     assert logged[-2:] == ["RunFinished", "ErrorEvent"]
 
 
+async def test_a_failed_runs_error_event_is_its_last_even_when_its_unsaved_steps_are_saved() -> (
+    None
+):
+    """A step whose checkpoint failed is saved when the run fails: its CheckpointSaved comes
+    before the ErrorEvent (it used to follow it), and the log has the error all the same."""
+
+    class FirstStepFails(ar.InMemoryBackend):
+        failed = False
+
+        async def batch_save(self, items: Any) -> None:
+            if not self.failed and any(":step:" in key for key in items):
+                self.failed = True
+                raise OSError("disk hiccup")
+            await super().batch_save(items)
+
+    rt = ar.AgentRuntime(tools=[add], checkpoint_backend=FirstStepFails())
+    seen: list[ar.Event] = []
+    rt.events.on(seen.append)
+    replies = iter(['Thought: t\nAction: add {"a": 1, "b": 2}'])
+
+    async def model(prompt: str) -> str:
+        return next(replies, "no ReAct step")  # the run fails at its second step
+
+    with pytest.raises(ar.AgentLoopError):
+        await rt.run_agent("a", "q", model, session=ar.AgentSession("S", "a"))
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds[-2:] == ["CheckpointSaved", "ErrorEvent"], kinds
+    assert seen[-2].key == "session:S:step:1"  # type: ignore[attr-defined]
+    logged = [e["type"] for e in await rt.session_events("S")]
+    assert logged[-1] == "ErrorEvent" and "CheckpointSaved" not in logged
+    assert not rt._event_log  # nothing left behind in memory
+
+
 # ------------------------------------------------------------------ async callbacks
 FINAL = "Thought: d\nAction: FINAL_ANSWER ok"
 ADD = 'Thought: t\nAction: add {"a": 1, "b": 2}'

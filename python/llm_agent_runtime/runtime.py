@@ -729,19 +729,28 @@ class AgentRuntime:
             except BaseException as error:
                 settle = False  # unless this block ends as it should (not cancelled)
                 session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
-                if events.active:
-                    # A failing listener must not hide the run's error nor skip the save.
-                    try:
-                        events.emit(ErrorEvent(session_id, error))
-                    except Exception as listener_error:
-                        logger.warning(
-                            "a listener failed on the ErrorEvent of run %s: %r",
-                            session_id,
-                            listener_error,
-                        )
                 logger.warning("agent run %s failed: %r", session_id, error)
-                if self._checkpoints is not None:
-                    await self._save_left_in_time(session)
+                error_event = ErrorEvent(session_id, error)
+                try:
+                    if self._checkpoints is not None:
+                        # The event log takes the error with what the run left unsaved; the
+                        # listeners get it after that save's CheckpointSaved events, as the
+                        # run's last event (even if the save is cancelled).
+                        self._log_event(error_event)
+                        await self._save_left_in_time(session)
+                finally:
+                    if events.active:
+                        # A failing listener must not hide the run's error.
+                        try:
+                            events.emit(error_event)
+                        except Exception as listener_error:
+                            logger.warning(
+                                "a listener failed on the ErrorEvent of run %s: %r",
+                                session_id,
+                                listener_error,
+                            )
+                    if self._checkpoints is not None:  # logged already, with the save
+                        self._event_log.pop(session_id, None)
                 settle = isinstance(error, Exception)  # not when cancelled
                 raise
             finally:
