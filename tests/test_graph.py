@@ -407,6 +407,27 @@ def test_betweenness_from_no_sources_is_a_graph_error(n: int) -> None:
         )
 
 
+def test_betweenness_from_a_source_listed_twice_is_a_graph_error() -> None:
+    g = ar.GraphStore()
+    for entity in "abcd":
+        g.add_entity(entity)
+    for a, b in ["ab", "bc", "cd"]:
+        g.add_relationship(a, b, "k")
+    exact = g.betweenness_from(list("abcd"))
+    assert exact == pytest.approx({"a": 0.0, "b": 1 / 3, "c": 1 / 3, "d": 0.0})
+    assert exact == pytest.approx(g.betweenness_centrality())
+    # A repeated source was summed twice but rescaled as distinct sources: list("abcda")
+    # gave b=0.5, c=0.375. It is refused, naming the entity, as modularity refuses one.
+    for options in ({}, {"normalized": False}, {"directed": False}, {"weighted": True}):
+        with pytest.raises(ar.GraphError, match=r'entity "a" is listed twice in sources'):
+            g.betweenness_from(list("abcda"), **options)
+        with pytest.raises(ar.GraphError, match=r'entity "c" is listed twice'):
+            g.betweenness_from(["c", "c"], **options)
+    with pytest.raises(ar.GraphError, match=r'entity "a" is in two communities'):
+        g.modularity([["a", "b"], ["c", "d", "a"]])
+    assert g.betweenness_from(list("abcd")) == exact  # nothing was left changed
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

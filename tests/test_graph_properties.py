@@ -95,9 +95,9 @@ def test_betweenness_matches(
 
 
 @SETTINGS
-@given(graphs(), st.integers(1, 12), st.integers(0, 2**32), st.booleans())
+@given(graphs(), st.integers(1, 12), st.integers(0, 2**32), st.booleans(), st.data())
 def test_sampled_betweenness_matches_networkx_sample(
-    graph: tuple[int, list[Edge]], k: int, seed: int, normalized: bool
+    graph: tuple[int, list[Edge]], k: int, seed: int, normalized: bool, data: st.DataObject
 ) -> None:
     ours, directed, _ = build(*graph)
     if k > len(directed):
@@ -106,6 +106,13 @@ def test_sampled_betweenness_matches_networkx_sample(
     sources = random.Random(seed).sample(list(directed.nodes()), k)
     expected = nx.betweenness_centrality(directed, k=k, seed=seed, normalized=normalized)
     assert close(ours.betweenness_from(sources, normalized=normalized), expected)
+    # networkx's sample never repeats a node; a source listed twice (which used to be summed
+    # twice but rescaled as distinct sources) is refused, naming it.
+    repeated = data.draw(st.sampled_from(sources))
+    listed = sources.copy()
+    listed.insert(data.draw(st.integers(0, k)), repeated)
+    with pytest.raises(ar.GraphError, match=f'entity "{repeated}" is listed twice in sources'):
+        ours.betweenness_from(listed, normalized=normalized)
 
 
 @SETTINGS

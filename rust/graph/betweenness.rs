@@ -216,8 +216,10 @@ fn accumulate_weighted(
 
 /// Betweenness of every node.
 ///
-/// `sources` restricts the sum to those sources (a sample, at least one) and rescales the
-/// estimate as networkx's `k=` does. Weighted runs refuse non-positive weights.
+/// `sources` restricts the sum to those sources (a sample of at least one) and rescales the
+/// estimate as networkx's `k=` does. The sources must be distinct, as networkx's sample is
+/// (the caller checks): a repeated one would be summed twice but rescaled as two sources.
+/// Weighted runs refuse non-positive weights.
 ///
 /// # Errors
 /// [`CoreError::Graph`] when `sources` is an empty sample, a weighted run meets a
@@ -311,6 +313,7 @@ pub fn betweenness(
 /// networkx's `_rescale` (3.6, endpoints excluded): exact runs divide by the number of
 /// ordered pairs; sampled runs scale source and non-source nodes differently, so that the
 /// estimate is unbiased (a single source leaves its own score undefined: NaN, as there).
+/// `sample` holds distinct nodes: its length is the `k` of the rescaling.
 ///
 /// # Errors
 /// [`CoreError::Graph`] when the marks of the sampled sources do not fit in memory.

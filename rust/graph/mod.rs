@@ -145,6 +145,29 @@ impl Frozen {
         nodes.iter().map(|&v| self.name(v)).collect()
     }
 
+    /// The nodes of `ids`, in order, each marked in `seen` (one slot per node of the
+    /// snapshot; calls sharing `seen` refuse a node named by any earlier one too).
+    ///
+    /// # Errors
+    /// [`CoreError::Graph`] on an unknown id, or on an id whose node is marked already:
+    /// "entity {id:?} is {twice}" (e.g. `twice` = "in two communities").
+    fn distinct_nodes(
+        &self,
+        ids: &[PyBackedStr],
+        seen: &mut [bool],
+        twice: &str,
+    ) -> CoreResult<Vec<u32>> {
+        let mut nodes = alloc::with_capacity(ids.len(), "the entity list")?;
+        for id in ids {
+            let v = self.node(id)?;
+            if std::mem::replace(&mut seen[v as usize], true) {
+                return Err(CoreError::Graph(format!("entity {:?} is {twice}", &**id)));
+            }
+            nodes.push(v);
+        }
+        Ok(nodes)
+    }
+
     fn refuse_negative(&self, what: &str) -> CoreResult<()> {
         if self.snapshot.has_negative_weight {
             Err(CoreError::Graph(format!(
@@ -255,11 +278,12 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
 ///     GraphError: On unknown entities, duplicate ids, non-finite weights (or beyond the
 ///         float range), negative weights given to Dijkstra, a non-positive cycle cap, a
 ///         negative depth, hop count, round count or seed, a negative or non-finite
-///         resolution, an empty source list for `betweenness_from`, or a text argument (id,
-///         label, kind) that is not valid Unicode (a lone surrogate; `in` and `has_entity`
-///         answer False for such an id); and "out of memory" when a graph (or the buffers
-///         an algorithm needs, a few slots per entity) does not fit in memory: the process
-///         goes on, and the graph is left as it was.
+///         resolution, an empty source list (or one naming an entity twice) for
+///         `betweenness_from`, or a text argument (id, label, kind) that is not valid
+///         Unicode (a lone surrogate; `in` and `has_entity` answer False for such an id);
+///         and "out of memory" when a graph (or the buffers an algorithm needs, a few slots
+///         per entity) does not fit in memory: the process goes on, and the graph is left
+///         as it was.
 #[pyclass(module = "llm_agent_runtime", name = "GraphStore", frozen)]
 pub struct PyGraphStore {
     store: RwLock<Store>,
@@ -1080,8 +1104,8 @@ impl PyGraphStore {
     /// Betweenness from an explicit list of source entities (for reproducing an estimate).
     ///
     /// Raises:
-    ///     GraphError: When `sources` is empty or names an unknown entity, or weights are not
-    ///         positive in a weighted run.
+    ///     GraphError: When `sources` is empty, names an unknown entity or names an entity
+    ///         twice, or weights are not positive in a weighted run.
     #[pyo3(signature = (sources, normalized = true, weighted = false, directed = true))]
     fn betweenness_from<'py>(
         &self,
@@ -1096,13 +1120,17 @@ impl PyGraphStore {
         // Borrowed, not moved: the Python strings are released here, with the GIL.
         let sources = &sources;
         let scores = run_detached(py, move || {
-            let nodes: CoreResult<Vec<u32>> = sources.iter().map(|s| inner.node(s)).collect();
+            // A repeated source would be counted twice but rescaled as distinct ones (wrong
+            // scores): refused, as `modularity` refuses an entity listed twice.
+            let mut seen = alloc::filled(inner.snapshot.n, false, "the sources' marks")?;
+            let nodes = inner.distinct_nodes(sources, &mut seen, "listed twice in sources")?;
+            drop(seen);
             betweenness::betweenness(
                 &inner.snapshot,
                 directed,
                 weighted,
                 normalized,
-                Some(&nodes?),
+                Some(&nodes),
             )
         })?;
         frozen.py_dict(py, scores.into_iter().enumerate())
@@ -1168,17 +1196,7 @@ impl PyGraphStore {
             let mut parts = Vec::with_capacity(communities.len());
             let mut seen = alloc::filled(f.snapshot.n, false, "the partition's marks")?;
             for community in &communities {
-                let mut part = Vec::with_capacity(community.len());
-                for id in community {
-                    let v = f.node(id)?;
-                    if std::mem::replace(&mut seen[v as usize], true) {
-                        return Err(CoreError::Graph(format!(
-                            "entity {id:?} is in two communities"
-                        )));
-                    }
-                    part.push(v);
-                }
-                parts.push(part);
+                parts.push(f.distinct_nodes(community, &mut seen, "in two communities")?);
             }
             if seen.iter().any(|s| !s) {
                 return Err(CoreError::Graph(
