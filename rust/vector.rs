@@ -133,6 +133,19 @@ impl TopK {
         hits
     }
 
+    /// Best first, as [`TopK::into_sorted`], with each score clamped to [-1, 1]: the scores
+    /// a search reports, as cosines. A stored row is unit length only up to its rounding
+    /// (float16 and int8 rows most of all), so a raw dot product may pass 1 or -1 slightly.
+    /// Only the kept hits are clamped, after they are ranked by their raw scores: the order
+    /// (ties: lower row first) is the unclamped one.
+    fn into_results(self) -> Vec<Hit> {
+        let mut hits = self.into_sorted();
+        for hit in &mut hits {
+            hit.score = cosine(hit.score);
+        }
+        hits
+    }
+
     /// Checks that `heaps` heaps of `k` hits fit in memory before a search makes them: a
     /// huge `k` (read as "all rows") over a large index must fail with an error, not abort
     /// the process. Small heaps are not checked (the check costs an allocation).
@@ -154,6 +167,13 @@ impl TopK {
             )
         })
     }
+}
+
+/// A raw dot product of unit vectors reported as a cosine: clamped to [-1, 1] (NaN, which
+/// normalized rows and queries never give, passes through).
+#[inline]
+fn cosine(score: f32) -> f32 {
+    score.clamp(-1.0, 1.0)
 }
 
 #[inline(always)]
@@ -609,7 +629,7 @@ impl Index {
         Ok(q)
     }
 
-    /// The `k` most similar vectors to `query`: (ids, cosine scores), best first.
+    /// The `k` most similar vectors to `query`: (ids, cosine scores in [-1, 1]), best first.
     ///
     /// # Errors
     /// [`CoreError::Memory`] when `k` is 0 or the query has the wrong dimension, is not
@@ -619,7 +639,7 @@ impl Index {
         let q = self.check_query(query, k)?;
         let width = k.min(self.len());
         TopK::check_fits(1, width)?;
-        let hits = self.top_k(&q, width)?.into_sorted();
+        let hits = self.top_k(&q, width)?.into_results();
         Ok((
             hits.iter().map(|h| self.ids[h.row]).collect(),
             hits.iter().map(|h| h.score).collect(),
@@ -712,7 +732,7 @@ impl Index {
                 .collect::<CoreResult<_>>()?,
         };
         for top in tops {
-            for hit in top.into_sorted() {
+            for hit in top.into_results() {
                 ids.push(self.ids[hit.row]);
                 scores.push(hit.score);
             }
@@ -1103,8 +1123,9 @@ type Hits<'py, D> = (
 /// scan is exact for the stored half-precision values); ``"int8"`` (a quarter of the memory:
 /// symmetric per-vector codes; an integer scan picks ``k * rescore`` candidates, re-scored
 /// with the float32 query against the dequantized vectors). Compressed modes keep no float32
-/// copy, so their scores are those of the stored (rounded) vectors; int8 recall@10 against
-/// exact search is about 0.99 on isotropic data but lower on tightly clustered data. With
+/// copy, so their scores are those of the stored (rounded) vectors, clamped to [-1, 1] (a
+/// rounded row is unit length only up to its rounding); int8 recall@10 against exact search
+/// is about 0.99 on isotropic data but lower on tightly clustered data. With
 /// ``exact_rescore=True`` an int8 index also keeps the float32 vectors and re-scores the
 /// shortlist exactly against them (exact scores, recall@10 >= 0.99 on clustered data too):
 /// scans still read 4x fewer bytes, but memory is 1.25x that of float32 -- unless
@@ -1339,7 +1360,9 @@ impl PyVectorIndex {
     /// The `k` vectors most similar to `query`, best first.
     ///
     /// Returns:
-    ///     (ids, scores): int64 and float32 arrays of length min(k, len(index)).
+    ///     (ids, scores): int64 and float32 arrays of length min(k, len(index)); scores are
+    ///     cosine similarities, in [-1, 1] for every dtype (a dot product that rounding
+    ///     carries past 1, as a float16 or int8 row's can, is clamped after ranking).
     ///
     /// Any `k` >= 1 is accepted: one above the number of vectors (even beyond 64 bits)
     /// returns them all.
@@ -1369,7 +1392,8 @@ impl PyVectorIndex {
     /// back in another order (or, at the k-th place, as another id) than `search` gives.
     ///
     /// Returns:
-    ///     (ids, scores): arrays of shape (m, min(k, len(index))).
+    ///     (ids, scores): arrays of shape (m, min(k, len(index))); scores in [-1, 1], as
+    ///     `search`'s.
     ///
     /// Raises:
     ///     MemoryStoreError: as `search`, and when `queries` is not of shape (m, dim).
@@ -1575,6 +1599,44 @@ mod tests {
         assert!(Index::new(0).is_err());
         let empty = Index::new(2).unwrap();
         assert!(empty.search(&[1.0, 0.0], 1 << 60).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn reported_scores_are_cosines_in_the_unit_range() {
+        // A dequantized float16 or int8 row is unit length only up to rounding: the exact
+        // match of [1, 2, 3] used to score 1.0000764 (float16) and 1.0005624 (int8).
+        let rows = [1.0, 2.0, 3.0, -1.0, -2.0, -3.0, 3.0, -1.0, 0.5];
+        let q = [1.0, 2.0, 3.0];
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::I8] {
+            for exact_rescore in [false, dtype == Dtype::I8] {
+                let mut index = Index::with_dtype(3, dtype, 2, exact_rescore).unwrap();
+                index.add(&[10, 20, 30], &rows).unwrap();
+                let (ids, scores) = index.search(&q, 3).unwrap();
+                assert_eq!(ids, vec![10, 30, 20], "{dtype:?}");
+                assert!(
+                    scores.iter().all(|s| (-1.0..=1.0).contains(s)),
+                    "{scores:?}"
+                );
+                assert!(
+                    scores[0] > 0.999 && scores[2] < -0.999,
+                    "{dtype:?} {scores:?}"
+                );
+                let (batch_ids, batch, width) = index.search_batch(&[q, q].concat(), 3).unwrap();
+                assert_eq!((&batch_ids[..3], width), (&ids[..], 3), "{dtype:?}");
+                assert!(batch.iter().all(|s| (-1.0..=1.0).contains(s)), "{batch:?}");
+            }
+        }
+        // Clamping comes after ranking: hits that clamp to one score keep their raw order.
+        let mut top = TopK::new(3);
+        for (score, row) in [(0.5, 0), (1.0001, 1), (1.0003, 2), (-1.0002, 3)] {
+            top.push(score, row);
+        }
+        let hits = top.into_results();
+        let got: Vec<(f32, usize)> = hits.iter().map(|h| (h.score, h.row)).collect();
+        assert_eq!(got, vec![(1.0, 2), (1.0, 1), (0.5, 0)]);
+        let mut top = TopK::new(1);
+        top.push(-1.0002, 3);
+        assert_eq!(top.into_results()[0].score, -1.0);
     }
 
     #[test]

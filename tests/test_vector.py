@@ -444,8 +444,10 @@ def test_vectors_of_any_finite_scale_normalize_like_numpy(
     ids, scores = index.search(data[0], 4)
     assert np.all(np.isfinite(scores)) and sorted(ids.tolist()) == [0, 1, 2, 3]
     np.testing.assert_allclose(scores, np.sort(unit @ unit[0])[::-1], rtol=0, atol=3 * tolerance)
+    # Cosines, for every dtype: a rounded row's self-match used to score above 1.
+    assert np.all(np.abs(scores) <= 1)
     _, batch_scores = index.search_batch(data, 4)
-    assert np.all(np.isfinite(batch_scores))
+    assert np.all(np.isfinite(batch_scores)) and np.all(np.abs(batch_scores) <= 1)
     np.testing.assert_allclose(
         batch_scores[:, 0], np.max(unit @ unit.T, axis=1), atol=3 * tolerance
     )
@@ -513,6 +515,28 @@ def test_integer_arguments_out_of_range_are_memory_store_errors() -> None:
         ar.VectorIndex(4, dtype="int8", rescore=-3)
     with pytest.raises(TypeError):
         index.get("1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exact_matches_score_at_most_one(dtype: str) -> None:
+    # A float16 or int8 row is unit length only up to rounding: the exact match of [1, 2, 3]
+    # scored 1.0000764 (float16) and 1.0005624 (int8), and its opposite below -1.
+    data = np.array([[1, 2, 3], [-1, -2, -3], [3, -1, 0.5]], dtype=np.float32)
+    index = ar.VectorIndex(3, dtype=dtype)
+    index.add([10, 20, 30], data)
+    ids, scores = index.search(data[0], 3)
+    assert ids.tolist() == [10, 30, 20]
+    assert np.abs(scores).max() <= 1
+    assert scores[0] == pytest.approx(1, abs=1e-3) and scores[2] == pytest.approx(-1, abs=1e-3)
+    batch_ids, batch_scores = index.search_batch(data, 3)
+    assert batch_ids[0].tolist() == [10, 30, 20] and batch_ids[1].tolist() == [20, 30, 10]
+    assert np.abs(batch_scores).max() <= 1
+    np.testing.assert_allclose(batch_scores[0], scores, atol=1e-6)
+    # SemanticStore reports the index's scores: "cosine similarity, in [-1, 1]".
+    store = ar.SemanticStore(dim=3, dtype=dtype)
+    store.store("k", "v", embedding=data[0])
+    (hit,) = store.search(data[0], k=1)
+    assert hit.key == "k" and 0.999 <= hit.score <= 1
 
 
 @pytest.mark.parametrize("exact_rescore", [False, True])

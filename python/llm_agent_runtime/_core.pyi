@@ -460,6 +460,10 @@ class VectorIndex:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """The min(k, len) most similar vectors, best first (any int k >= 1, not a bool).
 
+        Scores are cosine similarities, in [-1, 1] for every dtype: a float16 or int8 row is
+        unit length only up to its rounding, and a dot product that rounding carries past 1
+        is clamped (after ranking, so the order is that of the unclamped scores).
+
         Raises:
             MemoryStoreError: k < 1 or a bool, or a bad query (wrong shape or dtype, not
                 aligned in memory, NaN/inf, zero); out of memory for the results.
@@ -468,7 +472,7 @@ class VectorIndex:
     def search_batch(
         self, queries: npt.NDArray[np.float32], k: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """search() for every row of queries; arrays of shape (m, min(k, len)).
+        """search() for every row of queries; arrays of shape (m, min(k, len)), scores in [-1, 1].
 
         A row's scores agree with search()'s within float rounding, not bit for bit (a
         float32 index scores two or more queries as one matrix product, summing in another
@@ -551,11 +555,11 @@ class GraphStore:
             range), properties that are not a dict (or None) or not JSON-compatible,
             negative weights given to Dijkstra, a non-positive cycle cap, a negative depth,
             hop count, round count or seed, a negative or non-finite resolution, an empty
-            source list for betweenness_from, or a text argument (id, label, kind) that is
-            not valid Unicode (`in` and has_entity answer False for such an id); "out of
-            memory" when a graph, or the buffers an algorithm needs (a few slots per
-            entity), does not fit in memory (the process goes on). A depth, hop count, round
-            count or cycle cap beyond 64 bits means no limit.
+            source list (or one naming an entity twice) for betweenness_from, or a text
+            argument (id, label, kind) that is not valid Unicode (`in` and has_entity answer
+            False for such an id); "out of memory" when a graph, or the buffers an algorithm
+            needs (a few slots per entity), does not fit in memory (the process goes on). A
+            depth, hop count, round count or cycle cap beyond 64 bits means no limit.
     """
 
     def __new__(cls) -> GraphStore: ...
