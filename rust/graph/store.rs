@@ -802,44 +802,18 @@ impl Store {
     }
 }
 
-/// Refuses a document with an integer literal beyond 64 bits, as `add_entity` refuses such a
-/// property: the JSON parser would read it as the nearest float, silently changing it.
-/// (Only `from_json` needs this: `to_json` never writes one.)
+/// Refuses a document with an integer literal a `Value` cannot hold (beyond 64 bits, or
+/// `-0`), as `add_entity` refuses such a property: the JSON parser would read it as the
+/// nearest float, silently changing it. (`to_json` never writes one.)
 fn check_integers_fit(text: &str) -> CoreResult<()> {
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    let mut in_string = false;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if in_string {
-            match b {
-                b'\\' => i += 1, // the escaped byte cannot end the string
-                b'"' => in_string = false,
-                _ => {}
-            }
-            i += 1;
-        } else if b == b'"' {
-            in_string = true;
-            i += 1;
-        } else if b == b'-' || b.is_ascii_digit() {
-            let start = i;
-            while i < bytes.len()
-                && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-            {
-                i += 1;
-            }
-            let literal = &text[start..i];
-            let integer = !literal.contains(['.', 'e', 'E']);
-            if integer && literal.parse::<i64>().is_err() && literal.parse::<u64>().is_err() {
-                return Err(CoreError::Graph(format!(
-                    "not a graph document: the integer {literal} does not fit in 64 bits"
-                )));
-            }
-        } else {
-            i += 1;
-        }
+    let wide = crate::react::wide_integers(text)
+        .and_then(|literals| literals.into_iter().flatten().next());
+    match wide {
+        Some(literal) => Err(CoreError::Graph(format!(
+            "not a graph document: the integer {literal} does not fit in 64 bits"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Properties read from a document must be what the API accepts: an object, or null.
