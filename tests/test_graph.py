@@ -774,6 +774,27 @@ def test_numpy_integer_properties_are_ints() -> None:
         g.add_entity("b", "x", {"v": object()})
 
 
+def test_property_keys_keep_their_order_at_every_level() -> None:
+    # As a Python dict (and json) keeps them: they used to come back sorted.
+    props = {"zeta": 1, "alpha": {"y": 1, "b": [{"z": 0, "a": 1}]}, "mid": None}
+    g = ar.GraphStore()
+    g.add_entity("n", "x", props)
+    g.add_entity("m", "x")
+    g.add_relationship("n", "m", "k", properties=props)
+
+    def keys(value: object) -> object:  # the keys of every dict, in order, nested
+        if isinstance(value, dict):
+            return [(k, keys(v)) for k, v in value.items()]
+        if isinstance(value, list):
+            return [keys(v) for v in value]
+        return None
+
+    for graph in (g, g.copy(), ar.GraphStore.from_json(g.to_json())):
+        assert keys(graph.entity("n")["properties"]) == keys(props)
+        assert keys(graph.relationships()[0]["properties"]) == keys(props)
+    assert g.to_json().index('"zeta"') < g.to_json().index('"alpha"')
+
+
 class UnreadableReal:
     """A number whose `__float__` fails (registered as a `numbers.Real` below)."""
 
