@@ -8,10 +8,11 @@ benchmarks) talk to it over a real socket. Each request takes the next scripted 
   for `"stream": true`;
 - a `Reply` is sent as it is and carries the faults: any status and headers, a raw body or
   raw SSE frames, a delay before the first byte, a pause mid-stream, frames trickled at an
-  interval (keep-alive pings), a connection dropped after some frames.
+  interval (keep-alive pings), a connection dropped after some frames, a body that ends
+  where the connection closes.
 
 Streams use chunked transfer encoding, so a dropped connection is visible to the client as an
-incomplete body.
+incomplete body; a close-delimited body (`Reply.close_delimited`) shows no such thing.
 """
 
 from __future__ import annotations
@@ -116,6 +117,10 @@ class Reply:
     """Close the connection after this many frames, without ending the body."""
     frame_interval: float = 0.0
     """Seconds to wait before each frame (a server that pings while the model thinks)."""
+    close_delimited: bool = False
+    """Send `frames` as they are, without content-length or chunked encoding, then close the
+    connection: the body is whatever came before the close (HTTP/1.1 allows it), so a cut
+    anywhere in it, mid-line included, is no protocol error to the client."""
 
 
 Script = Turn | Reply | Callable[[RecordedRequest], "Turn | Reply"]
@@ -488,6 +493,8 @@ class FakeLlmServer:
         headers = dict(reply.headers)
         if reply.frames is None:
             headers["content-length"] = str(len(reply.body))
+        elif reply.close_delimited:
+            headers["connection"] = "close"
         else:
             headers["transfer-encoding"] = "chunked"
         head += [f"{name}: {value}".encode() for name, value in headers.items()]
@@ -497,6 +504,10 @@ class FakeLlmServer:
             await writer.drain()
             return True
         frames = reply.frames
+        if reply.close_delimited:
+            writer.write(b"".join(frames))
+            await writer.drain()
+            return False  # the close ends the body
         if reply.frame_interval:
             for frame in frames:
                 await asyncio.sleep(reply.frame_interval)

@@ -72,6 +72,22 @@ async def test_openai_sends_at_most_four_stop_sequences(server: FakeLlmServer) -
     assert sent == [list("ABCD"), ["1", "2", "3", "4"], "\n", ["x", "x", "y"]]
 
 
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_a_stop_string_given_to_the_provider_is_one_stop_sequence(
+    kind: str, server: FakeLlmServer
+) -> None:
+    # `list("Observation:")` made it twelve sequences of one letter each, where a call's own
+    # `stop="Observation:"` is one: replies stopped at their first "a", "e" or "s".
+    server.fallback = Turn("ok")
+    async with make_provider(kind, server, stop="Observation:") as llm:
+        assert llm.stop == ["Observation:"]
+        await llm.chat([Message("user", "a")])
+        [event async for event in llm.chat_stream([Message("user", "b")])]
+    field = "stop" if kind == "openai" else "stop_sequences"
+    assert [r.json.get(field) for r in server.requests] == [["Observation:"]] * 2
+    assert make_provider(kind, server, stop="").stop is None  # as an empty list: none
+
+
 async def test_openai_send_stop_false_sends_no_stop_at_all(server: FakeLlmServer) -> None:
     # o3, o4-mini and gpt-5 refuse `stop`: neither the provider's nor a call's is sent.
     server.fallback = Turn("ok")

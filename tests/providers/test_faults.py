@@ -452,6 +452,35 @@ async def test_stream_cut_after_output_without_terminator(
     assert len(server.requests) == 1
 
 
+@pytest.mark.parametrize("output", [False, True], ids=["before-output", "after-output"])
+async def test_a_close_delimited_stream_cut_inside_a_line_ended_early(
+    kind: str, output: bool, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    # A body that ends where the connection closes (no content-length, not chunked) shows no
+    # cut: the last line, cut short, was read as an event, a malformed one (never retried),
+    # where a cut at an event's end was a retryable "stream ended before [DONE]".
+    reply = streamed(kind)
+    assert reply.frames is not None
+    frames = reply.frames[: AFTER_FIRST_DELTA[kind] + 1 if output else 1]
+    frames[-1] = frames[-1][: len(frames[-1]) // 2]  # inside its JSON
+    cut = Reply(frames=frames, headers={"content-type": "text/event-stream"}, close_delimited=True)
+    server.script(cut, HELLO)
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    if not output:  # nothing reached the caller: tried again, and the second attempt answers
+        assert error is None
+        assert "".join(texts(events)) == HELLO.text
+        assert len(server.requests) == 2
+        assert clock.sleeps == [1.0]
+        return
+    assert texts(events) == ["Hello"]
+    assert error is not None
+    assert (error.status, error.retryable) == (None, True)
+    assert "malformed" not in str(error)
+    assert ("[DONE]" if kind == "openai" else "message_stop") in str(error)
+    assert len(server.requests) == 1  # output was seen: never replayed
+
+
 @pytest.mark.parametrize(
     "body", [b"{oops", b'{"choices": "many", "content": 3}', b"[]", b"<html>proxy</html>"]
 )

@@ -146,11 +146,38 @@ async def test_sse_fields_comments_and_line_endings() -> None:
 
 
 async def test_sse_last_event_without_blank_line_is_dispatched() -> None:
-    assert await _events([b"data: 1\n\ndata: 2"]) == [
+    assert await _events([b"data: 1\n\ndata: 2\n"]) == [
         SseEvent(None, b"1"),
         SseEvent(None, b"2"),
     ]
     assert await _events([]) == []
+
+
+async def test_sse_a_line_cut_by_the_end_of_the_stream_is_discarded() -> None:
+    # A close-delimited body cut inside a line gave its half as an event (then "malformed",
+    # not retried); an event whose lines all ended still goes out.
+    assert await _events([b'data: 1\n\ndata: {"a": "hel']) == [SseEvent(None, b"1")]
+    assert await _events([b"data: 1\n\nevent: e\ndata: 2\n"]) == [
+        SseEvent(None, b"1"),
+        SseEvent("e", b"2"),
+    ]
+    assert await _events([b"data: 1\r\r", b"data: 2\r"]) == [
+        SseEvent(None, b"1"),
+        SseEvent(None, b"2"),
+    ]
+    assert await _events([b"data: 1\n\n", b"data: 2", b"\n\n"]) == [
+        SseEvent(None, b"1"),
+        SseEvent(None, b"2"),
+    ]
+
+
+async def test_sse_an_event_with_empty_data_is_not_dispatched() -> None:
+    # A bare `data:` line then a blank line (a keep-alive) carries nothing to read: it was
+    # dispatched with empty data, which both providers failed as a malformed event.
+    stream = b"data: 1\n\ndata:\n\ndata: \r\n\r\nevent: ping\ndata:\n\ndata: 2\n\n"
+    expected = [SseEvent(None, b"1"), SseEvent(None, b"2")]
+    assert await _events([stream]) == expected
+    assert await _events([bytes([byte]) for byte in stream]) == expected
 
 
 _line = st.text(alphabet='abc{}": ', max_size=12)
@@ -175,7 +202,11 @@ async def test_sse_chunking_never_changes_events(
     raw = text.encode()
     bounds = sorted({min(c, len(raw)) for c in cuts})
     parts = [raw[a:b] for a, b in zip([0, *bounds], [*bounds, len(raw)], strict=True)]
-    expected = [SseEvent(name, "\n".join(lines).encode()) for name, lines in events]
+    expected = [
+        SseEvent(name, "\n".join(lines).encode())
+        for name, lines in events
+        if "\n".join(lines)  # an event with empty data is not dispatched
+    ]
     assert await _events(parts) == expected
 
 
@@ -207,20 +238,25 @@ async def test_sse_one_huge_event_in_thousands_of_chunks_is_read_whole() -> None
 
 
 def _reference_events(raw: bytes) -> list[SseEvent]:
-    """The event-stream rules read the plain way: the whole body, split at every line end."""
+    """The event-stream rules read the plain way: the whole body, split at every line end.
+
+    An event with empty data is not dispatched; one still open when the body ends is, from
+    its lines that ended.
+    """
     events: list[SseEvent] = []
     event: str | None = None
     data: list[bytes] = []
-    for line in re.split(rb"\r\n|\r|\n", raw):
+    # What follows the last line end is no line (nothing, or a line the body cut short).
+    for line in re.split(rb"\r\n|\r|\n", raw)[:-1]:
         if not line:
-            if data:
+            if b"\n".join(data):
                 events.append(SseEvent(event, b"\n".join(data)))
             event, data = None, []
         elif line.startswith(b"data:"):
             data.append(line[6:] if line[5:6] == b" " else line[5:])
         elif line.startswith(b"event:"):
             event = line[6:].strip().decode()
-    if data:
+    if b"\n".join(data):
         events.append(SseEvent(event, b"\n".join(data)))
     return events
 

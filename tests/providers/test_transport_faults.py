@@ -156,6 +156,41 @@ async def test_a_reply_trickled_past_total_timeout_is_cut_and_retried(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("status", [503, 200], ids=["error-status", "not-a-stream"])
+async def test_a_body_a_streamed_request_reads_whole_is_cut_at_total_timeout(
+    kind: str, status: int, server: FakeLlmServer, clock: FakeClock
+) -> None:
+    # An error status's body, or a 200 reply that is no event stream, is read whole: trickled
+    # a byte at a time, each well within `timeout`, it kept the stream waiting for as long
+    # as the server went on (forever, for one that never stops). `chat` cut it; now so does
+    # the stream, with the same error.
+    body = b'{"error": {"type": "overloaded_error", "message": "busy"}}'
+    trickled = Reply(
+        status,
+        {"content-type": "application/json"},
+        frames=[b" "] * 40 + [body],  # 4 s of spaces before the error
+        frame_interval=0.1,
+    )
+    server.script(trickled, Turn("second attempt"))
+    retry = RetryPolicy(max_attempts=2, base_delay=1.0, jitter=False, clock=clock)
+    started = time.perf_counter()
+    async with make_provider(kind, server, retry=retry, timeout=1.0, total_timeout=0.5) as llm:
+        assert "".join([piece async for piece in llm.stream("hi")]) == "second attempt"
+    assert time.perf_counter() - started < 2.0  # not the 4 s the first body takes
+    assert len(server.requests) == 2
+    assert clock.sleeps == [1.0]
+
+    # The error, when no attempt is left: the one `chat` raises (a retryable timeout).
+    server.script(trickled)
+    async with make_provider(
+        kind, server, retry=RetryPolicy(max_attempts=1), timeout=1.0, total_timeout=0.5
+    ) as llm:
+        error = await attempt(llm, True)
+    assert (error.status, error.retryable) == (None, True)
+    assert "timed out" in str(error) and "0.5 s" in str(error) and "total_timeout" in str(error)
+
+
+@pytest.mark.timeout(30)
 async def test_the_default_total_timeout_is_two_timeouts_and_a_connect_timeout(
     kind: str, server: FakeLlmServer
 ) -> None:

@@ -1,6 +1,7 @@
 """What compatible servers and proxies really send: broken compressed bodies, calls cut off
-before their arguments, empty or missing call ids. Over loopback HTTP, against the fake
-server speaking each wire format."""
+before their arguments (or inside them, billed all the same), empty or missing call ids,
+keep-alive events with empty data. Over loopback HTTP, against the fake server speaking
+each wire format."""
 
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ from typing import Any
 import pytest
 
 import llm_agent_runtime as ar
-from llm_agent_runtime import ProviderError, RetryPolicy
-from llm_agent_runtime.providers.base import Message
+from llm_agent_runtime import CostBudget, ProviderError, RetryPolicy, RuntimeMetrics
+from llm_agent_runtime.providers.base import Message, StreamEnd
 
 from .conftest import PROVIDERS, make_provider
-from .fake_server import FakeLlmServer, Reply, Turn, anthropic_event, sse
+from .fake_server import (
+    FakeLlmServer,
+    Reply,
+    Turn,
+    anthropic_event,
+    render_anthropic,
+    render_openai,
+    sse,
+)
 
 USER = [Message("user", "hi")]
 ONCE = RetryPolicy(max_attempts=1)
@@ -101,6 +110,61 @@ async def test_a_call_cut_off_before_its_arguments_never_runs(
         with pytest.raises(ProviderError, match="cut off by the token limit"):
             await runtime.run_agent_with_provider("a", "clean /tmp/x", llm)
     assert ran == []  # it used to run with every default: cleanup("/", recursive=True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "stream"),
+    [("openai", False), ("openai", True), ("anthropic", True)],
+    ids=["openai", "openai-stream", "anthropic-stream"],  # Anthropic's own `input` is an object
+)
+@pytest.mark.parametrize("cut_by", ["token-limit", "nothing"])
+async def test_a_reply_whose_tool_calls_cannot_be_built_is_charged_all_the_same(
+    kind: str, stream: bool, cut_by: str, server: FakeLlmServer
+) -> None:
+    # The reply arrived and was billed; the error for its broken arguments was raised before
+    # its usage reached the budget and the metrics, so a loop of such calls cost nothing.
+    limit = "length" if kind == "openai" else "max_tokens"
+    turn = Turn(
+        tool_calls=[("c1", "write", {"text": "a" * 40})],
+        stop_reason=limit if cut_by == "token-limit" else None,
+        arguments_cut=12,
+        input_tokens=1000,
+        output_tokens=4096,
+    )
+    server.script(turn)
+    budget, metrics = CostBudget(max_cost_usd=1.0), RuntimeMetrics()
+    options: dict[str, Any] = {"budget": budget, "metrics": metrics, "retry": ONCE}
+    prices = {"input_cost_per_million": 10.0, "output_cost_per_million": 30.0}
+    said = "cut off by the token limit" if cut_by == "token-limit" else "not valid JSON"
+    async with make_provider(kind, server, **options, **prices) as llm:
+        with pytest.raises(ProviderError, match=said):
+            if stream:
+                [event async for event in llm.chat_stream(USER)]
+            else:
+                await llm.chat(USER)
+    snapshot = metrics.snapshot()
+    assert (snapshot.input_tokens, snapshot.output_tokens) == (1000, 4096)
+    assert budget.used_tokens == 5096
+    assert budget.used_cost_usd == pytest.approx((1000 * 10.0 + 4096 * 30.0) / 1e6)
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_an_event_with_empty_data_is_skipped_as_a_keep_alive(
+    kind: str, server: FakeLlmServer
+) -> None:
+    # A bare `data:` line then a blank line (some servers keep a connection open so) was
+    # dispatched with empty data, and failed the stream as a malformed event.
+    turn = Turn("Hello there", text_chunks=["Hello", " there"])
+    reply = render_openai(turn, True) if kind == "openai" else render_anthropic(turn, True)
+    assert reply.frames is not None
+    reply.frames[1:1] = [b"data:\n\n", b"data: \r\n\r\n"]  # before any output
+    reply.frames.insert(-2, b"data:\n\n")  # after it
+    server.script(reply)
+    async with make_provider(kind, server, retry=ONCE) as llm:
+        events = [event async for event in llm.chat_stream(USER)]
+    assert isinstance(events[-1], StreamEnd)
+    assert events[-1].response.text == "Hello there"
+    assert len(server.requests) == 1
 
 
 async def test_continuation_chunks_with_an_empty_id_continue_their_call(

@@ -176,8 +176,12 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
     names the event, a blank line dispatches it, `:` starts a comment, other fields (`id`,
     `retry`) are ignored. Lines end in LF, CRLF or a bare CR, as the rules allow, however the
     chunks cut them: a CR that ends a chunk and an LF that starts the next are one line end
-    (CRLF). An event not closed by a blank line when the stream ends is still dispatched
-    (some servers omit the last blank line). One byte order mark opening the stream is
+    (CRLF). An event whose data is empty (a bare `data:` line, which some servers send to
+    keep a connection open) is not dispatched: it carries nothing either API could read. An
+    unended last line when the stream ends is dropped: a body that ends by closing the
+    connection may have been cut inside it, and the caller sees a stream that ended early.
+    An event whose lines all ended still goes out without its closing blank line (some
+    servers omit it). One byte order mark opening the stream is
     ignored, as the rules say, even when it arrives cut across chunks.
 
     Reading is linear in the body's size, however finely it is cut: a line that arrives in
@@ -223,21 +227,21 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
             pieces.append(lines.pop())  # the last line has no end yet
         for line in lines:
             if not line:
-                if data:
-                    yield SseEvent(event, b"\n".join(data))
-                    data = []
+                payload = b"\n".join(data)
+                if payload:  # no data, or a bare `data:` line (a keep-alive): nothing to read
+                    yield SseEvent(event, payload)
+                data = []
                 event = None
             elif line.startswith(b"data:"):
                 data.append(line[6:] if line[5:6] == b" " else line[5:])
             elif line.startswith(b"event:"):
                 event = line[6:].strip().decode("utf-8", "replace")
-    line = b"".join(pieces)  # the stream ended: so does its last line
-    if line.startswith(b"data:"):
-        data.append(line[6:] if line[5:6] == b" " else line[5:])
-    elif line.startswith(b"event:"):
-        event = line[6:].strip().decode("utf-8", "replace")
-    if data:
-        yield SseEvent(event, b"\n".join(data))
+    # The stream ended. A last line with no line end (`pieces`) may have been cut inside: it
+    # is dropped. An event whose lines all ended still goes out without its closing blank
+    # line, which some servers omit.
+    payload = b"\n".join(data)
+    if payload:
+        yield SseEvent(event, payload)
 
 
 def error_message(body: bytes, redact: Callable[[str], str] | None = None) -> str:
@@ -659,7 +663,8 @@ class HttpTransport:
             takes up to `timeout` to start (a whole non-streamed reply is written at its end)
             and as long again to arrive, or for a gateway that sends keep-alive whitespace
             while the model works. `math.inf`: no bound. Streams are bounded otherwise (see
-            `timeout`).
+            `timeout`), but for a body a streamed request reads whole (an error status's, or
+            a reply that is no event stream), which `total_timeout` bounds too.
         retry: Retry policy for failed calls (None: `RetryPolicy()`, 3 attempts).
         http_client: An `httpx.AsyncClient` to use instead of creating one (`timeout` and
             `connect_timeout` still apply to each request, and redirects are not followed
@@ -888,22 +893,33 @@ class HttpTransport:
     async def _post_once(
         self, path: str, content: bytes, check: Callable[[bytes], None] | None
     ) -> bytes:
-        # `timeout` bounds each wait for bytes; this bounds a reply trickled a byte at a time.
+        payload = await self._in_total_time(self._exchange(path, content))
+        if check is not None:
+            check(payload)
+        return payload
+
+    async def _in_total_time(self, work: Awaitable[T]) -> T:
+        """Awaits `work`, cut after `total_timeout` seconds.
+
+        `timeout` bounds each wait for bytes; this bounds a reply read whole (a non-streamed
+        reply, or the body of a streamed request's error status) that is trickled a byte at
+        a time.
+
+        Raises:
+            ProviderError: `work` took longer than `total_timeout` (retryable).
+        """
         try:
             if sys.version_info >= (3, 11):
                 async with asyncio.timeout(self.total_timeout):
-                    payload = await self._exchange(path, content)
+                    return await work
             else:  # pragma: no cover - Python 3.10
-                payload = await asyncio.wait_for(self._exchange(path, content), self.total_timeout)
+                return await asyncio.wait_for(work, self.total_timeout)
         except (TimeoutError, asyncio.TimeoutError):
             raise ProviderError(
                 f"{self.name} request timed out: the reply took longer than "
                 f"{self.total_timeout:g} s in all (total_timeout)",
                 retryable=True,
             ) from None
-        if check is not None:
-            check(payload)
-        return payload
 
     async def _send(self, client: httpx.AsyncClient, path: str, content: bytes) -> httpx.Response:
         """POSTs `content` to `path`; the reply's body is left to stream (the caller closes it)."""
@@ -966,8 +982,10 @@ class HttpTransport:
             ProviderError: A status outside 2xx (retryable for 408, 409, 429 and 5xx), or
                 a success without a body (see `check_status`); a successful reply that is
                 not an event stream (its `content-type` is another; a reply without one is
-                read as a stream); timeout; `timeout` seconds spent waiting without an event
-                that carries content (keep-alive comments and `ping` events keep a
+                read as a stream); timeout, or a body read whole (an error status's, or that
+                of a reply that is no stream) that takes longer than `total_timeout` (as a
+                non-streamed reply does; retryable); `timeout` seconds spent waiting without
+                an event that carries content (keep-alive comments and `ping` events keep a
                 connection open, not a stream going; retryable); or a connection lost
                 mid-stream.
         """
@@ -998,10 +1016,13 @@ class HttpTransport:
             response = await self._send(client, path, content)
             chunks = response.aiter_bytes()
             try:
-                await self.check_status(response)
+                # A body read whole (an error status's, or a reply that is no stream) is
+                # bounded as a whole reply is: `timeout` alone never cuts one that trickles.
+                await self._in_total_time(self.check_status(response))
                 kind = response.headers.get("content-type")
                 if kind is not None and not _is_event_stream(kind):
-                    raise self.not_a_stream_error(response, await response.aread())
+                    whole = await self._in_total_time(response.aread())
+                    raise self.not_a_stream_error(response, whole)
                 timed_chunks = timed(chunks)
                 events = iter_sse(timed_chunks)
                 try:

@@ -240,14 +240,15 @@ class AnthropicProvider(HttpProvider):
             may go on without content (`ping` events do not count).
         connect_timeout: Seconds to wait for a connection.
         total_timeout: Seconds one attempt of a non-streamed call (`chat`, `complete`) may
-            take in all, however its reply trickles in (None: `connect_timeout + 2 *
-            timeout`, 20 minutes by default; see `HttpTransport`).
+            take in all, however its reply trickles in, and a streamed call may take to read
+            a reply that is no stream, such as an error status's body (None:
+            `connect_timeout + 2 * timeout`, 20 minutes by default; see `HttpTransport`).
         retry: Retry policy (None: `RetryPolicy()`, 3 attempts; `RetryPolicy(max_attempts=1)`
             turns retries off).
-        stop: Stop sequences sent with every call (a call's `stop=` overrides them). Those
-            that are only whitespace (a newline, say) are not sent, as the API refuses them: the
-            reply goes on past them (an `AgentRuntime` cuts each reply at every one of its
-            `stop_sequences` itself).
+        stop: Stop sequences sent with every call, or one as a str (a call's `stop=`
+            overrides them). Those that are only whitespace (a newline, say) are not sent,
+            as the API refuses them: the reply goes on past them (an `AgentRuntime` cuts
+            each reply at every one of its `stop_sequences` itself).
         http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here;
             `timeout` and `connect_timeout` apply to its requests all the same).
         budget: Cost budget checked before each call and charged with its usage. Leave it
@@ -284,7 +285,7 @@ class AnthropicProvider(HttpProvider):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         total_timeout: float | None = None,
         retry: RetryPolicy | None = None,
-        stop: Sequence[str] | None = None,
+        stop: str | Sequence[str] | None = None,
         http_client: httpx.AsyncClient | None = None,
         budget: CostBudget | None = None,
         metrics: RuntimeMetrics | None = None,
@@ -315,6 +316,8 @@ class AnthropicProvider(HttpProvider):
         """Model used when a call names none."""
         self.max_tokens = max_tokens
         """Most tokens per reply unless a call says otherwise."""
+        if isinstance(stop, str):  # one sequence, as a call's `stop=` takes it (not its letters)
+            stop = [stop] if stop else None
         self.stop = list(stop) if stop else None
         """Stop sequences sent with every call."""
         headers = {
@@ -384,6 +387,8 @@ class AnthropicProvider(HttpProvider):
         body = self._body(messages, tools, model, params, stream=False)
         raw = await self._transport.post_json("/v1/messages", body, self._check_reply)
         message = parse_json(_Message, raw, "Anthropic response")
+        usage = parse_usage(_Usage, message.usage, "Anthropic response").usage()
+        self._transport.charge(usage)  # first, as the streamed reply is charged
         text: list[str] = []
         calls: list[ToolCall] = []
         reasoning: list[dict[str, Any]] = []
@@ -398,8 +403,7 @@ class AnthropicProvider(HttpProvider):
                 )
             elif block.type in _REASONING_BLOCKS:
                 reasoning.append(block.as_received())
-        usage = parse_usage(_Usage, message.usage, "Anthropic response").usage()
-        response = ChatResponse(
+        return ChatResponse(
             text="".join(text),
             tool_calls=calls,
             usage=usage,
@@ -407,8 +411,6 @@ class AnthropicProvider(HttpProvider):
             model=message.model,
             reasoning=reasoning,
         )
-        self._transport.charge(usage)
-        return response
 
     def _check_reply(self, raw: bytes) -> None:
         error = error_in_body(raw, _Error)
@@ -431,8 +433,9 @@ class AnthropicProvider(HttpProvider):
                 is no event stream, `error` event, malformed event, timeout, no content for
                 `timeout` seconds, connection lost, or no `message_stop`), or a tool
                 call's arguments are not a JSON object (when the reply was cut off by the
-                token limit, stop reason `max_tokens`, the message says so). Raised at once,
-                not from the iterator, when the last user message is empty.
+                token limit, stop reason `max_tokens`, the message says so; the reply's
+                usage is charged all the same). Raised at once, not from the iterator, when
+                the last user message is empty.
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself.
         """
@@ -560,6 +563,8 @@ class AnthropicProvider(HttpProvider):
                 # ping, content_block_stop and event types added later carry nothing we need.
             if not done:
                 raise ProviderError("Anthropic stream ended before message_stop", retryable=True)
+            # Charged first: the reply arrived whole and was billed, even if its tool calls fail.
+            self._transport.charge(usage)
             for index, pieces in thoughts.items():
                 reasoning[index]["thinking"] = "".join(pieces)
             response = ChatResponse(
@@ -572,7 +577,6 @@ class AnthropicProvider(HttpProvider):
                 model=model,
                 reasoning=list(reasoning.values()),
             )
-            self._transport.charge(usage)
             yield StreamEnd(response)  # at once: the body is finished (or cut) after this
 
 

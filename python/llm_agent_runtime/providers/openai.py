@@ -222,13 +222,15 @@ class OpenAIProvider(HttpProvider):
             may go on without content (keep-alive comments and pings do not count).
         connect_timeout: Seconds to wait for a connection.
         total_timeout: Seconds one attempt of a non-streamed call (`chat`, `complete`) may
-            take in all, however its reply trickles in (None: `connect_timeout + 2 *
-            timeout`, 20 minutes by default; see `HttpTransport`).
+            take in all, however its reply trickles in, and a streamed call may take to read
+            a reply that is no stream, such as an error status's body (None:
+            `connect_timeout + 2 * timeout`, 20 minutes by default; see `HttpTransport`).
         retry: Retry policy (None: `RetryPolicy()`, 3 attempts; `RetryPolicy(max_attempts=1)`
             turns retries off).
-        stop: Stop sequences sent with every call (a call's `stop=` overrides them). The API
-            takes at most `MAX_STOP_SEQUENCES` (4): only the first 4 are sent. (An
-            `AgentRuntime` still cuts each reply at every one of its `stop_sequences`.)
+        stop: Stop sequences sent with every call, or one as a str (a call's `stop=`
+            overrides them). The API takes at most `MAX_STOP_SEQUENCES` (4): only the
+            first 4 are sent. (An `AgentRuntime` still cuts each reply at every one of its
+            `stop_sequences`.)
         send_stop: Whether to send stop sequences at all. False sends no `stop`, neither
             these nor a call's `stop=`: OpenAI's reasoning models (o3, o4-mini, gpt-5)
             refuse the parameter. An `AgentRuntime` still cuts replies at its own.
@@ -261,7 +263,7 @@ class OpenAIProvider(HttpProvider):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         total_timeout: float | None = None,
         retry: RetryPolicy | None = None,
-        stop: Sequence[str] | None = None,
+        stop: str | Sequence[str] | None = None,
         send_stop: bool = True,
         http_client: httpx.AsyncClient | None = None,
         budget: CostBudget | None = None,
@@ -273,6 +275,8 @@ class OpenAIProvider(HttpProvider):
         api_key, base_url = openai_endpoint("OpenAI", api_key, base_url)
         self.model = model or env_setting("OPENAI_MODEL") or DEFAULT_OPENAI_MODEL
         """Model used when a call names none."""
+        if isinstance(stop, str):  # one sequence, as a call's `stop=` takes it (not its letters)
+            stop = [stop] if stop else None
         self.stop = list(stop) if stop else None
         """Stop sequences sent with every call (the first `MAX_STOP_SEQUENCES` of them)."""
         self.send_stop = send_stop
@@ -321,7 +325,7 @@ class OpenAIProvider(HttpProvider):
             ProviderError: The call failed, the response is an error (under any status) or
                 not a chat completion, or a tool call's arguments are not a JSON object
                 (when the reply was cut off by the token limit, finish reason `length`, the
-                message says so).
+                message says so; the reply's usage is charged all the same).
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself.
         """
@@ -332,6 +336,9 @@ class OpenAIProvider(HttpProvider):
             raise ProviderError("malformed OpenAI response: no choices")
         choice = completion.choices[0]
         message = choice.message
+        usage = parse_usage(_Usage, completion.usage, "OpenAI response").usage()
+        # Charged first: the reply arrived and was billed, even if its tool calls fail below.
+        self._transport.charge(usage)
         calls = [
             ToolCall(
                 id=call.id or f"call_{index}",  # as a streamed call without one is named
@@ -345,21 +352,18 @@ class OpenAIProvider(HttpProvider):
             )
             for index, call in enumerate(message.tool_calls or ())
         ]
-        usage = parse_usage(_Usage, completion.usage, "OpenAI response").usage()
         text = message.content or ""
         stop_reason = choice.finish_reason
         if message.refusal:
             text += message.refusal
             stop_reason = _REFUSAL
-        response = ChatResponse(
+        return ChatResponse(
             text=text,
             tool_calls=calls,
             usage=usage,
             stop_reason=stop_reason,
             model=completion.model,
         )
-        self._transport.charge(usage)
-        return response
 
     def _check_reply(self, raw: bytes) -> None:
         error = error_in_body(raw, _Error)
@@ -475,6 +479,8 @@ class OpenAIProvider(HttpProvider):
                         finish_reason = choice.finish_reason
             if not done:
                 raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
+            # Charged first: the reply arrived whole and was billed, even if its tool calls fail.
+            self._transport.charge(usage)
             response = ChatResponse(
                 text="".join(text),
                 tool_calls=[
@@ -484,7 +490,6 @@ class OpenAIProvider(HttpProvider):
                 stop_reason=_REFUSAL if refused else finish_reason,
                 model=model,
             )
-            self._transport.charge(usage)
             yield StreamEnd(response)  # at once: the body is finished (or cut) after this
 
 
