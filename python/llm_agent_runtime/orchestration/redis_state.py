@@ -493,7 +493,7 @@ class RedisDeduplicator:
         token = uuid.uuid4().hex
         # A run publishes its result, and a copy for its waiters under its token; a waiter's
         # claims read the copy of the run under way once they know it.
-        keys = [f"{base}:result", f"{base}:lease", f"{base}:done:{token}"]
+        keys = [*self.redis_keys(key), f"{base}:done:{token}"]
         claim_keys = keys[:2]
         while True:
             claim = await self._claim_once(claim_keys, token)

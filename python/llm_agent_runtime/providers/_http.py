@@ -181,8 +181,8 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
     unended last line when the stream ends is dropped: a body that ends by closing the
     connection may have been cut inside it, and the caller sees a stream that ended early.
     An event whose lines all ended still goes out without its closing blank line (some
-    servers omit it). One byte order mark opening the stream is
-    ignored, as the rules say, even when it arrives cut across chunks.
+    servers omit it). One byte order mark opening the stream is ignored, as the rules say,
+    even when it arrives cut across chunks.
 
     Reading is linear in the body's size, however finely it is cut: a line that arrives in
     many chunks is kept in pieces and joined once, when it ends.
