@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -1055,6 +1055,28 @@ def _signature(fn: Any, tool_name: str) -> inspect.Signature:
     return raw.replace(parameters=params, return_annotation=inspect.Signature.empty)
 
 
+@overload
+def tool(
+    fn: Callable[..., Any],
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    circuit_breaker: CircuitBreaker | None = None,
+    idempotent: bool = False,
+) -> ToolSpec: ...
+
+
+@overload
+def tool(
+    fn: None = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    circuit_breaker: CircuitBreaker | None = None,
+    idempotent: bool = False,
+) -> Callable[[Callable[..., Any]], ToolSpec]: ...
+
+
 def tool(
     fn: Callable[..., Any] | None = None,
     *,
@@ -1062,7 +1084,7 @@ def tool(
     timeout: float | None = None,
     circuit_breaker: CircuitBreaker | None = None,
     idempotent: bool = False,
-) -> Any:
+) -> ToolSpec | Callable[[Callable[..., Any]], ToolSpec]:
     """Turns a typed function into a `ToolSpec`; schema from type hints and docstring.
 
     The function receives the arguments as keyword arguments, validated by pydantic; an

@@ -35,10 +35,20 @@ import logging
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import GeneratorType, TracebackType
-from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import (
+    Any,
+    Literal,
+    NamedTuple,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    cast,
+    overload,
+    runtime_checkable,
+)
 
 from llm_agent_runtime.errors import CircuitOpenError
 from llm_agent_runtime.orchestration._calls import (
@@ -59,6 +69,7 @@ __all__ = [
 ]
 
 Status = Literal["closed", "open", "half_open"]
+P = ParamSpec("P")
 T = TypeVar("T")
 
 Trial = tuple[float, int]
@@ -464,10 +475,20 @@ class CircuitBreaker:
             )
         self._listeners.append(listener)
 
+    @overload
+    async def call(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+    @overload
+    async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
     async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Calls `fn` (sync or async) through the breaker.
 
-        `fn` is positional-only, so `kwargs` may hold an argument named `fn`.
+        `fn` is positional-only, so `kwargs` may hold an argument named `fn`. An awaitable
+        that `fn` returns is awaited: `await breaker.call(fn, ...)` gives what `fn` returns,
+        or what its awaitable gives.
 
         Raises:
             CircuitOpenError: the circuit is open; `fn` was not called.
@@ -498,7 +519,7 @@ class CircuitBreaker:
         await self._exit(None, trial)
         return result
 
-    def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    def call_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Calls a sync `fn` through the breaker without an event loop (`fn` positional-only).
 
         Raises:
@@ -558,18 +579,23 @@ class CircuitBreaker:
                 break
         await self._exit(exc, trial)
 
-    def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Decorates a sync or async callable so every call goes through the breaker."""
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """Decorates a sync or async callable so every call goes through the breaker.
+
+        The decorated function takes the same arguments and returns the same type: an async
+        one is called by `call` (its coroutine gives what `fn`'s would), a sync one by
+        `call_sync`.
+        """
         if is_async_callable(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 return await self.call(fn, *args, **kwargs)
 
-            return async_wrapper
+            return cast("Callable[P, T]", async_wrapper)
 
         @functools.wraps(fn)
-        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             return self.call_sync(fn, *args, **kwargs)
 
         return sync_wrapper

@@ -7,8 +7,8 @@ import inspect
 import logging
 import math
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar, overload
 
 from llm_agent_runtime.errors import (
     AgentRuntimeError,
@@ -24,6 +24,9 @@ from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 __all__ = ["DEFAULT_MAX_DELAY", "RetryPolicy"]
 
 logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 DEFAULT_MAX_DELAY = 60.0
 """No backoff ever waits longer than this many seconds."""
@@ -145,11 +148,20 @@ class RetryPolicy:
         bound = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 1000))
         return self._rng.uniform(0.0, bound) if self.jitter else bound
 
+    @overload
+    async def run(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+    @overload
+    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
     async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Calls `fn` (sync or async) until it succeeds; re-raises the last error.
 
         Stops early on an error that `should_retry` rejects. `fn` is positional-only, so
-        `kwargs` may hold an argument named `fn`.
+        `kwargs` may hold an argument named `fn`. An awaitable that `fn` returns is awaited:
+        `await policy.run(fn, ...)` gives what `fn` returns, or what its awaitable gives.
         """
         attempt = 1
         while True:

@@ -1,0 +1,251 @@
+"""User code type-checks under `mypy --strict` with precise types for tools, retries and breakers.
+
+Mypy runs once, in a subprocess, over the snippets below and the README's examples that use
+`RetryPolicy`, `CircuitBreaker` or `@ar.tool`. A result assigned to a wrong type must be
+reported: had the API returned `Any`, mypy would accept it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+SNIPPETS = re.findall(r"^```python\n(.*?)^```", README, re.DOTALL | re.MULTILINE)
+FRAGMENT = "# In an async function"
+"""The first line of a README snippet that is a part of a program, not one to check alone."""
+README_SNIPPETS = [
+    snippet
+    for snippet in SNIPPETS
+    if not snippet.startswith(FRAGMENT)
+    and any(word in snippet for word in ("RetryPolicy", "CircuitBreaker", "ar.tool"))
+]
+
+COMMON = '''\
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from typing_extensions import assert_type
+
+import llm_agent_runtime as ar
+from llm_agent_runtime import CircuitBreaker, RetryPolicy, ToolSpec, tool
+
+
+def parse(text: str, base: int = 10) -> int:
+    return int(text, base)
+
+
+async def fetch(query: str) -> str:
+    return f"results for {query}"
+
+
+def deferred(value: int) -> asyncio.Future[int]:
+    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
+
+
+def apply(fn: str) -> str:
+    return fn.upper()
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Adds two integers."""
+    return a + b
+
+
+@tool
+async def fetch_page(url: str) -> str:
+    """Fetches a page."""
+    return url
+
+
+@tool(idempotent=True)
+def lookup(key: str) -> str:
+    """Looks a key up."""
+    return key
+
+
+@tool(idempotent=True)
+async def store(key: str, value: str) -> None:
+    """Stores a value."""
+
+
+@ar.tool(name="search_web", timeout=5.0, idempotent=True)
+async def search(query: str) -> list[str]:
+    """Searches the web."""
+    return [query]
+
+
+breaker = CircuitBreaker("svc")
+
+
+@breaker
+async def guarded(query: str) -> str:
+    return query
+
+
+@breaker
+def guarded_sync(value: int) -> int:
+    return value
+'''
+
+CORRECT = (
+    COMMON
+    + """
+
+assert_type(add, ToolSpec)
+assert_type(fetch_page, ToolSpec)
+assert_type(lookup, ToolSpec)
+assert_type(store, ToolSpec)
+assert_type(search, ToolSpec)
+assert_type(tool(name="multiply"), Callable[[Callable[..., Any]], ToolSpec])
+assert_type(tool(parse, name="parse_int"), ToolSpec)
+
+
+async def main() -> None:
+    retry = RetryPolicy(max_attempts=2, base_delay=0.0)
+    assert assert_type(await retry.run(parse, "42"), int) == 42
+    assert assert_type(await retry.run(parse, "ff", base=16), int) == 255
+    assert assert_type(await retry.run(fetch, "q"), str) == "results for q"
+    assert assert_type(await retry.run(fetch, query="q"), str) == "results for q"
+    assert assert_type(await retry.run(deferred, 3), int) == 3
+    assert assert_type(await retry.run(apply, fn="x"), str) == "X"
+    pending = assert_type(retry.run(fetch, "q"), Coroutine[Any, Any, str])
+    assert await pending == "results for q"
+    assert assert_type(await breaker.call(parse, "7"), int) == 7
+    assert assert_type(await breaker.call(fetch, "q"), str) == "results for q"
+    assert assert_type(await breaker.call(deferred, 4), int) == 4
+    assert assert_type(await breaker.call(apply, fn="y"), str) == "Y"
+    assert assert_type(await retry.run(breaker.call, fetch, "q"), str) == "results for q"
+    assert assert_type(await retry.run(breaker.call, parse, "9"), int) == 9
+    assert assert_type(breaker.call_sync(parse, "8"), int) == 8
+    assert assert_type(await guarded("g"), str) == "g"
+    assert assert_type(await guarded(query="k"), str) == "k"
+    assert assert_type(guarded_sync(5), int) == 5
+"""
+)
+
+# Each line marked `# E: <code>` must get exactly that error, and no other line any.
+WRONG = (
+    COMMON
+    + """
+
+spec: int = add  # E: assignment
+maker: ToolSpec = tool(idempotent=True)  # E: assignment
+tool(name=3)  # E: call-overload
+
+
+async def wrong() -> None:
+    retry = RetryPolicy()
+    parsed = await retry.run(parse, "1")
+    fetched = await retry.run(fetch, "q")
+    settled = await retry.run(deferred, 1)
+    called_async = await breaker.call(fetch, "q")
+    called_sync = await breaker.call(parse, "1")
+    called_now = breaker.call_sync(parse, "1")
+    nested = await retry.run(breaker.call, fetch, "q")
+    decorated_async = await guarded("q")
+    decorated_sync = guarded_sync(1)
+    a: str = parsed  # E: assignment
+    b: int = fetched  # E: assignment
+    c: Awaitable[str] = fetched  # E: assignment
+    d: str = settled  # E: assignment
+    e: int = called_async  # E: assignment
+    f: str = called_sync  # E: assignment
+    g: str = called_now  # E: assignment
+    h: int = nested  # E: assignment
+    i: int = decorated_async  # E: assignment
+    j: str = decorated_sync  # E: assignment
+    await guarded_sync(1)  # E: misc
+    await retry.run(parse, 1)  # E: call-overload
+    await breaker.call(fetch)  # E: call-overload
+    await retry.run(fetch, "q", "extra")  # E: call-overload
+    breaker.call_sync(parse, text=1)  # E: arg-type
+    await guarded(1)  # E: arg-type
+"""
+)
+EXPECTED_WRONG = {
+    number: match[1]
+    for number, line in enumerate(WRONG.splitlines(), 1)
+    if (match := re.search(r"# E: ([\w-]+)$", line))
+}
+
+ERROR = re.compile(
+    r"^(?P<file>[^:\n]+):(?P<line>\d+): error: (?P<message>.*?)(?:  \[(?P<code>[\w-]+)\])?$"
+)
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[int, str, str]]]:
+    """Runs mypy --strict once; returns each checked file's errors as (line, code, message)."""
+    root = tmp_path_factory.mktemp("typing_user_code")
+    files = {"user_correct.py": CORRECT, "user_wrong.py": WRONG}
+    for index, snippet in enumerate(README_SNIPPETS):
+        files[f"readme_{index}.py"] = "import llm_agent_runtime as ar\n\n" + snippet
+    for name, text in files.items():
+        (root / name).write_text(text, encoding="utf-8")
+    config = root / "mypy.ini"
+    config.write_text("[mypy]\n", encoding="utf-8")
+    command = [
+        sys.executable,
+        "-m",
+        "mypy",
+        "--strict",
+        "--config-file",
+        str(config),
+        "--cache-dir",
+        str(root / ".mypy_cache"),
+        "--no-error-summary",
+        "--no-color-output",
+        "--show-error-codes",
+        *files,
+    ]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=280)
+    assert done.returncode in (0, 1), done.stdout + done.stderr  # 2: mypy itself failed
+    errors: dict[str, list[tuple[int, str, str]]] = {name: [] for name in files}
+    for line in done.stdout.splitlines():
+        match = ERROR.match(line)
+        if match is not None:
+            errors.setdefault(Path(match["file"]).name, []).append(
+                (int(match["line"]), match["code"] or "", match["message"])
+            )
+    unexpected = {name: found for name, found in errors.items() if name not in files and found}
+    assert not unexpected, done.stdout
+    return errors
+
+
+def test_correct_user_code_gets_precise_types(
+    checked: dict[str, list[tuple[int, str, str]]],
+) -> None:
+    assert checked["user_correct.py"] == []
+
+
+def test_wrongly_typed_results_and_arguments_are_reported(
+    checked: dict[str, list[tuple[int, str, str]]],
+) -> None:
+    found = {line: code for line, code, _ in checked["user_wrong.py"]}
+    assert found == EXPECTED_WRONG, checked["user_wrong.py"]
+
+
+def test_readme_examples_type_check(checked: dict[str, list[tuple[int, str, str]]]) -> None:
+    assert len(README_SNIPPETS) >= 2
+    for index in range(len(README_SNIPPETS)):
+        assert checked[f"readme_{index}.py"] == [], README_SNIPPETS[index]
+
+
+def test_correct_user_code_runs_as_its_types_say(tmp_path: Path) -> None:
+    path = tmp_path / "user_correct.py"
+    path.write_text(CORRECT, encoding="utf-8")
+    namespace = runpy.run_path(str(path), run_name="user_correct")
+    asyncio.run(namespace["main"]())
