@@ -37,7 +37,7 @@ from typing import Any
 from typing_extensions import assert_type
 
 import llm_agent_runtime as ar
-from llm_agent_runtime import CircuitBreaker, RetryPolicy, ToolSpec, tool
+from llm_agent_runtime import CircuitBreaker, Deduplicator, RetryPolicy, ToolSpec, tool
 
 
 def parse(text: str, base: int = 10) -> int:
@@ -133,6 +133,10 @@ async def main() -> None:
     assert assert_type(await guarded("g"), str) == "g"
     assert assert_type(await guarded(query="k"), str) == "k"
     assert assert_type(guarded_sync(5), int) == 5
+    dedup = Deduplicator(ttl=0)
+    assert assert_type(await dedup.run("k", parse, "6"), int) == 6
+    assert assert_type(await dedup.run("q", fetch, query="q"), str) == "results for q"
+    assert assert_type(await dedup.run("d", deferred, 2), int) == 2
 """
 )
 
@@ -173,6 +177,9 @@ async def wrong() -> None:
     await retry.run(fetch, "q", "extra")  # E: call-overload
     breaker.call_sync(parse, text=1)  # E: arg-type
     await guarded(1)  # E: arg-type
+    shared = await Deduplicator(0).run("k", fetch, "q")
+    k: int = shared  # E: assignment
+    await Deduplicator(0).run("k", parse, 1)  # E: call-overload
 """
 )
 EXPECTED_WRONG = {

@@ -6,14 +6,17 @@ import asyncio
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, ParamSpec, TypeVar, overload
 
 from llm_agent_runtime.orchestration._calls import call_maybe_async
 from llm_agent_runtime.orchestration._checks import check_real
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["Deduplicator", "canonical_key"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def canonical_key(*args: Any, **kwargs: Any) -> str:
@@ -104,10 +107,22 @@ class Deduplicator:
             return False, None
         return True, value
 
+    @overload
+    async def run(
+        self, key: Hashable, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+    @overload
+    async def run(
+        self, key: Hashable, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
     async def run(self, key: Hashable, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Returns `fn(*args, **kwargs)` (sync or async), shared by every caller of `key`.
 
         `key` and `fn` are positional-only, so `kwargs` may hold arguments of those names.
+        The callers of one key share one result, so give one key to one computation: the
+        result is typed as `fn`'s (an awaitable `fn` returns is awaited).
         """
         hit, value = self._cached(key)
         if hit:
