@@ -28,7 +28,7 @@ toolchain:
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "maturin>=1.8,<2"
+	$(PY) -m pip install --quiet "maturin>=1.9,<2"
 	touch $@
 
 # Release build: debug builds make every timing meaningless and the property tests slow.

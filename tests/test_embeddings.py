@@ -7,8 +7,10 @@ import json
 import socket
 import sys
 import threading
+import time
 import types
 import unicodedata
+import warnings
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from providers.fake_server import FakeLlmServer, Reply
 from providers.test_hardening import shown
 
 import llm_agent_runtime as ar
@@ -625,6 +628,48 @@ def test_openai_embedder_transport_errors_hide_the_key_and_say_whether_to_retry(
     assert "SECRET" not in shown(timed_out.value)
 
 
+def _trickled(body: bytes, pieces: int, interval: float, status: int = 200) -> Reply:
+    """`body` as a JSON reply sent in `pieces` pieces, one every `interval` seconds."""
+    size = -(-len(body) // pieces)
+    frames = [body[i : i + size] for i in range(0, len(body), size)]
+    return Reply(
+        status=status,
+        frames=frames,
+        headers={"content-type": "application/json"},
+        frame_interval=interval,
+    )
+
+
+_ONE_ROW = json.dumps({"data": [{"index": 0, "embedding": [0.25, 0.5, 1.0]}]}).encode()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("status", [200, 503])
+def test_openai_embedder_timeout_bounds_a_trickled_reply(status: int) -> None:
+    # Each piece comes well within the timeout, which httpx applies to each wait for bytes:
+    # the call used to go on until the server was done (3 s here), however long that took.
+    body = _ONE_ROW if status == 200 else b'{"error": {"message": "overloaded"}}'
+    with FakeLlmServer() as fake:
+        fake.script(_trickled(body, 30, 0.1, status))
+        embedder = ar.OpenAIEmbedder(api_key="sk-x", base_url=fake.url + "/v1", timeout=0.5)
+        started = time.perf_counter()
+        with pytest.raises(ar.ProviderError, match="timed out") as caught:
+            embedder.embed(["x"])
+        took = time.perf_counter() - started
+    assert (caught.value.status, caught.value.retryable) == (None, True)
+    assert "0.5 s in all" in str(caught.value)
+    assert 0.5 <= took < 1.5
+
+
+@pytest.mark.timeout(30)
+def test_openai_embedder_reads_a_reply_trickled_within_its_timeout() -> None:
+    with FakeLlmServer() as fake:
+        fake.script(_trickled(_ONE_ROW, 10, 0.02))
+        embedder = ar.OpenAIEmbedder(api_key="sk-x", base_url=fake.url + "/v1", timeout=5)
+        np.testing.assert_array_equal(embedder.embed(["x"]), [[0.25, 0.5, 1.0]])
+    assert len(fake.requests) == 1
+
+
 @pytest.mark.parametrize(
     "base_url", ["127.0.0.1:8000/v1", "localhost:8000/v1", "api.openai.com/v1", "ftp://h/v1"]
 )
@@ -696,6 +741,52 @@ def test_sentence_transformer_embedder_wraps_the_model(monkeypatch: Any, tmp_pat
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     with pytest.raises(ar.MemoryStoreError, match=r"llm-agent-runtime\[embeddings\]"):
         ar.SentenceTransformerEmbedder()
+
+
+def _dimension_model(*names: str) -> type:
+    """A stand-in model class with the dimension methods `names` (the old one warns)."""
+
+    def new_name(self: object) -> int:
+        return 5
+
+    def old_name(self: object) -> int:
+        if "get_embedding_dimension" in names:
+            warnings.warn(
+                "The `get_sentence_embedding_dimension` method has been renamed to "
+                "`get_embedding_dimension`.",
+                FutureWarning,
+                stacklevel=2,
+            )
+        return 5
+
+    methods = {"get_embedding_dimension": new_name, "get_sentence_embedding_dimension": old_name}
+
+    def init(self: object, path: str, device: str) -> None:
+        pass
+
+    return type("Model", (), {"__init__": init, **{name: methods[name] for name in names}})
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("get_embedding_dimension", "get_sentence_embedding_dimension"),
+        ("get_embedding_dimension",),
+        ("get_sentence_embedding_dimension",),
+    ],
+    ids=["both-names", "new-name-only", "old-name-only"],
+)
+def test_sentence_transformer_dim_prefers_get_embedding_dimension(
+    monkeypatch: Any, names: tuple[str, ...]
+) -> None:
+    # `dim` used to call the old name only: a FutureWarning on newer sentence-transformers,
+    # an AttributeError once the old name is gone.
+    runner = types.SimpleNamespace(SentenceTransformer=_dimension_model(*names))
+    monkeypatch.setitem(sys.modules, "sentence_transformers", runner)
+    embedder = ar.SentenceTransformerEmbedder("some/model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert embedder.dim == 5
 
 
 def test_bundled_minilm_when_the_embeddings_extra_is_installed() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -191,6 +192,18 @@ def test_networkx_round_trip(people: ar.GraphStore) -> None:
     clash = nx.Graph([(1, "1")])
     with pytest.raises(ar.GraphError, match="share the id"):
         ar.from_networkx(clash)
+
+
+def test_to_networkx_without_networkx_names_the_extra(
+    people: ar.GraphStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It used to raise a bare ModuleNotFoundError, which `except GraphError` does not catch.
+    monkeypatch.setitem(sys.modules, "networkx", None)  # `import networkx` now fails
+    with pytest.raises(
+        ar.GraphError, match=r"pip install 'llm-agent-runtime\[networkx\]'"
+    ) as caught:
+        ar.to_networkx(people)
+    assert isinstance(caught.value.__cause__, ImportError)
 
 
 @pytest.mark.parametrize("bad", [["not", "a", "dict"], ("k", 1), "text", 3, 1.5])

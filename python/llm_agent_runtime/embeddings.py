@@ -18,6 +18,7 @@ import json
 import math
 import numbers
 import operator
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -121,8 +122,16 @@ class SentenceTransformerEmbedder:
 
     @property
     def dim(self) -> int:
-        """Output length of the model."""
-        return int(self._model.get_sentence_embedding_dimension())
+        """Output length of the model.
+
+        Read with the model's `get_embedding_dimension`, or with
+        `get_sentence_embedding_dimension` on sentence-transformers releases that predate it
+        (newer ones warn on that older name).
+        """
+        read = getattr(self._model, "get_embedding_dimension", None)
+        if read is None:
+            read = self._model.get_sentence_embedding_dimension
+        return int(read())
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Embeds `texts` (see `Embedder.embed`).
@@ -169,7 +178,10 @@ class OpenAIEmbedder:
         model: embedding model name.
         dimensions: ask the server for shorter vectors (models that support it).
         batch_size: texts per request.
-        timeout: seconds per request.
+        timeout: seconds one request may take in all, from its start to the last byte of the
+            reply, checked as the bytes arrive: a reply trickled a few bytes at a time fails
+            once that time has passed. Each wait for a connection or for bytes is bounded by
+            it too.
         client: an httpx.Client to use (its base URL and headers are ignored); tests and
             connection pooling.
 
@@ -232,8 +244,8 @@ class OpenAIEmbedder:
             ProviderError: an HTTP error (retryable for 408, 409, 429 and 5xx, with the
                 server's Retry-After), an error reported with status 200 (`{"error": {...}}`:
                 the server's message, retryable as the chat provider judges it), a transport
-                failure (retryable for timeouts and dropped connections), or a malformed
-                response: not
+                failure (retryable for timeouts and dropped connections), a request that took
+                longer than `timeout` in all (retryable), or a malformed response: not
                 exactly one row per input (the `index` values must be 0 .. n-1, each once), a
                 row that is empty, not a list of numbers, or not finite, rows of different
                 lengths, or rows of another length than `dimensions` when it was given.
@@ -313,6 +325,7 @@ class OpenAIEmbedder:
         body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
         if self.dimensions is not None:
             body["dimensions"] = self.dimensions
+        deadline = time.monotonic() + self._timeout
         with (
             transport_errors("OpenAI embeddings", redactor),
             # Redirects are never followed, even by a caller's client made to: the request
@@ -327,10 +340,10 @@ class OpenAIEmbedder:
             ) as response,
         ):
             if response.status_code == 200:
-                content = response.read()
+                content = _read_by(response, deadline, self._timeout)
             else:  # an error body that does not decode must not hide the status
                 try:
-                    content = response.read()
+                    content = _read_by(response, deadline, self._timeout)
                 except httpx.DecodingError:
                     content = b"no error message (the error body did not decode)"
         if response.status_code != 200:
@@ -354,6 +367,31 @@ class OpenAIEmbedder:
         except RecursionError:
             raise ProviderError("malformed embeddings response: JSON nested too deeply") from None
         return _rows(payload, len(texts), self.dimensions)
+
+
+def _read_by(response: httpx.Response, deadline: float, timeout: float) -> bytes:
+    """The body of `response`, read whole by `deadline` (a `time.monotonic()` time).
+
+    httpx bounds each wait for bytes, not the whole body: a server sending a byte now and
+    then would keep the request going for as long as it likes. The clock is read as each
+    piece of the body arrives.
+
+    Raises:
+        ProviderError: The reply was not whole by `deadline` (retryable), `timeout` seconds
+            after the request started.
+    """
+    chunks: list[bytes] = []
+    for chunk in response.iter_bytes():
+        if time.monotonic() > deadline:
+            break
+        chunks.append(chunk)
+    if time.monotonic() > deadline:
+        raise ProviderError(
+            "OpenAI embeddings request timed out: the reply took longer than "
+            f"{timeout:g} s in all (timeout)",
+            retryable=True,
+        )
+    return b"".join(chunks)
 
 
 def _count(value: Any, name: str) -> int:

@@ -1,4 +1,8 @@
-"""networkx interop for `GraphStore` (networkx is imported only when these are called)."""
+"""networkx interop for `GraphStore`.
+
+`to_networkx` imports networkx when it is called (the `networkx` extra:
+``pip install 'llm-agent-runtime[networkx]'``); `from_networkx` takes any networkx graph.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +30,16 @@ def to_networkx(graph: GraphStore) -> Any:
 
     Returns:
         A new `networkx.MultiDiGraph`.
+
+    Raises:
+        GraphError: When networkx is not installed (the `networkx` extra).
     """
-    import networkx as nx  # type: ignore[import-untyped,unused-ignore]
+    try:
+        import networkx as nx  # type: ignore[import-untyped,unused-ignore]
+    except ImportError as error:
+        raise GraphError(
+            "to_networkx needs networkx: pip install 'llm-agent-runtime[networkx]'"
+        ) from error
 
     out = nx.MultiDiGraph()
     for entity_id in graph.entity_ids():
