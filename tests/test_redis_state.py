@@ -708,6 +708,26 @@ def test_redis_clients_time_out_whatever_redis_pys_default() -> None:
     assert redis_client(url, "test").connection_pool.connection_kwargs["socket_timeout"] == 2.0
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda url: ar.RedisCircuitStateBackend(url),
+        lambda url: ar.RedisRateLimiter(url, rate=1, capacity=1),
+        lambda url: ar.RedisDeduplicator(url, ttl=1, namespace="n"),
+    ],
+    ids=["RedisCircuitStateBackend", "RedisRateLimiter", "RedisDeduplicator"],
+)
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:notaport/0", "notascheme://x", "redis://:s3cret@127.0.0.1:x/0"]
+)
+def test_a_malformed_redis_url_fails_the_orchestration_state_with_a_persistence_error(
+    make: Any, url: str
+) -> None:
+    with pytest.raises(ar.PersistenceError, match="not a usable Redis URL") as info:
+        make(url)
+    assert "s3cret" not in str(info.value)
+
+
 # -- a cancelled waiter's tokens go to the waiters behind it -----------------------------------
 
 

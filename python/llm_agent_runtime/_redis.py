@@ -47,8 +47,11 @@ def redis_client(url: str, owner: str) -> Any:
     fails instead, as does a command on a connection lost while in use.
 
     Raises:
-        PersistenceError: When redis-py is not installed (the `redis` extra); `owner` names
-            the class that needs it.
+        PersistenceError: When redis-py is not installed (the `redis` extra), or `url` is not
+            a Redis URL redis-py can use (no such scheme, a port that is not a number, a
+            query option of a bad value); `owner` names the class that needs it. The message
+            never holds the URL: for one with credentials, not even the reason, which urllib
+            may give quoting part of them.
     """
     try:
         from redis.asyncio import Redis
@@ -56,15 +59,28 @@ def redis_client(url: str, owner: str) -> Any:
         raise PersistenceError(
             f"{owner} needs redis-py: pip install 'llm-agent-runtime[redis]'"
         ) from error
-    pool = _checked_pool_class().from_url(
-        url,
-        max_connections=REDIS_MAX_CONNECTIONS,
-        timeout=REDIS_POOL_TIMEOUT,
-        socket_timeout=REDIS_SOCKET_TIMEOUT,
-        socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
-        health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
-    )
+    if not isinstance(url, str):
+        raise PersistenceError(f"{owner} needs a Redis URL as a str, got {type(url).__name__}")
+    try:
+        pool = _checked_pool_class().from_url(
+            url,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=REDIS_POOL_TIMEOUT,
+            socket_timeout=REDIS_SOCKET_TIMEOUT,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+            health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
+        )
+    except ValueError as error:
+        # Not chained: the cause's message may hold the password too.
+        raise PersistenceError(
+            f"{owner}: not a usable Redis URL: {_redacted(error, url)}"
+        ) from None
     return Redis.from_pool(pool)
+
+
+def _redacted(error: ValueError, url: str) -> str:
+    """`error`'s message, or none when `url` holds user info (urllib's may quote part of it)."""
+    return "its reason is left out, as the URL holds credentials" if "@" in url else str(error)
 
 
 @functools.cache

@@ -1314,3 +1314,206 @@ def test_sqlite_refuses_a_synchronous_level_it_would_take_for_normal(
     # SQLite takes a name it does not know for NORMAL, silently: less durable than asked.
     with pytest.raises(ar.PersistenceError, match="synchronous must be one of"):
         ar.SqliteBackend(tmp_path / "store.db", synchronous=given)
+
+
+# ---------------------------------------------------------------- listings: exact, once, whole
+
+
+async def test_redis_lists_a_key_its_scan_returns_twice_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # SCAN may return a key more than once: one moved while Redis rehashes the keyspace.
+    store = make_backend("redis", Path())
+    assert isinstance(store, ar.RedisBackend)
+    await store.batch_save({"session:b": b"2", "session:a": b"1", "other": b"3"})
+    scan = store.client.scan
+
+    async def scan_returning_each_key_twice(*args: Any, **kwargs: Any) -> Any:
+        cursor, keys = await scan(*args, **kwargs)
+        return cursor, [*keys, *reversed(keys)]
+
+    monkeypatch.setattr(store.client, "scan", scan_returning_each_key_twice)
+    try:
+        assert await store.list_keys() == ["other", "session:a", "session:b"]
+        assert await store.list_keys("session:") == ["session:a", "session:b"]
+    finally:
+        await store.client.delete(*(store.prefix + k for k in ("session:a", "session:b", "other")))
+        await store.close()
+
+
+async def test_a_sqlite_file_that_is_no_database_fails_to_open_leaving_no_connection_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "not.db"
+    path.write_bytes(b"this is not a SQLite database\n" * 200)
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def recording_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", recording_connect)
+    with pytest.raises(ar.PersistenceError, match="cannot open SQLite database"):
+        ar.SqliteBackend(path)
+    assert len(opened) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        opened[0].execute("SELECT 1")
+
+
+# SQLite's LIKE refuses a pattern longer than 50,000 bytes (SQLITE_MAX_LIKE_PATTERN_LENGTH).
+LONG = "x" * 50_001
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "file", "redis"])
+async def test_listing_takes_a_prefix_longer_than_sqlites_like_patterns(
+    kind: str, tmp_path: Path
+) -> None:
+    store = make_backend(kind, tmp_path)
+    keys = [LONG, LONG + "a", LONG + "%", LONG[:-1] + "y", "x"]
+    try:
+        await store.batch_save(dict.fromkeys(keys, b"v"))
+        assert await store.list_keys(LONG) == [LONG, LONG + "%", LONG + "a"]
+        assert await store.list_keys(LONG + "a") == [LONG + "a"]
+        assert await store.list_keys(LONG + "_") == []
+    finally:
+        for key in keys:
+            await store.delete(key)
+        await close_backend(store)
+
+
+async def test_postgres_lists_by_a_prefix_longer_than_sqlites_like_patterns() -> None:
+    # Keys that long do not fit PostgreSQL's index: a prefix that long lists nothing.
+    store = make_backend("postgres", Path())
+    try:
+        await store.save("x", b"v")
+        assert await store.list_keys(LONG) == []
+        assert await store.list_keys("x") == ["x"]
+    finally:
+        await close_backend(store)
+
+
+AWKWARD_KEYS = [
+    "a",
+    "a%b",
+    "a_b",
+    "aXb",
+    "A%b",
+    "a\\b",
+    "a\\%",
+    "é",
+    "éa",
+    "\ud7ff",
+    "\ue000",
+    "\uffff",
+    "\U0010ffff",
+    "\U0010ffffa",
+    "a\U0010ffff",
+    "a\U0010ffff\U0010ffff",
+    "b",
+    "nul\x00",
+    "nul\x00x",
+]
+
+
+async def test_prefix_listing_is_exact_for_wildcards_non_ascii_and_the_last_code_point(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await backend.batch_save(dict.fromkeys(AWKWARD_KEYS, b"v"))
+    prefixes = {key[:n] for key in AWKWARD_KEYS for n in range(len(key) + 1)}
+    for prefix in sorted(prefixes | {"%", "_", "\\", "A", "a%", "a_", "\U0010ffff" * 3, "c"}):
+        expected = sorted(k for k in AWKWARD_KEYS if k.startswith(prefix))
+        assert await backend.list_keys(prefix) == expected, prefix
+
+
+TRICKY = st.sampled_from(["%", "_", "\\", "a", "A", "é", "\x00", "\ud7ff", "\ue000", "\U0010ffff"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.data(),
+    keys=st.lists(st.text(TRICKY | st.characters(codec="utf-8"), max_size=6), max_size=12),
+    long=st.booleans(),
+)
+def test_sqlite_lists_exactly_the_keys_starting_with_a_prefix(
+    data: st.DataObject, keys: list[str], long: bool
+) -> None:
+    # A long common start takes each prefix beyond what a LIKE pattern may hold.
+    start = LONG if long else ""
+    keys = [start + k for k in keys]
+    starts_of_keys = [k[:n] for k in keys for n in range(len(start), len(k) + 1)]
+    others = st.text(TRICKY, max_size=3).map(lambda p: start + p)
+    prefix = data.draw(st.sampled_from(starts_of_keys) | others if keys else others)
+
+    async def run() -> list[str]:
+        store = ar.SqliteBackend(":memory:")
+        try:
+            await store.batch_save(dict.fromkeys(keys, b"v"))
+            return await store.list_keys(prefix)
+        finally:
+            store.close()
+
+    assert asyncio.run(run()) == sorted({k for k in keys if k.startswith(prefix)})
+
+
+async def _store_a_foreign_key(store: ar.PersistenceBackend, raw: bytes) -> None:
+    """Stores `raw`, bytes that are not UTF-8 text, as a key, as another client could."""
+    if isinstance(store, ar.SqliteBackend):
+        with sqlite3.connect(store.path) as conn:
+            conn.execute("INSERT INTO kv (key, value) VALUES (CAST(? AS TEXT), x'00')", (raw,))
+        conn.close()
+    elif isinstance(store, ar.PostgresBackend):
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(
+            server_address("postgres"), autocommit=True
+        ) as conn:
+            await conn.execute(
+                f"INSERT INTO {store.table} (key, value) VALUES (%s, %s)", [raw, b"\x00"]
+            )
+    else:
+        assert isinstance(store, ar.RedisBackend)
+        await store.client.set(store.prefix.encode() + raw, b"\x00")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
+async def test_a_stored_key_that_is_not_utf8_is_skipped_by_listings_with_a_warning(
+    kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_backend(kind, tmp_path)
+    try:
+        await store.batch_save({"session:a": b"1", "session:b": b"2"})
+        await _store_a_foreign_key(store, b"session:\xff\xfe")
+        assert await store.list_keys() == ["session:a", "session:b"]
+        assert await store.list_keys("session:") == ["session:a", "session:b"]
+        assert "skipped the stored key" in caplog.text and "\\xff\\xfe" in caplog.text
+        assert await store.batch_load(["session:a", "session:c"]) == {"session:a": b"1"}
+        assert await store.load("session:b") == b"2"
+    finally:
+        await close_backend(store)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:notaport/0",
+        "notascheme://x",
+        "localhost:6379",
+        "redis://localhost:99999/0",
+        "redis://[::1/0",
+        "redis://localhost/0?socket_timeout=soon",
+    ],
+)
+def test_a_malformed_redis_url_is_a_persistence_error(url: str) -> None:
+    with pytest.raises(ar.PersistenceError, match="RedisBackend: not a usable Redis URL"):
+        ar.RedisBackend(url)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:s3cret@localhost:notaport/0", "redis://user:s3cr\uff03et@localhost/0"]
+)
+def test_a_malformed_redis_url_error_hides_its_credentials(url: str) -> None:
+    with pytest.raises(ar.PersistenceError, match="not a usable Redis URL") as info:
+        ar.RedisBackend(url)
+    assert "s3cr" not in str(info.value) and info.value.__cause__ is None
+    assert info.value.__suppress_context__

@@ -45,7 +45,8 @@ class RedisCircuitStateBackend:
         prefix: Prepended to each service name to form its key.
 
     Raises:
-        PersistenceError: When redis-py is not installed (the `redis` extra).
+        PersistenceError: When redis-py is not installed (the `redis` extra), or `url` is
+            not a Redis URL redis-py can use.
     """
 
     def __init__(self, url: str, prefix: str = "llm_agent_runtime:breaker:") -> None:
@@ -196,7 +197,8 @@ class RedisRateLimiter:
     Raises:
         ValueError: `rate` or `capacity` is not positive, is NaN or infinite, or is not a
             number (a bool included).
-        PersistenceError: When redis-py is not installed (the `redis` extra).
+        PersistenceError: When redis-py is not installed (the `redis` extra), or `url` is
+            not a Redis URL redis-py can use.
     """
 
     def __init__(
@@ -411,7 +413,8 @@ class RedisDeduplicator:
         ValueError: When `ttl` or `lease` is below 1 ms or above 2**53 ms,
             `poll_interval` is not positive, any of them is NaN, infinite or not a number
             (a bool included); when `namespace` is empty or holds a `:`.
-        PersistenceError: When redis-py is not installed (the `redis` extra).
+        PersistenceError: When redis-py is not installed (the `redis` extra), or `url` is
+            not a Redis URL redis-py can use.
     """
 
     def __init__(

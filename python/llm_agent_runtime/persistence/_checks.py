@@ -3,16 +3,29 @@
 One place, so that bad input fails the same way on every backend: a key (or prefix) that is
 not a `str`, or a value that is not bytes-like, raises `PersistenceError` before anything
 is stored. A bytes-like value (`bytes`, `bytearray`, `memoryview`) is stored as `bytes`.
+
+And the one check on the way out, `decode_stored_keys`: a listed key that is not UTF-8 text
+is skipped the same way by every backend storing keys as bytes.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
 
-__all__ = ["check_items", "check_key", "check_keys", "check_prefix", "check_value"]
+__all__ = [
+    "check_items",
+    "check_key",
+    "check_keys",
+    "check_prefix",
+    "check_value",
+    "decode_stored_keys",
+]
+
+logger = logging.getLogger("llm_agent_runtime")
 
 
 def _shown(value: Any) -> str:
@@ -82,3 +95,22 @@ def check_keys(keys: Any) -> list[str]:
     if isinstance(keys, str | bytes | bytearray | memoryview) or not isinstance(keys, Iterable):
         raise PersistenceError(f"keys must be a sequence of str, got {_shown(keys)}")
     return [check_key(key) for key in keys]
+
+
+def decode_stored_keys(backend: str, stored: Iterable[bytes]) -> list[str]:
+    """The keys a listing found, as text: sorted, each once.
+
+    A key that is not UTF-8 text was written by another client sharing the keyspace or
+    table: no `str` names it, so no call could load or delete it. It is skipped with a
+    warning naming `backend` and the key's bytes, as `FileBackend` skips a damaged file,
+    rather than failing the listing of every other key.
+    """
+    keys: set[str] = set()
+    for raw in stored:
+        try:
+            keys.add(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            logger.warning(
+                "%s: skipped the stored key %r: it is not UTF-8 text (%s)", backend, raw, error
+            )
+    return sorted(keys)

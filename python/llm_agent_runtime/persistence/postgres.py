@@ -11,7 +11,13 @@ from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from llm_agent_runtime.errors import PersistenceError
-from llm_agent_runtime.persistence._checks import check_items, check_key, check_keys, check_prefix
+from llm_agent_runtime.persistence._checks import (
+    check_items,
+    check_key,
+    check_keys,
+    check_prefix,
+    decode_stored_keys,
+)
 from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["PostgresBackend"]
@@ -297,15 +303,19 @@ class PostgresBackend:
         wanted = check_keys(keys)
         if not wanted:
             return {}
+        encoded = _encode_keys(wanted)
         rows = await self._execute(
-            None,
-            f"SELECT key, value FROM {self._table} WHERE key = ANY(%s)",
-            [_encode_keys(wanted)],
+            None, f"SELECT key, value FROM {self._table} WHERE key = ANY(%s)", [encoded]
         )
-        return {bytes(key).decode(): bytes(value) for key, value in rows}
+        # A row's key is one of `encoded`: named by the key asked for, with no decoding.
+        asked = dict(zip(encoded, wanted, strict=True))
+        return {asked[bytes(key)]: bytes(value) for key, value in rows}
 
     async def list_keys(self, prefix: str = "") -> list[str]:
-        """Returns the stored keys that start with `prefix`, sorted."""
+        """Returns the stored keys that start with `prefix`, sorted.
+
+        A key that is not UTF-8 text (written by another client) is skipped, with a warning.
+        """
         # Keys are UTF-8 bytes, which never contain 0xFF: [prefix, prefix + FF) holds exactly
         # the keys starting with `prefix`, and byte order is code point order (Python's).
         low = encode_key(check_prefix(prefix))
@@ -314,7 +324,7 @@ class PostgresBackend:
             f"SELECT key FROM {self._table} WHERE key >= %s AND key < %s ORDER BY key",
             [low, low + b"\xff"],
         )
-        return [bytes(row[0]).decode() for row in rows]
+        return decode_stored_keys("PostgresBackend", (bytes(row[0]) for row in rows))
 
 
 async def _within(deadline: float, grace: float, statement: Coroutine[Any, Any, T]) -> T:

@@ -13,6 +13,7 @@ from llm_agent_runtime.persistence._checks import (
     check_keys,
     check_prefix,
     check_value,
+    decode_stored_keys,
 )
 from llm_agent_runtime.persistence.base import encode_key
 
@@ -36,7 +37,8 @@ class RedisBackend:
             versions, `llm_agent_runtime:`, are read with that prefix.)
 
     Raises:
-        PersistenceError: When redis-py is not installed (the `redis` extra).
+        PersistenceError: When redis-py is not installed (the `redis` extra), or `url` is not
+            a Redis URL redis-py can use.
     """
 
     def __init__(self, url: str, prefix: str = "llm_agent_runtime:kv:") -> None:
@@ -111,16 +113,22 @@ class RedisBackend:
         return {k: bytes(v) for k, v in zip(wanted, values, strict=True) if v is not None}
 
     async def list_keys(self, prefix: str = "") -> list[str]:
-        """Returns the stored keys that start with `prefix`, sorted."""
+        """Returns the stored keys that start with `prefix`, sorted, each once.
+
+        SCAN may return a key more than once (when Redis rehashes the keyspace meanwhile):
+        each is listed once. A key under `self.prefix` that is not UTF-8 text (written by
+        another client) is skipped, with a warning: no `str` key names it.
+        """
         pattern = _escape_glob(self.prefix + check_prefix(prefix)) + "*"
         start = len(self.prefix)
         try:
-            keys = [k async for k in self.client.scan_iter(match=pattern, count=1000)]
+            keys = [bytes(k) async for k in self.client.scan_iter(match=pattern, count=1000)]
         except UnicodeEncodeError:
             raise _not_text(prefix) from None
         except Exception as error:
             raise PersistenceError(f"Redis: {error}") from error
-        return sorted(bytes(k).decode()[start:] for k in keys)
+        # Every key starts with `self.prefix`: the sorted full keys are the sorted keys.
+        return [k[start:] for k in decode_stored_keys("RedisBackend", keys)]
 
 
 def _escape_glob(text: str) -> str:

@@ -15,6 +15,7 @@ from llm_agent_runtime.persistence._checks import (
     check_keys,
     check_prefix,
     check_value,
+    decode_stored_keys,
 )
 from llm_agent_runtime.persistence._waiting import run_in_thread
 from llm_agent_runtime.persistence.base import encode_key
@@ -73,14 +74,19 @@ class SqliteBackend:
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
+            conn = sqlite3.connect(
                 self.path, timeout=busy_timeout, check_same_thread=False, isolation_level=None
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            self._conn.execute(SCHEMA)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
+                conn.execute(SCHEMA)
+            except BaseException:
+                conn.close()  # e.g. the file is not a database: no connection left open
+                raise
         except (sqlite3.Error, OSError) as exc:
             raise PersistenceError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        self._conn = conn
 
     async def _run(
         self,
@@ -180,17 +186,24 @@ class SqliteBackend:
         return await self._run(None, read, wanted)
 
     async def list_keys(self, prefix: str = "") -> list[str]:
-        """Returns the stored keys starting with `prefix`, sorted."""
-        escaped = check_prefix(prefix).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        """Returns the stored keys starting with `prefix`, sorted.
+
+        One range of the primary key, whatever the prefix's length or characters. A key
+        that is not UTF-8 text (written by another client) is skipped, with a warning.
+        """
+        # Keys are UTF-8 text, compared byte by byte (so in code point order, Python's), and
+        # never hold the byte FF: [prefix, prefix + FF) holds exactly the keys starting with
+        # `prefix`. The bound is text that is not UTF-8, which SQLite compares as it is.
+        bounds = (check_prefix(prefix), encode_key(prefix) + b"\xff")
         rows = await self._run(
             None,
             lambda c: c.execute(
-                "SELECT key FROM kv WHERE key LIKE ? ESCAPE '\\' ORDER BY key", (escaped + "%",)
+                "SELECT CAST(key AS BLOB) FROM kv WHERE key >= ? AND key < CAST(? AS TEXT)",
+                bounds,
             ).fetchall(),
             (prefix,),
         )
-        # LIKE is case-insensitive for ASCII: filter exactly.
-        return [k for (k,) in rows if k.startswith(prefix)]
+        return decode_stored_keys("SqliteBackend", (bytes(k) for (k,) in rows))
 
     def close(self) -> None:
         """Closes the database connection."""
