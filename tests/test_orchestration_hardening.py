@@ -345,3 +345,68 @@ async def test_a_fake_clock_never_jumps_to_an_endless_sleep() -> None:
         await asyncio.sleep(0)
     assert clock.now() == 5.0 and not forever.done()
     forever.cancel()
+
+
+# -- a fake clock or a deduplicator used by one event loop, then another ------------------------
+
+
+def _close_loop_leaving(start: Any) -> None:
+    """Runs `start()` in a new event loop, closed then without cancelling what it left."""
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(start())
+    loop.close()
+
+
+def test_a_fake_clock_wakes_the_sleepers_of_the_next_event_loop() -> None:
+    clock = FakeClock()
+
+    async def leave_a_sleeper() -> None:
+        asyncio.ensure_future(clock.sleep(5))  # noqa: RUF006 - cancelled as the loop ends
+        await asyncio.sleep(0)
+
+    asyncio.run(leave_a_sleeper())  # ends before the clock's jump ran
+
+    async def sleep_one() -> float:
+        await asyncio.wait_for(clock.sleep(1), 1)  # virtual time: no real second
+        return clock.now()
+
+    assert asyncio.run(sleep_one()) == 1.0
+
+
+def test_a_fake_clock_drops_the_sleepers_of_a_closed_event_loop() -> None:
+    clock = FakeClock()
+
+    async def leave_a_sleeper() -> None:
+        asyncio.ensure_future(clock.sleep(0.5))  # noqa: RUF006 - left with its loop
+        await asyncio.sleep(0)
+
+    _close_loop_leaving(leave_a_sleeper)
+
+    async def sleep_one() -> float:
+        await asyncio.wait_for(clock.sleep(1), 1)  # the jump passes the closed loop's sleeper
+        return clock.now()
+
+    assert asyncio.run(sleep_one()) == 1.0
+    _close_loop_leaving(leave_a_sleeper)
+    clock.advance(1)  # not "Event loop is closed"
+    assert clock.now() == 2.0 and clock._sleepers == []
+    gc.collect()  # the tasks left with the closed loops go without an error
+
+
+def test_a_dedup_key_left_running_by_a_closed_event_loop_runs_again_in_the_next() -> None:
+    dedup = Deduplicator(ttl=60)
+
+    async def start_a_slow_run() -> None:
+        asyncio.ensure_future(dedup.run("k", asyncio.sleep, 10, "slow"))  # noqa: RUF006
+        await asyncio.sleep(0)
+
+    _close_loop_leaving(start_a_slow_run)
+    assert dedup.in_flight == 1  # the closed loop's run, which never finishes
+
+    async def run_fast() -> str:
+        return await asyncio.wait_for(dedup.run("k", lambda: "fast"), 1)
+
+    assert asyncio.run(run_fast()) == "fast"  # not "attached to a different loop"
+    assert asyncio.run(run_fast()) == "fast"  # the result is served
+    assert dedup.executions == 2 and dedup.in_flight == 0
+    gc.collect()

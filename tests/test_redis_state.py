@@ -817,6 +817,108 @@ async def test_a_refund_moves_up_a_reservation_in_flight_only_if_it_came_first()
     await limiter.close()
 
 
+# -- a refund never lets the workers sharing a bucket exceed it ----------------------------------
+
+
+async def _bucket(limiter: ar.RedisRateLimiter) -> tuple[float, float]:
+    """The stored level of the bucket of key "k", and the server time it was stored at."""
+    level, last = await limiter.client.hmget(limiter.redis_key("k"), "level", "last")
+    return float(level), float(last)
+
+
+async def test_a_refund_never_grants_tokens_twice_across_workers() -> None:
+    rate, capacity = 2.0, 1.0
+    prefix = f"twice:{os.getpid()}:"
+    a, b = (ar.RedisRateLimiter(redis_url(), rate, capacity, prefix=prefix) for _ in range(2))
+    await a.client.delete(a.redis_key("k"))
+    loop = asyncio.get_running_loop()
+    grants: list[float] = []
+
+    async def take(limiter: ar.RedisRateLimiter) -> None:
+        await limiter.acquire("k")
+        grants.append(loop.time())
+
+    try:
+        assert await a.try_acquire("k")  # empty
+        grants.append(loop.time())
+        a1 = asyncio.create_task(take(a))  # due at 0.5 s
+        await _until(lambda: _level_below(a, -0.5))
+        b2 = asyncio.create_task(take(b))  # another worker: due at 1 s
+        await _until(lambda: _level_below(a, -1.5))
+        a3 = asyncio.create_task(take(a))  # due at 1.5 s
+        await _until(lambda: _level_below(a, -2.5))
+        before, since = await _bucket(a)
+        a1.cancel()
+        await asyncio.gather(a1, return_exceptions=True)  # its refund was asked for
+        after, now = await _bucket(a)
+        # The bucket keeps a1's token: b2 keeps its time, so moving a3 up to it would grant
+        # the token to both at once.
+        assert after == pytest.approx(before + (now - since) * rate, abs=1e-6)
+        await asyncio.gather(b2, a3)
+        # However late the loop wakes them, the grants are 1 / rate apart, not together.
+        slack = 0.25
+        for i, first in enumerate(grants):
+            for j in range(i + 1, len(grants)):
+                assert j - i + 1 <= capacity + rate * (grants[j] - first + slack)
+    finally:
+        await a.client.delete(a.redis_key("k"))
+        await a.close()
+        await b.close()
+
+
+async def test_a_refund_is_made_while_every_command_since_came_from_the_same_limiter() -> None:
+    rate = 1 / 3600  # nothing refills meanwhile, to speak of
+    prefix = f"since:{os.getpid()}:"
+    a, b = (ar.RedisRateLimiter(redis_url(), rate, 5, prefix=prefix) for _ in range(2))
+    await a.client.delete(a.redis_key("k"))
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        assert await b.try_acquire("k", 5)  # empty
+        tasks.append(asyncio.create_task(b.acquire("k")))  # another worker's, first
+        await _until(lambda: _level_below(a, -0.5))
+        a2 = asyncio.create_task(a.acquire("k"))
+        await _until(lambda: _level_below(a, -1.5))
+        tasks.append(asyncio.create_task(a.acquire("k")))  # a3
+        await _until(lambda: _level_below(a, -2.5))
+        assert not await b.try_acquire("k")  # refused: it took nothing
+
+        async def numbered() -> bool:  # a's waiters have read their replies
+            return all(w.seq is not None for w in a._room.waiters["k"])
+
+        await _until(numbered)
+        a3 = max(a._room.waiters["k"], key=lambda w: w.seq or 0)
+        due = a3.due
+        a2.cancel()
+        await asyncio.gather(a2, return_exceptions=True)
+        await asyncio.sleep(0)  # the refund's move-up is settled
+        # Given back: the only reservation made since is a3, which is moved up.
+        assert (await _bucket(a))[0] == pytest.approx(-2, abs=0.01)
+        assert a3.due == pytest.approx(due - 1 / rate)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+        # A take of `a` whose caller is cancelled while it is in flight, after which b
+        # reserved: the bucket keeps the token (b's waiter was given its time without it).
+        await a.client.delete(a.redis_key("k"))
+        a._script, reply = _slow_replies(a._script)
+        taking = asyncio.create_task(a.try_acquire("k"))
+        await _until(lambda: _level_below(a, 4.5))  # a's take ran; its reply is held back
+        tasks = [asyncio.create_task(b.acquire("k", 5))]
+        await _until(lambda: _level_below(a, -0.5))
+        taking.cancel()
+        reply.set()
+        await asyncio.gather(taking, return_exceptions=True)
+        assert (await _bucket(a))[0] == pytest.approx(-1, abs=0.01)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await a.client.delete(a.redis_key("k"))
+        await a.close()
+        await b.close()
+
+
 # -- connections the server closed, or that died silently, are replaced before use --------------
 
 
@@ -955,17 +1057,20 @@ async def test_a_shared_waiter_cancelled_once_due_gives_nothing_back() -> None:
         # before it reads it, a reservation is given back whatever the time: in flight).
         await asyncio.sleep(0.1)
         time.sleep(1.1)  # the loop is busy: the waiter is due, and has not resumed
-        other = redis.Redis.from_url(url)  # another worker, meanwhile
+        other = redis.Redis.from_url(url)  # a command of this limiter object, meanwhile
         seconds, micros = other.time()
         taken_after = seconds + micros / 1e6
         # It takes the one token the bucket holds (full since 1 s: it dropped one at capacity).
-        assert other.eval(_BUCKET_SCRIPT, 1, key, 2.0, 1.0, 1.0, 0)[0] == 1
+        # Sent as this limiter's (another worker's command would keep the refund from being
+        # made whatever the time): only the waiter being due keeps its token.
+        take = (2.0, 1.0, 1.0, 0, limiter._owner)
+        assert other.eval(_BUCKET_SCRIPT, 1, key, *take)[0] == 1
         other.close()
         waiter.cancel()  # the waiter's timeout fires before it resumed
         with pytest.raises(asyncio.CancelledError):
             await waiter
         level, last = map(float, await limiter.client.hmget(key, "level", "last"))
-        # What has refilled since the other worker took the token, no more: given back, the
+        # What has refilled since the token was taken, no more: given back, the
         # waiter's token was a second grant at once.
         assert level <= (last - taken_after) * 2.0 + 1e-9
     finally:
@@ -986,8 +1091,8 @@ async def test_the_shared_bucket_keeps_the_servers_time_to_the_microsecond() -> 
         await limiter.client.delete(key)
         async with limiter.client.pipeline(transaction=False) as pipe:
             pipe.time()
-            await limiter._script(keys=[key], args=[rate, capacity, capacity, 0], client=pipe)
-            await limiter._script(keys=[key], args=[rate, capacity, 0.5, 0], client=pipe)
+            await limiter._script(keys=[key], args=[rate, capacity, capacity, 0, "w"], client=pipe)
+            await limiter._script(keys=[key], args=[rate, capacity, 0.5, 0, "w"], client=pipe)
             pipe.time()
             before, _, half, after = await pipe.execute()
         elapsed = (after[0] - before[0]) + (after[1] - before[1]) / 1e6

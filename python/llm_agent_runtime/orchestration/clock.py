@@ -50,6 +50,9 @@ class FakeClock:
     or a thread is not ready: the clock may jump meanwhile. A task that yields with
     `asyncio.sleep(0)` for ever holds the clock back 1,000 turns of the loop at most.)
 
+    Event loops may use one clock in turn (each `asyncio.run` of a test, say): sleepers that a
+    closed loop left behind are dropped, never woken.
+
     Args:
         start: the initial time in seconds.
     """
@@ -63,7 +66,9 @@ class FakeClock:
         self._now = start
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
-        self._jump_scheduled = False
+        # The loop a jump is scheduled on (None: none is); one that stopped or was closed
+        # before running it leaves it to the next loop that sleeps.
+        self._jump_loop: asyncio.AbstractEventLoop | None = None
         self.sleeps: list[float] = []
         """Every duration passed to `sleep`, in order (lets tests check backoff)."""
 
@@ -74,6 +79,8 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Moves time forward, waking every sleeper whose deadline has come.
 
+        Sleepers of an event loop that was closed are dropped instead.
+
         Raises:
             ValueError: `seconds` is negative (monotonic time never goes back), NaN or
                 infinite (time would stay NaN or infinite for good).
@@ -83,7 +90,7 @@ class FakeClock:
         self._now += seconds
         while self._sleepers and self._sleepers[0][0] <= self._now:
             _, _, future = heapq.heappop(self._sleepers)
-            if not future.done():
+            if not _gone(future):
                 future.set_result(None)
 
     async def sleep(self, seconds: float) -> None:
@@ -96,16 +103,20 @@ class FakeClock:
         try:
             await future
         finally:
-            if not future.done():
+            if not _gone(future):
                 future.cancel()
 
     def _schedule_jump(self) -> None:
-        if not self._jump_scheduled:
-            self._jump_scheduled = True
-            asyncio.get_running_loop().call_soon(self._jump, 1)
+        loop = asyncio.get_running_loop()
+        # Another loop's jump, if any, is not coming: that loop is not running.
+        if self._jump_loop is not loop:
+            self._jump_loop = loop
+            loop.call_soon(self._jump, 1)
 
     def _jump(self, turns: int) -> None:
         loop = asyncio.get_running_loop()
+        if self._jump_loop is not loop:
+            return  # a loop that stopped before its jump ran: another loop's jump took over
         # asyncio's queue of ready callbacks (private; an event loop without one, such as
         # uvloop, gets the fixed minimum of turns instead).
         ready = getattr(loop, "_ready", None)
@@ -114,14 +125,19 @@ class FakeClock:
         ):
             loop.call_soon(self._jump, turns + 1)
             return
-        self._jump_scheduled = False
-        while self._sleepers and self._sleepers[0][2].done():
-            heapq.heappop(self._sleepers)  # cancelled sleepers
+        self._jump_loop = None
+        while self._sleepers and _gone(self._sleepers[0][2]):
+            heapq.heappop(self._sleepers)  # cancelled sleepers, or a closed loop's
         if not self._sleepers or self._sleepers[0][0] == math.inf:
             return  # what sleeps for ever is never woken, as on the system clock
         self.advance(max(0.0, self._sleepers[0][0] - self._now))
         if self._sleepers:
             self._schedule_jump()
+
+
+def _gone(future: asyncio.Future[None]) -> bool:
+    """Whether a sleeper's future is done, or was left by an event loop that was closed."""
+    return future.done() or future.get_loop().is_closed()
 
 
 SYSTEM_CLOCK = SystemClock()

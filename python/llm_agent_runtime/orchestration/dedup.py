@@ -122,12 +122,17 @@ class Deduplicator:
 
         `key` and `fn` are positional-only, so `kwargs` may hold arguments of those names.
         The callers of one key share one result, so give one key to one computation: the
-        result is typed as `fn`'s (an awaitable `fn` returns is awaited).
+        result is typed as `fn`'s (an awaitable `fn` returns is awaited). An execution left
+        running by an event loop that was closed never finishes: it is dropped, and the call
+        runs again.
         """
         hit, value = self._cached(key)
         if hit:
             return value
         task = self._in_flight.get(key)
+        if task is not None and task.get_loop().is_closed():
+            del self._in_flight[key]
+            task = None
         if task is None:
             self.executions += 1
             task = asyncio.ensure_future(call_maybe_async(fn, *args, **kwargs))

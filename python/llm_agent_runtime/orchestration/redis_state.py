@@ -122,10 +122,16 @@ def _decode(raw: bytes | None) -> CircuitState:
 
 # Token bucket, atomically in Redis, on the server's clock (shared by every worker).
 # KEYS[1] bucket; ARGV: rate, capacity, tokens, mode (0 = take or refuse, 1 = reserve,
-# 2 = refund), and for a refund the server time its reservation is due at (none: refund it
+# 2 = refund), the id of the limiter object sending the command, and for a refund the seq of
+# the command it gives back and the server time its reservation is due at (none: refund it
 # whatever the time). Returns {granted (0/1; for a refund: whether it was made), wait seconds,
 # seq, server time}, numbers as strings: seq numbers the bucket's commands, so a refund tells
 # which reservations came after the one it gives back.
+# `owner` and `since`: the limiter object that sent the latest commands that took or gave back
+# tokens, and the seq of the first of them. A refund is made only when that object sends it
+# and its command came since: every reservation made after it is that object's, which moves
+# them all up. The waiters of another object keep the times they were given, so giving the
+# tokens back then would grant them twice.
 # A missing key reads as a full bucket, so the key lives until its bucket has refilled from
 # the level it is left at, debt included (plus a minute; at most ~31 years). Its seq starts
 # again then, when every reservation it held is due anyway.
@@ -134,20 +140,22 @@ def _decode(raw: bytes | None) -> CircuitState:
 _BUCKET_SCRIPT = """
 local rate, capacity, tokens, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
     tonumber(ARGV[4])
+local owner = ARGV[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'level', 'last', 'seq')
+local state = redis.call('HMGET', KEYS[1], 'level', 'last', 'seq', 'owner', 'since')
 local level = tonumber(state[1]) or capacity
 local last = tonumber(state[2]) or now
 local seq = (tonumber(state[3]) or 0) + 1
+local since = tonumber(state[5])  -- set whenever owner is
 level = math.min(capacity, level + (now - last) * rate)
 local granted, wait = 0, 0
 if mode == 2 then
   -- Once due, the reservation's tokens have been refilled and may have been dropped at
   -- capacity since: giving them back would grant them twice. Before, the bucket is in debt
   -- for them and takes them all back.
-  local due = tonumber(ARGV[5])
-  if due == nil or now < due then
+  local after, due = tonumber(ARGV[6]), tonumber(ARGV[7])
+  if state[4] == owner and since <= after and (due == nil or now < due) then
     level = math.min(capacity, level + tokens)
     granted = 1
   end
@@ -161,6 +169,9 @@ elseif level >= tokens then
 end
 local function exact(x) return string.format('%.17g', x) end
 redis.call('HSET', KEYS[1], 'level', exact(level), 'last', exact(now), 'seq', seq)
+if granted == 1 and state[4] ~= owner then
+  redis.call('HSET', KEYS[1], 'owner', owner, 'since', seq)
+end
 redis.call('EXPIRE', KEYS[1], math.min(math.ceil((capacity - level) / rate) + 60, 1000000000))
 return {granted, exact(wait), seq, exact(now)}
 """
@@ -169,14 +180,17 @@ return {granted, exact(wait), seq, exact(now)}
 class RedisRateLimiter:
     """A token bucket per key shared by every process that uses the same Redis.
 
-    The same semantics as `RateLimiter` (capacity, refill rate, waiters served in arrival
-    order, a cancelled waiter's tokens given back), made atomic by a Lua script running on the
-    Redis server's clock, so workers on many machines draw from one bucket.
+    The semantics of `RateLimiter` (capacity, refill rate, waiters served in arrival order),
+    made atomic by a Lua script running on the Redis server's clock, so workers on many
+    machines draw from one bucket. The bucket's capacity and rate hold across all of them.
 
-    One limit across processes: when a waiter gives its reservation back, only the waiters
-    behind it in the same limiter object are woken sooner. Those of other processes (or other
-    limiter objects) keep the wait they were given, so a caller arriving later may be served
-    before them; none is served sooner than the rate allows.
+    A cancelled waiter's tokens are given back only while every command that has taken or
+    given back tokens of the bucket since its reservation came from this limiter object: the
+    waiters of this object behind it are then served that much sooner, as in `RateLimiter`.
+    Once another worker (another process, or another limiter object) has taken tokens since,
+    the bucket keeps them: that worker's waiters were given their times already, and giving
+    the tokens back would let the waiters behind them use the same tokens again. So a
+    cancelled waiter may cost throughput; it never lets callers exceed the limit.
 
     Limiters share the bucket of a key when they have the same `prefix`, `rate` and
     `capacity` (the bucket's Redis key is `redis_key(key)`: `<prefix><rate>/<capacity>:<key>`),
@@ -184,9 +198,9 @@ class RedisRateLimiter:
     from it by accident. Give limiters of one rate and capacity that must not share distinct
     keys or prefixes.
 
-    A caller cancelled while its command is in flight gives back whatever the command took:
-    the command runs to its end, then the tokens are refunded, then `CancelledError` is
-    raised.
+    A caller cancelled while its command is in flight gives back whatever the command took
+    (under the same condition): the command runs to its end, then the tokens are refunded,
+    then `CancelledError` is raised.
 
     Args:
         url: e.g. `redis://host:6379/0`.
@@ -219,6 +233,8 @@ class RedisRateLimiter:
         self._namespace = f"{prefix}{rate!r}/{capacity!r}:"
         self.client: Any = redis_client(url, "RedisRateLimiter")
         self._script = self.client.register_script(_BUCKET_SCRIPT)
+        # Tells the bucket which commands are this object's (see `_BUCKET_SCRIPT`).
+        self._owner = uuid.uuid4().hex
         # This object's callers of `acquire` on each key, from before their command is sent.
         self._room = _WaitingRoom()
 
@@ -241,13 +257,19 @@ class RedisRateLimiter:
         return tokens
 
     async def _run(
-        self, key: str, tokens: float, mode: int, due: float | None = None
+        self, key: str, tokens: float, mode: int, after: int = 0, due: float | None = None
     ) -> tuple[bool, float, int, float]:
-        """Runs the script; returns (granted, wait, seq, server time), as `_BUCKET_SCRIPT`."""
+        """Runs the script; returns (granted, wait, seq, server time), as `_BUCKET_SCRIPT`.
+
+        `after` and `due`: for a refund (mode 2), the command it gives back and when that
+        reservation is due (None: refunded whatever the time).
+        """
         redis_key = self._namespace + key
-        args = [self.rate, self.capacity, tokens, mode]
-        if due is not None:
-            args.append(due)
+        args: list[Any] = [self.rate, self.capacity, tokens, mode, self._owner]
+        if mode == 2:
+            args.append(after)
+            if due is not None:
+                args.append(due)
         try:
             granted, wait, seq, now = await self._script(keys=[redis_key], args=args)
         except Exception as error:
@@ -281,11 +303,13 @@ class RedisRateLimiter:
         """Gives back `tokens` that command `after` took; a Redis failure is logged, not raised.
 
         `due`: the server time the reservation is due at; none is given back from then on
-        (None: given back whatever the time). The reservations made since are due sooner:
-        this limiter's waiters among them are moved up.
+        (None: given back whatever the time). Nor is any given back once another limiter
+        object has taken or given back tokens of the bucket since command `after` (see the
+        class docstring). When the tokens are given back, the reservations made since (all
+        this object's) are due sooner: its waiters among them are moved up.
         """
         try:
-            refunded, _, refund, _ = await self._run(key, tokens, 2, due)
+            refunded, _, refund, _ = await self._run(key, tokens, 2, after, due)
         except Exception as error:
             logger.warning("RedisRateLimiter: could not give back %s tokens: %s", tokens, error)
             return
@@ -307,13 +331,13 @@ class RedisRateLimiter:
     async def acquire(self, key: str = "default", tokens: float = 1.0) -> None:
         """Takes `tokens`, waiting (in arrival order across all workers) until refilled.
 
-        A cancelled caller takes nothing: its reservation is given back, and the callers of
-        this limiter waiting behind it are served that much sooner (see the class docstring
-        for those of other processes). A caller cancelled once its reservation is due on the
-        server's clock (before it resumed) was served: nothing is given back, as the bucket
-        may have dropped the tokens refilled for it at capacity since. (Refunds of other
-        processes' waiters ahead of it are not known here: until the time it was given, it
-        is not taken as due.)
+        A cancelled caller is not served. Its reservation is given back, and the callers of
+        this limiter waiting behind it are served that much sooner, unless another limiter
+        object (another worker) has taken or given back tokens of the bucket since it was
+        made: the bucket keeps the tokens then (see the class docstring). A caller cancelled
+        once its reservation is due on the server's clock (before it resumed) was served:
+        nothing is given back, as the bucket may have dropped the tokens refilled for it at
+        capacity since.
 
         Raises:
             ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
