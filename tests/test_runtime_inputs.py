@@ -371,7 +371,8 @@ async def test_remembered_approvals_are_kept_for_the_latest_sessions_only(
     sessions = [rt.create_session("a", f"s{i}") for i in range(5)]
     for session in sessions:
         await rt.run_agent("a", "q", react(*adds), session=session)
-    assert list(rt._approvals) == ["s2", "s3", "s4"] == list(rt._approval_locks)
+    assert list(rt._approvals) == ["s2", "s3", "s4"]
+    assert rt._approval_locks == {}  # a run's locks end with it
     await rt.run_agent("a", "q", react(*adds), session=sessions[2])  # remembered
     assert asked == ["s0", "s1", "s2", "s3", "s4"]
     assert list(rt._approvals) == ["s3", "s4", "s2"]  # the latest run last

@@ -9,6 +9,9 @@ The order of a run's events: `RunStarted`, then per step the model's (`LlmTextDe
 before the final checkpoint, because the event log that checkpoint writes must hold it: so a
 run whose final checkpoint fails emits `RunFinished` and then `ErrorEvent` (the run raises
 `PersistenceError`), and its logged events end the same way.
+
+A checkpoint backend's event log (`AgentRuntime.session_events`) keeps every event but
+`LlmTextDelta` (`LlmResponse` holds the whole text) and `CheckpointSaved`.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ class RunStarted(NamedTuple):
 class LlmTextDelta(NamedTuple):
     """Model text as it arrives: streamed pieces, or a whole reply that was not streamed.
 
-    Every mode emits them (ReAct text models too), so their texts joined are the reply.
+    Every mode emits them (ReAct text models too), so their texts joined are the reply. Only
+    while a callback or a subscriber listens (`EventBus.listening`): the event log of a
+    checkpoint backend does not keep them (`LlmResponse` holds the whole text).
     """
 
     session_id: str
@@ -192,14 +197,26 @@ class EventBus:
     """Fans events out to callbacks and to async subscribers.
 
     `active` is False while nobody listens, so the runtime skips building events entirely.
+    `listening` is False while nobody listens but the runtime's own event log (with a
+    checkpoint backend): the runtime then neither streams a model's text nor emits
+    `LlmTextDelta`, which the log does not keep.
     """
 
-    __slots__ = ("_callbacks", "_pending", "_queues", "active", "emit", "has_async_callbacks")
+    __slots__ = (
+        "_callbacks",
+        "_pending",
+        "_queues",
+        "_recorders",
+        "active",
+        "emit",
+        "has_async_callbacks",
+    )
 
     def __init__(self) -> None:
         self._callbacks: list[Callable[[Event], Any]] = []
         self._queues: list[asyncio.Queue[Event | None]] = []
         self._pending: set[asyncio.Future[Any]] = set()
+        self._recorders: list[Callable[[Event], Any]] = []
         self.active = False
         self.has_async_callbacks = False
         """Whether an async callback was registered (or a callback returned a coroutine):
@@ -248,6 +265,24 @@ class EventBus:
             self.has_async_callbacks = True
         return callback
 
+    def _add_recorder(self, callback: Callable[[Event], Any]) -> None:
+        """Registers `callback` as `on` does, as a recorder, which does not count as listening.
+
+        A runtime with a checkpoint backend keeps its event log so: every event is built and
+        reaches the recorder (`active`), but `listening` stays False until a callback or a
+        subscriber listens, so a recorder alone is sent no text deltas. `off` removes it.
+        """
+        self.on(callback)
+        self._recorders.append(callback)
+
+    @property
+    def listening(self) -> bool:
+        """Whether a callback or a subscriber listens, besides the runtime's event log.
+
+        The runtime streams a model's text, and emits `LlmTextDelta`, only then.
+        """
+        return bool(self._queues) or len(self._callbacks) > len(self._recorders)
+
     def off(self, callback: Callable[[Event], Any]) -> None:
         """Removes a callback registered with `on`; one that is not registered is ignored.
 
@@ -257,6 +292,8 @@ class EventBus:
         """
         with contextlib.suppress(ValueError):  # not registered: nothing to remove
             self._callbacks.remove(callback)
+            if callback in self._recorders:
+                self._recorders.remove(callback)
         self.active = bool(self._callbacks or self._queues)
 
     def subscribe(self, max_buffered: int | None = None) -> Subscription:

@@ -15,6 +15,7 @@ import inspect
 import itertools
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -51,7 +52,7 @@ from llm_agent_runtime.events import (
     settle_callbacks,
 )
 from llm_agent_runtime.memory import CHARS_PER_TOKEN, fit_to_token_budget
-from llm_agent_runtime.orchestration._checks import check_count
+from llm_agent_runtime.orchestration._checks import check_count, check_real
 from llm_agent_runtime.providers.base import (
     TRUNCATION_STOP_REASONS,
     ChatResponse,
@@ -263,7 +264,8 @@ class AgentRuntime:
             registered (a name the model made up) count under one name, `(unknown tool)`:
             the per-tool counters (and their Prometheus series) stay as few as the tools.
         checkpoint_backend: Makes runs durable: each step is saved as `session:<id>:step:<n>`
-            (what the step added), each tool call is journaled, the events are logged, and the
+            (what the step added), each tool call is journaled, the events are logged (all
+            but `LlmTextDelta` and `CheckpointSaved`: see `session_events`), and the
             whole session is saved as `session:<id>` at the end; `resume` continues a run
             that was interrupted. In keys, `%` and `:` of an id are escaped as `%25` and
             `%3A` (see `persistence.base.escape_session_id`): ids may hold any text.
@@ -380,7 +382,8 @@ class AgentRuntime:
         self._running: set[str] = set()
         self._tracer = _load_tracer()
         # Per session: remembered decisions (by tool, or by tool and arguments for an edit),
-        # and one lock per tool so that a tool's approval is asked once at a time.
+        # and, while it runs, one lock per tool so that a tool's approval is asked once at a
+        # time (a lock is its run's: the next run may be on another event loop).
         self._approvals: dict[str, dict[str | tuple[str, str], ApprovalDecision]] = {}
         self._approval_locks: dict[str, dict[str, asyncio.Lock]] = {}
         self._semantic_recall = bool(getattr(memory, "has_embedder", False))
@@ -388,8 +391,8 @@ class AgentRuntime:
         self._guarded = bool(
             capabilities is not None or self._hooks["on_tool_call"] or approval_handler is not None
         )
-        if self._checkpoints is not None:
-            self.events.on(self._log_event)
+        if self._checkpoints is not None:  # a recorder: the log is no listener (no deltas)
+            self.events._add_recorder(self._log_event)
 
     # ------------------------------------------------------------------ public API
     async def run_agent(
@@ -444,7 +447,9 @@ class AgentRuntime:
 
         Raises:
             AgentRuntimeError: `provider` lacks a method the mode needs (`chat`, or
-                `complete` for a text model without stop sequences), or as `run_agent`.
+                `complete` for a text model without stop sequences), a reply's usage has a
+                cost (`Usage.cost_usd`) that is NaN, infinite or below 0 (with or without a
+                budget), or as `run_agent`.
             AgentLoopError: As `run_agent`, or the reply that would end the run or name a
                 tool's input was cut off (see above).
         """
@@ -972,6 +977,7 @@ class AgentRuntime:
                     model_ms = (perf() - model_start) * 1000.0
                     if type(reply) is _ProviderReply:
                         usage = reply.usage
+                        _check_cost(usage)
                         if reply.stop_reason in _INCOMPLETE_STOP_REASONS:
                             incomplete = reply.stop_reason
                         reply = str(reply)
@@ -993,7 +999,7 @@ class AgentRuntime:
                     metrics.record_tokens(input_tokens, output_tokens)
                     if budget is not None:
                         self._charge_budget(input_tokens, output_tokens, cost_usd)
-                    if events.active and reply:  # a text model's reply is whole: one delta
+                    if events.listening and reply:  # a text model's reply is whole: one delta
                         events.emit(_event(LlmTextDelta, (session.session_id, reply)))
                     for hook in post_hooks:
                         reply = await _rewrite(hook(session, reply), reply, "on_post_llm")
@@ -1145,7 +1151,8 @@ class AgentRuntime:
             if not replayed and budget is not None:  # a spent budget pays for no model call
                 budget.check()
             round_start = perf()
-            stream = streams_text and events.active  # text deltas only while someone listens
+            # Text deltas only while someone listens (the event log does not keep them).
+            stream = streams_text and events.listening
             if replayed:  # the response of an interrupted round, handled (hooks, charge) then
                 saved = journal[0]["round"]
                 response = ChatResponse(
@@ -1184,6 +1191,7 @@ class AgentRuntime:
             usage = response.usage
             incomplete = None if replayed else response.stop_reason
             if not replayed:
+                _check_cost(usage)
                 if not (usage.input_tokens or usage.output_tokens):
                     # A server that reports no usage: estimated, as in ReAct mode, so budgets
                     # and token metrics still count the call.
@@ -1198,7 +1206,7 @@ class AgentRuntime:
                     if len(cut) < len(text):  # it ended at a stop sequence, before any cut
                         incomplete = None
                     text = cut
-                if not stream and text and events.active:
+                if not stream and text and events.listening:
                     events.emit(_event(LlmTextDelta, (session.session_id, text)))
                 for hook in post_hooks:
                     text = await _rewrite(hook(session, text), text, "on_post_llm")
@@ -1272,6 +1280,7 @@ class AgentRuntime:
                     record = self._step_record(session, step, text, call.id, call is calls[0])
                     if reasoning and call is calls[0]:  # saved with the round's first step
                         record.round_reasoning = list(reasoning)
+                    record.requested = _requested(call, name, arguments)
                     records.append(record)
                 if error_kind is not None:
                     result.is_error = True  # a failed tool's result says so (Anthropic's)
@@ -1555,23 +1564,22 @@ class AgentRuntime:
     def forget_approvals(self, session_id: str) -> None:
         """Drops the approval decisions remembered for a session."""
         self._approvals.pop(session_id, None)
-        self._approval_locks.pop(session_id, None)
 
     def _drop_unremembered_approvals(self, session_id: str) -> None:
-        """At a run's end: drops the session's approval state unless a decision is remembered.
+        """At a run's end: drops the session's approval locks, and unremembered decisions.
 
+        The locks are the run's own: an `asyncio.Lock` belongs to the event loop it was first
+        contended on, and the session's next run may be on another (a new `asyncio.run`).
         Remembered decisions stay (per session, until `forget_approvals`), for the
         `REMEMBERED_APPROVAL_SESSIONS` sessions that ran last (the oldest idle ones are
         forgotten first); a session with none keeps nothing, so runs do not pile up entries.
         """
+        self._approval_locks.pop(session_id, None)
         remembered = self._approvals.pop(session_id, None)
-        locks = self._approval_locks.pop(session_id, None)
         if not remembered:
             return
-        # Put back last: the dicts keep their order, oldest run first.
+        # Put back last: the dict keeps its order, oldest run first.
         self._approvals[session_id] = remembered
-        if locks is not None:
-            self._approval_locks[session_id] = locks
         excess = len(self._approvals) - REMEMBERED_APPROVAL_SESSIONS
         if excess > 0:
             idle = list(
@@ -1620,7 +1628,9 @@ class AgentRuntime:
     # The one place checkpoints are written: per-step deltas (failures logged and counted,
     # never raised), the tool-call journal, and the final session (failure raised).
     def _log_event(self, event: Event) -> None:
-        if not isinstance(event, CheckpointSaved):  # the log records the run, not itself
+        # The log records the run, not itself, and no text deltas: `LlmResponse` holds the
+        # whole text (a streamed reply would be a record per chunk).
+        if not isinstance(event, (CheckpointSaved, LlmTextDelta)):
             self._event_log.setdefault(event.session_id, []).append(event)
 
     async def _save_steps(self, session: AgentSession, records: list[StepRecord]) -> None:
@@ -2120,7 +2130,12 @@ class AgentRuntime:
         return await self._checkpoints.sweep(older_than)
 
     async def session_events(self, session_id: str) -> list[dict[str, Any]]:
-        """The logged events of a session, oldest first (type and fields of each)."""
+        """The logged events of a session, oldest first (type and fields of each).
+
+        Every event of its runs but `LlmTextDelta` (the text is in `LlmResponse`; a streamed
+        reply is not saved chunk by chunk) and `CheckpointSaved`. A float JSON has no number
+        for (a NaN in a tool call's arguments) is logged as its `str`.
+        """
         if self._checkpoints is None:
             raise AgentRuntimeError("the event log needs a checkpoint_backend")
         return await self._checkpoints.events(session_id)
@@ -2220,15 +2235,17 @@ def _replay_rounds(records: list[StepRecord], messages: list[Message]) -> int:
     """Appends the chat messages of saved native rounds; returns how many rounds there were.
 
     `records` are the interrupted run's own steps. They give the messages it sent: each
-    round's reply with its reasoning blocks, and each tool's result, marked as an error when
-    the tool failed. A final answer ends a turn: the rounds before one are another turn's
-    (records of older versions did not tell a run's steps), so they are dropped.
+    round's reply, with the calls the model asked for (`StepRecord.requested` when a
+    middleware or an approval changed one, else the call that ran) and its reasoning blocks,
+    and each tool's result, marked as an error when the tool failed. A final answer
+    (`StepRecord.is_final`) ends a turn: the rounds before one are another turn's (records of
+    older versions did not tell a run's steps), so they are dropped.
     """
     rounds = 0
     replayed = len(messages)
     for position, record in enumerate(records):
         step = record.step
-        if step.action == "FINAL_ANSWER":
+        if record.is_final:
             del messages[replayed:]
             rounds = 0
             continue
@@ -2236,23 +2253,40 @@ def _replay_rounds(records: list[StepRecord], messages: list[Message]) -> int:
             rounds += 1
             calls = []
             for later in records[position:]:
-                if later is not record and (
-                    later.round_start or later.step.action == "FINAL_ANSWER"
-                ):
+                if later is not record and (later.round_start or later.is_final):
                     break
-                calls.append(
-                    ToolCall(
-                        id=later.call_id or "",
-                        name=later.step.action,
-                        arguments=later.step.action_input or {},
-                    )
-                )
+                name, arguments = _requested_call(later)
+                calls.append(ToolCall(id=later.call_id or "", name=name, arguments=arguments))
             text, reasoning = record.round_text or "", record.round_reasoning or ()
             messages.append(Message("assistant", text, calls, None, None, reasoning))
-        result = Message("tool", step.observation, [], record.call_id, step.action)
+        name = _requested_call(record)[0]
+        result = Message("tool", step.observation, [], record.call_id, name)
         result.is_error = step.error_kind is not None
         messages.append(result)
     return rounds
+
+
+def _requested_call(record: StepRecord) -> tuple[str, Any]:
+    """The tool call a saved native step's model asked for: its name and arguments."""
+    requested = record.requested
+    if requested is not None:
+        return requested["name"], requested["arguments"]
+    return record.step.action, record.step.action_input or {}
+
+
+def _requested(call: ToolCall, name: str, arguments: Any) -> dict[str, Any] | None:
+    """The model's `call` when it is not the call that ran (`name`, `arguments`), else None.
+
+    A middleware or an approval may change a call before it runs: its step records the call
+    that ran, and its checkpoint this one too, which a resumed run sends back as the model's.
+    """
+    if name == call.name and arguments is call.arguments:
+        return None
+    try:
+        same = name == call.name and bool(arguments == call.arguments)
+    except Exception:  # arguments that do not compare (a middleware's own objects)
+        same = False
+    return None if same else {"name": call.name, "arguments": call.arguments}
 
 
 # A random per-process prefix plus a counter: unique across processes like a uuid4, without
@@ -2362,6 +2396,30 @@ class _ProviderReply(str):
         reply.stop_reason = stop_reason
         reply.usage = usage
         return reply
+
+
+def _check_cost(usage: Usage) -> None:
+    """Refuses a provider's price of a call (`Usage.cost_usd`) that is no amount of dollars.
+
+    Checked at every model call, with a budget or without, as the token counts are (the
+    metrics refuse a count below 0): a provider whose pricing went wrong fails a run the
+    same way whether or not a `CostBudget` would charge the cost.
+
+    Raises:
+        AgentRuntimeError: The cost is NaN, an infinity, below 0, or not a number.
+    """
+    cost = usage.cost_usd
+    if type(cost) is float and 0.0 <= cost < math.inf:
+        return
+    try:
+        dollars = check_real("cost_usd", cost)
+    except ValueError:
+        dollars = math.nan
+    if not 0 <= dollars < math.inf:  # NaN fails too
+        raise AgentRuntimeError(
+            "the provider's usage cost (Usage.cost_usd) must be a finite number of US dollars "
+            f">= 0, got {cost!r:.60}"
+        )
 
 
 def _journaled_usage(entry: dict[str, Any]) -> Usage | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -233,18 +234,25 @@ class AgentSession:
             raise PersistenceError(f"session cannot be copied: {error!r}") from error
 
     def to_json(self) -> str:
-        """Serializes the session to JSON.
+        """Serializes the session to strict JSON.
 
-        As a checkpoint record does: a value JSON has no type for becomes its `str`, a dict
-        key that is an int, float, bool or None a string; any other key is refused, not renamed.
+        As a checkpoint record does: a value JSON has no type for becomes its `str`, and so
+        does a float it has no number for (a NaN or an infinity in a step's `action_input`,
+        say: `"nan"`, `"inf"`); a dict key that is an int, float, bool or None becomes a
+        string; any other key is refused, not renamed. `from_json` gives the session back
+        with those values as the strings they became.
 
         Raises:
             PersistenceError: When a dict key (in a step's `action_input`, say) is not a str,
                 int, float, bool or None, such as a tuple, or the session nests too deeply to
                 encode. Checkpointing the same session fails too.
         """
+        data = self.to_dict()
         try:
-            return json.dumps(self.to_dict(), default=str)
+            try:
+                return json.dumps(data, default=str, allow_nan=False)
+            except ValueError:  # a NaN or an infinity, which strict JSON has no number for
+                return json.dumps(finite_floats(data), default=str, allow_nan=False)
         except TypeError as error:  # `default` covers values, never keys
             raise PersistenceError(f"session cannot be encoded as JSON: {error}") from error
         except RecursionError:  # nested deeper than the stack this call runs on allows
@@ -399,6 +407,28 @@ def message_problem(message: Any) -> str | None:
         if value is not None and not isinstance(value, str):
             return f"{key!r} must be a string, got {_kind(value)}"
     return None
+
+
+def finite_floats(value: Any) -> Any:
+    """`value` with each float JSON has no number for (a NaN, an infinity) made its `str`.
+
+    At any depth of dicts (their keys too), lists and tuples (made lists, as JSON writes
+    them); other values are kept as they are. So strict JSON (`allow_nan=False`) takes what
+    `json` alone would write as `NaN` or `Infinity`.
+
+    Raises:
+        RecursionError: `value` nests deeper than the stack allows (or contains itself).
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {
+            (str(k) if isinstance(k, float) and not math.isfinite(k) else k): finite_floats(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [finite_floats(v) for v in value]
+    return value
 
 
 def _utf8_len(text: str) -> int:

@@ -86,6 +86,8 @@ _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, asyncio.Timeou
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """Tool names the providers accept (OpenAI and Anthropic enforce this pattern)."""
+_FINAL_ANSWER = "FINAL_ANSWER"
+"""The action of a final answer: no tool is named so, in any letter case (see `_check_name`)."""
 _PROPERTY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 """Argument names (the schema's property keys) Anthropic accepts; OpenAI accepts them too."""
 
@@ -244,13 +246,25 @@ def _group_leaves(error: BaseException) -> list[BaseException] | None:
 
 
 def _check_name(name: Any) -> None:
-    """Raises `ToolError` unless `name` is a tool name every provider accepts."""
+    """Raises `ToolError` unless `name` is a tool name every provider accepts.
+
+    `FINAL_ANSWER` is refused in any letter case (`final_answer` too): the ReAct parser reads
+    `Action: FINAL_ANSWER ...`, its letter case ignored, as the final answer, so such a tool
+    could never run, and a step of that name is a run's final answer.
+    """
     if not isinstance(name, str) or not name.strip():
         raise ToolError("tool name must not be empty")
     if _NAME.fullmatch(name) is None:
         raise ToolError(
             f"tool name {name!r} is invalid: use 1 to 64 ASCII letters, digits, '_' or '-' "
             "(providers refuse other names)",
+            tool=name,
+        )
+    if name.upper() == _FINAL_ANSWER:
+        raise ToolError(
+            f"tool name {name!r} is reserved: 'Action: FINAL_ANSWER ...' is the final answer "
+            "in ReAct mode (in any letter case), so the tool could never run; name it "
+            "otherwise",
             tool=name,
         )
 
@@ -373,7 +387,8 @@ class ToolSpec:
     cancelled or timed out, so give a handler that may block for long a `timeout`.
 
     Args:
-        name: Name the model calls the tool by: 1 to 64 ASCII letters, digits, '_' or '-'.
+        name: Name the model calls the tool by: 1 to 64 ASCII letters, digits, '_' or '-',
+            other than `FINAL_ANSWER` in any letter case (the final answer's action).
         description: What the tool does, shown to the model.
         handler: `dict -> result`, sync or async.
         parameters: JSON schema of the arguments object.
@@ -393,8 +408,9 @@ class ToolSpec:
             key) each call gets a fresh random key: unique per call, never repeated.
 
     Raises:
-        ToolError: When the name is empty or not a valid tool name; the handler is not
-            callable, or is a generator function; `parameters` is not a dict holding an
+        ToolError: When the name is empty, not a valid tool name, or `FINAL_ANSWER` in any
+            letter case (reserved for the final answer); the handler is not callable, or
+            is a generator function; `parameters` is not a dict holding an
             object's schema, or names an argument other than by 1 to 64 ASCII letters,
             digits, '_', '.' or '-'; `required_fields` is a str, not names; the timeout is
             not a finite number above 0; or `run_inline` comes with a timeout. A handler,
@@ -1117,7 +1133,9 @@ def tool(
 
     Raises:
         ToolError: When the name is not a valid tool name (a lambda's `<lambda>`: pass
-            `name=`), an annotation cannot be resolved, a parameter's type has no JSON
+            `name=`) or is `FINAL_ANSWER` in any letter case (reserved for the final
+            answer: a function `final_answer` needs another `name=`), an annotation cannot
+            be resolved, a parameter's type has no JSON
             schema, or a parameter's default and `Field(...)` settings conflict (a default
             and a default factory, which `validate_call` refuses too); when a parameter goes
             by a name other than 1 to 64 ASCII letters, digits, '_', '.' or '-' (Anthropic
@@ -1571,7 +1589,9 @@ def _json_default(value: Any) -> Any:
 
 
 # Non-ASCII text as it is (the model reads it, and it is a sixth of the size of `\\uXXXX`).
-_JSON = json.JSONEncoder(ensure_ascii=False, default=_json_default)
+# Strict JSON: a NaN or an infinity (which JSON has no number for) fails it, and is then
+# written as its `str` (see `_with_json_keys`).
+_JSON = json.JSONEncoder(ensure_ascii=False, default=_json_default, allow_nan=False)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -1581,9 +1601,10 @@ def _render(result: Any) -> str:
     A str is returned as is (a str-based enum as its value's text), and bytes as text (UTF-8,
     undecodable bytes replaced). Pydantic models, dataclasses, enums (by value), sets, bytes,
     and numpy scalars and arrays (by `tolist()`) inside a structure become JSON. A dict key
-    JSON refuses is made text: an enum's by its value, any other by `str`. JSON keeps
-    non-ASCII text as it is; a lone surrogate in it is escaped (`\udcff`), so the text always
-    has a UTF-8 form.
+    JSON refuses is made text: an enum's by its value, any other by `str`, and so is a float
+    JSON has no number for inside a structure (NaN as `"nan"`, infinity as `"inf"`), so the
+    text is strict JSON. JSON keeps non-ASCII text as it is; a lone surrogate in it is escaped
+    (`\udcff`), so the text always has a UTF-8 form.
 
     Raises:
         TypeError: For a generator (or async generator): its items are not the result.
@@ -1598,10 +1619,12 @@ def _render(result: Any) -> str:
         return bytes(result).decode("utf-8", "replace")
     if inspect.isgenerator(result) or inspect.isasyncgen(result):
         raise TypeError("the tool returned a generator; return a list instead")
+    if isinstance(result, float) and not math.isfinite(result):  # as a float is shown: `nan`
+        return str(result)
     try:
         try:
             text = _JSON.encode(result)
-        except TypeError:  # a dict key `json` refuses (say, an enum): made text instead
+        except (TypeError, ValueError):  # a dict key `json` refuses (an enum), or a NaN
             text = _JSON.encode(_with_json_keys(result, set()))
     except (TypeError, ValueError, RecursionError):  # not JSON, a cycle, or nested too deep
         return str(result)
@@ -1614,8 +1637,9 @@ def _render(result: Any) -> str:
 def _with_json_keys(value: Any, within: set[int]) -> Any:
     """`value` with the dict keys `json` refuses made keys it takes (see `_json_key`).
 
-    Values `json` cannot encode itself are converted by `_json_default` first, so that a
-    dict inside a dataclass, say, is reached too.
+    A float JSON has no number for (NaN, an infinity) becomes its `str`. Values `json`
+    cannot encode itself are converted by `_json_default` first, so that a dict inside a
+    dataclass, say, is reached too.
 
     Args:
         value: What to convert.
@@ -1625,6 +1649,8 @@ def _with_json_keys(value: Any, within: set[int]) -> Any:
         ValueError: For a value that contains itself (as `json` does), or a dict two of whose
             keys are made the same text (`_render` then shows the whole result by `str`).
     """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if value is None or isinstance(value, (str, int, float)):  # what `json` takes as it is
         return value
     if id(value) in within:

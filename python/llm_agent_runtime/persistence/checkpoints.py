@@ -2,8 +2,9 @@
 
 Also the operations on them: load, resume state, prune, sweep, fork.
 
-Keys of session `<id>` (every value is a codec record; `<id>` is escaped, `%` as `%25` and
-`:` as `%3A`, see `escape_session_id`, so no key of one session is a key of another):
+Keys of session `<id>` (every value is a codec record of strict JSON, see `_encode`; `<id>`
+is escaped, `%` as `%25` and `:` as `%3A`, see `escape_session_id`, so no key of one session
+is a key of another):
 
 - `session:<id>:meta`: who runs what (agent, prompt, mode, start time, the run's id, whether
   it is a turn of a multi-turn session, how many steps the session had before it, and the
@@ -18,7 +19,8 @@ Keys of session `<id>` (every value is a codec record; `<id>` is escaped, `%` as
 - `session:<id>:call:<n>:<i>`: tool call i of step n, written as an intent before the call and
   as a result after it (the journal that makes resume at-most-once), naming the run that
   wrote it: an entry is valid for that run alone (another run's is stale, as if absent);
-- `session:<id>:event:<seq>`: the append-only event log;
+- `session:<id>:event:<seq>`: the append-only event log (every event but `LlmTextDelta`,
+  whose text `LlmResponse` holds, and `CheckpointSaved`);
 - `session:<id>`: the final checkpoint (the whole session, with the working memory's entries;
   a multi-turn session's is its latest finished turn's), naming the run it closes.
 """
@@ -44,9 +46,23 @@ from llm_agent_runtime.persistence.base import (
     step_key,
 )
 from llm_agent_runtime.persistence.codec import decode, encode, record_kind
-from llm_agent_runtime.session import AgentSession, Step
+from llm_agent_runtime.session import AgentSession, Step, finite_floats
 
 __all__ = ["CheckpointStore", "SessionState", "StepRecord", "idempotency_key", "is_stale_entry"]
+
+
+def _encode(kind: str, payload: Any) -> bytes:
+    """The `kind` record of `payload`, strict JSON (see `codec.encode`).
+
+    A float JSON has no number for (a NaN or an infinity, in a tool call's arguments, say)
+    is written as its `str` (`"nan"`, `"inf"`), as `AgentSession.to_json` writes it, and
+    loads as that string: JSON readers other than Python's refuse `NaN` and `Infinity`. A
+    record whose text holds neither word is written in one pass.
+    """
+    raw = encode(kind, payload)
+    if b"NaN" in raw or b"Infinity" in raw:
+        raw = encode(kind, finite_floats(payload))
+    return raw
 
 
 def idempotency_key(session_id: str, step: int, call_index: int) -> str:
@@ -66,6 +82,9 @@ class StepRecord:
     several tool calls yields one step per call; `round_text` and `call_id` rebuild the chat,
     and the round's first step keeps the provider's reasoning blocks of the round's response
     (`round_reasoning`, `ChatResponse.reasoning`), which a resumed run sends back with it.
+    The step holds the call that ran; when a middleware or an approval changed it, `requested`
+    holds the call the model asked for (its `name` and `arguments`), which a resumed run
+    sends back as the model's (records without it asked for the call that ran).
 
     The first step of each run keeps what the run started with (`run_start`: its `prompt`,
     whether it is a `turn` of a multi-turn session, and how many chat `messages` the session
@@ -79,11 +98,25 @@ class StepRecord:
     round_start: bool = False
     round_reasoning: list[dict[str, Any]] | None = None
     run_start: dict[str, Any] | None = None
+    requested: dict[str, Any] | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the step is a run's final answer (the end of a turn).
+
+        A final answer's step has the action `FINAL_ANSWER`, no tool call id and no error.
+        A tool call's step is none: in native mode it has a call id, and a call of
+        `FINAL_ANSWER` (a name no tool may have: the model made it up, or a middleware)
+        fails as `not_found`. Records of older versions are read the same way.
+        """
+        step = self.step
+        return self.call_id is None and step.action == "FINAL_ANSWER" and step.error_kind is None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-compatible data (sharing the step's `action_input`: encode it).
 
-        `round_reasoning` is left out when there is none: most records have none.
+        `round_reasoning`, `run_start` and `requested` are left out when there are none:
+        most records have none.
         """
         data: dict[str, Any] = {
             "step": self.step.to_dict(),
@@ -96,6 +129,8 @@ class StepRecord:
             data["round_reasoning"] = self.round_reasoning
         if self.run_start is not None:
             data["run_start"] = self.run_start
+        if self.requested is not None:
+            data["requested"] = self.requested
         return data
 
     @classmethod
@@ -135,12 +170,31 @@ class StepRecord:
                 "step record field 'run_start' must be an object with a string 'prompt', a "
                 "bool 'turn' and a count of 'messages', or null"
             )
+        requested = fields.get("requested")
+        if requested is not None and not (
+            isinstance(requested, dict)
+            and set(requested) == {"name", "arguments"}
+            and isinstance(requested["name"], str)
+        ):
+            raise PersistenceError(
+                "step record field 'requested' must be an object with a string 'name' and "
+                "'arguments', or null"
+            )
         fields["step"] = Step.from_dict(fields["step"])
         return cls(**fields)
 
 
 _RECORD_FIELDS = frozenset(
-    {"step", "reply", "round_text", "call_id", "round_start", "round_reasoning", "run_start"}
+    {
+        "step",
+        "reply",
+        "round_text",
+        "call_id",
+        "round_start",
+        "round_reasoning",
+        "run_start",
+        "requested",
+    }
 )
 
 
@@ -196,7 +250,7 @@ class SessionState:
             session = AgentSession(session_id=self.session_id, agent_id=self.agent_id)
         session.steps += [r.step for r in self.records[len(session.steps) :]]
         session.prompt = self.prompt
-        session.final_answer = _answer([r.step for r in self.run_records])
+        session.final_answer = _answer(self.run_records)
         if self.history is not None:
             session.messages = [dict(m) for m in self.history]
         if self.turn and session.final_answer is not None:
@@ -205,10 +259,10 @@ class SessionState:
         return session
 
 
-def _answer(steps: list[Step]) -> str | None:
-    """The final answer of a run whose saved steps are `steps`: its last, if it is one."""
-    last = steps[-1] if steps else None
-    return last.action_input if last and last.action == "FINAL_ANSWER" else None
+def _answer(records: list[StepRecord]) -> str | None:
+    """The final answer of a run whose saved steps are `records`: its last, if it is one."""
+    last = records[-1] if records else None
+    return last.step.action_input if last is not None and last.is_final else None
 
 
 _PREFIX = session_key("")
@@ -458,8 +512,8 @@ class CheckpointStore:
             earlier["run"] = await self.current_run(session.session_id) or uuid.uuid4().hex
             await self.backend.batch_save(
                 {
-                    f"{key}:base:{len(records)}": encode("base", {"records": records}),
-                    key: encode("session", earlier),
+                    f"{key}:base:{len(records)}": _encode("base", {"records": records}),
+                    key: _encode("session", earlier),
                 }
             )
         if not await self._claim(session.session_id, session.step_count, run, meta):
@@ -595,14 +649,14 @@ class CheckpointStore:
         """
         prefix = f"{session_key(session_id)}:step:"  # as `step_key`, the id escaped once
         keys = [f"{prefix}{first + i}" for i in range(len(records))]
-        items = {key: encode("step", r.to_dict()) for key, r in zip(keys, records, strict=True)}
+        items = {key: _encode("step", r.to_dict()) for key, r in zip(keys, records, strict=True)}
         claim = self._claims.get(session_id) if records else None
         if claim is not None:
             # The run's first step: its meta record goes with it (the run's own, whatever
             # another run wrote meanwhile), and its claim, of no more use, is emptied (a
             # claim keeps a turn's chat history: kept whole, one per turn would add up).
             items[f"{session_key(session_id)}:meta"] = claim.meta
-            items[claim.key] = encode("claim", {"run": claim.run})
+            items[claim.key] = _encode("claim", {"run": claim.run})
         await self._save_with_events(session_id, items, events)
         if claim is not None:
             self._claims.pop(session_id, None)
@@ -628,11 +682,11 @@ class CheckpointStore:
         payload = {"session": session.to_dict(), "finished_at": time.time(), **extra}
         if run is not None:
             payload["run"] = run
-        items = {key: encode("session", payload)}
+        items = {key: _encode("session", payload)}
         if unsaved is not None:
             first, records = unsaved
             for i, record in enumerate(records):
-                items[step_key(session.session_id, first + i)] = encode("step", record.to_dict())
+                items[step_key(session.session_id, first + i)] = _encode("step", record.to_dict())
         await self._save_with_events(session.session_id, items, events)
         claim = self._claims.pop(session.session_id, None)
         if claim is not None:  # its run ended with no step of its own saved: the next may start
@@ -653,7 +707,7 @@ class CheckpointStore:
         found at resume.
         """
         key = f"{session_key(session_id)}:call:{step}:{index}"
-        record = encode("call", entry)
+        record = _encode("call", entry)
         if not new:
             await self.backend.save(key, record)
             return None
@@ -675,7 +729,7 @@ class CheckpointStore:
             start = existing[-1][0] + 1 if existing else 0
         self._next_event[session_id] = start + len(events)
         return {
-            f"{prefix}{start + i:010d}": encode("event", _event_dict(e))
+            f"{prefix}{start + i:010d}": _encode("event", _event_dict(e))
             for i, e in enumerate(events)
         }
 
@@ -895,7 +949,7 @@ class CheckpointStore:
         if cut <= already:
             return 0
         folded = {"records": [r.to_dict() for r in state.records[:cut]]}
-        await self.backend.save(f"{key}:base:{cut}", encode("base", folded))
+        await self.backend.save(f"{key}:base:{cut}", _encode("base", folded))
         # What that base holds: the deltas and the journal entries of steps 1 to `cut`.
         steps, calls = f"{key}:step:", f"{key}:call:"
         doomed = [k for n, k in _numbered(await self.backend.list_keys(steps), steps) if n <= cut]
@@ -1039,7 +1093,7 @@ class CheckpointStore:
                 key=meta_key,
             )
         claim = f"{session_key(new_session_id)}:run:0"
-        if not await self._save_if_absent(claim, encode("claim", {"run": run})):
+        if not await self._save_if_absent(claim, _encode("claim", {"run": run})):
             # A run took the id meanwhile, and wrote its meta record over the fork's.
             raise PersistenceError(
                 f"cannot fork into session {new_session_id!r}: a run took it meanwhile "
@@ -1048,7 +1102,7 @@ class CheckpointStore:
             )
         items = {meta_key: meta}
         for n, record in enumerate(state.records[:step], 1):
-            items[step_key(new_session_id, n)] = encode("step", record.to_dict())
+            items[step_key(new_session_id, n)] = _encode("step", record.to_dict())
         try:
             await self.backend.batch_save(items)
         except BaseException:
@@ -1125,7 +1179,7 @@ def _meta_item(
     }
     if history is not None:
         meta["history"] = list(history)
-    return f"{session_key(session.session_id)}:meta", encode("meta", meta)
+    return f"{session_key(session.session_id)}:meta", _encode("meta", meta)
 
 
 def _run_at(state: SessionState, step: int) -> tuple[int, str, bool, list[dict[str, Any]]]:
@@ -1148,15 +1202,10 @@ def _run_at(state: SessionState, step: int) -> tuple[int, str, bool, list[dict[s
             history = [dict(m) for m in longest[: start["messages"]]]
             return index, start["prompt"], start["turn"], history
     before = records[: max(step - 1, 0)]
-    first = next((n + 1 for n in range(len(before) - 1, -1, -1) if _is_final(before[n])), 0)
+    first = next((n + 1 for n in range(len(before) - 1, -1, -1) if before[n].is_final), 0)
     if first == state.first_step:
         return first, state.prompt, state.turn, [dict(m) for m in state.history or []]
     return first, state.prompt, state.turn, []
-
-
-def _is_final(record: StepRecord) -> bool:
-    """Whether a saved step is a run's final answer (the end of a turn)."""
-    return record.step.action == "FINAL_ANSWER"
 
 
 def _event_dict(event: Any) -> dict[str, Any]:

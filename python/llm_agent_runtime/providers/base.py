@@ -182,7 +182,8 @@ class Usage:
     `cache_creation.ephemeral_1h_input_tokens`), which are billed higher still."""
     cost_usd: float = 0.0
     """What the call cost in US dollars, at the token prices the provider was given (0 when
-    it was given none). An `AgentRuntime` charges it to its `CostBudget`."""
+    it was given none). An `AgentRuntime` charges it to its `CostBudget`, and fails the run
+    with `AgentRuntimeError` when it is NaN, infinite or below 0, with a budget or without."""
 
     def __post_init__(self) -> None:
         """Takes integer counts of any integer type as ints (numpy's, say).
