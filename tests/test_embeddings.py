@@ -810,3 +810,59 @@ def test_openai_embedder_keeps_the_status_of_an_error_whose_body_does_not_decode
     assert (caught.value.status, caught.value.retryable) == (401, False)
     assert "did not decode" in str(caught.value)
     assert len(state.requests) == 1
+
+
+def test_openai_embedder_refuses_a_closed_client() -> None:
+    # httpx raised a raw RuntimeError ("Cannot send a request, as the client has been
+    # closed"), which no caller handling ProviderError expects.
+    with FakeLlmServer() as fake, httpx.Client() as client:
+        pass
+    embedder = ar.OpenAIEmbedder(api_key="sk-x", base_url=fake.url + "/v1", client=client)
+    with pytest.raises(ar.ProviderError, match="client given to OpenAIEmbedder is closed") as e:
+        embedder.embed(["x"])
+    assert e.value.retryable is False
+    assert fake.requests == []
+
+
+@pytest.mark.timeout(60)
+def test_openai_embedder_reads_an_error_body_only_as_far_as_it_is_quoted() -> None:
+    # A proxy's error page of hundreds of MB was read whole for the 500 characters of it the
+    # message keeps. Here the body stops after 1 MB for longer than `timeout`: it used to be
+    # waited for, and the call failed as a timeout.
+    page = b"<html>" + b"x" * ((1 << 20) - 6)
+    reply = Reply(
+        status=502,
+        frames=[page, page],
+        headers={"content-type": "text/html"},
+        pause_after=1,
+        pause=30,
+    )
+    with FakeLlmServer() as fake:
+        fake.script(reply)
+        embedder = ar.OpenAIEmbedder(api_key="sk-x", base_url=fake.url + "/v1", timeout=3)
+        with pytest.raises(ar.ProviderError) as caught:
+            embedder.embed(["x"])
+    assert (caught.value.status, caught.value.retryable) == (502, True)
+    assert "returned HTTP 502: <html>xxx" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"error": {"message": "bad input near \\ud83d"}}',
+        b'\xef\xbb\xbf{"error": {"message": "bad input near \\ud83d"}}',
+    ],
+    ids=["lone-surrogate", "byte-order-mark"],
+)
+def test_openai_embedder_error_messages_read_as_the_providers_do(
+    body: bytes, server: tuple[_Server, str]
+) -> None:
+    # Half a surrogate pair made the message unwritable as UTF-8 (a log line failed); a body
+    # opening with a byte order mark was quoted raw rather than read as JSON.
+    state, url = server
+    state.replies.append((400, {}, body))
+    with pytest.raises(ar.ProviderError) as caught:
+        ar.OpenAIEmbedder(api_key="sk-x", base_url=url).embed(["x"])
+    message = str(caught.value)
+    assert message.endswith("returned HTTP 400: bad input near \ufffd (status 400)")
+    message.encode("utf-8")

@@ -183,7 +183,8 @@ class OpenAIEmbedder:
             once that time has passed. Each wait for a connection or for bytes is bounded by
             it too.
         client: an httpx.Client to use (its base URL and headers are ignored); tests and
-            connection pooling.
+            connection pooling. Once its owner has closed it, `embed` fails with a
+            `ProviderError` (not retryable).
 
     Raises:
         MemoryStoreError: batch_size or dimensions is not an int (a bool or float is
@@ -248,7 +249,9 @@ class OpenAIEmbedder:
                 longer than `timeout` in all (retryable), or a malformed response: not
                 exactly one row per input (the `index` values must be 0 .. n-1, each once), a
                 row that is empty, not a list of numbers, or not finite, rows of different
-                lengths, or rows of another length than `dimensions` when it was given.
+                lengths, or rows of another length than `dimensions` when it was given; or
+                the `client` given is closed (not retryable). An error status's body is
+                read up to `MAX_ERROR_BODY` bytes (its message is cut anyway).
         """
         import httpx
         import numpy as np
@@ -266,6 +269,11 @@ class OpenAIEmbedder:
         sent = [i for i, text in enumerate(batch) if text]
         if not sent and width is not None:
             return np.zeros((len(batch), width), dtype=np.float32)
+        if self._client is not None and self._client.is_closed:
+            raise ProviderError(
+                "the client given to OpenAIEmbedder is closed (by its owner, or by the `with` "
+                "block it came from): pass an open one"
+            )
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         redactor = Redactor(self._api_key)  # made per call: the embedder stays picklable
         client = self._client or httpx.Client(timeout=self._timeout)
@@ -315,9 +323,11 @@ class OpenAIEmbedder:
         import httpx
 
         from llm_agent_runtime.providers._http import (
+            MAX_ERROR_BODY,
             error_in_body,
             error_message,
             parse_retry_after,
+            request_body,
             transport_errors,
         )
         from llm_agent_runtime.providers.openai import _api_error, _Error
@@ -325,6 +335,8 @@ class OpenAIEmbedder:
         body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
         if self.dimensions is not None:
             body["dimensions"] = self.dimensions
+        # Never NaN; the texts are known to be valid (`_texts`), so written as they are.
+        content = request_body(body, ensure_ascii=False)
         deadline = time.monotonic() + self._timeout
         with (
             transport_errors("OpenAI embeddings", redactor),
@@ -333,21 +345,21 @@ class OpenAIEmbedder:
             client.stream(
                 "POST",
                 self._url,
-                json=body,
-                headers=headers,
+                content=content,
+                headers={**headers, "Content-Type": "application/json"},
                 timeout=self._timeout,
                 follow_redirects=False,
             ) as response,
         ):
             if response.status_code == 200:
-                content = _read_by(response, deadline, self._timeout)
+                reply = _read_by(response, deadline, self._timeout)
             else:  # an error body that does not decode must not hide the status
                 try:
-                    content = _read_by(response, deadline, self._timeout)
+                    reply = _read_by(response, deadline, self._timeout, MAX_ERROR_BODY)
                 except httpx.DecodingError:
-                    content = b"no error message (the error body did not decode)"
+                    reply = b"no error message (the error body did not decode)"
         if response.status_code != 200:
-            message = error_message(content, redactor.redact)
+            message = error_message(reply, redactor.redact)
             raise ProviderError(
                 f"embeddings request returned HTTP {response.status_code}: {message}",
                 status=response.status_code,
@@ -356,11 +368,11 @@ class OpenAIEmbedder:
             )
         # An error sent with status 200 is the server's, read as the chat provider reads it:
         # not a "malformed response" that would lose its message.
-        error = error_in_body(content, _Error)
+        error = error_in_body(reply, _Error)
         if error is not None:
             raise _api_error(error, redactor.redact, "embeddings API error")
         try:
-            payload = json.loads(content)
+            payload = json.loads(reply)
         except ValueError as e:
             # Not chained: the decode error holds the whole body, which may echo the key.
             raise ProviderError(f"malformed embeddings response: not JSON ({e})") from None
@@ -369,22 +381,35 @@ class OpenAIEmbedder:
         return _rows(payload, len(texts), self.dimensions)
 
 
-def _read_by(response: httpx.Response, deadline: float, timeout: float) -> bytes:
-    """The body of `response`, read whole by `deadline` (a `time.monotonic()` time).
+def _read_by(
+    response: httpx.Response, deadline: float, timeout: float, limit: int | None = None
+) -> bytes:
+    """The body of `response`, read by `deadline` (a `time.monotonic()` time).
 
     httpx bounds each wait for bytes, not the whole body: a server sending a byte now and
     then would keep the request going for as long as it likes. The clock is read as each
     piece of the body arrives.
 
+    Args:
+        response: The response, its body not read yet.
+        deadline: When the body must be read by.
+        timeout: The seconds `deadline` stands for, for the error message.
+        limit: Read only the first `limit` bytes (None: the whole body); the rest is left
+            unread, and closing the response drops its connection.
+
     Raises:
-        ProviderError: The reply was not whole by `deadline` (retryable), `timeout` seconds
-            after the request started.
+        ProviderError: The body (or its first `limit` bytes) was not read by `deadline`
+            (retryable), `timeout` seconds after the request started.
     """
     chunks: list[bytes] = []
+    size = 0
     for chunk in response.iter_bytes():
         if time.monotonic() > deadline:
             break
         chunks.append(chunk)
+        size += len(chunk)
+        if limit is not None and size >= limit:
+            return b"".join(chunks)[:limit]
     if time.monotonic() > deadline:
         raise ProviderError(
             "OpenAI embeddings request timed out: the reply took longer than "

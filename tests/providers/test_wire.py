@@ -251,13 +251,15 @@ def test_openai_a_tool_named_in_every_piece_is_followed_without_parsing(
     # Whether a call is whole was decided by parsing all its arguments at each named piece
     # that ended with '}': quadratic (seconds of blocked event loop for a tool writing code
     # full of braces). It is followed in one pass now, and never parsed.
+    from llm_agent_runtime.providers import _http as http_module
     from llm_agent_runtime.providers import openai as openai_module
 
     def no_parse(text: str) -> Any:
         raise AssertionError("the assembly parsed the arguments")
 
     shim = type("Json", (), {"loads": staticmethod(no_parse), "dumps": json.dumps})
-    monkeypatch.setattr(openai_module, "json", shim)
+    for module in (openai_module, http_module):  # wherever the provider's code reads JSON
+        monkeypatch.setattr(module, "json", shim, raising=False)
     arguments = json.dumps({"code": "a}}}" * 2000, "nested": {"a": [1, {"b": "}"}]}})
     assembly = openai_module._ToolCallAssembly()
     for i in range(0, len(arguments), 4):

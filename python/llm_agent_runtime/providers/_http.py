@@ -20,6 +20,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -38,7 +39,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 from typing_extensions import Self
 
-from llm_agent_runtime.errors import ProviderError, is_retryable_status
+from llm_agent_runtime.errors import BudgetExceededError, ProviderError, is_retryable_status
 from llm_agent_runtime.orchestration.retry import RetryPolicy
 from llm_agent_runtime.providers.base import (
     TRUNCATION_STOP_REASONS,
@@ -58,23 +59,29 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_TIMEOUT",
+    "MAX_ERROR_BODY",
+    "MAX_EVENT_BYTES",
     "MAX_TOKEN_COUNT",
     "HttpProvider",
     "HttpTransport",
     "PartialToolCall",
     "Redactor",
     "SseEvent",
+    "StreamedText",
     "check_api_key",
     "check_base_url",
+    "clean_text",
     "decode_arguments",
     "env_setting",
     "error_in_body",
     "error_message",
     "iter_sse",
+    "json_text",
     "parse_json",
     "parse_retry_after",
     "parse_usage",
     "redact_secret",
+    "request_body",
     "transport_errors",
 ]
 
@@ -88,6 +95,13 @@ DEFAULT_LIMITS_MAX_CONNECTIONS = 100
 """Most connections one provider's pool opens at once."""
 _MAX_ERROR_MESSAGE = 500
 """Error bodies longer than this many characters are cut in messages."""
+MAX_ERROR_BODY = 64 * 1024
+"""Most bytes read of a body that is only quoted in an error (an error status's, or a reply
+to a streamed request that is no stream): the message keeps `_MAX_ERROR_MESSAGE` characters
+of it, and a proxy's error page may be huge. The rest is never read."""
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+"""Most bytes an event stream's line, or the data of one of its events, may hold: a stream
+that never ends one fails (retryable) rather than filling memory."""
 _REDACTED = "[redacted]"
 MIN_REDACTED_SECRET = 8
 """Shortest API key that is redacted from messages. A shorter key is no secret worth
@@ -104,6 +118,8 @@ _BOM = b"\xef\xbb\xbf"
 MAX_TOKEN_COUNT = 2**63
 """Token counts from a server must be below this (the metrics take counts below 2**64, and
 a reply's counts are added up): a count past it, or a negative one, is no count."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""Half of a UTF-16 surrogate pair, which no UTF-8 text can hold."""
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -192,8 +208,15 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
 
     Yields:
         Events with their data, in order.
+
+    Raises:
+        ProviderError: A line grew past `MAX_EVENT_BYTES` without a line end, or an event's
+            data past `MAX_EVENT_BYTES` without the blank line that ends it (retryable: the
+            server, or a proxy, lost its way in this stream).
     """
     pieces: list[bytes] = []  # the line still open (it has no line end yet), in pieces
+    open_bytes = 0  # the length of that line so far
+    data_bytes = 0  # the length of the event's data so far
     after_cr = False  # the last chunk ended in a CR: an LF starting the next one belongs to it
     event: str | None = None
     data: list[bytes] = []
@@ -214,6 +237,9 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
                 continue
         if b"\n" not in chunk and b"\r" not in chunk:
             pieces.append(chunk)  # no line end here: nothing to split yet
+            open_bytes += len(chunk)
+            if open_bytes > MAX_EVENT_BYTES:
+                raise _too_long("a line", "without a line end")
             after_cr = False
             continue
         if pieces:
@@ -223,17 +249,25 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
         lines = chunk.splitlines()  # splits at LF, CRLF and CR
         last = chunk[-1]
         after_cr = last == _CR
+        open_bytes = 0
         if last != _LF and not after_cr:
             pieces.append(lines.pop())  # the last line has no end yet
+            open_bytes = len(pieces[0])
+            if open_bytes > MAX_EVENT_BYTES:
+                raise _too_long("a line", "without a line end")
         for line in lines:
             if not line:
                 payload = b"\n".join(data)
                 if payload:  # no data, or a bare `data:` line (a keep-alive): nothing to read
                     yield SseEvent(event, payload)
                 data = []
+                data_bytes = 0
                 event = None
             elif line.startswith(b"data:"):
                 data.append(line[6:] if line[5:6] == b" " else line[5:])
+                data_bytes += len(data[-1]) + 1
+                if data_bytes > MAX_EVENT_BYTES:
+                    raise _too_long("the data of an event", "without the blank line that ends it")
             elif line.startswith(b"event:"):
                 event = line[6:].strip().decode("utf-8", "replace")
     # The stream ended. A last line with no line end (`pieces`) may have been cut inside: it
@@ -244,15 +278,25 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
         yield SseEvent(event, payload)
 
 
+def _too_long(what: str, without: str) -> ProviderError:
+    return ProviderError(
+        f"malformed event stream: {what} grew past {MAX_EVENT_BYTES} bytes {without}",
+        retryable=True,
+    )
+
+
 def error_message(body: bytes, redact: Callable[[str], str] | None = None) -> str:
     """The human part of an error body: `error.message` of either API's JSON, else the text.
+
+    The body may open with a byte order mark. The text is cleaned by `clean_text` (JSON can
+    escape half a surrogate pair, which no log line could write).
 
     Args:
         body: The error response's body.
         redact: Applied to the whole message before it is cut to length, so no part of a
             secret survives the cut.
     """
-    text = body.decode("utf-8", "replace").strip()
+    text = body.decode("utf-8-sig", "replace").strip()
     try:
         payload = json.loads(text)
     except (ValueError, RecursionError):  # nested too deeply for the parser: text as well
@@ -265,9 +309,64 @@ def error_message(body: bytes, redact: Callable[[str], str] | None = None) -> st
             text = f"{kind}: {message}" if isinstance(kind, str) else message
         elif isinstance(error, str):
             text = error
+    text = clean_text(text)
     if redact is not None:
         text = redact(text)
     return text[:_MAX_ERROR_MESSAGE] or "no error message"
+
+
+def clean_text(text: str) -> str:
+    r"""`text` with its surrogates made whole: what UTF-8 can write and a log line can show.
+
+    JSON escapes text in UTF-16 (`\ud83d\ude00` for one emoji), and an escape of half a
+    pair reads as a lone surrogate: a server that cuts text between the halves of a pair
+    leaves one in each piece, and no UTF-8 stream can write one. Two halves side by side
+    become the character they make; a half alone becomes U+FFFD, the replacement character.
+    Text without surrogates (nearly all) is returned as it is.
+    """
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+class StreamedText:
+    """The text of a streamed reply, cleaned (`clean_text`) piece by piece as it arrives.
+
+    A piece that ends in the first half of a surrogate pair keeps that half back and puts it
+    before the next piece, which a server that cuts text by UTF-16 units starts with the
+    other half: the pieces given out, and the whole text, then hold the character whole.
+    """
+
+    __slots__ = ("_held", "_pieces")
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self._held = ""  # the first half of a pair, waiting for its other half
+
+    def add(self, piece: str) -> str:
+        """Adds a piece of the text; returns what of it to give out now (maybe nothing)."""
+        if self._held:
+            piece = self._held + piece
+            self._held = ""
+        if piece and "\ud800" <= piece[-1] <= "\udbff":
+            piece, self._held = piece[:-1], piece[-1]
+        return self._give(piece)
+
+    def finish(self) -> str:
+        """What was kept back, to give out last: a half pair alone, so U+FFFD (or nothing)."""
+        held, self._held = self._held, ""
+        return self._give(held)
+
+    @property
+    def text(self) -> str:
+        """The text given out so far."""
+        return "".join(self._pieces)
+
+    def _give(self, piece: str) -> str:
+        piece = clean_text(piece)
+        if piece:
+            self._pieces.append(piece)
+        return piece
 
 
 def check_api_key(name: str, key: str | None) -> None:
@@ -340,18 +439,99 @@ def check_base_url(name: str, url: str) -> str:
 
 
 def parse_json(model: type[ModelT], data: bytes, what: str) -> ModelT:
-    """Validates a JSON body or event as a wire model.
+    r"""Validates a JSON body or event as a wire model.
+
+    JSON is read as Python's `json` (and the official SDKs) read it: a byte order mark may
+    open it, and a string may hold an escape of half a surrogate pair (`"\ud83d"`, a server
+    that cut an emoji in two). pydantic's fast parser refuses such an escape: JSON it
+    refuses is parsed again by `json`, and validated from there.
 
     Raises:
         ProviderError: The JSON is malformed or does not fit the model. The message names the
             first problem but never the input (which could echo a secret), and the pydantic
             error is not chained.
     """
+    if data.startswith(_BOM):
+        data = data[len(_BOM) :]
     try:
         return model.model_validate_json(data)
     except ValidationError as exc:
         problem = _first_problem(exc, "body")
+        errors = exc.errors(include_url=False, include_input=False)
+        invalid = [error["type"] for error in errors] == ["json_invalid"]
+    if invalid:
+        try:
+            value = json.loads(data)
+        except (ValueError, RecursionError):
+            pass  # malformed indeed: the fast parser said how
+        else:
+            try:
+                return model.model_validate(value)
+            except ValidationError as exc:
+                problem = _first_problem(exc, "body")
     raise ProviderError(f"malformed {what}: {problem}")
+
+
+def json_text(value: Any, what: str = "the request", *, ensure_ascii: bool = True) -> str:
+    """`value` as JSON text, which has no NaN or infinity: such a number is refused.
+
+    Python's `json` writes them as the bare words `NaN` and `Infinity`, which no JSON parser
+    takes (a server would refuse the whole request, or read it wrong).
+
+    Args:
+        value: What to write: a request body, or a value sent as JSON text inside one (a
+            tool call's arguments).
+        what: Names `value` in the error, e.g. "the request".
+        ensure_ascii: Write non-ASCII characters as escapes, so that a lone surrogate in a
+            caller's text is sent as the escape JSON allows rather than failing the
+            encoding. False writes them as they are (shorter), for text known to be valid.
+
+    Raises:
+        ValueError: `value` holds a NaN or infinite float (the message says where, e.g.
+            `max_tokens` or `messages[0].content`), or something else JSON cannot write.
+    """
+    try:
+        return json.dumps(value, allow_nan=False, ensure_ascii=ensure_ascii)
+    except ValueError:
+        try:
+            where = _non_finite(value, "")
+        except RecursionError:  # a value that holds itself: JSON's own error says so
+            where = None
+        if where is None:
+            raise
+    path, number = where
+    raise ValueError(
+        f"{what} holds {number!r} at {path or 'its top'}: JSON has no NaN or infinity "
+        "(pass a finite number)"
+    ) from None
+
+
+def request_body(body: Mapping[str, Any], *, ensure_ascii: bool = True) -> bytes:
+    """A JSON request body as sent: `json_text`, in UTF-8.
+
+    Raises:
+        ValueError: A value in `body` is NaN or infinite (the message names the field).
+    """
+    return json_text(body, ensure_ascii=ensure_ascii).encode()
+
+
+def _non_finite(value: Any, path: str) -> tuple[str, float] | None:
+    """Where the first NaN or infinite float in `value` is (its path, and the number)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, Mapping):
+        items: Iterator[tuple[str, Any]] = (
+            (f"{path}.{key}" if path else str(key), item) for key, item in value.items()
+        )
+    elif isinstance(value, list | tuple):
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = _non_finite(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 def _first_problem(exc: ValidationError, whole: str) -> str:
@@ -643,8 +823,9 @@ class HttpTransport:
     client per event loop it is used from, and each is closed within its own loop: by
     `aclose`, or as the loop ends under `asyncio.run` (or `asyncio.Runner`, or any loop's
     `shutdown_asyncgens`). A provider can thus be reused across `asyncio.run` calls without
-    leaving a connection open behind each. A loop closed without `shutdown_asyncgens` leaves
-    its connections to the garbage collector.
+    leaving a connection open behind each, and by loops running in several threads at once.
+    A loop closed without `shutdown_asyncgens` leaves its connections to the garbage
+    collector.
 
     Args:
         name: Provider name used in error messages (e.g. "OpenAI").
@@ -668,7 +849,8 @@ class HttpTransport:
         retry: Retry policy for failed calls (None: `RetryPolicy()`, 3 attempts).
         http_client: An `httpx.AsyncClient` to use instead of creating one (`timeout` and
             `connect_timeout` still apply to each request, and redirects are not followed
-            whatever its `follow_redirects`); it is not closed by `aclose`.
+            whatever its `follow_redirects`); it is not closed by `aclose`. Once its owner
+            has closed it, calls fail with a `ProviderError` (not retryable).
         budget: Cost budget checked before each call and charged with its usage.
         metrics: Runtime metrics that receive each call's token counts.
         input_cost_per_million: US dollars per million input tokens (charged to `budget`).
@@ -735,6 +917,7 @@ class HttpTransport:
         self.retry = retry if retry is not None else RetryPolicy()
         self._given_client = http_client
         self._clients: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
+        self._clients_lock = threading.Lock()  # loops of several threads may share the provider
         self._closed = False
         self.budget = budget
         self.metrics = metrics
@@ -750,23 +933,35 @@ class HttpTransport:
 
     # ------------------------------------------------------------------ client lifecycle
     def _http(self) -> httpx.AsyncClient:
-        if self._closed:
-            raise ProviderError(f"{self.name} provider is closed")
-        if self._given_client is not None:
-            return self._given_client
+        """The client of the running loop: the one passed in, or this loop's own.
+
+        Raises:
+            ProviderError: The provider is closed, or the client passed in is (neither is
+                retryable).
+        """
         loop = asyncio.get_running_loop()
-        entry = self._clients.get(loop)
-        if entry is None or entry.client.is_closed:  # closed: the loop is ending
-            # A closed loop's client was closed as the loop ended (or is past closing).
-            for stale in [old for old in self._clients if old.is_closed()]:
-                del self._clients[stale]
-            client = httpx.AsyncClient(
-                timeout=self._timeouts,
-                limits=httpx.Limits(max_connections=DEFAULT_LIMITS_MAX_CONNECTIONS),
-            )
-            entry = _LoopClient(client, _close_with_loop(client))
-            self._clients[loop] = entry
-        return entry.client
+        with self._clients_lock:
+            if self._closed:
+                raise ProviderError(f"{self.name} provider is closed")
+            if self._given_client is not None:
+                if self._given_client.is_closed:
+                    raise ProviderError(
+                        f"the http_client given to the {self.name} provider is closed (by its "
+                        "owner, or by the `async with` block it came from): pass an open one"
+                    )
+                return self._given_client
+            entry = self._clients.get(loop)
+            if entry is None or entry.client.is_closed:  # closed: the loop is ending
+                # A closed loop's client was closed as the loop ended (or is past closing).
+                for stale in [old for old in self._clients if old.is_closed()]:
+                    del self._clients[stale]
+                client = httpx.AsyncClient(
+                    timeout=self._timeouts,
+                    limits=httpx.Limits(max_connections=DEFAULT_LIMITS_MAX_CONNECTIONS),
+                )
+                entry = _LoopClient(client, _close_with_loop(client))
+                self._clients[loop] = entry
+            return entry.client
 
     async def aclose(self) -> None:
         """Closes the pooled clients this transport created; later calls fail.
@@ -776,8 +971,9 @@ class HttpTransport:
         one of an idle loop is closed when that loop next runs. A client passed in is left
         open.
         """
-        self._closed = True
-        entries, self._clients = self._clients, {}
+        with self._clients_lock:
+            self._closed = True
+            entries, self._clients = self._clients, {}
         current = asyncio.get_running_loop()
         for loop, entry in entries.items():
             if loop is current:
@@ -856,6 +1052,10 @@ class HttpTransport:
 
         A server that cannot stream (or not this model) may answer with a JSON error, or a
         whole reply, under status 200. Another attempt gets the same answer: not retryable.
+
+        Args:
+            response: The reply.
+            body: The start of its body (`post_sse` reads `MAX_ERROR_BODY` bytes of it).
         """
         kind = response.headers.get("content-type", "").split(";")[0].strip()
         message = error_message(body, self.redact)
@@ -884,9 +1084,10 @@ class HttpTransport:
                 without a body: see `check_status`). An attempt that takes longer than
                 `total_timeout` in all fails as a timeout (retryable).
             BudgetExceededError: The budget is already spent.
+            ValueError: A value in `body` is NaN or infinite (`request_body`).
         """
         self.check_budget()
-        content = json.dumps(body).encode()
+        content = request_body(body)
         result: bytes = await self._with_retries(self._post_once, path, content, check)
         return result
 
@@ -966,13 +1167,14 @@ class HttpTransport:
         return result
 
     async def post_sse(
-        self, path: str, body: dict[str, Any], ended: Callable[[], bool] | None = None
+        self, path: str, content: bytes, ended: Callable[[], bool] | None = None
     ) -> AsyncGenerator[SseEvent, None]:
         """POSTs a JSON body and yields the server-sent events of the response (one attempt).
 
         Args:
             path: Appended to the base URL.
-            body: The JSON request body.
+            content: The JSON request body, encoded (`request_body`: the caller encodes it
+                once, when the call is made, for all of its attempts).
             ended: Tells whether the caller has seen the stream's last event (`[DONE]`,
                 `message_stop`). The caller then stops reading, or closes this iterator:
                 the rest of the body is read only briefly (so the connection can go back to
@@ -986,11 +1188,10 @@ class HttpTransport:
                 of a reply that is no stream) that takes longer than `total_timeout` (as a
                 non-streamed reply does; retryable); `timeout` seconds spent waiting without
                 an event that carries content (keep-alive comments and `ping` events keep a
-                connection open, not a stream going; retryable); or a connection lost
-                mid-stream.
+                connection open, not a stream going; retryable); a connection lost
+                mid-stream; or a line or an event past `MAX_EVENT_BYTES` (see `iter_sse`).
         """
         client = self._http()
-        content = json.dumps(body).encode()
         waited = 0.0  # seconds spent waiting for bytes since the last event with content
 
         async def timed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -1021,8 +1222,8 @@ class HttpTransport:
                 await self._in_total_time(self.check_status(response))
                 kind = response.headers.get("content-type")
                 if kind is not None and not _is_event_stream(kind):
-                    whole = await self._in_total_time(response.aread())
-                    raise self.not_a_stream_error(response, whole)
+                    start = await self._in_total_time(_read_start(response, MAX_ERROR_BODY))
+                    raise self.not_a_stream_error(response, start)
                 timed_chunks = timed(chunks)
                 events = iter_sse(timed_chunks)
                 try:
@@ -1108,6 +1309,16 @@ class HttpTransport:
         if self.budget is not None:
             self.budget.record(input_tokens, output_tokens, usage.cost_usd)
 
+    def charge_unfinished(self, usage: Usage) -> None:
+        """Charges the usage a call reported before it failed (a stream cut, say).
+
+        The server bills what it reported, so the budget and the metrics count it. A
+        `BudgetExceededError` is not raised here: the call's own failure is what its caller
+        must see (the usage is recorded all the same, and the next call is refused).
+        """
+        with contextlib.suppress(BudgetExceededError):
+            self.charge(usage)
+
 
 def _is_event_stream(content_type: str) -> bool:
     return content_type.split(";")[0].strip().lower() == "text/event-stream"
@@ -1190,15 +1401,35 @@ async def _finish_body(chunks: AsyncIterator[bytes], grace: float) -> None:
 
 
 async def _error_body(response: httpx.Response) -> bytes:
-    """The body of a response with an error status, or a note when it does not decode.
+    """The start of the body of a response with an error status (`MAX_ERROR_BODY` bytes).
 
     A body that fails to decode (a `Content-Encoding: gzip` header on a plain body) must not
-    turn the status error into a retryable decoding error: the status says what failed.
+    turn the status error into a retryable decoding error: the status says what failed; a
+    note says so in place of the body.
     """
     try:
-        return await response.aread()
+        return await _read_start(response, MAX_ERROR_BODY)
     except httpx.DecodingError:
         return b"no error message (the error body did not decode)"
+
+
+async def _read_start(response: httpx.Response, limit: int) -> bytes:
+    """The first `limit` bytes of a body (all of a shorter one); the rest is left unread.
+
+    Closing the response then drops its connection, rather than reading a body of any size.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    stream = response.aiter_bytes()
+    try:
+        async for chunk in stream:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
+    finally:
+        await _aclose(stream)
+    return b"".join(chunks)[:limit]
 
 
 async def _aclose(stream: AsyncIterator[Any]) -> None:

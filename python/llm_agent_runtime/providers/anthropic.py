@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict
 
 from llm_agent_runtime.errors import ProviderError, is_retryable_status
+from llm_agent_runtime.orchestration._checks import check_count
 from llm_agent_runtime.providers._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -18,12 +19,15 @@ from llm_agent_runtime.providers._http import (
     HttpProvider,
     HttpTransport,
     PartialToolCall,
+    StreamedText,
     check_base_url,
+    clean_text,
     env_setting,
     error_in_body,
     error_message,
     parse_json,
     parse_usage,
+    request_body,
 )
 from llm_agent_runtime.providers.base import (
     ChatResponse,
@@ -235,7 +239,8 @@ class AnthropicProvider(HttpProvider):
             value (argument or variable) counts as unset.
         model: Model used when a call names none (default: `ANTHROPIC_MODEL`, else
             `DEFAULT_ANTHROPIC_MODEL`).
-        max_tokens: Most tokens per reply unless a call passes `max_tokens=`.
+        max_tokens: Most tokens per reply unless a call passes `max_tokens=`: an int of at
+            least 1 (not a bool, a float or a string).
         timeout: Seconds to wait for the next bytes of a response, and the longest a stream
             may go on without content (`ping` events do not count).
         connect_timeout: Seconds to wait for a connection.
@@ -271,7 +276,8 @@ class AnthropicProvider(HttpProvider):
             whatever the port, path or letter case), a key no HTTP header can carry
             (whitespace such as a trailing newline, control or non-ASCII characters), or a
             base URL that is not an http(s) URL (one written without its scheme, say).
-        ValueError: A timeout, price or `max_tokens` is out of range.
+        ValueError: A timeout, price or `max_tokens` is out of range, or `max_tokens` is
+            no int.
     """
 
     def __init__(
@@ -295,8 +301,7 @@ class AnthropicProvider(HttpProvider):
         cache_write_cost_per_million: float | None = None,
         cache_write_1h_cost_per_million: float | None = None,
     ) -> None:
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        max_tokens = check_count("max_tokens", max_tokens, 1)
         api_key = api_key or env_setting("ANTHROPIC_API_KEY")
         base_url = check_base_url(
             "Anthropic",
@@ -382,7 +387,8 @@ class AnthropicProvider(HttpProvider):
                 user message is empty (the API accepts no empty message; other empty
                 messages are left out).
             BudgetExceededError: The budget is spent.
-            ValueError: `params` overrides a field the provider sets itself.
+            ValueError: `params` overrides a field the provider sets itself, or a value of
+                the request is NaN or infinite (JSON has no such numbers).
         """
         body = self._body(messages, tools, model, params, stream=False)
         raw = await self._transport.post_json("/v1/messages", body, self._check_reply)
@@ -404,7 +410,7 @@ class AnthropicProvider(HttpProvider):
             elif block.type in _REASONING_BLOCKS:
                 reasoning.append(block.as_received())
         return ChatResponse(
-            text="".join(text),
+            text=clean_text("".join(text)),
             tool_calls=calls,
             usage=usage,
             stop_reason=message.stop_reason,
@@ -426,6 +432,9 @@ class AnthropicProvider(HttpProvider):
     ) -> AsyncIterator[StreamEvent]:
         """Streams a response as `TextDelta` / `ToolCallDelta` events, ending with `StreamEnd`.
 
+        Usage the stream reported before it failed (or was closed) is charged all the same.
+        Half a surrogate pair that ends a piece of text (an emoji a server cut in two) waits
+        for its other half in the next one; a half alone becomes U+FFFD (see `clean_text`).
         Arguments are as for `chat`.
 
         Raises:
@@ -437,10 +446,10 @@ class AnthropicProvider(HttpProvider):
                 usage is charged all the same). Raised at once, not from the iterator, when
                 the last user message is empty.
             BudgetExceededError: The budget is spent.
-            ValueError: `params` overrides a field the provider sets itself.
+            ValueError: As for `chat`, raised at once.
         """
-        body = self._body(messages, tools, model, params, stream=True)
-        return self._transport.retry_stream(lambda: self._stream_once(body))
+        content = request_body(self._body(messages, tools, model, params, stream=True))
+        return self._transport.retry_stream(lambda: self._stream_once(content))
 
     # ------------------------------------------------------------------ wire format
     def _body(
@@ -480,8 +489,8 @@ class AnthropicProvider(HttpProvider):
             body["stream"] = True
         return body
 
-    async def _stream_once(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
-        text: list[str] = []
+    async def _stream_once(self, content: bytes) -> AsyncIterator[StreamEvent]:
+        text = StreamedText()
         tool_blocks: dict[int, PartialToolCall] = {}  # by content block index
         server_blocks: set[int] = set()  # server-side tool calls (web search, MCP): skipped
         reasoning: dict[int, dict[str, Any]] = {}  # thinking blocks, by content block index
@@ -489,95 +498,118 @@ class AnthropicProvider(HttpProvider):
         stop_reason: str | None = None
         model: str | None = None
         usage = Usage()
+        owed = False  # usage reported and not charged yet
         done = False
-        events = self._transport.post_sse("/v1/messages", body, ended=lambda: done)
-        async with contextlib.aclosing(events):  # closing it cuts a body kept open at the end
-            async for sse in events:
-                if sse.event == "error":  # a proxy's error event: its data may be no event
-                    raise _error_event(sse.data, self._transport)
-                event = parse_json(_Event, sse.data, "Anthropic stream event")
-                kind = event.type
-                if kind == "content_block_delta":
-                    delta = event.delta
-                    if delta is None:
-                        raise ProviderError("malformed Anthropic stream event: delta missing")
-                    if delta.type == "text_delta" and delta.text:
-                        text.append(delta.text)
-                        yield TextDelta(delta.text)
-                    elif delta.type == "input_json_delta" and delta.partial_json:
-                        block = tool_blocks.get(event.index)
-                        if block is None:
-                            if event.index in server_blocks:
-                                continue
-                            raise ProviderError(
-                                f"Anthropic stream sent input JSON for block {event.index}, "
-                                "which is not a tool_use block"
+        events = self._transport.post_sse("/v1/messages", content, ended=lambda: done)
+        try:
+            # Closing the events cuts a body kept open at the end.
+            async with contextlib.aclosing(events):
+                async for sse in events:
+                    if sse.event == "error":  # a proxy's error event: its data may be no event
+                        raise _error_event(sse.data, self._transport)
+                    event = parse_json(_Event, sse.data, "Anthropic stream event")
+                    kind = event.type
+                    if kind == "content_block_delta":
+                        delta = event.delta
+                        if delta is None:
+                            raise ProviderError("malformed Anthropic stream event: delta missing")
+                        if delta.type == "text_delta" and delta.text:
+                            piece = text.add(delta.text)
+                            if piece:
+                                yield TextDelta(piece)
+                        elif delta.type == "input_json_delta" and delta.partial_json:
+                            block = tool_blocks.get(event.index)
+                            if block is None:
+                                if event.index in server_blocks:
+                                    continue
+                                raise ProviderError(
+                                    f"Anthropic stream sent input JSON for block {event.index}, "
+                                    "which is not a tool_use block"
+                                )
+                            block.fragments.append(delta.partial_json)
+                            yield ToolCallDelta(block.index, None, None, delta.partial_json)
+                        elif delta.type == "thinking_delta" and delta.thinking:
+                            pieces = thoughts.get(event.index)
+                            if pieces is not None:
+                                pieces.append(delta.thinking)
+                        elif delta.type == "signature_delta" and delta.signature is not None:
+                            thinking = reasoning.get(event.index)
+                            if thinking is not None:
+                                thinking["signature"] = delta.signature  # sent whole, once
+                    elif kind == "content_block_start":
+                        start = event.content_block
+                        if start is not None and start.type == "tool_use":
+                            ordinal = len(tool_blocks)
+                            tool_blocks[event.index] = PartialToolCall(
+                                ordinal, start.id, start.name, initial=start.input
                             )
-                        block.fragments.append(delta.partial_json)
-                        yield ToolCallDelta(block.index, None, None, delta.partial_json)
-                    elif delta.type == "thinking_delta" and delta.thinking:
-                        pieces = thoughts.get(event.index)
-                        if pieces is not None:
-                            pieces.append(delta.thinking)
-                    elif delta.type == "signature_delta" and delta.signature is not None:
-                        thinking = reasoning.get(event.index)
-                        if thinking is not None:
-                            thinking["signature"] = delta.signature  # sent whole, once
-                elif kind == "content_block_start":
-                    start = event.content_block
-                    if start is not None and start.type == "tool_use":
-                        ordinal = len(tool_blocks)
-                        tool_blocks[event.index] = PartialToolCall(
-                            ordinal, start.id, start.name, initial=start.input
-                        )
-                        yield ToolCallDelta(ordinal, start.id, start.name, "")
-                    elif start is not None and start.type == "text" and start.text:
-                        text.append(start.text)
-                        yield TextDelta(start.text)
-                    elif start is not None and start.type.endswith("tool_use"):
-                        # server_tool_use, mcp_tool_use: their input streams as JSON too.
-                        server_blocks.add(event.index)
-                    elif start is not None and start.type in _REASONING_BLOCKS:
-                        received = start.as_received()
-                        reasoning[event.index] = received
-                        if start.type == "thinking":
-                            thoughts[event.index] = [received.get("thinking") or ""]
-                elif kind == "message_start":
-                    if event.message is not None:
-                        model = event.message.model
-                        started = parse_usage(_Usage, event.message.usage, "Anthropic stream")
-                        usage = started.usage()
-                elif kind == "message_delta":
-                    if event.delta is not None and event.delta.stop_reason is not None:
-                        stop_reason = event.delta.stop_reason
-                    if event.usage is not None:
-                        # Counts in message_delta are cumulative for the whole message; those
-                        # it leaves out (or null) stay as message_start gave them.
-                        delta_usage = parse_usage(_Usage, event.usage, "Anthropic stream")
-                        usage = delta_usage.usage(usage)
-                elif kind == "message_stop":
-                    done = True
-                    break
-                elif kind == "error":
-                    raise _error_event(sse.data, self._transport)
-                # ping, content_block_stop and event types added later carry nothing we need.
-            if not done:
-                raise ProviderError("Anthropic stream ended before message_stop", retryable=True)
-            # Charged first: the reply arrived whole and was billed, even if its tool calls fail.
-            self._transport.charge(usage)
-            for index, pieces in thoughts.items():
-                reasoning[index]["thinking"] = "".join(pieces)
-            response = ChatResponse(
-                text="".join(text),
-                tool_calls=[
-                    call.build(stop_reason, self._transport.redact) for call in tool_blocks.values()
-                ],
-                usage=usage,
-                stop_reason=stop_reason,
-                model=model,
-                reasoning=list(reasoning.values()),
-            )
-            yield StreamEnd(response)  # at once: the body is finished (or cut) after this
+                            yield ToolCallDelta(ordinal, start.id, start.name, "")
+                        elif start is not None and start.type == "text" and start.text:
+                            piece = text.add(start.text)
+                            if piece:
+                                yield TextDelta(piece)
+                        elif start is not None and start.type.endswith("tool_use"):
+                            # server_tool_use, mcp_tool_use: their input streams as JSON too.
+                            server_blocks.add(event.index)
+                        elif start is not None and start.type in _REASONING_BLOCKS:
+                            received = start.as_received()
+                            reasoning[event.index] = received
+                            if start.type == "thinking":
+                                thoughts[event.index] = [received.get("thinking") or ""]
+                    elif kind == "message_start":
+                        if event.message is not None:
+                            model = event.message.model
+                            if event.message.usage is not None:
+                                started = parse_usage(
+                                    _Usage, event.message.usage, "Anthropic stream"
+                                )
+                                usage = started.usage()
+                                owed = True
+                    elif kind == "message_delta":
+                        if event.delta is not None and event.delta.stop_reason is not None:
+                            stop_reason = event.delta.stop_reason
+                        if event.usage is not None:
+                            # Counts in message_delta are cumulative for the whole message;
+                            # those it leaves out (or null) stay as message_start gave them.
+                            delta_usage = parse_usage(_Usage, event.usage, "Anthropic stream")
+                            usage = delta_usage.usage(usage)
+                            owed = True
+                    elif kind == "message_stop":
+                        done = True
+                        break
+                    elif kind == "error":
+                        raise _error_event(sse.data, self._transport)
+                    # ping, content_block_stop and later event types carry nothing we need.
+                if not done:
+                    raise ProviderError(
+                        "Anthropic stream ended before message_stop", retryable=True
+                    )
+                rest = text.finish()
+                if rest:
+                    yield TextDelta(rest)
+                # Charged first: the reply arrived whole and was billed, even if its tool calls
+                # fail.
+                owed = False
+                self._transport.charge(usage)
+                for index, pieces in thoughts.items():
+                    reasoning[index]["thinking"] = clean_text("".join(pieces))
+                response = ChatResponse(
+                    text=text.text,
+                    tool_calls=[
+                        call.build(stop_reason, self._transport.redact)
+                        for call in tool_blocks.values()
+                    ],
+                    usage=usage,
+                    stop_reason=stop_reason,
+                    model=model,
+                    reasoning=list(reasoning.values()),
+                )
+                yield StreamEnd(response)  # at once: the body is finished (or cut) after this
+        except BaseException:
+            # Failed, cancelled or closed after the usage arrived: it was billed all the same.
+            if owed:
+                self._transport.charge_unfinished(usage)
+            raise
 
 
 def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
@@ -667,12 +699,13 @@ def _stream_error(error: _Error, transport: HttpTransport) -> ProviderError:
     """The error for an `error` event (e.g. `overloaded_error` mid-stream).
 
     Also for an error body sent with status 200. Retryable when its type stands for a
-    retryable status (`overloaded_error`, `api_error`, `rate_limit_error`, ...).
+    retryable status (`overloaded_error`, `api_error`, `rate_limit_error`, ...). The message
+    is redacted and cleaned (`clean_text`).
     """
     status = _ERROR_STATUS.get(error.type)
     message = error.message or "no error message"
     return ProviderError(
-        transport.redact(f"Anthropic API error: {error.type}: {message}"),
+        transport.redact(clean_text(f"Anthropic API error: {error.type}: {message}")),
         status=status,
         retryable=status is not None and is_retryable_status(status),
     )

@@ -309,7 +309,8 @@ class ToolCallDelta:
     id: str | None = None
     """The call's id, on the first delta of the call."""
     name: str | None = None
-    """The tool's name, on the first delta of the call."""
+    """The tool's name, or a piece of it: pieces sent before the arguments join up (OpenAI
+    may stream a name in pieces)."""
     arguments_delta: str = ""
     """A fragment of the arguments' JSON text."""
 

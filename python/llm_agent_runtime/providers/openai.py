@@ -7,7 +7,6 @@ LM Studio) through `base_url`.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +20,17 @@ from llm_agent_runtime.providers._http import (
     HttpProvider,
     HttpTransport,
     PartialToolCall,
+    StreamedText,
     check_base_url,
+    clean_text,
     decode_arguments,
     env_setting,
     error_in_body,
     error_message,
+    json_text,
     parse_json,
     parse_usage,
+    request_body,
 )
 from llm_agent_runtime.providers.base import (
     ChatResponse,
@@ -327,7 +330,8 @@ class OpenAIProvider(HttpProvider):
                 (when the reply was cut off by the token limit, finish reason `length`, the
                 message says so; the reply's usage is charged all the same).
             BudgetExceededError: The budget is spent.
-            ValueError: `params` overrides a field the provider sets itself.
+            ValueError: `params` overrides a field the provider sets itself, or a value of
+                the request is NaN or infinite (JSON has no such numbers).
         """
         body = self._body(messages, tools, model, params, stream=False)
         raw = await self._transport.post_json("/chat/completions", body, self._check_reply)
@@ -358,7 +362,7 @@ class OpenAIProvider(HttpProvider):
             text += message.refusal
             stop_reason = _REFUSAL
         return ChatResponse(
-            text=text,
+            text=clean_text(text),
             tool_calls=calls,
             usage=usage,
             stop_reason=stop_reason,
@@ -379,7 +383,11 @@ class OpenAIProvider(HttpProvider):
     ) -> AsyncIterator[StreamEvent]:
         """Streams a response as `TextDelta` / `ToolCallDelta` events, ending with `StreamEnd`.
 
-        Usage comes from `stream_options.include_usage`. Arguments are as for `chat`.
+        Usage comes from `stream_options.include_usage`; usage the stream reported before it
+        failed (or was closed) is charged all the same. Half a surrogate pair that ends a
+        piece of text (an emoji a server cut in two) waits for its other half in the next
+        one; a half alone becomes U+FFFD (see `clean_text`). A tool's name streamed in pieces
+        before its arguments is put together. Arguments are as for `chat`.
 
         Raises:
             ProviderError: From the iterator: the stream failed (error status, a reply that
@@ -387,10 +395,10 @@ class OpenAIProvider(HttpProvider):
                 `timeout` seconds, connection lost, or no `[DONE]`), or a tool call's
                 arguments are not a JSON object (as for `chat`).
             BudgetExceededError: The budget is spent.
-            ValueError: `params` overrides a field the provider sets itself.
+            ValueError: As for `chat`, raised at once.
         """
-        body = self._body(messages, tools, model, params, stream=True)
-        return self._transport.retry_stream(lambda: self._stream_once(body))
+        content = request_body(self._body(messages, tools, model, params, stream=True))
+        return self._transport.retry_stream(lambda: self._stream_once(content))
 
     # ------------------------------------------------------------------ wire format
     def _body(
@@ -430,67 +438,83 @@ class OpenAIProvider(HttpProvider):
             body["stream_options"] = {"include_usage": True}
         return body
 
-    async def _stream_once(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
-        text: list[str] = []
+    async def _stream_once(self, content: bytes) -> AsyncIterator[StreamEvent]:
+        text = StreamedText()
         calls = _ToolCallAssembly()
         finish_reason: str | None = None
         refused = False
         model: str | None = None
         usage = Usage()
+        owed = False  # usage reported and not charged yet
         done = False
-        events = self._transport.post_sse("/chat/completions", body, ended=lambda: done)
-        async with contextlib.aclosing(events):  # closing it cuts a body kept open after [DONE]
-            async for sse in events:
-                data = sse.data
-                if data == _DONE:
-                    done = True
-                    break
-                if sse.event == "error":  # a gateway's error event: its data may be no chunk
-                    raise _reported_error(data, self._transport, known=True)
-                chunk = parse_json(_Chunk, data, "OpenAI stream event")
-                if chunk.error is not None or chunk.object == "error":
-                    raise _reported_error(data, self._transport)
-                if chunk.usage is not None:
-                    usage = parse_usage(_Usage, chunk.usage, "OpenAI stream").usage()
-                if chunk.model:
-                    model = chunk.model
-                for choice in chunk.choices or ():
-                    if choice.index != 0:
-                        continue  # only the first choice is assembled (n > 1 is not supported)
-                    delta = choice.delta
-                    if delta is None:  # an annotation (Azure's content filter), no output
+        events = self._transport.post_sse("/chat/completions", content, ended=lambda: done)
+        try:
+            # Closing the events cuts a body kept open after [DONE].
+            async with contextlib.aclosing(events):
+                async for sse in events:
+                    data = sse.data
+                    if data == _DONE:
+                        done = True
+                        break
+                    if sse.event == "error":  # a gateway's: its data may be no chunk
+                        raise _reported_error(data, self._transport, known=True)
+                    chunk = parse_json(_Chunk, data, "OpenAI stream event")
+                    if chunk.error is not None or chunk.object == "error":
+                        raise _reported_error(data, self._transport)
+                    if chunk.usage is not None:
+                        usage = parse_usage(_Usage, chunk.usage, "OpenAI stream").usage()
+                        owed = True
+                    if chunk.model:
+                        model = chunk.model
+                    for choice in chunk.choices or ():
+                        if choice.index != 0:
+                            continue  # only the first choice is assembled (n > 1 unsupported)
+                        delta = choice.delta
+                        if delta is None:  # an annotation (Azure's content filter), no output
+                            if choice.finish_reason is not None:
+                                finish_reason = choice.finish_reason
+                            continue
+                        if delta.content:
+                            piece = text.add(delta.content)
+                            if piece:
+                                yield TextDelta(piece)
+                        if delta.refusal:
+                            refused = True
+                            piece = text.add(delta.refusal)
+                            if piece:
+                                yield TextDelta(piece)
+                        for part in delta.tool_calls or ():
+                            function = part.function
+                            name = function.name if function is not None else None
+                            fragment = (function and function.arguments) or ""
+                            call = calls.add(part.index, part.id, name, fragment)
+                            yield ToolCallDelta(call.index, part.id, name, fragment)
                         if choice.finish_reason is not None:
                             finish_reason = choice.finish_reason
-                        continue
-                    if delta.content:
-                        text.append(delta.content)
-                        yield TextDelta(delta.content)
-                    if delta.refusal:
-                        refused = True
-                        text.append(delta.refusal)
-                        yield TextDelta(delta.refusal)
-                    for piece in delta.tool_calls or ():
-                        function = piece.function
-                        name = function.name if function is not None else None
-                        fragment = (function.arguments if function is not None else None) or ""
-                        call = calls.add(piece.index, piece.id, name, fragment)
-                        yield ToolCallDelta(call.index, piece.id, name, fragment)
-                    if choice.finish_reason is not None:
-                        finish_reason = choice.finish_reason
-            if not done:
-                raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
-            # Charged first: the reply arrived whole and was billed, even if its tool calls fail.
-            self._transport.charge(usage)
-            response = ChatResponse(
-                text="".join(text),
-                tool_calls=[
-                    call.build(finish_reason, self._transport.redact) for call in calls.calls
-                ],
-                usage=usage,
-                stop_reason=_REFUSAL if refused else finish_reason,
-                model=model,
-            )
-            yield StreamEnd(response)  # at once: the body is finished (or cut) after this
+                if not done:
+                    raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
+                rest = text.finish()
+                if rest:
+                    yield TextDelta(rest)
+                # Charged first: the reply arrived whole and was billed, even if its tool calls
+                # fail.
+                owed = False
+                self._transport.charge(usage)
+                response = ChatResponse(
+                    text=text.text,
+                    tool_calls=[
+                        call.build(finish_reason, self._transport.redact) for call in calls.calls
+                    ],
+                    usage=usage,
+                    stop_reason=_REFUSAL if refused else finish_reason,
+                    model=model,
+                )
+                yield StreamEnd(response)  # at once: the body is finished (or cut) after this
+        except BaseException:
+            # Failed, cancelled or closed after the usage arrived: it was billed all the same.
+            if owed:
+                self._transport.charge_unfinished(usage)
+            raise
 
 
 class _ToolCallAssembly:
@@ -498,7 +522,10 @@ class _ToolCallAssembly:
 
     OpenAI gives each call an `index` (and its `id` in the first piece). Some compatible
     servers send every call whole at index 0 with its own id, or leave the index out (a
-    piece without index or id continues the last call). Without ids, once the call a piece
+    piece without index or id continues the last call). A name that comes in pieces before
+    the call's arguments start ("get_" then "weather") is put together, as OpenAI's own SDK
+    does; a piece that repeats the whole name (some servers send it in every piece) is no
+    new part of it. Without ids, once the call a piece
     would continue has whole JSON arguments, a tool named with arguments, or named in one
     piece with its arguments in the next (OpenAI names a call in its first piece only),
     starts a new call. A server that names the tool in every piece does so before the
@@ -549,7 +576,10 @@ class _ToolCallAssembly:
             self._pending_name = None
         else:
             call.id = call.id or call_id
-            call.name = call.name or name
+            if call.name is None:
+                call.name = name
+            elif name and name != call.name and not self._depths[call.index].started:
+                call.name += name  # the next piece of a name streamed in pieces
         if index is not None:
             self._by_index[index] = call
         if call_id:
@@ -567,9 +597,11 @@ class _JsonDepth:
     literals are not checked (a call with broken arguments fails when it is built).
     """
 
-    __slots__ = ("broken", "depth", "escaped", "in_string", "whole")
+    __slots__ = ("broken", "depth", "escaped", "in_string", "started", "whole")
 
     def __init__(self) -> None:
+        self.started = False
+        """Some text other than whitespace arrived."""
         self.depth = 0
         self.in_string = False
         self.escaped = False
@@ -578,6 +610,8 @@ class _JsonDepth:
         """An object opened and closed, and nothing but whitespace after it."""
 
     def feed(self, text: str) -> None:
+        if not self.started and text and not text.isspace():
+            self.started = True
         for char in text:
             if self.broken:
                 return
@@ -615,7 +649,12 @@ def _wire_message(message: Message) -> dict[str, Any]:
             {
                 "id": call.id,
                 "type": "function",
-                "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+                "function": {
+                    "name": call.name,
+                    "arguments": json_text(
+                        call.arguments, f"the arguments object of tool call {call.id!r}"
+                    ),
+                },
             }
             for call in message.tool_calls
         ]
@@ -641,7 +680,7 @@ def _api_error(error: _Error, redact: Callable[[str], str], what: str) -> Provid
     Its `status` is its code when that is an HTTP status (vLLM sends `400`, LiteLLM `"400"`).
     Retryable when that status is, or, without one, when its type or code says the server
     is busy or rate-limited. `redact` removes the API key from the message (`OpenAIEmbedder`
-    reads its replies' errors here too).
+    reads its replies' errors here too), cleaned by `clean_text`.
     """
     status = _http_status(error.code)
     retryable = (
@@ -651,7 +690,7 @@ def _api_error(error: _Error, redact: Callable[[str], str], what: str) -> Provid
     )
     kind = f"{error.type}: " if error.type else ""
     return ProviderError(
-        redact(f"{what}: {kind}{error.message or 'no error message'}"),
+        redact(clean_text(f"{what}: {kind}{error.message or 'no error message'}")),
         status=status,
         retryable=retryable,
     )

@@ -1,0 +1,296 @@
+"""What the transport holds to whatever a stream or a caller does: usage a stream reported is
+charged when it then fails, loops of several threads share one provider, a closed client of
+the caller's is a provider error, and a body is read only as far as it is used. Over
+loopback HTTP, against the fake server speaking each wire format."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import httpx
+import pytest
+
+from llm_agent_runtime import (
+    BudgetExceededError,
+    CostBudget,
+    FakeClock,
+    ProviderError,
+    RetryPolicy,
+    RuntimeMetrics,
+)
+from llm_agent_runtime.providers.base import Message, TextDelta
+
+from .conftest import PROVIDERS, make_provider
+from .fake_server import FakeLlmServer, Reply, Turn, render_anthropic, render_openai
+
+USER = [Message("user", "hi")]
+ONCE = RetryPolicy(max_attempts=1)
+MB = 1024 * 1024
+PRICES = {"input_cost_per_million": 3.0, "output_cost_per_million": 15.0}
+STREAM = {"content-type": "text/event-stream"}
+REPORTED = {"anthropic": (100_000, 1), "openai": (100_000, 9)}
+"""The usage each stream below reports before it fails: Anthropic's `message_start` counts
+one output token so far."""
+
+
+def usage_first(kind: str) -> list[bytes]:
+    """A stream's frames, its usage reported before its text: the 5th frame is text.
+
+    Anthropic reports the input tokens in `message_start`, its first event. OpenAI reports
+    usage in a chunk before `[DONE]`; servers that report it as the stream goes (vLLM's
+    continuous usage stats) send such a chunk early too, as here.
+    """
+    turn = Turn("word " * 20, input_tokens=100_000, output_tokens=9, text_chunks=["word "] * 20)
+    if kind == "anthropic":
+        reply = render_anthropic(turn, True)
+        assert reply.frames is not None
+        return reply.frames  # message_start, ping, content_block_start, text...
+    reply = render_openai(turn, True)
+    assert reply.frames is not None
+    frames = reply.frames
+    frames.insert(1, frames[-2])  # role chunk, usage chunk, text...
+    return frames
+
+
+def charged(metrics: RuntimeMetrics, budget: CostBudget) -> tuple[int, int]:
+    """The tokens the metrics and the budget were charged (both the same)."""
+    snapshot = metrics.snapshot()
+    tokens = (snapshot.input_tokens, snapshot.output_tokens)
+    assert budget.used_tokens == sum(tokens)
+    assert budget.used_cost_usd == pytest.approx((tokens[0] * 3.0 + tokens[1] * 15.0) / 1e6)
+    return tokens
+
+
+# ---------------------------------------------------------------------- usage of failed streams
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("how", ["dropped", "malformed", "closed", "cancelled"])
+async def test_usage_a_stream_reported_is_charged_when_it_then_fails(kind: str, how: str) -> None:
+    # The server bills what it reported (Anthropic's input tokens, in `message_start`); a
+    # stream that failed after that, or that its caller left, charged nothing: a loop of
+    # such calls cost $0 to the budget.
+    frames = usage_first(kind)
+    if how == "dropped":
+        reply = Reply(frames=frames, headers=STREAM, drop_after=6)
+    elif how == "malformed":
+        frames.insert(6, b"data: {not json\n\n")
+        reply = Reply(frames=frames, headers=STREAM)
+    else:  # the caller stops reading while the server pauses
+        reply = Reply(frames=frames, headers=STREAM, pause_after=6, pause=30)
+    budget, metrics = CostBudget(max_cost_usd=10.0), RuntimeMetrics()
+    options: dict[str, Any] = {"budget": budget, "metrics": metrics, "retry": ONCE}
+    with FakeLlmServer() as server:  # its own: a paused reply ends with it
+        server.script(reply)
+        async with make_provider(kind, server, **options, **PRICES) as llm:
+            stream = llm.chat_stream(USER)
+            if how in ("dropped", "malformed"):
+                with pytest.raises(ProviderError):
+                    [event async for event in stream]
+            elif how == "closed":
+                assert isinstance(await stream.__anext__(), TextDelta)
+                await stream.aclose()
+            else:
+                seen: list[Any] = []
+                task = asyncio.create_task(_read_into(seen, stream))
+                while not seen:
+                    await asyncio.sleep(0.01)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+    assert charged(metrics, budget) == REPORTED[kind]
+
+
+async def _read_into(seen: list[Any], stream: Any) -> None:
+    async for event in stream:
+        seen.append(event)
+
+
+async def test_openai_usage_sent_before_a_stream_is_cut_short_of_done_is_charged(
+    server: FakeLlmServer,
+) -> None:
+    # OpenAI's own order: the usage chunk, then `[DONE]`, which never came.
+    reply = render_openai(Turn("hello", input_tokens=100_000, output_tokens=9), True)
+    assert reply.frames is not None
+    reply.drop_after = len(reply.frames) - 1
+    server.script(reply)
+    budget, metrics = CostBudget(max_cost_usd=10.0), RuntimeMetrics()
+    options: dict[str, Any] = {"budget": budget, "metrics": metrics, "retry": ONCE}
+    async with make_provider("openai", server, **options, **PRICES) as llm:
+        with pytest.raises(ProviderError, match="connection failed"):
+            [event async for event in llm.chat_stream(USER)]
+    assert charged(metrics, budget) == (100_000, 9)
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_a_charge_past_the_budget_does_not_hide_why_the_stream_failed(
+    kind: str, server: FakeLlmServer
+) -> None:
+    server.script(Reply(frames=usage_first(kind), headers=STREAM, drop_after=6))
+    budget = CostBudget(max_cost_usd=0.01)  # the 100,000 input tokens cost $0.30
+    async with make_provider(kind, server, budget=budget, retry=ONCE, **PRICES) as llm:
+        with pytest.raises(ProviderError, match="connection failed"):
+            [event async for event in llm.chat_stream(USER)]
+        assert budget.used_cost_usd > 0.3
+        with pytest.raises(BudgetExceededError):  # the next call is refused
+            [event async for event in llm.chat_stream(USER)]
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_each_attempt_of_a_retried_stream_is_charged_what_it_reported(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy, clock: FakeClock
+) -> None:
+    # Cut after its usage and before any text: retried, and billed twice by the server.
+    server.script(
+        Reply(frames=usage_first(kind), headers=STREAM, drop_after=2),
+        Turn("ok", input_tokens=100_000, output_tokens=9),
+    )
+    budget, metrics = CostBudget(max_cost_usd=10.0), RuntimeMetrics()
+    options: dict[str, Any] = {"budget": budget, "metrics": metrics, "retry": retry}
+    async with make_provider(kind, server, **options, **PRICES) as llm:
+        events = [event async for event in llm.chat_stream(USER)]
+    assert events[-1].response.text == "ok"
+    assert len(server.requests) == 2
+    first_input, first_output = REPORTED[kind]
+    assert charged(metrics, budget) == (first_input + 100_000, first_output + 9)
+
+
+# ---------------------------------------------------------------------- threads
+class _PausingLoop(asyncio.SelectorEventLoop):
+    """An event loop whose `is_closed`, once armed, pauses the first other thread to ask.
+
+    The transport asks each loop it keeps a client for whether it is closed when it makes a
+    client for a new loop: the pause holds one thread there while another makes its own.
+    """
+
+    def __init__(self, asked: threading.Event, go_on: threading.Event) -> None:
+        super().__init__()
+        self.owner = threading.get_ident()
+        self.armed = False
+        self.asked, self.go_on = asked, go_on
+
+    def is_closed(self) -> bool:
+        if self.armed and threading.get_ident() != self.owner:
+            self.armed = False
+            self.asked.set()
+            self.go_on.wait(1.0)  # the other thread's call, or a second at most
+        return super().is_closed()
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_threads_each_running_its_own_loop_share_one_provider(
+    kind: str, server: FakeLlmServer
+) -> None:
+    # A sync app calls `asyncio.run(llm.chat(...))` from several threads. Two threads making
+    # clients for their loops at once failed: "dictionary changed size during iteration"
+    # (or a KeyError), a raw RuntimeError from the call.
+    server.fallback = Turn("ok")
+    llm = make_provider(kind, server, retry=ONCE)
+    asked, go_on = threading.Event(), threading.Event()
+    idle = _PausingLoop(asked, go_on)
+    results: dict[str, Any] = {}
+
+    def call(name: str) -> None:
+        try:
+            results[name] = asyncio.run(llm.chat(USER)).text
+        except Exception as error:
+            results[name] = error
+        finally:
+            if name == "second":
+                go_on.set()
+
+    try:
+        assert idle.run_until_complete(llm.chat(USER)).text == "ok"  # a client kept for it
+        idle.armed = True
+        first = threading.Thread(target=call, args=("first",))
+        first.start()
+        assert asked.wait(10)  # the first thread is looking over the loops' clients
+        second = threading.Thread(target=call, args=("second",))
+        second.start()
+        second.join(10)
+        first.join(10)
+        assert results == {"first": "ok", "second": "ok"}
+    finally:
+        go_on.set()
+        idle.run_until_complete(llm.aclose())
+        idle.run_until_complete(idle.shutdown_asyncgens())
+        idle.close()
+
+
+# ---------------------------------------------------------------------- closed clients
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_a_closed_client_of_the_callers_is_a_provider_error(
+    kind: str, stream: bool, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # httpx raised a raw RuntimeError ("Cannot send a request, as the client has been
+    # closed"), which no caller handling ProviderError expects.
+    async with httpx.AsyncClient() as client:
+        pass
+    llm = make_provider(kind, server, http_client=client, retry=retry)
+    with pytest.raises(ProviderError, match=r"http_client given to the .* provider is closed") as e:
+        if stream:
+            [event async for event in llm.chat_stream(USER)]
+        else:
+            await llm.chat(USER)
+    assert e.value.retryable is False
+    assert server.requests == []
+
+
+# ---------------------------------------------------------------------- bodies read in part
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize(
+    ("stream", "status", "kind_of_body"),
+    [(False, 502, "text/html"), (True, 502, "text/html"), (True, 200, "application/json")],
+    ids=["chat-error", "stream-error", "stream-not-a-stream"],
+)
+async def test_a_body_only_quoted_in_an_error_is_read_only_as_far_as_it_is_quoted(
+    kind: str, stream: bool, status: int, kind_of_body: str
+) -> None:
+    # A proxy's error page of hundreds of MB was read whole (and held twice over) for the
+    # 500 characters of it the message keeps. Here the body stops after 1 MB for longer
+    # than `total_timeout`: it used to be waited for, and the call failed as a timeout.
+    page = b"<html>" + b"x" * (MB - 6)
+    reply = Reply(
+        status=status,
+        frames=[page, page],
+        headers={"content-type": kind_of_body},
+        pause_after=1,
+        pause=30,
+    )
+    with FakeLlmServer() as server:  # its own: the paused reply ends with it
+        server.script(reply)
+        async with make_provider(kind, server, retry=ONCE, total_timeout=3) as llm:
+            with pytest.raises(ProviderError) as caught:
+                if stream:
+                    [event async for event in llm.chat_stream(USER)]
+                else:
+                    await llm.chat(USER)
+    error = caught.value
+    assert "timed out" not in str(error)
+    assert error.status == (status if status != 200 else None)
+    assert "<html>xxx" in str(error)
+    assert len(str(error)) < 1000
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("what", ["line", "event"])
+async def test_a_line_or_an_event_that_never_ends_fails_the_stream(
+    kind: str, what: str, server: FakeLlmServer
+) -> None:
+    # One line without a line end (or one event without its blank line) was kept whole,
+    # however long: a broken proxy could fill the memory.
+    if what == "line":
+        frames = [b'data: {"type": "x", "text": "'] + [b"x" * MB] * 17
+    else:
+        frames = [b"data: " + b"x" * MB + b"\n"] * 17
+    server.script(Reply(frames=frames, headers=STREAM))
+    async with make_provider(kind, server, retry=ONCE) as llm:
+        with pytest.raises(ProviderError, match="grew past 16777216 bytes") as caught:
+            [event async for event in llm.chat_stream(USER)]
+    assert caught.value.retryable is True
+    said = "a line" if what == "line" else "the data of an event"
+    assert f"malformed event stream: {said}" in str(caught.value)
