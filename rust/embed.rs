@@ -15,11 +15,13 @@ use std::borrow::Cow;
 
 use numpy::{IntoPyArray, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
+use pyo3::types::PyBool;
 use rayon::prelude::*;
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 use crate::args::{self, OutOfRange};
 use crate::errors::{out_of_memory, run_detached, try_filled, CoreError, CoreResult};
+use crate::sync;
 
 /// Texts above which a batch is embedded over rayon threads.
 const PARALLEL_TEXTS: usize = 64;
@@ -207,14 +209,23 @@ impl Hashing {
             .checked_mul(self.dim)
             .ok_or_else(|| out_of_memory(usize::MAX, "the embeddings"))?;
         let mut out = try_filled(len, 0.0f32, "the embeddings")?;
-        if texts.len() < PARALLEL_TEXTS {
-            for (text, row) in texts.iter().zip(out.chunks_exact_mut(self.dim)) {
-                self.embed_into(text.as_ref(), row)?;
-            }
+        let parallel = if texts.len() >= PARALLEL_TEXTS {
+            sync::parallel(|_| {
+                out.par_chunks_exact_mut(self.dim)
+                    .zip(texts.par_iter())
+                    .try_for_each(|(row, text)| self.embed_into(text.as_ref(), row))
+            })
         } else {
-            out.par_chunks_exact_mut(self.dim)
-                .zip(texts.par_iter())
-                .try_for_each(|(row, text)| self.embed_into(text.as_ref(), row))?;
+            None
+        };
+        // Small batches, and any batch without a pool (threads cannot be spawned), run here.
+        match parallel {
+            Some(done) => done?,
+            None => {
+                for (text, row) in texts.iter().zip(out.chunks_exact_mut(self.dim)) {
+                    self.embed_into(text.as_ref(), row)?;
+                }
+            }
         }
         Ok(out)
     }
@@ -233,8 +244,11 @@ fn too_long_ngrams(what: &str, n: &str) -> CoreError {
     ))
 }
 
-/// The `dim` argument: an int from 1 to [`MAX_DIM`].
+/// The `dim` argument: an int from 1 to [`MAX_DIM`] (a `bool`, an `int` subclass, is refused).
 fn dim_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if value.is_instance_of::<PyBool>() {
+        return Err(CoreError::Memory("dim must be an int, got bool".into()).into());
+    }
     match args::to_usize(value)? {
         Ok(dim) if dim >= 1 => Ok(dim), // the upper bound is checked by `Hashing::new`
         Ok(dim) => Err(CoreError::Memory(format!("dim must be at least 1, got {dim}")).into()),
@@ -292,7 +306,7 @@ fn char_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
 /// length of the text (longer n-grams would match only their exact text anyway).
 ///
 /// Raises:
-///     MemoryStoreError: dim is not between 1 and 2**20, word_ngrams is not between 1 and
+///     MemoryStoreError: dim is not between 1 and 2**20 (or is a bool), word_ngrams is not between 1 and
 ///         32, or an invalid char_ngrams range (min above max, min 0 with max above 0, or
 ///         a length above 32).
 #[pyclass(module = "llm_agent_runtime", name = "HashingEmbedder", frozen)]

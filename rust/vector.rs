@@ -315,15 +315,22 @@ fn scan_split(n: usize, k: usize, scan: impl Fn(usize, usize, &mut TopK) + Sync)
         scan(0, n, &mut top);
         return top;
     }
-    let per_task = PARALLEL_ROWS.max(n.div_ceil(rayon::current_num_threads()));
-    (0..n.div_ceil(per_task))
-        .into_par_iter()
-        .map(|t| {
-            let mut top = TopK::new(k);
-            scan(t * per_task, ((t + 1) * per_task).min(n), &mut top);
-            top
-        })
-        .reduce(|| TopK::new(k), TopK::merge)
+    let parallel = |threads: usize| {
+        let per_task = PARALLEL_ROWS.max(n.div_ceil(threads));
+        (0..n.div_ceil(per_task))
+            .into_par_iter()
+            .map(|t| {
+                let mut top = TopK::new(k);
+                scan(t * per_task, ((t + 1) * per_task).min(n), &mut top);
+                top
+            })
+            .reduce(|| TopK::new(k), TopK::merge)
+    };
+    sync::parallel(parallel).unwrap_or_else(|| {
+        let mut top = TopK::new(k);
+        scan(0, n, &mut top);
+        top
+    })
 }
 
 /// Normalizes `v` in place; refuses non-finite values and zero vectors.
@@ -816,8 +823,9 @@ impl Index {
     /// # Errors
     /// [`CoreError::Persistence`] when the file cannot be read, is not an index, has an unknown
     /// format version or dtype, is truncated, fails its checksum, or holds an id above
-    /// [`MAX_ID`], or stores a value the index never writes (not finite, or an int8 code of
-    /// -128), or `originals_path` is given for an index saved without float32 copies,
+    /// [`MAX_ID`], or stores a value the index never writes (not finite, an int8 code of
+    /// -128, or a row that is not of unit length: see [`Rows::invalid_values`]), or
+    /// `originals_path` is given for an index saved without float32 copies,
     /// cannot be written, or is in use by another index; [`CoreError::Memory`] when
     /// `originals_path` is the index file itself.
     pub fn load(path: &str, originals_path: Option<&str>) -> CoreResult<Self> {
@@ -903,14 +911,16 @@ impl Index {
             (false, _) => return Err(size()),
         };
         // A crafted or damaged file: values the index never stores would skew every score.
-        if let Some(why) = vectors.invalid_values() {
-            return Err(bad(why.into()));
+        if let Some(why) = vectors.invalid_values(dim) {
+            return Err(bad(why));
         }
-        if originals
-            .as_ref()
-            .is_some_and(|o| o.iter().any(|x| !x.is_finite()))
-        {
-            return Err(bad("a float32 copy is not finite".into()));
+        if let Some(originals) = &originals {
+            if originals.iter().any(|x| !x.is_finite()) {
+                return Err(bad("a float32 copy is not finite".into()));
+            }
+            if let Some(why) = quantized::unit_rows_error(originals, dim) {
+                return Err(bad(format!("float32 copy: {why}")));
+            }
         }
         let originals = match (originals, originals_path) {
             (None, Some(_)) => {
@@ -1097,8 +1107,12 @@ fn id_to_i64(id: u64) -> i64 {
 }
 
 /// An id argument of `get` and `in`: a Python int of any size; one that no vector can have
-/// (negative, or above [`MAX_ID`]) is `None`.
+/// (negative, or above [`MAX_ID`]) is `None`, and so is a `bool` (an `int` subclass, but no
+/// id: `add` and `remove` refuse it).
 fn id_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<u64>> {
+    if value.is_instance_of::<PyBool>() {
+        return Ok(None);
+    }
     match value.extract::<i64>() {
         Ok(id) => Ok(u64::try_from(id).ok()),
         Err(e) if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(value.py()) => Ok(None),
@@ -1144,8 +1158,8 @@ type Hits<'py, D> = (
 ///         The index locks it while it lives: one file serves one index at a time.
 ///
 /// Raises:
-///     MemoryStoreError: `dim` or `rescore` is not between 1 and 2**32 - 1, an unknown
-///         `dtype`, or `exact_rescore` or `originals_path` with a dtype other than int8.
+///     MemoryStoreError: `dim` or `rescore` is not between 1 and 2**32 - 1 (or is a bool), an
+///         unknown `dtype`, or `exact_rescore` or `originals_path` with a dtype other than int8.
 ///     PersistenceError: `originals_path` cannot be created (or is not valid Unicode), or
 ///         another index uses it.
 #[pyclass(module = "llm_agent_runtime", name = "VectorIndex", frozen)]
@@ -1162,8 +1176,12 @@ impl PyVectorIndex {
 }
 
 /// A size of the index (`dim`, `rescore`) named `what`: an int from 0 (the index refuses 0
-/// itself, naming the range) to 2**32 - 1, refused with a `MemoryStoreError` beyond.
+/// itself, naming the range) to 2**32 - 1, refused with a `MemoryStoreError` beyond. A
+/// `bool` is an `int` subclass but no size: refused, as `k` refuses it.
 fn size_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
+    if value.is_instance_of::<PyBool>() {
+        return Err(CoreError::Memory(format!("{what} must be an int, got bool")).into());
+    }
     match args::to_usize(value)? {
         Ok(size) => Ok(size),
         Err(OutOfRange::Negative(v)) => {
@@ -1428,7 +1446,7 @@ impl PyVectorIndex {
     ///     A float32 array of length dim, or None when `id` is not in the index.
     ///
     /// Raises:
-    ///     MemoryStoreError: `id` is not a valid id (negative, or above 2**63 - 1).
+    ///     MemoryStoreError: `id` is not a valid id (negative, above 2**63 - 1, or a bool).
     ///     PersistenceError: float32 copies kept in a file cannot be read.
     fn get<'py>(
         &self,
@@ -1436,11 +1454,12 @@ impl PyVectorIndex {
         id: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, numpy::PyArray1<f32>>>> {
         let Some(id) = id_arg(id)? else {
-            return Err(CoreError::Memory(format!(
-                "ids go from 0 to 2**63 - 1, got {}",
-                id.str()?
-            ))
-            .into());
+            let why = if id.is_instance_of::<PyBool>() {
+                format!("ids must be ints >= 0, not bool (got {})", id.str()?)
+            } else {
+                format!("ids go from 0 to 2**63 - 1, got {}", id.str()?)
+            };
+            return Err(CoreError::Memory(why).into());
         };
         // Copied out under the lock, made into an array after it: the array's allocation
         // may run the cycle collector, and with it Python code that writes to this index.
@@ -1448,7 +1467,8 @@ impl PyVectorIndex {
         Ok(row.map(|v| v.into_pyarray(py)))
     }
 
-    /// Whether `id` is in the index (False for an int no vector can have, such as -1).
+    /// Whether `id` is in the index (False for an int no vector can have, such as -1, or a
+    /// bool).
     fn __contains__(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
         match id_arg(id)? {
             Some(id) => self.read(py, |index| index.rows.contains_key(&id)),
@@ -1473,9 +1493,11 @@ impl PyVectorIndex {
     ///
     /// Raises:
     ///     MemoryStoreError: `originals_path` is the index file itself.
-    ///     PersistenceError: unreadable, not an index, another version, truncated or corrupt;
-    ///         or `originals_path` given for an index without float32 copies, that cannot be
-    ///         created, or that another index uses; or a path that is not valid Unicode.
+    ///     PersistenceError: unreadable, not an index, another version, truncated or corrupt
+    ///         (including values the index never stores: NaN/inf, an int8 code of -128, or
+    ///         a row that is not of unit length, zero rows included); or `originals_path`
+    ///         given for an index without float32 copies, that cannot be created, or that
+    ///         another index uses; or a path that is not valid Unicode.
     #[staticmethod]
     #[pyo3(signature = (path, originals_path=None))]
     fn load(

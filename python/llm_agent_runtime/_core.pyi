@@ -224,7 +224,7 @@ class WorkingMemory:
     lookups (in, get, delete, wm[key], del wm[key]) find it absent.
 
     Raises:
-        MemoryStoreError: capacity is below 1 (or too large); a key given to set is not
+        MemoryStoreError: capacity is below 1 (or too large, or a bool); a key given to set is not
             valid Unicode.
     """
 
@@ -314,7 +314,7 @@ class EpisodicStore:
     episodes find none under it.
 
     Raises:
-        MemoryStoreError: per_agent_capacity is below 1 (or beyond 64 bits), or
+        MemoryStoreError: per_agent_capacity is below 1 (or beyond 64 bits, or a bool), or
             similarity_weight is negative or not finite (or beyond the float range).
     """
 
@@ -338,7 +338,7 @@ class EpisodicStore:
 
         Raises:
             MemoryStoreError: importance outside [0, 1], a bad embedding, a clock that
-                returned a NaN or infinite time, agent_id or content not valid Unicode, or
+                returned a NaN or infinite time (or not a number), agent_id or content not valid Unicode, or
                 ids exhausted (next_id reached 2**64 - 1).
         """
     @property
@@ -354,7 +354,7 @@ class EpisodicStore:
         Raises:
             MemoryStoreError: a negative limit, a text query without an embedder (or not
                 valid Unicode), a bad query vector, or a clock that returned a NaN or
-                infinite time.
+                infinite time (or not a number).
         """
     def episodes(self, agent_id: str) -> list[Episode]: ...
     def clear(self, agent_id: str | None = None) -> int: ...
@@ -399,8 +399,8 @@ class VectorIndex:
     instead of memory: memory is a quarter of float32's.
 
     Raises:
-        MemoryStoreError: dim or rescore not between 1 and 2**32 - 1, an unknown dtype, or
-            exact_rescore or originals_path without int8.
+        MemoryStoreError: dim or rescore not between 1 and 2**32 - 1 (or a bool), an unknown
+            dtype, or exact_rescore or originals_path without int8.
         PersistenceError: originals_path cannot be created (or is not valid Unicode), or
             another index uses it.
     """
@@ -434,7 +434,8 @@ class VectorIndex:
         """The stored vector of id (normalized, dequantized), or None.
 
         Raises:
-            MemoryStoreError: id is negative or above 2**63 - 1 (no vector can have it).
+            MemoryStoreError: id is negative or above 2**63 - 1 (no vector can have it), or a
+                bool.
             PersistenceError: float32 copies kept in a file cannot be read.
         """
     def add(self, ids: npt.ArrayLike, vectors: npt.NDArray[np.float32]) -> None:
@@ -499,13 +500,14 @@ class VectorIndex:
         Raises:
             MemoryStoreError: originals_path is the index file itself.
             PersistenceError: unreadable, not an index, other version, truncated or corrupt
-                (including NaN/inf values or int8 code -128), originals_path for an index without float32 copies, or originals_path
-                cannot be created or is in use by another index; a path that is not valid
-                Unicode.
+                (including values the index never stores: NaN/inf, int8 code -128, or a row
+                that is not of unit length, zero rows included), originals_path for an index
+                without float32 copies, or originals_path cannot be created or is in use by
+                another index; a path that is not valid Unicode.
         """
     def __len__(self) -> int: ...
     def __contains__(self, id: int, /) -> bool:
-        """Whether id is in the index (False for an int no vector can have, such as -1)."""
+        """Whether id is in the index (False for an int no vector can have, such as -1, or a bool)."""
 
 # --- Hashing text embedder (rust/embed.rs) ---------------------------------------------------
 
@@ -520,7 +522,7 @@ class HashingEmbedder:
     of char_ngrams), so that embedding stays linear in the length of the text.
 
     Raises:
-        MemoryStoreError: dim is not between 1 and 2**20, word_ngrams is not between 1 and
+        MemoryStoreError: dim is not between 1 and 2**20 (or is a bool), word_ngrams is not between 1 and
             32, or an invalid char_ngrams range (min above max, min 0 with max above 0, or
             a length above 32).
     """

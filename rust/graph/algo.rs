@@ -320,7 +320,12 @@ pub fn transitive_closure(snapshot: &Snapshot) -> CoreResult<Vec<Vec<u32>>> {
         Ok(())
     };
     if n >= PARALLEL_SOURCES {
-        closure.par_iter_mut().enumerate().try_for_each(fill)?;
+        // Without a pool (threads cannot be spawned), the closure is filled here.
+        let rows = &mut closure;
+        match crate::sync::parallel(|_| rows.par_iter_mut().enumerate().try_for_each(fill)) {
+            Some(done) => done?,
+            None => closure.iter_mut().enumerate().try_for_each(fill)?,
+        }
     } else {
         closure.iter_mut().enumerate().try_for_each(fill)?;
     }

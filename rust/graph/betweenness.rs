@@ -274,10 +274,10 @@ pub fn betweenness(
     let buffers = || -> CoreResult<(Scratch, Vec<f64>)> {
         Ok((Scratch::new(n)?, filled(n, 0.0, "the betweenness scores")?))
     };
-    let mut scores = if sources.len() >= PARALLEL_SOURCES {
-        // Each worker's buffers are allocated as its share starts: a share whose buffers do
-        // not fit skips its sources, and the run fails with that error.
-        let partial = sources
+    // Each worker's buffers are allocated as its share starts: a share whose buffers do not
+    // fit skips its sources, and the run fails with that error.
+    let parallel = || {
+        sources
             .par_iter()
             .fold(buffers, |state, &s| {
                 let (mut sc, mut scores) = state?;
@@ -289,17 +289,24 @@ pub fn betweenness(
                 let (mut a, b) = (a?, b?);
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
                 Ok(a)
-            });
-        match partial {
-            Some(scores) => scores?,
-            None => filled(n, 0.0, "the betweenness scores")?,
-        }
+            })
+    };
+    let partial = if sources.len() >= PARALLEL_SOURCES {
+        crate::sync::parallel(|_| parallel())
     } else {
-        let (mut sc, mut scores) = buffers()?;
-        for &s in sources {
-            run(&mut sc, &mut scores, s);
+        None
+    };
+    // Small runs, and any run without a pool (threads cannot be spawned), go here.
+    let mut scores = match partial {
+        Some(Some(scores)) => scores?,
+        Some(None) => filled(n, 0.0, "the betweenness scores")?,
+        None => {
+            let (mut sc, mut scores) = buffers()?;
+            for &s in sources {
+                run(&mut sc, &mut scores, s);
+            }
+            scores
         }
-        scores
     };
     rescale(
         &mut scores,

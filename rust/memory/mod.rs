@@ -8,10 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use numpy::{IntoPyArray, PyUntypedArrayMethods};
 use parking_lot::Mutex;
-use pyo3::exceptions::PyKeyError;
+use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyByteArray, PyBytes, PyIterator, PyList, PyString};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyIterator, PyList, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::args::{self, memory_text, OutOfRange};
@@ -21,8 +21,11 @@ use episodic::{Decay, Episode, Episodes, Recall};
 use working::Lru;
 
 /// A capacity argument named `what`: an int of at least 1; one beyond 64 bits is refused as
-/// too large, naming `max`.
+/// too large, naming `max`. A `bool` is an `int` subclass but no capacity: refused.
 fn capacity(value: &Bound<'_, PyAny>, what: &str, max: usize) -> PyResult<usize> {
+    if value.is_instance_of::<PyBool>() {
+        return Err(CoreError::Memory(format!("{what} must be an int, got bool")).into());
+    }
     match args::to_usize(value)? {
         Ok(capacity) if capacity >= 1 => Ok(capacity),
         Ok(capacity) => {
@@ -84,8 +87,8 @@ fn limit_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
 /// lookups (`in`, `get`, `delete`, `wm[key]`, `del wm[key]`) find it absent.
 ///
 /// Raises:
-///     MemoryStoreError: `capacity` is not positive (or too large), or a key given to `set`
-///         is not valid Unicode (a lone surrogate).
+///     MemoryStoreError: `capacity` is not positive (or too large, or a bool), or a key
+///         given to `set` is not valid Unicode (a lone surrogate).
 #[pyclass(module = "llm_agent_runtime", name = "WorkingMemory", frozen)]
 pub struct PyWorkingMemory {
     /// Held only with the GIL, for O(1) work that runs no Python code: values are cloned
@@ -192,21 +195,26 @@ impl PyWorkingMemory {
         self.with_lru(|lru| lru.iter().map(|(k, _)| k.to_owned()).collect())
     }
 
-    /// Renders the entries for an agent's prompt, one `key: value` line each, most recent
-    /// first; an empty string when there are none.
-    fn to_prompt(&self, py: Python<'_>) -> PyResult<String> {
+    /// Renders the entries for an agent's prompt, one `key: value` line each (the value as
+    /// `str(value)`), most recent first; an empty string when there are none.
+    ///
+    /// Built as a Python string, as Python concatenation would: a value whose `str()` holds
+    /// a lone surrogate (text cut mid-character, say) passes through as it is.
+    fn to_prompt<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyString>> {
         let pairs = self.pairs(py)?;
+        let empty = PyString::new(py, "");
         if pairs.is_empty() {
-            return Ok(String::new());
+            return Ok(empty);
         }
-        let mut out = String::from("Working memory:");
+        let parts = PyList::new(py, ["Working memory:"])?;
         for (key, value) in pairs {
-            out.push_str("\n- ");
-            out.push_str(&key);
-            out.push_str(": ");
-            out.push_str(&value.bind(py).str()?.to_cow()?);
+            parts.append(format!("\n- {key}: "))?;
+            parts.append(value.bind(py).str()?)?;
         }
-        Ok(out)
+        empty
+            .call_method1(pyo3::intern!(py, "join"), (parts,))?
+            .cast_into::<PyString>()
+            .map_err(Into::into)
     }
 
     fn __len__(&self) -> PyResult<usize> {
@@ -478,7 +486,7 @@ impl PyRecallPolicy {
 /// refuses it, and the methods reading an agent's episodes find none under it.
 ///
 /// Raises:
-///     MemoryStoreError: `per_agent_capacity` is not positive (or too large), or
+///     MemoryStoreError: `per_agent_capacity` is not positive (or too large, or a bool), or
 ///         `similarity_weight` is negative or not finite (a number beyond the float range
 ///         included).
 #[pyclass(module = "llm_agent_runtime", name = "EpisodicStore", frozen)]
@@ -518,6 +526,29 @@ fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
     })
 }
 
+/// The error for a clock that returned `value`, which is not a number.
+#[cold]
+fn not_a_time(value: &Bound<'_, PyAny>) -> PyErr {
+    let kind = value
+        .get_type()
+        .name()
+        .map_or_else(|_| "?".to_owned(), |n| n.to_string());
+    // Its repr, if it has one, cut short: a clock may return anything.
+    let shown = value
+        .repr()
+        .ok()
+        .and_then(|r| {
+            r.to_str()
+                .ok()
+                .map(|s| s.chars().take(80).collect::<String>())
+        })
+        .map_or_else(String::new, |r| format!(" {r}"));
+    CoreError::Memory(format!(
+        "the clock returned a {kind}{shown}: it must return a finite number of seconds"
+    ))
+    .into()
+}
+
 impl PyEpisodicStore {
     fn from_parts(store: Episodes, clock: Option<Py<PyAny>>, embedder: Option<Py<PyAny>>) -> Self {
         Self {
@@ -548,12 +579,23 @@ impl PyEpisodicStore {
     /// The clock's time in seconds.
     ///
     /// A NaN or infinite time is refused with `MemoryStoreError`: it would make every score
-    /// NaN and export as `null`, which `from_json` cannot read back.
+    /// NaN and export as `null`, which `from_json` cannot read back. So is a value that is not
+    /// a number (such as the text "12:00"), which would otherwise raise the built-in
+    /// `TypeError`.
     fn now(&self, py: Python<'_>) -> PyResult<f64> {
         match self.clock(py) {
             Some(clock) => {
-                let now = args::real(clock.call0(py)?.bind(py), |e| {
+                let value = clock.call0(py)?;
+                let value = value.bind(py);
+                let now = args::real(value, |e| {
                     CoreError::Memory(format!("the clock returned {e}"))
+                })
+                .map_err(|e| {
+                    if e.is_instance_of::<PyTypeError>(py) {
+                        not_a_time(value)
+                    } else {
+                        e
+                    }
                 })?;
                 if now.is_finite() {
                     Ok(now)
@@ -678,9 +720,9 @@ impl PyEpisodicStore {
     /// Raises:
     ///     MemoryStoreError: `importance` is outside [0, 1]; an embedding that is not finite,
     ///         zero, or of another length than the store's embeddings; the clock returned a
-    ///         NaN or infinite time (or a number beyond the float range); `agent_id` or
-    ///         `content` is not valid Unicode (a lone surrogate); the ids are exhausted
-    ///         (`next_id` reached 2**64 - 1).
+    ///         NaN or infinite time (or a number beyond the float range, or not a number);
+    ///         `agent_id` or `content` is not valid Unicode (a lone surrogate); the ids are
+    ///         exhausted (`next_id` reached 2**64 - 1).
     #[pyo3(signature = (agent_id, content, importance, embedding=None))]
     fn add_episode(
         &self,
@@ -715,7 +757,8 @@ impl PyEpisodicStore {
     /// Raises:
     ///     MemoryStoreError: a negative `limit`; a text query without an embedder, or not
     ///         valid Unicode; a query vector that is not finite, zero, or of another length
-    ///         than the episodes' embeddings; the clock returned a NaN or infinite time.
+    ///         than the episodes' embeddings; the clock returned a NaN or infinite time, or
+    ///         not a number.
     #[pyo3(signature = (agent_id, limit=3, query=None))]
     fn recall(
         &self,

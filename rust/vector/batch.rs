@@ -35,29 +35,31 @@ pub(super) fn search_batch_fused(data: &[f32], dim: usize, queries: &[f32], k: u
     if n < PARALLEL_ROWS {
         return scan_range(data, dim, 0, n, &groups, m, k, fused);
     }
-    // A few tasks per thread balance the load when another process shares a core.
-    let per_task = n
-        .div_ceil(rayon::current_num_threads() * 4)
-        .next_multiple_of(BLOCK_ROWS);
-    (0..n.div_ceil(per_task))
-        .into_par_iter()
-        .map(|t| {
-            let start = t * per_task;
-            scan_range(
-                data,
-                dim,
-                start,
-                (start + per_task).min(n),
-                &groups,
-                m,
-                k,
-                fused,
+    let parallel = |threads: usize| {
+        // A few tasks per thread balance the load when another process shares a core.
+        let per_task = n.div_ceil(threads * 4).next_multiple_of(BLOCK_ROWS);
+        (0..n.div_ceil(per_task))
+            .into_par_iter()
+            .map(|t| {
+                let start = t * per_task;
+                scan_range(
+                    data,
+                    dim,
+                    start,
+                    (start + per_task).min(n),
+                    &groups,
+                    m,
+                    k,
+                    fused,
+                )
+            })
+            .reduce(
+                || (0..m).map(|_| TopK::new(k)).collect(),
+                |a, b| a.into_iter().zip(b).map(|(x, y)| x.merge(y)).collect(),
             )
-        })
-        .reduce(
-            || (0..m).map(|_| TopK::new(k)).collect(),
-            |a, b| a.into_iter().zip(b).map(|(x, y)| x.merge(y)).collect(),
-        )
+    };
+    crate::sync::parallel(parallel)
+        .unwrap_or_else(|| scan_range(data, dim, 0, n, &groups, m, k, fused))
 }
 
 /// Which micro-kernel this CPU runs (checked once per batch).

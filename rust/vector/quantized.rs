@@ -92,6 +92,38 @@ pub enum Rows {
     },
 }
 
+/// How far from 1 the norm of a float32 row the index stores may be: it normalizes each row
+/// (rounding each value once or twice, a relative error of about 1e-7), so this is generous.
+const F32_NORM_TOLERANCE: f64 = 1e-4;
+/// As [`F32_NORM_TOLERANCE`] for float16 rows: rounding each value to float16 moves the norm
+/// by at most 2**-11 (about 4.9e-4), plus a little for subnormal values.
+const F16_NORM_TOLERANCE: f64 = 2e-3;
+/// The largest int8 scale of a unit row (1/127), with room for float rounding.
+const I8_MAX_SCALE: f32 = 1.01 / 127.0;
+
+/// The Euclidean norm of `values`, summed in f64.
+fn norm(values: impl Iterator<Item = f32>) -> f64 {
+    values
+        .map(|x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// The message for row `r` of norm `norm` when that is more than `tolerance` from 1.
+fn not_unit(r: usize, norm: f64, tolerance: f64) -> Option<String> {
+    ((norm - 1.0).abs() > tolerance)
+        .then(|| format!("row {r} has norm {norm:.6}, not 1: the index stores unit vectors"))
+}
+
+/// The message for the first float32 row (of `dim` values) of `values` that is not of unit
+/// length; `None` when all are.
+pub fn unit_rows_error(values: &[f32], dim: usize) -> Option<String> {
+    values
+        .chunks_exact(dim)
+        .enumerate()
+        .find_map(|(r, row)| not_unit(r, norm(row.iter().copied()), F32_NORM_TOLERANCE))
+}
+
 /// Quantizes `row` into `codes`; returns the scale.
 fn quantize(row: &[f32], codes: &mut [i8]) -> f32 {
     let max = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
@@ -103,22 +135,58 @@ fn quantize(row: &[f32], codes: &mut [i8]) -> f32 {
 }
 
 impl Rows {
-    /// Why the stored values could not have come from the index (a crafted or damaged file):
-    /// a float that is not finite, or an int8 code outside the quantizer's [-127, 127].
-    /// A linear scan, for loading.
-    pub fn invalid_values(&self) -> Option<&'static str> {
+    /// Why the stored rows (of `dim` values) could not have come from the index (a crafted or
+    /// damaged file): a float that is not finite, an int8 code outside the quantizer's
+    /// [-127, 127], or a row that is not of unit length as its dtype stores it (a zero row
+    /// included), which would skew every ranking and give scores that are not cosines. A
+    /// linear scan, for loading.
+    pub fn invalid_values(&self, dim: usize) -> Option<String> {
         match self {
-            Self::F32(values) => values
-                .iter()
-                .any(|x| !x.is_finite())
-                .then_some("a stored value is not finite"),
-            Self::F16(bits) => bits
-                .iter()
-                .any(|b| b & 0x7c00 == 0x7c00) // all-ones exponent: inf or NaN
-                .then_some("a stored value is not finite"),
-            Self::I8 { codes, .. } => codes
-                .contains(&i8::MIN)
-                .then_some("an int8 code is -128, outside the quantizer's [-127, 127]"),
+            Self::F32(values) => {
+                if values.iter().any(|x| !x.is_finite()) {
+                    return Some("a stored value is not finite".into());
+                }
+                unit_rows_error(values, dim)
+            }
+            Self::F16(bits) => {
+                if bits.iter().any(|b| b & 0x7c00 == 0x7c00) {
+                    // All-ones exponent: inf or NaN.
+                    return Some("a stored value is not finite".into());
+                }
+                bits.chunks_exact(dim).enumerate().find_map(|(r, row)| {
+                    let norm = norm(row.iter().map(|&b| half::f16::from_bits(b).to_f32()));
+                    not_unit(r, norm, F16_NORM_TOLERANCE)
+                })
+            }
+            Self::I8 { codes, scales } => {
+                if codes.contains(&i8::MIN) {
+                    return Some(
+                        "an int8 code is -128, outside the quantizer's [-127, 127]".into(),
+                    );
+                }
+                let rows = codes.chunks_exact(dim).zip(scales);
+                rows.enumerate().find_map(|(r, (row, &scale))| {
+                    // `quantize` gives a row's largest value (at most 1 in a unit row) the code
+                    // +-127, so the scale is at most 1/127.
+                    if row.iter().all(|&c| c.unsigned_abs() != 127) {
+                        return Some(format!(
+                            "int8 row {r} has no code of +-127, which the quantizer gives \
+                             the largest value of every row"
+                        ));
+                    }
+                    if scale > I8_MAX_SCALE {
+                        return Some(format!(
+                            "int8 row {r} has scale {scale}, above 1/127 (rows are unit \
+                             vectors)"
+                        ));
+                    }
+                    // Each value is within half a scale of its unit row's, so the norm of the
+                    // row as stored is within sqrt(dim) * scale / 2 of 1.
+                    let norm = f64::from(scale) * norm(row.iter().map(|&c| f32::from(c)));
+                    let step = (dim as f64).sqrt() * f64::from(scale) / 2.0;
+                    not_unit(r, norm, step * 1.01 + F32_NORM_TOLERANCE)
+                })
+            }
         }
     }
 
@@ -673,6 +741,29 @@ mod tests {
             assert_eq!(Rows::from_le_bytes(dtype, &bytes, 1, 8), Some(rows));
             assert_eq!(Dtype::parse(dtype.name()), Some(dtype));
             assert_eq!(Dtype::from_code(dtype.code()), Some(dtype));
+        }
+    }
+
+    #[test]
+    fn stored_unit_rows_are_valid_and_others_are_not() {
+        for dim in [1, 2, 3, 64, 384, 4096] {
+            for dtype in [Dtype::F32, Dtype::F16, Dtype::I8] {
+                let mut rows = Rows::new(dtype);
+                for seed in 0..8 {
+                    let mut row = lcg(dim, seed);
+                    // Rows dominated by one value: int8 rounds the rest to 0 or one step.
+                    row[0] += f32::from(u8::try_from(seed).unwrap_or(0)) * 10.0;
+                    crate::vector::normalize(&mut row, "row").unwrap_or_default();
+                    rows.push(&row);
+                }
+                assert_eq!(rows.invalid_values(dim), None, "{dtype:?} dim {dim}");
+                let mut scaled = lcg(dim, 99);
+                crate::vector::normalize(&mut scaled, "row").unwrap_or_default();
+                scaled.iter_mut().for_each(|x| *x *= 0.5);
+                rows.push(&scaled);
+                let why = rows.invalid_values(dim).unwrap_or_default();
+                assert!(why.contains("row 8"), "{dtype:?} dim {dim}: {why}");
+            }
         }
     }
 }
