@@ -210,6 +210,7 @@ class EventBus:
         "active",
         "emit",
         "has_async_callbacks",
+        "listening",
     )
 
     def __init__(self) -> None:
@@ -218,6 +219,9 @@ class EventBus:
         self._pending: set[asyncio.Future[Any]] = set()
         self._recorders: list[Callable[[Event], Any]] = []
         self.active = False
+        self.listening = False
+        """Whether a callback or a subscriber listens, besides the runtime's event log: the
+        runtime streams a model's text, and emits `LlmTextDelta`, only then."""
         self.has_async_callbacks = False
         """Whether an async callback was registered (or a callback returned a coroutine):
         runs then keep track of the callbacks they start, to wait for them."""
@@ -258,7 +262,7 @@ class EventBus:
         if not callable(callback):
             raise AgentRuntimeError(f"an event callback must be callable, got {callback!r}")
         self._callbacks.append(callback)
-        self.active = True
+        self._listeners_changed()
         if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
             type(callback).__call__
         ):
@@ -274,14 +278,12 @@ class EventBus:
         """
         self.on(callback)
         self._recorders.append(callback)
+        self._listeners_changed()
 
-    @property
-    def listening(self) -> bool:
-        """Whether a callback or a subscriber listens, besides the runtime's event log.
-
-        The runtime streams a model's text, and emits `LlmTextDelta`, only then.
-        """
-        return bool(self._queues) or len(self._callbacks) > len(self._recorders)
+    def _listeners_changed(self) -> None:
+        # Flags read on every step, so kept as attributes rather than computed each time.
+        self.active = bool(self._callbacks or self._queues)
+        self.listening = bool(self._queues) or len(self._callbacks) > len(self._recorders)
 
     def off(self, callback: Callable[[Event], Any]) -> None:
         """Removes a callback registered with `on`; one that is not registered is ignored.
@@ -294,7 +296,7 @@ class EventBus:
             self._callbacks.remove(callback)
             if callback in self._recorders:
                 self._recorders.remove(callback)
-        self.active = bool(self._callbacks or self._queues)
+        self._listeners_changed()
 
     def subscribe(self, max_buffered: int | None = None) -> Subscription:
         """Subscribes now; the iterator yields events until `close()` is called.
@@ -327,7 +329,7 @@ class EventBus:
         else:
             queue = _DroppingQueue(max_buffered)
         self._queues.append(queue)
-        self.active = True
+        self._listeners_changed()
         return Subscription(self, queue)
 
     def _unsubscribe(self, queue: asyncio.Queue[Event | None]) -> None:
@@ -336,7 +338,7 @@ class EventBus:
             if registered is queue:
                 del self._queues[index]
                 break
-        self.active = bool(self._callbacks or self._queues)
+        self._listeners_changed()
 
     def close(self) -> None:
         """Ends every open subscription.
@@ -347,7 +349,7 @@ class EventBus:
         for queue in self._queues:
             queue.put_nowait(None)
         self._queues.clear()  # the same list object: the Rust fan-out holds it
-        self.active = bool(self._callbacks)
+        self._listeners_changed()
 
 
 class _DroppingQueue(asyncio.Queue["Event | None"]):

@@ -977,7 +977,8 @@ class AgentRuntime:
                     model_ms = (perf() - model_start) * 1000.0
                     if type(reply) is _ProviderReply:
                         usage = reply.usage
-                        _check_cost(usage)
+                        if usage.cost_usd != 0.0:  # no price (the usual case) is no amount
+                            _check_cost(usage)
                         if reply.stop_reason in _INCOMPLETE_STOP_REASONS:
                             incomplete = reply.stop_reason
                         reply = str(reply)
@@ -1191,7 +1192,8 @@ class AgentRuntime:
             usage = response.usage
             incomplete = None if replayed else response.stop_reason
             if not replayed:
-                _check_cost(usage)
+                if usage.cost_usd != 0.0:  # no price (the usual case) is no amount
+                    _check_cost(usage)
                 if not (usage.input_tokens or usage.output_tokens):
                     # A server that reports no usage: estimated, as in ReAct mode, so budgets
                     # and token metrics still count the call.
