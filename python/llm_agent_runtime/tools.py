@@ -6,9 +6,11 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import copy
 import dataclasses
 import enum
 import functools
+import importlib
 import inspect
 import json
 import math
@@ -21,7 +23,16 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, get_type_hints, overload
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    NamedTuple,
+    SupportsIndex,
+    get_type_hints,
+    overload,
+)
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -421,6 +432,7 @@ class ToolSpec:
         "_check",
         "_direct",
         "_full_check",
+        "_origin",
         "circuit_breaker",
         "description",
         "handler",
@@ -492,6 +504,38 @@ class ToolSpec:
         # instead of going through `handler` (`@tool` sets it); cleared when a setting of
         # how calls run changes.
         self._direct: Callable[..., Awaitable[Any]] | None = None
+        # Where `@tool` put the spec (module, qualified name): it pickles by that reference.
+        self._origin: tuple[str, str] | None = None
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
+        """Pickles a `@tool` spec at a module's top level by reference, as a function.
+
+        By its module and name, as `pickle` does a function: it is found again where it is
+        unpickled (another process imports the module). Other specs pickle by value (their
+        handler must then pickle itself).
+        """
+        if self._origin is not None:
+            with contextlib.suppress(ToolError):
+                if _tool_at(*self._origin) is self:
+                    return (_tool_at, self._origin)
+        return super().__reduce_ex__(protocol)
+
+    def __copy__(self) -> ToolSpec:
+        """A spec with the same settings, which may then be changed on its own."""
+        clone = object.__new__(type(self))
+        for slot in ToolSpec.__slots__:
+            if hasattr(self, slot):
+                object.__setattr__(clone, slot, getattr(self, slot))
+        return clone
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ToolSpec:
+        """As `__copy__`, with the settings (the schema, say) copied deeply."""
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        for slot in ToolSpec.__slots__:
+            if hasattr(self, slot):
+                object.__setattr__(clone, slot, copy.deepcopy(getattr(self, slot), memo))
+        return clone
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Checked also when set after `@tool`; a copy or an unpickled spec sets its slots in
@@ -1071,6 +1115,25 @@ def _signature(fn: Any, tool_name: str) -> inspect.Signature:
     return raw.replace(parameters=params, return_annotation=inspect.Signature.empty)
 
 
+def _tool_at(module: str, qualname: str) -> ToolSpec:
+    """The `ToolSpec` named `qualname` in `module` (imported if need be).
+
+    How a `@tool` spec is unpickled (see `ToolSpec.__reduce_ex__`).
+
+    Raises:
+        ToolError: No spec goes by that name there (the module or the tool was renamed).
+    """
+    try:
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        found = None
+    if not isinstance(found, ToolSpec):
+        raise ToolError(f"no tool is defined as {module}.{qualname} (it was pickled so)")
+    return found
+
+
 @overload
 def tool(
     fn: Callable[..., Any],
@@ -1129,7 +1192,8 @@ def tool(
             named `idempotency_key` receives the call's key, and is not shown that parameter.
 
     Returns:
-        A `ToolSpec`, or a decorator producing one.
+        A `ToolSpec`, or a decorator producing one. A spec made at a module's top level
+        pickles by reference, as a function does (to a worker process, say).
 
     Raises:
         ToolError: When the name is not a valid tool name (a lambda's `<lambda>`: pass
@@ -1312,6 +1376,9 @@ def tool(
             and not spec.takes_idempotency_key
         ):
             spec._direct = func  # what `handler` calls: the registry saves a frame per call
+        module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+        if isinstance(module, str) and isinstance(qualname, str):
+            spec._origin = (module, qualname)
         return spec
 
     if fn is not None:

@@ -1,0 +1,98 @@
+"""`@tool` specs pickle by reference, as functions do, so they cross process boundaries."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import multiprocessing
+import pickle
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+
+
+@ar.tool(idempotent=True)
+def add(a: int, b: int) -> int:
+    """Adds two integers."""
+    return a + b
+
+
+@ar.tool
+async def shout(text: str) -> str:
+    """Upper-cases a text."""
+    return text.upper()
+
+
+def _double(arguments: dict[str, Any]) -> int:
+    return 2 * int(arguments["x"])
+
+
+HAND_MADE = ar.ToolSpec("double", "Doubles x.", _double, required_fields=["x"])
+
+
+def test_a_module_level_tool_unpickles_as_itself() -> None:
+    # A `@tool` spec's handler closes over pydantic's validator model: pickling failed.
+    for spec in (add, shout):
+        assert pickle.loads(pickle.dumps(spec)) is spec
+
+
+def _run_in_child(spec: ar.ToolSpec, arguments: dict[str, Any]) -> tuple[str, bool, Any]:
+    registry = ar.ToolRegistry([spec])
+    observation = asyncio.run(registry.call(spec.name, arguments))
+    return spec.name, spec.idempotent, observation.content
+
+
+def test_a_tool_runs_in_a_spawned_process() -> None:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        assert pool.submit(_run_in_child, add, {"a": 2, "b": 3}).result(timeout=120) == (
+            "add",
+            True,
+            "5",
+        )
+        name, _, content = pool.submit(_run_in_child, shout, {"text": "hi"}).result(timeout=60)
+        assert (name, content) == ("shout", "HI")
+
+
+def test_a_hand_made_spec_pickles_by_value() -> None:
+    clone = pickle.loads(pickle.dumps(HAND_MADE))
+    assert clone is not HAND_MADE
+    assert (clone.name, clone.required_fields, clone.handler) == ("double", ("x",), _double)
+    assert asyncio.run(ar.ToolRegistry([clone]).call("double", {"x": 4})).content == "8"
+
+
+def test_a_tool_defined_in_a_function_is_not_pickled_by_a_wrong_reference() -> None:
+    @ar.tool
+    def add(a: int) -> int:  # the same name as the module's `add`
+        """Adds nothing."""
+        return a
+
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        pickle.dumps(add)  # by value: its handler is a local function
+
+
+def test_a_renamed_tool_fails_to_unpickle_with_a_tool_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = pickle.dumps(add)
+    monkeypatch.delattr(f"{__name__}.add")
+    with pytest.raises(ar.ToolError, match=r"no tool is defined as .*\.add"):
+        pickle.loads(data)
+
+
+def test_copies_are_new_specs_that_change_on_their_own() -> None:
+    for clone in (copy.copy(add), copy.deepcopy(add)):
+        assert clone is not add
+        assert (clone.name, clone.parameters, clone.idempotent) == (
+            add.name,
+            add.parameters,
+            add.idempotent,
+        )
+        clone.timeout = 3.0
+        assert add.timeout is None
+        assert asyncio.run(ar.ToolRegistry([clone]).call("add", {"a": 1, "b": 1})).content == "2"
+    deep = copy.deepcopy(add)
+    assert deep.parameters is not add.parameters
