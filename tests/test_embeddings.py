@@ -412,6 +412,23 @@ def test_openai_embedder_goes_where_openai_base_url_says(
     assert ar.OpenAIEmbedder(base_url=" ")._url == "http://127.0.0.1:9/v1/embeddings"
 
 
+def test_openai_embedder_sends_user_info_as_basic_auth_and_shows_it_nowhere(
+    server: tuple[_Server, str], monkeypatch: Any
+) -> None:
+    """The repr showed `http://alice:password@...`, and the password replaced the key."""
+    state, url = server
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with_user_info = url.replace("http://", "http://alice:S3cret-PW@")
+    embedder = ar.OpenAIEmbedder(base_url=with_user_info)
+    assert embedder.embed(["ab"]).shape == (1, 3)
+    sent = {name.lower(): value for name, value in state.requests[-1][0].items()}
+    assert sent["authorization"] == "Basic YWxpY2U6UzNjcmV0LVBX"  # alice:S3cret-PW
+    assert repr(embedder) == f"OpenAIEmbedder(url='{url}/embeddings', model={embedder.model!r})"
+    with pytest.raises(ar.ProviderError, match="holds a user name and password") as caught:
+        ar.OpenAIEmbedder(base_url=with_user_info, api_key="sk-abcdefgh12345678")
+    assert "S3cret" not in str(caught.value) and "http://***@127.0.0.1" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "base_url",
     [

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -60,12 +61,34 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the console script.
 
+    When the reader of stdout closes it early (`llm-agent-runtime --help | head -1`), it
+    stops quietly with status 1, as the demo does.
+
     Args:
         argv: Arguments (default: `sys.argv[1:]`).
 
     Returns:
         The process exit status.
+
+    Raises:
+        SystemExit: From argparse: after `--help` or `--version` (status 0), or for arguments
+            it refuses (status 2).
     """
+    try:
+        try:
+            status = _run(argv)
+        finally:  # argparse's exit too: a closed pipe must fail here, not at exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # As the Python docs advise: the output left in the buffer goes to /dev/null, so
+        # flushing it at exit raises nothing more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return status
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(_version())

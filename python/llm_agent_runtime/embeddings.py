@@ -174,7 +174,8 @@ class OpenAIEmbedder:
             need none; a blank variable counts as unset).
         base_url: API root with its http:// or https:// scheme, e.g.
             "http://localhost:8000/v1" for vLLM; None (or blank) reads ``OPENAI_BASE_URL``,
-            else OpenAI's API.
+            else OpenAI's API. A user name and password in it (``http://user:pw@host/v1``)
+            are sent as basic auth when there is no API key, and the repr leaves them out.
         model: embedding model name.
         dimensions: ask the server for shorter vectors (models that support it).
         batch_size: texts per request.
@@ -191,8 +192,9 @@ class OpenAIEmbedder:
             refused) of at least 1, or timeout is not a finite number of seconds above 0.
         ProviderError: the API key is one no HTTP header can carry (whitespace such as a
             trailing newline, control or non-ASCII characters; the message never quotes it),
-            the base URL is not an http(s) URL, or it is OpenAI's own API and there is no
-            key.
+            the base URL is not an http(s) URL, it is OpenAI's own API and there is no key,
+            or it holds a user name and password and there is a key too (both would go in
+            the one ``Authorization`` header).
     """
 
     def __init__(
@@ -207,7 +209,7 @@ class OpenAIEmbedder:
         client: httpx.Client | None = None,
     ) -> None:
         # The providers' checks (importing them loads httpx, which a request needs anyway).
-        from llm_agent_runtime.providers._http import check_api_key
+        from llm_agent_runtime.providers._http import check_api_key, move_user_info
         from llm_agent_runtime.providers.openai import openai_endpoint
 
         batch_size = _count(batch_size, "batch_size")
@@ -217,6 +219,8 @@ class OpenAIEmbedder:
         seconds = _seconds(timeout, "timeout")
         self._api_key, url = openai_endpoint("OpenAI embeddings", api_key, base_url)
         check_api_key("OpenAI", self._api_key)
+        bearer = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        url, self._headers = move_user_info("OpenAI embeddings", url, bearer)
         self._url = url + "/embeddings"
         self.model = model
         """Embedding model name sent with each request."""
@@ -274,7 +278,6 @@ class OpenAIEmbedder:
                 "the client given to OpenAIEmbedder is closed (by its owner, or by the `with` "
                 "block it came from): pass an open one"
             )
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         redactor = Redactor(self._api_key)  # made per call: the embedder stays picklable
         client = self._client or httpx.Client(timeout=self._timeout)
         # Nothing to send and no known width: one space is embedded to learn it.
@@ -283,7 +286,7 @@ class OpenAIEmbedder:
             rows: list[list[float]] = []
             for start in range(0, len(inputs), self._batch_size):
                 texts_of_request = inputs[start : start + self._batch_size]
-                chunk = self._request(client, headers, redactor, texts_of_request)
+                chunk = self._request(client, redactor, texts_of_request)
                 if rows and len(chunk[0]) != len(rows[0]):
                     raise ProviderError(
                         "embeddings response rows differ in length across requests: "
@@ -313,7 +316,6 @@ class OpenAIEmbedder:
     def _request(
         self,
         client: httpx.Client,
-        headers: dict[str, str],
         redactor: Redactor,
         texts: list[str],
     ) -> list[list[float]]:
@@ -346,7 +348,7 @@ class OpenAIEmbedder:
                 "POST",
                 self._url,
                 content=content,
-                headers={**headers, "Content-Type": "application/json"},
+                headers={**self._headers, "Content-Type": "application/json"},
                 timeout=self._timeout,
                 follow_redirects=False,
             ) as response,

@@ -5,6 +5,7 @@ import contextvars
 import fcntl
 import multiprocessing
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -705,6 +706,38 @@ async def test_redis_gives_up_on_a_server_that_stops_answering() -> None:
         proxy.thaw()
         await store.close()
         await proxy.close()
+
+
+async def test_postgres_that_cannot_connect_says_why() -> None:
+    """The error said only "PoolTimeout: pool initialization incomplete after 10.0 sec"."""
+    with socket.socket() as free:  # a port nothing listens on once it is closed
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    dsn = f"postgresql://app:pw-SECRET-1234@127.0.0.1:{port}/appdb"
+    store = ar.PostgresBackend(dsn, table=f"kv_{uuid.uuid4().hex}", timeout=0.5)
+    try:
+        with pytest.raises(ar.PersistenceError, match="cannot open PostgreSQL") as info:
+            await store.load("k")
+    finally:
+        await store.close()
+    message = str(info.value)
+    assert "Connection refused" in message and f"port {port} failed" in message
+    assert "PoolTimeout" in message and "SECRET" not in message
+
+
+async def test_postgres_without_its_database_says_so() -> None:
+    address = urlsplit(server_address("postgres"))
+    netloc = f"{address.username}:pw-SECRET-1234@{address.hostname}:{address.port}"
+    dsn = address._replace(netloc=netloc, path="/no_such_database").geturl()
+    store = ar.PostgresBackend(dsn, table=f"kv_{uuid.uuid4().hex}", timeout=0.5)
+    try:
+        with pytest.raises(ar.PersistenceError, match="cannot open PostgreSQL") as info:
+            await store.save("k", b"v")
+    finally:
+        await store.close()
+    message = str(info.value)
+    assert 'database "no_such_database" does not exist' in message
+    assert "SECRET" not in message
 
 
 async def test_postgres_opens_once_its_server_is_back_and_again_after_close() -> None:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import llm_agent_runtime as ar
 from llm_agent_runtime import AnthropicProvider, OpenAIProvider, SqliteBackend, demo
+from llm_agent_runtime.persistence.base import session_key
 
 from .fake_server import FakeLlmServer, Reply, Turn
 
@@ -31,13 +39,28 @@ def model_env(wire: str, url: str) -> dict[str, str]:
     return {"ANTHROPIC_API_KEY": KEYS[wire], "ANTHROPIC_BASE_URL": url}
 
 
-def run_demo(env: dict[str, str], db: Path) -> subprocess.CompletedProcess[str]:
+def demo_env(env: dict[str, str], db: Path | str) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "LLM_AGENT_RUNTIME_DEMO_DB": str(db), **env}
+
+
+def run_demo(env: dict[str, str], db: Path | str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "llm_agent_runtime.demo"],
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin", "LLM_AGENT_RUNTIME_DEMO_DB": str(db), **env},
+        env=demo_env(env, db),
+    )
+
+
+def start_demo(env: dict[str, str], db: Path) -> subprocess.Popen[str]:
+    """The demo in the background, its output unbuffered (read as it comes)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "llm_agent_runtime.demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=demo_env({"PYTHONUNBUFFERED": "1", **env}, db),
     )
 
 
@@ -120,3 +143,135 @@ def test_demo_closes_the_provider_and_the_database_when_the_model_fails(
     assert sorted(closed) == ["database", "provider"]
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "invalid key" in err
+
+
+def test_demo_shows_no_password_of_its_base_url(tmp_path: Path) -> None:
+    """`model: OpenAIProvider(base_url='http://alice:password@...')` went to the output."""
+    with FakeLlmServer() as server:
+        server.script(*(Turn(text=reply) for reply in REPLIES))
+        url = server.url.replace("http://", "http://alice:S3cret-PW@") + "/v1"
+        run = run_demo({"OPENAI_BASE_URL": url}, tmp_path / "d.db")
+        requests = list(server.requests)
+    assert run.returncode == 0, run.stderr
+    assert f"model: OpenAIProvider(base_url='{server.url}/v1', model='gpt-4o-mini')" in run.stdout
+    assert "S3cret" not in run.stdout + run.stderr
+    basic = "Basic " + base64.b64encode(b"alice:S3cret-PW").decode()
+    assert [r.headers["authorization"] for r in requests] == [basic] * 3
+
+
+def test_a_second_demo_on_one_database_waits_for_the_first(tmp_path: Path) -> None:
+    """A second run deleted the first's session as it ran (the first then failed)."""
+    db = tmp_path / "d.db"
+    holder = os.open(tmp_path / "d.db.lock", os.O_RDWR | os.O_CREAT)  # as a running demo
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        second = start_demo({}, db)
+        try:
+            assert second.stderr is not None
+            said = second.stderr.readline()  # the end of its output if it does not wait
+            assert said == f"waiting for another demo run on {db} to end ...\n"
+            time.sleep(0.5)
+            assert second.poll() is None  # it waits
+        finally:
+            os.close(holder)  # the first run ends
+        out, err = second.communicate(timeout=60)
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
+    assert second.returncode == 0, err
+    assert err == "" and "final answer: Mars is on average 78 million km" in out
+
+
+async def run_agent(backend: ar.PersistenceBackend, agent: str) -> str:
+    runtime = ar.AgentRuntime(ar.AgentConfig(max_iterations=2), checkpoint_backend=backend)
+    model = ar.ScriptedProvider(
+        ["Thought: look\nAction: lookup {}", "Thought: done\nAction: FINAL_ANSWER 42"]
+    )
+    return (await runtime.run_agent_with_provider(agent, "?", model)).session_id
+
+
+async def test_forget_demo_sessions_deletes_demo_sessions_that_no_longer_load(
+    tmp_path: Path,
+) -> None:
+    """A session left without some of its records stayed for good, run after run."""
+    backend = SqliteBackend(tmp_path / "d.db")
+    try:
+        kept = await run_agent(backend, "someone-else")
+        named_by_final = await run_agent(backend, demo.AGENT)
+        named_by_meta = await run_agent(backend, demo.AGENT)
+        # Records each loses: step 1 (the steps after it no longer load), and the meta
+        # record or the final checkpoint.
+        broken = {
+            kept: [":meta", ":step:1"],
+            named_by_final: [":meta", ":step:1"],
+            named_by_meta: ["", ":step:1"],
+        }
+        for session_id, tails in broken.items():
+            for tail in tails:
+                assert await backend.delete(session_key(session_id) + tail)
+            with pytest.raises(ar.PersistenceError):
+                await ar.AgentSession.load_checkpoint(backend, session_id)
+        others = await backend.list_keys(session_key(kept))
+        assert await demo.forget_demo_sessions(backend) == 2
+        assert await backend.list_keys("session:") == others  # the other agent's stay
+    finally:
+        backend.close()
+
+
+def test_demo_database_path_with_no_home_for_its_tilde_fails_in_one_line(tmp_path: Path) -> None:
+    """`~nosuchuser/demo.db` ended in a RuntimeError traceback."""
+    run = run_demo({}, "~no-such-user-llm-agent-runtime/demo.db")
+    assert run.returncode == 1
+    assert run.stderr == (
+        "error: LLM_AGENT_RUNTIME_DEMO_DB='~no-such-user-llm-agent-runtime/demo.db': no home "
+        "directory for its '~' (write the path in full)\n"
+    )
+
+
+def test_an_interrupted_demo_says_so_in_one_line(tmp_path: Path) -> None:
+    """Ctrl-C printed a warning about the cancelled run, then "error: interrupted"."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts (the kernel does), never answers: the run waits
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    running = start_demo({"OPENAI_BASE_URL": url}, tmp_path / "d.db")
+    try:
+        assert running.stdout is not None
+        while not running.stdout.readline().startswith("question:"):
+            assert running.poll() is None
+        time.sleep(0.5)  # the model's request is on its way
+        running.send_signal(signal.SIGINT)
+        _, err = running.communicate(timeout=60)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+        listener.close()
+    assert running.returncode == 130
+    assert err == "error: interrupted\n"
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+@pytest.mark.parametrize("args", [["version"], ["--version"], ["--help"], ["demo", "--help"]])
+def test_the_console_script_stops_quietly_when_its_reader_has_gone(
+    args: list[str], unbuffered: str
+) -> None:
+    """`llm-agent-runtime --help | head -0`: a BrokenPipeError traceback, or status 120."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "llm_agent_runtime.cli", *args],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": unbuffered},
+        )
+    finally:
+        os.close(writer)
+    assert run.stderr == ""
+    # argparse ignores a failed write of its own (`--help`, `--version`): unbuffered, the
+    # output is then written (and lost) with nothing left to flush.
+    assert run.returncode == (1 if not unbuffered or args == ["version"] else 0)

@@ -16,7 +16,9 @@ llama.cpp, ...), with the model from `OPENAI_MODEL` (default `gpt-4o-mini`); oth
 The checkpoints go to `LLM_AGENT_RUNTIME_DEMO_DB` when set, else to `llm-agent-runtime/demo.db`
 in the user's cache directory (`XDG_CACHE_HOME`, else `~/.cache`). Each run first deletes
 the sessions earlier demo runs saved there (its agent's only), so the file does not grow run
-after run: it holds the latest run's session.
+after run: it holds the latest run's session. Runs on one database take turns: a run holds
+a lock (the file `<database>.lock` beside it) from start to end, and a second run says that
+it waits, then waits for it.
 
 The demo exits with status 1, saying why on stderr, when the model gives no final answer
 within `max_iterations` steps or the run fails with an `AgentRuntimeError` (a real model's
@@ -42,7 +44,11 @@ from pathlib import Path
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.persistence.base import session_key, split_session_key
+from llm_agent_runtime.persistence.codec import decode
 from llm_agent_runtime.providers import provider_from_env
+
+if sys.platform != "win32":
+    import fcntl
 
 __all__ = ["AGENT", "QUESTION", "SCRIPT", "default_db_path", "forget_demo_sessions", "main", "run"]
 
@@ -60,6 +66,8 @@ may think for long before its first byte)."""
 RUN_TIMEOUT_MS = 600_000
 """The whole run's limit: a server that accepts requests but never answers ends the demo
 with an error, not a wait of the providers' default (10 minutes a read, retried)."""
+LOCK_POLL = 0.2
+"""Seconds between tries for the database's lock while another run holds it."""
 
 OPERATORS: dict[type[ast.operator], Callable[[float, float], float]] = {
     ast.Add: operator.add,
@@ -178,9 +186,18 @@ def default_db_path() -> Path:
     The per-user file is `llm-agent-runtime/demo.db` in `XDG_CACHE_HOME`, else in `~/.cache`
     (in the temporary directory when there is no home directory), never in the working
     directory.
+
+    Raises:
+        PersistenceError: `LLM_AGENT_RUNTIME_DEMO_DB` starts with `~` or `~user` and there is
+            no such home directory.
     """
     if configured := os.environ.get(DB_ENV, "").strip():
-        return Path(configured).expanduser()
+        try:
+            return Path(configured).expanduser()
+        except RuntimeError:  # `~nosuchuser/...`, or `~` with no home directory to be found
+            raise ar.PersistenceError(
+                f"{DB_ENV}={configured!r}: no home directory for its '~' (write the path in full)"
+            ) from None
     cache = os.environ.get("XDG_CACHE_HOME", "").strip()
     if not cache:
         try:
@@ -194,18 +211,14 @@ async def forget_demo_sessions(backend: ar.PersistenceBackend) -> int:
     """Deletes every session of the demo's agent saved in `backend`; returns how many.
 
     Sessions of other agents stay, so a database shared with other programs keeps theirs. A
-    session is found by its meta record or its final checkpoint, finished or not.
+    session is found by its meta record or its final checkpoint, finished or not. A session
+    whose records no longer load as a session (a run cut short, records missing) is the
+    demo's when one of those records, or the claim of one of its runs, names the demo's
+    agent: all of its keys are deleted too. Keys that no record ties to the demo stay.
     """
     keys = await backend.list_keys(session_key(""))
     ids = {parsed[0] for key in keys if (parsed := split_session_key(key)) is not None}
-    doomed: set[str] = set()
-    for session_id in ids:
-        try:
-            saved = await ar.AgentSession.load_checkpoint(backend, session_id)
-        except ar.PersistenceError:  # only stray keys of it, or a record of another kind
-            continue
-        if saved.agent_id == AGENT:
-            doomed.add(session_id)
+    doomed = {session_id for session_id in ids if await _is_demo_session(backend, session_id)}
     for key in keys:
         parsed = split_session_key(key)
         if parsed is not None and parsed[0] in doomed and key != session_key(parsed[0]):
@@ -215,11 +228,74 @@ async def forget_demo_sessions(backend: ar.PersistenceBackend) -> int:
     return len(doomed)
 
 
+async def _is_demo_session(backend: ar.PersistenceBackend, session_id: str) -> bool:
+    """Whether the demo's agent ran a saved session, even one that no longer loads."""
+    try:
+        saved = await ar.AgentSession.load_checkpoint(backend, session_id)
+    except ar.PersistenceError:
+        pass
+    else:
+        return saved.agent_id == AGENT
+    # What names the agent: the final checkpoint, the meta record, a run's claim (holding
+    # that run's meta record).
+    base = session_key(session_id)
+    for key in [base, f"{base}:meta", *await backend.list_keys(f"{base}:run:")]:
+        raw = await backend.load(key)
+        try:
+            record = None if raw is None else decode(raw, key)
+        except ar.PersistenceError:  # corrupt: it names nobody
+            continue
+        if isinstance(record, dict) and isinstance(record.get("session"), dict):
+            record = record["session"]  # a final checkpoint holds the session
+        if isinstance(record, dict) and record.get("agent_id") == AGENT:
+            return True
+    return False
+
+
+async def _lock_database(db_path: Path) -> int | None:
+    """Takes the demo's lock on its database, waiting (and saying so) while another run has it.
+
+    The lock is `flock` on `<database>.lock`: the system drops it when its holder ends, however
+    it ends. Without `flock` (Windows) runs do not take turns.
+
+    Returns:
+        The lock file's descriptor (closing it releases the lock), or None without `flock`.
+
+    Raises:
+        PersistenceError: The lock file cannot be opened.
+    """
+    if sys.platform == "win32":
+        return None
+    path = db_path.with_name(db_path.name + ".lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise ar.PersistenceError(f"cannot open the demo's lock file {path}: {error}") from None
+
+    def locked() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    try:
+        if not locked():
+            print(f"waiting for another demo run on {db_path} to end ...", file=sys.stderr)
+            while not locked():
+                await asyncio.sleep(LOCK_POLL)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class _HeldWarnings(logging.Handler):
     """Holds the runtime's log records during a run, to print them once it has ended.
 
     A failed run is logged by the runtime and then reported by the demo: held, the record of
-    the very error the demo reports is left out, so an error reads as one line.
+    the very error the demo reports is left out, so an error reads as one line. So is that
+    of a run cancelled by an interrupt (Ctrl-C), which the demo reports as `interrupted`.
     """
 
     def __init__(self) -> None:
@@ -231,7 +307,11 @@ class _HeldWarnings(logging.Handler):
 
     def report(self, reported: BaseException | None) -> None:
         for record in self.records:
-            if not any(arg is reported for arg in record.args or ()):
+            args = record.args if isinstance(record.args, tuple) else ()
+            if not any(
+                arg is reported or isinstance(arg, asyncio.CancelledError | KeyboardInterrupt)
+                for arg in args
+            ):
                 print(f"warning: {record.getMessage()}", file=sys.stderr)
 
 
@@ -243,6 +323,8 @@ def _facts() -> list[str]:
 async def run(db_path: Path | None = None) -> int:
     """Runs the demo, printing what the agent does; returns the exit status.
 
+    While another run uses the same database, it waits for that run to end (see the module).
+
     Args:
         db_path: The SQLite checkpoint database (default: `default_db_path()`).
 
@@ -250,9 +332,9 @@ async def run(db_path: Path | None = None) -> int:
         0 when the agent answered; 1 when it gave no final answer within `max_iterations`
         steps or the run failed (the reason is printed to stderr).
     """
-    db_path = default_db_path() if db_path is None else db_path
     print(f"llm-agent-runtime {ar.__version__}: an agent end to end on embedded defaults\n")
     checkpoints: ar.SqliteBackend | None = None
+    lock: int | None = None
     provider: object = None
     reported: ar.AgentRuntimeError | None = None
     logger = logging.getLogger("llm_agent_runtime")
@@ -261,6 +343,7 @@ async def run(db_path: Path | None = None) -> int:
     if held is not None:
         logger.addHandler(held)
     try:
+        db_path = default_db_path() if db_path is None else db_path
         facts = _facts()
         episodes = ar.EpisodicStore(embedder=ar.HashingEmbedder())
         semantic = ar.SemanticStore()
@@ -277,6 +360,7 @@ async def run(db_path: Path | None = None) -> int:
         )
 
         checkpoints = ar.SqliteBackend(db_path)
+        lock = await _lock_database(db_path)
         forgotten = await forget_demo_sessions(checkpoints)
         config = ar.AgentConfig(
             max_iterations=MAX_ITERATIONS,
@@ -356,6 +440,8 @@ async def run(db_path: Path | None = None) -> int:
             await aclose()
         if checkpoints is not None:
             checkpoints.close()
+        if lock is not None:
+            os.close(lock)
         if held is not None:
             logger.removeHandler(held)
             held.report(reported)

@@ -117,6 +117,7 @@ class PostgresBackend:
         digest = hashlib.sha256(f"llm_agent_runtime:create:{table.lower()}".encode()).digest()
         self._create_lock = int.from_bytes(digest[:8], "big", signed=True)
         self.timeout = timeout
+        self._dsn = dsn
         # Autocommit: every call is one statement, atomic on its own, in one round trip.
         self._new_pool = functools.partial(
             AsyncConnectionPool,
@@ -137,6 +138,12 @@ class PostgresBackend:
 
     async def open(self) -> None:
         """Opens a new pool and creates the table if missing.
+
+        The pool tries to connect until `timeout` has passed (a server still starting up
+        gets that long). When it has not connected by then, one more connection is tried
+        directly, for up to `timeout` seconds, to learn why: the error then says what the
+        server or the network answered (connection refused, a failed password, no such
+        database), which the pool's own timeout does not.
 
         Raises:
             PersistenceError: When the server cannot be reached within `timeout`, or the
@@ -168,10 +175,33 @@ class PostgresBackend:
                 await pool.close()  # an opened pool too (the table failed): no leaked conns
                 if not isinstance(error, Exception):
                     raise
-                raise PersistenceError(
-                    f"cannot open PostgreSQL storage: {type(error).__name__}: {error}"
-                ) from error
+                failure = f"{type(error).__name__}: {error}"
+                if isinstance(error, self._pool_timeout | TimeoutError):
+                    why = await self._connection_failure()
+                    failure = failure if why is None else f"{why} ({failure})"
+                raise PersistenceError(f"cannot open PostgreSQL storage: {failure}") from error
             self._ready = True
+
+    async def _connection_failure(self) -> str | None:
+        """Why a connection to the server fails, from one direct attempt (None: it connects).
+
+        The text is psycopg's `OperationalError` (libpq's, or the server's), which names the
+        host, the port, the user and the database but no password. Other errors (a
+        connection string libpq cannot parse) are named by their type alone: their text
+        may quote a piece of the string, the password included.
+        """
+        import psycopg
+
+        try:
+            conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(self._dsn), self.timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            return f"no connection within {self.timeout:g} s"
+        except psycopg.OperationalError as error:
+            return " ".join(str(error).split())  # libpq's lines, on one line
+        except psycopg.Error as error:
+            return f"psycopg refuses the connection string ({type(error).__name__})"
+        await conn.close()
+        return None
 
     async def close(self) -> None:
         """Closes the pool; a later call opens a new one."""

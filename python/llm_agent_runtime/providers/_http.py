@@ -4,13 +4,16 @@ Every provider talks to its API through an `HttpTransport`: it owns the pooled
 `httpx.AsyncClient` (created on first use, closed by `aclose`), sends the auth headers, maps
 transport failures and error statuses onto `ProviderError` in one place, retries through a
 `RetryPolicy`, and reads server-sent events. The API key lives only in the request headers:
-it is never part of a repr, a log line or an error message (error bodies are redacted).
+it is never part of a repr, a log line or an error message (error bodies are redacted). So
+does a password in a base URL (`http://user:password@host/v1`): `move_user_info` takes it out
+of the URL and into a basic-auth header, and messages show such a URL as `http://***@host/v1`.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import base64
 import contextlib
 import datetime
 import email.utils
@@ -33,7 +36,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, get_args
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -77,6 +80,7 @@ __all__ = [
     "error_message",
     "iter_sse",
     "json_text",
+    "move_user_info",
     "parse_json",
     "parse_retry_after",
     "parse_usage",
@@ -120,6 +124,8 @@ MAX_TOKEN_COUNT = 2**63
 a reply's counts are added up): a count past it, or a negative one, is no count."""
 _SURROGATE = re.compile("[\ud800-\udfff]")
 """Half of a UTF-16 surrogate pair, which no UTF-8 text can hold."""
+_USER_INFO = re.compile(r"^([^/?#]*//)?[^/?#]*@")
+"""The user info of a URL (`user:password@` after the scheme), as messages hide it."""
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -407,6 +413,9 @@ def env_setting(name: str) -> str | None:
 def check_base_url(name: str, url: str) -> str:
     """The API root as requests use it: no surrounding whitespace, no trailing slash.
 
+    User info (`http://user:password@host/v1`) is kept: `move_user_info` takes it out. An
+    error message shows the URL with its user info as `***`.
+
     Raises:
         ProviderError: The URL is not an `http://` or `https://` URL with a host and a valid
             port (a base URL written without its scheme, or with port 99999, say), which no
@@ -425,17 +434,64 @@ def check_base_url(name: str, url: str) -> str:
         usable = False
     if not usable:
         raise ProviderError(
-            f"the {name} base URL {url[:200]!r} is not an http:// or https:// URL with a host "
+            f"the {name} base URL {_hide_user_info(url)[:200]!r} is not an http:// or https:// "
+            "URL with a host "
             "and a valid port (write it in full, e.g. 'http://localhost:8000/v1')"
         )
     if "?" in url or "#" in url:  # even an empty one: the path would be appended after it
-        root = url.split("?", 1)[0].split("#", 1)[0]  # the query may hold a key: not quoted
+        # The query may hold a key: not quoted.
+        root = _hide_user_info(url.split("?", 1)[0].split("#", 1)[0])
         raise ProviderError(
             f"the {name} base URL {root[:200]!r} is followed by a query or a fragment ('?...' "
             "or '#...'): request paths appended to it would land there (pass query parameters "
             "through an httpx client of your own, made with params={...})"
         )
     return url.rstrip("/")
+
+
+def move_user_info(name: str, url: str, headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """Takes the user info out of a base URL, to send it as HTTP basic auth.
+
+    `http://alice:pw@host/v1` becomes `http://host/v1` (what requests go to, and what reprs,
+    log lines and error messages show) and an `Authorization: Basic ...` header for `alice`
+    and `pw` (percent-escapes decoded, as httpx decodes them; no `:password` is an empty
+    password). A URL without user info is returned as it is.
+
+    Args:
+        name: Names the service in the error, e.g. "OpenAI".
+        url: A base URL `check_base_url` has accepted.
+        headers: The headers every request sends.
+
+    Returns:
+        The URL without user info, and a copy of `headers` with the basic-auth header added
+        when the URL had user info.
+
+    Raises:
+        ProviderError: The URL has user info and `headers` already send an `Authorization`
+            header (an API key sent as `Bearer`): one header cannot carry both, and neither
+            is dropped in silence.
+    """
+    headers = dict(headers)
+    scheme, _, rest = url.partition("//")
+    host, slash, path = rest.partition("/")
+    user_info, at, host = host.rpartition("@")
+    if not at:
+        return url, headers
+    if any(key.lower() == "authorization" for key in headers):
+        raise ProviderError(
+            f"the {name} base URL {_hide_user_info(url)[:200]!r} holds a user name and "
+            "password, and an API key is set too (api_key=, or its environment variable): "
+            "both would go in the one Authorization header; drop one of them"
+        )
+    user, _, password = user_info.partition(":")
+    pair = f"{unquote(user)}:{unquote(password)}".encode()
+    headers["authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    return f"{scheme}//{host}{slash}{path}", headers
+
+
+def _hide_user_info(url: str) -> str:
+    """`url` as a message shows it: `http://***@host/v1` for `http://user:password@host/v1`."""
+    return _USER_INFO.sub(r"\1***@", url, count=1)
 
 
 def parse_json(model: type[ModelT], data: bytes, what: str) -> ModelT:
@@ -829,7 +885,10 @@ class HttpTransport:
 
     Args:
         name: Provider name used in error messages (e.g. "OpenAI").
-        base_url: API root; request paths are appended to it.
+        base_url: API root; request paths are appended to it. User info in it
+            (`http://user:password@host/v1`) is sent as basic auth, and kept out of
+            `base_url`; with an `Authorization` header in `headers` too, it is refused
+            (`ProviderError`, see `move_user_info`).
         headers: Headers sent with every request (auth included).
         secret: The API key, removed from any error text the server echoes.
         timeout: Seconds to wait for the next bytes of a response; also how long a stream
@@ -906,8 +965,7 @@ class HttpTransport:
             raise ValueError("token prices must be finite and >= 0")
         check_api_key(name, secret)
         self.name = name
-        self.base_url = check_base_url(name, base_url)
-        self._headers = dict(headers)
+        self.base_url, self._headers = move_user_info(name, check_base_url(name, base_url), headers)
         self._redactor = Redactor(secret)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -1449,7 +1507,7 @@ class HttpProvider(abc.ABC):
 
     @property
     def base_url(self) -> str:
-        """The API root requests go to."""
+        """The API root requests go to, without user info (that is sent as basic auth)."""
         return self._transport.base_url
 
     def __repr__(self) -> str:

@@ -236,7 +236,10 @@ class AnthropicProvider(HttpProvider):
         api_key: API key (default: `ANTHROPIC_API_KEY`). Optional for a custom `base_url`.
         base_url: API root (default: `ANTHROPIC_BASE_URL`, else Anthropic's), with its
             `http://` or `https://` scheme. Surrounding whitespace is ignored, and a blank
-            value (argument or variable) counts as unset.
+            value (argument or variable) counts as unset. A user name and password in it
+            (`http://user:password@host`, for a proxy that asks for them) are sent as basic
+            auth, beside the API key's `x-api-key` header, and shown nowhere: `base_url` and
+            the repr leave them out.
         model: Model used when a call names none (default: `ANTHROPIC_MODEL`, else
             `DEFAULT_ANTHROPIC_MODEL`).
         max_tokens: Most tokens per reply unless a call passes `max_tokens=`: an int of at

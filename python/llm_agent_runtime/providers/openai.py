@@ -90,7 +90,8 @@ def openai_endpoint(name: str, api_key: str | None, base_url: str | None) -> tup
 
     Returns:
         The key (None when there is none: a local server may need none) and the base URL,
-        stripped, without a trailing slash.
+        stripped, without a trailing slash, its user info (if any) still in it: the client
+        sends that as basic auth (`move_user_info`).
 
     Raises:
         ProviderError: The base URL is not an http(s) URL, or it is OpenAI's own API (its
@@ -218,7 +219,10 @@ class OpenAIProvider(HttpProvider):
             local servers (Ollama, llama.cpp) need none.
         base_url: API root including `/v1` (default: `OPENAI_BASE_URL`, else OpenAI's), with
             its `http://` or `https://` scheme. Surrounding whitespace is ignored, and a blank
-            value (argument or variable) counts as unset.
+            value (argument or variable) counts as unset. A user name and password in it
+            (`http://user:password@host/v1`, for a proxy that asks for them) are sent as
+            basic auth, when there is no API key (both would go in the `Authorization`
+            header), and shown nowhere: `base_url` and the repr leave them out.
         model: Model used when a call names none (default: `OPENAI_MODEL`, else
             `DEFAULT_OPENAI_MODEL`).
         timeout: Seconds to wait for the next bytes of a response, and the longest a stream
@@ -251,8 +255,9 @@ class OpenAIProvider(HttpProvider):
 
     Raises:
         ProviderError: No API key for OpenAI's own API, a key no HTTP header can carry
-            (whitespace such as a trailing newline, control or non-ASCII characters), or a
-            base URL that is not an http(s) URL (one written without its scheme, say).
+            (whitespace such as a trailing newline, control or non-ASCII characters), a
+            base URL that is not an http(s) URL (one written without its scheme, say), or
+            one with a user name and password when there is an API key too.
         ValueError: A timeout or price is out of range.
     """
 

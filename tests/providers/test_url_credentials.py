@@ -1,0 +1,92 @@
+"""A user name and password in a base URL: sent as basic auth, shown nowhere."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import pytest
+
+from llm_agent_runtime import AnthropicProvider, OpenAIProvider, ProviderError
+from llm_agent_runtime.providers._http import check_base_url, move_user_info
+
+from .conftest import API_KEY
+from .fake_server import FakeLlmServer, Turn
+
+PASSWORD = "S3cret-PW"
+USER_INFO = f"alice:{PASSWORD}%40x"  # percent-escaped, as a password with '@' must be
+BASIC = "Basic " + base64.b64encode(f"alice:{PASSWORD}@x".encode()).decode()
+
+
+def with_user_info(url: str) -> str:
+    return url.replace("http://", f"http://{USER_INFO}@", 1)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_user_info_is_sent_as_basic_auth_and_shown_nowhere(
+    kind: str,
+    server: FakeLlmServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # httpx sent them as basic auth, but they showed in the repr, the base URL and the
+    # demo's output; with OpenAI's bearer key they replaced it without a word.
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    caplog.set_level(logging.DEBUG)  # httpx and httpcore log each request
+    server.script(Turn(text="hi"))
+    llm: Any
+    if kind == "openai":
+        llm = OpenAIProvider(base_url=with_user_info(server.url + "/v1"))
+    else:  # the key goes in x-api-key: basic auth goes beside it
+        llm = AnthropicProvider(base_url=with_user_info(server.url), api_key=API_KEY)
+    async with llm:
+        assert await llm.complete("hello") == "hi"
+    headers = server.requests[0].headers
+    assert headers["authorization"] == BASIC
+    assert headers.get("x-api-key") == (API_KEY if kind == "anthropic" else None)
+    root = server.url + ("/v1" if kind == "openai" else "")
+    assert llm.base_url == root
+    assert repr(llm) == f"{type(llm).__name__}(base_url={root!r}, model={llm.model!r})"
+    assert caplog.records  # the request was logged, without the password
+    assert all(PASSWORD not in record.getMessage() for record in caplog.records)
+
+
+async def test_user_info_and_a_bearer_key_are_refused_together(
+    server: FakeLlmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = with_user_info(server.url + "/v1")
+    for made in (
+        lambda: OpenAIProvider(base_url=url, api_key=API_KEY),
+        lambda: OpenAIProvider(base_url=url),  # the key from the environment
+    ):
+        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+        with pytest.raises(ProviderError, match="holds a user name and password") as caught:
+            made()
+        message = str(caught.value)
+        assert f"'http://***@127.0.0.1:{server.port}/v1'" in message
+        assert PASSWORD not in message and API_KEY not in message
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://alice:{PASSWORD}@127.0.0.1:99999/v1",  # not a valid port
+        f"alice:{PASSWORD}@127.0.0.1/v1",  # no scheme
+        f"http://alice:{PASSWORD}@127.0.0.1/v1?api-version=1",  # a query
+    ],
+)
+def test_a_refused_base_url_is_quoted_without_its_password(url: str) -> None:
+    with pytest.raises(ProviderError) as caught:
+        check_base_url("OpenAI", url)
+    assert PASSWORD not in str(caught.value) and "***@127.0.0.1" in str(caught.value)
+
+
+def test_move_user_info_leaves_a_url_without_any_as_it_is() -> None:
+    headers = {"authorization": "Bearer k"}
+    assert move_user_info("OpenAI", "http://h:8/v1", headers) == ("http://h:8/v1", headers)
+    # An '@' in the path is no user info (urlsplit and httpx read it so too).
+    assert move_user_info("OpenAI", "http://h/a@b", {}) == ("http://h/a@b", {})
+    no_password = move_user_info("OpenAI", "http://token@h/v1", {})
+    assert no_password == ("http://h/v1", {"authorization": "Basic dG9rZW46"})  # "token:"
