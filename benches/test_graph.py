@@ -408,3 +408,41 @@ def test_construction_from_string_ids(benchmark: Any, lib: str) -> None:
     count = benchmark.pedantic(build_named, rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info["lib"] = lib
     benchmark.extra_info["correct"] = count == len(relationships)
+
+
+@pytest.mark.parametrize("lib", [OURS, "networkx"])
+def test_add_then_read_around(benchmark: Any, lib: str) -> None:
+    """An agent's use: add a fact, then read the entity's neighbours; 1,000 rounds."""
+    name = "BA-20,000"
+    ids, relationships = string_edges(name)
+    rnd = random.Random(3)
+    facts = [(rnd.choice(ids), rnd.choice(ids)) for _ in range(1000)]
+
+    def setup() -> tuple[tuple[Any], dict[str, Any]]:
+        if lib == OURS:
+            g = ar.GraphStore()
+            g.add_entities(ids)
+            g.add_relationships(relationships)
+            g.neighbors_of(ids[0])  # built and queried once, as a graph in use
+        else:
+            g = nx.MultiDiGraph()
+            g.add_nodes_from(ids)
+            g.add_edges_from((u, v, {"kind": k, "weight": w}) for u, v, k, w in relationships)
+        return (g,), {}
+
+    def rounds(g: Any) -> int:
+        found = 0
+        if lib == OURS:
+            for a, b in facts:
+                g.add_relationship(a, b, "fact", 2.0)
+                found += b in g.neighbors_of(a)
+        else:
+            for a, b in facts:
+                g.add_edge(a, b, kind="fact", weight=2.0)
+                found += b in g.successors(a)
+        return found
+
+    benchmark.group = f"graph: add a fact, then read its entity's neighbours (1,000 rounds), {name}"
+    found = benchmark.pedantic(rounds, setup=setup, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["lib"] = lib
+    benchmark.extra_info["correct"] = found == len(facts)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import numbers
 from typing import Any
 
@@ -19,11 +20,19 @@ def to_networkx(graph: GraphStore) -> Any:
     """Exports `graph` as a `networkx.MultiDiGraph`.
 
     Nodes carry `label` and `properties`; edges carry `kind`, `weight` and `properties`,
-    added in insertion order (parallel relationships stay separate edges). networkx lists
-    edges grouped by their source node, so `from_networkx(to_networkx(g))` holds the same
-    relationships, each source's in their order, but not their order across sources: the
-    order of a traversal's visits among neighbours reached through different sources
-    (undirected BFS/DFS) may differ.
+    added in insertion order (parallel relationships stay separate edges). The export is
+    read in one go (one `to_json()`), so another thread's writes land wholly before or after
+    it.
+
+    `from_networkx(to_networkx(g))` holds the same entities, in order, and the same
+    relationships, but not always in the same order: networkx lists a node's edges grouped
+    by target (targets in the order the node first reached them), so only the relationships
+    from one source to one target keep their order. A source's relationships to different
+    targets come back grouped by target (their order in `edges_from` and `relationships`
+    may change), sources come in entity order, and so the order of an undirected traversal's
+    visits among neighbours reached through different sources may differ. (A directed
+    traversal visits in the same order: each source's targets keep the order they were
+    first reached in.)
 
     Args:
         graph: The graph to export.
@@ -41,19 +50,26 @@ def to_networkx(graph: GraphStore) -> Any:
             "to_networkx needs networkx: pip install 'llm-agent-runtime[networkx]'"
         ) from error
 
+    # One read of the whole graph under the store's lock: separate reads of the ids, each
+    # entity and the relationships could each see another thread's write in between.
+    document = json.loads(graph.to_json())
     out = nx.MultiDiGraph()
-    for entity_id in graph.entity_ids():
-        entity = graph.entity(entity_id)
-        out.add_node(entity_id, label=entity["label"], properties=entity["properties"])
-    for rel in graph.relationships():
+    for entity in document["entities"]:
+        out.add_node(entity["id"], label=entity["label"], properties=_dict_of(entity["properties"]))
+    for rel in document["relationships"]:
         out.add_edge(
             rel["from"],
             rel["to"],
             kind=rel["kind"],
             weight=rel["weight"],
-            properties=rel["properties"],
+            properties=_dict_of(rel["properties"]),
         )
     return out
+
+
+def _dict_of(properties: dict[str, Any] | None) -> dict[str, Any]:
+    """Properties as `entity()` and `relationships()` give them: a dict, empty for none."""
+    return {} if properties is None else properties
 
 
 def from_networkx(nx_graph: Any, *, weight: str = "weight", kind: str = "kind") -> GraphStore:

@@ -112,6 +112,37 @@ impl WeightedGraph {
         })
     }
 
+    /// The graph of `n` nodes and `edges` (weights non-negative) in units of its total
+    /// weight: every weight divided by the largest one, then by the total `m` (which is then
+    /// 1, up to rounding). Modularity is the same at every scale of the weights, and so,
+    /// in these units, is every sum Louvain compares: neither weights as small as 1e-300 nor
+    /// as large as 1e300 (whose products would underflow or overflow) change the result.
+    ///
+    /// # Errors
+    /// As [`WeightedGraph::from_edges`].
+    fn normalized(n: usize, edges: &[(u32, u32, f64)]) -> CoreResult<WeightedGraph> {
+        let largest = edges.iter().map(|e| e.2).fold(0.0, f64::max);
+        if !(largest > 0.0 && largest.is_finite()) {
+            // No weight (or none positive): the sums are 0 at any scale.
+            return WeightedGraph::from_edges(n, edges.iter().copied());
+        }
+        let mut g =
+            WeightedGraph::from_edges(n, edges.iter().map(|&(a, b, w)| (a, b, w / largest)))?;
+        let m = g.total;
+        if m > 0.0 && m.is_finite() {
+            for x in g
+                .weights
+                .iter_mut()
+                .chain(g.self_loops.iter_mut())
+                .chain(g.degree.iter_mut())
+            {
+                *x /= m;
+            }
+            g.total = g.degree.iter().sum::<f64>() / 2.0;
+        }
+        Ok(g)
+    }
+
     fn n(&self) -> usize {
         self.degree.len()
     }
@@ -154,7 +185,24 @@ fn modularity_of(g: &WeightedGraph, community: &[usize], resolution: f64) -> Cor
         .sum())
 }
 
-/// Moves nodes between communities while modularity improves; returns whether any moved.
+/// A pass (of [`local_moving`]) or a level (of [`louvain_once`]) that improves modularity by
+/// less than this ends the level or the run (networkx's `threshold`).
+const THRESHOLD: f64 = 1e-7;
+
+/// A node moves only to a community that gains more than this times its degree (in units of
+/// the total weight, see [`WeightedGraph::normalized`]) over the best one before it: far
+/// above the rounding in the community totals, so two nodes never trade places forever over
+/// a rounding residue, and far below a gain that changes the modularity.
+const RELATIVE_TOLERANCE: f64 = 1e-10;
+
+/// At most this many passes over the nodes per level: each pass that goes on improves
+/// modularity by at least [`THRESHOLD`], and passes usually stop after a few dozen; the cap
+/// bounds the run whatever the rounding does.
+const MAX_PASSES: usize = 1000;
+
+/// Moves nodes between communities while a pass over them improves modularity by
+/// [`THRESHOLD`] or more (at most [`MAX_PASSES`] passes); returns whether any node moved and
+/// the modularity the moves gained.
 ///
 /// # Errors
 /// [`crate::errors::CoreError::Graph`] when its per-node buffers do not fit in memory.
@@ -163,13 +211,16 @@ fn local_moving(
     community: &mut [usize],
     resolution: f64,
     rng: &mut SplitMix,
-) -> CoreResult<bool> {
+) -> CoreResult<(bool, f64)> {
     let n = g.n();
-    let two_m = 2.0 * g.total;
+    let m = g.total;
+    if m.is_nan() || m <= 0.0 {
+        return Ok((false, 0.0)); // no weight: every partition has modularity 0
+    }
+    let two_m = 2.0 * m;
     let mut totals = filled(n, 0.0, "the community totals")?;
     let mut sizes = filled(n, 0usize, "the community sizes")?;
     for v in 0..n {
-        totals[community[v]] += g.degree[v];
         sizes[community[v]] += 1;
     }
     // Community ids with no member: where a node goes to stand alone.
@@ -179,8 +230,15 @@ fn local_moving(
     let mut link = filled(n, 0.0, "the community links")?;
     let mut touched: Vec<usize> = Vec::new();
     let mut any_move = false;
-    loop {
+    let mut improvement = 0.0;
+    for _ in 0..MAX_PASSES {
+        // Summed afresh each pass: no rounding carried from one pass to the next.
+        totals.fill(0.0);
+        for v in 0..n {
+            totals[community[v]] += g.degree[v];
+        }
         let mut moved = 0;
+        let mut pass_gain = 0.0;
         for &v in &order {
             let own = community[v];
             let k = g.degree[v];
@@ -193,21 +251,29 @@ fn local_moving(
             }
             totals[own] -= k;
             sizes[own] -= 1;
+            if sizes[own] == 0 {
+                // Exactly empty, not a rounding residue of what its members brought.
+                totals[own] = 0.0;
+            }
+            // Twice the modularity `v` brings to community `c` (times m).
             let gain = |c: usize, links: f64| links - resolution * totals[c] * k / two_m;
+            let tolerance = RELATIVE_TOLERANCE * k;
+            let stay = gain(own, link[own]);
             let mut best = own;
-            let mut best_gain = gain(own, link[own]);
+            let mut best_gain = stay;
             for &c in &touched {
                 let g_c = gain(c, link[c]);
-                if g_c > best_gain + 1e-12 {
+                if g_c > best_gain + tolerance {
                     best = c;
                     best_gain = g_c;
                 }
             }
             // Standing alone gains nothing and costs nothing: better when every community
             // around costs more than it links.
-            if sizes[own] > 0 && 0.0 > best_gain + 1e-12 {
+            if sizes[own] > 0 && 0.0 > best_gain + tolerance {
                 if let Some(c) = empty.pop() {
                     best = c;
+                    best_gain = 0.0;
                 }
             }
             totals[best] += k;
@@ -218,6 +284,7 @@ fn local_moving(
             if best != own {
                 community[v] = best;
                 moved += 1;
+                pass_gain += (best_gain - stay) / m;
             }
             for &c in &touched {
                 link[c] = 0.0;
@@ -228,8 +295,12 @@ fn local_moving(
             break;
         }
         any_move = true;
+        improvement += pass_gain;
+        if pass_gain < THRESHOLD {
+            break;
+        }
     }
-    Ok(any_move)
+    Ok((any_move, improvement))
 }
 
 /// Renumbers community ids to 0..count in order of first appearance.
@@ -273,9 +344,10 @@ pub fn louvain(
     } else {
         1
     };
+    let graph = WeightedGraph::normalized(n, edges)?;
     let mut best: Option<(Vec<Vec<u32>>, f64)> = None;
     for attempt in 0..tries {
-        let found = louvain_once(n, edges, resolution, seed.wrapping_add(attempt))?;
+        let found = louvain_once(&graph, resolution, seed.wrapping_add(attempt))?;
         if best.as_ref().is_none_or(|(_, q)| found.1 > *q + 1e-12) {
             best = Some(found);
         }
@@ -288,24 +360,30 @@ pub fn louvain(
 /// # Errors
 /// As [`louvain`].
 fn louvain_once(
-    n: usize,
-    edges: &[(u32, u32, f64)],
+    original: &WeightedGraph,
     resolution: f64,
     seed: u64,
 ) -> CoreResult<(Vec<Vec<u32>>, f64)> {
-    let original = WeightedGraph::from_edges(n, edges.iter().copied())?;
+    let n = original.n();
     let mut rng = SplitMix::new(seed);
     // `membership[v]` = community of original node v, refined level by level.
     let mut membership: Vec<usize> = collected(0..n, "the community membership")?;
-    let mut level = WeightedGraph::from_edges(n, edges.iter().copied())?;
+    let mut aggregated: Option<WeightedGraph> = None;
     loop {
+        let level = aggregated.as_ref().unwrap_or(original);
         let mut community: Vec<usize> = collected(0..level.n(), "the community membership")?;
-        if !local_moving(&level, &mut community, resolution, &mut rng)? {
+        let (moved, gain) = local_moving(level, &mut community, resolution, &mut rng)?;
+        if !moved {
             break;
         }
         let count = renumber(&mut community)?;
         for m in membership.iter_mut() {
             *m = community[*m];
+        }
+        // Another level only when this one merged communities and gained enough (networkx
+        // stops at the same threshold); one community is as far as merging goes.
+        if count == level.n() || count == 1 || gain < THRESHOLD {
+            break;
         }
         // Aggregate: communities become nodes; internal weight becomes a self-loop.
         let mut edges = with_capacity(
@@ -323,17 +401,14 @@ fn louvain_once(
                 }
             }
         }
-        level = WeightedGraph::from_edges(count, edges.into_iter())?;
-        if count == 1 {
-            break;
-        }
+        aggregated = Some(WeightedGraph::from_edges(count, edges.into_iter())?);
     }
     let count = renumber(&mut membership)?;
     let mut communities = filled(count, Vec::new(), "the communities")?;
     for (v, &c) in membership.iter().enumerate() {
         communities[c].push(v as u32);
     }
-    let q = modularity_of(&original, &membership, resolution)?;
+    let q = modularity_of(original, &membership, resolution)?;
     Ok((communities, q))
 }
 
@@ -347,7 +422,7 @@ pub fn modularity(
     communities: &[Vec<u32>],
     resolution: f64,
 ) -> CoreResult<f64> {
-    let g = WeightedGraph::from_edges(n, edges.iter().copied())?;
+    let g = WeightedGraph::normalized(n, edges)?;
     let mut membership = filled(n, 0usize, "the community membership")?;
     for (c, members) in communities.iter().enumerate() {
         for &v in members {
@@ -430,6 +505,52 @@ mod tests {
         // networkx: modularity of this split is 5/14.
         assert!((q - 5.0 / 14.0).abs() < 1e-12);
         assert!((modularity(6, &two_triangles(), &communities, 1.0).unwrap() - q).abs() < 1e-12);
+    }
+
+    #[test]
+    fn louvain_ends_and_ignores_the_scale_of_the_weights() {
+        // Weights whose rounding residues made two nodes trade places forever.
+        let money: Vec<(u32, u32, f64)> = vec![
+            (5, 9, 12345.67),
+            (2, 10, 12345.67),
+            (4, 3, 12345.67),
+            (3, 8, 37037.01),
+            (2, 10, 37037.01),
+            (10, 6, 12345.67),
+            (4, 5, 24691.34),
+            (3, 0, 37037.01),
+            (8, 6, 37037.01),
+            (9, 1, 37037.01),
+        ];
+        let unit: Vec<_> = money
+            .iter()
+            .map(|&(a, b, w)| (a, b, w / 12345.67))
+            .collect();
+        let (expected, q) = louvain(11, &unit, 1.0, 0).unwrap();
+        let (found, q_money) = louvain(11, &money, 1.0, 0).unwrap();
+        assert_eq!(found, expected);
+        assert!((q - q_money).abs() < 1e-12);
+        for scale in [1e-300, 1e-13, 1e-6, 1e6, 1e200, 1e300] {
+            let scaled: Vec<_> = two_triangles()
+                .into_iter()
+                .map(|(a, b, w)| (a, b, w * scale))
+                .collect();
+            let (communities, q) = louvain(6, &scaled, 1.0, 7).unwrap();
+            assert_eq!(communities, vec![vec![0, 1, 2], vec![3, 4, 5]], "{scale}");
+            assert!((q - 5.0 / 14.0).abs() < 1e-12, "{scale}");
+            let again = modularity(6, &scaled, &communities, 1.0).unwrap();
+            assert!((again - q).abs() < 1e-12, "{scale}");
+        }
+    }
+
+    #[test]
+    fn louvain_without_weight_leaves_every_node_alone() {
+        let zero = [(0, 1, 0.0), (1, 2, 0.0)];
+        assert_eq!(
+            louvain(3, &zero, 1.0, 0).unwrap(),
+            (vec![vec![0], vec![1], vec![2]], 0.0)
+        );
+        assert_eq!(louvain(0, &[], 1.0, 0).unwrap(), (vec![], 0.0));
     }
 
     #[test]

@@ -9,9 +9,8 @@
 //! first use, in O(n + m) with no hashing and no sort: the degrees give the row offsets, a
 //! placing pass writes every half-edge into its row (a stable counting sort, so insertion
 //! order holds within a row), and a last pass collapses parallel edges in place, writing
-//! nothing while it has found none. The rows of relationship indices per source (parallel
-//! ones kept, for per-entity queries such as `edges_from`) are built the same way, also on
-//! first use.
+//! nothing while it has found none. (Per-entity queries such as `edges_from` read the
+//! store's own links, [`crate::graph::store::OutLinks`], and need no snapshot.)
 
 use std::sync::{Arc, OnceLock};
 
@@ -100,48 +99,6 @@ impl Adjacency {
     /// Number of stored (collapsed) edges.
     pub fn edge_count(&self) -> usize {
         self.targets.len()
-    }
-}
-
-/// The relationships leaving each node, as indices into the relationship list, in insertion
-/// order and with parallel ones kept (what `edges_from` and relationship counts read).
-#[derive(Debug, Default, Clone)]
-pub struct RelationshipRows {
-    offsets: Vec<u32>,
-    indices: Vec<u32>,
-}
-
-impl RelationshipRows {
-    /// Places every relationship of `edges` in the row of its source (a stable counting
-    /// sort: O(n + m), rows in relationship order); `out_degrees` are the row lengths.
-    ///
-    /// # Errors
-    /// [`crate::errors::CoreError::Graph`] when the rows do not fit in memory.
-    fn build(edges: &[(u32, u32, f64)], out_degrees: &[u32]) -> CoreResult<RelationshipRows> {
-        let n = out_degrees.len();
-        let mut offsets = filled(n + 1, 0u32, "the relationship rows' offsets")?;
-        let mut sum = 0u32;
-        for (offset, &count) in offsets.iter_mut().zip(out_degrees) {
-            *offset = sum;
-            sum += count;
-        }
-        offsets[n] = sum;
-        let mut indices = filled(sum as usize, 0u32, "the relationship rows")?;
-        for (i, &(from, _, _)) in edges.iter().enumerate() {
-            let slot = &mut offsets[from as usize];
-            indices[*slot as usize] = i as u32;
-            *slot += 1;
-        }
-        // The row starts served as cursors, which now end where the next row starts.
-        offsets.copy_within(0..n, 1);
-        offsets[0] = 0;
-        Ok(RelationshipRows { offsets, indices })
-    }
-
-    /// The indices of the relationships leaving `v`, in insertion order.
-    #[inline]
-    pub fn of(&self, v: usize) -> &[u32] {
-        &self.indices[self.offsets[v] as usize..self.offsets[v + 1] as usize]
     }
 }
 
@@ -316,7 +273,6 @@ impl SnapshotBuilder {
             out: OnceLock::new(),
             incoming: OnceLock::new(),
             undirected: OnceLock::new(),
-            out_relationships: OnceLock::new(),
             building: Mutex::new(()),
             has_negative_weight: self.has_negative_weight,
             unit_weights: self.unit_weights,
@@ -337,7 +293,6 @@ pub struct Snapshot {
     out: OnceLock<Adjacency>,
     incoming: OnceLock<Adjacency>,
     undirected: OnceLock<Adjacency>,
-    out_relationships: OnceLock<RelationshipRows>,
     /// Held while a view is built: a view is built once, by the first query that needs it,
     /// while later ones wait for it (a failed build leaves the cell empty for the next try).
     building: Mutex<()>,
@@ -402,16 +357,6 @@ impl Snapshot {
     /// As [`Snapshot::out`].
     pub fn undirected(&self) -> CoreResult<&Adjacency> {
         self.view_of(&self.undirected, Direction::Both)
-    }
-
-    /// The relationships leaving each node, parallel ones kept (built on first use).
-    ///
-    /// # Errors
-    /// [`crate::errors::CoreError::Graph`] when the rows do not fit in memory.
-    pub fn out_relationships(&self) -> CoreResult<&RelationshipRows> {
-        self.built_once(&self.out_relationships, || {
-            RelationshipRows::build(&self.edges, &self.degrees.out)
-        })
     }
 
     /// Number of relationships touching `v`, a self-loop once: its degree in the undirected
@@ -589,10 +534,6 @@ mod tests {
                 reference(n, &edges, Direction::Both)
             );
             for v in 0..n {
-                let leaving: Vec<u32> = (0..m as u32)
-                    .filter(|&i| edges[i as usize].0 == v as u32)
-                    .collect();
-                assert_eq!(g.out_relationships().unwrap().of(v), leaving.as_slice());
                 let touching = edges
                     .iter()
                     .filter(|e| e.0 == v as u32 || e.1 == v as u32)

@@ -5,7 +5,10 @@
 //! algorithms run on a [`Frozen`] copy (edge list, ids, and each CSR adjacency view built on
 //! first use) made once per mutation generation and shared behind an `Arc`, with the GIL
 //! released. `from_edge_list` makes the snapshot while it reads its input, and shares the
-//! edge list with the store.
+//! edge list with the store. Per-entity queries (`edges_from`, `neighbors_of`,
+//! `relationship_count_between`, a directed walk of depth 1 at most, `subgraph` of a few
+//! entities) read the store's own per-entity links instead, which additions keep up to
+//! date: a write followed by such a query rebuilds no snapshot.
 
 pub mod algo;
 pub mod alloc;
@@ -184,6 +187,14 @@ fn py_id(ids: &[Py<PyString>], v: usize) -> PyResult<&Py<PyString>> {
     ids.get(v).ok_or_else(|| outside_snapshot(v, ids.len()))
 }
 
+/// A relationship index past the store's relationships: an internal error, not a panic.
+#[cold]
+fn outside_store(i: u32, count: usize) -> CoreError {
+    CoreError::Runtime(format!(
+        "internal error: relationship {i} is outside the graph ({count} relationships)"
+    ))
+}
+
 #[cold]
 fn outside_snapshot(v: usize, n: usize) -> PyErr {
     CoreError::Runtime(format!(
@@ -355,6 +366,30 @@ impl PyGraphStore {
         max_depth: Option<usize>,
         directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
+        if directed && max_depth.is_some_and(|depth| depth <= 1) {
+            // Breadth- and depth-first alike: `start`, then its successors in the order of
+            // their first relationship (the out-view's order), read from the store.
+            let ids = self.per_entity(py, |store| {
+                let s = store.index_of(start)?;
+                let mut order = vec![s];
+                if max_depth == Some(1) {
+                    let mut seen = rustc_hash::FxHashSet::default();
+                    seen.insert(s);
+                    for i in store.out_links()?.from(s) {
+                        let t = store.target_of(i);
+                        let t = t.ok_or_else(|| outside_store(i, store.relationship_count()))?;
+                        if seen.insert(t) {
+                            order.push(t);
+                        }
+                    }
+                }
+                Ok(order
+                    .into_iter()
+                    .map(|v| store.id_at(v).into_owned())
+                    .collect::<Vec<String>>())
+            })?;
+            return PyList::new(py, ids);
+        }
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
         let order = run_detached(py, move || {
@@ -367,6 +402,17 @@ impl PyGraphStore {
             )
         })?;
         frozen.py_list(py, &order)
+    }
+
+    /// Runs a per-entity query `f` on the store, read-locked with the GIL released: it reads
+    /// the entity's own relationships ([`Store::out_links`], built on first use and kept up
+    /// to date by additions), so it costs no snapshot however often the graph changes.
+    fn per_entity<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Store) -> CoreResult<T> + Send,
+    ) -> PyResult<T> {
+        run_detached(py, || f(&self.store.read()))
     }
 
     /// Runs `f` on the frozen graph with the GIL released.
@@ -839,24 +885,17 @@ impl PyGraphStore {
         py: Python<'py>,
         #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
     ) -> PyResult<Bound<'py, PyList>> {
-        let rows = run_detached(py, || {
-            // Read from the snapshot's rows of this very generation (held read-locked): the
-            // relationships of one entity, not a scan of every relationship.
-            let store = self.store.read();
-            let frozen = self.frozen_of(&store)?;
-            let v = frozen.node(&id)?;
+        let rows = self.per_entity(py, |store| {
+            // The relationships of this entity, not a scan of every relationship, nor a new
+            // snapshot after each mutation.
+            let v = store.index_of(&id)?;
             let relationships = store.relationships();
-            frozen
-                .snapshot
-                .out_relationships()?
-                .of(v as usize)
-                .iter()
-                .map(|&i| match relationships.get(i as usize) {
-                    Some(r) => Ok(RelationshipRow::of(&store, r)),
-                    None => Err(CoreError::Runtime(format!(
-                        "internal error: relationship {i} is outside the graph ({} relationships)",
-                        relationships.len()
-                    ))),
+            store
+                .out_links()?
+                .from(v)
+                .map(|i| match relationships.get(i as usize) {
+                    Some(r) => Ok(RelationshipRow::of(store, r)),
+                    None => Err(outside_store(i, relationships.len())),
                 })
                 .collect::<CoreResult<Vec<_>>>()
         })?;
@@ -1004,18 +1043,20 @@ impl PyGraphStore {
         py: Python<'_>,
         #[pyo3(from_py_with = graph_texts)] ids: Vec<PyBackedStr>,
     ) -> PyResult<PyGraphStore> {
-        let store = self.read(py, |store| {
+        // Borrowed, not moved: the Python strings are released here, with the GIL.
+        let ids = &ids;
+        run_detached(py, || {
+            let store = self.store.read();
             let mut seen = rustc_hash::FxHashSet::default();
             let mut nodes = Vec::with_capacity(ids.len());
-            for id in &ids {
+            for id in ids {
                 let v = store.index_of(id)?;
                 if seen.insert(v) {
                     nodes.push(v);
                 }
             }
-            store.induced(&nodes)
-        })??;
-        Ok(PyGraphStore::from_store(store))
+            Ok(PyGraphStore::from_store(store.induced(&nodes)?))
+        })
     }
 
     // ------------------------------------------------------------------ centrality
@@ -1140,6 +1181,11 @@ impl PyGraphStore {
     /// Louvain communities of the undirected view (parallel weights add up), seeded; graphs
     /// of up to 512 entities keep the best of 8 seeded node orders.
     ///
+    /// Multiplying every weight by one constant changes neither the communities nor the
+    /// modularity (sums are taken in units of the total weight). A level ends when a pass
+    /// over its nodes improves modularity by less than 1e-7, and the run when a level does
+    /// (networkx's `threshold`), after at most 1000 passes a level.
+    ///
     /// Returns:
     ///     (communities, modularity): lists of ids, each in `entity_ids()` order (insertion
     ///     order until an entity is removed: a removal moves the last entity into its place),
@@ -1235,9 +1281,9 @@ impl PyGraphStore {
     /// Distinct relationship kinds, sorted.
     fn relationship_kinds(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         self.read(py, |store| {
-            let used: BTreeSet<u32> = store.relationships().iter().map(|r| r.kind).collect();
-            let kinds: BTreeSet<&str> = used.into_iter().map(|k| store.kind_name(k)).collect();
-            kinds.into_iter().map(str::to_owned).collect()
+            let mut kinds: Vec<String> = store.kinds_in_use().map(str::to_owned).collect();
+            kinds.sort_unstable();
+            kinds
         })
     }
 
@@ -1253,14 +1299,10 @@ impl PyGraphStore {
         #[pyo3(from_py_with = graph_text)] from_id: PyBackedStr,
         #[pyo3(from_py_with = graph_text)] to_id: PyBackedStr,
     ) -> PyResult<usize> {
-        self.run(py, |f| {
-            let (a, b) = (f.node(&from_id)?, f.node(&to_id)?);
-            let edges = f.snapshot.edges();
-            let leaving = f.snapshot.out_relationships()?.of(a as usize);
-            Ok(leaving
-                .iter()
-                .filter(|&&i| edges.get(i as usize).is_some_and(|e| e.1 == b))
-                .count())
+        self.per_entity(py, |store| {
+            let (a, b) = (store.index_of(&from_id)?, store.index_of(&to_id)?);
+            let leaving = store.out_links()?.from(a);
+            Ok(leaving.filter(|&i| store.target_of(i) == Some(b)).count())
         })
     }
 
@@ -1270,10 +1312,23 @@ impl PyGraphStore {
         py: Python<'_>,
         #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
     ) -> PyResult<Vec<String>> {
-        self.run(py, |f| {
-            let v = f.node(&id)?;
-            // The out-view row: each neighbour once, whatever the parallel relationships.
-            let mut names = f.names(f.snapshot.out()?.neighbors(v as usize).0)?;
+        self.per_entity(py, |store| {
+            let v = store.index_of(&id)?;
+            let mut targets = store
+                .out_links()?
+                .from(v)
+                .map(|i| {
+                    let target = store.target_of(i);
+                    target.ok_or_else(|| outside_store(i, store.relationship_count()))
+                })
+                .collect::<CoreResult<Vec<u32>>>()?;
+            // Each neighbour once, whatever the parallel relationships.
+            targets.sort_unstable();
+            targets.dedup();
+            let mut names: Vec<String> = targets
+                .into_iter()
+                .map(|t| store.id_at(t).into_owned())
+                .collect();
             names.sort_unstable();
             Ok(names)
         })
@@ -1372,7 +1427,7 @@ impl PyGraphStore {
     /// An independent copy.
     fn copy(&self, py: Python<'_>) -> PyResult<PyGraphStore> {
         run_detached(py, || {
-            Ok(PyGraphStore::from_store(self.store.read().clone()))
+            Ok(PyGraphStore::from_store(self.store.read().copy()))
         })
     }
 

@@ -11,7 +11,26 @@ use serde_json::{Map, Number, Value};
 use crate::args::text_of;
 use crate::errors::{catch_panics, CoreError};
 
-const MAX_DEPTH: usize = 64;
+/// How deep properties may nest: the properties object is level 0, and a value (or an
+/// empty container) at level 64 is the deepest allowed.
+pub const MAX_DEPTH: usize = 64;
+
+/// Whether `value` (at level `depth`) nests no deeper than [`MAX_DEPTH`], as [`to_json`]
+/// requires of Python values: the same limit for properties read from a document.
+pub fn within_max_depth(value: &Value) -> bool {
+    let mut pending: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((value, depth)) = pending.pop() {
+        if depth > MAX_DEPTH {
+            return false;
+        }
+        match value {
+            Value::Array(items) => pending.extend(items.iter().map(|v| (v, depth + 1))),
+            Value::Object(map) => pending.extend(map.values().map(|v| (v, depth + 1))),
+            _ => {}
+        }
+    }
+    true
+}
 
 /// Converts a JSON-compatible Python value (dict with str keys, list/tuple, str, int or any
 /// integer type with `__index__` such as numpy's, float or any real-number type registered
@@ -43,7 +62,9 @@ fn is_real_number(value: &Bound<'_, PyAny>) -> PyResult<bool> {
 
 fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
     if depth > MAX_DEPTH {
-        return Err(CoreError::Graph("properties nest deeper than 64 levels".into()).into());
+        return Err(
+            CoreError::Graph(format!("properties nest deeper than {MAX_DEPTH} levels")).into(),
+        );
     }
     if value.is_none() {
         return Ok(Value::Null);

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::alloc::{filled, reserve};
+use super::props::{within_max_depth, MAX_DEPTH};
 use crate::errors::{CoreError, CoreResult};
 
 /// JSON-compatible properties; none (null) costs one pointer.
@@ -336,8 +337,166 @@ pub struct Store {
     /// Relationships that came as a plain list and are not stored yet; when set,
     /// `relationships` is empty.
     plain: Option<PlainRelationships>,
-    kinds: Vec<String>,
-    kind_index: FxHashMap<String, u32>,
+    kinds: Kinds,
+    /// The relationships leaving each entity, for per-entity queries (built on first use).
+    out_links: LazyOutLinks,
+}
+
+/// The interned relationship kinds, with how many relationships use each. A kind that no
+/// relationship uses any more is forgotten and its id reused: the table holds the kinds in
+/// use (and free slots up to the most ever in use at once), not every kind ever seen.
+#[derive(Debug, Default, Clone)]
+struct Kinds {
+    /// Name by id (empty for a free id).
+    names: Vec<CompactString>,
+    index: FxHashMap<CompactString, u32>,
+    /// Relationships using each id.
+    uses: Vec<usize>,
+    /// Ids no relationship uses, for the next new kind.
+    free: Vec<u32>,
+}
+
+impl Kinds {
+    fn intern(&mut self, kind: &str) -> u32 {
+        if let Some(&k) = self.index.get(kind) {
+            return k;
+        }
+        let name = CompactString::from(kind);
+        let k = match self.free.pop() {
+            Some(k) => {
+                self.names[k as usize] = name.clone();
+                k
+            }
+            None => {
+                self.names.push(name.clone());
+                self.uses.push(0);
+                (self.names.len() - 1) as u32
+            }
+        };
+        self.index.insert(name, k);
+        k
+    }
+
+    fn name(&self, kind: u32) -> &str {
+        self.names
+            .get(kind as usize)
+            .map_or("", CompactString::as_str)
+    }
+
+    fn id(&self, kind: &str) -> Option<u32> {
+        self.index.get(kind).copied()
+    }
+
+    /// Counts `count` more relationships of `kind`.
+    fn hold(&mut self, kind: u32, count: usize) {
+        if let Some(uses) = self.uses.get_mut(kind as usize) {
+            *uses += count;
+        }
+    }
+
+    /// Counts one relationship of `kind` fewer; the kind is forgotten when none is left.
+    fn release(&mut self, kind: u32) {
+        let Some(uses) = self.uses.get_mut(kind as usize) else {
+            return;
+        };
+        *uses = uses.saturating_sub(1);
+        if *uses == 0 {
+            let name = std::mem::take(&mut self.names[kind as usize]);
+            self.index.remove(name.as_str());
+            self.free.push(kind);
+        }
+    }
+
+    /// The kinds in use, by id.
+    fn in_use(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.uses
+            .iter()
+            .zip(&self.names)
+            .enumerate()
+            .filter(|(_, (&uses, _))| uses > 0)
+            .map(|(k, (_, name))| (k as u32, name.as_str()))
+    }
+}
+
+/// No relationship (the end of a list in [`OutLinks`]).
+const NONE: u32 = u32::MAX;
+
+/// The relationships leaving each entity, as a linked list through relationship indices
+/// (in insertion order): 8 bytes per entity and 4 per relationship, and O(1) to extend.
+#[derive(Debug, Default)]
+pub struct OutLinks {
+    /// The first and the last relationship leaving each entity ([`NONE`] when none).
+    first: Vec<u32>,
+    last: Vec<u32>,
+    /// By relationship index: the next relationship from the same source.
+    next: Vec<u32>,
+}
+
+impl OutLinks {
+    /// The links of `n` entities and `count` relationships, leaving `sources` in order.
+    ///
+    /// # Errors
+    /// [`CoreError::Graph`] when they do not fit in memory.
+    fn build(n: usize, count: usize, sources: impl Iterator<Item = u32>) -> CoreResult<OutLinks> {
+        let mut links = OutLinks {
+            first: filled(n, NONE, "the relationships' links")?,
+            last: filled(n, NONE, "the relationships' links")?,
+            next: Vec::new(),
+        };
+        reserve(&mut links.next, count, "the relationships' links")?;
+        for from in sources {
+            links.push(from);
+        }
+        Ok(links)
+    }
+
+    /// Links the next relationship (index `next.len()`), which leaves `from`.
+    fn push(&mut self, from: u32) {
+        let i = self.next.len() as u32;
+        self.next.push(NONE);
+        match self.last.get(from as usize).copied() {
+            Some(NONE) => self.first[from as usize] = i,
+            Some(last) => self.next[last as usize] = i,
+            None => return, // not an entity: never the case for a stored relationship
+        }
+        self.last[from as usize] = i;
+    }
+
+    /// Makes room for `count` more entities.
+    fn add_entities(&mut self, count: usize) {
+        self.first.extend(std::iter::repeat_n(NONE, count));
+        self.last.extend(std::iter::repeat_n(NONE, count));
+    }
+
+    /// The indices of the relationships leaving `v`, in insertion order.
+    pub fn from(&self, v: u32) -> impl Iterator<Item = u32> + '_ {
+        let first = self.first.get(v as usize).copied().unwrap_or(NONE);
+        std::iter::successors((first != NONE).then_some(first), |&i| {
+            self.next.get(i as usize).copied().filter(|&j| j != NONE)
+        })
+    }
+}
+
+/// [`OutLinks`] built on first use and extended by additions; a removal (O(n + m) itself)
+/// drops them, and a copy of the store starts without them.
+#[derive(Debug, Default)]
+struct LazyOutLinks(OnceLock<OutLinks>);
+
+impl Clone for LazyOutLinks {
+    fn clone(&self) -> Self {
+        LazyOutLinks::default()
+    }
+}
+
+impl LazyOutLinks {
+    /// The links, when built.
+    fn get_mut(&mut self) -> Option<&mut OutLinks> {
+        self.0.get_mut()
+    }
+
+    fn reset(&mut self) {
+        self.0 = OnceLock::new();
+    }
 }
 
 /// `(from, to, weight)` relationships, shared between a store and its snapshots.
@@ -444,6 +603,15 @@ impl Store {
         }
     }
 
+    /// The target of relationship `i` (read from the plain list when the relationships came
+    /// as one: see [`Store::add_plain_relationships`]), if there is such a relationship.
+    pub fn target_of(&self, i: u32) -> Option<u32> {
+        match &self.plain {
+            Some(plain) => plain.edges.get(i as usize).map(|e| e.1),
+            None => self.relationships.get(i as usize).map(|r| r.to),
+        }
+    }
+
     /// The relationships as a plain list shared with snapshots, when they came as one and
     /// have not changed since (see [`Store::add_plain_relationships`]).
     pub fn plain_edges(&self) -> Option<&EdgeList> {
@@ -459,6 +627,12 @@ impl Store {
             edges,
             as_relationships: OnceLock::new(),
         };
+        self.kinds.hold(kind, plain.edges.len());
+        if let Some(links) = self.out_links.get_mut() {
+            for &(from, _, _) in plain.edges.iter() {
+                links.push(from);
+            }
+        }
         if self.relationship_count() == 0 {
             self.plain = Some(plain);
         } else {
@@ -489,23 +663,55 @@ impl Store {
 
     /// The interned id of relationship kind `kind`, adding it when new.
     pub fn intern(&mut self, kind: &str) -> u32 {
-        if let Some(&k) = self.kind_index.get(kind) {
-            return k;
-        }
-        let k = self.kinds.len() as u32;
-        self.kinds.push(kind.to_owned());
-        self.kind_index.insert(kind.to_owned(), k);
-        k
+        self.kinds.intern(kind)
     }
 
-    /// The name of an interned kind.
+    /// The name of an interned kind ("" for an id no relationship uses).
     pub fn kind_name(&self, kind: u32) -> &str {
-        &self.kinds[kind as usize]
+        self.kinds.name(kind)
     }
 
-    /// The interned id of `kind`, if any relationship ever used it.
+    /// The interned id of `kind`, if a relationship uses it.
     pub fn kind_id(&self, kind: &str) -> Option<u32> {
-        self.kind_index.get(kind).copied()
+        self.kinds.id(kind)
+    }
+
+    /// The names of the kinds some relationship uses, in no particular order.
+    pub fn kinds_in_use(&self) -> impl Iterator<Item = &str> {
+        self.kinds.in_use().map(|(_, name)| name)
+    }
+
+    /// The size of the kind table (kinds in use and free slots), for tests.
+    #[cfg(test)]
+    fn kind_slots(&self) -> usize {
+        self.kinds.names.len()
+    }
+
+    /// The relationships leaving each entity, built on first use (O(n + m)).
+    ///
+    /// # Errors
+    /// [`CoreError::Graph`] when they do not fit in memory.
+    pub fn out_links(&self) -> CoreResult<&OutLinks> {
+        if let Some(links) = self.out_links.0.get() {
+            return Ok(links);
+        }
+        let (n, count) = (self.entity_count(), self.relationship_count());
+        let built = match &self.plain {
+            // Read from the plain list: the relationships are not made for this.
+            Some(plain) => OutLinks::build(n, count, plain.edges.iter().map(|e| e.0))?,
+            None => OutLinks::build(n, count, self.relationships.iter().map(|r| r.from))?,
+        };
+        // Another reader may have set them first: the same links, either way.
+        Ok(self.out_links.0.get_or_init(|| built))
+    }
+
+    /// Links relationship `relationships().len() - 1` (just added), when the links are built.
+    fn link_last(&mut self) {
+        if let Some(links) = self.out_links.get_mut() {
+            if let Some(r) = self.relationships.last() {
+                links.push(r.from);
+            }
+        }
     }
 
     /// Whether `id` is an entity.
@@ -540,6 +746,9 @@ impl Store {
             label: label.into(),
             properties: properties.into(),
         });
+        if let Some(links) = self.out_links.get_mut() {
+            links.add_entities(1);
+        }
         Ok(index)
     }
 
@@ -575,8 +784,15 @@ impl Store {
         let removed = self.index_of(id)?;
         self.store_entities()?;
         self.store_relationships();
-        self.relationships
-            .retain(|r| r.from != removed && r.to != removed);
+        self.out_links.reset();
+        let kinds = &mut self.kinds;
+        self.relationships.retain(|r| {
+            let keep = r.from != removed && r.to != removed;
+            if !keep {
+                kinds.release(r.kind);
+            }
+            keep
+        });
         let last = (self.entities.len() - 1) as u32;
         self.index.swap_remove(&self.entities, removed);
         let entity = self.entities.swap_remove(removed as usize);
@@ -608,6 +824,7 @@ impl Store {
         let to = self.index_of(to)?;
         let kind = self.intern(kind);
         self.store_relationships();
+        self.kinds.hold(kind, 1);
         self.relationships.push(Relationship {
             from,
             to,
@@ -615,19 +832,28 @@ impl Store {
             weight,
             properties: properties.into(),
         });
+        self.link_last();
         Ok(())
     }
 
     /// Adds a relationship by dense indices (bulk loading; indices already checked).
     pub fn push_relationship(&mut self, from: u32, to: u32, kind: u32, weight: f64) {
         self.store_relationships();
+        self.kinds.hold(kind, 1);
         self.relationships
             .push(Relationship::new(from, to, kind, weight));
+        self.link_last();
     }
 
     /// Adds relationships whose indices and kinds are already checked (bulk loading).
     pub fn append_relationships(&mut self, mut relationships: Vec<Relationship>) {
         self.store_relationships();
+        for r in &relationships {
+            self.kinds.hold(r.kind, 1);
+            if let Some(links) = self.out_links.get_mut() {
+                links.push(r.from);
+            }
+        }
         if self.relationships.is_empty() {
             self.relationships = relationships; // no copy
         } else {
@@ -644,6 +870,7 @@ impl Store {
         if self.entity_count() == 0 {
             self.unstored = n;
             self.index.numbered = n;
+            self.out_links.reset();
             return Ok(());
         }
         reserve(&mut self.entities, n as usize, "graph entities")?;
@@ -703,9 +930,19 @@ impl Store {
         };
         self.store_relationships();
         let before = self.relationships.len();
-        self.relationships
-            .retain(|r| !(r.from == from && r.to == to && kind.is_none_or(|k| r.kind == k)));
-        Ok(before - self.relationships.len())
+        let kinds = &mut self.kinds;
+        self.relationships.retain(|r| {
+            let keep = !(r.from == from && r.to == to && kind.is_none_or(|k| r.kind == k));
+            if !keep {
+                kinds.release(r.kind);
+            }
+            keep
+        });
+        let removed = before - self.relationships.len();
+        if removed > 0 {
+            self.out_links.reset();
+        }
+        Ok(removed)
     }
 
     /// Relationship with endpoints as ids.
@@ -719,37 +956,116 @@ impl Store {
         }
     }
 
-    /// A new store with the entities whose indices are `keep` (in that order) and the
-    /// relationships among them.
+    /// A new store with the entities whose indices are `keep` (distinct, in that order) and
+    /// the relationships among them (in their order here), with only the kinds those use.
+    ///
+    /// A few entities of a large graph cost time in proportion to their own relationships:
+    /// their rows of [`Store::out_links`] are walked, not every relationship.
     ///
     /// # Errors
-    /// [`CoreError::Graph`] when its table of new indices (one per entity) does not fit in
-    /// memory.
+    /// [`CoreError::Graph`] when its tables (of the kept entities, or of every entity when
+    /// they are many) do not fit in memory.
     pub fn induced(&self, keep: &[u32]) -> CoreResult<Store> {
-        let mut out = Store {
-            kinds: self.kinds.clone(),
-            kind_index: self.kind_index.clone(),
-            ..Store::default()
-        };
-        let mut new_index = filled(self.entity_count(), u32::MAX, "the subgraph's index table")?;
+        let mut out = Store::default();
+        reserve(&mut out.entities, keep.len(), "the subgraph's entities")?;
         for (position, &old) in keep.iter().enumerate() {
-            new_index[old as usize] = position as u32;
             let entity = self.entity(old).into_owned();
             out.index
                 .insert(out.entities.as_slice(), &entity.id, position as u32);
             out.entities.push(entity);
         }
-        for r in self.relationships() {
-            let (f, t) = (new_index[r.from as usize], new_index[r.to as usize]);
-            if f != u32::MAX && t != u32::MAX {
-                out.relationships.push(Relationship {
-                    from: f,
-                    to: t,
-                    ..r.clone()
-                });
+        let relationships = self.relationships();
+        // (old relationship index, new from, new to), in relationship order.
+        let mut kept: Vec<(u32, u32, u32)> = Vec::new();
+        if keep.len().saturating_mul(8) < self.entity_count() {
+            // A few entities: a hash table of their new indices, and their own rows.
+            let mut new_index = FxHashMap::default();
+            new_index
+                .try_reserve(keep.len())
+                .map_err(|_| CoreError::Graph("out of memory for the subgraph's index".into()))?;
+            new_index.extend(keep.iter().enumerate().map(|(p, &old)| (old, p as u32)));
+            let links = self.out_links()?;
+            for (position, &old) in keep.iter().enumerate() {
+                for i in links.from(old) {
+                    let Some(r) = relationships.get(i as usize) else {
+                        continue;
+                    };
+                    if let Some(&t) = new_index.get(&r.to) {
+                        kept.push((i, position as u32, t));
+                    }
+                }
+            }
+            kept.sort_unstable_by_key(|&(i, _, _)| i);
+        } else {
+            let mut new_index =
+                filled(self.entity_count(), u32::MAX, "the subgraph's index table")?;
+            for (position, &old) in keep.iter().enumerate() {
+                new_index[old as usize] = position as u32;
+            }
+            for (i, r) in relationships.iter().enumerate() {
+                let (f, t) = (new_index[r.from as usize], new_index[r.to as usize]);
+                if f != u32::MAX && t != u32::MAX {
+                    kept.push((i as u32, f, t));
+                }
             }
         }
+        reserve(
+            &mut out.relationships,
+            kept.len(),
+            "the subgraph's relationships",
+        )?;
+        let mut kinds: FxHashMap<u32, u32> = FxHashMap::default();
+        for (i, from, to) in kept {
+            let Some(r) = relationships.get(i as usize) else {
+                continue;
+            };
+            let kind = match kinds.get(&r.kind) {
+                Some(&k) => k,
+                None => {
+                    let k = out.kinds.intern(self.kinds.name(r.kind));
+                    kinds.insert(r.kind, k);
+                    k
+                }
+            };
+            out.kinds.hold(kind, 1);
+            out.relationships.push(Relationship {
+                from,
+                to,
+                kind,
+                weight: r.weight,
+                properties: r.properties.clone(),
+            });
+        }
         Ok(out)
+    }
+
+    /// An independent copy, whose kind table holds only the kinds in use (numbered afresh
+    /// when some ids were free).
+    pub fn copy(&self) -> Store {
+        let mut out = self.clone();
+        if out.kinds.free.is_empty() {
+            return out;
+        }
+        let mut kinds = Kinds::default();
+        let mut renumber = vec![NONE; out.kinds.names.len()];
+        for (old, name) in out.kinds.in_use() {
+            let new = kinds.intern(name);
+            kinds.hold(new, out.kinds.uses[old as usize]);
+            renumber[old as usize] = new;
+        }
+        let new_kind = |k: u32| renumber.get(k as usize).copied().unwrap_or(NONE);
+        for r in &mut out.relationships {
+            r.kind = new_kind(r.kind);
+        }
+        if let Some(plain) = out.plain.take() {
+            out.plain = Some(PlainRelationships {
+                kind: new_kind(plain.kind),
+                edges: plain.edges,
+                as_relationships: OnceLock::new(),
+            });
+        }
+        out.kinds = kinds;
+        out
     }
 
     /// The whole graph as a versioned JSON document.
@@ -816,21 +1132,28 @@ fn check_integers_fit(text: &str) -> CoreResult<()> {
     }
 }
 
-/// Properties read from a document must be what the API accepts: an object, or null.
+/// Properties read from a document must be what the API accepts: an object, or null, nested
+/// no deeper than `add_entity` and `add_relationship` accept ([`MAX_DEPTH`] levels).
 fn object_or_null(properties: &Value, whose: impl FnOnce() -> String) -> CoreResult<()> {
-    if properties.is_object() || properties.is_null() {
-        Ok(())
-    } else {
-        Err(CoreError::Graph(format!(
+    if !(properties.is_object() || properties.is_null()) {
+        return Err(CoreError::Graph(format!(
             "not a graph document: the properties of {} are not an object",
             whose()
-        )))
+        )));
     }
+    if !within_max_depth(properties) {
+        return Err(CoreError::Graph(format!(
+            "not a graph document: the properties of {} nest deeper than {MAX_DEPTH} levels",
+            whose()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::community::SplitMix;
 
     fn abc() -> Store {
         let mut s = Store::default();
@@ -892,6 +1215,30 @@ mod tests {
             let err = Store::from_json(&doc(big)).err().map(|e| e.to_string());
             assert!(err.is_some_and(|e| e.contains(big)), "{big}");
         }
+    }
+
+    #[test]
+    fn json_properties_nest_no_deeper_than_add_entity_accepts() {
+        let nested = |levels: usize| {
+            let mut v = Value::from(0);
+            for _ in 0..levels {
+                v = Value::Array(vec![v]);
+            }
+            serde_json::json!({ "deep": v })
+        };
+        let doc = |properties: &Value| {
+            format!(
+                r#"{{"format":"llm-agent-runtime/graph","version":1,"entities":[{{"id":"a","label":"","properties":{properties}}},{{"id":"b"}}],"relationships":[{{"from":"a","to":"b","kind":"k","weight":1.0,"properties":{properties}}}]}}"#
+            )
+        };
+        // {"deep": [...[0]...]}: the object is level 0, "deep" level 1, the 0 level 64.
+        assert!(Store::from_json(&doc(&nested(MAX_DEPTH - 1))).is_ok());
+        let err = Store::from_json(&doc(&nested(MAX_DEPTH))).err();
+        assert!(err.is_some_and(|e| e.to_string().contains("deeper than 64 levels")));
+        let mut s = abc();
+        s.add_relationship("a", "b", "x", 1.0, nested(MAX_DEPTH - 1))
+            .unwrap();
+        assert!(Store::from_json(&s.to_json().unwrap()).is_ok());
     }
 
     #[test]
@@ -996,6 +1343,136 @@ mod tests {
             assert_eq!(a.to_json().unwrap(), b.to_json().unwrap());
             assert!(a.plain_edges().is_none() || a.relationships() == b.relationships());
         }
+    }
+
+    /// `induced` as it was: every relationship scanned, in order.
+    fn naive_induced(s: &Store, keep: &[u32]) -> Vec<(u32, u32, String, f64)> {
+        let position = |v: u32| keep.iter().position(|&k| k == v).map(|p| p as u32);
+        s.relationships()
+            .iter()
+            .filter_map(|r| {
+                let (f, t) = (position(r.from)?, position(r.to)?);
+                Some((f, t, s.kind_name(r.kind).to_owned(), r.weight))
+            })
+            .collect()
+    }
+
+    fn listed(s: &Store) -> Vec<(u32, u32, String, f64)> {
+        s.relationships()
+            .iter()
+            .map(|r| (r.from, r.to, s.kind_name(r.kind).to_owned(), r.weight))
+            .collect()
+    }
+
+    #[test]
+    fn out_links_kinds_and_induced_follow_every_change() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        for round in 0..40 {
+            let mut s = Store::default();
+            if round % 2 == 0 {
+                let k = s.intern("plain");
+                s.add_numbered_entities(5).unwrap();
+                s.add_plain_relationships(k, Arc::new(vec![(0, 1, 1.0), (1, 1, 2.0), (4, 0, 3.0)]));
+            }
+            for step in 0..120 {
+                let n = s.entity_count() as u64;
+                let kind = format!("k{}", next(4));
+                match next(9) {
+                    0 | 1 => {
+                        s.add_entity(format!("e{round}-{step}"), "", Value::Null)
+                            .unwrap();
+                    }
+                    2..=4 if n > 0 => {
+                        let (a, b) = (s.id_at(next(n) as u32), s.id_at(next(n) as u32));
+                        let (a, b) = (a.into_owned(), b.into_owned());
+                        s.add_relationship(&a, &b, &kind, step as f64, Value::Null)
+                            .unwrap();
+                    }
+                    5 if n > 0 => {
+                        let k = s.intern(&kind);
+                        s.push_relationship(next(n) as u32, next(n) as u32, k, 0.5);
+                    }
+                    6 if n > 0 => {
+                        let (a, b) = (s.id_at(next(n) as u32), s.id_at(next(n) as u32));
+                        let (a, b) = (a.into_owned(), b.into_owned());
+                        let only = (next(2) == 0).then_some(kind.as_str());
+                        s.remove_relationship(&a, &b, only).unwrap();
+                    }
+                    7 if n > 0 => {
+                        let id = s.id_at(next(n) as u32).into_owned();
+                        s.remove_entity(&id).unwrap();
+                    }
+                    _ => {
+                        // Reading builds the links, which later changes then keep up to date.
+                        s.out_links().unwrap();
+                    }
+                }
+                let n = s.entity_count() as u32;
+                let links = s.out_links().unwrap();
+                for v in 0..n {
+                    let expected: Vec<u32> = (0..s.relationship_count() as u32)
+                        .filter(|&i| s.relationships()[i as usize].from == v)
+                        .collect();
+                    assert_eq!(links.from(v).collect::<Vec<_>>(), expected);
+                }
+                let mut in_use: Vec<&str> = s.kinds_in_use().collect();
+                in_use.sort_unstable();
+                let mut expected: Vec<&str> = s
+                    .relationships()
+                    .iter()
+                    .map(|r| s.kind_name(r.kind))
+                    .collect();
+                expected.sort_unstable();
+                expected.dedup();
+                assert_eq!(in_use, expected);
+                // A few entities (rows walked) and many (every relationship scanned).
+                for size in [1, 2, n as usize] {
+                    let mut keep: Vec<u32> = (0..n).collect();
+                    SplitMix::new(next(1 << 40)).shuffle(&mut keep);
+                    keep.truncate(size);
+                    let sub = s.induced(&keep).unwrap();
+                    assert_eq!(listed(&sub), naive_induced(&s, &keep));
+                    assert!(sub.kind_slots() <= s.kinds_in_use().count());
+                }
+                let copy = s.copy();
+                assert_eq!(listed(&copy), listed(&s));
+                assert_eq!(copy.kind_slots(), s.kinds_in_use().count());
+            }
+        }
+    }
+
+    #[test]
+    fn kinds_no_relationship_uses_are_forgotten() {
+        let mut s = abc();
+        for i in 0..1000 {
+            let kind = format!("observed-{i}");
+            s.add_relationship("a", "b", &kind, 1.0, Value::Null)
+                .unwrap();
+            assert_eq!(s.remove_relationship("a", "b", Some(&kind)).unwrap(), 1);
+        }
+        // "x", "y" and one slot that every observed kind used in turn.
+        assert_eq!(s.kind_slots(), 3);
+        assert_eq!(s.kind_id("observed-999"), None);
+        assert_eq!(
+            s.update_relationship("a", "b", "observed-1", Some(2.0), None)
+                .unwrap(),
+            0
+        );
+        s.remove_entity("b").unwrap(); // the "y" relationship goes with it
+        let mut kinds: Vec<&str> = s.kinds_in_use().collect();
+        kinds.sort_unstable();
+        assert_eq!(kinds, ["x"]);
+        assert_eq!(s.copy().kind_slots(), 1);
+        assert_eq!(s.induced(&[0]).unwrap().kind_slots(), 0);
+        let sub = s.induced(&[1, 0]).unwrap();
+        assert_eq!(sub.kind_slots(), 1);
+        assert_eq!(sub.kind_name(sub.relationships()[0].kind), "x");
     }
 
     #[test]

@@ -1,0 +1,248 @@
+"""What the store keeps up to date as it changes: per-entity queries answered from the
+entity's own relationships (no snapshot rebuilt after each write), the table of kinds in use,
+and the same property limits however properties come in.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import networkx as nx
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import llm_agent_runtime as ar
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    value: Any = 0
+    for _ in range(levels):
+        value = [value]
+    return {"deep": value}
+
+
+def _document(properties: dict[str, Any]) -> str:
+    return json.dumps(
+        {
+            "format": "llm-agent-runtime/graph",
+            "version": 1,
+            "entities": [
+                {"id": "a", "label": "", "properties": properties},
+                {"id": "b", "label": "", "properties": None},
+            ],
+            "relationships": [
+                {"from": "a", "to": "b", "kind": "k", "weight": 1.0, "properties": None}
+            ],
+        }
+    )
+
+
+def test_from_json_refuses_properties_deeper_than_add_entity_accepts() -> None:
+    # from_json read up to JSON's 128 levels, so a graph could hold properties that its own
+    # networkx round trip, or add_entity, then refused.
+    deepest = max(
+        levels
+        for levels in range(100)
+        if _accepted(lambda p: ar.GraphStore().add_entity("a", "", p), levels)
+    )
+    assert deepest == 63  # {"deep": [[...0...]]}: the object, "deep", and 63 lists
+    g = ar.GraphStore.from_json(_document(_nested(deepest)))
+    assert g.entity("a")["properties"] == _nested(deepest)
+    assert ar.from_networkx(ar.to_networkx(g)).to_json() == g.to_json()
+    for levels in (deepest + 1, 100):
+        with pytest.raises(ar.GraphError, match=r'entity "a" nest deeper than 64 levels'):
+            ar.GraphStore.from_json(_document(_nested(levels)))
+    relationship = json.loads(_document({}))
+    relationship["relationships"][0]["properties"] = _nested(deepest + 1)
+    with pytest.raises(ar.GraphError, match=r'"a" -> "b" nest deeper than 64 levels'):
+        ar.GraphStore.from_json(json.dumps(relationship))
+
+
+def _accepted(add: Any, levels: int) -> bool:
+    try:
+        add(_nested(levels))
+    except ar.GraphError:
+        return False
+    return True
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_kinds_no_relationship_uses_are_forgotten() -> None:
+    # Every kind ever used stayed in the table (and copy() and subgraph() cloned it all):
+    # 250k kinds added and removed in turn grew the process by about 60 MiB, then 100 more
+    # for a copy and a subgraph.
+    g = ar.GraphStore()
+    g.add_entities(["a", "b"])
+    g.add_relationship("a", "b", "kept")
+    before = _rss_mib()
+    for i in range(250_000):
+        kind = f"observed-{i}-" + "x" * 40
+        g.add_relationship("a", "b", kind)
+        g.remove_relationship("a", "b", kind)
+    copies = [g.copy(), g.subgraph(["a", "b"]), g.neighborhood("a")]
+    assert _rss_mib() - before < 20
+    for graph in (g, *copies):
+        assert graph.relationship_kinds() == ["kept"]
+        assert graph.relationships() == [
+            {"from": "a", "to": "b", "kind": "kept", "weight": 1.0, "properties": {}}
+        ]
+    assert g.update_relationship("a", "b", "observed-7-" + "x" * 40, weight=2.0) == 0
+
+
+# ---------------------------------------------------------------- a reference model
+
+
+Rel = tuple[str, str, str, float]
+IDS = [f"v{i}" for i in range(8)] + ["0", "1"]
+KINDS = ["a", "b", "c"]
+
+
+class GraphMachine(RuleBasedStateMachine):
+    """Mutations and per-entity queries, checked against a Python model of the store: a list
+    of ids (a removal moves the last one into the gap) and relationships in insertion order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.g = ar.GraphStore()
+        self.ids: list[str] = []
+        self.rels: list[Rel] = []
+
+    # ------------------------------------------------------------ mutations
+    @rule(data=st.data())
+    def start_from_an_edge_list(self, data: Any) -> None:
+        n = data.draw(st.integers(0, 5))
+        edges = data.draw(
+            st.lists(
+                st.tuples(st.integers(0, max(n - 1, 0)), st.integers(0, max(n - 1, 0))), max_size=8
+            )
+            if n
+            else st.just([])
+        )
+        self.g = ar.GraphStore.from_edge_list(n, edges, kind="a")
+        self.ids = [str(i) for i in range(n)]
+        self.rels = [(str(u), str(v), "a", 1.0) for u, v in edges]
+
+    @rule(id=st.sampled_from(IDS))
+    def add_entity(self, id: str) -> None:
+        if id in self.ids:
+            with pytest.raises(ar.GraphError):
+                self.g.add_entity(id)
+        else:
+            self.g.add_entity(id)
+            self.ids.append(id)
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data(), kind=st.sampled_from(KINDS), weight=st.sampled_from([1.0, 0.5, 2.0]))
+    def add_relationship(self, data: Any, kind: str, weight: float) -> None:
+        a, b = data.draw(st.sampled_from(self.ids)), data.draw(st.sampled_from(self.ids))
+        self.g.add_relationship(a, b, kind, weight)
+        self.rels.append((a, b, kind, weight))
+
+    @rule(
+        rows=st.lists(
+            st.tuples(st.sampled_from(IDS), st.sampled_from(IDS), st.sampled_from(KINDS)),
+            max_size=4,
+        )
+    )
+    def add_relationships(self, rows: list[tuple[str, str, str]]) -> None:
+        self.g.add_relationships(rows, create_missing=True)
+        for a, b, kind in rows:
+            for x in (a, b):
+                if x not in self.ids:
+                    self.ids.append(x)
+            self.rels.append((a, b, kind, 1.0))
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data(), kind=st.one_of(st.none(), st.sampled_from([*KINDS, "never"])))
+    def remove_relationship(self, data: Any, kind: str | None) -> None:
+        a, b = data.draw(st.sampled_from(self.ids)), data.draw(st.sampled_from(self.ids))
+        matches = [r for r in self.rels if r[0] == a and r[1] == b and kind in (None, r[2])]
+        assert self.g.remove_relationship(a, b, kind) == len(matches)
+        self.rels = [r for r in self.rels if r not in matches]
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data(), kind=st.sampled_from(KINDS))
+    def update_relationship(self, data: Any, kind: str) -> None:
+        a, b = data.draw(st.sampled_from(self.ids)), data.draw(st.sampled_from(self.ids))
+        count = 0
+        for i, r in enumerate(self.rels):
+            if r[:3] == (a, b, kind):
+                self.rels[i] = (a, b, kind, 3.0)
+                count += 1
+        assert self.g.update_relationship(a, b, kind, weight=3.0) == count
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data())
+    def remove_entity(self, data: Any) -> None:
+        x = data.draw(st.sampled_from(self.ids))
+        self.g.remove_entity(x)
+        at = self.ids.index(x)
+        last = self.ids.pop()
+        if last != x:
+            self.ids[at] = last
+        self.rels = [r for r in self.rels if x not in (r[0], r[1])]
+
+    @rule()
+    def take_a_snapshot(self) -> None:
+        # Algorithms build the snapshot; later writes keep the store's own rows up to date.
+        self.g.betweenness_centrality()
+
+    @rule()
+    def replace_by_a_copy(self) -> None:
+        self.g = self.g.copy() if self.ids else self.g
+
+    # ------------------------------------------------------------ queries
+    def _leaving(self, x: str) -> list[Rel]:
+        return [r for r in self.rels if r[0] == x]
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data())
+    def per_entity_queries(self, data: Any) -> None:
+        x, y = data.draw(st.sampled_from(self.ids)), data.draw(st.sampled_from(self.ids))
+        leaving = self._leaving(x)
+        assert self.g.edges_from(x) == [
+            {"from": a, "to": b, "kind": k, "weight": w, "properties": {}} for a, b, k, w in leaving
+        ]
+        assert self.g.neighbors_of(x) == sorted({r[1] for r in leaving})
+        assert self.g.relationship_count_between(x, y) == sum(r[1] == y for r in leaving)
+        first_reached = [x, *dict.fromkeys(r[1] for r in leaving if r[1] != x)]
+        for walk in (self.g.bfs, self.g.dfs):
+            assert walk(x, max_depth=0) == [x]
+            assert walk(x, max_depth=1) == first_reached
+        peer = nx.MultiDiGraph()
+        peer.add_nodes_from(self.ids)
+        peer.add_edges_from(r[:2] for r in self.rels)
+        assert self.g.bfs(x, max_depth=1) == list(nx.bfs_tree(peer, x, depth_limit=1))
+        assert self.g.dfs(x, max_depth=1) == list(nx.dfs_preorder_nodes(peer, x, depth_limit=1))
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data())
+    def subgraph(self, data: Any) -> None:
+        chosen = data.draw(st.lists(st.sampled_from(self.ids), max_size=len(self.ids) + 2))
+        keep = list(dict.fromkeys(chosen))
+        sub = self.g.subgraph(chosen)
+        assert sub.entity_ids() == keep
+        expected = [r for r in self.rels if r[0] in keep and r[1] in keep]
+        assert [
+            (r["from"], r["to"], r["kind"], r["weight"]) for r in sub.relationships()
+        ] == expected
+        assert sub.relationship_kinds() == sorted({r[2] for r in expected})
+
+    @invariant()
+    def whole_graph(self) -> None:
+        assert self.g.entity_ids() == self.ids
+        assert self.g.relationship_count() == len(self.rels)
+        assert self.g.relationship_kinds() == sorted({r[2] for r in self.rels})
+
+
+TestGraphMachine = GraphMachine.TestCase
+TestGraphMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
