@@ -1176,7 +1176,8 @@ impl PyVectorIndex {
 }
 
 /// A size of the index (`dim`, `rescore`) named `what`: an int from 0 (the index refuses 0
-/// itself, naming the range) to 2**32 - 1, refused with a `MemoryStoreError` beyond. A
+/// itself) to 2**32 - 1, refused with a `MemoryStoreError` naming the range 1 to 2**32 - 1
+/// beyond. A
 /// `bool` is an `int` subclass but no size: refused, as `k` refuses it.
 fn size_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
     if value.is_instance_of::<PyBool>() {
@@ -1184,10 +1185,8 @@ fn size_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
     }
     match args::to_usize(value)? {
         Ok(size) => Ok(size),
-        Err(OutOfRange::Negative(v)) => {
-            Err(CoreError::Memory(format!("{what} must be >= 0, got {v}")).into())
-        }
-        Err(OutOfRange::TooLarge(v)) => Err(CoreError::Memory(format!(
+        // One message for every size out of range, as the index's own check of 0 gives.
+        Err(OutOfRange::Negative(v) | OutOfRange::TooLarge(v)) => Err(CoreError::Memory(format!(
             "{what} must be between 1 and {}, got {v}",
             u32::MAX
         ))

@@ -509,9 +509,13 @@ def test_integer_arguments_out_of_range_are_memory_store_errors() -> None:
             index.get(bad_id)
         assert bad_id not in index
     assert index.get(2) is None and 1 in index
-    with pytest.raises(ar.MemoryStoreError, match="dim must be >= 0, got -1"):
-        ar.VectorIndex(-1)
-    with pytest.raises(ar.MemoryStoreError, match="rescore must be >= 0, got -3"):
+    # A negative size was told ">= 0", though 0 is refused too: one range for every size.
+    for bad_dim in (-1, 0, 2**32):
+        with pytest.raises(
+            ar.MemoryStoreError, match=f"dim must be between 1 and .*, got {bad_dim}\\b"
+        ):
+            ar.VectorIndex(bad_dim)
+    with pytest.raises(ar.MemoryStoreError, match="rescore must be between 1 and .*, got -3\\b"):
         ar.VectorIndex(4, dtype="int8", rescore=-3)
     with pytest.raises(TypeError):
         index.get("1")  # type: ignore[arg-type]
