@@ -682,6 +682,7 @@ class AgentRuntime:
         deadline: float | None = None
         try:
             metrics.session_started()
+            before = (session.prompt, session.final_answer)  # the earlier turns' session
             session.prompt = prompt
             if resume is None:
                 session.final_answer = None  # a session's next turn answers afresh
@@ -717,6 +718,7 @@ class AgentRuntime:
                         started,
                         earlier_ms,
                         deadline,
+                        before,
                     )
                     if timeout is None:
                         await body
@@ -786,12 +788,14 @@ class AgentRuntime:
         started: float,
         earlier_ms: float,
         deadline: float | None,
+        before: tuple[str, str | None],
     ) -> None:
         """What a run does, all under its deadline: hooks, checkpoints, the loop, events.
 
         `history` is None for a run that is not a turn; `earlier_ms` the session's
         `duration_ms` before this run; `deadline` the `perf_counter` time the loop must not
-        start a step after (None: no timeout).
+        start a step after (None: no timeout); `before` the session's prompt and final
+        answer before this run.
         """
         events = self.events
         if resume is None:  # a resumed run's prompt was rewritten before it was saved
@@ -808,7 +812,8 @@ class AgentRuntime:
             start = {"prompt": prompt, "turn": turn, "messages": len(session.messages)}
             self._durable_runs[session.session_id] = _DurableRun(run, first, start)
             mode = "tools" if provider else "react"
-            await self._save_meta(session, mode, run, session.messages if turn else None, resume)
+            history_saved = session.messages if turn else None
+            await self._save_meta(session, mode, run, history_saved, resume, before)
         if events.active:
             events.emit(RunStarted(session.session_id, agent_id, prompt))
         context = self._context(agent_id, prompt, session)
@@ -1718,10 +1723,13 @@ class AgentRuntime:
         run: str | None,
         history: list[dict[str, Any]] | None,
         resume: SessionState | None = None,
+        before: tuple[str, str | None] | None = None,
     ) -> None:
         """Saves the run's meta record; `history` is a turn's chat history (None: no turn).
 
-        A resumed run's record is saved already: it claims the step it continues from instead.
+        `before` is the session's prompt and final answer before the run (see
+        `CheckpointStore.save_meta`). A resumed run's record is saved already: it claims the
+        step it continues from instead.
         """
         assert self._checkpoints is not None
         try:
@@ -1729,7 +1737,7 @@ class AgentRuntime:
                 await self._checkpoints.claim_resumed(resume)
             else:
                 await self._checkpoints.save_meta(
-                    session, mode, run, turn=history is not None, history=history
+                    session, mode, run, turn=history is not None, history=history, before=before
                 )
         except PersistenceError:
             raise
@@ -1843,6 +1851,14 @@ class AgentRuntime:
                         return _journaled_run(found, name, arguments)
                     else:
                         ran = found.get("tool", name)
+                        if (ran, found.get("arguments", arguments)) != (name, arguments):
+                            raise ToolError(
+                                f"tool call {index} of step {step} of session {session_id!r} "
+                                f"(idempotency key {key!r}) was journaled by another worker "
+                                f"as a call of {ran!r} with other arguments: this worker's "
+                                "call is not run under that key",
+                                tool=name,
+                            )
                         self._check_repeatable(session_id, step, index, ran, {"state": "intent"})
             run = await self._call_tool(session, name, arguments, key, index, False, busy)
         if record_result:  # a round's calls are journaled as they end (a denied one too)
@@ -2011,7 +2027,9 @@ class AgentRuntime:
                 interrupted in the other mode (react or tools) than this resume would run;
                 when `model` lacks a method its mode calls; for a turn in tools mode, when
                 its history has a tool exchange a provider would refuse (see `run_turn`).
-            PersistenceError: When nothing is saved for the session or a record is corrupt.
+            PersistenceError: When nothing is saved for the session or a record is corrupt;
+                when another worker resumes it (one at a time: a resumer whose process ended
+                keeps others out until `release_resume`), or resumed it since it was loaded.
             ToolError: When a call that may have run cannot safely be repeated.
         """
         if self._checkpoints is None:
@@ -2105,6 +2123,21 @@ class AgentRuntime:
         fork_id = new_id or new_session_id()
         await self._checkpoints.fork(session_id, step, fork_id)
         return fork_id
+
+    async def release_resume(self, session_id: str) -> bool:
+        """Lets a session whose resumer's process ended be resumed again.
+
+        One worker resumes a session at once: the others are refused (`PersistenceError`)
+        until its resumed run ends. A resumer whose process ended cannot be told from one
+        under way, so its claim stays until this deletes it: call it only once that process
+        is known to have ended. Returns whether a claim was deleted.
+
+        Raises:
+            AgentRuntimeError: Without a checkpoint backend.
+        """
+        if self._checkpoints is None:
+            raise AgentRuntimeError("release_resume needs a checkpoint_backend")
+        return await self._checkpoints.release_resume(session_id)
 
     async def prune(self, session_id: str, keep_last: int) -> int:
         """Folds all but the last `keep_last` step checkpoints of a session.

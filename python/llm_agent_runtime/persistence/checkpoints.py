@@ -13,6 +13,9 @@ is a key of another):
   insert-if-absent before its meta record, and holding it: of runs starting from one step at
   once, in any process, one runs (the claim is deleted when its run ends before its first
   step, so the session may run again, and emptied with that step);
+- `session:<id>:resume:<n>`: the claim of the worker resuming the run that started from
+  step n (a nonce of its own, written insert-if-absent: one worker resumes a run at once),
+  deleted when that resumed run ends (see `CheckpointStore.claim_resumed`);
 - `session:<id>:step:<n>`: what step n added (a delta: storage grows linearly with steps);
 - `session:<id>:base:<n>`: steps 1 to n, folded by `prune`, so a running session stays
   resumable (`session:<id>:base`, without `<n>`, as older versions wrote it, is read too);
@@ -270,7 +273,7 @@ _PREFIX = session_key("")
 # but keys written before they were hold ids with ':' as they are (`session:a:b:meta`, then
 # session `a:b`'s): a key is a session's own only when its rest is exactly one of these.
 _OWN_SUFFIX = re.compile(
-    r"(?:meta|run:[0-9]+|base|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
+    r"(?:meta|run:[0-9]+|resume:[0-9]+|base|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
 )
 _CALL = re.compile(r"([0-9]+):[0-9]+\Z")  # what follows `session:<id>:call:` in a journal key
 _LOAD_ATTEMPTS = 3  # folds of a session that a concurrent prune may force a load to redo
@@ -406,6 +409,13 @@ _RUN_SAVED_ADVICE = (
     "the new session under a new id"
 )
 _UNDER_WAY = "is being run by another run, which started from the same step"
+_SWEPT = "is being deleted by a sweep (it had finished long enough ago)"
+_SWEPT_ADVICE = "run the turn again once the sweep has ended: the session is then saved anew"
+_RESUMED = "is being resumed by another worker"
+_RESUMED_ADVICE = (
+    "load it (AgentSession.load_checkpoint) when that resume has ended; if that worker's "
+    "process ended, call release_resume, then resume the session again"
+)
 _RUN_UNDER_WAY_ADVICE = (
     "start the new session under a new id, or load it (AgentSession.load_checkpoint) when that "
     "run has ended and run that; if that run's process ended before it saved a step, resume "
@@ -435,6 +445,9 @@ class CheckpointStore:
         # The claims of the running sessions that saved no step yet (`save_meta`), until
         # their first step, `release` or `forget`.
         self._claims: dict[str, _Claim] = {}
+        # The resume claims (`claim_resumed`) of the resumed runs of this store, by session:
+        # the key, until the run's final checkpoint or `release`.
+        self._resumes: dict[str, str] = {}
         self._background: set[asyncio.Future[Any]] = set()  # deletions of claims left behind
 
     # ------------------------------------------------------------------ writing
@@ -446,6 +459,7 @@ class CheckpointStore:
         *,
         turn: bool = False,
         history: Sequence[dict[str, Any]] | None = None,
+        before: tuple[str, str | None] | None = None,
     ) -> str:
         """Records who runs what, before the first step; returns the run's id.
 
@@ -457,8 +471,10 @@ class CheckpointStore:
 
         A session whose steps the store does not all hold (one restored with
         `AgentSession.from_json`, or run before on a runtime without checkpoints) has them
-        saved in the same write, as a base record, and the session as it is as the final
-        checkpoint of its earlier turns: the stored session is whole, and loads and resumes.
+        saved in the same write, as a base record, and the session as the final checkpoint
+        of its earlier turns: the stored session is whole, and loads and resumes. `before`
+        is the (prompt, final answer) the session had before this run set its own: that
+        checkpoint holds them (without it, the session's are taken as they are).
 
         The run claims the step it starts the session from (`session:<id>:run:<n>`, with
         `save_new`; on a backend without it, a read then a write, which is not atomic): of
@@ -506,7 +522,10 @@ class CheckpointStore:
             # The steps the store lacks first, as the final checkpoint of the earlier turns (a
             # crash after it leaves the session whole and unclaimed), then the claim.
             records = [StepRecord(step).to_dict() for step in session.steps]
-            earlier = {"session": session.to_dict(), "finished_at": time.time()}
+            closed = session.to_dict()
+            if before is not None:  # as the earlier turns left it, not as this run set it
+                closed["prompt"], closed["final_answer"] = before
+            earlier = {"session": closed, "finished_at": time.time()}
             # It closes the stored run (the session loads whole and finished, should this
             # run die before its claim), not this one.
             earlier["run"] = await self.current_run(session.session_id) or uuid.uuid4().hex
@@ -517,6 +536,8 @@ class CheckpointStore:
                 }
             )
         if not await self._claim(session.session_id, session.step_count, run, meta):
+            if await self._swept(f"{key}:run:{session.step_count}"):
+                self._refuse(session.session_id, _SWEPT, _SWEPT_ADVICE)
             self._refuse(session.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
         if not (fresh and callable(save_new)):
             await self.backend.save(meta_key, meta)
@@ -555,6 +576,12 @@ class CheckpointStore:
         deleting.add_done_callback(self._background.discard)
         deleting.add_done_callback(retrieve_outcome)
 
+    async def _swept(self, claim: str) -> bool:
+        """Whether the run claim `claim` is a sweep's (see `sweep`)."""
+        raw = await self.backend.load(claim)
+        holder = decode(raw, claim) if raw is not None else None
+        return isinstance(holder, dict) and "sweep" in holder
+
     async def _save_if_absent(self, key: str, value: bytes) -> bool:
         """`save_new` where the backend has it; else a read, then a write if the key is absent.
 
@@ -571,16 +598,47 @@ class CheckpointStore:
         return True
 
     async def claim_resumed(self, state: SessionState) -> None:
-        """Claims the step a resumed run continues the session from, as a new run does.
+        """Claims the resumed run of `state`, exclusively, and the step it continues from.
 
-        So that a new run of a copy of the session is refused while it runs. The claim of the
-        run resumed (its process ended before its first step) is kept until the resumed run's
-        first step: `release` gives up only a claim this run made.
+        A resume first takes `session:<id>:resume:<first_step>` (the run's first step number
+        names the run in its session) insert-if-absent, holding a nonce of its own: of
+        workers resuming one session at once, in any process, one runs; the others are
+        refused. The resume claim is deleted when the resumed run ends (its final checkpoint,
+        or `release` when it fails). A resumer whose process ended leaves it: as a run under
+        way cannot be told from one whose process ended, every later resume of the session
+        is refused until `release_resume` deletes it (call that once that process is known
+        to have ended).
+
+        Then the step is claimed as a new run claims it, so that a new run of a copy of the
+        session is refused while it runs. The claim of the run resumed (its process ended
+        before its first step) is kept until the resumed run's first step: `release` gives up
+        only a claim this run made.
 
         Raises:
-            PersistenceError: Another run claimed the step after the session was loaded.
+            PersistenceError: Another worker resumes the session (or its process ended while
+                it did: see `release_resume`), or resumed it since `state` was loaded (load
+                it again), or another run claimed the step after the session was loaded.
         """
         run = state.run or ""
+        key = session_key(state.session_id)
+        resume_key = f"{key}:resume:{state.first_step}"
+        nonce = uuid.uuid4().hex
+        if not await self._save_if_absent(
+            resume_key, _encode("claim", {"run": run, "resume": nonce})
+        ):
+            self._refuse(state.session_id, _RESUMED, _RESUMED_ADVICE)
+        self._resumes[state.session_id] = resume_key
+        # A resume that ended just before this one took the claim: the state is out of date.
+        final_raw = await self.backend.load(key)
+        final = decode(final_raw, key, "session") if final_raw is not None else None
+        closed = isinstance(final, dict) and run != "" and final.get("run") == run
+        if closed or await self._stored_steps(key) != len(state.records):
+            await self._drop_resume(state.session_id)
+            self._refuse(
+                state.session_id,
+                "was resumed by another worker since it was loaded",
+                "load it again (AgentSession.load_checkpoint), or resume it again",
+            )
         _, record = _meta_item(
             AgentSession(session_id=state.session_id, agent_id=state.agent_id, prompt=state.prompt),
             state.mode,
@@ -592,15 +650,36 @@ class CheckpointStore:
         step = len(state.records)  # where a new run of a copy loaded now would start from
         if await self._claim(state.session_id, step, run, record):
             return
-        key = f"{session_key(state.session_id)}:run:{step}"
-        raw = await self.backend.load(key)
-        holder = decode(raw, key) if raw is not None else None
+        claim = f"{key}:run:{step}"
+        raw = await self.backend.load(claim)
+        holder = decode(raw, claim) if raw is not None else None
         if isinstance(holder, dict) and holder.get("run") != run:
             # Another run claimed the step after this session was loaded: it runs.
+            await self._drop_resume(state.session_id)
             self._refuse(state.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
         # The run's own claim (its process ended): the meta record, which the claim may hold
         # alone, is saved with the first step all the same.
-        self._claims[state.session_id] = _Claim(key, run, record, owned=False)
+        self._claims[state.session_id] = _Claim(claim, run, record, owned=False)
+
+    async def _drop_resume(self, session_id: str) -> None:
+        """Deletes the resume claim this store holds of the session, if any."""
+        resume_key = self._resumes.pop(session_id, None)
+        if resume_key is not None:
+            await self.backend.delete(resume_key)
+
+    async def release_resume(self, session_id: str) -> bool:
+        """Deletes the stored resume claims of a session; returns whether there were any.
+
+        For a session whose resumer's process ended (see `claim_resumed`): every later resume
+        is refused until then. Call it only once that process is known to have ended: a
+        resume under way would then run alongside the next one.
+        """
+        prefix = f"{session_key(session_id)}:resume:"
+        claims = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
+        for claim in claims:
+            await self.backend.delete(claim)
+        self._resumes.pop(session_id, None)
+        return bool(claims)
 
     def _refuse(self, session_id: str, why: str, advice: str) -> NoReturn:
         """Refuses the run of the session (see `save_meta`): nothing of it is written after."""
@@ -619,21 +698,34 @@ class CheckpointStore:
         self._next_event.pop(session_id, None)
         self._refused.discard(session_id)
         self._claims.pop(session_id, None)
+        self._resumes.pop(session_id, None)
 
     def release(self, session_id: str) -> Awaitable[Any]:
         """Gives up the claim of a session's run that saved no step (see `save_meta`).
 
         Call it when the run ends before its first step (a provider down, a spent budget, a
         timeout): until then, another run starting from the same step is refused, as a run
-        under way cannot be told from one that ended. Does nothing once the run saved a step
+        under way cannot be told from one that ended. A resumed run's resume claim (see
+        `claim_resumed`) goes too, at any step. Does nothing else once the run saved a step
         (the steps keep other runs out then). Returns the deletion to await: the claim is
         this store's no more from the call on (`forget` cannot lose it), and the deletion may
         run as its own task, which a cancellation of the run does not cut half way.
         """
         claim = self._claims.pop(session_id, None)
-        if claim is None or not claim.owned:
+        keys = [claim.key] if claim is not None and claim.owned else []
+        resume_key = self._resumes.pop(session_id, None)
+        if resume_key is not None:
+            keys.append(resume_key)
+        if not keys:
             return asyncio.sleep(0)
-        return self.backend.delete(claim.key)
+        if len(keys) == 1:
+            return self.backend.delete(keys[0])
+        return self._delete_all(keys)
+
+    async def _delete_all(self, keys: Sequence[str]) -> None:
+        """Deletes `keys`, one after the other."""
+        for key in keys:
+            await self.backend.delete(key)
 
     async def save_steps(
         self,
@@ -692,6 +784,10 @@ class CheckpointStore:
         if claim is not None:  # its run ended with no step of its own saved: the next may start
             with contextlib.suppress(Exception):
                 await self.backend.delete(claim.key)
+        resume_key = self._resumes.pop(session.session_id, None)
+        if resume_key is not None:  # the resumed run ended: the session may be resumed again
+            with contextlib.suppress(Exception):
+                await self.backend.delete(resume_key)
         self._next_event.pop(session.session_id, None)
         return key
 
@@ -804,6 +900,12 @@ class CheckpointStore:
                     "meta record needs string 'agent_id', 'prompt' and 'mode' (and a "
                     "numeric 'started_at', a string 'run', a bool 'turn', a count "
                     "'first_step', a list of messages 'history')",
+                    key=meta_key,
+                )
+            if _is_incomplete_fork(meta):
+                raise PersistenceError(
+                    "the session is a fork whose steps were never copied (the fork was cut "
+                    "short): fork again, into this id or a new one",
                     key=meta_key,
                 )
         else:  # a final checkpoint alone (older records, or a pruned session)
@@ -984,7 +1086,10 @@ class CheckpointStore:
     async def sweep(self, older_than: float, now: float | None = None) -> list[str]:
         """Deletes finished sessions that ended more than `older_than` seconds ago.
 
-        Running sessions are never touched. Returns the ids of the deleted sessions.
+        Running sessions are never touched. Returns the ids of the deleted sessions. Each
+        session is claimed before it is deleted, as a run starting its next turn claims it
+        (`session:<id>:run:<n>`): a turn that starts while it is deleted is refused
+        (`PersistenceError`, which says so), and one that started first keeps it.
 
         A session is found by its `:meta` record or its final checkpoint, and only its own
         keys (`:meta`, `:base:<n>`, `:step:<n>`, `:call:<n>:<i>`, `:event:<n>`) are deleted,
@@ -1026,14 +1131,42 @@ class CheckpointStore:
                     continue  # a later turn runs (or was interrupted): not finished
             if session_id in claimed and await self._claimed_after(key, final):
                 continue  # a later turn claimed the session (its meta record not yet written)
-            if final.get("finished_at", now) < now - older_than:
-                prefix = f"{key}:"
-                for doomed in await self.backend.list_keys(prefix):
-                    if _OWN_SUFFIX.match(doomed, len(prefix)):
-                        await self.backend.delete(doomed)
-                await self.backend.delete(key)  # last: a sweep cut short finds it again
+            if final.get("finished_at", now) < now - older_than and await self._sweep_one(key, raw):
                 swept.append(session_id)
         return swept
+
+    async def _sweep_one(self, key: str, final_raw: bytes) -> bool:
+        """Deletes the finished session of key `key`, its final checkpoint `final_raw`.
+
+        The sweep first claims the session as a run starting its next turn would
+        (`:run:<n>`, insert-if-absent, a sweep's record), so that a turn starting while it
+        deletes is refused; then it reads the session again, and deletes nothing when a run
+        claimed it first, or wrote a step, a meta record or a final checkpoint since it was
+        found finished. The final checkpoint is deleted after the other records (a sweep
+        cut short finds the session again), then the claim. Returns whether it deleted.
+        """
+        steps = await self._stored_steps(key)
+        claim = f"{key}:run:{steps}"
+        if not await self._save_if_absent(claim, _encode("claim", {"sweep": uuid.uuid4().hex})):
+            return False  # a run claimed the session's next step: it runs, or may run
+        try:
+            meta_raw = await self.backend.load(f"{key}:meta")
+            meta = decode(meta_raw, f"{key}:meta", "meta") if meta_raw is not None else None
+            final = decode(final_raw, key, "session")
+            if (
+                await self.backend.load(key) != final_raw
+                or await self._stored_steps(key) != steps
+                or (meta is not None and _turn_after(meta, final))
+            ):
+                return False  # a run went on meanwhile: not finished
+            prefix = f"{key}:"
+            for doomed in await self.backend.list_keys(prefix):
+                if doomed != claim and _OWN_SUFFIX.match(doomed, len(prefix)):
+                    await self.backend.delete(doomed)
+            await self.backend.delete(key)  # last: a sweep cut short finds it again
+            return True
+        finally:
+            await self.backend.delete(claim)
 
     async def fork(self, session_id: str, step: int, new_session_id: str) -> AgentSession:
         """Starts session `new_session_id` from step `step` of `session_id` (time travel).
@@ -1058,7 +1191,9 @@ class CheckpointStore:
                 f"cannot fork at step {step!r}: the session has {len(state.records)} steps",
                 key=session_key(session_id),
             )
-        if await self._exists(new_session_id):
+        if await self._exists(new_session_id) and not await self._drop_incomplete_fork(
+            new_session_id
+        ):
             raise PersistenceError(
                 f"cannot fork into session {new_session_id!r}: it already has checkpoints "
                 "(fork into a new session id)",
@@ -1081,19 +1216,32 @@ class CheckpointStore:
             first_step=first,
             history=history if turn else None,
         )
-        # The meta record claims the id first, insert-if-absent: of two forks racing into one
-        # new id (both passed the check above), one alone writes. Then the fork claims the
-        # id as a run does, so that a run starting under it while the steps are copied is
-        # refused; the claim names the fork's run, which `resume` continues.
+        # A meta record marking the fork incomplete claims the id first, insert-if-absent: of
+        # two forks racing into one new id (both passed the check above), one alone writes.
+        # Then the fork claims the id as a run does, so that a run starting under it while
+        # the steps are copied is refused; the claim names the fork's run, which `resume`
+        # continues. The real meta record comes with the steps: a fork cut before them is
+        # told by its marker (`load` refuses it, and a fork may take its id over).
+        _, marker = _meta_item(
+            fork,
+            state.mode,
+            run,
+            turn=turn,
+            first_step=first,
+            history=history if turn else None,
+            incomplete_fork=True,
+        )
         save_new = getattr(self.backend, "save_new", None)
-        if save_new is not None and not await save_new(meta_key, meta):
+        if save_new is not None and not await save_new(meta_key, marker):
             raise PersistenceError(
                 f"cannot fork into session {new_session_id!r}: another fork took it meanwhile "
                 "(fork into a new session id)",
                 key=meta_key,
             )
+        if save_new is None:
+            await self.backend.save(meta_key, marker)
         claim = f"{session_key(new_session_id)}:run:0"
-        if not await self._save_if_absent(claim, _encode("claim", {"run": run})):
+        if not await self._save_if_absent(claim, _encode("claim", {"run": run, "fork": True})):
             # A run took the id meanwhile, and wrote its meta record over the fork's.
             raise PersistenceError(
                 f"cannot fork into session {new_session_id!r}: a run took it meanwhile "
@@ -1144,6 +1292,28 @@ class CheckpointStore:
             with contextlib.suppress(Exception):
                 await self.backend.delete(key)
 
+    async def _drop_incomplete_fork(self, session_id: str) -> bool:
+        """Deletes the records of an incomplete fork into `session_id`; whether it was one.
+
+        A fork cut before its steps were copied leaves its marked meta record (see `fork`),
+        and maybe its claim `:run:0`: when the session has no other record, they are deleted
+        (the claim first, then the meta record, if it is still the one read), so the id can
+        be forked into again.
+        """
+        key = session_key(session_id)
+        meta_key, claim = f"{key}:meta", f"{key}:run:0"
+        prefix = f"{key}:"
+        own = {k for k in await self.backend.list_keys(prefix) if _OWN_SUFFIX.match(k, len(prefix))}
+        raw = await self.backend.load(meta_key)
+        if raw is None or not own <= {meta_key, claim} or await self.backend.load(key) is not None:
+            return False
+        if not _is_incomplete_fork(decode(raw, meta_key, "meta")):
+            return False
+        await self.backend.delete(claim)
+        if await self.backend.load(meta_key) == raw:
+            await self.backend.delete(meta_key)
+        return True
+
     async def _exists(self, session_id: str) -> bool:
         """Whether the session has any checkpoint record (final, meta, step, ...)."""
         key = session_key(session_id)
@@ -1161,11 +1331,13 @@ def _meta_item(
     turn: bool = False,
     first_step: int = 0,
     history: Sequence[dict[str, Any]] | None = None,
+    incomplete_fork: bool = False,
 ) -> tuple[str, bytes]:
     """The key and record of a run's meta data: who runs what, since when, which run.
 
     And whether it is a turn, after how many steps it started, and the chat history it
-    started with (a turn's only).
+    started with (a turn's only). With `incomplete_fork`, the record is marked as a fork's
+    whose steps are not copied yet (see `CheckpointStore.fork`).
     """
     meta: dict[str, Any] = {
         "session_id": session.session_id,
@@ -1179,7 +1351,14 @@ def _meta_item(
     }
     if history is not None:
         meta["history"] = list(history)
+    if incomplete_fork:
+        meta["incomplete_fork"] = True
     return f"{session_key(session.session_id)}:meta", _encode("meta", meta)
+
+
+def _is_incomplete_fork(meta: Any) -> bool:
+    """Whether a meta record is the marker of a fork whose steps are not copied yet."""
+    return isinstance(meta, dict) and meta.get("incomplete_fork") is True
 
 
 def _run_at(state: SessionState, step: int) -> tuple[int, str, bool, list[dict[str, Any]]]:

@@ -199,18 +199,20 @@ def _decode_batch(data: bytes) -> dict[str, bytes] | None:
 class FileBackend:
     """Key -> bytes storage as files in one directory.
 
-    Each value is written to a unique temporary file, fsynced, and renamed into place, so a
-    reader never sees a half-written value, even after a crash. A file holds its original
-    key, so `list_keys` can return keys exactly; a damaged file fails the loads of its own
-    key only (a listing skips it, with a warning).
+    Each value is written to a unique temporary file, fsynced, and renamed into place (the
+    directory fsynced then, as after a deletion), so a reader never sees a half-written
+    value, even after a crash, and a write that returned survives a power loss. A file holds
+    its original key, so `list_keys` can return keys exactly; a damaged file fails the loads
+    of its own key only (a listing skips it, with a warning).
 
     A batch is all or none, even across a crash, through a redo log: the whole batch is
     written to one file in `.batches/`, fsynced, and renamed to its final name there (the
     commit, fsynced too); then each key's file is written as a single value is, the
     directory fsynced, and the batch's file removed. A batch a crash left committed is
     finished before anything else is read or written (when the backend is opened, and by
-    every call); one left uncommitted is dropped, as are the temporary files of writes a
-    crash cut short.
+    every call, and by a batch right before its own commit, under the redo log's lock, so
+    a dead writer's batch never lands over a later one); one left uncommitted is dropped,
+    as are the temporary files of writes a crash cut short.
 
     Several processes may share the directory: POSIX advisory locks (`flock`) tell a live
     writer's files from those a crash left, and no read (`load`, `batch_load`, `list_keys`)
@@ -267,12 +269,31 @@ class FileBackend:
         return self.directory / file_name_for(key)
 
     def _write(self, key: str, value: bytes) -> None:
-        """Writes one key's file atomically."""
+        """Writes one key's file atomically (its directory not synced: see `_write_durably`)."""
         self._put(key, value, new=False)
 
+    def _write_durably(self, key: str, value: bytes) -> None:
+        """Writes one key's file atomically, then fsyncs the directory (a power loss keeps it)."""
+        self._write(key, value)
+        self._sync(key)
+
     def _write_new(self, key: str, value: bytes) -> bool:
-        """Writes one key's file atomically if there is none; returns whether it wrote."""
-        return self._put(key, value, new=True)
+        """Writes one key's file if there is none, durably; returns whether it wrote."""
+        written = self._put(key, value, new=True)
+        if written:
+            self._sync(key)
+        return written
+
+    def _sync(self, key: str) -> None:
+        """Makes a write or deletion of `key`'s file in the directory durable.
+
+        Raises:
+            PersistenceError: When the directory cannot be fsynced.
+        """
+        try:
+            _sync_directory(self.directory)
+        except OSError as exc:
+            raise PersistenceError(f"cannot sync {self.directory}: {exc}", key=key) from exc
 
     def _put(self, key: str, value: bytes, new: bool) -> bool:
         """Writes one key's file atomically; with `new`, only if there is none (else False)."""
@@ -370,7 +391,7 @@ class FileBackend:
         """Writes `items` all or none (see the class): commit to the redo log, then install."""
         if len(items) <= 1:  # one file is atomic on its own
             for key, value in items.items():
-                self._write(key, value)
+                self._write_durably(key, value)
             return
         record = _encode_batch(items)  # checks every key first: a bad one writes nothing
         for attempt in range(2):
@@ -398,6 +419,11 @@ class FileBackend:
                         # From the commit until the batch is installed: no read sees part
                         # of it.
                         installing.enter_context(self._install_lock(shared=False))
+                        # A batch committed meanwhile is a dead writer's (a live one holds
+                        # the lock until its batch is installed), older than this one: it is
+                        # installed first, not over this one later.
+                        for left in self._committed_batches():
+                            self._finish_batch(left)
                         os.replace(tmp, batch)  # the commit...
                     except (OSError, PersistenceError, Abandoned) as exc:
                         if (
@@ -573,7 +599,7 @@ class FileBackend:
 
         def write() -> None:
             self._finish_batches()
-            self._write(key, value)
+            self._write_durably(key, value)
 
         await run_in_thread(write)
 
@@ -599,7 +625,7 @@ class FileBackend:
         return await self._read_in_thread(lambda: self._load(key))
 
     async def delete(self, key: str) -> bool:
-        """Removes `key`; returns whether it existed."""
+        """Removes `key` (durably: the directory is fsynced); returns whether it existed."""
         path = self._path(check_key(key))
 
         def remove() -> bool:
@@ -610,6 +636,7 @@ class FileBackend:
                 return False
             except OSError as exc:
                 raise PersistenceError(f"cannot delete {path}: {exc}", key=key) from exc
+            self._sync(key)
             return True
 
         return await run_in_thread(remove)

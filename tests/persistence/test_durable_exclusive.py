@@ -1,0 +1,239 @@
+"""Durable sessions: one worker resumes a session at once, a sweep never deletes a session
+whose next turn starts, a fork cut half way is never resumed as if whole, a restored session
+keeps its earlier turns as they were."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore
+from llm_agent_runtime.persistence.codec import encode
+
+from .test_durable import FINAL, Effects, add_step, fails_after, script
+from .test_durable_concurrency import Delegating, backend, under_way
+
+__all__ = ["backend"]  # the fixture, on every backend
+
+CHARGE = 'Thought: pay\nAction: charge {"amount": 100}'
+SEND = 'Thought: tell\nAction: send {"text": "hi"}'
+
+
+async def interrupted(backend: ar.PersistenceBackend, session_id: str = "x") -> None:
+    """Session `session_id`, its run interrupted after its first step (its model down)."""
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    with pytest.raises(ConnectionError):
+        session = runtime.create_session("a", session_id)
+        await runtime.run_agent("a", "Q0", fails_after(add_step(1)), session=session)
+
+
+async def test_two_workers_resuming_one_session_at_once_run_one(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Every resumer took the run's claim for its own (all name the same run): both ran, and
+    # their calls went out under one idempotency key.
+    await interrupted(backend)
+    first, second = (Effects(), Effects())
+    workers = [
+        ar.AgentRuntime(tools=e.tools(), checkpoint_backend=backend) for e in (first, second)
+    ]
+    async with under_way(lambda model: workers[0].resume("x", model)) as outcome:
+        with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
+            await workers[1].resume("x", script(CHARGE, FINAL))
+    assert second.calls == []
+    done = outcome[0]
+    assert [s.action for s in done.steps] == ["add", "FINAL_ANSWER"]
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+    # The resume ended: its claim went with it, and a resume now returns the finished session.
+    assert await backend.list_keys("session:x:resume:") == []
+    assert await workers[1].resume("x", script()) == done
+
+
+async def test_a_resume_loaded_before_another_resume_ended_is_refused(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await interrupted(backend)
+    stale = await CheckpointStore(backend).load("x")  # read by a worker, which then paused
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    done = await runtime.resume("x", script(FINAL))
+    with pytest.raises(ar.PersistenceError, match="resumed by another worker since it was"):
+        await CheckpointStore(backend).claim_resumed(stale)
+    assert await backend.list_keys("session:x:resume:") == []
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+
+
+async def test_a_resume_whose_process_ended_is_released_then_resumed(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Its claim cannot be told from a resume under way: it stays until release_resume.
+    await interrupted(backend)
+    dead = CheckpointStore(backend)  # a resumer's store: it claimed, then its process died
+    await dead.claim_resumed(await dead.load("x"))
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    with pytest.raises(ar.PersistenceError, match="release_resume"):
+        await runtime.resume("x", script(FINAL))
+    assert await runtime.release_resume("x")
+    done = await runtime.resume("x", script(FINAL))
+    assert (done.final_answer, done.step_count) == ("finished", 2)
+    assert not await runtime.release_resume("x")
+
+
+class RivalIntent(Delegating):
+    """The backend, but another worker journals its own call (other text) right before this
+    one's intent of a tool call is written: it read the journal, then the other wrote."""
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        if ":call:" in key:
+            meta = await CheckpointStore(self.inner).current_run("x")
+            rival = {"tool": "send", "arguments": {"text": "other"}, "state": "intent"}
+            await self.inner.save(key, encode("call", {**rival, "key": "k", "run": meta}))
+        return bool(await self.inner.save_new(key, value))
+
+
+async def test_a_call_another_worker_journaled_differently_is_not_run() -> None:
+    inner = ar.InMemoryBackend()
+    await interrupted(inner)
+    effects = Effects()
+    runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=RivalIntent(inner))
+    with pytest.raises(ar.ToolError, match="journaled by another worker"):
+        await runtime.resume("x", script(SEND, FINAL))
+    assert effects.keys == []  # the other worker's call alone goes out under that key
+
+
+class TurnAtFirstDelete(Delegating):
+    """The backend, but the first deletion waits for `start()` (the user's next turn) to
+    get going: the sweep found the session finished, and deletes it as the turn starts."""
+
+    def __init__(self, inner: ar.PersistenceBackend, start: Any) -> None:
+        super().__init__(inner)
+        self.start, self.turn = start, None
+
+    async def delete(self, key: str) -> None:
+        if self.turn is None:
+            self.turn = asyncio.ensure_future(self.start())
+            for _ in range(50):
+                await asyncio.sleep(0)
+        await self.inner.delete(key)
+
+
+async def test_a_turn_starting_while_a_sweep_deletes_the_session_is_refused_not_lost(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The sweep checked, then deleted: the next turn's meta record and turn 1's steps went,
+    # and the session, finished by turn 2, no longer loaded.
+    worker = ar.AgentRuntime(checkpoint_backend=backend)
+    session = worker.create_session("a", "s")
+    await worker.run_turn(session, "Q1", script("Thought: t\nAction: FINAL_ANSWER one"))
+    hooked = TurnAtFirstDelete(
+        backend,
+        lambda: worker.run_turn(session, "Q2", script("Thought: t\nAction: FINAL_ANSWER two")),
+    )
+    assert await CheckpointStore(hooked).sweep(older_than=-1.0) == ["s"]
+    with pytest.raises(ar.PersistenceError, match="is being deleted by a sweep"):
+        await hooked.turn
+    assert await backend.list_keys("session:s") == []  # the sweep's claim went too
+    # The session in memory runs its turn again, and is saved whole.
+    done = await worker.run_turn(session, "Q2", script("Thought: t\nAction: FINAL_ANSWER two"))
+    loaded = await ar.AgentSession.load_checkpoint(backend, "s")
+    assert loaded.final_answer == done == "two"
+    assert [m["content"] for m in loaded.messages] == ["Q1", "one", "Q2", "two"]
+
+
+async def test_a_sweep_leaves_a_session_whose_next_turn_claimed_it_first(
+    backend: ar.PersistenceBackend,
+) -> None:
+    worker = ar.AgentRuntime(checkpoint_backend=backend)
+    session = worker.create_session("a", "s")
+    await worker.run_turn(session, "Q1", script("Thought: t\nAction: FINAL_ANSWER one"))
+    async with under_way(lambda model: worker.run_turn(session, "Q2", model)) as outcome:
+        assert await CheckpointStore(backend).sweep(older_than=-1.0) == []
+    loaded = await ar.AgentSession.load_checkpoint(backend, "s")
+    assert loaded.final_answer == outcome[0] == "finished"
+    assert loaded.step_count == 2
+
+
+class DiesAfter(Delegating):
+    """The backend of a process that dies after `writes` writes: nothing it does after lands."""
+
+    def __init__(self, inner: ar.PersistenceBackend, writes: int) -> None:
+        super().__init__(inner)
+        self.writes = writes
+
+    def _write(self) -> None:
+        if self.writes <= 0:
+            raise RuntimeError("the process died")
+        self.writes -= 1
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        self._write()
+        return bool(await self.inner.save_new(key, value))
+
+    async def save(self, key: str, value: bytes) -> None:
+        self._write()
+        await self.inner.save(key, value)
+
+    async def batch_save(self, items: dict[str, bytes]) -> None:
+        self._write()
+        await self.inner.batch_save(items)
+
+    async def delete(self, key: str) -> None:
+        self._write()
+        await self.inner.delete(key)
+
+
+@pytest.mark.parametrize("writes", [1, 2])
+async def test_a_fork_cut_before_its_copy_is_refused_then_forked_again(
+    backend: ar.PersistenceBackend, writes: int
+) -> None:
+    # Its meta record alone read as a run from step 0: resume ran the copied steps again.
+    effects = Effects()
+    runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
+    source = runtime.create_session("a", "src")
+    await runtime.run_agent("a", "Q", script(CHARGE, CHARGE, FINAL), session=source)
+    with pytest.raises(RuntimeError, match="died"):
+        await CheckpointStore(DiesAfter(backend, writes)).fork("src", 2, "f")
+    left = await backend.list_keys("session:f")
+    assert left == ["session:f:meta", "session:f:run:0"][:writes]
+    with pytest.raises(ar.PersistenceError, match="fork whose steps were never copied"):
+        await ar.AgentSession.load_checkpoint(backend, "f")
+    effects.calls.clear()
+    with pytest.raises(ar.PersistenceError, match="fork whose steps were never copied"):
+        await runtime.resume("f", script(FINAL))
+    assert effects.calls == []
+    # The id is the incomplete fork's alone: a fork takes it over.
+    assert await runtime.fork("src", 2, "f") == "f"
+    done = await runtime.resume("f", script(FINAL))
+    assert [s.action for s in done.steps] == ["charge", "charge", "FINAL_ANSWER"]
+    assert effects.calls == []
+
+
+async def test_a_fork_never_takes_over_an_id_with_other_records(
+    backend: ar.PersistenceBackend,
+) -> None:
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    source = runtime.create_session("a", "src")
+    await runtime.run_agent("a", "Q", script(CHARGE, FINAL), session=source)
+    with pytest.raises(RuntimeError, match="died"):
+        await CheckpointStore(DiesAfter(backend, 1)).fork("src", 1, "f")
+    await backend.save("session:f:step:1", await backend.load("session:src:step:1") or b"")
+    with pytest.raises(ar.PersistenceError, match="already has checkpoints"):
+        await runtime.fork("src", 1, "f")
+
+
+async def test_a_restored_session_dying_at_its_next_turn_keeps_its_earlier_turns_as_they_were(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The earlier turns' final checkpoint held the new turn's question, and no answer.
+    plain = ar.AgentRuntime()  # its first turn ran without checkpoints
+    session = plain.create_session("a", "chat")
+    await plain.run_turn(session, "Q1", script("Thought: t\nAction: FINAL_ANSWER one"))
+    restored = ar.AgentSession.from_json(session.to_json())
+    dying = ar.AgentRuntime(checkpoint_backend=DiesAfter(backend, 1))
+    with pytest.raises(ar.PersistenceError, match="died"):
+        await dying.run_turn(restored, "Q2", script("Thought: t\nAction: FINAL_ANSWER two"))
+    loaded = await ar.AgentSession.load_checkpoint(backend, "chat")
+    assert (loaded.prompt, loaded.final_answer) == ("Q1", "one")
+    assert loaded == session

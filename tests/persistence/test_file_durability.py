@@ -1,0 +1,77 @@
+"""FileBackend: a dead writer's batch never lands over a later one; single writes and
+deletions are durable (their directory fsynced)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llm_agent_runtime.persistence import file as file_module
+from llm_agent_runtime.persistence.file import FileBackend
+
+
+async def test_a_dead_writers_batch_is_installed_before_a_later_batch_not_over_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The later batch's writer found the redo log empty, then another process committed its
+    # batch and died installing it: that older batch was finished later, over the newer one.
+    backend = FileBackend(tmp_path)
+    original = backend._install_lock
+    committed: list[Path] = []
+
+    @contextlib.contextmanager
+    def install_lock(shared: bool) -> Iterator[None]:
+        if not shared and not committed:  # about to commit: the other process's batch lands
+            older = {"k1": b"old", "k2": b"old"}
+            batch = tmp_path / ".batches" / f"{uuid.uuid4().hex}.batch"
+            batch.write_bytes(file_module._encode_batch(older))
+            committed.append(batch)
+        with original(shared):
+            yield
+
+    monkeypatch.setattr(backend, "_install_lock", install_lock)
+    await backend.batch_save({"k1": b"new", "k2": b"new"})
+    monkeypatch.setattr(backend, "_install_lock", original)
+    assert await backend.batch_load(["k1", "k2"]) == {"k1": b"new", "k2": b"new"}
+    assert committed and not committed[0].exists()
+    assert await FileBackend(tmp_path).load("k1") == b"new"
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What each `os.fsync` synced from now on: "file" or "dir"."""
+    calls: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+async def test_single_writes_and_deletions_sync_their_directory(
+    tmp_path: Path, fsyncs: list[str]
+) -> None:
+    backend = FileBackend(tmp_path)
+    for write in (
+        lambda: backend.save("k", b"v"),
+        lambda: backend.save_new("n", b"v"),
+        lambda: backend.delete("k"),
+    ):
+        fsyncs.clear()
+        await write()
+        assert fsyncs[-1:] == ["dir"], fsyncs
+    fsyncs.clear()
+    assert not await backend.save_new("n", b"again")  # nothing written: nothing to sync
+    assert "dir" not in fsyncs
+    fsyncs.clear()
+    await backend.batch_save({"a": b"1", "b": b"2"})
+    assert fsyncs.count("dir") == 2, fsyncs  # the commit, then the installed files
