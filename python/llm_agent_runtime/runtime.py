@@ -2028,7 +2028,8 @@ class AgentRuntime:
                 when `model` lacks a method its mode calls; for a turn in tools mode, when
                 its history has a tool exchange a provider would refuse (see `run_turn`).
             PersistenceError: When nothing is saved for the session or a record is corrupt;
-                when another worker resumes it (one at a time: a resumer whose process ended
+                when another worker resumes it (one at a time: the claim of a resumer whose
+                process ended on this host is taken over, by one worker; one of another host
                 keeps others out until `release_resume`), or resumed it since it was loaded.
             ToolError: When a call that may have run cannot safely be repeated.
         """
@@ -2128,9 +2129,11 @@ class AgentRuntime:
         """Lets a session whose resumer's process ended be resumed again.
 
         One worker resumes a session at once: the others are refused (`PersistenceError`)
-        until its resumed run ends. A resumer whose process ended cannot be told from one
-        under way, so its claim stays until this deletes it: call it only once that process
-        is known to have ended. Returns whether a claim was deleted.
+        until its resumed run ends. The claim of a resumer whose process ended on this host
+        is taken over by the next resume; one of another host (or written by an older
+        version) cannot be told from a resume under way, so it stays until this deletes it:
+        call it only once that process is known to have ended. Returns whether a claim was
+        deleted.
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend.

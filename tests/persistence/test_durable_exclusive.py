@@ -5,13 +5,17 @@ keeps its earlier turns as they were."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.persistence.checkpoints import CheckpointStore
-from llm_agent_runtime.persistence.codec import encode
+from llm_agent_runtime.persistence.codec import decode, encode
 
 from .test_durable import FINAL, Effects, add_step, fails_after, script
 from .test_durable_concurrency import Delegating, backend, under_way
@@ -68,7 +72,8 @@ async def test_a_resume_loaded_before_another_resume_ended_is_refused(
 async def test_a_resume_whose_process_ended_is_released_then_resumed(
     backend: ar.PersistenceBackend,
 ) -> None:
-    # Its claim cannot be told from a resume under way: it stays until release_resume.
+    # A claim of this very process is taken for a resume under way: it stays until
+    # release_resume.
     await interrupted(backend)
     dead = CheckpointStore(backend)  # a resumer's store: it claimed, then its process died
     await dead.claim_resumed(await dead.load("x"))
@@ -79,6 +84,132 @@ async def test_a_resume_whose_process_ended_is_released_then_resumed(
     done = await runtime.resume("x", script(FINAL))
     assert (done.final_answer, done.step_count) == ("finished", 2)
     assert not await runtime.release_resume("x")
+
+
+def ended_pid() -> int:
+    """The process id of a process that ran and ended (reaped: no zombie)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture
+def running_pid() -> Iterator[int]:
+    """The process id of a process that runs until the test ends."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+async def resume_left(backend: ar.PersistenceBackend, **holder: Any) -> None:
+    """A resume claim of session "x" left behind, its record's `host` and `pid` set to
+    `holder`'s (a field given None is left out, as older versions wrote no such field)."""
+    store = CheckpointStore(backend)
+    await store.claim_resumed(await store.load("x"))
+    [key] = await backend.list_keys("session:x:resume:")
+    claim = {**decode(await backend.load(key) or b"", key), **holder}
+    claim = {name: value for name, value in claim.items() if value is not None}
+    await backend.save(key, encode("claim", claim))
+
+
+async def test_a_resume_whose_process_ended_on_this_host_is_taken_over(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Every later resume was refused until an operator called release_resume.
+    await interrupted(backend)
+    await resume_left(backend, host=socket.gethostname(), pid=ended_pid())
+    effects = Effects()
+    runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
+    done = await runtime.resume("x", script(CHARGE, FINAL))
+    assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]
+    assert len(effects.calls) == 1
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+    assert await backend.list_keys("session:x:resume") == []  # the takeover's key went too
+    assert not await runtime.release_resume("x")
+
+
+async def test_a_resume_that_took_over_and_failed_leaves_no_claim(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await interrupted(backend)
+    await resume_left(backend, host=socket.gethostname(), pid=ended_pid())
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    with pytest.raises(ConnectionError):
+        await runtime.resume("x", fails_after())
+    assert await backend.list_keys("session:x:resume") == []
+    done = await runtime.resume("x", script(FINAL))
+    assert (done.final_answer, done.step_count) == ("finished", 2)
+
+
+async def test_a_resume_whose_process_runs_on_this_host_is_refused(
+    backend: ar.PersistenceBackend, running_pid: int
+) -> None:
+    await interrupted(backend)
+    await resume_left(backend, host=socket.gethostname(), pid=running_pid)
+    effects = Effects()
+    runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
+    with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
+        await runtime.resume("x", script(CHARGE, FINAL))
+    assert effects.calls == []
+    assert len(await backend.list_keys("session:x:resume")) == 1
+
+
+@pytest.mark.parametrize(
+    "holder",
+    [{"host": "another-host"}, {"host": None, "pid": None}],
+    ids=["another-host", "older-version"],
+)
+async def test_a_resume_of_another_host_or_an_older_version_waits_for_release_resume(
+    backend: ar.PersistenceBackend, holder: dict[str, Any]
+) -> None:
+    # Whether its process runs cannot be told from here.
+    await interrupted(backend)
+    await resume_left(backend, **{"pid": ended_pid(), **holder})
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    with pytest.raises(ar.PersistenceError, match="release_resume"):
+        await runtime.resume("x", script(FINAL))
+    assert await runtime.release_resume("x")
+    done = await runtime.resume("x", script(FINAL))
+    assert (done.final_answer, done.step_count) == ("finished", 2)
+    assert await backend.list_keys("session:x:resume") == []
+
+
+class TakeOverTogether(Delegating):
+    """The backend, but a takeover's key is written only once two workers are writing it:
+    both found the same ended resumer's claim."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.writing, self.both = 0, asyncio.Event()
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        if key.startswith("session:x:resume:") and key.count(":") == 4:  # :<n>:<nonce>
+            self.writing += 1
+            if self.writing == 2:
+                self.both.set()
+            await asyncio.wait_for(self.both.wait(), 10)
+        return bool(await self.inner.save_new(key, value))
+
+
+async def test_two_workers_taking_over_one_ended_resume_at_once_run_one(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await interrupted(backend)
+    await resume_left(backend, host=socket.gethostname(), pid=ended_pid())
+    together = TakeOverTogether(backend)
+    effects = [Effects(), Effects()]
+    workers = [ar.AgentRuntime(tools=e.tools(), checkpoint_backend=together) for e in effects]
+    outcomes = await asyncio.gather(
+        *(w.resume("x", script(CHARGE, FINAL)) for w in workers), return_exceptions=True
+    )
+    refused = [o for o in outcomes if isinstance(o, ar.PersistenceError)]
+    [done] = [o for o in outcomes if isinstance(o, ar.AgentSession)]
+    assert len(refused) == 1 and "is being resumed by another worker" in str(refused[0])
+    assert sorted(len(e.calls) for e in effects) == [0, 1]
+    assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+    assert await backend.list_keys("session:x:resume") == []
 
 
 class RivalIntent(Delegating):

@@ -14,8 +14,11 @@ is a key of another):
   once, in any process, one runs (the claim is deleted when its run ends before its first
   step, so the session may run again, and emptied with that step);
 - `session:<id>:resume:<n>`: the claim of the worker resuming the run that started from
-  step n (a nonce of its own, written insert-if-absent: one worker resumes a run at once),
-  deleted when that resumed run ends (see `CheckpointStore.claim_resumed`);
+  step n (a nonce of its own, its host and process id, written insert-if-absent: one worker
+  resumes a run at once), deleted when that resumed run ends; and
+  `session:<id>:resume:<n>:<nonce>`, written insert-if-absent by the one worker that takes
+  over the claim of nonce `<nonce>`, its process ended, deleted with that worker's claim
+  (see `CheckpointStore.claim_resumed`);
 - `session:<id>:step:<n>`: what step n added (a delta: storage grows linearly with steps);
 - `session:<id>:base:<n>`: steps 1 to n, folded by `prune`, so a running session stays
   resumable (`session:<id>:base`, without `<n>`, as older versions wrote it, is read too);
@@ -33,7 +36,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import re
+import socket
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Iterable, Sequence
@@ -273,8 +279,11 @@ _PREFIX = session_key("")
 # but keys written before they were hold ids with ':' as they are (`session:a:b:meta`, then
 # session `a:b`'s): a key is a session's own only when its rest is exactly one of these.
 _OWN_SUFFIX = re.compile(
-    r"(?:meta|run:[0-9]+|resume:[0-9]+|base|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
+    r"(?:meta|run:[0-9]+|resume:[0-9]+(?::[0-9a-f]+)?|base|base:[0-9]+|step:[0-9]+"
+    r"|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
 )
+_RESUME = re.compile(r"[0-9]+(?::[0-9a-f]+)?\Z")  # what follows `session:<id>:resume:`
+_NONCE = re.compile(r"[0-9a-f]+\Z")
 _CALL = re.compile(r"([0-9]+):[0-9]+\Z")  # what follows `session:<id>:call:` in a journal key
 _LOAD_ATTEMPTS = 3  # folds of a session that a concurrent prune may force a load to redo
 
@@ -372,6 +381,29 @@ def _base_records(raw: bytes, key: str, steps: int | None = None) -> list[StepRe
     return records
 
 
+def _ended_here(holder: Any) -> bool:
+    """Whether a resume claim's holder is a process of this host that is no longer running.
+
+    Told by the claim's `host` (the host's name) and `pid`. A claim that names neither (older
+    versions wrote none), another host's, this process's own, or one whose process runs
+    (under any user) is not; neither is any on Windows, where no signal 0 tests a process.
+    """
+    if not isinstance(holder, dict) or holder.get("host") != socket.gethostname():
+        return False
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
+        return False
+    if sys.platform == "win32":
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: it runs, as another user
+        return False
+    return False
+
+
 def _numbered(keys: Iterable[str], prefix: str) -> list[tuple[int, str]]:
     """The keys that are exactly `prefix` then a number (no other session's), by number.
 
@@ -414,7 +446,8 @@ _SWEPT_ADVICE = "run the turn again once the sweep has ended: the session is the
 _RESUMED = "is being resumed by another worker"
 _RESUMED_ADVICE = (
     "load it (AgentSession.load_checkpoint) when that resume has ended; if that worker's "
-    "process ended, call release_resume, then resume the session again"
+    "process ended on another host (or its claim names none), call release_resume, then "
+    "resume the session again"
 )
 _RUN_UNDER_WAY_ADVICE = (
     "start the new session under a new id, or load it (AgentSession.load_checkpoint) when that "
@@ -446,8 +479,9 @@ class CheckpointStore:
         # their first step, `release` or `forget`.
         self._claims: dict[str, _Claim] = {}
         # The resume claims (`claim_resumed`) of the resumed runs of this store, by session:
-        # the key, until the run's final checkpoint or `release`.
-        self._resumes: dict[str, str] = {}
+        # the key, then the takeover key if the claim was taken over, until the run's final
+        # checkpoint or `release`.
+        self._resumes: dict[str, list[str]] = {}
         self._background: set[asyncio.Future[Any]] = set()  # deletions of claims left behind
 
     # ------------------------------------------------------------------ writing
@@ -604,10 +638,16 @@ class CheckpointStore:
         names the run in its session) insert-if-absent, holding a nonce of its own: of
         workers resuming one session at once, in any process, one runs; the others are
         refused. The resume claim is deleted when the resumed run ends (its final checkpoint,
-        or `release` when it fails). A resumer whose process ended leaves it: as a run under
-        way cannot be told from one whose process ended, every later resume of the session
-        is refused until `release_resume` deletes it (call that once that process is known
-        to have ended).
+        or `release` when it fails). A resumer whose process ended leaves it. The claim names
+        the resumer's host and process id: a claim of a process of this host that is no
+        longer running is taken over, by one worker (it writes
+        `session:<id>:resume:<first_step>:<that claim's nonce>` insert-if-absent, checks
+        that the claim is still the one it read, then writes its own over it, and deletes
+        both when its run ends); the others are refused. Whether a process of another host
+        runs cannot be told from here, nor that of a claim naming no host (older versions),
+        nor any on Windows: those keep every later resume out until `release_resume`
+        deletes them (call that once that process is known to have ended). Hosts are told
+        apart by name: processes of one host name must see each other's process ids.
 
         Then the step is claimed as a new run claims it, so that a new run of a copy of the
         session is refused while it runs. The claim of the run resumed (its process ended
@@ -615,19 +655,20 @@ class CheckpointStore:
         only a claim this run made.
 
         Raises:
-            PersistenceError: Another worker resumes the session (or its process ended while
-                it did: see `release_resume`), or resumed it since `state` was loaded (load
-                it again), or another run claimed the step after the session was loaded.
+            PersistenceError: Another worker resumes the session (or its process ended on
+                another host while it did: see `release_resume`), or takes over the claim of
+                one whose process ended, or resumed it since `state` was loaded (load it
+                again), or another run claimed the step after the session was loaded.
         """
         run = state.run or ""
         key = session_key(state.session_id)
         resume_key = f"{key}:resume:{state.first_step}"
-        nonce = uuid.uuid4().hex
-        if not await self._save_if_absent(
-            resume_key, _encode("claim", {"run": run, "resume": nonce})
-        ):
+        nonce, host, pid = uuid.uuid4().hex, socket.gethostname(), os.getpid()
+        mine = _encode("claim", {"run": run, "resume": nonce, "host": host, "pid": pid})
+        if await self._save_if_absent(resume_key, mine):
+            self._resumes[state.session_id] = [resume_key]
+        elif not await self._take_over(state.session_id, resume_key, mine):
             self._refuse(state.session_id, _RESUMED, _RESUMED_ADVICE)
-        self._resumes[state.session_id] = resume_key
         # A resume that ended just before this one took the claim: the state is out of date.
         final_raw = await self.backend.load(key)
         final = decode(final_raw, key, "session") if final_raw is not None else None
@@ -661,21 +702,45 @@ class CheckpointStore:
         # alone, is saved with the first step all the same.
         self._claims[state.session_id] = _Claim(claim, run, record, owned=False)
 
+    async def _take_over(self, session_id: str, resume_key: str, mine: bytes) -> bool:
+        """Takes over the resume claim `resume_key` if its process ended (see `claim_resumed`).
+
+        Writes `mine` over it; returns whether this worker took it over.
+        """
+        raw = await self.backend.load(resume_key)
+        holder = decode(raw, resume_key) if raw is not None else None
+        nonce = holder.get("resume") if isinstance(holder, dict) else None
+        if not (isinstance(nonce, str) and _NONCE.match(nonce) and _ended_here(holder)):
+            return False
+        takeover = f"{resume_key}:{nonce}"
+        if not await self._save_if_absent(takeover, _encode("claim", {"takeover": nonce})):
+            return False  # another worker took it over
+        self._resumes[session_id] = [takeover]
+        if await self.backend.load(resume_key) != raw:
+            # Taken over and ended meanwhile (its taker deletes the claim before this key):
+            # the claim there now, if any, is a later resume's.
+            await self._drop_resume(session_id)
+            return False
+        self._resumes[session_id] = [resume_key, takeover]
+        await self.backend.save(resume_key, mine)
+        return True
+
     async def _drop_resume(self, session_id: str) -> None:
-        """Deletes the resume claim this store holds of the session, if any."""
-        resume_key = self._resumes.pop(session_id, None)
-        if resume_key is not None:
+        """Deletes the resume claim this store holds of the session (and its takeover key)."""
+        for resume_key in self._resumes.pop(session_id, []):
             await self.backend.delete(resume_key)
 
     async def release_resume(self, session_id: str) -> bool:
         """Deletes the stored resume claims of a session; returns whether there were any.
 
-        For a session whose resumer's process ended (see `claim_resumed`): every later resume
-        is refused until then. Call it only once that process is known to have ended: a
-        resume under way would then run alongside the next one.
+        For a session whose resumer's process ended where `claim_resumed` cannot tell it
+        (on another host, or a claim of an older version): every later resume is refused
+        until then. Call it only once that process is known to have ended: a resume under
+        way would then run alongside the next one. The keys of takeovers go too.
         """
         prefix = f"{session_key(session_id)}:resume:"
-        claims = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
+        keys = await self.backend.list_keys(prefix)
+        claims = sorted(k for k in keys if k.startswith(prefix) and _RESUME.match(k, len(prefix)))
         for claim in claims:
             await self.backend.delete(claim)
         self._resumes.pop(session_id, None)
@@ -713,9 +778,7 @@ class CheckpointStore:
         """
         claim = self._claims.pop(session_id, None)
         keys = [claim.key] if claim is not None and claim.owned else []
-        resume_key = self._resumes.pop(session_id, None)
-        if resume_key is not None:
-            keys.append(resume_key)
+        keys += self._resumes.pop(session_id, [])
         if not keys:
             return asyncio.sleep(0)
         if len(keys) == 1:
@@ -784,8 +847,8 @@ class CheckpointStore:
         if claim is not None:  # its run ended with no step of its own saved: the next may start
             with contextlib.suppress(Exception):
                 await self.backend.delete(claim.key)
-        resume_key = self._resumes.pop(session.session_id, None)
-        if resume_key is not None:  # the resumed run ended: the session may be resumed again
+        # The resumed run ended: the session may be resumed again (the claim goes first).
+        for resume_key in self._resumes.pop(session.session_id, []):
             with contextlib.suppress(Exception):
                 await self.backend.delete(resume_key)
         self._next_event.pop(session.session_id, None)
