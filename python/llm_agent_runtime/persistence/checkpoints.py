@@ -1271,29 +1271,19 @@ class CheckpointStore:
             messages=history,
         )
         run = uuid.uuid4().hex
-        meta_key, meta = _meta_item(
-            fork,
-            state.mode,
-            run,
-            turn=turn,
-            first_step=first,
-            history=history if turn else None,
-        )
+        shape: dict[str, Any] = {
+            "turn": turn,
+            "first_step": first,
+            "history": history if turn else None,
+        }
+        meta_key, meta = _meta_item(fork, state.mode, run, **shape)
         # A meta record marking the fork incomplete claims the id first, insert-if-absent: of
         # two forks racing into one new id (both passed the check above), one alone writes.
         # Then the fork claims the id as a run does, so that a run starting under it while
         # the steps are copied is refused; the claim names the fork's run, which `resume`
         # continues. The real meta record comes with the steps: a fork cut before them is
         # told by its marker (`load` refuses it, and a fork may take its id over).
-        _, marker = _meta_item(
-            fork,
-            state.mode,
-            run,
-            turn=turn,
-            first_step=first,
-            history=history if turn else None,
-            incomplete_fork=True,
-        )
+        _, marker = _meta_item(fork, state.mode, run, **shape, incomplete_fork=True)
         save_new = getattr(self.backend, "save_new", None)
         if save_new is not None and not await save_new(meta_key, marker):
             raise PersistenceError(
