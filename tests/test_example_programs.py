@@ -1,0 +1,62 @@
+"""The programs in examples/ run as they say, each in a fresh interpreter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# No keys or base URLs: the examples run offline, on their scripted models.
+ENV = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def run(name: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_every_example_is_tested() -> None:
+    tested = {"durable_resume.py", "fast_parts.py", "tool_agent.py"}
+    assert {path.name for path in EXAMPLES.glob("*.py")} == tested
+
+
+def test_durable_resume_charges_each_item_once(tmp_path: Path) -> None:
+    out = run("durable_resume.py", str(tmp_path / "runs.db"))
+    assert "first run stopped after 2 steps" in out
+    assert "resumed: 3 steps, answer: charged 750 cents in all" in out
+    assert "charges made: [250, 500]" in out
+
+
+def test_fast_parts_answer_as_the_comments_say() -> None:
+    out = run("fast_parts.py").splitlines()
+    assert out == [
+        "nearest to row 42: 42 (score 1.000)",
+        "alice to carol: alice -> acme -> bob -> carol (3 hops)",
+        "most central: bob",
+        "parsed lookup({'who': 'carol'}); tool calls: 1",
+        "working memory keeps: ['answer', 'goal']",
+    ]
+
+
+@pytest.mark.parametrize("repeat", range(2))  # parallel calls may finish in either order
+def test_tool_agent_runs_its_calls_and_reports_its_events(repeat: int) -> None:
+    out = run("tool_agent.py").splitlines()
+    events = [line.split(": ", 1)[1] for line in out if line.startswith("  event: ")]
+    assert events[0] == "RunStarted" and events[-1] == "RunFinished"
+    assert events.count("ToolCallStarted") == events.count("ToolCallFinished") == 2
+    assert out[-4:] == [
+        "weather({'city': 'Paris'}) -> 18 °C, light rain",
+        "weather({'city': 'Oslo'}) -> 4 °C, clear",
+        "answer: Paris is warmer (18 °C) than Oslo (4 °C).",
+        "tool calls: 2",
+    ]
