@@ -1816,7 +1816,11 @@ class AgentRuntime:
             )
             resolved = resolutions[index]
         name, arguments, denial = resolved
-        from llm_agent_runtime.persistence.checkpoints import idempotency_key, is_stale_entry
+        from llm_agent_runtime.persistence.checkpoints import (
+            idempotency_key,
+            is_stale_entry,
+            stored_form,
+        )
 
         run_id = self._durable_runs[session_id].run
         key = idempotency_key(session_id, step, index)
@@ -1851,7 +1855,10 @@ class AgentRuntime:
                         return _journaled_run(found, name, arguments)
                     else:
                         ran = found.get("tool", name)
-                        if (ran, found.get("arguments", arguments)) != (name, arguments):
+                        # As stored: a NaN (never equal to itself), a tuple or an int key
+                        # comes back from the record changed.
+                        journaled = found.get("arguments", stored_form(arguments))
+                        if ran != name or journaled != stored_form(arguments):
                             raise ToolError(
                                 f"tool call {index} of step {step} of session {session_id!r} "
                                 f"(idempotency key {key!r}) was journaled by another worker "

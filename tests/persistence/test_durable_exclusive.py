@@ -5,6 +5,8 @@ keeps its earlier turns as they were."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import math
 import socket
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 
 import llm_agent_runtime as ar
-from llm_agent_runtime.persistence.checkpoints import CheckpointStore
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore, stored_form
 from llm_agent_runtime.persistence.codec import decode, encode
 
 from .test_durable import FINAL, Effects, add_step, fails_after, script
@@ -213,13 +215,17 @@ async def test_two_workers_taking_over_one_ended_resume_at_once_run_one(
 
 
 class RivalIntent(Delegating):
-    """The backend, but another worker journals its own call (other text) right before this
+    """The backend, but another worker journals its own call (`text`) right before this
     one's intent of a tool call is written: it read the journal, then the other wrote."""
+
+    def __init__(self, inner: ar.PersistenceBackend, text: str = "other") -> None:
+        super().__init__(inner)
+        self.text = text
 
     async def save_new(self, key: str, value: bytes) -> bool:
         if ":call:" in key:
             meta = await CheckpointStore(self.inner).current_run("x")
-            rival = {"tool": "send", "arguments": {"text": "other"}, "state": "intent"}
+            rival = {"tool": "send", "arguments": {"text": self.text}, "state": "intent"}
             await self.inner.save(key, encode("call", {**rival, "key": "k", "run": meta}))
         return bool(await self.inner.save_new(key, value))
 
@@ -232,6 +238,24 @@ async def test_a_call_another_worker_journaled_differently_is_not_run() -> None:
     with pytest.raises(ar.ToolError, match="journaled by another worker"):
         await runtime.resume("x", script(SEND, FINAL))
     assert effects.keys == []  # the other worker's call alone goes out under that key
+
+
+async def test_a_call_another_worker_journaled_the_same_runs_under_its_key() -> None:
+    inner = ar.InMemoryBackend()
+    await interrupted(inner)
+    effects = Effects()
+    runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=RivalIntent(inner, "hi"))
+    done = await runtime.resume("x", script(SEND, FINAL))
+    assert done.final_answer is not None and len(effects.keys) == 1
+
+
+def test_the_stored_form_is_what_a_record_gives_back() -> None:
+    # A journaled call's arguments are compared in this form: a NaN is never equal to
+    # itself, and a tuple or an int key comes back changed.
+    moment = datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc)
+    value = {"x": math.nan, "pair": (1, 2), 3: "three", "at": moment}
+    assert stored_form(value) == {"x": "nan", "pair": [1, 2], "3": "three", "at": str(moment)}
+    assert stored_form(value) == stored_form(dict(value))
 
 
 class TurnAtFirstDelete(Delegating):

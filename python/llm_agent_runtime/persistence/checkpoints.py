@@ -57,7 +57,14 @@ from llm_agent_runtime.persistence.base import (
 from llm_agent_runtime.persistence.codec import decode, encode, record_kind
 from llm_agent_runtime.session import AgentSession, Step, finite_floats
 
-__all__ = ["CheckpointStore", "SessionState", "StepRecord", "idempotency_key", "is_stale_entry"]
+__all__ = [
+    "CheckpointStore",
+    "SessionState",
+    "StepRecord",
+    "idempotency_key",
+    "is_stale_entry",
+    "stored_form",
+]
 
 
 def _encode(kind: str, payload: Any) -> bytes:
@@ -72,6 +79,16 @@ def _encode(kind: str, payload: Any) -> bytes:
     if b"NaN" in raw or b"Infinity" in raw:
         raw = encode(kind, finite_floats(payload))
     return raw
+
+
+def stored_form(value: Any) -> Any:
+    """`value` as a record gives it back once stored (see `_encode`).
+
+    Tuples come back as lists, non-str dict keys as strings, a NaN as `"nan"`, and any
+    other object JSON has no form for as its `str`: compare a value read from a record with
+    this, not with the value that was written.
+    """
+    return decode(_encode("value", value), "(value)")
 
 
 def idempotency_key(session_id: str, step: int, call_index: int) -> str:
