@@ -515,7 +515,7 @@ def test_integer_arguments_out_of_range_are_memory_store_errors() -> None:
             ar.MemoryStoreError, match=f"dim must be between 1 and .*, got {bad_dim}\\b"
         ):
             ar.VectorIndex(bad_dim)
-    with pytest.raises(ar.MemoryStoreError, match="rescore must be between 1 and .*, got -3\\b"):
+    with pytest.raises(ar.MemoryStoreError, match=r"rescore must be between 1 and .*, got -3\b"):
         ar.VectorIndex(4, dtype="int8", rescore=-3)
     with pytest.raises(TypeError):
         index.get("1")  # type: ignore[arg-type]
