@@ -89,6 +89,32 @@ async def _floor_native() -> int:
     return total
 
 
+async def _floor_native_tasks() -> int:
+    """The native floor with each round's calls run as tasks (`asyncio.gather`), as a loop
+    that runs a model's parallel calls concurrently is written by hand. Informational: the
+    per-step target is set against the bare floor above."""
+    replies = iter(NATIVE_REPLIES)
+
+    async def model(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return next(replies)
+
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "sum"}]
+    total = 0
+    for _ in range(STEPS):
+        reply = await model(messages)
+        messages.append(reply)
+        calls = reply["tool_calls"]
+        if not calls:
+            return total
+        results = await asyncio.gather(
+            *(FLOOR_TOOLS[call["name"]](**call["arguments"]) for call in calls)
+        )
+        for call, result in zip(calls, results, strict=True):
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": str(result)})
+            total += result
+    return total
+
+
 async def _floor_react() -> int:
     """ReAct floor: the same text replies, parsed with one regex and json.loads."""
     replies = iter(REACT_SCRIPT)
@@ -274,8 +300,11 @@ PEERS = {"langgraph": _langgraph, "pydantic-ai": _pydantic_ai, "smolagents": _sm
 
 FLOOR = "asyncio-floor"
 """`extra_info["lib"]` of the hand-written minimal asyncio loop."""
+FLOOR_TASKS = "asyncio-floor, calls gathered as tasks"
+"""`extra_info["lib"]` of the same loop running each round's calls concurrently."""
 CASES = [
     ("tools", FLOOR),
+    ("tools", FLOOR_TASKS),
     ("tools", "llm_agent_runtime"),
     *(("tools", peer) for peer in PEERS),
     ("react", FLOOR),
@@ -294,6 +323,8 @@ def _one_run(mode: str, lib: str) -> Callable[[], Awaitable[int]]:
         return PEERS[lib]()  # type: ignore[no-any-return]
     if lib == FLOOR:
         return _floor_native if mode == "tools" else _floor_react
+    if lib == FLOOR_TASKS:
+        return _floor_native_tasks
     return _ours(mode)  # type: ignore[no-any-return]
 
 
@@ -374,6 +405,9 @@ AGENT_IMPORTS = {
     "pydantic-ai": "from pydantic_ai import Agent",
     "smolagents": "from smolagents import ToolCallingAgent, tool",
 }
+IMPORT_FLOOR = "python floor: asyncio + pydantic.BaseModel"
+"""Informational row: what any async agent class with a pydantic config imports at least."""
+AGENT_IMPORTS[IMPORT_FLOOR] = "import asyncio; from pydantic import BaseModel"
 
 
 @pytest.fixture(scope="module")
@@ -420,7 +454,7 @@ def test_import_time(benchmark: Any, lib: str) -> None:
 @pytest.mark.usefixtures("installed_bytecode")
 @pytest.mark.parametrize("lib", AGENT_IMPORTS)
 def test_agent_import_time(benchmark: Any, lib: str) -> None:
-    pytest.importorskip(IMPORTS[lib])
+    pytest.importorskip(IMPORTS.get(lib, "pydantic"))
     _time_import(
         benchmark,
         lib,
