@@ -52,7 +52,13 @@ from llm_agent_runtime.events import (
     settle_callbacks,
 )
 from llm_agent_runtime.memory import CHARS_PER_TOKEN, fit_to_token_budget
-from llm_agent_runtime.orchestration._checks import check_count, check_real
+from llm_agent_runtime.orchestration._checks import (
+    check_count,
+    check_real,
+    names_repr,
+    safe_repr,
+    short_repr,
+)
 from llm_agent_runtime.providers.base import (
     TRUNCATION_STOP_REASONS,
     ChatResponse,
@@ -181,6 +187,13 @@ class Middleware:
     Hooks may be sync or async. `on_tool_call` returns `(tool name, arguments)` or None.
     """
 
+    @safe_repr
+    def __repr__(self) -> str:
+        hooks = [
+            h for h in _HOOKS if getattr(getattr(self, h), "__func__", None) is not _BASE_HOOKS[h]
+        ]
+        return f"{type(self).__name__}(hooks={hooks})"
+
     def on_user_message(self, session: AgentSession, text: str) -> Any:
         """Sees (and may rewrite) the user's prompt before the run."""
         return None
@@ -196,6 +209,12 @@ class Middleware:
     def on_tool_call(self, session: AgentSession, tool: str, arguments: Any) -> Any:
         """Sees (and may rewrite) a tool call before it runs."""
         return None
+
+
+_HOOKS = ("on_user_message", "on_pre_llm", "on_post_llm", "on_tool_call")
+"""The hooks of a `Middleware`, in the order a run calls them."""
+_BASE_HOOKS = {hook: getattr(Middleware, hook) for hook in _HOOKS}
+"""`Middleware`'s own hooks (which do nothing), by name."""
 
 
 def _overridden_hook(middleware: Middleware, hook: str) -> Callable[..., Any] | None:
@@ -368,7 +387,7 @@ class AgentRuntime:
         # call per step.
         self._hooks = {
             hook: [h for m in middlewares if (h := _overridden_hook(m, hook)) is not None]
-            for hook in ("on_user_message", "on_pre_llm", "on_post_llm", "on_tool_call")
+            for hook in _HOOKS
         }
         # What the model is shown of the tools; rebuilt at a run's start when tools were
         # registered since (`_refresh_tools`).
@@ -393,6 +412,17 @@ class AgentRuntime:
         )
         if self._checkpoints is not None:  # a recorder: the log is no listener (no deltas)
             self.events._add_recorder(self._log_event)
+
+    @safe_repr
+    def __repr__(self) -> str:
+        # Computed when asked: nothing is kept for it. The backend shows by its own repr,
+        # which never holds a password (a DSN's, a URL's).
+        config = self.config
+        return (
+            f"AgentRuntime(mode={config.mode!r}, model={short_repr(config.model)}, "
+            f"tools={names_repr(self.tools._tools)}, "
+            f"checkpoint_backend={short_repr(self.checkpoint_backend, 200)})"
+        )
 
     # ------------------------------------------------------------------ public API
     async def run_agent(

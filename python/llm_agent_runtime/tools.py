@@ -48,6 +48,7 @@ from llm_agent_runtime.errors import (
     is_retryable_status,
 )
 from llm_agent_runtime.orchestration._calls import is_async_callable
+from llm_agent_runtime.orchestration._checks import names_repr, safe_repr
 
 if TYPE_CHECKING:  # a breaker is the user's; the tool only calls it
     from llm_agent_runtime.orchestration.circuit_breaker import CircuitBreaker
@@ -1815,6 +1816,10 @@ class ToolRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools
+
+    @safe_repr
+    def __repr__(self) -> str:
+        return f"ToolRegistry(tools={names_repr(self._tools)})"
 
     def not_found(self, name: str, max_chars: int = 4000) -> Observation:
         """The observation of a call of `name`, a tool this registry does not have."""

@@ -1,12 +1,33 @@
-"""Checks of constructor arguments shared by the orchestration primitives."""
+"""Checks of constructor arguments, and bounded reprs, shared by the orchestration primitives.
+
+The repr helpers serve the runtime's other public classes too.
+"""
 
 from __future__ import annotations
 
+import functools
+import heapq
+import itertools
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
+from typing import TypeVar
 
-__all__ = ["check_count", "check_flag", "check_names", "check_real"]
+__all__ = [
+    "check_count",
+    "check_flag",
+    "check_names",
+    "check_real",
+    "names_repr",
+    "safe_repr",
+    "short_repr",
+]
+
+_T = TypeVar("_T")
+_SHOWN_NAMES = 5
+"""Names a repr shows of a collection before it says how many more there are."""
+_REPR_CHARS = 60
+"""Characters a repr shows of one name or value."""
 
 
 def check_count(name: str, value: object, minimum: int) -> int:
@@ -106,3 +127,53 @@ def check_names(name: str, names: Iterable[str] | None) -> frozenset[str] | None
         if not isinstance(item, str):
             raise TypeError(f"{name} must hold strings, got {item!r}")
     return result
+
+
+def short_repr(value: object, limit: int = _REPR_CHARS) -> str:
+    """`repr(value)` cut to about `limit` characters, `...` marking the cut.
+
+    A str is cut before its repr is made (a huge one costs nothing); a repr that raises
+    shows the value's type instead (a repr never raises).
+    """
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def names_repr(names: Collection[str] | None, ordered: bool = True) -> str:
+    """A bounded repr of `names`: `['a', 'b']`, or the first few then `... (N more)`.
+
+    Names in no order of their own (`ordered` false: a set) show smallest first, so a repr
+    is the same in every process. None is `None`.
+    """
+    if names is None:
+        return "None"
+    if ordered:
+        head = list(itertools.islice(names, _SHOWN_NAMES))
+    else:
+        head = heapq.nsmallest(_SHOWN_NAMES, names)
+    shown = [short_repr(name) for name in head]
+    if len(names) > len(head):
+        shown.append(f"... ({len(names) - len(head)} more)")
+    return "[" + ", ".join(shown) + "]"
+
+
+def safe_repr(method: Callable[[_T], str]) -> Callable[[_T], str]:
+    """Makes a `__repr__` never raise: an object it fails on shows as `Name(...)`.
+
+    A traceback or a debugger shows `self` from inside an `__init__` that failed, before
+    the attributes the repr reads are set.
+    """
+
+    @functools.wraps(method)
+    def guarded(self: _T) -> str:
+        try:
+            return method(self)
+        except Exception:
+            return f"{type(self).__name__}(...)"
+
+    return guarded

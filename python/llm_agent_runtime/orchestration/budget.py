@@ -6,7 +6,7 @@ import math
 from decimal import Context, Decimal
 
 from llm_agent_runtime.errors import BudgetExceededError
-from llm_agent_runtime.orchestration._checks import check_count, check_real
+from llm_agent_runtime.orchestration._checks import check_count, check_real, safe_repr
 
 __all__ = ["CostBudget"]
 
@@ -82,6 +82,13 @@ class CostBudget:
         self.used_tokens = 0
         """Input + output tokens recorded."""
         self._used_cost = 0  # picodollars
+
+    @safe_repr
+    def __repr__(self) -> str:
+        return (
+            f"CostBudget(max_tokens={self.max_tokens}, max_cost_usd={self.max_cost_usd}, "
+            f"used_tokens={self.used_tokens}, used_cost_usd={self.used_cost_usd})"
+        )
 
     @property
     def used_cost_usd(self) -> float:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from llm_agent_runtime.orchestration._calls import call_maybe_async
-from llm_agent_runtime.orchestration._checks import check_count, check_real
+from llm_agent_runtime.orchestration._checks import check_count, check_real, safe_repr
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 from llm_agent_runtime.orchestration.dedup import canonical_key
 
@@ -67,6 +67,14 @@ class ResultCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @safe_repr
+    def __repr__(self) -> str:
+        # Without the lock: a repr is a snapshot, and must not wait.
+        return (
+            f"ResultCache(ttl={self.ttl}, max_entries={self.max_entries}, "
+            f"entries={len(self._entries)})"
+        )
 
     @staticmethod
     def key(tool: str, arguments: Mapping[str, Any]) -> tuple[str, str]:

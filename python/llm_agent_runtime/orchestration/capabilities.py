@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from llm_agent_runtime.errors import PolicyDeniedError
-from llm_agent_runtime.orchestration._checks import check_count, check_names
+from llm_agent_runtime.orchestration._checks import (
+    check_count,
+    check_names,
+    names_repr,
+    safe_repr,
+)
 
 __all__ = ["CapabilitySet"]
 
@@ -39,6 +44,14 @@ class CapabilitySet:
         self.max_actions = max_actions
         self.actions_taken = 0
         """Actions recorded so far."""
+
+    @safe_repr
+    def __repr__(self) -> str:
+        return (
+            f"CapabilitySet(allowed_tools={names_repr(self.allowed_tools, ordered=False)}, "
+            f"allowed_state_keys={names_repr(self.allowed_state_keys, ordered=False)}, "
+            f"max_actions={self.max_actions}, actions_taken={self.actions_taken})"
+        )
 
     def allows_tool(self, name: str) -> bool:
         """Whether the tool `name` may be called."""

@@ -57,7 +57,7 @@ from llm_agent_runtime.orchestration._calls import (
     keep_alive,
     refuse_awaitable,
 )
-from llm_agent_runtime.orchestration._checks import check_count, check_real
+from llm_agent_runtime.orchestration._checks import check_count, check_real, safe_repr
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 __all__ = [
@@ -138,6 +138,10 @@ class InMemoryCircuitStateBackend:
     def __init__(self) -> None:
         self._states: dict[str, CircuitState] = {}
         self._lock = threading.Lock()
+
+    @safe_repr
+    def __repr__(self) -> str:
+        return f"InMemoryCircuitStateBackend(services={len(self._states)})"
 
     def update_now(
         self, service: str, change: Callable[[CircuitState], CircuitState]

@@ -12,6 +12,8 @@ import math
 import time
 from typing import Protocol, runtime_checkable
 
+from llm_agent_runtime.orchestration._checks import safe_repr
+
 __all__ = ["Clock", "FakeClock", "SystemClock"]
 
 
@@ -30,6 +32,9 @@ class Clock(Protocol):
 
 class SystemClock:
     """The real clock: `time.monotonic` and `asyncio.sleep`."""
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
 
     def now(self) -> float:
         """Returns `time.monotonic()`."""
@@ -71,6 +76,10 @@ class FakeClock:
         self._jump_loop: asyncio.AbstractEventLoop | None = None
         self.sleeps: list[float] = []
         """Every duration passed to `sleep`, in order (lets tests check backoff)."""
+
+    @safe_repr
+    def __repr__(self) -> str:
+        return f"FakeClock(now={self._now})"
 
     def now(self) -> float:
         """Returns the fake time."""

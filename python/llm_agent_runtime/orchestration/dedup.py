@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, ParamSpec, TypeVar, overload
 
 from llm_agent_runtime.orchestration._calls import call_maybe_async
-from llm_agent_runtime.orchestration._checks import check_real
+from llm_agent_runtime.orchestration._checks import check_real, safe_repr
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["Deduplicator", "canonical_key"]
@@ -91,6 +91,13 @@ class Deduplicator:
         self._done: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
         self.executions = 0
         """Times a request was actually executed."""
+
+    @safe_repr
+    def __repr__(self) -> str:
+        return (
+            f"Deduplicator(ttl={self.ttl}, in_flight={len(self._in_flight)}, "
+            f"executions={self.executions})"
+        )
 
     @property
     def in_flight(self) -> int:

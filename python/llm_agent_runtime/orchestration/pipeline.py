@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llm_agent_runtime.errors import PipelineStageError
+from llm_agent_runtime.orchestration._checks import names_repr, safe_repr
 
 __all__ = ["Pipeline"]
 
@@ -34,6 +35,10 @@ class Pipeline:
                 self.then(stage[1], name=stage[0])
             else:
                 self.then(stage)
+
+    @safe_repr
+    def __repr__(self) -> str:
+        return f"Pipeline(stages={names_repr(self.stage_names)})"
 
     @property
     def stage_names(self) -> list[str]:

@@ -7,7 +7,7 @@ import functools
 import math
 from collections.abc import Hashable
 
-from llm_agent_runtime.orchestration._checks import check_real
+from llm_agent_runtime.orchestration._checks import check_real, safe_repr
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
 
 _ROUNDING = 1e-9
@@ -238,6 +238,10 @@ class RateLimiter:
         self._room = _WaitingRoom()  # the callers of `acquire` waiting on each key
         self._count = 0  # numbers reservations and refunds (see `Refund`)
         self._sweep_at = _FIRST_SWEEP  # buckets held when refilled ones are next dropped
+
+    @safe_repr
+    def __repr__(self) -> str:
+        return f"RateLimiter(rate={self.rate}, capacity={self.capacity})"
 
     def tokens(self, key: Hashable = "default") -> float:
         """Tokens available for `key` now."""

@@ -31,6 +31,10 @@ class InMemoryBackend:
         self.data: dict[str, bytes] = {}
         """The stored records, by key."""
 
+    def __repr__(self) -> str:
+        # Never raises: `data` may not be set yet (a subclass's repr before its `__init__`).
+        return f"InMemoryBackend(keys={len(getattr(self, 'data', ()))})"
+
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`."""
         value = check_value(check_key(key), value)

@@ -9,6 +9,7 @@ from typing import Any
 
 from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.memory import CHARS_PER_TOKEN
+from llm_agent_runtime.orchestration._checks import safe_repr, short_repr
 from llm_agent_runtime.providers.base import (
     ChatResponse,
     Message,
@@ -74,6 +75,15 @@ class ScriptedProvider:
         self._iter = itertools.cycle(self._replies) if loop else iter(self._replies)
         self.calls = 0
         """Number of calls answered."""
+
+    @safe_repr
+    def __repr__(self) -> str:
+        # The replies' count, not their text: a script may be long.
+        if self._rule is not None:
+            rule = getattr(self._rule, "__name__", None) or type(self._rule).__name__
+            return f"ScriptedProvider(rule={short_repr(rule)}, calls={self.calls})"
+        loop = isinstance(self._iter, itertools.cycle)
+        return f"ScriptedProvider(replies={len(self._replies)}, loop={loop}, calls={self.calls})"
 
     def _next(
         self,
