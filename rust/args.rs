@@ -11,9 +11,26 @@
 use pyo3::exceptions::PyOverflowError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::PyString;
+use pyo3::types::{PyBool, PyString};
 
 use crate::errors::CoreError;
+
+/// Refuses a `bool` where an int (a size, a count, an id) is expected: `bool` is an `int`
+/// subclass, which PyO3 would read as 0 or 1. `error` receives the bool's value and makes
+/// the calling method's typed error.
+///
+/// # Errors
+/// `error(value)` when `value` is a `bool`.
+#[inline]
+pub fn not_bool(
+    value: &Bound<'_, PyAny>,
+    error: impl FnOnce(bool) -> CoreError,
+) -> Result<(), CoreError> {
+    match value.cast::<PyBool>() {
+        Ok(flag) => Err(error(flag.is_true())),
+        Err(_) => Ok(()),
+    }
+}
 
 /// Converts an integer argument that a method takes as `i64` to `usize`.
 ///

@@ -15,7 +15,6 @@ use std::borrow::Cow;
 
 use numpy::{IntoPyArray, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::PyBool;
 use rayon::prelude::*;
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
@@ -246,9 +245,9 @@ fn too_long_ngrams(what: &str, n: &str) -> CoreError {
 
 /// The `dim` argument: an int from 1 to [`MAX_DIM`] (a `bool`, an `int` subclass, is refused).
 fn dim_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
-    if value.is_instance_of::<PyBool>() {
-        return Err(CoreError::Memory("dim must be an int, got bool".into()).into());
-    }
+    args::not_bool(value, |_| {
+        CoreError::Memory("dim must be an int, got bool".into())
+    })?;
     match args::to_usize(value)? {
         Ok(dim) if dim >= 1 => Ok(dim), // the upper bound is checked by `Hashing::new`
         Ok(dim) => Err(CoreError::Memory(format!("dim must be at least 1, got {dim}")).into()),

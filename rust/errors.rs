@@ -7,6 +7,9 @@
 use std::any::Any;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use pyo3::marker::Ungil;
 use pyo3::prelude::*;
@@ -112,6 +115,45 @@ where
     match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
         Ok(result) => result.map_err(PyErr::from),
         Err(payload) => Err(panic_to_pyerr(payload.as_ref())),
+    }
+}
+
+/// How long a computation run by [`run_interruptible`] goes at most between two looks for
+/// pending signals (a look takes the GIL: done per pass, it would cost small runs much).
+const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Runs `f` as [`run_detached`] does (GIL released), giving it a check to call at points
+/// where it may stop (once a pass of a long computation): every
+/// [`SIGNAL_CHECK_INTERVAL`] at most, the check takes the GIL briefly and runs pending
+/// signal handlers. When one raises (`KeyboardInterrupt` on Ctrl-C), the check fails, `f`
+/// returns early, and that exception is what this returns.
+pub fn run_interruptible<T, F>(py: Python<'_>, f: F) -> PyResult<T>
+where
+    T: Ungil + Send,
+    F: Ungil + Send + FnOnce(&mut dyn FnMut() -> CoreResult<()>) -> CoreResult<T>,
+{
+    let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+    let result = run_detached(py, || {
+        let mut last = Instant::now();
+        let mut check = || {
+            if last.elapsed() < SIGNAL_CHECK_INTERVAL {
+                return Ok(());
+            }
+            last = Instant::now();
+            match Python::attach(|py| py.check_signals()) {
+                Ok(()) => Ok(()),
+                Err(err) => {
+                    *raised.lock() = Some(err);
+                    // Only stops `f`: the exception raised above is returned instead.
+                    Err(CoreError::Runtime("interrupted by a signal".into()))
+                }
+            }
+        };
+        f(&mut check)
+    });
+    match raised.into_inner() {
+        Some(err) => Err(err),
+        None => result,
     }
 }
 

@@ -18,7 +18,7 @@ use numpy::{
 use parking_lot::RwLock;
 use pyo3::exceptions::PyUnicodeEncodeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyList};
+use pyo3::types::PyList;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
@@ -1081,15 +1081,7 @@ fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
         ))
     };
     let id = |item: Bound<'_, PyAny>| -> PyResult<u64> {
-        // `bool` is an `int` subclass, but True is no id (and no count: `k` and the
-        // semantic store refuse it too).
-        if item.is_instance_of::<PyBool>() {
-            return Err(CoreError::Memory(format!(
-                "ids must be ints >= 0, not bool (got {})",
-                if item.is_truthy()? { "True" } else { "False" }
-            ))
-            .into());
-        }
+        args::not_bool(&item, bool_id)?;
         item.extract::<u64>().map_err(|_| refuse())
     };
     // A list is read in place; another sequence is copied out first (a str is no ids).
@@ -1098,6 +1090,13 @@ fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
     }
     let items: Vec<Bound<'_, PyAny>> = value.extract().map_err(|_| refuse())?;
     items.into_iter().map(id).collect()
+}
+
+/// The error of a `bool` given as an id: an `int` subclass, but True is no id (and no
+/// count: `k` and the semantic store refuse it too).
+fn bool_id(value: bool) -> CoreError {
+    let text = if value { "True" } else { "False" };
+    CoreError::Memory(format!("ids must be ints >= 0, not bool (got {text})"))
 }
 
 /// An id as numpy returns it: lossless, as `add` refuses ids above [`MAX_ID`] (`i64::MAX`).
@@ -1110,7 +1109,7 @@ fn id_to_i64(id: u64) -> i64 {
 /// (negative, or above [`MAX_ID`]) is `None`, and so is a `bool` (an `int` subclass, but no
 /// id: `add` and `remove` refuse it).
 fn id_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<u64>> {
-    if value.is_instance_of::<PyBool>() {
+    if args::not_bool(value, bool_id).is_err() {
         return Ok(None);
     }
     match value.extract::<i64>() {
@@ -1180,9 +1179,9 @@ impl PyVectorIndex {
 /// beyond. A
 /// `bool` is an `int` subclass but no size: refused, as `k` refuses it.
 fn size_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
-    if value.is_instance_of::<PyBool>() {
-        return Err(CoreError::Memory(format!("{what} must be an int, got bool")).into());
-    }
+    args::not_bool(value, |_| {
+        CoreError::Memory(format!("{what} must be an int, got bool"))
+    })?;
     match args::to_usize(value)? {
         Ok(size) => Ok(size),
         // One message for every size out of range, as the index's own check of 0 gives.
@@ -1250,9 +1249,9 @@ fn fs_path(value: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
 /// A search's `k`: an int >= 1; one beyond 64 bits means every vector. A `bool` is an
 /// `int` subclass but no count: refused, as `SemanticStore.search` refuses it.
 fn k_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
-    if value.is_instance_of::<PyBool>() {
-        return Err(CoreError::Memory("k must be an int, got bool".into()).into());
-    }
+    args::not_bool(value, |_| {
+        CoreError::Memory("k must be an int, got bool".into())
+    })?;
     args::limit(value, 1, |v| {
         CoreError::Memory(format!("k must be at least 1, got {v}"))
     })
@@ -1453,11 +1452,8 @@ impl PyVectorIndex {
         id: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, numpy::PyArray1<f32>>>> {
         let Some(id) = id_arg(id)? else {
-            let why = if id.is_instance_of::<PyBool>() {
-                format!("ids must be ints >= 0, not bool (got {})", id.str()?)
-            } else {
-                format!("ids go from 0 to 2**63 - 1, got {}", id.str()?)
-            };
+            args::not_bool(id, bool_id)?;
+            let why = format!("ids go from 0 to 2**63 - 1, got {}", id.str()?);
             return Err(CoreError::Memory(why).into());
         };
         // Copied out under the lock, made into an array after it: the array's allocation

@@ -6,6 +6,7 @@ and the same property limits however properties come in.
 from __future__ import annotations
 
 import json
+import random
 import sys
 from typing import Any
 
@@ -246,3 +247,64 @@ class GraphMachine(RuleBasedStateMachine):
 
 TestGraphMachine = GraphMachine.TestCase
 TestGraphMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+
+
+# ---------------------------------------------------------------- subgraphs
+
+
+def test_subgraph_matches_a_reference_on_random_graphs() -> None:
+    # A few entities read their own relationships (and a plain edge list in place); many
+    # scan every relationship: both give every relationship among them, in order.
+    rnd = random.Random(3)
+    for case in range(150):
+        n = rnd.randrange(1, 40)
+        edges = [(rnd.randrange(n), rnd.randrange(n), rnd.choice([1.0, 0.5])) for _ in range(3 * n)]
+        g = ar.GraphStore.from_edge_list(n, edges, kind="plain")
+        rels = [(str(a), str(b), "plain", w) for a, b, w in edges]
+        if case % 3 == 1:
+            for _ in range(n):  # stored relationships, of several kinds
+                a, b, kind = str(rnd.randrange(n)), str(rnd.randrange(n)), rnd.choice("xy")
+                g.add_relationship(a, b, kind, 2.0)
+                rels.append((a, b, kind, 2.0))
+        # Entities only relationships reach (no relationship leaves them).
+        sinks = [f"sink{i}" for i in range(rnd.randrange(4))]
+        g.add_entities(sinks)
+        for s in sinks:
+            for _ in range(rnd.randrange(3)):
+                a = str(rnd.randrange(n))
+                g.add_relationship(a, s, "in", 1.0)
+                rels.append((a, s, "in", 1.0))
+        ids = g.entity_ids()
+        if case % 2 == 0:
+            g.neighbors_of("0")  # links built before the subgraph, or by it
+        whole = ar.to_networkx(g)
+        for size in (1, 2, 3, len(ids) // 2, len(ids)):
+            keep = rnd.sample(ids, min(size, len(ids))) + sinks[:1]
+            keep = list(dict.fromkeys(keep))
+            sub = g.subgraph(keep)
+            expected = [r for r in rels if r[0] in keep and r[1] in keep]
+            assert sub.entity_ids() == keep
+            assert [(r["from"], r["to"], r["kind"], r["weight"]) for r in sub.relationships()] == (
+                expected
+            )
+            assert sub.relationship_kinds() == sorted({r[2] for r in expected})
+            peer = whole.subgraph(keep)
+            assert sorted(peer.edges(keys=True)) == sorted(ar.to_networkx(sub).edges(keys=True))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_subgraph_of_a_few_entities_copies_no_relationship_list() -> None:
+    # A subgraph of 10 entities made every relationship of a from_edge_list graph at once
+    # (32 bytes each, kept): +32 MiB here, and O(m) time for a few entities' rows.
+    n, m = 100_000, 1_000_000
+    g = ar.GraphStore.from_edge_list(n, [(i % n, (i * 7919) % n) for i in range(m)])
+    g.neighbors_of("0")  # the per-entity links: built here, not counted below
+    before = _rss_mib()
+    subs = [g.subgraph([str(i * 997 + j) for j in range(10)]) for i in range(5)]
+    assert _rss_mib() - before < 8
+    keeps = [[i * 997 + j for j in range(10)] for i in range(5)]
+    # Relationship i leaves i % n: those leaving an entity are i = v + t * n.
+    expected = [
+        sum((v + t * n) * 7919 % n in keep for v in keep for t in range(m // n)) for keep in keeps
+    ]
+    assert [s.relationship_count() for s in subs] == expected

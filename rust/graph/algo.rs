@@ -802,9 +802,12 @@ mod tests {
         let betweenness = crate::graph::betweenness::betweenness(&huge, true, false, true, None);
         out_of_memory(betweenness.map(drop), "betweenness");
         use crate::graph::community;
-        out_of_memory(community::louvain(n, &[], 1.0, 0).map(drop), "louvain");
         out_of_memory(
-            community::label_propagation(n, &[], 0, 1).map(drop),
+            community::louvain(n, &[], 1.0, 0, &mut || Ok(())).map(drop),
+            "louvain",
+        );
+        out_of_memory(
+            community::label_propagation(n, &[], 0, 1, &mut || Ok(())).map(drop),
             "label propagation",
         );
         out_of_memory(

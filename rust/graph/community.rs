@@ -8,6 +8,10 @@
 use super::alloc::{collected, filled, reserve, with_capacity};
 use crate::errors::CoreResult;
 
+/// Called once a pass (or round) of a long run: an error it returns (the caller was
+/// interrupted) ends the run with that error.
+pub type Check<'a> = &'a mut dyn FnMut() -> CoreResult<()>;
+
 /// A small seeded generator (splitmix64): node orders and tie-breaks are reproducible.
 pub struct SplitMix(u64);
 
@@ -205,12 +209,14 @@ const MAX_PASSES: usize = 1000;
 /// the modularity the moves gained.
 ///
 /// # Errors
-/// [`crate::errors::CoreError::Graph`] when its per-node buffers do not fit in memory.
+/// [`crate::errors::CoreError::Graph`] when its per-node buffers do not fit in memory; the
+/// error of `check`, called before each pass, when it fails.
 fn local_moving(
     g: &WeightedGraph,
     community: &mut [usize],
     resolution: f64,
     rng: &mut SplitMix,
+    check: Check<'_>,
 ) -> CoreResult<(bool, f64)> {
     let n = g.n();
     let m = g.total;
@@ -232,6 +238,7 @@ fn local_moving(
     let mut any_move = false;
     let mut improvement = 0.0;
     for _ in 0..MAX_PASSES {
+        check()?;
         // Summed afresh each pass: no rounding carried from one pass to the next.
         totals.fill(0.0);
         for v in 0..n {
@@ -332,12 +339,13 @@ const SMALL_GRAPH_TRIES: u64 = 8;
 ///
 /// # Errors
 /// [`crate::errors::CoreError::Graph`] when its buffers (a few slots per node and per relationship) do not
-/// fit in memory.
+/// fit in memory; the error of `check`, called once a pass over the nodes, when it fails.
 pub fn louvain(
     n: usize,
     edges: &[(u32, u32, f64)],
     resolution: f64,
     seed: u64,
+    check: Check<'_>,
 ) -> CoreResult<(Vec<Vec<u32>>, f64)> {
     let tries = if n <= SMALL_GRAPH {
         SMALL_GRAPH_TRIES
@@ -347,7 +355,7 @@ pub fn louvain(
     let graph = WeightedGraph::normalized(n, edges)?;
     let mut best: Option<(Vec<Vec<u32>>, f64)> = None;
     for attempt in 0..tries {
-        let found = louvain_once(&graph, resolution, seed.wrapping_add(attempt))?;
+        let found = louvain_once(&graph, resolution, seed.wrapping_add(attempt), check)?;
         if best.as_ref().is_none_or(|(_, q)| found.1 > *q + 1e-12) {
             best = Some(found);
         }
@@ -363,6 +371,7 @@ fn louvain_once(
     original: &WeightedGraph,
     resolution: f64,
     seed: u64,
+    check: Check<'_>,
 ) -> CoreResult<(Vec<Vec<u32>>, f64)> {
     let n = original.n();
     let mut rng = SplitMix::new(seed);
@@ -372,7 +381,7 @@ fn louvain_once(
     loop {
         let level = aggregated.as_ref().unwrap_or(original);
         let mut community: Vec<usize> = collected(0..level.n(), "the community membership")?;
-        let (moved, gain) = local_moving(level, &mut community, resolution, &mut rng)?;
+        let (moved, gain) = local_moving(level, &mut community, resolution, &mut rng, check)?;
         if !moved {
             break;
         }
@@ -436,12 +445,13 @@ pub fn modularity(
 /// by the largest weight among its neighbours. Communities as sorted node-index lists.
 ///
 /// # Errors
-/// As [`louvain`].
+/// As [`louvain`] (`check` is called once a round).
 pub fn label_propagation(
     n: usize,
     edges: &[(u32, u32, f64)],
     seed: u64,
     max_rounds: usize,
+    check: Check<'_>,
 ) -> CoreResult<Vec<Vec<u32>>> {
     let g = WeightedGraph::from_edges(n, edges.iter().copied())?;
     let mut label: Vec<usize> = collected(0..n, "the labels")?;
@@ -451,6 +461,7 @@ pub fn label_propagation(
     let mut touched = Vec::new();
     let mut best = Vec::new();
     for _ in 0..max_rounds {
+        check()?;
         rng.shuffle(&mut order);
         let mut changed = false;
         for &v in &order {
@@ -500,7 +511,7 @@ mod tests {
 
     #[test]
     fn louvain_splits_two_triangles() {
-        let (communities, q) = louvain(6, &two_triangles(), 1.0, 7).unwrap();
+        let (communities, q) = louvain(6, &two_triangles(), 1.0, 7, &mut || Ok(())).unwrap();
         assert_eq!(communities, vec![vec![0, 1, 2], vec![3, 4, 5]]);
         // networkx: modularity of this split is 5/14.
         assert!((q - 5.0 / 14.0).abs() < 1e-12);
@@ -526,8 +537,8 @@ mod tests {
             .iter()
             .map(|&(a, b, w)| (a, b, w / 12345.67))
             .collect();
-        let (expected, q) = louvain(11, &unit, 1.0, 0).unwrap();
-        let (found, q_money) = louvain(11, &money, 1.0, 0).unwrap();
+        let (expected, q) = louvain(11, &unit, 1.0, 0, &mut || Ok(())).unwrap();
+        let (found, q_money) = louvain(11, &money, 1.0, 0, &mut || Ok(())).unwrap();
         assert_eq!(found, expected);
         assert!((q - q_money).abs() < 1e-12);
         for scale in [1e-300, 1e-13, 1e-6, 1e6, 1e200, 1e300] {
@@ -535,7 +546,7 @@ mod tests {
                 .into_iter()
                 .map(|(a, b, w)| (a, b, w * scale))
                 .collect();
-            let (communities, q) = louvain(6, &scaled, 1.0, 7).unwrap();
+            let (communities, q) = louvain(6, &scaled, 1.0, 7, &mut || Ok(())).unwrap();
             assert_eq!(communities, vec![vec![0, 1, 2], vec![3, 4, 5]], "{scale}");
             assert!((q - 5.0 / 14.0).abs() < 1e-12, "{scale}");
             let again = modularity(6, &scaled, &communities, 1.0).unwrap();
@@ -547,15 +558,37 @@ mod tests {
     fn louvain_without_weight_leaves_every_node_alone() {
         let zero = [(0, 1, 0.0), (1, 2, 0.0)];
         assert_eq!(
-            louvain(3, &zero, 1.0, 0).unwrap(),
+            louvain(3, &zero, 1.0, 0, &mut || Ok(())).unwrap(),
             (vec![vec![0], vec![1], vec![2]], 0.0)
         );
-        assert_eq!(louvain(0, &[], 1.0, 0).unwrap(), (vec![], 0.0));
+        assert_eq!(
+            louvain(0, &[], 1.0, 0, &mut || Ok(())).unwrap(),
+            (vec![], 0.0)
+        );
+    }
+
+    #[test]
+    fn a_failing_check_stops_the_run_with_its_error() {
+        let stop = crate::errors::CoreError::Runtime("stop".into());
+        let mut calls = 0;
+        let mut check = || {
+            calls += 1;
+            Err(stop.clone())
+        };
+        assert_eq!(
+            louvain(6, &two_triangles(), 1.0, 7, &mut check).err(),
+            Some(stop.clone())
+        );
+        assert_eq!(
+            label_propagation(6, &two_triangles(), 3, 100, &mut check).err(),
+            Some(stop.clone())
+        );
+        assert_eq!(calls, 2);
     }
 
     #[test]
     fn label_propagation_partitions_every_node() {
-        let communities = label_propagation(6, &two_triangles(), 3, 100).unwrap();
+        let communities = label_propagation(6, &two_triangles(), 3, 100, &mut || Ok(())).unwrap();
         let mut all: Vec<u32> = communities.concat();
         all.sort_unstable();
         assert_eq!(all, vec![0, 1, 2, 3, 4, 5]);

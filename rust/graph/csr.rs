@@ -10,7 +10,7 @@
 //! placing pass writes every half-edge into its row (a stable counting sort, so insertion
 //! order holds within a row), and a last pass collapses parallel edges in place, writing
 //! nothing while it has found none. (Per-entity queries such as `edges_from` read the
-//! store's own links, [`crate::graph::store::OutLinks`], and need no snapshot.)
+//! store's own links, [`crate::graph::store::Links`], and need no snapshot.)
 
 use std::sync::{Arc, OnceLock};
 

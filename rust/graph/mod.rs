@@ -6,9 +6,9 @@
 //! first use) made once per mutation generation and shared behind an `Arc`, with the GIL
 //! released. `from_edge_list` makes the snapshot while it reads its input, and shares the
 //! edge list with the store. Per-entity queries (`edges_from`, `neighbors_of`,
-//! `relationship_count_between`, a directed walk of depth 1 at most, `subgraph` of a few
-//! entities) read the store's own per-entity links instead, which additions keep up to
-//! date: a write followed by such a query rebuilds no snapshot.
+//! `relationship_count_between`, a walk or `neighborhood` of depth 1 at most, `subgraph` of
+//! a few entities) read the store's own per-entity links instead, which additions keep up
+//! to date: a write followed by such a query rebuilds no snapshot.
 
 pub mod algo;
 pub mod alloc;
@@ -32,7 +32,7 @@ use serde_json::Value;
 use crate::args::{
     self, extract_unsigned, graph_text, graph_texts, optional_graph_text, OutOfRange,
 };
-use crate::errors::{catch_panics, run_detached, CoreError, CoreResult};
+use crate::errors::{catch_panics, run_detached, run_interruptible, CoreError, CoreResult};
 use crate::sync;
 use algo::DegreeMode;
 use community::SplitMix;
@@ -366,23 +366,15 @@ impl PyGraphStore {
         max_depth: Option<usize>,
         directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
-        if directed && max_depth.is_some_and(|depth| depth <= 1) {
-            // Breadth- and depth-first alike: `start`, then its successors in the order of
-            // their first relationship (the out-view's order), read from the store.
+        if max_depth.is_some_and(|depth| depth <= 1) {
+            // Breadth- and depth-first alike: `start`, then its neighbours in the order of
+            // their first relationship with it (the view's order), read from the store.
             let ids = self.per_entity(py, |store| {
                 let s = store.index_of(start)?;
-                let mut order = vec![s];
-                if max_depth == Some(1) {
-                    let mut seen = rustc_hash::FxHashSet::default();
-                    seen.insert(s);
-                    for i in store.out_links()?.from(s) {
-                        let t = store.target_of(i);
-                        let t = t.ok_or_else(|| outside_store(i, store.relationship_count()))?;
-                        if seen.insert(t) {
-                            order.push(t);
-                        }
-                    }
-                }
+                let order = match max_depth {
+                    Some(1) => store.first_hop(s, directed)?,
+                    _ => vec![s],
+                };
                 Ok(order
                     .into_iter()
                     .map(|v| store.id_at(v).into_owned())
@@ -423,6 +415,17 @@ impl PyGraphStore {
     ) -> PyResult<T> {
         let frozen = self.frozen(py)?;
         run_detached(py, move || f(&frozen))
+    }
+
+    /// Runs `f` on the frozen graph with the GIL released, giving it a check to call once a
+    /// pass: a signal handler that raises (Ctrl-C) stops the run with its exception.
+    fn run_interruptible<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Frozen, community::Check<'_>) -> CoreResult<T> + Send,
+    ) -> PyResult<T> {
+        let frozen = self.frozen(py)?;
+        run_interruptible(py, move |check| f(&frozen, check))
     }
 }
 
@@ -892,7 +895,7 @@ impl PyGraphStore {
             let relationships = store.relationships();
             store
                 .out_links()?
-                .from(v)
+                .of(v)
                 .map(|i| match relationships.get(i as usize) {
                     Some(r) => Ok(RelationshipRow::of(store, r)),
                     None => Err(outside_store(i, relationships.len())),
@@ -1030,6 +1033,15 @@ impl PyGraphStore {
             // Node indices are only meaningful for the store they were found in: the walk
             // uses the snapshot of the generation held read-locked here, and so does the copy.
             let store = self.store.read();
+            if hops <= 1 {
+                // One hop reads the entity's own links (no snapshot after a write).
+                let s = store.index_of(&id)?;
+                let nodes = match hops {
+                    0 => vec![s],
+                    _ => store.first_hop(s, directed)?,
+                };
+                return Ok(PyGraphStore::from_store(store.induced(&nodes)?));
+            }
             let frozen = self.frozen_of(&store)?;
             let s = frozen.node(&id)?;
             let nodes = algo::neighborhood(&frozen.snapshot, directed, s, hops)?;
@@ -1201,10 +1213,10 @@ impl PyGraphStore {
         #[pyo3(from_py_with = resolution_arg)] resolution: f64,
         #[pyo3(from_py_with = seed_arg)] seed: u64,
     ) -> PyResult<(Vec<Vec<String>>, f64)> {
-        self.run(py, |f| {
+        self.run_interruptible(py, |f, check| {
             f.refuse_negative("community detection")?;
             let (communities, q) =
-                community::louvain(f.snapshot.n, f.snapshot.edges(), resolution, seed)?;
+                community::louvain(f.snapshot.n, f.snapshot.edges(), resolution, seed, check)?;
             let names = communities.iter().map(|c| f.names(c));
             Ok((names.collect::<CoreResult<_>>()?, q))
         })
@@ -1218,10 +1230,11 @@ impl PyGraphStore {
         #[pyo3(from_py_with = seed_arg)] seed: u64,
         #[pyo3(from_py_with = max_rounds_arg)] max_rounds: usize,
     ) -> PyResult<Vec<Vec<String>>> {
-        self.run(py, |f| {
+        self.run_interruptible(py, |f, check| {
             f.refuse_negative("label propagation")?;
+            let edges = f.snapshot.edges();
             let communities =
-                community::label_propagation(f.snapshot.n, f.snapshot.edges(), seed, max_rounds)?;
+                community::label_propagation(f.snapshot.n, edges, seed, max_rounds, check)?;
             communities.iter().map(|c| f.names(c)).collect()
         })
     }
@@ -1301,7 +1314,7 @@ impl PyGraphStore {
     ) -> PyResult<usize> {
         self.per_entity(py, |store| {
             let (a, b) = (store.index_of(&from_id)?, store.index_of(&to_id)?);
-            let leaving = store.out_links()?.from(a);
+            let leaving = store.out_links()?.of(a);
             Ok(leaving.filter(|&i| store.target_of(i) == Some(b)).count())
         })
     }
@@ -1316,7 +1329,7 @@ impl PyGraphStore {
             let v = store.index_of(&id)?;
             let mut targets = store
                 .out_links()?
-                .from(v)
+                .of(v)
                 .map(|i| {
                     let target = store.target_of(i);
                     target.ok_or_else(|| outside_store(i, store.relationship_count()))

@@ -339,7 +339,10 @@ pub struct Store {
     plain: Option<PlainRelationships>,
     kinds: Kinds,
     /// The relationships leaving each entity, for per-entity queries (built on first use).
-    out_links: LazyOutLinks,
+    out_links: LazyLinks,
+    /// The relationships reaching each entity, for undirected per-entity queries (built on
+    /// first use).
+    in_links: LazyLinks,
 }
 
 /// The interned relationship kinds, with how many relationships use each. A kind that no
@@ -418,48 +421,50 @@ impl Kinds {
     }
 }
 
-/// No relationship (the end of a list in [`OutLinks`]).
+/// No relationship (the end of a list in [`Links`]).
 const NONE: u32 = u32::MAX;
 
-/// The relationships leaving each entity, as a linked list through relationship indices
-/// (in insertion order): 8 bytes per entity and 4 per relationship, and O(1) to extend.
+/// The relationships at one end of each entity (leaving it, or reaching it), as a linked
+/// list through relationship indices (in insertion order): 8 bytes per entity and 4 per
+/// relationship, and O(1) to extend.
 #[derive(Debug, Default)]
-pub struct OutLinks {
-    /// The first and the last relationship leaving each entity ([`NONE`] when none).
+pub struct Links {
+    /// The first and the last relationship of each entity ([`NONE`] when none).
     first: Vec<u32>,
     last: Vec<u32>,
-    /// By relationship index: the next relationship from the same source.
+    /// By relationship index: the next relationship of the same entity.
     next: Vec<u32>,
 }
 
-impl OutLinks {
-    /// The links of `n` entities and `count` relationships, leaving `sources` in order.
+impl Links {
+    /// The links of `n` entities and `count` relationships, whose ends (sources, or targets)
+    /// are `ends` in order.
     ///
     /// # Errors
     /// [`CoreError::Graph`] when they do not fit in memory.
-    fn build(n: usize, count: usize, sources: impl Iterator<Item = u32>) -> CoreResult<OutLinks> {
-        let mut links = OutLinks {
+    fn build(n: usize, count: usize, ends: impl Iterator<Item = u32>) -> CoreResult<Links> {
+        let mut links = Links {
             first: filled(n, NONE, "the relationships' links")?,
             last: filled(n, NONE, "the relationships' links")?,
             next: Vec::new(),
         };
         reserve(&mut links.next, count, "the relationships' links")?;
-        for from in sources {
-            links.push(from);
+        for end in ends {
+            links.push(end);
         }
         Ok(links)
     }
 
-    /// Links the next relationship (index `next.len()`), which leaves `from`.
-    fn push(&mut self, from: u32) {
+    /// Links the next relationship (index `next.len()`), whose end is `end`.
+    fn push(&mut self, end: u32) {
         let i = self.next.len() as u32;
         self.next.push(NONE);
-        match self.last.get(from as usize).copied() {
-            Some(NONE) => self.first[from as usize] = i,
+        match self.last.get(end as usize).copied() {
+            Some(NONE) => self.first[end as usize] = i,
             Some(last) => self.next[last as usize] = i,
             None => return, // not an entity: never the case for a stored relationship
         }
-        self.last[from as usize] = i;
+        self.last[end as usize] = i;
     }
 
     /// Makes room for `count` more entities.
@@ -468,8 +473,9 @@ impl OutLinks {
         self.last.extend(std::iter::repeat_n(NONE, count));
     }
 
-    /// The indices of the relationships leaving `v`, in insertion order.
-    pub fn from(&self, v: u32) -> impl Iterator<Item = u32> + '_ {
+    /// The indices of the relationships of `v` (leaving it, or reaching it), in insertion
+    /// order.
+    pub fn of(&self, v: u32) -> impl Iterator<Item = u32> + '_ {
         let first = self.first.get(v as usize).copied().unwrap_or(NONE);
         std::iter::successors((first != NONE).then_some(first), |&i| {
             self.next.get(i as usize).copied().filter(|&j| j != NONE)
@@ -477,20 +483,20 @@ impl OutLinks {
     }
 }
 
-/// [`OutLinks`] built on first use and extended by additions; a removal (O(n + m) itself)
+/// [`Links`] built on first use and extended by additions; a removal (O(n + m) itself)
 /// drops them, and a copy of the store starts without them.
 #[derive(Debug, Default)]
-struct LazyOutLinks(OnceLock<OutLinks>);
+struct LazyLinks(OnceLock<Links>);
 
-impl Clone for LazyOutLinks {
+impl Clone for LazyLinks {
     fn clone(&self) -> Self {
-        LazyOutLinks::default()
+        LazyLinks::default()
     }
 }
 
-impl LazyOutLinks {
+impl LazyLinks {
     /// The links, when built.
-    fn get_mut(&mut self) -> Option<&mut OutLinks> {
+    fn get_mut(&mut self) -> Option<&mut Links> {
         self.0.get_mut()
     }
 
@@ -612,6 +618,35 @@ impl Store {
         }
     }
 
+    /// The source of relationship `i` (as [`Store::target_of`]), if there is such a
+    /// relationship.
+    pub fn source_of(&self, i: u32) -> Option<u32> {
+        match &self.plain {
+            Some(plain) => plain.edges.get(i as usize).map(|e| e.0),
+            None => self.relationships.get(i as usize).map(|r| r.from),
+        }
+    }
+
+    /// Relationship `i`, made from the plain list (not all of them made, as
+    /// [`Store::relationships`] does) when the relationships came as one.
+    fn relationship_at(&self, i: u32) -> Option<Cow<'_, Relationship>> {
+        match &self.plain {
+            Some(plain) => plain.edges.get(i as usize).map(|&(from, to, weight)| {
+                Cow::Owned(Relationship::new(from, to, plain.kind, weight))
+            }),
+            None => self.relationships.get(i as usize).map(Cow::Borrowed),
+        }
+    }
+
+    /// `(from, to)` of every relationship, in order, read from the plain list when the
+    /// relationships came as one.
+    fn endpoints(&self) -> Box<dyn Iterator<Item = (u32, u32)> + '_> {
+        match &self.plain {
+            Some(plain) => Box::new(plain.edges.iter().map(|e| (e.0, e.1))),
+            None => Box::new(self.relationships.iter().map(|r| (r.from, r.to))),
+        }
+    }
+
     /// The relationships as a plain list shared with snapshots, when they came as one and
     /// have not changed since (see [`Store::add_plain_relationships`]).
     pub fn plain_edges(&self) -> Option<&EdgeList> {
@@ -628,10 +663,8 @@ impl Store {
             as_relationships: OnceLock::new(),
         };
         self.kinds.hold(kind, plain.edges.len());
-        if let Some(links) = self.out_links.get_mut() {
-            for &(from, _, _) in plain.edges.iter() {
-                links.push(from);
-            }
+        for &(from, to, _) in plain.edges.iter() {
+            self.link(from, to);
         }
         if self.relationship_count() == 0 {
             self.plain = Some(plain);
@@ -691,27 +724,106 @@ impl Store {
     ///
     /// # Errors
     /// [`CoreError::Graph`] when they do not fit in memory.
-    pub fn out_links(&self) -> CoreResult<&OutLinks> {
-        if let Some(links) = self.out_links.0.get() {
+    pub fn out_links(&self) -> CoreResult<&Links> {
+        self.links(&self.out_links, |(from, _)| from)
+    }
+
+    /// The relationships reaching each entity, built on first use (O(n + m)).
+    ///
+    /// # Errors
+    /// As [`Store::out_links`].
+    pub fn in_links(&self) -> CoreResult<&Links> {
+        self.links(&self.in_links, |(_, to)| to)
+    }
+
+    /// The links in `cell`, built on first use from the end `end` picks of each relationship.
+    fn links<'a>(
+        &'a self,
+        cell: &'a LazyLinks,
+        end: fn((u32, u32)) -> u32,
+    ) -> CoreResult<&'a Links> {
+        if let Some(links) = cell.0.get() {
             return Ok(links);
         }
+        // Read from the plain list when there is one: the relationships are not made for this.
         let (n, count) = (self.entity_count(), self.relationship_count());
-        let built = match &self.plain {
-            // Read from the plain list: the relationships are not made for this.
-            Some(plain) => OutLinks::build(n, count, plain.edges.iter().map(|e| e.0))?,
-            None => OutLinks::build(n, count, self.relationships.iter().map(|r| r.from))?,
-        };
+        let built = Links::build(n, count, self.endpoints().map(end))?;
         // Another reader may have set them first: the same links, either way.
-        Ok(self.out_links.0.get_or_init(|| built))
+        Ok(cell.0.get_or_init(|| built))
+    }
+
+    /// Links the next relationship, `from -> to`, in the links that are built.
+    fn link(&mut self, from: u32, to: u32) {
+        if let Some(links) = self.out_links.get_mut() {
+            links.push(from);
+        }
+        if let Some(links) = self.in_links.get_mut() {
+            links.push(to);
+        }
     }
 
     /// Links relationship `relationships().len() - 1` (just added), when the links are built.
     fn link_last(&mut self) {
-        if let Some(links) = self.out_links.get_mut() {
-            if let Some(r) = self.relationships.last() {
-                links.push(r.from);
+        if let Some((from, to)) = self.relationships.last().map(|r| (r.from, r.to)) {
+            self.link(from, to);
+        }
+    }
+
+    /// Drops the links (after a removal renumbers or drops relationships).
+    fn unlink_all(&mut self) {
+        self.out_links.reset();
+        self.in_links.reset();
+    }
+
+    /// `v` and then its distinct neighbours (successors when `directed`, else entities
+    /// related either way) in the order a walk of depth 1 visits them: that of their first
+    /// relationship with `v`, as in the snapshot's views. Reads `v`'s own links, not the
+    /// whole graph.
+    ///
+    /// # Errors
+    /// [`CoreError::Graph`] when the links (built on first use) do not fit in memory.
+    pub fn first_hop(&self, v: u32, directed: bool) -> CoreResult<Vec<u32>> {
+        let mut order = vec![v];
+        let mut seen = rustc_hash::FxHashSet::default();
+        seen.insert(v);
+        let mut visit = |i: u32, end: Option<u32>| {
+            let w = end.ok_or_else(|| {
+                CoreError::Graph(format!(
+                    "internal error: relationship {i} is outside the store ({} relationships)",
+                    self.relationship_count()
+                ))
+            })?;
+            if seen.insert(w) {
+                order.push(w);
+            }
+            Ok::<(), CoreError>(())
+        };
+        let mut leaving = self.out_links()?.of(v).peekable();
+        if directed {
+            for i in leaving {
+                visit(i, self.target_of(i))?;
+            }
+            return Ok(order);
+        }
+        // Both lists are in relationship order: merged, they give the undirected view's.
+        let mut reaching = self.in_links()?.of(v).peekable();
+        loop {
+            match (leaving.peek().copied(), reaching.peek().copied()) {
+                (Some(o), r) if r.is_none_or(|r| o <= r) => {
+                    leaving.next();
+                    if r == Some(o) {
+                        reaching.next(); // a self-loop, in both lists
+                    }
+                    visit(o, self.target_of(o))?;
+                }
+                (_, Some(r)) => {
+                    reaching.next();
+                    visit(r, self.source_of(r))?;
+                }
+                _ => break, // both lists done
             }
         }
+        Ok(order)
     }
 
     /// Whether `id` is an entity.
@@ -746,7 +858,10 @@ impl Store {
             label: label.into(),
             properties: properties.into(),
         });
-        if let Some(links) = self.out_links.get_mut() {
+        for links in [self.out_links.get_mut(), self.in_links.get_mut()]
+            .into_iter()
+            .flatten()
+        {
             links.add_entities(1);
         }
         Ok(index)
@@ -784,7 +899,7 @@ impl Store {
         let removed = self.index_of(id)?;
         self.store_entities()?;
         self.store_relationships();
-        self.out_links.reset();
+        self.unlink_all();
         let kinds = &mut self.kinds;
         self.relationships.retain(|r| {
             let keep = r.from != removed && r.to != removed;
@@ -850,9 +965,7 @@ impl Store {
         self.store_relationships();
         for r in &relationships {
             self.kinds.hold(r.kind, 1);
-            if let Some(links) = self.out_links.get_mut() {
-                links.push(r.from);
-            }
+            self.link(r.from, r.to);
         }
         if self.relationships.is_empty() {
             self.relationships = relationships; // no copy
@@ -870,7 +983,7 @@ impl Store {
         if self.entity_count() == 0 {
             self.unstored = n;
             self.index.numbered = n;
-            self.out_links.reset();
+            self.unlink_all();
             return Ok(());
         }
         reserve(&mut self.entities, n as usize, "graph entities")?;
@@ -940,7 +1053,7 @@ impl Store {
         });
         let removed = before - self.relationships.len();
         if removed > 0 {
-            self.out_links.reset();
+            self.unlink_all();
         }
         Ok(removed)
     }
@@ -960,7 +1073,8 @@ impl Store {
     /// the relationships among them (in their order here), with only the kinds those use.
     ///
     /// A few entities of a large graph cost time in proportion to their own relationships:
-    /// their rows of [`Store::out_links`] are walked, not every relationship.
+    /// their rows of [`Store::out_links`] are walked, not every relationship, and
+    /// relationships that came as a plain list are read from it, not all made at once.
     ///
     /// # Errors
     /// [`CoreError::Graph`] when its tables (of the kept entities, or of every entity when
@@ -974,7 +1088,6 @@ impl Store {
                 .insert(out.entities.as_slice(), &entity.id, position as u32);
             out.entities.push(entity);
         }
-        let relationships = self.relationships();
         // (old relationship index, new from, new to), in relationship order.
         let mut kept: Vec<(u32, u32, u32)> = Vec::new();
         if keep.len().saturating_mul(8) < self.entity_count() {
@@ -986,11 +1099,11 @@ impl Store {
             new_index.extend(keep.iter().enumerate().map(|(p, &old)| (old, p as u32)));
             let links = self.out_links()?;
             for (position, &old) in keep.iter().enumerate() {
-                for i in links.from(old) {
-                    let Some(r) = relationships.get(i as usize) else {
+                for i in links.of(old) {
+                    let Some(to) = self.target_of(i) else {
                         continue;
                     };
-                    if let Some(&t) = new_index.get(&r.to) {
+                    if let Some(&t) = new_index.get(&to) {
                         kept.push((i, position as u32, t));
                     }
                 }
@@ -1002,8 +1115,8 @@ impl Store {
             for (position, &old) in keep.iter().enumerate() {
                 new_index[old as usize] = position as u32;
             }
-            for (i, r) in relationships.iter().enumerate() {
-                let (f, t) = (new_index[r.from as usize], new_index[r.to as usize]);
+            for (i, (from, to)) in self.endpoints().enumerate() {
+                let (f, t) = (new_index[from as usize], new_index[to as usize]);
                 if f != u32::MAX && t != u32::MAX {
                     kept.push((i as u32, f, t));
                 }
@@ -1016,7 +1129,7 @@ impl Store {
         )?;
         let mut kinds: FxHashMap<u32, u32> = FxHashMap::default();
         for (i, from, to) in kept {
-            let Some(r) = relationships.get(i as usize) else {
+            let Some(r) = self.relationship_at(i) else {
                 continue;
             };
             let kind = match kinds.get(&r.kind) {
@@ -1415,11 +1528,22 @@ mod tests {
                 }
                 let n = s.entity_count() as u32;
                 let links = s.out_links().unwrap();
+                let snapshot = crate::graph::csr::Snapshot::build(&s).unwrap();
                 for v in 0..n {
                     let expected: Vec<u32> = (0..s.relationship_count() as u32)
                         .filter(|&i| s.relationships()[i as usize].from == v)
                         .collect();
-                    assert_eq!(links.from(v).collect::<Vec<_>>(), expected);
+                    assert_eq!(links.of(v).collect::<Vec<_>>(), expected);
+                    let reaching: Vec<u32> = (0..s.relationship_count() as u32)
+                        .filter(|&i| s.relationships()[i as usize].to == v)
+                        .collect();
+                    assert_eq!(s.in_links().unwrap().of(v).collect::<Vec<_>>(), reaching);
+                    // One hop from the links is the snapshot's walk of depth 1.
+                    for directed in [true, false] {
+                        let view = snapshot.view(directed).unwrap();
+                        let walk = crate::graph::algo::bfs(view, n as usize, v, Some(1)).unwrap();
+                        assert_eq!(s.first_hop(v, directed).unwrap(), walk);
+                    }
                 }
                 let mut in_use: Vec<&str> = s.kinds_in_use().collect();
                 in_use.sort_unstable();

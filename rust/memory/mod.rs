@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyBool, PyByteArray, PyBytes, PyIterator, PyList, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyIterator, PyList, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::args::{self, memory_text, OutOfRange};
@@ -23,9 +23,9 @@ use working::Lru;
 /// A capacity argument named `what`: an int of at least 1; one beyond 64 bits is refused as
 /// too large, naming `max`. A `bool` is an `int` subclass but no capacity: refused.
 fn capacity(value: &Bound<'_, PyAny>, what: &str, max: usize) -> PyResult<usize> {
-    if value.is_instance_of::<PyBool>() {
-        return Err(CoreError::Memory(format!("{what} must be an int, got bool")).into());
-    }
+    args::not_bool(value, |_| {
+        CoreError::Memory(format!("{what} must be an int, got bool"))
+    })?;
     match args::to_usize(value)? {
         Ok(capacity) if capacity >= 1 => Ok(capacity),
         Ok(capacity) => {
