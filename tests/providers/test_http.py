@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from llm_agent_runtime import AnthropicProvider, OpenAIEmbedder, OpenAIProvider
 from llm_agent_runtime.errors import ProviderError, is_retryable_status
+from llm_agent_runtime.providers import _http as http_module
 from llm_agent_runtime.providers._http import (
     SseEvent,
     check_base_url,
@@ -101,6 +102,28 @@ def test_error_message_reads_both_apis() -> None:
     assert error_message(b"<html>gateway</html>") == "<html>gateway</html>"
     assert error_message(b"") == "no error message"
     assert len(error_message(b"x" * 10_000)) == 500
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"error": {"type": "invalid_request_error", "message": "' + b"m" * 100_000 + b'"}}',
+        b"<html>" + b"x" * 100_000,
+    ],
+    ids=["json", "page"],
+)
+def test_an_error_body_cut_at_the_read_limit_is_quoted_short_with_a_note(body: bytes) -> None:
+    # Only `MAX_ERROR_BODY` bytes of an error body are read: JSON cut there does not parse,
+    # and its raw text was quoted as if it were the message.
+    start = body[: http_module.MAX_ERROR_BODY]
+    message = error_message(start)
+    assert message.startswith(start[:50].decode())
+    assert message.endswith(
+        "... (the error body was truncated at 65536 bytes and could not be parsed)"
+    )
+    assert len(message) < 300
+    # A body shorter than the limit was read whole: quoted as it is, as before.
+    assert error_message(start[:60_000]) == start[:500].decode()
 
 
 def test_decode_arguments() -> None:
@@ -235,6 +258,21 @@ async def test_sse_one_huge_event_in_thousands_of_chunks_is_read_whole() -> None
     assert [(e.event, len(e.data)) for e in events] == [("big", len(payload)), (None, 5)]
     assert events[0].data == payload  # compared apart: a failure would print megabytes
     assert events[1].data == b"after"
+
+
+async def test_sse_events_complete_before_a_line_too_long_go_out_before_it_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The open line's length was checked before the chunk's complete lines were read: the
+    # events that had arrived whole in that chunk were lost with the stream.
+    monkeypatch.setattr(http_module, "MAX_EVENT_BYTES", 16)
+    whole = b"event: a\ndata: 1\n\ndata: 2\n\n"
+    long_line = b"data: " + b"x" * 40  # no line end, past the limit
+    seen: list[SseEvent] = []
+    with pytest.raises(ProviderError, match="a line grew past 16 bytes without a line end"):
+        async for event in iter_sse(_chunks([whole + long_line])):  # all in one chunk
+            seen.append(event)
+    assert seen == [SseEvent("a", b"1"), SseEvent(None, b"2")]
 
 
 def _reference_events(raw: bytes) -> list[SseEvent]:

@@ -6,6 +6,7 @@ loopback HTTP, against the fake server speaking each wire format."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Any
 
@@ -273,6 +274,29 @@ async def test_a_body_only_quoted_in_an_error_is_read_only_as_far_as_it_is_quote
     assert error.status == (status if status != 200 else None)
     assert "<html>xxx" in str(error)
     assert len(str(error)) < 1000
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_a_json_error_body_past_the_read_limit_is_quoted_short_with_a_note(
+    kind: str, stream: bool, server: FakeLlmServer
+) -> None:
+    # Only the first 64 KiB of an error body are read: JSON longer than that does not parse,
+    # and its cut text was quoted as the message, with nothing to say it was cut.
+    error = {"type": "invalid_request_error", "message": "m" * 100_000}
+    body = json.dumps({"type": "error", "error": error}).encode()
+    server.script(Reply(status=400, body=body, headers={"content-type": "application/json"}))
+    async with make_provider(kind, server, retry=ONCE) as llm:
+        with pytest.raises(ProviderError) as caught:
+            if stream:
+                [event async for event in llm.chat_stream(USER)]
+            else:
+                await llm.chat(USER)
+    message = str(caught.value)
+    assert caught.value.status == 400
+    assert 'API error: {"type": "error", "error": {"type": "invalid_request_error"' in message
+    assert "(the error body was truncated at 65536 bytes and could not be parsed)" in message
+    assert len(message) < 400
 
 
 @pytest.mark.timeout(60)

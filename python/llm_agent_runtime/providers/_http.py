@@ -35,7 +35,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast, get_args
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -51,6 +51,7 @@ from llm_agent_runtime.providers.base import (
     StreamEvent,
     TextDelta,
     ToolCall,
+    ToolCallDelta,
     ToolDefinition,
     Usage,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "StreamedText",
     "check_api_key",
     "check_base_url",
+    "clean_json",
     "clean_text",
     "decode_arguments",
     "env_setting",
@@ -103,6 +105,9 @@ MAX_ERROR_BODY = 64 * 1024
 """Most bytes read of a body that is only quoted in an error (an error status's, or a reply
 to a streamed request that is no stream): the message keeps `_MAX_ERROR_MESSAGE` characters
 of it, and a proxy's error page may be huge. The rest is never read."""
+_TRUNCATED_QUOTE = 200
+"""Characters quoted of an error body cut at `MAX_ERROR_BODY` that does not parse (JSON cut
+short, or a huge page): its start, with a note that it was cut."""
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 """Most bytes an event stream's line, or the data of one of its events, may hold: a stream
 that never ends one fails (retryable) rather than filling memory."""
@@ -124,6 +129,8 @@ MAX_TOKEN_COUNT = 2**63
 a reply's counts are added up): a count past it, or a negative one, is no count."""
 _SURROGATE = re.compile("[\ud800-\udfff]")
 """Half of a UTF-16 surrogate pair, which no UTF-8 text can hold."""
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""A JSON escape of half a surrogate pair (`\\ud83d`): decoded, it may be one alone."""
 _USER_INFO = re.compile(r"^([^/?#]*//)?[^/?#]*@")
 """The user info of a URL (`user:password@` after the scheme), as messages hide it."""
 
@@ -218,7 +225,8 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
     Raises:
         ProviderError: A line grew past `MAX_EVENT_BYTES` without a line end, or an event's
             data past `MAX_EVENT_BYTES` without the blank line that ends it (retryable: the
-            server, or a proxy, lost its way in this stream).
+            server, or a proxy, lost its way in this stream). The events that ended before
+            that line are yielded first, even those in the chunk that brings it.
     """
     pieces: list[bytes] = []  # the line still open (it has no line end yet), in pieces
     open_bytes = 0  # the length of that line so far
@@ -259,8 +267,6 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
         if last != _LF and not after_cr:
             pieces.append(lines.pop())  # the last line has no end yet
             open_bytes = len(pieces[0])
-            if open_bytes > MAX_EVENT_BYTES:
-                raise _too_long("a line", "without a line end")
         for line in lines:
             if not line:
                 payload = b"\n".join(data)
@@ -276,6 +282,10 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
                     raise _too_long("the data of an event", "without the blank line that ends it")
             elif line.startswith(b"event:"):
                 event = line[6:].strip().decode("utf-8", "replace")
+        # Checked once the complete lines before it are read: the events that arrived whole
+        # go out before the stream fails.
+        if open_bytes > MAX_EVENT_BYTES:
+            raise _too_long("a line", "without a line end")
     # The stream ended. A last line with no line end (`pieces`) may have been cut inside: it
     # is dropped. An event whose lines all ended still goes out without its closing blank
     # line, which some servers omit.
@@ -295,7 +305,10 @@ def error_message(body: bytes, redact: Callable[[str], str] | None = None) -> st
     """The human part of an error body: `error.message` of either API's JSON, else the text.
 
     The body may open with a byte order mark. The text is cleaned by `clean_text` (JSON can
-    escape half a surrogate pair, which no log line could write).
+    escape half a surrogate pair, which no log line could write). A body of `MAX_ERROR_BODY`
+    bytes or more (all that is read of one) that does not parse, JSON cut short or a huge
+    page, is quoted by its first `_TRUNCATED_QUOTE` characters, with a note that it was cut
+    there: the cut JSON's text says little, and the note says why no message was read.
 
     Args:
         body: The error response's body.
@@ -303,10 +316,12 @@ def error_message(body: bytes, redact: Callable[[str], str] | None = None) -> st
             secret survives the cut.
     """
     text = body.decode("utf-8-sig", "replace").strip()
+    parsed = True
     try:
         payload = json.loads(text)
     except (ValueError, RecursionError):  # nested too deeply for the parser: text as well
         payload = None
+        parsed = False
     if isinstance(payload, dict):
         error = payload.get("error", payload)
         if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -318,6 +333,11 @@ def error_message(body: bytes, redact: Callable[[str], str] | None = None) -> st
     text = clean_text(text)
     if redact is not None:
         text = redact(text)
+    if not parsed and len(body) >= MAX_ERROR_BODY:
+        return (
+            f"{text[:_TRUNCATED_QUOTE]}... (the error body was truncated at {MAX_ERROR_BODY} "
+            "bytes and could not be parsed)"
+        )
     return text[:_MAX_ERROR_MESSAGE] or "no error message"
 
 
@@ -333,6 +353,36 @@ def clean_text(text: str) -> str:
     if _SURROGATE.search(text) is None:
         return text
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def clean_json(value: T) -> T:
+    """Decoded JSON with every str in it, dict keys included, cleaned by `clean_text`.
+
+    Containers are cleaned in place (they are the caller's own, freshly decoded), however
+    deeply nested: the walk keeps no stack of calls. Two keys that clean alike (two lone
+    halves) keep the last value, as JSON's duplicate keys do.
+    """
+    if isinstance(value, str):
+        return cast("T", clean_text(value))
+    todo: list[Any] = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            entries = list(item.items())
+            item.clear()
+            for key, inner in entries:
+                item[clean_text(key) if isinstance(key, str) else key] = (
+                    clean_text(inner) if isinstance(inner, str) else inner
+                )
+                if isinstance(inner, (dict, list)):
+                    todo.append(inner)
+        elif isinstance(item, list):
+            for position, inner in enumerate(item):
+                if isinstance(inner, str):
+                    item[position] = clean_text(inner)
+                elif isinstance(inner, (dict, list)):
+                    todo.append(inner)
+    return value
 
 
 class StreamedText:
@@ -367,6 +417,11 @@ class StreamedText:
     def text(self) -> str:
         """The text given out so far."""
         return "".join(self._pieces)
+
+    @property
+    def pieces(self) -> list[str]:
+        """The pieces given out so far (none empty), in order."""
+        return self._pieces
 
     def _give(self, piece: str) -> str:
         piece = clean_text(piece)
@@ -694,6 +749,9 @@ def decode_arguments(
 ) -> dict[str, Any]:
     """Decodes a tool call's JSON arguments; blank text gives `default` (or `{}`).
 
+    The str values and keys of the arguments are cleaned by `clean_text` (`clean_json`):
+    JSON may escape half a surrogate pair, and no UTF-8 text (a checkpoint) can hold one.
+
     Args:
         text: The arguments' JSON text.
         default: What blank text stands for.
@@ -712,7 +770,7 @@ def decode_arguments(
     if not text.strip():
         if stop_reason in TRUNCATION_STOP_REASONS:
             raise _bad_arguments("blank", text, name, stop_reason, redact)
-        return default if default is not None else {}
+        return clean_json(default) if default is not None else {}
     try:
         value = json.loads(text)
     except ValueError:
@@ -721,6 +779,8 @@ def decode_arguments(
         raise _bad_arguments("nested too deeply", text, name, stop_reason, redact) from None
     if not isinstance(value, dict):
         raise _bad_arguments("not a JSON object", text, name, stop_reason, redact)
+    if _SURROGATE.search(text) or _SURROGATE_ESCAPE.search(text):
+        return clean_json(value)  # half a pair, as text or escaped: no UTF-8 can write it
     return value
 
 
@@ -747,16 +807,46 @@ def _bad_arguments(
 
 @dataclass(slots=True)
 class PartialToolCall:
-    """A tool call being assembled from streamed fragments of its JSON arguments."""
+    """A tool call being assembled from streamed fragments of its JSON arguments.
+
+    Its arguments, and the pieces of its name given out in deltas, are cleaned piece by
+    piece as a reply's text is (`StreamedText`): an emoji a server cut between two pieces is
+    put together, half a pair alone becomes U+FFFD. `build` cleans the id and the whole name.
+    """
 
     index: int
     """Position of the call among the response's tool calls."""
     id: str | None
     name: str | None
-    fragments: list[str] = field(default_factory=list)
-    """The arguments' JSON text, in pieces as they arrived."""
+    """The name as received (pieces of one streamed in pieces joined), cleaned by `build`."""
     initial: dict[str, Any] | None = None
     """Arguments announced at the start, used when no fragment arrives."""
+    arguments: StreamedText = field(default_factory=StreamedText)
+    """The arguments' JSON text, cleaned piece by piece."""
+    names: StreamedText = field(default_factory=StreamedText)
+    """The pieces of the name given out in deltas, cleaned piece by piece."""
+
+    @property
+    def fragments(self) -> list[str]:
+        """The arguments' JSON text, in pieces as they were given out."""
+        return self.arguments.pieces
+
+    def add_arguments(self, fragment: str) -> str:
+        """Adds a fragment of the arguments; returns what of it to give out now."""
+        return self.arguments.add(fragment)
+
+    def add_name(self, piece: str | None) -> str | None:
+        """Adds a piece of the name; returns what of it to give out now (None: nothing)."""
+        if not piece:
+            return piece
+        return self.names.add(piece) or None
+
+    def finish(self) -> ToolCallDelta | None:
+        """The call's last delta, once its stream ended: what was kept back (U+FFFD), if any."""
+        name, arguments = self.names.finish(), self.arguments.finish()
+        if not name and not arguments:
+            return None
+        return ToolCallDelta(self.index, None, name or None, arguments)
 
     def build(
         self, stop_reason: str | None = None, redact: Callable[[str], str] | None = None
@@ -770,15 +860,17 @@ class PartialToolCall:
         Raises:
             ProviderError: The assembled arguments are not a JSON object.
         """
-        name = self.name or ""
+        name = clean_text(self.name or "")
+        self.arguments.finish()  # a half pair kept back, if `finish` gave out none
         arguments = decode_arguments(
-            "".join(self.fragments),
+            self.arguments.text,
             self.initial,
             name=name,
             stop_reason=stop_reason,
             redact=redact,
         )
-        return ToolCall(id=self.id or f"call_{self.index}", name=name, arguments=arguments)
+        call_id = clean_text(self.id) if self.id else f"call_{self.index}"
+        return ToolCall(id=call_id, name=name, arguments=arguments)
 
 
 class Redactor:

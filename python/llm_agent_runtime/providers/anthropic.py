@@ -21,6 +21,7 @@ from llm_agent_runtime.providers._http import (
     PartialToolCall,
     StreamedText,
     check_base_url,
+    clean_json,
     clean_text,
     env_setting,
     error_in_body,
@@ -405,11 +406,12 @@ class AnthropicProvider(HttpProvider):
             if block.type == "text":
                 text.append(block.text or "")
             elif block.type == "tool_use":
-                # A call without an id is named by its place among the calls, as when streamed.
-                call_id = block.id or f"call_{len(calls)}"
-                calls.append(
-                    ToolCall(id=call_id, name=block.name or "", arguments=block.input or {})
-                )
+                # A call without an id is named by its place among the calls, as when streamed;
+                # its fields are cleaned as a streamed call's (JSON may escape half a pair).
+                call_id = clean_text(block.id) if block.id else f"call_{len(calls)}"
+                name = clean_text(block.name or "")
+                arguments = clean_json(block.input or {})
+                calls.append(ToolCall(id=call_id, name=name, arguments=arguments))
             elif block.type in _REASONING_BLOCKS:
                 reasoning.append(block.as_received())
         return ChatResponse(
@@ -438,7 +440,8 @@ class AnthropicProvider(HttpProvider):
         Usage the stream reported before it failed (or was closed) is charged all the same.
         Half a surrogate pair that ends a piece of text (an emoji a server cut in two) waits
         for its other half in the next one; a half alone becomes U+FFFD (see `clean_text`).
-        Arguments are as for `chat`.
+        So it does in the pieces of a tool call's arguments, and a call's id and name are
+        cleaned as they come: no delta holds half a pair. Arguments are as for `chat`.
 
         Raises:
             ProviderError: From the iterator: the stream failed (error status, a reply that
@@ -529,8 +532,9 @@ class AnthropicProvider(HttpProvider):
                                     f"Anthropic stream sent input JSON for block {event.index}, "
                                     "which is not a tool_use block"
                                 )
-                            block.fragments.append(delta.partial_json)
-                            yield ToolCallDelta(block.index, None, None, delta.partial_json)
+                            piece = block.add_arguments(delta.partial_json)
+                            if piece:
+                                yield ToolCallDelta(block.index, None, None, piece)
                         elif delta.type == "thinking_delta" and delta.thinking:
                             pieces = thoughts.get(event.index)
                             if pieces is not None:
@@ -543,10 +547,13 @@ class AnthropicProvider(HttpProvider):
                         start = event.content_block
                         if start is not None and start.type == "tool_use":
                             ordinal = len(tool_blocks)
+                            # Sent whole: cleaned as they are (JSON may escape half a pair).
+                            call_id = start.id and clean_text(start.id)
+                            name = start.name and clean_text(start.name)
                             tool_blocks[event.index] = PartialToolCall(
-                                ordinal, start.id, start.name, initial=start.input
+                                ordinal, call_id, name, initial=start.input
                             )
-                            yield ToolCallDelta(ordinal, start.id, start.name, "")
+                            yield ToolCallDelta(ordinal, call_id, name, "")
                         elif start is not None and start.type == "text" and start.text:
                             piece = text.add(start.text)
                             if piece:
@@ -590,6 +597,10 @@ class AnthropicProvider(HttpProvider):
                 rest = text.finish()
                 if rest:
                     yield TextDelta(rest)
+                for block in tool_blocks.values():
+                    last = block.finish()
+                    if last is not None:
+                        yield last
                 # Charged first: the reply arrived whole and was billed, even if its tool calls
                 # fail.
                 owed = False

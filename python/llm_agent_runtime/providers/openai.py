@@ -350,8 +350,9 @@ class OpenAIProvider(HttpProvider):
         self._transport.charge(usage)
         calls = [
             ToolCall(
-                id=call.id or f"call_{index}",  # as a streamed call without one is named
-                name=call.function.name or "",
+                # Without one, named as a streamed call is; cleaned as a streamed one is.
+                id=clean_text(call.id) if call.id else f"call_{index}",
+                name=clean_text(call.function.name or ""),
                 arguments=decode_arguments(
                     call.function.arguments or "",
                     name=call.function.name,
@@ -391,8 +392,10 @@ class OpenAIProvider(HttpProvider):
         Usage comes from `stream_options.include_usage`; usage the stream reported before it
         failed (or was closed) is charged all the same. Half a surrogate pair that ends a
         piece of text (an emoji a server cut in two) waits for its other half in the next
-        one; a half alone becomes U+FFFD (see `clean_text`). A tool's name streamed in pieces
-        before its arguments is put together. Arguments are as for `chat`.
+        one; a half alone becomes U+FFFD (see `clean_text`). So it does in the pieces of a
+        tool call's name and arguments, and a call's id is cleaned as it comes: no delta
+        holds half a pair. A tool's name streamed in pieces before its arguments is put
+        together. Arguments are as for `chat`.
 
         Raises:
             ProviderError: From the iterator: the stream failed (error status, a reply that
@@ -492,8 +495,7 @@ class OpenAIProvider(HttpProvider):
                             function = part.function
                             name = function.name if function is not None else None
                             fragment = (function and function.arguments) or ""
-                            call = calls.add(part.index, part.id, name, fragment)
-                            yield ToolCallDelta(call.index, part.id, name, fragment)
+                            yield calls.add(part.index, part.id, name, fragment)
                         if choice.finish_reason is not None:
                             finish_reason = choice.finish_reason
                 if not done:
@@ -501,6 +503,10 @@ class OpenAIProvider(HttpProvider):
                 rest = text.finish()
                 if rest:
                     yield TextDelta(rest)
+                for call in calls.calls:
+                    last = call.finish()
+                    if last is not None:
+                        yield last
                 # Charged first: the reply arrived whole and was billed, even if its tool calls
                 # fail.
                 owed = False
@@ -547,12 +553,17 @@ class _ToolCallAssembly:
 
     def add(
         self, index: int | None, call_id: str | None, name: str | None, fragment: str
-    ) -> PartialToolCall:
-        """Adds a piece (`fragment` of a call's arguments) to its call; returns the call.
+    ) -> ToolCallDelta:
+        """Adds a piece (`fragment` of a call's arguments) to its call; returns its delta.
 
-        An empty id or name is none (DashScope sends `"id": ""` on every continuation).
+        An empty id or name is none (DashScope sends `"id": ""` on every continuation). The
+        delta gives out the id, the piece of the name and the fragment cleaned, as the text
+        is (see `PartialToolCall`): an id as `clean_text` makes it, the name and arguments
+        with half a pair that ends a piece kept back for the next one.
         """
-        call_id = call_id or None
+        given_id = clean_text(call_id) if call_id else call_id
+        given_name = name
+        call_id = given_id or None
         name = name or None
         call: PartialToolCall | None = None
         if index is not None:
@@ -589,9 +600,9 @@ class _ToolCallAssembly:
             self._by_index[index] = call
         if call_id:
             self._by_id[call_id] = call
-        call.fragments.append(fragment)
-        self._depths[call.index].feed(fragment)
-        return call
+        piece = call.add_arguments(fragment)
+        self._depths[call.index].feed(piece)
+        return ToolCallDelta(call.index, given_id, call.add_name(given_name), piece)
 
 
 class _JsonDepth:
