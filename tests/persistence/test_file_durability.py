@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,67 @@ async def test_a_dead_writers_batch_is_installed_before_a_later_batch_not_over_i
     assert await backend.batch_load(["k1", "k2"]) == {"k1": b"new", "k2": b"new"}
     assert committed and not committed[0].exists()
     assert await FileBackend(tmp_path).load("k1") == b"new"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="one process per directory there: no locks")
+@pytest.mark.parametrize("call", ["save", "save_new", "delete"])
+async def test_a_batch_another_process_commits_during_a_single_write_lands_in_order(
+    tmp_path: Path, call: str
+) -> None:
+    # A single write listed the redo log (empty) outside the install lock; then another
+    # process committed a batch, holding that lock as a batch's writer does, and died before
+    # installing it; then the write landed. The next call finished the older batch over the
+    # write that had been acknowledged after it.
+    import fcntl
+
+    backend = FileBackend(tmp_path)
+    if call == "delete":
+        await backend.save("k", b"first")
+    original = backend._committed_batches
+    committed_first: list[bool] = []
+
+    def commit(wait: bool) -> bool:
+        """The other process: commits its batch under the install lock (if free), then dies."""
+        fd = os.open(tmp_path / ".batches.lock", os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            batch = tmp_path / ".batches" / f"{uuid.uuid4().hex}.batch"
+            batch.write_bytes(file_module._encode_batch({"k": b"batch", "j": b"batch"}))
+            return True
+        finally:
+            os.close(fd)
+
+    def committed_batches() -> list[Path]:
+        found = original()
+        if not committed_first:  # the step between the write's look at the log and the write
+            committed_first.append(commit(wait=False))
+        return found
+
+    backend._committed_batches = committed_batches  # type: ignore[method-assign]
+    if call == "save":
+        await backend.save("k", b"new")
+    elif call == "save_new":
+        wrote = await backend.save_new("k", b"new")
+    else:
+        await backend.delete("k")
+    backend._committed_batches = original  # type: ignore[method-assign]
+    if not committed_first[0]:  # it waited for the write to end: it commits now
+        assert commit(wait=True)
+    # The one that came last is what stays (the batch installed by the next call).
+    if not committed_first[0]:
+        expected: bytes | None = b"batch"
+    elif call == "save":
+        expected = b"new"
+    elif call == "save_new":
+        expected = b"new" if wrote else b"batch"
+    else:
+        expected = None
+    assert await backend.load("k") == expected
+    assert await FileBackend(tmp_path).load("k") == expected
+    assert await backend.load("j") == b"batch"
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ _BATCH_TEMP = re.compile(r"[0-9a-f]{32}\.tmp\Z")
 _INSTALL_LOCK = ".batches.lock"
 """The redo log's lock file, beside its folder: a batch's writer holds it exclusively from
 the batch's commit until it is installed, and readers hold it shared while they read (see
-`FileBackend`)."""
+`FileBackend`); single writes hold it shared too."""
 _TURNSTILE = ".batches.turnstile"
 """Passed on the way to `_INSTALL_LOCK`: a batch's writer holds it exclusively while it waits
 for that lock, readers take it shared, so the reads that come after a waiting writer wait
@@ -212,7 +212,10 @@ class FileBackend:
     finished before anything else is read or written (when the backend is opened, and by
     every call, and by a batch right before its own commit, under the redo log's lock, so
     a dead writer's batch never lands over a later one); one left uncommitted is dropped,
-    as are the temporary files of writes a crash cut short.
+    as are the temporary files of writes a crash cut short. A single write (`save`,
+    `save_new`, `delete`) is made holding that lock shared, once no batch is left
+    committed: no batch is committed while it is under way, so none committed before it
+    is installed over it later.
 
     Several processes may share the directory: POSIX advisory locks (`flock`) tell a live
     writer's files from those a crash left, and no read (`load`, `batch_load`, `list_keys`)
@@ -491,14 +494,26 @@ class FileBackend:
     def _read_whole(self, read: Callable[[], T]) -> T:
         """`read()`, with no batch installed meanwhile: it sees each batch whole, or not at all.
 
-        Under the shared install lock, a committed batch is one a crash left (a live writer
-        holds the lock until its batch is installed): it is finished first, outside the
-        lock, and the read is tried again.
+        See `_between_batches`.
+        """
+        return self._between_batches(read)
+
+    def _between_batches(self, work: Callable[[], T]) -> T:
+        """`work()` under the shared install lock, once no batch is left committed.
+
+        No batch is committed or installed while the lock is held: a read sees each batch
+        whole or not at all, and a single write (`save`, `save_new`, `delete`) lands after
+        every batch committed before it and before every later one. (Looking at the redo
+        log outside the lock, a write could miss a batch committed right after, by a writer
+        that then died: finished later, that batch landed over the acknowledged write.)
+        Under the lock, a committed batch is one a crash left (a live writer holds the lock
+        until its batch is installed): it is finished first, outside the lock (no read
+        under the lock sees part of it), and `work` is tried again.
         """
         while True:
             with self._install_lock(shared=True):
                 if not self._committed_batches():
-                    return read()
+                    return work()
             self._finish_batches()
 
     def _committed_batches(self) -> list[Path]:
@@ -597,11 +612,7 @@ class FileBackend:
         """Stores `value` under `key` atomically."""
         value = check_value(check_key(key), value)
 
-        def write() -> None:
-            self._finish_batches()
-            self._write_durably(key, value)
-
-        await run_in_thread(write)
+        await run_in_thread(lambda: self._between_batches(lambda: self._write_durably(key, value)))
 
     async def save_new(self, key: str, value: bytes) -> bool:
         """Stores `value` under `key` unless the key exists; returns whether it wrote.
@@ -612,11 +623,9 @@ class FileBackend:
         """
         value = check_value(check_key(key), value)
 
-        def write() -> bool:
-            self._finish_batches()
-            return self._write_new(key, value)
-
-        return await run_in_thread(write)
+        return await run_in_thread(
+            lambda: self._between_batches(lambda: self._write_new(key, value))
+        )
 
     async def load(self, key: str) -> bytes | None:
         """Returns the value stored under `key`, or None."""
@@ -629,7 +638,6 @@ class FileBackend:
         path = self._path(check_key(key))
 
         def remove() -> bool:
-            self._finish_batches()
             try:
                 path.unlink()
             except FileNotFoundError:
@@ -639,7 +647,7 @@ class FileBackend:
             self._sync(key)
             return True
 
-        return await run_in_thread(remove)
+        return await run_in_thread(lambda: self._between_batches(remove))
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
         """Stores every item, all or none, even across a crash (see the class).
