@@ -19,6 +19,10 @@ is a key of another):
   `session:<id>:resume:<n>:<nonce>`, written insert-if-absent by the one worker that takes
   over the claim of nonce `<nonce>`, its process ended, deleted with that worker's claim
   (see `CheckpointStore.claim_resumed`);
+- `session:<id>:fork:<digest>`: written insert-if-absent by the one fork (or sweep) that takes
+  over the id of an incomplete fork, `<digest>` naming that fork's marker (its meta record):
+  of forks taking one over at once, one deletes it; deleted once that fork is (see
+  `CheckpointStore.fork`);
 - `session:<id>:step:<n>`: what step n added (a delta: storage grows linearly with steps);
 - `session:<id>:base:<n>`: steps 1 to n, folded by `prune`, so a running session stays
   resumable (`session:<id>:base`, without `<n>`, as older versions wrote it, is read too);
@@ -29,6 +33,11 @@ is a key of another):
   whose text `LlmResponse` holds, and `CheckpointSaved`);
 - `session:<id>`: the final checkpoint (the whole session, with the working memory's entries;
   a multi-turn session's is its latest finished turn's), naming the run it closes.
+
+A sweep claims a session it deletes as a run does (`:run:<n>`), its claim naming the digest of
+the final checkpoint it found; it deletes that final checkpoint last, then its claim. A claim
+left by a sweep cut between the two is told by the final checkpoint it names being gone: the
+next run from that step, or the next sweep, deletes it.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import os
 import re
 import socket
@@ -296,9 +306,11 @@ _PREFIX = session_key("")
 # but keys written before they were hold ids with ':' as they are (`session:a:b:meta`, then
 # session `a:b`'s): a key is a session's own only when its rest is exactly one of these.
 _OWN_SUFFIX = re.compile(
-    r"(?:meta|run:[0-9]+|resume:[0-9]+(?::[0-9a-f]+)?|base|base:[0-9]+|step:[0-9]+"
-    r"|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
+    r"(?:meta|run:[0-9]+|resume:[0-9]+(?::[0-9a-f]+)?|fork:[0-9a-f]+|base|base:[0-9]+"
+    r"|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
 )
+_RUN_CLAIM = re.compile(r"run:[0-9]+\Z")  # what follows `session:<id>:` in a run's claim
+_FORK_TAKEOVER = re.compile(r"fork:([0-9a-f]+)\Z")  # ... in a fork takeover's key
 _RESUME = re.compile(r"[0-9]+(?::[0-9a-f]+)?\Z")  # what follows `session:<id>:resume:`
 _NONCE = re.compile(r"[0-9a-f]+\Z")
 _CALL = re.compile(r"([0-9]+):[0-9]+\Z")  # what follows `session:<id>:call:` in a journal key
@@ -332,6 +344,11 @@ def _step_record(data: Any, key: str) -> StepRecord:
         return StepRecord.from_dict(data)
     except PersistenceError as error:
         raise PersistenceError(str(error.args[0]), key=key) from error
+
+
+def _digest(raw: bytes) -> str:
+    """The digest that names a record in another key or record: its SHA-256, in hex."""
+    return hashlib.sha256(raw).hexdigest()
 
 
 def _is_number(value: Any) -> bool:
@@ -531,7 +548,8 @@ class CheckpointStore:
         `save_new`; on a backend without it, a read then a write, which is not atomic): of
         runs starting one session from one step at once (two workers each running a turn on
         their copy), in any process, one runs. Call `release` if the run ends before its
-        first step.
+        first step. The claim of a sweep cut short after it deleted the session is no run's:
+        it is deleted, and the step claimed again (see `_drop_stranded_sweep`).
 
         Raises:
             PersistenceError: Before anything is written, when the store holds more of the
@@ -586,8 +604,12 @@ class CheckpointStore:
                     key: _encode("session", earlier),
                 }
             )
-        if not await self._claim(session.session_id, session.step_count, run, meta):
-            if await self._swept(f"{key}:run:{session.step_count}"):
+        claimed = await self._claim(session.session_id, session.step_count, run, meta)
+        claim = f"{key}:run:{session.step_count}"
+        if not claimed and await self._drop_stranded_sweep(key, claim):
+            claimed = await self._claim(session.session_id, session.step_count, run, meta)
+        if not claimed:
+            if await self._swept(claim):
                 self._refuse(session.session_id, _SWEPT, _SWEPT_ADVICE)
             self._refuse(session.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
         if not (fresh and callable(save_new)):
@@ -626,6 +648,38 @@ class CheckpointStore:
         self._background.add(deleting)  # a task only weakly referenced may be collected
         deleting.add_done_callback(self._background.discard)
         deleting.add_done_callback(retrieve_outcome)
+
+    async def _drop_stranded_sweep(self, key: str, claim: str) -> bool:
+        """Deletes `claim`, a sweep's run claim on session key `key`, if its sweep is over.
+
+        A sweep deletes the final checkpoint it found, then its claim: one cut between the
+        two (its process ended) leaves its claim, which would refuse every run of the
+        session from that step. The claim names the digest of the final checkpoint its sweep
+        found, and the sweep deletes nothing once that is gone or replaced (it checks it
+        after it claimed, and deletes it last): with no final checkpoint, or another, the
+        claim is deleted, if it is still the one read. A sweep claim of an older version,
+        which names none, only when there is no final checkpoint. Returns whether it was.
+        """
+        raw = await self.backend.load(claim)
+        holder = decode(raw, claim) if raw is not None else None
+        if raw is None or not (isinstance(holder, dict) and "sweep" in holder):
+            return False
+        final = await self.backend.load(key)
+        found = holder.get("final")
+        if final is not None and (found is None or found == _digest(final)):
+            return False  # its sweep may be deleting the session right now
+        return await self._delete_if(claim, raw)
+
+    async def _delete_if(self, key: str, raw: bytes) -> bool:
+        """Deletes `key` if it still holds `raw`; returns whether it did.
+
+        A read, then a delete (backends have no atomic compare-and-delete): it spares a
+        record written over `raw` before the read.
+        """
+        if await self.backend.load(key) != raw:
+            return False
+        await self.backend.delete(key)
+        return True
 
     async def _swept(self, claim: str) -> bool:
         """Whether the run claim `claim` is a sweep's (see `sweep`)."""
@@ -1171,13 +1225,21 @@ class CheckpointStore:
         (`session:<id>:run:<n>`): a turn that starts while it is deleted is refused
         (`PersistenceError`, which says so), and one that started first keeps it.
 
+        Incomplete forks (cut before their steps were copied, see `fork`) whose marker was
+        written more than `older_than` seconds ago are deleted too, and their ids returned:
+        the age keeps out a fork being written now. A marker without a start time (none is
+        written without one) is old, as `load` reads it. What sweeps and fork takeovers cut
+        short left of sessions with neither a final checkpoint nor a meta record (a sweep's
+        claim, a takeover key) is deleted as well.
+
         A session is found by its `:meta` record or its final checkpoint, and only its own
-        keys (`:meta`, `:base:<n>`, `:step:<n>`, `:call:<n>:<i>`, `:event:<n>`) are deleted,
-        never those of another session (ids are escaped in keys: see `escape_session_id`).
+        keys (`:meta`, `:base:<n>`, `:step:<n>`, `:call:<n>:<i>`, `:event:<n>`, ...) are
+        deleted, never those of another session (ids are escaped in keys: see
+        `escape_session_id`).
 
         Raises:
             PersistenceError: When `older_than` (or `now`) is not a number, or a final
-                checkpoint is corrupt.
+                checkpoint or the meta record of a session without one is corrupt.
         """
         now = time.time() if now is None else now
         for name, value in (("older_than", older_than), ("now", now)):
@@ -1187,17 +1249,24 @@ class CheckpointStore:
         present = set(keys)
         candidates: dict[str, None] = {}  # session ids, in key order
         claimed = set()  # sessions with a run's claim
+        leftovers: dict[str, None] = {}  # sessions with a run's claim or a takeover key
         for key in keys:
             parsed = split_session_key(key)
             if parsed is not None and parsed[1] in ("", "meta"):
                 candidates[parsed[0]] = None
             elif parsed is not None and parsed[1].startswith("run:"):
                 claimed.add(parsed[0])
+                leftovers[parsed[0]] = None
+            elif parsed is not None and parsed[1].startswith("fork:"):
+                leftovers[parsed[0]] = None
         swept = []
         for session_id in candidates:
             key = session_key(session_id)
             if key not in present:
-                continue  # running, or never finished
+                # Running, never finished, or an incomplete fork.
+                if f"{key}:meta" in present and await self._sweep_fork(key, now - older_than):
+                    swept.append(session_id)
+                continue
             raw = await self.backend.load(key)
             if raw is None:
                 continue  # deleted meanwhile
@@ -1213,7 +1282,29 @@ class CheckpointStore:
                 continue  # a later turn claimed the session (its meta record not yet written)
             if final.get("finished_at", now) < now - older_than and await self._sweep_one(key, raw):
                 swept.append(session_id)
+        for session_id in leftovers:
+            key = session_key(session_id)
+            if key not in present and f"{key}:meta" not in present:
+                await self._drop_leftovers(key)
         return swept
+
+    async def _drop_leftovers(self, key: str) -> None:
+        """Deletes what cut-short sweeps and fork takeovers left of session key `key`.
+
+        A sweep's claim whose final checkpoint is gone (see `_drop_stranded_sweep`), and a
+        takeover key whose marker is not the meta record: listed before the meta record is
+        read, the marker it names was there before, and a marker, once gone, never returns.
+        """
+        prefix = f"{key}:"
+        listed = await self.backend.list_keys(prefix)
+        meta = await self.backend.load(f"{key}:meta")
+        current = _digest(meta) if meta is not None else None
+        for leftover in listed:
+            takeover = _FORK_TAKEOVER.match(leftover, len(prefix))
+            if takeover is not None and takeover[1] != current:
+                await self.backend.delete(leftover)
+            elif _RUN_CLAIM.match(leftover, len(prefix)):
+                await self._drop_stranded_sweep(key, leftover)
 
     async def _sweep_one(self, key: str, final_raw: bytes) -> bool:
         """Deletes the finished session of key `key`, its final checkpoint `final_raw`.
@@ -1223,11 +1314,15 @@ class CheckpointStore:
         deletes is refused; then it reads the session again, and deletes nothing when a run
         claimed it first, or wrote a step, a meta record or a final checkpoint since it was
         found finished. The final checkpoint is deleted after the other records (a sweep
-        cut short finds the session again), then the claim. Returns whether it deleted.
+        cut short finds the session again), then the claim, if it is still this sweep's.
+        The claim names the final checkpoint's digest: one a sweep cut short leaves is
+        deleted by the next run from that step, or the next sweep (`_drop_stranded_sweep`).
+        Returns whether it deleted.
         """
         steps = await self._stored_steps(key)
         claim = f"{key}:run:{steps}"
-        if not await self._save_if_absent(claim, _encode("claim", {"sweep": uuid.uuid4().hex})):
+        mine = _encode("claim", {"sweep": uuid.uuid4().hex, "final": _digest(final_raw)})
+        if not await self._save_if_absent(claim, mine):
             return False  # a run claimed the session's next step: it runs, or may run
         try:
             meta_raw = await self.backend.load(f"{key}:meta")
@@ -1246,7 +1341,37 @@ class CheckpointStore:
             await self.backend.delete(key)  # last: a sweep cut short finds it again
             return True
         finally:
-            await self.backend.delete(claim)
+            # Not a run's claim made once a stranded claim of this sweep was deleted.
+            await self._delete_if(claim, mine)
+
+    async def _sweep_fork(self, key: str, cut_off: float) -> bool:
+        """Deletes the incomplete fork of session key `key` if it started before `cut_off`.
+
+        Told by its marker (see `fork`), whose `started_at` is when the fork began (a
+        marker without one is old). The sweep takes the id over as a fork does (its
+        takeover key, insert-if-absent): a fork taking it over right now keeps it. A
+        takeover key written before `cut_off` is a takeover cut short: the sweep goes on.
+        Returns whether it deleted the fork.
+        """
+        meta_key = f"{key}:meta"
+        raw = await self.backend.load(meta_key)
+        if raw is None:
+            return False
+        meta = decode(raw, meta_key, "meta")
+        if not _is_incomplete_fork(meta):
+            return False
+        started = meta.get("started_at", 0.0)
+        if _is_number(started) and started >= cut_off:
+            return False  # it may be being written right now
+        takeover = f"{key}:fork:{_digest(raw)}"
+        mine = _encode("claim", {"sweep": uuid.uuid4().hex, "at": time.time()})
+        if not await self._save_if_absent(takeover, mine):
+            held = await self.backend.load(takeover)
+            holder = decode(held, takeover) if held is not None else None
+            at: Any = holder.get("at") if isinstance(holder, dict) else None
+            if held is None or (_is_number(at) and at >= cut_off):
+                return False  # a fork (or another sweep) takes the id over right now
+        return await self._drop_fork(key, raw, takeover)
 
     async def fork(self, session_id: str, step: int, new_session_id: str) -> AgentSession:
         """Starts session `new_session_id` from step `step` of `session_id` (time travel).
@@ -1260,10 +1385,18 @@ class CheckpointStore:
         the fork then claims it as a run does (`session:<id>:run:0`), before the steps are
         copied: a run starting under the id meanwhile is refused.
 
+        An id that holds only an incomplete fork (one cut before its steps were copied: its
+        marker, maybe its claim) is taken over: of forks taking it over at once, the one
+        that writes the takeover key (`session:<id>:fork:<digest of the marker>`,
+        insert-if-absent) deletes the incomplete fork, and forks into the id as into a new
+        one; the others are refused. A takeover cut short leaves its key, which refuses
+        other takeovers until `sweep` deletes the incomplete fork, once old enough.
+
         Raises:
             PersistenceError: When `step` is not an int >= 0, the source is missing or has
                 fewer than `step` steps, or when `new_session_id` already has checkpoints
-                (the source's own id too) or another fork claimed it meanwhile.
+                (the source's own id too), another fork claimed it meanwhile, or another
+                fork takes over the incomplete fork there.
         """
         state = await self.load(session_id)
         if not _is_count(step) or step > len(state.records):
@@ -1366,31 +1499,83 @@ class CheckpointStore:
         """Deletes the records of an incomplete fork into `session_id`; whether it was one.
 
         A fork cut before its steps were copied leaves its marked meta record (see `fork`),
-        and maybe its claim `:run:0`: when the session has no other record, they are deleted
-        (the claim first, then the meta record, if it is still the one read), so the id can
-        be forked into again.
+        and maybe its claim `:run:0`. One fork takes the id over: the one that writes the
+        takeover key naming that marker, insert-if-absent; it deletes them (see
+        `_drop_fork`), so the id can be forked into again.
+
+        Raises:
+            PersistenceError: When another fork (or a sweep) takes the id over.
         """
         key = session_key(session_id)
+        meta_key = f"{key}:meta"
+        raw = await self.backend.load(meta_key)
+        if raw is None or not _is_incomplete_fork(decode(raw, meta_key, "meta")):
+            return False
+        takeover = f"{key}:fork:{_digest(raw)}"
+        mine = _encode("claim", {"takeover": uuid.uuid4().hex, "at": time.time()})
+        if not await self._save_if_absent(takeover, mine):
+            raise PersistenceError(
+                f"cannot fork into session {session_id!r}: another fork (or a sweep) takes "
+                "over the incomplete fork there (fork into a new session id; if that takeover "
+                "was cut short, sweep deletes the incomplete fork once it is old enough)",
+                key=takeover,
+            )
+        return await self._drop_fork(key, raw, takeover)
+
+    async def _drop_fork(self, key: str, marker: bytes, takeover: str) -> bool:
+        """Deletes the incomplete fork of `marker` at session key `key`; whether it did.
+
+        Called holding the takeover key `takeover`, deleted last whatever happens. Only when
+        the session holds nothing but that marker, the fork's claim `:run:0` (naming the
+        marker's run) and takeover keys: the claim goes first, then the marker (if still
+        it), then the other takeover keys, stale once the marker is gone. Cut short, it
+        leaves the marker, or nothing that refuses the id.
+        """
         meta_key, claim = f"{key}:meta", f"{key}:run:0"
         prefix = f"{key}:"
-        own = {k for k in await self.backend.list_keys(prefix) if _OWN_SUFFIX.match(k, len(prefix))}
-        raw = await self.backend.load(meta_key)
-        if raw is None or not own <= {meta_key, claim} or await self.backend.load(key) is not None:
-            return False
-        if not _is_incomplete_fork(decode(raw, meta_key, "meta")):
-            return False
-        await self.backend.delete(claim)
-        if await self.backend.load(meta_key) == raw:
-            await self.backend.delete(meta_key)
-        return True
+        try:
+            own = [
+                k for k in await self.backend.list_keys(prefix) if _OWN_SUFFIX.match(k, len(prefix))
+            ]
+            takeovers = [k for k in own if _FORK_TAKEOVER.match(k, len(prefix))]
+            if not set(own) - set(takeovers) <= {meta_key, claim}:
+                return False  # steps or other records: not an incomplete fork's id alone
+            if await self.backend.load(key) is not None:
+                return False
+            if await self.backend.load(meta_key) != marker:
+                return False  # taken over and forked into, or run, meanwhile
+            held = await self.backend.load(claim)
+            if held is not None:
+                holder = decode(held, claim)
+                run = decode(marker, meta_key, "meta").get("run")
+                if not (
+                    isinstance(holder, dict) and holder.get("fork") and holder.get("run") == run
+                ):
+                    return False  # a run's claim: it runs under the id
+                await self.backend.delete(claim)
+            if not await self._delete_if(meta_key, marker):
+                return False  # a run wrote its meta record meanwhile
+            for stale in takeovers:
+                if stale != takeover:
+                    await self.backend.delete(stale)
+            return True
+        finally:
+            await self.backend.delete(takeover)
 
     async def _exists(self, session_id: str) -> bool:
-        """Whether the session has any checkpoint record (final, meta, step, ...)."""
+        """Whether the session has any checkpoint record (final, meta, step, ...).
+
+        A takeover key alone is none: one a takeover cut short left after it deleted the
+        incomplete fork (see `_drop_fork`).
+        """
         key = session_key(session_id)
         if await self.backend.load(key) is not None:
             return True
         prefix = f"{key}:"
-        return any(_OWN_SUFFIX.match(k, len(prefix)) for k in await self.backend.list_keys(prefix))
+        return any(
+            _OWN_SUFFIX.match(k, len(prefix)) and not _FORK_TAKEOVER.match(k, len(prefix))
+            for k in await self.backend.list_keys(prefix)
+        )
 
 
 def _meta_item(

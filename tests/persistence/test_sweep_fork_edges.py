@@ -1,0 +1,179 @@
+"""Sweeps and forks cut short, on every backend: a sweep's claim left behind refuses no run, an
+incomplete fork is swept once old, and of forks taking over one incomplete fork, one forks."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import Mapping
+
+import pytest
+
+import llm_agent_runtime as ar
+import llm_agent_runtime.persistence.checkpoints as checkpoints
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore
+from llm_agent_runtime.persistence.codec import encode
+
+from .test_durable import FINAL, Effects, script
+from .test_durable_concurrency import Delegating, backend
+from .test_durable_exclusive import CHARGE, DiesAfter, interrupted
+
+__all__ = ["backend"]  # the fixture, on every backend
+
+ONE = "Thought: t\nAction: FINAL_ANSWER one"
+TWO = "Thought: t\nAction: FINAL_ANSWER two"
+
+
+class DiesAtDelete(Delegating):
+    """The backend of a process that dies as it deletes `key`."""
+
+    def __init__(self, inner: ar.PersistenceBackend, key: str) -> None:
+        super().__init__(inner)
+        self.key = key
+
+    async def delete(self, key: str) -> bool:
+        if key == self.key:
+            raise RuntimeError("the process died")
+        return bool(await self.inner.delete(key))
+
+
+async def swept_but_its_claim(backend: ar.PersistenceBackend) -> ar.AgentSession:
+    """Session `s`, one turn run, then swept by a sweep that died as it deleted its claim
+    (`:run:1`, on the session's next step): the last thing it deletes."""
+    worker = ar.AgentRuntime(checkpoint_backend=backend)
+    session = worker.create_session("a", "s")
+    await worker.run_turn(session, "Q1", script(ONE))
+    with pytest.raises(RuntimeError, match="died"):
+        await CheckpointStore(DiesAtDelete(backend, "session:s:run:1")).sweep(older_than=-1.0)
+    assert await backend.list_keys("session:s") == ["session:s:run:1"]  # all but the claim
+    return session
+
+
+async def test_a_sweep_cut_before_deleting_its_claim_refuses_no_later_turn(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The claim was the sweep's, under way forever: every turn from step 1 was refused.
+    session = await swept_but_its_claim(backend)
+    worker = ar.AgentRuntime(checkpoint_backend=backend)
+    assert await worker.run_turn(session, "Q2", script(TWO)) == "two"
+    loaded = await ar.AgentSession.load_checkpoint(backend, "s")
+    assert [m["content"] for m in loaded.messages] == ["Q1", "one", "Q2", "two"]
+    assert loaded == session
+
+
+async def test_a_sweep_deletes_what_cut_short_sweeps_and_takeovers_left(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await swept_but_its_claim(backend)
+    # A takeover key whose incomplete fork is gone, and the claim of a run (its process
+    # ended before its meta record was written): the run's claim stays, as it was.
+    await backend.save("session:z:fork:0123abcd", encode("claim", {"takeover": "a", "at": 0}))
+    run_claim = encode("meta", {"agent_id": "a", "prompt": "Q", "mode": "react", "run": "r"})
+    await backend.save("session:r:run:0", run_claim)
+    assert await CheckpointStore(backend).sweep(older_than=-1.0) == []
+    assert await backend.list_keys("session:") == ["session:r:run:0"]
+    assert await backend.load("session:r:run:0") == run_claim
+
+
+class PausedCopy(Delegating):
+    """The backend, but the copy of a fork into `session_id` waits for `go`: a fork under way."""
+
+    def __init__(self, inner: ar.PersistenceBackend, session_id: str) -> None:
+        super().__init__(inner)
+        self.step = f"session:{session_id}:step:1"
+        self.go, self.reached = asyncio.Event(), asyncio.Event()
+
+    async def batch_save(self, items: Mapping[str, bytes]) -> None:
+        if self.step in items:
+            self.reached.set()
+            await asyncio.wait_for(self.go.wait(), 10)
+        await self.inner.batch_save(items)
+
+
+async def test_a_sweep_deletes_old_incomplete_forks_not_a_fork_under_way(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await interrupted(backend, "src")  # one step, unfinished: no sweep deletes it
+    with monkeypatch.context() as past:
+        # An hour before the sweep's `now`, for the records these forks write.
+        past.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: 1_000_000.0))
+        # `f`: its marker and claim; `g`: its marker, and a takeover of it cut short.
+        with pytest.raises(RuntimeError, match="died"):
+            await CheckpointStore(DiesAfter(backend, 2)).fork("src", 1, "f")
+        with pytest.raises(RuntimeError, match="died"):
+            await CheckpointStore(DiesAfter(backend, 1)).fork("src", 1, "g")
+        with pytest.raises(RuntimeError, match="died"):
+            await CheckpointStore(DiesAfter(backend, 1)).fork("src", 1, "g")
+    left = await backend.list_keys("session:")
+    with pytest.raises(ar.PersistenceError, match="takes over the incomplete fork there"):
+        await CheckpointStore(backend).fork("src", 1, "g")  # until the sweep
+    paused = PausedCopy(backend, "h")
+    under_way = asyncio.ensure_future(CheckpointStore(paused).fork("src", 1, "h"))
+    await asyncio.wait_for(paused.reached.wait(), 10)
+    sweeper = CheckpointStore(backend)
+    assert await sweeper.sweep(older_than=3600.0, now=1_003_599.0) == []  # none old enough
+    assert sorted(await sweeper.sweep(older_than=3600.0, now=1_003_601.0)) == ["f", "g"]
+    assert len([k for k in left if k.startswith("session:g:fork:")]) == 1  # swept too
+    assert await backend.list_keys("session:f") == []
+    assert await backend.list_keys("session:g") == []
+    assert await backend.list_keys("session:h") == ["session:h:meta", "session:h:run:0"]
+    paused.go.set()
+    assert (await under_way).step_count == 1
+    assert (await sweeper.load("h")).records == (await sweeper.load("src")).records
+    # The ids are free: a fork goes into them as into new ones.
+    assert (await sweeper.fork("src", 1, "g")).step_count == 1
+
+
+async def test_an_incomplete_fork_marker_without_a_start_time_is_swept_as_old(
+    backend: ar.PersistenceBackend,
+) -> None:
+    marker = {"agent_id": "a", "prompt": "Q", "mode": "react", "run": "r0"}
+    await backend.save("session:old:meta", encode("meta", {**marker, "incomplete_fork": True}))
+    await backend.save("session:live:meta", encode("meta", marker))  # a run under way: kept
+    assert await CheckpointStore(backend).sweep(older_than=3600.0) == ["old"]
+    assert await backend.list_keys("session:") == ["session:live:meta"]
+
+
+class PausedMarkerDelete(Delegating):
+    """The backend, but the first deletion of `session:f:meta` waits until `done` is set:
+    one fork taking the id over is slow, the other goes on."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.done = asyncio.Event()
+        self.paused = False
+
+    async def delete(self, key: str) -> bool:
+        if key == "session:f:meta" and not self.paused:
+            self.paused = True
+            await asyncio.wait_for(self.done.wait(), 10)
+        return bool(await self.inner.delete(key))
+
+
+async def test_two_forks_taking_over_one_incomplete_fork_at_once_fork_once(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Both read the marker: the slow one deleted the other's whole fork's meta record, and
+    # both forked.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    source = runtime.create_session("a", "src")
+    await runtime.run_agent("a", "Q", script(CHARGE, CHARGE, FINAL), session=source)
+    with pytest.raises(RuntimeError, match="died"):
+        await CheckpointStore(DiesAfter(backend, 2)).fork("src", 2, "f")
+    slow = PausedMarkerDelete(backend)
+    forks = [asyncio.ensure_future(CheckpointStore(slow).fork("src", 2, "f")) for _ in "ab"]
+    for fork in forks:
+        fork.add_done_callback(lambda _: slow.done.set())
+    outcomes = await asyncio.gather(*forks, return_exceptions=True)
+    [refused] = [o for o in outcomes if isinstance(o, BaseException)]
+    [forked] = [o for o in outcomes if isinstance(o, ar.AgentSession)]
+    assert isinstance(refused, ar.PersistenceError)
+    assert "cannot fork into session 'f'" in str(refused)
+    assert forked.steps == source.steps[:2]
+    store = CheckpointStore(backend)
+    assert (await store.load("f")).records == (await store.load("src")).records[:2]
+    assert await backend.list_keys("session:f") == [
+        "session:f:meta",
+        "session:f:step:1",
+        "session:f:step:2",
+    ]
