@@ -1160,7 +1160,7 @@ async def test_a_file_batch_waits_for_the_reads_under_way_not_for_later_ones(
 
         if turn:
             go[turn].wait(5)
-        store._read_whole(hold)
+        store._between_batches(hold)
 
     readers = [threading.Thread(target=read, args=(turn,)) for turn in range(len(inside))]
     for reader in readers:

@@ -486,17 +486,13 @@ class FileBackend:
             yield
 
     async def _read_in_thread(self, read: Callable[[], T]) -> T:
-        """`_read_whole(read)` in a worker thread; cancelled, it goes on at once (see the class)."""
+        """`_between_batches(read)` in a worker thread; cancelled, it goes on at once.
+
+        It sees each batch whole, or not at all (see the class).
+        """
         # Nothing to wait for: the thread gives up its waits for locks, and writes nothing but
         # a batch a crash left, which any call may finish.
-        return await run_in_thread(lambda: self._read_whole(read), grace=0)
-
-    def _read_whole(self, read: Callable[[], T]) -> T:
-        """`read()`, with no batch installed meanwhile: it sees each batch whole, or not at all.
-
-        See `_between_batches`.
-        """
-        return self._between_batches(read)
+        return await run_in_thread(lambda: self._between_batches(read), grace=0)
 
     def _between_batches(self, work: Callable[[], T]) -> T:
         """`work()` under the shared install lock, once no batch is left committed.
