@@ -116,7 +116,7 @@ def test_an_error_body_cut_at_the_read_limit_is_quoted_short_with_a_note(body: b
     # Only `MAX_ERROR_BODY` bytes of an error body are read: JSON cut there does not parse,
     # and its raw text was quoted as if it were the message.
     start = body[: http_module.MAX_ERROR_BODY]
-    message = error_message(start)
+    message = error_message(start, truncated=True)
     assert message.startswith(start[:50].decode())
     assert message.endswith(
         "... (the error body was truncated at 65536 bytes and could not be parsed)"
@@ -124,6 +124,19 @@ def test_an_error_body_cut_at_the_read_limit_is_quoted_short_with_a_note(body: b
     assert len(message) < 300
     # A body shorter than the limit was read whole: quoted as it is, as before.
     assert error_message(start[:60_000]) == start[:500].decode()
+
+
+def test_only_a_body_said_to_be_cut_is_quoted_with_the_note() -> None:
+    # The note went with any body of `MAX_ERROR_BODY` bytes or more that did not parse: a
+    # page of exactly that size read whole, and an error event's data, which is never cut.
+    page = b"<html>" + b"x" * (http_module.MAX_ERROR_BODY - 13) + b"</html>"
+    assert len(page) == http_module.MAX_ERROR_BODY
+    assert error_message(page) == page[:500].decode()
+    event_data = b"upstream failure: " + b"detail " * 10_000
+    assert error_message(event_data, truncated=False) == event_data[:500].decode()
+    assert error_message(page, truncated=True).endswith("could not be parsed)")
+    # A body that parses says its message, cut or not.
+    assert error_message(b'{"error": {"message": "m"}}', truncated=True) == "m"
 
 
 def test_decode_arguments() -> None:

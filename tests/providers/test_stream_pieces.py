@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llm_agent_runtime import RetryPolicy
+from llm_agent_runtime import ProviderError, RetryPolicy
 from llm_agent_runtime.providers._http import clean_json
 from llm_agent_runtime.providers.base import (
     Message,
@@ -203,3 +203,129 @@ def test_clean_json_cleans_every_str_in_place_however_deep() -> None:
         inner = inner[0]
     assert inner == ["\ufffd"]
     assert clean_json(f"{HIGH}{LOW}") == EMOJI
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_two_calls_whose_ids_clean_alike_keep_ids_of_their_own(
+    kind: str, stream: bool, server: FakeLlmServer
+) -> None:
+    # Ids that differ only in a lone half both cleaned to `call_\ufffd`: two calls given the
+    # same id, so the result of one tool could not be told from the other's.
+    calls = [(f"call_{HIGH}", "add", {"a": 1}), (f"call_{LOW}", "mul", {"b": 2})]
+    server.script(Turn(tool_calls=calls))
+    async with make_provider(kind, server, retry=ONCE) as llm:
+        if stream:
+            events = [event async for event in llm.chat_stream(USER)]
+            assert_writable(events)
+            ids = [(e.index, e.id) for e in events if isinstance(e, ToolCallDelta) and e.id]
+            assert dict(ids) == {0: "call_\ufffd", 1: "call_\ufffd_1"}
+            end = events[-1]
+            assert isinstance(end, StreamEnd)
+            response = end.response
+        else:
+            response = await llm.chat(USER)
+    assert response.tool_calls == [
+        ToolCall("call_\ufffd", "add", {"a": 1}),
+        ToolCall("call_\ufffd_1", "mul", {"b": 2}),
+    ]
+
+
+def openai_unindexed(**fields: Any) -> bytes:
+    """A piece of a tool call without its `index`, as some compatible servers send them."""
+    return openai_chunk({"tool_calls": [{"type": "function", **fields}]})
+
+
+async def test_openai_unindexed_calls_whose_ids_clean_alike_stay_two_calls(
+    server: FakeLlmServer,
+) -> None:
+    # Told apart by their cleaned ids, the second call's piece continued the first: its
+    # arguments were appended to the first call's, whose JSON then failed to decode.
+    frames = [
+        openai_unindexed(id=f"call_{HIGH}", function={"name": "add", "arguments": '{"a": 1}'}),
+        openai_unindexed(id=f"call_{LOW}", function={"name": "mul", "arguments": '{"b": 2}'}),
+        openai_chunk({}, "tool_calls"),
+        sse("[DONE]"),
+    ]
+    server.script(Reply(frames=frames, headers=STREAM))
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        events = [event async for event in llm.chat_stream(USER)]
+    assert_writable(events)
+    assert [e for e in events if isinstance(e, ToolCallDelta)] == [
+        ToolCallDelta(0, "call_\ufffd", "add", '{"a": 1}'),
+        ToolCallDelta(1, "call_\ufffd_1", "mul", '{"b": 2}'),
+    ]
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert end.response.tool_calls == [
+        ToolCall("call_\ufffd", "add", {"a": 1}),
+        ToolCall("call_\ufffd_1", "mul", {"b": 2}),
+    ]
+
+
+@pytest.mark.parametrize("index", [0, None], ids=["index-0", "no-index"])
+async def test_openai_the_next_calls_name_goes_out_on_the_next_call(
+    index: int | None, server: FakeLlmServer
+) -> None:
+    # Calls without ids (at index 0 each, or with none): after a whole call, a piece that
+    # names the next call with its arguments to come gave the name out on the call before,
+    # so the deltas named the calls `addmul` and nothing, where the reply said add and mul.
+    def piece(**function: Any) -> bytes:
+        call: dict[str, Any] = {"type": "function", "function": function}
+        if index is not None:
+            call["index"] = index
+        return openai_chunk({"tool_calls": [call]})
+
+    frames = [
+        piece(name="add", arguments='{"a": 1, "b": 2}'),
+        piece(name="mul", arguments=""),
+        piece(arguments='{"x": 3}'),
+        openai_chunk({}, "tool_calls"),
+        sse("[DONE]"),
+    ]
+    server.script(Reply(frames=frames, headers=STREAM))
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        events = [event async for event in llm.chat_stream(USER)]
+    assert joined(events, 0) == ("add", '{"a": 1, "b": 2}')
+    assert joined(events, 1) == ("mul", '{"x": 3}')
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert end.response.tool_calls == [
+        ToolCall("call_0", "add", {"a": 1, "b": 2}),
+        ToolCall("call_1", "mul", {"x": 3}),
+    ]
+
+
+async def test_anthropic_a_tool_use_block_started_twice_fails_the_stream(
+    server: FakeLlmServer,
+) -> None:
+    # The second start replaced the first block: the call given out in deltas was missing
+    # from the reply, with nothing to say so.
+    def block_start(call_id: str, name: str) -> bytes:
+        block = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
+        return anthropic_event("content_block_start", index=1, content_block=block)
+
+    def arguments(piece: str) -> bytes:
+        delta = {"type": "input_json_delta", "partial_json": piece}
+        return anthropic_event("content_block_delta", index=1, delta=delta)
+
+    message = {"id": "m", "type": "message", "role": "assistant", "model": "m", "content": []}
+    frames = [
+        anthropic_event("message_start", message={**message, "usage": {"input_tokens": 3}}),
+        block_start("t0", "add"),
+        arguments('{"a": 1}'),
+        block_start("t1", "mul"),
+        arguments('{"b": 2}'),
+        anthropic_event(
+            "message_delta", delta={"stop_reason": "tool_use"}, usage={"output_tokens": 5}
+        ),
+        anthropic_event("message_stop"),
+    ]
+    server.script(Reply(frames=frames, headers=STREAM))
+    events: list[StreamEvent] = []
+    async with make_provider("anthropic", server, retry=ONCE) as llm:
+        with pytest.raises(ProviderError, match="content block 1, a tool call's, started twice"):
+            async for event in llm.chat_stream(USER):
+                events.append(event)
+    assert not any(isinstance(event, StreamEnd) for event in events)
+    assert joined(events, 0) == ("add", '{"a": 1}')

@@ -21,10 +21,11 @@ from llm_agent_runtime import (
     RetryPolicy,
     RuntimeMetrics,
 )
+from llm_agent_runtime.providers._http import MAX_ERROR_BODY
 from llm_agent_runtime.providers.base import Message, TextDelta
 
 from .conftest import PROVIDERS, make_provider
-from .fake_server import FakeLlmServer, Reply, Turn, render_anthropic, render_openai
+from .fake_server import FakeLlmServer, Reply, Turn, render_anthropic, render_openai, sse
 
 USER = [Message("user", "hi")]
 ONCE = RetryPolicy(max_attempts=1)
@@ -297,6 +298,47 @@ async def test_a_json_error_body_past_the_read_limit_is_quoted_short_with_a_note
     assert 'API error: {"type": "error", "error": {"type": "invalid_request_error"' in message
     assert "(the error body was truncated at 65536 bytes and could not be parsed)" in message
     assert len(message) < 400
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize(
+    ("stream", "status", "kind_of_body"),
+    [(False, 502, "text/html"), (True, 502, "text/html"), (True, 200, "text/html")],
+    ids=["chat-error", "stream-error", "stream-not-a-stream"],
+)
+async def test_an_error_body_of_exactly_the_read_limit_is_not_said_to_be_cut(
+    kind: str, stream: bool, status: int, kind_of_body: str, server: FakeLlmServer
+) -> None:
+    # Read whole, a page of exactly `MAX_ERROR_BODY` bytes was said to be truncated there.
+    page = b"<html>" + b"x" * (MAX_ERROR_BODY - 13) + b"</html>"
+    assert len(page) == MAX_ERROR_BODY
+    server.script(Reply(status=status, body=page, headers={"content-type": kind_of_body}))
+    async with make_provider(kind, server, retry=ONCE) as llm:
+        with pytest.raises(ProviderError) as caught:
+            if stream:
+                [event async for event in llm.chat_stream(USER)]
+            else:
+                await llm.chat(USER)
+    message = str(caught.value)
+    assert "<html>" + "x" * 400 in message
+    assert "truncated" not in message
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_an_error_events_long_text_is_not_said_to_be_cut(
+    kind: str, server: FakeLlmServer
+) -> None:
+    # An `error` event's data is read whole; a plain-text one past 64 KiB was quoted short,
+    # with a note that it was truncated and could not be parsed.
+    data = "upstream model crashed: " + "frame " * 12_000
+    server.script(Reply(frames=[sse(data, "error")], headers=STREAM))
+    async with make_provider(kind, server, retry=ONCE) as llm:
+        with pytest.raises(ProviderError) as caught:
+            [event async for event in llm.chat_stream(USER)]
+    message = str(caught.value)
+    assert "upstream model crashed: frame frame" in message
+    assert "truncated" not in message
+    assert len(message) < 700
 
 
 @pytest.mark.timeout(60)

@@ -72,6 +72,7 @@ __all__ = [
     "Redactor",
     "SseEvent",
     "StreamedText",
+    "ToolCallIds",
     "check_api_key",
     "check_base_url",
     "clean_json",
@@ -104,7 +105,8 @@ _MAX_ERROR_MESSAGE = 500
 MAX_ERROR_BODY = 64 * 1024
 """Most bytes read of a body that is only quoted in an error (an error status's, or a reply
 to a streamed request that is no stream): the message keeps `_MAX_ERROR_MESSAGE` characters
-of it, and a proxy's error page may be huge. The rest is never read."""
+of it, and a proxy's error page may be huge. Reading stops once a byte past it arrives (to
+tell a body cut there from one that ends there); the rest is never read."""
 _TRUNCATED_QUOTE = 200
 """Characters quoted of an error body cut at `MAX_ERROR_BODY` that does not parse (JSON cut
 short, or a huge page): its start, with a note that it was cut."""
@@ -301,19 +303,25 @@ def _too_long(what: str, without: str) -> ProviderError:
     )
 
 
-def error_message(body: bytes, redact: Callable[[str], str] | None = None) -> str:
+def error_message(
+    body: bytes, redact: Callable[[str], str] | None = None, *, truncated: bool = False
+) -> str:
     """The human part of an error body: `error.message` of either API's JSON, else the text.
 
     The body may open with a byte order mark. The text is cleaned by `clean_text` (JSON can
-    escape half a surrogate pair, which no log line could write). A body of `MAX_ERROR_BODY`
-    bytes or more (all that is read of one) that does not parse, JSON cut short or a huge
-    page, is quoted by its first `_TRUNCATED_QUOTE` characters, with a note that it was cut
-    there: the cut JSON's text says little, and the note says why no message was read.
+    escape half a surrogate pair, which no log line could write), and cut to
+    `_MAX_ERROR_MESSAGE` characters. A body that was cut (`truncated`) and does not parse,
+    JSON cut short or a huge page, is quoted by its first `_TRUNCATED_QUOTE` characters,
+    with a note that it was cut: the cut JSON's text says little, and the note says why no
+    message was read.
 
     Args:
-        body: The error response's body.
+        body: The error response's body, or an error event's data.
         redact: Applied to the whole message before it is cut to length, so no part of a
             secret survives the cut.
+        truncated: Whether bytes of the body were left unread after `body` (only the first
+            `MAX_ERROR_BODY` of an error body are read). Only the reader knows: a body of
+            any length may be whole.
     """
     text = body.decode("utf-8-sig", "replace").strip()
     parsed = True
@@ -333,7 +341,7 @@ def error_message(body: bytes, redact: Callable[[str], str] | None = None) -> st
     text = clean_text(text)
     if redact is not None:
         text = redact(text)
-    if not parsed and len(body) >= MAX_ERROR_BODY:
+    if not parsed and truncated:
         return (
             f"{text[:_TRUNCATED_QUOTE]}... (the error body was truncated at {MAX_ERROR_BODY} "
             "bytes and could not be parsed)"
@@ -353,6 +361,28 @@ def clean_text(text: str) -> str:
     if _SURROGATE.search(text) is None:
         return text
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+class ToolCallIds:
+    """The ids given out for a reply's tool calls: each cleaned by `clean_text`, none alike.
+
+    Two ids that differ only in a lone half of a surrogate pair clean to the same text (each
+    half becomes U+FFFD), and a tool's result would be matched to the wrong call. An id that
+    cleans to one given out for another id is suffixed with its call's position (`_1`), as
+    often as it takes: the same reply always gives out the same ids.
+    """
+
+    __slots__ = ("_received",)
+
+    def __init__(self) -> None:
+        self._received: dict[str, str] = {}  # each id given out -> the id as received
+
+    def give(self, received: str, position: int) -> str:
+        """The id to give out for the call at `position` whose id arrived as `received`."""
+        given = clean_text(received)
+        while self._received.setdefault(given, received) != received:
+            given += f"_{position}"
+        return given
 
 
 def clean_json(value: T) -> T:
@@ -1152,16 +1182,23 @@ class HttpTransport:
         """Turns httpx transport failures into `ProviderError` (see `transport_errors`)."""
         return transport_errors(self.name, self._redactor)
 
-    def status_error(self, response: httpx.Response, body: bytes) -> ProviderError:
+    def status_error(
+        self, response: httpx.Response, body: bytes, *, truncated: bool = False
+    ) -> ProviderError:
         """The `ProviderError` for a response whose status is not a success (not 2xx).
 
         A redirect (3xx) is not followed, even by a caller's client made to follow them: the
         request would take the API key to wherever it points. Its error names the `Location`
         and is not retryable (nor is any 1xx or 3xx status: another attempt is answered the
         same way).
+
+        Args:
+            response: The response.
+            body: Its body, or the start of it.
+            truncated: Whether more of the body was left unread (see `error_message`).
         """
         status = response.status_code
-        message = error_message(body, self.redact)  # redacted whole, then cut
+        message = error_message(body, self.redact, truncated=truncated)  # redacted, then cut
         location = response.headers.get("location") if status < 400 else None
         if location:
             message = (
@@ -1189,7 +1226,8 @@ class HttpTransport:
         """
         status = response.status_code
         if not 200 <= status < 300:
-            raise self.status_error(response, await _error_body(response))
+            body, truncated = await _error_body(response)
+            raise self.status_error(response, body, truncated=truncated)
         if status in (204, 205) or response.headers.get("content-length") == "0":
             raise ProviderError(
                 f"malformed {self.name} response: HTTP {status} without a body, where a "
@@ -1197,7 +1235,9 @@ class HttpTransport:
                 status=status,
             )
 
-    def not_a_stream_error(self, response: httpx.Response, body: bytes) -> ProviderError:
+    def not_a_stream_error(
+        self, response: httpx.Response, body: bytes, *, truncated: bool = False
+    ) -> ProviderError:
         """The `ProviderError` for a successful reply to a streamed request that is no stream.
 
         A server that cannot stream (or not this model) may answer with a JSON error, or a
@@ -1206,9 +1246,10 @@ class HttpTransport:
         Args:
             response: The reply.
             body: The start of its body (`post_sse` reads `MAX_ERROR_BODY` bytes of it).
+            truncated: Whether more of the body was left unread (see `error_message`).
         """
         kind = response.headers.get("content-type", "").split(";")[0].strip()
-        message = error_message(body, self.redact)
+        message = error_message(body, self.redact, truncated=truncated)
         return ProviderError(
             f"{self.name} API error: {message} (the streamed request was answered with "
             f"{kind!r}, not an event stream)"
@@ -1372,8 +1413,10 @@ class HttpTransport:
                 await self._in_total_time(self.check_status(response))
                 kind = response.headers.get("content-type")
                 if kind is not None and not _is_event_stream(kind):
-                    start = await self._in_total_time(_read_start(response, MAX_ERROR_BODY))
-                    raise self.not_a_stream_error(response, start)
+                    start, truncated = await self._in_total_time(
+                        _read_start(response, MAX_ERROR_BODY)
+                    )
+                    raise self.not_a_stream_error(response, start, truncated=truncated)
                 timed_chunks = timed(chunks)
                 events = iter_sse(timed_chunks)
                 try:
@@ -1550,8 +1593,8 @@ async def _finish_body(chunks: AsyncIterator[bytes], grace: float) -> None:
             await asyncio.wait_for(rest(), grace)
 
 
-async def _error_body(response: httpx.Response) -> bytes:
-    """The start of the body of a response with an error status (`MAX_ERROR_BODY` bytes).
+async def _error_body(response: httpx.Response) -> tuple[bytes, bool]:
+    """The start of the body of a response with an error status, as `_read_start` reads it.
 
     A body that fails to decode (a `Content-Encoding: gzip` header on a plain body) must not
     turn the status error into a retryable decoding error: the status says what failed; a
@@ -1560,13 +1603,15 @@ async def _error_body(response: httpx.Response) -> bytes:
     try:
         return await _read_start(response, MAX_ERROR_BODY)
     except httpx.DecodingError:
-        return b"no error message (the error body did not decode)"
+        return b"no error message (the error body did not decode)", False
 
 
-async def _read_start(response: httpx.Response, limit: int) -> bytes:
-    """The first `limit` bytes of a body (all of a shorter one); the rest is left unread.
+async def _read_start(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """The first `limit` bytes of a body (all of a shorter one), and whether more was left.
 
-    Closing the response then drops its connection, rather than reading a body of any size.
+    Reading stops once a byte past `limit` arrived (a body of exactly `limit` bytes is
+    whole); the rest is left unread. Closing the response then drops its connection, rather
+    than reading a body of any size.
     """
     chunks: list[bytes] = []
     size = 0
@@ -1575,11 +1620,11 @@ async def _read_start(response: httpx.Response, limit: int) -> bytes:
         async for chunk in stream:
             chunks.append(chunk)
             size += len(chunk)
-            if size >= limit:
+            if size > limit:
                 break
     finally:
         await _aclose(stream)
-    return b"".join(chunks)[:limit]
+    return b"".join(chunks)[:limit], size > limit
 
 
 async def _aclose(stream: AsyncIterator[Any]) -> None:

@@ -20,6 +20,7 @@ from llm_agent_runtime.providers._http import (
     HttpTransport,
     PartialToolCall,
     StreamedText,
+    ToolCallIds,
     check_base_url,
     clean_json,
     clean_text,
@@ -401,6 +402,7 @@ class AnthropicProvider(HttpProvider):
         self._transport.charge(usage)  # first, as the streamed reply is charged
         text: list[str] = []
         calls: list[ToolCall] = []
+        ids = ToolCallIds()
         reasoning: list[dict[str, Any]] = []
         for block in message.content:
             if block.type == "text":
@@ -408,7 +410,7 @@ class AnthropicProvider(HttpProvider):
             elif block.type == "tool_use":
                 # A call without an id is named by its place among the calls, as when streamed;
                 # its fields are cleaned as a streamed call's (JSON may escape half a pair).
-                call_id = clean_text(block.id) if block.id else f"call_{len(calls)}"
+                call_id = ids.give(block.id, len(calls)) if block.id else f"call_{len(calls)}"
                 name = clean_text(block.name or "")
                 arguments = clean_json(block.input or {})
                 calls.append(ToolCall(id=call_id, name=name, arguments=arguments))
@@ -441,7 +443,8 @@ class AnthropicProvider(HttpProvider):
         Half a surrogate pair that ends a piece of text (an emoji a server cut in two) waits
         for its other half in the next one; a half alone becomes U+FFFD (see `clean_text`).
         So it does in the pieces of a tool call's arguments, and a call's id and name are
-        cleaned as they come: no delta holds half a pair. Arguments are as for `chat`.
+        cleaned as they come: no delta holds half a pair (two ids that clean alike are told
+        apart, see `ToolCallIds`). Arguments are as for `chat`.
 
         Raises:
             ProviderError: From the iterator: the stream failed (error status, a reply that
@@ -498,6 +501,7 @@ class AnthropicProvider(HttpProvider):
     async def _stream_once(self, content: bytes) -> AsyncIterator[StreamEvent]:
         text = StreamedText()
         tool_blocks: dict[int, PartialToolCall] = {}  # by content block index
+        ids = ToolCallIds()
         server_blocks: set[int] = set()  # server-side tool calls (web search, MCP): skipped
         reasoning: dict[int, dict[str, Any]] = {}  # thinking blocks, by content block index
         thoughts: dict[int, list[str]] = {}  # the pieces of each thinking block's text
@@ -545,10 +549,17 @@ class AnthropicProvider(HttpProvider):
                                 thinking["signature"] = delta.signature  # sent whole, once
                     elif kind == "content_block_start":
                         start = event.content_block
+                        if event.index in tool_blocks:
+                            # Read on, the call given out would be missing from the reply, or
+                            # take the next block's input as its own.
+                            raise ProviderError(
+                                "malformed Anthropic stream event: content block "
+                                f"{event.index}, a tool call's, started twice"
+                            )
                         if start is not None and start.type == "tool_use":
                             ordinal = len(tool_blocks)
                             # Sent whole: cleaned as they are (JSON may escape half a pair).
-                            call_id = start.id and clean_text(start.id)
+                            call_id = start.id and ids.give(start.id, ordinal)
                             name = start.name and clean_text(start.name)
                             tool_blocks[event.index] = PartialToolCall(
                                 ordinal, call_id, name, initial=start.input
@@ -705,7 +716,8 @@ def _error_event(data: bytes, transport: HttpTransport) -> ProviderError:
     """
     error = error_in_body(data, _Error, known=True)  # a bare error object is one too
     if error is None:
-        error = _Error(message=error_message(data, transport.redact))
+        # An event's data is never cut short.
+        error = _Error(message=error_message(data, transport.redact, truncated=False))
     return _stream_error(error, transport)
 
 

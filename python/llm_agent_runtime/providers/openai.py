@@ -21,6 +21,7 @@ from llm_agent_runtime.providers._http import (
     HttpTransport,
     PartialToolCall,
     StreamedText,
+    ToolCallIds,
     check_base_url,
     clean_text,
     decode_arguments,
@@ -348,10 +349,11 @@ class OpenAIProvider(HttpProvider):
         usage = parse_usage(_Usage, completion.usage, "OpenAI response").usage()
         # Charged first: the reply arrived and was billed, even if its tool calls fail below.
         self._transport.charge(usage)
+        ids = ToolCallIds()
         calls = [
             ToolCall(
                 # Without one, named as a streamed call is; cleaned as a streamed one is.
-                id=clean_text(call.id) if call.id else f"call_{index}",
+                id=ids.give(call.id, index) if call.id else f"call_{index}",
                 name=clean_text(call.function.name or ""),
                 arguments=decode_arguments(
                     call.function.arguments or "",
@@ -394,8 +396,9 @@ class OpenAIProvider(HttpProvider):
         piece of text (an emoji a server cut in two) waits for its other half in the next
         one; a half alone becomes U+FFFD (see `clean_text`). So it does in the pieces of a
         tool call's name and arguments, and a call's id is cleaned as it comes: no delta
-        holds half a pair. A tool's name streamed in pieces before its arguments is put
-        together. Arguments are as for `chat`.
+        holds half a pair (two ids that clean alike are told apart, see `ToolCallIds`). A
+        tool's name streamed in pieces before its arguments is put together. Arguments are
+        as for `chat`.
 
         Raises:
             ProviderError: From the iterator: the stream failed (error status, a reply that
@@ -542,12 +545,17 @@ class _ToolCallAssembly:
     starts a new call. A server that names the tool in every piece does so before the
     arguments are whole; a named piece after them with no arguments following starts
     nothing. A call's position is the order in which calls first appear.
+
+    Calls are told apart by their ids as received; the ids given out are cleaned and unique
+    (`ToolCallIds`): two that differ only in half a surrogate pair are still two calls.
     """
 
     def __init__(self) -> None:
         self.calls: list[PartialToolCall] = []
         self._by_index: dict[int, PartialToolCall] = {}
-        self._by_id: dict[str, PartialToolCall] = {}
+        self._by_id: dict[str, PartialToolCall] = {}  # by id as received
+        self._received_ids: dict[int, str] = {}  # by call position
+        self._ids = ToolCallIds()
         self._depths: dict[int, _JsonDepth] = {}  # by call position
         self._pending_name: str | None = None  # named after a whole call, arguments to come
 
@@ -558,17 +566,19 @@ class _ToolCallAssembly:
 
         An empty id or name is none (DashScope sends `"id": ""` on every continuation). The
         delta gives out the id, the piece of the name and the fragment cleaned, as the text
-        is (see `PartialToolCall`): an id as `clean_text` makes it, the name and arguments
-        with half a pair that ends a piece kept back for the next one.
+        is (see `PartialToolCall`): an id as `ToolCallIds` gives it out, the name and
+        arguments with half a pair that ends a piece kept back for the next one. A name that
+        arrives for the next call, its arguments to come, is given out with them, on it.
         """
-        given_id = clean_text(call_id) if call_id else call_id
         given_name = name
-        call_id = given_id or None
+        received_id = call_id
+        call_id = call_id or None
         name = name or None
         call: PartialToolCall | None = None
         if index is not None:
             current = self._by_index.get(index)
-            if current is not None and (call_id is None or current.id in (None, call_id)):
+            known_id = self._received_ids.get(current.index) if current is not None else None
+            if current is not None and (call_id is None or known_id in (None, call_id)):
                 call = current  # the same call continued (OpenAI's own form)
         elif call_id:
             call = self._by_id.get(call_id)
@@ -582,26 +592,30 @@ class _ToolCallAssembly:
         ):
             if name and not fragment.strip():
                 self._pending_name = name  # the next call's first piece: arguments to come
+                given_name = None  # not this call's: given out on the next call
             elif fragment.strip() and (name or self._pending_name):
-                name = name or self._pending_name
+                name = given_name = name or self._pending_name
                 call = None  # the next call, sent after this one without an id
         if call is None:
-            call = PartialToolCall(len(self.calls), call_id, name)
+            call = PartialToolCall(len(self.calls), None, name)
             self.calls.append(call)
             self._depths[call.index] = _JsonDepth()
             self._pending_name = None
         else:
-            call.id = call.id or call_id
             if call.name is None:
                 call.name = name
             elif name and name != call.name and not self._depths[call.index].started:
                 call.name += name  # the next piece of a name streamed in pieces
+        if call_id is not None:
+            if call.index not in self._received_ids:  # its first piece with an id
+                self._received_ids[call.index] = call_id
+                call.id = self._ids.give(call_id, call.index)
+            self._by_id[call_id] = call
         if index is not None:
             self._by_index[index] = call
-        if call_id:
-            self._by_id[call_id] = call
         piece = call.add_arguments(fragment)
         self._depths[call.index].feed(piece)
+        given_id = call.id if call_id is not None else received_id  # "" stays ""
         return ToolCallDelta(call.index, given_id, call.add_name(given_name), piece)
 
 
@@ -686,7 +700,8 @@ def _reported_error(data: bytes, transport: HttpTransport, *, known: bool = Fals
     """
     error = error_in_body(data, _Error, known=known)
     if error is None:
-        error = _Error(message=error_message(data, transport.redact))
+        # An event's data is never cut short.
+        error = _Error(message=error_message(data, transport.redact, truncated=False))
     return _api_error(error, transport.redact, "OpenAI stream error")
 
 
