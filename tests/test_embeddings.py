@@ -863,6 +863,22 @@ def test_openai_embedder_reads_an_error_body_only_as_far_as_it_is_quoted() -> No
     assert "returned HTTP 502: <html>xxx" in str(caught.value)
 
 
+@pytest.mark.parametrize(("size", "cut"), [(64 * 1024, False), (100 * 1024, True)])
+def test_openai_embedder_says_an_error_body_was_cut_only_when_it_was(
+    size: int, cut: bool, server: tuple[_Server, str]
+) -> None:
+    # JSON cut short at the read limit cannot be parsed: the message says why, and quotes
+    # its start; a body of exactly the limit was read whole, and is quoted as any other.
+    body = (b'{"error": {"message": "' + b"x" * size)[:size]
+    state, url = server
+    state.replies.append((400, {}, body))
+    with pytest.raises(ar.ProviderError) as caught:
+        ar.OpenAIEmbedder(api_key="sk-x", base_url=url).embed(["x"])
+    message = str(caught.value)
+    assert ("the error body was truncated at 65536 bytes" in message) is cut
+    assert len(message) < 700
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -357,11 +357,13 @@ class OpenAIEmbedder:
                 reply = _read_by(response, deadline, self._timeout)
             else:  # an error body that does not decode must not hide the status
                 try:
-                    reply = _read_by(response, deadline, self._timeout, MAX_ERROR_BODY)
+                    # A byte past the limit tells a body cut there from one of that size.
+                    reply = _read_by(response, deadline, self._timeout, MAX_ERROR_BODY + 1)
                 except httpx.DecodingError:
                     reply = b"no error message (the error body did not decode)"
         if response.status_code != 200:
-            message = error_message(reply, redactor.redact)
+            cut = len(reply) > MAX_ERROR_BODY
+            message = error_message(reply[:MAX_ERROR_BODY], redactor.redact, truncated=cut)
             raise ProviderError(
                 f"embeddings request returned HTTP {response.status_code}: {message}",
                 status=response.status_code,
