@@ -125,22 +125,30 @@ const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 /// Runs `f` as [`run_detached`] does (GIL released), giving it a check to call at points
 /// where it may stop (once a pass of a long computation): every
 /// [`SIGNAL_CHECK_INTERVAL`] at most, the check takes the GIL briefly and runs pending
-/// signal handlers. When one raises (`KeyboardInterrupt` on Ctrl-C), the check fails, `f`
+/// signal handlers (in Python's main thread only: elsewhere none run). When one raises (`KeyboardInterrupt` on Ctrl-C), the check fails, `f`
 /// returns early, and that exception is what this returns.
 pub fn run_interruptible<T, F>(py: Python<'_>, f: F) -> PyResult<T>
 where
     T: Ungil + Send,
     F: Ungil + Send + FnOnce(&mut dyn FnMut() -> CoreResult<()>) -> CoreResult<T>,
 {
+    // Python runs signal handlers in its main thread only: elsewhere a look would find
+    // nothing, and each would wait for the GIL (up to a switch interval) for nothing.
+    let threading = py.import("threading")?;
+    let on_main = threading
+        .call_method0("current_thread")?
+        .is(&threading.call_method0("main_thread")?);
     let raised: Mutex<Option<PyErr>> = Mutex::new(None);
     let result = run_detached(py, || {
         let mut last = Instant::now();
         let mut check = || {
-            if last.elapsed() < SIGNAL_CHECK_INTERVAL {
+            if !on_main || last.elapsed() < SIGNAL_CHECK_INTERVAL {
                 return Ok(());
             }
+            let looked = Python::attach(|py| py.check_signals());
+            // From the look's end: the wait for the GIL is not computation.
             last = Instant::now();
-            match Python::attach(|py| py.check_signals()) {
+            match looked {
                 Ok(()) => Ok(()),
                 Err(err) => {
                     *raised.lock() = Some(err);

@@ -308,3 +308,39 @@ def test_subgraph_of_a_few_entities_copies_no_relationship_list() -> None:
         sum((v + t * n) * 7919 % n in keep for v in keep for t in range(m // n)) for keep in keeps
     ]
     assert [s.relationship_count() for s in subs] == expected
+
+
+def test_edges_from_of_one_entity_makes_no_relationship_list() -> None:
+    # `edges_from` of one entity of a from_edge_list graph made every relationship at once
+    # (32 bytes each, kept): +32 MiB here for one entity's ten rows.
+    n, m = 100_000, 1_000_000
+    g = ar.GraphStore.from_edge_list(n, [(i % n, (i * 7919) % n) for i in range(m)])
+    g.neighbors_of("0")  # the per-entity links: built here, not counted below
+    before = _rss_mib()
+    rows = g.edges_from("3")
+    assert _rss_mib() - before < 8
+    # Relationship i leaves i % n: those leaving 3 are i = 3 + t * n, in that order.
+    assert [r["to"] for r in rows] == [str((3 + t * n) * 7919 % n) for t in range(m // n)]
+    assert {(r["from"], r["weight"]) for r in rows} == {("3", 1.0)}
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda g: g.bfs("0", max_depth=True),
+        lambda g: g.dfs("0", max_depth=False),
+        lambda g: g.neighborhood("0", hops=True),
+        lambda g: g.cycles(cap=True),
+        lambda g: g.communities(seed=True),
+        lambda g: g.betweenness_centrality(k=True),
+        lambda g: ar.GraphStore.from_edge_list(True, []),
+        lambda g: ar.GraphStore.from_edge_list(2, [(False, True)]),
+    ],
+    ids=["bfs", "dfs", "neighborhood", "cycles", "seed", "k", "n", "edge-index"],
+)
+def test_graph_int_arguments_refuse_a_bool(call: Any) -> None:
+    # A bool is an int to Python: True read as 1 (depth 1, an edge 0 -> 1) answered silently,
+    # where the vector, memory and embedding arguments refuse it.
+    g = ar.GraphStore.from_edge_list(3, [(0, 1), (1, 2)])
+    with pytest.raises(ar.GraphError, match="must be an int, got bool"):
+        call(g)

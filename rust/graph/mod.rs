@@ -241,7 +241,9 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
             );
         }
         let index = |i: usize| -> PyResult<u32> {
-            extract_unsigned(&*tuple.get_borrowed_item(i)?, |v| {
+            let item = tuple.get_borrowed_item(i)?;
+            not_bool(&item, "an edge index")?;
+            extract_unsigned(&item, |v| {
                 CoreError::Graph(format!("edge index {v} is out of range for {n} entities"))
             })
         };
@@ -429,8 +431,16 @@ impl PyGraphStore {
     }
 }
 
+/// Refuses a `bool` as the int argument `what` (a `GraphError`), as the other modules do.
+fn not_bool(value: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
+    Ok(args::not_bool(value, |_| {
+        CoreError::Graph(format!("{what} must be an int, got bool"))
+    })?)
+}
+
 /// A `seed` argument: any int from 0 to 2**64 - 1 (a negative one is a `GraphError`).
 fn seed_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
+    not_bool(value, "seed")?;
     extract_unsigned(value, |v| {
         CoreError::Graph(format!("seed must be between 0 and 2**64 - 1, got {v}"))
     })
@@ -438,6 +448,7 @@ fn seed_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
 
 /// A non-negative limit argument named `what`: an int beyond 64 bits means no limit.
 fn graph_limit(value: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
+    not_bool(value, what)?;
     args::limit(value, 0, |v| {
         CoreError::Graph(format!("{what} must be >= 0, got {v}"))
     })
@@ -463,6 +474,7 @@ fn max_rounds_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
 
 /// A cycle `cap`: an int >= 1 (beyond 64 bits: no limit).
 fn cap_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    not_bool(value, "cycle cap")?;
     args::limit(value, 1, |v| {
         CoreError::Graph(format!("cycle cap must be positive, got {v}"))
     })
@@ -470,6 +482,7 @@ fn cap_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
 
 /// `from_edge_list`'s `n`: an int from 0 to 2**32 - 1.
 fn entity_count_arg(value: &Bound<'_, PyAny>) -> PyResult<u32> {
+    not_bool(value, "n")?;
     extract_unsigned(value, |v| {
         CoreError::Graph(format!("n must be between 0 and {}, got {v}", u32::MAX))
     })
@@ -891,14 +904,14 @@ impl PyGraphStore {
         let rows = self.per_entity(py, |store| {
             // The relationships of this entity, not a scan of every relationship, nor a new
             // snapshot after each mutation.
+            // Each made alone from a plain edge list, not all of them for one entity's.
             let v = store.index_of(&id)?;
-            let relationships = store.relationships();
             store
                 .out_links()?
                 .of(v)
-                .map(|i| match relationships.get(i as usize) {
-                    Some(r) => Ok(RelationshipRow::of(store, r)),
-                    None => Err(outside_store(i, relationships.len())),
+                .map(|i| match store.relationship_at(i) {
+                    Some(r) => Ok(RelationshipRow::of(store, &r)),
+                    None => Err(outside_store(i, store.relationship_count())),
                 })
                 .collect::<CoreResult<Vec<_>>>()
         })?;
@@ -1120,6 +1133,9 @@ impl PyGraphStore {
         #[pyo3(from_py_with = seed_arg)] seed: u64,
     ) -> PyResult<Bound<'py, PyDict>> {
         // An int of any size; one outside 1..=n is refused below, once n is known.
+        if let Some(k) = k {
+            not_bool(k, "k")?;
+        }
         let k: Option<Result<usize, OutOfRange>> = k.map(args::to_usize).transpose()?;
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();

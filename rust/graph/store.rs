@@ -629,7 +629,7 @@ impl Store {
 
     /// Relationship `i`, made from the plain list (not all of them made, as
     /// [`Store::relationships`] does) when the relationships came as one.
-    fn relationship_at(&self, i: u32) -> Option<Cow<'_, Relationship>> {
+    pub fn relationship_at(&self, i: u32) -> Option<Cow<'_, Relationship>> {
         match &self.plain {
             Some(plain) => plain.edges.get(i as usize).map(|&(from, to, weight)| {
                 Cow::Owned(Relationship::new(from, to, plain.kind, weight))
