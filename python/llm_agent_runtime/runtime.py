@@ -288,6 +288,16 @@ class AgentRuntime:
             whole session is saved as `session:<id>` at the end; `resume` continues a run
             that was interrupted. In keys, `%` and `:` of an id are escaped as `%25` and
             `%3A` (see `persistence.base.escape_session_id`): ids may hold any text.
+        resume_lease_seconds: A lease on the claim of each run `resume` continues (None,
+            the default: no lease). The claim then expires this many seconds (wall clock)
+            after it was written; the resumed run renews it every third of that while it
+            goes on, and a worker of any host takes over a claim whose lease passed, so a
+            worker that died mid-resume (a pod gone) blocks its session no longer than the
+            lease. Hosts' clocks must agree to well within it. A run whose claim was taken
+            over (it stalled longer than the lease) stops with a `PersistenceError` at its
+            next renewal; until then it may overlap its taker for up to a third of the lease,
+            and the tool-call journal keeps at-most-once tools safe. See
+            `CheckpointStore.claim_resumed`.
         middlewares: Hooks that may rewrite prompts, replies and tool calls.
         approval_handler: Approves, denies or edits tool calls.
         capabilities: Tools allowed and actions budget, checked per call; a round of
@@ -313,6 +323,7 @@ class AgentRuntime:
         backpressure: BackpressureGuard | None = None,
         metrics: RuntimeMetrics | None = None,
         checkpoint_backend: PersistenceBackend | None = None,
+        resume_lease_seconds: float | None = None,
         middlewares: Sequence[Middleware] | None = (),
         approval_handler: ApprovalHandler | None = None,
         capabilities: CapabilitySet | None = None,
@@ -337,6 +348,8 @@ class AgentRuntime:
                 checkpoint_backend,
                 ["save", "load", "delete", "batch_save", "batch_load", "list_keys"],
             )
+        if resume_lease_seconds is not None and checkpoint_backend is None:
+            raise AgentRuntimeError("resume_lease_seconds needs a checkpoint_backend")
         if approval_handler is not None and not callable(approval_handler):
             raise AgentRuntimeError("approval_handler must be callable")
         if capabilities is not None:
@@ -371,13 +384,19 @@ class AgentRuntime:
         if checkpoint_backend is not None:  # a backend holding nothing may be falsy
             from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 
-            self._checkpoints = CheckpointStore(checkpoint_backend)
+            try:
+                self._checkpoints = CheckpointStore(checkpoint_backend, resume_lease_seconds)
+            except PersistenceError as error:  # a lease that is not valid: misconfiguration
+                raise AgentRuntimeError(str(error)) from None
         # Events waiting to be written to the event log with the next checkpoint, by session.
         self._event_log: dict[str, list[Event]] = {}
         # Steps whose checkpoint failed, by session: (first step number, records).
         self._unsaved_steps: dict[str, tuple[int, list[StepRecord]]] = {}
         # Checkpointed runs in progress, by session.
         self._durable_runs: dict[str, _DurableRun] = {}
+        # Resumed runs under a lease, in progress, by session: the task each runs in, and
+        # the error of its claim, once lost (see `_unless_resume_lost`).
+        self._resume_leases: dict[str, tuple[asyncio.Task[Any], list[PersistenceError]]] = {}
         self.approval_handler = approval_handler
         self.capabilities = capabilities
         self.budget = budget
@@ -750,6 +769,10 @@ class AgentRuntime:
                         deadline,
                         before,
                     )
+                    store = self._checkpoints
+                    leased = store is not None and store.resume_lease_seconds is not None
+                    if resume is not None and leased:
+                        body = self._unless_resume_lost(body, session_id)
                     if timeout is None:
                         await body
                     else:
@@ -1764,7 +1787,8 @@ class AgentRuntime:
         assert self._checkpoints is not None
         try:
             if resume is not None:
-                await self._checkpoints.claim_resumed(resume)
+                lost = functools.partial(self._resume_lost, session.session_id)
+                await self._checkpoints.claim_resumed(resume, lost)
             else:
                 await self._checkpoints.save_meta(
                     session, mode, run, turn=history is not None, history=history, before=before
@@ -1776,6 +1800,40 @@ class AgentRuntime:
 
             key = session_key(session.session_id) + ":meta"
             raise PersistenceError(f"session start checkpoint failed: {error}", key=key) from error
+
+    async def _unless_resume_lost(self, body: Awaitable[None], session_id: str) -> None:
+        """Awaits `body`, a resumed run's under a lease, stopped once its claim is lost.
+
+        The claim's renewal (see `CheckpointStore.claim_resumed`) calls `_resume_lost` when
+        another worker took the claim over: this task is cancelled then, wherever the run
+        is (a model call, a tool call), and the run ends with that `PersistenceError`, so it
+        runs no further tool as if it still held the session. Only while `body` runs: the
+        run's failure handling after it (saving what is left, `release`) is never cut.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        lost: list[PersistenceError] = []
+        self._resume_leases[session_id] = (task, lost)
+        try:
+            await body
+        except BaseException as error:
+            if not lost:
+                raise
+            # A cancellation besides the one of the lost claim (the caller's, the deadline's)
+            # stays one (Python 3.10 cannot tell them apart).
+            cancelled = isinstance(error, asyncio.CancelledError)
+            if sys.version_info >= (3, 11) and task.uncancel() > 0 and cancelled:
+                raise
+            raise lost[0] from None
+        finally:
+            del self._resume_leases[session_id]
+
+    def _resume_lost(self, session_id: str, error: PersistenceError) -> None:
+        """Stops the resumed run of `session_id`: its resume claim is another worker's now."""
+        held = self._resume_leases.get(session_id)
+        if held is not None and not held[1]:
+            held[1].append(error)
+            held[0].cancel()
 
     async def _save_final(self, session: AgentSession, run: str | None) -> None:
         from llm_agent_runtime.persistence.base import session_key
@@ -2066,8 +2124,11 @@ class AgentRuntime:
                 its history has a tool exchange a provider would refuse (see `run_turn`).
             PersistenceError: When nothing is saved for the session or a record is corrupt;
                 when another worker resumes it (one at a time: the claim of a resumer whose
-                process ended on this host is taken over, by one worker; one of another host
-                keeps others out until `release_resume`), or resumed it since it was loaded.
+                process ended on this host, or whose lease passed (`resume_lease_seconds`),
+                is taken over, by one worker; one of another host without a lease keeps
+                others out until `release_resume`), or resumed it since it was loaded; under
+                a lease, when this run's claim was taken over while it ran (it stalled
+                longer than the lease): the run stops at once, and runs no further tool.
             ToolError: When a call that may have run cannot safely be repeated.
         """
         if self._checkpoints is None:
@@ -2166,11 +2227,11 @@ class AgentRuntime:
         """Lets a session whose resumer's process ended be resumed again.
 
         One worker resumes a session at once: the others are refused (`PersistenceError`)
-        until its resumed run ends. The claim of a resumer whose process ended on this host
-        is taken over by the next resume; one of another host (or written by an older
-        version) cannot be told from a resume under way, so it stays until this deletes it:
-        call it only once that process is known to have ended. Returns whether a claim was
-        deleted.
+        until its resumed run ends. The claim of a resumer whose process ended on this host,
+        or whose lease passed (`resume_lease_seconds`), is taken over by the next resume;
+        one of another host without a lease (or written by an older version) cannot be told
+        from a resume under way, so it stays until this deletes it: call it only once that
+        process is known to have ended. Returns whether a claim was deleted.
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend.

@@ -10,12 +10,15 @@ import math
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import llm_agent_runtime as ar
+from llm_agent_runtime.persistence import checkpoints
 from llm_agent_runtime.persistence.checkpoints import CheckpointStore, stored_form
 from llm_agent_runtime.persistence.codec import decode, encode
 
@@ -341,14 +344,16 @@ class DiesAfter(Delegating):
 
 @pytest.mark.parametrize("writes", [1, 2])
 async def test_a_fork_cut_before_its_copy_is_refused_then_forked_again(
-    backend: ar.PersistenceBackend, writes: int
+    backend: ar.PersistenceBackend, writes: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Its meta record alone read as a run from step 0: resume ran the copied steps again.
     effects = Effects()
     runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
     source = runtime.create_session("a", "src")
     await runtime.run_agent("a", "Q", script(CHARGE, CHARGE, FINAL), session=source)
-    with pytest.raises(RuntimeError, match="died"):
+    with monkeypatch.context() as past, pytest.raises(RuntimeError, match="died"):
+        # Cut longer ago than a fork still copying could be: its id may be taken over.
+        past.setattr(checkpoints, "time", SimpleNamespace(time=lambda: time.time() - 61))
         await CheckpointStore(DiesAfter(backend, writes)).fork("src", 2, "f")
     left = await backend.list_keys("session:f")
     assert left == ["session:f:meta", "session:f:run:0"][:writes]

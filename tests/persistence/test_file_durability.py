@@ -45,7 +45,7 @@ async def test_a_dead_writers_batch_is_installed_before_a_later_batch_not_over_i
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="one process per directory there: no locks")
-@pytest.mark.parametrize("call", ["save", "save_new", "delete"])
+@pytest.mark.parametrize("call", ["save", "save_new", "delete", "batch_save"])
 async def test_a_batch_another_process_commits_during_a_single_write_lands_in_order(
     tmp_path: Path, call: str
 ) -> None:
@@ -86,6 +86,8 @@ async def test_a_batch_another_process_commits_during_a_single_write_lands_in_or
         await backend.save("k", b"new")
     elif call == "save_new":
         wrote = await backend.save_new("k", b"new")
+    elif call == "batch_save":  # one item: a single write
+        await backend.batch_save({"k": b"new"})
     else:
         await backend.delete("k")
     backend._committed_batches = original  # type: ignore[method-assign]
@@ -94,7 +96,7 @@ async def test_a_batch_another_process_commits_during_a_single_write_lands_in_or
     # The one that came last is what stays (the batch installed by the next call).
     if not committed_first[0]:
         expected: bytes | None = b"batch"
-    elif call == "save":
+    elif call in ("save", "batch_save"):
         expected = b"new"
     elif call == "save_new":
         expected = b"new" if wrote else b"batch"

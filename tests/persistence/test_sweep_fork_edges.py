@@ -4,8 +4,11 @@ incomplete fork is swept once old, and of forks taking over one incomplete fork,
 from __future__ import annotations
 
 import asyncio
+import copy
+import time
 import types
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -22,6 +25,7 @@ __all__ = ["backend"]  # the fixture, on every backend
 
 ONE = "Thought: t\nAction: FINAL_ANSWER one"
 TWO = "Thought: t\nAction: FINAL_ANSWER two"
+now = time.time  # the real clock, while tests set the module's
 
 
 class DiesAtDelete(Delegating):
@@ -95,8 +99,10 @@ async def test_a_sweep_deletes_old_incomplete_forks_not_a_fork_under_way(
 ) -> None:
     await interrupted(backend, "src")  # one step, unfinished: no sweep deletes it
     with monkeypatch.context() as past:
-        # An hour before the sweep's `now`, for the records these forks write.
+        # An hour before the sweep's `now`, for the records these forks write; a fork cut
+        # short is taken over at once.
         past.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: 1_000_000.0))
+        past.setattr(checkpoints, "_GRACE_SECONDS", -1.0)
         # `f`: its marker and claim; `g`: its marker, and a takeover of it cut short.
         with pytest.raises(RuntimeError, match="died"):
             await CheckpointStore(DiesAfter(backend, 2)).fork("src", 1, "f")
@@ -151,15 +157,17 @@ class PausedMarkerDelete(Delegating):
 
 
 async def test_two_forks_taking_over_one_incomplete_fork_at_once_fork_once(
-    backend: ar.PersistenceBackend,
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Both read the marker: the slow one deleted the other's whole fork's meta record, and
     # both forked.
     runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     source = runtime.create_session("a", "src")
     await runtime.run_agent("a", "Q", script(CHARGE, CHARGE, FINAL), session=source)
-    with pytest.raises(RuntimeError, match="died"):
-        await CheckpointStore(DiesAfter(backend, 2)).fork("src", 2, "f")
+    with monkeypatch.context() as past:  # a minute ago: its process ended
+        past.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: now() - 61))
+        with pytest.raises(RuntimeError, match="died"):
+            await CheckpointStore(DiesAfter(backend, 2)).fork("src", 2, "f")
     slow = PausedMarkerDelete(backend)
     forks = [asyncio.ensure_future(CheckpointStore(slow).fork("src", 2, "f")) for _ in "ab"]
     for fork in forks:
@@ -177,3 +185,153 @@ async def test_two_forks_taking_over_one_incomplete_fork_at_once_fork_once(
         "session:f:step:1",
         "session:f:step:2",
     ]
+
+
+async def test_a_fork_never_takes_over_an_id_another_fork_is_copying_into(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The second took the id over while the first copied: both returned, and the id held the
+    # records of both.
+    await interrupted(backend, "src")
+    paused = PausedCopy(backend, "h")
+    under_way = asyncio.ensure_future(CheckpointStore(paused).fork("src", 1, "h"))
+    await asyncio.wait_for(paused.reached.wait(), 10)
+    with pytest.raises(ar.PersistenceError, match="already has checkpoints"):
+        await CheckpointStore(backend).fork("src", 0, "h")
+    paused.go.set()
+    assert (await under_way).step_count == 1
+    store = CheckpointStore(backend)
+    assert (await store.load("h")).records == (await store.load("src")).records
+
+
+class PausedDelete(Delegating):
+    """The backend, but the first deletion of `key` waits until `go` is set."""
+
+    def __init__(self, inner: ar.PersistenceBackend, key: str) -> None:
+        super().__init__(inner)
+        self.key = key
+        self.go, self.reached = asyncio.Event(), asyncio.Event()
+
+    async def delete(self, key: str) -> bool:
+        if key == self.key and not self.reached.is_set():
+            self.reached.set()
+            await asyncio.wait_for(self.go.wait(), 10)
+        return bool(await self.inner.delete(key))
+
+
+async def test_a_turn_starting_while_a_sweep_deletes_its_session_is_refused(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The sweep had deleted all but the final checkpoint: the turn wrote the session anew
+    # (a final checkpoint of its earlier turns), took the sweep's claim for a stranded one,
+    # and ran; the sweep then deleted what it wrote.
+    worker = ar.AgentRuntime(checkpoint_backend=backend)
+    session = worker.create_session("a", "s")
+    await worker.run_turn(session, "Q1", script(ONE))
+    paused = PausedDelete(backend, "session:s")
+    sweeping = asyncio.ensure_future(CheckpointStore(paused).sweep(older_than=-1.0))
+    await asyncio.wait_for(paused.reached.wait(), 10)
+    with pytest.raises(ar.PersistenceError, match="being deleted by a sweep"):
+        await worker.run_turn(session, "Q2", script(TWO))
+    paused.go.set()
+    assert await sweeping == ["s"]
+    assert await backend.list_keys("session:s") == []
+    # Once the sweep ended, the turn runs: the session is saved anew.
+    assert await worker.run_turn(session, "Q2", script(TWO)) == "two"
+    loaded = await ar.AgentSession.load_checkpoint(backend, "s")
+    assert [m["content"] for m in loaded.messages] == ["Q1", "one", "Q2", "two"]
+
+
+async def test_two_turns_deleting_one_stranded_sweep_claim_at_once_run_one(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Each read the claim, then deleted it: the slower one deleted the claim the other had
+    # made meanwhile, and both ran.
+    session = await swept_but_its_claim(backend)
+    slow = PausedDelete(backend, "session:s:run:1")
+    first = asyncio.ensure_future(
+        ar.AgentRuntime(checkpoint_backend=slow).run_turn(copy.deepcopy(session), "Q2", script(TWO))
+    )
+    await asyncio.wait_for(slow.reached.wait(), 10)
+    worker = ar.AgentRuntime(checkpoint_backend=backend)
+    try:
+        with pytest.raises(ar.PersistenceError, match="being deleted by a sweep"):
+            await worker.run_turn(copy.deepcopy(session), "Q3", script(ONE))
+    finally:
+        slow.go.set()
+    assert await first == "two"
+    loaded = await ar.AgentSession.load_checkpoint(backend, "s")
+    assert [m["content"] for m in loaded.messages] == ["Q1", "one", "Q2", "two"]
+    assert await backend.list_keys("session:s:run:1:") == []  # its takeover key deleted
+
+
+class DeadFrom(Delegating):
+    """The backend of a process that dies as it deletes `key`: no call after it is done."""
+
+    def __init__(self, inner: ar.PersistenceBackend, key: str) -> None:
+        super().__init__(inner)
+        self.key = key
+        self.dead = False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        async def call(*args: Any) -> Any:
+            self.dead = self.dead or (name, *args[:1]) == ("delete", self.key)
+            if self.dead:
+                raise RuntimeError("the process died")
+            return await method(*args)
+
+        return call
+
+
+async def test_a_sweep_cut_short_refuses_turns_for_a_while_then_the_next_sweep_ends_it(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It died after its claim, before it deleted the final checkpoint: every later turn was
+    # refused, and every later sweep skipped the session, forever.
+    worker = ar.AgentRuntime(checkpoint_backend=backend)
+    session = worker.create_session("a", "s")
+    await worker.run_turn(session, "Q1", script(ONE))
+    clock = [now()]
+    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    with pytest.raises(RuntimeError, match="died"):
+        await CheckpointStore(DeadFrom(backend, "session:s:meta")).sweep(-1.0)
+    sweeper = CheckpointStore(backend)
+    assert await sweeper.sweep(older_than=-1.0) == []  # that sweep may be under way
+    assert await backend.load("session:s") is not None
+    clock[0] += 61  # a minute later: it is not
+    assert await sweeper.sweep(older_than=-1.0) == ["s"]
+    assert await backend.list_keys("session:") == []
+
+
+async def test_a_turn_deletes_a_sweep_claim_older_than_the_grace_period(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = ar.AgentRuntime(checkpoint_backend=backend)
+    session = worker.create_session("a", "s")
+    await worker.run_turn(session, "Q1", script(ONE))
+    sweep_at = [now()]
+    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: sweep_at[0]))
+    with pytest.raises(RuntimeError, match="died"):
+        await CheckpointStore(DeadFrom(backend, "session:s:meta")).sweep(-1.0)
+    with pytest.raises(ar.PersistenceError, match="being deleted by a sweep"):
+        await worker.run_turn(session, "Q2", script(TWO))
+    sweep_at[0] += 61  # a minute later: that sweep's process ended
+    assert await worker.run_turn(session, "Q2", script(TWO)) == "two"
+    loaded = await ar.AgentSession.load_checkpoint(backend, "s")
+    assert [m["content"] for m in loaded.messages] == ["Q1", "one", "Q2", "two"]
+
+
+async def test_a_sweep_keeps_a_legacy_key_that_names_a_takeover_key(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # `session:chat:fork:2`, the final checkpoint of session `chat:fork:2` as versions before
+    # ids were escaped wrote it, read as a fork takeover key of session `chat`, left behind.
+    legacy = ar.AgentSession(session_id="chat:fork:2", agent_id="a", prompt="Q")
+    record = encode("session", {"session": legacy.to_dict(), "finished_at": now()})
+    await backend.save("session:chat:fork:2", record)
+    await backend.save("session:chat:run:1:ab", record)
+    assert await CheckpointStore(backend).sweep(older_than=3600.0) == []
+    assert await backend.load("session:chat:fork:2") == record
+    assert await backend.load("session:chat:run:1:ab") == record

@@ -14,11 +14,16 @@ is a key of another):
   once, in any process, one runs (the claim is deleted when its run ends before its first
   step, so the session may run again, and emptied with that step);
 - `session:<id>:resume:<n>`: the claim of the worker resuming the run that started from
-  step n (a nonce of its own, its host and process id, written insert-if-absent: one worker
-  resumes a run at once), deleted when that resumed run ends; and
+  step n (a nonce of its own, its host and process id, and, under a lease, the wall-clock
+  time it expires, `expires_at`, which its holder renews; written insert-if-absent: one
+  worker resumes a run at once), deleted when that resumed run ends; and
   `session:<id>:resume:<n>:<nonce>`, written insert-if-absent by the one worker that takes
-  over the claim of nonce `<nonce>`, its process ended, deleted with that worker's claim
-  (see `CheckpointStore.claim_resumed`);
+  over the claim of nonce `<nonce>` (its process ended on this host, or its lease passed),
+  deleted with that worker's claim (see `CheckpointStore.claim_resumed`);
+- `session:<id>:run:<n>:<digest>`: written insert-if-absent by the one run (or sweep) that
+  deletes a sweep's claim `:run:<n>`, `<digest>` naming that claim: of those deleting one at
+  once, one deletes it (a read, then a delete, by two would delete a run's claim made
+  between them); deleted once it did (see `CheckpointStore.sweep`);
 - `session:<id>:fork:<digest>`: written insert-if-absent by the one fork (or sweep) that takes
   over the id of an incomplete fork, `<digest>` naming that fork's marker (its meta record):
   of forks taking one over at once, one deletes it; deleted once that fork is (see
@@ -35,9 +40,11 @@ is a key of another):
   a multi-turn session's is its latest finished turn's), naming the run it closes.
 
 A sweep claims a session it deletes as a run does (`:run:<n>`), its claim naming the digest of
-the final checkpoint it found; it deletes that final checkpoint last, then its claim. A claim
-left by a sweep cut between the two is told by the final checkpoint it names being gone: the
-next run from that step, or the next sweep, deletes it.
+the final checkpoint it found and when it claimed (`at`); it deletes that final checkpoint
+last, if it is still the one it found, then its claim. A run from that step is refused while
+the claim is there, before it writes anything. A claim left by a sweep cut short is told by
+there being no final checkpoint at all, or by its age (older than `_GRACE_SECONDS`): the
+next run from that step, or the next sweep, deletes it (and that sweep deletes the session).
 """
 
 from __future__ import annotations
@@ -46,13 +53,15 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import logging
+import math
 import os
 import re
 import socket
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -75,6 +84,8 @@ __all__ = [
     "is_stale_entry",
     "stored_form",
 ]
+
+logger = logging.getLogger("llm_agent_runtime")
 
 
 def _encode(kind: str, payload: Any) -> bytes:
@@ -306,11 +317,17 @@ _PREFIX = session_key("")
 # but keys written before they were hold ids with ':' as they are (`session:a:b:meta`, then
 # session `a:b`'s): a key is a session's own only when its rest is exactly one of these.
 _OWN_SUFFIX = re.compile(
-    r"(?:meta|run:[0-9]+|resume:[0-9]+(?::[0-9a-f]+)?|fork:[0-9a-f]+|base|base:[0-9]+"
-    r"|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
+    r"(?:meta|run:[0-9]+(?::[0-9a-f]+)?|resume:[0-9]+(?::[0-9a-f]+)?|fork:[0-9a-f]+|base"
+    r"|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
 )
 _RUN_CLAIM = re.compile(r"run:[0-9]+\Z")  # what follows `session:<id>:` in a run's claim
+_RUN_TAKEOVER = re.compile(r"(run:[0-9]+):([0-9a-f]+)\Z")  # ... in a sweep claim's takeover key
 _FORK_TAKEOVER = re.compile(r"fork:([0-9a-f]+)\Z")  # ... in a fork takeover's key
+# How long a fork's copy, or a sweep's deletion of a session, may take (wall-clock seconds,
+# so hosts' clocks must agree to well within it): a fork whose marker is younger is being
+# written, and no fork takes its id over; a sweep whose claim is younger is deleting, and
+# runs from that step are refused. Older, their process is taken as ended.
+_GRACE_SECONDS = 60.0
 _RESUME = re.compile(r"[0-9]+(?::[0-9a-f]+)?\Z")  # what follows `session:<id>:resume:`
 _NONCE = re.compile(r"[0-9a-f]+\Z")
 _CALL = re.compile(r"([0-9]+):[0-9]+\Z")  # what follows `session:<id>:call:` in a journal key
@@ -438,6 +455,38 @@ def _ended_here(holder: Any) -> bool:
     return False
 
 
+def _lease_passed(holder: Any) -> bool:
+    """Whether a resume claim's lease has passed: its `expires_at` is before now.
+
+    Its holder renews it while its resumed run goes on: one that passed is a holder's that
+    stopped (its process ended or stalled, on any host). A claim without one (no lease, or
+    written by older versions) never passes.
+    """
+    expires_at = holder.get("expires_at") if isinstance(holder, dict) else None
+    if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
+        return False
+    return expires_at < time.time()
+
+
+def _lease_seconds(value: Any) -> float | None:
+    """`value` as a resume lease: None (no lease), or a positive finite number of seconds.
+
+    Raises:
+        PersistenceError: Any other value.
+    """
+    if value is None:
+        return None
+    if _is_number(value):
+        with contextlib.suppress(OverflowError):  # an int too large for a float
+            seconds = float(value)
+            if 0 < seconds < math.inf:
+                return seconds
+    raise PersistenceError(
+        f"resume_lease_seconds must be a positive finite number of seconds, or None for no "
+        f"lease, got {value!r}"
+    )
+
+
 def _numbered(keys: Iterable[str], prefix: str) -> list[tuple[int, str]]:
     """The keys that are exactly `prefix` then a number (no other session's), by number.
 
@@ -479,9 +528,10 @@ _SWEPT = "is being deleted by a sweep (it had finished long enough ago)"
 _SWEPT_ADVICE = "run the turn again once the sweep has ended: the session is then saved anew"
 _RESUMED = "is being resumed by another worker"
 _RESUMED_ADVICE = (
-    "load it (AgentSession.load_checkpoint) when that resume has ended; if that worker's "
-    "process ended on another host (or its claim names none), call release_resume, then "
-    "resume the session again"
+    "load it (AgentSession.load_checkpoint) when that resume has ended; a claim under a lease "
+    "is taken over once its lease passed; if that worker's process ended on another host (or "
+    "its claim names none) and its claim has no lease, call release_resume, then resume the "
+    "session again"
 )
 _RUN_UNDER_WAY_ADVICE = (
     "start the new session under a new id, or load it (AgentSession.load_checkpoint) when that "
@@ -495,9 +545,16 @@ class CheckpointStore:
 
     Args:
         backend: Where records are kept.
+        resume_lease_seconds: The lease of this store's resume claims (see `claim_resumed`):
+            None (the default) for none, else a positive finite number of seconds.
+
+    Raises:
+        PersistenceError: A backend that lacks a method, or a lease that is not valid.
     """
 
-    def __init__(self, backend: PersistenceBackend) -> None:
+    def __init__(
+        self, backend: PersistenceBackend, resume_lease_seconds: float | None = None
+    ) -> None:
         missing = [m for m in _BACKEND_METHODS if not callable(getattr(backend, m, None))]
         if missing:
             raise PersistenceError(
@@ -505,6 +562,7 @@ class CheckpointStore:
                 "(see PersistenceBackend)"
             )
         self.backend = backend
+        self.resume_lease_seconds = _lease_seconds(resume_lease_seconds)
         self._next_event: dict[str, int] = {}  # per running session: the log's next number
         # Sessions whose run `save_meta` refused, until `forget`: nothing of that run is
         # written (its events would go into the log of the run the id belongs to).
@@ -516,6 +574,8 @@ class CheckpointStore:
         # the key, then the takeover key if the claim was taken over, until the run's final
         # checkpoint or `release`.
         self._resumes: dict[str, list[str]] = {}
+        # The renewals of the leased resume claims, by session (see `_renew`).
+        self._renewals: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Future[Any]] = set()  # deletions of claims left behind
 
     # ------------------------------------------------------------------ writing
@@ -548,8 +608,9 @@ class CheckpointStore:
         `save_new`; on a backend without it, a read then a write, which is not atomic): of
         runs starting one session from one step at once (two workers each running a turn on
         their copy), in any process, one runs. Call `release` if the run ends before its
-        first step. The claim of a sweep cut short after it deleted the session is no run's:
-        it is deleted, and the step claimed again (see `_drop_stranded_sweep`).
+        first step. While a sweep deletes the session (it holds that step's claim), the run is
+        refused before it writes anything; the claim of a sweep cut short is no run's: it is
+        deleted, and the step claimed again (see `_drop_stranded_sweep`).
 
         Raises:
             PersistenceError: Before anything is written, when the store holds more of the
@@ -557,7 +618,8 @@ class CheckpointStore:
                 final checkpoint or steps (a new session under the id of a saved one, whose
                 records would mix with the new run's); or when another run took the step
                 first (it runs, or its process ended before its first step, and
-                `runtime.resume` continues it), or a fork took the fresh id. Nothing of a
+                `runtime.resume` continues it), a sweep deletes the session, or a fork took
+                the fresh id. Nothing of a
                 refused run is written after it either (its steps, final checkpoint and
                 events raise `PersistenceError`) until `forget` or another `save_meta` of the
                 session.
@@ -587,7 +649,12 @@ class CheckpointStore:
         if fresh and callable(save_new) and not await save_new(meta_key, meta):
             why = "was just taken by another run or a fork starting under it"
             self._refuse(session.session_id, why, _RUN_UNDER_WAY_ADVICE)
+        claim = f"{key}:run:{session.step_count}"
         if stored < len(session.steps):
+            # Not while a sweep deletes the session (its claim on the step): it would delete
+            # what is written here. A claim its sweep left, cut short, is deleted.
+            if await self._swept(claim) and not await self._drop_stranded_sweep(key, claim):
+                self._refuse(session.session_id, _SWEPT, _SWEPT_ADVICE)
             # The steps the store lacks first, as the final checkpoint of the earlier turns (a
             # crash after it leaves the session whole and unclaimed), then the claim.
             records = [StepRecord(step).to_dict() for step in session.steps]
@@ -605,7 +672,6 @@ class CheckpointStore:
                 }
             )
         claimed = await self._claim(session.session_id, session.step_count, run, meta)
-        claim = f"{key}:run:{session.step_count}"
         if not claimed and await self._drop_stranded_sweep(key, claim):
             claimed = await self._claim(session.session_id, session.step_count, run, meta)
         if not claimed:
@@ -652,23 +718,42 @@ class CheckpointStore:
     async def _drop_stranded_sweep(self, key: str, claim: str) -> bool:
         """Deletes `claim`, a sweep's run claim on session key `key`, if its sweep is over.
 
-        A sweep deletes the final checkpoint it found, then its claim: one cut between the
-        two (its process ended) leaves its claim, which would refuse every run of the
-        session from that step. The claim names the digest of the final checkpoint its sweep
-        found, and the sweep deletes nothing once that is gone or replaced (it checks it
-        after it claimed, and deletes it last): with no final checkpoint, or another, the
-        claim is deleted, if it is still the one read. A sweep claim of an older version,
-        which names none, only when there is no final checkpoint. Returns whether it was.
+        A sweep deletes the final checkpoint last, then its claim: one cut short (its process
+        ended) leaves its claim, which would refuse every run of the session from that step.
+        Its sweep is over when there is no final checkpoint at all (one there may be one a
+        run wrote as the sweep deleted: `save_meta` writes it before it claims), or when its
+        claim is older than `_GRACE_SECONDS` (its `at`; a claim of an older version has
+        none, and is). The claim is deleted by the one that takes it over (see
+        `_drop_claim`). Returns whether it was deleted here.
         """
         raw = await self.backend.load(claim)
         holder = decode(raw, claim) if raw is not None else None
         if raw is None or not (isinstance(holder, dict) and "sweep" in holder):
             return False
-        final = await self.backend.load(key)
-        found = holder.get("final")
-        if final is not None and (found is None or found == _digest(final)):
+        if not _outlived(holder, "at") and await self.backend.load(key) is not None:
             return False  # its sweep may be deleting the session right now
-        return await self._delete_if(claim, raw)
+        return await self._drop_claim(claim, raw)
+
+    async def _drop_claim(self, claim: str, raw: bytes) -> bool:
+        """Deletes the sweep's claim `claim` if it still holds `raw`; whether it did.
+
+        Only the one that writes its takeover key (`<claim>:<digest of raw>`,
+        insert-if-absent) deletes it, then the key: two deleting it at once (a read, then a
+        delete) would delete a run's claim made between them. A takeover key older than
+        `_GRACE_SECONDS` is one whose writer ended before it deleted the key: it is deleted,
+        and the next call takes the claim over.
+        """
+        takeover = f"{claim}:{_digest(raw)}"
+        mine = _encode("claim", {"takeover": uuid.uuid4().hex, "at": time.time()})
+        if not await self._save_if_absent(takeover, mine):
+            held = await self.backend.load(takeover)
+            if held is not None and _outlived(decode(held, takeover), "at"):
+                await self._delete_if(takeover, held)
+            return False
+        try:
+            return await self._delete_if(claim, raw)
+        finally:
+            await self.backend.delete(takeover)
 
     async def _delete_if(self, key: str, raw: bytes) -> bool:
         """Deletes `key` if it still holds `raw`; returns whether it did.
@@ -702,7 +787,9 @@ class CheckpointStore:
         await self.backend.save(key, value)
         return True
 
-    async def claim_resumed(self, state: SessionState) -> None:
+    async def claim_resumed(
+        self, state: SessionState, lost: Callable[[PersistenceError], None] | None = None
+    ) -> None:
         """Claims the resumed run of `state`, exclusively, and the step it continues from.
 
         A resume first takes `session:<id>:resume:<first_step>` (the run's first step number
@@ -714,11 +801,28 @@ class CheckpointStore:
         longer running is taken over, by one worker (it writes
         `session:<id>:resume:<first_step>:<that claim's nonce>` insert-if-absent, checks
         that the claim is still the one it read, then writes its own over it, and deletes
-        both when its run ends); the others are refused. Whether a process of another host
-        runs cannot be told from here, nor that of a claim naming no host (older versions),
-        nor any on Windows: those keep every later resume out until `release_resume`
-        deletes them (call that once that process is known to have ended). Hosts are told
-        apart by name: processes of one host name must see each other's process ids.
+        both when its run ends); the others are refused. Hosts are told apart by name:
+        processes of one host name must see each other's process ids.
+
+        Under a lease (`resume_lease_seconds`), the claim also holds the wall-clock time it
+        expires (`expires_at`, now plus the lease), and a task renews it every third of the
+        lease (the same nonce, a new expiry) until the run ends (`save_final`, `release`,
+        `forget`: no renewal is written after them). A claim whose `expires_at` passed is
+        taken over as above by a worker of any host, whatever its own lease (the holder
+        stopped renewing: its process ended, or stalled longer than the lease). Before each
+        renewal the holder checks that its claim still holds its nonce and that no takeover
+        key names it; else it has lost the claim: it stops renewing, gives the claim up
+        (deleting nothing but its own takeover key) and calls `lost` with a
+        `PersistenceError` (the runtime then stops the run). Hosts' clocks must agree to
+        well within the lease. A holder stalled longer than the lease may go on alongside
+        its taker for up to one renewal interval before it sees the loss: the tool-call
+        journal (idempotency keys, intents written insert-if-absent) is what keeps
+        at-most-once tools safe then.
+
+        Without a lease, whether a process of another host runs cannot be told from here,
+        nor that of a claim naming no host and no lease (older versions), nor any on
+        Windows: those keep every later resume out until `release_resume` deletes them
+        (call that once that process is known to have ended).
 
         Then the step is claimed as a new run claims it, so that a new run of a copy of the
         session is refused while it runs. The claim of the run resumed (its process ended
@@ -727,15 +831,17 @@ class CheckpointStore:
 
         Raises:
             PersistenceError: Another worker resumes the session (or its process ended on
-                another host while it did: see `release_resume`), or takes over the claim of
-                one whose process ended, or resumed it since `state` was loaded (load it
-                again), or another run claimed the step after the session was loaded.
+                another host while it did, its claim without a lease: see `release_resume`),
+                or takes over the claim of one whose process ended or whose lease passed, or
+                resumed it since `state` was loaded (load it again), or another run claimed
+                the step after the session was loaded.
         """
         run = state.run or ""
         key = session_key(state.session_id)
         resume_key = f"{key}:resume:{state.first_step}"
         nonce, host, pid = uuid.uuid4().hex, socket.gethostname(), os.getpid()
-        mine = _encode("claim", {"run": run, "resume": nonce, "host": host, "pid": pid})
+        claim: dict[str, Any] = {"run": run, "resume": nonce, "host": host, "pid": pid}
+        mine = self._leased(claim)
         if await self._save_if_absent(resume_key, mine):
             self._resumes[state.session_id] = [resume_key]
         elif not await self._take_over(state.session_id, resume_key, mine):
@@ -760,28 +866,101 @@ class CheckpointStore:
             history=state.history,
         )
         step = len(state.records)  # where a new run of a copy loaded now would start from
-        if await self._claim(state.session_id, step, run, record):
-            return
-        claim = f"{key}:run:{step}"
-        raw = await self.backend.load(claim)
-        holder = decode(raw, claim) if raw is not None else None
-        if isinstance(holder, dict) and holder.get("run") != run:
-            # Another run claimed the step after this session was loaded: it runs.
-            await self._drop_resume(state.session_id)
-            self._refuse(state.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
-        # The run's own claim (its process ended): the meta record, which the claim may hold
-        # alone, is saved with the first step all the same.
-        self._claims[state.session_id] = _Claim(claim, run, record, owned=False)
+        if not await self._claim(state.session_id, step, run, record):
+            claim_key = f"{key}:run:{step}"
+            raw = await self.backend.load(claim_key)
+            holder = decode(raw, claim_key) if raw is not None else None
+            if isinstance(holder, dict) and holder.get("run") != run:
+                # Another run claimed the step after this session was loaded: it runs.
+                await self._drop_resume(state.session_id)
+                self._refuse(state.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
+            # The run's own claim (its process ended): the meta record, which the claim may
+            # hold alone, is saved with the first step all the same.
+            self._claims[state.session_id] = _Claim(claim_key, run, record, owned=False)
+        if self.resume_lease_seconds is not None:
+            taken = [k for k in self._resumes[state.session_id] if k != resume_key]
+            renewing = asyncio.ensure_future(
+                self._renew(state.session_id, resume_key, claim, taken, lost)
+            )
+            renewing.add_done_callback(retrieve_outcome)
+            self._renewals[state.session_id] = renewing
+
+    def _leased(self, claim: dict[str, Any]) -> bytes:
+        """The record of resume claim `claim`, expiring a lease from now (under a lease)."""
+        if self.resume_lease_seconds is None:
+            return _encode("claim", claim)
+        return _encode("claim", {**claim, "expires_at": time.time() + self.resume_lease_seconds})
+
+    async def _renew(
+        self,
+        session_id: str,
+        resume_key: str,
+        claim: dict[str, Any],
+        taken: list[str],
+        lost: Callable[[PersistenceError], None] | None,
+    ) -> None:
+        """Renews this worker's resume claim every third of the lease until it is lost.
+
+        Runs until cancelled (`_stop_renewing`) or the claim is lost (see `claim_resumed`):
+        it is given up then (with the claim of its step), `taken` (the takeover key of this
+        worker, if it took the claim over) deleted, and `lost` called. A renewal the backend
+        fails is tried again at the next (the claim is lost only once another worker took it
+        over).
+        """
+        assert self.resume_lease_seconds is not None
+        takeover = f"{resume_key}:{claim['resume']}"  # the key a taker of this claim writes
+        while True:
+            await asyncio.sleep(self.resume_lease_seconds / 3)
+            try:
+                if await self.backend.load(takeover) is not None:
+                    break
+                raw = await self.backend.load(resume_key)
+                holder = decode(raw, resume_key) if raw is not None else None
+                if not isinstance(holder, dict) or holder.get("resume") != claim["resume"]:
+                    break
+                await self.backend.save(resume_key, self._leased(claim))
+            except Exception as error:
+                logger.warning("resume claim %s not renewed: %r", resume_key, error)
+        # Lost: the claim is another worker's (or deleted), not this one's to delete; so is
+        # the claim of the step it continues from (the taker continues the same run).
+        self._renewals.pop(session_id, None)
+        self._resumes.pop(session_id, None)
+        self._claims.pop(session_id, None)
+        for key in taken:
+            deleting = asyncio.ensure_future(self.backend.delete(key))
+            self._background.add(deleting)  # a task only weakly referenced may be collected
+            deleting.add_done_callback(self._background.discard)
+            deleting.add_done_callback(retrieve_outcome)
+        if lost is not None:
+            lost(
+                PersistenceError(
+                    f"session {session_id!r} is no longer resumed by this worker: its resume "
+                    "claim was taken over by another worker (not renewed within its lease of "
+                    f"{self.resume_lease_seconds:g} s: this process stalled, or could not "
+                    "reach the backend) or deleted (release_resume); this run stops here: "
+                    "load the session (AgentSession.load_checkpoint) once that resume ended",
+                    key=resume_key,
+                )
+            )
+
+    def _stop_renewing(self, session_id: str) -> asyncio.Task[None] | None:
+        """Cancels the renewal of the session's resume claim, if any; returns it to await."""
+        renewing = self._renewals.pop(session_id, None)
+        if renewing is not None:
+            renewing.cancel()
+        return renewing
 
     async def _take_over(self, session_id: str, resume_key: str, mine: bytes) -> bool:
-        """Takes over the resume claim `resume_key` if its process ended (see `claim_resumed`).
+        """Takes over the resume claim `resume_key` if its process ended or its lease passed.
 
-        Writes `mine` over it; returns whether this worker took it over.
+        See `claim_resumed`. Writes `mine` over it; returns whether this worker took it over.
         """
         raw = await self.backend.load(resume_key)
         holder = decode(raw, resume_key) if raw is not None else None
         nonce = holder.get("resume") if isinstance(holder, dict) else None
-        if not (isinstance(nonce, str) and _NONCE.match(nonce) and _ended_here(holder)):
+        if not (isinstance(nonce, str) and _NONCE.match(nonce)):
+            return False
+        if not (_lease_passed(holder) or _ended_here(holder)):
             return False
         takeover = f"{resume_key}:{nonce}"
         if not await self._save_if_absent(takeover, _encode("claim", {"takeover": nonce})):
@@ -805,9 +984,11 @@ class CheckpointStore:
         """Deletes the stored resume claims of a session; returns whether there were any.
 
         For a session whose resumer's process ended where `claim_resumed` cannot tell it
-        (on another host, or a claim of an older version): every later resume is refused
+        (on another host, or a claim of an older version) and whose claim has no lease
+        (one under a lease is taken over once it passed): every later resume is refused
         until then. Call it only once that process is known to have ended: a resume under
-        way would then run alongside the next one. The keys of takeovers go too.
+        way would then run alongside the next one (under a lease, it stops at its next
+        renewal). The keys of takeovers go too.
         """
         prefix = f"{session_key(session_id)}:resume:"
         keys = await self.backend.list_keys(prefix)
@@ -835,6 +1016,7 @@ class CheckpointStore:
         self._refused.discard(session_id)
         self._claims.pop(session_id, None)
         self._resumes.pop(session_id, None)
+        self._stop_renewing(session_id)
 
     def release(self, session_id: str) -> Awaitable[Any]:
         """Gives up the claim of a session's run that saved no step (see `save_meta`).
@@ -842,19 +1024,36 @@ class CheckpointStore:
         Call it when the run ends before its first step (a provider down, a spent budget, a
         timeout): until then, another run starting from the same step is refused, as a run
         under way cannot be told from one that ended. A resumed run's resume claim (see
-        `claim_resumed`) goes too, at any step. Does nothing else once the run saved a step
-        (the steps keep other runs out then). Returns the deletion to await: the claim is
-        this store's no more from the call on (`forget` cannot lose it), and the deletion may
-        run as its own task, which a cancellation of the run does not cut half way.
+        `claim_resumed`) goes too, at any step, once its renewal stopped (none is written
+        after). Does nothing else once the run saved a step (the steps keep other runs out
+        then). Returns the deletion to await: the claim is this store's no more from the call
+        on (`forget` cannot lose it), and the deletion may run as its own task, which a
+        cancellation of the run does not cut half way.
         """
         claim = self._claims.pop(session_id, None)
         keys = [claim.key] if claim is not None and claim.owned else []
-        keys += self._resumes.pop(session_id, [])
+        resumes = self._resumes.pop(session_id, [])
+        renewing = self._stop_renewing(session_id)
+        if renewing is not None:
+            return self._release_leased(renewing, keys, resumes)
+        keys += resumes
         if not keys:
             return asyncio.sleep(0)
         if len(keys) == 1:
             return self.backend.delete(keys[0])
         return self._delete_all(keys)
+
+    async def _release_leased(
+        self, renewing: asyncio.Task[None], keys: list[str], resumes: list[str]
+    ) -> None:
+        """`release` of a leased resume claim: `keys`, then `resumes` unless it was lost.
+
+        Waits for its renewal (cancelled) to end first, so that no renewal lands after the
+        claim is deleted. A renewal that ended of itself lost the claim: the claim is
+        another worker's then, and this worker's takeover key is deleted already.
+        """
+        await asyncio.wait([renewing])
+        await self._delete_all(keys + resumes if renewing.cancelled() else keys)
 
     async def _delete_all(self, keys: Sequence[str]) -> None:
         """Deletes `keys`, one after the other."""
@@ -918,7 +1117,11 @@ class CheckpointStore:
         if claim is not None:  # its run ended with no step of its own saved: the next may start
             with contextlib.suppress(Exception):
                 await self.backend.delete(claim.key)
-        # The resumed run ended: the session may be resumed again (the claim goes first).
+        # The resumed run ended: the session may be resumed again (the claim goes first, once
+        # its renewal stopped; a renewal that lost it dropped it from `_resumes`).
+        renewing = self._stop_renewing(session.session_id)
+        if renewing is not None:
+            await asyncio.wait([renewing])
         for resume_key in self._resumes.pop(session.session_id, []):
             with contextlib.suppress(Exception):
                 await self.backend.delete(resume_key)
@@ -1230,7 +1433,9 @@ class CheckpointStore:
         the age keeps out a fork being written now. A marker without a start time (none is
         written without one) is old, as `load` reads it. What sweeps and fork takeovers cut
         short left of sessions with neither a final checkpoint nor a meta record (a sweep's
-        claim, a takeover key) is deleted as well.
+        claim, a takeover key) is deleted as well. A session whose sweep was cut short (its
+        claim older than `_GRACE_SECONDS`, see `_drop_stranded_sweep`) is deleted by the next
+        sweep.
 
         A session is found by its `:meta` record or its final checkpoint, and only its own
         keys (`:meta`, `:base:<n>`, `:step:<n>`, `:call:<n>:<i>`, `:event:<n>`, ...) are
@@ -1291,20 +1496,34 @@ class CheckpointStore:
     async def _drop_leftovers(self, key: str) -> None:
         """Deletes what cut-short sweeps and fork takeovers left of session key `key`.
 
-        A sweep's claim whose final checkpoint is gone (see `_drop_stranded_sweep`), and a
-        takeover key whose marker is not the meta record: listed before the meta record is
-        read, the marker it names was there before, and a marker, once gone, never returns.
+        A sweep's claim whose final checkpoint is gone (see `_drop_stranded_sweep`), a fork
+        takeover key whose marker is not the meta record, and the takeover key of a sweep's
+        claim that is not that claim's: listed before the record they name is read, that
+        record was there before, and once gone never returns (a marker, a claim, each
+        unique). Takeover keys are told by their record (see `_is_takeover`).
         """
         prefix = f"{key}:"
         listed = await self.backend.list_keys(prefix)
         meta = await self.backend.load(f"{key}:meta")
         current = _digest(meta) if meta is not None else None
         for leftover in listed:
-            takeover = _FORK_TAKEOVER.match(leftover, len(prefix))
-            if takeover is not None and takeover[1] != current:
-                await self.backend.delete(leftover)
+            fork = _FORK_TAKEOVER.match(leftover, len(prefix))
+            run = _RUN_TAKEOVER.match(leftover, len(prefix))
+            if run is not None:
+                held = await self.backend.load(f"{prefix}{run[1]}")
+                stale = held is None or _digest(held) != run[2]
+            else:
+                stale = fork is not None and fork[1] != current
+            if stale:
+                await self._drop_takeover(leftover)
             elif _RUN_CLAIM.match(leftover, len(prefix)):
                 await self._drop_stranded_sweep(key, leftover)
+
+    async def _drop_takeover(self, key: str) -> None:
+        """Deletes `key` if it holds a takeover key's record (see `_is_takeover`)."""
+        raw = await self.backend.load(key)
+        if raw is not None and _is_takeover(raw, key):
+            await self._delete_if(key, raw)
 
     async def _sweep_one(self, key: str, final_raw: bytes) -> bool:
         """Deletes the finished session of key `key`, its final checkpoint `final_raw`.
@@ -1314,16 +1533,20 @@ class CheckpointStore:
         deletes is refused; then it reads the session again, and deletes nothing when a run
         claimed it first, or wrote a step, a meta record or a final checkpoint since it was
         found finished. The final checkpoint is deleted after the other records (a sweep
-        cut short finds the session again), then the claim, if it is still this sweep's.
-        The claim names the final checkpoint's digest: one a sweep cut short leaves is
-        deleted by the next run from that step, or the next sweep (`_drop_stranded_sweep`).
+        cut short finds the session again), if it is still `final_raw`, then the claim, if
+        it is still this sweep's. The claim names the final checkpoint's digest and when it
+        was made: one a sweep cut short leaves is deleted by the next run from that step,
+        or the next sweep, which then deletes the session (`_drop_stranded_sweep`).
         Returns whether it deleted.
         """
         steps = await self._stored_steps(key)
         claim = f"{key}:run:{steps}"
-        mine = _encode("claim", {"sweep": uuid.uuid4().hex, "final": _digest(final_raw)})
-        if not await self._save_if_absent(claim, mine):
-            return False  # a run claimed the session's next step: it runs, or may run
+        found = {"sweep": uuid.uuid4().hex, "final": _digest(final_raw), "at": time.time()}
+        mine = _encode("claim", found)
+        if not await self._save_if_absent(claim, mine) and not (
+            await self._drop_stranded_sweep(key, claim) and await self._save_if_absent(claim, mine)
+        ):
+            return False  # a run claimed the session's next step (or a sweep): it runs
         try:
             meta_raw = await self.backend.load(f"{key}:meta")
             meta = decode(meta_raw, f"{key}:meta", "meta") if meta_raw is not None else None
@@ -1338,11 +1561,11 @@ class CheckpointStore:
             for doomed in await self.backend.list_keys(prefix):
                 if doomed != claim and _OWN_SUFFIX.match(doomed, len(prefix)):
                     await self.backend.delete(doomed)
-            await self.backend.delete(key)  # last: a sweep cut short finds it again
-            return True
+            # Last (a sweep cut short finds it again), and not one a run wrote meanwhile.
+            return await self._delete_if(key, final_raw)
         finally:
             # Not a run's claim made once a stranded claim of this sweep was deleted.
-            await self._delete_if(claim, mine)
+            await self._drop_claim(claim, mine)
 
     async def _sweep_fork(self, key: str, cut_off: float) -> bool:
         """Deletes the incomplete fork of session key `key` if it started before `cut_off`.
@@ -1386,7 +1609,9 @@ class CheckpointStore:
         copied: a run starting under the id meanwhile is refused.
 
         An id that holds only an incomplete fork (one cut before its steps were copied: its
-        marker, maybe its claim) is taken over: of forks taking it over at once, the one
+        marker, maybe its claim) is taken over once the fork started more than 60 seconds
+        ago (a marker without a start time, as older versions wrote, is old); a younger one
+        may be copying still: the id has checkpoints. Of forks taking it over at once, the one
         that writes the takeover key (`session:<id>:fork:<digest of the marker>`,
         insert-if-absent) deletes the incomplete fork, and forks into the id as into a new
         one; the others are refused. A takeover cut short leaves its key, which refuses
@@ -1395,8 +1620,9 @@ class CheckpointStore:
         Raises:
             PersistenceError: When `step` is not an int >= 0, the source is missing or has
                 fewer than `step` steps, or when `new_session_id` already has checkpoints
-                (the source's own id too), another fork claimed it meanwhile, or another
-                fork takes over the incomplete fork there.
+                (the source's own id too, or an incomplete fork that started less than 60
+                seconds ago), another fork claimed it meanwhile, or another fork takes over
+                the incomplete fork there.
         """
         state = await self.load(session_id)
         if not _is_count(step) or step > len(state.records):
@@ -1496,11 +1722,12 @@ class CheckpointStore:
                 await self.backend.delete(key)
 
     async def _drop_incomplete_fork(self, session_id: str) -> bool:
-        """Deletes the records of an incomplete fork into `session_id`; whether it was one.
+        """Deletes the records of an incomplete fork into `session_id`; whether it did.
 
         A fork cut before its steps were copied leaves its marked meta record (see `fork`),
-        and maybe its claim `:run:0`. One fork takes the id over: the one that writes the
-        takeover key naming that marker, insert-if-absent; it deletes them (see
+        and maybe its claim `:run:0`. One that started less than `_GRACE_SECONDS` ago may be
+        copying still: it is not taken over. One fork takes the id over: the one that writes
+        the takeover key naming that marker, insert-if-absent; it deletes them (see
         `_drop_fork`), so the id can be forked into again.
 
         Raises:
@@ -1509,8 +1736,9 @@ class CheckpointStore:
         key = session_key(session_id)
         meta_key = f"{key}:meta"
         raw = await self.backend.load(meta_key)
-        if raw is None or not _is_incomplete_fork(decode(raw, meta_key, "meta")):
-            return False
+        meta = decode(raw, meta_key, "meta") if raw is not None else None
+        if raw is None or not _is_incomplete_fork(meta) or not _outlived(meta, "started_at"):
+            return False  # none, or one that may be copying still
         takeover = f"{key}:fork:{_digest(raw)}"
         mine = _encode("claim", {"takeover": uuid.uuid4().hex, "at": time.time()})
         if not await self._save_if_absent(takeover, mine):
@@ -1557,7 +1785,7 @@ class CheckpointStore:
                 return False  # a run wrote its meta record meanwhile
             for stale in takeovers:
                 if stale != takeover:
-                    await self.backend.delete(stale)
+                    await self._drop_takeover(stale)
             return True
         finally:
             await self.backend.delete(takeover)
@@ -1566,14 +1794,16 @@ class CheckpointStore:
         """Whether the session has any checkpoint record (final, meta, step, ...).
 
         A takeover key alone is none: one a takeover cut short left after it deleted the
-        incomplete fork (see `_drop_fork`).
+        incomplete fork (see `_drop_fork`), or a sweep's claim (see `_drop_claim`).
         """
         key = session_key(session_id)
         if await self.backend.load(key) is not None:
             return True
         prefix = f"{key}:"
         return any(
-            _OWN_SUFFIX.match(k, len(prefix)) and not _FORK_TAKEOVER.match(k, len(prefix))
+            _OWN_SUFFIX.match(k, len(prefix))
+            and not _FORK_TAKEOVER.match(k, len(prefix))
+            and not _RUN_TAKEOVER.match(k, len(prefix))
             for k in await self.backend.list_keys(prefix)
         )
 
@@ -1614,6 +1844,24 @@ def _meta_item(
 def _is_incomplete_fork(meta: Any) -> bool:
     """Whether a meta record is the marker of a fork whose steps are not copied yet."""
     return isinstance(meta, dict) and meta.get("incomplete_fork") is True
+
+
+def _outlived(record: Any, field: str) -> bool:
+    """Whether the time `record[field]` is more than `_GRACE_SECONDS` ago (or there is none)."""
+    at: Any = record.get(field) if isinstance(record, dict) else None
+    return not _is_number(at) or bool(at < time.time() - _GRACE_SECONDS)
+
+
+def _is_takeover(raw: bytes, key: str) -> bool:
+    """Whether `raw`, stored under `key`, is a takeover key's record (a fork's or a sweep's).
+
+    Not told by its key alone: a session id with ':' written before ids were escaped (its
+    final checkpoint `session:a:fork:2`, say) names as many.
+    """
+    if record_kind(raw) != "claim":
+        return False
+    holder = decode(raw, key)
+    return isinstance(holder, dict) and ("takeover" in holder or "sweep" in holder)
 
 
 def _run_at(state: SessionState, step: int) -> tuple[int, str, bool, list[dict[str, Any]]]:

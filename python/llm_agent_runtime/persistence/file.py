@@ -498,10 +498,11 @@ class FileBackend:
         """`work()` under the shared install lock, once no batch is left committed.
 
         No batch is committed or installed while the lock is held: a read sees each batch
-        whole or not at all, and a single write (`save`, `save_new`, `delete`) lands after
-        every batch committed before it and before every later one. (Looking at the redo
-        log outside the lock, a write could miss a batch committed right after, by a writer
-        that then died: finished later, that batch landed over the acknowledged write.)
+        whole or not at all, and a single write (`save`, `save_new`, `delete`, a one-item
+        `batch_save`) lands after every batch committed before it and before every later
+        one. (Looking at the redo log outside the lock, a write could miss a batch committed
+        right after, by a writer that then died: finished later, that batch landed over the
+        acknowledged write.)
         Under the lock, a committed batch is one a crash left (a live writer holds the lock
         until its batch is installed): it is finished first, outside the lock (no read
         under the lock sees part of it), and `work` is tried again.
@@ -655,6 +656,9 @@ class FileBackend:
             encode_key(key)
 
         def write() -> None:
+            if len(checked) <= 1:  # one file: a single write, under the install lock (`save`)
+                self._between_batches(lambda: self._write_batch(checked))
+                return
             self._finish_batches()
             self._write_batch(checked)
 

@@ -1,0 +1,281 @@
+"""Resume claims under a lease (`resume_lease_seconds`): a worker that died mid-resume on
+any host blocks its session no longer than the lease; a holder renews its claim while its
+run goes on, and one whose claim was taken over stops (on the in-memory and SQLite
+backends)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore
+from llm_agent_runtime.persistence.codec import decode
+
+from .test_backends import close_backend, make_backend
+from .test_durable import FINAL, Effects, add_step, script
+from .test_durable_concurrency import Delegating, under_way
+from .test_durable_exclusive import CHARGE, ended_pid, interrupted, resume_left
+
+LEASE = 0.2
+SLOW = 'Thought: wait\nAction: slow {"n": 1}'
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[ar.PersistenceBackend]:
+    store = make_backend(request.param, tmp_path)
+    yield store
+    await close_backend(store)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], within: float = 1.5) -> None:
+    """Waits until `condition()` holds, failing after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def claim_of(backend: ar.PersistenceBackend) -> dict[str, Any]:
+    """Session "x"'s resume claim (there is one)."""
+    [key] = [k for k in await backend.list_keys("session:x:resume:") if k.count(":") == 3]
+    claim = decode(await backend.load(key) or b"", key)
+    assert isinstance(claim, dict)
+    return claim
+
+
+async def no_other_task() -> bool:
+    return asyncio.all_tasks() == {asyncio.current_task()}
+
+
+def worker(
+    backend: ar.PersistenceBackend,
+    effects: Effects,
+    lease: float | None = LEASE,
+    timeout_ms: int | None = None,
+) -> ar.AgentRuntime:
+    return ar.AgentRuntime(
+        ar.AgentConfig(loop_timeout_ms=timeout_ms),
+        tools=effects.tools(),
+        checkpoint_backend=backend,
+        resume_lease_seconds=lease,
+    )
+
+
+@pytest.mark.parametrize("lease", [LEASE, None], ids=["leased-taker", "taker-without-lease"])
+async def test_a_claim_of_another_host_whose_lease_passed_is_taken_over(
+    backend: ar.PersistenceBackend, lease: float | None
+) -> None:
+    # Refused until release_resume: the worker that left it (a pod gone) blocked the session.
+    await interrupted(backend)
+    await resume_left(backend, host="another-host", pid=1, expires_at=time.time() - 1)
+    effects = Effects()
+    done = await worker(backend, effects, lease).resume("x", script(CHARGE, FINAL))
+    assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]
+    assert effects.calls == [("charge", 100)]
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+    assert await backend.list_keys("session:x:resume") == []  # the takeover's key went too
+    assert await no_other_task()
+
+
+async def test_a_claim_of_another_host_whose_lease_has_not_passed_is_refused(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await interrupted(backend)
+    await resume_left(backend, host="another-host", pid=1, expires_at=time.time() + 60)
+    left = await claim_of(backend)
+    effects = Effects()
+    with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
+        await worker(backend, effects).resume("x", script(CHARGE, FINAL))
+    assert effects.calls == []
+    assert await claim_of(backend) == left
+    assert len(await backend.list_keys("session:x:resume")) == 1
+
+
+@pytest.mark.parametrize(
+    "holder",
+    [{"host": "another-host"}, {"host": None, "pid": None}],
+    ids=["another-host", "older-version"],
+)
+async def test_a_claim_without_a_lease_of_another_host_is_refused_as_before(
+    backend: ar.PersistenceBackend, holder: dict[str, Any]
+) -> None:
+    # A leased worker cannot tell whether its holder runs: it waits for release_resume.
+    await interrupted(backend)
+    await resume_left(backend, **{"pid": 1, **holder})
+    runtime = worker(backend, Effects())
+    with pytest.raises(ar.PersistenceError, match="release_resume"):
+        await runtime.resume("x", script(FINAL))
+    assert "expires_at" not in await claim_of(backend)
+    assert await runtime.release_resume("x")
+    done = await runtime.resume("x", script(FINAL))
+    assert (done.final_answer, done.step_count) == ("finished", 2)
+
+
+async def test_no_lease_writes_no_expiry() -> None:
+    # Without the setting, a resume claim is as it was: nothing expires, nothing renews.
+    backend = ar.InMemoryBackend()
+    await interrupted(backend)
+    store = CheckpointStore(backend)
+    await store.claim_resumed(await store.load("x"))
+    assert set(await claim_of(backend)) == {"run", "resume", "host", "pid"}
+    assert store.resume_lease_seconds is None and await no_other_task()
+    await store.release("x")
+    assert await backend.list_keys("session:x:resume") == []
+
+
+class Slow(Effects):
+    """Effects, and `slow`, a tool that runs until `go` is set (idempotent: not journaled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.go = asyncio.Event(), asyncio.Event()
+
+    def tools(self) -> list[ar.ToolSpec]:
+        @ar.tool(idempotent=True)
+        async def slow(n: int) -> str:
+            """Takes a while."""
+            self.started.set()
+            await self.go.wait()
+            self.calls.append(("slow", n))
+            return "slow done"
+
+        return [*super().tools(), slow]
+
+
+async def test_the_holder_renews_its_claim_while_a_long_tool_runs(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await interrupted(backend)
+    effects = Slow()
+    running = asyncio.create_task(worker(backend, effects).resume("x", script(SLOW, FINAL)))
+    await effects.started.wait()
+    first = (await claim_of(backend))["expires_at"]
+    assert first > time.time()
+
+    async def renewed_past_first_expiry() -> bool:
+        claim = await claim_of(backend)
+        return time.time() > first and claim["expires_at"] > time.time()
+
+    await until(renewed_past_first_expiry)
+    other = Effects()
+    with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
+        await worker(backend, other).resume("x", script(CHARGE, FINAL))
+    assert other.calls == []
+    effects.go.set()
+    done = await running
+    assert [s.action for s in done.steps] == ["add", "slow", "FINAL_ANSWER"]
+    assert await backend.list_keys("session:x:resume") == []
+    assert await no_other_task()  # the renewal ended with the run
+
+
+class PausedRenewal(Delegating):
+    """The backend of a worker whose renewals wait for `go` (its process stalled): a
+    renewal first reads the takeover key of its claim."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.go = asyncio.Event()
+
+    async def load(self, key: str) -> bytes | None:
+        if ":resume:" in key and key.count(":") == 4:
+            await self.go.wait()
+        return await self.inner.load(key)
+
+
+@pytest.mark.parametrize("timeout_ms", [None, 60_000], ids=["no-deadline", "deadline"])
+async def test_a_holder_whose_claim_was_taken_over_stops_and_runs_no_further_tool(
+    backend: ar.PersistenceBackend, timeout_ms: int | None
+) -> None:
+    await interrupted(backend)
+    stalled = PausedRenewal(backend)
+    effects = Effects()
+    reached, answer = asyncio.Event(), asyncio.Event()
+
+    async def model(prompt: str) -> str:  # its reply, a charge, comes once `answer` is set
+        reached.set()
+        await answer.wait()
+        return CHARGE if not effects.calls else FINAL
+
+    holder = asyncio.create_task(worker(stalled, effects, timeout_ms=timeout_ms).resume("x", model))
+    await reached.wait()
+
+    async def holder_done() -> bool:
+        return holder.done()
+
+    async def lease_passed() -> bool:
+        return bool((await claim_of(backend))["expires_at"] < time.time())
+
+    await until(lease_passed)
+    taker = worker(backend, Effects())
+    async with under_way(lambda m: taker.resume("x", m)) as outcome:
+        stalled.go.set()  # the holder renews again: it finds its claim taken over
+        await until(holder_done)
+        answer.set()  # were it still running, it would charge now
+        with pytest.raises(ar.PersistenceError, match="no longer resumed by this worker"):
+            await holder
+    assert effects.calls == []
+    [done] = outcome
+    assert (done.final_answer, [s.action for s in done.steps]) == (
+        "finished",
+        ["add", "FINAL_ANSWER"],
+    )
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+    assert await backend.list_keys("session:x:resume") == []
+    await until(no_other_task)  # nothing renews, nothing is left running
+
+
+async def test_a_failed_leased_resume_leaves_no_claim_and_no_task(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await interrupted(backend)
+
+    async def down(prompt: str) -> str:
+        await asyncio.sleep(LEASE)  # long enough for renewals to run
+        raise ConnectionError("model down")
+
+    runtime = worker(backend, Effects())
+    with pytest.raises(ConnectionError):
+        await runtime.resume("x", down)
+    assert await no_other_task()
+    assert await backend.list_keys("session:x:resume") == []
+    done = await runtime.resume("x", script(add_step(2), FINAL))
+    assert done.step_count == 3
+
+
+@pytest.mark.parametrize(
+    "lease", [0, -1.0, math.nan, math.inf, True, "1", pytest.param(10**400, id="huge-int")]
+)
+def test_the_lease_is_validated(lease: Any) -> None:
+    with pytest.raises(ar.AgentRuntimeError, match="resume_lease_seconds must be a positive"):
+        ar.AgentRuntime(checkpoint_backend=ar.InMemoryBackend(), resume_lease_seconds=lease)
+    with pytest.raises(ar.PersistenceError, match="resume_lease_seconds must be a positive"):
+        CheckpointStore(ar.InMemoryBackend(), lease)
+
+
+def test_a_lease_needs_a_checkpoint_backend() -> None:
+    with pytest.raises(ar.AgentRuntimeError, match="needs a checkpoint_backend"):
+        ar.AgentRuntime(resume_lease_seconds=1.0)
+    store = CheckpointStore(ar.InMemoryBackend(), 1)
+    assert store.resume_lease_seconds == 1.0 and isinstance(store.resume_lease_seconds, float)
+
+
+async def test_an_ended_process_of_this_host_is_taken_over_under_a_lease_too() -> None:
+    # The same-host takeover is unchanged by a lease not yet passed.
+    backend = ar.InMemoryBackend()
+    await interrupted(backend)
+    await resume_left(
+        backend, host=socket.gethostname(), pid=ended_pid(), expires_at=time.time() + 60
+    )
+    done = await worker(backend, Effects()).resume("x", script(FINAL))
+    assert (done.final_answer, done.step_count) == ("finished", 2)
+    assert await backend.list_keys("session:x:resume") == []
