@@ -769,9 +769,9 @@ class AgentRuntime:
                         deadline,
                         before,
                     )
+                    # A resumed run has a checkpoint store; other runs look no further.
                     store = self._checkpoints
-                    leased = store is not None and store.resume_lease_seconds is not None
-                    if resume is not None and leased:
+                    if resume is not None and store is not None and store.resume_lease_seconds:
                         body = self._unless_resume_lost(body, session_id)
                     if timeout is None:
                         await body
