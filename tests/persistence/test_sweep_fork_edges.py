@@ -335,3 +335,97 @@ async def test_a_sweep_keeps_a_legacy_key_that_names_a_takeover_key(
     assert await CheckpointStore(backend).sweep(older_than=3600.0) == []
     assert await backend.load("session:chat:fork:2") == record
     assert await backend.load("session:chat:run:1:ab") == record
+
+
+class SlowDeletes(Delegating):
+    """The backend, each deletion taking `seconds` of `clock` (a large session, a slow link);
+    `during(n)` is awaited in the n-th deletion (from 1), after its time passed."""
+
+    def __init__(
+        self,
+        inner: ar.PersistenceBackend,
+        clock: list[float],
+        seconds: float,
+        during: Any = None,
+    ) -> None:
+        super().__init__(inner)
+        self.clock, self.seconds, self.during = clock, seconds, during
+        self.deleted: list[str] = []
+
+    async def delete(self, key: str) -> bool:
+        self.deleted.append(key)
+        self.clock[0] += self.seconds
+        if self.during is not None:
+            await self.during(len(self.deleted))
+        return bool(await self.inner.delete(key))
+
+
+async def test_a_sweep_longer_than_the_grace_period_keeps_its_claim(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its claim aged as it deleted: a turn starting a minute in took it for a cut-short
+    # sweep's and ran, and the sweep went on deleting the session under it.
+    worker = ar.AgentRuntime(checkpoint_backend=backend)
+    session = worker.create_session("a", "s")
+    await worker.run_turn(session, "Q1", script(ONE))
+    clock = [now()]
+    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    refused: list[str] = []
+
+    async def turn_at_third(deletion: int) -> None:
+        if deletion == 3:  # 75 s into the sweep
+            with pytest.raises(ar.PersistenceError, match="being deleted by a sweep") as info:
+                await worker.run_turn(copy.deepcopy(session), "Q2", script(TWO))
+            refused.append(str(info.value))
+
+    slow = SlowDeletes(backend, clock, 25.0, turn_at_third)
+    assert await CheckpointStore(slow).sweep(older_than=-1.0) == ["s"]
+    assert len(refused) == 1 and len(slow.deleted) > 3
+    assert await backend.list_keys("session:") == []
+
+
+async def test_a_sweep_whose_process_stalls_stops_and_the_next_one_ends_it(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stalled half the grace period, its claim may be taken over at any moment: it went on
+    # deleting, whatever a run that took the claim over wrote meanwhile.
+    worker = ar.AgentRuntime(checkpoint_backend=backend)
+    session = worker.create_session("a", "s")
+    await worker.run_turn(session, "Q1", script(ONE))
+    clock = [now()]
+    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: clock[0]))
+
+    async def stall_at_second(deletion: int) -> None:
+        if deletion == 2:
+            clock[0] += 35.0
+
+    stalled = SlowDeletes(backend, clock, 0.0, stall_at_second)
+    assert await CheckpointStore(stalled).sweep(older_than=-1.0) == []
+    # Nothing after the stall but its own claim (and the key that guards its deletion).
+    assert [k for k in stalled.deleted[2:] if not k.startswith("session:s:run:1")] == []
+    assert await backend.load("session:s") is not None  # found again by the next sweep
+    assert await backend.load("session:s:run:1") is None  # its claim, dropped
+    assert await CheckpointStore(backend).sweep(older_than=-1.0) == ["s"]
+    assert await backend.list_keys("session:") == []
+
+
+async def test_a_sweep_whose_claim_was_taken_over_stops(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = ar.AgentRuntime(checkpoint_backend=backend)
+    session = worker.create_session("a", "s")
+    await worker.run_turn(session, "Q1", script(ONE))
+    clock = [now()]
+    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    other = encode("claim", {"sweep": "0" * 32, "final": "f", "at": clock[0]})
+
+    async def taken_at_second(deletion: int) -> None:
+        if deletion == 2:  # another took the claim over (this process's clock ran late)
+            await backend.save("session:s:run:1", other)
+            clock[0] += 21.0
+
+    taken = SlowDeletes(backend, clock, 0.0, taken_at_second)
+    assert await CheckpointStore(taken).sweep(older_than=-1.0) == []
+    assert [k for k in taken.deleted[2:] if not k.startswith("session:s:run:1")] == []
+    assert await backend.load("session:s:run:1") == other  # not this sweep's to delete
+    assert await backend.load("session:s") is not None

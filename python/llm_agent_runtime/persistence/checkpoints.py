@@ -40,7 +40,8 @@ is a key of another):
   a multi-turn session's is its latest finished turn's), naming the run it closes.
 
 A sweep claims a session it deletes as a run does (`:run:<n>`), its claim naming the digest of
-the final checkpoint it found and when it claimed (`at`); it deletes that final checkpoint
+the final checkpoint it found and when it claimed (`at`, renewed as it deletes, so a long
+sweep keeps its claim; a sweep whose process stalls stops); it deletes that final checkpoint
 last, if it is still the one it found, then its claim. A run from that step is refused while
 the claim is there, before it writes anything. A claim left by a sweep cut short is told by
 there being no final checkpoint at all, or by its age (older than `_GRACE_SECONDS`): the
@@ -1535,9 +1536,9 @@ class CheckpointStore:
         found finished. The final checkpoint is deleted after the other records (a sweep
         cut short finds the session again), if it is still `final_raw`, then the claim, if
         it is still this sweep's. The claim names the final checkpoint's digest and when it
-        was made: one a sweep cut short leaves is deleted by the next run from that step,
-        or the next sweep, which then deletes the session (`_drop_stranded_sweep`).
-        Returns whether it deleted.
+        was made (renewed as the sweep deletes, see `_hold_sweep`): one a sweep cut short
+        leaves is deleted by the next run from that step, or the next sweep, which then
+        deletes the session (`_drop_stranded_sweep`). Returns whether it deleted.
         """
         steps = await self._stored_steps(key)
         claim = f"{key}:run:{steps}"
@@ -1560,12 +1561,42 @@ class CheckpointStore:
             prefix = f"{key}:"
             for doomed in await self.backend.list_keys(prefix):
                 if doomed != claim and _OWN_SUFFIX.match(doomed, len(prefix)):
+                    held = await self._hold_sweep(claim, found, mine)
+                    if held is None:
+                        return False
+                    mine = held
                     await self.backend.delete(doomed)
+            held = await self._hold_sweep(claim, found, mine)
+            if held is None:
+                return False
+            mine = held
             # Last (a sweep cut short finds it again), and not one a run wrote meanwhile.
             return await self._delete_if(key, final_raw)
         finally:
             # Not a run's claim made once a stranded claim of this sweep was deleted.
             await self._drop_claim(claim, mine)
+
+    async def _hold_sweep(self, claim: str, found: dict[str, Any], mine: bytes) -> bytes | None:
+        """Keeps this sweep's claim `claim` (its record `mine`, made of `found`) from aging.
+
+        A claim older than `_GRACE_SECONDS` is taken for a sweep cut short, and taken over:
+        a sweep of a large session, or on a slow backend, would lose it as it deletes. Once
+        a third of the period old, the claim is written anew with the time now (`found`'s
+        `at` updated). A claim half the period old, or no longer `mine`, is one this sweep
+        cannot be sure of keeping (its process stalled; another may be taking it over): the
+        sweep stops, as if cut short, and the next sweep deletes the session. Returns the
+        claim's record (renewed or not), or None to stop.
+        """
+        now = time.time()
+        if now < found["at"] + _GRACE_SECONDS / 3:
+            return mine
+        # Half the period leaves a taker (at a full period) far behind the write below.
+        if now >= found["at"] + _GRACE_SECONDS / 2 or await self.backend.load(claim) != mine:
+            return None
+        found["at"] = now
+        renewed = _encode("claim", found)
+        await self.backend.save(claim, renewed)
+        return renewed
 
     async def _sweep_fork(self, key: str, cut_off: float) -> bool:
         """Deletes the incomplete fork of session key `key` if it started before `cut_off`.
