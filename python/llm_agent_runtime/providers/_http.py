@@ -364,18 +364,23 @@ def clean_text(text: str) -> str:
 
 
 class ToolCallIds:
-    """The ids given out for a reply's tool calls: each cleaned by `clean_text`, none alike.
+    """The ids given out for a reply's tool calls: cleaned, none alike unless received alike.
 
-    Two ids that differ only in a lone half of a surrogate pair clean to the same text (each
-    half becomes U+FFFD), and a tool's result would be matched to the wrong call. An id that
-    cleans to one given out for another id is suffixed with its call's position (`_1`), as
-    often as it takes: the same reply always gives out the same ids.
+    A tool's result is matched to its call by id. Ids are cleaned by `clean_text`: two that
+    differ only in a lone half of a surrogate pair clean to the same text (each half becomes
+    U+FFFD). A call that arrives without an id (some compatible servers) is named
+    `call_<position>`, which another call's own id may already be. An id taken by another is
+    suffixed with its call's position (`_1`), as often as it takes; one id received twice is
+    given out alike. Ids received are given out first, as they come (a stream gives each out
+    in a delta at once), and the named ones last, once every received id is known
+    (`fallback`): the same reply, streamed or not, always gives out the same ids.
     """
 
     __slots__ = ("_received",)
 
     def __init__(self) -> None:
-        self._received: dict[str, str] = {}  # each id given out -> the id as received
+        # Each id given out -> the id as received (None: the call arrived without one).
+        self._received: dict[str, str | None] = {}
 
     def give(self, received: str, position: int) -> str:
         """The id to give out for the call at `position` whose id arrived as `received`."""
@@ -383,6 +388,28 @@ class ToolCallIds:
         while self._received.setdefault(given, received) != received:
             given += f"_{position}"
         return given
+
+    def fallback(self, position: int) -> str:
+        """The id to give out for the call at `position` that arrived without one.
+
+        Asked for once every received id of the reply was given out, so that none of them
+        can turn out to be taken.
+        """
+        given = f"call_{position}"
+        while given in self._received:
+            given += f"_{position}"
+        self._received[given] = None
+        return given
+
+    def give_all(self, received: Sequence[str | None]) -> list[str]:
+        """The ids to give out for a whole reply's calls, whose ids arrived as `received`.
+
+        Args:
+            received: Each call's id as received, in order (None or "": it arrived without
+                one). Those received are given out first, then those named by position.
+        """
+        given = {p: self.give(call_id, p) for p, call_id in enumerate(received) if call_id}
+        return [given[p] if p in given else self.fallback(p) for p in range(len(received))]
 
 
 def clean_json(value: T) -> T:
@@ -841,12 +868,13 @@ class PartialToolCall:
 
     Its arguments, and the pieces of its name given out in deltas, are cleaned piece by
     piece as a reply's text is (`StreamedText`): an emoji a server cut between two pieces is
-    put together, half a pair alone becomes U+FFFD. `build` cleans the id and the whole name.
+    put together, half a pair alone becomes U+FFFD. `build` cleans the whole name.
     """
 
     index: int
     """Position of the call among the response's tool calls."""
     id: str | None
+    """The id given out for the call (`ToolCallIds.give`); None or "" while none arrived."""
     name: str | None
     """The name as received (pieces of one streamed in pieces joined), cleaned by `build`."""
     initial: dict[str, Any] | None = None
@@ -871,19 +899,44 @@ class PartialToolCall:
             return piece
         return self.names.add(piece) or None
 
+    def give_initial(self) -> str:
+        """The arguments announced at the start, as JSON text to give out after the fragments.
+
+        Called once the call's fragments are over: its block stopped, or the stream ended.
+        Some compatible servers send a call's whole input with its start and no fragment of
+        it: the start's arguments are then added as the call's text, so that the pieces given
+        out decode to the call's arguments (a fragment that still came would be added after
+        them). "" when a fragment arrived (it wins, see `decode_arguments`), when the start
+        announced no arguments, or when they were given out already.
+        """
+        if not self.initial or self.arguments.text.strip():
+            return ""
+        return self.add_arguments(json.dumps(self.initial, ensure_ascii=False))
+
     def finish(self) -> ToolCallDelta | None:
-        """The call's last delta, once its stream ended: what was kept back (U+FFFD), if any."""
+        """The call's last delta, once its stream ended, if it has anything to give out.
+
+        That is what was kept back (U+FFFD), and the arguments announced at the start when no
+        fragment came and they were not given out yet (`give_initial`).
+        """
         name, arguments = self.names.finish(), self.arguments.finish()
+        arguments += self.give_initial()
         if not name and not arguments:
             return None
         return ToolCallDelta(self.index, None, name or None, arguments)
 
     def build(
-        self, stop_reason: str | None = None, redact: Callable[[str], str] | None = None
+        self,
+        ids: ToolCallIds,
+        stop_reason: str | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> ToolCall:
         """The finished call.
 
         Args:
+            ids: The reply's ids, which name a call that arrived without one
+                (`ToolCallIds.fallback`): build the calls once the stream ended, so that
+                every received id is known.
             stop_reason: Why the reply ended (a token-limit stop explains broken arguments).
             redact: Removes the API key from an error's quotes (see `decode_arguments`).
 
@@ -899,8 +952,7 @@ class PartialToolCall:
             stop_reason=stop_reason,
             redact=redact,
         )
-        call_id = clean_text(self.id) if self.id else f"call_{self.index}"
-        return ToolCall(id=call_id, name=name, arguments=arguments)
+        return ToolCall(id=self.id or ids.fallback(self.index), name=name, arguments=arguments)
 
 
 class Redactor:

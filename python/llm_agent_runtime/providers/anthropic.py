@@ -232,7 +232,8 @@ class AnthropicProvider(HttpProvider):
     Null or missing token counts are 0 tokens, a count that is negative or not below 2**63
     is 0, and usage that does not fit the format is counted as none (each with a warning)
     rather than failing the reply. A `tool_use` block without an id (some compatible
-    servers) gets `call_{n}`, its place among the reply's tool calls, streamed or not.
+    servers) gets `call_{n}`, its place among the reply's tool calls, streamed or not (made
+    unique when another call's own id is that already, see `ToolCallIds`).
 
     Args:
         api_key: API key (default: `ANTHROPIC_API_KEY`). Optional for a custom `base_url`.
@@ -401,21 +402,26 @@ class AnthropicProvider(HttpProvider):
         usage = parse_usage(_Usage, message.usage, "Anthropic response").usage()
         self._transport.charge(usage)  # first, as the streamed reply is charged
         text: list[str] = []
-        calls: list[ToolCall] = []
-        ids = ToolCallIds()
+        tool_uses: list[_Block] = []
         reasoning: list[dict[str, Any]] = []
         for block in message.content:
             if block.type == "text":
                 text.append(block.text or "")
             elif block.type == "tool_use":
-                # A call without an id is named by its place among the calls, as when streamed;
-                # its fields are cleaned as a streamed call's (JSON may escape half a pair).
-                call_id = ids.give(block.id, len(calls)) if block.id else f"call_{len(calls)}"
-                name = clean_text(block.name or "")
-                arguments = clean_json(block.input or {})
-                calls.append(ToolCall(id=call_id, name=name, arguments=arguments))
+                tool_uses.append(block)
             elif block.type in _REASONING_BLOCKS:
                 reasoning.append(block.as_received())
+        # Ids given out as a streamed reply's are (`ToolCallIds`), and the fields cleaned as a
+        # streamed call's are (JSON may escape half a pair).
+        call_ids = ToolCallIds().give_all([block.id for block in tool_uses])
+        calls = [
+            ToolCall(
+                id=call_id,
+                name=clean_text(block.name or ""),
+                arguments=clean_json(block.input or {}),
+            )
+            for call_id, block in zip(call_ids, tool_uses, strict=True)
+        ]
         return ChatResponse(
             text=clean_text("".join(text)),
             tool_calls=calls,
@@ -564,6 +570,8 @@ class AnthropicProvider(HttpProvider):
                             tool_blocks[event.index] = PartialToolCall(
                                 ordinal, call_id, name, initial=start.input
                             )
+                            # An input sent whole here is given out once the block stops,
+                            # unless input_json_delta pieces came (`give_initial`).
                             yield ToolCallDelta(ordinal, call_id, name, "")
                         elif start is not None and start.type == "text" and start.text:
                             piece = text.add(start.text)
@@ -595,12 +603,18 @@ class AnthropicProvider(HttpProvider):
                             delta_usage = parse_usage(_Usage, event.usage, "Anthropic stream")
                             usage = delta_usage.usage(usage)
                             owed = True
+                    elif kind == "content_block_stop":
+                        block = tool_blocks.get(event.index)
+                        if block is not None:
+                            piece = block.give_initial()
+                            if piece:
+                                yield ToolCallDelta(block.index, None, None, piece)
                     elif kind == "message_stop":
                         done = True
                         break
                     elif kind == "error":
                         raise _error_event(sse.data, self._transport)
-                    # ping, content_block_stop and later event types carry nothing we need.
+                    # ping and later event types carry nothing we need.
                 if not done:
                     raise ProviderError(
                         "Anthropic stream ended before message_stop", retryable=True
@@ -620,8 +634,9 @@ class AnthropicProvider(HttpProvider):
                     reasoning[index]["thinking"] = clean_text("".join(pieces))
                 response = ChatResponse(
                     text=text.text,
+                    # Built once the stream ended: every id received is known (`ToolCallIds`).
                     tool_calls=[
-                        call.build(stop_reason, self._transport.redact)
+                        call.build(ids, stop_reason, self._transport.redact)
                         for call in tool_blocks.values()
                     ],
                     usage=usage,

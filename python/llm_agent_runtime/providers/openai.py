@@ -349,11 +349,12 @@ class OpenAIProvider(HttpProvider):
         usage = parse_usage(_Usage, completion.usage, "OpenAI response").usage()
         # Charged first: the reply arrived and was billed, even if its tool calls fail below.
         self._transport.charge(usage)
-        ids = ToolCallIds()
+        wire_calls = message.tool_calls or []
+        # Given out as a streamed reply's are: cleaned, those missing named (`ToolCallIds`).
+        call_ids = ToolCallIds().give_all([call.id for call in wire_calls])
         calls = [
             ToolCall(
-                # Without one, named as a streamed call is; cleaned as a streamed one is.
-                id=ids.give(call.id, index) if call.id else f"call_{index}",
+                id=call_ids[index],
                 name=clean_text(call.function.name or ""),
                 arguments=decode_arguments(
                     call.function.arguments or "",
@@ -362,7 +363,7 @@ class OpenAIProvider(HttpProvider):
                     redact=self._transport.redact,
                 ),
             )
-            for index, call in enumerate(message.tool_calls or ())
+            for index, call in enumerate(wire_calls)
         ]
         text = message.content or ""
         stop_reason = choice.finish_reason
@@ -516,9 +517,7 @@ class OpenAIProvider(HttpProvider):
                 self._transport.charge(usage)
                 response = ChatResponse(
                     text=text.text,
-                    tool_calls=[
-                        call.build(finish_reason, self._transport.redact) for call in calls.calls
-                    ],
+                    tool_calls=calls.build(finish_reason, self._transport.redact),
                     usage=usage,
                     stop_reason=_REFUSAL if refused else finish_reason,
                     model=model,
@@ -547,7 +546,8 @@ class _ToolCallAssembly:
     nothing. A call's position is the order in which calls first appear.
 
     Calls are told apart by their ids as received; the ids given out are cleaned and unique
-    (`ToolCallIds`): two that differ only in half a surrogate pair are still two calls.
+    (`ToolCallIds`): two that differ only in half a surrogate pair are still two calls. A
+    call that never gets an id is named when the calls are built, after every other id.
     """
 
     def __init__(self) -> None:
@@ -617,6 +617,14 @@ class _ToolCallAssembly:
         self._depths[call.index].feed(piece)
         given_id = call.id if call_id is not None else received_id  # "" stays ""
         return ToolCallDelta(call.index, given_id, call.add_name(given_name), piece)
+
+    def build(self, stop_reason: str | None, redact: Callable[[str], str] | None) -> list[ToolCall]:
+        """The finished calls, once the stream ended (see `PartialToolCall.build`).
+
+        A call that never got an id is named only now, when every id received is known and
+        given out: its name cannot be one another call's delta has given out already.
+        """
+        return [call.build(self._ids, stop_reason, redact) for call in self.calls]
 
 
 class _JsonDepth:
