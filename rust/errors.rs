@@ -6,7 +6,10 @@
 
 use std::any::Any;
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -122,6 +125,22 @@ where
 /// pending signals (a look takes the GIL: done per pass, it would cost small runs much).
 const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 
+/// The error a computation returns when it stops early for a signal; the helpers below
+/// return the exception the signal's handler raised in its place.
+pub fn interrupted() -> CoreError {
+    CoreError::Runtime("interrupted by a signal".into())
+}
+
+/// Whether the calling thread is Python's main thread: the only one signal handlers run in,
+/// so elsewhere a look for them would find nothing, and each would wait for the GIL (up to a
+/// switch interval) for nothing.
+fn on_main_thread(py: Python<'_>) -> PyResult<bool> {
+    let threading = py.import("threading")?;
+    Ok(threading
+        .call_method0("current_thread")?
+        .is(&threading.call_method0("main_thread")?))
+}
+
 /// Runs `f` as [`run_detached`] does (GIL released), giving it a check to call at points
 /// where it may stop (once a pass of a long computation): every
 /// [`SIGNAL_CHECK_INTERVAL`] at most, the check takes the GIL briefly and runs pending
@@ -132,12 +151,7 @@ where
     T: Ungil + Send,
     F: Ungil + Send + FnOnce(&mut dyn FnMut() -> CoreResult<()>) -> CoreResult<T>,
 {
-    // Python runs signal handlers in its main thread only: elsewhere a look would find
-    // nothing, and each would wait for the GIL (up to a switch interval) for nothing.
-    let threading = py.import("threading")?;
-    let on_main = threading
-        .call_method0("current_thread")?
-        .is(&threading.call_method0("main_thread")?);
+    let on_main = on_main_thread(py)?;
     let raised: Mutex<Option<PyErr>> = Mutex::new(None);
     let result = run_detached(py, || {
         let mut last = Instant::now();
@@ -153,11 +167,68 @@ where
                 Err(err) => {
                     *raised.lock() = Some(err);
                     // Only stops `f`: the exception raised above is returned instead.
-                    Err(CoreError::Runtime("interrupted by a signal".into()))
+                    Err(interrupted())
                 }
             }
         };
         f(&mut check)
+    });
+    match raised.into_inner() {
+        Some(err) => Err(err),
+        None => result,
+    }
+}
+
+/// Runs `f` as [`run_detached`] does (GIL released), giving it a stop flag to look at where
+/// it may stop: for a computation spread over threads (rayon workers), which a check made on
+/// the calling thread, as [`run_interruptible`]'s, cannot serve.
+///
+/// In Python's main thread, `f` runs on a thread of its own while the calling thread looks
+/// for pending signals every [`SIGNAL_CHECK_INTERVAL`]. When a handler raises
+/// (`KeyboardInterrupt` on Ctrl-C), the flag is set, `f` is waited for (it should then
+/// return early, with [`interrupted`]), and that exception is what this returns. Elsewhere no
+/// handler runs: `f` runs on the calling thread and the flag stays clear. `f` is `Fn` so that
+/// it can still run on the calling thread when no thread can be started.
+pub fn run_stoppable<T, F>(py: Python<'_>, f: F) -> PyResult<T>
+where
+    T: Ungil + Send,
+    F: Ungil + Send + Sync + Fn(&AtomicBool) -> CoreResult<T>,
+{
+    let stop = AtomicBool::new(false);
+    if !on_main_thread(py)? {
+        return run_detached(py, || f(&stop));
+    }
+    let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+    let result = run_detached(py, || {
+        let (f, stop) = (&f, &stop);
+        // The scope joins the thread before it ends: `f` never outlives what it borrows.
+        thread::scope(|scope| {
+            let (done, finished) = mpsc::channel::<()>();
+            let spawned = thread::Builder::new()
+                .name("llm-agent-runtime-stoppable".into())
+                .spawn_scoped(scope, move || {
+                    // Dropped as `f` returns or unwinds: either way, the wait below ends.
+                    let _done = done;
+                    f(stop)
+                });
+            let Ok(worker) = spawned else {
+                // No thread to spare: run here, where nothing looks for signals meanwhile.
+                return f(stop);
+            };
+            while let Err(RecvTimeoutError::Timeout) = finished.recv_timeout(SIGNAL_CHECK_INTERVAL)
+            {
+                if let Err(err) = Python::attach(|py| py.check_signals()) {
+                    *raised.lock() = Some(err);
+                    stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+            match worker.join() {
+                Ok(result) => result,
+                // Unwound again here, to become `AgentRuntimeError` as in `run_detached`.
+                Err(payload) => resume_unwind(payload),
+            }
+        })
     });
     match raised.into_inner() {
         Some(err) => Err(err),

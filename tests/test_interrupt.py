@@ -1,13 +1,16 @@
 """Long graph computations run with the GIL released, and still stop on Ctrl-C: they look
-for pending signals once a pass and return the exception a handler raises."""
+for pending signals once a pass (betweenness: every few milliseconds while its threads run)
+and return the exception a handler raises."""
 
 from __future__ import annotations
 
 import _thread
 import random
+import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -67,3 +70,73 @@ def test_communities_off_the_main_thread_does_not_wait_for_the_gil() -> None:
         sys.setswitchinterval(interval)
     assert found[0] == expected
     assert found[1] < 3 * alone + 0.3
+
+
+def _random_graph(n: int, m: int, seed: int) -> tuple[ar.GraphStore, list[tuple[int, int, float]]]:
+    rnd = random.Random(seed)
+    edges = [(rnd.randrange(n), rnd.randrange(n), rnd.choice([1.0, 2.0, 3.0])) for _ in range(m)]
+    return ar.GraphStore.from_edge_list(n, edges), edges
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda g: g.betweenness_centrality(k=2000),
+        lambda g: g.betweenness_centrality(weighted=True, directed=False, k=1000),
+        lambda g: g.betweenness_from([str(i) for i in range(2000)]),
+    ],
+    ids=["sampled", "weighted", "from_sources"],
+)
+def test_betweenness_stops_on_ctrl_c_and_leaves_the_store_usable(
+    run: Callable[[ar.GraphStore], object],
+) -> None:
+    # Each takes several seconds here, its sources spread over rayon's threads: Ctrl-C went
+    # unnoticed until the run ended.
+    n, m = 20_000, 80_000
+    g, edges = _random_graph(n, m, seed=4)
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    start = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(g)
+        elapsed = time.perf_counter() - start
+    finally:
+        timer.cancel()
+        timer.join()
+    assert elapsed < 1.0
+    # The store and its snapshot are as they were (a few sources: one thread, exact sums).
+    few = ["0", "1", "2"]
+    assert g.betweenness_from(few) == ar.GraphStore.from_edge_list(n, edges).betweenness_from(few)
+    g.add_relationship("0", "1", "k")
+    assert "1" in g.bfs("0", max_depth=1)
+    assert g.relationship_count() == m + 1
+
+
+def test_betweenness_runs_signal_handlers_as_it_goes_and_gives_one_result_on_any_thread() -> None:
+    # A tree: every path count is 1 and every sum an integer, so the scores are exact
+    # whichever thread adds up which sources.
+    n = 8000
+    rnd = random.Random(5)
+    g = ar.GraphStore.from_edge_list(n, [(rnd.randrange(i), i) for i in range(1, n)])
+    handled: list[float] = []
+    previous = signal.signal(signal.SIGINT, lambda *_: handled.append(time.perf_counter()))
+    timer = threading.Timer(0.1, _thread.interrupt_main)
+    try:
+        start = time.perf_counter()
+        timer.start()
+        on_main = g.betweenness_centrality(directed=False)
+        elapsed = time.perf_counter() - start
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGINT, previous)
+    # A handler that does not raise ran while the run went on (not once it had ended), and
+    # the run was not cut short by it.
+    assert len(handled) == 1 and handled[0] - start < elapsed / 2
+    found: list[dict[str, float]] = []
+    worker = threading.Thread(target=lambda: found.append(g.betweenness_centrality(directed=False)))
+    worker.start()
+    worker.join()
+    assert found == [on_main]
+    assert len(on_main) == n and max(on_main.values()) > 0

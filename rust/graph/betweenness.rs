@@ -2,16 +2,18 @@
 //!
 //! Path counting follows networkx: parallel relationships count once (at their smallest
 //! weight), and the normalization is `_rescale`'s. Sources are split across threads above
-//! [`PARALLEL_SOURCES`]; each thread keeps its own scratch arrays and partial sums.
+//! [`PARALLEL_SOURCES`]; each thread keeps its own scratch arrays and partial sums. A stop
+//! flag, looked at before each source, lets a caller end a long run early.
 
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
 use super::algo::PARALLEL_SOURCES;
 use super::alloc::{collected, filled, with_capacity};
 use super::csr::{Adjacency, Snapshot};
-use crate::errors::{CoreError, CoreResult};
+use crate::errors::{interrupted, CoreError, CoreResult};
 
 /// Everything the passes know about one node, packed so one cache line serves a visit.
 #[derive(Clone, Copy)]
@@ -214,7 +216,32 @@ fn accumulate_weighted(
     }
 }
 
-/// Betweenness of every node.
+/// Runs with fewer steps than this (sources times nodes and relationships) end soon enough
+/// that a way to stop them early would cost more than it saves.
+const STOPPABLE_STEPS: usize = 1 << 20;
+
+/// Whether a run from `sources` sources over `g` is long enough to be worth making stoppable
+/// (see [`stoppable_betweenness`]).
+pub fn worth_stopping(g: &Snapshot, sources: usize) -> bool {
+    sources.saturating_mul(g.n.saturating_add(g.edges().len())) >= STOPPABLE_STEPS
+}
+
+/// Betweenness of every node: [`stoppable_betweenness`] run to its end.
+///
+/// # Errors
+/// As [`stoppable_betweenness`], never interrupted.
+pub fn betweenness(
+    g: &Snapshot,
+    directed: bool,
+    weighted: bool,
+    normalized: bool,
+    sources: Option<&[u32]>,
+) -> CoreResult<Vec<f64>> {
+    let never = AtomicBool::new(false);
+    stoppable_betweenness(g, directed, weighted, normalized, sources, &never)
+}
+
+/// Betweenness of every node, stopping before the next source once `stop` is set.
 ///
 /// `sources` restricts the sum to those sources (a sample of at least one) and rescales the
 /// estimate as networkx's `k=` does. The sources must be distinct, as networkx's sample is
@@ -224,13 +251,14 @@ fn accumulate_weighted(
 /// # Errors
 /// [`CoreError::Graph`] when `sources` is an empty sample, a weighted run meets a
 /// non-positive weight, or the per-thread buffers (two rows of one slot per node) do not fit
-/// in memory.
-pub fn betweenness(
+/// in memory; [`interrupted`] when `stop` was set before the last source was done.
+pub fn stoppable_betweenness(
     g: &Snapshot,
     directed: bool,
     weighted: bool,
     normalized: bool,
     sources: Option<&[u32]>,
+    stop: &AtomicBool,
 ) -> CoreResult<Vec<f64>> {
     let n = g.n;
     if sources.is_some_and(<[u32]>::is_empty) {
@@ -267,21 +295,34 @@ pub fn betweenness(
             &all
         }
     };
-    let run = |sc: &mut Scratch, scores: &mut Vec<f64>, s: u32| match back {
-        Some(back) => accumulate_weighted(fwd, back, s, sc, scores),
-        None => accumulate_unweighted(fwd, s, sc, scores),
+    // A source's passes are short, and the partial sums consistent between two of them.
+    let stopped = || -> CoreResult<()> {
+        if stop.load(Ordering::Relaxed) {
+            Err(interrupted())
+        } else {
+            Ok(())
+        }
+    };
+    let run = |sc: &mut Scratch, scores: &mut Vec<f64>, s: u32| -> CoreResult<()> {
+        stopped()?;
+        match back {
+            Some(back) => accumulate_weighted(fwd, back, s, sc, scores),
+            None => accumulate_unweighted(fwd, s, sc, scores),
+        }
+        Ok(())
     };
     let buffers = || -> CoreResult<(Scratch, Vec<f64>)> {
+        stopped()?;
         Ok((Scratch::new(n)?, filled(n, 0.0, "the betweenness scores")?))
     };
     // Each worker's buffers are allocated as its share starts: a share whose buffers do not
-    // fit skips its sources, and the run fails with that error.
+    // fit (or that starts once stopped) skips its sources, and the run fails with that error.
     let parallel = || {
         sources
             .par_iter()
             .fold(buffers, |state, &s| {
                 let (mut sc, mut scores) = state?;
-                run(&mut sc, &mut scores, s);
+                run(&mut sc, &mut scores, s)?;
                 Ok((sc, scores))
             })
             .map(|state| state.map(|(_, scores)| scores))
@@ -303,7 +344,7 @@ pub fn betweenness(
         None => {
             let (mut sc, mut scores) = buffers()?;
             for &s in sources {
-                run(&mut sc, &mut scores, s);
+                run(&mut sc, &mut scores, s)?;
             }
             scores
         }
@@ -452,5 +493,29 @@ mod tests {
         assert!(parallel.iter().all(|x| x.is_finite()));
         assert!(serial_part.iter().all(|x| x.is_finite()));
         assert!((parallel[n / 2] - 0.5).abs() < 0.01);
+    }
+
+    #[test]
+    fn a_set_stop_flag_ends_serial_and_parallel_runs() {
+        let stop = AtomicBool::new(true);
+        for n in [10, PARALLEL_SOURCES + 50] {
+            for weighted in [false, true] {
+                let g = path_graph(n, if weighted { 2.5 } else { 1.0 });
+                let run = |stop| stoppable_betweenness(&g, false, weighted, true, None, stop);
+                assert_eq!(run(&stop), Err(interrupted()));
+                assert_eq!(
+                    run(&AtomicBool::new(false)),
+                    betweenness(&g, false, weighted, true, None)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_long_runs_are_worth_stopping() {
+        let g = path_graph(1000, 1.0); // 1000 nodes, 999 relationships
+        assert!(!worth_stopping(&g, 10));
+        assert!(worth_stopping(&g, 1000));
+        assert!(worth_stopping(&g, usize::MAX));
     }
 }

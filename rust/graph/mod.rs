@@ -20,6 +20,7 @@ pub mod store;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use compact_str::CompactString;
@@ -32,7 +33,9 @@ use serde_json::Value;
 use crate::args::{
     self, extract_unsigned, graph_text, graph_texts, optional_graph_text, OutOfRange,
 };
-use crate::errors::{catch_panics, run_detached, run_interruptible, CoreError, CoreResult};
+use crate::errors::{
+    catch_panics, run_detached, run_interruptible, run_stoppable, CoreError, CoreResult,
+};
 use crate::sync;
 use algo::DegreeMode;
 use community::SplitMix;
@@ -428,6 +431,21 @@ impl PyGraphStore {
     ) -> PyResult<T> {
         let frozen = self.frozen(py)?;
         run_interruptible(py, move |check| f(&frozen, check))
+    }
+}
+
+/// Runs the betweenness computation `f` with the GIL released: one that is `long` (see
+/// [`betweenness::worth_stopping`]) stops on Ctrl-C ([`run_stoppable`]); a short one runs
+/// straight, with a stop flag nothing sets.
+fn run_betweenness<T: Send>(
+    py: Python<'_>,
+    long: bool,
+    f: impl Fn(&AtomicBool) -> CoreResult<T> + Send + Sync,
+) -> PyResult<T> {
+    if long {
+        run_stoppable(py, f)
+    } else {
+        run_detached(py, || f(&AtomicBool::new(false)))
     }
 }
 
@@ -1138,33 +1156,37 @@ impl PyGraphStore {
         }
         let k: Option<Result<usize, OutOfRange>> = k.map(args::to_usize).transpose()?;
         let frozen = self.frozen(py)?;
+        let n = frozen.snapshot.n;
+        let k = match k {
+            None => None,
+            Some(Ok(k)) if (1..=n).contains(&k) => Some(k),
+            Some(other) => {
+                let k = other.map_or_else(|e| e.text().to_owned(), |k| k.to_string());
+                return Err(CoreError::Graph(format!(
+                    "k must be between 1 and the entity count ({n}), got {k}"
+                ))
+                .into());
+            }
+        };
         let inner = frozen.clone();
-        let scores = run_detached(py, move || {
-            let n = inner.snapshot.n;
+        let long = betweenness::worth_stopping(&frozen.snapshot, k.unwrap_or(n));
+        let scores = run_betweenness(py, long, move |stop| {
             let sample = match k {
                 None => None,
                 Some(k) => {
-                    let k = match k {
-                        Ok(k) if (1..=n).contains(&k) => k,
-                        other => {
-                            let k = other.map_or_else(|e| e.text().to_owned(), |k| k.to_string());
-                            return Err(CoreError::Graph(format!(
-                                "k must be between 1 and the entity count ({n}), got {k}"
-                            )));
-                        }
-                    };
                     let mut all = alloc::collected(0..n as u32, "the betweenness sample")?;
                     SplitMix::new(seed).shuffle(&mut all);
                     all.truncate(k);
                     Some(all)
                 }
             };
-            betweenness::betweenness(
+            betweenness::stoppable_betweenness(
                 &inner.snapshot,
                 directed,
                 weighted,
                 normalized,
                 sample.as_deref(),
+                stop,
             )
         })?;
         frozen.py_dict(py, scores.into_iter().enumerate())
@@ -1186,20 +1208,22 @@ impl PyGraphStore {
     ) -> PyResult<Bound<'py, PyDict>> {
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
+        let long = betweenness::worth_stopping(&frozen.snapshot, sources.len());
         // Borrowed, not moved: the Python strings are released here, with the GIL.
         let sources = &sources;
-        let scores = run_detached(py, move || {
+        let scores = run_betweenness(py, long, move |stop| {
             // A repeated source would be counted twice but rescaled as distinct ones (wrong
             // scores): refused, as `modularity` refuses an entity listed twice.
             let mut seen = alloc::filled(inner.snapshot.n, false, "the sources' marks")?;
             let nodes = inner.distinct_nodes(sources, &mut seen, "listed twice in sources")?;
             drop(seen);
-            betweenness::betweenness(
+            betweenness::stoppable_betweenness(
                 &inner.snapshot,
                 directed,
                 weighted,
                 normalized,
                 Some(&nodes),
+                stop,
             )
         })?;
         frozen.py_dict(py, scores.into_iter().enumerate())
