@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -451,6 +452,41 @@ async def test_memory_with_an_embedder_recalls_what_matches_the_request() -> Non
     assert "cat" not in prompts[0] and "rent" not in prompts[0]
     await runtime.run_agent("a", "what is my cat called?", infer)
     assert "the user's cat is called Tom" in prompts[1]
+
+
+class WaitingEmbedder:
+    """Embeds once `ready` (a threading.Event) is set, waiting at most 5 s: as a network
+    embedder waits on its server, here on a coroutine of the event loop."""
+
+    def __init__(self) -> None:
+        self.inner = ar.HashingEmbedder()
+        self.ready = threading.Event()
+        self.waited_out = False
+
+    def embed(self, texts: Any) -> Any:
+        self.waited_out = self.waited_out or not self.ready.wait(5.0)
+        return self.inner.embed(texts)
+
+
+async def test_memory_recall_with_an_embedder_leaves_the_event_loop_free() -> None:
+    # The request was embedded on the event loop: a slow embeddings server stalled every
+    # other run, and the run's own timeout, for as long as it took.
+    embedder = WaitingEmbedder()
+    memory = ar.EpisodicStore(embedder=embedder)
+    embedder.ready.set()  # the stored memory's embedding
+    memory.add_episode("a", "the deadline is Friday", 0.5)
+    embedder.ready.clear()
+
+    async def set_ready() -> None:
+        await asyncio.sleep(0.01)
+        embedder.ready.set()
+
+    runtime = ar.AgentRuntime(memory=memory)
+    setting = asyncio.ensure_future(set_ready())
+    session = await runtime.run_agent("a", "when is the deadline?", react(FINAL))
+    await setting
+    assert not embedder.waited_out
+    assert session.final_answer == "5" and session.memory_hits == 1
 
 
 async def test_stop_sequences_cut_replies_of_an_infer_function() -> None:

@@ -869,7 +869,14 @@ class AgentRuntime:
             await self._save_meta(session, mode, run, history_saved, resume, before)
         if events.active:
             events.emit(RunStarted(session.session_id, agent_id, prompt))
-        context = self._context(agent_id, prompt, session)
+        recalled = None
+        if self._semantic_recall and self.config.max_memory_recalls > 0:
+            # Embedding the request may be a network call (a blocking one: `Embedder.embed`
+            # is sync): made off the event loop, so other runs and the run's timeout go on.
+            recalled = await asyncio.to_thread(
+                self.memory.recall, agent_id, self.config.max_memory_recalls, prompt
+            )
+        context = self._context(agent_id, prompt, session, recalled)
         if history:  # the earlier turns that fit beside what this request holds anyway
             history = self.trim_history(history, self._request_chars(context, prompt, provider))
         if provider is not None:
@@ -926,16 +933,18 @@ class AgentRuntime:
             tools = len(_REACT_FORMAT_NO_TOOLS)
         return len(context) + tools + len(prompt)
 
-    def _context(self, agent_id: str, prompt: str, session: AgentSession) -> str:
-        """Builds the prompt preamble: system prompt, recalled memories, working memory."""
+    def _context(
+        self, agent_id: str, prompt: str, session: AgentSession, recalled: Any = None
+    ) -> str:
+        """Builds the prompt preamble: system prompt, recalled memories, working memory.
+
+        `recalled`: what a store with an embedder recalled for `prompt` (ranked by similarity
+        to it too, off the event loop: see `_run_body`); a store without one recalls here.
+        """
         parts = [self.config.system_prompt]
         if self.memory is not None and self.config.max_memory_recalls > 0:
             limit = self.config.max_memory_recalls
-            # A store with an embedder ranks memories by similarity to the request too.
-            if self._semantic_recall:
-                episodes = self.memory.recall(agent_id, limit, prompt)
-            else:
-                episodes = self.memory.recall(agent_id, limit)
+            episodes = recalled if self._semantic_recall else self.memory.recall(agent_id, limit)
             # A blank memory says nothing: it is neither shown nor counted as a hit. (The
             # store ranks before this, so a blank one still takes one of the recall slots.)
             try:
