@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import re
 import sys
 import threading
@@ -398,3 +400,14 @@ def test_threads_storing_replacing_deleting_and_searching_keep_the_store_consist
         assert store.delete(key)
     assert len(store) == store.entry_count_with_embedding() == 0
     assert store.search(vector("t0-1", 0), 5) == []
+
+
+@pytest.mark.parametrize("how", [copy.copy, copy.deepcopy, pickle.dumps])
+def test_a_store_is_not_copied(how: Any) -> None:
+    # A shallow copy shared the index and the entries but not the id counter: the copy and
+    # the store then gave one id to two vectors, and each overwrote the other's.
+    store = ar.SemanticStore()
+    store.store("a", "the sky is blue")
+    with pytest.raises(TypeError, match="cannot pickle or copy a SemanticStore"):
+        how(store)
+    assert [hit.key for hit in store.search("sky", k=1)] == ["a"]

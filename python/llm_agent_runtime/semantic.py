@@ -276,6 +276,11 @@ class SemanticStore:
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
+    def __reduce__(self) -> Any:
+        # Copied as an object (its fields shared, its id counter not), a copy and the store
+        # would give one id to two vectors: refused, as the Rust stores refuse it.
+        raise TypeError("cannot pickle or copy a SemanticStore: build a new one and store into it")
+
     def __repr__(self) -> str:
         return f"SemanticStore(entries={len(self)}, embedded={self.entry_count_with_embedding()})"
 
