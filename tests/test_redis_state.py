@@ -1154,3 +1154,130 @@ async def test_single_flight_keeps_results_for_the_longest_ttl_it_takes() -> Non
     assert await dedup.client.pttl(result_key) > 2**52
     await dedup.client.delete(result_key, lease_key)
     await dedup.close()
+
+
+# -- concurrent updates of one shared breaker ---------------------------------------------------
+
+
+def _record_round_trips(client: Any) -> list[Any]:
+    """Records what `client` sends, one entry per send (a pipeline's commands in one): its
+    round trips. Call it before the client opens its first connection."""
+    pool = client.connection_pool
+    sent: list[Any] = []
+
+    class Recording(pool.connection_class):  # type: ignore[misc,name-defined]
+        async def send_packed_command(self, command: Any, *args: Any, **kwargs: Any) -> None:
+            sent.append(command)
+            await super().send_packed_command(command, *args, **kwargs)
+
+    pool.connection_class = Recording
+    return sent
+
+
+def _one_more_failure(state: ar.CircuitState) -> ar.CircuitState:
+    return state._replace(failures=state.failures + 1)
+
+
+def _broken_change(state: ar.CircuitState) -> ar.CircuitState:
+    raise RuntimeError("no clock")
+
+
+async def test_concurrent_failures_all_count_in_round_trips_that_do_not_grow_with_them() -> None:
+    calls = 100
+    backend = ar.RedisCircuitStateBackend(redis_url(), prefix=f"herd:{os.getpid()}:")
+    sent = _record_round_trips(backend.client)
+    await backend.client.delete(backend.prefix + "svc")
+    breaker = ar.CircuitBreaker(
+        "svc", failure_threshold=calls + 1, recovery_window=60, backend=backend
+    )
+    gate = asyncio.Event()
+    admitted = 0
+
+    async def failing() -> None:
+        nonlocal admitted
+        admitted += 1
+        await gate.wait()
+        raise ConnectionError("down")
+
+    async def all_admitted() -> bool:
+        return admitted == calls
+
+    before = len(sent)
+    tasks = [asyncio.create_task(breaker.call(failing)) for _ in range(calls)]
+    await _until(all_admitted)
+    gate.set()  # the service fails them all at once
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    round_trips = len(sent) - before
+    assert all(isinstance(outcome, ConnectionError) for outcome in outcomes)
+    state = await backend.get("svc")
+    assert (state.status, state.failures) == ("closed", calls)  # each counted exactly once
+    # One retried transaction per update took O(calls**2) round trips (~15,000 here).
+    assert round_trips < 10 * calls
+    with pytest.raises(ConnectionError):  # the threshold's failure opens it
+        await breaker.call(_raise_connection_error)
+    state = await backend.get("svc")
+    assert (state.status, state.failures) == ("open", calls + 1)
+    assert breaker.transitions == {"closed->open": 1}
+    await backend.client.delete(backend.prefix + "svc")
+    await backend.close()
+
+
+async def test_updates_queued_behind_a_write_go_in_one_and_a_cancelled_one_is_left_out() -> None:
+    backend = ar.RedisCircuitStateBackend(redis_url(), prefix=f"queued:{os.getpid()}:")
+    sent = _record_round_trips(backend.client)
+    await backend.client.delete(backend.prefix + "svc")
+    backend._swap, reply = _slow_replies(backend._swap)
+    first = asyncio.create_task(backend.update("svc", _one_more_failure))
+
+    async def first_written() -> bool:
+        return (await backend.get("svc")).failures == 1
+
+    await _until(first_written)  # its reply is held back
+    changes = [_one_more_failure] * 5 + [_broken_change, _one_more_failure]
+    queued = [asyncio.create_task(backend.update("svc", change)) for change in changes]
+    await asyncio.sleep(0)  # each is queued behind the write under way
+    queued[2].cancel()  # before its change is written: left out
+    first.cancel()  # after: its change stands
+    before = len(sent)
+    reply.set()
+    for cancelled in (first, queued[2]):
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+    with pytest.raises(ar.PersistenceError, match="no clock"):  # only its caller fails
+        await queued[5]
+    del queued[5], queued[2]
+    made = [(old.failures, new.failures) for old, new in await asyncio.gather(*queued)]
+    assert made == [(1, 2), (2, 3), (3, 4), (4, 5), (5, 6)]  # in arrival order, each once
+    assert len(sent) - before == 2  # one read and one write for the five
+    assert (await backend.get("svc")).failures == 6
+    await backend.client.delete(backend.prefix + "svc")
+    await backend.close()
+
+
+async def test_a_write_refused_for_another_processs_change_is_applied_to_that_state() -> None:
+    prefix = f"refused:{os.getpid()}:"
+    mine = ar.RedisCircuitStateBackend(redis_url(), prefix=prefix)
+    other = ar.RedisCircuitStateBackend(redis_url(), prefix=prefix)  # another process's
+    await mine.client.delete(prefix + "svc")
+    swap, send = mine._swap, asyncio.Event()
+    attempts: list[Any] = []
+
+    async def held(**kwargs: Any) -> Any:
+        attempts.append(kwargs)
+        await send.wait()
+        return await swap(**kwargs)
+
+    mine._swap = held
+    update = asyncio.create_task(mine.update("svc", _one_more_failure))
+    while not attempts:  # it has read the state and computed its write
+        await asyncio.sleep(0.001)
+    old, new = await other.update("svc", _one_more_failure)  # another process writes first
+    assert (old.failures, new.failures) == (0, 1)
+    send.set()
+    old, new = await update
+    assert (old.failures, new.failures) == (1, 2)  # applied again, to the state found
+    assert len(attempts) == 2  # the refusal brought that state: no second read
+    assert (await mine.get("svc")).failures == 2
+    await mine.client.delete(prefix + "svc")
+    for backend in (mine, other):
+        await backend.close()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import math
+import random
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,13 +33,42 @@ async def _settle(cleanup: Awaitable[None]) -> None:
     await asyncio.shield(keep_alive(asyncio.ensure_future(cleanup)))
 
 
+# Compare and set of one breaker's state. KEYS[1]: the state. ARGV: the value the caller read
+# and computed its state from, then the new value. Values are passed as "seen" strings: '='
+# and the stored value, or '' for a missing key (distinct from any stored value). Writes the new
+# value only if the key still holds the one read; returns {1}, or {0, what it holds (seen)}
+# so that the caller recomputes from there without another read.
+_SWAP_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+local seen = current and '=' .. current or ''
+if seen ~= ARGV[1] then return {0, seen} end
+redis.call('SET', KEYS[1], ARGV[2])
+return {1}
+"""
+
+_Update = tuple[
+    Callable[[CircuitState], CircuitState], asyncio.Future[tuple[CircuitState, CircuitState]]
+]
+"""A pending `update`: its change and the future its caller awaits."""
+
+_Queue = tuple[asyncio.AbstractEventLoop, str]
+"""The updates of one service from one event loop (a loop's futures are its own)."""
+
+_MAX_BACKOFF = 0.05
+"""Most seconds a write waits before retrying after another process changed the state."""
+
+
 class RedisCircuitStateBackend:
     """A `CircuitStateBackend` in Redis: every process using it shares each breaker's state.
 
-    `update` is an optimistic transaction (WATCH, read, MULTI/SET/EXEC, retried when another
-    process changed the state in between), so failures counted by every process add up. Give
-    the breakers a clock that all processes share (the default monotonic clock is shared by
-    the processes of one machine; across machines use wall-clock time).
+    `update` is optimistic: it reads the state, applies the change, and writes the result with
+    a compare-and-set script that refuses it if another process changed the state in between
+    (the change is then applied again to the state found, after a short random backoff), so
+    failures counted by every process add up. Concurrent updates of one service in this
+    process are applied together, in arrival order, by one read and one write: their cost in
+    round trips does not grow with their number. Give the breakers a clock that all processes
+    share (the default monotonic clock is shared by the processes of one machine; across
+    machines use wall-clock time).
 
     Args:
         url: e.g. `redis://host:6379/0`.
@@ -52,6 +82,11 @@ class RedisCircuitStateBackend:
     def __init__(self, url: str, prefix: str = "llm_agent_runtime:breaker:") -> None:
         self.prefix = prefix
         self.client: Any = redis_client(url, "RedisCircuitStateBackend")
+        self._swap = self.client.register_script(_SWAP_SCRIPT)
+        # Per service (and loop): the updates waiting for the next write, and the task
+        # writing them.
+        self._pending: dict[_Queue, list[_Update]] = {}
+        self._writers: dict[_Queue, asyncio.Future[None]] = {}
 
     def __repr__(self) -> str:
         return f"RedisCircuitStateBackend(prefix={self.prefix!r})"
@@ -72,30 +107,108 @@ class RedisCircuitStateBackend:
     async def update(
         self, service: str, change: Callable[[CircuitState], CircuitState]
     ) -> tuple[CircuitState, CircuitState]:
-        """Applies `change` atomically to the shared state; returns (old, new)."""
-        from redis.exceptions import WatchError
+        """Applies `change` atomically to the shared state; returns (old, new).
 
-        key = self.prefix + service
+        The change waits for the write of `service` under way in this process, if any, then
+        is written with every other change queued meanwhile. A caller cancelled before its
+        change is written leaves it out; once the write is sent, the change is made (as with
+        any command whose reply the caller no longer waits for).
+
+        Raises:
+            PersistenceError: Redis failed, the stored state is corrupt, or `change` raised.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[CircuitState, CircuitState]] = loop.create_future()
+        queue = (loop, service)
+        self._pending.setdefault(queue, []).append((change, future))
+        if queue not in self._writers:
+            self._writers[queue] = keep_alive(asyncio.ensure_future(self._write(queue)))
+        return await future
+
+    async def _write(self, queue: _Queue) -> None:
+        """Writes the pending updates of `queue`, a batch at a time, until none is left."""
+        batch: list[_Update] = []
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(key)
-                        old = _decode(await pipe.get(key))
-                        new = change(old)
-                        if new == old:
-                            await pipe.unwatch()
-                            return old, old
-                        pipe.multi()
-                        pipe.set(key, json.dumps(list(new)))
-                        await pipe.execute()
-                        return old, new
-                    except WatchError:
-                        continue  # another process changed it first: recompute
-        except PersistenceError:
+            while True:
+                batch = self._pending.pop(queue, [])
+                if not batch:
+                    return
+                await self._commit(queue, batch)
+        except BaseException:
+            # Cancelled (its loop is closing): no caller may wait for it forever.
+            for _, future in batch + self._pending.pop(queue, []):
+                future.cancel()
             raise
+        finally:
+            del self._writers[queue]
+
+    async def _commit(self, queue: _Queue, batch: list[_Update]) -> None:
+        """Applies `batch` in order to its service's state in one write; settles its futures.
+
+        Updates queued while the write is refused by another process's change join it.
+        """
+        key = self.prefix + queue[1]
+        outcomes: list[tuple[CircuitState, CircuitState] | PersistenceError] = []
+        try:
+            raw = await self.client.get(key)
+            attempt = 0
+            while True:
+                batch += self._pending.pop(queue, [])
+                # Callers cancelled before this attempt leave their change out.
+                batch[:] = [update for update in batch if not update[1].done()]
+                old = _decode(raw)
+                outcomes, new = _apply(old, batch, key)
+                if new == old:
+                    break  # nothing to write: the batch took effect at the read
+                seen = b"" if raw is None else b"=" + raw
+                reply = await self._swap(keys=[key], args=[seen, json.dumps(list(new))])
+                if reply[0] == 1:
+                    break
+                raw = reply[1][1:] if reply[1] else None
+                # Another process wrote first: back off (at random, so that contending
+                # processes spread out) and apply the batch to the state it wrote.
+                attempt += 1
+                ceiling = min(_MAX_BACKOFF, 0.001 * 2 ** min(attempt, 6))
+                await asyncio.sleep(random.uniform(0, ceiling))
         except Exception as error:
-            raise PersistenceError(f"Redis: {error}", key=key) from error
+            outcomes = [_failure(error, key) for _ in batch]  # one each: each is raised
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue  # its caller was cancelled while the write was under way
+            if isinstance(outcome, PersistenceError):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+
+def _apply(
+    state: CircuitState, batch: list[_Update], key: str
+) -> tuple[list[tuple[CircuitState, CircuitState] | PersistenceError], CircuitState]:
+    """Applies the changes of `batch` in order from `state`; returns each outcome and the end.
+
+    A change that raises leaves the state as it was; its outcome is the error to raise.
+    """
+    outcomes: list[tuple[CircuitState, CircuitState] | PersistenceError] = []
+    for change, _ in batch:
+        try:
+            new = change(state)
+        except Exception as error:
+            outcomes.append(_failure(error, key))
+            continue
+        outcomes.append((state, new))
+        state = new
+    return outcomes, state
+
+
+def _failure(error: Exception, key: str) -> PersistenceError:
+    """`error` as the `PersistenceError` an `update` raises (a new one for each caller)."""
+    if isinstance(error, PersistenceError):  # a corrupt state: its copy, with its cause
+        failure = PersistenceError(error.args[0], key=error.key)
+        failure.__cause__ = error.__cause__
+    else:
+        failure = PersistenceError(f"Redis: {error}", key=key)
+        failure.__cause__ = error
+    return failure
 
 
 def _decode(raw: bytes | None) -> CircuitState:
