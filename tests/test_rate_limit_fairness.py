@@ -6,13 +6,16 @@ import asyncio
 import gc
 import heapq
 import itertools
+import os
+import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.orchestration import rate_limit
+from llm_agent_runtime.orchestration.clock import SystemClock
 
 
 class StoppedClock:
@@ -49,6 +52,18 @@ class StoppedClock:
             deadline, _, future = heapq.heappop(self._sleepers)
             self.time = max(self.time, deadline)
             future.set_result(None)
+
+
+class CountingClock(StoppedClock):
+    """A `StoppedClock` that counts the sleeps it is asked for (a waiter's each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeps = 0
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        await super().sleep(seconds)
 
 
 class Queue:
@@ -180,21 +195,10 @@ def test_waiters_are_served_in_arrival_order_exactly_at_the_rate(
     asyncio.run(run())
 
 
-async def test_cancelling_many_waiters_at_once_moves_each_other_one_up_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_cancelling_many_waiters_at_once_moves_each_other_one_up_once() -> None:
     # Refunds are settled in one pass a turn of the loop: cancelling half of 2,000 waiters
-    # (a shutdown) moved the rest up once each per refund before, a million moves.
-    moves = 0
-    move_up = rate_limit._Waiter.move_up
-
-    def counted(self: object, seconds: float) -> None:
-        nonlocal moves
-        moves += 1
-        move_up(self, seconds)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(rate_limit._Waiter, "move_up", counted)
-    clock = StoppedClock()
+    # (a shutdown) moved the rest up once each per refund before, a million new sleeps.
+    clock = CountingClock()
     queue = Queue(ar.RateLimiter(rate=1.0, capacity=1.0, clock=clock), clock)
     names = [f"w{i}" for i in range(2_000)]
     for name in names:
@@ -208,7 +212,7 @@ async def test_cancelling_many_waiters_at_once_moves_each_other_one_up_once(
     # after the one before it, as if the cancelled ones had never come.
     kept = names[1::2]
     assert [served[n] for n in kept] == [float(i) for i in range(1, len(kept) + 1)]
-    assert moves <= len(kept)
+    assert clock.sleeps <= len(names) + len(kept)  # each sleeps once, and once more moved up
 
 
 async def test_refunds_and_a_newcomer_in_one_turn_serve_it_exactly_on_time() -> None:
@@ -382,3 +386,208 @@ async def test_waiters_cancelled_in_one_turn_before_they_are_due_give_all_back(o
     await clock.run()
     assert await queue.until_served() == [("C", 0.8)]
     assert limiter.tokens("k") == pytest.approx(0.3)
+
+
+# -- a cancellation costs O(log n), not a new sleep for every waiter behind it ------------------
+
+
+async def waiting_queue(size: int) -> tuple[Queue, CountingClock]:
+    """`size` callers waiting on an empty bucket (one token a second), each asleep."""
+    clock = CountingClock()
+    limiter = ar.RateLimiter(rate=1.0, capacity=1.0, clock=clock)
+    assert limiter.try_acquire("k")
+    queue = Queue(limiter, clock)
+    for i in range(size):
+        await queue.arrive(f"w{i}")
+    await asyncio.sleep(0)
+    assert clock.sleeps == size
+    return queue, clock
+
+
+@pytest.mark.parametrize("leaving", ["first", "every other"])
+async def test_waiters_giving_up_one_turn_apart_cost_a_sleep_each_at_most(leaving: str) -> None:
+    # Each refund woke every waiter behind it into a new sleep: 20 of 300 waiters giving up in
+    # turns of their own (client timeouts, one after another) cost 5,300 new sleeps, not 20.
+    size, leavers = 300, 20
+    queue, clock = await waiting_queue(size)
+    names = [f"w{i}" for i in range(size)]
+    gone = names[:leavers] if leaving == "first" else names[1 : 2 * leavers : 2]
+    for name in gone:
+        await queue.leave(name)
+        await asyncio.sleep(0)  # its refund is settled before the next one leaves
+    assert clock.sleeps - size <= leavers  # the first waiter's, woken sooner
+    before = clock.sleeps
+    await clock.run()
+    kept = [name for name in names if name not in gone]
+    # Served one a second, in order, as if those who left had never come; each woken once
+    # more at most, as the one before it leaves.
+    assert await queue.until_served() == [(n, float(i)) for i, n in enumerate(kept, 1)]
+    assert clock.sleeps - before <= len(kept)
+    assert queue.limiter._room.waiters == {}
+
+
+class SteppedClock(CountingClock):
+    """A `StoppedClock` that can also move to a time, waking each sleeper on the way."""
+
+    async def advance(self, seconds: float) -> None:
+        target = self.time + seconds
+        while True:
+            for _ in range(10):  # the woken tasks run, and may sleep again
+                await asyncio.sleep(0)
+            while self._sleepers and self._sleepers[0][2].done():
+                heapq.heappop(self._sleepers)
+            if not self._sleepers or self._sleepers[0][0] > target:
+                break
+            deadline, _, future = heapq.heappop(self._sleepers)
+            self.time = max(self.time, deadline)
+            future.set_result(None)
+        self.time = target
+
+
+class ReferenceBucket:
+    """The token bucket `RateLimiter` keeps, the plain way: each waiter's due, moved up one by
+    one when a waiter ahead of it gives its reservation back."""
+
+    def __init__(self, rate: float, capacity: float) -> None:
+        self.rate, self.capacity = rate, capacity
+        self.level, self.last = 0.0, 0.0  # emptied at t = 0
+        self.waiting: dict[str, tuple[float, float]] = {}  # in arrival order: (tokens, due)
+
+    def arrive(self, name: str, tokens: float, now: float) -> float:
+        """Reserves `tokens`; returns when they are granted."""
+        self.level = min(self.capacity, self.level + (now - self.last) * self.rate) - tokens
+        self.last = now
+        if self.level >= 0:
+            return now
+        self.waiting[name] = (tokens, now - self.level / self.rate)
+        return self.waiting[name][1]
+
+    def serve(self, now: float) -> None:
+        self.waiting = {n: (t, due) for n, (t, due) in self.waiting.items() if due > now}
+
+    def leave(self, name: str, now: float) -> dict[str, float]:
+        """Gives `name`'s reservation back; returns when the others are served now (at once,
+        if it moved them up into the past)."""
+        names = list(self.waiting)
+        tokens, due = self.waiting.pop(name)
+        assert now < due  # else it was served
+        self.level += tokens
+        for other in names[names.index(name) + 1 :]:
+            other_tokens, other_due = self.waiting[other]
+            self.waiting[other] = (other_tokens, other_due - tokens / self.rate)
+        return {other: max(due, now) for other, (_, due) in self.waiting.items()}
+
+
+@settings(max_examples=150, deadline=None)
+@example(ops=[("arrive", 1.0)] * 8 + [("leave", index) for index in range(6)])  # the first go
+@example(ops=[("arrive", 0.5)] * 8 + [("wait", 0.75), ("leave", 7), ("leave", 3), ("leave", 4)])
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.integers(1, 16).map(lambda eighths: ("arrive", eighths / 8)),
+            st.integers(0, 30).map(lambda index: ("leave", index)),
+            st.integers(1, 24).map(lambda sixteenths: ("wait", sixteenths / 16)),
+        ),
+        max_size=40,
+    )
+)
+def test_waiters_leaving_over_time_are_served_in_order_and_never_beyond_the_rate(
+    ops: list[tuple[str, float]],
+) -> None:
+    """Arrivals, time passing and cancellations, each in turns of its own (rate 2, capacity 2).
+
+    Every waiter is served exactly when a plain token bucket serves it (amounts and times are
+    sums of eighths: no rounding), so in arrival order, and never more tokens are granted than
+    capacity + rate x elapsed; a cancellation costs one new sleep at most, not one for each
+    waiter behind it.
+    """
+
+    async def run() -> None:
+        clock = SteppedClock()
+        limiter = ar.RateLimiter(rate=2.0, capacity=2.0, clock=clock)
+        assert limiter.try_acquire("k", 2.0)
+        queue = Queue(limiter, clock)
+        reference = ReferenceBucket(2.0, 2.0)
+        wanted: dict[str, float] = {}
+        expected: dict[str, float] = {}  # when each caller not gone is served
+        for kind, value in ops:
+            if kind == "arrive":
+                name = f"w{len(wanted)}"
+                wanted[name] = value
+                expected[name] = reference.arrive(name, value, clock.now())
+                await queue.arrive(name, value)
+            elif kind == "wait":
+                await clock.advance(value)
+                reference.serve(clock.now())
+            elif wanted:
+                name = list(wanted)[int(value) % len(wanted)]
+                if not queue.tasks[name].done():
+                    await queue.leave(name)  # its refund is settled before what follows
+                    del expected[name]
+                    expected.update(reference.leave(name, clock.now()))
+                    await clock.advance(0.0)  # those moved up to now are served
+            for name, due in expected.items():  # served on time: neither sooner nor later
+                assert queue.tasks[name].done() == (due <= clock.now()), name
+        await clock.run()
+        served = await queue.until_served()
+        assert served == list(expected.items())  # in arrival order, at the times expected
+        grants = [(0.0, 2.0)] + [(when, wanted[name]) for name, when in served]
+        for start, _ in grants:
+            for end, _ in grants:
+                granted = sum(tokens for when, tokens in grants if start <= when <= end)
+                assert granted <= 2.0 + 2.0 * max(0.0, end - start)
+        assert limiter._room.waiters == {}
+        # Each waiter sleeps once, and once more when moved up (woken as the one before it
+        # leaves); each refund wakes one waiter, the first, not all those behind.
+        left = len(wanted) - len(served)
+        assert clock.sleeps <= 2 * len(wanted) + left
+
+    asyncio.run(run())
+
+
+def redis_url() -> str:
+    url = os.environ.get("LLM_AGENT_RUNTIME_TEST_REDIS_URL")
+    if url is None:
+        if os.environ.get("LLM_AGENT_RUNTIME_REQUIRE_SERVICES"):
+            pytest.fail("make test must provide Redis")
+        pytest.skip("no Redis server: run `make test`")
+    return url
+
+
+async def test_shared_bucket_waiters_giving_up_one_by_one_cost_a_sleep_each_at_most(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The shared bucket's waiters wait in the same room: each refund woke every waiter of
+    # this limiter behind it into a new sleep (20 of 150 leaving: 1,650 new sleeps).
+    sleeps = 0
+    sleep = SystemClock.sleep
+
+    async def counted(self: SystemClock, seconds: float) -> None:
+        nonlocal sleeps
+        sleeps += 1
+        await sleep(self, seconds)
+
+    monkeypatch.setattr(SystemClock, "sleep", counted)
+    limiter = ar.RedisRateLimiter(
+        redis_url(), rate=1 / 3600, capacity=1, prefix=f"q:{os.getpid()}:"
+    )
+    await limiter.client.delete(limiter.redis_key("k"))
+    tasks = []
+    try:
+        assert await limiter.try_acquire("k")  # empty: each waiter below waits an hour more
+        tasks = [asyncio.create_task(limiter.acquire("k")) for _ in range(150)]
+        while sleeps < len(tasks):  # all have their reservations, and sleep
+            await asyncio.sleep(0.005)
+        for task in tasks[:20]:  # one by one, each refund settled before the next
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.sleep(0)
+        assert sleeps - len(tasks) <= 20  # the first waiter's, woken sooner
+        first = min(limiter._room.waiters["k"], key=lambda waiter: waiter.seq or 0)
+        assert first.due == pytest.approx(time.monotonic() + 3600, abs=60)  # moved up 20 h
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await limiter.client.delete(limiter.redis_key("k"))
+        await limiter.close()

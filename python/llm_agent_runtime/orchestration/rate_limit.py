@@ -29,40 +29,77 @@ back when the count stood at `at`, so the reservations numbered between the two 
 class _Waiter:
     """A caller of `acquire` waiting for its tokens: when it is due, and how to wake it sooner.
 
-    When an earlier waiter gives its reservation back, the ones behind it are due sooner:
-    `move_up` brings the deadline forward and wakes the waiter to sleep anew, shorter. `seq`
-    numbers its reservation (None while its command is in flight, for a shared bucket);
-    `gains` holds the refunds that landed meanwhile, to apply once its number is known.
+    When an earlier waiter gives its reservation back, the ones behind it are due sooner: its
+    key's `_Line` records the refund, and `due` reads it. Only the first waiter of a key is
+    woken for it (`wake_if_late`); the others are woken in turn, as the one before them
+    leaves. `seq` numbers its reservation (None while its command is in flight, for a shared
+    bucket); `gains` holds the refunds that landed meanwhile, to apply once its number is
+    known.
     """
 
-    __slots__ = ("_wake", "due", "gains", "seq")
+    __slots__ = ("_due", "_line", "_moved", "_until", "_wake", "gains", "seq")
 
     def __init__(self, due: float = math.inf, seq: int | None = None) -> None:
-        self.due = due
+        self._due = due
         self.seq = seq
         self.gains: list[Refund] = []
+        self._line: _Line | None = None  # its key's, while it waits in the room
+        self._moved = 0  # what the line had moved its number up by when `_due` was set
+        self._until = math.inf  # the due its current sleep ends at
         self._wake: asyncio.Future[None] | None = None
+
+    @property
+    def due(self) -> float:
+        """When it is due: as set, less the refunds settled for it since."""
+        line, seq = self._line, self.seq
+        if line is None or seq is None:
+            return self._due
+        moved = line.moved(seq) - self._moved
+        return self._due - moved / _UNITS_PER_SECOND if moved else self._due
+
+    @due.setter
+    def due(self, due: float) -> None:
+        self._due = due
+        line, seq = self._line, self.seq
+        self._moved = line.moved(seq) if line is not None and seq is not None else 0
 
     @property
     def abandoned(self) -> bool:
         """Left waiting by an event loop that was closed: it never runs again."""
         return self._wake is not None and self._wake.get_loop().is_closed()
 
-    def move_up(self, seconds: float) -> None:
-        """Makes the waiter due `seconds` sooner."""
-        self.due -= seconds
+    def attach(self, line: _Line) -> None:
+        """Starts reading the refunds of `line` settled from now on."""
+        self._line = line
+        if self.seq is None:
+            line.unnumbered.append(self)
+        else:
+            self._moved = line.moved(self.seq)
+
+    def detach(self) -> None:
+        """Keeps its due as it stands once it has left its line."""
+        self._due, self._line = self.due, None
+
+    def take_in(self) -> None:
+        """Makes the refunds settled so far part of `due`, so its line may forget them."""
+        if self.seq is not None:
+            self._due, self._moved = self.due, 0
+
+    def wake_if_late(self) -> None:
+        """Wakes the waiter if it sleeps past its due (refunds moved it up meanwhile)."""
         wake = self._wake
-        if wake is not None and not wake.done() and not self.abandoned:
+        if wake is not None and not wake.done() and not self.abandoned and self.due < self._until:
             wake.set_result(None)
 
     async def wait(self, clock: Clock, seconds: float, now: float) -> None:
-        """Sleeps on `clock` until `due`, sooner if `move_up` brings it forward meanwhile.
+        """Sleeps on `clock` until `due`, sooner if `wake_if_late` finds it moved up meanwhile.
 
         `seconds` is the time from `now` until `due`, as exactly as the caller computed it.
         """
         while seconds > 0:
-            # The sleep runs as a task of its own so that `move_up` can cut it short, while
-            # a CancelledError here always means this caller was cancelled.
+            self._until = self.due
+            # The sleep runs as a task of its own so that `wake_if_late` can cut it short,
+            # while a CancelledError here always means this caller was cancelled.
             wake = self._wake = asyncio.get_running_loop().create_future()
             sleep = asyncio.ensure_future(self._sleep(clock, seconds, now))
             sleep.add_done_callback(functools.partial(_wake_up, wake))
@@ -90,19 +127,14 @@ def _wake_up(wake: asyncio.Future[None], _: object) -> None:
         wake.set_result(None)
 
 
-def _add_exactly(partials: list[float], x: float) -> None:
-    """Adds `x` to the exact sum kept as non-overlapping `partials` (Shewchuk's, as fsum's)."""
-    i = 0
-    for y in partials:
-        if abs(x) < abs(y):
-            x, y = y, x
-        high = x + y
-        low = y - (high - x)
-        if low:
-            partials[i] = low
-            i += 1
-        x = high
-    partials[i:] = [x]
+_UNITS_PER_SECOND = 1 << 1074
+"""Every float is a whole number of 2**-1074 seconds: in these units, refunds add up and cancel
+out exactly as ints (a closed refund leaves no rounding behind)."""
+
+
+def _units(seconds: float) -> int:
+    numerator, denominator = seconds.as_integer_ratio()  # a power of two, at most 2**1074
+    return numerator * (_UNITS_PER_SECOND // denominator)
 
 
 def owed(seq: int, refunds: list[Refund]) -> float:
@@ -110,17 +142,73 @@ def owed(seq: int, refunds: list[Refund]) -> float:
     return sum(seconds for after, at, seconds in refunds if after < seq < at)
 
 
+class _Line:
+    """What a key's waiters are owed: how far settled refunds moved up each reservation number.
+
+    A refund moves up the numbers between two bounds by one amount: a change at each bound,
+    in a Fenwick tree over the numbers, so that settling a refund and reading a waiter's due
+    cost O(log) whatever the number of waiters (moving up each of them cost O(waiters) a
+    refund, and waking each a new sleep task). Also the waiters whose number is not known
+    yet: they are owed every refund settled meanwhile (`_Waiter.gains`).
+    """
+
+    __slots__ = ("_size", "_tree", "refunds", "unnumbered")
+
+    def __init__(self) -> None:
+        self._tree: dict[int, int] = {}  # in units of `_UNITS_PER_SECOND`
+        self._size = 1  # the numbers the tree spans, a power of two: it doubles as they grow
+        self.refunds = 0  # settled since the tree last started over
+        self.unnumbered: list[_Waiter] = []
+
+    def add(self, refund: Refund) -> None:
+        """Moves up the reservations numbered after `after` and before `at`."""
+        after, at, seconds = refund
+        units = _units(seconds)
+        self._change(after + 1, units)
+        self._change(at, -units)
+        self.refunds += 1
+
+    def moved(self, seq: int) -> int:
+        """How far the reservation numbered `seq` has been moved up, in units."""
+        tree = self._tree
+        if not tree:
+            return 0
+        total, seq = 0, min(seq, self._size)  # nothing changed beyond the size
+        while seq > 0:
+            total += tree.get(seq, 0)
+            seq &= seq - 1
+        return total
+
+    def clear(self) -> None:
+        """Forgets the refunds (once every waiter has taken them in)."""
+        self._tree.clear()
+        self.refunds = 0
+
+    def _change(self, number: int, units: int) -> None:
+        tree = self._tree
+        while number > self._size:
+            # The new root spans every number so far, as the old one did.
+            if total := tree.get(self._size):
+                tree[2 * self._size] = total
+            self._size *= 2
+        while number <= self._size:
+            tree[number] = tree.get(number, 0) + units
+            number += number & -number
+
+
 class _WaitingRoom:
     """The waiters of each key, in arrival order, and the refunds owed to them.
 
-    Refunds are settled once per turn of the event loop, in one pass over the key's waiters:
-    cancelling many waiters at once (a shutdown) costs linear time, not a pass per waiter.
+    Refunds are settled once per turn of the event loop, each in O(log n) (see `_Line`), and
+    wake one waiter: the key's first. Each other is woken, if it was moved up, when the one
+    before it leaves: a cancellation costs O(log n), not a new sleep task per waiter behind.
     """
 
-    __slots__ = ("_owed", "waiters")
+    __slots__ = ("_lines", "_owed", "waiters")
 
     def __init__(self) -> None:
         self.waiters: dict[Hashable, dict[_Waiter, None]] = {}
+        self._lines: dict[Hashable, _Line] = {}  # per key with waiters
         # Per key: the refunds not settled yet, and the loop that is to settle them.
         self._owed: dict[Hashable, tuple[asyncio.AbstractEventLoop, list[Refund]]] = {}
 
@@ -131,15 +219,23 @@ class _WaitingRoom:
             # their reservations back (the oldest tells: loops use a limiter in turn).
             for abandoned in [w for w in queue if w.abandoned]:
                 del queue[abandoned]
+                abandoned.detach()
+        line = self._lines.get(key)
+        if line is None:
+            line = self._lines[key] = _Line()
         queue[waiter] = None
+        waiter.attach(line)
 
     def leave(self, key: Hashable, waiter: _Waiter) -> None:
         queue = self.waiters.get(key)
-        if queue is None:  # dropped by `_settle`, abandoned
+        if queue is None or waiter not in queue:  # dropped by `enter`, abandoned
             return
-        queue.pop(waiter, None)
-        if not queue:
-            del self.waiters[key]
+        del queue[waiter]
+        waiter.detach()
+        if queue:
+            self._wake_first(queue)  # the one behind may have been moved up meanwhile
+        else:
+            del self.waiters[key], self._lines[key]
 
     def owe(self, key: Hashable, refund: Refund) -> None:
         """Records a refund; the waiters it is owed to move up at the next turn of the loop."""
@@ -174,37 +270,34 @@ class _WaitingRoom:
             if self._owed.get(key) is not pending:
                 return  # settled already
             del self._owed[key]
+        queue = self.waiters.get(key)
+        if queue is None:
+            return  # no one is left to owe them to
+        line = self._lines[key]
         # A refund numbered before its reservation (the shared bucket's count started again,
         # its key lost) is owed to no one.
         refunds = [refund for refund in pending[1] if refund[0] < refund[1]]
-        numbered: list[tuple[int, _Waiter]] = []
-        for waiter in list(self.waiters.get(key, ())):
-            if waiter.abandoned:  # dropped, or it would keep its task (and loop) alive
-                self.leave(key, waiter)
-            elif waiter.seq is None:  # in flight: its number, when known, says what it is owed
-                waiter.gains += refunds
-            else:
-                numbered.append((waiter.seq, waiter))
-        numbered.sort(key=lambda pair: pair[0])
-        # One sweep over the refunds' bounds: refund j opens after its `after` and closes at
-        # its `at`; a waiter is owed the refunds open over its number, summed exactly (so a
-        # closed refund leaves no rounding behind).
-        bounds = sorted(
-            [(after, 1, j) for j, (after, _, _) in enumerate(refunds)]
-            + [(at, -1, j) for j, (_, at, _) in enumerate(refunds)]
-        )
-        partials: list[float] = []
-        shift, open_refunds, i = 0.0, 0, 0
-        for seq, waiter in numbered:
-            if i < len(bounds) and bounds[i][0] < seq:
-                while i < len(bounds) and bounds[i][0] < seq:
-                    _, change, j = bounds[i]
-                    i += 1
-                    open_refunds += change
-                    _add_exactly(partials, change * refunds[j][2])
-                shift = math.fsum(partials)
-            if open_refunds:
-                waiter.move_up(shift)
+        for refund in refunds:
+            line.add(refund)
+        # In flight: its number, when known, says what it is owed.
+        line.unnumbered = [w for w in line.unnumbered if w.seq is None and w._line is line]
+        for waiter in line.unnumbered:
+            waiter.gains += refunds
+        if line.refunds > len(queue):
+            # The tree starts over once it holds more refunds than there are waiters: O(1)
+            # amortized a refund, and its size stays within a few entries a waiter.
+            for waiter in queue:
+                waiter.take_in()
+            line.clear()
+        self._wake_first(queue)
+
+    @staticmethod
+    def _wake_first(queue: dict[_Waiter, None]) -> None:
+        """Wakes the first numbered waiter if refunds moved it up (the others: by `leave`)."""
+        for waiter in queue:
+            if waiter.seq is not None:
+                waiter.wake_if_late()
+                return
 
 
 class RateLimiter:
@@ -330,7 +423,7 @@ class RateLimiter:
             # tokens have been refilled, and may have been dropped at capacity since (giving
             # them back would grant them twice); before, the bucket is in debt for them (it
             # never reached capacity) and takes them all back. `due` counts the refunds
-            # settled (applied: the waiter woken for them), not those owed to it yet: a refund
+            # settled (the turn after they were given), not those owed to it yet: a refund
             # given in this turn of the loop (waiters ahead cancelled at once) does not make it
             # due after the fact, as it never was (the bucket was in debt for it until now).
             if bucket is not None and self._clock.now() < waiter.due:
