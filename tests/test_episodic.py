@@ -81,6 +81,16 @@ def test_negative_limits_and_capacities_are_memory_store_errors() -> None:
     assert [e.content for e in store.recall("a", 2**62)] == ["x"]
 
 
+@pytest.mark.parametrize("flag", [True, False])
+def test_a_bool_is_no_recall_limit(flag: bool) -> None:
+    # True recalled one episode (and counted it), False none: a bool is no count.
+    store = ar.EpisodicStore()
+    store.add_episode("a", "x", 0.5)
+    with pytest.raises(ar.MemoryStoreError, match="limit must be an int, got bool"):
+        store.recall("a", flag)
+    assert [e.recall_count for e in store.episodes("a")] == [0]
+
+
 @pytest.mark.parametrize("huge", [2**63, 2**64, 10**30])
 def test_a_limit_beyond_64_bits_means_all(huge: int) -> None:
     # These used to raise Python's OverflowError ("int too large to convert").

@@ -66,8 +66,11 @@ fn similarity_weight_arg(value: &Bound<'_, PyAny>) -> PyResult<f64> {
     memory_real(value, "similarity_weight must be >= 0")
 }
 
-/// A `limit` argument: an int >= 0; one beyond 64 bits means "all".
+/// A `limit` argument: an int >= 0 (not a bool); one beyond 64 bits means "all".
 fn limit_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::not_bool(value, |_| {
+        CoreError::Memory("limit must be an int, got bool".into())
+    })?;
     args::limit(value, 0, |v| {
         CoreError::Memory(format!("limit must be >= 0, got {v}"))
     })
