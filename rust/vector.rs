@@ -9,7 +9,7 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use numpy::{
@@ -31,6 +31,7 @@ use crate::sync;
 mod batch;
 mod originals;
 mod quantized;
+mod stream;
 
 /// Deterministic pseudo-random values in [-0.5, 0.5) for the kernels' tests.
 #[cfg(test)]
@@ -46,7 +47,8 @@ pub(crate) fn lcg(n: usize, seed: u32) -> Vec<f32> {
 
 use originals::Originals;
 pub use quantized::Dtype;
-use quantized::Rows;
+use quantized::{Rows, RowsCheck};
+use stream::{CrcReader, CrcWriter};
 
 /// Rows below which a single-query scan stays on one thread.
 pub const PARALLEL_ROWS: usize = 4_096;
@@ -500,9 +502,10 @@ impl Index {
     ///
     /// # Errors
     /// [`CoreError::Memory`] on a shape mismatch, an id above [`MAX_ID`], a duplicate id in
-    /// the batch, or a row that is not finite or is zero; [`CoreError::Persistence`] when float32 copies kept in a file
-    /// cannot be written (new rows are then not added; a failure while overwriting rows leaves
-    /// the copies marked broken).
+    /// the batch, or a row that is not finite or is zero; [`CoreError::Persistence`] when
+    /// float32 copies kept in a file cannot be written (new rows are then not added; a
+    /// failure while overwriting rows leaves the copies marked broken), or belong to another
+    /// process (this one is its `fork()`: nothing changes).
     pub fn add(&mut self, ids: &[u64], vectors: &[f32]) -> CoreResult<()> {
         if vectors.len() != ids.len() * self.dim {
             return Err(CoreError::Memory(format!(
@@ -577,13 +580,18 @@ impl Index {
     ///
     /// # Errors
     /// [`CoreError::Memory`] naming the first unknown id; [`CoreError::Persistence`] when
-    /// float32 copies kept in a file cannot be updated (the vectors are removed, and the
-    /// copies marked broken).
+    /// float32 copies kept in a file belong to another process (this one is its `fork()`:
+    /// nothing changes), or cannot be updated (the vectors are removed, and the copies
+    /// marked broken).
     pub fn remove(&mut self, ids: &[u64]) -> CoreResult<()> {
         if let Some(unknown) = ids.iter().find(|id| !self.rows.contains_key(id)) {
             return Err(CoreError::Memory(format!(
                 "cannot remove unknown id {unknown}"
             )));
+        }
+        if let Some(originals) = &self.originals {
+            // Copies another process owns (through fork) refuse before any row moves.
+            originals.check_process()?;
         }
         let mut copies_failed = None;
         for id in ids {
@@ -750,10 +758,14 @@ impl Index {
     /// Writes the index: magic, version, dim, dtype code, rescore, flags (1: float32 copies
     /// follow the rows), count, ids, rows, [copies], then a CRC-32 of all of it.
     ///
+    /// Each section is streamed to the file (no copy of the index is built in memory).
+    ///
     /// # Errors
-    /// [`CoreError::Persistence`] on an I/O failure; [`CoreError::Memory`] when `path` is the
-    /// file of this index's float32 copies (`originals_path`), as [`Index::load`] refuses
-    /// the same file for both.
+    /// [`CoreError::Persistence`] on an I/O failure, or when float32 copies kept in a file
+    /// cannot be read (another process's, through `fork()`, included);
+    /// [`CoreError::Memory`] when `path` is the file of this index's float32 copies
+    /// (`originals_path`), as [`Index::load`] refuses the same file for both, or when the
+    /// save's buffer (1 MiB) cannot be allocated.
     pub fn save(&self, path: &str) -> CoreResult<()> {
         if self
             .originals_path()
@@ -768,18 +780,6 @@ impl Index {
             )));
         }
         let io = |e: std::io::Error| CoreError::Persistence(format!("cannot write {path}: {e}"));
-        let mut bytes = Vec::with_capacity(36 + self.ids.len() * 8 + self.vectors.nbytes());
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(self.dim as u32).to_le_bytes());
-        bytes.extend_from_slice(&self.dtype().code().to_le_bytes());
-        bytes.extend_from_slice(&(self.rescore as u32).to_le_bytes());
-        bytes.extend_from_slice(&u32::from(self.originals.is_some()).to_le_bytes());
-        bytes.extend_from_slice(&(self.ids.len() as u64).to_le_bytes());
-        self.ids
-            .iter()
-            .for_each(|id| bytes.extend_from_slice(&id.to_le_bytes()));
-        self.vectors.to_le_bytes(&mut bytes);
         // Write beside, then rename: a crash never leaves a half-written index in place. The
         // temporary name is unique to this save, so concurrent saves to one path never share
         // it, and it is removed again when the save fails.
@@ -790,7 +790,7 @@ impl Index {
             .open(&tmp)
             .map_err(io)?;
         let written = self
-            .write_to(file, bytes, path)
+            .write_to(file, path)
             .and_then(|()| std::fs::rename(&tmp, path).map_err(io));
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp); // best effort: the save failed anyway
@@ -798,18 +798,33 @@ impl Index {
         written
     }
 
-    /// Writes `header` (everything before the float32 copies), the copies, and the CRC-32 of
-    /// all of it to `file`, then syncs it; `path` names the target in errors.
-    fn write_to(&self, file: std::fs::File, header: Vec<u8>, path: &str) -> CoreResult<()> {
+    /// Writes the index and the CRC-32 of all of it to `file`, then syncs it; `path` names
+    /// the target in errors. Every section is streamed, a chunk at a time: an index that fits
+    /// in memory once is saved without room for a second copy of it.
+    fn write_to(&self, file: std::fs::File, path: &str) -> CoreResult<()> {
         let io = |e: std::io::Error| CoreError::Persistence(format!("cannot write {path}: {e}"));
+        let mut scratch = stream::chunk_buffer()?;
         let mut out = CrcWriter {
             inner: std::io::BufWriter::new(file),
             crc: crc32fast::Hasher::new(),
         };
-        out.write_all(&header).map_err(io)?;
-        drop(header);
+        let header = [
+            FORMAT_VERSION,
+            self.dim as u32,
+            self.dtype().code(),
+            self.rescore as u32,
+            u32::from(self.originals.is_some()),
+        ];
+        out.write_all(MAGIC).map_err(io)?;
+        for field in header {
+            out.write_all(&field.to_le_bytes()).map_err(io)?;
+        }
+        out.write_all(&(self.ids.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        stream::write_le(&self.ids, u64::to_le_bytes, &mut scratch, &mut out).map_err(io)?;
+        self.vectors.write_le(&mut scratch, &mut out).map_err(io)?;
         if let Some(originals) = &self.originals {
-            originals.write_le(&mut out)?; // streamed: no second copy of them in memory
+            originals.write_le(&mut scratch, &mut out)?;
         }
         let crc = out.crc.clone().finalize();
         out.write_all(&crc.to_le_bytes()).map_err(io)?;
@@ -827,133 +842,237 @@ impl Index {
     /// -128, or a row that is not of unit length: see [`Rows::invalid_values`]), or
     /// `originals_path` is given for an index saved without float32 copies,
     /// cannot be written, or is in use by another index; [`CoreError::Memory`] when
-    /// `originals_path` is the index file itself.
+    /// `originals_path` is the index file itself, or the index does not fit in memory (it
+    /// needs room for itself only: the file is read a chunk at a time).
     pub fn load(path: &str, originals_path: Option<&str>) -> CoreResult<Self> {
-        let bad = |why: String| CoreError::Persistence(format!("cannot load {path}: {why}"));
         if originals_path.is_some_and(|file| same_file(path, file)) {
             // Checked before anything is opened: the copies file is truncated when it opens.
             return Err(CoreError::Memory(format!(
                 "originals_path must not be the index file itself ({path})"
             )));
         }
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| bad(e.to_string()))?;
-        if bytes.len() < 28 || &bytes[..8] != MAGIC {
+        Self::read_file(path, originals_path).map_err(|e| match e {
+            // Only allocations fail with a memory error here: say which load ran out.
+            CoreError::Memory(why) => CoreError::Memory(format!("cannot load {path}: {why}")),
+            other => other,
+        })
+    }
+
+    /// [`Index::load`] once the paths are checked. The file is read front to back in chunks,
+    /// each section straight into the buffer it fills (allocated fallibly, at a size checked
+    /// against the file's length first), computing the CRC-32 as it goes.
+    ///
+    /// The checks, and the error each file gets, are those of reading the whole file first
+    /// and checking its checksum before anything else: a fault in the structure (a size, a
+    /// code) found before the checksum is read is reported as a checksum mismatch when the
+    /// checksum fails (see [`Index::corrupt_or`]), and values are checked once it holds.
+    ///
+    /// # Errors
+    /// As [`Index::load`]; [`CoreError::Memory`] when the index does not fit in memory.
+    fn read_file(path: &str, originals_path: Option<&str>) -> CoreResult<Self> {
+        let bad = |why: String| CoreError::Persistence(format!("cannot load {path}: {why}"));
+        let size = || "size does not match its header".to_owned();
+        let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+        let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
+        let mut input = CrcReader::new(file, path)?;
+        if len < 28 || input.read(8)? != MAGIC.as_slice() {
             return Err(bad("not a vector index file".into()));
         }
-        let u32_at = |at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        };
-        let version = u32_at(8);
+        let version = u32_le(input.read(4)?);
         if version != 1 && version != FORMAT_VERSION {
             return Err(bad(format!(
                 "format version {version}, expected 1 or {FORMAT_VERSION}"
             )));
         }
-        let (body, tail) = bytes.split_at(bytes.len() - 4);
-        if crc32fast::hash(body) != u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) {
+        // Everything but the checksum, which ends the file.
+        let body = len - 4;
+        // Version 1: float32 rows and no rescore field.
+        let (dim, dtype, rescore, exact_rescore, header) = if version == 1 {
+            (
+                u32_le(input.read(4)?),
+                Dtype::F32,
+                DEFAULT_RESCORE,
+                false,
+                16,
+            )
+        } else {
+            if body < 36 {
+                return Err(Self::corrupt_or(&mut input, body, size()));
+            }
+            let fields = input.read(16)?;
+            let (dim, code, rescore, flags) = (
+                u32_le(&fields[..4]),
+                u32_le(&fields[4..8]),
+                u32_le(&fields[8..12]),
+                u32_le(&fields[12..]),
+            );
+            let Some(dtype) = Dtype::from_code(code) else {
+                let why = format!("unknown dtype code {code}");
+                return Err(Self::corrupt_or(&mut input, body, why));
+            };
+            let exact_rescore = match flags {
+                0 => false,
+                1 if dtype == Dtype::I8 => true,
+                flags => {
+                    let why = format!("unknown flags {flags}");
+                    return Err(Self::corrupt_or(&mut input, body, why));
+                }
+            };
+            (dim, dtype, rescore as usize, exact_rescore, 28)
+        };
+        let dim = dim as usize;
+        let count = input.read(8)?;
+        let count = u64::from_le_bytes([
+            count[0], count[1], count[2], count[3], count[4], count[5], count[6], count[7],
+        ]);
+        let Ok(count) = usize::try_from(count) else {
+            let why = "header sizes overflow".to_owned();
+            return Err(Self::corrupt_or(&mut input, body, why));
+        };
+        // Section ends, checked against the file's length before anything is allocated.
+        let end = |start: u64, unit: usize| {
+            (count as u64)
+                .checked_mul(unit as u64)
+                .and_then(|n| n.checked_add(start))
+        };
+        let Some(ids_end) = end(header + 8, 8).filter(|&end| end <= body) else {
+            return Err(Self::corrupt_or(&mut input, body, size()));
+        };
+        if dim == 0 || rescore == 0 {
+            let why = "dim and rescore must be at least 1".to_owned();
+            return Err(Self::corrupt_or(&mut input, body, why));
+        }
+        let rows_end = end(ids_end, dtype.row_bytes(dim)).filter(|&end| end <= body);
+        let copies_end = match (rows_end, exact_rescore) {
+            (Some(rows_end), true) => end(rows_end, dim * 4),
+            (rows_end, _) => rows_end,
+        };
+        let (Some(rows_end), true) = (rows_end, copies_end == Some(body)) else {
+            // An id above MAX_ID comes before the rows in the file, and so among the faults.
+            let mut above = None;
+            input.read_chunks(ids_end - (header + 8), |chunk| {
+                above = above.or_else(|| ids_le(chunk).find(|&id| id > MAX_ID));
+                Ok(())
+            })?;
+            let why = above.map_or_else(size, |id| format!("id {id} is above 2**63 - 1"));
+            return Err(Self::corrupt_or(&mut input, body, why));
+        };
+        let mut ids = Vec::new();
+        try_reserve(&mut ids, count, "the ids")?;
+        input.read_chunks(ids_end - (header + 8), |chunk| {
+            ids.extend(ids_le(chunk));
+            Ok(())
+        })?;
+        if let Some(id) = ids.iter().find(|&&id| id > MAX_ID) {
+            let why = format!("id {id} is above 2**63 - 1");
+            return Err(Self::corrupt_or(&mut input, body, why));
+        }
+        let Some(vectors) = Rows::read_le(dtype, count, dim, &mut input)? else {
+            return Err(Self::corrupt_or(&mut input, body, size()));
+        };
+        // The float32 copies: checked as they stream by, then kept in memory, or (with
+        // `originals_path`) copied to their file once the whole index passed its checks
+        // (opening that file empties it, so a failed load must not get that far).
+        let mut copies_check = RowsCheck::new(dim);
+        let mut copies_crc = crc32fast::Hasher::new();
+        let mut copies = match (exact_rescore, originals_path) {
+            (false, _) => None,
+            (true, Some(_)) => {
+                input.read_chunks(body - rows_end, |chunk| {
+                    copies_check.feed_le(chunk);
+                    copies_crc.update(chunk);
+                    Ok(())
+                })?;
+                None
+            }
+            (true, None) => {
+                let mut copies = Originals::Memory(Vec::new());
+                copies.reserve(count, dim)?;
+                copies.append_le(|keep| {
+                    input.read_chunks(body - rows_end, |chunk| {
+                        copies_check.feed_le(chunk);
+                        keep(chunk)
+                    })
+                })?;
+                Some(copies)
+            }
+        };
+        let (computed, stored) = input.checksums()?;
+        if computed != stored {
             return Err(bad(
                 "checksum mismatch: the file is corrupt or truncated".into()
             ));
         }
-        let dim = u32_at(12) as usize;
-        // Version 1: float32 rows and no rescore field.
-        let (dtype, rescore, exact_rescore, header) = if version == 1 {
-            (Dtype::F32, DEFAULT_RESCORE, false, 16)
-        } else {
-            if body.len() < 36 {
-                return Err(bad("size does not match its header".into()));
-            }
-            let dtype = Dtype::from_code(u32_at(16))
-                .ok_or_else(|| bad(format!("unknown dtype code {}", u32_at(16))))?;
-            let exact_rescore = match u32_at(24) {
-                0 => false,
-                1 if dtype == Dtype::I8 => true,
-                flags => return Err(bad(format!("unknown flags {flags}"))),
-            };
-            (dtype, u32_at(20) as usize, exact_rescore, 28)
-        };
-        let mut count = [0u8; 8];
-        count.copy_from_slice(&body[header..header + 8]);
-        let count = usize::try_from(u64::from_le_bytes(count))
-            .map_err(|_| bad("header sizes overflow".into()))?;
-        let ids_end = count
-            .checked_mul(8)
-            .and_then(|n| n.checked_add(header + 8))
-            .filter(|&end| end <= body.len())
-            .ok_or_else(|| bad("size does not match its header".into()))?;
-        if dim == 0 || rescore == 0 {
-            return Err(bad("dim and rescore must be at least 1".into()));
-        }
-        let ids: Vec<u64> = body[header + 8..ids_end]
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
-        if let Some(id) = ids.iter().find(|&&id| id > MAX_ID) {
-            return Err(bad(format!("id {id} is above 2**63 - 1")));
-        }
-        let size = || bad("size does not match its header".into());
-        let rows_end = count
-            .checked_mul(dtype.row_bytes(dim))
-            .and_then(|n| n.checked_add(ids_end))
-            .filter(|&end| end <= body.len())
-            .ok_or_else(size)?;
-        let vectors =
-            Rows::from_le_bytes(dtype, &body[ids_end..rows_end], count, dim).ok_or_else(size)?;
-        let originals = match (exact_rescore, &body[rows_end..]) {
-            (false, []) => None,
-            (true, rest) => match Rows::from_le_bytes(Dtype::F32, rest, count, dim) {
-                Some(Rows::F32(originals)) => Some(originals),
-                _ => return Err(size()),
-            },
-            (false, _) => return Err(size()),
-        };
         // A crafted or damaged file: values the index never stores would skew every score.
         if let Some(why) = vectors.invalid_values(dim) {
             return Err(bad(why));
         }
-        if let Some(originals) = &originals {
-            if originals.iter().any(|x| !x.is_finite()) {
-                return Err(bad("a float32 copy is not finite".into()));
-            }
-            if let Some(why) = quantized::unit_rows_error(originals, dim) {
-                return Err(bad(format!("float32 copy: {why}")));
+        if copies_check.not_finite {
+            return Err(bad("a float32 copy is not finite".into()));
+        }
+        if let Some(why) = copies_check.not_unit {
+            return Err(bad(format!("float32 copy: {why}")));
+        }
+        if originals_path.is_some() && !exact_rescore {
+            return Err(bad(
+                "originals_path is given but the index has no float32 copies \
+                 (it was not built with exact_rescore)"
+                    .into(),
+            ));
+        }
+        let mut rows = FxHashMap::default();
+        rows.try_reserve(count)
+            .map_err(|_| out_of_memory(count.saturating_mul(16), "the id -> row table"))?;
+        for (r, &id) in ids.iter().enumerate() {
+            if rows.insert(id, r).is_some() {
+                return Err(bad("duplicate ids".into()));
             }
         }
-        let originals = match (originals, originals_path) {
-            (None, Some(_)) => {
-                return Err(bad(
-                    "originals_path is given but the index has no float32 copies \
-                     (it was not built with exact_rescore)"
-                        .into(),
-                ))
+        if let (true, Some(file)) = (exact_rescore, originals_path) {
+            let mut in_file = Originals::in_file(file, dim)?;
+            input.seek(rows_end)?;
+            in_file.append_le(|write| input.read_chunks(body - rows_end, write))?;
+            if input.crc() != copies_crc.finalize() {
+                return Err(bad("the file changed while it was being loaded".into()));
             }
-            (Some(values), Some(file)) => {
-                let mut copies = Originals::in_file(file, dim)?;
-                copies.append(values.chunks_exact(dim))?;
-                Some(copies)
-            }
-            (values, None) => values.map(Originals::Memory),
-        };
-        let rows = ids
-            .iter()
-            .enumerate()
-            .map(|(r, &id)| (id, r))
-            .collect::<FxHashMap<_, _>>();
-        if rows.len() != ids.len() {
-            return Err(bad("duplicate ids".into()));
+            copies = Some(in_file);
         }
         Ok(Self {
             dim,
             ids,
             vectors,
-            originals,
+            originals: copies,
             rescore,
             rows,
         })
     }
+
+    /// The error of a structural fault `why` found before the checksum was read (the file's
+    /// first `body` bytes precede it): a checksum mismatch when the checksum fails, as every
+    /// damaged file is reported, else `why` (a file crafted with a valid checksum).
+    fn corrupt_or<R: std::io::Read + std::io::Seek>(
+        input: &mut CrcReader<R>,
+        body: u64,
+        why: String,
+    ) -> CoreError {
+        let why = match input.checksum_holds(body) {
+            Ok(false) => "checksum mismatch: the file is corrupt or truncated".to_owned(),
+            Ok(true) | Err(_) => why,
+        };
+        input.error(&why)
+    }
+}
+
+/// The little-endian `u32` of the first 4 bytes of `bytes`.
+fn u32_le(bytes: &[u8]) -> u32 {
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+/// The little-endian `u64` ids of `bytes` (a multiple of 8 long).
+fn ids_le(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
 }
 
 /// Whether `a` and `b` name one existing file (the same inode on Unix, so hard links and
@@ -991,24 +1110,6 @@ fn path_str(path: &std::path::Path) -> CoreResult<&str> {
     path.to_str().ok_or_else(|| {
         CoreError::Persistence(format!("path {} is not valid UTF-8", path.display()))
     })
-}
-
-/// Passes writes through while computing their CRC-32.
-struct CrcWriter<W: Write> {
-    inner: W,
-    crc: crc32fast::Hasher,
-}
-
-impl<W: Write> Write for CrcWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 fn as_f32_matrix<'py>(
@@ -1154,7 +1255,12 @@ type Hits<'py, D> = (
 ///     originals_path: int8 only, implies ``exact_rescore``: a file (created, or truncated)
 ///         that holds the float32 copies instead of memory. It is left on disk when the
 ///         index goes away but means nothing without it: persist the index with ``save``.
-///         The index locks it while it lives: one file serves one index at a time.
+///         The index locks it while it lives: one file serves one index at a time. It
+///         belongs to the process that opened it: in a ``fork()``ed child (a
+///         ``multiprocessing`` worker started with "fork"), every use of the copies (add,
+///         remove, get, search, save) raises ``PersistenceError``, as the file is shared
+///         with the parent, whose writes would change the child's rows and the child's the
+///         parent's; load the index again in the child, with an originals_path of its own.
 ///
 /// Raises:
 ///     MemoryStoreError: `dim` or `rescore` is not between 1 and 2**32 - 1 (or is a bool), an
@@ -1338,7 +1444,8 @@ impl PyVectorIndex {
     ///         vector; or out of memory (the batch's copy, or the grown index, cannot be
     ///         allocated: the index is left unchanged).
     ///     PersistenceError: float32 copies kept in a file cannot be written, were changed
-    ///         from outside the index, or are marked broken by an earlier failure.
+    ///         from outside the index, are marked broken by an earlier failure, or belong to
+    ///         the parent of this forked process (see the class docs; nothing changes).
     fn add(
         &self,
         py: Python<'_>,
@@ -1365,7 +1472,8 @@ impl PyVectorIndex {
     /// Raises:
     ///     MemoryStoreError: an id is not in the index (or is a bool).
     ///     PersistenceError: float32 copies kept in a file cannot be updated (the vectors
-    ///         are removed and the copies marked broken).
+    ///         are removed and the copies marked broken), or belong to the parent of this
+    ///         forked process (see the class docs; nothing changes).
     fn remove(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
         let ids = as_ids(ids)?;
         // Detached as `add` is: with float32 copies in a file each id costs file I/O, and
@@ -1386,7 +1494,8 @@ impl PyVectorIndex {
     /// Raises:
     ///     MemoryStoreError: k < 1 or a bool, or a query of the wrong shape or dtype, not
     ///         aligned in memory, NaN/inf, or zero; or out of memory for the results.
-    ///     PersistenceError: float32 copies kept in a file cannot be read for re-scoring.
+    ///     PersistenceError: float32 copies kept in a file cannot be read for re-scoring
+    ///         (in a forked child, they never can: see the class docs).
     fn search<'py>(
         &self,
         py: Python<'py>,
@@ -1445,7 +1554,8 @@ impl PyVectorIndex {
     ///
     /// Raises:
     ///     MemoryStoreError: `id` is not a valid id (negative, above 2**63 - 1, or a bool).
-    ///     PersistenceError: float32 copies kept in a file cannot be read.
+    ///     PersistenceError: float32 copies kept in a file cannot be read (in a forked
+    ///         child, they never can: see the class docs).
     fn get<'py>(
         &self,
         py: Python<'py>,
@@ -1474,10 +1584,14 @@ impl PyVectorIndex {
     /// Writes the index to `path`, a `str` or `os.PathLike` (versioned format with a
     /// checksum, replaced atomically).
     ///
+    /// The index is written a chunk at a time: saving needs no memory for a copy of it.
+    ///
     /// Raises:
     ///     MemoryStoreError: `path` is this index's own `originals_path` (the file of its
     ///         float32 copies, which the save would replace): nothing is written.
-    ///     PersistenceError: the file cannot be written, or `path` is not valid Unicode.
+    ///     PersistenceError: the file cannot be written, or `path` is not valid Unicode; or
+    ///         float32 copies kept in a file cannot be read (in a forked child: see the
+    ///         class docs).
     fn save(&self, py: Python<'_>, #[pyo3(from_py_with = path_arg)] path: String) -> PyResult<()> {
         run_detached(py, || self.inner.read().save(&path))
     }
@@ -1486,8 +1600,12 @@ impl PyVectorIndex {
     /// `originals_path`, its float32 copies (of an index built with ``exact_rescore``) go to
     /// that file instead of memory.
     ///
+    /// The file is read a chunk at a time into the index's own buffers: loading needs
+    /// memory for the index once, not for a copy of the file besides.
+    ///
     /// Raises:
-    ///     MemoryStoreError: `originals_path` is the index file itself.
+    ///     MemoryStoreError: `originals_path` is the index file itself, or the index does
+    ///         not fit in memory.
     ///     PersistenceError: unreadable, not an index, another version, truncated or corrupt
     ///         (including values the index never stores: NaN/inf, an int8 code of -128, or
     ///         a row that is not of unit length, zero rows included); or `originals_path`
@@ -1810,6 +1928,169 @@ mod tests {
         ));
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         assert!(Index::load(&path, None).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A scratch directory for one test, removed by the test.
+    fn scratch_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn streamed_saves_keep_the_file_format_byte_for_byte() {
+        let dir = scratch_dir("vec-format");
+        let path = dir.join("i.bin").to_string_lossy().into_owned();
+        let data = lcg(3 * 5, 11);
+        for (dtype, exact_rescore) in [
+            (Dtype::F32, false),
+            (Dtype::F16, false),
+            (Dtype::I8, false),
+            (Dtype::I8, true),
+        ] {
+            let mut index = Index::with_dtype(5, dtype, 3, exact_rescore).unwrap();
+            index.add(&[7, 1, 9], &data).unwrap();
+            let mut want = MAGIC.to_vec();
+            for field in [2, 5, dtype.code(), 3, u32::from(exact_rescore)] {
+                want.extend_from_slice(&field.to_le_bytes());
+            }
+            want.extend_from_slice(&3u64.to_le_bytes());
+            for id in [7u64, 1, 9] {
+                want.extend_from_slice(&id.to_le_bytes());
+            }
+            match &index.vectors {
+                Rows::F32(values) => values
+                    .iter()
+                    .for_each(|x| want.extend_from_slice(&x.to_le_bytes())),
+                Rows::F16(bits) => bits
+                    .iter()
+                    .for_each(|x| want.extend_from_slice(&x.to_le_bytes())),
+                Rows::I8 { codes, scales } => {
+                    scales
+                        .iter()
+                        .for_each(|x| want.extend_from_slice(&x.to_le_bytes()));
+                    want.extend(codes.iter().map(|&c| c as u8));
+                }
+            }
+            if let Some(Originals::Memory(copies)) = &index.originals {
+                copies
+                    .iter()
+                    .for_each(|x| want.extend_from_slice(&x.to_le_bytes()));
+            }
+            let crc = crc32fast::hash(&want);
+            want.extend_from_slice(&crc.to_le_bytes());
+            index.save(&path).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), want, "{dtype:?}");
+            assert_eq!(Index::load(&path, None).unwrap(), index, "{dtype:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rows_longer_than_a_chunk_round_trip_and_are_checked_across_chunks() {
+        // Rows of 1.2 MB: every section of the file crosses the 1 MiB chunks of the stream.
+        let dim = 300_000;
+        let dir = scratch_dir("vec-chunks");
+        let path = dir.join("i.bin").to_string_lossy().into_owned();
+        let copies = dir.join("copies.f32").to_string_lossy().into_owned();
+        let mut index = Index::with_dtype(dim, Dtype::I8, 2, true).unwrap();
+        index.add(&[4, 2, 8], &lcg(3 * dim, 5)).unwrap();
+        index.save(&path).unwrap();
+        assert_eq!(Index::load(&path, None).unwrap(), index);
+        let in_file = Index::load(&path, Some(&copies)).unwrap();
+        assert_eq!(in_file.originals_path(), Some(copies.as_str()));
+        for id in [4, 2, 8] {
+            assert_eq!(in_file.get(id).unwrap(), index.get(id).unwrap());
+        }
+        let q = lcg(dim, 6);
+        assert_eq!(in_file.search(&q, 3).unwrap(), index.search(&q, 3).unwrap());
+        drop(in_file);
+        // The second copy scaled by 2 (its norm spans two chunks), under a valid checksum.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let body = bytes.len() - 4;
+        let second = body - 2 * dim * 4;
+        for value in bytes[second..second + dim * 4].chunks_exact_mut(4) {
+            let x = f32::from_le_bytes([value[0], value[1], value[2], value[3]]) * 2.0;
+            value.copy_from_slice(&x.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(&copies, b"kept").unwrap();
+        for file in [None, Some(copies.as_str())] {
+            let err = Index::load(&path, file).unwrap_err().to_string();
+            assert!(err.contains("float32 copy: row 1 has norm 2.0"), "{err}");
+        }
+        // A refused load leaves the file at originals_path as it was.
+        assert_eq!(std::fs::read(&copies).unwrap(), b"kept");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_header_claiming_more_than_the_file_holds_is_refused_before_allocating() {
+        let dir = scratch_dir("vec-huge");
+        let path = dir.join("i.bin").to_string_lossy().into_owned();
+        filled(4, 8).save(&path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let body = good.len() - 4;
+        // A count of 2**60 rows: a damaged file, then one crafted with a valid checksum.
+        let mut bytes = good.clone();
+        bytes[28..36].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Index::load(&path, None).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        let crc = crc32fast::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Index::load(&path, None).unwrap_err().to_string();
+        assert!(err.contains("size does not match its header"), "{err}");
+        // One row fewer than the file holds, crafted: the rows do not end the file.
+        let mut bytes = good.clone();
+        bytes[28..36].copy_from_slice(&3u64.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Index::load(&path, None).unwrap_err().to_string();
+        assert!(err.contains("size does not match its header"), "{err}");
+        // A truncated file fails its checksum, as it did when it was read whole.
+        std::fs::write(&path, &good[..good.len() - 9]).unwrap();
+        let err = Index::load(&path, None).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn copies_in_another_process_file_are_refused_and_left_alone() {
+        let dir = scratch_dir("vec-owner");
+        let copies = dir.join("copies.f32").to_string_lossy().into_owned();
+        let mut index = Index::with_storage(4, Dtype::I8, 2, true, Some(&copies)).unwrap();
+        index
+            .add(&[1, 2], &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+            .unwrap();
+        let before = std::fs::read(&copies).unwrap();
+        // As in a fork()ed child: the file was opened by another process.
+        if let Some(Originals::File(rows)) = &mut index.originals {
+            rows.set_owner_for_test(std::process::id().wrapping_add(1));
+        }
+        let q = [1.0, 0.0, 0.0, 0.0];
+        let errors = [
+            index.add(&[1], &[0.0, 0.0, 0.0, 1.0]).unwrap_err(),
+            index.add(&[3], &[0.0, 0.0, 1.0, 0.0]).unwrap_err(),
+            index.remove(&[1]).unwrap_err(),
+            index.get(1).unwrap_err(),
+            index.search(&q, 1).unwrap_err(),
+            index
+                .save(&dir.join("i.bin").to_string_lossy())
+                .unwrap_err(),
+        ];
+        for err in errors {
+            assert!(matches!(err, CoreError::Persistence(_)), "{err}");
+            assert!(err.to_string().contains("a fork() of it"), "{err}");
+        }
+        assert_eq!((index.len(), index.ids.clone()), (2, vec![1, 2]));
+        assert_eq!(std::fs::read(&copies).unwrap(), before);
+        assert!(!dir.join("i.bin").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

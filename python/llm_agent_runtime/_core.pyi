@@ -396,7 +396,11 @@ class VectorIndex:
     """Cosine-similarity index (SIMD, multi-core, GIL released); float32, float16 or int8.
 
     With originals_path (int8), the float32 copies used for exact re-scoring live in that file
-    instead of memory: memory is a quarter of float32's.
+    instead of memory: memory is a quarter of float32's. The file belongs to the process that
+    opened it: in a fork()ed child (a multiprocessing "fork" worker) every use of the copies
+    (add, remove, get, search, save) raises PersistenceError, as parent and child would share
+    the file's rows and each one's writes would change the other's index; load the index
+    again in the child, with an originals_path of its own.
 
     Raises:
         MemoryStoreError: dim or rescore not between 1 and 2**32 - 1 (or a bool), an unknown
@@ -436,7 +440,8 @@ class VectorIndex:
         Raises:
             MemoryStoreError: id is negative or above 2**63 - 1 (no vector can have it), or a
                 bool.
-            PersistenceError: float32 copies kept in a file cannot be read.
+            PersistenceError: float32 copies kept in a file cannot be read (in a forked
+                child, never: see the class docs).
         """
     def add(self, ids: npt.ArrayLike, vectors: npt.NDArray[np.float32]) -> None:
         """Adds or replaces vectors (all or nothing); ids go from 0 to 2**63 - 1 (not bools).
@@ -446,7 +451,8 @@ class VectorIndex:
                 out of range (or a bool), duplicate id, NaN/inf or zero vector; out of memory
                 (the index is left unchanged).
             PersistenceError: float32 copies kept in a file cannot be written, were changed
-                from outside the index, or are marked broken by an earlier failure.
+                from outside the index, are marked broken by an earlier failure, or belong to
+                the parent of this forked process (see the class docs; nothing changes).
         """
     def remove(self, ids: npt.ArrayLike) -> None:
         """Removes vectors by id (all or nothing), with the GIL released.
@@ -454,7 +460,8 @@ class VectorIndex:
         Raises:
             MemoryStoreError: an id is not in the index (or is a bool).
             PersistenceError: float32 copies kept in a file cannot be updated (the vectors
-                are removed and the copies marked broken).
+                are removed and the copies marked broken), or belong to the parent of this
+                forked process (see the class docs; nothing changes).
         """
     def search(
         self, query: npt.NDArray[np.float32], k: int
@@ -468,7 +475,8 @@ class VectorIndex:
         Raises:
             MemoryStoreError: k < 1 or a bool, or a bad query (wrong shape or dtype, not
                 aligned in memory, NaN/inf, zero); out of memory for the results.
-            PersistenceError: float32 copies kept in a file cannot be read for re-scoring.
+            PersistenceError: float32 copies kept in a file cannot be read for re-scoring
+                (in a forked child, never: see the class docs).
         """
     def search_batch(
         self, queries: npt.NDArray[np.float32], k: int
@@ -487,9 +495,13 @@ class VectorIndex:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the index to path, a str or os.PathLike (versioned, checksummed, atomic replace).
 
+        Written a chunk at a time: saving needs no memory for a copy of the index.
+
         Raises:
             MemoryStoreError: path is this index's own originals_path (nothing is written).
-            PersistenceError: the file cannot be written, or the path is not valid Unicode.
+            PersistenceError: the file cannot be written, or the path is not valid Unicode; or
+                float32 copies kept in a file cannot be read (in a forked child: see the
+                class docs).
         """
     @staticmethod
     def load(
@@ -497,8 +509,12 @@ class VectorIndex:
     ) -> VectorIndex:
         """Reads an index written by save(); originals_path puts its float32 copies in a file.
 
+        Read a chunk at a time into the index's own buffers: loading needs memory for the
+        index once, not for a copy of the file besides.
+
         Raises:
-            MemoryStoreError: originals_path is the index file itself.
+            MemoryStoreError: originals_path is the index file itself, or the index does not
+                fit in memory.
             PersistenceError: unreadable, not an index, other version, truncated or corrupt
                 (including values the index never stores: NaN/inf, int8 code -128, or a row
                 that is not of unit length, zero rows included), originals_path for an index

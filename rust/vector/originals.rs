@@ -6,12 +6,19 @@
 //! A file write that fails after the in-memory rows changed leaves the file out of step: the
 //! copies are then marked broken and every later use says so, rather than re-scoring against
 //! the wrong rows. A failed append (the way a full disk shows) is rolled back instead.
+//!
+//! The file belongs to the process that opened it. A `fork()`ed child inherits the open file
+//! (and its lock) but not the parent's future writes to the int8 codes: its writes would
+//! change the rows the parent re-scores with, and the parent's writes the rows the child
+//! reads. So the child may not use the file at all; it loads the index again instead (the
+//! rayon pool in `sync` is likewise rebuilt, not shared, after a fork).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 
 use super::dot_portable;
 use super::quantized::{f32_from_le, f32_to_le, reserve_huge};
+use super::stream::{extend_f32, write_le, CHUNK_BYTES};
 use crate::errors::{out_of_memory, CoreError, CoreResult};
 
 /// Where the float32 copies live.
@@ -28,6 +35,8 @@ pub enum Originals {
 pub struct FileRows {
     file: File,
     path: String,
+    /// `std::process::id()` of the process that opened `file`, the only one that may use it.
+    owner: u32,
     dim: usize,
     rows: usize,
     broken: Option<String>,
@@ -42,9 +51,6 @@ impl PartialEq for Originals {
         }
     }
 }
-
-/// Bytes a file read or write moves at once.
-const CHUNK_BYTES: usize = 1 << 20;
 
 fn le_bytes(values: &[f32]) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -84,6 +90,7 @@ impl Originals {
         Ok(Self::File(FileRows {
             file,
             path: path.to_owned(),
+            owner: std::process::id(),
             dim,
             rows: 0,
             broken: None,
@@ -103,6 +110,18 @@ impl Originals {
         match self {
             Self::Memory(values) => values.len() * 4,
             Self::File(_) => 0,
+        }
+    }
+
+    /// Checks that this process may use the copies: not a `fork()`ed child of the process
+    /// that opened their file (in memory, they are always its own).
+    ///
+    /// # Errors
+    /// [`CoreError::Persistence`] when the file belongs to another process.
+    pub fn check_process(&self) -> CoreResult<()> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::File(f) => f.owned(),
         }
     }
 
@@ -169,6 +188,46 @@ impl Originals {
             }
         }
         Ok(())
+    }
+
+    /// Appends whole rows given as little-endian bytes by `fill`, which hands them to the
+    /// sink it is given, in order and in pieces of any length (a multiple of 4): rows for a
+    /// file go to it as they come, with no copy of them all in memory. A failed file write
+    /// is rolled back.
+    ///
+    /// # Errors
+    /// [`CoreError::Persistence`] when the file cannot be written (nothing is appended), or
+    /// the first error of `fill`.
+    pub fn append_le(
+        &mut self,
+        fill: impl FnOnce(&mut dyn FnMut(&[u8]) -> CoreResult<()>) -> CoreResult<()>,
+    ) -> CoreResult<()> {
+        match self {
+            Self::Memory(values) => fill(&mut |bytes| {
+                extend_f32(values, bytes);
+                Ok(())
+            }),
+            Self::File(f) => {
+                f.usable()?;
+                let start = f.offset(f.rows);
+                let mut at = start;
+                let filled = fill(&mut |bytes| {
+                    f.file
+                        .write_all_at(bytes, at)
+                        .map_err(|e| f.error("write", &e))?;
+                    at += bytes.len() as u64;
+                    Ok(())
+                });
+                if let Err(e) = filled {
+                    if let Err(undo) = f.file.set_len(start) {
+                        f.broken = Some(format!("rolling back a failed append: {undo}"));
+                    }
+                    return Err(e);
+                }
+                f.rows = (at / (f.dim as u64 * 4)) as usize;
+                Ok(())
+            }
+        }
     }
 
     /// Overwrites row `r`.
@@ -242,33 +301,30 @@ impl Originals {
         }
     }
 
-    /// Writes every row, little-endian, to `out` (the file is streamed, not loaded whole).
+    /// Writes every row, little-endian, to `out`, a chunk at a time through `scratch` (the
+    /// copies are streamed: no copy of them all is made, and a file's are not loaded whole).
     ///
     /// # Errors
     /// [`CoreError::Persistence`] when reading the copies or writing `out` fails.
-    pub fn write_le(&self, out: &mut impl Write) -> CoreResult<()> {
+    pub fn write_le(&self, scratch: &mut Vec<u8>, out: &mut impl Write) -> CoreResult<()> {
         let io = |e: std::io::Error| CoreError::Persistence(format!("cannot write: {e}"));
         match self {
-            Self::Memory(values) => {
-                for chunk in values.chunks(CHUNK_BYTES / 4) {
-                    out.write_all(&le_bytes(chunk)).map_err(io)?;
-                }
-            }
+            Self::Memory(values) => write_le(values, f32::to_le_bytes, scratch, out).map_err(io),
             Self::File(f) => {
                 f.usable()?;
                 let total = f.offset(f.rows);
-                let mut buffer = vec![0u8; CHUNK_BYTES];
+                scratch.resize(CHUNK_BYTES, 0);
                 let mut at = 0u64;
                 while at < total {
-                    let len = (total - at).min(buffer.len() as u64) as usize;
-                    let read = f.file.read_exact_at(&mut buffer[..len], at);
+                    let len = (total - at).min(CHUNK_BYTES as u64) as usize;
+                    let read = f.file.read_exact_at(&mut scratch[..len], at);
                     read.map_err(|e| f.error("read", &e))?;
-                    out.write_all(&buffer[..len]).map_err(io)?;
+                    out.write_all(&scratch[..len]).map_err(io)?;
                     at += len as u64;
                 }
+                Ok(())
             }
         }
-        Ok(())
     }
 }
 
@@ -284,7 +340,30 @@ impl FileRows {
         ))
     }
 
+    /// Makes the file look opened by process `pid` (a stand-in for a `fork()` in tests).
+    #[cfg(test)]
+    pub fn set_owner_for_test(&mut self, pid: u32) {
+        self.owner = pid;
+    }
+
+    /// Checks that this process opened the file (see the module docs).
+    fn owned(&self) -> CoreResult<()> {
+        let pid = std::process::id();
+        if pid == self.owner {
+            return Ok(());
+        }
+        Err(CoreError::Persistence(format!(
+            "cannot use the float32 copies in {}: the file belongs to process {} and this is \
+             process {pid}, a fork() of it; the two would read and write the same rows, so \
+             load the index again in this process (VectorIndex.load with an originals_path \
+             of its own)",
+            self.path, self.owner
+        )))
+    }
+
+    /// Checks that the copies may be used: by this process, and not marked broken.
     fn usable(&self) -> CoreResult<()> {
+        self.owned()?;
         match &self.broken {
             None => Ok(()),
             Some(why) => Err(CoreError::Persistence(format!(

@@ -16,6 +16,9 @@
 //!   but memory grows to 1.25x that of float32, unless the copies live in a file (see
 //!   `originals`), where a search reads only its shortlisted rows.
 
+use std::io::{Read, Seek, Write};
+
+use super::stream::{extend_f32, write_le, CrcReader};
 use super::TopK;
 use crate::errors::{out_of_memory, try_reserve, CoreResult};
 
@@ -122,6 +125,61 @@ pub fn unit_rows_error(values: &[f32], dim: usize) -> Option<String> {
         .chunks_exact(dim)
         .enumerate()
         .find_map(|(r, row)| not_unit(r, norm(row.iter().copied()), F32_NORM_TOLERANCE))
+}
+
+/// [`unit_rows_error`] and a check for values that are not finite, fed float32 rows a piece
+/// at a time (pieces may end inside a row): for rows streamed from a file, never held whole.
+#[derive(Debug)]
+pub struct RowsCheck {
+    dim: usize,
+    /// Sum of squares of the current row so far, in f64 (as [`norm`] sums it, in order).
+    squares: f64,
+    /// Values of the current row seen so far.
+    filled: usize,
+    /// Rows finished.
+    row: usize,
+    /// Whether any value was not finite.
+    pub not_finite: bool,
+    /// The message for the first row that is not of unit length.
+    pub not_unit: Option<String>,
+}
+
+impl RowsCheck {
+    /// A check of rows of `dim` values (at least 1).
+    pub fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            squares: 0.0,
+            filled: 0,
+            row: 0,
+            not_finite: false,
+            not_unit: None,
+        }
+    }
+
+    /// Checks the next values of the rows, given as little-endian bytes (a multiple of 4).
+    pub fn feed_le(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let (part, rest) = bytes.split_at(((self.dim - self.filled) * 4).min(bytes.len()));
+            let (mut squares, mut finite) = (self.squares, true);
+            for b in part.chunks_exact(4) {
+                let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                finite &= x.is_finite();
+                squares += f64::from(x) * f64::from(x);
+            }
+            self.not_finite |= !finite;
+            self.filled += part.len() / 4;
+            if self.filled < self.dim {
+                self.squares = squares;
+            } else {
+                if self.not_unit.is_none() {
+                    self.not_unit = not_unit(self.row, squares.sqrt(), F32_NORM_TOLERANCE);
+                }
+                (self.squares, self.filled, self.row) = (0.0, 0, self.row + 1);
+            }
+            bytes = rest;
+        }
+    }
 }
 
 /// Quantizes `row` into `codes`; returns the scale.
@@ -306,45 +364,81 @@ impl Rows {
         }
     }
 
-    /// The rows' bytes, little-endian (int8: the scales, then the codes).
-    pub fn to_le_bytes(&self, out: &mut Vec<u8>) {
+    /// Writes the rows to `out`, little-endian (int8: the scales, then the codes), converted a
+    /// chunk at a time in `scratch` (no copy of them all).
+    ///
+    /// # Errors
+    /// The first error of `out`.
+    pub fn write_le(&self, scratch: &mut Vec<u8>, out: &mut impl Write) -> std::io::Result<()> {
         match self {
-            Self::F32(data) => f32_to_le(data, out),
-            Self::F16(data) => data
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::F32(data) => write_le(data, f32::to_le_bytes, scratch, out),
+            Self::F16(data) => write_le(data, u16::to_le_bytes, scratch, out),
             Self::I8 { codes, scales } => {
-                f32_to_le(scales, out);
-                out.extend(codes.iter().map(|&c| c as u8));
+                write_le(scales, f32::to_le_bytes, scratch, out)?;
+                write_le(codes, i8::to_le_bytes, scratch, out)
             }
         }
     }
 
-    /// Reads `rows` rows written by [`Rows::to_le_bytes`]; `None` when `bytes` has another size.
-    pub fn from_le_bytes(dtype: Dtype, bytes: &[u8], rows: usize, dim: usize) -> Option<Self> {
-        if bytes.len() != rows.checked_mul(dtype.row_bytes(dim))? {
-            return None;
-        }
-        Some(match dtype {
-            Dtype::F32 => Self::F32(f32_from_le(bytes)),
-            Dtype::F16 => Self::F16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
-            Dtype::I8 => {
-                let (scales, codes) = bytes.split_at(rows * 4);
-                let scales = f32_from_le(scales);
-                if scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-                    return None;
-                }
-                Self::I8 {
-                    codes: codes.iter().map(|&b| b as i8).collect(),
-                    scales,
-                }
+    /// Reads `rows` rows of `dim` values written by [`Rows::write_le`] from `input`, a chunk
+    /// at a time, into buffers allocated (fallibly) at their full size; `None` when an int8
+    /// scale is not a positive finite number (no file the index writes has one).
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when the rows do not fit in memory; [`CoreError::Persistence`]
+    /// when they cannot be read.
+    pub fn read_le<R: Read + Seek>(
+        dtype: Dtype,
+        rows: usize,
+        dim: usize,
+        input: &mut CrcReader<R>,
+    ) -> CoreResult<Option<Self>> {
+        let values = rows
+            .checked_mul(dim)
+            .ok_or_else(|| out_of_memory(usize::MAX, "the stored vectors"))?;
+        let bytes = |size: usize| values as u64 * size as u64;
+        Ok(Some(match dtype {
+            Dtype::F32 => {
+                let mut data = Vec::new();
+                reserve_huge(&mut data, values)?;
+                input.read_chunks(bytes(4), |chunk| {
+                    extend_f32(&mut data, chunk);
+                    Ok(())
+                })?;
+                Self::F32(data)
             }
-        })
+            Dtype::F16 => {
+                let mut data = Vec::new();
+                reserve_huge(&mut data, values)?;
+                input.read_chunks(bytes(2), |chunk| {
+                    data.extend(
+                        chunk
+                            .chunks_exact(2)
+                            .map(|b| u16::from_le_bytes([b[0], b[1]])),
+                    );
+                    Ok(())
+                })?;
+                Self::F16(data)
+            }
+            Dtype::I8 => {
+                let mut scales = Vec::new();
+                try_reserve(&mut scales, rows, "the stored vectors' scales")?;
+                input.read_chunks(rows as u64 * 4, |chunk| {
+                    extend_f32(&mut scales, chunk);
+                    Ok(())
+                })?;
+                if scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                    return Ok(None);
+                }
+                let mut codes = Vec::new();
+                reserve_huge(&mut codes, values)?;
+                input.read_chunks(bytes(1), |chunk| {
+                    codes.extend(chunk.iter().map(|&b| b as i8));
+                    Ok(())
+                })?;
+                Self::I8 { codes, scales }
+            }
+        }))
     }
 }
 
@@ -736,9 +830,10 @@ mod tests {
                 assert!((x - y).abs() < 0.01);
             }
             let mut bytes = Vec::new();
-            rows.to_le_bytes(&mut bytes);
+            rows.write_le(&mut Vec::new(), &mut bytes).unwrap();
             assert_eq!(bytes.len(), dtype.row_bytes(8));
-            assert_eq!(Rows::from_le_bytes(dtype, &bytes, 1, 8), Some(rows));
+            let mut input = CrcReader::new(std::io::Cursor::new(bytes), "rows").unwrap();
+            assert_eq!(Rows::read_le(dtype, 1, 8, &mut input).unwrap(), Some(rows));
             assert_eq!(Dtype::parse(dtype.name()), Some(dtype));
             assert_eq!(Dtype::from_code(dtype.code()), Some(dtype));
         }

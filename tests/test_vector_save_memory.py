@@ -1,0 +1,239 @@
+"""VectorIndex.save and .load under memory pressure, and file-backed copies after fork().
+
+* save and load stream the file a chunk at a time: an index that fits in memory once but not
+  twice saves and loads (they used to build or read the whole file in one buffer and copy it
+  out, aborting the interpreter with SIGABRT when the second copy did not fit); one that does
+  not fit even once raises MemoryStoreError. An address-space limit (RLIMIT_AS, set in a
+  child interpreter) stands in for a machine whose free memory holds the index once.
+* float32 copies kept in a file (originals_path) belong to the process that opened it: a
+  fork()ed child that inherits the index gets PersistenceError for every use of them, so its
+  writes can no longer change the parent's index through the shared file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux", reason="needs fork() and RLIMIT_AS as Linux has them"
+)
+
+CHILD_SECONDS = 60  # a child that takes longer has hung
+
+# Runs in a child interpreter: builds and saves (modes "write", and "save" with the address
+# space limited), or loads (modes "load", "load_tight", limited) an index of ROWS x DIM
+# float32 (128 MiB), and prints what it did as JSON. A limit is what the process uses when
+# it is set plus some room.
+MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import json, os, resource, sys
+    import numpy as np
+    import llm_agent_runtime as ar
+
+    ROWS, DIM = 131072, 256
+    mode, path = sys.argv[1], sys.argv[2]
+
+    def limit_room(room):
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("VmSize"))
+        limit = int(line.split()[1]) * 1024 + room
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    def summary(index):
+        query = np.ones(DIM, np.float32)
+        ids, scores = index.search(query, 3)
+        rows = [index.get(i).tolist()[:4] for i in (0, ROWS // 2, ROWS - 1)]
+        return {"len": len(index), "ids": ids.tolist(), "scores": scores.tolist(),
+                "rows": rows}
+
+    try:
+        if mode in ("write", "save"):
+            index = ar.VectorIndex(DIM)
+            data = np.random.default_rng(0).random((ROWS, DIM), dtype=np.float32)
+            index.add(np.arange(ROWS), data - 0.5)
+            del data
+            if mode == "save":
+                limit_room(index.nbytes // 2)  # half a second copy
+            index.save(path)
+            print(json.dumps({"saved": summary(index)}))
+        else:
+            size = os.path.getsize(path)
+            # Once and a half the index, or half of it.
+            limit_room(size + size // 2 if mode == "load" else size // 2)
+            print(json.dumps({"loaded": summary(ar.VectorIndex.load(path))}))
+    except ar.AgentRuntimeError as e:
+        print(json.dumps({"error": type(e).__name__, "message": str(e)}))
+    """
+)
+
+
+def run_child(script: str, *args: str) -> dict[str, Any]:
+    """Runs `script` in a child interpreter; its JSON output. Fails when it dies of a
+    signal (SIGABRT from a failed allocation) or exits with an error."""
+    child = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_SECONDS,
+        # mimalloc reserves address space 1 GiB at a time and serves later allocations from
+        # it: the limit would not bind. Without the reservation, allocations map memory as
+        # they are made, and the limit stands for the machine's free memory.
+        env={**os.environ, "RUST_BACKTRACE": "0", "MIMALLOC_ARENA_RESERVE": "0"},
+        check=False,
+    )
+    assert child.returncode == 0, (
+        f"child exited with {child.returncode}: {child.stderr.strip()[-500:]}"
+    )
+    result: dict[str, Any] = json.loads(child.stdout)
+    return result
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """An index file saved without a limit, and what its index held."""
+    path = str(tmp_path_factory.mktemp("index") / "big.bin")
+    return path, run_child(MEMORY_SCRIPT, "write", path)["saved"]
+
+
+def test_an_index_that_fits_once_but_not_twice_saves(
+    tmp_path: Path, written: tuple[str, dict[str, Any]]
+) -> None:
+    path = tmp_path / "big.bin"
+    assert run_child(MEMORY_SCRIPT, "save", str(path)) == {"saved": written[1]}
+    assert path.read_bytes() == Path(written[0]).read_bytes()
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left
+
+
+def test_an_index_that_fits_once_but_not_twice_loads(written: tuple[str, dict[str, Any]]) -> None:
+    path, held = written
+    assert held["len"] == 131072
+    assert run_child(MEMORY_SCRIPT, "load", path) == {"loaded": held}
+
+
+def test_an_index_that_does_not_fit_once_is_a_memory_error(
+    written: tuple[str, dict[str, Any]],
+) -> None:
+    path = written[0]
+    tight = run_child(MEMORY_SCRIPT, "load_tight", path)
+    assert tight["error"] == "MemoryStoreError", tight
+    assert tight["message"].startswith(f"cannot load {path}: out of memory"), tight
+
+
+# Runs in a child interpreter: an int8 index with its float32 copies in a file, forked; the
+# forked child tries every use of the copies, and loads its own index from a saved file.
+FORK_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, warnings
+    import numpy as np
+    import llm_agent_runtime as ar
+
+    folder = sys.argv[1]
+    copies = os.path.join(folder, "copies.f32")
+    index = ar.VectorIndex(4, dtype="int8", originals_path=copies)
+    index.add([0, 1, 2], np.eye(3, 4, dtype=np.float32))
+    index.save(os.path.join(folder, "index.bin"))
+    query = np.array([1, 0, 0, 0], np.float32)
+
+    def state():
+        ids, scores = index.search(query, 3)
+        with open(copies, "rb") as f:
+            file = f.read().hex()
+        return {"len": len(index), "get0": index.get(0).tolist(), "ids": ids.tolist(),
+                "scores": scores.tolist(), "file": file}
+
+    before = state()
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            calls = {
+                "upsert": lambda: index.add([0], np.array([[0, 0, 0, 1]], np.float32)),
+                "add": lambda: index.add([7], np.array([[0, 0, 1, 1]], np.float32)),
+                "remove": lambda: index.remove([1]),
+                "get": lambda: index.get(0),
+                "search": lambda: index.search(query, 1),
+                "save": lambda: index.save(os.path.join(folder, "child.bin")),
+            }
+            results = {}
+            for name, call in calls.items():
+                try:
+                    call()
+                    results[name] = "no error"
+                except Exception as e:
+                    results[name] = f"{type(e).__name__}: {e}"
+            results["len"] = len(index)
+            # The way out: an index of the child's own, loaded from the saved file.
+            own = ar.VectorIndex.load(os.path.join(folder, "index.bin"),
+                                      originals_path=os.path.join(folder, "child.f32"))
+            own.add([0], np.array([[0, 0, 0, 1]], np.float32))
+            results["own_get0"] = own.get(0).tolist()
+            with os.fdopen(write_end, "w") as pipe:
+                pipe.write(json.dumps(results))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child = json.loads(pipe.read() or "{}")
+    _, status = os.waitpid(pid, 0)
+    after = state()
+    index.add([0], np.array([[0, 1, 0, 0]], np.float32))  # the parent still writes
+    print(json.dumps({"status": status, "child": child, "before": before, "after": after,
+                      "parent_get0": index.get(0).tolist()}))
+    """
+)
+
+
+def test_a_forked_child_cannot_use_the_parents_originals_file(tmp_path: Path) -> None:
+    result = run_child(FORK_SCRIPT, str(tmp_path))
+    assert result["status"] == 0
+    child = result["child"]
+    for call in ("upsert", "add", "remove", "get", "search", "save"):
+        assert child[call].startswith("PersistenceError: cannot use the float32 copies"), (
+            call,
+            child[call],
+        )
+        assert "a fork() of it" in child[call] and "load the index again" in child[call]
+    assert child["len"] == 3  # the refused remove changed nothing
+    assert child["own_get0"] == [0.0, 0.0, 0.0, 1.0]
+    # The parent's index, and its copies file, are as they were before the fork.
+    assert result["after"] == result["before"]
+    assert result["before"]["get0"] == [1.0, 0.0, 0.0, 0.0]
+    assert result["before"]["ids"][0] == 0 and result["before"]["scores"][0] == 1.0
+    assert result["parent_get0"] == [0.0, 1.0, 0.0, 0.0]
+    assert not (tmp_path / "child.bin").exists()
+
+
+def test_the_in_memory_copies_of_a_forked_child_are_its_own() -> None:
+    """Without originals_path nothing is shared: the child's writes work, on its copy."""
+    script = textwrap.dedent(
+        """
+        import json, os, warnings
+        import numpy as np
+        import llm_agent_runtime as ar
+
+        index = ar.VectorIndex(4, dtype="int8", exact_rescore=True)
+        index.add([0], np.array([[1, 0, 0, 0]], np.float32))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            index.add([0], np.array([[0, 0, 0, 1]], np.float32))
+            os._exit(0 if index.get(0).tolist() == [0, 0, 0, 1] else 1)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"status": status, "get0": index.get(0).tolist()}))
+        """
+    )
+    assert run_child(script) == {"status": 0, "get0": [1.0, 0.0, 0.0, 0.0]}
