@@ -12,6 +12,7 @@ import time
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from test_redis_state import redis_url
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.orchestration import rate_limit
@@ -543,15 +544,6 @@ def test_waiters_leaving_over_time_are_served_in_order_and_never_beyond_the_rate
         assert clock.sleeps <= 2 * len(wanted) + left
 
     asyncio.run(run())
-
-
-def redis_url() -> str:
-    url = os.environ.get("LLM_AGENT_RUNTIME_TEST_REDIS_URL")
-    if url is None:
-        if os.environ.get("LLM_AGENT_RUNTIME_REQUIRE_SERVICES"):
-            pytest.fail("make test must provide Redis")
-        pytest.skip("no Redis server: run `make test`")
-    return url
 
 
 async def test_shared_bucket_waiters_giving_up_one_by_one_cost_a_sleep_each_at_most(

@@ -285,16 +285,25 @@ class DeadFrom(Delegating):
         return call
 
 
-async def test_a_sweep_cut_short_refuses_turns_for_a_while_then_the_next_sweep_ends_it(
+async def answered_on_a_clock(
     backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # It died after its claim, before it deleted the final checkpoint: every later turn was
-    # refused, and every later sweep skipped the session, forever.
+) -> tuple[ar.AgentRuntime, ar.AgentSession, list[float]]:
+    """A worker, and its session `s` with one turn answered; then the module's clock is
+    `clock[0]`, for the test to move."""
     worker = ar.AgentRuntime(checkpoint_backend=backend)
     session = worker.create_session("a", "s")
     await worker.run_turn(session, "Q1", script(ONE))
     clock = [now()]
     monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    return worker, session, clock
+
+
+async def test_a_sweep_cut_short_refuses_turns_for_a_while_then_the_next_sweep_ends_it(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It died after its claim, before it deleted the final checkpoint: every later turn was
+    # refused, and every later sweep skipped the session, forever.
+    _, _, clock = await answered_on_a_clock(backend, monkeypatch)
     with pytest.raises(RuntimeError, match="died"):
         await CheckpointStore(DeadFrom(backend, "session:s:meta")).sweep(-1.0)
     sweeper = CheckpointStore(backend)
@@ -308,11 +317,7 @@ async def test_a_sweep_cut_short_refuses_turns_for_a_while_then_the_next_sweep_e
 async def test_a_turn_deletes_a_sweep_claim_older_than_the_grace_period(
     backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    worker = ar.AgentRuntime(checkpoint_backend=backend)
-    session = worker.create_session("a", "s")
-    await worker.run_turn(session, "Q1", script(ONE))
-    sweep_at = [now()]
-    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: sweep_at[0]))
+    worker, session, sweep_at = await answered_on_a_clock(backend, monkeypatch)
     with pytest.raises(RuntimeError, match="died"):
         await CheckpointStore(DeadFrom(backend, "session:s:meta")).sweep(-1.0)
     with pytest.raises(ar.PersistenceError, match="being deleted by a sweep"):
@@ -365,11 +370,7 @@ async def test_a_sweep_longer_than_the_grace_period_keeps_its_claim(
 ) -> None:
     # Its claim aged as it deleted: a turn starting a minute in took it for a cut-short
     # sweep's and ran, and the sweep went on deleting the session under it.
-    worker = ar.AgentRuntime(checkpoint_backend=backend)
-    session = worker.create_session("a", "s")
-    await worker.run_turn(session, "Q1", script(ONE))
-    clock = [now()]
-    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    worker, session, clock = await answered_on_a_clock(backend, monkeypatch)
     refused: list[str] = []
 
     async def turn_at_third(deletion: int) -> None:
@@ -389,11 +390,7 @@ async def test_a_sweep_whose_process_stalls_stops_and_the_next_one_ends_it(
 ) -> None:
     # Stalled half the grace period, its claim may be taken over at any moment: it went on
     # deleting, whatever a run that took the claim over wrote meanwhile.
-    worker = ar.AgentRuntime(checkpoint_backend=backend)
-    session = worker.create_session("a", "s")
-    await worker.run_turn(session, "Q1", script(ONE))
-    clock = [now()]
-    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    _, _, clock = await answered_on_a_clock(backend, monkeypatch)
 
     async def stall_at_second(deletion: int) -> None:
         if deletion == 2:
@@ -412,11 +409,7 @@ async def test_a_sweep_whose_process_stalls_stops_and_the_next_one_ends_it(
 async def test_a_sweep_whose_claim_was_taken_over_stops(
     backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    worker = ar.AgentRuntime(checkpoint_backend=backend)
-    session = worker.create_session("a", "s")
-    await worker.run_turn(session, "Q1", script(ONE))
-    clock = [now()]
-    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    _, _, clock = await answered_on_a_clock(backend, monkeypatch)
     other = encode("claim", {"sweep": "0" * 32, "final": "f", "at": clock[0]})
 
     async def taken_at_second(deletion: int) -> None:

@@ -6,12 +6,9 @@ pieces. Over loopback HTTP, against the fake server speaking each wire format.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from providers.conftest import PROVIDERS, make_provider
-from providers.fake_server import FakeLlmServer, Reply, anthropic_event, sse
 
 from llm_agent_runtime import RetryPolicy
 from llm_agent_runtime.providers.base import (
@@ -23,6 +20,9 @@ from llm_agent_runtime.providers.base import (
     ToolCallDelta,
 )
 
+from .conftest import PROVIDERS, make_provider
+from .fake_server import FakeLlmServer, Reply, anthropic_event, sse
+
 USER = [Message("user", "hi")]
 ONCE = RetryPolicy(max_attempts=1)
 STREAM = {"content-type": "text/event-stream"}
@@ -32,19 +32,6 @@ HIGH = "\ud83d"
 
 Call = tuple[str | None, str, dict[str, Any]]
 """A call as the server sends it: its id (None: left out), its tool's name, its arguments."""
-
-
-@pytest.fixture(scope="module")
-def llm_server() -> Iterator[FakeLlmServer]:
-    with FakeLlmServer() as server:
-        yield server
-
-
-@pytest.fixture
-def server(llm_server: FakeLlmServer) -> Iterator[FakeLlmServer]:
-    llm_server.reset()
-    yield llm_server
-    llm_server.reset()
 
 
 def openai_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
