@@ -17,7 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 
 use super::dot_portable;
-use super::quantized::{f32_from_le, f32_to_le, reserve_huge};
+use super::quantized::{f32_to_le, reserve_huge};
 use super::stream::{extend_f32, write_le, CHUNK_BYTES};
 use crate::errors::{out_of_memory, CoreError, CoreResult};
 
@@ -285,7 +285,9 @@ impl Originals {
             Self::File(f) => {
                 let mut bytes = vec![0u8; dim * 4];
                 f.read_row(r, &mut bytes)?;
-                Ok(f32_from_le(&bytes))
+                let mut row = Vec::with_capacity(dim);
+                extend_f32(&mut row, &bytes);
+                Ok(row)
             }
         }
     }

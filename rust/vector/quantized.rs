@@ -450,14 +450,6 @@ pub fn f32_to_le(values: &[f32], out: &mut Vec<u8>) {
         .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
 }
 
-/// The float32 values of little-endian `bytes` (a multiple of 4 long).
-pub fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 /// Reserves room for `extra` more values. When that moves the buffer (to fresh, untouched
 /// memory), asks Linux to back it with transparent huge pages, as numpy does for its large
 /// arrays: a streaming scan over 4 KiB pages stalls at every page boundary (the hardware
