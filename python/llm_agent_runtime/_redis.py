@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
@@ -39,6 +40,8 @@ def redis_client(url: str, owner: str) -> Any:
     redis-py's default pool raises "Too many connections" as soon as more commands are in
     flight than it has connections (e.g. 1,000 sessions sharing one rate limiter); a
     blocking pool makes the excess wait instead.
+
+    A cancellation is never lost in a command: see `_keeping_cancellation`.
 
     The pool replaces a connection the server has closed (a restart, a failover, its idle
     `timeout`), or one idle for `REDIS_HEALTH_CHECK_INTERVAL` that fails a PING, as it hands
@@ -92,6 +95,15 @@ def _checked_pool_class() -> Any:
     from redis.asyncio import BlockingConnectionPool
 
     class CheckedConnectionPool(BlockingConnectionPool):
+        def __init__(self, *args: Any, connection_class: Any = None, **kwargs: Any) -> None:
+            # `from_url` picks the class by scheme (TCP, TLS, Unix socket): kept, mixed in.
+            if connection_class is None:
+                from redis.asyncio import Connection
+
+                connection_class = Connection
+            kwargs["connection_class"] = _keeping_cancellation(connection_class)
+            super().__init__(*args, **kwargs)
+
         async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
             get_connection: Any = super().get_connection  # untyped in some redis-py versions
             connection = await get_connection(*args, **kwargs)
@@ -103,6 +115,35 @@ def _checked_pool_class() -> Any:
             return connection
 
     return CheckedConnectionPool
+
+
+@functools.cache
+def _keeping_cancellation(connection_class: type) -> type:
+    """`connection_class` with a send that never swallows a cancellation of its caller.
+
+    redis-py bounds a socket write with `asyncio.wait_for`, which before Python 3.12 returns
+    the write's result when the write ends as the calling task is cancelled: the
+    cancellation is lost (CPython gh-86296), and a task cancelled to stop it runs on (a
+    resume claim's renewal did, forever, and the run that awaited its end hung). Here such
+    a cancellation is raised once the write returns. The connection is closed first: the
+    command's reply, which no one will read, must not be read by the next command sent on it.
+    """
+    if sys.version_info >= (3, 12):  # `wait_for` is built on `asyncio.timeout` there
+        return connection_class
+
+    class KeepingCancellation(connection_class):  # type: ignore[misc]
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            task = asyncio.current_task()
+            # Python 3.10 counts no cancellation requests: nothing to tell the loss by.
+            cancelling = getattr(task, "cancelling", None)
+            before = cancelling() if cancelling is not None else 0
+            await super().send_packed_command(command, check_health)
+            if cancelling is not None and cancelling() > before:
+                await self.disconnect(nowait=True)
+                raise asyncio.CancelledError
+
+    KeepingCancellation.__name__ = KeepingCancellation.__qualname__ = connection_class.__name__
+    return KeepingCancellation
 
 
 async def _replace_if_dead(connection: Any) -> None:

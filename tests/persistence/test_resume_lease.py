@@ -1,7 +1,6 @@
 """Resume claims under a lease (`resume_lease_seconds`): a worker that died mid-resume on
 any host blocks its session no longer than the lease; a holder renews its claim while its
-run goes on, and one whose claim was taken over stops (on the in-memory and SQLite
-backends)."""
+run goes on, and one whose claim was taken over stops (on every backend)."""
 
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ LEASE = 0.2
 SLOW = 'Thought: wait\nAction: slow {"n": 1}'
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "file", "postgres", "redis"])
 async def backend(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[ar.PersistenceBackend]:
@@ -53,8 +52,15 @@ async def claim_of(backend: ar.PersistenceBackend) -> dict[str, Any]:
     return claim
 
 
+PACKAGE = str(Path(ar.__file__).parent)
+
+
 async def no_other_task() -> bool:
-    return asyncio.all_tasks() == {asyncio.current_task()}
+    """Whether no task of the runtime's is left (a driver's own, PostgreSQL's pool workers,
+    are not the runtime's)."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    codes = [getattr(t.get_coro(), "cr_code", None) for t in others]
+    return not [c for c in codes if c is None or c.co_filename.startswith(PACKAGE)]
 
 
 def worker(
@@ -248,6 +254,46 @@ async def test_a_failed_leased_resume_leaves_no_claim_and_no_task(
         await runtime.resume("x", down)
     assert await no_other_task()
     assert await backend.list_keys("session:x:resume") == []
+    done = await runtime.resume("x", script(add_step(2), FINAL))
+    assert done.step_count == 3
+
+
+class SwallowingCancellation(Delegating):
+    """The backend through a driver that loses a cancellation that comes while it reads
+    (as redis-py did through asyncio's `wait_for` before Python 3.12): the read returns."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.reading = asyncio.Event()
+        self.swallowed = 0
+
+    async def load(self, key: str) -> bytes | None:
+        value = await self.inner.load(key)
+        if ":resume:" in key:  # a renewal's read
+            self.reading.set()
+            try:
+                await asyncio.sleep(LEASE)
+            except asyncio.CancelledError:
+                self.swallowed += 1
+        return value
+
+
+async def test_a_renewal_ends_when_stopped_even_if_the_backend_loses_its_cancellation(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await interrupted(backend)
+    swallowing = SwallowingCancellation(backend)
+
+    async def down(prompt: str) -> str:  # fails while a renewal reads: its release stops it
+        await swallowing.reading.wait()
+        raise ConnectionError("model down")
+
+    runtime = worker(swallowing, Effects())
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(runtime.resume("x", down), 5)  # it hung: the renewal ran on
+    assert swallowing.swallowed == 1
+    assert await backend.list_keys("session:x:resume") == []
+    assert await no_other_task()
     done = await runtime.resume("x", script(add_step(2), FINAL))
     assert done.step_count == 3
 

@@ -912,6 +912,7 @@ class CheckpointStore:
         takeover = f"{resume_key}:{claim['resume']}"  # the key a taker of this claim writes
         while True:
             await asyncio.sleep(self.resume_lease_seconds / 3)
+            self._check_renewing(session_id)
             try:
                 if await self.backend.load(takeover) is not None:
                     break
@@ -919,6 +920,7 @@ class CheckpointStore:
                 holder = decode(raw, resume_key) if raw is not None else None
                 if not isinstance(holder, dict) or holder.get("resume") != claim["resume"]:
                     break
+                self._check_renewing(session_id)
                 await self.backend.save(resume_key, self._leased(claim))
             except Exception as error:
                 logger.warning("resume claim %s not renewed: %r", resume_key, error)
@@ -943,6 +945,16 @@ class CheckpointStore:
                     key=resume_key,
                 )
             )
+
+    def _check_renewing(self, session_id: str) -> None:
+        """Raises CancelledError in a renewal `_stop_renewing` stopped.
+
+        Its cancellation alone may be lost: a backend's driver may swallow it (asyncio's
+        `wait_for` before Python 3.12 does, when what it waits for ends at that moment), and
+        the renewal would go on, and its `release`, which waits for it to end, never return.
+        """
+        if self._renewals.get(session_id) is not asyncio.current_task():
+            raise asyncio.CancelledError
 
     def _stop_renewing(self, session_id: str) -> asyncio.Task[None] | None:
         """Cancels the renewal of the session's resume claim, if any; returns it to await."""
