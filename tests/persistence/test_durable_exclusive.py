@@ -263,7 +263,9 @@ def test_the_stored_form_is_what_a_record_gives_back() -> None:
 
 class TurnAtFirstDelete(Delegating):
     """The backend, but the first deletion waits for `start()` (the user's next turn) to
-    get going: the sweep found the session finished, and deletes it as the turn starts."""
+    end: the sweep found the session finished, and the turn starts before it deletes. (Up
+    to 10 s: waiting a number of loop turns instead, a turn on a server under load had not
+    reached its first write yet.)"""
 
     def __init__(self, inner: ar.PersistenceBackend, start: Any) -> None:
         super().__init__(inner)
@@ -272,8 +274,7 @@ class TurnAtFirstDelete(Delegating):
     async def delete(self, key: str) -> None:
         if self.turn is None:
             self.turn = asyncio.ensure_future(self.start())
-            for _ in range(50):
-                await asyncio.sleep(0)
+            await asyncio.wait([self.turn], timeout=10)
         await self.inner.delete(key)
 
 
