@@ -240,6 +240,61 @@ async def test_a_holder_whose_claim_was_taken_over_stops_and_runs_no_further_too
     await until(no_other_task)  # nothing renews, nothing is left running
 
 
+class FirstStepSaveFails(PausedRenewal):
+    """`PausedRenewal`, and the first save of a step fails (the step stays unsaved)."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.failed = False
+
+    async def batch_save(self, items: dict[str, bytes]) -> None:
+        if not self.failed and any(":step:" in key for key in items):
+            self.failed = True
+            raise ar.PersistenceError("connection reset")
+        await self.inner.batch_save(items)
+
+
+async def test_a_holder_whose_claim_was_taken_over_writes_nothing_over_the_takers_steps(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Its step 2 (a lookup of "pen") was not saved; the taker ran step 2 (of "ink") and
+    # finished. Stopped, the holder saved its unsaved step 2 on its way out, over the taker's.
+    await interrupted(backend)
+    stalled = FirstStepSaveFails(backend)
+    waiting, never = asyncio.Event(), asyncio.Event()
+    replies = ['Thought: price\nAction: lookup {"item": "pen"}']
+
+    async def model(prompt: str) -> str:
+        if replies:
+            return replies.pop()
+        waiting.set()
+        await never.wait()
+        raise AssertionError("the holder was not stopped")
+
+    holder = asyncio.create_task(worker(stalled, Effects()).resume("x", model))
+    await waiting.wait()
+    assert stalled.failed
+
+    async def lease_passed() -> bool:
+        return bool((await claim_of(backend))["expires_at"] < time.time())
+
+    await until(lease_passed)
+    taker = Effects()
+    ink = 'Thought: price\nAction: lookup {"item": "ink"}'
+    done = await worker(backend, taker).resume("x", script(ink, FINAL))
+    assert taker.calls == [("lookup", "ink")]
+    stalled.go.set()  # the holder renews again: it finds its claim taken over
+    with pytest.raises(ar.PersistenceError, match="no longer resumed by this worker"):
+        await holder
+    loaded = await ar.AgentSession.load_checkpoint(backend, "x")
+    assert loaded == done
+    inputs = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
+    assert [s.action_input for s in loaded.steps] == inputs
+    state = await CheckpointStore(backend).load("x")
+    assert [r.step.action_input for r in state.run_records] == inputs
+    await until(no_other_task)
+
+
 async def test_a_failed_leased_resume_leaves_no_claim_and_no_task(
     backend: ar.PersistenceBackend,
 ) -> None:

@@ -577,6 +577,9 @@ class CheckpointStore:
         self._resumes: dict[str, list[str]] = {}
         # The renewals of the leased resume claims, by session (see `_renew`).
         self._renewals: dict[str, asyncio.Task[None]] = {}
+        # Resumed runs whose claim another worker took over, until `forget`: the error
+        # every write of theirs raises (the taker writes the same steps).
+        self._lost: dict[str, PersistenceError] = {}
         self._background: set[asyncio.Future[Any]] = set()  # deletions of claims left behind
 
     # ------------------------------------------------------------------ writing
@@ -904,9 +907,10 @@ class CheckpointStore:
 
         Runs until cancelled (`_stop_renewing`) or the claim is lost (see `claim_resumed`):
         it is given up then (with the claim of its step), `taken` (the takeover key of this
-        worker, if it took the claim over) deleted, and `lost` called. A renewal the backend
-        fails is tried again at the next (the claim is lost only once another worker took it
-        over).
+        worker, if it took the claim over) deleted, `lost` called, and every later write of
+        the run refused with the same `PersistenceError` (until `forget`). A renewal the
+        backend fails is tried again at the next (the claim is lost only once another worker
+        took it over).
         """
         assert self.resume_lease_seconds is not None
         takeover = f"{resume_key}:{claim['resume']}"  # the key a taker of this claim writes
@@ -934,17 +938,19 @@ class CheckpointStore:
             self._background.add(deleting)  # a task only weakly referenced may be collected
             deleting.add_done_callback(self._background.discard)
             deleting.add_done_callback(retrieve_outcome)
+        taken_over = PersistenceError(
+            f"session {session_id!r} is no longer resumed by this worker: its resume "
+            "claim was taken over by another worker (not renewed within its lease of "
+            f"{self.resume_lease_seconds:g} s: this process stalled, or could not "
+            "reach the backend) or deleted (release_resume); this run stops here: "
+            "load the session (AgentSession.load_checkpoint) once that resume ended",
+            key=resume_key,
+        )
+        # Its run stops (`lost`), but may still write on its way out (the steps and events
+        # whose save failed): over the taker's records of the same step numbers.
+        self._lost[session_id] = taken_over
         if lost is not None:
-            lost(
-                PersistenceError(
-                    f"session {session_id!r} is no longer resumed by this worker: its resume "
-                    "claim was taken over by another worker (not renewed within its lease of "
-                    f"{self.resume_lease_seconds:g} s: this process stalled, or could not "
-                    "reach the backend) or deleted (release_resume); this run stops here: "
-                    "load the session (AgentSession.load_checkpoint) once that resume ended",
-                    key=resume_key,
-                )
-            )
+            lost(taken_over)
 
     def _check_renewing(self, session_id: str) -> None:
         """Raises CancelledError in a renewal `_stop_renewing` stopped.
@@ -1027,6 +1033,7 @@ class CheckpointStore:
         """Drops what this store keeps in memory of a session's run (it ended, any way)."""
         self._next_event.pop(session_id, None)
         self._refused.discard(session_id)
+        self._lost.pop(session_id, None)
         self._claims.pop(session_id, None)
         self._resumes.pop(session_id, None)
         self._stop_renewing(session_id)
@@ -1195,6 +1202,9 @@ class CheckpointStore:
                 "so nothing of the run is saved",
                 key=session_key(session_id),
             )
+        lost = self._lost.get(session_id)
+        if lost is not None:
+            raise PersistenceError(lost.args[0], key=lost.key)
         numbered = await self._event_items(session_id, events)
         end = self._next_event.get(session_id)
         try:
