@@ -928,6 +928,7 @@ class CheckpointStore:
                 await self.backend.save(resume_key, self._leased(claim))
             except Exception as error:
                 logger.warning("resume claim %s not renewed: %r", resume_key, error)
+        self._check_renewing(session_id)  # not if the run ended meanwhile (`forget`)
         # Lost: the claim is another worker's (or deleted), not this one's to delete; so is
         # the claim of the step it continues from (the taker continues the same run).
         self._renewals.pop(session_id, None)
