@@ -1706,7 +1706,8 @@ class AgentRuntime:
         """Saves the session's latest steps, with any whose earlier save failed.
 
         A failure is logged and counted, never raised: the steps stay pending and go with
-        the next save, so the saved steps never have a gap.
+        the next save, so the saved steps never have a gap. Only the loss of a resumed run's
+        claim is raised: the run stops.
         """
         assert self._checkpoints is not None
         session_id = session.session_id
@@ -1722,6 +1723,9 @@ class AgentRuntime:
             self._unsaved_steps[session_id] = (first, records)
             if not isinstance(error, Exception):
                 raise  # cancelled: the run's own handler saves what it can
+            held = self._resume_leases.get(session_id)
+            if held is not None and held[1]:
+                raise  # the resume claim is lost: the run stops (`_unless_resume_lost`)
             session.checkpoint_errors += 1
             self.metrics.record_checkpoint_error()
             from llm_agent_runtime.persistence.base import step_key
@@ -1838,11 +1842,16 @@ class AgentRuntime:
             del self._resume_leases[session_id]
 
     def _resume_lost(self, session_id: str, error: PersistenceError) -> None:
-        """Stops the resumed run of `session_id`: its resume claim is another worker's now."""
+        """Stops the resumed run of `session_id`: its resume claim is another worker's now.
+
+        Found by one of the run's own writes (see `CheckpointStore._keep_lease`), the run is
+        not cancelled: that write raises `error`, which ends the run.
+        """
         held = self._resume_leases.get(session_id)
         if held is not None and not held[1]:
             held[1].append(error)
-            held[0].cancel()
+            if held[0] is not asyncio.current_task():
+                held[0].cancel()
 
     async def _save_final(self, session: AgentSession, run: str | None) -> None:
         from llm_agent_runtime.persistence.base import session_key

@@ -295,6 +295,131 @@ async def test_a_holder_whose_claim_was_taken_over_writes_nothing_over_the_taker
     await until(no_other_task)
 
 
+class StalledRenewal(Delegating):
+    """The backend of a worker whose renewal stalls until `go` (its timer had not fired
+    yet when the process woke from a stall), while its run goes on."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.go = asyncio.Event()
+
+    async def load(self, key: str) -> bytes | None:
+        task = asyncio.current_task()
+        renewing = task is not None and task.get_coro().__qualname__ == "CheckpointStore._renew"
+        if renewing:
+            await self.go.wait()
+        return await self.inner.load(key)
+
+
+PEN = 'Thought: price\nAction: lookup {"item": "pen"}'
+INK = 'Thought: price\nAction: lookup {"item": "ink"}'
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [CHARGE, PEN, "Thought: done\nAction: FINAL_ANSWER stale"],
+    ids=["journaled-call", "step", "final-checkpoint"],
+)
+async def test_a_holder_that_wakes_after_its_lease_passed_writes_nothing_before_its_renewal(
+    backend: ar.PersistenceBackend, reply: str
+) -> None:
+    # The holder stalled in a model call, its renewal too, past its lease; a taker resumed
+    # and finished the run. Woken before its renewal ran, the holder went on as if it held
+    # the session: it charged (again at each step), and saved its steps, or its final
+    # checkpoint, over the taker's.
+    await interrupted(backend)
+    stalled = StalledRenewal(backend)
+    effects = Effects()
+    reached, answer = asyncio.Event(), asyncio.Event()
+
+    async def model(prompt: str) -> str:
+        reached.set()
+        await answer.wait()
+        return reply
+
+    holder = asyncio.create_task(worker(stalled, effects).resume("x", model))
+    await reached.wait()
+
+    async def lease_passed() -> bool:
+        return bool((await claim_of(backend))["expires_at"] < time.time())
+
+    await until(lease_passed)
+    taker = Effects()
+    done = await worker(backend, taker).resume("x", script(INK, FINAL))
+    answer.set()  # the holder wakes
+    with pytest.raises(ar.PersistenceError, match="no longer resumed by this worker"):
+        await holder
+    assert [call for call in effects.calls if call[0] != "lookup"] == []  # a lookup may repeat
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+    inputs = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
+    state = await CheckpointStore(backend).load("x")
+    assert [r.step.action_input for r in state.run_records] == inputs
+    assert await backend.list_keys("session:x:resume") == []
+    stalled.go.set()
+    await until(no_other_task)
+
+
+async def woken_after_its_lease(
+    backend: ar.PersistenceBackend, stalled: ar.PersistenceBackend, effects: Effects
+) -> asyncio.Task[ar.AgentSession]:
+    """Resumes session "x" through `stalled`: its model answers `CHARGE` once the lease
+    passed (its renewal stalled), then `FINAL`. Returns the run, woken."""
+    reached, answer = asyncio.Event(), asyncio.Event()
+    replies = [FINAL, CHARGE]
+
+    async def model(prompt: str) -> str:
+        reached.set()
+        await answer.wait()
+        return replies.pop()
+
+    holder = asyncio.create_task(worker(stalled, effects).resume("x", model))
+    await reached.wait()
+
+    async def lease_passed() -> bool:
+        return bool((await claim_of(backend))["expires_at"] < time.time())
+
+    await until(lease_passed)
+    answer.set()
+    return holder
+
+
+async def test_a_holder_whose_renewal_fell_behind_keeps_its_claim_if_no_one_took_it(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await interrupted(backend)
+    stalled, effects = StalledRenewal(backend), Effects()
+    done = await (await woken_after_its_lease(backend, stalled, effects))
+    assert effects.calls == [("charge", 100)]
+    assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+    assert await backend.list_keys("session:x:resume") == []
+    await until(no_other_task)
+
+
+class ClaimUnreadable(StalledRenewal):
+    """`StalledRenewal`, and no read of a resume claim (or its takeover key) succeeds."""
+
+    async def load(self, key: str) -> bytes | None:
+        if ":resume:" in key:
+            raise ar.PersistenceError("connection reset", key=key)
+        return await super().load(key)
+
+
+async def test_a_holder_that_cannot_check_its_claim_after_its_lease_writes_nothing(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await interrupted(backend)
+    effects = Effects()
+    holder = await woken_after_its_lease(backend, ClaimUnreadable(backend), effects)
+    with pytest.raises(ar.PersistenceError, match="connection reset"):
+        await holder
+    assert effects.calls == []  # its intent was not written: the charge did not run
+    state = await CheckpointStore(backend).load("x")
+    assert [r.step.action for r in state.run_records] == ["add"]
+    assert await backend.list_keys("session:x:call:2:") == []
+    await until(no_other_task)
+
+
 async def test_a_failed_leased_resume_leaves_no_claim_and_no_task(
     backend: ar.PersistenceBackend,
 ) -> None:

@@ -520,6 +520,19 @@ class _Claim:
     """Whether this run made the claim (a resumed run may continue another's)."""
 
 
+@dataclass
+class _Lease:
+    """A leased resume claim this store holds (see `CheckpointStore.claim_resumed`)."""
+
+    key: str
+    claim: dict[str, Any]
+    """The claim's record, without its expiry (its nonce names this worker's claim)."""
+    lost: Callable[[PersistenceError], None] | None
+    renew_by: float
+    """When, by `time.monotonic()`, two thirds of the lease last written are gone: a write of
+    the run after that first checks that the claim is still this worker's, and renews it."""
+
+
 _RUN_SAVED_ADVICE = (
     "load it (AgentSession.load_checkpoint) and run that, resume it (runtime.resume), or start "
     "the new session under a new id"
@@ -575,7 +588,9 @@ class CheckpointStore:
         # the key, then the takeover key if the claim was taken over, until the run's final
         # checkpoint or `release`.
         self._resumes: dict[str, list[str]] = {}
-        # The renewals of the leased resume claims, by session (see `_renew`).
+        # The leased resume claims of those runs, by session, and their renewals (see
+        # `_renew`), until the run ends.
+        self._leases: dict[str, _Lease] = {}
         self._renewals: dict[str, asyncio.Task[None]] = {}
         # Resumed runs whose claim another worker took over, until `forget`: the error
         # every write of theirs raises (the taker writes the same steps).
@@ -818,10 +833,15 @@ class CheckpointStore:
         key names it; else it has lost the claim: it stops renewing, gives the claim up
         (deleting nothing but its own takeover key) and calls `lost` with a
         `PersistenceError` (the runtime then stops the run). Hosts' clocks must agree to
-        well within the lease. A holder stalled longer than the lease may go on alongside
-        its taker for up to one renewal interval before it sees the loss: the tool-call
-        journal (idempotency keys, intents written insert-if-absent) is what keeps
-        at-most-once tools safe then.
+        well within the lease. Once two thirds of its lease are gone with no renewal (its
+        process stalled, or the backend failed the renewals), the holder checks its claim
+        the same way before each write of its run (steps, events, journal, final
+        checkpoint), and renews it: a holder that wakes from a stall longer than the lease
+        writes nothing over its taker's records, whichever of its run and its renewal goes
+        first. No backend here can refuse a write by its claim, though: a write already on
+        its way to the backend when the holder stalled may still land after the takeover.
+        The tool-call journal (idempotency keys, intents written insert-if-absent) is what
+        keeps at-most-once tools safe then.
 
         Without a lease, whether a process of another host runs cannot be told from here,
         nor that of a claim naming no host and no lease (older versions), nor any on
@@ -845,6 +865,8 @@ class CheckpointStore:
         resume_key = f"{key}:resume:{state.first_step}"
         nonce, host, pid = uuid.uuid4().hex, socket.gethostname(), os.getpid()
         claim: dict[str, Any] = {"run": run, "resume": nonce, "host": host, "pid": pid}
+        # Taken before the expiry is: the lease counts from no later (see `_Lease.renew_by`).
+        written = time.monotonic() if self.resume_lease_seconds is not None else 0.0
         mine = self._leased(claim)
         if await self._save_if_absent(resume_key, mine):
             self._resumes[state.session_id] = [resume_key]
@@ -882,10 +904,10 @@ class CheckpointStore:
             # hold alone, is saved with the first step all the same.
             self._claims[state.session_id] = _Claim(claim_key, run, record, owned=False)
         if self.resume_lease_seconds is not None:
-            taken = [k for k in self._resumes[state.session_id] if k != resume_key]
-            renewing = asyncio.ensure_future(
-                self._renew(state.session_id, resume_key, claim, taken, lost)
-            )
+            renew_by = written + self.resume_lease_seconds * 2 / 3
+            lease = _Lease(resume_key, claim, lost, renew_by)
+            self._leases[state.session_id] = lease
+            renewing = asyncio.ensure_future(self._renew(state.session_id, lease))
             renewing.add_done_callback(retrieve_outcome)
             self._renewals[state.session_id] = renewing
 
@@ -895,63 +917,106 @@ class CheckpointStore:
             return _encode("claim", claim)
         return _encode("claim", {**claim, "expires_at": time.time() + self.resume_lease_seconds})
 
-    async def _renew(
-        self,
-        session_id: str,
-        resume_key: str,
-        claim: dict[str, Any],
-        taken: list[str],
-        lost: Callable[[PersistenceError], None] | None,
-    ) -> None:
+    async def _renew(self, session_id: str, lease: _Lease) -> None:
         """Renews this worker's resume claim every third of the lease until it is lost.
 
         Runs until cancelled (`_stop_renewing`) or the claim is lost (see `claim_resumed`):
-        it is given up then (with the claim of its step), `taken` (the takeover key of this
-        worker, if it took the claim over) deleted, `lost` called, and every later write of
-        the run refused with the same `PersistenceError` (until `forget`). A renewal the
-        backend fails is tried again at the next (the claim is lost only once another worker
-        took it over).
+        then `_lose`. A renewal the backend fails is tried again at the next (the claim is
+        lost only once another worker took it over).
         """
         assert self.resume_lease_seconds is not None
-        takeover = f"{resume_key}:{claim['resume']}"  # the key a taker of this claim writes
         while True:
             await asyncio.sleep(self.resume_lease_seconds / 3)
             self._check_renewing(session_id)
             try:
-                if await self.backend.load(takeover) is not None:
-                    break
-                raw = await self.backend.load(resume_key)
-                holder = decode(raw, resume_key) if raw is not None else None
-                if not isinstance(holder, dict) or holder.get("resume") != claim["resume"]:
+                if not await self._holds(lease):
                     break
                 self._check_renewing(session_id)
-                await self.backend.save(resume_key, self._leased(claim))
+                await self._extend(lease)
             except Exception as error:
-                logger.warning("resume claim %s not renewed: %r", resume_key, error)
+                logger.warning("resume claim %s not renewed: %r", lease.key, error)
         self._check_renewing(session_id)  # not if the run ended meanwhile (`forget`)
-        # Lost: the claim is another worker's (or deleted), not this one's to delete; so is
-        # the claim of the step it continues from (the taker continues the same run).
-        self._renewals.pop(session_id, None)
-        self._resumes.pop(session_id, None)
-        self._claims.pop(session_id, None)
-        for key in taken:
-            deleting = asyncio.ensure_future(self.backend.delete(key))
-            self._background.add(deleting)  # a task only weakly referenced may be collected
-            deleting.add_done_callback(self._background.discard)
-            deleting.add_done_callback(retrieve_outcome)
-        taken_over = PersistenceError(
+        self._lose(session_id, lease)
+
+    async def _holds(self, lease: _Lease) -> bool:
+        """Whether `lease`'s claim is still this worker's.
+
+        It is when no takeover key names it (a taker writes one before its own claim) and it
+        holds this worker's nonce.
+        """
+        if await self.backend.load(f"{lease.key}:{lease.claim['resume']}") is not None:
+            return False
+        raw = await self.backend.load(lease.key)
+        holder = decode(raw, lease.key) if raw is not None else None
+        return isinstance(holder, dict) and holder.get("resume") == lease.claim["resume"]
+
+    async def _extend(self, lease: _Lease) -> None:
+        """Writes `lease`'s claim again, expiring a lease from now."""
+        assert self.resume_lease_seconds is not None
+        written = time.monotonic()
+        await self.backend.save(lease.key, self._leased(lease.claim))
+        lease.renew_by = max(lease.renew_by, written + self.resume_lease_seconds * 2 / 3)
+
+    async def _keep_lease(self, session_id: str, lease: _Lease) -> None:
+        """Checks that `lease`'s claim is still this worker's, and renews it.
+
+        Before a write of a resumed run whose lease is two thirds gone: its renewals fell
+        behind (its process stalled, or the backend failed them).
+
+        Raises:
+            PersistenceError: The claim is lost (see `_lose`), or the check or the renewal
+                failed: nothing is written then, as the claim may be another worker's.
+        """
+        try:
+            held = await self._holds(lease)
+            if held and self._leases.get(session_id) is lease:  # not once the run ended
+                await self._extend(lease)
+        except PersistenceError:
+            raise
+        except Exception as error:  # a backend's own error, typed for the caller
+            raise PersistenceError(
+                f"resume claim not renewed, so nothing is written: {error}", key=lease.key
+            ) from error
+        if not held:
+            raise self._lose(session_id, lease)
+
+    def _lose(self, session_id: str, lease: _Lease) -> PersistenceError:
+        """Gives up `lease`'s claim, which another worker took over (or deleted).
+
+        The claim, and the claim of the step it continues from, are the taker's now (it
+        continues the same run): not this worker's to delete; this worker's takeover key,
+        if it took the claim over, is deleted. The renewal stops, `lost` is called, and
+        every later write of the run raises the returned `PersistenceError` (until
+        `forget`). Once only: a claim lost already, or of a run that ended, is left as it is.
+        """
+        error = self._lost.get(session_id) or PersistenceError(
             f"session {session_id!r} is no longer resumed by this worker: its resume "
             "claim was taken over by another worker (not renewed within its lease of "
             f"{self.resume_lease_seconds:g} s: this process stalled, or could not "
             "reach the backend) or deleted (release_resume); this run stops here: "
             "load the session (AgentSession.load_checkpoint) once that resume ended",
-            key=resume_key,
+            key=lease.key,
         )
-        # Its run stops (`lost`), but may still write on its way out (the steps and events
-        # whose save failed): over the taker's records of the same step numbers.
-        self._lost[session_id] = taken_over
-        if lost is not None:
-            lost(taken_over)
+        if self._leases.get(session_id) is not lease:
+            return error
+        del self._leases[session_id]
+        renewing = self._renewals.pop(session_id, None)
+        if renewing is not None and renewing is not asyncio.current_task():
+            renewing.cancel()
+        self._claims.pop(session_id, None)
+        for key in self._resumes.pop(session_id, []):
+            if key == lease.key:
+                continue
+            deleting = asyncio.ensure_future(self.backend.delete(key))
+            self._background.add(deleting)  # a task only weakly referenced may be collected
+            deleting.add_done_callback(self._background.discard)
+            deleting.add_done_callback(retrieve_outcome)
+        # Kept for the run's writes on its way out (the steps and events whose save failed),
+        # which would land over the taker's records of the same step numbers.
+        self._lost[session_id] = error
+        if lease.lost is not None:
+            lease.lost(error)
+        return error
 
     def _check_renewing(self, session_id: str) -> None:
         """Raises CancelledError in a renewal `_stop_renewing` stopped.
@@ -964,7 +1029,11 @@ class CheckpointStore:
             raise asyncio.CancelledError
 
     def _stop_renewing(self, session_id: str) -> asyncio.Task[None] | None:
-        """Cancels the renewal of the session's resume claim, if any; returns it to await."""
+        """Cancels the renewal of the session's resume claim, if any; returns it to await.
+
+        The run ended: none of its writes checks the claim any more (see `_keep_lease`).
+        """
+        self._leases.pop(session_id, None)
         renewing = self._renewals.pop(session_id, None)
         if renewing is not None:
             renewing.cancel()
@@ -1162,6 +1231,7 @@ class CheckpointStore:
         """
         key = f"{session_key(session_id)}:call:{step}:{index}"
         record = _encode("call", entry)
+        await self._check_writable(session_id)
         if not new:
             await self.backend.save(key, record)
             return None
@@ -1197,6 +1267,22 @@ class CheckpointStore:
         caller but landed all the same (cancelled while the backend finished it) is then
         overwritten, not logged twice.
         """
+        await self._check_writable(session_id)
+        numbered = await self._event_items(session_id, events)
+        end = self._next_event.get(session_id)
+        try:
+            await self.backend.batch_save({**items, **numbered})
+        except BaseException:
+            if numbered and end is not None and self._next_event.get(session_id) == end:
+                self._next_event[session_id] = end - len(numbered)
+            raise
+
+    async def _check_writable(self, session_id: str) -> None:
+        """Raises `PersistenceError` when the session's run may not write.
+
+        It may not when it was refused at its start, or when its resume claim is another
+        worker's (see `_lose`, `_keep_lease`).
+        """
         if session_id in self._refused:
             raise PersistenceError(
                 f"session {session_id!r}: its run was refused at its start (see save_meta), "
@@ -1206,14 +1292,9 @@ class CheckpointStore:
         lost = self._lost.get(session_id)
         if lost is not None:
             raise PersistenceError(lost.args[0], key=lost.key)
-        numbered = await self._event_items(session_id, events)
-        end = self._next_event.get(session_id)
-        try:
-            await self.backend.batch_save({**items, **numbered})
-        except BaseException:
-            if numbered and end is not None and self._next_event.get(session_id) == end:
-                self._next_event[session_id] = end - len(numbered)
-            raise
+        lease = self._leases.get(session_id)
+        if lease is not None and time.monotonic() >= lease.renew_by:
+            await self._keep_lease(session_id, lease)
 
     async def append_events(self, session_id: str, events: Iterable[Any]) -> None:
         """Appends events to the session's log."""
