@@ -295,8 +295,10 @@ class AgentRuntime:
             worker that died mid-resume (a pod gone) blocks its session no longer than the
             lease. Hosts' clocks must agree to well within it. A run whose claim was taken
             over (it stalled longer than the lease) stops with a `PersistenceError` at its
-            next renewal; until then it may overlap its taker for up to a third of the lease,
-            and the tool-call journal keeps at-most-once tools safe. See
+            next renewal, or at its next write, whichever comes first: once two thirds of
+            its lease are gone unrenewed, a write first checks the claim (and renews it), so
+            such a run writes nothing over its taker's records. A write already sent when it
+            stalled may still land; the tool-call journal keeps at-most-once tools safe. See
             `CheckpointStore.claim_resumed`.
         middlewares: Hooks that may rewrite prompts, replies and tool calls.
         approval_handler: Approves, denies or edits tool calls.

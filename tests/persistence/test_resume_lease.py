@@ -315,6 +315,31 @@ PEN = 'Thought: price\nAction: lookup {"item": "pen"}'
 INK = 'Thought: price\nAction: lookup {"item": "ink"}'
 
 
+async def past_its_lease(
+    backend: ar.PersistenceBackend, stalled: ar.PersistenceBackend, effects: Effects, *replies: str
+) -> tuple[asyncio.Task[ar.AgentSession], asyncio.Event]:
+    """Resumes session "x" through `stalled`, its model stalled until the lease passed.
+
+    Returns the run and the event that wakes its model, which then answers `replies`.
+    """
+    reached, wake = asyncio.Event(), asyncio.Event()
+    answers = list(replies)
+
+    async def model(prompt: str) -> str:
+        reached.set()
+        await wake.wait()
+        return answers.pop(0)
+
+    holder = asyncio.create_task(worker(stalled, effects).resume("x", model))
+    await reached.wait()
+
+    async def lease_passed() -> bool:
+        return bool((await claim_of(backend))["expires_at"] < time.time())
+
+    await until(lease_passed)
+    return holder, wake
+
+
 @pytest.mark.parametrize(
     "reply",
     [CHARGE, PEN, "Thought: done\nAction: FINAL_ANSWER stale"],
@@ -328,25 +353,10 @@ async def test_a_holder_that_wakes_after_its_lease_passed_writes_nothing_before_
     # the session: it charged (again at each step), and saved its steps, or its final
     # checkpoint, over the taker's.
     await interrupted(backend)
-    stalled = StalledRenewal(backend)
-    effects = Effects()
-    reached, answer = asyncio.Event(), asyncio.Event()
-
-    async def model(prompt: str) -> str:
-        reached.set()
-        await answer.wait()
-        return reply
-
-    holder = asyncio.create_task(worker(stalled, effects).resume("x", model))
-    await reached.wait()
-
-    async def lease_passed() -> bool:
-        return bool((await claim_of(backend))["expires_at"] < time.time())
-
-    await until(lease_passed)
-    taker = Effects()
-    done = await worker(backend, taker).resume("x", script(INK, FINAL))
-    answer.set()  # the holder wakes
+    stalled, effects = StalledRenewal(backend), Effects()
+    holder, wake = await past_its_lease(backend, stalled, effects, *[reply] * 10)
+    done = await worker(backend, Effects()).resume("x", script(INK, FINAL))
+    wake.set()
     with pytest.raises(ar.PersistenceError, match="no longer resumed by this worker"):
         await holder
     assert [call for call in effects.calls if call[0] != "lookup"] == []  # a lookup may repeat
@@ -359,36 +369,14 @@ async def test_a_holder_that_wakes_after_its_lease_passed_writes_nothing_before_
     await until(no_other_task)
 
 
-async def woken_after_its_lease(
-    backend: ar.PersistenceBackend, stalled: ar.PersistenceBackend, effects: Effects
-) -> asyncio.Task[ar.AgentSession]:
-    """Resumes session "x" through `stalled`: its model answers `CHARGE` once the lease
-    passed (its renewal stalled), then `FINAL`. Returns the run, woken."""
-    reached, answer = asyncio.Event(), asyncio.Event()
-    replies = [FINAL, CHARGE]
-
-    async def model(prompt: str) -> str:
-        reached.set()
-        await answer.wait()
-        return replies.pop()
-
-    holder = asyncio.create_task(worker(stalled, effects).resume("x", model))
-    await reached.wait()
-
-    async def lease_passed() -> bool:
-        return bool((await claim_of(backend))["expires_at"] < time.time())
-
-    await until(lease_passed)
-    answer.set()
-    return holder
-
-
 async def test_a_holder_whose_renewal_fell_behind_keeps_its_claim_if_no_one_took_it(
     backend: ar.PersistenceBackend,
 ) -> None:
     await interrupted(backend)
-    stalled, effects = StalledRenewal(backend), Effects()
-    done = await (await woken_after_its_lease(backend, stalled, effects))
+    effects = Effects()
+    holder, wake = await past_its_lease(backend, StalledRenewal(backend), effects, CHARGE, FINAL)
+    wake.set()
+    done = await holder
     assert effects.calls == [("charge", 100)]
     assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done
@@ -410,7 +398,8 @@ async def test_a_holder_that_cannot_check_its_claim_after_its_lease_writes_nothi
 ) -> None:
     await interrupted(backend)
     effects = Effects()
-    holder = await woken_after_its_lease(backend, ClaimUnreadable(backend), effects)
+    holder, wake = await past_its_lease(backend, ClaimUnreadable(backend), effects, CHARGE)
+    wake.set()
     with pytest.raises(ar.PersistenceError, match="connection reset"):
         await holder
     assert effects.calls == []  # its intent was not written: the charge did not run
