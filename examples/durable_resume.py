@@ -49,20 +49,23 @@ def dies_after(count: int) -> ar.InferFn:
 
 async def main(path: Path) -> None:
     """Runs the order until it dies, then resumes it on a new runtime."""
-    first = ar.AgentRuntime(tools=[charge], checkpoint_backend=ar.SqliteBackend(str(path)))
-    session = first.create_session("billing")
-    try:
-        await first.run_agent("billing", "Charge the order", dies_after(2), session=session)
-    except ConnectionError as error:
-        print(f"first run stopped after {session.step_count} steps: {error}")
+    with ar.SqliteBackend(path) as backend:
+        first = ar.AgentRuntime(tools=[charge], checkpoint_backend=backend)
+        session = first.create_session("billing")
+        try:
+            await first.run_agent("billing", "Charge the order", dies_after(2), session=session)
+        except ConnectionError as error:
+            print(f"first run stopped after {session.step_count} steps: {error}")
 
-    second = ar.AgentRuntime(tools=[charge], checkpoint_backend=ar.SqliteBackend(str(path)))
-    replies = iter(REPLIES[2:])  # what the model says next
+    # Another process, say: its own connection to the same file.
+    with ar.SqliteBackend(path) as backend:
+        second = ar.AgentRuntime(tools=[charge], checkpoint_backend=backend)
+        replies = iter(REPLIES[2:])  # what the model says next
 
-    async def model(prompt: str) -> str:
-        return next(replies)
+        async def model(prompt: str) -> str:
+            return next(replies)
 
-    done = await second.resume(session.session_id, model)
+        done = await second.resume(session.session_id, model)
     print(f"resumed: {done.step_count} steps, answer: {done.final_answer}")
     print(f"charges made: {sorted(CHARGES.values())}")
 

@@ -164,14 +164,14 @@ async def test_a_non_ascii_and_surrogate_result_goes_through_a_checkpointed_run(
         """Lists a directory."""
         return {"file": "caf\udce9.txt", "city": "東京"}
 
-    backend = ar.SqliteBackend(str(tmp_path / "ck.db"))
-    runtime = ar.AgentRuntime(
-        ar.AgentConfig(mode="tools"), tools=[list_dir], checkpoint_backend=backend
-    )
     provider = ScriptedProvider(
         [ScriptedProvider.tool_call_reply([("list_dir", {"path": "/tmp"})]), "done"]
     )
-    session = await runtime.run_agent_with_provider("a", "list", provider)
+    with ar.SqliteBackend(str(tmp_path / "ck.db")) as backend:
+        runtime = ar.AgentRuntime(
+            ar.AgentConfig(mode="tools"), tools=[list_dir], checkpoint_backend=backend
+        )
+        session = await runtime.run_agent_with_provider("a", "list", provider)
     assert session.steps[0].observation == '{"file": "caf\\udce9.txt", "city": "東京"}'
     assert session.final_answer == "done"
 

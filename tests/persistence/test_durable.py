@@ -313,43 +313,43 @@ async def test_native_mode_resume_rebuilds_the_chat() -> None:
 
 
 async def test_fork_prune_sweep_and_the_event_log(tmp_path: Path) -> None:
-    backend = ar.SqliteBackend(tmp_path / "cp.db")
-    effects = Effects()
-    runtime = ar.AgentRuntime(
-        ar.AgentConfig(max_iterations=20), tools=effects.tools(), checkpoint_backend=backend
-    )
-    session = await runtime.run_agent("a", "q", script(*(add_step(i) for i in range(8)), FINAL))
-    sid = session.session_id
+    with ar.SqliteBackend(tmp_path / "cp.db") as backend:
+        effects = Effects()
+        runtime = ar.AgentRuntime(
+            ar.AgentConfig(max_iterations=20), tools=effects.tools(), checkpoint_backend=backend
+        )
+        session = await runtime.run_agent("a", "q", script(*(add_step(i) for i in range(8)), FINAL))
+        sid = session.session_id
 
-    fork_id = await runtime.fork(sid, 3)
-    forked = await runtime.resume(fork_id, script("Thought: x\nAction: FINAL_ANSWER forked"))
-    assert [s.observation for s in forked.steps[:3]] == ["1", "2", "3"]
-    assert forked.final_answer == "forked" and forked.step_count == 4
-    with pytest.raises(ar.PersistenceError, match="cannot fork at step 99"):
-        await runtime.fork(sid, 99)
+        fork_id = await runtime.fork(sid, 3)
+        forked = await runtime.resume(fork_id, script("Thought: x\nAction: FINAL_ANSWER forked"))
+        assert [s.observation for s in forked.steps[:3]] == ["1", "2", "3"]
+        assert forked.final_answer == "forked" and forked.step_count == 4
+        with pytest.raises(ar.PersistenceError, match="cannot fork at step 99"):
+            await runtime.fork(sid, 99)
 
-    assert await runtime.prune(sid, keep_last=2) == 7
-    assert len(await backend.list_keys(f"session:{sid}:step:")) == 2
-    assert await ar.AgentSession.load_checkpoint(backend, sid) == session
-    assert await runtime.prune(sid, keep_last=2) == 0
+        assert await runtime.prune(sid, keep_last=2) == 7
+        assert len(await backend.list_keys(f"session:{sid}:step:")) == 2
+        assert await ar.AgentSession.load_checkpoint(backend, sid) == session
+        assert await runtime.prune(sid, keep_last=2) == 0
 
-    events = await runtime.session_events(sid)
-    types = [e["type"] for e in events]
-    assert types[0] == "RunStarted" and types[-1] == "RunFinished"
-    assert types.count("ToolCallFinished") == 8
-    assert events[1]["session_id"] == sid
+        events = await runtime.session_events(sid)
+        types = [e["type"] for e in events]
+        assert types[0] == "RunStarted" and types[-1] == "RunFinished"
+        assert types.count("ToolCallFinished") == 8
+        assert events[1]["session_id"] == sid
 
-    running = runtime.create_session("a")
-    with pytest.raises(IndexError):  # the model script runs out mid-run: never finished
-        await runtime.run_agent("a", "q", script(add_step(0)), session=running)
-    failed_log = [e["type"] for e in await runtime.session_events(running.session_id)]
-    assert failed_log[0] == "RunStarted" and failed_log[-1] == "ErrorEvent"
-    assert not runtime._event_log  # nothing left behind in memory
-    swept = await runtime.sweep(older_than=-1.0)
-    assert set(swept) == {sid, fork_id}
-    assert await backend.list_keys(f"session:{sid}") == []
-    assert await backend.list_keys(f"session:{running.session_id}:step:")  # kept
-    backend.close()
+        running = runtime.create_session("a")
+        with pytest.raises(IndexError):  # the model script runs out mid-run: never finished
+            await runtime.run_agent("a", "q", script(add_step(0)), session=running)
+        failed_log = [e["type"] for e in await runtime.session_events(running.session_id)]
+        assert failed_log[0] == "RunStarted" and failed_log[-1] == "ErrorEvent"
+        assert not runtime._event_log  # nothing left behind in memory
+        swept = await runtime.sweep(older_than=-1.0)
+        assert set(swept) == {sid, fork_id}
+        assert await backend.list_keys(f"session:{sid}") == []
+        assert await backend.list_keys(f"session:{running.session_id}:step:")  # kept
+        backend.close()
 
 
 async def test_resume_and_fork_need_a_backend() -> None:
