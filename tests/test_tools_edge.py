@@ -12,7 +12,6 @@ import functools
 import json
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -500,18 +499,11 @@ def _annotated_as(annotation: object) -> Callable[..., str]:
     return where
 
 
-_NEEDS_311 = pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="Python 3.10's typing leaves names in list[...] quoted"
-)
-
-
 @pytest.mark.parametrize(
     ("annotate", "passed", "received"),
     [
-        pytest.param(lambda n: list[n], [{"x": 1, "y": 2}], "[_Point(x=1, y=2)]", marks=_NEEDS_311),
-        pytest.param(
-            lambda n: f'list["{n}"]', [{"x": 1, "y": 2}], "[_Point(x=1, y=2)]", marks=_NEEDS_311
-        ),
+        pytest.param(lambda n: list[n], [{"x": 1, "y": 2}], "[_Point(x=1, y=2)]"),
+        pytest.param(lambda n: f'list["{n}"]', [{"x": 1, "y": 2}], "[_Point(x=1, y=2)]"),
         (lambda n: Optional[n], {"x": 1, "y": 2}, "_Point(x=1, y=2)"),  # noqa: UP045 (a str | None fails)
         (lambda n: f'Optional["{n}"]', {"x": 1, "y": 2}, "_Point(x=1, y=2)"),
     ],
@@ -721,7 +713,7 @@ async def test_structured_results_are_rendered_as_json(result: object, text: str
         json.loads(obs.content)
 
 
-class _Status(str, enum.Enum):
+class _Status(str, enum.Enum):  # noqa: UP042 (the str mixin, as much code writes it)
     ACTIVE = "active"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import array
 import asyncio
-import builtins
 import contextlib
 import functools
 import http.server
@@ -13,7 +12,6 @@ import json
 import math
 import socket
 import ssl
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -27,11 +25,6 @@ from pydantic import Field
 import llm_agent_runtime as ar
 from llm_agent_runtime.providers.offline import ScriptedProvider
 from llm_agent_runtime.tools import _TRUNCATION_MARK, _truncate, classify_error
-
-needs_exception_groups = pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="ExceptionGroup and TaskGroup are built in from 3.11"
-)
-
 
 # --- 1. StopIteration and other exceptions a future cannot carry ------------------------------
 
@@ -127,14 +120,11 @@ async def test_policy_errors_from_a_tool_still_propagate() -> None:
         await ar.ToolRegistry([ar.ToolSpec("deny", "d", deny)]).call("deny", {})
 
 
-@needs_exception_groups
 async def test_a_keyboard_interrupt_inside_an_exception_group_propagates() -> None:
-    group = getattr(builtins, "BaseExceptionGroup")  # noqa: B009 (not in 3.10's builtins)
-
     async def stop(args: dict[str, Any]) -> str:
-        raise group("workers", [KeyboardInterrupt()])
+        raise BaseExceptionGroup("workers", [KeyboardInterrupt()])
 
-    with pytest.raises(group):
+    with pytest.raises(BaseExceptionGroup):
         await ar.ToolRegistry([ar.ToolSpec("stop", "d", stop)]).call("stop", {})
 
 
@@ -486,40 +476,20 @@ def test_urllib_failures_are_classified_by_the_failure_they_wrap() -> None:
     assert classify_error(unknown.value) == "permanent"  # its reason is text
 
 
-class _BackportGroup(Exception):
-    """What the `exceptiongroup` backport defines (3.10), by module and name."""
-
-    def __init__(self, message: str, exceptions: list[BaseException]) -> None:
-        super().__init__(message)
-        self.exceptions = tuple(exceptions)
-
-
-_BackportGroup.__module__ = "exceptiongroup"
-_BackportGroup.__name__ = "BaseExceptionGroup"
-
-
-def test_a_backport_exception_group_is_classified_by_its_members() -> None:
-    assert classify_error(_BackportGroup("g", [ConnectionError("a")])) == "transient"
-    assert classify_error(_BackportGroup("g", [ConnectionError("a"), KeyError()])) == "permanent"
-    assert classify_error(_BackportGroup("g", [])) == "permanent"
-
-
-@needs_exception_groups
 def test_an_exception_group_is_transient_when_all_its_members_are() -> None:
-    group = getattr(builtins, "ExceptionGroup")  # noqa: B009 (not in 3.10's builtins)
+    group = ExceptionGroup
     assert classify_error(group("g", [ConnectionError("a"), TimeoutError("b")])) == "transient"
     nested = group("g", [group("h", [socket.gaierror(-3, "dns")]), TimeoutError()])
     assert classify_error(nested) == "transient"
     assert classify_error(group("g", [ConnectionError("a"), ValueError("b")])) == "permanent"
 
 
-@needs_exception_groups
 async def test_a_task_group_failure_names_its_members_in_the_observation() -> None:
     async def fetch_all(args: dict[str, Any]) -> str:
         async def fail(n: int) -> None:
             raise ConnectionError(f"reset by peer {n}")
 
-        async with getattr(asyncio, "TaskGroup")() as group:  # noqa: B009 (3.11+)
+        async with asyncio.TaskGroup() as group:
             for n in range(args["n"]):
                 group.create_task(fail(n))
         return "unreachable"

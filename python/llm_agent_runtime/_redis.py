@@ -134,11 +134,9 @@ def _keeping_cancellation(connection_class: type) -> type:
     class KeepingCancellation(connection_class):  # type: ignore[misc]
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             task = asyncio.current_task()
-            # Python 3.10 counts no cancellation requests: nothing to tell the loss by.
-            cancelling = getattr(task, "cancelling", None)
-            before = cancelling() if cancelling is not None else 0
+            before = task.cancelling() if task is not None else 0
             await super().send_packed_command(command, check_health)
-            if cancelling is not None and cancelling() > before:
+            if task is not None and task.cancelling() > before:
                 await self.disconnect(nowait=True)
                 raise asyncio.CancelledError
 

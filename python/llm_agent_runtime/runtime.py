@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -1835,9 +1834,8 @@ class AgentRuntime:
             if not lost:
                 raise
             # A cancellation besides the one of the lost claim (the caller's, the deadline's)
-            # stays one (Python 3.10 cannot tell them apart).
-            cancelled = isinstance(error, asyncio.CancelledError)
-            if sys.version_info >= (3, 11) and task.uncancel() > 0 and cancelled:
+            # stays one.
+            if task.uncancel() > 0 and isinstance(error, asyncio.CancelledError):
                 raise
             raise lost[0] from None
         finally:
@@ -2775,41 +2773,21 @@ def _not_text(reply: Any) -> AgentLoopError:
     return AgentLoopError(f"the model's reply must be a str, got {_kind(reply)}")
 
 
-if sys.version_info >= (3, 11):
+async def _within_deadline(body: Awaitable[Any], seconds: float) -> bool:
+    """Awaits `body` in this task; returns whether `seconds` passed first (it is cut).
 
-    async def _within_deadline(body: Awaitable[Any], seconds: float) -> bool:
-        """Awaits `body` in this task; returns whether `seconds` passed first (it is cut).
-
-        `asyncio.timeout` runs `body` in the caller's task: unlike `asyncio.wait_for` on
-        3.11, a cancellation that lands as `body` ends is never swallowed. A `TimeoutError`
-        that `body` raises itself propagates as it is.
-        """
-        try:
-            async with asyncio.timeout(seconds) as scope:
-                await body
-        except TimeoutError:
-            if scope.expired():
-                return True
-            raise
-        return False
-
-else:
-
-    async def _within_deadline(body: Awaitable[Any], seconds: float) -> bool:
-        """Awaits `body`; returns whether `seconds` passed first (it is cut).
-
-        Python 3.10 has no `asyncio.timeout` nor `Task.cancelling()`: `asyncio.wait_for`
-        may swallow a cancellation that lands exactly as `body` ends, and nothing public
-        can tell afterwards (fixed from Python 3.11 on, by the branch above).
-        """
-        start = time.perf_counter()
-        try:
-            await asyncio.wait_for(body, seconds)
-        except asyncio.TimeoutError:
-            if time.perf_counter() - start < seconds:
-                raise  # raised by `body` itself, before the deadline
+    `asyncio.timeout` runs `body` in the caller's task: unlike `asyncio.wait_for` on 3.11,
+    a cancellation that lands as `body` ends is never swallowed. A `TimeoutError` that
+    `body` raises itself propagates as it is.
+    """
+    try:
+        async with asyncio.timeout(seconds) as scope:
+            await body
+    except TimeoutError:
+        if scope.expired():
             return True
-        return False
+        raise
+    return False
 
 
 def _log_unreleased(session_id: str, releasing: asyncio.Future[Any]) -> None:

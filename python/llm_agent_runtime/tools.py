@@ -29,6 +29,7 @@ from typing import (
     Any,
     Literal,
     NamedTuple,
+    NotRequired,
     SupportsIndex,
     get_type_hints,
     overload,
@@ -37,7 +38,7 @@ from typing import (
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from llm_agent_runtime.errors import (
     BudgetExceededError,
@@ -228,32 +229,18 @@ def _package(klass: type) -> str:
     return module.partition(".")[0] if isinstance(module, str) else ""
 
 
-def _is_group(error: BaseException) -> bool:
-    """Whether `error` is an exception group.
-
-    Both the built-in `BaseExceptionGroup` (3.11+) and the `exceptiongroup` backport's are
-    recognised, by name: neither is importable everywhere.
-    """
-    return any(
-        k.__name__ == "BaseExceptionGroup" and _package(k) in ("builtins", "exceptiongroup")
-        for k in type(error).__mro__
-    )
-
-
 def _group_leaves(error: BaseException) -> list[BaseException] | None:
     """The members of an exception group, nested groups flattened; None for another error."""
-    if not _is_group(error):
+    if not isinstance(error, BaseExceptionGroup):
         return None
     leaves: list[BaseException] = []
     pending: list[BaseException] = [error]
     while pending:
         current = pending.pop()
-        if current is not error and not _is_group(current):
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(reversed(current.exceptions))  # in order: `pending` is a stack
+        else:
             leaves.append(current)
-            continue
-        members = getattr(current, "exceptions", ())
-        if isinstance(members, tuple):  # in order: `pending` is a stack
-            pending.extend(m for m in reversed(members) if isinstance(m, BaseException))
     return leaves
 
 
@@ -1073,8 +1060,7 @@ def _signature(fn: Any, tool_name: str) -> inspect.Signature:
     """`fn`'s signature with its parameters' annotations resolved in `fn`'s module.
 
     Names quoted inside an annotation (`list["Point"]`) are resolved too, as pydantic's
-    `validate_call` resolves them (on Python 3.10, not those inside a builtin generic such
-    as `list[...]`: its `typing` leaves them as they are).
+    `validate_call` resolves them.
 
     Raises:
         ToolError: When the signature cannot be read or an annotation cannot be resolved
@@ -1760,12 +1746,10 @@ def _escape_surrogate(match: re.Match[str]) -> str:
 def _cancelled_by_the_tool() -> bool:
     """Whether a CancelledError comes from the tool's own work, not from cancelling the call.
 
-    True when the current task is not being cancelled (Python 3.11+; on 3.10, which cannot
-    tell, a CancelledError always propagates).
+    True when the current task is not being cancelled.
     """
     task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return cancelling is not None and cancelling() == 0
+    return task is not None and task.cancelling() == 0
 
 
 def _must_propagate(group: BaseException) -> bool:

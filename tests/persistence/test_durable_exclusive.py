@@ -255,7 +255,7 @@ async def test_a_call_another_worker_journaled_the_same_runs_under_its_key() -> 
 def test_the_stored_form_is_what_a_record_gives_back() -> None:
     # A journaled call's arguments are compared in this form: a NaN is never equal to
     # itself, and a tuple or an int key comes back changed.
-    moment = datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc)
+    moment = datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
     value = {"x": math.nan, "pair": (1, 2), 3: "three", "at": moment}
     assert stored_form(value) == {"x": "nan", "pair": [1, 2], "3": "three", "at": str(moment)}
     assert stored_form(value) == stored_form(dict(value))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import math
@@ -42,15 +41,13 @@ NEVER_RETRIED: tuple[type[BaseException], ...] = (
 def default_retry_on(error: BaseException) -> bool:
     """Retries retryable provider errors, timeouts and connection errors; nothing else.
 
-    A timeout is the builtin `TimeoutError` or `asyncio.TimeoutError` (a class of its own on
-    Python 3.10, where `asyncio.wait_for` raises it).
+    A timeout is the builtin `TimeoutError` (which `asyncio.TimeoutError` is).
     """
     if isinstance(error, ProviderError):
         return error.retryable
     if isinstance(error, AgentRuntimeError):
         return False
-    # Not an alias to drop while Python 3.10 is supported (the same class from 3.11 on).
-    return isinstance(error, (TimeoutError, asyncio.TimeoutError, ConnectionError))
+    return isinstance(error, (TimeoutError, ConnectionError))
 
 
 class RetryPolicy:

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import hashlib
 import re
-import sys
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -194,7 +193,7 @@ class PostgresBackend:
 
         try:
             conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(self._dsn), self.timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             return f"no connection within {self.timeout:g} s"
         except psycopg.OperationalError as error:
             return " ".join(str(error).split())  # libpq's lines, on one line
@@ -388,11 +387,10 @@ async def _within(deadline: float, grace: float, statement: Coroutine[Any, Any, 
         if not fired:
             raise
         handle.cancel()
-        if sys.version_info >= (3, 11):
-            for _ in range(fired):
-                task.uncancel()
-            if task.cancelling():
-                raise  # cancelled by its caller too: that cancellation goes on
+        for _ in range(fired):
+            task.uncancel()
+        if task.cancelling():
+            raise  # cancelled by its caller too: that cancellation goes on
         if isinstance(error, Exception | asyncio.CancelledError):
             raise TimeoutError("the statement was cancelled") from error
         raise

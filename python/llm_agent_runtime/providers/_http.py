@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import re
-import sys
 import threading
 import time
 from collections.abc import (
@@ -35,12 +34,11 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeVar, cast, get_args
 from urllib.parse import unquote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ValidationError
-from typing_extensions import Self
 
 from llm_agent_runtime.errors import BudgetExceededError, ProviderError, is_retryable_status
 from llm_agent_runtime.orchestration.retry import RetryPolicy
@@ -170,7 +168,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     try:
         when = email.utils.parsedate_to_datetime(value)
         if when.tzinfo is None:  # the asctime form has no zone: an HTTP date is always GMT
-            when = when.replace(tzinfo=datetime.timezone.utc)
+            when = when.replace(tzinfo=datetime.UTC)
         # A zone or year out of range (`+999999999999999`) overflows: as unreadable as the rest.
         stamp = when.timestamp()
     except (TypeError, ValueError, OverflowError):
@@ -1353,12 +1351,9 @@ class HttpTransport:
             ProviderError: `work` took longer than `total_timeout` (retryable).
         """
         try:
-            if sys.version_info >= (3, 11):
-                async with asyncio.timeout(self.total_timeout):
-                    return await work
-            else:  # pragma: no cover - Python 3.10
-                return await asyncio.wait_for(work, self.total_timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+            async with asyncio.timeout(self.total_timeout):
+                return await work
+        except TimeoutError:
             raise ProviderError(
                 f"{self.name} request timed out: the reply took longer than "
                 f"{self.total_timeout:g} s in all (total_timeout)",
@@ -1637,12 +1632,9 @@ async def _finish_body(chunks: AsyncIterator[bytes], grace: float) -> None:
         async for _ in chunks:
             pass
 
-    with contextlib.suppress(httpx.HTTPError, TimeoutError, asyncio.TimeoutError):
-        if sys.version_info >= (3, 11):
-            async with asyncio.timeout(grace):
-                await rest()
-        else:  # pragma: no cover - Python 3.10
-            await asyncio.wait_for(rest(), grace)
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        async with asyncio.timeout(grace):
+            await rest()
 
 
 async def _error_body(response: httpx.Response) -> tuple[bytes, bool]:
