@@ -23,6 +23,8 @@ toolchain:
 	  cargo clippy --version >/dev/null 2>&1 || missing+=("clippy: rustup component add clippy"); \
 	fi; \
 	command -v cc >/dev/null || missing+=("a C compiler and linker as cc: apt-get install gcc (Debian, Ubuntu)"); \
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+	  missing+=("Python >= 3.11 as $(PYTHON) (or make PYTHON=python3.12 ...)"); \
 	[ $${#missing[@]} -eq 0 ] || { printf 'missing: %s\n' "$${missing[@]}" >&2; exit 1; }
 
 $(VENV)/.installed: pyproject.toml
