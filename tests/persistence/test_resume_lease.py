@@ -184,16 +184,18 @@ async def test_the_holder_renews_its_claim_while_a_long_tool_runs(
     assert await no_other_task()  # the renewal ended with the run
 
 
-class PausedRenewal(Delegating):
-    """The backend of a worker whose renewals wait for `go` (its process stalled): a
-    renewal first reads the takeover key of its claim."""
+class StalledRenewal(Delegating):
+    """The backend of a worker whose renewal stalls until `go` (its timer had not fired
+    yet when the process woke from a stall), while its run goes on."""
 
     def __init__(self, inner: ar.PersistenceBackend) -> None:
         super().__init__(inner)
         self.go = asyncio.Event()
 
     async def load(self, key: str) -> bytes | None:
-        if ":resume:" in key and key.count(":") == 4:
+        task = asyncio.current_task()
+        renewing = task is not None and task.get_coro().__qualname__ == "CheckpointStore._renew"
+        if renewing:
             await self.go.wait()
         return await self.inner.load(key)
 
@@ -203,7 +205,7 @@ async def test_a_holder_whose_claim_was_taken_over_stops_and_runs_no_further_too
     backend: ar.PersistenceBackend, timeout_ms: int | None
 ) -> None:
     await interrupted(backend)
-    stalled = PausedRenewal(backend)
+    stalled = StalledRenewal(backend)
     effects = Effects()
     reached, answer = asyncio.Event(), asyncio.Event()
 
@@ -240,8 +242,8 @@ async def test_a_holder_whose_claim_was_taken_over_stops_and_runs_no_further_too
     await until(no_other_task)  # nothing renews, nothing is left running
 
 
-class FirstStepSaveFails(PausedRenewal):
-    """`PausedRenewal`, and the first save of a step fails (the step stays unsaved)."""
+class FirstStepSaveFails(StalledRenewal):
+    """`StalledRenewal`, and the first save of a step fails (the step stays unsaved)."""
 
     def __init__(self, inner: ar.PersistenceBackend) -> None:
         super().__init__(inner)
@@ -293,22 +295,6 @@ async def test_a_holder_whose_claim_was_taken_over_writes_nothing_over_the_taker
     state = await CheckpointStore(backend).load("x")
     assert [r.step.action_input for r in state.run_records] == inputs
     await until(no_other_task)
-
-
-class StalledRenewal(Delegating):
-    """The backend of a worker whose renewal stalls until `go` (its timer had not fired
-    yet when the process woke from a stall), while its run goes on."""
-
-    def __init__(self, inner: ar.PersistenceBackend) -> None:
-        super().__init__(inner)
-        self.go = asyncio.Event()
-
-    async def load(self, key: str) -> bytes | None:
-        task = asyncio.current_task()
-        renewing = task is not None and task.get_coro().__qualname__ == "CheckpointStore._renew"
-        if renewing:
-            await self.go.wait()
-        return await self.inner.load(key)
 
 
 PEN = 'Thought: price\nAction: lookup {"item": "pen"}'
