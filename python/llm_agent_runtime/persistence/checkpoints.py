@@ -531,6 +531,9 @@ class _Lease:
     renew_by: float
     """When, by `time.monotonic()`, two thirds of the lease last written are gone: a write of
     the run after that first checks that the claim is still this worker's, and renews it."""
+    renewing: asyncio.Task[None] | None = None
+    """The task renewing the claim (`CheckpointStore._renew`) until the run ends or the claim
+    is lost."""
 
 
 _RUN_SAVED_ADVICE = (
@@ -588,10 +591,9 @@ class CheckpointStore:
         # the key, then the takeover key if the claim was taken over, until the run's final
         # checkpoint or `release`.
         self._resumes: dict[str, list[str]] = {}
-        # The leased resume claims of those runs, by session, and their renewals (see
-        # `_renew`), until the run ends.
+        # The leased resume claims of those runs, by session, until the run ends or the
+        # claim is lost.
         self._leases: dict[str, _Lease] = {}
-        self._renewals: dict[str, asyncio.Task[None]] = {}
         # Resumed runs whose claim another worker took over, until `forget`: the error
         # every write of theirs raises (the taker writes the same steps).
         self._lost: dict[str, PersistenceError] = {}
@@ -907,9 +909,8 @@ class CheckpointStore:
             renew_by = written + self.resume_lease_seconds * 2 / 3
             lease = _Lease(resume_key, claim, lost, renew_by)
             self._leases[state.session_id] = lease
-            renewing = asyncio.ensure_future(self._renew(state.session_id, lease))
-            renewing.add_done_callback(retrieve_outcome)
-            self._renewals[state.session_id] = renewing
+            lease.renewing = asyncio.ensure_future(self._renew(state.session_id, lease))
+            lease.renewing.add_done_callback(retrieve_outcome)
 
     def _leased(self, claim: dict[str, Any]) -> bytes:
         """The record of resume claim `claim`, expiring a lease from now (under a lease)."""
@@ -1000,9 +1001,8 @@ class CheckpointStore:
         if self._leases.get(session_id) is not lease:
             return error
         del self._leases[session_id]
-        renewing = self._renewals.pop(session_id, None)
-        if renewing is not None and renewing is not asyncio.current_task():
-            renewing.cancel()
+        if lease.renewing is not None and lease.renewing is not asyncio.current_task():
+            lease.renewing.cancel()
         self._claims.pop(session_id, None)
         for key in self._resumes.pop(session_id, []):
             if key == lease.key:
@@ -1025,7 +1025,8 @@ class CheckpointStore:
         `wait_for` before Python 3.12 does, when what it waits for ends at that moment), and
         the renewal would go on, and its `release`, which waits for it to end, never return.
         """
-        if self._renewals.get(session_id) is not asyncio.current_task():
+        lease = self._leases.get(session_id)
+        if lease is None or lease.renewing is not asyncio.current_task():
             raise asyncio.CancelledError
 
     def _stop_renewing(self, session_id: str) -> asyncio.Task[None] | None:
@@ -1033,8 +1034,8 @@ class CheckpointStore:
 
         The run ended: none of its writes checks the claim any more (see `_keep_lease`).
         """
-        self._leases.pop(session_id, None)
-        renewing = self._renewals.pop(session_id, None)
+        lease = self._leases.pop(session_id, None)
+        renewing = lease.renewing if lease is not None else None
         if renewing is not None:
             renewing.cancel()
         return renewing
