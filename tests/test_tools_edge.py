@@ -1112,8 +1112,35 @@ async def test_a_handler_or_settings_set_after_the_decorator_apply() -> None:
     registry = ar.ToolRegistry([greet])
     assert (await registry.call("greet", {"name": "a"})).content == "hello a"
     greet.handler = lambda arguments: f"hi {arguments['name']}"
-    greet.is_async = False
     assert (await registry.call("greet", {"name": "a"})).content == "hi a"
+
+
+async def test_a_sync_handler_set_in_place_of_an_async_one_runs_off_the_loop_in_its_timeout() -> (
+    None
+):
+    @ar.tool(timeout=0.2)
+    async def lookup() -> str:
+        """Looks up."""
+        return "async"
+
+    ran: list[bool] = []
+
+    def blocking(arguments: dict[str, Any]) -> str:  # a sync stand-in, as a test stubs one
+        ran.append(threading.current_thread() is threading.main_thread())
+        time.sleep(1.0)
+        return "sync"
+
+    lookup.handler = blocking
+    assert not lookup.is_async
+    started = time.monotonic()
+    observation = await ar.ToolRegistry([lookup]).call("lookup", {})
+    # Before, it ran on the event loop, past its timeout, and its str result was awaited.
+    assert time.monotonic() - started < 0.9
+    assert observation.error_kind == "transient"
+    assert "timed out" in observation.content
+    assert ran == [False]
+    lookup.handler = lambda arguments: "fast"
+    assert (await ar.ToolRegistry([lookup]).call("lookup", {})).content == "fast"
 
 
 # --- 29. defaults: `Annotated[..., Field(default=...)]` against the signature's; bad defaults ----

@@ -120,6 +120,41 @@ async def test_policy_errors_from_a_tool_still_propagate() -> None:
         await ar.ToolRegistry([ar.ToolSpec("deny", "d", deny)]).call("deny", {})
 
 
+@pytest.mark.parametrize(
+    "error", [ar.BudgetExceededError("token budget spent"), ar.PolicyDeniedError("not allowed")]
+)
+async def test_a_policy_error_from_a_tools_task_group_propagates_as_itself(
+    error: Exception,
+) -> None:
+    async def fan_out(args: dict[str, Any]) -> str:  # sub-agents, say, one of which hits it
+        async def fine() -> None:
+            await asyncio.sleep(0)
+
+        async def refused() -> None:
+            raise error
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(fine())
+            group.create_task(refused())
+        return "all done"
+
+    # Before, it came back as an observation ("unhandled errors in a TaskGroup") and the run
+    # went on past the spent budget.
+    with pytest.raises(type(error)) as raised:
+        await ar.ToolRegistry([ar.ToolSpec("fan_out", "d", fan_out)]).call("fan_out", {})
+    assert raised.value is error
+    assert isinstance(raised.value.__cause__, ExceptionGroup)
+
+
+async def test_an_exception_group_without_a_policy_error_is_an_observation() -> None:
+    async def fails(args: dict[str, Any]) -> str:
+        raise ExceptionGroup("workers", [ValueError("bad row"), KeyError("id")])
+
+    obs = await ar.ToolRegistry([ar.ToolSpec("fails", "d", fails)]).call("fails", {})
+    assert obs.error_kind == "permanent"
+    assert "bad row" in obs.content
+
+
 async def test_a_keyboard_interrupt_inside_an_exception_group_propagates() -> None:
     async def stop(args: dict[str, Any]) -> str:
         raise BaseExceptionGroup("workers", [KeyboardInterrupt()])

@@ -33,6 +33,23 @@ def _double(arguments: dict[str, Any]) -> int:
 HAND_MADE = ar.ToolSpec("double", "Doubles x.", _double, required_fields=["x"])
 
 
+def search(query: str) -> str:
+    """Searches."""
+    return f"results for {query}"
+
+
+search_tool = ar.tool(search)  # the function keeps its name; the spec has another
+
+
+class _Client:
+    def lookup(self, key: str) -> str:
+        """Looks a key up."""
+        return key.upper()
+
+
+lookup_tool = ar.tool(_Client().lookup)  # a tool of a method, as `tool` advises
+
+
 def test_a_module_level_tool_unpickles_as_itself() -> None:
     # A `@tool` spec's handler closes over pydantic's validator model: pickling failed.
     for spec in (add, shout):
@@ -55,6 +72,16 @@ def test_a_tool_runs_in_a_spawned_process() -> None:
         )
         name, _, content = pool.submit(_run_in_child, shout, {"text": "hi"}).result(timeout=60)
         assert (name, content) == ("shout", "HI")
+
+
+def test_a_module_level_tool_bound_to_another_name_unpickles_as_itself() -> None:
+    # Before, these pickled by value, which fails: their handler is a local function.
+    for spec in (search_tool, lookup_tool):
+        assert pickle.loads(pickle.dumps(spec)) is spec
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        result = pool.submit(_run_in_child, lookup_tool, {"key": "k"}).result(timeout=120)
+        assert result == ("lookup", False, "K")
 
 
 def test_a_hand_made_spec_pickles_by_value() -> None:

@@ -18,6 +18,7 @@ import numbers
 import os
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -499,13 +500,20 @@ class ToolSpec:
         """Pickles a `@tool` spec at a module's top level by reference, as a function.
 
         By its module and name, as `pickle` does a function: it is found again where it is
-        unpickled (another process imports the module). Other specs pickle by value (their
-        handler must then pickle itself).
+        unpickled (another process imports the module). The name is the function's when the
+        spec took its place (`@tool` on a function), else the one the spec is bound to in
+        the function's module (`search_tool = tool(search)`). Other specs pickle by value
+        (their handler must then pickle itself).
         """
         if self._origin is not None:
+            module, qualname = self._origin
             with contextlib.suppress(ToolError):
-                if _tool_at(*self._origin) is self:
+                if _tool_at(module, qualname) is self:
                     return (_tool_at, self._origin)
+            namespace = getattr(sys.modules.get(module), "__dict__", {})
+            for name, value in list(namespace.items()):
+                if value is self:
+                    return (_tool_at, (module, name))
         return super().__reduce_ex__(protocol)
 
     def __copy__(self) -> ToolSpec:
@@ -536,6 +544,8 @@ class ToolSpec:
             _check_inline(getattr(self, "name", "?"), value, getattr(self, "timeout", None))
         elif name == "handler":
             _check_handler(getattr(self, "name", "?"), value)
+            # A sync handler set in place of an async one runs in a thread, and vice versa.
+            object.__setattr__(self, "is_async", is_async_callable(value))
         object.__setattr__(self, name, value)
         if name in _RUN_SETTINGS:
             object.__setattr__(self, "_direct", None)
@@ -1752,6 +1762,18 @@ def _cancelled_by_the_tool() -> bool:
     return task is not None and task.cancelling() == 0
 
 
+def _policy_error_in(group: Exception) -> PolicyDeniedError | BudgetExceededError | None:
+    """The first policy error inside an exception group; None when there is none.
+
+    A tool's sub-agents run in a `TaskGroup`, say: a budget one of them found spent ends the
+    run as it would raised alone.
+    """
+    for leaf in _group_leaves(group) or ():
+        if isinstance(leaf, (PolicyDeniedError, BudgetExceededError)):
+            return leaf
+    return None
+
+
 def _must_propagate(group: BaseException) -> bool:
     """Whether an exception group carries a `KeyboardInterrupt` or the call's cancellation."""
     leaves = _group_leaves(group) or ()
@@ -1831,8 +1853,8 @@ class ToolRegistry:
         cancels the call is `transient`: a retry may work. A `StopIteration` (which a
         coroutine or future cannot carry) and any other `BaseException` a tool raises (say,
         `GeneratorExit`) are `permanent`. Policy errors (`PolicyDeniedError`,
-        `BudgetExceededError`), cancellation of the call, and `KeyboardInterrupt` (also
-        inside an exception group) propagate.
+        `BudgetExceededError`), cancellation of the call, and `KeyboardInterrupt` propagate,
+        also from inside an exception group (a policy error then as itself: the first one).
         """
         try:
             spec = self._tools[name]
@@ -1864,6 +1886,9 @@ class ToolRegistry:
         except (PolicyDeniedError, BudgetExceededError):
             raise
         except Exception as error:  # a tool's failure is an observation for the model
+            policy = _policy_error_in(error)
+            if policy is not None:
+                raise policy from error
             kind = classify_error(error)
             return Observation(_truncate(f"error: {_describe(error)}", max_chars), kind)
         except asyncio.CancelledError:
