@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import re
 import socket
 import time
@@ -327,6 +328,72 @@ async def test_an_error_sent_with_status_200_is_the_servers_error(
     assert "malformed" not in str(caught.value)
     assert caught.value.retryable is False
     assert len(server.requests) == 1
+
+
+def _error_body(kind: str, error_type: str, message: str) -> dict[str, Any]:
+    """An error object as `kind`'s API reports one; OpenAI's with a code that is a status."""
+    if kind == "openai":
+        code = "429" if error_type == "rate_limit_exceeded" else None
+        return {"error": {"type": error_type, "message": message, "code": code}}
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+RETRYABLE_TYPE = {"openai": "rate_limit_exceeded", "anthropic": "overloaded_error"}
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/event-stream"])
+async def test_a_retryable_error_sent_with_status_200_in_place_of_a_stream_is_retried(
+    kind: str,
+    content_type: str,
+    server: FakeLlmServer,
+    retry: RetryPolicy,
+    clock: FakeClock,
+) -> None:
+    # A gateway's rate limit, sent with status 200 as JSON, or as JSON under the event-stream
+    # type. Before, the stream failed at once (no status), or as a stream that ended early.
+    body = json.dumps(_error_body(kind, RETRYABLE_TYPE[kind], "slow down")).encode()
+    failure = Reply(body=body, headers={"content-type": content_type})
+    server.script(failure, failure, streamed(kind))
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert error is None
+    assert "".join(texts(events)) == HELLO.text
+    assert clock.sleeps == [1.0, 2.0]
+    assert len(server.requests) == 3
+
+
+async def test_an_error_sent_as_an_event_stream_is_the_servers_error(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    body = json.dumps(_error_body(kind, "authentication_error", "invalid api key")).encode()
+    server.script(Reply(body=body, headers={"content-type": "text/event-stream"}), Turn("unused"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert events == []
+    assert error is not None
+    # Before: "stream ended before [DONE]" (or message_stop), retried, the server's words lost.
+    assert "API error: authentication_error: invalid api key" in str(error)
+    assert error.retryable is False
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tool_call_arguments_holding_nan_or_infinity_are_refused(
+    kind: str, stream: bool, server: FakeLlmServer
+) -> None:
+    # Python's json writes NaN and Infinity as bare words, as a model may: no JSON has them.
+    server.script(Turn(tool_calls=[("c1", "measure", {"x": 1.0, "y": [math.nan, math.inf]})]))
+    async with make_provider(kind, server, retry=RetryPolicy(max_attempts=1)) as llm:
+        if stream:
+            _, error = await collect(llm.chat_stream(USER))
+        else:
+            with pytest.raises(ProviderError) as caught:
+                await llm.chat(USER)
+            error = caught.value
+    # Before, the tool got nan, and sending the call back failed with a bare ValueError.
+    assert error is not None
+    assert "tool call 'measure' arguments are not valid JSON" in str(error)
+    assert error.retryable is False
 
 
 async def test_the_last_error_says_how_often_the_call_was_tried(

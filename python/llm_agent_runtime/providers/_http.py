@@ -817,17 +817,21 @@ def decode_arguments(
             to any text from the server (`HttpTransport.redact`: they may echo the API key).
 
     Raises:
-        ProviderError: The text is not a JSON object, or one nested too deeply to decode
-            (never retryable: the same request gives the same reply). When the reply was cut
-            off by the token limit, the message says so rather than quoting the broken JSON;
-            blank arguments then are cut off too (the call would run with every default).
+        ProviderError: The text is not a JSON object (`NaN` and `Infinity` are no JSON: no
+            tool should run on them, and no request could send them back), or one nested too
+            deeply to decode (never retryable: the same request gives the same reply). When
+            the reply was cut off by the token limit, the message says so rather than quoting
+            the broken JSON; blank arguments then are cut off too (the call would run with
+            every default).
     """
     if not text.strip():
         if stop_reason in TRUNCATION_STOP_REASONS:
             raise _bad_arguments("blank", text, name, stop_reason, redact)
-        return clean_json(default) if default is not None else {}
+        if default is None:
+            return {}
+        return clean_json(check_finite_arguments(default, name, redact))
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant)
     except ValueError:
         raise _bad_arguments("not valid JSON", text, name, stop_reason, redact) from None
     except RecursionError:  # valid or not, no tool can be called with it
@@ -837,6 +841,43 @@ def decode_arguments(
     if _SURROGATE.search(text) or _SURROGATE_ESCAPE.search(text):
         return clean_json(value)  # half a pair, as text or escaped: no UTF-8 can write it
     return value
+
+
+def _checked_error(check: Callable[[bytes], None], body: bytes) -> ProviderError | None:
+    """The `ProviderError` a provider's `check` of `body` raises, or None when it finds none.
+
+    That is the error the server sent with status 200.
+    """
+    try:
+        check(body)
+    except ProviderError as error:
+        return error
+    return None
+
+
+def _refuse_constant(word: str) -> Any:
+    """Refuses the `NaN`, `Infinity` and `-Infinity` Python's `json` would otherwise read."""
+    raise ValueError(f"{word} is not JSON")
+
+
+def check_finite_arguments(
+    arguments: dict[str, Any], name: str | None, redact: Callable[[str], str] | None
+) -> dict[str, Any]:
+    """Returns a tool call's arguments once checked to hold no NaN or infinite number.
+
+    For arguments a JSON parser that reads `NaN` and `Infinity` decoded (pydantic's): they
+    are refused, as `decode_arguments` refuses them.
+
+    Raises:
+        ProviderError: They hold one (never retryable).
+    """
+    found = _non_finite(arguments, "")
+    if found is not None:
+        where, number = found
+        raise _bad_arguments(
+            f"not valid JSON ({number} at {where})", repr(arguments), name, None, redact
+        )
+    return arguments
 
 
 def _bad_arguments(
@@ -1286,19 +1327,36 @@ class HttpTransport:
             )
 
     def not_a_stream_error(
-        self, response: httpx.Response, body: bytes, *, truncated: bool = False
+        self,
+        response: httpx.Response,
+        body: bytes,
+        *,
+        truncated: bool = False,
+        check: Callable[[bytes], None] | None = None,
     ) -> ProviderError:
         """The `ProviderError` for a successful reply to a streamed request that is no stream.
 
         A server that cannot stream (or not this model) may answer with a JSON error, or a
-        whole reply, under status 200. Another attempt gets the same answer: not retryable.
+        whole reply, under status 200. Another attempt gets the same answer (not retryable),
+        unless `check` reads the error as one another attempt may not get (a rate limit).
 
         Args:
             response: The reply.
             body: The start of its body (`post_sse` reads `MAX_ERROR_BODY` bytes of it).
             truncated: Whether more of the body was left unread (see `error_message`).
+            check: The provider's reader of an error sent with status 200 (see `post_sse`).
         """
         kind = response.headers.get("content-type", "").split(";")[0].strip()
+        if check is not None and not truncated:
+            error = _checked_error(check, body)
+            if error is not None:
+                return ProviderError(
+                    f"{error.args[0]} (the streamed request was answered with {kind!r}, not "
+                    "an event stream)",
+                    error.status,
+                    error.retryable,
+                    error.retry_after,
+                )
         message = error_message(body, self.redact, truncated=truncated)
         return ProviderError(
             f"{self.name} API error: {message} (the streamed request was answered with "
@@ -1405,7 +1463,11 @@ class HttpTransport:
         return result
 
     async def post_sse(
-        self, path: str, content: bytes, ended: Callable[[], bool] | None = None
+        self,
+        path: str,
+        content: bytes,
+        ended: Callable[[], bool] | None = None,
+        check: Callable[[bytes], None] | None = None,
     ) -> AsyncGenerator[SseEvent, None]:
         """POSTs a JSON body and yields the server-sent events of the response (one attempt).
 
@@ -1417,6 +1479,11 @@ class HttpTransport:
                 `message_stop`). The caller then stops reading, or closes this iterator:
                 the rest of the body is read only briefly (so the connection can go back to
                 the pool) and the response is closed, even if the server keeps it open.
+            check: Reads an error sent with status 200 in place of the stream, as
+                `post_json`'s `check` does: in the body of a reply that is no event stream,
+                or in that of an event stream that ended without a single event (a gateway
+                that sends a JSON error as `text/event-stream`). A `ProviderError` it raises
+                is raised, with the server's status and whether it is retryable.
 
         Raises:
             ProviderError: A status outside 2xx (retryable for 408, 409, 429 and 5xx), or
@@ -1431,6 +1498,9 @@ class HttpTransport:
         """
         client = self._http()
         waited = 0.0  # seconds spent waiting for bytes since the last event with content
+        # The body's start, kept until the first event: an error may stand in for the stream.
+        start = bytearray()
+        no_event = True
 
         async def timed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             # A silent server trips the read timeout; this catches one that only pings.
@@ -1449,6 +1519,8 @@ class HttpTransport:
                         "(only keep-alive pings)",
                         retryable=True,
                     )
+                if no_event and len(start) < MAX_ERROR_BODY:
+                    start.extend(chunk[: MAX_ERROR_BODY - len(start)])
                 yield chunk
 
         with self.translate_errors():
@@ -1460,19 +1532,26 @@ class HttpTransport:
                 await self._in_total_time(self.check_status(response))
                 kind = response.headers.get("content-type")
                 if kind is not None and not _is_event_stream(kind):
-                    start, truncated = await self._in_total_time(
+                    body_start, truncated = await self._in_total_time(
                         _read_start(response, MAX_ERROR_BODY)
                     )
-                    raise self.not_a_stream_error(response, start, truncated=truncated)
+                    raise self.not_a_stream_error(
+                        response, body_start, truncated=truncated, check=check
+                    )
                 timed_chunks = timed(chunks)
                 events = iter_sse(timed_chunks)
                 try:
                     async for event in events:
+                        no_event = False
                         if event.event != "ping":
                             waited = 0.0
                         yield event
                         if ended is not None and ended():
                             break
+                    if no_event and check is not None:
+                        error = _checked_error(check, bytes(start))
+                        if error is not None:
+                            raise error
                 finally:
                     # Left suspended, they would be finalized later by a task of their own.
                     await _aclose(events)

@@ -22,6 +22,7 @@ from llm_agent_runtime.providers._http import (
     StreamedText,
     ToolCallIds,
     check_base_url,
+    check_finite_arguments,
     clean_json,
     clean_text,
     env_setting,
@@ -418,7 +419,9 @@ class AnthropicProvider(HttpProvider):
             ToolCall(
                 id=call_id,
                 name=clean_text(block.name or ""),
-                arguments=clean_json(block.input or {}),
+                arguments=clean_json(
+                    check_finite_arguments(block.input or {}, block.name, self._transport.redact)
+                ),
             )
             for call_id, block in zip(call_ids, tool_uses, strict=True)
         ]
@@ -516,7 +519,9 @@ class AnthropicProvider(HttpProvider):
         usage = Usage()
         owed = False  # usage reported and not charged yet
         done = False
-        events = self._transport.post_sse("/v1/messages", content, ended=lambda: done)
+        events = self._transport.post_sse(
+            "/v1/messages", content, ended=lambda: done, check=self._check_reply
+        )
         try:
             # Closing the events cuts a body kept open at the end.
             async with contextlib.aclosing(events):

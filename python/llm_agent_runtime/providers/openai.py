@@ -459,7 +459,9 @@ class OpenAIProvider(HttpProvider):
         usage = Usage()
         owed = False  # usage reported and not charged yet
         done = False
-        events = self._transport.post_sse("/chat/completions", content, ended=lambda: done)
+        events = self._transport.post_sse(
+            "/chat/completions", content, ended=lambda: done, check=self._check_reply
+        )
         try:
             # Closing the events cuts a body kept open after [DONE].
             async with contextlib.aclosing(events):
