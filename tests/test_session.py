@@ -91,6 +91,45 @@ def test_to_json_refuses_a_key_json_has_no_type_for_as_a_checkpoint_does() -> No
     assert record["action_input"] == {"1": "one", "null": "none", "2.5": "x", "false": "no"}
 
 
+def test_an_int_too_long_to_write_is_a_persistence_error_not_a_bare_value_error() -> None:
+    huge = 10**5000  # past Python's 4,300 digits for an int's conversion to text
+    session = ar.AgentSession("s", "a", steps=[ar.Step("t", "tool", {"n": huge})])
+    with pytest.raises(ar.PersistenceError, match="session cannot be encoded as JSON"):
+        session.to_json()
+    with pytest.raises(ar.PersistenceError, match="cannot encode a step record as JSON"):
+        encode("step", session.steps[0].to_dict())
+    looped: dict[str, Any] = {}
+    looped["self"] = looped
+    with pytest.raises(ar.PersistenceError, match="cannot encode a step record as JSON"):
+        encode("step", {"action_input": looped})
+
+
+async def test_a_checkpointed_run_whose_tool_call_cannot_be_written_fails_typed() -> None:
+    class Huge(ar.Middleware):  # a middleware may put any value in a call's arguments
+        def on_tool_call(self, session: ar.AgentSession, tool: str, arguments: Any) -> Any:
+            return tool, {"text": 10**5000}
+
+    @ar.tool
+    async def echo(text: str) -> str:
+        """Echoes."""
+        return text
+
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"),
+        tools=[echo],
+        checkpoint_backend=ar.InMemoryBackend(),
+        middlewares=[Huge()],
+    )
+    script = [
+        ar.providers.base.ChatResponse(
+            tool_calls=[ar.providers.base.ToolCall("c1", "echo", {"text": "hi"})]
+        ),
+        ar.providers.base.ChatResponse(text="done"),
+    ]
+    with pytest.raises(ar.PersistenceError, match="cannot encode a call record as JSON"):
+        await runtime.run_agent_with_provider("a", "hi", ar.ScriptedProvider(script))
+
+
 def test_byte_length_helpers_count_a_lone_surrogate_as_3_bytes() -> None:
     # A tool's result or a model's reply may hold half an emoji; the session keeps it.
     session = ar.AgentSession("s", "a")

@@ -244,8 +244,9 @@ class AgentSession:
 
         Raises:
             PersistenceError: When a dict key (in a step's `action_input`, say) is not a str,
-                int, float, bool or None, such as a tuple, or the session nests too deeply to
-                encode. Checkpointing the same session fails too.
+                int, float, bool or None, such as a tuple, or the session holds itself, nests
+                too deeply to encode, or holds an int past Python's limit of digits for a
+                conversion to text. Checkpointing the same session fails too.
         """
         data = self.to_dict()
         try:
@@ -253,7 +254,9 @@ class AgentSession:
                 return json.dumps(data, default=str, allow_nan=False)
             except ValueError:  # a NaN or an infinity, which strict JSON has no number for
                 return json.dumps(finite_floats(data), default=str, allow_nan=False)
-        except TypeError as error:  # `default` covers values, never keys
+        # `default` covers values, never keys; a ValueError left is no NaN's (an int too
+        # long to write, a circular reference).
+        except (TypeError, ValueError) as error:
             raise PersistenceError(f"session cannot be encoded as JSON: {error}") from error
         except RecursionError:  # nested deeper than the stack this call runs on allows
             raise PersistenceError("session nests too deeply to encode as JSON") from None

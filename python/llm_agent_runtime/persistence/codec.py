@@ -24,8 +24,18 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 def encode(kind: str, payload: Any) -> bytes:
-    """Encodes `payload` (JSON-compatible; other values become strings) as a `kind` record."""
-    body = _ENCODER.encode(payload).encode()
+    """Encodes `payload` (JSON-compatible; other values become strings) as a `kind` record.
+
+    Raises:
+        PersistenceError: `payload` holds itself, nests too deeply, or holds an int past
+            Python's limit of digits for a conversion to text.
+    """
+    try:
+        body = _ENCODER.encode(payload).encode()
+    except ValueError as error:  # a circular reference, or an int too long to write
+        raise PersistenceError(f"cannot encode a {kind} record as JSON: {error}") from error
+    except RecursionError:  # nested deeper than the stack this call runs on allows
+        raise PersistenceError(f"a {kind} record nests too deeply to encode as JSON") from None
     header = b"%s%d %08x %s\n" % (_MAGIC, FORMAT_VERSION, zlib.crc32(body), kind.encode())
     return header + body
 
