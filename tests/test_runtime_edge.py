@@ -125,6 +125,39 @@ async def test_a_tools_mode_provider_needs_chat() -> None:
         await rt.run_agent_with_provider("a", "q", object())  # type: ignore[arg-type]
 
 
+class SyncChat:
+    """A provider whose `chat` was written without `async`."""
+
+    def chat(self, messages: Any, **params: Any) -> ar.providers.base.ChatResponse:
+        return ar.providers.base.ChatResponse(text="hi")
+
+
+class ChatReturningACoroutine:
+    """A provider whose plain `chat` returns a coroutine (a wrapper, say): it works."""
+
+    def __init__(self, reply: str) -> None:
+        self.scripted = ar.ScriptedProvider([reply])
+
+    def chat(self, messages: Any, **params: Any) -> Any:
+        return self.scripted.chat(messages, **params)
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_provider_with_a_synchronous_chat_is_a_typed_error(mode: str) -> None:
+    guard = ar.BackpressureGuard(capacity=1)
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode), backpressure=guard)  # type: ignore[arg-type]
+    # Before: TypeError("object ChatResponse can't be used in 'await' expression").
+    with pytest.raises(
+        ar.AgentRuntimeError,
+        match=r"chat must be async .*SyncChat\.chat is synchronous and returned ChatResponse",
+    ):
+        await rt.run_agent_with_provider("a", "q", SyncChat())  # type: ignore[arg-type]
+    assert_nothing_leaked(rt, guard)
+    wrapper = ChatReturningACoroutine("hi" if mode == "tools" else FINAL)
+    session = await rt.run_agent_with_provider("a", "q", wrapper)  # type: ignore[arg-type]
+    assert session.final_answer == ("hi" if mode == "tools" else "ok")
+
+
 async def test_a_reply_that_is_no_text_is_typed_with_stop_sequences_and_hooks_too() -> None:
     rt = ar.AgentRuntime(ar.AgentConfig(stop_sequences=["Observation:"]))
     with pytest.raises(ar.AgentLoopError, match="reply must be a str, got None"):

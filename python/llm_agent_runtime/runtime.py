@@ -51,6 +51,7 @@ from llm_agent_runtime.events import (
     settle_callbacks,
 )
 from llm_agent_runtime.memory import CHARS_PER_TOKEN, fit_to_token_budget
+from llm_agent_runtime.orchestration._calls import is_async_callable
 from llm_agent_runtime.orchestration._checks import (
     check_count,
     check_real,
@@ -612,7 +613,7 @@ class AgentRuntime:
                 )
             # A partial of an async method is seen as async (no adapter frame per step).
             return functools.partial(provider.complete, model=self.config.model)
-        chat = provider.chat
+        chat = _async_chat(provider)
         params = self._call_params()
 
         async def infer(text: str) -> str:
@@ -1198,6 +1199,7 @@ class AgentRuntime:
         tool_defs = self._tool_definitions or None
         post_hooks = self._hooks["on_post_llm"]
         events = self.events
+        chat = _async_chat(provider)
         # A provider whose text exists whole, or that cannot stream (it has `chat` alone), is
         # never streamed; its text is one delta event.
         streams_text = getattr(provider, "streams_text", True) and callable(
@@ -1239,16 +1241,16 @@ class AgentRuntime:
                         response = await (
                             self._chat_stream(session, provider, messages, tool_defs, params)
                             if stream
-                            else provider.chat(messages, tools=tool_defs, **params)
+                            else chat(messages, tools=tool_defs, **params)
                         )
                 elif stream:
                     response = await self._chat_stream(
                         session, provider, messages, tool_defs, params
                     )
                 elif more_params:
-                    response = await provider.chat(messages, tools=tool_defs, **params)
+                    response = await chat(messages, tools=tool_defs, **params)
                 else:
-                    response = await provider.chat(messages, tools=tool_defs, model=model)
+                    response = await chat(messages, tools=tool_defs, model=model)
             model_ms = (perf() - round_start) * 1000.0
             if not isinstance(response, ChatResponse):
                 raise AgentLoopError(
@@ -2764,6 +2766,30 @@ def _as_model(infer: Any) -> InferFn:
                 f"synchronous callable and returned {_kind(reply)}"
             )
         return await reply  # type: ignore[no-any-return]
+
+    return awaited
+
+
+def _async_chat(provider: Any) -> Callable[..., Awaitable[Any]]:
+    """The provider's `chat`, checked at a run's start as `_as_model` checks `infer`.
+
+    An async `chat` is used as is. Another may still return an awaitable: it is wrapped so
+    that a synchronous `chat` is a clear `AgentRuntimeError` at its first call, not a bare
+    `TypeError` from awaiting its reply.
+    """
+    chat = provider.chat
+    if is_async_callable(chat):
+        return chat  # type: ignore[no-any-return]
+    name = type(provider).__name__
+
+    async def awaited(*args: Any, **kwargs: Any) -> Any:
+        reply = chat(*args, **kwargs)
+        if not inspect.isawaitable(reply):
+            raise AgentRuntimeError(
+                f"a provider's chat must be async (async def chat(messages, ...)): "
+                f"{name}.chat is synchronous and returned {_kind(reply)}"
+            )
+        return await reply
 
     return awaited
 
