@@ -2757,17 +2757,10 @@ def _as_model(infer: Any) -> InferFn:
     if inspect.iscoroutinefunction(infer) or inspect.iscoroutinefunction(type(infer).__call__):
         return infer  # type: ignore[no-any-return]
     name = getattr(infer, "__qualname__", None) or type(infer).__name__
-
-    async def awaited(prompt: str) -> str:
-        reply = infer(prompt)
-        if not inspect.isawaitable(reply):
-            raise AgentRuntimeError(
-                f"infer must be async (async def infer(prompt) -> str): {name} is a "
-                f"synchronous callable and returned {_kind(reply)}"
-            )
-        return await reply  # type: ignore[no-any-return]
-
-    return awaited
+    return _awaiting(
+        infer,
+        f"infer must be async (async def infer(prompt) -> str): {name} is a synchronous callable",
+    )
 
 
 def _async_chat(provider: Any) -> Callable[..., Awaitable[Any]]:
@@ -2781,14 +2774,23 @@ def _async_chat(provider: Any) -> Callable[..., Awaitable[Any]]:
     if is_async_callable(chat):
         return chat  # type: ignore[no-any-return]
     name = type(provider).__name__
+    return _awaiting(
+        chat,
+        f"a provider's chat must be async (async def chat(messages, ...)): {name}.chat is "
+        "synchronous",
+    )
+
+
+def _awaiting(fn: Callable[..., Any], synchronous: str) -> Callable[..., Awaitable[Any]]:
+    """`fn` wrapped to await what it returns, which must be an awaitable.
+
+    A reply that is none raises `AgentRuntimeError`: `synchronous`, and what it returned.
+    """
 
     async def awaited(*args: Any, **kwargs: Any) -> Any:
-        reply = chat(*args, **kwargs)
+        reply = fn(*args, **kwargs)
         if not inspect.isawaitable(reply):
-            raise AgentRuntimeError(
-                f"a provider's chat must be async (async def chat(messages, ...)): "
-                f"{name}.chat is synchronous and returned {_kind(reply)}"
-            )
+            raise AgentRuntimeError(f"{synchronous} and returned {_kind(reply)}")
         return await reply
 
     return awaited
