@@ -669,6 +669,21 @@ def test_a_budget_spent_exactly_is_reached_not_exceeded() -> None:
         budget.record(0, 0, cost_usd=0.000001)  # past the limit by a millionth of a dollar
 
 
+def test_numpy_float32_prices_count_as_the_decimals_they_print_as() -> None:
+    # A float32 price (from a numpy price table) is 0.1 as it prints, not the float
+    # 0.10000000149...: three of them spend a $0.30 budget exactly, as three floats do.
+    import numpy as np
+
+    budget = ar.CostBudget(max_cost_usd=np.float32(0.3))  # type: ignore[arg-type]
+    assert budget.max_cost_usd == 0.3
+    for price in (np.float32(0.1), np.array(0.1, dtype=np.float32), np.float16(0.1)):
+        budget.check()
+        budget.record(0, 0, cost_usd=price)  # type: ignore[arg-type]
+    assert budget.used_cost_usd == 0.3
+    with pytest.raises(ar.BudgetExceededError, match="cost budget spent"):
+        budget.check()
+
+
 def test_budget_money_sums_do_not_depend_on_the_decimal_context() -> None:
     import decimal
 

@@ -162,11 +162,12 @@ def test_nan_and_infinite_settings_are_refused(bad: dict[str, float]) -> None:
 
 
 @pytest.mark.parametrize(
-    "retry_after", [float("nan"), float("inf"), float("-inf"), -3.0, "30", True, [1]]
+    "retry_after", [float("nan"), float("inf"), float("-inf"), -3.0, "30", True, [1], 10**400]
 )
 async def test_unusable_retry_after_falls_back_to_the_backoff(retry_after: Any) -> None:
     # A raw header value ("30") from a custom provider is ignored too, not a TypeError that
-    # would replace the call's own error.
+    # would replace the call's own error; an int past the float range is infinite, not an
+    # OverflowError.
     clock = ar.FakeClock()
     policy = ar.RetryPolicy(max_attempts=3, base_delay=1.0, jitter=False, clock=clock)
     error = ar.ProviderError("busy", status=429, retryable=True, retry_after=retry_after)

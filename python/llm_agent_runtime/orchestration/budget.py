@@ -17,10 +17,14 @@ _DECIMAL = Context(prec=60)
 """Our own context: the thread's current one may have been set to a lower precision."""
 
 
-def _checked_dollars(name: str, value: object) -> float:
-    """`value`, an amount of US dollars, as a float when it is finite and >= 0.
+def _checked_dollars(name: str, value: object) -> Decimal:
+    """`value`, an amount of US dollars, as the decimal it prints as, when finite and >= 0.
 
-    Any real number (`check_real`: a `Decimal` too, not a bool) is an amount.
+    Any real number (`check_real`: a `Decimal` too, not a bool) is an amount. A float is
+    read as the shortest decimal that it prints as (`0.1` is 0.1, not the binary
+    0.1000000000000000055...), so decimal prices add up exactly; a numpy float of another
+    precision (a `float32` from a price table, say) as the decimal it prints as at its own
+    precision (`float32(0.1)` is 0.1 too, not the float 0.10000000149...).
 
     Raises:
         ValueError: `value` is negative, NaN (a `Decimal` NaN included), infinite or beyond
@@ -29,17 +33,19 @@ def _checked_dollars(name: str, value: object) -> float:
     dollars = check_real(name, value)  # beyond the float range: infinite
     if not 0 <= dollars < math.inf:  # NaN fails too
         raise ValueError(f"{name} must be finite and >= 0, got {value!r:.60}")
-    return dollars
+    dtype = getattr(value, "dtype", None)
+    if getattr(dtype, "kind", None) == "f":  # a numpy scalar or 0-d array: its own digits
+        return Decimal(str(value[()]))  # type: ignore[index]
+    return Decimal(repr(dollars))
 
 
-def _picodollars(dollars: float) -> int:
+def _picodollars(dollars: Decimal) -> int:
     """`dollars` (finite, >= 0) in whole picodollars.
 
-    A float is read as the shortest decimal that it prints as (`0.1` is 0.1, not the binary
-    0.1000000000000000055...), so decimal prices add up exactly; anything below half a
-    picodollar is rounded away (prices are quoted in far coarser units).
+    Anything below half a picodollar is rounded away (prices are quoted in far coarser
+    units).
     """
-    scaled = _DECIMAL.multiply(Decimal(repr(float(dollars))), _PICO)
+    scaled = _DECIMAL.multiply(dollars, _PICO)
     return int(scaled.to_integral_value(context=_DECIMAL))
 
 
@@ -74,11 +80,10 @@ class CostBudget:
     def __init__(self, max_tokens: int | None = None, max_cost_usd: float | None = None) -> None:
         if max_tokens is not None:
             max_tokens = check_count("max_tokens", max_tokens, 0)
-        if max_cost_usd is not None:
-            max_cost_usd = _checked_dollars("max_cost_usd", max_cost_usd)
+        max_cost = None if max_cost_usd is None else _checked_dollars("max_cost_usd", max_cost_usd)
         self.max_tokens = max_tokens
-        self.max_cost_usd = max_cost_usd
-        self._max_cost = None if max_cost_usd is None else _picodollars(max_cost_usd)
+        self.max_cost_usd = None if max_cost is None else float(max_cost)
+        self._max_cost = None if max_cost is None else _picodollars(max_cost)
         self.used_tokens = 0
         """Input + output tokens recorded."""
         self._used_cost = 0  # picodollars

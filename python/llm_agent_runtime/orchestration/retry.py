@@ -134,13 +134,14 @@ class RetryPolicy:
         if isinstance(cause, ProviderError):
             retry_after = cause.retry_after
             # A negative, NaN, infinite or non-numeric delay (a raw header value, say) is no
-            # delay at all: the backoff applies.
-            if (
-                isinstance(retry_after, (int, float))
-                and not isinstance(retry_after, bool)
-                and 0.0 <= retry_after < math.inf
-            ):
-                return min(float(retry_after), self.max_delay)
+            # delay at all: the backoff applies. An int beyond the float range is infinite.
+            if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
+                try:
+                    seconds = float(retry_after)
+                except OverflowError:
+                    seconds = math.inf
+                if 0.0 <= seconds < math.inf:
+                    return min(seconds, self.max_delay)
         # The exponent is clamped only to keep 2.0**n finite; the cap applies long before.
         bound = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 1000))
         return self._rng.uniform(0.0, bound) if self.jitter else bound
