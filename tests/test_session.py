@@ -130,6 +130,77 @@ async def test_a_checkpointed_run_whose_tool_call_cannot_be_written_fails_typed(
         await runtime.run_agent_with_provider("a", "hi", ar.ScriptedProvider(script))
 
 
+def test_to_dict_copies_dict_subclasses_as_the_dicts_they_hold() -> None:
+    # `asdict` rebuilt a Counter from (key, value) pairs, counting the pairs, and failed on
+    # a defaultdict; both are plain dicts of their items in the copy, as JSON writes them.
+    from collections import Counter, OrderedDict, defaultdict, namedtuple
+
+    Point = namedtuple("Point", "x y")
+    votes = Counter({"yes": 2, "no": 1})
+    tally: defaultdict[str, list[int]] = defaultdict(list, {"a": [1]})
+    arguments = {"votes": votes, "tally": tally, "order": OrderedDict(b=1), "at": Point(1, 2)}
+    session = ar.AgentSession("s", "a", steps=[ar.Step("t", "vote", arguments, "ok")])
+    copied = session.to_dict()["steps"][0]["action_input"]
+    assert copied == {
+        "votes": {"yes": 2, "no": 1},
+        "tally": {"a": [1]},
+        "order": {"b": 1},
+        "at": Point(1, 2),
+    }
+    assert type(copied["votes"]) is dict and type(copied["at"]) is Point
+    assert copied["tally"]["a"] is not tally["a"]  # deep-copied
+    loaded = ar.AgentSession.from_json(session.to_json())
+    assert loaded.steps[0].action_input == json.loads(json.dumps(arguments))
+
+
+async def test_a_checkpointed_run_whose_tool_arguments_hold_a_counter_is_saved_whole() -> None:
+    from collections import Counter
+
+    class Tally(ar.Middleware):  # a middleware may put any value in a call's arguments
+        def on_tool_call(self, session: ar.AgentSession, tool: str, arguments: Any) -> Any:
+            return tool, {"votes": Counter({"yes": 2, "no": 1})}
+
+    @ar.tool
+    async def count(votes: dict[str, int]) -> str:
+        """Counts the votes."""
+        return f"{sum(votes.values())} votes"
+
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"),
+        tools=[count],
+        checkpoint_backend=backend,
+        middlewares=[Tally()],
+    )
+    script = [
+        ar.providers.base.ChatResponse(
+            tool_calls=[ar.providers.base.ToolCall("c1", "count", {"votes": {}})]
+        ),
+        ar.providers.base.ChatResponse(text="done"),
+    ]
+    session = await runtime.run_agent_with_provider("a", "hi", ar.ScriptedProvider(script))
+    assert session.steps[0].observation == "3 votes"
+    loaded = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    assert loaded.final_answer == "done"
+    assert loaded.steps[0].action_input == {"votes": {"yes": 2, "no": 1}}
+
+
+def test_non_finite_timings_come_back_from_json_as_the_floats_they_were() -> None:
+    import math
+
+    step = ar.Step("t", "x", model_ms=math.nan, tool_ms=math.inf, overhead_ms=-math.inf)
+    session = ar.AgentSession("s", "a", duration_ms=math.inf, steps=[step])
+    text = session.to_json()
+    assert '"duration_ms": "inf"' in text  # strict JSON has no number for it
+    loaded = ar.AgentSession.from_json(text)
+    assert loaded.duration_ms == math.inf
+    timings = loaded.steps[0]
+    assert math.isnan(timings.model_ms)
+    assert (timings.tool_ms, timings.overhead_ms) == (math.inf, -math.inf)
+    with pytest.raises(ar.PersistenceError, match="'model_ms' must be a number, got str"):
+        ar.Step.from_dict({"thought": "t", "action": "x", "model_ms": "infinity"})
+
+
 def test_byte_length_helpers_count_a_lone_surrogate_as_3_bytes() -> None:
     # A tool's result or a model's reply may hold half an emoji; the session keeps it.
     session = ar.AgentSession("s", "a")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llm_agent_runtime.errors import PersistenceError
@@ -65,10 +66,11 @@ class Step:
 
     @classmethod
     def from_dict(cls, data: Any) -> Step:
-        """Rebuilds a step from `asdict(step)` output, checking its shape and field types.
+        """Rebuilds a step from `to_dict` output, checking its shape and field types.
 
         `thought` and `action` are required; `action_input` may be any JSON value; integer
-        fields take ints, timing fields take ints or floats (never bools).
+        fields take ints, timing fields take ints or floats (never bools; a NaN or an infinity
+        as the string `to_json` makes of it: `"nan"`, `"inf"`, `"-inf"`).
 
         Raises:
             PersistenceError: When `data` is not a dict, lacks a required field, has an
@@ -227,7 +229,7 @@ class AgentSession:
                 or the session nests too deeply to copy.
         """
         try:
-            return asdict(self)
+            return _plain_copy(self)  # type: ignore[no-any-return]
         except RecursionError:
             raise PersistenceError("session nests too deeply to copy") from None
         except Exception as error:  # whatever a value's own copy hooks raise
@@ -240,7 +242,7 @@ class AgentSession:
         does a float it has no number for (a NaN or an infinity in a step's `action_input`,
         say: `"nan"`, `"inf"`); a dict key that is an int, float, bool or None becomes a
         string; any other key is refused, not renamed. `from_json` gives the session back
-        with those values as the strings they became.
+        with those values as the strings they became (a timing field's as its float again).
 
         Raises:
             PersistenceError: When a dict key (in a step's `action_input`, say) is not a str,
@@ -269,9 +271,10 @@ class AgentSession:
         `Step.from_dict`) and `messages` a list of dicts, each with a `role` (`system`,
         `user`, `assistant` or `tool`) and a string `content` (and tool fields, see
         `message_problem`); integer fields take ints, timing fields ints or floats (never
-        bools). A session that loads has the types its helpers rely on. The session gets its
-        own list of messages and its own message dicts: two sessions loaded from one dict
-        share no history, and `data` is not changed by the session's later turns.
+        bools; a NaN or an infinity as the string `to_json` makes of it). A session that
+        loads has the types its helpers rely on. The session gets its own list of messages
+        and its own message dicts: two sessions loaded from one dict share no history, and
+        `data` is not changed by the session's later turns.
 
         Raises:
             PersistenceError: When `data` is not a dict, lacks a required field, has an
@@ -344,6 +347,8 @@ _OPT_STR: _Spec = ((str, type(None)), "a string or null")
 _INT: _Spec = ((int,), "an integer")
 _OPT_INT: _Spec = ((int, type(None)), "an integer or null")
 _FLOAT: _Spec = ((int, float), "a number")
+_NON_FINITE = frozenset(("nan", "inf", "-inf"))
+"""A timing field's NaN or infinity as `to_json` writes it (`finite_floats`): read back."""
 _LIST: _Spec = ((list,), "a list")
 
 _STEP_FIELDS: dict[str, _Spec] = {
@@ -412,6 +417,31 @@ def message_problem(message: Any) -> str | None:
     return None
 
 
+def _plain_copy(value: Any) -> Any:
+    """A deep copy of `value` as plain data: what `dataclasses.asdict` makes of it, but dicts.
+
+    Dataclasses become dicts of their fields, lists and tuples are copied item by item (a
+    named tuple stays one), and every dict, a subclass too, becomes a plain dict: `asdict`
+    rebuilds a dict subclass from a generator of pairs, which a `Counter` counts (its
+    `{"yes": 2}` became `{("yes", 2): 1}`) and a `defaultdict` refuses. Anything else is
+    `copy.deepcopy`'d.
+
+    Raises:
+        RecursionError: `value` nests deeper than the stack allows (or contains itself).
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain_copy(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {_plain_copy(k): _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*map(_plain_copy, value))
+    if isinstance(value, list):
+        return list(map(_plain_copy, value))
+    if isinstance(value, tuple):
+        return tuple(map(_plain_copy, value))
+    return copy.deepcopy(value)
+
+
 def finite_floats(value: Any) -> Any:
     """`value` with each float JSON has no number for (a NaN, an infinity) made its `str`.
 
@@ -465,10 +495,14 @@ def _checked(
     unknown = sorted(str(name) for name in data if name not in spec)
     if unknown:
         raise PersistenceError(f"{what} has unknown field(s) {', '.join(map(repr, unknown))}")
+    checked = dict(data)
     for name, value in data.items():
+        if spec[name] is _FLOAT and type(value) is str and value in _NON_FINITE:
+            checked[name] = float(value)  # as `to_json` writes a NaN or an infinity
+            continue
         types, expected = spec[name]
         if isinstance(value, bool) and bool not in types and object not in types:
             raise PersistenceError(f"{what} field {name!r} must be {expected}, got bool")
         if not isinstance(value, types):
             raise PersistenceError(f"{what} field {name!r} must be {expected}, got {_kind(value)}")
-    return dict(data)
+    return checked
