@@ -161,3 +161,17 @@ def test_an_embedder_returning_the_wrong_shape_is_a_clear_error() -> None:
     store = ar.EpisodicStore(embedder=Broken())
     with pytest.raises(ar.MemoryStoreError, match="one row"):
         store.add_episode("a", "x", 0.5)
+
+
+@pytest.mark.parametrize("row", [np.zeros((1, 0), dtype=np.float32), [[]]])
+def test_an_embedder_returning_a_row_of_no_values_is_a_clear_error(row: Any) -> None:
+    # It was taken as a text with nothing to embed: every episode stored without an
+    # embedding, and similarity recall off with no sign of it.
+    class Sliced:
+        def embed(self, texts: Any) -> Any:
+            return row
+
+    store = ar.EpisodicStore(embedder=Sliced())
+    with pytest.raises(ar.MemoryStoreError, match="dim >= 1"):
+        store.add_episode("a", "x", 0.5)
+    assert len(store) == 0

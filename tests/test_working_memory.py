@@ -121,6 +121,9 @@ def test_fit_to_token_budget() -> None:
     for bad in (-1, float("nan"), 4.5, True, "5"):  # NaN used to keep every text
         with pytest.raises(ValueError, match="max_tokens must be"):
             ar.fit_to_token_budget(texts, bad)  # type: ignore[arg-type]
+    # One str was read as texts of one character each.
+    with pytest.raises(ValueError, match="got one str"):
+        ar.fit_to_token_budget("remember the milk", 3)
 
 
 def test_an_oversized_top_memory_does_not_block_the_others() -> None:

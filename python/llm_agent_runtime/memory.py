@@ -45,9 +45,12 @@ def fit_to_token_budget(texts: Iterable[str], max_tokens: int) -> list[str]:
     The kept texts stay in their given (rank) order.
 
     Raises:
-        ValueError: `max_tokens` is negative or not an int (a float, NaN included, or a bool).
+        ValueError: `max_tokens` is negative or not an int (a float, NaN included, or a bool),
+            or `texts` is one str (it would be read a character a text).
     """
     max_tokens = check_count("max_tokens", max_tokens, 0)
+    if isinstance(texts, str):
+        raise ValueError("texts must be an iterable of str, got one str (wrap it in a list)")
     kept: list[str] = []
     used = 0
     for text in texts:

@@ -630,7 +630,8 @@ impl PyEpisodicStore {
     }
 
     /// The embedder's vector for `text`: None without an embedder or when it is all zeros
-    /// (a text with nothing to embed).
+    /// (a text with nothing to embed). A row of no values is an error: the embedder is broken,
+    /// and taking it as "nothing to embed" would turn similarity recall off unseen.
     fn embed_text(&self, py: Python<'_>, text: &str) -> PyResult<Option<Vec<f32>>> {
         let Some(embedder) = self.embedder(py) else {
             return Ok(None);
@@ -641,16 +642,17 @@ impl PyEpisodicStore {
             Ok(array) if array.shape()[0] == 1 => array.as_array().row(0).to_vec(),
             _ => match rows.extract::<Vec<Vec<f32>>>() {
                 Ok(mut list) if list.len() == 1 => list.swap_remove(0),
-                _ => {
-                    return Err(CoreError::Memory(
-                        "embedder.embed([text]) must return one row: a float32 array of \
-                         shape (1, dim)"
-                            .into(),
-                    )
-                    .into())
-                }
+                _ => Vec::new(),
             },
         };
+        if row.is_empty() {
+            return Err(CoreError::Memory(
+                "embedder.embed([text]) must return one row: a float32 array of shape \
+                 (1, dim), dim >= 1"
+                    .into(),
+            )
+            .into());
+        }
         Ok(row.iter().any(|x| *x != 0.0).then_some(row))
     }
 }
