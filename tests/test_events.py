@@ -644,3 +644,52 @@ async def test_callbacks_that_fail_are_logged_even_when_others_outlive_the_deadl
     await asyncio.sleep(0.01)  # the one left running fails now: logged too
     failed = [r.getMessage() for r in caplog.records if "callback failed" in r.getMessage()]
     assert len(failed) == 2 and "late failure" in failed[1]
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+@pytest.mark.parametrize("end", ["loop timeout", "cancel", "policy error"])
+async def test_every_started_tool_call_finishes_in_the_events_however_the_run_ends(
+    mode: str, end: str
+) -> None:
+    # A call the run's timeout, its cancellation or a policy error cut off had a start and
+    # no finish, so a listener pairing them kept the call open for good.
+    release = asyncio.Event()
+
+    @ar.tool
+    async def slow(x: int) -> str:
+        """Waits, then refuses when asked to (a sub-agent whose budget is spent, say)."""
+        if end == "policy error":
+            raise ar.BudgetExceededError("the sub-agent's budget is spent")
+        await release.wait()
+        return "done"
+
+    config = ar.AgentConfig(mode=mode, loop_timeout_ms=100 if end == "loop timeout" else None)
+    if mode == "react":
+        replies: list[Any] = ['Thought: t\nAction: slow {"x": 1}']
+    else:
+        replies = [ar.ScriptedProvider.tool_call_reply([("slow", {"x": 1}), ("slow", {"x": 2})])]
+    runtime = ar.AgentRuntime(config, tools=[slow])
+    seen: list[ar.Event] = []
+    runtime.events.on(seen.append)
+    run = asyncio.ensure_future(
+        runtime.run_agent_with_provider("a", "q", ar.ScriptedProvider([*replies, "ok"]))
+    )
+    if end == "cancel":
+        while not any(isinstance(e, ar.ToolCallStarted) for e in seen):
+            await asyncio.sleep(0.001)
+        run.cancel()
+    expected = {
+        "loop timeout": ar.AgentLoopError,
+        "cancel": asyncio.CancelledError,
+        "policy error": ar.BudgetExceededError,
+    }[end]
+    with pytest.raises(expected):
+        await run
+    started = [(e.step, e.tool) for e in seen if isinstance(e, ar.ToolCallStarted)]
+    finished = [e for e in seen if isinstance(e, ar.ToolCallFinished)]
+    assert started and sorted(started) == sorted((e.step, e.tool) for e in finished)
+    kind = "permanent" if end == "policy error" else "transient"
+    assert all(e.error_kind == kind and e.observation.startswith("error: ") for e in finished)
+    if end == "policy error":
+        assert "budget is spent" in finished[0].observation
+    assert isinstance(seen[-1], ar.ErrorEvent)  # after the calls' finishes

@@ -1479,19 +1479,27 @@ class AgentRuntime:
         if busy is not None:
             busy.start()
         start = time.perf_counter()
-        if self._tracer is not None:
-            with self._tracer.start_as_current_span(
-                "agent.tool", attributes={"tool": name}
-            ) as span:
+        try:
+            if self._tracer is not None:
+                with self._tracer.start_as_current_span(
+                    "agent.tool", attributes={"tool": name}
+                ) as span:
+                    observation = await self.tools.call(
+                        name, arguments, self.config.max_observation_chars, key
+                    )
+                    if observation.error_kind is not None:  # a failure the tool call absorbed
+                        _mark_failed(span, observation)
+            else:
                 observation = await self.tools.call(
                     name, arguments, self.config.max_observation_chars, key
                 )
-                if observation.error_kind is not None:  # a failure the tool call absorbed
-                    _mark_failed(span, observation)
-        else:
-            observation = await self.tools.call(
-                name, arguments, self.config.max_observation_chars, key
-            )
+        except BaseException as error:  # cancelled, timed out, or a policy error: it goes on
+            if events.active:  # a started call finishes in the events too, as it ended
+                try:
+                    self._emit_interrupted(session, step_index, name, error, start)
+                except Exception:  # a callback's failure must not replace how the call ended
+                    logger.exception("event callback failed on the end of tool call %r", name)
+            raise
         tool_ms = (time.perf_counter() - start) * 1000.0
         if busy is not None:
             busy.stop()
@@ -1502,6 +1510,23 @@ class AgentRuntime:
             finished = (session.session_id, step_index, name, content, error_kind, tool_ms)
             events.emit(_event(ToolCallFinished, finished))
         return observation, tool_ms, name, arguments
+
+    def _emit_interrupted(
+        self, session: AgentSession, step_index: int, name: str, error: BaseException, start: float
+    ) -> None:
+        """Emits the `ToolCallFinished` of a call that `error` ended before it returned.
+
+        A cancellation (the run's, or its `loop_timeout_ms`) is `transient`, as a call that
+        may work if run again; anything else (a `PolicyDeniedError`, a spent budget) is
+        `permanent`.
+        """
+        kind = "transient" if isinstance(error, asyncio.CancelledError) else "permanent"
+        detail = f": {error}" if str(error) else ""
+        content = f"error: the call ended with {type(error).__name__}{detail}"
+        content = _truncate(content, self.config.max_observation_chars)
+        tool_ms = (time.perf_counter() - start) * 1000.0
+        finished = (session.session_id, step_index, name, content, kind, tool_ms)
+        self.events.emit(_event(ToolCallFinished, finished))
 
     def _unlisted_name(self, name: str) -> str:
         """The name the metrics count a call under when `name` is not one of the run's tools.
