@@ -334,6 +334,48 @@ async def test_save_new_has_exactly_one_winner_among_concurrent_writers(
         assert await backend.load(key) == b"%d" % won.index(True)
 
 
+async def test_batch_save_if_writes_only_while_the_guard_holds_its_value(
+    backend: ar.PersistenceBackend,
+) -> None:
+    items = {"session:a:step:1": b"one", "session:a:event:0": b"e"}
+    assert await backend.batch_save_if("fence", b"me", items) is False  # no guard: refused
+    assert await backend.list_keys() == []
+    await backend.save("fence", b"me")
+    assert await backend.batch_save_if("fence", b"me", items) is True
+    assert await backend.batch_save_if("fence", bytearray(b"me"), {"one": b"1"}) is True
+    assert await backend.batch_save_if("fence", b"me", {}) is True
+    await backend.save("fence", b"taker")  # another worker took the claim over
+    assert await backend.batch_save_if("fence", b"me", {"session:a:step:1": b"stale"}) is False
+    assert await backend.batch_save_if("fence", b"m", {"late": b"x"}) is False  # a prefix
+    assert await backend.load("session:a:step:1") == b"one"
+    assert await backend.load("late") is None
+    assert await backend.batch_save_if("fence", b"taker", {"session:a:step:1": b"2"}) is True
+    assert await backend.load("session:a:step:1") == b"2"
+    for bad in [(1, b"me", {}), ("fence", "me", {}), ("fence", b"taker", {"k": "text"})]:
+        with pytest.raises(ar.PersistenceError):
+            await backend.batch_save_if(*bad)  # type: ignore[arg-type]
+    assert await backend.load("k") is None
+
+
+async def test_batch_save_if_racing_a_write_of_its_guard_is_all_or_none_as_it_says(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await backend.save("fence", b"me")
+
+    async def batch(i: int) -> bool:
+        return await backend.batch_save_if("fence", b"me", {f"a{i}": b"1", f"b{i}": b"2"})
+
+    async def take_over() -> None:
+        await asyncio.sleep(0.002)
+        await backend.save("fence", b"taker")
+
+    *wrote, _ = await asyncio.gather(*(batch(i) for i in range(12)), take_over())
+    stored = await backend.batch_load([f"{k}{i}" for i in range(12) for k in "ab"])
+    for i, ok in enumerate(wrote):
+        assert (f"a{i}" in stored, f"b{i}" in stored) == (ok, ok)
+    assert await backend.batch_save_if("fence", b"me", {"after": b"x"}) is False
+
+
 def _save_new_in_a_process(kind: str, address: str, key: str, start: float) -> bool:
     async def go() -> bool:
         if kind == "sqlite":

@@ -85,7 +85,9 @@ async def test_a_resume_whose_process_ended_is_released_then_resumed(
     runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     with pytest.raises(ar.PersistenceError, match="release_resume"):
         await runtime.resume("x", script(FINAL))
+    assert await backend.list_keys("session:x:fence:") == ["session:x:fence:0"]
     assert await runtime.release_resume("x")
+    assert await backend.list_keys("session:x:fence:") == []  # the claim's fence goes too
     done = await runtime.resume("x", script(FINAL))
     assert (done.final_answer, done.step_count) == ("finished", 2)
     assert not await runtime.release_resume("x")
@@ -174,7 +176,9 @@ async def test_a_resume_of_another_host_or_an_older_version_waits_for_release_re
     runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     with pytest.raises(ar.PersistenceError, match="release_resume"):
         await runtime.resume("x", script(FINAL))
+    assert await backend.list_keys("session:x:fence:") == ["session:x:fence:0"]
     assert await runtime.release_resume("x")
+    assert await backend.list_keys("session:x:fence:") == []  # the claim's fence goes too
     done = await runtime.resume("x", script(FINAL))
     assert (done.final_answer, done.step_count) == ("finished", 2)
     assert await backend.list_keys("session:x:resume") == []

@@ -249,11 +249,18 @@ class FirstStepSaveFails(StalledRenewal):
         super().__init__(inner)
         self.failed = False
 
-    async def batch_save(self, items: dict[str, bytes]) -> None:
+    def _fails(self, items: dict[str, bytes]) -> None:
         if not self.failed and any(":step:" in key for key in items):
             self.failed = True
             raise ar.PersistenceError("connection reset")
+
+    async def batch_save(self, items: dict[str, bytes]) -> None:
+        self._fails(items)
         await self.inner.batch_save(items)
+
+    async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
+        self._fails(items)  # a leased run's writes are fenced
+        return await self.inner.batch_save_if(guard_key, guard_value, items)
 
 
 async def test_a_holder_whose_claim_was_taken_over_writes_nothing_over_the_takers_steps(
@@ -299,6 +306,60 @@ async def test_a_holder_whose_claim_was_taken_over_writes_nothing_over_the_taker
 
 PEN = 'Thought: price\nAction: lookup {"item": "pen"}'
 INK = 'Thought: price\nAction: lookup {"item": "ink"}'
+
+
+class StepWriteInFlight(StalledRenewal):
+    """`StalledRenewal`, and the first write of a step, sent once the run checked its claim,
+    waits for `land` before it reaches the store: a write on its way (a slow link, a paused
+    process) while the lease passes."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.sent, self.land = asyncio.Event(), asyncio.Event()
+
+    async def _in_flight(self, items: Any) -> None:
+        if not self.sent.is_set() and any(":step:" in key for key in items):
+            self.sent.set()
+            await self.land.wait()
+
+    async def batch_save(self, items: dict[str, bytes]) -> None:
+        await self._in_flight(items)
+        await self.inner.batch_save(items)
+
+    async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
+        await self._in_flight(items)
+        return await self.inner.batch_save_if(guard_key, guard_value, items)
+
+
+async def test_a_holders_write_on_its_way_at_the_takeover_is_refused_when_it_lands(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The holder's step 2 (a lookup of "pen") left for the store before its lease passed,
+    # and reached it after the taker had run step 2 (of "ink") and finished: it landed over
+    # the taker's step. The claim's fence now names the taker: the store refuses it.
+    await interrupted(backend)
+    in_flight = StepWriteInFlight(backend)
+    holder = asyncio.create_task(worker(in_flight, Effects()).resume("x", script(PEN, FINAL)))
+    await in_flight.sent.wait()
+
+    async def lease_passed() -> bool:
+        return bool((await claim_of(backend))["expires_at"] < time.time())
+
+    await until(lease_passed)
+    taker = Effects()
+    done = await worker(backend, taker).resume("x", script(INK, FINAL))
+    assert taker.calls == [("lookup", "ink")]
+    in_flight.land.set()
+    with pytest.raises(ar.PersistenceError, match="no longer resumed by this worker"):
+        await holder
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+    inputs = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
+    state = await CheckpointStore(backend).load("x")
+    assert [r.step.action_input for r in state.run_records] == inputs
+    assert await backend.list_keys("session:x:resume") == []
+    assert await backend.list_keys("session:x:fence") == []  # gone with the taker's claim
+    in_flight.go.set()
+    await until(no_other_task)
 
 
 async def past_its_lease(
@@ -480,3 +541,19 @@ async def test_an_ended_process_of_this_host_is_taken_over_under_a_lease_too() -
     done = await worker(backend, Effects()).resume("x", script(FINAL))
     assert (done.final_answer, done.step_count) == ("finished", 2)
     assert await backend.list_keys("session:x:resume") == []
+
+
+async def test_a_leased_resume_on_a_backend_without_batch_save_if_writes_as_before() -> None:
+    class Older(Delegating):  # a backend written before batch_save_if
+        def __getattr__(self, name: str) -> Any:
+            if name == "batch_save_if":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    backend = Older(ar.InMemoryBackend())
+    await interrupted(backend)  # type: ignore[arg-type]
+    done = await worker(backend, Effects()).resume("x", script(PEN, FINAL))  # type: ignore[arg-type]
+    inputs = [{"a": 1, "b": 1}, {"item": "pen"}, "finished"]
+    assert [s.action_input for s in done.steps] == inputs
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done  # type: ignore[arg-type]
+    assert await backend.list_keys("session:x:fence") == []

@@ -120,6 +120,19 @@ class PersistenceBackend(Protocol):
         """Stores every item, all or none (one transaction where the backend has them)."""
         ...
 
+    async def batch_save_if(
+        self, guard_key: str, guard_value: bytes, items: Mapping[str, bytes]
+    ) -> bool:
+        """Stores every item, all or none, only if `guard_key` holds `guard_value` (a fence).
+
+        The check and the writes are one atomic step: a write of `guard_key` by another
+        writer lands wholly before (the batch is then refused) or after them. Returns
+        whether it wrote; nothing is written when the key holds anything else or is absent.
+        Optional: the checkpoints use it, where a backend has it, to refuse the writes of a
+        resumed run whose claim another worker took over.
+        """
+        ...
+
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
         ...

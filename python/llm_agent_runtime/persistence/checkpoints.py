@@ -20,6 +20,9 @@ is a key of another):
   `session:<id>:resume:<n>:<nonce>`, written insert-if-absent by the one worker that takes
   over the claim of nonce `<nonce>` (its process ended on this host, or its lease passed),
   deleted with that worker's claim (see `CheckpointStore.claim_resumed`);
+- `session:<id>:fence:<n>`: the fence of the resume claim `session:<id>:resume:<n>`, the
+  nonce of the worker holding it, whose writes of the run alone land (see
+  `CheckpointStore.claim_resumed`), deleted with the claim;
 - `session:<id>:run:<n>:<digest>`: written insert-if-absent by the one run (or sweep) that
   deletes a sweep's claim `:run:<n>`, `<digest>` naming that claim: of those deleting one at
   once, one deletes it (a read, then a delete, by two would delete a run's claim made
@@ -535,6 +538,25 @@ class _Lease:
     """The task renewing the claim (`CheckpointStore._renew`) until the run ends or the claim
     is lost."""
 
+    @property
+    def fence(self) -> str:
+        """The key of the claim's fence: the nonce whose writes the run takes."""
+        return _fence_of(self.key)
+
+    @property
+    def nonce(self) -> bytes:
+        """This worker's nonce, as its fence holds it."""
+        return str(self.claim["resume"]).encode()
+
+
+def _fence_of(resume_key: str) -> str:
+    """The key of the fence of resume claim `resume_key` (see `CheckpointStore._fence`).
+
+    `session:<id>:fence:<n>` for `session:<id>:resume:<n>` (an escaped id holds no `:`).
+    """
+    session, _, first_step = resume_key.rpartition(":resume:")
+    return f"{session}:fence:{first_step}"
+
 
 _RUN_SAVED_ADVICE = (
     "load it (AgentSession.load_checkpoint) and run that, resume it (runtime.resume), or start "
@@ -840,10 +862,14 @@ class CheckpointStore:
         the same way before each write of its run (steps, events, journal, final
         checkpoint), and renews it: a holder that wakes from a stall longer than the lease
         writes nothing over its taker's records, whichever of its run and its renewal goes
-        first. No backend here can refuse a write by its claim, though: a write already on
-        its way to the backend when the holder stalled may still land after the takeover.
-        The tool-call journal (idempotency keys, intents written insert-if-absent) is what
-        keeps at-most-once tools safe then.
+        first. A write already on its way to the backend when the holder stalled is refused
+        too, where the backend has `batch_save_if` (all of this package's do): the claim's
+        fence, `session:<id>:fence:<first_step>`, holds the nonce of the worker
+        whose writes of the run's steps, events and final checkpoint land, and every one of
+        them is written only if it still holds its writer's; a taker points it at itself
+        before it checks the stored steps. The tool-call journal's writes are not fenced:
+        its idempotency keys and intents written insert-if-absent keep at-most-once tools
+        safe.
 
         Without a lease, whether a process of another host runs cannot be told from here,
         nor that of a claim naming no host and no lease (older versions), nor any on
@@ -874,6 +900,7 @@ class CheckpointStore:
             self._resumes[state.session_id] = [resume_key]
         elif not await self._take_over(state.session_id, resume_key, mine):
             self._refuse(state.session_id, _RESUMED, _RESUMED_ADVICE)
+        await self._fence(state.session_id, resume_key, nonce)
         # A resume that ended just before this one took the claim: the state is out of date.
         final_raw = await self.backend.load(key)
         final = decode(final_raw, key, "session") if final_raw is not None else None
@@ -911,6 +938,17 @@ class CheckpointStore:
             self._leases[state.session_id] = lease
             lease.renewing = asyncio.ensure_future(self._renew(state.session_id, lease))
             lease.renewing.add_done_callback(retrieve_outcome)
+
+    async def _fence(self, session_id: str, resume_key: str, nonce: str) -> None:
+        """Points the fence of resume claim `resume_key` at this worker, which now holds it.
+
+        From then on, a backend with `batch_save_if` refuses the run's writes of any earlier
+        holder of the claim (`_save_with_events`), one already on its way included; one that
+        landed before is a step the state check of `claim_resumed` finds, after this.
+        """
+        fence = _fence_of(resume_key)
+        self._resumes[session_id].append(fence)  # deleted with the claim, even if this fails
+        await self.backend.save(fence, nonce.encode())
 
     def _leased(self, claim: dict[str, Any]) -> bytes:
         """The record of resume claim `claim`, expiring a lease from now (under a lease)."""
@@ -1005,7 +1043,7 @@ class CheckpointStore:
             lease.renewing.cancel()
         self._claims.pop(session_id, None)
         for key in self._resumes.pop(session_id, []):
-            if key == lease.key:
+            if key in (lease.key, lease.fence):  # the taker's now
                 continue
             deleting = asyncio.ensure_future(self.backend.delete(key))
             self._background.add(deleting)  # a task only weakly referenced may be collected
@@ -1078,13 +1116,17 @@ class CheckpointStore:
         (one under a lease is taken over once it passed): every later resume is refused
         until then. Call it only once that process is known to have ended: a resume under
         way would then run alongside the next one (under a lease, it stops at its next
-        renewal). The keys of takeovers go too.
+        renewal). The keys of takeovers, and the claims' fences, go too.
         """
         prefix = f"{session_key(session_id)}:resume:"
         keys = await self.backend.list_keys(prefix)
         claims = sorted(k for k in keys if k.startswith(prefix) and _RESUME.match(k, len(prefix)))
         for claim in claims:
             await self.backend.delete(claim)
+        fences = f"{session_key(session_id)}:fence:"
+        for fence in await self.backend.list_keys(fences):
+            if fence[len(fences) :].isdigit():
+                await self.backend.delete(fence)
         self._resumes.pop(session_id, None)
         return bool(claims)
 
@@ -1271,8 +1313,16 @@ class CheckpointStore:
         await self._check_writable(session_id)
         numbered = await self._event_items(session_id, events)
         end = self._next_event.get(session_id)
+        lease = self._leases.get(session_id)
         try:
-            await self.backend.batch_save({**items, **numbered})
+            if lease is not None and callable(getattr(self.backend, "batch_save_if", None)):
+                # Fenced: refused once another worker took the claim over, even when this
+                # write left before the takeover and lands after it (see `_fence`).
+                fenced = {**items, **numbered}
+                if not await self.backend.batch_save_if(lease.fence, lease.nonce, fenced):
+                    raise self._lose(session_id, lease)
+            else:
+                await self.backend.batch_save({**items, **numbered})
         except BaseException:
             if numbered and end is not None and self._next_event.get(session_id) == end:
                 self._next_event[session_id] = end - len(numbered)

@@ -390,12 +390,17 @@ class FileBackend:
         return key
 
     # ------------------------------------------------------------------ the redo log
-    def _write_batch(self, items: dict[str, bytes]) -> None:
-        """Writes `items` all or none (see the class): commit to the redo log, then install."""
-        if len(items) <= 1:  # one file is atomic on its own
+    def _write_batch(self, items: dict[str, bytes], guard: tuple[str, bytes] | None = None) -> bool:
+        """Writes `items` all or none (see the class): commit to the redo log, then install.
+
+        With a `guard` (key, value), only if that key holds that value, checked under the
+        exclusive install lock, which every single write (`_between_batches`) waits for:
+        nothing writes the guard between the check and the install. Returns whether it wrote.
+        """
+        if len(items) <= 1 and guard is None:  # one file is atomic on its own
             for key, value in items.items():
                 self._write_durably(key, value)
-            return
+            return True
         record = _encode_batch(items)  # checks every key first: a bad one writes nothing
         for attempt in range(2):
             name = uuid.uuid4().hex
@@ -427,6 +432,9 @@ class FileBackend:
                         # installed first, not over this one later.
                         for left in self._committed_batches():
                             self._finish_batch(left)
+                        if guard is not None and self._load(guard[0]) != guard[1]:
+                            tmp.unlink()
+                            return False
                         os.replace(tmp, batch)  # the commit...
                     except (OSError, PersistenceError, Abandoned) as exc:
                         if (
@@ -457,7 +465,7 @@ class FileBackend:
                     finally:
                         with _INSTALLING_LOCK:
                             _INSTALLING.discard(str(batch))
-                    return
+                    return True
             finally:
                 os.close(fd)
         raise PersistenceError(f"cannot write the batch in {self._batches}")  # pragma: no cover
@@ -663,6 +671,26 @@ class FileBackend:
             self._write_batch(checked)
 
         await run_in_thread(write)
+
+    async def batch_save_if(
+        self, guard_key: str, guard_value: bytes, items: Mapping[str, bytes]
+    ) -> bool:
+        """Stores every item, all or none, only if `guard_key` holds `guard_value`.
+
+        Returns whether it wrote. Always through the redo log, whose exclusive install lock
+        keeps every other write of the guard out from the check to the install.
+        """
+        guard_value = check_value(check_key(guard_key), guard_value)
+        encode_key(guard_key)
+        checked = check_items(items)
+        for key in checked:
+            encode_key(key)
+
+        def write() -> bool:
+            self._finish_batches()
+            return self._write_batch(checked, (guard_key, guard_value))
+
+        return await run_in_thread(write)
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""

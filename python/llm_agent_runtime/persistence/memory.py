@@ -68,6 +68,21 @@ class InMemoryBackend:
             encode_key(key)
         self.data.update(checked)
 
+    async def batch_save_if(
+        self, guard_key: str, guard_value: bytes, items: Mapping[str, bytes]
+    ) -> bool:
+        """Stores every item only if `guard_key` holds `guard_value`; returns whether it did."""
+        guard_value = check_value(check_key(guard_key), guard_value)
+        encode_key(guard_key)
+        checked = check_items(items)
+        for key in checked:
+            encode_key(key)
+        # No await between the test and the writes: no other task runs in between.
+        if self.data.get(guard_key) != guard_value:
+            return False
+        self.data.update(checked)
+        return True
+
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the values of those `keys` that exist."""
         wanted = check_keys(keys)

@@ -327,6 +327,29 @@ class PostgresBackend:
         # key (which of several the index refused, the server does not say).
         await self._execute(next(iter(checked)), query, params, batch=len(checked) > 1)
 
+    async def batch_save_if(
+        self, guard_key: str, guard_value: bytes, items: Mapping[str, bytes]
+    ) -> bool:
+        """Stores every item only if `guard_key` holds `guard_value`, in one statement.
+
+        Returns whether it wrote. The guard's row is locked (`FOR SHARE`) by the statement
+        that writes: a concurrent write of the guard waits for it, or, committed first, is
+        what the check sees.
+        """
+        guard = check_items({check_key(guard_key): guard_value})[guard_key]
+        checked = check_items(items)
+        if not checked:
+            return await self.load(guard_key) == guard
+        query = (
+            f"INSERT INTO {self._table} (key, value) "
+            "SELECT * FROM unnest(%s::bytea[], %s::bytea[]) WHERE EXISTS ("
+            f"SELECT 1 FROM {self._table} WHERE key = %s AND value = %s FOR SHARE) "
+            f"{_UPSERT} RETURNING true"
+        )
+        params = [_encode_keys(checked), list(checked.values()), encode_key(guard_key), guard]
+        rows = await self._execute(next(iter(checked)), query, params, batch=len(checked) > 1)
+        return bool(rows)
+
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
         wanted = check_keys(keys)

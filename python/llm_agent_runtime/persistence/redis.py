@@ -104,6 +104,28 @@ class RedisBackend:
         except Exception as error:
             raise PersistenceError(f"Redis: {error}", key=next(iter(checked))) from error
 
+    async def batch_save_if(
+        self, guard_key: str, guard_value: bytes, items: Mapping[str, bytes]
+    ) -> bool:
+        """Stores every item only if `guard_key` holds `guard_value`; returns whether it did.
+
+        One Lua script: Redis runs it whole, no other command in between.
+        """
+        guard_value = check_value(check_key(guard_key), guard_value)
+        checked = check_items(items)
+        keys = [self.prefix + guard_key, *(self.prefix + k for k in checked)]
+        wrote = await self._call(
+            guard_key,
+            "eval",
+            _SAVE_IF,
+            len(keys),
+            *keys,
+            guard_value,
+            *checked.values(),
+            keys=list(checked),
+        )
+        return bool(wrote)
+
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
         wanted = check_keys(keys)
@@ -129,6 +151,14 @@ class RedisBackend:
             raise PersistenceError(f"Redis: {error}") from error
         # Every key starts with `self.prefix`: the sorted full keys are the sorted keys.
         return [k[start:] for k in decode_stored_keys("RedisBackend", keys)]
+
+
+_SAVE_IF = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i]) end
+return 1
+"""
+"""`batch_save_if`: KEYS[1] the guard, ARGV[1] its value; KEYS[i] is set to ARGV[i]."""
 
 
 def _escape_glob(text: str) -> str:

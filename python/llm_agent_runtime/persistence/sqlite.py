@@ -163,6 +163,34 @@ class SqliteBackend:
 
         await self._run(None, write, checked)
 
+    async def batch_save_if(
+        self, guard_key: str, guard_value: bytes, items: Mapping[str, bytes]
+    ) -> bool:
+        """Stores every item only if `guard_key` holds `guard_value`, in one transaction.
+
+        Returns whether it wrote. `BEGIN IMMEDIATE` takes the write lock before the check:
+        no other connection writes the guard between the check and the commit.
+        """
+        guard_value = check_value(check_key(guard_key), guard_value)
+        checked = check_items(items)
+        rows = list(checked.items())
+
+        def write(c: sqlite3.Connection) -> bool:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                held = c.execute("SELECT value FROM kv WHERE key = ?", (guard_key,)).fetchone()
+                if held is None or bytes(held[0]) != guard_value:
+                    c.execute("ROLLBACK")
+                    return False
+                c.executemany(_UPSERT, rows)
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+            return True
+
+        return await self._run(guard_key, write, checked)
+
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
         wanted = list(dict.fromkeys(check_keys(keys)))
