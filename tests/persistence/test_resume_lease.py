@@ -543,6 +543,72 @@ async def test_an_ended_process_of_this_host_is_taken_over_under_a_lease_too() -
     assert await backend.list_keys("session:x:resume") == []
 
 
+class RenewalInFlight(Delegating):
+    """The backend, but the holder's first renewal waits for `land` before it reaches the
+    store: a renewal on its way while the lease passes."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.sent, self.land = asyncio.Event(), asyncio.Event()
+
+    async def _in_flight(self) -> None:
+        task = asyncio.current_task()
+        renewing = task is not None and task.get_coro().__qualname__ == "CheckpointStore._renew"
+        if renewing and not self.sent.is_set():
+            self.sent.set()
+            await self.land.wait()
+
+    async def save(self, key: str, value: bytes) -> None:
+        await self._in_flight()
+        await self.inner.save(key, value)
+
+    async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
+        await self._in_flight()
+        return await self.inner.batch_save_if(guard_key, guard_value, items)
+
+
+async def test_a_holders_renewal_on_its_way_at_the_takeover_leaves_the_takers_claim(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The holder's renewal landed after the takeover: it wrote the holder's claim over the
+    # taker's, and the taker, finding its claim gone at its next renewal, stopped too.
+    await interrupted(backend)
+    in_flight, never = RenewalInFlight(backend), asyncio.Event()
+
+    async def stalled(prompt: str) -> str:
+        await never.wait()
+        raise AssertionError("the holder was not stopped")
+
+    holder = asyncio.create_task(worker(in_flight, Effects()).resume("x", stalled))
+    await in_flight.sent.wait()
+
+    async def lease_passed() -> bool:
+        return bool((await claim_of(backend))["expires_at"] < time.time())
+
+    await until(lease_passed)
+    reached, go = asyncio.Event(), asyncio.Event()
+    answers = [INK, FINAL]
+
+    async def model(prompt: str) -> str:
+        reached.set()
+        await go.wait()
+        return answers.pop(0)
+
+    taker = asyncio.create_task(worker(backend, Effects()).resume("x", model))
+    await reached.wait()
+    in_flight.land.set()
+    with pytest.raises(ar.PersistenceError, match="no longer resumed by this worker"):
+        await holder
+    await asyncio.sleep(LEASE)  # the taker renews its claim meanwhile
+    go.set()
+    done = await taker
+    inputs = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
+    assert [s.action_input for s in done.steps] == inputs
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+    assert await backend.list_keys("session:x:resume") == []
+    await until(no_other_task)
+
+
 async def test_a_leased_resume_on_a_backend_without_batch_save_if_writes_as_before() -> None:
     class Older(Delegating):  # a backend written before batch_save_if
         def __getattr__(self, name: str) -> Any:

@@ -971,7 +971,8 @@ class CheckpointStore:
                 if not await self._holds(lease):
                     break
                 self._check_renewing(session_id)
-                await self._extend(lease)
+                if not await self._extend(lease):
+                    break
             except Exception as error:
                 logger.warning("resume claim %s not renewed: %r", lease.key, error)
         self._check_renewing(session_id)  # not if the run ended meanwhile (`forget`)
@@ -989,12 +990,23 @@ class CheckpointStore:
         holder = decode(raw, lease.key) if raw is not None else None
         return isinstance(holder, dict) and holder.get("resume") == lease.claim["resume"]
 
-    async def _extend(self, lease: _Lease) -> None:
-        """Writes `lease`'s claim again, expiring a lease from now."""
+    async def _extend(self, lease: _Lease) -> bool:
+        """Writes `lease`'s claim again, expiring a lease from now; returns whether it did.
+
+        Fenced as the run's writes are (see `_fence`): a renewal that left before a takeover
+        and lands after it is refused, rather than write this worker's claim over the
+        taker's. False then: the claim is lost.
+        """
         assert self.resume_lease_seconds is not None
         written = time.monotonic()
-        await self.backend.save(lease.key, self._leased(lease.claim))
+        record = self._leased(lease.claim)
+        if callable(getattr(self.backend, "batch_save_if", None)):
+            if not await self.backend.batch_save_if(lease.fence, lease.nonce, {lease.key: record}):
+                return False
+        else:
+            await self.backend.save(lease.key, record)
         lease.renew_by = max(lease.renew_by, written + self.resume_lease_seconds * 2 / 3)
+        return True
 
     async def _keep_lease(self, session_id: str, lease: _Lease) -> None:
         """Checks that `lease`'s claim is still this worker's, and renews it.
@@ -1009,7 +1021,7 @@ class CheckpointStore:
         try:
             held = await self._holds(lease)
             if held and self._leases.get(session_id) is lease:  # not once the run ended
-                await self._extend(lease)
+                held = await self._extend(lease)
         except PersistenceError:
             raise
         except Exception as error:  # a backend's own error, typed for the caller
