@@ -865,9 +865,9 @@ class CheckpointStore:
         first. A write already on its way to the backend when the holder stalled is refused
         too, where the backend has `batch_save_if` (all of this package's do): the claim's
         fence, `session:<id>:fence:<first_step>`, holds the nonce of the worker
-        whose writes of the run's steps, events and final checkpoint land, and every one of
-        them is written only if it still holds its writer's; a taker points it at itself
-        before it checks the stored steps. The tool-call journal's writes are not fenced:
+        whose writes of the run's steps, events and final checkpoint, and renewals of the
+        claim, land: each is written only if it still holds its writer's; a taker points it
+        at itself before it checks the stored steps. The tool-call journal's writes are not fenced:
         its idempotency keys and intents written insert-if-absent keep at-most-once tools
         safe.
 
