@@ -19,7 +19,7 @@ from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 from llm_agent_runtime.persistence.codec import decode
 
 from .test_backends import close_backend, make_backend
-from .test_durable import FINAL, Effects, add_step, script
+from .test_durable import FINAL, Effects, add_step, fails_after, script
 from .test_durable_concurrency import Delegating, under_way
 from .test_durable_exclusive import CHARGE, ended_pid, interrupted, resume_left
 
@@ -607,6 +607,125 @@ async def test_a_holders_renewal_on_its_way_at_the_takeover_leaves_the_takers_cl
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done
     assert await backend.list_keys("session:x:resume") == []
     await until(no_other_task)
+
+
+class FenceWriteInFlight(Delegating):
+    """The backend, but a claimant's first write of its fence waits for `land` before it
+    reaches the store: a write on its way while the claimant's lease passes."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.sent, self.land = asyncio.Event(), asyncio.Event()
+
+    async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
+        if any(":fence:" in key for key in items) and not self.sent.is_set():
+            self.sent.set()
+            await self.land.wait()
+        return await self.inner.batch_save_if(guard_key, guard_value, items)
+
+
+async def test_a_claimants_fence_write_on_its_way_at_a_takeover_leaves_the_takers_fence(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The fence was written as it was: landing after a taker fenced the claim, it named the
+    # stalled claimant again, and the store refused the taker's every write.
+    await interrupted(backend)
+    in_flight = FenceWriteInFlight(backend)
+    claimant = asyncio.create_task(worker(in_flight, Effects()).resume("x", script(FINAL)))
+    await in_flight.sent.wait()
+
+    async def lease_passed() -> bool:
+        return bool((await claim_of(backend))["expires_at"] < time.time())
+
+    await until(lease_passed)
+    reached, go = asyncio.Event(), asyncio.Event()
+    answers = [INK, FINAL]
+
+    async def model(prompt: str) -> str:
+        reached.set()
+        await go.wait()
+        return answers.pop(0)
+
+    taker = asyncio.create_task(worker(backend, Effects()).resume("x", model))
+    await reached.wait()
+    in_flight.land.set()
+    with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
+        await claimant
+    go.set()
+    done = await taker
+    inputs = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
+    assert [s.action_input for s in done.steps] == inputs
+    assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+    assert await backend.list_keys("session:x:resume") == []
+    assert await backend.list_keys("session:x:fence") == []
+    await until(no_other_task)
+
+
+class ClaimDeleted(Delegating):
+    """The backend, but right after it deletes a resume claim, `then()` runs (another
+    worker claiming the resume as soon as it is free)."""
+
+    def __init__(self, inner: ar.PersistenceBackend, then: Callable[[], Awaitable[None]]):
+        super().__init__(inner)
+        self.then = then
+
+    async def delete(self, key: str) -> bool:
+        deleted: bool = await self.inner.delete(key)
+        if key == "session:x:resume:0":
+            await self.then()
+        return deleted
+
+
+async def test_a_failed_resumes_release_leaves_the_fence_of_the_next_resume(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The release deleted the claim, then its fence: a worker that claimed the resume in
+    # between had its fence deleted, and every write of its run refused.
+    await interrupted(backend)
+    go, nxt = asyncio.Event(), []
+
+    async def held(prompt: str) -> str:
+        await go.wait()
+        return FINAL
+
+    async def claim_next() -> None:
+        nxt.append(asyncio.create_task(worker(backend, Effects(), lease=5.0).resume("x", held)))
+        await until(lambda: _holds_claim(backend))
+
+    failing = worker(ClaimDeleted(backend, claim_next), Effects(), lease=5.0)  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        await failing.resume("x", fails_after())
+    assert await backend.list_keys("session:x:fence:") == ["session:x:fence:0"]
+    go.set()
+    done = await nxt[0]
+    assert (done.final_answer, done.step_count) == ("finished", 2)
+    assert await backend.list_keys("session:x:resume") == []
+    assert await backend.list_keys("session:x:fence") == []
+
+
+async def _holds_claim(backend: ar.PersistenceBackend) -> bool:
+    """Whether a worker holds session "x"'s resume claim and has fenced it."""
+    return bool(await backend.list_keys("session:x:resume:")) and bool(
+        await backend.list_keys("session:x:fence:")
+    )
+
+
+async def test_a_sweep_deletes_the_fence_a_finished_resume_could_not(
+    backend: ar.PersistenceBackend,
+) -> None:
+    class DeletesFail(Delegating):  # the final checkpoint lands; the claim's deletes fail
+        async def delete(self, key: str) -> bool:
+            if ":resume:" in key or ":fence:" in key:
+                raise ar.PersistenceError("connection reset", key=key)
+            return bool(await self.inner.delete(key))
+
+    await interrupted(backend)
+    failing = DeletesFail(backend)
+    done = await worker(failing, Effects()).resume("x", script(FINAL))  # type: ignore[arg-type]
+    assert done.final_answer == "finished"
+    assert await backend.list_keys("session:x:fence") == ["session:x:fence:0"]
+    assert await CheckpointStore(backend).sweep(older_than=0, now=10**12) == ["x"]
+    assert await backend.list_keys("session:x") == []
 
 
 async def test_a_leased_resume_on_a_backend_without_batch_save_if_writes_as_before() -> None:

@@ -321,8 +321,8 @@ _PREFIX = session_key("")
 # but keys written before they were hold ids with ':' as they are (`session:a:b:meta`, then
 # session `a:b`'s): a key is a session's own only when its rest is exactly one of these.
 _OWN_SUFFIX = re.compile(
-    r"(?:meta|run:[0-9]+(?::[0-9a-f]+)?|resume:[0-9]+(?::[0-9a-f]+)?|fork:[0-9a-f]+|base"
-    r"|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
+    r"(?:meta|run:[0-9]+(?::[0-9a-f]+)?|resume:[0-9]+(?::[0-9a-f]+)?|fence:[0-9]+|fork:[0-9a-f]+"
+    r"|base|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
 )
 _RUN_CLAIM = re.compile(r"run:[0-9]+\Z")  # what follows `session:<id>:` in a run's claim
 _RUN_TAKEOVER = re.compile(r"(run:[0-9]+):([0-9a-f]+)\Z")  # ... in a sweep claim's takeover key
@@ -550,9 +550,11 @@ class _Lease:
 
 
 def _fence_of(resume_key: str) -> str:
-    """The key of the fence of resume claim `resume_key` (see `CheckpointStore._fence`).
+    """The key of the fence of resume claim `resume_key` (see `CheckpointStore.claim_resumed`).
 
-    `session:<id>:fence:<n>` for `session:<id>:resume:<n>` (an escaped id holds no `:`).
+    `session:<id>:fence:<n>` for `session:<id>:resume:<n>` (an escaped id holds no `:`). A
+    fence is deleted before its claim: once the claim is gone, another worker may claim it
+    and write its own fence.
     """
     session, _, first_step = resume_key.rpartition(":resume:")
     return f"{session}:fence:{first_step}"
@@ -896,11 +898,17 @@ class CheckpointStore:
         # Taken before the expiry is: the lease counts from no later (see `_Lease.renew_by`).
         written = time.monotonic() if self.resume_lease_seconds is not None else 0.0
         mine = self._leased(claim)
+        fence = {_fence_of(resume_key): nonce.encode()}
         if await self._save_if_absent(resume_key, mine):
-            self._resumes[state.session_id] = [resume_key]
-        elif not await self._take_over(state.session_id, resume_key, mine):
+            # The fence (first, so that it goes before the claim: see `_fence_of`) names
+            # this worker only while the claim is still its own: no renewal has run yet, so
+            # it holds `mine` unless a stall past the lease lost it already.
+            self._resumes[state.session_id] = [*fence, resume_key]
+            if not await self._save_guarded(resume_key, mine, fence):
+                self._resumes.pop(state.session_id, None)  # another worker's claim now
+                self._refuse(state.session_id, _RESUMED, _RESUMED_ADVICE)
+        elif not await self._take_over(state.session_id, resume_key, mine, fence):
             self._refuse(state.session_id, _RESUMED, _RESUMED_ADVICE)
-        await self._fence(state.session_id, resume_key, nonce)
         # A resume that ended just before this one took the claim: the state is out of date.
         final_raw = await self.backend.load(key)
         final = decode(final_raw, key, "session") if final_raw is not None else None
@@ -939,16 +947,21 @@ class CheckpointStore:
             lease.renewing = asyncio.ensure_future(self._renew(state.session_id, lease))
             lease.renewing.add_done_callback(retrieve_outcome)
 
-    async def _fence(self, session_id: str, resume_key: str, nonce: str) -> None:
-        """Points the fence of resume claim `resume_key` at this worker, which now holds it.
+    async def _save_guarded(
+        self, guard_key: str, guard_value: bytes, items: dict[str, bytes]
+    ) -> bool:
+        """`batch_save_if` where the backend has it; else a read, then a write if it holds.
 
-        From then on, a backend with `batch_save_if` refuses the run's writes of any earlier
-        holder of the claim (`_save_with_events`), one already on its way included; one that
-        landed before is a step the state check of `claim_resumed` finds, after this.
+        The fallback (for backends written before `batch_save_if`) is not atomic: a write of
+        the guard between the read and the write is missed.
         """
-        fence = _fence_of(resume_key)
-        self._resumes[session_id].append(fence)  # deleted with the claim, even if this fails
-        await self.backend.save(fence, nonce.encode())
+        save_if = getattr(self.backend, "batch_save_if", None)
+        if callable(save_if):
+            return bool(await save_if(guard_key, guard_value, items))
+        if await self.backend.load(guard_key) != guard_value:
+            return False
+        await self.backend.batch_save(items)
+        return True
 
     def _leased(self, claim: dict[str, Any]) -> bytes:
         """The record of resume claim `claim`, expiring a lease from now (under a lease)."""
@@ -993,18 +1006,16 @@ class CheckpointStore:
     async def _extend(self, lease: _Lease) -> bool:
         """Writes `lease`'s claim again, expiring a lease from now; returns whether it did.
 
-        Fenced as the run's writes are (see `_fence`): a renewal that left before a takeover
+        Fenced as the run's writes are (see `claim_resumed`): a renewal that left before a takeover
         and lands after it is refused, rather than write this worker's claim over the
         taker's. False then: the claim is lost.
         """
         assert self.resume_lease_seconds is not None
         written = time.monotonic()
-        record = self._leased(lease.claim)
-        if callable(getattr(self.backend, "batch_save_if", None)):
-            if not await self.backend.batch_save_if(lease.fence, lease.nonce, {lease.key: record}):
-                return False
-        else:
-            await self.backend.save(lease.key, record)
+        if not await self._save_guarded(
+            lease.fence, lease.nonce, {lease.key: self._leased(lease.claim)}
+        ):
+            return False
         lease.renew_by = max(lease.renew_by, written + self.resume_lease_seconds * 2 / 3)
         return True
 
@@ -1090,10 +1101,16 @@ class CheckpointStore:
             renewing.cancel()
         return renewing
 
-    async def _take_over(self, session_id: str, resume_key: str, mine: bytes) -> bool:
+    async def _take_over(
+        self, session_id: str, resume_key: str, mine: bytes, fence: dict[str, bytes]
+    ) -> bool:
         """Takes over the resume claim `resume_key` if its process ended or its lease passed.
 
-        See `claim_resumed`. Writes `mine` over it; returns whether this worker took it over.
+        See `claim_resumed`. Writes `mine` over it, and `fence` (this worker's nonce) over
+        its fence, in one step and only if the claim still holds what was read: a renewal
+        of its holder that lands meanwhile keeps the claim its holder's, and one that lands
+        after finds the fence changed (see `_extend`). Returns whether this worker took it
+        over.
         """
         raw = await self.backend.load(resume_key)
         holder = decode(raw, resume_key) if raw is not None else None
@@ -1105,14 +1122,14 @@ class CheckpointStore:
         takeover = f"{resume_key}:{nonce}"
         if not await self._save_if_absent(takeover, _encode("claim", {"takeover": nonce})):
             return False  # another worker took it over
-        self._resumes[session_id] = [takeover]
-        if await self.backend.load(resume_key) != raw:
-            # Taken over and ended meanwhile (its taker deletes the claim before this key):
-            # the claim there now, if any, is a later resume's.
+        self._resumes[session_id] = [*fence, resume_key, takeover]
+        assert raw is not None
+        if not await self._save_guarded(resume_key, raw, {**fence, resume_key: mine}):
+            # Taken over and ended meanwhile (its taker deletes the claim before this key),
+            # or renewed: the claim there now, if any, is a later resume's or its holder's.
+            self._resumes[session_id] = [takeover]
             await self._drop_resume(session_id)
             return False
-        self._resumes[session_id] = [resume_key, takeover]
-        await self.backend.save(resume_key, mine)
         return True
 
     async def _drop_resume(self, session_id: str) -> None:
@@ -1130,15 +1147,15 @@ class CheckpointStore:
         way would then run alongside the next one (under a lease, it stops at its next
         renewal). The keys of takeovers, and the claims' fences, go too.
         """
+        fences = f"{session_key(session_id)}:fence:"
+        for fence in await self.backend.list_keys(fences):
+            if fence[len(fences) :].isdigit():
+                await self.backend.delete(fence)
         prefix = f"{session_key(session_id)}:resume:"
         keys = await self.backend.list_keys(prefix)
         claims = sorted(k for k in keys if k.startswith(prefix) and _RESUME.match(k, len(prefix)))
         for claim in claims:
             await self.backend.delete(claim)
-        fences = f"{session_key(session_id)}:fence:"
-        for fence in await self.backend.list_keys(fences):
-            if fence[len(fences) :].isdigit():
-                await self.backend.delete(fence)
         self._resumes.pop(session_id, None)
         return bool(claims)
 
@@ -1327,14 +1344,12 @@ class CheckpointStore:
         end = self._next_event.get(session_id)
         lease = self._leases.get(session_id)
         try:
-            if lease is not None and callable(getattr(self.backend, "batch_save_if", None)):
-                # Fenced: refused once another worker took the claim over, even when this
-                # write left before the takeover and lands after it (see `_fence`).
-                fenced = {**items, **numbered}
-                if not await self.backend.batch_save_if(lease.fence, lease.nonce, fenced):
-                    raise self._lose(session_id, lease)
-            else:
+            if lease is None:
                 await self.backend.batch_save({**items, **numbered})
+            # Fenced: refused once another worker took the claim over, even when this write
+            # left before the takeover and lands after it (see `claim_resumed`).
+            elif not await self._save_guarded(lease.fence, lease.nonce, {**items, **numbered}):
+                raise self._lose(session_id, lease)
         except BaseException:
             if numbered and end is not None and self._next_event.get(session_id) == end:
                 self._next_event[session_id] = end - len(numbered)
