@@ -549,22 +549,28 @@ class RenewalInFlight(Delegating):
 
     def __init__(self, inner: ar.PersistenceBackend) -> None:
         super().__init__(inner)
-        self.sent, self.land = asyncio.Event(), asyncio.Event()
+        self.sent, self.land, self.landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
-    async def _in_flight(self) -> None:
+    def _in_flight(self) -> bool:
         task = asyncio.current_task()
         renewing = task is not None and task.get_coro().__qualname__ == "CheckpointStore._renew"
-        if renewing and not self.sent.is_set():
-            self.sent.set()
-            await self.land.wait()
+        return renewing and not self.sent.is_set()
 
     async def save(self, key: str, value: bytes) -> None:
-        await self._in_flight()
+        if self._in_flight():
+            self.sent.set()
+            await self.land.wait()
         await self.inner.save(key, value)
 
     async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
-        await self._in_flight()
-        return await self.inner.batch_save_if(guard_key, guard_value, items)
+        if not self._in_flight():
+            return await self.inner.batch_save_if(guard_key, guard_value, items)
+        self.sent.set()
+        await self.land.wait()
+        try:
+            return await self.inner.batch_save_if(guard_key, guard_value, items)
+        finally:
+            self.landed.set()
 
 
 async def test_a_holders_renewal_on_its_way_at_the_takeover_leaves_the_takers_claim(
@@ -656,6 +662,61 @@ async def test_a_claimants_fence_write_on_its_way_at_a_takeover_leaves_the_taker
     inputs = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
     assert [s.action_input for s in done.steps] == inputs
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done
+    assert await backend.list_keys("session:x:resume") == []
+    assert await backend.list_keys("session:x:fence") == []
+    await until(no_other_task)
+
+
+class RenewalLandsAtTheRead(Delegating):
+    """A taker's backend: its read of the claim lets `holder`'s renewal land right after it,
+    and its write of the claim fails (a connection reset: nothing of it is applied)."""
+
+    def __init__(self, inner: ar.PersistenceBackend, holder: RenewalInFlight) -> None:
+        super().__init__(inner)
+        self.holder = holder
+
+    async def load(self, key: str) -> bytes | None:
+        raw = await self.inner.load(key)
+        if key == "session:x:resume:0" and not self.holder.land.is_set():
+            self.holder.land.set()
+            await self.holder.landed.wait()
+        return raw
+
+    async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
+        if "session:x:resume:0" in items:
+            raise ar.PersistenceError("connection reset", key="session:x:resume:0")
+        return await self.inner.batch_save_if(guard_key, guard_value, items)
+
+
+async def test_a_takeover_whose_write_fails_leaves_the_live_holders_claim(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The holder renewed late, after the taker read its (passed) claim; the taker's write of
+    # the claim then failed, and its release deleted the holder's claim and fence: the live
+    # holder stopped, its claim "taken over".
+    await interrupted(backend)
+    in_flight, go = RenewalInFlight(backend), asyncio.Event()
+    answers = [INK, FINAL]
+
+    async def model(prompt: str) -> str:
+        await go.wait()
+        return answers.pop(0)
+
+    holder = asyncio.create_task(worker(in_flight, Effects()).resume("x", model))
+    await in_flight.sent.wait()
+
+    async def lease_passed() -> bool:
+        return bool((await claim_of(backend))["expires_at"] < time.time())
+
+    await until(lease_passed)
+    taker = worker(RenewalLandsAtTheRead(backend, in_flight), Effects())  # type: ignore[arg-type]
+    with pytest.raises(ar.PersistenceError, match="connection reset"):
+        await taker.resume("x", script(INK, FINAL))
+    assert (await claim_of(backend))["expires_at"] > time.time()  # the holder's, renewed
+    go.set()
+    done = await holder
+    inputs = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
+    assert [s.action_input for s in done.steps] == inputs
     assert await backend.list_keys("session:x:resume") == []
     assert await backend.list_keys("session:x:fence") == []
     await until(no_other_task)

@@ -900,13 +900,15 @@ class CheckpointStore:
         mine = self._leased(claim)
         fence = {_fence_of(resume_key): nonce.encode()}
         if await self._save_if_absent(resume_key, mine):
-            # The fence (first, so that it goes before the claim: see `_fence_of`) names
-            # this worker only while the claim is still its own: no renewal has run yet, so
-            # it holds `mine` unless a stall past the lease lost it already.
-            self._resumes[state.session_id] = [*fence, resume_key]
+            # The fence names this worker only while the claim is still its own: no renewal
+            # has run yet, so it holds `mine` unless a stall past the lease lost it already.
+            # It is this worker's to delete once written (first, before the claim: see
+            # `_fence_of`); a write that failed may have landed, but may be a taker's then.
+            self._resumes[state.session_id] = [resume_key]
             if not await self._save_guarded(resume_key, mine, fence):
                 self._resumes.pop(state.session_id, None)  # another worker's claim now
                 self._refuse(state.session_id, _RESUMED, _RESUMED_ADVICE)
+            self._resumes[state.session_id] = [*fence, resume_key]
         elif not await self._take_over(state.session_id, resume_key, mine, fence):
             self._refuse(state.session_id, _RESUMED, _RESUMED_ADVICE)
         # A resume that ended just before this one took the claim: the state is out of date.
@@ -1122,14 +1124,16 @@ class CheckpointStore:
         takeover = f"{resume_key}:{nonce}"
         if not await self._save_if_absent(takeover, _encode("claim", {"takeover": nonce})):
             return False  # another worker took it over
-        self._resumes[session_id] = [*fence, resume_key, takeover]
+        self._resumes[session_id] = [takeover]
         assert raw is not None
+        # The claim and the fence are this worker's to delete only once the write returned:
+        # one that failed may not have landed, and the claim may then be a live holder's.
         if not await self._save_guarded(resume_key, raw, {**fence, resume_key: mine}):
             # Taken over and ended meanwhile (its taker deletes the claim before this key),
             # or renewed: the claim there now, if any, is a later resume's or its holder's.
-            self._resumes[session_id] = [takeover]
             await self._drop_resume(session_id)
             return False
+        self._resumes[session_id] = [*fence, resume_key, takeover]
         return True
 
     async def _drop_resume(self, session_id: str) -> None:
