@@ -52,6 +52,37 @@ async def claim_of(backend: ar.PersistenceBackend) -> dict[str, Any]:
     return claim
 
 
+async def until_lease_passed(backend: ar.PersistenceBackend) -> None:
+    """Waits until the lease of session "x"'s resume claim has passed."""
+
+    async def passed() -> bool:
+        return bool((await claim_of(backend))["expires_at"] < time.time())
+
+    await until(passed)
+
+
+TAKERS_RUN = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
+"""The action inputs of session "x" resumed by a taker that looks up "ink", then answers."""
+
+
+async def held_taker(
+    backend: ar.PersistenceBackend,
+) -> tuple[asyncio.Task[ar.AgentSession], asyncio.Event]:
+    """A worker resuming session "x" (its run: `TAKERS_RUN`), once it holds the claim: its
+    model's first reply is held until the event returned is set."""
+    reached, go = asyncio.Event(), asyncio.Event()
+    answers = [INK, FINAL]
+
+    async def model(prompt: str) -> str:
+        reached.set()
+        await go.wait()
+        return answers.pop(0)
+
+    taker = asyncio.create_task(worker(backend, Effects()).resume("x", model))
+    await reached.wait()
+    return taker, go
+
+
 PACKAGE = str(Path(ar.__file__).parent)
 
 
@@ -220,10 +251,7 @@ async def test_a_holder_whose_claim_was_taken_over_stops_and_runs_no_further_too
     async def holder_done() -> bool:
         return holder.done()
 
-    async def lease_passed() -> bool:
-        return bool((await claim_of(backend))["expires_at"] < time.time())
-
-    await until(lease_passed)
+    await until_lease_passed(backend)
     taker = worker(backend, Effects())
     async with under_way(lambda m: taker.resume("x", m)) as outcome:
         stalled.go.set()  # the holder renews again: it finds its claim taken over
@@ -284,10 +312,7 @@ async def test_a_holder_whose_claim_was_taken_over_writes_nothing_over_the_taker
     await waiting.wait()
     assert stalled.failed
 
-    async def lease_passed() -> bool:
-        return bool((await claim_of(backend))["expires_at"] < time.time())
-
-    await until(lease_passed)
+    await until_lease_passed(backend)
     taker = Effects()
     ink = 'Thought: price\nAction: lookup {"item": "ink"}'
     done = await worker(backend, taker).resume("x", script(ink, FINAL))
@@ -297,10 +322,9 @@ async def test_a_holder_whose_claim_was_taken_over_writes_nothing_over_the_taker
         await holder
     loaded = await ar.AgentSession.load_checkpoint(backend, "x")
     assert loaded == done
-    inputs = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
-    assert [s.action_input for s in loaded.steps] == inputs
+    assert [s.action_input for s in loaded.steps] == TAKERS_RUN
     state = await CheckpointStore(backend).load("x")
-    assert [r.step.action_input for r in state.run_records] == inputs
+    assert [r.step.action_input for r in state.run_records] == TAKERS_RUN
     await until(no_other_task)
 
 
@@ -342,10 +366,7 @@ async def test_a_holders_write_on_its_way_at_the_takeover_is_refused_when_it_lan
     holder = asyncio.create_task(worker(in_flight, Effects()).resume("x", script(PEN, FINAL)))
     await in_flight.sent.wait()
 
-    async def lease_passed() -> bool:
-        return bool((await claim_of(backend))["expires_at"] < time.time())
-
-    await until(lease_passed)
+    await until_lease_passed(backend)
     taker = Effects()
     done = await worker(backend, taker).resume("x", script(INK, FINAL))
     assert taker.calls == [("lookup", "ink")]
@@ -353,9 +374,8 @@ async def test_a_holders_write_on_its_way_at_the_takeover_is_refused_when_it_lan
     with pytest.raises(ar.PersistenceError, match="no longer resumed by this worker"):
         await holder
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done
-    inputs = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
     state = await CheckpointStore(backend).load("x")
-    assert [r.step.action_input for r in state.run_records] == inputs
+    assert [r.step.action_input for r in state.run_records] == TAKERS_RUN
     assert await backend.list_keys("session:x:resume") == []
     assert await backend.list_keys("session:x:fence") == []  # gone with the taker's claim
     in_flight.go.set()
@@ -380,10 +400,7 @@ async def past_its_lease(
     holder = asyncio.create_task(worker(stalled, effects).resume("x", model))
     await reached.wait()
 
-    async def lease_passed() -> bool:
-        return bool((await claim_of(backend))["expires_at"] < time.time())
-
-    await until(lease_passed)
+    await until_lease_passed(backend)
     return holder, wake
 
 
@@ -408,9 +425,8 @@ async def test_a_holder_that_wakes_after_its_lease_passed_writes_nothing_before_
         await holder
     assert [call for call in effects.calls if call[0] != "lookup"] == []  # a lookup may repeat
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done
-    inputs = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
     state = await CheckpointStore(backend).load("x")
-    assert [r.step.action_input for r in state.run_records] == inputs
+    assert [r.step.action_input for r in state.run_records] == TAKERS_RUN
     assert await backend.list_keys("session:x:resume") == []
     stalled.go.set()
     await until(no_other_task)
@@ -588,28 +604,15 @@ async def test_a_holders_renewal_on_its_way_at_the_takeover_leaves_the_takers_cl
     holder = asyncio.create_task(worker(in_flight, Effects()).resume("x", stalled))
     await in_flight.sent.wait()
 
-    async def lease_passed() -> bool:
-        return bool((await claim_of(backend))["expires_at"] < time.time())
-
-    await until(lease_passed)
-    reached, go = asyncio.Event(), asyncio.Event()
-    answers = [INK, FINAL]
-
-    async def model(prompt: str) -> str:
-        reached.set()
-        await go.wait()
-        return answers.pop(0)
-
-    taker = asyncio.create_task(worker(backend, Effects()).resume("x", model))
-    await reached.wait()
+    await until_lease_passed(backend)
+    taker, go = await held_taker(backend)
     in_flight.land.set()
     with pytest.raises(ar.PersistenceError, match="no longer resumed by this worker"):
         await holder
     await asyncio.sleep(LEASE)  # the taker renews its claim meanwhile
     go.set()
     done = await taker
-    inputs = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
-    assert [s.action_input for s in done.steps] == inputs
+    assert [s.action_input for s in done.steps] == TAKERS_RUN
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done
     assert await backend.list_keys("session:x:resume") == []
     await until(no_other_task)
@@ -640,27 +643,14 @@ async def test_a_claimants_fence_write_on_its_way_at_a_takeover_leaves_the_taker
     claimant = asyncio.create_task(worker(in_flight, Effects()).resume("x", script(FINAL)))
     await in_flight.sent.wait()
 
-    async def lease_passed() -> bool:
-        return bool((await claim_of(backend))["expires_at"] < time.time())
-
-    await until(lease_passed)
-    reached, go = asyncio.Event(), asyncio.Event()
-    answers = [INK, FINAL]
-
-    async def model(prompt: str) -> str:
-        reached.set()
-        await go.wait()
-        return answers.pop(0)
-
-    taker = asyncio.create_task(worker(backend, Effects()).resume("x", model))
-    await reached.wait()
+    await until_lease_passed(backend)
+    taker, go = await held_taker(backend)
     in_flight.land.set()
     with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
         await claimant
     go.set()
     done = await taker
-    inputs = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
-    assert [s.action_input for s in done.steps] == inputs
+    assert [s.action_input for s in done.steps] == TAKERS_RUN
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done
     assert await backend.list_keys("session:x:resume") == []
     assert await backend.list_keys("session:x:fence") == []
@@ -705,18 +695,14 @@ async def test_a_takeover_whose_write_fails_leaves_the_live_holders_claim(
     holder = asyncio.create_task(worker(in_flight, Effects()).resume("x", model))
     await in_flight.sent.wait()
 
-    async def lease_passed() -> bool:
-        return bool((await claim_of(backend))["expires_at"] < time.time())
-
-    await until(lease_passed)
+    await until_lease_passed(backend)
     taker = worker(RenewalLandsAtTheRead(backend, in_flight), Effects())  # type: ignore[arg-type]
     with pytest.raises(ar.PersistenceError, match="connection reset"):
         await taker.resume("x", script(INK, FINAL))
     assert (await claim_of(backend))["expires_at"] > time.time()  # the holder's, renewed
     go.set()
     done = await holder
-    inputs = [{"a": 1, "b": 1}, {"item": "ink"}, "finished"]
-    assert [s.action_input for s in done.steps] == inputs
+    assert [s.action_input for s in done.steps] == TAKERS_RUN
     assert await backend.list_keys("session:x:resume") == []
     assert await backend.list_keys("session:x:fence") == []
     await until(no_other_task)
@@ -799,7 +785,6 @@ async def test_a_leased_resume_on_a_backend_without_batch_save_if_writes_as_befo
     backend = Older(ar.InMemoryBackend())
     await interrupted(backend)  # type: ignore[arg-type]
     done = await worker(backend, Effects()).resume("x", script(PEN, FINAL))  # type: ignore[arg-type]
-    inputs = [{"a": 1, "b": 1}, {"item": "pen"}, "finished"]
-    assert [s.action_input for s in done.steps] == inputs
+    assert [s.action_input for s in done.steps] == [{"a": 1, "b": 1}, {"item": "pen"}, "finished"]
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done  # type: ignore[arg-type]
     assert await backend.list_keys("session:x:fence") == []
