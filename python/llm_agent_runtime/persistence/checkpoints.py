@@ -866,10 +866,12 @@ class CheckpointStore:
         writes nothing over its taker's records, whichever of its run and its renewal goes
         first. A write already on its way to the backend when the holder stalled is refused
         too, where the backend has `batch_save_if` (all of this package's do): the claim's
-        fence, `session:<id>:fence:<first_step>`, holds the nonce of the worker
-        whose writes of the run's steps, events and final checkpoint, and renewals of the
-        claim, land: each is written only if it still holds its writer's; a taker points it
-        at itself before it checks the stored steps. The tool-call journal's writes are not fenced:
+        fence, `session:<id>:fence:<first_step>`, holds the nonce of the worker whose
+        writes of the run's steps, events and final checkpoint, and renewals of the claim,
+        land: each is written only if the fence still holds its writer's. A claimant writes
+        the fence only while the claim is its own, a taker with the claim in one write (if
+        the claim still holds what it read), both before they check the stored steps; the
+        fence is deleted before its claim. The tool-call journal's writes are not fenced:
         its idempotency keys and intents written insert-if-absent keep at-most-once tools
         safe.
 
@@ -900,10 +902,9 @@ class CheckpointStore:
         mine = self._leased(claim)
         fence = {_fence_of(resume_key): nonce.encode()}
         if await self._save_if_absent(resume_key, mine):
-            # The fence names this worker only while the claim is still its own: no renewal
-            # has run yet, so it holds `mine` unless a stall past the lease lost it already.
-            # It is this worker's to delete once written (first, before the claim: see
-            # `_fence_of`); a write that failed may have landed, but may be a taker's then.
+            # The fence is written while the claim holds `mine` (no renewal has run yet; a
+            # stall past the lease may have lost it), and is this worker's to delete only
+            # once written (before the claim: see `_fence_of`).
             self._resumes[state.session_id] = [resume_key]
             if not await self._save_guarded(resume_key, mine, fence):
                 self._resumes.pop(state.session_id, None)  # another worker's claim now
@@ -1008,9 +1009,9 @@ class CheckpointStore:
     async def _extend(self, lease: _Lease) -> bool:
         """Writes `lease`'s claim again, expiring a lease from now; returns whether it did.
 
-        Fenced as the run's writes are (see `claim_resumed`): a renewal that left before a takeover
-        and lands after it is refused, rather than write this worker's claim over the
-        taker's. False then: the claim is lost.
+        Fenced as the run's writes are (see `claim_resumed`): a renewal that left before a
+        takeover and lands after it is refused, rather than write this worker's claim over
+        the taker's. False then: the claim is lost.
         """
         assert self.resume_lease_seconds is not None
         written = time.monotonic()
