@@ -699,7 +699,9 @@ async def test_a_takeover_whose_write_fails_leaves_the_live_holders_claim(
     taker = worker(RenewalLandsAtTheRead(backend, in_flight), Effects())  # type: ignore[arg-type]
     with pytest.raises(ar.PersistenceError, match="connection reset"):
         await taker.resume("x", script(INK, FINAL))
-    assert (await claim_of(backend))["expires_at"] > time.time()  # the holder's, renewed
+    # The holder's claim and fence are left as they were; the taker's takeover key is gone.
+    assert await backend.list_keys("session:x:resume:") == ["session:x:resume:0"]
+    assert await backend.list_keys("session:x:fence:") == ["session:x:fence:0"]
     go.set()
     done = await holder
     assert [s.action_input for s in done.steps] == TAKERS_RUN
