@@ -37,6 +37,29 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 silently, so a name is checked here."""
 
 
+def _upsert(
+    c: sqlite3.Connection, items: Mapping[str, bytes], guard: tuple[str, bytes] | None = None
+) -> bool:
+    """Writes `items` in one transaction; returns whether it wrote.
+
+    With a `guard` (key, value), only if that key holds that value, checked in the
+    transaction (`BEGIN IMMEDIATE` holds the write lock from before the check).
+    """
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        if guard is not None:
+            held = c.execute("SELECT value FROM kv WHERE key = ?", (guard[0],)).fetchone()
+            if held is None or bytes(held[0]) != guard[1]:
+                c.execute("ROLLBACK")
+                return False
+        c.executemany(_UPSERT, items.items())
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+    c.execute("COMMIT")
+    return True
+
+
 class SqliteBackend:
     """Key -> bytes storage in one SQLite file.
 
@@ -150,18 +173,7 @@ class SqliteBackend:
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
         """Stores every item in one transaction (all or none)."""
         checked = check_items(items)
-        rows = list(checked.items())
-
-        def write(c: sqlite3.Connection) -> None:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.executemany(_UPSERT, rows)
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            c.execute("COMMIT")
-
-        await self._run(None, write, checked)
+        await self._run(None, lambda c: _upsert(c, checked), checked)
 
     async def batch_save_if(
         self, guard_key: str, guard_value: bytes, items: Mapping[str, bytes]
@@ -171,25 +183,9 @@ class SqliteBackend:
         Returns whether it wrote. `BEGIN IMMEDIATE` takes the write lock before the check:
         no other connection writes the guard between the check and the commit.
         """
-        guard_value = check_value(check_key(guard_key), guard_value)
+        guard = (check_key(guard_key), check_value(guard_key, guard_value))
         checked = check_items(items)
-        rows = list(checked.items())
-
-        def write(c: sqlite3.Connection) -> bool:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                held = c.execute("SELECT value FROM kv WHERE key = ?", (guard_key,)).fetchone()
-                if held is None or bytes(held[0]) != guard_value:
-                    c.execute("ROLLBACK")
-                    return False
-                c.executemany(_UPSERT, rows)
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            c.execute("COMMIT")
-            return True
-
-        return await self._run(guard_key, write, checked)
+        return await self._run(guard_key, lambda c: _upsert(c, checked, guard), checked)
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
