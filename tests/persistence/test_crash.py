@@ -15,6 +15,8 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,9 @@ TRIALS = 50
 EXPECTED = sum(i * i for i in range(TOOL_CALLS))
 
 
-def start(tmp: Path, store: str, session_id: str, action: str) -> subprocess.Popen[str]:
+@contextmanager
+def started(tmp: Path, store: str, session_id: str, action: str) -> Iterator[subprocess.Popen[str]]:
+    """A worker that printed `ready`; killed, reaped and its pipes closed on the way out."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -41,9 +45,16 @@ def start(tmp: Path, store: str, session_id: str, action: str) -> subprocess.Pop
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == "ready", process.stderr
-    return process
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready", process.stderr
+        yield process
+    finally:  # also when a trial fails or times out: no process or pipe left to a later test
+        process.kill()
+        process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def store_for(kind: str, tmp: Path) -> str:
@@ -59,6 +70,8 @@ def store_for(kind: str, tmp: Path) -> str:
     return dsn
 
 
+# 100 worker processes: ~30 s on a quiet 2-core machine, several times that on a loaded one.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("kind", ["sqlite", "file", "postgres"])
 def test_sigkill_at_random_moments_then_resume(tmp_path: Path, kind: str) -> None:
     store = store_for(kind, tmp_path)
@@ -69,19 +82,17 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path, kind: str) -> Non
     for trial in range(TRIALS):
         session_id = f"{tmp_path.name}-{kind}-{run}-{trial}"
         (tmp_path / f"{session_id}.effects").touch()
-        worker = start(tmp_path, store, session_id, "run")
-        time.sleep(rng.uniform(0.0, 0.08))  # the run takes ~50 ms
-        worker.send_signal(signal.SIGKILL)
-        worker.communicate(timeout=30)  # reaps it and closes its pipes
+        with started(tmp_path, store, session_id, "run") as worker:
+            time.sleep(rng.uniform(0.0, 0.08))  # the run takes ~50 ms
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=30)
         killed_mid_run += worker.returncode == -signal.SIGKILL
-        resumed = start(tmp_path, store, session_id, "resume")
-        # Read through the same buffered pipes `start` read "ready" from (communicate() would
-        # bypass their buffers and could miss output read ahead with that line).
-        assert resumed.stdout is not None and resumed.stderr is not None
-        out, err = resumed.stdout.read(), resumed.stderr.read()
-        resumed.stdout.close()
-        resumed.stderr.close()
-        assert resumed.wait(timeout=60) == 0, err
+        with started(tmp_path, store, session_id, "resume") as resumed:
+            # Read through the same buffered pipes `started` read "ready" from (communicate()
+            # would bypass their buffers and could miss output read ahead with that line).
+            assert resumed.stdout is not None and resumed.stderr is not None
+            out, err = resumed.stdout.read(), resumed.stderr.read()
+            assert resumed.wait(timeout=60) == 0, err
         assert out.strip() == f"answer {EXPECTED} steps {TOOL_CALLS + 1}", (trial, out, err)
         effects = (tmp_path / f"{session_id}.effects").read_text().split()
         invocations = Counter((tmp_path / f"{session_id}.invocations").read_text().split())
