@@ -326,6 +326,8 @@ async def test_cancellation_mid_tool() -> None:
     assert session.step_count == 0 and session.final_answer is None
     snap = rt.metrics.snapshot()
     assert snap.active_sessions == 0 and snap.total_tool_calls == 1
+    # Failed, as its ToolCallFinished says: a cut-off call is no success.
+    assert snap.failed_tool_calls == 1 and snap.tool_failures == {"hang": 1}
 
 
 async def test_capabilities_and_budget_enforced() -> None:
@@ -354,6 +356,51 @@ async def test_approval_handler_deny_edit_and_cache() -> None:
     assert s2.steps[0].error_kind == "permanent" and "denied: no" in s2.steps[0].observation
 
 
+async def test_a_remembered_denial_then_an_edit_of_the_same_arguments_win_over_an_approval() -> (
+    None
+):
+    asked: list[Any] = []
+
+    def approve(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        asked.append(args)
+        if args["a"] == 2:  # these arguments, and these only, run as 10 + 1
+            return ar.ApprovalDecision("edit", arguments={"a": 10, "b": 1}, remember=True)
+        if args["a"] == 4:
+            return ar.ApprovalDecision("deny", reason="no", remember=True)
+        return ar.ApprovalDecision("approve", remember=True)
+
+    other = 'Thought: t\nAction: add {"a": 1, "b": 1}'
+    denied = 'Thought: t\nAction: add {"a": 4, "b": 1}'
+    rt = ar.AgentRuntime(tools=[add], approval_handler=approve)
+    s = await rt.run_agent("a", "q", react(ADD, other, ADD, FINAL))
+    assert [st.observation for st in s.steps[:3]] == ["11", "2", "11"]  # the edit, still
+    assert len(asked) == 2
+    rt = ar.AgentRuntime(tools=[add], approval_handler=approve)
+    s = await rt.run_agent("a", "q", react(ADD, denied, ADD, FINAL))
+    assert s.steps[0].observation == "11"
+    assert [st.error_kind for st in s.steps[1:3]] == ["permanent", "permanent"]
+    assert "denied: no" in s.steps[2].observation  # the tool's denial wins over the edit
+    assert len(asked) == 4
+
+
+async def test_capabilities_and_an_approval_handler_set_after_construction_apply() -> None:
+    rt = ar.AgentRuntime(tools=[add])
+    rt.capabilities = ar.CapabilitySet(allowed_tools=["other"])
+    with pytest.raises(ar.PolicyDeniedError):
+        await rt.run_agent("a", "q", react(ADD, FINAL))
+    rt.capabilities = None
+    rt.approval_handler = lambda session, tool, args: ar.ApprovalDecision("deny", reason="no")
+    s = await rt.run_agent("a", "q", react(ADD, FINAL))
+    assert "denied: no" in s.steps[0].observation
+    rt.approval_handler = None
+    assert (await rt.run_agent("a", "q", react(ADD, FINAL))).steps[0].observation == "5"
+    with pytest.raises(ar.AgentRuntimeError, match="callable"):
+        rt.approval_handler = "yes"  # type: ignore[assignment]
+    with pytest.raises(ar.AgentRuntimeError, match="capabilities"):
+        rt.capabilities = object()  # type: ignore[assignment]
+    assert rt.approval_handler is None and rt.capabilities is None  # refused: unchanged
+
+
 async def test_middlewares_rewrite() -> None:
     class Rewriter(ar.Middleware):
         def on_user_message(self, session: ar.AgentSession, text: str) -> str:
@@ -368,11 +415,12 @@ async def test_middlewares_rewrite() -> None:
         def on_tool_call(self, session: ar.AgentSession, tool: str, args: Any) -> Any:
             return tool, {"a": 100, "b": 1}
 
-    rt = ar.AgentRuntime(tools=[add], middlewares=[Rewriter()])
-    infer = react("garbage", FINAL)
-    s = await rt.run_agent("a", "question", infer)
-    assert "QUESTION" in infer.prompts[0] and infer.prompts[0].endswith("[pre]")
-    assert s.steps[0].observation == "101"
+    for middlewares in ([Rewriter()], (m for m in [Rewriter()])):  # any iterable, read once
+        rt = ar.AgentRuntime(tools=[add], middlewares=middlewares)  # type: ignore[arg-type]
+        infer = react("garbage", FINAL)
+        s = await rt.run_agent("a", "question", infer)
+        assert "QUESTION" in infer.prompts[0] and infer.prompts[0].endswith("[pre]")
+        assert s.steps[0].observation == "101"
 
 
 async def test_multi_turn_session_trims_history() -> None:

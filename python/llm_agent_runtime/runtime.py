@@ -137,7 +137,9 @@ class ApprovalDecision:
         arguments: The edited arguments, for `edit`.
         reason: Told to the model when the call is denied.
         remember: Reuse this decision for later calls of the same tool in the session (an
-            edit: for later calls with the same arguments). A runtime remembers the
+            edit: for later calls with the same arguments). Of two remembered decisions that
+            answer a call, a denial of the tool comes first, then an edit of these
+            arguments, then an approval of the tool. A runtime remembers the
             decisions of its `REMEMBERED_APPROVAL_SESSIONS` most recently run sessions (the
             handler is asked again in an older one), so one-off runs cannot pile them up.
 
@@ -352,10 +354,6 @@ class AgentRuntime:
             )
         if resume_lease_seconds is not None and checkpoint_backend is None:
             raise AgentRuntimeError("resume_lease_seconds needs a checkpoint_backend")
-        if approval_handler is not None and not callable(approval_handler):
-            raise AgentRuntimeError("approval_handler must be callable")
-        if capabilities is not None:
-            _required("capabilities", capabilities, ["check_tool", "record_action"])
         if budget is not None:
             _required("budget", budget, ["record", "check"])
         if metrics is not None and not isinstance(metrics, RuntimeMetrics):
@@ -364,9 +362,9 @@ class AgentRuntime:
             )
         if isinstance(tools, ToolSpec):
             raise AgentRuntimeError(f"tools must be a list of ToolSpec, got one ({tools.name!r})")
-        middlewares = middlewares or ()
         if isinstance(middlewares, Middleware):
             raise AgentRuntimeError("middlewares must be a list of Middleware, got one Middleware")
+        middlewares = tuple(middlewares or ())  # read once: a generator is read to its end
         for middleware in middlewares:
             if not isinstance(middleware, Middleware):
                 raise AgentRuntimeError(
@@ -399,8 +397,9 @@ class AgentRuntime:
         # Resumed runs under a lease, in progress, by session: the task each runs in, and
         # the error of its claim, once lost (see `_unless_resume_lost`).
         self._resume_leases: dict[str, tuple[asyncio.Task[Any], list[PersistenceError]]] = {}
-        self.approval_handler = approval_handler
-        self.capabilities = capabilities
+        self._approval_handler: ApprovalHandler | None = None
+        self._capabilities: CapabilitySet | None = None
+        self._guarded = False
         self.budget = budget
         self.events = EventBus()
         """Subscribe with `runtime.events.subscribe()` or `runtime.events.on(callback)`."""
@@ -427,12 +426,43 @@ class AgentRuntime:
         self._approvals: dict[str, dict[str | tuple[str, str], ApprovalDecision]] = {}
         self._approval_locks: dict[str, dict[str, asyncio.Lock]] = {}
         self._semantic_recall = bool(getattr(memory, "has_embedder", False))
-        # Whether a tool call passes capabilities, middlewares or an approval before it runs.
-        self._guarded = bool(
-            capabilities is not None or self._hooks["on_tool_call"] or approval_handler is not None
-        )
+        self.approval_handler = approval_handler
+        self.capabilities = capabilities
         if self._checkpoints is not None:  # a recorder: the log is no listener (no deltas)
             self.events._add_recorder(self._log_event)
+
+    @property
+    def approval_handler(self) -> ApprovalHandler | None:
+        """Approves, denies or edits tool calls; may be set or cleared between runs."""
+        return self._approval_handler
+
+    @approval_handler.setter
+    def approval_handler(self, handler: ApprovalHandler | None) -> None:
+        if handler is not None and not callable(handler):
+            raise AgentRuntimeError("approval_handler must be callable")
+        self._approval_handler = handler
+        self._update_guarded()
+
+    @property
+    def capabilities(self) -> CapabilitySet | None:
+        """Tools allowed and actions budget, checked per call; may be set between runs."""
+        return self._capabilities
+
+    @capabilities.setter
+    def capabilities(self, capabilities: CapabilitySet | None) -> None:
+        if capabilities is not None:
+            _required("capabilities", capabilities, ["check_tool", "record_action"])
+        self._capabilities = capabilities
+        self._update_guarded()
+
+    def _update_guarded(self) -> None:
+        # Whether a tool call passes capabilities, middlewares or an approval before it runs:
+        # kept in a flag, since every call asks.
+        self._guarded = bool(
+            self._capabilities is not None
+            or self._hooks["on_tool_call"]
+            or self._approval_handler is not None
+        )
 
     @safe_repr
     def __repr__(self) -> str:
@@ -824,7 +854,7 @@ class AgentRuntime:
             if self._checkpoints is not None:  # nothing of an ended run stays in memory
                 self._durable_runs.pop(session_id, None)
                 self._checkpoints.forget(session_id)
-            if self.approval_handler is not None:
+            if self._approval_locks or self._approvals:  # also if the handler went meanwhile
                 self._drop_unremembered_approvals(session_id)
             if guard is not None:
                 guard.release()
@@ -1494,6 +1524,9 @@ class AgentRuntime:
                     name, arguments, self.config.max_observation_chars, key
                 )
         except BaseException as error:  # cancelled, timed out, or a policy error: it goes on
+            self.metrics.record_tool_failure(counted, session.agent_id)  # as the events say
+            if busy is not None:
+                busy.stop()
             if events.active:  # a started call finishes in the events too, as it ended
                 try:
                     self._emit_interrupted(session, step_index, name, error, start)
@@ -1642,8 +1675,11 @@ class AgentRuntime:
         locks = self._approval_locks.setdefault(session.session_id, {})
         async with locks.setdefault(name, asyncio.Lock()):
             # Approvals and denials are remembered per tool; an edit only for the same
-            # arguments, since its edited arguments answer that call alone.
-            cached = cache.get(name) or cache.get((name, _arguments_key(arguments)))
+            # arguments, since its edited arguments answer that call alone. A remembered
+            # denial of the tool wins over all; then the edit for these arguments.
+            cached = cache.get(name)
+            if cached is None or cached.action != "deny":
+                cached = cache.get((name, _arguments_key(arguments))) or cached
             if cached is not None:
                 return cached
             assert self.approval_handler is not None
