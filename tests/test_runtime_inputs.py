@@ -430,3 +430,117 @@ def test_a_journaled_call_without_an_id_gets_one() -> None:
     ]
     with pytest.raises(ar.PersistenceError, match="journaled tool call 0 has no name"):
         runtime_module._journaled_calls([{"id": "c", "name": None}])
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (float("nan"), "not JSON compliant"),
+        (float("inf"), "not JSON compliant"),
+        ({1, 2}, "set is not JSON serializable"),
+        ({(1, 2): 3}, "keys must be str"),
+    ],
+)
+async def test_model_params_values_must_be_json_data(value: Any, message: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=r"model_params\['p'\] is not JSON data"):
+        ar.AgentConfig(model_params={"p": value})
+    config = ar.AgentConfig(mode="tools", model_params={"p": 0.5})
+    rt = ar.AgentRuntime(config)
+    config.model_params["p"] = value  # changed in place: checked when a run reads it
+    with pytest.raises(ar.AgentRuntimeError, match=message):
+        await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider(["done"]))
+
+
+# ------------------------------------------------------------------ providers and sessions
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_provider_class_given_for_an_instance_is_refused_before_the_run(mode: str) -> None:
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode))  # type: ignore[arg-type]
+    provider: Any = ar.ScriptedProvider
+    with pytest.raises(ar.AgentRuntimeError, match="must be an instance, got the class"):
+        await rt.run_agent_with_provider("a", "q", provider)
+    with pytest.raises(ar.AgentRuntimeError, match="must be an instance, got the class"):
+        await rt.run_turn(rt.create_session("a"), "q", provider)
+    assert rt.metrics.snapshot().total_sessions == 0  # no run started
+
+
+async def test_a_provider_that_is_callable_too_is_asked_through_its_chat() -> None:
+    class ChatOnly:
+        """A provider with `chat` alone (no `complete`, no streams), callable for another use."""
+
+        def __init__(self, reply: str) -> None:
+            self.scripted = ar.ScriptedProvider([reply])
+
+        async def chat(self, *args: Any, **kwargs: Any) -> ChatResponse:
+            return await self.scripted.chat(*args, **kwargs)
+
+        async def __call__(self, prompt: str) -> str:
+            return "not a ReAct step"
+
+    for mode in ("react", "tools"):
+        rt = ar.AgentRuntime(ar.AgentConfig(mode=mode))
+        provider: Any = ChatOnly(FINAL if mode == "react" else "ok")
+        assert await rt.run_turn(rt.create_session("a"), "q", provider) == "ok"
+
+
+@pytest.mark.parametrize("messages", [(), None, {"role": "user"}])
+async def test_session_messages_that_are_no_list_are_refused_before_the_model_is_asked(
+    messages: Any,
+) -> None:
+    asked: list[str] = []
+
+    async def model(prompt: str) -> str:
+        asked.append(prompt)
+        return FINAL
+
+    rt = ar.AgentRuntime()
+    session = rt.create_session("a")
+    session.messages = messages
+    with pytest.raises(ar.AgentRuntimeError, match=r"session\.messages must be a list"):
+        await rt.run_turn(session, "q", model)
+    assert asked == [] and session.final_answer is None and session.steps == []
+
+
+@pytest.mark.parametrize("arguments", [{(1, 2): 3}, "loop"])
+async def test_history_tool_call_arguments_that_are_not_json_data_are_named(
+    arguments: Any,
+) -> None:
+    if arguments == "loop":
+        arguments = {}
+        arguments["self"] = arguments
+    call = {"id": "c1", "name": "add", "arguments": arguments}
+    rt = ar.AgentRuntime(tools=[add])
+    session = rt.create_session("a")
+    session.messages = [
+        {"role": "user", "content": "add"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "3", "tool_call_id": "c1", "name": "add"},
+    ]
+    with pytest.raises(ar.AgentRuntimeError, match="session message 2: a tool call's arguments"):
+        await rt.run_turn(session, "q", final)
+
+
+async def test_a_session_runs_one_turn_at_a_time_across_runtimes() -> None:
+    release = asyncio.Event()
+
+    async def slow(prompt: str) -> str:
+        await release.wait()
+        return FINAL
+
+    first, second = ar.AgentRuntime(), ar.AgentRuntime()
+    session = first.create_session("a")
+    running = asyncio.create_task(first.run_turn(session, "one", slow))
+    await asyncio.sleep(0)
+    with pytest.raises(ar.AgentRuntimeError, match="already running a turn"):
+        await second.run_turn(session, "two", final)
+    release.set()
+    assert await running == "ok"
+    assert await second.run_turn(session, "two", final) == "ok"  # free once it ended
+    assert [m["content"] for m in session.messages] == ["one", "ok", "two", "ok"]
+    # A run the other runtime's backpressure sheds leaves the session free too.
+    shedding = ar.AgentRuntime(backpressure=ar.BackpressureGuard(capacity=1))
+    assert shedding.backpressure is not None
+    shedding.backpressure.acquire()
+    with pytest.raises(ar.BackpressureShedError):
+        await shedding.run_turn(session, "three", final)
+    assert await first.run_turn(session, "three", final) == "ok"
+    assert not runtime_module._SESSIONS_RUNNING

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -54,7 +55,8 @@ class AgentConfig(BaseModel):
             {"type": "enabled", "budget_tokens": 2048}}` for Anthropic's. Read when a run
             starts. Keys the runtime sets itself (`RUNTIME_PARAMS`: messages, tools, model,
             stop, stop_sequences, stream, stream_options, system) are refused: set `model`,
-            `stop_sequences`, `system_prompt` and `mode` instead.
+            `stop_sequences`, `system_prompt` and `mode` instead. Values are JSON data, as
+            the request bodies carry them (no NaN or infinity, no sets, string keys).
     """
 
     # `protected_namespaces=()`: `model_params` is a setting, not pydantic's (before 2.10,
@@ -97,10 +99,12 @@ class AgentConfig(BaseModel):
 
 
 def check_model_params(params: dict[str, Any]) -> None:
-    """Refuses `model_params` that name a key the runtime sets itself, or a key not a str.
+    """Refuses `model_params` that request bodies cannot carry as they are.
+
+    That is a key the runtime sets itself, a key not a str, or a value that is not JSON data.
 
     Raises:
-        ValueError: Saying which keys.
+        ValueError: Saying which key.
     """
     odd = [key for key in params if not isinstance(key, str)]
     if odd:
@@ -111,3 +115,10 @@ def check_model_params(params: dict[str, Any]) -> None:
             f"model_params cannot set {taken}: the runtime sets them itself (use the "
             "AgentConfig settings model, stop_sequences, system_prompt and mode)"
         )
+    for key, value in params.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as error:
+            raise ValueError(
+                f"model_params[{key!r}] is not JSON data, which a request body carries: {error}"
+            ) from None

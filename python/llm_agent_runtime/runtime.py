@@ -81,6 +81,8 @@ from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, _trunca
 # The checkpoint machinery is imported where it is used, all of it behind a checkpoint
 # backend: a runtime without one (and its import) never loads it.
 if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
     from llm_agent_runtime.orchestration import BackpressureGuard, CapabilitySet, CostBudget
     from llm_agent_runtime.persistence.base import PersistenceBackend
     from llm_agent_runtime.persistence.checkpoints import (
@@ -534,11 +536,9 @@ class AgentRuntime:
             AgentLoopError: As `run_agent`, or the reply that would end the run or name a
                 tool's input was cut off (see above).
         """
-        if self.config.mode == "tools":
-            if not callable(getattr(provider, "chat", None)):
-                self._check_provider(provider)
-            return await self._run(agent_id, prompt, None, provider, session)
         self._check_provider(provider)
+        if self.config.mode == "tools":
+            return await self._run(agent_id, prompt, None, provider, session)
         return await self._run(agent_id, prompt, self._text_model(provider), None, session)
 
     def create_session(self, agent_id: str, session_id: str | None = None) -> AgentSession:
@@ -586,9 +586,13 @@ class AgentRuntime:
             raise AgentRuntimeError(
                 f"session must be an AgentSession (see create_session), got {_kind(session)}"
             )
+        if not isinstance(session.messages, list):  # the turn is added to it, once answered
+            raise AgentRuntimeError(
+                f"session.messages must be a list of messages, got {_kind(session.messages)}"
+            )
         history = self.trim_history(session.messages)
         agent_id = session.agent_id
-        if callable(provider) and not isinstance(provider, LlmProvider):
+        if _is_infer(provider):
             result = await self._run(agent_id, message, provider, None, session, history)
         else:
             self._check_provider(provider)
@@ -601,12 +605,17 @@ class AgentRuntime:
         return result.final_answer
 
     def _check_provider(self, provider: Any) -> None:
-        """Raises `AgentRuntimeError` when `provider` lacks the method this runtime calls."""
+        """Raises `AgentRuntimeError` when `provider` lacks the method this runtime calls.
+
+        That is `chat` when it has one (a text model is asked through it too: see
+        `_text_model`), else `chat` in tools mode or with stop sequences, else `complete`;
+        and a provider's class given for an instance is refused.
+        """
         if callable(getattr(provider, "chat", None)):
-            return
-        method = "chat" if self.config.mode == "tools" or self._stops else "complete"
-        if not callable(getattr(provider, method, None)):
-            _required("provider", provider, [method])
+            method = "chat"
+        else:
+            method = "chat" if self.config.mode == "tools" or self._stops else "complete"
+        _required("provider", provider, [method])
 
     def _call_params(self) -> dict[str, Any]:
         """The keyword arguments of a run's model calls: model, stop sequences, model_params.
@@ -684,7 +693,12 @@ class AgentRuntime:
         for n, message in enumerate(messages, 1):
             if (problem := message_problem(message)) is not None:
                 raise AgentRuntimeError(f"session message {n}: {problem}")
-            size = _history_chars(message)
+            try:
+                size = _history_chars(message)
+            except (TypeError, ValueError, RecursionError) as error:  # not JSON data
+                raise AgentRuntimeError(
+                    f"session message {n}: a tool call's arguments are not JSON data ({error})"
+                ) from None
             role = message["role"]
             if role == "system":
                 budget -= size
@@ -738,7 +752,10 @@ class AgentRuntime:
             self._refresh_tools()
         session_id = session.session_id
         running = self._running
-        if session_id in running:
+        # Checked and marked with no await in between: no other task runs this session now,
+        # nor (marked by the session object, in one step: a thread may be at it) any other
+        # runtime.
+        if session_id in running or _SESSIONS_RUNNING.setdefault(id(session), self) is not self:
             raise AgentRuntimeError(
                 f"session {session_id!r} is already running a turn: a session runs one turn "
                 "at a time (await the running one first)"
@@ -747,12 +764,14 @@ class AgentRuntime:
         if guard is not None:
             try:
                 guard.acquire()
-            except BackpressureShedError:
-                # Counted once: by the guard when it counts into these metrics.
-                if getattr(guard, "_metrics", None) is not self.metrics:
+            except BaseException as error:
+                del _SESSIONS_RUNNING[id(session)]
+                # A shed is counted once: by the guard when it counts into these metrics.
+                if isinstance(error, BackpressureShedError) and (
+                    getattr(guard, "_metrics", None) is not self.metrics
+                ):
                     self.metrics.record_backpressure_shed()
                 raise
-        # Checked and marked with no await in between: no other task runs this session now.
         running.add(session_id)
         metrics = self.metrics
         # The async callbacks the run's events start: the run waits for them once it has let
@@ -851,6 +870,7 @@ class AgentRuntime:
                 metrics.session_finished()
         finally:
             running.discard(session_id)
+            del _SESSIONS_RUNNING[id(session)]
             if self._checkpoints is not None:  # nothing of an ended run stays in memory
                 self._durable_runs.pop(session_id, None)
                 self._checkpoints.forget(session_id)
@@ -2243,9 +2263,8 @@ class AgentRuntime:
         # A turn goes on with the history it started with (`session()` gives it).
         history = self.trim_history(session.messages) if state.turn else None
         agent_id, prompt = state.agent_id, state.prompt
-        # A provider is told from a model as `run_turn` tells it: a provider need not have
-        # every method of `LlmProvider`, only the ones its mode calls.
-        if callable(model) and not isinstance(model, LlmProvider):
+        # A provider is told from a model as `run_turn` tells it.
+        if _is_infer(model):
             _check_resume_mode(session_id, state.mode, "react")
             return await self._run(agent_id, prompt, model, None, session, history, state)
         _check_resume_mode(session_id, state.mode, self.config.mode)
@@ -2356,6 +2375,24 @@ class AgentRuntime:
         if self._checkpoints is None:
             raise AgentRuntimeError("the event log needs a checkpoint_backend")
         return await self._checkpoints.events(session_id)
+
+
+def _is_infer(model: InferFn | LlmProvider) -> TypeIs[InferFn]:
+    """Whether `model` is an `infer` function, not a provider nor a provider's class.
+
+    A provider need not have every method of `LlmProvider`: it has `chat` or `complete`.
+    """
+    return (
+        callable(model)
+        and not isinstance(model, type)
+        and not callable(getattr(model, "chat", None))
+        and not callable(getattr(model, "complete", None))
+    )
+
+
+_SESSIONS_RUNNING: dict[int, AgentRuntime] = {}
+"""The sessions with a run in progress, in any runtime of this process: by the session
+object's id (not reused meanwhile: the run holds the object), the runtime running it."""
 
 
 def _add_turn(session: AgentSession, prompt: str, answer: str) -> None:
