@@ -261,6 +261,9 @@ fn dim_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
 /// The `word_ngrams` argument: an int >= 1 (the upper bound, [`MAX_NGRAM`], is checked by
 /// `Hashing::new`).
 fn word_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::not_bool(value, |_| {
+        CoreError::Memory("word_ngrams must be an int, got bool".into())
+    })?;
     match args::to_usize(value)? {
         Ok(n) if n >= 1 => Ok(n),
         Ok(n) => Err(CoreError::Memory(format!("word_ngrams must be at least 1, got {n}")).into()),
@@ -272,10 +275,19 @@ fn word_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
 }
 
 /// The `char_ngrams` argument: a pair of ints >= 0 (the upper bound, [`MAX_NGRAM`], is
-/// checked by `Hashing::new`).
+/// checked by `Hashing::new`); anything else (not a pair, a bool in it) is refused.
 fn char_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
-    let (min, max) = value.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
+    let Ok((min, max)) = value.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>() else {
+        let got = value.repr()?;
+        return Err(CoreError::Memory(format!(
+            "char_ngrams must be a (min, max) tuple of ints, got {got}"
+        ))
+        .into());
+    };
     let bound = |v: &Bound<'_, PyAny>| -> PyResult<usize> {
+        args::not_bool(v, |_| {
+            CoreError::Memory("char_ngrams must hold ints, got a bool".into())
+        })?;
         match args::to_usize(v)? {
             Ok(n) => Ok(n),
             Err(OutOfRange::Negative(v)) => {

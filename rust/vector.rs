@@ -1208,14 +1208,21 @@ fn id_to_i64(id: u64) -> i64 {
 
 /// An id argument of `get` and `in`: a Python int of any size; one that no vector can have
 /// (negative, or above [`MAX_ID`]) is `None`, and so is a `bool` (an `int` subclass, but no
-/// id: `add` and `remove` refuse it).
+/// id: `add` and `remove` refuse it) and anything not an int (`"a" in index` is False, as
+/// in a Python container).
 fn id_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<u64>> {
     if args::not_bool(value, bool_id).is_err() {
         return Ok(None);
     }
+    let py = value.py();
     match value.extract::<i64>() {
         Ok(id) => Ok(u64::try_from(id).ok()),
-        Err(e) if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(value.py()) => Ok(None),
+        Err(e)
+            if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(py)
+                || e.is_instance_of::<pyo3::exceptions::PyTypeError>(py) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -1553,7 +1560,8 @@ impl PyVectorIndex {
     ///     A float32 array of length dim, or None when `id` is not in the index.
     ///
     /// Raises:
-    ///     MemoryStoreError: `id` is not a valid id (negative, above 2**63 - 1, or a bool).
+    ///     MemoryStoreError: `id` is not a valid id (negative, above 2**63 - 1, a bool, or
+    ///         not an int).
     ///     PersistenceError: float32 copies kept in a file cannot be read (in a forked
     ///         child, they never can: see the class docs).
     fn get<'py>(
@@ -1563,7 +1571,7 @@ impl PyVectorIndex {
     ) -> PyResult<Option<Bound<'py, numpy::PyArray1<f32>>>> {
         let Some(id) = id_arg(id)? else {
             args::not_bool(id, bool_id)?;
-            let why = format!("ids go from 0 to 2**63 - 1, got {}", id.str()?);
+            let why = format!("ids go from 0 to 2**63 - 1, got {}", id.repr()?);
             return Err(CoreError::Memory(why).into());
         };
         // Copied out under the lock, made into an array after it: the array's allocation
@@ -1572,8 +1580,8 @@ impl PyVectorIndex {
         Ok(row.map(|v| v.into_pyarray(py)))
     }
 
-    /// Whether `id` is in the index (False for an int no vector can have, such as -1, or a
-    /// bool).
+    /// Whether `id` is in the index (False for an int no vector can have, such as -1, a bool,
+    /// or anything not an int).
     fn __contains__(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
         match id_arg(id)? {
             Some(id) => self.read(py, |index| index.rows.contains_key(&id)),

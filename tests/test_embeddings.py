@@ -146,6 +146,14 @@ def test_hashing_equivalent_spellings() -> None:
         (lambda: ar.HashingEmbedder(-1), "dim must be at least 1, got -1"),
         (lambda: ar.HashingEmbedder(8, word_ngrams=-2), "word_ngrams must be at least 1, got -2"),
         (lambda: ar.HashingEmbedder(8, char_ngrams=(-1, 3)), "char_ngrams must be >= 0"),
+        # A bool is no n-gram length (it was read as 1), and a range is a pair.
+        (lambda: ar.HashingEmbedder(8, word_ngrams=True), "word_ngrams must be an int, got bool"),
+        (lambda: ar.HashingEmbedder(8, char_ngrams=(True, 5)), "char_ngrams must hold ints"),
+        (
+            lambda: ar.HashingEmbedder(8, char_ngrams=(3,)),
+            r"a \(min, max\) tuple of ints, got \(3,\)",
+        ),
+        (lambda: ar.HashingEmbedder(8, char_ngrams=3), r"a \(min, max\) tuple of ints, got 3"),
         (lambda: ar.HashingEmbedder(8).embed("one string"), "not one string"),
         (lambda: ar.HashingEmbedder(8).embed(["ok", 3]), "sequence of strings"),
     ],

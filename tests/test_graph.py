@@ -579,6 +579,8 @@ def test_an_id_that_is_not_valid_unicode_is_never_an_entity(people: ar.GraphStor
     assert "alice" in people and people.has_entity("alice")
     with pytest.raises(TypeError):
         people.has_entity(1)  # type: ignore[arg-type]
+    for other in (1, None, b"alice", ("alice",)):  # `in` answers, as a dict's does
+        assert other not in people
 
 
 @pytest.mark.parametrize("weight", [10**400, -(10**400)], ids=["huge", "huge_negative"])

@@ -411,3 +411,27 @@ def test_a_store_is_not_copied(how: Any) -> None:
     with pytest.raises(TypeError, match="cannot pickle or copy a SemanticStore"):
         how(store)
     assert [hit.key for hit in store.search("sky", k=1)] == ["a"]
+
+
+class _DimMethod:
+    """An embedder whose `dim` is a method (the protocol leaves `dim` optional)."""
+
+    def dim(self) -> int:
+        return 4
+
+    def embed(self, texts: Any) -> np.ndarray:
+        rows = np.zeros((len(texts), 4), dtype=np.float32)
+        rows[:, 0] = 1.0
+        return rows
+
+
+@pytest.mark.parametrize("dim", ["method", 4.0, "4", True, 0, -3])
+def test_an_embedders_dim_that_is_no_size_leaves_the_first_vector_to_fix_it(dim: Any) -> None:
+    embedder = _DimMethod()
+    if dim != "method":
+        embedder.dim = dim  # type: ignore[assignment, method-assign]
+    store = ar.SemanticStore(embedder)
+    store.store("a", "anything")
+    assert [hit.key for hit in store.search("query")] == ["a"]
+    with pytest.raises(ar.MemoryStoreError, match="dimension 3, the store has 4"):
+        store.search([1.0, 0.0, 0.0])

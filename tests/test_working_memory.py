@@ -33,6 +33,8 @@ def test_contains_does_not_touch_and_get_default() -> None:
     assert "a" in wm
     wm["c"] = 3  # a is still least recent: evicted
     assert "a" not in wm
+    for other in (1, None, b"b", ("b",)):  # `in` answers, as a dict's does
+        assert other not in wm
     assert wm.get("missing") is None and wm.get("missing", 7) == 7
     with pytest.raises(KeyError):
         wm["missing"]

@@ -58,8 +58,9 @@ class SemanticStore:
     Args:
         embedder: turns texts into vectors (for `store(..., embed=True)` and text queries);
             defaults to the built-in `HashingEmbedder()` (offline, deterministic).
-        dim: embedding length, at least 1; None (the default) takes the embedder's `dim`,
-            else the first vector's length.
+        dim: embedding length, at least 1; None (the default) takes the embedder's `dim`
+            when it has one that is an int of at least 1 (not, say, a method), else the
+            first vector's length.
         dtype: storage of the vector index: "float32", "float16" or "int8" (see `VectorIndex`).
 
     Thread-safe: threads may store, delete and search at once. Writes are serialized by a
@@ -91,7 +92,9 @@ class SemanticStore:
             dim = size
         self._embedder: Embedder = embedder if embedder is not None else HashingEmbedder()
         self._dtype = dtype
-        dim = dim if dim is not None else getattr(self._embedder, "dim", None)
+        if dim is None:  # `dim` is optional in the Embedder protocol, and may be anything
+            told = _as_int(getattr(self._embedder, "dim", None))
+            dim = told if told is not None and told >= 1 else None
         self._index: VectorIndex | None = VectorIndex(dim, dtype=dtype) if dim else None
         if self._index is None:
             VectorIndex(1, dtype=dtype)  # validates dtype now, not at the first embedding

@@ -660,8 +660,12 @@ impl PyGraphStore {
         }
     }
 
-    fn __contains__(&self, py: Python<'_>, id: &Bound<'_, PyString>) -> PyResult<bool> {
-        self.has_entity(py, id)
+    /// `id in graph`: `has_entity`, and False for anything not a `str` (as in a dict).
+    fn __contains__(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match id.cast::<PyString>() {
+            Ok(id) => self.has_entity(py, id),
+            Err(_) => Ok(false),
+        }
     }
 
     /// The entity as a dict `{"id", "label", "properties"}`.

@@ -224,11 +224,13 @@ impl PyWorkingMemory {
         self.with_lru(|lru| lru.len())
     }
 
-    fn __contains__(
-        &self,
-        #[pyo3(from_py_with = args::lookup_text)] key: Option<PyBackedStr>,
-    ) -> PyResult<bool> {
-        match key {
+    /// `key in memory`: False for anything not a `str` (as in a dict) and for a `str` that
+    /// is not valid Unicode (no key is).
+    fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if !key.is_instance_of::<PyString>() {
+            return Ok(false);
+        }
+        match args::lookup_text(key)? {
             Some(key) => self.with_lru(|lru| lru.contains(&key)),
             None => Ok(false),
         }
