@@ -699,7 +699,7 @@ def test_a_deduplicator_needs_a_namespace() -> None:
         ar.RedisDeduplicator("redis://127.0.0.1:1/0", ttl=1, namespace=3)  # type: ignore[arg-type]
 
 
-def test_redis_clients_time_out_whatever_redis_pys_default() -> None:
+async def test_redis_clients_time_out_whatever_redis_pys_default() -> None:
     from llm_agent_runtime._redis import REDIS_SOCKET_TIMEOUT, redis_client
 
     kwargs = redis_client("redis://127.0.0.1:1/0", "test").connection_pool.connection_kwargs
@@ -743,7 +743,7 @@ async def test_a_cancellation_during_a_command_is_never_lost() -> None:
         ("unix:///tmp/redis.sock", "UnixDomainSocketConnection"),
     ],
 )
-def test_redis_clients_keep_the_connection_class_of_their_url(url: str, kind: str) -> None:
+async def test_redis_clients_keep_the_connection_class_of_their_url(url: str, kind: str) -> None:
     import redis.asyncio.connection
 
     from llm_agent_runtime._redis import redis_client
@@ -1326,3 +1326,75 @@ async def test_a_write_refused_for_another_processs_change_is_applied_to_that_st
     await mine.client.delete(prefix + "svc")
     for backend in (mine, other):
         await backend.close()
+
+
+# ---------------------------------------------------------------- one object, several loops
+
+
+def test_redis_objects_work_from_one_asyncio_run_to_the_next() -> None:
+    # Connections belong to the loop that opened them: on the next loop, a pooled one failed
+    # its command once sent (a token taken, yet the caller told it failed).
+    prefix = f"loops:{os.getpid()}:{time.time_ns()}:"
+    limiter = ar.RedisRateLimiter(redis_url(), rate=1e-9, capacity=100.0, prefix=prefix)
+    backend = ar.RedisBackend(redis_url(), prefix=prefix)
+    breaker_state = ar.RedisCircuitStateBackend(redis_url(), prefix=prefix)
+
+    async def takes(n: int) -> list[bool]:
+        return await asyncio.gather(*(limiter.try_acquire("k") for _ in range(n)))
+
+    async def writes(n: int, run: int) -> list[bytes | None]:
+        await asyncio.gather(*(backend.save(f"{run}:{i}", b"x") for i in range(n)))
+        await breaker_state.update("svc", lambda state: state)
+        return [await backend.load(f"{run}:{i}") for i in range(n)]
+
+    for run, n in enumerate((20, 40, 30)):
+        assert asyncio.run(takes(n)) == [True] * n
+        assert asyncio.run(writes(n, run)) == [b"x"] * n
+
+    async def level_and_cleanup() -> float:
+        level = float(await limiter.client.hget(limiter.redis_key("k"), "level"))
+        await limiter.client.delete(limiter.redis_key("k"), prefix + "svc")
+        for run, n in enumerate((20, 40, 30)):
+            for i in range(n):
+                await backend.delete(f"{run}:{i}")
+        await limiter.close()
+        await backend.close()
+        await breaker_state.close()
+        return level
+
+    assert asyncio.run(level_and_cleanup()) == pytest.approx(10.0)  # 90 taken, each once
+
+
+async def test_a_redis_url_that_turns_decode_responses_on_is_refused() -> None:
+    url = redis_url() + ("&" if "?" in redis_url() else "?") + "decode_responses=true"
+    with pytest.raises(ar.PersistenceError, match="decode_responses"):
+        ar.RedisBackend(url)
+
+
+async def test_redis_names_that_are_no_str_are_type_errors() -> None:
+    # A service 7 took the breaker's write queue down: every waiting caller got a
+    # CancelledError though none was cancelled. A dedup key 1 shared "1"'s result.
+    state = ar.RedisCircuitStateBackend(redis_url(), prefix=f"names:{os.getpid()}:")
+    with pytest.raises(TypeError, match="service must be a str"):
+        await state.update(7, lambda s: s)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="service must be a str"):
+        await state.get(7)  # type: ignore[arg-type]
+    dedup = ar.RedisDeduplicator(redis_url(), ttl=1.0, namespace="n", poll_interval=1e306)
+    with pytest.raises(TypeError, match="key must be a str"):
+        await dedup.run(1, lambda: 1)  # type: ignore[arg-type]
+    await state.close()
+    await dedup.close()
+
+
+async def test_a_server_clock_stepping_back_pauses_the_refill_without_draining_the_bucket() -> None:
+    limiter = ar.RedisRateLimiter(
+        redis_url(), rate=10.0, capacity=10.0, prefix=f"clock:{os.getpid()}:"
+    )
+    key = limiter.redis_key("k")
+    assert await limiter.try_acquire("k")  # 9 left
+    # As if the server's clock had stepped back 5 s since: the stored time is 5 s ahead.
+    last = float(await limiter.client.hget(key, "last"))
+    await limiter.client.hset(key, "last", repr(last + 5.0))
+    assert await limiter.try_acquire("k", 8.0)  # before: the bucket read 9 - 50 tokens
+    await limiter.client.delete(key)
+    await limiter.close()

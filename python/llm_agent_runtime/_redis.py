@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from llm_agent_runtime._loops import PerLoop
 from llm_agent_runtime.errors import PersistenceError
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "REDIS_MAX_CONNECTIONS",
     "REDIS_POOL_TIMEOUT",
     "REDIS_SOCKET_TIMEOUT",
+    "RedisClients",
     "redis_client",
 ]
 
@@ -34,8 +37,12 @@ a command; one that fails the check is replaced first (a `?health_check_interval
 overrides it)."""
 
 
-def redis_client(url: str, owner: str) -> Any:
-    """A redis-py asyncio client for `url` whose commands queue for a pooled connection.
+def redis_client(url: str, owner: str) -> RedisClients:
+    """A redis-py asyncio client for `url` (one per event loop) whose commands queue for a pool.
+
+    Connections belong to the loop that opened them: the object returned answers for the
+    running loop's client (see `RedisClients`), so its owner works from one `asyncio.run`
+    to the next, and each loop's connections are closed as that loop ends.
 
     redis-py's default pool raises "Too many connections" as soon as more commands are in
     flight than it has connections (e.g. 1,000 sessions sharing one rate limiter); a
@@ -52,7 +59,8 @@ def redis_client(url: str, owner: str) -> Any:
     Raises:
         PersistenceError: When redis-py is not installed (the `redis` extra), or `url` is not
             a Redis URL redis-py can use (no such scheme, a port that is not a number, a
-            query option of a bad value); `owner` names the class that needs it. The message
+            query option of a bad value, or `decode_responses` on: callers read bytes);
+            `owner` names the class that needs it. The message
             never holds the URL: for one with credentials, not even the reason, which urllib
             may give quoting part of them.
     """
@@ -64,21 +72,67 @@ def redis_client(url: str, owner: str) -> Any:
         ) from error
     if not isinstance(url, str):
         raise PersistenceError(f"{owner} needs a Redis URL as a str, got {type(url).__name__}")
-    try:
-        pool = _checked_pool_class().from_url(
-            url,
-            max_connections=REDIS_MAX_CONNECTIONS,
-            timeout=REDIS_POOL_TIMEOUT,
-            socket_timeout=REDIS_SOCKET_TIMEOUT,
-            socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
-            health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
-        )
-    except ValueError as error:
-        # Not chained: the cause's message may hold the password too.
-        raise PersistenceError(
-            f"{owner}: not a usable Redis URL: {_redacted(error, url)}"
-        ) from None
-    return Redis.from_pool(pool)
+
+    def client() -> Any:
+        try:
+            pool = _checked_pool_class().from_url(
+                url,
+                max_connections=REDIS_MAX_CONNECTIONS,
+                timeout=REDIS_POOL_TIMEOUT,
+                socket_timeout=REDIS_SOCKET_TIMEOUT,
+                socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+                health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
+            )
+        except ValueError as error:
+            # Not chained: the cause's message may hold the password too.
+            raise PersistenceError(
+                f"{owner}: not a usable Redis URL: {_redacted(error, url)}"
+            ) from None
+        if pool.connection_kwargs.get("decode_responses"):  # the callers read bytes
+            raise PersistenceError(f"{owner}: the Redis URL cannot turn decode_responses on")
+        return Redis.from_pool(pool)
+
+    return RedisClients(client)
+
+
+class RedisClients:
+    """A redis-py client per event loop, standing for the running loop's one.
+
+    An attribute (a command, `pipeline`, `scan_iter`...) is the running loop's client's: a
+    pooled connection is bound to the loop that opened it, and on another loop (after one
+    `asyncio.run`, the next) its commands fail, possibly once sent. Each loop's client is
+    closed within that loop as it ends (see `PerLoop`), or by `aclose`.
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._template = make()  # the URL checked now; never sends a command
+        self._clients: PerLoop[Any] = PerLoop(make, _close_client)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._clients.get(), name)
+
+    def register_script(self, script: str) -> Callable[..., Awaitable[Any]]:
+        """A Lua script to `await run(keys=..., args=...)` on the running loop's client.
+
+        `client=` runs it on another (a pipeline).
+        """
+        registered = self._template.register_script(script)
+
+        async def run(
+            keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None
+        ) -> Any:
+            on = client if client is not None else self._clients.get()
+            return await registered(keys=keys, args=args, client=on)
+
+        return run
+
+    async def aclose(self) -> None:
+        """Closes every loop's client (its pool of connections)."""
+        await self._clients.aclose()
+
+
+async def _close_client(client: Any) -> None:
+    await client.aclose()
 
 
 def _redacted(error: ValueError, url: str) -> str:

@@ -96,7 +96,13 @@ class RedisCircuitStateBackend:
         await self.client.aclose()
 
     async def get(self, service: str) -> CircuitState:
-        """Returns the state of `service` (closed when never seen)."""
+        """Returns the state of `service` (closed when never seen).
+
+        Raises:
+            TypeError: `service` is not a str (it is part of a Redis key).
+            PersistenceError: Redis failed, or the stored state is corrupt.
+        """
+        _check_name("service", service)
         try:
             return _decode(await self.client.get(self.prefix + service))
         except PersistenceError:
@@ -115,8 +121,10 @@ class RedisCircuitStateBackend:
         any command whose reply the caller no longer waits for).
 
         Raises:
+            TypeError: `service` is not a str (it is part of a Redis key).
             PersistenceError: Redis failed, the stored state is corrupt, or `change` raised.
         """
+        _check_name("service", service)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[CircuitState, CircuitState]] = loop.create_future()
         queue = (loop, service)
@@ -134,11 +142,18 @@ class RedisCircuitStateBackend:
                 if not batch:
                     return
                 await self._commit(queue, batch)
-        except BaseException:
-            # Cancelled (its loop is closing): no caller may wait for it forever.
+        except BaseException as error:
+            # No caller may wait for it forever: cancelled (its loop is closing), they are
+            # too; any other failure is theirs, as an update's error.
             for _, future in batch + self._pending.pop(queue, []):
-                future.cancel()
-            raise
+                if future.done():
+                    continue
+                if isinstance(error, Exception):
+                    future.set_exception(_failure(error, self.prefix + queue[1]))
+                else:
+                    future.cancel()
+            if not isinstance(error, Exception):
+                raise
         finally:
             del self._writers[queue]
 
@@ -200,6 +215,12 @@ def _apply(
     return outcomes, state
 
 
+def _check_name(what: str, name: object) -> None:
+    """Refuses a name that is not a str: part of a Redis key, `1` would name `"1"`'s state."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str (part of a Redis key), got {type(name).__name__}")
+
+
 def _failure(error: Exception, key: str) -> PersistenceError:
     """`error` as the `PersistenceError` an `update` raises (a new one for each caller)."""
     if isinstance(error, PersistenceError):  # a corrupt state: its copy, with its cause
@@ -259,6 +280,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'level', 'last', 'seq', 'owner', 'since')
 local level = tonumber(state[1]) or capacity
 local last = tonumber(state[2]) or now
+if now < last then now = last end  -- the server's clock stepped back: refill pauses
 local seq = (tonumber(state[3]) or 0) + 1
 local since = tonumber(state[5])  -- set whenever owner is
 level = math.min(capacity, level + (now - last) * rate)
@@ -592,7 +614,7 @@ class RedisDeduplicator:
         self._lease_ms = int(lease * 1000)
         # A waiter polls at least once in this time, so it finds the result of the run it
         # waited on even when the published one has expired.
-        waiters_ms = max(self._lease_ms, math.ceil(2_000 * poll_interval))
+        waiters_ms = max(self._lease_ms, math.ceil(min(2_000 * poll_interval, _MAX_PX)))
         self._waiters_ms = 0 if self._ttl_ms >= waiters_ms else min(waiters_ms, _MAX_PX)
         self.client: Any = redis_client(url, "RedisDeduplicator")
         self._claim = self.client.register_script(_CLAIM_SCRIPT)
@@ -611,6 +633,7 @@ class RedisDeduplicator:
         return f"{base}:result", f"{base}:lease"
 
     def _base(self, key: str) -> str:
+        _check_name("key", key)
         return f"{self.prefix}{self.namespace}:{key}"
 
     async def close(self) -> None:
@@ -626,6 +649,8 @@ class RedisDeduplicator:
             The JSON round trip of the result (the same value for every caller).
 
         Raises:
+            TypeError: `key` is not a str (part of a Redis key: `1` would share `"1"`'s
+                result).
             PersistenceError: When Redis fails, or the result is not JSON-serializable (an
                 error `fn` itself raises propagates as it is).
         """

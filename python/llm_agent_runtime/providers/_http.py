@@ -40,6 +40,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from llm_agent_runtime._loops import close_now, close_with_loop
 from llm_agent_runtime.errors import BudgetExceededError, ProviderError, is_retryable_status
 from llm_agent_runtime.orchestration.retry import RetryPolicy
 from llm_agent_runtime.providers.base import (
@@ -1230,7 +1231,9 @@ class HttpTransport:
                     timeout=self._timeouts,
                     limits=httpx.Limits(max_connections=DEFAULT_LIMITS_MAX_CONNECTIONS),
                 )
-                entry = _LoopClient(client, _close_with_loop(client))
+                entry = _LoopClient(
+                    client, close_with_loop(client.aclose, ignore=(httpx.HTTPError,))
+                )
                 self._clients[loop] = entry
             return entry.client
 
@@ -1251,7 +1254,7 @@ class HttpTransport:
                 await entry.closer.aclose()  # its `finally` closes the client
             elif loop.is_running():  # in another thread
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    asyncio.run_coroutine_threadsafe(_close_closer(entry.closer), loop)
+                    asyncio.run_coroutine_threadsafe(close_now(entry.closer), loop)
             # A closed loop closed its client as it ended. The closer of an idle loop, no
             # longer referenced here, is handed by the loop's finalizer hook to that loop,
             # which closes it when it runs again (or at its `shutdown_asyncgens`).
@@ -1641,33 +1644,6 @@ class HttpTransport:
 
 def _is_event_stream(content_type: str) -> bool:
     return content_type.split(";")[0].strip().lower() == "text/event-stream"
-
-
-def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
-    """An async generator, started on the running loop, whose `finally` closes `client`.
-
-    An event loop keeps track of the async generators started on it, and its
-    `shutdown_asyncgens` (which `asyncio.run` and `asyncio.Runner` call before closing it)
-    closes them: so the client is closed in its own loop, when the loop ends, however the
-    provider was left. Closing the generator earlier (`aclose`) closes the client then.
-    """
-
-    async def close_at_end() -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            with contextlib.suppress(httpx.HTTPError, OSError, RuntimeError):
-                await client.aclose()
-
-    closer = close_at_end()
-    # Runs it to its `yield` at once (nothing there awaits): the loop now knows of it.
-    with contextlib.suppress(StopIteration):
-        closer.asend(None).__await__().send(None)
-    return closer
-
-
-async def _close_closer(closer: AsyncGenerator[None, None]) -> None:
-    await closer.aclose()
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

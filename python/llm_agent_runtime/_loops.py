@@ -1,0 +1,104 @@
+"""What belongs to one event loop: a client whose connections that loop opened.
+
+A pooled connection is bound to the loop that opened it, and is useless (or worse: its
+commands fail once sent) on another one, as after a second `asyncio.run`. Clients are kept
+one per loop, and each is closed within its own loop as that loop ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Generic, NamedTuple, TypeVar
+
+__all__ = ["PerLoop", "close_now", "close_with_loop"]
+
+T = TypeVar("T")
+
+
+def close_with_loop(
+    close: Callable[[], Awaitable[object]], ignore: tuple[type[Exception], ...] = ()
+) -> AsyncGenerator[None, None]:
+    """An async generator, started on the running loop, whose `finally` awaits `close()`.
+
+    An event loop keeps track of the async generators started on it, and its
+    `shutdown_asyncgens` (which `asyncio.run` and `asyncio.Runner` call before closing it)
+    closes them: so `close()` runs in its own loop, when the loop ends, however its owner was
+    left. Closing the generator earlier (`aclose`) runs it then. `close()` failing with
+    `OSError`, `RuntimeError` (a connection already gone) or one of `ignore` is ignored.
+    """
+
+    async def close_at_end() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, RuntimeError, *ignore):
+                await close()
+
+    closer = close_at_end()
+    # Runs it to its `yield` at once (nothing there awaits): the loop now knows of it.
+    with contextlib.suppress(StopIteration):
+        closer.asend(None).__await__().send(None)
+    return closer
+
+
+async def close_now(closer: AsyncGenerator[None, None]) -> None:
+    """Closes a `close_with_loop` generator (in the loop it belongs to)."""
+    await closer.aclose()
+
+
+class _Entry(NamedTuple, Generic[T]):
+    resource: T
+    closer: AsyncGenerator[None, None]
+
+
+class PerLoop(Generic[T]):
+    """One resource per event loop it is used from, made by `make()` on first use there.
+
+    Each is closed by `close(resource)` within its own loop: by `aclose`, or as the loop ends
+    under `asyncio.run` (or `asyncio.Runner`, or any loop's `shutdown_asyncgens`). A loop
+    closed without `shutdown_asyncgens` leaves its resource to the garbage collector. Loops
+    in several threads may share the object.
+    """
+
+    def __init__(self, make: Callable[[], T], close: Callable[[T], Awaitable[object]]) -> None:
+        self._make = make
+        self._close = close
+        self._entries: dict[asyncio.AbstractEventLoop, _Entry[T]] = {}
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        """The running loop's resource.
+
+        Raises:
+            RuntimeError: No event loop is running.
+        """
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            entry = self._entries.get(loop)
+            if entry is None:
+                for stale in [old for old in self._entries if old.is_closed()]:
+                    del self._entries[stale]  # closed as its loop ended
+                resource = self._make()
+                entry = _Entry(resource, close_with_loop(lambda: self._close(resource)))
+                self._entries[loop] = entry
+            return entry.resource
+
+    async def aclose(self) -> None:
+        """Closes every loop's resource; a later `get` makes a new one.
+
+        The running loop's is closed before this returns; one of another loop that is
+        running (in another thread) is closed there, without waiting for it; one of an idle
+        loop when that loop next runs.
+        """
+        with self._lock:
+            entries, self._entries = self._entries, {}
+        current = asyncio.get_running_loop()
+        for loop, entry in entries.items():
+            if loop is current:
+                await close_now(entry.closer)
+            elif loop.is_running():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    asyncio.run_coroutine_threadsafe(close_now(entry.closer), loop)
