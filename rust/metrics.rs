@@ -227,6 +227,21 @@ fn ratio(numerator: u64, denominator: u64) -> f64 {
     }
 }
 
+/// The share of `calls` that failed, from 0.0 to 1.0. A delta window (see `delta`) may hold
+/// more failures than calls (a call is counted as it starts, its failure as it ends): then,
+/// and with failures but no calls, every call of the window failed.
+fn failure_ratio(failed: u64, calls: u64) -> f64 {
+    if failed >= calls {
+        if failed == 0 {
+            0.0
+        } else {
+            1.0
+        }
+    } else {
+        failed as f64 / calls as f64
+    }
+}
+
 /// The key with the highest count; ties go to the smallest name, so the answer is stable.
 fn argmax(counts: &BTreeMap<String, u64>) -> Option<String> {
     counts
@@ -270,18 +285,15 @@ impl Snapshot {
         self.tool_failures.get(name).copied().unwrap_or(0)
     }
 
-    /// Failed calls over all calls (0.0 with no calls).
+    /// Failed calls over all calls (0.0 with no calls), from 0.0 to 1.0 (see
+    /// [`failure_ratio`]).
     pub fn failure_rate(&self) -> f64 {
-        ratio(self.failed_tool_calls, self.total_tool_calls)
+        failure_ratio(self.failed_tool_calls, self.total_tool_calls)
     }
 
     /// Successful calls over all calls (1.0 with no calls: nothing has failed).
     pub fn success_rate(&self) -> f64 {
-        if self.total_tool_calls == 0 {
-            1.0
-        } else {
-            1.0 - self.failure_rate()
-        }
+        1.0 - self.failure_rate()
     }
 
     /// Counters that happened between `before` and `self` (saturating at zero).
@@ -668,23 +680,26 @@ impl PyMetricsSnapshot {
             .collect()
     }
 
-    /// Failed tool calls over all tool calls (0.0 with no calls).
+    /// Failed tool calls over all tool calls (0.0 with no calls), from 0.0 to 1.0: a
+    /// `delta` window with more failures than calls (calls counted as they start, their
+    /// failures as they end) or failures alone is 1.0.
     fn failure_rate(&self) -> f64 {
         self.inner.failure_rate()
     }
 
-    /// Successful tool calls over all tool calls (1.0 with no calls).
+    /// Successful tool calls over all tool calls (1.0 with no calls): 1 - `failure_rate`.
     fn success_rate(&self) -> f64 {
         self.inner.success_rate()
     }
 
-    /// Failure rate of one tool (0.0 if never called, or `name` is not valid Unicode).
+    /// Failure rate of one tool (0.0 if never called, or `name` is not valid Unicode), from
+    /// 0.0 to 1.0 as `failure_rate`.
     fn failed_tool_ratio_for(
         &self,
         #[pyo3(from_py_with = lookup_text)] name: Option<PyBackedStr>,
     ) -> f64 {
         name.map_or(0.0, |name| {
-            ratio(
+            failure_ratio(
                 self.inner.tool_failure_count(&name),
                 self.inner.tool_call_count(&name),
             )

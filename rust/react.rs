@@ -8,8 +8,9 @@
 //!
 //! The first `Action:` is the step's action (numbered plan lines such as `Action 1: search
 //! for X` are labels too, so the first of them wins). When an `Action Input:` label follows
-//! it, later on its line (written so, case included, as LangChain matches it) or as the next
-//! such line before any other `Action:`, the tool is all the text of the action's line before
+//! it, later on its line (written so, case included, as LangChain matches it; not inside a
+//! JSON string or bracketed value there) or as the next such line before any other
+//! `Action:`, the tool is all the text of the action's line before
 //! that label (trimmed, a trailing `:` or `=` dropped: `Search Tool`,
 //! `github.search_issues`), as LangChain reads it, and the input is what follows the label;
 //! unless the line is in the seed form: its tool is `FINAL_ANSWER`, or an input starts right
@@ -425,7 +426,9 @@ fn string_close(bytes: &[u8]) -> Option<usize> {
     skip_string(bytes, 1)
 }
 
-/// Removes a surrounding Markdown code fence (```json ... ```), if there is one.
+/// Removes a surrounding Markdown code fence (```json ... ```), if there is one. The closing
+/// fence is looked for after a JSON value the fence opens with: a string in it may hold
+/// ``` (Markdown in a note's text).
 fn strip_fence(text: &str) -> &str {
     let Some(rest) = text.strip_prefix("```") else {
         return text;
@@ -435,8 +438,16 @@ fn strip_fence(text: &str) -> &str {
         Some(nl) => &rest[nl + 1..],
         None => rest.trim_start_matches(|c: char| c.is_ascii_alphanumeric()),
     };
-    match body.find("```") {
-        Some(close) => body[..close].trim(),
+    let value = body.trim_start();
+    let value_end = match value.as_bytes().first() {
+        Some(b'{' | b'[') => matching_close(value.as_bytes()),
+        Some(b'"') => string_close(value.as_bytes()),
+        _ => None,
+    };
+    // An index after an ASCII byte (a closing bracket or quote): a char boundary.
+    let from = value_end.map_or(0, |end| body.len() - value.len() + end);
+    match body.get(from..).and_then(|after| after.find("```")) {
+        Some(close) => body[..from + close].trim(),
         None => body.trim(),
     }
 }
@@ -503,31 +514,43 @@ fn may_be_whole_name(tool: &str, rest: &str) -> bool {
 }
 
 /// Where an `Action Input:` label stands on the action's line `line`, at its start or after
-/// a blank: its
-/// start and the index after its colon. Written as LangChain matches it (case included: the
-/// words `action input:` in prose are not a label), and looked for only before anything
-/// that opens an input (`{`, `[`, `(`, a quote or a code fence), so that the text of a JSON
-/// input is never taken for a label.
+/// a blank: its start and the index after its colon. Written as LangChain matches it (case
+/// included: the words `action input:` in prose are not a label). JSON strings and
+/// bracketed values on the line are stepped over, so that the text of an input is never
+/// taken for a label (nor is anything after one that does not close, or after a backtick,
+/// which opens code); a tool name may hold other characters (`Search Tool (beta)`).
 fn input_label_on(line: &str) -> Option<(usize, usize)> {
     let bytes = line.as_bytes();
     // Most action lines have no colon at all: they are settled with one fast search.
     memchr::memchr(b':', bytes)?;
-    let opener = bytes
-        .iter()
-        .position(|b| matches!(b, b'{' | b'[' | b'(' | b'"' | b'`'))
-        .unwrap_or(bytes.len());
-    let bytes = &bytes[..opener];
-    memchr::memchr_iter(b'A', bytes).find_map(|at| {
-        let after_blank = at
-            .checked_sub(1)
-            .is_none_or(|before| matches!(bytes[before], b' ' | b'\t'));
-        if !after_blank {
-            return None;
-        }
-        let i = skip_number(bytes, eat_exact(bytes, at, b"Action")?);
-        let k = skip_number(bytes, eat_exact(bytes, skip_blanks(bytes, i), b"Input")?);
-        Some((at, colon_after(bytes, k)?))
-    })
+    let mut at = 0;
+    while let Some(&b) = bytes.get(at) {
+        at = match b {
+            b'{' | b'[' => at + matching_close(&bytes[at..])?,
+            b'"' => skip_string(bytes, at + 1)?,
+            b'`' => return None,
+            b'A' => match input_label_at(bytes, at) {
+                Some(label) => return Some(label),
+                None => at + 1,
+            },
+            _ => at + 1,
+        };
+    }
+    None
+}
+
+/// The `Action Input:` label starting at `bytes[at]` (after a blank or at the line's start):
+/// its start and the index after its colon.
+fn input_label_at(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
+    let after_blank = at
+        .checked_sub(1)
+        .is_none_or(|before| matches!(bytes.get(before), Some(b' ' | b'\t')));
+    if !after_blank {
+        return None;
+    }
+    let i = skip_number(bytes, eat_exact(bytes, at, b"Action")?);
+    let k = skip_number(bytes, eat_exact(bytes, skip_blanks(bytes, i), b"Input")?);
+    Some((at, colon_after(bytes, k)?))
 }
 
 /// Splits the (trimmed) content of an `Action:` section into the tool name and its input:
@@ -1010,7 +1033,14 @@ pub fn parse_react_step<'py>(text: &Bound<'py, PyString>) -> PyResult<Bound<'py,
     };
     let input = step.action_input.map(|input| {
         let start = (input.text.as_ptr() as usize).saturating_sub(source.as_ptr() as usize);
-        (text.clone().unbind(), start, start + input.text.len())
+        // A `str` subclass may hold other objects (a `__dict__`), even the step: a plain copy
+        // of it keeps the step out of any reference cycle (see below).
+        let kept = if text.is_exact_instance_of::<PyString>() {
+            text.clone()
+        } else {
+            PyString::new(py, source)
+        };
+        (kept.unbind(), start, start + input.text.len())
     });
     let step = Bound::new(
         py,

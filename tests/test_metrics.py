@@ -81,6 +81,28 @@ def test_delta_is_saturating() -> None:
     assert backwards.total_tool_calls == 0 and backwards.tool_calls == {"x": 0}
 
 
+def test_delta_rates_stay_between_zero_and_one() -> None:
+    # A call is counted as it starts and its failure as it ends: a window may hold more
+    # failures than calls, or failures alone.
+    m = ar.RuntimeMetrics()
+    for _ in range(3):
+        m.record_tool_call("search")
+    before = m.snapshot()
+    m.record_tool_call("search")
+    for _ in range(3):
+        m.record_tool_failure("search")
+    window = ar.MetricsSnapshot.delta(m.snapshot(), before)
+    assert (window.total_tool_calls, window.failed_tool_calls) == (1, 3)
+    assert (window.failure_rate(), window.success_rate()) == (1.0, 0.0)
+    assert window.failed_tool_ratio_for("search") == 1.0
+    before = m.snapshot()
+    m.record_tool_failure("search")
+    failures_alone = ar.MetricsSnapshot.delta(m.snapshot(), before)
+    assert (failures_alone.failure_rate(), failures_alone.success_rate()) == (1.0, 0.0)
+    assert ar.RuntimeMetrics().snapshot().success_rate() == 1.0  # nothing failed
+    assert m.snapshot().failure_rate() == 4 / 4
+
+
 def test_json_round_trip() -> None:
     m = ar.RuntimeMetrics()
     m.record_tool_call("t", "agent")

@@ -221,6 +221,10 @@ def test_first_action_wins_with_its_own_input() -> None:
         # Inside a JSON input, the words are the input's.
         ('Action: t {"q": "Action Input: x"}', "t", {"q": "Action Input: x"}),
         ('Action: t "see Action Input: x"', "t", "see Action Input: x"),
+        # A name may hold brackets and quotes: the label after them still counts.
+        ("Action: Search Tool (beta) Action Input: rust", "Search Tool (beta)", "rust"),
+        ('Action: Search Pro "2" Action Input: rust', 'Search Pro "2"', "rust"),
+        ("Action: Search Tool {open Action Input: x", "Search", "Tool {open Action Input: x"),
     ],
 )
 def test_an_action_input_label_makes_the_action_line_the_tool_name(
@@ -752,3 +756,33 @@ def test_big_and_negative_zero_integers_are_exact_ints() -> None:
     assert [type(v) for v in got.values()] == [int, int, int, float, float]
     final = ar.parse_react_step('Action: FINAL_ANSWER {"n": 123456789012345678901234567890}')
     assert final.final_answer == '{"n": 123456789012345678901234567890}'
+
+
+@pytest.mark.parametrize(
+    "fence", ["```json\n{body}\n```", "```\n{body}\n```", "```json {body} ```"]
+)
+def test_a_fenced_json_input_may_hold_a_fence_in_a_string(fence: str) -> None:
+    value = {"title": "howto", "body": "Run ```pip install x``` first", "list": ["```"]}
+    body = json.dumps(value)
+    step = ar.parse_react_step("Action: write_note " + fence.replace("{body}", body))
+    assert step.action_input == value
+    step = ar.parse_react_step(
+        "Action: note\nAction Input: " + fence.replace("{body}", '"a ```b```"')
+    )
+    assert step.action_input == "a ```b```"
+
+
+def test_a_step_parsed_from_a_str_subclass_is_collected_in_a_cycle() -> None:
+    class Reply(str):
+        """A reply string that carries its parsed step (as some SDKs annotate replies)."""
+
+        step: ar.ReActStep
+
+    alive: list[weakref.ref[Reply]] = []
+    for _ in range(50):
+        reply = Reply('Action: t {"q": 1}')
+        reply.step = ar.parse_react_step(reply)
+        alive.append(weakref.ref(reply))
+        del reply
+    gc.collect()
+    assert [ref for ref in alive if ref() is not None] == []
