@@ -32,6 +32,20 @@ pub fn not_bool(
     }
 }
 
+/// Whether `value` is a bool: Python's, or numpy's (`numpy.bool_`, no `bool` subclass), which
+/// a float conversion would read as 0.0 or 1.0.
+pub fn is_bool(value: &Bound<'_, PyAny>) -> bool {
+    if value.is_instance_of::<PyBool>() {
+        return true;
+    }
+    let kind = value.get_type();
+    kind.module()
+        .is_ok_and(|module| module.to_cow().is_ok_and(|m| m == "numpy"))
+        && kind
+            .name()
+            .is_ok_and(|name| name.to_cow().is_ok_and(|n| n == "bool" || n == "bool_"))
+}
+
 /// Converts an integer argument that a method takes as `i64` to `usize`.
 ///
 /// Taking `i64` rather than `usize` lets PyO3 accept a negative Python int (it would raise the

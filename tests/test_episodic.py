@@ -413,3 +413,39 @@ class EpisodicModel(RuleBasedStateMachine):
 
 TestEpisodicModel = EpisodicModel.TestCase
 TestEpisodicModel.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)
+
+
+@pytest.mark.parametrize("flag", [True, False, np.True_])
+def test_a_bool_is_no_real_number(flag: Any) -> None:
+    # Each was taken as 1.0 or 0.0: a flag passed by mistake became an importance or a time.
+    store = ar.EpisodicStore()
+    with pytest.raises(ar.MemoryStoreError, match=r"importance must be in .*got a bool"):
+        store.add_episode("a", "x", flag)
+    with pytest.raises(ar.MemoryStoreError, match="got a bool"):
+        ar.EpisodicStore(similarity_weight=flag)
+    with pytest.raises(ar.MemoryStoreError, match="got a bool"):
+        ar.RecallPolicy.hybrid(flag, 0.5)
+    with pytest.raises(ar.MemoryStoreError, match="got a bool"):
+        ar.DecayPolicy.exponential(flag)
+    with pytest.raises(ar.MemoryStoreError, match="clock"):
+        ar.EpisodicStore(clock=lambda: flag).add_episode("a", "x", 0.5)
+    assert store.episodes("a") == []
+
+
+def test_a_refused_importance_asks_no_embedder() -> None:
+    calls: list[list[str]] = []
+
+    class CountingEmbedder:
+        dim = 4
+
+        def embed(self, texts: list[str]) -> np.ndarray:
+            calls.append(list(texts))
+            return np.ones((len(texts), 4), dtype=np.float32)
+
+    store = ar.EpisodicStore(embedder=CountingEmbedder())
+    for bad in (1.5, -1.0, math.nan):
+        with pytest.raises(ar.MemoryStoreError, match="importance must be in"):
+            store.add_episode("a", "x", bad)
+    assert calls == []
+    store.add_episode("a", "x", 0.5)
+    assert calls == [["x"]]

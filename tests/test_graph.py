@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import networkx as nx
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -581,6 +582,24 @@ def test_an_id_that_is_not_valid_unicode_is_never_an_entity(people: ar.GraphStor
         people.has_entity(1)  # type: ignore[arg-type]
     for other in (1, None, b"alice", ("alice",)):  # `in` answers, as a dict's does
         assert other not in people
+
+
+@pytest.mark.parametrize("weight", ["heavy", True, np.True_, [1.0]])
+def test_a_weight_that_is_no_real_number_is_a_graph_error(
+    people: ar.GraphStore, weight: object
+) -> None:
+    # A str was a bare TypeError; a bool was stored as 1.0 (from_networkx refused both).
+    before = people.to_json()
+    calls: list[Callable[[], object]] = [
+        lambda: people.add_relationship("alice", "bob", "k", weight),  # type: ignore[arg-type]
+        lambda: people.add_relationships([("alice", "bob", "k", weight)]),  # type: ignore[list-item]
+        lambda: people.update_relationship("alice", "bob", "knows", weight=weight),  # type: ignore[arg-type]
+        lambda: ar.GraphStore.from_edge_list(2, [(0, 1, weight)]),  # type: ignore[list-item]
+    ]
+    for call in calls:
+        with pytest.raises(ar.GraphError, match="weight must be a real number, got"):
+            call()
+    assert people.to_json() == before
 
 
 @pytest.mark.parametrize("weight", [10**400, -(10**400)], ids=["huge", "huge_negative"])

@@ -572,7 +572,7 @@ class GraphStore:
 
     Raises:
         GraphError: unknown entities, duplicate ids, non-finite weights (or beyond the float
-            range), properties that are not a dict (or None) or not JSON-compatible,
+            range), weights that are not real numbers (a bool, a str), properties that are not a dict (or None) or not JSON-compatible,
             negative weights given to Dijkstra, a non-positive cycle cap, a negative depth,
             hop count, round count or seed, a negative or non-finite resolution, an empty
             source list (or one naming an entity twice) for betweenness_from, or a text

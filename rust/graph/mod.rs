@@ -507,11 +507,32 @@ fn entity_count_arg(value: &Bound<'_, PyAny>) -> PyResult<u32> {
 }
 
 /// A relationship weight: a real number; one beyond the float range (an int such as
-/// `10**400`) is a `GraphError`, as a non-finite float is, not the built-in `OverflowError`.
-/// (Whether it is finite is checked where it is stored.)
+/// `10**400`) is a `GraphError`, as a non-finite float is, not the built-in `OverflowError`;
+/// so are a bool (Python's or numpy's: no weight, though a float conversion takes it) and
+/// anything not a number, as `from_networkx` refuses them. (Whether it is finite is checked
+/// where it is stored.)
 fn weight_arg(value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let not_a_weight = || -> PyErr {
+        let got = value
+            .repr()
+            .map_or_else(|_| "an object".to_owned(), |r| r.to_string());
+        CoreError::Graph(format!(
+            "relationship weight must be a real number, got {got}"
+        ))
+        .into()
+    };
+    if args::is_bool(value) {
+        return Err(not_a_weight());
+    }
     args::real(value, |v| {
         CoreError::Graph(format!("relationship weight must be finite, got {v}"))
+    })
+    .map_err(|e| {
+        if e.is_instance_of::<pyo3::exceptions::PyTypeError>(value.py()) {
+            not_a_weight()
+        } else {
+            e
+        }
     })
 }
 

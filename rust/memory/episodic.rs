@@ -145,7 +145,7 @@ pub fn hybrid(recency_weight: f64, frequency_weight: f64) -> CoreResult<Recall> 
 ///
 /// Scores are ordered with `total_cmp`, which puts -0.0 below 0.0: an episode stored with
 /// -0.0 would rank (and be evicted) as less important than an equal one.
-fn checked_importance(importance: f64) -> CoreResult<f64> {
+pub(crate) fn checked_importance(importance: f64) -> CoreResult<f64> {
     if (0.0..=1.0).contains(&importance) {
         Ok(importance + 0.0)
     } else {

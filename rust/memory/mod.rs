@@ -53,9 +53,13 @@ fn per_agent_capacity_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
     capacity(value, "per_agent_capacity", usize::MAX).map(Some)
 }
 
-/// A real-number argument; one beyond the float range is a `MemoryStoreError` stating
+/// A real-number argument; a bool (Python's or numpy's: no number, though a float
+/// conversion takes it) or one beyond the float range is a `MemoryStoreError` stating
 /// `rule`, the argument's rule (such as "importance must be in [0, 1]").
 fn memory_real(value: &Bound<'_, PyAny>, rule: &str) -> PyResult<f64> {
+    if args::is_bool(value) {
+        return Err(CoreError::Memory(format!("{rule}, got a bool ({value})")).into());
+    }
     args::real(value, |beyond| {
         CoreError::Memory(format!("{rule}, got {beyond}"))
     })
@@ -198,8 +202,10 @@ impl PyWorkingMemory {
         self.with_lru(|lru| lru.iter().map(|(k, _)| k.to_owned()).collect())
     }
 
-    /// Renders the entries for an agent's prompt, one `key: value` line each (the value as
-    /// `str(value)`), most recent first; an empty string when there are none.
+    /// Renders the entries for an agent's prompt, one `key: value` entry each (the value as
+    /// `str(value)`), most recent first; an empty string when there are none. An entry
+    /// whose key or value spans lines has its later lines indented under it, so that no
+    /// line of a value reads as an entry of its own.
     ///
     /// Built as a Python string, as Python concatenation would: a value whose `str()` holds
     /// a lone surrogate (text cut mid-character, say) passes through as it is.
@@ -210,9 +216,17 @@ impl PyWorkingMemory {
             return Ok(empty);
         }
         let parts = PyList::new(py, ["Working memory:"])?;
+        let indent = PyString::new(py, "\n  ");
+        // Every line break Python knows (`\r\n`, `\u2028`...) starts an indented line.
+        let one_entry = |text: &Bound<'py, PyString>| -> PyResult<Bound<'py, PyAny>> {
+            let lines = text.call_method0(pyo3::intern!(py, "splitlines"))?;
+            indent.call_method1(pyo3::intern!(py, "join"), (lines,))
+        };
         for (key, value) in pairs {
-            parts.append(format!("\n- {key}: "))?;
-            parts.append(value.bind(py).str()?)?;
+            parts.append("\n- ")?;
+            parts.append(one_entry(&PyString::new(py, &key))?)?;
+            parts.append(": ")?;
+            parts.append(one_entry(&value.bind(py).str()?)?)?;
         }
         empty
             .call_method1(pyo3::intern!(py, "join"), (parts,))?
@@ -592,6 +606,9 @@ impl PyEpisodicStore {
             Some(clock) => {
                 let value = clock.call0(py)?;
                 let value = value.bind(py);
+                if args::is_bool(value) {
+                    return Err(not_a_time(value));
+                }
                 let now = args::real(value, |e| {
                     CoreError::Memory(format!("the clock returned {e}"))
                 })
@@ -739,7 +756,9 @@ impl PyEpisodicStore {
         importance: &Bound<'_, PyAny>,
         embedding: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
-        let importance = memory_real(importance, "importance must be in [0, 1]")?;
+        // Checked before the embedder (maybe a paid remote call) and the clock are asked.
+        let importance =
+            episodic::checked_importance(memory_real(importance, "importance must be in [0, 1]")?)?;
         let embedding = match embedding {
             Some(v) => Some(as_vector(v, "embedding")?),
             None => self.embed_text(py, &content)?,
