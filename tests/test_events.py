@@ -693,3 +693,54 @@ async def test_every_started_tool_call_finishes_in_the_events_however_the_run_en
     if end == "policy error":
         assert "budget is spent" in finished[0].observation
     assert isinstance(seen[-1], ar.ErrorEvent)  # after the calls' finishes
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+@pytest.mark.parametrize("denied", [False, True])
+async def test_a_listener_failing_on_a_tool_calls_start_leaves_it_finished(
+    mode: str, denied: bool
+) -> None:
+    # The run fails, as a sync callback's error fails it; but the call had a start and no
+    # finish, live and in the saved event log.
+    ran: list[int] = []
+
+    @ar.tool
+    async def slow(x: int) -> str:
+        """Records that it ran."""
+        ran.append(x)
+        return "done"
+
+    def failing(event: ar.Event) -> None:
+        if isinstance(event, ar.ToolCallStarted):
+            raise RuntimeError("listener failed on ToolCallStarted")
+
+    config = ar.AgentConfig(mode=mode)  # type: ignore[arg-type]
+    if mode == "react":
+        replies: list[Any] = ['Thought: t\nAction: slow {"x": 1}']
+    else:
+        replies = [ar.ScriptedProvider.tool_call_reply([("slow", {"x": 1}), ("slow", {"x": 2})])]
+
+    def deny(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("deny", reason="no")
+
+    runtime = ar.AgentRuntime(
+        config,
+        tools=[slow],
+        checkpoint_backend=ar.InMemoryBackend(),
+        approval_handler=deny if denied else None,
+    )
+    seen: list[ar.Event] = []
+    runtime.events.on(seen.append)
+    runtime.events.on(failing)
+    session = runtime.create_session("a")
+    with pytest.raises(RuntimeError, match="listener failed"):
+        await runtime.run_agent_with_provider(
+            "a", "q", ar.ScriptedProvider([*replies, "ok"]), session=session
+        )
+    assert ran == []  # no tool ran after its start failed
+    live = [{"type": type(e).__name__, **e._asdict()} for e in seen]
+    for events in (live, await runtime.session_events(session.session_id)):
+        started = [(e["step"], e["tool"]) for e in events if e["type"] == "ToolCallStarted"]
+        finished = [e for e in events if e["type"] == "ToolCallFinished"]
+        assert started and sorted(started) == sorted((e["step"], e["tool"]) for e in finished)
+        assert all(e["error_kind"] == "permanent" for e in finished)

@@ -1524,12 +1524,17 @@ class AgentRuntime:
         events = self.events
         # Computed also when a listener joins while the tool runs.
         step_index = len(session.steps) + index
-        if events.active:
-            events.emit(_event(ToolCallStarted, (session.session_id, step_index, name, arguments)))
-        if busy is not None:
-            busy.start()
         start = time.perf_counter()
+        busy_started = False
         try:
+            # In the `try`: a listener failing on the start fails the run, the call finished.
+            if events.active:
+                started = (session.session_id, step_index, name, arguments)
+                events.emit(_event(ToolCallStarted, started))
+            if busy is not None:
+                busy.start()
+                busy_started = True
+            start = time.perf_counter()
             if self._tracer is not None:
                 with self._tracer.start_as_current_span(
                     "agent.tool", attributes={"tool": name}
@@ -1545,7 +1550,7 @@ class AgentRuntime:
                 )
         except BaseException as error:  # cancelled, timed out, or a policy error: it goes on
             self.metrics.record_tool_failure(counted, session.agent_id)  # as the events say
-            if busy is not None:
+            if busy is not None and busy_started:
                 busy.stop()
             if events.active:  # a started call finishes in the events too, as it ended
                 try:
@@ -1614,10 +1619,12 @@ class AgentRuntime:
         if events.active:
             step_index = len(session.steps) + index
             started = (session.session_id, step_index, name, arguments)
-            events.emit(_event(ToolCallStarted, started))
             content, error_kind = denial
             finished = (session.session_id, step_index, name, content, error_kind, 0.0)
-            events.emit(_event(ToolCallFinished, finished))
+            try:
+                events.emit(_event(ToolCallStarted, started))
+            finally:  # even if a listener failed on the start: every start gets its finish
+                events.emit(_event(ToolCallFinished, finished))
         return denial, 0.0, name, arguments
 
     async def _guard_call(

@@ -3,6 +3,7 @@
 import asyncio
 import contextvars
 import fcntl
+import itertools
 import multiprocessing
 import os
 import socket
@@ -1391,6 +1392,51 @@ def test_sqlite_refuses_a_synchronous_level_it_would_take_for_normal(
     # SQLite takes a name it does not know for NORMAL, silently: less durable than asked.
     with pytest.raises(ar.PersistenceError, match="synchronous must be one of"):
         ar.SqliteBackend(tmp_path / "store.db", synchronous=given)
+
+
+@pytest.mark.parametrize("given", ["5", True, -1.0, float("nan"), float("inf"), None])
+def test_sqlite_refuses_a_busy_timeout_that_is_no_time(tmp_path: Path, given: Any) -> None:
+    # A str was a bare TypeError from sqlite3.connect.
+    with pytest.raises(ar.PersistenceError, match="busy_timeout must be a finite number"):
+        ar.SqliteBackend(tmp_path / "store.db", busy_timeout=given)
+
+
+def test_a_path_with_a_nul_is_a_persistence_error(tmp_path: Path) -> None:
+    # A bare ValueError ("embedded null byte").
+    with pytest.raises(ar.PersistenceError, match="cannot open SQLite database"):
+        ar.SqliteBackend(str(tmp_path / "a\x00b.db"))
+    with pytest.raises(ar.PersistenceError, match="cannot create"):
+        ar.FileBackend(str(tmp_path / "a\x00b"))
+
+
+async def test_leaving_async_with_while_a_call_waits_for_a_lock_keeps_the_loop_running(
+    tmp_path: Path,
+) -> None:
+    # The close waited on the loop for the call's thread, which waited for another
+    # writer's lock (up to busy_timeout): every other task stood still until then.
+    ar.SqliteBackend(tmp_path / "store.db").close()  # the file and its table
+    other = sqlite3.connect(tmp_path / "store.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    backend = ar.SqliteBackend(tmp_path / "store.db", busy_timeout=3.0)
+    ticks: list[float] = []
+
+    async def heartbeat() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.02)
+
+    beating = asyncio.create_task(heartbeat())
+    try:
+        async with backend as store:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(store.save("k", b"v"), 0.5)  # its thread goes on
+        await asyncio.sleep(0.1)  # a beat after the close: a stall shows as a gap
+    finally:
+        beating.cancel()
+        other.execute("ROLLBACK")
+        other.close()
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert max(gaps) < 0.5  # the loop ran all along (it stood for ~1.5 s before)
 
 
 # ---------------------------------------------------------------- listings: exact, once, whole

@@ -252,8 +252,8 @@ class FileBackend:
         self._batches = self.directory / _BATCHES
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PersistenceError(f"cannot create {self.directory}: {exc}") from exc
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+            raise PersistenceError(f"cannot create {str(self.directory)!r}: {exc}") from exc
         # A directory that is read-only (an archive) is still read: the redo log's folder
         # is made by the first batch then. The lock files are made now, so that a reader
         # that may not make them finds them (see `_lock_file`).

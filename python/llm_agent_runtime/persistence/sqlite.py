@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+import numbers
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -78,11 +81,11 @@ class SqliteBackend:
             commit, so a saved checkpoint survives a power cut; `NORMAL` is faster and
             survives a process crash but may lose the last commits on power loss. The
             attribute (and the repr) holds the level's name.
-        busy_timeout: seconds to wait for another writer's lock.
+        busy_timeout: seconds to wait for another writer's lock (a finite number >= 0).
 
     Raises:
-        PersistenceError: When `synchronous` is no such level, or the database cannot be
-            opened.
+        PersistenceError: When `synchronous` is no such level, `busy_timeout` no such time,
+            or the database cannot be opened (a path with a NUL character, too).
     """
 
     def __init__(
@@ -93,6 +96,11 @@ class SqliteBackend:
     ) -> None:
         self.path = str(path)
         self.synchronous = _synchronous_level(synchronous)
+        real = isinstance(busy_timeout, numbers.Real) and not isinstance(busy_timeout, bool)
+        if not (real and 0 <= busy_timeout < math.inf):
+            raise PersistenceError(
+                f"busy_timeout must be a finite number of seconds >= 0, got {busy_timeout!r}"
+            )
         self._lock = threading.Lock()
         try:
             if self.path != ":memory:":
@@ -107,8 +115,8 @@ class SqliteBackend:
             except BaseException:
                 conn.close()  # e.g. the file is not a database: no connection left open
                 raise
-        except (sqlite3.Error, OSError) as exc:
-            raise PersistenceError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        except (sqlite3.Error, OSError, ValueError) as exc:  # ValueError: a NUL in the path
+            raise PersistenceError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         self._conn = conn
 
     async def _run(
@@ -250,7 +258,9 @@ class SqliteBackend:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
+        # Off the loop: the close waits for a call whose thread may wait for another
+        # writer's lock (up to `busy_timeout`), even after the call was cancelled.
+        await asyncio.to_thread(self.close)
 
     def __repr__(self) -> str:
         return f"SqliteBackend(path={self.path!r}, synchronous={self.synchronous!r})"
