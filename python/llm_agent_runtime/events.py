@@ -84,9 +84,10 @@ class ToolCallStarted(NamedTuple):
 class ToolCallFinished(NamedTuple):
     """A tool call finished; `error_kind` is None on success.
 
-    Every `ToolCallStarted` gets one. A call that a cancellation, the loop timeout or a
-    policy error cut off finishes with an `error: ...` observation (`transient` for a
-    cancellation, else `permanent`), before the run's `ErrorEvent`.
+    Every `ToolCallStarted` gets one. A call that a cancellation, the loop timeout, a
+    policy error or a listener failing on its start cut off finishes with an `error: ...`
+    observation (`transient` for a cancellation, else `permanent`), before the run's
+    `ErrorEvent`.
     """
 
     session_id: str
