@@ -319,6 +319,9 @@ class EventBus:
         web client, say) costs bounded memory and never slows the runs. A callback (`on`)
         queues nothing.
 
+        Iterate it on the event loop the runs run on: the queue is an `asyncio.Queue`, which
+        an event emitted from another thread (a run on another thread's loop) does not wake.
+
         Args:
             max_buffered: Most unread events kept (at least 1); None: no limit.
 
