@@ -1,5 +1,8 @@
 import asyncio
+import contextlib
+import itertools
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -694,6 +697,96 @@ async def test_a_stale_failure_does_not_decide_a_half_open_circuit() -> None:
     assert await probe_task == "late"
     assert breaker.state == "closed"
     assert breaker.transitions == {"closed->open": 1, "open->half_open": 1, "half_open->closed": 1}
+
+
+@pytest.mark.parametrize("failures_before", [0, 1])
+async def test_a_call_from_before_an_outage_changes_nothing_once_recovered(
+    failures_before: int,
+) -> None:
+    # A slow call admitted while closed ends after the circuit opened and closed again: its
+    # failure must not reopen the recovered circuit, nor its success reset failures counted
+    # since. failures_before=0 admits it on the fast path, 1 on the slow path.
+    clock = ar.FakeClock()  # the outage opens at clock time 0.0, as a fresh state reads
+    breaker = ar.CircuitBreaker("svc", failure_threshold=2, recovery_window=10, clock=clock)
+    for _ in range(failures_before):
+        with pytest.raises(Boom):
+            await breaker.call(failing)
+    failing_late, succeeding_late = Gate(), Gate()
+    failing_late.error = Boom("failed before the outage")
+    late = [asyncio.create_task(breaker.call(gate)) for gate in (failing_late, succeeding_late)]
+    await asyncio.sleep(0)
+    for _ in range(2 - failures_before):
+        with pytest.raises(Boom):
+            await breaker.call(failing)
+    assert breaker.state == "open"
+    clock.advance(10)
+    assert await breaker.call(lambda: "probe") == "probe"
+    assert breaker.state == "closed"
+    with pytest.raises(Boom):
+        await breaker.call(failing)  # one failure counted after the recovery
+    failing_late.release.set()
+    with pytest.raises(Boom):
+        await late[0]
+    assert breaker.state == "closed"
+    assert (await breaker.current_state()).failures == 1
+    succeeding_late.release.set()
+    assert await late[1] == "late"
+    assert (await breaker.current_state()).failures == 1  # not reset by a stale success
+    assert breaker.transitions == {"closed->open": 1, "open->half_open": 1, "half_open->closed": 1}
+    with pytest.raises(Boom):
+        await breaker.call(failing)  # the second failure since the recovery opens it
+    assert breaker.state == "open"
+
+
+def test_threads_report_state_changes_in_the_order_they_happened() -> None:
+    breaker = ar.CircuitBreaker("svc", failure_threshold=1, recovery_window=1e-4)
+    seen: list[tuple[str, str]] = []
+    breaker.add_listener(lambda change: seen.append((change.old, change.new)))
+
+    def hammer(seed: int) -> None:
+        for i in range(2000):
+            with contextlib.suppress(Boom, ar.CircuitOpenError):
+                breaker.call_sync(failing if (i + seed) % 3 else (lambda: None))
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: between a change and its report too
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert seen, "the breaker never changed state"
+    # Each change starts where the one before ended, and the last ends on the state.
+    assert all(before[1] == after[0] for before, after in itertools.pairwise(seen))
+    assert seen[-1][1] == breaker.state
+
+
+async def test_a_policy_refusal_inside_a_guarded_call_is_not_a_service_failure() -> None:
+    breaker = ar.CircuitBreaker("svc", failure_threshold=1)
+
+    def refused() -> None:
+        raise ar.BudgetExceededError("token budget spent")
+
+    def denied() -> None:
+        raise ar.PolicyDeniedError("not allowed")
+
+    for call in (refused, denied):
+        with pytest.raises(ar.AgentRuntimeError):
+            await breaker.call(call)
+    assert breaker.state == "closed"
+    with pytest.raises(Boom):
+        await breaker.call(failing)
+    assert breaker.state == "open"
+
+
+async def test_leaving_a_block_entered_in_another_task_is_an_error() -> None:
+    breaker = ar.CircuitBreaker("svc")
+    await asyncio.create_task(breaker.__aenter__())  # entered in a task now done
+    with pytest.raises(RuntimeError, match="without a matching __aenter__"):
+        await breaker.__aexit__(None, None, None)
 
 
 @pytest.mark.parametrize(

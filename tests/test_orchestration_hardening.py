@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import math
+import threading
 import types
 import warnings
 import weakref
@@ -391,6 +392,28 @@ def test_a_fake_clock_drops_the_sleepers_of_a_closed_event_loop() -> None:
     clock.advance(1)  # not "Event loop is closed"
     assert clock.now() == 2.0 and clock._sleepers == []
     gc.collect()  # the tasks left with the closed loops go without an error
+
+
+def test_a_dedup_key_running_on_another_threads_loop_is_a_clear_error() -> None:
+    dedup = Deduplicator(ttl=60)
+    started, release = threading.Event(), threading.Event()
+
+    async def slow() -> str:
+        started.set()
+        await asyncio.to_thread(release.wait)
+        return "slow"
+
+    results: list[str] = []
+    other = threading.Thread(target=lambda: results.append(asyncio.run(dedup.run("k", slow))))
+    other.start()
+    try:
+        assert started.wait(10)
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(dedup.run("k", lambda: "here"))
+    finally:
+        release.set()
+        other.join(10)
+    assert results == ["slow"] and dedup.executions == 1
 
 
 def test_a_dedup_key_left_running_by_a_closed_event_loop_runs_again_in_the_next() -> None:

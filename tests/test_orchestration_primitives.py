@@ -178,6 +178,24 @@ def test_guard_validation_and_release_misuse() -> None:
         guard.release()
 
 
+async def test_guard_block_that_released_its_slot_gives_none_back_twice() -> None:
+    guard = ar.BackpressureGuard(1)
+    with pytest.raises(RuntimeError, match="without a matching acquire"):
+        async with guard:
+            guard.release()
+    assert guard.depth == 0
+    guard.acquire()  # still one slot, not two
+    assert not guard.try_acquire()
+
+
+def test_guard_refuses_metrics_that_cannot_count_a_shed() -> None:
+    class PromCounter:
+        def inc(self) -> None: ...
+
+    with pytest.raises(TypeError, match="record_backpressure_shed"):
+        ar.BackpressureGuard(1, metrics=PromCounter())  # type: ignore[arg-type]
+
+
 # -- RateLimiter --------------------------------------------------------------------------------
 
 

@@ -545,6 +545,37 @@ async def test_breaker_states_written_before_trial_rounds_are_read_and_recover()
         await backend.client.set(backend.prefix + "svc", json.dumps(corrupt))
         with pytest.raises(ar.PersistenceError, match="corrupt breaker state"):
             await backend.get("svc")
+    # Six fields, as stored before openings were counted: none counted yet.
+    await backend.client.set(backend.prefix + "svc", json.dumps(["open", 2, 5.0, 0, 0.0, 0]))
+    assert await backend.get("svc") == ar.CircuitState("open", 2, 5.0, 0, 0.0, 0, 0)
+    await backend.client.delete(backend.prefix + "svc")
+    await backend.close()
+
+
+async def test_a_call_from_before_an_outage_is_stale_once_a_shared_breaker_recovered() -> None:
+    backend = ar.RedisCircuitStateBackend(redis_url(), prefix=f"epoch:{os.getpid()}:")
+    clock = ar.FakeClock()
+    breaker = ar.CircuitBreaker(
+        "svc", failure_threshold=1, recovery_window=10, backend=backend, clock=clock
+    )
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def failing_late() -> None:
+        started.set()
+        await release.wait()
+        raise ConnectionError("failed before the outage")
+
+    late = asyncio.create_task(breaker.call(failing_late))
+    await started.wait()  # admitted while closed
+    with pytest.raises(ConnectionError):
+        await breaker.call(_raise_connection_error)
+    clock.advance(10)
+    assert await breaker.call(lambda: "probe") == "probe"
+    release.set()
+    with pytest.raises(ConnectionError):
+        await late
+    state = await breaker.current_state()
+    assert (state.status, state.failures, state.openings) == ("closed", 0, 1)
     await backend.client.delete(backend.prefix + "svc")
     await backend.close()
 

@@ -112,6 +112,29 @@ async def test_a_base_exception_from_a_tool_is_a_permanent_observation(
     assert obs == ("error: _Abort: stop", "permanent")
 
 
+async def test_a_cancellation_landing_as_a_timed_tool_returns_is_not_lost() -> None:
+    # The caller is cancelled in the loop iteration in which the tool returns (a TaskGroup
+    # sibling failing, an outer timeout): the call must end cancelled, not return its result.
+    caller: asyncio.Task[Any] | None = None
+
+    async def lookup(args: dict[str, Any]) -> str:
+        await asyncio.sleep(0)
+        assert caller is not None
+        asyncio.get_running_loop().call_soon(caller.cancel)
+        return "result"
+
+    registry = ar.ToolRegistry([ar.ToolSpec("lookup", "d", lookup, timeout=5.0)])
+
+    async def call_then_continue() -> str:
+        observation = await registry.call("lookup", {})
+        await asyncio.sleep(0)  # where the run would go on: the cancellation lands by here
+        return observation.content
+
+    caller = asyncio.create_task(call_then_continue())
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+
+
 async def test_policy_errors_from_a_tool_still_propagate() -> None:
     async def deny(args: dict[str, Any]) -> str:
         raise ar.PolicyDeniedError("not allowed")

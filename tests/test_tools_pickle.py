@@ -6,6 +6,7 @@ import asyncio
 import copy
 import multiprocessing
 import pickle
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -123,3 +124,26 @@ def test_copies_are_new_specs_that_change_on_their_own() -> None:
         assert asyncio.run(ar.ToolRegistry([clone]).call("add", {"a": 1, "b": 1})).content == "2"
     deep = copy.deepcopy(add)
     assert deep.parameters is not add.parameters
+
+
+def test_a_deep_copy_shares_what_the_spec_calls() -> None:
+    # The user's breaker (it holds a lock) and a method's object are the user's: a deep copy
+    # of the spec calls them, not copies of them.
+    class Client:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.calls = 0
+
+        async def lookup(self, q: str) -> str:
+            """Looks up."""
+            self.calls += 1
+            return q
+
+    client = Client()
+    breaker = ar.CircuitBreaker("search-api")
+    spec = ar.tool(client.lookup, circuit_breaker=breaker)
+    clone = copy.deepcopy(spec)
+    assert clone.circuit_breaker is breaker
+    assert asyncio.run(ar.ToolRegistry([clone]).call("lookup", {"q": "x"})).content == "x"
+    assert client.calls == 1
+    assert clone.parameters == spec.parameters and clone.parameters is not spec.parameters

@@ -110,17 +110,6 @@ class _ToolTimeoutError(TimeoutError):
     """The per-tool timeout expired (a tool's own `TimeoutError` keeps its own message)."""
 
 
-class _CarriedExit(Exception):
-    """A tool's `SystemExit`, carried out of the task `asyncio.wait_for` runs a call in.
-
-    Before Python 3.12 that task would re-raise a `SystemExit` out of the event loop.
-    """
-
-    def __init__(self, exit_: SystemExit) -> None:
-        super().__init__(exit_)
-        self.exit = exit_
-
-
 class Observation(NamedTuple):
     """The result of one tool call as the model sees it."""
 
@@ -356,6 +345,10 @@ def _check_property(name: str, key: Any, parameter: str | None = None) -> None:
     )
 
 
+_DATA_SLOTS = ("description", "name", "parameters", "required_fields")
+"""The `ToolSpec` settings that are data, which a deep copy copies (the rest it shares)."""
+
+
 class ToolSpec:
     """A tool: a name, a description, a JSON schema, and a handler.
 
@@ -525,10 +518,15 @@ class ToolSpec:
         return clone
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ToolSpec:
-        """As `__copy__`, with the settings (the schema, say) copied deeply."""
-        clone = object.__new__(type(self))
+        """As `__copy__`, with the settings that are data (the schema, say) copied deeply.
+
+        What the spec calls (its handler, a method's object, its circuit breaker) is the
+        user's and is shared, as in `__copy__`: a copy of a client would not be the one
+        the user configured (nor can a lock be copied).
+        """
+        clone = self.__copy__()
         memo[id(self)] = clone
-        for slot in ToolSpec.__slots__:
+        for slot in _DATA_SLOTS:
             if hasattr(self, slot):
                 object.__setattr__(clone, slot, copy.deepcopy(getattr(self, slot), memo))
         return clone
@@ -696,28 +694,18 @@ class ToolSpec:
 async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
     """Awaits `call` for at most `timeout` s; only an expiry says "timed out after N s".
 
-    A `SystemExit` from the call is raised here, in the caller's task, like one from a call
-    without a timeout.
+    The call runs in the caller's task, as one without a timeout: a cancellation that lands
+    as the call ends is never lost (`asyncio.wait_for` on Python 3.11 returned the result
+    then, and the cancelled run went on), and a `SystemExit` is raised as it is.
     """
-    own: list[BaseException] = []
-
-    async def watched() -> Any:
-        try:
-            return await call
-        except _TIMEOUT_ERRORS as error:  # the tool's own, to tell it from the expiry
-            own.append(error)
-            raise
-        except SystemExit as exit_:
-            raise _CarriedExit(exit_) from None
-
+    scope = asyncio.timeout(timeout)
     try:
-        return await asyncio.wait_for(watched(), timeout)
-    except _TIMEOUT_ERRORS as error:
-        if own and own[0] is error:
+        async with scope:
+            return await call
+    except _TIMEOUT_ERRORS:
+        if not scope.expired():  # the tool's own TimeoutError
             raise
         raise _ToolTimeoutError(f"timed out after {timeout} s") from None
-    except _CarriedExit as carried:
-        raise carried.exit from None
 
 
 def _call_sync(handler: Callable[[dict[str, Any]], Any], arguments: dict[str, Any]) -> Any:

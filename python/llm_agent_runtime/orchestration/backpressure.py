@@ -29,11 +29,14 @@ class BackpressureGuard:
         soft_limit: depth at which a warning is logged: each acquire that brings the depth to
             `soft_limit` or beyond warns (an int in 1..capacity; `soft_limit == capacity`
             warns when the guard becomes full).
-        metrics: counts each shed request when given.
+        metrics: counts each shed request when given (a `RuntimeMetrics`, or anything with
+            a `record_backpressure_shed()` method).
 
     Raises:
         ValueError: `capacity` < 1, `soft_limit` outside 1..capacity, or either is not an int
             (a float such as 1.5, NaN or infinity, or a bool).
+        TypeError: `metrics` has no `record_backpressure_shed()` method (else the first shed
+            request would fail with an `AttributeError` instead of `BackpressureShedError`).
     """
 
     def __init__(
@@ -47,6 +50,11 @@ class BackpressureGuard:
             soft_limit = check_count("soft_limit", soft_limit, 1)
             if soft_limit > capacity:
                 raise ValueError(f"soft_limit must be in 1..{capacity}, got {soft_limit}")
+        if metrics is not None and not callable(getattr(metrics, "record_backpressure_shed", None)):
+            raise TypeError(
+                "metrics must be a RuntimeMetrics (or have a record_backpressure_shed() "
+                f"method), got {type(metrics).__name__}"
+            )
         self.capacity = capacity
         self.soft_limit = soft_limit
         self._metrics = metrics
@@ -107,7 +115,8 @@ class BackpressureGuard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._depth -= 1
+        # Checked: a block that released its slot itself must not give a second one back.
+        self.release()
 
     def __repr__(self) -> str:
         return f"BackpressureGuard(depth={self._depth}, capacity={self.capacity})"

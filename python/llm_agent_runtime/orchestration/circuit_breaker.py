@@ -5,12 +5,15 @@ States: `closed` (calls pass; consecutive failures are counted, a success resets
 `half_open` (up to `half_open_max_calls` trial calls pass; a trial's success closes the circuit,
 a failure opens it again).
 
-Each call remembers whether it was admitted as a trial call of the current half-open period.
-Only such a call frees a trial slot when it ends without a verdict (cancelled, or an error that
-`is_failure` does not count), and only its success or failure decides the half-open state. A
-call admitted while the circuit was closed that ends after the circuit opened is stale: its
-success changes nothing (the service was not probed), its failure does not reopen a half-open
-circuit (the probe decides), and it frees no slot it never held.
+Each call remembers the state that admitted it: a trial call of the current half-open period,
+or a call of the current closed period (the closed periods are told apart by the outage each
+follows). Only a trial frees a trial slot when it ends without a verdict (cancelled, or an
+error that `is_failure` does not count), and only its success or failure decides the half-open
+state. A call admitted while the circuit was closed that ends after the circuit opened is
+stale, even once the circuit has closed again: its success changes nothing (the service was
+not probed, and failures counted since stay counted), its failure neither reopens the circuit
+nor counts (the service failed it before the outage, and the probe decides), and it frees no
+slot it never held.
 
 A half-open circuit always recovers. Trial slots are handed back when a trial ends, but a trial
 can also end unseen: its worker process is killed, its caller is cancelled while a shared
@@ -50,7 +53,7 @@ from typing import (
     runtime_checkable,
 )
 
-from llm_agent_runtime.errors import CircuitOpenError
+from llm_agent_runtime.errors import BudgetExceededError, CircuitOpenError, PolicyDeniedError
 from llm_agent_runtime.orchestration._calls import (
     call_maybe_async,
     is_async_callable,
@@ -72,8 +75,15 @@ Status = Literal["closed", "open", "half_open"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-Trial = tuple[float, int]
-"""The trial token of a call admitted as a trial: `(opened_at, trial_round)` of its round."""
+Admission = tuple[int, int]
+"""The token of an admitted call: `(openings, trial_round)` of the state that admitted it.
+
+A trial's names its round of trials; a call admitted while closed has round `CLOSED_ROUND`
+(its `openings` tells the closed period apart from those before and after an outage).
+"""
+
+CLOSED_ROUND = -1
+"""The `trial_round` of the token of a call admitted while the circuit was closed."""
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +103,20 @@ class CircuitState(NamedTuple):
     """Clock time the latest trial call was admitted while half-open."""
     trial_round: int = 0
     """Rounds of trial slots reclaimed in this half-open period (see `trial_timeout`)."""
+    openings: int = 0
+    """Times the circuit has opened: it numbers the periods, an open period and the
+    half-open and closed ones after it."""
 
 
 CLOSED = CircuitState()
 
-_HELD: contextvars.ContextVar[tuple[tuple[object, Trial | None], ...]] = contextvars.ContextVar(
+_POLICY_ERRORS = (PolicyDeniedError, BudgetExceededError)
+"""Errors the default `is_failure` does not count: the runtime's policies raised them."""
+
+_HELD: contextvars.ContextVar[tuple[tuple[object, Admission], ...]] = contextvars.ContextVar(
     "llm_agent_runtime_circuit_breaker_held", default=()
 )
-"""(breaker, trial token) of each `async with breaker:` block open in the current task."""
+"""(breaker, admission token) of each `async with breaker:` block open in the current task."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +263,9 @@ class CircuitBreaker:
         """Outcomes of calls the backend failed to record (each is logged; the call's own
         result or error is what its caller got)."""
         self._last: CircuitState = CLOSED
+        # Held while an in-process change is made and observed (reentrant: a listener may
+        # call through the breaker).
+        self._order = threading.RLock()
 
     # -- state machine (pure functions of the state) ------------------------------------
 
@@ -260,7 +279,7 @@ class CircuitBreaker:
         if state.status == "open":
             if now < state.opened_at + self.recovery_window:
                 return state
-            return CircuitState("half_open", state.failures, state.opened_at, 1, now, 0)
+            return state._replace(status="half_open", trial_calls=1, trial_started=now)
         if state.trial_calls < self.half_open_max_calls:
             return state._replace(trial_calls=state.trial_calls + 1, trial_started=now)
         if now >= state.trial_started + self.trial_timeout:
@@ -272,44 +291,40 @@ class CircuitBreaker:
         return state
 
     # A call admitted as a trial holds a slot of one round of trials, identified by the
-    # `opened_at` of the open period the half-open period ended (it grows with each
-    # reopening) and the `trial_round` within it: the call's "trial token". A call admitted
-    # while closed has no token (None).
+    # `openings` of the open period the half-open period ended and the `trial_round` within
+    # it: the call's admission token. A call admitted while closed has the token of the
+    # closed period: its `openings`, and `CLOSED_ROUND`.
 
     @staticmethod
-    def _is_current(state: CircuitState, trial: Trial | None) -> bool:
-        """Whether `trial` is a token of the current round of trials of a half-open state."""
-        return (
-            trial is not None
-            and state.status == "half_open"
-            and trial[0] == state.opened_at
-            and trial[1] == state.trial_round
-        )
-
-    def _on_success(self, state: CircuitState, trial: Trial | None = None) -> CircuitState:
+    def _is_current(state: CircuitState, token: Admission) -> bool:
+        """Whether `token` is of the current closed period, or round of trials, of `state`."""
+        if state.status == "open" or token[0] != state.openings:
+            return False
         if state.status == "closed":
-            return state if state.failures == 0 else CLOSED
-        if self._is_current(state, trial):
-            return CLOSED
-        return state  # open, or a call that is not a trial of this round (stale)
+            return token[1] == CLOSED_ROUND
+        return token[1] == state.trial_round
 
-    def _on_failure(self, state: CircuitState, trial: Trial | None = None) -> CircuitState:
-        if state.status == "half_open":
-            if self._is_current(state, trial):
-                return CircuitState("open", state.failures, self._clock.now(), 0)
-            return state  # a stale call: the trials decide
-        if state.status == "open":
-            return state
-        failures = state.failures + 1
-        if failures >= self.failure_threshold:
-            return CircuitState("open", failures, self._clock.now(), 0)
+    def _on_success(self, state: CircuitState, token: Admission) -> CircuitState:
+        if not self._is_current(state, token):
+            return state  # open, or a stale call (of an earlier period or round)
+        if state.status == "closed":
+            return state if state.failures == 0 else state._replace(failures=0)
+        # A trial succeeded: recovered, in the closed period after this outage.
+        return CircuitState(opened_at=state.opened_at, openings=state.openings)
+
+    def _on_failure(self, state: CircuitState, token: Admission) -> CircuitState:
+        if not self._is_current(state, token):
+            return state  # open, or a stale call: the trials decide, or it failed before
+        failures = state.failures if state.status == "half_open" else state.failures + 1
+        if state.status == "half_open" or failures >= self.failure_threshold:
+            return CircuitState("open", failures, self._clock.now(), openings=state.openings + 1)
         return state._replace(failures=failures)
 
     @classmethod
-    def _release_trial(cls, state: CircuitState, trial: Trial) -> CircuitState:
+    def _release_trial(cls, state: CircuitState, trial: Admission) -> CircuitState:
         # A trial call ended without a verdict (cancelled or not a failure): free its slot,
         # if the round it holds a slot of is still the current one.
-        if cls._is_current(state, trial) and state.trial_calls > 0:
+        if state.status == "half_open" and cls._is_current(state, trial) and state.trial_calls:
             return state._replace(trial_calls=state.trial_calls - 1)
         return state
 
@@ -335,28 +350,42 @@ class CircuitBreaker:
                             new.status,
                         )
 
-    def _trial_token(self, old: CircuitState, new: CircuitState) -> Trial | None:
-        """The trial token of a call `_admit` took `old` to `new` for; refuses a call.
+    def _admission(self, old: CircuitState, new: CircuitState) -> Admission:
+        """The token of a call `_admit` took `old` to `new` for; refuses a call.
 
         Raises:
             CircuitOpenError: `_admit` refused the call (it leaves the state unchanged then).
         """
         if new.status == "closed":
-            return None
+            return new.openings, CLOSED_ROUND
         if new == old:
             raise CircuitOpenError(self.service)
-        return new.opened_at, new.trial_round  # admitted as a trial of this round
+        return new.openings, new.trial_round  # admitted as a trial of this round
 
-    async def _enter(self) -> Trial | None:
+    def _update_local(
+        self, change: Callable[[CircuitState], CircuitState]
+    ) -> tuple[CircuitState, CircuitState]:
+        """Applies `change` to the in-process state and observes it, in one step.
+
+        In one step so that threads (`call_sync`) report changes in the order they happened:
+        a listener keeping a gauge ends on the current state.
+        """
         local = self._local
-        if local is not None:
-            old, new = local.update_now(self.service, self._admit)
+        assert local is not None
+        with self._order:
+            old, new = local.update_now(self.service, change)
+            self._observe(old, new)
+        return old, new
+
+    async def _enter(self) -> Admission:
+        if self._local is not None:
+            old, new = self._update_local(self._admit)
         else:
             old, new = await self._backend.update(self.service, self._admit)
-        self._observe(old, new)
-        return self._trial_token(old, new)
+            self._observe(old, new)
+        return self._admission(old, new)
 
-    async def _exit(self, error: BaseException | None, trial: Trial | None) -> None:
+    async def _exit(self, error: BaseException | None, trial: Admission) -> None:
         """Records the outcome of a call; never raises but `CancelledError`.
 
         A backend failure is logged and counted (the call's own outcome stands). The update
@@ -380,21 +409,17 @@ class CircuitBreaker:
             return
         self._observe(old, new)
 
-    def _exit_sync(self, error: BaseException | None, trial: Trial | None) -> None:
+    def _exit_sync(self, error: BaseException | None, trial: Admission) -> None:
         """`_exit` for the in-process backend."""
         change = self._verdict(error, trial)
         if change is not None:
             self._record_now(change)
 
     def _record_now(self, change: Callable[[CircuitState], CircuitState]) -> None:
-        local = self._local
-        assert local is not None
         try:
-            old, new = local.update_now(self.service, change)
+            self._update_local(change)
         except Exception as failure:
             self._record_failed(failure)
-            return
-        self._observe(old, new)
 
     def _recorded_late(self, update: asyncio.Future[tuple[CircuitState, CircuitState]]) -> None:
         """Observes an outcome update that outlived its (cancelled) caller."""
@@ -416,25 +441,23 @@ class CircuitBreaker:
         )
 
     def _verdict(
-        self, error: BaseException | None, trial: Trial | None
+        self, error: BaseException | None, token: Admission
     ) -> Callable[[CircuitState], CircuitState] | None:
         """The state change for a call that ended with `error`; None when there is none."""
         if error is None:
-            if trial is None:
-                return self._on_success
-            return functools.partial(self._on_success, trial=trial)
+            return functools.partial(self._on_success, token=token)
         if isinstance(error, Exception) and self._counts_as_failure(error):
-            if trial is None:
-                return self._on_failure
-            return functools.partial(self._on_failure, trial=trial)
+            return functools.partial(self._on_failure, token=token)
         # Cancelled, or not a failure: only a trial call has something (its slot) to give back.
-        if trial is None:
+        if token[1] == CLOSED_ROUND:
             return None
-        return functools.partial(self._release_trial, trial=trial)
+        return functools.partial(self._release_trial, trial=token)
 
     def _counts_as_failure(self, error: Exception) -> bool:
         if self._is_failure is None:
-            return True
+            # A policy refusal (a spent budget, a denied capability) says nothing of the
+            # service's health.
+            return not isinstance(error, _POLICY_ERRORS)
         try:
             return bool(self._is_failure(error))
         except Exception:
@@ -498,22 +521,25 @@ class CircuitBreaker:
             CircuitOpenError: the circuit is open; `fn` was not called.
         """
         states = self._local_states
-        if states is not None and states.get(self.service, CLOSED) is CLOSED:
-            # The fast path: in-process state, closed with no failures counted. Such a call
-            # needs no state change to start, nor to succeed unless the state moved meanwhile
-            # (a read of a dict, no lock).
-            try:
-                result = fn(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-            except BaseException as exc:
-                self._exit_sync(exc, None)
-                raise
-            if states.get(self.service, CLOSED) is not CLOSED:
-                # Failures were counted while this call ran (its success resets them), or
-                # the circuit opened (then its success changes nothing).
-                self._exit_sync(None, None)
-            return result
+        if states is not None:
+            start = states.get(self.service, CLOSED)
+            if start.status == "closed" and not start.failures:
+                # The fast path: in-process state, closed with no failures counted. Such a
+                # call needs no state change to start, nor to succeed unless the state moved
+                # meanwhile (a read of a dict, no lock).
+                token = (start.openings, CLOSED_ROUND)
+                try:
+                    result = fn(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                except BaseException as exc:
+                    self._exit_sync(exc, token)
+                    raise
+                if states.get(self.service, CLOSED) is not start:
+                    # Failures were counted while this call ran (its success resets them), or
+                    # the circuit opened (then its success changes nothing).
+                    self._exit_sync(None, token)
+                return result
         trial = await self._enter()
         try:
             result = await call_maybe_async(fn, *args, **kwargs)
@@ -535,8 +561,10 @@ class CircuitBreaker:
         states = self._local_states
         if states is None:
             raise TypeError("a shared circuit backend needs the async API: await breaker.call(...)")
-        if states.get(self.service, CLOSED) is CLOSED:
+        start = states.get(self.service, CLOSED)
+        if start.status == "closed" and not start.failures:
             # The fast path, as in `call`.
+            token = (start.openings, CLOSED_ROUND)
             try:
                 result = fn(*args, **kwargs)
                 # Any awaitable is refused, as on a trial. This is the hot path: what
@@ -544,16 +572,13 @@ class CircuitBreaker:
                 if getattr(result, "__await__", None) is not None or type(result) is GeneratorType:
                     refuse_awaitable(result, "CircuitBreaker.call_sync")
             except BaseException as exc:
-                self._exit_sync(exc, None)
+                self._exit_sync(exc, token)
                 raise
-            if states.get(self.service, CLOSED) is not CLOSED:
-                self._exit_sync(None, None)  # as in `call`: the state moved while it ran
+            if states.get(self.service, CLOSED) is not start:
+                self._exit_sync(None, token)  # as in `call`: the state moved while it ran
             return result
-        local = self._local
-        assert local is not None
-        old, new = local.update_now(self.service, self._admit)
-        self._observe(old, new)
-        trial = self._trial_token(old, new)
+        old, new = self._update_local(self._admit)
+        trial = self._admission(old, new)
         try:
             result = fn(*args, **kwargs)
             refuse_awaitable(result, "CircuitBreaker.call_sync")
@@ -574,14 +599,17 @@ class CircuitBreaker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        trial = None
         held = _HELD.get()
         for index in range(len(held) - 1, -1, -1):  # the innermost block of this breaker
             if held[index][0] is self:
-                trial = held[index][1]
                 _HELD.set(held[:index] + held[index + 1 :])
-                break
-        await self._exit(exc, trial)
+                await self._exit(exc, held[index][1])
+                return
+        # Left in another task (or context) than it was entered in: no admission to record.
+        raise RuntimeError(
+            f"circuit breaker {self.service!r}: __aexit__ without a matching __aenter__ in this "
+            "task (a block must be entered and left in the same task)"
+        )
 
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         """Decorates a sync or async callable so every call goes through the breaker.

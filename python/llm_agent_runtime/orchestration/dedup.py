@@ -69,7 +69,8 @@ class Deduplicator:
     another. The execution runs as its own task, so one caller's cancellation does not cancel
     it for the others. A failure is passed to every waiter and is not cached. Expired
     results are dropped as new ones come in, so a stream of distinct keys holds only the
-    results of the last `ttl` seconds.
+    results of the last `ttl` seconds. Meant for one event loop at a time (not shared between
+    threads: a caller on another running loop cannot wait for this loop's execution).
 
     Args:
         ttl: seconds a completed result is served (0 disables result caching, `math.inf`
@@ -132,12 +133,22 @@ class Deduplicator:
         result is typed as `fn`'s (an awaitable `fn` returns is awaited). An execution left
         running by an event loop that was closed never finishes: it is dropped, and the call
         runs again.
+
+        Raises:
+            RuntimeError: `key` is executing on another event loop that is still open (the
+                deduplicator is shared between threads).
         """
         hit, value = self._cached(key)
         if hit:
             return value
         task = self._in_flight.get(key)
-        if task is not None and task.get_loop().is_closed():
+        if task is not None and task.get_loop() is not asyncio.get_running_loop():
+            if not task.get_loop().is_closed():
+                # Its future belongs to the other loop: awaiting it here fails deep in asyncio.
+                raise RuntimeError(
+                    f"Deduplicator: key {key!r:.80} is executing on another event loop; a "
+                    "Deduplicator is meant for one event loop at a time (one per thread)"
+                )
             del self._in_flight[key]
             task = None
         if task is None:

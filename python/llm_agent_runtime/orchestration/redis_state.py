@@ -237,11 +237,13 @@ def _decode(raw: bytes | None) -> CircuitState:
         return CLOSED
     try:
         # Four fields in states written before trial rounds existed: they read as round 0
-        # with a trial admitted long ago (so slots such a state holds are reclaimable).
-        status, failures, opened_at, trial_calls, *rest = json.loads(raw)
-        if status not in ("closed", "open", "half_open") or len(rest) not in (0, 2):
+        # with a trial admitted long ago (so slots such a state holds are reclaimable); six
+        # in states written before openings were counted: they read as none yet.
+        fields: list[Any] = json.loads(raw)
+        status, failures, opened_at, trial_calls, *rest = fields
+        if status not in ("closed", "open", "half_open") or len(rest) not in (0, 2, 3):
             raise ValueError(f"not a breaker state: {raw!r}")
-        trial_started, trial_round = rest if rest else (0.0, 0)
+        trial_started, trial_round, openings = [*rest, 0.0, 0, 0][:3]
         return CircuitState(
             status,
             int(failures),
@@ -249,6 +251,7 @@ def _decode(raw: bytes | None) -> CircuitState:
             int(trial_calls),
             float(trial_started),
             int(trial_round),
+            int(openings),
         )
     except (ValueError, TypeError) as error:
         raise PersistenceError(f"corrupt breaker state: {error}") from error
