@@ -814,6 +814,31 @@ def test_sentence_transformer_dim_prefers_get_embedding_dimension(
         assert embedder.dim == 5
 
 
+def test_a_sentence_transformer_of_unknown_width_fixes_it_by_its_first_vector(
+    monkeypatch: Any,
+) -> None:
+    # sentence-transformers reports None for a model whose width it does not know.
+    class Model:
+        def __init__(self, path: str, device: str) -> None:
+            pass
+
+        def get_embedding_dimension(self) -> None:
+            return None
+
+        def encode(self, texts: list[str], **settings: Any) -> Any:
+            return np.array([[float(len(t)), 1.0, 0.0] for t in texts], dtype=np.float32)
+
+    monkeypatch.setitem(
+        sys.modules, "sentence_transformers", types.SimpleNamespace(SentenceTransformer=Model)
+    )
+    embedder = ar.SentenceTransformerEmbedder("some/model")
+    assert embedder.dim is None
+    assert embedder.embed([]).shape == (0, 0)
+    store = ar.SemanticStore(embedder)
+    store.store("a", "four")
+    assert [hit.key for hit in store.search("five!")] == ["a"]
+
+
 def test_bundled_minilm_when_the_embeddings_extra_is_installed() -> None:
     """Runs the real all-MiniLM-L6-v2 (the optional `embeddings` extra)."""
     pytest.importorskip("sentence_transformers")

@@ -1,6 +1,7 @@
 """The bundled demo (`llm_agent_runtime.demo`), the console script and the public namespace."""
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -287,3 +288,20 @@ def test_the_demo_bounds_a_silent_models_wait(
         assert time.monotonic() - start < 30
     finally:
         listener.close()
+
+
+def test_the_demo_graph_tool_lists_relationships_to_an_entity_too() -> None:
+    graph = ar.GraphStore()
+    for name in ("Sun", "Mars", "Phobos"):
+        graph.add_entity(name, "body")
+    graph.add_relationship("Mars", "Sun", "orbits")
+    graph.add_relationship("Mars", "Phobos", "has_moon")
+    registry = ar.ToolRegistry([demo.build_graph_query(graph)])
+    for entity, expected in [
+        ("Sun", ["Mars orbits Sun"]),
+        ("Phobos", ["Mars has_moon Phobos"]),
+        ("Mars", ["Mars orbits Sun", "Mars has_moon Phobos"]),
+    ]:
+        observation = asyncio.run(registry.call("graph_query", {"entity": entity}))
+        assert observation.error_kind is None
+        assert sorted(json.loads(observation.content)) == sorted(expected)

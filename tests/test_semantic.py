@@ -435,3 +435,28 @@ def test_an_embedders_dim_that_is_no_size_leaves_the_first_vector_to_fix_it(dim:
     assert [hit.key for hit in store.search("query")] == ["a"]
     with pytest.raises(ar.MemoryStoreError, match="dimension 3, the store has 4"):
         store.search([1.0, 0.0, 0.0])
+
+
+def test_a_value_beyond_the_float_range_is_refused_with_a_store_error() -> None:
+    store = ar.SemanticStore(dim=3)
+    with pytest.raises(ar.MemoryStoreError, match="infinite"):
+        store.store("a", "x", embedding=[10**400, 0, 0])
+    store.store("a", "x", embedding=[1.0, 0.0, 0.0])
+    with pytest.raises(ar.MemoryStoreError, match="infinite"):
+        store.search([10**400, 0, 0])
+
+
+@pytest.mark.parametrize("field", ["key", "value"])
+def test_a_text_with_a_lone_surrogate_is_refused_even_unembedded(field: str) -> None:
+    store = ar.SemanticStore(dim=3)
+    texts = {"key": "k", "value": "v", field: "caf\ud800"}
+    with pytest.raises(ar.MemoryStoreError, match=f"{field} is not valid Unicode"):
+        store.store(texts["key"], texts["value"], embed=False)
+    store.store("k", "caf\u00e9", embed=False)  # valid non-ASCII text is stored
+    assert store.total_value_bytes() == 5 and len(store) == 1
+
+
+@pytest.mark.parametrize("dtype", [None, 32, b"int8"])
+def test_a_dtype_that_is_no_str_is_a_store_error(dtype: Any) -> None:
+    with pytest.raises(ar.MemoryStoreError, match="dtype must be"):
+        ar.SemanticStore(dtype=dtype)

@@ -121,17 +121,19 @@ class SentenceTransformerEmbedder:
         self._normalize = normalize
 
     @property
-    def dim(self) -> int:
-        """Output length of the model.
+    def dim(self) -> int | None:
+        """Output length of the model; None when the model does not know it.
 
         Read with the model's `get_embedding_dimension`, or with
         `get_sentence_embedding_dimension` on sentence-transformers releases that predate it
-        (newer ones warn on that older name).
+        (newer ones warn on that older name). Either returns None for a model whose width is
+        unknown: a store then takes the first vector's length.
         """
         read = getattr(self._model, "get_embedding_dimension", None)
         if read is None:
             read = self._model.get_sentence_embedding_dimension
-        return int(read())
+        width = read()
+        return None if width is None else int(width)
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Embeds `texts` (see `Embedder.embed`).
@@ -144,7 +146,7 @@ class SentenceTransformerEmbedder:
 
         batch = _texts(texts)
         if not batch:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, self.dim or 0), dtype=np.float32)
         rows = self._model.encode(
             batch,
             batch_size=self._batch_size,

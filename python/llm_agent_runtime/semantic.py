@@ -52,6 +52,18 @@ class SemanticHit:
     """Cosine similarity to the query, in [-1, 1]."""
 
 
+def _check_unicode(what: str, text: str) -> None:
+    """Refuses a `text` with no UTF-8 form (it holds a lone surrogate)."""
+    if text.isascii():  # the usual case, settled without encoding
+        return
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:  # not chained: it quotes the whole text
+        raise MemoryStoreError(
+            f"{what} is not valid Unicode: it holds a lone surrogate at index {error.start}"
+        ) from None
+
+
 class SemanticStore:
     """Key -> text value with tags and an optional embedding; vector search filtered by tags.
 
@@ -90,6 +102,8 @@ class SemanticStore:
                     f"got {dim!r}"
                 )
             dim = size
+        if not isinstance(dtype, str):
+            raise MemoryStoreError(f'dtype must be "float32", "float16" or "int8", got {dtype!r}')
         self._embedder: Embedder = embedder if embedder is not None else HashingEmbedder()
         self._dtype = dtype
         if dim is None:  # `dim` is optional in the Embedder protocol, and may be anything
@@ -133,13 +147,18 @@ class SemanticStore:
             embed: embed the value when no embedding is given.
 
         Raises:
-            MemoryStoreError: a non-string key or value; tags that are not a string or an
-                iterable of strings; an embedding that is not one vector of numbers (a scalar,
-                a matrix), or of the wrong length, with NaN/inf, or zero; an embedder that does
-                not return one row of shape (1, dim) for the value.
+            MemoryStoreError: a key or value that is not a string, or not valid Unicode (a
+                lone surrogate); tags that are not a string or an iterable of strings; an
+                embedding that is not one vector of numbers (a scalar, a matrix), or of the
+                wrong length, with NaN/inf, or zero; an embedder that does not return one row
+                of shape (1, dim) for the value.
         """
         if not isinstance(key, str) or not isinstance(value, str):
             raise MemoryStoreError("key and value must be strings")
+        # A text with no UTF-8 form (a lone surrogate) is refused here, embedded or not:
+        # stored, it would break every byte count of the store.
+        _check_unicode("key", key)
+        _check_unicode("value", value)
         tag_set = _tag_set(tags)
         vector = None
         if embedding is not None:
@@ -378,6 +397,8 @@ class SemanticStore:
                 vector = np.asarray(value, dtype=np.float32)
         except (TypeError, ValueError) as e:
             raise MemoryStoreError(f"{what} must be {expected}: {e}") from e
+        except OverflowError as e:  # a Python int beyond any float
+            raise MemoryStoreError(f"{what} must not hold infinite values: {e}") from e
         if vector.ndim == 0:
             raise MemoryStoreError(f"{what} must be {expected}, got {type(value).__name__}")
         if vector.ndim != 1:

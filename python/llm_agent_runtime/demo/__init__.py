@@ -162,7 +162,7 @@ def build_graph_query(graph: ar.GraphStore) -> ar.ToolSpec:
     """A tool listing an entity's relationships in the knowledge graph."""
 
     def graph_query(entity: str) -> list[str]:
-        """Lists the relationships of an entity in the knowledge graph.
+        """Lists the relationships of an entity (from it and to it) in the knowledge graph.
 
         Args:
             entity: Name of the entity, e.g. "Mars".
@@ -170,10 +170,12 @@ def build_graph_query(graph: ar.GraphStore) -> ar.ToolSpec:
         if entity not in graph:
             known = ", ".join(sorted(graph.entity_ids()))
             raise ValueError(f"unknown entity {entity!r}; known: {known}")
+        # Both directions: "Sun" is known by the planets that orbit it.
+        incoming = [r for r in graph.relationships() if r["to"] == entity and r["from"] != entity]
         return [
             f"{r['from']} {r['kind']} {r['to']}"
             + (f" ({r['weight']:g} {r['properties']['unit']})" if r["properties"] else "")
-            for r in graph.edges_from(entity)
+            for r in [*graph.edges_from(entity), *incoming]
         ]
 
     spec: ar.ToolSpec = ar.tool(graph_query)
