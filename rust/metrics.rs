@@ -537,15 +537,17 @@ impl PyRuntimeMetrics {
     }
 
     /// Returns a point-in-time copy of every counter.
-    fn snapshot(&self) -> PyMetricsSnapshot {
+    fn snapshot(&self, py: Python<'_>) -> PyMetricsSnapshot {
+        // A copy of every per-tool and per-agent count (as many as names seen): with the GIL
+        // released, as the other calls whose work grows with the data.
         PyMetricsSnapshot {
-            inner: self.inner.snapshot(),
+            inner: py.detach(|| self.inner.snapshot()),
         }
     }
 
     /// Returns the counters in Prometheus text exposition format.
-    fn to_prometheus(&self) -> String {
-        self.inner.snapshot().to_prometheus()
+    fn to_prometheus(&self, py: Python<'_>) -> String {
+        py.detach(|| self.inner.snapshot().to_prometheus())
     }
 
     fn __repr__(&self) -> String {
@@ -760,15 +762,19 @@ impl PyMetricsSnapshot {
 
     /// What happened between `before` and `after`, counter by counter (saturating at zero).
     #[staticmethod]
-    fn delta(after: &PyMetricsSnapshot, before: &PyMetricsSnapshot) -> PyMetricsSnapshot {
+    fn delta(
+        py: Python<'_>,
+        after: &PyMetricsSnapshot,
+        before: &PyMetricsSnapshot,
+    ) -> PyMetricsSnapshot {
         PyMetricsSnapshot {
-            inner: after.inner.delta(&before.inner),
+            inner: py.detach(|| after.inner.delta(&before.inner)),
         }
     }
 
     /// The snapshot as a JSON object (text).
-    fn to_json(&self) -> PyResult<String> {
-        serde_json::to_string(&self.inner)
+    fn to_json(&self, py: Python<'_>) -> PyResult<String> {
+        py.detach(|| serde_json::to_string(&self.inner))
             .map_err(|e| CoreError::Runtime(format!("cannot serialize snapshot: {e}")).into())
     }
 
@@ -778,16 +784,17 @@ impl PyMetricsSnapshot {
     ///     AgentRuntimeError: the text is not a snapshot (or not valid Unicode).
     #[staticmethod]
     fn from_json(
+        py: Python<'_>,
         #[pyo3(from_py_with = runtime_text)] text: PyBackedStr,
     ) -> PyResult<PyMetricsSnapshot> {
-        serde_json::from_str(&text)
+        py.detach(|| serde_json::from_str(&text))
             .map(|inner| PyMetricsSnapshot { inner })
             .map_err(|e| CoreError::Runtime(format!("not a metrics snapshot: {e}")).into())
     }
 
     /// The snapshot in Prometheus text exposition format.
-    fn to_prometheus(&self) -> String {
-        self.inner.to_prometheus()
+    fn to_prometheus(&self, py: Python<'_>) -> String {
+        py.detach(|| self.inner.to_prometheus())
     }
 
     fn __repr__(&self) -> String {

@@ -15,7 +15,9 @@
 //!    Python thread for the length of that work. An uncontended lock is taken at once (no
 //!    GIL round trip on the fast path); a contended one is waited for with the GIL released.
 //!
-//! Each helper also turns a panic inside the critical section into `AgentRuntimeError`.
+//! Each helper also turns a panic inside the critical section into `AgentRuntimeError`. The
+//! `_detached` ones are for critical sections whose work grows with the data: they release
+//! the GIL even when the lock is free (the fast path above is for O(1) work).
 //!
 //! [`parallel`] is the one way the core runs work over threads: on a rayon pool built for
 //! the calling process, so that a `fork()`ed child (a `multiprocessing` worker) never waits
@@ -90,6 +92,55 @@ where
         }
         Ok(py.detach(|| f(&mut lock.lock())))
     })
+}
+
+/// [`read`] for work that grows with the data: run with the GIL released even when the lock
+/// is free, so that other Python threads go on meanwhile.
+///
+/// # Errors
+/// `AgentRuntimeError` when `f` panics.
+pub fn read_detached<T, R>(
+    py: Python<'_>,
+    lock: &RwLock<T>,
+    f: impl FnOnce(&T) -> R + Send,
+) -> PyResult<R>
+where
+    T: Send + Sync,
+    R: Send,
+{
+    catch_panics(|| Ok(py.detach(|| f(&lock.read()))))
+}
+
+/// [`write`] for work that grows with the data (see [`read_detached`]).
+///
+/// # Errors
+/// `AgentRuntimeError` when `f` panics.
+pub fn write_detached<T, R>(
+    py: Python<'_>,
+    lock: &RwLock<T>,
+    f: impl FnOnce(&mut T) -> R + Send,
+) -> PyResult<R>
+where
+    T: Send + Sync,
+    R: Send,
+{
+    catch_panics(|| Ok(py.detach(|| f(&mut lock.write()))))
+}
+
+/// [`lock`] for work that grows with the data (see [`read_detached`]).
+///
+/// # Errors
+/// `AgentRuntimeError` when `f` panics.
+pub fn lock_detached<T, R>(
+    py: Python<'_>,
+    lock: &Mutex<T>,
+    f: impl FnOnce(&mut T) -> R + Send,
+) -> PyResult<R>
+where
+    T: Send,
+    R: Send,
+{
+    catch_panics(|| Ok(py.detach(|| f(&mut lock.lock()))))
 }
 
 /// A rayon pool and the id of the process whose threads run it.

@@ -18,7 +18,7 @@ use numpy::{
 use parking_lot::RwLock;
 use pyo3::exceptions::PyUnicodeEncodeError;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyMemoryView};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
@@ -1185,9 +1185,16 @@ fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
         args::not_bool(&item, bool_id)?;
         item.extract::<u64>().map_err(|_| refuse())
     };
-    // A list is read in place; another sequence is copied out first (a str is no ids).
+    // A list is read in place; another sequence is copied out first (a str is no ids, nor
+    // are bytes: text encoded by mistake would become the ids of its bytes).
     if let Ok(list) = value.cast::<PyList>() {
         return list.iter().map(id).collect();
+    }
+    if value.is_instance_of::<PyBytes>()
+        || value.is_instance_of::<PyByteArray>()
+        || value.is_instance_of::<PyMemoryView>()
+    {
+        return Err(refuse());
     }
     let items: Vec<Bound<'_, PyAny>> = value.extract().map_err(|_| refuse())?;
     items.into_iter().map(id).collect()
@@ -1268,6 +1275,11 @@ type Hits<'py, D> = (
 ///         remove, get, search, save) raises ``PersistenceError``, as the file is shared
 ///         with the parent, whose writes would change the child's rows and the child's the
 ///         parent's; load the index again in the child, with an originals_path of its own.
+///
+/// Threads share an index (its calls lock it). A ``fork()`` taken while another thread is
+/// inside a call on the index (an ``add``, a ``save``) copies its lock held into the child,
+/// where no thread will release it: the child's first call on the index then waits for
+/// good. Fork before starting such threads, or use the "spawn" or "forkserver" start method.
 ///
 /// Raises:
 ///     MemoryStoreError: `dim` or `rescore` is not between 1 and 2**32 - 1 (or is a bool), an

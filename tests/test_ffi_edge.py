@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -184,6 +185,87 @@ def test_neighborhood_is_consistent_while_another_thread_mutates() -> None:
     finally:
         stop.set()
         thread.join()
+
+
+def _gil_released_during(op: Callable[[], object]) -> bool:
+    """Whether another thread gets the GIL while `op` (a Rust call) runs in a worker thread.
+
+    With a switch interval far longer than the work, the worker keeps the GIL unless `op`
+    lets go of it: the main thread, waiting for the GIL from the worker's start, resumes
+    while the worker calls `op` (20 times: time for the main thread to be scheduled) only if
+    `op` released it, and once the worker is done otherwise.
+    """
+    times: dict[str, float] = {}
+
+    def work() -> None:
+        for _ in range(20):
+            op()
+        times["ended"] = time.perf_counter()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(30.0)
+    try:
+        worker = threading.Thread(target=work)
+        worker.start()
+        resumed = time.perf_counter()
+        worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    return resumed < times["ended"]
+
+
+def _big_graph() -> ar.GraphStore:
+    n = 100_000
+    return ar.GraphStore.from_edge_list(n, [(i % n, (i * 7 + 1) % n) for i in range(4 * n)])
+
+
+def _many_agents_metrics() -> ar.RuntimeMetrics:
+    metrics = ar.RuntimeMetrics()
+    for i in range(100_000):
+        metrics.record_tool_call("search", f"agent-{i}")
+    return metrics
+
+
+def _long_memory() -> ar.EpisodicStore:
+    store = ar.EpisodicStore()
+    for i in range(100_000):
+        store.add_episode("a", f"episode {i}", (i % 97) / 97)
+    return store
+
+
+@pytest.mark.parametrize(
+    ("build", "op"),
+    [
+        (_big_graph, lambda g: g.bidirectional_count()),
+        (_big_graph, lambda g: g.isolated_entity_count()),
+        (_big_graph, lambda g: g.avg_relationship_weight()),
+        (_big_graph, lambda g: g.entities_with_self_loops()),
+        (_big_graph, lambda g: g.remove_entity(str(g.entity_count() - 1))),
+        (ar.GraphStore, lambda g: g.add_entities([f"{len(g)}-{i}" for i in range(20_000)])),
+        (_many_agents_metrics, lambda m: m.snapshot()),
+        (_many_agents_metrics, lambda m: m.to_prometheus()),
+        (_many_agents_metrics, lambda m: m.snapshot().to_json()),
+        (_long_memory, lambda s: s.episodes_by_importance("a")),
+    ],
+    ids=[
+        "bidirectional_count",
+        "isolated_entity_count",
+        "avg_relationship_weight",
+        "entities_with_self_loops",
+        "remove_entity",
+        "add_entities",
+        "metrics.snapshot",
+        "metrics.to_prometheus",
+        "snapshot.to_json",
+        "episodes_by_importance",
+    ],
+)
+def test_calls_whose_work_grows_with_the_data_release_the_gil(
+    build: Callable[[], Any], op: Callable[[Any], object]
+) -> None:
+    # They held it whenever the store's lock was free: every other thread stopped meanwhile.
+    target = build()
+    assert _gil_released_during(lambda: op(target))
 
 
 # ------------------------------------------------------------------ panics

@@ -474,6 +474,18 @@ def test_ids_above_int64_max_are_refused() -> None:
     assert got_ids.tolist() == [[top], [top]]
 
 
+@pytest.mark.parametrize("ids", [b"ab", bytearray(b"ab"), memoryview(b"ab")])
+def test_bytes_are_no_ids(ids: object) -> None:
+    # Text encoded by mistake used to become the ids of its bytes (97, 98).
+    index = ar.VectorIndex(2)
+    with pytest.raises(ar.MemoryStoreError, match="ids must be"):
+        index.add(ids, np.eye(2, dtype=np.float32))
+    index.add([97, 98], np.eye(2, dtype=np.float32))
+    with pytest.raises(ar.MemoryStoreError, match="ids must be"):
+        index.remove(ids)
+    assert len(index) == 2
+
+
 def test_bools_are_refused_as_ids_and_k() -> None:
     # True used to be read as id 1 and k=1; SemanticStore already refused a bool k.
     index = ar.VectorIndex(2)

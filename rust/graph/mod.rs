@@ -320,12 +320,36 @@ impl PyGraphStore {
         py: Python<'_>,
         f: impl FnOnce(&mut Store) -> CoreResult<T> + Send,
     ) -> PyResult<T> {
-        let (result, stale) = sync::write(py, &self.store, |store| {
+        self.mutate_with(py, false, f)
+    }
+
+    /// [`Self::mutate`] for a mutation whose work grows with the graph (a bulk add, an
+    /// entity's removal): with the GIL released (see [`sync::write_detached`]).
+    fn mutate_detached<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Store) -> CoreResult<T> + Send,
+    ) -> PyResult<T> {
+        self.mutate_with(py, true, f)
+    }
+
+    fn mutate_with<T: Send>(
+        &self,
+        py: Python<'_>,
+        detached: bool,
+        f: impl FnOnce(&mut Store) -> CoreResult<T> + Send,
+    ) -> PyResult<T> {
+        let change = |store: &mut Store| {
             let result = f(store);
             // Even a failed mutation may have changed something (a bulk add stopped half
             // way): the snapshot goes either way.
             (result, self.frozen.lock().take())
-        })?;
+        };
+        let (result, stale) = if detached {
+            sync::write_detached(py, &self.store, change)?
+        } else {
+            sync::write(py, &self.store, change)?
+        };
         // The old snapshot holds Python strings: released after the lock, with the GIL.
         drop(stale);
         Ok(result?)
@@ -335,6 +359,12 @@ impl PyGraphStore {
     /// Python objects are built from them after the lock is released.
     fn read<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&Store) -> R + Send) -> PyResult<R> {
         sync::read(py, &self.store, f)
+    }
+
+    /// [`Self::read`] for a read whose work grows with the graph (a pass over every
+    /// relationship): with the GIL released (see [`sync::read_detached`]).
+    fn scan<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&Store) -> R + Send) -> PyResult<R> {
+        sync::read_detached(py, &self.store, f)
     }
 
     /// The snapshot of the current generation, built on first use after a mutation (with
@@ -669,7 +699,7 @@ impl PyGraphStore {
         py: Python<'_>,
         #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
     ) -> PyResult<()> {
-        self.mutate(py, |s| s.remove_entity(&id).map(|_| ()))
+        self.mutate_detached(py, |s| s.remove_entity(&id).map(|_| ()))
     }
 
     /// Whether `id` is an entity (False for a `str` that is not valid Unicode, which no
@@ -711,7 +741,7 @@ impl PyGraphStore {
 
     /// Entity ids, in insertion order (removals move the last entity into the gap).
     fn entity_ids(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        self.read(py, |s| {
+        self.scan(py, |s| {
             (0..s.entity_count() as u32)
                 .map(|i| s.id_at(i).into_owned())
                 .collect()
@@ -820,7 +850,7 @@ impl PyGraphStore {
             parsed.push((text(from)?, text(to)?, kind, *weight));
         }
         let count = parsed.len();
-        self.mutate(py, |s| {
+        self.mutate_detached(py, |s| {
             if !create_missing {
                 for (from, to, _, _) in &parsed {
                     s.index_of(from)?;
@@ -871,7 +901,7 @@ impl PyGraphStore {
         py: Python<'_>,
         #[pyo3(from_py_with = graph_texts)] ids: Vec<PyBackedStr>,
     ) -> PyResult<()> {
-        self.mutate(py, |s| {
+        self.mutate_detached(py, |s| {
             let mut fresh = rustc_hash::FxHashSet::default();
             for id in &ids {
                 let id: &str = id;
@@ -929,7 +959,7 @@ impl PyGraphStore {
 
     /// Every relationship as a dict `{"from", "to", "kind", "weight", "properties"}`.
     fn relationships<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let rows = self.read(py, |s| {
+        let rows = self.scan(py, |s| {
             s.relationships()
                 .iter()
                 .map(|r| RelationshipRow::of(s, r))
@@ -1414,7 +1444,7 @@ impl PyGraphStore {
 
     /// Ids of entities with a relationship to themselves, sorted.
     fn entities_with_self_loops(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        self.read(py, |store| {
+        self.scan(py, |store| {
             let names: BTreeSet<Cow<'_, str>> = store
                 .relationships()
                 .iter()
@@ -1427,7 +1457,7 @@ impl PyGraphStore {
 
     /// Number of unordered pairs of distinct entities linked in both directions.
     fn bidirectional_count(&self, py: Python<'_>) -> PyResult<usize> {
-        self.read(py, |store| {
+        self.scan(py, |store| {
             let pairs: rustc_hash::FxHashSet<(u32, u32)> = store
                 .relationships()
                 .iter()
@@ -1443,7 +1473,7 @@ impl PyGraphStore {
 
     /// Number of entities with no relationship in or out.
     fn isolated_entity_count(&self, py: Python<'_>) -> PyResult<usize> {
-        let count = self.read(py, |store| {
+        let count = self.scan(py, |store| {
             let mut touched = alloc::filled(store.entity_count(), false, "the entities' marks")?;
             for r in store.relationships() {
                 touched[r.from as usize] = true;
@@ -1461,7 +1491,7 @@ impl PyGraphStore {
 
     /// Mean relationship weight (0.0 without relationships).
     fn avg_relationship_weight(&self, py: Python<'_>) -> PyResult<f64> {
-        self.read(py, |store| {
+        self.scan(py, |store| {
             let rels = store.relationships();
             if rels.is_empty() {
                 0.0

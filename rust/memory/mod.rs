@@ -634,8 +634,9 @@ impl PyEpisodicStore {
         }
     }
 
-    /// Runs `f` on the agent's episodes, locked; `None` (an id that is not valid Unicode,
-    /// which no agent can have) has none.
+    /// Runs `f`, a pass over the agent's episodes (a sort, a search), on them locked and
+    /// with the GIL released; `None` (an id that is not valid Unicode, which no agent can
+    /// have) has none.
     fn with_episodes<T: Send>(
         &self,
         py: Python<'_>,
@@ -643,7 +644,9 @@ impl PyEpisodicStore {
         f: impl FnOnce(&[Episode]) -> T + Send,
     ) -> PyResult<T> {
         match agent_id {
-            Some(agent_id) => self.locked(py, |episodes| f(episodes.episodes(agent_id))),
+            Some(agent_id) => {
+                sync::lock_detached(py, &self.inner, |episodes| f(episodes.episodes(agent_id)))
+            }
             None => Ok(f(&[])),
         }
     }
@@ -851,7 +854,10 @@ impl PyEpisodicStore {
         py: Python<'_>,
         #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
     ) -> PyResult<usize> {
-        self.with_episodes(py, agent_id.as_deref(), <[Episode]>::len)
+        match agent_id.as_deref() {
+            Some(agent_id) => self.locked(py, |episodes| episodes.episodes(agent_id).len()),
+            None => Ok(0),
+        }
     }
 
     /// Sorted ids of agents with at least one episode.
