@@ -74,6 +74,26 @@ def test_a_key_no_header_can_carry_is_refused_up_front_without_quoting_it(
     assert server.requests == []
 
 
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("blank", ["", "   ", "\n", "\t\r\n"], ids=repr)
+async def test_a_blank_key_argument_is_unset_as_a_blank_variable_is(
+    kind: str, blank: str, server: FakeLlmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `api_key="   "` (a blank line read from a file) was refused as a key with whitespace,
+    # where a blank base URL, or a blank variable, counts as unset.
+    env = "OPENAI_API_KEY" if kind == "openai" else "ANTHROPIC_API_KEY"
+    header = "authorization" if kind == "openai" else "x-api-key"
+    monkeypatch.setenv(env, API_KEY)
+    server.script(Turn("ok"))
+    async with make_provider(kind, server, api_key=blank, retry=ONCE) as llm:
+        assert await llm.complete("x") == "ok"
+    assert API_KEY in server.requests[0].headers[header]  # the environment's key
+    monkeypatch.delenv(env)
+    cls: Any = OpenAIProvider if kind == "openai" else AnthropicProvider
+    with pytest.raises(ProviderError, match=r"no \w+ API key"):
+        cls(api_key=blank)  # the provider's own API, and no key at all
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -246,6 +266,45 @@ async def test_a_stream_read_to_its_end_keeps_its_connection(
                     break
         assert await llm.complete("x") == "one two three"
     assert server.connections == 1
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "dropped"])
+@pytest.mark.parametrize("how", ["stream", "chat_stream", "at_stream_end"])
+def test_a_stream_left_open_closes_without_error_as_its_loop_ends(
+    kind: str, kept: bool, how: str
+) -> None:
+    # `asyncio.run` closes every async generator left open, all at once: the layers of a
+    # stream (one attempt, its events, their bytes, httpx's) were closed by the loop while
+    # the layer around them was closing them, each failure logged ("aclose(): asynchronous
+    # generator is already running").
+    wire = render_openai if kind == "openai" else render_anthropic
+    reply = wire(Turn("one two", text_chunks=["one ", "two"]), True)
+    assert reply.frames is not None
+    if how != "at_stream_end":  # left in the middle of its body
+        reply.pause_after, reply.pause = len(reply.frames) - 1, 5.0
+    left_open: list[Any] = []
+    errors: list[dict[str, Any]] = []
+    with FakeLlmServer() as server:  # its own: the paused reply ends with it
+        server.script(reply)
+        llm = make_provider(kind, server, retry=ONCE)
+
+        async def leave_open() -> Any:
+            asyncio.get_running_loop().set_exception_handler(lambda _, c: errors.append(c))
+            stream = llm.stream("x") if how == "stream" else llm.chat_stream(USER)
+            if kept:
+                left_open.append(stream)
+            async for event in stream:
+                if how != "at_stream_end" or isinstance(event, StreamEnd):
+                    return event
+            return None
+
+        last = asyncio.run(leave_open())
+    if how == "stream":
+        assert last == "one "
+    else:
+        assert isinstance(last, StreamEnd if how == "at_stream_end" else TextDelta)
+    assert [context["message"] for context in errors] == []
 
 
 # ---------------------------------------------------------------------- timeouts

@@ -6,8 +6,10 @@ loopback HTTP, against the fake server speaking each wire format."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
+import warnings
 from typing import Any
 
 import httpx
@@ -238,6 +240,35 @@ async def test_a_closed_client_of_the_callers_is_a_provider_error(
             await llm.chat(USER)
     assert e.value.retryable is False
     assert server.requests == []
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+def test_a_callers_client_used_again_after_its_loop_closed_is_a_provider_error(
+    kind: str, stream: bool, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # Its pooled connection belongs to the first `asyncio.run`'s loop: a call from a second
+    # one raised httpx's raw RuntimeError ("Event loop is closed").
+    server.fallback = Turn("ok")
+    client = httpx.AsyncClient()
+    llm = make_provider(kind, server, http_client=client, retry=retry)
+
+    async def call(llm: Any) -> str:
+        if stream:
+            return "".join([piece async for piece in llm.stream("x")])
+        return str(await llm.complete("x"))
+
+    assert asyncio.run(call(llm)) == "ok"
+    with pytest.raises(ProviderError, match="belongs to an event loop that is closed") as caught:
+        asyncio.run(call(llm))
+    assert caught.value.retryable is False
+    assert len(server.requests) == 1
+    # The connection the closed loop left open cannot be closed from another loop: it is
+    # left to the garbage collector, here, with its ResourceWarning ignored.
+    del caught, llm, client
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 # ---------------------------------------------------------------------- bodies read in part

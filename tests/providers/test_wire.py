@@ -242,6 +242,8 @@ async def test_openai_tool_name_repeated_in_every_piece_continues_the_call(
     assert end.response.tool_calls == [
         ToolCall(id="call_0", name="add", arguments={"a": 1, "b": 2})
     ]
+    names = [event.name for event in events if isinstance(event, ToolCallDelta) and event.name]
+    assert names == ["add"]  # the deltas' names join up to the name: it is given out once
 
 
 @pytest.mark.parametrize("index", [0, None])

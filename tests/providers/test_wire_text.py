@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from llm_agent_runtime import AnthropicProvider, ProviderError, RetryPolicy
-from llm_agent_runtime.providers.base import Message, StreamEnd, TextDelta, ToolCall
+from llm_agent_runtime.providers.base import (
+    Message,
+    StreamEnd,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+)
 
 from .conftest import PROVIDERS, make_provider
 from .fake_server import FakeLlmServer, Reply, Turn, anthropic_event, render, sse
@@ -153,9 +159,13 @@ async def test_a_tool_name_streamed_in_pieces_is_put_together(
     assert events[-1].response.tool_calls == [
         ToolCall(id="call_1", name="get_weather", arguments={"city": "Paris"})
     ]
+    names = [event.name for event in events if isinstance(event, ToolCallDelta) and event.name]
+    assert names == ["get_", "weather"]
 
 
 async def test_a_tool_name_repeated_in_every_piece_stays_whole(server: FakeLlmServer) -> None:
+    # Each delta gave the whole name out again: joined, the deltas' names made
+    # "get_weatherget_weatherget_weather", where `ToolCallDelta.name`'s pieces join up to it.
     function = {"name": "get_weather", "arguments": ""}
     first = {"index": 0, "id": "call_1", "type": "function", "function": function}
     frames = [chunk({"role": "assistant", "tool_calls": [first]})]
@@ -169,6 +179,8 @@ async def test_a_tool_name_repeated_in_every_piece_stays_whole(server: FakeLlmSe
     assert events[-1].response.tool_calls == [
         ToolCall(id="call_1", name="get_weather", arguments={"city": "Paris"})
     ]
+    names = [event.name for event in events if isinstance(event, ToolCallDelta) and event.name]
+    assert names == ["get_weather"]  # given out once, on the call's first delta
 
 
 # ---------------------------------------------------------------------- request bodies

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import (
@@ -65,6 +66,7 @@ __all__ = [
     "MAX_ERROR_BODY",
     "MAX_EVENT_BYTES",
     "MAX_TOKEN_COUNT",
+    "Driven",
     "HttpProvider",
     "HttpTransport",
     "PartialToolCall",
@@ -80,6 +82,7 @@ __all__ = [
     "env_setting",
     "error_in_body",
     "error_message",
+    "given_or_env",
     "iter_sse",
     "json_text",
     "move_user_info",
@@ -519,6 +522,15 @@ def env_setting(name: str) -> str | None:
     """
     value = os.environ.get(name)
     return value if value and not value.isspace() else None
+
+
+def given_or_env(value: str | None, name: str) -> str | None:
+    """A setting given as an argument, else the environment variable `name`'s (`env_setting`).
+
+    A value that is empty or whitespace only counts as not given, as a blank variable does
+    (an `api_key=os.environ.get(...)` of a blank line): the variable's value, or None.
+    """
+    return value if value and not value.isspace() else env_setting(name)
 
 
 def check_base_url(name: str, url: str) -> str:
@@ -1094,7 +1106,9 @@ class HttpTransport:
     `aclose`, or as the loop ends under `asyncio.run` (or `asyncio.Runner`, or any loop's
     `shutdown_asyncgens`). A provider can thus be reused across `asyncio.run` calls without
     leaving a connection open behind each, and by loops running in several threads at once.
-    A loop closed without `shutdown_asyncgens` leaves its connections to the garbage
+    A stream left open as its loop ends is closed with it, within the loop: only its
+    outermost layer is the loop's to close, and it closes the layers inside (`Driven`). A
+    loop closed without `shutdown_asyncgens` leaves its connections to the garbage
     collector.
 
     Args:
@@ -1123,7 +1137,10 @@ class HttpTransport:
         http_client: An `httpx.AsyncClient` to use instead of creating one (`timeout` and
             `connect_timeout` still apply to each request, and redirects are not followed
             whatever its `follow_redirects`); it is not closed by `aclose`. Once its owner
-            has closed it, calls fail with a `ProviderError` (not retryable).
+            has closed it, calls fail with a `ProviderError` (not retryable). It is bound to
+            the event loop it is first used on, as its connections are: once that loop has
+            closed (a second `asyncio.run`), calls from another loop fail with a
+            `ProviderError` (not retryable). Pass a client made for each loop, or none.
         budget: Cost budget checked before each call and charged with its usage.
         metrics: Runtime metrics that receive each call's token counts.
         input_cost_per_million: US dollars per million input tokens (charged to `budget`).
@@ -1188,6 +1205,8 @@ class HttpTransport:
         self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
         self.retry = retry if retry is not None else RetryPolicy()
         self._given_client = http_client
+        # The loop the given client was first used on: its connections are that loop's.
+        self._given_loop: asyncio.AbstractEventLoop | None = None
         self._clients: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
         self._clients_lock = threading.Lock()  # loops of several threads may share the provider
         self._closed = False
@@ -1208,8 +1227,8 @@ class HttpTransport:
         """The client of the running loop: the one passed in, or this loop's own.
 
         Raises:
-            ProviderError: The provider is closed, or the client passed in is (neither is
-                retryable).
+            ProviderError: The provider is closed, or the client passed in is, or that client
+                was first used on another loop, which is closed now (none is retryable).
         """
         loop = asyncio.get_running_loop()
         with self._clients_lock:
@@ -1220,6 +1239,16 @@ class HttpTransport:
                     raise ProviderError(
                         f"the http_client given to the {self.name} provider is closed (by its "
                         "owner, or by the `async with` block it came from): pass an open one"
+                    )
+                # Its pooled connections belong to the loop that opened them: on another
+                # loop, once that one closed, httpx fails with a raw "Event loop is closed".
+                if self._given_loop is None:
+                    self._given_loop = loop
+                elif self._given_loop is not loop and self._given_loop.is_closed():
+                    raise ProviderError(
+                        f"the http_client given to the {self.name} provider belongs to an event "
+                        "loop that is closed (a former asyncio.run): pass a client made for "
+                        "each loop, or none (the provider then keeps a pool per loop)"
                     )
                 return self._given_client
             entry = self._clients.get(loop)
@@ -1465,14 +1494,17 @@ class HttpTransport:
             raise
         return result
 
-    async def post_sse(
+    def post_sse(
         self,
         path: str,
         content: bytes,
         ended: Callable[[], bool] | None = None,
         check: Callable[[bytes], None] | None = None,
-    ) -> AsyncGenerator[SseEvent, None]:
+    ) -> Driven[SseEvent]:
         """POSTs a JSON body and yields the server-sent events of the response (one attempt).
+
+        The caller closes the iterator (`aclose`), always: it is one layer of a stream, which
+        the event loop leaves to the layer around it (see `Driven`).
 
         Args:
             path: Appended to the base URL.
@@ -1499,6 +1531,15 @@ class HttpTransport:
                 connection open, not a stream going; retryable); a connection lost
                 mid-stream; or a line or an event past `MAX_EVENT_BYTES` (see `iter_sse`).
         """
+        return Driven(self._post_sse(path, content, ended, check))
+
+    async def _post_sse(
+        self,
+        path: str,
+        content: bytes,
+        ended: Callable[[], bool] | None,
+        check: Callable[[bytes], None] | None,
+    ) -> AsyncGenerator[SseEvent, None]:
         client = self._http()
         waited = 0.0  # seconds spent waiting for bytes since the last event with content
         # The body's start, kept until the first event: an error may stand in for the stream.
@@ -1541,8 +1582,8 @@ class HttpTransport:
                     raise self.not_a_stream_error(
                         response, body_start, truncated=truncated, check=check
                     )
-                timed_chunks = timed(chunks)
-                events = iter_sse(timed_chunks)
+                timed_chunks = Driven(timed(chunks))
+                events = Driven(iter_sse(timed_chunks))
                 try:
                     async for event in events:
                         no_event = False
@@ -1556,9 +1597,9 @@ class HttpTransport:
                         if error is not None:
                             raise error
                 finally:
-                    # Left suspended, they would be finalized later by a task of their own.
-                    await _aclose(events)
-                    await _aclose(timed_chunks)
+                    # Closed here, as the loop leaves them to this layer (`Driven`).
+                    await events.aclose()
+                    await timed_chunks.aclose()
             finally:
                 try:
                     if ended is not None and ended():  # left after the last event
@@ -1573,7 +1614,8 @@ class HttpTransport:
         part of the answer, so the call cannot be replayed behind its back.
 
         Args:
-            open_stream: Starts one attempt of the stream.
+            open_stream: Starts one attempt of the stream (an async generator not started
+                yet: this closes it, and the event loop does not, see `Driven`).
 
         Raises:
             ProviderError: The stream failed (before its first item: on the last attempt,
@@ -1583,7 +1625,8 @@ class HttpTransport:
         self.check_budget()
 
         async def first_item() -> tuple[T, AsyncIterator[T]]:
-            stream = open_stream()
+            # Closed below, always: the loop finalizes only the layer around it (`Driven`).
+            stream = Driven(open_stream())
             try:
                 return await stream.__anext__(), stream
             except StopAsyncIteration:
@@ -1732,6 +1775,53 @@ async def _aclose(stream: AsyncIterator[Any]) -> None:
         await close()
 
 
+class Driven(AsyncIterator[T]):
+    """An async generator that the one iterating it closes, and the event loop never does.
+
+    An event loop finalizes the async generators started on it: as `asyncio.run` ends, its
+    `shutdown_asyncgens` closes every one left open, all at once. A stream is generators
+    nested in one another (one attempt, its events, their bytes), each closing the one it
+    reads in its `finally`. Closed all at once, an inner one is still being closed by the
+    one around it (its `finally` awaits) when the loop closes it too, which fails and is
+    logged ("aclose(): asynchronous generator is already running"). Started without the
+    loop's hooks, an inner layer is not the loop's to finalize: the outermost one is, and
+    it closes the rest in turn, each within the loop.
+
+    So the one iterating it must close it (`aclose`, as `contextlib.aclosing` does), and
+    always does: an inner layer left suspended to the garbage collector is closed without
+    the loop, where its `finally` cannot await.
+
+    Args:
+        stream: The generator, not started yet (one already started keeps its hooks).
+    """
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: AsyncIterator[T]) -> None:
+        self._stream = stream
+
+    def __anext__(self) -> Awaitable[T]:
+        # A generator takes the hooks at its first `__anext__` (or `aclose`), when it is
+        # called: its body, and what it starts, run later, under the loop's hooks.
+        return _unhooked(self._stream.__anext__)
+
+    async def aclose(self) -> None:
+        """Closes the generator (its `finally` runs here, within the running loop)."""
+        close: Callable[[], Awaitable[object]] | None = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await _unhooked(close)  # one never started is not made the loop's here either
+
+
+def _unhooked(call: Callable[[], T]) -> T:
+    """`call()`, made with no async generator hooks set (see `Driven`)."""
+    hooks = sys.get_asyncgen_hooks()
+    sys.set_asyncgen_hooks(firstiter=None, finalizer=None)
+    try:
+        return call()
+    finally:
+        sys.set_asyncgen_hooks(hooks.firstiter, hooks.finalizer)
+
+
 class HttpProvider(abc.ABC):
     """What the HTTP providers share: the transport's lifecycle and the one-prompt helpers.
 
@@ -1775,9 +1865,12 @@ class HttpProvider(abc.ABC):
         Raises:
             ProviderError: The stream failed; raised from the iterator, never a hang.
         """
-        async for event in self.chat_stream([Message("user", prompt)], model=model):
-            if type(event) is TextDelta:
-                yield event.text
+        # Closed here, always: the loop finalizes this generator alone (see `Driven`).
+        events = Driven(self.chat_stream([Message("user", prompt)], model=model))
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if type(event) is TextDelta:
+                    yield event.text
 
     @abc.abstractmethod
     async def chat(

@@ -28,6 +28,7 @@ from llm_agent_runtime.providers._http import (
     env_setting,
     error_in_body,
     error_message,
+    given_or_env,
     parse_json,
     parse_usage,
     request_body,
@@ -237,7 +238,8 @@ class AnthropicProvider(HttpProvider):
     unique when another call's own id is that already, see `ToolCallIds`).
 
     Args:
-        api_key: API key (default: `ANTHROPIC_API_KEY`). Optional for a custom `base_url`.
+        api_key: API key (default: `ANTHROPIC_API_KEY`; a blank value, argument or
+            variable, counts as unset). Optional for a custom `base_url`.
         base_url: API root (default: `ANTHROPIC_BASE_URL`, else Anthropic's), with its
             `http://` or `https://` scheme. Surrounding whitespace is ignored, and a blank
             value (argument or variable) counts as unset. A user name and password in it
@@ -262,7 +264,10 @@ class AnthropicProvider(HttpProvider):
             as the API refuses them: the reply goes on past them (an `AgentRuntime` cuts
             each reply at every one of its `stop_sequences` itself).
         http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here;
-            `timeout` and `connect_timeout` apply to its requests all the same).
+            `timeout` and `connect_timeout` apply to its requests all the same). It is bound
+            to the event loop it is first used on: once that loop has closed (a second
+            `asyncio.run`), calls fail with a `ProviderError`. Pass one made for each loop,
+            or none.
         budget: Cost budget checked before each call and charged with its usage. Leave it
             unset inside an `AgentRuntime` that has a budget: the runtime charges each call.
         metrics: Runtime metrics that receive each call's token counts (the same caveat).
@@ -281,8 +286,9 @@ class AnthropicProvider(HttpProvider):
     Raises:
         ProviderError: No API key for Anthropic's own API (its host `api.anthropic.com`,
             whatever the port, path or letter case), a key no HTTP header can carry
-            (whitespace such as a trailing newline, control or non-ASCII characters), or a
-            base URL that is not an http(s) URL (one written without its scheme, say).
+            (whitespace such as a trailing newline, control or non-ASCII characters; a key
+            of whitespace only is no key), or a base URL that is not an http(s) URL (one
+            written without its scheme, say).
         ValueError: A timeout, price or `max_tokens` is out of range, or `max_tokens` is
             no int.
     """
@@ -309,7 +315,7 @@ class AnthropicProvider(HttpProvider):
         cache_write_1h_cost_per_million: float | None = None,
     ) -> None:
         max_tokens = check_count("max_tokens", max_tokens, 1)
-        api_key = api_key or env_setting("ANTHROPIC_API_KEY")
+        api_key = given_or_env(api_key, "ANTHROPIC_API_KEY")
         base_url = check_base_url(
             "Anthropic",
             (base_url or "").strip()
@@ -620,36 +626,38 @@ class AnthropicProvider(HttpProvider):
                     elif kind == "error":
                         raise _error_event(sse.data, self._transport)
                     # ping and later event types carry nothing we need.
-                if not done:
-                    raise ProviderError(
-                        "Anthropic stream ended before message_stop", retryable=True
-                    )
-                rest = text.finish()
-                if rest:
-                    yield TextDelta(rest)
-                for block in tool_blocks.values():
-                    last = block.finish()
-                    if last is not None:
-                        yield last
-                # Charged first: the reply arrived whole and was billed, even if its tool calls
-                # fail.
-                owed = False
-                self._transport.charge(usage)
-                for index, pieces in thoughts.items():
-                    reasoning[index]["thinking"] = clean_text("".join(pieces))
-                response = ChatResponse(
-                    text=text.text,
-                    # Built once the stream ended: every id received is known (`ToolCallIds`).
-                    tool_calls=[
-                        call.build(ids, stop_reason, self._transport.redact)
-                        for call in tool_blocks.values()
-                    ],
-                    usage=usage,
-                    stop_reason=stop_reason,
-                    model=model,
-                    reasoning=list(reasoning.values()),
-                )
-                yield StreamEnd(response)  # at once: the body is finished (or cut) after this
+            # The events are closed here: the body was finished at message_stop (briefly, or
+            # cut, see `post_sse`) before the last events go out. A consumer that stops at
+            # StreamEnd leaves nothing to read as its loop ends, where the loop would close
+            # httpx's generators while that read runs them (each failure logged).
+            if not done:
+                raise ProviderError("Anthropic stream ended before message_stop", retryable=True)
+            rest = text.finish()
+            if rest:
+                yield TextDelta(rest)
+            for block in tool_blocks.values():
+                last = block.finish()
+                if last is not None:
+                    yield last
+            # Charged first: the reply arrived whole and was billed, even if its tool calls
+            # fail.
+            owed = False
+            self._transport.charge(usage)
+            for index, pieces in thoughts.items():
+                reasoning[index]["thinking"] = clean_text("".join(pieces))
+            response = ChatResponse(
+                text=text.text,
+                # Built once the stream ended: every id received is known (`ToolCallIds`).
+                tool_calls=[
+                    call.build(ids, stop_reason, self._transport.redact)
+                    for call in tool_blocks.values()
+                ],
+                usage=usage,
+                stop_reason=stop_reason,
+                model=model,
+                reasoning=list(reasoning.values()),
+            )
+            yield StreamEnd(response)
         except BaseException:
             # Failed, cancelled or closed after the usage arrived: it was billed all the same.
             if owed:

@@ -28,6 +28,7 @@ from llm_agent_runtime.providers._http import (
     env_setting,
     error_in_body,
     error_message,
+    given_or_env,
     json_text,
     parse_json,
     parse_usage,
@@ -98,7 +99,7 @@ def openai_endpoint(name: str, api_key: str | None, base_url: str | None) -> tup
         ProviderError: The base URL is not an http(s) URL, or it is OpenAI's own API (its
             host `api.openai.com`) and there is no key.
     """
-    api_key = api_key or env_setting("OPENAI_API_KEY")
+    api_key = given_or_env(api_key, "OPENAI_API_KEY")
     base_url = check_base_url(
         name,
         (base_url or "").strip() or env_setting("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL,
@@ -216,8 +217,9 @@ class OpenAIProvider(HttpProvider):
     Chunks whose choice has no `delta` (Azure's content-filter annotations) are skipped.
 
     Args:
-        api_key: API key (default: `OPENAI_API_KEY`). Optional for a custom `base_url`, as
-            local servers (Ollama, llama.cpp) need none.
+        api_key: API key (default: `OPENAI_API_KEY`; a blank value, argument or variable,
+            counts as unset). Optional for a custom `base_url`, as local servers (Ollama,
+            llama.cpp) need none.
         base_url: API root including `/v1` (default: `OPENAI_BASE_URL`, else OpenAI's), with
             its `http://` or `https://` scheme. Surrounding whitespace is ignored, and a blank
             value (argument or variable) counts as unset. A user name and password in it
@@ -243,7 +245,10 @@ class OpenAIProvider(HttpProvider):
             these nor a call's `stop=`: OpenAI's reasoning models (o3, o4-mini, gpt-5)
             refuse the parameter. An `AgentRuntime` still cuts replies at its own.
         http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here;
-            `timeout` and `connect_timeout` apply to its requests all the same).
+            `timeout` and `connect_timeout` apply to its requests all the same). It is bound
+            to the event loop it is first used on: once that loop has closed (a second
+            `asyncio.run`), calls fail with a `ProviderError`. Pass one made for each loop,
+            or none.
         budget: Cost budget checked before each call and charged with its usage. Leave it
             unset inside an `AgentRuntime` that has a budget: the runtime charges each call.
         metrics: Runtime metrics that receive each call's token counts (the same caveat).
@@ -256,9 +261,10 @@ class OpenAIProvider(HttpProvider):
 
     Raises:
         ProviderError: No API key for OpenAI's own API, a key no HTTP header can carry
-            (whitespace such as a trailing newline, control or non-ASCII characters), a
-            base URL that is not an http(s) URL (one written without its scheme, say), or
-            one with a user name and password when there is an API key too.
+            (whitespace such as a trailing newline, control or non-ASCII characters; a key
+            of whitespace only is no key), a base URL that is not an http(s) URL (one
+            written without its scheme, say), or one with a user name and password when
+            there is an API key too.
         ValueError: A timeout or price is out of range.
     """
 
@@ -504,27 +510,31 @@ class OpenAIProvider(HttpProvider):
                             yield calls.add(part.index, part.id, name, fragment)
                         if choice.finish_reason is not None:
                             finish_reason = choice.finish_reason
-                if not done:
-                    raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
-                rest = text.finish()
-                if rest:
-                    yield TextDelta(rest)
-                for call in calls.calls:
-                    last = call.finish()
-                    if last is not None:
-                        yield last
-                # Charged first: the reply arrived whole and was billed, even if its tool calls
-                # fail.
-                owed = False
-                self._transport.charge(usage)
-                response = ChatResponse(
-                    text=text.text,
-                    tool_calls=calls.build(finish_reason, self._transport.redact),
-                    usage=usage,
-                    stop_reason=_REFUSAL if refused else finish_reason,
-                    model=model,
-                )
-                yield StreamEnd(response)  # at once: the body is finished (or cut) after this
+            # The events are closed here: the body was finished at [DONE] (briefly, or cut,
+            # see `post_sse`) before the last events go out. A consumer that stops at
+            # StreamEnd leaves nothing to read as its loop ends, where the loop would close
+            # httpx's generators while that read runs them (each failure logged).
+            if not done:
+                raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
+            rest = text.finish()
+            if rest:
+                yield TextDelta(rest)
+            for call in calls.calls:
+                last = call.finish()
+                if last is not None:
+                    yield last
+            # Charged first: the reply arrived whole and was billed, even if its tool calls
+            # fail.
+            owed = False
+            self._transport.charge(usage)
+            response = ChatResponse(
+                text=text.text,
+                tool_calls=calls.build(finish_reason, self._transport.redact),
+                usage=usage,
+                stop_reason=_REFUSAL if refused else finish_reason,
+                model=model,
+            )
+            yield StreamEnd(response)
         except BaseException:
             # Failed, cancelled or closed after the usage arrived: it was billed all the same.
             if owed:
@@ -570,7 +580,9 @@ class _ToolCallAssembly:
         delta gives out the id, the piece of the name and the fragment cleaned, as the text
         is (see `PartialToolCall`): an id as `ToolCallIds` gives it out, the name and
         arguments with half a pair that ends a piece kept back for the next one. A name that
-        arrives for the next call, its arguments to come, is given out with them, on it.
+        arrives for the next call, its arguments to come, is given out with them, on it. A
+        name piece is given out only when it adds to the call's name: the pieces given out
+        join up to the name (`ToolCallDelta.name`), however often a server repeats it.
         """
         given_name = name
         received_id = call_id
@@ -598,16 +610,20 @@ class _ToolCallAssembly:
             elif fragment.strip() and (name or self._pending_name):
                 name = given_name = name or self._pending_name
                 call = None  # the next call, sent after this one without an id
+        # What of the name to give out: only what extends the call's name, so that the
+        # pieces given out join up to it (a name repeated in every piece is given out once).
+        name_piece = given_name
         if call is None:
             call = PartialToolCall(len(self.calls), None, name)
             self.calls.append(call)
             self._depths[call.index] = _JsonDepth()
             self._pending_name = None
+        elif call.name is None:
+            call.name = name
+        elif name and name != call.name and not self._depths[call.index].started:
+            call.name += name  # the next piece of a name streamed in pieces
         else:
-            if call.name is None:
-                call.name = name
-            elif name and name != call.name and not self._depths[call.index].started:
-                call.name += name  # the next piece of a name streamed in pieces
+            name_piece = None  # the whole name again, or a name after the arguments started
         if call_id is not None:
             if call.index not in self._received_ids:  # its first piece with an id
                 self._received_ids[call.index] = call_id
@@ -618,7 +634,7 @@ class _ToolCallAssembly:
         piece = call.add_arguments(fragment)
         self._depths[call.index].feed(piece)
         given_id = call.id if call_id is not None else received_id  # "" stays ""
-        return ToolCallDelta(call.index, given_id, call.add_name(given_name), piece)
+        return ToolCallDelta(call.index, given_id, call.add_name(name_piece), piece)
 
     def build(self, stop_reason: str | None, redact: Callable[[str], str] | None) -> list[ToolCall]:
         """The finished calls, once the stream ended (see `PartialToolCall.build`).
