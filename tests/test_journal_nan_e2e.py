@@ -18,7 +18,11 @@ from typing import Any
 import pytest
 
 import llm_agent_runtime as ar
-from llm_agent_runtime.persistence.checkpoints import CheckpointStore, stored_form
+from llm_agent_runtime.persistence.checkpoints import (
+    CheckpointStore,
+    idempotency_key,
+    stored_form,
+)
 from llm_agent_runtime.providers.base import ChatResponse
 
 NAN_STEP = 'Thought: t\nAction: send_real {"x": NaN}'
@@ -145,7 +149,8 @@ async def test_a_resumed_run_repeats_its_own_call_under_its_key(tool: str, value
     done = await runtime.resume("S", ar.ScriptedProvider(rounds(tool, value)))
     # The tool takes the key: the call that may have run is repeated under the same one.
     assert done.final_answer == "done"
-    assert [key for _, key in tools.sent] == ["S:2:0", "S:2:0"]
+    expected = idempotency_key("S", 2, 0, await CheckpointStore(backend).current_run("S"))
+    assert [key for _, key in tools.sent] == [expected, expected]
     again = tools.sent[1][0]
     assert math.isnan(again) if tool == "send_real" else again == value
     saved = await ar.AgentSession.load_checkpoint(backend, "S")
@@ -162,7 +167,8 @@ async def test_a_resumed_react_run_repeats_its_own_call_with_a_nan_under_its_key
     runtime = ar.AgentRuntime(tools=tools.specs(), checkpoint_backend=backend)
     done = await runtime.resume("S", script(*replies))
     assert done.final_answer == "done"
-    assert [key for _, key in tools.sent] == ["S:2:0", "S:2:0"]
+    expected = idempotency_key("S", 2, 0, await CheckpointStore(backend).current_run("S"))
+    assert [key for _, key in tools.sent] == [expected, expected]
     assert math.isnan(tools.sent[1][0])
 
 

@@ -215,10 +215,26 @@ async def test_a_store_that_returns_more_than_the_limit_is_cut_to_it(recalled: A
         (None, "Store.recall must return a list of episodes, got None"),
         (["text"], "Store.recall returned an episode without a string content: str"),
         ([Episode(3)], "Store.recall returned an episode without a string content: Episode"),
+        # Bytes have a `strip` too: not text all the same.
+        ([Episode(b"bytes memory")], "Store.recall returned an episode without a string"),
+        ([Episode("text"), Episode(b" ")], "Store.recall returned an episode without a string"),
     ],
 )
 async def test_a_store_that_returns_no_episodes_is_named(recalled: Any, message: str) -> None:
     rt = ar.AgentRuntime(memory=Store(recalled))
+    with pytest.raises(ar.AgentRuntimeError, match=message):
+        await rt.run_agent("a", "q", final)
+    assert not rt._running and rt.metrics.snapshot().active_sessions == 0
+
+
+@pytest.mark.parametrize(("block", "kind"), [({"user": "bob"}, "dict"), (["user: bob"], "list")])
+async def test_a_working_memory_whose_block_is_no_string_is_named(block: Any, kind: str) -> None:
+    class Scratchpad:
+        def to_prompt(self) -> Any:
+            return block
+
+    rt = ar.AgentRuntime(working_memory=Scratchpad())
+    message = f"working memory Scratchpad.to_prompt must return a string, got {kind}"
     with pytest.raises(ar.AgentRuntimeError, match=message):
         await rt.run_agent("a", "q", final)
     assert not rt._running and rt.metrics.snapshot().active_sessions == 0
@@ -544,3 +560,42 @@ async def test_a_session_runs_one_turn_at_a_time_across_runtimes() -> None:
         await shedding.run_turn(session, "three", final)
     assert await first.run_turn(session, "three", final) == "ok"
     assert not runtime_module._SESSIONS_RUNNING
+
+
+async def test_one_runtime_on_two_threads_runs_a_session_one_turn_at_a_time() -> None:
+    # The first run waits in its guard's acquire (as a shared counter's may) while another
+    # thread starts a turn of the same session with the same runtime: that one is refused,
+    # and the first still ends cleanly once let go.
+    in_acquire, let_go = threading.Event(), threading.Event()
+
+    class WaitingGuard:
+        def acquire(self) -> None:
+            if not in_acquire.is_set():
+                in_acquire.set()
+                let_go.wait(5)
+
+        def release(self) -> None:
+            pass
+
+    rt = ar.AgentRuntime(backpressure=WaitingGuard())  # type: ignore[arg-type]
+    session = rt.create_session("a")
+    outcome: list[object] = []
+
+    def first() -> None:
+        try:
+            outcome.append(asyncio.run(rt.run_turn(session, "one", final)))
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(in_acquire.wait, 5)
+        with pytest.raises(ar.AgentRuntimeError, match="already running a turn"):
+            await rt.run_turn(session, "two", final)
+    finally:
+        let_go.set()
+        await asyncio.to_thread(thread.join, 5)
+    assert outcome == ["ok"]
+    assert [m["content"] for m in session.messages] == ["one", "ok"]
+    assert not rt._running and not runtime_module._SESSIONS_RUNNING

@@ -17,11 +17,12 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import FunctionType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 from pydantic import ValidationError
 
@@ -76,7 +77,7 @@ from llm_agent_runtime.providers.base import (
     tool_definitions_chars,
 )
 from llm_agent_runtime.session import AgentSession, Step, message_problem
-from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, _truncate
+from llm_agent_runtime.tools import ErrorKind, Observation, ToolRegistry, ToolSpec, _truncate
 
 # The checkpoint machinery is imported where it is used, all of it behind a checkpoint
 # backend: a runtime without one (and its import) never loads it.
@@ -121,6 +122,7 @@ REMEMBERED_APPROVAL_SESSIONS = 10_000
 # What the metrics count a call of an unregistered tool under: no tool is named so (names
 # are letters, digits, '_' and '-'), and made-up names add no counters.
 _UNKNOWN_TOOL = "(unknown tool)"
+_ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)  # what `settle_call` may record
 # Events are named tuples; on the per-step path they are built with tuple.__new__, which
 # skips the named tuple's Python-level __new__ (~100 ns an event).
 _event = tuple.__new__
@@ -278,8 +280,11 @@ class AgentRuntime:
             embedder (`has_embedder`) recalls the memories most similar to the request too.
             A recalled memory that is blank is skipped (neither shown nor counted as a hit;
             it still took one of the `max_memory_recalls` slots, as the store ranks first).
-        working_memory: Key-value memory whose `to_prompt()` block is appended, as it is, to
-            every prompt (`WorkingMemory`'s starts with its own `Working memory:` header).
+        working_memory: Key-value memory whose `to_prompt()` block (a string) is appended,
+            as it is, to the run's context (`WorkingMemory`'s starts with its own `Working
+            memory:` header). It is read once, when a run starts (or resumes): each prompt of
+            the run holds that snapshot, and entries set while the run goes on (by a tool,
+            say) show from the next run on.
         graph: Knowledge graph (`entity_count()`), whose size is recorded per session.
         tools: `ToolSpec`s or a `ToolRegistry`.
         backpressure: Sheds runs beyond its capacity.
@@ -752,27 +757,31 @@ class AgentRuntime:
             self._refresh_tools()
         session_id = session.session_id
         running = self._running
-        # Checked and marked with no await in between: no other task runs this session now,
-        # nor (marked by the session object, in one step: a thread may be at it) any other
-        # runtime.
-        if session_id in running or _SESSIONS_RUNNING.setdefault(id(session), self) is not self:
-            raise AgentRuntimeError(
-                f"session {session_id!r} is already running a turn: a session runs one turn "
-                "at a time (await the running one first)"
-            )
+        # Checked and marked in one step under the lock, before the guard is asked (its
+        # acquire may take a while): no other run of this session, in this runtime or any
+        # other, on this thread or another, gets past here meanwhile. The mark is this
+        # run's own token, so that only this run takes it away.
+        mark = object()
+        with _SESSIONS_LOCK:
+            if session_id in running or id(session) in _SESSIONS_RUNNING:
+                raise AgentRuntimeError(
+                    f"session {session_id!r} is already running a turn: a session runs one "
+                    "turn at a time (await the running one first)"
+                )
+            _SESSIONS_RUNNING[id(session)] = mark
+            running.add(session_id)
         guard = self.backpressure
         if guard is not None:
             try:
                 guard.acquire()
             except BaseException as error:
-                del _SESSIONS_RUNNING[id(session)]
+                _unmark(running, session_id, session, mark)
                 # A shed is counted once: by the guard when it counts into these metrics.
                 if isinstance(error, BackpressureShedError) and (
                     getattr(guard, "_metrics", None) is not self.metrics
                 ):
                     self.metrics.record_backpressure_shed()
                 raise
-        running.add(session_id)
         metrics = self.metrics
         # The async callbacks the run's events start: the run waits for them once it has let
         # go of its session and slot, within its deadline. (Tracked only with async
@@ -869,8 +878,7 @@ class AgentRuntime:
                     RUN_CALLBACKS.reset(callbacks_token)
                 metrics.session_finished()
         finally:
-            running.discard(session_id)
-            del _SESSIONS_RUNNING[id(session)]
+            _unmark(running, session_id, session, mark)
             if self._checkpoints is not None:  # nothing of an ended run stays in memory
                 self._durable_runs.pop(session_id, None)
                 self._checkpoints.forget(session_id)
@@ -1000,9 +1008,15 @@ class AgentRuntime:
             # A blank memory says nothing: it is neither shown nor counted as a hit. (The
             # store ranks before this, so a blank one still takes one of the recall slots.)
             try:
-                texts = [text for e in episodes[:limit] if (text := e.content).strip()]
+                texts = [e.content for e in episodes[:limit]]
             except (TypeError, AttributeError):
+                texts = None
+            # Only text is shown (bytes have a `strip` too): the slow path names the store
+            # that recalled anything else.
+            if texts is None or not all(type(text) is str for text in texts):
                 texts = _recalled_texts(self.memory, episodes, limit)
+            else:
+                texts = [text for text in texts if text.strip()]
             if self.config.max_memory_tokens is not None:
                 texts = fit_to_token_budget(texts, self.config.max_memory_tokens)
             if texts:
@@ -1011,6 +1025,11 @@ class AgentRuntime:
                 parts.append("Relevant memories:\n" + "\n".join(f"- {t}" for t in texts))
         if self.working_memory is not None:
             working = self.working_memory.to_prompt()
+            if not isinstance(working, str):  # it would be joined into the prompt
+                raise AgentRuntimeError(
+                    f"working memory {type(self.working_memory).__name__}.to_prompt must "
+                    f"return a string, got {_kind(working)}"
+                )
             if working:  # the block as is: `WorkingMemory.to_prompt()` has its own header
                 parts.append(working)
         if self.graph is not None:
@@ -1218,9 +1237,12 @@ class AgentRuntime:
             )
             session.steps.append(step)
             metrics.record_step()
+            stop = error_kind is not None and config.error_recovery == "stop"
             if checkpoints is not None:
-                await self._save_steps(session, [self._step_record(session, step, reply=reply)])
-            if error_kind is not None and config.error_recovery == "stop":
+                record = self._step_record(session, step, reply=reply)
+                record.stopped = stop  # a resume closes the run here, whatever its config
+                await self._save_steps(session, [record])
+            if stop:
                 return
             transcript.append(f"{reply}\nObservation: {content}")
             if replayed:  # the step after may be journaled too (its checkpoint failed as well)
@@ -1421,9 +1443,11 @@ class AgentRuntime:
             else:
                 for step in session.steps[-n_calls:]:
                     step.overhead_ms = overhead
+            stop = failed and config.error_recovery == "stop"
             if records:  # the round is saved whole: a resume never finds part of it
+                records[-1].stopped = stop  # a resume closes the run here, whatever its config
                 await self._save_steps(session, records)
-            if failed and config.error_recovery == "stop":
+            if stop:
                 return
             if replayed:  # the round after may be journaled too (its checkpoint failed as well)
                 journal = await self._journal_of_next_step(session)
@@ -1996,10 +2020,13 @@ class AgentRuntime:
         the key: after an interruption, its step is simply run again (model reply included).
         The result is journaled too when `record_result` (a call of a parallel round, whose
         step checkpoints come only after every call ends); a lone call's step checkpoint is
-        its result, so it costs one write less. An entry of this run is honoured: a recorded
-        result is reused, and a call that may have run is repeated (as it was approved) only
-        for a tool that is idempotent or takes the key. An entry another run wrote is stale:
-        the call is run as if it had none.
+        its result, so it costs one write less. A failed write of the result is logged and
+        counted as a failed step checkpoint is, not raised (the round's step checkpoint holds
+        the result); a failed write of the intent is raised, before the call runs. An entry
+        of this run is honoured: a recorded result is reused, and a call that may have run
+        is repeated (as it was approved, under the key it was journaled with) only for a
+        tool that is idempotent or takes the key. An entry another run wrote is stale: the
+        call is run as if it had none.
         """
         checkpoints = self._checkpoints
         assert checkpoints is not None
@@ -2012,14 +2039,10 @@ class AgentRuntime:
             )
             resolved = resolutions[index]
         name, arguments, denial = resolved
-        from llm_agent_runtime.persistence.checkpoints import (
-            idempotency_key,
-            is_stale_entry,
-            stored_form,
-        )
+        from llm_agent_runtime.persistence.checkpoints import is_stale_entry, stored_form
 
         run_id = self._durable_runs[session_id].run
-        key = idempotency_key(session_id, step, index)
+        key = self._call_key(session_id, step, index, entry)
         intent = {
             **entry,
             "tool": name,
@@ -2063,6 +2086,8 @@ class AgentRuntime:
                                 tool=name,
                             )
                         self._check_repeatable(session_id, step, index, ran, {"state": "intent"})
+                        # Repeated under the key it was journaled with (see `_call_key`).
+                        key = intent["key"] = self._call_key(session_id, step, index, found)
             run = await self._call_tool(session, name, arguments, key, index, False, busy)
         if record_result:  # a round's calls are journaled as they end (a denied one too)
             observation = run[0]
@@ -2073,7 +2098,24 @@ class AgentRuntime:
                 "error_kind": observation.error_kind,
                 "ran": [run[2], run[3]],
             }
-            await checkpoints.journal(session_id, step, index, done)
+            try:
+                await checkpoints.journal(session_id, step, index, done)
+            except Exception as error:
+                # Not raised: the call ran, and its siblings run on. Its result stays with the
+                # round, whose step checkpoint makes it durable; until then its intent stands
+                # (a resume repeats the call only if that is safe), as when a step's save fails.
+                held = self._resume_leases.get(session_id)
+                if held is not None and held[1]:
+                    raise  # the resume claim is lost: the run stops (`_unless_resume_lost`)
+                session.checkpoint_errors += 1
+                self.metrics.record_checkpoint_error()
+                logger.warning(
+                    "journal entry of tool call %d of step %d of session %s failed: %r",
+                    index,
+                    step,
+                    session_id,
+                    error,
+                )
         return run
 
     async def _resolve_calls(
@@ -2114,6 +2156,24 @@ class AgentRuntime:
             resolved[index] = call
         return resolved
 
+    def _call_key(self, session_id: str, step: int, index: int, entry: dict[str, Any]) -> str:
+        """The idempotency key of a call of the running run (see `idempotency_key`).
+
+        A call this run journaled keeps the key it was journaled with (an intent written by
+        an older version has a key without the run's id): a repeat goes out with it.
+        """
+        from llm_agent_runtime.persistence.checkpoints import idempotency_key, is_stale_entry
+
+        run = self._durable_runs[session_id].run
+        key = entry.get("key")
+        if (
+            isinstance(key, str)
+            and entry.get("state") == "intent"
+            and not is_stale_entry(entry, run)
+        ):
+            return key
+        return idempotency_key(session_id, step, index, run)
+
     def _check_repeatable(
         self, session_id: str, step: int, index: int, name: str, entry: dict[str, Any]
     ) -> None:
@@ -2125,9 +2185,7 @@ class AgentRuntime:
             return
         spec = self.tools.get(name)
         if spec is None or not (spec.idempotent or spec.takes_idempotency_key):
-            from llm_agent_runtime.persistence.checkpoints import idempotency_key
-
-            key = idempotency_key(session_id, step, index)
+            key = self._call_key(session_id, step, index, entry)
             raise ToolError(
                 f"tool call {name!r} (step {step}, call {index}, idempotency key {key!r}) "
                 "may have run before the interruption and the tool is neither idempotent "
@@ -2221,7 +2279,9 @@ class AgentRuntime:
                 as `chat` alone in tools mode); use the same mode as the interrupted run.
 
         Returns:
-            The finished session (at once when the run had already finished).
+            The finished session (at once when the run had already finished, or had ended:
+            a run that `error_recovery="stop"` stopped at a failed tool step is closed as
+            it stopped, whatever this runtime's config, and not run on).
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend; when the session is running (in
@@ -2258,14 +2318,20 @@ class AgentRuntime:
                 "it then), so the run's context cannot be rebuilt; load_checkpoint shows what "
                 "is saved"
             )
-        if session.final_answer is not None:  # interrupted after its last step: just close it
-            if session_id in self._running:  # it started running while this one loaded it
-                raise AgentRuntimeError(f"session {session_id!r} is already running a turn")
-            self._running.add(session_id)
+        # Interrupted after its last step (an answer, or a failed tool step where
+        # `error_recovery="stop"` stopped it): just close it.
+        if session.final_answer is not None or state.stopped:
+            if state.turn and session.final_answer is None:  # a turn with no answer
+                _add_turn(session, state.prompt, "")
+            with _SESSIONS_LOCK:
+                if session_id in self._running:  # it started running while this one loaded it
+                    raise AgentRuntimeError(f"session {session_id!r} is already running a turn")
+                self._running.add(session_id)
             try:
                 await self._save_final(session, state.run)
             finally:
-                self._running.discard(session_id)
+                with _SESSIONS_LOCK:
+                    self._running.discard(session_id)
             return session
         # A turn goes on with the history it started with (`session()` gives it).
         history = self.trim_history(session.messages) if state.turn else None
@@ -2298,12 +2364,32 @@ class AgentRuntime:
         idempotency key): once you have checked what the call did, record what the model
         should see, and `resume` continues with it instead of running the call.
 
+        Args:
+            session_id: The interrupted session.
+            step: The call's step (an int >= 1), as the `ToolError` names it.
+            index: The call's index in its step (an int >= 0).
+            observation: What the model is shown of the call's result.
+            error_kind: None for a call that succeeded, else what failed, an `ErrorKind`
+                (`"not_found"`, `"transient"` or `"permanent"`).
+
         Raises:
-            AgentRuntimeError: Without a checkpoint backend.
+            AgentRuntimeError: Without a checkpoint backend; when an argument is not as
+                described (nothing is written: a session holding such an outcome could not
+                be loaded again).
             ToolError: When no unsettled call is journaled at that step and index.
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("settle_call needs a checkpoint_backend")
+        for name, value, least in (("step", step, 1), ("index", index, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise AgentRuntimeError(f"{name} must be an int >= {least}, got {value!r}")
+        if not isinstance(observation, str):
+            raise AgentRuntimeError(f"observation must be a string, got {_kind(observation)}")
+        if error_kind is not None and error_kind not in _ERROR_KINDS:
+            raise AgentRuntimeError(
+                f"error_kind must be None or one of {', '.join(map(repr, _ERROR_KINDS))}, "
+                f"got {error_kind!r}"
+            )
         run = await self._checkpoints.current_run(session_id)  # another run's entry is stale
         entries = await self._checkpoints.load_journal(session_id, step, run)
         entry = next((e for e in entries if e.get("key", "").endswith(f":{step}:{index}")), None)
@@ -2397,9 +2483,21 @@ def _is_infer(model: InferFn | LlmProvider) -> TypeIs[InferFn]:
     )
 
 
-_SESSIONS_RUNNING: dict[int, AgentRuntime] = {}
+_SESSIONS_RUNNING: dict[int, object] = {}
 """The sessions with a run in progress, in any runtime of this process: by the session
-object's id (not reused meanwhile: the run holds the object), the runtime running it."""
+object's id (not reused meanwhile: the run holds the object), the running run's token."""
+
+_SESSIONS_LOCK = threading.Lock()
+"""Guards `_SESSIONS_RUNNING` and the runtimes' `_running` sets: runs of one runtime may
+start on several threads (each with its own event loop) at once."""
+
+
+def _unmark(running: set[str], session_id: str, session: AgentSession, mark: object) -> None:
+    """Takes away a run's marks of its session: only its own (`mark` is the run's token)."""
+    with _SESSIONS_LOCK:
+        if _SESSIONS_RUNNING.get(id(session)) is mark:
+            del _SESSIONS_RUNNING[id(session)]
+            running.discard(session_id)
 
 
 def _add_turn(session: AgentSession, prompt: str, answer: str) -> None:

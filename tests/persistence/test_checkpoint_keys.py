@@ -223,8 +223,9 @@ def test_ids_are_escaped_in_keys_and_ids_without_percent_or_colon_keep_their_key
     assert split_session_key("session:50%") is None  # no id escapes to it
     assert split_session_key("session:a%3a") is None  # nor to a lower-case escape
     assert split_session_key("sessions:a") is None
-    # The idempotency key goes to tools, unescaped: the step and index end it.
-    assert idempotency_key("user:42", 1, 0) == "user:42:1:0"
+    # The idempotency key goes to tools, unescaped: the run, step and index end it.
+    assert idempotency_key("user:42", 1, 0, "r7") == "user:42:r7:1:0"
+    assert idempotency_key("user:42", 1, 0, None) == "user:42:1:0"  # a run of old records
 
 
 @given(st.text(), st.text(), st.sampled_from(["", ":meta", ":step:1", ":call:1:0", ":base:2"]))

@@ -96,7 +96,10 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path, kind: str) -> Non
         assert out.strip() == f"answer {EXPECTED} steps {TOOL_CALLS + 1}", (trial, out, err)
         effects = (tmp_path / f"{session_id}.effects").read_text().split()
         invocations = Counter((tmp_path / f"{session_id}.invocations").read_text().split())
-        keys = [f"{session_id}:{step}:0" for step in range(1, TOOL_CALLS + 1)]
+        # The keys name the run, which the resume kept: one run id in all of them.
+        run_ids = {key.rsplit(":", 3)[-3] for key in effects}
+        assert len(run_ids) == 1, (trial, effects)
+        keys = [f"{session_id}:{min(run_ids)}:{step}:0" for step in range(1, TOOL_CALLS + 1)]
         assert sorted(effects) == sorted(keys), trial  # each effect once, under its own key
         # Only a call interrupted by the kill may run again (one call is in flight at most).
         assert sum(invocations.values()) <= TOOL_CALLS + 1, (trial, invocations)

@@ -4,6 +4,7 @@ and the event log (on the in-memory and SQLite backends)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,45 @@ async def test_a_call_that_may_have_run_is_repeated_only_when_safe() -> None:
         await runtime.settle_call(sid, 1, 0, "again")
 
 
+@pytest.mark.parametrize(
+    ("step", "index", "observation", "error_kind", "named"),
+    [
+        (1, 0, {"status": "paid"}, None, "observation must be a string"),
+        (1, 0, b"paid", None, "observation must be a string"),
+        (1, 0, "paid", "bogus", "error_kind must be None or one of 'not_found'"),
+        (1, 0, "paid", ["permanent"], "error_kind must be None"),
+        (True, 0, "paid", None, "step must be an int >= 1"),
+        (0, 0, "paid", None, "step must be an int >= 1"),
+        (1.0, 0, "paid", None, "step must be an int >= 1"),
+        (1, False, "paid", None, "index must be an int >= 0"),
+        (1, -1, "paid", None, "index must be an int >= 0"),
+    ],
+)
+async def test_settle_call_refuses_an_outcome_a_session_could_not_load_with(
+    step: Any, index: Any, observation: Any, error_kind: Any, named: str
+) -> None:
+    backend = ar.InMemoryBackend()
+    started, gate = asyncio.Event(), asyncio.Event()
+    charges: list[int] = []
+    runtime = ar.AgentRuntime(
+        tools=[gated_charge(charges, started, gate)], checkpoint_backend=backend
+    )
+    sid = await interrupt_mid_tool(
+        runtime, 'Thought: pay\nAction: charge {"amount": 5}', gate, started
+    )
+    before = dict(backend.data)
+    with pytest.raises(ar.AgentRuntimeError, match=named):
+        await runtime.settle_call(sid, step, index, observation, error_kind)
+    assert backend.data == before  # nothing written: the call is still unsettled
+    await runtime.settle_call(sid, 1, 0, "charge failed (checked by hand)", "permanent")
+    resumed = await runtime.resume(sid, script(FINAL))
+    assert [(s.observation, s.error_kind) for s in resumed.steps] == [
+        ("charge failed (checked by hand)", "permanent"),
+        ("", None),
+    ]
+    assert await ar.AgentSession.load_checkpoint(backend, sid) == resumed and charges == [5]
+
+
 async def test_idempotent_tools_and_keyed_tools_are_repeated_with_the_same_key() -> None:
     backend = ar.InMemoryBackend()
     started, gate = asyncio.Event(), asyncio.Event()
@@ -214,7 +254,10 @@ async def test_idempotent_tools_and_keyed_tools_are_repeated_with_the_same_key()
     )
     resumed = await runtime.resume(sid, script(FINAL))
     assert resumed.final_answer == "finished"
-    assert keys == [f"{sid}:1:0", f"{sid}:1:0"]  # the tool can deduplicate by its key
+    # The tool can deduplicate by its key: the session, the run (which a resume keeps),
+    # the step and the call.
+    assert len(keys) == 2 and keys[0] == keys[1]
+    assert re.fullmatch(rf"{sid}:[0-9a-f]{{32}}:1:0", keys[0])
     assert [s.observation for s in resumed.steps] == ["sent", ""]
 
 
@@ -283,6 +326,52 @@ async def test_parallel_calls_are_journaled_one_by_one() -> None:
     assert runs == ["a", "b", "slow", "slow"]  # only the unfinished call ran again
     assert [s.observation for s in resumed.steps[:3]] == ["got a", "got b", "got slow"]
     assert resumed.final_answer == "all fetched"
+
+
+async def test_a_failed_result_entry_of_a_parallel_call_neither_ends_the_run_nor_its_round() -> (
+    None
+):
+    """Counted as a failed step checkpoint is: the round's step checkpoint holds the result."""
+    failed = asyncio.Event()
+
+    class ResultWriteFails(ar.InMemoryBackend):
+        async def save(self, key: str, value: bytes) -> None:
+            if ":call:" in key and b'"state":"done"' in value and not failed.is_set():
+                failed.set()
+                raise OSError("connection reset")
+            await super().save(key, value)
+
+    log: list[str] = []
+
+    @ar.tool
+    async def fast(n: int) -> str:
+        """Fast side effect."""
+        log.append("fast done")
+        return "fast ok"
+
+    @ar.tool
+    async def slow(n: int) -> str:
+        """Slow side effect, under way when the other call's result is journaled."""
+        try:
+            await failed.wait()
+        except asyncio.CancelledError:
+            log.append("slow cancelled")
+            raise
+        log.append("slow done")
+        return "slow ok"
+
+    backend = ResultWriteFails()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=[fast, slow], checkpoint_backend=backend
+    )
+    round_one = ar.ScriptedProvider.tool_call_reply([("fast", {"n": 1}), ("slow", {"n": 2})])
+    session = await runtime.run_agent_with_provider(
+        "a", "q", ar.ScriptedProvider([round_one, "all done"])
+    )
+    assert session.final_answer == "all done" and log == ["fast done", "slow done"]
+    assert [s.observation for s in session.steps] == ["fast ok", "slow ok", ""]
+    assert session.checkpoint_errors == 1 and runtime.metrics.snapshot().checkpoint_errors == 1
+    assert await ar.AgentSession.load_checkpoint(backend, session.session_id) == session
 
 
 async def test_native_mode_resume_rebuilds_the_chat() -> None:
@@ -538,7 +627,9 @@ async def test_react_steps_whose_saves_failed_reuse_their_replies_and_keys() -> 
     assert len(asked) == 1 and "Observation: sent" in asked[0]
     sid = session.session_id
     # Each send ran again (it takes the key), with the key of its first run.
-    assert effects.keys == [f"{sid}:1:0", f"{sid}:2:0", f"{sid}:1:0", f"{sid}:2:0"]
+    first = effects.keys[:2]
+    assert effects.keys == first + first
+    assert all(re.fullmatch(rf"{sid}:[0-9a-f]{{32}}:{n}:0", k) for n, k in enumerate(first, 1))
     assert [s.action for s in resumed.steps] == ["send", "send", "FINAL_ANSWER"]
 
 
@@ -891,6 +982,33 @@ async def test_a_stale_intent_of_another_run_blocks_neither_a_new_turn_nor_a_res
         "send to alice",
         "finished",
     ]
+
+
+async def test_a_turn_run_again_gives_its_calls_keys_of_their_own() -> None:
+    """A keyed API must not take the new run's call for the interrupted run's one."""
+    backend = ar.InMemoryBackend()
+    api: dict[str, int] = {}  # amount charged by key: a repeated key is a replay
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    @ar.tool
+    async def charge(amount: int, idempotency_key: str) -> str:
+        """Charges once per key."""
+        api.setdefault(idempotency_key, amount)
+        if amount == 500:
+            reached.set()
+            await gate.wait()
+        return f"charged {api[idempotency_key]}"
+
+    runtime = ar.AgentRuntime(tools=[charge], checkpoint_backend=backend)
+    session = runtime.create_session("a", "K")
+    charge_500 = 'Thought: t\nAction: charge {"amount": 500}'
+    task = asyncio.create_task(runtime.run_turn(session, "charge 500", script(charge_500)))
+    await cancel_when(task, reached)  # the 500 charge was made; its intent is journaled
+    gate.set()
+    charge_700 = 'Thought: t\nAction: charge {"amount": 700}'
+    assert await runtime.run_turn(session, "700", script(charge_700, FINAL)) == "finished"
+    assert sorted(api.values()) == [500, 700]  # the new call was made, under a new key
+    assert session.steps[0].observation == "charged 700"
 
 
 async def test_an_interrupted_later_turn_is_resumed_without_repeating_its_steps() -> None:

@@ -84,6 +84,78 @@ async def test_a_native_call_of_a_tool_named_final_answer_is_resumed_as_a_call()
     assert ar.AgentSession.from_json(resumed.to_json()).final_answer == "5"
 
 
+# ------------------------------------------------------------------ runs stopped unanswered
+class FinalFailsOnce(ar.InMemoryBackend):
+    """Fails the first write of a final checkpoint (`session:<id>`, one `:`)."""
+
+    failed = False
+
+    async def batch_save(self, items: Any) -> None:
+        if not self.failed and any(k.count(":") == 1 for k in items):
+            self.failed = True
+            raise OSError("connection reset")
+        await super().batch_save(items)
+
+
+@ar.tool
+def boom(n: int) -> str:
+    """Fails."""
+    raise ValueError("permanent failure")
+
+
+def test_a_step_record_says_the_run_stopped_there_only_when_it_did() -> None:
+    stopped = record("boom", error_kind="permanent")
+    assert "stopped" not in stopped.to_dict()  # most records: left out
+    stopped.stopped = True
+    assert StepRecord.from_dict(stopped.to_dict()).stopped
+    assert not StepRecord.from_dict({"step": stopped.step.to_dict()}).stopped  # older records
+    with pytest.raises(ar.PersistenceError, match="'stopped' must be a bool"):
+        StepRecord.from_dict({**stopped.to_dict(), "stopped": 1})
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_run_that_error_recovery_stop_ended_is_closed_by_resume_not_run_on(
+    mode: str,
+) -> None:
+    ran: list[int] = []
+
+    @ar.tool
+    def pay(n: int) -> str:
+        """Pays."""
+        ran.append(n)
+        return "paid"
+
+    backend = FinalFailsOnce()
+    stop = ar.AgentConfig(mode=mode, error_recovery="stop")  # type: ignore[arg-type]
+    runtime = ar.AgentRuntime(stop, tools=[boom, pay], checkpoint_backend=backend)
+    session = runtime.create_session("a", "ST")
+    if mode == "react":
+        failing: Any = ar.ScriptedProvider(['Thought: t\nAction: boom {"n": 1}'])
+        again: Any = ar.ScriptedProvider(['Thought: t\nAction: pay {"n": 2}'])
+    else:
+        failing = ar.ScriptedProvider(
+            [ar.ScriptedProvider.tool_call_reply([("pay", {"n": 1}), ("boom", {"n": 1})])]
+        )
+        again = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply([("pay", {"n": 2})])])
+    with pytest.raises(ar.PersistenceError, match="connection reset"):  # stopped, not closed
+        await runtime.run_turn(session, "go", failing)
+    assert session.steps[-1].action == "boom" and ran == ([] if mode == "react" else [1])
+    # Resumed by a runtime that would go on after a failure: the run had ended, whatever
+    # the config says now, so it is closed as it stopped, with no model call and no tool.
+    retry = ar.AgentRuntime(
+        ar.AgentConfig(mode=mode),  # type: ignore[arg-type]
+        tools=[boom, pay],
+        checkpoint_backend=backend,
+    )
+    resumed = await retry.resume("ST", again)
+    assert again.calls == 0 and 2 not in ran
+    assert resumed.final_answer is None and resumed.steps == session.steps
+    assert [m["content"] for m in resumed.messages] == ["go", ""]  # a turn with no answer
+    saved = await ar.AgentSession.load_checkpoint(backend, "ST")
+    assert saved == resumed
+    assert (await retry.resume("ST", again)) == resumed and again.calls == 0  # closed now
+
+
 # ------------------------------------------------------------------ the model's calls
 async def test_a_resumed_run_sends_the_call_the_model_asked_for_not_the_edited_one() -> None:
     def edit(session: Any, name: str, arguments: Any) -> ApprovalDecision:

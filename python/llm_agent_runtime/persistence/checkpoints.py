@@ -36,7 +36,8 @@ is a key of another):
   resumable (`session:<id>:base`, without `<n>`, as older versions wrote it, is read too);
 - `session:<id>:call:<n>:<i>`: tool call i of step n, written as an intent before the call and
   as a result after it (the journal that makes resume at-most-once), naming the run that
-  wrote it: an entry is valid for that run alone (another run's is stale, as if absent);
+  wrote it and the call's idempotency key (see `idempotency_key`): an entry is valid for
+  that run alone (another run's is stale, as if absent);
 - `session:<id>:event:<seq>`: the append-only event log (every event but `LlmTextDelta`,
   whose text `LlmResponse` holds, and `CheckpointSaved`);
 - `session:<id>`: the final checkpoint (the whole session, with the working memory's entries;
@@ -116,13 +117,21 @@ def stored_form(value: Any) -> Any:
     return decode(_encode("value", value), "(value)")
 
 
-def idempotency_key(session_id: str, step: int, call_index: int) -> str:
-    """The idempotency key of tool call `call_index` of step `step` of a session.
+def idempotency_key(session_id: str, step: int, call_index: int, run: str | None) -> str:
+    """The idempotency key of tool call `call_index` of step `step` of run `run` of a session.
 
-    The id is not escaped here (the key goes to tools, and is not a storage key): it is
-    already one call's only, as the step and index are the last two `:`-separated fields.
+    The key names the run (its id, which a resumed run keeps): a call repeated by `resume`
+    gets the key it first went out with, so an API that deduplicates by key makes it once,
+    while a turn run again instead of resumed (a new run) gets fresh keys, so its calls,
+    new ones, are not taken for the interrupted run's. The id is not escaped here (the key
+    goes to tools, and is not a storage key): it is already one call's only, as the run,
+    step and index (a run id holds no `:`) are the last three `:`-separated fields. A run
+    whose records name no id (`run` None: older versions) has the keys those versions gave,
+    without it.
     """
-    return f"{session_id}:{step}:{call_index}"
+    if run is None:
+        return f"{session_id}:{step}:{call_index}"
+    return f"{session_id}:{run}:{step}:{call_index}"
 
 
 @dataclass(slots=True)
@@ -140,6 +149,11 @@ class StepRecord:
     The first step of each run keeps what the run started with (`run_start`: its `prompt`,
     whether it is a `turn` of a multi-turn session, and how many chat `messages` the session
     had), so a fork inside any run of a session knows that run's question and history.
+
+    `stopped` marks the step a run stopped at without an answer (`error_recovery="stop"`: a
+    failed tool step, or the last step of a round with a failed call): the run ended there,
+    whatever the config of the runtime that resumes it, as with a final answer (records
+    without it, of older versions too, did not stop the run).
     """
 
     step: Step
@@ -150,6 +164,7 @@ class StepRecord:
     round_reasoning: list[dict[str, Any]] | None = None
     run_start: dict[str, Any] | None = None
     requested: dict[str, Any] | None = None
+    stopped: bool = False
 
     @property
     def is_final(self) -> bool:
@@ -166,8 +181,8 @@ class StepRecord:
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-compatible data (sharing the step's `action_input`: encode it).
 
-        `round_reasoning`, `run_start` and `requested` are left out when there are none:
-        most records have none.
+        `round_reasoning`, `run_start` and `requested` are left out when there are none,
+        and `stopped` when false: most records have none.
         """
         data: dict[str, Any] = {
             "step": self.step.to_dict(),
@@ -182,6 +197,8 @@ class StepRecord:
             data["run_start"] = self.run_start
         if self.requested is not None:
             data["requested"] = self.requested
+        if self.stopped:
+            data["stopped"] = True
         return data
 
     @classmethod
@@ -201,8 +218,9 @@ class StepRecord:
         for name in ("reply", "round_text", "call_id"):
             if not isinstance(fields.get(name), str | None):
                 raise PersistenceError(f"step record field {name!r} must be a string or null")
-        if not isinstance(fields.get("round_start", False), bool):
-            raise PersistenceError("step record field 'round_start' must be a bool")
+        for name in ("round_start", "stopped"):
+            if not isinstance(fields.get(name, False), bool):
+                raise PersistenceError(f"step record field {name!r} must be a bool")
         reasoning = fields.get("round_reasoning")
         if reasoning is not None and not (
             isinstance(reasoning, list) and all(isinstance(block, dict) for block in reasoning)
@@ -245,6 +263,7 @@ _RECORD_FIELDS = frozenset(
         "round_reasoning",
         "run_start",
         "requested",
+        "stopped",
     }
 )
 
@@ -278,6 +297,15 @@ class SessionState:
     def run_records(self) -> list[StepRecord]:
         """The saved run's own steps: those after the `first_step` steps before it."""
         return self.records[self.first_step :]
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the saved run stopped, unanswered, at its last saved step.
+
+        See `StepRecord.stopped`: the run ended there, as if that step were a final answer.
+        """
+        records = self.run_records
+        return bool(records) and records[-1].stopped
 
     def session(self) -> AgentSession:
         """The session as saved: the final checkpoint, else the folded steps.
