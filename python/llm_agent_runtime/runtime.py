@@ -2272,6 +2272,11 @@ class AgentRuntime:
         the turn added to the session's chat history as `run_turn` adds it. The same holds
         for a fork (`fork`) taken inside a turn.
 
+        Resume only a run whose worker has stopped: a first run (`run_agent`, `run_turn`)
+        holds no claim while it goes on (only resumes do), so a run still going in another
+        process is not seen, and both would then run its next steps. A supervisor resumes
+        the sessions whose worker died, not every unfinished one.
+
         Args:
             session_id: The interrupted session.
             model: Async `prompt -> reply` (ReAct text), or a provider (told apart as
