@@ -548,12 +548,26 @@ def test_async_callables_of_every_kind_are_waited_for() -> None:
     seen.clear()
     later = ar.AgentRuntime()
     later.events.on(lambda event: record("lambda", event))  # sync, returns a coroutine
-    assert not later.events.has_async_callbacks
     asyncio.run(later.run_agent("a", "q", react(FINAL)))
-    assert later.events.has_async_callbacks  # told by the first coroutine it returned
-    seen.clear()
-    asyncio.run(later.run_agent("a", "q", react(FINAL)))
-    assert seen == ["lambda"] * 4
+    assert seen == ["lambda"] * 4  # waited for from the first run on
+
+
+def test_an_async_callback_registered_while_a_run_goes_on_is_waited_for() -> None:
+    # The run looked once, as it started, for async callbacks to wait for: one registered
+    # later got the run's events, and the program could end before it handled them.
+    seen: list[str] = []
+    rt = ar.AgentRuntime()
+
+    async def slow(event: ar.Event) -> None:
+        await asyncio.sleep(0.01)
+        seen.append(type(event).__name__)
+
+    async def infer(prompt: str) -> str:
+        rt.events.on(slow)
+        return "Thought: t\nAction: FINAL_ANSWER done"
+
+    asyncio.run(rt.run_agent("a", "q", infer))
+    assert seen == ["LlmTextDelta", "LlmResponse", "RunFinished"]
 
 
 async def test_a_callback_may_start_the_sessions_next_turn() -> None:
@@ -744,3 +758,25 @@ async def test_a_listener_failing_on_a_tool_calls_start_leaves_it_finished(
         finished = [e for e in events if e["type"] == "ToolCallFinished"]
         assert started and sorted(started) == sorted((e["step"], e["tool"]) for e in finished)
         assert all(e["error_kind"] == "permanent" for e in finished)
+
+
+async def test_a_subscription_used_as_a_context_manager_ends_with_its_block() -> None:
+    # A task cancelled in the `async for` body (handling an event) is not seen by the
+    # iterator: the subscription kept collecting every event. Its block ends it.
+    rt = ar.AgentRuntime()
+    handling = asyncio.Event()
+
+    async def consume() -> None:
+        async with rt.events.subscribe() as stream:
+            async for _ in stream:
+                handling.set()
+                await asyncio.sleep(10)  # handling the event when cancelled
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.sleep(0)
+    await rt.run_agent("a", "q", react(FINAL))
+    await handling.wait()
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    assert not rt.events.active  # no longer collecting: runs build no events

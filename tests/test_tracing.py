@@ -178,3 +178,53 @@ def test_calls_that_never_run_have_failed_tool_spans_too() -> None:
         "agent.tool ERROR error: tool call 'add' denied: not today",
         "agent.tool ERROR error: unknown tool 'dda' (known: add)",
     ]
+
+
+CUT_OFF = SETUP + textwrap.dedent(
+    """
+    @ar.tool
+    async def slow() -> int:
+        '''Takes its time.'''
+        await asyncio.sleep(10)
+        return 1
+
+    async def infer(prompt: str) -> str:
+        return "Thought: t\\nAction: slow {}"
+
+    async def hang(prompt: str) -> str:
+        await asyncio.sleep(10)
+        return "never"
+
+    async def main() -> None:
+        timed = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=200), tools=[slow])
+        try:
+            await timed.run_agent("agent-1", "q", infer)
+        except ar.AgentLoopError:
+            pass
+        run = asyncio.ensure_future(ar.AgentRuntime().run_agent("agent-1", "q", hang))
+        await asyncio.sleep(0.1)
+        run.cancel()
+        try:
+            await run
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(main())
+    for span in exporter.get_finished_spans():
+        kind = dict(span.attributes or {}).get("tool.error_kind", "")
+        names = [event.name for event in span.events]
+        print(span.name, span.status.status_code.name, kind, names)
+    """
+)
+
+
+def test_calls_cut_off_by_the_loop_timeout_or_a_cancel_have_failed_spans() -> None:
+    # A cancellation is no Exception: OpenTelemetry left such spans successful, while the
+    # events and metrics counted the call as failed.
+    assert _run(CUT_OFF) == [
+        "agent.llm UNSET  []",
+        "agent.tool ERROR transient ['exception']",
+        "agent.run ERROR  ['exception']",
+        "agent.llm ERROR  ['exception']",
+        "agent.run ERROR  ['exception']",
+    ]

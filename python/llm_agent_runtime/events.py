@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from types import TracebackType
 from typing import Any, NamedTuple
 
 from llm_agent_runtime._core import EventFanout
@@ -148,12 +148,11 @@ RUN_CALLBACKS: ContextVar[set[asyncio.Future[Any]] | None] = ContextVar(
 )
 
 
-def _scheduler(bus: EventBus, pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
+def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
     """What happens to a callback's result: a coroutine (an async callback) is scheduled."""
 
     def schedule(result: Any) -> None:
         if asyncio.iscoroutine(result):
-            bus.has_async_callbacks = True  # a sync callback that returned a coroutine
             task = asyncio.ensure_future(result)
             # Keep a reference so the scheduled callback is not garbage-collected mid-run.
             pending.add(task)
@@ -215,7 +214,6 @@ class EventBus:
         "_recorders",
         "active",
         "emit",
-        "has_async_callbacks",
         "listening",
     )
 
@@ -228,12 +226,9 @@ class EventBus:
         self.listening = False
         """Whether a callback or a subscriber listens, besides the runtime's event log: the
         runtime streams a model's text, and emits `LlmTextDelta`, only then."""
-        self.has_async_callbacks = False
-        """Whether an async callback was registered (or a callback returned a coroutine):
-        runs then keep track of the callbacks they start, to wait for them."""
         # The delivery loop runs in Rust, over these very lists.
         self.emit: Callable[[Event], None] = EventFanout(
-            self._callbacks, self._queues, _scheduler(self, self._pending)
+            self._callbacks, self._queues, _scheduler(self._pending)
         ).emit
         """Delivers an event to every subscriber, then to every callback, in order.
 
@@ -255,8 +250,9 @@ class EventBus:
         callbacks left running (say, a timed-out run's `ErrorEvent` ones). One that raises
         is logged (logger `llm_agent_runtime`), and the run's outcome is its own. An async
         callback is an `async def` function (or a partial of one) or an object whose
-        `__call__` is one; a sync callback that returns a coroutine has it scheduled too,
-        and waited for from the next run on.
+        `__call__` is one; a sync callback that returns a coroutine has it scheduled too, and
+        waited for alike. One registered while a run goes on gets its next events, and that
+        run waits for them too.
 
         Returns:
             The callback, so this works as a decorator.
@@ -269,10 +265,6 @@ class EventBus:
             raise AgentRuntimeError(f"an event callback must be callable, got {callback!r}")
         self._callbacks.append(callback)
         self._listeners_changed()
-        if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
-            type(callback).__call__
-        ):
-            self.has_async_callbacks = True
         return callback
 
     def _add_recorder(self, callback: Callable[[Event], Any]) -> None:
@@ -308,8 +300,11 @@ class EventBus:
         """Subscribes now; the iterator yields events until `close()` is called.
 
         The subscription ends (and stops collecting events) when its iterator ends, when the
-        task iterating it is cancelled, when it is closed (`await stream.aclose()`), or when
-        it is dropped, iterated or not.
+        task iterating it is cancelled while it waits for the next event, when it is closed
+        (`await stream.aclose()`, or leaving `async with bus.subscribe() as stream:`), or
+        when it is dropped, iterated or not. A task cancelled while it handles an event (in
+        the `async for` body) is not seen by the iterator: use `async with` (or close it in
+        a `finally`) when the subscription outlives its loop (kept in a variable, say).
 
         Every event of every run on the runtime is queued for the subscriber until it reads
         it. Without `max_buffered` there is no limit: a subscriber must keep reading, or
@@ -384,7 +379,8 @@ class Subscription:
 
     Not an async generator: a generator's cleanup runs only once it has been started, so an
     iterator that was never iterated would stay subscribed (collecting events) forever. This
-    one unsubscribes when dropped as well.
+    one unsubscribes when dropped as well. Also an async context manager, which ends the
+    subscription as its block ends.
     """
 
     __slots__ = ("_bus", "_dropped", "_queue")
@@ -396,6 +392,18 @@ class Subscription:
 
     def __aiter__(self) -> Subscription:
         return self
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Ends the subscription (`aclose`), however the block ends."""
+        self._end()
 
     @property
     def dropped(self) -> int:

@@ -19,7 +19,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
@@ -784,8 +784,8 @@ class AgentRuntime:
                 raise
         metrics = self.metrics
         # The async callbacks the run's events start: the run waits for them once it has let
-        # go of its session and slot, within its deadline. (Tracked only with async
-        # callbacks about: a context variable costs ~0.4 us a run.)
+        # go of its session and slot, within its deadline. Tracked in every run (a context
+        # variable, ~0.4 us a run): one may be registered while the run goes on.
         callbacks: set[asyncio.Future[Any]] = set()
         settle = True  # not when cancelled
         deadline: float | None = None
@@ -805,11 +805,13 @@ class AgentRuntime:
             # suspend (an offline model, plain async tools) gives the timer no chance to fire.
             deadline = None if timeout is None else started + timeout / 1000
             events = self.events
-            callbacks_token = RUN_CALLBACKS.set(callbacks) if events.has_async_callbacks else None
+            callbacks_token = RUN_CALLBACKS.set(callbacks)
             try:
                 span = (
-                    self._tracer.start_as_current_span(
-                        "agent.run", attributes={"agent_id": agent_id, "session_id": session_id}
+                    _traced(
+                        self._tracer,
+                        "agent.run",
+                        {"agent_id": agent_id, "session_id": session_id},
                     )
                     if self._tracer is not None
                     else _NO_SPAN
@@ -874,8 +876,7 @@ class AgentRuntime:
                 settle = isinstance(error, Exception)  # not when cancelled
                 raise
             finally:
-                if callbacks_token is not None:
-                    RUN_CALLBACKS.reset(callbacks_token)
+                RUN_CALLBACKS.reset(callbacks_token)
                 metrics.session_finished()
         finally:
             _unmark(running, session_id, session, mark)
@@ -1108,7 +1109,7 @@ class AgentRuntime:
                         budget.check()
                     model_start = perf()
                     if self._tracer is not None:
-                        with self._tracer.start_as_current_span("agent.llm"):
+                        with _traced(self._tracer, "agent.llm"):
                             reply = await infer(text_prompt)
                     else:
                         reply = await infer(text_prompt)
@@ -1309,7 +1310,7 @@ class AgentRuntime:
                 if self._tracer is not None:
                     # Called in the span (a provider may start its work when called), with the
                     # keywords as a dict: tracing costs far more than building it.
-                    with self._tracer.start_as_current_span("agent.llm"):
+                    with _traced(self._tracer, "agent.llm"):
                         response = await (
                             self._chat_stream(session, provider, messages, tool_defs, params)
                             if stream
@@ -1560,9 +1561,7 @@ class AgentRuntime:
                 busy_started = True
             start = time.perf_counter()
             if self._tracer is not None:
-                with self._tracer.start_as_current_span(
-                    "agent.tool", attributes={"tool": name}
-                ) as span:
+                with _traced(self._tracer, "agent.tool", {"tool": name}) as span:
                     observation = await self.tools.call(
                         name, arguments, self.config.max_observation_chars, key
                     )
@@ -3114,6 +3113,30 @@ def _mark_failed(span: Any, observation: Observation) -> None:
 
     span.set_attribute("tool.error_kind", observation.error_kind or "")
     span.set_status(Status(StatusCode.ERROR, observation.content))
+
+
+@contextlib.contextmanager
+def _traced(tracer: Any, name: str, attributes: dict[str, str] | None = None) -> Iterator[Any]:
+    """A span of `tracer` around the block, failed however the block fails.
+
+    OpenTelemetry records an `Exception` that ends a span, not a `CancelledError` (a
+    cancelled run, or a call cut off by `loop_timeout_ms`): that span would look successful
+    while the events and metrics count a failure. A tool's span says how it ended, as its
+    `ToolCallFinished` does (`transient` for a cancellation, else `permanent`).
+    """
+    from opentelemetry.trace import Status, StatusCode
+
+    with tracer.start_as_current_span(name, attributes=attributes) as span:
+        try:
+            yield span
+        except BaseException as error:
+            if name == "agent.tool":
+                cancelled = isinstance(error, asyncio.CancelledError)
+                span.set_attribute("tool.error_kind", "transient" if cancelled else "permanent")
+            if not isinstance(error, Exception):  # an Exception is recorded by the span
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            raise
 
 
 def _load_tracer() -> Any:
