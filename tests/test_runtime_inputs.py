@@ -599,3 +599,22 @@ async def test_one_runtime_on_two_threads_runs_a_session_one_turn_at_a_time() ->
     assert outcome == ["ok"]
     assert [m["content"] for m in session.messages] == ["one", "ok"]
     assert not rt._running and not runtime_module._SESSIONS_RUNNING
+
+
+async def test_a_run_lets_go_of_its_session_only_once_its_state_is_cleared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A run of the session starting on another thread as soon as it is let go must find
+    # none of the ended run's state (that run's clean-up dropped the new run's record).
+    runtime = ar.AgentRuntime(checkpoint_backend=ar.InMemoryBackend())
+    left: list[bool] = []
+    unmark = runtime_module._unmark
+
+    def checking_unmark(*args: Any) -> None:
+        left.append(session.session_id in runtime._durable_runs)
+        unmark(*args)
+
+    monkeypatch.setattr(runtime_module, "_unmark", checking_unmark)
+    session = runtime.create_session("a")
+    await runtime.run_turn(session, "q", react("Thought: t\nAction: FINAL_ANSWER done"))
+    assert left == [False]

@@ -135,6 +135,30 @@ async def test_a_cancellation_landing_as_a_timed_tool_returns_is_not_lost() -> N
         await caller
 
 
+async def test_a_timed_tool_that_swallows_the_callers_cancellation_does_not_lose_it() -> None:
+    # A tool that returns what it has when cancelled: its own timeout gives that result,
+    # but a cancellation of its caller (the run) still ends the call cancelled.
+    started = asyncio.Event()
+
+    async def degrade(args: dict[str, Any]) -> str:
+        started.set()
+        try:
+            await asyncio.sleep(10)
+            return "full result"
+        except asyncio.CancelledError:
+            return "partial result"
+
+    registry = ar.ToolRegistry([ar.ToolSpec("search", "d", degrade, timeout=0.05)])
+    assert (await registry.call("search", {})).content == "partial result"  # its timeout
+    started.clear()
+    slow = ar.ToolRegistry([ar.ToolSpec("search", "d", degrade, timeout=10.0)])
+    caller = asyncio.create_task(slow.call("search", {}))
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+
+
 async def test_policy_errors_from_a_tool_still_propagate() -> None:
     async def deny(args: dict[str, Any]) -> str:
         raise ar.PolicyDeniedError("not allowed")

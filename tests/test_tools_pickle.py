@@ -147,3 +147,15 @@ def test_a_deep_copy_shares_what_the_spec_calls() -> None:
     assert asyncio.run(ar.ToolRegistry([clone]).call("lookup", {"q": "x"})).content == "x"
     assert client.calls == 1
     assert clone.parameters == spec.parameters and clone.parameters is not spec.parameters
+
+
+def test_copies_check_arguments_with_their_own_settings() -> None:
+    # A hand-made spec's check is a method of the spec: a copy's must read the copy's
+    # required fields, not the original's.
+    spec = ar.ToolSpec("t", "d", lambda args: args, required_fields=["a"])
+    for clone in (copy.copy(spec), copy.deepcopy(spec)):
+        spec.required_fields = ("a", "b")
+        assert clone.check_arguments({"a": 1}) == {"a": 1}
+        with pytest.raises(ValueError, match="missing required argument"):
+            spec.check_arguments({"a": 1})
+        spec.required_fields = ("a",)

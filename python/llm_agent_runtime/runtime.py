@@ -879,12 +879,14 @@ class AgentRuntime:
                 RUN_CALLBACKS.reset(callbacks_token)
                 metrics.session_finished()
         finally:
-            _unmark(running, session_id, session, mark)
             if self._checkpoints is not None:  # nothing of an ended run stays in memory
                 self._durable_runs.pop(session_id, None)
                 self._checkpoints.forget(session_id)
             if self._approval_locks or self._approvals:  # also if the handler went meanwhile
                 self._drop_unremembered_approvals(session_id)
+            # Only now: a run of the session starting on another thread finds none of this
+            # run's state left to clear, nor has its own cleared by it.
+            _unmark(running, session_id, session, mark)
             if guard is not None:
                 guard.release()
             if callbacks and settle:
@@ -1476,22 +1478,29 @@ class AgentRuntime:
         hold = max(map(len, stops), default=1) - 1
         pending = ""
         stopped = False
-        async for event in stream:
-            if isinstance(event, TextDelta):
-                if stopped:
-                    continue
-                pending += event.text
-                cut = len(_cut_at_stop(pending, stops)) if stops else len(pending)
-                if cut < len(pending):  # a stop sequence: the text ends here
-                    stopped = True
-                    ready, pending = pending[:cut], ""
-                else:
-                    ready_len = max(0, len(pending) - hold)
-                    ready, pending = pending[:ready_len], pending[ready_len:]
-                if ready:
-                    self.events.emit(LlmTextDelta(session.session_id, ready))
-            elif isinstance(event, StreamEnd):
-                response = event.response
+        try:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    if stopped:
+                        continue
+                    pending += event.text
+                    cut = len(_cut_at_stop(pending, stops)) if stops else len(pending)
+                    if cut < len(pending):  # a stop sequence: the text ends here
+                        stopped = True
+                        ready, pending = pending[:cut], ""
+                    else:
+                        ready_len = max(0, len(pending) - hold)
+                        ready, pending = pending[:ready_len], pending[ready_len:]
+                    if ready:
+                        self.events.emit(LlmTextDelta(session.session_id, ready))
+                elif isinstance(event, StreamEnd):
+                    response = event.response
+        finally:
+            # Closed here, however the loop ends (a listener failing on a delta, say): left
+            # to the garbage collector, its connection would wait for it.
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
         if pending:
             self.events.emit(LlmTextDelta(session.session_id, pending))
         if response is None:

@@ -514,7 +514,10 @@ class ToolSpec:
         clone = object.__new__(type(self))
         for slot in ToolSpec.__slots__:
             if hasattr(self, slot):
-                object.__setattr__(clone, slot, getattr(self, slot))
+                value = getattr(self, slot)
+                if getattr(value, "__self__", None) is self:  # a check of this spec's own
+                    value = getattr(clone, value.__name__)  # settings: the clone's, for it
+                object.__setattr__(clone, slot, value)
         return clone
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ToolSpec:
@@ -698,14 +701,21 @@ async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
     as the call ends is never lost (`asyncio.wait_for` on Python 3.11 returned the result
     then, and the cancelled run went on), and a `SystemExit` is raised as it is.
     """
+    task = asyncio.current_task()
+    cancels = 0 if task is None else task.cancelling()
     scope = asyncio.timeout(timeout)
     try:
         async with scope:
-            return await call
+            result = await call
     except _TIMEOUT_ERRORS:
         if not scope.expired():  # the tool's own TimeoutError
             raise
         raise _ToolTimeoutError(f"timed out after {timeout} s") from None
+    if task is not None and task.cancelling() > cancels:
+        # The caller was cancelled and the tool swallowed it (caught `CancelledError` and
+        # returned): the cancellation still stands, as `asyncio.wait_for` kept it.
+        raise asyncio.CancelledError
+    return result
 
 
 def _call_sync(handler: Callable[[dict[str, Any]], Any], arguments: dict[str, Any]) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import time
 import traceback
@@ -14,7 +15,10 @@ import httpx
 import pytest
 
 from llm_agent_runtime import (
+    AgentConfig,
+    AgentRuntime,
     AnthropicProvider,
+    LlmTextDelta,
     OpenAIProvider,
     ProviderError,
     RetryPolicy,
@@ -305,6 +309,75 @@ def test_a_stream_left_open_closes_without_error_as_its_loop_ends(
     else:
         assert isinstance(last, StreamEnd if how == "at_stream_end" else TextDelta)
     assert [context["message"] for context in errors] == []
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_a_stream_dropped_in_a_reference_cycle_gives_its_connection_back(kind: str) -> None:
+    # Collected unclosed while the loop runs, every layer of the stream is closed through
+    # the loop, each once: the connection was left busy, or a layer closed twice (an error).
+    wire = render_openai if kind == "openai" else render_anthropic
+    reply = wire(Turn("one two", text_chunks=["one ", "two"]), True)
+    assert reply.frames is not None
+    reply.pause_after, reply.pause = len(reply.frames) - 1, 5.0
+    errors: list[dict[str, Any]] = []
+    with FakeLlmServer() as server:
+        server.script(reply)
+        llm = make_provider(kind, server, retry=ONCE)
+
+        async def drop_in_a_cycle() -> int:
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(lambda _, context: errors.append(context))
+            holder: dict[str, Any] = {}
+            holder["self"] = holder
+            holder["stream"] = stream = llm.chat_stream(USER)
+            async for _ in stream:
+                break
+            del stream, holder
+            gc.collect()
+            for _ in range(50):  # the closes run as tasks of the loop
+                await asyncio.sleep(0.01)
+            pool = llm._transport._clients[loop].client._transport._pool
+            busy = sum(not connection.is_idle() for connection in pool.connections)
+            await llm.aclose()
+            return busy
+
+        assert asyncio.run(drop_in_a_cycle()) == 0
+    assert [context["message"] for context in errors] == []
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_a_run_that_fails_mid_stream_closes_the_stream_at_once(kind: str) -> None:
+    # A listener failing on a text delta fails the run: the stream it read was left to the
+    # garbage collector, its connection busy until then.
+    wire = render_openai if kind == "openai" else render_anthropic
+    reply = wire(Turn("one two", text_chunks=["one ", "two"]), True)
+    assert reply.frames is not None
+    reply.pause_after, reply.pause = len(reply.frames) - 1, 5.0
+    with FakeLlmServer() as server:
+        server.script(reply)
+        llm = make_provider(kind, server, retry=ONCE)
+        runtime = AgentRuntime(AgentConfig(mode="tools"))
+
+        def fail_on_text(event: Any) -> None:
+            if isinstance(event, LlmTextDelta):
+                raise ValueError("listener bug")
+
+        runtime.events.on(fail_on_text)
+
+        async def run() -> int:
+            gc.disable()  # the stream is closed by the run, not by a collection
+            try:
+                with pytest.raises(ValueError, match="listener bug"):
+                    await runtime.run_agent_with_provider("a", "hi", llm)
+                loop = asyncio.get_running_loop()
+                pool = llm._transport._clients[loop].client._transport._pool
+                busy = sum(not connection.is_idle() for connection in pool.connections)
+            finally:
+                gc.enable()
+            await llm.aclose()
+            return busy
+
+        assert asyncio.run(run()) == 0
 
 
 # ---------------------------------------------------------------------- timeouts

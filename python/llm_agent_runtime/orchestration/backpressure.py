@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,12 @@ if TYPE_CHECKING:
 __all__ = ["BackpressureGuard"]
 
 logger = logging.getLogger(__name__)
+
+_BLOCKS: ContextVar[tuple[tuple[BackpressureGuard, list[bool]], ...]] = ContextVar(
+    "llm_agent_runtime_backpressure_blocks", default=()
+)
+"""(guard, [whether it still holds its slot]) of each `async with guard:` block open in the
+current task."""
 
 
 class BackpressureGuard:
@@ -98,15 +105,23 @@ class BackpressureGuard:
     def release(self) -> None:
         """Gives a slot back.
 
+        Called inside an `async with guard:` block, it gives back that block's slot: the
+        block then gives none back as it ends.
+
         Raises:
             RuntimeError: nothing was held.
         """
         if self._depth == 0:
             raise RuntimeError("BackpressureGuard.release() without a matching acquire()")
+        for guard, holds in reversed(_BLOCKS.get()):  # the innermost block of this guard
+            if guard is self and holds[0]:
+                holds[0] = False
+                break
         self._depth -= 1
 
     async def __aenter__(self) -> BackpressureGuard:
         self.acquire()
+        _BLOCKS.set((*_BLOCKS.get(), (self, [True])))
         return self
 
     async def __aexit__(
@@ -115,8 +130,17 @@ class BackpressureGuard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # Checked: a block that released its slot itself must not give a second one back.
-        self.release()
+        blocks = _BLOCKS.get()
+        for index in range(len(blocks) - 1, -1, -1):  # the innermost block of this guard
+            if blocks[index][0] is self:
+                _BLOCKS.set(blocks[:index] + blocks[index + 1 :])
+                if blocks[index][1][0]:  # not given back inside the block already
+                    self._depth -= 1
+                return
+        # Left in another context than it was entered in (an async generator's block closed
+        # by its loop): its slot is given back, as any block's.
+        if self._depth > 0:
+            self._depth -= 1
 
     def __repr__(self) -> str:
         return f"BackpressureGuard(depth={self._depth}, capacity={self.capacity})"

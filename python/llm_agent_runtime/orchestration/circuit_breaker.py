@@ -199,8 +199,10 @@ class CircuitBreaker:
         backend: where the state lives; in this process by default.
         clock: time source; the system clock by default.
         is_failure: decides whether an exception counts as a failure (default: any
-            `Exception`; cancellation never counts; an exception it raises is logged, and the
-            error counts).
+            `Exception` but the runtime's policy refusals, `PolicyDeniedError` and
+            `BudgetExceededError`, which say nothing of the service's health; pass
+            `lambda error: True` to count those too; cancellation never counts; an exception
+            it raises is logged, and the error counts).
         trial_timeout: seconds after which the trial slots of a half-open circuit whose
             trials never reported back (a killed worker, an outcome the backend failed to
             record) are reclaimed: once every slot is taken and the latest trial was admitted
@@ -605,11 +607,10 @@ class CircuitBreaker:
                 _HELD.set(held[:index] + held[index + 1 :])
                 await self._exit(exc, held[index][1])
                 return
-        # Left in another task (or context) than it was entered in: no admission to record.
-        raise RuntimeError(
-            f"circuit breaker {self.service!r}: __aexit__ without a matching __aenter__ in this "
-            "task (a block must be entered and left in the same task)"
-        )
+        # Left in another context than it was entered in: an async generator's block closed
+        # by its loop as it ends, or by the garbage collector (`GeneratorExit`, which has no
+        # verdict). The admission is not known here: nothing is recorded (a trial slot it
+        # held is reclaimed after `trial_timeout`).
 
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         """Decorates a sync or async callable so every call goes through the breaker.

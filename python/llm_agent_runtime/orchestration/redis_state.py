@@ -70,6 +70,10 @@ class RedisCircuitStateBackend:
     share (the default monotonic clock is shared by the processes of one machine; across
     machines use wall-clock time).
 
+    States written by earlier versions (without trial rounds, or without `openings`) are
+    read; an earlier version cannot read this one's: processes sharing a breaker's state
+    run one version (upgrade them together, or give the new ones another `prefix`).
+
     Args:
         url: e.g. `redis://host:6379/0`.
         prefix: Prepended to each service name to form its key.

@@ -17,6 +17,7 @@ import base64
 import contextlib
 import datetime
 import email.utils
+import functools
 import json
 import logging
 import math
@@ -1784,42 +1785,72 @@ class Driven(AsyncIterator[T]):
     reads in its `finally`. Closed all at once, an inner one is still being closed by the
     one around it (its `finally` awaits) when the loop closes it too, which fails and is
     logged ("aclose(): asynchronous generator is already running"). Started without the
-    loop's hooks, an inner layer is not the loop's to finalize: the outermost one is, and
-    it closes the rest in turn, each within the loop.
+    loop's first-iteration hook, an inner layer is not among those the loop closes as it
+    ends: the outermost one is, and it closes the rest in turn, each within the loop.
 
-    So the one iterating it must close it (`aclose`, as `contextlib.aclosing` does), and
-    always does: an inner layer left suspended to the garbage collector is closed without
-    the loop, where its `finally` cannot await.
+    So the one iterating it closes it (`aclose`, as `contextlib.aclosing` does). One left
+    unclosed to the garbage collector is still closed through the loop (the loop's
+    finalizer hook stays), and closing one that is being closed already does nothing.
 
     Args:
         stream: The generator, not started yet (one already started keeps its hooks).
     """
 
-    __slots__ = ("_stream",)
+    __slots__ = ("_started", "_stream")
 
     def __init__(self, stream: AsyncIterator[T]) -> None:
         self._stream = stream
+        self._started = False
 
     def __anext__(self) -> Awaitable[T]:
+        if self._started:
+            return self._stream.__anext__()
         # A generator takes the hooks at its first `__anext__` (or `aclose`), when it is
         # called: its body, and what it starts, run later, under the loop's hooks.
+        self._started = True
         return _unhooked(self._stream.__anext__)
 
     async def aclose(self) -> None:
-        """Closes the generator (its `finally` runs here, within the running loop)."""
+        """Closes the generator (its `finally` runs here, within the running loop).
+
+        Nothing happens when it is being closed already (by its finalizer, collected with
+        the layer around it).
+        """
+        if getattr(self._stream, "ag_running", False):
+            return
         close: Callable[[], Awaitable[object]] | None = getattr(self._stream, "aclose", None)
         if close is not None:
             await _unhooked(close)  # one never started is not made the loop's here either
 
 
 def _unhooked(call: Callable[[], T]) -> T:
-    """`call()`, made with no async generator hooks set (see `Driven`)."""
+    """`call()`, made with the async generator hooks of a `Driven` layer.
+
+    No first-iteration hook (the loop does not close it as it ends), and `_finalize` for one
+    the garbage collector finds unclosed.
+    """
     hooks = sys.get_asyncgen_hooks()
-    sys.set_asyncgen_hooks(firstiter=None, finalizer=None)
+    finalize = functools.partial(_finalize, asyncio.get_running_loop())
+    sys.set_asyncgen_hooks(firstiter=None, finalizer=finalize)
     try:
         return call()
     finally:
         sys.set_asyncgen_hooks(hooks.firstiter, hooks.finalizer)
+
+
+def _finalize(loop: asyncio.AbstractEventLoop, stream: AsyncGenerator[Any, None]) -> None:
+    """Closes a `Driven` layer the garbage collector found unclosed, through its loop.
+
+    As the loop's own finalizer does, but a layer collected with the one around it (in a
+    reference cycle) may be closed by that one first: it is then left to it.
+    """
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(loop.create_task, _close_unless_closing(stream))
+
+
+async def _close_unless_closing(stream: AsyncGenerator[Any, None]) -> None:
+    if not getattr(stream, "ag_running", False):  # else the layer around it is closing it
+        await stream.aclose()
 
 
 class HttpProvider(abc.ABC):
