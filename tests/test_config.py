@@ -139,3 +139,25 @@ async def test_the_largest_recall_count_reaches_the_store() -> None:
     runtime = ar.AgentRuntime(ar.AgentConfig(max_memory_recalls=MAX_COUNT), memory=memory)
     session = await runtime.run_agent("a", "q", _react_final(prompts))
     assert session.memory_hits == 1 and "fact one" in prompts[0]
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"system_prompt": "be \ud83d"},
+        {"model": "m\ud83d"},
+        {"model_params": {"user": "u\ud83d"}},
+        {"model_params": {"metadata": {"k\udc00": 1}}},
+        {"model_params": {"x\ud800": 1}},
+        {"stop_sequences": ["\ud83d"]},
+    ],
+)
+def test_text_that_is_not_valid_unicode_is_refused_at_construction(
+    setting: dict[str, Any],
+) -> None:
+    # Accepted, it failed later: in the config's own JSON, and in every request body.
+    with pytest.raises(pydantic.ValidationError):
+        ar.AgentConfig(**setting)
+    # Valid text outside ASCII stays, and the config makes its JSON round trip.
+    config = ar.AgentConfig(system_prompt="soyez précis 🙂", model_params={"user": "zoë"})
+    assert ar.AgentConfig.model_validate_json(config.model_dump_json()) == config

@@ -88,6 +88,34 @@ def test_demo_whose_reader_closes_early_stops_quietly(tmp_path: Path, unbuffered
     assert run.returncode == 1
 
 
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+@pytest.mark.parametrize(
+    "command", [["demo"], ["version"], ["--help"], ["--version"], ["demo", "--help"]]
+)
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_a_lost_output_is_said_on_stderr_with_status_1(
+    tmp_path: Path, unbuffered: str, command: list[str], stdout: str
+) -> None:
+    # A full disk was a traceback (or, for --help, status 0: argparse drops a failed
+    # write); a closed stdout (no file at all) failed on its flush.
+    env = {**ENV, "LLM_AGENT_RUNTIME_DEMO_DB": str(tmp_path / "demo.db")}
+    with open(os.devnull if stdout == "closed" else "/dev/full", "w") as target:
+        run = subprocess.run(
+            [sys.executable, "-m", "llm_agent_runtime", *command],
+            stdout=target if stdout == "full" else None,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={**env, "PYTHONUNBUFFERED": unbuffered},
+            preexec_fn=(lambda: os.close(1)) if stdout == "closed" else None,
+        )
+    expected = "cannot write the output" if stdout == "full" else "no standard output"
+    assert run.stderr.strip() == f"error: {expected}" + (
+        ": No space left on device" if stdout == "full" else " to write to"
+    )
+    assert run.returncode == 1
+
+
 def test_demo_data_is_package_data() -> None:
     """The text ships inside the package (maturin puts the python-source files in the wheel)."""
     data = resources.files("llm_agent_runtime.demo").joinpath("solar_system.txt")

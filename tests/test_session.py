@@ -201,6 +201,19 @@ def test_non_finite_timings_come_back_from_json_as_the_floats_they_were() -> Non
         ar.Step.from_dict({"thought": "t", "action": "x", "model_ms": "infinity"})
 
 
+def test_timings_load_as_floats_and_one_beyond_the_float_range_is_refused() -> None:
+    # An int timing was kept as it was: one beyond the float range failed every helper
+    # (duration_secs, the next turn's sums) with an OverflowError.
+    session = ar.AgentSession("s", "a")
+    data = {**json.loads(session.to_json()), "duration_ms": 1500}
+    loaded = ar.AgentSession.from_json(json.dumps(data))
+    assert type(loaded.duration_ms) is float and loaded.duration_secs() == 1.5
+    with pytest.raises(ar.PersistenceError, match="'duration_ms' is beyond the float range"):
+        ar.AgentSession.from_json(json.dumps({**data, "duration_ms": 10**400}))
+    with pytest.raises(ar.PersistenceError, match="'tool_ms' is beyond the float range"):
+        ar.Step.from_dict({"thought": "t", "action": "x", "tool_ms": -(10**400)})
+
+
 def test_byte_length_helpers_count_a_lone_surrogate_as_3_bytes() -> None:
     # A tool's result or a model's reply may hold half an emoji; the session keeps it.
     session = ar.AgentSession("s", "a")

@@ -6,9 +6,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from llm_agent_runtime._stdout import run_printing
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 __all__ = ["main"]
 
@@ -39,8 +44,20 @@ def _version() -> str:
     return f"llm-agent-runtime {__version__}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose help and version output fails as any output does.
+
+    argparse drops a failed write of it (a closed pipe, a full disk) and exits with status
+    0, as if the output had been written.
+    """
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        if message:
+            (file or sys.stderr).write(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="llm-agent-runtime",
         description="A fast, dependable runtime for LLM agents (Rust core, Python async API).",
     )
@@ -62,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the console script.
 
     When the reader of stdout closes it early (`llm-agent-runtime --help | head -1`), it
-    stops quietly with status 1, as the demo does.
+    stops quietly with status 1, as the demo does; when stdout is closed, or cannot take
+    the output (a full disk), it says so on stderr, with status 1 too.
 
     Args:
         argv: Arguments (default: `sys.argv[1:]`).
@@ -74,18 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         SystemExit: From argparse: after `--help` or `--version` (status 0), or for arguments
             it refuses (status 2).
     """
-    try:
-        try:
-            status = _run(argv)
-        finally:  # argparse's exit too: a closed pipe must fail here, not at exit
-            sys.stdout.flush()
-    except BrokenPipeError:
-        # As the Python docs advise: the output left in the buffer goes to /dev/null, so
-        # flushing it at exit raises nothing more.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
-    return status
+    return run_printing(lambda: _run(argv))
 
 
 def _run(argv: Sequence[str] | None) -> int:

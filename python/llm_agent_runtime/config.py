@@ -89,7 +89,12 @@ class AgentConfig(BaseModel):
         model = model.strip()
         if not model:
             raise ValueError("model must not be blank (None lets the provider choose)")
-        return model
+        return _unicode("model", model)
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _system_prompt_is_text(cls, prompt: str) -> str:
+        return _unicode("system_prompt", prompt)
 
     @field_validator("model_params")
     @classmethod
@@ -116,9 +121,31 @@ def check_model_params(params: dict[str, Any]) -> None:
             "AgentConfig settings model, stop_sequences, system_prompt and mode)"
         )
     for key, value in params.items():
+        _unicode("model_params key", key)
         try:
-            json.dumps(value, allow_nan=False)
+            # Encoded too: a lone surrogate has no UTF-8 form (json.dumps escapes it).
+            json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"model_params[{key!r}] holds a string that is not valid Unicode (a lone "
+                "surrogate, half a pair), which no request body can carry"
+            ) from None
         except (TypeError, ValueError, RecursionError) as error:
             raise ValueError(
                 f"model_params[{key!r}] is not JSON data, which a request body carries: {error}"
             ) from None
+
+
+def _unicode(what: str, text: str) -> str:
+    """`text`, refused when it is not valid Unicode.
+
+    No request, nor the config's JSON, can carry a lone surrogate.
+    """
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"{what} is not valid Unicode: it holds a lone surrogate at index {error.start}"
+            ) from None
+    return text

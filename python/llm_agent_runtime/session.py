@@ -505,4 +505,14 @@ def _checked(
             raise PersistenceError(f"{what} field {name!r} must be {expected}, got bool")
         if not isinstance(value, types):
             raise PersistenceError(f"{what} field {name!r} must be {expected}, got {_kind(value)}")
+        if spec[name] is _FLOAT and isinstance(value, int):
+            # A float, as the field is: an int beyond the float range would fail every
+            # helper (and the next turn's timings) with an OverflowError.
+            try:
+                checked[name] = float(value)
+            except OverflowError:
+                raise PersistenceError(
+                    f"{what} field {name!r} is beyond the float range (an int of "
+                    f"{value.bit_length()} bits)"
+                ) from None
     return checked

@@ -43,6 +43,7 @@ from importlib import resources
 from pathlib import Path
 
 import llm_agent_runtime as ar
+from llm_agent_runtime._stdout import run_printing
 from llm_agent_runtime.persistence.base import session_key, split_session_key
 from llm_agent_runtime.persistence.codec import decode
 from llm_agent_runtime.providers import provider_from_env
@@ -455,18 +456,16 @@ def main() -> int:
     """Runs the demo in a new event loop; returns the exit status (see `run`).
 
     When the reader of stdout closes it early (`... demo | head -1`), the demo stops
-    quietly with status 1; interrupted (Ctrl-C), it says so and returns 130.
+    quietly with status 1; when stdout is closed, or cannot take the output (a full disk),
+    it says so on stderr, with status 1 too; interrupted (Ctrl-C), it says so and returns
+    130.
     """
-    try:
-        status = asyncio.run(run())
-        sys.stdout.flush()  # a closed pipe must fail here, not at exit (out of the `try`)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # As the Python docs advise: the output left in the buffer goes to /dev/null, so
-        # flushing it at exit raises nothing more.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
-    return status
+
+    def demo() -> int:
+        try:
+            return asyncio.run(run())
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+
+    return run_printing(demo)

@@ -1,0 +1,92 @@
+"""A command's output to stdout, whatever became of stdout."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+__all__ = ["run_printing"]
+
+
+class _OutputLost(Exception):
+    """The output could not be written to stdout (a full disk, say)."""
+
+
+def run_printing(command: Callable[[], int]) -> int:
+    """Runs `command`, which prints to stdout; returns its exit status, 1 if its output is lost.
+
+    A reader that closed stdout early (`... | head -1`) ends the command quietly. A stdout
+    that is closed (no file at all) or that cannot take the output (a full disk) is reported
+    on stderr. Either way the status is 1, and nothing more is tried at exit.
+    """
+    stdout = sys.stdout
+    if stdout is None:
+        _report("no standard output to write to")
+        return 1
+    sys.stdout = _Guarded(stdout)
+    try:
+        try:
+            status = command()
+        finally:  # argparse's exit too: a failed write must fail here, not at exit
+            sys.stdout = stdout
+            _flush()
+    except BrokenPipeError:
+        _discard_output()
+        return 1
+    except _OutputLost as lost:
+        _report(f"cannot write the output: {lost}")
+        _discard_output()
+        return 1
+    return status
+
+
+class _Guarded:
+    """stdout, whose failed writes say so.
+
+    An `OSError` of the command's own (a file it could not open) is then not taken for a
+    lost output.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise _OutputLost(error.strerror or str(error)) from error
+
+    def flush(self) -> None:
+        _flush(self._stream)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _flush(stream: TextIO | None = None) -> None:
+    try:
+        (stream or sys.stdout).flush()
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise _OutputLost(error.strerror or str(error)) from error
+
+
+def _discard_output() -> None:
+    """Points stdout at /dev/null, as the Python docs advise for a closed pipe.
+
+    What is left in its buffer goes there at exit: the interpreter's last flush raises
+    nothing more.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _report(message: str) -> None:
+    if sys.stderr is not None:
+        print(f"error: {message}", file=sys.stderr)
