@@ -496,3 +496,52 @@ def test_scripted_replies_that_are_no_replies_are_refused_at_construction() -> N
         ar.ScriptedProvider(["fine", None])  # type: ignore[list-item]
     with pytest.raises(ar.ProviderError, match=r"scripted reply 1 must be .* got dict"):
         ar.ScriptedProvider([{"text": "hi"}], loop=True)  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("mode", ["tools", "react"])
+async def test_a_price_without_token_counts_is_charged_to_the_budget(mode: str) -> None:
+    # The counts were estimated and the price dropped with them: a provider pricing each
+    # call spent past a dollar limit unchecked.
+    class PricedPerCall:
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+        async def chat(self, messages: list[Message], **settings: Any) -> ChatResponse:
+            return ChatResponse(text=self.text, usage=Usage(cost_usd=5.0), stop_reason="stop")
+
+    budget = ar.CostBudget(max_cost_usd=1.0)
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode), budget=budget)  # type: ignore[arg-type]
+    text = "Thought: t\nAction: FINAL_ANSWER 42" if mode == "react" else "42"
+    session = await runtime.run_agent_with_provider("a", "q", PricedPerCall(text))
+    assert session.final_answer == "42"
+    assert budget.used_cost_usd == 5.0 and budget.used_tokens > 0  # counts estimated
+    with pytest.raises(ar.BudgetExceededError):
+        budget.check()
+
+
+async def test_remembered_decisions_take_arguments_json_cannot_sort() -> None:
+    # A middleware may rewrite arguments into keys of several types: with an approval
+    # handler, remembering the decision failed the run with a bare TypeError.
+    class Rewrite(ar.Middleware):
+        def on_tool_call(self, session: Any, tool: str, arguments: Any) -> Any:
+            return tool, {1: "one", "b": 2}
+
+    asked: list[Any] = []
+
+    def approve(session: Any, name: str, arguments: Any) -> ar.ApprovalDecision:
+        asked.append(arguments)
+        return ar.ApprovalDecision("approve", remember=True)
+
+    echo = ar.ToolSpec("echo", "echo", lambda args: sorted(map(str, args)))
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"),
+        tools=[echo],
+        middlewares=[Rewrite()],
+        approval_handler=approve,
+    )
+    call = ar.providers.base.ToolCall("c1", "echo", {"x": 1})
+    script = [ChatResponse(tool_calls=[call]), ChatResponse(tool_calls=[call]), ChatResponse("ok")]
+    session = await runtime.run_agent_with_provider("a", "q", ar.ScriptedProvider(script))
+    assert session.final_answer == "ok"
+    assert [s.observation for s in session.steps[:2]] == ['["1", "b"]'] * 2
+    assert len(asked) == 1  # remembered for the second call

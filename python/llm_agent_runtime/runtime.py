@@ -1134,7 +1134,8 @@ class AgentRuntime:
                 else:  # a plain `infer`, or a provider that reports no usage: estimated
                     input_tokens = len(text_prompt) // CHARS_PER_TOKEN
                     output_tokens = len(reply) // CHARS_PER_TOKEN
-                    cost_usd = 0.0
+                    # The tokens are estimated; a price the provider gave is charged as is.
+                    cost_usd = 0.0 if usage is None else usage.cost_usd
                 if not replayed:
                     # Charged before the hooks: a hook that fails, or a timeout or cancel
                     # while one runs, leaves the call paid for all the same.
@@ -1342,7 +1343,9 @@ class AgentRuntime:
                 if not (usage.input_tokens or usage.output_tokens):
                     # A server that reports no usage: estimated, as in ReAct mode, so budgets
                     # and token metrics still count the call.
-                    usage = self._estimated_usage(messages, text, response.tool_calls)
+                    usage = self._estimated_usage(
+                        messages, text, response.tool_calls, usage.cost_usd
+                    )
                 # Charged before the hooks: a hook that fails, or a timeout or cancel while
                 # one runs, leaves the call paid for all the same.
                 metrics.record_tokens(usage.input_tokens, usage.output_tokens)
@@ -1456,11 +1459,14 @@ class AgentRuntime:
                 journal = await self._journal_of_next_step(session)
 
     def _estimated_usage(
-        self, messages: Sequence[Message], text: str, calls: Sequence[ToolCall]
+        self, messages: Sequence[Message], text: str, calls: Sequence[ToolCall], cost_usd: float
     ) -> Usage:
-        """Tokens of a model call whose provider reported none, estimated from characters."""
+        """Tokens of a model call whose provider reported none, estimated from characters.
+
+        A price the provider gave (`cost_usd`) stays: only the counts are estimated.
+        """
         sent = estimated_input_tokens(messages, self._tool_definitions_chars)
-        return Usage(sent, estimated_output_tokens(text, calls))
+        return Usage(sent, estimated_output_tokens(text, calls), cost_usd=cost_usd)
 
     async def _chat_stream(
         self,
@@ -2735,8 +2741,16 @@ async def _all_or_none(calls: Iterable[Awaitable[T]]) -> list[T]:
 
 
 def _arguments_key(arguments: Any) -> str:
-    """A stable text of a call's arguments, to remember decisions per arguments."""
-    return json.dumps(arguments, sort_keys=True, default=repr)
+    """A stable text of a call's arguments, to remember decisions per arguments.
+
+    Arguments JSON cannot sort or encode (keys of several types, a dict holding itself: a
+    middleware's rewrite may give them) have their `repr`: a decision is remembered for
+    arguments that look alike, rather than the call failing.
+    """
+    try:
+        return json.dumps(arguments, sort_keys=True, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        return repr(arguments)
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
