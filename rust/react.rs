@@ -17,8 +17,9 @@
 //! after the name (`{`, `[`, `(`, `"`, a code fence, `:` or `=`). Otherwise (the seed form)
 //! the tool is the leading run of `[A-Za-z0-9_-]`, dots included between two such characters
 //! (`github.search_issues`), and its input follows, after an optional `:` or `=` (`Action:
-//! FINAL_ANSWER: 42`) or inside call parentheses (`Action: FINAL_ANSWER(42)`), or else is on
-//! the `Action Input:` line. A bare `Action: FINAL_ANSWER` answers with a `Final Answer:`
+//! FINAL_ANSWER: 42`) or inside call parentheses (`Action: FINAL_ANSWER(42)`, nothing after
+//! them on their line: chatter on later lines is ignored), or else is on the `Action Input:`
+//! line. A bare `Action: FINAL_ANSWER` answers with a `Final Answer:`
 //! section (up to the next label), or else a `Final Answer:` later on a line after it; with
 //! neither, the text is not a step. The step ends at the first `Observation:` line after the
 //! action, or the first `Thought:` or `Action:` line once the action has its input (a
@@ -584,12 +585,21 @@ fn split_action(body: &str) -> ActionText<'_> {
     }
 }
 
-/// The arguments of call syntax: `rest` (what follows a tool name) is `(...)`, the opening
-/// parenthesis closing at the end.
+/// The arguments of call syntax: `rest` (what follows a tool name) starts with `(...)`,
+/// nothing after its closing parenthesis on its line (later lines are chatter, ignored as
+/// after a JSON input).
 fn call_arguments(rest: &str) -> Option<&str> {
-    let rest = rest.trim_end();
-    let inner = rest.strip_prefix('(')?.strip_suffix(')')?;
-    (matching_close_of(rest.as_bytes(), b"(", b")")? == rest.len()).then_some(inner)
+    if !rest.starts_with('(') {
+        return None;
+    }
+    let close = matching_close_of(rest.as_bytes(), b"(", b")")?;
+    let after = rest.get(close..)?;
+    let line_end = memchr::memchr(b'\n', after.as_bytes()).unwrap_or(after.len());
+    if !after.get(..line_end)?.trim().is_empty() {
+        return None;
+    }
+    // Both parentheses are ASCII: their byte offsets are character boundaries.
+    rest.get(1..close - 1)
 }
 
 /// A final answer as written (trimmed); decoded when it is exactly one JSON string literal.

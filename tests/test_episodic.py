@@ -286,6 +286,26 @@ def test_from_json_refuses_an_embedding_dimension_of_zero() -> None:
     assert json.loads(store.to_json())["embedding_dim"] == 2
 
 
+def test_a_store_with_no_embedding_left_takes_embeddings_of_any_length() -> None:
+    # Cleared (or its last embedded episode evicted), the store kept the old length: it
+    # refused the vectors of a new embedding model, as no new store does.
+    store = ar.EpisodicStore(clock=lambda: 0.0, per_agent_capacity=1)
+    store.add_episode("a", "old", 0.1, embedding=[1.0, 0.0, 0.0])
+    store.clear()
+    store.add_episode("a", "new", 0.5, embedding=[1.0, 0.0, 0.0, 0.0])
+    assert [e.content for e in store.recall("a", 1, query=[0.0, 0.0, 0.0, 1.0])] == ["new"]
+    store.add_episode("a", "plain", 0.9)  # evicts the one embedded episode (capacity 1)
+    store.add_episode("b", "two", 0.5, embedding=[1.0, 0.0])
+    exported = json.loads(store.to_json())
+    assert exported["embedding_dim"] == 2
+    store.clear("b")
+    assert json.loads(store.to_json())["embedding_dim"] is None
+    # An export that names a length no episode has loads without it.
+    exported["by_agent"].pop("b")
+    loaded = ar.EpisodicStore.from_json(json.dumps(exported), clock=lambda: 0.0)
+    loaded.add_episode("c", "any", 0.5, embedding=[1.0] * 5)
+
+
 def test_from_json_drops_agents_listed_without_episodes() -> None:
     # A hand-made "ghost": [] used to be kept, counted by repr but not agents_with_episodes,
     # and written back by to_json.

@@ -786,3 +786,26 @@ def test_a_step_parsed_from_a_str_subclass_is_collected_in_a_cycle() -> None:
         del reply
     gc.collect()
     assert [ref for ref in alive if ref() is not None] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "tool", "tool_input"),
+    [
+        ('Action: search({"q": "cats"})\nI hope this helps', "search", {"q": "cats"}),
+        ('Action: search({"q": "cats"})  \n\nI will wait.', "search", {"q": "cats"}),
+        ("Action: calc(2*(3+4))\nthen I add one", "calc", "2*(3+4)"),
+        # Text after the parentheses on their line: no call syntax, the raw text as before.
+        ('Action: search({"q": "cats"}) and then summarize', "search", None),
+    ],
+)
+def test_call_syntax_then_chatter_on_later_lines(text: str, tool: str, tool_input: object) -> None:
+    # The chatter made the whole rest of the section the raw input, which a one-argument
+    # tool then received as its argument.
+    step = ar.parse_react_step(f"Thought: look it up\n{text}")
+    assert step.action == tool
+    if tool_input is None:
+        assert step.action_input == '({"q": "cats"}) and then summarize'
+    else:
+        assert step.action_input == tool_input
+    answer = ar.parse_react_step("Thought: done\nAction: FINAL_ANSWER(42)\nAnything else?")
+    assert answer.final_answer == "42"

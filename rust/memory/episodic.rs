@@ -82,7 +82,8 @@ pub struct Episodes {
     /// Weight of the query similarity in recall scores.
     #[serde(default = "default_similarity_weight")]
     pub similarity_weight: f64,
-    /// Length shared by every embedding, fixed by the first one.
+    /// Length shared by every embedding, fixed by the first one; none again once no
+    /// episode has one (the store is cleared, say: new embeddings may then have another).
     #[serde(default)]
     pub embedding_dim: Option<usize>,
 }
@@ -250,7 +251,10 @@ impl Episodes {
         }
         let weight = self.similarity_weight;
         self = self.with_similarity_weight(weight)?;
-        let mut dim = self.embedding_dim;
+        // The embeddings' length is theirs: an export whose episodes have none (it was
+        // cleared) names none, whatever it says.
+        let declared = self.embedding_dim;
+        let mut dim = None;
         let mut ids = HashSet::new();
         for (agent_id, episodes) in &mut self.by_agent {
             if let Some(cap) = self.per_agent_capacity {
@@ -291,7 +295,7 @@ impl Episodes {
                     if v.iter().any(|x| !x.is_finite()) {
                         return Err(bad("embedding contains NaN or infinite values".into()));
                     }
-                    match dim {
+                    match dim.or(declared) {
                         Some(d) if d != v.len() => {
                             return Err(bad(format!(
                                 "embedding has dimension {}, the store's embeddings have {d}",
@@ -380,11 +384,26 @@ impl Episodes {
                     })
                     .map(|(i, _)| i);
                 if let Some(i) = victim {
-                    episodes.remove(i);
+                    if episodes.remove(i).embedding.is_some() {
+                        self.forget_unused_dim();
+                    }
                 }
             }
         }
         Ok(id)
+    }
+
+    /// Forgets the embeddings' length once no episode has an embedding.
+    fn forget_unused_dim(&mut self) {
+        // Stops at the first embedding found: at once in a store that embeds its episodes.
+        let embedded = self
+            .by_agent
+            .values()
+            .flatten()
+            .any(|e| e.embedding.is_some());
+        if !embedded {
+            self.embedding_dim = None;
+        }
     }
 
     /// The ranking score of `e` at time `now`.
@@ -488,14 +507,18 @@ impl Episodes {
 
     /// Removes the agent's episodes (every agent's when `None`); returns how many.
     pub fn clear(&mut self, agent_id: Option<&str>) -> usize {
-        match agent_id {
+        let removed = match agent_id {
             Some(a) => self.by_agent.remove(a).map_or(0, |v| v.len()),
             None => {
                 let n = self.by_agent.values().map(Vec::len).sum();
                 self.by_agent.clear();
                 n
             }
+        };
+        if removed > 0 {
+            self.forget_unused_dim();
         }
+        removed
     }
 
     /// Total episodes.
