@@ -4,6 +4,7 @@ import asyncio
 import contextvars
 import fcntl
 import itertools
+import logging
 import multiprocessing
 import os
 import socket
@@ -13,6 +14,7 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -919,20 +921,49 @@ async def test_a_value_sqlite_cannot_bind_is_a_persistence_error_naming_its_key(
         def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
             return self.conn.executemany(sql, (self._bound(row) for row in rows))
 
+    await store.save("guard", b"1")
     monkeypatch.setattr(store, "_conn", Binding(store._conn))
     big = bytes(101)
     calls = [
         lambda: store.save("k", big),
         lambda: store.save_new("k", big),
         lambda: store.batch_save({"fine": b"v", "k": big, "small": b"w"}),
+        # Named: the value's key, not the guard's (whose value is never bound).
+        lambda: store.batch_save_if("guard", b"1", {"fine": b"v", "k": big, "small": b"w"}),
     ]
     for call in calls:
         with pytest.raises(ar.PersistenceError, match="too big for SQLite") as info:
             await call()
         assert info.value.key == "k"
-    assert await store.list_keys() == []  # the batch wrote nothing, not even "fine"
+    assert await store.list_keys() == ["guard"]  # no batch wrote, not even "fine"
     monkeypatch.undo()
     store.close()
+
+
+async def test_a_value_over_sqlites_length_limit_is_a_persistence_error_naming_its_key(
+    tmp_path: Path,
+) -> None:
+    # SQLite refuses a value over its limit (1 GB by default) with "string or blob too big":
+    # a batch named no key, and a guarded batch its guard.
+    store = ar.SqliteBackend(tmp_path / "store.db")
+    await store.save("guard", b"1")
+    store._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 100)  # 1 GB made 100 bytes: fast
+    big = bytes(101)
+    calls = [
+        lambda: store.save("k", big),
+        lambda: store.save_new("k", big),
+        lambda: store.batch_save({"fine": b"v", "k": big, "small": b"w"}),
+        lambda: store.batch_save_if("guard", b"1", {"fine": b"v", "k": big, "small": b"w"}),
+    ]
+    try:
+        for call in calls:
+            with pytest.raises(ar.PersistenceError, match="too big for SQLite") as info:
+                await call()
+            assert info.value.key == "k"
+            assert isinstance(info.value.__cause__, sqlite3.DataError)
+        assert await store.list_keys() == ["guard"]  # no batch wrote, not even "fine"
+    finally:
+        store.close()
 
 
 async def test_a_postgres_write_running_across_a_close_and_a_reopen_ends_well() -> None:
@@ -1317,6 +1348,126 @@ async def test_postgres_workers_creating_one_table_at_once_all_succeed() -> None
                 await worker.close()
 
 
+def _postgres_tagged(caplog: pytest.LogCaptureFixture) -> tuple[str, Callable[[], int]]:
+    """The test server's DSN naming a new application, and a count of its connections now.
+
+    The count waits (up to 5 s) for connections closing to be gone from the server's list.
+    psycopg_pool's warnings are not captured: one logs a connection attempt the loop's end
+    cancelled, and its record (kept by the capture) would keep the half-made connection.
+    """
+    import psycopg
+
+    caplog.set_level(logging.ERROR, logger="psycopg.pool")
+    dsn = server_address("postgres")
+    app = f"t{uuid.uuid4().hex}"
+    tagged = f"{dsn}{'&' if '?' in dsn else '?'}application_name={app}"
+
+    def connections() -> int:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for _ in range(100):
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [app]
+                ).fetchone()
+                assert row is not None
+                if row[0] == 0:
+                    break
+                time.sleep(0.05)  # a backend leaves the list as it exits: no event to await
+            return int(row[0])
+
+    return tagged, connections
+
+
+async def _drop_table(dsn: str, table: str) -> None:
+    cleaner = ar.PostgresBackend(dsn, table=table)
+    await cleaner._execute(None, f'DROP TABLE "{table}"', [])
+    await cleaner.close()
+
+
+def test_one_postgres_backend_serves_two_threads_each_running_its_own_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its pool (and the lock opening it) was bound to the first loop to use it: the other
+    # thread's calls failed with a bare RuntimeError, or waited for a connection in vain.
+    dsn, connections = _postgres_tagged(caplog)
+    table = f"kv_{uuid.uuid4().hex}"
+    store = ar.PostgresBackend(dsn, table=table, timeout=3.0)
+    both = threading.Barrier(2)
+
+    async def work(tag: str) -> list[bytes | None]:
+        await asyncio.to_thread(both.wait, 5)  # the two loops' first calls at once
+
+        async def one(i: int) -> bytes | None:
+            await store.save(f"{tag}{i}", tag.encode())
+            return await store.load(f"{tag}{i}")
+
+        return await asyncio.gather(*(one(i) for i in range(10)))  # the pool grows
+
+    try:
+        with ThreadPoolExecutor(2) as threads:
+            runs = [threads.submit(asyncio.run, work(tag)) for tag in "ab"]
+            assert [run.result(timeout=20) for run in runs] == [[b"a"] * 10, [b"b"] * 10]
+        assert connections() == 0  # each loop's pool closed as its loop ended
+    finally:
+        asyncio.run(_drop_table(dsn, table))
+
+
+def test_a_postgres_backend_serves_one_asyncio_run_after_another(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The lock opening the pool was bound to the first run's loop (by its concurrent first
+    # calls): the second run's failed with a bare RuntimeError.
+    dsn, connections = _postgres_tagged(caplog)
+    table = f"kv_{uuid.uuid4().hex}"
+    store = ar.PostgresBackend(dsn, table=table, timeout=3.0)
+
+    async def session(tag: str, close: bool) -> list[str]:
+        try:
+            await asyncio.gather(*(store.save(f"{tag}{i}", b"v") for i in range(5)))
+            return await store.list_keys(tag)
+        finally:
+            if close:
+                await store.close()
+
+    try:
+        for tag, close in [("run1-", True), ("run2-", True), ("run3-", False)]:
+            assert asyncio.run(session(tag, close)) == [f"{tag}{i}" for i in range(5)]
+            assert connections() == 0  # closed, or as its loop ended
+    finally:
+        asyncio.run(_drop_table(dsn, table))
+
+
+def test_a_postgres_backend_closes_from_another_loop(caplog: pytest.LogCaptureFixture) -> None:
+    # close() closed the first loop's pool from the running one: "Event loop is closed".
+    dsn, connections = _postgres_tagged(caplog)
+    table = f"kv_{uuid.uuid4().hex}"
+    store = ar.PostgresBackend(dsn, table=table, min_size=2, timeout=3.0)
+    try:
+        asyncio.run(store.save("k", b"v"))
+        assert connections() == 0  # closed as its loop ended
+        asyncio.run(store.close())  # a loop of its own: no pool of its own, nothing fails
+        opened, go_on = threading.Event(), threading.Event()
+
+        async def other_loop() -> bytes | None:
+            await store.save("a", b"1")
+            opened.set()
+            await asyncio.to_thread(go_on.wait, 10)
+            return await store.load("a")  # its pool closed meanwhile: a new one
+
+        async def close_then_load() -> bytes | None:
+            await store.close()  # closes the other (running) loop's pool, there
+            return await store.load("k")
+
+        with ThreadPoolExecutor(1) as thread:
+            run = thread.submit(asyncio.run, other_loop())
+            assert opened.wait(10)
+            assert asyncio.run(close_then_load()) == b"v"
+            go_on.set()
+            assert run.result(timeout=10) == b"1"
+        assert connections() == 0
+    finally:
+        asyncio.run(_drop_table(dsn, table))
+
+
 @pytest.mark.parametrize(
     "sizes",
     [
@@ -1658,3 +1809,16 @@ def test_a_malformed_redis_url_error_hides_its_credentials(url: str) -> None:
         ar.RedisBackend(url)
     assert "s3cr" not in str(info.value) and info.value.__cause__ is None
     assert info.value.__suppress_context__
+
+
+@pytest.mark.parametrize("prefix", [b"app:", None, 1])
+def test_a_redis_prefix_that_is_not_a_str_fails_at_once(prefix: Any) -> None:
+    # Accepted, it failed every call with a bare TypeError (can't concat str to bytes).
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        ar.RedisBackend("redis://localhost/0", prefix=prefix)
+
+
+def test_a_redis_prefix_that_is_not_unicode_text_fails_at_once() -> None:
+    # Accepted, it failed every call blaming the key ("key is not valid Unicode text").
+    with pytest.raises(ar.PersistenceError, match=r"prefix .* is not valid Unicode text"):
+        ar.RedisBackend("redis://localhost/0", prefix="bad\udc80:")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import re
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from llm_agent_runtime._loops import PerLoop
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.persistence._checks import (
     check_items,
@@ -40,6 +43,60 @@ def _values_upsert(table: str, rows: int) -> str:
     return f"INSERT INTO {table} (key, value) VALUES {placeholders} {_UPSERT}"
 
 
+class _LoopPool:
+    """One event loop's pool: opened on first use in the loop, by one call at a time."""
+
+    def __init__(self) -> None:
+        self.pool: Any = None  # a new one at each open: a closed pool cannot reopen
+        self.ready = False
+        self.closed = False  # by `close`, or as the loop ended: the loop makes a new one
+        self.opening = asyncio.Lock()
+        self.guard: asyncio.Task[None] | None = None  # closes the open pool: see `_guard`
+
+
+async def _guard(state: _LoopPool, pool: Any, connections: weakref.WeakSet[Any]) -> None:
+    """Waits until cancelled, then closes `pool`: a task, made as `pool` opened.
+
+    A loop's end (`asyncio.run`, `asyncio.Runner`) cancels its tasks before anything else,
+    and psycopg_pool's background tasks ignore a cancellation that lands while they connect
+    (one is growing the pool): their loop would wait for them forever. Closing the pool
+    stops them. Whatever cancels this one, the next call opens a new pool.
+    """
+    try:
+        await asyncio.get_running_loop().create_future()
+    finally:
+        if state.pool is pool:
+            state.ready = False
+        try:
+            await pool.close()
+        except (Exception, asyncio.CancelledError):
+            # psycopg_pool's close waits for its background tasks first, and fails when the
+            # loop's end cancelled them: its idle connections are closed here instead (every
+            # statement's task was cancelled too).
+            for conn in list(connections):
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+
+def _adding_to(connections: weakref.WeakSet[Any]) -> Callable[[Any], Awaitable[None]]:
+    """A pool's `configure` callback: keeps each new connection in `connections`."""
+
+    async def add(conn: Any) -> None:
+        connections.add(conn)
+
+    return add
+
+
+async def _close_pool(state: _LoopPool) -> None:
+    """Closes one loop's pool, within that loop, for good: the loop makes a new one."""
+    async with state.opening:  # not a pool an open under way is about to hand out
+        state.closed = True
+        state.ready = False
+        if state.guard is not None:
+            state.guard.cancel()  # it closes the pool
+            await asyncio.wait([state.guard])
+
+
 class PostgresBackend:
     """Key -> bytes storage in one PostgreSQL table, through a connection pool.
 
@@ -61,13 +118,19 @@ class PostgresBackend:
     new pool on its next use too. psycopg is imported only when a backend is created. A batch
     is one transaction.
 
+    A pool's connections belong to the event loop that opened them: each loop the backend is
+    used from (a thread's own `asyncio.run`, or the next `asyncio.run`) gets a pool of its
+    own, opened on first use there and closed as that loop ends, so one backend may serve
+    several loops, one after another or at once.
+
     Args:
         dsn: libpq connection string, e.g. `postgresql://user@host:5432/db`.
         table: Table name (created if missing): a plain SQL identifier (ASCII letters,
             digits and `_`, at most 63), case-insensitive as an unquoted name is; it is
             quoted in every statement, so a reserved word (`order`, `user`) works too.
-        min_size: Connections kept open (an int >= 0).
-        max_size: Most connections at once (an int >= 1, and >= `min_size`).
+        min_size: Connections kept open (an int >= 0), by each event loop's pool.
+        max_size: Most connections at once (an int >= 1, and >= `min_size`), by each event
+            loop's pool.
         timeout: Seconds a call may take, waiting for a free connection included.
 
     Raises:
@@ -127,16 +190,17 @@ class PostgresBackend:
             open=False,
             kwargs={"autocommit": True},
         )
-        self._pool = self._new_pool()  # what `close` closes before the first open
-        self._ready = False
-        self._opening = asyncio.Lock()  # concurrent first calls open (and create) once
+        # A pool's connections (and its lock) belong to the loop that opened them: each loop
+        # gets its own, closed within that loop as it ends (a thread's `asyncio.run`, the next
+        # `asyncio.run`), as the Redis backend's clients are.
+        self._pools: PerLoop[_LoopPool] = PerLoop(_LoopPool, _close_pool)
         self._pool_timeout: type[Exception] = PoolTimeout
 
     def __repr__(self) -> str:
         return f"PostgresBackend(table={self.table!r})"  # the DSN may hold a password
 
     async def open(self) -> None:
-        """Opens a new pool and creates the table if missing.
+        """Opens the running event loop's pool, if not open yet, and creates the table if missing.
 
         The pool tries to connect until `timeout` has passed (a server still starting up
         gets that long). When it has not connected by then, one more connection is tried
@@ -148,38 +212,55 @@ class PostgresBackend:
             PersistenceError: When the server cannot be reached within `timeout`, or the
                 table cannot be created; the next call tries again.
         """
-        if self._ready:
-            return
-        async with self._opening:
-            if self._ready:
-                return
-            # A new pool each time: psycopg_pool cannot reopen a pool once closed, and it
-            # closes one whose first open failed.
-            pool = self._pool = self._new_pool()
-            try:
-                await pool.open(wait=True, timeout=self.timeout)
-                # CREATE TABLE IF NOT EXISTS is not safe against a concurrent twin (another
-                # worker's first call): it fails on the catalog's unique index. The lock
-                # serializes them. One query without parameters, so one round trip of the
-                # simple protocol, whose statements run as one implicit transaction: the
-                # lock lasts until the table is committed.
-                await self._statement(
-                    f"SELECT pg_advisory_xact_lock({self._create_lock}); "
-                    f"CREATE TABLE IF NOT EXISTS {self._table} "
-                    "(key BYTEA PRIMARY KEY, value BYTEA NOT NULL, "
-                    "updated_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-                    (),
-                )
-            except BaseException as error:
-                await pool.close()  # an opened pool too (the table failed): no leaked conns
-                if not isinstance(error, Exception):
-                    raise
-                failure = f"{type(error).__name__}: {error}"
-                if isinstance(error, self._pool_timeout | TimeoutError):
-                    why = await self._connection_failure()
-                    failure = failure if why is None else f"{why} ({failure})"
-                raise PersistenceError(f"cannot open PostgreSQL storage: {failure}") from error
-            self._ready = True
+        await self._open_pool()
+
+    async def _open_pool(self) -> Any:
+        """The running loop's pool, opened first if it is not (see `open`)."""
+        while True:
+            state = self._pools.get()
+            if state.ready:
+                return state.pool
+            async with state.opening:  # concurrent first calls open (and create) once
+                if state.closed:
+                    continue  # closed while this waited: the loop's next pool is wanted
+                if not state.ready:
+                    await self._open_new(state)
+                return state.pool
+
+    async def _open_new(self, state: _LoopPool) -> None:
+        """Opens a new pool for `state` (its lock held) and creates the table if missing."""
+        # A new pool each time: psycopg_pool cannot reopen a pool once closed, and it closes
+        # one whose first open failed.
+        connections: weakref.WeakSet[Any] = weakref.WeakSet()  # for `_guard`
+        pool = state.pool = self._new_pool(configure=_adding_to(connections))
+        try:
+            await pool.open(wait=True, timeout=self.timeout)
+            # CREATE TABLE IF NOT EXISTS is not safe against a concurrent twin (another
+            # worker's first call): it fails on the catalog's unique index. The lock
+            # serializes them. One query without parameters, so one round trip of the
+            # simple protocol, whose statements run as one implicit transaction: the lock
+            # lasts until the table is committed.
+            await self._statement(
+                pool,
+                f"SELECT pg_advisory_xact_lock({self._create_lock}); "
+                f"CREATE TABLE IF NOT EXISTS {self._table} "
+                "(key BYTEA PRIMARY KEY, value BYTEA NOT NULL, "
+                "updated_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+                (),
+            )
+        except BaseException as error:
+            await pool.close()  # an opened pool too (the table failed): no leaked conns
+            if not isinstance(error, Exception):
+                raise
+            failure = f"{type(error).__name__}: {error}"
+            if isinstance(error, self._pool_timeout | TimeoutError):
+                why = await self._connection_failure()
+                failure = failure if why is None else f"{why} ({failure})"
+            raise PersistenceError(f"cannot open PostgreSQL storage: {failure}") from error
+        state.guard = asyncio.get_running_loop().create_task(
+            _guard(state, pool, connections), name=f"{self!r}: closes its pool as the loop ends"
+        )
+        state.ready = True
 
     async def _connection_failure(self) -> str | None:
         """Why a connection to the server fails, from one direct attempt (None: it connects).
@@ -203,10 +284,14 @@ class PostgresBackend:
         return None
 
     async def close(self) -> None:
-        """Closes the pool; a later call opens a new one."""
-        async with self._opening:  # not a pool an open under way is about to hand out
-            self._ready = False
-            await self._pool.close()
+        """Closes every event loop's pool; a later call opens a new one.
+
+        The running loop's is closed before this returns; one of another loop that is
+        running (in another thread) is closed there, without waiting for it; one of an idle
+        loop when that loop next runs (or ends). A loop's pool is closed as that loop ends
+        anyway (under `asyncio.run`).
+        """
+        await self._pools.aclose()
 
     async def __aenter__(self) -> PostgresBackend:
         await self.open()
@@ -225,10 +310,9 @@ class PostgresBackend:
                 `timeout` seconds (waiting for a connection included); a `batch` of several
                 keys names no key when one is too long (the server does not say which).
         """
-        if not self._ready:
-            await self.open()
+        pool = await self._open_pool()
         try:
-            return await self._statement(query, params)
+            return await self._statement(pool, query, params)
         except TimeoutError as error:
             raise PersistenceError(
                 f"PostgreSQL did not answer within the backend's timeout of {self.timeout:g} s "
@@ -248,8 +332,8 @@ class PostgresBackend:
                 f"PostgreSQL: {type(error).__name__}: {error}", key=key
             ) from error
 
-    async def _statement(self, query: str, params: Sequence[Any]) -> list[Any]:
-        """Runs one statement on a pooled connection within `timeout`; returns its rows.
+    async def _statement(self, pool: Any, query: str, params: Sequence[Any]) -> list[Any]:
+        """Runs one statement on a connection of `pool` within `timeout`; returns its rows.
 
         Raises:
             TimeoutError: When no connection was free in time, or the statement did not end.
@@ -259,7 +343,6 @@ class PostgresBackend:
         # transaction block, a cost (~20 us a call) an autocommit statement does not need.
         # The connection goes back to the pool it came from, even when a close and a reopen
         # (a new pool) happen while the statement runs.
-        pool = self._pool
         try:
             conn = await pool.getconn(timeout=self.timeout)
         except self._pool_timeout as error:

@@ -37,11 +37,25 @@ class RedisBackend:
             versions, `llm_agent_runtime:`, are read with that prefix.)
 
     Raises:
-        PersistenceError: When redis-py is not installed (the `redis` extra), or `url` is not
-            a Redis URL redis-py can use.
+        TypeError: When `prefix` is not a str.
+        PersistenceError: When redis-py is not installed (the `redis` extra), `url` is not
+            a Redis URL redis-py can use, or `prefix` is not valid Unicode text (a lone
+            surrogate).
     """
 
     def __init__(self, url: str, prefix: str = "llm_agent_runtime:kv:") -> None:
+        # Checked now: part of every Redis key, a bad prefix would fail every call instead,
+        # with an error blaming the key (or a bare TypeError).
+        if not isinstance(prefix, str):
+            raise TypeError(
+                f"prefix must be a str (part of every Redis key), got {type(prefix).__name__}"
+            )
+        try:
+            prefix.encode("utf-8")  # as redis-py encodes keys
+        except UnicodeEncodeError as error:
+            raise PersistenceError(
+                f"prefix {prefix!r} is not valid Unicode text ({error.reason} at {error.start})"
+            ) from None
         self.prefix = prefix
         self.client: Any = redis_client(url, "RedisBackend")
         """The redis-py client (shared with the Redis-backed orchestration state)."""

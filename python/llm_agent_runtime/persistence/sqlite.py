@@ -127,7 +127,9 @@ class SqliteBackend:
     ) -> T:
         """Runs `work` on the connection in a thread; `key` or `keys` are the keys it binds.
 
-        `keys` may be the mapping of a batch's items: a value too big to bind names its key.
+        `keys` may be the mapping of a batch's items: a value too big to bind (over SQLite's
+        length limit, 1 GB by default, or sqlite3's 2 GiB) names the key of the batch's
+        largest value rather than `key` (a guard's), as neither says which it was.
         """
 
         def locked() -> T:
@@ -137,6 +139,10 @@ class SqliteBackend:
         try:
             return await run_in_thread(locked, _CANCEL_GRACE)
         except sqlite3.Error as exc:
+            # Over SQLite's length limit. (An error of the sqlite3 module, not SQLite, such as
+            # a closed database, has no code.)
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_TOOBIG:
+                raise self._too_big(exc, key, keys) from exc
             raise PersistenceError(f"SQLite error on {self.path}: {exc}", key=key) from exc
         except UnicodeEncodeError:  # sqlite3 binds text as UTF-8: a lone surrogate fails
             for name in (key, *keys):
@@ -144,9 +150,13 @@ class SqliteBackend:
                     encode_key(name)  # raises PersistenceError naming the key
             raise PersistenceError("key is not valid Unicode text", key=key) from None
         except OverflowError as exc:  # sqlite3 binds at most INT_MAX bytes: 2 GiB less one
-            if key is None and isinstance(keys, Mapping):  # a batch: its largest value
-                key = max(keys, key=lambda name: len(keys[name]), default=None)
-            raise PersistenceError(f"too big for SQLite on {self.path}: {exc}", key=key) from exc
+            raise self._too_big(exc, key, keys) from exc
+
+    def _too_big(self, error: Exception, key: str | None, keys: Iterable[str]) -> PersistenceError:
+        """The error for a value too big to bind: a batch's names its largest value's key."""
+        if isinstance(keys, Mapping) and keys:
+            key = max(keys, key=lambda name: len(keys[name]))
+        return PersistenceError(f"too big for SQLite on {self.path}: {error}", key=key)
 
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value."""
