@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 __all__ = ["run_printing"]
@@ -31,7 +32,8 @@ def run_printing(command: Callable[[], int]) -> int:
             status = command()
         finally:  # argparse's exit too: a failed write must fail here, not at exit
             sys.stdout = stdout
-            _flush()
+            with _writing():
+                stdout.flush()
     except BrokenPipeError:
         _discard_output()
         return 1
@@ -53,23 +55,22 @@ class _Guarded:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        try:
+        with _writing():
             return self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as error:
-            raise _OutputLost(error.strerror or str(error)) from error
 
     def flush(self) -> None:
-        _flush(self._stream)
+        with _writing():
+            self._stream.flush()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
-def _flush(stream: TextIO | None = None) -> None:
+@contextlib.contextmanager
+def _writing() -> Iterator[None]:
+    """A write to stdout that fails (but for a closed pipe) raises `_OutputLost`."""
     try:
-        (stream or sys.stdout).flush()
+        yield
     except BrokenPipeError:
         raise
     except OSError as error:

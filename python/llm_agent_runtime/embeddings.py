@@ -64,17 +64,27 @@ def _texts(texts: Sequence[str]) -> list[str]:
     if not all(isinstance(t, str) for t in out):
         raise MemoryStoreError("texts must be a sequence of strings")
     for i, text in enumerate(out):
-        if text.isascii():  # the usual case, settled without encoding
-            continue
-        try:
-            text.encode()
-        except UnicodeEncodeError as error:
-            # Not chained: the encoding error quotes the whole text.
-            raise MemoryStoreError(
-                f"texts[{i}] is not valid Unicode: it holds a lone surrogate at index "
-                f"{error.start} (a surrogate pair cut in two has no UTF-8 form)"
-            ) from None
+        check_text(f"texts[{i}]", text)
     return out
+
+
+def check_text(what: str, text: str) -> None:
+    """Refuses a `text` with no UTF-8 form (as HashingEmbedder requires, and stores keep).
+
+    Raises:
+        MemoryStoreError: `text` holds a lone surrogate (the message names `what` and the
+            surrogate's index).
+    """
+    if text.isascii():  # the usual case, settled without encoding
+        return
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:
+        # Not chained: the encoding error quotes the whole text.
+        raise MemoryStoreError(
+            f"{what} is not valid Unicode: it holds a lone surrogate at index "
+            f"{error.start} (a surrogate pair cut in two has no UTF-8 form)"
+        ) from None
 
 
 class SentenceTransformerEmbedder:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llm_agent_runtime._core import HashingEmbedder, VectorIndex
+from llm_agent_runtime.embeddings import check_text
 from llm_agent_runtime.errors import MemoryStoreError
 
 if TYPE_CHECKING:
@@ -50,18 +51,6 @@ class SemanticHit:
     """The entry's tags."""
     score: float
     """Cosine similarity to the query, in [-1, 1]."""
-
-
-def _check_unicode(what: str, text: str) -> None:
-    """Refuses a `text` with no UTF-8 form (it holds a lone surrogate)."""
-    if text.isascii():  # the usual case, settled without encoding
-        return
-    try:
-        text.encode()
-    except UnicodeEncodeError as error:  # not chained: it quotes the whole text
-        raise MemoryStoreError(
-            f"{what} is not valid Unicode: it holds a lone surrogate at index {error.start}"
-        ) from None
 
 
 class SemanticStore:
@@ -157,8 +146,8 @@ class SemanticStore:
             raise MemoryStoreError("key and value must be strings")
         # A text with no UTF-8 form (a lone surrogate) is refused here, embedded or not:
         # stored, it would break every byte count of the store.
-        _check_unicode("key", key)
-        _check_unicode("value", value)
+        check_text("key", key)
+        check_text("value", value)
         tag_set = _tag_set(tags)
         vector = None
         if embedding is not None:
