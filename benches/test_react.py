@@ -120,10 +120,10 @@ def test_parse_100k(benchmark: Any, lib: str, decode: bool) -> None:
     def run() -> list[Any]:
         if decode:
             return [_decoded(lib, parse(text)) for text in OUTPUTS]
-        # Like LangChain's, our step holds its thought, tool name and final answer as strings
-        # made at parse time. (LangChain's `log` is the input text itself, and its tool input
-        # the raw JSON text; ours decodes the input on first access: the decode group times
-        # that.)
+        # Like LangChain's, our step makes the tool name a string at parse time and keeps the
+        # parsed text (LangChain's `log` is the text itself); LangChain copies its tool input
+        # out as raw JSON text, ours decodes it on first access (the decode group times
+        # that), and makes the thought and final answer on first access too.
         return [parse(text) for text in OUTPUTS]
 
     results = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)

@@ -888,32 +888,82 @@ fn python_json<'py>(py: Python<'py>, json: &str) -> PyResult<Option<Bound<'py, P
 /// One step of a ReAct trace: the model's thought, then either an action with its input or
 /// a final answer.
 ///
-/// The thought, action and final answer are Python strings made at parse time. The action
-/// input is the decoded JSON (dict, list or str) when the input was a JSON object or array
-/// (maybe followed by other text) or was one string literal, and the raw trimmed text
-/// otherwise; it is decoded on first access (from the parsed text, which the step keeps)
-/// and then cached.
+/// The action is a Python string made at parse time. The thought, the final answer and the
+/// action input are read from the parsed text, which the step keeps, on first access, and
+/// then cached: a caller that only dispatches the action pays for no other string. The input
+/// is the decoded JSON (dict, list or str) when it was a JSON object or array (maybe
+/// followed by other text) or was one string literal, and the raw trimmed text otherwise.
 #[pyclass(module = "llm_agent_runtime", name = "ReActStep", frozen)]
 pub struct PyReActStep {
+    /// The parsed text (a plain `str` copy when it was a subclass of `str`).
+    source: Py<PyString>,
     /// The model's reasoning (may be empty).
-    #[pyo3(get)]
-    thought: Py<PyString>,
+    thought: Piece,
     /// The tool to call, or None for a final answer.
     #[pyo3(get)]
     action: Option<Py<PyString>>,
     /// The final answer, or None when the step calls a tool.
-    #[pyo3(get)]
-    final_answer: Option<Py<PyString>>,
+    final_answer: Option<Piece>,
     /// Where the step ends in the parsed text, in characters: len(text), unless an
     /// `Observation:` line follows the action, or a `Thought:` or `Action:` line its input
     /// (the model went on without the observation); then the end of the text before that
     /// line, trailing whitespace excluded. text[:end] is the step.
     #[pyo3(get)]
     end: usize,
-    /// The parsed text and where the input (trimmed, unfenced) lies in it, in bytes.
-    input: Option<(Py<PyString>, usize, usize)>,
+    /// Where the input (trimmed, unfenced) lies in the parsed text, in bytes.
+    input: Option<(usize, usize)>,
     /// Set once, with the GIL held; read by `__traverse__`, which has no GIL token.
     decoded_input: OnceLock<Py<PyAny>>,
+}
+
+/// A part of the parsed text, made a Python string on first access and then cached.
+struct Piece {
+    /// Where it lies in the parsed text, in bytes (on character boundaries).
+    start: usize,
+    end: usize,
+    /// The string, once made (at parse time when it is not a slice of the text: a decoded
+    /// JSON string literal).
+    made: OnceLock<Py<PyString>>,
+}
+
+impl Piece {
+    /// `part`, a slice of `source` (or empty).
+    fn slice_of(source: &str, part: &str) -> Self {
+        let start = if part.is_empty() {
+            0 // it may be a literal `""`, not a slice of `source`
+        } else {
+            (part.as_ptr() as usize).saturating_sub(source.as_ptr() as usize)
+        };
+        Self {
+            start,
+            end: start + part.len(),
+            made: OnceLock::new(),
+        }
+    }
+
+    /// A string that is not a slice of the text.
+    fn made(value: Bound<'_, PyString>) -> Self {
+        Self {
+            start: 0,
+            end: 0,
+            made: OnceLock::from(value.unbind()),
+        }
+    }
+
+    /// The part as a Python string, made from `source` the first time.
+    fn get<'py>(&self, source: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyString>> {
+        let py = source.py();
+        if let Some(value) = self.made.get() {
+            return Ok(value.bind(py).clone());
+        }
+        let text = source
+            .to_str()?
+            .get(self.start..self.end)
+            .unwrap_or_default();
+        let value = PyString::new(py, text).unbind();
+        // Had another thread made it meanwhile, its string wins: one object per part.
+        Ok(self.made.get_or_init(|| value).bind(py).clone())
+    }
 }
 
 #[pymethods]
@@ -928,11 +978,11 @@ impl PyReActStep {
         if let Some(value) = this.decoded_input.get() {
             return Ok(value.clone_ref(py));
         }
-        let value = match &this.input {
+        let value = match this.input {
             None => py.None(),
-            Some((source, start, end)) => {
-                let source = source.bind(py).to_str()?;
-                let text = source.get(*start..*end).unwrap_or_default();
+            Some((start, end)) => {
+                let source = this.source.bind(py).to_str()?;
+                let text = source.get(start..end).unwrap_or_default();
                 input_to_py(py, &InputText { text })?.unbind()
             }
         };
@@ -940,6 +990,24 @@ impl PyReActStep {
         let value = this.decoded_input.get_or_init(|| value);
         track_if_it_holds_a_container(slf, value.bind(py));
         Ok(value.clone_ref(py))
+    }
+
+    /// The model's reasoning (may be empty).
+    #[getter]
+    fn thought<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyString>> {
+        let this = slf.get();
+        this.thought.get(this.source.bind(slf.py()))
+    }
+
+    /// The final answer, or None when the step calls a tool.
+    #[getter]
+    fn final_answer<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyString>>> {
+        let this = slf.get();
+        let source = this.source.bind(slf.py());
+        this.final_answer
+            .as_ref()
+            .map(|answer| answer.get(source))
+            .transpose()
     }
 
     /// Lets the cycle collector see the decoded input, which a user may make refer back
@@ -963,10 +1031,10 @@ impl PyReActStep {
         let repr = |value: Bound<'_, PyAny>| -> PyResult<String> { Ok(value.repr()?.to_string()) };
         Ok(format!(
             "ReActStep(thought={}, action={}, action_input={}, final_answer={})",
-            repr(this.thought.bind(py).clone().into_any())?,
+            repr(Self::thought(slf)?.into_any())?,
             repr((&this.action).into_pyobject(py)?.into_any())?,
             repr(Self::action_input(slf)?.into_bound(py))?,
-            repr((&this.final_answer).into_pyobject(py)?.into_any())?,
+            repr(Self::final_answer(slf)?.into_pyobject(py)?.into_any())?,
         ))
     }
 
@@ -978,16 +1046,18 @@ impl PyReActStep {
             return Ok(false);
         };
         let (this, that) = (slf.get(), other.get());
-        let same = |a: &Option<Py<PyString>>, b: &Option<Py<PyString>>| -> PyResult<bool> {
-            match (a, b) {
-                (None, None) => Ok(true),
-                (Some(a), Some(b)) => a.bind(py).as_any().eq(b),
-                _ => Ok(false),
-            }
+        let same = |a: Option<&Bound<'_, PyString>>, b: Option<&Bound<'_, PyString>>| match (a, b) {
+            (None, None) => Ok(true),
+            (Some(a), Some(b)) => a.as_any().eq(b),
+            _ => Ok(false),
         };
-        Ok(this.thought.bind(py).as_any().eq(&that.thought)?
-            && same(&this.action, &that.action)?
-            && same(&this.final_answer, &that.final_answer)?
+        let (answer, other_answer) = (Self::final_answer(slf)?, Self::final_answer(other)?);
+        Ok(Self::thought(slf)?.as_any().eq(Self::thought(other)?)?
+            && same(
+                this.action.as_ref().map(|a| a.bind(py)),
+                that.action.as_ref().map(|a| a.bind(py)),
+            )?
+            && same(answer.as_ref(), other_answer.as_ref())?
             && Self::action_input(slf)?
                 .bind(py)
                 .eq(Self::action_input(other)?)?)
@@ -1041,27 +1111,29 @@ pub fn parse_react_step<'py>(text: &Bound<'py, PyString>) -> PyResult<Bound<'py,
     } else {
         text.len()?
     };
-    let input = step.action_input.map(|input| {
-        let start = (input.text.as_ptr() as usize).saturating_sub(source.as_ptr() as usize);
-        // A `str` subclass may hold other objects (a `__dict__`), even the step: a plain copy
-        // of it keeps the step out of any reference cycle (see below).
-        let kept = if text.is_exact_instance_of::<PyString>() {
-            text.clone()
-        } else {
-            PyString::new(py, source)
-        };
-        (kept.unbind(), start, start + input.text.len())
+    // A `str` subclass may hold other objects (a `__dict__`), even the step: a plain copy of
+    // it keeps the step out of any reference cycle (see below).
+    let kept = if text.is_exact_instance_of::<PyString>() {
+        text.clone()
+    } else {
+        PyString::new(py, source)
+    };
+    let final_answer = step.final_answer.map(|answer| match answer {
+        Cow::Borrowed(part) => Piece::slice_of(source, part),
+        Cow::Owned(decoded) => Piece::made(PyString::new(py, &decoded)),
     });
     let step = Bound::new(
         py,
         PyReActStep {
-            thought: PyString::new(py, step.thought).unbind(),
+            source: kept.unbind(),
+            thought: Piece::slice_of(source, step.thought),
             action: step.action.map(|action| PyString::new(py, action).unbind()),
-            final_answer: step
-                .final_answer
-                .map(|answer| PyString::new(py, &answer).unbind()),
+            final_answer,
             end,
-            input,
+            input: step.action_input.map(|input| {
+                let piece = Piece::slice_of(source, input.text);
+                (piece.start, piece.end)
+            }),
             decoded_input: OnceLock::new(),
         },
     )?;

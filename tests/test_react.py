@@ -481,13 +481,33 @@ def test_end_is_the_length_when_nothing_is_cut(text: str) -> None:
     assert ar.parse_react_step(text).end == len(text)
 
 
-def test_fields_are_strings_made_at_parse_time() -> None:
+def test_fields_are_made_once_and_cached() -> None:
     step = ar.parse_react_step("Thought: t\nAction: search rust")
-    # Plain attributes: reading one twice gives the same object (they used to be rebuilt).
+    # Reading one twice gives the same object (the thought is made on first access).
     assert step.thought is step.thought and step.action is step.action
     final = ar.parse_react_step("Thought: t\nFinal Answer: done")
     assert final.final_answer is final.final_answer
     assert final.final_answer == "done" and not gc.is_tracked(final)
+    decoded = ar.parse_react_step('Action: FINAL_ANSWER "Paris"')
+    assert decoded.final_answer == "Paris" and decoded.final_answer is decoded.final_answer
+
+
+@pytest.mark.parametrize(
+    ("text", "thought", "answer"),
+    [
+        ("Thought: café 😀 naïve\nFinal Answer: ünïcode ✓", "café 😀 naïve", "ünïcode ✓"),
+        ("Thought: é 😀. Final Answer: 東京", "é 😀.", "東京"),
+        ('  ü  \nAction: FINAL_ANSWER "😀 \\u00e9"', "ü", "😀 é"),
+        ("Thought: ü\nAction: FINAL_ANSWER\nFinal Answer: ß 😀\nThought: x", "ü", "ß 😀"),
+    ],
+)
+def test_lazy_fields_are_cut_from_the_text_by_characters(
+    text: str, thought: str, answer: str
+) -> None:
+    step = ar.parse_react_step(text)
+    del text  # the step keeps what it needs
+    gc.collect()
+    assert (step.thought, step.final_answer) == (thought, answer)
 
 
 def test_langchain_form() -> None:
@@ -772,7 +792,8 @@ def test_a_fenced_json_input_may_hold_a_fence_in_a_string(fence: str) -> None:
     assert step.action_input == "a ```b```"
 
 
-def test_a_step_parsed_from_a_str_subclass_is_collected_in_a_cycle() -> None:
+@pytest.mark.parametrize("text", ['Action: t {"q": 1}', "Thought: é\nFinal Answer: 42"])
+def test_a_step_parsed_from_a_str_subclass_is_collected_in_a_cycle(text: str) -> None:
     class Reply(str):
         """A reply string that carries its parsed step (as some SDKs annotate replies)."""
 
@@ -780,8 +801,9 @@ def test_a_step_parsed_from_a_str_subclass_is_collected_in_a_cycle() -> None:
 
     alive: list[weakref.ref[Reply]] = []
     for _ in range(50):
-        reply = Reply('Action: t {"q": 1}')
+        reply = Reply(text)
         reply.step = ar.parse_react_step(reply)
+        assert reply.step.thought in ("", "é")
         alive.append(weakref.ref(reply))
         del reply
     gc.collect()

@@ -20,8 +20,9 @@ def _raise_panic(message: str) -> None:
 class ReActStep:
     """One ReAct step: a thought, then an action with its input or a final answer.
 
-    The thought, action and final answer are strings made at parse time; the action input
-    is decoded on first access and then cached.
+    The action is a string made at parse time. The thought and final answer are read from
+    the parsed text, which the step keeps, and the action input decoded from it, on first
+    access; each is then cached.
     """
 
     @property
