@@ -545,3 +545,51 @@ async def test_remembered_decisions_take_arguments_json_cannot_sort() -> None:
     assert session.final_answer == "ok"
     assert [s.observation for s in session.steps[:2]] == ['["1", "b"]'] * 2
     assert len(asked) == 1  # remembered for the second call
+
+
+async def test_a_parallel_round_that_fails_keeps_the_steps_of_the_calls_that_ran() -> None:
+    # Without checkpoints, a policy error in one call of a parallel round used to drop the
+    # whole round: the session had no step for a call that ran (and was counted).
+    @ar.tool
+    async def spend(a: int) -> int:
+        """Calls a sub-agent whose budget is spent."""
+        await asyncio.sleep(0.02)  # after its sibling finished
+        raise ar.BudgetExceededError("sub-agent budget spent")
+
+    calls = [("add", {"a": 1, "b": 2}), ("spend", {"a": 1}), ("add", {"a": 3, "b": 4})]
+    reply = ar.ScriptedProvider.tool_call_reply(calls)
+    reply.usage = Usage(input_tokens=50, output_tokens=5)
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add, spend])
+    session = rt.create_session("a")
+    with pytest.raises(ar.BudgetExceededError, match="spent"):
+        await rt.run_turn(session, "q", ar.ScriptedProvider([reply, "done"]))
+    assert [(s.action, s.action_input, s.observation) for s in session.steps] == [
+        ("add", {"a": 1, "b": 2}, "3"),
+        ("add", {"a": 3, "b": 4}, "7"),
+    ]
+    # The round's tokens go to its first step, as in a round that ends well.
+    assert [(s.input_tokens, s.output_tokens) for s in session.steps] == [(50, 5), (0, 0)]
+    snapshot = rt.metrics.snapshot()
+    assert (snapshot.total_steps, snapshot.tool_calls) == (2, {"add": 2, "spend": 1})
+    assert session.final_answer is None and session.messages == []
+
+
+async def test_a_cancelled_parallel_round_keeps_the_steps_of_the_calls_that_ran() -> None:
+    @ar.tool
+    async def slow(a: int) -> int:
+        """Never returns in time."""
+        await asyncio.sleep(30)
+        return a
+
+    calls = [("slow", {"a": 1}), ("add", {"a": 1, "b": 2})]
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add, slow])
+    session = rt.create_session("a")
+    provider = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply(calls), "done"])
+    run = asyncio.ensure_future(rt.run_turn(session, "q", provider))
+    while sum(rt.metrics.snapshot().tool_calls.values()) < 2:
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.01)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert [(s.action, s.observation) for s in session.steps] == [("add", "3")]

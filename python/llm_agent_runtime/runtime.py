@@ -1402,7 +1402,14 @@ class AgentRuntime:
             elif busy is None:
                 results = [await self._call_tool(session, calls[0].name, calls[0].arguments)]
             else:
-                results = await self._run_parallel(session, calls, busy)
+                finished: dict[int, ToolRun] = {}
+                try:
+                    results = await self._run_parallel(session, calls, busy, finished)
+                except BaseException:
+                    # A call failed the round (a policy error), or the run was cancelled or
+                    # timed out: the calls that finished did run, and their steps say so.
+                    self._keep_finished(session, text, calls, finished, usage, model_ms)
+                    raise
             # The round's model time is shared by its steps; its tokens go to the first step.
             share = model_ms / n_calls
             input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
@@ -1513,12 +1520,51 @@ class AgentRuntime:
             raise AgentRuntimeError("provider stream ended without a StreamEnd event")
         return response
 
+    def _keep_finished(
+        self,
+        session: AgentSession,
+        text: str,
+        calls: list[ToolCall],
+        finished: dict[int, ToolRun],
+        usage: Usage,
+        model_ms: float,
+    ) -> None:
+        """Adds the steps of a failed round's calls that finished, in the round's order.
+
+        The round's tokens go to the first of them, and each has its share of the model's
+        time, as in a round that ends well; their overhead is not known (the round did not
+        end), so it is 0.
+        """
+        input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+        share = model_ms / len(calls)
+        for index in sorted(finished):
+            (content, error_kind), tool_ms, name, arguments = finished[index]
+            step = Step(
+                text,
+                name,
+                arguments,
+                content,
+                error_kind,
+                input_tokens,
+                output_tokens,
+                share,
+                tool_ms,
+            )
+            session.steps.append(step)
+            self.metrics.record_step()
+            input_tokens = output_tokens = 0
+
     async def _run_parallel(
-        self, session: AgentSession, calls: list[ToolCall], busy: _BusyTime
+        self,
+        session: AgentSession,
+        calls: list[ToolCall],
+        busy: _BusyTime,
+        finished: dict[int, ToolRun],
     ) -> list[ToolRun]:
         """Runs a round's calls concurrently, up to `max_parallel_tool_calls` at a time.
 
-        `busy` accumulates the time any of the calls' tools ran.
+        `busy` accumulates the time any of the calls' tools ran; `finished` gets each call's
+        run by its index as it finishes (what a round that fails had done).
 
         Every call is guarded (middlewares, capabilities, approval: `_guard_calls`) before
         any starts: a round that fails there (a capability refuses a call) fails with no call
@@ -1532,9 +1578,12 @@ class AgentRuntime:
 
         async def bounded(index: int, name: str, arguments: Any, denial: Any) -> ToolRun:
             if denial is not None:
-                return self._denied(session, name, arguments, denial, index)
-            async with limit:
-                return await self._call_tool(session, name, arguments, None, index, False, busy)
+                run = self._denied(session, name, arguments, denial, index)
+            else:
+                async with limit:
+                    run = await self._call_tool(session, name, arguments, None, index, False, busy)
+            finished[index] = run
+            return run
 
         return await _all_or_none(bounded(i, *call) for i, call in enumerate(resolved))
 

@@ -699,9 +699,10 @@ async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
 
     The call runs in the caller's task, as one without a timeout: a cancellation that lands
     as the call ends is never lost (`asyncio.wait_for` on Python 3.11 returned the result
-    then, and the cancelled run went on), and a `SystemExit` is raised as it is.
+    then, and the cancelled run went on), and a `SystemExit` is raised as it is. From Python
+    3.13, a tool that catches its caller's cancellation and returns still ends cancelled.
     """
-    task = asyncio.current_task()
+    task = asyncio.current_task() if _CANCEL_COUNTS_EXACT else None
     cancels = 0 if task is None else task.cancelling()
     scope = asyncio.timeout(timeout)
     try:
@@ -1853,6 +1854,10 @@ class ToolRegistry:
         `GeneratorExit`) are `permanent`. Policy errors (`PolicyDeniedError`,
         `BudgetExceededError`), cancellation of the call, and `KeyboardInterrupt` propagate,
         also from inside an exception group (a policy error then as itself: the first one).
+        From Python 3.13, a call cancelled while its tool ran ends cancelled even when the
+        tool caught the `CancelledError` and returned (or raised something else); before,
+        such a tool ends the call as it chose, as asyncio cannot tell its cancellation from
+        a `TaskGroup`'s own (see `_CANCEL_COUNTS_EXACT`).
         """
         try:
             spec = self._tools[name]
@@ -1872,6 +1877,10 @@ class ToolRegistry:
             # Without a key from the caller (no checkpoints), one unique to this call.
             key = uuid.uuid4().hex if idempotency_key is None else idempotency_key
             checked = {**checked, IDEMPOTENCY_KEY: key}
+        # A tool that catches the cancellation of its call and returns (or fails otherwise)
+        # must not end it: the count of cancellations asked of this task says it was asked.
+        task = _current_task() if _CANCEL_COUNTS_EXACT else None
+        cancels = 0 if task is None else task.cancelling()
         try:
             if direct is not None:  # an async `@tool` function: the common case, called as is
                 result = await direct(**checked)
@@ -1884,6 +1893,8 @@ class ToolRegistry:
         except (PolicyDeniedError, BudgetExceededError):
             raise
         except Exception as error:  # a tool's failure is an observation for the model
+            if task is not None and task.cancelling() > cancels:
+                raise asyncio.CancelledError from error
             policy = _policy_error_in(error)
             if policy is not None:
                 raise policy from error
@@ -1908,6 +1919,8 @@ class ToolRegistry:
                 raise
             message = f"error: {_describe(error, with_type=True)}"
             return Observation(_truncate(message, max_chars), "permanent")
+        if task is not None and task.cancelling() > cancels:
+            raise asyncio.CancelledError
         try:
             text: str = _RENDER_EXACT.get(type(result), _render)(result)
         except Exception as error:  # e.g. an int over the str conversion limit, a bad __repr__
@@ -1922,6 +1935,11 @@ class ToolRegistry:
 
 
 _new_tuple = tuple.__new__
+_current_task = asyncio.current_task
+_CANCEL_COUNTS_EXACT = sys.version_info >= (3, 13)
+"""Whether a task's count of cancellation requests (`Task.cancelling`) is exact. Before
+Python 3.13, a `TaskGroup` whose child failed leaves the count of its task raised (CPython
+gh-116720): a tool that handled such a failure would read as a call cancelled while it ran."""
 # The `ToolSpec` attributes that decide how a call runs: setting one clears `_direct`.
 _RUN_SETTINGS = frozenset(
     {"circuit_breaker", "handler", "is_async", "takes_idempotency_key", "timeout"}
