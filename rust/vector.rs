@@ -542,6 +542,13 @@ impl Index {
             normalize(row, &format!("vector {i} (id {id})"))?;
         }
         let new_rows = ids.iter().filter(|id| !self.rows.contains_key(id)).count();
+        // Memory for the grown index before any copy is written: a copies file appended to
+        // and then an index that cannot grow would be out of step, row for row.
+        try_reserve(&mut self.ids, new_rows, "the ids")?;
+        self.vectors.reserve(new_rows, self.dim)?;
+        self.rows
+            .try_reserve(new_rows)
+            .map_err(|_| out_of_memory(new_rows.saturating_mul(16), "the id -> row table"))?;
         if let Some(originals) = &mut self.originals {
             // The copies first, new rows before replaced ones: a failed append changes nothing.
             originals.reserve(new_rows, self.dim)?;
@@ -558,11 +565,6 @@ impl Index {
                 }
             }
         }
-        try_reserve(&mut self.ids, new_rows, "the ids")?;
-        self.vectors.reserve(new_rows, self.dim)?;
-        self.rows
-            .try_reserve(new_rows)
-            .map_err(|_| out_of_memory(new_rows.saturating_mul(16), "the id -> row table"))?;
         for (row, &id) in normalized.chunks_exact(self.dim).zip(ids) {
             match self.rows.get(&id) {
                 Some(&r) => self.vectors.set(r, row),

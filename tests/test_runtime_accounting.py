@@ -547,7 +547,13 @@ async def test_remembered_decisions_take_arguments_json_cannot_sort() -> None:
     assert len(asked) == 1  # remembered for the second call
 
 
-async def test_a_parallel_round_that_fails_keeps_the_steps_of_the_calls_that_ran() -> None:
+def _tool_events_by_step(events: list[Any]) -> dict[int, tuple[str, str | None]]:
+    """Each tool call event's step number -> its tool and how it finished."""
+    finished = [e for e in events if isinstance(e, ar.ToolCallFinished)]
+    return {e.step: (e.tool, e.error_kind) for e in finished}
+
+
+async def test_a_parallel_round_that_fails_keeps_one_step_per_call() -> None:
     # Without checkpoints, a policy error in one call of a parallel round used to drop the
     # whole round: the session had no step for a call that ran (and was counted).
     @ar.tool
@@ -560,36 +566,81 @@ async def test_a_parallel_round_that_fails_keeps_the_steps_of_the_calls_that_ran
     reply = ar.ScriptedProvider.tool_call_reply(calls)
     reply.usage = Usage(input_tokens=50, output_tokens=5)
     rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add, spend])
+    seen: list[Any] = []
+    rt.events.on(seen.append)
     session = rt.create_session("a")
     with pytest.raises(ar.BudgetExceededError, match="spent"):
         await rt.run_turn(session, "q", ar.ScriptedProvider([reply, "done"]))
-    assert [(s.action, s.action_input, s.observation) for s in session.steps] == [
-        ("add", {"a": 1, "b": 2}, "3"),
-        ("add", {"a": 3, "b": 4}, "7"),
+    assert [(s.action, s.action_input, s.observation, s.error_kind) for s in session.steps] == [
+        ("add", {"a": 1, "b": 2}, "3", None),
+        (
+            "spend",
+            {"a": 1},
+            "error: the call ended with BudgetExceededError: sub-agent budget spent",
+            "permanent",
+        ),
+        ("add", {"a": 3, "b": 4}, "7", None),
     ]
+    # Numbered as the round's events were.
+    by_step = _tool_events_by_step(seen)
+    assert by_step == {i: (s.action, s.error_kind) for i, s in enumerate(session.steps)}
     # The round's tokens go to its first step, as in a round that ends well.
-    assert [(s.input_tokens, s.output_tokens) for s in session.steps] == [(50, 5), (0, 0)]
+    assert [(s.input_tokens, s.output_tokens) for s in session.steps] == [(50, 5), (0, 0), (0, 0)]
     snapshot = rt.metrics.snapshot()
-    assert (snapshot.total_steps, snapshot.tool_calls) == (2, {"add": 2, "spend": 1})
+    assert (snapshot.total_steps, snapshot.tool_calls) == (3, {"add": 2, "spend": 1})
     assert session.final_answer is None and session.messages == []
+    # The next turn numbers its steps after them, as its events do.
+    seen.clear()
+    await rt.run_turn(session, "again", ar.ScriptedProvider(["done"]))
+    assert [s.action for s in session.steps][3:] == ["FINAL_ANSWER"]
 
 
-async def test_a_cancelled_parallel_round_keeps_the_steps_of_the_calls_that_ran() -> None:
+async def test_a_round_failing_before_its_calls_start_keeps_no_step() -> None:
+    caps = ar.CapabilitySet(allowed_tools=["add"])
+    calls = [("add", {"a": 1, "b": 2}), ("other", {})]
+    reply = ar.ScriptedProvider.tool_call_reply(calls)
+
+    @ar.tool
+    async def other() -> int:
+        """Not this agent's."""
+        return 0
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add, other], capabilities=caps)
+    session = rt.create_session("a")
+    with pytest.raises(ar.PolicyDeniedError):
+        await rt.run_turn(session, "q", ar.ScriptedProvider([reply, "done"]))
+    assert session.steps == [] and rt.metrics.snapshot().total_steps == 0
+
+
+async def test_a_cancelled_parallel_round_keeps_one_step_per_call() -> None:
     @ar.tool
     async def slow(a: int) -> int:
         """Never returns in time."""
         await asyncio.sleep(30)
         return a
 
-    calls = [("slow", {"a": 1}), ("add", {"a": 1, "b": 2})]
-    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add, slow])
+    # One call at a time: the third has not started when the run is cancelled.
+    calls = [("add", {"a": 1, "b": 2}), ("slow", {"a": 1}), ("add", {"a": 2, "b": 2})]
+    config = ar.AgentConfig(mode="tools", max_parallel_tool_calls=1)
+    rt = ar.AgentRuntime(config, tools=[add, slow])
+    seen: list[Any] = []
+    rt.events.on(seen.append)
     session = rt.create_session("a")
     provider = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply(calls), "done"])
     run = asyncio.ensure_future(rt.run_turn(session, "q", provider))
     while sum(rt.metrics.snapshot().tool_calls.values()) < 2:
         await asyncio.sleep(0.005)
-    await asyncio.sleep(0.01)
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
-    assert [(s.action, s.observation) for s in session.steps] == [("add", "3")]
+    assert [(s.action, s.observation, s.error_kind) for s in session.steps] == [
+        ("add", "3", None),
+        ("slow", "error: the call ended with CancelledError", "transient"),
+        (
+            "add",
+            "error: the call did not start: its round ended with CancelledError",
+            "transient",
+        ),
+    ]
+    by_step = _tool_events_by_step(seen)
+    assert by_step == {0: ("add", None), 1: ("slow", "transient")}

@@ -220,6 +220,22 @@ async def test_a_tool_that_handles_a_failure_in_its_task_group_is_not_cancelled(
     registry = ar.ToolRegistry([ar.ToolSpec("fan_out", "d", fan_out, timeout=timeout)])
     assert await registry.call("fan_out", {}) == ar.Observation("partial result")
     await asyncio.sleep(0)  # nor is the caller cancelled later
+    # Nor is a cancellation request left on the caller's task, where the next timeout would
+    # take its expiry for a cancellation: a run's loop_timeout_ms ended it `CancelledError`.
+    current = asyncio.current_task()
+    assert current is not None and current.cancelling() == 0
+
+    class SlowSecondCall(ScriptedProvider):
+        async def chat(self, *args: Any, **kwargs: Any) -> Any:
+            if self.calls == 1:
+                await asyncio.sleep(5)  # the run's loop timeout passes here
+            return await super().chat(*args, **kwargs)
+
+    config = ar.AgentConfig(mode="tools", loop_timeout_ms=200)
+    runtime = ar.AgentRuntime(config, tools=registry)
+    provider = SlowSecondCall([ScriptedProvider.tool_call_reply([("fan_out", {})]), "done"])
+    with pytest.raises(ar.AgentLoopError, match="timed out"):
+        await runtime.run_agent_with_provider("a", "q", provider)
 
 
 async def test_policy_errors_from_a_tool_still_propagate() -> None:

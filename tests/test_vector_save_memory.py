@@ -237,3 +237,60 @@ def test_the_in_memory_copies_of_a_forked_child_are_its_own() -> None:
         """
     )
     assert run_child(script) == {"status": 0, "get0": [1.0, 0.0, 0.0, 0.0]}
+
+
+# Runs in a child interpreter: an int8 index whose float32 copies live in a file grows, with
+# little address space left, until an add is refused for memory; then, the limit lifted, a
+# new vector is added and looked for.
+GROWTH_SCRIPT = textwrap.dedent(
+    """
+    import json, os, resource, sys
+    import numpy as np
+    import llm_agent_runtime as ar
+
+    DIM, BATCH = 64, 1000
+    path = sys.argv[1]
+    index = ar.VectorIndex(DIM, dtype="int8", originals_path=path)
+    rows = np.random.default_rng(0).standard_normal((BATCH, DIM)).astype(np.float32)
+    next_id = 0
+    for _ in range(20):
+        index.add(np.arange(next_id, next_id + BATCH), rows)
+        next_id += BATCH
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmSize"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    # Room for a batch's own buffers, not for the index's buffers to double.
+    resource.setrlimit(resource.RLIMIT_AS, (int(line.split()[1]) * 1024 + 2**20, hard))
+    refused = None
+    try:
+        for _ in range(1000):
+            try:
+                index.add(np.arange(next_id, next_id + BATCH), rows)
+                next_id += BATCH
+            except ar.MemoryStoreError as e:
+                refused = str(e)
+                break
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    unit = np.zeros(DIM, np.float32)
+    unit[1] = 1.0
+    index.add([10**9], unit[None, :])
+    ids, scores = index.search(unit, 1)
+    print(json.dumps({
+        "refused": refused, "len": len(index), "added": next_id + 1,
+        "file_rows": os.path.getsize(path) // (DIM * 4), "found": ids.tolist(),
+        "score": float(scores[0]), "get": index.get(10**9).tolist()[:3],
+    }))
+    """
+)
+
+
+def test_an_add_refused_for_memory_leaves_the_copies_file_in_step(tmp_path: Path) -> None:
+    # The copies were appended to the file before the index's own buffers grew: an add
+    # refused then left the file rows ahead, and every later vector was re-scored (and
+    # returned by get) against another vector's copy, silently.
+    out = run_child(GROWTH_SCRIPT, str(tmp_path / "copies.f32"))
+    assert out["refused"] is not None and "out of memory" in out["refused"], out
+    assert out["len"] == out["added"] == out["file_rows"], out
+    assert out["found"] == [10**9] and out["score"] == pytest.approx(1.0, abs=1e-6), out
+    assert out["get"] == pytest.approx([0.0, 1.0, 0.0], abs=1e-6), out

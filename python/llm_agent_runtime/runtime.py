@@ -1405,10 +1405,10 @@ class AgentRuntime:
                 finished: dict[int, ToolRun] = {}
                 try:
                     results = await self._run_parallel(session, calls, busy, finished)
-                except BaseException:
+                except BaseException as error:
                     # A call failed the round (a policy error), or the run was cancelled or
                     # timed out: the calls that finished did run, and their steps say so.
-                    self._keep_finished(session, text, calls, finished, usage, model_ms)
+                    self._keep_failed_round(session, text, calls, finished, usage, model_ms, error)
                     raise
             # The round's model time is shared by its steps; its tokens go to the first step.
             share = model_ms / n_calls
@@ -1520,7 +1520,7 @@ class AgentRuntime:
             raise AgentRuntimeError("provider stream ended without a StreamEnd event")
         return response
 
-    def _keep_finished(
+    def _keep_failed_round(
         self,
         session: AgentSession,
         text: str,
@@ -1528,17 +1528,29 @@ class AgentRuntime:
         finished: dict[int, ToolRun],
         usage: Usage,
         model_ms: float,
+        error: BaseException,
     ) -> None:
-        """Adds the steps of a failed round's calls that finished, in the round's order.
+        """Adds the steps of a parallel round that `error` ended, once any of its calls began.
 
-        The round's tokens go to the first of them, and each has its share of the model's
-        time, as in a round that ends well; their overhead is not known (the round did not
-        end), so it is 0.
+        One step per call, in the round's order, so that the steps are numbered as the tool
+        call events of the round were: a call that finished (or was denied) with its
+        observation, one that `error` ended as it ran with the observation its
+        `ToolCallFinished` event gave, and one that had not started with an observation
+        saying so. The round's tokens go to the first, and each has its share of the model's
+        time, as in a round that ends well; their overhead is not known (0).
         """
+        if not finished:  # refused before any call began (a capability): no call to show
+            return
+        not_run = _interrupted_observation(
+            error, "the call did not start: its round ended with", self.config
+        )
         input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
         share = model_ms / len(calls)
-        for index in sorted(finished):
-            (content, error_kind), tool_ms, name, arguments = finished[index]
+        for index, call in enumerate(calls):
+            run = finished.get(index)
+            if run is None:
+                run = (not_run, 0.0, call.name, call.arguments)
+            (content, error_kind), tool_ms, name, arguments = run
             step = Step(
                 text,
                 name,
@@ -1564,7 +1576,8 @@ class AgentRuntime:
         """Runs a round's calls concurrently, up to `max_parallel_tool_calls` at a time.
 
         `busy` accumulates the time any of the calls' tools ran; `finished` gets each call's
-        run by its index as it finishes (what a round that fails had done).
+        run by its index as it ends (denied, done, or ended by an error as it ran, with the
+        observation its `ToolCallFinished` event gave): what a round that fails had done.
 
         Every call is guarded (middlewares, capabilities, approval: `_guard_calls`) before
         any starts: a round that fails there (a capability refuses a call) fails with no call
@@ -1574,14 +1587,24 @@ class AgentRuntime:
             resolved = await self._guard_calls(session, [(c.name, c.arguments) for c in calls])
         else:
             resolved = [(c.name, c.arguments, None) for c in calls]
-        limit = asyncio.Semaphore(self.config.max_parallel_tool_calls)
+        config = self.config
+        limit = asyncio.Semaphore(config.max_parallel_tool_calls)
 
         async def bounded(index: int, name: str, arguments: Any, denial: Any) -> ToolRun:
             if denial is not None:
                 run = self._denied(session, name, arguments, denial, index)
             else:
                 async with limit:
-                    run = await self._call_tool(session, name, arguments, None, index, False, busy)
+                    start = time.perf_counter()
+                    try:
+                        run = await self._call_tool(
+                            session, name, arguments, None, index, False, busy
+                        )
+                    except BaseException as error:
+                        ended = _interrupted_observation(error, "the call ended with", config)
+                        tool_ms = (time.perf_counter() - start) * 1000.0
+                        finished[index] = (ended, tool_ms, name, arguments)
+                        raise
             finished[index] = run
             return run
 
@@ -1661,14 +1684,9 @@ class AgentRuntime:
     ) -> None:
         """Emits the `ToolCallFinished` of a call that `error` ended before it returned.
 
-        A cancellation (the run's, or its `loop_timeout_ms`) is `transient`, as a call that
-        may work if run again; anything else (a `PolicyDeniedError`, a spent budget) is
-        `permanent`.
+        Its observation is `_interrupted_observation`'s.
         """
-        kind = "transient" if isinstance(error, asyncio.CancelledError) else "permanent"
-        detail = f": {error}" if str(error) else ""
-        content = f"error: the call ended with {type(error).__name__}{detail}"
-        content = _truncate(content, self.config.max_observation_chars)
+        content, kind = _interrupted_observation(error, "the call ended with", self.config)
         tool_ms = (time.perf_counter() - start) * 1000.0
         finished = (session.session_id, step_index, name, content, kind, tool_ms)
         self.events.emit(_event(ToolCallFinished, finished))
@@ -2771,6 +2789,18 @@ class _BusyTime:
         self._running -= 1
         if not self._running:
             self.ms += (time.perf_counter() - self._since) * 1000.0
+
+
+def _interrupted_observation(error: BaseException, what: str, config: AgentConfig) -> Observation:
+    """The observation of a call that `error` ended (`what` says how, before the error).
+
+    A cancellation (the run's, or its `loop_timeout_ms`) is `transient`, as a call that may
+    work if run again; anything else (a `PolicyDeniedError`, a spent budget) is `permanent`.
+    """
+    kind: ErrorKind = "transient" if isinstance(error, asyncio.CancelledError) else "permanent"
+    detail = f": {error}" if str(error) else ""
+    content = f"error: {what} {type(error).__name__}{detail}"
+    return Observation(_truncate(content, config.max_observation_chars), kind)
 
 
 async def _all_or_none(calls: Iterable[Awaitable[T]]) -> list[T]:

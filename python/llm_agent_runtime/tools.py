@@ -702,7 +702,7 @@ async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
     then, and the cancelled run went on), and a `SystemExit` is raised as it is. From Python
     3.13, a tool that catches its caller's cancellation and returns still ends cancelled.
     """
-    task = asyncio.current_task() if _CANCEL_COUNTS_EXACT else None
+    task = asyncio.current_task()
     cancels = 0 if task is None else task.cancelling()
     scope = asyncio.timeout(timeout)
     try:
@@ -715,7 +715,7 @@ async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
     if task is not None and task.cancelling() > cancels:
         # The caller was cancelled and the tool swallowed it (caught `CancelledError` and
         # returned): the cancellation still stands, as `asyncio.wait_for` kept it.
-        raise asyncio.CancelledError
+        _cancelled_while_running(task, cancels)
     return result
 
 
@@ -1879,7 +1879,7 @@ class ToolRegistry:
             checked = {**checked, IDEMPOTENCY_KEY: key}
         # A tool that catches the cancellation of its call and returns (or fails otherwise)
         # must not end it: the count of cancellations asked of this task says it was asked.
-        task = _current_task() if _CANCEL_COUNTS_EXACT else None
+        task = _current_task()
         cancels = 0 if task is None else task.cancelling()
         try:
             if direct is not None:  # an async `@tool` function: the common case, called as is
@@ -1894,7 +1894,7 @@ class ToolRegistry:
             raise
         except Exception as error:  # a tool's failure is an observation for the model
             if task is not None and task.cancelling() > cancels:
-                raise asyncio.CancelledError from error
+                _cancelled_while_running(task, cancels, error)
             policy = _policy_error_in(error)
             if policy is not None:
                 raise policy from error
@@ -1920,7 +1920,7 @@ class ToolRegistry:
             message = f"error: {_describe(error, with_type=True)}"
             return Observation(_truncate(message, max_chars), "permanent")
         if task is not None and task.cancelling() > cancels:
-            raise asyncio.CancelledError
+            _cancelled_while_running(task, cancels)
         try:
             text: str = _RENDER_EXACT.get(type(result), _render)(result)
         except Exception as error:  # e.g. an int over the str conversion limit, a bad __repr__
@@ -1940,6 +1940,25 @@ _CANCEL_COUNTS_EXACT = sys.version_info >= (3, 13)
 """Whether a task's count of cancellation requests (`Task.cancelling`) is exact. Before
 Python 3.13, a `TaskGroup` whose child failed leaves the count of its task raised (CPython
 gh-116720): a tool that handled such a failure would read as a call cancelled while it ran."""
+
+
+def _cancelled_while_running(
+    task: asyncio.Task[Any], cancels: int, error: BaseException | None = None
+) -> None:
+    """Handles a call whose task's count of cancellation requests rose while its tool ran.
+
+    The tool returned, or raised something other than `CancelledError`. From Python 3.13,
+    the call was cancelled and the tool caught it: `CancelledError`. Before, the rise may be
+    a `TaskGroup`'s of the tool (see `_CANCEL_COUNTS_EXACT`): the count is put back, as that
+    `TaskGroup` would have, so the caller's own timeouts (the run's `loop_timeout_ms`) still
+    tell their expiry from a cancellation; the tool's result stands.
+    """
+    if _CANCEL_COUNTS_EXACT:
+        raise asyncio.CancelledError from error
+    while task.cancelling() > cancels:
+        task.uncancel()
+
+
 # The `ToolSpec` attributes that decide how a call runs: setting one clears `_direct`.
 _RUN_SETTINGS = frozenset(
     {"circuit_breaker", "handler", "is_async", "takes_idempotency_key", "timeout"}

@@ -19,7 +19,7 @@ use std::io::Write;
 use super::dot_portable;
 use super::quantized::{f32_to_le, reserve_huge};
 use super::stream::{extend_f32, write_le, CHUNK_BYTES};
-use crate::errors::{out_of_memory, CoreError, CoreResult};
+use crate::errors::{out_of_memory, try_reserve, CoreError, CoreResult};
 
 /// Where the float32 copies live.
 #[derive(Debug)]
@@ -166,7 +166,13 @@ impl Originals {
                     )));
                 }
                 let mut at = start;
-                let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+                // Fallible, and room for the row that ends a chunk: never an abort.
+                let mut chunk = Vec::new();
+                try_reserve(
+                    &mut chunk,
+                    CHUNK_BYTES + f.dim * 4,
+                    "a chunk of the float32 copies to write",
+                )?;
                 let mut rows = rows.peekable();
                 while rows.peek().is_some() {
                     chunk.clear();
