@@ -496,3 +496,58 @@ async def test_a_sessions_duration_adds_up_its_turns_as_its_steps_do() -> None:
     restored = ar.AgentSession.from_json(session.to_json())
     await rt.run_turn(restored, "q3", slow)
     assert restored.duration_ms >= session.duration_ms + 30.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("steps", ()),
+        ("duration_ms", None),
+        ("memory_hits", True),
+        ("session_id", ["x"]),
+        ("final_answer", 42),
+    ],
+)
+async def test_a_session_field_of_the_wrong_type_is_refused_before_the_model_is_called(
+    field: str, value: object
+) -> None:
+    # The run used to fail on it as it went (a bare AttributeError or TypeError), after the
+    # model was paid, with the turn half recorded.
+    provider = ar.ScriptedProvider(["Thought: t\nAction: FINAL_ANSWER ok"])
+    runtime = ar.AgentRuntime()
+    session = runtime.create_session("agent")
+    setattr(session, field, value)
+    with pytest.raises(ar.AgentRuntimeError, match=f"session.{field} must be"):
+        await runtime.run_turn(session, "hi", provider)
+    with pytest.raises(ar.AgentRuntimeError, match=f"session.{field} must be"):
+        await runtime.run_agent("agent", "hi", provider.complete, session=session)
+    assert provider.calls == 0 and session.messages == []
+
+
+async def test_an_agent_id_with_a_lone_surrogate_is_refused_at_once() -> None:
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+    with pytest.raises(ar.AgentRuntimeError, match=r"agent_id is not valid Unicode.*index 5"):
+        runtime.create_session("agent\ud800")
+    provider = ar.ScriptedProvider(["done"])
+    with pytest.raises(ar.AgentRuntimeError, match="agent_id is not valid Unicode"):
+        await runtime.run_agent_with_provider("agent\ud800", "q", provider)
+    assert provider.calls == 0
+    assert runtime.create_session("agent é").agent_id == "agent é"
+
+
+def test_from_dict_of_messages_nested_too_deeply_to_copy_is_a_persistence_error() -> None:
+    arguments: dict[str, object] = {}
+    for _ in range(2_000):
+        arguments = {"a": arguments}
+    call = {"id": "c1", "name": "t", "arguments": arguments}
+    data = {
+        "session_id": "s",
+        "agent_id": "a",
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "r", "tool_call_id": "c1", "name": "t"},
+        ],
+    }
+    with pytest.raises(ar.PersistenceError, match="nest too deeply to copy"):
+        ar.AgentSession.from_dict(data)

@@ -76,7 +76,7 @@ from llm_agent_runtime.providers.base import (
     estimated_output_tokens,
     tool_definitions_chars,
 )
-from llm_agent_runtime.session import AgentSession, Step, message_problem
+from llm_agent_runtime.session import AgentSession, Step, message_problem, session_problem
 from llm_agent_runtime.tools import ErrorKind, Observation, ToolRegistry, ToolSpec, _truncate
 
 # The checkpoint machinery is imported where it is used, all of it behind a checkpoint
@@ -254,6 +254,26 @@ def _unbound(cls: type, method: str) -> bool:
     ):
         return False
     return inspect.isfunction(raw) or inspect.ismethoddescriptor(raw)
+
+
+def _check_agent_id(agent_id: Any) -> None:
+    """Refuses an `agent_id` that is not a non-empty string of valid Unicode.
+
+    The metrics (Rust) count by agent, and refuse a lone surrogate: found there, at the
+    first tool call, it would fail a run whose model was already paid.
+
+    Raises:
+        AgentRuntimeError: Saying what is wrong.
+    """
+    if not isinstance(agent_id, str) or not agent_id:
+        raise AgentRuntimeError("agent_id must be a non-empty string")
+    if not agent_id.isascii():
+        try:
+            agent_id.encode()
+        except UnicodeEncodeError as error:
+            raise AgentRuntimeError(
+                f"agent_id is not valid Unicode: it holds a lone surrogate at index {error.start}"
+            ) from None
 
 
 def _required(name: str, value: Any, methods: Sequence[str]) -> None:
@@ -552,11 +572,10 @@ class AgentRuntime:
         `session_id` None or "" gives the session a fresh id.
 
         Raises:
-            AgentRuntimeError: `agent_id` is not a non-empty string, or `session_id` is
-                neither None nor a string.
+            AgentRuntimeError: `agent_id` is not a non-empty string of valid Unicode (no
+                lone surrogate), or `session_id` is neither None nor a string.
         """
-        if not isinstance(agent_id, str) or not agent_id:
-            raise AgentRuntimeError("agent_id must be a non-empty string")
+        _check_agent_id(agent_id)
         if session_id is None or session_id == "":
             session_id = new_session_id()
         elif not isinstance(session_id, str):
@@ -581,7 +600,8 @@ class AgentRuntime:
         the calls are shown as `Action:` lines, and every tool message as its text.
 
         Raises:
-            AgentRuntimeError: `session` is not an `AgentSession` or is already running a
+            AgentRuntimeError: `session` is not an `AgentSession`, has a field of the wrong
+                type (as `AgentSession.from_dict` checks them), or is already running a
                 turn, its messages are malformed (in tools mode: a tool message answers no
                 call of the assistant message before it, or a call is left unanswered),
                 `message` is not a string, or `provider` is neither a provider nor an async
@@ -737,8 +757,7 @@ class AgentRuntime:
         Everything is checked before anything is taken, and everything taken is given back
         in `finally`, so no failure leaks a slot, an active-session count or a mark.
         """
-        if not isinstance(agent_id, str) or not agent_id:
-            raise AgentRuntimeError("agent_id must be a non-empty string")
+        _check_agent_id(agent_id)
         if not isinstance(prompt, str):
             raise AgentRuntimeError(f"prompt must be a string, got {_kind(prompt)}")
         if session is None:
@@ -747,6 +766,9 @@ class AgentRuntime:
             raise AgentRuntimeError(
                 f"session must be an AgentSession (see create_session), got {_kind(session)}"
             )
+        elif (problem := session_problem(session)) is not None:
+            # Before the model is paid: the run writes to these fields as it goes.
+            raise AgentRuntimeError(problem)
         # An `async def` function (the usual model) is told here, without a call.
         if provider is None and not (
             type(infer) is FunctionType and infer.__code__.co_flags & _CO_COROUTINE

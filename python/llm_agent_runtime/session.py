@@ -295,7 +295,10 @@ class AgentSession:
             if (problem := message_problem(message)) is not None:
                 raise PersistenceError(f"message {n}: {problem}")
         if "messages" in fields:  # the session's own, tool calls and all: `data` stays as is
-            fields["messages"] = copy.deepcopy(fields["messages"])
+            try:
+                fields["messages"] = copy.deepcopy(fields["messages"])
+            except RecursionError:  # nested deeper than the stack this call runs on allows
+                raise PersistenceError("session messages nest too deeply to copy") from None
         return cls(**fields)
 
     @classmethod
@@ -308,13 +311,17 @@ class AgentSession:
                 `from_dict`).
         """
         try:
-            return cls.from_dict(json.loads(text))
-        except (ValueError, TypeError, PersistenceError) as error:
+            data = json.loads(text)
+        except (ValueError, TypeError) as error:
             raise PersistenceError(f"not a serialized AgentSession: {error}") from error
         except RecursionError:  # nested deeper than the stack this call runs on allows
             raise PersistenceError(
                 "not a serialized AgentSession: JSON nests too deeply to decode"
             ) from None
+        try:
+            return cls.from_dict(data)
+        except PersistenceError as error:
+            raise PersistenceError(f"not a serialized AgentSession: {error}") from error
 
     @classmethod
     async def load_checkpoint(cls, backend: PersistenceBackend, session_id: str) -> AgentSession:
@@ -375,6 +382,19 @@ _SESSION_FIELDS: dict[str, _Spec] = {
     "checkpoint_errors": _INT,
     "messages": _LIST,
 }
+
+
+def session_problem(session: AgentSession) -> str | None:
+    """What keeps `session` from running a turn (None when nothing does).
+
+    That is a field whose value is not of its type (as `from_dict` checks them), which the
+    run would fail on as it goes, once its model was paid: a user may set any field.
+    """
+    for name, (types, expected) in _SESSION_FIELDS.items():
+        value = getattr(session, name)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return f"session.{name} must be {expected}, got {_kind(value)}"
+    return None
 
 
 def message_problem(message: Any) -> str | None:
