@@ -746,6 +746,40 @@ async def test_tool_calls_whose_arguments_arrived_whole_run_despite_the_limit() 
     assert session.final_answer == "done"
 
 
+async def test_tool_calls_in_a_reply_the_content_filter_stopped_do_not_run() -> None:
+    # Whole arguments or not, a reply the provider's safety filter stopped runs nothing.
+    ran: list[int] = []
+
+    @ar.tool
+    async def record(n: int) -> int:
+        """Records n."""
+        ran.append(n)
+        return n
+
+    call = ar.providers.base.ToolCall(id="c1", name="record", arguments={"n": 1})
+    provider = ar.ScriptedProvider([cut("", "content_filter", tool_calls=[call]), "done"])
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[record])
+    with pytest.raises(ar.AgentLoopError, match=r"content filter.*its tool calls is incomplete"):
+        await rt.run_agent_with_provider("a", "q", provider)
+    assert ran == []
+
+
+async def test_a_react_step_the_content_filter_stopped_is_not_acted_on_even_if_whole() -> None:
+    # The step ended before the cut (the model went on past its action): with a token limit
+    # it runs, but not in a reply the safety filter stopped.
+    reply = 'Thought: t\nAction: add {"a": 2, "b": 3}\nObservation: 5\nThought: then'
+    for reason, runs in (("length", True), ("content_filter", False)):
+        provider = ar.ScriptedProvider([cut(reply, reason), FINAL])
+        rt = ar.AgentRuntime(tools=[add])
+        if runs:
+            session = await rt.run_agent_with_provider("a", "q", provider)
+            assert [s.observation for s in session.steps][:1] == ["5"]
+        else:
+            with pytest.raises(ar.AgentLoopError, match=r"content filter.*the input of 'add'"):
+                await rt.run_agent_with_provider("a", "q", provider)
+            assert rt.metrics.snapshot().tool_calls == {}
+
+
 @pytest.mark.parametrize(
     ("reply", "what"),
     [

@@ -551,3 +551,24 @@ def test_from_dict_of_messages_nested_too_deeply_to_copy_is_a_persistence_error(
     }
     with pytest.raises(ar.PersistenceError, match="nest too deeply to copy"):
         ar.AgentSession.from_dict(data)
+
+
+@pytest.mark.parametrize("owner", ["a\ud800", "", "other-agent"])
+async def test_a_run_refuses_a_session_of_another_agent_before_the_model_is_called(
+    owner: str,
+) -> None:
+    # The session's agent id counted the run's tool calls in the metrics (and one with a
+    # lone surrogate failed the run there, its model paid), its memories were the run's.
+    call = ar.ScriptedProvider.tool_call_reply([("echo", {"text": "x"})])
+    provider = ar.ScriptedProvider([call, "done"])
+
+    @ar.tool
+    async def echo(text: str) -> str:
+        """Echoes text."""
+        return text
+
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[echo])
+    session = ar.AgentSession(session_id="s1", agent_id=owner)
+    with pytest.raises(ar.AgentRuntimeError, match="belongs to agent"):
+        await runtime.run_agent_with_provider("agent-A", "q", provider, session=session)
+    assert provider.calls == 0 and runtime.metrics.snapshot().tool_calls == {}

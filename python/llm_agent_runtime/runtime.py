@@ -61,8 +61,9 @@ from llm_agent_runtime.orchestration._checks import (
     short_repr,
 )
 from llm_agent_runtime.providers.base import (
-    TRUNCATION_STOP_REASONS,
+    INCOMPLETE_STOP_REASONS,
     ChatResponse,
+    CutOffArgumentsError,
     LlmProvider,
     Message,
     StreamEnd,
@@ -114,7 +115,6 @@ _REACT_FORMAT = (
 _REACT_FORMAT_NO_TOOLS = "Answer with:\nThought: ...\nAction: FINAL_ANSWER your answer"
 # Stop reasons of a reply that ended before the model finished it: at a token limit, or
 # cut by the provider's content filter (OpenAI's `content_filter`).
-_INCOMPLETE_STOP_REASONS = TRUNCATION_STOP_REASONS | {"content_filter"}
 _CO_COROUTINE = inspect.CO_COROUTINE
 _NO_SPAN = contextlib.nullcontext()
 REMEMBERED_APPROVAL_SESSIONS = 10_000
@@ -526,8 +526,9 @@ class AgentRuntime:
 
         Raises:
             AgentRuntimeError: A bad argument (checked before the run takes a slot): an
-                `agent_id` that is not a non-empty string, a `prompt` that is not a string,
-                a `session` that is not an `AgentSession`, an `infer` that is not an async
+                `agent_id` that is not a non-empty string of valid Unicode, a `prompt` that
+                is not a string, a `session` that is not an `AgentSession`, has a field of
+                the wrong type or is another agent's, an `infer` that is not an async
                 callable; or `session` is already running a turn.
             BackpressureShedError: The runtime is at capacity.
             AgentLoopError: Unparseable model output, a reply that is not a string, or the
@@ -550,8 +551,10 @@ class AgentRuntime:
         A reply that stopped before it was complete (stop reason `length`, `max_tokens`,
         `model_context_window_exceeded` or `content_filter`) is never taken as a final
         answer or a tool's input: unless the step in it ended before the cut (a ReAct reply
-        that went on past its action), the run fails with `AgentLoopError`. Native tool
-        calls whose arguments arrived whole still run.
+        that went on past its action), the run fails with `AgentLoopError`, also when a
+        native tool call's arguments were cut off. Native tool calls whose arguments arrived
+        whole still run, except in a reply the content filter stopped: nothing in that one
+        runs.
 
         Raises:
             AgentRuntimeError: `provider` lacks a method the mode needs (`chat`, or
@@ -769,6 +772,13 @@ class AgentRuntime:
         elif (problem := session_problem(session)) is not None:
             # Before the model is paid: the run writes to these fields as it goes.
             raise AgentRuntimeError(problem)
+        elif session.agent_id != agent_id:
+            # The metrics count the run's tool calls by the session's agent, its memories
+            # and events are the run's: they would disagree.
+            raise AgentRuntimeError(
+                f"session {session.session_id!r} belongs to agent {session.agent_id!r}, not "
+                f"{agent_id!r}: a session is one agent's"
+            )
         # An `async def` function (the usual model) is told here, without a call.
         if provider is None and not (
             type(infer) is FunctionType and infer.__code__.co_flags & _CO_COROUTINE
@@ -1142,7 +1152,7 @@ class AgentRuntime:
                         usage = reply.usage
                         if usage.cost_usd != 0.0:  # no price (the usual case) is no amount
                             _check_cost(usage)
-                        if reply.stop_reason in _INCOMPLETE_STOP_REASONS:
+                        if reply.stop_reason in INCOMPLETE_STOP_REASONS:
                             incomplete = reply.stop_reason
                         reply = str(reply)
                     if stops:
@@ -1200,6 +1210,9 @@ class AgentRuntime:
                     continue
                 raise AgentLoopError(f"model output is not a ReAct step: {error}") from error
             reprompted = False  # a later unparseable reply gets its own re-prompt
+            if incomplete == "content_filter":  # even a step that ended before the cut
+                what = "its final answer" if parsed.is_final else f"the input of {parsed.action!r}"
+                raise _incomplete_reply(incomplete, what)
             if parsed.end < len(reply):  # an Observation the model invented: not kept
                 reply = reply[: parsed.end]
             elif incomplete is not None:  # the step's last part is what the cut left of it
@@ -1331,24 +1344,27 @@ class AgentRuntime:
                     reasoning=saved.get("reasoning", ()),
                 )
             else:
-                # An unstreamed call is the provider's own coroutine: one frame, not two.
-                if self._tracer is not None:
-                    # Called in the span (a provider may start its work when called), with the
-                    # keywords as a dict: tracing costs far more than building it.
-                    with _traced(self._tracer, "agent.llm"):
-                        response = await (
-                            self._chat_stream(session, provider, messages, tool_defs, params)
-                            if stream
-                            else chat(messages, tools=tool_defs, **params)
+                try:
+                    # An unstreamed call is the provider's own coroutine: one frame, not two.
+                    if self._tracer is not None:
+                        # Called in the span (a provider may start its work when called), with
+                        # the keywords as a dict: tracing costs far more than building it.
+                        with _traced(self._tracer, "agent.llm"):
+                            response = await (
+                                self._chat_stream(session, provider, messages, tool_defs, params)
+                                if stream
+                                else chat(messages, tools=tool_defs, **params)
+                            )
+                    elif stream:
+                        response = await self._chat_stream(
+                            session, provider, messages, tool_defs, params
                         )
-                elif stream:
-                    response = await self._chat_stream(
-                        session, provider, messages, tool_defs, params
-                    )
-                elif more_params:
-                    response = await chat(messages, tools=tool_defs, **params)
-                else:
-                    response = await chat(messages, tools=tool_defs, model=model)
+                    elif more_params:
+                        response = await chat(messages, tools=tool_defs, **params)
+                    else:
+                        response = await chat(messages, tools=tool_defs, model=model)
+                except CutOffArgumentsError as error:  # a reply cut off where it counts
+                    raise _incomplete_reply(error.stop_reason, "a tool call's input") from error
             model_ms = (perf() - round_start) * 1000.0
             if not isinstance(response, ChatResponse):
                 raise AgentLoopError(
@@ -1385,8 +1401,11 @@ class AgentRuntime:
                 if events.active:
                     response_event = (session.session_id, len(session.steps), text, model_ms)
                     events.emit(_event(LlmResponse, response_event))
+            if incomplete == "content_filter" and response.tool_calls:
+                # Calls whose input arrived whole, but in a reply the filter stopped: none runs.
+                raise _incomplete_reply(incomplete, "its tool calls")
             if not response.tool_calls:
-                if incomplete in _INCOMPLETE_STOP_REASONS:
+                if incomplete in INCOMPLETE_STOP_REASONS:
                     raise _incomplete_reply(incomplete, "its final answer")
                 overhead_ms = (perf() - round_start) * 1000.0 - model_ms
                 step = Step(

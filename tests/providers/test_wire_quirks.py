@@ -107,8 +107,11 @@ async def test_a_call_cut_off_before_its_arguments_never_runs(
     runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[cleanup])
     runtime.events.on(lambda event: None)  # streamed
     async with make_provider(kind, server, retry=ONCE) as llm:
-        with pytest.raises(ProviderError, match="cut off by the token limit"):
+        # The run's error, as for any reply cut off where it counts (it was the provider's).
+        with pytest.raises(ar.AgentLoopError, match=r"token limit.*a tool call's input") as cut:
             await runtime.run_agent_with_provider("a", "clean /tmp/x", llm)
+    assert isinstance(cut.value.__cause__, ProviderError)
+    assert "cut off by the token limit" in str(cut.value.__cause__)
     assert ran == []  # it used to run with every default: cleanup("/", recursive=True)
 
 

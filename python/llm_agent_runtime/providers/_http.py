@@ -48,6 +48,7 @@ from llm_agent_runtime.orchestration.retry import RetryPolicy
 from llm_agent_runtime.providers.base import (
     TRUNCATION_STOP_REASONS,
     ChatResponse,
+    CutOffArgumentsError,
     Message,
     StreamEvent,
     TextDelta,
@@ -904,15 +905,25 @@ def _bad_arguments(
     if redact is not None and name is not None:
         name = redact(name)
     shown = None if name is None else name[:200]
-    if stop_reason in TRUNCATION_STOP_REASONS:
-        return ProviderError(
+    if stop_reason is not None and stop_reason in TRUNCATION_STOP_REASONS:
+        message = (
             f"the reply was cut off by the token limit (stop reason {stop_reason!r}) inside "
             f"the arguments of tool call {shown!r} ({len(text)} characters of JSON arrived): "
             "raise max_tokens for this call, or ask for less output"
         )
-    if redact is not None:  # redacted whole, then cut: no part of the key survives the cut
-        text = redact(text)
-    return ProviderError(f"tool call {shown!r} arguments are {problem}: {text[:200]!r}")
+    elif stop_reason == "content_filter":
+        message = (
+            f"the provider's content filter cut off the reply (stop reason 'content_filter') "
+            f"inside the arguments of tool call {shown!r} ({len(text)} characters of JSON "
+            "arrived)"
+        )
+    else:
+        if redact is not None:  # redacted whole, then cut: no part of the key survives it
+            text = redact(text)
+        return ProviderError(f"tool call {shown!r} arguments are {problem}: {text[:200]!r}")
+    error = CutOffArgumentsError(message)
+    error.stop_reason = stop_reason
+    return error
 
 
 @dataclass(slots=True)

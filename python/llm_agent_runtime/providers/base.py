@@ -19,11 +19,14 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.memory import CHARS_PER_TOKEN
 
 __all__ = [
+    "INCOMPLETE_STOP_REASONS",
     "TRUNCATION_STOP_REASONS",
     "ChatResponse",
+    "CutOffArgumentsError",
     "LlmProvider",
     "Message",
     "StreamEnd",
@@ -39,6 +42,20 @@ __all__ = [
 TRUNCATION_STOP_REASONS = frozenset(("length", "max_tokens", "model_context_window_exceeded"))
 """Stop reasons that say the reply was cut off by a token limit: OpenAI's `length`,
 Anthropic's `max_tokens` and `model_context_window_exceeded`."""
+INCOMPLETE_STOP_REASONS = TRUNCATION_STOP_REASONS | {"content_filter"}
+"""Stop reasons that say the reply was cut off: by a token limit, or by the provider's
+content filter."""
+
+
+class CutOffArgumentsError(ProviderError):
+    """A reply was cut off (see `INCOMPLETE_STOP_REASONS`) inside a tool call's arguments.
+
+    A `ProviderError` to a caller of the provider; the agent loop raises `AgentLoopError`
+    for it instead, as for any reply cut off where it counts.
+    """
+
+    stop_reason: str = "length"
+    """The reply's stop reason."""
 
 
 @dataclass(slots=True)
