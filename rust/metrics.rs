@@ -1,8 +1,13 @@
-//! Lock-free runtime counters with consistent-enough snapshots and Prometheus exposition.
+//! Lock-free runtime counters with consistent snapshots and Prometheus exposition.
 //!
 //! Global counters are plain atomics. Per-tool and per-agent counters live behind a read-mostly
 //! map of `Arc`ed atomics: after a name's first use an increment takes only a shared read lock
 //! and one atomic add, so concurrent increments are exact and never block each other.
+//!
+//! The map's lock is only ever held briefly and never across a release of the GIL: a snapshot
+//! copies the map's entries (two pointers each) under it, then reads the counters with the
+//! GIL released. So a thread recording a new name never waits long for it, and a `fork()`
+//! (which the forking thread makes holding the GIL) never copies it held into the child.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -25,10 +30,13 @@ struct CallCounters {
     failures: AtomicU64,
 }
 
+/// One name's counters, as a snapshot copies them out of the map.
+type Entry = (Arc<str>, Arc<CallCounters>);
+
 /// Named call counters (per tool or per agent).
 #[derive(Debug, Default)]
 struct NamedCounters {
-    by_name: RwLock<HashMap<String, Arc<CallCounters>>>,
+    by_name: RwLock<HashMap<Arc<str>, Arc<CallCounters>>>,
 }
 
 impl NamedCounters {
@@ -36,7 +44,7 @@ impl NamedCounters {
         if let Some(c) = self.by_name.read().get(name) {
             return Arc::clone(c);
         }
-        Arc::clone(self.by_name.write().entry(name.to_owned()).or_default())
+        Arc::clone(self.by_name.write().entry(Arc::from(name)).or_default())
     }
 
     fn add_call(&self, name: &str) {
@@ -60,18 +68,32 @@ impl NamedCounters {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    fn read(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    /// The names and their counters, copied under the lock (no counter is read here).
+    fn entries(&self) -> Vec<Entry> {
         let map = self.by_name.read();
-        let calls = map
-            .iter()
-            .map(|(k, v)| (k.clone(), v.calls.load(Ordering::Relaxed)))
-            .collect();
-        let failures = map
-            .iter()
-            .map(|(k, v)| (k.clone(), v.failures.load(Ordering::Relaxed)))
-            .collect();
-        (calls, failures)
+        map.iter()
+            .map(|(name, counters)| (Arc::clone(name), Arc::clone(counters)))
+            .collect()
     }
+}
+
+/// The named counters a snapshot reads: the tools' and the agents' entries.
+pub struct Entries {
+    tools: Vec<Entry>,
+    agents: Vec<Entry>,
+}
+
+/// Loads one counter of each entry.
+fn counts(entries: &[Entry], counter: fn(&CallCounters) -> &AtomicU64) -> BTreeMap<String, u64> {
+    entries
+        .iter()
+        .map(|(name, counters)| (name.to_string(), counter(counters).load(Ordering::Relaxed)))
+        .collect()
+}
+
+/// The sum of `counts`, saturating at `u64::MAX`.
+fn total(counts: &BTreeMap<String, u64>) -> u64 {
+    counts.values().fold(0, |sum, &n| sum.saturating_add(n))
 }
 
 /// The live counters of a runtime (pure Rust; see [`PyRuntimeMetrics`] for the binding).
@@ -80,8 +102,6 @@ pub struct Metrics {
     active_sessions: AtomicU64,
     total_sessions: AtomicU64,
     total_steps: AtomicU64,
-    total_tool_calls: AtomicU64,
-    failed_tool_calls: AtomicU64,
     backpressure_shed_count: AtomicU64,
     memory_recall_count: AtomicU64,
     checkpoint_errors: AtomicU64,
@@ -123,9 +143,9 @@ impl Metrics {
         bump(&self.total_steps);
     }
 
-    /// Counts a tool call, per tool and (when given) per agent.
+    /// Counts a tool call, per tool and (when given) per agent. (The total is the sum of
+    /// the tools' counts: a snapshot adds them up, so it always agrees with them.)
     pub fn record_tool_call(&self, tool: &str, agent_id: Option<&str>) {
-        bump(&self.total_tool_calls);
         self.tools.add_call(tool);
         if let Some(agent) = agent_id {
             self.agents.add_call(agent);
@@ -134,7 +154,6 @@ impl Metrics {
 
     /// Counts a failed tool call, per tool and (when given) per agent.
     pub fn record_tool_failure(&self, tool: &str, agent_id: Option<&str>) {
-        bump(&self.failed_tool_calls);
         self.tools.add_failure(tool);
         if let Some(agent) = agent_id {
             self.agents.add_failure(agent);
@@ -162,17 +181,34 @@ impl Metrics {
         add_saturating(&self.output_tokens, output_tokens);
     }
 
-    /// Reads every counter into a plain snapshot.
-    pub fn snapshot(&self) -> Snapshot {
+    /// The named counters, copied out of their maps: brief, and to be done holding the GIL
+    /// (see the module docs), before [`Metrics::read`].
+    pub fn entries(&self) -> Entries {
+        Entries {
+            tools: self.tools.entries(),
+            agents: self.agents.entries(),
+        }
+    }
+
+    /// Reads every counter into a plain snapshot (with the GIL released, in the binding).
+    ///
+    /// The counters are read in the order that keeps the snapshot one the counters could
+    /// have been in, though threads record meanwhile: every failure after every call (a
+    /// failure is counted after its call, so no name has more failures than calls), and
+    /// the agents' counts before the tools' (a call is counted per tool, then per agent, so
+    /// no agent count holds a call the tool counts miss). The totals are the tools' sums.
+    pub fn read(&self, entries: &Entries) -> Snapshot {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let (tool_calls, tool_failures) = self.tools.read();
-        let (agent_calls, agent_failures) = self.agents.read();
+        let agent_failures = counts(&entries.agents, |c| &c.failures);
+        let tool_failures = counts(&entries.tools, |c| &c.failures);
+        let agent_calls = counts(&entries.agents, |c| &c.calls);
+        let tool_calls = counts(&entries.tools, |c| &c.calls);
         Snapshot {
             active_sessions: load(&self.active_sessions),
             total_sessions: load(&self.total_sessions),
             total_steps: load(&self.total_steps),
-            total_tool_calls: load(&self.total_tool_calls),
-            failed_tool_calls: load(&self.failed_tool_calls),
+            total_tool_calls: total(&tool_calls),
+            failed_tool_calls: total(&tool_failures),
             backpressure_shed_count: load(&self.backpressure_shed_count),
             memory_recall_count: load(&self.memory_recall_count),
             checkpoint_errors: load(&self.checkpoint_errors),
@@ -183,6 +219,12 @@ impl Metrics {
             agent_calls,
             agent_failures,
         }
+    }
+
+    /// Reads every counter into a plain snapshot ([`Metrics::entries`] then
+    /// [`Metrics::read`]).
+    pub fn snapshot(&self) -> Snapshot {
+        self.read(&self.entries())
     }
 }
 
@@ -447,6 +489,16 @@ pub struct PyRuntimeMetrics {
     inner: Metrics,
 }
 
+impl PyRuntimeMetrics {
+    /// A snapshot: the named counters copied out with the GIL held (briefly: their map's
+    /// lock is never held across a release of the GIL), then every counter read without it
+    /// (as many as names seen).
+    fn read(&self, py: Python<'_>) -> Snapshot {
+        let entries = self.inner.entries();
+        py.detach(|| self.inner.read(&entries))
+    }
+}
+
 /// An amount added to a counter: an int from 0 to 2**64 - 1; others raise `AgentRuntimeError`
 /// (metrics have no narrower exception class) rather than the built-in `OverflowError`.
 fn amount_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
@@ -537,21 +589,24 @@ impl PyRuntimeMetrics {
     }
 
     /// Returns a point-in-time copy of every counter.
+    ///
+    /// Taken while other threads record, it is one the counters could have been in: no
+    /// name has more failures than calls, no agent count holds a call the tools' miss, and
+    /// the totals are the sums of the tools' counts.
     fn snapshot(&self, py: Python<'_>) -> PyMetricsSnapshot {
-        // A copy of every per-tool and per-agent count (as many as names seen): with the GIL
-        // released, as the other calls whose work grows with the data.
         PyMetricsSnapshot {
-            inner: py.detach(|| self.inner.snapshot()),
+            inner: self.read(py),
         }
     }
 
-    /// Returns the counters in Prometheus text exposition format.
+    /// Returns the counters in Prometheus text exposition format (of a `snapshot`).
     fn to_prometheus(&self, py: Python<'_>) -> String {
-        py.detach(|| self.inner.snapshot().to_prometheus())
+        let entries = self.inner.entries();
+        py.detach(|| self.inner.read(&entries).to_prometheus())
     }
 
-    fn __repr__(&self) -> String {
-        let s = self.inner.snapshot();
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let s = self.read(py);
         format!(
             "RuntimeMetrics(sessions={}, active={}, steps={}, tool_calls={}, failures={})",
             s.total_sessions,

@@ -724,3 +724,48 @@ def test_policies_compare_and_hash_by_value() -> None:
     assert hybrid != ar.RecallPolicy.importance() and hybrid != ar.RecallPolicy.hybrid(0.5, 1)
     assert decay != "DecayPolicy.exponential(1.0)"
     assert len({decay, ar.DecayPolicy.exponential(1.0), hybrid, ar.RecallPolicy.importance()}) == 3
+
+
+# Building a whole-graph result (the JSON document, the relationship rows) and growing the
+# entity list used allocations that abort the interpreter when memory runs out.
+GRAPH_EXPORT_SCENARIO = (
+    VM_BYTES
+    + """
+    import resource
+    import llm_agent_runtime as ar
+
+    n = 2**22
+    g = ar.GraphStore.from_edge_list(n, [(i, (i * 7 + 1) % n) for i in range(n)])
+    g.bfs("0")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + 150 * 2**20, hard))
+    for name, call in [
+        ("to_json", g.to_json),
+        ("relationships", g.relationships),
+        ("add_entity", lambda: g.add_entity("x")),
+    ]:
+        try:
+            call()
+            print(name, "fit")
+        except ar.GraphError as e:
+            assert str(e).startswith("out of memory: "), e
+            print(name, "GraphError")
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    g.add_entity("x")  # left as it was: the id is free, and the graph takes it now
+    print("after", g.entity_count(), g.relationship_count())
+"""
+)
+
+
+@pytest.mark.skipif(
+    not hasattr(resource, "RLIMIT_AS") or not os.path.exists("/proc/self/status"),
+    reason="needs RLIMIT_AS and /proc (Linux)",
+)
+def test_graph_exports_and_growth_out_of_memory_raise_graph_error() -> None:
+    out = run_python(GRAPH_EXPORT_SCENARIO, env={"MIMALLOC_ARENA_RESERVE": "0"})
+    assert out.splitlines() == [
+        "to_json GraphError",
+        "relationships GraphError",
+        "add_entity GraphError",
+        f"after {2**22 + 1} {2**22}",
+    ]

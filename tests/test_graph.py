@@ -884,3 +884,22 @@ def test_numpy_float_properties_are_floats() -> None:
         with pytest.raises(ar.GraphError, match=message):
             g.add_entity("c", "x", {"v": bad})
     assert "c" not in g
+
+
+@pytest.mark.parametrize(
+    ("weights", "mean"),
+    [
+        ([1e308, 1e308], 1e308),
+        ([1.7e308, 1.7e308, -1.7e308], 1.7e308 / 3),
+        ([-1.7e308, 1.7e308], 0.0),
+        ([0.5, 1.5, 4.0], 2.0),
+    ],
+)
+def test_the_mean_weight_of_finite_weights_is_finite(weights: list[float], mean: float) -> None:
+    # Their sum went past the float range: the mean came back as inf.
+    g = ar.GraphStore()
+    g.add_relationships(
+        [(f"a{i}", f"b{i}", "r", weight) for i, weight in enumerate(weights)],
+        create_missing=True,
+    )
+    assert g.avg_relationship_weight() == pytest.approx(mean, rel=1e-12, abs=1e-300)

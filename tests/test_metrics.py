@@ -1,5 +1,8 @@
 import json
+import os
+import signal
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -242,3 +245,70 @@ def test_counts_out_of_range_are_typed_errors(call) -> None:  # type: ignore[no-
         call(m)
     s = m.snapshot()
     assert (s.input_tokens, s.output_tokens, s.memory_recall_count) == (0, 0, 0)
+
+
+def test_a_snapshot_taken_while_threads_record_is_a_state_the_counters_were_in() -> None:
+    # Counters used to be read name by name, calls before failures and totals apart: a
+    # snapshot showed more failures than calls for a tool that succeeded half the time.
+    m = ar.RuntimeMetrics()
+    for i in range(5_000):  # many names: a snapshot takes a while
+        m.record_tool_call(f"tool{i}", f"agent{i}")
+    stop = threading.Event()
+
+    def record() -> None:
+        while not stop.is_set():
+            m.record_tool_call("a", "agent-a")
+            m.record_tool_failure("a", "agent-a")
+
+    recorder = threading.Thread(target=record)
+    recorder.start()
+    try:
+        for _ in range(50):
+            s = m.snapshot()
+            for calls, failures in ((s.tool_calls, s.tool_failures), (s.agent_calls, {})):
+                assert all(failures.get(name, 0) <= n for name, n in calls.items())
+            assert s.tool_failures.get("a", 0) <= s.tool_calls.get("a", 0)
+            assert s.agent_failures.get("agent-a", 0) <= s.agent_calls.get("agent-a", 0)
+            assert s.total_tool_calls == sum(s.tool_calls.values())
+            assert s.failed_tool_calls == sum(s.tool_failures.values())
+            assert sum(s.agent_calls.values()) <= s.total_tool_calls
+            assert s.failure_rate() <= 1.0
+    finally:
+        stop.set()
+        recorder.join()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_forked_while_another_thread_takes_a_snapshot_records_new_names() -> None:
+    # A snapshot held the name map's lock with the GIL released: a fork() then copied it
+    # held, and the child hung for good at its first new name (most forks did).
+    m = ar.RuntimeMetrics()
+    for i in range(20_000):
+        m.record_tool_call(f"tool{i}", f"agent{i}")
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            m.snapshot()
+            m.to_prometheus()
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    hung = 0
+    try:
+        for _ in range(6):
+            time.sleep(0.02)
+            pid = os.fork()
+            if pid == 0:  # the child: a new tool and agent, then out at once
+                # Killed by SIGALRM if it hangs (by the signal itself: a Python handler, such
+                # as pytest-timeout's, would wait for the GIL the hung child holds).
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                signal.alarm(10)
+                m.record_tool_call("a-new-tool", "a-new-agent")
+                os._exit(0 if m.snapshot().tool_calls["a-new-tool"] == 1 else 3)
+            _, status = os.waitpid(pid, 0)
+            hung += os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0
+    finally:
+        stop.set()
+        scraper.join()
+    assert hung == 0

@@ -211,8 +211,15 @@ class RuntimeMetrics:
         Raises:
             AgentRuntimeError: a count is negative or not below 2**64.
         """
-    def snapshot(self) -> MetricsSnapshot: ...
-    def to_prometheus(self) -> str: ...
+    def snapshot(self) -> MetricsSnapshot:
+        """A point-in-time copy of every counter.
+
+        Taken while other threads record, it is one the counters could have been in: no
+        name has more failures than calls, no agent count holds a call the tools' miss, and
+        the totals are the sums of the tools' counts.
+        """
+    def to_prometheus(self) -> str:
+        """The counters of a `snapshot` in Prometheus text exposition format."""
 
 # --- Working memory (rust/memory/) -----------------------------------------------------------
 

@@ -960,11 +960,11 @@ impl PyGraphStore {
     /// Every relationship as a dict `{"from", "to", "kind", "weight", "properties"}`.
     fn relationships<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let rows = self.scan(py, |s| {
-            s.relationships()
-                .iter()
-                .map(|r| RelationshipRow::of(s, r))
-                .collect::<Vec<_>>()
-        })?;
+            alloc::collected(
+                s.relationships().iter().map(|r| RelationshipRow::of(s, r)),
+                "the relationships' rows",
+            )
+        })??;
         relationship_dicts(py, rows)
     }
 
@@ -1494,10 +1494,17 @@ impl PyGraphStore {
         self.scan(py, |store| {
             let rels = store.relationships();
             if rels.is_empty() {
-                0.0
-            } else {
-                rels.iter().map(|r| r.weight).sum::<f64>() / rels.len() as f64
+                return 0.0;
             }
+            let n = rels.len() as f64;
+            let sum = rels.iter().map(|r| r.weight).sum::<f64>();
+            if sum.is_finite() {
+                return sum / n;
+            }
+            // Finite weights whose sum is beyond the float range: summed in units of the
+            // largest, whose mean is finite.
+            let scale = rels.iter().fold(0.0_f64, |m, r| m.max(r.weight.abs()));
+            rels.iter().map(|r| r.weight / scale).sum::<f64>() / n * scale
         })
     }
 

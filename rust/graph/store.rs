@@ -18,7 +18,7 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::alloc::{filled, reserve};
+use super::alloc::{collected, filled, reserve};
 use super::props::{within_max_depth, MAX_DEPTH};
 use crate::errors::{CoreError, CoreResult};
 
@@ -112,6 +112,33 @@ struct GraphDocument {
     version: u32,
     entities: Vec<Entity>,
     relationships: Vec<RelationshipRecord>,
+}
+
+/// A byte buffer that grows fallibly: a write that does not fit in memory fails (keeping
+/// the error) instead of aborting the process.
+#[derive(Default)]
+struct FallibleBuffer {
+    bytes: Vec<u8>,
+    out_of_memory: Option<CoreError>,
+}
+
+impl std::io::Write for FallibleBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Doubling, as a Vec grows, so that writing stays linear.
+        if self.bytes.capacity() - self.bytes.len() < buf.len() {
+            let extra = buf.len().max(self.bytes.capacity());
+            if let Err(error) = reserve(&mut self.bytes, extra, "the JSON document") {
+                self.out_of_memory = Some(error);
+                return Err(std::io::ErrorKind::OutOfMemory.into());
+            }
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 const FORMAT: &str = "llm-agent-runtime/graph";
@@ -849,6 +876,8 @@ impl Store {
         self.store_entities()?;
         let index = u32::try_from(self.entities.len())
             .map_err(|_| CoreError::Graph("too many entities (limit 2^32)".into()))?;
+        // Room for it first: a failure then leaves the index and the entities as they were.
+        reserve(&mut self.entities, 1, "graph entities")?;
         let id = id.into();
         if !self.index.insert(self.entities.as_slice(), &id, index) {
             return Err(CoreError::Graph(format!("entity {id:?} already exists")));
@@ -1182,20 +1211,33 @@ impl Store {
     }
 
     /// The whole graph as a versioned JSON document.
+    ///
+    /// # Errors
+    /// [`CoreError::Graph`] "out of memory" when the document (or its parts) does not fit.
     pub fn to_json(&self) -> CoreResult<String> {
+        let entities = collected(
+            (0..self.entity_count() as u32).map(|i| self.entity(i).into_owned()),
+            "the entities of the JSON document",
+        )?;
+        let relationships = collected(
+            self.relationships().iter().map(|r| self.record(r)),
+            "the relationships of the JSON document",
+        )?;
         let doc = GraphDocument {
             format: FORMAT.into(),
             version: VERSION,
-            entities: (0..self.entity_count() as u32)
-                .map(|i| self.entity(i).into_owned())
-                .collect(),
-            relationships: self
-                .relationships()
-                .iter()
-                .map(|r| self.record(r))
-                .collect(),
+            entities,
+            relationships,
         };
-        serde_json::to_string(&doc).map_err(|e| CoreError::Graph(format!("graph to JSON: {e}")))
+        let mut text = FallibleBuffer::default();
+        if let Err(e) = serde_json::to_writer(&mut text, &doc) {
+            return Err(match text.out_of_memory {
+                Some(error) => error,
+                None => CoreError::Graph(format!("graph to JSON: {e}")),
+            });
+        }
+        // serde_json writes valid UTF-8 only.
+        String::from_utf8(text.bytes).map_err(|e| CoreError::Graph(format!("graph to JSON: {e}")))
     }
 
     /// Rebuilds a graph from `to_json` output; bad documents are a `GraphError`.
