@@ -256,6 +256,24 @@ def _unbound(cls: type, method: str) -> bool:
     return inspect.isfunction(raw) or inspect.ismethoddescriptor(raw)
 
 
+def _saved_working_memory(items: Iterable[tuple[Any, Any]]) -> list[list[Any]]:
+    """Working memory's entries as a final checkpoint keeps them (for reading, not loaded).
+
+    A value no record can hold (one that holds itself, say) is kept as the prompt showed it,
+    its `str`: it must not fail the checkpoint of a run that did its work.
+    """
+    from llm_agent_runtime.persistence.checkpoints import stored_form
+
+    saved = []
+    for key, value in items:
+        try:
+            kept = stored_form(value)
+        except PersistenceError:
+            kept = str(value)
+        saved.append([key, kept])
+    return saved
+
+
 def _check_agent_id(agent_id: Any) -> None:
     """Refuses an `agent_id` that is not a non-empty string of valid Unicode.
 
@@ -365,8 +383,6 @@ class AgentRuntime:
         if not isinstance(config, AgentConfig):
             raise AgentRuntimeError(f"config must be an AgentConfig, got {type(config).__name__}")
         _check_config(config)
-        if memory is not None:
-            _required("memory", memory, ["recall"])
         if working_memory is not None:
             _required("working_memory", working_memory, ["to_prompt"])
         if graph is not None:
@@ -401,7 +417,7 @@ class AgentRuntime:
         # Sent with every model call; replies are also cut there, for models that ignore them.
         self._stops = list(config.stop_sequences)
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
-        self.memory = memory
+        self.memory = memory  # checked by the property's setter
         self.working_memory = working_memory
         self.graph = graph
         self.backpressure = backpressure
@@ -452,7 +468,6 @@ class AgentRuntime:
         # time (a lock is its run's: the next run may be on another event loop).
         self._approvals: dict[str, dict[str | tuple[str, str], ApprovalDecision]] = {}
         self._approval_locks: dict[str, dict[str, asyncio.Lock]] = {}
-        self._semantic_recall = bool(getattr(memory, "has_embedder", False))
         self.approval_handler = approval_handler
         self.capabilities = capabilities
         if self._checkpoints is not None:  # a recorder: the log is no listener (no deltas)
@@ -568,6 +583,25 @@ class AgentRuntime:
         if self.config.mode == "tools":
             return await self._run(agent_id, prompt, None, provider, session)
         return await self._run(agent_id, prompt, self._text_model(provider), None, session)
+
+    @property
+    def memory(self) -> Any:
+        """The episodic store runs recall from (None for none).
+
+        It may be replaced between runs, and is checked as the constructor checks it.
+
+        Raises:
+            AgentRuntimeError: On setting one without a `recall` method.
+        """
+        return self._memory
+
+    @memory.setter
+    def memory(self, memory: Any) -> None:
+        if memory is not None:
+            _required("memory", memory, ["recall"])
+        self._memory = memory
+        # Told once: a store with an embedder recalls by similarity to the request too.
+        self._semantic_recall = bool(getattr(memory, "has_embedder", False))
 
     def create_session(self, agent_id: str, session_id: str | None = None) -> AgentSession:
         """Starts a multi-turn session (chat history kept across `run_turn` calls).
@@ -763,6 +797,13 @@ class AgentRuntime:
         _check_agent_id(agent_id)
         if not isinstance(prompt, str):
             raise AgentRuntimeError(f"prompt must be a string, got {_kind(prompt)}")
+        if not prompt.isascii():
+            try:  # no request, memory recall nor checkpoint can carry a lone surrogate
+                prompt.encode()
+            except UnicodeEncodeError as error:
+                raise AgentRuntimeError(
+                    f"prompt is not valid Unicode: it holds a lone surrogate at index {error.start}"
+                ) from None
         if session is None:
             session = AgentSession(session_id=new_session_id(), agent_id=agent_id)
         elif not isinstance(session, AgentSession):
@@ -964,14 +1005,14 @@ class AgentRuntime:
             await self._save_meta(session, mode, run, history_saved, resume, before)
         if events.active:
             events.emit(RunStarted(session.session_id, agent_id, prompt))
-        recalled = None
-        if self._semantic_recall and self.config.max_memory_recalls > 0:
+        memory, recalled = self._memory, None
+        if memory is not None and self._semantic_recall and self._recalls_memories():
             # Embedding the request may be a network call (a blocking one: `Embedder.embed`
             # is sync): made off the event loop, so other runs and the run's timeout go on.
             recalled = await asyncio.to_thread(
-                self.memory.recall, agent_id, self.config.max_memory_recalls, prompt
+                memory.recall, agent_id, self.config.max_memory_recalls, prompt
             )
-        context = self._context(agent_id, prompt, session, recalled)
+        context = self._context(agent_id, prompt, session, memory, recalled)
         if history:  # the earlier turns that fit beside what this request holds anyway
             history = self.trim_history(history, self._request_chars(context, prompt, provider))
         if provider is not None:
@@ -1028,18 +1069,33 @@ class AgentRuntime:
             tools = len(_REACT_FORMAT_NO_TOOLS)
         return len(context) + tools + len(prompt)
 
+    def _recalls_memories(self) -> bool:
+        """Whether a run recalls memories at all.
+
+        Not when its settings let none into the prompt: a recall would embed the request,
+        and count recalls no prompt held.
+        """
+        config = self.config
+        return config.max_memory_recalls > 0 and config.max_memory_tokens != 0
+
     def _context(
-        self, agent_id: str, prompt: str, session: AgentSession, recalled: Any = None
+        self,
+        agent_id: str,
+        prompt: str,
+        session: AgentSession,
+        memory: Any,
+        recalled: Any = None,
     ) -> str:
         """Builds the prompt preamble: system prompt, recalled memories, working memory.
 
-        `recalled`: what a store with an embedder recalled for `prompt` (ranked by similarity
-        to it too, off the event loop: see `_run_body`); a store without one recalls here.
+        `memory` is the run's store (read once: it may be replaced meanwhile). `recalled`:
+        what a store with an embedder recalled for `prompt` (ranked by similarity to it too,
+        off the event loop: see `_run_body`); a store without one recalls here.
         """
         parts = [self.config.system_prompt]
-        if self.memory is not None and self.config.max_memory_recalls > 0:
+        if memory is not None and self._recalls_memories():
             limit = self.config.max_memory_recalls
-            episodes = recalled if self._semantic_recall else self.memory.recall(agent_id, limit)
+            episodes = recalled if recalled is not None else memory.recall(agent_id, limit)
             # A blank memory says nothing: it is neither shown nor counted as a hit. (The
             # store ranks before this, so a blank one still takes one of the recall slots.)
             try:
@@ -1049,7 +1105,7 @@ class AgentRuntime:
             # Only text is shown (bytes have a `strip` too): the slow path names the store
             # that recalled anything else.
             if texts is None or not all(type(text) is str for text in texts):
-                texts = _recalled_texts(self.memory, episodes, limit)
+                texts = _recalled_texts(memory, episodes, limit)
             else:
                 texts = [text for text in texts if text.strip()]
             if self.config.max_memory_tokens is not None:
@@ -1057,7 +1113,10 @@ class AgentRuntime:
             if texts:
                 session.memory_hits += len(texts)
                 self.metrics.record_memory_recall(len(texts))
-                parts.append("Relevant memories:\n" + "\n".join(f"- {t}" for t in texts))
+                # A memory's later lines indented, as working memory's: none reads as a
+                # memory of its own, nor as a line of the prompt's own (`Question: ...`).
+                shown = ("\n  ".join(text.splitlines()) for text in texts)
+                parts.append("Relevant memories:\n" + "\n".join(f"- {t}" for t in shown))
         if self.working_memory is not None:
             working = self.working_memory.to_prompt()
             if not isinstance(working, str):  # it would be joined into the prompt
@@ -2098,7 +2157,7 @@ class AgentRuntime:
         # (another agent's are not this session's to keep), and nothing reads it back.
         extra: dict[str, Any] = {}
         if self.working_memory is not None and hasattr(self.working_memory, "items"):
-            extra["working_memory"] = [[k, v] for k, v in self.working_memory.items()]
+            extra["working_memory"] = _saved_working_memory(self.working_memory.items())
         events = self._event_log.pop(session.session_id, [])
         # Steps whose own save failed go in the same write: a finished session has no gap.
         unsaved = self._unsaved_steps.get(session.session_id)

@@ -24,20 +24,44 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 def encode(kind: str, payload: Any) -> bytes:
-    """Encodes `payload` (JSON-compatible; other values become strings) as a `kind` record.
+    """Encodes `payload` as a `kind` record.
+
+    `payload` is JSON-compatible; other values, and dict keys JSON has no form for, become
+    strings.
 
     Raises:
         PersistenceError: `payload` holds itself, nests too deeply, or holds an int past
             Python's limit of digits for a conversion to text.
     """
     try:
-        body = _ENCODER.encode(payload).encode()
-    except ValueError as error:  # a circular reference, or an int too long to write
+        try:
+            body = _ENCODER.encode(payload).encode()
+        except TypeError:  # a dict key JSON has no form for (a tuple, a numpy int): its str
+            body = _ENCODER.encode(_str_keys(payload)).encode()
+    except (ValueError, TypeError) as error:  # a circular reference, an int too long to write
         raise PersistenceError(f"cannot encode a {kind} record as JSON: {error}") from error
     except RecursionError:  # nested deeper than the stack this call runs on allows
         raise PersistenceError(f"a {kind} record nests too deeply to encode as JSON") from None
     header = b"%s%d %08x %s\n" % (_MAGIC, FORMAT_VERSION, zlib.crc32(body), kind.encode())
     return header + body
+
+
+_JSON_KEYS = (str, int, float, bool, type(None))
+
+
+def _str_keys(value: Any) -> Any:
+    """`value` with every dict key JSON has no form for as its `str`, nested ones too.
+
+    As `default=str` does for other values.
+    """
+    if isinstance(value, dict):
+        return {
+            key if isinstance(key, _JSON_KEYS) else str(key): _str_keys(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_str_keys(item) for item in value]
+    return value
 
 
 def decode(raw: bytes, key: str, kind: str | None = None) -> Any:
