@@ -780,6 +780,44 @@ async def test_a_react_step_the_content_filter_stopped_is_not_acted_on_even_if_w
             assert rt.metrics.snapshot().tool_calls == {}
 
 
+@pytest.mark.parametrize("reason", ["content_filter", "refusal"])
+@pytest.mark.parametrize("stops", [[], ["Observation:"]], ids=["no-stops", "stops"])
+async def test_nothing_in_a_reply_a_safety_stop_ended_runs_even_past_a_stop_sequence(
+    reason: str, stops: list[str]
+) -> None:
+    # A stop sequence in the text made the reply pass for whole, and its step ran; a
+    # refusal (Anthropic's safety stop) was not looked at at all.
+    ran: list[int] = []
+
+    @ar.tool
+    async def record(n: int) -> int:
+        """Records n."""
+        ran.append(n)
+        return n
+
+    react_reply = 'Thought: t\nAction: record {"n": 1}\nObservation: 1\nThought: then'
+    config = ar.AgentConfig(stop_sequences=stops)
+    provider = ar.ScriptedProvider([cut(react_reply, reason), FINAL])
+    with pytest.raises(ar.AgentLoopError, match=reason):
+        await ar.AgentRuntime(config, tools=[record]).run_agent_with_provider("a", "q", provider)
+    call = ar.providers.base.ToolCall(id="c1", name="record", arguments={"n": 2})
+    text = "Observation: calling" if stops else ""
+    tools_config = ar.AgentConfig(mode="tools", stop_sequences=stops)
+    provider = ar.ScriptedProvider([cut(text, reason, tool_calls=[call]), "done"])
+    with pytest.raises(ar.AgentLoopError, match="its tool calls"):
+        rt = ar.AgentRuntime(tools_config, tools=[record])
+        await rt.run_agent_with_provider("a", "q", provider)
+    assert ran == []
+
+
+async def test_a_refusal_is_no_final_answer_and_the_error_quotes_it() -> None:
+    refusal = "I'm sorry, I can't help with that."
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+    with pytest.raises(ar.AgentLoopError, match=r"declined to answer.*can't help") as raised:
+        await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([cut(refusal, "refusal")]))
+    assert "its final answer" in str(raised.value)
+
+
 @pytest.mark.parametrize(
     ("reply", "what"),
     [

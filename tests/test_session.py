@@ -572,3 +572,20 @@ async def test_a_run_refuses_a_session_of_another_agent_before_the_model_is_call
     with pytest.raises(ar.AgentRuntimeError, match="belongs to agent"):
         await runtime.run_agent_with_provider("agent-A", "q", provider, session=session)
     assert provider.calls == 0 and runtime.metrics.snapshot().tool_calls == {}
+
+
+def test_from_dict_of_messages_that_cannot_be_copied_is_a_persistence_error() -> None:
+    import threading
+
+    call = {"id": "c1", "name": "t", "arguments": {"lock": threading.Lock()}}
+    data = {
+        "session_id": "s",
+        "agent_id": "a",
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "r", "tool_call_id": "c1", "name": "t"},
+        ],
+    }
+    with pytest.raises(ar.PersistenceError, match="cannot be copied"):
+        ar.AgentSession.from_dict(data)

@@ -238,6 +238,20 @@ async def test_a_tool_that_handles_a_failure_in_its_task_group_is_not_cancelled(
         await runtime.run_agent_with_provider("a", "q", provider)
 
 
+def test_a_call_driven_outside_asyncio_runs_its_tool() -> None:
+    # The task lookup for cancellations raised a bare RuntimeError without a running
+    # asyncio loop (a coroutine driven by hand, or by another event loop).
+    @ar.tool
+    async def add(a: int, b: int) -> int:
+        """Adds."""
+        return a + b
+
+    call = ar.ToolRegistry([add]).call("add", {"a": 1, "b": 2})
+    with pytest.raises(StopIteration) as done:
+        call.send(None)
+    assert done.value.value == ar.Observation("3")
+
+
 async def test_policy_errors_from_a_tool_still_propagate() -> None:
     async def deny(args: dict[str, Any]) -> str:
         raise ar.PolicyDeniedError("not allowed")

@@ -126,6 +126,11 @@ _ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)  # what `settle_call` may re
 # Events are named tuples; on the per-step path they are built with tuple.__new__, which
 # skips the named tuple's Python-level __new__ (~100 ns an event).
 _event = tuple.__new__
+_SAFETY_STOP_REASONS = frozenset(("content_filter", "refusal"))
+"""Stop reasons of a reply a provider's safety system stopped (`refusal`: Anthropic's, and
+an OpenAI refusal): nothing in it is acted on, whatever arrived whole."""
+_UNFINISHED_STOP_REASONS = INCOMPLETE_STOP_REASONS | _SAFETY_STOP_REASONS
+"""Stop reasons of a reply that is not taken as a final answer."""
 
 
 class _DeadlinePassed(Exception):
@@ -569,7 +574,8 @@ class AgentRuntime:
         that went on past its action), the run fails with `AgentLoopError`, also when a
         native tool call's arguments were cut off. Native tool calls whose arguments arrived
         whole still run, except in a reply the content filter stopped: nothing in that one
-        runs.
+        runs. Nor in a refusal (stop reason `refusal`: Anthropic's safety stop, or an OpenAI
+        refusal), which is no final answer either: `AgentLoopError` quotes what it said.
 
         Raises:
             AgentRuntimeError: `provider` lacks a method the mode needs (`chat`, or
@@ -1211,12 +1217,14 @@ class AgentRuntime:
                         usage = reply.usage
                         if usage.cost_usd != 0.0:  # no price (the usual case) is no amount
                             _check_cost(usage)
-                        if reply.stop_reason in INCOMPLETE_STOP_REASONS:
+                        if reply.stop_reason in _UNFINISHED_STOP_REASONS:
                             incomplete = reply.stop_reason
                         reply = str(reply)
                     if stops:
                         cut = _cut_at_stop(reply, stops)
-                        if len(cut) < len(reply):  # it ended at a stop sequence, before any cut
+                        # It ended at a stop sequence, before a token limit cut it (a
+                        # filter's stop holds whatever the text: nothing in it is acted on).
+                        if len(cut) < len(reply) and incomplete not in _SAFETY_STOP_REASONS:
                             incomplete = None
                         reply = cut
                 if usage is not None and (usage.input_tokens or usage.output_tokens):
@@ -1257,7 +1265,7 @@ class AgentRuntime:
                 raise _not_text(reply) from error
             except ParseError as error:
                 if incomplete is not None:  # re-prompting would be cut off again
-                    raise _incomplete_reply(incomplete, "its ReAct step") from error
+                    raise _incomplete_reply(incomplete, "its ReAct step", reply) from error
                 # A re-prompt needs an iteration left to answer it.
                 if config.corrective_reprompt and not reprompted and iteration + 1 < iterations:
                     reprompted = True
@@ -1269,14 +1277,14 @@ class AgentRuntime:
                     continue
                 raise AgentLoopError(f"model output is not a ReAct step: {error}") from error
             reprompted = False  # a later unparseable reply gets its own re-prompt
-            if incomplete == "content_filter":  # even a step that ended before the cut
+            if incomplete in _SAFETY_STOP_REASONS:  # even a step that ended before the cut
                 what = "its final answer" if parsed.is_final else f"the input of {parsed.action!r}"
-                raise _incomplete_reply(incomplete, what)
+                raise _incomplete_reply(incomplete, what, reply)
             if parsed.end < len(reply):  # an Observation the model invented: not kept
                 reply = reply[: parsed.end]
             elif incomplete is not None:  # the step's last part is what the cut left of it
                 what = "its final answer" if parsed.is_final else f"the input of {parsed.action!r}"
-                raise _incomplete_reply(incomplete, what)
+                raise _incomplete_reply(incomplete, what, reply)
             final = parsed.final_answer
             if final is not None:
                 overhead_ms = (perf() - step_start) * 1000.0 - model_ms
@@ -1450,7 +1458,8 @@ class AgentRuntime:
                     self._charge_budget(usage.input_tokens, usage.output_tokens, usage.cost_usd)
                 if stops and text:
                     cut = _cut_at_stop(text, stops)
-                    if len(cut) < len(text):  # it ended at a stop sequence, before any cut
+                    # It ended at a stop sequence, before a token limit cut it (see ReAct's).
+                    if len(cut) < len(text) and incomplete not in _SAFETY_STOP_REASONS:
                         incomplete = None
                     text = cut
                 if not stream and text and events.listening:
@@ -1460,12 +1469,12 @@ class AgentRuntime:
                 if events.active:
                     response_event = (session.session_id, len(session.steps), text, model_ms)
                     events.emit(_event(LlmResponse, response_event))
-            if incomplete == "content_filter" and response.tool_calls:
+            if incomplete in _SAFETY_STOP_REASONS and response.tool_calls:
                 # Calls whose input arrived whole, but in a reply the filter stopped: none runs.
-                raise _incomplete_reply(incomplete, "its tool calls")
+                raise _incomplete_reply(incomplete, "its tool calls", text)
             if not response.tool_calls:
-                if incomplete in INCOMPLETE_STOP_REASONS:
-                    raise _incomplete_reply(incomplete, "its final answer")
+                if incomplete in _UNFINISHED_STOP_REASONS:
+                    raise _incomplete_reply(incomplete, "its final answer", text)
                 overhead_ms = (perf() - round_start) * 1000.0 - model_ms
                 step = Step(
                     text,
@@ -3024,8 +3033,17 @@ def _journaled_run(entry: dict[str, Any], name: str, arguments: Any) -> ToolRun:
     return Observation(entry["observation"], entry["error_kind"]), 0.0, ran[0], ran[1]
 
 
-def _incomplete_reply(stop_reason: str, what: str) -> AgentLoopError:
-    """The error of a reply that stopped early where it counts: `what` was cut off."""
+def _incomplete_reply(stop_reason: str, what: str, text: str = "") -> AgentLoopError:
+    """The error of a reply that stopped early where it counts: `what` was cut off.
+
+    A refusal's `text` (what the model said instead) is quoted.
+    """
+    if stop_reason == "refusal":
+        said = f": {text[:300]!r}" if text else ""
+        return AgentLoopError(
+            f"the model declined to answer (stop reason 'refusal'), so the run stops and "
+            f"{what} is not acted on{said}"
+        )
     if stop_reason == "content_filter":
         return AgentLoopError(
             f"the provider's content filter cut off the model's reply (stop reason "

@@ -299,6 +299,8 @@ class AgentSession:
                 fields["messages"] = copy.deepcopy(fields["messages"])
             except RecursionError:  # nested deeper than the stack this call runs on allows
                 raise PersistenceError("session messages nest too deeply to copy") from None
+            except Exception as error:  # a value that cannot be copied (a lock, say)
+                raise PersistenceError(f"session messages cannot be copied: {error}") from error
         return cls(**fields)
 
     @classmethod

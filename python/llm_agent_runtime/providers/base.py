@@ -276,7 +276,9 @@ class ChatResponse:
     stop_reason: str | None = None
     """Why generation stopped, as the provider reported it (e.g. `stop`, `tool_calls`,
     `end_turn`). `refusal` when the model declined to answer: `OpenAIProvider` reports an
-    OpenAI refusal so too, with the refusal as `text`."""
+    OpenAI refusal so too, with the refusal as `text` (an Anthropic refusal may stop a
+    reply part way: its text is what came before). An `AgentRuntime` acts on nothing in a
+    refusal."""
     model: str | None = None
     """Model that answered, as the provider reported it."""
     reasoning: Sequence[dict[str, Any]] = ()
