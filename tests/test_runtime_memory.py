@@ -142,16 +142,57 @@ async def test_working_memory_no_record_can_hold_does_not_fail_the_final_checkpo
     }
 
 
-async def test_a_prompt_with_a_lone_surrogate_is_refused_before_the_run() -> None:
-    # With an embedder store, recall refused it after the run had started (MemoryStoreError);
-    # no request or checkpoint can carry it either.
+async def test_a_prompt_with_a_lone_surrogate_recalls_by_similarity_all_the_same() -> None:
+    # The embedder refused it (no UTF-8 form): the run failed with MemoryStoreError once it
+    # had started. The query holds U+FFFD in its place; the prompt is the model's as given.
     memory = ar.EpisodicStore(embedder=ar.HashingEmbedder())
-    runtime = ar.AgentRuntime(memory=memory)
+    memory.add_episode("a", "caf\u00e9 notes are in the shared folder", 0.5)
     infer = Recorder()
-    with pytest.raises(ar.AgentRuntimeError, match=r"prompt is not valid Unicode.*index 0"):
-        await runtime.run_agent("a", "\ud800 bad", infer)
-    assert infer.prompts == [] and runtime.metrics.snapshot().total_sessions == 0
-    assert (await runtime.run_agent("a", "é ok", infer)).final_answer == "5"
+    session = await ar.AgentRuntime(memory=memory).run_agent("a", "summarise caf\udce9", infer)
+    assert session.memory_hits == 1 and infer.prompts[0].endswith("summarise caf\udce9")
+
+
+async def test_a_subclass_may_provide_its_own_memory() -> None:
+    class TenantRuntime(ar.AgentRuntime):
+        @property  # type: ignore[override]
+        def memory(self) -> Any:
+            store = ar.EpisodicStore()
+            store.add_episode("a", "tenant memory", 0.5)
+            return store
+
+        @memory.setter
+        def memory(self, value: Any) -> None:
+            pass
+
+    infer = Recorder()
+    await TenantRuntime().run_agent("a", "q", infer)
+    assert "- tenant memory" in infer.prompts[0]
+
+
+async def test_working_memory_that_cannot_even_be_printed_does_not_fail_the_checkpoint() -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no str for me")
+
+    class Entries:
+        """A working memory whose entries the final checkpoint reads."""
+
+        def to_prompt(self) -> str:
+            return ""
+
+        def items(self) -> list[tuple[str, Any]]:
+            return [("big", [10**5000]), ("odd", Unprintable()), ("ok", 1)]
+
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(working_memory=Entries(), checkpoint_backend=backend)
+    session = await runtime.run_agent("a", "q", Recorder())
+    from llm_agent_runtime.persistence.base import session_key
+    from llm_agent_runtime.persistence.codec import decode
+
+    final = decode(backend.data[session_key(session.session_id)], "final")
+    saved = dict(map(tuple, final["working_memory"]))
+    assert saved["ok"] == 1 and saved["odd"] == "<a Unprintable that cannot be saved>"
+    assert saved["big"] == "<a list that cannot be saved>"
 
 
 def test_records_take_dict_keys_json_has_no_form_for_as_their_str() -> None:
@@ -159,3 +200,6 @@ def test_records_take_dict_keys_json_has_no_form_for_as_their_str() -> None:
 
     value = {(0, 0): "wall", np.int64(3): [{(1,): 2}], "k": (1, 2)}
     assert stored_form(value) == {"(0, 0)": "wall", "3": [{"(1,)": 2}], "k": [1, 2]}
+    # Two keys written alike would lose one: refused instead.
+    with pytest.raises(ar.PersistenceError, match="one would be lost"):
+        stored_form({(0, 0): "label", "(0, 0)": "start"})

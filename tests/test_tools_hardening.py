@@ -251,6 +251,15 @@ def test_a_call_driven_outside_asyncio_runs_its_tool() -> None:
         call.send(None)
     assert done.value.value == ar.Observation("3")
 
+    async def own_work_cancelled(args: dict[str, Any]) -> str:
+        raise asyncio.CancelledError  # a subtask of its own was cancelled, say
+
+    registry = ar.ToolRegistry([ar.ToolSpec("own", "d", own_work_cancelled)])
+    call = registry.call("own", {})
+    with pytest.raises(StopIteration) as done:
+        call.send(None)
+    assert done.value.value.error_kind == "transient"
+
 
 async def test_policy_errors_from_a_tool_still_propagate() -> None:
     async def deny(args: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -126,6 +127,7 @@ _ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)  # what `settle_call` may re
 # Events are named tuples; on the per-step path they are built with tuple.__new__, which
 # skips the named tuple's Python-level __new__ (~100 ns an event).
 _event = tuple.__new__
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _SAFETY_STOP_REASONS = frozenset(("content_filter", "refusal"))
 """Stop reasons of a reply a provider's safety system stopped (`refusal`: Anthropic's, and
 an OpenAI refusal): nothing in it is acted on, whatever arrived whole."""
@@ -273,8 +275,11 @@ def _saved_working_memory(items: Iterable[tuple[Any, Any]]) -> list[list[Any]]:
     for key, value in items:
         try:
             kept = stored_form(value)
-        except PersistenceError:
-            kept = str(value)
+        except Exception:  # a value's own `__str__` may raise anything
+            try:
+                kept = str(value)
+            except Exception:  # nor is its `str` needed to go on
+                kept = f"<a {type(value).__name__} that cannot be saved>"
         saved.append([key, kept])
     return saved
 
@@ -606,8 +611,6 @@ class AgentRuntime:
         if memory is not None:
             _required("memory", memory, ["recall"])
         self._memory = memory
-        # Told once: a store with an embedder recalls by similarity to the request too.
-        self._semantic_recall = bool(getattr(memory, "has_embedder", False))
 
     def create_session(self, agent_id: str, session_id: str | None = None) -> AgentSession:
         """Starts a multi-turn session (chat history kept across `run_turn` calls).
@@ -803,13 +806,6 @@ class AgentRuntime:
         _check_agent_id(agent_id)
         if not isinstance(prompt, str):
             raise AgentRuntimeError(f"prompt must be a string, got {_kind(prompt)}")
-        if not prompt.isascii():
-            try:  # no request, memory recall nor checkpoint can carry a lone surrogate
-                prompt.encode()
-            except UnicodeEncodeError as error:
-                raise AgentRuntimeError(
-                    f"prompt is not valid Unicode: it holds a lone surrogate at index {error.start}"
-                ) from None
         if session is None:
             session = AgentSession(session_id=new_session_id(), agent_id=agent_id)
         elif not isinstance(session, AgentSession):
@@ -1011,12 +1007,19 @@ class AgentRuntime:
             await self._save_meta(session, mode, run, history_saved, resume, before)
         if events.active:
             events.emit(RunStarted(session.session_id, agent_id, prompt))
-        memory, recalled = self._memory, None
-        if memory is not None and self._semantic_recall and self._recalls_memories():
+        memory, recalled = self.memory, None
+        if (
+            memory is not None
+            and getattr(memory, "has_embedder", False)
+            and self._recalls_memories()
+        ):
             # Embedding the request may be a network call (a blocking one: `Embedder.embed`
             # is sync): made off the event loop, so other runs and the run's timeout go on.
+            # A lone surrogate (a file name decoded with `surrogateescape`, say) has no
+            # UTF-8 form to embed: the query holds U+FFFD in its place.
+            query = prompt if prompt.isascii() else _LONE_SURROGATE.sub("\ufffd", prompt)
             recalled = await asyncio.to_thread(
-                memory.recall, agent_id, self.config.max_memory_recalls, prompt
+                memory.recall, agent_id, self.config.max_memory_recalls, query
             )
         context = self._context(agent_id, prompt, session, memory, recalled)
         if history:  # the earlier turns that fit beside what this request holds anyway

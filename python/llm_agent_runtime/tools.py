@@ -1757,8 +1757,8 @@ def _cancelled_by_the_tool() -> bool:
 
     True when the current task is not being cancelled.
     """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() == 0
+    task = _current_task()
+    return task is None or task.cancelling() == 0
 
 
 def _policy_error_in(group: Exception) -> PolicyDeniedError | BudgetExceededError | None:

@@ -115,6 +115,33 @@ async def test_a_call_cut_off_before_its_arguments_never_runs(
     assert ran == []  # it used to run with every default: cleanup("/", recursive=True)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_refusal_inside_a_tool_calls_arguments_is_the_runs_refusal_error(
+    stream: bool, server: FakeLlmServer
+) -> None:
+    # Anthropic's safety stop in the middle of a call's JSON: the provider's error quoted
+    # the refused arguments as "not valid JSON", where a whole call gave the refusal error.
+    ran: list[Any] = []
+
+    @ar.tool
+    def add(a: int, b: int) -> int:
+        """Adds."""
+        ran.append((a, b))
+        return a + b
+
+    call = ("c1", "add", {"a": 2, "b": 3})
+    turn = Turn("Let me", tool_calls=[call], stop_reason="refusal", arguments_cut=9)
+    server.script(turn, Turn("done"))
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add])
+    if stream:
+        runtime.events.on(lambda event: None)
+    async with make_provider("anthropic", server, retry=ONCE) as llm:
+        with pytest.raises(ar.AgentLoopError, match="refusal") as refused:
+            await runtime.run_agent_with_provider("a", "q", llm)
+    assert '{"a": 2' not in str(refused.value.__cause__)  # the refused text is not quoted
+    assert ran == []
+
+
 @pytest.mark.parametrize(
     ("kind", "stream"),
     [("openai", False), ("openai", True), ("anthropic", True)],

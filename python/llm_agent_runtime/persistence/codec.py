@@ -55,10 +55,19 @@ def _str_keys(value: Any) -> Any:
     As `default=str` does for other values.
     """
     if isinstance(value, dict):
-        return {
-            key if isinstance(key, _JSON_KEYS) else str(key): _str_keys(item)
-            for key, item in value.items()
-        }
+        out: dict[Any, Any] = {}
+        written: set[str] = set()  # each key as JSON writes it (`1` as `"1"`, `None` as `"null"`)
+        for key, item in value.items():
+            if not isinstance(key, _JSON_KEYS):
+                key = str(key)
+            name = key if isinstance(key, str) else _ENCODER.encode(key)
+            if name in written:
+                raise PersistenceError(
+                    f"two dict keys are both written {name!r} in JSON: one would be lost"
+                )
+            written.add(name)
+            out[key] = _str_keys(item)
+        return out
     if isinstance(value, (list, tuple)):
         return [_str_keys(item) for item in value]
     return value

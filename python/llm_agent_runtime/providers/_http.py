@@ -911,9 +911,9 @@ def _bad_arguments(
             f"the arguments of tool call {shown!r} ({len(text)} characters of JSON arrived): "
             "raise max_tokens for this call, or ask for less output"
         )
-    elif stop_reason == "content_filter":
+    elif stop_reason in ("content_filter", "refusal"):  # a safety stop: the text not quoted
         message = (
-            f"the provider's content filter cut off the reply (stop reason 'content_filter') "
+            f"the provider's safety system stopped the reply (stop reason {stop_reason!r}) "
             f"inside the arguments of tool call {shown!r} ({len(text)} characters of JSON "
             "arrived)"
         )
