@@ -177,3 +177,65 @@ def test_a_recorder_is_active_but_not_listening() -> None:
     assert not bus.active and not bus.listening
     bus.on(listener)
     assert bus.listening
+
+
+async def test_a_tool_registered_while_the_runtime_reads_the_registry_is_shown_next_run() -> None:
+    # Another thread registering meanwhile: the run failed ("dictionary changed size during
+    # iteration"), or the tool counted as seen though the model was never shown it.
+    registry = ar.ToolRegistry()
+
+    class Registering(ar.ToolSpec):
+        def definition(self) -> dict[str, Any]:
+            if "late" not in registry:  # as another thread would, while it is read
+                registry.register(ar.ToolSpec("late", "Registered meanwhile.", _late))
+            return super().definition()
+
+    async def _late(args: dict[str, Any]) -> str:
+        return "late"
+
+    async def _first(args: dict[str, Any]) -> str:
+        return "first"
+
+    registry.register(Registering("first", "The first tool.", _first))
+    runtime = ar.AgentRuntime(tools=registry)
+    prompts: list[str] = []
+
+    async def infer(prompt: str) -> str:
+        prompts.append(prompt)
+        return "Thought: t\nAction: FINAL_ANSWER done"
+
+    await runtime.run_agent("a", "q", infer)
+    await runtime.run_agent("a", "q", infer)
+    assert "- late:" in prompts[1]
+
+
+async def test_a_failing_cleanup_at_a_runs_end_still_gives_back_its_session_and_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The cleanup before them failed (approvals evicted while another thread's run changed
+    # them): the session stayed marked running and the backpressure slot taken, for good.
+    guard = ar.BackpressureGuard(capacity=1)
+
+    @ar.tool
+    async def add(a: int, b: int) -> int:
+        """Adds."""
+        return a + b
+
+    async def decide(session: ar.AgentSession, name: str, arguments: Any) -> Any:
+        return ApprovalDecision("approve", remember=True)
+
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=[add], backpressure=guard, approval_handler=decide
+    )
+
+    def failing(session_id: str) -> None:
+        raise RuntimeError("dictionary changed size during iteration")
+
+    monkeypatch.setattr(runtime, "_drop_unremembered_approvals", failing)
+    session = runtime.create_session("a")
+    call = ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})])
+    with pytest.raises(RuntimeError):
+        await runtime.run_turn(session, "q", ar.ScriptedProvider([call, "done"]))
+    assert guard.depth == 0
+    monkeypatch.undo()
+    assert await runtime.run_turn(session, "again", ar.ScriptedProvider(["fine"])) == "fine"

@@ -954,16 +954,18 @@ class AgentRuntime:
                 RUN_CALLBACKS.reset(callbacks_token)
                 metrics.session_finished()
         finally:
-            if self._checkpoints is not None:  # nothing of an ended run stays in memory
-                self._durable_runs.pop(session_id, None)
-                self._checkpoints.forget(session_id)
-            if self._approval_locks or self._approvals:  # also if the handler went meanwhile
-                self._drop_unremembered_approvals(session_id)
-            # Only now: a run of the session starting on another thread finds none of this
-            # run's state left to clear, nor has its own cleared by it.
-            _unmark(running, session_id, session, mark)
-            if guard is not None:
-                guard.release()
+            try:
+                if self._checkpoints is not None:  # nothing of an ended run stays in memory
+                    self._durable_runs.pop(session_id, None)
+                    self._checkpoints.forget(session_id)
+                if self._approval_locks or self._approvals:  # also if the handler went since
+                    self._drop_unremembered_approvals(session_id)
+            finally:  # given back whatever the cleanup above met
+                # Only now: a run of the session starting on another thread finds none of
+                # this run's state left to clear, nor has its own cleared by it.
+                _unmark(running, session_id, session, mark)
+                if guard is not None:
+                    guard.release()
             if callbacks and settle:
                 await settle_callbacks(callbacks, deadline)
 
@@ -1052,6 +1054,8 @@ class AgentRuntime:
         built is shown from the next run on. Per run, not per step.
         """
         tools = self.tools
+        # Of one copy of the registry: its size is what was shown, so a tool registered
+        # meanwhile (by another thread) makes the next run rebuild.
         definitions = [ToolDefinition(**d) for d in tools.definitions()]
         self._tool_catalog = "\n".join(
             f"- {d.name}: {d.description} Arguments: "
@@ -1062,7 +1066,7 @@ class AgentRuntime:
         # What the definitions take of a request (a context window counts them too).
         self._tool_definitions_chars = tool_definitions_chars(definitions)
         self._tool_names = frozenset(d.name for d in definitions)
-        self._tools_seen = (tools, len(tools))
+        self._tools_seen = (tools, len(definitions))
 
     def _request_chars(self, context: str, prompt: str, provider: LlmProvider | None) -> int:
         """Characters of a turn's request besides its history.
@@ -1959,9 +1963,9 @@ class AgentRuntime:
         self._approvals[session_id] = remembered
         excess = len(self._approvals) - REMEMBERED_APPROVAL_SESSIONS
         if excess > 0:
-            idle = list(
-                itertools.islice((s for s in self._approvals if s not in self._running), excess)
-            )
+            # A copy of the keys (one C call): runs on other threads change the dict.
+            sessions = list(self._approvals)
+            idle = list(itertools.islice((s for s in sessions if s not in self._running), excess))
             for old in idle:
                 self.forget_approvals(old)
 

@@ -1813,8 +1813,12 @@ class ToolRegistry:
         return sorted(self._tools)
 
     def definitions(self) -> list[dict[str, Any]]:
-        """Returns every tool's definition dict."""
-        return [spec.definition() for spec in self._tools.values()]
+        """Returns every tool's definition dict.
+
+        Of the tools registered when it is called: a copy of the registry is read, which
+        another thread may grow meanwhile.
+        """
+        return [spec.definition() for spec in list(self._tools.values())]
 
     def __len__(self) -> int:
         return len(self._tools)

@@ -259,7 +259,7 @@ def test_a_callers_client_used_again_after_its_loop_closed_is_a_provider_error(
         return str(await llm.complete("x"))
 
     assert asyncio.run(call(llm)) == "ok"
-    with pytest.raises(ProviderError, match="belongs to an event loop that is closed") as caught:
+    with pytest.raises(ProviderError, match=r"first used on, which is closed") as caught:
         asyncio.run(call(llm))
     assert caught.value.retryable is False
     assert len(server.requests) == 1
@@ -391,3 +391,38 @@ async def test_a_line_or_an_event_that_never_ends_fails_the_stream(
     assert caught.value.retryable is True
     said = "a line" if what == "line" else "the data of an event"
     assert f"malformed event stream: {said}" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_a_callers_client_used_from_another_running_loop_is_a_provider_error(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # The first loop still runs (another thread's): the second picked up its pooled
+    # connection, and failed with asyncio's raw "bound to a different event loop".
+    import threading
+
+    server.fallback = Turn("ok")
+    client = httpx.AsyncClient()
+    llm = make_provider(kind, server, http_client=client, retry=retry)
+    first_done, release = threading.Event(), threading.Event()
+
+    def first_loop() -> None:
+        async def run() -> None:
+            assert await llm.complete("x") == "ok"
+            first_done.set()
+            await asyncio.to_thread(release.wait, 10)
+            await client.aclose()
+
+        asyncio.run(run())
+
+    thread = threading.Thread(target=first_loop)
+    thread.start()
+    try:
+        assert first_done.wait(10)
+        with pytest.raises(ProviderError, match="another thread's") as caught:
+            asyncio.run(llm.complete("x"))
+        assert caught.value.retryable is False
+    finally:
+        release.set()
+        thread.join()
+    assert len(server.requests) == 1

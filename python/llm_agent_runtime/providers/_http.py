@@ -1253,14 +1253,20 @@ class HttpTransport:
                         "owner, or by the `async with` block it came from): pass an open one"
                     )
                 # Its pooled connections belong to the loop that opened them: on another
-                # loop, once that one closed, httpx fails with a raw "Event loop is closed".
+                # loop httpx fails with a raw asyncio error ("Event loop is closed", or an
+                # event "bound to a different event loop" while that one still runs).
                 if self._given_loop is None:
                     self._given_loop = loop
-                elif self._given_loop is not loop and self._given_loop.is_closed():
+                elif self._given_loop is not loop:
+                    state = (
+                        "is closed (a former asyncio.run)"
+                        if (self._given_loop.is_closed())
+                        else "is another one (another thread's)"
+                    )
                     raise ProviderError(
-                        f"the http_client given to the {self.name} provider belongs to an event "
-                        "loop that is closed (a former asyncio.run): pass a client made for "
-                        "each loop, or none (the provider then keeps a pool per loop)"
+                        f"the http_client given to the {self.name} provider belongs to the "
+                        f"event loop it was first used on, which {state}: pass a client made "
+                        "for each loop, or none (the provider then keeps a pool per loop)"
                     )
                 return self._given_client
             entry = self._clients.get(loop)
