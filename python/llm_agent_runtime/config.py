@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["MAX_COUNT", "RUNTIME_PARAMS", "AgentConfig", "check_model_params"]
+__all__ = ["MAX_COUNT", "RUNTIME_PARAMS", "AgentConfig", "check_model_params", "check_unicode"]
 
 MAX_COUNT = 2**63 - 1
 """Largest value of every integer setting (the largest signed 64-bit int the Rust core takes)."""
@@ -89,12 +89,12 @@ class AgentConfig(BaseModel):
         model = model.strip()
         if not model:
             raise ValueError("model must not be blank (None lets the provider choose)")
-        return _unicode("model", model)
+        return check_unicode("model", model)
 
     @field_validator("system_prompt")
     @classmethod
     def _system_prompt_is_text(cls, prompt: str) -> str:
-        return _unicode("system_prompt", prompt)
+        return check_unicode("system_prompt", prompt)
 
     @field_validator("model_params")
     @classmethod
@@ -121,7 +121,7 @@ def check_model_params(params: dict[str, Any]) -> None:
             "AgentConfig settings model, stop_sequences, system_prompt and mode)"
         )
     for key, value in params.items():
-        _unicode("model_params key", key)
+        check_unicode("model_params key", key)
         try:
             # Encoded too: a lone surrogate has no UTF-8 form (json.dumps escapes it).
             json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
@@ -136,10 +136,13 @@ def check_model_params(params: dict[str, Any]) -> None:
             ) from None
 
 
-def _unicode(what: str, text: str) -> str:
+def check_unicode(what: str, text: str) -> str:
     """`text`, refused when it is not valid Unicode.
 
     No request, nor the config's JSON, can carry a lone surrogate.
+
+    Raises:
+        ValueError: `text` holds a lone surrogate; the message names `what` and where.
     """
     if not text.isascii():
         try:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 from pydantic import ValidationError
 
 from llm_agent_runtime._core import RuntimeMetrics, parse_react_step
-from llm_agent_runtime.config import AgentConfig, check_model_params
+from llm_agent_runtime.config import AgentConfig, check_model_params, check_unicode
 from llm_agent_runtime.errors import (
     AgentLoopError,
     AgentRuntimeError,
@@ -295,13 +295,10 @@ def _check_agent_id(agent_id: Any) -> None:
     """
     if not isinstance(agent_id, str) or not agent_id:
         raise AgentRuntimeError("agent_id must be a non-empty string")
-    if not agent_id.isascii():
-        try:
-            agent_id.encode()
-        except UnicodeEncodeError as error:
-            raise AgentRuntimeError(
-                f"agent_id is not valid Unicode: it holds a lone surrogate at index {error.start}"
-            ) from None
+    try:
+        check_unicode("agent_id", agent_id)
+    except ValueError as error:
+        raise AgentRuntimeError(str(error)) from None
 
 
 def _required(name: str, value: Any, methods: Sequence[str]) -> None:
