@@ -392,10 +392,10 @@ def session_problem(session: AgentSession) -> str | None:
     That is a field whose value is not of its type (as `from_dict` checks them), which the
     run would fail on as it goes, once its model was paid: a user may set any field.
     """
-    for name, (types, expected) in _SESSION_FIELDS.items():
+    for name, spec in _SESSION_FIELDS.items():
         value = getattr(session, name)
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            return f"session.{name} must be {expected}, got {_kind(value)}"
+        if not _fits(value, spec):
+            return f"session.{name} must be {spec[1]}, got {_kind(value)}"
     return None
 
 
@@ -495,6 +495,14 @@ def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+def _fits(value: Any, spec: _Spec) -> bool:
+    """Whether `value` is of a field's type (a bool is no int here, unless any value is)."""
+    types = spec[0]
+    if isinstance(value, bool) and bool not in types and object not in types:
+        return False
+    return isinstance(value, types)
+
+
 def _kind(value: Any) -> str:
     """How an error message names the type of `value`."""
     return "null" if value is None else type(value).__name__
@@ -522,10 +530,8 @@ def _checked(
         if spec[name] is _FLOAT and type(value) is str and value in _NON_FINITE:
             checked[name] = float(value)  # as `to_json` writes a NaN or an infinity
             continue
-        types, expected = spec[name]
-        if isinstance(value, bool) and bool not in types and object not in types:
-            raise PersistenceError(f"{what} field {name!r} must be {expected}, got bool")
-        if not isinstance(value, types):
+        if not _fits(value, spec[name]):
+            expected = spec[name][1]
             raise PersistenceError(f"{what} field {name!r} must be {expected}, got {_kind(value)}")
         if spec[name] is _FLOAT and isinstance(value, int):
             # A float, as the field is: an int beyond the float range would fail every
