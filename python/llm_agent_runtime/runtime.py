@@ -63,6 +63,7 @@ from llm_agent_runtime.orchestration._checks import (
 )
 from llm_agent_runtime.providers.base import (
     INCOMPLETE_STOP_REASONS,
+    SAFETY_STOP_REASONS,
     ChatResponse,
     CutOffArgumentsError,
     LlmProvider,
@@ -128,11 +129,6 @@ _ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)  # what `settle_call` may re
 # skips the named tuple's Python-level __new__ (~100 ns an event).
 _event = tuple.__new__
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-_SAFETY_STOP_REASONS = frozenset(("content_filter", "refusal"))
-"""Stop reasons of a reply a provider's safety system stopped (`refusal`: Anthropic's, and
-an OpenAI refusal): nothing in it is acted on, whatever arrived whole."""
-_UNFINISHED_STOP_REASONS = INCOMPLETE_STOP_REASONS | _SAFETY_STOP_REASONS
-"""Stop reasons of a reply that is not taken as a final answer."""
 
 
 class _DeadlinePassed(Exception):
@@ -1221,14 +1217,14 @@ class AgentRuntime:
                         usage = reply.usage
                         if usage.cost_usd != 0.0:  # no price (the usual case) is no amount
                             _check_cost(usage)
-                        if reply.stop_reason in _UNFINISHED_STOP_REASONS:
+                        if reply.stop_reason in INCOMPLETE_STOP_REASONS:
                             incomplete = reply.stop_reason
                         reply = str(reply)
                     if stops:
                         cut = _cut_at_stop(reply, stops)
                         # It ended at a stop sequence, before a token limit cut it (a
                         # filter's stop holds whatever the text: nothing in it is acted on).
-                        if len(cut) < len(reply) and incomplete not in _SAFETY_STOP_REASONS:
+                        if len(cut) < len(reply) and incomplete not in SAFETY_STOP_REASONS:
                             incomplete = None
                         reply = cut
                 if usage is not None and (usage.input_tokens or usage.output_tokens):
@@ -1281,7 +1277,7 @@ class AgentRuntime:
                     continue
                 raise AgentLoopError(f"model output is not a ReAct step: {error}") from error
             reprompted = False  # a later unparseable reply gets its own re-prompt
-            if incomplete in _SAFETY_STOP_REASONS:  # even a step that ended before the cut
+            if incomplete in SAFETY_STOP_REASONS:  # even a step that ended before the cut
                 what = "its final answer" if parsed.is_final else f"the input of {parsed.action!r}"
                 raise _incomplete_reply(incomplete, what, reply)
             if parsed.end < len(reply):  # an Observation the model invented: not kept
@@ -1463,7 +1459,7 @@ class AgentRuntime:
                 if stops and text:
                     cut = _cut_at_stop(text, stops)
                     # It ended at a stop sequence, before a token limit cut it (see ReAct's).
-                    if len(cut) < len(text) and incomplete not in _SAFETY_STOP_REASONS:
+                    if len(cut) < len(text) and incomplete not in SAFETY_STOP_REASONS:
                         incomplete = None
                     text = cut
                 if not stream and text and events.listening:
@@ -1473,11 +1469,11 @@ class AgentRuntime:
                 if events.active:
                     response_event = (session.session_id, len(session.steps), text, model_ms)
                     events.emit(_event(LlmResponse, response_event))
-            if incomplete in _SAFETY_STOP_REASONS and response.tool_calls:
+            if incomplete in SAFETY_STOP_REASONS and response.tool_calls:
                 # Calls whose input arrived whole, but in a reply the filter stopped: none runs.
                 raise _incomplete_reply(incomplete, "its tool calls", text)
             if not response.tool_calls:
-                if incomplete in _UNFINISHED_STOP_REASONS:
+                if incomplete in INCOMPLETE_STOP_REASONS:
                     raise _incomplete_reply(incomplete, "its final answer", text)
                 overhead_ms = (perf() - round_start) * 1000.0 - model_ms
                 step = Step(

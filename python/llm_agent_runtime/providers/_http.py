@@ -46,6 +46,7 @@ from llm_agent_runtime._loops import close_now, close_with_loop
 from llm_agent_runtime.errors import BudgetExceededError, ProviderError, is_retryable_status
 from llm_agent_runtime.orchestration.retry import RetryPolicy
 from llm_agent_runtime.providers.base import (
+    SAFETY_STOP_REASONS,
     TRUNCATION_STOP_REASONS,
     ChatResponse,
     CutOffArgumentsError,
@@ -911,7 +912,7 @@ def _bad_arguments(
             f"the arguments of tool call {shown!r} ({len(text)} characters of JSON arrived): "
             "raise max_tokens for this call, or ask for less output"
         )
-    elif stop_reason in ("content_filter", "refusal"):  # a safety stop: the text not quoted
+    elif stop_reason in SAFETY_STOP_REASONS:  # the refused text is not quoted
         message = (
             f"the provider's safety system stopped the reply (stop reason {stop_reason!r}) "
             f"inside the arguments of tool call {shown!r} ({len(text)} characters of JSON "

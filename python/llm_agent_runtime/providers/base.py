@@ -24,6 +24,7 @@ from llm_agent_runtime.memory import CHARS_PER_TOKEN
 
 __all__ = [
     "INCOMPLETE_STOP_REASONS",
+    "SAFETY_STOP_REASONS",
     "TRUNCATION_STOP_REASONS",
     "ChatResponse",
     "CutOffArgumentsError",
@@ -42,9 +43,11 @@ __all__ = [
 TRUNCATION_STOP_REASONS = frozenset(("length", "max_tokens", "model_context_window_exceeded"))
 """Stop reasons that say the reply was cut off by a token limit: OpenAI's `length`,
 Anthropic's `max_tokens` and `model_context_window_exceeded`."""
-INCOMPLETE_STOP_REASONS = TRUNCATION_STOP_REASONS | {"content_filter"}
-"""Stop reasons that say the reply was cut off: by a token limit, or by the provider's
-content filter."""
+SAFETY_STOP_REASONS = frozenset(("content_filter", "refusal"))
+"""Stop reasons of a reply a provider's safety system stopped: its content filter, or a
+refusal (Anthropic's, and an OpenAI refusal). An `AgentRuntime` acts on nothing in one."""
+INCOMPLETE_STOP_REASONS = TRUNCATION_STOP_REASONS | SAFETY_STOP_REASONS
+"""Stop reasons that say the reply was cut off: by a token limit, or by a safety stop."""
 
 
 class CutOffArgumentsError(ProviderError):
