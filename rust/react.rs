@@ -427,9 +427,10 @@ fn string_close(bytes: &[u8]) -> Option<usize> {
     skip_string(bytes, 1)
 }
 
-/// Removes a surrounding Markdown code fence (```json ... ```), if there is one. The closing
-/// fence is looked for after a JSON value the fence opens with: a string in it may hold
-/// ``` (Markdown in a note's text).
+/// Removes a surrounding Markdown code fence (three backticks, optionally `json`, then the
+/// value and three closing backticks), if there is one. The closing fence is looked for after
+/// a JSON value the fence opens with: a string in it may hold three backticks (Markdown in a
+/// note's text).
 fn strip_fence(text: &str) -> &str {
     let Some(rest) = text.strip_prefix("```") else {
         return text;

@@ -323,7 +323,10 @@ async def test_cancellation_mid_tool() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert session.step_count == 0 and session.final_answer is None
+    # The call began: its step says how it ended, as its ToolCallFinished event does.
+    [step] = session.steps
+    assert (step.action, step.observation) == ("hang", "error: the call ended with CancelledError")
+    assert session.final_answer is None
     snap = rt.metrics.snapshot()
     assert snap.active_sessions == 0 and snap.total_tool_calls == 1
     # Failed, as its ToolCallFinished says: a cut-off call is no success.

@@ -644,3 +644,71 @@ async def test_a_cancelled_parallel_round_keeps_one_step_per_call() -> None:
     ]
     by_step = _tool_events_by_step(seen)
     assert by_step == {0: ("add", None), 1: ("slow", "transient")}
+
+
+@ar.tool
+async def stall(a: int) -> int:
+    """Never returns in time."""
+    await asyncio.sleep(30)
+    return a
+
+
+@pytest.mark.parametrize("mode", ["tools", "react"])
+async def test_a_lone_call_the_loop_timeout_cuts_off_keeps_its_step(mode: str) -> None:
+    # Only a parallel round used to keep its steps: a lone call cut off left its events
+    # numbered for a step the session never had, and the next turn's step took that number.
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode, loop_timeout_ms=100), tools=[add, stall])
+    seen: list[Any] = []
+    rt.events.on(seen.append)
+    session = rt.create_session("a")
+    if mode == "tools":
+        reply: Any = ar.ScriptedProvider.tool_call_reply([("stall", {"a": 1})])
+        reply.usage = Usage(input_tokens=40, output_tokens=4)
+    else:
+        reply = 'Thought: wait for it\nAction: stall {"a": 1}'
+    with pytest.raises(ar.AgentLoopError, match=r"timed out after 100 ms \(1 steps done\)"):
+        await rt.run_turn(session, "q", ar.ScriptedProvider([reply, "done"]))
+    [step] = session.steps
+    assert (step.action, step.action_input, step.observation, step.error_kind) == (
+        "stall",
+        {"a": 1},
+        "error: the call ended with CancelledError",
+        "transient",
+    )
+    assert step.thought == ("" if mode == "tools" else "wait for it")
+    if mode == "tools":  # the reply's reported usage; ReAct's is estimated
+        assert (step.input_tokens, step.output_tokens) == (40, 4)
+    assert step.tool_ms > 50
+    assert _tool_events_by_step(seen) == {0: ("stall", "transient")}
+    assert rt.metrics.snapshot().total_steps == 1
+    # The next turn numbers its steps after it, as its events do.
+    seen.clear()
+    final = "done" if mode == "tools" else FINAL
+    second = ar.ScriptedProvider(
+        [
+            ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})])
+            if mode == "tools"
+            else ADD,
+            final,
+        ]
+    )
+    await rt.run_turn(session, "again", second)
+    assert _tool_events_by_step(seen) == {1: ("add", None)}
+    assert [s.action for s in session.steps] == ["stall", "add", "FINAL_ANSWER"]
+
+
+@pytest.mark.parametrize("mode", ["tools", "react"])
+async def test_a_lone_call_refused_before_it_starts_keeps_no_step(mode: str) -> None:
+    caps = ar.CapabilitySet(allowed_tools=["add"])
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode), tools=[add, stall], capabilities=caps)
+    seen: list[Any] = []
+    rt.events.on(seen.append)
+    session = rt.create_session("a")
+    if mode == "tools":
+        reply: Any = ar.ScriptedProvider.tool_call_reply([("stall", {"a": 1})])
+    else:
+        reply = 'Thought: wait\nAction: stall {"a": 1}'
+    with pytest.raises(ar.PolicyDeniedError):
+        await rt.run_turn(session, "q", ar.ScriptedProvider([reply, "done"]))
+    assert session.steps == [] and _tool_events_by_step(seen) == {}
+    assert rt.metrics.snapshot().total_steps == 0

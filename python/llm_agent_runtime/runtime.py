@@ -1311,9 +1311,25 @@ class AgentRuntime:
                 return
             # The step records the call that ran (a middleware or an approval may change it).
             if checkpoints is None:
-                observation, tool_ms, action, action_input = await self._call_tool(
-                    session, parsed.action or "", parsed.action_input
-                )
+                ended: dict[int, ToolRun] = {}
+                try:
+                    observation, tool_ms, action, action_input = await self._call_tool(
+                        session,
+                        parsed.action or "",
+                        parsed.action_input,
+                        None,
+                        0,
+                        True,
+                        None,
+                        ended,
+                    )
+                except BaseException as error:  # the step of a call that began says how it ended
+                    call = ToolCall("", parsed.action or "", parsed.action_input)
+                    usage = Usage(input_tokens, output_tokens)
+                    self._keep_failed_round(
+                        session, parsed.thought, [call], ended, usage, model_ms, error
+                    )
+                    raise
             else:
                 # Replayed after an interruption, the step records the tokens its reply took.
                 tokens = [input_tokens, output_tokens]
@@ -1508,12 +1524,18 @@ class AgentRuntime:
                     session, text, calls, journal, reasoning, usage, busy
                 )
                 journal = []
-            elif busy is None:
-                results = [await self._call_tool(session, calls[0].name, calls[0].arguments)]
             else:
                 finished: dict[int, ToolRun] = {}
                 try:
-                    results = await self._run_parallel(session, calls, busy, finished)
+                    if busy is None:
+                        call = calls[0]
+                        results = [
+                            await self._call_tool(
+                                session, call.name, call.arguments, None, 0, True, None, finished
+                            )
+                        ]
+                    else:
+                        results = await self._run_parallel(session, calls, busy, finished)
                 except BaseException as error:
                     # A call failed the round (a policy error), or the run was cancelled or
                     # timed out: the calls that finished did run, and their steps say so.
@@ -1639,7 +1661,7 @@ class AgentRuntime:
         model_ms: float,
         error: BaseException,
     ) -> None:
-        """Adds the steps of a parallel round that `error` ended, once any of its calls began.
+        """Adds the steps of a round that `error` ended, once any of its calls began.
 
         One step per call, in the round's order, so that the steps are numbered as the tool
         call events of the round were: a call that finished (or was denied) with its
@@ -1647,6 +1669,10 @@ class AgentRuntime:
         `ToolCallFinished` event gave, and one that had not started with an observation
         saying so. The round's tokens go to the first, and each has its share of the model's
         time, as in a round that ends well; their overhead is not known (0).
+
+        Not for a checkpointed run's round: its journal has what the round did, and a resume
+        continues the round from it (a call cut off may run again), so its steps are made
+        then, numbered as the events were.
         """
         if not finished:  # refused before any call began (a capability): no call to show
             return
@@ -1704,16 +1730,9 @@ class AgentRuntime:
                 run = self._denied(session, name, arguments, denial, index)
             else:
                 async with limit:
-                    start = time.perf_counter()
-                    try:
-                        run = await self._call_tool(
-                            session, name, arguments, None, index, False, busy
-                        )
-                    except BaseException as error:
-                        ended = _interrupted_observation(error, "the call ended with", config)
-                        tool_ms = (time.perf_counter() - start) * 1000.0
-                        finished[index] = (ended, tool_ms, name, arguments)
-                        raise
+                    run = await self._call_tool(
+                        session, name, arguments, None, index, False, busy, finished
+                    )
             finished[index] = run
             return run
 
@@ -1728,13 +1747,16 @@ class AgentRuntime:
         index: int = 0,
         guard: bool = True,
         busy: _BusyTime | None = None,
+        ended: dict[int, ToolRun] | None = None,
     ) -> ToolRun:
         """Runs one tool call through capabilities, approvals, middlewares and metrics.
 
         `index` is the call's place in its round. Returns the observation, the tool's time,
         and the call that ran (a middleware or an approval may have changed it). Without
         `guard`, the call was guarded already (`_guard_call`) and is run as it is. `busy`
-        (a parallel round's) is told when the tool runs.
+        (a parallel round's) is told when the tool runs. A call that an error ends once
+        guarded (cancelled, timed out, a policy error) goes into `ended` at `index`, with the
+        observation its `ToolCallFinished` event gives: what a failed round keeps of it.
         """
         if self._guarded and guard:
             name, arguments, denial = await self._guard_call(session, name, arguments)
@@ -1771,9 +1793,15 @@ class AgentRuntime:
             self.metrics.record_tool_failure(counted, session.agent_id)  # as the events say
             if busy is not None and busy_started:
                 busy.stop()
+            interrupted = _interrupted_observation(error, "the call ended with", self.config)
+            tool_ms = (time.perf_counter() - start) * 1000.0
+            if ended is not None:
+                ended[index] = (interrupted, tool_ms, name, arguments)
             if events.active:  # a started call finishes in the events too, as it ended
+                content, kind = interrupted
+                finished = (session.session_id, step_index, name, content, kind, tool_ms)
                 try:
-                    self._emit_interrupted(session, step_index, name, error, start)
+                    events.emit(_event(ToolCallFinished, finished))
                 except Exception:  # a callback's failure must not replace how the call ended
                     logger.exception("event callback failed on the end of tool call %r", name)
             raise
@@ -1787,18 +1815,6 @@ class AgentRuntime:
             finished = (session.session_id, step_index, name, content, error_kind, tool_ms)
             events.emit(_event(ToolCallFinished, finished))
         return observation, tool_ms, name, arguments
-
-    def _emit_interrupted(
-        self, session: AgentSession, step_index: int, name: str, error: BaseException, start: float
-    ) -> None:
-        """Emits the `ToolCallFinished` of a call that `error` ended before it returned.
-
-        Its observation is `_interrupted_observation`'s.
-        """
-        content, kind = _interrupted_observation(error, "the call ended with", self.config)
-        tool_ms = (time.perf_counter() - start) * 1000.0
-        finished = (session.session_id, step_index, name, content, kind, tool_ms)
-        self.events.emit(_event(ToolCallFinished, finished))
 
     def _unlisted_name(self, name: str) -> str:
         """The name the metrics count a call under when `name` is not one of the run's tools.
