@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import time
+import warnings
 from typing import Any
 
 import pytest
@@ -710,6 +711,26 @@ async def test_deduplicators_share_results_only_within_a_namespace() -> None:
         await dedup.close()
 
 
+async def test_a_result_nested_too_deep_is_a_persistence_error_and_frees_the_key() -> None:
+    # json.dumps raises RecursionError there: it escaped untyped, and the lease stayed held,
+    # so every later caller of the key waited for it to expire.
+    dedup = ar.RedisDeduplicator(redis_url(), ttl=5.0, prefix=f"deep:{os.getpid()}:", namespace="t")
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ar.PersistenceError, match="JSON-serializable"):
+        await dedup.run("k", lambda: deep)
+    assert await dedup.client.exists(*dedup.redis_keys("k")) == 0  # released, nothing published
+    assert await asyncio.wait_for(dedup.run("k", lambda: 3), 5) == 3
+    # A published result nested too deep to read is a corrupt one.
+    result_key, _ = dedup.redis_keys("deeper")
+    await dedup.client.set(result_key, "[" * 100_000 + "]" * 100_000, px=5000)
+    with pytest.raises(ar.PersistenceError, match="corrupt shared result"):
+        await dedup.run("deeper", lambda: 1)
+    await dedup.client.delete(result_key, *dedup.redis_keys("k"))
+    await dedup.close()
+
+
 async def test_a_corrupt_shared_result_is_reported() -> None:
     dedup = ar.RedisDeduplicator(redis_url(), ttl=5.0, prefix=f"bad:{os.getpid()}:", namespace="t")
     result_key, _ = dedup.redis_keys("k")
@@ -940,6 +961,49 @@ async def test_a_refund_never_grants_tokens_twice_across_workers() -> None:
         await a.client.delete(a.redis_key("k"))
         await a.close()
         await b.close()
+
+
+def _reserve_in_a_forked_child(limiter: ar.RedisRateLimiter) -> Any:
+    """A forked child that takes a token with the limiter its parent made (it waits for it)."""
+
+    def child() -> None:
+        asyncio.run(limiter.acquire("k"))
+
+    worker = multiprocessing.get_context("fork").Process(target=child)
+    with warnings.catch_warnings():  # 3.12+: fork() of a process with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        worker.start()
+    return worker
+
+
+async def test_a_limiter_inherited_through_fork_is_another_worker() -> None:
+    # A limiter made before fork() (at import, then workers forked) sent its commands under
+    # the same owner in every process: a refund in one gave back tokens that a waiter of
+    # another had been promised since, and both were granted them.
+    rate, capacity = 2.0, 1.0
+    limiter = ar.RedisRateLimiter(redis_url(), rate, capacity, prefix=f"fork:{os.getpid()}:")
+    await limiter.client.delete(limiter.redis_key("k"))
+    worker = None
+    try:
+        assert await limiter.try_acquire("k")  # empty
+        a1 = asyncio.create_task(limiter.acquire("k"))  # due at 0.5 s
+        await _until(lambda: _level_below(limiter, -0.5))
+        worker = _reserve_in_a_forked_child(limiter)  # due at 1 s
+        await _until(lambda: _level_below(limiter, -1.5))
+        a3 = asyncio.create_task(limiter.acquire("k"))  # due at 1.5 s
+        await _until(lambda: _level_below(limiter, -2.5))
+        before, since = await _bucket(limiter)
+        a1.cancel()
+        await asyncio.gather(a1, return_exceptions=True)
+        after, now = await _bucket(limiter)
+        assert after == pytest.approx(before + (now - since) * rate, abs=1e-6)  # kept
+        await a3
+    finally:
+        if worker is not None:
+            await asyncio.to_thread(worker.join, 10)
+            assert worker.exitcode == 0
+        await limiter.client.delete(limiter.redis_key("k"))
+        await limiter.close()
 
 
 async def test_a_refund_is_made_while_every_command_since_came_from_the_same_limiter() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -379,6 +380,18 @@ class RedisRateLimiter:
         self._owner = uuid.uuid4().hex
         # This object's callers of `acquire` on each key, from before their command is sent.
         self._room = _WaitingRoom()
+        self._pid = os.getpid()
+
+    def _this_process(self) -> None:
+        """Makes a limiter inherited through `fork()` another worker than its parent's.
+
+        The child's commands must not pass for the parent's (a refund would then give back
+        tokens the parent's waiters were promised since), nor its waiters be the parent's.
+        """
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self._owner = uuid.uuid4().hex
+            self._room = _WaitingRoom()
 
     def __repr__(self) -> str:
         return f"RedisRateLimiter(rate={self.rate}, capacity={self.capacity})"
@@ -467,6 +480,7 @@ class RedisRateLimiter:
             PersistenceError: Redis failed.
         """
         tokens = self._check(tokens)
+        self._this_process()
         granted, _, _, _ = await self._take(key, tokens, 0)
         return granted
 
@@ -487,6 +501,7 @@ class RedisRateLimiter:
             PersistenceError: Redis failed.
         """
         tokens = self._check(tokens)
+        self._this_process()
         waiter = _Waiter()
         self._room.enter(key, waiter)
         try:
@@ -672,7 +687,7 @@ class RedisDeduplicator:
             if claim[0] == 1:
                 try:
                     return json.loads(claim[1])
-                except ValueError as error:
+                except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
                     raise PersistenceError(f"corrupt shared result: {error}", key=keys[0]) from None
             if claim[0] == 2:
                 break
@@ -688,7 +703,10 @@ class RedisDeduplicator:
             raise
         try:
             encoded = json.dumps(value)
-        except (TypeError, ValueError) as error:
+            # Read back before it is published: what this caller cannot read (nested too
+            # deep), its waiters could not either.
+            shared = json.loads(encoded)
+        except (TypeError, ValueError, RecursionError) as error:
             await _settle(self._release(keys, token))
             raise PersistenceError(
                 f"a shared result must be JSON-serializable: {error}", key=keys[0]
@@ -707,7 +725,7 @@ class RedisDeduplicator:
         except Exception as error:
             await _settle(self._release(keys, token))
             raise PersistenceError(f"Redis: {error}", key=keys[0]) from error
-        return json.loads(encoded)
+        return shared
 
     async def _claim_once(self, keys: list[str], token: str) -> Any:
         """Runs the claim command once; returns its reply.
