@@ -712,3 +712,50 @@ async def test_a_lone_call_refused_before_it_starts_keeps_no_step(mode: str) -> 
         await rt.run_turn(session, "q", ar.ScriptedProvider([reply, "done"]))
     assert session.steps == [] and _tool_events_by_step(seen) == {}
     assert rt.metrics.snapshot().total_steps == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "parallel"), [("tools", False), ("tools", True), ("react", False)]
+)
+async def test_a_listener_failing_on_a_finished_call_keeps_its_step(
+    mode: str, parallel: bool
+) -> None:
+    # The call's run was recorded after its ToolCallFinished event: a listener failing on
+    # that event left a call that returned 3 as "did not start", or with no step at all.
+    def listener(event: Any) -> None:
+        if isinstance(event, ar.ToolCallFinished) and event.tool == "add":
+            raise RuntimeError("listener broke")
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode), tools=[add, stall])
+    rt.events.on(listener)
+    session = rt.create_session("a")
+    if mode == "react":
+        reply: Any = ADD
+    else:
+        calls = [("add", {"a": 2, "b": 3})] + ([("stall", {"a": 1})] if parallel else [])
+        reply = ar.ScriptedProvider.tool_call_reply(calls)
+    with pytest.raises(RuntimeError, match="listener broke"):
+        await rt.run_turn(session, "q", ar.ScriptedProvider([reply, "done"]))
+    kept = [(s.action, s.observation, s.error_kind) for s in session.steps]
+    assert kept[0] == ("add", "5", None)
+    if parallel:  # its sibling was cut off by the round's failure
+        assert kept[1] == ("stall", "error: the call ended with CancelledError", "transient")
+    assert len(kept) == (2 if parallel else 1)
+
+
+async def test_a_listener_failing_on_a_denied_call_keeps_its_step() -> None:
+    def listener(event: Any) -> None:
+        if isinstance(event, ar.ToolCallFinished):
+            raise RuntimeError("listener broke")
+
+    def deny(session: Any, name: str, arguments: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("deny", reason="not today")
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add], approval_handler=deny)
+    rt.events.on(listener)
+    session = rt.create_session("a")
+    reply = ar.ScriptedProvider.tool_call_reply([("add", {"a": 2, "b": 3})])
+    with pytest.raises(RuntimeError, match="listener broke"):
+        await rt.run_turn(session, "q", ar.ScriptedProvider([reply, "done"]))
+    [step] = session.steps
+    assert step.action == "add" and "not today" in step.observation

@@ -1727,7 +1727,7 @@ class AgentRuntime:
 
         async def bounded(index: int, name: str, arguments: Any, denial: Any) -> ToolRun:
             if denial is not None:
-                run = self._denied(session, name, arguments, denial, index)
+                run = self._denied(session, name, arguments, denial, index, finished)
             else:
                 async with limit:
                     run = await self._call_tool(
@@ -1754,14 +1754,15 @@ class AgentRuntime:
         `index` is the call's place in its round. Returns the observation, the tool's time,
         and the call that ran (a middleware or an approval may have changed it). Without
         `guard`, the call was guarded already (`_guard_call`) and is run as it is. `busy`
-        (a parallel round's) is told when the tool runs. A call that an error ends once
-        guarded (cancelled, timed out, a policy error) goes into `ended` at `index`, with the
-        observation its `ToolCallFinished` event gives: what a failed round keeps of it.
+        (a parallel round's) is told when the tool runs. Once guarded, the call goes into
+        `ended` at `index` as it ended, before its `ToolCallFinished` event (a listener may
+        fail on that): done, or ended by an error (cancelled, timed out, a policy error) with
+        the observation that event gives. That is what a failed round keeps of it.
         """
         if self._guarded and guard:
             name, arguments, denial = await self._guard_call(session, name, arguments)
             if denial is not None:
-                return self._denied(session, name, arguments, denial, index)
+                return self._denied(session, name, arguments, denial, index, ended)
         counted = name if name in self._tool_names else self._unlisted_name(name)
         self.metrics.record_tool_call(counted, session.agent_id)
         events = self.events
@@ -1810,11 +1811,14 @@ class AgentRuntime:
             busy.stop()
         if observation.error_kind is not None:
             self.metrics.record_tool_failure(counted, session.agent_id)
+        run = (observation, tool_ms, name, arguments)
+        if ended is not None:  # before the event: a listener failing on it fails the round
+            ended[index] = run
         if events.active:
             content, error_kind = observation
             finished = (session.session_id, step_index, name, content, error_kind, tool_ms)
             events.emit(_event(ToolCallFinished, finished))
-        return observation, tool_ms, name, arguments
+        return run
 
     def _unlisted_name(self, name: str) -> str:
         """The name the metrics count a call under when `name` is not one of the run's tools.
@@ -1825,14 +1829,20 @@ class AgentRuntime:
         return name if name in self.tools else _UNKNOWN_TOOL
 
     def _denied(
-        self, session: AgentSession, name: str, arguments: Any, denial: Observation, index: int
+        self,
+        session: AgentSession,
+        name: str,
+        arguments: Any,
+        denial: Observation,
+        index: int,
+        ended: dict[int, ToolRun] | None = None,
     ) -> ToolRun:
         """The run of a call that does not run (denied, or its tool unknown when guarded).
 
         The approval handler denied it, or its tool was not in the registry when the call
         was guarded (`not_found`). A failed call in the metrics, and a call that started and
         failed at once in the events (so listeners see the denial), and a failed tool span
-        in a trace.
+        in a trace. The run goes into `ended` at `index` before the events (see `_call_tool`).
         """
         if self._tracer is not None:
             with self._tracer.start_as_current_span(
@@ -1845,6 +1855,9 @@ class AgentRuntime:
             counted = name if name in self._tool_names else self._unlisted_name(name)
         self.metrics.record_tool_call(counted, session.agent_id)
         self.metrics.record_tool_failure(counted, session.agent_id)
+        run = (denial, 0.0, name, arguments)
+        if ended is not None:
+            ended[index] = run
         events = self.events
         if events.active:
             step_index = len(session.steps) + index
@@ -1855,7 +1868,7 @@ class AgentRuntime:
                 events.emit(_event(ToolCallStarted, started))
             finally:  # even if a listener failed on the start: every start gets its finish
                 events.emit(_event(ToolCallFinished, finished))
-        return denial, 0.0, name, arguments
+        return run
 
     async def _guard_call(
         self, session: AgentSession, name: str, arguments: Any
