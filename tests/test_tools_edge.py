@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import contextvars
 import copy
 import dataclasses
@@ -313,6 +314,37 @@ async def test_a_cancelled_subtask_of_the_tool_is_an_observation_not_a_cancellat
 
     obs = await ar.ToolRegistry([ar.ToolSpec("fetch", "d", fetch)]).call("fetch", {})
     assert obs.error_kind == "transient" and "CancelledError" in obs.content
+
+
+async def test_a_cancelled_subtask_is_an_observation_in_a_task_that_was_cancelled_before() -> None:
+    # A task whose earlier cancellation was handled without `uncancel()` (its count stays
+    # raised) took every cancelled subtask of a tool for a cancellation of the call.
+    async def fetch(args: dict[str, Any]) -> str:
+        inner = asyncio.ensure_future(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        inner.cancel()
+        try:
+            await inner
+        except asyncio.CancelledError as error:
+            if args.get("group"):  # also inside an exception group
+                raise BaseExceptionGroup("own work", [error]) from None
+            raise
+        return "unreachable"
+
+    async def handled_a_cancellation_then_calls(args: dict[str, Any]) -> ar.Observation:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(1)
+        assert task.cancelling() == 1
+        return await ar.ToolRegistry([ar.ToolSpec("fetch", "d", fetch)]).call("fetch", args)
+
+    obs = await asyncio.ensure_future(handled_a_cancellation_then_calls({}))
+    assert obs.error_kind == "transient" and "CancelledError" in obs.content
+    # A group of the tool's own is a failure of the tool, as any group it raises.
+    obs = await asyncio.ensure_future(handled_a_cancellation_then_calls({"group": True}))
+    assert obs.error_kind == "permanent" and "own work" in obs.content
 
 
 async def test_cancelling_the_call_still_propagates() -> None:

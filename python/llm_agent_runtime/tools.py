@@ -1752,13 +1752,16 @@ def _escape_surrogate(match: re.Match[str]) -> str:
     return f"\\u{ord(match[0]):04x}"
 
 
-def _cancelled_by_the_tool() -> bool:
+def _cancelled_by_the_tool(task: asyncio.Task[Any] | None, cancels: int) -> bool:
     """Whether a CancelledError comes from the tool's own work, not from cancelling the call.
 
-    True when the current task is not being cancelled.
+    True when the count of cancellations asked of the call's task (`cancels` when the call
+    began) did not rise: the task may have entered the call with a count of its own. Before
+    Python 3.13, a rise may also be a `TaskGroup`'s of the tool (see `_CANCEL_COUNTS_EXACT`),
+    which cannot be told from a cancellation: the call is taken as cancelled then, so that
+    no cancellation is lost.
     """
-    task = _current_task()
-    return task is None or task.cancelling() == 0
+    return task is None or task.cancelling() <= cancels
 
 
 def _policy_error_in(group: Exception) -> PolicyDeniedError | BudgetExceededError | None:
@@ -1773,13 +1776,16 @@ def _policy_error_in(group: Exception) -> PolicyDeniedError | BudgetExceededErro
     return None
 
 
-def _must_propagate(group: BaseException) -> bool:
-    """Whether an exception group carries a `KeyboardInterrupt` or the call's cancellation."""
+def _must_propagate(group: BaseException, task: asyncio.Task[Any] | None, cancels: int) -> bool:
+    """Whether an exception group carries a `KeyboardInterrupt` or the call's cancellation.
+
+    `task` and `cancels`: as `_cancelled_by_the_tool`'s.
+    """
     leaves = _group_leaves(group) or ()
     if any(isinstance(e, KeyboardInterrupt) for e in leaves):
         return True
     cancelled = any(isinstance(e, asyncio.CancelledError) for e in leaves)
-    return cancelled and not _cancelled_by_the_tool()
+    return cancelled and not _cancelled_by_the_tool(task, cancels)
 
 
 class ToolRegistry:
@@ -1861,7 +1867,9 @@ class ToolRegistry:
         From Python 3.13, a call cancelled while its tool ran ends cancelled even when the
         tool caught the `CancelledError` and returned (or raised something else); before,
         such a tool ends the call as it chose, as asyncio cannot tell its cancellation from
-        a `TaskGroup`'s own (see `_CANCEL_COUNTS_EXACT`).
+        a `TaskGroup`'s own (see `_CANCEL_COUNTS_EXACT`); for the same reason, a tool whose
+        own work is cancelled after one of its `TaskGroup`s failed in the same call ends the
+        call as cancelled there.
         """
         try:
             spec = self._tools[name]
@@ -1906,7 +1914,7 @@ class ToolRegistry:
             kind = classify_error(error)
             return Observation(_truncate(f"error: {_describe(error)}", max_chars), kind)
         except asyncio.CancelledError:
-            if not _cancelled_by_the_tool():
+            if not _cancelled_by_the_tool(task, cancels):
                 raise  # the call itself is cancelled
             message = (
                 "error: the tool's own work was cancelled (CancelledError), "
@@ -1920,7 +1928,7 @@ class ToolRegistry:
         except KeyboardInterrupt:
             raise
         except BaseException as error:  # GeneratorExit, a library's own BaseException
-            if _must_propagate(error):
+            if _must_propagate(error, task, cancels):
                 raise
             message = f"error: {_describe(error, with_type=True)}"
             return Observation(_truncate(message, max_chars), "permanent")
