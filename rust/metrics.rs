@@ -5,7 +5,7 @@
 //! and one atomic add, so concurrent increments are exact and never block each other.
 //!
 //! The map's lock is only ever held briefly and never across a release of the GIL: a snapshot
-//! copies the map's entries (two pointers each) under it, then reads the counters with the
+//! copies a map's entries (two pointers each) under it, then reads their counters with the
 //! GIL released. So a thread recording a new name never waits long for it, and a `fork()`
 //! (which the forking thread makes holding the GIL) never copies it held into the child.
 
@@ -77,10 +77,13 @@ impl NamedCounters {
     }
 }
 
-/// The named counters a snapshot reads: the tools' and the agents' entries.
-pub struct Entries {
-    tools: Vec<Entry>,
-    agents: Vec<Entry>,
+/// A copy of the named counters' entries (see [`Metrics::agent_entries`]).
+pub struct Entries(Vec<Entry>);
+
+/// The agents' counts, the first half of a snapshot (see [`Metrics::read_agents`]).
+pub struct AgentCounts {
+    failures: BTreeMap<String, u64>,
+    calls: BTreeMap<String, u64>,
 }
 
 /// Loads one counter of each entry.
@@ -181,28 +184,42 @@ impl Metrics {
         add_saturating(&self.output_tokens, output_tokens);
     }
 
-    /// The named counters, copied out of their maps: brief, and to be done holding the GIL
-    /// (see the module docs), before [`Metrics::read`].
-    pub fn entries(&self) -> Entries {
-        Entries {
-            tools: self.tools.entries(),
-            agents: self.agents.entries(),
-        }
+    /// A snapshot is read in four steps, in the order that keeps it one the counters could
+    /// have been in, though threads record meanwhile: the agents' names, their counts, the
+    /// tools' names, their counts. A call is counted per tool, then per agent, so no agent
+    /// count holds a call the tools' miss: neither their counts (read after) nor their names
+    /// (copied after: a call under a tool's first name is in the copy). Within each half,
+    /// failures are read before calls (a failure is counted after its call), so no name has
+    /// more failures than calls. Copying names is brief, and done holding the GIL (see the
+    /// module docs); reading counts is done with it released, in the binding.
+    ///
+    /// This copies the agents' names: step one.
+    pub fn agent_entries(&self) -> Entries {
+        Entries(self.agents.entries())
     }
 
-    /// Reads every counter into a plain snapshot (with the GIL released, in the binding).
-    ///
-    /// The counters are read in the order that keeps the snapshot one the counters could
-    /// have been in, though threads record meanwhile: every failure after every call (a
-    /// failure is counted after its call, so no name has more failures than calls), and
-    /// the agents' counts before the tools' (a call is counted per tool, then per agent, so
-    /// no agent count holds a call the tool counts miss). The totals are the tools' sums.
-    pub fn read(&self, entries: &Entries) -> Snapshot {
+    /// Reads the agents' counts (`agents`: [`Metrics::agent_entries`]'s): step two.
+    pub fn read_agents(agents: &Entries) -> AgentCounts {
+        let failures = counts(&agents.0, |c| &c.failures);
+        let calls = counts(&agents.0, |c| &c.calls);
+        AgentCounts { failures, calls }
+    }
+
+    /// Copies the tools' names: step three.
+    pub fn tool_entries(&self) -> Entries {
+        Entries(self.tools.entries())
+    }
+
+    /// Reads the tools' and the global counters into a snapshot with `agents`: step four.
+    /// The totals are the tools' sums.
+    pub fn read(&self, agents: AgentCounts, tools: &Entries) -> Snapshot {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let agent_failures = counts(&entries.agents, |c| &c.failures);
-        let tool_failures = counts(&entries.tools, |c| &c.failures);
-        let agent_calls = counts(&entries.agents, |c| &c.calls);
-        let tool_calls = counts(&entries.tools, |c| &c.calls);
+        let tool_failures = counts(&tools.0, |c| &c.failures);
+        let tool_calls = counts(&tools.0, |c| &c.calls);
+        let AgentCounts {
+            failures: agent_failures,
+            calls: agent_calls,
+        } = agents;
         Snapshot {
             active_sessions: load(&self.active_sessions),
             total_sessions: load(&self.total_sessions),
@@ -221,10 +238,11 @@ impl Metrics {
         }
     }
 
-    /// Reads every counter into a plain snapshot ([`Metrics::entries`] then
-    /// [`Metrics::read`]).
+    /// Reads every counter into a plain snapshot (the four steps of
+    /// [`Metrics::agent_entries`] in a row).
     pub fn snapshot(&self) -> Snapshot {
-        self.read(&self.entries())
+        let agents = Self::read_agents(&self.agent_entries());
+        self.read(agents, &self.tool_entries())
     }
 }
 
@@ -490,12 +508,14 @@ pub struct PyRuntimeMetrics {
 }
 
 impl PyRuntimeMetrics {
-    /// A snapshot: the named counters copied out with the GIL held (briefly: their map's
-    /// lock is never held across a release of the GIL), then every counter read without it
-    /// (as many as names seen).
+    /// A snapshot: each half's names copied out with the GIL held (briefly: their map's lock
+    /// is never held across a release of the GIL), then its counters read without it (as
+    /// many as names seen), the agents' before the tools' (see [`Metrics::agent_entries`]).
     fn read(&self, py: Python<'_>) -> Snapshot {
-        let entries = self.inner.entries();
-        py.detach(|| self.inner.read(&entries))
+        let agents = self.inner.agent_entries();
+        let agents = py.detach(|| Metrics::read_agents(&agents));
+        let tools = self.inner.tool_entries();
+        py.detach(|| self.inner.read(agents, &tools))
     }
 }
 
@@ -601,8 +621,8 @@ impl PyRuntimeMetrics {
 
     /// Returns the counters in Prometheus text exposition format (of a `snapshot`).
     fn to_prometheus(&self, py: Python<'_>) -> String {
-        let entries = self.inner.entries();
-        py.detach(|| self.inner.read(&entries).to_prometheus())
+        let snapshot = self.read(py);
+        py.detach(|| snapshot.to_prometheus())
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {

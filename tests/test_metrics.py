@@ -278,6 +278,36 @@ def test_a_snapshot_taken_while_threads_record_is_a_state_the_counters_were_in()
         recorder.join()
 
 
+def test_a_snapshot_taken_while_calls_come_under_new_tool_names_counts_them_per_tool() -> None:
+    # The tools' names were copied before the agents' counts were read: a call under a new
+    # tool name in between was in its agent's count, and in no tool's.
+    m = ar.RuntimeMetrics()
+    for i in range(50_000):  # many names: a snapshot takes a while
+        m.record_tool_call(f"old{i}")
+    m.record_tool_call("first", "agent")
+    stop = threading.Event()
+
+    def record() -> None:
+        for i in range(100_000):
+            if stop.is_set():
+                return
+            m.record_tool_call(f"new{i}", "agent")
+            m.record_tool_failure(f"new{i}", "agent")
+
+    recorder = threading.Thread(target=record)
+    recorder.start()
+    try:
+        for _ in range(3):
+            s = m.snapshot()
+            of_agent = {n: c for n, c in s.tool_calls.items() if not n.startswith("old")}
+            assert s.agent_calls["agent"] <= sum(of_agent.values())
+            assert s.agent_failures.get("agent", 0) <= sum(s.tool_failures.values())
+            assert s.agent_failures.get("agent", 0) <= s.agent_calls["agent"]
+    finally:
+        stop.set()
+        recorder.join()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_child_forked_while_another_thread_takes_a_snapshot_records_new_names() -> None:
     # A snapshot held the name map's lock with the GIL released: a fork() then copied it
