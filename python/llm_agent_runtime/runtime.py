@@ -536,8 +536,11 @@ class AgentRuntime:
             prompt: The user's request.
             infer: Async `prompt -> reply text` (an `async def`, or a callable returning an
                 awaitable).
-            session: A session to fill (its state stays consistent if the run is cancelled);
-                a session runs one turn at a time.
+            session: A session to fill; a session runs one turn at a time. Its state stays
+                consistent if the run is cancelled or fails: the tool calls of the round it
+                ended in each keep a step, numbered as their events were, whose observation
+                says how the call ended (in a run with checkpoints, `resume` makes them, from
+                the round's journal).
 
         Returns:
             The finished session.
