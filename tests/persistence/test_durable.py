@@ -1513,3 +1513,39 @@ async def test_resume_refuses_to_go_on_in_the_other_mode() -> None:
     with pytest.raises(ar.AgentRuntimeError, match="resume it with a runtime in tools mode"):
         await tools.resume(native.session_id, script(FINAL))  # an infer function is ReAct
     assert (await tools.resume(native.session_id, ar.ScriptedProvider(["done"]))).final_answer
+
+
+class _FullDisk(ar.InMemoryBackend):
+    """Its own error on the tool-call journal's writes, as a backend of the user's may raise."""
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        if ":call:" in key:
+            raise OSError(28, "No space left on device")
+        return await super().save_new(key, value)
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_backends_own_error_on_an_intent_is_a_persistence_error(mode: str) -> None:
+    # It escaped the run as the backend's bare OSError (the meta and final writes were typed).
+    ran: list[int] = []
+
+    @ar.tool(idempotent=False)
+    async def charge(amount: int) -> str:
+        """Charges a card (at most once)."""
+        ran.append(amount)
+        return f"charged {amount}"
+
+    rt = ar.AgentRuntime(
+        ar.AgentConfig(mode=mode),  # type: ignore[arg-type]
+        tools=[charge],
+        checkpoint_backend=_FullDisk(),
+    )
+    with pytest.raises(ar.PersistenceError, match="journal entry not written") as raised:
+        if mode == "react":
+            await rt.run_agent("a", "pay", script('Thought: pay\nAction: charge {"amount": 3}'))
+        else:
+            reply = ar.ScriptedProvider.tool_call_reply([("charge", {"amount": 3})])
+            await rt.run_agent_with_provider("a", "pay", ar.ScriptedProvider([reply, "ok"]))
+    assert isinstance(raised.value.__cause__, OSError)
+    assert raised.value.key is not None and raised.value.key.endswith(":call:1:0")
+    assert ran == []  # its intent was not written: it did not run

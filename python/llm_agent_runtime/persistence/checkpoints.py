@@ -1333,16 +1333,25 @@ class CheckpointStore:
         resuming one session, one alone records the intent and runs the call. Returns the
         entry found instead, another worker's intent or result: the caller honours it as one
         found at resume.
+
+        Raises:
+            PersistenceError: The write (or the read of the entry found) failed, a backend's
+                own error included, or this worker's resume claim is lost.
         """
         key = f"{session_key(session_id)}:call:{step}:{index}"
         record = _encode("call", entry)
         await self._check_writable(session_id)
-        if not new:
-            await self.backend.save(key, record)
-            return None
-        if await self._save_if_absent(key, record):
-            return None
-        raw = await self.backend.load(key)
+        try:
+            if not new:
+                await self.backend.save(key, record)
+                return None
+            if await self._save_if_absent(key, record):
+                return None
+            raw = await self.backend.load(key)
+        except PersistenceError:
+            raise
+        except Exception as error:  # a backend's own error, typed for the caller
+            raise PersistenceError(f"journal entry not written: {error}", key=key) from error
         found = decode(raw, key, "call") if raw is not None else None
         # Gone meanwhile (pruned), or not an entry: a call that may have run.
         return found if isinstance(found, dict) else {"state": "intent"}
