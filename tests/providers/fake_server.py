@@ -117,6 +117,9 @@ class Reply:
     """Close the connection after this many frames, without ending the body."""
     frame_interval: float = 0.0
     """Seconds to wait before each frame (a server that pings while the model thinks)."""
+    interim_replies: int = 0
+    """Interim `102 Processing` replies sent first, `frame_interval` apart (a proxy keeping a
+    request it has no answer for alive)."""
     close_delimited: bool = False
     """Send `frames` as they are, without content-length or chunked encoding, then close the
     connection: the body is whatever came before the close (HTTP/1.1 allows it), so a cut
@@ -489,6 +492,10 @@ class FakeLlmServer:
         """Writes the reply; False when the connection must close."""
         if reply.first_byte_delay:
             await asyncio.sleep(reply.first_byte_delay)
+        for _ in range(reply.interim_replies):
+            writer.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(reply.frame_interval)
         head = [f"HTTP/1.1 {reply.status} Scripted".encode()]
         headers = dict(reply.headers)
         if reply.frames is None:

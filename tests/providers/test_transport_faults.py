@@ -191,6 +191,32 @@ async def test_a_body_a_streamed_request_reads_whole_is_cut_at_total_timeout(
 
 
 @pytest.mark.timeout(30)
+async def test_a_stream_whose_answer_never_starts_is_cut_at_timeout_and_retried(
+    kind: str, server: FakeLlmServer, clock: FakeClock
+) -> None:
+    # A proxy that keeps the request alive with interim `102 Processing` replies (each within
+    # `timeout` of the last) and never answers kept the stream waiting for ever: only its
+    # body was bounded. `chat` was cut at total_timeout.
+    no_answer = Reply(interim_replies=40, frame_interval=0.1)  # 4 s of interim replies
+    server.script(no_answer, Turn("second attempt"))
+    retry = RetryPolicy(max_attempts=2, base_delay=1.0, jitter=False, clock=clock)
+    started = time.perf_counter()
+    async with make_provider(kind, server, retry=retry, timeout=0.5, total_timeout=30) as llm:
+        assert "".join([piece async for piece in llm.stream("hi")]) == "second attempt"
+    assert time.perf_counter() - started < 2.5  # not the 4 s the first reply takes
+    assert len(server.requests) == 2
+    assert clock.sleeps == [1.0]
+
+    server.script(no_answer)
+    async with make_provider(
+        kind, server, retry=RetryPolicy(max_attempts=1), timeout=0.5, total_timeout=30
+    ) as llm:
+        error = await attempt(llm, True)
+    assert (error.status, error.retryable) == (None, True)
+    assert "timed out: no reply within 0.5 s (timeout)" in str(error)
+
+
+@pytest.mark.timeout(30)
 async def test_the_default_total_timeout_is_two_timeouts_and_a_connect_timeout(
     kind: str, server: FakeLlmServer
 ) -> None:

@@ -1546,7 +1546,8 @@ class HttpTransport:
                 read as a stream); timeout, or a body read whole (an error status's, or that
                 of a reply that is no stream) that takes longer than `total_timeout` (as a
                 non-streamed reply does; retryable); `timeout` seconds spent waiting without
-                an event that carries content (keep-alive comments and `ping` events keep a
+                an event that carries content, the wait for the reply's headers included
+                (keep-alive comments, `ping` events and interim `1xx` replies keep a
                 connection open, not a stream going; retryable); a connection lost
                 mid-stream; or a line or an event past `MAX_EVENT_BYTES` (see `iter_sse`).
         """
@@ -1587,7 +1588,21 @@ class HttpTransport:
                 yield chunk
 
         with self.translate_errors():
-            response = await self._send(client, path, content)
+            # Waiting for the reply's headers is waiting without content too: `timeout` alone
+            # never cuts a server (or proxy) that sends a byte, or an interim `1xx` reply,
+            # now and then and never its answer.
+            clock = asyncio.get_running_loop().time
+            sent = clock()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    response = await self._send(client, path, content)
+            except TimeoutError:
+                raise ProviderError(
+                    f"{self.name} request timed out: no reply within {self.timeout:g} s "
+                    "(timeout)",
+                    retryable=True,
+                ) from None
+            waited = clock() - sent
             chunks = response.aiter_bytes()
             try:
                 # A body read whole (an error status's, or a reply that is no stream) is
