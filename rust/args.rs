@@ -11,39 +11,46 @@
 use pyo3::exceptions::PyOverflowError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyBool, PyString};
+use pyo3::types::{PyBool, PyInt, PyString};
 
 use crate::errors::CoreError;
 
-/// Refuses a `bool` where an int (a size, a count, an id) is expected: `bool` is an `int`
-/// subclass, which PyO3 would read as 0 or 1. `error` receives the bool's value and makes
-/// the calling method's typed error.
+/// Refuses a bool where an int (a size, a count, an id) is expected: Python's `bool` is an
+/// `int` subclass, which PyO3 would read as 0 or 1, and numpy's (see [`is_bool`]) converts
+/// like one. `error` receives the bool's value and makes the calling method's typed error.
 ///
 /// # Errors
-/// `error(value)` when `value` is a `bool`.
+/// `error(value)` when `value` is a bool.
 #[inline]
 pub fn not_bool(
     value: &Bound<'_, PyAny>,
     error: impl FnOnce(bool) -> CoreError,
 ) -> Result<(), CoreError> {
-    match value.cast::<PyBool>() {
-        Ok(flag) => Err(error(flag.is_true())),
-        Err(_) => Ok(()),
+    if let Ok(flag) = value.cast::<PyBool>() {
+        return Err(error(flag.is_true()));
     }
+    // A plain int (the usual case) is no bool of any kind: no need to look further.
+    if value.is_exact_instance_of::<PyInt>() || !is_bool(value) {
+        return Ok(());
+    }
+    Err(error(value.is_truthy().unwrap_or(true)))
 }
 
 /// Whether `value` is a bool: Python's, or numpy's (`numpy.bool_`, no `bool` subclass), which
 /// a float conversion would read as 0.0 or 1.0.
 pub fn is_bool(value: &Bound<'_, PyAny>) -> bool {
-    if value.is_instance_of::<PyBool>() {
-        return true;
-    }
+    value.is_instance_of::<PyBool>() || is_numpy(value, &["bool", "bool_"])
+}
+
+/// Whether `value`'s type is the numpy type of one of `names` (told by the type's module and
+/// name: numpy may not be installed, and is not imported for this).
+pub fn is_numpy(value: &Bound<'_, PyAny>, names: &[&str]) -> bool {
     let kind = value.get_type();
     kind.module()
         .is_ok_and(|module| module.to_cow().is_ok_and(|m| m == "numpy"))
         && kind
             .name()
-            .is_ok_and(|name| name.to_cow().is_ok_and(|n| n == "bool" || n == "bool_"))
+            .is_ok_and(|name| name.to_cow().is_ok_and(|n| names.contains(&&*n)))
 }
 
 /// Converts an integer argument that a method takes as `i64` to `usize`.

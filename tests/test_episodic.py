@@ -81,7 +81,7 @@ def test_negative_limits_and_capacities_are_memory_store_errors() -> None:
     assert [e.content for e in store.recall("a", 2**62)] == ["x"]
 
 
-@pytest.mark.parametrize("flag", [True, False])
+@pytest.mark.parametrize("flag", [True, False, np.True_, np.False_])
 def test_a_bool_is_no_recall_limit(flag: bool) -> None:
     # True recalled one episode (and counted it), False none: a bool is no count.
     store = ar.EpisodicStore()

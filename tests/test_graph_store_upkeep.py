@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 import networkx as nx
+import numpy as np
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -344,3 +345,47 @@ def test_graph_int_arguments_refuse_a_bool(call: Any) -> None:
     g = ar.GraphStore.from_edge_list(3, [(0, 1), (1, 2)])
     with pytest.raises(ar.GraphError, match="must be an int, got bool"):
         call(g)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda g, flag: g.bfs("0", max_depth=flag),
+        lambda g, flag: g.neighborhood("0", hops=flag),
+        lambda g, flag: g.cycles(cap=flag),
+        lambda g, flag: g.communities(seed=flag),
+        lambda g, flag: ar.GraphStore.from_edge_list(flag, []),
+        lambda g, flag: ar.GraphStore.from_edge_list(2, [(flag, 1)]),
+    ],
+    ids=["bfs", "neighborhood", "cycles", "seed", "n", "edge-index"],
+)
+def test_graph_int_arguments_refuse_numpys_bool(call: Any) -> None:
+    # numpy's bool passed the check for Python's, then failed PyO3's int conversion with a
+    # bare TypeError.
+    g = ar.GraphStore.from_edge_list(3, [(0, 1), (1, 2)])
+    for flag in (np.True_, np.False_):
+        with pytest.raises(ar.GraphError, match="must be an int, got bool"):
+            call(g, flag)
+
+
+def test_edges_come_as_tuples_lists_or_the_rows_of_an_integer_array() -> None:
+    # Only tuples were taken, though numpy is the usual source of index pairs.
+    expected = [("0", "1", 1.0), ("1", "2", 1.0), ("2", "0", 1.0)]
+    pairs = np.array([[0, 1], [1, 2], [2, 0]])
+    weighted = np.array([[0, 1, 2], [1, 2, 3]])
+    for edges in (pairs, pairs.tolist(), [(0, 1), [1, 2], pairs[2]]):
+        g = ar.GraphStore.from_edge_list(3, edges)  # type: ignore[arg-type]
+        assert [(r["from"], r["to"], r["weight"]) for r in g.relationships()] == expected
+    g = ar.GraphStore.from_edge_list(3, weighted)
+    assert [r["weight"] for r in g.relationships()] == [2.0, 3.0]
+    for edges, message in [
+        (["01"], "got str"),
+        ([b"01"], "got bytes"),
+        ([{0: 1, 1: 2}], "got dict"),
+        ([np.array(1)], "got ndarray"),
+        ([[0]], "an edge has 2 or 3 items, got 1"),
+        (np.array([[0, 1, 2, 3]]), "an edge has 2 or 3 items, got 4"),
+        ([[0, 3]], r"edge \(0, 3\) is out of range for 3 entities"),
+    ]:
+        with pytest.raises(ar.GraphError, match=message):
+            ar.GraphStore.from_edge_list(3, edges)  # type: ignore[arg-type]

@@ -500,7 +500,7 @@ def test_bools_are_refused_as_ids_and_k() -> None:
         index.remove([True])
     assert len(index) == 2
     query = np.ones(2, dtype=np.float32)
-    for k in (True, False):
+    for k in (True, False, np.True_, np.False_):
         with pytest.raises(ar.MemoryStoreError, match="k must be an int, got bool"):
             index.search(query, k)
         with pytest.raises(ar.MemoryStoreError, match="k must be an int, got bool"):

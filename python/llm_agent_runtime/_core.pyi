@@ -609,7 +609,8 @@ class GraphStore:
     @staticmethod
     def from_edge_list(
         n: int,
-        edges: Iterable[tuple[int, int] | tuple[int, int, float]],
+        edges: Iterable[tuple[int, int] | tuple[int, int, float] | list[int] | list[float]]
+        | npt.NDArray[np.integer[Any]],
         kind: str = "related",
     ) -> GraphStore: ...
     def add_entities(self, ids: Sequence[str]) -> None: ...

@@ -222,26 +222,42 @@ fn build_numbered(n: u32, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGr
     })
 }
 
-/// The snapshot of `from_edge_list`'s `edges` (tuples `(u, v)` or `(u, v, weight)`).
+/// One edge of `from_edge_list`'s `edges` as a tuple: a tuple as it is, a list or a row of
+/// a numpy array as a tuple of its items.
+fn edge_tuple<'py>(item: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    // An exact tuple is told by its type pointer, without a call into Python.
+    if let Ok(tuple) = item.cast_exact::<PyTuple>() {
+        return Ok(tuple.clone());
+    }
+    if let Ok(tuple) = item.cast::<PyTuple>() {
+        return Ok(tuple.clone());
+    }
+    let shape_error = || {
+        let kind = item.get_type().name().map(|name| name.to_string());
+        PyErr::from(CoreError::Graph(format!(
+            "each edge must be a tuple, a list or a numpy array row (u, v[, weight]), got {}",
+            kind.as_deref().unwrap_or("another object")
+        )))
+    };
+    if !(item.is_instance_of::<PyList>() || args::is_numpy(item, &["ndarray"])) {
+        return Err(shape_error());
+    }
+    // A 0-d array has no length: no row.
+    match item.len().map_err(|_| shape_error())? {
+        2..=3 => PyTuple::new(item.py(), item.try_iter()?.collect::<PyResult<Vec<_>>>()?),
+        len => Err(CoreError::Graph(format!("an edge has 2 or 3 items, got {len}")).into()),
+    }
+}
+
+/// The snapshot of `from_edge_list`'s `edges` (see [`edge_tuple`]).
 fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
     let count = edges.len().unwrap_or(0);
     let mut snapshot = SnapshotBuilder::new(n as usize, count)?;
-    let shape_error = || {
-        PyErr::from(CoreError::Graph(
-            "each edge must be a tuple (u, v[, weight])".into(),
-        ))
-    };
     let mut add = |item: &Bound<'_, PyAny>| -> PyResult<()> {
-        // An exact tuple is told by its type pointer, without a call into Python.
-        let tuple = match item.cast_exact::<PyTuple>() {
-            Ok(tuple) => tuple,
-            Err(_) => item.cast::<PyTuple>().map_err(|_| shape_error())?,
-        };
+        let tuple = edge_tuple(item)?;
         let len = tuple.len();
         if !(2..=3).contains(&len) {
-            return Err(
-                CoreError::Graph(format!("an edge tuple has 2 or 3 items, got {len}")).into(),
-            );
+            return Err(CoreError::Graph(format!("an edge has 2 or 3 items, got {len}")).into());
         }
         let index = |i: usize| -> PyResult<u32> {
             let item = tuple.get_borrowed_item(i)?;
@@ -872,7 +888,9 @@ impl PyGraphStore {
     ///
     /// Args:
     ///     n: Number of entities (at most 2**32 - 1).
-    ///     edges: Tuples `(u, v)` or `(u, v, weight)` of entity indices.
+    ///     edges: Edges `(u, v)` or `(u, v, weight)` of entity indices (ints): tuples (the
+    ///         fastest), lists, or the rows of an `(m, 2)` or `(m, 3)` integer numpy array
+    ///         (the array itself).
     ///     kind: Kind of every relationship.
     ///
     /// Raises:
