@@ -199,6 +199,53 @@ async def test_guard_block_that_released_its_slot_gives_none_back_twice() -> Non
     assert guard.depth == 0
 
 
+async def test_an_acquire_and_release_inside_a_block_leave_the_blocks_slot_alone() -> None:
+    # A release() inside a block gave back the block's slot even when it paired with an
+    # acquire() made in the block: the block then gave none back, and the acquire's slot
+    # was never returned (the runtime's own slot for a run inside a user's block).
+    guard = ar.BackpressureGuard(4)
+    runtime = ar.AgentRuntime(backpressure=guard)
+
+    async def infer(prompt: str) -> str:
+        return "Thought: done\nAction: FINAL_ANSWER ok"
+
+    for _ in range(6):  # past the capacity: slots would have leaked one a run
+        async with guard:
+            guard.acquire()
+            assert guard.depth == 2
+            guard.release()
+            session = await runtime.run_agent("a", "q", infer)
+            assert session.final_answer == "ok" and guard.depth == 1
+        assert guard.depth == 0
+    async with guard:  # a release with no acquire of the block's task: the block's slot
+        guard.release()
+        assert guard.depth == 0
+    assert guard.depth == 0
+
+
+async def test_a_task_started_in_a_block_releases_its_own_slot_not_the_blocks() -> None:
+    # A task copies its context, with the blocks open in it: its release() of a slot it
+    # took itself gave back its parent's block's slot.
+    guard = ar.BackpressureGuard(2)
+    handed: list[asyncio.Task[None]] = []
+
+    async def background() -> None:
+        try:
+            await asyncio.sleep(0)
+        finally:
+            guard.release()
+
+    async with guard:
+        assert guard.try_acquire()
+        handed.append(asyncio.create_task(background()))
+        await handed[0]
+        assert guard.depth == 1  # the block's own slot, still held
+    assert guard.depth == 0
+    async with guard:
+        async with guard:
+            assert guard.depth == 2
+
+
 def test_guard_refuses_metrics_that_cannot_count_a_shed() -> None:
     class PromCounter:
         def inc(self) -> None: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextvars import ContextVar
 from types import TracebackType
@@ -17,11 +18,32 @@ __all__ = ["BackpressureGuard"]
 
 logger = logging.getLogger(__name__)
 
-_BLOCKS: ContextVar[tuple[tuple[BackpressureGuard, list[bool]], ...]] = ContextVar(
+class _Block:
+    """An open `async with guard:` block: its task, and the slots it accounts for."""
+
+    __slots__ = ("bare", "guard", "holds", "task")
+
+    def __init__(self, guard: BackpressureGuard, task: asyncio.Task[object] | None) -> None:
+        self.guard = guard
+        self.task = task
+        self.holds = True
+        """Whether the block still holds its own slot (not given back by `release()`)."""
+        self.bare = 0
+        """Slots its task took with `acquire()` inside it, not given back yet."""
+
+
+_BLOCKS: ContextVar[tuple[_Block, ...]] = ContextVar(
     "llm_agent_runtime_backpressure_blocks", default=()
 )
-"""(guard, [whether it still holds its slot]) of each `async with guard:` block open in the
-current task."""
+"""The `async with guard:` blocks open in this context, innermost last. A task started in a
+block sees them too (it copies the context): only a block's own task counts in it."""
+
+
+def _current_task() -> asyncio.Task[object] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no event loop runs here
+        return None
 
 
 class BackpressureGuard:
@@ -74,12 +96,30 @@ class BackpressureGuard:
         """Holders right now."""
         return self._depth
 
+    def _block(self) -> _Block | None:
+        """This guard's innermost block open in the current task, if any."""
+        blocks = _BLOCKS.get()
+        if not blocks:
+            return None
+        task = _current_task()
+        for block in reversed(blocks):
+            if block.guard is self and block.task is task:
+                return block
+        return None
+
     def acquire(self) -> None:
         """Takes a slot.
 
         Raises:
             BackpressureShedError: all `capacity` slots are taken.
         """
+        self._take()
+        block = self._block()
+        if block is not None:  # its own slot, which a `release()` gives back before the block's
+            block.bare += 1
+
+    def _take(self) -> None:
+        """Takes a slot, refusing it at capacity (see `acquire`)."""
         depth = self._depth
         if depth >= self.capacity:
             self.shed_count += 1
@@ -105,23 +145,27 @@ class BackpressureGuard:
     def release(self) -> None:
         """Gives a slot back.
 
-        Called inside an `async with guard:` block, it gives back that block's slot: the
-        block then gives none back as it ends.
+        It gives back the slot of the last `acquire()` not given back yet. Called inside an
+        `async with guard:` block, by the block's task, with every slot that task took in
+        the block with `acquire()` given back already, it gives back the block's own slot:
+        the block then gives none back as it ends.
 
         Raises:
             RuntimeError: nothing was held.
         """
         if self._depth == 0:
             raise RuntimeError("BackpressureGuard.release() without a matching acquire()")
-        for guard, holds in reversed(_BLOCKS.get()):  # the innermost block of this guard
-            if guard is self and holds[0]:
-                holds[0] = False
-                break
+        block = self._block()
+        if block is not None:
+            if block.bare:
+                block.bare -= 1
+            elif block.holds:
+                block.holds = False
         self._depth -= 1
 
     async def __aenter__(self) -> BackpressureGuard:
-        self.acquire()
-        _BLOCKS.set((*_BLOCKS.get(), (self, [True])))
+        self._take()
+        _BLOCKS.set((*_BLOCKS.get(), _Block(self, _current_task())))
         return self
 
     async def __aexit__(
@@ -132,9 +176,9 @@ class BackpressureGuard:
     ) -> None:
         blocks = _BLOCKS.get()
         for index in range(len(blocks) - 1, -1, -1):  # the innermost block of this guard
-            if blocks[index][0] is self:
+            if blocks[index].guard is self:
                 _BLOCKS.set(blocks[:index] + blocks[index + 1 :])
-                if blocks[index][1][0]:  # not given back inside the block already
+                if blocks[index].holds:  # not given back inside the block already
                     self._depth -= 1
                 return
         # Left in another context than it was entered in (an async generator's block closed
