@@ -782,6 +782,48 @@ async def test_a_policy_refusal_inside_a_guarded_call_is_not_a_service_failure()
     assert breaker.state == "open"
 
 
+async def test_a_policy_refusal_in_a_group_or_a_pipeline_stage_is_not_a_service_failure() -> None:
+    # Only a refusal raised bare was told apart: sub-agents refused in a TaskGroup, or a
+    # pipeline stage's refusal, opened the circuit of a healthy tool.
+    breaker = ar.CircuitBreaker("svc", failure_threshold=1)
+
+    async def sub_agents() -> None:
+        async def refused() -> None:
+            raise ar.BudgetExceededError("token budget spent")
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(refused())
+            group.create_task(refused())
+
+    def denied_stage(value: int) -> int:
+        raise ar.PolicyDeniedError("not allowed")
+
+    pipeline = ar.Pipeline(("check", denied_stage))
+    with pytest.raises(ExceptionGroup):
+        await breaker.call(sub_agents)
+    with pytest.raises(ar.PipelineStageError):
+        await breaker.call(pipeline.run, 1)
+    assert breaker.state == "closed"
+    mixed = ExceptionGroup("mixed", [Boom(), ar.PolicyDeniedError("no")])
+    with pytest.raises(ExceptionGroup):
+        await breaker.call(_raiser(mixed))
+    assert breaker.state == "closed"  # a refusal among the errors: the call was refused
+    with pytest.raises(ExceptionGroup):
+        await breaker.call(_raiser(ExceptionGroup("failed", [Boom()])))
+    assert breaker.state == "open"
+    # The same reading: a retry never repeats a refusal in a group.
+    policy = ar.RetryPolicy(max_attempts=3, retry_on=lambda error: True)
+    assert not policy.should_retry(mixed)
+    assert policy.should_retry(ExceptionGroup("failed", [Boom()]))
+
+
+def _raiser(error: BaseException) -> Callable[[], None]:
+    def raise_it() -> None:
+        raise error
+
+    return raise_it
+
+
 async def test_a_block_in_an_async_generator_closed_by_its_loop_closes_quietly() -> None:
     # The loop closes an async generator left open in a task of its own (another context):
     # its block's exit finds no admission there, and records nothing (it raised before).

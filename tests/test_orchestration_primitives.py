@@ -241,9 +241,8 @@ async def test_a_task_started_in_a_block_releases_its_own_slot_not_the_blocks() 
         await handed[0]
         assert guard.depth == 1  # the block's own slot, still held
     assert guard.depth == 0
-    async with guard:
-        async with guard:
-            assert guard.depth == 2
+    async with guard, guard:
+        assert guard.depth == 2
 
 
 def test_guard_refuses_metrics_that_cannot_count_a_shed() -> None:

@@ -295,6 +295,24 @@ async def test_a_policy_error_from_a_tools_task_group_propagates_as_itself(
     assert isinstance(raised.value.__cause__, ExceptionGroup)
 
 
+async def test_a_policy_error_from_a_tools_pipeline_stage_propagates_as_itself() -> None:
+    # As from a task group: the refusal a stage met ends the run, not an observation.
+    refusal = ar.BudgetExceededError("token budget spent")
+
+    def spend(value: Any) -> Any:
+        raise refusal
+
+    pipeline = ar.Pipeline(("spend", spend))
+
+    async def staged(args: dict[str, Any]) -> str:
+        return str(await pipeline.run(args))
+
+    with pytest.raises(ar.BudgetExceededError) as raised:
+        await ar.ToolRegistry([ar.ToolSpec("staged", "d", staged)]).call("staged", {})
+    assert raised.value is refusal
+    assert isinstance(raised.value.__cause__, ar.PipelineStageError)
+
+
 async def test_an_exception_group_without_a_policy_error_is_an_observation() -> None:
     async def fails(args: dict[str, Any]) -> str:
         raise ExceptionGroup("workers", [ValueError("bad row"), KeyError("id")])

@@ -175,3 +175,35 @@ class ParseError(AgentRuntimeError):
     def __str__(self) -> str:
         message = str(self.args[0])
         return f"{message} (at index {self.position})" if self.position is not None else message
+
+
+def group_leaves(error: BaseException) -> list[BaseException] | None:
+    """The members of an exception group, nested groups flattened; None for another error."""
+    if not isinstance(error, BaseExceptionGroup):
+        return None
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(reversed(current.exceptions))  # in order: `pending` is a stack
+        else:
+            leaves.append(current)
+    return leaves
+
+
+def policy_error_in(error: BaseException) -> PolicyDeniedError | BudgetExceededError | None:
+    """The policy refusal `error` carries, if any.
+
+    That is `error` itself, the error of a pipeline stage it reports (a `PipelineStageError`'s
+    cause), or the first inside an exception group (a `TaskGroup` of sub-agents, say). One
+    reading for all that tells a refusal from a failure: the runtime (which ends the run
+    on one as on a refusal raised alone), circuit breakers (which never count one against
+    the service) and retries (which never repeat one).
+    """
+    while isinstance(error, PipelineStageError) and error.__cause__ is not None:
+        error = error.__cause__
+    for leaf in group_leaves(error) or (error,):
+        if isinstance(leaf, (PolicyDeniedError, BudgetExceededError)):
+            return leaf
+    return None

@@ -47,7 +47,9 @@ from llm_agent_runtime.errors import (
     PolicyDeniedError,
     ProviderError,
     ToolError,
+    group_leaves,
     is_retryable_status,
+    policy_error_in,
 )
 from llm_agent_runtime.orchestration._calls import is_async_callable
 from llm_agent_runtime.orchestration._checks import names_repr, safe_repr
@@ -153,7 +155,7 @@ def classify_error(error: BaseException) -> ErrorKind:
         return "transient"
     if isinstance(error, ProviderError):
         return "transient" if error.retryable else "permanent"
-    members = _group_leaves(error)
+    members = group_leaves(error)
     if members is not None:
         if members and all(classify_error(m) == "transient" for m in members):
             return "transient"
@@ -217,21 +219,6 @@ def _package(klass: type) -> str:
     """The top-level package a class is defined in."""
     module = getattr(klass, "__module__", None)
     return module.partition(".")[0] if isinstance(module, str) else ""
-
-
-def _group_leaves(error: BaseException) -> list[BaseException] | None:
-    """The members of an exception group, nested groups flattened; None for another error."""
-    if not isinstance(error, BaseExceptionGroup):
-        return None
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [error]
-    while pending:
-        current = pending.pop()
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(reversed(current.exceptions))  # in order: `pending` is a stack
-        else:
-            leaves.append(current)
-    return leaves
 
 
 def _check_name(name: Any) -> None:
@@ -1611,7 +1598,7 @@ def _describe(error: BaseException, with_type: bool = False) -> str:
         message = str(error)
     except Exception as failure:
         return f"{kind} (its message could not be rendered: {type(failure).__name__})"
-    leaves = _group_leaves(error)
+    leaves = group_leaves(error)
     if leaves:
         shown = "; ".join(_describe(m, with_type=True) for m in leaves[:_GROUP_SHOWN])
         more = len(leaves) - _GROUP_SHOWN
@@ -1764,24 +1751,12 @@ def _cancelled_by_the_tool(task: asyncio.Task[Any] | None, cancels: int) -> bool
     return task is None or task.cancelling() <= cancels
 
 
-def _policy_error_in(group: Exception) -> PolicyDeniedError | BudgetExceededError | None:
-    """The first policy error inside an exception group; None when there is none.
-
-    A tool's sub-agents run in a `TaskGroup`, say: a budget one of them found spent ends the
-    run as it would raised alone.
-    """
-    for leaf in _group_leaves(group) or ():
-        if isinstance(leaf, (PolicyDeniedError, BudgetExceededError)):
-            return leaf
-    return None
-
-
 def _must_propagate(group: BaseException, task: asyncio.Task[Any] | None, cancels: int) -> bool:
     """Whether an exception group carries a `KeyboardInterrupt` or the call's cancellation.
 
     `task` and `cancels`: as `_cancelled_by_the_tool`'s.
     """
-    leaves = _group_leaves(group) or ()
+    leaves = group_leaves(group) or ()
     if any(isinstance(e, KeyboardInterrupt) for e in leaves):
         return True
     cancelled = any(isinstance(e, asyncio.CancelledError) for e in leaves)
@@ -1908,7 +1883,7 @@ class ToolRegistry:
         except Exception as error:  # a tool's failure is an observation for the model
             if task is not None and task.cancelling() > cancels:
                 _cancelled_while_running(task, cancels, error)
-            policy = _policy_error_in(error)
+            policy = policy_error_in(error)
             if policy is not None:
                 raise policy from error
             kind = classify_error(error)

@@ -18,6 +18,7 @@ __all__ = ["BackpressureGuard"]
 
 logger = logging.getLogger(__name__)
 
+
 class _Block:
     """An open `async with guard:` block: its task, and the slots it accounts for."""
 

@@ -53,7 +53,7 @@ from typing import (
     runtime_checkable,
 )
 
-from llm_agent_runtime.errors import BudgetExceededError, CircuitOpenError, PolicyDeniedError
+from llm_agent_runtime.errors import CircuitOpenError, policy_error_in
 from llm_agent_runtime.orchestration._calls import (
     call_maybe_async,
     is_async_callable,
@@ -109,9 +109,6 @@ class CircuitState(NamedTuple):
 
 
 CLOSED = CircuitState()
-
-_POLICY_ERRORS = (PolicyDeniedError, BudgetExceededError)
-"""Errors the default `is_failure` does not count: the runtime's policies raised them."""
 
 _HELD: contextvars.ContextVar[tuple[tuple[object, Admission], ...]] = contextvars.ContextVar(
     "llm_agent_runtime_circuit_breaker_held", default=()
@@ -200,7 +197,8 @@ class CircuitBreaker:
         clock: time source; the system clock by default.
         is_failure: decides whether an exception counts as a failure (default: any
             `Exception` but the runtime's policy refusals, `PolicyDeniedError` and
-            `BudgetExceededError`, which say nothing of the service's health; pass
+            `BudgetExceededError`, which say nothing of the service's health, also inside
+            an exception group or as a pipeline stage's error; pass
             `lambda error: True` to count those too; cancellation never counts; an exception
             it raises is logged, and the error counts).
         trial_timeout: seconds after which the trial slots of a half-open circuit whose
@@ -458,8 +456,8 @@ class CircuitBreaker:
     def _counts_as_failure(self, error: Exception) -> bool:
         if self._is_failure is None:
             # A policy refusal (a spent budget, a denied capability) says nothing of the
-            # service's health.
-            return not isinstance(error, _POLICY_ERRORS)
+            # service's health, also when it comes in a group or from a pipeline's stage.
+            return policy_error_in(error) is None
         try:
             return bool(self._is_failure(error))
         except Exception:

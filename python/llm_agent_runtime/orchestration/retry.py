@@ -16,6 +16,7 @@ from llm_agent_runtime.errors import (
     PipelineStageError,
     PolicyDeniedError,
     ProviderError,
+    policy_error_in,
 )
 from llm_agent_runtime.orchestration._checks import check_count, check_flag, check_real
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
@@ -118,6 +119,8 @@ class RetryPolicy:
         """
         cause = _stage_error(error)
         if isinstance(cause, NEVER_RETRIED) or not isinstance(cause, Exception):
+            return False
+        if policy_error_in(cause) is not None:  # a refusal in a group of errors
             return False
         try:
             return bool(self.retry_on(cause))

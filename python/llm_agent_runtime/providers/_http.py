@@ -1598,8 +1598,7 @@ class HttpTransport:
                     response = await self._send(client, path, content)
             except TimeoutError:
                 raise ProviderError(
-                    f"{self.name} request timed out: no reply within {self.timeout:g} s "
-                    "(timeout)",
+                    f"{self.name} request timed out: no reply within {self.timeout:g} s (timeout)",
                     retryable=True,
                 ) from None
             waited = clock() - sent
