@@ -5,6 +5,7 @@ import threading
 import time
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -953,3 +954,32 @@ def test_cache_invalidation_re_entered_by_a_finalizer_counts_what_it_dropped() -
     assert cache.invalidate("t") + sum(inner) == 2  # each counts what it dropped itself
     assert cache.get("t", {"a": 2}) == (False, None)
     assert cache.get("u", {}) == (True, 3)
+
+
+@pytest.mark.parametrize("clock", [time.monotonic, ar.FakeClock, object(), "fake"])
+def test_every_primitive_refuses_a_clock_that_is_no_clock(clock: Any) -> None:
+    # Taken as it was: a breaker given `time.monotonic` could not read the time when a call
+    # failed (a backend failure it only logged) and never opened; the others failed at use.
+    makers = [
+        lambda: ar.CircuitBreaker("svc", clock=clock),
+        lambda: ar.RetryPolicy(clock=clock),
+        lambda: ar.RateLimiter(rate=1, capacity=1, clock=clock),
+        lambda: ar.ResultCache(ttl=1, clock=clock),
+        lambda: ar.Deduplicator(ttl=1, clock=clock),
+    ]
+    for make in makers:
+        with pytest.raises(TypeError, match="clock must be a Clock"):
+            make()
+
+
+def test_a_clock_of_the_users_own_is_taken() -> None:
+    class Steady:
+        def now(self) -> float:
+            return 0.0
+
+        async def sleep(self, seconds: float) -> None:
+            return None
+
+    breaker = ar.CircuitBreaker("svc", clock=Steady())
+    assert breaker.state == "closed"
+    ar.RetryPolicy(clock=None)  # the system clock

@@ -10,7 +10,7 @@ from typing import Any
 
 from llm_agent_runtime.orchestration._calls import call_maybe_async
 from llm_agent_runtime.orchestration._checks import check_count, check_real, safe_repr
-from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
+from llm_agent_runtime.orchestration.clock import Clock, checked_clock
 from llm_agent_runtime.orchestration.dedup import canonical_key
 
 __all__ = ["ResultCache"]
@@ -37,6 +37,7 @@ class ResultCache:
         ValueError: `ttl` is not positive, is NaN, or is not a number (a bool included);
             `max_entries` is below 1 or is not an int (a float such as 1.5, NaN or infinity,
             or a bool).
+        TypeError: `clock` is not a `Clock` (see `checked_clock`).
     """
 
     def __init__(self, ttl: float, max_entries: int = 1024, clock: Clock | None = None) -> None:
@@ -47,7 +48,7 @@ class ResultCache:
         max_entries = check_count("max_entries", max_entries, 1)
         self.ttl = ttl
         self.max_entries = max_entries
-        self._clock = clock or SYSTEM_CLOCK
+        self._clock = checked_clock(clock)
         self._entries: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
         # Guards the entries and counters; held only for in-memory work, never across an
         # await (and never around JSON encoding of the arguments). Re-entrant: an evicted

@@ -61,7 +61,7 @@ from llm_agent_runtime.orchestration._calls import (
     refuse_awaitable,
 )
 from llm_agent_runtime.orchestration._checks import check_count, check_real, safe_repr
-from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
+from llm_agent_runtime.orchestration.clock import Clock, checked_clock
 
 __all__ = [
     "CircuitBreaker",
@@ -211,7 +211,8 @@ class CircuitBreaker:
         ValueError: a threshold, window, timeout or trial count is not positive, or is NaN or
             infinite; a threshold or trial count is not an int (a float such as 1.5, or a
             bool); a window or timeout is not a number (a bool included).
-        TypeError: `is_failure` is neither callable nor None.
+        TypeError: `is_failure` is neither callable nor None, or `clock` is not a `Clock`
+            (see `checked_clock`).
     """
 
     def __init__(
@@ -254,7 +255,7 @@ class CircuitBreaker:
         )
         # The in-process states, read directly on the fast path (`peek` without the call).
         self._local_states = None if self._local is None else self._local._states
-        self._clock = clock or SYSTEM_CLOCK
+        self._clock = checked_clock(clock)
         self._is_failure = is_failure
         self._listeners: list[Callable[[CircuitStateChange], None]] = []
         self.transitions: Counter[str] = Counter()

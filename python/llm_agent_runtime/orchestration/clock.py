@@ -12,6 +12,7 @@ import math
 import time
 from typing import Protocol, runtime_checkable
 
+from llm_agent_runtime.orchestration._calls import is_async_callable
 from llm_agent_runtime.orchestration._checks import safe_repr
 
 __all__ = ["Clock", "FakeClock", "SystemClock"]
@@ -151,3 +152,20 @@ def _gone(future: asyncio.Future[None]) -> bool:
 
 SYSTEM_CLOCK = SystemClock()
 """The shared default clock."""
+
+
+def checked_clock(clock: object) -> Clock:
+    """`clock` when it is a `Clock` (a callable `now()` and an async `sleep()`).
+
+    None is the system clock.
+
+    Raises:
+        TypeError: `clock` is something else: `time.monotonic`, say, or the `FakeClock` class
+            rather than an instance (else the first use fails, or a breaker that cannot read
+            the time never opens).
+    """
+    if clock is None:
+        return SYSTEM_CLOCK
+    if isinstance(clock, Clock) and not isinstance(clock, type) and is_async_callable(clock.sleep):
+        return clock
+    raise TypeError(f"clock must be a Clock (with now() and an async sleep()), got {clock!r:.80}")

@@ -11,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from llm_agent_runtime.orchestration._calls import call_maybe_async
 from llm_agent_runtime.orchestration._checks import check_real, safe_repr
-from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
+from llm_agent_runtime.orchestration.clock import Clock, checked_clock
 
 __all__ = ["Deduplicator", "canonical_key"]
 
@@ -79,6 +79,7 @@ class Deduplicator:
 
     Raises:
         ValueError: `ttl` is negative, NaN or not a number (a bool included).
+        TypeError: `clock` is not a `Clock` (see `checked_clock`).
     """
 
     def __init__(self, ttl: float, clock: Clock | None = None) -> None:
@@ -86,7 +87,7 @@ class Deduplicator:
         if not 0 <= ttl <= math.inf:  # NaN fails too
             raise ValueError(f"ttl must be >= 0, got {ttl}")
         self.ttl = ttl
-        self._clock = clock or SYSTEM_CLOCK
+        self._clock = checked_clock(clock)
         self._in_flight: dict[Hashable, asyncio.Task[Any]] = {}
         # By expiry: every result lives `ttl`, so the oldest stored expires first.
         self._done: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()

@@ -8,7 +8,7 @@ import math
 from collections.abc import Hashable
 
 from llm_agent_runtime.orchestration._checks import check_real, safe_repr
-from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
+from llm_agent_runtime.orchestration.clock import Clock, checked_clock
 
 _ROUNDING = 1e-9
 """Share of a request a bucket may lack by float rounding alone (4.1 - 4.0 is not quite 0.1
@@ -317,6 +317,7 @@ class RateLimiter:
     Raises:
         ValueError: `rate` or `capacity` is not positive, is NaN or infinite, or is not a
             number (a bool included).
+        TypeError: `clock` is not a `Clock` (see `checked_clock`).
     """
 
     def __init__(self, rate: float, capacity: float, clock: Clock | None = None) -> None:
@@ -326,7 +327,7 @@ class RateLimiter:
             raise ValueError(f"rate and capacity must be finite and > 0, got {rate} and {capacity}")
         self.rate = rate
         self.capacity = capacity
-        self._clock = clock or SYSTEM_CLOCK
+        self._clock = checked_clock(clock)
         self._buckets: dict[Hashable, tuple[float, float]] = {}
         self._room = _WaitingRoom()  # the callers of `acquire` waiting on each key
         self._count = 0  # numbers reservations and refunds (see `Refund`)

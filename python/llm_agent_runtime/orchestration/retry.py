@@ -19,7 +19,7 @@ from llm_agent_runtime.errors import (
     policy_error_in,
 )
 from llm_agent_runtime.orchestration._checks import check_count, check_flag, check_real
-from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK, Clock
+from llm_agent_runtime.orchestration.clock import Clock, checked_clock
 
 __all__ = ["DEFAULT_MAX_DELAY", "RetryPolicy"]
 
@@ -76,7 +76,8 @@ class RetryPolicy:
             infinite, `max_attempts` is not an int (a float such as 1.5, or a bool), or a
             delay is not a number (a bool included).
         TypeError: `jitter` is not a bool (a numpy bool, or the int 0 or 1, is one), or
-            `retry_on` is neither None nor callable.
+            `retry_on` is neither None nor callable, or `clock` is not a `Clock` (see
+            `checked_clock`).
     """
 
     def __init__(
@@ -108,7 +109,7 @@ class RetryPolicy:
         self.max_delay = min(max_delay, DEFAULT_MAX_DELAY)
         self.jitter = jitter
         self.retry_on = retry_on or default_retry_on
-        self._clock = clock or SYSTEM_CLOCK
+        self._clock = checked_clock(clock)
         self._rng = rng or random.Random()
 
     def should_retry(self, error: BaseException) -> bool:
