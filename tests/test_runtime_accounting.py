@@ -759,3 +759,34 @@ async def test_a_listener_failing_on_a_denied_call_keeps_its_step() -> None:
         await rt.run_turn(session, "q", ar.ScriptedProvider([reply, "done"]))
     [step] = session.steps
     assert step.action == "add" and "not today" in step.observation
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise AttributeError("no message")
+
+
+@pytest.mark.parametrize("mode", ["tools", "react"])
+@pytest.mark.parametrize("on", [ar.ToolCallStarted, ar.ToolCallFinished])
+async def test_an_error_whose_message_fails_stays_the_runs_error(mode: str, on: type) -> None:
+    # Describing the cut-off call ran str() on the error unguarded: an AttributeError
+    # replaced the listener's own error, and no step was kept.
+    def listener(event: Any) -> None:
+        if isinstance(event, on):
+            raise _Unprintable
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode), tools=[add])  # type: ignore[arg-type]
+    rt.events.on(listener)
+    session = rt.create_session("a")
+    call = [("add", {"a": 2, "b": 3})]
+    reply: Any = ADD if mode == "react" else ar.ScriptedProvider.tool_call_reply(call)
+    with pytest.raises(_Unprintable):
+        await rt.run_turn(session, "q", ar.ScriptedProvider([reply, "done"]))
+    [step] = session.steps
+    if on is ar.ToolCallFinished:  # it had returned
+        assert step.observation == "5"
+    else:
+        assert step.observation == (
+            "error: the call ended with _Unprintable (its message could not be rendered: "
+            "AttributeError)"
+        )

@@ -80,7 +80,14 @@ from llm_agent_runtime.providers.base import (
     tool_definitions_chars,
 )
 from llm_agent_runtime.session import AgentSession, Step, message_problem, session_problem
-from llm_agent_runtime.tools import ErrorKind, Observation, ToolRegistry, ToolSpec, _truncate
+from llm_agent_runtime.tools import (
+    ErrorKind,
+    Observation,
+    ToolRegistry,
+    ToolSpec,
+    _describe,
+    _truncate,
+)
 
 # The checkpoint machinery is imported where it is used, all of it behind a checkpoint
 # backend: a runtime without one (and its import) never loads it.
@@ -1679,14 +1686,17 @@ class AgentRuntime:
         """
         if not finished:  # refused before any call began (a capability): no call to show
             return
-        not_run = _interrupted_observation(
-            error, "the call did not start: its round ended with", self.config
-        )
+        not_run = None
+        if len(finished) < len(calls):
+            not_run = _interrupted_observation(
+                error, "the call did not start: its round ended with", self.config
+            )
         input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
         share = model_ms / len(calls)
         for index, call in enumerate(calls):
             run = finished.get(index)
             if run is None:
+                assert not_run is not None
                 run = (not_run, 0.0, call.name, call.arguments)
             (content, error_kind), tool_ms, name, arguments = run
             step = Step(
@@ -2939,8 +2949,8 @@ def _interrupted_observation(error: BaseException, what: str, config: AgentConfi
     work if run again; anything else (a `PolicyDeniedError`, a spent budget) is `permanent`.
     """
     kind: ErrorKind = "transient" if isinstance(error, asyncio.CancelledError) else "permanent"
-    detail = f": {error}" if str(error) else ""
-    content = f"error: {what} {type(error).__name__}{detail}"
+    # Even an error whose `str` fails: building this must not replace the run's error.
+    content = f"error: {what} {_describe(error, with_type=True)}"
     return Observation(_truncate(content, config.max_observation_chars), kind)
 
 
