@@ -213,7 +213,22 @@ async def test_a_stream_whose_answer_never_starts_is_cut_at_timeout_and_retried(
     ) as llm:
         error = await attempt(llm, True)
     assert (error.status, error.retryable) == (None, True)
-    assert "timed out: no reply within 0.5 s (timeout)" in str(error)
+    assert "timed out: no reply within 0.5 s of the request (timeout)" in str(error)
+
+
+@pytest.mark.timeout(30)
+async def test_a_stream_whose_headers_and_first_event_each_come_within_timeout_is_read(
+    kind: str, server: FakeLlmServer
+) -> None:
+    # The wait for the headers is bounded on its own: it does not eat into the wait for the
+    # first event (the two add up to more than `timeout` here).
+    wire = render_openai if kind == "openai" else render_anthropic
+    reply = wire(Turn("slow start"), True)
+    reply.first_byte_delay = 0.35
+    reply.frame_interval = 0.2  # a ping and the event after it: 0.4 s without content
+    server.script(reply)
+    async with make_provider(kind, server, retry=RetryPolicy(max_attempts=1), timeout=0.5) as llm:
+        assert "".join([piece async for piece in llm.stream("hi")]) == "slow start"
 
 
 @pytest.mark.timeout(30)

@@ -1469,14 +1469,33 @@ class HttpTransport:
                 retryable=True,
             ) from None
 
-    async def _send(self, client: httpx.AsyncClient, path: str, content: bytes) -> httpx.Response:
-        """POSTs `content` to `path`; the reply's body is left to stream (the caller closes it)."""
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        path: str,
+        content: bytes,
+        sent: Callable[[], None] | None = None,
+    ) -> httpx.Response:
+        """POSTs `content` to `path`; the reply's body is left to stream (the caller closes it).
+
+        `sent` is called once the request is sent whole (when the transport reports it:
+        httpx's own does), as the wait for the reply's headers begins.
+        """
+        extensions: dict[str, Any] = {}
+        if sent is not None:
+
+            async def trace(event: str, info: dict[str, Any]) -> None:
+                if event.endswith("send_request_body.complete"):
+                    sent()
+
+            extensions["trace"] = trace
         request = client.build_request(
             "POST",
             self.base_url + path,
             content=content,
             headers=self._headers,
             timeout=self._timeouts,
+            extensions=extensions,
         )
         # Never followed, even by a caller's client made with follow_redirects=True: httpx
         # drops `authorization` on the way to another host, but not Anthropic's `x-api-key`.
@@ -1588,20 +1607,24 @@ class HttpTransport:
                 yield chunk
 
         with self.translate_errors():
-            # Waiting for the reply's headers is waiting without content too: `timeout` alone
-            # never cuts a server (or proxy) that sends a byte, or an interim `1xx` reply,
-            # now and then and never its answer.
-            clock = asyncio.get_running_loop().time
-            sent = clock()
+            # The wait for the reply's headers, once the request is sent, is bounded as a
+            # whole: the timeout of each read alone never cuts a server (or a proxy) that
+            # sends an interim `1xx` reply, or a byte, now and then and never its answer.
+            loop = asyncio.get_running_loop()
             try:
-                async with asyncio.timeout(self.timeout):
-                    response = await self._send(client, path, content)
+                async with asyncio.timeout(None) as headers_due:
+                    response = await self._send(
+                        client,
+                        path,
+                        content,
+                        lambda: headers_due.reschedule(loop.time() + self.timeout),
+                    )
             except TimeoutError:
                 raise ProviderError(
-                    f"{self.name} request timed out: no reply within {self.timeout:g} s (timeout)",
+                    f"{self.name} request timed out: no reply within {self.timeout:g} s of the "
+                    "request (timeout)",
                     retryable=True,
                 ) from None
-            waited = clock() - sent
             chunks = response.aiter_bytes()
             try:
                 # A body read whole (an error status's, or a reply that is no stream) is
