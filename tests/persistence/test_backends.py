@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import socket
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -921,6 +922,10 @@ async def test_a_value_sqlite_cannot_bind_is_a_persistence_error_naming_its_key(
         def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
             return self.conn.executemany(sql, (self._bound(row) for row in rows))
 
+        @property
+        def in_transaction(self) -> bool:
+            return self.conn.in_transaction
+
     await store.save("guard", b"1")
     monkeypatch.setattr(store, "_conn", Binding(store._conn))
     big = bytes(101)
@@ -1822,3 +1827,104 @@ def test_a_redis_prefix_that_is_not_unicode_text_fails_at_once() -> None:
     # Accepted, it failed every call blaming the key ("key is not valid Unicode text").
     with pytest.raises(ar.PersistenceError, match=r"prefix .* is not valid Unicode text"):
         ar.RedisBackend("redis://localhost/0", prefix="bad\udc80:")
+
+
+# ------------------------------------------------------------------ failures named as they are
+async def test_sqlite_full_disk_is_the_error_a_batch_reports(tmp_path: Path) -> None:
+    # SQLite ends the transaction itself on a full disk: the batch's own ROLLBACK then failed
+    # ("no transaction is active") and its error replaced "database or disk is full".
+    backend = ar.SqliteBackend(tmp_path / "full.db")
+    await backend.save("a", b"1")
+    pages = backend._conn.execute("PRAGMA page_count").fetchone()[0]
+    backend._conn.execute(f"PRAGMA max_page_count={pages + 5}")
+    big = {f"k{i}": os.urandom(4000) for i in range(50)}
+    for write in (lambda: backend.batch_save(big), lambda: backend.batch_save_if("a", b"1", big)):
+        with pytest.raises(ar.PersistenceError, match="database or disk is full"):
+            await write()
+    assert not backend._conn.in_transaction
+    backend._conn.execute("PRAGMA max_page_count=1073741823")
+    await backend.batch_save({"x": b"1"})
+    assert await backend.list_keys() == ["a", "x"]
+    backend.close()
+
+
+async def test_a_file_backend_keeps_its_directory_when_the_process_changes_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relative directory was read against each call's working directory: after a chdir,
+    # a saved key read as absent and writes went elsewhere.
+    monkeypatch.chdir(tmp_path)
+    backend = ar.FileBackend("store")
+    await backend.save("k", b"v")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert await backend.load("k") == b"v"
+    await backend.save("k2", b"w")
+    assert await backend.list_keys() == ["k", "k2"]
+    assert not (elsewhere / "store").exists()
+
+
+async def test_an_empty_guarded_file_batch_that_cannot_be_installed_is_an_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Naming the batch's first key raised StopIteration in the worker thread, which a future
+    # cannot carry: the call never returned, even when cancelled.
+    import llm_agent_runtime.persistence.file as file_module
+
+    backend = ar.FileBackend(tmp_path)
+    await backend.save("g", b"1")
+    real = file_module._sync_directory
+
+    def failing(directory: Path) -> None:
+        if directory.name == ".batches":
+            raise OSError(5, "Input/output error")
+        real(directory)
+
+    monkeypatch.setattr(file_module, "_sync_directory", failing)
+    with pytest.raises(ar.PersistenceError, match="not installed") as raised:
+        await asyncio.wait_for(backend.batch_save_if("g", b"1", {}), 10)
+    assert raised.value.key is None
+
+
+async def test_work_in_a_thread_that_raises_stop_iteration_fails_instead_of_hanging() -> None:
+    from llm_agent_runtime.persistence._waiting import run_in_thread
+
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        await asyncio.wait_for(run_in_thread(lambda: next(iter(()))), 10)
+
+
+def test_the_in_memory_backend_lists_and_loads_while_other_threads_write() -> None:
+    # list_keys walked the live dict: another thread's write failed it with a bare
+    # RuntimeError ("dictionary changed size during iteration").
+    backend = ar.InMemoryBackend()
+    backend.data.update({f"k{i:05}": b"v" for i in range(20_000)})
+    stop = threading.Event()
+
+    def write() -> None:
+        async def churn() -> None:
+            i = 0
+            while not stop.is_set():
+                await backend.save(f"new{i % 500}", b"v")
+                await backend.delete(f"new{(i + 250) % 500}")
+                i += 1
+
+        asyncio.run(churn())
+
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns within a walk of the keys
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+
+        async def read() -> None:
+            for _ in range(30):
+                keys = await backend.list_keys("k")
+                assert len(keys) == 20_000
+                assert len(await backend.batch_load(keys)) == 20_000
+
+        asyncio.run(read())
+    finally:
+        sys.setswitchinterval(switching)
+        stop.set()
+        writer.join()

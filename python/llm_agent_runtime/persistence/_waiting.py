@@ -101,7 +101,10 @@ async def run_in_thread(work: Callable[[], T], grace: float | None = None) -> T:
                 raise Abandoned
             started = True
         _ABANDONED.set(abandoned)  # in the copied context: this call's only
-        return work()
+        try:
+            return work()
+        except StopIteration as error:  # a future cannot carry one: its waiter would hang
+            raise RuntimeError(f"the work raised StopIteration: {error!r}") from error
 
     context = contextvars.copy_context()
     done = asyncio.get_running_loop().run_in_executor(None, context.run, guarded)

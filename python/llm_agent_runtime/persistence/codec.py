@@ -34,9 +34,12 @@ def encode(kind: str, payload: Any) -> bytes:
             Python's limit of digits for a conversion to text.
     """
     try:
-        try:
-            body = _ENCODER.encode(payload).encode()
-        except TypeError:  # a dict key JSON has no form for (a tuple, a numpy int): its str
+        if _str_keys_only(payload):
+            try:
+                body = _ENCODER.encode(payload).encode()
+            except TypeError:  # a dict key JSON has no form for (a tuple, a numpy int)
+                body = _ENCODER.encode(_str_keys(payload)).encode()
+        else:  # keys JSON writes as text (`1` as "1"): checked for two written alike
             body = _ENCODER.encode(_str_keys(payload)).encode()
     except (ValueError, TypeError) as error:  # a circular reference, an int too long to write
         raise PersistenceError(f"cannot encode a {kind} record as JSON: {error}") from error
@@ -47,6 +50,35 @@ def encode(kind: str, payload: Any) -> bytes:
 
 
 _JSON_KEYS = (str, int, float, bool, type(None))
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _str_keys_only(value: Any) -> bool:
+    """Whether every dict in `value` (nested ones too) has only `str` keys.
+
+    Then no two keys can be written alike; else `_str_keys` checks. Values that are not
+    containers (most of a record) cost one type check each.
+    """
+    pending = [value]
+    while pending:
+        current = pending.pop()
+        kind = type(current)
+        if kind in _SCALARS:  # most of a record: skipped at once
+            continue
+        if kind is dict:
+            for key in current:
+                if type(key) is not str:
+                    return False
+            pending.extend(current.values())
+        elif kind is list or kind is tuple or isinstance(current, (list, tuple)):
+            pending.extend(current)
+        elif isinstance(current, dict):  # a subclass: as a dict
+            if not all(type(key) is str for key in current):
+                return False
+            pending.extend(current.values())
+    return True
 
 
 def _str_keys(value: Any) -> Any:

@@ -248,7 +248,8 @@ class FileBackend:
     """
 
     def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
+        # Absolute: a later `os.chdir` must not move the store.
+        self.directory = Path(directory).absolute()
         self._batches = self.directory / _BATCHES
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -460,7 +461,7 @@ class FileBackend:
                         raise PersistenceError(
                             f"batch committed to {batch} but not installed: {exc}; the next "
                             "call on this directory finishes it",
-                            key=next(iter(items)),
+                            key=next(iter(items), None),  # none for an empty guarded batch
                         ) from exc
                     finally:
                         with _INSTALLING_LOCK:

@@ -88,9 +88,12 @@ class InMemoryBackend:
         wanted = check_keys(keys)
         for key in wanted:
             encode_key(key)
-        return {k: self.data[k] for k in wanted if k in self.data}
+        data = self.data
+        found = {k: data.get(k) for k in wanted}  # one read a key: another thread may delete
+        return {k: v for k, v in found.items() if v is not None}
 
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the keys starting with `prefix`, sorted."""
         encode_key(check_prefix(prefix))
-        return sorted(k for k in self.data if k.startswith(prefix))
+        # A copy first (one C call): another thread's writes may change the dict meanwhile.
+        return sorted(k for k in list(self.data) if k.startswith(prefix))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import numbers
 import sqlite3
@@ -57,7 +58,11 @@ def _upsert(
                 return False
         c.executemany(_UPSERT, items.items())
     except BaseException:
-        c.execute("ROLLBACK")
+        # SQLite ends the transaction itself on some errors (a full disk, an I/O error): a
+        # ROLLBACK then fails, and its error would hide the one that says what went wrong.
+        if c.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
         raise
     c.execute("COMMIT")
     return True
