@@ -203,3 +203,56 @@ def test_records_take_dict_keys_json_has_no_form_for_as_their_str() -> None:
     # Two keys written alike would lose one: refused instead.
     with pytest.raises(ar.PersistenceError, match="one would be lost"):
         stored_form({(0, 0): "label", "(0, 0)": "start"})
+
+
+async def test_a_request_is_not_embedded_for_an_agent_with_no_episodes() -> None:
+    # The request was embedded whatever the store held: with a remote embedder down, a run
+    # that could recall nothing failed.
+    class DownEmbedder:
+        dim = 4
+
+        def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+            raise ar.ProviderError("embeddings server down")
+
+    memory = ar.EpisodicStore(embedder=DownEmbedder())
+    memory.add_episode("other", "someone else's", 0.5, embedding=np.ones(4, np.float32))
+    runtime = ar.AgentRuntime(memory=memory)
+    session = await runtime.run_agent("a", "hello there", Recorder())
+    assert session.final_answer is not None and session.memory_hits == 0
+    with pytest.raises(ar.ProviderError, match="down"):  # one with episodes needs it
+        await runtime.run_agent("other", "hello there", Recorder())
+
+
+async def test_a_slow_embedder_holds_none_of_the_threads_checkpoint_writes_wait_for(
+    tmp_path: Any,
+) -> None:
+    # The recall ran on asyncio's default executor, where SQLite and file checkpoint writes
+    # run too: runs stuck on a slow embeddings server (even timed out) held its threads, and
+    # every other run's checkpoints waited behind them.
+    import asyncio
+    import concurrent.futures
+    import time
+
+    class SlowEmbedder:
+        dim = 4
+
+        def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+            time.sleep(1.0)
+            return np.ones((len(texts), 4), np.float32)
+
+    asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(2))
+    memory = ar.EpisodicStore(embedder=SlowEmbedder())
+    memory.add_episode("a", "fact", 0.5, embedding=np.ones(4, np.float32))
+    slow = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=100), memory=memory)
+    backend = ar.SqliteBackend(tmp_path / "checkpoints.db")
+    durable = ar.AgentRuntime(checkpoint_backend=backend)
+    stuck = [asyncio.ensure_future(slow.run_agent("a", "q", Recorder())) for _ in range(4)]
+    await asyncio.sleep(0.2)  # every one timed out, its embedding call still going
+    started = time.perf_counter()
+    session = await durable.run_agent("b", "q", Recorder())
+    assert session.final_answer is not None
+    assert time.perf_counter() - started < 0.5  # not ~1 s behind the embedding calls
+    for run in stuck:
+        with pytest.raises(ar.AgentLoopError, match="timed out"):
+            await run
+    backend.close()

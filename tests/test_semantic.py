@@ -195,6 +195,23 @@ def test_the_embedder_must_return_one_row_per_text(make: Any, shape: str) -> Non
     assert [h.key for h in lists.search([1.0, 2.0, 3.0])] == ["a"]
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda texts: [[10**400, 1.0]],  # an int beyond any float
+        lambda texts: np.array([[1e300, 1.0]]),  # beyond float32
+    ],
+)
+def test_an_embedders_value_beyond_the_float_range_is_a_memory_store_error(make: Any) -> None:
+    # It escaped as a bare OverflowError, or numpy's RuntimeWarning (an error under -W error).
+    store = ar.SemanticStore(_Rows(make))
+    with pytest.raises(ar.MemoryStoreError, match=r"float range|NaN or infinite"):
+        store.store("a", "apples")
+    with pytest.raises(ar.MemoryStoreError, match=r"float range|NaN or infinite"):
+        store.search("apples")
+    assert len(store) == 0
+
+
 @pytest.mark.parametrize("embedding", [3.0, np.float32(2.0), np.array(1.0), [[1.0]], []])
 def test_an_embedding_must_be_one_non_empty_vector(embedding: Any) -> None:
     # A scalar used to become a 1-vector (ascontiguousarray makes 0-d arrays 1-d).

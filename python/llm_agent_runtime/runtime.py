@@ -87,6 +87,7 @@ from llm_agent_runtime.tools import (
     ToolSpec,
     _describe,
     _truncate,
+    run_blocking,
 )
 
 # The checkpoint machinery is imported where it is used, all of it behind a checkpoint
@@ -1017,15 +1018,15 @@ class AgentRuntime:
             memory is not None
             and getattr(memory, "has_embedder", False)
             and self._recalls_memories()
+            and _has_episodes(memory, agent_id)  # else nothing to rank: no call to embed
         ):
             # Embedding the request may be a network call (a blocking one: `Embedder.embed`
             # is sync): made off the event loop, so other runs and the run's timeout go on.
             # A lone surrogate (a file name decoded with `surrogateescape`, say) has no
             # UTF-8 form to embed: the query holds U+FFFD in its place.
             query = prompt if prompt.isascii() else _LONE_SURROGATE.sub("\ufffd", prompt)
-            recalled = await asyncio.to_thread(
-                memory.recall, agent_id, self.config.max_memory_recalls, query
-            )
+            limit = self.config.max_memory_recalls
+            recalled = await run_blocking(lambda: memory.recall(agent_id, limit, query))
         context = self._context(agent_id, prompt, session, memory, recalled)
         if history:  # the earlier turns that fit beside what this request holds anyway
             history = self.trim_history(history, self._request_chars(context, prompt, provider))
@@ -2940,6 +2941,12 @@ class _BusyTime:
         self._running -= 1
         if not self._running:
             self.ms += (time.perf_counter() - self._since) * 1000.0
+
+
+def _has_episodes(memory: Any, agent_id: str) -> bool:
+    """Whether the store holds episodes of `agent_id` (a store that cannot say: maybe)."""
+    count = getattr(memory, "episode_count_for", None)
+    return count is None or bool(count(agent_id))
 
 
 def _interrupted_observation(error: BaseException, what: str, config: AgentConfig) -> Observation:

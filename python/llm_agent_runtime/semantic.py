@@ -358,10 +358,16 @@ class SemanticStore:
 
         rows = self._embedder.embed([text])
         try:
-            matrix = np.asarray(rows, dtype=np.float32)
+            # A value beyond float32 becomes inf, which the index refuses with its message.
+            with np.errstate(over="ignore"):
+                matrix = np.asarray(rows, dtype=np.float32)
         except (TypeError, ValueError) as e:
             raise MemoryStoreError(
                 f"embedder.embed([text]) must return a (1, dim) array of numbers: {e}"
+            ) from e
+        except OverflowError as e:  # a Python int beyond any float
+            raise MemoryStoreError(
+                f"embedder.embed([text]) returned a value beyond the float range: {e}"
             ) from e
         if matrix.ndim != 2 or matrix.shape[0] != 1 or matrix.shape[1] < 1:
             raise MemoryStoreError(

@@ -32,6 +32,7 @@ from typing import (
     NamedTuple,
     NotRequired,
     SupportsIndex,
+    TypeVar,
     get_type_hints,
     overload,
 )
@@ -58,6 +59,8 @@ if TYPE_CHECKING:  # a breaker is the user's; the tool only calls it
     from llm_agent_runtime.orchestration.circuit_breaker import CircuitBreaker
 
 __all__ = ["ErrorKind", "Observation", "ToolRegistry", "ToolSpec", "tool"]
+
+T = TypeVar("T")
 
 IDEMPOTENCY_KEY = "idempotency_key"
 """Name of the parameter through which a tool receives its call's idempotency key."""
@@ -659,26 +662,47 @@ class ToolSpec:
     async def _in_pool(self, arguments: dict[str, Any], timeout: float) -> Any:
         """Runs a sync handler on the daemon worker pool (for a call with a timeout).
 
-        A call abandoned (timed out or cancelled) while it runs leaves its worker running it
-        without holding a place in the pool; its outcome is then dropped. A call still
-        waiting for a worker when its timeout expires is not run.
+        A call still waiting for a worker when its timeout expires is not run (see
+        `_on_pool`).
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        deadline = time.monotonic() + timeout
-        job = _Job(self.handler, arguments, contextvars.copy_context(), loop, future, deadline)
-        _POOL.submit(job)
-        try:
-            result = await future
-        except asyncio.CancelledError:
-            _POOL.abandon(job)
-            raise
+        result = await _on_pool(self.handler, arguments, time.monotonic() + timeout)
         if inspect.isawaitable(result):
             return await result
         return result
 
     def __repr__(self) -> str:
         return f"ToolSpec(name={self.name!r})"
+
+
+async def _on_pool(
+    handler: Callable[[dict[str, Any]], Any], arguments: dict[str, Any], deadline: float
+) -> Any:
+    """`handler(arguments)`, run on the daemon worker pool in a copy of the caller's context.
+
+    A call abandoned (timed out or cancelled) while it runs leaves its worker running it
+    without holding a place in the pool; its outcome is then dropped. A call still waiting
+    for a worker at `deadline` (`time.monotonic()`) is not run.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    job = _Job(handler, arguments, contextvars.copy_context(), loop, future, deadline)
+    _POOL.submit(job)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        _POOL.abandon(job)
+        raise
+
+
+async def run_blocking(fn: Callable[[], T]) -> T:
+    """`fn()`, a blocking call (an embedder's network call, say), run off the event loop.
+
+    On the worker pool of sync tools: a call its caller gives up on (a run's timeout, a
+    cancellation) frees its place for others while it finishes, rather than hold one of
+    asyncio's default executor's few threads, which checkpoint writes wait for.
+    """
+    result: T = await _on_pool(lambda _: fn(), {}, math.inf)
+    return result
 
 
 async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:

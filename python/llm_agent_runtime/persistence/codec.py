@@ -59,14 +59,19 @@ def _str_keys_only(value: Any) -> bool:
     """Whether every dict in `value` (nested ones too) has only `str` keys.
 
     Then no two keys can be written alike; else `_str_keys` checks. Values that are not
-    containers (most of a record) cost one type check each.
+    containers (most of a record) cost one type check each. A container that holds itself is
+    left to the encoder, which refuses it.
     """
     pending = [value]
+    seen: set[int] = set()  # containers walked: one that holds itself is walked once
     while pending:
         current = pending.pop()
         kind = type(current)
         if kind in _SCALARS:  # most of a record: skipped at once
             continue
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
         if kind is dict:
             for key in current:
                 if type(key) is not str:
