@@ -299,6 +299,9 @@ fn char_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
     Ok((bound(&min)?, bound(&max)?))
 }
 
+/// A `HashingEmbedder`'s constructor arguments: `dim`, `word_ngrams`, `char_ngrams`.
+type Settings = (usize, u8, (usize, usize));
+
 /// Deterministic text embedder by feature hashing (word and character n-grams), in Rust.
 ///
 /// Needs no model and no network; the same text gives the same vector on every machine.
@@ -397,6 +400,27 @@ impl PyHashingEmbedder {
             "HashingEmbedder(dim={}, word_ngrams={}, char_ngrams=({}, {}))",
             self.inner.dim, self.inner.word_ngrams, self.inner.char_min, self.inner.char_max
         )
+    }
+
+    /// Pickles as its settings (immutable: process pools and copies get an equal one).
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Settings)> {
+        let inner = &slf.get().inner;
+        let settings = (
+            inner.dim,
+            inner.word_ngrams,
+            (inner.char_min, inner.char_max),
+        );
+        Ok((slf.get_type().into_any(), settings))
+    }
+
+    /// Itself: it never changes.
+    fn __copy__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Itself: it never changes.
+    fn __deepcopy__(slf: Py<Self>, _memo: &Bound<'_, PyAny>) -> Py<Self> {
+        slf
     }
 }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use pyo3::pybacked::PyBackedStr;
 
-use crate::args::{extract_unsigned, lookup_text, optional_runtime_text, runtime_text};
+use crate::args::{extract_unsigned, lookup_text, not_bool, optional_runtime_text, runtime_text};
 use crate::errors::CoreError;
 
 /// Call and failure counts of one tool or one agent.
@@ -522,6 +522,13 @@ impl PyRuntimeMetrics {
 /// An amount added to a counter: an int from 0 to 2**64 - 1; others raise `AgentRuntimeError`
 /// (metrics have no narrower exception class) rather than the built-in `OverflowError`.
 fn amount_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
+    // A bool (Python's or numpy's) is no count: True would be counted as 1.
+    not_bool(value, |flag| {
+        CoreError::Runtime(format!(
+            "counts must be integers between 0 and 2**64 - 1, got a bool ({})",
+            if flag { "True" } else { "False" }
+        ))
+    })?;
     extract_unsigned(value, |v| {
         CoreError::Runtime(format!(
             "counts must be integers between 0 and 2**64 - 1, got {v}"

@@ -469,3 +469,38 @@ def test_a_refused_importance_asks_no_embedder() -> None:
     assert calls == []
     store.add_episode("a", "x", 0.5)
     assert calls == [["x"]]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ar.DecayPolicy.exponential(12.5),
+        ar.RecallPolicy.importance(),
+        ar.RecallPolicy.hybrid(0.25, 1.5),
+        ar.HashingEmbedder(64, word_ngrams=3, char_ngrams=(2, 4)),
+    ],
+    ids=repr,
+)
+def test_immutable_memory_settings_copy_and_pickle(value: Any) -> None:
+    # They refused copy and pickle alike ("cannot pickle"): a settings object holding one
+    # could not be deep-copied, nor an embedder sent to a process pool.
+    import copy
+    import pickle
+
+    assert copy.copy(value) is value and copy.deepcopy(value) is value
+    back = pickle.loads(pickle.dumps(value))
+    assert repr(back) == repr(value)
+    if isinstance(value, ar.HashingEmbedder):
+        texts = ["the same text", "embeds the same"]
+        assert np.array_equal(back.embed(texts), value.embed(texts))
+    else:
+        assert back == value and hash(back) == hash(value)
+
+
+def test_an_episode_copies_as_itself() -> None:
+    import copy
+
+    store = ar.EpisodicStore()
+    store.add_episode("a", "x", 0.5)
+    [episode] = store.episodes("a")
+    assert copy.copy(episode) is episode and copy.deepcopy({"e": episode})["e"] is episode

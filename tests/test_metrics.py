@@ -4,6 +4,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -234,6 +235,10 @@ def test_token_totals_stay_at_the_maximum() -> None:
         lambda m: m.record_tokens(-1, 0),
         lambda m: m.record_tokens(0, -(2**70)),
         lambda m: m.record_tokens(2**64, 0),
+        # A bool is no count: Python's was counted as 1, numpy's a bare TypeError.
+        lambda m: m.record_memory_recall(True),
+        lambda m: m.record_tokens(np.True_, 1),
+        lambda m: m.record_tokens(0, np.False_),
     ],
 )
 def test_counts_out_of_range_are_typed_errors(call) -> None:  # type: ignore[no-untyped-def]
@@ -245,6 +250,14 @@ def test_counts_out_of_range_are_typed_errors(call) -> None:  # type: ignore[no-
         call(m)
     s = m.snapshot()
     assert (s.input_tokens, s.output_tokens, s.memory_recall_count) == (0, 0, 0)
+
+
+def test_counts_of_numpy_ints_are_counted() -> None:
+    m = ar.RuntimeMetrics()
+    m.record_tokens(np.int64(3), np.uint8(2))
+    m.record_memory_recall(np.int32(4))
+    s = m.snapshot()
+    assert (s.input_tokens, s.output_tokens, s.memory_recall_count) == (3, 2, 4)
 
 
 def test_a_snapshot_taken_while_threads_record_is_a_state_the_counters_were_in() -> None:

@@ -239,7 +239,22 @@ fn edge_tuple<'py>(item: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
             kind.as_deref().unwrap_or("another object")
         )))
     };
-    if !(item.is_instance_of::<PyList>() || args::is_numpy(item, &["ndarray"])) {
+    if args::is_numpy(item, &["ndarray"]) {
+        // A row of a float array (a weighted (m, 3) one, say) holds float indices; a row of a
+        // 3-D array holds arrays.
+        let dtype = item.getattr("dtype")?;
+        let ndim: usize = item.getattr("ndim")?.extract()?;
+        let kind = dtype.getattr("kind")?.extract::<PyBackedStr>()?;
+        if ndim != 1 || !matches!(kind.as_ref(), "i" | "u") {
+            return Err(CoreError::Graph(format!(
+                "a numpy array of edges must be an (m, 2) or (m, 3) integer array, got a row \
+                 of {ndim} dimension(s) of dtype {}: pass weighted edges as tuples (u, v, \
+                 weight)",
+                dtype.str()?
+            ))
+            .into());
+        }
+    } else if !item.is_instance_of::<PyList>() {
         return Err(shape_error());
     }
     // A 0-d array has no length: no row.

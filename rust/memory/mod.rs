@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyByteArray, PyBytes, PyIterator, PyList, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyIterator, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::args::{self, memory_text, OutOfRange};
@@ -370,6 +370,16 @@ impl PyEpisode {
             self.inner.content
         )
     }
+
+    /// Itself: a read-only copy already.
+    fn __copy__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Itself: a read-only copy already.
+    fn __deepcopy__(slf: Py<Self>, _memo: &Bound<'_, PyAny>) -> Py<Self> {
+        slf
+    }
 }
 
 /// A float's key for hashing, consistent with `==`: 0.0 and -0.0 are equal, so they hash
@@ -416,6 +426,22 @@ impl PyDecayPolicy {
     fn __repr__(&self) -> String {
         let Decay::Exponential { half_life_hours } = self.inner;
         format!("DecayPolicy.exponential({half_life_hours})")
+    }
+
+    /// Pickles as the call that makes it.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (f64,))> {
+        let Decay::Exponential { half_life_hours } = slf.get().inner;
+        Ok((slf.get_type().getattr("exponential")?, (half_life_hours,)))
+    }
+
+    /// Itself: it never changes.
+    fn __copy__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Itself: it never changes.
+    fn __deepcopy__(slf: Py<Self>, _memo: &Bound<'_, PyAny>) -> Py<Self> {
+        slf
     }
 }
 
@@ -479,6 +505,33 @@ impl PyRecallPolicy {
                 frequency_weight,
             } => format!("RecallPolicy.hybrid({recency_weight}, {frequency_weight})"),
         }
+    }
+
+    /// Pickles as the call that makes it.
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let (kind, py) = (slf.get_type(), slf.py());
+        Ok(match slf.get().inner {
+            Recall::Importance => (kind.getattr("importance")?, PyTuple::empty(py)),
+            Recall::Hybrid {
+                recency_weight,
+                frequency_weight,
+            } => (
+                kind.getattr("hybrid")?,
+                PyTuple::new(py, [recency_weight, frequency_weight])?,
+            ),
+        })
+    }
+
+    /// Itself: it never changes.
+    fn __copy__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Itself: it never changes.
+    fn __deepcopy__(slf: Py<Self>, _memo: &Bound<'_, PyAny>) -> Py<Self> {
+        slf
     }
 }
 
