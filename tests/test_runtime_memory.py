@@ -256,3 +256,40 @@ async def test_a_slow_embedder_holds_none_of_the_threads_checkpoint_writes_wait_
         with pytest.raises(ar.AgentLoopError, match="timed out"):
             await run
     backend.close()
+
+
+async def test_only_the_memories_a_prompt_shows_are_counted_as_recalled() -> None:
+    # Every recalled episode was counted, shown or not: one too big for max_memory_tokens
+    # (or blank) was never shown, yet its count rose on each run, and the hybrid policy
+    # ranked it higher for it.
+    memory = ar.EpisodicStore(recall_policy=ar.RecallPolicy.hybrid(0.0, 1.0))
+    memory.add_episode("a", "x" * 400, 0.9)
+    memory.add_episode("a", "   ", 0.8)
+    memory.add_episode("a", "user likes tea", 0.7)
+    config = ar.AgentConfig(max_memory_recalls=3, max_memory_tokens=20)
+    runtime = ar.AgentRuntime(config, memory=memory)
+    for _ in range(3):
+        infer = Recorder()
+        session = await runtime.run_agent("a", "q", infer)
+        assert session.memory_hits == 1 and "- user likes tea" in infer.prompts[0]
+    counts = {e.content.strip()[:3]: e.recall_count for e in memory.episodes("a")}
+    assert counts == {"xxx": 0, "": 0, "use": 3}
+    assert runtime.metrics.snapshot().memory_recall_count == 3
+
+
+def test_a_recall_may_leave_the_counting_to_the_caller() -> None:
+    memory = ar.EpisodicStore()
+    first = memory.add_episode("a", "first", 0.9)
+    second = memory.add_episode("a", "second", 0.5)
+    found = memory.recall("a", 2, counted=False)
+    assert [e.id for e in found] == [first, second] and {e.recall_count for e in found} == {0}
+    assert memory.mark_recalled("a", [second, 12345]) == 1  # an id gone since: skipped
+    assert [(e.recall_count, e.last_recalled_at is None) for e in memory.episodes("a")] == [
+        (0, True),
+        (1, False),
+    ]
+    assert memory.mark_recalled("nobody", [first]) == 0
+    with pytest.raises(ar.MemoryStoreError, match="episode ids must be ints"):
+        memory.mark_recalled("a", [True])
+    with pytest.raises(ar.MemoryStoreError, match=">= 0"):
+        memory.mark_recalled("a", [-1])

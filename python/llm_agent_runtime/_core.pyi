@@ -362,15 +362,29 @@ class EpisodicStore:
     def has_embedder(self) -> bool:
         """Whether the store has an embedder (so `recall` accepts a text query)."""
     def recall(
-        self, agent_id: str, limit: int = 3, query: str | npt.ArrayLike | None = None
+        self,
+        agent_id: str,
+        limit: int = 3,
+        query: str | npt.ArrayLike | None = None,
+        *,
+        counted: bool = True,
     ) -> list[Episode]:
         """The agent's best episodes, best first; a query blends in cosine similarity.
 
         Equal scores keep insertion order (oldest first); a limit beyond 64 bits means all.
+        Each one's recall count goes up, unless `counted` is False (the caller then marks
+        those it uses with `mark_recalled`).
 
         Raises:
             MemoryStoreError: a negative limit, a text query without an embedder (or not
                 valid Unicode), a bad query vector, or a clock that returned a NaN or
+                infinite time (or not a number).
+        """
+    def mark_recalled(self, agent_id: str, ids: Iterable[int]) -> int:
+        """Marks the agent's episodes of `ids` recalled now; returns how many it found.
+
+        Raises:
+            MemoryStoreError: an id is not an int >= 0, or the clock returned a NaN or
                 infinite time (or not a number).
         """
     def episodes(self, agent_id: str) -> list[Episode]: ...

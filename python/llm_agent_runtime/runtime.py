@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 from pydantic import ValidationError
 
-from llm_agent_runtime._core import RuntimeMetrics, parse_react_step
+from llm_agent_runtime._core import EpisodicStore, RuntimeMetrics, parse_react_step
 from llm_agent_runtime.config import AgentConfig, check_model_params, check_unicode
 from llm_agent_runtime.errors import (
     AgentLoopError,
@@ -1026,7 +1026,12 @@ class AgentRuntime:
             # UTF-8 form to embed: the query holds U+FFFD in its place.
             query = prompt if prompt.isascii() else _LONE_SURROGATE.sub("\ufffd", prompt)
             limit = self.config.max_memory_recalls
-            recalled = await run_blocking(lambda: memory.recall(agent_id, limit, query))
+            if type(memory) is EpisodicStore:  # counted as shown: see `_context`
+                recalled = await run_blocking(
+                    lambda: memory.recall(agent_id, limit, query, counted=False)
+                )
+            else:
+                recalled = await run_blocking(lambda: memory.recall(agent_id, limit, query))
         context = self._context(agent_id, prompt, session, memory, recalled)
         if history:  # the earlier turns that fit beside what this request holds anyway
             history = self.trim_history(history, self._request_chars(context, prompt, provider))
@@ -1112,7 +1117,15 @@ class AgentRuntime:
         parts = [self.config.system_prompt]
         if memory is not None and self._recalls_memories():
             limit = self.config.max_memory_recalls
-            episodes = recalled if recalled is not None else memory.recall(agent_id, limit)
+            # The store's own counts only the memories the prompt shows: one left out (blank,
+            # or past `max_memory_tokens`) is not recalled, nor ranked up by the recall.
+            counts_shown = type(memory) is EpisodicStore
+            if recalled is not None:
+                episodes = recalled
+            elif counts_shown:
+                episodes = memory.recall(agent_id, limit, counted=False)
+            else:
+                episodes = memory.recall(agent_id, limit)
             # A blank memory says nothing: it is neither shown nor counted as a hit. (The
             # store ranks before this, so a blank one still takes one of the recall slots.)
             try:
@@ -1127,6 +1140,8 @@ class AgentRuntime:
                 texts = [text for text in texts if text.strip()]
             if self.config.max_memory_tokens is not None:
                 texts = fit_to_token_budget(texts, self.config.max_memory_tokens)
+            if counts_shown and texts:
+                memory.mark_recalled(agent_id, _ids_shown(episodes[:limit], texts))
             if texts:
                 session.memory_hits += len(texts)
                 self.metrics.record_memory_recall(len(texts))
@@ -2941,6 +2956,20 @@ class _BusyTime:
         self._running -= 1
         if not self._running:
             self.ms += (time.perf_counter() - self._since) * 1000.0
+
+
+def _ids_shown(episodes: Sequence[Any], texts: list[str]) -> list[int]:
+    """The ids of the episodes whose contents are `texts` (kept from theirs, in order)."""
+    ids: list[int] = []
+    shown = iter(texts)
+    wanted = next(shown, None)
+    for episode in episodes:
+        if wanted is None:
+            break
+        if episode.content == wanted:
+            ids.append(episode.id)
+            wanted = next(shown, None)
+    return ids
 
 
 def _has_episodes(memory: Any, agent_id: str) -> bool:

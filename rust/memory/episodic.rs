@@ -156,6 +156,12 @@ pub(crate) fn checked_importance(importance: f64) -> CoreResult<f64> {
     }
 }
 
+/// Counts a recall of `e` at `now`.
+fn recalled(e: &mut Episode, now: f64) {
+    e.recall_count = e.recall_count.saturating_add(1);
+    e.last_recalled_at = Some(now);
+}
+
 /// Checks that a clock time is finite: a NaN or infinite time would poison every score and
 /// export as `null`, which no store can read back.
 fn check_time(now: f64) -> CoreResult<()> {
@@ -440,8 +446,8 @@ impl Episodes {
     }
 
     /// The agent's top `limit` episodes at time `now`, best first (equal scores in insertion
-    /// order, oldest first), blending in similarity to `query` when given; their recall
-    /// counts go up (saturating at `u64::MAX`).
+    /// order, oldest first), blending in similarity to `query` when given; with `counted`,
+    /// they are recalled (see [`Episodes::mark_recalled`]).
     ///
     /// # Errors
     /// [`CoreError::Memory`] when `now` is not finite, or `query` is not finite, zero, or of
@@ -452,6 +458,7 @@ impl Episodes {
         limit: usize,
         now: f64,
         query: Option<&[f32]>,
+        counted: bool,
     ) -> CoreResult<Vec<Episode>> {
         let query = self.recall_query(now, query)?;
         let Some(episodes) = self.by_agent.get(agent_id) else {
@@ -481,11 +488,30 @@ impl Episodes {
             .into_iter()
             .filter_map(|(_, i)| {
                 let e = episodes.get_mut(i)?;
-                e.recall_count = e.recall_count.saturating_add(1);
-                e.last_recalled_at = Some(now);
+                if counted {
+                    recalled(e, now);
+                }
                 Some(e.clone())
             })
             .collect())
+    }
+
+    /// Marks the agent's episodes of `ids` recalled at `now`: their recall counts go up
+    /// (saturating at `u64::MAX`). Returns how many it found (an id may be gone since).
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when `now` is not finite.
+    pub fn mark_recalled(&mut self, agent_id: &str, ids: &[u64], now: f64) -> CoreResult<usize> {
+        check_time(now)?;
+        let Some(episodes) = self.by_agent.get_mut(agent_id) else {
+            return Ok(0);
+        };
+        let mut found = 0;
+        for e in episodes.iter_mut().filter(|e| ids.contains(&e.id)) {
+            recalled(e, now);
+            found += 1;
+        }
+        Ok(found)
     }
 
     /// Checks the arguments of [`Episodes::recall`] (whatever the agent): returns the query
@@ -551,14 +577,14 @@ mod tests {
         s.add("a", "high", 0.9, 0.0, None).unwrap();
         s.add("a", "mid", 0.5, 0.0, None).unwrap();
         let top: Vec<_> = s
-            .recall("a", 2, 0.0, None)
+            .recall("a", 2, 0.0, None, true)
             .unwrap()
             .into_iter()
             .map(|e| e.content)
             .collect();
         assert_eq!(top, ["high", "mid"]);
         assert_eq!(s.episodes("a")[1].recall_count, 1);
-        assert!(s.recall("nobody", 3, 0.0, None).unwrap().is_empty());
+        assert!(s.recall("nobody", 3, 0.0, None, true).unwrap().is_empty());
         assert!(s.add("a", "bad", 1.5, 0.0, None).is_err());
     }
 
@@ -604,7 +630,7 @@ mod tests {
             s.add("a", c, 0.5, 0.0, None).unwrap();
         }
         let order = |s: &mut Episodes, limit| -> Vec<String> {
-            s.recall("a", limit, 0.0, None)
+            s.recall("a", limit, 0.0, None, true)
                 .unwrap()
                 .into_iter()
                 .map(|e| e.content)
@@ -625,7 +651,7 @@ mod tests {
         assert!(s.add("a", "x", 0.5, f64::INFINITY, None).is_err());
         assert!(s.is_empty());
         s.add("a", "x", 0.5, 0.0, None).unwrap();
-        assert!(s.recall("a", 1, f64::NAN, None).is_err());
+        assert!(s.recall("a", 1, f64::NAN, None, true).is_err());
         assert_eq!(s.episodes("a")[0].recall_count, 0);
     }
 
@@ -724,9 +750,26 @@ mod tests {
         assert_eq!((s.len(), s.next_id), (1, u64::MAX));
         s.by_agent.get_mut("a").unwrap()[0].recall_count = u64::MAX;
         assert_eq!(
-            s.recall("a", 1, 0.0, None).unwrap()[0].recall_count,
+            s.recall("a", 1, 0.0, None, true).unwrap()[0].recall_count,
             u64::MAX
         );
+    }
+
+    #[test]
+    fn an_uncounted_recall_counts_only_what_is_marked() {
+        let mut s = Episodes::new(None, Recall::Importance, None).unwrap();
+        let a = s.add("a", "x", 0.9, 0.0, None).unwrap();
+        let b = s.add("a", "y", 0.5, 0.0, None).unwrap();
+        let found = s.recall("a", 2, 1.0, None, false).unwrap();
+        assert_eq!(found.iter().map(|e| e.recall_count).sum::<u64>(), 0);
+        assert_eq!(s.mark_recalled("a", &[b, 999], 2.0).unwrap(), 1);
+        let counts: Vec<_> = s.by_agent["a"]
+            .iter()
+            .map(|e| (e.id, e.recall_count, e.last_recalled_at))
+            .collect();
+        assert_eq!(counts, vec![(a, 0, None), (b, 1, Some(2.0))]);
+        assert_eq!(s.mark_recalled("nobody", &[a], 2.0).unwrap(), 0);
+        assert!(s.mark_recalled("a", &[a], f64::NAN).is_err());
     }
 
     #[test]
@@ -739,7 +782,7 @@ mod tests {
         s.add("a", "north", 0.6, 0.0, Some(&[0.0, 2.0])).unwrap();
         s.add("a", "plain", 0.55, 0.0, None).unwrap();
         let order = |s: &mut Episodes, q: Option<&[f32]>| -> Vec<String> {
-            s.recall("a", 3, 0.0, q)
+            s.recall("a", 3, 0.0, q, true)
                 .unwrap()
                 .into_iter()
                 .map(|e| e.content)
@@ -748,8 +791,8 @@ mod tests {
         assert_eq!(order(&mut s, None), ["north", "plain", "east"]);
         // east: 0.5 + 0.5 * 1 = 1.0; north: 0.6 + 0; plain: 0.55.
         assert_eq!(order(&mut s, Some(&[3.0, 0.0])), ["east", "north", "plain"]);
-        assert!(s.recall("a", 1, 0.0, Some(&[1.0])).is_err());
-        assert!(s.recall("a", 1, 0.0, Some(&[0.0, 0.0])).is_err());
+        assert!(s.recall("a", 1, 0.0, Some(&[1.0]), true).is_err());
+        assert!(s.recall("a", 1, 0.0, Some(&[0.0, 0.0]), true).is_err());
         assert!(s.add("a", "bad", 0.1, 0.0, Some(&[1.0, 2.0, 3.0])).is_err());
         assert!(Episodes::new(None, Recall::Importance, None)
             .unwrap()

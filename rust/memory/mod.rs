@@ -80,6 +80,21 @@ fn limit_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
     })
 }
 
+/// Episode ids (`mark_recalled`'s): ints >= 0 (not bools), from any iterable.
+fn episode_ids_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+    let mut ids = Vec::new();
+    for item in value.try_iter()? {
+        let item = item?;
+        args::not_bool(&item, |_| {
+            CoreError::Memory("episode ids must be ints, got bool".into())
+        })?;
+        ids.push(args::extract_unsigned(&item, |v| {
+            CoreError::Memory(format!("episode ids must be ints >= 0, got {v}"))
+        })?);
+    }
+    Ok(ids)
+}
+
 /// Bounded key -> value working memory with exact least-recently-used eviction.
 ///
 /// Keys are strings, values any Python object. `get`, `set`, `delete` and membership are
@@ -835,19 +850,22 @@ impl PyEpisodicStore {
     ///     query: text (embedded with the store's embedder) or a vector; when given, scores
     ///         become `policy score + similarity_weight * cos(query, episode)`. A text with
     ///         nothing to embed ranks by the policy alone.
+    ///     counted: False to rank without counting a recall: the caller then marks those
+    ///         it uses (`mark_recalled`), as a prompt that shows only those that fit does.
     ///
     /// Raises:
     ///     MemoryStoreError: a negative `limit`; a text query without an embedder, or not
     ///         valid Unicode; a query vector that is not finite, zero, or of another length
     ///         than the episodes' embeddings; the clock returned a NaN or infinite time, or
     ///         not a number.
-    #[pyo3(signature = (agent_id, limit=3, query=None))]
+    #[pyo3(signature = (agent_id, limit=3, query=None, *, counted=true))]
     fn recall(
         &self,
         py: Python<'_>,
         #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
         #[pyo3(from_py_with = limit_arg)] limit: usize,
         query: Option<&Bound<'_, PyAny>>,
+        counted: bool,
     ) -> PyResult<Vec<PyEpisode>> {
         let query = match query {
             None => None,
@@ -869,7 +887,7 @@ impl PyEpisodicStore {
         let found = run_detached(py, || {
             let mut episodes = self.inner.lock();
             match agent_id.as_deref() {
-                Some(agent_id) => episodes.recall(agent_id, limit, now, query.as_deref()),
+                Some(agent_id) => episodes.recall(agent_id, limit, now, query.as_deref(), counted),
                 // No agent has this id: the arguments are checked as for any absent agent.
                 None => episodes
                     .recall_query(now, query.as_deref())
@@ -877,6 +895,25 @@ impl PyEpisodicStore {
             }
         })?;
         Ok(found.into_iter().map(|inner| PyEpisode { inner }).collect())
+    }
+
+    /// Marks the agent's episodes of `ids` recalled now (their recall counts go up, and
+    /// their `last_recalled_at`); returns how many it found (an id may be gone since).
+    ///
+    /// Raises:
+    ///     MemoryStoreError: an id is not an int >= 0; the clock returned a NaN or infinite
+    ///         time, or not a number.
+    fn mark_recalled(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = episode_ids_arg)] ids: Vec<u64>,
+    ) -> PyResult<usize> {
+        let Some(agent_id) = agent_id else {
+            return Ok(0);
+        };
+        let now = self.now(py)?;
+        Ok(self.locked(py, |episodes| episodes.mark_recalled(&agent_id, &ids, now))??)
     }
 
     /// The agent's episodes in insertion order.
