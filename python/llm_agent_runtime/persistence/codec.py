@@ -34,13 +34,12 @@ def encode(kind: str, payload: Any) -> bytes:
             Python's limit of digits for a conversion to text.
     """
     try:
-        if _str_keys_only(payload):
-            try:
-                body = _ENCODER.encode(payload).encode()
-            except TypeError:  # a dict key JSON has no form for (a tuple, a numpy int)
-                body = _ENCODER.encode(_str_keys(payload)).encode()
-        else:  # keys JSON writes as text (`1` as "1"): checked for two written alike
-            body = _ENCODER.encode(_str_keys(payload)).encode()
+        try:
+            body = _ENCODER.encode(payload).encode()
+        except TypeError:  # a dict key JSON has no form for (a tuple, a numpy int): its str
+            body = _ENCODER.encode(_str_keys(payload)).encode()  # checks collisions itself
+        else:
+            _check_written_keys(payload)
     except (ValueError, TypeError) as error:  # a circular reference, an int too long to write
         raise PersistenceError(f"cannot encode a {kind} record as JSON: {error}") from error
     except RecursionError:  # nested deeper than the stack this call runs on allows
@@ -55,35 +54,57 @@ _JSON_KEYS = (str, int, float, bool, type(None))
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-def _str_keys_only(value: Any) -> bool:
-    """Whether every dict in `value` (nested ones too) has only `str` keys.
+def _check_written_keys(value: Any) -> None:
+    """Raises when a dict in `value` (nested ones too) has two keys JSON writes alike.
 
-    Then no two keys can be written alike; else `_str_keys` checks. Values that are not
-    containers (most of a record) cost one type check each. A container that holds itself is
-    left to the encoder, which refuses it.
+    Only a dict with a key that is not a `str` can (`1` and `"1"` are both written "1"):
+    the others cost one check a key. Values that are not containers (most of a record) are
+    skipped at once; a container that holds itself is walked once (the encoder refuses it).
+
+    Raises:
+        PersistenceError: Two keys of one dict are written alike.
     """
     pending = [value]
-    seen: set[int] = set()  # containers walked: one that holds itself is walked once
+    seen: set[int] = set()
     while pending:
         current = pending.pop()
-        kind = type(current)
-        if kind in _SCALARS:  # most of a record: skipped at once
-            continue
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if kind is dict:
+        kind = type(current)
+        if kind is dict or isinstance(current, dict):
             for key in current:
                 if type(key) is not str:
-                    return False
-            pending.extend(current.values())
+                    _written_names(current)
+                    break
+            pending.extend([v for v in current.values() if type(v) not in _SCALARS])
         elif kind is list or kind is tuple or isinstance(current, (list, tuple)):
-            pending.extend(current)
-        elif isinstance(current, dict):  # a subclass: as a dict
-            if not all(type(key) is str for key in current):
-                return False
-            pending.extend(current.values())
-    return True
+            pending.extend([v for v in current if type(v) not in _SCALARS])
+
+
+def _written_names(mapping: dict[Any, Any]) -> set[str]:
+    """Each key of `mapping` as JSON writes it.
+
+    `1` is written "1", `None` "null", and a key JSON has no form for as its `str`.
+
+    Raises:
+        PersistenceError: Two keys are written alike: one would be lost.
+    """
+    written: set[str] = set()
+    for key in mapping:
+        kind = type(key)
+        if kind is str or kind is int:  # the usual ones: as json writes them
+            name = str(key) if kind is int else key
+        elif isinstance(key, _JSON_KEYS):
+            name = key if isinstance(key, str) else _ENCODER.encode(key)
+        else:
+            name = str(key)
+        if name in written:
+            raise PersistenceError(
+                f"two dict keys are both written {name!r} in JSON: one would be lost"
+            )
+        written.add(name)
+    return written
 
 
 def _str_keys(value: Any) -> Any:
@@ -92,19 +113,11 @@ def _str_keys(value: Any) -> Any:
     As `default=str` does for other values.
     """
     if isinstance(value, dict):
-        out: dict[Any, Any] = {}
-        written: set[str] = set()  # each key as JSON writes it (`1` as `"1"`, `None` as `"null"`)
-        for key, item in value.items():
-            if not isinstance(key, _JSON_KEYS):
-                key = str(key)
-            name = key if isinstance(key, str) else _ENCODER.encode(key)
-            if name in written:
-                raise PersistenceError(
-                    f"two dict keys are both written {name!r} in JSON: one would be lost"
-                )
-            written.add(name)
-            out[key] = _str_keys(item)
-        return out
+        _written_names(value)
+        return {
+            key if isinstance(key, _JSON_KEYS) else str(key): _str_keys(item)
+            for key, item in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [_str_keys(item) for item in value]
     return value
