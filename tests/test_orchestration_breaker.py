@@ -799,17 +799,22 @@ async def test_a_policy_refusal_in_a_group_or_a_pipeline_stage_is_not_a_service_
         raise ar.PolicyDeniedError("not allowed")
 
     pipeline = ar.Pipeline(("check", denied_stage))
+
+    async def staged_sub_agents() -> None:  # a stage's refusal inside a group
+        async with asyncio.TaskGroup() as group:
+            group.create_task(pipeline.run(1))
+
     with pytest.raises(ExceptionGroup):
         await breaker.call(sub_agents)
     with pytest.raises(ar.PipelineStageError):
         await breaker.call(pipeline.run, 1)
+    with pytest.raises(ExceptionGroup):
+        await breaker.call(staged_sub_agents)
     assert breaker.state == "closed"
+    # A service's failure beside a refusal says something of its health: it counts.
     mixed = ExceptionGroup("mixed", [Boom(), ar.PolicyDeniedError("no")])
     with pytest.raises(ExceptionGroup):
         await breaker.call(_raiser(mixed))
-    assert breaker.state == "closed"  # a refusal among the errors: the call was refused
-    with pytest.raises(ExceptionGroup):
-        await breaker.call(_raiser(ExceptionGroup("failed", [Boom()])))
     assert breaker.state == "open"
     # The same reading: a retry never repeats a refusal in a group.
     policy = ar.RetryPolicy(max_attempts=3, retry_on=lambda error: True)

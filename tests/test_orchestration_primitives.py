@@ -1,4 +1,5 @@
 import asyncio
+import functools
 import logging
 import sys
 import threading
@@ -980,6 +981,20 @@ def test_a_clock_of_the_users_own_is_taken() -> None:
         async def sleep(self, seconds: float) -> None:
             return None
 
-    breaker = ar.CircuitBreaker("svc", clock=Steady())
-    assert breaker.state == "closed"
+    def traced(sleep: Any) -> Any:
+        @functools.wraps(sleep)
+        def wrapper(*args: Any) -> Any:  # a sync wrapper of an async sleep
+            return sleep(*args)
+
+        return wrapper
+
+    class Traced(Steady):
+        sleep = traced(Steady.sleep)
+
+    class Delegating(Steady):
+        def sleep(self, seconds: float) -> Any:  # returns the coroutine
+            return asyncio.sleep(0)
+
+    for clock in (Steady(), Traced(), Delegating()):
+        assert ar.CircuitBreaker("svc", clock=clock).state == "closed"
     ar.RetryPolicy(clock=None)  # the system clock

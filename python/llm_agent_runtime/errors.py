@@ -25,6 +25,8 @@ catches the same class whichever side raised it. A panic inside the Rust core su
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 __all__ = [
     "AgentLoopError",
     "AgentRuntimeError",
@@ -192,18 +194,45 @@ def group_leaves(error: BaseException) -> list[BaseException] | None:
     return leaves
 
 
-def policy_error_in(error: BaseException) -> PolicyDeniedError | BudgetExceededError | None:
-    """The policy refusal `error` carries, if any.
-
-    That is `error` itself, the error of a pipeline stage it reports (a `PipelineStageError`'s
-    cause), or the first inside an exception group (a `TaskGroup` of sub-agents, say). One
-    reading for all that tells a refusal from a failure: the runtime (which ends the run
-    on one as on a refusal raised alone), circuit breakers (which never count one against
-    the service) and retries (which never repeat one).
-    """
+def _unstaged(error: BaseException) -> BaseException:
+    """The error a pipeline stage raised, for a `PipelineStageError`; else `error` itself."""
     while isinstance(error, PipelineStageError) and error.__cause__ is not None:
         error = error.__cause__
-    for leaf in group_leaves(error) or (error,):
+    return error
+
+
+def _refusals(error: BaseException) -> Iterator[tuple[BaseException, bool]]:
+    """Each error `error` stands for, with whether it is a policy refusal.
+
+    A pipeline stage's error stands for it, and a group's members (nested ones too).
+    """
+    error = _unstaged(error)
+    leaves = group_leaves(error)
+    if leaves is None:
+        yield error, isinstance(error, (PolicyDeniedError, BudgetExceededError))
+        return
+    for leaf in leaves:
+        yield from _refusals(leaf)
+
+
+def policy_error_in(error: BaseException) -> PolicyDeniedError | BudgetExceededError | None:
+    """The first policy refusal `error` carries, if any.
+
+    That is `error` itself, the error of a pipeline stage it reports (a `PipelineStageError`'s
+    cause), or one inside an exception group (a `TaskGroup` of sub-agents, say), a stage's
+    in a group too. The runtime ends a run on one as on a refusal raised alone, and retries
+    never repeat one.
+    """
+    for leaf, _ in _refusals(error):
         if isinstance(leaf, (PolicyDeniedError, BudgetExceededError)):
             return leaf
     return None
+
+
+def is_refusal(error: BaseException) -> bool:
+    """Whether `error` is policy refusals and nothing else (see `policy_error_in`).
+
+    A circuit breaker counts every other error against its service: a group that holds a
+    service's failure beside a refusal says something of its health.
+    """
+    return all(refused for _, refused in _refusals(error))

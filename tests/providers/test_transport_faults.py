@@ -232,6 +232,32 @@ async def test_a_stream_whose_headers_and_first_event_each_come_within_timeout_i
 
 
 @pytest.mark.timeout(30)
+async def test_a_stream_over_a_transport_that_reports_nothing_is_cut_at_total_timeout(
+    kind: str,
+) -> None:
+    # The wait for the headers began with httpx's report that the request was sent: over a
+    # transport that never reports it (a mock, an ASGI app), the stream waited for ever.
+    import asyncio
+
+    import httpx
+
+    async def never_answers(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        return httpx.Response(200)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(never_answers))
+    server = type("Nowhere", (), {"url": "http://nowhere.invalid"})()
+    options = {"timeout": 0.2, "connect_timeout": 0.2, "http_client": client}
+    started = time.perf_counter()
+    async with make_provider(kind, server, retry=RetryPolicy(max_attempts=1), **options) as llm:
+        error = await attempt(llm, True)
+    assert time.perf_counter() - started < 3  # total_timeout: 0.2 + 2 * 0.2 s
+    assert (error.status, error.retryable) == (None, True)
+    assert "no reply within 0.6 s in all (total_timeout)" in str(error)
+    await client.aclose()
+
+
+@pytest.mark.timeout(30)
 async def test_the_default_total_timeout_is_two_timeouts_and_a_connect_timeout(
     kind: str, server: FakeLlmServer
 ) -> None:

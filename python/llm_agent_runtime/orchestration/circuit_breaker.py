@@ -53,7 +53,7 @@ from typing import (
     runtime_checkable,
 )
 
-from llm_agent_runtime.errors import CircuitOpenError, policy_error_in
+from llm_agent_runtime.errors import CircuitOpenError, is_refusal
 from llm_agent_runtime.orchestration._calls import (
     call_maybe_async,
     is_async_callable,
@@ -458,7 +458,7 @@ class CircuitBreaker:
         if self._is_failure is None:
             # A policy refusal (a spent budget, a denied capability) says nothing of the
             # service's health, also when it comes in a group or from a pipeline's stage.
-            return policy_error_in(error) is None
+            return not is_refusal(error)
         try:
             return bool(self._is_failure(error))
         except Exception:

@@ -10,9 +10,8 @@ import heapq
 import itertools
 import math
 import time
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
-from llm_agent_runtime.orchestration._calls import is_async_callable
 from llm_agent_runtime.orchestration._checks import safe_repr
 
 __all__ = ["Clock", "FakeClock", "SystemClock"]
@@ -155,9 +154,10 @@ SYSTEM_CLOCK = SystemClock()
 
 
 def checked_clock(clock: object) -> Clock:
-    """`clock` when it is a `Clock` (a callable `now()` and an async `sleep()`).
+    """`clock` when it can be a `Clock`: an object with callable `now` and `sleep`.
 
-    None is the system clock.
+    None is the system clock. (Whether `sleep` gives an awaitable is not told here: a
+    decorated `async def`, or a `def` that returns a coroutine, does.)
 
     Raises:
         TypeError: `clock` is something else: `time.monotonic`, say, or the `FakeClock` class
@@ -166,6 +166,9 @@ def checked_clock(clock: object) -> Clock:
     """
     if clock is None:
         return SYSTEM_CLOCK
-    if isinstance(clock, Clock) and not isinstance(clock, type) and is_async_callable(clock.sleep):
-        return clock
-    raise TypeError(f"clock must be a Clock (with now() and an async sleep()), got {clock!r:.80}")
+    usable = not isinstance(clock, type) and all(
+        callable(getattr(clock, name, None)) for name in ("now", "sleep")
+    )
+    if not usable:
+        raise TypeError(f"clock must be a Clock (with now() and sleep()), got {clock!r:.80}")
+    return cast(Clock, clock)

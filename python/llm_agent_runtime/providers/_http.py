@@ -1483,9 +1483,12 @@ class HttpTransport:
         """
         extensions: dict[str, Any] = {}
         if sent is not None:
+            told = False
 
             async def trace(event: str, info: dict[str, Any]) -> None:
-                if event.endswith("send_request_body.complete"):
+                nonlocal told
+                if not told and event.endswith("send_request_body.complete"):
+                    told = True  # once: the wait starts when the request is first sent whole
                     sent()
 
             extensions["trace"] = trace
@@ -1610,20 +1613,25 @@ class HttpTransport:
             # The wait for the reply's headers, once the request is sent, is bounded as a
             # whole: the timeout of each read alone never cuts a server (or a proxy) that
             # sends an interim `1xx` reply, or a byte, now and then and never its answer.
+            # Until the transport says the request is sent (httpx's own does; another may
+            # never), the whole exchange is bounded as a whole reply is (`total_timeout`).
             loop = asyncio.get_running_loop()
+            sent: list[bool] = []
+
+            def request_sent() -> None:
+                sent.append(True)
+                headers_due.reschedule(loop.time() + self.timeout)
+
             try:
-                async with asyncio.timeout(None) as headers_due:
-                    response = await self._send(
-                        client,
-                        path,
-                        content,
-                        lambda: headers_due.reschedule(loop.time() + self.timeout),
-                    )
+                async with asyncio.timeout(self.total_timeout) as headers_due:
+                    response = await self._send(client, path, content, request_sent)
             except TimeoutError:
+                if sent:
+                    message = f"no reply within {self.timeout:g} s of the request (timeout)"
+                else:
+                    message = f"no reply within {self.total_timeout:g} s in all (total_timeout)"
                 raise ProviderError(
-                    f"{self.name} request timed out: no reply within {self.timeout:g} s of the "
-                    "request (timeout)",
-                    retryable=True,
+                    f"{self.name} request timed out: {message}", retryable=True
                 ) from None
             chunks = response.aiter_bytes()
             try:
