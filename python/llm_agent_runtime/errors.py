@@ -194,7 +194,7 @@ def group_leaves(error: BaseException) -> list[BaseException] | None:
     return leaves
 
 
-def _unstaged(error: BaseException) -> BaseException:
+def stage_error(error: BaseException) -> BaseException:
     """The error a pipeline stage raised, for a `PipelineStageError`; else `error` itself."""
     while isinstance(error, PipelineStageError) and error.__cause__ is not None:
         error = error.__cause__
@@ -206,7 +206,7 @@ def _refusals(error: BaseException) -> Iterator[tuple[BaseException, bool]]:
 
     A pipeline stage's error stands for it, and a group's members (nested ones too).
     """
-    error = _unstaged(error)
+    error = stage_error(error)
     leaves = group_leaves(error)
     if leaves is None:
         yield error, isinstance(error, (PolicyDeniedError, BudgetExceededError))

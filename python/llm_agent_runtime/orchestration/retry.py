@@ -13,10 +13,10 @@ from llm_agent_runtime.errors import (
     AgentRuntimeError,
     BudgetExceededError,
     CircuitOpenError,
-    PipelineStageError,
     PolicyDeniedError,
     ProviderError,
     policy_error_in,
+    stage_error,
 )
 from llm_agent_runtime.orchestration._checks import check_count, check_flag, check_real
 from llm_agent_runtime.orchestration.clock import Clock, checked_clock
@@ -118,7 +118,7 @@ class RetryPolicy:
         A `PipelineStageError` is judged by the stage's own error (its `__cause__`). A
         `retry_on` that raises is logged and means "no": the call's own error propagates.
         """
-        cause = _stage_error(error)
+        cause = stage_error(error)
         if isinstance(cause, NEVER_RETRIED) or not isinstance(cause, Exception):
             return False
         if policy_error_in(cause) is not None:  # a refusal in a group of errors
@@ -134,7 +134,7 @@ class RetryPolicy:
 
         A `ProviderError`'s `retry_after` (also as a `PipelineStageError`'s cause) sets it.
         """
-        cause = _stage_error(error)
+        cause = None if error is None else stage_error(error)
         if isinstance(cause, ProviderError):
             retry_after = cause.retry_after
             # A negative, NaN, infinite or non-numeric delay (a raw header value, say) is no
@@ -183,10 +183,3 @@ class RetryPolicy:
             f"RetryPolicy(max_attempts={self.max_attempts}, base_delay={self.base_delay}, "
             f"max_delay={self.max_delay}, jitter={self.jitter})"
         )
-
-
-def _stage_error(error: BaseException | None) -> BaseException | None:
-    """The error a pipeline stage raised, for a `PipelineStageError`; else `error` itself."""
-    while isinstance(error, PipelineStageError) and error.__cause__ is not None:
-        error = error.__cause__
-    return error
