@@ -1755,15 +1755,13 @@ class AgentRuntime:
         limit = asyncio.Semaphore(config.max_parallel_tool_calls)
 
         async def bounded(index: int, name: str, arguments: Any, denial: Any) -> ToolRun:
+            # Each call goes into `finished` as it ends (see `_call_tool`).
             if denial is not None:
-                run = self._denied(session, name, arguments, denial, index, finished)
-            else:
-                async with limit:
-                    run = await self._call_tool(
-                        session, name, arguments, None, index, False, busy, finished
-                    )
-            finished[index] = run
-            return run
+                return self._denied(session, name, arguments, denial, index, finished)
+            async with limit:
+                return await self._call_tool(
+                    session, name, arguments, None, index, False, busy, finished
+                )
 
         return await _all_or_none(bounded(i, *call) for i, call in enumerate(resolved))
 
