@@ -806,7 +806,7 @@ class _Job:
 
 
 class _WorkerPool:
-    """Daemon threads that run the calls of sync tools with a timeout.
+    """Daemon threads that run the calls of sync tools with a timeout (and `run_blocking`'s).
 
     At most `size` workers run calls that someone still awaits; further calls wait in a
     queue, and idle workers wait for calls. A call abandoned while it runs gives its worker's
