@@ -75,15 +75,15 @@ def _check_written_keys(value: Any) -> None:
         if kind is dict or isinstance(current, dict):
             for key in current:
                 if type(key) is not str:
-                    _written_names(current)
+                    _refuse_keys_written_alike(current)
                     break
             pending.extend([v for v in current.values() if type(v) not in _SCALARS])
         elif kind is list or kind is tuple or isinstance(current, (list, tuple)):
             pending.extend([v for v in current if type(v) not in _SCALARS])
 
 
-def _written_names(mapping: dict[Any, Any]) -> set[str]:
-    """Each key of `mapping` as JSON writes it.
+def _refuse_keys_written_alike(mapping: dict[Any, Any]) -> None:
+    """Raises when two keys of `mapping` are written alike in JSON.
 
     `1` is written "1", `None` "null", and a key JSON has no form for as its `str`.
 
@@ -104,7 +104,6 @@ def _written_names(mapping: dict[Any, Any]) -> set[str]:
                 f"two dict keys are both written {name!r} in JSON: one would be lost"
             )
         written.add(name)
-    return written
 
 
 def _str_keys(value: Any) -> Any:
@@ -113,7 +112,7 @@ def _str_keys(value: Any) -> Any:
     As `default=str` does for other values.
     """
     if isinstance(value, dict):
-        _written_names(value)
+        _refuse_keys_written_alike(value)
         return {
             key if isinstance(key, _JSON_KEYS) else str(key): _str_keys(item)
             for key, item in value.items()

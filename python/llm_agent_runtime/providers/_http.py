@@ -1478,17 +1478,14 @@ class HttpTransport:
     ) -> httpx.Response:
         """POSTs `content` to `path`; the reply's body is left to stream (the caller closes it).
 
-        `sent` is called once the request is sent whole (when the transport reports it:
-        httpx's own does), as the wait for the reply's headers begins.
+        `sent` is called when the transport reports the request sent whole (httpx's own
+        does): the wait for the reply's headers begins.
         """
         extensions: dict[str, Any] = {}
         if sent is not None:
-            told = False
 
             async def trace(event: str, info: dict[str, Any]) -> None:
-                nonlocal told
-                if not told and event.endswith("send_request_body.complete"):
-                    told = True  # once: the wait starts when the request is first sent whole
+                if event.endswith("send_request_body.complete"):
                     sent()
 
             extensions["trace"] = trace
@@ -1619,8 +1616,9 @@ class HttpTransport:
             sent: list[bool] = []
 
             def request_sent() -> None:
-                sent.append(True)
-                headers_due.reschedule(loop.time() + self.timeout)
+                if not sent:  # once: the wait starts when the request is first sent whole
+                    sent.append(True)
+                    headers_due.reschedule(loop.time() + self.timeout)
 
             try:
                 async with asyncio.timeout(self.total_timeout) as headers_due:
