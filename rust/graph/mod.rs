@@ -257,8 +257,7 @@ fn edge_tuple<'py>(item: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
     } else if !item.is_instance_of::<PyList>() {
         return Err(shape_error());
     }
-    // A 0-d array has no length: no row.
-    match item.len().map_err(|_| shape_error())? {
+    match item.len()? {
         2..=3 => PyTuple::new(item.py(), item.try_iter()?.collect::<PyResult<Vec<_>>>()?),
         len => Err(CoreError::Graph(format!("an edge has 2 or 3 items, got {len}")).into()),
     }
