@@ -13,7 +13,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -391,3 +391,59 @@ def test_edges_come_as_tuples_lists_or_the_rows_of_an_integer_array() -> None:
     ]:
         with pytest.raises(ar.GraphError, match=message):
             ar.GraphStore.from_edge_list(3, edges)  # type: ignore[arg-type]
+
+
+_EDGE_DTYPES = ["int64", "int32", "uint64", "uint32", "int16", "uint16", "int8", "uint8", ">i8"]
+
+
+def _relationships(g: ar.GraphStore) -> list[tuple[str, str, float]]:
+    return [(r["from"], r["to"], r["weight"]) for r in g.relationships()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 9),
+    rows=st.lists(
+        st.tuples(st.integers(0, 8), st.integers(0, 8), st.integers(0, 100)), max_size=12
+    ),
+    dtype=st.sampled_from(_EDGE_DTYPES),
+    weighted=st.booleans(),
+    strided=st.booleans(),
+)
+def test_an_integer_array_of_edges_builds_the_graph_of_its_rows_as_tuples(
+    n: int, rows: list[tuple[int, int, int]], dtype: str, weighted: bool, strided: bool
+) -> None:
+    # A native integer array is read in place (a byte-swapped one row by row): whatever the
+    # dtype or layout, the graph, or the error, is the one its rows as tuples give.
+    width = 3 if weighted else 2
+    array = np.array(rows, dtype=dtype).reshape(len(rows), 3)[:, :width]
+    if strided:  # a transposed copy's view: the same rows, not contiguous
+        array = np.ascontiguousarray(array.T).T
+    tuples = [tuple(int(v) for v in row) for row in array]
+    try:
+        expected: Any = _relationships(ar.GraphStore.from_edge_list(n, tuples))
+    except ar.GraphError as error:
+        expected = str(error)
+    try:
+        got: Any = _relationships(ar.GraphStore.from_edge_list(n, array))
+    except ar.GraphError as error:
+        got = str(error)
+    assert got == expected
+
+
+def test_an_array_of_edges_refuses_what_its_rows_would() -> None:
+    for edges, message in [
+        (np.array([[0, -1]]), "edge index -1 is out of range for 3 entities"),
+        (np.array([[2**64 - 1, 0]], dtype=np.uint64), f"edge index {2**64 - 1} is out of range"),
+        (np.array([[0, 2**40]]), f"edge index {2**40} is out of range"),
+        (np.array([[0, 3]], dtype=np.int8), r"edge \(0, 3\) is out of range for 3 entities"),
+        (np.zeros((0, 4), dtype=np.int64), "an edge has 2 or 3 items, got 4"),
+        (np.zeros((2, 1), dtype=np.int32), "an edge has 2 or 3 items, got 1"),
+    ]:
+        with pytest.raises(ar.GraphError, match=message):
+            ar.GraphStore.from_edge_list(3, edges)
+    # Empty and read-only arrays are edges too.
+    assert ar.GraphStore.from_edge_list(3, np.zeros((0, 2), dtype=np.int64)).entity_count() == 3
+    frozen = np.array([[0, 1], [1, 2]])
+    frozen.flags.writeable = False
+    assert _relationships(ar.GraphStore.from_edge_list(3, frozen))[1] == ("1", "2", 1.0)

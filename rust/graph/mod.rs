@@ -24,6 +24,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use compact_str::CompactString;
+use numpy::ndarray::ArrayView2;
+use numpy::PyReadonlyArray2;
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
@@ -222,6 +224,57 @@ fn build_numbered(n: u32, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGr
     })
 }
 
+/// The snapshot of a 2-D numpy array of edges of a native integer dtype, read in place: no
+/// Python object per edge (a row by row read makes three). None for any other array (a
+/// float or byte-swapped one, say), which goes row by row and gets its errors there.
+fn edge_array(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<Option<SnapshotBuilder>> {
+    macro_rules! read_as {
+        ($($dtype:ty),*) => {$(
+            if let Ok(array) = edges.extract::<PyReadonlyArray2<'_, $dtype>>() {
+                return array_edges(n, array.as_array()).map(Some);
+            }
+        )*};
+    }
+    read_as!(i64, i32, u64, u32, i16, u16, i8, u8);
+    Ok(None)
+}
+
+/// The snapshot of an `(m, 2)` or `(m, 3)` integer array's rows `(u, v[, weight])`, with
+/// the errors of the row by row read.
+fn array_edges<T: Copy + Into<i128>>(n: u32, rows: ArrayView2<'_, T>) -> PyResult<SnapshotBuilder> {
+    let width = rows.ncols();
+    if !(2..=3).contains(&width) {
+        return Err(CoreError::Graph(format!("an edge has 2 or 3 items, got {width}")).into());
+    }
+    let index = |value: T| -> PyResult<u32> {
+        let value: i128 = value.into();
+        u32::try_from(value).map_err(|_| {
+            CoreError::Graph(format!(
+                "edge index {value} is out of range for {n} entities"
+            ))
+            .into()
+        })
+    };
+    let mut snapshot = SnapshotBuilder::new(n as usize, rows.nrows())?;
+    for row in rows.rows() {
+        let (from, to) = (index(row[0])?, index(row[1])?);
+        if from >= n || to >= n {
+            return Err(CoreError::Graph(format!(
+                "edge ({from}, {to}) is out of range for {n} entities"
+            ))
+            .into());
+        }
+        // An integer weight is finite: no check needed.
+        let weight = if width == 3 {
+            row[2].into() as f64
+        } else {
+            1.0
+        };
+        snapshot.push(from, to, weight);
+    }
+    Ok(snapshot)
+}
+
 /// One edge of `from_edge_list`'s `edges` as a tuple: a tuple as it is, a list or a row of
 /// a numpy array as a tuple of its items.
 fn edge_tuple<'py>(item: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
@@ -265,6 +318,11 @@ fn edge_tuple<'py>(item: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
 
 /// The snapshot of `from_edge_list`'s `edges` (see [`edge_tuple`]).
 fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
+    if args::is_numpy(edges, &["ndarray"]) {
+        if let Some(snapshot) = edge_array(n, edges)? {
+            return Ok(snapshot);
+        }
+    }
     let count = edges.len().unwrap_or(0);
     let mut snapshot = SnapshotBuilder::new(n as usize, count)?;
     let mut add = |item: &Bound<'_, PyAny>| -> PyResult<()> {
@@ -902,9 +960,9 @@ impl PyGraphStore {
     ///
     /// Args:
     ///     n: Number of entities (at most 2**32 - 1).
-    ///     edges: Edges `(u, v)` or `(u, v, weight)` of entity indices (ints): tuples (the
-    ///         fastest), lists, or the rows of an `(m, 2)` or `(m, 3)` integer numpy array
-    ///         (the array itself).
+    ///     edges: Edges `(u, v)` or `(u, v, weight)` of entity indices (ints): an `(m, 2)`
+    ///         or `(m, 3)` integer numpy array (the fastest: read in place, no Python object
+    ///         per edge), tuples, lists, or numpy rows.
     ///     kind: Kind of every relationship.
     ///
     /// Raises:
