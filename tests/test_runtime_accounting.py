@@ -195,6 +195,55 @@ async def test_trimming_in_text_mode_counts_the_tool_catalog_too() -> None:
     assert "u" * 60 not in infer.prompts[0] and len(infer.prompts[0]) <= 200 * 4
 
 
+def test_trimming_counts_characters_not_json_escapes() -> None:
+    # Non-ASCII arguments and schemas were measured as `\\uXXXX` escapes (6 characters each):
+    # a Japanese turn was dropped where an English one of the same length was kept.
+    from llm_agent_runtime.providers.base import (
+        ToolCall,
+        ToolDefinition,
+        estimated_output_tokens,
+        tool_definitions_chars,
+    )
+
+    rt = ar.AgentRuntime(ar.AgentConfig(context_window_tokens=25, system_prompt="S"))
+
+    def turn(city: str) -> list[dict[str, Any]]:
+        call = {"id": "c1", "name": "find", "arguments": {"q": city}}
+        return [
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "ok", "tool_call_id": "c1", "name": "find"},
+        ]
+
+    ascii_city, cjk_city = "Shinjuku-nishi2", "東京都新宿区西新宿二丁目七番地"
+    assert len(ascii_city) == len(cjk_city)
+    assert len(rt.trim_history(turn(ascii_city))) == 3
+    assert len(rt.trim_history(turn(cjk_city))) == 3
+    estimates, sizes = set(), set()
+    for city in (ascii_city, cjk_city):
+        estimates.add(estimated_output_tokens("", [ToolCall("c", "f", {"q": city})]))
+        schema = {"type": "object", "description": city}
+        sizes.add(tool_definitions_chars([ToolDefinition(name="f", parameters=schema)]))
+    assert len(estimates) == 1 and len(sizes) == 1
+
+
+def test_trimming_reads_the_history_once() -> None:
+    # Read twice, a history another thread's turn added to in between failed with a bare
+    # ValueError (zip's); read once, the trim is of what was there when it began.
+    class Growing(list[dict[str, Any]]):
+        def __iter__(self) -> Any:
+            items = list(super().__iter__())
+            self.append({"role": "user", "content": "later"})  # the other thread's turn
+            return iter(items)
+
+    history = Growing([{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}])
+    rt = ar.AgentRuntime(ar.AgentConfig())
+    assert rt.trim_history(history) == [
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": "a"},
+    ]
+
+
 def test_trimming_keeps_the_historys_system_messages_in_their_places() -> None:
     # A leading system message was a "turn" of its own, the oldest: the first thing dropped.
     rt = ar.AgentRuntime(ar.AgentConfig(context_window_tokens=50, system_prompt="S"))
@@ -273,6 +322,37 @@ async def test_a_reprompted_reply_is_counted_in_the_step_that_answers_it() -> No
     assert s.model_ms() >= 95  # both model calls
     parts = s.model_ms() + s.tool_ms() + s.overhead_ms()
     assert parts == pytest.approx(s.duration_ms, abs=2.0)
+
+
+class SlowWrites(ar.InMemoryBackend):
+    """Checkpoints whose writes take 30 ms each, as a slow disk's would."""
+
+    async def batch_save(self, items: Any) -> None:
+        await asyncio.sleep(0.03)
+        await super().batch_save(items)
+
+    async def batch_save_if(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.03)
+        return await super().batch_save_if(*args, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_steps_checkpoint_write_is_in_the_next_steps_overhead(mode: str) -> None:
+    # Step times ended before the step's checkpoint write, and the next began after it:
+    # the runtime's own writes were in no step, so `overhead_ms()` hid most of its cost.
+    config = ar.AgentConfig(mode=mode)  # type: ignore[arg-type]
+    rt = ar.AgentRuntime(config, tools=[add], checkpoint_backend=SlowWrites())
+    if mode == "react":
+        s = await rt.run_agent("a", "q", react(ADD, ADD, FINAL))
+    else:
+        call = ar.ScriptedProvider.tool_call_reply([("add", {"a": 2, "b": 3})])
+        s = await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([call, call, "5"]))
+    assert [st.action for st in s.steps] == ["add", "add", "FINAL_ANSWER"]
+    # Each step after the first holds the write of the one before (at least one 30 ms save).
+    assert all(st.overhead_ms >= 28 for st in s.steps[1:])
+    assert s.steps[0].overhead_ms < 28
+    parts = s.model_ms() + s.tool_ms() + s.overhead_ms()
+    assert 56 <= parts <= s.duration_ms
 
 
 async def test_a_reprompted_provider_reply_charges_its_real_usage_once() -> None:

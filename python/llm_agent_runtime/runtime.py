@@ -760,6 +760,8 @@ class AgentRuntime:
                 or tool) and a string `content`, or has tool fields of the wrong shape (see
                 `session.message_problem`).
         """
+        # Read once: another thread's turn may add to the list meanwhile.
+        messages = list(messages)
         if reserved_chars is None:
             reserved_chars = len(self.config.system_prompt)
         budget = self.config.context_window_tokens * CHARS_PER_TOKEN - reserved_chars
@@ -1210,12 +1212,12 @@ class AgentRuntime:
         # A re-prompted reply's tokens and model time, which the step that answers it keeps
         # (that step's time starts at the reply, too).
         reprompt_cost: tuple[int, int, float] | None = None
-        step_start = 0.0
+        # A step's time runs from where the step before ended, so the step before's checkpoint
+        # write is in this one's overhead (a re-prompted reply's step goes on to its answer).
+        step_start = perf()
         for iteration in range(iterations):
             if deadline is not None and perf() >= deadline:
                 raise _DeadlinePassed
-            if reprompt_cost is None:
-                step_start = perf()
             text_prompt = "\n".join(transcript)
             replayed = bool(journal)
             incomplete = None  # the stop reason of a reply that stopped before it was complete
@@ -1370,7 +1372,9 @@ class AgentRuntime:
                     entry,
                 )
             content, error_kind = observation
-            overhead_ms = (perf() - step_start) * 1000.0 - model_ms - tool_ms
+            step_end = perf()
+            overhead_ms = (step_end - step_start) * 1000.0 - model_ms - tool_ms
+            step_start = step_end
             step = Step(
                 parsed.thought,
                 action,
@@ -1435,6 +1439,8 @@ class AgentRuntime:
         perf = time.perf_counter
         metrics = self.metrics
         checkpoints = self._checkpoints
+        # A round's overhead runs from where the round before ended (its checkpoint write in).
+        since = perf()
         for _ in range(config.max_iterations - rounds_done):
             if deadline is not None and perf() >= deadline:
                 raise _DeadlinePassed
@@ -1517,7 +1523,7 @@ class AgentRuntime:
             if not response.tool_calls:
                 if incomplete in INCOMPLETE_STOP_REASONS:
                     raise _incomplete_reply(incomplete, "its final answer", text)
-                overhead_ms = (perf() - round_start) * 1000.0 - model_ms
+                overhead_ms = (perf() - since) * 1000.0 - model_ms
                 step = Step(
                     text,
                     "FINAL_ANSWER",
@@ -1603,7 +1609,9 @@ class AgentRuntime:
                 tools_ms += tool_ms
             # What the round took beyond the model and the tools, split evenly by its steps
             # (approvals asked before a parallel round's calls start are the runtime's).
-            elapsed = (perf() - round_start) * 1000.0
+            round_end = perf()
+            elapsed = (round_end - since) * 1000.0
+            since = round_end
             tools_wall = tools_ms if busy is None else busy.ms
             overhead = (elapsed - model_ms - tools_wall) / n_calls
             if overhead < 0.0:  # the clock's rounding
@@ -2764,7 +2772,8 @@ def _history_chars(message: dict[str, Any]) -> int:
     """
     size = len(message["content"]) + 16
     for call in message.get("tool_calls") or ():
-        size += len(call["name"]) + len(json.dumps(call.get("arguments", {}), default=str))
+        arguments = call.get("arguments", {})
+        size += len(call["name"]) + len(json.dumps(arguments, ensure_ascii=False, default=str))
     return size
 
 

@@ -23,8 +23,10 @@ class Step:
     """One Thought-Action-Observation cycle.
 
     Timings split the step's wall time into the model's time, the tools' time and the
-    runtime's own overhead (everything else), so framework cost is visible. The steps of
-    one round of tool calls share its model time and overhead evenly; each keeps its own
+    runtime's own overhead (everything else), so framework cost is visible. A step's wall
+    time runs from the end of the step before, so the step before's checkpoint write is in
+    this one's overhead (the run's last write, after its last step, is in no step). The
+    steps of one round of tool calls share its model time and overhead evenly; each keeps its own
     tool's time, so a parallel round's tool times overlap (their sum exceeds the round's).
     A step that answers a corrective re-prompt holds the unparseable reply's model time and
     tokens too.
@@ -217,7 +219,11 @@ class AgentSession:
         return sum(s.tool_ms for s in self.steps)
 
     def overhead_ms(self) -> float:
-        """Total time the runtime itself took (neither model nor tools)."""
+        """Total time the runtime itself took in the steps (neither model nor tools).
+
+        Checkpoint writes between steps included; what a run does before its first step and
+        after its last (the start and final checkpoints) is in `duration_ms` only.
+        """
         return sum(s.overhead_ms for s in self.steps)
 
     # --- serialization ---

@@ -241,11 +241,11 @@ def _kind(value: Any) -> str:
 def estimated_output_tokens(text: str, calls: Sequence[ToolCall] = ()) -> int:
     """Output tokens of a reply whose provider reported none, estimated from characters.
 
-    The reply's text and each tool call's name and JSON arguments count, at
-    `memory.CHARS_PER_TOKEN` characters a token.
+    The reply's text and each tool call's name and JSON arguments count (as characters, not
+    as `\\u` escapes), at `memory.CHARS_PER_TOKEN` characters a token.
     """
     written = len(text) + sum(
-        len(c.name) + len(json.dumps(c.arguments, default=str)) for c in calls
+        len(c.name) + len(json.dumps(c.arguments, ensure_ascii=False, default=str)) for c in calls
     )
     return written // CHARS_PER_TOKEN
 
@@ -253,7 +253,10 @@ def estimated_output_tokens(text: str, calls: Sequence[ToolCall] = ()) -> int:
 def tool_definitions_chars(tools: Sequence[ToolDefinition]) -> int:
     """Characters the tool definitions take of a request: names, descriptions, JSON schemas."""
     return sum(
-        len(d.name) + len(d.description) + len(json.dumps(d.parameters, default=str)) for d in tools
+        len(d.name)
+        + len(d.description)
+        + len(json.dumps(d.parameters, ensure_ascii=False, default=str))
+        for d in tools
     )
 
 
