@@ -1116,6 +1116,43 @@ async def test_a_timed_call_that_times_out_waiting_for_a_worker_never_runs() -> 
     assert ran == ["y"]
 
 
+async def test_the_queued_calls_of_cancelled_runs_never_run() -> None:
+    # Each cancelled running call gave its place to a new worker, which took the next queued
+    # call, not yet abandoned by its task: every queued call of the cancelled runs ran, each
+    # on a thread of its own, past the pool's size.
+    release = threading.Event()
+    started: list[str] = []
+
+    @ar.tool(timeout=5)
+    def send(q: str) -> str:
+        """Sends an email (a side effect no cancelled run may have)."""
+        started.append(q)
+        release.wait(10)
+        return "sent"
+
+    rt = ar.AgentRuntime(ar.AgentConfig(), tools=[send])
+
+    def infer(i: int) -> Any:
+        async def reply(prompt: str) -> str:
+            return f'Thought: t\nAction: send {{"q": "{i}"}}'
+
+        return reply
+
+    runs = [asyncio.ensure_future(rt.run_agent("a", "q", infer(i))) for i in range(_POOL_SIZE + 4)]
+    try:
+        while len(started) < _POOL_SIZE:  # every worker busy, four calls queued
+            await asyncio.sleep(0.001)
+        for run in runs:
+            run.cancel()
+        outcomes = await asyncio.gather(*runs, return_exceptions=True)
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+        await asyncio.sleep(0.2)  # a worker taking a queued call would have by now
+        assert len(started) == _POOL_SIZE
+    finally:
+        release.set()
+    assert await ar.ToolRegistry([send]).call("send", {"q": "after"}) == ("sent", None)
+
+
 async def test_a_timed_sync_call_sees_the_callers_context_variables() -> None:
     @ar.tool(timeout=5)
     def whoami() -> str:

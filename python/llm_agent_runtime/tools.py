@@ -812,7 +812,9 @@ class _WorkerPool:
     queue, and idle workers wait for calls. A call abandoned while it runs gives its worker's
     place to a new worker: the stuck worker finishes the call, drops its outcome and exits. A
     call abandoned while it waits, or whose timeout has expired by the time a worker is free,
-    is never run. Being daemon threads, workers do not keep the interpreter from exiting.
+    is never run, nor is one whose caller was cancelled meanwhile (a cancelled run's queued
+    calls, even as its running ones give their places to new workers). Being daemon threads,
+    workers do not keep the interpreter from exiting.
     """
 
     def __init__(self, size: int) -> None:
@@ -887,9 +889,12 @@ class _WorkerPool:
                 runnable = job.state is _QUEUED  # else abandoned while it waited
                 if runnable:
                     self._waiting -= 1
-                    if time.monotonic() < job.deadline:
+                    # Timed out while it waited, or its caller cancelled (which cancels the
+                    # future at once, before the caller's task gets to `abandon`): the call
+                    # is about to give up, and must not run.
+                    if time.monotonic() < job.deadline and not job.future.done():
                         job.state = _RUNNING
-                    else:  # timed out while it waited: its call is about to give up
+                    else:
                         job.state = _ABANDONED
                         runnable = False
             if runnable:
