@@ -197,8 +197,27 @@ def test_default_database_is_per_user_not_in_the_working_directory(
     assert demo.default_db_path() == tmp_path / "xdg" / "llm-agent-runtime" / "demo.db"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert demo.default_db_path() == Path.home() / ".cache" / "llm-agent-runtime" / "demo.db"
+    # A relative cache directory (a `~` no shell expanded, in a unit file say) is ignored, as
+    # the XDG spec says: it put the database in the working directory.
+    for relative in ("~/.cache", "relcache"):
+        monkeypatch.setenv("XDG_CACHE_HOME", relative)
+        assert demo.default_db_path() == Path.home() / ".cache" / "llm-agent-runtime" / "demo.db"
     monkeypatch.setenv("LLM_AGENT_RUNTIME_DEMO_DB", str(tmp_path / "mine.db"))
     assert demo.default_db_path() == tmp_path / "mine.db"
+
+
+def test_the_demo_refuses_a_memory_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said the session was saved at `<cwd>/:memory:`, kept nothing, and left a
+    # `:memory:.lock` in the working directory.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLM_AGENT_RUNTIME_DEMO_DB", ":memory:")
+    with pytest.raises(ar.PersistenceError, match="':memory:' keeps nothing"):
+        demo.default_db_path()
+    assert demo.main() == 1
+    assert "keeps nothing" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_console_script_demo_and_version() -> None:

@@ -119,6 +119,9 @@ class OneRound:
             "ChatResponse.tool_calls must be a list of ToolCall, got str",
         ),
         (lambda: ChatResponse(usage=None), "ChatResponse.usage must be a Usage, got None"),
+        # OpenAI's "content": null read as is: a ScriptedProvider failed on len(None).
+        (lambda: ChatResponse(text=None), r"ChatResponse.text must be a str \(\"\" for"),
+        (lambda: ChatResponse(text=b"hi"), "ChatResponse.text must be a str .* got bytes"),
         (lambda: Usage(1.5, 2), "Usage.input_tokens must be an int, got 1.5"),
         (lambda: Usage(3, True), "Usage.output_tokens must be an int, got True"),
         (lambda: Usage(3, 2, "1"), "Usage.cached_input_tokens must be an int, got '1'"),

@@ -32,7 +32,8 @@ environment:
                         the SQLite file of the checkpoints (default:
                         llm-agent-runtime/demo.db in the user's cache directory)
 
-A real model's server silent for 120 s, or a run longer than 10 minutes, fails the run.
+A real model's server silent for 120 s on each of its 3 tries (a timed-out request is
+retried), or a run longer than 10 minutes, fails the run.
 
 exit status: 0 when the agent answered; 1 when it gave no final answer or the run failed
 (the reason goes to stderr); 130 when interrupted."""

@@ -22,9 +22,9 @@ it waits, then waits for it.
 
 The demo exits with status 1, saying why on stderr, when the model gives no final answer
 within `max_iterations` steps or the run fails with an `AgentRuntimeError` (a real model's
-server silent for `MODEL_READ_TIMEOUT` seconds, or a run longer than `RUN_TIMEOUT_MS`,
-included); with status 1, quietly, when the reader of its output closes it early
-(`... demo | head -1`); and with status 130 when interrupted (Ctrl-C).
+server silent for `MODEL_READ_TIMEOUT` seconds on each of the provider's 3 tries, or a run
+longer than `RUN_TIMEOUT_MS`, included); with status 1, quietly, when the reader of its
+output closes it early (`... demo | head -1`); and with status 130 when interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ MAX_ITERATIONS = 8
 DB_ENV = "LLM_AGENT_RUNTIME_DEMO_DB"
 MODEL_READ_TIMEOUT = 120.0
 """Seconds a real model's server may stay silent while it answers (a local model on a CPU
-may think for long before its first byte)."""
+may think for long before its first byte), on each try: the provider tries a timed-out
+request 3 times in all (its default `RetryPolicy`)."""
 RUN_TIMEOUT_MS = 600_000
 """The whole run's limit: a server that accepts requests but never answers ends the demo
 with an error, not a wait of the providers' default (10 minutes a read, retried)."""
@@ -186,15 +187,21 @@ def build_graph_query(graph: ar.GraphStore) -> ar.ToolSpec:
 def default_db_path() -> Path:
     """Where the demo keeps its checkpoints: `LLM_AGENT_RUNTIME_DEMO_DB`, else a per-user file.
 
-    The per-user file is `llm-agent-runtime/demo.db` in `XDG_CACHE_HOME`, else in `~/.cache`
-    (in the temporary directory when there is no home directory), never in the working
-    directory.
+    The per-user file is `llm-agent-runtime/demo.db` in `XDG_CACHE_HOME` (when absolute: the
+    XDG spec has a relative one ignored), else in `~/.cache` (in the temporary directory when
+    there is no home directory), never in the working directory.
 
     Raises:
         PersistenceError: `LLM_AGENT_RUNTIME_DEMO_DB` starts with `~` or `~user` and there is
-            no such home directory.
+            no such home directory, or is `:memory:` (the demo shows where its session was
+            saved, and a memory database keeps nothing).
     """
     if configured := os.environ.get(DB_ENV, "").strip():
+        if configured == ":memory:":
+            raise ar.PersistenceError(
+                f"{DB_ENV}=':memory:' keeps nothing: the demo saves its session to a file "
+                "(give its path)"
+            )
         try:
             return Path(configured).expanduser()
         except RuntimeError:  # `~nosuchuser/...`, or `~` with no home directory to be found
@@ -202,7 +209,7 @@ def default_db_path() -> Path:
                 f"{DB_ENV}={configured!r}: no home directory for its '~' (write the path in full)"
             ) from None
     cache = os.environ.get("XDG_CACHE_HOME", "").strip()
-    if not cache:
+    if not os.path.isabs(cache):  # unset, or relative (`~/.cache` unexpanded, say)
         try:
             cache = str(Path.home() / ".cache")
         except RuntimeError:  # no home directory to be found

@@ -242,7 +242,7 @@ def estimated_output_tokens(text: str, calls: Sequence[ToolCall] = ()) -> int:
     """Output tokens of a reply whose provider reported none, estimated from characters.
 
     The reply's text and each tool call's name and JSON arguments count (as characters, not
-    as `\\u` escapes), at `memory.CHARS_PER_TOKEN` characters a token.
+    as JSON escapes), at `memory.CHARS_PER_TOKEN` characters a token.
     """
     written = len(text) + sum(
         len(c.name) + len(json.dumps(c.arguments, ensure_ascii=False, default=str)) for c in calls
@@ -297,9 +297,14 @@ class ChatResponse:
         """Checks the parts a run keeps.
 
         Raises:
-            TypeError: `tool_calls` is not a list (or tuple) of `ToolCall`, or `usage` is not
-                a `Usage`.
+            TypeError: `text` is not a str, `tool_calls` is not a list (or tuple) of
+                `ToolCall`, or `usage` is not a `Usage`.
         """
+        if not isinstance(self.text, str):  # None is the wire's "no content": that is ""
+            raise TypeError(
+                'ChatResponse.text must be a str ("" for a reply of tool calls alone), got '
+                f"{_kind(self.text)}"
+            )
         calls = self.tool_calls
         if not isinstance(calls, (list, tuple)):
             raise TypeError(
