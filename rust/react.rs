@@ -65,6 +65,8 @@ pub enum ActionInput {
 pub struct InputText<'a> {
     /// The input, trimmed and with any code fence removed.
     text: &'a str,
+    /// Whether the text holds it: false for a bare action's, `{}` (no arguments).
+    written: bool,
 }
 
 impl<'a> InputText<'a> {
@@ -72,6 +74,15 @@ impl<'a> InputText<'a> {
     pub fn new(text: &'a str) -> Self {
         Self {
             text: strip_fence(text.trim()),
+            written: true,
+        }
+    }
+
+    /// The input of a bare action (`Action: tool`, nothing after it): no arguments, `{}`.
+    pub fn no_arguments() -> Self {
+        Self {
+            text: "{}",
+            written: false,
         }
     }
 
@@ -740,8 +751,14 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
             position: Some(answer.label_pos),
         });
     }
+    // A bare `Action: tool` (nothing after the name, no `Action Input:` line) calls the tool
+    // with no arguments, as the seed's loop does: models write so for a tool without any.
+    let input = if input_section.is_none() && !written.labelled && input_text.trim().is_empty() {
+        InputText::no_arguments()
+    } else {
+        InputText::new(input_text)
+    };
     // Checked without the code fence: an empty fence gives the tool no input either.
-    let input = InputText::new(input_text);
     if input.text.is_empty() {
         return Err(CoreError::Parse {
             message: format!(
@@ -911,10 +928,19 @@ pub struct PyReActStep {
     /// line, trailing whitespace excluded. text[:end] is the step.
     #[pyo3(get)]
     end: usize,
-    /// Where the input (trimmed, unfenced) lies in the parsed text, in bytes.
-    input: Option<(usize, usize)>,
+    /// The action's input (None for a final answer).
+    input: Option<Input>,
     /// Set once, with the GIL held; read by `__traverse__`, which has no GIL token.
     decoded_input: OnceLock<Py<PyAny>>,
+}
+
+/// Where a step's input comes from.
+#[derive(Clone, Copy)]
+enum Input {
+    /// The parsed text, at these byte offsets (the input trimmed and unfenced).
+    Written(usize, usize),
+    /// None was written (a bare `Action: tool`): no arguments, `{}`.
+    NoArguments,
 }
 
 /// A part of the parsed text, made a Python string on first access and then cached.
@@ -981,11 +1007,17 @@ impl PyReActStep {
         }
         let value = match this.input {
             None => py.None(),
-            Some((start, end)) => {
+            Some(Input::Written(start, end)) => {
                 let source = this.source.bind(py).to_str()?;
                 let text = source.get(start..end).unwrap_or_default();
-                input_to_py(py, &InputText { text })?.unbind()
+                // Trimmed and unfenced already: taken as it is.
+                let input = InputText {
+                    text,
+                    written: true,
+                };
+                input_to_py(py, &input)?.unbind()
             }
+            Some(Input::NoArguments) => PyDict::new(py).into_any().unbind(),
         };
         // Had another thread set it meanwhile (decoding may run Python code), its value wins.
         let value = this.decoded_input.get_or_init(|| value);
@@ -1067,7 +1099,8 @@ impl PyReActStep {
 
 /// Parses one ReAct step from model output.
 ///
-/// Accepts `Thought: ...` followed by `Action: tool {"json": 1}`, `Action: FINAL_ANSWER 42`,
+/// Accepts `Thought: ...` followed by `Action: tool {"json": 1}`, `Action: tool` alone (no
+/// arguments: the input `{}`), `Action: FINAL_ANSWER 42`,
 /// `Action: tool` + `Action Input: ...` (the tool is then all the text before the label, as
 /// LangChain reads it: `Action: Search Tool`), or `Final Answer: ...` (also later on a line,
 /// when there is no action: `Thought: I know. Final Answer: 42`). Labels are
@@ -1132,8 +1165,12 @@ pub fn parse_react_step<'py>(text: &Bound<'py, PyString>) -> PyResult<Bound<'py,
             final_answer,
             end,
             input: step.action_input.map(|input| {
-                let piece = Piece::slice_of(source, input.text);
-                (piece.start, piece.end)
+                if input.written {
+                    let piece = Piece::slice_of(source, input.text);
+                    Input::Written(piece.start, piece.end)
+                } else {
+                    Input::NoArguments
+                }
             }),
             decoded_input: OnceLock::new(),
         },
@@ -1253,7 +1290,12 @@ mod tests {
             }
         ));
         assert!(parse("Action:   \n").is_err());
-        assert!(parse("Action: tool").is_err());
+        // A bare action is a call without arguments (the seed's `{}`), not an error.
+        let (tool, input) = action("Action: tool");
+        assert_eq!(
+            (tool.as_str(), input),
+            ("tool", ActionInput::Json(json!({})))
+        );
         assert!(parse("Action: search ```\n```").is_err());
         assert!(parse("Action: search\nAction Input: ```json\n```").is_err());
         assert!(parse("Action: t {}\nFinal Answer: 1").is_err());
@@ -1552,8 +1594,14 @@ mod tests {
         );
         let (tool, input) = action("Action: a\nAction Input: 1\nAction: b\nAction Input: 2");
         assert_eq!((tool.as_str(), input), ("a", ActionInput::Raw("1".into())));
-        assert!(parse("Action: a\nAction: b\nAction Input: 1").is_err());
-        assert!(parse("Action Input: 1\nAction: a").is_err());
+        // An `Action Input:` line before the action, or after another one, is not its input.
+        for text in [
+            "Action: a\nAction: b\nAction Input: 1",
+            "Action Input: 1\nAction: a",
+        ] {
+            let (tool, input) = action(text);
+            assert_eq!((tool.as_str(), input), ("a", ActionInput::Json(json!({}))));
+        }
     }
 
     #[test]

@@ -73,7 +73,8 @@ def parse_react_step(text: str) -> ReActStep:
     name is the run of `[A-Za-z0-9_-]` after `Action:`, with dots between two such
     characters (`github.search_issues`); its input follows, after an optional `:` or `=`,
     or inside call parentheses (`Action: FINAL_ANSWER(42)`, nothing after them on their
-    line: chatter on later lines is ignored), or else is on the `Action Input:` line. `Action: FINAL_ANSWER` with no input answers with a
+    line: chatter on later lines is ignored), or else is on the `Action Input:` line; with
+    neither (a bare `Action: tool`), the input is `{}`, a call without arguments. `Action: FINAL_ANSWER` with no input answers with a
     `Final Answer:` section (up to the next label), or else a `Final Answer:` later on a
     line after it; with neither, the text is not a step. With no action and no
     `Final Answer:` line, a `Final Answer:` (so capitalized, LangChain's marker) later on a
