@@ -358,16 +358,16 @@ impl Snapshot {
 
     /// Counters that happened between `before` and `self` (saturating at zero).
     pub fn delta(&self, before: &Snapshot) -> Snapshot {
+        // The totals are the sums of the tools' deltas, as a snapshot's are of its counts
+        // (two snapshots of one runtime give the same; others keep the rule too).
+        let tool_calls = map_delta(&self.tool_calls, &before.tool_calls);
+        let tool_failures = map_delta(&self.tool_failures, &before.tool_failures);
         Snapshot {
             active_sessions: self.active_sessions.saturating_sub(before.active_sessions),
             total_sessions: self.total_sessions.saturating_sub(before.total_sessions),
             total_steps: self.total_steps.saturating_sub(before.total_steps),
-            total_tool_calls: self
-                .total_tool_calls
-                .saturating_sub(before.total_tool_calls),
-            failed_tool_calls: self
-                .failed_tool_calls
-                .saturating_sub(before.failed_tool_calls),
+            total_tool_calls: total(&tool_calls),
+            failed_tool_calls: total(&tool_failures),
             backpressure_shed_count: self
                 .backpressure_shed_count
                 .saturating_sub(before.backpressure_shed_count),
@@ -379,8 +379,8 @@ impl Snapshot {
                 .saturating_sub(before.checkpoint_errors),
             input_tokens: self.input_tokens.saturating_sub(before.input_tokens),
             output_tokens: self.output_tokens.saturating_sub(before.output_tokens),
-            tool_calls: map_delta(&self.tool_calls, &before.tool_calls),
-            tool_failures: map_delta(&self.tool_failures, &before.tool_failures),
+            tool_calls,
+            tool_failures,
             agent_calls: map_delta(&self.agent_calls, &before.agent_calls),
             agent_failures: map_delta(&self.agent_failures, &before.agent_failures),
         }
@@ -863,15 +863,38 @@ impl PyMetricsSnapshot {
     /// Rebuilds a snapshot from `to_json()` output.
     ///
     /// Raises:
-    ///     AgentRuntimeError: the text is not a snapshot (or not valid Unicode).
+    ///     AgentRuntimeError: the text is not a snapshot (or not valid Unicode), or its
+    ///         totals are not the sums of its tools' counts, as every snapshot's are.
     #[staticmethod]
     fn from_json(
         py: Python<'_>,
         #[pyo3(from_py_with = runtime_text)] text: PyBackedStr,
     ) -> PyResult<PyMetricsSnapshot> {
-        py.detach(|| serde_json::from_str(&text))
-            .map(|inner| PyMetricsSnapshot { inner })
-            .map_err(|e| CoreError::Runtime(format!("not a metrics snapshot: {e}")).into())
+        let inner: Snapshot = py
+            .detach(|| serde_json::from_str(&text))
+            .map_err(|e| CoreError::Runtime(format!("not a metrics snapshot: {e}")))?;
+        for (field, stated, counts) in [
+            (
+                "total_tool_calls",
+                inner.total_tool_calls,
+                &inner.tool_calls,
+            ),
+            (
+                "failed_tool_calls",
+                inner.failed_tool_calls,
+                &inner.tool_failures,
+            ),
+        ] {
+            let sum = total(counts);
+            if stated != sum {
+                return Err(CoreError::Runtime(format!(
+                    "not a metrics snapshot: {field} is {stated}, but its tools' counts add up \
+                     to {sum}"
+                ))
+                .into());
+            }
+        }
+        Ok(PyMetricsSnapshot { inner })
     }
 
     /// The snapshot in Prometheus text exposition format.

@@ -122,6 +122,32 @@ def test_json_round_trip() -> None:
         raise AssertionError("expected AgentRuntimeError")
 
 
+def test_a_snapshot_whose_totals_are_not_its_tools_sums_is_refused() -> None:
+    # It loaded, and its rates (from the totals) then disagreed with its per-tool counts.
+    m = ar.RuntimeMetrics()
+    m.record_tool_call("a")
+    m.record_tool_call("b")
+    m.record_tool_failure("b")
+    data = json.loads(m.snapshot().to_json())
+    for field, value, sum_ in [("total_tool_calls", 99, 2), ("failed_tool_calls", 0, 1)]:
+        bad = {**data, field: value}
+        with pytest.raises(ar.AgentRuntimeError, match=f"{field} is {value}, .* add up to {sum_}"):
+            ar.MetricsSnapshot.from_json(json.dumps(bad))
+
+
+def test_a_delta_of_unrelated_snapshots_keeps_totals_its_tools_sums() -> None:
+    # Its totals were the totals' differences, which the saturated per-tool deltas did not
+    # add up to: its own JSON was then no snapshot.
+    one, other = ar.RuntimeMetrics(), ar.RuntimeMetrics()
+    for _ in range(5):
+        one.record_tool_call("x")
+    for _ in range(10):
+        other.record_tool_call("y")
+    d = ar.MetricsSnapshot.delta(other.snapshot(), one.snapshot())
+    assert d.tool_calls == {"y": 10} and d.total_tool_calls == 10
+    assert ar.MetricsSnapshot.from_json(d.to_json()) == d
+
+
 def test_prometheus_exposition_parses() -> None:
     m = ar.RuntimeMetrics()
     m.record_tool_call('we"ird\\name\n')
