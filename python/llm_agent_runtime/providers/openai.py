@@ -707,8 +707,13 @@ def _wire_message(message: Message) -> dict[str, Any]:
                 "type": "function",
                 "function": {
                     "name": call.name,
+                    # Characters as they are, not `\\u` escapes: the model reads this string
+                    # as written (6 characters a CJK one, else), and history trimming counts
+                    # characters. The body's own encoding escapes any lone surrogate.
                     "arguments": json_text(
-                        call.arguments, f"the arguments object of tool call {call.id!r}"
+                        call.arguments,
+                        f"the arguments object of tool call {call.id!r}",
+                        ensure_ascii=False,
                     ),
                 },
             }
