@@ -437,6 +437,22 @@ def test_openai_embedder_sends_user_info_as_basic_auth_and_shows_it_nowhere(
     assert "S3cret" not in str(caught.value) and "http://***@127.0.0.1" in str(caught.value)
 
 
+def test_openai_embedder_redacts_an_echoed_basic_auth_header(
+    server: tuple[_Server, str], monkeypatch: Any
+) -> None:
+    """Only the API key was redacted: the echoed header and its password showed in errors."""
+    state, url = server
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    basic = "YWxpY2U6UzNjcmV0LVBX"  # alice:S3cret-PW
+    echoed = f"denied: got Authorization: Basic {basic} (password S3cret-PW)"
+    state.replies.append((401, {}, json.dumps({"error": {"message": echoed}}).encode()))
+    embedder = ar.OpenAIEmbedder(base_url=url.replace("http://", "http://alice:S3cret-PW@"))
+    with pytest.raises(ar.ProviderError) as caught:
+        embedder.embed(["ab"])
+    shown = f"{caught.value!s} {caught.value!r} {caught.value.__cause__!r}"
+    assert "denied" in shown and basic not in shown and "S3cret-PW" not in shown
+
+
 @pytest.mark.parametrize(
     "base_url",
     [

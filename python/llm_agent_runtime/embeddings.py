@@ -174,7 +174,8 @@ class OpenAIEmbedder:
     key meant for the server ``OPENAI_BASE_URL`` names goes to that server only. Transport
     failures are reported as the chat providers report them (they share the code too):
     timeouts and dropped connections are retryable, other failures are not, and the API key
-    appears in no message and no chained exception.
+    (or the password of a base URL's user info) appears in no message and no chained
+    exception.
 
     An empty text is never sent (the API refuses one, failing its whole request): its row
     is all zeros, which the stores read as no embedding. When every text of a call is empty
@@ -272,7 +273,7 @@ class OpenAIEmbedder:
         import httpx
         import numpy as np
 
-        from llm_agent_runtime.providers._http import Redactor
+        from llm_agent_runtime.providers._http import Redactor, basic_auth_secrets
 
         batch = _texts(texts)
         width = self.dimensions
@@ -290,7 +291,8 @@ class OpenAIEmbedder:
                 "the client given to OpenAIEmbedder is closed (by its owner, or by the `with` "
                 "block it came from): pass an open one"
             )
-        redactor = Redactor(self._api_key)  # made per call: the embedder stays picklable
+        # Made per call: the embedder stays picklable.
+        redactor = Redactor(self._api_key, *basic_auth_secrets(self._headers))
         client = self._client or httpx.Client(timeout=self._timeout)
         # Nothing to send and no known width: one space is embedded to learn it.
         inputs = [batch[i] for i in sent] if sent else [" "]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from typing import Any
 
@@ -12,7 +13,7 @@ from llm_agent_runtime import AnthropicProvider, OpenAIProvider, ProviderError
 from llm_agent_runtime.providers._http import check_base_url, move_user_info
 
 from .conftest import API_KEY
-from .fake_server import FakeLlmServer, Turn
+from .fake_server import FakeLlmServer, Reply, Turn
 
 PASSWORD = "S3cret-PW"
 USER_INFO = f"alice:{PASSWORD}%40x"  # percent-escaped, as a password with '@' must be
@@ -50,6 +51,35 @@ async def test_user_info_is_sent_as_basic_auth_and_shown_nowhere(
     assert repr(llm) == f"{type(llm).__name__}(base_url={root!r}, model={llm.model!r})"
     assert caplog.records  # the request was logged, without the password
     assert all(PASSWORD not in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_server_echoing_the_basic_auth_header_shows_it_in_no_error(
+    kind: str, server: FakeLlmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the API key was redacted: the echoed header, and the password it encodes, showed.
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    echoed = f"denied: got Authorization: {BASIC} (user alice, password {PASSWORD}@x)"
+    server.script(Reply(status=401, body=json.dumps({"error": {"message": echoed}}).encode()))
+    llm: Any
+    if kind == "openai":
+        llm = OpenAIProvider(base_url=with_user_info(server.url + "/v1"))
+    else:
+        llm = AnthropicProvider(base_url=with_user_info(server.url), api_key=API_KEY)
+    async with llm:
+        with pytest.raises(ProviderError) as caught:
+            await llm.complete("hello")
+    shown = " ".join(f"{link!s} {link!r}" for link in _chain(caught.value))
+    assert "denied" in shown and "[redacted]" in shown
+    assert BASIC.removeprefix("Basic ") not in shown and PASSWORD not in shown
+
+
+def _chain(error: BaseException | None) -> list[BaseException]:
+    links = []
+    while error is not None:
+        links.append(error)
+        error = error.__cause__ or error.__context__
+    return links
 
 
 async def test_user_info_and_a_bearer_key_are_refused_together(

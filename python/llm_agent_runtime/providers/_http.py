@@ -615,6 +615,20 @@ def move_user_info(name: str, url: str, headers: Mapping[str, str]) -> tuple[str
     return f"{scheme}//{host}{slash}{path}", headers
 
 
+def basic_auth_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The secrets of the basic-auth header `move_user_info` added to `headers`.
+
+    For a `Redactor` (a server may echo the header in an error): the base64 credentials and
+    the password in them. Nothing when `headers` send no basic auth.
+    """
+    for key, value in headers.items():
+        if key.lower() == "authorization" and value.startswith("Basic "):
+            encoded = value.removeprefix("Basic ")
+            pair = base64.b64decode(encoded).decode("utf-8", "surrogateescape")
+            return encoded, pair.partition(":")[2]
+    return ()
+
+
 def _hide_user_info(url: str) -> str:
     """`url` as a message shows it: `http://***@host/v1` for `http://user:password@host/v1`."""
     return _USER_INFO.sub(r"\1***@", url, count=1)
@@ -1021,20 +1035,27 @@ class PartialToolCall:
 
 
 class Redactor:
-    """Keeps one API key out of error text and out of the exceptions errors are chained to.
+    """Keeps credentials out of error text and out of the exceptions errors are chained to.
 
-    The key is also found where a repr or JSON escaped it (a backslash before a quote or a
-    backslash). A key shorter than `MIN_REDACTED_SECRET` characters is not redacted.
+    Each secret is also found where a repr or JSON escaped it (a backslash before a quote or
+    a backslash). A secret shorter than `MIN_REDACTED_SECRET` characters is not redacted.
 
     Args:
-        secret: The API key (None: nothing to redact).
+        *secrets: The API key, and the basic-auth credentials (`basic_auth_secrets`); None
+            is nothing to redact.
     """
 
     __slots__ = ("_forms",)
 
-    def __init__(self, secret: str | None) -> None:
-        long_enough = secret is not None and len(secret) >= MIN_REDACTED_SECRET
-        self._forms = _escaped_forms(secret) if secret is not None and long_enough else ()
+    def __init__(self, *secrets: str | None) -> None:
+        forms = [
+            form
+            for secret in secrets
+            if secret is not None and len(secret) >= MIN_REDACTED_SECRET
+            for form in _escaped_forms(secret)
+        ]
+        # The longest first: a secret holding another is replaced whole.
+        self._forms = tuple(sorted(dict.fromkeys(forms), key=len, reverse=True))
 
     def __repr__(self) -> str:
         return "Redactor(...)"  # never the key
@@ -1210,7 +1231,7 @@ class HttpTransport:
         check_api_key(name, secret)
         self.name = name
         self.base_url, self._headers = move_user_info(name, check_base_url(name, base_url), headers)
-        self._redactor = Redactor(secret)
+        self._redactor = Redactor(secret, *basic_auth_secrets(self._headers))
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.total_timeout = total_timeout
