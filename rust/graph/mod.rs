@@ -1280,7 +1280,10 @@ impl PyGraphStore {
     ///     normalized: Divide by `(n-1)(n-2)` as networkx does.
     ///     weighted: Use relationship weights as lengths (they must be positive).
     ///     directed: Follow relationship direction; False treats them as undirected edges.
-    ///     k: Estimate from `k` sources sampled with `seed` (rescaled by n/k); None = exact.
+    ///     k: Estimate from `k` sources sampled with `seed`, rescaled as networkx 3.6
+    ///         does: a sampled source's score by (n-1)/(k-1), another's by (n-1)/k, before
+    ///         the normalization (with `k=1`, the source's own score is undefined: NaN, as
+    ///         there); None = exact.
     ///     seed: Seed of the sample.
     ///
     /// Raises:
@@ -1337,7 +1340,9 @@ impl PyGraphStore {
         frozen.py_dict(py, scores.into_iter().enumerate())
     }
 
-    /// Betweenness from an explicit list of source entities (for reproducing an estimate).
+    /// Betweenness from an explicit list of source entities (for reproducing an estimate),
+    /// rescaled as `betweenness_centrality`'s sampled estimate is (one source: its own score
+    /// is NaN).
     ///
     /// Raises:
     ///     GraphError: When `sources` is empty, names an unknown entity or names an entity
