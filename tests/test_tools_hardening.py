@@ -6,6 +6,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import http.server
 import json
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
-from pydantic import Field
+from pydantic import BaseModel, Field
+from typing_extensions import TypedDict
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.providers.offline import ScriptedProvider
@@ -817,3 +819,83 @@ def test_a_tool_spec_copies() -> None:
 def _module_level_add(a: int, b: int) -> int:
     """Adds."""
     return a + b
+
+
+# --- keys inside structured arguments, shared defaults, models that JSON cannot write -----------
+@dataclasses.dataclass
+class Query:
+    """A search query."""
+
+    text: str
+    limit: int = 10
+
+
+class Filter(TypedDict, total=False):
+    """A search filter."""
+
+    author: str
+
+
+@ar.tool
+async def search(q: Query, f: Filter) -> str:
+    """Searches.
+
+    Args:
+        q: The query.
+        f: The filter.
+    """
+    return f"{q.text} limit={q.limit} filter={f}"
+
+
+async def test_a_mistyped_key_inside_a_structured_argument_is_refused() -> None:
+    # The fast check dropped unknown keys, and its setting reached the dataclass and the
+    # TypedDict inside: `max_results` and `authr` were dropped, and the tool ran unfiltered.
+    registry = ar.ToolRegistry([search])
+    ok = await registry.call("search", {"q": {"text": "cats", "limit": 2}, "f": {"author": "a"}})
+    assert ok == ("cats limit=2 filter={'author': 'a'}", None)
+    for arguments, where in [
+        ({"q": {"text": "cats", "max_results": 2}, "f": {}}, "q.max_results"),
+        ({"q": {"text": "cats"}, "f": {"authr": "a"}}, "f.authr"),
+    ]:
+        observation = await registry.call("search", arguments)
+        assert observation.error_kind == "permanent"
+        assert f"{where}: unexpected" in observation.content.lower()
+        assert "the arguments are" not in observation.content  # that is for top-level keys
+
+
+async def test_a_mutable_default_is_a_fresh_one_for_each_call() -> None:
+    # The signature's list was the one object every call shared: one agent's notes showed
+    # in another's observation, and grew for the life of the process.
+    @ar.tool
+    def note(text: str, notes: list[str] = []) -> list[str]:  # noqa: B006 - the case at hand
+        """Adds a note."""
+        notes.append(text)
+        return notes
+
+    registry = ar.ToolRegistry([note])
+    first = await registry.call("note", {"text": "agent A's secret"})
+    second = await registry.call("note", {"text": "agent B"})
+    assert (first.content, second.content) == ('["agent A\'s secret"]', '["agent B"]')
+    assert note.parameters["properties"]["notes"]["default"] == []
+
+
+class Blob(BaseModel):
+    """A file's bytes, which need not be UTF-8."""
+
+    name: str
+    data: bytes
+
+
+async def test_a_model_json_cannot_write_renders_as_json_all_the_same() -> None:
+    # Its `model_dump(mode="json")` failed on bytes that are not UTF-8, and the whole result
+    # fell back to Python's repr.
+    @ar.tool
+    def files() -> dict[str, Any]:
+        """Lists files."""
+        return {"count": 2, "blobs": [Blob(name="a", data=b"hi"), Blob(name="b", data=b"\x89P")]}
+
+    observation = await ar.ToolRegistry([files]).call("files", {})
+    assert json.loads(observation.content) == {
+        "count": 2,
+        "blobs": [{"name": "a", "data": "hi"}, {"name": "b", "data": "\ufffdP"}],
+    }

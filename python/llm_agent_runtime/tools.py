@@ -33,6 +33,7 @@ from typing import (
     NotRequired,
     SupportsIndex,
     TypeVar,
+    get_args,
     get_type_hints,
     overload,
 )
@@ -40,7 +41,7 @@ from typing import (
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
-from typing_extensions import TypedDict
+from typing_extensions import TypedDict, is_typeddict
 
 from llm_agent_runtime.errors import (
     BudgetExceededError,
@@ -582,9 +583,11 @@ class ToolSpec:
         problems = []
         for e in error.errors():
             where = ".".join(str(p) for p in e["loc"]) or "arguments"
-            if e["type"] == "extra_forbidden":
+            if e["type"] == "extra_forbidden" and len(e["loc"]) == 1:
                 known = ", ".join(self.parameters.get("properties", ())) or "none"
                 problems.append(f"{where}: unexpected argument (the arguments are: {known})")
+            elif e["type"] == "extra_forbidden":  # a key inside an argument's value
+                problems.append(f"{where}: unexpected key")
             else:
                 problems.append(f"{where}: {e['msg']}")
         return "; ".join(problems)
@@ -1304,9 +1307,13 @@ def tool(
             elif default is kind.empty:
                 model_fields[field] = (annotation, Field(**named))
                 typed = typed_fields[pname] = annotation
-            elif any(not info.is_required() or info.validate_default for info in infos):
+            elif not _immutable(default) or any(
+                not info.is_required() or info.validate_default for info in infos
+            ):
                 # As in pydantic, the signature's default replaces one in `Annotated` (and
-                # `validate_default` validates it): the validator fills it in.
+                # `validate_default` validates it): the validator fills it in. So too a
+                # mutable default (`= []`), copied for each call as `validate_call` does,
+                # rather than the one object every call (every agent) would share.
                 model_fields[field] = (annotation, Field(default, **named))
                 typed = Annotated[annotation, Field(default=default)]
                 typed_fields[pname] = NotRequired[typed]
@@ -1429,6 +1436,29 @@ def _refuse_unbound_method(
     )
 
 
+_IMMUTABLE_DEFAULTS = (type(None), bool, int, float, complex, str, bytes, enum.Enum)
+
+
+def _immutable(value: Any) -> bool:
+    """Whether a default can be shared by every call: a scalar, or a tuple or set of them."""
+    if isinstance(value, _IMMUTABLE_DEFAULTS):
+        return True
+    return type(value) in (tuple, frozenset) and all(map(_immutable, value))
+
+
+def _takes_extra_setting(annotation: Any) -> bool:
+    """Whether a type holds a dataclass or a TypedDict.
+
+    They validate with the `extra` setting of the validator they are in (a pydantic model
+    keeps its own).
+    """
+    if is_typeddict(annotation) or (
+        isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
+    ):
+        return True
+    return any(map(_takes_extra_setting, get_args(annotation)))
+
+
 def _schema_and_check(
     tool_name: str,
     model_fields: dict[str, Any],
@@ -1441,8 +1471,9 @@ def _schema_and_check(
 
     The fast check drops unknown keys instead of refusing them (pydantic's refusal costs
     about half the validation again): `ToolRegistry.call` sees that the checked dict is
-    smaller than the arguments and runs the full check. A validator that adds defaults (so
-    that a dropped key could go unnoticed) is used as both.
+    smaller than the arguments and runs the full check. A validator that adds defaults, or
+    one whose arguments hold dataclasses or TypedDicts (which take its `extra` setting, so
+    that a key dropped inside one would go unnoticed), is used as both.
     """
     extra: Literal["allow", "forbid"] = "allow" if has_var_keyword else "forbid"
     namespace: dict[str, Any] = {"model_config": ConfigDict(extra=extra)}
@@ -1458,7 +1489,7 @@ def _schema_and_check(
     typed.__pydantic_config__ = ConfigDict(extra=extra)
     validate: Callable[[Any], dict[str, Any]] = TypeAdapter(typed).validator.validate_python
     if not has_var_keyword:
-        if fills_defaults:
+        if fills_defaults or any(map(_takes_extra_setting, typed_fields.values())):
             return schema, validate, validate
         lenient = make_typed_dict(f"{tool_name}_args", typed_fields)
         lenient.__pydantic_config__ = ConfigDict(extra="ignore")
@@ -1645,7 +1676,10 @@ def _preview(text: str, limit: int = 60) -> str:
 def _json_default(value: Any) -> Any:
     """JSON for what `json` cannot encode itself: models, dataclasses, enums, bytes, sets."""
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        try:
+            return value.model_dump(mode="json")
+        except ValueError:  # a field pydantic cannot write as JSON (bytes not UTF-8, arrays)
+            return value.model_dump()  # its raw values come back here, as a dict's would
     if isinstance(value, enum.Enum):
         return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
