@@ -372,6 +372,39 @@ async def test_openai_bad_tool_arguments(server: FakeLlmServer) -> None:
             await llm.chat([Message("user", "x")])
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_openai_tool_arguments_beyond_the_float_range_are_refused(
+    server: FakeLlmServer, stream: bool
+) -> None:
+    # Python's json read `1e999` as an infinity: the tool ran with it, and sending the call
+    # back then failed with a bare ValueError.
+    arguments = '{"x": 1e999}'
+    if stream:
+        call = {"index": 0, "id": "c", "type": "function"}
+        call["function"] = {"name": "scale", "arguments": arguments}
+        frames = [
+            _openai_chunk({"role": "assistant", "tool_calls": [call]}),
+            _openai_chunk({}, "tool_calls"),
+            sse("[DONE]"),
+        ]
+        server.script(Reply(frames=frames))
+    else:
+        message = {
+            "content": None,
+            "tool_calls": [{"id": "c", "function": {"name": "scale", "arguments": arguments}}],
+        }
+        body = {"choices": [{"message": message, "finish_reason": "tool_calls"}]}
+        server.script(Reply(body=json.dumps(body).encode()))
+    async with make_provider("openai", server) as llm:
+        with pytest.raises(ProviderError, match="a number beyond the float range") as caught:
+            if stream:
+                async for _ in llm.chat_stream([Message("user", "x")]):
+                    pass
+            else:
+                await llm.chat([Message("user", "x")])
+    assert caught.value.retryable is False
+
+
 def test_openai_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL"):
         monkeypatch.delenv(name, raising=False)

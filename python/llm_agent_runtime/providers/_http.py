@@ -847,8 +847,9 @@ def decode_arguments(
             to any text from the server (`HttpTransport.redact`: they may echo the API key).
 
     Raises:
-        ProviderError: The text is not a JSON object (`NaN` and `Infinity` are no JSON: no
-            tool should run on them, and no request could send them back), or one nested too
+        ProviderError: The text is not a JSON object (`NaN` and `Infinity` are no JSON, and
+            a number beyond the float range, `1e999`, is refused too: no tool should run on
+            them, and no request could send them back), or one nested too
             deeply to decode (never retryable: the same request gives the same reply). When
             the reply was cut off by the token limit, the message says so rather than quoting
             the broken JSON; blank arguments then are cut off too (the call would run with
@@ -861,7 +862,11 @@ def decode_arguments(
             return {}
         return clean_json(check_finite_arguments(default, name, redact))
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except OverflowError:  # `1e999`: JSON, but the tool would run with an infinity
+        raise _bad_arguments(
+            "not valid JSON (a number beyond the float range)", text, name, None, redact
+        ) from None
     except ValueError:
         raise _bad_arguments("not valid JSON", text, name, stop_reason, redact) from None
     except RecursionError:  # valid or not, no tool can be called with it
@@ -883,6 +888,18 @@ def _checked_error(check: Callable[[bytes], None], body: bytes) -> ProviderError
     except ProviderError as error:
         return error
     return None
+
+
+def _finite_float(literal: str) -> float:
+    """A JSON number as a float; one beyond the float range (`1e999`) is refused.
+
+    Python's `json` reads it as an infinity, which no tool should run on and no request
+    could send back.
+    """
+    value = float(literal)
+    if math.isinf(value):
+        raise OverflowError(literal)
+    return value
 
 
 def _refuse_constant(word: str) -> Any:
