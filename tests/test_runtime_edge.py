@@ -1276,6 +1276,31 @@ async def test_a_tool_exchange_of_the_history_is_shown_to_a_react_model() -> Non
             [*WEATHER[:2], {"role": "user", "content": "hm?"}, WEATHER[2]],
             r"session message 2: its tool call\(s\) 'c1' have no tool message",
         ),
+        # Two calls with one id, one answer: it passed, and the provider refused the turn.
+        (
+            [
+                WEATHER[0],
+                {**WEATHER[1], "tool_calls": WEATHER[1]["tool_calls"] * 2},
+                *WEATHER[2:],
+            ],
+            "session message 2: two of its tool calls have the id 'c1'",
+        ),
+        # Arguments a request cannot carry: they passed, and failed in the provider with a
+        # bare TypeError or ValueError once the turn had started.
+        *(
+            (
+                [
+                    WEATHER[0],
+                    {
+                        **WEATHER[1],
+                        "tool_calls": [{"id": "c1", "name": "weather", "arguments": bad}],
+                    },
+                    *WEATHER[2:],
+                ],
+                "session message 2: the arguments of tool call 'c1' are not JSON data",
+            )
+            for bad in ({"city": {"Oslo"}}, {"t": float("nan")}, {"b": b"x"})
+        ),
     ],
 )
 async def test_a_tool_exchange_a_provider_would_refuse_is_refused_before_the_turn(

@@ -2818,7 +2818,9 @@ def _check_tool_exchanges(messages: list[dict[str, Any]]) -> None:
 
     Raises:
         AgentRuntimeError: A tool message answers no call of the assistant message before it
-            (it has no `tool_call_id`, say), or a call is left unanswered; names the message.
+            (it has no `tool_call_id`, say), a call is left unanswered, two calls of a message
+            share an id, or a call's arguments are not JSON data (a NaN, a set); names the
+            message.
     """
     waiting: dict[str, int] = {}  # the ids of calls not answered yet -> their message
     for n, message in enumerate(messages, 1):
@@ -2841,7 +2843,19 @@ def _check_tool_exchanges(messages: list[dict[str, Any]]) -> None:
         if waiting:
             break
         for call in message.get("tool_calls") or ():
+            if call["id"] in waiting:  # one answer would do for both: providers refuse it
+                raise AgentRuntimeError(
+                    f"session message {n}: two of its tool calls have the id {call['id']!r} "
+                    "(each call needs an id of its own, which its tool message answers)"
+                )
             waiting[call["id"]] = n
+            try:  # as the request carries them: strict JSON (no NaN, no set made a str)
+                json.dumps(call.get("arguments", {}), allow_nan=False)
+            except (TypeError, ValueError, RecursionError) as error:
+                raise AgentRuntimeError(
+                    f"session message {n}: the arguments of tool call {call['id']!r} are not "
+                    f"JSON data, which a request carries ({error})"
+                ) from None
     if waiting:
         ids = ", ".join(map(repr, waiting))
         raise AgentRuntimeError(
