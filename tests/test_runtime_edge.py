@@ -1164,7 +1164,12 @@ async def test_tools_mode_refuses_a_reply_text_that_is_not_a_string(text: Any) -
     # It used to be a raw TypeError, or a "final answer" that is a list, saved in a session
     # that could then not be loaded back.
     usage = ar.providers.base.Usage(5, 2)
-    provider = ChatOnly(ar.providers.base.ChatResponse(text=text, usage=usage))
+    with pytest.raises(TypeError, match=r"ChatResponse\.text must be a str"):
+        ar.providers.base.ChatResponse(text=text, usage=usage)
+    # One changed after its check (as a provider's own subclass or code may): the run checks.
+    response = ar.providers.base.ChatResponse(text="", usage=usage)
+    object.__setattr__(response, "text", text)
+    provider = ChatOnly(response)
     rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
     with pytest.raises(ar.AgentLoopError, match="reply must be a str"):
         await rt.run_agent_with_provider("a", "q", provider)
