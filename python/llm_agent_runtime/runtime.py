@@ -562,7 +562,10 @@ class AgentRuntime:
             BackpressureShedError: The runtime is at capacity.
             AgentLoopError: Unparseable model output, a reply that is not a string, or the
                 loop timeout elapsed.
-            PersistenceError: The final checkpoint could not be saved.
+            PersistenceError: The final checkpoint (the session's own record) could not be
+                saved. Step records whose saves failed go with it; if they fail again, the
+                session's record (which holds every step) is saved alone, and the failure is
+                logged and counted in `checkpoint_errors`, not raised.
         """
         return await self._run(agent_id, prompt, infer, None, session)
 
@@ -2231,9 +2234,47 @@ class AgentRuntime:
         extra: dict[str, Any] = {}
         if self.working_memory is not None and hasattr(self.working_memory, "items"):
             extra["working_memory"] = _saved_working_memory(self.working_memory.items())
-        events = self._event_log.pop(session.session_id, [])
         # Steps whose own save failed go in the same write: a finished session has no gap.
         unsaved = self._unsaved_steps.get(session.session_id)
+        try:
+            await self._save_final_record(session, extra, unsaved, run)
+        except PersistenceError as error:
+            if unsaved is None:
+                raise
+            # The steps' records may be what the backend refuses. They failed before, and are
+            # logged and counted as such; the session's own record (every step is in it) is
+            # what a finished run must not lose: it is written alone, and only its failure
+            # fails the run. Steps left so are not there to fork or prune from.
+            first, records = unsaved
+            logger.warning(
+                "checkpoint of steps %d-%d of session %s failed again (%r); saving the "
+                "session without them",
+                first,
+                first + len(records) - 1,
+                session.session_id,
+                error.__cause__ or error,
+            )
+            session.checkpoint_errors += 1
+            await self._save_final_record(session, extra, None, run)
+        self._unsaved_steps.pop(session.session_id, None)
+        self.events.emit(CheckpointSaved(session.session_id, key))
+
+    async def _save_final_record(
+        self,
+        session: AgentSession,
+        extra: dict[str, Any],
+        unsaved: tuple[int, list[StepRecord]] | None,
+        run: str | None,
+    ) -> None:
+        """One attempt of `_save_final`'s write, with the events logged since the last one.
+
+        Raises:
+            PersistenceError: It failed (the events stay for the next write).
+        """
+        from llm_agent_runtime.persistence.base import session_key
+
+        assert self._checkpoints is not None
+        events = self._event_log.pop(session.session_id, [])
         try:
             await self._checkpoints.save_final(session, extra, events, unsaved, run=run)
         except BaseException as error:  # the events stay for the next write, cancelled too
@@ -2241,9 +2282,8 @@ class AgentRuntime:
             if not isinstance(error, Exception):
                 raise
             self.metrics.record_checkpoint_error()
+            key = session_key(session.session_id)
             raise PersistenceError(f"final checkpoint failed: {error}", key=key) from error
-        self._unsaved_steps.pop(session.session_id, None)
-        self.events.emit(CheckpointSaved(session.session_id, key))
 
     async def _journal_of_next_step(self, session: AgentSession) -> list[dict[str, Any]]:
         """The running run's journal entries of the session's next step (none of another run)."""
