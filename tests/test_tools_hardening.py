@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import pytest
 from pydantic import BaseModel, Field
@@ -847,6 +847,42 @@ async def search(q: Query, f: Filter) -> str:
     return f"{q.text} limit={q.limit} filter={f}"
 
 
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class Box(Generic[T]):
+    """A generic holder."""
+
+    v: T
+
+
+class Tagged(TypedDict, Generic[T]):
+    """A generic TypedDict."""
+
+    v: T
+
+
+@ar.tool
+async def unbox(b: Box[int], bs: list[Box[int]], t: Tagged[int]) -> int:
+    """Sums the values."""
+    return b.v + sum(x.v for x in bs) + t["v"]
+
+
+async def test_a_mistyped_key_inside_a_generic_structured_argument_is_refused() -> None:
+    # `Box[int]` is no class: the check for dataclasses missed it, and the key was dropped.
+    registry = ar.ToolRegistry([unbox])
+    good = {"b": {"v": 1}, "bs": [{"v": 2}], "t": {"v": 3}}
+    assert await registry.call("unbox", good) == ("6", None)
+    for bad, where in [
+        ({**good, "b": {"v": 1, "typo": 0}}, "b.typo"),
+        ({**good, "bs": [{"v": 2, "typo": 0}]}, "bs.0.typo"),
+        ({**good, "t": {"v": 3, "typo": 0}}, "t.typo"),
+    ]:
+        observation = await registry.call("unbox", bad)
+        assert observation.error_kind == "permanent" and where in observation.content
+
+
 async def test_a_mistyped_key_inside_a_structured_argument_is_refused() -> None:
     # The fast check dropped unknown keys, and its setting reached the dataclass and the
     # TypedDict inside: `max_results` and `authr` were dropped, and the tool ran unfiltered.
@@ -877,6 +913,20 @@ async def test_a_mutable_default_is_a_fresh_one_for_each_call() -> None:
     second = await registry.call("note", {"text": "agent B"})
     assert (first.content, second.content) == ('["agent A\'s secret"]', '["agent B"]')
     assert note.parameters["properties"]["notes"]["default"] == []
+
+
+TABLE = {f"k{i}": i for i in range(10)}
+
+
+async def test_a_default_object_other_than_an_empty_container_is_the_functions_own() -> None:
+    # Every unhashable default was deep-copied at each call: slow for a big table (and a
+    # failure for an object that cannot be copied).
+    @ar.tool
+    def lookup(key: str, table: dict[str, int] = TABLE) -> bool:
+        """Looks a key up."""
+        return table is TABLE
+
+    assert await ar.ToolRegistry([lookup]).call("lookup", {"key": "k1"}) == ("true", None)
 
 
 class Blob(BaseModel):

@@ -34,6 +34,7 @@ from typing import (
     SupportsIndex,
     TypeVar,
     get_args,
+    get_origin,
     get_type_hints,
     overload,
 )
@@ -1190,7 +1191,9 @@ def tool(
     would refuse if the model passed it (say `limit: int = None`) is left out of the schema,
     and one that `validate_default` refuses makes the argument required there. A default
     with no JSON form (`math.inf`, NaN, also inside a list) is left out of the schema too.
-    Positional-only parameters are passed positionally;
+    An empty `[]`, `{}` or `set()` default is a new one at each call (one agent's call never
+    sees another's); any other default object is the function's own, shared by every call
+    as Python shares it. Positional-only parameters are passed positionally;
     `*args: T` is an optional argument holding a list of `T`; `**kwargs: T` lets the model
     pass further arguments of type `T`. Functions, bound methods, `functools.partial`
     objects (arguments the partial fixes by keyword are not shown to the model) and
@@ -1307,12 +1310,12 @@ def tool(
             elif default is kind.empty:
                 model_fields[field] = (annotation, Field(**named))
                 typed = typed_fields[pname] = annotation
-            elif not _immutable(default) or any(
+            elif _empty_container(default) or any(
                 not info.is_required() or info.validate_default for info in infos
             ):
                 # As in pydantic, the signature's default replaces one in `Annotated` (and
-                # `validate_default` validates it): the validator fills it in. So too a
-                # mutable default (`= []`), copied for each call as `validate_call` does,
+                # `validate_default` validates it): the validator fills it in. So too an
+                # empty `[]`, `{}` or `set()`, a new one each call as in `validate_call`,
                 # rather than the one object every call (every agent) would share.
                 model_fields[field] = (annotation, Field(default, **named))
                 typed = Annotated[annotation, Field(default=default)]
@@ -1436,26 +1439,25 @@ def _refuse_unbound_method(
     )
 
 
-_IMMUTABLE_DEFAULTS = (type(None), bool, int, float, complex, str, bytes, enum.Enum)
+def _empty_container(value: Any) -> bool:
+    """Whether a default is an empty list, dict, set or bytearray (`= []`, the usual slip).
 
-
-def _immutable(value: Any) -> bool:
-    """Whether a default can be shared by every call: a scalar, or a tuple or set of them."""
-    if isinstance(value, _IMMUTABLE_DEFAULTS):
-        return True
-    return type(value) in (tuple, frozenset) and all(map(_immutable, value))
+    Such a default is filled in new for each call, as `validate_call` fills it in; any other
+    default is the function's own object, as a direct call has it (a table or a client is
+    shared on purpose, and copying one each call could be slow, or fail).
+    """
+    return type(value) in (list, dict, set, bytearray) and not value
 
 
 def _takes_extra_setting(annotation: Any) -> bool:
-    """Whether a type holds a dataclass or a TypedDict.
+    """Whether a type holds a dataclass or a TypedDict (a generic one, `Box[int]`, too).
 
     They validate with the `extra` setting of the validator they are in (a pydantic model
     keeps its own).
     """
-    if is_typeddict(annotation) or (
-        isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
-    ):
-        return True
+    for kind in (annotation, get_origin(annotation)):
+        if is_typeddict(kind) or (isinstance(kind, type) and dataclasses.is_dataclass(kind)):
+            return True
     return any(map(_takes_extra_setting, get_args(annotation)))
 
 
