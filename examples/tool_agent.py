@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 
 import llm_agent_runtime as ar
-from llm_agent_runtime.providers.base import ChatResponse, ToolCall
 
 WEATHER = {"Paris": "18 °C, light rain", "Oslo": "4 °C, clear"}
 
@@ -25,14 +24,14 @@ async def weather(city: str) -> str:
 
 
 SCRIPT = [
-    ChatResponse(
+    ar.ChatResponse(
         tool_calls=[
-            ToolCall("call_1", "weather", {"city": "Paris"}),
-            ToolCall("call_2", "weather", {"city": "Oslo"}),
+            ar.ToolCall("call_1", "weather", {"city": "Paris"}),
+            ar.ToolCall("call_2", "weather", {"city": "Oslo"}),
         ],
         stop_reason="tool_calls",
     ),
-    ChatResponse(text="Paris is warmer (18 °C) than Oslo (4 °C).", stop_reason="stop"),
+    ar.ChatResponse(text="Paris is warmer (18 °C) than Oslo (4 °C).", stop_reason="stop"),
 ]
 
 

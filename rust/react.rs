@@ -327,6 +327,11 @@ fn sections(text: &str) -> Sections {
     // action first needs it (that section has closed then), and only once, so that the
     // parse stays linear.
     let mut inline_input: Option<bool> = None;
+    // Whether an `Action Input:` (or `Final Answer:`) line is still to come for a bare
+    // action: looked for once (until that line, every thought before it has it ahead).
+    let mut input_ahead: Option<bool> = None;
+    // Whether the action is `FINAL_ANSWER` (worked out once, as `inline_input`).
+    let mut final_action: Option<bool> = None;
     let mut line_start = 0;
     while line_start <= bytes.len() {
         if let Some((label, label_pos, start)) = label_at(bytes, line_start) {
@@ -346,6 +351,15 @@ fn sections(text: &str) -> Sections {
                             .final_answer
                             .is_some_and(|answer| answer.label_pos > action.label_pos)
                         || *inline_input.get_or_insert_with(|| has_inline_input(text, action))
+                        // A bare tool action (`Action: tool`, its input `{}`) is whole: a
+                        // next action ends it, and so does a thought, unless a line after it
+                        // still gives the action its input. (A bare `FINAL_ANSWER` looks on
+                        // for its answer.)
+                        || ((label == Label::Action
+                            || !*input_ahead
+                                .get_or_insert_with(|| input_label_ahead(bytes, line_start)))
+                            && !*final_action
+                                .get_or_insert_with(|| names_final_answer(text, action)))
                 });
             let keep = match label {
                 // After the action, an observation (invented) ends the step; so does a next
@@ -385,6 +399,29 @@ fn sections(text: &str) -> Sections {
         }
     }
     found
+}
+
+/// Whether a line after the one at `line_start` is an `Action Input:` or `Final Answer:`
+/// label, before any `Action:` label (whose input would be its own).
+fn input_label_ahead(bytes: &[u8], line_start: usize) -> bool {
+    let mut at = line_start;
+    while let Some(offset) = memchr::memchr(b'\n', bytes.get(at..).unwrap_or_default()) {
+        at += offset + 1;
+        match label_at(bytes, at) {
+            Some((Label::ActionInput | Label::FinalAnswer, _, _)) => return true,
+            Some((Label::Action, _, _)) => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Whether the `Action:` section names the `FINAL_ANSWER` tool.
+fn names_final_answer(text: &str, action: Section) -> bool {
+    let body = text.get(action.start..action.end).unwrap_or_default();
+    split_action(body.trim())
+        .tool
+        .eq_ignore_ascii_case(FINAL_ANSWER_TOOL)
 }
 
 /// Whether the `Action:` section holds an input after the tool's name.
@@ -1602,6 +1639,22 @@ mod tests {
             let (tool, input) = action(text);
             assert_eq!((tool.as_str(), input), ("a", ActionInput::Json(json!({}))));
         }
+        // The bare action's step ends at the next action, or at a thought after it.
+        for text in [
+            "Action: a\nAction: b\nAction Input: 1",
+            "Action: a\nThought: then",
+        ] {
+            assert_eq!(
+                parse(text).map(|step| step.end).ok(),
+                Some("Action: a".len())
+            );
+        }
+        // A thought between it and its `Action Input:` line leaves the input its own.
+        let (tool, input) = action("Action: search\nThought: hm\nAction Input: cats");
+        assert_eq!(
+            (tool.as_str(), input),
+            ("search", ActionInput::Raw("cats".into()))
+        );
     }
 
     #[test]

@@ -279,6 +279,26 @@ def test_public_namespace_is_all_and_submodules() -> None:
     assert all(isinstance(getattr(ar, name), types.ModuleType) for name in leaked), leaked
 
 
+def test_a_provider_can_be_written_from_the_public_api() -> None:
+    # `LlmProvider` was public but the types its methods take and return were not: writing
+    # one (or scripting tool calls) needed the private `providers.base`.
+    from llm_agent_runtime.providers import base
+
+    for name in (
+        "ChatResponse",
+        "Message",
+        "StreamEnd",
+        "StreamEvent",
+        "TextDelta",
+        "ToolCall",
+        "ToolCallDelta",
+        "ToolDefinition",
+        "Usage",
+    ):
+        assert name in ar.__all__ and getattr(ar, name) is getattr(base, name)
+        assert getattr(ar.providers, name) is getattr(base, name)
+
+
 def test_the_module_forms_go_through_the_console_scripts_parser() -> None:
     def python_m(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

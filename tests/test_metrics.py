@@ -381,3 +381,12 @@ def test_a_child_forked_while_another_thread_takes_a_snapshot_records_new_names(
         stop.set()
         scraper.join()
     assert hung == 0
+
+
+def test_the_metrics_module_names_the_rust_metrics() -> None:
+    # DESIGN.md's layout has a `metrics.py` beside `memory.py` and `graph.py`: there was none.
+    from llm_agent_runtime import metrics
+
+    assert metrics.RuntimeMetrics is ar.RuntimeMetrics
+    assert metrics.MetricsSnapshot is ar.MetricsSnapshot
+    assert sorted(metrics.__all__) == ["MetricsSnapshot", "RuntimeMetrics"]

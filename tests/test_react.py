@@ -398,6 +398,9 @@ def test_a_bare_final_answer_tool_with_no_answer_anywhere_is_no_step() -> None:
         ("Action: get_time", "Action: get_time"),
         ("Thought: what time?\nAction 1: get_time  ", "Thought: what time?\nAction 1: get_time  "),
         ("Action: get_time\nObservation: 12:00", "Action: get_time"),
+        # What the model went on with is not read: the next action, or a next thought.
+        ('Action: get_time\nAction: search {"q": "cats"}', "Action: get_time"),
+        ("Thought: t\nAction 1: get_time\nThought: then", "Thought: t\nAction 1: get_time"),
     ],
 )
 def test_a_bare_action_is_a_call_without_arguments(text: str, step: str) -> None:
@@ -690,6 +693,10 @@ def test_adversarial_inputs_take_linear_time() -> None:
         "Action" * 100_000,
         # A long action section without its input, then many labels before the input.
         "Action: " + "a" * 100_000 + "\n" + "Thought: x\n" * 100_000 + "Action Input: 1",
+        # A bare action, many thoughts, then its input: the input is looked for once.
+        "Action: a\n" + "Thought: x\n" * 100_000 + "Action Input: 1",
+        # A bare FINAL_ANSWER padded, then many actions: its name is read once.
+        "Action: FINAL_ANSWER" + " " * 100_000 + "\n" + "Action: x\n" * 100_000,
     ]
     for text in cases:
         start = time.perf_counter()

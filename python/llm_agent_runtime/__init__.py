@@ -93,7 +93,18 @@ if _typing.TYPE_CHECKING:
     from llm_agent_runtime.persistence.redis import RedisBackend
     from llm_agent_runtime.providers import provider_from_env
     from llm_agent_runtime.providers.anthropic import AnthropicProvider
-    from llm_agent_runtime.providers.base import LlmProvider
+    from llm_agent_runtime.providers.base import (
+        ChatResponse,
+        LlmProvider,
+        Message,
+        StreamEnd,
+        StreamEvent,
+        TextDelta,
+        ToolCall,
+        ToolCallDelta,
+        ToolDefinition,
+        Usage,
+    )
     from llm_agent_runtime.providers.offline import ScriptedProvider
     from llm_agent_runtime.providers.openai import OpenAIProvider
     from llm_agent_runtime.runtime import (
@@ -148,6 +159,15 @@ _LAZY = {
     "ApprovalHandler": "llm_agent_runtime.runtime",
     "InferFn": "llm_agent_runtime.runtime",
     "LlmProvider": "llm_agent_runtime.providers.base",
+    "ChatResponse": "llm_agent_runtime.providers.base",
+    "Message": "llm_agent_runtime.providers.base",
+    "StreamEnd": "llm_agent_runtime.providers.base",
+    "StreamEvent": "llm_agent_runtime.providers.base",
+    "TextDelta": "llm_agent_runtime.providers.base",
+    "ToolCall": "llm_agent_runtime.providers.base",
+    "ToolCallDelta": "llm_agent_runtime.providers.base",
+    "ToolDefinition": "llm_agent_runtime.providers.base",
+    "Usage": "llm_agent_runtime.providers.base",
     "Middleware": "llm_agent_runtime.runtime",
     "REMEMBERED_APPROVAL_SESSIONS": "llm_agent_runtime.runtime",
     "Observation": "llm_agent_runtime.tools",
@@ -176,6 +196,7 @@ __all__ = [
     "BackpressureShedError",
     "BudgetExceededError",
     "CapabilitySet",
+    "ChatResponse",
     "CheckpointSaved",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -204,6 +225,7 @@ __all__ = [
     "LlmResponse",
     "LlmTextDelta",
     "MemoryStoreError",
+    "Message",
     "MetricsSnapshot",
     "Middleware",
     "Observation",
@@ -236,13 +258,20 @@ __all__ = [
     "SentenceTransformerEmbedder",
     "SqliteBackend",
     "Step",
+    "StreamEnd",
+    "StreamEvent",
     "Subscription",
     "SystemClock",
+    "TextDelta",
+    "ToolCall",
+    "ToolCallDelta",
     "ToolCallFinished",
     "ToolCallStarted",
+    "ToolDefinition",
     "ToolError",
     "ToolRegistry",
     "ToolSpec",
+    "Usage",
     "VectorIndex",
     "WorkingMemory",
     "__version__",

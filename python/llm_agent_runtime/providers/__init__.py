@@ -9,13 +9,38 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from llm_agent_runtime.providers.base import LlmProvider
+from llm_agent_runtime.providers.base import (
+    ChatResponse,
+    LlmProvider,
+    Message,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolDefinition,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from llm_agent_runtime.providers.anthropic import AnthropicProvider
     from llm_agent_runtime.providers.openai import OpenAIProvider
 
-__all__ = ["AnthropicProvider", "LlmProvider", "OpenAIProvider", "provider_from_env"]
+__all__ = [
+    "AnthropicProvider",
+    "ChatResponse",
+    "LlmProvider",
+    "Message",
+    "OpenAIProvider",
+    "StreamEnd",
+    "StreamEvent",
+    "TextDelta",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolDefinition",
+    "Usage",
+    "provider_from_env",
+]
 
 _OPENAI_API_HOST = "api.openai.com"
 """Host of `DEFAULT_OPENAI_BASE_URL` (kept here: importing the provider module loads httpx)."""
