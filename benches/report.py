@@ -23,7 +23,8 @@ from targets import OURS, TARGETS
 def fmt_time(seconds: float) -> str:
     """Formats a duration with a unit that keeps 3-4 significant digits."""
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if seconds >= scale:
+        # Compared once rounded: 999.7 ms is "1 s", not "1e+03 ms".
+        if float(f"{seconds / scale:.3g}") >= 1.0:
             return f"{seconds / scale:.3g} {unit}"
     return f"{seconds / 1e-9:.3g} ns"
 

@@ -74,9 +74,11 @@ def searcher(lib: str, n: int) -> Any:
         return (lambda q: flat.search(q[None, :], K)[1][0]), (lambda qs: flat.search(qs, K)[1])
     from usearch.index import search
 
+    # Inner product, as numpy and faiss compute it on these normalized rows (its default,
+    # cosine, would normalize every row again at each query).
     return (
-        (lambda q: search(data, q, K, exact=True).keys),
-        (lambda qs: search(data, qs, K, exact=True).keys),
+        (lambda q: search(data, q, K, exact=True, metric="ip").keys),
+        (lambda qs: search(data, qs, K, exact=True, metric="ip").keys),
     )
 
 
