@@ -260,6 +260,11 @@ async def test_step_checkpoint_failures_counted_final_failure_raised() -> None:
     assert rt.metrics.snapshot().checkpoint_errors == 3
     assert await ar.AgentSession.load_checkpoint(backend, s.session_id) == s
     assert not any(":step:" in key for key in backend.data)
+    # The steps went folded into one base record: a fork reads them (it said "0 steps").
+    assert f"session:{s.session_id}:base:2" in backend.data
+    backend.fail_steps = False  # the disk has room again: the fork writes its own steps
+    forked = await rt.fork(s.session_id, 1)
+    assert (await ar.AgentSession.load_checkpoint(backend, forked)).step_count == 1
     # The final record's own failure is raised.
     rt2 = ar.AgentRuntime(checkpoint_backend=DictBackend(fail_final=True))
     with pytest.raises(ar.PersistenceError, match="session:"):

@@ -19,11 +19,11 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, NewType, TypeVar
 
 import pytest
 from pydantic import BaseModel, Field
-from typing_extensions import TypedDict
+from typing_extensions import TypeAliasType, TypedDict
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.providers.offline import ScriptedProvider
@@ -867,6 +867,31 @@ class Tagged(TypedDict, Generic[T]):
 async def unbox(b: Box[int], bs: list[Box[int]], t: Tagged[int]) -> int:
     """Sums the values."""
     return b.v + sum(x.v for x in bs) + t["v"]
+
+
+Points = TypeAliasType("Points", list[Query])
+QueryId = NewType("QueryId", Query)
+
+
+@ar.tool
+async def plot(points: Points, one: QueryId) -> int:
+    """Counts the points."""
+    return len(points) + 1
+
+
+async def test_a_mistyped_key_behind_a_type_alias_or_a_new_type_is_refused() -> None:
+    # The check for dataclasses read annotations, and an alias or a NewType hid them.
+    registry = ar.ToolRegistry([plot])
+    assert await registry.call("plot", {"points": [{"text": "a"}], "one": {"text": "b"}}) == (
+        "2",
+        None,
+    )
+    for bad, where in [
+        ({"points": [{"text": "a", "lmit": 1}], "one": {"text": "b"}}, "points.0.lmit"),
+        ({"points": [], "one": {"text": "b", "lmit": 1}}, "one.lmit"),
+    ]:
+        observation = await registry.call("plot", bad)
+        assert observation.error_kind == "permanent" and where in observation.content
 
 
 async def test_a_mistyped_key_inside_a_generic_structured_argument_is_refused() -> None:

@@ -563,9 +563,10 @@ class AgentRuntime:
             AgentLoopError: Unparseable model output, a reply that is not a string, or the
                 loop timeout elapsed.
             PersistenceError: The final checkpoint (the session's own record) could not be
-                saved. Step records whose saves failed go with it; if they fail again, the
-                session's record (which holds every step) is saved alone, and the failure is
-                logged and counted in `checkpoint_errors`, not raised.
+                saved. Step records whose saves failed go with it; if that write fails, the
+                session's record (which holds every step) is saved with the steps folded into
+                one base record (`fork` and `prune` read it), and the failure is logged and
+                counted in `checkpoint_errors`, not raised.
         """
         return await self._run(agent_id, prompt, infer, None, session)
 
@@ -2241,21 +2242,22 @@ class AgentRuntime:
         except PersistenceError as error:
             if unsaved is None:
                 raise
-            # The steps' records may be what the backend refuses. They failed before, and are
+            # The step records may be what the backend refuses. They failed before, and are
             # logged and counted as such; the session's own record (every step is in it) is
-            # what a finished run must not lose: it is written alone, and only its failure
-            # fails the run. Steps left so are not there to fork or prune from.
+            # what a finished run must not lose: it goes with the steps folded into one base
+            # record (as `prune` folds them: `fork` and `prune` read it), and only the
+            # failure of that write fails the run.
             first, records = unsaved
             logger.warning(
                 "checkpoint of steps %d-%d of session %s failed again (%r); saving the "
-                "session without them",
+                "session with its steps folded into one record",
                 first,
                 first + len(records) - 1,
                 session.session_id,
                 error.__cause__ or error,
             )
             session.checkpoint_errors += 1
-            await self._save_final_record(session, extra, None, run)
+            await self._save_final_record(session, extra, None, run, folded=True)
         self._unsaved_steps.pop(session.session_id, None)
         self.events.emit(CheckpointSaved(session.session_id, key))
 
@@ -2265,6 +2267,8 @@ class AgentRuntime:
         extra: dict[str, Any],
         unsaved: tuple[int, list[StepRecord]] | None,
         run: str | None,
+        *,
+        folded: bool = False,
     ) -> None:
         """One attempt of `_save_final`'s write, with the events logged since the last one.
 
@@ -2276,7 +2280,9 @@ class AgentRuntime:
         assert self._checkpoints is not None
         events = self._event_log.pop(session.session_id, [])
         try:
-            await self._checkpoints.save_final(session, extra, events, unsaved, run=run)
+            await self._checkpoints.save_final(
+                session, extra, events, unsaved, run=run, folded=folded
+            )
         except BaseException as error:  # the events stay for the next write, cancelled too
             self._event_log.setdefault(session.session_id, [])[:0] = events
             if not isinstance(error, Exception):

@@ -33,8 +33,6 @@ from typing import (
     NotRequired,
     SupportsIndex,
     TypeVar,
-    get_args,
-    get_origin,
     get_type_hints,
     overload,
 )
@@ -42,7 +40,7 @@ from typing import (
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
-from typing_extensions import TypedDict, is_typeddict
+from typing_extensions import TypedDict
 
 from llm_agent_runtime.errors import (
     BudgetExceededError,
@@ -1449,16 +1447,23 @@ def _empty_container(value: Any) -> bool:
     return type(value) in (list, dict, set, bytearray) and not value
 
 
-def _takes_extra_setting(annotation: Any) -> bool:
-    """Whether a type holds a dataclass or a TypedDict (a generic one, `Box[int]`, too).
+def _refuses_extra_inside(schema: dict[str, Any]) -> bool:
+    """Whether an object below the top of an arguments schema refuses unknown keys.
 
-    They validate with the `extra` setting of the validator they are in (a pydantic model
-    keeps its own).
+    Such an object is a dataclass or a TypedDict (however the annotation reaches it: a
+    generic, a type alias, a NewType), which validates with the `extra` setting of the
+    validator it is in; or a model that refuses them itself.
     """
-    for kind in (annotation, get_origin(annotation)):
-        if is_typeddict(kind) or (isinstance(kind, type) and dataclasses.is_dataclass(kind)):
-            return True
-    return any(map(_takes_extra_setting, get_args(annotation)))
+    pending: list[Any] = [v for k, v in schema.items() if k != "additionalProperties"]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if node.get("additionalProperties") is False:
+                return True
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return False
 
 
 def _schema_and_check(
@@ -1491,7 +1496,7 @@ def _schema_and_check(
     typed.__pydantic_config__ = ConfigDict(extra=extra)
     validate: Callable[[Any], dict[str, Any]] = TypeAdapter(typed).validator.validate_python
     if not has_var_keyword:
-        if fills_defaults or any(map(_takes_extra_setting, typed_fields.values())):
+        if fills_defaults or _refuses_extra_inside(schema):
             return schema, validate, validate
         lenient = make_typed_dict(f"{tool_name}_args", typed_fields)
         lenient.__pydantic_config__ = ConfigDict(extra="ignore")

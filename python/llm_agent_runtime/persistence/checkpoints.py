@@ -1289,11 +1289,15 @@ class CheckpointStore:
         events: Iterable[Any] = (),
         unsaved: tuple[int, Sequence[StepRecord]] | None = None,
         run: str | None = None,
+        *,
+        folded: bool = False,
     ) -> str:
         """Saves the whole session (and `extra`, e.g. working memory entries); returns its key.
 
         `unsaved` (first step number, records) are steps whose own save failed: they are
-        written in the same transaction, so a finished session's steps have no gap. `run`
+        written in the same transaction, so a finished session's steps have no gap. With
+        `folded`, the session's steps go instead as one base record (`:base:<n>`, as `prune`
+        folds them), for a backend that refused the step records themselves. `run`
         is the id of the run this checkpoint closes (`save_meta`'s, or `SessionState.run`
         for a resumed run); without it, whether a later turn began after this checkpoint is
         told by the clock, as in records of older versions.
@@ -1303,7 +1307,11 @@ class CheckpointStore:
         if run is not None:
             payload["run"] = run
         items = {key: _encode("session", payload)}
-        if unsaved is not None:
+        if folded:
+            folded_records = [StepRecord(step).to_dict() for step in session.steps]
+            base = _encode("base", {"records": folded_records})
+            items[f"{key}:base:{len(folded_records)}"] = base
+        elif unsaved is not None:
             first, records = unsaved
             for i, record in enumerate(records):
                 items[step_key(session.session_id, first + i)] = _encode("step", record.to_dict())
