@@ -635,6 +635,22 @@ async def test_a_remembered_edit_holds_for_the_same_arguments_only() -> None:
     assert [st.action_input for st in s.steps[:3]] == [{"a": 2, "b": 0}] * 2 + [{"a": 7, "b": 0}]
 
 
+async def test_a_remembered_edit_made_in_place_holds_for_the_call_asked_about() -> None:
+    # The key was worked out after the handler returned: one that edited the dict it was
+    # given filed its decision under the edited arguments, and the same call asked again.
+    seen: list[Any] = []
+
+    def cap(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        seen.append(dict(args))
+        args["b"] = 0
+        return ar.ApprovalDecision("edit", arguments=args, remember=True)
+
+    rt = ar.AgentRuntime(ar.AgentConfig(max_iterations=4), tools=[add], approval_handler=cap)
+    s = await rt.run_agent("a", "q", react(ADD, ADD, FINAL))
+    assert [st.observation for st in s.steps[:2]] == ["2", "2"]
+    assert seen == [{"a": 2, "b": 3}]  # the repeat reused the decision
+
+
 async def test_denials_are_truncated_like_other_observations() -> None:
     def deny(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
         return ar.ApprovalDecision("deny", reason="x" * 500)

@@ -399,6 +399,37 @@ async def test_remembered_approvals_are_kept_for_the_latest_sessions_only(
     assert asked[-1] == "s0" and list(rt._approvals) == ["s4", "s2", "s0"]
 
 
+async def test_a_running_session_that_remembers_nothing_takes_no_remembered_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every session that asked held an entry, so a run in progress that remembered nothing
+    # took one of the places, and an idle session's remembered decisions went instead.
+    monkeypatch.setattr(runtime_module, "REMEMBERED_APPROVAL_SESSIONS", 2)
+    asked: list[str] = []
+    waiting, release = asyncio.Event(), asyncio.Event()
+
+    async def approve(session: Any, name: str, arguments: Any) -> ar.ApprovalDecision:
+        asked.append(session.session_id)
+        if session.session_id == "c":  # a run in progress, its question not remembered
+            waiting.set()
+            await release.wait()
+            return ar.ApprovalDecision("approve")
+        return ar.ApprovalDecision("approve", remember=True)
+
+    rt = ar.AgentRuntime(tools=[add], approval_handler=approve)
+    adds = ['Thought: t\nAction: add {"a": 1, "b": 2}', FINAL]
+    a, b, c, d = (rt.create_session("x", name) for name in "abcd")
+    for session in (a, b):
+        await rt.run_agent("x", "q", react(*adds), session=session)
+    running = asyncio.ensure_future(rt.run_agent("x", "q", react(*adds), session=c))
+    await waiting.wait()
+    await rt.run_agent("x", "q", react(*adds), session=d)
+    release.set()
+    await running
+    await rt.run_agent("x", "q", react(*adds), session=b)  # remembered: not asked
+    assert asked == ["a", "b", "c", "d"]
+
+
 @pytest.mark.parametrize("approving", [False, True])
 async def test_a_tool_registered_while_its_round_waits_is_still_not_found(
     approving: bool,

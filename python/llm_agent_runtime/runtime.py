@@ -1977,7 +1977,6 @@ class AgentRuntime:
         return name, arguments, None
 
     async def _approve(self, session: AgentSession, name: str, arguments: Any) -> ApprovalDecision:
-        cache = self._approvals.setdefault(session.session_id, {})
         # One question per tool at a time: a later call waits for the first answer, which may
         # be remembered for it. (A round's questions are asked concurrently, before any call
         # runs: see `_guard_calls`; questions about different tools are asked at once.)
@@ -1985,10 +1984,15 @@ class AgentRuntime:
         async with locks.setdefault(name, asyncio.Lock()):
             # Approvals and denials are remembered per tool; an edit only for the same
             # arguments, since its edited arguments answer that call alone. A remembered
-            # denial of the tool wins over all; then the edit for these arguments.
+            # denial of the tool wins over all; then the edit for these arguments. The key is
+            # the call's as asked: a handler may edit the arguments dict it is given.
+            asked = (name, _arguments_key(arguments))
+            # Read, not made: only a session that remembers a decision holds an entry (the
+            # entries are what `REMEMBERED_APPROVAL_SESSIONS` counts).
+            cache = self._approvals.get(session.session_id, {})
             cached = cache.get(name)
             if cached is None or cached.action != "deny":
-                cached = cache.get((name, _arguments_key(arguments))) or cached
+                cached = cache.get(asked) or cached
             if cached is not None:
                 return cached
             assert self.approval_handler is not None
@@ -1999,8 +2003,8 @@ class AgentRuntime:
                     f"{type(decision).__name__}"
                 )
             if decision.remember:
-                edit = decision.action == "edit"
-                cache[(name, _arguments_key(arguments)) if edit else name] = decision
+                remembered = self._approvals.setdefault(session.session_id, {})
+                remembered[asked if decision.action == "edit" else name] = decision
             return decision
 
     def forget_approvals(self, session_id: str) -> None:
