@@ -388,6 +388,51 @@ def test_construction(benchmark: Any, name: str, lib: str) -> None:
     )
 
 
+def build_from_array(lib: str, name: str) -> Any:
+    """The graph of `name` built from an (m, 2) int64 numpy edge array, as each library's
+    users build one from numpy: ours and igraph take the array; rustworkx takes tuples."""
+    n, directed, _ = edges(name)
+    pairs = edge_array(name)
+    if lib == OURS:
+        return ar.GraphStore.from_edge_list(n, pairs, kind="k")
+    if lib == "igraph":
+        return ig.Graph(n=n, edges=pairs, directed=directed)
+    g = rx.PyDiGraph() if directed else rx.PyGraph()
+    g.add_nodes_from([None] * n)
+    g.extend_from_edge_list(list(map(tuple, pairs.tolist())))
+    return g
+
+
+@cache
+def edge_array(name: str) -> Any:
+    """The unweighted edges of `name` as an (m, 2) int64 numpy array (made outside timing)."""
+    import numpy as np
+
+    return np.array([(u, v) for u, v, _ in edges(name)[2]], dtype=np.int64)
+
+
+@pytest.mark.parametrize("name", ["BA-20,000"])
+@pytest.mark.parametrize("lib", [OURS, "rustworkx", "igraph"])
+def test_construction_from_a_numpy_array(benchmark: Any, name: str, lib: str) -> None:
+    directed = edges(name)[1]
+    benchmark.group = f"graph: construction from an (m, 2) int64 numpy array, {name}"
+
+    def build_and_query() -> tuple[Any, Any]:
+        g = build_from_array(lib, name)
+        return g, first_query(lib, g, directed)
+
+    result, first = benchmark.pedantic(build_and_query, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["lib"] = lib
+    count = {
+        OURS: lambda g: g.relationship_count(),
+        "rustworkx": lambda g: g.num_edges(),
+        "igraph": lambda g: g.ecount(),
+    }[lib](result)
+    benchmark.extra_info["correct"] = count == len(edges(name)[2]) and is_bfs_order(
+        visit_order(lib, first), bfs_reference(name)
+    )
+
+
 @pytest.mark.parametrize("lib", [OURS, "networkx"])
 def test_construction_from_string_ids(benchmark: Any, lib: str) -> None:
     name = "BA-20,000"
