@@ -9,273 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import compileall
-import itertools
-import json
-import re
 import statistics
 import subprocess
 import sys
-import warnings
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_agents import CONCURRENT, EXPECTED, FLOOR, GROUP, PEERS, STEPS, _one_run
 
 import llm_agent_runtime as ar
 
-N_TOOL_CALLS = 10
-STEPS = N_TOOL_CALLS + 1
 RUNS = 200
-EXPECTED = sum(range(N_TOOL_CALLS)) + N_TOOL_CALLS  # sum of add(i, 1)
-GROUP = f"agent loop: {N_TOOL_CALLS} add() calls + final answer, zero-latency model"
-
-
-@ar.tool
-async def add(a: int, b: int) -> int:
-    """Adds two integers."""
-    return a + b
-
-
-# Replies report their usage, as real providers do (without it, it is estimated per call).
-_USAGE = ar.providers.base.Usage(input_tokens=100, output_tokens=10)
-NATIVE_SCRIPT = [
-    ar.providers.base.ChatResponse(
-        tool_calls=[ar.providers.base.ToolCall(f"call_{i}", "add", {"a": i, "b": 1})],
-        usage=_USAGE,
-        stop_reason="tool_calls",
-    )
-    for i in range(N_TOOL_CALLS)
-] + [ar.providers.base.ChatResponse(text="done", usage=_USAGE, stop_reason="stop")]
-REACT_SCRIPT = [
-    f'Thought: step {i}\nAction: add {{"a": {i}, "b": 1}}' for i in range(N_TOOL_CALLS)
-] + ["Thought: done\nAction: FINAL_ANSWER done"]
-
-
-def _total(session: ar.AgentSession) -> int:
-    return sum(int(s.observation) for s in session.steps if s.action == "add")
-
-
-async def add_plain(a: int, b: int) -> int:
-    """The floor's tool: the same addition, no decorator."""
-    return a + b
-
-
-FLOOR_TOOLS = {"add": add_plain}
-NATIVE_REPLIES = [
-    {"tool_calls": [{"id": f"call_{i}", "name": "add", "arguments": {"a": i, "b": 1}}]}
-    for i in range(N_TOOL_CALLS)
-] + [{"content": "done", "tool_calls": []}]
-REACT_ACTION = re.compile(r"Action:\s*(\w+)\s*(.*)", re.DOTALL)
-
-
-async def _floor_native() -> int:
-    """Native floor: a chat history and one dict lookup + await per tool call, nothing else."""
-    replies = iter(NATIVE_REPLIES)
-
-    async def model(messages: list[dict[str, Any]]) -> dict[str, Any]:
-        return next(replies)
-
-    messages: list[dict[str, Any]] = [{"role": "user", "content": "sum"}]
-    total = 0
-    for _ in range(STEPS):
-        reply = await model(messages)
-        messages.append(reply)
-        if not reply["tool_calls"]:
-            return total
-        for call in reply["tool_calls"]:
-            result = await FLOOR_TOOLS[call["name"]](**call["arguments"])
-            messages.append({"role": "tool", "tool_call_id": call["id"], "content": str(result)})
-            total += result
-    return total
-
-
-async def _floor_react() -> int:
-    """ReAct floor: the same text replies, parsed with one regex and json.loads."""
-    replies = iter(REACT_SCRIPT)
-
-    async def model(prompt: str) -> str:
-        return next(replies)
-
-    transcript = ["Question: sum"]
-    total = 0
-    for _ in range(STEPS):
-        reply = await model("\n".join(transcript))
-        match = REACT_ACTION.search(reply)
-        if match is None:
-            raise ValueError(reply)
-        name, argument = match.groups()
-        if name == "FINAL_ANSWER":
-            return total
-        result = await FLOOR_TOOLS[name](**json.loads(argument))
-        transcript.append(f"{reply}\nObservation: {result}")
-        total += result
-    return total
-
-
-def _ours(mode: str) -> Any:
-    config = ar.AgentConfig(mode=mode, max_iterations=STEPS)  # type: ignore[arg-type]
-    memory = ar.EpisodicStore()
-    memory.add_episode("bench", "adding numbers is easy", 0.5)
-    runtime = ar.AgentRuntime(config, tools=[add], memory=memory)
-    runtime.events.on(lambda event: None)  # events on, as a listening application has them
-
-    async def run() -> int:
-        if mode == "tools":
-            provider = ar.ScriptedProvider(NATIVE_SCRIPT)
-            session = await runtime.run_agent_with_provider("bench", "sum", provider)
-        else:
-            replies = iter(REACT_SCRIPT)
-
-            async def infer(prompt: str) -> str:
-                return next(replies)
-
-            session = await runtime.run_agent("bench", "sum", infer)
-        return _total(session)
-
-    return run
-
-
-def _langgraph() -> Any:
-    """LangGraph's prebuilt ReAct agent on a zero-latency chat model answering from its input."""
-    pytest.importorskip("langgraph")
-    from langchain_core.language_models import BaseChatModel
-    from langchain_core.messages import AIMessage, ToolMessage
-    from langchain_core.outputs import ChatGeneration, ChatResult
-    from langchain_core.tools import tool as lc_tool
-    from langgraph.prebuilt import create_react_agent
-
-    class FakeToolModel(BaseChatModel):
-        """Calls add(i, 1) for the i-th tool round, then answers; binding tools is a no-op."""
-
-        @property
-        def _llm_type(self) -> str:
-            return "scripted"
-
-        def _generate(self, messages: Any, *args: Any, **kwargs: Any) -> ChatResult:
-            done = sum(1 for m in messages if isinstance(m, ToolMessage))
-            if done < N_TOOL_CALLS:
-                call = {"name": "add", "args": {"a": done, "b": 1}, "id": f"c{done}"}
-                reply = AIMessage(content="", tool_calls=[call])
-            else:
-                reply = AIMessage(content="done")
-            return ChatResult(generations=[ChatGeneration(message=reply)])
-
-        async def _agenerate(self, messages: Any, *args: Any, **kwargs: Any) -> ChatResult:
-            return self._generate(messages)
-
-        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-            return self
-
-    @lc_tool
-    async def lc_add(a: int, b: int) -> int:
-        """Adds two integers."""
-        return a + b
-
-    lc_add.name = "add"
-    with warnings.catch_warnings():  # moved to langchain.agents (not installed), same graph
-        warnings.simplefilter("ignore")
-        agent = create_react_agent(FakeToolModel(), [lc_add])
-
-    async def run() -> int:
-        out = await agent.ainvoke({"messages": [("user", "sum")]})
-        return sum(int(m.content) for m in out["messages"] if isinstance(m, ToolMessage))
-
-    return run
-
-
-def _pydantic_ai() -> Any:
-    """pydantic-ai's Agent driven by its own FunctionModel (zero latency)."""
-    pydantic_ai = pytest.importorskip("pydantic_ai")
-    from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart, ToolReturnPart
-    from pydantic_ai.models.function import AgentInfo, FunctionModel
-
-    # Async, as pydantic-ai's own models are: a sync function runs in a thread per call.
-    async def model_fn(messages: list[Any], info: AgentInfo) -> ModelResponse:
-        done = sum(
-            1 for m in messages for p in getattr(m, "parts", []) if isinstance(p, ToolReturnPart)
-        )
-        if done < N_TOOL_CALLS:
-            return ModelResponse(parts=[ToolCallPart("add", {"a": done, "b": 1})])
-        return ModelResponse(parts=[TextPart("done")])
-
-    agent = pydantic_ai.Agent(FunctionModel(model_fn))
-
-    @agent.tool_plain(name="add")
-    async def add_tool(a: int, b: int) -> int:
-        """Adds two integers."""
-        return a + b
-
-    async def run() -> int:
-        result = await agent.run("sum")
-        return sum(
-            int(p.content)
-            for m in result.all_messages()
-            for p in m.parts
-            if isinstance(p, ToolReturnPart)
-        )
-
-    return run
-
-
-def _smolagents() -> Any:
-    """smolagents' ToolCallingAgent on a scripted `Model` (its loop is synchronous)."""
-    smolagents = pytest.importorskip("smolagents")
-    from smolagents.models import ChatMessage, ChatMessageToolCall, ChatMessageToolCallFunction
-
-    def call(i: int, name: str, arguments: dict[str, Any]) -> ChatMessage:
-        function = ChatMessageToolCallFunction(name=name, arguments=arguments)
-        return ChatMessage(
-            role="assistant",  # type: ignore[arg-type]
-            content="",
-            tool_calls=[ChatMessageToolCall(id=f"c{i}", type="function", function=function)],
-        )
-
-    script = [call(i, "add", {"a": i, "b": 1}) for i in range(N_TOOL_CALLS)]
-    script.append(call(N_TOOL_CALLS, "final_answer", {"answer": "done"}))
-
-    class ScriptedModel(smolagents.Model):
-        def __init__(self) -> None:
-            super().__init__(model_id="scripted")
-            self.replies = itertools.cycle(script)
-
-        def generate(self, messages: Any, **kwargs: Any) -> ChatMessage:
-            return next(self.replies)
-
-    def add(a: int, b: int) -> int:
-        """Adds two integers.
-
-        Args:
-            a: First addend.
-            b: Second addend.
-        """
-        return a + b
-
-    with warnings.catch_warnings():  # it warns that a nested function may not serialize
-        warnings.simplefilter("ignore")
-        add_tool = smolagents.tool(add)
-
-    agent = smolagents.ToolCallingAgent(
-        tools=[add_tool], model=ScriptedModel(), max_steps=STEPS + 1, verbosity_level=0
-    )
-
-    async def run() -> int:
-        agent.run("sum")
-        return sum(
-            int(step.observations)
-            for step in agent.memory.steps
-            if getattr(step, "observations", None) and str(step.observations).isdigit()
-        )
-
-    return run
-
-
-PEERS = {"langgraph": _langgraph, "pydantic-ai": _pydantic_ai, "smolagents": _smolagents}
-"""Peer agents with their own zero-latency fake models, by package name."""
-
-
-FLOOR = "asyncio-floor"
-"""`extra_info["lib"]` of the hand-written minimal asyncio loop."""
 CASES = [
     ("tools", FLOOR),
     ("tools", "llm_agent_runtime"),
@@ -288,15 +33,6 @@ CASES = [
 def group_for(mode: str) -> str:
     """Benchmark group of one loop mode (the floor is measured in each)."""
     return f"{GROUP} ({'native tool calls' if mode == 'tools' else 'ReAct text'})"
-
-
-def _one_run(mode: str, lib: str) -> Callable[[], Awaitable[int]]:
-    """The run function of `lib` in `mode`."""
-    if lib in PEERS:
-        return PEERS[lib]()  # type: ignore[no-any-return]
-    if lib == FLOOR:
-        return _floor_native if mode == "tools" else _floor_react
-    return _ours(mode)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(("mode", "lib"), CASES)
@@ -321,7 +57,6 @@ def test_loop(benchmark: Any, mode: str, lib: str) -> None:
     benchmark.extra_info["runs_per_s"] = round(runs / benchmark.stats.stats.median)
 
 
-CONCURRENT = 100
 # smolagents' loop is synchronous: it has no concurrent form to compare.
 CONCURRENT_CASES = [
     ("tools", lib) for lib in (FLOOR, "llm_agent_runtime", "langgraph", "pydantic-ai")
@@ -351,7 +86,7 @@ def test_loop_concurrent(benchmark: Any, mode: str, lib: str) -> None:
 def _peak_rss_mb(mode: str, lib: str) -> float:
     """Peak RSS of a fresh process that imports `lib` and runs 100 concurrent runs."""
     out = subprocess.run(
-        [sys.executable, __file__, mode, lib],
+        [sys.executable, str(Path(__file__).with_name("loop_agents.py")), mode, lib],
         capture_output=True,
         text=True,
         check=True,
@@ -436,38 +171,3 @@ def test_agent_import_time(benchmark: Any, lib: str) -> None:
         "import time of an agent class and the tool decorator "
         "(fresh subprocess, interpreter start included)",
     )
-
-
-def _reset_peak_rss() -> bool:
-    """Resets this process's peak RSS (VmHWM) to its current RSS; False without /proc."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _own_peak_rss_mb(proc: bool) -> float:
-    """This process's peak RSS since the reset, in MB."""
-    if proc:
-        status = Path("/proc/self/status").read_text()
-        match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-        if match is not None:
-            return int(match.group(1)) / 1024
-    import resource
-
-    # No /proc (not Linux): ru_maxrss, which on Linux would carry over the parent's
-    # (pytest's) peak from the fork, so it is only the fallback.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-if __name__ == "__main__":  # `python test_loop.py MODE LIB`: peak RSS of 100 concurrent runs
-    # First thing: the peak counts this child's imports and runs, not its parent's memory.
-    has_proc = _reset_peak_rss()
-    run_fn = _one_run(sys.argv[1], sys.argv[2])
-
-    async def _all() -> None:
-        await asyncio.gather(*(run_fn() for _ in range(CONCURRENT)))
-
-    asyncio.run(_all())
-    print(_own_peak_rss_mb(has_proc))
