@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -357,14 +358,13 @@ def first_query(lib: str, g: Any, directed: bool) -> Any:
     return bfs_on(lib, g, directed)()  # as returned: normalized outside the timing
 
 
-@pytest.mark.parametrize("name", ["BA-20,000"])
-@pytest.mark.parametrize("lib", [OURS, *PEERS])
-def test_construction(benchmark: Any, name: str, lib: str) -> None:
+def time_construction(benchmark: Any, lib: str, name: str, make: Callable[[], Any]) -> None:
+    """Times `make()` (a new graph of `name`) up to its first query, and checks the graph:
+    its node and edge counts, and the BFS order it answers."""
     directed = edges(name)[1]
-    benchmark.group = f"graph: construction, {name}"
 
     def build_and_query() -> tuple[Any, Any]:
-        g = build(lib, name)
+        g = make()
         return g, first_query(lib, g, directed)
 
     result, first = benchmark.pedantic(build_and_query, rounds=5, iterations=1, warmup_rounds=1)
@@ -386,6 +386,13 @@ def test_construction(benchmark: Any, name: str, lib: str) -> None:
         and nodes == edges(name)[0]
         and is_bfs_order(visit_order(lib, first), bfs_reference(name))
     )
+
+
+@pytest.mark.parametrize("name", ["BA-20,000"])
+@pytest.mark.parametrize("lib", [OURS, *PEERS])
+def test_construction(benchmark: Any, name: str, lib: str) -> None:
+    benchmark.group = f"graph: construction, {name}"
+    time_construction(benchmark, lib, name, lambda: build(lib, name))
 
 
 def build_from_array(lib: str, name: str) -> Any:
@@ -414,23 +421,8 @@ def edge_array(name: str) -> Any:
 @pytest.mark.parametrize("name", ["BA-20,000"])
 @pytest.mark.parametrize("lib", [OURS, "rustworkx", "igraph"])
 def test_construction_from_a_numpy_array(benchmark: Any, name: str, lib: str) -> None:
-    directed = edges(name)[1]
     benchmark.group = f"graph: construction from an (m, 2) int64 numpy array, {name}"
-
-    def build_and_query() -> tuple[Any, Any]:
-        g = build_from_array(lib, name)
-        return g, first_query(lib, g, directed)
-
-    result, first = benchmark.pedantic(build_and_query, rounds=5, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["lib"] = lib
-    count = {
-        OURS: lambda g: g.relationship_count(),
-        "rustworkx": lambda g: g.num_edges(),
-        "igraph": lambda g: g.ecount(),
-    }[lib](result)
-    benchmark.extra_info["correct"] = count == len(edges(name)[2]) and is_bfs_order(
-        visit_order(lib, first), bfs_reference(name)
-    )
+    time_construction(benchmark, lib, name, lambda: build_from_array(lib, name))
 
 
 @pytest.mark.parametrize("lib", [OURS, "networkx"])
