@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import gc
 import itertools
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -1157,6 +1159,118 @@ async def test_a_provider_without_chat_stream_runs_with_listeners_and_checkpoint
     assert session.final_answer == "five"
     deltas = [e.text for e in events if isinstance(e, ar.LlmTextDelta)]
     assert deltas == ["five"]
+
+
+class ListenerFailed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stops", [[], ["END"]])
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_listener_failing_on_a_delta_leaves_the_call_charged(
+    streaming: bool, stops: list[str]
+) -> None:
+    # Streamed, the deltas went out before the call was charged: a listener that raised on
+    # one left metrics and budget as if the call had not been made. With stop sequences, the
+    # last delta (the held-back tail) goes out after the stream has ended.
+    usage = ar.providers.base.Usage(1000, 500)
+    reply = ar.providers.base.ChatResponse(text="The answer is 42.", usage=usage)
+    provider = Recording(reply) if streaming else ChatOnly(reply)
+    budget = ar.CostBudget(max_tokens=10_000)
+    config = ar.AgentConfig(mode="tools", stop_sequences=stops)
+    rt = ar.AgentRuntime(config, budget=budget)
+    deltas: list[str] = []
+
+    def listener(event: ar.Event) -> None:
+        if isinstance(event, ar.LlmTextDelta):
+            deltas.append(event.text)
+            if event.text.endswith("."):  # the reply's last piece
+                raise ListenerFailed
+
+    rt.events.on(listener)
+    with pytest.raises(ListenerFailed):
+        await rt.run_agent_with_provider("a", "q", provider)  # type: ignore[arg-type]
+    snapshot = rt.metrics.snapshot()
+    assert (snapshot.input_tokens, snapshot.output_tokens) == (1000, 500)
+    assert budget.remaining_tokens == 10_000 - 1500
+    assert "".join(deltas) == "The answer is 42."
+    if streaming:
+        assert provider.calls[0][0] == "chat_stream"  # type: ignore[union-attr]
+
+
+async def test_a_listener_failing_mid_stream_gets_no_further_delta() -> None:
+    class Chunked(Recording):
+        async def chat_stream(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+            response = self._next("chat_stream", messages, params)
+            for word in response.text.split(" "):
+                yield ar.providers.base.TextDelta(word + " ")
+            yield ar.providers.base.StreamEnd(response)
+
+    usage = ar.providers.base.Usage(10, 5)
+    provider = Chunked(ar.providers.base.ChatResponse(text="a b c d", usage=usage))
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+    deltas: list[str] = []
+
+    def listener(event: ar.Event) -> None:
+        if isinstance(event, ar.LlmTextDelta):
+            deltas.append(event.text)
+            raise ListenerFailed
+
+    rt.events.on(listener)
+    with pytest.raises(ListenerFailed):
+        await rt.run_agent_with_provider("a", "q", provider)  # type: ignore[arg-type]
+    assert deltas == ["a "]  # the stream was read on, to charge the call, quietly
+    assert rt.metrics.snapshot().output_tokens == 5
+    assert rt.metrics.snapshot().active_sessions == 0
+
+
+class BrokenStream(ChatOnly):
+    """Its `chat` is fine; its `chat_stream` breaks the protocol as `how` says."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(ar.providers.base.ChatResponse(text="ok"))
+        self.how = how
+
+    def chat_stream(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+        if self.how == "no end":
+            return self._events(ar.providers.base.TextDelta("partial"))
+        if self.how == "end without response":
+            return self._events(ar.providers.base.StreamEnd(None))  # type: ignore[arg-type]
+        if self.how == "coroutine":
+            return self._coroutine()
+        return iter([ar.providers.base.StreamEnd(ar.providers.base.ChatResponse(text="ok"))])
+
+    async def _events(self, *events: Any) -> Any:
+        for event in events:
+            yield event
+
+    async def _coroutine(self) -> Any:
+        return self._events(ar.providers.base.StreamEnd(ar.providers.base.ChatResponse("ok")))
+
+
+@pytest.mark.parametrize(
+    ("how", "error", "message"),
+    [
+        ("no end", ar.AgentLoopError, "stream ended without a StreamEnd event"),
+        ("end without response", ar.AgentLoopError, "StreamEnd must hold a ChatResponse, got None"),
+        ("coroutine", ar.AgentRuntimeError, "chat_stream must return an async iterator"),
+        ("sync iterator", ar.AgentRuntimeError, "returned list_iterator"),
+    ],
+)
+async def test_a_stream_that_breaks_the_protocol_is_a_clear_error(
+    how: str, error: type[Exception], message: str
+) -> None:
+    # They were a bare TypeError (and a "never awaited" warning), or the base error saying
+    # no StreamEnd came when one had: a provider that ran unheard failed once listened to.
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+    rt.events.on(lambda event: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(error, match=message):
+            await rt.run_agent_with_provider("a", "q", BrokenStream(how))
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+    assert rt.metrics.snapshot().active_sessions == 0
 
 
 @pytest.mark.parametrize("text", [None, 42, ["x"]])

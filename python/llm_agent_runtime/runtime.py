@@ -1469,15 +1469,18 @@ class AgentRuntime:
                         # Called in the span (a provider may start its work when called), with
                         # the keywords as a dict: tracing costs far more than building it.
                         with _traced(self._tracer, "agent.llm"):
-                            response = await (
-                                self._chat_stream(session, provider, messages, tool_defs, params)
-                                if stream
-                                else chat(messages, tools=tool_defs, **params)
-                            )
+                            if stream:
+                                streamed = await self._chat_stream(
+                                    session, provider, messages, tool_defs, params
+                                )
+                                response = streamed.response
+                            else:
+                                response = await chat(messages, tools=tool_defs, **params)
                     elif stream:
-                        response = await self._chat_stream(
+                        streamed = await self._chat_stream(
                             session, provider, messages, tool_defs, params
                         )
+                        response = streamed.response
                     elif more_params:
                         response = await chat(messages, tools=tool_defs, **params)
                     else:
@@ -1514,7 +1517,9 @@ class AgentRuntime:
                     if len(cut) < len(text) and incomplete not in SAFETY_STOP_REASONS:
                         incomplete = None
                     text = cut
-                if not stream and text and events.listening:
+                if stream:  # paid for above, whatever a listener did with its deltas
+                    streamed.finish(session.session_id, events)
+                elif text and events.listening:
                     events.emit(_event(LlmTextDelta, (session.session_id, text)))
                 for hook in post_hooks:
                     text = await _rewrite(hook(session, text), text, "on_post_llm")
@@ -1651,19 +1656,40 @@ class AgentRuntime:
         messages: list[Message],
         tool_defs: list[ToolDefinition] | None,
         params: dict[str, Any],
-    ) -> ChatResponse:
-        response: ChatResponse | None = None
+    ) -> _Streamed:
+        """Streams one model call, emitting its text deltas as they come.
+
+        The stream is read to its end even when a listener fails on a delta (no delta goes
+        out after that): the call is then charged before the listener's error is raised, as
+        when the reply is not streamed. So is the text held back at the end (see `hold`):
+        `_Streamed.finish` sends it, or raises the error, once the call is charged.
+
+        Raises:
+            AgentLoopError: The stream ended without a `StreamEnd` event holding a
+                `ChatResponse`.
+            AgentRuntimeError: The provider's `chat_stream` returned no async iterator.
+        """
         stops = self._stops
         stream = provider.chat_stream(messages, tools=tool_defs, **params)
+        if not hasattr(stream, "__aiter__"):
+            if inspect.iscoroutine(stream):
+                stream.close()  # never awaited: closed, so no warning names it
+            raise AgentRuntimeError(
+                "a provider's chat_stream must return an async iterator (an async generator "
+                f"function: async def chat_stream(...) with yield): {type(provider).__name__}"
+                f".chat_stream returned {_kind(stream)}"
+            )
         # With stop sequences, the last (longest stop - 1) characters wait for the next delta,
         # so no delta carries text past a stop sequence split across deltas.
         hold = max(map(len, stops), default=1) - 1
+        response: Any = _NO_STREAM_END
         pending = ""
         stopped = False
+        listener_error: Exception | None = None
         try:
             async for event in stream:
                 if isinstance(event, TextDelta):
-                    if stopped:
+                    if stopped or listener_error is not None:
                         continue
                     pending += event.text
                     cut = len(_cut_at_stop(pending, stops)) if stops else len(pending)
@@ -1674,20 +1700,25 @@ class AgentRuntime:
                         ready_len = max(0, len(pending) - hold)
                         ready, pending = pending[:ready_len], pending[ready_len:]
                     if ready:
-                        self.events.emit(LlmTextDelta(session.session_id, ready))
+                        try:
+                            self.events.emit(LlmTextDelta(session.session_id, ready))
+                        except Exception as error:  # raised once the call is charged
+                            listener_error = error
                 elif isinstance(event, StreamEnd):
                     response = event.response
         finally:
-            # Closed here, however the loop ends (a listener failing on a delta, say): left
-            # to the garbage collector, its connection would wait for it.
+            # Closed here, however the loop ends (a cancel, say): left to the garbage
+            # collector, its connection would wait for it.
             close = getattr(stream, "aclose", None)
             if close is not None:
                 await close()
-        if pending:
-            self.events.emit(LlmTextDelta(session.session_id, pending))
-        if response is None:
-            raise AgentRuntimeError("provider stream ended without a StreamEnd event")
-        return response
+        if response is _NO_STREAM_END:
+            raise AgentLoopError("the provider's stream ended without a StreamEnd event")
+        if not isinstance(response, ChatResponse):
+            raise AgentLoopError(
+                f"the provider's StreamEnd must hold a ChatResponse, got {_kind(response)}"
+            )
+        return _Streamed(response, pending, listener_error)
 
     def _keep_failed_round(
         self,
@@ -3003,6 +3034,33 @@ def _rewritten_call(result: Any) -> tuple[str, Any]:
     raise AgentRuntimeError(
         f"on_tool_call must return None or a (tool name, arguments) pair, got {shown}"
     )
+
+
+_NO_STREAM_END = object()  # what `_chat_stream` holds until a StreamEnd event comes
+
+
+class _Streamed:
+    """A streamed model call: its response, and what is left for after it is charged.
+
+    `unsent`: the text held back at the stream's end (the tail that might have begun a stop
+    sequence); `listener_error`: what a listener raised on a delta (no delta went out after).
+    """
+
+    __slots__ = ("listener_error", "response", "unsent")
+
+    def __init__(
+        self, response: ChatResponse, unsent: str, listener_error: Exception | None
+    ) -> None:
+        self.response = response
+        self.unsent = unsent
+        self.listener_error = listener_error
+
+    def finish(self, session_id: str, events: EventBus) -> None:
+        """Raises the listener's error, if any; else sends the held-back text."""
+        if self.listener_error is not None:
+            raise self.listener_error
+        if self.unsent:
+            events.emit(LlmTextDelta(session_id, self.unsent))
 
 
 class _BusyTime:
