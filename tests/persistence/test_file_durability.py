@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.persistence import file as file_module
 from llm_agent_runtime.persistence.file import FileBackend
 
@@ -139,3 +140,31 @@ async def test_single_writes_and_deletions_sync_their_directory(
     fsyncs.clear()
     await backend.batch_save({"a": b"1", "b": b"2"})
     assert fsyncs.count("dir") == 2, fsyncs  # the commit, then the installed files
+
+
+async def test_a_batch_that_cannot_be_installed_is_not_called_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A full disk while a batch was installed: every later call said a crash had
+    # interrupted it, and logged so again at each call.
+    import errno
+
+    backend = FileBackend(tmp_path)
+    batch = tmp_path / ".batches" / f"{uuid.uuid4().hex}.batch"
+    batch.write_bytes(file_module._encode_batch({"a": b"1", "b": b"1"}))  # committed
+
+    def no_space(path: Path, items: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(backend, "_install", no_space)
+    for _ in range(3):
+        with pytest.raises(PersistenceError) as raised:
+            await backend.load("a")
+        message = str(raised.value)
+        assert "committed but not installed" in message and "crash" not in message
+        assert "No space left on device" in message
+    finishing = [r for r in caplog.records if "finishing a batch" in r.getMessage()]
+    assert len(finishing) == 1
+    monkeypatch.undo()  # space freed: the batch is installed, whole
+    assert await backend.batch_load(["a", "b"]) == {"a": b"1", "b": b"1"}
+    assert not batch.exists()

@@ -262,6 +262,7 @@ class FileBackend:
             self._batches.mkdir(exist_ok=True)
             for name in (_TURNSTILE, _INSTALL_LOCK):
                 os.close(os.open(self.directory / name, os.O_RDWR | os.O_CREAT, 0o644))
+        self._batches_finishing: set[Path] = set()  # those whose finishing was logged
         self._finish_batches()
         self._remove_abandoned_temporaries()
 
@@ -573,11 +574,19 @@ class FileBackend:
                 os.replace(batch, aside)
                 logger.warning("FileBackend: a damaged batch file was put aside as %s", aside)
                 return
-            logger.warning("FileBackend: finishing a batch a crash interrupted (%s)", batch)
+            if batch not in self._batches_finishing:  # once, not at every call that retries
+                self._batches_finishing.add(batch)
+                logger.warning(
+                    "FileBackend: finishing a batch committed but not installed, its writer "
+                    "failed or stopped first (%s)",
+                    batch,
+                )
             self._install(batch, items)
+            self._batches_finishing.discard(batch)
         except (OSError, PersistenceError) as exc:
             raise PersistenceError(
-                f"cannot finish the batch {batch} a crash interrupted: {exc}"
+                f"cannot finish the batch {batch}, committed but not installed (its writer "
+                f"failed or stopped first): {exc}"
             ) from exc
         finally:
             os.close(fd)

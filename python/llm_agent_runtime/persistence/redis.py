@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -116,7 +118,7 @@ class RedisBackend:
         except UnicodeEncodeError:
             raise _not_text(*checked) from None
         except Exception as error:
-            raise PersistenceError(f"Redis: {error}", key=next(iter(checked))) from error
+            raise _batch_error(error, list(checked)) from error
 
     async def batch_save_if(
         self, guard_key: str, guard_value: bytes, items: Mapping[str, bytes]
@@ -186,3 +188,31 @@ def _not_text(*keys: str | None) -> PersistenceError:
         if key is not None:
             encode_key(key)  # raises PersistenceError for a key that is not valid text
     return PersistenceError("key is not valid Unicode text")
+
+
+_REFUSED_COMMAND = re.compile(r"Command # ([0-9]+) \(")
+_REFUSED_SEPARATOR = " of pipeline caused error: "
+
+
+def _batch_error(error: Exception, keys: list[str]) -> PersistenceError:
+    """The error of a MULTI/EXEC batch of SETs of `keys`, in order.
+
+    redis-py's message of a command the server refused quotes the command, its value
+    included: a checkpoint's text would reach the logs. Only the server's reply is kept,
+    with the key of the refused command.
+    """
+    message = str(error)
+    refused = _REFUSED_COMMAND.match(message)
+    if refused is None or _REFUSED_SEPARATOR not in message:
+        return PersistenceError(f"Redis: {message}", key=keys[0])
+    # The last separator: the reply (the server's own text) holds no value, a quoted one may.
+    reply = message.rpartition(_REFUSED_SEPARATOR)[2]
+    try:  # redis-py writes the reply as its args tuple: `('message',)`
+        args = ast.literal_eval(reply)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        args = None
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        reply = args[0]
+    number = int(refused[1])  # the refused command's place in the batch, from 1
+    key = keys[number - 1] if 1 <= number <= len(keys) else None
+    return PersistenceError(f"Redis refused a write of the batch: {reply}", key=key)
