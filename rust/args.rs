@@ -26,11 +26,15 @@ pub fn not_bool(
     value: &Bound<'_, PyAny>,
     error: impl FnOnce(bool) -> CoreError,
 ) -> Result<(), CoreError> {
+    // A plain int (the usual case) is no bool of any kind: told first, as a failed cast
+    // builds an error value (a reference to the type) that costs more than the check.
+    if value.is_exact_instance_of::<PyInt>() {
+        return Ok(());
+    }
     if let Ok(flag) = value.cast::<PyBool>() {
         return Err(error(flag.is_true()));
     }
-    // A plain int (the usual case) is no bool of any kind: no need to look further.
-    if value.is_exact_instance_of::<PyInt>() || !is_bool(value) {
+    if !is_bool(value) {
         return Ok(());
     }
     Err(error(value.is_truthy().unwrap_or(true)))
