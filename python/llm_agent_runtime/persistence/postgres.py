@@ -7,9 +7,18 @@ import contextlib
 import functools
 import hashlib
 import re
+import select
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from typing import Any, Generic, TypeVar
 
 from llm_agent_runtime._loops import PerLoop
 from llm_agent_runtime.errors import PersistenceError
@@ -43,6 +52,10 @@ def _values_upsert(table: str, rows: int) -> str:
     return f"INSERT INTO {table} (key, value) VALUES {placeholders} {_UPSERT}"
 
 
+class _NoConnection(TimeoutError):
+    """The pool handed out no connection within the call's time."""
+
+
 class _LoopPool:
     """One event loop's pool: opened on first use in the loop, by one call at a time."""
 
@@ -52,6 +65,24 @@ class _LoopPool:
         self.closed = False  # by `close`, or as the loop ended: the loop makes a new one
         self.opening = asyncio.Lock()
         self.guard: asyncio.Task[None] | None = None  # closes the open pool: see `_guard`
+        # The last failed open: (the loop's time it ended, its error's message). A call that
+        # waited for that open raises its error rather than running a whole failed open
+        # again. A message, not the error: that would keep its traceback's frames alive.
+        self.failure: tuple[float, str] | None = None
+        self.lent = 0  # connections of `pool` out for a statement: is the pool exhausted?
+
+
+async def _acquire(lock: asyncio.Lock, deadline: float) -> None:
+    """Takes `lock`, waiting no later than the loop's time `deadline`."""
+    loop = asyncio.get_running_loop()
+    waited = max(deadline - loop.time(), 0.0)
+    try:
+        async with asyncio.timeout_at(deadline):
+            await lock.acquire()
+    except TimeoutError:
+        raise PersistenceError(
+            f"cannot open PostgreSQL storage: another call's open did not end within {waited:.3g} s"
+        ) from None
 
 
 async def _guard(state: _LoopPool, pool: Any, connections: weakref.WeakSet[Any]) -> None:
@@ -110,7 +141,17 @@ class PostgresBackend:
     `PersistenceError` naming the timeout: a server that stops answering (a hung host, a
     network partition) never blocks a caller forever. A timed-out statement is cancelled on
     the server; when the server does not answer that within a second either, its connection
-    is closed, and the pool drops it rather than handing it out again.
+    is closed, and the pool drops it rather than handing it out again. A call its caller
+    cancels is stopped the same way: cancelled on the server, its connection closed when the
+    server does not answer that within a second.
+
+    A pooled connection the server has closed while it was idle (a restart) is dropped
+    before a statement is sent on it, and another one taken. When the pool hands out no
+    connection in time although it has room for one (it cannot connect, or waits out its
+    reconnect backoff after an outage), one connection is tried directly, as `open` does,
+    for up to `timeout` more seconds: failing, the error says what the server or the network
+    answered; connecting, the pool is replaced by a new one and the call tried once more on
+    it, within those seconds.
 
     The pool opens on first use (or `await backend.open()`); close it with `await
     backend.close()` or use the backend as an async context manager. An open that failed (the
@@ -208,24 +249,45 @@ class PostgresBackend:
         server or the network answered (connection refused, a failed password, no such
         database), which the pool's own timeout does not.
 
+        Concurrent calls open the pool once: the others wait for that open as long as it
+        may take (twice `timeout`: the pool's, then the direct connection's), and when it
+        fails raise its error rather than trying again themselves.
+
         Raises:
             PersistenceError: When the server cannot be reached within `timeout`, or the
-                table cannot be created; the next call tries again.
+                table cannot be created, or another call's open did not end within twice
+                `timeout`; the next call tries again.
         """
         await self._open_pool()
 
-    async def _open_pool(self) -> Any:
-        """The running loop's pool, opened first if it is not (see `open`)."""
+    async def _open_pool(self, deadline: float | None = None) -> tuple[_LoopPool, Any]:
+        """The running loop's pool state and pool, opened first if it is not (see `open`).
+
+        The wait for another call's open ends at the loop's time `deadline`: by default, as
+        long from now as an open may take.
+        """
+        asked = asyncio.get_running_loop().time()
+        if deadline is None:
+            deadline = asked + 2 * self.timeout
         while True:
             state = self._pools.get()
             if state.ready:
-                return state.pool
-            async with state.opening:  # concurrent first calls open (and create) once
+                return state, state.pool
+            # Concurrent first calls open (and create) once; a caller waits no longer than
+            # its own deadline for another's open.
+            await _acquire(state.opening, deadline)
+            try:
                 if state.closed:
                     continue  # closed while this waited: the loop's next pool is wanted
                 if not state.ready:
+                    failed = state.failure
+                    if failed is not None and failed[0] >= asked:
+                        # The open this call waited for failed: one failed open is enough.
+                        raise PersistenceError(failed[1])
                     await self._open_new(state)
-                return state.pool
+                return state, state.pool
+            finally:
+                state.opening.release()
 
     async def _open_new(self, state: _LoopPool) -> None:
         """Opens a new pool for `state` (its lock held) and creates the table if missing."""
@@ -233,14 +295,19 @@ class PostgresBackend:
         # one whose first open failed.
         connections: weakref.WeakSet[Any] = weakref.WeakSet()  # for `_guard`
         pool = state.pool = self._new_pool(configure=_adding_to(connections))
+        state.lent = 0
         try:
-            await pool.open(wait=True, timeout=self.timeout)
+            # Its first connection waited for here: psycopg_pool's own wait, timing out,
+            # closes the pool giving its workers 5 s to stop, all of which a hung server takes.
+            await pool.open(wait=False)
+            await pool.putconn(await pool.getconn(timeout=self.timeout))
             # CREATE TABLE IF NOT EXISTS is not safe against a concurrent twin (another
             # worker's first call): it fails on the catalog's unique index. The lock
             # serializes them. One query without parameters, so one round trip of the
             # simple protocol, whose statements run as one implicit transaction: the lock
             # lasts until the table is committed.
             await self._statement(
+                state,
                 pool,
                 f"SELECT pg_advisory_xact_lock({self._create_lock}); "
                 f"CREATE TABLE IF NOT EXISTS {self._table} "
@@ -249,14 +316,19 @@ class PostgresBackend:
                 (),
             )
         except BaseException as error:
-            await pool.close()  # an opened pool too (the table failed): no leaked conns
+            # An opened pool too (the table failed): no leaked connections. Its workers get
+            # a grace to stop, not psycopg_pool's 5 s: on a hung server they would take it.
+            await pool.close(timeout=min(_CANCEL_GRACE, self.timeout))
             if not isinstance(error, Exception):
                 raise
             failure = f"{type(error).__name__}: {error}"
             if isinstance(error, self._pool_timeout | TimeoutError):
                 why = await self._connection_failure()
                 failure = failure if why is None else f"{why} ({failure})"
-            raise PersistenceError(f"cannot open PostgreSQL storage: {failure}") from error
+            failed = PersistenceError(f"cannot open PostgreSQL storage: {failure}")
+            state.failure = (asyncio.get_running_loop().time(), str(failed))
+            raise failed from error
+        state.failure = None
         state.guard = asyncio.get_running_loop().create_task(
             _guard(state, pool, connections), name=f"{self!r}: closes its pool as the loop ends"
         )
@@ -307,18 +379,40 @@ class PostgresBackend:
 
         Raises:
             PersistenceError: Naming `key`, when the statement fails or does not end within
-                `timeout` seconds (waiting for a connection included); a `batch` of several
-                keys names no key when one is too long (the server does not say which).
+                `timeout` seconds (waiting for a connection included), or no connection can
+                be made (saying what the server or the network answered); a `batch` of
+                several keys names no key when one is too long (the server does not say
+                which).
         """
-        pool = await self._open_pool()
+        loop = asyncio.get_running_loop()
+        state, pool = await self._open_pool()
         try:
-            return await self._statement(pool, query, params)
+            try:
+                return await self._statement(state, pool, query, params)
+            except _NoConnection:
+                if state.pool is pool and state.lent >= pool.max_size:
+                    raise  # every connection is busy: the pool is fine, just exhausted
+                # The pool had room but made no connection: the server is down, or back
+                # while the pool waits out its reconnect backoff (up to minutes). One
+                # direct connection says which, within one more `timeout`.
+                deadline = loop.time() + self.timeout
+                why = await self._connection_failure()
+                if why is not None:
+                    raise PersistenceError(
+                        f"cannot connect to PostgreSQL: {why} (no connection from the pool "
+                        f"within the backend's timeout of {self.timeout:g} s)",
+                        key=key,
+                    ) from None
+                state, pool = await self._renew_pool(state, pool, deadline)
+                return await self._statement(state, pool, query, params, deadline)
         except TimeoutError as error:
             raise PersistenceError(
                 f"PostgreSQL did not answer within the backend's timeout of {self.timeout:g} s "
                 f"({error or 'no connection free'})",
                 key=key,
             ) from error
+        except PersistenceError:
+            raise
         except Exception as error:
             if getattr(error, "sqlstate", None) == _PROGRAM_LIMIT_EXCEEDED and "index row" in str(
                 error
@@ -332,26 +426,66 @@ class PostgresBackend:
                 f"PostgreSQL: {type(error).__name__}: {error}", key=key
             ) from error
 
-    async def _statement(self, pool: Any, query: str, params: Sequence[Any]) -> list[Any]:
-        """Runs one statement on a connection of `pool` within `timeout`; returns its rows.
+    async def _renew_pool(
+        self, state: _LoopPool, stale: Any, deadline: float
+    ) -> tuple[_LoopPool, Any]:
+        """Replaces `stale`, the loop's pool, by a new one (unless already replaced)."""
+        await _acquire(state.opening, deadline)
+        try:
+            if state.pool is stale and state.ready and state.guard is not None:
+                state.ready = False
+                state.guard.cancel()  # it closes the stale pool
+                await asyncio.wait([state.guard])
+        finally:
+            state.opening.release()
+        return await self._open_pool(deadline)
+
+    async def _statement(
+        self,
+        state: _LoopPool,
+        pool: Any,
+        query: str,
+        params: Sequence[Any],
+        deadline: float | None = None,
+    ) -> list[Any]:
+        """Runs one statement on a connection of `pool`; returns its rows.
+
+        It ends by the loop's time `deadline`: by default, `timeout` from now.
 
         Raises:
-            TimeoutError: When no connection was free in time, or the statement did not end.
+            TimeoutError: When no connection was free in time (`_NoConnection`), or the
+                statement did not end.
         """
-        deadline = asyncio.get_running_loop().time() + self.timeout
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.timeout
         # getconn/putconn rather than connection(): that one also opens and commits a
         # transaction block, a cost (~20 us a call) an autocommit statement does not need.
         # The connection goes back to the pool it came from, even when a close and a reopen
         # (a new pool) happen while the statement runs.
-        try:
-            conn = await pool.getconn(timeout=self.timeout)
-        except self._pool_timeout as error:
-            raise TimeoutError(str(error)) from error
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise _NoConnection("no connection within the call's time")
+            try:
+                conn = await pool.getconn(timeout=left)
+            except self._pool_timeout as error:
+                raise _NoConnection(str(error)) from error
+            if not _closed_by_server(conn):
+                break
+            # Closed while idle in the pool (a server restart, an idle timeout): nothing was
+            # sent on it. The pool drops a closed connection and makes a new one.
+            await conn.close()
+            await pool.putconn(conn)
+        mine = state.pool is pool
+        state.lent += mine
         try:
             return await _within(
                 deadline, min(_CANCEL_GRACE, self.timeout), _rows(conn, query, params)
             )
         finally:
+            if mine and state.pool is pool:
+                state.lent -= 1
             # A statement that timed out left its connection idle (cancelled on the server),
             # or closed: the pool drops a closed (or still busy) connection.
             await pool.putconn(conn)
@@ -468,7 +602,9 @@ async def _within(deadline: float, grace: float, statement: Coroutine[Any, Any, 
     The task is cancelled at the deadline: psycopg then asks the server to cancel the
     statement, and waits for that. A server that does not answer within `grace` seconds gets
     no more time: cancelled again, psycopg closes the connection and gives up. A timer, not
-    a task of its own: a statement that ends in time costs nothing more.
+    a task of its own: a statement that ends in time costs nothing more. A cancellation by
+    the caller gets the same `grace` (psycopg alone would wait for the server up to 10 s),
+    and then goes on.
 
     Raises:
         TimeoutError: When the deadline passed first.
@@ -476,7 +612,9 @@ async def _within(deadline: float, grace: float, statement: Coroutine[Any, Any, 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    fired = 0
+    already = task.cancelling()
+    fired = 0  # this function's own cancellations of the task
+    by_caller = False
     handle: asyncio.TimerHandle | None = None
 
     def expire() -> None:
@@ -484,24 +622,98 @@ async def _within(deadline: float, grace: float, statement: Coroutine[Any, Any, 
         fired += 1
         task.cancel()
         if fired < _STOP_ATTEMPTS:
-            handle = loop.call_later(grace if fired == 1 else 0.05, expire)
+            handle = loop.call_later(grace if fired == 1 and not by_caller else 0.05, expire)
+
+    def cancelled() -> None:
+        # A cancellation reaches psycopg, which now asks the server to cancel: when it is
+        # the caller's, the grace starts now, as it would at the deadline.
+        nonlocal by_caller, handle
+        if not fired and not by_caller and task.cancelling() > already:
+            by_caller = True
+            assert handle is not None
+            handle.cancel()
+            handle = loop.call_later(grace, expire)
 
     handle = loop.call_at(deadline, expire)
     try:
-        return await statement
+        return await _Watched(statement, cancelled)
     except BaseException as error:
-        if not fired:
+        if not fired and not by_caller:
             raise
         handle.cancel()
         for _ in range(fired):
             task.uncancel()
-        if task.cancelling():
+        if task.cancelling() > already:
             raise  # cancelled by its caller too: that cancellation goes on
         if isinstance(error, Exception | asyncio.CancelledError):
             raise TimeoutError("the statement was cancelled") from error
         raise
     finally:
         handle.cancel()
+
+
+class _Watched(Generic[T]):
+    """Awaits a coroutine, calling `on_cancel` before a cancellation is thrown into it."""
+
+    __slots__ = ("_coro", "_on_cancel")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], on_cancel: Callable[[], None]) -> None:
+        self._coro = coro
+        self._on_cancel = on_cancel
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        coro = self._coro
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            value, error = None, None
+            try:
+                value = yield step
+            except GeneratorExit:
+                coro.close()
+                raise
+            except asyncio.CancelledError as cancel:
+                self._on_cancel()
+                error = cancel
+            except BaseException as other:
+                error = other
+
+
+def _closed_by_server(conn: Any) -> bool:
+    """Whether an idle `conn` is closed, or its server has closed it: no round trip.
+
+    An idle connection has nothing to read, but for a message the server sent on its own:
+    a notice, a parameter's new value, or the error it sends as it closes the connection
+    (a restart, an idle timeout), followed by the end of the stream, which libpq reads.
+    """
+    pgconn = conn.pgconn
+    for _ in range(3):  # the closing message, then the end of the stream
+        if conn.closed:
+            return True
+        try:
+            if not _readable(pgconn.socket):
+                return False
+            pgconn.consume_input()
+        except Exception:
+            return True  # libpq read the end of the stream, or an error
+    return bool(conn.closed)
+
+
+def _readable(fd: int) -> bool:
+    """Whether the socket `fd` has data (or its end) to read now."""
+    if _poll is None:  # pragma: no cover - Windows
+        return bool(select.select([fd], [], [], 0)[0])
+    poller = _poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+_poll = getattr(select, "poll", None)
 
 
 async def _rows(conn: Any, query: str, params: Sequence[Any]) -> list[Any]:
