@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.persistence.checkpoints import CheckpointStore
-from llm_agent_runtime.persistence.codec import decode
+from llm_agent_runtime.persistence.codec import decode, encode
 from llm_agent_runtime.persistence.postgres import _guard
 
 from .test_backends import close_backend, make_backend
@@ -795,3 +797,76 @@ async def test_a_leased_resume_on_a_backend_without_batch_save_if_writes_as_befo
     assert [s.action_input for s in done.steps] == [{"a": 1, "b": 1}, {"item": "pen"}, "finished"]
     assert await ar.AgentSession.load_checkpoint(backend, "x") == done  # type: ignore[arg-type]
     assert await backend.list_keys("session:x:fence") == []
+
+
+async def cut_short_takeover(backend: ar.PersistenceBackend, **taker: Any) -> str:
+    """A takeover of the passed claim of session "x" cut short between its two writes: its
+    key written (with `taker`'s fields), the claim still the old holder's. Returns the key."""
+    await resume_left(backend, host="another-host", pid=1, expires_at=time.time() - 1)
+    [claim] = await backend.list_keys("session:x:resume:")
+    nonce = decode(await backend.load(claim) or b"", claim)["resume"]
+    takeover = f"{claim}:{nonce}"
+    await backend.save(takeover, encode("claim", {"takeover": nonce, **taker}))
+    return takeover
+
+
+@pytest.mark.parametrize(
+    "taker",
+    ["ended here", "older than the grace", "of an older version"],
+)
+async def test_a_takeover_cut_short_is_taken_over_in_its_turn(
+    backend: ar.PersistenceBackend, taker: str
+) -> None:
+    # Its key stayed, and refused every later takeover: the session could be resumed no
+    # more, lease or not, until an operator called release_resume.
+    fields: dict[str, Any] = {
+        "ended here": {"at": time.time(), "host": socket.gethostname(), "pid": ended_pid()},
+        "older than the grace": {"at": time.time() - 120, "host": "another-host", "pid": 1},
+        "of an older version": {},
+    }[taker]
+    await interrupted(backend)
+    await cut_short_takeover(backend, **fields)
+    effects = Effects()
+    done = await worker(backend, effects).resume("x", script(CHARGE, FINAL))
+    assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]
+    assert effects.calls == [("charge", 100)]
+    assert await backend.list_keys("session:x:resume") == []
+
+
+async def test_a_takeover_under_way_is_not_taken_over(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # One of this host whose process runs, written just now: it may be between its two
+    # writes right now.
+    await interrupted(backend)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        takeover = await cut_short_takeover(
+            backend, at=time.time(), host=socket.gethostname(), pid=running.pid
+        )
+        effects = Effects()
+        with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
+            await worker(backend, effects).resume("x", script(CHARGE, FINAL))
+        assert effects.calls == []
+        assert await backend.load(takeover) is not None
+    finally:
+        running.kill()
+        running.wait()
+
+
+async def test_a_claim_of_a_zombie_process_of_this_host_is_taken_over(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # A process that ended but that its parent has not reaped yet answers signal 0: its
+    # claim was held as a running resumer's.
+    await interrupted(backend)
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        while Path(f"/proc/{process.pid}/stat").read_bytes().rpartition(b")")[2].split()[0] != b"Z":
+            await asyncio.sleep(0.01)
+        await resume_left(backend, host=socket.gethostname(), pid=process.pid)
+        effects = Effects()
+        done = await worker(backend, effects, lease=None).resume("x", script(CHARGE, FINAL))
+        assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]
+    finally:
+        process.wait()

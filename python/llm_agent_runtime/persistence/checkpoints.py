@@ -484,7 +484,14 @@ def _ended_here(holder: Any) -> bool:
         return True
     except OSError:  # PermissionError: it runs, as another user
         return False
-    return False
+    # Signal 0 reaches a zombie too: a process that ended, not yet reaped by its parent (a
+    # supervisor that noticed its death by a timeout, say). Linux tells one by its state.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split()[:1]
+    except OSError:
+        return False
+    return state in ([b"Z"], [b"X"])
 
 
 def _lease_passed(holder: Any) -> bool:
@@ -1151,8 +1158,23 @@ class CheckpointStore:
         if not (_lease_passed(holder) or _ended_here(holder)):
             return False
         takeover = f"{resume_key}:{nonce}"
-        if not await self._save_if_absent(takeover, _encode("claim", {"takeover": nonce})):
-            return False  # another worker took it over
+        taker = {"takeover": nonce, "at": time.time(), "host": socket.gethostname()}
+        mine_key = _encode("claim", {**taker, "pid": os.getpid()})
+        if not await self._save_if_absent(takeover, mine_key):
+            # Another worker's takeover: under way, done (the claim is its own now, so it
+            # holds something else than `raw`), or cut short between its two writes (its
+            # process ended, or it is older than `_GRACE_SECONDS`). That one's key would
+            # refuse every later takeover: it is deleted, and the claim taken over here.
+            held = await self.backend.load(takeover)
+            if held is None or await self.backend.load(resume_key) != raw:
+                return False
+            other = decode(held, takeover)
+            if not (_ended_here(other) or _outlived(other, "at")):
+                return False  # under way
+            if not await self._delete_if(takeover, held):
+                return False
+            if not await self._save_if_absent(takeover, mine_key):
+                return False  # another worker took it over meanwhile
         self._resumes[session_id] = [takeover]
         assert raw is not None
         # The claim and the fence are this worker's to delete only once the write returned:
