@@ -1470,3 +1470,24 @@ def test_the_loops_messages_are_whole_messages() -> None:
     )
     with pytest.raises(ValueError, match="message role"):
         Message("robot", "x")  # type: ignore[arg-type]
+
+
+async def test_a_listener_error_is_kept_when_the_stream_then_fails() -> None:
+    # The stream read on after a listener failed; when it then failed too, the listener's
+    # error vanished (neither raised nor the context of what was).
+    class FailsMidStream(Recording):
+        async def chat_stream(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+            yield ar.providers.base.TextDelta("a ")
+            raise ar.ProviderError("connection reset mid-stream", status=502)
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+
+    def listener(event: ar.Event) -> None:
+        if isinstance(event, ar.LlmTextDelta):
+            raise ListenerFailed
+
+    rt.events.on(listener)
+    with pytest.raises(ListenerFailed) as raised:
+        await rt.run_agent_with_provider("a", "q", FailsMidStream())  # type: ignore[arg-type]
+    assert isinstance(raised.value.__context__, ar.ProviderError)
+    assert rt.metrics.snapshot().active_sessions == 0

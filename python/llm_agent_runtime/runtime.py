@@ -1706,6 +1706,12 @@ class AgentRuntime:
                             listener_error = error
                 elif isinstance(event, StreamEnd):
                     response = event.response
+        except Exception:
+            if listener_error is None:
+                raise
+            # The stream failed after a listener did: the listener's error is the one that
+            # came first (the stream's stays its context).
+            raise listener_error  # noqa: B904 (not caused by the stream: its context)
         finally:
             # Closed here, however the loop ends (a cancel, say): left to the garbage
             # collector, its connection would wait for it.

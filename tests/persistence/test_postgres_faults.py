@@ -7,6 +7,7 @@ own, from the same PostgreSQL binaries `make test` installs (scripts/services.sh
 import asyncio
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -202,6 +204,8 @@ async def test_concurrent_first_calls_on_a_server_that_is_down_fail_together(
             assert "cannot open PostgreSQL storage" in message, message
             if frozen is None:
                 assert "Connection refused" in message, message
+            else:  # the opener's error, shared: not "another call's open did not end"
+                assert "no connection within 0.5 s" in message, message
             assert took < 3.0, results  # one open: the pool's timeout, then the probe's
     finally:
         if frozen is not None:
@@ -231,5 +235,41 @@ async def test_a_call_its_caller_cancels_on_a_frozen_server_ends_within_a_grace(
         finally:
             server.thaw(pids)
         assert await store.load("k") == b"v"  # the closed connection was not reused
+    finally:
+        await store.close()
+
+
+async def test_a_busy_pool_is_not_taken_for_a_server_that_is_down(
+    server: PrivateServer,
+) -> None:
+    """A call that got no connection from a pool whose connections were all busy was taken
+    for an outage: the pool was replaced, failing every call queued on it (PoolClosed)."""
+    store = ar.PostgresBackend(
+        server.dsn, table=f"kv_{uuid.uuid4().hex}", min_size=1, max_size=2, timeout=0.3
+    )
+    renewals = 0
+    renew = store._renew_pool
+
+    async def counted(*args: Any) -> Any:
+        nonlocal renewals
+        renewals += 1
+        return await renew(*args)
+
+    store._renew_pool = counted  # type: ignore[method-assign]
+    errors: list[str] = []
+
+    async def one(i: int) -> None:
+        await asyncio.sleep(random.random())
+        try:  # a slow statement, through the path every call takes
+            await store._execute(f"k{i}", "SELECT pg_sleep(0.03)", [])
+        except ar.PersistenceError as error:
+            errors.append(str(error))
+
+    try:
+        await store.open()
+        await asyncio.gather(*(one(i) for i in range(150)))
+        assert renewals == 0
+        assert errors  # the pool was too small for them all: some timed out
+        assert all("did not answer within the backend's timeout" in e for e in errors), errors
     finally:
         await store.close()

@@ -69,7 +69,9 @@ class _LoopPool:
         # waited for that open raises its error rather than running a whole failed open
         # again. A message, not the error: that would keep its traceback's frames alive.
         self.failure: tuple[float, str] | None = None
-        self.lent = 0  # connections of `pool` out for a statement: is the pool exhausted?
+        # The pool's connections (each added as it is made, see `_adding_to`): one of them
+        # open means a call that got none waited on a busy pool, not on a server that is down.
+        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 async def _acquire(lock: asyncio.Lock, deadline: float) -> None:
@@ -206,7 +208,7 @@ class PostgresBackend:
                 f"min_size={min_size!r}, max_size={max_size!r}"
             )
         try:
-            from psycopg_pool import AsyncConnectionPool, PoolTimeout
+            from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
         except ImportError as error:
             raise PersistenceError(
                 "PostgresBackend needs psycopg: pip install 'llm-agent-runtime[postgres]'"
@@ -236,6 +238,7 @@ class PostgresBackend:
         # `asyncio.run`), as the Redis backend's clients are.
         self._pools: PerLoop[_LoopPool] = PerLoop(_LoopPool, _close_pool)
         self._pool_timeout: type[Exception] = PoolTimeout
+        self._pool_closed: type[Exception] = PoolClosed
 
     def __repr__(self) -> str:
         return f"PostgresBackend(table={self.table!r})"  # the DSN may hold a password
@@ -249,33 +252,34 @@ class PostgresBackend:
         server or the network answered (connection refused, a failed password, no such
         database), which the pool's own timeout does not.
 
-        Concurrent calls open the pool once: the others wait for that open as long as it
-        may take (twice `timeout`: the pool's, then the direct connection's), and when it
-        fails raise its error rather than trying again themselves.
+        Concurrent calls open the pool once: the others wait for that open, and when it
+        fails raise its error rather than trying again themselves. Every step of an open is
+        bounded: the pool's wait and the direct connection (`timeout` each), the table's
+        creation (`timeout`, and a second's grace to cancel it on a hung server), and the
+        close of a pool that failed (a second).
 
         Raises:
             PersistenceError: When the server cannot be reached within `timeout`, or the
-                table cannot be created, or another call's open did not end within twice
-                `timeout`; the next call tries again.
+                table cannot be created; the next call tries again.
         """
         await self._open_pool()
 
     async def _open_pool(self, deadline: float | None = None) -> tuple[_LoopPool, Any]:
         """The running loop's pool state and pool, opened first if it is not (see `open`).
 
-        The wait for another call's open ends at the loop's time `deadline`: by default, as
-        long from now as an open may take.
+        The wait for another call's open ends at the loop's time `deadline`: by default, it
+        lasts as long as that open (whose every step is bounded, see `open`).
         """
         asked = asyncio.get_running_loop().time()
-        if deadline is None:
-            deadline = asked + 2 * self.timeout
         while True:
             state = self._pools.get()
             if state.ready:
                 return state, state.pool
-            # Concurrent first calls open (and create) once; a caller waits no longer than
-            # its own deadline for another's open.
-            await _acquire(state.opening, deadline)
+            # Concurrent first calls open (and create) once, and share its failure.
+            if deadline is None:
+                await state.opening.acquire()
+            else:
+                await _acquire(state.opening, deadline)
             try:
                 if state.closed:
                     continue  # closed while this waited: the loop's next pool is wanted
@@ -295,7 +299,7 @@ class PostgresBackend:
         # one whose first open failed.
         connections: weakref.WeakSet[Any] = weakref.WeakSet()  # for `_guard`
         pool = state.pool = self._new_pool(configure=_adding_to(connections))
-        state.lent = 0
+        state.connections = connections
         try:
             # Its first connection waited for here: psycopg_pool's own wait, timing out,
             # closes the pool giving its workers 5 s to stop, all of which a hung server takes.
@@ -390,13 +394,14 @@ class PostgresBackend:
             try:
                 return await self._statement(state, pool, query, params)
             except _NoConnection:
-                if state.pool is pool and state.lent >= pool.max_size:
-                    raise  # every connection is busy: the pool is fine, just exhausted
-                # The pool had room but made no connection: the server is down, or back
-                # while the pool waits out its reconnect backoff (up to minutes). One
-                # direct connection says which, within one more `timeout`.
+                renewed = state.pool is not pool  # by another call, as this one waited
+                if not renewed and any(not conn.closed for conn in state.connections):
+                    raise  # its connections are busy: the pool is fine, just exhausted
+                # The pool has no connection: the server is down, or back while the pool
+                # waits out its reconnect backoff (up to minutes). One direct connection
+                # says which, within one more `timeout`.
                 deadline = loop.time() + self.timeout
-                why = await self._connection_failure()
+                why = None if renewed else await self._connection_failure()
                 if why is not None:
                     raise PersistenceError(
                         f"cannot connect to PostgreSQL: {why} (no connection from the pool "
@@ -471,21 +476,19 @@ class PostgresBackend:
                 conn = await pool.getconn(timeout=left)
             except self._pool_timeout as error:
                 raise _NoConnection(str(error)) from error
+            except self._pool_closed as error:  # replaced (renewed) as this call waited
+                raise _NoConnection(str(error)) from error
             if not _closed_by_server(conn):
                 break
             # Closed while idle in the pool (a server restart, an idle timeout): nothing was
             # sent on it. The pool drops a closed connection and makes a new one.
             await conn.close()
             await pool.putconn(conn)
-        mine = state.pool is pool
-        state.lent += mine
         try:
             return await _within(
                 deadline, min(_CANCEL_GRACE, self.timeout), _rows(conn, query, params)
             )
         finally:
-            if mine and state.pool is pool:
-                state.lent -= 1
             # A statement that timed out left its connection idle (cancelled on the server),
             # or closed: the pool drops a closed (or still busy) connection.
             await pool.putconn(conn)
