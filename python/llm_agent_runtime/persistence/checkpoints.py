@@ -1158,9 +1158,9 @@ class CheckpointStore:
         if not (_lease_passed(holder) or _ended_here(holder)):
             return False
         takeover = f"{resume_key}:{nonce}"
-        taker = {"takeover": nonce, "at": time.time(), "host": socket.gethostname()}
-        mine_key = _encode("claim", {**taker, "pid": os.getpid()})
-        if not await self._save_if_absent(takeover, mine_key):
+        host, pid = socket.gethostname(), os.getpid()
+        record = _encode("claim", {"takeover": nonce, "at": time.time(), "host": host, "pid": pid})
+        if not await self._save_if_absent(takeover, record):
             # Another worker's takeover: under way, done (the claim is its own now, so it
             # holds something else than `raw`), or cut short between its two writes (its
             # process ended, or it is older than `_GRACE_SECONDS`). That one's key would
@@ -1173,7 +1173,7 @@ class CheckpointStore:
                 return False  # under way
             if not await self._delete_if(takeover, held):
                 return False
-            if not await self._save_if_absent(takeover, mine_key):
+            if not await self._save_if_absent(takeover, record):
                 return False  # another worker took it over meanwhile
         self._resumes[session_id] = [takeover]
         assert raw is not None

@@ -149,8 +149,9 @@ class PostgresBackend:
 
     A pooled connection the server has closed while it was idle (a restart) is dropped
     before a statement is sent on it, and another one taken. When the pool hands out no
-    connection in time although it has room for one (it cannot connect, or waits out its
-    reconnect backoff after an outage), one connection is tried directly, as `open` does,
+    connection in time and holds no open one (it cannot connect, or waits out its reconnect
+    backoff after an outage; a busy pool's call just times out), one connection is tried
+    directly, as `open` does,
     for up to `timeout` more seconds: failing, the error says what the server or the network
     answered; connecting, the pool is replaced by a new one and the call tried once more on
     it, within those seconds.
