@@ -726,6 +726,87 @@ async def test_a_cancelled_parallel_round_keeps_one_step_per_call() -> None:
     assert by_step == {0: ("add", None), 1: ("slow", "transient")}
 
 
+@pytest.mark.parametrize("durable", [False, True])
+@pytest.mark.parametrize("failure", ["policy", "listener"])
+async def test_a_call_waiting_for_a_slot_never_starts_once_its_round_failed(
+    durable: bool, failure: str
+) -> None:
+    # The failed call's slot woke the next waiting call before the round heard of the
+    # failure: with one call at a time, the round's second call still ran (charged a card).
+    charged: list[int] = []
+
+    @ar.tool
+    async def spend(a: int) -> int:
+        """Calls a sub-agent whose budget is spent."""
+        if failure == "policy":
+            raise ar.BudgetExceededError("sub-agent budget spent")
+        return a
+
+    @ar.tool
+    async def charge(a: int) -> int:
+        """Charges a card, with no await before it does."""
+        charged.append(a)
+        return a
+
+    def listener(event: Any) -> None:
+        if isinstance(event, ar.ToolCallFinished) and event.tool == "spend":
+            raise RuntimeError("listener broke")
+
+    config = ar.AgentConfig(mode="tools", max_parallel_tool_calls=1)
+    backend = ar.InMemoryBackend() if durable else None
+    rt = ar.AgentRuntime(config, tools=[spend, charge], checkpoint_backend=backend)
+    if failure == "listener":
+        rt.events.on(listener)
+    calls = [("spend", {"a": 1}), ("charge", {"a": 2})]
+    provider = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply(calls), "done"])
+    error = ar.BudgetExceededError if failure == "policy" else RuntimeError
+    with pytest.raises(error):
+        await rt.run_agent_with_provider("a", "q", provider)
+    assert charged == []
+    assert rt.metrics.snapshot().tool_calls == {"spend": 1}
+
+
+async def test_a_call_waiting_for_a_slot_never_starts_once_a_denial_failed_its_round() -> None:
+    charged: list[int] = []
+
+    @ar.tool
+    async def plus(a: int, b: int) -> int:
+        """Adds, with no await: its slot is free again before the next call's turn."""
+        return a + b
+
+    @ar.tool
+    async def charge(a: int) -> int:
+        """Charges a card."""
+        charged.append(a)
+        return a
+
+    def listener(event: Any) -> None:
+        if isinstance(event, ar.ToolCallFinished) and event.error_kind == "permanent":
+            raise RuntimeError("listener broke")
+
+    def approve(session: ar.AgentSession, name: str, arguments: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("deny" if arguments.get("a") == 2 else "approve")
+
+    config = ar.AgentConfig(mode="tools", max_parallel_tool_calls=1)
+    rt = ar.AgentRuntime(config, tools=[plus, charge], approval_handler=approve)
+    rt.events.on(listener)
+    session = rt.create_session("a")
+    # The first call is done (its slot free) when the denial's listener fails the round.
+    calls = [("plus", {"a": 1, "b": 2}), ("plus", {"a": 2, "b": 2}), ("charge", {"a": 3})]
+    provider = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply(calls), "done"])
+    with pytest.raises(RuntimeError, match="listener broke"):
+        await rt.run_turn(session, "q", provider)
+    assert charged == []
+    assert [(s.action, s.error_kind) for s in session.steps] == [
+        ("plus", None),
+        ("plus", "permanent"),
+        ("charge", "permanent"),
+    ]
+    assert session.steps[2].observation == (
+        "error: the call did not start: its round ended with RuntimeError: listener broke"
+    )
+
+
 @ar.tool
 async def stall(a: int) -> int:
     """Never returns in time."""

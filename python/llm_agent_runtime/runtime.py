@@ -548,7 +548,8 @@ class AgentRuntime:
                 consistent if the run is cancelled or fails: the tool calls of the round it
                 ended in each keep a step, numbered as their events were, whose observation
                 says how the call ended (in a run with checkpoints, `resume` makes them, from
-                the round's journal).
+                the round's journal). A call that had not started says so: it never ran, so
+                it has no tool call events and counts in no tool call metric.
 
         Returns:
             The finished session.
@@ -1800,17 +1801,18 @@ class AgentRuntime:
             resolved = await self._guard_calls(session, [(c.name, c.arguments) for c in calls])
         else:
             resolved = [(c.name, c.arguments, None) for c in calls]
-        config = self.config
-        limit = asyncio.Semaphore(config.max_parallel_tool_calls)
+        slots = _RoundSlots(self.config.max_parallel_tool_calls)
 
         async def bounded(index: int, name: str, arguments: Any, denial: Any) -> ToolRun:
             # Each call goes into `finished` as it ends (see `_call_tool`).
             if denial is not None:
-                return self._denied(session, name, arguments, denial, index, finished)
-            async with limit:
-                return await self._call_tool(
+                with slots.watch():  # a listener may fail on the denial's events
+                    return self._denied(session, name, arguments, denial, index, finished)
+            return await slots.run(
+                lambda: self._call_tool(
                     session, name, arguments, None, index, False, busy, finished
                 )
+            )
 
         return await _all_or_none(bounded(i, *call) for i, call in enumerate(resolved))
 
@@ -2589,13 +2591,10 @@ class AgentRuntime:
 
         if len(calls) == 1:
             return [await one(0, calls[0])]
-        limit = asyncio.Semaphore(self.config.max_parallel_tool_calls)
-
-        async def bounded(index: int, call: ToolCall) -> ToolRun:
-            async with limit:
-                return await one(index, call)
-
-        return await _all_or_none(bounded(i, c) for i, c in enumerate(calls))
+        slots = _RoundSlots(self.config.max_parallel_tool_calls)
+        return await _all_or_none(
+            slots.run(functools.partial(one, i, c)) for i, c in enumerate(calls)
+        )
 
     async def resume(self, session_id: str, model: InferFn | LlmProvider) -> AgentSession:
         """Continues an interrupted run from its last completed step.
@@ -3125,20 +3124,63 @@ def _interrupted_observation(error: BaseException, what: str, config: AgentConfi
     return Observation(_truncate(content, config.max_observation_chars), kind)
 
 
+class _NotStarted(Exception):
+    """A call of a parallel round that never started: `failure` failed the round first."""
+
+    def __init__(self, failure: BaseException) -> None:
+        super().__init__(failure)
+        self.failure = failure
+
+
+class _RoundSlots:
+    """The slots of a parallel round's calls (`max_parallel_tool_calls` at once).
+
+    Once a call fails the round (a policy error, a listener's, a cancel), no call still
+    waiting for a slot starts. The failure is marked before its slot is given back: the
+    slot wakes the next waiter before `_all_or_none` hears of the failure.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._free = asyncio.Semaphore(limit)
+        self._failure: BaseException | None = None
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        """Marks the round failed when the block raises."""
+        try:
+            yield
+        except BaseException as error:
+            if self._failure is None:
+                self._failure = error
+            raise
+
+    async def run(self, start: Callable[[], Awaitable[T]]) -> T:
+        """Awaits `start()` in a slot; raises `_NotStarted` when the round failed meanwhile."""
+        async with self._free:
+            if self._failure is not None:
+                raise _NotStarted(self._failure)
+            with self.watch():
+                return await start()
+
+
 async def _all_or_none(calls: Iterable[Awaitable[T]]) -> list[T]:
     """Awaits `calls` concurrently; returns their results in order.
 
     When one fails (or this is cancelled), the others are cancelled and waited for before
-    the error propagates: no tool call outlives its round.
+    the error propagates: no tool call outlives its round. The error is the failure's, also
+    should a call that then did not start (`_NotStarted`) come back first.
     """
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
         return list(await asyncio.gather(*tasks))
-    except BaseException:
+    except BaseException as error:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+        if not isinstance(error, _NotStarted):
+            raise
+        failure = error.failure
+    raise failure  # outside the handler: its own context stays
 
 
 def _arguments_key(arguments: Any) -> str:

@@ -119,7 +119,7 @@ class AgentSession:
         return self.duration_ms / 1000.0
 
     def failed_tool_call_count(self) -> int:
-        """Steps whose tool call failed."""
+        """Steps whose tool call failed, or never started (its round failed first)."""
         return sum(1 for s in self.steps if s.error_kind is not None)
 
     def step_success_count(self) -> int:

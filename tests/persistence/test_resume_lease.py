@@ -870,3 +870,67 @@ async def test_a_claim_of_a_zombie_process_of_this_host_is_taken_over(
         assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]
     finally:
         process.wait()
+
+
+class ClaimWriteLandsLate(Delegating):
+    """The backend, but the first write of the kind `kind` lands, then its reply waits for
+    `land`: the write reached the store, and its worker has not heard back yet."""
+
+    def __init__(self, inner: ar.PersistenceBackend, kind: str) -> None:
+        super().__init__(inner)
+        self.kind = kind
+        self.sent, self.land = asyncio.Event(), asyncio.Event()
+
+    async def _held(self, kind: str) -> None:
+        if kind == self.kind and not self.sent.is_set():
+            self.sent.set()
+            await self.land.wait()
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        written = bool(await self.inner.save_new(key, value))
+        if ":resume:" in key:  # `session:x:resume:<step>`, or a takeover's `...:<nonce>`
+            await self._held("claim" if key.count(":") == 3 else "takeover key")
+        return written
+
+    async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
+        written = bool(await self.inner.batch_save_if(guard_key, guard_value, items))
+        if ":resume:" in guard_key:  # the fence, alone or with a taken-over claim
+            await self._held("takeover" if guard_key in items else "fence")
+        return written
+
+
+async def resume_records(backend: ar.PersistenceBackend) -> dict[str, bytes | None]:
+    """Session "x"'s resume claims, their takeover keys and fences, by key."""
+    keys = [
+        *await backend.list_keys("session:x:resume"),
+        *await backend.list_keys("session:x:fence"),
+    ]
+    return {key: await backend.load(key) for key in keys}
+
+
+@pytest.mark.parametrize("kind", ["claim", "fence", "takeover key", "takeover"])
+async def test_a_resume_cancelled_as_its_claim_lands_leaves_no_claim(kind: str) -> None:
+    # The claim landed after the wait for it was cancelled (a request timeout, say): held by
+    # no one, it named this live process, and refused every later resume of the session.
+    backend = ar.InMemoryBackend()
+    await interrupted(backend)
+    if kind.startswith("takeover"):
+        await resume_left(backend, host=socket.gethostname(), pid=ended_pid())
+    planted = await resume_records(backend)
+    late = ClaimWriteLandsLate(backend, kind)
+    effects = Effects()
+    resuming = asyncio.create_task(worker(late, effects, lease=None).resume("x", script(FINAL)))  # type: ignore[arg-type]
+    await late.sent.wait()
+    resuming.cancel()
+    late.land.set()
+    with pytest.raises(asyncio.CancelledError):
+        await resuming
+
+    async def none_of_its_own_left() -> bool:
+        left = await resume_records(backend)
+        return all(planted.get(key) == raw for key, raw in left.items())
+
+    await until(none_of_its_own_left)
+    done = await worker(backend, effects).resume("x", script(CHARGE, FINAL))
+    assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]
+    assert effects.calls == [("charge", 100)]

@@ -774,26 +774,39 @@ class CheckpointStore:
         it lands when the wait for the write was cancelled.
         """
         claim = f"{session_key(session_id)}:run:{step}"
-        write = asyncio.ensure_future(self._save_if_absent(claim, meta))
-        try:
-            won = bool(await asyncio.shield(write))
-        except asyncio.CancelledError:
-            # The run is cut at its start: a claim that lands all the same is deleted then
-            # (not waited for here: a backend that hangs would hang the cancellation).
-            write.add_done_callback(functools.partial(self._drop_landed, claim))
-            raise
+        won = await self._claimed(self._save_if_absent(claim, meta), {claim: meta})
         if won:
             self._claims[session_id] = _Claim(claim, run, meta)
         return won
 
-    def _drop_landed(self, claim: str, write: asyncio.Future[bool]) -> None:
-        """Deletes `claim` if `write` wrote it: the claim of a run cancelled as it claimed."""
+    async def _claimed(self, write: Awaitable[bool], items: dict[str, bytes]) -> bool:
+        """Awaits `write`, which writes `items` if it returns True (a claim's write).
+
+        A cancellation does not cut the write half way, and `items` that land all the same
+        are deleted then: held by no one (the caller never learnt it won), a claim would
+        refuse every later run or resume of the session. The deletion is not waited for: a
+        backend that hangs would hang the cancellation.
+        """
+        landing = asyncio.ensure_future(write)
+        try:
+            return bool(await asyncio.shield(landing))
+        except asyncio.CancelledError:
+            landing.add_done_callback(functools.partial(self._drop_landed, items))
+            raise
+
+    def _drop_landed(self, items: dict[str, bytes], write: asyncio.Future[bool]) -> None:
+        """Deletes `items` if `write` wrote them (and each still holds what it wrote)."""
         if write.cancelled() or write.exception() is not None or not write.result():
             return
-        deleting = asyncio.ensure_future(self.backend.delete(claim))
+        deleting = asyncio.ensure_future(self._delete_each_if(items))
         self._background.add(deleting)  # a task only weakly referenced may be collected
         deleting.add_done_callback(self._background.discard)
         deleting.add_done_callback(retrieve_outcome)
+
+    async def _delete_each_if(self, items: dict[str, bytes]) -> None:
+        """Deletes each of `items` that still holds its value (see `_delete_if`)."""
+        for key, raw in items.items():
+            await self._delete_if(key, raw)
 
     async def _drop_stranded_sweep(self, key: str, claim: str) -> bool:
         """Deletes `claim`, a sweep's run claim on session key `key`, if its sweep is over.
@@ -936,12 +949,12 @@ class CheckpointStore:
         written = time.monotonic() if self.resume_lease_seconds is not None else 0.0
         mine = self._leased(claim)
         fence = {_fence_of(resume_key): nonce.encode()}
-        if await self._save_if_absent(resume_key, mine):
+        if await self._claimed(self._save_if_absent(resume_key, mine), {resume_key: mine}):
             # The fence is written while the claim holds `mine` (no renewal has run yet; a
             # stall past the lease may have lost it), and is this worker's to delete only
             # once written (before the claim: see `_fence_of`).
             self._resumes[state.session_id] = [resume_key]
-            if not await self._save_guarded(resume_key, mine, fence):
+            if not await self._claimed(self._save_guarded(resume_key, mine, fence), fence):
                 self._resumes.pop(state.session_id, None)  # another worker's claim now
                 self._refuse(state.session_id, _RESUMED, _RESUMED_ADVICE)
             self._resumes[state.session_id] = [*fence, resume_key]
@@ -1160,7 +1173,7 @@ class CheckpointStore:
         takeover = f"{resume_key}:{nonce}"
         host, pid = socket.gethostname(), os.getpid()
         record = _encode("claim", {"takeover": nonce, "at": time.time(), "host": host, "pid": pid})
-        if not await self._save_if_absent(takeover, record):
+        if not await self._claimed(self._save_if_absent(takeover, record), {takeover: record}):
             # Another worker's takeover: under way, done (the claim is its own now, so it
             # holds something else than `raw`), or cut short between its two writes (its
             # process ended, or it is older than `_GRACE_SECONDS`). That one's key would
@@ -1173,13 +1186,14 @@ class CheckpointStore:
                 return False  # under way
             if not await self._delete_if(takeover, held):
                 return False
-            if not await self._save_if_absent(takeover, record):
+            if not await self._claimed(self._save_if_absent(takeover, record), {takeover: record}):
                 return False  # another worker took it over meanwhile
         self._resumes[session_id] = [takeover]
         assert raw is not None
         # The claim and the fence are this worker's to delete only once the write returned:
         # one that failed may not have landed, and the claim may then be a live holder's.
-        if not await self._save_guarded(resume_key, raw, {**fence, resume_key: mine}):
+        taken = {**fence, resume_key: mine}
+        if not await self._claimed(self._save_guarded(resume_key, raw, taken), taken):
             # Taken over and ended meanwhile (its taker deletes the claim before this key),
             # or renewed: the claim there now, if any, is a later resume's or its holder's.
             await self._drop_resume(session_id)
