@@ -49,7 +49,7 @@ def is_retryable_status(status: int) -> bool:
 
     One rule for the providers' own calls and for the HTTP errors a tool raises.
     """
-    return status in (408, 409, 429) or status >= 500
+    return status in (408, 409, 429) or 500 <= status <= 599
 
 
 class AgentRuntimeError(Exception):

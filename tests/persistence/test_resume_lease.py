@@ -934,3 +934,74 @@ async def test_a_resume_cancelled_as_its_claim_lands_leaves_no_claim(kind: str) 
     done = await worker(backend, effects).resume("x", script(CHARGE, FINAL))
     assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]
     assert effects.calls == [("charge", 100)]
+
+
+class ReplyLost(Delegating):
+    """The backend, but a claim's write of `key_part` lands, then its reply is lost (a
+    connection reset after the commit): the worker is told it failed."""
+
+    def __init__(self, inner: ar.PersistenceBackend, key_part: str) -> None:
+        super().__init__(inner)
+        self.key_part = key_part
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        await self.inner.save_new(key, value)
+        if self.key_part in key:
+            raise ar.PersistenceError("connection reset after commit", key=key)
+        return True
+
+
+async def until_no_records(backend: ar.PersistenceBackend, prefix: str) -> None:
+    async def none_left() -> bool:
+        return await backend.list_keys(prefix) == []
+
+    await until(none_left)
+
+
+async def test_a_resume_claim_whose_reply_was_lost_is_deleted() -> None:
+    # The claim stayed, naming this live process: every later resume was refused.
+    backend = ar.InMemoryBackend()
+    await interrupted(backend)
+    effects = Effects()
+    with pytest.raises(ar.PersistenceError, match="connection reset after commit"):
+        await worker(ReplyLost(backend, ":resume:"), effects, lease=None).resume("x", script(FINAL))  # type: ignore[arg-type]
+    await until_no_records(backend, "session:x:resume")
+    done = await worker(backend, effects, lease=None).resume("x", script(CHARGE, FINAL))
+    assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]
+
+
+async def test_a_run_claim_whose_reply_was_lost_is_deleted() -> None:
+    # The claim stayed: the next run of the id was refused as if one ran, and `resume` (the
+    # way out it advised) ran the prompt of the run whose caller was told it failed.
+    backend = ar.InMemoryBackend()
+    effects = Effects()
+    lost = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=ReplyLost(backend, ":run:"))  # type: ignore[arg-type]
+    with pytest.raises(ar.PersistenceError, match="connection reset after commit"):
+        await lost.run_agent("a", "Q0", script(FINAL), session=lost.create_session("a", "x"))
+    await until_no_records(backend, "session:x:run")
+    runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
+    done = await runtime.run_agent(
+        "a", "Q1", script(FINAL), session=runtime.create_session("a", "x")
+    )
+    assert (done.prompt, done.final_answer) == ("Q1", "finished")
+
+
+class FenceDeleteFails(Delegating):
+    """The backend, but deleting a fence fails (a transient error)."""
+
+    async def delete(self, key: str) -> None:
+        if ":fence:" in key:
+            raise ar.PersistenceError("connection reset", key=key)
+        await self.inner.delete(key)
+
+
+async def test_a_failed_resumes_claim_goes_even_when_its_fence_cannot() -> None:
+    # Its release stopped at the fence's failed delete, and left the claim too.
+    backend = ar.InMemoryBackend()
+    await interrupted(backend)
+    effects = Effects()
+    with pytest.raises(ConnectionError):
+        await worker(FenceDeleteFails(backend), effects, lease=None).resume("x", fails_after())  # type: ignore[arg-type]
+    await until_no_records(backend, "session:x:resume")
+    done = await worker(backend, effects, lease=None).resume("x", script(CHARGE, FINAL))
+    assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]

@@ -42,6 +42,9 @@ from .fake_server import FakeLlmServer, Turn
         (502, True),
         (503, True),
         (529, True),
+        (599, True),
+        (600, False),  # not a 5xx: a broken proxy's
+        (999, False),
     ],
 )
 def test_retryable_statuses(status: int, retryable: bool) -> None:

@@ -39,7 +39,7 @@ from .fake_server import (
 )
 from .test_faults import HELLO, collect, texts
 from .test_hardening import shown
-from .test_replies import _anthropic_frames, _block, _json, _with_usage
+from .test_replies import _anthropic_frames, _block, _json, _with_usage, text
 
 USER = [Message("user", "hi")]
 ONCE = RetryPolicy(max_attempts=1)
@@ -365,6 +365,11 @@ ERROR_EVENTS = {
         "invalid_request_error: no error message",
         400,
     ),
+    "error-member-without-a-type": (  # a gateway's: `{"error": {...}}` as OpenAI's are
+        sse({"error": {"type": "rate_limit_error", "message": "slow down"}}),
+        "rate_limit_error: slow down",
+        429,
+    ),
     "bare-error-object": (  # a proxy's: the error itself, its type kept (it was an api_error)
         sse({"type": "invalid_request_error", "message": "prompt is too long"}, "error"),
         "invalid_request_error: prompt is too long",
@@ -402,6 +407,25 @@ async def test_anthropic_error_events_of_any_form_are_the_servers_error(
         events, error = await collect(llm.chat_stream(USER))
     assert len(server.requests) == (2 if retryable else 1)
     assert (error is None) is retryable
+
+
+@pytest.mark.parametrize("thinking", [5, True, ["hm"], {"text": "hm"}])
+async def test_anthropic_thinking_that_is_not_text_is_a_malformed_reply(
+    thinking: Any, server: FakeLlmServer
+) -> None:
+    # Streamed, the block's pieces were joined once the stream ended: a bare TypeError,
+    # after its text had gone out. Unstreamed, it was sent back as it came.
+    block = {"type": "thinking", "thinking": thinking, "signature": ""}
+    streamed = _anthropic_frames(
+        _block(0, block), _block(1, text(""), {"type": "text_delta", "text": "hi"})
+    )
+    server.script(Reply(frames=streamed), Turn("hi", reasoning=[block]))
+    async with make_provider("anthropic", server, retry=ONCE) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+        assert isinstance(error, ProviderError) and events == []
+        assert "malformed Anthropic stream event" in str(error)
+        error = await failure(llm, False)
+    assert "malformed Anthropic response: content.0.thinking" in str(error)
 
 
 async def test_anthropic_error_reply_with_status_200_and_a_null_message_is_the_servers_error(

@@ -782,26 +782,32 @@ class CheckpointStore:
     async def _claimed(self, write: Awaitable[bool], items: dict[str, bytes]) -> bool:
         """Awaits `write`, which writes `items` if it returns True (a claim's write).
 
-        A cancellation does not cut the write half way, and `items` that land all the same
-        are deleted then: held by no one (the caller never learnt it won), a claim would
-        refuse every later run or resume of the session. The deletion is not waited for: a
-        backend that hangs would hang the cancellation.
+        A cancellation does not cut the write half way. `items` that land all the same, or
+        may have (the write failed: its reply may be what was lost), are deleted then, where
+        each still holds what was written: held by no one (the caller never learnt it won),
+        a claim would refuse every later run or resume of the session. The deletion is not
+        waited for: a backend that hangs would hang the cancellation.
         """
         landing = asyncio.ensure_future(write)
         try:
             return bool(await asyncio.shield(landing))
-        except asyncio.CancelledError:
+        except BaseException:
             landing.add_done_callback(functools.partial(self._drop_landed, items))
             raise
 
     def _drop_landed(self, items: dict[str, bytes], write: asyncio.Future[bool]) -> None:
-        """Deletes `items` if `write` wrote them (and each still holds what it wrote)."""
-        if write.cancelled() or write.exception() is not None or not write.result():
+        """Deletes `items` unless `write` is known not to have written them."""
+        if write.cancelled() or (write.exception() is None and not write.result()):
             return
-        deleting = asyncio.ensure_future(self._delete_each_if(items))
-        self._background.add(deleting)  # a task only weakly referenced may be collected
-        deleting.add_done_callback(self._background.discard)
-        deleting.add_done_callback(retrieve_outcome)
+        self._in_background(self._delete_each_if(items))
+
+    def _in_background(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Runs `work` as a task of its own, kept until it ends (its error retrieved)."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)  # a task only weakly referenced may be collected
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(retrieve_outcome)
+        return task
 
     async def _delete_each_if(self, items: dict[str, bytes]) -> None:
         """Deletes each of `items` that still holds its value (see `_delete_if`)."""
@@ -1119,10 +1125,7 @@ class CheckpointStore:
         for key in self._resumes.pop(session_id, []):
             if key in (lease.key, lease.fence):  # the taker's now
                 continue
-            deleting = asyncio.ensure_future(self.backend.delete(key))
-            self._background.add(deleting)  # a task only weakly referenced may be collected
-            deleting.add_done_callback(self._background.discard)
-            deleting.add_done_callback(retrieve_outcome)
+            self._in_background(self.backend.delete(key))
         # Kept for the run's writes on its way out (the steps and events whose save failed),
         # which would land over the taker's records of the same step numbers.
         self._lost[session_id] = error
@@ -1202,9 +1205,14 @@ class CheckpointStore:
         return True
 
     async def _drop_resume(self, session_id: str) -> None:
-        """Deletes the resume claim this store holds of the session (and its takeover key)."""
-        for resume_key in self._resumes.pop(session_id, []):
-            await self.backend.delete(resume_key)
+        """Deletes the resume claim this store holds of the session, its fence and takeover key.
+
+        In a task of its own: cut half way by a cancellation, it would leave the claim,
+        naming this live process, and every later resume of the session would be refused.
+        """
+        keys = self._resumes.pop(session_id, [])
+        if keys:
+            await asyncio.shield(self._in_background(self._delete_all(keys)))
 
     async def release_resume(self, session_id: str) -> bool:
         """Deletes the stored resume claims of a session; returns whether there were any.
@@ -1287,9 +1295,19 @@ class CheckpointStore:
         await self._delete_all(keys + resumes if renewing.cancelled() else keys)
 
     async def _delete_all(self, keys: Sequence[str]) -> None:
-        """Deletes `keys`, one after the other."""
+        """Deletes `keys`, one after the other, each even when one before it failed.
+
+        The first failure is raised once all were tried: a fence that could not be deleted
+        must not leave its claim behind too.
+        """
+        failures: list[Exception] = []
         for key in keys:
-            await self.backend.delete(key)
+            try:
+                await self.backend.delete(key)
+            except Exception as error:
+                failures.append(error)
+        if failures:
+            raise failures[0]
 
     async def save_steps(
         self,
@@ -2016,9 +2034,8 @@ class CheckpointStore:
         in any case, so no fork is left to resume as if whole; a stray step under no meta is
         refused by `fork`'s existence check and ignored by `load`.
         """
-        for key in keys:
-            with contextlib.suppress(Exception):
-                await self.backend.delete(key)
+        with contextlib.suppress(Exception):
+            await self._delete_all(keys)
 
     async def _drop_incomplete_fork(self, session_id: str) -> bool:
         """Deletes the records of an incomplete fork into `session_id`; whether it did.

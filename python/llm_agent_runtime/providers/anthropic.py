@@ -115,6 +115,9 @@ class _Block(BaseModel):
     id: str | None = None
     name: str | None = None
     input: dict[str, Any] | None = None
+    # A thinking block's: text, as its streamed pieces are (a reply is malformed otherwise).
+    thinking: str | None = None
+    signature: str | None = None
 
     def as_received(self) -> dict[str, Any]:
         """The block's fields as the API sent them, no more (none of the defaults)."""
@@ -532,7 +535,9 @@ class AnthropicProvider(HttpProvider):
             # Closing the events cuts a body kept open at the end.
             async with contextlib.aclosing(events):
                 async for sse in events:
-                    if sse.event == "error":  # a proxy's error event: its data may be no event
+                    # A proxy's error event (its data may be no event), or an error object
+                    # with no event type, as a gateway may send one.
+                    if sse.event == "error" or error_in_body(sse.data, _Error) is not None:
                         raise _error_event(sse.data, self._transport)
                     event = parse_json(_Event, sse.data, "Anthropic stream event")
                     kind = event.type
