@@ -8,6 +8,7 @@ import contextlib
 import contextvars
 import copy
 import dataclasses
+import datetime
 import enum
 import functools
 import json
@@ -15,12 +16,13 @@ import math
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import pydantic
 import pytest
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, Strict
 from test_runtime import react
 
 import llm_agent_runtime as ar
@@ -549,6 +551,29 @@ async def test_a_name_quoted_inside_a_generic_is_resolved_in_the_functions_modul
     # A name the module does not have is still an error naming the parameter.
     with pytest.raises(ar.ToolError, match=r"'where'.*parameter 'p'"):
         ar.tool(_annotated_as(annotate("_Nowhere")), name="where")
+
+
+class _Cat(pydantic.BaseModel):
+    kind: Literal["cat"]
+
+
+class _Dog(pydantic.BaseModel):
+    kind: Literal["dog"]
+
+
+async def test_the_react_catalog_drops_a_discriminator_mapping_to_inlined_definitions() -> None:
+    @ar.tool
+    def pet(p: Annotated[Union[_Cat, _Dog], Field(discriminator="kind")]) -> str:  # noqa: UP007
+        """Pets."""
+        return repr(p)
+
+    mapping = pet.parameters["properties"]["p"]["discriminator"]["mapping"]
+    assert mapping == {"cat": "#/$defs/_Cat", "dog": "#/$defs/_Dog"}  # sent as it is
+    infer = react("Thought: done\nAction: FINAL_ANSWER ok")
+    await ar.AgentRuntime(tools=[pet]).run_agent("a", "q", infer)
+    line = next(x for x in infer.prompts[0].splitlines() if x.startswith("- pet:"))
+    # The definitions are inlined and gone: nothing may point at them.
+    assert '"discriminator": {"propertyName": "kind"}' in line and "$defs" not in line
 
 
 def test_a_parameter_type_without_a_schema_is_a_tool_error_naming_it() -> None:
@@ -1360,11 +1385,6 @@ def _annotated_default_3_ge_10(x: Annotated[int, Field(default=3, ge=10)]) -> st
     return repr(x)
 
 
-def _strict_tuple(x: Annotated[tuple[int, int], Field(strict=True)] = (1, 2)) -> str:
-    """Takes x (a JSON array is no strict tuple: the model cannot pass the default)."""
-    return repr(x)
-
-
 @pytest.mark.parametrize(
     "fn",
     [
@@ -1373,7 +1393,6 @@ def _strict_tuple(x: Annotated[tuple[int, int], Field(strict=True)] = (1, 2)) ->
         _annotated_ge_10_default_3,
         _field_ge_10_default_3,
         _annotated_default_3_ge_10,
-        _strict_tuple,
     ],
 )
 async def test_a_default_a_call_refuses_is_not_shown_but_still_filled_in(
@@ -1386,6 +1405,16 @@ async def test_a_default_a_call_refuses_is_not_shown_but_still_filled_in(
     registry = ar.ToolRegistry([spec])
     # Omitted, it gets its default unvalidated, as from `validate_call`.
     assert await registry.call("f", {}) == (_oracle(fn), None)
+
+
+async def test_a_default_of_a_type_annotated_with_unhashable_metadata_is_shown() -> None:
+    @ar.tool
+    def wait(seconds: Annotated[int, {"unit": "s"}] = 3) -> str:
+        """Waits."""
+        return repr(seconds)
+
+    assert wait.parameters["properties"]["seconds"] == {"default": 3, "type": "integer"}
+    assert await ar.ToolRegistry([wait]).call("wait", {}) == ("3", None)
 
 
 async def test_every_default_shown_is_one_the_model_may_pass() -> None:
@@ -1409,6 +1438,52 @@ async def test_every_default_shown_is_one_the_model_may_pass() -> None:
     registry = ar.ToolRegistry([f])
     assert await registry.call("f", {"q": "x", **shown}) == ("ok", None)
     assert await registry.call("f", json.dumps({"q": "x", **shown})) == ("ok", None)
+
+
+class _StrictOrder(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(strict=True)
+    when: datetime.date
+    ids: tuple[int, int]
+
+
+async def test_strict_types_take_the_json_their_schema_asks_for() -> None:
+    @ar.tool
+    def f(
+        order: _StrictOrder,
+        day: Annotated[datetime.date, Strict()],
+        uid: Annotated[uuid.UUID, Strict()],
+        tags: Annotated[tuple[str, ...], Strict()] = (),
+        pair: Annotated[tuple[int, int], Field(strict=True)] = (1, 2),
+    ) -> str:
+        """Takes strict arguments."""
+        return repr((order, day, uid, tags, pair))
+
+    registry = ar.ToolRegistry([f])
+    day, uid = datetime.date(2024, 1, 2), uuid.UUID(int=1)
+    sent = {
+        "order": {"when": "2024-01-02", "ids": [1, 2]},
+        "day": "2024-01-02",
+        "uid": str(uid),
+        "tags": ["a"],
+        "pair": [3, 4],
+    }
+    expected = repr((_StrictOrder(when=day, ids=(1, 2)), day, uid, ("a",), (3, 4)))
+    assert await registry.call("f", sent) == (expected, None)
+    assert await registry.call("f", json.dumps(sent)) == (expected, None)
+    # Python objects (a middleware's, say) still validate in Python mode.
+    objects = {"order": _StrictOrder(when=day, ids=(1, 2)), "day": day, "uid": uid}
+    assert await registry.call("f", {**objects, "tags": ("a",), "pair": (3, 4)}) == (
+        expected,
+        None,
+    )
+    # A bad value is named, and only it: not the good JSON that Python mode refuses.
+    bad = await registry.call("f", {**sent, "day": "2024-13-02"})
+    assert bad.error_kind == "permanent"
+    assert bad.content.startswith("error: invalid arguments: day: Input should be a valid date")
+    assert "order" not in bad.content and "uid" not in bad.content
+    # So the defaults, as JSON arrays, are ones the model may pass back: they are shown.
+    properties = f.parameters["properties"]
+    assert properties["tags"]["default"] == [] and properties["pair"]["default"] == [1, 2]
 
 
 def _lookup(unit: str) -> str:

@@ -425,6 +425,17 @@ def test_a_bad_tool_spec_definition_is_a_tool_error(settings: dict[str, Any]) ->
         ar.ToolSpec("search", "d", _echo, **settings)
 
 
+@pytest.mark.parametrize("description", [None, 1, b"d"])
+def test_a_description_that_is_not_a_str_is_a_tool_error(description: Any) -> None:
+    with pytest.raises(ar.ToolError, match="description of tool 'search' must be a str") as e:
+        ar.ToolSpec("search", description, _echo)
+    assert e.value.tool == "search"
+    spec = ar.ToolSpec("search", "d", _echo)
+    with pytest.raises(ar.ToolError, match="description of tool 'search' must be a str"):
+        spec.description = description
+    assert spec.description == "d"
+
+
 def test_a_bad_timeout_is_refused_by_tool_and_when_set_later() -> None:
     with pytest.raises(ar.ToolError, match="finite number"):
         ar.tool(lambda q: q, name="t", timeout=math.nan)
@@ -440,6 +451,17 @@ async def test_good_definitions_are_still_accepted() -> None:
     assert ar.ToolSpec("t", "d", _echo, timeout=2).timeout == 2
     assert ar.ToolSpec("t", "d", _echo, parameters={"properties": {}}).parameters
     assert (await ar.ToolRegistry([spec]).call("search", {"query": "x"})).ok
+
+
+def test_a_schema_without_a_type_is_given_the_object_type() -> None:
+    parameters = {"properties": {"word": {"type": "string"}}, "required": ["word"]}
+    for spec in (
+        ar.ToolSpec("lookup", "d", _echo, parameters=parameters),
+        ar.ToolSpec("lookup", "d", _echo, parameters=parameters, required_fields=["n"]),
+    ):
+        assert spec.definition()["parameters"]["type"] == "object"  # providers require it
+        assert spec.parameters["properties"] == parameters["properties"]
+    assert "type" not in parameters  # a copy: the caller's schema stays as it was
 
 
 # --- 4. a method decorated in its class body ----------------------------------------------------

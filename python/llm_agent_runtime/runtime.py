@@ -3517,7 +3517,8 @@ def _schema_for_prompt(parameters: dict[str, Any]) -> dict[str, Any]:
 
     Local `$ref`s (`#/$defs/...`, `#/definitions/...`) are replaced by what they name, so the
     model sees nested objects, enums and `required` lists; `title`s (a name said again) are
-    dropped. A recursive reference stays a `$ref`, and `$defs` is kept for it.
+    dropped, and so is a discriminator's `mapping` (of `$ref`s to what is now inlined). A
+    recursive reference stays a `$ref`, and `$defs` is kept for it.
     """
     defs: dict[str, Any] = {}
     for section in ("$defs", "definitions"):
@@ -3547,6 +3548,9 @@ def _schema_for_prompt(parameters: dict[str, Any]) -> dict[str, Any]:
                 out[key] = [walk(sub, resolving) for sub in value]
             elif key in _SCHEMA_KEYWORDS:
                 out[key] = walk(value, resolving)
+            elif key == "discriminator" and isinstance(value, dict) and defs:
+                # Its `mapping` names `$defs` entries, inlined and gone: `propertyName` stays.
+                out[key] = {k: v for k, v in value.items() if k != "mapping"}
             else:  # a value, not a schema (`default`, `enum`, ...): as it is
                 out[key] = value
         return out

@@ -275,6 +275,15 @@ def _check_inline(name: str, run_inline: Any, timeout: Any) -> None:
         )
 
 
+def _check_description(name: str, description: Any) -> None:
+    """Raises `ToolError` unless `description` is a str (providers refuse anything else)."""
+    if not isinstance(description, str):
+        raise ToolError(
+            f"description of tool {name!r} must be a str, got {type(description).__name__}",
+            tool=name,
+        )
+
+
 def _check_handler(name: str, handler: Any) -> None:
     """Raises `ToolError` unless `handler` is callable and not a generator function."""
     if not callable(handler):
@@ -350,7 +359,9 @@ class ToolSpec:
     A `ToolSpec` made by hand checks only that the schema's required arguments are there:
     the types, ranges and enums of `parameters` are shown to the model, not enforced, so the
     handler checks its values itself. `@tool` validates every argument against the function's
-    type hints (a wrong one is a `permanent` observation, the handler not called).
+    type hints (a wrong one is a `permanent` observation, the handler not called), as
+    pydantic's JSON mode would when its Python mode refuses them (a strict `date` takes an
+    ISO string, as the schema asks).
 
     Arguments are a dict; a string holding a JSON object is taken for that object. Another
     bare value is taken for the only required argument when there is exactly one; for a tool
@@ -374,7 +385,8 @@ class ToolSpec:
             other than `FINAL_ANSWER` in any letter case (the final answer's action).
         description: What the tool does, shown to the model.
         handler: `dict -> result`, sync or async.
-        parameters: JSON schema of the arguments object.
+        parameters: JSON schema of the arguments object (a copy given `"type": "object"`
+            when it has no "type").
         required_fields: Argument names that must be present (added to the schema's
             `required`, in a copy of `parameters`).
         timeout: Seconds a call may take before it fails as `transient`.
@@ -392,12 +404,12 @@ class ToolSpec:
 
     Raises:
         ToolError: When the name is empty, not a valid tool name, or `FINAL_ANSWER` in any
-            letter case (reserved for the final answer); the handler is not callable, or
-            is a generator function; `parameters` is not a dict holding an
-            object's schema, or names an argument other than by 1 to 64 ASCII letters,
-            digits, '_', '.' or '-'; `required_fields` is a str, not names; the timeout is
-            not a finite number above 0; or `run_inline` comes with a timeout. A handler,
-            timeout or `run_inline` set later is checked too.
+            letter case (reserved for the final answer); the description is not a str;
+            the handler is not callable, or is a generator function; `parameters` is not a
+            dict holding an object's schema, or names an argument other than by 1 to 64
+            ASCII letters, digits, '_', '.' or '-'; `required_fields` is a str, not names;
+            the timeout is not a finite number above 0; or `run_inline` comes with a
+            timeout. A description, handler, timeout or `run_inline` set later is checked too.
     """
 
     __slots__ = (
@@ -432,6 +444,7 @@ class ToolSpec:
         takes_idempotency_key: bool = False,
     ) -> None:
         _check_name(name)
+        _check_description(name, description)
         _check_handler(name, handler)
         _check_timeout(name, timeout)
         if parameters is not None:
@@ -450,6 +463,8 @@ class ToolSpec:
             )
         _check_inline(name, run_inline, timeout)
         schema = parameters or {"type": "object", "properties": {}}
+        if "type" not in schema:  # taken for an object, but providers want it said (a copy)
+            schema = {"type": "object", **schema}
         declared = list(schema.get("required", ()))
         added = [f for f in dict.fromkeys(fields) if f not in declared]
         if added:  # a copy: the caller's schema stays as it was
@@ -533,6 +548,8 @@ class ToolSpec:
             _check_inline(getattr(self, "name", "?"), getattr(self, "run_inline", None), value)
         elif name == "run_inline":
             _check_inline(getattr(self, "name", "?"), value, getattr(self, "timeout", None))
+        elif name == "description":
+            _check_description(getattr(self, "name", "?"), value)
         elif name == "handler":
             _check_handler(getattr(self, "name", "?"), value)
             # A sync handler set in place of an async one runs in a thread, and vice versa.
@@ -1480,7 +1497,9 @@ def _schema_and_check(
     about half the validation again): `ToolRegistry.call` sees that the checked dict is
     smaller than the arguments and runs the full check. A validator that adds defaults, or
     one whose arguments hold dataclasses or TypedDicts (which take its `extra` setting, so
-    that a key dropped inside one would go unnoticed), is used as both.
+    that a key dropped inside one would go unnoticed), is used as both. Both validate in
+    Python mode; the full check, which runs when the fast one fails, then tries JSON mode
+    (see `_json_mode_fallback`), so strict types take the JSON their schema asks for.
     """
     extra: Literal["allow", "forbid"] = "allow" if has_var_keyword else "forbid"
     namespace: dict[str, Any] = {"model_config": ConfigDict(extra=extra)}
@@ -1494,24 +1513,59 @@ def _schema_and_check(
     make_typed_dict: Any = TypedDict  # a TypedDict made at run time: mypy cannot check it
     typed = make_typed_dict(f"{tool_name}_args", typed_fields)
     typed.__pydantic_config__ = ConfigDict(extra=extra)
-    validate: Callable[[Any], dict[str, Any]] = TypeAdapter(typed).validator.validate_python
+    adapter = TypeAdapter(typed)
+    validate: Callable[[Any], dict[str, Any]] = adapter.validator.validate_python
+    full = _json_mode_fallback(adapter)
     if not has_var_keyword:
         if fills_defaults or _refuses_extra_inside(schema):
-            return schema, validate, validate
+            return schema, validate, full
         lenient = make_typed_dict(f"{tool_name}_args", typed_fields)
         lenient.__pydantic_config__ = ConfigDict(extra="ignore")
-        return schema, TypeAdapter(lenient).validator.validate_python, validate
-    validate_extra = TypeAdapter(dict[str, var_keyword]).validator.validate_python
+        return schema, TypeAdapter(lenient).validator.validate_python, full
+    extra_adapter = TypeAdapter(dict[str, var_keyword])
     known = frozenset(typed_fields)
 
-    def check(arguments: Any) -> dict[str, Any]:
-        checked = validate(arguments)
-        extra_args = {k: v for k, v in checked.items() if k not in known}
-        if extra_args:
-            checked.update(validate_extra(extra_args))
-        return checked
+    def checker(
+        validate: Callable[[Any], dict[str, Any]], validate_extra: Callable[[Any], Any]
+    ) -> Callable[[Any], dict[str, Any]]:
+        def check(arguments: Any) -> dict[str, Any]:
+            checked = validate(arguments)
+            extra_args = {k: v for k, v in checked.items() if k not in known}
+            if extra_args:
+                checked.update(validate_extra(extra_args))
+            return checked
 
-    return schema, check, check
+        return check
+
+    fast = checker(validate, extra_adapter.validator.validate_python)
+    return schema, fast, checker(full, _json_mode_fallback(extra_adapter))
+
+
+def _json_mode_fallback(adapter: TypeAdapter[Any]) -> Callable[[Any], Any]:
+    """`adapter`'s validation in Python mode, then, when that fails, in JSON mode.
+
+    The model sends JSON: a strict type (`ConfigDict(strict=True)`, `Strict()`) refuses in
+    Python mode the ISO date, UUID string or array (for a tuple) that its own schema asks
+    for, and takes them in JSON mode. Python mode goes first: it takes the Python objects a
+    middleware may have put in the arguments (which JSON cannot encode: its error stands).
+    When both fail, JSON mode's error is raised: it names what is wrong with the JSON sent.
+    """
+    validate_python = adapter.validator.validate_python
+    validate_json = adapter.validator.validate_json
+
+    def validate(arguments: Any) -> Any:
+        try:
+            return validate_python(arguments)
+        except ValidationError:
+            try:
+                text = json.dumps(arguments)
+            except (TypeError, ValueError, RecursionError):
+                text = None
+            if text is None:
+                raise  # the Python-mode error
+            return validate_json(text)
+
+    return validate
 
 
 def _merged_field(tool_name: str, pname: str, annotation: Any, default: Any) -> FieldInfo:
@@ -1573,7 +1627,9 @@ def _drop_refused_defaults(
             del prop["default"]  # still optional: omitted, it gets the function's default
         if "default" in prop and pname in field_types:
             value, kind = prop["default"], field_types[pname]
-            if not (kind in _PLAIN_TYPES and type(value) is kind):
+            # `type(value) is kind` first: `kind` may be an `Annotated` whose metadata (a
+            # dict, say) cannot be hashed for the set lookup.
+            if not (type(value) is kind and kind in _PLAIN_TYPES):
                 shown[pname] = (key, kind, value)
     refused = _refused_values(tool_name, shown, validate)
     validated = {
@@ -1616,7 +1672,7 @@ def _refused_values(
         typed = make_typed_dict(f"{tool_name}_defaults", types)
         typed.__pydantic_config__ = ConfigDict(extra="ignore")
         try:
-            validate = TypeAdapter(typed).validator.validate_python
+            validate = _json_mode_fallback(TypeAdapter(typed))  # as a call checks them
         except Exception:  # not expected: the tool's own validator takes the same types
             return set()
     keys = {key for key, _, _ in fields.values()}
