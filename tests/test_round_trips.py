@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,3 +79,22 @@ def test_episodic_floats_survive_json_exactly(
             assert bits(theirs.importance) == bits(ours.importance)
             assert bits(theirs.created_at) == bits(ours.created_at)
             assert theirs.last_recalled_at == ours.last_recalled_at
+
+
+class _NoText:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_a_value_whose_str_fails_is_a_persistence_error_not_a_bare_one() -> None:
+    # `default=str` let the value's own error out, untyped, of to_json and of checkpoints.
+    from llm_agent_runtime.persistence.codec import encode
+
+    session = ar.AgentSession(session_id="s", agent_id="a")
+    session.steps.append(ar.Step("t", "tool", {"x": _NoText()}, "ok"))
+    with pytest.raises(ar.PersistenceError, match=r"str\(\) failed: RuntimeError\('no text'\)"):
+        session.to_json()
+    with pytest.raises(ar.PersistenceError, match=r"str\(\) failed"):
+        encode("step", {"value": _NoText()})
+    with pytest.raises(ar.PersistenceError, match=r"str\(\) failed"):
+        encode("step", {_NoText(): 1})  # a key JSON has no form for

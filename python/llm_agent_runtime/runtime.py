@@ -2335,10 +2335,26 @@ class AgentRuntime:
             raise PersistenceError(f"final checkpoint failed: {error}", key=key) from error
 
     async def _journal_of_next_step(self, session: AgentSession) -> list[dict[str, Any]]:
-        """The running run's journal entries of the session's next step (none of another run)."""
+        """The running run's journal entries of the session's next step (none of another run).
+
+        Raises:
+            PersistenceError: An entry lacks what a resume reads of it (see `_entry_problem`).
+        """
         assert self._checkpoints is not None
         run = self._durable_runs[session.session_id].run
-        return await self._checkpoints.load_journal(session.session_id, session.step_count + 1, run)
+        step = session.step_count + 1
+        entries = await self._checkpoints.load_journal(session.session_id, step, run)
+        for entry in entries:
+            problem = _entry_problem(entry)
+            if problem is not None:
+                from llm_agent_runtime.persistence.base import session_key
+
+                # Its key, if its index says it; else the prefix of the step's entries.
+                index = entry.get("index")
+                key = f"{session_key(session.session_id)}:call:{step}:"
+                key += str(index) if type(index) is int else ""
+                raise PersistenceError(f"journal entry of step {step} {problem}", key=key)
+        return entries
 
     async def _durable_call(
         self,
@@ -3251,6 +3267,34 @@ def _check_cost(usage: Usage) -> None:
         )
 
 
+def _entry_problem(entry: dict[str, Any]) -> str | None:
+    """What a journal entry lacks of what a resume reads of it; None when it has it all.
+
+    An entry holds its step's model reply (ReAct) or round (its text and calls, and the
+    call's index in it); a settled one's outcome is checked as it is read (`_journaled_run`).
+    """
+    if "reply" in entry:
+        if not isinstance(entry["reply"], str):
+            return "field 'reply' must be a string"
+    elif "round" in entry:
+        saved = entry["round"]
+        if not (
+            isinstance(saved, dict)
+            and isinstance(saved.get("text"), str)
+            and isinstance(saved.get("calls"), list)
+            and all(isinstance(call, dict) for call in saved["calls"])
+        ):
+            return "field 'round' must be an object with a 'text' string and a 'calls' list"
+        index = entry.get("index")
+        if not (type(index) is int and 0 <= index < len(saved["calls"])):
+            return f"field 'index' must be a call of its round, got {index!r:.40}"
+    else:
+        return "holds neither its step's 'reply' nor its 'round'"
+    if entry.get("state", "intent") not in ("intent", "done"):
+        return f"state {entry['state']!r:.40} is unknown"
+    return None
+
+
 def _journaled_usage(entry: dict[str, Any]) -> Usage | None:
     """The token counts a journal entry (a reply or a round) records, None without them."""
     tokens = entry.get("tokens")
@@ -3283,9 +3327,26 @@ def _journaled_calls(calls: list[dict[str, Any]]) -> list[ToolCall]:
 
 
 def _journaled_run(entry: dict[str, Any], name: str, arguments: Any) -> ToolRun:
-    """The run of a tool call whose outcome is journaled (it ran, or was settled by hand)."""
+    """The run of a tool call whose outcome is journaled (it ran, or was settled by hand).
+
+    Raises:
+        PersistenceError: The entry holds no outcome of a call (an observation string, a
+            known error kind, and the call that ran, if it says).
+    """
+    observation, error_kind = entry.get("observation"), entry.get("error_kind")
     ran = entry.get("ran") or (entry.get("tool", name), entry.get("arguments", arguments))
-    return Observation(entry["observation"], entry["error_kind"]), 0.0, ran[0], ran[1]
+    if not (
+        isinstance(observation, str)
+        and error_kind in (None, *_ERROR_KINDS)
+        and isinstance(ran, list | tuple)
+        and len(ran) == 2
+        and isinstance(ran[0], str)
+    ):
+        raise PersistenceError(
+            f"the journaled outcome of tool call {name!r} is malformed: it needs an "
+            "'observation' string, a known 'error_kind' and, if any, a [tool, arguments] 'ran'"
+        )
+    return Observation(observation, error_kind), 0.0, ran[0], ran[1]
 
 
 def _incomplete_reply(stop_reason: str, what: str, text: str = "") -> AgentLoopError:

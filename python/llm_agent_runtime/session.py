@@ -247,21 +247,23 @@ class AgentSession:
         As a checkpoint record does: a value JSON has no type for becomes its `str`, and so
         does a float it has no number for (a NaN or an infinity in a step's `action_input`,
         say: `"nan"`, `"inf"`); a dict key that is an int, float, bool or None becomes a
-        string; any other key is refused, not renamed. `from_json` gives the session back
-        with those values as the strings they became (a timing field's as its float again).
+        string; any other key is refused, not renamed (a checkpoint record writes such a key
+        as its `str` instead). `from_json` gives the session back with those values as the
+        strings they became (a timing field's as its float again).
 
         Raises:
             PersistenceError: When a dict key (in a step's `action_input`, say) is not a str,
-                int, float, bool or None, such as a tuple, or the session holds itself, nests
-                too deeply to encode, or holds an int past Python's limit of digits for a
-                conversion to text. Checkpointing the same session fails too.
+                int, float, bool or None, such as a tuple, or a value's `str` fails, or the
+                session holds itself, nests too deeply to encode, or holds an int past
+                Python's limit of digits for a conversion to text (checkpointing the session
+                fails then too).
         """
         data = self.to_dict()
         try:
             try:
-                return json.dumps(data, default=str, allow_nan=False)
+                return json.dumps(data, default=json_text, allow_nan=False)
             except ValueError:  # a NaN or an infinity, which strict JSON has no number for
-                return json.dumps(finite_floats(data), default=str, allow_nan=False)
+                return json.dumps(finite_floats(data), default=json_text, allow_nan=False)
         # `default` covers values, never keys; a ValueError left is no NaN's (an int too
         # long to write, a circular reference).
         except (TypeError, ValueError) as error:
@@ -468,6 +470,20 @@ def _plain_copy(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(map(_plain_copy, value))
     return copy.deepcopy(value)
+
+
+def json_text(value: Any) -> str:
+    """The text JSON writes for a value it has no form for: its `str`.
+
+    Raises:
+        TypeError: Its `str` failed (the encoders turn this into a `PersistenceError`).
+    """
+    try:
+        return str(value)
+    except Exception as error:
+        raise TypeError(
+            f"a {type(value).__name__} has no JSON form, and its str() failed: {error!r:.200}"
+        ) from error
 
 
 def finite_floats(value: Any) -> Any:

@@ -3,6 +3,7 @@ asked for, the event log's contents, and strict JSON in every record."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -289,3 +290,131 @@ async def test_no_record_holds_a_nan_or_an_infinity() -> None:
     loaded = await ar.AgentSession.load_checkpoint(backend, session.session_id)
     assert loaded.steps[0].action_input == {"x": "nan", "y": "inf"}
     assert b"NaN" in encode("step", {"x": float("nan")})  # the codec alone would write it
+
+
+# ------------------------------------------------------------------ malformed journal entries
+class _Hang:
+    """A tool whose call `i == 1` waits until `release` (the process dies meanwhile)."""
+
+    def __init__(self) -> None:
+        self.release = False
+
+    async def __call__(self, args: dict[str, Any]) -> str:
+        while args.get("i") == 1 and not self.release:
+            await asyncio.sleep(0.01)
+        return "ok"
+
+
+async def _interrupted_round() -> tuple[ar.InMemoryBackend, str, ar.ToolSpec]:
+    """A tools-mode session whose round of two calls was cut off during its second call."""
+    hang = _Hang()
+    tool = ar.ToolSpec("t", "waits", hang)
+    backend = ar.InMemoryBackend()
+    calls = [ToolCall("c0", "t", {"i": 0}), ToolCall("c1", "t", {"i": 1})]
+    round1 = ChatResponse(tool_calls=calls, usage=Usage(1, 1), stop_reason="tool_calls")
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=[tool], checkpoint_backend=backend
+    )
+    session = runtime.create_session("a")
+    run = asyncio.ensure_future(
+        runtime.run_agent_with_provider("a", "go", ar.ScriptedProvider([round1]), session=session)
+    )
+    while len(await backend.list_keys(f"session:{session.session_id}:call:1:")) < 2:
+        await asyncio.sleep(0.01)
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
+    hang.release = True
+    return backend, session.session_id, tool
+
+
+@pytest.mark.parametrize(
+    ("index", "entry", "unreadable"),
+    [
+        (1, None, True),
+        (1, [], True),
+        (1, {"state": "intent", "run": 7, "round": {"text": "", "calls": []}}, True),
+        (0, {"state": "bogus", "round": {"text": "", "calls": [{}]}, "index": 0}, False),
+        (1, {"state": "intent"}, False),  # neither the round nor the reply
+        (0, {"state": "done"}, False),  # no outcome either
+    ],
+    ids=["null", "list", "run-not-a-string", "unknown-state", "no-round", "no-outcome"],
+)
+async def test_a_journal_entry_of_the_wrong_shape_is_a_persistence_error_naming_it(
+    index: int, entry: Any, unreadable: bool
+) -> None:
+    # A bare TypeError, KeyError or AttributeError came out of resume and settle_call, and
+    # an entry whose run was not a string was taken for another run's: its call ran again.
+    backend, session_id, tool = await _interrupted_round()
+    key = f"session:{session_id}:call:1:{index}"
+    await backend.save(key, encode("call", entry))
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=[tool], checkpoint_backend=backend
+    )
+    done = ChatResponse(text="done", usage=Usage(1, 1), stop_reason="stop")
+    with pytest.raises(ar.PersistenceError) as caught:
+        await runtime.resume(session_id, ar.ScriptedProvider([done]))
+    if unreadable:  # not an entry at all: every reader of the step's journal says so
+        assert caught.value.key == key
+        with pytest.raises(ar.PersistenceError, match="journal entry") as caught:
+            await runtime.settle_call(session_id, 1, 1, "ok")
+        assert caught.value.key == key
+    elif "index" in entry:
+        assert caught.value.key == key
+    else:  # an entry with no index of its own is named by its step's prefix
+        assert caught.value.key == f"session:{session_id}:call:1:"
+
+
+@pytest.mark.parametrize("with_meta", [False, True])
+async def test_a_final_checkpoint_holding_null_is_a_corrupt_record_not_none(
+    with_meta: bool,
+) -> None:
+    # Read as no final checkpoint at all: a bare AssertionError without a meta record, and
+    # with one the session loaded from its steps as if it had not finished.
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(tools=[add], checkpoint_backend=backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_agent(
+        "a", "q", _replies("Thought: t\nAction: FINAL_ANSWER 4"), session=session
+    )
+    if not with_meta:
+        await backend.delete("session:s:meta")
+    await backend.save("session:s", encode("session", None))
+    with pytest.raises(ar.PersistenceError, match="holds no 'session'") as caught:
+        await ar.AgentSession.load_checkpoint(backend, "s")
+    assert caught.value.key == "session:s"
+
+
+def _replies(*replies: str) -> Any:
+    queue = list(replies)
+
+    async def infer(prompt: str) -> str:
+        return queue.pop(0)
+
+    return infer
+
+
+def test_a_final_answer_step_record_must_hold_its_answer_as_text() -> None:
+    # It loaded, and a resume then saved a final checkpoint with a list as its answer, which
+    # no later load took back.
+    data = record("FINAL_ANSWER").to_dict()
+    data["step"]["action_input"] = [4, 2]
+    with pytest.raises(ar.PersistenceError, match="final answer must hold it as a string"):
+        StepRecord.from_dict(data)
+    data["step"]["action"] = "add"  # a tool call's input may be anything JSON holds
+    assert StepRecord.from_dict(data).step.action_input == [4, 2]
+
+
+async def test_a_meta_record_whose_history_holds_no_session_message_is_refused() -> None:
+    # A history of messages a session refuses ("robot") was taken in, then saved into a
+    # final checkpoint that no later load took back.
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(tools=[add], checkpoint_backend=backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_turn(session, "q", _replies("Thought: t\nAction: FINAL_ANSWER 4"))
+    await backend.delete("session:s")  # interrupted, as it were, before its final checkpoint
+    meta = json.loads((await backend.load("session:s:meta") or b"").split(b"\n", 1)[1])
+    meta["history"] = [{"role": "robot", "content": "hi"}]
+    await backend.save("session:s:meta", encode("meta", meta))
+    with pytest.raises(ar.PersistenceError, match="a list of messages 'history'") as caught:
+        await ar.AgentSession.load_checkpoint(backend, "s")
+    assert caught.value.key == "session:s:meta"

@@ -79,7 +79,7 @@ from llm_agent_runtime.persistence.base import (
     step_key,
 )
 from llm_agent_runtime.persistence.codec import decode, encode, record_kind
-from llm_agent_runtime.session import AgentSession, Step, finite_floats
+from llm_agent_runtime.session import AgentSession, Step, finite_floats, message_problem
 
 __all__ = [
     "CheckpointStore",
@@ -250,7 +250,11 @@ class StepRecord:
                 "'arguments', or null"
             )
         fields["step"] = Step.from_dict(fields["step"])
-        return cls(**fields)
+        record = cls(**fields)
+        if record.is_final and not isinstance(record.step.action_input, str):
+            # It is the session's final answer, which a final checkpoint must hold as text.
+            raise PersistenceError("step record of a final answer must hold it as a string")
+        return record
 
 
 _RECORD_FIELDS = frozenset(
@@ -395,6 +399,34 @@ def _step_record(data: Any, key: str) -> StepRecord:
         raise PersistenceError(str(error.args[0]), key=key) from error
 
 
+_JOURNAL_FIELDS: dict[str, type] = {"run": str, "key": str, "tool": str, "observation": str}
+"""Journal entry fields read back as they are, and the type each must have when present."""
+
+
+def _journal_entry(raw: bytes, key: str) -> dict[str, Any]:
+    """The journal entry stored under `key`.
+
+    Raises:
+        PersistenceError: The record is not a journal entry: not an object, or a field the
+            runtime acts on of another type. A `run` that is not a string would make the
+            entry another run's, and its call run again; others would fail later, untyped.
+    """
+    entry = decode(raw, key, "call")
+    if not isinstance(entry, dict):
+        raise PersistenceError(
+            f"journal entry must be an object, got {type(entry).__name__}", key=key
+        )
+    for name, kind in _JOURNAL_FIELDS.items():
+        value = entry.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise PersistenceError(
+                f"journal entry field {name!r} must be a {kind.__name__}, got "
+                f"{type(value).__name__}",
+                key=key,
+            )
+    return entry
+
+
 def _digest(raw: bytes) -> str:
     """The digest that names a record in another key or record: its SHA-256, in hex."""
     return hashlib.sha256(raw).hexdigest()
@@ -411,11 +443,12 @@ def _is_count(value: Any) -> bool:
 
 
 def _is_history(value: Any) -> bool:
-    """Whether `value` is a chat history: a list of dicts with a string role and content."""
-    return isinstance(value, list) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-        for m in value
-    )
+    """Whether `value` is a chat history: a list of a session's messages (`message_problem`).
+
+    Checked as the final checkpoint checks the session's own: a history a resume took in
+    would otherwise be saved into a final checkpoint that no load takes back.
+    """
+    return isinstance(value, list) and all(message_problem(m) is None for m in value)
 
 
 def is_stale_entry(entry: dict[str, Any], run: str | None) -> bool:
@@ -1414,9 +1447,8 @@ class CheckpointStore:
             raise
         except Exception as error:  # a backend's own error, typed for the caller
             raise PersistenceError(f"journal entry not written: {error}", key=key) from error
-        found = decode(raw, key, "call") if raw is not None else None
-        # Gone meanwhile (pruned), or not an entry: a call that may have run.
-        return found if isinstance(found, dict) else {"state": "intent"}
+        # Gone meanwhile (pruned): a call that may have run.
+        return _journal_entry(raw, key) if raw is not None else {"state": "intent"}
 
     async def _event_items(self, session_id: str, events: Iterable[Any]) -> dict[str, bytes]:
         events = list(events)
@@ -1508,7 +1540,8 @@ class CheckpointStore:
         if claim_raw is not None and record_kind(claim_raw) == "meta":
             meta_key, meta_raw = claim_key, claim_raw
         final = decode(final_raw, base_key, "session") if final_raw is not None else None
-        saved = _final_session(final, base_key) if final is not None else None
+        # A record there that holds no session (`null` too) is a corrupt one, not none.
+        saved = _final_session(final, base_key) if final_raw is not None else None
         if meta_raw is not None:
             meta = decode(meta_raw, meta_key, "meta")
             if not (
@@ -1630,8 +1663,8 @@ class CheckpointStore:
         prefix = f"{session_key(session_id)}:call:{step}:"
         keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
         values = await self.backend.batch_load(keys)
-        entries = [decode(values[k], k, "call") for k in keys if k in values]
-        return [e for e in entries if not (isinstance(e, dict) and is_stale_entry(e, run))]
+        entries = [_journal_entry(values[k], k) for k in keys if k in values]
+        return [e for e in entries if not is_stale_entry(e, run)]
 
     async def current_run(self, session_id: str) -> str | None:
         """The id of the session's latest run (its meta record's), None without one."""

@@ -12,6 +12,7 @@ import zlib
 from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.session import json_text
 
 __all__ = ["FORMAT_VERSION", "decode", "encode", "record_kind"]
 
@@ -20,7 +21,7 @@ _MAGIC = b"llm-agent-runtime/"
 
 
 # One encoder for every record: `json.dumps` with options builds a new one per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=json_text)
 
 
 def encode(kind: str, payload: Any) -> bytes:
@@ -98,7 +99,7 @@ def _refuse_keys_written_alike(mapping: dict[Any, Any]) -> None:
         elif isinstance(key, _JSON_KEYS):
             name = key if isinstance(key, str) else _ENCODER.encode(key)
         else:
-            name = str(key)
+            name = json_text(key)
         if name in written:
             raise PersistenceError(
                 f"two dict keys are both written {name!r} in JSON: one would be lost"
@@ -109,12 +110,12 @@ def _refuse_keys_written_alike(mapping: dict[Any, Any]) -> None:
 def _str_keys(value: Any) -> Any:
     """`value` with every dict key JSON has no form for as its `str`, nested ones too.
 
-    As `default=str` does for other values.
+    As `json_text` does for other values.
     """
     if isinstance(value, dict):
         _refuse_keys_written_alike(value)
         return {
-            key if isinstance(key, _JSON_KEYS) else str(key): _str_keys(item)
+            key if isinstance(key, _JSON_KEYS) else json_text(key): _str_keys(item)
             for key, item in value.items()
         }
     if isinstance(value, (list, tuple)):
