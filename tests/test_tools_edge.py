@@ -1621,3 +1621,31 @@ def test_sync_tools_that_run_sub_agents_with_sync_tools_do_not_starve() -> None:
         return await asyncio.wait_for(asyncio.gather(*(one(x) for x in range(workers))), 30)
 
     assert asyncio.run(all_runs()) == [str(x) for x in range(workers)]
+
+
+class _Forecast:
+    """A result with no JSON form: shown by its `str`."""
+
+    def __str__(self) -> str:
+        return "Weather: sunny\nWind: 5 km/h"
+
+
+async def test_a_result_with_no_json_form_is_shown_by_its_text_not_quoted() -> None:
+    # Its `str` went out as a JSON string: quoted, its line breaks as `\n`.
+    assert await _rendered(_Forecast()) == "Weather: sunny\nWind: 5 km/h"
+    assert await _rendered(datetime.datetime(2024, 1, 2, 3, 4)) == "2024-01-02 03:04:00"
+    assert await _rendered([_Forecast()]) == '["Weather: sunny\\nWind: 5 km/h"]'  # inside: JSON
+
+
+@pytest.mark.parametrize(
+    "result",
+    [{101: 5, "101": 0}, {None: 1, "null": 2}, [{"x": {1: "a", "1": "b"}}]],
+    ids=["int-and-str", "none-and-null", "nested"],
+)
+async def test_dict_keys_json_writes_alike_show_the_result_by_its_text(result: object) -> None:
+    # `json` wrote both keys ('{"101": 5, "101": 0}'): whoever read it kept one value.
+    assert await _rendered(result) == str(result)
+
+
+async def test_dict_keys_that_are_not_str_but_apart_once_written_stay_json() -> None:
+    assert await _rendered({1: "a", 2: "b", None: "c"}) == '{"1": "a", "2": "b", "null": "c"}'

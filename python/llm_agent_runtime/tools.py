@@ -1797,9 +1797,13 @@ def _render(result: Any) -> str:
         raise TypeError("the tool returned a generator; return a list instead")
     if isinstance(result, float) and not math.isfinite(result):  # as a float is shown: `nan`
         return str(result)
+    if not _written_as_json(result):  # its text, not that text as a quoted JSON string
+        return str(result)
     try:
         try:
             text = _JSON.encode(result)
+            if _has_keys_made_text(result):  # two of them may be made the same text
+                text = _JSON.encode(_with_json_keys(result, set()))
         except (TypeError, ValueError):  # a dict key `json` refuses (an enum), or a NaN
             text = _JSON.encode(_with_json_keys(result, set()))
     except (TypeError, ValueError, RecursionError):  # not JSON, a cycle, or nested too deep
@@ -1808,6 +1812,41 @@ def _render(result: Any) -> str:
         # A lone surrogate (say, from `os.fsdecode`) has no UTF-8 form: JSON escapes it.
         text = _SURROGATE.sub(_escape_surrogate, text)
     return text
+
+
+def _written_as_json(value: Any) -> bool:
+    """Whether JSON writes `value` as a structure or a number, not as its quoted `str`.
+
+    See `_json_default`, which writes what `json` cannot itself.
+    """
+    return (
+        value is None
+        or isinstance(value, (dict, list, tuple, int, float, set, frozenset, BaseModel, enum.Enum))
+        or (dataclasses.is_dataclass(value) and not isinstance(value, type))
+        or callable(getattr(value, "tolist", None))
+    )
+
+
+def _has_keys_made_text(value: Any) -> bool:
+    """Whether a dict in `value` (nested in dicts, lists and tuples) has a key that is no str.
+
+    `json` writes such a key as text itself (`1` as "1", `None` as "null"): two keys of one
+    dict may then be written alike, and one of them lost to whoever reads the JSON.
+    """
+    pending = [value]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, dict):
+            if any(type(key) is not str for key in current):
+                return True
+            pending.extend(v for v in current.values() if isinstance(v, (dict, list, tuple)))
+        else:
+            pending.extend(v for v in current if isinstance(v, (dict, list, tuple)))
+    return False
 
 
 def _with_json_keys(value: Any, within: set[int]) -> Any:
