@@ -1844,7 +1844,7 @@ def _has_keys_made_text(value: Any) -> bool:
             if any(type(key) is not str for key in current):
                 return True
             pending.extend(v for v in current.values() if isinstance(v, (dict, list, tuple)))
-        else:
+        elif isinstance(current, (list, tuple)):  # not a model or an array: not walked
             pending.extend(v for v in current if isinstance(v, (dict, list, tuple)))
     return False
 
