@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -484,6 +485,32 @@ def json_text(value: Any) -> str:
         raise TypeError(
             f"a {type(value).__name__} has no JSON form, and its str() failed: {error!r:.200}"
         ) from error
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def dicts_with_keys_made_text(value: Any) -> Iterator[dict[Any, Any]]:
+    """Each dict in `value` (or nested in its dicts, lists and tuples) with a key no str.
+
+    JSON writes such a key as text (`1` as "1", `None` as "null"), so two keys of such a
+    dict may be written alike, and one lost. The others cost one check a key. Values that
+    are not containers (most of a record) are skipped at once; a container that holds
+    itself is walked once.
+    """
+    pending = [value]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, dict):
+            if any(type(key) is not str for key in current):
+                yield current
+            pending.extend([v for v in current.values() if type(v) not in _SCALARS])
+        elif isinstance(current, (list, tuple)):
+            pending.extend([v for v in current if type(v) not in _SCALARS])
 
 
 def finite_floats(value: Any) -> Any:

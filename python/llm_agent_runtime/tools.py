@@ -54,6 +54,7 @@ from llm_agent_runtime.errors import (
 )
 from llm_agent_runtime.orchestration._calls import is_async_callable
 from llm_agent_runtime.orchestration._checks import names_repr, safe_repr
+from llm_agent_runtime.session import dicts_with_keys_made_text
 
 if TYPE_CHECKING:  # a breaker is the user's; the tool only calls it
     from llm_agent_runtime.orchestration.circuit_breaker import CircuitBreaker
@@ -1802,7 +1803,8 @@ def _render(result: Any) -> str:
     try:
         try:
             text = _JSON.encode(result)
-            if _has_keys_made_text(result):  # two of them may be made the same text
+            # A dict key json makes text itself: two may be made the same text.
+            if next(dicts_with_keys_made_text(result), None) is not None:
                 text = _JSON.encode(_with_json_keys(result, set()))
         except (TypeError, ValueError):  # a dict key `json` refuses (an enum), or a NaN
             text = _JSON.encode(_with_json_keys(result, set()))
@@ -1825,28 +1827,6 @@ def _written_as_json(value: Any) -> bool:
         or (dataclasses.is_dataclass(value) and not isinstance(value, type))
         or callable(getattr(value, "tolist", None))
     )
-
-
-def _has_keys_made_text(value: Any) -> bool:
-    """Whether a dict in `value` (nested in dicts, lists and tuples) has a key that is no str.
-
-    `json` writes such a key as text itself (`1` as "1", `None` as "null"): two keys of one
-    dict may then be written alike, and one of them lost to whoever reads the JSON.
-    """
-    pending = [value]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, dict):
-            if any(type(key) is not str for key in current):
-                return True
-            pending.extend(v for v in current.values() if isinstance(v, (dict, list, tuple)))
-        elif isinstance(current, (list, tuple)):  # not a model or an array: not walked
-            pending.extend(v for v in current if isinstance(v, (dict, list, tuple)))
-    return False
 
 
 def _with_json_keys(value: Any, within: set[int]) -> Any:

@@ -12,7 +12,7 @@ import zlib
 from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
-from llm_agent_runtime.session import json_text
+from llm_agent_runtime.session import dicts_with_keys_made_text, json_text
 
 __all__ = ["FORMAT_VERSION", "decode", "encode", "record_kind"]
 
@@ -52,35 +52,14 @@ def encode(kind: str, payload: Any) -> bytes:
 _JSON_KEYS = (str, int, float, bool, type(None))
 
 
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
 def _check_written_keys(value: Any) -> None:
     """Raises when a dict in `value` (nested ones too) has two keys JSON writes alike.
-
-    Only a dict with a key that is not a `str` can (`1` and `"1"` are both written "1"):
-    the others cost one check a key. Values that are not containers (most of a record) are
-    skipped at once; a container that holds itself is walked once (the encoder refuses it).
 
     Raises:
         PersistenceError: Two keys of one dict are written alike.
     """
-    pending = [value]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        kind = type(current)
-        if kind is dict or isinstance(current, dict):
-            for key in current:
-                if type(key) is not str:
-                    _refuse_keys_written_alike(current)
-                    break
-            pending.extend([v for v in current.values() if type(v) not in _SCALARS])
-        elif kind is list or kind is tuple or isinstance(current, (list, tuple)):
-            pending.extend([v for v in current if type(v) not in _SCALARS])
+    for mapping in dicts_with_keys_made_text(value):
+        _refuse_keys_written_alike(mapping)
 
 
 def _refuse_keys_written_alike(mapping: dict[Any, Any]) -> None:
