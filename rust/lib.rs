@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod react;
 pub mod sync;
 pub mod vector;
+pub mod walk;
 
 use pyo3::prelude::*;
 
@@ -42,6 +43,8 @@ mod _core {
     use crate::react::{parse_react_step, PyReActStep};
     #[pymodule_export]
     use crate::vector::PyVectorIndex;
+    #[pymodule_export]
+    use crate::walk::dicts_with_keys_made_text;
 
     use pyo3::prelude::*;
 

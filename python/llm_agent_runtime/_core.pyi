@@ -58,6 +58,15 @@ class ReActStep:
     def __eq__(self, value: object, /) -> bool:
         """Equal thought, action, input and final answer (wherever the steps end)."""
 
+def dicts_with_keys_made_text(value: object) -> list[dict[Any, Any]]:
+    """Each dict in `value`, or nested in its dicts, lists and tuples, with a key no `str`.
+
+    JSON writes such a key as text (`1` as "1", `None` as "null"), so two keys of one such
+    dict may be written alike, and one lost. Other objects are not looked into; a container
+    held twice (or holding itself) is walked once; a dict subclass through its own iteration
+    and `values()`. Parents come before what they hold.
+    """
+
 def parse_react_step(text: str) -> ReActStep:
     """Parses one ReAct step from model output.
 

@@ -7,10 +7,10 @@ import dataclasses
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from llm_agent_runtime._core import dicts_with_keys_made_text
 from llm_agent_runtime.errors import PersistenceError
 
 if TYPE_CHECKING:
@@ -455,22 +455,40 @@ def _plain_copy(value: Any) -> Any:
     named tuple stays one), and every dict, a subclass too, becomes a plain dict: `asdict`
     rebuilds a dict subclass from a generator of pairs, which a `Counter` counts (its
     `{"yes": 2}` became `{("yes", 2): 1}`) and a `defaultdict` refuses. Anything else is
-    `copy.deepcopy`'d.
+    `copy.deepcopy`'d, but for str, int, float, bool and None, which are their own copy.
 
     Raises:
         RecursionError: `value` nests deeper than the stack allows (or contains itself).
     """
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain_copy(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    kind = type(value)
+    if kind in _IMMUTABLE_SCALARS:  # most of a session: no call into `copy` for them
+        return value
+    if kind is dict:
+        return {_plain_copy(k): _plain_copy(v) for k, v in value.items()}
+    names = _FIELD_NAMES.get(kind)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = tuple(f.name for f in dataclasses.fields(value))
+        if len(_FIELD_NAMES) < _FIELD_NAMES_MAX:
+            _FIELD_NAMES[kind] = names
+    if names is not None:
+        return {name: _plain_copy(getattr(value, name)) for name in names}
     if isinstance(value, dict):
         return {_plain_copy(k): _plain_copy(v) for k, v in value.items()}
     if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*map(_plain_copy, value))
+        return kind(*map(_plain_copy, value))
     if isinstance(value, list):
         return list(map(_plain_copy, value))
     if isinstance(value, tuple):
         return tuple(map(_plain_copy, value))
     return copy.deepcopy(value)
+
+
+_IMMUTABLE_SCALARS = frozenset({str, int, float, bool, type(None)})
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+"""The field names of each dataclass `_plain_copy` met (a class's fields are fixed once it is
+made), so a session's hundreds of steps do not ask `dataclasses.fields` each."""
+_FIELD_NAMES_MAX = 1024
+"""Classes kept at most: a program that makes dataclasses on the fly does not grow it."""
 
 
 def json_text(value: Any) -> str:
@@ -485,32 +503,6 @@ def json_text(value: Any) -> str:
         raise TypeError(
             f"a {type(value).__name__} has no JSON form, and its str() failed: {error!r:.200}"
         ) from error
-
-
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
-def dicts_with_keys_made_text(value: Any) -> Iterator[dict[Any, Any]]:
-    """Each dict in `value` (or nested in its dicts, lists and tuples) with a key no str.
-
-    JSON writes such a key as text (`1` as "1", `None` as "null"), so two keys of such a
-    dict may be written alike, and one lost. The others cost one check a key. Values that
-    are not containers (most of a record) are skipped at once; a container that holds
-    itself is walked once.
-    """
-    pending = [value]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, dict):
-            if any(type(key) is not str for key in current):
-                yield current
-            pending.extend([v for v in current.values() if type(v) not in _SCALARS])
-        elif isinstance(current, (list, tuple)):
-            pending.extend([v for v in current if type(v) not in _SCALARS])
 
 
 def finite_floats(value: Any) -> Any:

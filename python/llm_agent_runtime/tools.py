@@ -1804,7 +1804,7 @@ def _render(result: Any) -> str:
         try:
             text = _JSON.encode(result)
             # A dict key json makes text itself: two may be made the same text.
-            if next(dicts_with_keys_made_text(result), None) is not None:
+            if dicts_with_keys_made_text(result):
                 text = _JSON.encode(_with_json_keys(result, set()))
         except (TypeError, ValueError):  # a dict key `json` refuses (an enum), or a NaN
             text = _JSON.encode(_with_json_keys(result, set()))
