@@ -92,6 +92,19 @@ def test_to_json_refuses_a_key_json_has_no_type_for_as_a_checkpoint_does() -> No
     assert record["action_input"] == {"1": "one", "null": "none", "2.5": "x", "false": "no"}
 
 
+@pytest.mark.parametrize(
+    "arguments",
+    [{1: "int", "1": "str"}, {"deep": [{None: "none", "null": "text"}]}, {True: 1, "true": 2}],
+)
+def test_to_json_refuses_keys_written_alike_as_a_checkpoint_does(arguments: Any) -> None:
+    # Written as one JSON object with a key twice: a reader kept the last value only.
+    session = ar.AgentSession("s", "a", steps=[ar.Step("t", "tool", arguments)])
+    with pytest.raises(ar.PersistenceError, match=r"both written .* one would be lost"):
+        session.to_json()
+    with pytest.raises(ar.PersistenceError, match=r"both written .* one would be lost"):
+        encode("step", session.steps[0].to_dict())
+
+
 def test_an_int_too_long_to_write_is_a_persistence_error_not_a_bare_value_error() -> None:
     huge = 10**5000  # past Python's 4,300 digits for an int's conversion to text
     session = ar.AgentSession("s", "a", steps=[ar.Step("t", "tool", {"n": huge})])

@@ -86,9 +86,7 @@ def test_str_subclass_key_is_flagged_and_other_objects_not_looked_into() -> None
         held: dict[int, str]
 
     flagged = {Name("a"): 1}
-    assert dicts_with_keys_made_text([flagged, Box({1: "x"}), {"plain": [1.5, None]}]) == [
-        flagged
-    ]
+    assert dicts_with_keys_made_text([flagged, Box({1: "x"}), {"plain": [1.5, None]}]) == [flagged]
 
 
 def test_a_failing_dict_subclass_raises_its_own_error() -> None:

@@ -254,13 +254,15 @@ class AgentSession:
 
         Raises:
             PersistenceError: When a dict key (in a step's `action_input`, say) is not a str,
-                int, float, bool or None, such as a tuple, or a value's `str` fails, or the
+                int, float, bool or None, such as a tuple, or two keys of a dict are written
+                alike (`1` and `"1"`, a NaN and `"nan"`), or a value's `str` fails, or the
                 session holds itself, nests too deeply to encode, or holds an int past
                 Python's limit of digits for a conversion to text (checkpointing the session
                 fails then too).
         """
         data = self.to_dict()
         try:
+            check_keys_written_apart(data)
             try:
                 return json.dumps(data, default=json_text, allow_nan=False)
             except ValueError:  # a NaN or an infinity, which strict JSON has no number for
@@ -505,6 +507,49 @@ def json_text(value: Any) -> str:
         ) from error
 
 
+JSON_KEY_TYPES = (str, int, float, bool, type(None))
+"""The dict keys `json` writes (as text): others it refuses, or a writer makes them text."""
+_KEY_TEXT = json.JSONEncoder()
+"""What `json` writes for a scalar key (`True` as "true", a NaN as "NaN")."""
+
+
+def check_keys_written_apart(value: Any) -> None:
+    """Raises when a dict in `value` (nested ones too) has two keys JSON writes alike.
+
+    Raises:
+        PersistenceError: Two keys of one dict are written alike (see
+            `refuse_keys_written_alike`).
+    """
+    for mapping in dicts_with_keys_made_text(value):
+        refuse_keys_written_alike(mapping)
+
+
+def refuse_keys_written_alike(mapping: dict[Any, Any]) -> None:
+    """Raises when two keys of `mapping` are written alike in JSON.
+
+    `1` is written "1", `None` "null", and a key JSON has no form for as its `str`.
+
+    Raises:
+        PersistenceError: Two keys are written alike: a reader would keep one of them.
+    """
+    written: set[str] = set()
+    for key in mapping:
+        kind = type(key)
+        if kind is str or kind is int:  # the usual ones: as json writes them
+            name = str(key) if kind is int else key
+        elif isinstance(key, JSON_KEY_TYPES):
+            name = key if isinstance(key, str) else _KEY_TEXT.encode(key)
+        else:
+            name = json_text(key)
+        if name in written:
+            raise _keys_written_alike(name)
+        written.add(name)
+
+
+def _keys_written_alike(name: str) -> PersistenceError:
+    return PersistenceError(f"two dict keys are both written {name!r} in JSON: one would be lost")
+
+
 def finite_floats(value: Any) -> Any:
     """`value` with each float JSON has no number for (a NaN, an infinity) made its `str`.
 
@@ -513,15 +558,22 @@ def finite_floats(value: Any) -> Any:
     `json` alone would write as `NaN` or `Infinity`.
 
     Raises:
+        PersistenceError: A key made its `str` is another key of its dict too (a NaN key
+            beside a "nan" key, or two NaN keys): one of them would be lost.
         RecursionError: `value` nests deeper than the stack allows (or contains itself).
     """
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, dict):
-        return {
-            (str(k) if isinstance(k, float) and not math.isfinite(k) else k): finite_floats(v)
-            for k, v in value.items()
-        }
+        copied = {}
+        for key, item in value.items():
+            if isinstance(key, float) and not math.isfinite(key):
+                key = str(key)
+                # Another NaN key (NaNs are not equal) made the same text, or a str key.
+                if key in copied or key in value:
+                    raise _keys_written_alike(key)
+            copied[key] = finite_floats(item)
+        return copied
     if isinstance(value, list | tuple):
         return [finite_floats(v) for v in value]
     return value

@@ -42,6 +42,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from typing_extensions import TypedDict
 
+from llm_agent_runtime._core import dicts_with_keys_made_text
 from llm_agent_runtime.errors import (
     BudgetExceededError,
     CircuitOpenError,
@@ -54,7 +55,6 @@ from llm_agent_runtime.errors import (
 )
 from llm_agent_runtime.orchestration._calls import is_async_callable
 from llm_agent_runtime.orchestration._checks import names_repr, safe_repr
-from llm_agent_runtime.session import dicts_with_keys_made_text
 
 if TYPE_CHECKING:  # a breaker is the user's; the tool only calls it
     from llm_agent_runtime.orchestration.circuit_breaker import CircuitBreaker

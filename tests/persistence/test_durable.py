@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import llm_agent_runtime as ar
-from llm_agent_runtime.persistence.checkpoints import CheckpointStore
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore, StepRecord
 from llm_agent_runtime.persistence.codec import decode, encode
 
 
@@ -109,6 +109,35 @@ def test_dict_keys_json_writes_alike_are_refused_not_one_lost(payload: Any) -> N
     # others were written with one name twice, and one of the two values was lost.
     with pytest.raises(ar.PersistenceError, match=r"both written .* one would be lost"):
         encode("step", payload)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"nan": "text", float("nan"): "float"},
+        {float("-inf"): "float", "-inf": "text"},
+        {float("nan"): "one", float("nan"): "another"},  # two NaNs: two keys
+    ],
+)
+async def test_non_finite_keys_written_alike_are_refused_not_merged(arguments: Any) -> None:
+    # A NaN key is written "nan" in a strict-JSON record: it merged with a "nan" key (or
+    # another NaN), and the record kept one value of the two.
+    assert len(arguments) == 2
+    backend = ar.InMemoryBackend()
+    step = ar.Step("t", "tool", arguments, "obs")
+    with pytest.raises(ar.PersistenceError, match=r"both written .* one would be lost"):
+        await CheckpointStore(backend).save_steps("s", 0, [StepRecord(step)])
+    assert backend.data == {}
+    session = ar.AgentSession(session_id="s", agent_id="a", steps=[step])
+    with pytest.raises(ar.PersistenceError, match=r"both written .* one would be lost"):
+        session.to_json()
+
+
+async def test_a_non_finite_key_alone_is_written_as_its_text() -> None:
+    backend = ar.InMemoryBackend()
+    step = ar.Step("t", "tool", {float("nan"): 1.0, "x": float("inf")}, "obs")
+    (key,) = await CheckpointStore(backend).save_steps("s", 0, [StepRecord(step)])
+    assert decode(backend.data[key], key)["step"]["action_input"] == {"nan": 1.0, "x": "inf"}
 
 
 def test_keys_json_writes_as_text_round_trip_when_they_do_not_collide() -> None:

@@ -12,7 +12,12 @@ import zlib
 from typing import Any
 
 from llm_agent_runtime.errors import PersistenceError
-from llm_agent_runtime.session import dicts_with_keys_made_text, json_text
+from llm_agent_runtime.session import (
+    JSON_KEY_TYPES,
+    check_keys_written_apart,
+    json_text,
+    refuse_keys_written_alike,
+)
 
 __all__ = ["FORMAT_VERSION", "decode", "encode", "record_kind"]
 
@@ -40,7 +45,7 @@ def encode(kind: str, payload: Any) -> bytes:
         except TypeError:  # a dict key JSON has no form for (a tuple, a numpy int): its str
             body = _ENCODER.encode(_str_keys(payload)).encode()  # checks collisions itself
         else:
-            _check_written_keys(payload)
+            check_keys_written_apart(payload)
     except (ValueError, TypeError) as error:  # a circular reference, an int too long to write
         raise PersistenceError(f"cannot encode a {kind} record as JSON: {error}") from error
     except RecursionError:  # nested deeper than the stack this call runs on allows
@@ -49,52 +54,15 @@ def encode(kind: str, payload: Any) -> bytes:
     return header + body
 
 
-_JSON_KEYS = (str, int, float, bool, type(None))
-
-
-def _check_written_keys(value: Any) -> None:
-    """Raises when a dict in `value` (nested ones too) has two keys JSON writes alike.
-
-    Raises:
-        PersistenceError: Two keys of one dict are written alike.
-    """
-    for mapping in dicts_with_keys_made_text(value):
-        _refuse_keys_written_alike(mapping)
-
-
-def _refuse_keys_written_alike(mapping: dict[Any, Any]) -> None:
-    """Raises when two keys of `mapping` are written alike in JSON.
-
-    `1` is written "1", `None` "null", and a key JSON has no form for as its `str`.
-
-    Raises:
-        PersistenceError: Two keys are written alike: one would be lost.
-    """
-    written: set[str] = set()
-    for key in mapping:
-        kind = type(key)
-        if kind is str or kind is int:  # the usual ones: as json writes them
-            name = str(key) if kind is int else key
-        elif isinstance(key, _JSON_KEYS):
-            name = key if isinstance(key, str) else _ENCODER.encode(key)
-        else:
-            name = json_text(key)
-        if name in written:
-            raise PersistenceError(
-                f"two dict keys are both written {name!r} in JSON: one would be lost"
-            )
-        written.add(name)
-
-
 def _str_keys(value: Any) -> Any:
     """`value` with every dict key JSON has no form for as its `str`, nested ones too.
 
     As `json_text` does for other values.
     """
     if isinstance(value, dict):
-        _refuse_keys_written_alike(value)
+        refuse_keys_written_alike(value)
         return {
-            key if isinstance(key, _JSON_KEYS) else json_text(key): _str_keys(item)
+            key if isinstance(key, JSON_KEY_TYPES) else json_text(key): _str_keys(item)
             for key, item in value.items()
         }
     if isinstance(value, (list, tuple)):
