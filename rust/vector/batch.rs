@@ -334,6 +334,13 @@ fn scan_range(
     while block < end {
         let rows = (end - block).min(BLOCK_ROWS);
         pack_rows(data, dim, block, rows, fused, &mut panels);
+        // The next block's rows are asked for a slice per tile while this block is scored,
+        // so its packing does not wait on memory.
+        let next = (block + rows) * dim;
+        let next_bytes = (end - block - rows).min(BLOCK_ROWS) * dim * 4;
+        let tiles = groups.len() / group_len * rows.div_ceil(width);
+        let per_tile = next_bytes.div_ceil(tiles.max(1)).next_multiple_of(64);
+        let mut asked = 0;
         for (g, group) in groups.chunks_exact(group_len).enumerate() {
             let queries = (m - g * TILE_QUERIES).min(TILE_QUERIES);
             let tops = &mut tops[g * TILE_QUERIES..g * TILE_QUERIES + queries];
@@ -346,6 +353,14 @@ fn scan_range(
                 .take(rows.div_ceil(width))
                 .enumerate()
             {
+                if asked < next_bytes {
+                    super::quantized::prefetch(
+                        data,
+                        next + asked / 4,
+                        per_tile.min(next_bytes - asked),
+                    );
+                    asked += per_tile;
+                }
                 fused.tile(panel, group, dim, &mut scores);
                 let first = block + p * width;
                 let valid = (rows - p * width).min(width);

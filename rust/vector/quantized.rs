@@ -539,12 +539,14 @@ fn scan_f16_avx2(rows: &[u16], dim: usize, first: usize, query: &[f32], top: &mu
 pub(crate) const PREFETCH_ROWS: usize = 2;
 
 /// Asks for the cache lines of `bytes` bytes of `data` from element `at` on (a hint: no-op past
-/// the end).
-#[cfg(target_arch = "x86_64")]
+/// the end, and off x86-64).
 #[inline(always)]
 pub(crate) fn prefetch<T>(data: &[T], at: usize, bytes: usize) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, at, bytes);
+    #[cfg(target_arch = "x86_64")]
     if let Some(tail) = data.get(at..) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let base = tail.as_ptr().cast::<i8>();
         for line in (0..bytes.min(std::mem::size_of_val(tail))).step_by(64) {
             // SAFETY: `line` < the tail's size in bytes, so the address is inside `data`;
