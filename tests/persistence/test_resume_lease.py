@@ -1005,3 +1005,56 @@ async def test_a_failed_resumes_claim_goes_even_when_its_fence_cannot() -> None:
     await until_no_records(backend, "session:x:resume")
     done = await worker(backend, effects, lease=None).resume("x", script(CHARGE, FINAL))
     assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]
+
+
+class HungDelete(Delegating):
+    """The backend, but deleting a key holding `part` waits for `go` (a hung server) or,
+    with `fails`, raises."""
+
+    def __init__(self, inner: ar.PersistenceBackend, part: str, fails: bool = False) -> None:
+        super().__init__(inner)
+        self.part, self.fails = part, fails
+        self.reached, self.go = asyncio.Event(), asyncio.Event()
+
+    async def delete(self, key: str) -> None:
+        if self.part in key and not self.go.is_set():
+            self.reached.set()
+            if self.fails:
+                raise ar.PersistenceError("connection reset", key=key)
+            await self.go.wait()
+        await self.inner.delete(key)
+
+
+@pytest.mark.parametrize("lease", [LEASE, None], ids=["leased", "without-lease"])
+async def test_a_resume_cancelled_as_its_final_checkpoint_ends_leaves_no_claim(
+    lease: float | None,
+) -> None:
+    # The final record was saved, then the caller's cancellation cut the claims' deletion
+    # short: the resume claim stayed, naming this live process (a later resume refused).
+    backend = ar.InMemoryBackend()
+    await interrupted(backend)
+    hung = HungDelete(backend, ":resume:")
+    effects = Effects()
+    resuming = asyncio.create_task(worker(hung, effects, lease=lease).resume("x", script(FINAL)))  # type: ignore[arg-type]
+    await asyncio.wait_for(hung.reached.wait(), 5)
+    resuming.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await resuming
+    hung.go.set()
+    await until_no_records(backend, "session:x:resume")
+    assert await no_other_task()
+    loaded = await CheckpointStore(backend).load("x")
+    assert loaded.final is not None and loaded.final["session"]["final_answer"] == "finished"
+
+
+async def test_a_finished_resumes_claim_whose_delete_fails_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = ar.InMemoryBackend()
+    await interrupted(backend)
+    failing = HungDelete(backend, ":resume:", fails=True)
+    done = await worker(failing, Effects(), lease=None).resume("x", script(FINAL))  # type: ignore[arg-type]
+    assert done.final_answer == "finished"  # the run finished: its caller gets it
+    assert "a claim of finished session x was not deleted" in caplog.text
+    assert "connection reset" in caplog.text
+    assert await backend.list_keys("session:x:resume") != []  # what the warning says

@@ -579,6 +579,18 @@ def _numbered(keys: Iterable[str], prefix: str) -> list[tuple[int, str]]:
 _BACKEND_METHODS = ("save", "load", "delete", "batch_save", "batch_load", "list_keys")
 
 
+def _log_undeleted(session_id: str, deleting: asyncio.Future[Any]) -> None:
+    """Logs a finished run's claim whose deletion failed (see `CheckpointStore.save_final`)."""
+    error = None if deleting.cancelled() else deleting.exception()
+    if error is not None:
+        logger.warning(
+            "a claim of finished session %s was not deleted (a later resume is refused until "
+            "release_resume, or its lease passes): %r",
+            session_id,
+            error,
+        )
+
+
 @dataclass(frozen=True)
 class _Claim:
     """A run's claim on the step it started the session from (see `CheckpointStore._claim`)."""
@@ -1403,19 +1415,24 @@ class CheckpointStore:
             for i, record in enumerate(records):
                 items[step_key(session.session_id, first + i)] = _encode("step", record.to_dict())
         await self._save_with_events(session.session_id, items, events)
-        claim = self._claims.pop(session.session_id, None)
-        if claim is not None:  # its run ended with no step of its own saved: the next may start
-            with contextlib.suppress(Exception):
-                await self.backend.delete(claim.key)
-        # The resumed run ended: the session may be resumed again (the claim goes first, once
-        # its renewal stopped; a renewal that lost it dropped it from `_resumes`).
-        renewing = self._stop_renewing(session.session_id)
-        if renewing is not None:
-            await asyncio.wait([renewing])
-        for resume_key in self._resumes.pop(session.session_id, []):
-            with contextlib.suppress(Exception):
-                await self.backend.delete(resume_key)
         self._next_event.pop(session.session_id, None)
+        # The run ended: its claims go (one on the step it started from, when it saved no
+        # step of its own; a resumed run's, once its renewal stopped), so the next run or
+        # resume may start. Taken from this store at once and deleted in a task of their own:
+        # a cancellation of the caller now must not leave one behind, refusing every later
+        # resume (the failed run's `release` then finds nothing of this run's to delete).
+        claim = self._claims.pop(session.session_id, None)
+        keys = [] if claim is None else [claim.key]
+        resumes = self._resumes.pop(session.session_id, [])
+        renewing = self._stop_renewing(session.session_id)
+        if keys or resumes or renewing is not None:
+            deleting = asyncio.ensure_future(
+                self._delete_all(keys + resumes)
+                if renewing is None
+                else self._release_leased(renewing, keys, resumes)
+            )
+            deleting.add_done_callback(functools.partial(_log_undeleted, session.session_id))
+            await asyncio.wait([deleting])
         return key
 
     async def journal(
