@@ -1314,15 +1314,24 @@ class CheckpointStore:
         on (`forget` cannot lose it), and the deletion may run as its own task, which a
         cancellation of the run does not cut half way.
         """
+        return self._drop_claims(session_id, another_runs=False) or asyncio.sleep(0)
+
+    def _drop_claims(self, session_id: str, another_runs: bool) -> Awaitable[Any] | None:
+        """Takes the run's claims from this store; returns their deletion (None: none).
+
+        The claim of the step the run started from goes if this run made it, or, with
+        `another_runs`, if a run this one resumed made it; a resume claim goes once its
+        renewal stopped (see `_release_leased`).
+        """
         claim = self._claims.pop(session_id, None)
-        keys = [claim.key] if claim is not None and claim.owned else []
+        keys = [claim.key] if claim is not None and (claim.owned or another_runs) else []
         resumes = self._resumes.pop(session_id, [])
         renewing = self._stop_renewing(session_id)
         if renewing is not None:
             return self._release_leased(renewing, keys, resumes)
         keys += resumes
         if not keys:
-            return asyncio.sleep(0)
+            return None
         if len(keys) == 1:
             return self.backend.delete(keys[0])
         return self._delete_all(keys)
@@ -1417,20 +1426,13 @@ class CheckpointStore:
         await self._save_with_events(session.session_id, items, events)
         self._next_event.pop(session.session_id, None)
         # The run ended: its claims go (one on the step it started from, when it saved no
-        # step of its own; a resumed run's, once its renewal stopped), so the next run or
-        # resume may start. Taken from this store at once and deleted in a task of their own:
-        # a cancellation of the caller now must not leave one behind, refusing every later
-        # resume (the failed run's `release` then finds nothing of this run's to delete).
-        claim = self._claims.pop(session.session_id, None)
-        keys = [] if claim is None else [claim.key]
-        resumes = self._resumes.pop(session.session_id, [])
-        renewing = self._stop_renewing(session.session_id)
-        if keys or resumes or renewing is not None:
-            deleting = asyncio.ensure_future(
-                self._delete_all(keys + resumes)
-                if renewing is None
-                else self._release_leased(renewing, keys, resumes)
-            )
+        # step of its own, whichever run made it), so the next run or resume may start.
+        # Taken from this store at once and deleted in a task of their own: a cancellation
+        # of the caller now must not leave one behind, refusing every later resume (the
+        # failed run's `release` then finds nothing of this run's to delete).
+        deletion = self._drop_claims(session.session_id, another_runs=True)
+        if deletion is not None:
+            deleting = asyncio.ensure_future(deletion)
             deleting.add_done_callback(functools.partial(_log_undeleted, session.session_id))
             await asyncio.wait([deleting])
         return key
