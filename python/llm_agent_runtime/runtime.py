@@ -2173,8 +2173,13 @@ class AgentRuntime:
             # A run that saved no step gives up its claim, so the next run may start where it
             # did: in a task of its own, which a cancellation does not cut half way (a claim
             # left behind refuses every later run until the session is resumed).
-            releasing = asyncio.ensure_future(self._checkpoints.release(session.session_id))
-            releasing.add_done_callback(functools.partial(_log_unreleased, session.session_id))
+            from llm_agent_runtime.persistence.checkpoints import delete_claims_apart
+
+            releasing = delete_claims_apart(
+                session.session_id,
+                self._checkpoints.release(session.session_id),
+                "later runs of the session are refused until it is resumed",
+            )
             await asyncio.wait([releasing], timeout=None if timeout is None else timeout / 1000)
 
     async def _save_what_is_left(self, session: AgentSession) -> None:
@@ -3559,13 +3564,6 @@ async def _within_deadline(body: Awaitable[Any], seconds: float) -> bool:
             return True
         raise
     return False
-
-
-def _log_unreleased(session_id: str, releasing: asyncio.Future[Any]) -> None:
-    """Logs a claim whose deletion failed (the session is refused until it is resumed)."""
-    error = None if releasing.cancelled() else releasing.exception()
-    if error is not None:
-        logger.warning("claim of failed run %s not released: %r", session_id, error)
 
 
 _SCHEMA_KEYWORDS = ("items", "additionalProperties", "not", "contains", "propertyNames")

@@ -670,6 +670,24 @@ async def test_a_claim_is_released_though_its_release_is_cut(
         assert (await runtime.run_agent("a", "Q", script(FINAL), session=again)).final_answer
 
 
+class FailingDelete(Delegating):
+    """The backend, but every delete fails (a connection that broke after the run began)."""
+
+    async def delete(self, key: str) -> bool:
+        raise ar.PersistenceError("connection reset", key=key)
+
+
+async def test_a_failed_runs_claim_whose_release_fails_is_logged(
+    backend: ar.PersistenceBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=FailingDelete(backend))  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):  # the run's own error, not the release's
+        await runtime.run_agent("a", "Q", fails_after(), session=runtime.create_session("a", "x"))
+    assert "a claim of session x was not deleted (later runs of the session" in caplog.text
+    assert "connection reset" in caplog.text
+    assert await backend.list_keys("session:x:run:") != []  # what the warning says
+
+
 class NoSaveNew:
     """A backend with the six methods a runtime needs, and no `save_new`."""
 

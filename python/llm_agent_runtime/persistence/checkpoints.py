@@ -579,16 +579,24 @@ def _numbered(keys: Iterable[str], prefix: str) -> list[tuple[int, str]]:
 _BACKEND_METHODS = ("save", "load", "delete", "batch_save", "batch_load", "list_keys")
 
 
-def _log_undeleted(session_id: str, deleting: asyncio.Future[Any]) -> None:
-    """Logs a finished run's claim whose deletion failed (see `CheckpointStore.save_final`)."""
-    error = None if deleting.cancelled() else deleting.exception()
-    if error is not None:
-        logger.warning(
-            "a claim of finished session %s was not deleted (a later resume is refused until "
-            "release_resume, or its lease passes): %r",
-            session_id,
-            error,
-        )
+def delete_claims_apart(session_id: str, deletion: Awaitable[Any], left: str) -> asyncio.Task[Any]:
+    """Runs the `deletion` of a run's claims as a task of its own, and logs its failure.
+
+    A cancellation of the caller then cannot cut it half way: a claim left behind, naming
+    this live process, refuses later runs or resumes of the session. `left` says, for the
+    log, what such a claim refuses and until when.
+    """
+
+    def log_failure(deleting: asyncio.Task[Any]) -> None:
+        error = None if deleting.cancelled() else deleting.exception()
+        if error is not None:
+            logger.warning(
+                "a claim of session %s was not deleted (%s): %r", session_id, left, error
+            )
+
+    deleting = asyncio.ensure_future(deletion)
+    deleting.add_done_callback(log_failure)
+    return deleting
 
 
 @dataclass(frozen=True)
@@ -1432,9 +1440,8 @@ class CheckpointStore:
         # failed run's `release` then finds nothing of this run's to delete).
         deletion = self._drop_claims(session.session_id, another_runs=True)
         if deletion is not None:
-            deleting = asyncio.ensure_future(deletion)
-            deleting.add_done_callback(functools.partial(_log_undeleted, session.session_id))
-            await asyncio.wait([deleting])
+            left = "its later resumes are refused until release_resume, or its lease passes"
+            await asyncio.wait([delete_claims_apart(session.session_id, deletion, left)])
         return key
 
     async def journal(
