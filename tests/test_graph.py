@@ -457,6 +457,9 @@ def test_betweenness_from_a_source_listed_twice_is_a_graph_error() -> None:
         (lambda _: ar.GraphStore.from_edge_list(-1, []), "n must be between 0"),
         (lambda _: ar.GraphStore.from_edge_list(2, [(0, -1)]), "edge index -1 is out of range"),
         (lambda _: ar.GraphStore.from_edge_list(2, [(2**40, 1)]), "out of range"),
+        # A float or a string index was a bare TypeError.
+        (lambda _: ar.GraphStore.from_edge_list(2, [(0, 1.0)]), "index must be an int, got 1.0"),
+        (lambda _: ar.GraphStore.from_edge_list(2, [["1", 0]]), "index must be an int, got '1'"),
     ],
 )
 def test_negative_integer_arguments_are_graph_errors(

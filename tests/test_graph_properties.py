@@ -12,6 +12,7 @@ import random
 from typing import Any
 
 import networkx as nx
+import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -264,6 +265,35 @@ def test_from_edge_list_answers_as_a_graph_built_one_by_one(
     for g in (bulk, one_by_one):
         change(g)
     assert _answers(bulk) == _answers(one_by_one)
+
+
+# Items of an edge tuple: the usual ints and floats, and what only the full read may take
+# (or must refuse): bools, int and float subclasses, ints past u32 or the float range,
+# non-finite floats.
+EDGE_ITEMS = st.one_of(
+    st.integers(-2, 4),
+    st.integers(2**32 - 1, 2**32 + 1),
+    st.just(2**1024),
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+    st.booleans(),
+    st.integers(0, 4).map(np.int64),
+    st.floats(-9, 9).map(np.float64),
+)
+
+
+def _outcome(n: int, edges: list[Any]) -> Any:
+    try:
+        return ar.GraphStore.from_edge_list(n, edges, kind="k").relationships()
+    except ar.GraphError as error:
+        return ("error", str(error))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(EDGE_ITEMS, min_size=1, max_size=4), max_size=6))
+def test_from_edge_list_reads_tuples_as_it_reads_lists(rows: list[list[Any]]) -> None:
+    # Exact tuples of exact ints and floats take a fast read; lists always take the full one:
+    # both give the same graph, or the same error.
+    assert _outcome(5, [tuple(row) for row in rows]) == _outcome(5, rows)
 
 
 @st.composite

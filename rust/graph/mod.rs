@@ -29,7 +29,7 @@ use numpy::PyReadonlyArray2;
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple};
 use serde_json::Value;
 
 use crate::args::{
@@ -316,6 +316,48 @@ fn edge_tuple<'py>(item: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
     }
 }
 
+/// The edge `item` holds when it is the usual one: an exact tuple of two exact ints that fit
+/// in `u32` and, optionally, an exact finite float or int weight. None for anything else,
+/// which the full read then checks and explains. Told by type pointers alone: a list of such
+/// tuples is read at the cost of touching each object once.
+#[inline]
+fn plain_edge(item: &Bound<'_, PyAny>) -> Option<(u32, u32, f64)> {
+    let tuple = item.cast_exact::<PyTuple>().ok()?;
+    let len = tuple.len();
+    if !(2..=3).contains(&len) {
+        return None;
+    }
+    let index = |i: usize| -> Option<u32> {
+        let value = tuple.get_borrowed_item(i).ok()?;
+        let value = value.cast_exact::<PyInt>().ok()?;
+        value.extract::<u32>().ok()
+    };
+    let (from, to) = (index(0)?, index(1)?);
+    if len == 2 {
+        return Some((from, to, 1.0));
+    }
+    let weight = tuple.get_borrowed_item(2).ok()?;
+    let weight = if let Ok(float) = weight.cast_exact::<PyFloat>() {
+        float.value()
+    } else {
+        weight.cast_exact::<PyInt>().ok()?.extract::<f64>().ok()?
+    };
+    weight.is_finite().then_some((from, to, weight))
+}
+
+/// A `GraphError` for an edge index that is no int (a float, a string), instead of the
+/// conversion's bare `TypeError`; any other error as it is.
+#[cold]
+fn not_an_index(item: &Bound<'_, PyAny>, error: PyErr) -> PyErr {
+    if !error.is_instance_of::<pyo3::exceptions::PyTypeError>(item.py()) {
+        return error;
+    }
+    let got = item
+        .repr()
+        .map_or_else(|_| "an object".to_owned(), |r| r.to_string());
+    CoreError::Graph(format!("an edge index must be an int, got {got}")).into()
+}
+
 /// The snapshot of `from_edge_list`'s `edges` (see [`edge_tuple`]).
 fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
     if args::is_numpy(edges, &["ndarray"]) {
@@ -326,6 +368,12 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
     let count = edges.len().unwrap_or(0);
     let mut snapshot = SnapshotBuilder::new(n as usize, count)?;
     let mut add = |item: &Bound<'_, PyAny>| -> PyResult<()> {
+        if let Some((from, to, weight)) = plain_edge(item) {
+            if from < n && to < n {
+                snapshot.push(from, to, weight);
+                return Ok(());
+            }
+        }
         let tuple = edge_tuple(item)?;
         let len = tuple.len();
         if !(2..=3).contains(&len) {
@@ -337,6 +385,7 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
             extract_unsigned(&item, |v| {
                 CoreError::Graph(format!("edge index {v} is out of range for {n} entities"))
             })
+            .map_err(|error| not_an_index(&item, error))
         };
         let (from, to) = (index(0)?, index(1)?);
         let weight: f64 = if len == 3 {
@@ -966,7 +1015,8 @@ impl PyGraphStore {
     ///     kind: Kind of every relationship.
     ///
     /// Raises:
-    ///     GraphError: When `n` or an index is out of range, or a weight is not finite.
+    ///     GraphError: When `n` or an index is out of range, an index is not an int, or a
+    ///         weight is not finite.
     #[staticmethod]
     #[pyo3(
         signature = (n, edges, kind = None),
