@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from llm_agent_runtime.errors import BackpressureShedError
-from llm_agent_runtime.orchestration._checks import check_count
+from llm_agent_runtime.orchestration._checks import check_count, safe_repr
 
 if TYPE_CHECKING:
     from llm_agent_runtime._core import RuntimeMetrics
@@ -187,5 +187,6 @@ class BackpressureGuard:
         if self._depth > 0:
             self._depth -= 1
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"BackpressureGuard(depth={self._depth}, capacity={self.capacity})"

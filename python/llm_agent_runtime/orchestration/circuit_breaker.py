@@ -632,6 +632,7 @@ class CircuitBreaker:
 
         return sync_wrapper
 
+    @safe_repr
     def __repr__(self) -> str:
         return (
             f"CircuitBreaker(service={self.service!r}, state={self.state!r}, "

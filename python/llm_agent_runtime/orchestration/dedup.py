@@ -66,11 +66,12 @@ class Deduplicator:
     """Runs each distinct request once at a time and serves its result for `ttl` seconds.
 
     Callers asking for a key already running wait for that execution instead of starting
-    another. The execution runs as its own task, so one caller's cancellation does not cancel
-    it for the others. A failure is passed to every waiter and is not cached. Expired
-    results are dropped as new ones come in, so a stream of distinct keys holds only the
-    results of the last `ttl` seconds. Meant for one event loop at a time (not shared between
-    threads: a caller on another running loop cannot wait for this loop's execution).
+    another (unless `forget` let go of it). The execution runs as its own task, so one
+    caller's cancellation does not cancel it for the others. A failure is passed to every
+    waiter and is not cached. Expired results are dropped as new ones come in, so a stream
+    of distinct keys holds only the results of the last `ttl` seconds. Meant for one event
+    loop at a time (not shared between threads: a caller on another running loop cannot wait
+    for this loop's execution).
 
     Args:
         ttl: seconds a completed result is served (0 disables result caching, `math.inf`
@@ -160,7 +161,13 @@ class Deduplicator:
         return await asyncio.shield(task)
 
     def _finish(self, key: Hashable, task: asyncio.Task[Any]) -> None:
-        self._in_flight.pop(key, None)
+        if self._in_flight.get(key) is not task:
+            # `forget` let it go: a newer execution of the key may run, and its result (read
+            # before the forget) is for its own callers only.
+            if not task.cancelled():
+                task.exception()  # retrieved: no "never retrieved" log for its failure
+            return
+        del self._in_flight[key]
         if task.cancelled() or task.exception() is not None:
             return
         if self.ttl > 0:
@@ -175,8 +182,14 @@ class Deduplicator:
                 del done[oldest]
 
     def forget(self, key: Hashable) -> None:
-        """Drops a cached result (a running execution is left alone)."""
+        """Drops a cached result, and lets go of a running execution of `key`.
+
+        That execution is not cancelled: its callers get its result. But it may have read
+        what the forget was for, so its result is not cached, and a caller that comes after
+        the forget starts a new execution instead of waiting for it.
+        """
         self._done.pop(key, None)
+        self._in_flight.pop(key, None)
 
     def purge_expired(self) -> int:
         """Drops every expired result; returns how many."""

@@ -49,10 +49,13 @@ class Pipeline:
         """Appends a stage (sync or async) and returns the pipeline, for chaining.
 
         Raises:
-            TypeError: `fn` is not callable.
+            TypeError: `fn` is not callable, or `name` is neither None nor a str.
         """
         if not callable(fn):
             raise TypeError(f"a pipeline stage must be callable, got {fn!r}")
+        if name is not None and not isinstance(name, str):
+            # Checked as a `(name, fn)` pair's is: else the error's `.stage` is no name.
+            raise TypeError(f"a stage name must be a str, got {name!r:.60}")
         # A callable object is named after its class: a repr holds a memory address.
         default = getattr(fn, "__name__", None) or type(fn).__name__
         self._stages.append((name or str(default), fn))
@@ -69,10 +72,15 @@ class Pipeline:
     async def run(self, value: Any) -> Any:
         """Feeds `value` through every stage and returns the last stage's output.
 
+        A run goes through the stages the pipeline had when it started: a stage added by
+        `then` meanwhile is for later runs.
+
         Raises:
             PipelineStageError: a stage failed; `.stage` names it.
         """
-        for index, (name, fn) in enumerate(self._stages):
+        # A copy: `then` appends to the list in place, and a run in flight would go on into
+        # a stage added meanwhile (fed an output it was not written for).
+        for index, (name, fn) in enumerate(tuple(self._stages)):
             try:
                 # Called here, not in a helper coroutine: a sync stage's StopIteration stays
                 # itself (a coroutine would turn it into a RuntimeError).
@@ -80,7 +88,11 @@ class Pipeline:
                 if inspect.isawaitable(value):
                     value = await value
             except Exception as exc:
+                try:
+                    detail = str(exc)
+                except Exception:  # else its error would replace the stage's, unnamed
+                    detail = f"{type(exc).__name__} (its message cannot be shown)"
                 raise PipelineStageError(
-                    f"pipeline stage {index} ({name!r}) failed: {exc}", stage=name
+                    f"pipeline stage {index} ({name!r}) failed: {detail}", stage=name
                 ) from exc
         return value

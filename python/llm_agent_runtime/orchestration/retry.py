@@ -18,7 +18,12 @@ from llm_agent_runtime.errors import (
     policy_error_in,
     stage_error,
 )
-from llm_agent_runtime.orchestration._checks import check_count, check_flag, check_real
+from llm_agent_runtime.orchestration._checks import (
+    check_count,
+    check_flag,
+    check_real,
+    safe_repr,
+)
 from llm_agent_runtime.orchestration.clock import Clock, checked_clock
 
 __all__ = ["DEFAULT_MAX_DELAY", "RetryPolicy"]
@@ -178,6 +183,7 @@ class RetryPolicy:
                 await self._clock.sleep(self.delay_for(attempt, exc))
                 attempt += 1
 
+    @safe_repr
     def __repr__(self) -> str:
         return (
             f"RetryPolicy(max_attempts={self.max_attempts}, base_delay={self.base_delay}, "
