@@ -125,3 +125,19 @@ def test_a_half_built_primitive_has_a_repr_that_does_not_raise(cls: type) -> Non
     # A traceback or debugger shows `self` from inside an `__init__` that failed.
     text = repr(cls.__new__(cls))
     assert text.startswith(cls.__name__ + "(") and len(text) < 100
+
+
+# -- CostBudget -------------------------------------------------------------------------------
+
+
+def test_a_cost_summed_past_the_float_range_is_inf_not_an_overflow_error() -> None:
+    # Each amount is finite; their sum, as a float, was a bare OverflowError.
+    unlimited = ar.CostBudget()
+    unlimited.record(0, 0, 1e308)
+    unlimited.record(0, 0, 1e308)
+    assert unlimited.used_cost_usd == float("inf")
+    limited = ar.CostBudget(max_cost_usd=1.5e308)
+    limited.record(0, 0, 1e308)
+    with pytest.raises(ar.BudgetExceededError, match=r"cost budget exceeded: \$inf of"):
+        limited.record(0, 0, 1e308)
+    assert limited.remaining_cost_usd == 0.0

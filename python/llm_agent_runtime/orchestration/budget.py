@@ -50,7 +50,12 @@ def _picodollars(dollars: Decimal) -> int:
 
 
 def _dollars(picodollars: int) -> float:
-    return picodollars / _PICO
+    """US dollars, as the float nearest; a sum past the float range is inf (each amount
+    recorded is finite, their sum need not be)."""
+    try:
+        return picodollars / _PICO
+    except OverflowError:
+        return math.inf
 
 
 class CostBudget:
