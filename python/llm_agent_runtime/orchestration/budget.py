@@ -50,8 +50,7 @@ def _picodollars(dollars: Decimal) -> int:
 
 
 def _dollars(picodollars: int) -> float:
-    """US dollars, as the float nearest; a sum past the float range is inf (each amount
-    recorded is finite, their sum need not be)."""
+    """US dollars, as the float nearest; inf past the float range (where a sum may go)."""
     try:
         return picodollars / _PICO
     except OverflowError:
