@@ -141,3 +141,16 @@ def test_a_cost_summed_past_the_float_range_is_inf_not_an_overflow_error() -> No
     with pytest.raises(ar.BudgetExceededError, match=r"cost budget exceeded: \$inf of"):
         limited.record(0, 0, 1e308)
     assert limited.remaining_cost_usd == 0.0
+
+
+async def test_an_execution_asking_for_its_own_key_is_refused_not_left_waiting() -> None:
+    # It awaited its own task, and hung.
+    dedup = Deduplicator(ttl=0)
+
+    async def recursive() -> int:
+        return await dedup.run("k", recursive)
+
+    with pytest.raises(RuntimeError, match="asked for that key itself"):
+        await asyncio.wait_for(dedup.run("k", recursive), 5)
+    assert dedup.in_flight == 0
+    assert await dedup.run("k", lambda: 7) == 7  # the key is free again

@@ -138,7 +138,8 @@ class Deduplicator:
 
         Raises:
             RuntimeError: `key` is executing on another event loop that is still open (the
-                deduplicator is shared between threads).
+                deduplicator is shared between threads), or the execution of `key` itself
+                asks for `key` (it would wait for its own result).
         """
         hit, value = self._cached(key)
         if hit:
@@ -153,6 +154,12 @@ class Deduplicator:
                 )
             del self._in_flight[key]
             task = None
+        elif task is not None and task is asyncio.current_task():
+            # The execution of `key` asking for `key` again would wait for itself, forever.
+            raise RuntimeError(
+                f"Deduplicator: the execution of key {key!r:.80} asked for that key itself, "
+                "and would wait for its own result"
+            )
         if task is None:
             self.executions += 1
             task = asyncio.ensure_future(call_maybe_async(fn, *args, **kwargs))
