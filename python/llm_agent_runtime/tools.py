@@ -37,7 +37,15 @@ from typing import (
     overload,
 )
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    AliasPath,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from typing_extensions import TypedDict
@@ -1093,7 +1101,8 @@ def _globals_of(fn: Any) -> dict[str, Any]:
     """The module globals a callable's string annotations are resolved in."""
     fn = _base_callable(fn)
     if isinstance(fn, type):
-        fn = vars(fn).get("__init__") or object.__init__
+        # Its own `__init__` or the one it inherits: a base's, defined in the base's module.
+        fn = next(vars(k)["__init__"] for k in fn.__mro__ if "__init__" in vars(k))
     elif not inspect.isroutine(fn):
         fn = type(fn).__call__
     fn = inspect.unwrap(getattr(fn, "__func__", fn))
@@ -1214,8 +1223,9 @@ def tool(
     pass further arguments of type `T`. Functions, bound methods, `functools.partial`
     objects (arguments the partial fixes by keyword are not shown to the model) and
     callable objects can be tools. A parameter whose `Field` has an alias (or a validation
-    alias) goes by it, in the schema and in the arguments. Argument descriptions come from
-    a Google, Sphinx or NumPy style docstring.
+    alias) goes by it, in the schema and in the arguments (an `AliasPath` or `AliasChoices`
+    by its first path of a single key, as pydantic's schema names it). Argument descriptions
+    come from a Google, Sphinx or NumPy style docstring.
 
     Args:
         fn: The function (when used as `@tool` without parentheses).
@@ -1237,7 +1247,9 @@ def tool(
             schema, or a parameter's default and `Field(...)` settings conflict (a default
             and a default factory, which `validate_call` refuses too); when a parameter goes
             by a name other than 1 to 64 ASCII letters, digits, '_', '.' or '-' (Anthropic
-            refuses others: an alias can rename it); the message names the parameter. Also
+            refuses others: an alias can rename it), or by a validation alias with no path of
+            a single key (`AliasPath("config", "limit")`, which no schema can show); the
+            message names the parameter. Also
             when the function is a generator (return a list instead), is a method decorated
             in its class body or taken from its class (use the bound method:
             `tool(instance.method)`), or the timeout is not a finite number above 0.
@@ -1274,6 +1286,7 @@ def tool(
         field_types: dict[str, Any] = {}  # what the validator checks each parameter's value by
         validated_defaults: dict[str, Any] = {}  # defaults a `validate_default` checks per call
         called: list[str] = []  # the names they go by (other than *args)
+        path_keys: dict[str, str] = {}  # field -> the key a path alias takes (see `_alias_key`)
         params = [p for p in signature.parameters.values() if p.name not in fixed]
         takes_var_positional = any(p.kind is kind.VAR_POSITIONAL for p in params)
         for index, param in enumerate(params):
@@ -1317,7 +1330,12 @@ def tool(
                 (a for i in infos for a in (i.validation_alias, i.alias) if a is not None), None
             )
             named: dict[str, Any] = {} if own_alias is not None else {"alias": pname}
-            called.append(own_alias if isinstance(own_alias, str) else pname)
+            if isinstance(own_alias, str):
+                called.append(own_alias)
+            elif own_alias is not None:  # an `AliasPath` or `AliasChoices`
+                called.append(path_keys.setdefault(field, _alias_key(tool_name, pname, own_alias)))
+            else:
+                called.append(pname)
             if isinstance(default, FieldInfo):  # `= Field(default=..., ge=...)`
                 typed: Any = Annotated[annotation, default]
                 model_fields[field] = (typed, Field(**named))
@@ -1349,6 +1367,12 @@ def tool(
         except Exception as error:
             raise _schema_error(tool_name, annotations, var_keyword, error) from error
         schema.pop("title", None)
+        if path_keys:
+            # pydantic's schema names a parameter whose alias is a path (`AliasPath("q")`) by
+            # its internal field name, which validation refuses: the key the path takes.
+            schema["properties"] = {path_keys.get(k, k): v for k, v in schema["properties"].items()}
+            if "required" in schema:
+                schema["required"] = [path_keys.get(k, k) for k in schema["required"]]
         properties = schema.get("properties", {})
         if len(properties) != len(order):  # an alias is another parameter's name or alias
             clashes = sorted({n for n in called if called.count(n) > 1})
@@ -1455,6 +1479,28 @@ def _refuse_unbound_method(
     )
 
 
+def _alias_key(tool_name: str, pname: str, alias: Any) -> str:
+    """The argument name a path validation alias takes: its first path of a single key.
+
+    As pydantic's schema names an `AliasChoices` (`AliasChoices(AliasPath("q"), "query")`
+    takes "q"); a bare `AliasPath("q")` takes "q" too.
+
+    Raises:
+        ToolError: When no path is a single key (`AliasPath("config", "limit")` reaches into
+            a nested value): the schema could show no argument that validation takes.
+    """
+    paths = alias.convert_to_aliases()
+    for path in [paths] if isinstance(alias, AliasPath) else paths:
+        if len(path) == 1 and isinstance(path[0], str):
+            return str(path[0])
+    raise ToolError(
+        f"cannot make tool {tool_name!r}: the validation alias {alias!r} of parameter "
+        f"{pname!r} names no argument, only a path into one, which a JSON schema cannot "
+        "show; give it a str alias (or a path of one key)",
+        tool=tool_name,
+    )
+
+
 def _empty_container(value: Any) -> bool:
     """Whether a default is an empty list, dict, set or bytearray (`= []`, the usual slip).
 
@@ -1549,7 +1595,8 @@ def _json_mode_fallback(adapter: TypeAdapter[Any]) -> Callable[[Any], Any]:
     Python mode the ISO date, UUID string or array (for a tuple) that its own schema asks
     for, and takes them in JSON mode. Python mode goes first: it takes the Python objects a
     middleware may have put in the arguments (which JSON cannot encode: its error stands).
-    When both fail, JSON mode's error is raised: it names what is wrong with the JSON sent.
+    When both fail, JSON mode's error is raised: it names what is wrong with the JSON sent;
+    but Python mode's when JSON mode cannot parse the arguments at all (a lone surrogate).
     """
     validate_python = adapter.validator.validate_python
     validate_json = adapter.validator.validate_json
@@ -1557,14 +1604,21 @@ def _json_mode_fallback(adapter: TypeAdapter[Any]) -> Callable[[Any], Any]:
     def validate(arguments: Any) -> Any:
         try:
             return validate_python(arguments)
-        except ValidationError:
+        except ValidationError as python_error:
             try:
                 text = json.dumps(arguments)
             except (TypeError, ValueError, RecursionError):
                 text = None
             if text is None:
                 raise  # the Python-mode error
-            return validate_json(text)
+            try:
+                return validate_json(text)
+            except ValidationError as json_error:
+                # JSON mode cannot parse the text (half a surrogate pair in a string, which
+                # it refuses): its "Invalid JSON" would hide what Python mode found wrong.
+                if any(e["type"] == "json_invalid" for e in json_error.errors()):
+                    raise python_error from None
+                raise
 
     return validate
 
@@ -1765,10 +1819,28 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+class _KeysMadeText(ValueError):
+    """An object `_json_default` converted holds a dict whose keys `json` makes text."""
+
+
+def _json_default_checked(value: Any) -> Any:
+    """`_json_default`, refusing a value that holds a dict with keys `json` makes text.
+
+    `_render` checks the result's own dicts for keys written alike, but not the dicts an
+    object converted here holds (a dataclass's field, an object array's item): this refusal
+    sends such a result through `_with_json_keys`, which checks them all. Only values `json`
+    cannot encode itself get here, so plain results pay nothing for it.
+    """
+    converted = _json_default(value)
+    if dicts_with_keys_made_text(converted):
+        raise _KeysMadeText
+    return converted
+
+
 # Non-ASCII text as it is (the model reads it, and it is a sixth of the size of `\\uXXXX`).
 # Strict JSON: a NaN or an infinity (which JSON has no number for) fails it, and is then
 # written as its `str` (see `_with_json_keys`).
-_JSON = json.JSONEncoder(ensure_ascii=False, default=_json_default, allow_nan=False)
+_JSON = json.JSONEncoder(ensure_ascii=False, default=_json_default_checked, allow_nan=False)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -1776,8 +1848,9 @@ def _render(result: Any) -> str:
     r"""The text the model sees for a tool's result: JSON where it can be, else `str`.
 
     A str is returned as is (a str-based enum as its value's text), and bytes as text (UTF-8,
-    undecodable bytes replaced). Pydantic models, dataclasses, enums (by value), sets, bytes,
-    and numpy scalars and arrays (by `tolist()`) inside a structure become JSON. A dict key
+    undecodable bytes replaced); a numpy scalar as its Python value is (a float32 NaN as
+    `nan`, a `datetime64` as its date). Pydantic models, dataclasses, enums (by value), sets,
+    bytes, and numpy scalars and arrays (by `tolist()`) inside a structure become JSON. A dict key
     JSON refuses is made text: an enum's by its value, any other by `str`, and so is a float
     JSON has no number for inside a structure (NaN as `"nan"`, infinity as `"inf"`), so the
     text is strict JSON. JSON keeps non-ASCII text as it is; a lone surrogate in it is escaped
@@ -1799,7 +1872,17 @@ def _render(result: Any) -> str:
     if isinstance(result, float) and not math.isfinite(result):  # as a float is shown: `nan`
         return str(result)
     if not _written_as_json(result):  # its text, not that text as a quoted JSON string
-        return str(result)
+        tolist = getattr(result, "tolist", None)
+        if not callable(tolist):
+            return str(result)
+        # numpy scalars and arrays (numpy not imported): by their Python values, each shown as
+        # that value is (a float32 NaN as `nan`, as a float's; not as the JSON string "nan").
+        try:
+            value = tolist()
+        except Exception:  # not numpy's (a class's unbound method, say): as JSON below
+            value = result
+        if not callable(getattr(value, "tolist", None)):  # else (a mock, say) as JSON below
+            return _render(value)
     try:
         try:
             text = _JSON.encode(result)
@@ -1825,7 +1908,6 @@ def _written_as_json(value: Any) -> bool:
         value is None
         or isinstance(value, (dict, list, tuple, int, float, set, frozenset, BaseModel, enum.Enum))
         or (dataclasses.is_dataclass(value) and not isinstance(value, type))
-        or callable(getattr(value, "tolist", None))
     )
 
 
@@ -1914,8 +1996,23 @@ class ToolRegistry:
     __slots__ = ("_tools",)
 
     def __init__(self, tools: Iterable[ToolSpec] = ()) -> None:
+        """Registers `tools`.
+
+        Raises:
+            ToolError: When `tools` is not an iterable of ToolSpec (a lone ToolSpec, say), or
+                two of them share a name.
+        """
         self._tools: dict[str, ToolSpec] = {}
-        for spec in tools:
+        # Else a bare TypeError ("'ToolSpec' object is not iterable") for a lone tool.
+        if isinstance(tools, ToolSpec):
+            raise ToolError(f"tools must be a list of ToolSpec, got one ({tools.name!r})")
+        try:
+            specs = iter(tools)
+        except TypeError:
+            raise ToolError(
+                f"tools must be a list of ToolSpec, got {type(tools).__name__}"
+            ) from None
+        for spec in specs:
             self.register(spec)
 
     def register(self, spec: ToolSpec) -> None:
