@@ -123,6 +123,11 @@ _REACT_FORMAT = (
     "Action: FINAL_ANSWER your answer"
 )
 _REACT_FORMAT_NO_TOOLS = "Answer with:\nThought: ...\nAction: FINAL_ANSWER your answer"
+# What a ReAct prompt puts around its parts: the catalog's header, the prompt's, and the blank
+# line between two parts (context, catalog, answer format, chat history, question).
+_TOOLS_HEADER = "Tools:\n"
+_QUESTION = "Question: "
+_PART_BREAK = "\n\n"
 # Stop reasons of a reply that ended before the model finished it: at a token limit, or
 # cut by the provider's content filter (OpenAI's `content_filter`).
 _CO_COROUTINE = inspect.CO_COROUTINE
@@ -486,7 +491,11 @@ class AgentRuntime:
 
     @property
     def approval_handler(self) -> ApprovalHandler | None:
-        """Approves, denies or edits tool calls; may be set or cleared between runs."""
+        """Approves, denies or edits tool calls; may be set or cleared between runs.
+
+        A round of tool calls asks the handler set when its calls were guarded, all of them,
+        even if it is replaced or cleared while they wait to be asked.
+        """
         return self._approval_handler
 
     @approval_handler.setter
@@ -761,14 +770,26 @@ class AgentRuntime:
         prompt alone.
 
         Raises:
-            AgentRuntimeError: A message is not a dict with a `role` (system, user, assistant
-                or tool) and a string `content`, or has tool fields of the wrong shape (see
-                `session.message_problem`).
+            AgentRuntimeError: `messages` is not a list (or other iterable) of messages, a
+                message is not a dict with a `role` (system, user, assistant or tool) and a
+                string `content`, or has tool fields of the wrong shape (see
+                `session.message_problem`); or `reserved_chars` is neither None nor a whole
+                count from 0 up.
         """
         # Read once: another thread's turn may add to the list meanwhile.
-        messages = list(messages)
+        try:
+            messages = list(messages)
+        except TypeError:  # None, a number: a bare TypeError would name no argument
+            raise AgentRuntimeError(
+                f"messages must be a list of chat messages, got {_kind(messages)}"
+            ) from None
         if reserved_chars is None:
             reserved_chars = len(self.config.system_prompt)
+        else:  # a negative size would widen the window, a str fail the sum below
+            try:
+                reserved_chars = check_count("reserved_chars", reserved_chars, 0)
+            except ValueError as error:
+                raise AgentRuntimeError(str(error)) from None
         budget = self.config.context_window_tokens * CHARS_PER_TOKEN - reserved_chars
         turn_sizes: list[int] = []
         turn_of: list[int] = []  # each message's turn; -1 for a system message (always kept)
@@ -1088,14 +1109,17 @@ class AgentRuntime:
         """Characters of a turn's request besides its history.
 
         That is the context, the tools as the model is shown them (a catalog in text mode,
-        definitions in tools mode) and the prompt.
+        definitions in tools mode) and the prompt; in text mode also the text around them
+        (headers, and the blank lines between the parts, the history's included), which the
+        prompt holds as much as its parts.
         """
         if provider is not None:
             tools = self._tool_definitions_chars
         elif len(self.tools):
-            tools = len(self._tool_catalog) + len(_REACT_FORMAT)
+            tools = len(self._tool_catalog) + len(_REACT_FORMAT) + len(_TOOLS_HEADER)
+            tools += len(_QUESTION) + 4 * len(_PART_BREAK)
         else:
-            tools = len(_REACT_FORMAT_NO_TOOLS)
+            tools = len(_REACT_FORMAT_NO_TOOLS) + len(_QUESTION) + 3 * len(_PART_BREAK)
         return len(context) + tools + len(prompt)
 
     def _recalls_memories(self) -> bool:
@@ -1182,12 +1206,12 @@ class AgentRuntime:
         config = self.config
         head = [context]
         if len(self.tools):
-            head.append("Tools:\n" + self._tool_catalog)
+            head.append(_TOOLS_HEADER + self._tool_catalog)
         head.append(_REACT_FORMAT if len(self.tools) else _REACT_FORMAT_NO_TOOLS)
         if history:
             head.append("\n".join(map(_history_line, history)))
-        head.append("Question: " + prompt)
-        transcript = ["\n\n".join(head)]
+        head.append(_QUESTION + prompt)
+        transcript = [_PART_BREAK.join(head)]
         # A resumed run replays its own saved steps (not an earlier turn's) into the
         # transcript, and takes the reply of an interrupted step from the journal instead of
         # asking the model again.
@@ -1994,18 +2018,21 @@ class AgentRuntime:
                 for _ in known:
                     capabilities.record_action()
         limit = self.config.max_observation_chars
-        if self.approval_handler is None:
+        # Read once: the round's calls are all asked of the handler it started with, even if
+        # it is replaced or cleared (by another run's code, say) while they wait their turn.
+        handler = self.approval_handler
+        if handler is None:
             return [(n, a, None if n in tools else tools.not_found(n, limit)) for n, a in rewritten]
         return await _all_or_none(
-            self._decide(session, n, a) if n in tools else _not_found(tools, n, a, limit)
+            self._decide(session, n, a, handler) if n in tools else _not_found(tools, n, a, limit)
             for n, a in rewritten
         )
 
     async def _decide(
-        self, session: AgentSession, name: str, arguments: Any
+        self, session: AgentSession, name: str, arguments: Any, handler: ApprovalHandler
     ) -> tuple[str, Any, Observation | None]:
-        """The approval handler's decision on one call: the call to run and its denial."""
-        decision = await self._approve(session, name, arguments)
+        """`handler`'s decision on one call: the call to run and its denial."""
+        decision = await self._approve(session, name, arguments, handler)
         if decision.action == "deny":
             reason = decision.reason or "denied by the approval handler"
             denial = f"error: tool call {name!r} denied: {reason}"
@@ -2015,7 +2042,9 @@ class AgentRuntime:
             arguments = decision.arguments
         return name, arguments, None
 
-    async def _approve(self, session: AgentSession, name: str, arguments: Any) -> ApprovalDecision:
+    async def _approve(
+        self, session: AgentSession, name: str, arguments: Any, handler: ApprovalHandler
+    ) -> ApprovalDecision:
         # One question per tool at a time: a later call waits for the first answer, which may
         # be remembered for it. (A round's questions are asked concurrently, before any call
         # runs: see `_guard_calls`; questions about different tools are asked at once.)
@@ -2034,8 +2063,7 @@ class AgentRuntime:
                 cached = cache.get(asked) or cached
             if cached is not None:
                 return cached
-            assert self.approval_handler is not None
-            decision = await _maybe_await(self.approval_handler(session, name, arguments))
+            decision = await _maybe_await(handler(session, name, arguments))
             if not isinstance(decision, ApprovalDecision):
                 raise AgentRuntimeError(
                     "approval handler must return an ApprovalDecision, got "
@@ -2875,13 +2903,19 @@ def _add_turn(session: AgentSession, prompt: str, answer: str) -> None:
 def _history_chars(message: dict[str, Any]) -> int:
     """What a message of a session's chat history takes of a request, in characters.
 
-    Its text, its tool calls (name and arguments), and 16 for the rest (role, framing).
+    Its text, its tool calls (name and arguments, and 10 each for what a ReAct prompt writes
+    around them: see `_history_line`), and 16 for the rest (role, framing).
     """
     size = len(message["content"]) + 16
     for call in message.get("tool_calls") or ():
         arguments = call.get("arguments", {})
         size += len(call["name"]) + len(json.dumps(arguments, ensure_ascii=False, default=str))
+        size += _CALL_FRAMING
     return size
+
+
+_CALL_FRAMING = len("Action: ") + len(" ") + len("\n")
+"""What a ReAct prompt writes around a history tool call's name and arguments (its line)."""
 
 
 def _history_line(message: dict[str, Any]) -> str:
