@@ -293,6 +293,10 @@ def test_properties_whose_conversion_changes_the_dict_are_not_a_panic() -> None:
 class Payload:
     owner: Any = None
 
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """An embedder too: a store takes no object without this method as one."""
+        return [[1.0] for _ in texts]
+
 
 @pytest.mark.parametrize(
     ("name", "build"),

@@ -55,12 +55,19 @@ def _texts(texts: Sequence[str]) -> list[str]:
     """`texts` as a list of strings that have a UTF-8 form (as HashingEmbedder requires).
 
     Raises:
-        MemoryStoreError: `texts` is one string, holds a non-string, or a string with a lone
-            surrogate (the message names its index in `texts` and the surrogate's).
+        MemoryStoreError: `texts` is one string, is not iterable, holds a non-string, or a
+            string with a lone surrogate (the message names its index in `texts` and the
+            surrogate's).
     """
     if isinstance(texts, str):
         raise MemoryStoreError("texts must be a sequence of strings, not one string")
-    out = list(texts)
+    try:
+        items = iter(texts)
+    except TypeError:  # not iterable (None, a number): the typed error, as HashingEmbedder's
+        raise MemoryStoreError(
+            f"texts must be a sequence of strings, got {type(texts).__name__}"
+        ) from None
+    out = list(items)
     if not all(isinstance(t, str) for t in out):
         raise MemoryStoreError("texts must be a sequence of strings")
     for i, text in enumerate(out):

@@ -41,8 +41,13 @@ def to_networkx(graph: GraphStore) -> Any:
         A new `networkx.MultiDiGraph`.
 
     Raises:
-        GraphError: When networkx is not installed (the `networkx` extra).
+        GraphError: When `graph` is not a `GraphStore` (a networkx graph, say), or networkx
+            is not installed (the `networkx` extra).
     """
+    # Read through `to_json` alone (a wrapper of a store will do); anything else (a networkx
+    # graph passed the wrong way round) would fail with an AttributeError naming it.
+    if not callable(getattr(graph, "to_json", None)) or isinstance(graph, type):
+        raise GraphError(f"to_networkx takes a GraphStore, got {type(graph).__name__}")
     try:
         import networkx as nx  # type: ignore[import-untyped,unused-ignore]
     except ImportError as error:
@@ -95,12 +100,17 @@ def from_networkx(nx_graph: Any, *, weight: str = "weight", kind: str = "kind") 
         The new graph.
 
     Raises:
-        GraphError: When two nodes have the same string form; a node's string form, a
-            label or a kind is not valid Unicode (a lone surrogate); a weight is not a finite real
-            number (None, a string, a bool, NaN, or one beyond the float range such as
-            `10**400`); a `properties` attribute is not a dict; or a property is not
-            JSON-compatible. The message names the node or edge.
+        GraphError: When `nx_graph` is not a networkx graph (a `GraphStore`, say); two nodes
+            have the same string form; a node's string form, a label or a kind is not valid
+            Unicode (a lone surrogate); a weight is not a finite real number (None, a string,
+            a bool, NaN, or one beyond the float range such as `10**400`); a `properties`
+            attribute is not a dict; or a property is not JSON-compatible. The message names
+            the node or edge.
     """
+    # Any object with networkx's graph methods will do; another (a GraphStore passed the
+    # wrong way round) would fail with an AttributeError naming one of them.
+    if not all(callable(getattr(nx_graph, m, None)) for m in ("nodes", "edges", "is_multigraph")):
+        raise GraphError(f"from_networkx takes a networkx graph, got {type(nx_graph).__name__}")
     graph = GraphStore()
     names: dict[Any, str] = {}
     for node, data in nx_graph.nodes(data=True):

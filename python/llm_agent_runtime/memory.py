@@ -46,11 +46,20 @@ def fit_to_token_budget(texts: Iterable[str], max_tokens: int) -> list[str]:
 
     Raises:
         ValueError: `max_tokens` is negative or not an int (a float, NaN included, or a bool),
-            or `texts` is one str (it would be read a character a text).
+            `texts` is one str (it would be read a character a text), or `texts` holds
+            something other than a str (bytes, a list, None), wherever it stands.
     """
     max_tokens = check_count("max_tokens", max_tokens, 0)
     if isinstance(texts, str):
         raise ValueError("texts must be an iterable of str, got one str (wrap it in a list)")
+    texts = list(texts)
+    # Every item is checked, not only those reached before the budget runs out: a list or
+    # bytes would otherwise be costed by its len() and kept, and None fail inside len().
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(
+                f"texts must hold only str, got {type(text).__name__} at index {i}: {text!r:.80}"
+            )
     kept: list[str] = []
     used = 0
     for text in texts:

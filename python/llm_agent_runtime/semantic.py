@@ -6,6 +6,7 @@ dicts, with a tag -> keys index so tag queries never scan every entry.
 
 from __future__ import annotations
 
+import numbers
 import operator
 import threading
 from collections.abc import Iterable
@@ -73,7 +74,8 @@ class SemanticStore:
 
     Raises:
         MemoryStoreError: an unknown dtype; a `dim` that is not an int (any integer type, not
-            a bool) of at least 1.
+            a bool) of at least 1; an `embedder` that is no object with an `embed` method
+            (a number meant as `dim`, a model name, an embedder class not instantiated).
     """
 
     def __init__(
@@ -93,6 +95,15 @@ class SemanticStore:
             dim = size
         if not isinstance(dtype, str):
             raise MemoryStoreError(f'dtype must be "float32", "float16" or "int8", got {dtype!r}')
+        # Checked now: `SemanticStore(384)` (the dimension given as the embedder) or a model
+        # name would otherwise fail only at the first store, as an AttributeError.
+        if embedder is not None and (
+            isinstance(embedder, type) or not callable(getattr(embedder, "embed", None))
+        ):
+            raise MemoryStoreError(
+                "embedder must be an Embedder instance (an object with an embed(texts) "
+                f"method), got {embedder!r:.80}; a dimension is given as dim=..."
+            )
         self._embedder: Embedder = embedder if embedder is not None else HashingEmbedder()
         self._dtype = dtype
         if dim is None:  # `dim` is optional in the Embedder protocol, and may be anything
@@ -206,7 +217,12 @@ class SemanticStore:
         return self._entries.get(key)
 
     def retrieve_by_tag(self, tag: str) -> list[SemanticEntry]:
-        """Entries carrying `tag`, sorted by key."""
+        """Entries carrying `tag`, sorted by key.
+
+        Raises:
+            MemoryStoreError: `tag` is not a string (a list of tags, say).
+        """
+        _check_tag(tag)
         with self._lock:
             return [self._entries[k] for k in sorted(self._by_tag.get(tag, ()))]
 
@@ -298,7 +314,12 @@ class SemanticStore:
     # --- helpers ------------------------------------------------------------------------------
 
     def count_by_tag(self, tag: str) -> int:
-        """Entries that carry `tag`."""
+        """Entries that carry `tag`.
+
+        Raises:
+            MemoryStoreError: `tag` is not a string (a list of tags, say).
+        """
+        _check_tag(tag)
         return len(self._by_tag.get(tag, ()))
 
     def list_tags(self) -> list[str]:
@@ -358,9 +379,7 @@ class SemanticStore:
 
         rows = self._embedder.embed([text])
         try:
-            # A value beyond float32 becomes inf, which the index refuses with its message.
-            with np.errstate(over="ignore"):
-                matrix = np.asarray(rows, dtype=np.float32)
+            matrix = _real_float32(rows)
         except (TypeError, ValueError) as e:
             raise MemoryStoreError(
                 f"embedder.embed([text]) must return a (1, dim) array of numbers: {e}"
@@ -386,10 +405,8 @@ class SemanticStore:
         import numpy as np
 
         try:
-            # Shape first: ascontiguousarray would turn a scalar into a 1-vector. A value
-            # beyond float32 becomes inf, which the index refuses with its own message.
-            with np.errstate(over="ignore"):
-                vector = np.asarray(value, dtype=np.float32)
+            # Shape first: ascontiguousarray would turn a scalar into a 1-vector.
+            vector = _real_float32(value)
         except (TypeError, ValueError) as e:
             raise MemoryStoreError(f"{what} must be {expected}: {e}") from e
         except OverflowError as e:  # a Python int beyond any float
@@ -447,6 +464,36 @@ class SemanticStore:
                 del self._by_tag[tag]
 
 
+def _real_float32(value: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """`value` as a float32 array, when it holds real numbers (bools count as 0 and 1).
+
+    numpy's own conversion would take text and complex numbers too: it parses "0.5" and
+    drops an imaginary part, so a list of strings or a complex array became a vector that
+    was never given. A value beyond float32 becomes inf, which the index refuses with its
+    own message.
+
+    Raises:
+        TypeError, ValueError: `value` holds text, complex numbers or other non-numbers (or
+            is ragged), as numpy's conversion raises them.
+        OverflowError: a Python int beyond any float.
+    """
+    import numpy as np
+
+    raw = np.asarray(value)
+    kind = raw.dtype.kind
+    if kind not in "biufO" or (
+        kind == "O"
+        and any(
+            isinstance(item, (str, bytes))
+            or (isinstance(item, numbers.Complex) and not isinstance(item, numbers.Real))
+            for item in raw.flat
+        )
+    ):
+        raise ValueError("it holds text or complex numbers, not real numbers")
+    with np.errstate(over="ignore"):
+        return raw.astype(np.float32, copy=False)
+
+
 def _as_int(value: Any) -> int | None:
     """`value` as an int when it is one of any integer type (numpy's too), else None.
 
@@ -458,6 +505,22 @@ def _as_int(value: Any) -> int | None:
         return operator.index(value)
     except TypeError:
         return None
+
+
+def _check_tag(tag: object) -> None:
+    """Refuses a `tag` that is not a string.
+
+    A list would fail the tag index's lookup with "unhashable type", and another non-string
+    would silently match nothing (no tag is anything but a string).
+
+    Raises:
+        MemoryStoreError: `tag` is not a string.
+    """
+    if not isinstance(tag, str):
+        raise MemoryStoreError(
+            f"tag must be a string, got {type(tag).__name__}: {tag!r:.80} (search takes "
+            "several tags)"
+        )
 
 
 def _tag_set(tags: Iterable[str] | None) -> frozenset[str]:

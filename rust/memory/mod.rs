@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyByteArray, PyBytes, PyIterator, PyList, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyIterator, PyList, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::args::{self, memory_text, OutOfRange};
@@ -566,16 +566,18 @@ impl PyRecallPolicy {
 ///     clock: callable returning the time in seconds (default: wall-clock time); inject
 ///         one to make decay testable. A NaN or infinite time makes `add_episode` and
 ///         `recall` raise `MemoryStoreError`.
-///     embedder: embeds episode contents and text queries (optional).
+///     embedder: embeds episode contents and text queries (optional): an object with an
+///         `embed(texts)` method, such as `HashingEmbedder()`.
 ///     similarity_weight: weight of the query similarity in recall scores (>= 0).
 ///
 /// An agent id that is not valid Unicode (a lone surrogate) cannot be stored: `add_episode`
 /// refuses it, and the methods reading an agent's episodes find none under it.
 ///
 /// Raises:
-///     MemoryStoreError: `per_agent_capacity` is not positive (or too large, or a bool), or
+///     MemoryStoreError: `per_agent_capacity` is not positive (or too large, or a bool),
 ///         `similarity_weight` is negative or not finite (a number beyond the float range
-///         included).
+///         included), or `embedder` has no `embed` method (a dimension, a model name, or an
+///         embedder class rather than an instance).
 #[pyclass(module = "llm_agent_runtime", name = "EpisodicStore", frozen)]
 pub struct PyEpisodicStore {
     /// Taken with [`sync::lock`] (or inside `run_detached`): no Python code runs under it.
@@ -747,6 +749,30 @@ impl PyEpisodicStore {
     }
 }
 
+/// An `embedder` argument: None, or an instance with a callable `embed` (a dimension, a
+/// model name or an embedder class given instead is refused now, not at the first episode
+/// as a bare `AttributeError` or `TypeError`).
+fn embedder_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+    if value.is_none() {
+        return Ok(None);
+    }
+    let embeds = !value.is_instance_of::<PyType>()
+        && value
+            .getattr(pyo3::intern!(value.py(), "embed"))
+            .is_ok_and(|embed| embed.is_callable());
+    if !embeds {
+        let got = value
+            .repr()
+            .map_or_else(|_| "an object".to_owned(), |r| r.to_string());
+        return Err(CoreError::Memory(format!(
+            "embedder must be an Embedder instance (an object with an embed(texts) method), \
+             got {got:.80}"
+        ))
+        .into());
+    }
+    Ok(Some(value.clone().unbind()))
+}
+
 #[pymethods]
 impl PyEpisodicStore {
     #[new]
@@ -763,7 +789,7 @@ impl PyEpisodicStore {
         recall_policy: Option<&PyRecallPolicy>,
         #[pyo3(from_py_with = per_agent_capacity_arg)] per_agent_capacity: Option<usize>,
         clock: Option<Py<PyAny>>,
-        embedder: Option<Py<PyAny>>,
+        #[pyo3(from_py_with = embedder_arg)] embedder: Option<Py<PyAny>>,
         #[pyo3(from_py_with = similarity_weight_arg)] similarity_weight: f64,
     ) -> PyResult<Self> {
         let store = Episodes::new(
@@ -1090,7 +1116,7 @@ impl PyEpisodicStore {
         py: Python<'_>,
         #[pyo3(from_py_with = memory_text)] text: PyBackedStr,
         clock: Option<Py<PyAny>>,
-        embedder: Option<Py<PyAny>>,
+        #[pyo3(from_py_with = embedder_arg)] embedder: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let store = run_detached(py, || {
             let store: Episodes = serde_json::from_str(&text)
