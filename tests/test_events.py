@@ -74,6 +74,25 @@ async def test_error_event_and_off() -> None:
     assert not rt.events.active
 
 
+async def test_a_run_that_fails_before_it_starts_emits_its_error_event_alone() -> None:
+    # A user-message hook fails: the run never started, so no RunStarted precedes the error.
+    class Breaks(ar.Middleware):
+        def on_user_message(self, session: ar.AgentSession, text: str) -> str:
+            raise ValueError("no such user")
+
+    rt = ar.AgentRuntime(middlewares=[Breaks()])
+    seen: list[ar.Event] = []
+    rt.events.on(seen.append)
+
+    async def infer(prompt: str) -> str:
+        raise AssertionError("no model call before the run starts")
+
+    with pytest.raises(ValueError, match="no such user"):
+        await rt.run_agent("a", "q", infer)
+    assert [type(e) for e in seen] == [ar.ErrorEvent]
+    assert isinstance(seen[0].error, ValueError)
+
+
 async def test_native_mode_streams_text_deltas_when_listened_to() -> None:
     rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add])
     seen: list[ar.Event] = []

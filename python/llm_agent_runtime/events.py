@@ -5,7 +5,9 @@ Events are named tuples: immutable, and cheap enough to build on every step.
 The order of a run's events: `RunStarted`, then per step the model's (`LlmTextDelta`,
 `LlmResponse`) and the tools' (`ToolCallStarted`, `ToolCallFinished`) events, each step's
 `CheckpointSaved` (with a checkpoint backend), then `RunFinished`, then the final
-`CheckpointSaved`. A run that fails emits `ErrorEvent` as its last event. `RunFinished` comes
+`CheckpointSaved`. A run that fails emits `ErrorEvent` as its last event (its only one when
+it fails before it started: an `on_user_message` hook or its first checkpoint failed, and
+no `RunStarted` was emitted). `RunFinished` comes
 before the final checkpoint, because the event log that checkpoint writes must hold it: so a
 run whose final checkpoint fails emits `RunFinished` and then `ErrorEvent` (the run raises
 `PersistenceError`), and its logged events end the same way.
