@@ -145,3 +145,18 @@ async def test_a_wrong_argument_beside_a_lone_surrogate_is_named_not_called_inva
     assert obs.error_kind == "permanent"
     assert "times" in obs.content and "valid integer" in obs.content
     assert "Invalid JSON" not in obs.content
+
+
+async def test_an_ellipsis_default_is_required_as_the_schema_says() -> None:
+    # The schema said required, but an omitted argument passed validation and the function
+    # got Ellipsis.
+    @ar.tool
+    def scale(x: int = ...) -> str:  # type: ignore[assignment]
+        """Shows x."""
+        return repr(x)
+
+    assert scale.parameters["required"] == ["x"]
+    registry = ar.ToolRegistry([scale])
+    missing = await registry.call("scale", {})
+    assert missing.error_kind == "permanent" and "x" in missing.content
+    assert (await registry.call("scale", {"x": 3})).content == "3"

@@ -1341,7 +1341,9 @@ def tool(
                 model_fields[field] = (typed, Field(**named))
                 typed_fields[pname] = typed if default.is_required() else NotRequired[typed]
                 fills_defaults = fills_defaults or not default.is_required()
-            elif default is kind.empty:
+            elif default is kind.empty or default is Ellipsis:
+                # `= ...` is pydantic's required (its schema says so): never left to the
+                # function, which would get Ellipsis.
                 model_fields[field] = (annotation, Field(**named))
                 typed = typed_fields[pname] = annotation
             elif _empty_container(default) or any(
