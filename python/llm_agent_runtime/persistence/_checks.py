@@ -68,7 +68,10 @@ def check_value(key: str, value: Any) -> bytes:
     if type(value) is bytes:
         return value
     if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
+        try:
+            return bytes(value)
+        except ValueError as error:  # a released memoryview: no bytes left to store
+            raise PersistenceError(f"a value cannot be read: {error}", key=key) from None
     raise PersistenceError(
         f"a value must be bytes, bytearray or memoryview, got {_shown(value)}", key=key
     )

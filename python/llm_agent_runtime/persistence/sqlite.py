@@ -33,6 +33,9 @@ _UPSERT = (
     "INSERT INTO kv (key, value) VALUES (?, ?) "
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 )
+_SELECT_VALUE = "SELECT CAST(value AS BLOB) FROM kv WHERE key = ?"
+"""A value as bytes, whatever its type: another client sharing the table may have stored
+text or a number, which `bytes()` fails on (text, a real) or misreads (5 as five NULs)."""
 _CANCEL_GRACE = 1.0
 """Seconds a cancelled call waits for its running thread before the cancellation goes on
 (the thread may be waiting up to `busy_timeout` for another writer's lock)."""
@@ -52,11 +55,15 @@ def _upsert(
     c.execute("BEGIN IMMEDIATE")
     try:
         if guard is not None:
-            held = c.execute("SELECT value FROM kv WHERE key = ?", (guard[0],)).fetchone()
+            held = c.execute(_SELECT_VALUE, (guard[0],)).fetchone()
             if held is None or bytes(held[0]) != guard[1]:
                 c.execute("ROLLBACK")
                 return False
         c.executemany(_UPSERT, items.items())
+        # In the try: a COMMIT that fails (an I/O error, a busy lock) may leave the
+        # transaction open, and every later write on this connection would then run inside
+        # it, acknowledged but never committed.
+        c.execute("COMMIT")
     except BaseException:
         # SQLite ends the transaction itself on some errors (a full disk, an I/O error): a
         # ROLLBACK then fails, and its error would hide the one that says what went wrong.
@@ -64,8 +71,22 @@ def _upsert(
             with contextlib.suppress(sqlite3.Error):
                 c.execute("ROLLBACK")
         raise
-    c.execute("COMMIT")
     return True
+
+
+def _end_read(c: sqlite3.Connection) -> None:
+    """Ends a read transaction, rolled back when its COMMIT fails.
+
+    Never left open: every later write on the connection would run inside it, acknowledged
+    but never committed.
+    """
+    try:
+        c.execute("COMMIT")
+    except BaseException:
+        if c.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+        raise
 
 
 class SqliteBackend:
@@ -182,9 +203,7 @@ class SqliteBackend:
     async def load(self, key: str) -> bytes | None:
         """Returns the value stored under `key`, or None."""
         check_key(key)
-        row = await self._run(
-            key, lambda c: c.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        )
+        row = await self._run(key, lambda c: c.execute(_SELECT_VALUE, (key,)).fetchone())
         return None if row is None else bytes(row[0])
 
     async def delete(self, key: str) -> bool:
@@ -208,6 +227,10 @@ class SqliteBackend:
         """
         guard = (check_key(guard_key), check_value(guard_key, guard_value))
         checked = check_items(items)
+        # Checked before the guard: a refused guard would end the transaction before any
+        # item is bound, and a key no store can keep would return False, not fail.
+        for key in checked:
+            encode_key(key)
         return await self._run(guard_key, lambda c: _upsert(c, checked, guard), checked)
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
@@ -225,9 +248,12 @@ class SqliteBackend:
                     marks = ",".join("?" * len(chunk))
                     query = f"SELECT key, value FROM kv WHERE key IN ({marks})"
                     for k, v in c.execute(query, chunk):
-                        found[k] = bytes(v)
+                        # Another client's text or number: as bytes, as `_SELECT_VALUE` has it.
+                        if type(v) is not bytes:
+                            (v,) = c.execute("SELECT CAST(? AS BLOB)", (v,)).fetchone()
+                        found[k] = v
             finally:
-                c.execute("COMMIT")  # a read transaction: nothing to roll back
+                _end_read(c)
             return found
 
         return await self._run(None, read, wanted)
