@@ -676,10 +676,23 @@ impl Index {
             }),
             Rows::I8 { codes, scales } => {
                 let qi = quantized::quantize_query(q);
-                let shortlist = scan_split(
-                    self.len(),
-                    k.saturating_mul(self.rescore).min(self.len()),
-                    |start, end, top| {
+                let width = k.saturating_mul(self.rescore).min(self.len());
+                // A query whose int8 form is mostly zeros would rank every row alike (a
+                // shortlist of arbitrary rows, exact copies or not): it scans the codes with
+                // the float32 query instead.
+                let shortlist = if quantized::query_codes_lose_too_much(q, &qi) {
+                    scan_split(self.len(), width, |start, end, top| {
+                        quantized::scan_i8_float(
+                            &codes[start * dim..end * dim],
+                            &scales[start..end],
+                            dim,
+                            start,
+                            q,
+                            top,
+                        );
+                    })
+                } else {
+                    scan_split(self.len(), width, |start, end, top| {
                         quantized::scan_i8(
                             &codes[start * dim..end * dim],
                             &scales[start..end],
@@ -688,8 +701,8 @@ impl Index {
                             &qi,
                             top,
                         );
-                    },
-                );
+                    })
+                };
                 let mut top = TopK::new(k);
                 for hit in shortlist.into_sorted() {
                     let r = hit.row;
@@ -1252,16 +1265,17 @@ type Hits<'py, D> = (
 /// Storage (``dtype``): ``"float32"`` (exact search); ``"float16"`` (half the memory; the
 /// scan is exact for the stored half-precision values); ``"int8"`` (a quarter of the memory:
 /// symmetric per-vector codes; an integer scan picks ``k * rescore`` candidates, re-scored
-/// with the float32 query against the dequantized vectors). Compressed modes keep no float32
-/// copy, so their scores are those of the stored (rounded) vectors, clamped to [-1, 1] (a
-/// rounded row is unit length only up to its rounding); int8 recall@10 against exact search
-/// is about 0.99 on isotropic data but lower on tightly clustered data. With
-/// ``exact_rescore=True`` an int8 index also keeps the float32 vectors and re-scores the
-/// shortlist exactly against them (exact scores, recall@10 >= 0.99 on clustered data too):
-/// scans still read 4x fewer bytes, but memory is 1.25x that of float32 -- unless
-/// ``originals_path`` puts the float32 copies in a file: memory is then a quarter of
-/// float32's, and each search reads only its ``k * rescore`` shortlisted rows from the file
-/// (served from the OS page cache while they are hot).
+/// with the float32 query against the dequantized vectors; a query that int8 would mostly
+/// round to 0, one dominated by a few values, is scanned in float32 instead, more slowly).
+/// Compressed modes keep no float32 copy, so their scores are those of the stored (rounded)
+/// vectors, clamped to [-1, 1] (a rounded row is unit length only up to its rounding); int8
+/// recall@10 against exact search is about 0.99 on isotropic data but lower on tightly
+/// clustered data. With ``exact_rescore=True`` an int8 index also keeps the float32 vectors
+/// and re-scores the shortlist exactly against them (exact scores, recall@10 >= 0.99 on
+/// clustered data too): scans still read 4x fewer bytes, but memory is 1.25x that of
+/// float32 -- unless ``originals_path`` puts the float32 copies in a file: memory is then a
+/// quarter of float32's, and each search reads only its ``k * rescore`` shortlisted rows from
+/// the file (served from the OS page cache while they are hot).
 ///
 /// Args:
 ///     dim: vector length.

@@ -498,6 +498,39 @@ pub fn quantize_query(query: &[f32]) -> Vec<i8> {
     codes
 }
 
+/// Whether `codes` (the int8 form of `query`) lost too much of the query for the integer scan
+/// to rank rows by: more than a quarter of its nonzero values rounded to code 0. That is a
+/// query dominated by a few values (one 300 times the rest, say): its other values, which may
+/// be all that tells the rows apart, become 0, every row scores alike, and the shortlist is
+/// arbitrary. An isotropic query loses about 1% of its values.
+pub fn query_codes_lose_too_much(query: &[f32], codes: &[i8]) -> bool {
+    let (mut nonzero, mut lost) = (0usize, 0usize);
+    for (&x, &c) in query.iter().zip(codes) {
+        if x != 0.0 {
+            nonzero += 1;
+            lost += usize::from(c == 0);
+        }
+    }
+    lost * 4 > nonzero
+}
+
+/// Scores int8 `codes` (whole rows, the first one numbered `first`, with their `scales`)
+/// against the float32 `query`, as [`rescore_i8`] does: the scan for a query whose int8 form
+/// lost too much of it (see [`query_codes_lose_too_much`]). Slower than [`scan_i8`], and
+/// exact for the stored rows.
+pub fn scan_i8_float(
+    codes: &[i8],
+    scales: &[f32],
+    dim: usize,
+    first: usize,
+    query: &[f32],
+    top: &mut TopK,
+) {
+    for (i, (row, &scale)) in codes.chunks_exact(dim).zip(scales).enumerate() {
+        top.push(rescore_i8(row, scale, query), first + i);
+    }
+}
+
 /// Scores float16 `rows` (whole rows, the first one numbered `first`) against `query`.
 pub fn scan_f16(rows: &[u16], dim: usize, first: usize, query: &[f32], top: &mut TopK) {
     #[cfg(target_arch = "x86_64")]
@@ -808,6 +841,35 @@ mod tests {
             assert_eq!(hits[0].row, 1, "dim {dim}");
             assert_eq!(hits[0].score, (16129 * dim as i64) as f32);
             assert_eq!(hits[1].score, want as f32);
+        }
+    }
+
+    #[test]
+    fn a_query_dominated_by_one_value_is_scanned_in_float32() {
+        let isotropic = lcg(384, 7);
+        assert!(!query_codes_lose_too_much(
+            &isotropic,
+            &quantize_query(&isotropic)
+        ));
+        let mut dominated = lcg(64, 8);
+        dominated[0] = 1_000.0;
+        let codes = quantize_query(&dominated);
+        assert!(query_codes_lose_too_much(&dominated, &codes));
+        // The float32 scan gives the stored rows' exact scores, as the re-scoring does.
+        let mut rows = Rows::new(Dtype::I8);
+        let (a, b) = (lcg(64, 1), lcg(64, 2));
+        rows.push(&a);
+        rows.push(&b);
+        let Rows::I8 { codes, scales } = &rows else {
+            unreachable!()
+        };
+        let mut top = TopK::new(2);
+        scan_i8_float(codes, scales, 64, 0, &dominated, &mut top);
+        let mut hits = top.into_sorted();
+        hits.sort_by_key(|h| h.row);
+        for (r, hit) in hits.iter().enumerate() {
+            let want = rescore_i8(&codes[r * 64..(r + 1) * 64], scales[r], &dominated);
+            assert_eq!(hit.score, want);
         }
     }
 
