@@ -165,7 +165,9 @@ class PostgresBackend:
     A pool's connections belong to the event loop that opened them: each loop the backend is
     used from (a thread's own `asyncio.run`, or the next `asyncio.run`) gets a pool of its
     own, opened on first use there and closed as that loop ends, so one backend may serve
-    several loops, one after another or at once.
+    several loops, one after another or at once. A call made as a loop ends, once its pool
+    is closed (by the cleanup of an async generator the loop finalizes after the
+    backend's), raises `PersistenceError`.
 
     Args:
         dsn: libpq connection string, e.g. `postgresql://user@host:5432/db`.
@@ -283,6 +285,13 @@ class PostgresBackend:
                 await _acquire(state.opening, deadline)
             try:
                 if state.closed:
+                    if self._pools.get() is state:
+                        # Closed as its loop ends (`shutdown_asyncgens`), yet still the
+                        # loop's: looping again would spin forever, never yielding.
+                        raise PersistenceError(
+                            "cannot use PostgreSQL storage: this event loop's pool was "
+                            "closed as the loop ends"
+                        )
                     continue  # closed while this waited: the loop's next pool is wanted
                 if not state.ready:
                     failed = state.failure
