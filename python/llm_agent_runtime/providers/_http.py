@@ -1720,11 +1720,14 @@ class HttpTransport:
         Raises:
             ProviderError: The stream failed (before its first item: on the last attempt,
                 and the message then says how many attempts were made, over how long).
-            BudgetExceededError: The budget is already spent.
+            BudgetExceededError: The budget is already spent, or the usage a failed attempt
+                reported spent it: no further attempt is sent.
         """
-        self.check_budget()
 
         async def first_item() -> tuple[T, AsyncIterator[T]]:
+            # Checked before every attempt: a failed one may have charged the usage it
+            # reported (`charge_unfinished`), and a spent budget allows no further request.
+            self.check_budget()
             # Closed below, always: the loop finalizes only the layer around it (`Driven`).
             stream = Driven(open_stream())
             try:
