@@ -65,13 +65,20 @@ def _upsert(
         # it, acknowledged but never committed.
         c.execute("COMMIT")
     except BaseException:
-        # SQLite ends the transaction itself on some errors (a full disk, an I/O error): a
-        # ROLLBACK then fails, and its error would hide the one that says what went wrong.
-        if c.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                c.execute("ROLLBACK")
+        _roll_back(c)
         raise
     return True
+
+
+def _roll_back(c: sqlite3.Connection) -> None:
+    """Rolls back the connection's open transaction, if any.
+
+    SQLite ends the transaction itself on some errors (a full disk, an I/O error): a
+    ROLLBACK then fails, and its error would hide the one that says what went wrong.
+    """
+    if c.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            c.execute("ROLLBACK")
 
 
 def _end_read(c: sqlite3.Connection) -> None:
@@ -83,9 +90,7 @@ def _end_read(c: sqlite3.Connection) -> None:
     try:
         c.execute("COMMIT")
     except BaseException:
-        if c.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                c.execute("ROLLBACK")
+        _roll_back(c)
         raise
 
 
