@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from types import FunctionType
+from types import FunctionType, MethodType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 from pydantic import ValidationError
@@ -700,7 +700,10 @@ class AgentRuntime:
         `_text_model`), else `chat` in tools mode or with stop sequences, else `complete`;
         and a provider's class given for an instance is refused.
         """
-        if callable(getattr(provider, "chat", None)):
+        chat = getattr(provider, "chat", None)
+        if type(chat) is MethodType and not isinstance(provider, type):
+            return  # the usual provider: an instance with a `chat` method (checked per run)
+        if callable(chat):
             method = "chat"
         else:
             method = "chat" if self.config.mode == "tools" or self._stops else "complete"
@@ -3553,6 +3556,11 @@ def _async_chat(provider: Any) -> Callable[..., Awaitable[Any]]:
     `TypeError` from awaiting its reply.
     """
     chat = provider.chat
+    # An `async def` method (the usual provider) is told without `inspect`: it runs per run.
+    if type(chat) is MethodType and (
+        type(chat.__func__) is FunctionType and chat.__func__.__code__.co_flags & _CO_COROUTINE
+    ):
+        return chat  # type: ignore[no-any-return]
     if is_async_callable(chat):
         return chat  # type: ignore[no-any-return]
     name = type(provider).__name__
