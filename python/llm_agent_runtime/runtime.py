@@ -3560,7 +3560,7 @@ def _async_chat(provider: Any) -> Callable[..., Awaitable[Any]]:
     if type(chat) is MethodType and (
         type(chat.__func__) is FunctionType and chat.__func__.__code__.co_flags & _CO_COROUTINE
     ):
-        return chat  # type: ignore[no-any-return]
+        return chat
     if is_async_callable(chat):
         return chat  # type: ignore[no-any-return]
     name = type(provider).__name__
