@@ -998,3 +998,30 @@ def test_a_clock_of_the_users_own_is_taken() -> None:
     for clock in (Steady(), Traced(), Delegating()):
         assert ar.CircuitBreaker("svc", clock=clock).state == "closed"
     ar.RetryPolicy(clock=None)  # the system clock
+
+
+def test_cache_evicts_expired_entries_before_live_ones() -> None:
+    clock = ar.FakeClock()
+    cache = ar.ResultCache(ttl=5, max_entries=2, clock=clock)
+    cache.put("t", {"k": "a"}, "a")  # expires at 5
+    clock.advance(3)
+    cache.put("t", {"k": "b"}, "b")  # expires at 8
+    clock.advance(1)
+    assert cache.get("t", {"k": "a"}) == (True, "a")  # a is now the most recently used
+    clock.advance(2)  # a has expired, b has not
+    cache.put("t", {"k": "c"}, "c")
+    # The full cache drops the dead entry, not b, the least recently used live one.
+    assert cache.get("t", {"k": "b"}) == (True, "b")
+    assert cache.get("t", {"k": "c"}) == (True, "c")
+    assert len(cache) == 2
+
+
+def test_cache_expiry_index_stays_bounded_under_repeated_puts() -> None:
+    clock = ar.FakeClock()
+    cache = ar.ResultCache(ttl=1000, max_entries=4, clock=clock)
+    for i in range(5000):
+        cache.put("t", {"k": i % 3}, i)
+        clock.advance(0.001)
+    assert len(cache) == 3
+    assert len(cache._expiry) <= 2 * cache.max_entries + 2
+    assert [cache.get("t", {"k": k})[1] for k in range(3)] == [4998, 4999, 4997]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,11 +19,12 @@ __all__ = ["ResultCache"]
 class ResultCache:
     """Caches tool results for `ttl` seconds, at most `max_entries` of them.
 
-    When full, the least recently used entry goes first. `invalidate` and `put` also cover
-    calls in flight: `get_or_call` does not store the result of a call that was running when
-    an `invalidate` of its tool (or of every tool) happened, as that call may have read the
-    data the invalidation was for, nor when a `put` of its key happened, as that stored a
-    newer result (its caller still gets its own result). Safe to use from several threads.
+    When full, the expired entries go first, else the least recently used one. `invalidate`
+    and `put` also cover calls in flight: `get_or_call` does not store the result of a call
+    that was running when an `invalidate` of its tool (or of every tool) happened, as that
+    call may have read the data the invalidation was for, nor when a `put` of its key
+    happened, as that stored a newer result (its caller still gets its own result). Safe to
+    use from several threads.
 
     Keys are `(tool, canonical JSON of the arguments)`, so `{"a": 1, "b": 2}` and
     `{"b": 2, "a": 1}` share an entry.
@@ -50,6 +51,9 @@ class ResultCache:
         self.max_entries = max_entries
         self._clock = checked_clock(clock)
         self._entries: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
+        # (expiry, key) of each store, oldest first: a full cache drops what expired before
+        # a live entry. An item whose key was stored again or dropped since is skipped.
+        self._expiry: deque[tuple[float, tuple[str, str]]] = deque()
         # Guards the entries and counters; held only for in-memory work, never across an
         # await (and never around JSON encoding of the arguments). Re-entrant: an evicted
         # value's finalizer, or the clock, may call back into the cache.
@@ -107,7 +111,7 @@ class ResultCache:
             return False, None
 
     def put(self, tool: str, arguments: Mapping[str, Any], result: Any) -> None:
-        """Stores a result, evicting the least recently used entry when full.
+        """Stores a result; when full, drops the expired entries, else the least recently used.
 
         A `get_or_call` of the same key that is running now will not store its result over
         this one.
@@ -121,10 +125,30 @@ class ResultCache:
 
     def _store(self, key: tuple[str, str], result: Any) -> None:
         """`put` with the lock held."""
-        self._entries[key] = (self._clock.now() + self.ttl, result)
+        now = self._clock.now()
+        expires = now + self.ttl
+        self._entries[key] = (expires, result)
         self._entries.move_to_end(key)
+        if expires < math.inf:  # an entry that never expires needs no place in the index
+            self._expiry.append((expires, key))
+        if len(self._entries) > self.max_entries:
+            self._drop_expired(now)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+        if len(self._expiry) > 2 * self.max_entries:
+            # Stale items pile up behind a long-lived one: rebuilt from the entries, in
+            # expiry order (amortized over the stores since the last rebuild).
+            live = sorted((e[0], k) for k, e in self._entries.items() if e[0] < math.inf)
+            self._expiry = deque(live)
+
+    def _drop_expired(self, now: float) -> None:
+        """Drops the entries that expired by `now`, oldest expiry first (lock held)."""
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            expires, key = expiry.popleft()
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] == expires:  # not stored again since
+                del self._entries[key]
 
     def _generation_of(self, tool: str) -> tuple[int, int]:
         """Changes whenever `tool`'s entries are invalidated (read with the lock held)."""
