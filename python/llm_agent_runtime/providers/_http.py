@@ -31,6 +31,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Iterable,
     Iterator,
     Mapping,
     Sequence,
@@ -79,6 +80,7 @@ __all__ = [
     "ToolCallIds",
     "check_api_key",
     "check_base_url",
+    "check_conversation",
     "clean_json",
     "clean_text",
     "decode_arguments",
@@ -709,6 +711,58 @@ def request_body(body: Mapping[str, Any], *, ensure_ascii: bool = True) -> bytes
         ValueError: A value in `body` is NaN or infinite (the message names the field).
     """
     return json_text(body, ensure_ascii=ensure_ascii).encode()
+
+
+def check_conversation(
+    messages: Iterable[Message], tools: Iterable[ToolDefinition] | None
+) -> tuple[list[Message], list[ToolDefinition]]:
+    """The messages and tools of a call, once checked to be of the types a request is made of.
+
+    A caller's mistake fails here, naming what is wrong and where, before anything is sent:
+    not deep in the request's making as a bare `AttributeError` (dicts in the OpenAI SDK's
+    shape for messages, one `ToolDefinition` where a list belongs, which iterates as its
+    fields), nor as a request that goes out wrong (a tool call's arguments given as JSON
+    text would be encoded twice, a string where the API reads an object).
+
+    Args:
+        messages: The conversation: any iterable of `Message` but a str (a generator too;
+            it is read once, here).
+        tools: The tools, any iterable of `ToolDefinition` (None: none).
+
+    Returns:
+        The messages and the tools, as lists.
+
+    Raises:
+        TypeError: `messages` or `tools` is no iterable of them (a str, one message or one
+            tool, None for messages), or one of them is not a `Message` / `ToolDefinition`,
+            or a message's tool call is not a `ToolCall` whose arguments are a dict.
+    """
+    listed = _listed("messages", messages, Message)
+    for n, message in enumerate(listed):
+        for c, call in enumerate(message.tool_calls or ()):
+            where = f"messages[{n}].tool_calls[{c}]"
+            if not isinstance(call, ToolCall):
+                raise TypeError(f"{where} must be a ToolCall, got {type(call).__name__}")
+            if not isinstance(call.arguments, dict):
+                raise TypeError(
+                    f"{where}.arguments must be a dict (the decoded arguments, not JSON "
+                    f"text), got {type(call.arguments).__name__}"
+                )
+    return listed, [] if tools is None else _listed("tools", tools, ToolDefinition)
+
+
+def _listed(name: str, items: Iterable[T], kind: type[T]) -> list[T]:
+    """`items` as a list, each checked to be a `kind` (see `check_conversation`)."""
+    if isinstance(items, (str, bytes, Mapping, BaseModel)) or not isinstance(items, Iterable):
+        raise TypeError(
+            f"{name} must be a list of {kind.__name__}, got {type(items).__name__} "
+            "(wrap a single one in a list)"
+        )
+    listed = list(items)
+    for n, item in enumerate(listed):
+        if not isinstance(item, kind):
+            raise TypeError(f"{name}[{n}] must be a {kind.__name__}, got {type(item).__name__}")
+    return listed
 
 
 def _non_finite(value: Any, path: str) -> tuple[str, float] | None:

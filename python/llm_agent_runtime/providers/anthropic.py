@@ -22,6 +22,7 @@ from llm_agent_runtime.providers._http import (
     StreamedText,
     ToolCallIds,
     check_base_url,
+    check_conversation,
     check_finite_arguments,
     clean_json,
     clean_text,
@@ -405,6 +406,10 @@ class AnthropicProvider(HttpProvider):
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself, or a value of
                 the request is NaN or infinite (JSON has no such numbers).
+            TypeError: `messages` or `tools` is not an iterable of `Message` /
+                `ToolDefinition`, a tool call in a message is not a `ToolCall` with a dict
+                of arguments, or a message's content is no str or its reasoning no list of
+                blocks: nothing is sent.
         """
         body = self._body(messages, tools, model, params, stream=False)
         raw = await self._transport.post_json("/v1/messages", body, self._check_reply)
@@ -474,6 +479,7 @@ class AnthropicProvider(HttpProvider):
                 the last user message is empty.
             BudgetExceededError: The budget is spent.
             ValueError: As for `chat`, raised at once.
+            TypeError: As for `chat`, raised at once.
         """
         content = request_body(self._body(messages, tools, model, params, stream=True))
         return self._transport.retry_stream(lambda: self._stream_once(content))
@@ -491,6 +497,7 @@ class AnthropicProvider(HttpProvider):
         reserved = _RESERVED_PARAMS.intersection(params)
         if reserved:
             raise ValueError(f"parameters set by the provider cannot be passed: {sorted(reserved)}")
+        messages, tools = check_conversation(messages, tools)
         system, wire_messages = _wire_messages(messages)
         body: dict[str, Any] = {
             "model": model or self.model,
@@ -690,7 +697,8 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
     system: list[str] = []
     wire: list[dict[str, Any]] = []
     last_role = ""
-    for message in messages:
+    for n, message in enumerate(messages):
+        _check_message(n, message)
         role = message.role
         blocks: list[dict[str, Any]]
         if role == "system":
@@ -738,6 +746,30 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
         if isinstance(text, str) and text != text.rstrip():
             content[-1] = {**last, "text": text.rstrip()}  # a copy: never the caller's block
     return "\n\n".join(system), wire
+
+
+def _check_message(n: int, message: Message) -> None:
+    """Refuses what `_wire_messages` cannot send of a message, naming it.
+
+    Content that is no text failed as a bare `AttributeError`; reasoning that is no list of
+    blocks (a str) was spread into the turn a character a block, a request the API refuses.
+
+    Raises:
+        TypeError: Naming the message (`messages[n]`) and the field.
+    """
+    content = message.content
+    if content is not None and not isinstance(content, str):
+        raise TypeError(f"messages[{n}].content must be a str, got {type(content).__name__}")
+    reasoning = message.reasoning
+    if (
+        not isinstance(reasoning, Sequence)
+        or isinstance(reasoning, (str, bytes))
+        or not all(isinstance(block, dict) for block in reasoning)
+    ):
+        raise TypeError(
+            f"messages[{n}].reasoning must be a list of the reply's reasoning blocks (dicts, "
+            "as ChatResponse.reasoning holds them)"
+        )
 
 
 def _error_event(data: bytes, transport: HttpTransport) -> ProviderError:

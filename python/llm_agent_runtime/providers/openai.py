@@ -23,6 +23,7 @@ from llm_agent_runtime.providers._http import (
     StreamedText,
     ToolCallIds,
     check_base_url,
+    check_conversation,
     clean_text,
     decode_arguments,
     env_setting,
@@ -344,17 +345,21 @@ class OpenAIProvider(HttpProvider):
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself, or a value of
                 the request is NaN or infinite (JSON has no such numbers).
+            TypeError: `messages` or `tools` is not an iterable of `Message` /
+                `ToolDefinition`, or a tool call in a message is not a `ToolCall` with a
+                dict of arguments: nothing is sent.
         """
         body = self._body(messages, tools, model, params, stream=False)
         raw = await self._transport.post_json("/chat/completions", body, self._check_reply)
         completion = parse_json(_Completion, raw, "OpenAI response")
+        usage = parse_usage(_Usage, completion.usage, "OpenAI response").usage()
+        # Charged first: the reply arrived and was billed, even if it has no choice or its
+        # tool calls fail below.
+        self._transport.charge(usage)
         if not completion.choices:
             raise ProviderError("malformed OpenAI response: no choices")
         choice = completion.choices[0]
         message = choice.message
-        usage = parse_usage(_Usage, completion.usage, "OpenAI response").usage()
-        # Charged first: the reply arrived and was billed, even if its tool calls fail below.
-        self._transport.charge(usage)
         wire_calls = message.tool_calls or []
         # Given out as a streamed reply's are: cleaned, those missing named (`ToolCallIds`).
         call_ids = ToolCallIds().give_all([call.id for call in wire_calls])
@@ -414,6 +419,7 @@ class OpenAIProvider(HttpProvider):
                 arguments are not a JSON object (as for `chat`).
             BudgetExceededError: The budget is spent.
             ValueError: As for `chat`, raised at once.
+            TypeError: As for `chat`, raised at once.
         """
         content = request_body(self._body(messages, tools, model, params, stream=True))
         return self._transport.retry_stream(lambda: self._stream_once(content))
@@ -431,6 +437,7 @@ class OpenAIProvider(HttpProvider):
         reserved = _RESERVED_PARAMS.intersection(params)
         if reserved:
             raise ValueError(f"parameters set by the provider cannot be passed: {sorted(reserved)}")
+        messages, tools = check_conversation(messages, tools)
         body: dict[str, Any] = {
             "model": model or self.model,
             "messages": [_wire_message(m) for m in messages],
