@@ -451,17 +451,9 @@ impl PyGraphStore {
         }
     }
 
-    /// Runs a mutation (store write-locked, see [`sync`]) and invalidates the snapshot.
-    fn mutate<T: Send>(
-        &self,
-        py: Python<'_>,
-        f: impl FnOnce(&mut Store) -> CoreResult<T> + Send,
-    ) -> PyResult<T> {
-        self.mutate_with(py, false, f)
-    }
-
-    /// [`Self::mutate`] for a mutation whose work grows with the graph (a bulk add, an
-    /// entity's removal): with the GIL released (see [`sync::write_detached`]).
+    /// Runs a mutation (store write-locked, see [`sync`]) and invalidates the snapshot, with
+    /// the GIL released (see [`sync::write_detached`]): for a mutation whose work grows with
+    /// the graph (a bulk add, an entity's removal, a scan of every relationship).
     fn mutate_detached<T: Send>(
         &self,
         py: Python<'_>,
@@ -470,6 +462,9 @@ impl PyGraphStore {
         self.mutate_with(py, true, f)
     }
 
+    /// Runs a mutation (store write-locked, see [`sync`]) and invalidates the snapshot; with
+    /// the GIL released when `detached` (its work grows with the graph), else held unless
+    /// the lock is contended (O(1) work, where a GIL round trip would cost more).
     fn mutate_with<T: Send>(
         &self,
         py: Python<'_>,
@@ -806,7 +801,11 @@ impl PyGraphStore {
     ) -> PyResult<()> {
         let properties = props::properties(properties)?;
         let label = label.as_deref().unwrap_or("");
-        self.mutate(py, |s| s.add_entity(&*id, label, properties).map(|_| ()))
+        // The first entity change after `from_edge_list` stores every entity: O(n).
+        let detached = self.read(py, Store::has_implied_entities)?;
+        self.mutate_with(py, detached, |s| {
+            s.add_entity(&*id, label, properties).map(|_| ())
+        })
     }
 
     /// Replaces an entity's label and/or properties (None keeps the current one).
@@ -827,7 +826,9 @@ impl PyGraphStore {
             some => Some(props::properties(some)?),
         };
         let label = label.as_deref().map(str::to_owned);
-        self.mutate(py, |s| s.update_entity(&id, label, properties))
+        // As in `add_entity`: the first change after `from_edge_list` is O(n).
+        let detached = self.read(py, Store::has_implied_entities)?;
+        self.mutate_with(py, detached, |s| s.update_entity(&id, label, properties))
     }
 
     /// Removes an entity and every relationship touching it.
@@ -921,7 +922,9 @@ impl PyGraphStore {
     ) -> PyResult<()> {
         let properties = props::properties(properties)?;
         let kind = kind.as_deref().unwrap_or("related");
-        self.mutate(py, |s| {
+        // The first addition after `from_edge_list` stores its plain edge list: O(m).
+        let detached = self.read(py, |s| s.plain_edges().is_some())?;
+        self.mutate_with(py, detached, |s| {
             s.add_relationship(&from_id, &to_id, kind, weight, properties)
         })
     }
@@ -1077,7 +1080,8 @@ impl PyGraphStore {
             None => None,
             some => Some(props::properties(some)?),
         };
-        self.mutate(py, |s| {
+        // A scan of every relationship: with the GIL released.
+        self.mutate_detached(py, |s| {
             s.update_relationship(&from_id, &to_id, &kind, weight, properties)
         })
     }
@@ -1092,7 +1096,8 @@ impl PyGraphStore {
         #[pyo3(from_py_with = graph_text)] to_id: PyBackedStr,
         #[pyo3(from_py_with = optional_graph_text)] kind: Option<PyBackedStr>,
     ) -> PyResult<usize> {
-        self.mutate(py, |s| {
+        // A scan of every relationship: with the GIL released.
+        self.mutate_detached(py, |s| {
             s.remove_relationship(&from_id, &to_id, kind.as_deref())
         })
     }
@@ -1482,8 +1487,9 @@ impl PyGraphStore {
     /// Modularity of a partition (lists of ids) on the undirected view.
     ///
     /// Raises:
-    ///     GraphError: When the communities name an unknown entity, overlap or miss one, or
-    ///         `resolution` is negative, NaN or inf.
+    ///     GraphError: When a weight is negative (as for `communities`), the communities
+    ///         name an unknown entity, overlap or miss one, or `resolution` is negative, NaN
+    ///         or inf.
     #[pyo3(signature = (communities, resolution = 1.0))]
     fn modularity(
         &self,
@@ -1492,6 +1498,9 @@ impl PyGraphStore {
         #[pyo3(from_py_with = resolution_arg)] resolution: f64,
     ) -> PyResult<f64> {
         self.run(py, |f| {
+            // Modularity is defined for non-negative weights: with a negative one the sums
+            // came out as 0.0 (a total weight <= 0) or as networkx's, depending on the mix.
+            f.refuse_negative("modularity")?;
             let mut parts = Vec::with_capacity(communities.len());
             let mut seen = alloc::filled(f.snapshot.n, false, "the partition's marks")?;
             for community in &communities {

@@ -674,6 +674,12 @@ impl Store {
         }
     }
 
+    /// Whether some entities are implied, not stored (see [`Store`]): the next change to an
+    /// entity stores them all, in O(n).
+    pub fn has_implied_entities(&self) -> bool {
+        self.unstored > 0
+    }
+
     /// The relationships as a plain list shared with snapshots, when they came as one and
     /// have not changed since (see [`Store::add_plain_relationships`]).
     pub fn plain_edges(&self) -> Option<&EdgeList> {
