@@ -8,9 +8,11 @@ import logging
 import math
 import os
 import random
+import threading
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from llm_agent_runtime._redis import redis_client
 from llm_agent_runtime.errors import PersistenceError
@@ -80,11 +82,14 @@ class RedisCircuitStateBackend:
         prefix: Prepended to each service name to form its key.
 
     Raises:
+        TypeError: When `prefix` is not a str.
         PersistenceError: When redis-py is not installed (the `redis` extra), or `url` is
             not a Redis URL redis-py can use.
     """
 
     def __init__(self, url: str, prefix: str = "llm_agent_runtime:breaker:") -> None:
+        # Checked now: a bytes prefix failed every update, whose callers then waited forever.
+        _check_name("prefix", prefix)
         self.prefix = prefix
         self.client: Any = redis_client(url, "RedisCircuitStateBackend")
         self._swap = self.client.register_script(_SWAP_SCRIPT)
@@ -320,6 +325,13 @@ return {granted, exact(wait), seq, exact(now)}
 """
 
 
+class _Worker(NamedTuple):
+    """What one event loop's use of a `RedisRateLimiter` keeps: its id and its waiters."""
+
+    owner: str
+    room: _WaitingRoom
+
+
 class RedisRateLimiter:
     """A token bucket per key shared by every process that uses the same Redis.
 
@@ -334,6 +346,9 @@ class RedisRateLimiter:
     the bucket keeps them: that worker's waiters were given their times already, and giving
     the tokens back would let the waiters behind them use the same tokens again. So a
     cancelled waiter may cost throughput; it never lets callers exceed the limit.
+
+    One limiter may serve event loops in several threads: each loop is a worker of its own
+    (its own waiters, and refunds only while no other loop has taken tokens since).
 
     Limiters share the bucket of a key when they have the same `prefix`, `rate` and
     `capacity` (the bucket's Redis key is `redis_key(key)`: `<prefix><rate>/<capacity>:<key>`),
@@ -352,6 +367,7 @@ class RedisRateLimiter:
         prefix: Prepended to each Redis key.
 
     Raises:
+        TypeError: `prefix` is not a str.
         ValueError: `rate` or `capacity` is not positive, is NaN or infinite, or is not a
             number (a bool included).
         PersistenceError: When redis-py is not installed (the `redis` extra), or `url` is
@@ -365,6 +381,8 @@ class RedisRateLimiter:
         capacity: float,
         prefix: str = "llm_agent_runtime:bucket:",
     ) -> None:
+        # Checked: formatted into the key, a bytes prefix named another bucket ("b'...'").
+        _check_name("prefix", prefix)
         # Floats: redis-py sends no bool nor numpy scalar (every command would fail).
         rate, capacity = check_real("rate", rate), check_real("capacity", capacity)
         # Written so that NaN fails the check (each comparison with NaN is false).
@@ -376,10 +394,13 @@ class RedisRateLimiter:
         self._namespace = f"{prefix}{rate!r}/{capacity!r}:"
         self.client: Any = redis_client(url, "RedisRateLimiter")
         self._script = self.client.register_script(_BUCKET_SCRIPT)
-        # Tells the bucket which commands are this object's (see `_BUCKET_SCRIPT`).
-        self._owner = uuid.uuid4().hex
-        # This object's callers of `acquire` on each key, from before their command is sent.
-        self._room = _WaitingRoom()
+        # Per event loop: the id that tells the bucket which commands are that loop's (see
+        # `_BUCKET_SCRIPT`), and its callers of `acquire` on each key, from before their
+        # command is sent. Each loop is a worker of its own (see `_worker`).
+        self._workers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Worker] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
         self._pid = os.getpid()
 
     def _this_process(self) -> None:
@@ -390,8 +411,35 @@ class RedisRateLimiter:
         """
         if os.getpid() != self._pid:
             self._pid = os.getpid()
-            self._owner = uuid.uuid4().hex
-            self._room = _WaitingRoom()
+            self._lock = threading.Lock()  # the parent's may have been held by another thread
+            self._workers = weakref.WeakKeyDictionary()
+
+    def _worker(self) -> _Worker:
+        """The running event loop's id and waiting room: each loop is a worker of its own.
+
+        Loops in several threads may share the limiter (its Redis clients are per loop), but
+        not waiters: one loop would settle refunds in another's line while that one changes
+        it, and wake its waiters from the wrong thread. A refund of one loop's reservation
+        is made only while no other loop (or process) has taken tokens of the bucket since,
+        as for any other worker.
+        """
+        self._this_process()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            worker = self._workers.get(loop)
+            if worker is None:
+                worker = self._workers[loop] = _Worker(uuid.uuid4().hex, _WaitingRoom())
+            return worker
+
+    @property
+    def _owner(self) -> str:
+        """The running loop's id: tells the bucket which commands are its (`_BUCKET_SCRIPT`)."""
+        return self._worker().owner
+
+    @property
+    def _room(self) -> _WaitingRoom:
+        """The running loop's callers of `acquire` on each key, from before their command."""
+        return self._worker().room
 
     def __repr__(self) -> str:
         return f"RedisRateLimiter(rate={self.rate}, capacity={self.capacity})"
@@ -502,8 +550,9 @@ class RedisRateLimiter:
         """
         tokens = self._check(tokens)
         self._this_process()
+        room = self._room  # this loop's, kept: `leave` may run once no loop is running
         waiter = _Waiter()
-        self._room.enter(key, waiter)
+        room.enter(key, waiter)
         try:
             _, wait, seq, server_now = await self._take(key, tokens, 1)
             now = SYSTEM_CLOCK.now()
@@ -521,7 +570,7 @@ class RedisRateLimiter:
                 await _settle(self._refund(key, tokens, seq, due))  # give the reservation back
                 raise
         finally:
-            self._room.leave(key, waiter)
+            room.leave(key, waiter)
 
 
 _MAX_PX = 2**53
@@ -590,7 +639,7 @@ class RedisDeduplicator:
             non-empty string without `:`.
 
     Raises:
-        TypeError: When `namespace` is not a string.
+        TypeError: When `namespace` or `prefix` is not a string.
         ValueError: When `ttl` or `lease` is below 1 ms or above 2**53 ms,
             `poll_interval` is not positive, any of them is NaN, infinite or not a number
             (a bool included); when `namespace` is empty or holds a `:`.
@@ -610,6 +659,8 @@ class RedisDeduplicator:
     ) -> None:
         if not isinstance(namespace, str):
             raise TypeError(f"namespace must be a string, got {namespace!r}")
+        # Formatted into the keys: a bytes prefix named others ("b'...'") silently.
+        _check_name("prefix", prefix)
         if not namespace or ":" in namespace:
             raise ValueError(
                 f"namespace must be a non-empty string without ':' (put a hierarchy in "

@@ -118,7 +118,9 @@ class RedisBackend:
         except UnicodeEncodeError:
             raise _not_text(*checked) from None
         except Exception as error:
-            raise _batch_error(error, list(checked)) from error
+            failure = _batch_error(error, list(checked))
+            # Chained to what `_batch_error` chose: redis-py's own error may quote a value.
+            raise failure from failure.__cause__
 
     async def batch_save_if(
         self, guard_key: str, guard_value: bytes, items: Mapping[str, bytes]
@@ -199,12 +201,16 @@ def _batch_error(error: Exception, keys: list[str]) -> PersistenceError:
 
     redis-py's message of a command the server refused quotes the command, its value
     included: a checkpoint's text would reach the logs. Only the server's reply is kept,
-    with the key of the refused command.
+    with the key of the refused command. The returned error's `__cause__` is what to chain
+    it to: `error`, or for a refused command an error of its type holding only the reply
+    (chained to `error` itself, a traceback or `logger.exception` would print the value).
     """
     message = str(error)
     refused = _REFUSED_COMMAND.match(message)
     if refused is None or _REFUSED_SEPARATOR not in message:
-        return PersistenceError(f"Redis: {message}", key=keys[0])
+        failure = PersistenceError(f"Redis: {message}", key=keys[0])
+        failure.__cause__ = error
+        return failure
     # The last separator: the reply (the server's own text) holds no value, a quoted one may.
     reply = message.rpartition(_REFUSED_SEPARATOR)[2]
     try:  # redis-py writes the reply as its args tuple: `('message',)`
@@ -215,4 +221,9 @@ def _batch_error(error: Exception, keys: list[str]) -> PersistenceError:
         reply = args[0]
     number = int(refused[1])  # the refused command's place in the batch, from 1
     key = keys[number - 1] if 1 <= number <= len(keys) else None
-    return PersistenceError(f"Redis refused a write of the batch: {reply}", key=key)
+    failure = PersistenceError(f"Redis refused a write of the batch: {reply}", key=key)
+    try:
+        failure.__cause__ = type(error)(reply)
+    except Exception:  # an error type that takes other arguments: no cause rather than a leak
+        failure.__cause__ = None
+    return failure

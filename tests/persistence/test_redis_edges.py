@@ -1,0 +1,121 @@
+"""Edge cases of the Redis backend (and the Redis orchestration state) found by probing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import sys
+import threading
+import traceback
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+import llm_agent_runtime as ar
+
+from .test_backends import server_address
+
+
+async def test_a_refused_batch_keeps_its_values_out_of_tracebacks_and_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The error's own message left the values out, but it was chained (`from error`) to
+    # redis-py's, which quotes the refused SET with its value: `logger.exception` and every
+    # printed traceback showed the checkpoint's text all the same.
+    url = server_address("redis")
+    prefix = f"test:{uuid.uuid4().hex}:"
+    admin = ar.RedisBackend(url, prefix=prefix)
+    user = f"writer_{uuid.uuid4().hex}"
+    await admin.client.execute_command(
+        "ACL", "SETUSER", user, "on", ">pw", f"~{prefix}ok:*", "+@all"
+    )
+    address = urlsplit(url)
+    store = ar.RedisBackend(
+        f"redis://{user}:pw@{address.hostname}:{address.port}{address.path}", prefix=prefix
+    )
+    try:
+        items = {"ok:a": b"first", "no:b": b"sk-SECRET-value"}
+        with pytest.raises(ar.PersistenceError) as raised:
+            await store.batch_save(items)
+        error = raised.value
+        assert error.key == "no:b" and "no permissions" in str(error)
+        shown = "".join(traceback.format_exception(error))
+        assert "SECRET" not in shown and "first" not in shown
+        assert "no permissions" in shown
+        with caplog.at_level(logging.ERROR):
+            logging.getLogger("test_redis_edges").error("failed", exc_info=error)
+        assert "SECRET" not in caplog.text and "no permissions" in caplog.text
+        assert await admin.batch_load(list(items)) == {}
+    finally:
+        await admin.client.execute_command("ACL", "DELUSER", user)
+        await store.close()
+        await admin.close()
+
+
+@pytest.mark.parametrize("prefix", [b"myapp:", None, 7])
+async def test_redis_orchestration_state_refuses_a_prefix_that_is_not_a_str(prefix: object) -> None:
+    # As `RedisBackend` does. A bytes prefix (common with redis-py) made the breaker's
+    # `update` hang forever (its writer failed building the error for its callers and never
+    # settled their futures), and the limiter and deduplicator silently used keys such as
+    # "b'myapp:'1.0/1.0:default", which no process configured with "myapp:" shares.
+    url = server_address("redis")
+    bad: Any = prefix
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        ar.RedisCircuitStateBackend(url, prefix=bad)
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        ar.RedisRateLimiter(url, rate=1, capacity=1, prefix=bad)
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        ar.RedisDeduplicator(url, ttl=1, prefix=bad, namespace="n")
+
+
+def test_one_shared_limiter_serves_event_loops_in_several_threads() -> None:
+    # Its clients are per event loop, so one limiter may serve worker threads each running
+    # a loop of its own; but its waiters, and the refunds owed to them, were kept in one
+    # room for all loops: a loop settled another's refunds while that one changed its line
+    # ("dictionary changed size during iteration" from `acquire`), or woke another loop's
+    # waiters from the wrong thread. Each loop now stands for a worker of its own.
+    url = server_address("redis")
+    limiter = ar.RedisRateLimiter(url, rate=2000, capacity=5, prefix=f"test:{uuid.uuid4().hex}:")
+    failures: list[object] = []
+
+    async def one() -> None:
+        task = asyncio.ensure_future(limiter.acquire("k"))
+        await asyncio.sleep(random.uniform(0, 0.003))
+        if random.random() < 0.5:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def work() -> None:
+        for _ in range(60):
+            await asyncio.gather(*[one() for _ in range(20)])
+
+    def thread() -> None:
+        loop = asyncio.new_event_loop()
+        # An error in a callback (a refund's settling) is reported to the loop's handler.
+        loop.set_exception_handler(
+            lambda _, context: failures.append(context.get("exception") or context["message"])
+        )
+        try:
+            loop.run_until_complete(work())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            loop.close()
+
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads interleave often, as on a busy machine
+    try:
+        threads = [threading.Thread(target=thread) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        sys.setswitchinterval(switching)
+    assert failures == []
