@@ -2,20 +2,22 @@
 //!
 //! Text is normalized to Unicode NFKC (so composed and decomposed accents, full-width letters
 //! and ligatures embed like their plain forms), lowercased and split into words (runs of
-//! alphanumeric characters). Features are the word n-grams (1..=`word_ngrams` words) and the
-//! character n-grams (`char_min..=char_max` characters) of each word wrapped in `<` and `>`
-//! (so prefixes and suffixes are features of their own); n-grams are at most [`MAX_NGRAM`]
-//! long. Each feature is hashed with 64-bit FNV-1a (a fixed function: vectors are the same
-//! on every machine and release); the hash picks the dimension and its top bit the sign
-//! (signed feature hashing, so collisions cancel out on average). Word features weigh 1, and
-//! the character n-grams of one word share a weight of 1 between them, so long words do not
-//! drown the words. The sum is L2-normalized; a text with no word at all embeds to zeros.
+//! alphanumeric characters and combining marks: see [`is_word_char`]). Features are the
+//! word n-grams (1..=`word_ngrams` words) and the character n-grams (`char_min..=char_max`
+//! characters) of each word wrapped in `<` and `>` (so prefixes and suffixes are features of
+//! their own); n-grams are at most [`MAX_NGRAM`] long. Each feature is hashed with 64-bit
+//! FNV-1a (a fixed function: vectors are the same on every machine); the hash picks the
+//! dimension and its top bit the sign (signed feature hashing, so collisions cancel out on
+//! average). Word features weigh 1, and the character n-grams of one word share a weight of
+//! 1 between them, so long words do not drown the words. The sum is L2-normalized; a text
+//! with no word at all embeds to zeros.
 
 use std::borrow::Cow;
 
 use numpy::{IntoPyArray, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use rayon::prelude::*;
+use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 use crate::args::{self, OutOfRange};
@@ -53,6 +55,14 @@ fn nfkc(text: &str) -> Cow<'_, str> {
         IsNormalized::Yes => Cow::Borrowed(text),
         IsNormalized::No | IsNormalized::Maybe => Cow::Owned(text.nfkc().collect()),
     }
+}
+
+/// Whether `c` belongs to a word: alphanumeric, or a combining mark (General_Category M).
+/// A mark is part of its letter even when it is not Alphabetic (Thai tone marks, the Indic
+/// virama, combining accents NFKC cannot compose): else `ข่าว` (news) and `ข้าว` (rice),
+/// cut at their tone marks into the same pieces, would embed identically.
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || is_combining_mark(c)
 }
 
 #[inline]
@@ -127,7 +137,7 @@ impl Hashing {
         let mut out = try_filled(self.dim, 0.0f64, "one text's feature sums")?;
         let lower = nfkc(text).to_lowercase();
         let words: Vec<&str> = lower
-            .split(|c: char| !c.is_alphanumeric())
+            .split(|c: char| !is_word_char(c))
             .filter(|w| !w.is_empty())
             .collect();
         // The n of each n-gram (at most MAX_NGRAM, so each costs a bounded number of words
@@ -306,7 +316,9 @@ type Settings = (usize, u8, (usize, usize));
 ///
 /// Needs no model and no network; the same text gives the same vector on every machine.
 /// Text is NFKC-normalized and lowercased first, so "é" composed or decomposed, and
-/// full-width "ＡＢＣ" and "abc", embed alike. Similar wording gives similar vectors (shared words, shared word pieces); it does not know
+/// full-width "ＡＢＣ" and "abc", embed alike. Words are runs of letters, digits and
+/// combining marks (a Thai tone mark or an Indic virama stays in its word). Similar
+/// wording gives similar vectors (shared words, shared word pieces); it does not know
 /// synonyms. Rows are L2-normalized float32; a text with no word (empty, punctuation only)
 /// embeds to the zero vector.
 ///
@@ -484,7 +496,7 @@ mod tests {
         let mut out = vec![0.0f64; h.dim];
         let words: Vec<String> = text
             .to_lowercase()
-            .split(|c: char| !c.is_alphanumeric())
+            .split(|c: char| !is_word_char(c))
             .filter(|w| !w.is_empty())
             .map(String::from)
             .collect();
@@ -542,6 +554,19 @@ mod tests {
             let err = Hashing::new(8, word_ngrams, char_min, char_max).unwrap_err();
             assert!(err.to_string().contains("at most 32"), "{err}");
         }
+    }
+
+    #[test]
+    fn combining_marks_stay_in_their_word() {
+        let h = Hashing::new(128, 1, 0, 0).unwrap();
+        let texts = [
+            "\u{e02}\u{e48}\u{e32}\u{e27}",
+            "\u{e02}\u{e49}\u{e32}\u{e27}",
+        ];
+        let rows = h.embed(&texts).unwrap();
+        // One word each (a single feature), and not the same one.
+        assert_eq!(rows[..128].iter().filter(|&&x| x != 0.0).count(), 1);
+        assert_ne!(rows[..128], rows[128..]);
     }
 
     #[test]

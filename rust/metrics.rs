@@ -902,6 +902,24 @@ impl PyMetricsSnapshot {
         py.detach(|| self.inner.to_prometheus())
     }
 
+    /// Pickles as `MetricsSnapshot.from_json(self.to_json())`: a snapshot is a plain value,
+    /// which a process pool returns and `copy.deepcopy` copies (without this, both raised
+    /// `TypeError: cannot pickle`).
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (String,))> {
+        let json = slf.get().to_json(slf.py())?;
+        Ok((slf.get_type().getattr("from_json")?, (json,)))
+    }
+
+    /// Itself: it never changes.
+    fn __copy__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Itself: it never changes.
+    fn __deepcopy__(slf: Py<Self>, _memo: &Bound<'_, PyAny>) -> Py<Self> {
+        slf
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "MetricsSnapshot(sessions={}, steps={}, tool_calls={}, failures={})",

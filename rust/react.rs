@@ -1,7 +1,8 @@
 //! ReAct step parsing: model text -> thought, action, action input, final answer.
 //!
-//! Two forms are accepted, with case-insensitive labels at the start of a line (a step
-//! number may stand before the colon: `Action 1:`, `Action 1 Input:`):
+//! Two forms are accepted, with case-insensitive labels at the start of a line (lines end at
+//! `\n`, `\r\n` or a lone `\r`; a step number may stand before the colon: `Action 1:`,
+//! `Action 1 Input:`):
 //!
 //! * the seed form: `Thought: ...` / `Action: tool {"n": 21}` / `Action: FINAL_ANSWER 42`;
 //! * the LangChain form: `Action: tool` / `Action Input: {...}` / `Final Answer: ...`.
@@ -97,7 +98,7 @@ impl<'a> InputText<'a> {
             Some(b'"') => {
                 let close = string_close(bytes)?;
                 let rest = bytes.get(close..)?;
-                let line = memchr::memchr(b'\n', rest).map_or(rest, |nl| &rest[..nl]);
+                let line = line_break(rest).map_or(rest, |nl| &rest[..nl]);
                 line.iter().all(u8::is_ascii_whitespace).then_some(close)
             }
             _ => None,
@@ -393,7 +394,7 @@ fn sections(text: &str) -> Sections {
                 open = Some(label);
             }
         }
-        match memchr::memchr(b'\n', &bytes[line_start..]) {
+        match line_break(&bytes[line_start..]) {
             Some(offset) => line_start += offset + 1,
             None => break,
         }
@@ -401,11 +402,18 @@ fn sections(text: &str) -> Sections {
     found
 }
 
+/// The index of the first line break in `bytes`: `\n`, or `\r`, which ends a line on its
+/// own too (old Mac line ends, a terminal's output), as in Python's `str.splitlines`; a
+/// `\r\n` is then a line end and an empty line, which holds no label.
+fn line_break(bytes: &[u8]) -> Option<usize> {
+    memchr::memchr2(b'\n', b'\r', bytes)
+}
+
 /// Whether a line after the one at `line_start` is an `Action Input:` or `Final Answer:`
 /// label, before any `Action:` label (whose input would be its own).
 fn input_label_ahead(bytes: &[u8], line_start: usize) -> bool {
     let mut at = line_start;
-    while let Some(offset) = memchr::memchr(b'\n', bytes.get(at..).unwrap_or_default()) {
+    while let Some(offset) = line_break(bytes.get(at..).unwrap_or_default()) {
         at += offset + 1;
         match label_at(bytes, at) {
             Some((Label::ActionInput | Label::FinalAnswer, _, _)) => return true,
@@ -484,7 +492,7 @@ fn strip_fence(text: &str) -> &str {
         return text;
     };
     // Skip the info string (e.g. `json`) up to the end of the fence line.
-    let body = match rest.find('\n') {
+    let body = match line_break(rest.as_bytes()) {
         Some(nl) => &rest[nl + 1..],
         None => rest.trim_start_matches(|c: char| c.is_ascii_alphanumeric()),
     };
@@ -536,7 +544,7 @@ struct ActionText<'a> {
 
 /// The first line of `text`.
 fn first_line(text: &str) -> &str {
-    memchr::memchr(b'\n', text.as_bytes()).map_or(text, |nl| &text[..nl])
+    line_break(text.as_bytes()).map_or(text, |nl| &text[..nl])
 }
 
 /// A tool name as LangChain reads it: all of `text`, trimmed, without a trailing `:` or `=`
@@ -643,7 +651,7 @@ fn call_arguments(rest: &str) -> Option<&str> {
     }
     let close = matching_close_of(rest.as_bytes(), b"(", b")")?;
     let after = rest.get(close..)?;
-    let line_end = memchr::memchr(b'\n', after.as_bytes()).unwrap_or(after.len());
+    let line_end = line_break(after.as_bytes()).unwrap_or(after.len());
     if !after.get(..line_end)?.trim().is_empty() {
         return None;
     }
@@ -1141,10 +1149,11 @@ impl PyReActStep {
 /// `Action: tool` + `Action Input: ...` (the tool is then all the text before the label, as
 /// LangChain reads it: `Action: Search Tool`), or `Final Answer: ...` (also later on a line,
 /// when there is no action: `Thought: I know. Final Answer: 42`). Labels are
-/// case-insensitive and may carry a step number (`Action 1:`, `Action 1 Input:`). A JSON
-/// object or array input may sit in a ```json fence and be followed by other text; a string
-/// literal is JSON only when nothing follows it on its line. Input decodes as `json.loads` would
-/// (JSON nested too deeply even for it stays raw text). The step ends at an `Observation:`
+/// case-insensitive and may carry a step number (`Action 1:`, `Action 1 Input:`); a line ends
+/// at `\n`, `\r\n` or a lone `\r`. A JSON object or array input may sit in a ```json fence
+/// and be followed by other text; a string literal is JSON only when nothing follows it on its
+/// line. Input decodes as `json.loads` would (JSON nested too deeply even for it stays raw
+/// text). The step ends at an `Observation:`
 /// line after the action, or a `Thought:` or `Action:` line after its input (see
 /// `ReActStep.end`).
 ///
@@ -1672,6 +1681,21 @@ mod tests {
         assert_eq!(
             (step.final_answer.as_deref(), step.end),
             (Some("a\nObservation: b"), answer.len())
+        );
+    }
+
+    #[test]
+    fn a_lone_carriage_return_ends_a_line() {
+        let text = "Thought: x\rAction: search\rAction Input: rust\rObservation: y";
+        let step = parse(text).unwrap();
+        assert_eq!((step.thought, step.action), ("x", Some("search")));
+        assert_eq!(
+            step.action_input.map(|input| input.decode()),
+            Some(ActionInput::Raw("rust".into()))
+        );
+        assert_eq!(
+            &text[..step.end],
+            "Thought: x\rAction: search\rAction Input: rust"
         );
     }
 

@@ -44,7 +44,7 @@ def reference_embed(text: str, dim: int, word_ngrams: int, cmin: int, cmax: int)
 
     words, current = [], ""
     for ch in unicodedata.normalize("NFKC", text).lower():
-        if ch.isalnum():
+        if ch.isalnum() or unicodedata.category(ch).startswith("M"):  # marks stay in words
             current += ch
         elif current:
             words.append(current)

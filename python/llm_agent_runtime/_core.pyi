@@ -70,31 +70,34 @@ def dicts_with_keys_made_text(value: object) -> list[dict[Any, Any]]:
 def parse_react_step(text: str) -> ReActStep:
     """Parses one ReAct step from model output.
 
-    Labels are case-insensitive at the start of a line, and may carry a step number
-    (`Action 1:`, `Action 1 Input:`). The first `Action:` is the step's: numbered plan lines
-    such as `Action 1: search for X` are labels too, so the first of them wins over a later
-    `Action:`. When an `Action Input:` label follows it (later on its line, written so, case
-    included, as LangChain matches it, and not inside a JSON string or bracketed value
-    there; or as the next such line before any other `Action:`), the tool is all the text of the action's line before that label, trimmed, as
-    LangChain reads it (`Action: Search Tool`), and the input is what follows the label;
-    unless that line is in the seed form: its tool is `FINAL_ANSWER`, or an input starts
-    right after the name (`{`, `[`, `(`, `"`, a code fence, `:` or `=`). Otherwise the tool
-    name is the run of `[A-Za-z0-9_-]` after `Action:`, with dots between two such
-    characters (`github.search_issues`); its input follows, after an optional `:` or `=`,
-    or inside call parentheses (`Action: FINAL_ANSWER(42)`, nothing after them on their
-    line: chatter on later lines is ignored), or else is on the `Action Input:` line; with
-    neither (a bare `Action: tool`), the input is `{}`, a call without arguments. `Action: FINAL_ANSWER` with no input answers with a
-    `Final Answer:` section (up to the next label), or else a `Final Answer:` later on a
-    line after it; with neither, the text is not a step. With no action and no
-    `Final Answer:` line, a `Final Answer:` (so capitalized, LangChain's marker) later on a
-    line ends the thought and starts the answer (`Thought: I know. Final Answer: 42`). The step ends at the first `Observation:` line
-    after the action, or `Thought:` or `Action:` line after its input (see `ReActStep.end`).
+    Labels are case-insensitive at the start of a line (a line ends at `\n`, `\r\n` or a lone
+    `\r`), and may carry a step number (`Action 1:`, `Action 1 Input:`). The first `Action:` is
+    the step's: numbered plan lines such as `Action 1: search for X` are labels too, so the
+    first of them wins over a later `Action:`. When an `Action Input:` label follows it (later
+    on its line, written so, case included, as LangChain matches it, and not inside a JSON
+    string or bracketed value there; or as the next such line before any other `Action:`), the
+    tool is all the text of the action's line before that label, trimmed, as LangChain reads it
+    (`Action: Search Tool`), and the input is what follows the label; unless that line is in the
+    seed form: its tool is `FINAL_ANSWER`, or an input starts right after the name (`{`, `[`,
+    `(`, `"`, a code fence, `:` or `=`). Otherwise the tool name is the run of `[A-Za-z0-9_-]`
+    after `Action:`, with dots between two such characters (`github.search_issues`); its input
+    follows, after an optional `:` or `=`, or inside call parentheses (`Action:
+    FINAL_ANSWER(42)`, nothing after them on their line: chatter on later lines is ignored), or
+    else is on the `Action Input:` line; with neither (a bare `Action: tool`), the input is
+    `{}`, a call without arguments. `Action: FINAL_ANSWER` with no input answers with a `Final
+    Answer:` section (up to the next label), or else a `Final Answer:` later on a line after it;
+    with neither, the text is not a step. With no action and no `Final Answer:` line, a `Final
+    Answer:` (so capitalized, LangChain's marker) later on a line ends the thought and starts
+    the answer (`Thought: I know. Final Answer: 42`). The step ends at the first `Observation:`
+    line after the action, or `Thought:` or `Action:` line after its input (see
+    `ReActStep.end`).
 
     A JSON object or array input may be followed by other text; a string literal is JSON
     only when nothing follows it on its line (`"New York" weather` stays that text; chatter
-    on later lines is ignored). JSON input decodes as `json.loads` would: integers of any size stay exact ints; deep nesting,
-    numbers beyond the float range (inf), escaped lone surrogates and NaN decode too. JSON
-    nested too deeply even for `json.loads` (a RecursionError) stays raw text.
+    on later lines is ignored). JSON input decodes as `json.loads` would: integers of any size
+    stay exact ints; deep nesting, numbers beyond the float range (inf), escaped lone
+    surrogates and NaN decode too. JSON nested too deeply even for `json.loads` (a
+    RecursionError) stays raw text.
 
     Raises:
         ParseError: the text is not a ReAct step (message says what; `position` where, as
@@ -167,6 +170,9 @@ class MetricsSnapshot:
             AgentRuntimeError: the text is not a snapshot (or not valid Unicode).
         """
     def to_prometheus(self) -> str: ...
+    def __reduce__(self) -> tuple[Callable[[str], MetricsSnapshot], tuple[str]]: ...
+    def __copy__(self) -> MetricsSnapshot: ...
+    def __deepcopy__(self, memo: Any, /) -> MetricsSnapshot: ...
     def __eq__(self, value: object, /) -> bool: ...
 
 @final
@@ -574,7 +580,8 @@ class HashingEmbedder:
     """Deterministic text embedder by feature hashing of word and character n-grams.
 
     Text is NFKC-normalized and lowercased first: composed and decomposed accents, full-width
-    letters and ligatures embed like their plain forms.
+    letters and ligatures embed like their plain forms. Words are runs of letters, digits and
+    combining marks (a Thai tone mark or an Indic virama stays in its word).
 
     dim goes up to 2**20 (1048576). N-grams are at most 32 long (word_ngrams, and the max
     of char_ngrams), so that embedding stays linear in the length of the text.
