@@ -20,7 +20,8 @@ def run_printing(command: Callable[[], int]) -> int:
 
     A reader that closed stdout early (`... | head -1`) ends the command quietly. A stdout
     that is closed (no file at all) or that cannot take the output (a full disk) is reported
-    on stderr. Either way the status is 1, and nothing more is tried at exit.
+    on stderr. Either way the status is 1, and nothing more is tried at exit. Characters
+    stdout's encoding lacks are written as backslash escapes, as stderr writes them.
     """
     stdout = sys.stdout
     if stdout is None:
@@ -56,7 +57,15 @@ class _Guarded:
 
     def write(self, text: str) -> int:
         with _writing():
-            return self._stream.write(text)
+            try:
+                return self._stream.write(text)
+            except UnicodeEncodeError:
+                # A model's reply or a path may hold characters stdout's encoding lacks
+                # (`LC_ALL=C`, `PYTHONIOENCODING=ascii`): escaped as stderr escapes them, not
+                # a traceback. The encoder refused the whole text, so none of it is written.
+                encoding = getattr(self._stream, "encoding", None) or "ascii"
+                escaped = text.encode(encoding, "backslashreplace").decode(encoding)
+                return self._stream.write(escaped)
 
     def flush(self) -> None:
         with _writing():

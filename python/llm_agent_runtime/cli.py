@@ -25,9 +25,11 @@ the session was saved.
 
 environment:
   OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL
-                        run on an OpenAI (or OpenAI-compatible) model instead
+                        run on an OpenAI model instead, or on an OpenAI-compatible
+                        server (OPENAI_BASE_URL alone: no key needed)
   ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, ANTHROPIC_MODEL
-                        run on an Anthropic model instead
+                        run on an Anthropic model instead (needs ANTHROPIC_API_KEY);
+                        the OPENAI_* variables win when both are set
   LLM_AGENT_RUNTIME_DEMO_DB
                         the SQLite file of the checkpoints (default:
                         llm-agent-runtime/demo.db in the user's cache directory)

@@ -265,8 +265,9 @@ async def _is_demo_session(backend: ar.PersistenceBackend, session_id: str) -> b
 async def _lock_database(db_path: Path) -> int | None:
     """Takes the demo's lock on its database, waiting (and saying so) while another run has it.
 
-    The lock is `flock` on `<database>.lock`: the system drops it when its holder ends, however
-    it ends. Without `flock` (Windows) runs do not take turns.
+    The lock is `flock` on `<database>.lock`, beside the file `db_path` leads to (through
+    symlinks): the system drops it when its holder ends, however it ends. Without `flock`
+    (Windows) runs do not take turns.
 
     Returns:
         The lock file's descriptor (closing it releases the lock), or None without `flock`.
@@ -276,7 +277,10 @@ async def _lock_database(db_path: Path) -> int | None:
     """
     if sys.platform == "win32":
         return None
-    path = db_path.with_name(db_path.name + ".lock")
+    # Beside the file the path leads to: a run through a symlink to the database takes the
+    # lock the runs on the database itself take.
+    real = db_path.resolve()
+    path = real.with_name(real.name + ".lock")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as error:
