@@ -2336,7 +2336,8 @@ class AgentRuntime:
                 error.__cause__ or error,
             )
             session.checkpoint_errors += 1
-            await self._save_final_record(session, extra, None, run, folded=True)
+            # Its records go folded too: they hold what a fork's resume rebuilds the chat from.
+            await self._save_final_record(session, extra, unsaved, run, folded=True)
         self._unsaved_steps.pop(session.session_id, None)
         self.events.emit(CheckpointSaved(session.session_id, key))
 

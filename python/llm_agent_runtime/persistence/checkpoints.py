@@ -1413,7 +1413,10 @@ class CheckpointStore:
         `unsaved` (first step number, records) are steps whose own save failed: they are
         written in the same transaction, so a finished session's steps have no gap. With
         `folded`, the session's steps go instead as one base record (`:base:<n>`, as `prune`
-        folds them), for a backend that refused the step records themselves. `run`
+        folds them), for a backend that refused the step records themselves: `unsaved`'s
+        records, and those of the steps saved before them as the store holds them, so the
+        base keeps what a fork's resume rebuilds the model's context from (replies, rounds,
+        run starts; a step whose record cannot be read has its step alone). `run`
         is the id of the run this checkpoint closes (`save_meta`'s, or `SessionState.run`
         for a resumed run); without it, whether a later turn began after this checkpoint is
         told by the clock, as in records of older versions.
@@ -1424,7 +1427,7 @@ class CheckpointStore:
             payload["run"] = run
         items = {key: _encode("session", payload)}
         if folded:
-            folded_records = [StepRecord(step).to_dict() for step in session.steps]
+            folded_records = await self._records_to_fold(key, session, unsaved)
             base = _encode("base", {"records": folded_records})
             items[f"{key}:base:{len(folded_records)}"] = base
         elif unsaved is not None:
@@ -1443,6 +1446,36 @@ class CheckpointStore:
             left = "its later resumes are refused until release_resume, or its lease passes"
             await asyncio.wait([delete_claims_apart(session.session_id, deletion, left)])
         return key
+
+    async def _records_to_fold(
+        self,
+        key: str,
+        session: AgentSession,
+        unsaved: tuple[int, Sequence[StepRecord]] | None,
+    ) -> list[dict[str, Any]]:
+        """The records of `session`'s steps for the base record of a folded final checkpoint.
+
+        The base supersedes the step records saved before it (`_fold` reads the longest
+        base, then the deltas after it): built from the bare steps, it would drop their
+        replies, rounds and run starts, and a fork's resume would send the model a chat
+        without its calls (a tool result answering no call, which providers refuse). So the
+        records are the unsaved ones and, before them, the saved ones; a step neither gives
+        (a read that failed, in this failure path) keeps its step alone.
+        """
+        records = [StepRecord(step) for step in session.steps]
+        if unsaved is None:
+            return [r.to_dict() for r in records]
+        first, own = unsaved
+        if first > 1:
+            try:
+                saved = await self._fold(key)
+            except Exception as error:  # a backend failing now: the bare steps, as before
+                logger.warning("steps of %s not read for its folded record: %r", key, error)
+                saved = []
+            records[: min(len(saved), first - 1)] = saved[: first - 1]
+        if first - 1 + len(own) == len(records):
+            records[first - 1 :] = own
+        return [r.to_dict() for r in records]
 
     async def journal(
         self, session_id: str, step: int, index: int, entry: dict[str, Any], *, new: bool = False
