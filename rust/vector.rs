@@ -99,6 +99,49 @@ impl TopK {
         }
     }
 
+    /// A top-`k` of a scan of `rows` rows: it never holds more than `min(k, rows)` hits, so
+    /// room for that many is made, not for `k` (a huge `k` means "all rows", and each of a
+    /// parallel scan's tasks sees only its own range), and allocated fallibly.
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when the heap cannot be allocated.
+    fn for_rows(k: usize, rows: usize) -> CoreResult<Self> {
+        let mut hits = Vec::new();
+        try_reserve(&mut hits, k.min(rows) + 1, "the top-k heaps")?;
+        Ok(Self {
+            k,
+            heap: BinaryHeap::from(hits),
+        })
+    }
+
+    /// The top `k` of the hits of `parts` (the heaps of a parallel scan's tasks), in one heap
+    /// allocated fallibly at its final size: with a huge `k` ("all rows") the merged heap is
+    /// as large as the parts together, and must fail with an error, not abort the process.
+    ///
+    /// # Errors
+    /// [`CoreError::Memory`] when the merged heap cannot be allocated.
+    fn merge_all(k: usize, mut parts: Vec<TopK>) -> CoreResult<TopK> {
+        if parts.len() == 1 {
+            if let Some(top) = parts.pop() {
+                return Ok(top);
+            }
+        }
+        let total = parts.iter().map(|p| p.heap.len()).sum::<usize>().min(k);
+        let mut hits = Vec::new();
+        try_reserve(&mut hits, total, "the top-k heaps")?;
+        // Never more than `total` hits are kept: the heap never grows past this room.
+        let mut top = TopK {
+            k,
+            heap: BinaryHeap::from(hits),
+        };
+        for part in parts {
+            for hit in part.heap {
+                top.push(hit.score, hit.row);
+            }
+        }
+        Ok(top)
+    }
+
     /// Keeps `(score, row)` if it beats the worst kept hit (higher score, then lower row).
     #[inline]
     fn push(&mut self, score: f32, row: usize) {
@@ -119,13 +162,6 @@ impl TopK {
             Some(worst) if self.heap.len() >= self.k => worst.score,
             _ => f32::NEG_INFINITY,
         }
-    }
-
-    fn merge(mut self, other: TopK) -> TopK {
-        for hit in other.heap {
-            self.push(hit.score, hit.row);
-        }
-        self
     }
 
     /// Best first (ties: lower row first).
@@ -311,28 +347,40 @@ fn scan_rows_avx512(rows: &[f32], dim: usize, first: usize, query: &[f32], top: 
 
 /// Runs `scan(start, end, top)` over row ranges covering `0..n` (over rayon threads when `n`
 /// reaches [`PARALLEL_ROWS`]) and merges the ranges' top `k`.
-fn scan_split(n: usize, k: usize, scan: impl Fn(usize, usize, &mut TopK) + Sync) -> TopK {
+///
+/// # Errors
+/// [`CoreError::Memory`] when the merged top `k` cannot be allocated (see
+/// [`TopK::merge_all`]).
+fn scan_split(
+    n: usize,
+    k: usize,
+    scan: impl Fn(usize, usize, &mut TopK) + Sync,
+) -> CoreResult<TopK> {
     if n < PARALLEL_ROWS {
-        let mut top = TopK::new(k);
+        let mut top = TopK::for_rows(k, n)?;
         scan(0, n, &mut top);
-        return top;
+        return Ok(top);
     }
     let parallel = |threads: usize| {
         let per_task = PARALLEL_ROWS.max(n.div_ceil(threads));
         (0..n.div_ceil(per_task))
             .into_par_iter()
             .map(|t| {
-                let mut top = TopK::new(k);
-                scan(t * per_task, ((t + 1) * per_task).min(n), &mut top);
-                top
+                let (start, end) = (t * per_task, ((t + 1) * per_task).min(n));
+                let mut top = TopK::for_rows(k, end - start)?;
+                scan(start, end, &mut top);
+                Ok(top)
             })
-            .reduce(|| TopK::new(k), TopK::merge)
+            .collect::<CoreResult<Vec<TopK>>>()
     };
-    sync::parallel(parallel).unwrap_or_else(|| {
-        let mut top = TopK::new(k);
-        scan(0, n, &mut top);
-        top
-    })
+    match sync::parallel(parallel) {
+        Some(parts) => TopK::merge_all(k, parts?),
+        None => {
+            let mut top = TopK::for_rows(k, n)?;
+            scan(0, n, &mut top);
+            Ok(top)
+        }
+    }
 }
 
 /// Normalizes `v` in place; refuses non-finite values and zero vectors.
@@ -670,10 +718,10 @@ impl Index {
         Ok(match &self.vectors {
             Rows::F32(data) => scan_split(self.len(), k, |start, end, top| {
                 scan_rows(&data[start * dim..end * dim], dim, start, q, top);
-            }),
+            })?,
             Rows::F16(data) => scan_split(self.len(), k, |start, end, top| {
                 quantized::scan_f16(&data[start * dim..end * dim], dim, start, q, top);
-            }),
+            })?,
             Rows::I8 { codes, scales } => {
                 let qi = quantized::quantize_query(q);
                 let width = k.saturating_mul(self.rescore).min(self.len());
@@ -690,7 +738,7 @@ impl Index {
                             q,
                             top,
                         );
-                    })
+                    })?
                 } else {
                     scan_split(self.len(), width, |start, end, top| {
                         quantized::scan_i8(
@@ -701,7 +749,7 @@ impl Index {
                             &qi,
                             top,
                         );
-                    })
+                    })?
                 };
                 let mut top = TopK::new(k);
                 for hit in shortlist.into_sorted() {
@@ -755,7 +803,7 @@ impl Index {
         try_reserve(&mut scores, total, "the result scores")?;
         TopK::check_fits(m, width)?;
         let tops: Vec<TopK> = match &self.vectors {
-            Rows::F32(data) if m >= 2 => batch::search_batch_fused(data, self.dim, &qs, width),
+            Rows::F32(data) if m >= 2 => batch::search_batch_fused(data, self.dim, &qs, width)?,
             _ => qs
                 .chunks_exact(self.dim)
                 .map(|q| self.top_k(q, width))

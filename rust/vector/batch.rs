@@ -12,6 +12,7 @@
 use rayon::prelude::*;
 
 use super::TopK;
+use crate::errors::CoreResult;
 
 /// Rows per packed panel of the AVX2 and portable kernels (two 8-lane registers).
 const PANEL_ROWS: usize = 16;
@@ -27,7 +28,16 @@ const PARALLEL_ROWS: usize = 2_048;
 
 /// The top `k` rows of `data` (`n` rows of `dim`, normalized) for each of `queries` (`m` rows of
 /// `dim`, normalized): one heap per query, rows numbered from 0.
-pub(super) fn search_batch_fused(data: &[f32], dim: usize, queries: &[f32], k: usize) -> Vec<TopK> {
+///
+/// # Errors
+/// [`crate::errors::CoreError::Memory`] when a query's merged heap cannot be allocated (see
+/// [`TopK::merge_all`]).
+pub(super) fn search_batch_fused(
+    data: &[f32],
+    dim: usize,
+    queries: &[f32],
+    k: usize,
+) -> CoreResult<Vec<TopK>> {
     let n = data.len() / dim;
     let m = queries.len() / dim;
     let groups = pack_queries(queries, dim, m);
@@ -53,13 +63,23 @@ pub(super) fn search_batch_fused(data: &[f32], dim: usize, queries: &[f32], k: u
                     fused,
                 )
             })
-            .reduce(
-                || (0..m).map(|_| TopK::new(k)).collect(),
-                |a, b| a.into_iter().zip(b).map(|(x, y)| x.merge(y)).collect(),
-            )
+            .collect::<CoreResult<Vec<Vec<TopK>>>>()
     };
-    crate::sync::parallel(parallel)
-        .unwrap_or_else(|| scan_range(data, dim, 0, n, &groups, m, k, fused))
+    let Some(tasks) = crate::sync::parallel(parallel) else {
+        return scan_range(data, dim, 0, n, &groups, m, k, fused);
+    };
+    let tasks = tasks?;
+    // Each query's heaps, one a task, merged into one.
+    let mut per_query: Vec<Vec<TopK>> = (0..m).map(|_| Vec::with_capacity(tasks.len())).collect();
+    for task in tasks {
+        for (parts, top) in per_query.iter_mut().zip(task) {
+            parts.push(top);
+        }
+    }
+    per_query
+        .into_iter()
+        .map(|parts| TopK::merge_all(k, parts))
+        .collect()
 }
 
 /// Which micro-kernel this CPU runs (checked once per batch).
@@ -313,6 +333,9 @@ unsafe fn pack_panel_avx512(rows: &[f32], dim: usize, panel: &mut [f32]) {
 }
 
 /// Scores rows `start..end` against every query; one heap per query.
+///
+/// # Errors
+/// [`crate::errors::CoreError::Memory`] when the heaps cannot be allocated.
 #[allow(clippy::too_many_arguments)]
 fn scan_range(
     data: &[f32],
@@ -323,8 +346,10 @@ fn scan_range(
     m: usize,
     k: usize,
     fused: Fused,
-) -> Vec<TopK> {
-    let mut tops: Vec<TopK> = (0..m).map(|_| TopK::new(k)).collect();
+) -> CoreResult<Vec<TopK>> {
+    let mut tops: Vec<TopK> = (0..m)
+        .map(|_| TopK::for_rows(k, end - start))
+        .collect::<CoreResult<_>>()?;
     let width = fused.panel_rows();
     let panel_len = dim * width;
     let group_len = dim * TILE_QUERIES;
@@ -377,7 +402,7 @@ fn scan_range(
         }
         block += rows;
     }
-    tops
+    Ok(tops)
 }
 
 fn tile_portable(panel: &[f32], group: &[f32], dim: usize, out: &mut [f32; TILE]) {
@@ -477,10 +502,10 @@ mod tests {
             let queries = lcg(m * dim, 11);
             let groups = pack_queries(&queries, dim, m);
             // The search as this CPU runs it, then each kernel it could run (one thread).
-            let runs = std::iter::once(search_batch_fused(&data, dim, &queries, 4)).chain(
+            let runs = std::iter::once(search_batch_fused(&data, dim, &queries, 4).unwrap()).chain(
                 kernels()
                     .into_iter()
-                    .map(|fused| scan_range(&data, dim, 0, n, &groups, m, 4, fused)),
+                    .map(|fused| scan_range(&data, dim, 0, n, &groups, m, 4, fused).unwrap()),
             );
             for (query, top) in runs.flat_map(|tops| queries.chunks_exact(dim).zip(tops)) {
                 let mut want: Vec<(f32, usize)> = data
