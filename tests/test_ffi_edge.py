@@ -219,6 +219,14 @@ def _big_graph() -> ar.GraphStore:
     return ar.GraphStore.from_edge_list(n, [(i % n, (i * 7 + 1) % n) for i in range(4 * n)])
 
 
+def _fresh_big_graphs() -> list[ar.GraphStore]:
+    """20 graphs as `from_edge_list` leaves them: for a change whose first call alone is O(n)."""
+    n = 100_000
+    rows = np.arange(4 * n)
+    edges = np.stack([rows % n, (rows * 7 + 1) % n], axis=1)
+    return [ar.GraphStore.from_edge_list(n, edges) for _ in range(20)]
+
+
 def _many_agents_metrics() -> ar.RuntimeMetrics:
     metrics = ar.RuntimeMetrics()
     for i in range(100_000):
@@ -242,6 +250,14 @@ def _long_memory() -> ar.EpisodicStore:
         (_big_graph, lambda g: g.entities_with_self_loops()),
         (_big_graph, lambda g: g.remove_entity(str(g.entity_count() - 1))),
         (ar.GraphStore, lambda g: g.add_entities([f"{len(g)}-{i}" for i in range(20_000)])),
+        # A scan of every relationship, each call.
+        (_big_graph, lambda g: g.remove_relationship("0", "1")),
+        (_big_graph, lambda g: g.update_relationship("0", "1", "related", weight=2.0)),
+        # The first change after `from_edge_list` stores its edge list or its entities: each
+        # call takes a fresh graph.
+        (_fresh_big_graphs, lambda gs: gs.pop().add_relationship("0", "1")),
+        (_fresh_big_graphs, lambda gs: gs.pop().add_entity("new")),
+        (_fresh_big_graphs, lambda gs: gs.pop().update_entity("0", label="x")),
         (_many_agents_metrics, lambda m: m.snapshot()),
         (_many_agents_metrics, lambda m: m.to_prometheus()),
         (_many_agents_metrics, lambda m: m.snapshot().to_json()),
@@ -254,6 +270,11 @@ def _long_memory() -> ar.EpisodicStore:
         "entities_with_self_loops",
         "remove_entity",
         "add_entities",
+        "remove_relationship",
+        "update_relationship",
+        "first add_relationship",
+        "first add_entity",
+        "first update_entity",
         "metrics.snapshot",
         "metrics.to_prometheus",
         "snapshot.to_json",

@@ -1,4 +1,4 @@
-"""Edge cases of the Redis backend (and the Redis orchestration state) found by probing."""
+"""Edge cases of the Redis backend and of the Redis orchestration state."""
 
 from __future__ import annotations
 
