@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import traceback
 import uuid
 from urllib.parse import urlsplit
 
@@ -12,7 +14,9 @@ import llm_agent_runtime as ar
 from .test_backends import server_address
 
 
-async def test_a_refused_batch_names_its_key_and_quotes_no_value() -> None:
+async def test_a_refused_batch_names_its_key_and_quotes_no_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # redis-py's message quotes the refused command, value included: checkpoint text (a
     # prompt, a tool's output, a key the model saw) ended up in the error and the logs, and
     # the error named the batch's first key, not the refused one. A user whose ACL forbids
@@ -36,6 +40,13 @@ async def test_a_refused_batch_names_its_key_and_quotes_no_value() -> None:
         assert error.key == "no:b"
         assert "SECRET" not in str(error) and "first" not in str(error)
         assert "no permissions" in str(error)
+        # Nor through its cause: chained to redis-py's error, a printed traceback and
+        # `logger.exception` showed the value all the same.
+        shown = "".join(traceback.format_exception(error))
+        assert "SECRET" not in shown and "first" not in shown and "no permissions" in shown
+        with caplog.at_level(logging.ERROR):
+            logging.getLogger("test_redis_refusals").error("failed", exc_info=error)
+        assert "SECRET" not in caplog.text and "no permissions" in caplog.text
         assert await admin.batch_load(list(items)) == {}  # all or none
     finally:
         await admin.client.execute_command("ACL", "DELUSER", user)

@@ -8,6 +8,11 @@
 * float32 copies kept in a file (originals_path) belong to the process that opened it: a
   fork()ed child that inherits the index gets PersistenceError for every use of them, so its
   writes can no longer change the parent's index through the shared file.
+* a search with a huge k ("all rows") over a large index: every task of a parallel scan used
+  to make its heap room for k hits (the whole index), not for the rows it scans, and the
+  tasks' heaps were merged into more heaps of k, all allocated infallibly, so search and
+  search_batch needed several times the memory their check allowed for and aborted the
+  interpreter (SIGABRT) instead of raising MemoryStoreError or returning.
 """
 
 from __future__ import annotations
@@ -294,3 +299,73 @@ def test_an_add_refused_for_memory_leaves_the_copies_file_in_step(tmp_path: Path
     assert out["len"] == out["added"] == out["file_rows"], out
     assert out["found"] == [10**9] and out["score"] == pytest.approx(1.0, abs=1e-6), out
     assert out["get"] == pytest.approx([0.0, 1.0, 0.0], abs=1e-6), out
+
+
+# Runs in a child interpreter: an index of ROWS x DIM float32 rows, then, with the address
+# space limited to what the process uses plus ROOM MiB, one search (mode "search") or a batch
+# of QUERIES (mode "batch") with k beyond 64 bits; prints what it got as JSON.
+HUGE_K_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    import numpy as np
+    import llm_agent_runtime as ar
+
+    mode, rows, dim, queries, room = sys.argv[1], *map(int, sys.argv[2:])
+    index = ar.VectorIndex(dim)
+    rng = np.random.default_rng(0)
+    index.add(np.arange(rows), rng.standard_normal((rows, dim)).astype(np.float32))
+    qs = rng.standard_normal((queries, dim)).astype(np.float32)
+    q = qs[0].copy()
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmSize"))
+    limit = int(line.split()[1]) * 1024 + room * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        if mode == "batch":
+            ids, scores = index.search_batch(qs, 2**70)
+        else:
+            ids, scores = index.search(q, 2**70)
+        ok = bool(np.all(np.diff(scores, axis=-1) <= 0))
+        print(json.dumps({"shape": list(ids.shape), "sorted": ok}))
+    except ar.AgentRuntimeError as e:
+        print(json.dumps({"error": type(e).__name__, "message": str(e)}))
+    """
+)
+
+
+def test_search_with_huge_k_needs_one_heap_not_one_per_task() -> None:
+    # 4M one-dimensional rows: the ranked result (64 MB of heap) fits the room several
+    # times over, but the old scan made 2 heaps of 4M hits per thread.
+    got = run_child(HUGE_K_SCRIPT, "search", "4000000", "1", "1", "360")
+    assert got == {"shape": [4_000_000], "sorted": True}
+
+
+def test_search_batch_with_huge_k_needs_one_set_of_heaps_not_one_per_task() -> None:
+    # 1,024 queries x 16,384 rows: 268 MB of heaps, results 201 MB; the old batch made a
+    # set of 1,024 heaps of 16,384 hits for each of 4 tasks per thread, and as many again
+    # to merge them (over 2.4 GB).
+    got = run_child(HUGE_K_SCRIPT, "batch", "16384", "4", "1024", "1200")
+    assert got == {"shape": [1_024, 16_384], "sorted": True}
+
+
+@pytest.mark.parametrize(
+    ("mode", "rows", "queries", "room_mib"),
+    [
+        ("search", 4_000_000, 1, 100),
+        ("search", 4_000_000, 1, 200),
+        # Well short of what the results and heaps take: their own (fallible) allocation is
+        # what fails. Nearer the need, a big allocation may succeed and leave too little for
+        # a small one that no allocator error can reach (a thread pool's, a Vec's).
+        ("batch", 16_384, 1_024, 450),
+    ],
+)
+def test_huge_k_without_the_memory_is_a_memory_error_not_an_abort(
+    mode: str, rows: int, queries: int, room_mib: int
+) -> None:
+    dim = 1 if mode == "search" else 4
+    got = run_child(HUGE_K_SCRIPT, mode, *map(str, (rows, dim, queries, room_mib)))
+    if "error" in got:
+        assert got["error"] == "MemoryStoreError", got
+        assert "out of memory" in got["message"], got
+    else:
+        assert got["sorted"], got
