@@ -221,7 +221,7 @@ class EventBus:
 
     def __init__(self) -> None:
         self._callbacks: list[Callable[[Event], Any]] = []
-        self._queues: list[asyncio.Queue[Event | None]] = []
+        self._queues: list[_SubscriberQueue] = []
         self._pending: set[asyncio.Future[Any]] = set()
         self._recorders: list[Callable[[Event], Any]] = []
         self.active = False
@@ -316,8 +316,10 @@ class EventBus:
         web client, say) costs bounded memory and never slows the runs. A callback (`on`)
         queues nothing.
 
-        Iterate it on the event loop the runs run on: the queue is an `asyncio.Queue`, which
-        an event emitted from another thread (a run on another thread's loop) does not wake.
+        Iterate it on one event loop. Runs on other threads (each on its own loop) may emit
+        meanwhile: their events are handed to the loop iterating it (thread-safely, in each
+        thread's emission order), never put on its queue from their own thread. Once that
+        loop has closed, events are no longer queued for it.
 
         Args:
             max_buffered: Most unread events kept (at least 1); None: no limit.
@@ -329,7 +331,7 @@ class EventBus:
             ValueError: `max_buffered` is not an int of at least 1.
         """
         if max_buffered is None:
-            queue: asyncio.Queue[Event | None] = asyncio.Queue()
+            queue: _SubscriberQueue = _SubscriberQueue()
         elif type(max_buffered) is not int or max_buffered < 1:
             raise ValueError(f"max_buffered must be an int of at least 1, got {max_buffered!r}")
         else:
@@ -338,7 +340,7 @@ class EventBus:
         self._listeners_changed()
         return Subscription(self, queue)
 
-    def _unsubscribe(self, queue: asyncio.Queue[Event | None]) -> None:
+    def _unsubscribe(self, queue: _SubscriberQueue) -> None:
         # By identity: the Rust fan-out delivers over this very list.
         for index, registered in enumerate(self._queues):
             if registered is queue:
@@ -358,7 +360,35 @@ class EventBus:
         self._listeners_changed()
 
 
-class _DroppingQueue(asyncio.Queue["Event | None"]):
+class _SubscriberQueue(asyncio.Queue["Event | None"]):
+    """A subscriber's queue, which runs on any thread may put events on.
+
+    An `asyncio.Queue` is not thread-safe: putting an item wakes a waiting reader through
+    its loop, which from another thread is not woken (the reader waits on), raises in a
+    debug loop (failing the emitting run) or, once the loop closed, raises "Event loop is
+    closed". So an item put from a thread other than the reader's loop's is handed to that
+    loop (`call_soon_threadsafe`); one for a loop that has closed is dropped (no one reads).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reader_loop: asyncio.AbstractEventLoop | None = None
+        """The loop iterating the subscription (set as it first waits for an event)."""
+
+    def put_nowait(self, item: Event | None) -> None:
+        loop = self.reader_loop
+        if loop is not None and loop is not asyncio._get_running_loop():
+            with contextlib.suppress(RuntimeError):  # the reader's loop has closed
+                loop.call_soon_threadsafe(self._deliver, item)
+            return
+        self._deliver(item)
+
+    def _deliver(self, item: Event | None) -> None:
+        """Queues `item`, on the reader's loop (or before any reader waits)."""
+        super().put_nowait(item)
+
+
+class _DroppingQueue(_SubscriberQueue):
     """A subscriber's queue of at most `limit` unread events: a new one pushes out the oldest.
 
     The end-of-stream marker (None, from `EventBus.close`) is always kept.
@@ -369,11 +399,11 @@ class _DroppingQueue(asyncio.Queue["Event | None"]):
         self.limit = limit
         self.dropped = 0
 
-    def put_nowait(self, item: Event | None) -> None:
+    def _deliver(self, item: Event | None) -> None:
         if item is not None and self.qsize() >= self.limit:
             self.get_nowait()
             self.dropped += 1
-        super().put_nowait(item)
+        super()._deliver(item)
 
 
 class Subscription:
@@ -387,9 +417,9 @@ class Subscription:
 
     __slots__ = ("_bus", "_dropped", "_queue")
 
-    def __init__(self, bus: EventBus, queue: asyncio.Queue[Event | None]) -> None:
+    def __init__(self, bus: EventBus, queue: _SubscriberQueue) -> None:
         self._bus: EventBus | None = bus
-        self._queue: asyncio.Queue[Event | None] | None = queue
+        self._queue: _SubscriberQueue | None = queue
         self._dropped = 0  # the count when the subscription ended
 
     def __aiter__(self) -> Subscription:
@@ -417,6 +447,8 @@ class Subscription:
         queue = self._queue
         if queue is None:
             raise StopAsyncIteration
+        if queue.reader_loop is None:  # runs on other threads hand their events to this loop
+            queue.reader_loop = asyncio.get_running_loop()
         try:
             event = await queue.get()
         except BaseException:  # cancelled: the subscriber is gone
