@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -70,13 +70,21 @@ async def close_backend(store: ar.PersistenceBackend) -> None:
         await store.close()
 
 
-@pytest.fixture(params=BACKENDS)
-async def backend(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[ar.PersistenceBackend]:
-    store = make_backend(request.param, tmp_path)
-    yield store
-    await close_backend(store)
+def backend_fixture(kinds: Sequence[str] = BACKENDS) -> Any:
+    """A `backend` fixture over `kinds`: a fresh backend of each kind, closed after its test."""
+
+    @pytest.fixture(params=list(kinds))
+    async def backend(
+        request: pytest.FixtureRequest, tmp_path: Path
+    ) -> AsyncIterator[ar.PersistenceBackend]:
+        store = make_backend(request.param, tmp_path)
+        yield store
+        await close_backend(store)
+
+    return backend
+
+
+backend = backend_fixture()
 
 
 async def test_save_load_overwrite_delete(backend: ar.PersistenceBackend) -> None:

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,19 +18,11 @@ from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 from llm_agent_runtime.persistence.codec import encode
 from llm_agent_runtime.session import AgentSession
 
-from .test_backends import close_backend, make_backend
+from .test_backends import backend_fixture
 from .test_checkpoint_keys import record, start
 from .test_durable import FINAL, Effects, add_step, fails_after, script
 
-
-@pytest.fixture(params=["memory", "sqlite", "file", "postgres", "redis"])
-async def backend(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[ar.PersistenceBackend]:
-    store = ar.InMemoryBackend() if request.param == "memory" else None
-    store = store or make_backend(request.param, tmp_path)
-    yield store
-    await close_backend(store)
+backend = backend_fixture()
 
 
 def observations(state: checkpoints.SessionState) -> list[str]:

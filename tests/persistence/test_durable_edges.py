@@ -3,25 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import llm_agent_runtime as ar
 
-from .test_backends import close_backend, make_backend
+from .test_backends import backend_fixture
 from .test_durable import Recorder, chat_of, script
 
-
-@pytest.fixture(params=["memory", "sqlite", "file"])
-async def backend(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[ar.PersistenceBackend]:
-    store = make_backend(request.param, tmp_path)
-    yield store
-    await close_backend(store)
+backend = backend_fixture(["memory", "sqlite", "file"])
 
 
 class RefusesSteps:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 from llm_agent_runtime.persistence.codec import decode, encode
 from llm_agent_runtime.persistence.postgres import _guard
 
-from .test_backends import close_backend, make_backend
+from .test_backends import backend_fixture
 from .test_durable import FINAL, Effects, add_step, fails_after, script
 from .test_durable_concurrency import Delegating, under_way
 from .test_durable_exclusive import CHARGE, ended_pid, interrupted, resume_left
@@ -30,13 +30,7 @@ LEASE = 0.2
 SLOW = 'Thought: wait\nAction: slow {"n": 1}'
 
 
-@pytest.fixture(params=["memory", "sqlite", "file", "postgres", "redis"])
-async def backend(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[ar.PersistenceBackend]:
-    store = make_backend(request.param, tmp_path)
-    yield store
-    await close_backend(store)
+backend = backend_fixture()
 
 
 async def until(condition: Callable[[], Awaitable[bool]], within: float = 1.5) -> None:
