@@ -70,10 +70,10 @@ async def close_backend(store: ar.PersistenceBackend) -> None:
         await store.close()
 
 
-def backend_fixture(kinds: Sequence[str] = BACKENDS) -> Any:
-    """A `backend` fixture over `kinds`: a fresh backend of each kind, closed after its test."""
+def backend_fixture(kinds: Sequence[str] = BACKENDS, name: str = "backend") -> Any:
+    """A fixture `name` over `kinds`: a fresh backend of each kind, closed after its test."""
 
-    @pytest.fixture(params=list(kinds))
+    @pytest.fixture(params=list(kinds), name=name)
     async def backend(
         request: pytest.FixtureRequest, tmp_path: Path
     ) -> AsyncIterator[ar.PersistenceBackend]:

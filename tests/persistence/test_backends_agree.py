@@ -3,7 +3,7 @@
 import asyncio
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +14,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 import llm_agent_runtime as ar
 
-from .test_backends import close_backend, make_backend
+from .test_backends import backend_fixture
 
 LOCAL = ["memory", "sqlite", "file"]
 
 
-@pytest.fixture(params=LOCAL)
-async def local_backend(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[ar.PersistenceBackend]:
-    store = make_backend(request.param, tmp_path)
-    yield store
-    await close_backend(store)
+local_backend = backend_fixture(LOCAL, name="local_backend")
 
 
 def _deny_commit(action: int, arg1: str | None, *_: Any) -> int:
