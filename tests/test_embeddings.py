@@ -249,6 +249,37 @@ def server() -> Iterator[tuple[_Server, str]]:
     httpd.server_close()
 
 
+@pytest.mark.parametrize("texts", [None, 5, 2.5])
+def test_openai_embedder_given_no_sequence_is_a_store_error(
+    server: tuple[_Server, str], texts: Any
+) -> None:
+    # These escaped as a bare TypeError ("object is not iterable"), while HashingEmbedder
+    # raises the documented MemoryStoreError.
+    state, url = server
+    embedder = ar.OpenAIEmbedder(base_url=url)
+    with pytest.raises(ar.MemoryStoreError, match="texts must be a sequence of strings"):
+        embedder.embed(texts)
+    with pytest.raises(ar.MemoryStoreError, match="texts must be a sequence of strings"):
+        ar.HashingEmbedder(8).embed(texts)
+    assert state.requests == []
+
+
+def test_openai_embedder_rows_follow_the_texts_in_order_across_batches(
+    server: tuple[_Server, str],
+) -> None:
+    state, url = server
+    texts = ["", "日本語", "a", "", "🙂 emoji", "é" * 3, "", " "] * 3
+    rows = ar.OpenAIEmbedder(base_url=url, batch_size=4, dimensions=2).embed(texts)
+    assert rows.dtype == np.float32 and rows.shape == (len(texts), 2)
+    expected = [[float(len(t)), 0.5] if t else [0.0, 0.0] for t in texts]
+    np.testing.assert_array_equal(rows, expected)
+    seen = [body["input"] for _, body in state.requests]
+    sent = [t for t in texts if t]
+    assert [len(batch) for batch in seen] == [4, 4, 4, 3] and [
+        t for batch in seen for t in batch
+    ] == sent
+
+
 def test_openai_embedder_speaks_the_wire_format(server: tuple[_Server, str]) -> None:
     state, url = server
     embedder = ar.OpenAIEmbedder(api_key="sk-secret", base_url=url, model="m", batch_size=2)

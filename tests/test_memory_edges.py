@@ -3,11 +3,8 @@ embedders given no texts, graphs passed the wrong way round; and search against 
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from fractions import Fraction
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import networkx as nx
@@ -186,70 +183,6 @@ def test_a_tag_lookup_with_no_string_is_a_store_error(tag: Any) -> None:
         store.count_by_tag(tag)
     assert [e.key for e in store.retrieve_by_tag("news")] == ["k"]
     assert store.count_by_tag("news") == 1
-
-
-# --- OpenAIEmbedder ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def server() -> Iterator[tuple[list[list[str]], str]]:
-    """An OpenAI-compatible embeddings endpoint on loopback; row i is [len(text), 1.0]."""
-    seen: list[list[str]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body["input"])
-            data = [
-                {"object": "embedding", "index": i, "embedding": [float(len(t)), 1.0]}
-                for i, t in enumerate(body["input"])
-            ]
-            payload = json.dumps({"object": "list", "data": data[::-1]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield seen, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.mark.parametrize("texts", [None, 5, 2.5])
-def test_openai_embedder_given_no_sequence_is_a_store_error(
-    server: tuple[list[list[str]], str], texts: Any
-) -> None:
-    # These escaped as a bare TypeError ("object is not iterable"), while HashingEmbedder
-    # raises the documented MemoryStoreError.
-    seen, url = server
-    embedder = ar.OpenAIEmbedder(base_url=url)
-    with pytest.raises(ar.MemoryStoreError, match="texts must be a sequence of strings"):
-        embedder.embed(texts)
-    with pytest.raises(ar.MemoryStoreError, match="texts must be a sequence of strings"):
-        ar.HashingEmbedder(8).embed(texts)
-    assert seen == []
-
-
-def test_openai_embedder_rows_follow_the_texts_in_order_across_batches(
-    server: tuple[list[list[str]], str],
-) -> None:
-    seen, url = server
-    texts = ["", "日本語", "a", "", "🙂 emoji", "é" * 3, "", " "] * 3
-    rows = ar.OpenAIEmbedder(base_url=url, batch_size=4).embed(texts)
-    assert rows.dtype == np.float32 and rows.shape == (len(texts), 2)
-    expected = [[float(len(t)), 1.0] if t else [0.0, 0.0] for t in texts]
-    np.testing.assert_array_equal(rows, expected)
-    sent = [t for t in texts if t]
-    assert [len(batch) for batch in seen] == [4, 4, 4, 3] and [
-        t for batch in seen for t in batch
-    ] == sent
 
 
 # --- networkx ---------------------------------------------------------------------------------
