@@ -935,15 +935,24 @@ async def test_a_refund_never_grants_tokens_twice_across_workers() -> None:
         await limiter.acquire("k")
         grants.append(loop.time())
 
+    async def reserved(make: Any) -> asyncio.Task[None]:
+        # Started, and its reservation stored (the bucket's time moved). Not a fixed level: a
+        # loaded machine may reach Redis later, when the level has refilled past it.
+        _, stored = await _bucket(a)
+        task = asyncio.create_task(make)
+
+        async def moved() -> bool:
+            return (await _bucket(a))[1] > stored
+
+        await _until(moved)
+        return task
+
     try:
         assert await a.try_acquire("k")  # empty
         grants.append(loop.time())
-        a1 = asyncio.create_task(take(a))  # due at 0.5 s
-        await _until(lambda: _level_below(a, -0.5))
-        b2 = asyncio.create_task(take(b))  # another worker: due at 1 s
-        await _until(lambda: _level_below(a, -1.5))
-        a3 = asyncio.create_task(take(a))  # due at 1.5 s
-        await _until(lambda: _level_below(a, -2.5))
+        a1 = await reserved(take(a))  # due at 0.5 s
+        b2 = await reserved(take(b))  # another worker: due at 1 s
+        a3 = await reserved(take(a))  # due at 1.5 s
         before, since = await _bucket(a)
         a1.cancel()
         await asyncio.gather(a1, return_exceptions=True)  # its refund was asked for
