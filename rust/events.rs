@@ -4,9 +4,10 @@
 //! in a Python method saves a frame and the loop's bytecode per event. The lists are the bus's
 //! own, shared: callbacks and queues added or removed in Python are seen at the next event.
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
-use pyo3::{PyTraverseError, PyVisit};
+use pyo3::types::{PyList, PyTuple, PyType};
+use pyo3::{ffi, PyTraverseError, PyVisit};
 
 /// Delivers events to a list of callbacks and a list of queues (`put_nowait`).
 ///
@@ -70,6 +71,16 @@ impl PyEventFanout {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Builds the event `cls(*fields)` (see `tuple_of`) and delivers it as `emit` does.
+    fn emit_new(
+        &self,
+        py: Python<'_>,
+        cls: &Bound<'_, PyType>,
+        fields: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.emit(py, tuple_of(cls, fields)?.as_any())
+    }
+
     /// Lets the garbage collector see the lists: a callback that refers back to the bus
     /// (a bound method of the runtime, say) makes a cycle through this object.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -102,5 +113,51 @@ impl<'py> Iterator for Snapshot<'py> {
             Snapshot::One(item) => item.take(),
             Snapshot::Many(rest) => rest.next(),
         }
+    }
+}
+
+/// An instance of `cls`, a subclass of `tuple` (a `NamedTuple`, say), holding `items`.
+///
+/// What `tuple.__new__(cls, items)` makes, without that call's argument packing and copies:
+/// the runtime builds a few such events and results on every step. `cls.__new__` is not
+/// called (a `NamedTuple`'s only names the fields).
+///
+/// Raises:
+///     TypeError: `cls` is not a subclass of `tuple`.
+#[pyfunction]
+pub fn tuple_of<'py>(
+    cls: &Bound<'py, PyType>,
+    items: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let py = cls.py();
+    if !cls.is_subclass_of::<PyTuple>()? {
+        return Err(PyTypeError::new_err(format!(
+            "tuple_of needs a subclass of tuple, got {}",
+            cls.name()?
+        )));
+    }
+    let size = ffi::Py_ssize_t::try_from(items.len())
+        .map_err(|_| PyTypeError::new_err("tuple_of: too many items"))?;
+    // SAFETY: `cls` is a tuple type, so its `tp_alloc` makes a tuple of `size` empty slots
+    // (as `tuple.__new__` does for a subclass); the new object is ours alone (reference count
+    // 1), as `PyTuple_SetItem` requires, until each slot is filled with a new reference.
+    unsafe {
+        let tp = cls.as_type_ptr();
+        let alloc = ffi::PyType_GetSlot(tp, ffi::Py_tp_alloc);
+        if alloc.is_null() {
+            return Err(PyTypeError::new_err("tuple_of: the type has no allocator"));
+        }
+        let alloc: ffi::allocfunc = std::mem::transmute(alloc);
+        let raw = alloc(tp, size);
+        if raw.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let tuple = Bound::from_owned_ptr(py, raw);
+        for (index, item) in (0..size).zip(items.iter()) {
+            if ffi::PyTuple_SetItem(raw, index, item.into_ptr()) != 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        Ok(tuple.cast_into_unchecked())
     }
 }

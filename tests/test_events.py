@@ -3,14 +3,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import sys
 import time
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_runtime import react
 
 import llm_agent_runtime as ar
+from llm_agent_runtime._core import tuple_of
 
 
 @ar.tool
@@ -799,3 +803,61 @@ async def test_a_subscription_used_as_a_context_manager_ends_with_its_block() ->
     with pytest.raises(asyncio.CancelledError):
         await consumer
     assert not rt.events.active  # no longer collecting: runs build no events
+
+
+# --- tuple_of: the Rust constructor of the per-step events and observations --------------
+
+
+class _Pair(NamedTuple):
+    first: Any
+    second: Any
+
+
+class _WithDict(tuple):  # type: ignore[type-arg]  # a tuple subclass with a __dict__
+    pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.integers(), st.text(), st.none(), st.floats()), max_size=8))
+def test_tuple_of_makes_what_tuple_new_makes(items: list[Any]) -> None:
+    for cls in (tuple, _WithDict):
+        made = tuple_of(cls, tuple(items))
+        assert type(made) is cls
+        assert made == tuple.__new__(cls, items)
+    if len(items) == 2:
+        pair = tuple_of(_Pair, tuple(items))
+        assert type(pair) is _Pair
+        assert (pair.first, pair.second) == (items[0], items[1])
+
+
+def test_tuple_of_events_equal_their_named_constructors() -> None:
+    fields = ("s1", 3, "read", {"path": "/x"})
+    event = tuple_of(ar.ToolCallStarted, fields)
+    assert event == ar.ToolCallStarted(*fields)
+    assert type(event) is ar.ToolCallStarted
+    assert event.arguments == {"path": "/x"}
+    assert event._replace(step=4).step == 4  # a full named tuple
+
+
+def test_tuple_of_refuses_a_type_that_is_not_a_tuple() -> None:
+    for cls in (list, int, object):
+        with pytest.raises(TypeError, match="subclass of tuple"):
+            tuple_of(cls, (1,))  # type: ignore[type-var]
+    with pytest.raises(TypeError):
+        tuple_of(tuple, [1, 2])  # type: ignore[arg-type]
+
+
+def test_tuple_of_holds_its_items_without_leaking_them() -> None:
+    item = object()
+    before = sys.getrefcount(item)
+    made = [tuple_of(_Pair, (item, item)) for _ in range(1000)]
+    assert sys.getrefcount(item) == before + 2000
+    del made
+    gc.collect()
+    assert sys.getrefcount(item) == before
+    # A dict-bearing subclass's instances take attributes, and are collected with them.
+    holder = tuple_of(_WithDict, (item,))
+    holder.extra = holder  # a cycle through its __dict__
+    del holder
+    gc.collect()
+    assert sys.getrefcount(item) == before

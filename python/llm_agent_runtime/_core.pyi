@@ -2,7 +2,7 @@
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, final
+from typing import Any, TypeVar, final
 
 import numpy as np
 import numpy.typing as npt
@@ -10,6 +10,8 @@ import numpy.typing as npt
 from llm_agent_runtime.embeddings import Embedder
 
 __version__: str
+
+_T = TypeVar("_T", bound=tuple[Any, ...])
 
 def _raise_panic(message: str) -> None:
     """Panic inside the Rust core (tests only); raises AgentRuntimeError."""
@@ -192,6 +194,16 @@ class EventFanout:
         """Puts `event` on every queue, then calls every callback with it, in list order (so
         an event a callback emits queues after this one); one that raises keeps the event
         from no other (then the first exception propagates)."""
+    def emit_new(self, cls: type[tuple[Any, ...]], fields: tuple[Any, ...]) -> None:
+        """Builds the event `cls(*fields)` (see `tuple_of`) and delivers it as `emit` does."""
+
+def tuple_of(cls: type[_T], items: tuple[Any, ...]) -> _T:
+    """An instance of `cls`, a subclass of `tuple`, holding `items`, as
+    `tuple.__new__(cls, items)` makes it (`cls.__new__` is not called).
+
+    Raises:
+        TypeError: `cls` is not a subclass of `tuple`.
+    """
 
 @final
 class RuntimeMetrics:

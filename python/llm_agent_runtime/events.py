@@ -216,6 +216,7 @@ class EventBus:
         "_recorders",
         "active",
         "emit",
+        "emit_new",
         "listening",
     )
 
@@ -229,14 +230,15 @@ class EventBus:
         """Whether a callback or a subscriber listens, besides the runtime's event log: the
         runtime streams a model's text, and emits `LlmTextDelta`, only then."""
         # The delivery loop runs in Rust, over these very lists.
-        self.emit: Callable[[Event], None] = EventFanout(
-            self._callbacks, self._queues, _scheduler(self._pending)
-        ).emit
+        fanout = EventFanout(self._callbacks, self._queues, _scheduler(self._pending))
+        self.emit: Callable[[Event], None] = fanout.emit
         """Delivers an event to every subscriber, then to every callback, in order.
 
         Subscribers come first so that they see events in emission order even when a
         callback emits a follow-up event.
         """
+        self.emit_new: Callable[[type[Event], tuple[Any, ...]], None] = fanout.emit_new
+        """`emit(cls(*fields))`, the event built in Rust: the runtime's per-step events."""
 
     def on(self, callback: Callable[[Event], Any]) -> Callable[[Event], Any]:
         """Registers `callback` (sync, or async: it is scheduled) for every event.

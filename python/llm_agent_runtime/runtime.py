@@ -138,9 +138,6 @@ REMEMBERED_APPROVAL_SESSIONS = 10_000
 # are letters, digits, '_' and '-'), and made-up names add no counters.
 _UNKNOWN_TOOL = "(unknown tool)"
 _ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)  # what `settle_call` may record
-# Events are named tuples; on the per-step path they are built with tuple.__new__, which
-# skips the named tuple's Python-level __new__ (~100 ns an event).
-_event = tuple.__new__
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -906,7 +903,7 @@ class AgentRuntime:
             if resume is None:
                 session.final_answer = None  # a session's next turn answers afresh
             # The timeout's message counts this turn's steps (a resumed run's are its own).
-            steps_before = session.step_count if resume is None else resume.first_step
+            steps_before = len(session.steps) if resume is None else resume.first_step
             # A session's duration adds up its turns, as its steps do.
             earlier_ms = session.duration_ms
             started = time.perf_counter()
@@ -1043,7 +1040,7 @@ class AgentRuntime:
             history_saved = session.messages if turn else None
             await self._save_meta(session, mode, run, history_saved, resume, before)
         if events.active:
-            events.emit(RunStarted(session.session_id, agent_id, prompt))
+            events.emit_new(RunStarted, (session.session_id, agent_id, prompt))
         memory, recalled = self.memory, None
         if (
             memory is not None
@@ -1073,16 +1070,10 @@ class AgentRuntime:
             await self._react_loop(session, context, prompt, infer, history, resume, deadline)
         if history is not None and session.final_answer is None:  # a turn with no answer
             _add_turn(session, prompt, "")
-        session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
+        session.duration_ms = duration = earlier_ms + (time.perf_counter() - started) * 1000.0
         if events.active:
-            events.emit(
-                RunFinished(
-                    session.session_id,
-                    session.final_answer,
-                    session.step_count,
-                    session.duration_ms,
-                )
-            )
+            finished = (session.session_id, session.final_answer, len(session.steps), duration)
+            events.emit_new(RunFinished, finished)
         if self._checkpoints is not None:  # after RunFinished, so the log records it
             await self._save_final(session, run)
 
@@ -1162,27 +1153,27 @@ class AgentRuntime:
                 episodes = memory.recall(agent_id, limit)
             # A blank memory says nothing: it is neither shown nor counted as a hit. (The
             # store ranks before this, so a blank one still takes one of the recall slots.)
-            try:
-                texts = [e.content for e in episodes[:limit]]
-            except (TypeError, AttributeError):
-                texts = None
-            # Only text is shown (bytes have a `strip` too): the slow path names the store
-            # that recalled anything else.
-            if texts is None or not all(type(text) is str for text in texts):
+            ids: list[int] = []
+            if counts_shown:  # its episodes' contents are str: one pass, no checks
+                texts = []
+                for episode in episodes[:limit]:
+                    text = episode.content
+                    if text and not text.isspace():
+                        texts.append(text)
+                        ids.append(episode.id)
+            else:  # another store's: only text is shown (bytes have a `strip` too)
                 texts = _recalled_texts(memory, episodes, limit)
-            else:
-                texts = [text for text in texts if text.strip()]
             if self.config.max_memory_tokens is not None:
-                texts = fit_to_token_budget(texts, self.config.max_memory_tokens)
-            if counts_shown and texts:
-                memory.mark_recalled(agent_id, _ids_shown(episodes[:limit], texts))
+                fitted = fit_to_token_budget(texts, self.config.max_memory_tokens)
+                if counts_shown and len(fitted) < len(texts):
+                    ids = _ids_shown(episodes[:limit], fitted)
+                texts = fitted
             if texts:
+                if counts_shown:
+                    memory.mark_recalled(agent_id, ids)
                 session.memory_hits += len(texts)
                 self.metrics.record_memory_recall(len(texts))
-                # A memory's later lines indented, as working memory's: none reads as a
-                # memory of its own, nor as a line of the prompt's own (`Question: ...`).
-                shown = ("\n  ".join(text.splitlines()) for text in texts)
-                parts.append("Relevant memories:\n" + "\n".join(f"- {t}" for t in shown))
+                parts.append(_memories_block(texts))
         if self.working_memory is not None:
             working = self.working_memory.to_prompt()
             if not isinstance(working, str):  # it would be joined into the prompt
@@ -1302,12 +1293,12 @@ class AgentRuntime:
                     if budget is not None:
                         self._charge_budget(input_tokens, output_tokens, cost_usd)
                     if events.listening and reply:  # a text model's reply is whole: one delta
-                        events.emit(_event(LlmTextDelta, (session.session_id, reply)))
+                        events.emit_new(LlmTextDelta, (session.session_id, reply))
                     for hook in post_hooks:
                         reply = await _rewrite(hook(session, reply), reply, "on_post_llm")
                     if events.active:
                         response_event = (session.session_id, len(session.steps), reply, model_ms)
-                        events.emit(_event(LlmResponse, response_event))
+                        events.emit_new(LlmResponse, response_event)
             except (TypeError, AttributeError) as error:
                 if isinstance(reply, str):
                     raise
@@ -1443,10 +1434,10 @@ class AgentRuntime:
         deadline: float | None = None,
     ) -> None:
         config = self.config
-        messages = [Message(role="system", content=context)]
+        messages = [_loop_message("system", context, [], None, ())]
         if history:
             messages.extend(map(_chat_message, history))
-        messages.append(Message(role="user", content=prompt))
+        messages.append(_loop_message("user", prompt, [], None, ()))
         rounds_done = 0
         journal: list[dict[str, Any]] = []
         if resume is not None:  # replay the run's saved rounds; an interrupted one is journaled
@@ -1548,12 +1539,12 @@ class AgentRuntime:
                 if stream:  # paid for above, whatever a listener did with its deltas
                     streamed.finish(session.session_id, events)
                 elif text and events.listening:
-                    events.emit(_event(LlmTextDelta, (session.session_id, text)))
+                    events.emit_new(LlmTextDelta, (session.session_id, text))
                 for hook in post_hooks:
                     text = await _rewrite(hook(session, text), text, "on_post_llm")
                 if events.active:
                     response_event = (session.session_id, len(session.steps), text, model_ms)
-                    events.emit(_event(LlmResponse, response_event))
+                    events.emit_new(LlmResponse, response_event)
             if incomplete in SAFETY_STOP_REASONS and response.tool_calls:
                 # Calls whose input arrived whole, but in a reply the filter stopped: none runs.
                 raise _incomplete_reply(incomplete, "its tool calls", text)
@@ -1873,13 +1864,13 @@ class AgentRuntime:
         events = self.events
         # Computed also when a listener joins while the tool runs.
         step_index = len(session.steps) + index
-        start = time.perf_counter()
+        start: float | None = None  # until the tool starts
         busy_started = False
         try:
             # In the `try`: a listener failing on the start fails the run, the call finished.
             if events.active:
                 started = (session.session_id, step_index, name, arguments)
-                events.emit(_event(ToolCallStarted, started))
+                events.emit_new(ToolCallStarted, started)
             if busy is not None:
                 busy.start()
                 busy_started = True
@@ -1900,14 +1891,14 @@ class AgentRuntime:
             if busy is not None and busy_started:
                 busy.stop()
             interrupted = _interrupted_observation(error, "the call ended with", self.config)
-            tool_ms = (time.perf_counter() - start) * 1000.0
+            tool_ms = 0.0 if start is None else (time.perf_counter() - start) * 1000.0
             if ended is not None:
                 ended[index] = (interrupted, tool_ms, name, arguments)
             if events.active:  # a started call finishes in the events too, as it ended
                 content, kind = interrupted
                 finished = (session.session_id, step_index, name, content, kind, tool_ms)
                 try:
-                    events.emit(_event(ToolCallFinished, finished))
+                    events.emit_new(ToolCallFinished, finished)
                 except Exception:  # a callback's failure must not replace how the call ended
                     logger.exception("event callback failed on the end of tool call %r", name)
             raise
@@ -1922,7 +1913,7 @@ class AgentRuntime:
         if events.active:
             content, error_kind = observation
             finished = (session.session_id, step_index, name, content, error_kind, tool_ms)
-            events.emit(_event(ToolCallFinished, finished))
+            events.emit_new(ToolCallFinished, finished)
         return run
 
     def _unlisted_name(self, name: str) -> str:
@@ -1970,9 +1961,9 @@ class AgentRuntime:
             content, error_kind = denial
             finished = (session.session_id, step_index, name, content, error_kind, 0.0)
             try:
-                events.emit(_event(ToolCallStarted, started))
+                events.emit_new(ToolCallStarted, started)
             finally:  # even if a listener failed on the start: every start gets its finish
-                events.emit(_event(ToolCallFinished, finished))
+                events.emit_new(ToolCallFinished, finished)
         return run
 
     async def _guard_call(
@@ -3468,6 +3459,18 @@ async def _not_found(
 ) -> tuple[str, Any, Observation | None]:
     """A call of a tool the registry lacks, as `_decide` returns one: no one is asked."""
     return name, arguments, tools.not_found(name, limit)
+
+
+def _memories_block(texts: list[str]) -> str:
+    """The prompt's block of recalled memories: a header, then a `- ` line a memory.
+
+    A memory's later lines are indented, as working memory's: none reads as a memory of its
+    own, nor as a line of the prompt's own (`Question: ...`).
+    """
+    lines = ["Relevant memories:"]
+    for text in texts:
+        lines.append("- " + "\n  ".join(text.splitlines()))
+    return "\n".join(lines)
 
 
 def _recalled_texts(memory: Any, episodes: Any, limit: int) -> list[str]:

@@ -50,7 +50,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from typing_extensions import TypedDict
 
-from llm_agent_runtime._core import dicts_with_keys_made_text
+from llm_agent_runtime._core import dicts_with_keys_made_text, tuple_of
 from llm_agent_runtime.errors import (
     BudgetExceededError,
     CircuitOpenError,
@@ -2162,11 +2162,10 @@ class ToolRegistry:
             return Observation(_truncate(message, max_chars), "permanent")
         if len(text) > max_chars:
             text = _truncate(text, max_chars)
-        # tuple.__new__ skips the named tuple's Python-level __new__: the success path is hot.
-        return _new_tuple(Observation, (text, None))
+        # Built in Rust, skipping the named tuple's Python-level __new__: the path is hot.
+        return tuple_of(Observation, (text, None))
 
 
-_new_tuple = tuple.__new__
 _running_loop = asyncio._get_running_loop
 if sys.version_info >= (3, 12):
     _task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = asyncio.current_task

@@ -145,10 +145,11 @@ def _loop_message(
     reasoning: Sequence[dict[str, Any]],
     name: str | None = None,
 ) -> Message:
-    """A message the agent loop adds on every round, its fields known good.
+    """A message the agent loop builds, its fields known good.
 
     `Message(...)` less its cost: calling a class with a Python `__init__` costs about
-    100 ns more than a plain function, and the loop builds two messages a step.
+    100 ns more than a plain function, and the loop builds two messages a step (and two a
+    run: the system and the user message).
     """
     message = _new_object(Message)
     message.role = role
