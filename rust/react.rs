@@ -956,6 +956,7 @@ fn python_json<'py>(py: Python<'py>, json: &str) -> PyResult<Option<Bound<'py, P
 /// then cached: a caller that only dispatches the action pays for no other string. The input
 /// is the decoded JSON (dict, list or str) when it was a JSON object or array (maybe
 /// followed by other text) or was one string literal, and the raw trimmed text otherwise.
+/// A step pickles and copies as the parse of its text.
 #[pyclass(module = "llm_agent_runtime", name = "ReActStep", frozen)]
 pub struct PyReActStep {
     /// The parsed text (a plain `str` copy when it was a subclass of `str`).
@@ -1114,6 +1115,14 @@ impl PyReActStep {
             repr(Self::action_input(slf)?.into_bound(py))?,
             repr(Self::final_answer(slf)?.into_pyobject(py)?.into_any())?,
         ))
+    }
+
+    /// Pickles (and copies) as the parse of its text, which makes an equal step.
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (Py<PyString>,))> {
+        let parse = py
+            .import(pyo3::intern!(py, "llm_agent_runtime._core"))?
+            .getattr(pyo3::intern!(py, "parse_react_step"))?;
+        Ok((parse, (self.source.clone_ref(py),)))
     }
 
     /// Steps are equal when their thought, action, input and final answer are (wherever

@@ -1,6 +1,8 @@
 import contextlib
+import copy
 import gc
 import json
+import pickle
 import time
 import weakref
 
@@ -683,6 +685,34 @@ def test_langchain_form_round_trip(thought: str, tool: str, value: object) -> No
     text = f"Thought: {thought}\nAction: {tool}\nAction Input: {payload}"
     step = ar.parse_react_step(text)
     assert (step.action, step.action_input) == (tool, [value])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(max_size=120),
+        st.builds(
+            lambda t, tool, v: f"Thought: {t}\nAction: {tool} {json.dumps(v)}\nObservation: x",
+            thoughts,
+            tool_names,
+            json_values,
+        ),
+        st.builds(lambda t, a: f"Thought: {t}\nFinal Answer: {a}", thoughts, st.text(max_size=20)),
+    )
+)
+def test_a_step_pickles_and_copies_as_an_equal_step(text: str) -> None:
+    try:
+        step = ar.parse_react_step(text)
+    except ar.ParseError:
+        return
+    for again in (
+        pickle.loads(pickle.dumps(step)),
+        copy.copy(step),
+        copy.deepcopy(step),
+    ):
+        assert type(again) is ar.ReActStep
+        assert repr(again) == repr(step)  # not ==: an input may hold a NaN (`[NaN]`)
+        assert (again.end, again.is_final, again.action) == (step.end, step.is_final, step.action)
 
 
 def test_adversarial_inputs_take_linear_time() -> None:

@@ -24,7 +24,7 @@ class ReActStep:
 
     The action is a string made at parse time. The thought and final answer are read from
     the parsed text, which the step keeps, and the action input decoded from it, on first
-    access; each is then cached.
+    access; each is then cached. A step pickles and copies as the parse of its text.
     """
 
     @property
