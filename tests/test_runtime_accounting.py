@@ -551,6 +551,11 @@ async def test_a_scripted_provider_counts_answered_calls_and_refuses_one_str() -
     with pytest.raises(ar.ProviderError, match="ran out of replies"):
         await provider.complete("q")
     assert provider.calls == 1  # the call that got no reply is not counted
+    chatting = ar.ScriptedProvider([ChatResponse(text="a"), "b"])
+    assert [(await chatting.chat([Message("user", "q")])).text for _ in range(2)] == ["a", "b"]
+    with pytest.raises(ar.ProviderError, match="ran out of replies"):
+        await chatting.chat([Message("user", "q")])
+    assert chatting.calls == 2
     with pytest.raises(ValueError, match="a list of replies"):
         ar.ScriptedProvider("Thought: t\nAction: FINAL_ANSWER 42")  # type: ignore[arg-type]
 

@@ -96,16 +96,26 @@ class ScriptedProvider:
         `prompt` is what the rule sees; the request is `messages` and `tools` (without
         `messages`: the prompt alone). Its size is estimated only for a usage that lacks it.
         """
+        reply: ScriptedReply | None
         if self._rule is not None:
             reply = self._rule(prompt)
             if not isinstance(reply, (str, ChatResponse)):
                 raise ProviderError(_not_a_reply("the scripted rule's reply", reply))
         else:
-            try:
-                reply = next(self._iter)
-            except StopIteration:
-                raise ProviderError("scripted provider ran out of replies") from None
+            reply = next(self._iter, None)  # None only at the end: replies are checked
+            if reply is None:
+                raise ProviderError(_RAN_OUT)
         self.calls += 1
+        return self._completed(reply, prompt, messages, tools)
+
+    @staticmethod
+    def _completed(
+        reply: ScriptedReply,
+        prompt: str,
+        messages: Sequence[Message] | None,
+        tools: Sequence[ToolDefinition] | None,
+    ) -> ChatResponse:
+        """`reply` as a response, its usage completed from the request (see the class)."""
         if not isinstance(reply, ChatResponse):
             return ChatResponse(
                 text=reply,
@@ -165,7 +175,16 @@ class ScriptedProvider:
         **params: Any,
     ) -> ChatResponse:
         """Returns the next scripted response; the rule sees the last message's content."""
-        return self._next(messages[-1].content if messages else "", messages, tools)
+        if self._rule is not None:
+            return self._next(messages[-1].content if messages else "", messages, tools)
+        # A listed reply, taken here (one call less a step: this is the loop's model call).
+        reply = next(self._iter, None)
+        if reply is None:
+            raise ProviderError(_RAN_OUT)
+        self.calls += 1
+        if type(reply) is ChatResponse and reply.usage.input_tokens and reply.usage.output_tokens:
+            return reply  # a scripted usage, as it is
+        return self._completed(reply, messages[-1].content if messages else "", messages, tools)
 
     async def chat_stream(
         self,
@@ -179,6 +198,9 @@ class ScriptedProvider:
         if response.text:
             yield TextDelta(text=response.text)
         yield StreamEnd(response=response)
+
+
+_RAN_OUT = "scripted provider ran out of replies"
 
 
 def _not_a_reply(what: str, reply: object) -> str:
