@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -211,6 +212,7 @@ class EventBus:
 
     __slots__ = (
         "_callbacks",
+        "_changing",
         "_pending",
         "_queues",
         "_recorders",
@@ -225,6 +227,11 @@ class EventBus:
         self._queues: list[_SubscriberQueue] = []
         self._pending: set[asyncio.Future[Any]] = set()
         self._recorders: list[Callable[[Event], Any]] = []
+        # Held while the listeners change and the flags are set from them: threads adding and
+        # removing listeners at once must not leave a flag set from lists since changed (an
+        # `active` False with a callback registered would drop every event), nor a
+        # subscription `close` does not end.
+        self._changing = threading.RLock()
         self.active = False
         self.listening = False
         """Whether a callback or a subscriber listens, besides the runtime's event log: the
@@ -267,8 +274,9 @@ class EventBus:
         """
         if not callable(callback):
             raise AgentRuntimeError(f"an event callback must be callable, got {callback!r}")
-        self._callbacks.append(callback)
-        self._listeners_changed()
+        with self._changing:
+            self._callbacks.append(callback)
+            self._listeners_changed()
         return callback
 
     def _add_recorder(self, callback: Callable[[Event], Any]) -> None:
@@ -278,12 +286,14 @@ class EventBus:
         reaches the recorder (`active`), but `listening` stays False until a callback or a
         subscriber listens, so a recorder alone is sent no text deltas. `off` removes it.
         """
-        self.on(callback)
-        self._recorders.append(callback)
-        self._listeners_changed()
+        with self._changing:
+            self._callbacks.append(callback)
+            self._recorders.append(callback)
+            self._listeners_changed()
 
     def _listeners_changed(self) -> None:
         # Flags read on every step, so kept as attributes rather than computed each time.
+        # Called with `_changing` held, after each change.
         self.active = bool(self._callbacks or self._queues)
         self.listening = bool(self._queues) or len(self._callbacks) > len(self._recorders)
 
@@ -294,11 +304,12 @@ class EventBus:
         harmless: afterwards the callback is not registered, which is all `off` promises.
         A callback registered more than once is removed once.
         """
-        with contextlib.suppress(ValueError):  # not registered: nothing to remove
-            self._callbacks.remove(callback)
-            if callback in self._recorders:
-                self._recorders.remove(callback)
-        self._listeners_changed()
+        with self._changing:
+            with contextlib.suppress(ValueError):  # not registered: nothing to remove
+                self._callbacks.remove(callback)
+                if callback in self._recorders:
+                    self._recorders.remove(callback)
+            self._listeners_changed()
 
     def subscribe(self, max_buffered: int | None = None) -> Subscription:
         """Subscribes now; the iterator yields events until `close()` is called.
@@ -338,17 +349,19 @@ class EventBus:
             raise ValueError(f"max_buffered must be an int of at least 1, got {max_buffered!r}")
         else:
             queue = _DroppingQueue(max_buffered)
-        self._queues.append(queue)
-        self._listeners_changed()
+        with self._changing:
+            self._queues.append(queue)
+            self._listeners_changed()
         return Subscription(self, queue)
 
     def _unsubscribe(self, queue: _SubscriberQueue) -> None:
-        # By identity: the Rust fan-out delivers over this very list.
-        for index, registered in enumerate(self._queues):
-            if registered is queue:
-                del self._queues[index]
-                break
-        self._listeners_changed()
+        with self._changing:
+            # By identity: the Rust fan-out delivers over this very list.
+            for index, registered in enumerate(self._queues):
+                if registered is queue:
+                    del self._queues[index]
+                    break
+            self._listeners_changed()
 
     def close(self) -> None:
         """Ends every open subscription.
@@ -356,10 +369,11 @@ class EventBus:
         Each subscriber still reads the events emitted before `close()`, then its iterator
         ends; later events do not reach it.
         """
-        for queue in self._queues:
-            queue.put_nowait(None)
-        self._queues.clear()  # the same list object: the Rust fan-out holds it
-        self._listeners_changed()
+        with self._changing:
+            for queue in self._queues:
+                queue.put_nowait(None)
+            self._queues.clear()  # the same list object: the Rust fan-out holds it
+            self._listeners_changed()
 
 
 class _SubscriberQueue(asyncio.Queue["Event | None"]):

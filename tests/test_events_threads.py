@@ -1,0 +1,103 @@
+"""EventBus listeners changed from several threads at once: the flags and subscriptions stay right.
+
+Each test pauses one thread inside a change (a hook in one of the bus's lists or queues), lets
+another thread change the listeners meanwhile, then checks the state both leave. A change made
+while another is under way waits for it (up to the pause's limit), so neither is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.events import EventBus
+
+PAUSE_LIMIT_S = 0.5
+"""How long the paused change waits for the other thread's change (which it blocks, once fixed)."""
+
+
+class _PausingRecorders(list):  # type: ignore[type-arg]
+    """The bus's recorder list, whose `len()` pauses `thread` until `other_done` (once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread: threading.Thread | None = None
+        self.paused = threading.Event()
+        self.other_done = threading.Event()
+
+    def __len__(self) -> int:
+        if threading.current_thread() is self.thread and not self.paused.is_set():
+            self.paused.set()
+            self.other_done.wait(PAUSE_LIMIT_S)
+        return super().__len__()
+
+
+def test_a_callback_added_while_another_is_removed_is_listened_to() -> None:
+    # `off` of the last callback set `listening` from the lists as they were before an `on`
+    # on another thread, after that `on` had set it: the bus then kept `listening` False
+    # with a callback registered, and runs sent it no text deltas.
+    bus = EventBus()
+    recorders = _PausingRecorders()
+    bus._recorders = recorders  # type: ignore[misc]
+    first, second = (lambda event: None), (lambda event: None)
+    bus.on(first)
+
+    remover = threading.Thread(target=bus.off, args=(first,))
+    recorders.thread = remover
+    remover.start()
+    assert recorders.paused.wait(5)
+
+    def add() -> None:
+        bus.on(second)
+        recorders.other_done.set()
+
+    adder = threading.Thread(target=add)
+    adder.start()
+    remover.join(5)
+    adder.join(5)
+    assert bus._callbacks == [second]
+    assert bus.active and bus.listening
+
+
+def test_a_subscription_made_while_the_bus_closes_is_ended_or_kept() -> None:
+    # `close` ends the queues it sees, then clears the list: a subscription added on another
+    # thread meanwhile must be ended by it or stay on the bus, never dropped without its end
+    # marker (its reader would wait forever).
+    bus = EventBus()
+    paused, other_done = threading.Event(), threading.Event()
+    closer: threading.Thread | None = None
+
+    class PausingQueue:
+        def put_nowait(self, item: Any) -> None:
+            if threading.current_thread() is closer:
+                paused.set()
+                other_done.wait(PAUSE_LIMIT_S)
+
+    bus._queues.append(PausingQueue())  # type: ignore[arg-type]
+    closer = threading.Thread(target=bus.close)
+    closer.start()
+    assert paused.wait(5)
+    made: list[ar.events.Subscription] = []
+
+    def subscribe() -> None:
+        made.append(bus.subscribe())
+        other_done.set()
+
+    subscriber = threading.Thread(target=subscribe)
+    subscriber.start()
+    closer.join(5)
+    subscriber.join(5)
+    (subscription,) = made
+    queue = subscription._queue
+    assert queue is not None
+    ended = not queue.empty() and queue.get_nowait() is None
+    assert ended or any(q is queue for q in bus._queues)
+    if not ended:  # kept: the next close ends it, and its reader stops
+        bus.close()
+
+        async def read_all() -> list[Any]:
+            return [event async for event in subscription]
+
+        assert asyncio.run(asyncio.wait_for(read_all(), 5)) == []
