@@ -2670,7 +2670,9 @@ class AgentRuntime:
         Returns:
             The finished session (at once when the run had already finished, or had ended:
             a run that `error_recovery="stop"` stopped at a failed tool step is closed as
-            it stopped, whatever this runtime's config, and not run on).
+            it stopped, whatever this runtime's config, and not run on). A run that had
+            ended but was not closed is closed with the `RunFinished` event its worker did
+            not emit (to listeners and to the saved event log).
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend; when the session is running (in
@@ -2717,8 +2719,14 @@ class AgentRuntime:
                     raise AgentRuntimeError(f"session {session_id!r} is already running a turn")
                 self._running.add(session_id)
             try:
+                # The run's end, which its worker did not live to report (before the save:
+                # the event log keeps it, as a run that ends here keeps its own).
+                if self.events.active:
+                    finished = (session_id, session.final_answer, len(session.steps))
+                    self.events.emit_new(RunFinished, (*finished, session.duration_ms))
                 await self._save_final(session, state.run)
             finally:
+                self._event_log.pop(session_id, None)  # saved, or of no later write
                 with _SESSIONS_LOCK:
                     self._running.discard(session_id)
             return session

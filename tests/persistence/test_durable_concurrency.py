@@ -855,6 +855,35 @@ async def test_a_resume_that_only_closes_a_turn_leaves_the_next_turn_free(
         await left_behind(lost)
 
 
+async def test_a_resume_that_only_closes_a_run_reports_its_end(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Its listeners, and the saved event log, got no RunFinished: the run never ended there.
+    dying = FinalHangs(backend, "session:closing")
+    gone = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=dying)  # type: ignore[arg-type]
+    lost = asyncio.create_task(
+        gone.run_agent(
+            "a", "Q", script(add_step(1), FINAL), session=gone.create_session("a", "closing")
+        )
+    )
+    await dying.reached.wait()  # its answer step is saved; it dies closing the run
+    try:
+        runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+        seen: list[ar.Event] = []
+        runtime.events.on(seen.append)
+        resumed = await runtime.resume("closing", script())  # nothing left to do but close it
+        assert resumed.final_answer == "finished"
+        assert seen[0] == ar.RunFinished("closing", "finished", 2, resumed.duration_ms)
+        assert [type(e) for e in seen] == [ar.RunFinished, ar.CheckpointSaved]
+        logged = await CheckpointStore(backend).events("closing")
+        assert logged[-1]["type"] == "RunFinished" and logged[-1]["step_count"] == 2
+        assert runtime._event_log == {}
+        assert (await runtime.resume("closing", script())).final_answer == "finished"
+        assert [type(e) for e in seen] == [ar.RunFinished, ar.CheckpointSaved]  # closed once
+    finally:
+        await left_behind(lost)
+
+
 class HeldClaim(Delegating):
     """The backend, but a claim of `session:y` waits for `go` before it is written."""
 
