@@ -256,9 +256,42 @@ fn colon_after(bytes: &[u8], at: usize) -> Option<usize> {
     (bytes.get(colon) == Some(&b':')).then_some(colon + 1)
 }
 
-/// Recognises a label at the start of a line; returns it with the index after its colon.
+/// The length of the space or invisible format character at `at` that is not a tab or an
+/// ASCII space (0 when there is none): a no-break or other Unicode space, a byte order mark,
+/// a zero-width space or joiner, a direction mark, embedding or isolate, or a word joiner.
+/// A model's tokenizer, or right-to-left text, may put one before a label.
+fn unicode_blank_len(bytes: &[u8], at: usize) -> usize {
+    if bytes.get(at..at.saturating_add(2)) == Some(&[0xC2, 0xA0]) {
+        return 2; // U+00A0
+    }
+    match bytes.get(at..at.saturating_add(3)) {
+        // U+2000..U+200F; U+202A..U+202F; U+205F, U+2060, U+2066..U+2069; U+3000; U+FEFF.
+        Some(
+            [0xE2, 0x80, 0x80..=0x8F | 0xAA..=0xAF]
+            | [0xE2, 0x81, 0x9F | 0xA0 | 0xA6..=0xA9]
+            | [0xE3, 0x80, 0x80]
+            | [0xEF, 0xBB, 0xBF],
+        ) => 3,
+        _ => 0,
+    }
+}
+
+/// Skips blanks, Unicode spaces and invisible format characters (see `unicode_blank_len`).
+fn skip_line_lead(bytes: &[u8], mut at: usize) -> usize {
+    loop {
+        let next = skip_blanks(bytes, at);
+        let blank = unicode_blank_len(bytes, next);
+        if blank == 0 {
+            return next;
+        }
+        at = next + blank;
+    }
+}
+
+/// Recognises a label at the start of a line (after blanks, Unicode spaces and invisible
+/// format characters); returns it with the index after its colon.
 fn label_at(bytes: &[u8], line_start: usize) -> Option<(Label, usize, usize)> {
-    let at = skip_blanks(bytes, line_start);
+    let at = skip_line_lead(bytes, line_start);
     // A step number may follow the label word, as LangChain's `Action\s*\d*\s*:` allows.
     let (label, after) = if let Some(i) = eat_word(bytes, at, b"thought") {
         (Label::Thought, skip_number(bytes, i))
@@ -1158,12 +1191,13 @@ impl PyReActStep {
 /// `Action: tool` + `Action Input: ...` (the tool is then all the text before the label, as
 /// LangChain reads it: `Action: Search Tool`), or `Final Answer: ...` (also later on a line,
 /// when there is no action: `Thought: I know. Final Answer: 42`). Labels are
-/// case-insensitive and may carry a step number (`Action 1:`, `Action 1 Input:`); a line ends
-/// at `\n`, `\r\n` or a lone `\r`. A JSON object or array input may sit in a ```json fence
-/// and be followed by other text; a string literal is JSON only when nothing follows it on its
-/// line. Input decodes as `json.loads` would (JSON nested too deeply even for it stays raw
-/// text). The step ends at an `Observation:`
-/// line after the action, or a `Thought:` or `Action:` line after its input (see
+/// case-insensitive, may follow spaces (Unicode ones too) and invisible format characters
+/// (a byte order mark, a zero-width space, a direction mark), and may carry a step number
+/// (`Action 1:`, `Action 1 Input:`); a line ends at `\n`, `\r\n` or a lone `\r`. A JSON
+/// object or array input may sit in a ```json fence and be followed by other text; a string
+/// literal is JSON only when nothing follows it on its line. Input decodes as `json.loads`
+/// would (JSON nested too deeply even for it stays raw text). The step ends at an
+/// `Observation:` line after the action, or a `Thought:` or `Action:` line after its input (see
 /// `ReActStep.end`).
 ///
 /// Args:

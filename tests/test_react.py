@@ -715,6 +715,52 @@ def test_a_step_pickles_and_copies_as_an_equal_step(text: str) -> None:
         assert (again.end, again.is_final, again.action) == (step.end, step.is_final, step.action)
 
 
+INVISIBLE = ["\ufeff", "\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u202a"]
+INVISIBLE += ["\u202e", "\u2060", "\u2066", "\u2069", "\u00a0", "\u2003", "\u202f", "\u3000"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    thought=thoughts,
+    tool=tool_names,
+    value=json_values,
+    leads=st.lists(
+        st.lists(st.sampled_from([*INVISIBLE, " ", "\t"]), max_size=3).map("".join),
+        min_size=3,
+        max_size=3,
+    ),
+    langchain=st.booleans(),
+)
+def test_unicode_blanks_before_a_label_hide_nothing(
+    thought: str, tool: str, value: object, leads: list[str], langchain: bool
+) -> None:
+    # A byte order mark, zero-width space, direction mark or no-break space (as tokenizers
+    # and right-to-left text leave) before a label hid it: the step was a ParseError, or its
+    # thought held the label.
+    payload = json.dumps({"v": value})
+    if langchain:
+        lines = [f"Thought: {thought}", f"Action: {tool}", f"Action Input: {payload}"]
+    else:
+        lines = [f"Thought: {thought}", f"Action: {tool} {payload}", "Observation: 1"]
+    plain = ar.parse_react_step("\n".join(lines))
+    led = ar.parse_react_step(
+        "\n".join(lead + line for lead, line in zip(leads, lines, strict=True))
+    )
+    assert (led.thought, led.action, led.action_input) == (
+        plain.thought,
+        plain.action,
+        plain.action_input,
+    )
+    answer = ar.parse_react_step(f"{leads[0]}Thought: {thought}\n{leads[1]}Final Answer: 42")
+    assert (answer.thought, answer.final_answer) == (thought.strip(), "42")
+
+
+def test_a_visible_character_before_a_label_still_hides_it() -> None:
+    for text in ("x Action: t {}", "Thought: a\n\u00adAction: t {}", "Thought: a\n.Action: t"):
+        with pytest.raises(ar.ParseError):
+            ar.parse_react_step(text)
+
+
 def test_adversarial_inputs_take_linear_time() -> None:
     cases = [
         "Action: t " + "[" * 200_000,
