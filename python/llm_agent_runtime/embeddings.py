@@ -350,6 +350,7 @@ class OpenAIEmbedder:
             error_in_body,
             error_message,
             parse_retry_after,
+            reports_error,
             request_body,
             transport_errors,
         )
@@ -394,6 +395,8 @@ class OpenAIEmbedder:
         # An error sent with status 200 is the server's, read as the chat provider reads it:
         # not a "malformed response" that would lose its message.
         error = error_in_body(reply, _Error)
+        if error is None and reports_error(reply):  # fields of odd types: still its message
+            error = _Error(message=error_message(reply, redactor.redact))
         if error is not None:
             raise _api_error(error, redactor.redact, "embeddings API error")
         try:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeVar, cast, get_args
 from urllib.parse import unquote, urlsplit
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from llm_agent_runtime._loops import close_now, close_with_loop
 from llm_agent_runtime.errors import BudgetExceededError, ProviderError, is_retryable_status
@@ -95,6 +95,7 @@ __all__ = [
     "parse_retry_after",
     "parse_usage",
     "redact_secret",
+    "reports_error",
     "request_body",
     "transport_errors",
 ]
@@ -855,7 +856,8 @@ def error_in_body(body: bytes, model: type[ModelT], *, known: bool = False) -> M
 
     Returns:
         The error validated as `model`, or None when the body holds no such error (or one
-        whose fields do not fit `model`).
+        whose fields do not fit `model`, or an empty one, `"error": {}`, which some
+        compatible servers add to a good reply).
     """
     if not known and b'"error"' not in body:  # the usual reply: no second parse
         return None
@@ -870,12 +872,28 @@ def error_in_body(body: bytes, model: type[ModelT], *, known: bool = False) -> M
         error = payload
     if isinstance(error, str):
         error = {"message": error}
-    if not isinstance(error, dict):
+    if not isinstance(error, dict) or not (error or known):  # `"error": {}` says nothing
         return None
     try:
         return model.model_validate(error)
     except ValidationError:
         return None
+
+
+class _AnyError(BaseModel):
+    """An error object of any fields: read only to tell that a body reports an error."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def reports_error(body: bytes) -> bool:
+    """Whether a body reports an error as `error_in_body` finds one, whatever its fields.
+
+    An error whose fields do not fit a provider's model (a message that is no string, a
+    code of an odd type) is still an error: the reply is the server's error, not a
+    malformed reply that would lose its message.
+    """
+    return error_in_body(body, _AnyError) is not None
 
 
 def decode_arguments(

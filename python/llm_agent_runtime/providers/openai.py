@@ -33,6 +33,7 @@ from llm_agent_runtime.providers._http import (
     json_text,
     parse_json,
     parse_usage,
+    reports_error,
     request_body,
 )
 from llm_agent_runtime.providers.base import (
@@ -391,6 +392,8 @@ class OpenAIProvider(HttpProvider):
 
     def _check_reply(self, raw: bytes) -> None:
         error = error_in_body(raw, _Error)
+        if error is None and reports_error(raw):  # fields of odd types: still its message
+            error = _Error(message=error_message(raw, self._transport.redact))
         if error is not None:  # an error sent with status 200
             raise _api_error(error, self._transport.redact, "OpenAI API error")
 
