@@ -211,8 +211,9 @@ class CircuitBreaker:
         ValueError: a threshold, window, timeout or trial count is not positive, or is NaN or
             infinite; a threshold or trial count is not an int (a float such as 1.5, or a
             bool); a window or timeout is not a number (a bool included).
-        TypeError: `is_failure` is neither callable nor None, or `clock` is not a `Clock`
-            (see `checked_clock`).
+        TypeError: `is_failure` is neither callable nor None, `clock` is not a `Clock`
+            (see `checked_clock`), or `backend` is not a `CircuitStateBackend` (an object
+            with callable `get` and `update`; a class or a URL is none).
     """
 
     def __init__(
@@ -229,6 +230,15 @@ class CircuitBreaker:
         if is_failure is not None and not callable(is_failure):
             # Else every error would go through "is_failure raised" and count as a failure.
             raise TypeError(f"is_failure must be callable (or None), got {is_failure!r}")
+        if backend is not None and (
+            isinstance(backend, type)
+            or not all(callable(getattr(backend, name, None)) for name in ("get", "update"))
+        ):
+            # Else every call failed with an AttributeError from the backend's place.
+            raise TypeError(
+                f"backend must be a CircuitStateBackend (with get() and update()), "
+                f"got {backend!r:.80}"
+            )
         failure_threshold = check_count("failure_threshold", failure_threshold, 1)
         half_open_max_calls = check_count("half_open_max_calls", half_open_max_calls, 1)
         recovery_window = check_real("recovery_window", recovery_window)
@@ -493,9 +503,15 @@ class CircuitBreaker:
         """Calls `listener` with a `CircuitStateChange` on every state change.
 
         Raises:
-            TypeError: `listener` is async: state changes happen in sync code, where it
-                could not be awaited (schedule a task from a sync listener instead).
+            TypeError: `listener` is not callable, or is async: state changes happen in sync
+                code, where it could not be awaited (schedule a task from a sync listener
+                instead).
         """
+        if not callable(listener):
+            # Else each state change logged the TypeError of calling it.
+            raise TypeError(
+                f"a circuit state-change listener must be callable, got {listener!r:.80}"
+            )
         if is_async_callable(listener):
             raise TypeError(
                 "a circuit state-change listener must be sync: state changes happen where it "
@@ -520,6 +536,8 @@ class CircuitBreaker:
 
         Raises:
             CircuitOpenError: the circuit is open; `fn` was not called.
+            TypeError: `fn` is not callable (a coroutine passed instead of its function, say:
+                it is closed); the breaker's state is left as it was.
         """
         states = self._local_states
         if states is not None:
@@ -534,6 +552,8 @@ class CircuitBreaker:
                     if inspect.isawaitable(result):
                         result = await result
                 except BaseException as exc:
+                    if not callable(fn):  # checked here, off the path of a call that works
+                        raise _uncallable(fn, "CircuitBreaker.call") from None
                     self._exit_sync(exc, token)
                     raise
                 if states.get(self.service, CLOSED) is not start:
@@ -541,6 +561,8 @@ class CircuitBreaker:
                     # the circuit opened (then its success changes nothing).
                     self._exit_sync(None, token)
                 return result
+        if not callable(fn):  # before admission: a trial slot would be taken, then failed
+            raise _uncallable(fn, "CircuitBreaker.call")
         trial = await self._enter()
         try:
             result = await call_maybe_async(fn, *args, **kwargs)
@@ -557,7 +579,8 @@ class CircuitBreaker:
             CircuitOpenError: the circuit is open; `fn` was not called.
             TypeError: the breaker uses a shared backend, which needs the async API; or `fn`
                 returned an awaitable (an async callable, a future...: it counts as a failed
-                call, whatever the state).
+                call, whatever the state); or `fn` is not callable (the state is left as it
+                was).
         """
         states = self._local_states
         if states is None:
@@ -573,11 +596,15 @@ class CircuitBreaker:
                 if getattr(result, "__await__", None) is not None or type(result) is GeneratorType:
                     refuse_awaitable(result, "CircuitBreaker.call_sync")
             except BaseException as exc:
+                if not callable(fn):  # as in `call`
+                    raise _uncallable(fn, "CircuitBreaker.call_sync") from None
                 self._exit_sync(exc, token)
                 raise
             if states.get(self.service, CLOSED) is not start:
                 self._exit_sync(None, token)  # as in `call`: the state moved while it ran
             return result
+        if not callable(fn):  # as in `call`
+            raise _uncallable(fn, "CircuitBreaker.call_sync")
         old, new = self._update_local(self._admit)
         trial = self._admission(old, new)
         try:
@@ -638,3 +665,18 @@ class CircuitBreaker:
             f"CircuitBreaker(service={self.service!r}, state={self.state!r}, "
             f"failure_threshold={self.failure_threshold}, recovery_window={self.recovery_window})"
         )
+
+
+def _uncallable(fn: object, api: str) -> TypeError:
+    """The error for a call through a breaker of something that cannot be called.
+
+    Such a call says nothing of the service's health: it is not counted. A coroutine passed
+    instead of its function (`breaker.call(fetch(query))`) is closed: it is refused on
+    purpose, not left "never awaited".
+    """
+    if inspect.iscoroutine(fn):
+        fn.close()
+    return TypeError(
+        f"{api} needs a callable, got {type(fn).__name__}: pass the function and its "
+        f"arguments ({api.rsplit('.', 1)[1]}(fn, *args)), not what calling it returned"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import math
@@ -573,6 +574,11 @@ class RedisRateLimiter:
             room.leave(key, waiter)
 
 
+_LEASES: contextvars.ContextVar[tuple[tuple[str, asyncio.Task[Any] | None], ...]] = (
+    contextvars.ContextVar("llm_agent_runtime_redis_dedup_leases", default=())
+)
+"""(lease key, task) of each `RedisDeduplicator` run under way in the current context."""
+
 _MAX_PX = 2**53
 """Most milliseconds a result or lease is kept (~285,000 years): Redis adds PX to its clock in
 64 bits, and a float counts whole milliseconds exactly up to here."""
@@ -726,12 +732,22 @@ class RedisDeduplicator:
                 result).
             PersistenceError: When Redis fails, or the result is not JSON-serializable (an
                 error `fn` itself raises propagates as it is).
+            RuntimeError: The run of `key` in this task asks for `key` itself (through any
+                deduplicator sharing its keys): it would wait for its own lease.
         """
         base = self._base(key)
         token = uuid.uuid4().hex
         # A run publishes its result, and a copy for its waiters under its token; a waiter's
         # claims read the copy of the run under way once they know it.
         keys = [*self.redis_keys(key), f"{base}:done:{token}"]
+        task = asyncio.current_task()
+        if (keys[1], task) in _LEASES.get():
+            # Else it waited for the lease its own run holds, then ran the call again inside
+            # that run once the lease expired, and so on, for ever.
+            raise RuntimeError(
+                f"RedisDeduplicator: the run of key {key!r:.80} asked for that key itself, "
+                "and would wait for its own lease"
+            )
         claim_keys = keys[:2]
         while True:
             claim = await self._claim_once(claim_keys, token)
@@ -747,11 +763,15 @@ class RedisDeduplicator:
             await asyncio.sleep(self.poll_interval)
         # This caller holds the lease: whatever happens from here, it gives the lease back.
         self.executions += 1
+        held = _LEASES.get()
+        _LEASES.set((*held, (keys[1], task)))
         try:
             value = await call_maybe_async(fn, *args, **kwargs)
         except BaseException:
             await _settle(self._release(keys, token))
             raise
+        finally:
+            _LEASES.set(held)
         try:
             encoded = json.dumps(value)
             # Read back before it is published: what this caller cannot read (nested too

@@ -82,7 +82,8 @@ class RetryPolicy:
             delay is not a number (a bool included).
         TypeError: `jitter` is not a bool (a numpy bool, or the int 0 or 1, is one), or
             `retry_on` is neither None nor callable, or `clock` is not a `Clock` (see
-            `checked_clock`).
+            `checked_clock`), or `rng` has no callable `uniform` (a `random.Random`, or the
+            `random` module, has one).
     """
 
     def __init__(
@@ -109,6 +110,11 @@ class RetryPolicy:
         jitter = check_flag("jitter", jitter)
         if retry_on is not None and not callable(retry_on):
             raise TypeError(f"retry_on must be callable (or None), got {retry_on!r}")
+        # Else the first retry failed with an AttributeError in place of the call's own error.
+        if rng is not None and (
+            isinstance(rng, type) or not callable(getattr(rng, "uniform", None))
+        ):
+            raise TypeError(f"rng must be a random.Random (or None), got {rng!r:.80}")
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.max_delay = min(max_delay, DEFAULT_MAX_DELAY)
