@@ -47,7 +47,8 @@ from pydantic import (
     create_model,
 )
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import PydanticUndefined, core_schema
 from typing_extensions import TypedDict
 
 from llm_agent_runtime._core import dicts_with_keys_made_text, tuple_of
@@ -1556,7 +1557,7 @@ def _schema_and_check(
         namespace["__annotations__"] = {"__pydantic_extra__": dict[str, var_keyword]}
     base = type(f"{tool_name}_base", (BaseModel,), namespace)
     model: type[BaseModel] = create_model(f"{tool_name}_args", __base__=base, **model_fields)
-    schema = model.model_json_schema()
+    schema = model.model_json_schema(schema_generator=_ArgumentsJsonSchema)
     # Validating into a TypedDict yields the checked dict directly (no model instance to
     # unpack); omitted optional arguments fall back to the function's own defaults.
     make_typed_dict: Any = TypedDict  # a TypedDict made at run time: mypy cannot check it
@@ -1588,6 +1589,26 @@ def _schema_and_check(
 
     fast = checker(validate, extra_adapter.validator.validate_python)
     return schema, fast, checker(full, _json_mode_fallback(extra_adapter))
+
+
+class _ArgumentsJsonSchema(GenerateJsonSchema):
+    """Pydantic's JSON schema of arguments, without the dataclass fields a call refuses.
+
+    A dataclass field with `init=False` is set by the dataclass, not passed: pydantic shows
+    it all the same, and a tool's validator refuses it as an unknown key.
+    """
+
+    def field_is_present(
+        self,
+        field: core_schema.ModelField
+        | core_schema.DataclassField
+        | core_schema.TypedDictField
+        | core_schema.ComputedField,
+    ) -> bool:
+        """Whether `field` is shown: not when it is a dataclass field with `init=False`."""
+        if field["type"] == "dataclass-field" and field.get("init") is False:
+            return False
+        return super().field_is_present(field)
 
 
 def _json_mode_fallback(adapter: TypeAdapter[Any]) -> Callable[[Any], Any]:
@@ -1818,7 +1839,13 @@ def _json_default(value: Any) -> Any:
     tolist = getattr(value, "tolist", None)
     if callable(tolist):
         return tolist()
+    if inspect.isgenerator(value) or inspect.isasyncgen(value):
+        raise _GeneratorInside  # else its text, `<generator object ...>`, for its items
     return str(value)
+
+
+class _GeneratorInside(Exception):
+    """A result holds a generator (or async generator) inside a structure."""
 
 
 class _KeysMadeText(ValueError):
@@ -1853,13 +1880,14 @@ def _render(result: Any) -> str:
     undecodable bytes replaced); a numpy scalar as its Python value is (a float32 NaN as
     `nan`, a `datetime64` as its date). Pydantic models, dataclasses, enums (by value), sets,
     bytes, and numpy scalars and arrays (by `tolist()`) inside a structure become JSON. A dict key
-    JSON refuses is made text: an enum's by its value, any other by `str`, and so is a float
-    JSON has no number for inside a structure (NaN as `"nan"`, infinity as `"inf"`), so the
-    text is strict JSON. JSON keeps non-ASCII text as it is; a lone surrogate in it is escaped
-    (`\udcff`), so the text always has a UTF-8 form.
+    JSON refuses is made text: an enum's by its value, bytes as text, any other by `str`, and
+    so is a float JSON has no number for inside a structure (NaN as `"nan"`, infinity as
+    `"inf"`), so the text is strict JSON. JSON keeps non-ASCII text as it is; a lone surrogate
+    in it is escaped (`\udcff`), so the text always has a UTF-8 form.
 
     Raises:
-        TypeError: For a generator (or async generator): its items are not the result.
+        TypeError: For a generator (or async generator), also one inside a structure: its
+            items are not the result.
         Exception: Whatever rendering raises (`ToolRegistry.call` makes it an observation).
     """
     if isinstance(result, enum.Enum) and isinstance(result, str):
@@ -1893,6 +1921,10 @@ def _render(result: Any) -> str:
                 text = _JSON.encode(_with_json_keys(result, set()))
         except (TypeError, ValueError):  # a dict key `json` refuses (an enum), or a NaN
             text = _JSON.encode(_with_json_keys(result, set()))
+    except _GeneratorInside:  # not a TypeError: `str` of the whole would hide it too
+        raise TypeError(
+            "the tool returned a generator inside its result; return a list instead"
+        ) from None
     except (TypeError, ValueError, RecursionError):  # not JSON, a cycle, or nested too deep
         return str(result)
     if not text.isascii() and _SURROGATE.search(text):
@@ -1951,11 +1983,13 @@ def _with_json_keys(value: Any, within: set[int]) -> Any:
 def _json_key(key: Any) -> str:
     """A dict key as the text `json` writes for it: an enum's by its value, any other by `str`.
 
-    The text itself (`1` and `"1"` are both `"1"`), so two keys that would collide are seen
-    to collide.
+    Bytes are their text, as a bytes value is (not `"b'k'"`). The text itself (`1` and `"1"`
+    are both `"1"`), so two keys that would collide are seen to collide.
     """
     if isinstance(key, enum.Enum):
         key = key.value
+    if isinstance(key, (bytes, memoryview)):  # else `"b'k'"`, or a view's address
+        return bytes(key).decode("utf-8", "replace")
     if isinstance(key, str):
         return str.__str__(key)
     if key is None or isinstance(key, (int, float)):  # `null`, `true`, `1`, `1.5`, `NaN`
