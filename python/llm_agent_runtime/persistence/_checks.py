@@ -11,6 +11,7 @@ is skipped the same way by every backend storing keys as bytes.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "check_items",
     "check_key",
     "check_keys",
+    "check_path",
     "check_prefix",
     "check_value",
     "decode_stored_keys",
@@ -98,6 +100,22 @@ def check_keys(keys: Any) -> list[str]:
     if isinstance(keys, str | bytes | bytearray | memoryview) or not isinstance(keys, Iterable):
         raise PersistenceError(f"keys must be a sequence of str, got {_shown(keys)}")
     return [check_key(key) for key in keys]
+
+
+def check_path(path: Any, what: str) -> str:
+    """`path`, the place of `what` (a database, a directory), as a `str`.
+
+    Raises:
+        PersistenceError: When `path` is not a non-empty `str` or `os.PathLike` of one.
+            `str()` of anything else names a place nobody meant (`None` becomes `./None`),
+            and an empty path is no place: SQLite takes it for a private temporary database,
+            deleted at close (every checkpoint lost with it), `pathlib` for the current
+            directory.
+    """
+    text = os.fspath(path) if isinstance(path, str | os.PathLike) else None
+    if not isinstance(text, str) or not text:
+        raise PersistenceError(f"the path of {what} must be a non-empty str or path, got {path!r}")
+    return text
 
 
 def decode_stored_keys(backend: str, stored: Iterable[bytes]) -> list[str]:

@@ -451,6 +451,37 @@ def _is_history(value: Any) -> bool:
     return isinstance(value, list) and all(message_problem(m) is None for m in value)
 
 
+_META_SHAPE = (
+    "meta record needs string 'agent_id', 'prompt' and 'mode' (and a numeric 'started_at', a "
+    "string 'run', a bool 'turn', a count 'first_step', a list of messages 'history')"
+)
+
+
+def _is_meta(meta: Any) -> bool:
+    """Whether a decoded meta record has the shape `load` takes back (see `_META_SHAPE`)."""
+    return (
+        isinstance(meta, dict)
+        and all(isinstance(meta.get(f), str) for f in ("agent_id", "prompt", "mode"))
+        and _is_number(meta.get("started_at", 0.0))
+        and isinstance(meta.get("run", ""), str)
+        and isinstance(meta.get("turn", False), bool)
+        and _is_count(meta.get("first_step", 0))
+        and (meta.get("history") is None or _is_history(meta["history"]))
+    )
+
+
+def _check_final(raw: bytes, key: str) -> None:
+    """Checks that the final checkpoint `raw`, to be stored under `key`, loads back.
+
+    Before it is written: written, it would replace the last checkpoint that did with one
+    no load takes back (a chat message of another shape than a session's, say).
+
+    Raises:
+        PersistenceError: Naming `key` and what is wrong, as `load` would.
+    """
+    _final_session(decode(raw, key, "session"), key)
+
+
 def is_stale_entry(entry: dict[str, Any], run: str | None) -> bool:
     """Whether a journal entry is another run's than `run` (so, for `run`, absent).
 
@@ -751,9 +782,10 @@ class CheckpointStore:
                 final checkpoint or steps (a new session under the id of a saved one, whose
                 records would mix with the new run's); or when another run took the step
                 first (it runs, or its process ended before its first step, and
-                `runtime.resume` continues it), a sweep deletes the session, or a fork took
-                the fresh id. Nothing of a
-                refused run is written after it either (its steps, final checkpoint and
+                `runtime.resume` continues it), a sweep deletes the session, a fork took
+                the fresh id, or a record would not load back (a `mode` that is not a
+                string, a chat history or message of another shape than a session's). Nothing
+                of a refused run is written after it either (its steps, final checkpoint and
                 events raise `PersistenceError`) until `forget` or another `save_meta` of the
                 session.
         """
@@ -762,6 +794,10 @@ class CheckpointStore:
         meta_key, meta = _meta_item(
             session, mode, run, turn=turn, first_step=session.step_count, history=history
         )
+        # Before anything is written: a record no load takes back makes the session
+        # unloadable (a chat history of another shape than a session's, say).
+        if not _is_meta(decode(meta, meta_key, "meta")):
+            self._refuse(session.session_id, "cannot start", _META_SHAPE)
         if session.steps:
             stored = await self._stored_steps(key)
             fresh = False
@@ -798,11 +834,13 @@ class CheckpointStore:
             # It closes the stored run (the session loads whole and finished, should this
             # run die before its claim), not this one.
             earlier["run"] = await self.current_run(session.session_id) or uuid.uuid4().hex
+            closing = _encode("session", earlier)
+            try:
+                _check_final(closing, key)
+            except PersistenceError as error:
+                self._refuse(session.session_id, "cannot start", error.args[0])
             await self.backend.batch_save(
-                {
-                    f"{key}:base:{len(records)}": _encode("base", {"records": records}),
-                    key: _encode("session", earlier),
-                }
+                {f"{key}:base:{len(records)}": _encode("base", {"records": records}), key: closing}
             )
         claimed = await self._claim(session.session_id, session.step_count, run, meta)
         if not claimed and await self._drop_stranded_sweep(key, claim):
@@ -1420,12 +1458,18 @@ class CheckpointStore:
         is the id of the run this checkpoint closes (`save_meta`'s, or `SessionState.run`
         for a resumed run); without it, whether a later turn began after this checkpoint is
         told by the clock, as in records of older versions.
+
+        Raises:
+            PersistenceError: The write failed, or, before anything is written, the
+                checkpoint would not load back (a chat message of another shape than a
+                session's, say): the one saved before it is kept.
         """
         key = session_key(session.session_id)
         payload = {"session": session.to_dict(), "finished_at": time.time(), **extra}
         if run is not None:
             payload["run"] = run
         items = {key: _encode("session", payload)}
+        _check_final(items[key], key)
         if folded:
             folded_records = await self._records_to_fold(key, session, unsaved)
             base = _encode("base", {"records": folded_records})
@@ -1603,21 +1647,8 @@ class CheckpointStore:
         saved = _final_session(final, base_key) if final_raw is not None else None
         if meta_raw is not None:
             meta = decode(meta_raw, meta_key, "meta")
-            if not (
-                isinstance(meta, dict)
-                and all(isinstance(meta.get(f), str) for f in ("agent_id", "prompt", "mode"))
-                and _is_number(meta.get("started_at", 0.0))
-                and isinstance(meta.get("run", ""), str)
-                and isinstance(meta.get("turn", False), bool)
-                and _is_count(meta.get("first_step", 0))
-                and (meta.get("history") is None or _is_history(meta["history"]))
-            ):
-                raise PersistenceError(
-                    "meta record needs string 'agent_id', 'prompt' and 'mode' (and a "
-                    "numeric 'started_at', a string 'run', a bool 'turn', a count "
-                    "'first_step', a list of messages 'history')",
-                    key=meta_key,
-                )
+            if not _is_meta(meta):
+                raise PersistenceError(_META_SHAPE, key=meta_key)
             if _is_incomplete_fork(meta):
                 raise PersistenceError(
                     "the session is a fork whose steps were never copied (the fork was cut "

@@ -21,6 +21,7 @@ from llm_agent_runtime.persistence._checks import (
     check_items,
     check_key,
     check_keys,
+    check_path,
     check_prefix,
     check_value,
 )
@@ -240,16 +241,17 @@ class FileBackend:
     reaches the caller; only the file I/O under way (a hung network file system) delays it.
 
     Args:
-        directory: where the files live (created if missing).
+        directory: where the files live (created if missing): a non-empty `str` or
+            `os.PathLike` of one.
 
     Raises:
-        PersistenceError: When the directory cannot be created, or a batch a crash left
-            cannot be finished.
+        PersistenceError: When `directory` is no such path, the directory cannot be
+            created, or a batch a crash left cannot be finished.
     """
 
     def __init__(self, directory: str | Path) -> None:
         # Absolute: a later `os.chdir` must not move the store.
-        self.directory = Path(directory).absolute()
+        self.directory = Path(check_path(directory, "a FileBackend directory")).absolute()
         self._batches = self.directory / _BATCHES
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

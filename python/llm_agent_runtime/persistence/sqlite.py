@@ -17,6 +17,7 @@ from llm_agent_runtime.persistence._checks import (
     check_items,
     check_key,
     check_keys,
+    check_path,
     check_prefix,
     check_value,
     decode_stored_keys,
@@ -106,7 +107,8 @@ class SqliteBackend:
     waiting for another writer's lock after the grace: it may then still happen later.
 
     Args:
-        path: database file (created, with its directory, if missing), or ":memory:".
+        path: database file (created, with its directory, if missing), or ":memory:": a
+            non-empty `str` or `os.PathLike` of one.
         synchronous: SQLite's `synchronous` setting: `OFF`, `NORMAL`, `FULL` or `EXTRA` (in
             any case), or SQLite's number for one, 0 to 3. `FULL` (the default) fsyncs every
             commit, so a saved checkpoint survives a power cut; `NORMAL` is faster and
@@ -115,8 +117,9 @@ class SqliteBackend:
         busy_timeout: seconds to wait for another writer's lock (a finite number >= 0).
 
     Raises:
-        PersistenceError: When `synchronous` is no such level, `busy_timeout` no such time,
-            or the database cannot be opened (a path with a NUL character, too).
+        PersistenceError: When `path` is no such path, `synchronous` no such level,
+            `busy_timeout` no such time, or the database cannot be opened (a path with a NUL
+            character, too).
     """
 
     def __init__(
@@ -125,7 +128,7 @@ class SqliteBackend:
         synchronous: str | int = "FULL",
         busy_timeout: float = 30.0,
     ) -> None:
-        self.path = str(path)
+        self.path = check_path(path, "a SQLite database")
         self.synchronous = _synchronous_level(synchronous)
         real = isinstance(busy_timeout, numbers.Real) and not isinstance(busy_timeout, bool)
         if not (real and 0 <= busy_timeout < math.inf):
