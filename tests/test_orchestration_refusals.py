@@ -10,6 +10,7 @@ import random
 from typing import Any
 
 import pytest
+from test_redis_state import redis_url
 
 import llm_agent_runtime as ar
 
@@ -114,15 +115,6 @@ async def test_a_breaker_with_no_callable_closes_a_coroutine_given_instead() -> 
     # Closed: no "coroutine was never awaited" warning (an error under this suite's filters).
     assert coroutine.cr_frame is None
     await asyncio.sleep(0)
-
-
-def redis_url() -> str:
-    url = os.environ.get("LLM_AGENT_RUNTIME_TEST_REDIS_URL")
-    if url is None:
-        if os.environ.get("LLM_AGENT_RUNTIME_REQUIRE_SERVICES"):
-            pytest.fail("make test must provide Redis")
-        pytest.skip("no Redis server: run `make test`")
-    return url
 
 
 async def test_a_shared_run_that_asks_for_its_own_key_is_refused_instead_of_waiting() -> None:
