@@ -229,8 +229,8 @@ class EventBus:
         self._recorders: list[Callable[[Event], Any]] = []
         # Held while the listeners change and the flags are set from them: threads adding and
         # removing listeners at once must not leave a flag set from lists since changed (an
-        # `active` False with a callback registered would drop every event), nor a
-        # subscription `close` does not end.
+        # `active` False with a callback registered would drop every event), nor drop a
+        # subscription made while `close` runs without ending it.
         self._changing = threading.RLock()
         self.active = False
         self.listening = False
