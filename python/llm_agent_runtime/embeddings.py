@@ -347,10 +347,9 @@ class OpenAIEmbedder:
 
         from llm_agent_runtime.providers._http import (
             MAX_ERROR_BODY,
-            error_in_body,
             error_message,
+            error_of_reply,
             parse_retry_after,
-            reports_error,
             request_body,
             transport_errors,
         )
@@ -394,9 +393,7 @@ class OpenAIEmbedder:
             )
         # An error sent with status 200 is the server's, read as the chat provider reads it:
         # not a "malformed response" that would lose its message.
-        error = error_in_body(reply, _Error)
-        if error is None and reports_error(reply):  # fields of odd types: still its message
-            error = _Error(message=error_message(reply, redactor.redact))
+        error = error_of_reply(reply, _Error, redactor.redact)
         if error is not None:
             raise _api_error(error, redactor.redact, "embeddings API error")
         try:

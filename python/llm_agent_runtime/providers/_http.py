@@ -87,6 +87,7 @@ __all__ = [
     "env_setting",
     "error_in_body",
     "error_message",
+    "error_of_reply",
     "given_or_env",
     "iter_sse",
     "json_text",
@@ -95,7 +96,6 @@ __all__ = [
     "parse_retry_after",
     "parse_usage",
     "redact_secret",
-    "reports_error",
     "request_body",
     "transport_errors",
 ]
@@ -886,14 +886,20 @@ class _AnyError(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-def reports_error(body: bytes) -> bool:
-    """Whether a body reports an error as `error_in_body` finds one, whatever its fields.
+def error_of_reply(
+    body: bytes, model: type[ModelT], redact: Callable[[str], str] | None = None
+) -> ModelT | None:
+    """The error a reply body sent with a success status reports, as `model`; None for none.
 
-    An error whose fields do not fit a provider's model (a message that is no string, a
-    code of an odd type) is still an error: the reply is the server's error, not a
-    malformed reply that would lose its message.
+    As `error_in_body` reads it; an error whose fields do not fit `model` (a message that is
+    no string, a type of an odd type) is still the server's error, not a malformed reply
+    that would lose its message: it is `model(message=...)`, its message read by
+    `error_message` (redacted by `redact`).
     """
-    return error_in_body(body, _AnyError) is not None
+    error = error_in_body(body, model)
+    if error is None and error_in_body(body, _AnyError) is not None:
+        error = model(message=error_message(body, redact))
+    return error
 
 
 def decode_arguments(

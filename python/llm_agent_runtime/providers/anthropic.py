@@ -29,10 +29,10 @@ from llm_agent_runtime.providers._http import (
     env_setting,
     error_in_body,
     error_message,
+    error_of_reply,
     given_or_env,
     parse_json,
     parse_usage,
-    reports_error,
     request_body,
 )
 from llm_agent_runtime.providers.base import (
@@ -450,9 +450,7 @@ class AnthropicProvider(HttpProvider):
         )
 
     def _check_reply(self, raw: bytes) -> None:
-        error = error_in_body(raw, _Error)
-        if error is None and reports_error(raw):  # fields of odd types: still its message
-            error = _Error(message=error_message(raw, self._transport.redact))
+        error = error_of_reply(raw, _Error, self._transport.redact)
         if error is not None:  # an error sent with status 200
             raise _stream_error(error, self._transport)
 

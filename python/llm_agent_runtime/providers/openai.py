@@ -29,11 +29,11 @@ from llm_agent_runtime.providers._http import (
     env_setting,
     error_in_body,
     error_message,
+    error_of_reply,
     given_or_env,
     json_text,
     parse_json,
     parse_usage,
-    reports_error,
     request_body,
 )
 from llm_agent_runtime.providers.base import (
@@ -391,9 +391,7 @@ class OpenAIProvider(HttpProvider):
         )
 
     def _check_reply(self, raw: bytes) -> None:
-        error = error_in_body(raw, _Error)
-        if error is None and reports_error(raw):  # fields of odd types: still its message
-            error = _Error(message=error_message(raw, self._transport.redact))
+        error = error_of_reply(raw, _Error, self._transport.redact)
         if error is not None:  # an error sent with status 200
             raise _api_error(error, self._transport.redact, "OpenAI API error")
 
