@@ -6,17 +6,36 @@ import asyncio
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from llm_agent_runtime.orchestration._calls import call_maybe_async
-from llm_agent_runtime.orchestration._checks import check_real, safe_repr
+from llm_agent_runtime.orchestration._checks import check_real, safe_repr, short_repr
 from llm_agent_runtime.orchestration.clock import Clock, checked_clock
 
 __all__ = ["Deduplicator", "canonical_key"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+_SHOWN_KEYS = 8
+"""Keys a cycle's message shows: a longer cycle shows its first and last ones."""
+
+
+def _cycle_repr(keys: Sequence[object]) -> str:
+    """`'a' -> 'b' -> 'a'`: the keys of a cycle of waits, a long one cut in the middle.
+
+    Each key shows as a bounded repr that never raises (a key is any hashable).
+    """
+    if len(keys) > _SHOWN_KEYS:
+        half = _SHOWN_KEYS // 2
+        cut = f"... ({len(keys) - 2 * half} more)"
+        return " -> ".join([*map(_key_repr, keys[:half]), cut, *map(_key_repr, keys[-half:])])
+    return " -> ".join(map(_key_repr, keys))
+
+
+def _key_repr(key: object) -> str:
+    return short_repr(key, 80)
 
 
 def canonical_key(*args: Any, **kwargs: Any) -> str:
@@ -68,10 +87,11 @@ class Deduplicator:
     Callers asking for a key already running wait for that execution instead of starting
     another (unless `forget` let go of it). The execution runs as its own task, so one
     caller's cancellation does not cancel it for the others. A failure is passed to every
-    waiter and is not cached. Expired results are dropped as new ones come in, so a stream
-    of distinct keys holds only the results of the last `ttl` seconds. Meant for one event
-    loop at a time (not shared between threads: a caller on another running loop cannot wait
-    for this loop's execution).
+    waiter and is not cached. An execution that asks for a key whose execution waits, directly
+    or through others, for it is refused (see `run`): the cycle of waits would never end.
+    Expired results are dropped as new ones come in, so a stream of distinct keys holds only
+    the results of the last `ttl` seconds. Meant for one event loop at a time (not shared
+    between threads: a caller on another running loop cannot wait for this loop's execution).
 
     Args:
         ttl: seconds a completed result is served (0 disables result caching, `math.inf`
@@ -92,6 +112,11 @@ class Deduplicator:
         self._in_flight: dict[Hashable, asyncio.Task[Any]] = {}
         # By expiry: every result lives `ttl`, so the oldest stored expires first.
         self._done: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        # The wait-for graph: the key of each execution under way (a forgotten one included),
+        # and the execution each of them waits on in `run` right now (at most one: a task
+        # awaits one thing at a time).
+        self._keys: dict[asyncio.Task[Any], Hashable] = {}
+        self._waits: dict[asyncio.Task[Any], asyncio.Task[Any]] = {}
         self.executions = 0
         """Times a request was actually executed."""
 
@@ -139,12 +164,19 @@ class Deduplicator:
         Raises:
             RuntimeError: `key` is executing on another event loop that is still open (the
                 deduplicator is shared between threads), or the execution of `key` itself
-                asks for `key` (it would wait for its own result).
+                asks for `key` (it would wait for its own result), or an execution asks for
+                a key whose execution waits, through any others, for it (a cycle of waits
+                such as `'a' -> 'b' -> 'a'`, which the message names). Only the wait that
+                would close the cycle is refused: the execution that asked may handle the
+                error, and the others then go on. A cycle that goes through other tasks (an
+                execution awaiting a task that calls `run`, as `asyncio.gather` makes) or
+                through another deduplicator is not detected, and waits as before.
         """
         hit, value = self._cached(key)
         if hit:
             return value
         task = self._in_flight.get(key)
+        current = asyncio.current_task()
         if task is not None and task.get_loop() is not asyncio.get_running_loop():
             if not task.get_loop().is_closed():
                 # Its future belongs to the other loop: awaiting it here fails deep in asyncio.
@@ -153,21 +185,58 @@ class Deduplicator:
                     "Deduplicator is meant for one event loop at a time (one per thread)"
                 )
             del self._in_flight[key]
+            self._keys.pop(task, None)  # its loop is closed: its done callback never runs
             task = None
-        elif task is not None and task is asyncio.current_task():
+        elif task is not None and task is current:
             # The execution of `key` asking for `key` again would wait for itself, forever.
             raise RuntimeError(
                 f"Deduplicator: the execution of key {key!r:.80} asked for that key itself, "
                 "and would wait for its own result"
             )
+        elif task is not None and current in self._keys:
+            self._refuse_cycle(current, key, task)
         if task is None:
             self.executions += 1
             task = asyncio.ensure_future(call_maybe_async(fn, *args, **kwargs))
             self._in_flight[key] = task
+            self._keys[task] = key
             task.add_done_callback(lambda t: self._finish(key, t))
-        return await asyncio.shield(task)
+        if current is None or current not in self._keys:
+            return await asyncio.shield(task)  # no execution waits: no edge of the graph
+        # The edge lasts exactly as long as the wait, whatever ends it.
+        self._waits[current] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            del self._waits[current]
+
+    def _refuse_cycle(
+        self, current: asyncio.Task[Any], key: Hashable, task: asyncio.Task[Any]
+    ) -> None:
+        """Raises `RuntimeError` when `current` waiting on `task` would close a cycle of waits.
+
+        That is when `task` (executing `key`) waits, through the executions it waits on, for
+        `current`'s.
+
+        A walk of one chain (each execution waits on one at most): the graph has no cycle,
+        since the wait that would close one is refused.
+        """
+        chain = [current, task]
+        waited = self._waits.get(task)
+        while waited is not None and waited is not current:
+            chain.append(waited)
+            waited = self._waits.get(waited)
+        if waited is None:
+            return
+        chain.append(current)
+        raise RuntimeError(
+            f"Deduplicator: the execution of key {_key_repr(self._keys[current])} asked for "
+            f"key {_key_repr(key)}, whose execution waits for this one: the cycle of waits "
+            f"{_cycle_repr([self._keys[t] for t in chain])} would never end"
+        )
 
     def _finish(self, key: Hashable, task: asyncio.Task[Any]) -> None:
+        self._keys.pop(task, None)
         if self._in_flight.get(key) is not task:
             # `forget` let it go: a newer execution of the key may run, and its result (read
             # before the forget) is for its own callers only.

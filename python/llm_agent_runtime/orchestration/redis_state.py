@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import logging
 import math
@@ -21,6 +20,7 @@ from llm_agent_runtime.orchestration._calls import call_maybe_async, keep_alive
 from llm_agent_runtime.orchestration._checks import check_real
 from llm_agent_runtime.orchestration.circuit_breaker import CLOSED, CircuitState
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK
+from llm_agent_runtime.orchestration.dedup import _cycle_repr, _key_repr
 from llm_agent_runtime.orchestration.rate_limit import _Waiter, _WaitingRoom, owed
 
 __all__ = ["RedisCircuitStateBackend", "RedisDeduplicator", "RedisRateLimiter"]
@@ -574,10 +574,54 @@ class RedisRateLimiter:
             room.leave(key, waiter)
 
 
-_LEASES: contextvars.ContextVar[tuple[tuple[str, asyncio.Task[Any] | None], ...]] = (
-    contextvars.ContextVar("llm_agent_runtime_redis_dedup_leases", default=())
-)
-"""(lease key, task) of each `RedisDeduplicator` run under way in the current context."""
+class _Run(NamedTuple):
+    """A `RedisDeduplicator` run under way in this process (its caller holds the lease)."""
+
+    token: str
+    lease: str
+    """The Redis key of its lease (shared by every deduplicator of its prefix and namespace)."""
+    key: str
+
+
+# This process's wait-for graph of `RedisDeduplicator` runs, for all deduplicators (those of
+# one prefix and namespace share keys). A run's call runs in its caller's task, so a task may
+# be in several runs, one inside the other; it waits for one key at a time.
+_RUNS: dict[asyncio.Task[Any], list[_Run]] = {}
+"""The runs each task is in, outermost first."""
+_RUNNERS: dict[str, asyncio.Task[Any]] = {}
+"""The task of each run, by its lease token (a claim that finds a lease taken returns it)."""
+_WAITS: dict[asyncio.Task[Any], tuple[str, str]] = {}
+"""Of each task in a run that waits for another key: the token of the run holding that key's
+lease when it last looked, and that key."""
+
+
+def _refuse_cycle(task: asyncio.Task[Any], runs: list[_Run], key: str, holder: str) -> None:
+    """Raises `RuntimeError` when `task` waiting for `holder` would close a cycle of waits.
+
+    `task` is in `runs`; `holder` is the token of the run of `key`, whose lease is taken.
+    A run waits for the runs inside it (in its task) and, at the innermost, for the run its
+    task waits on: the walk follows that one chain, and keeps its keys for the message.
+    """
+    keys = [runs[-1].key, key]
+    for _ in range(len(_WAITS) + 1):  # the graph has no cycle; bounded all the same
+        runner = _RUNNERS.get(holder)
+        if runner is None:
+            return  # another process's run, or over: a wait that ends
+        inner = _RUNS.get(runner, [])
+        index = next((i for i, run in enumerate(inner) if run.token == holder), len(inner))
+        keys.extend(run.key for run in inner[index + 1 :])
+        if runner is task:
+            raise RuntimeError(
+                f"RedisDeduplicator: the run of key {_key_repr(keys[0])} asked for key "
+                f"{_key_repr(key)}, whose run waits for this one: the cycle of waits "
+                f"{_cycle_repr(keys)} would never end"
+            )
+        wait = _WAITS.get(runner)
+        if wait is None:
+            return
+        holder, waited = wait
+        keys.append(waited)
+
 
 _MAX_PX = 2**53
 """Most milliseconds a result or lease is kept (~285,000 years): Redis adds PX to its clock in
@@ -622,6 +666,13 @@ class RedisDeduplicator:
     seconds, or two polls if longer; only when `ttl` is shorter than that). A caller
     cancelled while it holds the lease (or while the command taking it is in flight) gives
     the lease back before `CancelledError` is raised, so the next caller need not wait it out.
+
+    A run whose call asks for its own key, or for a key whose run waits, through any others
+    of this process (of any deduplicator), for it, is refused with `RuntimeError` (see `run`):
+    the cycle of waits would never end. A cycle through another process is not seen: its runs
+    wait until a lease in it expires (after `lease` seconds); then a waiter takes that key
+    over and runs its call inside its own run, which asks for a key that run holds, and the
+    refusal of a run asking for its own key ends the cycle.
 
     Keys live in a `namespace`, which is required: deduplicators of one namespace (and
     prefix) share results, for instance one per worker process for the same function;
@@ -733,7 +784,11 @@ class RedisDeduplicator:
             PersistenceError: When Redis fails, or the result is not JSON-serializable (an
                 error `fn` itself raises propagates as it is).
             RuntimeError: The run of `key` in this task asks for `key` itself (through any
-                deduplicator sharing its keys): it would wait for its own lease.
+                deduplicator sharing its keys): it would wait for its own lease. Or a run
+                asks for a key whose run, in another task of this process, waits through
+                any others for it (a cycle of waits such as `'a' -> 'b' -> 'a'`, which the
+                message names): only the wait that would close the cycle is refused, the
+                run that asked may handle the error, and the others then go on.
         """
         base = self._base(key)
         token = uuid.uuid4().hex
@@ -741,7 +796,8 @@ class RedisDeduplicator:
         # claims read the copy of the run under way once they know it.
         keys = [*self.redis_keys(key), f"{base}:done:{token}"]
         task = asyncio.current_task()
-        if (keys[1], task) in _LEASES.get():
+        runs = _RUNS.get(task) if task is not None else None  # None: in no run
+        if runs is not None and any(run.lease == keys[1] for run in runs):
             # Else it waited for the lease its own run holds, then ran the call again inside
             # that run once the lease expired, and so on, for ever.
             raise RuntimeError(
@@ -749,29 +805,49 @@ class RedisDeduplicator:
                 "and would wait for its own lease"
             )
         claim_keys = keys[:2]
-        while True:
-            claim = await self._claim_once(claim_keys, token)
-            if claim[0] == 1:
-                try:
-                    return json.loads(claim[1])
-                except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
-                    raise PersistenceError(f"corrupt shared result: {error}", key=keys[0]) from None
-            if claim[0] == 2:
-                break
-            if len(claim) > 1:  # the token of the run under way
-                claim_keys = [*keys[:2], f"{base}:done:{claim[1].decode()}"]
-            await asyncio.sleep(self.poll_interval)
+        waiting: asyncio.Task[Any] | None = None  # set while this wait is an edge of the graph
+        waited = ""
+        try:
+            while True:
+                claim = await self._claim_once(claim_keys, token)
+                if claim[0] == 1:
+                    try:
+                        return json.loads(claim[1])
+                    except (ValueError, RecursionError) as error:  # nested too deep
+                        raise PersistenceError(
+                            f"corrupt shared result: {error}", key=keys[0]
+                        ) from None
+                if claim[0] == 2:
+                    break
+                if len(claim) > 1:  # the token of the run under way
+                    holder = claim[1].decode()
+                    claim_keys = [*keys[:2], f"{base}:done:{holder}"]
+                    # Checked again when another run holds the key (the lease expired).
+                    if runs is not None and task is not None and holder != waited:
+                        _refuse_cycle(task, runs, key, holder)
+                        _WAITS[task] = (holder, key)
+                        waiting, waited = task, holder
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            if waiting is not None:
+                del _WAITS[waiting]
         # This caller holds the lease: whatever happens from here, it gives the lease back.
         self.executions += 1
-        held = _LEASES.get()
-        _LEASES.set((*held, (keys[1], task)))
+        if task is not None:
+            runs = _RUNS.setdefault(task, [])
+            runs.append(_Run(token, keys[1], key))
+            _RUNNERS[token] = task
         try:
             value = await call_maybe_async(fn, *args, **kwargs)
         except BaseException:
             await _settle(self._release(keys, token))
             raise
         finally:
-            _LEASES.set(held)
+            if task is not None and runs is not None:
+                runs.pop()
+                del _RUNNERS[token]
+                if not runs:
+                    del _RUNS[task]
         try:
             encoded = json.dumps(value)
             # Read back before it is published: what this caller cannot read (nested too
