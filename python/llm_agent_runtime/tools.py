@@ -1838,10 +1838,32 @@ def _json_default(value: Any) -> Any:
     # elides a long array's middle.
     tolist = getattr(value, "tolist", None)
     if callable(tolist):
-        return tolist()
+        return _as_list(value, tolist)
     if inspect.isgenerator(value) or inspect.isasyncgen(value):
         raise _GeneratorInside  # else its text, `<generator object ...>`, for its items
     return str(value)
+
+
+def _as_list(value: Any, tolist: Callable[[], Any]) -> Any:
+    """`value.tolist()`, with a numpy float32 or float16 number as numpy shows it (`0.1`).
+
+    `tolist()` widens such a number to a Python float, whose text has float64's digits
+    (`0.10000000149011612`): each is read back from numpy's own text instead, the shortest
+    that reads back as the same number (NaN and infinities as before). numpy is not imported:
+    only numpy's own values are recognised, by their type's module.
+    """
+    if type(value).__module__ == "numpy":
+        dtype: Any = getattr(value, "dtype", None)
+        if getattr(dtype, "kind", None) == "f" and dtype.itemsize < 8:
+            return _floats(value.astype(str).tolist())
+    return tolist()
+
+
+def _floats(texts: Any) -> Any:
+    """`texts` (a number's text, or nested lists of them) as Python floats."""
+    if isinstance(texts, list):
+        return [_floats(text) for text in texts]
+    return float(texts)
 
 
 class _GeneratorInside(Exception):
@@ -1879,11 +1901,13 @@ def _render(result: Any) -> str:
     A str is returned as is (a str-based enum as its value's text), and bytes as text (UTF-8,
     undecodable bytes replaced); a numpy scalar as its Python value is (a float32 NaN as
     `nan`, a `datetime64` as its date). Pydantic models, dataclasses, enums (by value), sets,
-    bytes, and numpy scalars and arrays (by `tolist()`) inside a structure become JSON. A dict key
-    JSON refuses is made text: an enum's by its value, bytes as text, any other by `str`, and
-    so is a float JSON has no number for inside a structure (NaN as `"nan"`, infinity as
-    `"inf"`), so the text is strict JSON. JSON keeps non-ASCII text as it is; a lone surrogate
-    in it is escaped (`\udcff`), so the text always has a UTF-8 form.
+    bytes, and numpy scalars and arrays (by `tolist()`) inside a structure become JSON; a
+    numpy float32 or float16 number, alone or inside, is shown as numpy shows it (`0.1`, not
+    float64's `0.10000000149011612`). A dict key JSON refuses is made text: an enum's by its
+    value, bytes as text, any other by `str`, and so is a float JSON has no number for inside
+    a structure (NaN as `"nan"`, infinity as `"inf"`), so the text is strict JSON. JSON keeps
+    non-ASCII text as it is; a lone surrogate in it is escaped (`\udcff`), so the text always
+    has a UTF-8 form.
 
     Raises:
         TypeError: For a generator (or async generator), also one inside a structure: its
@@ -1908,7 +1932,7 @@ def _render(result: Any) -> str:
         # numpy scalars and arrays (numpy not imported): by their Python values, each shown as
         # that value is (a float32 NaN as `nan`, as a float's; not as the JSON string "nan").
         try:
-            value = tolist()
+            value = _as_list(result, tolist)
         except Exception:  # not numpy's (a class's unbound method, say): as JSON below
             value = result
         if not callable(getattr(value, "tolist", None)):  # else (a mock, say) as JSON below
