@@ -24,6 +24,7 @@ from llm_agent_runtime.providers._http import (
     check_base_url,
     check_conversation,
     check_finite_arguments,
+    check_stop,
     clean_json,
     clean_text,
     env_setting,
@@ -296,6 +297,7 @@ class AnthropicProvider(HttpProvider):
             written without its scheme, say).
         ValueError: A timeout, price or `max_tokens` is out of range, or `max_tokens` is
             no int.
+        TypeError: `stop` is neither a str nor an iterable of str.
     """
 
     def __init__(
@@ -339,9 +341,7 @@ class AnthropicProvider(HttpProvider):
         """Model used when a call names none."""
         self.max_tokens = max_tokens
         """Most tokens per reply unless a call says otherwise."""
-        if isinstance(stop, str):  # one sequence, as a call's `stop=` takes it (not its letters)
-            stop = [stop] if stop else None
-        self.stop = list(stop) if stop else None
+        self.stop = check_stop(stop)
         """Stop sequences sent with every call."""
         headers = {
             "content-type": "application/json",
@@ -409,8 +409,8 @@ class AnthropicProvider(HttpProvider):
                 the request is NaN or infinite (JSON has no such numbers).
             TypeError: `messages` or `tools` is not an iterable of `Message` /
                 `ToolDefinition`, a tool call in a message is not a `ToolCall` with a dict
-                of arguments, or a message's content is no str or its reasoning no list of
-                blocks: nothing is sent.
+                of arguments, a message's content is no str or its reasoning no list of
+                blocks, or `stop` is neither a str nor an iterable of str: nothing is sent.
         """
         body = self._body(messages, tools, model, params, stream=False)
         raw = await self._transport.post_json("/v1/messages", body, self._check_reply)
@@ -512,11 +512,10 @@ class AnthropicProvider(HttpProvider):
                 {"name": t.name, "description": t.description, "input_schema": t.parameters}
                 for t in tools
             ]
-        stop = params.pop("stop") if "stop" in params else self.stop  # a call's own wins
-        if stop:
-            stops = [stop] if isinstance(stop, str) else stop
+        stops = check_stop(params.pop("stop") if "stop" in params else self.stop)  # a call's wins
+        if stops:
             # The API refuses a sequence of whitespace only ("\n"): such a one is not sent.
-            stops = [s for s in stops if not isinstance(s, str) or s.strip()]
+            stops = [s for s in stops if s.strip()]
             if stops:
                 body["stop_sequences"] = stops
         body.update(params)

@@ -24,6 +24,7 @@ from llm_agent_runtime.providers._http import (
     ToolCallIds,
     check_base_url,
     check_conversation,
+    check_stop,
     clean_text,
     decode_arguments,
     env_setting,
@@ -268,6 +269,7 @@ class OpenAIProvider(HttpProvider):
             written without its scheme, say), or one with a user name and password when
             there is an API key too.
         ValueError: A timeout or price is out of range.
+        TypeError: `stop` is neither a str nor an iterable of str.
     """
 
     def __init__(
@@ -292,9 +294,7 @@ class OpenAIProvider(HttpProvider):
         api_key, base_url = openai_endpoint("OpenAI", api_key, base_url)
         self.model = model or env_setting("OPENAI_MODEL") or DEFAULT_OPENAI_MODEL
         """Model used when a call names none."""
-        if isinstance(stop, str):  # one sequence, as a call's `stop=` takes it (not its letters)
-            stop = [stop] if stop else None
-        self.stop = list(stop) if stop else None
+        self.stop = check_stop(stop)
         """Stop sequences sent with every call (the first `MAX_STOP_SEQUENCES` of them)."""
         self.send_stop = send_stop
         """Whether stop sequences are sent (False for models that refuse `stop`)."""
@@ -347,8 +347,9 @@ class OpenAIProvider(HttpProvider):
             ValueError: `params` overrides a field the provider sets itself, or a value of
                 the request is NaN or infinite (JSON has no such numbers).
             TypeError: `messages` or `tools` is not an iterable of `Message` /
-                `ToolDefinition`, or a tool call in a message is not a `ToolCall` with a
-                dict of arguments: nothing is sent.
+                `ToolDefinition`, a tool call in a message is not a `ToolCall` with a dict
+                of arguments, or `stop` is neither a str nor an iterable of str (also with
+                `send_stop=False`): nothing is sent.
         """
         body = self._body(messages, tools, model, params, stream=False)
         raw = await self._transport.post_json("/chat/completions", body, self._check_reply)
@@ -456,8 +457,9 @@ class OpenAIProvider(HttpProvider):
                 for t in tools
             ]
         stop = params.pop("stop") if "stop" in params else self.stop  # a call's own wins
-        if stop and self.send_stop:
-            body["stop"] = stop if isinstance(stop, str) else list(stop)[:MAX_STOP_SEQUENCES]
+        stops = check_stop(stop)  # checked even when not sent: a wrong one is a mistake
+        if stops and self.send_stop:
+            body["stop"] = stop if isinstance(stop, str) else stops[:MAX_STOP_SEQUENCES]
         body.update(params)
         if stream:
             body["stream"] = True
