@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -51,8 +52,9 @@ class BackpressureGuard:
     """Admits at most `capacity` concurrent holders; rejects the rest immediately.
 
     Use `async with guard:` (or `acquire()` / `release()`). Depth always returns to zero:
-    the context manager releases on success, error and cancellation alike. Meant for one
-    event loop (not shared between threads).
+    the context manager releases on success, error and cancellation alike. Thread-safe:
+    every change of the depth is made under a lock (held for the change alone, never across
+    an await), so threads sharing a guard never exceed `capacity` together.
 
     Args:
         capacity: most holders at once (an int).
@@ -88,6 +90,9 @@ class BackpressureGuard:
         self.capacity = capacity
         self.soft_limit = soft_limit
         self._metrics = metrics
+        # Guards each read-modify-write of `_depth` and `shed_count`: the runtime takes and
+        # gives back slots from several threads (sync entry points, worker threads).
+        self._lock = threading.Lock()
         self._depth = 0
         self.shed_count = 0
         """Requests rejected so far."""
@@ -119,15 +124,25 @@ class BackpressureGuard:
         if block is not None:  # its own slot, which a `release()` gives back before the block's
             block.bare += 1
 
-    def _take(self) -> None:
-        """Takes a slot, refusing it at capacity (see `acquire`)."""
-        depth = self._depth
+    def _take(self, shed: bool = True) -> bool:
+        """Takes a slot, refusing it at capacity (see `acquire`).
+
+        Args:
+            shed: Whether a refusal is a shed (counted, and raised); else it returns False.
+        """
+        with self._lock:
+            depth = self._depth
+            if depth < self.capacity:
+                self._depth = depth + 1
+            elif shed:
+                self.shed_count += 1
+            else:
+                return False
+        # Outside the lock: the metrics and the log are not the guard's to wait for.
         if depth >= self.capacity:
-            self.shed_count += 1
             if self._metrics is not None:
                 self._metrics.record_backpressure_shed()
             raise BackpressureShedError(depth, self.capacity)
-        self._depth = depth + 1
         if self.soft_limit is not None and depth + 1 >= self.soft_limit:
             logger.warning(
                 "backpressure: depth %d reached soft limit %d (capacity %d)",
@@ -135,12 +150,15 @@ class BackpressureGuard:
                 self.soft_limit,
                 self.capacity,
             )
+        return True
 
     def try_acquire(self) -> bool:
         """Takes a slot if one is free; returns whether it did (a refusal is not counted)."""
-        if self._depth >= self.capacity:
+        if not self._take(shed=False):
             return False
-        self.acquire()
+        block = self._block()
+        if block is not None:  # as `acquire` does
+            block.bare += 1
         return True
 
     def release(self) -> None:
@@ -154,15 +172,16 @@ class BackpressureGuard:
         Raises:
             RuntimeError: nothing was held.
         """
-        if self._depth == 0:
-            raise RuntimeError("BackpressureGuard.release() without a matching acquire()")
         block = self._block()
-        if block is not None:
+        with self._lock:
+            if self._depth == 0:
+                raise RuntimeError("BackpressureGuard.release() without a matching acquire()")
+            self._depth -= 1
+        if block is not None:  # its task's own bookkeeping: no other thread changes it
             if block.bare:
                 block.bare -= 1
             elif block.holds:
                 block.holds = False
-        self._depth -= 1
 
     async def __aenter__(self) -> BackpressureGuard:
         self._take()
@@ -180,12 +199,14 @@ class BackpressureGuard:
             if blocks[index].guard is self:
                 _BLOCKS.set(blocks[:index] + blocks[index + 1 :])
                 if blocks[index].holds:  # not given back inside the block already
-                    self._depth -= 1
+                    with self._lock:
+                        self._depth -= 1
                 return
         # Left in another context than it was entered in (an async generator's block closed
         # by its loop): its slot is given back, as any block's.
-        if self._depth > 0:
-            self._depth -= 1
+        with self._lock:
+            if self._depth > 0:
+                self._depth -= 1
 
     @safe_repr
     def __repr__(self) -> str:
