@@ -209,7 +209,9 @@ class OpenAIEmbedder:
 
     Raises:
         MemoryStoreError: batch_size or dimensions is not an int (a bool or float is
-            refused) of at least 1, or timeout is not a finite number of seconds above 0.
+            refused) of at least 1, timeout is not a finite number of seconds above 0, or
+            client is not an `httpx.Client` (an `httpx.AsyncClient` cannot serve the
+            synchronous `embed`).
         ProviderError: the API key is one no HTTP header can carry (whitespace such as a
             trailing newline, control or non-ASCII characters; the message never quotes it),
             the base URL is not an http(s) URL, it is OpenAI's own API and there is no key,
@@ -229,6 +231,8 @@ class OpenAIEmbedder:
         client: httpx.Client | None = None,
     ) -> None:
         # The providers' checks (importing them loads httpx, which a request needs anyway).
+        import httpx
+
         from llm_agent_runtime.providers._http import check_api_key, move_user_info
         from llm_agent_runtime.providers.openai import openai_endpoint
 
@@ -237,6 +241,12 @@ class OpenAIEmbedder:
             dimensions = _count(dimensions, "dimensions")
         # Checked here: httpx would refuse it only at the first request, with a ValueError.
         seconds = _seconds(timeout, "timeout")
+        # Checked here: an AsyncClient (what the chat providers take) would fail only in
+        # embed, with a TypeError about the context manager protocol.
+        if client is not None and not isinstance(client, httpx.Client):
+            raise MemoryStoreError(
+                f"client must be an httpx.Client (embed is synchronous), got {client!r:.80}"
+            )
         self._api_key, url = openai_endpoint("OpenAI embeddings", api_key, base_url)
         check_api_key("OpenAI", self._api_key)
         bearer = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}

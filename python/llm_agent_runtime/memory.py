@@ -46,13 +46,20 @@ def fit_to_token_budget(texts: Iterable[str], max_tokens: int) -> list[str]:
 
     Raises:
         ValueError: `max_tokens` is negative or not an int (a float, NaN included, or a bool),
-            `texts` is one str (it would be read a character a text), or `texts` holds
-            something other than a str (bytes, a list, None), wherever it stands.
+            `texts` is one str or bytes (it would be read a character, or a byte, a text), is
+            not iterable (None, a number), or holds something other than a str (bytes, a
+            list, None), wherever it stands.
     """
     max_tokens = check_count("max_tokens", max_tokens, 0)
-    if isinstance(texts, str):
-        raise ValueError("texts must be an iterable of str, got one str (wrap it in a list)")
-    texts = list(texts)
+    if isinstance(texts, (str, bytes, bytearray)):
+        raise ValueError(
+            f"texts must be an iterable of str, got one {type(texts).__name__} (wrap it in a list)"
+        )
+    try:
+        items = iter(texts)
+    except TypeError:  # only the iter() call: an error raised by a generator passes through
+        raise ValueError(f"texts must be an iterable of str, got {type(texts).__name__}") from None
+    texts = list(items)
     # Every item is checked, not only those reached before the budget runs out: a list or
     # bytes would otherwise be costed by its len() and kept, and None fail inside len().
     for i, text in enumerate(texts):

@@ -6,6 +6,7 @@ dicts, with a tag -> keys index so tag queries never scan every entry.
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import operator
 import threading
@@ -75,7 +76,8 @@ class SemanticStore:
     Raises:
         MemoryStoreError: an unknown dtype; a `dim` that is not an int (any integer type, not
             a bool) of at least 1; an `embedder` that is no object with an `embed` method
-            (a number meant as `dim`, a model name, an embedder class not instantiated).
+            (a number meant as `dim`, a model name, an embedder class not instantiated), or
+            whose `embed` is async (the store calls it synchronously).
     """
 
     def __init__(
@@ -104,6 +106,8 @@ class SemanticStore:
                 "embedder must be an Embedder instance (an object with an embed(texts) "
                 f"method), got {embedder!r:.80}; a dimension is given as dim=..."
             )
+        if embedder is not None and inspect.iscoroutinefunction(embedder.embed):
+            raise MemoryStoreError(_ASYNC_EMBEDDER)
         self._embedder: Embedder = embedder if embedder is not None else HashingEmbedder()
         self._dtype = dtype
         if dim is None:  # `dim` is optional in the Embedder protocol, and may be anything
@@ -195,7 +199,12 @@ class SemanticStore:
                 self._index.remove([old_id])
 
     def delete(self, key: str) -> bool:
-        """Removes an entry; returns whether it existed."""
+        """Removes an entry; returns whether it existed.
+
+        Raises:
+            MemoryStoreError: `key` is not a string (no entry can have it).
+        """
+        _check_key(key)
         with self._lock:
             return self._delete(key)
 
@@ -208,12 +217,22 @@ class SemanticStore:
     # --- reading ------------------------------------------------------------------------------
 
     def get(self, key: str, default: str | None = None) -> str | None:
-        """The value stored under `key`, or `default`."""
+        """The value stored under `key`, or `default`.
+
+        Raises:
+            MemoryStoreError: `key` is not a string (no entry can have it).
+        """
+        _check_key(key)
         entry = self._entries.get(key)
         return entry.value if entry is not None else default
 
     def get_entry(self, key: str) -> SemanticEntry | None:
-        """The whole entry stored under `key`, or None."""
+        """The whole entry stored under `key`, or None.
+
+        Raises:
+            MemoryStoreError: `key` is not a string (no entry can have it).
+        """
+        _check_key(key)
         return self._entries.get(key)
 
     def retrieve_by_tag(self, tag: str) -> list[SemanticEntry]:
@@ -301,7 +320,8 @@ class SemanticStore:
         return len(self._entries)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._entries
+        # Only a string can be a key: any other object (a list too) is simply not in it.
+        return isinstance(key, str) and key in self._entries
 
     def __reduce__(self) -> Any:
         # Copied as an object (its fields shared, its id counter not), a copy and the store
@@ -378,6 +398,10 @@ class SemanticStore:
         import numpy as np
 
         rows = self._embedder.embed([text])
+        if inspect.isawaitable(rows):
+            if inspect.iscoroutine(rows):
+                rows.close()  # never awaited: closed now, so no "never awaited" warning
+            raise MemoryStoreError(_ASYNC_EMBEDDER)
         try:
             matrix = _real_float32(rows)
         except (TypeError, ValueError) as e:
@@ -462,6 +486,25 @@ class SemanticStore:
             keys.discard(key)
             if not keys:
                 del self._by_tag[tag]
+
+
+_ASYNC_EMBEDDER = (
+    "embedder.embed is async (it returns an awaitable), but SemanticStore calls it "
+    "synchronously: give it an embedder whose embed returns the array itself"
+)
+
+
+def _check_key(key: object) -> None:
+    """Refuses a `key` that is not a string, as `store` does.
+
+    A list would fail the lookup with "unhashable type", and another non-string would
+    silently find nothing.
+
+    Raises:
+        MemoryStoreError: `key` is not a string.
+    """
+    if not isinstance(key, str):
+        raise MemoryStoreError(f"key must be a string, got {type(key).__name__}: {key!r:.80}")
 
 
 def _real_float32(value: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
