@@ -811,6 +811,23 @@ def test_numpy_integer_properties_are_ints() -> None:
         g.add_entity("b", "x", {"v": object()})
 
 
+def test_numpy_bool_properties_are_bools() -> None:
+    # A comparison of numpy values (or a pandas column) gives numpy bools: they were refused
+    # as "got a bool", which a bool is not refused for.
+    import numpy as np
+
+    g = ar.GraphStore()
+    g.add_entity("a", "x", {"t": np.bool_(True), "f": [np.float32(1) > 2]})
+    g.add_entity("b", "x")
+    g.add_relationship("a", "b", properties={"seen": np.bool_(False)})
+    assert g.entity("a")["properties"] == {"t": True, "f": [False]}
+    assert type(g.entity("a")["properties"]["t"]) is bool
+    assert g.relationships()[0]["properties"] == {"seen": False}
+    # An array is no bool, whatever its values.
+    with pytest.raises(ar.GraphError, match="JSON-compatible; got a ndarray"):
+        g.add_entity("c", "x", {"v": np.array([True])})
+
+
 def test_property_keys_keep_their_order_at_every_level() -> None:
     # As a Python dict (and json) keeps them: they used to come back sorted.
     props = {"zeta": 1, "alpha": {"y": 1, "b": [{"z": 0, "a": 1}]}, "mid": None}

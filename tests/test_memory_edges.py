@@ -3,6 +3,7 @@ embedders given no texts, graphs passed the wrong way round; and search against 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
@@ -230,3 +231,37 @@ def test_an_episodic_store_refuses_an_embedder_that_cannot_embed(embedder: Any) 
     store = ar.EpisodicStore(embedder=ar.HashingEmbedder(16))
     store.add_episode("agent", "apples", 0.5)
     assert [e.content for e in store.recall("agent", query="apples")] == ["apples"]
+
+
+class _AsyncEmbedder:
+    dim = 4
+
+    async def embed(self, texts: list[str]) -> Any:
+        return [[1.0, 0.0, 0.0, 0.0] for _ in texts]
+
+
+class _AwaitableEmbedder:
+    """A sync `embed` that hands back a coroutine (an async function wrapped by mistake)."""
+
+    dim = 4
+
+    def embed(self, texts: list[str]) -> Any:
+        return _AsyncEmbedder().embed(texts)
+
+
+def test_an_episodic_store_refuses_an_async_embedder() -> None:
+    # Accepted; every episode then failed with "must return one row" and a coroutine left
+    # never awaited.
+    with pytest.raises(ar.MemoryStoreError, match=r"embedder\.embed is async"):
+        ar.EpisodicStore(embedder=_AsyncEmbedder())
+    with pytest.raises(ar.MemoryStoreError, match=r"embedder\.embed is async"):
+        ar.EpisodicStore.from_json(ar.EpisodicStore().to_json(), embedder=_AsyncEmbedder())
+
+
+@pytest.mark.filterwarnings("error")  # a coroutine left never awaited fails the test
+def test_an_awaitable_from_embed_is_a_store_error_and_is_closed() -> None:
+    store = ar.EpisodicStore(embedder=_AwaitableEmbedder())
+    with pytest.raises(ar.MemoryStoreError, match=r"embedder\.embed returned an awaitable"):
+        store.add_episode("agent", "apples", 0.5)
+    assert store.episode_count_for("agent") == 0
+    gc.collect()

@@ -361,8 +361,9 @@ class EpisodicStore:
     episodes find none under it.
 
     Raises:
-        MemoryStoreError: per_agent_capacity is below 1 (or beyond 64 bits, or a bool), or
-            similarity_weight is negative or not finite (or beyond the float range).
+        MemoryStoreError: per_agent_capacity is below 1 (or beyond 64 bits, or a bool),
+            similarity_weight is negative or not finite (or beyond the float range), or
+            embedder has no embed method or an async one (the store calls it synchronously).
     """
 
     def __new__(
@@ -629,10 +630,10 @@ class HashingEmbedder:
 class GraphStore:
     """Directed multigraph of entities and typed, weighted relationships, analytics in Rust.
 
-    Properties are JSON-compatible: str keys; values None, bool, str, int (or any integer
-    type with __index__, such as numpy's), finite float (or an inexact numbers.Real, such
-    as numpy.float32, stored as a float; not a Fraction, which a float would round), and
-    lists, tuples and dicts of them.
+    Properties are JSON-compatible: str keys; values None, bool (or numpy's bool), str, int
+    (or any integer type with __index__, such as numpy's), finite float (or an inexact
+    numbers.Real, such as numpy.float32, stored as a float; not a Fraction, which a float
+    would round), and lists, tuples and dicts of them.
 
     Raises:
         GraphError: unknown entities, duplicate ids, non-finite weights (or beyond the float

@@ -780,10 +780,11 @@ impl PyGraphStore {
     /// Args:
     ///     id: Unique id.
     ///     label: Type label, e.g. "person".
-    ///     properties: A JSON-compatible dict (or None): str keys; values None, bool, str,
-    ///         int (or an integer type with `__index__`, such as numpy's), finite float (or
-    ///         an inexact `numbers.Real`, such as `numpy.float32`, stored as a float; not a
-    ///         `Fraction`, which a float would round), and lists, tuples and dicts of them.
+    ///     properties: A JSON-compatible dict (or None): str keys; values None, bool (or
+    ///         numpy's bool), str, int (or an integer type with `__index__`, such as
+    ///         numpy's), finite float (or an inexact `numbers.Real`, such as
+    ///         `numpy.float32`, stored as a float; not a `Fraction`, which a float would
+    ///         round), and lists, tuples and dicts of them.
     ///
     /// Raises:
     ///     GraphError: When the id exists, `properties` is not a dict, a property is not

@@ -34,7 +34,7 @@ pub fn within_max_depth(value: &Value) -> bool {
 
 /// Converts a JSON-compatible Python value (dict with str keys, list/tuple, str, int or any
 /// integer type with `__index__` such as numpy's, float or any real-number type registered
-/// as `numbers.Real` such as numpy's float32, bool, None); anything else is a `GraphError`
+/// as `numbers.Real` such as numpy's float32, bool or numpy's bool, None); anything else is a `GraphError`
 /// naming the type. A float must be finite.
 pub fn to_json(value: &Bound<'_, PyAny>) -> PyResult<Value> {
     convert(value, 0)
@@ -58,6 +58,13 @@ fn is_real_number(value: &Bound<'_, PyAny>) -> PyResult<bool> {
     // An exact fraction (`Fraction`) is refused as `Decimal` is: a float would round it.
     Ok(value.is_instance(REAL.import(py, "numbers", "Real")?)?
         && !value.is_instance(RATIONAL.import(py, "numbers", "Rational")?)?)
+}
+
+/// Whether `value` is numpy's bool scalar (`numpy.bool`, `numpy.bool_` before numpy 2).
+fn is_numpy_bool(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let kind = value.get_type();
+    let name = kind.name()?;
+    Ok((name == "bool" || name == "bool_") && kind.module()? == "numpy")
 }
 
 fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
@@ -139,6 +146,10 @@ fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
             }
         };
         return finite_float(float);
+    }
+    // numpy's bool (which comparisons and pandas hand out) is a bool, not a number.
+    if is_numpy_bool(value)? {
+        return Ok(Value::Bool(value.is_truthy()?));
     }
     Err(CoreError::Graph(format!(
         "properties must be JSON-compatible; got a {}",

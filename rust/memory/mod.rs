@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyIterator, PyList, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -577,7 +578,8 @@ impl PyRecallPolicy {
 ///     MemoryStoreError: `per_agent_capacity` is not positive (or too large, or a bool),
 ///         `similarity_weight` is negative or not finite (a number beyond the float range
 ///         included), or `embedder` has no `embed` method (a dimension, a model name, or an
-///         embedder class rather than an instance).
+///         embedder class rather than an instance) or an async one (the store calls it
+///         synchronously).
 #[pyclass(module = "llm_agent_runtime", name = "EpisodicStore", frozen)]
 pub struct PyEpisodicStore {
     /// Taken with [`sync::lock`] (or inside `run_detached`): no Python code runs under it.
@@ -730,6 +732,18 @@ impl PyEpisodicStore {
         };
         let rows = embedder.call_method1(py, "embed", (vec![text],))?;
         let rows = rows.bind(py);
+        if rows.hasattr(pyo3::intern!(py, "__await__"))? {
+            // Closed, so it is not reported as "never awaited" besides this error.
+            if rows.hasattr(pyo3::intern!(py, "close"))? {
+                rows.call_method0(pyo3::intern!(py, "close"))?;
+            }
+            return Err(CoreError::Memory(
+                "embedder.embed returned an awaitable: the store calls embed synchronously \
+                 (wrap an async embedder in a sync one)"
+                    .into(),
+            )
+            .into());
+        }
         let row = match rows.extract::<numpy::PyReadonlyArray2<'_, f32>>() {
             Ok(array) if array.shape()[0] == 1 => array.as_array().row(0).to_vec(),
             _ => match rows.extract::<Vec<Vec<f32>>>() {
@@ -756,11 +770,15 @@ fn embedder_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
     if value.is_none() {
         return Ok(None);
     }
-    let embeds = !value.is_instance_of::<PyType>()
-        && value
+    let embed = if value.is_instance_of::<PyType>() {
+        None
+    } else {
+        value
             .getattr(pyo3::intern!(value.py(), "embed"))
-            .is_ok_and(|embed| embed.is_callable());
-    if !embeds {
+            .ok()
+            .filter(|embed| embed.is_callable())
+    };
+    let Some(embed) = embed else {
         let got = value
             .repr()
             .map_or_else(|_| "an object".to_owned(), |r| r.to_string());
@@ -768,6 +786,16 @@ fn embedder_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
             "embedder must be an Embedder instance (an object with an embed(texts) method), \
              got {got:.80}"
         ))
+        .into());
+    };
+    static IS_ASYNC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let is_async = IS_ASYNC.import(value.py(), "inspect", "iscoroutinefunction")?;
+    if is_async.call1((embed,))?.is_truthy()? {
+        return Err(CoreError::Memory(
+            "embedder.embed is async: the store calls embed synchronously (wrap an async \
+             embedder in a sync one)"
+                .into(),
+        )
         .into());
     }
     Ok(Some(value.clone().unbind()))
