@@ -516,6 +516,7 @@ async def test_a_sessions_duration_adds_up_its_turns_as_its_steps_do() -> None:
     ("field", "value"),
     [
         ("steps", ()),
+        ("steps", ["junk"]),  # a run went on, and saved JSON its own from_json refused
         ("duration_ms", None),
         ("memory_hits", True),
         ("session_id", ["x"]),

@@ -400,13 +400,17 @@ _SESSION_FIELDS: dict[str, _Spec] = {
 def session_problem(session: AgentSession) -> str | None:
     """What keeps `session` from running a turn (None when nothing does).
 
-    That is a field whose value is not of its type (as `from_dict` checks them), which the
-    run would fail on as it goes, once its model was paid: a user may set any field.
+    That is a field whose value is not of its type (as `from_dict` checks them), or a step
+    that is not a `Step`, which the run would fail on as it goes, once its model was paid (or
+    save as JSON that `from_json` refuses): a user may set any field.
     """
     for name, spec in _SESSION_FIELDS.items():
         value = getattr(session, name)
         if not _fits(value, spec):
             return f"session.{name} must be {spec[1]}, got {_kind(value)}"
+    for n, step in enumerate(session.steps, 1):
+        if not isinstance(step, Step):
+            return f"session.steps must be a list of Step objects, got {_kind(step)} as step {n}"
     return None
 
 
