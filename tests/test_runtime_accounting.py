@@ -838,7 +838,7 @@ async def test_a_lone_call_the_loop_timeout_cuts_off_keeps_its_step(mode: str) -
     assert (step.action, step.action_input, step.observation, step.error_kind) == (
         "stall",
         {"a": 1},
-        "error: the call ended with CancelledError",
+        "error: the call ended with the run's timeout (agent loop timed out after 100 ms)",
         "transient",
     )
     assert step.thought == ("" if mode == "tools" else "wait for it")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import itertools
@@ -143,6 +144,14 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 class _DeadlinePassed(Exception):
     """The loop found the run's deadline passed before a step (`_run` reports the timeout)."""
+
+
+_DEADLINE_SCOPE: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar(
+    "_DEADLINE_SCOPE", default=None
+)
+"""The `asyncio.timeout` scope of the innermost `_within_deadline` running in this context
+(a parallel round's call tasks see it too): read only when a call is cut off, to tell the
+run's `loop_timeout_ms` from a cancellation from outside."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,6 +657,9 @@ class AgentRuntime:
     ) -> str | None:
         """Runs one turn of a multi-turn session; returns the turn's final answer.
 
+        The answer is this turn's own, even when an async event callback the run waited for
+        ran the session's next turn meanwhile (`session.final_answer` is that turn's then).
+
         The history is trimmed to `config.context_window_tokens`, dropping oldest turns first
         (its system messages are kept: see `trim_history`). A session runs one turn at a time.
         Once the turn's final answer is in `session.final_answer`, the turn is in
@@ -678,17 +690,20 @@ class AgentRuntime:
             )
         history = self.trim_history(session.messages)
         agent_id = session.agent_id
+        # The turn's own answer: by the time the run returns, a callback it waited for may
+        # have run the next turn, and `session.final_answer` be that turn's.
+        answer: list[str | None] = []
         if _is_infer(provider):
-            result = await self._run(agent_id, message, provider, None, session, history)
+            await self._run(agent_id, message, provider, None, session, history, None, answer)
         else:
             self._check_provider(provider)
             if self.config.mode == "tools":
                 _check_tool_exchanges(session.messages)
-                result = await self._run(agent_id, message, None, provider, session, history)
+                await self._run(agent_id, message, None, provider, session, history, None, answer)
             else:
                 infer = self._text_model(provider)
-                result = await self._run(agent_id, message, infer, None, session, history)
-        return result.final_answer
+                await self._run(agent_id, message, infer, None, session, history, None, answer)
+        return answer[0]
 
     def _check_provider(self, provider: Any) -> None:
         """Raises `AgentRuntimeError` when `provider` lacks the method this runtime calls.
@@ -829,11 +844,14 @@ class AgentRuntime:
         session: AgentSession | None,
         history: list[dict[str, Any]] | None = None,
         resume: SessionState | None = None,
+        answer: list[str | None] | None = None,
     ) -> AgentSession:
         """One run: arguments checked, a slot taken, the session marked running, the deadline.
 
         Everything is checked before anything is taken, and everything taken is given back
         in `finally`, so no failure leaks a slot, an active-session count or a mark.
+        `answer`, when given, gets the run's final answer as the run lets go of its session:
+        the callbacks it waits for after that may run the session's next turn.
         """
         _check_agent_id(agent_id)
         if not isinstance(prompt, str):
@@ -951,9 +969,11 @@ class AgentRuntime:
                             expired = True
                         if expired:
                             raise AgentLoopError(
-                                f"agent loop timed out after {timeout} ms "
+                                f"{_timed_out(timeout)} "
                                 f"({session.step_count - steps_before} steps done)"
                             )
+                if answer is not None:
+                    answer.append(session.final_answer)
                 return session
             except BaseException as error:
                 settle = False  # unless this block ends as it should (not cancelled)
@@ -2205,8 +2225,11 @@ class AgentRuntime:
             await asyncio.wait([releasing], timeout=None if timeout is None else timeout / 1000)
 
     async def _save_what_is_left(self, session: AgentSession) -> None:
-        """Saves a failed run's unsaved steps and events, best effort.
+        """Saves a failed run's unsaved steps, its end and its events, best effort.
 
+        The run's end (`CheckpointStore.save_run_end`) keeps the session's `duration_ms`,
+        which `_run` measured before this save, so that the saved session's is the one in
+        memory (the time of this save is in neither, as a final checkpoint's is in neither).
         The run's failure is what the caller must see, so nothing here raises but a
         cancellation. Whatever is not saved is dropped: nothing of the run stays in memory.
         """
@@ -2215,12 +2238,16 @@ class AgentRuntime:
         try:
             if session_id in self._unsaved_steps:
                 await self._save_steps(session, [])  # takes the pending events along
-            pending = self._event_log.pop(session_id, None)
-            if pending:
-                try:
+            pending = self._event_log.pop(session_id, None) or []
+            durable = self._durable_runs.get(session_id)
+            run = None if durable is None else durable.run
+            try:
+                if run is not None:  # the events go in the same write
+                    await self._checkpoints.save_run_end(session, run, pending)
+                elif pending:
                     await self._checkpoints.append_events(session_id, pending)
-                except Exception as log_error:
-                    logger.warning("event log of %s not saved: %r", session_id, log_error)
+            except Exception as save_error:
+                logger.warning("end of failed run %s not saved: %r", session_id, save_error)
         finally:
             self._unsaved_steps.pop(session_id, None)
             self._event_log.pop(session_id, None)
@@ -3175,11 +3202,25 @@ def _interrupted_observation(error: BaseException, what: str, config: AgentConfi
 
     A cancellation (the run's, or its `loop_timeout_ms`) is `transient`, as a call that may
     work if run again; anything else (a `PolicyDeniedError`, a spent budget) is `permanent`.
+    The cancellation of the run's `loop_timeout_ms` says so ("the run's timeout (agent loop
+    timed out after N ms)"), as the run's `AgentLoopError` does; another says
+    `CancelledError`.
     """
     kind: ErrorKind = "transient" if isinstance(error, asyncio.CancelledError) else "permanent"
-    # Even an error whose `str` fails: building this must not replace the run's error.
-    content = f"error: {what} {_describe(error, with_type=True)}"
+    scope = _DEADLINE_SCOPE.get()
+    timeout = config.loop_timeout_ms
+    if kind == "transient" and scope is not None and scope.expired() and timeout is not None:
+        ended = f"the run's timeout ({_timed_out(timeout)})"
+    else:
+        # Even an error whose `str` fails: building this must not replace the run's error.
+        ended = _describe(error, with_type=True)
+    content = f"error: {what} {ended}"
     return Observation(_truncate(content, config.max_observation_chars), kind)
+
+
+def _timed_out(timeout_ms: int) -> str:
+    """What a run that `loop_timeout_ms` cut off says (its error, its cut-off calls)."""
+    return f"agent loop timed out after {timeout_ms} ms"
 
 
 class _NotStarted(Exception):
@@ -3612,7 +3653,11 @@ async def _within_deadline(body: Awaitable[Any], seconds: float) -> bool:
     """
     try:
         async with asyncio.timeout(seconds) as scope:
-            await body
+            token = _DEADLINE_SCOPE.set(scope)  # see `_interrupted_observation`
+            try:
+                await body
+            finally:
+                _DEADLINE_SCOPE.reset(token)
     except TimeoutError:
         if scope.expired():
             return True

@@ -222,8 +222,9 @@ class AgentSession:
     def overhead_ms(self) -> float:
         """Total time the runtime itself took in the steps (neither model nor tools).
 
-        Checkpoint writes between steps included; what a run does before its first step and
-        after its last (the start and final checkpoints) is in `duration_ms` only.
+        Checkpoint writes between steps included; what a run does before its first step (its
+        start checkpoint) is in `duration_ms` only, and its final checkpoint, written once the
+        duration is measured (the saved session holds it), is in neither.
         """
         return sum(s.overhead_ms for s in self.steps)
 

@@ -296,6 +296,10 @@ class SessionState:
     records after them (`run_records`)."""
     history: list[dict[str, Any]] | None = None
     """The chat history (`AgentSession.messages`) the saved run started with, for a turn."""
+    duration_ms: float | None = None
+    """The session's `duration_ms` as the saved run left it when it failed (see
+    `CheckpointStore.save_run_end`); None when the run saved none (it finished, or its process
+    ended first)."""
 
     @property
     def run_records(self) -> list[StepRecord]:
@@ -333,6 +337,8 @@ class SessionState:
             session = AgentSession(session_id=self.session_id, agent_id=self.agent_id)
         session.steps += [r.step for r in self.records[len(session.steps) :]]
         session.prompt = self.prompt
+        if self.duration_ms is not None:  # the failed run's time too, as the session counts it
+            session.duration_ms = self.duration_ms
         session.final_answer = _answer(self.run_records)
         if self.history is not None:
             session.messages = [dict(m) for m in self.history]
@@ -354,7 +360,7 @@ _PREFIX = session_key("")
 # session `a:b`'s): a key is a session's own only when its rest is exactly one of these.
 _OWN_SUFFIX = re.compile(
     r"(?:meta|run:[0-9]+(?::[0-9a-f]+)?|resume:[0-9]+(?::[0-9a-f]+)?|fence:[0-9]+|fork:[0-9a-f]+"
-    r"|base|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+)\Z"
+    r"|base|base:[0-9]+|step:[0-9]+|call:[0-9]+:[0-9]+|event:[0-9]+|ended)\Z"
 )
 _RUN_CLAIM = re.compile(r"run:[0-9]+\Z")  # what follows `session:<id>:` in a run's claim
 _RUN_TAKEOVER = re.compile(r"(run:[0-9]+):([0-9a-f]+)\Z")  # ... in a sweep claim's takeover key
@@ -1613,6 +1619,20 @@ class CheckpointStore:
         if lease is not None and time.monotonic() >= lease.renew_by:
             await self._keep_lease(session_id, lease)
 
+    async def save_run_end(
+        self, session: AgentSession, run: str, events: Iterable[Any] = ()
+    ) -> None:
+        """Saves the end of run `run` that failed: the session's `duration_ms`, and events.
+
+        A failed run writes no final checkpoint (a resume continues it), so this record
+        (`session:<id>:ended`) keeps how long the session has run, the failed run included,
+        as the session in memory counts it: `load` gives it back while `run` is the saved
+        run (a later run's end, or final checkpoint, supersedes it).
+        """
+        record = {"run": run, "duration_ms": session.duration_ms}
+        key = f"{session_key(session.session_id)}:ended"
+        await self._save_with_events(session.session_id, {key: _encode("ended", record)}, events)
+
     async def append_events(self, session_id: str, events: Iterable[Any]) -> None:
         """Appends events to the session's log."""
         events = list(events)
@@ -1675,9 +1695,35 @@ class CheckpointStore:
         if state.history is None and earlier is not None and state.turn:
             state.history = earlier.messages
         state.records = records
+        if state.final is None and state.run is not None:
+            state.duration_ms = await self._run_end(f"{base_key}:ended", state.run)
         # Another process may have logged events since this one last wrote: count afresh.
         self._next_event.pop(session_id, None)
         return state
+
+    async def _run_end(self, key: str, run: str) -> float | None:
+        """The session's `duration_ms` that run `run` saved as it failed (`save_run_end`).
+
+        None when there is no such record, or it is another run's (an earlier one's).
+
+        Raises:
+            PersistenceError: The record is corrupt.
+        """
+        raw = await self.backend.load(key)
+        if raw is None:
+            return None
+        record = decode(raw, key, "ended")
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get("run"), str)
+            and _is_number(record.get("duration_ms"))
+        ):
+            raise PersistenceError(
+                "a run's end record must be an object with a string 'run' and a number "
+                "'duration_ms'",
+                key=key,
+            )
+        return float(record["duration_ms"]) if record["run"] == run else None
 
     async def _fold(self, base_key: str) -> list[StepRecord]:
         """The longest base record's steps, then the step deltas after them.
