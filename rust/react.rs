@@ -288,10 +288,22 @@ fn skip_line_lead(bytes: &[u8], mut at: usize) -> usize {
     }
 }
 
+/// The Markdown emphasis marker at `at` that may wrap a label (`**Thought:**`, `__Action__:`,
+/// `*Final Answer:*`), or an empty one: chat models often write their labels in bold.
+fn emphasis_at(bytes: &[u8], at: usize) -> &'static [u8] {
+    [b"**" as &[u8], b"__", b"*", b"_"]
+        .into_iter()
+        .find(|marker| eat_exact(bytes, at, marker).is_some())
+        .unwrap_or_default()
+}
+
 /// Recognises a label at the start of a line (after blanks, Unicode spaces and invisible
-/// format characters); returns it with the index after its colon.
+/// format characters, and in Markdown emphasis or not); returns it with its start and the
+/// index after its colon (and after the emphasis closing there: `**Action:**`).
 fn label_at(bytes: &[u8], line_start: usize) -> Option<(Label, usize, usize)> {
-    let at = skip_line_lead(bytes, line_start);
+    let lead = skip_line_lead(bytes, line_start);
+    let emphasis = emphasis_at(bytes, lead);
+    let at = lead + emphasis.len();
     // A step number may follow the label word, as LangChain's `Action\s*\d*\s*:` allows.
     let (label, after) = if let Some(i) = eat_word(bytes, at, b"thought") {
         (Label::Thought, skip_number(bytes, i))
@@ -308,7 +320,16 @@ fn label_at(bytes: &[u8], line_start: usize) -> Option<(Label, usize, usize)> {
     } else {
         return None;
     };
-    Some((label, at, colon_after(bytes, after)?))
+    let start = if emphasis.is_empty() {
+        colon_after(bytes, after)?
+    } else {
+        // The emphasis closes after the colon (`**Action:**`) or before it (`**Action**:`).
+        match colon_after(bytes, after) {
+            Some(colon) => eat_exact(bytes, colon, emphasis)?,
+            None => colon_after(bytes, eat_exact(bytes, after, emphasis)?)?,
+        }
+    };
+    Some((label, lead, start))
 }
 
 /// The sections the parser uses, all before `end`.
@@ -1192,9 +1213,10 @@ impl PyReActStep {
 /// LangChain reads it: `Action: Search Tool`), or `Final Answer: ...` (also later on a line,
 /// when there is no action: `Thought: I know. Final Answer: 42`). Labels are
 /// case-insensitive, may follow spaces (Unicode ones too) and invisible format characters
-/// (a byte order mark, a zero-width space, a direction mark), and may carry a step number
-/// (`Action 1:`, `Action 1 Input:`); a line ends at `\n`, `\r\n` or a lone `\r`. A JSON
-/// object or array input may sit in a ```json fence and be followed by other text; a string
+/// (a byte order mark, a zero-width space, a direction mark), may carry a step number
+/// (`Action 1:`, `Action 1 Input:`) and may be in Markdown emphasis (`**Action:**`,
+/// `**Action**:`, `__Action:__`, `*Action:*`); a line ends at `\n`, `\r\n` or a lone `\r`.
+/// A JSON object or array input may sit in a ```json fence and be followed by other text; a string
 /// literal is JSON only when nothing follows it on its line. Input decodes as `json.loads`
 /// would (JSON nested too deeply even for it stays raw text). The step ends at an
 /// `Observation:` line after the action, or a `Thought:` or `Action:` line after its input (see

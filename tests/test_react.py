@@ -5,6 +5,7 @@ import json
 import pickle
 import time
 import weakref
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -957,3 +958,63 @@ def test_call_syntax_then_chatter_on_later_lines(text: str, tool: str, tool_inpu
         assert step.action_input == tool_input
     answer = ar.parse_react_step("Thought: done\nAction: FINAL_ANSWER(42)\nAnything else?")
     assert answer.final_answer == "42"
+
+
+# Chat models often write their labels in Markdown emphasis: `**Thought:**` or `**Thought**:`.
+EMPHASES = [
+    lambda label: f"**{label}:**",
+    lambda label: f"**{label}**:",
+    lambda label: f"__{label}:__",
+    lambda label: f"*{label}:*",
+    lambda label: f"_{label}_:",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    thought=thoughts,
+    tool=tool_names,
+    value=json_values,
+    answer=st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=20),
+    emphasis=st.sampled_from(EMPHASES),
+    form=st.sampled_from(["seed", "langchain", "final"]),
+)
+def test_labels_in_markdown_emphasis_read_as_plain_labels(
+    thought: str, tool: str, value: object, answer: str, emphasis: Any, form: str
+) -> None:
+    # They were no labels: a ParseError, or a thought holding the action's line.
+    def step(label: Any) -> str:
+        payload = json.dumps([value])
+        if form == "seed":
+            return f"{label('Thought')} {thought}\n{label('Action')} {tool} {payload}"
+        if form == "langchain":
+            return (
+                f"{label('Thought')} {thought}\n{label('Action')} {tool}\n"
+                f"{label('Action Input')} {payload}"
+            )
+        return f"{label('Thought')} {thought}\n{label('Final Answer')} {answer}"
+
+    plain = ar.parse_react_step(step(lambda label: f"{label}:"))
+    emphasized = ar.parse_react_step(step(emphasis))
+    fields = ("thought", "action", "action_input", "final_answer")
+    assert [getattr(emphasized, f) for f in fields] == [getattr(plain, f) for f in fields]
+
+
+def test_an_emphasized_observation_ends_the_step_before_its_markers() -> None:
+    text = '**Thought:** t\n**Action:** add {"a": 1}\n**Observation:** 2\n**Thought:** more'
+    step = ar.parse_react_step(text)
+    assert (step.action, step.action_input) == ("add", {"a": 1})
+    assert text[: step.end] == '**Thought:** t\n**Action:** add {"a": 1}'
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "**Thought: unclosed, so prose\nFinal Answer: 1",  # no closing marker: no label
+        "Thought: the word **Action:** mid-line is prose\nFinal Answer: 1",
+        "* Thought: a bullet, not emphasis\nFinal Answer: 1",
+    ],
+)
+def test_emphasis_that_wraps_no_label_is_text(text: str) -> None:
+    step = ar.parse_react_step(text)
+    assert step.final_answer == "1" and step.action is None
