@@ -979,3 +979,20 @@ def test_openai_embedder_error_messages_read_as_the_providers_do(
     message = str(caught.value)
     assert message.endswith("returned HTTP 400: bad input near \ufffd (status 400)")
     message.encode("utf-8")
+
+
+def test_openai_embedder_uses_a_given_sync_client_and_leaves_it_open(
+    server: tuple[_Server, str],
+) -> None:
+    state, url = server
+    with httpx.Client() as client:
+        embedder = ar.OpenAIEmbedder(base_url=url, client=client, batch_size=2)
+        store = ar.SemanticStore(embedder)
+        store.store("a", "ab")
+        store.store("b", "abcd")
+        rows = embedder.embed(["x", "xyz", "xy"])
+        assert not client.is_closed
+    np.testing.assert_array_equal(rows, [[1, 0.5, 0.5], [3, 0.5, 0.5], [2, 0.5, 0.5]])
+    inputs = [body["input"] for _, body in state.requests]
+    assert inputs == [["ab"], ["abcd"], ["x", "xyz"], ["xy"]]
+    assert [h.key for h in store.search([4.0, 0.5, 0.5], k=1)] == ["b"]

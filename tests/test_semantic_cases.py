@@ -4,11 +4,8 @@ async embedders and clients, texts that are no iterable."""
 from __future__ import annotations
 
 import gc
-import json
-import threading
 import warnings
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -17,38 +14,6 @@ import numpy.typing as npt
 import pytest
 
 import llm_agent_runtime as ar
-
-
-@pytest.fixture
-def embeddings_url() -> Iterator[tuple[list[dict[str, Any]], str]]:
-    """A loopback server speaking OpenAI's embeddings wire format: row i is [len(text), 1]."""
-    requests: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            requests.append(body)
-            data = [
-                {"object": "embedding", "index": i, "embedding": [float(len(t)), 1.0]}
-                for i, t in enumerate(body["input"])
-            ]
-            payload = json.dumps({"object": "list", "data": data}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield requests, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
-
 
 # --- keys that are no strings -----------------------------------------------------------------
 
@@ -115,22 +80,6 @@ def test_openai_embedder_refuses_a_client_that_is_no_sync_httpx_client(make: Any
     client = make()
     with pytest.raises(ar.MemoryStoreError, match=r"client must be an httpx\.Client"):
         ar.OpenAIEmbedder(base_url="http://127.0.0.1:9/v1", client=client)
-
-
-def test_openai_embedder_uses_a_given_sync_client_and_leaves_it_open(
-    embeddings_url: tuple[list[dict[str, Any]], str],
-) -> None:
-    requests, url = embeddings_url
-    with httpx.Client() as client:
-        embedder = ar.OpenAIEmbedder(base_url=url, client=client, batch_size=2)
-        store = ar.SemanticStore(embedder)
-        store.store("a", "ab")
-        store.store("b", "abcd")
-        rows = embedder.embed(["x", "", "xyz"])
-        assert not client.is_closed
-    np.testing.assert_array_equal(rows, [[1, 1], [0, 0], [3, 1]])
-    assert [r["input"] for r in requests] == [["ab"], ["abcd"], ["x", "xyz"]]
-    assert [h.key for h in store.search([4.0, 1.0], k=1)] == ["b"]
 
 
 # --- fit_to_token_budget ----------------------------------------------------------------------
