@@ -154,12 +154,17 @@ RUN_CALLBACKS: ContextVar[set[asyncio.Future[Any]] | None] = ContextVar(
 def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
     """What happens to a callback's result: a coroutine (an async callback) is scheduled."""
 
+    def done(task: asyncio.Future[Any]) -> None:
+        # Logged here, however it ends: a run that is cancelled (or no run) waits for none.
+        pending.discard(task)
+        _log_failure(task)
+
     def schedule(result: Any) -> None:
         if asyncio.iscoroutine(result):
             task = asyncio.ensure_future(result)
             # Keep a reference so the scheduled callback is not garbage-collected mid-run.
             pending.add(task)
-            task.add_done_callback(pending.discard)
+            task.add_done_callback(done)
             run = RUN_CALLBACKS.get()
             if run is not None:
                 run.add(task)
@@ -170,24 +175,21 @@ def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
 async def settle_callbacks(tasks: set[asyncio.Future[Any]], deadline: float | None) -> None:
     """Waits for the async callbacks in `tasks`, and for those they schedule meanwhile.
 
-    One that raised is logged with its traceback: it ran beside the run, whose outcome is
-    its own. At `deadline` (a `time.perf_counter()` reading; None: none) the wait ends with
-    a warning, the callbacks left running. Being cancelled stops the wait, not the callbacks.
+    One that raised is logged with its traceback as it ends (see `_scheduler`): it ran beside
+    the run, whose outcome is its own. At `deadline` (a `time.perf_counter()` reading; None:
+    none) the wait ends with a warning, the callbacks left running. Being cancelled stops
+    the wait, not the callbacks.
     """
     while tasks:
         batch = list(tasks)
         tasks.clear()
         timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
-        finished, unfinished = await asyncio.wait(batch, timeout=timeout)
-        for task in finished:
-            _log_failure(task)
+        _, unfinished = await asyncio.wait(batch, timeout=timeout)
         if unfinished:
             logger.warning(
                 "%d async event callbacks still running at the run's deadline: left running",
                 len(unfinished),
             )
-            for task in unfinished:  # logged when they fail, all the same
-                task.add_done_callback(_log_failure)
             return
 
 
@@ -384,16 +386,20 @@ class _SubscriberQueue(asyncio.Queue["Event | None"]):
     debug loop (failing the emitting run) or, once the loop closed, raises "Event loop is
     closed". So an item put from a thread other than the reader's loop's is handed to that
     loop (`call_soon_threadsafe`); one for a loop that has closed is dropped (no one reads).
+    The end (None) is handed over even on the reader's loop, so that it comes after the
+    events other threads handed over before it; an event that comes after it is dropped.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.reader_loop: asyncio.AbstractEventLoop | None = None
         """The loop iterating the subscription (set as it first waits for an event)."""
+        self.ended = False
+        """Whether the end was queued: no later event is read."""
 
     def put_nowait(self, item: Event | None) -> None:
         loop = self.reader_loop
-        if loop is not None and loop is not asyncio._get_running_loop():
+        if loop is not None and (item is None or loop is not asyncio._get_running_loop()):
             with contextlib.suppress(RuntimeError):  # the reader's loop has closed
                 loop.call_soon_threadsafe(self._deliver, item)
             return
@@ -401,6 +407,10 @@ class _SubscriberQueue(asyncio.Queue["Event | None"]):
 
     def _deliver(self, item: Event | None) -> None:
         """Queues `item`, on the reader's loop (or before any reader waits)."""
+        if item is None:
+            self.ended = True
+        elif self.ended:  # emitted as the subscription ended (by a run on another thread)
+            return
         super().put_nowait(item)
 
 
@@ -416,7 +426,7 @@ class _DroppingQueue(_SubscriberQueue):
         self.dropped = 0
 
     def _deliver(self, item: Event | None) -> None:
-        if item is not None and self.qsize() >= self.limit:
+        if item is not None and not self.ended and self.qsize() >= self.limit:
             self.get_nowait()
             self.dropped += 1
         super()._deliver(item)
