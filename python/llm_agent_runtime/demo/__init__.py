@@ -193,8 +193,9 @@ def default_db_path() -> Path:
 
     Raises:
         PersistenceError: `LLM_AGENT_RUNTIME_DEMO_DB` starts with `~` or `~user` and there is
-            no such home directory, or is `:memory:` (the demo shows where its session was
-            saved, and a memory database keeps nothing).
+            no such home directory, names a directory (an existing one, or any path ending
+            in `/`), or is `:memory:` (the demo shows where its session was saved, and a
+            memory database keeps nothing).
     """
     if configured := os.environ.get(DB_ENV, "").strip():
         if configured == ":memory:":
@@ -203,11 +204,19 @@ def default_db_path() -> Path:
                 "(give its path)"
             )
         try:
-            return Path(configured).expanduser()
+            path = Path(configured).expanduser()
         except RuntimeError:  # `~nosuchuser/...`, or `~` with no home directory to be found
             raise ar.PersistenceError(
                 f"{DB_ENV}={configured!r}: no home directory for its '~' (write the path in full)"
             ) from None
+        # Path() drops a trailing slash: the demo would create a file where the user meant a
+        # directory, and SQLite says no more of an existing one than "unable to open".
+        if configured.endswith(("/", os.sep)) or os.path.isdir(path):
+            raise ar.PersistenceError(
+                f"{DB_ENV}={configured!r} is a directory: give the path of the SQLite file "
+                f"(e.g. {str(path / 'demo.db')!r})"
+            )
+        return path
     cache = os.environ.get("XDG_CACHE_HOME", "").strip()
     if not os.path.isabs(cache):  # unset, or relative (`~/.cache` unexpanded, say)
         try:
@@ -349,7 +358,7 @@ async def run(db_path: Path | None = None) -> int:
     print(f"llm-agent-runtime {ar.__version__}: an agent end to end on embedded defaults\n")
     checkpoints: ar.SqliteBackend | None = None
     lock: int | None = None
-    provider: object = None
+    provider: ar.LlmProvider | None = None
     reported: ar.AgentRuntimeError | None = None
     logger = logging.getLogger("llm_agent_runtime")
     # Unless the program running the demo has set up logging, its records wait for the end.
@@ -358,6 +367,9 @@ async def run(db_path: Path | None = None) -> int:
         logger.addHandler(held)
     try:
         db_path = default_db_path() if db_path is None else db_path
+        # Chosen before the database is touched: a model's settings it refuses (a base URL
+        # without its scheme) fail the run before it deletes the previous run's session.
+        provider = provider_from_env(timeout=MODEL_READ_TIMEOUT)
         facts = _facts()
         episodes = ar.EpisodicStore(embedder=ar.HashingEmbedder())
         semantic = ar.SemanticStore()
@@ -396,7 +408,7 @@ async def run(db_path: Path | None = None) -> int:
             ],
             checkpoint_backend=checkpoints,
         )
-        model = provider_from_env(timeout=MODEL_READ_TIMEOUT)
+        model = provider
         if model is None:
             provider = model = ar.ScriptedProvider(SCRIPT)
             print(
@@ -404,7 +416,6 @@ async def run(db_path: Path | None = None) -> int:
                 "ANTHROPIC_API_KEY for a real one; OPENAI_MODEL / ANTHROPIC_MODEL pick its model)"
             )
         else:
-            provider = model
             print(f"model: {model!r}")
         print(f"question: {QUESTION}\n")
 

@@ -69,8 +69,9 @@ def provider_from_env(**options: Any) -> LlmProvider | None:
     OpenAI-compatible server other than OpenAI's own API (a base URL alone suits a local,
     keyless server such as Ollama or vLLM); otherwise `AnthropicProvider` when
     `ANTHROPIC_API_KEY` is set. An `OPENAI_BASE_URL` naming OpenAI's API without a key
-    chooses nothing by itself. The model comes from `OPENAI_MODEL` / `ANTHROPIC_MODEL` when
-    set. A variable set to a blank value counts as unset, as the providers read it (an empty
+    chooses nothing by itself (one without its http:// or https:// scheme is refused, as
+    any such URL is). The model comes from `OPENAI_MODEL` / `ANTHROPIC_MODEL` when set. A
+    variable set to a blank value counts as unset, as the providers read it (an empty
     `OPENAI_BASE_URL=` line does not win over `ANTHROPIC_API_KEY`).
 
     Args:
@@ -112,7 +113,12 @@ def _is_openai_api(url: str) -> bool:
     from urllib.parse import urlsplit
 
     try:
-        host = urlsplit(url.strip()).hostname
+        parts = urlsplit(url.strip())
+        host = parts.hostname
     except ValueError:  # a malformed URL: OpenAIProvider will say what is wrong with it
+        return False
+    # Without its http(s) scheme (`//api.openai.com/v1`, `htps://...`) it is a URL the
+    # provider refuses, and says so, not OpenAI's API quietly set aside for the offline model.
+    if parts.scheme.lower() not in ("http", "https"):
         return False
     return (host or "").rstrip(".") == _OPENAI_API_HOST  # a trailing dot: the same host
