@@ -584,6 +584,20 @@ fn name_len(body: &[u8]) -> usize {
     end
 }
 
+/// The seed-form tool name at the start of `body` (see [`name_len`]), in backticks or not
+/// (`` `search` ``, as a model writing Markdown quotes a name), and the text after it.
+fn seed_name(body: &str) -> (&str, &str) {
+    if let Some(quoted) = body.strip_prefix('`') {
+        let len = name_len(quoted.as_bytes());
+        if len > 0 {
+            if let Some(rest) = quoted[len..].strip_prefix('`') {
+                return (&quoted[..len], rest);
+            }
+        }
+    }
+    body.split_at(name_len(body.as_bytes()))
+}
+
 /// The text of an `Action:` section, split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ActionText<'a> {
@@ -602,10 +616,15 @@ fn first_line(text: &str) -> &str {
 }
 
 /// A tool name as LangChain reads it: all of `text`, trimmed, without a trailing `:` or `=`
-/// (`Action: search:` then `Action Input: cats` calls `search`).
+/// (`Action: search:` then `Action Input: cats` calls `search`), nor the backticks of a
+/// name quoted whole (`` `Search Tool` ``).
 fn whole_name(text: &str) -> &str {
     let text = text.trim();
-    text.strip_suffix([':', '=']).map_or(text, str::trim_end)
+    let text = text.strip_suffix([':', '=']).map_or(text, str::trim_end);
+    match text.strip_prefix('`').and_then(|t| t.strip_suffix('`')) {
+        Some(quoted) if !quoted.trim().is_empty() && !quoted.contains('`') => quoted.trim(),
+        _ => text,
+    }
 }
 
 /// If `bytes[at..]` starts with `word` (exactly, case included), returns the index after it.
@@ -669,7 +688,7 @@ fn input_label_at(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
 /// LangChain's `name Action Input: input` when the label is on the action's line (and
 /// [`may_be_whole_name`] allows it), else the seed form.
 fn split_action(body: &str) -> ActionText<'_> {
-    let (tool, rest) = body.split_at(name_len(body.as_bytes()));
+    let (tool, rest) = seed_name(body);
     if let Some((label, after)) = may_be_whole_name(tool, rest)
         .then(|| input_label_on(first_line(body)))
         .flatten()
@@ -799,7 +818,7 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
     // An `Action Input:` line after the action gives its input (when the action's line has
     // none), and makes its whole line the tool name, as LangChain reads it, unless that line
     // is in the seed form (`FINAL_ANSWER 42`, `double {"n": 21}`).
-    let seed_rest = body.get(written.tool.len()..).unwrap_or_default();
+    let seed_rest = seed_name(body).1;
     let (tool, input_section) = match found.action_input.filter(|_| !written.labelled) {
         Some(section) if may_be_whole_name(written.tool, seed_rest) => {
             (whole_name(first_line(body)), Some(section))
@@ -1210,7 +1229,8 @@ impl PyReActStep {
 /// Accepts `Thought: ...` followed by `Action: tool {"json": 1}`, `Action: tool` alone (no
 /// arguments: the input `{}`), `Action: FINAL_ANSWER 42`,
 /// `Action: tool` + `Action Input: ...` (the tool is then all the text before the label, as
-/// LangChain reads it: `Action: Search Tool`), or `Final Answer: ...` (also later on a line,
+/// LangChain reads it: `Action: Search Tool`; a name quoted whole in backticks loses them, in
+/// either form), or `Final Answer: ...` (also later on a line,
 /// when there is no action: `Thought: I know. Final Answer: 42`). Labels are
 /// case-insensitive, may follow spaces (Unicode ones too) and invisible format characters
 /// (a byte order mark, a zero-width space, a direction mark), may carry a step number

@@ -1018,3 +1018,35 @@ def test_an_emphasized_observation_ends_the_step_before_its_markers() -> None:
 def test_emphasis_that_wraps_no_label_is_text(text: str) -> None:
     step = ar.parse_react_step(text)
     assert step.final_answer == "1" and step.action is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(thought=thoughts, tool=tool_names, value=json_values, form=st.sampled_from(["seed", "lc"]))
+def test_a_tool_name_in_backticks_is_the_name(
+    thought: str, tool: str, value: object, form: str
+) -> None:
+    # A model writing Markdown quotes the name: it was a ParseError (seed form) or a tool
+    # named with its backticks, which no tool is (LangChain form).
+    payload = json.dumps([value])
+    if form == "seed":
+        text = f"Thought: {thought}\nAction: `{tool}` {payload}"
+    else:
+        text = f"Thought: {thought}\nAction: `{tool}`\nAction Input: {payload}"
+    step = ar.parse_react_step(text)
+    assert (step.action, step.action_input) == (tool, [value])
+
+
+@pytest.mark.parametrize(
+    ("action", "tool"),
+    [
+        ("`Search Tool`\nAction Input: cats", "Search Tool"),  # a whole line, quoted whole
+        ("`a` and `b`\nAction Input: cats", "`a` and `b`"),  # not one quoted name
+        ("`add\nAction Input: cats", "`add"),  # no closing backtick
+    ],
+)
+def test_only_a_name_quoted_whole_loses_its_backticks(action: str, tool: str) -> None:
+    assert ar.parse_react_step(f"Thought: t\nAction: {action}").action == tool
+
+
+def test_a_final_answer_tool_in_backticks_answers() -> None:
+    assert ar.parse_react_step("Action: `FINAL_ANSWER` 42").final_answer == "42"

@@ -85,7 +85,8 @@ def parse_react_step(text: str) -> ReActStep:
     (`Action: Search Tool`), and the input is what follows the label; unless that line is in the
     seed form: its tool is `FINAL_ANSWER`, or an input starts right after the name (`{`, `[`,
     `(`, `"`, a code fence, `:` or `=`). Otherwise the tool name is the run of `[A-Za-z0-9_-]`
-    after `Action:`, with dots between two such characters (`github.search_issues`); its input
+    after `Action:`, with dots between two such characters (`github.search_issues`), in
+    backticks or not (a name quoted whole loses its backticks in either form); its input
     follows, after an optional `:` or `=`, or inside call parentheses (`Action:
     FINAL_ANSWER(42)`, nothing after them on their line: chatter on later lines is ignored), or
     else is on the `Action Input:` line; with neither (a bare `Action: tool`), the input is
