@@ -158,3 +158,22 @@ async def test_a_parallel_round_approved_denied_and_edited_into_invalid_argument
     kinds = [type(e).__name__ for e in seen]
     assert kinds[:2] == ["RunStarted", "LlmResponse"]
     assert kinds[-3:] == ["LlmTextDelta", "LlmResponse", "RunFinished"]
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_text_deltas_carry_the_models_text_and_the_response_the_rewrite(mode: str) -> None:
+    # As `Middleware.on_post_llm` documents: a redacting hook does not redact text deltas.
+    class Redact(ar.Middleware):
+        def on_post_llm(self, session: ar.AgentSession, text: str) -> str:
+            return text.replace("secret", "[redacted]")
+
+    reply = "Thought: t\nAction: FINAL_ANSWER the secret" if mode == "react" else "the secret"
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode), middlewares=[Redact()])
+    seen: list[ar.Event] = []
+    runtime.events.on(seen.append)
+    session = await runtime.run_agent_with_provider("a", "q", ScriptedProvider([reply]))
+    deltas = [e.text for e in seen if isinstance(e, ar.LlmTextDelta)]
+    responses = [e.text for e in seen if isinstance(e, ar.LlmResponse)]
+    assert "".join(deltas) == reply
+    assert responses == [reply.replace("secret", "[redacted]")]
+    assert session.final_answer == "the [redacted]"

@@ -57,9 +57,10 @@ class RunStarted(NamedTuple):
 class LlmTextDelta(NamedTuple):
     """Model text as it arrives: streamed pieces, or a whole reply that was not streamed.
 
-    Every mode emits them (ReAct text models too), so their texts joined are the reply. Only
-    while a callback or a subscriber listens (`EventBus.listening`): the event log of a
-    checkpoint backend does not keep them (`LlmResponse` holds the whole text).
+    Every mode emits them (ReAct text models too), so their texts joined are the reply as
+    the model wrote it, before any `on_post_llm` rewrite (`LlmResponse` holds the rewritten
+    text). Only while a callback or a subscriber listens (`EventBus.listening`): the event
+    log of a checkpoint backend does not keep them (`LlmResponse` holds the whole text).
     """
 
     session_id: str

@@ -231,7 +231,12 @@ class Middleware:
         return None
 
     def on_post_llm(self, session: AgentSession, text: str) -> Any:
-        """Sees (and may rewrite) the model's reply text."""
+        """Sees (and may rewrite) the model's reply text.
+
+        The rewrite is what the run acts on and what `LlmResponse` carries; `LlmTextDelta`
+        events carry the model's text as it came (a stream's pieces arrive before the whole
+        reply the hook sees), so a hook that redacts must not count on them being redacted.
+        """
         return None
 
     def on_tool_call(self, session: AgentSession, tool: str, arguments: Any) -> Any:
