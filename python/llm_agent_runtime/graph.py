@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import numbers
 from typing import Any
 
 from llm_agent_runtime._core import GraphStore
@@ -92,7 +91,9 @@ def from_networkx(nx_graph: Any, *, weight: str = "weight", kind: str = "kind") 
 
     Args:
         nx_graph: A `Graph`, `DiGraph`, `MultiGraph` or `MultiDiGraph`.
-        weight: Edge attribute holding the weight, a real number (default 1.0 when absent).
+        weight: Edge attribute holding the weight, a real number as `add_relationship`
+            takes one: an int, a float, a `Fraction`, a `Decimal`, a numpy number (default
+            1.0 when absent).
         kind: Edge attribute holding the relationship kind (default "related" when absent
             or None; other values than strings are converted with `str`).
 
@@ -137,23 +138,43 @@ def from_networkx(nx_graph: Any, *, weight: str = "weight", kind: str = "kind") 
         properties = _merged(data.get("properties"), extra, where)
         kind_value = data.get(kind)
         kind_name = "related" if kind_value is None else str(kind_value)
-        weight_value = data.get(weight, 1.0)
-        if isinstance(weight_value, bool) or not isinstance(weight_value, numbers.Real):
-            raise GraphError(
-                f"{where}: weight ({weight!r}) must be a real number, got {weight_value!r}"
-            )
-        try:
-            as_float = float(weight_value)
-        except OverflowError as error:  # an int or Fraction beyond the float range
-            raise GraphError(
-                f"{where}: weight ({weight!r}) must be a finite real number, got one beyond "
-                f"the float range ({error})"
-            ) from error
+        as_float = _weight_of(data.get(weight, 1.0), weight, where)
         try:
             graph.add_relationship(names[u], names[v], kind_name, as_float, properties)
         except GraphError as error:
             raise GraphError(f"{where}: {error}") from error
     return graph
+
+
+def _weight_of(value: Any, attribute: str, where: str) -> float:
+    """An edge's weight read as `GraphStore.add_relationship` reads one.
+
+    Whether it is finite is checked where the store takes it.
+
+    Raises:
+        GraphError: When `value` is a bool (Python's or numpy's), has no float form (None, a
+            str), or is beyond the float range; the message names the edge and `attribute`.
+    """
+    kind = type(value)
+    # The store reads a weight through __float__ (or __index__), as a Decimal or a 0-d numpy
+    # array has it; float() would also parse a str, which is no number. A bool converts but
+    # is no weight.
+    is_bool = isinstance(value, bool) or (
+        kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_")
+    )
+    if is_bool or not (hasattr(kind, "__float__") or hasattr(kind, "__index__")):
+        raise GraphError(f"{where}: weight ({attribute!r}) must be a real number, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError as error:  # an int or Fraction beyond the float range
+        raise GraphError(
+            f"{where}: weight ({attribute!r}) must be a finite real number, got one beyond "
+            f"the float range ({error})"
+        ) from error
+    except (TypeError, ValueError) as error:  # an array of many values, a signaling NaN
+        raise GraphError(
+            f"{where}: weight ({attribute!r}) must be a finite real number, got {value!r} ({error})"
+        ) from error
 
 
 def _merged(explicit: Any, attributes: dict[str, Any], where: str) -> dict[str, Any] | None:
