@@ -1005,9 +1005,10 @@ def _doc_parts(doc: str) -> tuple[str, dict[str, str]]:
     Google (`Args:` with `name (type): text`, wrapped onto deeper-indented lines), Sphinx
     (`:param name: text`) and NumPy (`Parameters` underlined by dashes, `name : type` with
     the text indented below) styles are understood. The summary is the prose outside
-    sections (its first two lines); `Returns`, `Raises`, `Examples` and other sections are
-    left out of it. An underlined line is a section header only when it names a known
-    section; another one is a title, part of the prose (its underline is not).
+    sections, whole, made one line (a ReAct prompt lists a tool a line); `Returns`,
+    `Raises`, `Examples` and other sections are left out of it. An underlined line is a
+    section header only when it names a known section; another one is a title, part of
+    the prose (its underline is not).
     """
     lines = inspect.cleandoc(doc).splitlines()
     summary_lines: list[str] = []
@@ -1065,7 +1066,8 @@ def _doc_parts(doc: str) -> tuple[str, dict[str, str]]:
             elif current:  # text at the argument's own indentation: still its description
                 for name in current:
                     arg_docs[name] = f"{arg_docs[name]} {line}".strip()
-    return " ".join(summary_lines[:2]), {k: v for k, v in arg_docs.items() if v}
+    # Whole: one cut after its first lines would end mid-sentence when the prose wraps.
+    return " ".join(summary_lines), {k: v for k, v in arg_docs.items() if v}
 
 
 def _base_callable(fn: Any) -> Any:
@@ -1148,9 +1150,10 @@ def _signature(fn: Any, tool_name: str) -> inspect.Signature:
                 raise ToolError(
                     f"cannot make tool {tool_name!r}: the annotation {annotation!r} of "
                     f"parameter {param.name!r} cannot be resolved "
-                    f"({_describe(error, with_type=True)}); the type must be importable at "
-                    "module level (not local to a function, nor imported under "
-                    "`if TYPE_CHECKING:`)",
+                    f"({_describe(error, with_type=True)}); the type must be defined or "
+                    "imported at module level before the tool is made (a class defined "
+                    "below `@tool` is not there yet), not local to a function, nor imported "
+                    "under `if TYPE_CHECKING:`",
                     tool=tool_name,
                 ) from error
         params.append(param.replace(annotation=annotation))
