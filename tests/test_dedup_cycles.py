@@ -222,10 +222,11 @@ async def test_a_wait_ended_by_an_error_leaves_no_edge_behind() -> None:
     _assert_clean(dedup)
 
 
-@pytest.mark.timeout(10)
-async def test_chains_without_a_cycle_are_not_refused() -> None:
-    # "a" and "c" both wait on "b", which waits on "d"; plain callers wait on all of them.
-    dedup = ar.Deduplicator(ttl=0)
+async def _chains(
+    dedup: ar.Deduplicator | ar.RedisDeduplicator, order: str, pause: float
+) -> list[int]:
+    """Runs "a" and "c", both waiting on "b", which waits on "d", and plain callers of every
+    key, started in `order`; "d" ends after `pause`. Returns each caller's result."""
     release = asyncio.Event()
 
     async def d() -> int:
@@ -241,11 +242,17 @@ async def test_chains_without_a_cycle_are_not_refused() -> None:
     async def c() -> int:
         return int(await dedup.run("b", b)) + 100
 
-    calls = [("a", a), ("c", c), ("b", b), ("d", d), ("a", a), ("c", c)]
-    runs = [asyncio.ensure_future(dedup.run(k, f)) for k, f in calls]
-    await asyncio.sleep(0.01)
+    calls = {"a": a, "b": b, "c": c, "d": d}
+    runs = [asyncio.ensure_future(dedup.run(k, calls[k])) for k in order]
+    await asyncio.sleep(pause)
     release.set()
-    assert await asyncio.gather(*runs) == [12, 102, 2, 1, 12, 102]
+    return list(await asyncio.gather(*runs))
+
+
+@pytest.mark.timeout(10)
+async def test_chains_without_a_cycle_are_not_refused() -> None:
+    dedup = ar.Deduplicator(ttl=0)
+    assert await _chains(dedup, "acbdac", 0.01) == [12, 102, 2, 1, 12, 102]
     assert dedup.executions == 4
     _assert_clean(dedup)
 
@@ -389,25 +396,6 @@ async def test_a_redis_wait_that_ended_by_timeout_leaves_no_edge_behind() -> Non
 async def test_redis_chains_without_a_cycle_and_plain_callers_are_not_refused() -> None:
     dedup = _redis_dedup("chains")
     await dedup.client.delete(*(k for key in "abcd" for k in dedup.redis_keys(key)))
-    release = asyncio.Event()
-
-    async def d() -> int:
-        await release.wait()
-        return 1
-
-    async def b() -> int:
-        return int(await dedup.run("d", d)) + 1
-
-    async def a() -> int:
-        return int(await dedup.run("b", b)) + 10
-
-    async def c() -> int:
-        return int(await dedup.run("b", b)) + 100
-
-    calls = [("b", b), ("a", a), ("c", c), ("d", d), ("a", a), ("c", c)]
-    runs = [asyncio.ensure_future(dedup.run(k, f)) for k, f in calls]
-    await asyncio.sleep(0.05)
-    release.set()
-    assert await asyncio.gather(*runs) == [2, 12, 102, 1, 12, 102]
+    assert await _chains(dedup, "bacdac", 0.05) == [2, 12, 102, 1, 12, 102]
     assert dedup.executions == 4
     await _redis_done(dedup, "abcd")
