@@ -2881,7 +2881,8 @@ class AgentRuntime:
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend.
-            PersistenceError: `older_than` is not a number, or a final checkpoint is corrupt.
+            PersistenceError: `older_than` is not a number (or is NaN), or a final checkpoint
+                is corrupt.
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("sweep needs a checkpoint_backend")

@@ -1899,12 +1899,14 @@ class CheckpointStore:
         `escape_session_id`).
 
         Raises:
-            PersistenceError: When `older_than` (or `now`) is not a number, or a final
+            PersistenceError: When `older_than` (or `now`) is not a number (or is NaN), or a final
                 checkpoint or the meta record of a session without one is corrupt.
         """
         now = time.time() if now is None else now
         for name, value in (("older_than", older_than), ("now", now)):
-            if not _is_number(value):
+            # A NaN compares false with every time: it would keep every finished session
+            # but delete every incomplete fork, one being copied right now too.
+            if not _is_number(value) or math.isnan(value):
                 raise PersistenceError(f"{name} must be a number of seconds, got {value!r}")
         keys = await self.backend.list_keys(_PREFIX)
         present = set(keys)
