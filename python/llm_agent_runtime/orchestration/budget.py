@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from decimal import Context, Decimal
 
 from llm_agent_runtime.errors import BudgetExceededError
@@ -20,11 +21,12 @@ _DECIMAL = Context(prec=60)
 def _checked_dollars(name: str, value: object) -> Decimal:
     """`value`, an amount of US dollars, as the decimal it prints as, when finite and >= 0.
 
-    Any real number (`check_real`: a `Decimal` too, not a bool) is an amount. A float is
-    read as the shortest decimal that it prints as (`0.1` is 0.1, not the binary
-    0.1000000000000000055...), so decimal prices add up exactly; a numpy float of another
-    precision (a `float32` from a price table, say) as the decimal it prints as at its own
-    precision (`float32(0.1)` is 0.1 too, not the float 0.10000000149...).
+    Any real number (`check_real`: a `Decimal` too, not a bool) is an amount. A `Decimal`
+    or an int is taken as it is, every digit of it; a float is read as the shortest decimal
+    that it prints as (`0.1` is 0.1, not the binary 0.1000000000000000055...), so decimal
+    prices add up exactly; a numpy float of another precision (a `float32` from a price
+    table, say) as the decimal it prints as at its own precision (`float32(0.1)` is 0.1 too,
+    not the float 0.10000000149...).
 
     Raises:
         ValueError: `value` is negative, NaN (a `Decimal` NaN included), infinite or beyond
@@ -33,6 +35,10 @@ def _checked_dollars(name: str, value: object) -> Decimal:
     dollars = check_real(name, value)  # beyond the float range: infinite
     if not 0 <= dollars < math.inf:  # NaN fails too
         raise ValueError(f"{name} must be finite and >= 0, got {value!r:.60}")
+    if isinstance(value, Decimal):
+        return value  # not through a float, which keeps some 16 digits of it
+    if isinstance(value, numbers.Integral):
+        return Decimal(int(value))
     dtype = getattr(value, "dtype", None)
     if getattr(dtype, "kind", None) == "f":  # a numpy scalar or 0-d array: its own digits
         return Decimal(str(value[()]))  # type: ignore[index]
@@ -47,6 +53,19 @@ def _picodollars(dollars: Decimal) -> int:
     """
     scaled = _DECIMAL.multiply(dollars, _PICO)
     return int(scaled.to_integral_value(context=_DECIMAL))
+
+
+def _shown(picodollars: int) -> str:
+    """An amount for a message, exact: `$0.30`, `$0.00005`.
+
+    Rounded to 4 places, both amounts of a sub-cent budget read as `$0.0001` (or `$0.0000`).
+    A sum past the float range is `$inf`, as `used_cost_usd` says.
+    """
+    if _dollars(picodollars) == math.inf:
+        return "$inf"
+    dollars = Decimal(picodollars).scaleb(-12, _DECIMAL).normalize(_DECIMAL)
+    exponent = dollars.as_tuple().exponent
+    return f"${dollars:.2f}" if isinstance(exponent, int) and exponent >= -2 else f"${dollars:f}"
 
 
 def _dollars(picodollars: int) -> float:
@@ -124,7 +143,7 @@ class CostBudget:
             )
         if self._max_cost is not None and self._used_cost >= self._max_cost:
             raise BudgetExceededError(
-                f"cost budget spent: ${self.used_cost_usd:.4f} of ${self.max_cost_usd:.4f}"
+                f"cost budget spent: {_shown(self._used_cost)} of {_shown(self._max_cost)}"
             )
 
     def record(self, input_tokens: int, output_tokens: int, cost_usd: float = 0.0) -> None:
@@ -151,5 +170,5 @@ class CostBudget:
             )
         if self._max_cost is not None and self._used_cost > self._max_cost:
             raise BudgetExceededError(
-                f"cost budget exceeded: ${self.used_cost_usd:.4f} of ${self.max_cost_usd:.4f}"
+                f"cost budget exceeded: {_shown(self._used_cost)} of {_shown(self._max_cost)}"
             )

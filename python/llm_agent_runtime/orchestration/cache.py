@@ -159,7 +159,8 @@ class ResultCache:
     ) -> Any:
         """Returns the cached result, or calls `fn(**arguments)` and caches its result.
 
-        `fn` may be sync or async; an exception is not cached. The result is not cached
+        `fn` may be sync or async; an exception is not cached. Concurrent misses of one key
+        each call `fn` (a `Deduplicator` shares one call among them). The result is not cached
         either when `tool`'s entries were invalidated while `fn` ran (it may be stale), nor
         when a `put` of the same key happened meanwhile (it stored a newer result).
         """

@@ -211,9 +211,10 @@ class CircuitBreaker:
         ValueError: a threshold, window, timeout or trial count is not positive, or is NaN or
             infinite; a threshold or trial count is not an int (a float such as 1.5, or a
             bool); a window or timeout is not a number (a bool included).
-        TypeError: `is_failure` is neither callable nor None, `clock` is not a `Clock`
-            (see `checked_clock`), or `backend` is not a `CircuitStateBackend` (an object
-            with callable `get` and `update`; a class or a URL is none).
+        TypeError: `service` is not a str, `is_failure` is neither callable nor None,
+            `clock` is not a `Clock` (see `checked_clock`), or `backend` is not a
+            `CircuitStateBackend` (an object with callable `get` and `update`; a class or a
+            URL is none).
     """
 
     def __init__(
@@ -227,6 +228,10 @@ class CircuitBreaker:
         is_failure: Callable[[BaseException], bool] | None = None,
         trial_timeout: float | None = None,
     ) -> None:
+        if not isinstance(service, str):
+            # Else it worked in this process, and failed at the first call with a shared
+            # backend (where it is part of a Redis key).
+            raise TypeError(f"service must be a str (a name), got {service!r:.80}")
         if is_failure is not None and not callable(is_failure):
             # Else every error would go through "is_failure raised" and count as a failure.
             raise TypeError(f"is_failure must be callable (or None), got {is_failure!r}")

@@ -12,7 +12,7 @@ import math
 import time
 from typing import Protocol, cast, runtime_checkable
 
-from llm_agent_runtime.orchestration._checks import safe_repr
+from llm_agent_runtime.orchestration._checks import check_real, safe_repr
 
 __all__ = ["Clock", "FakeClock", "SystemClock"]
 
@@ -60,6 +60,10 @@ class FakeClock:
 
     Args:
         start: the initial time in seconds.
+
+    Raises:
+        ValueError: `start` is NaN or infinite (time would stay so for good), or is not a
+            number (a bool included).
     """
 
     # Event-loop turns left to ready work before the clock jumps to the next deadline: at
@@ -68,6 +72,9 @@ class FakeClock:
     _MIN_SETTLE_TURNS = 3
 
     def __init__(self, start: float = 0.0) -> None:
+        start = check_real("start", start)
+        if not -math.inf < start < math.inf:  # NaN fails too
+            raise ValueError(f"a clock must start at a finite time, got {start} s")
         self._now = start
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
