@@ -151,3 +151,30 @@ async def test_concurrent_misses_of_one_key_each_call_and_one_result_is_kept() -
     hit, value = cache.get("t", {"x": 2})
     assert hit and value in results
     assert len(cache) == 1
+
+
+@pytest.mark.parametrize("tool", [["search"], None, 3])
+async def test_a_cache_refuses_a_tool_that_is_no_name(tool: Any) -> None:
+    # A list failed later as "unhashable type"; None or a number made entries of their own.
+    cache = ar.ResultCache(ttl=60)
+    for call in (
+        lambda: cache.get(tool, {}),
+        lambda: cache.put(tool, {}, 1),
+        lambda: cache.key(tool, {}),
+    ):
+        with pytest.raises(TypeError, match="tool must be a str"):
+            call()
+    with pytest.raises(TypeError, match="tool must be a str"):
+        await cache.get_or_call(tool, {}, lambda: 1)
+    if tool is not None:  # None invalidates every tool
+        with pytest.raises(TypeError, match="tool must be a str"):
+            cache.invalidate(tool)
+    assert len(cache) == 0
+
+
+@pytest.mark.parametrize("attempt", [0, -1, 1.0, True])
+def test_a_retry_delay_is_asked_for_an_attempt_from_1(attempt: Any) -> None:
+    # 0 gave a bound below base_delay (half of it), a negative attempt less still.
+    with pytest.raises(ValueError, match="attempt"):
+        ar.RetryPolicy(base_delay=1.0, jitter=False).delay_for(attempt)
+    assert ar.RetryPolicy(base_delay=1.0, jitter=False).delay_for(1) == 1.0

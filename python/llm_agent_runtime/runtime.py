@@ -2831,8 +2831,9 @@ class AgentRuntime:
         """Starts a new session from step `step` of a saved one; returns its id.
 
         The new session has the first `step` steps; `resume` continues it from there.
-        `new_id` (a fresh id when None) must name no saved session: a fork never writes over
-        one (its records would mix with the fork's): to retry a fork, fork into a new id.
+        `new_id` (a fresh id when None or "", as `create_session` has it) must name no saved
+        session: a fork never writes over one (its records would mix with the fork's): to
+        retry a fork, fork into a new id.
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend.

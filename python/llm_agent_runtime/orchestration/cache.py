@@ -86,9 +86,10 @@ class ResultCache:
         """The cache key of a call.
 
         Raises:
-            TypeError: an argument is not JSON-serializable, or a dict in it has a key that
-                is not a string (see `canonical_key`).
+            TypeError: `tool` is not a str, an argument is not JSON-serializable, or a dict
+                in it has a key that is not a string (see `canonical_key`).
         """
+        _check_tool(tool)
         return tool, canonical_key(**arguments)
 
     def get(self, tool: str, arguments: Mapping[str, Any]) -> tuple[bool, Any]:
@@ -190,7 +191,12 @@ class ResultCache:
         """Drops every entry (or every entry of `tool`); returns how many.
 
         A `get_or_call` of an invalidated tool that is running now will not store its result.
+
+        Raises:
+            TypeError: `tool` is neither None nor a str.
         """
+        if tool is not None:
+            _check_tool(tool)
         with self._lock:
             if tool is None:
                 self._generation += 1
@@ -199,3 +205,13 @@ class ResultCache:
             doomed = [k for k in self._entries if tool is None or k[0] == tool]
             # A dropped value's finalizer may re-enter and drop some of them first.
             return sum(self._entries.pop(k, None) is not None for k in doomed)
+
+
+def _check_tool(tool: object) -> None:
+    """Refuses a `tool` that is not a name (a str).
+
+    A list failed later as "unhashable type", and another object made entries no name would
+    ever match.
+    """
+    if not isinstance(tool, str):
+        raise TypeError(f"tool must be a str (a tool's name), got {tool!r:.80}")

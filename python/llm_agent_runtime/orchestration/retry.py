@@ -144,7 +144,12 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number `attempt` (1-based).
 
         A `ProviderError`'s `retry_after` (also as a `PipelineStageError`'s cause) sets it.
+
+        Raises:
+            ValueError: `attempt` is not an int of at least 1 (0 would give a bound below
+                `base_delay`).
         """
+        check_count("attempt", attempt, 1)
         cause = None if error is None else stage_error(error)
         if isinstance(cause, ProviderError):
             retry_after = cause.retry_after
