@@ -603,6 +603,8 @@ fn seed_name(body: &str) -> (&str, &str) {
 struct ActionText<'a> {
     /// The tool name (empty when there is none).
     tool: &'a str,
+    /// The text after the seed-form name (and its backticks), whatever form was read.
+    after_name: &'a str,
     /// The input written in the section, trimmed.
     input: &'a str,
     /// Whether the input follows an `Action Input:` label on the action's line (a later
@@ -695,6 +697,7 @@ fn split_action(body: &str) -> ActionText<'_> {
     {
         return ActionText {
             tool: whole_name(&body[..label]),
+            after_name: rest,
             input: body[after..].trim(),
             labelled: true,
         };
@@ -702,15 +705,17 @@ fn split_action(body: &str) -> ActionText<'_> {
     if let Some(input) = call_arguments(rest) {
         return ActionText {
             tool,
+            after_name: rest,
             input: input.trim(),
             labelled: false,
         };
     }
     // An optional separator: `FINAL_ANSWER: 42`, `tool = {...}`.
-    let rest = rest.trim_start();
+    let input = rest.trim_start();
     ActionText {
         tool,
-        input: rest.strip_prefix([':', '=']).unwrap_or(rest).trim(),
+        after_name: rest,
+        input: input.strip_prefix([':', '=']).unwrap_or(input).trim(),
         labelled: false,
     }
 }
@@ -818,7 +823,7 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
     // An `Action Input:` line after the action gives its input (when the action's line has
     // none), and makes its whole line the tool name, as LangChain reads it, unless that line
     // is in the seed form (`FINAL_ANSWER 42`, `double {"n": 21}`).
-    let seed_rest = seed_name(body).1;
+    let seed_rest = written.after_name;
     let (tool, input_section) = match found.action_input.filter(|_| !written.labelled) {
         Some(section) if may_be_whole_name(written.tool, seed_rest) => {
             (whole_name(first_line(body)), Some(section))
@@ -1514,6 +1519,7 @@ mod tests {
             split_action(r#"double({"n": 1})"#),
             ActionText {
                 tool: "double",
+                after_name: r#"({"n": 1})"#,
                 input: r#"{"n": 1}"#,
                 labelled: false
             }
