@@ -629,15 +629,24 @@ impl Index {
     /// Removes vectors by id, O(1) each (the last row moves into the hole); all or nothing.
     ///
     /// # Errors
-    /// [`CoreError::Memory`] naming the first unknown id; [`CoreError::Persistence`] when
-    /// float32 copies kept in a file belong to another process (this one is its `fork()`:
-    /// nothing changes), or cannot be updated (the vectors are removed, and the copies
-    /// marked broken).
+    /// [`CoreError::Memory`] naming the first unknown id, or the first id given twice (as
+    /// `add` refuses one: nothing changes); [`CoreError::Persistence`] when float32 copies
+    /// kept in a file belong to another process (this one is its `fork()`: nothing
+    /// changes), or cannot be updated (the vectors are removed, and the copies marked
+    /// broken).
     pub fn remove(&mut self, ids: &[u64]) -> CoreResult<()> {
-        if let Some(unknown) = ids.iter().find(|id| !self.rows.contains_key(id)) {
-            return Err(CoreError::Memory(format!(
-                "cannot remove unknown id {unknown}"
-            )));
+        let mut seen = rustc_hash::FxHashSet::default();
+        seen.try_reserve(ids.len())
+            .map_err(|_| out_of_memory(ids.len().saturating_mul(8), "the batch's id table"))?;
+        for id in ids {
+            if !self.rows.contains_key(id) {
+                return Err(CoreError::Memory(format!("cannot remove unknown id {id}")));
+            }
+            if !seen.insert(*id) {
+                return Err(CoreError::Memory(format!(
+                    "id {id} appears twice in one remove"
+                )));
+            }
         }
         if let Some(originals) = &self.originals {
             // Copies another process owns (through fork) refuse before any row moves.
@@ -646,7 +655,7 @@ impl Index {
         let mut copies_failed = None;
         for id in ids {
             let Some(row) = self.rows.remove(id) else {
-                continue; // a repeated id in `ids`: already removed
+                continue; // unreachable: every id was checked known and given once
             };
             let last = self.ids.len() - 1;
             if row != last {
@@ -1553,7 +1562,8 @@ impl PyVectorIndex {
     /// Removes vectors by id (all or nothing), with the GIL released.
     ///
     /// Raises:
-    ///     MemoryStoreError: an id is not in the index (or is a bool).
+    ///     MemoryStoreError: an id is not in the index, is given twice (as in `add`), or is
+    ///         a bool; nothing changes.
     ///     PersistenceError: float32 copies kept in a file cannot be updated (the vectors
     ///         are removed and the copies marked broken), or belong to the parent of this
     ///         forked process (see the class docs; nothing changes).

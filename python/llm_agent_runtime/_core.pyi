@@ -522,7 +522,8 @@ class VectorIndex:
         """Removes vectors by id (all or nothing), with the GIL released.
 
         Raises:
-            MemoryStoreError: an id is not in the index (or is a bool).
+            MemoryStoreError: an id is not in the index, is given twice (as in `add`), or is
+                a bool; nothing changes.
             PersistenceError: float32 copies kept in a file cannot be updated (the vectors
                 are removed and the copies marked broken), or belong to the parent of this
                 forked process (see the class docs; nothing changes).

@@ -434,7 +434,13 @@ class AgentRuntime:
             raise AgentRuntimeError(f"tools must be a list of ToolSpec, got one ({tools.name!r})")
         if isinstance(middlewares, Middleware):
             raise AgentRuntimeError("middlewares must be a list of Middleware, got one Middleware")
-        middlewares = tuple(middlewares or ())  # read once: a generator is read to its end
+        try:
+            listed = iter(middlewares or ())
+        except TypeError:
+            raise AgentRuntimeError(
+                f"middlewares must be a list of Middleware, got {type(middlewares).__name__}"
+            ) from None
+        middlewares = tuple(listed)  # read once: a generator is read to its end
         for middleware in middlewares:
             if not isinstance(middleware, Middleware):
                 raise AgentRuntimeError(
@@ -2094,7 +2100,16 @@ class AgentRuntime:
             return decision
 
     def forget_approvals(self, session_id: str) -> None:
-        """Drops the approval decisions remembered for a session."""
+        """Drops the approval decisions remembered for a session.
+
+        Raises:
+            TypeError: `session_id` is not a str (an `AgentSession` would forget nothing).
+        """
+        if not isinstance(session_id, str):
+            raise TypeError(
+                f"session_id must be a str, got {type(session_id).__name__} (for a session, "
+                "pass session.session_id)"
+            )
         self._approvals.pop(session_id, None)
 
     def _drop_unremembered_approvals(self, session_id: str) -> None:

@@ -127,13 +127,18 @@ pub fn exponential(half_life_hours: f64) -> CoreResult<Decay> {
 }
 
 /// Validates hybrid weights.
+///
+/// # Errors
+/// [`CoreError::Memory`] when a weight is negative or not finite.
 pub fn hybrid(recency_weight: f64, frequency_weight: f64) -> CoreResult<Recall> {
     for (name, w) in [
         ("recency_weight", recency_weight),
         ("frequency_weight", frequency_weight),
     ] {
         if !(w.is_finite() && w >= 0.0) {
-            return Err(CoreError::Memory(format!("{name} must be >= 0, got {w}")));
+            return Err(CoreError::Memory(format!(
+                "{name} must be >= 0 and finite, got {w}"
+            )));
         }
     }
     Ok(Recall::Hybrid {
@@ -207,7 +212,7 @@ impl Episodes {
     pub fn with_similarity_weight(mut self, weight: f64) -> CoreResult<Self> {
         if !(weight.is_finite() && weight >= 0.0) {
             return Err(CoreError::Memory(format!(
-                "similarity_weight must be >= 0, got {weight}"
+                "similarity_weight must be >= 0 and finite, got {weight}"
             )));
         }
         self.similarity_weight = weight;

@@ -1078,7 +1078,8 @@ impl PyEpisodicStore {
     /// The agent's episodes with importance above `threshold`.
     ///
     /// Raises:
-    ///     MemoryStoreError: `threshold` is a number beyond the float range.
+    ///     MemoryStoreError: `threshold` is NaN (no importance is above it, nor below), or a
+    ///         number beyond the float range.
     fn high_importance_count(
         &self,
         py: Python<'_>,
@@ -1086,6 +1087,9 @@ impl PyEpisodicStore {
         threshold: &Bound<'_, PyAny>,
     ) -> PyResult<usize> {
         let threshold = memory_real(threshold, "threshold must be a float")?;
+        if threshold.is_nan() {
+            return Err(CoreError::Memory("threshold must be a number, got NaN".into()).into());
+        }
         self.with_episodes(py, agent_id.as_deref(), |eps| {
             eps.iter().filter(|e| e.importance > threshold).count()
         })
