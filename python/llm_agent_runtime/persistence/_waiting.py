@@ -1,6 +1,7 @@
 """Waiting for work that must not be abandoned half way, whatever cancels the waiter.
 
-And, in that work, waiting for a lock in a way the cancellation ends (`wait_until`).
+And, in that work, waiting for a lock in a way the cancellation ends (`wait_until`,
+`acquire`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,30 @@ def wait_until(ready: Callable[[], bool]) -> None:
         pause = min(pause * 2, 0.005)
 
 
+def acquire(lock: threading.Lock) -> None:
+    """Takes `lock`, waiting as long as it takes, unless the call it works for is cancelled.
+
+    For a lock a call holds while its work waits on something slow (SQLite's connection,
+    held through a wait for another process's write lock): in a call `run_in_thread` runs,
+    a cancellation ends the wait (checked every 10 ms; a release wakes the wait at once),
+    and a lock taken after the cancellation is given back, so the work queued behind it
+    never runs.
+
+    Raises:
+        Abandoned: The call was cancelled; the lock is not held.
+    """
+    abandoned = _ABANDONED.get()
+    if abandoned is None:
+        lock.acquire()
+        return
+    while not lock.acquire(timeout=0.01):
+        if abandoned.is_set():
+            raise Abandoned
+    if abandoned.is_set():
+        lock.release()
+        raise Abandoned
+
+
 async def run_in_thread(work: Callable[[], T], grace: float | None = None) -> T:
     """Runs `work` in a worker thread and returns what it returns (or raises what it raises).
 
@@ -85,10 +110,10 @@ async def run_in_thread(work: Callable[[], T], grace: float | None = None) -> T:
 
     A thread cannot be stopped, so a cancelled call tells it to give up, and does not leave
     it running unseen (a write that lands after the caller's next one, say): cancelled
-    before its thread started, `work` never runs; cancelled later, each `wait_until` it is
-    in or comes to raises `Abandoned`, and the call waits for the thread, at most `grace`
-    seconds (None: until it ends; 0: not at all), before the cancellation goes on. Only work
-    still running after the grace may then happen later.
+    before its thread started, `work` never runs; cancelled later, each `wait_until` or
+    `acquire` it is in or comes to raises `Abandoned`, and the call waits for the thread, at
+    most `grace` seconds (None: until it ends; 0: not at all), before the cancellation goes
+    on. Only work still running after the grace may then happen later.
     """
     guard = threading.Lock()
     abandoned = threading.Event()

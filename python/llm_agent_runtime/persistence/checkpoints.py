@@ -715,12 +715,18 @@ class CheckpointStore:
             None (the default) for none, else a positive finite number of seconds.
 
     Raises:
-        PersistenceError: A backend that lacks a method, or a lease that is not valid.
+        PersistenceError: A backend that lacks a method (or a backend class, not an instance),
+            or a lease that is not valid.
     """
 
     def __init__(
         self, backend: PersistenceBackend, resume_lease_seconds: float | None = None
     ) -> None:
+        if isinstance(backend, type):  # its methods are there, as functions: each call fails
+            raise PersistenceError(
+                f"a checkpoint backend must be an instance, got the class {backend.__name__} "
+                f"(call it: {backend.__name__}(...))"
+            )
         missing = [m for m in _BACKEND_METHODS if not callable(getattr(backend, m, None))]
         if missing:
             raise PersistenceError(

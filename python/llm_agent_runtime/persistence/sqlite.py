@@ -22,7 +22,7 @@ from llm_agent_runtime.persistence._checks import (
     check_value,
     decode_stored_keys,
 )
-from llm_agent_runtime.persistence._waiting import run_in_thread
+from llm_agent_runtime.persistence._waiting import acquire, run_in_thread
 from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["SqliteBackend"]
@@ -101,10 +101,12 @@ class SqliteBackend:
     The database runs in WAL mode, so readers never block the writer and several processes
     can share one file (writers wait up to `busy_timeout` seconds for each other). Every call
     runs in a worker thread, off the event loop; a batch is one transaction. A thread cannot
-    be stopped: a call cancelled before its thread started never runs; one cancelled later
-    waits for its thread, at most a grace period (one second), before the cancellation goes
-    on. So a cancelled write has either happened or not by then, unless its thread is still
-    waiting for another writer's lock after the grace: it may then still happen later.
+    be stopped: a call cancelled before its thread started, or while it waits for another
+    call on this backend to end (calls on one backend run one at a time), never runs; one
+    cancelled later waits for its thread, at most a grace period (one second), before the
+    cancellation goes on. So a cancelled write has either happened or not by then, unless its
+    thread is still waiting for another process's write lock after the grace: it may then
+    still happen later.
 
     Args:
         path: database file (created, with its directory, if missing), or ":memory:": a
@@ -167,8 +169,13 @@ class SqliteBackend:
         """
 
         def locked() -> T:
-            with self._lock:
+            # Given up when the call is cancelled: a call queued behind another one (which
+            # may wait up to `busy_timeout` for another process's lock) then never runs.
+            acquire(self._lock)
+            try:
                 return work(self._conn)
+            finally:
+                self._lock.release()
 
         try:
             return await run_in_thread(locked, _CANCEL_GRACE)
