@@ -6,6 +6,7 @@ process.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 
 from llm_agent_runtime.persistence._checks import (
@@ -25,11 +26,15 @@ class InMemoryBackend:
 
     It checks its input as the other backends do (a key that is not valid Unicode text is
     refused, as no other store could keep it), so code tried on it behaves the same on them.
+    Runtimes on several threads may share one: a check and its write (`save_new`,
+    `batch_save_if`) are one step for them, as in a database.
     """
 
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
         """The stored records, by key."""
+        # Held by every write: a check and its write are then one step for other threads too.
+        self._writing = threading.Lock()
 
     def __repr__(self) -> str:
         # Never raises: `data` may not be set yet (a subclass's repr before its `__init__`).
@@ -39,17 +44,18 @@ class InMemoryBackend:
         """Stores `value` under `key`."""
         value = check_value(check_key(key), value)
         encode_key(key)
-        self.data[key] = value
+        with self._writing:
+            self.data[key] = value
 
     async def save_new(self, key: str, value: bytes) -> bool:
         """Stores `value` under `key` unless the key exists; returns whether it wrote."""
         value = check_value(check_key(key), value)
         encode_key(key)
-        # No await between the test and the write: no other task runs in between.
-        if key in self.data:
-            return False
-        self.data[key] = value
-        return True
+        with self._writing:  # no await in between either: no other task runs meanwhile
+            if key in self.data:
+                return False
+            self.data[key] = value
+            return True
 
     async def load(self, key: str) -> bytes | None:
         """Returns the value under `key`, or None."""
@@ -59,14 +65,16 @@ class InMemoryBackend:
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
         encode_key(check_key(key))
-        return self.data.pop(key, None) is not None
+        with self._writing:
+            return self.data.pop(key, None) is not None
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
         """Stores every item (checked first: a dict update cannot half-fail)."""
         checked = check_items(items)
         for key in checked:
             encode_key(key)
-        self.data.update(checked)
+        with self._writing:
+            self.data.update(checked)
 
     async def batch_save_if(
         self, guard_key: str, guard_value: bytes, items: Mapping[str, bytes]
@@ -77,11 +85,11 @@ class InMemoryBackend:
         checked = check_items(items)
         for key in checked:
             encode_key(key)
-        # No await between the test and the writes: no other task runs in between.
-        if self.data.get(guard_key) != guard_value:
-            return False
-        self.data.update(checked)
-        return True
+        with self._writing:  # no await in between either: no other task runs meanwhile
+            if self.data.get(guard_key) != guard_value:
+                return False
+            self.data.update(checked)
+            return True
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the values of those `keys` that exist."""
