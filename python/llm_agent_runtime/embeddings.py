@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from llm_agent_runtime._core import HashingEmbedder
-from llm_agent_runtime.errors import MemoryStoreError, ProviderError, is_retryable_status
+from llm_agent_runtime.errors import MemoryStoreError, ProviderError
 
 if TYPE_CHECKING:
     import httpx
@@ -276,14 +276,15 @@ class OpenAIEmbedder:
         Raises:
             MemoryStoreError: `texts` is not a sequence of strings, or holds a string that is
                 not valid Unicode (a lone surrogate; the message names its index).
-            ProviderError: an HTTP error (retryable for 408, 409, 429 and 5xx, with the
-                server's Retry-After), an error reported with status 200 (`{"error": {...}}`:
-                the server's message, retryable as the chat provider judges it), a transport
-                failure (retryable for timeouts and dropped connections), a request that took
-                longer than `timeout` in all (retryable), or a malformed response: not
-                exactly one row per input (the `index` values must be 0 .. n-1, each once), a
-                row that is empty, not a list of numbers, or not finite, rows of different
-                lengths, or rows of another length than `dimensions` when it was given; or
+            ProviderError: an HTTP error (retryable for 408, 409, 429 and 5xx, unless the
+                server's `x-should-retry` says otherwise; with its Retry-After), an error
+                reported with status 200 (`{"error": {...}}`: the server's message,
+                retryable as the chat provider judges it), a transport failure (retryable
+                for timeouts and dropped connections), a request that took longer than
+                `timeout` in all (retryable), or a malformed response: not exactly one row
+                per input (the `index` values must be 0 .. n-1, each once), a row that is
+                empty, not a list of numbers, or not finite, rows of different lengths, or
+                rows of another length than `dimensions` when it was given; or
                 the `client` given is closed (not retryable). An error status's body is
                 read up to `MAX_ERROR_BODY` bytes (its message is cut anyway).
         """
@@ -361,6 +362,7 @@ class OpenAIEmbedder:
             error_of_reply,
             parse_retry_after,
             request_body,
+            should_retry,
             transport_errors,
         )
         from llm_agent_runtime.providers.openai import _api_error, _Error
@@ -398,7 +400,7 @@ class OpenAIEmbedder:
             raise ProviderError(
                 f"embeddings request returned HTTP {response.status_code}: {message}",
                 status=response.status_code,
-                retryable=is_retryable_status(response.status_code),
+                retryable=should_retry(response.status_code, response.headers),
                 retry_after=parse_retry_after(response.headers),  # None for NaN or infinity
             )
         # An error sent with status 200 is the server's, read as the chat provider reads it:

@@ -58,6 +58,7 @@ from llm_agent_runtime.providers.base import (
     ToolCallDelta,
     ToolDefinition,
     Usage,
+    check_conversation,
 )
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ __all__ = [
     "parse_usage",
     "redact_secret",
     "request_body",
+    "should_retry",
     "transport_errors",
 ]
 
@@ -185,6 +187,29 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     except (TypeError, ValueError, OverflowError):
         return None
     return max(0.0, stamp - (time.time() if now is None else now))
+
+
+def should_retry(status: int, headers: Mapping[str, str]) -> bool:
+    """Whether an error status is worth another attempt, as the server says or its status does.
+
+    The server's `x-should-retry` decides, else the status (`is_retryable_status`). Both
+    APIs send `x-should-retry: true` or `false` with some errors, and their SDKs obey it
+    before the status: a 500 the server knows another attempt cannot fix is not sent again,
+    and a status not retried by itself is, when the server says so. Any other value of the
+    header leaves the choice to the status.
+
+    Args:
+        status: The response's HTTP status.
+        headers: Its headers (case-insensitive lookups, as `httpx.Headers`).
+    """
+    verdict = headers.get("x-should-retry")
+    if verdict is not None:
+        verdict = verdict.strip().lower()
+        if verdict == "true":
+            return True
+        if verdict == "false":
+            return False
+    return is_retryable_status(status)
 
 
 def _delay(text: str, per_second: float = 1.0) -> float | None:
@@ -715,44 +740,6 @@ def request_body(body: Mapping[str, Any], *, ensure_ascii: bool = True) -> bytes
     return json_text(body, ensure_ascii=ensure_ascii).encode()
 
 
-def check_conversation(
-    messages: Iterable[Message], tools: Iterable[ToolDefinition] | None
-) -> tuple[list[Message], list[ToolDefinition]]:
-    """The messages and tools of a call, once checked to be of the types a request is made of.
-
-    A caller's mistake fails here, naming what is wrong and where, before anything is sent:
-    not deep in the request's making as a bare `AttributeError` (dicts in the OpenAI SDK's
-    shape for messages, one `ToolDefinition` where a list belongs, which iterates as its
-    fields), nor as a request that goes out wrong (a tool call's arguments given as JSON
-    text would be encoded twice, a string where the API reads an object).
-
-    Args:
-        messages: The conversation: any iterable of `Message` but a str (a generator too;
-            it is read once, here).
-        tools: The tools, any iterable of `ToolDefinition` (None: none).
-
-    Returns:
-        The messages and the tools, as lists.
-
-    Raises:
-        TypeError: `messages` or `tools` is no iterable of them (a str, one message or one
-            tool, None for messages), or one of them is not a `Message` / `ToolDefinition`,
-            or a message's tool call is not a `ToolCall` whose arguments are a dict.
-    """
-    listed = _listed("messages", messages, Message)
-    for n, message in enumerate(listed):
-        for c, call in enumerate(message.tool_calls or ()):
-            where = f"messages[{n}].tool_calls[{c}]"
-            if not isinstance(call, ToolCall):
-                raise TypeError(f"{where} must be a ToolCall, got {type(call).__name__}")
-            if not isinstance(call.arguments, dict):
-                raise TypeError(
-                    f"{where}.arguments must be a dict (the decoded arguments, not JSON "
-                    f"text), got {type(call.arguments).__name__}"
-                )
-    return listed, [] if tools is None else _listed("tools", tools, ToolDefinition)
-
-
 def check_stop(stop: object) -> list[str] | None:
     """A call's (or a provider's) `stop=`, once checked to be stop sequences: their list.
 
@@ -779,20 +766,6 @@ def check_stop(stop: object) -> list[str] | None:
         if not isinstance(item, str):
             raise TypeError(f"stop[{n}] must be a str, got {type(item).__name__}")
     return stops or None
-
-
-def _listed(name: str, items: Iterable[T], kind: type[T]) -> list[T]:
-    """`items` as a list, each checked to be a `kind` (see `check_conversation`)."""
-    if isinstance(items, (str, bytes, Mapping, BaseModel)) or not isinstance(items, Iterable):
-        raise TypeError(
-            f"{name} must be a list of {kind.__name__}, got {type(items).__name__} "
-            "(wrap a single one in a list)"
-        )
-    listed = list(items)
-    for n, item in enumerate(listed):
-        if not isinstance(item, kind):
-            raise TypeError(f"{name}[{n}] must be a {kind.__name__}, got {type(item).__name__}")
-    return listed
 
 
 def _non_finite(value: Any, path: str) -> tuple[str, float] | None:
@@ -1497,7 +1470,7 @@ class HttpTransport:
         return ProviderError(
             f"{self.name} API error: {message}",
             status=status,
-            retryable=is_retryable_status(status),
+            retryable=should_retry(status, response.headers),
             retry_after=parse_retry_after(response.headers),
         )
 
@@ -1704,7 +1677,8 @@ class HttpTransport:
                 is raised, with the server's status and whether it is retryable.
 
         Raises:
-            ProviderError: A status outside 2xx (retryable for 408, 409, 429 and 5xx), or
+            ProviderError: A status outside 2xx (retryable for 408, 409, 429 and 5xx, or
+                as the server's `x-should-retry` says: `should_retry`), or
                 a success without a body (see `check_status`); a successful reply that is
                 not an event stream (its `content-type` is another; a reply without one is
                 read as a stream); timeout, or a body read whole (an error status's, or that

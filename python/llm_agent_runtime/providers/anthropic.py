@@ -227,7 +227,8 @@ class AnthropicProvider(HttpProvider):
     One pooled `httpx.AsyncClient` per provider; use `async with AnthropicProvider() as llm:`
     or call `aclose()`. Failed calls are retried through `retry` on 408/409/429/5xx/529
     statuses, overloaded or API error events that arrive before any output, timeouts and
-    dropped connections, honouring `Retry-After` and `retry-after-ms`.
+    dropped connections, honouring `Retry-After` and `retry-after-ms`, and the server's
+    `x-should-retry` over the status (as the official SDKs do).
 
     A provider is not bound to one event loop: it keeps a pool per loop it is used from, and
     closes each as its loop ends under `asyncio.run` (see `HttpTransport`).

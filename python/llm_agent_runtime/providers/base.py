@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,8 +37,11 @@ __all__ = [
     "ToolCallDelta",
     "ToolDefinition",
     "Usage",
+    "check_conversation",
     "estimated_output_tokens",
 ]
+
+T = TypeVar("T")
 
 TRUNCATION_STOP_REASONS = frozenset(("length", "max_tokens", "model_context_window_exceeded"))
 """Stop reasons that say the reply was cut off by a token limit: OpenAI's `length`,
@@ -318,6 +321,78 @@ class ChatResponse:
                 )
         if not isinstance(self.usage, Usage):
             raise TypeError(f"ChatResponse.usage must be a Usage, got {_kind(self.usage)}")
+
+
+def check_conversation(
+    messages: Iterable[Message], tools: Iterable[ToolDefinition] | None
+) -> tuple[list[Message], list[ToolDefinition]]:
+    """The messages and tools of a call, once checked to be of the types a request is made of.
+
+    A caller's mistake fails here, naming what is wrong and where, before anything is sent:
+    not deep in the request's making as a bare `AttributeError` (dicts in the OpenAI SDK's
+    shape for messages, one `ToolDefinition` where a list belongs, which iterates as its
+    fields), nor as a request that goes out wrong (a tool call's arguments given as JSON
+    text would be encoded twice, a string where the API reads an object, content that is
+    no text).
+
+    Args:
+        messages: The conversation: any iterable of `Message` but a str (a generator too;
+            it is read once, here).
+        tools: The tools, any iterable of `ToolDefinition` (None: none).
+
+    Returns:
+        The messages and the tools, as lists.
+
+    Raises:
+        TypeError: `messages` or `tools` is no iterable of them (a str, one message or one
+            tool, None for messages), or one of them is not a `Message` / `ToolDefinition`,
+            or a message's content is no str (None stands for none; a list of dicts is
+            content parts, which `OpenAIProvider` sends as they are), or a message's tool
+            call is not a `ToolCall` whose arguments are a dict.
+    """
+    # One pass, cheap for the usual message (the agent loop calls this every step).
+    listed = messages if type(messages) is list else _listed("messages", messages, Message)
+    for n, message in enumerate(listed):
+        if type(message) is not Message and not isinstance(message, Message):
+            raise TypeError(f"messages[{n}] must be a Message, got {type(message).__name__}")
+        content = message.content
+        # Else sent as given (`"content": 42`) for the server to refuse, or not JSON at all.
+        if type(content) is not str and content is not None and not _is_parts(content):
+            raise TypeError(
+                f"messages[{n}].content must be a str (or, for OpenAI, a list of content "
+                f"parts as dicts), got {_kind(content)}"
+            )
+        if not message.tool_calls:
+            continue
+        for c, call in enumerate(message.tool_calls):
+            where = f"messages[{n}].tool_calls[{c}]"
+            if not isinstance(call, ToolCall):
+                raise TypeError(f"{where} must be a ToolCall, got {type(call).__name__}")
+            if not isinstance(call.arguments, dict):
+                raise TypeError(
+                    f"{where}.arguments must be a dict (the decoded arguments, not JSON "
+                    f"text), got {type(call.arguments).__name__}"
+                )
+    return listed, [] if tools is None else _listed("tools", tools, ToolDefinition)
+
+
+def _is_parts(content: object) -> bool:
+    """Whether message content is a list of content parts (dicts, such as an image's)."""
+    return isinstance(content, list) and all(isinstance(part, dict) for part in content)
+
+
+def _listed(name: str, items: Iterable[T], kind: type[T]) -> list[T]:
+    """`items` as a list, each checked to be a `kind` (see `check_conversation`)."""
+    if isinstance(items, (str, bytes, Mapping, BaseModel)) or not isinstance(items, Iterable):
+        raise TypeError(
+            f"{name} must be a list of {kind.__name__}, got {type(items).__name__} "
+            "(wrap a single one in a list)"
+        )
+    listed = list(items)
+    for n, item in enumerate(listed):
+        if not isinstance(item, kind):
+            raise TypeError(f"{name}[{n}] must be a {kind.__name__}, got {type(item).__name__}")
+    return listed
 
 
 # Stream events are named tuples, not pydantic models: a provider builds one per streamed

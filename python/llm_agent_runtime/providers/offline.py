@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -17,8 +18,10 @@ from llm_agent_runtime.providers.base import (
     StreamEvent,
     TextDelta,
     ToolCall,
+    ToolCallDelta,
     ToolDefinition,
     Usage,
+    check_conversation,
     estimated_input_tokens,
     estimated_output_tokens,
     tool_definitions_chars,
@@ -174,9 +177,17 @@ class ScriptedProvider:
         model: str | None = None,
         **params: Any,
     ) -> ChatResponse:
-        """Returns the next scripted response; the rule sees the last message's content."""
+        """Returns the next scripted response; the rule sees the last message's content.
+
+        Raises:
+            ProviderError: The replies ran out, or the rule's reply is no reply.
+            TypeError: `messages` or `tools` is not an iterable of `Message` /
+                `ToolDefinition` (as the HTTP providers refuse them): no reply is used up.
+        """
+        if not _loop_shaped(messages, tools):
+            messages, tools = check_conversation(messages, tools)
         if self._rule is not None:
-            return self._next(messages[-1].content if messages else "", messages, tools)
+            return self._next(_last_content(messages), messages, tools)
         # A listed reply, taken here (one call less a step: this is the loop's model call).
         reply = next(self._iter, None)
         if reply is None:
@@ -184,7 +195,7 @@ class ScriptedProvider:
         self.calls += 1
         if type(reply) is ChatResponse and reply.usage.input_tokens and reply.usage.output_tokens:
             return reply  # a scripted usage, as it is
-        return self._completed(reply, messages[-1].content if messages else "", messages, tools)
+        return self._completed(reply, _last_content(messages), messages, tools)
 
     async def chat_stream(
         self,
@@ -193,14 +204,52 @@ class ScriptedProvider:
         model: str | None = None,
         **params: Any,
     ) -> AsyncIterator[StreamEvent]:
-        """Streams the next scripted response as a text delta then `StreamEnd`."""
-        response = self._next(messages[-1].content if messages else "", messages, tools)
+        """Streams the next scripted response as a real provider would, with whole pieces.
+
+        Its text as one `TextDelta`, then each tool call as one `ToolCallDelta` (its id, its
+        name and its arguments as JSON text), then `StreamEnd`.
+
+        Raises:
+            ProviderError: From the iterator: the replies ran out, or the rule's reply is no
+                reply.
+            TypeError: From the iterator, as for `chat`.
+        """
+        if not _loop_shaped(messages, tools):
+            messages, tools = check_conversation(messages, tools)
+        response = self._next(_last_content(messages), messages, tools)
         if response.text:
             yield TextDelta(text=response.text)
+        for index, call in enumerate(response.tool_calls):
+            arguments = json.dumps(call.arguments, ensure_ascii=False, default=str)
+            yield ToolCallDelta(index, call.id, call.name, arguments)
         yield StreamEnd(response=response)
 
 
 _RAN_OUT = "scripted provider ran out of replies"
+
+
+def _loop_shaped(messages: object, tools: object) -> bool:
+    """Whether a request has the agent loop's shape: lists ending in a `Message` and a tool.
+
+    The last message is the one a rule reads. Anything else gets the HTTP providers' full
+    check (`check_conversation`), so a test's mistake (a str, None, OpenAI-style dicts, one
+    tool) fails alike here. The loop's requests skip it: its messages grow by two a step,
+    and checking each of them at every call would cost the zero-latency model more than the
+    step itself.
+    """
+    return (
+        type(messages) is list
+        and (not messages or type(messages[-1]) is Message)
+        and (
+            tools is None
+            or (type(tools) is list and (not tools or type(tools[-1]) is ToolDefinition))
+        )
+    )
+
+
+def _last_content(messages: Sequence[Message]) -> str:
+    """What the rule sees of a request: the last message's content ("" for none)."""
+    return (messages[-1].content or "") if messages else ""
 
 
 def _not_a_reply(what: str, reply: object) -> str:

@@ -198,7 +198,8 @@ class OpenAIProvider(HttpProvider):
 
     One pooled `httpx.AsyncClient` per provider; use `async with OpenAIProvider() as llm:` or
     call `aclose()`. Failed calls are retried through `retry` on 408/409/429/5xx statuses,
-    timeouts and dropped connections, honouring `Retry-After` and `retry-after-ms`. A stream is
+    timeouts and dropped connections, honouring `Retry-After` and `retry-after-ms`, and the
+    server's `x-should-retry` over the status (as the official SDKs do). A stream is
     retried only until its first event has been yielded.
 
     A provider is not bound to one event loop: it keeps a pool per loop it is used from, and
@@ -702,13 +703,14 @@ class _JsonDepth:
 
 
 def _wire_message(message: Message) -> dict[str, Any]:
+    # Content None (no content) is sent as "": the API refuses null but for tool calls.
     if message.role == "tool":
         return {
             "role": "tool",
             "tool_call_id": message.tool_call_id or "",
-            "content": message.content,
+            "content": message.content or "",
         }
-    wire: dict[str, Any] = {"role": message.role, "content": message.content}
+    wire: dict[str, Any] = {"role": message.role, "content": message.content or ""}
     if message.tool_calls:
         wire["content"] = message.content or None
         wire["tool_calls"] = [

@@ -1,0 +1,196 @@
+"""More provider cases a demanding user meets, over loopback HTTP against the fake server:
+the server's `x-should-retry` verdict, message content of the wrong type, and the scripted
+provider's argument checks and streamed tool calls."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime import ProviderError, RetryPolicy
+from llm_agent_runtime.providers.base import (
+    Message,
+    StreamEnd,
+    TextDelta,
+    ToolCallDelta,
+)
+
+from .conftest import PROVIDERS, make_provider
+from .fake_server import FakeLlmServer, Reply, Turn
+
+USER = [Message("user", "hi")]
+JSON = {"content-type": "application/json"}
+
+
+def error_reply(status: int, should_retry: str | None, kind: str = "openai") -> Reply:
+    headers = dict(JSON)
+    if should_retry is not None:
+        headers["x-should-retry"] = should_retry
+    if kind == "anthropic":
+        body = {"type": "error", "error": {"type": "api_error", "message": "scripted"}}
+    else:
+        body = {"error": {"message": "scripted", "type": "server_error"}}
+    return Reply(status=status, headers=headers, body=json.dumps(body).encode())
+
+
+async def collect(stream: Any) -> list[Any]:
+    return [event async for event in stream]
+
+
+# ---------------------------------------------------------------------- x-should-retry
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_x_should_retry_false_is_not_retried(
+    server: FakeLlmServer, retry: RetryPolicy, kind: str, streamed: bool
+) -> None:
+    # Both APIs send `x-should-retry` (their SDKs obey it before the status): a 500 the
+    # server says is not worth another attempt was sent again, and again.
+    server.script(error_reply(500, "false", kind), Turn(text="second"))
+    provider = make_provider(kind, server, retry=retry)
+    async with provider:
+        with pytest.raises(ProviderError) as caught:
+            if streamed:
+                await collect(provider.chat_stream(USER))
+            else:
+                await provider.chat(USER)
+    assert caught.value.status == 500
+    assert caught.value.retryable is False
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_x_should_retry_true_is_retried(
+    server: FakeLlmServer, retry: RetryPolicy, kind: str, streamed: bool
+) -> None:
+    # The other way round: a status not retried by itself (409 aside, a 4xx) that the
+    # server says to try again.
+    server.script(error_reply(400, "true", kind), Turn(text="second"))
+    provider = make_provider(kind, server, retry=retry)
+    async with provider:
+        if streamed:
+            events = await collect(provider.chat_stream(USER))
+            response = events[-1].response
+        else:
+            response = await provider.chat(USER)
+    assert response.text == "second"
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_x_should_retry_absent_or_unreadable_leaves_the_status_to_decide(
+    server: FakeLlmServer, retry: RetryPolicy, kind: str
+) -> None:
+    server.script(error_reply(503, None, kind), error_reply(503, "maybe", kind), Turn(text="ok"))
+    provider = make_provider(kind, server, retry=retry)
+    async with provider:
+        assert (await provider.chat(USER)).text == "ok"
+    assert len(server.requests) == 3
+    server.reset()
+    server.script(error_reply(400, "no", kind))
+    provider = make_provider(kind, server, retry=retry)
+    async with provider:
+        with pytest.raises(ProviderError) as caught:
+            await provider.chat(USER)
+    assert caught.value.retryable is False
+    assert len(server.requests) == 1
+
+
+# ---------------------------------------------------------------------- message content
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("content", [42, {"text": "hi"}, ["hi"], b"hi"])
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_message_content_that_is_no_str_is_a_type_error_before_sending(
+    server: FakeLlmServer, kind: str, content: Any, streamed: bool
+) -> None:
+    # OpenAIProvider sent `"content": 42` (or an object) for the server to refuse with a
+    # 400, and bytes failed as a bare "not JSON serializable".
+    server.fallback = Turn(text="ok")
+    provider = make_provider(kind, server)
+    messages = [Message("system", "be brief"), Message("user", content)]
+    async with provider:
+        with pytest.raises(TypeError, match=r"messages\[1\]\.content must be a str"):
+            if streamed:
+                await collect(provider.chat_stream(messages))
+            else:
+                await provider.chat(messages)
+        with pytest.raises(TypeError, match=r"messages\[0\]\.content must be a str"):
+            await provider.complete(content)
+    assert server.requests == []
+
+
+async def test_openai_sends_no_null_content(server: FakeLlmServer) -> None:
+    # A message without content (None, as the wire says it) went out as `"content": null`,
+    # which the API refuses for a user or tool message.
+    server.fallback = Turn(text="ok")
+    provider = make_provider("openai", server)
+    messages = [
+        Message("user", None),  # type: ignore[arg-type]
+        Message("assistant", None, [ar.ToolCall("c1", "f", {})]),  # type: ignore[arg-type]
+        Message("tool", None, tool_call_id="c1"),  # type: ignore[arg-type]
+    ]
+    async with provider:
+        assert (await provider.chat(messages)).text == "ok"
+    sent = server.requests[0].json["messages"]
+    assert sent[0]["content"] == ""
+    assert sent[1]["content"] is None  # the API's own form for tool calls alone
+    assert sent[2]["content"] == ""
+
+
+# ---------------------------------------------------------------------- ScriptedProvider
+@pytest.mark.parametrize("bad", ["hello", None, [{"role": "user", "content": "hi"}], 5])
+@pytest.mark.parametrize("scripted", ["rule", "replies"])
+async def test_scripted_provider_refuses_messages_of_the_wrong_type(
+    bad: Any, scripted: str
+) -> None:
+    # A str failed as a bare AttributeError ("'str' object has no attribute 'content'"),
+    # dicts in the OpenAI SDK's shape too, and None was answered as if it were a request.
+    provider = (
+        ar.ScriptedProvider(rule=lambda prompt: "x")
+        if scripted == "rule"
+        else ar.ScriptedProvider(["x"])
+    )
+    with pytest.raises(TypeError, match="messages"):
+        await provider.chat(bad)
+    with pytest.raises(TypeError, match="messages"):
+        await collect(provider.chat_stream(bad))
+    assert provider.calls == 0
+
+
+async def test_scripted_provider_takes_any_iterable_of_messages() -> None:
+    # A generator (which the HTTP providers take) failed: "not subscriptable".
+    seen: list[str] = []
+    provider = ar.ScriptedProvider(rule=lambda prompt: seen.append(prompt) or "x")
+    response = await provider.chat(m for m in [Message("user", "a"), Message("user", "b")])
+    assert response.text == "x"
+    assert seen == ["b"]
+    assert response.usage.input_tokens == 0  # two characters, at 4 a token
+
+
+async def test_scripted_provider_refuses_tools_of_the_wrong_type() -> None:
+    provider = ar.ScriptedProvider(rule=lambda prompt: "x")
+    with pytest.raises(TypeError, match="tools"):
+        await provider.chat(USER, tools="get_weather")  # type: ignore[arg-type]
+
+
+async def test_scripted_provider_streams_its_tool_calls_as_deltas() -> None:
+    # A real provider streams each tool call as `ToolCallDelta`s: the scripted one yielded
+    # none, so a consumer assembling calls from the deltas saw no call in a scripted test.
+    reply = ar.ScriptedProvider.tool_call_reply(
+        [("get_weather", {"city": "Paris"}), ("clock", {})], text="checking"
+    )
+    provider = ar.ScriptedProvider([reply])
+    events = await collect(provider.chat_stream(USER))
+    assert events[0] == TextDelta("checking")
+    deltas = [e for e in events if isinstance(e, ToolCallDelta)]
+    assert [(d.index, d.id, d.name) for d in deltas] == [
+        (0, "call_0", "get_weather"),
+        (1, "call_1", "clock"),
+    ]
+    assert [json.loads(d.arguments_delta) for d in deltas] == [{"city": "Paris"}, {}]
+    assert isinstance(events[-1], StreamEnd)
+    assert events[-1].response.tool_calls == reply.tool_calls
+    assert len(events) == 4
