@@ -8,10 +8,10 @@
 //! read a huge int as "no limit" where the argument is a limit. Methods take them with
 //! `#[pyo3(from_py_with = ...)]`, or call them on a `&Bound<PyAny>` argument.
 
-use pyo3::exceptions::PyOverflowError;
+use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyString};
 
 use crate::errors::CoreError;
 
@@ -277,23 +277,106 @@ pub fn lookup_text(obj: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
     Ok(PyBackedStr::try_from(string.clone()).ok())
 }
 
-/// A sequence of `str` arguments (a list or tuple of ids), each read as by [`text`]. As with
-/// PyO3's `Vec<String>`, a `str` is refused (`TypeError`) rather than read as its characters.
+/// A sequence of `str` arguments (a list or tuple of names), each read as by [`text`]. As
+/// with PyO3's `Vec<String>`, a `str` is refused rather than read as its characters.
+///
+/// `what` says what the method takes (as "subgraph takes a list of entity names"); it is
+/// called on the error path only, to start the message of a `TypeError` that describes the
+/// value given: one `str` (with the advice to wrap it in a list), `bytes`, or another type;
+/// or, for an item that is not a `str`, its index and type.
 ///
 /// # Errors
 /// `error(...)` for an item holding a lone surrogate; `TypeError` when `obj` is a `str` or
 /// not a sequence, or an item is not a `str`.
-pub fn texts(obj: &Bound<'_, PyAny>, error: fn(String) -> CoreError) -> PyResult<Vec<PyBackedStr>> {
-    let items: Vec<Bound<'_, PyAny>> = obj.extract()?;
-    items.iter().map(|item| text(item, error)).collect()
+pub fn names(
+    obj: &Bound<'_, PyAny>,
+    what: &dyn Fn() -> String,
+    error: fn(String) -> CoreError,
+) -> PyResult<Vec<PyBackedStr>> {
+    let items: Vec<Bound<'_, PyAny>> = match list_of(obj) {
+        Some(items) => items,
+        None => return Err(PyTypeError::new_err(not_a_list(obj, what))),
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(at, item)| text(item, error).map_err(|e| not_a_name(item, at, what, e)))
+        .collect()
 }
 
-/// [`texts`] for arguments of the knowledge graph (a `GraphError`).
+/// The items of a sequence given where a list is expected, or None for anything else: a
+/// `str` or `bytes` too, which are sequences (of characters, of ints) but never a list of
+/// values (told by a type flag: no cost per item).
+pub fn list_of<'py>(obj: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyAny>>> {
+    if obj.is_instance_of::<PyBytes>() {
+        return None;
+    }
+    obj.extract().ok()
+}
+
+/// The message of a `TypeError` for `obj` given where a list is expected: `what`, then
+/// "got" and a description of `obj` (see [`describe`]); a `str` comes with the advice to
+/// wrap it in a list.
+#[cold]
+#[inline(never)]
+pub fn not_a_list(obj: &Bound<'_, PyAny>, what: &dyn Fn() -> String) -> String {
+    let advice = if obj.is_instance_of::<PyString>() {
+        ": wrap it in a list"
+    } else {
+        ""
+    };
+    format!("{}, got {}{advice}", what(), describe(obj))
+}
+
+/// The error of [`names`] for an item: a `TypeError` naming its index and type when it is
+/// not a `str`; `e` as it is otherwise (a lone surrogate, the method's own error).
+#[cold]
+#[inline(never)]
+fn not_a_name(item: &Bound<'_, PyAny>, at: usize, what: &dyn Fn() -> String, e: PyErr) -> PyErr {
+    if item.is_instance_of::<PyString>() {
+        return e;
+    }
+    PyTypeError::new_err(format!("{}: item {at} is {}", what(), describe(item)))
+}
+
+/// A short description of a value given as an argument, for error messages: "one str
+/// ('ab')", "bytes (b'ab')", "None", or the type's name with the value's `repr` (cut to 40
+/// characters), as "float (1.5)".
+#[cold]
+#[inline(never)]
+pub fn describe(obj: &Bound<'_, PyAny>) -> String {
+    if obj.is_none() {
+        return "None".to_owned();
+    }
+    let kind = obj
+        .get_type()
+        .name()
+        .map_or_else(|_| "an object".to_owned(), |name| name.to_string());
+    let shown = obj.repr().map(|r| r.to_string()).unwrap_or_default();
+    let shown = match shown.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}...", &shown[..cut]),
+        None => shown,
+    };
+    if obj.is_instance_of::<PyString>() {
+        format!("one str ({shown})")
+    } else if shown.is_empty() {
+        kind
+    } else {
+        format!("{kind} ({shown})")
+    }
+}
+
+/// [`names`] for a list of entity names given to the knowledge graph method `method` (an
+/// item with a lone surrogate is a `GraphError`).
 ///
 /// # Errors
-/// As [`texts`].
-pub fn graph_texts(obj: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedStr>> {
-    texts(obj, CoreError::Graph)
+/// As [`names`].
+pub fn entity_names(obj: &Bound<'_, PyAny>, method: &str) -> PyResult<Vec<PyBackedStr>> {
+    names(
+        obj,
+        &|| format!("{method} takes a list of entity names"),
+        CoreError::Graph,
+    )
 }
 
 /// [`text`] for arguments of the knowledge graph (a `GraphError`).

@@ -384,8 +384,8 @@ def test_edges_come_as_tuples_lists_or_the_rows_of_an_integer_array() -> None:
         ([{0: 1, 1: 2}], "got dict"),
         ([np.array(1)], r"got a row of 0 dimension\(s\)"),
         ([[0]], "an edge has 2 or 3 items, got 1"),
-        (np.array([[0, 1, 0.5]]), r"integer array, got a row of 1 dimension\(s\) of dtype float64"),
-        (np.zeros((1, 2, 2), dtype=int), r"got a row of 2 dimension\(s\)"),
+        (np.array([[0, 1, 0.5]]), r"shape \(1, 3\) and dtype float64: .* integer array"),
+        (np.zeros((1, 2, 2), dtype=int), r"shape \(1, 2, 2\) and dtype int64: .* \(m, 2\)"),
         (np.array([[0, 1, 2, 3]]), "an edge has 2 or 3 items, got 4"),
         ([[0, 3]], r"edge \(0, 3\) is out of range for 3 entities"),
     ]:

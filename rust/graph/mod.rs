@@ -29,11 +29,11 @@ use numpy::PyReadonlyArray2;
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple};
 use serde_json::Value;
 
 use crate::args::{
-    self, extract_unsigned, graph_text, graph_texts, optional_graph_text, OutOfRange,
+    self, entity_names, extract_unsigned, graph_text, optional_graph_text, OutOfRange,
 };
 use crate::errors::{
     catch_panics, run_detached, run_interruptible, run_stoppable, CoreError, CoreResult,
@@ -239,6 +239,34 @@ fn edge_array(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<Option<SnapshotBuild
     Ok(None)
 }
 
+/// Refuses, describing it as given, a numpy array of edges whose rows the row by row read
+/// would refuse: one of 3 or more dimensions, or a 2-D one of a dtype other than integers,
+/// that has a row (an empty one holds no edge, and builds a graph without relationships).
+/// Called once, for an array that [`edge_array`] did not read in place.
+///
+/// # Errors
+/// `GraphError` for such an array.
+#[cold]
+#[inline(never)]
+fn not_an_edge_array(edges: &Bound<'_, PyAny>) -> PyResult<()> {
+    let ndim: usize = edges.getattr("ndim")?.extract()?;
+    if ndim < 2 || edges.len()? == 0 {
+        return Ok(());
+    }
+    let dtype = edges.getattr("dtype")?;
+    let kind = dtype.getattr("kind")?.extract::<PyBackedStr>()?;
+    if ndim == 2 && matches!(kind.as_ref(), "i" | "u") {
+        return Ok(());
+    }
+    Err(CoreError::Graph(format!(
+        "edges is a numpy array of shape {} and dtype {}: a numpy array of edges must be an \
+         (m, 2) or (m, 3) integer array; pass weighted edges as tuples (u, v, weight)",
+        edges.getattr("shape")?.str()?,
+        dtype.str()?,
+    ))
+    .into())
+}
+
 /// The snapshot of an `(m, 2)` or `(m, 3)` integer array's rows `(u, v[, weight])`, with
 /// the errors of the row by row read.
 fn array_edges<T: Copy + Into<i128>>(n: u32, rows: ArrayView2<'_, T>) -> PyResult<SnapshotBuilder> {
@@ -364,6 +392,14 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
         if let Some(snapshot) = edge_array(n, edges)? {
             return Ok(snapshot);
         }
+        not_an_edge_array(edges)?;
+    } else if edges.is_instance_of::<PyString>() || edges.is_instance_of::<PyBytes>() {
+        // Read item by item, text gives characters (or ints), which no edge message explains.
+        return Err(CoreError::Graph(format!(
+            "from_edge_list takes a list of edges (u, v[, weight]), got {}",
+            args::describe(edges)
+        ))
+        .into());
     }
     let count = edges.len().unwrap_or(0);
     let mut snapshot = SnapshotBuilder::new(n as usize, count)?;
@@ -723,8 +759,47 @@ fn resolution_arg(value: &Bound<'_, PyAny>) -> PyResult<f64> {
 /// The communities of `modularity` (a sequence of sequences of ids), each id read as by
 /// [`graph_text`].
 fn communities_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<PyBackedStr>>> {
-    let communities: Vec<Bound<'_, PyAny>> = value.extract()?;
-    communities.iter().map(graph_texts).collect()
+    let communities = match args::list_of(value) {
+        Some(communities) => communities,
+        None => {
+            return Err(pyo3::exceptions::PyTypeError::new_err(args::not_a_list(
+                value,
+                &|| {
+                    "modularity takes a list of communities, each a list of entity names".to_owned()
+                },
+            )))
+        }
+    };
+    communities
+        .iter()
+        .enumerate()
+        .map(|(at, community)| {
+            args::names(
+                community,
+                &|| {
+                    format!(
+                        "modularity takes each community as a list of entity names: community {at}"
+                    )
+                },
+                CoreError::Graph,
+            )
+        })
+        .collect()
+}
+
+/// `add_entities`'s `ids`: a list of entity names.
+fn add_entities_ids_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedStr>> {
+    entity_names(value, "add_entities")
+}
+
+/// `subgraph`'s `ids`: a list of entity names.
+fn subgraph_ids_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedStr>> {
+    entity_names(value, "subgraph")
+}
+
+/// `betweenness_from`'s `sources`: a list of entity names.
+fn sources_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedStr>> {
+    entity_names(value, "betweenness_from")
 }
 
 /// One relationship as `relationships()` lists it, copied out of the store so that the
@@ -1043,7 +1118,7 @@ impl PyGraphStore {
     fn add_entities(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = graph_texts)] ids: Vec<PyBackedStr>,
+        #[pyo3(from_py_with = add_entities_ids_arg)] ids: Vec<PyBackedStr>,
     ) -> PyResult<()> {
         self.mutate_detached(py, |s| {
             let mut fresh = rustc_hash::FxHashSet::default();
@@ -1285,7 +1360,7 @@ impl PyGraphStore {
     fn subgraph(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = graph_texts)] ids: Vec<PyBackedStr>,
+        #[pyo3(from_py_with = subgraph_ids_arg)] ids: Vec<PyBackedStr>,
     ) -> PyResult<PyGraphStore> {
         // Borrowed, not moved: the Python strings are released here, with the GIL.
         let ids = &ids;
@@ -1407,7 +1482,7 @@ impl PyGraphStore {
     fn betweenness_from<'py>(
         &self,
         py: Python<'py>,
-        #[pyo3(from_py_with = graph_texts)] sources: Vec<PyBackedStr>,
+        #[pyo3(from_py_with = sources_arg)] sources: Vec<PyBackedStr>,
         normalized: bool,
         weighted: bool,
         directed: bool,
