@@ -15,7 +15,8 @@ import llm_agent_runtime as ar
 
 def main() -> None:
     """Uses each part once and prints what it gives."""
-    # Semantic lookup: 10,000 unit vectors, one query, exact cosine top-3.
+    # Semantic lookup: 10,000 random vectors (normalized as they are added), one query,
+    # exact cosine top-3.
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((10_000, 64)).astype(np.float32)
     index = ar.VectorIndex(64)

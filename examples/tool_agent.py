@@ -2,7 +2,8 @@
 
 The scripted provider answers as a tool-calling model would: first two calls in one round
 (run concurrently), then the final answer. Every event of the run is printed as it comes.
-Set OPENAI_API_KEY (or ANTHROPIC_API_KEY) to run the same agent on a real model.
+Set OPENAI_API_KEY (or OPENAI_BASE_URL for a local OpenAI-compatible server, or
+ANTHROPIC_API_KEY) to run the same agent on a real model, as `ar.provider_from_env()` reads them.
 
     python examples/tool_agent.py
 """

@@ -7,18 +7,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from providers.fake_server import FakeLlmServer, Turn
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # No keys or base URLs: the examples run offline, on their scripted models.
 ENV = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def run(name: str, *args: str) -> str:
+def run(name: str, *args: str, **env: str) -> str:
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args],
         capture_output=True,
         text=True,
-        env=ENV,
+        env={**ENV, **env},
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
@@ -58,5 +59,36 @@ def test_tool_agent_runs_its_calls_and_reports_its_events(repeat: int) -> None:
         "weather({'city': 'Paris'}) -> 18 °C, light rain",
         "weather({'city': 'Oslo'}) -> 4 °C, clear",
         "answer: Paris is warmer (18 °C) than Oslo (4 °C).",
+        "tool calls: 2",
+    ]
+
+
+@pytest.mark.parametrize("settings", ["openai", "openai-local", "anthropic"])
+def test_tool_agent_runs_on_the_real_model_the_environment_names(settings: str) -> None:
+    """Its docstring: OPENAI_API_KEY, OPENAI_BASE_URL alone or ANTHROPIC_API_KEY: a real model."""
+    wire = settings.split("-")[0]
+    with FakeLlmServer() as server:
+        server.script(
+            Turn(
+                tool_calls=[
+                    ("c1", "weather", {"city": "Oslo"}),
+                    ("c2", "weather", {"city": "Rome"}),
+                ]
+            ),
+            Turn("Oslo, at 4 °C, is the only one I know."),
+        )
+        if settings == "openai":
+            env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": server.url + "/v1"}
+        elif settings == "openai-local":  # a keyless OpenAI-compatible server
+            env = {"OPENAI_BASE_URL": server.url + "/v1"}
+        else:
+            env = {"ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": server.url}
+        out = run("tool_agent.py", **env).splitlines()
+        requests = list(server.requests)
+    assert [request.wire for request in requests] == [wire, wire]
+    assert out[-4:] == [
+        "weather({'city': 'Oslo'}) -> 4 °C, clear",
+        "weather({'city': 'Rome'}) -> unknown",
+        "answer: Oslo, at 4 °C, is the only one I know.",
         "tool calls: 2",
     ]
