@@ -725,7 +725,9 @@ async def test_a_final_answer_cut_at_the_token_limit_is_an_error_not_an_answer(
 async def test_a_final_answer_cut_by_the_content_filter_is_an_error() -> None:
     rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
     provider = ar.ScriptedProvider([cut("Here is how", "content_filter")])
-    with pytest.raises(ar.AgentLoopError, match=r"content filter.*final answer is incomplete"):
+    with pytest.raises(
+        ar.AgentLoopError, match=r"content filter.*\) in its final answer, so the run stops"
+    ):
         await rt.run_agent_with_provider("a", "q", provider)
 
 
@@ -761,7 +763,9 @@ async def test_tool_calls_in_a_reply_the_content_filter_stopped_do_not_run() -> 
     call = ar.providers.base.ToolCall(id="c1", name="record", arguments={"n": 1})
     provider = ar.ScriptedProvider([cut("", "content_filter", tool_calls=[call]), "done"])
     rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[record])
-    with pytest.raises(ar.AgentLoopError, match=r"content filter.*its tool calls is incomplete"):
+    with pytest.raises(
+        ar.AgentLoopError, match=r"content filter.*\) in its tool calls, so the run stops"
+    ):
         await rt.run_agent_with_provider("a", "q", provider)
     assert ran == []
 

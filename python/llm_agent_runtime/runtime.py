@@ -3468,7 +3468,7 @@ def _incomplete_reply(stop_reason: str, what: str, text: str = "") -> AgentLoopE
     if stop_reason == "content_filter":
         return AgentLoopError(
             f"the provider's content filter cut off the model's reply (stop reason "
-            f"'content_filter'): {what} is incomplete, so the run stops"
+            f"'content_filter') in {what}, so the run stops"
         )
     return AgentLoopError(
         f"the model's reply was cut off at its output token limit (stop reason "
