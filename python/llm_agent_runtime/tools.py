@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from types import SimpleNamespace
 from typing import (
@@ -47,7 +48,7 @@ from pydantic import (
     create_model,
 )
 from pydantic.fields import FieldInfo
-from pydantic.json_schema import GenerateJsonSchema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaWarningKind
 from pydantic_core import PydanticUndefined, core_schema
 from typing_extensions import TypedDict
 
@@ -396,7 +397,8 @@ class ToolSpec:
         description: What the tool does, shown to the model.
         handler: `dict -> result`, sync or async.
         parameters: JSON schema of the arguments object (a copy given `"type": "object"`
-            when it has no "type").
+            when it has no "type", and `"properties": {}` when it has no "properties",
+            which OpenAI refuses).
         required_fields: Argument names that must be present (added to the schema's
             `required`, in a copy of `parameters`).
         timeout: Seconds a call may take before it fails as `transient`.
@@ -475,6 +477,8 @@ class ToolSpec:
         schema = parameters or {"type": "object", "properties": {}}
         if "type" not in schema:  # taken for an object, but providers want it said (a copy)
             schema = {"type": "object", **schema}
+        if "properties" not in schema:  # OpenAI refuses an object schema without (a copy)
+            schema = {**schema, "properties": {}}
         declared = list(schema.get("required", ()))
         added = [f for f in dict.fromkeys(fields) if f not in declared]
         if added:  # a copy: the caller's schema stays as it was
@@ -1229,7 +1233,8 @@ def tool(
     callable objects can be tools. A parameter whose `Field` has an alias (or a validation
     alias) goes by it, in the schema and in the arguments (an `AliasPath` or `AliasChoices`
     by its first path of a single key, as pydantic's schema names it). Argument descriptions
-    come from a Google, Sphinx or NumPy style docstring.
+    come from a Google, Sphinx or NumPy style docstring; one for a name that is no parameter
+    (a misspelling, say) is not shown, and a `UserWarning` says so.
 
     Args:
         fn: The function (when used as `@tool` without parentheses).
@@ -1394,6 +1399,22 @@ def tool(
             doc = arg_docs.get(pname, arg_docs.get(prop_name))
             if doc is not None:
                 prop.setdefault("description", doc)
+        # A misspelled name in the docstring would leave its parameter undescribed, silently.
+        # A parameter the model is not shown (fixed by a partial, the idempotency key) may
+        # still be documented: the docstring is the function's, under any partial.
+        stray = [n for n in arg_docs if n not in signature.parameters and n not in properties]
+        if stray and base is not func:
+            with contextlib.suppress(TypeError, ValueError):
+                own = inspect.signature(base).parameters
+                stray = [n for n in stray if n not in own]
+        if stray:
+            warnings.warn(
+                f"tool {tool_name!r}: its docstring describes {', '.join(map(repr, stray))}, "
+                f"which is not a parameter (the parameters are: "
+                f"{', '.join(signature.parameters) or 'none'}); that description is not shown",
+                UserWarning,
+                stacklevel=3 if fn is not None else 2,  # the line that makes the tool
+            )
         _drop_refused_defaults(
             tool_name,
             schema,
@@ -1598,8 +1619,15 @@ class _ArgumentsJsonSchema(GenerateJsonSchema):
     """Pydantic's JSON schema of arguments, without the dataclass fields a call refuses.
 
     A dataclass field with `init=False` is set by the dataclass, not passed: pydantic shows
-    it all the same, and a tool's validator refuses it as an unknown key.
+    it all the same, and a tool's validator refuses it as an unknown key. A default with no
+    JSON form (a sentinel `object()`, a client) is left out silently: such a default is
+    expected of a tool, and pydantic's warning would fail a program run with `-W error`.
     """
+
+    ignored_warning_kinds: set[JsonSchemaWarningKind] = {  # noqa: RUF012 (as pydantic declares it)
+        *GenerateJsonSchema.ignored_warning_kinds,
+        "non-serializable-default",
+    }
 
     def field_is_present(
         self,
@@ -2192,7 +2220,9 @@ class ToolRegistry:
             if policy is not None:
                 raise policy from error
             kind = classify_error(error)
-            return Observation(_truncate(f"error: {_describe(error)}", max_chars), kind)
+            # A KeyError's message is the bare key (`'u2'`): its type says what went wrong.
+            detail = _describe(error, with_type=isinstance(error, KeyError))
+            return Observation(_truncate(f"error: {detail}", max_chars), kind)
         except asyncio.CancelledError:
             if not _cancelled_by_the_tool(task, cancels):
                 raise  # the call itself is cancelled
