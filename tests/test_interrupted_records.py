@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,20 @@ def _reply(mode: str, *calls: str) -> Any:
     return f'Thought: call {name}\nAction: {name} {{"a": 1}}'
 
 
-def _backend(kind: str, tmp_path: Path) -> Any:
-    if kind == "memory":
-        return ar.InMemoryBackend()
-    return ar.SqliteBackend(tmp_path / "store.db")
+@pytest.fixture
+def make_backend(tmp_path: Path) -> Iterator[Callable[[str], Any]]:
+    """Makes a backend of a kind; an SQLite one is closed after the test."""
+    made: list[ar.SqliteBackend] = []
+
+    def make(kind: str) -> Any:
+        if kind == "memory":
+            return ar.InMemoryBackend()
+        made.append(ar.SqliteBackend(tmp_path / "store.db"))
+        return made[-1]
+
+    yield make
+    for backend in made:
+        backend.close()
 
 
 def _runtime(mode: str, backend: Any = None, **config: Any) -> ar.AgentRuntime:
@@ -117,9 +128,9 @@ async def test_a_call_cancelled_from_outside_still_says_cancelled(mode: str) -> 
     ("mode", "calls"), [("react", ("stall",)), ("tools", ("stall",)), ("tools", ("quick", "stall"))]
 )
 async def test_a_checkpointed_call_the_timeout_cuts_off_says_so_in_the_saved_log(
-    kind: str, mode: str, calls: tuple[str, ...], tmp_path: Path
+    kind: str, mode: str, calls: tuple[str, ...], make_backend: Callable[[str], Any]
 ) -> None:
-    backend = _backend(kind, tmp_path)
+    backend = make_backend(kind)
     rt = _runtime(mode, backend)
     session = rt.create_session("a")
     provider = ar.ScriptedProvider([_reply(mode, "quick"), _reply(mode, *calls), "done"])
@@ -144,9 +155,9 @@ async def test_a_checkpointed_call_the_timeout_cuts_off_says_so_in_the_saved_log
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 @pytest.mark.parametrize("mode", ["react", "tools"])
 async def test_a_timed_out_checkpointed_run_saves_its_duration(
-    kind: str, mode: str, tmp_path: Path
+    kind: str, mode: str, make_backend: Callable[[str], Any]
 ) -> None:
-    backend = _backend(kind, tmp_path)
+    backend = make_backend(kind)
     rt = _runtime(mode, backend)
     session = rt.create_session("a")
     provider = ar.ScriptedProvider([_reply(mode, "quick"), _reply(mode, "stall"), "done"])
@@ -159,9 +170,9 @@ async def test_a_timed_out_checkpointed_run_saves_its_duration(
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 async def test_a_failed_later_turn_saves_the_duration_of_all_turns(
-    kind: str, tmp_path: Path
+    kind: str, make_backend: Callable[[str], Any]
 ) -> None:
-    backend = _backend(kind, tmp_path)
+    backend = make_backend(kind)
     rt = _runtime("react", backend, corrective_reprompt=False)
     session = rt.create_session("a")
     await rt.run_turn(session, "q1", ar.ScriptedProvider(["Thought: t\nAction: FINAL_ANSWER 1"]))
