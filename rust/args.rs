@@ -5,8 +5,14 @@
 //! beyond the float range read as a float) and `UnicodeEncodeError` (a `str` holding a lone
 //! surrogate, such as a cut-off emoji escape).
 //! The helpers here turn both into the calling method's typed error naming the argument, or
-//! read a huge int as "no limit" where the argument is a limit. Methods take them with
-//! `#[pyo3(from_py_with = ...)]`, or call them on a `&Bound<PyAny>` argument.
+//! read a huge int as "no limit" where the argument is a limit. A value of the wrong type is
+//! a `TypeError` naming the argument and what it takes ("directed must be a bool, got
+//! None"), not PyO3's generic wording (which names the argument only in an exception note):
+//! each helper takes the argument's name, and a module gives it through a one-line wrapper
+//! per argument (`fn directed_arg(v) -> PyResult<bool> { args::flag(v, "directed") }`) that
+//! methods take with `#[pyo3(from_py_with = ...)]`; or it calls them on a `&Bound<PyAny>`
+//! argument. The right type costs what PyO3's own conversion costs: the message is built on
+//! the error path only.
 
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
@@ -80,13 +86,15 @@ pub fn non_negative(
 
 /// Extracts a Python int as an unsigned `T` (`u32`, `u64`, ...) for arguments whose whole
 /// range is meaningful; an int out of range raises `error(its decimal text)` instead of the
-/// built-in `OverflowError`. Anything not an int is a `TypeError`, as with plain `T`.
+/// built-in `OverflowError`. Anything not an int is a `TypeError` naming the argument `name`
+/// (see [`wrong_type`]).
 ///
 /// # Errors
 /// `error(...)` for a negative int or one above `T::MAX`; `TypeError` for a non-int.
 #[inline]
 pub fn extract_unsigned<'py, T>(
     obj: &Bound<'py, PyAny>,
+    name: &str,
     error: impl FnOnce(String) -> CoreError,
 ) -> PyResult<T>
 where
@@ -94,7 +102,7 @@ where
 {
     match obj.extract::<T>() {
         Ok(value) => Ok(value),
-        Err(e) => Err(not_unsigned(obj, e, error)),
+        Err(e) => Err(not_unsigned(obj, name, e, error)),
     }
 }
 
@@ -103,11 +111,12 @@ where
 #[inline(never)]
 fn not_unsigned(
     obj: &Bound<'_, PyAny>,
+    name: &str,
     e: PyErr,
     error: impl FnOnce(String) -> CoreError,
 ) -> PyErr {
     if !e.is_instance_of::<PyOverflowError>(obj.py()) {
-        return e;
+        return named(obj, name, INT, e);
     }
     match obj.str() {
         Ok(text) => error(text.to_string()).into(),
@@ -135,23 +144,33 @@ impl OutOfRange {
 
 /// A real-number argument as `f64` (a float, an int, or anything with `__float__`); a number
 /// beyond the float range (such as `10**400`) is `error(message)` instead of the built-in
-/// `OverflowError`.
+/// `OverflowError`. Anything not a number is a `TypeError` naming the argument `name`.
 ///
 /// # Errors
-/// `error(...)` for a number beyond the float range; `TypeError` for a non-number, as `f64`.
-pub fn real(obj: &Bound<'_, PyAny>, error: impl FnOnce(String) -> CoreError) -> PyResult<f64> {
+/// `error(...)` for a number beyond the float range; `TypeError` for a non-number.
+#[inline]
+pub fn real(
+    obj: &Bound<'_, PyAny>,
+    name: &str,
+    error: impl FnOnce(String) -> CoreError,
+) -> PyResult<f64> {
     match obj.extract::<f64>() {
         Ok(value) => Ok(value),
-        Err(e) => Err(not_real(obj, e, error)),
+        Err(e) => Err(not_real(obj, name, e, error)),
     }
 }
 
 /// The error of [`real`], kept off its fast path.
 #[cold]
 #[inline(never)]
-fn not_real(obj: &Bound<'_, PyAny>, e: PyErr, error: impl FnOnce(String) -> CoreError) -> PyErr {
+fn not_real(
+    obj: &Bound<'_, PyAny>,
+    name: &str,
+    e: PyErr,
+    error: impl FnOnce(String) -> CoreError,
+) -> PyErr {
     if !e.is_instance_of::<PyOverflowError>(obj.py()) {
-        return e;
+        return named(obj, name, REAL, e);
     }
     error(format!(
         "a number beyond the float range ({})",
@@ -163,22 +182,23 @@ fn not_real(obj: &Bound<'_, PyAny>, e: PyErr, error: impl FnOnce(String) -> Core
 /// A Python int of any size as `usize`, or where it falls outside (never `OverflowError`).
 ///
 /// # Errors
-/// `TypeError` when `obj` is not an int (as PyO3's own conversion).
-pub fn to_usize(obj: &Bound<'_, PyAny>) -> PyResult<Result<usize, OutOfRange>> {
+/// `TypeError` naming the argument `name` when `obj` is not an int.
+#[inline]
+pub fn to_usize(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Result<usize, OutOfRange>> {
     match obj.extract::<i64>() {
         Ok(value) => {
             Ok(usize::try_from(value).map_err(|_| OutOfRange::Negative(value.to_string())))
         }
-        Err(e) => beyond_i64(obj, e),
+        Err(e) => beyond_i64(obj, name, e),
     }
 }
 
 /// [`to_usize`] for an int that `i64` cannot hold (or a non-int), off the fast path.
 #[cold]
 #[inline(never)]
-fn beyond_i64(obj: &Bound<'_, PyAny>, e: PyErr) -> PyResult<Result<usize, OutOfRange>> {
+fn beyond_i64(obj: &Bound<'_, PyAny>, name: &str, e: PyErr) -> PyResult<Result<usize, OutOfRange>> {
     if !e.is_instance_of::<PyOverflowError>(obj.py()) {
-        return Err(e);
+        return Err(named(obj, name, INT, e));
     }
     if let Ok(value) = obj.extract::<u64>() {
         if let Ok(value) = usize::try_from(value) {
@@ -197,13 +217,15 @@ fn beyond_i64(obj: &Bound<'_, PyAny>, e: PyErr) -> PyResult<Result<usize, OutOfR
 /// where an int too large for `usize` means "no limit" and becomes `usize::MAX`.
 ///
 /// # Errors
-/// `refuse(decimal text of the value)` when it is below `min`; `TypeError` for a non-int.
+/// `refuse(decimal text of the value)` when it is below `min`; `TypeError` naming the
+/// argument `name` for a non-int.
 pub fn limit(
     obj: &Bound<'_, PyAny>,
+    name: &str,
     min: usize,
     refuse: impl FnOnce(String) -> CoreError,
 ) -> PyResult<usize> {
-    match to_usize(obj)? {
+    match to_usize(obj, name)? {
         Ok(value) if value >= min => Ok(value),
         Ok(value) => Err(refuse(value.to_string()).into()),
         Err(OutOfRange::TooLarge(_)) => Ok(usize::MAX),
@@ -216,12 +238,17 @@ pub fn limit(
 /// `error(message)` instead of the built-in `UnicodeEncodeError`.
 ///
 /// # Errors
-/// `error(...)` for a lone surrogate; `TypeError` when `obj` is not a `str`.
+/// `error(...)` for a lone surrogate; `TypeError` naming the argument `name` when `obj` is
+/// not a `str`.
+#[inline]
 pub fn text(
     obj: &Bound<'_, PyAny>,
+    name: &str,
     error: impl FnOnce(String) -> CoreError,
 ) -> PyResult<PyBackedStr> {
-    let string = obj.cast::<PyString>()?;
+    let Ok(string) = obj.cast::<PyString>() else {
+        return Err(wrong_type(obj, name, STR));
+    };
     match PyBackedStr::try_from(string.clone()) {
         Ok(text) => Ok(text),
         Err(e) => Err(not_unicode(string, &e, error)),
@@ -271,9 +298,12 @@ fn not_unicode(
 /// it and a lookup treats it as absent.
 ///
 /// # Errors
-/// `TypeError` when `obj` is not a `str`.
-pub fn lookup_text(obj: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
-    let string = obj.cast::<PyString>()?;
+/// `TypeError` naming the argument `name` when `obj` is not a `str`.
+#[inline]
+pub fn lookup_text(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<PyBackedStr>> {
+    let Ok(string) = obj.cast::<PyString>() else {
+        return Err(wrong_type(obj, name, STR));
+    };
     Ok(PyBackedStr::try_from(string.clone()).ok())
 }
 
@@ -300,7 +330,7 @@ pub fn names(
     items
         .iter()
         .enumerate()
-        .map(|(at, item)| text(item, error).map_err(|e| not_a_name(item, at, what, e)))
+        .map(|(at, item)| text(item, "item", error).map_err(|e| not_a_name(item, at, what, e)))
         .collect()
 }
 
@@ -339,12 +369,25 @@ fn not_a_name(item: &Bound<'_, PyAny>, at: usize, what: &dyn Fn() -> String, e: 
     PyTypeError::new_err(format!("{}: item {at} is {}", what(), describe(item)))
 }
 
-/// A short description of a value given as an argument, for error messages: "one str
-/// ('ab')", "bytes (b'ab')", "None", or the type's name with the value's `repr` (cut to 40
-/// characters), as "float (1.5)".
+/// A short description of a value given where a list is expected, for error messages: as
+/// [`describe_value`], but "one str ('ab')" for a `str` (one name, not a list of them).
 #[cold]
 #[inline(never)]
 pub fn describe(obj: &Bound<'_, PyAny>) -> String {
+    let described = describe_value(obj);
+    if obj.is_instance_of::<PyString>() {
+        format!("one {described}")
+    } else {
+        described
+    }
+}
+
+/// A short description of a value given as an argument, for error messages: "None", or the
+/// type's name with the value's `repr` (cut to 40 characters), as "float (1.5)", "str
+/// ('ab')" or "bytes (b'ab')".
+#[cold]
+#[inline(never)]
+pub fn describe_value(obj: &Bound<'_, PyAny>) -> String {
     if obj.is_none() {
         return "None".to_owned();
     }
@@ -357,9 +400,7 @@ pub fn describe(obj: &Bound<'_, PyAny>) -> String {
         Some((cut, _)) => format!("{}...", &shown[..cut]),
         None => shown,
     };
-    if obj.is_instance_of::<PyString>() {
-        format!("one str ({shown})")
-    } else if shown.is_empty() {
+    if shown.is_empty() {
         kind
     } else {
         format!("{kind} ({shown})")
@@ -379,57 +420,69 @@ pub fn entity_names(obj: &Bound<'_, PyAny>, method: &str) -> PyResult<Vec<PyBack
     )
 }
 
-/// [`text`] for arguments of the knowledge graph (a `GraphError`).
+/// [`text`] for an optional argument: None stays None; anything else not a `str` is a
+/// `TypeError` naming the argument `name` ("a str or None").
 ///
 /// # Errors
 /// As [`text`].
-pub fn graph_text(obj: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
-    text(obj, CoreError::Graph)
-}
-
-/// [`text`] for arguments of the memory stores (a `MemoryStoreError`).
-///
-/// # Errors
-/// As [`text`].
-pub fn memory_text(obj: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
-    text(obj, CoreError::Memory)
-}
-
-/// [`text`] for arguments of the runtime metrics (an `AgentRuntimeError`).
-///
-/// # Errors
-/// As [`text`].
-pub fn runtime_text(obj: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
-    text(obj, CoreError::Runtime)
-}
-
-/// [`text`] for an optional argument: None stays None.
-///
-/// # Errors
-/// As [`text`].
+#[inline]
 pub fn optional_text(
     obj: &Bound<'_, PyAny>,
+    name: &str,
     error: impl FnOnce(String) -> CoreError,
 ) -> PyResult<Option<PyBackedStr>> {
     if obj.is_none() {
         Ok(None)
+    } else if obj.is_instance_of::<PyString>() {
+        text(obj, name, error).map(Some)
     } else {
-        text(obj, error).map(Some)
+        Err(wrong_type(obj, name, OPTIONAL_STR))
     }
 }
 
-/// [`graph_text`] for an optional argument (None stays None).
+/// A `bool` argument (Python's, or numpy's `bool_`, as PyO3's own conversion takes it).
 ///
 /// # Errors
-/// As [`text`].
-pub fn optional_graph_text(obj: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
-    optional_text(obj, CoreError::Graph)
+/// `TypeError` naming the argument `name` for anything else (an int included).
+#[inline]
+pub fn flag(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<bool> {
+    match obj.extract::<bool>() {
+        Ok(value) => Ok(value),
+        Err(e) => Err(named(obj, name, BOOL, e)),
+    }
 }
 
-/// [`runtime_text`] for an optional argument (None stays None).
-///
-/// # Errors
-/// As [`text`].
-pub fn optional_runtime_text(obj: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
-    optional_text(obj, CoreError::Runtime)
+/// What a `str` argument takes, for [`wrong_type`].
+pub const STR: &str = "a str";
+/// What an optional `str` argument takes, for [`wrong_type`].
+pub const OPTIONAL_STR: &str = "a str or None";
+/// What an int argument takes, for [`wrong_type`].
+pub const INT: &str = "an int";
+/// What a bool argument takes, for [`wrong_type`].
+pub const BOOL: &str = "a bool";
+/// What a real-number argument takes, for [`wrong_type`].
+pub const REAL: &str = "a real number";
+
+/// The `TypeError` for `obj` given as the argument `name`, which takes `what` (such as
+/// [`STR`]): "name must be what, got <[`describe_value`]>".
+#[cold]
+#[inline(never)]
+pub fn wrong_type(obj: &Bound<'_, PyAny>, name: &str, what: &str) -> PyErr {
+    PyTypeError::new_err(format!(
+        "{name} must be {what}, got {}",
+        describe_value(obj)
+    ))
+}
+
+/// The error `e` of converting `obj`, the argument `name`, to `what`: a `TypeError` becomes
+/// [`wrong_type`]'s; any other (an exception raised by the value's own `__index__`, say)
+/// stays as it is.
+#[cold]
+#[inline(never)]
+fn named(obj: &Bound<'_, PyAny>, name: &str, what: &str, e: PyErr) -> PyErr {
+    if e.is_instance_of::<PyTypeError>(obj.py()) {
+        wrong_type(obj, name, what)
+    } else {
+        e
+    }
 }

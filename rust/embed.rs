@@ -258,7 +258,7 @@ fn dim_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
     args::not_bool(value, |_| {
         CoreError::Memory("dim must be an int, got bool".into())
     })?;
-    match args::to_usize(value)? {
+    match args::to_usize(value, "dim")? {
         Ok(dim) if dim >= 1 => Ok(dim), // the upper bound is checked by `Hashing::new`
         Ok(dim) => Err(CoreError::Memory(format!("dim must be at least 1, got {dim}")).into()),
         Err(OutOfRange::Negative(v)) => {
@@ -274,7 +274,7 @@ fn word_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
     args::not_bool(value, |_| {
         CoreError::Memory("word_ngrams must be an int, got bool".into())
     })?;
-    match args::to_usize(value)? {
+    match args::to_usize(value, "word_ngrams")? {
         Ok(n) if n >= 1 => Ok(n),
         Ok(n) => Err(CoreError::Memory(format!("word_ngrams must be at least 1, got {n}")).into()),
         Err(OutOfRange::Negative(v)) => {
@@ -298,7 +298,7 @@ fn char_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
         args::not_bool(v, |_| {
             CoreError::Memory("char_ngrams must hold ints, got a bool".into())
         })?;
-        match args::to_usize(v)? {
+        match args::to_usize(v, "each of char_ngrams")? {
             Ok(n) => Ok(n),
             Err(OutOfRange::Negative(v)) => {
                 Err(CoreError::Memory(format!("char_ngrams must be >= 0, got {v}")).into())
@@ -398,7 +398,7 @@ impl PyHashingEmbedder {
                 if !item.is_instance_of::<pyo3::types::PyString>() {
                     return Err(not_strings());
                 }
-                args::text(item, CoreError::Memory)
+                args::text(item, "texts", CoreError::Memory)
             })
             .collect::<PyResult<Vec<_>>>()?;
         let n = texts.len();

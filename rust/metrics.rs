@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use pyo3::pybacked::PyBackedStr;
 
-use crate::args::{extract_unsigned, lookup_text, not_bool, optional_runtime_text, runtime_text};
+use crate::args::{self, extract_unsigned, not_bool};
 use crate::errors::CoreError;
 
 /// Call and failure counts of one tool or one agent.
@@ -520,8 +520,9 @@ impl PyRuntimeMetrics {
 }
 
 /// An amount added to a counter: an int from 0 to 2**64 - 1; others raise `AgentRuntimeError`
-/// (metrics have no narrower exception class) rather than the built-in `OverflowError`.
-fn amount_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
+/// (metrics have no narrower exception class) rather than the built-in `OverflowError`; a
+/// value that is no int is a `TypeError` naming the argument `name`.
+fn amount_arg(value: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
     // A bool (Python's or numpy's) is no count: True would be counted as 1.
     not_bool(value, |flag| {
         CoreError::Runtime(format!(
@@ -529,11 +530,43 @@ fn amount_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
             if flag { "True" } else { "False" }
         ))
     })?;
-    extract_unsigned(value, |v| {
+    extract_unsigned(value, name, |v| {
         CoreError::Runtime(format!(
             "counts must be integers between 0 and 2**64 - 1, got {v}"
         ))
     })
+}
+
+// One `from_py_with` function per argument: each names its argument in a wrong type's
+// `TypeError` (see `args`); a lone surrogate in a name is an `AgentRuntimeError` (or, where
+// the name is looked up, absent).
+
+fn count_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
+    amount_arg(value, "count")
+}
+
+fn input_tokens_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
+    amount_arg(value, "input_tokens")
+}
+
+fn output_tokens_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
+    amount_arg(value, "output_tokens")
+}
+
+fn tool_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "tool", CoreError::Runtime)
+}
+
+fn optional_agent_id_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
+    args::optional_text(value, "agent_id", CoreError::Runtime)
+}
+
+fn lookup_name_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
+    args::lookup_text(value, "name")
+}
+
+fn text_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "text", CoreError::Runtime)
 }
 
 #[pymethods]
@@ -565,8 +598,8 @@ impl PyRuntimeMetrics {
     #[pyo3(signature = (tool, agent_id=None))]
     fn record_tool_call(
         &self,
-        #[pyo3(from_py_with = runtime_text)] tool: PyBackedStr,
-        #[pyo3(from_py_with = optional_runtime_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = tool_arg)] tool: PyBackedStr,
+        #[pyo3(from_py_with = optional_agent_id_arg)] agent_id: Option<PyBackedStr>,
     ) {
         self.inner.record_tool_call(&tool, agent_id.as_deref());
     }
@@ -578,8 +611,8 @@ impl PyRuntimeMetrics {
     #[pyo3(signature = (tool, agent_id=None))]
     fn record_tool_failure(
         &self,
-        #[pyo3(from_py_with = runtime_text)] tool: PyBackedStr,
-        #[pyo3(from_py_with = optional_runtime_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = tool_arg)] tool: PyBackedStr,
+        #[pyo3(from_py_with = optional_agent_id_arg)] agent_id: Option<PyBackedStr>,
     ) {
         self.inner.record_tool_failure(&tool, agent_id.as_deref());
     }
@@ -594,7 +627,7 @@ impl PyRuntimeMetrics {
     /// Raises:
     ///     AgentRuntimeError: `count` is negative or not below 2**64.
     #[pyo3(signature = (count=1))]
-    fn record_memory_recall(&self, #[pyo3(from_py_with = amount_arg)] count: u64) {
+    fn record_memory_recall(&self, #[pyo3(from_py_with = count_arg)] count: u64) {
         self.inner.record_memory_recall(count);
     }
 
@@ -609,8 +642,8 @@ impl PyRuntimeMetrics {
     ///     AgentRuntimeError: a count is negative or not below 2**64.
     fn record_tokens(
         &self,
-        #[pyo3(from_py_with = amount_arg)] input_tokens: u64,
-        #[pyo3(from_py_with = amount_arg)] output_tokens: u64,
+        #[pyo3(from_py_with = input_tokens_arg)] input_tokens: u64,
+        #[pyo3(from_py_with = output_tokens_arg)] output_tokens: u64,
     ) {
         self.inner.record_tokens(input_tokens, output_tokens);
     }
@@ -729,7 +762,7 @@ impl PyMetricsSnapshot {
     /// Unicode: none can be recorded).
     fn tool_call_count(
         &self,
-        #[pyo3(from_py_with = lookup_text)] name: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_name_arg)] name: Option<PyBackedStr>,
     ) -> u64 {
         name.map_or(0, |name| self.inner.tool_call_count(&name))
     }
@@ -737,7 +770,7 @@ impl PyMetricsSnapshot {
     /// Total failures of the tool `name` (0 if none, or `name` is not valid Unicode).
     fn tool_failure_count(
         &self,
-        #[pyo3(from_py_with = lookup_text)] name: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_name_arg)] name: Option<PyBackedStr>,
     ) -> u64 {
         name.map_or(0, |name| self.inner.tool_failure_count(&name))
     }
@@ -745,7 +778,7 @@ impl PyMetricsSnapshot {
     /// Calls of `name` that did not fail (0 for a name that is not valid Unicode).
     fn tool_success_count(
         &self,
-        #[pyo3(from_py_with = lookup_text)] name: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_name_arg)] name: Option<PyBackedStr>,
     ) -> u64 {
         name.map_or(0, |name| {
             self.inner
@@ -780,7 +813,7 @@ impl PyMetricsSnapshot {
     /// 0.0 to 1.0 as `failure_rate`.
     fn failed_tool_ratio_for(
         &self,
-        #[pyo3(from_py_with = lookup_text)] name: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_name_arg)] name: Option<PyBackedStr>,
     ) -> f64 {
         name.map_or(0.0, |name| {
             failure_ratio(
@@ -868,7 +901,7 @@ impl PyMetricsSnapshot {
     #[staticmethod]
     fn from_json(
         py: Python<'_>,
-        #[pyo3(from_py_with = runtime_text)] text: PyBackedStr,
+        #[pyo3(from_py_with = text_arg)] text: PyBackedStr,
     ) -> PyResult<PyMetricsSnapshot> {
         let inner: Snapshot = py
             .detach(|| serde_json::from_str(&text))

@@ -16,7 +16,7 @@ use numpy::{
     IntoPyArray, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
 };
 use parking_lot::RwLock;
-use pyo3::exceptions::PyUnicodeEncodeError;
+use pyo3::exceptions::{PyTypeError, PyUnicodeEncodeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PyMemoryView};
 use rayon::prelude::*;
@@ -1380,7 +1380,7 @@ fn size_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
     args::not_bool(value, |_| {
         CoreError::Memory(format!("{what} must be an int, got bool"))
     })?;
-    match args::to_usize(value)? {
+    match args::to_usize(value, what)? {
         Ok(size) => Ok(size),
         // One message for every size out of range, as the index's own check of 0 gives.
         Err(OutOfRange::Negative(v) | OutOfRange::TooLarge(v)) => Err(CoreError::Memory(format!(
@@ -1403,7 +1403,7 @@ fn rescore_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
 /// `MemoryStoreError`. An unknown name is returned as the error, which the constructor
 /// raises itself (PyO3 notes the argument on errors raised while extracting it).
 fn dtype_arg(value: &Bound<'_, PyAny>) -> PyResult<CoreResult<Dtype>> {
-    let name = args::memory_text(value)?;
+    let name = args::text(value, "dtype", CoreError::Memory)?;
     Ok(Dtype::parse(&name).ok_or_else(|| {
         CoreError::Memory(format!(
             "unknown dtype {:?}: expected \"float32\", \"float16\" or \"int8\"",
@@ -1416,7 +1416,7 @@ fn dtype_arg(value: &Bound<'_, PyAny>) -> PyResult<CoreResult<Dtype>> {
 /// one that is not valid Unicode (a lone surrogate) is a `PersistenceError`, as a path that
 /// cannot be used is, not the built-in `UnicodeEncodeError`.
 fn path_arg(value: &Bound<'_, PyAny>) -> PyResult<String> {
-    Ok(path_str(&fs_path(value)?)?.to_owned())
+    Ok(path_str(&fs_path(value, "path", "a str or os.PathLike")?)?.to_owned())
 }
 
 /// An optional file path given as a `str` or `os.PathLike` (`originals_path`); see
@@ -1425,12 +1425,18 @@ fn optional_path_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<PathBuf>> {
     if value.is_none() {
         return Ok(None);
     }
-    fs_path(value).map(Some)
+    fs_path(value, "originals_path", "a str, os.PathLike or None").map(Some)
+}
+
+/// `exact_rescore`: a bool.
+fn exact_rescore_arg(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    args::flag(value, "exact_rescore")
 }
 
 /// `os.fspath(value)` as a path; one with no file-system form (a lone surrogate) is a
-/// `PersistenceError`, not `UnicodeEncodeError`.
-fn fs_path(value: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+/// `PersistenceError`, not `UnicodeEncodeError`; a value that is no path (nor bytes) is a
+/// `TypeError` naming the argument `name`, which takes `what`.
+fn fs_path(value: &Bound<'_, PyAny>, name: &str, what: &str) -> PyResult<PathBuf> {
     match value.extract::<PathBuf>() {
         Ok(path) => Ok(path),
         Err(e) if e.is_instance_of::<PyUnicodeEncodeError>(value.py()) => {
@@ -1439,6 +1445,9 @@ fn fs_path(value: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
                 e.value(value.py())
             ))
             .into())
+        }
+        Err(e) if e.is_instance_of::<PyTypeError>(value.py()) => {
+            Err(args::wrong_type(value, name, what))
         }
         Err(e) => Err(e),
     }
@@ -1450,7 +1459,7 @@ fn k_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
     args::not_bool(value, |_| {
         CoreError::Memory("k must be an int, got bool".into())
     })?;
-    args::limit(value, 1, |v| {
+    args::limit(value, "k", 1, |v| {
         CoreError::Memory(format!("k must be at least 1, got {v}"))
     })
 }
@@ -1467,7 +1476,7 @@ impl PyVectorIndex {
         #[pyo3(from_py_with = dim_arg)] dim: usize,
         #[pyo3(from_py_with = dtype_arg)] dtype: CoreResult<Dtype>,
         #[pyo3(from_py_with = rescore_arg)] rescore: usize,
-        exact_rescore: bool,
+        #[pyo3(from_py_with = exact_rescore_arg)] exact_rescore: bool,
         #[pyo3(from_py_with = optional_path_arg)] originals_path: Option<PathBuf>,
     ) -> PyResult<Self> {
         let dtype = dtype?;

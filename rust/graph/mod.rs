@@ -32,9 +32,7 @@ use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple};
 use serde_json::Value;
 
-use crate::args::{
-    self, entity_names, extract_unsigned, graph_text, optional_graph_text, OutOfRange,
-};
+use crate::args::{self, entity_names, extract_unsigned, OutOfRange};
 use crate::errors::{
     catch_panics, run_detached, run_interruptible, run_stoppable, CoreError, CoreResult,
 };
@@ -418,7 +416,7 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
         let index = |i: usize| -> PyResult<u32> {
             let item = tuple.get_borrowed_item(i)?;
             not_bool(&item, "an edge index")?;
-            extract_unsigned(&item, |v| {
+            extract_unsigned(&item, "an edge index", |v| {
                 CoreError::Graph(format!("edge index {v} is out of range for {n} entities"))
             })
             .map_err(|error| not_an_index(&item, error))
@@ -560,6 +558,15 @@ impl PyGraphStore {
         Ok(built)
     }
 
+    /// Whether an entity has the id `id` (false for a lone surrogate: every stored id is
+    /// valid Unicode).
+    fn contains(&self, py: Python<'_>, id: &Bound<'_, PyString>) -> PyResult<bool> {
+        match id.to_str() {
+            Ok(id) => self.read(py, |s| s.contains(id)),
+            Err(_) => Ok(false),
+        }
+    }
+
     /// Runs a traversal (`algo::bfs` or `algo::dfs`) and lists the ids it visits.
     fn traverse<'py>(
         &self,
@@ -657,7 +664,7 @@ fn not_bool(value: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
 /// A `seed` argument: any int from 0 to 2**64 - 1 (a negative one is a `GraphError`).
 fn seed_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
     not_bool(value, "seed")?;
-    extract_unsigned(value, |v| {
+    extract_unsigned(value, "seed", |v| {
         CoreError::Graph(format!("seed must be between 0 and 2**64 - 1, got {v}"))
     })
 }
@@ -665,7 +672,7 @@ fn seed_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
 /// A non-negative limit argument named `what`: an int beyond 64 bits means no limit.
 fn graph_limit(value: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
     not_bool(value, what)?;
-    args::limit(value, 0, |v| {
+    args::limit(value, what, 0, |v| {
         CoreError::Graph(format!("{what} must be >= 0, got {v}"))
     })
 }
@@ -691,7 +698,7 @@ fn max_rounds_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
 /// A cycle `cap`: an int >= 1 (beyond 64 bits: no limit).
 fn cap_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
     not_bool(value, "cycle cap")?;
-    args::limit(value, 1, |v| {
+    args::limit(value, "cycle cap", 1, |v| {
         CoreError::Graph(format!("cycle cap must be positive, got {v}"))
     })
 }
@@ -699,7 +706,7 @@ fn cap_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
 /// `from_edge_list`'s `n`: an int from 0 to 2**32 - 1.
 fn entity_count_arg(value: &Bound<'_, PyAny>) -> PyResult<u32> {
     not_bool(value, "n")?;
-    extract_unsigned(value, |v| {
+    extract_unsigned(value, "n", |v| {
         CoreError::Graph(format!("n must be between 0 and {}, got {v}", u32::MAX))
     })
 }
@@ -722,7 +729,7 @@ fn weight_arg(value: &Bound<'_, PyAny>) -> PyResult<f64> {
     if args::is_bool(value) {
         return Err(not_a_weight());
     }
-    args::real(value, |v| {
+    args::real(value, "relationship weight", |v| {
         CoreError::Graph(format!("relationship weight must be finite, got {v}"))
     })
     .map_err(|e| {
@@ -748,7 +755,7 @@ fn optional_weight_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
 fn resolution_arg(value: &Bound<'_, PyAny>) -> PyResult<f64> {
     let refuse =
         |v: String| CoreError::Graph(format!("resolution must be a finite number >= 0, got {v}"));
-    let resolution = args::real(value, refuse)?;
+    let resolution = args::real(value, "resolution", refuse)?;
     if resolution.is_finite() && resolution >= 0.0 {
         Ok(resolution)
     } else {
@@ -757,7 +764,7 @@ fn resolution_arg(value: &Bound<'_, PyAny>) -> PyResult<f64> {
 }
 
 /// The communities of `modularity` (a sequence of sequences of ids), each id read as by
-/// [`graph_text`].
+/// [`args::text`].
 fn communities_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<PyBackedStr>>> {
     let communities = match args::list_of(value) {
         Some(communities) => communities,
@@ -824,11 +831,78 @@ impl RelationshipRow {
     }
 }
 
+// One `from_py_with` function per argument: each names its argument in a wrong type's
+// `TypeError` (see `args`); a lone surrogate in a `str` is a `GraphError`.
+
+fn from_id_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "from_id", CoreError::Graph)
+}
+
+/// `has_entity`'s `id`, as the `str` it is (read without a copy).
+fn id_string_arg<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
+    match value.cast::<PyString>() {
+        Ok(id) => Ok(id.clone()),
+        Err(_) => Err(args::wrong_type(value, "id", args::STR)),
+    }
+}
+
+fn id_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "id", CoreError::Graph)
+}
+
+fn kind_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "kind", CoreError::Graph)
+}
+
+fn source_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "source", CoreError::Graph)
+}
+
+fn start_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "start", CoreError::Graph)
+}
+
+fn target_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "target", CoreError::Graph)
+}
+
+fn text_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "text", CoreError::Graph)
+}
+
+fn to_id_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "to_id", CoreError::Graph)
+}
+
+fn optional_kind_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
+    args::optional_text(value, "kind", CoreError::Graph)
+}
+
+fn optional_label_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
+    args::optional_text(value, "label", CoreError::Graph)
+}
+
+fn create_missing_arg(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    args::flag(value, "create_missing")
+}
+
+fn directed_arg(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    args::flag(value, "directed")
+}
+
+fn normalized_arg(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    args::flag(value, "normalized")
+}
+
+fn weighted_arg(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    args::flag(value, "weighted")
+}
+
 /// A degree `mode` argument: "in", "out" or "total". An unknown name is returned as the
 /// error, which the method raises itself (PyO3 notes the argument on errors raised while
 /// extracting it, and this one had no such note).
 fn degree_mode_arg(value: &Bound<'_, PyAny>) -> PyResult<CoreResult<DegreeMode>> {
-    Ok(degree_mode(&graph_text(value)?))
+    Ok(degree_mode(&args::text(value, "mode", CoreError::Graph)?))
 }
 
 fn degree_mode(mode: &str) -> CoreResult<DegreeMode> {
@@ -871,8 +945,8 @@ impl PyGraphStore {
     fn add_entity(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
-        #[pyo3(from_py_with = optional_graph_text)] label: Option<PyBackedStr>,
+        #[pyo3(from_py_with = id_arg)] id: PyBackedStr,
+        #[pyo3(from_py_with = optional_label_arg)] label: Option<PyBackedStr>,
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let properties = props::properties(properties)?;
@@ -893,8 +967,8 @@ impl PyGraphStore {
     fn update_entity(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
-        #[pyo3(from_py_with = optional_graph_text)] label: Option<PyBackedStr>,
+        #[pyo3(from_py_with = id_arg)] id: PyBackedStr,
+        #[pyo3(from_py_with = optional_label_arg)] label: Option<PyBackedStr>,
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let properties = match properties {
@@ -911,24 +985,25 @@ impl PyGraphStore {
     fn remove_entity(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
+        #[pyo3(from_py_with = id_arg)] id: PyBackedStr,
     ) -> PyResult<()> {
         self.mutate_detached(py, |s| s.remove_entity(&id).map(|_| ()))
     }
 
     /// Whether `id` is an entity (False for a `str` that is not valid Unicode, which no
     /// entity id is).
-    fn has_entity(&self, py: Python<'_>, id: &Bound<'_, PyString>) -> PyResult<bool> {
-        match id.to_str() {
-            Ok(id) => self.read(py, |s| s.contains(id)),
-            Err(_) => Ok(false), // a lone surrogate: every stored id is valid Unicode
-        }
+    fn has_entity(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = id_string_arg)] id: Bound<'_, PyString>,
+    ) -> PyResult<bool> {
+        self.contains(py, &id)
     }
 
     /// `id in graph`: `has_entity`, and False for anything not a `str` (as in a dict).
     fn __contains__(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
         match id.cast::<PyString>() {
-            Ok(id) => self.has_entity(py, id),
+            Ok(id) => self.contains(py, id),
             Err(_) => Ok(false),
         }
     }
@@ -937,7 +1012,7 @@ impl PyGraphStore {
     fn entity<'py>(
         &self,
         py: Python<'py>,
-        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
+        #[pyo3(from_py_with = id_arg)] id: PyBackedStr,
     ) -> PyResult<Bound<'py, PyDict>> {
         let (id, label, properties) = self.read(py, |s| {
             let e = s.entity(s.index_of(&id)?);
@@ -990,9 +1065,9 @@ impl PyGraphStore {
     fn add_relationship(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = graph_text)] from_id: PyBackedStr,
-        #[pyo3(from_py_with = graph_text)] to_id: PyBackedStr,
-        #[pyo3(from_py_with = optional_graph_text)] kind: Option<PyBackedStr>,
+        #[pyo3(from_py_with = from_id_arg)] from_id: PyBackedStr,
+        #[pyo3(from_py_with = to_id_arg)] to_id: PyBackedStr,
+        #[pyo3(from_py_with = optional_kind_arg)] kind: Option<PyBackedStr>,
         #[pyo3(from_py_with = weight_arg)] weight: f64,
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
@@ -1014,7 +1089,7 @@ impl PyGraphStore {
         &self,
         py: Python<'_>,
         relationships: &Bound<'_, PyAny>,
-        create_missing: bool,
+        #[pyo3(from_py_with = create_missing_arg)] create_missing: bool,
     ) -> PyResult<usize> {
         let shape_error = || {
             PyErr::from(CoreError::Graph(
@@ -1104,7 +1179,7 @@ impl PyGraphStore {
     fn from_edge_list(
         #[pyo3(from_py_with = entity_count_arg)] n: u32,
         edges: &Bound<'_, PyAny>,
-        #[pyo3(from_py_with = optional_graph_text)] kind: Option<PyBackedStr>,
+        #[pyo3(from_py_with = optional_kind_arg)] kind: Option<PyBackedStr>,
     ) -> PyResult<PyGraphStore> {
         let kind = kind.as_deref().unwrap_or("related");
         catch_panics(|| build_numbered(n, edges, kind))
@@ -1146,9 +1221,9 @@ impl PyGraphStore {
     fn update_relationship(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = graph_text)] from_id: PyBackedStr,
-        #[pyo3(from_py_with = graph_text)] to_id: PyBackedStr,
-        #[pyo3(from_py_with = graph_text)] kind: PyBackedStr,
+        #[pyo3(from_py_with = from_id_arg)] from_id: PyBackedStr,
+        #[pyo3(from_py_with = to_id_arg)] to_id: PyBackedStr,
+        #[pyo3(from_py_with = kind_arg)] kind: PyBackedStr,
         #[pyo3(from_py_with = optional_weight_arg)] weight: Option<f64>,
         properties: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
@@ -1168,9 +1243,9 @@ impl PyGraphStore {
     fn remove_relationship(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = graph_text)] from_id: PyBackedStr,
-        #[pyo3(from_py_with = graph_text)] to_id: PyBackedStr,
-        #[pyo3(from_py_with = optional_graph_text)] kind: Option<PyBackedStr>,
+        #[pyo3(from_py_with = from_id_arg)] from_id: PyBackedStr,
+        #[pyo3(from_py_with = to_id_arg)] to_id: PyBackedStr,
+        #[pyo3(from_py_with = optional_kind_arg)] kind: Option<PyBackedStr>,
     ) -> PyResult<usize> {
         // A scan of every relationship: with the GIL released.
         self.mutate_detached(py, |s| {
@@ -1193,7 +1268,7 @@ impl PyGraphStore {
     fn edges_from<'py>(
         &self,
         py: Python<'py>,
-        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
+        #[pyo3(from_py_with = id_arg)] id: PyBackedStr,
     ) -> PyResult<Bound<'py, PyList>> {
         let rows = self.per_entity(py, |store| {
             // The relationships of this entity, not a scan of every relationship, nor a new
@@ -1218,9 +1293,9 @@ impl PyGraphStore {
     fn bfs<'py>(
         &self,
         py: Python<'py>,
-        #[pyo3(from_py_with = graph_text)] start: PyBackedStr,
+        #[pyo3(from_py_with = start_arg)] start: PyBackedStr,
         #[pyo3(from_py_with = max_depth_arg)] max_depth: Option<usize>,
-        directed: bool,
+        #[pyo3(from_py_with = directed_arg)] directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         self.traverse(py, algo::bfs, &start, max_depth, directed)
     }
@@ -1230,9 +1305,9 @@ impl PyGraphStore {
     fn dfs<'py>(
         &self,
         py: Python<'py>,
-        #[pyo3(from_py_with = graph_text)] start: PyBackedStr,
+        #[pyo3(from_py_with = start_arg)] start: PyBackedStr,
         #[pyo3(from_py_with = max_depth_arg)] max_depth: Option<usize>,
-        directed: bool,
+        #[pyo3(from_py_with = directed_arg)] directed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         self.traverse(py, algo::dfs, &start, max_depth, directed)
     }
@@ -1248,9 +1323,9 @@ impl PyGraphStore {
     fn shortest_path(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = graph_text)] source: PyBackedStr,
-        #[pyo3(from_py_with = graph_text)] target: PyBackedStr,
-        directed: bool,
+        #[pyo3(from_py_with = source_arg)] source: PyBackedStr,
+        #[pyo3(from_py_with = target_arg)] target: PyBackedStr,
+        #[pyo3(from_py_with = directed_arg)] directed: bool,
     ) -> PyResult<Option<(Vec<String>, f64)>> {
         self.run(py, |f| {
             let (s, t) = (f.node(&source)?, f.node(&target)?);
@@ -1267,8 +1342,8 @@ impl PyGraphStore {
     fn distances<'py>(
         &self,
         py: Python<'py>,
-        #[pyo3(from_py_with = graph_text)] source: PyBackedStr,
-        directed: bool,
+        #[pyo3(from_py_with = source_arg)] source: PyBackedStr,
+        #[pyo3(from_py_with = directed_arg)] directed: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
@@ -1297,8 +1372,8 @@ impl PyGraphStore {
     fn reachable<'py>(
         &self,
         py: Python<'py>,
-        #[pyo3(from_py_with = graph_text)] source: PyBackedStr,
-        directed: bool,
+        #[pyo3(from_py_with = source_arg)] source: PyBackedStr,
+        #[pyo3(from_py_with = directed_arg)] directed: bool,
     ) -> PyResult<Bound<'py, PySet>> {
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
@@ -1332,9 +1407,9 @@ impl PyGraphStore {
     fn neighborhood(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
+        #[pyo3(from_py_with = id_arg)] id: PyBackedStr,
         #[pyo3(from_py_with = hops_arg)] hops: usize,
-        directed: bool,
+        #[pyo3(from_py_with = directed_arg)] directed: bool,
     ) -> PyResult<PyGraphStore> {
         run_detached(py, || {
             // Node indices are only meaningful for the store they were found in: the walk
@@ -1389,7 +1464,7 @@ impl PyGraphStore {
         &self,
         py: Python<'py>,
         #[pyo3(from_py_with = degree_mode_arg)] mode: CoreResult<DegreeMode>,
-        normalized: bool,
+        #[pyo3(from_py_with = normalized_arg)] normalized: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let mode = mode?;
         let frozen = self.frozen(py)?;
@@ -1423,9 +1498,9 @@ impl PyGraphStore {
     fn betweenness_centrality<'py>(
         &self,
         py: Python<'py>,
-        normalized: bool,
-        weighted: bool,
-        directed: bool,
+        #[pyo3(from_py_with = normalized_arg)] normalized: bool,
+        #[pyo3(from_py_with = weighted_arg)] weighted: bool,
+        #[pyo3(from_py_with = directed_arg)] directed: bool,
         k: Option<&Bound<'py, PyAny>>,
         #[pyo3(from_py_with = seed_arg)] seed: u64,
     ) -> PyResult<Bound<'py, PyDict>> {
@@ -1433,7 +1508,7 @@ impl PyGraphStore {
         if let Some(k) = k {
             not_bool(k, "k")?;
         }
-        let k: Option<Result<usize, OutOfRange>> = k.map(args::to_usize).transpose()?;
+        let k: Option<Result<usize, OutOfRange>> = k.map(|k| args::to_usize(k, "k")).transpose()?;
         let frozen = self.frozen(py)?;
         let n = frozen.snapshot.n;
         let k = match k {
@@ -1483,9 +1558,9 @@ impl PyGraphStore {
         &self,
         py: Python<'py>,
         #[pyo3(from_py_with = sources_arg)] sources: Vec<PyBackedStr>,
-        normalized: bool,
-        weighted: bool,
-        directed: bool,
+        #[pyo3(from_py_with = normalized_arg)] normalized: bool,
+        #[pyo3(from_py_with = weighted_arg)] weighted: bool,
+        #[pyo3(from_py_with = directed_arg)] directed: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
@@ -1634,8 +1709,8 @@ impl PyGraphStore {
     fn relationship_count_between(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = graph_text)] from_id: PyBackedStr,
-        #[pyo3(from_py_with = graph_text)] to_id: PyBackedStr,
+        #[pyo3(from_py_with = from_id_arg)] from_id: PyBackedStr,
+        #[pyo3(from_py_with = to_id_arg)] to_id: PyBackedStr,
     ) -> PyResult<usize> {
         self.per_entity(py, |store| {
             let (a, b) = (store.index_of(&from_id)?, store.index_of(&to_id)?);
@@ -1648,7 +1723,7 @@ impl PyGraphStore {
     fn neighbors_of(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = graph_text)] id: PyBackedStr,
+        #[pyo3(from_py_with = id_arg)] id: PyBackedStr,
     ) -> PyResult<Vec<String>> {
         self.per_entity(py, |store| {
             let v = store.index_of(&id)?;
@@ -1764,7 +1839,7 @@ impl PyGraphStore {
     #[staticmethod]
     fn from_json(
         py: Python<'_>,
-        #[pyo3(from_py_with = graph_text)] text: PyBackedStr,
+        #[pyo3(from_py_with = text_arg)] text: PyBackedStr,
     ) -> PyResult<PyGraphStore> {
         run_detached(py, || Store::from_json(&text).map(PyGraphStore::from_store))
     }

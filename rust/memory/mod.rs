@@ -15,19 +15,19 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyIterator, PyList, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::args::{self, memory_text, OutOfRange};
+use crate::args::{self, OutOfRange};
 use crate::errors::{catch_panics, run_detached, CoreError};
 use crate::sync;
 use episodic::{Decay, Episode, Episodes, Recall};
 use working::Lru;
 
-/// A capacity argument named `what`: an int of at least 1; one beyond 64 bits is refused as
+/// A capacity argument named `name` (`what` in the messages of its rule): an int of at least 1; one beyond 64 bits is refused as
 /// too large, naming `max`. A `bool` is an `int` subclass but no capacity: refused.
-fn capacity(value: &Bound<'_, PyAny>, what: &str, max: usize) -> PyResult<usize> {
+fn capacity(value: &Bound<'_, PyAny>, name: &str, what: &str, max: usize) -> PyResult<usize> {
     args::not_bool(value, |_| {
         CoreError::Memory(format!("{what} must be an int, got bool"))
     })?;
-    match args::to_usize(value)? {
+    match args::to_usize(value, name)? {
         Ok(capacity) if capacity >= 1 => Ok(capacity),
         Ok(capacity) => {
             Err(CoreError::Memory(format!("{what} must be at least 1, got {capacity}")).into())
@@ -43,7 +43,12 @@ fn capacity(value: &Bound<'_, PyAny>, what: &str, max: usize) -> PyResult<usize>
 
 /// `WorkingMemory(capacity)` (its upper bound is checked by [`Lru::new`]).
 fn working_capacity_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
-    capacity(value, "WorkingMemory capacity", working::MAX_CAPACITY)
+    capacity(
+        value,
+        "capacity",
+        "WorkingMemory capacity",
+        working::MAX_CAPACITY,
+    )
 }
 
 /// `EpisodicStore(per_agent_capacity=...)`: None or an int >= 1.
@@ -51,24 +56,31 @@ fn per_agent_capacity_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
     if value.is_none() {
         return Ok(None);
     }
-    capacity(value, "per_agent_capacity", usize::MAX).map(Some)
+    capacity(
+        value,
+        "per_agent_capacity",
+        "per_agent_capacity",
+        usize::MAX,
+    )
+    .map(Some)
 }
 
 /// A real-number argument; a bool (Python's or numpy's: no number, though a float
 /// conversion takes it) or one beyond the float range is a `MemoryStoreError` stating
-/// `rule`, the argument's rule (such as "importance must be in [0, 1]").
-fn memory_real(value: &Bound<'_, PyAny>, rule: &str) -> PyResult<f64> {
+/// `rule`, the argument's rule (such as "importance must be in [0, 1]"); anything not a
+/// number is a `TypeError` naming the argument `name`.
+fn memory_real(value: &Bound<'_, PyAny>, name: &str, rule: &str) -> PyResult<f64> {
     if args::is_bool(value) {
         return Err(CoreError::Memory(format!("{rule}, got a bool ({value})")).into());
     }
-    args::real(value, |beyond| {
+    args::real(value, name, |beyond| {
         CoreError::Memory(format!("{rule}, got {beyond}"))
     })
 }
 
 /// `EpisodicStore(similarity_weight=...)` as a float.
 fn similarity_weight_arg(value: &Bound<'_, PyAny>) -> PyResult<f64> {
-    memory_real(value, "similarity_weight must be >= 0")
+    memory_real(value, "similarity_weight", "similarity_weight must be >= 0")
 }
 
 /// A `limit` argument: an int >= 0 (not a bool); one beyond 64 bits means "all".
@@ -76,24 +88,99 @@ fn limit_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
     args::not_bool(value, |_| {
         CoreError::Memory("limit must be an int, got bool".into())
     })?;
-    args::limit(value, 0, |v| {
+    args::limit(value, "limit", 0, |v| {
         CoreError::Memory(format!("limit must be >= 0, got {v}"))
     })
 }
 
-/// Episode ids (`mark_recalled`'s): ints >= 0 (not bools), from any iterable.
+/// Episode ids (`mark_recalled`'s): ints >= 0 (not bools), from any iterable but a `str`
+/// (an iterable of characters, no ids). A value that is no such iterable, or an item that is
+/// no int, is a `TypeError` naming `ids` and the value or item.
 fn episode_ids_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+    let items = match value.try_iter() {
+        Ok(items) if !value.is_instance_of::<PyString>() => items,
+        Ok(_) => return Err(not_episode_ids(value, None)),
+        Err(e) if e.is_instance_of::<PyTypeError>(value.py()) => {
+            return Err(not_episode_ids(value, None))
+        }
+        Err(e) => return Err(e),
+    };
     let mut ids = Vec::new();
-    for item in value.try_iter()? {
+    for (at, item) in items.enumerate() {
         let item = item?;
         args::not_bool(&item, |_| {
             CoreError::Memory("episode ids must be ints, got bool".into())
         })?;
-        ids.push(args::extract_unsigned(&item, |v| {
-            CoreError::Memory(format!("episode ids must be ints >= 0, got {v}"))
-        })?);
+        ids.push(
+            args::extract_unsigned(&item, "ids", |v| {
+                CoreError::Memory(format!("episode ids must be ints >= 0, got {v}"))
+            })
+            .map_err(|e| {
+                if e.is_instance_of::<PyTypeError>(item.py()) {
+                    not_episode_ids(&item, Some(at))
+                } else {
+                    e
+                }
+            })?,
+        );
     }
     Ok(ids)
+}
+
+/// The `TypeError` of [`episode_ids_arg`]: for the value given as `ids`, or its item `at`.
+#[cold]
+#[inline(never)]
+fn not_episode_ids(value: &Bound<'_, PyAny>, at: Option<usize>) -> PyErr {
+    let what = "ids must be an iterable of episode ids (ints)";
+    PyTypeError::new_err(match at {
+        None => format!("{what}, got {}", args::describe(value)),
+        Some(at) => format!("{what}: item {at} is {}", args::describe_value(value)),
+    })
+}
+
+// One `from_py_with` function per argument: each names its argument in a wrong type's
+// `TypeError` (see `args`); a lone surrogate in a `str` is a `MemoryStoreError` (or, where
+// the argument names something to look up, absent).
+
+fn key_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "key", CoreError::Memory)
+}
+
+fn lookup_key_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
+    args::lookup_text(value, "key")
+}
+
+fn agent_id_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "agent_id", CoreError::Memory)
+}
+
+fn lookup_agent_id_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
+    args::lookup_text(value, "agent_id")
+}
+
+/// An optional agent id given as something other than None (see `EpisodicStore.clear`).
+fn optional_agent_id(value: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
+    if value.is_instance_of::<PyString>() {
+        args::lookup_text(value, "agent_id")
+    } else {
+        Err(args::wrong_type(value, "agent_id", args::OPTIONAL_STR))
+    }
+}
+
+fn lookup_needle_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
+    args::lookup_text(value, "needle")
+}
+
+fn content_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "content", CoreError::Memory)
+}
+
+fn text_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    args::text(value, "text", CoreError::Memory)
+}
+
+fn counted_arg(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    args::flag(value, "counted")
 }
 
 /// Bounded key -> value working memory with exact least-recently-used eviction.
@@ -161,7 +248,7 @@ impl PyWorkingMemory {
     ///     MemoryStoreError: `key` is not valid Unicode (a lone surrogate).
     fn set(
         &self,
-        #[pyo3(from_py_with = memory_text)] key: PyBackedStr,
+        #[pyo3(from_py_with = key_arg)] key: PyBackedStr,
         value: Py<PyAny>,
     ) -> PyResult<()> {
         let displaced = self.with_lru(|lru| lru.insert(&key, value))?;
@@ -178,7 +265,7 @@ impl PyWorkingMemory {
     fn get(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = args::lookup_text)] key: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_key_arg)] key: Option<PyBackedStr>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let found = match key {
@@ -192,7 +279,7 @@ impl PyWorkingMemory {
     /// Unicode: such a key is never stored).
     fn delete(
         &self,
-        #[pyo3(from_py_with = args::lookup_text)] key: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_key_arg)] key: Option<PyBackedStr>,
     ) -> PyResult<bool> {
         let Some(key) = key else {
             return Ok(false);
@@ -260,14 +347,14 @@ impl PyWorkingMemory {
         if !key.is_instance_of::<PyString>() {
             return Ok(false);
         }
-        match args::lookup_text(key)? {
+        match lookup_key_arg(key)? {
             Some(key) => self.with_lru(|lru| lru.contains(&key)),
             None => Ok(false),
         }
     }
 
     fn __getitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let found = match args::lookup_text(key)? {
+        let found = match lookup_key_arg(key)? {
             Some(text) => self.with_lru(|lru| lru.get(&text).map(|v| v.clone_ref(py)))?,
             None => None,
         };
@@ -276,14 +363,14 @@ impl PyWorkingMemory {
 
     fn __setitem__(
         &self,
-        #[pyo3(from_py_with = memory_text)] key: PyBackedStr,
+        #[pyo3(from_py_with = key_arg)] key: PyBackedStr,
         value: Py<PyAny>,
     ) -> PyResult<()> {
         self.set(key, value)
     }
 
     fn __delitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
-        if self.delete(args::lookup_text(key)?)? {
+        if self.delete(lookup_key_arg(key)?)? {
             Ok(())
         } else {
             Err(PyKeyError::new_err(key.clone().unbind()))
@@ -432,8 +519,11 @@ impl PyDecayPolicy {
     ///     MemoryStoreError: `half_life_hours` is not a positive number.
     #[staticmethod]
     fn exponential(half_life_hours: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let half_life_hours =
-            memory_real(half_life_hours, "half_life_hours must be a positive number")?;
+        let half_life_hours = memory_real(
+            half_life_hours,
+            "half_life_hours",
+            "half_life_hours must be a positive number",
+        )?;
         Ok(Self {
             inner: episodic::exponential(half_life_hours)?,
         })
@@ -506,8 +596,16 @@ impl PyRecallPolicy {
         recency_weight: &Bound<'_, PyAny>,
         frequency_weight: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
-        let recency_weight = memory_real(recency_weight, "recency_weight must be >= 0")?;
-        let frequency_weight = memory_real(frequency_weight, "frequency_weight must be >= 0")?;
+        let recency_weight = memory_real(
+            recency_weight,
+            "recency_weight",
+            "recency_weight must be >= 0",
+        )?;
+        let frequency_weight = memory_real(
+            frequency_weight,
+            "frequency_weight",
+            "frequency_weight must be >= 0",
+        )?;
         Ok(Self {
             inner: episodic::hybrid(recency_weight, frequency_weight)?,
         })
@@ -681,7 +779,7 @@ impl PyEpisodicStore {
                 if args::is_bool(value) {
                     return Err(not_a_time(value));
                 }
-                let now = args::real(value, |e| {
+                let now = args::real(value, "the clock's time", |e| {
                     CoreError::Memory(format!("the clock returned {e}"))
                 })
                 .map_err(|e| {
@@ -876,14 +974,17 @@ impl PyEpisodicStore {
     fn add_episode(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = memory_text)] agent_id: PyBackedStr,
-        #[pyo3(from_py_with = memory_text)] content: PyBackedStr,
+        #[pyo3(from_py_with = agent_id_arg)] agent_id: PyBackedStr,
+        #[pyo3(from_py_with = content_arg)] content: PyBackedStr,
         importance: &Bound<'_, PyAny>,
         embedding: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
         // Checked before the embedder (maybe a paid remote call) and the clock are asked.
-        let importance =
-            episodic::checked_importance(memory_real(importance, "importance must be in [0, 1]")?)?;
+        let importance = episodic::checked_importance(memory_real(
+            importance,
+            "importance",
+            "importance must be in [0, 1]",
+        )?)?;
         let embedding = match embedding {
             Some(v) => Some(as_vector(v, "embedding")?),
             None => self.embed_text(py, &content)?,
@@ -916,10 +1017,10 @@ impl PyEpisodicStore {
     fn recall(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_agent_id_arg)] agent_id: Option<PyBackedStr>,
         #[pyo3(from_py_with = limit_arg)] limit: usize,
         query: Option<&Bound<'_, PyAny>>,
-        counted: bool,
+        #[pyo3(from_py_with = counted_arg)] counted: bool,
     ) -> PyResult<Vec<PyEpisode>> {
         let query = match query {
             None => None,
@@ -960,7 +1061,7 @@ impl PyEpisodicStore {
     fn mark_recalled(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_agent_id_arg)] agent_id: Option<PyBackedStr>,
         #[pyo3(from_py_with = episode_ids_arg)] ids: Vec<u64>,
     ) -> PyResult<usize> {
         let Some(agent_id) = agent_id else {
@@ -974,7 +1075,7 @@ impl PyEpisodicStore {
     fn episodes(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_agent_id_arg)] agent_id: Option<PyBackedStr>,
     ) -> PyResult<Vec<PyEpisode>> {
         self.with_episodes(py, agent_id.as_deref(), |eps| {
             eps.iter().map(|e| PyEpisode { inner: e.clone() }).collect()
@@ -984,7 +1085,7 @@ impl PyEpisodicStore {
     /// Removes the agent's episodes (everyone's when `agent_id` is None); returns how many.
     #[pyo3(signature = (agent_id=None))]
     fn clear(&self, py: Python<'_>, agent_id: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
-        match agent_id.map(args::lookup_text).transpose()? {
+        match agent_id.map(optional_agent_id).transpose()? {
             None => self.locked(py, |episodes| episodes.clear(None)),
             Some(Some(agent_id)) => self.locked(py, |episodes| episodes.clear(Some(&agent_id))),
             // An id that is not valid Unicode: no agent has it.
@@ -996,7 +1097,7 @@ impl PyEpisodicStore {
     fn episode_count_for(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_agent_id_arg)] agent_id: Option<PyBackedStr>,
     ) -> PyResult<usize> {
         match agent_id.as_deref() {
             Some(agent_id) => self.locked(py, |episodes| episodes.episodes(agent_id).len()),
@@ -1020,7 +1121,7 @@ impl PyEpisodicStore {
     fn content_lengths(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_agent_id_arg)] agent_id: Option<PyBackedStr>,
     ) -> PyResult<Vec<usize>> {
         self.with_episodes(py, agent_id.as_deref(), |eps| {
             eps.iter().map(|e| e.content.len()).collect()
@@ -1031,7 +1132,7 @@ impl PyEpisodicStore {
     fn total_content_bytes(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_agent_id_arg)] agent_id: Option<PyBackedStr>,
     ) -> PyResult<usize> {
         self.with_episodes(py, agent_id.as_deref(), |eps| {
             eps.iter().map(|e| e.content.len()).sum()
@@ -1042,7 +1143,7 @@ impl PyEpisodicStore {
     fn avg_content_length(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_agent_id_arg)] agent_id: Option<PyBackedStr>,
     ) -> PyResult<f64> {
         self.with_episodes(py, agent_id.as_deref(), |eps| {
             if eps.is_empty() {
@@ -1057,7 +1158,7 @@ impl PyEpisodicStore {
     fn max_content_length(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_agent_id_arg)] agent_id: Option<PyBackedStr>,
     ) -> PyResult<usize> {
         self.with_episodes(py, agent_id.as_deref(), |eps| {
             eps.iter().map(|e| e.content.len()).max().unwrap_or(0)
@@ -1068,7 +1169,7 @@ impl PyEpisodicStore {
     fn min_content_length(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_agent_id_arg)] agent_id: Option<PyBackedStr>,
     ) -> PyResult<usize> {
         self.with_episodes(py, agent_id.as_deref(), |eps| {
             eps.iter().map(|e| e.content.len()).min().unwrap_or(0)
@@ -1083,10 +1184,10 @@ impl PyEpisodicStore {
     fn high_importance_count(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_agent_id_arg)] agent_id: Option<PyBackedStr>,
         threshold: &Bound<'_, PyAny>,
     ) -> PyResult<usize> {
-        let threshold = memory_real(threshold, "threshold must be a float")?;
+        let threshold = memory_real(threshold, "threshold", "threshold must be a float")?;
         if threshold.is_nan() {
             return Err(CoreError::Memory("threshold must be a number, got NaN".into()).into());
         }
@@ -1099,7 +1200,7 @@ impl PyEpisodicStore {
     fn episodes_by_importance(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_agent_id_arg)] agent_id: Option<PyBackedStr>,
     ) -> PyResult<Vec<String>> {
         self.with_episodes(py, agent_id.as_deref(), episodic::by_importance)
     }
@@ -1109,8 +1210,8 @@ impl PyEpisodicStore {
     fn content_contains_count(
         &self,
         py: Python<'_>,
-        #[pyo3(from_py_with = args::lookup_text)] agent_id: Option<PyBackedStr>,
-        #[pyo3(from_py_with = args::lookup_text)] needle: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_agent_id_arg)] agent_id: Option<PyBackedStr>,
+        #[pyo3(from_py_with = lookup_needle_arg)] needle: Option<PyBackedStr>,
     ) -> PyResult<usize> {
         let Some(needle) = needle else {
             return Ok(0);
@@ -1146,7 +1247,7 @@ impl PyEpisodicStore {
     #[pyo3(signature = (text, clock=None, embedder=None))]
     fn from_json(
         py: Python<'_>,
-        #[pyo3(from_py_with = memory_text)] text: PyBackedStr,
+        #[pyo3(from_py_with = text_arg)] text: PyBackedStr,
         clock: Option<Py<PyAny>>,
         #[pyo3(from_py_with = embedder_arg)] embedder: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
