@@ -424,8 +424,6 @@ class AgentRuntime:
             )
         if resume_lease_seconds is not None and checkpoint_backend is None:
             raise AgentRuntimeError("resume_lease_seconds needs a checkpoint_backend")
-        if budget is not None:
-            _required("budget", budget, ["record", "check"])
         if metrics is not None and not isinstance(metrics, RuntimeMetrics):
             raise AgentRuntimeError(
                 f"metrics must be a RuntimeMetrics, got {type(metrics).__name__}"
@@ -442,6 +440,11 @@ class AgentRuntime:
             ) from None
         middlewares = tuple(listed)  # read once: a generator is read to its end
         for middleware in middlewares:
+            if isinstance(middleware, type) and issubclass(middleware, Middleware):
+                raise AgentRuntimeError(
+                    "middlewares must be Middleware instances, got the class "
+                    f"{middleware.__name__} (call it: {middleware.__name__}())"
+                )
             if not isinstance(middleware, Middleware):
                 raise AgentRuntimeError(
                     f"middlewares must subclass Middleware, got {type(middleware).__name__}"
@@ -476,7 +479,7 @@ class AgentRuntime:
         self._approval_handler: ApprovalHandler | None = None
         self._capabilities: CapabilitySet | None = None
         self._guarded = False
-        self.budget = budget
+        self.budget = budget  # checked by the property's setter
         self.events = EventBus()
         """Subscribe with `runtime.events.subscribe()` or `runtime.events.on(callback)`."""
         # Only hooks a middleware overrides (in its class, a base, or on the instance) cost a
@@ -517,10 +520,36 @@ class AgentRuntime:
 
     @approval_handler.setter
     def approval_handler(self, handler: ApprovalHandler | None) -> None:
+        if isinstance(handler, type):
+            # Calling a class makes an instance of it, never an `ApprovalDecision`: found
+            # only at the first tool call, after the model was paid.
+            raise AgentRuntimeError(
+                f"approval_handler must be a function or an instance, got the class "
+                f"{handler.__name__} (call it: {handler.__name__}())"
+            )
         if handler is not None and not callable(handler):
             raise AgentRuntimeError("approval_handler must be callable")
         self._approval_handler = handler
         self._update_guarded()
+
+    @property
+    def budget(self) -> CostBudget | None:
+        """Token / cost budget of model calls (see the class docstring); may be set between runs.
+
+        A run checks and charges the budget it started with, even if it is replaced
+        meanwhile.
+
+        Raises:
+            AgentRuntimeError: On setting one without `record` and `check` methods (or its
+                class).
+        """
+        return self._budget
+
+    @budget.setter
+    def budget(self, budget: CostBudget | None) -> None:
+        if budget is not None:
+            _required("budget", budget, ["record", "check"])
+        self._budget = budget
 
     @property
     def capabilities(self) -> CapabilitySet | None:
@@ -1322,7 +1351,7 @@ class AgentRuntime:
                     # while one runs, leaves the call paid for all the same.
                     metrics.record_tokens(input_tokens, output_tokens)
                     if budget is not None:
-                        self._charge_budget(input_tokens, output_tokens, cost_usd)
+                        _charge_budget(budget, input_tokens, output_tokens, cost_usd)
                     if events.listening and reply:  # a text model's reply is whole: one delta
                         events.emit_new(LlmTextDelta, (session.session_id, reply))
                     for hook in post_hooks:
@@ -1560,7 +1589,7 @@ class AgentRuntime:
                 # one runs, leaves the call paid for all the same.
                 metrics.record_tokens(usage.input_tokens, usage.output_tokens)
                 if budget is not None:
-                    self._charge_budget(usage.input_tokens, usage.output_tokens, usage.cost_usd)
+                    _charge_budget(budget, usage.input_tokens, usage.output_tokens, usage.cost_usd)
                 if stops and text:
                     cut = _cut_at_stop(text, stops)
                     # It ended at a stop sequence, before a token limit cut it (see ReAct's).
@@ -2134,20 +2163,6 @@ class AgentRuntime:
             idle = list(itertools.islice((s for s in sessions if s not in self._running), excess))
             for old in idle:
                 self.forget_approvals(old)
-
-    def _charge_budget(self, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
-        """Charges one model call's tokens and its cost to the budget, if there is one.
-
-        `cost_usd` is the provider's price of the call (`Usage.cost_usd`). The loops count
-        the tokens in the metrics themselves, and call this only with a budget: a run
-        without one pays no call here.
-        """
-        budget = self.budget
-        if budget is not None:
-            # Going past the limit is recorded all the same: the reply is paid for and kept,
-            # and the next model call is refused.
-            with contextlib.suppress(BudgetExceededError):
-                budget.record(input_tokens, output_tokens, cost_usd)
 
     def _step_record(
         self,
@@ -3346,6 +3361,19 @@ class _ProviderReply(str):
         reply.stop_reason = stop_reason
         reply.usage = usage
         return reply
+
+
+def _charge_budget(
+    budget: CostBudget, input_tokens: int, output_tokens: int, cost_usd: float
+) -> None:
+    """Charges one model call's tokens and its cost (`Usage.cost_usd`) to a run's budget.
+
+    The run's own budget, the one it checks before each call: one set on the runtime
+    meanwhile is the next run's. Going past the limit is recorded all the same: the reply
+    is paid for and kept, and the next model call is refused.
+    """
+    with contextlib.suppress(BudgetExceededError):
+        budget.record(input_tokens, output_tokens, cost_usd)
 
 
 def _check_cost(usage: Usage) -> None:
