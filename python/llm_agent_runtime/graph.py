@@ -40,8 +40,9 @@ def to_networkx(graph: GraphStore) -> Any:
         A new `networkx.MultiDiGraph`.
 
     Raises:
-        GraphError: When `graph` is not a `GraphStore` (a networkx graph, say), or networkx
-            is not installed (the `networkx` extra).
+        GraphError: When `graph` is not a `GraphStore` (a networkx graph, say, or another
+            object with a `to_json` that gives no graph, such as an `EpisodicStore`), or
+            networkx is not installed (the `networkx` extra).
     """
     # Read through `to_json` alone (a wrapper of a store will do); anything else (a networkx
     # graph passed the wrong way round) would fail with an AttributeError naming it.
@@ -56,7 +57,7 @@ def to_networkx(graph: GraphStore) -> Any:
 
     # One read of the whole graph under the store's lock: separate reads of the ids, each
     # entity and the relationships could each see another thread's write in between.
-    document = json.loads(graph.to_json())
+    document = _graph_document(graph)
     out = nx.MultiDiGraph()
     for entity in document["entities"]:
         out.add_node(entity["id"], label=entity["label"], properties=_dict_of(entity["properties"]))
@@ -69,6 +70,32 @@ def to_networkx(graph: GraphStore) -> Any:
             properties=_dict_of(rel["properties"]),
         )
     return out
+
+
+_GRAPH_FORMAT = "llm-agent-runtime/graph"
+"""The `format` field of `GraphStore.to_json()`."""
+
+
+def _graph_document(graph: Any) -> dict[str, Any]:
+    """`graph.to_json()` parsed, when it is a `GraphStore`'s document.
+
+    Raises:
+        GraphError: `to_json` gives no JSON text, or JSON of something else than a graph (an
+            `EpisodicStore` and a metrics snapshot have a `to_json` too).
+    """
+    refused = f"to_networkx takes a GraphStore, got {type(graph).__name__}"
+    try:
+        document = json.loads(graph.to_json())
+    except (TypeError, ValueError) as error:  # no str, or no JSON (JSONDecodeError)
+        raise GraphError(f"{refused}: its to_json() gives no graph ({error})") from error
+    if not (
+        isinstance(document, dict)
+        and document.get("format") == _GRAPH_FORMAT
+        and isinstance(document.get("entities"), list)
+        and isinstance(document.get("relationships"), list)
+    ):
+        raise GraphError(f"{refused}: its to_json() gives no {_GRAPH_FORMAT} document")
+    return document
 
 
 def _dict_of(properties: dict[str, Any] | None) -> dict[str, Any]:
@@ -87,7 +114,9 @@ def from_networkx(nx_graph: Any, *, weight: str = "weight", kind: str = "kind") 
     relationship from its first to its second endpoint; run algorithms with `directed=False`
     to treat them as undirected); its properties are, likewise, its attributes other than
     `weight` and `kind` merged with its `properties` dict, which wins on a clash. With
-    `weight="cost"`, an edge's `weight` attribute is an ordinary property.
+    `weight="cost"`, an edge's `weight` attribute is an ordinary property. A multigraph's
+    edge keys are not kept (parallel edges stay separate relationships, in key order): put
+    what a key means in the `kind` attribute or a property.
 
     Args:
         nx_graph: A `Graph`, `DiGraph`, `MultiGraph` or `MultiDiGraph`.

@@ -33,7 +33,18 @@ def estimate_tokens(text: str) -> int:
 
     Any text costs at least one token (a blank memory still takes a line of the prompt), so
     a budget of `n` tokens holds at most `n` texts.
+
+    Raises:
+        ValueError: `text` is not a str (bytes, a list, None), as `fit_to_token_budget`
+            refuses such items: `len()` would count bytes or items, not characters.
     """
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str, got {type(text).__name__}: {text!r:.80}")
+    return _tokens(text)
+
+
+def _tokens(text: str) -> int:
+    """`estimate_tokens` of a text already known to be a str."""
     return max(1, -(-len(text) // CHARS_PER_TOKEN))
 
 
@@ -72,7 +83,7 @@ def fit_to_token_budget(texts: Iterable[str], max_tokens: int) -> list[str]:
     for text in texts:
         if used >= max_tokens:
             break  # every text costs at least 1 token: nothing more can fit
-        cost = estimate_tokens(text)
+        cost = _tokens(text)  # each text was checked above
         if used + cost > max_tokens:
             continue
         kept.append(text)

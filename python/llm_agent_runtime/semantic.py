@@ -151,11 +151,11 @@ class SemanticStore:
             embed: embed the value when no embedding is given.
 
         Raises:
-            MemoryStoreError: a key or value that is not a string, or not valid Unicode (a
-                lone surrogate); tags that are not a string or an iterable of strings; an
+            MemoryStoreError: a key, value or tag that is not a string, or not valid Unicode
+                (a lone surrogate); tags that are not a string or an iterable of strings; an
                 embedding that is not one vector of numbers (a scalar, a matrix), or of the
                 wrong length, with NaN/inf, or zero; an embedder that does not return one row
-                of shape (1, dim) for the value.
+                of shape (1, dim) for the value. Nothing changes when a call is refused.
         """
         if not isinstance(key, str) or not isinstance(value, str):
             raise MemoryStoreError("key and value must be strings")
@@ -164,6 +164,7 @@ class SemanticStore:
         check_text("key", key)
         check_text("value", value)
         tag_set = _tag_set(tags)
+        _check_tag_texts(tag_set)
         vector = None
         if embedding is not None:
             vector = self._as_vector(embedding, "embedding")
@@ -395,8 +396,6 @@ class SemanticStore:
 
     def _embed_text(self, text: str) -> np.ndarray[Any, np.dtype[np.float32]]:
         """The embedder's row for `text`; it must return exactly one row: shape (1, dim)."""
-        import numpy as np
-
         rows = self._embedder.embed([text])
         if inspect.isawaitable(rows):
             if inspect.iscoroutine(rows):
@@ -417,7 +416,7 @@ class SemanticStore:
                 "embedder.embed([text]) must return one row, an array of shape (1, dim), "
                 f"got shape {matrix.shape}"
             )
-        return np.ascontiguousarray(matrix[0])
+        return _contiguous(matrix[0])
 
     def _as_vector(
         self, value: Any, what: str, expected: str = "a vector of numbers"
@@ -426,8 +425,6 @@ class SemanticStore:
 
         `what` names it and `expected` says what it must be, in the error.
         """
-        import numpy as np
-
         try:
             # Shape first: ascontiguousarray would turn a scalar into a 1-vector.
             vector = _real_float32(value)
@@ -441,7 +438,7 @@ class SemanticStore:
             raise MemoryStoreError(f"{what} must be one vector, got shape {vector.shape}")
         if vector.size == 0:
             raise MemoryStoreError(f"{what} must not be empty")
-        return np.ascontiguousarray(vector)
+        return _contiguous(vector)
 
     def _check_query(self, vector: np.ndarray[Any, np.dtype[np.float32]]) -> None:
         """Refuses a query vector the index would refuse, whatever the store holds.
@@ -537,6 +534,21 @@ def _real_float32(value: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
         return raw.astype(np.float32, copy=False)
 
 
+def _contiguous(
+    vector: np.ndarray[Any, np.dtype[np.float32]],
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """`vector` laid out as the index reads it: C-contiguous and aligned (copied if not).
+
+    `np.ascontiguousarray` keeps an unaligned array as it is (`np.frombuffer` at an odd
+    offset), which the index refuses; the store, which converts every other layout itself,
+    copies it too.
+    """
+    import numpy as np
+
+    out = np.ascontiguousarray(vector)
+    return out if out.flags.aligned else out.copy()
+
+
 def _as_int(value: Any) -> int | None:
     """`value` as an int when it is one of any integer type (numpy's too), else None.
 
@@ -564,6 +576,21 @@ def _check_tag(tag: object) -> None:
             f"tag must be a string, got {type(tag).__name__}: {tag!r:.80} (search takes "
             "several tags)"
         )
+
+
+def _check_tag_texts(tags: frozenset[str]) -> None:
+    """Refuses a tag with no UTF-8 form (a lone surrogate), as keys and values are refused.
+
+    Stored, such a tag would break every later write of `list_tags()` or an entry's tags as
+    UTF-8. The usual all-ASCII tags are settled by one check of them joined.
+
+    Raises:
+        MemoryStoreError: a tag holds a lone surrogate.
+    """
+    if "".join(tags).isascii():
+        return
+    for tag in sorted(tags):
+        check_text("tag", tag)
 
 
 def _tag_set(tags: Iterable[str] | None) -> frozenset[str]:
