@@ -15,14 +15,15 @@ not probed, and failures counted since stay counted), its failure neither reopen
 nor counts (the service failed it before the outage, and the probe decides), and it frees no
 slot it never held.
 
-A half-open circuit always recovers. Trial slots are handed back when a trial ends, but a trial
-can also end unseen: its worker process is killed, its caller is cancelled while a shared
-backend admits it, or its outcome cannot be written to a shared backend. So when every slot is
-taken and the latest trial was admitted `trial_timeout` seconds ago or more, the next call
-reclaims the slots and starts a new round of trials; the trials of the earlier round then count
-as stale. Recording a call's outcome never changes that outcome: a backend failure is logged and
-counted in `record_errors`, and an exception raised by a state-change listener (or by
-`is_failure`) is logged.
+A half-open circuit always recovers. Trial slots are handed back when a trial ends (a caller
+cancelled while a shared backend admits it gives back the slot it was given, once the backend
+replies), but a trial can also end unseen: its worker process is killed, or its outcome (or
+that slot's return) cannot be written to a shared backend. So when every slot is taken and the
+latest trial was admitted `trial_timeout` seconds ago or more, the next call reclaims the
+slots and starts a new round of trials; the trials of the earlier round then count as stale.
+Recording a call's outcome never changes that outcome: a backend failure is logged and counted
+in `record_errors`, and an exception raised by a state-change listener (or by `is_failure`) is
+logged.
 
 The state lives in a `CircuitStateBackend`, so several processes can share one breaker (a
 Redis backend does that); the default keeps it in this process.
@@ -194,7 +195,10 @@ class CircuitBreaker:
         recovery_window: seconds the circuit stays open before trial calls are let through.
         half_open_max_calls: trial calls allowed at once while half-open (an int).
         backend: where the state lives; in this process by default.
-        clock: time source; the system clock by default.
+        clock: time source; the system clock by default. One that steps back (a wall clock
+            corrected) holds an open circuit, or a lost trial's slot, one more
+            `recovery_window` (or `trial_timeout`) at most, timed from the first call that
+            sees the step, not the step itself.
         is_failure: decides whether an exception counts as a failure (default: any
             `Exception` but the runtime's policy refusals, `PolicyDeniedError` and
             `BudgetExceededError`, which say nothing of the service's health, also inside
@@ -286,18 +290,29 @@ class CircuitBreaker:
     # -- state machine (pure functions of the state) ------------------------------------
 
     def _admit(self, state: CircuitState) -> CircuitState:
-        """The state after admitting a call; unchanged when the call must be refused."""
+        """The state after admitting a call (see `_is_trial`).
+
+        When the call must be refused: unchanged, or with its wait timed anew from a clock
+        that stepped back.
+        """
         if state.status == "closed":
             return state
         now = self._clock.now()
         # Deadlines, not elapsed times: `now - opened_at` can round below a window that
         # `opened_at + window` (what a clock sleeping that window reaches) does not.
+        # A time before the one stored means the clock stepped back (a wall clock corrected,
+        # or another machine's ahead): the wait is timed from now on, else it lasted the step
+        # too. The call is refused all the same (see `_is_trial`).
         if state.status == "open":
+            if now < state.opened_at:
+                return state._replace(opened_at=now)
             if now < state.opened_at + self.recovery_window:
                 return state
             return state._replace(status="half_open", trial_calls=1, trial_started=now)
         if state.trial_calls < self.half_open_max_calls:
             return state._replace(trial_calls=state.trial_calls + 1, trial_started=now)
+        if now < state.trial_started:
+            return state._replace(trial_started=now)
         if now >= state.trial_started + self.trial_timeout:
             # Every slot is held by a trial admitted at least `trial_timeout` ago that never
             # reported back: a new round of trials begins with this call.
@@ -370,13 +385,25 @@ class CircuitBreaker:
         """The token of a call `_admit` took `old` to `new` for; refuses a call.
 
         Raises:
-            CircuitOpenError: `_admit` refused the call (it leaves the state unchanged then).
+            CircuitOpenError: `_admit` refused the call.
         """
         if new.status == "closed":
             return new.openings, CLOSED_ROUND
-        if new == old:
+        if not self._is_trial(old, new):
             raise CircuitOpenError(self.service)
         return new.openings, new.trial_round  # admitted as a trial of this round
+
+    @staticmethod
+    def _is_trial(old: CircuitState, new: CircuitState) -> bool:
+        """Whether `_admit` took `old` to `new` by admitting a trial call.
+
+        Else it refused the call, leaving the state as it was or only timing its wait anew.
+        """
+        return new.status == "half_open" and (
+            old.status != "half_open"
+            or new.trial_calls != old.trial_calls
+            or new.trial_round != old.trial_round
+        )
 
     def _update_local(
         self, change: Callable[[CircuitState], CircuitState]
@@ -396,10 +423,30 @@ class CircuitBreaker:
     async def _enter(self) -> Admission:
         if self._local is not None:
             old, new = self._update_local(self._admit)
-        else:
-            old, new = await self._backend.update(self.service, self._admit)
-            self._observe(old, new)
+            return self._admission(old, new)
+        # Shielded: a caller cancelled while a shared backend admits it must learn what was
+        # admitted, or a trial slot it took would stay taken, refusing every call until
+        # `trial_timeout`.
+        update = keep_alive(asyncio.ensure_future(self._backend.update(self.service, self._admit)))
+        try:
+            old, new = await asyncio.shield(update)
+        except asyncio.CancelledError:
+            update.add_done_callback(self._admitted_late)
+            raise
+        self._observe(old, new)
         return self._admission(old, new)
+
+    def _admitted_late(self, update: asyncio.Future[tuple[CircuitState, CircuitState]]) -> None:
+        """Gives back the trial slot of an admission that outlived its (cancelled) caller."""
+        if update.cancelled() or update.exception() is not None:
+            return  # nothing was admitted (that this process can know of)
+        old, new = update.result()
+        self._observe(old, new)
+        if not self._is_trial(old, new):
+            return  # admitted while closed (nothing to give back), or refused
+        release = functools.partial(self._release_trial, trial=(new.openings, new.trial_round))
+        given_back = keep_alive(asyncio.ensure_future(self._backend.update(self.service, release)))
+        given_back.add_done_callback(self._recorded_late)
 
     async def _exit(self, error: BaseException | None, trial: Admission) -> None:
         """Records the outcome of a call; never raises but `CancelledError`.
@@ -649,6 +696,10 @@ class CircuitBreaker:
         The decorated function takes the same arguments and returns the same type: an async
         one is called by `call` (its coroutine gives what `fn`'s would), a sync one by
         `call_sync`.
+
+        Raises:
+            TypeError: `fn` is sync and the breaker uses a shared backend, which needs the
+                async API (else every call of the decorated function raised it).
         """
         if is_async_callable(fn):
 
@@ -657,6 +708,11 @@ class CircuitBreaker:
                 return await self.call(fn, *args, **kwargs)
 
             return cast("Callable[P, T]", async_wrapper)
+        if self._local_states is None:
+            raise TypeError(
+                f"a shared circuit backend needs the async API: decorate an async function, "
+                f"or await breaker.call({getattr(fn, '__name__', 'fn')}, ...)"
+            )
 
         @functools.wraps(fn)
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> T:

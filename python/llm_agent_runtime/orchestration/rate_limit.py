@@ -307,7 +307,8 @@ class RateLimiter:
     Meant for one event loop at a time (not shared between threads); the reservations of
     waiters a closed loop left behind come back when their tasks are collected. A bucket
     that has refilled is dropped now and then (a new key starts full, as it would), so many
-    distinct keys do not pile up.
+    distinct keys do not pile up. A clock that steps back (a wall clock corrected) neither
+    drains nor refills a bucket: its refill goes on from where the clock stands.
 
     Args:
         rate: tokens added per second.
@@ -343,6 +344,10 @@ class RateLimiter:
 
     def _refill(self, key: Hashable, now: float) -> float:
         level, last = self._buckets.get(key, (self.capacity, now))
+        if now <= last:
+            # Else a clock that stepped back (a wall clock corrected) drained the bucket by
+            # the step. No time has passed for it: the bucket stored next is timed from `now`.
+            return level
         return min(self.capacity, level + (now - last) * self.rate)
 
     def _sweep(self, now: float) -> None:
