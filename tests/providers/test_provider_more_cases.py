@@ -19,7 +19,7 @@ from llm_agent_runtime.providers.base import (
 )
 
 from .conftest import PROVIDERS, make_provider
-from .fake_server import FakeLlmServer, Reply, Turn
+from .fake_server import FakeLlmServer, Reply, Turn, sse
 
 USER = [Message("user", "hi")]
 JSON = {"content-type": "application/json"}
@@ -194,3 +194,54 @@ async def test_scripted_provider_streams_its_tool_calls_as_deltas() -> None:
     assert isinstance(events[-1], StreamEnd)
     assert events[-1].response.tool_calls == reply.tool_calls
     assert len(events) == 4
+
+
+# ---------------------------------------------------------------------- content as parts
+THINKING_PART = {"type": "thinking", "thinking": [{"type": "text", "text": "Let me think."}]}
+
+
+async def test_openai_reads_a_reply_whose_content_is_a_list_of_parts(
+    server: FakeLlmServer,
+) -> None:
+    # Mistral's reasoning models (and some compatible servers) send `content` as a list of
+    # parts, their thinking apart from the answer: it failed as a malformed response.
+    body = {
+        "choices": [
+            {
+                "message": {
+                    "role": "assistant",
+                    "content": [THINKING_PART, {"type": "text", "text": "Paris"}],
+                },
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+    }
+    server.script(Reply(body=json.dumps(body).encode(), headers=JSON))
+    provider = make_provider("openai", server)
+    async with provider:
+        response = await provider.chat(USER)
+    assert response.text == "Paris"  # the answer's text; the thinking is not the answer
+    assert response.stop_reason == "stop"
+
+
+async def test_openai_streams_deltas_whose_content_is_a_list_of_parts(
+    server: FakeLlmServer,
+) -> None:
+    def chunk(content: Any, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": {"content": content}, "finish_reason": finish}
+        return sse({"choices": [choice]})
+
+    frames = [
+        chunk([THINKING_PART]),
+        chunk([{"type": "text", "text": "Par"}]),
+        chunk("is"),  # a plain string after parts: both forms may come in one stream
+        chunk([{"type": "text", "text": "!"}, {"type": "image_url", "image_url": {}}], "stop"),
+        b"data: [DONE]\n\n",
+    ]
+    server.script(Reply(frames=frames, headers={"content-type": "text/event-stream"}))
+    provider = make_provider("openai", server)
+    async with provider:
+        events = await collect(provider.chat_stream(USER))
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Paris!"
+    assert events[-1].response.text == "Paris!"

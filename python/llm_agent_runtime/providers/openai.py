@@ -127,7 +127,7 @@ class _ToolCall(BaseModel):
 
 
 class _AssistantMessage(BaseModel):
-    content: str | None = None
+    content: str | list[Any] | None = None  # parts: see `_text_of`
     refusal: str | None = None
     tool_calls: list[_ToolCall] | None = None
 
@@ -154,6 +154,24 @@ class _Usage(BaseModel):
         return Usage(prompt, self.completion_tokens or 0, cached)
 
 
+def _text_of(content: str | list[Any] | None) -> str:
+    """The text of a reply's `content`: a str, or the text of a list of parts.
+
+    Mistral's reasoning models (and some compatible servers) send a list of parts, the
+    model's thinking (`{"type": "thinking", ...}`) apart from its answer (`{"type": "text",
+    "text": ...}`): the answer is the text parts, in order; other parts are not text.
+    """
+    if content is None:
+        return ""
+    if type(content) is str:
+        return content
+    return "".join(
+        part["text"]
+        for part in content
+        if isinstance(part, dict) and part.get("type") == "text" and type(part.get("text")) is str
+    )
+
+
 class _Completion(BaseModel):
     model: str | None = None
     choices: list[_Choice]
@@ -167,7 +185,7 @@ class _ToolCallChunk(BaseModel):
 
 
 class _Delta(BaseModel):
-    content: str | None = None
+    content: str | list[Any] | None = None  # parts: see `_text_of`
     refusal: str | None = None
     tool_calls: list[_ToolCallChunk] | None = None
 
@@ -219,6 +237,8 @@ class OpenAIProvider(HttpProvider):
     `stop_reason` is `"refusal"` (as the Anthropic API says it) in place of the finish reason:
     the reply does not pass for an empty answer, and a stream yields it as `TextDelta`s.
     Chunks whose choice has no `delta` (Azure's content-filter annotations) are skipped.
+    Content sent as a list of parts (Mistral's reasoning models: their thinking apart from
+    their answer) is read as its text parts; the thinking is not part of the text.
 
     Args:
         api_key: API key (default: `OPENAI_API_KEY`; a blank value, argument or variable,
@@ -379,7 +399,7 @@ class OpenAIProvider(HttpProvider):
             )
             for index, call in enumerate(wire_calls)
         ]
-        text = message.content or ""
+        text = _text_of(message.content)
         stop_reason = choice.finish_reason
         if message.refusal:
             text += message.refusal
@@ -505,8 +525,9 @@ class OpenAIProvider(HttpProvider):
                             if choice.finish_reason is not None:
                                 finish_reason = choice.finish_reason
                             continue
-                        if delta.content:
-                            piece = text.add(delta.content)
+                        said = delta.content
+                        if said:
+                            piece = text.add(said if type(said) is str else _text_of(said))
                             if piece:
                                 yield TextDelta(piece)
                         if delta.refusal:
