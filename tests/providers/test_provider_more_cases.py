@@ -245,3 +245,18 @@ async def test_openai_streams_deltas_whose_content_is_a_list_of_parts(
         events = await collect(provider.chat_stream(USER))
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Paris!"
     assert events[-1].response.text == "Paris!"
+
+
+@pytest.mark.parametrize("bad", [None, "100", 0, 2.0, True])
+async def test_anthropic_refuses_a_calls_max_tokens_that_is_no_count(
+    server: FakeLlmServer, bad: Any
+) -> None:
+    # The constructor's was checked, a call's was sent as given: a 400 from the server
+    # (`max_tokens: Input should be a valid integer`), not retried, after a round trip.
+    provider = make_provider("anthropic", server)
+    async with provider:
+        with pytest.raises(ValueError, match="max_tokens must be"):
+            await provider.chat(USER, max_tokens=bad)
+        with pytest.raises(ValueError, match="max_tokens must be"):
+            await collect(provider.chat_stream(USER, max_tokens=bad))
+    assert server.requests == []

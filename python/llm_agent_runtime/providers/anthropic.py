@@ -406,8 +406,9 @@ class AnthropicProvider(HttpProvider):
                 user message is empty (the API accepts no empty message; other empty
                 messages are left out).
             BudgetExceededError: The budget is spent.
-            ValueError: `params` overrides a field the provider sets itself, or a value of
-                the request is NaN or infinite (JSON has no such numbers).
+            ValueError: `params` overrides a field the provider sets itself, its
+                `max_tokens` is no int of at least 1, or a value of the request is NaN or
+                infinite (JSON has no such numbers).
             TypeError: `messages` or `tools` is not an iterable of `Message` /
                 `ToolDefinition`, a tool call in a message is not a `ToolCall` with a dict
                 of arguments, a message's content is no str or its reasoning no list of
@@ -520,6 +521,8 @@ class AnthropicProvider(HttpProvider):
             if stops:
                 body["stop_sequences"] = stops
         body.update(params)
+        if "max_tokens" in params:  # checked as the constructor's: the API needs a count
+            body["max_tokens"] = check_count("max_tokens", params["max_tokens"], 1)
         if stream:
             body["stream"] = True
         return body
