@@ -260,3 +260,28 @@ async def test_anthropic_refuses_a_calls_max_tokens_that_is_no_count(
         with pytest.raises(ValueError, match="max_tokens must be"):
             await collect(provider.chat_stream(USER, max_tokens=bad))
     assert server.requests == []
+
+
+async def test_openai_stream_that_ends_cleanly_after_its_finish_reason_is_whole(
+    server: FakeLlmServer,
+) -> None:
+    # Some compatible servers end the body after the last chunk without `data: [DONE]`; the
+    # official SDK reads such a stream to its end. With the finish reason in, the reply is
+    # whole: it failed as "ended before [DONE]" (and, retried, was paid for twice).
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        return sse({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+
+    frames = [
+        chunk({"role": "assistant", "content": "Par"}),
+        chunk({"content": "is"}, "stop"),
+        sse({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}}),
+    ]
+    server.script(Reply(frames=frames, headers={"content-type": "text/event-stream"}))
+    provider = make_provider("openai", server)
+    async with provider:
+        events = await collect(provider.chat_stream(USER))
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert (end.response.text, end.response.stop_reason) == ("Paris", "stop")
+    assert (end.response.usage.input_tokens, end.response.usage.output_tokens) == (7, 2)
+    assert len(server.requests) == 1

@@ -438,8 +438,9 @@ class OpenAIProvider(HttpProvider):
         Raises:
             ProviderError: From the iterator: the stream failed (error status, a reply that
                 is no event stream, error event, malformed event, timeout, no content for
-                `timeout` seconds, connection lost, or no `[DONE]`), or a tool call's
-                arguments are not a JSON object (as for `chat`).
+                `timeout` seconds, connection lost, or a body that ended with neither
+                `[DONE]` nor a finish reason), or a tool call's arguments are not a JSON
+                object (as for `chat`).
             BudgetExceededError: The budget is spent.
             ValueError: As for `chat`, raised at once.
             TypeError: As for `chat`, raised at once.
@@ -546,7 +547,9 @@ class OpenAIProvider(HttpProvider):
             # see `post_sse`) before the last events go out. A consumer that stops at
             # StreamEnd leaves nothing to read as its loop ends, where the loop would close
             # httpx's generators while that read runs them (each failure logged).
-            if not done:
+            # A body that ends with no [DONE] was cut, unless the reply's finish reason came:
+            # some compatible servers end it so (the official SDK reads to the end, too).
+            if not done and finish_reason is None:
                 raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
             rest = text.finish()
             if rest:
