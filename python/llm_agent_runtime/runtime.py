@@ -2509,6 +2509,8 @@ class AgentRuntime:
             # saves a write per step. A tool taking the key keeps it: its key must name this
             # call.
             if record_result or spec is None or not spec.idempotent or spec.takes_idempotency_key:
+                if spec is None:  # a resume then knows the call ran no tool (`_check_repeatable`)
+                    intent["unlisted"] = True
                 # Written only if the call has no entry: another worker resuming this run may
                 # have journaled it since this one read the journal. Its entry is honoured as
                 # one found at resume: a result is reused, a call that may run (or have run)
@@ -2534,7 +2536,7 @@ class AgentRuntime:
                                 "call is not run under that key",
                                 tool=name,
                             )
-                        self._check_repeatable(session_id, step, index, ran, {"state": "intent"})
+                        self._check_repeatable(session_id, step, index, ran, found)
                         # Repeated under the key it was journaled with (see `_call_key`).
                         key = intent["key"] = self._call_key(session_id, step, index, found)
             run = await self._call_tool(session, name, arguments, key, index, False, busy)
@@ -2629,11 +2631,24 @@ class AgentRuntime:
         """Raises `ToolError` when a journaled call may have run and must not run twice.
 
         `name` is the tool that ran (or runs): the one the middlewares and the approval left.
+        A call journaled while no tool had its name (`unlisted`) ran none: with still none,
+        it is repeated (as the `not_found` it was).
         """
         if entry.get("state") != "intent":
             return
         spec = self.tools.get(name)
-        if spec is None or not (spec.idempotent or spec.takes_idempotency_key):
+        if spec is None and entry.get("unlisted") is True:
+            return
+        if spec is None:
+            key = self._call_key(session_id, step, index, entry)
+            raise ToolError(
+                f"tool call {name!r} (step {step}, call {index}, idempotency key {key!r}) "
+                f"may have run before the interruption, and tool {name!r} is not registered "
+                "in this runtime: register it, or check its effect and record the outcome "
+                "with settle_call(), then resume (or fork the session before this step)",
+                tool=name,
+            )
+        if not (spec.idempotent or spec.takes_idempotency_key):
             key = self._call_key(session_id, step, index, entry)
             raise ToolError(
                 f"tool call {name!r} (step {step}, call {index}, idempotency key {key!r}) "
@@ -3093,7 +3108,10 @@ def _replay_rounds(records: list[StepRecord], messages: list[Message]) -> int:
         if record.round_start:
             rounds += 1
             calls = []
-            for later in records[position:]:
+            # By index: a slice from here per round would copy the rest of a long run's
+            # records each time (a resume quadratic in its steps).
+            for later_position in range(position, len(records)):
+                later = records[later_position]
                 if later is not record and (later.round_start or later.is_final):
                     break
                 name, arguments = _requested_call(later)

@@ -1,0 +1,126 @@
+"""Durable execution cases: resumes after a crash between a tool call's journal entry and its
+step checkpoint, when the call names a tool that is not registered (it never was, or it was
+removed since)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+
+from .test_backends import backend_fixture
+from .test_durable import FINAL, script
+
+backend = backend_fixture()
+
+
+class Crash(BaseException):
+    """The worker's process ending: nothing after it runs."""
+
+
+class CrashesOnSteps:
+    """The backend, but a write holding a step record (`:step:`) ends the worker."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def batch_save(self, items: Any) -> None:
+        if any(":step:" in key for key in items):
+            raise Crash
+        await self.inner.batch_save(items)
+
+    async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
+        if any(":step:" in key for key in items):
+            raise Crash
+        return bool(await self.inner.batch_save_if(guard_key, guard_value, items))
+
+
+@ar.tool
+def add(a: int, b: int) -> int:
+    """Adds."""
+    return a + b
+
+
+async def test_a_call_of_a_tool_that_does_not_exist_is_resumed_not_refused(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The model called a tool no runtime has: nothing could run. The worker ended after the
+    # call's journal entry, before its step checkpoint: the resume refused the session with
+    # a ToolError asking to check the effect of that tool, and settle the call by hand.
+    crashing = ar.AgentRuntime(tools=[add], checkpoint_backend=CrashesOnSteps(backend))
+    session = crashing.create_session("a", "unknown-tool")
+    with pytest.raises(Crash):
+        await crashing.run_agent(
+            "a", "q", script('Thought: t\nAction: nope {"x": 1}'), session=session
+        )
+    runtime = ar.AgentRuntime(tools=[add], checkpoint_backend=backend)
+    resumed = await runtime.resume("unknown-tool", script(FINAL))
+    assert resumed.final_answer == "finished"
+    assert [(s.action, s.error_kind) for s in resumed.steps] == [
+        ("nope", "not_found"),
+        ("FINAL_ANSWER", None),
+    ]
+    loaded = await ar.AgentSession.load_checkpoint(backend, "unknown-tool")
+    assert loaded.step_count == 2 and loaded.final_answer == "finished"
+
+
+async def test_a_call_of_a_tool_removed_since_is_refused_naming_why(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The tool existed and may have run: the resume refuses it still, but said the tool
+    # "is neither idempotent nor takes an idempotency key", which is not why.
+    calls: list[int] = []
+
+    @ar.tool
+    def charge(amount: int) -> str:
+        """Charges (not idempotent)."""
+        calls.append(amount)
+        return "charged"
+
+    crashing = ar.AgentRuntime(tools=[charge], checkpoint_backend=CrashesOnSteps(backend))
+    session = crashing.create_session("a", "removed-tool")
+    with pytest.raises(Crash):
+        await crashing.run_agent(
+            "a", "q", script('Thought: t\nAction: charge {"amount": 5}'), session=session
+        )
+    assert calls == [5]
+    runtime = ar.AgentRuntime(tools=[add], checkpoint_backend=backend)
+    with pytest.raises(ar.ToolError, match="'charge' is not registered"):
+        await runtime.resume("removed-tool", script(FINAL))
+    assert calls == [5]
+
+
+class CountingRecords(list[Any]):
+    """A list of step records that counts the records its slices copy."""
+
+    copied = 0
+
+    def __getitem__(self, index: Any) -> Any:
+        item = super().__getitem__(index)
+        if isinstance(index, slice):
+            CountingRecords.copied += len(item)
+        return item
+
+
+def test_replaying_a_long_tools_run_takes_time_linear_in_its_steps() -> None:
+    # A resume rebuilds the chat of the run's rounds: each round copied every record after
+    # it to find its calls, so a resume of n one-call rounds copied ~n*n/2 records.
+    from llm_agent_runtime.persistence.checkpoints import StepRecord
+    from llm_agent_runtime.runtime import _replay_rounds
+
+    n = 2000
+    records = CountingRecords(
+        StepRecord(ar.Step("t", "add", {"a": i}, str(i)), None, "t", f"c{i}", i % 2 == 0)
+        for i in range(n)
+    )
+    CountingRecords.copied = 0
+    messages: list[Any] = []
+    assert _replay_rounds(records, messages) == n // 2
+    assert len(messages) == n + n // 2  # a reply per round, a result per call
+    assert [len(m.tool_calls) for m in messages if m.role == "assistant"] == [2] * (n // 2)
+    assert CountingRecords.copied <= 2 * n
