@@ -162,7 +162,16 @@ def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
 
     def schedule(result: Any) -> None:
         if asyncio.iscoroutine(result):
-            task = asyncio.ensure_future(result)
+            loop = asyncio._get_running_loop()
+            if loop is None:
+                # `ensure_future` would make a task on a loop that never runs (losing the
+                # callback without a word) or fail with a bare RuntimeError.
+                result.close()
+                raise AgentRuntimeError(
+                    "an async event callback needs a running event loop: this event was "
+                    "emitted outside one (from sync code, or a thread without a loop)"
+                )
+            task = loop.create_task(result)
             # Keep a reference so the scheduled callback is not garbage-collected mid-run.
             pending.add(task)
             task.add_done_callback(done)
@@ -266,7 +275,9 @@ class EventBus:
         callback is an `async def` function (or a partial of one) or an object whose
         `__call__` is one; a sync callback that returns a coroutine has it scheduled too, and
         waited for alike. One registered while a run goes on gets its next events, and that
-        run waits for them too.
+        run waits for them too. An event emitted outside a running event loop (`emit` called
+        from sync code) cannot schedule an async callback: that callback is skipped, and
+        `emit` raises `AgentRuntimeError` once the other callbacks got the event.
 
         Returns:
             The callback, so this works as a decorator.
@@ -335,7 +346,9 @@ class EventBus:
         Iterate it on one event loop. Runs on other threads (each on its own loop) may emit
         meanwhile: their events are handed to the loop iterating it (thread-safely, in each
         thread's emission order), never put on its queue from their own thread. Once that
-        loop has closed, events are no longer queued for it.
+        loop has closed, events are no longer queued for it. Reading it on another loop (a
+        second `asyncio.run`, say) raises `AgentRuntimeError`, and ends the subscription
+        when the loop that iterated it has closed: subscribe again on the new loop.
 
         Args:
             max_buffered: Most unread events kept (at least 1); None: no limit.
@@ -418,7 +431,9 @@ class _SubscriberQueue(asyncio.Queue["Event | None"]):
 class _DroppingQueue(_SubscriberQueue):
     """A subscriber's queue of at most `limit` unread events: a new one pushes out the oldest.
 
-    The end-of-stream marker (None, from `EventBus.close`) is always kept.
+    The end-of-stream marker (None, from `EventBus.close`) is always kept. Until the
+    subscriber first reads, runs on several threads may each queue an event at once, going
+    past `limit` by one a thread until the next event comes.
     """
 
     def __init__(self, limit: int) -> None:
@@ -428,8 +443,13 @@ class _DroppingQueue(_SubscriberQueue):
 
     def _deliver(self, item: Event | None) -> None:
         if item is not None and not self.ended and self.qsize() >= self.limit:
-            self.get_nowait()
-            self.dropped += 1
+            # Before the subscriber first reads, runs on other threads queue their events
+            # themselves: another may have taken the oldest one since it was seen full.
+            try:
+                self.get_nowait()
+                self.dropped += 1
+            except asyncio.QueueEmpty:
+                pass
         super()._deliver(item)
 
 
@@ -474,8 +494,12 @@ class Subscription:
         queue = self._queue
         if queue is None:
             raise StopAsyncIteration
-        if queue.reader_loop is None:  # runs on other threads hand their events to this loop
-            queue.reader_loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        reader = queue.reader_loop
+        if reader is None:  # runs on other threads hand their events to this loop
+            queue.reader_loop = loop
+        elif reader is not loop:
+            raise self._other_loop(reader)
         try:
             event = await queue.get()
         except BaseException:  # cancelled: the subscriber is gone
@@ -486,6 +510,22 @@ class Subscription:
             self._end()
             raise StopAsyncIteration
         return event
+
+    def _other_loop(self, reader: asyncio.AbstractEventLoop) -> AgentRuntimeError:
+        """The error for a read on a loop other than `reader`, the one iterating it.
+
+        Its events go to `reader`: waiting here would never end (an `asyncio.Queue` waits on
+        one loop). A subscription whose loop has closed gets no event any more: it ends. One
+        whose loop still runs (on another thread) is left to the reader there.
+        """
+        ended = ""
+        if reader.is_closed():
+            self._end()
+            ended = " (closed since: the subscription has ended)"
+        return AgentRuntimeError(
+            "a subscription is iterated on one event loop, and this one was first iterated "
+            f"on another event loop{ended}: subscribe again on this loop"
+        )
 
     async def aclose(self) -> None:
         """Ends the subscription (events not read yet are dropped).

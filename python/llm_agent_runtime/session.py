@@ -213,11 +213,11 @@ class AgentSession:
 
     def model_ms(self) -> float:
         """Total time spent waiting for the model."""
-        return sum(s.model_ms for s in self.steps)
+        return sum((s.model_ms for s in self.steps), 0.0)  # 0.0, not 0, without steps
 
     def tool_ms(self) -> float:
         """Total time spent in tools."""
-        return sum(s.tool_ms for s in self.steps)
+        return sum((s.tool_ms for s in self.steps), 0.0)  # 0.0, not 0, without steps
 
     def overhead_ms(self) -> float:
         """Total time the runtime itself took in the steps (neither model nor tools).
@@ -226,7 +226,7 @@ class AgentSession:
         start checkpoint) is in `duration_ms` only, and its final checkpoint, written once the
         duration is measured (the saved session holds it), is in neither.
         """
-        return sum(s.overhead_ms for s in self.steps)
+        return sum((s.overhead_ms for s in self.steps), 0.0)  # 0.0, not 0, without steps
 
     # --- serialization ---
     def to_dict(self) -> dict[str, Any]:
