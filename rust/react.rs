@@ -29,6 +29,12 @@
 //! not read. With no action and no `Final Answer:` line, a `Final Answer:` (so written, as
 //! LangChain looks for it) later on a line ends the thought and starts the answer.
 //!
+//! Other shapes models write are read on branches the common forms never take: the ReAct
+//! paper's `Action: search[text]`, `Action: Final Answer` (the answer taken for a tool),
+//! LangChain's JSON agent blob (`{"action": ..., "action_input": ...}`), an action that says
+//! no tool is called (`Action: None`) before a `Final Answer:`, and a reasoning model's
+//! leading `<think>...</think>` block, which is not read for labels (see [`parse`]).
+//!
 //! Parsing is one pass over the lines plus one bracket-matching pass over the input, so it is
 //! linear in the length of the text whatever the text holds.
 
@@ -617,12 +623,15 @@ fn first_line(text: &str) -> &str {
     line_break(text.as_bytes()).map_or(text, |nl| &text[..nl])
 }
 
-/// A tool name as LangChain reads it: all of `text`, trimmed, without a trailing `:` or `=`
-/// (`Action: search:` then `Action Input: cats` calls `search`), nor the backticks of a
-/// name quoted whole (`` `Search Tool` ``).
+/// A tool name as LangChain reads it: all of `text`, trimmed, without a trailing `:`, `=`,
+/// `,` or `;` (`Action: search:` then `Action Input: cats` calls `search`, and so does
+/// `Action: search, Action Input: cats`), nor the backticks of a name quoted whole
+/// (`` `Search Tool` ``). A trailing `.` stays: names such as `v1.` may end with one.
 fn whole_name(text: &str) -> &str {
     let text = text.trim();
-    let text = text.strip_suffix([':', '=']).map_or(text, str::trim_end);
+    let text = text
+        .strip_suffix([':', '=', ',', ';'])
+        .map_or(text, str::trim_end);
     match text.strip_prefix('`').and_then(|t| t.strip_suffix('`')) {
         Some(quoted) if !quoted.trim().is_empty() && !quoted.contains('`') => quoted.trim(),
         _ => text,
@@ -720,21 +729,40 @@ fn split_action(body: &str) -> ActionText<'_> {
     }
 }
 
-/// The arguments of call syntax: `rest` (what follows a tool name) starts with `(...)`,
-/// nothing after its closing parenthesis on its line (later lines are chatter, ignored as
-/// after a JSON input).
+/// The arguments of call syntax: `rest` (what follows a tool name) starts with `(...)`, or
+/// with `[...]` that is not JSON, as in the ReAct paper (`Search[Colorado orogeny]`;
+/// `tool[1, 2]` is the JSON array, and so is anything opening with `[[` or `[{`), nothing
+/// after the closing bracket on its line (later lines are chatter, ignored as after a JSON
+/// input).
 fn call_arguments(rest: &str) -> Option<&str> {
-    if !rest.starts_with('(') {
-        return None;
-    }
-    let close = matching_close_of(rest.as_bytes(), b"(", b")")?;
+    let (open, close): (&[u8], &[u8]) = match rest.as_bytes().first() {
+        Some(b'(') => (b"(", b")"),
+        Some(b'[') => (b"[", b"]"),
+        _ => return None,
+    };
+    let close = matching_close_of(rest.as_bytes(), open, close)?;
     let after = rest.get(close..)?;
     let line_end = line_break(after.as_bytes()).unwrap_or(after.len());
     if !after.get(..line_end)?.trim().is_empty() {
         return None;
     }
-    // Both parentheses are ASCII: their byte offsets are character boundaries.
+    if open == b"[" && !react_paper_brackets(rest.get(..close)?) {
+        return None;
+    }
+    // Both brackets are ASCII: their byte offsets are character boundaries.
     rest.get(1..close - 1)
+}
+
+/// Whether the bracketed text `bracketed` (`[...]` right after a tool name) holds the
+/// ReAct paper's plain argument (`[Colorado orogeny]`) rather than a JSON array: it is not
+/// JSON, and does not open with a nested array or object (which JSON too deep for serde_json
+/// may still be). Only runs for a `[` right after the name, which the common forms never
+/// write.
+#[cold]
+#[inline(never)]
+fn react_paper_brackets(bracketed: &str) -> bool {
+    let inner = bracketed.get(1..).unwrap_or_default().trim_start();
+    !inner.starts_with(['[', '{']) && serde_json::from_str::<de::IgnoredAny>(bracketed).is_err()
 }
 
 /// A final answer as written (trimmed); decoded when it is exactly one JSON string literal.
@@ -768,10 +796,195 @@ fn final_answer_marker(text: &str) -> Option<(usize, usize)> {
 
 /// Parses one ReAct step.
 ///
+/// A reasoning model's `<think>...</think>` (or `<thinking>...</thinking>`) block at the
+/// start of the text is not read for labels (it drafts actions and answers the model may
+/// not take); the step is read from the text after it, and the block's content is the
+/// thought when that text has none. A block that does not close leaves the text as it is.
+///
 /// # Errors
-/// [`CoreError::Parse`] when the text has neither an action nor a final answer, has both,
-/// names no tool, or gives a tool no input.
+/// [`CoreError::Parse`] when the text has neither an action nor a final answer, has both
+/// (unless the action says there is none: `Action: None`), names no tool, or gives a tool no
+/// input.
 pub fn parse(text: &str) -> CoreResult<Step<'_>> {
+    // Only a text that starts with `<` is looked at further: no cost for the others.
+    if let Some((reasoning, after)) = leading_reasoning(text) {
+        return parse_after_reasoning(text, reasoning, after);
+    }
+    parse_step(text)
+}
+
+/// The reasoning block opening `text` (after whitespace), `<think>` or `<thinking>`
+/// (ASCII case ignored), when it closes: its content, and the index after its closing tag.
+#[inline]
+fn leading_reasoning(text: &str) -> Option<(&str, usize)> {
+    let lead_byte = text.as_bytes().first().copied().unwrap_or_default();
+    if !(lead_byte == b'<' || lead_byte.is_ascii_whitespace()) {
+        return None;
+    }
+    let rest = text.trim_start();
+    if !rest.starts_with('<') {
+        return None;
+    }
+    let bytes = text.as_bytes();
+    let lead = text.len() - rest.len();
+    [
+        (b"<think>" as &[u8], b"</think>" as &[u8]),
+        (b"<thinking>", b"</thinking>"),
+    ]
+    .into_iter()
+    .find_map(|(open, close)| {
+        let start = eat_word(bytes, lead, open)?;
+        let offset = memchr::memmem::find(bytes.get(start..)?, close)?;
+        let end = start + offset;
+        // Tags are ASCII: these offsets are character boundaries.
+        Some((text.get(start..end)?, end + close.len()))
+    })
+}
+
+/// Parses the step written after a leading reasoning block (see [`parse`]): offsets into
+/// the whole text.
+#[cold]
+#[inline(never)]
+fn parse_after_reasoning<'a>(
+    text: &'a str,
+    reasoning: &'a str,
+    after: usize,
+) -> CoreResult<Step<'a>> {
+    let rest = text.get(after..).unwrap_or_default();
+    let mut step = parse_step(rest).map_err(|err| match err {
+        CoreError::Parse { message, position } => CoreError::Parse {
+            message,
+            position: position.map(|at| at + after),
+        },
+        other => other,
+    })?;
+    step.end += after;
+    if step.thought.is_empty() {
+        step.thought = reasoning.trim();
+    }
+    Ok(step)
+}
+
+/// Whether `name` (a whole action line, or its input) says that no tool is called: `None`,
+/// `N/A`, `null`, `No action`, `No tool` (case ignored, a final `.` too), as models write
+/// before a final answer.
+fn names_no_action(name: &str) -> bool {
+    let name = name.trim();
+    let name = name.strip_suffix('.').unwrap_or(name).trim_end();
+    ["none", "n/a", "null", "no action", "no tool"]
+        .into_iter()
+        .any(|word| name.eq_ignore_ascii_case(word))
+}
+
+/// Whether `tool` names the final answer: `FINAL_ANSWER`, or `Final Answer` as models write
+/// it when they take the answer for a tool (ASCII case ignored).
+fn is_final_tool(tool: &str) -> bool {
+    tool.eq_ignore_ascii_case(FINAL_ANSWER_TOOL) || tool.eq_ignore_ascii_case("final answer")
+}
+
+/// When the action's text starts with the words `Final Answer` (ASCII case ignored, not
+/// followed by a name character): the text after them (`Action: Final Answer: Paris`).
+fn spelled_final_answer(body: &str) -> Option<&str> {
+    let bytes = body.as_bytes();
+    if !matches!(bytes.first(), Some(b'F' | b'f')) {
+        return None;
+    }
+    let after = eat_word(bytes, 0, b"final answer")?;
+    if bytes.get(after).is_some_and(|&b| is_name_byte(b)) {
+        return None;
+    }
+    body.get(after..)
+}
+
+/// Skips ASCII whitespace, line breaks included.
+fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
+        at += 1;
+    }
+    at
+}
+
+/// The JSON blob of LangChain's JSON agents (`{"action": "search", "action_input": ...}`,
+/// in a code fence or not) that the action's text `body` is: the tool named by `action` (a
+/// non-empty string, its quotes removed) and the text of `action_input` (`None` when the
+/// blob has none). `None` when `body` is no such object.
+fn json_blob(body: &str) -> Option<(&str, Option<&str>)> {
+    let blob = strip_fence(body);
+    let bytes = blob.as_bytes();
+    if bytes.first() != Some(&b'{') {
+        return None;
+    }
+    let close = matching_close(bytes)?;
+    let (mut action, mut input) = (None, None);
+    let mut at = 1;
+    loop {
+        at = skip_whitespace(bytes, at);
+        match bytes.get(at)? {
+            b'}' if at + 1 == close => break,
+            b',' => {
+                at += 1;
+                continue;
+            }
+            b'"' => {}
+            _ => return None,
+        }
+        let key_end = at + string_close(bytes.get(at..)?)?;
+        let key = blob.get(at + 1..key_end - 1)?;
+        at = skip_whitespace(bytes, key_end);
+        if bytes.get(at) != Some(&b':') {
+            return None;
+        }
+        at = skip_whitespace(bytes, at + 1);
+        let value = bytes.get(at..close)?;
+        let len = match value.first()? {
+            b'{' | b'[' => matching_close(value)?,
+            b'"' => string_close(value)?,
+            _ => value
+                .iter()
+                .position(|&b| b == b',' || b == b'}' || b.is_ascii_whitespace())
+                .unwrap_or(value.len()),
+        };
+        // Every end found above is after an ASCII byte: a character boundary.
+        let value = blob.get(at..at + len)?;
+        match key {
+            "action" => action = Some(value),
+            "action_input" => input = Some(value),
+            _ => {}
+        }
+        at += len;
+    }
+    let tool = action?.strip_prefix('"')?.strip_suffix('"')?.trim();
+    (!tool.is_empty()).then_some((tool, input))
+}
+
+/// Reads the action's text `body` as a LangChain JSON blob (see [`json_blob`]): off the
+/// common path, as it only runs when `body` names no tool in the other forms.
+#[cold]
+#[inline(never)]
+fn json_blob_step<'a>(body: &'a str, thought: &'a str, end: usize) -> Option<Step<'a>> {
+    let (tool, input) = json_blob(body)?;
+    if is_final_tool(tool) {
+        let answer = answer_of(input.unwrap_or_default());
+        return (!answer.is_empty()).then_some(Step {
+            thought,
+            action: None,
+            action_input: None,
+            final_answer: Some(answer),
+            end,
+        });
+    }
+    Some(Step {
+        thought,
+        action: Some(tool),
+        action_input: Some(input.map_or_else(InputText::no_arguments, InputText::new)),
+        final_answer: None,
+        end,
+    })
+}
+
+/// Parses one ReAct step from `text`, with no reasoning block before it.
+#[inline]
+fn parse_step(text: &str) -> CoreResult<Step<'_>> {
     let found = sections(text);
     let content = |s: Section| text[s.start..s.end].trim();
     let end = if found.end < text.len() {
@@ -787,6 +1000,11 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
 
     let Some(action) = found.action else {
         if let Some(s) = found.final_answer {
+            // A `Thought:` after the answer's label is part of the answer, not the thought.
+            let thought = match found.thought {
+                Some(t) if t.label_pos > s.label_pos => text[..found.preamble_end].trim(),
+                _ => thought,
+            };
             return Ok(Step {
                 thought,
                 action: None,
@@ -819,7 +1037,17 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
 
     let written_text = &text[action.start..action.end];
     let body = written_text.trim();
-    let written = split_action(body);
+    let mut written = split_action(body);
+    // `Action: Final Answer` (`: Paris`): the answer taken for a tool, read as FINAL_ANSWER.
+    if let Some(rest) = spelled_final_answer(body).filter(|_| !written.labelled) {
+        let input = rest.trim_start();
+        written = ActionText {
+            tool: &body[..body.len() - rest.len()],
+            after_name: rest,
+            input: input.strip_prefix([':', '=']).unwrap_or(input).trim(),
+            labelled: false,
+        };
+    }
     // An `Action Input:` line after the action gives its input (when the action's line has
     // none), and makes its whole line the tool name, as LangChain reads it, unless that line
     // is in the seed form (`FINAL_ANSWER 42`, `double {"n": 21}`).
@@ -832,6 +1060,9 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
         _ => (written.tool, None),
     };
     if tool.is_empty() {
+        if let Some(step) = json_blob_step(body, thought, end) {
+            return Ok(step);
+        }
         return Err(CoreError::Parse {
             message: "expected a tool name after 'Action:'".into(),
             // Where the section's text starts (or ends, when it is blank).
@@ -839,7 +1070,7 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
         });
     }
     let input_text = input_section.map_or(written.input, content);
-    if tool.eq_ignore_ascii_case(FINAL_ANSWER_TOOL) {
+    if is_final_tool(tool) {
         // `Action: FINAL_ANSWER 42`, or LangChain's `Action: FINAL_ANSWER` then
         // `Action Input: 42`; for a bare `FINAL_ANSWER`, a `Final Answer:` section (up to the
         // next label), or else a `Final Answer:` written later on a line after the action.
@@ -867,6 +1098,21 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
         });
     }
     if let Some(answer) = found.final_answer {
+        // `Action: None` (or `N/A`), with no input or the same word as input, then the
+        // answer: the model says it calls no tool.
+        let no_input = found
+            .action_input
+            .is_none_or(|s| content(s).is_empty() || names_no_action(content(s)));
+        if no_input && names_no_action(whole_name(body)) {
+            let answer_text = text.get(answer.start..end).unwrap_or_default();
+            return Ok(Step {
+                thought,
+                action: None,
+                action_input: None,
+                final_answer: Some(Cow::Borrowed(answer_text.trim())),
+                end,
+            });
+        }
         return Err(CoreError::Parse {
             message: format!(
                 "found both an action ('{tool}') and a final answer; expected only one"

@@ -60,7 +60,10 @@ def test_the_kept_part_of_a_reply_parses_to_the_same_step(
 
 _tool_names = st.from_regex(
     r"[A-Za-z][A-Za-z0-9_.-]{0,8}( [A-Za-z][A-Za-z0-9_.-]{0,8}){0,3}", fullmatch=True
-).filter(lambda n: not n.upper().startswith("FINAL_ANSWER") and "Action" not in n)
+).filter(
+    # Names the final answer takes (`Action: Final Answer`) are no tools.
+    lambda n: not n.upper().startswith(("FINAL_ANSWER", "FINAL ANSWER")) and "Action" not in n
+)
 _raw_inputs = st.text(
     alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")),
     min_size=1,

@@ -98,6 +98,20 @@ def parse_react_step(text: str) -> ReActStep:
     line after the action, or `Thought:` or `Action:` line after its input (see
     `ReActStep.end`).
 
+    Other shapes chat models write are read too: `Action: search[Colorado orogeny]` (the ReAct
+    paper's brackets, right after the name, holding no JSON: the input is the text inside;
+    `Finish[...]` is a tool like any other); `Action: Final Answer` (its input, or the
+    text after `Final Answer:` on its line or a `Final Answer:` section, is the answer, as
+    for `FINAL_ANSWER`); LangChain's JSON agent blob, `Action:` then `{"action": "search",
+    "action_input": ...}` in a code fence or not (`"action": "Final Answer"` answers); a
+    reasoning model's `<think>...</think>` (or `<thinking>`) block opening the text, which is
+    not read for labels (its content is the thought when the rest has none). An action and a
+    `Final Answer:` line in one step are refused, as LangChain refuses them, unless the action
+    says no tool is called (`Action: None`, `N/A`, `null`, `No action`, with no input or the
+    same word): then the step is the answer. A `Final Answer:` section runs to the end of the
+    text (an `Observation:` after it is part of the answer, as in LangChain), and a `Thought:`
+    written after it is not the step's thought.
+
     A JSON object or array input may be followed by other text; a string literal is JSON
     only when nothing follows it on its line (`"New York" weather` stays that text; chatter
     on later lines is ignored). JSON input decodes as `json.loads` would: integers of any size

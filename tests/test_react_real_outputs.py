@@ -1,0 +1,384 @@
+"""parse_react_step on replies real chat models wrote, as reported against ReAct parsers.
+
+Each row is a reply shape that broke a ReAct parser in LangChain, LlamaIndex, smolagents,
+CrewAI or Dify ("Could not parse LLM output", "Invalid Format: Missing 'Action:'", a tool
+named "Final Answer is not a valid tool"), with the step a user expects from it.
+"""
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_agent_runtime import ParseError, parse_react_step
+
+# (name, reply, thought, action, action_input, final_answer)
+READ: list[tuple[str, str, str, str | None, Any, str | None]] = [
+    # --- shapes that were already read as expected (kept here as a regression table) ---
+    (
+        "json in a ```json fence",
+        'Thought: look it up\nAction: search\nAction Input: ```json\n{"query": "rust"}\n```',
+        "look it up",
+        "search",
+        {"query": "rust"},
+        None,
+    ),
+    (
+        "fence on the line after the label",
+        'Action: search\nAction Input:\n```\n{"query": "rust"}\n```\n',
+        "",
+        "search",
+        {"query": "rust"},
+        None,
+    ),
+    ("quoted string", 'Action: search\nAction Input: "query"', "", "search", "query", None),
+    (
+        "json over several lines",
+        'Action: search\nAction Input: {\n  "query": "rust",\n  "k": 3\n}',
+        "",
+        "search",
+        {"query": "rust", "k": 3},
+        None,
+    ),
+    (
+        "text after the json",
+        'Action: search\nAction Input: {"query": "rust"} I will wait for the result.',
+        "",
+        "search",
+        {"query": "rust"},
+        None,
+    ),
+    ("call syntax", 'Action: search("query")', "", "search", "query", None),
+    (
+        "thought without its label",
+        "I should look it up.\nAction: search\nAction Input: rust",
+        "I should look it up.",
+        "search",
+        "rust",
+        None,
+    ),
+    (
+        "labels in capitals",
+        "THOUGHT: x\nACTION: search\nACTION INPUT: rust",
+        "x",
+        "search",
+        "rust",
+        None,
+    ),
+    (
+        "extra spaces",
+        "  Thought :   x  \n  Action :   search   \n  Action Input :   rust  ",
+        "x",
+        "search",
+        "rust",
+        None,
+    ),
+    (
+        "windows line endings",
+        'Thought: x\r\nAction: search\r\nAction Input: {"q": "rust"}\r\n',
+        "x",
+        "search",
+        {"q": "rust"},
+        None,
+    ),
+    ("windows line endings, answer", "Thought: x\r\nFinal Answer: 42\r\n", "x", None, None, "42"),
+    (
+        "tool name with dots",
+        'Action: github.search\nAction Input: {"q": 1}',
+        "",
+        "github.search",
+        {"q": 1},
+        None,
+    ),
+    ("tool name with a dash", 'Action: web-search {"q": 1}', "", "web-search", {"q": 1}, None),
+    (
+        "unicode",
+        'Thought: 日本語で考える\nAction: 検索\nAction Input: {"q": "東京"}',
+        "日本語で考える",
+        "検索",
+        {"q": "東京"},
+        None,
+    ),
+    (
+        "unicode answer",
+        "Thought: 完了\nFinal Answer: 東京です 🎉",
+        "完了",
+        None,
+        None,
+        "東京です 🎉",
+    ),
+    (
+        "an action, an invented observation, then a final answer",
+        "Thought: x\nAction: search\nAction Input: rust\nObservation: 42\nThought: ok\n"
+        "Final Answer: 42",
+        "x",
+        "search",
+        "rust",
+        None,
+    ),
+    (
+        "python code in a fence after a blank line (LangChain #1358)",
+        "Action: python\nAction Input:\n\n```python\nprint(1)\n```",
+        "",
+        "python",
+        "print(1)",
+        None,
+    ),
+    # --- shapes that were misread or refused before ---
+    (
+        "ReAct paper bracket form",
+        "Thought: I need to search\nAction: search[Colorado orogeny]",
+        "I need to search",
+        "search",
+        "Colorado orogeny",
+        None,
+    ),
+    (
+        "ReAct paper bracket form, numbered, with its observation",
+        "Thought 1: I need to search\nAction 1: Search[Colorado orogeny]\nObservation 1: x",
+        "I need to search",
+        "Search",
+        "Colorado orogeny",
+        None,
+    ),
+    (
+        "bracket form holding a JSON array stays the array",
+        "Action: search[1, 2]",
+        "",
+        "search",
+        [1, 2],
+        None,
+    ),
+    (
+        "bracket form, the paper's Finish is a tool like any other",
+        "Action: Finish[1,800 to 7,000 ft]",
+        "",
+        "Finish",
+        "1,800 to 7,000 ft",
+        None,
+    ),
+    (
+        "'Final Answer' written as the action, LangChain form",
+        'Thought: done\nAction: Final Answer\nAction Input: "Paris"',
+        "done",
+        None,
+        None,
+        "Paris",
+    ),
+    (
+        "'Final Answer' written as the action, answer on the next label",
+        "Action: Final Answer\nFinal Answer: 42",
+        "",
+        None,
+        None,
+        "42",
+    ),
+    (
+        "'Final Answer:' written after 'Action:'",
+        "Thought: done\nAction: Final Answer: Paris is the capital",
+        "done",
+        None,
+        None,
+        "Paris is the capital",
+    ),
+    (
+        "'Action: None' before the final answer (LangChain #1345)",
+        "Thought: I can answer directly\nAction: None\nFinal Answer: 42",
+        "I can answer directly",
+        None,
+        None,
+        "42",
+    ),
+    (
+        "'Action: N/A' and 'Action Input: N/A' before the final answer",
+        "Thought: no tool needed\nAction: N/A\nAction Input: N/A\nFinal Answer: 42",
+        "no tool needed",
+        None,
+        None,
+        "42",
+    ),
+    (
+        "LangChain JSON agent blob in a fence",
+        'Thought: x\nAction:\n```json\n{"action": "search", "action_input": {"q": "rust"}}\n```',
+        "x",
+        "search",
+        {"q": "rust"},
+        None,
+    ),
+    (
+        "LangChain JSON agent blob, no fence",
+        'Action: {"action": "search", "action_input": "rust"}',
+        "",
+        "search",
+        "rust",
+        None,
+    ),
+    (
+        "LangChain JSON agent blob giving the final answer",
+        'Thought: done\nAction:\n```\n{"action": "Final Answer", "action_input": "42"}\n```',
+        "done",
+        None,
+        None,
+        "42",
+    ),
+    (
+        "reasoning model: a <think> block drafting another action",
+        '<think>\nMaybe Action: calc {"n": 1} first? No.\nAction: calc\n</think>\n'
+        "Thought: search it\nAction: search\nAction Input: rust",
+        "search it",
+        "search",
+        "rust",
+        None,
+    ),
+    (
+        "reasoning model: the <think> block is the only thought",
+        "<think>I should search</think>\n\nAction: search\nAction Input: rust",
+        "I should search",
+        "search",
+        "rust",
+        None,
+    ),
+    (
+        "reasoning model: a draft answer in the <think> block",
+        "<think>\nFinal Answer: maybe 41\n</think>\nFinal Answer: 42",
+        "Final Answer: maybe 41",
+        None,
+        None,
+        "42",
+    ),
+    (
+        "a thought written after the final answer is not the step's",
+        "Final Answer: 42\n\nObservation: done\nThought: ok",
+        "",
+        None,
+        None,
+        "42\n\nObservation: done\nThought: ok",
+    ),
+    (
+        "a comma after the tool name before 'Action Input:' on its line",
+        "Action: search, Action Input: rust",
+        "",
+        "search",
+        "rust",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("reply", "thought", "action", "action_input", "final_answer"),
+    [row[1:] for row in READ],
+    ids=[row[0] for row in READ],
+)
+def test_real_replies_read_as_a_user_expects(
+    reply: str, thought: str, action: str | None, action_input: Any, final_answer: str | None
+) -> None:
+    step = parse_react_step(reply)
+    assert (step.thought, step.action, step.action_input, step.final_answer) == (
+        thought,
+        action,
+        action_input,
+        final_answer,
+    )
+
+
+# (name, reply, words the message must hold)
+REFUSED: list[tuple[str, str, str]] = [
+    (
+        "an action and a final answer in one reply (LangChain refuses it too)",
+        "Thought: x\nAction: search\nAction Input: rust\nFinal Answer: 42",
+        "both an action ('search') and a final answer",
+    ),
+    (
+        "a bare action, then a final answer",
+        "Thought: x\nAction: search\nFinal Answer: 42",
+        "both an action ('search') and a final answer",
+    ),
+    (
+        "a thought with no action (CrewAI's \"Missing 'Action:'\")",
+        "Thought: I should search the web",
+        "expected a line starting with 'Action:' or 'Final Answer:'",
+    ),
+    (
+        "a reply that is only an answer, with no label",
+        "The capital of France is Paris.",
+        "expected a line starting with 'Action:' or 'Final Answer:'",
+    ),
+    ("an empty reply", "", "expected a line starting with 'Action:' or 'Final Answer:'"),
+    (
+        "a JSON blob naming no action",
+        'Action:\n```json\n{"tool": "search"}\n```',
+        "expected a tool name after 'Action:'",
+    ),
+    (
+        "an unclosed <think> block (the reply was cut)",
+        "<think>\nI should search",
+        "expected a line starting with 'Action:' or 'Final Answer:'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"), [row[1:] for row in REFUSED], ids=[row[0] for row in REFUSED]
+)
+def test_replies_that_are_no_step_are_refused_clearly(reply: str, message: str) -> None:
+    with pytest.raises(ParseError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_react_step(reply)
+
+
+def test_error_positions_after_a_think_block_index_the_whole_reply() -> None:
+    reply = "<think>x</think>\nThought: y\nAction: search\nAction Input: a\nFinal Answer: 1"
+    with pytest.raises(ParseError) as caught:
+        parse_react_step(reply)
+    assert caught.value.position == reply.index("Final Answer:")
+
+
+def test_step_end_after_a_think_block_indexes_the_whole_reply() -> None:
+    reply = "<think>plan</think>\nAction: search\nAction Input: rust\nObservation: made up"
+    step = parse_react_step(reply)
+    assert reply[: step.end] == "<think>plan</think>\nAction: search\nAction Input: rust"
+
+
+_words = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n<>`[]"), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(reasoning=_words, thought=_words.filter(lambda t: t.strip() != ""))
+def test_a_leading_think_block_never_changes_the_step(reasoning: str, thought: str) -> None:
+    body = f"Thought: {thought}\nAction: search\nAction Input: rust"
+    try:
+        plain = parse_react_step(body)
+    except ParseError:
+        return
+    step = parse_react_step(f"<think>\n{reasoning}\nAction: other {{}}\n</think>\n{body}")
+    assert (step.thought, step.action, step.action_input) == (
+        plain.thought,
+        plain.action,
+        plain.action_input,
+    )
+
+
+def _strict(name: str) -> float:
+    """Refuses NaN and Infinity, which are no JSON: `Search[Infinity]` is the paper's form."""
+    raise ValueError(name)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    query=st.text(alphabet=st.characters(codec="utf-8", exclude_characters='[]"\r\n'), min_size=1)
+)
+def test_the_bracket_form_gives_the_text_inside(query: str) -> None:
+    reply = f"Action: Search[{query}]"
+    step = parse_react_step(reply)
+    assert step.action == "Search"
+    try:
+        assert step.action_input == json.loads(f"[{query}]", parse_constant=_strict)
+    except ValueError:
+        pass  # not JSON: the paper's form
+    else:
+        return
+    if query.strip() and not query.lstrip().startswith(("[", "{")):
+        expected = parse_react_step(f"Action: Search\nAction Input: {query}").action_input
+        assert step.action_input == expected
