@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import contextvars
 import copy
 import dataclasses
 import enum
+import errno
 import functools
 import importlib
 import inspect
@@ -63,7 +65,7 @@ from llm_agent_runtime.errors import (
     is_retryable_status,
     policy_error_in,
 )
-from llm_agent_runtime.orchestration._calls import is_async_callable
+from llm_agent_runtime.orchestration._calls import is_async_callable, surely_not_awaitable
 from llm_agent_runtime.orchestration._checks import names_repr, safe_repr
 
 if TYPE_CHECKING:  # a breaker is the user's; the tool only calls it
@@ -85,6 +87,10 @@ _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     socket.gaierror,  # a failed DNS lookup
     CircuitOpenError,
+    # The tool's own work cancelled (`Future.result()` of a cancelled executor future): as
+    # `asyncio.to_thread` turns it into the `CancelledError` `ToolRegistry.call` takes for
+    # transient, so on every other path too (asyncio imports the module already).
+    concurrent.futures.CancelledError,
 )
 # Exceptions of HTTP clients this module does not import (they may not be installed), by
 # (top-level package, class name); the first class along an exception's MRO found here
@@ -109,6 +115,16 @@ _HTTP_STATUS_ERRORS = frozenset(
         ("aiohttp", "ClientResponseError"),
         ("urllib", "HTTPError"),
     }
+)
+# Network failures an `OSError` names only by its errno (a bare `socket.connect` raises
+# them; urllib wraps them): worth a retry, as a refused connection is.
+_TRANSIENT_ERRNOS = frozenset(
+    code
+    for code in (
+        getattr(errno, name, None)
+        for name in ("ENETUNREACH", "EHOSTUNREACH", "ENETDOWN", "EHOSTDOWN", "ENETRESET")
+    )
+    if code is not None
 )
 _GROUP_SHOWN = 10
 """How many of an exception group's members an observation describes."""
@@ -143,8 +159,11 @@ class Observation(NamedTuple):
 def classify_error(error: BaseException) -> ErrorKind:
     """Classifies a tool's exception as `transient` (retry may help) or `permanent`.
 
-    Transient: `TimeoutError` (`asyncio.TimeoutError` too), `ConnectionError` (not other
-    `OSError`s), `socket.gaierror` (a failed DNS lookup), `CircuitOpenError`, a retryable
+    Transient: `TimeoutError` (`asyncio.TimeoutError` too), `ConnectionError`, an `OSError`
+    whose errno says the network or host is unreachable or down (`ENETUNREACH`,
+    `EHOSTUNREACH`, `ENETDOWN`, `EHOSTDOWN`, `ENETRESET`; not other `OSError`s),
+    `socket.gaierror` (a failed DNS lookup), `CircuitOpenError`,
+    `concurrent.futures.CancelledError` (the tool's own work was cancelled), a retryable
     `ProviderError`; and the network failures of HTTP clients, recognised by package and
     class name along the exception's MRO, without importing them: requests'
     `ConnectionError` and `Timeout` (not `SSLError`), httpx's `TransportError` (not
@@ -176,6 +195,8 @@ def classify_error(error: BaseException) -> ErrorKind:
         return "permanent"
     if _tls_failure(error):
         return "permanent"
+    if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
+        return "transient"
     for klass in type(error).__mro__:
         kind = _THIRD_PARTY_KINDS.get((_package(klass), klass.__name__))
         if kind is not None:
@@ -363,9 +384,12 @@ class ToolSpec:
     """A tool: a name, a description, a JSON schema, and a handler.
 
     A handler receives the parsed arguments as one dict; it may be sync (run in a worker
-    thread, off the event loop) or async (awaited). The dict is the handler's own copy: it
-    may change it without changing the call the session records (a shallow copy: nested
-    lists and dicts are shared with the caller's arguments, so leave those unchanged).
+    thread, off the event loop) or async (awaited). An awaitable a sync handler returns is
+    awaited; one an async handler returns (`return fetch(url)`, an `await` missed) is a
+    `permanent` observation, not its repr taken for a result. The dict is the handler's own
+    copy: it may change it without changing the call the session records (a shallow copy:
+    nested lists and dicts are shared with the caller's arguments, so leave those
+    unchanged).
 
     A `ToolSpec` made by hand checks only that the schema's required arguments are there:
     the types, ranges and enums of `parameters` are shown to the model, not enforced, so the
@@ -401,7 +425,9 @@ class ToolSpec:
             which OpenAI refuses).
         required_fields: Argument names that must be present (added to the schema's
             `required`, in a copy of `parameters`).
-        timeout: Seconds a call may take before it fails as `transient`.
+        timeout: Seconds a call may take before it fails as `transient`. An async handler is
+            cancelled then; one that catches that cancellation and returns ends the call
+            with what it returned, late, as `asyncio.timeout` lets it.
         circuit_breaker: Fast-fails calls while the tool is unhealthy.
         run_inline: Run a sync handler on the event loop (for trivial, non-blocking handlers).
             Nothing can interrupt it there, so it takes no `timeout`.
@@ -1871,7 +1897,10 @@ def _json_default(value: Any) -> Any:
     if callable(tolist):
         return _as_list(value, tolist)
     if inspect.isgenerator(value) or inspect.isasyncgen(value):
-        raise _GeneratorInside  # else its text, `<generator object ...>`, for its items
+        raise _GeneratorInside("a generator")  # else `<generator object ...>`, for its items
+    if not surely_not_awaitable(value) and inspect.isawaitable(value):
+        # Else `<coroutine object ...>` for a result whose work never ran.
+        raise _GeneratorInside(f"an awaitable ({type(value).__name__})")
     return str(value)
 
 
@@ -1898,7 +1927,10 @@ def _floats(texts: Any) -> Any:
 
 
 class _GeneratorInside(Exception):
-    """A result holds a generator (or async generator) inside a structure."""
+    """A result holds a generator (or async generator), or an awaitable, inside a structure.
+
+    Its argument says which (`"a generator"`).
+    """
 
 
 class _KeysMadeText(ValueError):
@@ -1942,7 +1974,10 @@ def _render(result: Any) -> str:
 
     Raises:
         TypeError: For a generator (or async generator), also one inside a structure: its
-            items are not the result.
+            items are not the result. For an awaitable (a coroutine, a task), also one inside
+            a structure: an async tool that returns one has missed an `await`, and what it
+            stands for is not the result (a coroutine returned whole is closed: its work
+            never runs).
         Exception: Whatever rendering raises (`ToolRegistry.call` makes it an observation).
     """
     if isinstance(result, enum.Enum) and isinstance(result, str):
@@ -1957,6 +1992,8 @@ def _render(result: Any) -> str:
     if isinstance(result, float) and not math.isfinite(result):  # as a float is shown: `nan`
         return str(result)
     if not _written_as_json(result):  # its text, not that text as a quoted JSON string
+        if not surely_not_awaitable(result) and inspect.isawaitable(result):
+            _refuse_awaitable_result(result)
         tolist = getattr(result, "tolist", None)
         if not callable(tolist):
             return str(result)
@@ -1976,16 +2013,32 @@ def _render(result: Any) -> str:
                 text = _JSON.encode(_with_json_keys(result, set()))
         except (TypeError, ValueError):  # a dict key `json` refuses (an enum), or a NaN
             text = _JSON.encode(_with_json_keys(result, set()))
-    except _GeneratorInside:  # not a TypeError: `str` of the whole would hide it too
-        raise TypeError(
-            "the tool returned a generator inside its result; return a list instead"
-        ) from None
+    except _GeneratorInside as inside:  # not a TypeError: `str` of the whole would hide it
+        what = inside.args[0]
+        fix = "return a list instead" if what == "a generator" else "await it in the tool"
+        raise TypeError(f"the tool returned {what} inside its result; {fix}") from None
     except (TypeError, ValueError, RecursionError):  # not JSON, a cycle, or nested too deep
         return str(result)
     if not text.isascii() and _SURROGATE.search(text):
         # A lone surrogate (say, from `os.fsdecode`) has no UTF-8 form: JSON escapes it.
         text = _SURROGATE.sub(_escape_surrogate, text)
     return text
+
+
+def _refuse_awaitable_result(result: Any) -> None:
+    """Raises the `TypeError` for an awaitable returned as a tool's result (see `_render`).
+
+    An async tool returned it in place of its result (`return fetch(url)` for
+    `return await fetch(url)`): its repr would pass for a successful result. A coroutine is
+    closed (no "never awaited" warning: the observation says it); a task or future is left
+    as it is, its owner's to await or cancel.
+    """
+    if inspect.iscoroutine(result):
+        result.close()
+        what = f"a coroutine ({getattr(result, '__qualname__', type(result).__name__)})"
+    else:
+        what = f"an awaitable ({type(result).__name__})"
+    raise TypeError(f"the tool returned {what}, not its result; await it in the tool")
 
 
 def _written_as_json(value: Any) -> bool:

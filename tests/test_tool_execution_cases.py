@@ -1,0 +1,157 @@
+"""Tool execution: awaitables a tool returns in place of its result, network failures that
+only an errno names, and a per-tool timeout an async tool swallows."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import gc
+import urllib.error
+import warnings
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.providers.offline import ScriptedProvider
+from llm_agent_runtime.tools import ToolRegistry, classify_error, tool
+
+# --- 1. an async tool that returns an awaitable (a missing `await`) -------------------------
+
+
+async def _fetch(ran: list[str]) -> str:
+    ran.append("fetched")
+    return "the real result"
+
+
+@pytest.mark.parametrize("settings", [{}, {"timeout": 5.0}, {"circuit_breaker": True}])
+async def test_an_async_tool_returning_a_coroutine_is_a_permanent_failure(
+    settings: dict[str, Any],
+) -> None:
+    ran: list[str] = []
+    if settings.get("circuit_breaker"):
+        settings = {"circuit_breaker": ar.CircuitBreaker("forgot")}
+
+    @tool(name="forgot", **settings)
+    async def forgot() -> str:
+        """Forgets to await."""
+        return _fetch(ran)  # type: ignore[return-value]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "never awaited" warning fails the test
+        observation = await ToolRegistry([forgot]).call("forgot", {})
+        gc.collect()
+    assert observation.error_kind == "permanent"
+    assert "coroutine" in observation.content
+    assert "await" in observation.content
+    assert "<coroutine object" not in observation.content  # not its repr as a result
+    assert ran == []
+
+
+async def test_an_async_tool_returning_a_task_is_a_permanent_failure() -> None:
+    ran: list[str] = []
+
+    @tool
+    async def spawns() -> str:
+        """Returns a task instead of its result."""
+        return asyncio.ensure_future(_fetch(ran))  # type: ignore[return-value]
+
+    observation = await ToolRegistry([spawns]).call("spawns", {})
+    assert observation.error_kind == "permanent"
+    assert "Task" in observation.content and "await" in observation.content
+    await asyncio.sleep(0)  # the task is the tool's own: left to run, not cancelled
+    assert ran == ["fetched"]
+
+
+async def test_coroutines_inside_a_result_are_a_permanent_failure() -> None:
+    ran: list[str] = []
+
+    @tool
+    async def gathers_not() -> list[str]:
+        """Forgets `asyncio.gather`."""
+        return [_fetch(ran), _fetch(ran)]  # type: ignore[list-item]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "never awaited": they are not
+        observation = await ToolRegistry([gathers_not]).call("gathers_not", {})
+        gc.collect()
+    assert observation.error_kind == "permanent"
+    assert "coroutine" in observation.content and "inside" in observation.content
+    assert ran == []
+
+
+async def test_a_run_reports_a_missing_await_to_the_model() -> None:
+    ran: list[str] = []
+
+    @tool
+    async def lookup(city: str) -> str:
+        """Looks a city up."""
+        return _fetch(ran)  # type: ignore[return-value]
+
+    provider = ScriptedProvider(
+        [ScriptedProvider.tool_call_reply([("lookup", {"city": "Oslo"})]), "done"]
+    )
+    runtime = ar.AgentRuntime(config=ar.AgentConfig(mode="tools"), tools=[lookup])
+    session = await runtime.run_agent_with_provider("a", "go", provider)
+    gc.collect()
+    assert "coroutine" in session.steps[0].observation
+    assert "<coroutine object" not in session.steps[0].observation
+    assert ran == []
+
+
+# --- 2. network failures named only by their errno ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code", [errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN]
+)
+def test_an_unreachable_network_is_transient(code: int) -> None:
+    failure = OSError(code, "unreachable")
+    assert classify_error(failure) == "transient"
+    # urllib wraps it, as it wraps a refused connection (transient already).
+    assert classify_error(urllib.error.URLError(failure)) == "transient"
+
+
+def test_other_os_errors_stay_permanent() -> None:
+    assert classify_error(OSError(errno.ENOENT, "no such file")) == "permanent"
+    assert classify_error(PermissionError(errno.EACCES, "denied")) == "permanent"
+    assert classify_error(OSError("no errno")) == "permanent"
+
+
+# --- 3. a tool's own work cancelled, on every path alike ------------------------------------
+
+
+def _cancelled_work() -> int:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(int)
+        future.cancel()
+        raise concurrent.futures.CancelledError  # what `future.result()` raises then
+
+
+@pytest.mark.parametrize("kind", ["sync", "sync_timeout", "async", "async_timeout"])
+async def test_a_cancelled_concurrent_future_in_a_tool_is_transient_on_every_path(
+    kind: str,
+) -> None:
+    timeout = 30.0 if kind.endswith("timeout") else None
+    if kind.startswith("sync"):
+
+        @tool(name="work", timeout=timeout)
+        def work() -> int:
+            """Works through an executor."""
+            return _cancelled_work()
+
+    else:
+
+        @tool(name="work", timeout=timeout)
+        async def work() -> int:
+            """Works through an executor."""
+            return _cancelled_work()
+
+    observation = await ToolRegistry([work]).call("work", {})
+    assert observation.error_kind == "transient", observation
+    assert "CancelledError" in observation.content
+
+
+def test_classify_error_takes_a_concurrent_cancellation_for_transient() -> None:
+    assert classify_error(concurrent.futures.CancelledError()) == "transient"
