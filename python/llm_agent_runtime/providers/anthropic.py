@@ -87,7 +87,7 @@ CACHE_WRITE_1H_PRICE_FACTOR = 2.0
 """Price of an input token written to the 1-hour prompt cache (`"ttl": "1h"`), as a multiple
 of the input price."""
 
-_RESERVED_PARAMS = frozenset(("messages", "model", "stream", "system", "tools"))
+_RESERVED_PARAMS = frozenset(("messages", "model", "stream", "tools"))
 _REASONING_BLOCKS = frozenset(("thinking", "redacted_thinking"))
 """Content blocks of the model's reasoning: kept as received, to be sent back with the reply."""
 _TOOL_FAILED = "the tool failed"
@@ -222,7 +222,8 @@ class AnthropicProvider(HttpProvider):
     `redacted_thinking` blocks are `ChatResponse.reasoning`, as received (streamed ones
     assembled, signature included); an assistant `Message` that carries them back
     (`Message.reasoning`) sends them first in its content, as the API requires of the turn
-    whose tool calls a conversation answers.
+    whose tool calls a conversation answers (an assistant `Message` of reasoning alone, no
+    text and no tool calls, is left out: the API refuses a message that ends in thinking).
 
     One pooled `httpx.AsyncClient` per provider; use `async with AnthropicProvider() as llm:`
     or call `aclose()`. Failed calls are retried through `retry` on 408/409/429/5xx/529
@@ -393,12 +394,16 @@ class AnthropicProvider(HttpProvider):
         """Sends a conversation (and optional tools) and returns the whole response.
 
         Args:
-            messages: The conversation so far; system messages become the `system` prompt.
+            messages: The conversation so far; system messages become the `system` prompt
+                (after a `system=` passed, as a text block of their own).
             tools: Tools the model may call.
             model: Model for this call (default: the provider's).
             **params: Other Messages API parameters, sent as given (`max_tokens`,
                 `temperature`, `tool_choice`, `thinking`, ...); `stop=` is sent as
-                `stop_sequences`, but for those that are only whitespace.
+                `stop_sequences`, but for those that are only whitespace. `system=` (a str
+                or a list of blocks, such as those marked with `cache_control` to cache
+                the prompt) is sent as the `system` prompt, followed by the system
+                messages' text.
 
         Raises:
             ProviderError: The call failed, the response is an error (under any status) or
@@ -412,7 +417,8 @@ class AnthropicProvider(HttpProvider):
             TypeError: `messages` or `tools` is not an iterable of `Message` /
                 `ToolDefinition`, a tool call in a message is not a `ToolCall` with a dict
                 of arguments, a message's content is no str or its reasoning no list of
-                blocks, or `stop` is neither a str nor an iterable of str: nothing is sent.
+                blocks, `stop` is neither a str nor an iterable of str, or `system` is
+                neither a str nor a list of blocks: nothing is sent.
         """
         body = self._body(messages, tools, model, params, stream=False)
         raw = await self._transport.post_json("/v1/messages", body, self._check_reply)
@@ -507,7 +513,10 @@ class AnthropicProvider(HttpProvider):
             "max_tokens": self.max_tokens,
             "messages": wire_messages,
         }
-        if system:
+        given_system = params.pop("system", None)
+        if given_system is not None:  # blocks, to mark some with `cache_control`
+            body["system"] = _system_prompt(given_system, system)
+        elif system:
             body["system"] = system
         if tools:
             body["tools"] = [
@@ -689,10 +698,13 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
     blocks come first in its content, as received. A message with no content block (empty
     or blank text, no tool calls, no reasoning) is left out: the API refuses empty messages
     and blank text blocks. That includes an empty last assistant message, which would only
-    prefill nothing. A last assistant message (a prefill) that ends in text has that text's
-    trailing whitespace cut: the API refuses a prefill that ends in whitespace. Consecutive
-    messages of one role, those left out or not, are merged, as the API requires the roles
-    to alternate.
+    prefill nothing. An assistant message of reasoning alone is left out too: the API
+    refuses one whose last block is a thinking block. A last assistant message (a prefill)
+    that ends in text has that text's trailing whitespace cut: the API refuses a prefill
+    that ends in whitespace. Consecutive messages of one role, those left out or not, are
+    merged, as the API requires the roles to alternate: in a merged user message the tool
+    results come before any text, and in a merged assistant message the reasoning blocks
+    come first, as the API requires of both.
 
     Raises:
         ProviderError: The last user message is empty, so that leaving it out would send
@@ -730,12 +742,24 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
                 {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
                 for call in message.tool_calls
             )
-            if message.reasoning and role == "assistant":
-                blocks[:0] = message.reasoning
             if not blocks:
+                # Reasoning alone is left out too: the API refuses an assistant message
+                # whose last block is a thinking block.
                 continue
+            if message.reasoning and role == "assistant":
+                if wire and wire[-1]["role"] == "assistant":
+                    _merge_reasoning(wire[-1]["content"], message.reasoning, blocks)
+                    continue
+                blocks[:0] = message.reasoning
         if wire and wire[-1]["role"] == role:
-            wire[-1]["content"].extend(blocks)
+            merged = wire[-1]["content"]
+            if last_role == "tool" and merged[-1]["type"] != "tool_result":
+                # Tool results go before any text of their message: the API takes text
+                # before them as the turn after the tool calls, which then lack results.
+                at = next(n for n, block in enumerate(merged) if block["type"] != "tool_result")
+                merged[at:at] = blocks
+            else:
+                merged.extend(blocks)
         else:
             wire.append({"role": role, "content": blocks})
     if last_role == "user" and (not wire or wire[-1]["role"] != "user"):
@@ -750,6 +774,51 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
         if isinstance(text, str) and text != text.rstrip():
             content[-1] = {**last, "text": text.rstrip()}  # a copy: never the caller's block
     return "\n\n".join(system), wire
+
+
+def _system_prompt(given: object, from_messages: str) -> str | list[dict[str, Any]]:
+    """The `system` parameter: the one a call passed, then its system messages' text.
+
+    Args:
+        given: A call's `system=`: a str, or a list of text blocks (those of a prompt to
+            cache carry `cache_control`), sent as given.
+        from_messages: The text of the conversation's system messages ("" for none), sent
+            as a text block after `given`'s.
+
+    Raises:
+        TypeError: `given` is neither a str nor a list of blocks (dicts).
+    """
+    if isinstance(given, str):
+        if not from_messages:
+            return given
+        blocks = [{"type": "text", "text": given}]
+    elif isinstance(given, list) and all(isinstance(block, dict) for block in given):
+        blocks = list(given)  # a copy: the caller's list is not extended
+    else:
+        raise TypeError(
+            "system must be a str or a list of system prompt blocks (dicts such as "
+            f'{{"type": "text", "text": ...}}), got {type(given).__name__}'
+        )
+    if from_messages:
+        blocks.append({"type": "text", "text": from_messages})
+    return blocks
+
+
+def _merge_reasoning(
+    merged: list[dict[str, Any]],
+    reasoning: Sequence[dict[str, Any]],
+    blocks: list[dict[str, Any]],
+) -> None:
+    """Adds an assistant message's reasoning and blocks to the assistant message before it.
+
+    The reasoning goes after that message's own reasoning, before its other blocks: the API
+    refuses an assistant message with thinking blocks that does not start with them.
+    """
+    at = 0
+    while at < len(merged) and merged[at].get("type") in _REASONING_BLOCKS:
+        at += 1
+    merged[at:at] = reasoning
+    merged.extend(blocks)
 
 
 def _check_message(n: int, message: Message) -> None:

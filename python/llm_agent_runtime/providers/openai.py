@@ -130,6 +130,7 @@ class _AssistantMessage(BaseModel):
     content: str | list[Any] | None = None  # parts: see `_text_of`
     refusal: str | None = None
     tool_calls: list[_ToolCall] | None = None
+    function_call: _FunctionCall | None = None  # the legacy `functions` form of a call
 
 
 class _Choice(BaseModel):
@@ -188,6 +189,7 @@ class _Delta(BaseModel):
     content: str | list[Any] | None = None  # parts: see `_text_of`
     refusal: str | None = None
     tool_calls: list[_ToolCallChunk] | None = None
+    function_call: _FunctionCall | None = None  # the legacy `functions` form of a call
 
 
 class _ChunkChoice(BaseModel):
@@ -238,7 +240,10 @@ class OpenAIProvider(HttpProvider):
     the reply does not pass for an empty answer, and a stream yields it as `TextDelta`s.
     Chunks whose choice has no `delta` (Azure's content-filter annotations) are skipped.
     Content sent as a list of parts (Mistral's reasoning models: their thinking apart from
-    their answer) is read as its text parts; the thinking is not part of the text.
+    their answer) is read as its text parts; the thinking is not part of the text. A call in
+    the legacy `functions` form (`message.function_call`, streamed as `delta.function_call`,
+    finish reason `function_call`) is a tool call like the others, named `call_0` as it
+    comes without an id.
 
     Args:
         api_key: API key (default: `OPENAI_API_KEY`; a blank value, argument or variable,
@@ -384,6 +389,9 @@ class OpenAIProvider(HttpProvider):
         choice = completion.choices[0]
         message = choice.message
         wire_calls = message.tool_calls or []
+        if not wire_calls and message.function_call is not None:
+            # The legacy `functions` form: one call, without an id (named `call_0`).
+            wire_calls = [_ToolCall(function=message.function_call)]
         # Given out as a streamed reply's are: cleaned, those missing named (`ToolCallIds`).
         call_ids = ToolCallIds().give_all([call.id for call in wire_calls])
         calls = [
@@ -531,6 +539,11 @@ class OpenAIProvider(HttpProvider):
                             piece = text.add(said if type(said) is str else _text_of(said))
                             if piece:
                                 yield TextDelta(piece)
+                        elif delta.function_call is not None:
+                            # The legacy `functions` form (its content is null): one call,
+                            # without an id, read as a tool call's pieces at index 0.
+                            legacy = delta.function_call
+                            yield calls.add(0, None, legacy.name, legacy.arguments or "")
                         if delta.refusal:
                             refused = True
                             piece = text.add(delta.refusal)
