@@ -833,8 +833,10 @@ impl Index {
     /// Each section is streamed to the file (no copy of the index is built in memory).
     ///
     /// # Errors
-    /// [`CoreError::Persistence`] on an I/O failure, or when float32 copies kept in a file
-    /// cannot be read (another process's, through `fork()`, included);
+    /// [`CoreError::Persistence`] on an I/O failure, when `path` holds the float32 copies of
+    /// another index (in this process or another: replacing the file would take it from that
+    /// index), or when float32 copies kept in a file cannot be read (another process's,
+    /// through `fork()`, included);
     /// [`CoreError::Memory`] when `path` is the file of this index's float32 copies
     /// (`originals_path`), as [`Index::load`] refuses the same file for both, or when the
     /// save's buffer (1 MiB) cannot be allocated.
@@ -849,6 +851,14 @@ impl Index {
             return Err(CoreError::Memory(format!(
                 "cannot save the index to {path}: it is the index's own originals_path, \
                  which holds its float32 copies (save the index to another file)"
+            )));
+        }
+        if originals::in_use(path) {
+            // Replacing the file would take it from the index holding it: that index goes on
+            // with a file no name reaches, and another load could take (and empty) the new one.
+            return Err(CoreError::Persistence(format!(
+                "cannot save the index to {path}: the file is in use by another index, as its \
+                 originals_path (save the index to another file)"
             )));
         }
         let io = |e: std::io::Error| CoreError::Persistence(format!("cannot write {path}: {e}"));
@@ -908,7 +918,8 @@ impl Index {
     /// `originals_path`, its float32 copies go to that file instead of memory.
     ///
     /// # Errors
-    /// [`CoreError::Persistence`] when the file cannot be read, is not an index, has an unknown
+    /// [`CoreError::Persistence`] when the file cannot be read, is not a regular file (a named
+    /// pipe would block the load), is not an index, has an unknown
     /// format version or dtype, is truncated, fails its checksum, or holds an id above
     /// [`MAX_ID`], or stores a value the index never writes (not finite, an int8 code of
     /// -128, or a row that is not of unit length: see [`Rows::invalid_values`]), or
@@ -944,8 +955,21 @@ impl Index {
     fn read_file(path: &str, originals_path: Option<&str>) -> CoreResult<Self> {
         let bad = |why: String| CoreError::Persistence(format!("cannot load {path}: {why}"));
         let size = || "size does not match its header".to_owned();
-        let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-        let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
+        // Opened without waiting: a named pipe (or a device) would block `open` until a writer
+        // came, hanging the load. Reads of a regular file ignore the flag.
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(libc::O_NONBLOCK);
+        }
+        let file = options.open(path).map_err(|e| bad(e.to_string()))?;
+        let metadata = file.metadata().map_err(|e| bad(e.to_string()))?;
+        if !metadata.is_file() {
+            return Err(bad("not a vector index file (not a regular file)".into()));
+        }
+        let len = metadata.len();
         let mut input = CrcReader::new(file, path)?;
         if len < 28 || input.read(8)? != MAGIC.as_slice() {
             return Err(bad("not a vector index file".into()));
@@ -1167,15 +1191,28 @@ fn same_file(a: &str, b: &str) -> bool {
     }
 }
 
+/// Bytes of the target's file name kept in a temporary name: with the longest suffix (46
+/// bytes), the name stays within the 255 bytes file systems allow.
+const TEMP_NAME_BYTES: usize = 200;
+
 /// A temporary file name beside `path` that no other save (in this process or another) uses
-/// at the same time: `{path}.{pid}.{counter}.{nanos}.tmp`.
+/// at the same time: `{path}.{pid}.{counter}.{nanos}.tmp`, the file name cut to its first
+/// [`TEMP_NAME_BYTES`] bytes (at a character boundary), so that any name the file system
+/// accepts for the target leaves room for the temporary one.
 fn unique_temp_path(path: &str) -> String {
     static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let counter = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    format!("{path}.{}.{counter}.{nanos}.tmp", std::process::id())
+    let name_start = path.rfind(std::path::is_separator).map_or(0, |i| i + 1);
+    let (dir, name) = path.split_at(name_start);
+    let mut keep = name.len().min(TEMP_NAME_BYTES);
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let name = name.get(..keep).unwrap_or(name);
+    format!("{dir}{name}.{}.{counter}.{nanos}.tmp", std::process::id())
 }
 
 fn path_str(path: &std::path::Path) -> CoreResult<&str> {
@@ -1692,7 +1729,8 @@ impl PyVectorIndex {
     /// Raises:
     ///     MemoryStoreError: `path` is this index's own `originals_path` (the file of its
     ///         float32 copies, which the save would replace): nothing is written.
-    ///     PersistenceError: the file cannot be written, or `path` is not valid Unicode; or
+    ///     PersistenceError: the file cannot be written, `path` is not valid Unicode or is
+    ///         the `originals_path` of another index (in use: nothing is written); or
     ///         float32 copies kept in a file cannot be read (in a forked child: see the
     ///         class docs).
     fn save(&self, py: Python<'_>, #[pyo3(from_py_with = path_arg)] path: String) -> PyResult<()> {
@@ -1709,9 +1747,10 @@ impl PyVectorIndex {
     /// Raises:
     ///     MemoryStoreError: `originals_path` is the index file itself, or the index does
     ///         not fit in memory.
-    ///     PersistenceError: unreadable, not an index, another version, truncated or corrupt
-    ///         (including values the index never stores: NaN/inf, an int8 code of -128, or
-    ///         a row that is not of unit length, zero rows included); or `originals_path`
+    ///     PersistenceError: unreadable, not a regular file, not an index, another
+    ///         version, truncated or corrupt (including values the index never stores:
+    ///         NaN/inf, an int8 code of -128, or a row that is not of unit length, zero rows
+    ///         included); or `originals_path`
     ///         given for an index without float32 copies, that cannot be created, or that
     ///         another index uses; or a path that is not valid Unicode.
     #[staticmethod]

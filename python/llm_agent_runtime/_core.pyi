@@ -578,7 +578,8 @@ class VectorIndex:
 
         Raises:
             MemoryStoreError: path is this index's own originals_path (nothing is written).
-            PersistenceError: the file cannot be written, or the path is not valid Unicode; or
+            PersistenceError: the file cannot be written, the path is not valid Unicode or
+                is another index's originals_path (in use: nothing is written); or
                 float32 copies kept in a file cannot be read (in a forked child: see the
                 class docs).
         """
@@ -594,9 +595,10 @@ class VectorIndex:
         Raises:
             MemoryStoreError: originals_path is the index file itself, or the index does not
                 fit in memory.
-            PersistenceError: unreadable, not an index, other version, truncated or corrupt
-                (including values the index never stores: NaN/inf, int8 code -128, or a row
-                that is not of unit length, zero rows included), originals_path for an index
+            PersistenceError: unreadable, not a regular file, not an index, other version,
+                truncated or corrupt (including values the index never stores: NaN/inf, int8
+                code -128, or a row that is not of unit length, zero rows included),
+                originals_path for an index
                 without float32 copies, or originals_path cannot be created or is in use by
                 another index; a path that is not valid Unicode.
         """

@@ -1246,7 +1246,8 @@ impl Store {
         String::from_utf8(text.bytes).map_err(|e| CoreError::Graph(format!("graph to JSON: {e}")))
     }
 
-    /// Rebuilds a graph from `to_json` output; bad documents are a `GraphError`.
+    /// Rebuilds a graph from `to_json` output; bad documents (another format, a version
+    /// other than 1 to [`VERSION`], bad entities or relationships) are a `GraphError`.
     pub fn from_json(text: &str) -> CoreResult<Store> {
         let doc: GraphDocument = serde_json::from_str(text)
             .map_err(|e| CoreError::Graph(format!("not a graph document: {e}")))?;
@@ -1256,6 +1257,12 @@ impl Store {
                 "not a graph document (format {:?})",
                 doc.format
             )));
+        }
+        if doc.version == 0 {
+            // Versions start at 1: no release wrote version 0.
+            return Err(CoreError::Graph(
+                "not a graph document: version 0 does not exist (versions start at 1)".into(),
+            ));
         }
         if doc.version > VERSION {
             return Err(CoreError::Graph(format!(

@@ -77,7 +77,9 @@ pub struct Episodes {
     pub per_agent_capacity: Option<usize>,
     /// Next episode id.
     pub next_id: u64,
-    /// Episodes per agent, in insertion order.
+    /// Episodes per agent, in insertion order (an export naming an agent twice is refused,
+    /// rather than one of its two lists dropped).
+    #[serde(deserialize_with = "agents_once")]
     pub by_agent: BTreeMap<String, Vec<Episode>>,
     /// Weight of the query similarity in recall scores.
     #[serde(default = "default_similarity_weight")]
@@ -86,6 +88,41 @@ pub struct Episodes {
     /// episode has one (the store is cleared, say: new embeddings may then have another).
     #[serde(default)]
     pub embedding_dim: Option<usize>,
+}
+
+/// Reads `by_agent`, refusing an agent id given twice: a JSON object keeps the last of
+/// duplicate keys, which would drop the episodes listed under the first without a word.
+fn agents_once<'de, D>(deserializer: D) -> Result<BTreeMap<String, Vec<Episode>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Agents;
+
+    impl<'de> serde::de::Visitor<'de> for Agents {
+        type Value = BTreeMap<String, Vec<Episode>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of agent ids to lists of episodes")
+        }
+
+        fn visit_map<A>(self, mut map: A) -> Result<Self::Value, A::Error>
+        where
+            A: serde::de::MapAccess<'de>,
+        {
+            let mut agents = BTreeMap::new();
+            while let Some((agent_id, episodes)) = map.next_entry::<String, Vec<Episode>>()? {
+                if agents.contains_key(&agent_id) {
+                    return Err(serde::de::Error::custom(format!(
+                        "agent {agent_id:?} is listed twice in by_agent"
+                    )));
+                }
+                agents.insert(agent_id, episodes);
+            }
+            Ok(agents)
+        }
+    }
+
+    deserializer.deserialize_map(Agents)
 }
 
 fn default_similarity_weight() -> f64 {

@@ -398,6 +398,31 @@ impl FileRows {
     }
 }
 
+/// Whether the regular file at `path` holds the float32 copies of a live index (in this
+/// process or another): its lock is held. A path that is missing, not a regular file, or
+/// cannot be opened is not in use.
+///
+/// The check takes a shared lock for an instant and releases it (by closing the file):
+/// checks running at once (concurrent saves to one path) never see each other, only the
+/// exclusive lock an index holds.
+pub fn in_use(path: &str) -> bool {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    // Opened without waiting (a FIFO swapped in meanwhile must not block the caller).
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    match options.open(path) {
+        Ok(file) => lock_shared(&file).is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        Err(_) => false,
+    }
+}
+
 /// Takes an exclusive advisory lock on `file` without waiting (`ErrorKind::WouldBlock` when
 /// another open file holds it); closing the file releases it.
 #[cfg(unix)]
@@ -415,6 +440,26 @@ fn lock_exclusive(file: &File) -> std::io::Result<()> {
 /// No advisory lock where `flock` is missing.
 #[cfg(not(unix))]
 fn lock_exclusive(_file: &File) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Takes a shared advisory lock on `file` without waiting (`ErrorKind::WouldBlock` when
+/// another open file holds an exclusive one); closing the file releases it.
+#[cfg(unix)]
+fn lock_shared(file: &File) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: `flock` only reads the descriptor, which `file` keeps open for the call.
+    #[allow(unsafe_code)]
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// No advisory lock where `flock` is missing.
+#[cfg(not(unix))]
+fn lock_shared(_file: &File) -> std::io::Result<()> {
     Ok(())
 }
 
