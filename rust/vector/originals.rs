@@ -77,7 +77,7 @@ impl Originals {
             .truncate(false)
             .open(path)
             .map_err(failed)?;
-        lock_exclusive(&file).map_err(|e| {
+        try_lock(&file, Lock::Exclusive).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 CoreError::Persistence(format!(
                     "cannot use {path}: the originals file is in use by another index"
@@ -418,19 +418,32 @@ pub fn in_use(path: &str) -> bool {
         options.custom_flags(libc::O_NONBLOCK);
     }
     match options.open(path) {
-        Ok(file) => lock_shared(&file).is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        Ok(file) => {
+            try_lock(&file, Lock::Shared).is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock)
+        }
         Err(_) => false,
     }
 }
 
-/// Takes an exclusive advisory lock on `file` without waiting (`ErrorKind::WouldBlock` when
-/// another open file holds it); closing the file releases it.
+/// An advisory lock's kind: an index holds its file exclusively; a check shares it.
+#[derive(Clone, Copy)]
+enum Lock {
+    Shared,
+    Exclusive,
+}
+
+/// Takes an advisory lock of `kind` on `file` without waiting (`ErrorKind::WouldBlock` when
+/// another open file holds a lock that excludes it); closing the file releases it.
 #[cfg(unix)]
-fn lock_exclusive(file: &File) -> std::io::Result<()> {
+fn try_lock(file: &File, kind: Lock) -> std::io::Result<()> {
     use std::os::unix::io::AsRawFd;
+    let operation = match kind {
+        Lock::Shared => libc::LOCK_SH,
+        Lock::Exclusive => libc::LOCK_EX,
+    };
     // SAFETY: `flock` only reads the descriptor, which `file` keeps open for the call.
     #[allow(unsafe_code)]
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+    if unsafe { libc::flock(file.as_raw_fd(), operation | libc::LOCK_NB) } == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
@@ -439,27 +452,7 @@ fn lock_exclusive(file: &File) -> std::io::Result<()> {
 
 /// No advisory lock where `flock` is missing.
 #[cfg(not(unix))]
-fn lock_exclusive(_file: &File) -> std::io::Result<()> {
-    Ok(())
-}
-
-/// Takes a shared advisory lock on `file` without waiting (`ErrorKind::WouldBlock` when
-/// another open file holds an exclusive one); closing the file releases it.
-#[cfg(unix)]
-fn lock_shared(file: &File) -> std::io::Result<()> {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: `flock` only reads the descriptor, which `file` keeps open for the call.
-    #[allow(unsafe_code)]
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// No advisory lock where `flock` is missing.
-#[cfg(not(unix))]
-fn lock_shared(_file: &File) -> std::io::Result<()> {
+fn try_lock(_file: &File, _kind: Lock) -> std::io::Result<()> {
     Ok(())
 }
 

@@ -13,25 +13,16 @@ from typing import Any
 import pytest
 
 from llm_agent_runtime import RetryPolicy
-from llm_agent_runtime.providers.base import ChatResponse, Message, StreamEnd, ToolCall
+from llm_agent_runtime.providers.base import Message, StreamEnd, ToolCall
 
 from .conftest import make_provider
 from .fake_server import FakeLlmServer, Reply, Turn, sse
+from .test_api_rules import reply
 
 ONCE = RetryPolicy(max_attempts=1)
 THINKING = {"type": "thinking", "thinking": "Add them.", "signature": "EqQBCgIYAh"}
 REDACTED = {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"}
 THINK = {"type": "enabled", "budget_tokens": 2048}
-
-
-async def reply(llm: Any, messages: list[Message], streamed: bool, **params: Any) -> ChatResponse:
-    """The provider's response, through `chat` or assembled by `chat_stream`."""
-    if not streamed:
-        response: ChatResponse = await llm.chat(messages, **params)
-        return response
-    events = [event async for event in llm.chat_stream(messages, **params)]
-    assert isinstance(events[-1], StreamEnd)
-    return events[-1].response
 
 
 def types(message: dict[str, Any]) -> list[str]:
