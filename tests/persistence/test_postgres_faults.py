@@ -45,6 +45,15 @@ def _postgres_bin() -> str | None:
     return str(Path(initdb).parent) if initdb else None
 
 
+def _signal(pid: int, signum: signal.Signals) -> bool:
+    """Sends `signum` to `pid`; False if the process has gone."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class PrivateServer:
     """A PostgreSQL cluster of its own, on loopback, to stop, restart and freeze at will."""
 
@@ -89,22 +98,21 @@ class PrivateServer:
         return [postmaster, *children]
 
     def freeze(self) -> list[int]:
-        """Stops every process of the server (SIGSTOP): a hung host."""
-        pids = self.pids()
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        return pids
+        """Stops every process of the server (SIGSTOP): a hung host. A child that exits
+        between listing and signalling (a backend whose client left) is skipped."""
+        return [pid for pid in self.pids() if _signal(pid, signal.SIGSTOP)]
 
     @staticmethod
     def thaw(pids: list[int]) -> None:
         for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+            _signal(pid, signal.SIGCONT)
 
     def running(self) -> bool:
         return Path(self.dir, "data", "postmaster.pid").exists()
 
     def remove(self) -> None:
         if self.running():
+            self.thaw(self.pids())  # a frozen server cannot stop
             self.stop("immediate")
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -125,11 +133,14 @@ def private_server() -> Iterator[PrivateServer]:
 
 @pytest.fixture
 def server(private_server: PrivateServer) -> Iterator[PrivateServer]:
-    """The private server, running at the start of a test and again after it."""
+    """The private server, running at the start of a test and again after it (and never
+    left frozen by a test that failed before thawing it)."""
     if not private_server.running():
         private_server.start()
     yield private_server
-    if not private_server.running():
+    if private_server.running():
+        private_server.thaw(private_server.pids())
+    else:
         private_server.start()
 
 
