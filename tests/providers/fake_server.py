@@ -92,6 +92,9 @@ class Turn:
     cache_write_1h_tokens: int = 0
     """Anthropic only: of `cache_write_tokens`, those written to the 1-hour cache (the
     `cache_creation` breakdown by lifetime)."""
+    reasoning_tokens: int = 0
+    """OpenAI only: of `output_tokens`, those spent reasoning
+    (`completion_tokens_details.reasoning_tokens`)."""
     reasoning: list[dict[str, Any]] = field(default_factory=list)
     """Anthropic only: `thinking` / `redacted_thinking` blocks put before the text, as the
     API sends them (streamed: a thinking block's text in `thinking_delta` pieces of about 8
@@ -184,6 +187,8 @@ def render_openai(turn: Turn, stream: bool) -> Reply:
     }
     if turn.cache_read_tokens:
         usage["prompt_tokens_details"] = {"cached_tokens": turn.cache_read_tokens}
+    if turn.reasoning_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": turn.reasoning_tokens}
     head = {"id": "chatcmpl-1", "created": 1700000000, "model": turn.model}
     if not stream:
         message: dict[str, Any] = {"role": "assistant", "content": turn.text or None}

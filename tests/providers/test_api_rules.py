@@ -13,6 +13,7 @@ import asyncio
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 from anthropic.types import MessageParam
 from openai.types.chat import ChatCompletionMessageParam
@@ -286,6 +287,44 @@ async def test_openai_usage_details_of_odd_shapes_lose_no_counts(server: FakeLlm
         got = [(await llm.chat([Message("user", "x")])).usage for _ in details]
     assert [(u.input_tokens, u.output_tokens) for u in got] == [(10, 2)] * 5
     assert [u.cached_input_tokens for u in got] == [0, 0, 0, 10, 0]  # never beyond the prompt
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_openai_reports_the_reasoning_part_of_the_output(
+    streamed: bool, server: FakeLlmServer
+) -> None:
+    # o-series and other reasoning models bill their hidden reasoning as output tokens.
+    server.script(Turn("hi", input_tokens=50, output_tokens=700, reasoning_tokens=640))
+    budget = CostBudget(max_cost_usd=10.0)
+    prices = {"input_cost_per_million": 2.5, "output_cost_per_million": 10.0}
+    async with make_provider("openai", server, budget=budget, **prices) as llm:
+        response = await reply(llm, [Message("user", "x")], streamed)
+    assert (response.usage.output_tokens, response.usage.reasoning_tokens) == (700, 640)
+    assert budget.used_cost_usd == pytest.approx((50 * 2.5 + 700 * 10.0) / 1e6)  # once
+
+
+async def test_openai_reasoning_counts_of_odd_shapes_lose_no_counts(
+    server: FakeLlmServer,
+) -> None:
+    details: list[Any] = [None, [1], {"x": 1}, {"reasoning_tokens": 99}, {"reasoning_tokens": -3}]
+    for detail in details:
+        usage = {"prompt_tokens": 10, "completion_tokens": 2, "completion_tokens_details": detail}
+        body = {
+            "model": "m",
+            "choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+        server.script(Reply(body=json.dumps(body).encode()))
+    async with make_provider("openai", server) as llm:
+        got = [(await llm.chat([Message("user", "x")])).usage for _ in details]
+    assert [(u.input_tokens, u.output_tokens) for u in got] == [(10, 2)] * 5
+    assert [u.reasoning_tokens for u in got] == [0, 0, 0, 2, 0]  # never beyond the output
+
+
+def test_usage_takes_the_reasoning_count_as_an_int() -> None:
+    assert ar.providers.base.Usage(reasoning_tokens=np.int64(3)).reasoning_tokens == 3
+    with pytest.raises(TypeError, match="reasoning_tokens must be an int"):
+        ar.providers.base.Usage(reasoning_tokens=1.5)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

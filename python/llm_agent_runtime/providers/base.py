@@ -204,6 +204,10 @@ class Usage:
     cache_write_1h_tokens: int = 0
     """Of `cache_write_tokens`, those written to the 1-hour prompt cache (Anthropic's
     `cache_creation.ephemeral_1h_input_tokens`), which are billed higher still."""
+    reasoning_tokens: int = 0
+    """Of `output_tokens`, those the model spent reasoning before it answered (OpenAI's
+    `completion_tokens_details.reasoning_tokens`). 0 when the provider does not report them
+    apart: Anthropic counts its thinking in `output_tokens` only."""
     cost_usd: float = 0.0
     """What the call cost in US dollars, at the token prices the provider was given (0 when
     it was given none). An `AgentRuntime` charges it to its `CostBudget`, and fails the run
@@ -234,6 +238,7 @@ _USAGE_COUNTS = (
     "cached_input_tokens",
     "cache_write_tokens",
     "cache_write_1h_tokens",
+    "reasoning_tokens",
 )
 
 

@@ -145,14 +145,28 @@ class _Usage(BaseModel):
     completion_tokens: int | None = None
     # Read by `usage`: details of an unexpected shape (compatible servers) lose no counts.
     prompt_tokens_details: Any = None
+    completion_tokens_details: Any = None
 
     def usage(self) -> Usage:
         prompt = self.prompt_tokens or 0
-        details = self.prompt_tokens_details
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        # Part of `prompt_tokens`, never more (nor less than none), whatever a server says.
-        cached = max(0, min(cached, prompt)) if type(cached) is int else 0
-        return Usage(prompt, self.completion_tokens or 0, cached)
+        completion = self.completion_tokens or 0
+        return Usage(
+            prompt,
+            completion,
+            cached_input_tokens=_part_of(prompt, self.prompt_tokens_details, "cached_tokens"),
+            reasoning_tokens=_part_of(
+                completion, self.completion_tokens_details, "reasoning_tokens"
+            ),
+        )
+
+
+def _part_of(total: int, details: Any, name: str) -> int:
+    """The count `name` of a usage details object, 0 when missing or not an int.
+
+    It is part of `total`: never more (nor less than none), whatever a server says.
+    """
+    part = details.get(name) if isinstance(details, dict) else None
+    return max(0, min(part, total)) if type(part) is int else 0
 
 
 def _text_of(content: str | list[Any] | None) -> str:
