@@ -33,7 +33,8 @@
 //! paper's `Action: search[text]`, `Action: Final Answer` (the answer taken for a tool),
 //! LangChain's JSON agent blob (`{"action": ..., "action_input": ...}`), an action that says
 //! no tool is called (`Action: None`) before a `Final Answer:`, and a reasoning model's
-//! leading `<think>...</think>` block, which is not read for labels (see [`parse`]).
+//! `<think>...</think>` block, which is not read for labels (see [`parse`]). A full-width
+//! colon (U+FF1A) ends a label as an ASCII one does.
 //!
 //! Parsing is one pass over the lines plus one bracket-matching pass over the input, so it is
 //! linear in the length of the text whatever the text holds.
@@ -256,10 +257,18 @@ fn input_word(bytes: &[u8], at: usize) -> Option<usize> {
     Some(skip_number(bytes, i))
 }
 
-/// The index after the colon at `at`, after blanks, if there is one.
+/// The full-width colon (U+FF1A) that models writing Chinese or Japanese put after a label.
+const FULL_WIDTH_COLON: &[u8] = "\u{FF1A}".as_bytes();
+
+/// The index after the colon at `at`, after blanks, if there is one: an ASCII colon or a
+/// full-width one.
 fn colon_after(bytes: &[u8], at: usize) -> Option<usize> {
     let colon = skip_blanks(bytes, at);
-    (bytes.get(colon) == Some(&b':')).then_some(colon + 1)
+    match bytes.get(colon)? {
+        b':' => Some(colon + 1),
+        0xEF => eat_exact(bytes, colon, FULL_WIDTH_COLON),
+        _ => None,
+    }
 }
 
 /// The length of the space or invisible format character at `at` that is not a tab or an
@@ -354,6 +363,9 @@ struct Sections {
     /// of the first `Thought:` or `Action:` line after its input; else the text's length.
     /// What follows is not read.
     end: usize,
+    /// A line starting with a closing reasoning tag whose opening tag is not in the text
+    /// (see [`reasoning_close_at`]), when looked for: the tag's start and the index after it.
+    reasoning_end: Option<(usize, usize)>,
 }
 
 impl Sections {
@@ -368,8 +380,10 @@ impl Sections {
     }
 }
 
-/// Finds the labelled sections in one pass over the lines, without allocating.
-fn sections(text: &str) -> Sections {
+/// Finds the labelled sections in one pass over the lines, without allocating; with
+/// `lone_close`, stops at the first line a closing reasoning tag starts (looked for up to the
+/// text's end, past the step's end too: a draft in the reasoning may end a step early).
+fn sections(text: &str, lone_close: bool) -> Sections {
     let bytes = text.as_bytes();
     let mut found = Sections {
         preamble_end: text.len(),
@@ -378,6 +392,7 @@ fn sections(text: &str) -> Sections {
         action_input: None,
         final_answer: None,
         end: text.len(),
+        reasoning_end: None,
     };
     // The label of the section being read, when that section is one `found` keeps.
     let mut open: Option<Label> = None;
@@ -453,13 +468,50 @@ fn sections(text: &str) -> Sections {
                 });
                 open = Some(label);
             }
+        } else if lone_close {
+            if let Some(close) = reasoning_close_at(bytes, line_start) {
+                found.reasoning_end = Some(close);
+                return found;
+            }
         }
         match line_break(&bytes[line_start..]) {
             Some(offset) => line_start += offset + 1,
             None => break,
         }
     }
+    if lone_close && found.end < text.len() {
+        found.reasoning_end = reasoning_close_from(bytes, found.end);
+    }
     found
+}
+
+/// A closing reasoning tag, `</think>` or `</thinking>` (ASCII case ignored), starting the
+/// line at `line_start` (after blanks): its start and the index after it. Chat templates of
+/// reasoning models (DeepSeek-R1's distills, QwQ) put the opening tag in the prompt, so the
+/// reply opens with the reasoning and only closes it. A tag within a line is text (an answer
+/// may be about tags).
+fn reasoning_close_at(bytes: &[u8], line_start: usize) -> Option<(usize, usize)> {
+    let lead = skip_line_lead(bytes, line_start);
+    if bytes.get(lead) != Some(&b'<') {
+        return None;
+    }
+    [b"</think>" as &[u8], b"</thinking>"]
+        .into_iter()
+        .find_map(|tag| eat_word(bytes, lead, tag))
+        .map(|after| (lead, after))
+}
+
+/// The first line from `line_start` on that a closing reasoning tag starts (see
+/// [`reasoning_close_at`]).
+#[cold]
+#[inline(never)]
+fn reasoning_close_from(bytes: &[u8], mut line_start: usize) -> Option<(usize, usize)> {
+    loop {
+        if let Some(close) = reasoning_close_at(bytes, line_start) {
+            return Some(close);
+        }
+        line_start += line_break(bytes.get(line_start..)?)? + 1;
+    }
 }
 
 /// The index of the first line break in `bytes`: `\n`, or `\r`, which ends a line on its
@@ -663,8 +715,9 @@ fn may_be_whole_name(tool: &str, rest: &str) -> bool {
 /// which opens code); a tool name may hold other characters (`Search Tool (beta)`).
 fn input_label_on(line: &str) -> Option<(usize, usize)> {
     let bytes = line.as_bytes();
-    // Most action lines have no colon at all: they are settled with one fast search.
-    memchr::memchr(b':', bytes)?;
+    // Most action lines have no colon at all: they are settled with one fast search (for an
+    // ASCII colon or the last byte of a full-width one).
+    memchr::memchr2(b':', FULL_WIDTH_COLON[2], bytes)?;
     let mut at = 0;
     while let Some(&b) = bytes.get(at) {
         at = match b {
@@ -800,6 +853,8 @@ fn final_answer_marker(text: &str) -> Option<(usize, usize)> {
 /// start of the text is not read for labels (it drafts actions and answers the model may
 /// not take); the step is read from the text after it, and the block's content is the
 /// thought when that text has none. A block that does not close leaves the text as it is.
+/// So does a closing tag starting a line of a text with no such opening block: all before
+/// it is the reasoning (the opening tag was in the prompt, as some chat templates put it).
 ///
 /// # Errors
 /// [`CoreError::Parse`] when the text has neither an action nor a final answer, has both
@@ -810,7 +865,11 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
     if let Some((reasoning, after)) = leading_reasoning(text) {
         return parse_after_reasoning(text, reasoning, after);
     }
-    parse_step(text)
+    let found = sections(text, true);
+    if let Some((tag, after)) = found.reasoning_end {
+        return parse_after_reasoning(text, text.get(..tag).unwrap_or_default(), after);
+    }
+    step_from(text, &found)
 }
 
 /// The reasoning block opening `text` (after whitespace), `<think>` or `<thinking>`
@@ -851,7 +910,7 @@ fn parse_after_reasoning<'a>(
     after: usize,
 ) -> CoreResult<Step<'a>> {
     let rest = text.get(after..).unwrap_or_default();
-    let mut step = parse_step(rest).map_err(|err| match err {
+    let mut step = step_from(rest, &sections(rest, false)).map_err(|err| match err {
         CoreError::Parse { message, position } => CoreError::Parse {
             message,
             position: position.map(|at| at + after),
@@ -982,10 +1041,9 @@ fn json_blob_step<'a>(body: &'a str, thought: &'a str, end: usize) -> Option<Ste
     })
 }
 
-/// Parses one ReAct step from `text`, with no reasoning block before it.
+/// Parses the ReAct step of `text` (with no reasoning block in it) from its sections.
 #[inline]
-fn parse_step(text: &str) -> CoreResult<Step<'_>> {
-    let found = sections(text);
+fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
     let content = |s: Section| text[s.start..s.end].trim();
     let end = if found.end < text.len() {
         text[..found.end].trim_end().len()
@@ -1659,6 +1717,26 @@ mod tests {
         assert_eq!(step.thought, "line one\nline two");
         let pre = parse("I should look.\nAction: t {}").unwrap();
         assert_eq!(pre.thought, "I should look.");
+    }
+
+    #[test]
+    fn a_lone_closing_tag_line_ends_the_reasoning() {
+        let text = "Action: draft {}\nObservation: 1\n</think>\nAction: search {\"q\": 1}";
+        let step = parse(text).unwrap();
+        assert_eq!(step.action, Some("search"));
+        assert_eq!(step.thought, "Action: draft {}\nObservation: 1");
+        assert_eq!(step.end, text.len());
+        // Within a line, a tag is text.
+        let step = parse("Action: write\nAction Input: a </think> b").unwrap();
+        assert_eq!(step.action_input.map(|i| i.raw()), Some("a </think> b"));
+    }
+
+    #[test]
+    fn full_width_colons_end_labels() {
+        let step =
+            parse("Thought\u{FF1A} x\nAction\u{FF1A} search\nAction Input\u{FF1A} a").unwrap();
+        assert_eq!((step.thought, step.action), ("x", Some("search")));
+        assert_eq!(step.action_input.map(|i| i.raw()), Some("a"));
     }
 
     #[test]

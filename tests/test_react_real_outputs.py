@@ -249,6 +249,55 @@ READ: list[tuple[str, str, str, str | None, Any, str | None]] = [
         "42",
     ),
     (
+        "reasoning model whose opening tag was in the prompt: a lone </think> line",
+        'Okay, maybe Action: calc {"n": 1}\nAction: calc\nAction Input: {"n": 1}\n'
+        "Observation: 2\n</think>\n\nThought: search it\nAction: search\nAction Input: rust",
+        "search it",
+        "search",
+        "rust",
+        None,
+    ),
+    (
+        "a lone </think> line: the reasoning is the only thought",
+        "I should search.\n  </think>Action: search\nAction Input: rust",
+        "I should search.",
+        "search",
+        "rust",
+        None,
+    ),
+    (
+        "a lone </thinking> line after a draft answer",
+        "Final Answer: maybe 41\n</THINKING>\nFinal Answer: 42",
+        "Final Answer: maybe 41",
+        None,
+        None,
+        "42",
+    ),
+    (
+        "a closing tag inside a line is text, not the end of a reasoning block",
+        "Thought: tags\nAction: write\nAction Input: close it with </think>",
+        "tags",
+        "write",
+        "close it with </think>",
+        None,
+    ),
+    (
+        "full-width colons after the labels (models writing Chinese)",
+        "Thought\uff1a\u67e5\u4e00\u4e0b\nAction\uff1a search\nAction Input\uff1a rust",
+        "\u67e5\u4e00\u4e0b",
+        "search",
+        "rust",
+        None,
+    ),
+    (
+        "a full-width colon after a bold label and after 'Final Answer'",
+        "**Thought\uff1a** done\nFinal Answer\uff1a 42",
+        "done",
+        None,
+        None,
+        "42",
+    ),
+    (
         "a thought written after the final answer is not the step's",
         "Final Answer: 42\n\nObservation: done\nThought: ok",
         "",
@@ -313,6 +362,11 @@ REFUSED: list[tuple[str, str, str]] = [
         "expected a tool name after 'Action:'",
     ),
     (
+        "a lone </think> with no step after it (the reply was cut)",
+        "Action: search\nAction Input: rust\n</think>\n",
+        "expected a line starting with 'Action:' or 'Final Answer:'",
+    ),
+    (
         "an unclosed <think> block (the reply was cut)",
         "<think>\nI should search",
         "expected a line starting with 'Action:' or 'Final Answer:'",
@@ -341,6 +395,15 @@ def test_step_end_after_a_think_block_indexes_the_whole_reply() -> None:
     assert reply[: step.end] == "<think>plan</think>\nAction: search\nAction Input: rust"
 
 
+def test_positions_after_a_lone_closing_tag_index_the_whole_reply() -> None:
+    reply = "draft\n</think>\nThought: y\nAction: search\nAction Input: a\nFinal Answer: 1"
+    with pytest.raises(ParseError) as caught:
+        parse_react_step(reply)
+    assert caught.value.position == reply.index("Final Answer:")
+    reply = "dr\u00e4ft\n</think>\nAction: search\nAction Input: rust\nObservation: made up"
+    assert reply[: parse_react_step(reply).end] == reply[: reply.index("\nObservation")]
+
+
 _words = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n<>`[]"), max_size=30)
 
 
@@ -353,6 +416,24 @@ def test_a_leading_think_block_never_changes_the_step(reasoning: str, thought: s
     except ParseError:
         return
     step = parse_react_step(f"<think>\n{reasoning}\nAction: other {{}}\n</think>\n{body}")
+    assert (step.thought, step.action, step.action_input) == (
+        plain.thought,
+        plain.action,
+        plain.action_input,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(reasoning=_words, thought=_words.filter(lambda t: t.strip() != ""))
+def test_a_lone_closing_tag_line_never_changes_the_step(reasoning: str, thought: str) -> None:
+    """The opening tag was in the prompt (as chat templates of R1 distills put it)."""
+    body = f"Thought: {thought}\nAction: search\nAction Input: rust"
+    try:
+        plain = parse_react_step(body)
+    except ParseError:
+        return
+    draft = f"{reasoning}\nAction: other {{}}\nObservation: 1\nFinal Answer: 2"
+    step = parse_react_step(f"{draft}\n</think>\n{body}")
     assert (step.thought, step.action, step.action_input) == (
         plain.thought,
         plain.action,

@@ -105,7 +105,11 @@ def parse_react_step(text: str) -> ReActStep:
     for `FINAL_ANSWER`); LangChain's JSON agent blob, `Action:` then `{"action": "search",
     "action_input": ...}` in a code fence or not (`"action": "Final Answer"` answers); a
     reasoning model's `<think>...</think>` (or `<thinking>`) block opening the text, which is
-    not read for labels (its content is the thought when the rest has none). An action and a
+    not read for labels (its content is the thought when the rest has none); without an
+    opening block, a line starting with `</think>` (the opening tag was in the prompt, as
+    the chat templates of DeepSeek-R1's distills put it) closes the reasoning, all the text
+    before it, in the same way (a closing tag within a line is text); a full-width colon
+    after a label (U+FF1A, as models writing Chinese put it). An action and a
     `Final Answer:` line in one step are refused, as LangChain refuses them, unless the action
     says no tool is called (`Action: None`, `N/A`, `null`, `No action`, with no input or the
     same word): then the step is the answer. A `Final Answer:` section runs to the end of the
