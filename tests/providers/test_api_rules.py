@@ -272,11 +272,20 @@ async def test_openai_charges_cached_input_the_full_price_unless_told(
     assert budget.used_cost_usd == pytest.approx((50 * 2.5 + 100_000 * 1.25 + 10 * 10.0) / 1e6)
 
 
-async def test_openai_usage_details_of_odd_shapes_lose_no_counts(server: FakeLlmServer) -> None:
+@pytest.mark.parametrize(
+    ("details", "count", "field", "total"),
+    [
+        ("prompt_tokens_details", "cached_tokens", "cached_input_tokens", 10),
+        ("completion_tokens_details", "reasoning_tokens", "reasoning_tokens", 2),
+    ],
+)
+async def test_openai_usage_details_of_odd_shapes_lose_no_counts(
+    details: str, count: str, field: str, total: int, server: FakeLlmServer
+) -> None:
     # Compatible servers send what they like in the details: the counts still stand.
-    details: list[Any] = [None, [1], {"x": 1}, {"cached_tokens": 99}, {"cached_tokens": -3}]
-    for detail in details:
-        usage = {"prompt_tokens": 10, "completion_tokens": 2, "prompt_tokens_details": detail}
+    shapes: list[Any] = [None, [1], {"x": 1}, {count: 99}, {count: -3}]
+    for shape in shapes:
+        usage = {"prompt_tokens": 10, "completion_tokens": 2, details: shape}
         body = {
             "model": "m",
             "choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
@@ -284,9 +293,10 @@ async def test_openai_usage_details_of_odd_shapes_lose_no_counts(server: FakeLlm
         }
         server.script(Reply(body=json.dumps(body).encode()))
     async with make_provider("openai", server) as llm:
-        got = [(await llm.chat([Message("user", "x")])).usage for _ in details]
+        got = [(await llm.chat([Message("user", "x")])).usage for _ in shapes]
     assert [(u.input_tokens, u.output_tokens) for u in got] == [(10, 2)] * 5
-    assert [u.cached_input_tokens for u in got] == [0, 0, 0, 10, 0]  # never beyond the prompt
+    # Never beyond the count it is part of.
+    assert [getattr(u, field) for u in got] == [0, 0, 0, total, 0]
 
 
 @pytest.mark.parametrize("streamed", [False, True])
@@ -301,24 +311,6 @@ async def test_openai_reports_the_reasoning_part_of_the_output(
         response = await reply(llm, [Message("user", "x")], streamed)
     assert (response.usage.output_tokens, response.usage.reasoning_tokens) == (700, 640)
     assert budget.used_cost_usd == pytest.approx((50 * 2.5 + 700 * 10.0) / 1e6)  # once
-
-
-async def test_openai_reasoning_counts_of_odd_shapes_lose_no_counts(
-    server: FakeLlmServer,
-) -> None:
-    details: list[Any] = [None, [1], {"x": 1}, {"reasoning_tokens": 99}, {"reasoning_tokens": -3}]
-    for detail in details:
-        usage = {"prompt_tokens": 10, "completion_tokens": 2, "completion_tokens_details": detail}
-        body = {
-            "model": "m",
-            "choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
-            "usage": usage,
-        }
-        server.script(Reply(body=json.dumps(body).encode()))
-    async with make_provider("openai", server) as llm:
-        got = [(await llm.chat([Message("user", "x")])).usage for _ in details]
-    assert [(u.input_tokens, u.output_tokens) for u in got] == [(10, 2)] * 5
-    assert [u.reasoning_tokens for u in got] == [0, 0, 0, 2, 0]  # never beyond the output
 
 
 def test_usage_takes_the_reasoning_count_as_an_int() -> None:
