@@ -407,33 +407,23 @@ def test_positions_after_a_lone_closing_tag_index_the_whole_reply() -> None:
 _words = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n<>`[]"), max_size=30)
 
 
+# A reasoning block, with a draft of a step in it, before the step: opened in the text, or
+# only closed (the opening tag was in the prompt, as the chat templates of R1 distills put it).
+DRAFT = "\nAction: other {}\nObservation: 1\nFinal Answer: 2\n</think>\n"
+
+
+@pytest.mark.parametrize("opening", ["<think>\n", ""], ids=["opened", "closed only"])
 @settings(max_examples=200, deadline=None)
 @given(reasoning=_words, thought=_words.filter(lambda t: t.strip() != ""))
-def test_a_leading_think_block_never_changes_the_step(reasoning: str, thought: str) -> None:
+def test_a_reasoning_block_never_changes_the_step(
+    opening: str, reasoning: str, thought: str
+) -> None:
     body = f"Thought: {thought}\nAction: search\nAction Input: rust"
     try:
         plain = parse_react_step(body)
     except ParseError:
         return
-    step = parse_react_step(f"<think>\n{reasoning}\nAction: other {{}}\n</think>\n{body}")
-    assert (step.thought, step.action, step.action_input) == (
-        plain.thought,
-        plain.action,
-        plain.action_input,
-    )
-
-
-@settings(max_examples=200, deadline=None)
-@given(reasoning=_words, thought=_words.filter(lambda t: t.strip() != ""))
-def test_a_lone_closing_tag_line_never_changes_the_step(reasoning: str, thought: str) -> None:
-    """The opening tag was in the prompt (as chat templates of R1 distills put it)."""
-    body = f"Thought: {thought}\nAction: search\nAction Input: rust"
-    try:
-        plain = parse_react_step(body)
-    except ParseError:
-        return
-    draft = f"{reasoning}\nAction: other {{}}\nObservation: 1\nFinal Answer: 2"
-    step = parse_react_step(f"{draft}\n</think>\n{body}")
+    step = parse_react_step(opening + reasoning + DRAFT + body)
     assert (step.thought, step.action, step.action_input) == (
         plain.thought,
         plain.action,
