@@ -731,6 +731,16 @@ async def test_a_final_answer_cut_by_the_content_filter_is_an_error() -> None:
         await rt.run_agent_with_provider("a", "q", provider)
 
 
+@pytest.mark.parametrize("mode", ["tools", "react"])
+async def test_a_turn_the_api_paused_is_an_error_not_an_answer(mode: str) -> None:
+    # Anthropic pauses a long turn of server-side tools (`mcp_servers`): its text so far is
+    # no answer, and the turn cannot go on without the server tools' blocks.
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode))  # type: ignore[arg-type]
+    provider = ar.ScriptedProvider([cut("Final Answer: Let me look that up", "pause_turn")])
+    with pytest.raises(ar.AgentLoopError, match=r"paused.*'pause_turn'.*final answer"):
+        await rt.run_agent_with_provider("a", "q", provider)
+
+
 async def test_a_reply_that_ended_at_a_stop_sequence_before_the_limit_is_whole() -> None:
     config = ar.AgentConfig(mode="tools", stop_sequences=["END"])
     provider = ar.ScriptedProvider([cut("Paris END and more the limit cut")])

@@ -64,6 +64,7 @@ from llm_agent_runtime.orchestration._checks import (
 )
 from llm_agent_runtime.providers.base import (
     INCOMPLETE_STOP_REASONS,
+    PAUSE_STOP_REASONS,
     SAFETY_STOP_REASONS,
     ChatResponse,
     CutOffArgumentsError,
@@ -3510,6 +3511,12 @@ def _incomplete_reply(stop_reason: str, what: str, text: str = "") -> AgentLoopE
         return AgentLoopError(
             f"the model declined to answer (stop reason 'refusal'), so the run stops and "
             f"{what} is not acted on{said}"
+        )
+    if stop_reason in PAUSE_STOP_REASONS:
+        return AgentLoopError(
+            f"the API paused the model's turn (stop reason {stop_reason!r}: its server-side "
+            f"tools ran long), so {what} is not whole and the run stops; a paused turn goes "
+            "on only with the server tools' blocks, which the runtime does not keep"
         )
     if stop_reason == "content_filter":
         return AgentLoopError(

@@ -24,6 +24,7 @@ from llm_agent_runtime.memory import CHARS_PER_TOKEN
 
 __all__ = [
     "INCOMPLETE_STOP_REASONS",
+    "PAUSE_STOP_REASONS",
     "SAFETY_STOP_REASONS",
     "TRUNCATION_STOP_REASONS",
     "ChatResponse",
@@ -49,8 +50,12 @@ Anthropic's `max_tokens` and `model_context_window_exceeded`."""
 SAFETY_STOP_REASONS = frozenset(("content_filter", "refusal"))
 """Stop reasons of a reply a provider's safety system stopped: its content filter, or a
 refusal (Anthropic's, and an OpenAI refusal). An `AgentRuntime` acts on nothing in one."""
-INCOMPLETE_STOP_REASONS = TRUNCATION_STOP_REASONS | SAFETY_STOP_REASONS
-"""Stop reasons that say the reply was cut off: by a token limit, or by a safety stop."""
+PAUSE_STOP_REASONS = frozenset(("pause_turn",))
+"""Stop reasons of a turn the API paused before its end: Anthropic's `pause_turn`, after a
+long run of server-side tools (its `mcp_servers`, say)."""
+INCOMPLETE_STOP_REASONS = TRUNCATION_STOP_REASONS | SAFETY_STOP_REASONS | PAUSE_STOP_REASONS
+"""Stop reasons that say the reply was cut off: by a token limit, by a safety stop, or by a
+pause of the API."""
 
 
 class CutOffArgumentsError(ProviderError):
