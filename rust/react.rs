@@ -34,7 +34,9 @@
 //! LangChain's JSON agent blob (`{"action": ..., "action_input": ...}`), an action that says
 //! no tool is called (`Action: None`) before a `Final Answer:`, and a reasoning model's
 //! `<think>...</think>` block, which is not read for labels (see [`parse`]). A full-width
-//! colon (U+FF1A) ends a label as an ASCII one does.
+//! colon (U+FF1A) ends a label as an ASCII one does. An input that is not JSON is decoded
+//! when it is an object or array written as Python writes one, or with trailing commas (see
+//! `relaxed_json`).
 //!
 //! Parsing is one pass over the lines plus one bracket-matching pass over the input, so it is
 //! linear in the length of the text whatever the text holds.
@@ -134,10 +136,150 @@ impl<'a> InputText<'a> {
     pub fn decode(&self) -> ActionInput {
         self.json()
             .and_then(|json| serde_json::from_str::<Value>(json).ok())
+            .or_else(|| serde_json::from_str::<Value>(&relaxed_json(self.text)?).ok())
             .map_or_else(
                 || ActionInput::Raw(self.raw().to_owned()),
                 ActionInput::Json,
             )
+    }
+}
+
+/// The strict JSON text of the object or array that `text` starts with, when it is written
+/// as Python writes one (`repr` of a dict or list: strings in single quotes, with Python's
+/// escapes; `True`, `False`, `None`) or as JSON with trailing commas (`{"a": 1,}`), as
+/// models write tool inputs (LlamaIndex and CrewAI read such text too). Text after the
+/// value is ignored, as after a JSON value. `None` when `text` starts with no such value
+/// (what the result holds is checked by decoding it as JSON). Only runs where `text` was not
+/// JSON: never on the common path.
+#[cold]
+#[inline(never)]
+fn relaxed_json(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    if !matches!(bytes.first(), Some(b'{' | b'[')) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut depth: usize = 0;
+    let mut plain = 0; // the start of the text not copied yet
+    let mut at = 0;
+    loop {
+        let byte = *bytes.get(at)?; // the value never closes: no JSON
+        let replacement: Option<&str> = match byte {
+            b'{' | b'[' => {
+                depth += 1;
+                None
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                out.push_str(text.get(plain..at)?);
+                plain = at;
+                // A comma after the last item (blanks before the bracket) is dropped; one with
+                // no item before it (`[,]`) is no trailing comma.
+                let kept = out.trim_end().len();
+                if out[..kept].ends_with(',') {
+                    out.truncate(kept - 1);
+                    if out.trim_end().ends_with(['[', '{', ',']) {
+                        return None;
+                    }
+                }
+                if depth == 0 {
+                    out.push(char::from(byte));
+                    return Some(out);
+                }
+                None
+            }
+            b'"' | b'\'' => {
+                let (value, end) = python_string(text, at)?;
+                out.push_str(text.get(plain..at)?);
+                out.push_str(&serde_json::to_string(&value).ok()?);
+                plain = end;
+                at = end;
+                continue;
+            }
+            b'T' | b'F' | b'N' => [("True", "true"), ("False", "false"), ("None", "null")]
+                .into_iter()
+                .find(|(word, _)| {
+                    eat_exact(bytes, at, word.as_bytes()).is_some_and(|end| {
+                        !bytes
+                            .get(end)
+                            .is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_')
+                    })
+                })
+                .map(|(_, json)| json),
+            _ => None,
+        };
+        match replacement {
+            Some(json) => {
+                out.push_str(text.get(plain..at)?);
+                out.push_str(json);
+                // The words are as long in bytes as the names they replace, plus one for False.
+                at += if json == "false" { 5 } else { 4 };
+                plain = at;
+            }
+            None => at += 1,
+        }
+    }
+}
+
+/// The string literal at `text[at]` (opened by `'` or `"`), read as Python reads it: its
+/// value and the index after its closing quote. `None` when it does not close, or holds a
+/// lone surrogate (no Rust string holds one).
+fn python_string(text: &str, at: usize) -> Option<(String, usize)> {
+    let bytes = text.as_bytes();
+    let quote = *bytes.get(at)?;
+    let mut value = String::new();
+    let mut from = at + 1;
+    loop {
+        let offset = memchr::memchr2(quote, b'\\', bytes.get(from..)?)?;
+        let stop = from + offset;
+        value.push_str(text.get(from..stop)?);
+        if bytes[stop] == quote {
+            return Some((value, stop + 1));
+        }
+        let escape = *bytes.get(stop + 1)?;
+        let hex = |len: usize| {
+            let digits = text.get(stop + 2..stop + 2 + len)?;
+            u32::from_str_radix(digits, 16)
+                .ok()
+                .map(|code| (code, 2 + len))
+        };
+        let (code, len) = match escape {
+            b'n' => (0x0A, 2),
+            b't' => (0x09, 2),
+            b'r' => (0x0D, 2),
+            b'b' => (0x08, 2),
+            b'f' => (0x0C, 2),
+            b'a' => (0x07, 2),
+            b'v' => (0x0B, 2),
+            // Up to three octal digits (`\0`, `\012`).
+            b'0'..=b'7' => {
+                let digits = bytes.get(stop + 1..)?.iter().take(3);
+                let len = digits.take_while(|b| (b'0'..=b'7').contains(b)).count();
+                let code = u32::from_str_radix(text.get(stop + 1..stop + 1 + len)?, 8).ok()?;
+                (code, 1 + len)
+            }
+            b'x' => hex(2)?,
+            b'u' => {
+                let (high, len) = hex(4)?;
+                // JSON's form of a character beyond the BMP: a surrogate pair.
+                match (0xD800..0xDC00).contains(&high) {
+                    true if bytes.get(stop + 6..stop + 8) == Some(b"\\u") => {
+                        let low = u32::from_str_radix(text.get(stop + 8..stop + 12)?, 16).ok()?;
+                        if !(0xDC00..0xE000).contains(&low) {
+                            return None; // a lone surrogate
+                        }
+                        ((high - 0xD800) * 0x400 + (low - 0xDC00) + 0x10000, 12)
+                    }
+                    _ => (high, len),
+                }
+            }
+            b'U' => hex(8)?,
+            b'\\' | b'\'' | b'"' | b'/' => (u32::from(escape), 2),
+            // Python keeps an unknown escape as it is written, backslash included.
+            _ => (u32::from(b'\\'), 1),
+        };
+        value.push(char::from_u32(code)?);
+        from = stop + len;
     }
 }
 
@@ -1292,21 +1434,32 @@ impl<'de, 'py> Visitor<'de> for PyJson<'_, 'py> {
 /// "not JSON" here), such as `MemoryError`.
 fn input_to_py<'py>(py: Python<'py>, input: &InputText<'_>) -> PyResult<Bound<'py, PyAny>> {
     if let Some(json) = input.json() {
-        let literals = wide_integers(json);
-        let next = Cell::new(0);
-        let seed = PyJson {
-            py,
-            wide: literals.as_deref().map(|literals| (literals, &next)),
-        };
-        let mut deserializer = serde_json::Deserializer::from_str(json);
-        if let Ok(value) = seed.deserialize(&mut deserializer) {
+        if let Some(value) = json_to_py(py, json)? {
             return Ok(value);
         }
-        if let Some(value) = python_json(py, json)? {
+    }
+    if let Some(json) = relaxed_json(input.text) {
+        if let Some(value) = json_to_py(py, &json)? {
             return Ok(value);
         }
     }
     Ok(PyString::new(py, input.raw()).into_any())
+}
+
+/// The JSON text `json` decoded into Python objects as `json.loads` decodes it, or `None`
+/// when it is not JSON.
+fn json_to_py<'py>(py: Python<'py>, json: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let literals = wide_integers(json);
+    let next = Cell::new(0);
+    let seed = PyJson {
+        py,
+        wide: literals.as_deref().map(|literals| (literals, &next)),
+    };
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    if let Ok(value) = seed.deserialize(&mut deserializer) {
+        return Ok(Some(value));
+    }
+    python_json(py, json)
 }
 
 /// `json.loads(json)`, or `None` when it refuses the text. Off the fast path: it only runs
@@ -1337,7 +1490,8 @@ fn python_json<'py>(py: Python<'py>, json: &str) -> PyResult<Option<Bound<'py, P
 /// action input are read from the parsed text, which the step keeps, on first access, and
 /// then cached: a caller that only dispatches the action pays for no other string. The input
 /// is the decoded JSON (dict, list or str) when it was a JSON object or array (maybe
-/// followed by other text) or was one string literal, and the raw trimmed text otherwise.
+/// followed by other text; or one written as Python writes it, or with trailing commas: see
+/// `relaxed_json`) or was one string literal, and the raw trimmed text otherwise.
 /// A step pickles and copies as the parse of its text.
 #[pyclass(module = "llm_agent_runtime", name = "ReActStep", frozen)]
 pub struct PyReActStep {
@@ -1729,6 +1883,21 @@ mod tests {
         // Within a line, a tag is text.
         let step = parse("Action: write\nAction Input: a </think> b").unwrap();
         assert_eq!(step.action_input.map(|i| i.raw()), Some("a </think> b"));
+    }
+
+    #[test]
+    fn python_literals_and_trailing_commas_decode() {
+        let (_, input) = action("Action: t {'q': 'it\\'s', 'n': [1, 2,], 'ok': True, 'x': None}");
+        assert_eq!(
+            input,
+            ActionInput::Json(json!({"q": "it's", "n": [1, 2], "ok": true, "x": null}))
+        );
+        let (_, input) = action("Action: t {'q': '\\u00e9\\x41\\U0001F600'} then prose");
+        assert_eq!(input, ActionInput::Json(json!({"q": "\u{e9}A\u{1F600}"})));
+        for raw in ["[,]", "{q: 1}", "{'a': (1,)}", "{'k': 'open}"] {
+            let (_, input) = action(&format!("Action: t\nAction Input: {raw}"));
+            assert_eq!(input, ActionInput::Raw(raw.to_owned()));
+        }
     }
 
     #[test]

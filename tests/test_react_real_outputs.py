@@ -5,7 +5,9 @@ CrewAI or Dify ("Could not parse LLM output", "Invalid Format: Missing 'Action:'
 named "Final Answer is not a valid tool"), with the step a user expects from it.
 """
 
+import ast
 import json
+import math
 from typing import Any
 
 import pytest
@@ -298,6 +300,46 @@ READ: list[tuple[str, str, str, str | None, Any, str | None]] = [
         "42",
     ),
     (
+        "a Python dict as the input (single quotes, True, None), as LlamaIndex reads it",
+        "Thought: x\nAction: search\nAction Input: {'q': 'a b', 'exact': True, 'page': None}",
+        "x",
+        "search",
+        {"q": "a b", "exact": True, "page": None},
+        None,
+    ),
+    (
+        "JSON with trailing commas",
+        'Action: add\nAction Input: {"a": 1, "b": [2, 3,],}',
+        "",
+        "add",
+        {"a": 1, "b": [2, 3]},
+        None,
+    ),
+    (
+        "a Python dict in the seed form, a double-quoted string in it",
+        "Action: say {'text': \"it's\", 'n': -1.5e3} and more",
+        "",
+        "say",
+        {"text": "it's", "n": -1500.0},
+        None,
+    ),
+    (
+        "brackets and a double quote inside a single-quoted string",
+        "Action: say\nAction Input: {'text': 'he said \"} ]\"'}",
+        "",
+        "say",
+        {"text": 'he said "} ]"'},
+        None,
+    ),
+    (
+        "unquoted keys are neither JSON nor Python: the text stays as written",
+        "Action: search\nAction Input: {q: 1}",
+        "",
+        "search",
+        "{q: 1}",
+        None,
+    ),
+    (
         "a thought written after the final answer is not the step's",
         "Final Answer: 42\n\nObservation: done\nThought: ok",
         "",
@@ -453,3 +495,90 @@ def test_the_bracket_form_gives_the_text_inside(query: str) -> None:
     if query.strip() and not query.lstrip().startswith(("[", "{")):
         expected = parse_react_step(f"Action: Search\nAction Input: {query}").action_input
         assert step.action_input == expected
+
+
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_containers = st.lists(_values, max_size=4) | st.dictionaries(
+    st.text(max_size=6), _values, max_size=4
+)
+
+
+def _with_trailing_commas(value: Any) -> str:
+    """JSON text of `value` with a comma after the last item of each non-empty container."""
+    if isinstance(value, dict) and value:
+        items = ", ".join(f"{json.dumps(k)}: {_with_trailing_commas(v)}" for k, v in value.items())
+        return f"{{{items},}}"
+    if isinstance(value, list) and value:
+        return f"[{', '.join(_with_trailing_commas(v) for v in value)},]"
+    return json.dumps(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with types (True is not 1) and float signs (-0.0 is not 0.0) told apart."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    return bool(a == b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_containers)
+def test_a_python_literal_input_decodes_as_literal_eval_reads_it(value: Any) -> None:
+    """`repr` of a dict or list: single-quoted strings with Python's escapes, True/None."""
+    step = parse_react_step(f"Action: t\nAction Input: {value!r}")
+    assert _same(step.action_input, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_containers)
+def test_json_with_trailing_commas_decodes_as_without_them(value: Any) -> None:
+    step = parse_react_step(f"Action: t\nAction Input: {_with_trailing_commas(value)}")
+    assert _same(step.action_input, value)
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [
+        r"{'a': '\x41\u00e9\U0001F600\n\t\\ \' \012 \0'}",  # Python's escapes
+        "{'a': -0.0, 'b': 1e400, 'c': 123456789012345678901234567890}",
+        "[[], {}, [[1]], 'x']",
+    ],
+)
+def test_python_literal_inputs_decode_as_literal_eval_reads_them(literal: str) -> None:
+    step = parse_react_step(f"Action: t\nAction Input: {literal}")
+    assert _same(step.action_input, ast.literal_eval(literal))
+
+
+def test_an_unknown_escape_keeps_its_backslash_as_in_python() -> None:
+    step = parse_react_step(r"Action: t {'pattern': '\d+\.\w'}")
+    assert step.action_input == {"pattern": "\\d+\\.\\w"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        r"['\ud800']",  # a lone surrogate: no str of Rust's, and no UTF-8
+        "[,]",  # a comma after no item
+        "[1,,]",
+        "{'a': 10**3}",  # an expression
+        "{'k': 'never closed}",
+        "{'a': (1, 2)}",  # a tuple: JSON has none
+    ],
+)
+def test_inputs_neither_json_nor_a_python_literal_stay_as_written(text: str) -> None:
+    assert parse_react_step(f"Action: t\nAction Input: {text}").action_input == text

@@ -37,7 +37,8 @@ class ReActStep:
     def action_input(self) -> Any:
         """Decoded JSON (dict, list or str) or the raw text; None for a final answer.
 
-        A string literal decodes only when nothing but blanks follows it on its line.
+        A string literal decodes only when nothing but blanks follows it on its line. An
+        object or array written as Python writes one, or with trailing commas, decodes too.
         """
     @property
     def final_answer(self) -> str | None:
@@ -121,7 +122,12 @@ def parse_react_step(text: str) -> ReActStep:
     on later lines is ignored). JSON input decodes as `json.loads` would: integers of any size
     stay exact ints; deep nesting, numbers beyond the float range (inf), escaped lone
     surrogates and NaN decode too. JSON nested too deeply even for `json.loads` (a
-    RecursionError) stays raw text.
+    RecursionError) stays raw text. An object or array that is not JSON but is written as
+    Python writes one (`{'q': 'rust', 'exact': True, 'page': None}`: strings in single quotes
+    with Python's escapes, `True`, `False`, `None`), or as JSON with trailing commas (`{"a":
+    1,}`), decodes as `ast.literal_eval` or `json.loads` reads it without them, as LlamaIndex
+    and CrewAI read such inputs; anything else in braces (unquoted keys, tuples, expressions)
+    stays raw text.
 
     Raises:
         ParseError: the text is not a ReAct step (message says what; `position` where, as
