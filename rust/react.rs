@@ -233,12 +233,15 @@ fn python_string(text: &str, at: usize) -> Option<(String, usize)> {
         let offset = memchr::memchr2(quote, b'\\', bytes.get(from..)?)?;
         let stop = from + offset;
         value.push_str(text.get(from..stop)?);
-        if bytes[stop] == quote {
+        if bytes.get(stop) == Some(&quote) {
             return Some((value, stop + 1));
         }
         let escape = *bytes.get(stop + 1)?;
         let hex = |len: usize| {
             let digits = text.get(stop + 2..stop + 2 + len)?;
+            if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None; // from_str_radix takes a sign too
+            }
             u32::from_str_radix(digits, 16)
                 .ok()
                 .map(|code| (code, 2 + len))
@@ -264,7 +267,11 @@ fn python_string(text: &str, at: usize) -> Option<(String, usize)> {
                 // JSON's form of a character beyond the BMP: a surrogate pair.
                 match (0xD800..0xDC00).contains(&high) {
                     true if bytes.get(stop + 6..stop + 8) == Some(b"\\u") => {
-                        let low = u32::from_str_radix(text.get(stop + 8..stop + 12)?, 16).ok()?;
+                        let digits = text.get(stop + 8..stop + 12)?;
+                        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+                            return None;
+                        }
+                        let low = u32::from_str_radix(digits, 16).ok()?;
                         if !(0xDC00..0xE000).contains(&low) {
                             return None; // a lone surrogate
                         }
@@ -1894,7 +1901,7 @@ mod tests {
         );
         let (_, input) = action("Action: t {'q': '\\u00e9\\x41\\U0001F600'} then prose");
         assert_eq!(input, ActionInput::Json(json!({"q": "\u{e9}A\u{1F600}"})));
-        for raw in ["[,]", "{q: 1}", "{'a': (1,)}", "{'k': 'open}"] {
+        for raw in ["[,]", "{q: 1}", "{'a': (1,)}", "{'k': 'open}", "['\\x+1']"] {
             let (_, input) = action(&format!("Action: t\nAction Input: {raw}"));
             assert_eq!(input, ActionInput::Raw(raw.to_owned()));
         }
