@@ -187,7 +187,7 @@ class OpenAIEmbedder:
     An empty text is never sent (the API refuses one, failing its whole request): its row
     is all zeros, which the stores read as no embedding. When every text of a call is empty
     and the vector length is not known yet (no `dimensions`, no earlier reply for this
-    model), one text, a single space, is embedded to learn it.
+    model made without them), one text, a single space, is embedded to learn it.
 
     Args:
         api_key: bearer token; None (or blank) reads ``OPENAI_API_KEY`` (a local server may
@@ -260,7 +260,8 @@ class OpenAIEmbedder:
         self._timeout = seconds
         self._client = client
         self._width: tuple[str, int] | None = None
-        """The model and the length of its rows, from the last reply (for empty texts)."""
+        """The model and the length of its own rows (no `dimensions`), from the last reply
+        (for empty texts)."""
 
     def __repr__(self) -> str:
         # Never show the key.
@@ -271,7 +272,7 @@ class OpenAIEmbedder:
 
         An empty text is not sent: its row is zeros (see the class). No texts give an array
         of shape (0, dim) when the width is known (from `dimensions`, or an earlier reply
-        for this model), else (0, 0).
+        for this model made without them), else (0, 0).
 
         Raises:
             MemoryStoreError: `texts` is not a sequence of strings, or holds a string that is
@@ -296,7 +297,7 @@ class OpenAIEmbedder:
         batch = _texts(texts)
         width = self.dimensions
         if width is None and self._width is not None and self._width[0] == self.model:
-            width = self._width[1]
+            width = self._width[1]  # learned without `dimensions`: the model's own length
         if not batch:
             return np.zeros((0, width or 0), dtype=np.float32)
         # The API refuses an empty input (and fails the whole request): such a text is not
@@ -337,7 +338,8 @@ class OpenAIEmbedder:
             raise ProviderError(not_finite) from None
         if not np.isfinite(found).all():
             raise ProviderError(not_finite)
-        self._width = (self.model, found.shape[1])
+        if self.dimensions is None:  # a requested length is no model's own
+            self._width = (self.model, found.shape[1])
         if len(sent) == len(batch):
             return found
         out = np.zeros((len(batch), found.shape[1]), dtype=np.float32)

@@ -60,10 +60,12 @@ class SemanticStore:
 
     Args:
         embedder: turns texts into vectors (for `store(..., embed=True)` and text queries);
-            defaults to the built-in `HashingEmbedder()` (offline, deterministic).
+            defaults to the built-in `HashingEmbedder` (offline, deterministic), of length
+            `dim` when it is given (else 384).
         dim: embedding length, at least 1; None (the default) takes the embedder's `dim`
             when it has one that is an int of at least 1 (not, say, a method), else the
-            first vector's length.
+            first vector's length. Given, it must equal the embedder's `dim` (when it has
+            one).
         dtype: storage of the vector index: "float32", "float16" or "int8" (see `VectorIndex`).
 
     Thread-safe: threads may store, delete and search at once. Writes are serialized by a
@@ -75,9 +77,10 @@ class SemanticStore:
 
     Raises:
         MemoryStoreError: an unknown dtype; a `dim` that is not an int (any integer type, not
-            a bool) of at least 1; an `embedder` that is no object with an `embed` method
-            (a number meant as `dim`, a model name, an embedder class not instantiated), or
-            whose `embed` is async (the store calls it synchronously).
+            a bool) of at least 1, or that differs from the embedder's `dim`; an `embedder`
+            that is no object with an `embed` method (a number meant as `dim`, a model name,
+            an embedder class not instantiated), or whose `embed` is async (the store calls
+            it synchronously).
     """
 
     def __init__(
@@ -108,11 +111,22 @@ class SemanticStore:
             )
         if embedder is not None and inspect.iscoroutinefunction(embedder.embed):
             raise MemoryStoreError(_ASYNC_EMBEDDER)
-        self._embedder: Embedder = embedder if embedder is not None else HashingEmbedder()
+        if embedder is None:
+            # The default embedder at the store's width: at its own 384, no text would fit.
+            embedder = HashingEmbedder() if dim is None else HashingEmbedder(dim)
+        self._embedder: Embedder = embedder
         self._dtype = dtype
-        if dim is None:  # `dim` is optional in the Embedder protocol, and may be anything
-            told = _as_int(getattr(self._embedder, "dim", None))
-            dim = told if told is not None and told >= 1 else None
+        # `dim` is optional in the Embedder protocol, and may be anything.
+        told = _as_int(getattr(self._embedder, "dim", None))
+        told = told if told is not None and told >= 1 else None
+        if dim is None:
+            dim = told
+        elif told is not None and told != dim:
+            # Refused now: such a store could embed no text, and would say so only later.
+            raise MemoryStoreError(
+                f"dim={dim}, but the embedder's rows have {told} values: give a matching "
+                "dim (or None to take the embedder's)"
+            )
         self._index: VectorIndex | None = VectorIndex(dim, dtype=dtype) if dim else None
         if self._index is None:
             VectorIndex(1, dtype=dtype)  # validates dtype now, not at the first embedding
@@ -183,7 +197,19 @@ class SemanticStore:
                 except MemoryStoreError:
                     if created:
                         self._index = None  # a refused first vector does not fix the dimension
-                    raise
+                    # The index's message names its batch and internal id: said again of
+                    # the vector the caller knows (checked only now, off the common path).
+                    what = "embedding" if embedding is not None else "the embedder's row"
+                    if len(vector) != index.dim:
+                        message: str | None = (
+                            f"{what} has shape ({len(vector)},), the store's vectors have "
+                            f"shape ({index.dim},)"
+                        )
+                    else:
+                        message = _vector_refusal(vector, what, None)
+                    if message is None:
+                        raise
+                    raise MemoryStoreError(message) from None
                 self._next_id += 1
                 self._ids[key] = doc_id
                 self._keys[doc_id] = key
@@ -449,16 +475,9 @@ class SemanticStore:
         Raises:
             MemoryStoreError: as the index's `search` would, with its messages.
         """
-        import numpy as np
-
-        if self._index is not None and len(vector) != self._index.dim:
-            raise MemoryStoreError(
-                f"query has dimension {len(vector)}, the store has {self._index.dim}"
-            )
-        if not np.isfinite(vector).all():
-            raise MemoryStoreError("query contains NaN or infinite values")
-        if not vector.any():
-            raise MemoryStoreError("query is the zero vector: cosine similarity is undefined")
+        message = _vector_refusal(vector, "query", self._index)
+        if message is not None:
+            raise MemoryStoreError(message)
 
     def _delete(self, key: str) -> bool:
         """`delete`, with the lock held."""
@@ -489,6 +508,25 @@ _ASYNC_EMBEDDER = (
     "embedder.embed is async (it returns an awaitable), but SemanticStore calls it "
     "synchronously: give it an embedder whose embed returns the array itself"
 )
+
+
+def _vector_refusal(
+    vector: np.ndarray[Any, np.dtype[np.float32]], what: str, index: VectorIndex | None
+) -> str | None:
+    """Why the index would refuse `vector`, said of `what` ("query", "embedding"); None if not.
+
+    That is one of another length than `index`'s (when there is one), with NaN/inf values,
+    or zero (cosine similarity is undefined).
+    """
+    import numpy as np
+
+    if index is not None and len(vector) != index.dim:
+        return f"{what} has dimension {len(vector)}, the store has {index.dim}"
+    if not np.isfinite(vector).all():
+        return f"{what} contains NaN or infinite values"
+    if not vector.any():
+        return f"{what} is the zero vector: cosine similarity is undefined"
+    return None
 
 
 def _check_key(key: object) -> None:
