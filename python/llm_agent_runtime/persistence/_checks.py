@@ -118,20 +118,25 @@ def check_path(path: Any, what: str) -> str:
     return text
 
 
-def decode_stored_keys(backend: str, stored: Iterable[bytes]) -> list[str]:
+def decode_stored_keys(backend: str, stored: Iterable[bytes], encoding: str = "UTF-8") -> list[str]:
     """The keys a listing found, as text: sorted, each once.
 
-    A key that is not UTF-8 text was written by another client sharing the keyspace or
-    table: no `str` names it, so no call could load or delete it. It is skipped with a
-    warning naming `backend` and the key's bytes, as `FileBackend` skips a damaged file,
-    rather than failing the listing of every other key.
+    A key that is not text in `encoding` (UTF-8, unless the store holds its text in another
+    one) was written by another client sharing the keyspace or table: no `str` names it, so
+    no call could load or delete it. It is skipped with a warning naming `backend` and the
+    key's bytes, as `FileBackend` skips a damaged file, rather than failing the listing of
+    every other key.
     """
     keys: set[str] = set()
     for raw in stored:
         try:
-            keys.add(raw.decode("utf-8"))
+            keys.add(raw.decode(encoding))
         except UnicodeDecodeError as error:
             logger.warning(
-                "%s: skipped the stored key %r: it is not UTF-8 text (%s)", backend, raw, error
+                "%s: skipped the stored key %r: it is not %s text (%s)",
+                backend,
+                raw,
+                encoding,
+                error,
             )
     return sorted(keys)

@@ -40,6 +40,9 @@ text or a number, which `bytes()` fails on (text, a real) or misreads (5 as five
 _CANCEL_GRACE = 1.0
 """Seconds a cancelled call waits for its running thread before the cancellation goes on
 (the thread may be waiting up to `busy_timeout` for another writer's lock)."""
+_MAX_BUSY_TIMEOUT = 2_147_483.0
+"""The longest wait SQLite takes, in seconds (24.8 days): it holds the wait as a C int of
+milliseconds, and a longer one wraps to a negative number, which turns waiting off."""
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 """SQLite's `synchronous` levels, by their number: SQLite takes an unknown name for NORMAL,
 silently, so a name is checked here."""
@@ -116,7 +119,8 @@ class SqliteBackend:
             commit, so a saved checkpoint survives a power cut; `NORMAL` is faster and
             survives a process crash but may lose the last commits on power loss. The
             attribute (and the repr) holds the level's name.
-        busy_timeout: seconds to wait for another writer's lock (a finite number >= 0).
+        busy_timeout: seconds to wait for another writer's lock (a finite number >= 0). A
+            wait longer than SQLite takes (24.8 days) is that longest one.
 
     Raises:
         PersistenceError: When `path` is no such path, `synchronous` no such level,
@@ -142,18 +146,24 @@ class SqliteBackend:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
-                self.path, timeout=busy_timeout, check_same_thread=False, isolation_level=None
+                self.path,
+                timeout=min(busy_timeout, _MAX_BUSY_TIMEOUT),
+                check_same_thread=False,
+                isolation_level=None,
             )
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
                 conn.execute(SCHEMA)
+                # Fixed when the file was made: another program may have made it in UTF-16.
+                (encoding,) = conn.execute("PRAGMA encoding").fetchone()
             except BaseException:
                 conn.close()  # e.g. the file is not a database: no connection left open
                 raise
         except (sqlite3.Error, OSError, ValueError) as exc:  # ValueError: a NUL in the path
             raise PersistenceError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         self._conn = conn
+        self._encoding: str = encoding
 
     async def _run(
         self,
@@ -276,13 +286,16 @@ class SqliteBackend:
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the stored keys starting with `prefix`, sorted.
 
-        One range of the primary key, whatever the prefix's length or characters. A key
-        that is not UTF-8 text (written by another client) is skipped, with a warning.
+        One range of the primary key, whatever the prefix's length or characters (in a
+        database another program made in UTF-16, a scan of every key). A key that is not
+        text (written by another client) is skipped, with a warning.
         """
         # Keys are UTF-8 text, compared byte by byte (so in code point order, Python's), and
         # never hold the byte FF: [prefix, prefix + FF) holds exactly the keys starting with
         # `prefix`. The bound is text that is not UTF-8, which SQLite compares as it is.
         bounds = (check_prefix(prefix), encode_key(prefix) + b"\xff")
+        if self._encoding != "UTF-8":
+            return await self._list_keys_transcoded(prefix)
         rows = await self._run(
             None,
             lambda c: c.execute(
@@ -292,6 +305,21 @@ class SqliteBackend:
             (prefix,),
         )
         return decode_stored_keys("SqliteBackend", (bytes(k) for (k,) in rows))
+
+    async def _list_keys_transcoded(self, prefix: str) -> list[str]:
+        """`list_keys(prefix)` of a database whose text is not UTF-8 (UTF-16, in its order).
+
+        Its text is compared as UTF-16 bytes, not in code point order: no range of keys holds
+        exactly those starting with `prefix`, so every text key is read and tested here.
+        """
+        rows = await self._run(
+            None,
+            lambda c: c.execute(
+                "SELECT CAST(key AS BLOB) FROM kv WHERE typeof(key) = 'text'"
+            ).fetchall(),
+        )
+        keys = decode_stored_keys("SqliteBackend", (bytes(k) for (k,) in rows), self._encoding)
+        return [key for key in keys if key.startswith(prefix)]
 
     def close(self) -> None:
         """Closes the database connection; a second close does nothing.
