@@ -614,8 +614,9 @@ class AgentRuntime:
             AgentRuntimeError: A bad argument (checked before the run takes a slot): an
                 `agent_id` that is not a non-empty string of valid Unicode, a `prompt` that
                 is not a string, a `session` that is not an `AgentSession`, has a field of
-                the wrong type or is another agent's, an `infer` that is not an async
-                callable; or `session` is already running a turn.
+                the wrong type or a malformed chat message (see `session.message_problem`),
+                or is another agent's, an `infer` that is not an async callable; or `session`
+                is already running a turn.
             BackpressureShedError: The runtime is at capacity.
             AgentLoopError: Unparseable model output, a reply that is not a string, or the
                 loop timeout elapsed.
@@ -834,6 +835,9 @@ class AgentRuntime:
         """
         # Read once: another thread's turn may add to the list meanwhile.
         try:
+            # Iterable, but of no messages: one message's keys, a text's characters.
+            if isinstance(messages, str | bytes | bytearray | dict):
+                raise TypeError
             messages = list(messages)
         except TypeError:  # None, a number: a bare TypeError would name no argument
             raise AgentRuntimeError(
@@ -903,8 +907,9 @@ class AgentRuntime:
             raise AgentRuntimeError(
                 f"session must be an AgentSession (see create_session), got {_kind(session)}"
             )
-        elif (problem := session_problem(session)) is not None:
-            # Before the model is paid: the run writes to these fields as it goes.
+        elif (problem := session_problem(session, history is None)) is not None:
+            # Before the model is paid: the run writes to these fields as it goes, and saves
+            # them. A turn's messages were checked by its history trim, just before.
             raise AgentRuntimeError(problem)
         elif session.agent_id != agent_id:
             # The metrics count the run's tool calls by the session's agent, its memories
