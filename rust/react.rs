@@ -1190,6 +1190,22 @@ fn json_blob_step<'a>(body: &'a str, thought: &'a str, end: usize) -> Option<Ste
     })
 }
 
+/// The answer written after a `Final Answer:` label whose colon ends at `start`, trimmed.
+///
+/// # Errors
+/// [`CoreError::Parse`] when it is empty, as for `FINAL_ANSWER` with nothing after it: the
+/// reply stopped where its answer was to start.
+fn labelled_answer(answer: &str, start: usize) -> CoreResult<Cow<'_, str>> {
+    let answer = answer.trim();
+    if answer.is_empty() {
+        return Err(CoreError::Parse {
+            message: "expected the final answer after 'Final Answer:'".into(),
+            position: Some(start),
+        });
+    }
+    Ok(Cow::Borrowed(answer))
+}
+
 /// Parses the ReAct step of `text` (with no reasoning block in it) from its sections.
 #[inline]
 fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
@@ -1217,7 +1233,7 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
                 action: None,
                 action_input: None,
                 // Everything after the last `Final Answer:` is the answer.
-                final_answer: Some(Cow::Borrowed(text[s.start..].trim())),
+                final_answer: Some(labelled_answer(&text[s.start..], s.start)?),
                 end,
             });
         }
@@ -1237,7 +1253,7 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
             thought: thought.trim(),
             action: None,
             action_input: None,
-            final_answer: Some(Cow::Borrowed(text[start..].trim())),
+            final_answer: Some(labelled_answer(&text[start..], start)?),
             end,
         });
     };
@@ -1316,7 +1332,7 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
                 thought,
                 action: None,
                 action_input: None,
-                final_answer: Some(Cow::Borrowed(answer_text.trim())),
+                final_answer: Some(labelled_answer(answer_text, answer.start)?),
                 end,
             });
         }

@@ -975,7 +975,9 @@ EMPHASES = [
     thought=thoughts,
     tool=tool_names,
     value=json_values,
-    answer=st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=20),
+    answer=st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=20).filter(
+        str.strip  # an empty answer is refused
+    ),
     emphasis=st.sampled_from(EMPHASES),
     form=st.sampled_from(["seed", "langchain", "final"]),
 )

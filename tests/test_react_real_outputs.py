@@ -404,6 +404,21 @@ REFUSED: list[tuple[str, str, str]] = [
         "expected a tool name after 'Action:'",
     ),
     (
+        "an empty final answer (as FINAL_ANSWER with nothing after it is refused)",
+        "Thought: x\nFinal Answer:   \n",
+        "expected the final answer after 'Final Answer:'",
+    ),
+    (
+        "an empty final answer after the marker in a thought",
+        "Thought: I know it. Final Answer:",
+        "expected the final answer after 'Final Answer:'",
+    ),
+    (
+        "no action, then an empty final answer",
+        "Action: None\nFinal Answer:",
+        "expected the final answer after 'Final Answer:'",
+    ),
+    (
         "a lone </think> with no step after it (the reply was cut)",
         "Action: search\nAction Input: rust\n</think>\n",
         "expected a line starting with 'Action:' or 'Final Answer:'",

@@ -115,7 +115,8 @@ def parse_react_step(text: str) -> ReActStep:
     says no tool is called (`Action: None`, `N/A`, `null`, `No action`, with no input or the
     same word): then the step is the answer. A `Final Answer:` section runs to the end of the
     text (an `Observation:` after it is part of the answer, as in LangChain), and a `Thought:`
-    written after it is not the step's thought.
+    written after it is not the step's thought. An empty one is refused, as `FINAL_ANSWER`
+    with nothing after it is: the reply stopped where its answer was to start.
 
     A JSON object or array input may be followed by other text; a string literal is JSON
     only when nothing follows it on its line (`"New York" weather` stays that text; chatter
