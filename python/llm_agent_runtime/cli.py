@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from llm_agent_runtime._stdout import run_printing
 
@@ -51,12 +53,45 @@ class _Parser(argparse.ArgumentParser):
     """An argument parser whose help and version output fails as any output does.
 
     argparse drops a failed write of it (a closed pipe, a full disk) and exits with status
-    0, as if the output had been written.
+    0, as if the output had been written. Its errors still go to stderr alone, and a failed
+    write of one still leaves the status 2.
     """
 
     def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
-        if message:
-            (file or sys.stderr).write(message)
+        if not message:
+            return
+        target = file or sys.stderr
+        if target is sys.stdout:
+            target.write(message)
+            return
+        # stderr: argparse's error, whose status (2) says it when stderr cannot.
+        try:
+            target.write(message)
+        except OSError:  # a full disk, say
+            _discard_stderr()
+
+    def error(self, message: str) -> NoReturn:
+        """Exits with status 2, saying why (and the usage) on stderr, if there is one.
+
+        Without a stderr, argparse would print the usage to stdout, among the output.
+        """
+        if sys.stderr is None:
+            self.exit(2)
+        super().error(message)
+
+
+def _discard_stderr() -> None:
+    """Points stderr at /dev/null after a failed write.
+
+    What the write left in stderr's buffer then goes there at exit: flushed to the full
+    disk, it would fail again and turn the exit status into 120.
+    """
+    with contextlib.suppress(OSError, ValueError):  # ValueError: stderr has no descriptor
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stderr.fileno())
+        finally:
+            os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:

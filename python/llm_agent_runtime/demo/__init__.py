@@ -44,6 +44,7 @@ from pathlib import Path
 
 import llm_agent_runtime as ar
 from llm_agent_runtime._stdout import run_printing
+from llm_agent_runtime.cli import _discard_stderr
 from llm_agent_runtime.persistence.base import session_key, split_session_key
 from llm_agent_runtime.persistence.codec import decode
 from llm_agent_runtime.providers import provider_from_env
@@ -198,25 +199,13 @@ def default_db_path() -> Path:
             memory database keeps nothing).
     """
     if configured := os.environ.get(DB_ENV, "").strip():
-        if configured == ":memory:":
-            raise ar.PersistenceError(
-                f"{DB_ENV}=':memory:' keeps nothing: the demo saves its session to a file "
-                "(give its path)"
-            )
         try:
             path = Path(configured).expanduser()
         except RuntimeError:  # `~nosuchuser/...`, or `~` with no home directory to be found
             raise ar.PersistenceError(
                 f"{DB_ENV}={configured!r}: no home directory for its '~' (write the path in full)"
             ) from None
-        # Path() drops a trailing slash: the demo would create a file where the user meant a
-        # directory, and SQLite says no more of an existing one than "unable to open".
-        if configured.endswith(("/", os.sep)) or os.path.isdir(path):
-            raise ar.PersistenceError(
-                f"{DB_ENV}={configured!r} is a directory: give the path of the SQLite file "
-                f"(e.g. {str(path / 'demo.db')!r})"
-            )
-        return path
+        return _database_file(configured, DB_ENV, path)
     cache = os.environ.get("XDG_CACHE_HOME", "").strip()
     if not os.path.isabs(cache):  # unset, or relative (`~/.cache` unexpanded, say)
         try:
@@ -224,6 +213,34 @@ def default_db_path() -> Path:
         except RuntimeError:  # no home directory to be found
             cache = tempfile.gettempdir()
     return Path(cache) / "llm-agent-runtime" / "demo.db"
+
+
+def _database_file(given: str, setting: str, path: Path | None = None) -> Path:
+    """The database file `given` names (as `path`, when expanded), if it names a file.
+
+    Args:
+        given: The path as it was given.
+        setting: What gave it (`LLM_AGENT_RUNTIME_DEMO_DB`, or `run`'s `db_path`), for errors.
+        path: `given` as a `Path` (default: `Path(given)`).
+
+    Raises:
+        PersistenceError: `given` is `:memory:` or names a directory (an existing one, or any
+            path ending in `/`).
+    """
+    if given == ":memory:":
+        raise ar.PersistenceError(
+            f"{setting}=':memory:' keeps nothing: the demo saves its session to a file "
+            "(give its path)"
+        )
+    path = Path(given) if path is None else path
+    # Path() drops a trailing slash: the demo would create a file where the user meant a
+    # directory, and SQLite says no more of an existing one than "unable to open".
+    if given.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise ar.PersistenceError(
+            f"{setting}={given!r} is a directory: give the path of the SQLite file "
+            f"(e.g. {str(path / 'demo.db')!r})"
+        )
+    return path
 
 
 async def forget_demo_sessions(backend: ar.PersistenceBackend) -> int:
@@ -304,13 +321,28 @@ async def _lock_database(db_path: Path) -> int | None:
 
     try:
         if not locked():
-            print(f"waiting for another demo run on {db_path} to end ...", file=sys.stderr)
+            _say(f"waiting for another demo run on {db_path} to end ...")
             while not locked():
                 await asyncio.sleep(LOCK_POLL)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _say(message: str) -> None:
+    """Writes `message` to stderr, when the process has one and it takes the message.
+
+    Without one (its file descriptor closed), `print(file=sys.stderr)` would write it to
+    stdout, among the demo's output; a failed write (a full disk) would replace the exit
+    status with a traceback no one sees.
+    """
+    if sys.stderr is None:
+        return
+    try:
+        print(message, file=sys.stderr)
+    except OSError:
+        _discard_stderr()
 
 
 class _HeldWarnings(logging.Handler):
@@ -335,7 +367,7 @@ class _HeldWarnings(logging.Handler):
                 arg is reported or isinstance(arg, asyncio.CancelledError | KeyboardInterrupt)
                 for arg in args
             ):
-                print(f"warning: {record.getMessage()}", file=sys.stderr)
+                _say(f"warning: {record.getMessage()}")
 
 
 def _facts() -> list[str]:
@@ -343,13 +375,14 @@ def _facts() -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-async def run(db_path: Path | None = None) -> int:
+async def run(db_path: str | os.PathLike[str] | None = None) -> int:
     """Runs the demo, printing what the agent does; returns the exit status.
 
     While another run uses the same database, it waits for that run to end (see the module).
 
     Args:
-        db_path: The SQLite checkpoint database (default: `default_db_path()`).
+        db_path: The SQLite checkpoint database, a file (default: `default_db_path()`); as
+            for `LLM_AGENT_RUNTIME_DEMO_DB`, `:memory:` and a directory are refused.
 
     Returns:
         0 when the agent answered; 1 when it gave no final answer within `max_iterations`
@@ -366,7 +399,11 @@ async def run(db_path: Path | None = None) -> int:
     if held is not None:
         logger.addHandler(held)
     try:
-        db_path = default_db_path() if db_path is None else db_path
+        # Checked as the variable is: the demo would say it saved the session in a file
+        # named `:memory:` that no one made, or in a directory.
+        path = (
+            default_db_path() if db_path is None else _database_file(os.fspath(db_path), "db_path")
+        )
         # Chosen before the database is touched: a model's settings it refuses (a base URL
         # without its scheme) fail the run before it deletes the previous run's session.
         provider = provider_from_env(timeout=MODEL_READ_TIMEOUT)
@@ -385,8 +422,8 @@ async def run(db_path: Path | None = None) -> int:
             f"{graph.relationship_count()} relationships ({', '.join(graph.relationship_kinds())})"
         )
 
-        checkpoints = ar.SqliteBackend(db_path)
-        lock = await _lock_database(db_path)
+        checkpoints = ar.SqliteBackend(path)
+        lock = await _lock_database(path)
         forgotten = await forget_demo_sessions(checkpoints)
         config = ar.AgentConfig(
             max_iterations=MAX_ITERATIONS,
@@ -441,7 +478,7 @@ async def run(db_path: Path | None = None) -> int:
         step_keys = await checkpoints.list_keys(f"{session_key(session.session_id)}:step:")
         reloaded = await ar.AgentSession.load_checkpoint(checkpoints, session.session_id)
         print(
-            f"session {session.session_id} saved in SQLite at {db_path.resolve()} under key "
+            f"session {session.session_id} saved in SQLite at {path.resolve()} under key "
             f"{session_key(session.session_id)}, with {len(step_keys)} per-step checkpoints; "
             f"reloaded from it: {reloaded.step_count} steps, answer {reloaded.final_answer!r}"
         )
@@ -449,10 +486,9 @@ async def run(db_path: Path | None = None) -> int:
             plural = "s" if forgotten > 1 else ""
             print(f"(it keeps the latest run's: deleted {forgotten} earlier demo session{plural})")
         if session.final_answer is None:
-            print(
+            _say(
                 f"error: the model gave no final answer within "
-                f"max_iterations={config.max_iterations} steps",
-                file=sys.stderr,
+                f"max_iterations={config.max_iterations} steps"
             )
             return 1
         return 0
@@ -471,7 +507,7 @@ async def run(db_path: Path | None = None) -> int:
             logger.removeHandler(held)
             held.report(reported)
         if reported is not None:
-            print(f"error: {reported}", file=sys.stderr)
+            _say(f"error: {reported}")
 
 
 def main() -> int:
@@ -487,7 +523,7 @@ def main() -> int:
         try:
             return asyncio.run(run())
         except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
+            _say("error: interrupted")
             return 130
 
     return run_printing(demo)
