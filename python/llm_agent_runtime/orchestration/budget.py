@@ -90,6 +90,9 @@ class CostBudget:
     a budget shared by concurrent calls may end above its limit (by at most what those calls
     spend). Only calls that ask after the limit is reached are refused.
 
+    Both limits may be set again later (to raise one, say): the next `check()` and
+    `record()` go by the new limit, checked as the constructor checks it.
+
     Args:
         max_tokens: most input + output tokens, an int (None: unlimited).
         max_cost_usd: most money in US dollars (None: unlimited).
@@ -101,12 +104,8 @@ class CostBudget:
     """
 
     def __init__(self, max_tokens: int | None = None, max_cost_usd: float | None = None) -> None:
-        if max_tokens is not None:
-            max_tokens = check_count("max_tokens", max_tokens, 0)
-        max_cost = None if max_cost_usd is None else _checked_dollars("max_cost_usd", max_cost_usd)
         self.max_tokens = max_tokens
-        self.max_cost_usd = None if max_cost is None else float(max_cost)
-        self._max_cost = None if max_cost is None else _picodollars(max_cost)
+        self.max_cost_usd = max_cost_usd
         self.used_tokens = 0
         """Input + output tokens recorded."""
         self._used_cost = 0  # picodollars
@@ -119,6 +118,29 @@ class CostBudget:
         )
 
     @property
+    def max_tokens(self) -> int | None:
+        """Most input + output tokens (None: unlimited)."""
+        return self._max_tokens
+
+    @max_tokens.setter
+    def max_tokens(self, max_tokens: int | None) -> None:
+        # Checked as in the constructor: a str failed each later `check()` with a TypeError.
+        self._max_tokens = None if max_tokens is None else check_count("max_tokens", max_tokens, 0)
+
+    @property
+    def max_cost_usd(self) -> float | None:
+        """Most money in US dollars (None: unlimited)."""
+        return self._max_cost_usd
+
+    @max_cost_usd.setter
+    def max_cost_usd(self, max_cost_usd: float | None) -> None:
+        # The limit enforced is the exact one in picodollars: set together with the float
+        # shown (setting only the float changed the repr, not the limit).
+        max_cost = None if max_cost_usd is None else _checked_dollars("max_cost_usd", max_cost_usd)
+        self._max_cost_usd = None if max_cost is None else float(max_cost)
+        self._max_cost = None if max_cost is None else _picodollars(max_cost)
+
+    @property
     def used_cost_usd(self) -> float:
         """Money recorded, in US dollars (the float nearest the exact sum)."""
         return _dollars(self._used_cost)
@@ -126,7 +148,8 @@ class CostBudget:
     @property
     def remaining_tokens(self) -> int | None:
         """Tokens left (None when unlimited)."""
-        return None if self.max_tokens is None else max(0, self.max_tokens - self.used_tokens)
+        limit = self._max_tokens
+        return None if limit is None else max(0, limit - self.used_tokens)
 
     @property
     def remaining_cost_usd(self) -> float | None:
@@ -137,9 +160,10 @@ class CostBudget:
 
     def check(self) -> None:
         """Raises `BudgetExceededError` when a limit has been reached."""
-        if self.max_tokens is not None and self.used_tokens >= self.max_tokens:
+        max_tokens = self._max_tokens
+        if max_tokens is not None and self.used_tokens >= max_tokens:
             raise BudgetExceededError(
-                f"token budget spent: {self.used_tokens} of {self.max_tokens} tokens"
+                f"token budget spent: {self.used_tokens} of {max_tokens} tokens"
             )
         if self._max_cost is not None and self._used_cost >= self._max_cost:
             raise BudgetExceededError(
@@ -164,9 +188,10 @@ class CostBudget:
         cost = _picodollars(_checked_dollars("usage cost", cost_usd))
         self.used_tokens += tokens
         self._used_cost += cost
-        if self.max_tokens is not None and self.used_tokens > self.max_tokens:
+        max_tokens = self._max_tokens
+        if max_tokens is not None and self.used_tokens > max_tokens:
             raise BudgetExceededError(
-                f"token budget exceeded: {self.used_tokens} of {self.max_tokens} tokens"
+                f"token budget exceeded: {self.used_tokens} of {max_tokens} tokens"
             )
         if self._max_cost is not None and self._used_cost > self._max_cost:
             raise BudgetExceededError(

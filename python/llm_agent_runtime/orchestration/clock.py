@@ -97,10 +97,16 @@ class FakeClock:
 
         Sleepers of an event loop that was closed are dropped instead.
 
+        `seconds` is any real number, as `start` is (a `Decimal` or a `Fraction` too).
+
         Raises:
             ValueError: `seconds` is negative (monotonic time never goes back), NaN or
-                infinite (time would stay NaN or infinite for good).
+                infinite (time would stay NaN or infinite for good), or is not a number (a
+                bool included: it moved the clock by 1 s).
         """
+        # As a float: a Decimal cannot be added to the time, an int past the float range
+        # overflowed it (here infinite, so refused), a str failed the comparison.
+        seconds = check_real("seconds", seconds)
         if not 0 <= seconds < math.inf:  # NaN fails too
             raise ValueError(f"can only move a clock forward by a finite time, got {seconds} s")
         self._now += seconds

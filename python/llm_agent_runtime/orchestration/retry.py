@@ -7,7 +7,7 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, NoReturn, ParamSpec, TypeVar, overload
 
 from llm_agent_runtime.errors import (
     AgentRuntimeError,
@@ -180,6 +180,10 @@ class RetryPolicy:
         Stops early on an error that `should_retry` rejects. `fn` is positional-only, so
         `kwargs` may hold an argument named `fn`. An awaitable that `fn` returns is awaited:
         `await policy.run(fn, ...)` gives what `fn` returns, or what its awaitable gives.
+
+        Raises:
+            TypeError: `fn` is not callable: a coroutine (`policy.run(fetch(query))` in place
+                of `policy.run(fetch, query)`, which is closed), say. Never retried.
         """
         attempt = 1
         while True:
@@ -189,6 +193,9 @@ class RetryPolicy:
                     result = await result
                 return result
             except Exception as exc:
+                if attempt == 1 and not callable(fn):
+                    # Checked on failure only: the success path stays free of it.
+                    _refuse_uncallable(fn)
                 if attempt >= self.max_attempts or not self.should_retry(exc):
                     raise
                 await self._clock.sleep(self.delay_for(attempt, exc))
@@ -200,3 +207,21 @@ class RetryPolicy:
             f"RetryPolicy(max_attempts={self.max_attempts}, base_delay={self.base_delay}, "
             f"max_delay={self.max_delay}, jitter={self.jitter})"
         )
+
+
+def _refuse_uncallable(fn: object) -> NoReturn:
+    """Raises the `TypeError` of a `run` given something it cannot call again at each attempt.
+
+    Else a `retry_on` that retries every error slept through each backoff before the
+    "not callable" error came out, and a coroutine given was left never awaited.
+    """
+    if inspect.iscoroutine(fn):
+        fn.close()  # no "never awaited" warning: it is refused on purpose
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        raise TypeError(
+            f"RetryPolicy.run needs the function to call at each attempt, got the coroutine "
+            f"{name}(): pass the function and its arguments, run(fn, *args), not its call"
+        ) from None
+    raise TypeError(
+        f"RetryPolicy.run needs a callable to call at each attempt, got {fn!r:.80}"
+    ) from None
