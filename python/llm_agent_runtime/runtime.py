@@ -2764,17 +2764,22 @@ class AgentRuntime:
                 interrupted in the other mode (react or tools) than this resume would run;
                 when `model` lacks a method its mode calls; for a turn in tools mode, when
                 its history has a tool exchange a provider would refuse (see `run_turn`).
-            PersistenceError: When nothing is saved for the session or a record is corrupt;
-                when another worker resumes it (one at a time: the claim of a resumer whose
-                process ended on this host, or whose lease passed (`resume_lease_seconds`),
-                is taken over, by one worker; one of another host without a lease keeps
-                others out until `release_resume`), or resumed it since it was loaded; under
-                a lease, when this run's claim was taken over while it ran (it stalled
-                longer than the lease): the run stops at once, and runs no further tool.
+            PersistenceError: When `session_id` is not a string; when nothing is saved for
+                the session or a record is corrupt; when another worker resumes it (one at a
+                time: the claim of a resumer whose process ended on this host, or whose lease
+                passed (`resume_lease_seconds`), is taken over, by one worker; one of another
+                host without a lease keeps others out until `release_resume`), or resumed it
+                since it was loaded; under a lease, when this run's claim was taken over while
+                it ran (it stalled longer than the lease): the run stops at once, and runs no
+                further tool.
             ToolError: When a call that may have run cannot safely be repeated.
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("resume needs a checkpoint_backend")
+        if not isinstance(session_id, str):  # the session itself, say: no set lookup takes it
+            raise PersistenceError(
+                f"a session id must be a string (pass session.session_id), got {_kind(session_id)}"
+            )
         if session_id in self._running:
             raise AgentRuntimeError(
                 f"session {session_id!r} is already running a turn: it cannot be resumed "
@@ -2856,7 +2861,8 @@ class AgentRuntime:
             AgentRuntimeError: Without a checkpoint backend; when an argument is not as
                 described (nothing is written: a session holding such an outcome could not
                 be loaded again).
-            ToolError: When no unsettled call is journaled at that step and index.
+            ToolError: When no unsettled call is journaled at that step and index (the
+                session's saved steps hold the outcome of their calls).
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("settle_call needs a checkpoint_backend")
@@ -2875,6 +2881,14 @@ class AgentRuntime:
         entry = next((e for e in entries if e.get("key", "").endswith(f":{step}:{index}")), None)
         if entry is None or entry.get("state") != "intent":
             raise ToolError(f"no unsettled tool call at step {step}, call {index}")
+        # A lone call's intent stays one once its step is saved: the step holds the call's
+        # outcome, and a resume never reads the journal of a saved step.
+        if await self._checkpoints.saved_steps(session_id) >= step:
+            raise ToolError(
+                f"tool call {index} of step {step} is settled: step {step} is saved already, "
+                "with the call's outcome (see AgentSession.load_checkpoint); an unsettled "
+                "call is one of the step after the session's last saved step"
+            )
         settled = {**entry, "state": "done", "observation": observation, "error_kind": error_kind}
         await self._checkpoints.journal(session_id, step, index, settled)
 

@@ -124,3 +124,63 @@ def test_replaying_a_long_tools_run_takes_time_linear_in_its_steps() -> None:
     assert len(messages) == n + n // 2  # a reply per round, a result per call
     assert [len(m.tool_calls) for m in messages if m.role == "assistant"] == [2] * (n // 2)
     assert CountingRecords.copied <= 2 * n
+
+
+def fails_after(*replies: str) -> Any:
+    """A model that gives `replies`, then fails as if it went down."""
+    queue = list(replies)
+
+    async def infer(prompt: str) -> str:
+        if not queue:
+            raise ConnectionError("model down")
+        return queue.pop(0)
+
+    return infer
+
+
+async def test_settling_a_call_whose_step_is_saved_is_refused_not_ignored(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # A lone call's journal entry stays an intent once its step is saved (the step holds its
+    # result). settle_call of that step (a step number off by one, say) returned as if it
+    # had recorded the outcome, which the resume then never used: the step's stood.
+    calls: list[int] = []
+
+    @ar.tool
+    def charge(amount: int) -> str:
+        """Charges (not idempotent)."""
+        calls.append(amount)
+        return "charged"
+
+    runtime = ar.AgentRuntime(tools=[charge], checkpoint_backend=backend)
+    session = runtime.create_session("a", "settled-step")
+    with pytest.raises(ConnectionError):
+        await runtime.run_agent(
+            "a", "q", fails_after('Thought: t\nAction: charge {"amount": 5}'), session=session
+        )
+    with pytest.raises(ar.ToolError, match="step 1 is saved already"):
+        await runtime.settle_call("settled-step", 1, 0, "refunded", "permanent")
+    resumed = await runtime.resume("settled-step", script(FINAL))
+    assert [(s.observation, s.error_kind) for s in resumed.steps] == [
+        ("charged", None),
+        ("", None),
+    ]
+    assert calls == [5]
+    with pytest.raises(ar.ToolError, match="step 1 is saved already"):
+        await runtime.settle_call("settled-step", 1, 0, "refunded", "permanent")
+
+
+async def test_resuming_a_session_object_instead_of_its_id_says_which_to_pass(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # `resume(session, model)`, the session itself instead of its id, failed with a bare
+    # "TypeError: unhashable type: 'AgentSession'" (fork, prune and the others name the
+    # wrong type).
+    runtime = ar.AgentRuntime(tools=[add], checkpoint_backend=backend)
+    session = runtime.create_session("a", "by-object")
+    with pytest.raises(ConnectionError):
+        await runtime.run_agent("a", "q", fails_after(), session=session)
+    with pytest.raises(ar.PersistenceError, match=r"session id must be a string.*AgentSession"):
+        await runtime.resume(session, script(FINAL))  # type: ignore[arg-type]
+    resumed = await runtime.resume(session.session_id, script(FINAL))
+    assert resumed.final_answer == "finished"

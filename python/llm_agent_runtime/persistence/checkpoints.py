@@ -1808,6 +1808,10 @@ class CheckpointStore:
         entries = [_journal_entry(values[k], k) for k in keys if k in values]
         return [e for e in entries if not is_stale_entry(e, run)]
 
+    async def saved_steps(self, session_id: str) -> int:
+        """How many steps of the session the store holds (its deltas and base records)."""
+        return await self._stored_steps(session_key(session_id))
+
     async def current_run(self, session_id: str) -> str | None:
         """The id of the session's latest run (its meta record's), None without one."""
         key = f"{session_key(session_id)}:meta"
