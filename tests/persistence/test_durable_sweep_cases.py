@@ -11,9 +11,21 @@ import pytest
 import llm_agent_runtime as ar
 
 from .test_backends import backend_fixture
-from .test_durable import FINAL, script
+from .test_durable import FINAL, fails_after, script
 
 backend = backend_fixture()
+
+
+def charging(calls: list[int]) -> ar.ToolSpec:
+    """A tool that is not idempotent: each call is kept in `calls`."""
+
+    @ar.tool
+    def charge(amount: int) -> str:
+        """Charges (not idempotent)."""
+        calls.append(amount)
+        return "charged"
+
+    return charge
 
 
 class Crash(BaseException):
@@ -75,13 +87,7 @@ async def test_a_call_of_a_tool_removed_since_is_refused_naming_why(
     # The tool existed and may have run: the resume refuses it still, but said the tool
     # "is neither idempotent nor takes an idempotency key", which is not why.
     calls: list[int] = []
-
-    @ar.tool
-    def charge(amount: int) -> str:
-        """Charges (not idempotent)."""
-        calls.append(amount)
-        return "charged"
-
+    charge = charging(calls)
     crashing = ar.AgentRuntime(tools=[charge], checkpoint_backend=CrashesOnSteps(backend))
     session = crashing.create_session("a", "removed-tool")
     with pytest.raises(Crash):
@@ -126,18 +132,6 @@ def test_replaying_a_long_tools_run_takes_time_linear_in_its_steps() -> None:
     assert CountingRecords.copied <= 2 * n
 
 
-def fails_after(*replies: str) -> Any:
-    """A model that gives `replies`, then fails as if it went down."""
-    queue = list(replies)
-
-    async def infer(prompt: str) -> str:
-        if not queue:
-            raise ConnectionError("model down")
-        return queue.pop(0)
-
-    return infer
-
-
 async def test_settling_a_call_whose_step_is_saved_is_refused_not_ignored(
     backend: ar.PersistenceBackend,
 ) -> None:
@@ -145,13 +139,7 @@ async def test_settling_a_call_whose_step_is_saved_is_refused_not_ignored(
     # result). settle_call of that step (a step number off by one, say) returned as if it
     # had recorded the outcome, which the resume then never used: the step's stood.
     calls: list[int] = []
-
-    @ar.tool
-    def charge(amount: int) -> str:
-        """Charges (not idempotent)."""
-        calls.append(amount)
-        return "charged"
-
+    charge = charging(calls)
     runtime = ar.AgentRuntime(tools=[charge], checkpoint_backend=backend)
     session = runtime.create_session("a", "settled-step")
     with pytest.raises(ConnectionError):
