@@ -2776,10 +2776,9 @@ class AgentRuntime:
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("resume needs a checkpoint_backend")
-        if not isinstance(session_id, str):  # the session itself, say: no set lookup takes it
-            raise PersistenceError(
-                f"a session id must be a string (pass session.session_id), got {_kind(session_id)}"
-            )
+        from llm_agent_runtime.persistence.base import escape_session_id
+
+        escape_session_id(session_id)  # refuses a non-str (the session, say) before any lookup
         if session_id in self._running:
             raise AgentRuntimeError(
                 f"session {session_id!r} is already running a turn: it cannot be resumed "

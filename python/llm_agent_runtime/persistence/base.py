@@ -34,7 +34,11 @@ def escape_session_id(session_id: str) -> str:
         PersistenceError: `session_id` is not a string.
     """
     if not isinstance(session_id, str):
-        raise PersistenceError(f"a session id must be a string, got {type(session_id).__name__}")
+        # The session itself is the likely mistake.
+        given = " (pass its session_id)" if hasattr(session_id, "session_id") else ""
+        raise PersistenceError(
+            f"a session id must be a string, got {type(session_id).__name__}{given}"
+        )
     if "%" in session_id or ":" in session_id:
         return session_id.replace("%", "%25").replace(":", "%3A")
     return session_id
