@@ -168,7 +168,10 @@ async def test_resuming_a_session_object_instead_of_its_id_says_which_to_pass(
     session = runtime.create_session("a", "by-object")
     with pytest.raises(ConnectionError):
         await runtime.run_agent("a", "q", fails_after(), session=session)
-    with pytest.raises(ar.PersistenceError, match=r"session id must be a string, got AgentSession \(pass its session_id\)"):
+    with pytest.raises(
+        ar.PersistenceError,
+        match=r"session id must be a string, got AgentSession \(pass its session_id\)",
+    ):
         await runtime.resume(session, script(FINAL))  # type: ignore[arg-type]
     resumed = await runtime.resume(session.session_id, script(FINAL))
     assert resumed.final_answer == "finished"
