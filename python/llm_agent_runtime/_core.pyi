@@ -442,8 +442,8 @@ class EpisodicStore:
         """Marks the agent's episodes of `ids` recalled now; returns how many it found.
 
         Raises:
-            MemoryStoreError: an id is not an int >= 0, or the clock returned a NaN or
-                infinite time (or not a number).
+            MemoryStoreError: an id is not an int >= 0 and at most 2**64 - 1, or the
+                clock returned a NaN or infinite time (or not a number).
         """
     def episodes(self, agent_id: str) -> list[Episode]: ...
     def clear(self, agent_id: str | None = None) -> int: ...

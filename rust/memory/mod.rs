@@ -113,7 +113,11 @@ fn episode_ids_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
         })?;
         ids.push(
             args::extract_unsigned(&item, "ids", |v| {
-                CoreError::Memory(format!("episode ids must be ints >= 0, got {v}"))
+                // Negative or beyond 64 bits: one message naming both bounds (an id above
+                // the range meets ">= 0" alone).
+                CoreError::Memory(format!(
+                    "episode ids must be ints >= 0 and at most 2**64 - 1, got {v}"
+                ))
             })
             .map_err(|e| {
                 if e.is_instance_of::<PyTypeError>(item.py()) {
@@ -1056,8 +1060,8 @@ impl PyEpisodicStore {
     /// their `last_recalled_at`); returns how many it found (an id may be gone since).
     ///
     /// Raises:
-    ///     MemoryStoreError: an id is not an int >= 0; the clock returned a NaN or infinite
-    ///         time, or not a number.
+    ///     MemoryStoreError: an id is not an int >= 0 and at most 2**64 - 1; the clock
+    ///         returned a NaN or infinite time, or not a number.
     fn mark_recalled(
         &self,
         py: Python<'_>,

@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use super::TopK;
-use crate::errors::CoreResult;
+use crate::errors::{try_filled, CoreResult};
 
 /// Rows per packed panel of the AVX2 and portable kernels (two 8-lane registers).
 const PANEL_ROWS: usize = 16;
@@ -30,8 +30,8 @@ const PARALLEL_ROWS: usize = 2_048;
 /// `dim`, normalized): one heap per query, rows numbered from 0.
 ///
 /// # Errors
-/// [`crate::errors::CoreError::Memory`] when a query's merged heap cannot be allocated (see
-/// [`TopK::merge_all`]).
+/// [`crate::errors::CoreError::Memory`] when the packed queries, a scan's packed rows or a
+/// query's merged heap (see [`TopK::merge_all`]) cannot be allocated.
 pub(super) fn search_batch_fused(
     data: &[f32],
     dim: usize,
@@ -40,7 +40,7 @@ pub(super) fn search_batch_fused(
 ) -> CoreResult<Vec<TopK>> {
     let n = data.len() / dim;
     let m = queries.len() / dim;
-    let groups = pack_queries(queries, dim, m);
+    let groups = pack_queries(queries, dim, m)?;
     let fused = Fused::detect();
     if n < PARALLEL_ROWS {
         return scan_range(data, dim, 0, n, &groups, m, k, fused);
@@ -141,16 +141,23 @@ const TILE: usize = TILE_QUERIES * WIDE_PANEL_ROWS;
 
 /// Queries in groups of [`TILE_QUERIES`], each group dimension-major (`[d][q]`), padded with
 /// zero queries.
-fn pack_queries(queries: &[f32], dim: usize, m: usize) -> Vec<f32> {
+///
+/// # Errors
+/// [`crate::errors::CoreError::Memory`] when the packed queries cannot be allocated (long
+/// queries: up to three times the size of the batch).
+fn pack_queries(queries: &[f32], dim: usize, m: usize) -> CoreResult<Vec<f32>> {
     let groups = m.div_ceil(TILE_QUERIES);
-    let mut packed = vec![0.0f32; groups * dim * TILE_QUERIES];
+    let len = groups
+        .checked_mul(dim * TILE_QUERIES)
+        .ok_or_else(|| crate::errors::out_of_memory(usize::MAX, "the packed queries"))?;
+    let mut packed = try_filled(len, 0.0f32, "the packed queries")?;
     for (q, query) in queries.chunks_exact(dim).enumerate() {
         let base = (q / TILE_QUERIES) * dim * TILE_QUERIES + q % TILE_QUERIES;
         for (d, &x) in query.iter().enumerate() {
             packed[base + d * TILE_QUERIES] = x;
         }
     }
-    packed
+    Ok(packed)
 }
 
 /// Rows `first..first + rows` of `data` into panels of the kernel's width, dimension-major
@@ -335,7 +342,8 @@ unsafe fn pack_panel_avx512(rows: &[f32], dim: usize, panel: &mut [f32]) {
 /// Scores rows `start..end` against every query; one heap per query.
 ///
 /// # Errors
-/// [`crate::errors::CoreError::Memory`] when the heaps cannot be allocated.
+/// [`crate::errors::CoreError::Memory`] when the heaps or the packed rows cannot be
+/// allocated.
 #[allow(clippy::too_many_arguments)]
 fn scan_range(
     data: &[f32],
@@ -353,7 +361,11 @@ fn scan_range(
     let width = fused.panel_rows();
     let panel_len = dim * width;
     let group_len = dim * TILE_QUERIES;
-    let mut panels = vec![0.0f32; BLOCK_ROWS * dim];
+    // Room for one block of packed rows, no larger than the range needs: for long rows (an
+    // embedder may give 2**20 values) a full block is hundreds of MiB, which a small index
+    // must not ask for, and which must be an error, not an abort, when it is not to be had.
+    let block_rows = (end - start).min(BLOCK_ROWS).next_multiple_of(width);
+    let mut panels = try_filled(block_rows * dim, 0.0f32, "the packed rows")?;
     let mut scores = [0.0f32; TILE];
     let mut block = start;
     while block < end {
@@ -500,7 +512,7 @@ mod tests {
         ] {
             let data = lcg(n * dim, 3);
             let queries = lcg(m * dim, 11);
-            let groups = pack_queries(&queries, dim, m);
+            let groups = pack_queries(&queries, dim, m).unwrap();
             // The search as this CPU runs it, then each kernel it could run (one thread).
             let runs = std::iter::once(search_batch_fused(&data, dim, &queries, 4).unwrap()).chain(
                 kernels()
