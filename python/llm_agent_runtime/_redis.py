@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from llm_agent_runtime._loops import PerLoop
 from llm_agent_runtime.errors import PersistenceError
@@ -58,14 +60,16 @@ def redis_client(url: str, owner: str) -> RedisClients:
 
     Raises:
         PersistenceError: When redis-py is not installed (the `redis` extra), or `url` is not
-            a Redis URL redis-py can use (no such scheme, a port that is not a number, a
-            query option of a bad value, or `decode_responses` on: callers read bytes);
-            `owner` names the class that needs it. The message
-            never holds the URL: for one with credentials, not even the reason, which urllib
-            may give quoting part of them.
+            a Redis URL redis-py can use (no such scheme, a port or a database that is not
+            a number, a query option redis-py does not know or of a bad value, or
+            `decode_responses` on: callers read bytes); `owner` names the class that needs
+            it. The message never holds the URL: for one with credentials, not even the
+            reason, which urllib may give quoting part of them (an unknown option's name
+            is given all the same).
     """
     try:
         from redis.asyncio import Redis
+        from redis.exceptions import RedisError
     except ImportError as error:
         raise PersistenceError(
             f"{owner} needs redis-py: pip install 'llm-agent-runtime[redis]'"
@@ -90,6 +94,15 @@ def redis_client(url: str, owner: str) -> RedisClients:
             ) from None
         if pool.connection_kwargs.get("decode_responses"):  # the callers read bytes
             raise PersistenceError(f"{owner}: the Redis URL cannot turn decode_responses on")
+        _check_database(url, owner)
+        try:
+            # Builds a connection, never opens it: redis-py passes a query option it does
+            # not parse itself straight to it, so a mistyped one fails here, not every call.
+            pool.make_connection()
+        except (TypeError, ValueError, RedisError) as error:
+            # A TypeError names an unknown option, never a value: kept even with credentials.
+            reason = str(error) if isinstance(error, TypeError) else _redacted(error, url)
+            raise PersistenceError(f"{owner}: not a usable Redis URL: {reason}") from None
         return Redis.from_pool(pool)
 
     return RedisClients(client)
@@ -135,7 +148,29 @@ async def _close_client(client: Any) -> None:
     await client.aclose()
 
 
-def _redacted(error: ValueError, url: str) -> str:
+def _check_database(url: str, owner: str) -> None:
+    """Refuses a `redis://` or `rediss://` URL whose path is not a database number.
+
+    redis-py reads the path as `int()` of it with every `/` removed, and ignores it when
+    that fails: `/db1` or a mistyped `/l` would use database 0, `/1/2` database 12, and the
+    state would silently mix with another application's.
+
+    Raises:
+        PersistenceError: The path is neither empty, `/`, nor `/<number>` (`/<number>/`).
+    """
+    parts = urlsplit(url)
+    if parts.scheme in ("redis", "rediss") and not _DATABASE_PATH.fullmatch(unquote(parts.path)):
+        raise PersistenceError(
+            f"{owner}: not a usable Redis URL: its path must be a database number, such as "
+            "/0 (redis-py would use another database)"
+        )
+
+
+_DATABASE_PATH = re.compile(r"/?(?:[0-9]+/?)?")
+"""The path of a Redis URL: none, `/`, or a database number (a trailing `/` allowed)."""
+
+
+def _redacted(error: Exception, url: str) -> str:
     """`error`'s message, or none when `url` holds user info (urllib's may quote part of it)."""
     return "its reason is left out, as the URL holds credentials" if "@" in url else str(error)
 

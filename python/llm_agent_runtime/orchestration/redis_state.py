@@ -446,7 +446,12 @@ class RedisRateLimiter:
         return f"RedisRateLimiter(rate={self.rate}, capacity={self.capacity})"
 
     def redis_key(self, key: str = "default") -> str:
-        """The Redis key of `key`'s bucket (its prefix, rate and capacity, then `key`)."""
+        """The Redis key of `key`'s bucket (its prefix, rate and capacity, then `key`).
+
+        Raises:
+            TypeError: `key` is not a str (part of a Redis key: `1` would name `"1"`'s).
+        """
+        _check_name("key", key)
         return self._namespace + key
 
     async def close(self) -> None:
@@ -524,10 +529,12 @@ class RedisRateLimiter:
         """Takes `tokens` from `key`'s shared bucket if it has them; returns whether it did.
 
         Raises:
+            TypeError: `key` is not a str (part of a Redis key).
             ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
                 included).
             PersistenceError: Redis failed.
         """
+        _check_name("key", key)
         tokens = self._check(tokens)
         self._this_process()
         granted, _, _, _ = await self._take(key, tokens, 0)
@@ -545,10 +552,12 @@ class RedisRateLimiter:
         capacity since.
 
         Raises:
+            TypeError: `key` is not a str (part of a Redis key).
             ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
                 included).
             PersistenceError: Redis failed.
         """
+        _check_name("key", key)
         tokens = self._check(tokens)
         self._this_process()
         room = self._room  # this loop's, kept: `leave` may run once no loop is running
@@ -623,6 +632,27 @@ def _refuse_cycle(task: asyncio.Task[Any], runs: list[_Run], key: str, holder: s
         keys.append(waited)
 
 
+_GIVE_BACK_PAUSES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+"""Seconds between the attempts to give back the lease of a claim that failed: a few, so
+that an outage does not multiply the commands sent to the server for long."""
+
+
+def _outcome_unknown(error: BaseException | None) -> bool:
+    """Whether a command that failed with `error` may have run on the server all the same.
+
+    A lost connection or a reply that timed out: the server may have run the command (or
+    may yet, once free). Not an error reply, a command that could not be encoded, nor a
+    connection refused at its handshake (credentials, a server still loading its data).
+    """
+    from redis.exceptions import AuthenticationError, AuthorizationError, BusyLoadingError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(error, AuthenticationError | AuthorizationError | BusyLoadingError):
+        return False
+    return isinstance(error, RedisConnectionError | RedisTimeoutError | OSError)
+
+
 _MAX_PX = 2**53
 """Most milliseconds a result or lease is kept (~285,000 years): Redis adds PX to its clock in
 64 bits, and a float counts whole milliseconds exactly up to here."""
@@ -665,7 +695,9 @@ class RedisDeduplicator:
     also kept for the callers that waited on that run (under `...:done:<run>`, for `lease`
     seconds, or two polls if longer; only when `ttl` is shorter than that). A caller
     cancelled while it holds the lease (or while the command taking it is in flight) gives
-    the lease back before `CancelledError` is raised, so the next caller need not wait it out.
+    the lease back before `CancelledError` is raised, so the next caller need not wait it out;
+    so does, in the background, a caller whose command taking it failed with no reply (timed
+    out, its connection lost): the server may have run it all the same.
 
     A run whose call asks for its own key, or for a key whose run waits, through any others
     of this process (of any deduplicator), for it, is refused with `RuntimeError` (see `run`):
@@ -890,6 +922,14 @@ class RedisDeduplicator:
         except asyncio.CancelledError:
             await _settle(self._release_unless_done(command, keys, token, claim=True))
             raise
+        except PersistenceError as error:
+            if _outcome_unknown(error.__cause__):
+                # The claim may have run all the same (a server busy past the socket timeout
+                # runs it once free): else the lease it took, for a run that never comes,
+                # kept every caller of the key waiting it out. In the background: the
+                # caller's error is not delayed for a server that may still be busy.
+                keep_alive(asyncio.ensure_future(self._give_back(keys, token)))
+            raise
 
     async def _claim_command(self, keys: list[str], token: str) -> Any:
         try:
@@ -911,6 +951,28 @@ class RedisDeduplicator:
             reply = None
         if reply is None or (claim and reply[0] == 2):
             await self._release(keys, token)
+
+    async def _give_back(self, keys: list[str], token: str) -> None:
+        """Gives back the lease a failed claim may have taken, trying again while it fails.
+
+        The server that failed the claim may be busy or unreachable still: an attempt that
+        fails is tried again after a pause, a few times, until the lease has expired anyway.
+        Only the last failure is logged. Taking nothing but the lease of this `token`, an
+        attempt is safe to repeat.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.lease
+        error: Exception | None = None
+        for pause in (*_GIVE_BACK_PAUSES, None):
+            try:
+                await self._finish(keys=keys, args=[token, "", 0, 0])
+                return
+            except Exception as failure:
+                error = failure
+            if pause is None or loop.time() + pause >= deadline:
+                break
+            await asyncio.sleep(pause)
+        logger.warning("RedisDeduplicator: could not give back the lease of %s: %s", keys[1], error)
 
     async def _release(self, keys: list[str], token: str) -> None:
         """Gives the lease back (if still held) without publishing a result.
