@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
@@ -15,17 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from test_redis_state import redis_url
 
 import llm_agent_runtime as ar
-
-
-def redis_url() -> str:
-    url = os.environ.get("LLM_AGENT_RUNTIME_TEST_REDIS_URL")
-    if url is None:
-        if os.environ.get("LLM_AGENT_RUNTIME_REQUIRE_SERVICES"):
-            pytest.fail("make test must provide Redis")
-        pytest.skip("no Redis server: run `make test`")
-    return url
 
 
 @pytest.fixture(scope="module")

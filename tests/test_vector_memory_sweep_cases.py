@@ -12,18 +12,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import textwrap
-from typing import Any
 
 import pytest
+from test_vector_memory_limits import run_child
 
 import llm_agent_runtime as ar
-
-CHILD_SECONDS = 60  # a child that takes longer has hung
 
 # Runs in a child interpreter: a float32 index of two rows of 2**20 dimensions, searched by
 # a batch of two queries with the address space limited to what the process uses plus
@@ -53,25 +48,6 @@ BATCH_SCRIPT = textwrap.dedent(
         print(json.dumps({"error": type(e).__name__, "message": str(e)}))
     """
 )
-
-
-def run_child(script: str, *args: str) -> dict[str, Any]:
-    """Runs `script` in a child interpreter; its JSON output. Fails when the child dies of
-    a signal (SIGABRT from a failed allocation) or exits with an error."""
-    child = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        timeout=CHILD_SECONDS,
-        # Without mimalloc's up-front reservation the limit binds as memory is asked for.
-        env={**os.environ, "RUST_BACKTRACE": "0", "MIMALLOC_ARENA_RESERVE": "0"},
-        check=False,
-    )
-    assert child.returncode == 0, (
-        f"child exited with {child.returncode}: {child.stderr.strip()[-500:]}"
-    )
-    result: dict[str, Any] = json.loads(child.stdout)
-    return result
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs RLIMIT_AS as Linux has it")
