@@ -20,6 +20,7 @@ from llm_agent_runtime.providers.base import (
 
 from .conftest import PROVIDERS, make_provider
 from .fake_server import FakeLlmServer, Reply, Turn, sse
+from .test_api_rules import reply
 
 USER = [Message("user", "hi")]
 JSON = {"content-type": "application/json"}
@@ -52,10 +53,7 @@ async def test_x_should_retry_false_is_not_retried(
     provider = make_provider(kind, server, retry=retry)
     async with provider:
         with pytest.raises(ProviderError) as caught:
-            if streamed:
-                await collect(provider.chat_stream(USER))
-            else:
-                await provider.chat(USER)
+            await reply(provider, USER, streamed)
     assert caught.value.status == 500
     assert caught.value.retryable is False
     assert len(server.requests) == 1
@@ -71,11 +69,7 @@ async def test_x_should_retry_true_is_retried(
     server.script(error_reply(400, "true", kind), Turn(text="second"))
     provider = make_provider(kind, server, retry=retry)
     async with provider:
-        if streamed:
-            events = await collect(provider.chat_stream(USER))
-            response = events[-1].response
-        else:
-            response = await provider.chat(USER)
+        response = await reply(provider, USER, streamed)
     assert response.text == "second"
     assert len(server.requests) == 2
 
