@@ -122,10 +122,14 @@ def _ours(mode: str) -> Any:
     memory.add_episode("bench", "adding numbers is easy", 0.5)
     runtime = ar.AgentRuntime(config, tools=[add], memory=memory)
     runtime.events.on(lambda event: None)  # events on, as a listening application has them
+    # One provider for every run, as an application keeps one and as the peers keep their
+    # models: its script starts over at each run's first call. Runs that overlap would
+    # take each other's replies, but a zero-latency run never suspends, so concurrent runs
+    # run one after the other (their sums, checked, would show it otherwise).
+    provider = ar.ScriptedProvider(native_script, loop=True)
 
     async def run() -> int:
         if mode == "tools":
-            provider = ar.ScriptedProvider(native_script)
             session = await runtime.run_agent_with_provider("bench", "sum", provider)
         else:
             replies = iter(REACT_SCRIPT)

@@ -318,9 +318,13 @@ async def test_a_cancelled_subtask_of_the_tool_is_an_observation_not_a_cancellat
     assert obs.error_kind == "transient" and "CancelledError" in obs.content
 
 
-async def test_a_cancelled_subtask_is_an_observation_in_a_task_that_was_cancelled_before() -> None:
+@pytest.mark.parametrize("task_given", [False, True], ids=["looked-up", "given"])
+async def test_a_cancelled_subtask_is_an_observation_in_a_task_that_was_cancelled_before(
+    task_given: bool,
+) -> None:
     # A task whose earlier cancellation was handled without `uncancel()` (its count stays
-    # raised) took every cancelled subtask of a tool for a cancellation of the call.
+    # raised) took every cancelled subtask of a tool for a cancellation of the call. The
+    # caller may hand the registry its task (as the agent loop does): read alike.
     async def fetch(args: dict[str, Any]) -> str:
         inner = asyncio.ensure_future(asyncio.sleep(10))
         await asyncio.sleep(0)
@@ -340,7 +344,10 @@ async def test_a_cancelled_subtask_is_an_observation_in_a_task_that_was_cancelle
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(1)
         assert task.cancelling() == 1
-        return await ar.ToolRegistry([ar.ToolSpec("fetch", "d", fetch)]).call("fetch", args)
+        registry = ar.ToolRegistry([ar.ToolSpec("fetch", "d", fetch)])
+        if task_given:
+            return await registry.call("fetch", args, task=task)
+        return await registry.call("fetch", args)
 
     obs = await asyncio.ensure_future(handled_a_cancellation_then_calls({}))
     assert obs.error_kind == "transient" and "CancelledError" in obs.content
@@ -349,7 +356,8 @@ async def test_a_cancelled_subtask_is_an_observation_in_a_task_that_was_cancelle
     assert obs.error_kind == "permanent" and "own work" in obs.content
 
 
-async def test_cancelling_the_call_still_propagates() -> None:
+@pytest.mark.parametrize("task_given", [False, True], ids=["looked-up", "given"])
+async def test_cancelling_the_call_still_propagates(task_given: bool) -> None:
     started = asyncio.Event()
 
     async def slow(args: dict[str, Any]) -> str:
@@ -358,7 +366,13 @@ async def test_cancelling_the_call_still_propagates() -> None:
         return "late"
 
     registry = ar.ToolRegistry([ar.ToolSpec("slow", "d", slow)])
-    task = asyncio.ensure_future(registry.call("slow", {}))
+
+    async def call() -> ar.Observation:
+        if task_given:
+            return await registry.call("slow", {}, task=asyncio.current_task())
+        return await registry.call("slow", {})
+
+    task = asyncio.ensure_future(call())
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

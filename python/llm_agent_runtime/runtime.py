@@ -87,6 +87,7 @@ from llm_agent_runtime.tools import (
     Observation,
     ToolRegistry,
     ToolSpec,
+    _current_task,
     _describe,
     _truncate,
     run_blocking,
@@ -1292,6 +1293,7 @@ class AgentRuntime:
         perf = time.perf_counter
         metrics = self.metrics
         checkpoints = self._checkpoints
+        task = _current_task()  # the run's calls run in it: looked up once, not per call
         # A resumed run counts the steps it already took; a session's new turn starts afresh.
         done = len(resume.run_records) if resume is not None else 0
         iterations = config.max_iterations - done
@@ -1439,6 +1441,7 @@ class AgentRuntime:
                         True,
                         None,
                         ended,
+                        task,
                     )
                 except BaseException as error:  # the step of a call that began says how it ended
                     call = ToolCall("", parsed.action or "", parsed.action_input)
@@ -1528,6 +1531,7 @@ class AgentRuntime:
         perf = time.perf_counter
         metrics = self.metrics
         checkpoints = self._checkpoints
+        task = _current_task()  # a round's single call runs in it: looked up once, not per call
         # A round's overhead runs from where the round before ended (its checkpoint write in).
         since = perf()
         for _ in range(config.max_iterations - rounds_done):
@@ -1657,7 +1661,15 @@ class AgentRuntime:
                         call = calls[0]
                         results = [
                             await self._call_tool(
-                                session, call.name, call.arguments, None, 0, True, None, finished
+                                session,
+                                call.name,
+                                call.arguments,
+                                None,
+                                0,
+                                True,
+                                None,
+                                finished,
+                                task,
                             )
                         ]
                     else:
@@ -1910,6 +1922,7 @@ class AgentRuntime:
         guard: bool = True,
         busy: _BusyTime | None = None,
         ended: dict[int, ToolRun] | None = None,
+        task: asyncio.Task[Any] | Literal[False] | None = False,
     ) -> ToolRun:
         """Runs one tool call through capabilities, approvals, middlewares and metrics.
 
@@ -1919,7 +1932,8 @@ class AgentRuntime:
         (a parallel round's) is told when the tool runs. Once guarded, the call goes into
         `ended` at `index` as it ended, before its `ToolCallFinished` event (a listener may
         fail on that): done, or ended by an error (cancelled, timed out, a policy error) with
-        the observation that event gives. That is what a failed round keeps of it.
+        the observation that event gives. That is what a failed round keeps of it. `task` is
+        the task the call runs in, when the caller knows it (see `ToolRegistry.call`).
         """
         if self._guarded and guard:
             name, arguments, denial = await self._guard_call(session, name, arguments)
@@ -1944,13 +1958,13 @@ class AgentRuntime:
             if self._tracer is not None:
                 with _traced(self._tracer, "agent.tool", {"tool": name}) as span:
                     observation = await self.tools.call(
-                        name, arguments, self.config.max_observation_chars, key
+                        name, arguments, self.config.max_observation_chars, key, task=task
                     )
                     if observation.error_kind is not None:  # a failure the tool call absorbed
                         _mark_failed(span, observation)
             else:
                 observation = await self.tools.call(
-                    name, arguments, self.config.max_observation_chars, key
+                    name, arguments, self.config.max_observation_chars, key, task=task
                 )
         except BaseException as error:  # cancelled, timed out, or a policy error: it goes on
             self.metrics.record_tool_failure(counted, session.agent_id)  # as the events say

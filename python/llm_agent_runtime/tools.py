@@ -2209,11 +2209,16 @@ class ToolRegistry:
         arguments: Any,
         max_chars: int = 4000,
         idempotency_key: str | None = None,
+        *,
+        task: asyncio.Task[Any] | Literal[False] | None = False,
     ) -> Observation:
         """Runs one tool call; every failure becomes an `Observation` with an error kind.
 
         `idempotency_key` is passed to tools that take one (a fresh random key when it is
-        None). Every observation is truncated to `max_chars`.
+        None). Every observation is truncated to `max_chars`. `task` is the asyncio task
+        the call runs in, when the caller has it at hand (None: it runs in none); by
+        default it is looked up, which costs a system call (`getpid`) per call before
+        Python 3.12.
 
         Failures: invalid arguments (a validator's own exception included), a result that
         cannot be rendered, and `SystemExit` raised by a tool (say, by argparse) are
@@ -2252,8 +2257,9 @@ class ToolRegistry:
             checked = {**checked, IDEMPOTENCY_KEY: key}
         # A tool that catches the cancellation of its call and returns (or fails otherwise)
         # must not end it: the count of cancellations asked of this task says it was asked.
-        loop = _running_loop()  # `_current_task()`, inlined: this is the per-step path
-        task = None if loop is None else _task_of(loop)
+        if task is False:
+            loop = _running_loop()  # `_current_task()`, inlined: this is the per-step path
+            task = None if loop is None else _task_of(loop)
         cancels = 0 if task is None else task.cancelling()
         try:
             if direct is not None:  # an async `@tool` function: the common case, called as is
