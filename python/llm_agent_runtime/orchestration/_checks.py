@@ -125,7 +125,8 @@ def check_names(name: str, names: Iterable[str] | None) -> frozenset[str] | None
         raise TypeError(f"{name} must be a collection of names: {error}") from error
     for item in result:
         if not isinstance(item, str):
-            raise TypeError(f"{name} must hold strings, got {item!r}")
+            # A bounded repr that never raises: else an item's repr could replace the error.
+            raise TypeError(f"{name} must hold strings, got {short_repr(item)}")
     return result
 
 

@@ -62,7 +62,8 @@ class BackpressureGuard:
             `soft_limit` or beyond warns (an int in 1..capacity; `soft_limit == capacity`
             warns when the guard becomes full).
         metrics: counts each shed request when given (a `RuntimeMetrics`, or anything with
-            a `record_backpressure_shed()` method).
+            a `record_backpressure_shed()` method). One that raises is logged: the request
+            is shed with `BackpressureShedError` all the same.
 
     Raises:
         ValueError: `capacity` < 1, `soft_limit` outside 1..capacity, or either is not an int
@@ -113,6 +114,18 @@ class BackpressureGuard:
                 return block
         return None
 
+    def _holding_block(self) -> _Block | None:
+        """This guard's innermost block open in the current task that still holds a slot.
+
+        One that gave back its own slot, and every slot taken with `acquire()` in it, is
+        passed over for the block around it.
+        """
+        task = _current_task()
+        for block in reversed(_BLOCKS.get()):
+            if block.guard is self and block.task is task and (block.bare or block.holds):
+                return block
+        return None
+
     def acquire(self) -> None:
         """Takes a slot.
 
@@ -141,7 +154,10 @@ class BackpressureGuard:
         # Outside the lock: the metrics and the log are not the guard's to wait for.
         if depth >= self.capacity:
             if self._metrics is not None:
-                self._metrics.record_backpressure_shed()
+                try:
+                    self._metrics.record_backpressure_shed()
+                except Exception:  # else its error would replace the shed the caller handles
+                    logger.exception("backpressure: metrics failed to count a shed request")
             raise BackpressureShedError(depth, self.capacity)
         if self.soft_limit is not None and depth + 1 >= self.soft_limit:
             logger.warning(
@@ -167,12 +183,17 @@ class BackpressureGuard:
         It gives back the slot of the last `acquire()` not given back yet. Called inside an
         `async with guard:` block, by the block's task, with every slot that task took in
         the block with `acquire()` given back already, it gives back the block's own slot:
-        the block then gives none back as it ends.
+        the block then gives none back as it ends. In nested blocks of the guard, once the
+        inner block's slots are all given back, it goes on to the enclosing block's.
 
         Raises:
             RuntimeError: nothing was held.
         """
         block = self._block()
+        if block is not None and not (block.bare or block.holds):
+            # A nested block that gave back its slots passes the release on to the block
+            # around it, which then gives none back as it ends (else it would, twice).
+            block = self._holding_block()
         with self._lock:
             if self._depth == 0:
                 raise RuntimeError("BackpressureGuard.release() without a matching acquire()")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,9 +52,11 @@ class ResultCache:
         self.max_entries = max_entries
         self._clock = checked_clock(clock)
         self._entries: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
-        # (expiry, key) of each store, oldest first: a full cache drops what expired before
-        # a live entry. An item whose key was stored again or dropped since is skipped.
-        self._expiry: deque[tuple[float, tuple[str, str]]] = deque()
+        # (expiry, key) of each store, a heap (soonest expiry first): a full cache drops what
+        # expired before a live entry. Not a queue in store order: once the clock steps back
+        # or `ttl` is lowered, a later store may expire first. An item whose key was stored
+        # again or dropped since is skipped.
+        self._expiry: list[tuple[float, tuple[str, str]]] = []
         # Guards the entries and counters; held only for in-memory work, never across an
         # await (and never around JSON encoding of the arguments). Re-entrant: an evicted
         # value's finalizer, or the clock, may call back into the cache.
@@ -131,22 +134,23 @@ class ResultCache:
         self._entries[key] = (expires, result)
         self._entries.move_to_end(key)
         if expires < math.inf:  # an entry that never expires needs no place in the index
-            self._expiry.append((expires, key))
+            heapq.heappush(self._expiry, (expires, key))
         if len(self._entries) > self.max_entries:
             self._drop_expired(now)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
         if len(self._expiry) > 2 * self.max_entries:
-            # Stale items pile up behind a long-lived one: rebuilt from the entries, in
-            # expiry order (amortized over the stores since the last rebuild).
-            live = sorted((e[0], k) for k, e in self._entries.items() if e[0] < math.inf)
-            self._expiry = deque(live)
+            # Stale items pile up behind a long-lived one: rebuilt from the entries
+            # (amortized over the stores since the last rebuild).
+            live = [(e[0], k) for k, e in self._entries.items() if e[0] < math.inf]
+            heapq.heapify(live)
+            self._expiry = live
 
     def _drop_expired(self, now: float) -> None:
         """Drops the entries that expired by `now`, oldest expiry first (lock held)."""
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
-            expires, key = expiry.popleft()
+            expires, key = heapq.heappop(expiry)
             entry = self._entries.get(key)
             if entry is not None and entry[0] == expires:  # not stored again since
                 del self._entries[key]

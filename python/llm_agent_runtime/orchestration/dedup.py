@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import math
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -110,8 +111,13 @@ class Deduplicator:
         self.ttl = ttl
         self._clock = checked_clock(clock)
         self._in_flight: dict[Hashable, asyncio.Task[Any]] = {}
-        # By expiry: every result lives `ttl`, so the oldest stored expires first.
-        self._done: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        self._done: dict[Hashable, tuple[float, Any]] = {}
+        # (expiry, order, key) of each result stored, a heap (soonest expiry first): not a
+        # queue in store order, since once the clock steps back or `ttl` is lowered a later
+        # result may expire first. The order breaks ties (keys need not compare). An item
+        # whose key was stored again or dropped since is skipped; each goes once expired.
+        self._expiry: list[tuple[float, int, Hashable]] = []
+        self._order = itertools.count()
         # The wait-for graph: the key of each execution under way (a forgotten one included),
         # and the execution each of them waits on in `run` right now (at most one: a task
         # awaits one thing at a time).
@@ -249,13 +255,16 @@ class Deduplicator:
         if self.ttl > 0:
             now = self._clock.now()
             done = self._done
-            done[key] = (now + self.ttl, task.result())
-            done.move_to_end(key)
-            while done:  # the expired results, oldest first: amortized O(1) a result
-                oldest, (expires, _) = next(iter(done.items()))
-                if now < expires:
-                    break
-                del done[oldest]
+            expires = now + self.ttl
+            done[key] = (expires, task.result())
+            expiry = self._expiry
+            if expires < math.inf:  # a result kept for good needs no place in the heap
+                heapq.heappush(expiry, (expires, next(self._order), key))
+            while expiry and expiry[0][0] <= now:  # the expired results, soonest first
+                expired, _, oldest = heapq.heappop(expiry)
+                entry = done.get(oldest)
+                if entry is not None and entry[0] == expired:  # not stored again since
+                    del done[oldest]
 
     def forget(self, key: Hashable) -> None:
         """Drops a cached result, and lets go of a running execution of `key`.
@@ -273,4 +282,9 @@ class Deduplicator:
         expired = [k for k, (expires, _) in self._done.items() if now >= expires]
         for k in expired:
             del self._done[k]
+        # The heap keeps the items of the results still held only.
+        done = self._done
+        live = [item for item in self._expiry if done.get(item[2], (None,))[0] == item[0]]
+        heapq.heapify(live)
+        self._expiry = live
         return len(expired)
