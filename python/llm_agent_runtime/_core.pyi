@@ -391,6 +391,8 @@ class EpisodicStore:
         MemoryStoreError: per_agent_capacity is below 1 (or beyond 64 bits, or a bool),
             similarity_weight is negative or not finite (or beyond the float range), or
             embedder has no embed method or an async one (the store calls it synchronously).
+        TypeError: clock cannot be called (a Clock object such as FakeClock(): pass its now
+            method), or a number given where a real number is expected is complex.
     """
 
     def __new__(
@@ -412,9 +414,11 @@ class EpisodicStore:
         """Adds an episode (embedded by the store's embedder unless given) and returns its id.
 
         Raises:
-            MemoryStoreError: importance outside [0, 1], a bad embedding, a clock that
-                returned a NaN or infinite time (or not a number), agent_id or content not valid Unicode, or
-                ids exhausted (next_id reached 2**64 - 1).
+            MemoryStoreError: importance outside [0, 1], a bad embedding (complex numbers
+                included), a clock that returned a NaN or infinite time (or not a number),
+                agent_id or content not valid Unicode, or ids exhausted (next_id reached
+                2**64 - 1).
+            TypeError: importance is not a real number (a complex one included).
         """
     @property
     def has_embedder(self) -> bool:
@@ -475,6 +479,7 @@ class EpisodicStore:
                 non-finite weight, importance outside [0, 1], a non-finite time, an episode
                 under another agent's id, ids out of order or shared by two episodes, or
                 embeddings that are zero or of different lengths.
+            TypeError: clock cannot be called.
         """
     def __len__(self) -> int: ...
 

@@ -6,13 +6,16 @@ pub mod working;
 use std::hash::{Hash, Hasher};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use numpy::{IntoPyArray, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyIterator, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{
+    PyByteArray, PyBytes, PyComplex, PyFloat, PyInt, PyIterator, PyList, PySequence, PyString,
+    PyTuple, PyType,
+};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::args::{self, OutOfRange};
@@ -65,13 +68,32 @@ fn per_agent_capacity_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
     .map(Some)
 }
 
+/// Whether `value` is a complex number: Python's `complex` (numpy's `complex128` is one) or
+/// another numpy complex scalar. numpy's float conversion of them keeps the real part with
+/// only a warning, so 0.5+0.5j would pass for 0.5: a real-number argument refuses them first.
+fn is_complex(value: &Bound<'_, PyAny>) -> bool {
+    // A plain float or int (the usual number) is told by its type pointer alone.
+    if value.is_exact_instance_of::<PyFloat>() || value.is_exact_instance_of::<PyInt>() {
+        return false;
+    }
+    value.is_instance_of::<PyComplex>()
+        || args::is_numpy(
+            value,
+            &["complex64", "complex128", "clongdouble", "complex256"],
+        )
+}
+
 /// A real-number argument; a bool (Python's or numpy's: no number, though a float
 /// conversion takes it) or one beyond the float range is a `MemoryStoreError` stating
 /// `rule`, the argument's rule (such as "importance must be in [0, 1]"); anything not a
-/// number is a `TypeError` naming the argument `name`.
+/// number (a complex number included, numpy's too) is a `TypeError` naming the argument
+/// `name`.
 fn memory_real(value: &Bound<'_, PyAny>, name: &str, rule: &str) -> PyResult<f64> {
     if args::is_bool(value) {
         return Err(CoreError::Memory(format!("{rule}, got a bool ({value})")).into());
+    }
+    if is_complex(value) {
+        return Err(args::wrong_type(value, name, args::REAL));
     }
     args::real(value, name, |beyond| {
         CoreError::Memory(format!("{rule}, got {beyond}"))
@@ -682,6 +704,8 @@ impl PyRecallPolicy {
 ///         included), or `embedder` has no `embed` method (a dimension, a model name, or an
 ///         embedder class rather than an instance) or an async one (the store calls it
 ///         synchronously).
+///     TypeError: `clock` cannot be called (a `Clock` object such as `FakeClock()`: pass its
+///         `now` method; or a time, `time.time()` for `time.time`).
 #[pyclass(module = "llm_agent_runtime", name = "EpisodicStore", frozen)]
 pub struct PyEpisodicStore {
     /// Taken with [`sync::lock`] (or inside `run_detached`): no Python code runs under it.
@@ -711,12 +735,48 @@ fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
         ))
         .into());
     }
+    if holds_complex(value, 1)? {
+        return Err(CoreError::Memory(format!(
+            "{what} must hold real numbers, got complex numbers (their imaginary parts would \
+             be dropped)"
+        ))
+        .into());
+    }
     value.extract::<Vec<f32>>().map_err(|_| {
         CoreError::Memory(format!(
             "{what} must be a 1-D float32 array or a sequence of numbers"
         ))
         .into()
     })
+}
+
+/// Whether `value`, given where a vector of numbers is expected (`levels` 1) or rows of them
+/// (`levels` 2) and no float32 array, holds complex numbers: a complex numpy array, or a
+/// sequence with a complex item. The float conversion that reads vectors would keep their
+/// real parts (numpy's with only a warning): a direction never given. Told before any
+/// conversion; a value that is no sequence holds none (the conversion refuses it).
+fn holds_complex(value: &Bound<'_, PyAny>, levels: u32) -> PyResult<bool> {
+    let items = if let Ok(array) = value.cast::<PyUntypedArray>() {
+        match array.dtype().kind() {
+            b'c' => return Ok(true),
+            // Only an array of Python objects holds items of other types.
+            b'O' => value.try_iter()?,
+            _ => return Ok(false),
+        }
+    } else if value.is_instance_of::<PyString>() {
+        return Ok(false);
+    } else if let Ok(sequence) = value.cast::<PySequence>() {
+        sequence.try_iter()?
+    } else {
+        return Ok(false);
+    };
+    for item in items {
+        let item = item?;
+        if is_complex(&item) || (levels > 1 && holds_complex(&item, levels - 1)?) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The error for a clock that returned `value`, which is not a number.
@@ -780,7 +840,7 @@ impl PyEpisodicStore {
             Some(clock) => {
                 let value = clock.call0(py)?;
                 let value = value.bind(py);
-                if args::is_bool(value) {
+                if args::is_bool(value) || is_complex(value) {
                     return Err(not_a_time(value));
                 }
                 let now = args::real(value, "the clock's time", |e| {
@@ -848,6 +908,14 @@ impl PyEpisodicStore {
         }
         let row = match rows.extract::<numpy::PyReadonlyArray2<'_, f32>>() {
             Ok(array) if array.shape()[0] == 1 => array.as_array().row(0).to_vec(),
+            _ if holds_complex(rows, 2)? => {
+                return Err(CoreError::Memory(
+                    "embedder.embed([text]) must return real numbers, got complex numbers \
+                     (their imaginary parts would be dropped)"
+                        .into(),
+                )
+                .into())
+            }
             _ => match rows.extract::<Vec<Vec<f32>>>() {
                 Ok(mut list) if list.len() == 1 => list.swap_remove(0),
                 _ => Vec::new(),
@@ -863,6 +931,28 @@ impl PyEpisodicStore {
         }
         Ok(row.iter().any(|x| *x != 0.0).then_some(row))
     }
+}
+
+/// A `clock` argument: None, or something to call for the time. A `Clock` object (such as the
+/// `FakeClock` the orchestration primitives take) or a time read too early (`time.time()`
+/// rather than `time.time`) is refused now, not at the first episode as a bare `TypeError`.
+fn clock_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+    if value.is_none() {
+        return Ok(None);
+    }
+    if !value.is_callable() {
+        let hint = if value.hasattr(pyo3::intern!(value.py(), "now"))? {
+            " (for a Clock, pass its now method)"
+        } else {
+            ""
+        };
+        return Err(PyTypeError::new_err(format!(
+            "clock must be a callable returning the time in seconds, such as time.time, got \
+             {}{hint}",
+            args::describe_value(value)
+        )));
+    }
+    Ok(Some(value.clone().unbind()))
 }
 
 /// An `embedder` argument: None, or an instance with a callable `embed` (a dimension, a
@@ -918,7 +1008,7 @@ impl PyEpisodicStore {
         decay: Option<&PyDecayPolicy>,
         recall_policy: Option<&PyRecallPolicy>,
         #[pyo3(from_py_with = per_agent_capacity_arg)] per_agent_capacity: Option<usize>,
-        clock: Option<Py<PyAny>>,
+        #[pyo3(from_py_with = clock_arg)] clock: Option<Py<PyAny>>,
         #[pyo3(from_py_with = embedder_arg)] embedder: Option<Py<PyAny>>,
         #[pyo3(from_py_with = similarity_weight_arg)] similarity_weight: f64,
     ) -> PyResult<Self> {
@@ -1247,12 +1337,13 @@ impl PyEpisodicStore {
     ///         under another agent's id, ids out of order or shared by two episodes, or
     ///         embeddings that are zero or of different lengths. Other embeddings are scaled
     ///         to unit length, as `add_episode` stores them.
+    ///     TypeError: `clock` cannot be called (see `EpisodicStore`).
     #[staticmethod]
     #[pyo3(signature = (text, clock=None, embedder=None))]
     fn from_json(
         py: Python<'_>,
         #[pyo3(from_py_with = text_arg)] text: PyBackedStr,
-        clock: Option<Py<PyAny>>,
+        #[pyo3(from_py_with = clock_arg)] clock: Option<Py<PyAny>>,
         #[pyo3(from_py_with = embedder_arg)] embedder: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let store = run_detached(py, || {
