@@ -65,6 +65,12 @@ class BackpressureGuard:
             a `record_backpressure_shed()` method). One that raises is logged: the request
             is shed with `BackpressureShedError` all the same.
 
+    Both `capacity` and `soft_limit` may be set again later, checked as the constructor
+    checks them (a bad value raises, and the old one stays). A capacity set below the depth
+    takes no slot back: holders keep theirs, and newcomers are shed until the depth is below
+    it. A capacity below `soft_limit` is refused: lower `soft_limit` first (or set it to
+    None).
+
     Raises:
         ValueError: `capacity` < 1, `soft_limit` outside 1..capacity, or either is not an int
             (a float such as 1.5, NaN or infinity, or a bool).
@@ -88,15 +94,50 @@ class BackpressureGuard:
                 "metrics must be a RuntimeMetrics (or have a record_backpressure_shed() "
                 f"method), got {type(metrics).__name__}"
             )
-        self.capacity = capacity
-        self.soft_limit = soft_limit
+        # The settings' backing attributes: the hot paths read them, not the properties.
+        self._capacity = capacity
+        self._soft_limit = soft_limit
         self._metrics = metrics
-        # Guards each read-modify-write of `_depth` and `shed_count`: the runtime takes and
-        # gives back slots from several threads (sync entry points, worker threads).
+        # Guards each read-modify-write of `_depth` and `shed_count`, and each change of a
+        # setting (so that two threads cannot set a capacity below the soft limit between
+        # them): the runtime takes and gives back slots from several threads.
         self._lock = threading.Lock()
         self._depth = 0
         self.shed_count = 0
         """Requests rejected so far."""
+
+    @property
+    def capacity(self) -> int:
+        """Most holders at once; checked when set, as by the constructor (see the class)."""
+        return self._capacity
+
+    @capacity.setter
+    def capacity(self, capacity: int) -> None:
+        # Checked as in the constructor: a str failed every later acquire with a TypeError.
+        capacity = check_count("capacity", capacity, 1)
+        with self._lock:
+            soft_limit = self._soft_limit
+            if soft_limit is not None and capacity < soft_limit:
+                raise ValueError(
+                    f"capacity must be >= soft_limit ({soft_limit}), got {capacity}: lower "
+                    "soft_limit first"
+                )
+            self._capacity = capacity
+
+    @property
+    def soft_limit(self) -> int | None:
+        """Depth at which a warning is logged (None: never); checked when set (1..capacity)."""
+        return self._soft_limit
+
+    @soft_limit.setter
+    def soft_limit(self, soft_limit: int | None) -> None:
+        if soft_limit is not None:
+            soft_limit = check_count("soft_limit", soft_limit, 1)
+        with self._lock:
+            capacity = self._capacity
+            if soft_limit is not None and soft_limit > capacity:
+                raise ValueError(f"soft_limit must be in 1..{capacity}, got {soft_limit}")
+            self._soft_limit = soft_limit
 
     @property
     def depth(self) -> int:
@@ -145,26 +186,30 @@ class BackpressureGuard:
         """
         with self._lock:
             depth = self._depth
-            if depth < self.capacity:
+            # Read once, under the lock: the decision and its report agree even when the
+            # capacity is set meanwhile.
+            capacity = self._capacity
+            if depth < capacity:
                 self._depth = depth + 1
             elif shed:
                 self.shed_count += 1
             else:
                 return False
         # Outside the lock: the metrics and the log are not the guard's to wait for.
-        if depth >= self.capacity:
+        if depth >= capacity:
             if self._metrics is not None:
                 try:
                     self._metrics.record_backpressure_shed()
                 except Exception:  # else its error would replace the shed the caller handles
                     logger.exception("backpressure: metrics failed to count a shed request")
-            raise BackpressureShedError(depth, self.capacity)
-        if self.soft_limit is not None and depth + 1 >= self.soft_limit:
+            raise BackpressureShedError(depth, capacity)
+        soft_limit = self._soft_limit
+        if soft_limit is not None and depth + 1 >= soft_limit:
             logger.warning(
                 "backpressure: depth %d reached soft limit %d (capacity %d)",
                 depth + 1,
-                self.soft_limit,
-                self.capacity,
+                soft_limit,
+                capacity,
             )
         return True
 
@@ -231,4 +276,4 @@ class BackpressureGuard:
 
     @safe_repr
     def __repr__(self) -> str:
-        return f"BackpressureGuard(depth={self._depth}, capacity={self.capacity})"
+        return f"BackpressureGuard(depth={self._depth}, capacity={self._capacity})"

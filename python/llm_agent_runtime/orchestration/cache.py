@@ -30,6 +30,11 @@ class ResultCache:
     Keys are `(tool, canonical JSON of the arguments)`, so `{"a": 1, "b": 2}` and
     `{"b": 2, "a": 1}` share an entry.
 
+    Both `ttl` and `max_entries` may be set again later, checked as the constructor checks
+    them (a bad value raises, and the old one stays). A new `ttl` times the entries stored
+    from then on; a lowered `max_entries` drops entries at once (the expired ones first,
+    then the least recently used) until the cache holds no more than it.
+
     Args:
         ttl: seconds an entry is served (`math.inf`: until evicted).
         max_entries: entries kept across all tools.
@@ -43,13 +48,9 @@ class ResultCache:
     """
 
     def __init__(self, ttl: float, max_entries: int = 1024, clock: Clock | None = None) -> None:
-        ttl = check_real("ttl", ttl)
-        # Written so that NaN fails the check (each comparison with NaN is false).
-        if not 0 < ttl <= math.inf:
-            raise ValueError(f"ttl must be positive, got {ttl}")
-        max_entries = check_count("max_entries", max_entries, 1)
-        self.ttl = ttl
-        self.max_entries = max_entries
+        # The settings' backing attributes: the hot paths read them, not the properties.
+        self._ttl = _checked_ttl(ttl)
+        self._max_entries = check_count("max_entries", max_entries, 1)
         self._clock = checked_clock(clock)
         self._entries: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
         # (expiry, key) of each store, a heap (soonest expiry first): a full cache drops what
@@ -76,11 +77,37 @@ class ResultCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def ttl(self) -> float:
+        """Seconds an entry is served; checked when set, as by the constructor."""
+        return self._ttl
+
+    @ttl.setter
+    def ttl(self, ttl: float) -> None:
+        # Checked as in the constructor: a NaN ttl stored entries no lookup would ever serve.
+        self._ttl = _checked_ttl(ttl)
+
+    @property
+    def max_entries(self) -> int:
+        """Entries kept across all tools; checked when set, and applied at once."""
+        return self._max_entries
+
+    @max_entries.setter
+    def max_entries(self, max_entries: int) -> None:
+        max_entries = check_count("max_entries", max_entries, 1)
+        with self._lock:
+            self._max_entries = max_entries
+            # As a store would: the expired entries first, then the least recently used.
+            if len(self._entries) > max_entries:
+                self._drop_expired(self._clock.now())
+            while len(self._entries) > max_entries:
+                self._entries.popitem(last=False)
+
     @safe_repr
     def __repr__(self) -> str:
         # Without the lock: a repr is a snapshot, and must not wait.
         return (
-            f"ResultCache(ttl={self.ttl}, max_entries={self.max_entries}, "
+            f"ResultCache(ttl={self._ttl}, max_entries={self._max_entries}, "
             f"entries={len(self._entries)})"
         )
 
@@ -130,16 +157,17 @@ class ResultCache:
     def _store(self, key: tuple[str, str], result: Any) -> None:
         """`put` with the lock held."""
         now = self._clock.now()
-        expires = now + self.ttl
+        expires = now + self._ttl
+        max_entries = self._max_entries
         self._entries[key] = (expires, result)
         self._entries.move_to_end(key)
         if expires < math.inf:  # an entry that never expires needs no place in the index
             heapq.heappush(self._expiry, (expires, key))
-        if len(self._entries) > self.max_entries:
+        if len(self._entries) > max_entries:
             self._drop_expired(now)
-        while len(self._entries) > self.max_entries:
+        while len(self._entries) > max_entries:
             self._entries.popitem(last=False)
-        if len(self._expiry) > 2 * self.max_entries:
+        if len(self._expiry) > 2 * max_entries:
             # Stale items pile up behind a long-lived one: rebuilt from the entries
             # (amortized over the stores since the last rebuild).
             live = [(e[0], k) for k, e in self._entries.items() if e[0] < math.inf]
@@ -209,6 +237,19 @@ class ResultCache:
             doomed = [k for k in self._entries if tool is None or k[0] == tool]
             # A dropped value's finalizer may re-enter and drop some of them first.
             return sum(self._entries.pop(k, None) is not None for k in doomed)
+
+
+def _checked_ttl(ttl: object) -> float:
+    """`ttl` as a float when it is a positive number of seconds (`math.inf` included).
+
+    Raises:
+        ValueError: `ttl` is not positive, is NaN, or is not a number (a bool included).
+    """
+    seconds = check_real("ttl", ttl)
+    # Written so that NaN fails the check (each comparison with NaN is false).
+    if not 0 < seconds <= math.inf:
+        raise ValueError(f"ttl must be positive, got {seconds}")
+    return seconds
 
 
 def _check_tool(tool: object) -> None:

@@ -18,6 +18,11 @@ __all__ = ["CapabilitySet"]
 class CapabilitySet:
     """What an agent is allowed to do; anything else raises `PolicyDeniedError`.
 
+    Each setting may be set again later, checked as the constructor checks it (a bad value
+    raises, and the old one stays): a collection of names is kept as a frozenset, so a single
+    string can never become a set of letters matched by substring. A `max_actions` set below
+    the actions taken refuses the next one.
+
     Args:
         allowed_tools: tool names allowed, a collection of strings (None: every tool).
         allowed_state_keys: state keys that may be read or written, a collection of strings
@@ -37,25 +42,53 @@ class CapabilitySet:
         allowed_state_keys: Iterable[str] | None = None,
         max_actions: int | None = None,
     ) -> None:
-        if max_actions is not None:
-            max_actions = check_count("max_actions", max_actions, 0)
-        self.allowed_tools = check_names("allowed_tools", allowed_tools)
-        self.allowed_state_keys = check_names("allowed_state_keys", allowed_state_keys)
-        self.max_actions = max_actions
+        # The settings' backing attributes: the checks read them, not the properties.
+        self._max_actions = _checked_max_actions(max_actions)
+        self._allowed_tools = check_names("allowed_tools", allowed_tools)
+        self._allowed_state_keys = check_names("allowed_state_keys", allowed_state_keys)
         self.actions_taken = 0
         """Actions recorded so far."""
 
     @safe_repr
     def __repr__(self) -> str:
         return (
-            f"CapabilitySet(allowed_tools={names_repr(self.allowed_tools, ordered=False)}, "
-            f"allowed_state_keys={names_repr(self.allowed_state_keys, ordered=False)}, "
-            f"max_actions={self.max_actions}, actions_taken={self.actions_taken})"
+            f"CapabilitySet(allowed_tools={names_repr(self._allowed_tools, ordered=False)}, "
+            f"allowed_state_keys={names_repr(self._allowed_state_keys, ordered=False)}, "
+            f"max_actions={self._max_actions}, actions_taken={self.actions_taken})"
         )
+
+    @property
+    def allowed_tools(self) -> frozenset[str] | None:
+        """Tool names allowed (None: every tool); checked when set, kept as a frozenset."""
+        return self._allowed_tools
+
+    @allowed_tools.setter
+    def allowed_tools(self, allowed_tools: Iterable[str] | None) -> None:
+        # Checked as in the constructor: a str set here matched every substring of itself.
+        self._allowed_tools = check_names("allowed_tools", allowed_tools)
+
+    @property
+    def allowed_state_keys(self) -> frozenset[str] | None:
+        """State keys allowed (None: every key); checked when set, kept as a frozenset."""
+        return self._allowed_state_keys
+
+    @allowed_state_keys.setter
+    def allowed_state_keys(self, allowed_state_keys: Iterable[str] | None) -> None:
+        self._allowed_state_keys = check_names("allowed_state_keys", allowed_state_keys)
+
+    @property
+    def max_actions(self) -> int | None:
+        """Most actions in total (None: unlimited); checked when set, as by the constructor."""
+        return self._max_actions
+
+    @max_actions.setter
+    def max_actions(self, max_actions: int | None) -> None:
+        self._max_actions = _checked_max_actions(max_actions)
 
     def allows_tool(self, name: str) -> bool:
         """Whether the tool `name` may be called."""
-        return self.allowed_tools is None or name in self.allowed_tools
+        allowed = self._allowed_tools
+        return allowed is None or name in allowed
 
     def check_tool(self, name: str) -> None:
         """Raises `PolicyDeniedError` unless the tool `name` may be called."""
@@ -64,7 +97,8 @@ class CapabilitySet:
 
     def check_state_key(self, key: str) -> None:
         """Raises `PolicyDeniedError` unless the state key may be used."""
-        if self.allowed_state_keys is not None and key not in self.allowed_state_keys:
+        allowed = self._allowed_state_keys
+        if allowed is not None and key not in allowed:
             raise PolicyDeniedError(f"state key {key!r} is not in this agent's capabilities")
 
     def record_action(self) -> None:
@@ -73,8 +107,9 @@ class CapabilitySet:
         Raises:
             PolicyDeniedError: the action limit is already reached (it is not counted).
         """
-        if self.max_actions is not None and self.actions_taken >= self.max_actions:
-            raise PolicyDeniedError(f"action limit reached ({self.max_actions} actions)")
+        limit = self._max_actions
+        if limit is not None and self.actions_taken >= limit:
+            raise PolicyDeniedError(f"action limit reached ({limit} actions)")
         self.actions_taken += 1
 
     def record_actions(self, count: int) -> None:
@@ -88,7 +123,7 @@ class CapabilitySet:
             ValueError: `count` is negative or not an int.
         """
         count = check_count("count", count, 0)
-        limit = self.max_actions
+        limit = self._max_actions
         if limit is not None and self.actions_taken + count > limit:
             if self.actions_taken >= limit:
                 raise PolicyDeniedError(f"action limit reached ({limit} actions)")
@@ -98,3 +133,12 @@ class CapabilitySet:
             )
         for _ in range(count):
             self.record_action()
+
+
+def _checked_max_actions(max_actions: object) -> int | None:
+    """`max_actions` as an int of at least 0 (None stays None: unlimited).
+
+    Raises:
+        ValueError: `max_actions` is negative or not an int (a float, or a bool).
+    """
+    return None if max_actions is None else check_count("max_actions", max_actions, 0)

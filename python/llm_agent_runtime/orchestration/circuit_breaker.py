@@ -211,6 +211,12 @@ class CircuitBreaker:
             this long ago, the next call starts a new round of trials (default:
             `recovery_window`). Make it longer than a trial call may take.
 
+    `failure_threshold`, `recovery_window`, `half_open_max_calls` and `trial_timeout` may be
+    set again later, checked as the constructor checks them (a bad value raises, and the old
+    one stays); the next call goes by them. A `trial_timeout` left to its default (or set to
+    None) follows `recovery_window` when that is set. The state stays as it is: a threshold
+    set at or below the failures counted opens the circuit at the next failure.
+
     Raises:
         ValueError: a threshold, window, timeout or trial count is not positive, or is NaN or
             infinite; a threshold or trial count is not an int (a float such as 1.5, or a
@@ -250,20 +256,15 @@ class CircuitBreaker:
             )
         failure_threshold = check_count("failure_threshold", failure_threshold, 1)
         half_open_max_calls = check_count("half_open_max_calls", half_open_max_calls, 1)
-        recovery_window = check_real("recovery_window", recovery_window)
-        # Written so that NaN fails every check (each comparison with NaN is false).
-        if not 0 < recovery_window < math.inf:
-            raise ValueError(f"recovery_window must be finite and > 0, got {recovery_window}")
-        if trial_timeout is None:
-            trial_timeout = recovery_window
-        else:
-            trial_timeout = check_real("trial_timeout", trial_timeout)
-            if not 0 < trial_timeout < math.inf:
-                raise ValueError(f"trial_timeout must be finite and > 0, got {trial_timeout}")
+        recovery_window = _checked_seconds("recovery_window", recovery_window)
         self.service = service
-        self.failure_threshold = failure_threshold
-        self.recovery_window = recovery_window
-        self.half_open_max_calls = half_open_max_calls
+        # The settings' backing attributes: the state machine reads them, not the properties.
+        self._failure_threshold = failure_threshold
+        self._recovery_window = recovery_window
+        self._half_open_max_calls = half_open_max_calls
+        # None: it follows `recovery_window` (the default).
+        self._trial_timeout_given: float | None = None
+        self._trial_timeout = recovery_window
         self.trial_timeout = trial_timeout
         # `is None`, not truth: a shared backend may be falsy while it holds no state.
         self._backend: CircuitStateBackend = (
@@ -287,6 +288,56 @@ class CircuitBreaker:
         # call through the breaker).
         self._order = threading.RLock()
 
+    # -- settings -------------------------------------------------------------------------
+
+    @property
+    def failure_threshold(self) -> int:
+        """Consecutive failures that open the circuit; checked when set."""
+        return self._failure_threshold
+
+    @failure_threshold.setter
+    def failure_threshold(self, failure_threshold: int) -> None:
+        # Checked as in the constructor: a str failed each later failure with a TypeError.
+        self._failure_threshold = check_count("failure_threshold", failure_threshold, 1)
+
+    @property
+    def recovery_window(self) -> float:
+        """Seconds the circuit stays open before trial calls; checked when set."""
+        return self._recovery_window
+
+    @recovery_window.setter
+    def recovery_window(self, recovery_window: float) -> None:
+        recovery_window = _checked_seconds("recovery_window", recovery_window)
+        self._recovery_window = recovery_window
+        if self._trial_timeout_given is None:  # the default follows it
+            self._trial_timeout = recovery_window
+
+    @property
+    def half_open_max_calls(self) -> int:
+        """Trial calls allowed at once while half-open; checked when set."""
+        return self._half_open_max_calls
+
+    @half_open_max_calls.setter
+    def half_open_max_calls(self, half_open_max_calls: int) -> None:
+        self._half_open_max_calls = check_count("half_open_max_calls", half_open_max_calls, 1)
+
+    @property
+    def trial_timeout(self) -> float:
+        """Seconds after which lost trial slots are reclaimed; checked when set.
+
+        Set to None, it is `recovery_window`, and follows it, as the constructor's default.
+        """
+        return self._trial_timeout
+
+    @trial_timeout.setter
+    def trial_timeout(self, trial_timeout: float | None) -> None:
+        if trial_timeout is None:
+            self._trial_timeout_given = None
+            self._trial_timeout = self._recovery_window
+        else:
+            seconds = _checked_seconds("trial_timeout", trial_timeout)
+            self._trial_timeout_given = self._trial_timeout = seconds
+
     # -- state machine (pure functions of the state) ------------------------------------
 
     def _admit(self, state: CircuitState) -> CircuitState:
@@ -306,14 +357,14 @@ class CircuitBreaker:
         if state.status == "open":
             if now < state.opened_at:
                 return state._replace(opened_at=now)
-            if now < state.opened_at + self.recovery_window:
+            if now < state.opened_at + self._recovery_window:
                 return state
             return state._replace(status="half_open", trial_calls=1, trial_started=now)
-        if state.trial_calls < self.half_open_max_calls:
+        if state.trial_calls < self._half_open_max_calls:
             return state._replace(trial_calls=state.trial_calls + 1, trial_started=now)
         if now < state.trial_started:
             return state._replace(trial_started=now)
-        if now >= state.trial_started + self.trial_timeout:
+        if now >= state.trial_started + self._trial_timeout:
             # Every slot is held by a trial admitted at least `trial_timeout` ago that never
             # reported back: a new round of trials begins with this call.
             return state._replace(
@@ -347,7 +398,7 @@ class CircuitBreaker:
         if not self._is_current(state, token):
             return state  # open, or a stale call: the trials decide, or it failed before
         failures = state.failures if state.status == "half_open" else state.failures + 1
-        if state.status == "half_open" or failures >= self.failure_threshold:
+        if state.status == "half_open" or failures >= self._failure_threshold:
             return CircuitState("open", failures, self._clock.now(), openings=state.openings + 1)
         return state._replace(failures=failures)
 
@@ -724,8 +775,23 @@ class CircuitBreaker:
     def __repr__(self) -> str:
         return (
             f"CircuitBreaker(service={self.service!r}, state={self.state!r}, "
-            f"failure_threshold={self.failure_threshold}, recovery_window={self.recovery_window})"
+            f"failure_threshold={self._failure_threshold}, "
+            f"recovery_window={self._recovery_window})"
         )
+
+
+def _checked_seconds(name: str, seconds: object) -> float:
+    """`seconds` as a float when it is finite and > 0.
+
+    Raises:
+        ValueError: `seconds` is not positive, is NaN or infinite, or is not a number (a
+            bool included).
+    """
+    value = check_real(name, seconds)
+    # Written so that NaN fails the check (each comparison with NaN is false).
+    if not 0 < value < math.inf:
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
 
 
 def _uncallable(fn: object, api: str) -> TypeError:

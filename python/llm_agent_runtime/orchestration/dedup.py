@@ -82,6 +82,18 @@ def _check_keys(value: Any) -> None:
             _check_keys(item)
 
 
+def _checked_ttl(ttl: object) -> float:
+    """`ttl` as a float when it is a number of seconds >= 0 (`math.inf` included).
+
+    Raises:
+        ValueError: `ttl` is negative, NaN or not a number (a bool included).
+    """
+    seconds = check_real("ttl", ttl)
+    if not 0 <= seconds <= math.inf:  # NaN fails too
+        raise ValueError(f"ttl must be >= 0, got {seconds}")
+    return seconds
+
+
 class Deduplicator:
     """Runs each distinct request once at a time and serves its result for `ttl` seconds.
 
@@ -94,6 +106,9 @@ class Deduplicator:
     the results of the last `ttl` seconds. Meant for one event loop at a time (not shared
     between threads: a caller on another running loop cannot wait for this loop's execution).
 
+    `ttl` may be set again later, checked as the constructor checks it (a bad value raises,
+    and the old one stays): it times the results stored from then on.
+
     Args:
         ttl: seconds a completed result is served (0 disables result caching, `math.inf`
             keeps results for good).
@@ -105,10 +120,7 @@ class Deduplicator:
     """
 
     def __init__(self, ttl: float, clock: Clock | None = None) -> None:
-        ttl = check_real("ttl", ttl)
-        if not 0 <= ttl <= math.inf:  # NaN fails too
-            raise ValueError(f"ttl must be >= 0, got {ttl}")
-        self.ttl = ttl
+        self._ttl = _checked_ttl(ttl)  # read by `_finish`, not through the property
         self._clock = checked_clock(clock)
         self._in_flight: dict[Hashable, asyncio.Task[Any]] = {}
         self._done: dict[Hashable, tuple[float, Any]] = {}
@@ -129,9 +141,19 @@ class Deduplicator:
     @safe_repr
     def __repr__(self) -> str:
         return (
-            f"Deduplicator(ttl={self.ttl}, in_flight={len(self._in_flight)}, "
+            f"Deduplicator(ttl={self._ttl}, in_flight={len(self._in_flight)}, "
             f"executions={self.executions})"
         )
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a completed result is served; checked when set, as by the constructor."""
+        return self._ttl
+
+    @ttl.setter
+    def ttl(self, ttl: float) -> None:
+        # Checked as in the constructor: a NaN ttl turned result caching off unnoticed.
+        self._ttl = _checked_ttl(ttl)
 
     @property
     def in_flight(self) -> int:
@@ -252,10 +274,11 @@ class Deduplicator:
         del self._in_flight[key]
         if task.cancelled() or task.exception() is not None:
             return
-        if self.ttl > 0:
+        ttl = self._ttl
+        if ttl > 0:
             now = self._clock.now()
             done = self._done
-            expires = now + self.ttl
+            expires = now + ttl
             done[key] = (expires, task.result())
             expiry = self._expiry
             if expires < math.inf:  # a result kept for good needs no place in the heap

@@ -300,6 +300,20 @@ class _WaitingRoom:
                 return
 
 
+def _checked_bucket(rate: object, capacity: object) -> tuple[float, float]:
+    """`rate` and `capacity` as floats when both are finite and > 0.
+
+    Raises:
+        ValueError: either is not positive, is NaN or infinite, or is not a number (a bool
+            included).
+    """
+    rate, capacity = check_real("rate", rate), check_real("capacity", capacity)
+    # Written so that NaN fails the check (each comparison with NaN is false).
+    if not (0 < rate < math.inf and 0 < capacity < math.inf):
+        raise ValueError(f"rate and capacity must be finite and > 0, got {rate} and {capacity}")
+    return rate, capacity
+
+
 class RateLimiter:
     """A token bucket per key: `capacity` tokens, refilled at `rate` tokens per second.
 
@@ -309,6 +323,12 @@ class RateLimiter:
     that has refilled is dropped now and then (a new key starts full, as it would), so many
     distinct keys do not pile up. A clock that steps back (a wall clock corrected) neither
     drains nor refills a bucket: its refill goes on from where the clock stands.
+
+    Both `rate` and `capacity` may be set again later, checked as the constructor checks
+    them (a bad value raises, and the old one stays). Every bucket refills at the new rate
+    from then on; a lowered capacity caps every bucket at once (and the tokens one request
+    may ask), a raised one lets them refill up to it. Callers already waiting in `acquire`
+    keep the times they were given.
 
     Args:
         rate: tokens added per second.
@@ -322,12 +342,8 @@ class RateLimiter:
     """
 
     def __init__(self, rate: float, capacity: float, clock: Clock | None = None) -> None:
-        rate, capacity = check_real("rate", rate), check_real("capacity", capacity)
-        # Written so that NaN fails the check (each comparison with NaN is false).
-        if not (0 < rate < math.inf and 0 < capacity < math.inf):
-            raise ValueError(f"rate and capacity must be finite and > 0, got {rate} and {capacity}")
-        self.rate = rate
-        self.capacity = capacity
+        # The settings' backing attributes: the hot paths read them, not the properties.
+        self._rate, self._capacity = _checked_bucket(rate, capacity)
         self._clock = checked_clock(clock)
         self._buckets: dict[Hashable, tuple[float, float]] = {}
         self._room = _WaitingRoom()  # the callers of `acquire` waiting on each key
@@ -336,19 +352,45 @@ class RateLimiter:
 
     @safe_repr
     def __repr__(self) -> str:
-        return f"RateLimiter(rate={self.rate}, capacity={self.capacity})"
+        return f"RateLimiter(rate={self._rate}, capacity={self._capacity})"
+
+    @property
+    def rate(self) -> float:
+        """Tokens added per second; checked when set, as by the constructor."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, rate: float) -> None:
+        # Checked as in the constructor: a NaN or negative rate corrupted every bucket.
+        self._rate = _checked_bucket(rate, self._capacity)[0]
+
+    @property
+    def capacity(self) -> float:
+        """Bucket size (the largest burst); checked when set, and applied at once."""
+        return self._capacity
+
+    @capacity.setter
+    def capacity(self, capacity: float) -> None:
+        capacity = _checked_bucket(self._rate, capacity)[1]
+        if capacity < self._capacity:
+            # A bucket read at the time it was stored is not refilled (nor capped) again.
+            self._buckets = {
+                key: (min(level, capacity), last) for key, (level, last) in self._buckets.items()
+            }
+        self._capacity = capacity
 
     def tokens(self, key: Hashable = "default") -> float:
         """Tokens available for `key` now."""
         return self._refill(key, self._clock.now())
 
     def _refill(self, key: Hashable, now: float) -> float:
-        level, last = self._buckets.get(key, (self.capacity, now))
+        capacity = self._capacity
+        level, last = self._buckets.get(key, (capacity, now))
         if now <= last:
             # Else a clock that stepped back (a wall clock corrected) drained the bucket by
             # the step. No time has passed for it: the bucket stored next is timed from `now`.
             return level
-        return min(self.capacity, level + (now - last) * self.rate)
+        return min(capacity, level + (now - last) * self._rate)
 
     def _sweep(self, now: float) -> None:
         """Drops the buckets that have refilled (a new key starts full: nothing changes).
@@ -356,7 +398,7 @@ class RateLimiter:
         Called when the buckets have doubled since the last sweep (`_sweep_at`): a sweep of
         n buckets comes after n/2 new ones at least, amortized O(1) a write.
         """
-        buckets, rate, capacity = self._buckets, self.rate, self.capacity
+        buckets, rate, capacity = self._buckets, self._rate, self._capacity
         full = [k for k, (lv, last) in buckets.items() if lv + (now - last) * rate >= capacity]
         for k in full:
             del buckets[k]
@@ -371,8 +413,9 @@ class RateLimiter:
                 tokens = float(tokens) if type(tokens) is int else check_real("tokens", tokens)
             except OverflowError:  # an int beyond the float range: refused below
                 tokens = math.inf if tokens > 0 else -math.inf
-        if not 0 < tokens <= self.capacity:  # NaN fails too
-            raise ValueError(f"tokens must be in (0, {self.capacity}], got {tokens}")
+        capacity = self._capacity
+        if not 0 < tokens <= capacity:  # NaN fails too
+            raise ValueError(f"tokens must be in (0, {capacity}], got {tokens}")
         return tokens
 
     def try_acquire(self, key: Hashable = "default", tokens: float = 1.0) -> bool:
@@ -416,7 +459,7 @@ class RateLimiter:
             self._buckets[key] = (max(level, 0.0), now)
             return
         self._buckets[key] = (level, now)
-        wait = -level / self.rate
+        wait = -level / self._rate
         self._count += 1
         seq = self._count
         waiter = _Waiter(now + wait, seq)
@@ -436,7 +479,7 @@ class RateLimiter:
                 self._buckets[key] = (bucket[0] + tokens, bucket[1])
                 # The refund is theirs: without it, a newcomer would be served before them.
                 self._count += 1
-                self._room.owe(key, (seq, self._count, tokens / self.rate))
+                self._room.owe(key, (seq, self._count, tokens / self._rate))
             raise
         finally:
             self._room.leave(key, waiter)

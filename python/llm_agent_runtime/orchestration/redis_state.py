@@ -21,7 +21,7 @@ from llm_agent_runtime.orchestration._checks import check_real
 from llm_agent_runtime.orchestration.circuit_breaker import CLOSED, CircuitState
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK
 from llm_agent_runtime.orchestration.dedup import _cycle_repr, _key_repr
-from llm_agent_runtime.orchestration.rate_limit import _Waiter, _WaitingRoom, owed
+from llm_agent_runtime.orchestration.rate_limit import _checked_bucket, _Waiter, _WaitingRoom, owed
 
 __all__ = ["RedisCircuitStateBackend", "RedisDeduplicator", "RedisRateLimiter"]
 
@@ -326,6 +326,15 @@ return {granted, exact(wait), seq, exact(now)}
 """
 
 
+class _Bucket(NamedTuple):
+    """A `RedisRateLimiter`'s settings, read once by each operation (as one: see `_bucket`)."""
+
+    namespace: str
+    """`<prefix><rate>/<capacity>:`, which the Redis key of each bucket starts with."""
+    rate: float
+    capacity: float
+
+
 class _Worker(NamedTuple):
     """What one event loop's use of a `RedisRateLimiter` keeps: its id and its waiters."""
 
@@ -361,6 +370,11 @@ class RedisRateLimiter:
     (under the same condition): the command runs to its end, then the tokens are refunded,
     then `CancelledError` is raised.
 
+    `rate`, `capacity` and `prefix` may be set again later, checked as the constructor
+    checks them (a bad value raises, and the old one stays). The limiter then draws from
+    the buckets of its new settings, as one constructed with them would; a call under way
+    when they change finishes (and gives back what it took) with the bucket it started on.
+
     Args:
         url: e.g. `redis://host:6379/0`.
         rate: Tokens added per second.
@@ -385,14 +399,9 @@ class RedisRateLimiter:
         # Checked: formatted into the key, a bytes prefix named another bucket ("b'...'").
         _check_name("prefix", prefix)
         # Floats: redis-py sends no bool nor numpy scalar (every command would fail).
-        rate, capacity = check_real("rate", rate), check_real("capacity", capacity)
-        # Written so that NaN fails the check (each comparison with NaN is false).
-        if not (0 < rate < math.inf and 0 < capacity < math.inf):
-            raise ValueError(f"rate and capacity must be finite and > 0, got {rate} and {capacity}")
-        self.rate = rate
-        self.capacity = capacity
-        self.prefix = prefix
-        self._namespace = f"{prefix}{rate!r}/{capacity!r}:"
+        rate, capacity = _checked_bucket(rate, capacity)
+        self._bucket = _bucket(prefix, rate, capacity)
+        self._prefix = prefix
         self.client: Any = redis_client(url, "RedisRateLimiter")
         self._script = self.client.register_script(_BUCKET_SCRIPT)
         # Per event loop: the id that tells the bucket which commands are that loop's (see
@@ -433,6 +442,38 @@ class RedisRateLimiter:
             return worker
 
     @property
+    def rate(self) -> float:
+        """Tokens added per second; checked when set, as by the constructor."""
+        return self._bucket.rate
+
+    @rate.setter
+    def rate(self, rate: float) -> None:
+        # Checked as in the constructor: a NaN rate failed every command in the script.
+        rate = _checked_bucket(rate, self._bucket.capacity)[0]
+        self._bucket = _bucket(self._prefix, rate, self._bucket.capacity)
+
+    @property
+    def capacity(self) -> float:
+        """Bucket size (the largest burst); checked when set, as by the constructor."""
+        return self._bucket.capacity
+
+    @capacity.setter
+    def capacity(self, capacity: float) -> None:
+        capacity = _checked_bucket(self._bucket.rate, capacity)[1]
+        self._bucket = _bucket(self._prefix, self._bucket.rate, capacity)
+
+    @property
+    def prefix(self) -> str:
+        """Prepended to each Redis key; checked when set (a str), as by the constructor."""
+        return self._prefix
+
+    @prefix.setter
+    def prefix(self, prefix: str) -> None:
+        _check_name("prefix", prefix)
+        self._bucket = _bucket(prefix, self._bucket.rate, self._bucket.capacity)
+        self._prefix = prefix
+
+    @property
     def _owner(self) -> str:
         """The running loop's id: tells the bucket which commands are its (`_BUCKET_SCRIPT`)."""
         return self._worker().owner
@@ -443,7 +484,8 @@ class RedisRateLimiter:
         return self._worker().room
 
     def __repr__(self) -> str:
-        return f"RedisRateLimiter(rate={self.rate}, capacity={self.capacity})"
+        bucket = self._bucket
+        return f"RedisRateLimiter(rate={bucket.rate}, capacity={bucket.capacity})"
 
     def redis_key(self, key: str = "default") -> str:
         """The Redis key of `key`'s bucket (its prefix, rate and capacity, then `key`).
@@ -452,29 +494,37 @@ class RedisRateLimiter:
             TypeError: `key` is not a str (part of a Redis key: `1` would name `"1"`'s).
         """
         _check_name("key", key)
-        return self._namespace + key
+        return self._bucket.namespace + key
 
     async def close(self) -> None:
         """Closes the connection pool."""
         await self.client.aclose()
 
-    def _check(self, tokens: float) -> float:
+    @staticmethod
+    def _check(tokens: float, bucket: _Bucket) -> float:
         """Returns `tokens` as a float when it is in (0, capacity]."""
         tokens = check_real("tokens", tokens)
-        if not 0 < tokens <= self.capacity:  # NaN fails too
-            raise ValueError(f"tokens must be in (0, {self.capacity}], got {tokens}")
+        if not 0 < tokens <= bucket.capacity:  # NaN fails too
+            raise ValueError(f"tokens must be in (0, {bucket.capacity}], got {tokens}")
         return tokens
 
     async def _run(
-        self, key: str, tokens: float, mode: int, after: int = 0, due: float | None = None
+        self,
+        bucket: _Bucket,
+        key: str,
+        tokens: float,
+        mode: int,
+        after: int = 0,
+        due: float | None = None,
     ) -> tuple[bool, float, int, float]:
         """Runs the script; returns (granted, wait, seq, server time), as `_BUCKET_SCRIPT`.
 
-        `after` and `due`: for a refund (mode 2), the command it gives back and when that
-        reservation is due (None: refunded whatever the time).
+        `bucket`: the settings the call started with (a refund goes to the bucket it gives
+        back to). `after` and `due`: for a refund (mode 2), the command it gives back and when
+        that reservation is due (None: refunded whatever the time).
         """
-        redis_key = self._namespace + key
-        args: list[Any] = [self.rate, self.capacity, tokens, mode, self._owner]
+        redis_key = bucket.namespace + key
+        args: list[Any] = [bucket.rate, bucket.capacity, tokens, mode, self._owner]
         if mode == 2:
             args.append(after)
             if due is not None:
@@ -485,30 +535,38 @@ class RedisRateLimiter:
             raise PersistenceError(f"Redis: {error}", key=redis_key) from error
         return bool(granted), float(wait), int(seq), float(now)
 
-    async def _take(self, key: str, tokens: float, mode: int) -> tuple[bool, float, int, float]:
+    async def _take(
+        self, bucket: _Bucket, key: str, tokens: float, mode: int
+    ) -> tuple[bool, float, int, float]:
         """Runs the take (mode 0) or reserve (mode 1) command.
 
         If the caller is cancelled while the command is in flight, the command still runs to
         its end, what it took is given back, and then `CancelledError` is raised.
         """
-        command = keep_alive(asyncio.ensure_future(self._run(key, tokens, mode)))
+        command = keep_alive(asyncio.ensure_future(self._run(bucket, key, tokens, mode)))
         try:
             return await asyncio.shield(command)
         except asyncio.CancelledError:
-            await _settle(self._refund_after(command, key, tokens))
+            await _settle(self._refund_after(command, bucket, key, tokens))
             raise
 
     async def _refund_after(
-        self, command: asyncio.Future[tuple[bool, float, int, float]], key: str, tokens: float
+        self,
+        command: asyncio.Future[tuple[bool, float, int, float]],
+        bucket: _Bucket,
+        key: str,
+        tokens: float,
     ) -> None:
         try:
             granted, _, seq, _ = await command
         except Exception:
             return  # the command failed: it took nothing (that this process can know of)
         if granted:
-            await self._refund(key, tokens, seq)
+            await self._refund(bucket, key, tokens, seq)
 
-    async def _refund(self, key: str, tokens: float, after: int, due: float | None = None) -> None:
+    async def _refund(
+        self, bucket: _Bucket, key: str, tokens: float, after: int, due: float | None = None
+    ) -> None:
         """Gives back `tokens` that command `after` took; a Redis failure is logged, not raised.
 
         `due`: the server time the reservation is due at; none is given back from then on
@@ -518,12 +576,12 @@ class RedisRateLimiter:
         this object's) are due sooner: its waiters among them are moved up.
         """
         try:
-            refunded, _, refund, _ = await self._run(key, tokens, 2, after, due)
+            refunded, _, refund, _ = await self._run(bucket, key, tokens, 2, after, due)
         except Exception as error:
             logger.warning("RedisRateLimiter: could not give back %s tokens: %s", tokens, error)
             return
         if refunded:
-            self._room.owe(key, (after, refund, tokens / self.rate))
+            self._room.owe(key, (after, refund, tokens / bucket.rate))
 
     async def try_acquire(self, key: str = "default", tokens: float = 1.0) -> bool:
         """Takes `tokens` from `key`'s shared bucket if it has them; returns whether it did.
@@ -535,9 +593,10 @@ class RedisRateLimiter:
             PersistenceError: Redis failed.
         """
         _check_name("key", key)
-        tokens = self._check(tokens)
+        bucket = self._bucket  # read once: settings set meanwhile do not split the call
+        tokens = self._check(tokens, bucket)
         self._this_process()
-        granted, _, _, _ = await self._take(key, tokens, 0)
+        granted, _, _, _ = await self._take(bucket, key, tokens, 0)
         return granted
 
     async def acquire(self, key: str = "default", tokens: float = 1.0) -> None:
@@ -558,13 +617,14 @@ class RedisRateLimiter:
             PersistenceError: Redis failed.
         """
         _check_name("key", key)
-        tokens = self._check(tokens)
+        bucket = self._bucket  # read once: its refund goes to the bucket it reserved from
+        tokens = self._check(tokens, bucket)
         self._this_process()
         room = self._room  # this loop's, kept: `leave` may run once no loop is running
         waiter = _Waiter()
         room.enter(key, waiter)
         try:
-            _, wait, seq, server_now = await self._take(key, tokens, 1)
+            _, wait, seq, server_now = await self._take(bucket, key, tokens, 1)
             now = SYSTEM_CLOCK.now()
             waiter.seq = seq
             wait -= owed(seq, waiter.gains)  # refunds that landed while its command was out
@@ -577,10 +637,15 @@ class RedisRateLimiter:
                 # not settled, given in this turn of the loop, does not make it due after the
                 # fact: as `RateLimiter`).
                 due = server_now + (waiter.due - now)
-                await _settle(self._refund(key, tokens, seq, due))  # give the reservation back
+                await _settle(self._refund(bucket, key, tokens, seq, due))  # give it back
                 raise
         finally:
             room.leave(key, waiter)
+
+
+def _bucket(prefix: str, rate: float, capacity: float) -> _Bucket:
+    """The settings of a limiter's buckets: limiters of the same ones share each key's."""
+    return _Bucket(f"{prefix}{rate!r}/{capacity!r}:", rate, capacity)
 
 
 class _Run(NamedTuple):
@@ -684,6 +749,58 @@ return 1
 """
 
 
+def _check_namespace(namespace: object) -> None:
+    """Refuses a `namespace` that is not a str (checked before the prefix, as ever).
+
+    Raises:
+        TypeError: `namespace` is not a str.
+    """
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a string, got {namespace!r}")
+
+
+def _check_namespace_value(namespace: str) -> None:
+    """Refuses an empty `namespace`, or one holding a `:`.
+
+    Raises:
+        ValueError: `namespace` is empty or holds a `:`.
+    """
+    if not namespace or ":" in namespace:
+        raise ValueError(
+            f"namespace must be a non-empty string without ':' (put a hierarchy in "
+            f"prefix), got {namespace!r}"
+        )
+
+
+def _checked_px(name: str, seconds: object) -> float:
+    """`seconds` as a float when Redis takes it as a PX: 1 ms to 2**53 ms.
+
+    Raises:
+        ValueError: `seconds` is out of that range, NaN, or not a number (a bool included).
+    """
+    value = check_real(name, seconds)
+    # Written so that NaN fails the check (each comparison with NaN is false). A duration
+    # Redis refuses would fail every call (a ttl, after `fn` ran: result lost).
+    if not 0.001 <= value <= _MAX_PX / 1000:
+        raise ValueError(
+            f"{name} must be at least 0.001 s (1 ms) and at most {_MAX_PX / 1000} s "
+            f"(2**53 ms), got {value}"
+        )
+    return value
+
+
+def _checked_poll_interval(poll_interval: object) -> float:
+    """`poll_interval` as a float when finite and > 0.
+
+    Raises:
+        ValueError: it is not positive, is NaN or infinite, or is not a number.
+    """
+    value = check_real("poll_interval", poll_interval)
+    if not 0 < value < math.inf:
+        raise ValueError(f"poll_interval must be finite and > 0, got {value}")
+    return value
+
+
 class RedisDeduplicator:
     """Single flight across processes: concurrent requests for one key run once.
 
@@ -716,6 +833,10 @@ class RedisDeduplicator:
     tuples come back as lists and dict keys as strings (`{1: (1, 2)}` is `{"1": [1, 2]}`), so
     the value does not depend on which caller ran it.
 
+    `ttl`, `lease`, `poll_interval`, `prefix` and `namespace` may be set again later, checked
+    as the constructor checks them (a bad value raises, and the old one stays); the runs that
+    start from then on go by them (a run under way keeps its keys).
+
     Args:
         url: e.g. `redis://host:6379/0`.
         ttl: Seconds a result is served (at least 1 ms: Redis keeps it in milliseconds; at
@@ -746,38 +867,16 @@ class RedisDeduplicator:
         *,
         namespace: str,
     ) -> None:
-        if not isinstance(namespace, str):
-            raise TypeError(f"namespace must be a string, got {namespace!r}")
+        _check_namespace(namespace)
         # Formatted into the keys: a bytes prefix named others ("b'...'") silently.
         _check_name("prefix", prefix)
-        if not namespace or ":" in namespace:
-            raise ValueError(
-                f"namespace must be a non-empty string without ':' (put a hierarchy in "
-                f"prefix), got {namespace!r}"
-            )
-        ttl, lease = check_real("ttl", ttl), check_real("lease", lease)
-        poll_interval = check_real("poll_interval", poll_interval)
-        # Written so that NaN fails every check (each comparison with NaN is false). A
-        # duration Redis refuses would fail every call (a ttl, after `fn` ran: result lost).
-        for name, value in (("ttl", ttl), ("lease", lease)):
-            if not 0.001 <= value <= _MAX_PX / 1000:
-                raise ValueError(
-                    f"{name} must be at least 0.001 s (1 ms) and at most {_MAX_PX / 1000} s "
-                    f"(2**53 ms), got {value}"
-                )
-        if not 0 < poll_interval < math.inf:
-            raise ValueError(f"poll_interval must be finite and > 0, got {poll_interval}")
-        self.ttl = ttl
-        self.lease = lease
-        self.poll_interval = poll_interval
-        self.prefix = prefix
-        self.namespace = namespace
-        self._ttl_ms = int(ttl * 1000)
-        self._lease_ms = int(lease * 1000)
-        # A waiter polls at least once in this time, so it finds the result of the run it
-        # waited on even when the published one has expired.
-        waiters_ms = max(self._lease_ms, math.ceil(min(2_000 * poll_interval, _MAX_PX)))
-        self._waiters_ms = 0 if self._ttl_ms >= waiters_ms else min(waiters_ms, _MAX_PX)
+        _check_namespace_value(namespace)
+        ttl, lease = _checked_px("ttl", ttl), _checked_px("lease", lease)
+        poll_interval = _checked_poll_interval(poll_interval)
+        # The settings' backing attributes, and the milliseconds derived from them.
+        self._ttl, self._lease, self._poll_interval = ttl, lease, poll_interval
+        self._prefix, self._namespace = prefix, namespace
+        self._derive_ms()
         self.client: Any = redis_client(url, "RedisDeduplicator")
         self._claim = self.client.register_script(_CLAIM_SCRIPT)
         self._finish = self.client.register_script(_FINISH_SCRIPT)
@@ -786,8 +885,71 @@ class RedisDeduplicator:
 
     def __repr__(self) -> str:
         return (
-            f"RedisDeduplicator(namespace={self.namespace!r}, ttl={self.ttl}, lease={self.lease})"
+            f"RedisDeduplicator(namespace={self._namespace!r}, ttl={self._ttl}, "
+            f"lease={self._lease})"
         )
+
+    def _derive_ms(self) -> None:
+        """Sets the milliseconds sent to Redis from the settings."""
+        self._ttl_ms = int(self._ttl * 1000)
+        self._lease_ms = int(self._lease * 1000)
+        # A waiter polls at least once in this time, so it finds the result of the run it
+        # waited on even when the published one has expired.
+        waiters_ms = max(self._lease_ms, math.ceil(min(2_000 * self._poll_interval, _MAX_PX)))
+        self._waiters_ms = 0 if self._ttl_ms >= waiters_ms else min(waiters_ms, _MAX_PX)
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a result is served; checked when set, as by the constructor."""
+        return self._ttl
+
+    @ttl.setter
+    def ttl(self, ttl: float) -> None:
+        # Checked as in the constructor (a ttl Redis refuses lost each result after its run),
+        # and sent from then on: set as a plain attribute, the milliseconds stayed the same.
+        self._ttl = _checked_px("ttl", ttl)
+        self._derive_ms()
+
+    @property
+    def lease(self) -> float:
+        """Seconds a runner holds a key before another may take over; checked when set."""
+        return self._lease
+
+    @lease.setter
+    def lease(self, lease: float) -> None:
+        self._lease = _checked_px("lease", lease)
+        self._derive_ms()
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between a waiter's checks; checked when set, as by the constructor."""
+        return self._poll_interval
+
+    @poll_interval.setter
+    def poll_interval(self, poll_interval: float) -> None:
+        self._poll_interval = _checked_poll_interval(poll_interval)
+        self._derive_ms()
+
+    @property
+    def prefix(self) -> str:
+        """Prepended to each Redis key; checked when set (a str), as by the constructor."""
+        return self._prefix
+
+    @prefix.setter
+    def prefix(self, prefix: str) -> None:
+        _check_name("prefix", prefix)
+        self._prefix = prefix
+
+    @property
+    def namespace(self) -> str:
+        """The results this deduplicator shares; checked when set, as by the constructor."""
+        return self._namespace
+
+    @namespace.setter
+    def namespace(self, namespace: str) -> None:
+        _check_namespace(namespace)
+        _check_namespace_value(namespace)
+        self._namespace = namespace
 
     def redis_keys(self, key: str) -> tuple[str, str]:
         """The Redis keys of `key`: its published result and its lease."""
@@ -796,7 +958,7 @@ class RedisDeduplicator:
 
     def _base(self, key: str) -> str:
         _check_name("key", key)
-        return f"{self.prefix}{self.namespace}:{key}"
+        return f"{self._prefix}{self._namespace}:{key}"
 
     async def close(self) -> None:
         """Closes the connection pool."""
@@ -859,7 +1021,7 @@ class RedisDeduplicator:
                         _refuse_cycle(task, runs, key, holder)
                         _WAITS[task] = (holder, key)
                         waiting, waited = task, holder
-                await asyncio.sleep(self.poll_interval)
+                await asyncio.sleep(self._poll_interval)
         finally:
             if waiting is not None:
                 del _WAITS[waiting]
@@ -961,7 +1123,7 @@ class RedisDeduplicator:
         attempt is safe to repeat.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.lease
+        deadline = loop.time() + self._lease
         error: Exception | None = None
         for pause in (*_GIVE_BACK_PAUSES, None):
             try:

@@ -76,6 +76,11 @@ class RetryPolicy:
         clock: time source used to sleep.
         rng: random source for jitter (seed it for reproducible delays).
 
+    `max_attempts`, `base_delay`, `max_delay`, `jitter` and `retry_on` may be set again
+    later, checked and normalised as the constructor does (a bad value raises, and the old
+    one stays): `max_delay` is capped at 60 s, `jitter` made a bool, and a `retry_on` of
+    None is `default_retry_on`. The next attempt goes by them.
+
     Raises:
         ValueError: an attempt count or delay is out of range or NaN, `base_delay` is
             infinite, `max_attempts` is not an int (a float such as 1.5, or a bool), or a
@@ -97,31 +102,74 @@ class RetryPolicy:
         rng: random.Random | None = None,
     ) -> None:
         max_attempts = check_count("max_attempts", max_attempts, 1)
-        base_delay = check_real("base_delay", base_delay)
-        max_delay = check_real("max_delay", max_delay)
-        # Written so that NaN fails every check (each comparison with NaN is false).
-        # max_delay may be infinite: it is capped at DEFAULT_MAX_DELAY anyway.
-        if not (0 <= base_delay < math.inf and 0 <= max_delay <= math.inf):
-            raise ValueError(
-                f"delays must be >= 0 (base_delay finite), got {base_delay} and {max_delay}"
-            )
+        base_delay, max_delay = _checked_delays(base_delay, max_delay)
         # Else unnoticed: any string is a true `jitter`, and a `retry_on` that cannot be
         # called would only log, at each failure, that the error is not retried.
         jitter = check_flag("jitter", jitter)
-        if retry_on is not None and not callable(retry_on):
-            raise TypeError(f"retry_on must be callable (or None), got {retry_on!r}")
+        retry_on = _checked_retry_on(retry_on)
         # Else the first retry failed with an AttributeError in place of the call's own error.
         if rng is not None and (
             isinstance(rng, type) or not callable(getattr(rng, "uniform", None))
         ):
             raise TypeError(f"rng must be a random.Random (or None), got {rng!r:.80}")
-        self.max_attempts = max_attempts
-        self.base_delay = base_delay
-        self.max_delay = min(max_delay, DEFAULT_MAX_DELAY)
-        self.jitter = jitter
-        self.retry_on = retry_on or default_retry_on
+        # The settings' backing attributes: the call path reads them, not the properties.
+        self._max_attempts = max_attempts
+        self._base_delay = base_delay
+        self._max_delay = max_delay
+        self._jitter = jitter
+        self._retry_on = retry_on
         self._clock = checked_clock(clock)
         self._rng = rng or random.Random()
+
+    @property
+    def max_attempts(self) -> int:
+        """Total attempts, the first included; checked when set, as by the constructor."""
+        return self._max_attempts
+
+    @max_attempts.setter
+    def max_attempts(self, max_attempts: int) -> None:
+        # Checked as in the constructor: a str failed the first failed call with a TypeError.
+        self._max_attempts = check_count("max_attempts", max_attempts, 1)
+
+    @property
+    def base_delay(self) -> float:
+        """Seconds before the second attempt (before jitter); checked when set."""
+        return self._base_delay
+
+    @base_delay.setter
+    def base_delay(self, base_delay: float) -> None:
+        self._base_delay = _checked_delays(base_delay, self._max_delay)[0]
+
+    @property
+    def max_delay(self) -> float:
+        """Cap on any single delay; checked when set, and capped at 60 s as by the constructor."""
+        return self._max_delay
+
+    @max_delay.setter
+    def max_delay(self, max_delay: float) -> None:
+        self._max_delay = _checked_delays(self._base_delay, max_delay)[1]
+
+    @property
+    def jitter(self) -> bool:
+        """Whether delays are drawn below the exponential bound; checked when set."""
+        return self._jitter
+
+    @jitter.setter
+    def jitter(self, jitter: bool) -> None:
+        # Any string would read as true.
+        self._jitter = check_flag("jitter", jitter)
+
+    @property
+    def retry_on(self) -> Callable[[BaseException], bool]:
+        """Decides whether an error is worth another attempt; checked when set.
+
+        Set to None, it is `default_retry_on`, as the constructor's default.
+        """
+        return self._retry_on
+
+    @retry_on.setter
+    def retry_on(self, retry_on: Callable[[BaseException], bool] | None) -> None:
+        self._retry_on = _checked_retry_on(retry_on)
 
     def should_retry(self, error: BaseException) -> bool:
         """Whether `error` may succeed on another attempt.
@@ -135,7 +183,7 @@ class RetryPolicy:
         if policy_error_in(cause) is not None:  # a refusal in a group of errors
             return False
         try:
-            return bool(self.retry_on(cause))
+            return bool(self._retry_on(cause))
         except Exception:
             logger.exception("retry_on raised on %r: not retried", cause)
             return False
@@ -161,10 +209,10 @@ class RetryPolicy:
                 except OverflowError:
                     seconds = math.inf
                 if 0.0 <= seconds < math.inf:
-                    return min(seconds, self.max_delay)
+                    return min(seconds, self._max_delay)
         # The exponent is clamped only to keep 2.0**n finite; the cap applies long before.
-        bound = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 1000))
-        return self._rng.uniform(0.0, bound) if self.jitter else bound
+        bound = min(self._max_delay, self._base_delay * 2.0 ** min(attempt - 1, 1000))
+        return self._rng.uniform(0.0, bound) if self._jitter else bound
 
     @overload
     async def run(
@@ -196,7 +244,7 @@ class RetryPolicy:
                 if attempt == 1 and not callable(fn):
                     # Checked on failure only: the success path stays free of it.
                     _refuse_uncallable(fn)
-                if attempt >= self.max_attempts or not self.should_retry(exc):
+                if attempt >= self._max_attempts or not self.should_retry(exc):
                     raise
                 await self._clock.sleep(self.delay_for(attempt, exc))
                 attempt += 1
@@ -204,9 +252,39 @@ class RetryPolicy:
     @safe_repr
     def __repr__(self) -> str:
         return (
-            f"RetryPolicy(max_attempts={self.max_attempts}, base_delay={self.base_delay}, "
-            f"max_delay={self.max_delay}, jitter={self.jitter})"
+            f"RetryPolicy(max_attempts={self._max_attempts}, base_delay={self._base_delay}, "
+            f"max_delay={self._max_delay}, jitter={self._jitter})"
         )
+
+
+def _checked_delays(base_delay: object, max_delay: object) -> tuple[float, float]:
+    """`base_delay` and `max_delay` as floats, `max_delay` capped at `DEFAULT_MAX_DELAY`.
+
+    Raises:
+        ValueError: either is negative, NaN or not a number (a bool included), or
+            `base_delay` is infinite.
+    """
+    base, most = check_real("base_delay", base_delay), check_real("max_delay", max_delay)
+    # Written so that NaN fails every check (each comparison with NaN is false).
+    # max_delay may be infinite: it is capped at DEFAULT_MAX_DELAY anyway.
+    if not (0 <= base < math.inf and 0 <= most <= math.inf):
+        raise ValueError(f"delays must be >= 0 (base_delay finite), got {base} and {most}")
+    return base, min(most, DEFAULT_MAX_DELAY)
+
+
+def _checked_retry_on(
+    retry_on: Callable[[BaseException], bool] | None,
+) -> Callable[[BaseException], bool]:
+    """`retry_on`, or `default_retry_on` for None.
+
+    Raises:
+        TypeError: `retry_on` is neither None nor callable.
+    """
+    if retry_on is None:
+        return default_retry_on
+    if not callable(retry_on):
+        raise TypeError(f"retry_on must be callable (or None), got {retry_on!r}")
+    return retry_on
 
 
 def _refuse_uncallable(fn: object) -> NoReturn:
