@@ -75,6 +75,20 @@ def check_real(name: str, value: object) -> float:
         raise ValueError(f"{name} must be a number, got {value!r}") from error
 
 
+def check_seconds(name: str, value: object) -> float:
+    """Returns `value` as a float when it is a finite, positive number of seconds.
+
+    Raises:
+        ValueError: `value` is not positive, is NaN or infinite, or is not a number (a bool
+            included).
+    """
+    seconds = check_real(name, value)
+    # Written so that NaN fails the check (each comparison with NaN is false).
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"{name} must be finite and > 0, got {seconds}")
+    return seconds
+
+
 def _is_real(value: object) -> bool:
     """Whether `value`, taken by `float()`, is no bool, complex number or string.
 

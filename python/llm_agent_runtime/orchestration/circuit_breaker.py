@@ -36,7 +36,6 @@ import contextvars
 import functools
 import inspect
 import logging
-import math
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -61,7 +60,11 @@ from llm_agent_runtime.orchestration._calls import (
     keep_alive,
     refuse_awaitable,
 )
-from llm_agent_runtime.orchestration._checks import check_count, check_real, safe_repr
+from llm_agent_runtime.orchestration._checks import (
+    check_count,
+    check_seconds,
+    safe_repr,
+)
 from llm_agent_runtime.orchestration.clock import Clock, checked_clock
 
 __all__ = [
@@ -256,7 +259,7 @@ class CircuitBreaker:
             )
         failure_threshold = check_count("failure_threshold", failure_threshold, 1)
         half_open_max_calls = check_count("half_open_max_calls", half_open_max_calls, 1)
-        recovery_window = _checked_seconds("recovery_window", recovery_window)
+        recovery_window = check_seconds("recovery_window", recovery_window)
         self.service = service
         # The settings' backing attributes: the state machine reads them, not the properties.
         self._failure_threshold = failure_threshold
@@ -307,7 +310,7 @@ class CircuitBreaker:
 
     @recovery_window.setter
     def recovery_window(self, recovery_window: float) -> None:
-        recovery_window = _checked_seconds("recovery_window", recovery_window)
+        recovery_window = check_seconds("recovery_window", recovery_window)
         self._recovery_window = recovery_window
         if self._trial_timeout_given is None:  # the default follows it
             self._trial_timeout = recovery_window
@@ -335,7 +338,7 @@ class CircuitBreaker:
             self._trial_timeout_given = None
             self._trial_timeout = self._recovery_window
         else:
-            seconds = _checked_seconds("trial_timeout", trial_timeout)
+            seconds = check_seconds("trial_timeout", trial_timeout)
             self._trial_timeout_given = self._trial_timeout = seconds
 
     # -- state machine (pure functions of the state) ------------------------------------
@@ -778,20 +781,6 @@ class CircuitBreaker:
             f"failure_threshold={self._failure_threshold}, "
             f"recovery_window={self._recovery_window})"
         )
-
-
-def _checked_seconds(name: str, seconds: object) -> float:
-    """`seconds` as a float when it is finite and > 0.
-
-    Raises:
-        ValueError: `seconds` is not positive, is NaN or infinite, or is not a number (a
-            bool included).
-    """
-    value = check_real(name, seconds)
-    # Written so that NaN fails the check (each comparison with NaN is false).
-    if not 0 < value < math.inf:
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return value
 
 
 def _uncallable(fn: object, api: str) -> TypeError:

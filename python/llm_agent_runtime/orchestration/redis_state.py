@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from llm_agent_runtime._redis import redis_client
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.orchestration._calls import call_maybe_async, keep_alive
-from llm_agent_runtime.orchestration._checks import check_real
+from llm_agent_runtime.orchestration._checks import check_real, check_seconds
 from llm_agent_runtime.orchestration.circuit_breaker import CLOSED, CircuitState
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK
 from llm_agent_runtime.orchestration.dedup import _cycle_repr, _key_repr
@@ -789,18 +789,6 @@ def _checked_px(name: str, seconds: object) -> float:
     return value
 
 
-def _checked_poll_interval(poll_interval: object) -> float:
-    """`poll_interval` as a float when finite and > 0.
-
-    Raises:
-        ValueError: it is not positive, is NaN or infinite, or is not a number.
-    """
-    value = check_real("poll_interval", poll_interval)
-    if not 0 < value < math.inf:
-        raise ValueError(f"poll_interval must be finite and > 0, got {value}")
-    return value
-
-
 class RedisDeduplicator:
     """Single flight across processes: concurrent requests for one key run once.
 
@@ -872,7 +860,7 @@ class RedisDeduplicator:
         _check_name("prefix", prefix)
         _check_namespace_value(namespace)
         ttl, lease = _checked_px("ttl", ttl), _checked_px("lease", lease)
-        poll_interval = _checked_poll_interval(poll_interval)
+        poll_interval = check_seconds("poll_interval", poll_interval)
         # The settings' backing attributes, and the milliseconds derived from them.
         self._ttl, self._lease, self._poll_interval = ttl, lease, poll_interval
         self._prefix, self._namespace = prefix, namespace
@@ -927,7 +915,7 @@ class RedisDeduplicator:
 
     @poll_interval.setter
     def poll_interval(self, poll_interval: float) -> None:
-        self._poll_interval = _checked_poll_interval(poll_interval)
+        self._poll_interval = check_seconds("poll_interval", poll_interval)
         self._derive_ms()
 
     @property
