@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import SimpleNamespace
 from typing import (
     TYPE_CHECKING,
@@ -638,7 +638,8 @@ class ToolSpec:
         """The errors pydantic found, as one line for the model."""
         problems = []
         for e in error.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "arguments"
+            # An empty key as `''`: else the bare "arguments" (or `where.`) would name no key.
+            where = ".".join(str(p) if p != "" else "''" for p in e["loc"]) or "arguments"
             if e["type"] == "extra_forbidden" and len(e["loc"]) == 1:
                 known = ", ".join(self.parameters.get("properties", ())) or "none"
                 problems.append(f"{where}: unexpected argument (the arguments are: {known})")
@@ -1287,10 +1288,13 @@ def tool(
             message names the parameter. Also
             when the function is a generator (return a list instead), is a method decorated
             in its class body or taken from its class (use the bound method:
-            `tool(instance.method)`), or the timeout is not a finite number above 0.
+            `tool(instance.method)`; for a classmethod, `tool(TheClass.method)` after the
+            class), or the timeout is not a finite number above 0.
     """
 
     def build(func: Callable[..., Any]) -> ToolSpec:
+        if isinstance(func, classmethod):  # `@tool` above `@classmethod`, in the class body
+            _refuse_class_body_classmethod(name, func)
         if not callable(func):
             raise ToolError(f"cannot make a tool of {func!r}: it is not callable")
         base = _base_callable(func)
@@ -1528,6 +1532,24 @@ def _refuse_unbound_method(
         f"{first.name!r} is not an argument the model can pass; make the tool from the bound "
         f"method instead: `tool(instance.{base.__name__})` (for a classmethod, "
         f"`tool({scopes[-2]}.{base.__name__})`), not `@tool` in the class body",
+        tool=tool_name,
+    )
+
+
+def _refuse_class_body_classmethod(name: str | None, method: classmethod[Any, Any, Any]) -> None:
+    """Raises `ToolError` for a classmethod object: `@tool` above `@classmethod`.
+
+    Such an object is not callable until its class exists; the class's attribute is (bound
+    to the class), and makes the tool.
+    """
+    function = method.__func__
+    tool_name = name if name is not None else _callable_name(function)
+    scopes = getattr(function, "__qualname__", tool_name).split(".")
+    owner = scopes[-2] if len(scopes) >= 2 else "TheClass"
+    raise ToolError(
+        f"cannot make tool {tool_name!r}: {'.'.join(scopes)} is a classmethod decorated in "
+        f"its class body, where it cannot be called yet; make the tool from the class's "
+        f"attribute instead: `tool({owner}.{_callable_name(function)})`, after the class",
         tool=tool_name,
     )
 
@@ -1901,6 +1923,8 @@ def _json_default(value: Any) -> Any:
     if not surely_not_awaitable(value) and inspect.isawaitable(value):
         # Else `<coroutine object ...>` for a result whose work never ran.
         raise _GeneratorInside(f"an awaitable ({type(value).__name__})")
+    if isinstance(value, (Iterator, AsyncIterator)):  # else `<map object at 0x...>`, say
+        raise _GeneratorInside(f"an iterator ({type(value).__name__})")
     return str(value)
 
 
@@ -1927,9 +1951,9 @@ def _floats(texts: Any) -> Any:
 
 
 class _GeneratorInside(Exception):
-    """A result holds a generator (or async generator), or an awaitable, inside a structure.
+    """A result holds a generator, an awaitable or another iterator inside a structure.
 
-    Its argument says which (`"a generator"`).
+    Async ones included. Its argument says which (`"a generator"`, `"an iterator (map)"`).
     """
 
 
@@ -1974,10 +1998,12 @@ def _render(result: Any) -> str:
 
     Raises:
         TypeError: For a generator (or async generator), also one inside a structure: its
-            items are not the result. For an awaitable (a coroutine, a task), also one inside
-            a structure: an async tool that returns one has missed an `await`, and what it
-            stands for is not the result (a coroutine returned whole is closed: its work
-            never runs).
+            items are not the result; so too for any other iterator (`map(...)`, `iter(...)`,
+            an async iterator), whose text (`<map object at 0x...>`) would pass for a
+            result; collections (`range`, `dict.keys()`) are shown by their text. For an
+            awaitable (a coroutine, a task), also one inside a structure: an async tool that
+            returns one has missed an `await`, and what it stands for is not the result (a
+            coroutine returned whole is closed: its work never runs).
         Exception: Whatever rendering raises (`ToolRegistry.call` makes it an observation).
     """
     if isinstance(result, enum.Enum) and isinstance(result, str):
@@ -1996,6 +2022,9 @@ def _render(result: Any) -> str:
             _refuse_awaitable_result(result)
         tolist = getattr(result, "tolist", None)
         if not callable(tolist):
+            if isinstance(result, (Iterator, AsyncIterator)):  # `map(...)`, `iter(...)`
+                kind = type(result).__name__
+                raise TypeError(f"the tool returned an iterator ({kind}); return a list instead")
             return str(result)
         # numpy scalars and arrays (numpy not imported): by their Python values, each shown as
         # that value is (a float32 NaN as `nan`, as a float's; not as the JSON string "nan").
@@ -2015,7 +2044,7 @@ def _render(result: Any) -> str:
             text = _JSON.encode(_with_json_keys(result, set()))
     except _GeneratorInside as inside:  # not a TypeError: `str` of the whole would hide it
         what = inside.args[0]
-        fix = "return a list instead" if what == "a generator" else "await it in the tool"
+        fix = "await it in the tool" if what.startswith("an awaitable") else "return a list instead"
         raise TypeError(f"the tool returned {what} inside its result; {fix}") from None
     except (TypeError, ValueError, RecursionError):  # not JSON, a cycle, or nested too deep
         return str(result)
