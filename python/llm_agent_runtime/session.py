@@ -263,11 +263,15 @@ class AgentSession:
         """
         data = self.to_dict()
         try:
-            check_keys_written_apart(data)
             try:
-                return json.dumps(data, default=json_text, allow_nan=False)
+                text = json.dumps(data, default=json_text, allow_nan=False)
             except ValueError:  # a NaN or an infinity, which strict JSON has no number for
-                return json.dumps(finite_floats(data), default=json_text, allow_nan=False)
+                data = finite_floats(data)
+                text = json.dumps(data, default=json_text, allow_nan=False)
+            # The keys as written: an infinite key is "inf" here, not the "Infinity" `json`
+            # alone would make of it (`finite_floats` checked those it renamed).
+            check_keys_written_apart(data)
+            return text
         # `default` covers values, never keys; a ValueError left is no NaN's (an int too
         # long to write, a circular reference).
         except (TypeError, ValueError) as error:
@@ -308,7 +312,9 @@ class AgentSession:
                 raise PersistenceError(f"message {n}: {problem}")
         if "messages" in fields:  # the session's own, tool calls and all: `data` stays as is
             try:
-                fields["messages"] = copy.deepcopy(fields["messages"])
+                # As `to_dict` copies them, so whatever nesting `to_json` wrote loads back
+                # (`deepcopy` takes several frames a level, and refused half as deep).
+                fields["messages"] = _plain_copy(fields["messages"])
             except RecursionError:  # nested deeper than the stack this call runs on allows
                 raise PersistenceError("session messages nest too deeply to copy") from None
             except Exception as error:  # a value that cannot be copied (a lock, say)
@@ -321,12 +327,14 @@ class AgentSession:
 
         Raises:
             PersistenceError: When the text is not a serialized session: not JSON, JSON
-                nested too deeply to decode, or a value of the wrong shape or type (see
+                nested too deeply to decode, an object with a key written twice (which
+                `to_json` never writes), or a value of the wrong shape or type (see
                 `from_dict`).
         """
         try:
-            data = json.loads(text)
-        except (ValueError, TypeError) as error:
+            data = json.loads(text, object_pairs_hook=_object_of_pairs)
+        # A PersistenceError here is `_object_of_pairs`' (a key written twice).
+        except (ValueError, TypeError, PersistenceError) as error:
             raise PersistenceError(f"not a serialized AgentSession: {error}") from error
         except RecursionError:  # nested deeper than the stack this call runs on allows
             raise PersistenceError(
@@ -588,6 +596,23 @@ def finite_floats(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite_floats(v) for v in value]
     return value
+
+
+def _object_of_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The object `json.loads` read as `pairs`, refusing a key written twice in it.
+
+    Raises:
+        PersistenceError: A key is written twice: `json` alone keeps the last value without
+            a word, and `to_json` never writes one so.
+    """
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise PersistenceError(f"the key {key!r} is written twice in one object")
+            seen.add(key)
+    return mapping
 
 
 def _utf8_len(text: str) -> int:
