@@ -45,7 +45,8 @@ class AgentConfig(BaseModel):
         mode: `react` (text parsed by the ReAct parser) or `tools` (native tool calls).
         max_parallel_tool_calls: Native tool calls of one response run concurrently up to this.
         max_observation_chars: Observations longer than this are truncated.
-        corrective_reprompt: On unparseable output, re-prompt once before failing.
+        corrective_reprompt: On unparseable output (in `tools` mode, a reply with neither a
+            tool call nor text), re-prompt once before failing.
         error_recovery: `stop` ends the run on a failed tool round; `retry` goes on.
         context_window_tokens: Token budget of a multi-turn session's chat history.
         model_params: Other parameters of every model call the runtime makes through a

@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FunctionType, MethodType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
@@ -129,6 +129,10 @@ _REACT_FORMAT_NO_TOOLS = "Answer with:\nThought: ...\nAction: FINAL_ANSWER your 
 # What a ReAct prompt puts around its parts: the catalog's header, the prompt's, and the blank
 # line between two parts (context, catalog, answer format, chat history, question).
 _TOOLS_HEADER = "Tools:\n"
+_EMPTY_REPLY_NUDGE = (
+    "Your reply was empty. Call one of the tools, or reply with your final answer as text."
+)
+"""The corrective re-prompt of an empty native reply (`corrective_reprompt`)."""
 _QUESTION = "Question: "
 _PART_BREAK = "\n\n"
 # Stop reasons of a reply that ended before the model finished it: at a token limit, or
@@ -1534,7 +1538,10 @@ class AgentRuntime:
         task = _current_task()  # a round's single call runs in it: looked up once, not per call
         # A round's overhead runs from where the round before ended (its checkpoint write in).
         since = perf()
-        for _ in range(config.max_iterations - rounds_done):
+        rounds_left = config.max_iterations - rounds_done
+        reprompted = False
+        reprompt_cost: tuple[int, int, float] | None = None
+        for round_no in range(rounds_left):
             if deadline is not None and perf() >= deadline:
                 raise _DeadlinePassed
             replayed = bool(journal)
@@ -1615,12 +1622,36 @@ class AgentRuntime:
                 if events.active:
                     response_event = (session.session_id, len(session.steps), text, model_ms)
                     events.emit_new(LlmResponse, response_event)
+            if reprompt_cost is not None:  # the empty reply before, re-prompted, counts here
+                usage = replace(
+                    usage,
+                    input_tokens=usage.input_tokens + reprompt_cost[0],
+                    output_tokens=usage.output_tokens + reprompt_cost[1],
+                )
+                model_ms += reprompt_cost[2]
+                reprompt_cost = None
             if incomplete in SAFETY_STOP_REASONS and response.tool_calls:
                 # Calls whose input arrived whole, but in a reply the filter stopped: none runs.
                 raise _incomplete_reply(incomplete, "its tool calls", text)
             if not response.tool_calls:
                 if incomplete in INCOMPLETE_STOP_REASONS:
                     raise _incomplete_reply(incomplete, "its final answer", text)
+                # Neither a tool call nor a word from the model (a hook's rewrite to nothing is
+                # obeyed): no answer, as ReAct mode refuses an empty one.
+                if not (_cut_at_stop(response.text, stops) if stops else response.text).strip():
+                    # A re-prompt needs a round left to answer it.
+                    if config.corrective_reprompt and not reprompted and round_no + 1 < rounds_left:
+                        reprompted = True
+                        reprompt_cost = (usage.input_tokens, usage.output_tokens, model_ms)
+                        messages.append(
+                            _loop_message("assistant", text, [], None, response.reasoning)
+                        )
+                        messages.append(_loop_message("user", _EMPTY_REPLY_NUDGE, [], None, ()))
+                        continue
+                    raise AgentLoopError(
+                        "the model replied with neither a tool call nor any text, so the run has "
+                        "no answer (corrective_reprompt=True asks the model once more)"
+                    )
                 overhead_ms = (perf() - since) * 1000.0 - model_ms
                 step = Step(
                     text,
@@ -1643,6 +1674,7 @@ class AgentRuntime:
                     await self._save_steps(session, [self._step_record(session, step)])
                 return
             calls = response.tool_calls
+            reprompted = False  # a later empty reply gets its own re-prompt
             # The provider's reasoning goes back with the reply (Anthropic needs its thinking).
             reasoning = response.reasoning
             messages.append(_loop_message("assistant", text, calls, None, reasoning))

@@ -136,9 +136,17 @@ async def test_anthropic_refuses_an_empty_last_user_message_without_a_request(
 
 
 async def test_anthropic_session_survives_an_empty_answer(server: FakeLlmServer) -> None:
-    """The runtime keeps `{"role": "assistant", "content": ""}` in the session's history."""
-    server.script(Turn(""), Turn("ok"))
-    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools", system_prompt="sys"))
+    """The runtime keeps `{"role": "assistant", "content": ""}` in the session's history (an
+    answer a hook redacted to nothing: an empty reply from the model fails its turn)."""
+
+    class Redact(ar.Middleware):
+        def on_post_llm(self, session: ar.AgentSession, text: str) -> str:
+            return "" if text == "secret" else text
+
+    server.script(Turn("secret"), Turn("ok"))
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools", system_prompt="sys"), middlewares=[Redact()]
+    )
     session = runtime.create_session("a")
     async with make_provider("anthropic", server) as llm:
         assert await runtime.run_turn(session, "first", llm) == ""
