@@ -209,14 +209,14 @@ class FileBackend:
     A batch is all or none, even across a crash, through a redo log: the whole batch is
     written to one file in `.batches/`, fsynced, and renamed to its final name there (the
     commit, fsynced too); then each key's file is written as a single value is, the
-    directory fsynced, and the batch's file removed. A batch a crash left committed is
-    finished before anything else is read or written (when the backend is opened, and by
-    every call, and by a batch right before its own commit, under the redo log's lock, so
-    a dead writer's batch never lands over a later one); one left uncommitted is dropped,
-    as are the temporary files of writes a crash cut short. A single write (`save`,
-    `save_new`, `delete`) is made holding that lock shared, once no batch is left
-    committed: no batch is committed while it is under way, so none committed before it
-    is installed over it later.
+    directory fsynced, and the batch's file removed (that fsynced too). A batch a crash left
+    committed is finished before anything else is read or written (when the backend is
+    opened, and by every call, and by a batch right before its own commit, under the redo
+    log's lock, so a dead writer's batch never lands over a later one); one left
+    uncommitted is dropped, as are the temporary files of writes a crash cut short. A
+    single write (`save`, `save_new`, `delete`) is made holding that lock shared, once no
+    batch is left committed: no batch is committed while it is under way, so none
+    committed before it is installed over it later.
 
     Several processes may share the directory: POSIX advisory locks (`flock`) tell a live
     writer's files from those a crash left, and no read (`load`, `batch_load`, `list_keys`)
@@ -475,11 +475,24 @@ class FileBackend:
         raise PersistenceError(f"cannot write the batch in {self._batches}")  # pragma: no cover
 
     def _install(self, batch: Path, items: Mapping[str, bytes]) -> None:
-        """Writes each item's file, makes them durable, then removes the batch's file."""
+        """Writes each item's file, makes them durable, then removes the batch's file durably.
+
+        The removal is fsynced too: lost in a power cut, the batch would come back and be
+        installed again over the writes acknowledged after it.
+        """
         for key, value in items.items():
             self._write(key, value)
         _sync_directory(self.directory)
         batch.unlink(missing_ok=True)
+        try:
+            _sync_directory(self._batches)
+        except OSError as exc:  # the batch is installed: its caller is told it was saved
+            logger.warning(
+                "FileBackend: the removal of the installed batch %s may not survive a power "
+                "loss (the redo log cannot be fsynced: %s)",
+                batch,
+                exc,
+            )
 
     @contextlib.contextmanager
     def _install_lock(self, shared: bool) -> Iterator[None]:

@@ -170,7 +170,7 @@ class PostgresBackend:
     backend's), raises `PersistenceError`.
 
     Args:
-        dsn: libpq connection string, e.g. `postgresql://user@host:5432/db`.
+        dsn: libpq connection string (a str, without NUL), e.g. `postgresql://user@host:5432/db`.
         table: Table name (created if missing): a plain SQL identifier (ASCII letters,
             digits and `_`, at most 63), case-insensitive as an unquoted name is; it is
             quoted in every statement, so a reserved word (`order`, `user`) works too.
@@ -180,9 +180,9 @@ class PostgresBackend:
         timeout: Seconds a call may take, waiting for a free connection included.
 
     Raises:
-        PersistenceError: When the table name is not a plain identifier, the pool sizes are
-            not such ints, `timeout` is not a positive number, or psycopg is not installed
-            (the `postgres` extra).
+        PersistenceError: When `dsn` is not a str (or holds a NUL character), the table
+            name is not a plain identifier, the pool sizes are not such ints, `timeout` is
+            not a positive number, or psycopg is not installed (the `postgres` extra).
     """
 
     def __init__(
@@ -193,6 +193,16 @@ class PostgresBackend:
         max_size: int = 10,
         timeout: float = 10.0,
     ) -> None:
+        # Checked now: psycopg takes any object, and every call then waited out `timeout`
+        # and failed with a bare AttributeError (`None` from an unset environment variable);
+        # libpq reads a string up to a NUL, silently dropping the options after it.
+        if not isinstance(dsn, str):
+            raise PersistenceError(
+                f"PostgresBackend needs a libpq connection string as a str, got "
+                f"{type(dsn).__name__}"
+            )
+        if "\0" in dsn:
+            raise PersistenceError("a PostgreSQL connection string cannot hold a NUL character")
         if not isinstance(table, str) or not _IDENTIFIER.match(table):
             raise PersistenceError(f"table name {table!r} is not a plain SQL identifier")
         if (
