@@ -14,10 +14,12 @@
 //! argument. The right type costs what PyO3's own conversion costs: the message is built on
 //! the error path only.
 
+use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyString};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyComplex, PyFloat, PyInt, PyString, PyType};
 
 use crate::errors::CoreError;
 
@@ -144,7 +146,9 @@ impl OutOfRange {
 
 /// A real-number argument as `f64` (a float, an int, or anything with `__float__`); a number
 /// beyond the float range (such as `10**400`) is `error(message)` instead of the built-in
-/// `OverflowError`. Anything not a number is a `TypeError` naming the argument `name`.
+/// `OverflowError`. Anything not a number is a `TypeError` naming the argument `name`; so is
+/// a complex number (see [`is_complex`]), numpy's included, whose `__float__` would drop the
+/// imaginary part.
 ///
 /// # Errors
 /// `error(...)` for a number beyond the float range; `TypeError` for a non-number.
@@ -154,10 +158,68 @@ pub fn real(
     name: &str,
     error: impl FnOnce(String) -> CoreError,
 ) -> PyResult<f64> {
+    // A plain float (the usual number) is read in place, told by its type pointer.
+    if let Ok(float) = obj.cast_exact::<PyFloat>() {
+        return Ok(float.value());
+    }
+    if is_complex(obj) {
+        return Err(wrong_type(obj, name, REAL));
+    }
     match obj.extract::<f64>() {
         Ok(value) => Ok(value),
         Err(e) => Err(not_real(obj, name, e, error)),
     }
+}
+
+/// Whether `value` is a complex number: Python's `complex` (numpy's `complex128` is one),
+/// another numpy complex scalar (`complex64`, `clongdouble`) or a numpy array of a complex
+/// dtype (a 0-d one has `__float__` in numpy 1). numpy's float conversion of them keeps the
+/// real part with only a warning, so 0.5+0.5j would pass for 0.5: a real-number argument
+/// refuses them before any conversion.
+pub fn is_complex(value: &Bound<'_, PyAny>) -> bool {
+    // A plain int or float, or a float subclass (numpy's float64), is no complex number:
+    // told by type pointers and flags.
+    if value.is_exact_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>() {
+        return false;
+    }
+    if value.is_instance_of::<PyComplex>() {
+        return true;
+    }
+    // A subclass check against numpy's base of complex scalars: no lookup of the type's
+    // module and name, which costs more than reading the number.
+    let Some(complexfloating) = numpy_complex_type(value.py()) else {
+        return false;
+    };
+    // A failed cast builds an error value: told by the type check first.
+    value.is_instance(complexfloating).unwrap_or(false)
+        || (value.is_instance_of::<PyUntypedArray>()
+            && value
+                .cast::<PyUntypedArray>()
+                .is_ok_and(|array| array.dtype().kind() == b'c'))
+}
+
+/// `numpy.complexfloating`, the base of numpy's complex scalar types; None while numpy is
+/// not imported (then no value is a numpy scalar or array, and numpy is not imported for
+/// this check).
+fn numpy_complex_type(py: Python<'_>) -> Option<&Bound<'_, PyType>> {
+    static COMPLEXFLOATING: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    if let Some(kind) = COMPLEXFLOATING.get(py) {
+        return Some(kind.bind(py));
+    }
+    if !numpy_imported(py) {
+        return None;
+    }
+    COMPLEXFLOATING.import(py, "numpy", "complexfloating").ok()
+}
+
+/// Whether numpy is among the imported modules, off the fast path of [`is_complex`].
+#[cold]
+#[inline(never)]
+fn numpy_imported(py: Python<'_>) -> bool {
+    py.import("sys")
+        .and_then(|sys| sys.getattr("modules"))
+        .and_then(|modules| modules.contains("numpy"))
+        .unwrap_or(false)
 }
 
 /// The error of [`real`], kept off its fast path.

@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::errors::{CoreError, CoreResult};
 
+/// Up to this many ids, [`Episodes::mark_recalled`] tells a repeated id by looking back
+/// along the list (at most `FEW_IDS**2 / 2` comparisons) rather than sorting a copy.
+const FEW_IDS: usize = 16;
+
 /// One remembered event of an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Episode {
@@ -539,7 +543,13 @@ impl Episodes {
     }
 
     /// Marks the agent's episodes of `ids` recalled at `now`: their recall counts go up
-    /// (saturating at `u64::MAX`). Returns how many it found (an id may be gone since).
+    /// (saturating at `u64::MAX`). Returns how many it found (an id may be gone since); an
+    /// id given twice marks its episode once.
+    ///
+    /// Each id is looked up by binary search: an agent's episodes are in insertion order, so
+    /// their ids increase (`add` hands them out in order, `validated` refuses any other
+    /// order): O(k log k + k log n) for k ids among n episodes, where a scan of the episodes
+    /// per id took O(k n).
     ///
     /// # Errors
     /// [`CoreError::Memory`] when `now` is not finite.
@@ -548,12 +558,30 @@ impl Episodes {
         let Some(episodes) = self.by_agent.get_mut(agent_id) else {
             return Ok(0);
         };
-        let mut found = 0;
-        for e in episodes.iter_mut().filter(|e| ids.contains(&e.id)) {
-            recalled(e, now);
-            found += 1;
+        let mut mark = |id: u64| -> usize {
+            match episodes.binary_search_by_key(&id, |e| e.id) {
+                Ok(at) => episodes.get_mut(at).map_or(0, |e| {
+                    recalled(e, now);
+                    1
+                }),
+                Err(_) => 0,
+            }
+        };
+        // The runtime marks a few ids (a prompt's recalled episodes): repeats are told by
+        // looking back, with no allocation; a long list is sorted and deduplicated.
+        if ids.len() <= FEW_IDS {
+            let found = ids
+                .iter()
+                .enumerate()
+                .filter(|&(at, id)| !ids[..at].contains(id))
+                .map(|(_, &id)| mark(id))
+                .sum();
+            return Ok(found);
         }
-        Ok(found)
+        let mut distinct = ids.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        Ok(distinct.into_iter().map(mark).sum())
     }
 
     /// Checks the arguments of [`Episodes::recall`] (whatever the agent): returns the query
@@ -812,6 +840,59 @@ mod tests {
         assert_eq!(counts, vec![(a, 0, None), (b, 1, Some(2.0))]);
         assert_eq!(s.mark_recalled("nobody", &[a], 2.0).unwrap(), 0);
         assert!(s.mark_recalled("a", &[a], f64::NAN).is_err());
+    }
+
+    /// `mark_recalled` as it was written first: a scan of the episodes, each marked when
+    /// its id is among `ids` (so once, however often it is given).
+    fn mark_by_scan(s: &mut Episodes, agent_id: &str, ids: &[u64], now: f64) -> usize {
+        let Some(episodes) = s.by_agent.get_mut(agent_id) else {
+            return 0;
+        };
+        let mut found = 0;
+        for e in episodes.iter_mut().filter(|e| ids.contains(&e.id)) {
+            recalled(e, now);
+            found += 1;
+        }
+        found
+    }
+
+    #[test]
+    fn mark_recalled_matches_a_scan_of_the_episodes_for_few_and_many_ids() {
+        // Two agents interleaved (their ids have gaps) and a capacity that evicts: an
+        // agent's ids increase but are not contiguous.
+        let mut s = Episodes::new(None, Recall::Importance, Some(400)).unwrap();
+        for i in 0..1500u64 {
+            let agent = if i % 3 == 0 { "b" } else { "a" };
+            s.add(agent, "x", ((i * 37) % 100) as f64 / 100.0, 0.0, None)
+                .unwrap();
+        }
+        let a_ids: Vec<u64> = s.episodes("a").iter().map(|e| e.id).collect();
+        assert!(a_ids.windows(2).all(|w| w[0] < w[1]));
+        assert!(a_ids.windows(2).any(|w| w[1] - w[0] > 1));
+        let mut lists: Vec<Vec<u64>> = vec![
+            vec![],
+            vec![a_ids[0]],
+            vec![a_ids[3], a_ids[3], a_ids[3]],
+            vec![a_ids[399], 0, u64::MAX, a_ids[1]],
+            // Ids of the other agent, evicted ones and repeats, past the few-ids bound.
+            (0..3000).step_by(7).collect(),
+            (0..3000).rev().step_by(3).chain(0..200).collect(),
+        ];
+        lists.push(a_ids.iter().rev().chain(&a_ids).copied().collect());
+        for (at, ids) in lists.iter().enumerate() {
+            let mut scanned = s.clone();
+            let now = at as f64 + 1.0;
+            let expected = mark_by_scan(&mut scanned, "a", ids, now);
+            assert_eq!(
+                s.mark_recalled("a", ids, now).unwrap(),
+                expected,
+                "list {at}"
+            );
+            assert_eq!(s.episodes("a"), scanned.episodes("a"), "list {at}");
+            assert_eq!(s.episodes("b"), scanned.episodes("b"), "list {at}");
+        }
+        assert_eq!(s.mark_recalled("a", &a_ids, 9.0).unwrap(), 400);
+        assert_eq!(s.mark_recalled("nobody", &a_ids, 9.0).unwrap(), 0);
     }
 
     #[test]

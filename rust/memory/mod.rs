@@ -13,8 +13,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyByteArray, PyBytes, PyComplex, PyFloat, PyInt, PyIterator, PyList, PySequence, PyString,
-    PyTuple, PyType,
+    PyByteArray, PyBytes, PyIterator, PyList, PySequence, PyString, PyTuple, PyType,
 };
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -68,21 +67,6 @@ fn per_agent_capacity_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
     .map(Some)
 }
 
-/// Whether `value` is a complex number: Python's `complex` (numpy's `complex128` is one) or
-/// another numpy complex scalar. numpy's float conversion of them keeps the real part with
-/// only a warning, so 0.5+0.5j would pass for 0.5: a real-number argument refuses them first.
-fn is_complex(value: &Bound<'_, PyAny>) -> bool {
-    // A plain float or int (the usual number) is told by its type pointer alone.
-    if value.is_exact_instance_of::<PyFloat>() || value.is_exact_instance_of::<PyInt>() {
-        return false;
-    }
-    value.is_instance_of::<PyComplex>()
-        || args::is_numpy(
-            value,
-            &["complex64", "complex128", "clongdouble", "complex256"],
-        )
-}
-
 /// A real-number argument; a bool (Python's or numpy's: no number, though a float
 /// conversion takes it) or one beyond the float range is a `MemoryStoreError` stating
 /// `rule`, the argument's rule (such as "importance must be in [0, 1]"); anything not a
@@ -92,9 +76,7 @@ fn memory_real(value: &Bound<'_, PyAny>, name: &str, rule: &str) -> PyResult<f64
     if args::is_bool(value) {
         return Err(CoreError::Memory(format!("{rule}, got a bool ({value})")).into());
     }
-    if is_complex(value) {
-        return Err(args::wrong_type(value, name, args::REAL));
-    }
+    // A complex number is refused by `args::real` (a `TypeError` naming the argument).
     args::real(value, name, |beyond| {
         CoreError::Memory(format!("{rule}, got {beyond}"))
     })
@@ -772,7 +754,7 @@ fn holds_complex(value: &Bound<'_, PyAny>, levels: u32) -> PyResult<bool> {
     };
     for item in items {
         let item = item?;
-        if is_complex(&item) || (levels > 1 && holds_complex(&item, levels - 1)?) {
+        if args::is_complex(&item) || (levels > 1 && holds_complex(&item, levels - 1)?) {
             return Ok(true);
         }
     }
@@ -840,7 +822,7 @@ impl PyEpisodicStore {
             Some(clock) => {
                 let value = clock.call0(py)?;
                 let value = value.bind(py);
-                if args::is_bool(value) || is_complex(value) {
+                if args::is_bool(value) || args::is_complex(value) {
                     return Err(not_a_time(value));
                 }
                 let now = args::real(value, "the clock's time", |e| {
