@@ -671,14 +671,15 @@ fn line_break(bytes: &[u8]) -> Option<usize> {
 }
 
 /// Whether a line after the one at `line_start` is an `Action Input:` or `Final Answer:`
-/// label, before any `Action:` label (whose input would be its own).
+/// label, before any `Action:` label (whose input would be its own) or `Observation:` label
+/// (which ends the step: a line after it is not read).
 fn input_label_ahead(bytes: &[u8], line_start: usize) -> bool {
     let mut at = line_start;
     while let Some(offset) = line_break(bytes.get(at..).unwrap_or_default()) {
         at += offset + 1;
         match label_at(bytes, at) {
             Some((Label::ActionInput | Label::FinalAnswer, _, _)) => return true,
-            Some((Label::Action, _, _)) => return false,
+            Some((Label::Action | Label::Observation, _, _)) => return false,
             _ => {}
         }
     }
@@ -2283,6 +2284,11 @@ mod tests {
         assert_eq!(parse(before).unwrap().end, before.len());
         let after = parse("Action: t {}\nObservation: x\nThought: y").unwrap();
         assert_eq!(after.thought, "");
+        // An input line past the observation is not the bare action's: a thought between
+        // them ends the step as it would with nothing after it.
+        let past = "Action: x\nThought: y\nObservation: z\nAction Input: w";
+        let step = parse(past).unwrap();
+        assert_eq!((step.thought, step.end), ("", "Action: x".len()));
         let answer = "Final Answer: a\nObservation: b";
         let step = parse(answer).unwrap();
         assert_eq!(
