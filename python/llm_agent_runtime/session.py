@@ -332,8 +332,8 @@ class AgentSession:
                 `from_dict`).
         """
         try:
-            data = json.loads(text, object_pairs_hook=_object_of_pairs)
-        # A PersistenceError here is `_object_of_pairs`' (a key written twice).
+            data = json.loads(text, object_pairs_hook=object_of_pairs)
+        # A PersistenceError here is `object_of_pairs`' (a key written twice).
         except (ValueError, TypeError, PersistenceError) as error:
             raise PersistenceError(f"not a serialized AgentSession: {error}") from error
         except RecursionError:  # nested deeper than the stack this call runs on allows
@@ -569,6 +569,26 @@ def _keys_written_alike(name: str) -> PersistenceError:
     return PersistenceError(f"two dict keys are both written {name!r} in JSON: one would be lost")
 
 
+def object_of_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The object JSON read as `pairs`, refusing a key written twice in it.
+
+    The `object_pairs_hook` of every reader of what this library writes (`from_json`, the
+    record codec): `json` alone keeps the last value of such a key without a word, and no
+    writer here writes one so (see `check_keys_written_apart`).
+
+    Raises:
+        PersistenceError: A key is written twice (the message names it).
+    """
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise PersistenceError(f"the key {key!r} is written twice in one object")
+            seen.add(key)
+    return mapping
+
+
 def finite_floats(value: Any) -> Any:
     """`value` with each float JSON has no number for (a NaN, an infinity) made its `str`.
 
@@ -596,23 +616,6 @@ def finite_floats(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite_floats(v) for v in value]
     return value
-
-
-def _object_of_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """The object `json.loads` read as `pairs`, refusing a key written twice in it.
-
-    Raises:
-        PersistenceError: A key is written twice: `json` alone keeps the last value without
-            a word, and `to_json` never writes one so.
-    """
-    mapping = dict(pairs)
-    if len(mapping) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise PersistenceError(f"the key {key!r} is written twice in one object")
-            seen.add(key)
-    return mapping
 
 
 def _utf8_len(text: str) -> int:

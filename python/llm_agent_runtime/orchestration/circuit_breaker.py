@@ -214,11 +214,13 @@ class CircuitBreaker:
             this long ago, the next call starts a new round of trials (default:
             `recovery_window`). Make it longer than a trial call may take.
 
-    `failure_threshold`, `recovery_window`, `half_open_max_calls` and `trial_timeout` may be
-    set again later, checked as the constructor checks them (a bad value raises, and the old
-    one stays); the next call goes by them. A `trial_timeout` left to its default (or set to
-    None) follows `recovery_window` when that is set. The state stays as it is: a threshold
-    set at or below the failures counted opens the circuit at the next failure.
+    `service`, `failure_threshold`, `recovery_window`, `half_open_max_calls` and
+    `trial_timeout` may be set again later, checked as the constructor checks them (a bad
+    value raises, and the old one stays); the next call goes by them. A `trial_timeout` left
+    to its default (or set to None) follows `recovery_window` when that is set. The state
+    stays as it is: a threshold set at or below the failures counted opens the circuit at the
+    next failure; a breaker given another `service` goes by that service's state (see
+    `service`).
 
     Raises:
         ValueError: a threshold, window, timeout or trial count is not positive, or is NaN or
@@ -241,10 +243,7 @@ class CircuitBreaker:
         is_failure: Callable[[BaseException], bool] | None = None,
         trial_timeout: float | None = None,
     ) -> None:
-        if not isinstance(service, str):
-            # Else it worked in this process, and failed at the first call with a shared
-            # backend (where it is part of a Redis key).
-            raise TypeError(f"service must be a str (a name), got {service!r:.80}")
+        service = _checked_service(service)
         if is_failure is not None and not callable(is_failure):
             # Else every error would go through "is_failure raised" and count as a failure.
             raise TypeError(f"is_failure must be callable (or None), got {is_failure!r}")
@@ -260,8 +259,8 @@ class CircuitBreaker:
         failure_threshold = check_count("failure_threshold", failure_threshold, 1)
         half_open_max_calls = check_count("half_open_max_calls", half_open_max_calls, 1)
         recovery_window = check_seconds("recovery_window", recovery_window)
-        self.service = service
         # The settings' backing attributes: the state machine reads them, not the properties.
+        self._service = service
         self._failure_threshold = failure_threshold
         self._recovery_window = recovery_window
         self._half_open_max_calls = half_open_max_calls
@@ -292,6 +291,28 @@ class CircuitBreaker:
         self._order = threading.RLock()
 
     # -- settings -------------------------------------------------------------------------
+
+    @property
+    def service(self) -> str:
+        """The protected service's name (in errors, events and the backend); checked when set.
+
+        Its state is kept under this name: a breaker given another service goes by that
+        service's state from its next call on (its backend's, closed when never seen), and
+        the state of the one before stays in the backend as it was (a breaker given that
+        name again finds it). Set it between calls: a call under way records its outcome
+        under the name it ends with. `transitions` and `record_errors` go on counting for
+        the breaker.
+        """
+        return self._service
+
+    @service.setter
+    def service(self, service: str) -> None:
+        # Checked as in the constructor: an int worked in this process, and failed every
+        # call with a shared backend (where it is part of a Redis key).
+        self._service = _checked_service(service)
+        # The state a shared backend gave last was the old service's: the new one's is not
+        # known until it is read (`state` reports it closed until then).
+        self._last = CLOSED
 
     @property
     def failure_threshold(self) -> int:
@@ -420,7 +441,7 @@ class CircuitBreaker:
         if old.status != new.status:
             self.transitions[f"{old.status}->{new.status}"] += 1
             if self._listeners:
-                event = CircuitStateChange(self.service, old.status, new.status, self._clock.now())
+                event = CircuitStateChange(self._service, old.status, new.status, self._clock.now())
                 for listener in self._listeners:
                     try:
                         listener(event)
@@ -429,7 +450,7 @@ class CircuitBreaker:
                         # nor the state machine: the change has happened already.
                         logger.exception(
                             "circuit breaker %r: state-change listener %r failed on %s->%s",
-                            self.service,
+                            self._service,
                             listener,
                             old.status,
                             new.status,
@@ -444,7 +465,7 @@ class CircuitBreaker:
         if new.status == "closed":
             return new.openings, CLOSED_ROUND
         if not self._is_trial(old, new):
-            raise CircuitOpenError(self.service)
+            raise CircuitOpenError(self._service)
         return new.openings, new.trial_round  # admitted as a trial of this round
 
     @staticmethod
@@ -470,7 +491,7 @@ class CircuitBreaker:
         local = self._local
         assert local is not None
         with self._order:
-            old, new = local.update_now(self.service, change)
+            old, new = local.update_now(self._service, change)
             self._observe(old, new)
         return old, new
 
@@ -481,7 +502,7 @@ class CircuitBreaker:
         # Shielded: a caller cancelled while a shared backend admits it must learn what was
         # admitted, or a trial slot it took would stay taken, refusing every call until
         # `trial_timeout`.
-        update = keep_alive(asyncio.ensure_future(self._backend.update(self.service, self._admit)))
+        update = keep_alive(asyncio.ensure_future(self._backend.update(self._service, self._admit)))
         try:
             old, new = await asyncio.shield(update)
         except asyncio.CancelledError:
@@ -499,7 +520,7 @@ class CircuitBreaker:
         if not self._is_trial(old, new):
             return  # admitted while closed (nothing to give back), or refused
         release = functools.partial(self._release_trial, trial=(new.openings, new.trial_round))
-        given_back = keep_alive(asyncio.ensure_future(self._backend.update(self.service, release)))
+        given_back = keep_alive(asyncio.ensure_future(self._backend.update(self._service, release)))
         given_back.add_done_callback(self._recorded_late)
 
     async def _exit(self, error: BaseException | None, trial: Admission) -> None:
@@ -515,7 +536,7 @@ class CircuitBreaker:
         if self._local is not None:
             self._record_now(change)
             return
-        update = keep_alive(asyncio.ensure_future(self._backend.update(self.service, change)))
+        update = keep_alive(asyncio.ensure_future(self._backend.update(self._service, change)))
         try:
             old, new = await asyncio.shield(update)
         except asyncio.CancelledError:
@@ -552,7 +573,7 @@ class CircuitBreaker:
         logger.warning(
             "circuit breaker %r: could not record a call's outcome (%s: %s); the call's own "
             "result stands, and a trial slot it held is reclaimed after trial_timeout",
-            self.service,
+            self._service,
             type(failure).__name__,
             failure,
         )
@@ -581,7 +602,7 @@ class CircuitBreaker:
             # A broken predicate must not replace the call's own error either.
             logger.exception(
                 "circuit breaker %r: is_failure raised on %r; counted as a failure",
-                self.service,
+                self._service,
                 error,
             )
             return True
@@ -596,12 +617,12 @@ class CircuitBreaker:
         saw (use `current_state()` to read the backend).
         """
         if self._local is not None:
-            return self._local.peek(self.service).status
+            return self._local.peek(self._service).status
         return self._last.status
 
     async def current_state(self) -> CircuitState:
         """Reads the state from the backend (shared with other processes)."""
-        state = await self._backend.get(self.service)
+        state = await self._backend.get(self._service)
         self._last = state
         return state
 
@@ -647,7 +668,7 @@ class CircuitBreaker:
         """
         states = self._local_states
         if states is not None:
-            start = states.get(self.service, CLOSED)
+            start = states.get(self._service, CLOSED)
             if start.status == "closed" and not start.failures:
                 # The fast path: in-process state, closed with no failures counted. Such a
                 # call needs no state change to start, nor to succeed unless the state moved
@@ -662,7 +683,7 @@ class CircuitBreaker:
                         raise _uncallable(fn, "CircuitBreaker.call") from None
                     self._exit_sync(exc, token)
                     raise
-                if states.get(self.service, CLOSED) is not start:
+                if states.get(self._service, CLOSED) is not start:
                     # Failures were counted while this call ran (its success resets them), or
                     # the circuit opened (then its success changes nothing).
                     self._exit_sync(None, token)
@@ -691,7 +712,7 @@ class CircuitBreaker:
         states = self._local_states
         if states is None:
             raise TypeError("a shared circuit backend needs the async API: await breaker.call(...)")
-        start = states.get(self.service, CLOSED)
+        start = states.get(self._service, CLOSED)
         if start.status == "closed" and not start.failures:
             # The fast path, as in `call`.
             token = (start.openings, CLOSED_ROUND)
@@ -706,7 +727,7 @@ class CircuitBreaker:
                     raise _uncallable(fn, "CircuitBreaker.call_sync") from None
                 self._exit_sync(exc, token)
                 raise
-            if states.get(self.service, CLOSED) is not start:
+            if states.get(self._service, CLOSED) is not start:
                 self._exit_sync(None, token)  # as in `call`: the state moved while it ran
             return result
         if not callable(fn):  # as in `call`
@@ -777,10 +798,23 @@ class CircuitBreaker:
     @safe_repr
     def __repr__(self) -> str:
         return (
-            f"CircuitBreaker(service={self.service!r}, state={self.state!r}, "
+            f"CircuitBreaker(service={self._service!r}, state={self.state!r}, "
             f"failure_threshold={self._failure_threshold}, "
             f"recovery_window={self._recovery_window})"
         )
+
+
+def _checked_service(service: object) -> str:
+    """`service` when it is a str (a name): the constructor's check, and the setter's.
+
+    Raises:
+        TypeError: `service` is not a str.
+    """
+    if not isinstance(service, str):
+        # Else it worked in this process, and failed at the first call with a shared
+        # backend (where it is part of a Redis key).
+        raise TypeError(f"service must be a str (a name), got {service!r:.80}")
+    return service
 
 
 def _uncallable(fn: object, api: str) -> TypeError:

@@ -78,6 +78,12 @@ class RedisCircuitStateBackend:
     read; an earlier version cannot read this one's: processes sharing a breaker's state
     run one version (upgrade them together, or give the new ones another `prefix`).
 
+    `prefix` may be set again later, checked as the constructor checks it (a bad value
+    raises, and the old one stays). The backend then reads and writes the states under the
+    new prefix, as one constructed with it would (closed where none is stored there); the
+    states under the old one stay in Redis as they were. An update queued but not yet
+    written when it changes is written under the new prefix.
+
     Args:
         url: e.g. `redis://host:6379/0`.
         prefix: Prepended to each service name to form its key.
@@ -91,7 +97,7 @@ class RedisCircuitStateBackend:
     def __init__(self, url: str, prefix: str = "llm_agent_runtime:breaker:") -> None:
         # Checked now: a bytes prefix failed every update, whose callers then waited forever.
         _check_name("prefix", prefix)
-        self.prefix = prefix
+        self._prefix = prefix
         self.client: Any = redis_client(url, "RedisCircuitStateBackend")
         self._swap = self.client.register_script(_SWAP_SCRIPT)
         # Per service (and loop): the updates waiting for the next write, and the task
@@ -99,8 +105,20 @@ class RedisCircuitStateBackend:
         self._pending: dict[_Queue, list[_Update]] = {}
         self._writers: dict[_Queue, asyncio.Future[None]] = {}
 
+    @property
+    def prefix(self) -> str:
+        """Prepended to each service name to form its key; checked when set (a str)."""
+        return self._prefix
+
+    @prefix.setter
+    def prefix(self, prefix: str) -> None:
+        # Checked as in the constructor: a bytes prefix failed every update, whose callers
+        # then waited forever.
+        _check_name("prefix", prefix)
+        self._prefix = prefix
+
     def __repr__(self) -> str:
-        return f"RedisCircuitStateBackend(prefix={self.prefix!r})"
+        return f"RedisCircuitStateBackend(prefix={self._prefix!r})"
 
     async def close(self) -> None:
         """Closes the connection pool."""
@@ -115,11 +133,11 @@ class RedisCircuitStateBackend:
         """
         _check_name("service", service)
         try:
-            return _decode(await self.client.get(self.prefix + service))
+            return _decode(await self.client.get(self._prefix + service))
         except PersistenceError:
             raise
         except Exception as error:
-            raise PersistenceError(f"Redis: {error}", key=self.prefix + service) from error
+            raise PersistenceError(f"Redis: {error}", key=self._prefix + service) from error
 
     async def update(
         self, service: str, change: Callable[[CircuitState], CircuitState]
@@ -160,7 +178,7 @@ class RedisCircuitStateBackend:
                 if future.done():
                     continue
                 if isinstance(error, Exception):
-                    future.set_exception(_failure(error, self.prefix + queue[1]))
+                    future.set_exception(_failure(error, self._prefix + queue[1]))
                 else:
                     future.cancel()
             if not isinstance(error, Exception):
@@ -173,7 +191,7 @@ class RedisCircuitStateBackend:
 
         Updates queued while the write is refused by another process's change join it.
         """
-        key = self.prefix + queue[1]
+        key = self._prefix + queue[1]
         outcomes: list[tuple[CircuitState, CircuitState] | PersistenceError] = []
         try:
             raw = await self.client.get(key)

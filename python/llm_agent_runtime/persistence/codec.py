@@ -16,6 +16,7 @@ from llm_agent_runtime.session import (
     JSON_KEY_TYPES,
     check_keys_written_apart,
     json_text,
+    object_of_pairs,
     refuse_keys_written_alike,
 )
 
@@ -27,6 +28,9 @@ _MAGIC = b"llm-agent-runtime/"
 
 # One encoder for every record: `json.dumps` with options builds a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=json_text)
+# And one decoder: `json.loads` with a hook builds a new one per call, which cost more than
+# the hook itself. The hook refuses a key written twice, which `encode` never writes.
+_DECODER = json.JSONDecoder(object_pairs_hook=object_of_pairs)
 
 
 def encode(kind: str, payload: Any) -> bytes:
@@ -75,7 +79,9 @@ def decode(raw: bytes, key: str, kind: str | None = None) -> Any:
 
     Raises:
         PersistenceError: On a corrupt, truncated, foreign or newer-version record, a
-            record of another kind, or one nested too deeply to decode.
+            record of another kind, one nested too deeply to decode, or one with an object
+            that has a key written twice (which `encode` never writes: it is corrupt or
+            forged, and `json` alone would keep the last value without a word).
     """
     header, newline, body = bytes(raw).partition(b"\n")
     parts = header.split(b" ")
@@ -98,7 +104,16 @@ def decode(raw: bytes, key: str, kind: str | None = None) -> Any:
     if kind is not None and found != kind:
         raise PersistenceError(f"expected a {kind!r} record, found {found!r}", key=key)
     try:
-        return json.loads(body)
+        # What `encode` writes is ASCII (its encoder escapes the rest): read as it is, without
+        # `detect_encoding`, which wins back a third of what the hook costs. Other bytes are
+        # read as `json.loads` reads them (UTF-8 with or without a BOM, UTF-16, UTF-32).
+        if body.isascii() and b"\0" not in body:
+            text = body.decode("ascii")
+        else:
+            text = body.decode(json.detect_encoding(body), "surrogatepass")
+        return _DECODER.decode(text)
+    except PersistenceError as error:  # `object_of_pairs`': a key written twice
+        raise PersistenceError(f"record body is refused: {error}", key=key) from error
     except ValueError as error:
         raise PersistenceError(f"record body is not JSON: {error}", key=key) from error
     except RecursionError:  # nested deeper than the stack this call runs on allows

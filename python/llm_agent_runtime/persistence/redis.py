@@ -29,6 +29,11 @@ class RedisBackend:
     transaction. Configure Redis persistence (AOF with `appendfsync always`) for durability
     across a server crash.
 
+    `prefix` may be set again later, checked as the constructor checks it (a bad value
+    raises, and the old one stays). The backend then reads, writes and lists the keys under
+    the new prefix, as one constructed with it would; what is stored under the old one
+    stays in Redis as it was.
+
     Args:
         url: e.g. `redis://host:6379/0`.
         prefix: Prepended to every key, so several applications can share a database. The
@@ -46,24 +51,21 @@ class RedisBackend:
     """
 
     def __init__(self, url: str, prefix: str = "llm_agent_runtime:kv:") -> None:
-        # Checked now: part of every Redis key, a bad prefix would fail every call instead,
-        # with an error blaming the key (or a bare TypeError).
-        if not isinstance(prefix, str):
-            raise TypeError(
-                f"prefix must be a str (part of every Redis key), got {type(prefix).__name__}"
-            )
-        try:
-            prefix.encode("utf-8")  # as redis-py encodes keys
-        except UnicodeEncodeError as error:
-            raise PersistenceError(
-                f"prefix {prefix!r} is not valid Unicode text ({error.reason} at {error.start})"
-            ) from None
-        self.prefix = prefix
+        self._prefix = _checked_prefix(prefix)
         self.client: Any = redis_client(url, "RedisBackend")
         """The redis-py client (shared with the Redis-backed orchestration state)."""
 
+    @property
+    def prefix(self) -> str:
+        """Prepended to every key; checked when set, as by the constructor."""
+        return self._prefix
+
+    @prefix.setter
+    def prefix(self, prefix: str) -> None:
+        self._prefix = _checked_prefix(prefix)
+
     def __repr__(self) -> str:
-        return f"RedisBackend(prefix={self.prefix!r})"  # the URL may hold a password
+        return f"RedisBackend(prefix={self._prefix!r})"  # the URL may hold a password
 
     async def close(self) -> None:
         """Closes the connection pool."""
@@ -89,21 +91,21 @@ class RedisBackend:
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value atomically."""
         value = check_value(check_key(key), value)
-        await self._call(key, "set", self.prefix + key, value)
+        await self._call(key, "set", self._prefix + key, value)
 
     async def save_new(self, key: str, value: bytes) -> bool:
         """Stores `value` under `key` unless the key exists (SET NX); returns whether it wrote."""
         value = check_value(check_key(key), value)
-        return bool(await self._call(key, "set", self.prefix + key, value, nx=True))
+        return bool(await self._call(key, "set", self._prefix + key, value, nx=True))
 
     async def load(self, key: str) -> bytes | None:
         """Returns the value stored under `key`, or None."""
-        value = await self._call(key, "get", self.prefix + check_key(key))
+        value = await self._call(key, "get", self._prefix + check_key(key))
         return None if value is None else bytes(value)
 
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
-        return bool(await self._call(key, "delete", self.prefix + check_key(key)))
+        return bool(await self._call(key, "delete", self._prefix + check_key(key)))
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
         """Stores every item in one MULTI/EXEC transaction."""
@@ -113,7 +115,7 @@ class RedisBackend:
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 for key, value in checked.items():
-                    pipe.set(self.prefix + key, value)
+                    pipe.set(self._prefix + key, value)
                 await pipe.execute()
         except UnicodeEncodeError:
             raise _not_text(*checked) from None
@@ -131,7 +133,7 @@ class RedisBackend:
         """
         guard_value = check_value(check_key(guard_key), guard_value)
         checked = check_items(items)
-        keys = [self.prefix + guard_key, *(self.prefix + k for k in checked)]
+        keys = [self._prefix + guard_key, *(self._prefix + k for k in checked)]
         wrote = await self._call(
             guard_key,
             "eval",
@@ -149,7 +151,7 @@ class RedisBackend:
         wanted = check_keys(keys)
         if not wanted:
             return {}
-        values = await self._call(None, "mget", [self.prefix + k for k in wanted], keys=wanted)
+        values = await self._call(None, "mget", [self._prefix + k for k in wanted], keys=wanted)
         return {k: bytes(v) for k, v in zip(wanted, values, strict=True) if v is not None}
 
     async def list_keys(self, prefix: str = "") -> list[str]:
@@ -159,8 +161,8 @@ class RedisBackend:
         each is listed once. A key under `self.prefix` that is not UTF-8 text (written by
         another client) is skipped, with a warning: no `str` key names it.
         """
-        pattern = _escape_glob(self.prefix + check_prefix(prefix)) + "*"
-        start = len(self.prefix)
+        pattern = _escape_glob(self._prefix + check_prefix(prefix)) + "*"
+        start = len(self._prefix)
         try:
             keys = [bytes(k) async for k in self.client.scan_iter(match=pattern, count=1000)]
         except UnicodeEncodeError:
@@ -177,6 +179,28 @@ for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i]) end
 return 1
 """
 """`batch_save_if`: KEYS[1] the guard, ARGV[1] its value; KEYS[i] is set to ARGV[i]."""
+
+
+def _checked_prefix(prefix: object) -> str:
+    """`prefix` when it can start a Redis key: the constructor's check, and the setter's.
+
+    Raises:
+        TypeError: `prefix` is not a str.
+        PersistenceError: `prefix` is not valid Unicode text (a lone surrogate).
+    """
+    # Checked before use: part of every Redis key, a bad prefix would fail every call
+    # instead, with an error blaming the key (or a bare TypeError).
+    if not isinstance(prefix, str):
+        raise TypeError(
+            f"prefix must be a str (part of every Redis key), got {type(prefix).__name__}"
+        )
+    try:
+        prefix.encode("utf-8")  # as redis-py encodes keys
+    except UnicodeEncodeError as error:
+        raise PersistenceError(
+            f"prefix {prefix!r} is not valid Unicode text ({error.reason} at {error.start})"
+        ) from None
+    return prefix
 
 
 def _escape_glob(text: str) -> str:
