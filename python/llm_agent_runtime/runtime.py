@@ -346,7 +346,7 @@ class AgentRuntime:
     """Runs agents: the ReAct / tool-calling loop with memory, tools, policies and checkpoints.
 
     Args:
-        config: Loop settings (defaults to `AgentConfig()`).
+        config: Loop settings (defaults to `AgentConfig()`); may be replaced between runs.
         memory: Episodic store (`recall(agent_id, limit)`, e.g. `EpisodicStore`); one with an
             embedder (`has_embedder`) recalls the memories most similar to the request too.
             A recalled memory that is blank is skipped (neither shown nor counted as a hit;
@@ -411,11 +411,7 @@ class AgentRuntime:
         capabilities: CapabilitySet | None = None,
         budget: CostBudget | None = None,
     ) -> None:
-        if config is None:
-            config = AgentConfig()
-        if not isinstance(config, AgentConfig):
-            raise AgentRuntimeError(f"config must be an AgentConfig, got {type(config).__name__}")
-        _check_config(config)
+        self.config = AgentConfig() if config is None else config  # checked by the setter
         if working_memory is not None:
             _required("working_memory", working_memory, ["to_prompt"])
         if graph is not None:
@@ -455,9 +451,6 @@ class AgentRuntime:
                 raise AgentRuntimeError(
                     f"middlewares must subclass Middleware, got {type(middleware).__name__}"
                 )
-        self.config = config
-        # Sent with every model call; replies are also cut there, for models that ignore them.
-        self._stops = list(config.stop_sequences)
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
         self.memory = memory  # checked by the property's setter
         self.working_memory = working_memory
@@ -514,6 +507,27 @@ class AgentRuntime:
         self.capabilities = capabilities
         if self._checkpoints is not None:  # a recorder: the log is no listener (no deltas)
             self.events._add_recorder(self._log_event)
+
+    @property
+    def config(self) -> AgentConfig:
+        """Loop settings; may be replaced between runs (a run under way may read either).
+
+        Raises:
+            AgentRuntimeError: On setting one that is not an `AgentConfig`, or not a valid
+                one (`model_copy(update=...)` skips validation); the config set stays.
+        """
+        return self._config
+
+    @config.setter
+    def config(self, config: AgentConfig) -> None:
+        if not isinstance(config, AgentConfig):
+            raise AgentRuntimeError(f"config must be an AgentConfig, got {type(config).__name__}")
+        _check_config(config)
+        # Sent with every model call; replies are also cut there, for models that ignore them.
+        # Kept with the config they come from: a config set between runs brings its own (a
+        # plain attribute kept the first config's stop sequences for every later one).
+        self._stops = list(config.stop_sequences)
+        self._config = config
 
     @property
     def approval_handler(self) -> ApprovalHandler | None:
@@ -582,7 +596,7 @@ class AgentRuntime:
     def __repr__(self) -> str:
         # Computed when asked: nothing is kept for it. The backend shows by its own repr,
         # which never holds a password (a DSN's, a URL's).
-        config = self.config
+        config = self._config
         return (
             f"AgentRuntime(mode={config.mode!r}, model={short_repr(config.model)}, "
             f"tools={names_repr(self.tools._tools)}, "
@@ -662,7 +676,7 @@ class AgentRuntime:
                 tool's input was cut off (see above).
         """
         self._check_provider(provider)
-        if self.config.mode == "tools":
+        if self._config.mode == "tools":
             return await self._run(agent_id, prompt, None, provider, session)
         return await self._run(agent_id, prompt, self._text_model(provider), None, session)
 
@@ -744,7 +758,7 @@ class AgentRuntime:
             await self._run(agent_id, message, provider, None, session, history, None, answer)
         else:
             self._check_provider(provider)
-            if self.config.mode == "tools":
+            if self._config.mode == "tools":
                 _check_tool_exchanges(session.messages)
                 await self._run(agent_id, message, None, provider, session, history, None, answer)
             else:
@@ -765,7 +779,7 @@ class AgentRuntime:
         if callable(chat):
             method = "chat"
         else:
-            method = "chat" if self.config.mode == "tools" or self._stops else "complete"
+            method = "chat" if self._config.mode == "tools" or self._stops else "complete"
         _required("provider", provider, [method])
 
     def _call_params(self) -> dict[str, Any]:
@@ -773,7 +787,7 @@ class AgentRuntime:
 
         Built once per run (not per step): a call passes them on as they are.
         """
-        config = self.config
+        config = self._config
         params: dict[str, Any] = {"model": config.model}
         if self._stops:
             params["stop"] = self._stops
@@ -796,13 +810,13 @@ class AgentRuntime:
             AgentRuntimeError: The provider has no `chat` to take `config.model_params`.
         """
         if not callable(getattr(provider, "chat", None)):
-            if self.config.model_params:
+            if self._config.model_params:
                 raise AgentRuntimeError(
                     "config.model_params need a provider with a chat method "
                     f"({type(provider).__name__} has only complete)"
                 )
             # A partial of an async method is seen as async (no adapter frame per step).
-            return functools.partial(provider.complete, model=self.config.model)
+            return functools.partial(provider.complete, model=self._config.model)
         chat = _async_chat(provider)
         params = self._call_params()
 
@@ -849,13 +863,13 @@ class AgentRuntime:
                 f"messages must be a list of chat messages, got {_kind(messages)}"
             ) from None
         if reserved_chars is None:
-            reserved_chars = len(self.config.system_prompt)
+            reserved_chars = len(self._config.system_prompt)
         else:  # a negative size would widen the window, a str fail the sum below
             try:
                 reserved_chars = check_count("reserved_chars", reserved_chars, 0)
             except ValueError as error:
                 raise AgentRuntimeError(str(error)) from None
-        budget = self.config.context_window_tokens * CHARS_PER_TOKEN - reserved_chars
+        budget = self._config.context_window_tokens * CHARS_PER_TOKEN - reserved_chars
         turn_sizes: list[int] = []
         turn_of: list[int] = []  # each message's turn; -1 for a system message (always kept)
         for n, message in enumerate(messages, 1):
@@ -976,7 +990,7 @@ class AgentRuntime:
             # A session's duration adds up its turns, as its steps do.
             earlier_ms = session.duration_ms
             started = time.perf_counter()
-            timeout = self.config.loop_timeout_ms
+            timeout = self._config.loop_timeout_ms
             # Also checked by the loop at each step: a run whose model and tools never
             # suspend (an offline model, plain async tools) gives the timer no chance to fire.
             deadline = None if timeout is None else started + timeout / 1000
@@ -1124,7 +1138,7 @@ class AgentRuntime:
             # A lone surrogate (a file name decoded with `surrogateescape`, say) has no
             # UTF-8 form to embed: the query holds U+FFFD in its place.
             query = prompt if prompt.isascii() else _LONE_SURROGATE.sub("\ufffd", prompt)
-            limit = self.config.max_memory_recalls
+            limit = self._config.max_memory_recalls
             if type(memory) is EpisodicStore:  # counted as shown: see `_context`
                 recalled = await run_blocking(
                     lambda: memory.recall(agent_id, limit, query, counted=False)
@@ -1193,7 +1207,7 @@ class AgentRuntime:
         Not when its settings let none into the prompt: a recall would embed the request,
         and count recalls no prompt held.
         """
-        config = self.config
+        config = self._config
         return config.max_memory_recalls > 0 and config.max_memory_tokens != 0
 
     def _context(
@@ -1210,9 +1224,9 @@ class AgentRuntime:
         what a store with an embedder recalled for `prompt` (ranked by similarity to it too,
         off the event loop: see `_run_body`); a store without one recalls here.
         """
-        parts = [self.config.system_prompt]
+        parts = [self._config.system_prompt]
         if memory is not None and self._recalls_memories():
-            limit = self.config.max_memory_recalls
+            limit = self._config.max_memory_recalls
             # The store's own counts only the memories the prompt shows: one left out (blank,
             # or past `max_memory_tokens`) is not recalled, nor ranked up by the recall.
             counts_shown = type(memory) is EpisodicStore
@@ -1234,8 +1248,8 @@ class AgentRuntime:
                         ids.append(episode.id)
             else:  # another store's: only text is shown (bytes have a `strip` too)
                 texts = _recalled_texts(memory, episodes, limit)
-            if self.config.max_memory_tokens is not None:
-                fitted = fit_to_token_budget(texts, self.config.max_memory_tokens)
+            if self._config.max_memory_tokens is not None:
+                fitted = fit_to_token_budget(texts, self._config.max_memory_tokens)
                 if counts_shown and len(fitted) < len(texts):
                     ids = _ids_shown(episodes[:limit], fitted)
                 texts = fitted
@@ -1268,7 +1282,7 @@ class AgentRuntime:
         resume: SessionState | None = None,
         deadline: float | None = None,
     ) -> None:
-        config = self.config
+        config = self._config
         head = [context]
         if len(self.tools):
             head.append(_TOOLS_HEADER + self._tool_catalog)
@@ -1506,7 +1520,7 @@ class AgentRuntime:
         resume: SessionState | None = None,
         deadline: float | None = None,
     ) -> None:
-        config = self.config
+        config = self._config
         messages = [_loop_message("system", context, [], None, ())]
         if history:
             messages.extend(map(_chat_message, history))
@@ -1883,7 +1897,7 @@ class AgentRuntime:
         not_run = None
         if len(finished) < len(calls):
             not_run = _interrupted_observation(
-                error, "the call did not start: its round ended with", self.config
+                error, "the call did not start: its round ended with", self._config
             )
         input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
         share = model_ms / len(calls)
@@ -1929,7 +1943,7 @@ class AgentRuntime:
             resolved = await self._guard_calls(session, [(c.name, c.arguments) for c in calls])
         else:
             resolved = [(c.name, c.arguments, None) for c in calls]
-        slots = _RoundSlots(self.config.max_parallel_tool_calls)
+        slots = _RoundSlots(self._config.max_parallel_tool_calls)
 
         async def bounded(index: int, name: str, arguments: Any, denial: Any) -> ToolRun:
             # Each call goes into `finished` as it ends (see `_call_tool`).
@@ -1990,19 +2004,20 @@ class AgentRuntime:
             if self._tracer is not None:
                 with _traced(self._tracer, "agent.tool", {"tool": name}) as span:
                     observation = await self.tools.call(
-                        name, arguments, self.config.max_observation_chars, key, task=task
+                        name, arguments, self._config.max_observation_chars, key, task=task
                     )
                     if observation.error_kind is not None:  # a failure the tool call absorbed
                         _mark_failed(span, observation)
             else:
+                # The setting's backing attribute: a tool call pays no property call.
                 observation = await self.tools.call(
-                    name, arguments, self.config.max_observation_chars, key, task=task
+                    name, arguments, self._config.max_observation_chars, key, task=task
                 )
         except BaseException as error:  # cancelled, timed out, or a policy error: it goes on
             self.metrics.record_tool_failure(counted, session.agent_id)  # as the events say
             if busy is not None and busy_started:
                 busy.stop()
-            interrupted = _interrupted_observation(error, "the call ended with", self.config)
+            interrupted = _interrupted_observation(error, "the call ended with", self._config)
             tool_ms = 0.0 if start is None else (time.perf_counter() - start) * 1000.0
             if ended is not None:
                 ended[index] = (interrupted, tool_ms, name, arguments)
@@ -2123,7 +2138,7 @@ class AgentRuntime:
             else:
                 for _ in known:
                     capabilities.record_action()
-        limit = self.config.max_observation_chars
+        limit = self._config.max_observation_chars
         # Read once: the round's calls are all asked of the handler it started with, even if
         # it is replaced or cleared (by another run's code, say) while they wait their turn.
         handler = self.approval_handler
@@ -2142,7 +2157,7 @@ class AgentRuntime:
         if decision.action == "deny":
             reason = decision.reason or "denied by the approval handler"
             denial = f"error: tool call {name!r} denied: {reason}"
-            limit = self.config.max_observation_chars
+            limit = self._config.max_observation_chars
             return name, arguments, Observation(_truncate(denial, limit), "permanent")
         if decision.action == "edit":
             arguments = decision.arguments
@@ -2288,7 +2303,7 @@ class AgentRuntime:
         goes to the caller. Then the run's claim is released (see `CheckpointStore.release`).
         """
         assert self._checkpoints is not None
-        timeout = self.config.loop_timeout_ms
+        timeout = self._config.loop_timeout_ms
         try:
             if timeout is None:
                 await self._save_what_is_left(session)
@@ -2764,7 +2779,7 @@ class AgentRuntime:
 
         if len(calls) == 1:
             return [await one(0, calls[0])]
-        slots = _RoundSlots(self.config.max_parallel_tool_calls)
+        slots = _RoundSlots(self._config.max_parallel_tool_calls)
         return await _all_or_none(
             slots.run(functools.partial(one, i, c)) for i, c in enumerate(calls)
         )
@@ -2870,8 +2885,8 @@ class AgentRuntime:
         if _is_infer(model):
             _check_resume_mode(session_id, state.mode, "react")
             return await self._run(agent_id, prompt, model, None, session, history, state)
-        _check_resume_mode(session_id, state.mode, self.config.mode)
-        if self.config.mode == "tools":
+        _check_resume_mode(session_id, state.mode, self._config.mode)
+        if self._config.mode == "tools":
             _required("provider", model, ["chat"])
             if history is not None:
                 _check_tool_exchanges(session.messages)
