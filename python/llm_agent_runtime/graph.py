@@ -181,8 +181,9 @@ def _weight_of(value: Any, attribute: str, where: str) -> float:
     Whether it is finite is checked where the store takes it.
 
     Raises:
-        GraphError: When `value` is a bool (Python's or numpy's), has no float form (None, a
-            str), or is beyond the float range; the message names the edge and `attribute`.
+        GraphError: When `value` is a bool (Python's or numpy's) or a complex number, has no
+            float form (None, a str), or is beyond the float range; the message names the edge
+            and `attribute`.
     """
     kind = type(value)
     # The store reads a weight through __float__ (or __index__), as a Decimal or a 0-d numpy
@@ -191,7 +192,11 @@ def _weight_of(value: Any, attribute: str, where: str) -> float:
     is_bool = isinstance(value, bool) or (
         kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_")
     )
-    if is_bool or not (hasattr(kind, "__float__") or hasattr(kind, "__index__")):
+    # A numpy complex number has __float__, which keeps the real part with only a warning.
+    is_complex = (
+        isinstance(value, complex) or getattr(getattr(value, "dtype", None), "kind", None) == "c"
+    )
+    if is_bool or is_complex or not (hasattr(kind, "__float__") or hasattr(kind, "__index__")):
         raise GraphError(f"{where}: weight ({attribute!r}) must be a real number, got {value!r}")
     try:
         return float(value)

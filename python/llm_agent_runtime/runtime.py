@@ -711,6 +711,11 @@ class AgentRuntime:
             session_id = new_session_id()
         elif not isinstance(session_id, str):
             raise AgentRuntimeError(f"session_id must be None or a string, got {_kind(session_id)}")
+        else:  # refused now, as `agent_id` is: no checkpoint key could hold it
+            try:
+                check_unicode("session_id", session_id)
+            except ValueError as error:
+                raise AgentRuntimeError(str(error)) from None
         return AgentSession(session_id=session_id, agent_id=agent_id)
 
     async def run_turn(
@@ -2913,7 +2918,8 @@ class AgentRuntime:
             session_id: The interrupted session.
             step: The call's step (an int >= 1), as the `ToolError` names it.
             index: The call's index in its step (an int >= 0).
-            observation: What the model is shown of the call's result.
+            observation: What the model is shown of the call's result (cut to
+                `config.max_observation_chars`, as a tool's result is).
             error_kind: None for a call that succeeded, else what failed, an `ErrorKind`
                 (`"not_found"`, `"transient"` or `"permanent"`).
 
@@ -2949,6 +2955,8 @@ class AgentRuntime:
                 "with the call's outcome (see AgentSession.load_checkpoint); an unsettled "
                 "call is one of the step after the session's last saved step"
             )
+        # Cut as a tool's own result is: the model is shown no more of a settled call.
+        observation = _truncate(observation, self._config.max_observation_chars)
         settled = {**entry, "state": "done", "observation": observation, "error_kind": error_kind}
         await self._checkpoints.journal(session_id, step, index, settled)
 
