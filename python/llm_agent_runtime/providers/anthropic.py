@@ -37,7 +37,9 @@ from llm_agent_runtime.providers._http import (
     request_body,
 )
 from llm_agent_runtime.providers.base import (
+    TRUNCATION_STOP_REASONS,
     ChatResponse,
+    CutOffArgumentsError,
     Message,
     StreamEnd,
     StreamEvent,
@@ -143,21 +145,22 @@ class _Usage(BaseModel):
         """The counts as a `Usage`; those not given are `earlier`'s (0 without it).
 
         `input_tokens` is the whole input: the uncached part and the cache reads and writes.
+        A stream's `message_delta` repeats the input counts of its `message_start` (they are
+        cumulative): an input count of 0 there is one the server left unset, and is
+        `earlier`'s too (SGLang sends `"input_tokens": 0`, which wiped out the input
+        `message_start` gave). Its `output_tokens` replaces the placeholder of the start.
         """
         if earlier is None:
             earlier = Usage()
         uncached = (
             self.input_tokens
-            if self.input_tokens is not None
-            else earlier.input_tokens - earlier.cached_input_tokens - earlier.cache_write_tokens
+            or earlier.input_tokens - earlier.cached_input_tokens - earlier.cache_write_tokens
         )
-        read = self.cache_read_input_tokens
-        read = read if read is not None else earlier.cached_input_tokens
-        written = self.cache_creation_input_tokens
-        written = written if written is not None else earlier.cache_write_tokens
+        read = self.cache_read_input_tokens or earlier.cached_input_tokens
+        written = self.cache_creation_input_tokens or earlier.cache_write_tokens
         breakdown = self.cache_creation
         hour = breakdown.get("ephemeral_1h_input_tokens") if isinstance(breakdown, dict) else None
-        if type(hour) is not int:  # absent, null or not a count: as the earlier event said
+        if type(hour) is not int or not hour:  # absent, null, 0 or not a count: as said before
             hour = earlier.cache_write_1h_tokens
         output = self.output_tokens if self.output_tokens is not None else earlier.output_tokens
         if uncached + read + written >= MAX_TOKEN_COUNT:  # each count is in range, not the sum
@@ -409,7 +412,10 @@ class AnthropicProvider(HttpProvider):
             ProviderError: The call failed, the response is an error (under any status) or
                 not a message, or the last
                 user message is empty (the API accepts no empty message; other empty
-                messages are left out).
+                messages are left out). `CutOffArgumentsError` when the reply was cut off by
+                the token limit (stop reason `max_tokens`) in its last block, a tool call
+                whose input lacks an argument its tool requires: the API sends such a call
+                with the input it had (the reply's usage is charged all the same).
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself, its
                 `max_tokens` is no int of at least 1, or a value of the request is NaN or
@@ -425,6 +431,19 @@ class AnthropicProvider(HttpProvider):
         message = parse_json(_Message, raw, "Anthropic response")
         usage = parse_usage(_Usage, message.usage, "Anthropic response").usage()
         self._transport.charge(usage)  # first, as the streamed reply is charged
+        stop_reason = message.stop_reason
+        last = message.content[-1] if message.content else None
+        if (
+            stop_reason in TRUNCATION_STOP_REASONS
+            and last is not None
+            and last.type == "tool_use"
+            and _missing_required(last, body.get("tools"))
+        ):
+            # The API closes the tool_use block the token limit cut with the input it had:
+            # an object, whole to look at, that lacks the arguments still to come (a file
+            # write without its content). A tool would run on it; a streamed reply's cut
+            # JSON is refused, and so is this call, once it lacks what its tool requires.
+            raise _cut_off_call(last, stop_reason, self._transport)
         text: list[str] = []
         tool_uses: list[_Block] = []
         reasoning: list[dict[str, Any]] = []
@@ -452,7 +471,7 @@ class AnthropicProvider(HttpProvider):
             text=clean_text("".join(text)),
             tool_calls=calls,
             usage=usage,
-            stop_reason=message.stop_reason,
+            stop_reason=stop_reason,
             model=message.model,
             reasoning=reasoning,
         )
@@ -695,16 +714,17 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
 
     Tool results become `tool_result` blocks of a user message, with `is_error` for a failed
     tool (and text, as the API refuses an empty error). An assistant message's reasoning
-    blocks come first in its content, as received. A message with no content block (empty
-    or blank text, no tool calls, no reasoning) is left out: the API refuses empty messages
-    and blank text blocks. That includes an empty last assistant message, which would only
-    prefill nothing. An assistant message of reasoning alone is left out too: the API
-    refuses one whose last block is a thinking block. A last assistant message (a prefill)
-    that ends in text has that text's trailing whitespace cut: the API refuses a prefill
-    that ends in whitespace. Consecutive messages of one role, those left out or not, are
-    merged, as the API requires the roles to alternate: in a merged user message the tool
-    results come before any text, and in a merged assistant message the reasoning blocks
-    come first, as the API requires of both.
+    blocks come first in its content, as received. Content None is empty text (a tool result
+    of none is sent as ""). A message with no content block (empty or blank text, no tool
+    calls, no reasoning) is left out, and so is a blank system message: the API refuses
+    empty messages and blank text blocks. That includes an empty last assistant message,
+    which would only prefill nothing. An assistant message of reasoning alone is left out
+    too: the API refuses one whose last block is a thinking block. A last assistant message
+    (a prefill) that ends in text has that text's trailing whitespace cut: the API refuses a
+    prefill that ends in whitespace. Consecutive messages of one role, those left out or
+    not, are merged, as the API requires the roles to alternate: in a merged user message
+    the tool results come before any text, and in a merged assistant message the reasoning
+    blocks come first, as the API requires of both.
 
     Raises:
         ProviderError: The last user message is empty, so that leaving it out would send
@@ -716,9 +736,13 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
     for n, message in enumerate(messages):
         _check_message(n, message)
         role = message.role
+        # None is no content (`check_conversation` takes it): it failed below as a bare
+        # TypeError or AttributeError, or went out as a tool result of `"content": null`.
+        said = message.content or ""
         blocks: list[dict[str, Any]]
         if role == "system":
-            system.append(message.content)
+            if said.strip():  # a blank one went out as a blank text block the API refuses
+                system.append(said)
             continue
         last_role = role
         if role == "tool":
@@ -726,18 +750,15 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
             result: dict[str, Any] = {
                 "type": "tool_result",
                 "tool_use_id": message.tool_call_id or "",
-                "content": message.content,
+                "content": said,
             }
             if message.is_error:
                 result["is_error"] = True
-                if not message.content.strip():
+                if not said.strip():
                     result["content"] = _TOOL_FAILED
             blocks = [result]
         else:
-            content = message.content
-            blocks = (
-                [{"type": "text", "text": content}] if content and not content.isspace() else []
-            )
+            blocks = [{"type": "text", "text": said}] if said.strip() else []
             blocks.extend(
                 {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
                 for call in message.tool_calls
@@ -843,6 +864,38 @@ def _check_message(n: int, message: Message) -> None:
             f"messages[{n}].reasoning must be a list of the reply's reasoning blocks (dicts, "
             "as ChatResponse.reasoning holds them)"
         )
+
+
+def _missing_required(block: _Block, tools: list[dict[str, Any]] | None) -> list[str]:
+    """The arguments a tool call's input lacks of those its tool's schema requires.
+
+    Args:
+        block: The `tool_use` block.
+        tools: The tools the request sent (`input_schema` each), None for none.
+    """
+    for tool in tools or ():
+        if tool["name"] == block.name:
+            schema = tool["input_schema"]
+            required = schema.get("required") if isinstance(schema, dict) else None
+            given = block.input or {}
+            if isinstance(required, list):
+                return [key for key in required if isinstance(key, str) and key not in given]
+            break
+    return []
+
+
+def _cut_off_call(
+    block: _Block, stop_reason: str, transport: HttpTransport
+) -> CutOffArgumentsError:
+    """The error for a whole reply whose last block, a tool call, the token limit cut off."""
+    name = transport.redact(clean_text(block.name or ""))[:200]
+    error = CutOffArgumentsError(
+        f"the reply was cut off by the token limit (stop reason {stop_reason!r}) inside the "
+        f"arguments of tool call {name!r} (its input lacks required arguments): raise "
+        "max_tokens for this call, or ask for less output"
+    )
+    error.stop_reason = stop_reason
+    return error
 
 
 def _error_event(data: bytes, transport: HttpTransport) -> ProviderError:
