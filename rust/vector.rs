@@ -1292,7 +1292,7 @@ fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
     };
     let id = |item: Bound<'_, PyAny>| -> PyResult<u64> {
         args::not_bool(&item, bool_id)?;
-        item.extract::<u64>().map_err(|_| refuse())
+        item.extract::<u64>().map_err(|_| not_an_id(&item))
     };
     // A list is read in place; another sequence is copied out first (a str is no ids, nor
     // are bytes: text encoded by mistake would become the ids of its bytes).
@@ -1307,6 +1307,17 @@ fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
     }
     let items: Vec<Bound<'_, PyAny>> = value.extract().map_err(|_| refuse())?;
     items.into_iter().map(id).collect()
+}
+
+/// The error of a list item that is no id, naming it as a numpy array's bad id is named.
+#[cold]
+#[inline(never)]
+fn not_an_id(item: &Bound<'_, PyAny>) -> PyErr {
+    CoreError::Memory(format!(
+        "ids must be ints >= 0 that fit in 64 bits, got {}",
+        args::describe_value(item)
+    ))
+    .into()
 }
 
 /// The error of a `bool` given as an id: an `int` subclass, but True is no id (and no

@@ -486,6 +486,22 @@ def test_bytes_are_no_ids(ids: object) -> None:
     assert len(index) == 2
 
 
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [(-1, r"int \(-1\)"), (2**70, r"int \(1180591620717411303424\)"), ("7", r"str \('7'\)")],
+)
+def test_a_bad_id_in_a_list_is_named(bad: object, named: str) -> None:
+    # A numpy array's bad id was named; a list's got only "ids must be a 1-D int64/uint64
+    # numpy array or a list of ints >= 0", leaving the caller to find it.
+    index = ar.VectorIndex(2)
+    with pytest.raises(ar.MemoryStoreError, match=f"ids must be ints >= 0.*got {named}"):
+        index.add([3, bad], np.eye(2, dtype=np.float32))
+    index.add([3], np.ones((1, 2), dtype=np.float32))
+    with pytest.raises(ar.MemoryStoreError, match=f"got {named}"):
+        index.remove([bad])
+    assert len(index) == 1
+
+
 def test_bools_are_refused_as_ids_and_k() -> None:
     # True used to be read as id 1 and k=1; SemanticStore already refused a bool k.
     index = ar.VectorIndex(2)
