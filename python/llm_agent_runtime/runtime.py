@@ -2821,7 +2821,8 @@ class AgentRuntime:
             a run that `error_recovery="stop"` stopped at a failed tool step is closed as
             it stopped, whatever this runtime's config, and not run on). A run that had
             ended but was not closed is closed with the `RunFinished` event its worker did
-            not emit (to listeners and to the saved event log).
+            not emit (to listeners and to the saved event log); a worker that emitted it,
+            its final checkpoint failing after, logged it already: it is not emitted again.
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend; when the session is running (in
@@ -2873,8 +2874,9 @@ class AgentRuntime:
                 self._running.add(session_id)
             try:
                 # The run's end, which its worker did not live to report (before the save:
-                # the event log keeps it, as a run that ends here keeps its own).
-                if self.events.active:
+                # the event log keeps it, as a run that ends here keeps its own). Not when it
+                # did report it, and its final checkpoint then failed: the log holds it once.
+                if self.events.active and not await self._checkpoints.run_end_logged(session_id):
                     finished = (session_id, session.final_answer, len(session.steps))
                     self.events.emit_new(RunFinished, (*finished, session.duration_ms))
                 await self._save_final(session, state.run)

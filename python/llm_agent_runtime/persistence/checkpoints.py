@@ -374,6 +374,7 @@ _RESUME = re.compile(r"[0-9]+(?::[0-9a-f]+)?\Z")  # what follows `session:<id>:r
 _NONCE = re.compile(r"[0-9a-f]+\Z")
 _CALL = re.compile(r"([0-9]+):[0-9]+\Z")  # what follows `session:<id>:call:` in a journal key
 _LOAD_ATTEMPTS = 3  # folds of a session that a concurrent prune may force a load to redo
+_EVENTS_READ_BACK = 16  # event records `run_end_logged` reads at a time
 
 
 def _final_session(final: Any, key: str) -> AgentSession:
@@ -1826,6 +1827,26 @@ class CheckpointStore:
         keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
         values = await self.backend.batch_load(keys)
         return [decode(values[k], k, "event") for k in keys if k in values]
+
+    async def run_end_logged(self, session_id: str) -> bool:
+        """Whether the session's latest run logged its `RunFinished` event.
+
+        It did when the event log's latest `RunStarted` or `RunFinished` is a `RunFinished`
+        (a run whose final checkpoint failed after it emitted that event, say). The log is
+        read from its end, a few records at a time, back to the first such event.
+        """
+        prefix = f"{session_key(session_id)}:event:"
+        keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
+        while keys:
+            chunk, keys = keys[-_EVENTS_READ_BACK:], keys[:-_EVENTS_READ_BACK]
+            values = await self.backend.batch_load(chunk)
+            for key in reversed(chunk):
+                raw = values.get(key)
+                event = decode(raw, key, "event") if raw is not None else None
+                kind = event.get("type") if isinstance(event, dict) else None
+                if kind in ("RunStarted", "RunFinished"):
+                    return bool(kind == "RunFinished")
+        return False
 
     # ------------------------------------------------------------------ maintenance
     async def prune(self, session_id: str, keep_last: int) -> int:
