@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+import types
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -36,6 +37,9 @@ from typing import (
     NotRequired,
     SupportsIndex,
     TypeVar,
+    Union,
+    get_args,
+    get_origin,
     get_type_hints,
     overload,
 )
@@ -43,6 +47,7 @@ from typing import (
 from pydantic import (
     AliasPath,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -50,7 +55,7 @@ from pydantic import (
     create_model,
 )
 from pydantic.fields import FieldInfo
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaWarningKind
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaWarningKind, SkipJsonSchema
 from pydantic_core import PydanticUndefined, core_schema
 from typing_extensions import TypedDict
 
@@ -1256,12 +1261,16 @@ def tool(
     as Python shares it. Positional-only parameters are passed positionally;
     `*args: T` is an optional argument holding a list of `T`; `**kwargs: T` lets the model
     pass further arguments of type `T`. Functions, bound methods, `functools.partial`
-    objects (arguments the partial fixes by keyword are not shown to the model) and
-    callable objects can be tools. A parameter whose `Field` has an alias (or a validation
-    alias) goes by it, in the schema and in the arguments (an `AliasPath` or `AliasChoices`
-    by its first path of a single key, as pydantic's schema names it). Argument descriptions
-    come from a Google, Sphinx or NumPy style docstring; one for a name that is no parameter
-    (a misspelling, say) is not shown, and a `UserWarning` says so.
+    objects (arguments the partial fixes by keyword are not shown to the model, nor taken
+    from it, not even through `**kwargs`) and callable objects can be tools. A parameter
+    whose `Field` has an alias (or a validation alias) goes by it, in the schema and in the
+    arguments (an `AliasPath` or `AliasChoices` by its first path of a single key, as
+    pydantic's schema names it). A parameter annotated
+    `SkipJsonSchema[T]` is not for the model, as one a partial fixes: it is not in the schema,
+    passing it is refused, and every call gets its default. A `Literal` of plain Enum members
+    takes the values its schema lists (the members' values), as well as the members. Argument
+    descriptions come from a Google, Sphinx or NumPy style docstring; one for a name that is
+    no parameter (a misspelling, say) is not shown, and a `UserWarning` says so.
 
     Args:
         fn: The function (when used as `@tool` without parentheses).
@@ -1284,8 +1293,9 @@ def tool(
             and a default factory, which `validate_call` refuses too); when a parameter goes
             by a name other than 1 to 64 ASCII letters, digits, '_', '.' or '-' (Anthropic
             refuses others: an alias can rename it), or by a validation alias with no path of
-            a single key (`AliasPath("config", "limit")`, which no schema can show); the
-            message names the parameter. Also
+            a single key (`AliasPath("config", "limit")`, which no schema can show), or is
+            hidden by `SkipJsonSchema` with no default in the signature (or a `Field(...)`
+            there); the message names the parameter. Also
             when the function is a generator (return a list instead), is a method decorated
             in its class body or taken from its class (use the bound method:
             `tool(instance.method)`; for a classmethod, `tool(TheClass.method)` after the
@@ -1326,11 +1336,14 @@ def tool(
         validated_defaults: dict[str, Any] = {}  # defaults a `validate_default` checks per call
         called: list[str] = []  # the names they go by (other than *args)
         path_keys: dict[str, str] = {}  # field -> the key a path alias takes (see `_alias_key`)
+        # Keyword parameters the model is not shown, which **kwargs must not take (see
+        # `_schema_and_check`): those a partial fixes by keyword, and those hidden below.
+        unshown = set(fixed)
         params = [p for p in signature.parameters.values() if p.name not in fixed]
         takes_var_positional = any(p.kind is kind.VAR_POSITIONAL for p in params)
         for index, param in enumerate(params):
             pname = param.name
-            annotation = Any if param.annotation is kind.empty else param.annotation
+            annotation = Any if param.annotation is kind.empty else _enum_literals(param.annotation)
             if param.kind is kind.VAR_KEYWORD:
                 has_var_keyword, var_keyword = True, annotation
                 continue
@@ -1340,6 +1353,14 @@ def tool(
                 positional.append(pname)
                 defaults[pname] = param.default
             if pname == IDEMPOTENCY_KEY:
+                continue
+            if _skips_schema(annotation):
+                # Hidden from the model: kept out of the validator too, as an argument a
+                # partial fixes. pydantic would leave it out of the schema yet take it from the
+                # model, and the schema's properties would no longer line up with `order`.
+                _check_hidden_default(tool_name, param)
+                if param.kind in (kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY):
+                    unshown.add(pname)
                 continue
             annotations[pname] = annotation
             # Schema fields are named f0, f1... with the parameter's name as their alias, so
@@ -1403,7 +1424,13 @@ def tool(
             field_types[pname] = typed
         try:
             schema, check, full_check = _schema_and_check(
-                tool_name, model_fields, typed_fields, has_var_keyword, var_keyword, fills_defaults
+                tool_name,
+                model_fields,
+                typed_fields,
+                has_var_keyword,
+                var_keyword,
+                fills_defaults,
+                frozenset(unshown),
             )
         except Exception as error:
             raise _schema_error(tool_name, annotations, var_keyword, error) from error
@@ -1554,6 +1581,78 @@ def _refuse_class_body_classmethod(name: str | None, method: classmethod[Any, An
     )
 
 
+# A class at run time, a generic to type checkers (which refuse it in `isinstance`).
+_SKIP_JSON_SCHEMA: Any = SkipJsonSchema
+
+
+def _skips_schema(annotation: Any) -> bool:
+    """Whether `annotation` hides its parameter from the schema (`SkipJsonSchema[T]`)."""
+    metadata = getattr(annotation, "__metadata__", ())
+    return any(isinstance(m, _SKIP_JSON_SCHEMA) for m in metadata)
+
+
+def _check_hidden_default(tool_name: str, param: inspect.Parameter) -> None:
+    """Refuses a parameter hidden from the schema that has no plain default of its own.
+
+    The model is never shown it, so it is never passed: the function's own default is what
+    every call gets.
+
+    Raises:
+        ToolError: When the parameter has no default, `...`, or a `Field(...)` (which the
+            function would get as it is) as its default.
+    """
+    default = param.default
+    if param.kind is param.VAR_POSITIONAL or not (
+        default is inspect.Parameter.empty or default is Ellipsis or isinstance(default, FieldInfo)
+    ):
+        return
+    raise ToolError(
+        f"cannot make tool {tool_name!r}: parameter {param.name!r} is hidden from the model "
+        "(SkipJsonSchema), which can then never pass it; give it a default in the signature "
+        "(`= value`, not `Field(...)`), which every call gets",
+        tool=tool_name,
+    )
+
+
+def _enum_literals(annotation: Any) -> Any:
+    """`annotation` with each `Literal` of plain Enum members taking the members' values too.
+
+    pydantic's schema shows such a `Literal` (`Literal[Color.RED]`) by its members' values,
+    but its validator takes only the members, which are not equal to their values (unlike a
+    `str` or `int` Enum's): every value the model was shown was refused. A validator in front
+    turns a member's value, of the value's own type (`true` is not 1), into the member. Inside
+    generics, unions and `Annotated` too; a model's, dataclass's or TypedDict's fields are
+    their own class's.
+    """
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        members = [a for a in args if isinstance(a, enum.Enum) and a != a.value]
+        if not members:
+            return annotation
+
+        def to_member(value: Any) -> Any:
+            for member in members:
+                if type(value) is type(member.value) and value == member.value:
+                    return member
+            return value
+
+        return Annotated[annotation, BeforeValidator(to_member)]
+    if not args:
+        return annotation
+    if origin is Annotated:  # args: the type, then the metadata
+        inner = _enum_literals(args[0])
+        return annotation if inner is args[0] else Annotated[(inner, *args[1:])]
+    rewritten = tuple(_enum_literals(a) for a in args)
+    if all(new is old for new, old in zip(rewritten, args, strict=True)):
+        return annotation
+    try:
+        if origin is Union or origin is types.UnionType:
+            return Union[rewritten]  # noqa: UP007 (built from a tuple)
+        return origin[rewritten]
+    except TypeError:  # a generic that cannot be rebuilt so: left as pydantic reads it
+        return annotation
+
+
 def _alias_key(tool_name: str, pname: str, alias: Any) -> str:
     """The argument name a path validation alias takes: its first path of a single key.
 
@@ -1612,8 +1711,13 @@ def _schema_and_check(
     has_var_keyword: bool,
     var_keyword: Any,
     fills_defaults: bool,
+    unshown: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], Callable[[Any], dict[str, Any]], Callable[[Any], dict[str, Any]]]:
     """The JSON schema of a tool's arguments, a fast check and the full check.
+
+    With **kwargs, an argument named as a parameter in `unshown` (one the model is not shown:
+    a partial fixes it, or it is hidden from the schema) is refused: passed on as a keyword,
+    it would replace the fixed value (or default) with one checked only as **kwargs' type.
 
     The fast check drops unknown keys instead of refusing them (pydantic's refusal costs
     about half the validation again): `ToolRegistry.call` sees that the checked dict is
@@ -1659,8 +1763,31 @@ def _schema_and_check(
 
         return check
 
-    fast = checker(validate, extra_adapter.validator.validate_python)
-    return schema, fast, checker(full, _json_mode_fallback(extra_adapter))
+    fast_extra: Callable[[Any], Any] = extra_adapter.validator.validate_python
+    full_extra = _json_mode_fallback(extra_adapter)
+    if unshown:  # checked with the extra arguments: a tool with none to check pays nothing
+        fast_extra = _refusing(unshown, fast_extra)
+        full_extra = _refusing(unshown, full_extra)
+    fast = checker(validate, fast_extra)
+    return schema, fast, checker(full, full_extra)
+
+
+def _refusing(
+    unshown: frozenset[str], validate_extra: Callable[[Any], Any]
+) -> Callable[[Any], Any]:
+    """`validate_extra`, refusing first the extra arguments named in `unshown`.
+
+    Raises:
+        ValueError: An extra argument is named in `unshown` (the first, sorted, is named).
+    """
+
+    def validate(extra_args: dict[str, Any]) -> Any:
+        if not unshown.isdisjoint(extra_args):
+            name = min(unshown.intersection(extra_args))
+            raise ValueError(f"invalid arguments: {name}: unexpected argument (the tool sets it)")
+        return validate_extra(extra_args)
+
+    return validate
 
 
 class _ArgumentsJsonSchema(GenerateJsonSchema):
