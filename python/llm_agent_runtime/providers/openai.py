@@ -7,6 +7,7 @@ LM Studio) through `base_url`.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -654,7 +655,15 @@ class _ToolCallAssembly:
         if index is not None:
             current = self._by_index.get(index)
             known_id = self._received_ids.get(current.index) if current is not None else None
-            if current is not None and (call_id is None or known_id in (None, call_id)):
+            if current is not None and (
+                call_id is None
+                or known_id in (None, call_id)
+                # Another id while the call's arguments are still open (or, unnamed, not
+                # begun): the same call, from a server that mints an id per chunk (Poolside,
+                # mlx-openai-server). A call sent whole (Ollama's) is done: a new id after
+                # it, or a named one before its arguments, is the next call.
+                or self._depths[current.index].open(named=bool(name))
+            ):
                 call = current  # the same call continued (OpenAI's own form)
         elif call_id:
             call = self._by_id.get(call_id)
@@ -693,7 +702,7 @@ class _ToolCallAssembly:
             self._by_id[call_id] = call
         if index is not None:
             self._by_index[index] = call
-        piece = call.add_arguments(fragment)
+        piece = call.add_arguments(_new_part(call, self._depths[call.index], fragment))
         self._depths[call.index].feed(piece)
         given_id = call.id if call_id is not None else received_id  # "" stays ""
         return ToolCallDelta(call.index, given_id, call.add_name(name_piece), piece)
@@ -705,6 +714,32 @@ class _ToolCallAssembly:
         given out: its name cannot be one another call's delta has given out already.
         """
         return [call.build(self._ids, stop_reason, redact) for call in self.calls]
+
+
+def _new_part(call: PartialToolCall, depth: _JsonDepth, fragment: str) -> str:
+    """What of `fragment` adds to the arguments of `call` (`depth` follows them).
+
+    Some compatible servers send a call's arguments again: a gateway ends a call streamed in
+    pieces with a chunk holding it whole, and DeepSeek or Qianfan in cumulative mode send
+    the arguments so far in every chunk. Joined, they are broken JSON (`{"a": 1}{"a": 1}`)
+    where the reply sent whole has the call right. A fragment that starts with the whole
+    text so far is read as the arguments so far: only its new end is added. (Only a nested
+    object that repeats its parent's text so far, `{"a": ` then `{"a": 1}`, reads otherwise;
+    its braces then never balance, so it fails, never passing for other arguments.) One
+    that is the same object as the whole arguments, written otherwise (re-serialized), adds
+    nothing. Other fragments, `{` of a nested object included, are added as they are
+    (checked only when one starts with `{`: nothing is done per plain piece).
+    """
+    if not depth.started or fragment.lstrip()[:1] != "{":
+        return fragment
+    so_far = call.arguments.text
+    if fragment.startswith(so_far):
+        return fragment[len(so_far) :]
+    if depth.whole:
+        with contextlib.suppress(ValueError, RecursionError):
+            if json.loads(fragment) == json.loads(so_far):
+                return ""
+    return fragment
 
 
 class _JsonDepth:
@@ -726,6 +761,13 @@ class _JsonDepth:
         self.broken = False  # no object can come of it (a second value, a bare array)
         self.whole = False
         """An object opened and closed, and nothing but whitespace after it."""
+
+    def open(self, *, named: bool) -> bool:
+        """Whether more of the call is to come.
+
+        Its object begun and not closed, or, for a piece that names no tool, not begun yet.
+        """
+        return not self.whole and not self.broken and (self.started or not named)
 
     def feed(self, text: str) -> None:
         if not self.started and text and not text.isspace():
