@@ -6,6 +6,7 @@
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyTuple, PyType};
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
@@ -123,7 +124,8 @@ impl<'py> Iterator for Snapshot<'py> {
 /// called (a `NamedTuple`'s only names the fields).
 ///
 /// Raises:
-///     TypeError: `cls` is not a subclass of `tuple`.
+///     TypeError: `cls` is not a subclass of `tuple`, or one `tuple.__new__` refuses (a
+///         struct sequence such as `os.stat_result`, which has a `__new__` of its own).
 #[pyfunction]
 pub fn tuple_of<'py>(
     cls: &Bound<'py, PyType>,
@@ -134,6 +136,12 @@ pub fn tuple_of<'py>(
         return Err(PyTypeError::new_err(format!(
             "tuple_of needs a subclass of tuple, got {}",
             cls.name()?
+        )));
+    }
+    if !made_by_tuple_new(cls)? {
+        let name = cls.name()?;
+        return Err(PyTypeError::new_err(format!(
+            "tuple_of: tuple.__new__({name}) is not safe, use {name}.__new__()"
         )));
     }
     let size = ffi::Py_ssize_t::try_from(items.len())
@@ -160,4 +168,57 @@ pub fn tuple_of<'py>(
         }
         Ok(tuple.cast_into_unchecked())
     }
+}
+
+/// Whether `tuple.__new__(cls, ...)` accepts `cls` (a subclass of `tuple`), by CPython's own
+/// rule: past the classes whose `__new__` is written in Python (a `NamedTuple`'s), the
+/// nearest base's `__new__` must be tuple's. A struct sequence (`os.stat_result`,
+/// `time.struct_time`) has its own: its instances hold hidden fields past their items, which
+/// a bare tuple of the items lacks (freeing one would read past its end).
+fn made_by_tuple_new(cls: &Bound<'_, PyType>) -> PyResult<bool> {
+    let slots = new_slots(cls.py())?;
+    let mut tp = cls.as_type_ptr();
+    while !tp.is_null() {
+        // SAFETY: `PyType_GetSlot` reads a slot of a live type: `cls`, then its bases, which
+        // it keeps alive.
+        let new = unsafe { ffi::PyType_GetSlot(tp, ffi::Py_tp_new) } as usize;
+        if new != slots.python {
+            return Ok(new == slots.tuple);
+        }
+        // SAFETY: as above.
+        tp = unsafe { ffi::PyType_GetSlot(tp, ffi::Py_tp_base) }.cast::<ffi::PyTypeObject>();
+    }
+    Ok(false)
+}
+
+/// Two `tp_new` slots, as addresses: `tuple`'s, and that of every class whose `__new__` is
+/// written in Python (CPython's `slot_tp_new`).
+struct NewSlots {
+    tuple: usize,
+    python: usize,
+}
+
+/// The [`NewSlots`], read once (the second off a class made for it).
+fn new_slots(py: Python<'_>) -> PyResult<&'static NewSlots> {
+    static SLOTS: PyOnceLock<NewSlots> = PyOnceLock::new();
+    SLOTS.get_or_try_init(py, || {
+        let probe = py
+            .eval(
+                c"type('_PythonNew', (), {'__new__': lambda cls: None})",
+                None,
+                None,
+            )?
+            .cast_into::<PyType>()?;
+        // SAFETY: slots of live types (`tp_new` may be read off a static type since 3.10).
+        let (tuple, python) = unsafe {
+            (
+                ffi::PyType_GetSlot(std::ptr::addr_of_mut!(ffi::PyTuple_Type), ffi::Py_tp_new),
+                ffi::PyType_GetSlot(probe.as_type_ptr(), ffi::Py_tp_new),
+            )
+        };
+        Ok::<_, PyErr>(NewSlots {
+            tuple: tuple as usize,
+            python: python as usize,
+        })
+    })
 }

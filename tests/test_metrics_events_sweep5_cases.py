@@ -1,0 +1,53 @@
+"""Fault sweep of the event bus and the metrics export: cases that once failed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+_STRUCT_SEQUENCES = textwrap.dedent(
+    """
+    import gc, os, time
+    from llm_agent_runtime._core import tuple_of
+    from llm_agent_runtime.events import EventBus
+
+    bus = EventBus()
+    got = []
+    bus.on(got.append)
+    for cls in (os.stat_result, time.struct_time):
+        try:
+            bus.emit_new(cls, (1, 2))
+        except TypeError as error:
+            print("TypeError:", error)
+        try:
+            tuple_of(cls, (1, 2))
+        except TypeError as error:
+            print("TypeError:", error)
+    print("delivered", len(got))
+    del got
+    gc.collect()
+    print("done")
+    """
+)
+
+
+def test_emit_new_refuses_a_struct_sequence_instead_of_crashing() -> None:
+    # `tuple.__new__(os.stat_result, ...)` is refused by CPython: a struct sequence holds
+    # hidden fields past its items. `emit_new` built one anyway, and freeing it read past
+    # the allocation: the process died of a segmentation fault. (Run in a child process so
+    # that the crash fails the test rather than the whole session.)
+    result = subprocess.run(
+        [sys.executable, "-c", _STRUCT_SEQUENCES],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    lines = result.stdout.splitlines()
+    assert lines.count("delivered 0") == 1, lines
+    errors = [line for line in lines if line.startswith("TypeError:")]
+    assert len(errors) == 4, lines
+    assert all("stat_result" in e or "struct_time" in e for e in errors), errors
+    assert lines[-1] == "done"
