@@ -44,7 +44,7 @@ impl PyEventFanout {
     /// before its deliveries: a callback removed (or added) while the event is delivered
     /// still gets (or does not get) this event, and no other callback is skipped. A callback
     /// or queue that raises does not keep the event from the others: every one gets it,
-    /// then the first exception propagates.
+    /// then the first exception propagates (a later one is logged, with its traceback).
     fn emit(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut first_error: Option<PyErr> = None;
         let queues = self.queues.bind(py);
@@ -52,7 +52,7 @@ impl PyEventFanout {
             let put = pyo3::intern!(py, "put_nowait");
             for queue in snapshot(queues) {
                 if let Err(error) = queue.call_method1(put, (event,)) {
-                    first_error.get_or_insert(error);
+                    keep_first(py, &mut first_error, error);
                 }
             }
         }
@@ -66,7 +66,7 @@ impl PyEventFanout {
                 }
             });
             if let Err(error) = delivered {
-                first_error.get_or_insert(error);
+                keep_first(py, &mut first_error, error);
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -88,6 +88,41 @@ impl PyEventFanout {
         visit.call(&self.callbacks)?;
         visit.call(&self.queues)?;
         visit.call(&self.schedule)
+    }
+}
+
+/// Keeps `error` as the delivery's error when it is the first; logs a later one (to the
+/// `llm_agent_runtime` logger, with its traceback), which would otherwise go unseen.
+fn keep_first(py: Python<'_>, first: &mut Option<PyErr>, error: PyErr) {
+    if first.is_none() {
+        *first = Some(error);
+    } else {
+        log_later_error(py, &error);
+    }
+}
+
+/// Logs an event delivery's error that another error of the same event is raised for.
+#[cold]
+#[inline(never)]
+fn log_later_error(py: Python<'_>, error: &PyErr) {
+    let logged = (|| -> PyResult<()> {
+        let logger = py
+            .import("logging")?
+            .call_method1("getLogger", ("llm_agent_runtime",))?;
+        let value = error.value(py);
+        let exc_info = (value.get_type(), value, error.traceback(py));
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("exc_info", exc_info)?;
+        logger.call_method(
+            "error",
+            ("event delivery failed too (an earlier failure on the same event is raised)",),
+            Some(&kwargs),
+        )?;
+        Ok(())
+    })();
+    if let Err(failed) = logged {
+        // Logging itself failed (a broken handler): the hook for unraisable errors has it.
+        failed.write_unraisable(py, None);
     }
 }
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
+
+import pytest
+
+import llm_agent_runtime as ar
 
 _STRUCT_SEQUENCES = textwrap.dedent(
     """
@@ -51,3 +56,31 @@ def test_emit_new_refuses_a_struct_sequence_instead_of_crashing() -> None:
     assert len(errors) == 4, lines
     assert all("stat_result" in e or "struct_time" in e for e in errors), errors
     assert lines[-1] == "done"
+
+
+def test_a_later_callback_error_of_one_event_is_logged_not_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Every callback gets the event and the first error is raised; the later ones were
+    # dropped without a word.
+    bus = ar.EventBus()
+    seen: list[str] = []
+
+    def first(event: object) -> None:
+        seen.append("first")
+        raise ValueError("first broke")
+
+    def second(event: object) -> None:
+        seen.append("second")
+        raise KeyError("second broke")
+
+    bus.on(first)
+    bus.on(second)
+    with (
+        caplog.at_level(logging.ERROR, logger="llm_agent_runtime"),
+        pytest.raises(ValueError, match="first broke"),
+    ):
+        bus.emit(ar.RunStarted("s", "a", "q"))
+    assert seen == ["first", "second"]
+    (record,) = [r for r in caplog.records if "event delivery failed" in r.getMessage()]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], KeyError)
