@@ -118,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     When the reader of stdout closes it early (`llm-agent-runtime --help | head -1`), it
     stops quietly with status 1, as the demo does; when stdout is closed, or cannot take
-    the output (a full disk), it says so on stderr, with status 1 too.
+    the output (a full disk), it says so on stderr, with status 1 too. Interrupted (Ctrl-C),
+    it says so and returns 130, as the demo does, however early the interrupt comes.
 
     Args:
         argv: Arguments (default: `sys.argv[1:]`).
@@ -130,7 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         SystemExit: From argparse: after `--help` or `--version` (status 0), or for arguments
             it refuses (status 2).
     """
-    return run_printing(lambda: _run(argv))
+    try:
+        return run_printing(lambda: _run(argv))
+    except KeyboardInterrupt:
+        # Ctrl-C before the demo's own handler is in place (while its modules load, which
+        # takes a while on a cold start) printed a traceback instead.
+        if sys.stderr is not None:
+            try:
+                print("error: interrupted", file=sys.stderr)
+            except OSError:  # a full disk, say
+                _discard_stderr()
+        return 130
 
 
 def _run(argv: Sequence[str] | None) -> int:

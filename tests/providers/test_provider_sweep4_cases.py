@@ -218,3 +218,12 @@ async def test_an_agent_run_stops_at_a_call_the_token_limit_cut_in_a_whole_reply
             await runtime.run_agent_with_provider("a1", "save it", llm)
     assert ran == []
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("cls", [ar.OpenAIProvider, ar.AnthropicProvider])
+def test_a_base_url_holding_a_lone_surrogate_is_refused_when_made(cls: Any) -> None:
+    # How Python reads a byte of OPENAI_BASE_URL that is not UTF-8: every request failed
+    # with a bare UnicodeEncodeError from httpx.
+    with pytest.raises(ar.ProviderError, match="lone surrogate at index 18"):
+        cls(base_url="http://127.0.0.1/v\udcff", api_key="k")
+    assert cls(base_url="http://127.0.0.1/vé", api_key="k").base_url == "http://127.0.0.1/vé"

@@ -190,13 +190,14 @@ def default_db_path() -> Path:
 
     The per-user file is `llm-agent-runtime/demo.db` in `XDG_CACHE_HOME` (when absolute: the
     XDG spec has a relative one ignored), else in `~/.cache` (in the temporary directory when
-    there is no home directory), never in the working directory.
+    there is no home directory, or `HOME` is set to a blank or relative path), never in the
+    working directory.
 
     Raises:
         PersistenceError: `LLM_AGENT_RUNTIME_DEMO_DB` starts with `~` or `~user` and there is
             no such home directory, names a directory (an existing one, or any path ending
-            in `/`), or is `:memory:` (the demo shows where its session was saved, and a
-            memory database keeps nothing).
+            in `/` or `/.`), or is `:memory:` (the demo shows where its session was saved,
+            and a memory database keeps nothing).
     """
     if configured := os.environ.get(DB_ENV, "").strip():
         try:
@@ -209,9 +210,15 @@ def default_db_path() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME", "").strip()
     if not os.path.isabs(cache):  # unset, or relative (`~/.cache` unexpanded, say)
         try:
-            cache = str(Path.home() / ".cache")
+            home = str(Path.home())
         except RuntimeError:  # no home directory to be found
-            cache = tempfile.gettempdir()
+            home = ""
+        # A relative HOME (`HOME=x`, or blank but for spaces) would put the cache in the
+        # working directory, and an empty one reads as `/`, the filesystem's root: neither
+        # is a home directory.
+        if not os.path.isabs(home) or os.environ.get("HOME") == "":
+            return Path(tempfile.gettempdir()) / "llm-agent-runtime" / "demo.db"
+        cache = os.path.join(home, ".cache")
     return Path(cache) / "llm-agent-runtime" / "demo.db"
 
 
@@ -225,7 +232,7 @@ def _database_file(given: str, setting: str, path: Path | None = None) -> Path:
 
     Raises:
         PersistenceError: `given` is `:memory:` or names a directory (an existing one, or any
-            path ending in `/`).
+            path ending in `/` or `/.`).
     """
     if given == ":memory:":
         raise ar.PersistenceError(
@@ -233,9 +240,10 @@ def _database_file(given: str, setting: str, path: Path | None = None) -> Path:
             "(give its path)"
         )
     path = Path(given) if path is None else path
-    # Path() drops a trailing slash: the demo would create a file where the user meant a
-    # directory, and SQLite says no more of an existing one than "unable to open".
-    if given.endswith(("/", os.sep)) or os.path.isdir(path):
+    # Path() drops a trailing slash (and a trailing `/.`): the demo would create a file where
+    # the user meant a directory, and SQLite says no more of an existing one than "unable to
+    # open".
+    if given.endswith(("/", os.sep)) or os.path.basename(given) == "." or os.path.isdir(path):
         raise ar.PersistenceError(
             f"{setting}={given!r} is a directory: give the path of the SQLite file "
             f"(e.g. {str(path / 'demo.db')!r})"

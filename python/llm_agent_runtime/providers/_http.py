@@ -576,9 +576,19 @@ def check_base_url(name: str, url: str) -> str:
             port (a base URL written without its scheme, or with port 99999, say), which no
             request could reach; or it has a query or a fragment (`?api-version=...`,
             `#...`): request paths are appended to the base URL, so they would land inside
-            the query and every request would go to the wrong endpoint.
+            the query and every request would go to the wrong endpoint. Or it holds a lone
+            surrogate (how Python reads a byte of an environment variable that is not
+            UTF-8), which no request line can carry.
     """
     url = url.strip()
+    try:
+        url.encode()
+    except UnicodeEncodeError as error:  # else every request failed with a bare traceback
+        raise ProviderError(
+            f"the {name} base URL holds a character that is not text (a lone surrogate at "
+            f"index {error.start}, as a byte that is not UTF-8 reads from the environment): "
+            "set it again"
+        ) from None
     try:
         parts = urlsplit(url)
         # Reading the port checks it: one that is not a number in 0-65535 raises ValueError
