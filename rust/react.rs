@@ -9,10 +9,10 @@
 //!
 //! The first `Action:` is the step's action (numbered plan lines such as `Action 1: search
 //! for X` are labels too, so the first of them wins). When an `Action Input:` label follows
-//! it, later on its line (written so, case included, as LangChain matches it; not inside a
-//! JSON string or bracketed value there) or as the next such line before any other
-//! `Action:`, the tool is all the text of the action's line before
-//! that label (trimmed, a trailing `:` or `=` dropped: `Search Tool`,
+//! it, later on its line (written so, case included, as LangChain matches it, after a blank,
+//! a Unicode space too; not inside a JSON string or bracketed value there) or as the next
+//! such line before any other `Action:`, the tool is all the text of the action's line
+//! before that label (trimmed, a trailing `:` or `=` dropped: `Search Tool`,
 //! `github.search_issues`), as LangChain reads it, and the input is what follows the label;
 //! unless the line is in the seed form: its tool is `FINAL_ANSWER`, or an input starts right
 //! after the name (`{`, `[`, `(`, `"`, a code fence, `:` or `=`). Otherwise (the seed form)
@@ -874,7 +874,7 @@ fn input_label_on(line: &str) -> Option<(usize, usize)> {
             b'{' | b'[' => at + matching_close(&bytes[at..])?,
             b'"' => skip_string(bytes, at + 1)?,
             b'`' => return None,
-            b'A' => match input_label_at(bytes, at) {
+            b'A' => match input_label_at(line, at) {
                 Some(label) => return Some(label),
                 None => at + 1,
             },
@@ -884,12 +884,21 @@ fn input_label_on(line: &str) -> Option<(usize, usize)> {
     None
 }
 
-/// The `Action Input:` label starting at `bytes[at]` (after a blank or at the line's start):
-/// its start and the index after its colon.
-fn input_label_at(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
-    let after_blank = at
-        .checked_sub(1)
-        .is_none_or(|before| matches!(bytes.get(before), Some(b' ' | b'\t')));
+/// The `Action Input:` label starting at `line[at]` (at the line's start, or after a blank:
+/// a tab, a space, a Unicode one too, as `Search Tool\u{3000}Action Input:`, which LangChain
+/// reads as a label): its start and the index after its colon.
+fn input_label_at(line: &str, at: usize) -> Option<(usize, usize)> {
+    let bytes = line.as_bytes();
+    let after_blank = match at.checked_sub(1).and_then(|before| bytes.get(before)) {
+        None => true,
+        Some(b' ' | b'\t') => true,
+        Some(&byte) if byte.is_ascii() => false,
+        // A Unicode space: trimmed off the tool name as an ASCII one is.
+        Some(_) => line
+            .get(..at)
+            .and_then(|before| before.chars().next_back())
+            .is_some_and(char::is_whitespace),
+    };
     if !after_blank {
         return None;
     }
@@ -2110,6 +2119,33 @@ mod tests {
         );
         assert!(parse("Action: Action Input: x").is_err());
         assert!(parse("Action: search Action Input:   ").is_err());
+    }
+
+    #[test]
+    fn an_action_input_label_after_a_unicode_space_is_a_label() {
+        for text in [
+            "Action: search\u{3000}Action Input: cats",
+            "Action: search\u{a0}Action Input: cats",
+            "Action: search \u{2003}Action 1 Input: cats",
+        ] {
+            let (tool, input) = action(text);
+            assert_eq!(
+                (tool.as_str(), input),
+                ("search", ActionInput::Raw("cats".into())),
+                "{text:?}"
+            );
+        }
+        let (tool, _) = action("Action: Search Tool\u{3000}Action Input: cats");
+        assert_eq!(tool, "Search Tool");
+        // A letter or an invisible character before the word: no label.
+        for text in [
+            "Action: t x\u{e9}Action Input: y",
+            "Action: t x\u{200b}Action Input: y",
+        ] {
+            let (tool, input) = action(text);
+            assert_eq!(tool, "t");
+            assert!(matches!(input, ActionInput::Raw(raw) if raw.ends_with("Action Input: y")));
+        }
     }
 
     #[test]
