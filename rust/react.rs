@@ -452,6 +452,36 @@ fn skip_line_lead(bytes: &[u8], mut at: usize) -> usize {
     }
 }
 
+/// The index after a Markdown list marker at `at` and the blanks after it (`at` when there is
+/// none): a bullet (`-`, `*`, `+`, `•`) or a number of up to three digits closed by `.` or
+/// `)`, then at least one blank. Models asked for a ReAct step often write it as a list
+/// (`- Thought: ...` / `1. Action: ...`), which LangChain's parser reads too.
+fn skip_list_marker(bytes: &[u8], at: usize) -> usize {
+    let marker_end = match bytes.get(at) {
+        Some(b'-' | b'*' | b'+') => at + 1,
+        Some(0xE2) => match eat_exact(bytes, at, "\u{2022}".as_bytes()) {
+            Some(end) => end,
+            None => return at,
+        },
+        Some(b'0'..=b'9') => {
+            let digits = bytes[at..]
+                .iter()
+                .take(4)
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            match bytes.get(at + digits) {
+                Some(b'.' | b')') if digits <= 3 => at + digits + 1,
+                _ => return at,
+            }
+        }
+        _ => return at,
+    };
+    match bytes.get(marker_end) {
+        Some(b' ' | b'\t') => skip_blanks(bytes, marker_end),
+        _ => at,
+    }
+}
+
 /// The Markdown emphasis marker at `at` that may wrap a label (`**Thought:**`, `__Action__:`,
 /// `*Final Answer:*`), or an empty one: chat models often write their labels in bold.
 fn emphasis_at(bytes: &[u8], at: usize) -> &'static [u8] {
@@ -461,13 +491,14 @@ fn emphasis_at(bytes: &[u8], at: usize) -> &'static [u8] {
         .unwrap_or_default()
 }
 
-/// Recognises a label at the start of a line (after blanks, Unicode spaces and invisible
-/// format characters, and in Markdown emphasis or not); returns it with its start and the
-/// index after its colon (and after the emphasis closing there: `**Action:**`).
+/// Recognises a label at the start of a line (after blanks, Unicode spaces, invisible format
+/// characters and a list marker, in Markdown emphasis or not); returns it with its start and
+/// the index after its colon (and after the emphasis closing there: `**Action:**`).
 fn label_at(bytes: &[u8], line_start: usize) -> Option<(Label, usize, usize)> {
     let lead = skip_line_lead(bytes, line_start);
-    let emphasis = emphasis_at(bytes, lead);
-    let at = lead + emphasis.len();
+    let marked = skip_list_marker(bytes, lead);
+    let emphasis = emphasis_at(bytes, marked);
+    let at = marked + emphasis.len();
     // A step number may follow the label word, as LangChain's `Action\s*\d*\s*:` allows.
     let (label, after) = if let Some(i) = eat_word(bytes, at, b"thought") {
         (Label::Thought, skip_number(bytes, i))
@@ -1730,8 +1761,9 @@ impl PyReActStep {
 /// when there is no action: `Thought: I know. Final Answer: 42`). Labels are
 /// case-insensitive, may follow spaces (Unicode ones too) and invisible format characters
 /// (a byte order mark, a zero-width space, a direction mark), may carry a step number
-/// (`Action 1:`, `Action 1 Input:`) and may be in Markdown emphasis (`**Action:**`,
-/// `**Action**:`, `__Action:__`, `*Action:*`); a line ends at `\n`, `\r\n` or a lone `\r`.
+/// (`Action 1:`, `Action 1 Input:`), may follow a Markdown list marker (`- Action:`,
+/// `1. Action:`) and may be in Markdown emphasis (`**Action:**`, `**Action**:`,
+/// `__Action:__`, `*Action:*`); a line ends at `\n`, `\r\n` or a lone `\r`.
 /// A JSON object or array input may sit in a ```json fence and be followed by other text; a string
 /// literal is JSON only when nothing follows it on its line. Input decodes as `json.loads`
 /// would (JSON nested too deeply even for it stays raw text). The step ends at an
@@ -1896,6 +1928,20 @@ mod tests {
         assert_eq!(fenced, ActionInput::Json(json!({"q": 1})));
         let (_, escaped) = action("Action: t {\"s\": \"a\\\"}b\"}");
         assert_eq!(escaped, ActionInput::Json(json!({"s": "a\"}b"})));
+    }
+
+    #[test]
+    fn labels_in_a_list_are_labels() {
+        for marker in ["- ", "* ", "+ ", "\u{2022} ", "1. ", "12) ", "-\t"] {
+            let text = format!("{marker}Thought: x\n{marker}Action: t\n{marker}Action Input: q");
+            let step = parse(&text).unwrap();
+            assert_eq!((step.thought, step.action), ("x", Some("t")), "{marker:?}");
+            assert_eq!(step.action_input.map(|i| i.raw()), Some("q"));
+        }
+        // Not a list marker: no blank after it, or a number too long to number a list.
+        for prose in ["-Action: t {}", "1234. Action: t {}", "1.Action: t {}"] {
+            assert!(parse(prose).is_err(), "{prose:?}");
+        }
     }
 
     #[test]

@@ -76,8 +76,10 @@ def parse_react_step(text: str) -> ReActStep:
     Labels are case-insensitive at the start of a line (a line ends at `\n`, `\r\n` or a lone
     `\r`; spaces, Unicode ones included, and invisible format characters such as a byte order
     mark, a zero-width space or a direction mark may come first), may carry a step number
-    (`Action 1:`, `Action 1 Input:`), and may be in Markdown emphasis, as chat models often
-    write them (`**Action:**`, `**Action**:`, `__Action:__`, `*Action:*`). The first `Action:`
+    (`Action 1:`, `Action 1 Input:`), may follow a Markdown list marker (`- `, `* `, `+ `,
+    `• `, or a number of up to three digits and `.` or `)`, then a blank), and may be in
+    Markdown emphasis, as chat models often write them (`**Action:**`, `**Action**:`,
+    `__Action:__`, `*Action:*`). The first `Action:`
     is the step's: numbered plan lines such as `Action 1: search for X` are labels too, so the
     first of them wins over a later `Action:`. When an `Action Input:` label follows it (later
     on its line, written so, case included, as LangChain matches it, and not inside a JSON
