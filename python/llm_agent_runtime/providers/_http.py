@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from llm_agent_runtime._loops import close_now, close_with_loop
 from llm_agent_runtime.errors import BudgetExceededError, ProviderError, is_retryable_status
+from llm_agent_runtime.orchestration._checks import check_real
 from llm_agent_runtime.orchestration.retry import RetryPolicy
 from llm_agent_runtime.providers.base import (
     SAFETY_STOP_REASONS,
@@ -1314,18 +1315,34 @@ class HttpTransport:
         cache_write_1h_cost_per_million: float | None = None,
         total_timeout: float | None = None,
     ) -> None:
+        # Numbers first, each by name: `timeout=None` (httpx's "no timeout") or a str failed
+        # with a bare TypeError from the sums below, and `True` passed for 1 s.
+        timeout = check_real("timeout", timeout)
+        connect_timeout = check_real("connect_timeout", connect_timeout)
         if total_timeout is None:
             total_timeout = connect_timeout + 2 * timeout
+        total_timeout = check_real("total_timeout", total_timeout)
         # Each checked itself (NaN fails `> 0`): a NaN timeout beside a given total_timeout
         # would fail every call with a raw ValueError.
         if not (timeout > 0 and connect_timeout > 0 and total_timeout > 0):
             raise ValueError("timeouts must be > 0 seconds")
-        if cached_input_cost_per_million is None:
-            cached_input_cost_per_million = input_cost_per_million
-        if cache_write_cost_per_million is None:
-            cache_write_cost_per_million = input_cost_per_million
-        if cache_write_1h_cost_per_million is None:
-            cache_write_1h_cost_per_million = cache_write_cost_per_million
+        input_cost_per_million = check_real("input_cost_per_million", input_cost_per_million)
+        output_cost_per_million = check_real("output_cost_per_million", output_cost_per_million)
+        cached_input_cost_per_million = (
+            input_cost_per_million
+            if cached_input_cost_per_million is None
+            else check_real("cached_input_cost_per_million", cached_input_cost_per_million)
+        )
+        cache_write_cost_per_million = (
+            input_cost_per_million
+            if cache_write_cost_per_million is None
+            else check_real("cache_write_cost_per_million", cache_write_cost_per_million)
+        )
+        cache_write_1h_cost_per_million = (
+            cache_write_cost_per_million
+            if cache_write_1h_cost_per_million is None
+            else check_real("cache_write_1h_cost_per_million", cache_write_1h_cost_per_million)
+        )
         prices = (
             input_cost_per_million,
             output_cost_per_million,

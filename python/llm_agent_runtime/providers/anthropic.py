@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict
 
 from llm_agent_runtime.errors import ProviderError, is_retryable_status
-from llm_agent_runtime.orchestration._checks import check_count
+from llm_agent_runtime.orchestration._checks import check_count, check_real
 from llm_agent_runtime.providers._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -300,8 +300,8 @@ class AnthropicProvider(HttpProvider):
             (whitespace such as a trailing newline, control or non-ASCII characters; a key
             of whitespace only is no key), or a base URL that is not an http(s) URL (one
             written without its scheme, say).
-        ValueError: A timeout, price or `max_tokens` is out of range, or `max_tokens` is
-            no int.
+        ValueError: A timeout, price or `max_tokens` is out of range, a timeout or price is
+            no number (None, a str or a bool), or `max_tokens` is no int.
         TypeError: `stop` is neither a str nor an iterable of str.
     """
 
@@ -327,6 +327,8 @@ class AnthropicProvider(HttpProvider):
         cache_write_1h_cost_per_million: float | None = None,
     ) -> None:
         max_tokens = check_count("max_tokens", max_tokens, 1)
+        # A number before the cache prices are made of it (`1.25 * None` is a bare TypeError).
+        input_cost_per_million = check_real("input_cost_per_million", input_cost_per_million)
         api_key = given_or_env(api_key, "ANTHROPIC_API_KEY")
         base_url = check_base_url(
             "Anthropic",

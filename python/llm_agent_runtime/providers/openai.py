@@ -224,7 +224,7 @@ class _Chunk(BaseModel):
     model: str | None = None
     choices: list[_ChunkChoice] | None = None  # null in some servers' usage chunk
     usage: Any = None  # read by `parse_usage`: a usage that does not fit fails no reply
-    error: Any = None  # read by `_reported_error`: an error of any shape is still reported
+    error: Any = None  # read by `error_of_reply`: an error of any shape (but `{}`) is reported
 
 
 # ---------------------------------------------------------------------- provider
@@ -246,9 +246,11 @@ class OpenAIProvider(HttpProvider):
     server's message, and so does an error reported in the middle of a stream: a chunk
     `{"error": {...}}`, vLLM's older `{"object": "error", "message": ...}`, or an event named
     `error` (JSON or plain text, as some gateways send). Such an error's `status` is its code
-    when that is an HTTP status. Null or missing token counts are 0 tokens, a count that is
-    negative or not below 2**63 is 0, and usage that does not fit the format is counted as
-    none (each with a warning) rather than failing the reply.
+    when that is an HTTP status. An `error` member that reports nothing (`null`, or `{}` as
+    some compatible servers add to every good reply and chunk) is no error, streamed or not.
+    Null or missing token counts are 0 tokens, a count that is negative or not below 2**63
+    is 0, and usage that does not fit the format is counted as none (each with a warning)
+    rather than failing the reply.
 
     A refusal (`message.refusal`, streamed as `delta.refusal`) is the response's text, and its
     `stop_reason` is `"refusal"` (as the Anthropic API says it) in place of the finish reason:
@@ -309,7 +311,8 @@ class OpenAIProvider(HttpProvider):
             of whitespace only is no key), a base URL that is not an http(s) URL (one
             written without its scheme, say), or one with a user name and password when
             there is an API key too.
-        ValueError: A timeout or price is out of range.
+        ValueError: A timeout or price is out of range, or no number (None, a str or a
+            bool).
         TypeError: `stop` is neither a str nor an iterable of str.
     """
 
@@ -535,7 +538,11 @@ class OpenAIProvider(HttpProvider):
                         raise _reported_error(data, self._transport, known=True)
                     chunk = parse_json(_Chunk, data, "OpenAI stream event")
                     if chunk.error is not None or chunk.object == "error":
-                        raise _reported_error(data, self._transport)
+                        # Read as a whole reply's error is (`_check_reply`): `"error": {}`,
+                        # which some servers add to every good chunk, reports nothing.
+                        error = error_of_reply(data, _Error, self._transport.redact)
+                        if error is not None:
+                            raise _api_error(error, self._transport.redact, "OpenAI stream error")
                     if chunk.usage is not None:
                         usage = parse_usage(_Usage, chunk.usage, "OpenAI stream").usage()
                         owed = True
