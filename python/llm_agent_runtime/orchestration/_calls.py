@@ -9,6 +9,8 @@ from collections.abc import Callable
 from types import GeneratorType
 from typing import Any, TypeVar
 
+from llm_agent_runtime.orchestration._checks import short_repr
+
 F = TypeVar("F", bound="asyncio.Future[Any]")
 
 _BACKGROUND: set[asyncio.Future[Any]] = set()
@@ -74,6 +76,22 @@ def refuse_awaitable(result: Any, api: str) -> None:
             f"{api} needs a sync callable, and this one returned {type(result).__name__}: "
             "use the async API for async callables"
         )
+
+
+def uncallable_error(fn: object, api: str) -> TypeError:
+    """The `TypeError` for `api` given something it cannot call (`callable(fn)` is false).
+
+    A coroutine passed in place of its function (`dedup.run(key, fetch(query))`) is closed:
+    it is refused on purpose, not left "never awaited", and the message says what to pass.
+    """
+    if inspect.iscoroutine(fn):
+        fn.close()
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        return TypeError(
+            f"{api} needs the function to call, got the coroutine {name}(): pass the function "
+            "and its arguments, not its call"
+        )
+    return TypeError(f"{api} needs a callable, got {type(fn).__name__} {short_repr(fn)}")
 
 
 def keep_alive(future: F) -> F:

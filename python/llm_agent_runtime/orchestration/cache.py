@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from llm_agent_runtime.orchestration._calls import call_maybe_async
+from llm_agent_runtime.orchestration._calls import call_maybe_async, uncallable_error
 from llm_agent_runtime.orchestration._checks import check_count, check_real, safe_repr
 from llm_agent_runtime.orchestration.clock import Clock, checked_clock
 from llm_agent_runtime.orchestration.dedup import canonical_key
@@ -196,7 +196,14 @@ class ResultCache:
         each call `fn` (a `Deduplicator` shares one call among them). The result is not cached
         either when `tool`'s entries were invalidated while `fn` ran (it may be stale), nor
         when a `put` of the same key happened meanwhile (it stored a newer result).
+
+        Raises:
+            TypeError: `fn` is not callable (a coroutine passed in place of its function is
+                closed), or the key cannot be made (see `key`).
         """
+        if not callable(fn):
+            # Else a coroutine passed in place of its function was left never awaited.
+            raise uncallable_error(fn, "ResultCache.get_or_call")
         key = self.key(tool, arguments)  # encoded once, for the lookup and the store
         hit, value = self._get(key)
         if hit:

@@ -10,7 +10,7 @@ import math
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
-from llm_agent_runtime.orchestration._calls import call_maybe_async
+from llm_agent_runtime.orchestration._calls import call_maybe_async, uncallable_error
 from llm_agent_runtime.orchestration._checks import check_real, safe_repr, short_repr
 from llm_agent_runtime.orchestration.clock import Clock, checked_clock
 
@@ -190,6 +190,8 @@ class Deduplicator:
         runs again.
 
         Raises:
+            TypeError: `fn` is not callable: a coroutine (`run(key, fetch(query))` in place
+                of `run(key, fetch, query)`, which is closed), say.
             RuntimeError: `key` is executing on another event loop that is still open (the
                 deduplicator is shared between threads), or the execution of `key` itself
                 asks for `key` (it would wait for its own result), or an execution asks for
@@ -200,6 +202,10 @@ class Deduplicator:
                 execution awaiting a task that calls `run`, as `asyncio.gather` makes) or
                 through another deduplicator is not detected, and waits as before.
         """
+        if not callable(fn):
+            # Else it became an execution that failed for every caller of the key, with a
+            # coroutine passed in place of its function left never awaited.
+            raise uncallable_error(fn, "Deduplicator.run")
         hit, value = self._cached(key)
         if hit:
             return value

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from llm_agent_runtime.errors import PipelineStageError
-from llm_agent_runtime.orchestration._checks import names_repr, safe_repr
+from llm_agent_runtime.orchestration._calls import uncallable_error
+from llm_agent_runtime.orchestration._checks import names_repr, safe_repr, short_repr
 
 __all__ = ["Pipeline"]
 
@@ -31,7 +32,8 @@ class Pipeline:
         for stage in stages:
             if isinstance(stage, tuple):
                 if len(stage) != 2 or not isinstance(stage[0], str):
-                    raise TypeError(f"a named stage is a (name, fn) pair, got {stage!r}")
+                    # A bounded repr that never raises: else its error replaced this one.
+                    raise TypeError(f"a named stage is a (name, fn) pair, got {short_repr(stage)}")
                 self.then(stage[1], name=stage[0])
             else:
                 self.then(stage)
@@ -52,10 +54,11 @@ class Pipeline:
             TypeError: `fn` is not callable, or `name` is neither None nor a str.
         """
         if not callable(fn):
-            raise TypeError(f"a pipeline stage must be callable, got {fn!r}")
+            # A coroutine (`then(step(x))`) is closed: refused, not left never awaited.
+            raise uncallable_error(fn, "a pipeline stage")
         if name is not None and not isinstance(name, str):
             # Checked as a `(name, fn)` pair's is: else the error's `.stage` is no name.
-            raise TypeError(f"a stage name must be a str, got {name!r:.60}")
+            raise TypeError(f"a stage name must be a str, got {short_repr(name)}")
         # A callable object is named after its class: a repr holds a memory address.
         default = getattr(fn, "__name__", None) or type(fn).__name__
         self._stages.append((name or str(default), fn))

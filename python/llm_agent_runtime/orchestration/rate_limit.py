@@ -327,7 +327,8 @@ class RateLimiter:
     Both `rate` and `capacity` may be set again later, checked as the constructor checks
     them (a bad value raises, and the old one stays). Every bucket refills at the new rate
     from then on; a lowered capacity caps every bucket at once (and the tokens one request
-    may ask), a raised one lets them refill up to it. Callers already waiting in `acquire`
+    may ask), a raised one lets them refill up to it from then on. What a bucket refilled
+    before the change stays as the old settings made it. Callers already waiting in `acquire`
     keep the times they were given.
 
     Args:
@@ -362,7 +363,9 @@ class RateLimiter:
     @rate.setter
     def rate(self, rate: float) -> None:
         # Checked as in the constructor: a NaN or negative rate corrupted every bucket.
-        self._rate = _checked_bucket(rate, self._capacity)[0]
+        rate = _checked_bucket(rate, self._capacity)[0]
+        self._settle()  # the time until now refilled at the old rate
+        self._rate = rate
 
     @property
     def capacity(self) -> float:
@@ -372,12 +375,20 @@ class RateLimiter:
     @capacity.setter
     def capacity(self, capacity: float) -> None:
         capacity = _checked_bucket(self._rate, capacity)[1]
-        if capacity < self._capacity:
-            # A bucket read at the time it was stored is not refilled (nor capped) again.
-            self._buckets = {
-                key: (min(level, capacity), last) for key, (level, last) in self._buckets.items()
-            }
+        self._settle(capacity)  # the time until now refilled up to the old capacity
         self._capacity = capacity
+
+    def _settle(self, capacity: float = math.inf) -> None:
+        """Stores every bucket as it stands now, capped at `capacity` (for a setting changed).
+
+        A bucket is refilled from the time it was stored, at the rate and up to the capacity
+        in force when it is read: a setting changed later would apply to the time before it
+        too (a raised rate or capacity granted, at once, tokens never refilled; a lowered rate
+        took back tokens refilled already).
+        """
+        now = self._clock.now()
+        refill = self._refill
+        self._buckets = {key: (min(refill(key, now), capacity), now) for key in self._buckets}
 
     def tokens(self, key: Hashable = "default") -> float:
         """Tokens available for `key` now."""
@@ -476,7 +487,10 @@ class RateLimiter:
             # given in this turn of the loop (waiters ahead cancelled at once) does not make it
             # due after the fact, as it never was (the bucket was in debt for it until now).
             if bucket is not None and self._clock.now() < waiter.due:
-                self._buckets[key] = (bucket[0] + tokens, bucket[1])
+                # Capped: a capacity lowered while it waited caps what it gives back too
+                # (else a bucket with 3 tokens, capacity 2 by then, granted 3 at once).
+                level = min(bucket[0] + tokens, self._capacity)
+                self._buckets[key] = (level, bucket[1])
                 # The refund is theirs: without it, a newcomer would be served before them.
                 self._count += 1
                 self._room.owe(key, (seq, self._count, tokens / self._rate))

@@ -197,19 +197,21 @@ class RetryPolicy:
             ValueError: `attempt` is not an int of at least 1 (0 would give a bound below
                 `base_delay`).
         """
-        check_count("attempt", attempt, 1)
+        # As an int: a numpy integer made the delay a numpy float.
+        attempt = check_count("attempt", attempt, 1)
         cause = None if error is None else stage_error(error)
-        if isinstance(cause, ProviderError):
-            retry_after = cause.retry_after
-            # A negative, NaN, infinite or non-numeric delay (a raw header value, say) is no
-            # delay at all: the backoff applies. An int beyond the float range is infinite.
-            if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
-                try:
-                    seconds = float(retry_after)
-                except OverflowError:
-                    seconds = math.inf
-                if 0.0 <= seconds < math.inf:
-                    return min(seconds, self._max_delay)
+        if isinstance(cause, ProviderError) and cause.retry_after is not None:
+            # A negative, NaN, infinite or non-numeric delay (a raw header value, a bool) is
+            # no delay at all: the backoff applies. Any real number counts, as a setting does
+            # (a numpy number, a Decimal: only a float or an int used to); an int beyond the
+            # float range is infinite. One that cannot be read (a `__float__` that fails) is
+            # no delay either: its error must not replace the call's own.
+            try:
+                seconds = check_real("retry_after", cause.retry_after)
+            except Exception:
+                seconds = math.nan
+            if 0.0 <= seconds < math.inf:
+                return min(seconds, self._max_delay)
         # The exponent is clamped only to keep 2.0**n finite; the cap applies long before.
         bound = min(self._max_delay, self._base_delay * 2.0 ** min(attempt - 1, 1000))
         return self._rng.uniform(0.0, bound) if self._jitter else bound
