@@ -736,7 +736,8 @@ class AgentRuntime:
         the call it answers. Providers refuse a tool result that answers no call and a call
         left unanswered, so such a history is refused before the turn starts: a tool message
         without a `tool_call_id` is an error in tools mode, not sent as text. In ReAct mode
-        the calls are shown as `Action:` lines, and every tool message as its text.
+        the calls are shown as `Action:` lines, and every tool message as its text (a
+        message's later lines indented, so that none reads as a line of the prompt's own).
 
         Raises:
             AgentRuntimeError: `session` is not an `AgentSession`, has a field of the wrong
@@ -3075,10 +3076,14 @@ def _add_turn(session: AgentSession, prompt: str, answer: str) -> None:
 def _history_chars(message: dict[str, Any]) -> int:
     """What a message of a session's chat history takes of a request, in characters.
 
-    Its text, its tool calls (name and arguments, and 10 each for what a ReAct prompt writes
-    around them: see `_history_line`), and 16 for the rest (role, framing).
+    Its text (with 2 for the indent of each of its later lines: see `_history_line`), its
+    tool calls (name and arguments, and 10 each for what a ReAct prompt writes around them),
+    and 16 for the rest (role, framing).
     """
-    size = len(message["content"]) + 16
+    content = message["content"]
+    size = len(content) + 16
+    if not content.isprintable():  # a line break is not printable: most texts hold none
+        size += 2 * (len(content.splitlines()) - 1)
     for call in message.get("tool_calls") or ():
         arguments = call.get("arguments", {})
         size += len(call["name"]) + len(json.dumps(arguments, ensure_ascii=False, default=str))
@@ -3093,10 +3098,15 @@ _CALL_FRAMING = len("Action: ") + len(" ") + len("\n")
 def _history_line(message: dict[str, Any]) -> str:
     """A message of a session's chat history as a ReAct prompt shows it: `role: content`.
 
-    An assistant message's tool calls follow its text as the `Action:` lines that ask for
+    The text's later lines are indented, as a recalled memory's are: none reads as another
+    message (`assistant: ...`) nor as a line of the prompt's own (`Question: ...`). An
+    assistant message's tool calls follow its text as the `Action:` lines that ask for
     them; the tool messages after it show the results.
     """
-    parts = [message["content"]] if message["content"] else []
+    content = message["content"]
+    if not content.isprintable():  # a line break is not printable: most texts hold none
+        content = "\n  ".join(content.splitlines())
+    parts = [content] if content else []
     parts += [
         f"Action: {call['name']} "
         + json.dumps(call.get("arguments", {}), ensure_ascii=False, default=str)
