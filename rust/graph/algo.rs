@@ -5,12 +5,14 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
 use rayon::prelude::*;
 
 use super::alloc::{collected, filled, with_capacity};
+use super::community::Check;
 use super::csr::{Adjacency, Snapshot};
-use crate::errors::{CoreError, CoreResult};
+use crate::errors::{interrupted, CoreError, CoreResult};
 
 /// Sources at or above this count are processed in parallel by the all-sources algorithms.
 pub const PARALLEL_SOURCES: usize = 256;
@@ -288,14 +290,30 @@ pub fn reachable(snapshot: &Snapshot, directed: bool, source: u32) -> CoreResult
 }
 
 /// For every node, the nodes reachable from it in one or more hops (so a node is in its own
-/// set only when it lies on a cycle), sorted. Parallel over sources on large graphs.
+/// set only when it lies on a cycle), each list sorted by `rank` (a node's place in the
+/// order wanted, one distinct value per node). Parallel over sources on large graphs; stops
+/// before the next source once `stop` is set.
 ///
 /// # Errors
-/// As [`bfs`].
-pub fn transitive_closure(snapshot: &Snapshot) -> CoreResult<Vec<Vec<u32>>> {
+/// As [`bfs`]; [`interrupted`] when stopped; [`CoreError::Runtime`] when `rank` does not
+/// have one value per node (an internal error).
+pub fn transitive_closure(
+    snapshot: &Snapshot,
+    rank: &[u32],
+    stop: &AtomicBool,
+) -> CoreResult<Vec<Vec<u32>>> {
     let adj = snapshot.out()?;
     let n = snapshot.n;
+    if rank.len() != n {
+        return Err(CoreError::Runtime(format!(
+            "internal error: {} ranks for the closure of {n} nodes",
+            rank.len()
+        )));
+    }
     let one = |s: usize| -> CoreResult<Vec<u32>> {
+        if stop.load(AtomicOrdering::Relaxed) {
+            return Err(interrupted());
+        }
         let mut seen = filled(n, false, "the closure's marks")?;
         let mut queue: VecDeque<u32> = adj.neighbors(s).0.iter().copied().collect();
         for &w in &queue {
@@ -311,7 +329,7 @@ pub fn transitive_closure(snapshot: &Snapshot) -> CoreResult<Vec<Vec<u32>>> {
                 }
             }
         }
-        out.sort_unstable();
+        out.sort_unstable_by_key(|&v| rank[v as usize]);
         Ok(out)
     };
     let mut closure: Vec<Vec<u32>> = filled(n, Vec::new(), "the transitive closure")?;
@@ -356,13 +374,21 @@ pub fn has_cycle(snapshot: &Snapshot) -> CoreResult<bool> {
     Ok(removed < n)
 }
 
+/// Steps of the cycle search between two calls of its check: a step is a few nanoseconds,
+/// a check's look at the clock more.
+const CYCLE_STEPS_PER_CHECK: u32 = 1 << 12;
+
 /// Elementary directed cycles (Johnson's algorithm, iterative), at most `cap` of them. Each
 /// cycle starts at its smallest node index and is listed once.
 ///
+/// `check` is called every few thousand steps (a graph can hold more cycles than any run
+/// can list: the search for many may take minutes); when it fails, so does the search.
+///
 /// # Errors
-/// As [`bfs`].
-pub fn cycles(snapshot: &Snapshot, cap: usize) -> CoreResult<Vec<Vec<u32>>> {
+/// As [`bfs`]; the error of `check` when it fails.
+pub fn cycles(snapshot: &Snapshot, cap: usize, check: Check<'_>) -> CoreResult<Vec<Vec<u32>>> {
     let n = snapshot.n;
+    let mut steps: u32 = 0;
     let adj = snapshot.out()?;
     let mut found = Vec::new();
     let mut in_component = filled(n, false, "the cycle search's marks")?;
@@ -422,6 +448,10 @@ pub fn cycles(snapshot: &Snapshot, cap: usize) -> CoreResult<Vec<Vec<u32>>> {
         let mut next = vec![0usize];
         blocked[s as usize] = true;
         while let Some(&v) = path.last() {
+            steps = steps.wrapping_add(1);
+            if steps.is_multiple_of(CYCLE_STEPS_PER_CHECK) {
+                check()?;
+            }
             let depth = path.len() - 1;
             let neighbors = adj.neighbors(v as usize).0;
             if next[depth] < neighbors.len() {
@@ -766,11 +796,35 @@ mod tests {
             ],
         );
         assert!(has_cycle(&g).unwrap());
-        let mut all = cycles(&g, 100).unwrap();
+        let mut all = cycles(&g, 100, &mut || Ok(())).unwrap();
         all.sort();
         assert_eq!(all, vec![vec![0, 1], vec![0, 1, 2], vec![3]]);
-        assert_eq!(cycles(&g, 1).unwrap().len(), 1);
+        assert_eq!(cycles(&g, 1, &mut || Ok(())).unwrap().len(), 1);
         assert!(!has_cycle(&graph(3, &[(0, 1, 1.0), (1, 2, 1.0), (0, 2, 1.0)])).unwrap());
+    }
+
+    #[test]
+    fn a_failing_check_stops_the_cycle_search() {
+        // Complete on 8 nodes: far more cycles than steps between two checks.
+        let edges: Vec<(u32, u32, f64)> = (0..8)
+            .flat_map(|a| (0..8).filter(move |&b| b != a).map(move |b| (a, b, 1.0)))
+            .collect();
+        let g = graph(8, &edges);
+        let mut checks = 0;
+        let stopped = cycles(&g, usize::MAX, &mut || {
+            checks += 1;
+            Err(interrupted())
+        });
+        assert_eq!(stopped, Err(interrupted()));
+        assert_eq!(checks, 1);
+        let mut checks = 0;
+        let all = cycles(&g, usize::MAX, &mut || {
+            checks += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(all.len(), 16_064); // sum over k of C(8, k) (k - 1)!
+        assert!(checks > 1);
     }
 
     /// A graph whose per-node buffers cannot be allocated: every algorithm returns a
@@ -792,9 +846,10 @@ mod tests {
         out_of_memory(huge.undirected().map(drop), "undirected view");
         out_of_memory(dijkstra(&huge, true, 0, None).map(drop), "dijkstra");
         out_of_memory(reachable(&huge, false, 0).map(drop), "reachable");
-        out_of_memory(transitive_closure(&huge).map(drop), "closure");
+        let never = AtomicBool::new(false);
+        out_of_memory(transitive_closure(&huge, &[], &never).map(drop), "closure");
         out_of_memory(has_cycle(&huge).map(drop), "has_cycle");
-        out_of_memory(cycles(&huge, 1).map(drop), "cycles");
+        out_of_memory(cycles(&huge, 1, &mut || Ok(())).map(drop), "cycles");
         out_of_memory(strongly_connected(&huge).map(drop), "components");
         out_of_memory(neighborhood(&huge, true, 0, 1).map(drop), "neighborhood");
         let degrees = degree_centrality(n, std::iter::empty(), DegreeMode::Total, true);
@@ -819,10 +874,26 @@ mod tests {
     #[test]
     fn closure_and_degrees() {
         let g = graph(3, &[(0, 1, 1.0), (1, 2, 1.0)]);
+        let never = AtomicBool::new(false);
         assert_eq!(
-            transitive_closure(&g).unwrap(),
+            transitive_closure(&g, &[0, 1, 2], &never).unwrap(),
             vec![vec![1, 2], vec![2], vec![]]
         );
+        // Each list in the order of the ranks given.
+        assert_eq!(
+            transitive_closure(&g, &[2, 1, 0], &never).unwrap(),
+            vec![vec![2, 1], vec![2], vec![]]
+        );
+        // Stopped: no source is searched.
+        let stop = AtomicBool::new(true);
+        assert_eq!(
+            transitive_closure(&g, &[0, 1, 2], &stop),
+            Err(interrupted())
+        );
+        assert!(matches!(
+            transitive_closure(&g, &[0, 1], &never),
+            Err(CoreError::Runtime(_))
+        ));
         let d =
             degree_centrality(3, [(0, 1), (1, 2)].into_iter(), DegreeMode::Total, true).unwrap();
         assert_eq!(d, vec![0.5, 1.0, 0.5]);

@@ -19,7 +19,7 @@ pub mod props;
 pub mod store;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
@@ -639,10 +639,10 @@ impl PyGraphStore {
     }
 }
 
-/// Runs the betweenness computation `f` with the GIL released: one that is `long` (see
-/// [`betweenness::worth_stopping`]) stops on Ctrl-C ([`run_stoppable`]); a short one runs
-/// straight, with a stop flag nothing sets.
-fn run_betweenness<T: Send>(
+/// Runs `f`, a computation from many sources (betweenness, the transitive closure), with
+/// the GIL released: one that is `long` (see [`betweenness::worth_stopping`]) stops on
+/// Ctrl-C ([`run_stoppable`]); a short one runs straight, with a stop flag nothing sets.
+fn run_sources<T: Send>(
     py: Python<'_>,
     long: bool,
     f: impl Fn(&AtomicBool) -> CoreResult<T> + Send + Sync,
@@ -1385,18 +1385,43 @@ impl PyGraphStore {
         frozen.py_set(py, &found)
     }
 
-    /// For every entity, the sorted ids reachable from it in one or more hops.
-    fn transitive_closure(&self, py: Python<'_>) -> PyResult<BTreeMap<String, Vec<String>>> {
-        self.run(py, |f| {
-            let closure = algo::transitive_closure(&f.snapshot)?;
-            let mut out = BTreeMap::new();
-            for (v, reach) in closure.into_iter().enumerate() {
-                let mut names = f.names(&reach)?;
-                names.sort_unstable();
-                out.insert(f.name(v as u32)?, names);
+    /// For every entity, the sorted ids reachable from it in one or more hops (keys sorted
+    /// too).
+    ///
+    /// Runs with the GIL released; a long run (a big graph) stops on Ctrl-C.
+    fn transitive_closure<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        let n = frozen.snapshot.n;
+        let long = betweenness::worth_stopping(&frozen.snapshot, n);
+        let (order, closure) = run_sources(py, long, move |stop| {
+            // The ids sorted once, as strings: the keys' order and each list's (sorting every
+            // list by its strings cost more than finding it).
+            let mut order = alloc::collected(0..n as u32, "the ids' order")?;
+            order.sort_unstable_by(|&a, &b| {
+                inner
+                    .ids
+                    .with_id(a, |x| inner.ids.with_id(b, |y| x.cmp(y)))
+                    .flatten()
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            let mut rank = alloc::filled(n, 0u32, "the ids' ranks")?;
+            for (r, &v) in order.iter().enumerate() {
+                rank[v as usize] = r as u32;
             }
-            Ok(out)
-        })
+            let closure = algo::transitive_closure(&inner.snapshot, &rank, stop)?;
+            Ok((order, closure))
+        })?;
+        // Every list holds the snapshot's strings (one per entity), not a string per item.
+        let ids = frozen.py_ids(py);
+        let dict = PyDict::new(py);
+        for &v in &order {
+            let row = closure
+                .get(v as usize)
+                .ok_or_else(|| outside_snapshot(v as usize, closure.len()))?;
+            dict.set_item(py_id(ids, v as usize)?.bind(py), frozen.py_list(py, row)?)?;
+        }
+        Ok(dict)
     }
 
     /// Entities within `hops` of `id` (both directions unless `directed`) as a new graph.
@@ -1524,7 +1549,7 @@ impl PyGraphStore {
         };
         let inner = frozen.clone();
         let long = betweenness::worth_stopping(&frozen.snapshot, k.unwrap_or(n));
-        let scores = run_betweenness(py, long, move |stop| {
+        let scores = run_sources(py, long, move |stop| {
             let sample = match k {
                 None => None,
                 Some(k) => {
@@ -1567,7 +1592,7 @@ impl PyGraphStore {
         let long = betweenness::worth_stopping(&frozen.snapshot, sources.len());
         // Borrowed, not moved: the Python strings are released here, with the GIL.
         let sources = &sources;
-        let scores = run_betweenness(py, long, move |stop| {
+        let scores = run_sources(py, long, move |stop| {
             // A repeated source would be counted twice but rescaled as distinct ones (wrong
             // scores): refused, as `modularity` refuses an entity listed twice.
             let mut seen = alloc::filled(inner.snapshot.n, false, "the sources' marks")?;
@@ -1676,18 +1701,39 @@ impl PyGraphStore {
     /// comes first in `entity_ids()` order (insertion order until an entity is removed: a
     /// removal moves the last entity into its place).
     ///
+    /// Runs with the GIL released, and stops on Ctrl-C: a graph may hold more cycles than
+    /// any run can list, and a search for many may take minutes.
+    ///
     /// Raises:
     ///     GraphError: When `cap` is not positive.
     #[pyo3(signature = (cap = 100))]
-    fn cycles(
+    fn cycles<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         #[pyo3(from_py_with = cap_arg)] cap: usize,
-    ) -> PyResult<Vec<Vec<String>>> {
-        self.run(py, |f| {
-            let found = algo::cycles(&f.snapshot, cap)?;
-            found.iter().map(|c| f.names(c)).collect()
-        })
+    ) -> PyResult<Bound<'py, PyList>> {
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        // The search costs O((n + m) (cycles + 1)) at most: a short one runs straight.
+        let found = if betweenness::worth_stopping(&frozen.snapshot, cap) {
+            run_interruptible(py, move |check| algo::cycles(&inner.snapshot, cap, check))?
+        } else {
+            run_detached(py, move || {
+                algo::cycles(&inner.snapshot, cap, &mut || Ok(()))
+            })?
+        };
+        // Many cycles list the snapshot's strings (one per entity), not a string per item.
+        let items = found
+            .iter()
+            .fold(0usize, |sum, c| sum.saturating_add(c.len()));
+        if items.saturating_mul(FEW_NODES) >= frozen.ids.entity_count() {
+            frozen.py_ids(py);
+        }
+        let lists = found
+            .iter()
+            .map(|c| frozen.py_list(py, c))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, lists)
     }
 
     // ------------------------------------------------------------------ the seed's queries

@@ -1161,9 +1161,12 @@ impl PyEpisodicStore {
     /// Removes the agent's episodes (everyone's when `agent_id` is None); returns how many.
     #[pyo3(signature = (agent_id=None))]
     fn clear(&self, py: Python<'_>, agent_id: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+        // Freeing the episodes grows with their count: done with the GIL released.
         match agent_id.map(optional_agent_id).transpose()? {
-            None => self.locked(py, |episodes| episodes.clear(None)),
-            Some(Some(agent_id)) => self.locked(py, |episodes| episodes.clear(Some(&agent_id))),
+            None => sync::lock_detached(py, &self.inner, |episodes| episodes.clear(None)),
+            Some(Some(agent_id)) => {
+                sync::lock_detached(py, &self.inner, |episodes| episodes.clear(Some(&agent_id)))
+            }
             // An id that is not valid Unicode: no agent has it.
             Some(None) => Ok(0),
         }
