@@ -582,7 +582,8 @@ class VectorIndex:
 
         A row's scores agree with search()'s within float rounding, not bit for bit (a
         float32 index scores two or more queries as one matrix product, summing in another
-        order): results whose scores nearly tie may come back in another order.
+        order): results whose scores nearly tie may come back in another order. A long
+        batch stops on Ctrl-C (in the main thread).
 
         Raises:
             MemoryStoreError: k < 1 or a bool, queries not of shape (m, dim), or a bad query;

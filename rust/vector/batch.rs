@@ -9,10 +9,12 @@
 //! threshold), so the full score matrix is never materialized. Large indexes are split into
 //! contiguous row ranges over rayon threads whose heaps are merged at the end.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rayon::prelude::*;
 
 use super::TopK;
-use crate::errors::{try_filled, CoreResult};
+use crate::errors::{interrupted, try_filled, CoreResult};
 
 /// Rows per packed panel of the AVX2 and portable kernels (two 8-lane registers).
 const PANEL_ROWS: usize = 16;
@@ -31,19 +33,21 @@ const PARALLEL_ROWS: usize = 2_048;
 ///
 /// # Errors
 /// [`crate::errors::CoreError::Memory`] when the packed queries, a scan's packed rows or a
-/// query's merged heap (see [`TopK::merge_all`]) cannot be allocated.
+/// query's merged heap (see [`TopK::merge_all`]) cannot be allocated;
+/// [`crate::errors::interrupted`] once `stop` is set (looked at per block of rows).
 pub(super) fn search_batch_fused(
     data: &[f32],
     dim: usize,
     queries: &[f32],
     k: usize,
+    stop: &AtomicBool,
 ) -> CoreResult<Vec<TopK>> {
     let n = data.len() / dim;
     let m = queries.len() / dim;
     let groups = pack_queries(queries, dim, m)?;
     let fused = Fused::detect();
     if n < PARALLEL_ROWS {
-        return scan_range(data, dim, 0, n, &groups, m, k, fused);
+        return scan_range(data, dim, 0, n, &groups, m, k, fused, stop);
     }
     let parallel = |threads: usize| {
         // A few tasks per thread balance the load when another process shares a core.
@@ -61,12 +65,13 @@ pub(super) fn search_batch_fused(
                     m,
                     k,
                     fused,
+                    stop,
                 )
             })
             .collect::<CoreResult<Vec<Vec<TopK>>>>()
     };
     let Some(tasks) = crate::sync::parallel(parallel) else {
-        return scan_range(data, dim, 0, n, &groups, m, k, fused);
+        return scan_range(data, dim, 0, n, &groups, m, k, fused, stop);
     };
     let tasks = tasks?;
     // Each query's heaps, one a task, merged into one.
@@ -354,6 +359,7 @@ fn scan_range(
     m: usize,
     k: usize,
     fused: Fused,
+    stop: &AtomicBool,
 ) -> CoreResult<Vec<TopK>> {
     let mut tops: Vec<TopK> = (0..m)
         .map(|_| TopK::for_rows(k, end - start))
@@ -369,6 +375,9 @@ fn scan_range(
     let mut scores = [0.0f32; TILE];
     let mut block = start;
     while block < end {
+        if stop.load(Ordering::Relaxed) {
+            return Err(interrupted());
+        }
         let rows = (end - block).min(BLOCK_ROWS);
         pack_rows(data, dim, block, rows, fused, &mut panels);
         // The next block's rows are asked for a slice per tile while this block is scored,
@@ -514,11 +523,12 @@ mod tests {
             let queries = lcg(m * dim, 11);
             let groups = pack_queries(&queries, dim, m).unwrap();
             // The search as this CPU runs it, then each kernel it could run (one thread).
-            let runs = std::iter::once(search_batch_fused(&data, dim, &queries, 4).unwrap()).chain(
-                kernels()
-                    .into_iter()
-                    .map(|fused| scan_range(&data, dim, 0, n, &groups, m, 4, fused).unwrap()),
-            );
+            let never = AtomicBool::new(false);
+            let runs =
+                std::iter::once(search_batch_fused(&data, dim, &queries, 4, &never).unwrap())
+                    .chain(kernels().into_iter().map(|fused| {
+                        scan_range(&data, dim, 0, n, &groups, m, 4, fused, &never).unwrap()
+                    }));
             for (query, top) in runs.flat_map(|tops| queries.chunks_exact(dim).zip(tops)) {
                 let mut want: Vec<(f32, usize)> = data
                     .chunks_exact(dim)
