@@ -2541,14 +2541,15 @@ class AgentRuntime:
         The intent is not written for a lone call of an idempotent tool that does not take
         the key: after an interruption, its step is simply run again (model reply included).
         The result is journaled too when `record_result` (a call of a parallel round, whose
-        step checkpoints come only after every call ends); a lone call's step checkpoint is
-        its result, so it costs one write less. A failed write of the result is logged and
-        counted as a failed step checkpoint is, not raised (the round's step checkpoint holds
-        the result); a failed write of the intent is raised, before the call runs. An entry
-        of this run is honoured: a recorded result is reused, and a call that may have run
-        is repeated (as it was approved, under the key it was journaled with) only for a
-        tool that is idempotent or takes the key. An entry another run wrote is stale: the
-        call is run as if it had none.
+        step checkpoints come only after every call ends), even when the run is cancelled or
+        times out as it is written (see `_through_cancellation`); a lone call's step
+        checkpoint is its result, so it costs one write less. A failed write of the result
+        is logged and counted as a failed step checkpoint is, not raised (the round's step
+        checkpoint holds the result); a failed write of the intent is raised, before the
+        call runs. An entry of this run is honoured: a recorded result is reused, and a call
+        that may have run is repeated (as it was approved, under the key it was journaled
+        with) only for a tool that is idempotent or takes the key. An entry another run
+        wrote is stale: the call is run as if it had none.
         """
         checkpoints = self._checkpoints
         assert checkpoints is not None
@@ -2623,7 +2624,12 @@ class AgentRuntime:
                 "ran": [run[2], run[3]],
             }
             try:
-                await checkpoints.journal(session_id, step, index, done)
+                # Even when the run is cancelled (or times out) meanwhile: the call ran, and a
+                # resume would take an intent alone for a call that may have run.
+                await _through_cancellation(
+                    functools.partial(checkpoints.journal, session_id, step, index, done),
+                    self._config.loop_timeout_ms,
+                )
             except Exception as error:
                 # Not raised: the call ran, and its siblings run on. Its result stays with the
                 # round, whose step checkpoint makes it durable; until then its intent stands
@@ -2797,7 +2803,13 @@ class AgentRuntime:
         step interrupted mid-way continues from its journal: its model reply is reused, a
         finished tool call is not repeated, and a tool call that may have run is repeated
         only for tools that are idempotent or take the idempotency key. A call that had not
-        been approved (or allowed by the capabilities) yet had not run: it is asked again.
+        been approved (or allowed by the capabilities) yet had not run: it is asked again. A
+        step whose one call is of an idempotent tool that does not take the key is not
+        journaled (see `ToolSpec`'s `idempotent`): it is run again, model reply included.
+
+        A run that was cancelled, or cut off by `loop_timeout_ms`, has not ended (its
+        completed steps, its journal and its time are saved, not a final checkpoint): it is
+        resumed as a run whose process stopped there is.
 
         The interrupted run may be any turn of a multi-turn session (`run_turn`), the first
         or a later one: it is continued as that turn, with the chat history of the turns
@@ -3415,6 +3427,34 @@ class _RoundSlots:
                 raise _NotStarted(self._failure)
             with self.watch():
                 return await start()
+
+
+async def _through_cancellation(
+    write: Callable[[], Awaitable[Any]], timeout_ms: int | None
+) -> None:
+    """Awaits `write()`, a write that may be made twice (a record written whole, by key).
+
+    Cancelled meanwhile (the run's `loop_timeout_ms` too), the caller writes it again, in a
+    task of its own that the cancellation does not cut short, and waits for that at most
+    `timeout_ms` more when set (then it is dropped, as a failed run's save is, see
+    `_save_left_in_time`); then it raises the cancellation. A failure of that write is not
+    raised either: what it would have written over stands. Uncancelled, it costs nothing.
+    """
+    try:
+        await write()
+    except asyncio.CancelledError:
+        from llm_agent_runtime.persistence._waiting import (
+            retrieve_outcome,
+            wait_through_cancellation,
+        )
+
+        writing = asyncio.ensure_future(write())
+        await wait_through_cancellation(writing, None if timeout_ms is None else timeout_ms / 1000)
+        if writing.done():
+            retrieve_outcome(writing)
+        else:
+            writing.cancel()
+        raise
 
 
 async def _all_or_none(calls: Iterable[Awaitable[T]]) -> list[T]:

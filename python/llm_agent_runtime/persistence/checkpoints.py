@@ -34,10 +34,13 @@ is a key of another):
 - `session:<id>:step:<n>`: what step n added (a delta: storage grows linearly with steps);
 - `session:<id>:base:<n>`: steps 1 to n, folded by `prune`, so a running session stays
   resumable (`session:<id>:base`, without `<n>`, as older versions wrote it, is read too);
-- `session:<id>:call:<n>:<i>`: tool call i of step n, written as an intent before the call and
-  as a result after it (the journal that makes resume at-most-once), naming the run that
-  wrote it and the call's idempotency key (see `idempotency_key`): an entry is valid for
-  that run alone (another run's is stale, as if absent);
+- `session:<id>:call:<n>:<i>`: tool call i of step n, written as an intent before the call and,
+  for a call of a parallel round, as a result after it (even when the run is cancelled or
+  times out meanwhile; a lone call's result is its step), the journal that makes resume
+  at-most-once, naming the run that wrote it and the call's idempotency key (see
+  `idempotency_key`): an entry is valid for that run alone (another run's is stale, as if
+  absent); a lone call of an idempotent tool that does not take the key has none (its step
+  is run again, model reply included);
 - `session:<id>:event:<seq>`: the append-only event log (every event but `LlmTextDelta`,
   whose text `LlmResponse` holds, and `CheckpointSaved`);
 - `session:<id>`: the final checkpoint (the whole session, with the working memory's entries;

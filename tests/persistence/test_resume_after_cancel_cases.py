@@ -1,0 +1,503 @@
+"""Resuming a checkpointed run that was cancelled, or cut off by its `loop_timeout_ms`.
+
+A run that fails so has not ended: it saved its completed steps, its journal and the end
+record of its time (`session:<id>:ended`), but no final checkpoint. `resume` continues it:
+completed steps (and a round's finished calls) are not run again nor asked of the model, the
+interrupted step's journaled model reply is reused, and a call that may have run is repeated
+only for a tool that is idempotent or takes the key. A lone call of an idempotent tool is not
+journaled before it runs, so its step is run again, model reply included. All on SQLite, by
+the same runtime or by a new one on the same database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.persistence.codec import decode
+
+TIMEOUT_MS = 150
+DONE_REACT = "Thought: done\nAction: FINAL_ANSWER done"
+
+
+class Tools:
+    """Tools that count their calls; `lookup`, `charge` and `send` hold until released."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {"add": 0, "lookup": 0, "charge": 0, "send": 0, "price": 0}
+        self.keys: list[str] = []
+        self.holding = True
+        self.started = asyncio.Event()
+
+    async def _hold(self) -> None:
+        self.started.set()
+        if self.holding:
+            await asyncio.Event().wait()
+
+    def specs(self) -> list[ar.ToolSpec]:
+        @ar.tool
+        async def add(a: int, b: int) -> int:
+            """Adds (not idempotent)."""
+            self.calls["add"] += 1
+            return a + b
+
+        @ar.tool(idempotent=True)
+        async def lookup(item: str) -> str:
+            """Reads a price (safe to repeat)."""
+            self.calls["lookup"] += 1
+            await self._hold()
+            return f"{item}: 3"
+
+        @ar.tool
+        async def charge(amount: int) -> str:
+            """Charges a card (not idempotent)."""
+            self.calls["charge"] += 1
+            await self._hold()
+            return "charged"
+
+        @ar.tool
+        async def send(text: str, idempotency_key: str) -> str:
+            """Sends a message once per key."""
+            self.calls["send"] += 1
+            self.keys.append(idempotency_key)
+            await self._hold()
+            return "sent"
+
+        @ar.tool(idempotent=True)
+        async def price(item: str) -> str:
+            """Reads a price at once (safe to repeat)."""
+            self.calls["price"] += 1
+            return f"{item}: 3"
+
+        return [add, lookup, charge, send, price]
+
+
+class Model:
+    """A ReAct model (`infer`) giving `replies` in order, counting the prompts it is asked."""
+
+    def __init__(self, *replies: str, hold_at: int | None = None) -> None:
+        self.replies = list(replies)
+        self.asked = 0
+        self.hold_at = hold_at  # the call (0-based) that never returns
+        self.waiting = asyncio.Event()
+
+    async def __call__(self, prompt: str) -> str:
+        self.asked += 1
+        if self.asked - 1 == self.hold_at:
+            self.waiting.set()
+            await asyncio.Event().wait()
+        return self.replies.pop(0)
+
+
+class HeldProvider(ar.ScriptedProvider):
+    """A `ScriptedProvider` whose call number `hold_at` (0-based) never returns."""
+
+    def __init__(self, replies: list[Any], hold_at: int) -> None:
+        super().__init__(replies)
+        self.hold_at = hold_at
+        self.entered = 0
+        self.waiting = asyncio.Event()
+
+    async def chat(self, *args: Any, **kwargs: Any) -> ar.ChatResponse:
+        self.entered += 1
+        if self.entered - 1 == self.hold_at:
+            self.waiting.set()
+            await asyncio.Event().wait()
+        return await super().chat(*args, **kwargs)
+
+
+def react_step(name: str, arguments: dict[str, Any]) -> str:
+    return f"Thought: call {name}\nAction: {name} {json.dumps(arguments)}"
+
+
+def first_model(mode: str, *calls: tuple[str, dict[str, Any]]) -> Any:
+    """A model that adds 1 + 2 (a completed step), then makes `calls` (one step or round)."""
+    if mode == "tools":
+        return ar.ScriptedProvider(
+            [
+                ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})]),
+                ar.ScriptedProvider.tool_call_reply(list(calls)),
+            ]
+        )
+    [(name, arguments)] = calls
+    return Model(react_step("add", {"a": 1, "b": 2}), react_step(name, arguments))
+
+
+def closing_model(mode: str) -> Any:
+    """A model that answers at once: the resume's one model call, when it makes only one."""
+    return ar.ScriptedProvider(["done"]) if mode == "tools" else Model(DONE_REACT)
+
+
+def model_calls(model: Any) -> int:
+    return model.calls if isinstance(model, ar.ScriptedProvider) else model.asked
+
+
+@pytest.fixture
+def open_backend(tmp_path: Path) -> Iterator[Callable[[], ar.SqliteBackend]]:
+    """Opens the test's SQLite database (again: a second worker's view of it)."""
+    opened: list[ar.SqliteBackend] = []
+
+    def open_() -> ar.SqliteBackend:
+        opened.append(ar.SqliteBackend(tmp_path / "store.db"))
+        return opened[-1]
+
+    yield open_
+    for backend in opened:
+        backend.close()
+
+
+class Setup:
+    def __init__(self, mode: str, how: str, open_backend: Callable[[], ar.SqliteBackend]) -> None:
+        self.mode, self.how, self.open_backend = mode, how, open_backend
+        self.tools = Tools()
+        self.runtime = self.make_runtime()
+
+    def make_runtime(self) -> ar.AgentRuntime:
+        timeout = TIMEOUT_MS if self.how == "timeout" else None
+        return ar.AgentRuntime(
+            ar.AgentConfig(mode=self.mode, loop_timeout_ms=timeout),
+            tools=self.tools.specs(),
+            checkpoint_backend=self.open_backend(),
+        )
+
+    def resumer(self, fresh: bool) -> ar.AgentRuntime:
+        return self.make_runtime() if fresh else self.runtime
+
+    async def interrupt(self, run: Awaitable[Any], reached: asyncio.Event | None = None) -> None:
+        """Cancels `run` once `reached` (a tool started, by default), or lets it time out."""
+        task = asyncio.ensure_future(run)
+        if self.how == "timeout":
+            with pytest.raises(ar.AgentLoopError, match=f"timed out after {TIMEOUT_MS} ms"):
+                await task
+        else:
+            await (reached or self.tools.started).wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        self.tools.holding = False
+        self.tools.started.clear()
+
+
+def kept(session: ar.AgentSession) -> list[tuple[str, str, str | None]]:
+    return [(s.action, s.observation, s.error_kind) for s in session.steps]
+
+
+MODES = pytest.mark.parametrize("mode", ["react", "tools"])
+HOW = pytest.mark.parametrize("how", ["cancel", "timeout"])
+FRESH = pytest.mark.parametrize("fresh", [False, True], ids=["same runtime", "new runtime"])
+ADDED = ("add", "3", None)
+ANSWERED = ("FINAL_ANSWER", "", None)
+
+
+# --- the run has not ended: it is saved as interrupted --------------------------------------
+
+
+@MODES
+@HOW
+async def test_an_interrupted_run_is_saved_unfinished_with_its_completed_steps(
+    mode: str, how: str, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    setup = Setup(mode, how, open_backend)
+    session = setup.runtime.create_session("a")
+    model = first_model(mode, ("charge", {"amount": 5}))
+    await setup.interrupt(setup.runtime.run_turn(session, "q", model))
+    saved = await ar.AgentSession.load_checkpoint(open_backend(), session.session_id)
+    assert kept(saved) == [ADDED]  # the cut-off step is in the journal, not a step
+    assert saved.final_answer is None and saved.messages == []
+    assert saved.duration_ms == session.duration_ms > 0  # the `ended` record: its time
+    events = [e["type"] for e in await setup.runtime.session_events(session.session_id)]
+    assert events[0] == "RunStarted" and events[-1] == "ErrorEvent"
+    assert "RunFinished" not in events
+
+
+# --- resumed: nothing done is done again ----------------------------------------------------
+
+
+@MODES
+@HOW
+@FRESH
+async def test_a_call_that_may_have_run_reuses_the_reply_and_repeats_only_a_keyed_tool(
+    mode: str, how: str, fresh: bool, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    setup = Setup(mode, how, open_backend)
+    session = setup.runtime.create_session("a")
+    model = first_model(mode, ("send", {"text": "hi"}))
+    await setup.interrupt(setup.runtime.run_turn(session, "q", model))
+    assert model_calls(model) == 2
+    closing = closing_model(mode)
+    resumed = await setup.resumer(fresh).resume(session.session_id, closing)
+    assert kept(resumed) == [ADDED, ("send", "sent", None), ANSWERED]
+    assert resumed.final_answer == "done"
+    assert resumed.messages == [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "done"},
+    ]
+    # The journaled reply of step 2 is reused: the model is asked for step 3 alone.
+    assert model_calls(closing) == 1
+    # The completed add is not run again; the send is repeated under the same key.
+    assert setup.tools.calls["add"] == 1
+    assert setup.tools.calls["send"] == 2 and len(set(setup.tools.keys)) == 1
+    assert await ar.AgentSession.load_checkpoint(open_backend(), session.session_id) == resumed
+    events = [e["type"] for e in await setup.runtime.session_events(session.session_id)]
+    resumed_events = events[events.index("ErrorEvent") + 1 :]
+    assert resumed_events == [
+        "RunStarted",
+        "ToolCallStarted",  # the repeated send, with no LlmResponse before it
+        "ToolCallFinished",
+        "LlmResponse",
+        "RunFinished",
+    ]
+
+
+@MODES
+@HOW
+@FRESH
+async def test_a_call_that_may_have_run_of_an_unsafe_tool_is_refused_then_settled(
+    mode: str, how: str, fresh: bool, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    setup = Setup(mode, how, open_backend)
+    session = setup.runtime.create_session("a")
+    model = first_model(mode, ("charge", {"amount": 5}))
+    await setup.interrupt(setup.runtime.run_turn(session, "q", model))
+    resumer = setup.resumer(fresh)
+    refused = closing_model(mode)
+    with pytest.raises(ar.ToolError, match=r"'charge' \(step 2, call 0"):
+        await resumer.resume(session.session_id, refused)
+    assert model_calls(refused) == 0 and setup.tools.calls["charge"] == 1
+    await resumer.settle_call(session.session_id, 2, 0, "charged (checked)")
+    closing = closing_model(mode)
+    resumed = await resumer.resume(session.session_id, closing)
+    assert kept(resumed) == [ADDED, ("charge", "charged (checked)", None), ANSWERED]
+    assert model_calls(closing) == 1
+    assert setup.tools.calls == {"add": 1, "lookup": 0, "charge": 1, "send": 0, "price": 0}
+
+
+@MODES
+@HOW
+@FRESH
+async def test_a_lone_idempotent_call_is_run_again_with_its_step_model_reply_included(
+    mode: str, how: str, fresh: bool, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    # Such a call is not journaled before it runs (see `ToolSpec`'s `idempotent`): its step
+    # is asked of the model again, and the tool runs again if the model calls it again.
+    setup = Setup(mode, how, open_backend)
+    session = setup.runtime.create_session("a")
+    model = first_model(mode, ("lookup", {"item": "x"}))
+    await setup.interrupt(setup.runtime.run_turn(session, "q", model))
+    if mode == "tools":
+        again = ar.ScriptedProvider(
+            [ar.ScriptedProvider.tool_call_reply([("lookup", {"item": "x"})]), "done"]
+        )
+    else:
+        again = Model(react_step("lookup", {"item": "x"}), DONE_REACT)
+    resumed = await setup.resumer(fresh).resume(session.session_id, again)
+    assert kept(resumed) == [ADDED, ("lookup", "x: 3", None), ANSWERED]
+    assert model_calls(again) == 2  # step 2 (never saved), then the answer
+    assert setup.tools.calls["add"] == 1 and setup.tools.calls["lookup"] == 2
+
+
+@HOW
+@FRESH
+async def test_a_round_keeps_its_finished_calls_and_repeats_the_cut_off_idempotent_one(
+    how: str, fresh: bool, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    setup = Setup("tools", how, open_backend)
+    session = setup.runtime.create_session("a")
+    model = first_model("tools", ("add", {"a": 2, "b": 2}), ("lookup", {"item": "x"}))
+    await setup.interrupt(setup.runtime.run_turn(session, "q", model))
+    closing = closing_model("tools")
+    resumed = await setup.resumer(fresh).resume(session.session_id, closing)
+    assert kept(resumed) == [ADDED, ("add", "4", None), ("lookup", "x: 3", None), ANSWERED]
+    assert model_calls(closing) == 1  # the round's reply is reused
+    assert setup.tools.calls["add"] == 2  # step 1's and the round's, each once
+    assert setup.tools.calls["lookup"] == 2
+
+
+@HOW
+async def test_a_round_with_a_cut_off_unsafe_call_refuses_without_running_the_finished_one(
+    how: str, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    setup = Setup("tools", how, open_backend)
+    session = setup.runtime.create_session("a")
+    model = first_model("tools", ("add", {"a": 2, "b": 2}), ("charge", {"amount": 5}))
+    await setup.interrupt(setup.runtime.run_turn(session, "q", model))
+    with pytest.raises(ar.ToolError, match=r"'charge' \(step 2, call 1"):
+        await setup.make_runtime().resume(session.session_id, closing_model("tools"))
+    assert setup.tools.calls == {"add": 2, "lookup": 0, "charge": 1, "send": 0, "price": 0}
+
+
+# --- cut off while the model is asked --------------------------------------------------------
+
+
+@MODES
+@FRESH
+async def test_cancelled_while_the_model_is_asked_resume_asks_for_that_step_alone(
+    mode: str, fresh: bool, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    setup = Setup(mode, "cancel", open_backend)
+    session = setup.runtime.create_session("a")
+    model: HeldProvider | Model
+    if mode == "tools":
+        add = ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})])
+        model = HeldProvider([add], hold_at=1)
+    else:
+        model = Model(react_step("add", {"a": 1, "b": 2}), hold_at=1)
+    await setup.interrupt(setup.runtime.run_turn(session, "q", model), model.waiting)
+    saved = await ar.AgentSession.load_checkpoint(open_backend(), session.session_id)
+    assert kept(saved) == [ADDED] and saved.final_answer is None
+    closing = closing_model(mode)
+    resumed = await setup.resumer(fresh).resume(session.session_id, closing)
+    assert kept(resumed) == [ADDED, ANSWERED] and resumed.final_answer == "done"
+    assert model_calls(closing) == 1 and setup.tools.calls["add"] == 1
+
+
+@MODES
+async def test_cancelled_before_its_first_step_the_run_is_resumed_from_its_start(
+    mode: str, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    setup = Setup(mode, "cancel", open_backend)
+    session = setup.runtime.create_session("a")
+    model = HeldProvider([], hold_at=0) if mode == "tools" else Model(hold_at=0)
+    await setup.interrupt(setup.runtime.run_turn(session, "q", model), model.waiting)
+    closing = closing_model(mode)
+    resumed = await setup.make_runtime().resume(session.session_id, closing)
+    assert kept(resumed) == [ANSWERED] and resumed.final_answer == "done"
+    assert model_calls(closing) == 1
+
+
+@MODES
+async def test_timed_out_while_the_model_is_asked_resume_asks_for_that_step_alone(
+    mode: str, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    setup = Setup(mode, "timeout", open_backend)
+    session = setup.runtime.create_session("a")
+    model: HeldProvider | Model
+    if mode == "tools":
+        add = ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})])
+        model = HeldProvider([add], hold_at=1)
+    else:
+        model = Model(react_step("add", {"a": 1, "b": 2}), hold_at=1)
+    await setup.interrupt(setup.runtime.run_turn(session, "q", model))
+    closing = closing_model(mode)
+    resumed = await setup.make_runtime().resume(session.session_id, closing)
+    assert kept(resumed) == [ADDED, ANSWERED]
+    assert model_calls(closing) == 1 and setup.tools.calls["add"] == 1
+
+
+# --- a later turn; a resume cut off in turn; a finished run ---------------------------------
+
+
+@MODES
+@HOW
+async def test_an_interrupted_later_turn_is_resumed_as_that_turn_even_when_cut_off_twice(
+    mode: str, how: str, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    setup = Setup(mode, how, open_backend)
+    session = setup.runtime.create_session("a")
+    if mode == "tools":
+        first_turn = ar.ScriptedProvider(
+            [ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})]), "one"]
+        )
+    else:
+        first_turn = Model(react_step("add", {"a": 1, "b": 2}), DONE_REACT.replace("done", "one"))
+    assert await setup.runtime.run_turn(session, "q1", first_turn) == "one"
+    setup.tools.holding = True
+    model = first_model(mode, ("send", {"text": "hi"}))
+    await setup.interrupt(setup.runtime.run_turn(session, "q2", model))
+    saved = await ar.AgentSession.load_checkpoint(open_backend(), session.session_id)
+    assert kept(saved) == [ADDED, ANSWERED, ADDED] and saved.final_answer is None
+    assert saved.messages == [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "one"},
+    ]
+    # The resume is cut off as well, in the same call: the run is still resumable.
+    setup.tools.holding = True
+    unused = closing_model(mode)
+    await setup.interrupt(setup.make_runtime().resume(session.session_id, unused))
+    assert model_calls(unused) == 0
+    closing = closing_model(mode)
+    resumed = await setup.make_runtime().resume(session.session_id, closing)
+    assert kept(resumed) == [ADDED, ANSWERED, ADDED, ("send", "sent", None), ANSWERED]
+    assert resumed.final_answer == "done"
+    assert resumed.messages == [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "one"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "done"},
+    ]
+    assert model_calls(closing) == 1
+    assert setup.tools.calls["add"] == 2  # once a turn
+    assert setup.tools.calls["send"] == 3 and len(set(setup.tools.keys)) == 1
+    # Ended now: a resume returns it as saved, asking nothing of the model.
+    untouched = closing_model(mode)
+    again = await setup.make_runtime().resume(session.session_id, untouched)
+    assert again == resumed and model_calls(untouched) == 0
+    events = [e["type"] for e in await setup.runtime.session_events(session.session_id)]
+    assert events.count("RunStarted") == 4 and events.count("RunFinished") == 2
+    assert events.count("ErrorEvent") == 2 and events[-1] == "RunFinished"
+
+
+class SlowResultWrites(ar.SqliteBackend):
+    """SQLite on which the first write of a tool call's result takes `HOLD` seconds to start
+    (a database another process keeps locked, say)."""
+
+    HOLD = (TIMEOUT_MS + 60) / 1000
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reached = asyncio.Event()
+
+    async def save(self, key: str, value: bytes) -> None:
+        done = ":call:" in key and decode(value, key, "call").get("state") == "done"
+        if done and not self.reached.is_set():
+            self.reached.set()
+            await asyncio.sleep(self.HOLD)
+        await super().save(key, value)
+
+
+@HOW
+@pytest.mark.parametrize("finished", ["add", "price"])
+async def test_a_round_cut_off_while_a_finished_call_is_journaled_keeps_its_result(
+    how: str, finished: str, tmp_path: Path, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    # The round's first call has run; its result is being written when the run is cancelled
+    # (or times out) while the second call runs. The result still lands: a resume neither
+    # refuses the call (`add`, not idempotent) nor runs it again (`price`, idempotent).
+    setup = Setup("tools", how, open_backend)
+    backend = SlowResultWrites(tmp_path / "store.db")
+    timeout = TIMEOUT_MS if how == "timeout" else None
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools", loop_timeout_ms=timeout),
+        tools=setup.tools.specs(),
+        checkpoint_backend=backend,
+    )
+    try:
+        session = runtime.create_session("a")
+        arguments = {"a": 2, "b": 2} if finished == "add" else {"item": "x"}
+        model = first_model("tools", (finished, arguments), ("send", {"text": "hi"}))
+        task = asyncio.ensure_future(runtime.run_turn(session, "q", model))
+        await backend.reached.wait()
+        await setup.tools.started.wait()  # both: the result is on its way, the send runs
+        if how == "cancel":
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:
+            with pytest.raises(ar.AgentLoopError, match="timed out"):
+                await task
+    finally:
+        backend.close()
+    setup.tools.holding = False
+    closing = closing_model("tools")
+    resumed = await setup.make_runtime().resume(session.session_id, closing)
+    observation = "4" if finished == "add" else "x: 3"
+    assert kept(resumed) == [ADDED, (finished, observation, None), ("send", "sent", None), ANSWERED]
+    assert model_calls(closing) == 1
+    assert setup.tools.calls[finished] == (2 if finished == "add" else 1)  # step 1 adds too
+    assert setup.tools.calls["send"] == 2 and len(set(setup.tools.keys)) == 1
