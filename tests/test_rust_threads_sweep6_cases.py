@@ -146,6 +146,27 @@ def test_cycles_off_the_main_thread_give_what_the_main_thread_gets() -> None:
     assert found == [expected] and len(expected) == 500
 
 
+@pytest.mark.parametrize(("dtype", "queries"), [("float32", 6000), ("int8", 1500)])
+def test_a_big_vector_batch_stops_soon_after_ctrl_c_and_the_index_stays_usable(
+    dtype: str, queries: int
+) -> None:
+    rng = np.random.default_rng(0)
+    n, dim = 100_000, 64
+    index = ar.VectorIndex(dim, dtype=dtype)
+    index.add(np.arange(n), rng.standard_normal((n, dim), dtype=np.float32))
+    batch = rng.standard_normal((queries, dim), dtype=np.float32)
+    started = time.perf_counter()
+    index.search_batch(batch, 10)
+    whole = time.perf_counter() - started
+    delay = _ctrl_c_delay(lambda: index.search_batch(batch, 10))
+    # A batch here takes most of a second or more (the Ctrl-C waited for its end); a stop
+    # waits for a block of rows (fused float32 scan) or a query (int8) at most.
+    assert delay < 0.25, (delay, whole)
+    assert len(index) == n
+    ids, _ = index.search_batch(batch[:3], 1)
+    assert ids.shape == (3, 1)
+
+
 # ------------------------------------------------------------------ the GIL
 
 
