@@ -287,7 +287,12 @@ class EventBus:
                 run that emits an event).
         """
         if not callable(callback):
-            raise AgentRuntimeError(f"an event callback must be callable, got {callback!r}")
+            from llm_agent_runtime.orchestration._checks import short_repr
+
+            # A bounded repr that never raises: else its error replaced this one.
+            raise AgentRuntimeError(
+                f"an event callback must be callable, got {short_repr(callback)}"
+            )
         with self._changing:
             self._callbacks.append(callback)
             self._listeners_changed()
@@ -362,7 +367,11 @@ class EventBus:
         if max_buffered is None:
             queue: _SubscriberQueue = _SubscriberQueue()
         elif type(max_buffered) is not int or max_buffered < 1:
-            raise ValueError(f"max_buffered must be an int of at least 1, got {max_buffered!r}")
+            from llm_agent_runtime.orchestration._checks import short_repr
+
+            raise ValueError(
+                f"max_buffered must be an int of at least 1, got {short_repr(max_buffered)}"
+            )
         else:
             queue = _DroppingQueue(max_buffered)
         with self._changing:

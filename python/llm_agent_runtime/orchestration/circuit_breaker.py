@@ -64,6 +64,7 @@ from llm_agent_runtime.orchestration._checks import (
     check_count,
     check_seconds,
     safe_repr,
+    short_repr,
 )
 from llm_agent_runtime.orchestration.clock import Clock, checked_clock
 
@@ -246,7 +247,7 @@ class CircuitBreaker:
         service = _checked_service(service)
         if is_failure is not None and not callable(is_failure):
             # Else every error would go through "is_failure raised" and count as a failure.
-            raise TypeError(f"is_failure must be callable (or None), got {is_failure!r}")
+            raise TypeError(f"is_failure must be callable (or None), got {short_repr(is_failure)}")
         if backend is not None and (
             isinstance(backend, type)
             or not all(callable(getattr(backend, name, None)) for name in ("get", "update"))
