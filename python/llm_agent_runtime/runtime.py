@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -498,6 +499,8 @@ class AgentRuntime:
         # Sessions with a run in progress: a session runs one turn at a time.
         self._running: set[str] = set()
         self._tracer = _load_tracer()
+        # No tracer provider set yet: each run looks again until one is (`_tracer_awaited`).
+        self._awaiting_tracer = self._tracer is None and _tracer_awaited()
         # Per session: remembered decisions (by tool, or by tool and arguments for an edit),
         # and, while it runs, one lock per tool so that a tool's approval is asked once at a
         # time (a lock is its run's: the next run may be on another event loop).
@@ -1003,6 +1006,9 @@ class AgentRuntime:
             events = self.events
             callbacks_token = RUN_CALLBACKS.set(callbacks)
             try:
+                if self._awaiting_tracer and not _tracer_awaited():  # a provider set since
+                    self._tracer = _load_tracer()
+                    self._awaiting_tracer = False
                 span = (
                     _traced(
                         self._tracer,
@@ -3993,8 +3999,10 @@ def _traced(tracer: Any, name: str, attributes: dict[str, str] | None = None) ->
 def _load_tracer() -> Any:
     """Returns a tracer when OpenTelemetry is installed and a tracer provider is set, else None.
 
-    The provider must be configured before the runtime is built; no-op spans are skipped
-    because even they cost microseconds per step.
+    No-op spans are skipped because even they cost microseconds per step: None also for a
+    no-op provider, or one that hands out no-op tracers (the SDK's with
+    `OTEL_SDK_DISABLED=true`). A runtime built before the provider is set looks again at
+    each run's start until it is (see `_tracer_awaited`).
     """
     try:
         from opentelemetry import trace  # type: ignore[import-not-found,unused-ignore]
@@ -4003,4 +4011,28 @@ def _load_tracer() -> Any:
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None
-    return trace.get_tracer("llm_agent_runtime")
+    tracer = trace.get_tracer("llm_agent_runtime")
+    return None if isinstance(tracer, trace.NoOpTracer) else tracer
+
+
+def _tracer_awaited() -> bool:
+    """Whether OpenTelemetry is installed and no tracer provider has been set yet.
+
+    An application may set it after building its runtime (one made at import, tracing set
+    up in `main`): the runtime's next run then traces. Called once a run until then (about
+    0.1 µs), never per step; `_load_tracer` has imported OpenTelemetry if it is installed
+    (a failed import is no cheap check).
+    """
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return False
+    # The module's global, read as it is: `get_tracer_provider()` looks an environment
+    # variable up at each call (0.7 µs a run). That variable names a provider it loads at
+    # the first call, which `_load_tracer` made: only a provider set in code is awaited.
+    provider = getattr(trace, "_TRACER_PROVIDER", _NO_SUCH_GLOBAL)
+    if provider is _NO_SUCH_GLOBAL:  # another version's layout: the public call
+        return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return provider is None
+
+
+_NO_SUCH_GLOBAL = object()
