@@ -671,7 +671,8 @@ class GraphStore:
     Properties are JSON-compatible: str keys; values None, bool (or numpy's bool), str, int
     (or any integer type with __index__, such as numpy's), finite float (or an inexact
     numbers.Real, such as numpy.float32, stored as a float; not a Fraction, which a float
-    would round), and lists, tuples and dicts of them.
+    would round), and lists, tuples and dicts of them (a dict naming each key's text once:
+    two keys of one text, such as a str subclass beside an equal str, are refused).
 
     Raises:
         GraphError: unknown entities, duplicate ids, non-finite weights (or beyond the float
@@ -785,5 +786,12 @@ class GraphStore:
     def avg_in_degree(self) -> float: ...
     def to_json(self) -> str: ...
     @staticmethod
-    def from_json(text: str) -> GraphStore: ...
+    def from_json(text: str) -> GraphStore:
+        """Rebuilds a graph from `to_json` output.
+
+        Raises:
+            GraphError: On a malformed, foreign or newer-version document (one whose
+                properties name a key twice in one object is malformed: a value would be
+                dropped).
+        """
     def copy(self) -> GraphStore: ...

@@ -933,7 +933,8 @@ impl PyGraphStore {
     ///         numpy's bool), str, int (or an integer type with `__index__`, such as
     ///         numpy's), finite float (or an inexact `numbers.Real`, such as
     ///         `numpy.float32`, stored as a float; not a `Fraction`, which a float would
-    ///         round), and lists, tuples and dicts of them.
+    ///         round), and lists, tuples and dicts of them (a dict naming each key's text
+    ///         once).
     ///
     /// Raises:
     ///     GraphError: When the id exists, `properties` is not a dict, a property is not
@@ -1881,7 +1882,9 @@ impl PyGraphStore {
     /// Rebuilds a graph from `to_json` output.
     ///
     /// Raises:
-    ///     GraphError: On a malformed, foreign or newer-version document.
+    ///     GraphError: On a malformed, foreign or newer-version document (one whose
+    ///         properties name a key twice in one object is malformed: a value would be
+    ///         dropped).
     #[staticmethod]
     fn from_json(
         py: Python<'_>,

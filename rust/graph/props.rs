@@ -104,10 +104,18 @@ fn convert(value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
             let key = k.cast::<PyString>().map_err(|_| {
                 PyErr::from(CoreError::Graph("property keys must be strings".into()))
             })?;
-            map.insert(
-                text_of(key, CoreError::Graph)?.to_owned(),
-                convert(&v, depth + 1)?,
-            );
+            let text = text_of(key, CoreError::Graph)?;
+            // Two keys can read as one text (a str subclass with its own `__eq__` and
+            // `__hash__`): one value would silently replace the other.
+            if map
+                .insert(text.to_owned(), convert(&v, depth + 1)?)
+                .is_some()
+            {
+                return Err(CoreError::Graph(format!(
+                    "property key {text:?} appears twice in one dict"
+                ))
+                .into());
+            }
         }
         return Ok(Value::Object(map));
     }

@@ -15,8 +15,10 @@ use std::sync::{Arc, OnceLock};
 
 use compact_str::{CompactString, ToCompactString};
 use rustc_hash::{FxBuildHasher, FxHashMap};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::map::Entry;
+use serde_json::{Map, Value};
 
 use super::alloc::{collected, filled, reserve};
 use super::props::{within_max_depth, MAX_DEPTH};
@@ -24,8 +26,101 @@ use crate::errors::{CoreError, CoreResult};
 
 /// JSON-compatible properties; none (null) costs one pointer.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(from = "Value", into = "Value")]
+#[serde(from = "UniqueKeys", into = "Value")]
 pub struct Properties(Option<Box<Value>>);
+
+/// A JSON value read from a document, refused when an object in it names a key twice:
+/// `Value` keeps the last of repeated keys, silently dropping the other values (as
+/// `add_entity` never does, a dict naming each key once).
+struct UniqueKeys(Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
+    }
+}
+
+/// Builds a [`UniqueKeys`] value as `Value`'s own visitor does, but for repeated keys.
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        // JSON text has no NaN or infinity; null as `Value` makes one, should one come.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        UniqueKeys::deserialize(deserializer).map(|UniqueKeys(v)| v)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let UniqueKeys(value) = map.next_value()?;
+            match object.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+                Entry::Occupied(slot) => {
+                    return Err(de::Error::custom(format!(
+                        "the key {:?} appears twice in one object",
+                        slot.key()
+                    )));
+                }
+            }
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// A document's properties read as [`UniqueKeys`].
+fn unique_keys<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
+    UniqueKeys::deserialize(deserializer).map(|UniqueKeys(v)| v)
+}
 
 static NO_PROPERTIES: Value = Value::Null;
 
@@ -39,6 +134,12 @@ impl Properties {
 impl From<Value> for Properties {
     fn from(value: Value) -> Self {
         Self((!value.is_null()).then(|| Box::new(value)))
+    }
+}
+
+impl From<UniqueKeys> for Properties {
+    fn from(UniqueKeys(value): UniqueKeys) -> Self {
+        Self::from(value)
     }
 }
 
@@ -101,7 +202,7 @@ pub struct RelationshipRecord {
     /// Weight.
     pub weight: f64,
     /// Properties (null when none).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub properties: Value,
 }
 
@@ -1407,6 +1508,28 @@ mod tests {
         s.add_relationship("a", "b", "x", 1.0, nested(MAX_DEPTH - 1))
             .unwrap();
         assert!(Store::from_json(&s.to_json().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn json_properties_naming_a_key_twice_are_refused() {
+        let doc = |entity: &str, relationship: &str| {
+            format!(
+                r#"{{"format":"llm-agent-runtime/graph","version":1,"entities":[{{"id":"a","properties":{entity}}}],"relationships":[{{"from":"a","to":"a","kind":"k","weight":1.0,"properties":{relationship}}}]}}"#
+            )
+        };
+        for (entity, relationship) in [
+            (r#"{"x":1,"x":2}"#, "null"),
+            (r#"{"x":[{"y":1,"y":1}]}"#, "null"),
+            ("null", r#"{"w":{"z":0,"z":0}}"#),
+        ] {
+            let err = Store::from_json(&doc(entity, relationship)).err();
+            assert!(
+                err.is_some_and(|e| e.to_string().contains("appears twice")),
+                "{entity} {relationship}"
+            );
+        }
+        let fine = doc(r#"{"x":{"k":1},"y":{"k":2}}"#, r#"{"k":[{"k":1}]}"#);
+        assert!(Store::from_json(&fine).is_ok());
     }
 
     #[test]
