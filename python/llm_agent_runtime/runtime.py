@@ -3121,9 +3121,7 @@ def _history_line(message: dict[str, Any]) -> str:
     assistant message's tool calls follow its text as the `Action:` lines that ask for
     them; the tool messages after it show the results.
     """
-    content = message["content"]
-    if not content.isprintable():  # a line break is not printable: most texts hold none
-        content = "\n  ".join(content.splitlines())
+    content = _indented(message["content"])
     parts = [content] if content else []
     parts += [
         f"Action: {call['name']} "
@@ -3738,8 +3736,15 @@ def _memories_block(texts: list[str]) -> str:
     """
     lines = ["Relevant memories:"]
     for text in texts:
-        lines.append("- " + "\n  ".join(text.splitlines()))
+        lines.append("- " + _indented(text))
     return "\n".join(lines)
+
+
+def _indented(text: str) -> str:
+    """`text` with its later lines indented by two spaces (any line break ends a line)."""
+    if text.isprintable():  # a line break is not printable: most texts hold none
+        return text
+    return "\n  ".join(text.splitlines())
 
 
 def _recalled_texts(memory: Any, episodes: Any, limit: int) -> list[str]:
