@@ -535,7 +535,7 @@ class OpenAIProvider(HttpProvider):
                         done = True
                         break
                     if sse.event == "error":  # a gateway's: its data may be no chunk
-                        raise _reported_error(data, self._transport, known=True)
+                        raise _reported_error(data, self._transport)
                     chunk = parse_json(_Chunk, data, "OpenAI stream event")
                     if chunk.error is not None or chunk.object == "error":
                         # Read as a whole reply's error is (`_check_reply`): `"error": {}`,
@@ -834,14 +834,14 @@ def _wire_message(message: Message) -> dict[str, Any]:
     return wire
 
 
-def _reported_error(data: bytes, transport: HttpTransport, *, known: bool = False) -> ProviderError:
-    """The error for a stream event that reports one in place of a chunk.
+def _reported_error(data: bytes, transport: HttpTransport) -> ProviderError:
+    """The error for a stream event named `error`, sent in place of a chunk.
 
-    The event is read by `error_in_body` (`known`: the event is named `error`); what does not
-    read as an error object (plain text, fields of unexpected types) is still the server's
-    message, never a malformed-event error.
+    The event is read by `error_in_body`; what does not read as an error object (plain text,
+    fields of unexpected types) is still the server's message, never a malformed-event error.
+    A chunk carrying an `error` member is judged by `error_of_reply` instead (`{}` is none).
     """
-    error = error_in_body(data, _Error, known=known)
+    error = error_in_body(data, _Error, known=True)
     if error is None:
         # An event's data is never cut short.
         error = _Error(message=error_message(data, transport.redact, truncated=False))
