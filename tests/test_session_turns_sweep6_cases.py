@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
@@ -55,6 +55,9 @@ _TEXT = st.lists(
 ).map("".join)
 
 
+_CALL = {"id": "c0", "name": "find", "arguments": {"q": ""}}
+
+
 @st.composite
 def _turns(draw: st.DrawFn) -> list[list[dict[str, Any]]]:
     turns = []
@@ -71,6 +74,18 @@ def _turns(draw: st.DrawFn) -> list[list[dict[str, Any]]]:
 
 @settings(max_examples=120, deadline=None)
 @given(_turns(), st.integers(16, 120), st.booleans())
+@example(  # a text of one line break shows as no text, before the call's Action line
+    [
+        [
+            {"role": "user", "content": ""},
+            {"role": "assistant", "content": "\n", "tool_calls": [_CALL]},
+            {"role": "tool", "content": "", "tool_call_id": "c0"},
+            {"role": "assistant", "content": ""},
+        ]
+    ],
+    44,
+    False,
+)
 async def test_a_react_prompt_with_its_multi_line_history_fits_the_window(
     turns: list[list[dict[str, Any]]], window: int, persona: bool
 ) -> None:
@@ -97,7 +112,8 @@ def _shown(messages: list[dict[str, Any]]) -> str:
     """The messages as a ReAct prompt's history shows them (a reference of the format)."""
     lines = []
     for message in messages:
-        parts = ["\n  ".join(message["content"].splitlines())] if message["content"] else []
+        text = "\n  ".join(message["content"].splitlines())  # "\n" alone shows as nothing
+        parts = [text] if text else []
         for call in message.get("tool_calls", ()):
             arguments = json.dumps(call["arguments"], ensure_ascii=False)
             parts.append(f"Action: {call['name']} {arguments}")
