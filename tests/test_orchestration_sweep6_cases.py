@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import decimal
 import fractions
-import heapq
-import itertools
 import json
 import math
 import random
@@ -17,50 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hand_clock import HandClock
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
-
-
-class HandClock:
-    """A clock that moves only through `advance`, waking the sleepers on the way in order."""
-
-    def __init__(self) -> None:
-        self.time = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
-
-    def now(self) -> float:
-        return self.time
-
-    async def sleep(self, seconds: float) -> None:
-        future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.time + seconds, next(self._order), future))
-        try:
-            await future
-        finally:
-            future.cancel()
-
-    async def advance(self, seconds: float) -> None:
-        target = self.time + seconds
-        while True:
-            for _ in range(30):  # the woken tasks run, and may sleep again
-                await asyncio.sleep(0)
-            while self._sleepers and self._sleepers[0][2].done():
-                heapq.heappop(self._sleepers)
-            if not self._sleepers or self._sleepers[0][0] > target:
-                break
-            deadline, _, future = heapq.heappop(self._sleepers)
-            self.time = max(self.time, deadline)
-            future.set_result(None)
-        self.time = target
-        for _ in range(30):
-            await asyncio.sleep(0)
-
-    def sleeping(self) -> int:
-        return sum(not future.done() for _, _, future in self._sleepers)
-
 
 # -- RateLimiter: settings changed later apply from then on ---------------------------------
 

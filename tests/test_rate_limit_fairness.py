@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import heapq
-import itertools
 import os
 import time
 
 import pytest
+from hand_clock import HandClock
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_redis_state import redis_url
@@ -19,44 +19,8 @@ from llm_agent_runtime.orchestration import rate_limit
 from llm_agent_runtime.orchestration.clock import SystemClock
 
 
-class StoppedClock:
-    """A clock that stands still until `run` (a FakeClock moves once the loop idles a bit).
-
-    Lets a test take many turns of the event loop at one instant.
-    """
-
-    def __init__(self) -> None:
-        self.time = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
-
-    def now(self) -> float:
-        return self.time
-
-    async def sleep(self, seconds: float) -> None:
-        future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.time + seconds, next(self._order), future))
-        try:
-            await future
-        finally:
-            future.cancel()
-
-    async def run(self) -> None:
-        """Moves time from deadline to deadline until no one sleeps."""
-        while True:
-            for _ in range(10):  # the woken tasks run, and may sleep again
-                await asyncio.sleep(0)
-            while self._sleepers and self._sleepers[0][2].done():
-                heapq.heappop(self._sleepers)
-            if not self._sleepers:
-                return
-            deadline, _, future = heapq.heappop(self._sleepers)
-            self.time = max(self.time, deadline)
-            future.set_result(None)
-
-
-class CountingClock(StoppedClock):
-    """A `StoppedClock` that counts the sleeps it is asked for (a waiter's each)."""
+class CountingClock(HandClock):
+    """A `HandClock` that counts the sleeps it is asked for (a waiter's each)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,7 +34,7 @@ class CountingClock(StoppedClock):
 class Queue:
     """Callers of `acquire` on one key, each recording when it was served."""
 
-    def __init__(self, limiter: ar.RateLimiter, clock: ar.FakeClock | StoppedClock) -> None:
+    def __init__(self, limiter: ar.RateLimiter, clock: ar.FakeClock | HandClock) -> None:
         self.limiter, self.clock = limiter, clock
         self.served: list[tuple[str, float]] = []
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -168,7 +132,7 @@ def test_waiters_are_served_in_arrival_order_exactly_at_the_rate(
     """
 
     async def run() -> None:
-        clock = StoppedClock()
+        clock = HandClock()
         limiter = ar.RateLimiter(rate=2.0, capacity=2.0, clock=clock)
         assert limiter.try_acquire("k", 2.0)
         queue = Queue(limiter, clock)
@@ -219,7 +183,7 @@ async def test_cancelling_many_waiters_at_once_moves_each_other_one_up_once() ->
 async def test_refunds_and_a_newcomer_in_one_turn_serve_it_exactly_on_time() -> None:
     # W2 gives its reservation back, N arrives (seeing W2's refund), then W1 gives its
     # back: settled together, N is owed W1's refund alone, to the last bit.
-    clock = StoppedClock()
+    clock = HandClock()
     limiter = ar.RateLimiter(rate=10.0, capacity=3.0, clock=clock)
     assert limiter.try_acquire("k", 3.0)
     queue = Queue(limiter, clock)
@@ -254,7 +218,7 @@ def test_a_refund_left_unsettled_by_a_stopped_loop_is_settled_by_the_next() -> N
     loop.close()
 
     async def later() -> list[tuple[str, float]]:
-        clock = StoppedClock()
+        clock = HandClock()
         limiter._clock = clock
         limiter._buckets.clear()  # full again
         assert limiter.try_acquire("k")
@@ -374,7 +338,7 @@ async def test_waiters_cancelled_in_one_turn_before_they_are_due_give_all_back(o
     # Cancelling A first, its refund (owed to B, not settled yet) made B due after the fact:
     # B gave nothing back, though it never ran and the bucket never reached capacity, and C
     # was served at 1 with no token left (cancelling B first gave both back).
-    clock = StoppedClock()
+    clock = HandClock()
     limiter = ar.RateLimiter(rate=1.0, capacity=1.0, clock=clock)
     assert limiter.try_acquire("k", 1.0)
     queue = Queue(limiter, clock)
@@ -428,7 +392,7 @@ async def test_waiters_giving_up_one_turn_apart_cost_a_sleep_each_at_most(leavin
 
 
 class SteppedClock(CountingClock):
-    """A `StoppedClock` that can also move to a time, waking each sleeper on the way."""
+    """A `HandClock` that can also move to a time, waking each sleeper on the way."""
 
     async def advance(self, seconds: float) -> None:
         target = self.time + seconds
