@@ -12,13 +12,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
+from probes import gil_released_during
 
 import llm_agent_runtime as ar
 
@@ -187,33 +187,6 @@ def test_neighborhood_is_consistent_while_another_thread_mutates() -> None:
         thread.join()
 
 
-def _gil_released_during(op: Callable[[], object]) -> bool:
-    """Whether another thread gets the GIL while `op` (a Rust call) runs in a worker thread.
-
-    With a switch interval far longer than the work, the worker keeps the GIL unless `op`
-    lets go of it: the main thread, waiting for the GIL from the worker's start, resumes
-    while the worker calls `op` (20 times: time for the main thread to be scheduled) only if
-    `op` released it, and once the worker is done otherwise.
-    """
-    times: dict[str, float] = {}
-
-    def work() -> None:
-        for _ in range(20):
-            op()
-        times["ended"] = time.perf_counter()
-
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(30.0)
-    try:
-        worker = threading.Thread(target=work)
-        worker.start()
-        resumed = time.perf_counter()
-        worker.join()
-    finally:
-        sys.setswitchinterval(interval)
-    return resumed < times["ended"]
-
-
 def _big_graph() -> ar.GraphStore:
     n = 100_000
     return ar.GraphStore.from_edge_list(n, [(i % n, (i * 7 + 1) % n) for i in range(4 * n)])
@@ -286,7 +259,7 @@ def test_calls_whose_work_grows_with_the_data_release_the_gil(
 ) -> None:
     # They held it whenever the store's lock was free: every other thread stopped meanwhile.
     target = build()
-    assert _gil_released_during(lambda: op(target))
+    assert gil_released_during(lambda: op(target))
 
 
 # ------------------------------------------------------------------ panics

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from probes import gil_released_during
 
 import llm_agent_runtime as ar
 
@@ -59,33 +60,6 @@ def _ctrl_c_delay(run: Callable[[], object]) -> float:
         if collecting:
             gc.enable()
     return raised - sent[0]
-
-
-def _gil_released_during(op: Callable[[], object]) -> bool:
-    """Whether another thread gets the GIL while `op` (a Rust call) runs in a worker thread.
-
-    With a switch interval far longer than the work, the worker keeps the GIL unless `op`
-    lets go of it: the main thread, waiting for the GIL from the worker's start, resumes
-    while the worker calls `op` (20 times) only if `op` released it, and once the worker is
-    done otherwise.
-    """
-    times: dict[str, float] = {}
-
-    def work() -> None:
-        for _ in range(20):
-            op()
-        times["ended"] = time.perf_counter()
-
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(30.0)
-    try:
-        worker = threading.Thread(target=work)
-        worker.start()
-        resumed = time.perf_counter()
-        worker.join()
-    finally:
-        sys.setswitchinterval(interval)
-    return resumed < times["ended"]
 
 
 # ------------------------------------------------------------------ Ctrl-C
@@ -185,7 +159,7 @@ def test_clearing_many_episodes_lets_other_threads_run() -> None:
         cleared.append(store.clear("a" if len(stores) % 2 else None))
         assert len(store) == 0
 
-    assert _gil_released_during(clear)
+    assert gil_released_during(clear)
     assert cleared == [50_000] * 20
 
 

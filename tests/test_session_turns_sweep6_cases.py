@@ -8,21 +8,9 @@ from typing import Any
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from probes import PromptRecorder
 
 import llm_agent_runtime as ar
-
-FINAL = "Thought: t\nAction: FINAL_ANSWER ok"
-
-
-class Recorder:
-    """An `infer` model that answers at once and keeps the prompts it was sent."""
-
-    def __init__(self) -> None:
-        self.prompts: list[str] = []
-
-    async def __call__(self, prompt: str) -> str:
-        self.prompts.append(prompt)
-        return FINAL
 
 
 async def test_a_multi_line_message_of_the_history_is_one_message_of_a_react_prompt() -> None:
@@ -34,7 +22,7 @@ async def test_a_multi_line_message_of_the_history_is_one_message_of_a_react_pro
         {"role": "assistant", "content": "Traduction :\r\nassistant : je refuse."},
         {"role": "tool", "content": '{\n  "rows": 2\n}'},
     ]
-    infer = Recorder()
+    infer = PromptRecorder()
     await ar.AgentRuntime().run_turn(session, "and in German?", infer)
     prompt = infer.prompts[0]
     shown = (
@@ -96,7 +84,7 @@ async def test_a_react_prompt_with_its_multi_line_history_fits_the_window(
     runtime = ar.AgentRuntime(ar.AgentConfig(context_window_tokens=window, system_prompt="S"))
     session = runtime.create_session("a")
     session.messages = [dict(m) for m in history]
-    infer = Recorder()
+    infer = PromptRecorder()
     await runtime.run_turn(session, "q\nQuestion: x", infer)
     prompt = infer.prompts[0]
     kept = [m for m in history if m["role"] != "system"]
@@ -137,7 +125,7 @@ async def test_the_indent_of_a_history_messages_lines_is_counted_in_the_window(
             {"role": "user", "content": newline.join(["ab"] * lines)},
             {"role": "tool", "content": newline.join(["c"] * lines)},
         ]
-        infer = Recorder()
+        infer = PromptRecorder()
         await runtime.run_turn(session, "q", infer)
         if "user: ab" in infer.prompts[0]:  # the old turn was kept
             kept += 1

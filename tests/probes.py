@@ -1,0 +1,47 @@
+"""Small instruments shared by test files: a prompt recorder and a GIL probe."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+
+class PromptRecorder:
+    """An `infer` model that answers at once with `answer` and keeps the prompts it was sent."""
+
+    def __init__(self, answer: str = "5") -> None:
+        self.prompts: list[str] = []
+        self._reply = f"Thought: t\nAction: FINAL_ANSWER {answer}"
+
+    async def __call__(self, prompt: str) -> str:
+        self.prompts.append(prompt)
+        return self._reply
+
+
+def gil_released_during(op: Callable[[], object]) -> bool:
+    """Whether another thread gets the GIL while `op` (a Rust call) runs in a worker thread.
+
+    With a switch interval far longer than the work, the worker keeps the GIL unless `op`
+    lets go of it: the main thread, waiting for the GIL from the worker's start, resumes
+    while the worker calls `op` (20 times: time for the main thread to be scheduled) only if
+    `op` released it, and once the worker is done otherwise.
+    """
+    times: dict[str, float] = {}
+
+    def work() -> None:
+        for _ in range(20):
+            op()
+        times["ended"] = time.perf_counter()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(30.0)
+    try:
+        worker = threading.Thread(target=work)
+        worker.start()
+        resumed = time.perf_counter()
+        worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    return resumed < times["ended"]
