@@ -17,6 +17,7 @@ import inspect
 import json
 import math
 import numbers
+import operator
 import os
 import re
 import socket
@@ -26,7 +27,7 @@ import time
 import types
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from types import SimpleNamespace
 from typing import (
     TYPE_CHECKING,
@@ -312,6 +313,34 @@ def _check_inline(name: str, run_inline: Any, timeout: Any) -> None:
         )
 
 
+def _check_breaker(name: str, breaker: Any) -> None:
+    """Raises `ToolError` unless `breaker` is None or has a `call` method (a `CircuitBreaker`).
+
+    Else every call of the tool would fail, its `AttributeError` shown to the model as the
+    tool's own failure.
+    """
+    if breaker is not None and not callable(getattr(breaker, "call", None)):
+        raise ToolError(
+            f"circuit_breaker of tool {name!r} must be a CircuitBreaker (or None), "
+            f"got {type(breaker).__name__}",
+            tool=name,
+        )
+
+
+def _checked_max_chars(max_chars: Any) -> int:
+    """`max_chars` as an int, for a `ToolRegistry.call` given something other than an int.
+
+    Raises:
+        ToolError: When it is no integer (a bool, a float, None, text) or is below 0.
+    """
+    if not isinstance(max_chars, bool):
+        with contextlib.suppress(TypeError):
+            count = operator.index(max_chars)  # an int subclass, a numpy integer
+            if count >= 0:
+                return count
+    raise ToolError(f"max_chars must be an int of 0 or more, got {max_chars!r}")
+
+
 def _check_description(name: str, description: Any) -> None:
     """Raises `ToolError` unless `description` is a str (providers refuse anything else)."""
     if not isinstance(description, str):
@@ -403,7 +432,8 @@ class ToolSpec:
     pydantic's JSON mode would when its Python mode refuses them (a strict `date` takes an
     ISO string, as the schema asks).
 
-    Arguments are a dict; a string holding a JSON object is taken for that object. Another
+    Arguments are a dict (another mapping is taken for the dict of its items); a string
+    holding a JSON object is taken for that object. Another
     bare value is taken for the only required argument when there is exactly one; for a tool
     with no required argument, None and "" mean no arguments. For a tool whose only argument
     is a required one, text starting with '{' that is not a JSON object, or is one that does
@@ -451,8 +481,9 @@ class ToolSpec:
             the handler is not callable, or is a generator function; `parameters` is not a
             dict holding an object's schema, or names an argument other than by 1 to 64
             ASCII letters, digits, '_', '.' or '-'; `required_fields` is a str, not names;
-            the timeout is not a finite number above 0; or `run_inline` comes with a
-            timeout. A description, handler, timeout or `run_inline` set later is checked too.
+            the timeout is not a finite number above 0; `run_inline` comes with a timeout; or
+            the circuit breaker has no `call` method. A name, description, handler,
+            `parameters`, timeout, circuit breaker or `run_inline` set later is checked too.
     """
 
     __slots__ = (
@@ -490,6 +521,7 @@ class ToolSpec:
         _check_description(name, description)
         _check_handler(name, handler)
         _check_timeout(name, timeout)
+        _check_breaker(name, circuit_breaker)
         if parameters is not None:
             _check_schema(name, parameters)
         # A str is an iterable of names too: one of one-letter names.
@@ -595,6 +627,12 @@ class ToolSpec:
             _check_inline(getattr(self, "name", "?"), value, getattr(self, "timeout", None))
         elif name == "description":
             _check_description(getattr(self, "name", "?"), value)
+        elif name == "name":
+            _check_name(value)
+        elif name == "parameters":
+            _check_schema(getattr(self, "name", "?"), value)
+        elif name == "circuit_breaker":
+            _check_breaker(getattr(self, "name", "?"), value)
         elif name == "handler":
             _check_handler(getattr(self, "name", "?"), value)
             # A sync handler set in place of an async one runs in a thread, and vice versa.
@@ -657,10 +695,10 @@ class ToolSpec:
     def _as_object(self, arguments: Any) -> dict[str, Any]:
         """The arguments as a dict.
 
-        A string holding a JSON object is that object; any other string starting with '{'
-        is refused (`check_arguments` may then take it for the only argument). Another bare
-        value is the only required argument; None and "" are no arguments for a tool that
-        requires none.
+        Another mapping (a read-only view, say) is the dict of its items. A string holding
+        a JSON object is that object; any other string starting with '{' is refused
+        (`check_arguments` may then take it for the only argument). Another bare value is the
+        only required argument; None and "" are no arguments for a tool that requires none.
         """
         if isinstance(arguments, dict):
             return arguments
@@ -679,6 +717,8 @@ class ToolSpec:
                 return parsed
             if not text and not self.required_fields:
                 return {}
+        elif isinstance(arguments, Mapping):  # a read-only view, say: its keys are the names
+            return dict(arguments)
         elif arguments is None and not self.required_fields:
             return {}
         if len(self.required_fields) == 1:
@@ -1299,12 +1339,20 @@ def tool(
             when the function is a generator (return a list instead), is a method decorated
             in its class body or taken from its class (use the bound method:
             `tool(instance.method)`; for a classmethod, `tool(TheClass.method)` after the
-            class), or the timeout is not a finite number above 0.
+            class), or the timeout is not a finite number above 0, or the circuit breaker has
+            no `call` method; when `fn` is a str (`@tool("search")`: the name goes by
+            keyword, `@tool(name="search")`).
     """
 
     def build(func: Callable[..., Any]) -> ToolSpec:
         if isinstance(func, classmethod):  # `@tool` above `@classmethod`, in the class body
             _refuse_class_body_classmethod(name, func)
+        if isinstance(func, str):  # `@tool("search")`, as some libraries name their tools
+            raise ToolError(
+                f"cannot make a tool of {func!r}: a str is not a function; to name the tool, "
+                f"pass the name by keyword: @tool(name={func!r})",
+                tool=func,
+            )
         if not callable(func):
             raise ToolError(f"cannot make a tool of {func!r}: it is not callable")
         base = _base_callable(func)
@@ -2354,7 +2402,13 @@ class ToolRegistry:
         return f"ToolRegistry(tools={names_repr(self._tools)})"
 
     def not_found(self, name: str, max_chars: int = 4000) -> Observation:
-        """The observation of a call of `name`, a tool this registry does not have."""
+        """The observation of a call of `name`, a tool this registry does not have.
+
+        Raises:
+            ToolError: When `max_chars` is not an int of 0 or more.
+        """
+        if type(max_chars) is not int or max_chars < 0:
+            max_chars = _checked_max_chars(max_chars)
         known = ", ".join(self.names()) or "none"
         message = f"error: unknown tool {name!r} (known: {known})"
         return Observation(_truncate(message, max_chars), "not_found")
@@ -2391,11 +2445,18 @@ class ToolRegistry:
         such a tool ends the call as it chose, as asyncio cannot tell its cancellation from
         a `TaskGroup`'s own (see `_CANCEL_COUNTS_EXACT`); for the same reason, a tool whose
         own work is cancelled after one of its `TaskGroup`s failed in the same call ends the
-        call as cancelled there.
+        call as cancelled there. A `name` that is not registered (whatever its type) is a
+        `not_found` observation.
+
+        Raises:
+            ToolError: When `max_chars` is not an int of 0 or more (before the tool runs).
         """
+        # Checked before the tool runs: else a bad limit failed only after its effects.
+        if type(max_chars) is not int or max_chars < 0:
+            max_chars = _checked_max_chars(max_chars)
         try:
             spec = self._tools[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: a name no dict key can be (a list)
             return self.not_found(name, max_chars)
         try:
             checked = spec._check(arguments)
