@@ -1121,8 +1121,14 @@ class AgentRuntime:
         """
         events = self.events
         if resume is None:  # a resumed run's prompt was rewritten before it was saved
-            for hook in self._hooks["on_user_message"]:
-                prompt = await _rewrite(hook(session, prompt), prompt, "on_user_message")
+            try:
+                for hook in self._hooks["on_user_message"]:
+                    prompt = await _rewrite(hook(session, prompt), prompt, "on_user_message")
+            except BaseException:
+                # The run never started: the session is left as it was, rather than holding
+                # the text the hook refused (a redacting hook's input) and no earlier answer.
+                session.prompt, session.final_answer = before
+                raise
             session.prompt = prompt  # what is kept, saved and sent: the rewritten text
         # The run's id: its meta record names it, and so does its final checkpoint (a
         # resumed run's is the interrupted run's), which tells a later turn from this one.
