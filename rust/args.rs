@@ -148,7 +148,7 @@ impl OutOfRange {
 /// beyond the float range (such as `10**400`) is `error(message)` instead of the built-in
 /// `OverflowError`. Anything not a number is a `TypeError` naming the argument `name`; so is
 /// a complex number (see [`is_complex`]), numpy's included, whose `__float__` would drop the
-/// imaginary part.
+/// imaginary part, and a numpy array of bools or text (see [`is_array_of_no_number`]).
 ///
 /// # Errors
 /// `error(...)` for a number beyond the float range; `TypeError` for a non-number.
@@ -162,7 +162,7 @@ pub fn real(
     if let Ok(float) = obj.cast_exact::<PyFloat>() {
         return Ok(float.value());
     }
-    if is_complex(obj) {
+    if is_complex(obj) || is_array_of_no_number(obj) {
         return Err(wrong_type(obj, name, REAL));
     }
     match obj.extract::<f64>() {
@@ -196,6 +196,21 @@ pub fn is_complex(value: &Bound<'_, PyAny>) -> bool {
             && value
                 .cast::<PyUntypedArray>()
                 .is_ok_and(|array| array.dtype().kind() == b'c'))
+}
+
+/// Whether `value` is a numpy array whose dtype holds no real number: bools, text, bytes,
+/// Python objects, dates or records. A 0-d one has `__float__`, which would parse a text one
+/// (`array("1.5")` would pass for 1.5) and read a bool one as 0 or 1.
+fn is_array_of_no_number(value: &Bound<'_, PyAny>) -> bool {
+    if value.is_exact_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>() {
+        return false;
+    }
+    // No array while numpy is not imported: the array type check would import it.
+    numpy_complex_type(value.py()).is_some()
+        && value.is_instance_of::<PyUntypedArray>()
+        && value
+            .cast::<PyUntypedArray>()
+            .is_ok_and(|array| !matches!(array.dtype().kind(), b'i' | b'u' | b'f' | b'c'))
 }
 
 /// `numpy.complexfloating`, the base of numpy's complex scalar types; None while numpy is

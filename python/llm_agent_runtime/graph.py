@@ -182,9 +182,16 @@ def _weight_of(value: Any, attribute: str, where: str) -> float:
 
     Raises:
         GraphError: When `value` is a bool (Python's or numpy's) or a complex number, has no
-            float form (None, a str), or is beyond the float range; the message names the edge
-            and `attribute`.
+            float form (None, a str), or is beyond the float range, or is a 0-d array holding
+            such a value; the message names the edge and `attribute`.
     """
+    shown = value
+    # A 0-d numpy array of bools, text or objects is read as the scalar it holds: float()
+    # would parse one of text, and take one of a bool as 1.0 or 0.0.
+    if getattr(getattr(value, "dtype", None), "kind", None) in ("b", "O", "S", "U") and (
+        getattr(value, "shape", None) == ()
+    ):
+        value = value.item()
     kind = type(value)
     # The store reads a weight through __float__ (or __index__), as a Decimal or a 0-d numpy
     # array has it; float() would also parse a str, which is no number. A bool converts but
@@ -197,7 +204,7 @@ def _weight_of(value: Any, attribute: str, where: str) -> float:
         isinstance(value, complex) or getattr(getattr(value, "dtype", None), "kind", None) == "c"
     )
     if is_bool or is_complex or not (hasattr(kind, "__float__") or hasattr(kind, "__index__")):
-        raise GraphError(f"{where}: weight ({attribute!r}) must be a real number, got {value!r}")
+        raise GraphError(f"{where}: weight ({attribute!r}) must be a real number, got {shown!r}")
     try:
         return float(value)
     except OverflowError as error:  # an int or Fraction beyond the float range
@@ -207,7 +214,7 @@ def _weight_of(value: Any, attribute: str, where: str) -> float:
         ) from error
     except (TypeError, ValueError) as error:  # an array of many values, a signaling NaN
         raise GraphError(
-            f"{where}: weight ({attribute!r}) must be a finite real number, got {value!r} ({error})"
+            f"{where}: weight ({attribute!r}) must be a finite real number, got {shown!r} ({error})"
         ) from error
 
 
