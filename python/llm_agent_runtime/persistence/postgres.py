@@ -100,15 +100,20 @@ async def _guard(state: _LoopPool, pool: Any, connections: weakref.WeakSet[Any])
     finally:
         if state.pool is pool:
             state.ready = False
-        try:
-            await pool.close()
-        except (Exception, asyncio.CancelledError):
-            # psycopg_pool's close waits for its background tasks first, and fails when the
-            # loop's end cancelled them: its idle connections are closed here instead (every
-            # statement's task was cancelled too).
-            for conn in list(connections):
-                with contextlib.suppress(Exception):
-                    await conn.close()
+        await _shut(pool, connections)
+
+
+async def _shut(pool: Any, connections: weakref.WeakSet[Any]) -> None:
+    """Closes `pool` (a closed one is left as it is), or else its idle connections."""
+    try:
+        await pool.close()
+    except (Exception, asyncio.CancelledError):
+        # psycopg_pool's close waits for its background tasks first, and fails when the
+        # loop's end cancelled them: its idle connections are closed here instead (every
+        # statement's task was cancelled too).
+        for conn in list(connections):
+            with contextlib.suppress(Exception):
+                await conn.close()
 
 
 def _adding_to(connections: weakref.WeakSet[Any]) -> Callable[[Any], Awaitable[None]]:
@@ -128,6 +133,10 @@ async def _close_pool(state: _LoopPool) -> None:
         if state.guard is not None:
             state.guard.cancel()  # it closes the pool
             await asyncio.wait([state.guard])
+        if state.pool is not None:
+            # A guard cancelled before its first step (a close right after the open) never
+            # ran its `finally`: the pool's workers and connections would live on.
+            await _shut(state.pool, state.connections)
 
 
 class PostgresBackend:

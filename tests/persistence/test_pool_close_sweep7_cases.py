@@ -1,0 +1,56 @@
+"""A PostgreSQL backend closed at once after it opened closes its pool."""
+
+import asyncio
+import uuid
+
+import psycopg
+import pytest
+
+import llm_agent_runtime as ar
+
+from .test_backends import _drop_table, server_address
+
+
+async def _sessions_named(dsn: str, name: str) -> int:
+    """The server's sessions of `application_name` `name`, once those closing have gone.
+
+    A session the client closed leaves `pg_stat_activity` a moment later (its server process
+    ends after reading the client's goodbye): one still listed after 10 s was left open.
+    """
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for _ in range(100):
+            cursor = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            if row[0] == 0:
+                break
+            await asyncio.sleep(0.1)
+        return int(row[0])
+
+
+@pytest.mark.timeout(60)
+def test_a_backend_closed_right_after_it_opened_closes_its_pool() -> None:
+    # The pool was closed by a task made as it opened; `close` cancelled that task before its
+    # first step, so its cleanup never ran: the pool's workers went on and its connection
+    # stayed open on the server until the process ended. A loop ending then could hang on a
+    # worker cancelled mid-connect (psycopg_pool's workers swallow that cancellation).
+    base = server_address("postgres")
+    name = f"close_test_{uuid.uuid4().hex[:12]}"
+    dsn = f"{base}{'&' if '?' in base else '?'}application_name={name}"
+    table = f"kv_{uuid.uuid4().hex}"
+
+    async def open_and_close() -> list[str]:
+        store = ar.PostgresBackend(dsn, table=table)
+        await store.open()
+        await store.close()
+        me = asyncio.current_task()
+        return sorted(task.get_name() for task in asyncio.all_tasks() if task is not me)
+
+    try:
+        for _ in range(3):
+            assert asyncio.run(open_and_close()) == []  # no pool worker left running
+        assert asyncio.run(_sessions_named(base, name)) == 0  # no connection left open
+    finally:
+        asyncio.run(_drop_table(base, table))
