@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -159,8 +160,29 @@ class RedisCircuitStateBackend:
         queue = (loop, service)
         self._pending.setdefault(queue, []).append((change, future))
         if queue not in self._writers:
-            self._writers[queue] = keep_alive(asyncio.ensure_future(self._write(queue)))
+            self._start_writer(queue)
         return await future
+
+    def _start_writer(self, queue: _Queue) -> None:
+        """Starts the task writing the pending updates of `queue`."""
+        writer = keep_alive(queue[0].create_task(self._write(queue)))
+        self._writers[queue] = writer
+        writer.add_done_callback(functools.partial(self._writer_done, queue))
+
+    def _writer_done(self, queue: _Queue, writer: asyncio.Future[None]) -> None:
+        """Forgets a writer cancelled before its first step; starts one for updates left.
+
+        Such a writer (cancelled by a sweep of every task, as a shutdown handler does) never
+        ran the `finally` that forgets it: every later update of its service on that loop
+        waited for it, for ever. The updates queued meanwhile are written by a new one.
+        """
+        if self._writers.get(queue) is not writer:
+            return  # it ran, and forgot itself
+        del self._writers[queue]
+        if any(not future.done() for _, future in self._pending.get(queue, ())):
+            self._start_writer(queue)
+        else:
+            self._pending.pop(queue, None)  # only cancelled callers' changes: none to write
 
     async def _write(self, queue: _Queue) -> None:
         """Writes the pending updates of `queue`, a batch at a time, until none is left."""
@@ -1111,11 +1133,17 @@ class RedisDeduplicator:
         """Waits for `command` (a claim or a publication), then gives the lease back if needed.
 
         It is needed when the command may hold the lease: a claim that took it, or any
-        command that failed (it may have run on the server all the same).
+        command that failed or was cancelled (it may have run on the server all the same: a
+        sweep of every task, as a shutdown handler does, cancels the shielded command too).
         """
         try:
             reply = await command
         except Exception:
+            reply = None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not command.cancelled() or (task is not None and task.cancelling()):
+                raise  # this cleanup itself is cancelled
             reply = None
         if reply is None or (claim and reply[0] == 2):
             await self._release(keys, token)

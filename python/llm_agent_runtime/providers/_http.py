@@ -1665,7 +1665,13 @@ class HttpTransport:
         async def counted() -> T:
             nonlocal attempts
             attempts += 1
-            return await attempt(*args)
+            try:
+                return await attempt(*args)
+            except ProviderError as exc:
+                closed = self._closed_error(exc)
+                if closed is None:
+                    raise
+                raise closed from exc
 
         try:
             result: T = await self.retry.run(counted)
@@ -1851,10 +1857,29 @@ class HttpTransport:
         first, stream = await self._with_retries(first_item)
         try:
             yield first
-            async for item in stream:
-                yield item
+            try:
+                async for item in stream:
+                    yield item
+            except ProviderError as exc:
+                closed = self._closed_error(exc)
+                if closed is None:
+                    raise
+                raise closed from exc
         finally:
             await _aclose(stream)
+
+    def _closed_error(self, error: ProviderError) -> ProviderError | None:
+        """The error to raise in place of `error` when `aclose` may have cut the call.
+
+        Closing the pool cuts the calls in flight, which fail as lost connections do:
+        retryable, so they were tried again after a backoff (only to find the provider
+        closed), and a breaker around them counted the provider's own shutdown as the
+        service failing. A retryable error raised once the provider is closed is replaced
+        by one that says so (not retryable); None: `error` stands.
+        """
+        if not (self._closed and error.retryable):
+            return None
+        return ProviderError(f"{self.name} provider was closed while the call was in flight")
 
     # ------------------------------------------------------------------ accounting
     def check_budget(self) -> None:
