@@ -8,6 +8,7 @@ one per loop, and each is closed within its own loop as that loop ends.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -67,6 +68,10 @@ class PerLoop(Generic[T]):
         self._make = make
         self._close = close
         self._entries: dict[asyncio.AbstractEventLoop, _Entry[T]] = {}
+        # The closes under way, with the loop each runs in: an `aclose` from that loop
+        # waits for them too. Finding nothing left to close, it returned at once, before a
+        # concurrent one (from its loop, or another thread) had closed its loop's resource.
+        self._closing: list[tuple[asyncio.AbstractEventLoop, concurrent.futures.Future[None]]] = []
         self._lock = threading.Lock()
 
     def get(self) -> T:
@@ -89,16 +94,41 @@ class PerLoop(Generic[T]):
     async def aclose(self) -> None:
         """Closes every loop's resource; a later `get` makes a new one.
 
-        The running loop's is closed before this returns; one of another loop that is
-        running (in another thread) is closed there, without waiting for it; one of an idle
-        loop when that loop next runs.
+        The running loop's is closed before this returns, as is one a concurrent `aclose`
+        is closing; one of another loop that is running (in another thread) is closed
+        there, without waiting for it; one of an idle loop when that loop next runs.
         """
+        current = asyncio.get_running_loop()
+        own: concurrent.futures.Future[None] | None = None
         with self._lock:
             entries, self._entries = self._entries, {}
-        current = asyncio.get_running_loop()
-        for loop, entry in entries.items():
-            if loop is current:
-                await close_now(entry.closer)
-            elif loop.is_running():
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    asyncio.run_coroutine_threadsafe(close_now(entry.closer), loop)
+            self._closing = [
+                (loop, done)
+                for loop, done in self._closing
+                if not done.done() and not loop.is_closed()
+            ]
+            under_way = [done for loop, done in self._closing if loop is current]
+            for loop, entry in entries.items():
+                if loop is current:
+                    own = concurrent.futures.Future()
+                    self._closing.append((loop, own))
+                elif loop.is_running():
+                    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                        closing = asyncio.run_coroutine_threadsafe(close_now(entry.closer), loop)
+                        self._closing.append((loop, closing))
+        if own is not None:
+            try:
+                await close_now(entries[current].closer)
+            finally:
+                own.set_result(None)
+        if under_way:
+            waited = [asyncio.wrap_future(done) for done in under_way]
+            for future in waited:
+                future.add_done_callback(_retrieve)  # their closer reports their failure
+            await asyncio.wait(waited)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Marks a finished future's exception retrieved: it is not logged as never retrieved."""
+    if not future.cancelled():
+        future.exception()

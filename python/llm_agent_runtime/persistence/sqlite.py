@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import math
 import numbers
+import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -111,6 +113,10 @@ class SqliteBackend:
     thread is still waiting for another process's write lock after the grace: it may then
     still happen later.
 
+    A fork()ed child (a multiprocessing "fork" worker) may use a backend it inherited: its
+    first call there opens a connection of the child's own (SQLite forbids using one across
+    a fork), which the child closes with `close`.
+
     Args:
         path: database file (created, with its directory, if missing), or ":memory:": a
             non-empty `str` or `os.PathLike` of one.
@@ -141,29 +147,59 @@ class SqliteBackend:
             raise PersistenceError(
                 f"busy_timeout must be a finite number of seconds >= 0, got {busy_timeout!r}"
             )
+        self._busy_timeout = min(busy_timeout, _MAX_BUSY_TIMEOUT)
         self._lock = threading.Lock()
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path,
-                timeout=min(busy_timeout, _MAX_BUSY_TIMEOUT),
-                check_same_thread=False,
-                isolation_level=None,
-            )
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(f"PRAGMA synchronous={self.synchronous}")
-                conn.execute(SCHEMA)
-                # Fixed when the file was made: another program may have made it in UTF-16.
-                (encoding,) = conn.execute("PRAGMA encoding").fetchone()
-            except BaseException:
-                conn.close()  # e.g. the file is not a database: no connection left open
-                raise
+            conn, encoding = self._connect()
         except (sqlite3.Error, OSError, ValueError) as exc:  # ValueError: a NUL in the path
             raise PersistenceError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
-        self._conn = conn
+        # None: opened again by the next call (in a forked child, see `_after_fork`).
+        self._conn: sqlite3.Connection | None = conn
+        self._closed = False
         self._encoding: str = encoding
+        _OPEN.add(self)
+
+    def _connect(self) -> tuple[sqlite3.Connection, str]:
+        """A new connection to the database (its table made if missing), and its encoding."""
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout, check_same_thread=False, isolation_level=None
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute(SCHEMA)
+            # Fixed when the file was made: another program may have made it in UTF-16.
+            (encoding,) = conn.execute("PRAGMA encoding").fetchone()
+        except BaseException:
+            conn.close()  # e.g. the file is not a database: no connection left open
+            raise
+        return conn, encoding
+
+    def _connection(self) -> sqlite3.Connection:
+        """This process's connection (the lock held), opened first in a forked child."""
+        conn = self._conn
+        if conn is None:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            conn = self._conn = self._connect()[0]
+        return conn
+
+    def _after_fork(self) -> None:
+        """In a fork()ed child: the next call opens a connection of the child's own.
+
+        SQLite forbids using a connection across `fork`: its locks are not inherited, so
+        the parent's close took itself for the last connection and removed the write-ahead
+        log, with the child's writes (acknowledged) in it. The inherited connection is kept
+        open, unused: closing it, the child could checkpoint its stale log over newer pages.
+        A ":memory:" database is the child's own copy: it is kept. The lock may have been
+        held by a thread of the parent, which the child does not have.
+        """
+        self._lock = threading.Lock()
+        if self.path != ":memory:" and self._conn is not None:
+            _INHERITED.append(self._conn)
+            self._conn = None
 
     async def _run(
         self,
@@ -183,7 +219,7 @@ class SqliteBackend:
             # may wait up to `busy_timeout` for another process's lock) then never runs.
             acquire(self._lock)
             try:
-                return work(self._conn)
+                return work(self._connection())
             finally:
                 self._lock.release()
 
@@ -330,7 +366,10 @@ class SqliteBackend:
         `ResourceWarning`).
         """
         with self._lock:
-            self._conn.close()
+            self._closed = True
+            _OPEN.discard(self)
+            if self._conn is not None:
+                self._conn.close()
 
     def __enter__(self) -> SqliteBackend:
         return self
@@ -348,6 +387,21 @@ class SqliteBackend:
 
     def __repr__(self) -> str:
         return f"SqliteBackend(path={self.path!r}, synchronous={self.synchronous!r})"
+
+
+_OPEN: weakref.WeakSet[SqliteBackend] = weakref.WeakSet()
+"""The backends not closed: a fork()ed child's open connections of their own (`_after_fork`)."""
+_INHERITED: list[sqlite3.Connection] = []
+"""A fork()ed child's inherited connections: never used, and never closed (see `_after_fork`)."""
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_OPEN):
+        backend._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _synchronous_level(value: object) -> str:

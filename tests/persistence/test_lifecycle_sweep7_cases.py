@@ -1,0 +1,188 @@
+"""The lifecycle of the persistence backends: concurrent closes, forked children."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+import llm_agent_runtime as ar
+
+from .test_backends import _drop_table, server_address
+
+
+def _postgres_sessions(dsn: str, name: str) -> int:
+    """The server's sessions of `application_name` `name`, once those closing have gone.
+
+    Blocking, on purpose: the event loop that called it runs nothing meanwhile, so what it
+    sees is what the caller left, not what a task still running closes later. A session a
+    client closed leaves `pg_stat_activity` a moment later; one listed after 10 s was left.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(100):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
+            ).fetchone()
+            assert row is not None
+            if row[0] == 0:
+                break
+            time.sleep(0.1)
+        return int(row[0])
+
+
+def _redis_clients(url: str, name: str) -> int:
+    """The server's connections named `name`, once those closing have gone (blocking too)."""
+    admin = redis.Redis.from_url(url)
+    try:
+        for _ in range(100):
+            count = sum(1 for client in admin.client_list() if client.get("name") == name)
+            if count == 0:
+                break
+            time.sleep(0.1)
+        return count
+    finally:
+        admin.close()
+
+
+def _with_option(url: str, option: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{option}"
+
+
+def _other_tasks(*also: asyncio.Task[None]) -> list[str]:
+    me = asyncio.current_task()
+    return sorted(t.get_name() for t in asyncio.all_tasks() if t is not me and t not in also)
+
+
+@pytest.mark.timeout(60)
+async def test_a_postgres_close_made_while_another_closes_returns_once_the_pool_is_closed() -> None:
+    # The second close found nothing left to close and returned at once: the pool's workers
+    # still ran and its connection was still open when it returned (two shutdown hooks, or
+    # `async with` and an explicit close, each awaiting `close`).
+    base = server_address("postgres")
+    name = f"close_twice_{uuid.uuid4().hex[:12]}"
+    table = f"kv_{uuid.uuid4().hex}"
+    store = ar.PostgresBackend(_with_option(base, f"application_name={name}"), table=table)
+    try:
+        await store.save("k", b"v")
+        first = asyncio.create_task(store.close())
+        await asyncio.sleep(0)  # the first close is under way
+        await store.close()
+        assert _other_tasks(first) == []  # no pool worker, no task closing the pool
+        assert _postgres_sessions(base, name) == 0  # and no connection left open
+        await first
+    finally:
+        await _drop_table(base, table)
+
+
+@pytest.mark.timeout(60)
+async def test_a_redis_close_made_while_another_closes_returns_once_the_pool_is_closed() -> None:
+    # As for PostgreSQL: the second close returned with the connection still open.
+    base = server_address("redis")
+    name = f"close_twice_{uuid.uuid4().hex[:12]}"
+    store = ar.RedisBackend(_with_option(base, f"client_name={name}"), prefix=f"test:{name}:")
+    await store.save("k", b"v")
+    try:
+        first = asyncio.create_task(store.close())
+        await asyncio.sleep(0)
+        await store.close()
+        assert _redis_clients(base, name) == 0
+        await first
+    finally:
+        await store.delete("k")
+        await store.close()
+
+
+def _in_child(work: Callable[[], object], ready: int, done: int) -> None:
+    """A fork()ed child's body: waits for a byte on `ready`, runs `work`, reports on `done`."""
+    try:
+        os.read(ready, 1)
+        work()
+        os.write(done, b"ok")
+    except BaseException as error:
+        os.write(done, repr(error).encode()[:500])
+    finally:
+        os._exit(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs fork()")
+@pytest.mark.timeout(60)
+def test_a_sqlite_backend_a_forked_child_inherited_keeps_the_childs_writes(
+    tmp_path: Path,
+) -> None:
+    # The child wrote through the parent's SQLite connection, which SQLite forbids: its
+    # locks are not inherited, so the parent's close took itself for the database's last
+    # connection and removed the write-ahead log, and the writes the child made then (each
+    # acknowledged) went into the removed file: lost. A multiprocessing "fork" worker using
+    # a backend made at import time lost its checkpoints so.
+    path = tmp_path / "store.db"
+    store = ar.SqliteBackend(path)
+    asyncio.run(store.save("parent", b"1"))
+    ready_read, ready_write = os.pipe()
+    done_read, done_write = os.pipe()
+
+    def work() -> None:
+        asyncio.run(store.save("child", b"2"))
+        assert asyncio.run(store.load("parent")) == b"1"
+        # No close: a multiprocessing worker ends with `os._exit`.
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:
+        _in_child(work, ready_read, done_write)
+    os.close(done_write)
+    try:
+        store.close()  # the parent is done first...
+        os.write(ready_write, b"x")  # ...then the child writes
+        assert os.read(done_read, 1000) == b"ok"
+    finally:
+        os.waitpid(pid, 0)
+        for fd in (ready_read, ready_write, done_read):
+            os.close(fd)
+    with ar.SqliteBackend(path) as again:
+        assert asyncio.run(again.load("child")) == b"2"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs fork()")
+@pytest.mark.timeout(60)
+def test_a_forked_child_uses_a_sqlite_backend_a_thread_of_its_parent_was_using(
+    tmp_path: Path,
+) -> None:
+    # A call under way in another thread of the parent held the backend's lock as the
+    # process forked: the child has no such thread, and its every call waited forever.
+    store = ar.SqliteBackend(tmp_path / "store.db")
+    ready_read, ready_write = os.pipe()
+    done_read, done_write = os.pipe()
+
+    def work() -> None:
+        async def save_and_load() -> bytes | None:
+            # The bound only turns a hang into a failure: the call takes milliseconds.
+            await asyncio.wait_for(store.save("child", b"2"), 20)
+            return await store.load("child")
+
+        assert asyncio.run(save_and_load()) == b"2"
+
+    with store._lock:  # as a parent's thread does for the length of a call
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            _in_child(work, ready_read, done_write)
+    os.close(done_write)
+    try:
+        os.write(ready_write, b"x")
+        assert os.read(done_read, 1000) == b"ok"
+    finally:
+        os.waitpid(pid, 0)
+        for fd in (ready_read, ready_write, done_read):
+            os.close(fd)
+        store.close()
