@@ -54,3 +54,41 @@ def test_a_backend_closed_right_after_it_opened_closes_its_pool() -> None:
         assert asyncio.run(_sessions_named(base, name)) == 0  # no connection left open
     finally:
         asyncio.run(_drop_table(base, table))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("min_size", [0, 1, 2])
+def test_a_backend_opens_min_size_connections_and_no_more(min_size: int) -> None:
+    # Its first call waited for the pool's first connection as a client: a client waiting
+    # made the pool grow by one, so min_size=1 opened two connections (each process, each
+    # event loop), and min_size=0 one that it kept.
+    base = server_address("postgres")
+    name = f"size_test_{uuid.uuid4().hex[:12]}"
+    dsn = f"{base}{'&' if '?' in base else '?'}application_name={name}"
+    table = f"kv_{uuid.uuid4().hex}"
+
+    async def first_calls() -> int:
+        store = ar.PostgresBackend(dsn, table=table, min_size=min_size)
+        try:
+            await store.save("k", b"v")
+            assert await store.load("k") == b"v"
+            await asyncio.sleep(0.5)  # a connection the pool grew by would be made meanwhile
+            return await _open_sessions_named(base, name)
+        finally:
+            await store.close()
+
+    try:
+        assert asyncio.run(first_calls()) == max(min_size, 1)
+    finally:
+        asyncio.run(_drop_table(base, table))
+
+
+async def _open_sessions_named(dsn: str, name: str) -> int:
+    """The server's sessions of `application_name` `name` now."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])

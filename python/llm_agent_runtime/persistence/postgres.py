@@ -330,9 +330,19 @@ class PostgresBackend:
         pool = state.pool = self._new_pool(configure=_adding_to(connections))
         state.connections = connections
         try:
-            # Its first connection waited for here: psycopg_pool's own wait, timing out,
-            # closes the pool giving its workers 5 s to stop, all of which a hung server takes.
             await pool.open(wait=False)
+            # Its `min_size` connections waited for as the pool's own: a client waiting for
+            # the first one would make the pool grow by one more. Bounded here, not by
+            # psycopg_pool's wait, which timing out closes the pool giving its workers 5 s to
+            # stop, all of which a hung server takes.
+            if pool.min_size:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await pool.wait(timeout=2 * self.timeout + 1)
+                except TimeoutError:  # as the pool's own timeout says it
+                    raise self._pool_timeout(
+                        f"couldn't get a connection after {self.timeout:g} sec"
+                    ) from None
             await pool.putconn(await pool.getconn(timeout=self.timeout))
             # CREATE TABLE IF NOT EXISTS is not safe against a concurrent twin (another
             # worker's first call): it fails on the catalog's unique index. The lock
