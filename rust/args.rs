@@ -120,10 +120,28 @@ fn not_unsigned(
     if !e.is_instance_of::<PyOverflowError>(obj.py()) {
         return named(obj, name, INT, e);
     }
-    match obj.str() {
+    match as_int(obj).and_then(|int| int.str()) {
         Ok(text) => error(text.to_string()).into(),
         Err(e) => e,
     }
+}
+
+/// `obj` as the Python int it stands for: itself for an int, else what its `__index__` gives
+/// (an integer type that is no `int`, such as a big-integer library's). Its text and sign are
+/// those of that int, not of `obj` (which may have no `repr` worth showing, nor compare with
+/// an int).
+///
+/// # Errors
+/// What `__index__` raises (`TypeError` when `obj` has none).
+#[cold]
+#[inline(never)]
+fn as_int<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyInt>> {
+    if let Ok(int) = obj.cast::<PyInt>() {
+        return Ok(int.clone());
+    }
+    static INDEX: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let index = INDEX.import(obj.py(), "operator", "index")?;
+    Ok(index.call1((obj,))?.cast_into::<PyInt>()?)
 }
 
 /// A Python int that does not fit `usize`, with its decimal text for error messages.
@@ -282,8 +300,10 @@ fn beyond_i64(obj: &Bound<'_, PyAny>, name: &str, e: PyErr) -> PyResult<Result<u
             return Ok(Ok(value));
         }
     }
-    let text = obj.str()?.to_string();
-    Ok(Err(if obj.gt(0)? {
+    // The int itself: an `__index__` type's own repr and comparisons are not its value's.
+    let int = as_int(obj)?;
+    let text = int.str()?.to_string();
+    Ok(Err(if int.gt(0)? {
         OutOfRange::TooLarge(text)
     } else {
         OutOfRange::Negative(text)

@@ -1781,9 +1781,14 @@ impl PyReActStep {
 ///         ``position`` where, as an index into ``text`` (in characters, like
 ///         ``ReActStep.end``). Also when the text is not valid Unicode (it holds a lone
 ///         surrogate, as a stream cut inside an emoji's escape leaves).
+///     TypeError: the text is not a `str` (bytes included: decode them first).
 #[pyfunction]
-pub fn parse_react_step<'py>(text: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyReActStep>> {
+pub fn parse_react_step<'py>(text: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyReActStep>> {
     let py = text.py();
+    // Told here, not by PyO3's extraction: its `TypeError` names the argument only in a note.
+    let Ok(text) = text.cast::<PyString>() else {
+        return Err(args::wrong_type(text, "text", args::STR));
+    };
     let source = args::text_of(text, |message| CoreError::Parse {
         message,
         position: None,

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
 use numpy::{
-    IntoPyArray, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+    IntoPyArray, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray,
+    PyUntypedArrayMethods,
 };
 use parking_lot::RwLock;
 use pyo3::exceptions::{PyTypeError, PyUnicodeEncodeError};
@@ -1242,8 +1243,9 @@ fn as_f32_matrix<'py>(
 ) -> PyResult<PyReadonlyArray2<'py, f32>> {
     let array = value.extract::<PyReadonlyArray2<'py, f32>>().map_err(|_| {
         PyErr::from(CoreError::Memory(format!(
-            "{what} must be a 2-D numpy float32 array (it is refused, not converted: use \
-             np.ascontiguousarray(x, dtype=np.float32))"
+            "{what} must be a 2-D numpy float32 array, got {} (it is refused, not converted: \
+             use np.ascontiguousarray(x, dtype=np.float32))",
+            given(value)
         )))
     })?;
     if !array.is_c_contiguous() {
@@ -1267,9 +1269,11 @@ fn as_f32_matrix<'py>(
 
 fn as_f32_vector<'py>(value: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray1<'py, f32>> {
     let array = value.extract::<PyReadonlyArray1<'py, f32>>().map_err(|_| {
-        PyErr::from(CoreError::Memory(
-            "query must be a 1-D numpy float32 array (use np.asarray(q, dtype=np.float32))".into(),
-        ))
+        PyErr::from(CoreError::Memory(format!(
+            "query must be a 1-D numpy float32 array, got {} (use np.asarray(q, \
+             dtype=np.float32))",
+            given(value)
+        )))
     })?;
     if !array.is_c_contiguous() {
         return Err(CoreError::Memory("query must be C-contiguous".into()).into());
@@ -1284,6 +1288,37 @@ fn as_f32_vector<'py>(value: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray1<'p
         .into());
     }
     Ok(array)
+}
+
+/// What was given where a float32 array is expected, for its error: an array's dtype (with
+/// its byte order: a float32 array of the other one, as read from a big-endian file, is
+/// refused too, and "must be float32" alone would not say why) and shape; for anything else,
+/// as [`args::describe_value`] shows it.
+#[cold]
+#[inline(never)]
+fn given(value: &Bound<'_, PyAny>) -> String {
+    match value.cast::<PyUntypedArray>() {
+        Ok(array) => {
+            let dtype = array
+                .dtype()
+                .getattr("str")
+                .and_then(|text| text.extract::<String>())
+                .unwrap_or_else(|_| "?".to_owned());
+            let shape = match array.shape() {
+                [length] => format!("({length},)"),
+                shape => format!(
+                    "({})",
+                    shape
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            format!("an array of dtype {dtype} and shape {shape}")
+        }
+        Err(_) => args::describe_value(value),
+    }
 }
 
 fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {

@@ -136,6 +136,7 @@ def parse_react_step(text: str) -> ReActStep:
         ParseError: the text is not a ReAct step (message says what; `position` where, as
             an index into `text` in characters, like `ReActStep.end`), or is not valid
             Unicode (a lone surrogate).
+        TypeError: text is not a `str` (bytes included: decode them first).
     """
 
 # --- Runtime metrics (rust/metrics.rs) -----------------------------------------------------
@@ -450,6 +451,8 @@ class EpisodicStore:
         Raises:
             MemoryStoreError: an id is not an int >= 0 and at most 2**64 - 1, or the
                 clock returned a NaN or infinite time (or not a number).
+            TypeError: ids is a `str` or bytes (not a list of ids, though it iterates), or
+                not an iterable of ints.
         """
     def episodes(self, agent_id: str) -> list[Episode]: ...
     def clear(self, agent_id: str | None = None) -> int: ...
@@ -678,10 +681,10 @@ class GraphStore:
         GraphError: unknown entities, duplicate ids, non-finite weights (or beyond the float
             range), weights that are not real numbers (a bool, a str), properties that are not a dict (or None) or not JSON-compatible,
             negative weights given to Dijkstra, a non-positive cycle cap, a negative depth,
-            hop count, round count or seed, a negative or non-finite resolution, an empty
-            source list (or one naming an entity twice) for betweenness_from, or a text
-            argument (id, label, kind) that is not valid Unicode (`in` and has_entity answer
-            False for such an id); "out of memory" when a graph, or the buffers an algorithm
+            hop count, round count or seed, a negative or non-finite resolution (or a
+            bool), an empty source list (or one naming an entity twice) for betweenness_from,
+            or a text argument (id, label, kind) that is not valid Unicode (`in` and
+            has_entity answer False for such an id); "out of memory" when a graph, or the buffers an algorithm
             needs (a few slots per entity), does not fit in memory (the process goes on). A
             depth, hop count, round count or cycle cap beyond 64 bits means no limit.
     """

@@ -465,7 +465,7 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
 ///     GraphError: On unknown entities, duplicate ids, non-finite weights (or beyond the
 ///         float range), negative weights given to Dijkstra, a non-positive cycle cap, a
 ///         negative depth, hop count, round count or seed, a negative or non-finite
-///         resolution, an empty source list (or one naming an entity twice) for
+///         resolution (or a bool), an empty source list (or one naming an entity twice) for
 ///         `betweenness_from`, or a text argument (id, label, kind) that is not valid
 ///         Unicode (a lone surrogate; `in` and `has_entity` answer False for such an id);
 ///         and "out of memory" when a graph (or the buffers an algorithm needs, a few slots
@@ -654,6 +654,21 @@ fn run_sources<T: Send>(
     }
 }
 
+/// The error of `add_relationships` given `value`, which cannot be iterated (`e`): a
+/// `TypeError` naming the argument and what it takes, not Python's "'int' object is not
+/// iterable"; any other error as it is.
+#[cold]
+#[inline(never)]
+fn not_relationships(value: &Bound<'_, PyAny>, e: PyErr) -> PyErr {
+    if !e.is_instance_of::<pyo3::exceptions::PyTypeError>(value.py()) {
+        return e;
+    }
+    pyo3::exceptions::PyTypeError::new_err(format!(
+        "relationships must be an iterable of relationship tuples, got {}",
+        args::describe_value(value)
+    ))
+}
+
 /// Refuses a `bool` as the int argument `what` (a `GraphError`), as the other modules do.
 fn not_bool(value: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
     Ok(args::not_bool(value, |_| {
@@ -751,10 +766,14 @@ fn optional_weight_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
 }
 
 /// A modularity `resolution`: a finite number >= 0 (networkx's `resolution`; NaN, inf or a
-/// negative value would make every modularity meaningless).
+/// negative value would make every modularity meaningless). A bool (Python's or numpy's) is
+/// refused, as a weight refuses it: a float conversion would take True for 1.0.
 fn resolution_arg(value: &Bound<'_, PyAny>) -> PyResult<f64> {
     let refuse =
         |v: String| CoreError::Graph(format!("resolution must be a finite number >= 0, got {v}"));
+    if args::is_bool(value) {
+        return Err(refuse(format!("a bool ({value})")).into());
+    }
     let resolution = args::real(value, "resolution", refuse)?;
     if resolution.is_finite() && resolution >= 0.0 {
         Ok(resolution)
@@ -1098,7 +1117,8 @@ impl PyGraphStore {
             ))
         };
         let tuples: Vec<Bound<'_, PyTuple>> = relationships
-            .try_iter()?
+            .try_iter()
+            .map_err(|e| not_relationships(relationships, e))?
             .map(|item| item?.cast_into::<PyTuple>().map_err(|_| shape_error()))
             .collect::<PyResult<_>>()?;
         // Hold the Python strings and borrow their text: no copy unless an entity is new.
@@ -1627,7 +1647,8 @@ impl PyGraphStore {
     ///     `resolution` (networkx's definition).
     ///
     /// Raises:
-    ///     GraphError: When a weight is negative, or `resolution` is negative, NaN or inf.
+    ///     GraphError: When a weight is negative, or `resolution` is negative, NaN, inf or a
+    ///         bool.
     #[pyo3(signature = (resolution = 1.0, seed = 0))]
     fn communities(
         &self,
@@ -1665,8 +1686,8 @@ impl PyGraphStore {
     ///
     /// Raises:
     ///     GraphError: When a weight is negative (as for `communities`), the communities
-    ///         name an unknown entity, overlap or miss one, or `resolution` is negative, NaN
-    ///         or inf.
+    ///         name an unknown entity, overlap or miss one, or `resolution` is negative, NaN,
+    ///         inf or a bool.
     #[pyo3(signature = (communities, resolution = 1.0))]
     fn modularity(
         &self,

@@ -98,11 +98,16 @@ fn limit_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
 }
 
 /// Episode ids (`mark_recalled`'s): ints >= 0 (not bools), from any iterable but a `str`
-/// (an iterable of characters, no ids). A value that is no such iterable, or an item that is
-/// no int, is a `TypeError` naming `ids` and the value or item.
+/// (an iterable of characters, no ids) or `bytes` (an iterable of ints, but text encoded by
+/// mistake: `b"12"` would be the ids 49 and 50; `VectorIndex.remove` refuses it too). A value
+/// that is no such iterable, or an item that is no int, is a `TypeError` naming `ids` and the
+/// value or item.
 fn episode_ids_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+    let text = value.is_instance_of::<PyString>()
+        || value.is_instance_of::<PyBytes>()
+        || value.is_instance_of::<PyByteArray>();
     let items = match value.try_iter() {
-        Ok(items) if !value.is_instance_of::<PyString>() => items,
+        Ok(items) if !text => items,
         Ok(_) => return Err(not_episode_ids(value, None)),
         Err(e) if e.is_instance_of::<PyTypeError>(value.py()) => {
             return Err(not_episode_ids(value, None))
@@ -1134,6 +1139,8 @@ impl PyEpisodicStore {
     /// Raises:
     ///     MemoryStoreError: an id is not an int >= 0 and at most 2**64 - 1; the clock
     ///         returned a NaN or infinite time, or not a number.
+    ///     TypeError: `ids` is a `str` or bytes (not a list of ids, though it iterates), or
+    ///         not an iterable of ints.
     fn mark_recalled(
         &self,
         py: Python<'_>,
