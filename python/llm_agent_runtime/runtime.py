@@ -1353,7 +1353,7 @@ class AgentRuntime:
                 if replayed:  # the reply of an interrupted step, handled (hooks, charge) back then
                     reply = journal[0]["reply"]
                     usage = _journaled_usage(journal[0])
-                    model_ms = 0.0
+                    model_ms = _journaled_model_ms(journal[0])
                 else:
                     for hook in pre_hooks:
                         text_prompt = await _rewrite(
@@ -1487,9 +1487,13 @@ class AgentRuntime:
                     )
                     raise
             else:
-                # Replayed after an interruption, the step records the tokens its reply took.
+                # Replayed after an interruption, the step records the tokens and the model
+                # time its reply took.
                 tokens = [input_tokens, output_tokens]
-                entry = journal[0] if journal else {"reply": reply, "tokens": tokens}
+                if journal:
+                    entry = journal[0]
+                else:
+                    entry = {"reply": reply, "tokens": tokens, "model_ms": model_ms}
                 journal = []
                 observation, tool_ms, action, action_input = await self._durable_call(
                     session,
@@ -1654,6 +1658,8 @@ class AgentRuntime:
                 if events.active:
                     response_event = (session.session_id, len(session.steps), text, model_ms)
                     events.emit_new(LlmResponse, response_event)
+            else:  # the time the model took then, not the journal's read
+                model_ms = _journaled_model_ms(saved)
             if reprompt_cost is not None:  # the empty reply before, re-prompted, counts here
                 usage = replace(
                     usage,
@@ -1715,7 +1721,7 @@ class AgentRuntime:
             busy = _BusyTime() if n_calls > 1 else None
             if checkpoints is not None:
                 results = await self._durable_round(
-                    session, text, calls, journal, reasoning, usage, busy
+                    session, text, calls, journal, reasoning, usage, busy, model_ms
                 )
                 journal = []
             else:
@@ -2665,14 +2671,17 @@ class AgentRuntime:
         session: AgentSession,
         step: int,
         calls: Sequence[tuple[int, str, Any, dict[str, Any]]],
+        decided: list[Any] | None = None,
     ) -> dict[int, tuple[str, Any, Observation | None]]:
         """What journaled tool calls run, by index: tool, arguments, and a denial if any.
 
         `calls` are (index, name, arguments, journal entry). A call of this run that may have
         run (its intent is journaled) is repeated as it was approved, with the tool and
         arguments the intent names, when that tool allows it; those are checked first, so no
-        approval is asked in vain. The others are guarded now, together (middlewares,
-        capabilities, approval: `_guard_calls`).
+        approval is asked in vain. A call of a round whose guards decided already before an
+        interruption (`decided`, by index: see `_decision_record`) runs as they decided. The
+        others are guarded now, together (middlewares, capabilities, approval:
+        `_guard_calls`).
 
         Raises:
             ToolError: A call may have run and its tool must not run twice.
@@ -2685,6 +2694,8 @@ class AgentRuntime:
                 name, arguments = entry.get("tool", name), entry.get("arguments", arguments)
                 self._check_repeatable(session_id, step, index, name, entry)
                 resolved[index] = (name, arguments, None)
+            elif decided is not None:  # guarded before the interruption: not asked again
+                resolved[index] = _decided_call(decided[index], name, arguments)
             else:
                 fresh.append((index, name, arguments, entry))
         if self._guarded and fresh:
@@ -2758,14 +2769,17 @@ class AgentRuntime:
         reasoning: Sequence[dict[str, Any]] = (),
         usage: Usage | None = None,
         busy: _BusyTime | None = None,
+        model_ms: float = 0.0,
     ) -> list[ToolRun]:
         """Runs a round's tool calls (concurrently up to the limit), each journaled alone.
 
-        The round's response (text, calls, the provider's reasoning, its token usage) is
-        journaled with each call, so that a resumed run sends the model what this one would
-        have. Before any call starts, every call is checked and guarded: a call that may
-        have run and must not run twice, or one the capabilities refuse, fails the round
-        with no call started.
+        The round's response (text, calls, the provider's reasoning, its token usage and
+        model time) is journaled with each call, so that a resumed run sends the model what
+        this one would have. Before any call starts, every call is checked and guarded: a
+        call that may have run and must not run twice, or one the capabilities refuse, fails
+        the round with no call started. What the guards decided for each call of a parallel
+        round goes with it too: a call still waiting for its slot when the run was cut off
+        is resumed as decided, not guarded (hooked, charged, asked) again.
         """
         # A parallel round's finished calls are journaled one by one, so an interruption
         # re-runs none of them.
@@ -2778,6 +2792,10 @@ class AgentRuntime:
             saved_round["reasoning"] = list(reasoning)
         if usage is not None and (usage.input_tokens or usage.output_tokens):
             saved_round["tokens"] = [usage.input_tokens, usage.output_tokens]
+        saved_round["model_ms"] = model_ms
+        decided = journal[0]["round"].get("decided") if journal else None
+        if decided is not None:  # the entries written from here on keep it too
+            saved_round["decided"] = decided
         entries = {e["index"]: e for e in journal}
         for index in range(len(calls)):
             entries.setdefault(index, {"round": saved_round, "index": index})
@@ -2786,7 +2804,13 @@ class AgentRuntime:
             session,
             step,
             [(i, calls[i].name, calls[i].arguments, entries[i]) for i in pending],
+            decided,
         )
+        if decided is None and len(calls) > 1 and self._guarded and len(resolved) == len(calls):
+            # Before any call's entry is written: each entry holds the round (see above).
+            saved_round["decided"] = [
+                _decision_record(call, resolved[i]) for i, call in enumerate(calls)
+            ]
 
         def one(index: int, call: ToolCall) -> Awaitable[ToolRun]:
             return self._durable_call(
@@ -2816,7 +2840,10 @@ class AgentRuntime:
         finished tool call is not repeated, and a tool call that may have run is repeated
         only for tools that are idempotent or take the idempotency key. A call that had not
         been approved (or allowed by the capabilities) yet had not run: it is asked again. A
-        step whose one call is of an idempotent tool that does not take the key is not
+        call of a parallel round that was guarded with the round's others (its hooks run, its
+        action charged, its approval decided) and waited for its slot runs as decided then,
+        asked of no one again. The step keeps the tokens and the model time of its journaled
+        reply. A step whose one call is of an idempotent tool that does not take the key is not
         journaled (see `ToolSpec`'s `idempotent`): it is run again, model reply included.
 
         A run that was cancelled, or cut off by `loop_timeout_ms`, has not ended (its
@@ -3589,6 +3616,10 @@ def _entry_problem(entry: dict[str, Any]) -> str | None:
         index = entry.get("index")
         if not (type(index) is int and 0 <= index < len(saved["calls"])):
             return f"field 'index' must be a call of its round, got {index!r:.40}"
+        if "decided" in saved and (
+            problem := _decisions_problem(saved["decided"], len(saved["calls"]))
+        ):
+            return problem
     else:
         return "holds neither its step's 'reply' nor its 'round'"
     if entry.get("state", "intent") not in ("intent", "done"):
@@ -3606,6 +3637,59 @@ def _journaled_usage(entry: dict[str, Any]) -> Usage | None:
     ):
         return Usage(input_tokens=tokens[0], output_tokens=tokens[1])
     return None
+
+
+def _decision_record(
+    call: ToolCall, resolved: tuple[str, Any, Observation | None]
+) -> list[Any] | None:
+    """What the guards decided for a call of a round, as its journal entries keep it.
+
+    None for a call that runs as the model asked; else `[tool, arguments, denial, kind]`,
+    the denial's observation and error kind None for a call that runs.
+    """
+    name, arguments, denial = resolved
+    if denial is None and _requested(call, name, arguments) is None:
+        return None
+    if denial is None:
+        return [name, arguments, None, None]
+    return [name, arguments, denial.content, denial.error_kind]
+
+
+def _decided_call(
+    record: list[Any] | None, name: str, arguments: Any
+) -> tuple[str, Any, Observation | None]:
+    """The call a `_decision_record` says runs (the model's `name` and `arguments` if None)."""
+    if record is None:
+        return name, arguments, None
+    tool, decided_arguments, content, kind = record
+    return tool, decided_arguments, None if content is None else Observation(content, kind)
+
+
+def _decisions_problem(decided: Any, calls: int) -> str | None:
+    """What is wrong with a journaled round's `decided` list (None: nothing)."""
+    if not isinstance(decided, list) or len(decided) != calls:
+        return f"field 'round.decided' must be a list of one decision a call, got {decided!r:.40}"
+    for record in decided:
+        if record is None:
+            continue
+        if not (
+            isinstance(record, list)
+            and len(record) == 4
+            and isinstance(record[0], str)
+            and (record[2] is None or isinstance(record[2], str))
+            and record[3] in (None, *_ERROR_KINDS)
+            and (record[2] is None) == (record[3] is None)
+        ):
+            return f"field 'round.decided' holds a malformed decision: {record!r:.40}"
+    return None
+
+
+def _journaled_model_ms(entry: dict[str, Any]) -> float:
+    """The model time (ms) a journal entry (a reply or a round) records, 0 without it."""
+    ms = entry.get("model_ms")
+    if type(ms) is float and 0.0 <= ms < math.inf:
+        return ms
+    return 0.0
 
 
 def _journaled_calls(calls: list[dict[str, Any]]) -> list[ToolCall]:
