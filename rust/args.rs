@@ -583,3 +583,101 @@ fn named(obj: &Bound<'_, PyAny>, name: &str, what: &str, e: PyErr) -> PyErr {
         e
     }
 }
+
+/// Refuses a numpy masked array (`numpy.ma.MaskedArray`) that masks any value, given as the
+/// argument `what` where an array of numbers is read: rust-numpy reads a masked array as the
+/// plain array it extends (so do `np.asarray` and a float conversion of its rows), and the
+/// values under the mask would be taken as data. A masked array that masks nothing (its mask
+/// is `np.ma.nomask` or all False) is read as its data, as every value of it is one.
+/// `error` receives the message and makes the calling method's typed error.
+///
+/// A plain `ndarray` (the usual input) is told by its type pointer; anything but an array
+/// by a type check; numpy is not imported for this.
+///
+/// # Errors
+/// `error(message)` for a masked array with a masked value; what `numpy.ma` raises while
+/// its mask is counted.
+#[inline]
+pub fn not_masked(
+    value: &Bound<'_, PyAny>,
+    what: &str,
+    error: impl FnOnce(String) -> CoreError,
+) -> PyResult<()> {
+    if !is_array_subclass(value) {
+        return Ok(());
+    }
+    refuse_masked(value, what, error)
+}
+
+/// Whether `value` is a numpy array of a subclass of `ndarray` (a masked array, a matrix, a
+/// memmap): no plain `ndarray`, nor anything while numpy is not imported.
+#[inline]
+pub fn is_array_subclass(value: &Bound<'_, PyAny>) -> bool {
+    if value.is_exact_instance_of::<PyFloat>() || value.is_exact_instance_of::<PyInt>() {
+        return false;
+    }
+    // No array while numpy is not imported: the array type checks would import it.
+    numpy_complex_type(value.py()).is_some()
+        && !value.is_exact_instance_of::<PyUntypedArray>()
+        && value.is_instance_of::<PyUntypedArray>()
+}
+
+/// The error of [`not_masked`], for an `ndarray` subclass (refused only when it masks a value).
+#[cold]
+#[inline(never)]
+fn refuse_masked(
+    value: &Bound<'_, PyAny>,
+    what: &str,
+    error: impl FnOnce(String) -> CoreError,
+) -> PyResult<()> {
+    match masked_count(value)? {
+        Some(count) if count > 0 => {
+            let values = if count == 1 { "value" } else { "values" };
+            Err(error(format!(
+                "{what} is a numpy masked array with {count} masked {values}: it is refused, as \
+                 the values under the mask would be read as data; fill them first \
+                 (x.filled(0.0), or another value) or leave them out (a masked array that \
+                 masks nothing is read as its data)"
+            ))
+            .into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// How many values a numpy masked array masks (`numpy.ma.count_masked`); None for any other
+/// value, an `ndarray` of another subclass included.
+///
+/// # Errors
+/// What importing `numpy.ma` or counting the mask raises.
+#[cold]
+#[inline(never)]
+pub fn masked_count(value: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+    if !is_array_subclass(value) {
+        return Ok(None);
+    }
+    let py = value.py();
+    static MASKED_ARRAY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    if !value.is_instance(MASKED_ARRAY.import(py, "numpy.ma", "MaskedArray")?)? {
+        return Ok(None);
+    }
+    static COUNT_MASKED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let count = COUNT_MASKED
+        .import(py, "numpy.ma", "count_masked")?
+        .call1((value,))?;
+    Ok(Some(count.extract()?))
+}
+
+/// A numpy masked array that masks nothing, as the plain `ndarray` of its data (a view, no
+/// copy); None for any other value. For a reader that tells arrays by their exact type.
+///
+/// # Errors
+/// As [`masked_count`].
+#[cold]
+#[inline(never)]
+pub fn unmasked_data<'py>(value: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    match masked_count(value)? {
+        Some(0) => Ok(Some(value.getattr(pyo3::intern!(value.py(), "data"))?)),
+        _ => Ok(None),
+    }
+}

@@ -25,9 +25,12 @@ pub struct PyEventFanout {
 impl PyEventFanout {
     /// Fans out to `callbacks` and `queues`, passing non-None callback results to `schedule`.
     #[new]
+    ///
+    /// Raises:
+    ///     TypeError: `callbacks` or `queues` is not a list.
     fn new(
-        callbacks: Bound<'_, PyList>,
-        queues: Bound<'_, PyList>,
+        #[pyo3(from_py_with = callbacks_arg)] callbacks: Bound<'_, PyList>,
+        #[pyo3(from_py_with = queues_arg)] queues: Bound<'_, PyList>,
         schedule: Bound<'_, PyAny>,
     ) -> Self {
         Self {
@@ -76,10 +79,10 @@ impl PyEventFanout {
     fn emit_new(
         &self,
         py: Python<'_>,
-        cls: &Bound<'_, PyType>,
-        fields: &Bound<'_, PyTuple>,
+        #[pyo3(from_py_with = cls_arg)] cls: Bound<'_, PyType>,
+        #[pyo3(from_py_with = fields_arg)] fields: Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        self.emit(py, tuple_of(cls, fields)?.as_any())
+        self.emit(py, tuple_of(&cls, &fields)?.as_any())
     }
 
     /// Lets the garbage collector see the lists: a callback that refers back to the bus
@@ -162,6 +165,18 @@ impl<'py> Iterator for Snapshot<'py> {
 ///     TypeError: `cls` is not a subclass of `tuple`, or one `tuple.__new__` refuses (a
 ///         struct sequence such as `os.stat_result`, which has a `__new__` of its own).
 #[pyfunction]
+#[pyo3(name = "tuple_of")]
+pub fn py_tuple_of<'py>(
+    #[pyo3(from_py_with = cls_arg)] cls: Bound<'py, PyType>,
+    #[pyo3(from_py_with = items_arg)] items: Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    tuple_of(&cls, &items)
+}
+
+/// [`py_tuple_of`] for the caller in Rust, with its arguments of the right types.
+///
+/// # Errors
+/// As `tuple_of`.
 pub fn tuple_of<'py>(
     cls: &Bound<'py, PyType>,
     items: &Bound<'py, PyTuple>,
@@ -256,4 +271,44 @@ fn new_slots(py: Python<'_>) -> PyResult<&'static NewSlots> {
             python: python as usize,
         })
     })
+}
+
+/// The `callbacks` argument of `EventFanout` (see [`of_type`]).
+fn callbacks_arg<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    of_type(value, "callbacks", "a list")
+}
+
+/// The `queues` argument of `EventFanout` (see [`of_type`]).
+fn queues_arg<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    of_type(value, "queues", "a list")
+}
+
+/// The `cls` argument of `tuple_of` and `emit_new` (see [`of_type`]).
+fn cls_arg<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyType>> {
+    of_type(value, "cls", "a class (a subclass of tuple)")
+}
+
+/// The `items` argument of `tuple_of` (see [`of_type`]).
+fn items_arg<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    of_type(value, "items", "a tuple")
+}
+
+/// The `fields` argument of `emit_new` (see [`of_type`]).
+fn fields_arg<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    of_type(value, "fields", "a tuple")
+}
+
+/// `value`, the argument `name`, as a `T` (a subclass's instance too); anything else is a
+/// `TypeError` naming the argument and `what` it takes (see [`args::wrong_type`]), not
+/// PyO3's generic wording.
+#[inline]
+fn of_type<'py, T: pyo3::type_object::PyTypeCheck>(
+    value: &Bound<'py, PyAny>,
+    name: &str,
+    what: &str,
+) -> PyResult<Bound<'py, T>> {
+    match value.cast::<T>() {
+        Ok(typed) => Ok(typed.clone()),
+        Err(_) => Err(crate::args::wrong_type(value, name, what)),
+    }
 }

@@ -30,7 +30,7 @@ mod _core {
     #[pymodule_export]
     use crate::errors::raise_panic;
     #[pymodule_export]
-    use crate::events::{tuple_of, PyEventFanout};
+    use crate::events::{py_tuple_of, PyEventFanout};
     #[pymodule_export]
     use crate::graph::PyGraphStore;
     #[pymodule_export]

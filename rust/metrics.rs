@@ -876,14 +876,18 @@ impl PyMetricsSnapshot {
     }
 
     /// What happened between `before` and `after`, counter by counter (saturating at zero).
+    ///
+    /// Raises:
+    ///     TypeError: `after` or `before` is not a MetricsSnapshot.
     #[staticmethod]
-    fn delta(
-        py: Python<'_>,
-        after: &PyMetricsSnapshot,
-        before: &PyMetricsSnapshot,
+    fn delta<'py>(
+        py: Python<'py>,
+        #[pyo3(from_py_with = after_arg)] after: Bound<'py, PyMetricsSnapshot>,
+        #[pyo3(from_py_with = before_arg)] before: Bound<'py, PyMetricsSnapshot>,
     ) -> PyMetricsSnapshot {
+        let (after, before) = (&after.get().inner, &before.get().inner);
         PyMetricsSnapshot {
-            inner: py.detach(|| after.inner.delta(&before.inner)),
+            inner: py.detach(|| after.delta(before)),
         }
     }
 
@@ -962,6 +966,44 @@ impl PyMetricsSnapshot {
             self.inner.failed_tool_calls
         )
     }
+}
+
+/// The `after` argument of `MetricsSnapshot.delta` (see [`snapshot_arg`]).
+fn after_arg<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyMetricsSnapshot>> {
+    snapshot_arg(value, "after")
+}
+
+/// The `before` argument of `MetricsSnapshot.delta` (see [`snapshot_arg`]).
+fn before_arg<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyMetricsSnapshot>> {
+    snapshot_arg(value, "before")
+}
+
+/// A `MetricsSnapshot` argument `name`; anything else (a `RuntimeMetrics` whose `snapshot()`
+/// was not taken, say) is a `TypeError` naming it, not PyO3's generic wording.
+fn snapshot_arg<'py>(
+    value: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<Bound<'py, PyMetricsSnapshot>> {
+    match value.cast::<PyMetricsSnapshot>() {
+        Ok(snapshot) => Ok(snapshot.clone()),
+        Err(_) => Err(not_a_snapshot(value, name)),
+    }
+}
+
+/// The error of [`snapshot_arg`]; a `RuntimeMetrics` comes with the advice to take its
+/// snapshot.
+#[cold]
+#[inline(never)]
+fn not_a_snapshot(value: &Bound<'_, PyAny>, name: &str) -> PyErr {
+    let advice = if value.is_instance_of::<PyRuntimeMetrics>() {
+        ": take one with metrics.snapshot()"
+    } else {
+        ""
+    };
+    pyo3::exceptions::PyTypeError::new_err(format!(
+        "{name} must be a MetricsSnapshot, got {}{advice}",
+        args::describe_value(value)
+    ))
 }
 
 #[cfg(test)]

@@ -1241,6 +1241,8 @@ fn as_f32_matrix<'py>(
     value: &Bound<'py, PyAny>,
     what: &str,
 ) -> PyResult<PyReadonlyArray2<'py, f32>> {
+    // Before the dtype: the advice of its error (np.ascontiguousarray) would drop the mask.
+    args::not_masked(value, what, CoreError::Memory)?;
     let array = value.extract::<PyReadonlyArray2<'py, f32>>().map_err(|_| {
         PyErr::from(CoreError::Memory(format!(
             "{what} must be a 2-D numpy float32 array, got {} (it is refused, not converted: \
@@ -1268,6 +1270,7 @@ fn as_f32_matrix<'py>(
 }
 
 fn as_f32_vector<'py>(value: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray1<'py, f32>> {
+    args::not_masked(value, "query", CoreError::Memory)?;
     let array = value.extract::<PyReadonlyArray1<'py, f32>>().map_err(|_| {
         PyErr::from(CoreError::Memory(format!(
             "query must be a 1-D numpy float32 array, got {} (use np.asarray(q, \
@@ -1322,6 +1325,7 @@ fn given(value: &Bound<'_, PyAny>) -> String {
 }
 
 fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+    args::not_masked(value, "ids", CoreError::Memory)?;
     if let Ok(a) = value.extract::<PyReadonlyArray1<'_, i64>>() {
         return a
             .as_array()
@@ -1415,7 +1419,9 @@ type Hits<'py, D> = (
 /// Vectors are normalized on insert and kept in one contiguous block. Searches scan every
 /// vector with the GIL released, using SIMD and, for large indexes, every core (set
 /// ``RAYON_NUM_THREADS`` to limit it). Inputs are numpy float32 arrays, C-contiguous; other
-/// dtypes are refused with a message saying how to convert, never silently copied.
+/// dtypes are refused with a message saying how to convert, never silently copied. A numpy
+/// masked array is refused when it masks a value (the values under the mask would be read
+/// as data), and read as its data when it masks nothing.
 ///
 /// Storage (``dtype``): ``"float32"`` (exact search); ``"float16"`` (half the memory; the
 /// scan is exact for the stored half-precision values); ``"int8"`` (a quarter of the memory:

@@ -136,7 +136,8 @@ def test_a_complex_embedding_or_query_is_refused_not_cut_to_its_real_part(vector
 
 @pytest.mark.parametrize(
     "vector",
-    [[True, False], np.array([1, 0], dtype=np.int8), np.array([1.0, 0.0]), (1, 0)],
+    # No bools: they are refused, not read as 1.0 and 0.0 (test_rust_args_sweep8_cases.py).
+    [np.array([1, 0], dtype=np.int8), np.array([1.0, 0.0]), (1, 0)],
     ids=repr,
 )
 def test_real_vectors_of_any_type_are_still_taken(vector: Any) -> None:

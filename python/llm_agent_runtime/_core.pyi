@@ -194,7 +194,11 @@ class MetricsSnapshot:
     def backpressure_shed_rate(self) -> float: ...
     @staticmethod
     def delta(after: MetricsSnapshot, before: MetricsSnapshot) -> MetricsSnapshot:
-        """Counters between two snapshots, saturating at zero."""
+        """Counters between two snapshots, saturating at zero.
+
+        Raises:
+            TypeError: after or before is not a MetricsSnapshot.
+        """
     def to_json(self) -> str: ...
     @staticmethod
     def from_json(text: str) -> MetricsSnapshot:
@@ -395,7 +399,8 @@ class EpisodicStore:
             similarity_weight is negative or not finite (or beyond the float range), or
             embedder has no embed method or an async one (the store calls it synchronously).
         TypeError: clock cannot be called (a Clock object such as FakeClock(): pass its now
-            method), or a number given where a real number is expected is complex.
+            method), decay is not a DecayPolicy or recall_policy not a RecallPolicy (nor
+            None), or a number given where a real number is expected is complex.
     """
 
     def __new__(
@@ -500,6 +505,10 @@ class VectorIndex:
     (add, remove, get, search, save) raises PersistenceError, as parent and child would share
     the file's rows and each one's writes would change the other's index; load the index
     again in the child, with an originals_path of its own.
+
+    A numpy masked array given as ids, vectors or a query is refused (MemoryStoreError) when
+    it masks a value, as its values under the mask would be read as data; one that masks
+    nothing is read as its data.
 
     Raises:
         MemoryStoreError: dim or rescore not between 1 and 2**32 - 1 (or a bool), an unknown

@@ -543,33 +543,118 @@ def _check_key(key: object) -> None:
 
 
 def _real_float32(value: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """`value` as a float32 array, when it holds real numbers (bools count as 0 and 1).
+    """`value` as a float32 array, when it holds real numbers.
 
-    numpy's own conversion would take text and complex numbers too: it parses "0.5" and
-    drops an imaginary part, so a list of strings or a complex array became a vector that
-    was never given. A value beyond float32 becomes inf, which the index refuses with its
-    own message.
+    numpy's own conversion would take more: it parses "0.5", drops an imaginary part, reads
+    a bool as 0.0 or 1.0 and a masked array as its data, values under the mask included; so
+    a list of strings, a complex or bool array, or a masked array became a vector that was
+    never given. They are refused, as the Rust stores refuse them. A masked array that masks
+    nothing is read as its data. A value beyond float32 becomes inf, which the index refuses
+    with its own message.
 
     Raises:
-        TypeError, ValueError: `value` holds text, complex numbers or other non-numbers (or
-            is ragged), as numpy's conversion raises them.
+        TypeError, ValueError: `value` holds text, complex numbers, bools or other
+            non-numbers (or is ragged), as numpy's conversion raises them; it is (or holds) a
+            masked array that masks a value.
         OverflowError: a Python int beyond any float.
     """
     import numpy as np
 
+    if type(value) is not np.ndarray:  # a plain array (the usual value) is no masked one
+        _check_unmasked(value)
+        # Before the conversion, which reads np.ma.masked as NaN (with a warning).
+        if isinstance(value, (list, tuple)) and not set(map(type, value)) <= _PLAIN_NUMBERS:
+            for item in value:
+                _check_unmasked(item)
     raw = np.asarray(value)
     kind = raw.dtype.kind
-    if kind not in "biufO" or (
-        kind == "O"
-        and any(
-            isinstance(item, (str, bytes))
-            or (isinstance(item, numbers.Complex) and not isinstance(item, numbers.Real))
-            for item in raw.flat
-        )
-    ):
-        raise ValueError("it holds text or complex numbers, not real numbers")
+    if kind == "b":
+        raise ValueError(_BOOLS)
+    if kind not in "iufO":
+        what = "complex numbers" if kind == "c" else "text or other non-numbers"
+        raise ValueError(f"it holds {what} (dtype {raw.dtype}), not real numbers")
+    # A sequence may mix bools (or text, or complex numbers) into numbers: numpy gives
+    # np.asarray([True, 0.5]) dtype float64. An array of numbers holds none of them.
+    if kind == "O":
+        _check_real_items(raw.flat)
+    elif not isinstance(value, np.ndarray):
+        for row in value if raw.ndim > 1 else (value,):
+            if isinstance(row, np.ndarray):
+                if type(row) is not np.ndarray:
+                    _check_unmasked(row)
+                if row.dtype.kind == "b":
+                    raise ValueError(_BOOLS)
+                continue
+            # A row of plain floats and ints (the usual one) is told by its item types.
+            if isinstance(row, (list, tuple)):
+                if not set(map(type, row)) <= _PLAIN_NUMBERS:
+                    _check_real_items(row)
+                continue
+            _check_real_items(np.asarray(row, dtype=object).flat)
     with np.errstate(over="ignore"):
         return raw.astype(np.float32, copy=False)
+
+
+_PLAIN_NUMBERS = frozenset((float, int))
+_BOOLS = (
+    "it holds bools (dtype bool), not real numbers: they are refused, not read as 0.0 and 1.0 "
+    "(convert them first, x.astype(np.float32), if that is meant)"
+)
+
+
+def _check_real_items(items: Iterable[Any]) -> None:
+    """`_check_real_item` for each of `items` that is no plain float or int."""
+    for item in items:
+        if type(item) is not float and type(item) is not int:
+            _check_real_item(item)
+
+
+def _check_real_item(item: Any) -> None:
+    """Refuses an item of a vector that is no real number numpy would convert anyway.
+
+    Raises:
+        ValueError: `item` is a bool (Python's or numpy's), text or a complex number; or a
+            masked array (or `np.ma.masked`) masking a value.
+    """
+    import numpy as np
+
+    if isinstance(item, (bool, np.bool_)):
+        raise ValueError(
+            f"it holds a bool ({item!r}), not a real number: bools are refused, not read as "
+            "0.0 and 1.0"
+        )
+    if isinstance(item, (str, bytes)) or (
+        isinstance(item, numbers.Complex) and not isinstance(item, numbers.Real)
+    ):
+        raise ValueError(
+            f"it holds {type(item).__name__} ({item!r:.40}): text or complex numbers, not real "
+            "numbers"
+        )
+    _check_unmasked(item)
+
+
+def _check_unmasked(value: Any) -> None:
+    """Refuses a numpy masked array that masks a value.
+
+    `np.asarray` reads a masked array as its data, the values under the mask included. One
+    that masks nothing (its mask `np.ma.nomask`, or all False) is taken: every value is data.
+
+    Raises:
+        ValueError: `value` is a masked array that masks a value.
+    """
+    import sys
+
+    ma = sys.modules.get("numpy.ma")  # no masked array exists unless numpy.ma was imported
+    if ma is not None and isinstance(value, ma.MaskedArray):
+        count = int(ma.count_masked(value))
+        if count:
+            raise ValueError(
+                f"it is a numpy masked array with {count} masked "
+                f"{'value' if count == 1 else 'values'}: it is refused, as the values "
+                "under the mask would be read as data; fill them first (x.filled(0.0), or "
+                "another value) or leave them out (a masked array that masks nothing is "
+                "read as its data)"
+            )
 
 
 def _contiguous(

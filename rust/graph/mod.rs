@@ -386,6 +386,14 @@ fn not_an_index(item: &Bound<'_, PyAny>, error: PyErr) -> PyErr {
 
 /// The snapshot of `from_edge_list`'s `edges` (see [`edge_tuple`]).
 fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
+    // A numpy masked array: refused when it masks a value (its rows would give the values
+    // under the mask), read as its data when it masks nothing.
+    if args::is_array_subclass(edges) {
+        args::not_masked(edges, "edges", CoreError::Graph)?;
+        if let Some(data) = args::unmasked_data(edges)? {
+            return edge_list(n, &data);
+        }
+    }
     if args::is_numpy(edges, &["ndarray"]) {
         if let Some(snapshot) = edge_array(n, edges)? {
             return Ok(snapshot);

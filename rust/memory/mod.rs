@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyByteArray, PyBytes, PyIterator, PyList, PySequence, PyString, PyTuple, PyType,
+    PyByteArray, PyBytes, PyFloat, PyInt, PyIterator, PyList, PySequence, PyString, PyTuple, PyType,
 };
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -709,8 +709,13 @@ struct Hooks {
     embedder: Option<Py<PyAny>>,
 }
 
-/// A vector given as a 1-D numpy float32 array or any sequence of numbers.
+/// A vector given as a 1-D numpy float32 array or any sequence of real numbers.
+///
+/// Refused, never converted: a numpy masked array that masks a value (see
+/// [`args::not_masked`]), bytes, and a sequence or array holding anything but real numbers
+/// (see [`not_real`]): bools, complex numbers, text.
 fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
+    args::not_masked(value, what, CoreError::Memory)?;
     if let Ok(array) = value.extract::<numpy::PyReadonlyArray1<'_, f32>>() {
         return Ok(array.as_array().to_vec());
     }
@@ -722,12 +727,13 @@ fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
         ))
         .into());
     }
-    if holds_complex(value, 1)? {
-        return Err(CoreError::Memory(format!(
-            "{what} must hold real numbers, got complex numbers (their imaginary parts would \
-             be dropped)"
-        ))
-        .into());
+    if let Some(found) = not_real(value, 1, what)? {
+        return Err(not_real_numbers(
+            what,
+            "hold",
+            "a 1-D float32 array or a sequence of numbers",
+            &found,
+        ));
     }
     value.extract::<Vec<f32>>().map_err(|_| {
         CoreError::Memory(format!(
@@ -737,33 +743,98 @@ fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
     })
 }
 
-/// Whether `value`, given where a vector of numbers is expected (`levels` 1) or rows of them
-/// (`levels` 2) and no float32 array, holds complex numbers: a complex numpy array, or a
-/// sequence with a complex item. The float conversion that reads vectors would keep their
-/// real parts (numpy's with only a warning): a direction never given. Told before any
-/// conversion; a value that is no sequence holds none (the conversion refuses it).
-fn holds_complex(value: &Bound<'_, PyAny>, levels: u32) -> PyResult<bool> {
+/// What `value`, given as `what` where a vector of numbers is expected (`levels` 1) or rows
+/// of them (`levels` 2) and no float32 array, holds that is no real number, described for
+/// an error; None when it holds none. Told before any conversion, which would take them:
+/// a float conversion reads a bool (Python's or numpy's) as 0.0 or 1.0, and keeps the real
+/// part of a complex number (numpy's with only a warning), a direction never given. Such
+/// is a numpy array of bools, text, dates or complex numbers (named by its dtype), or a
+/// sequence (an object array too) with a bool, a complex number or a text item. A value
+/// that is no sequence holds none (the conversion refuses it).
+///
+/// # Errors
+/// `MemoryStoreError` for an item that is a numpy masked array masking a value (see
+/// [`args::not_masked`]); what iterating `value` raises.
+fn not_real(value: &Bound<'_, PyAny>, levels: u32, what: &str) -> PyResult<Option<String>> {
     let items = if let Ok(array) = value.cast::<PyUntypedArray>() {
         match array.dtype().kind() {
-            b'c' => return Ok(true),
+            b'i' | b'u' | b'f' => return Ok(None),
+            b'c' => return Ok(Some(COMPLEX.to_owned())),
             // Only an array of Python objects holds items of other types.
             b'O' => value.try_iter()?,
-            _ => return Ok(false),
+            _ => return Ok(Some(array_of(array))),
         }
     } else if value.is_instance_of::<PyString>() {
-        return Ok(false);
+        return Ok(None);
     } else if let Ok(sequence) = value.cast::<PySequence>() {
         sequence.try_iter()?
     } else {
-        return Ok(false);
+        return Ok(None);
     };
     for item in items {
         let item = item?;
-        if args::is_complex(&item) || (levels > 1 && holds_complex(&item, levels - 1)?) {
-            return Ok(true);
+        // A float (the usual item) is told by its type pointer.
+        if item.is_exact_instance_of::<PyFloat>() {
+            continue;
+        }
+        if let Some(found) = not_a_real_item(&item, what)? {
+            return Ok(Some(found));
+        }
+        if levels > 1 {
+            if let Some(found) = not_real(&item, levels - 1, what)? {
+                return Ok(Some(found));
+            }
         }
     }
-    Ok(false)
+    Ok(None)
+}
+
+/// What [`not_real`] says of a complex number.
+const COMPLEX: &str = "complex numbers (their imaginary parts would be dropped)";
+
+/// [`not_real`] for one item that is no plain float: a description of it when it is a bool,
+/// a complex number or text; None otherwise.
+///
+/// # Errors
+/// `MemoryStoreError` for a numpy masked array masking a value.
+fn not_a_real_item(item: &Bound<'_, PyAny>, what: &str) -> PyResult<Option<String>> {
+    if item.is_exact_instance_of::<PyInt>() {
+        return Ok(None);
+    }
+    if args::is_complex(item) {
+        return Ok(Some(COMPLEX.to_owned()));
+    }
+    // numpy's `str_` and `bytes_` are subclasses of `str` and `bytes`.
+    if args::is_bool(item) || item.is_instance_of::<PyString>() || item.is_instance_of::<PyBytes>()
+    {
+        return Ok(Some(args::describe_value(item)));
+    }
+    if args::is_array_subclass(item) {
+        args::not_masked(item, &format!("an item of {what}"), CoreError::Memory)?;
+    }
+    Ok(None)
+}
+
+/// A numpy array of no real numbers, described by its dtype: "an array of dtype bool".
+#[cold]
+#[inline(never)]
+fn array_of(array: &Bound<'_, PyUntypedArray>) -> String {
+    let dtype = array
+        .dtype()
+        .str()
+        .map_or_else(|_| "?".to_owned(), |name| name.to_string());
+    format!("an array of dtype {dtype} (it is refused, not converted)")
+}
+
+/// The `MemoryStoreError` of [`not_real`]'s finding: "`what` must `verb` real numbers
+/// (`form`), got `found`".
+#[cold]
+#[inline(never)]
+fn not_real_numbers(what: &str, verb: &str, form: &str, found: &str) -> PyErr {
+    CoreError::Memory(format!(
+        "{what} must {verb} real numbers ({form}), got {found}"
+    ))
+    .into()
 }
 
 /// The error for a clock that returned `value`, which is not a number.
@@ -893,20 +964,27 @@ impl PyEpisodicStore {
             )
             .into());
         }
+        args::not_masked(
+            rows,
+            "the result of embedder.embed([text])",
+            CoreError::Memory,
+        )?;
         let row = match rows.extract::<numpy::PyReadonlyArray2<'_, f32>>() {
             Ok(array) if array.shape()[0] == 1 => array.as_array().row(0).to_vec(),
-            _ if holds_complex(rows, 2)? => {
-                return Err(CoreError::Memory(
-                    "embedder.embed([text]) must return real numbers, got complex numbers \
-                     (their imaginary parts would be dropped)"
-                        .into(),
-                )
-                .into())
+            _ => {
+                if let Some(found) = not_real(rows, 2, "the result of embedder.embed([text])")? {
+                    return Err(not_real_numbers(
+                        "embedder.embed([text])",
+                        "return",
+                        "a float32 array of shape (1, dim)",
+                        &found,
+                    ));
+                }
+                match rows.extract::<Vec<Vec<f32>>>() {
+                    Ok(mut list) if list.len() == 1 => list.swap_remove(0),
+                    _ => Vec::new(),
+                }
             }
-            _ => match rows.extract::<Vec<Vec<f32>>>() {
-                Ok(mut list) if list.len() == 1 => list.swap_remove(0),
-                _ => Vec::new(),
-            },
         };
         if row.is_empty() {
             return Err(CoreError::Memory(
@@ -980,6 +1058,52 @@ fn embedder_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
     Ok(Some(value.clone().unbind()))
 }
 
+/// A `decay` argument: None (no decay) or a `DecayPolicy`. Anything else is a `TypeError`
+/// naming the argument, with the way to make a policy; a number too, which says no policy
+/// (a half-life in hours? a factor?): PyO3's own wording names neither.
+fn decay_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Decay>> {
+    if value.is_none() {
+        return Ok(None);
+    }
+    match value.cast::<PyDecayPolicy>() {
+        Ok(policy) => Ok(Some(policy.get().inner)),
+        Err(_) => Err(not_a_policy(
+            value,
+            "decay",
+            "a DecayPolicy or None",
+            "DecayPolicy.exponential(half_life_hours)",
+        )),
+    }
+}
+
+/// A `recall_policy` argument: None (by importance) or a `RecallPolicy`; anything else is a
+/// `TypeError` naming the argument, as for [`decay_arg`].
+fn recall_policy_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Recall>> {
+    if value.is_none() {
+        return Ok(None);
+    }
+    match value.cast::<PyRecallPolicy>() {
+        Ok(policy) => Ok(Some(policy.get().inner)),
+        Err(_) => Err(not_a_policy(
+            value,
+            "recall_policy",
+            "a RecallPolicy or None",
+            "RecallPolicy.importance() or RecallPolicy.hybrid(recency_weight, frequency_weight)",
+        )),
+    }
+}
+
+/// The `TypeError` of a policy argument `name` given `value`, which is not `what`: "name
+/// must be what, got <value> (make one with `how`)".
+#[cold]
+#[inline(never)]
+fn not_a_policy(value: &Bound<'_, PyAny>, name: &str, what: &str, how: &str) -> PyErr {
+    PyTypeError::new_err(format!(
+        "{name} must be {what}, got {} (make one with {how})",
+        args::describe_value(value)
+    ))
+}
+
 #[pymethods]
 impl PyEpisodicStore {
     #[new]
@@ -992,16 +1116,16 @@ impl PyEpisodicStore {
         similarity_weight=1.0
     ))]
     fn new(
-        decay: Option<&PyDecayPolicy>,
-        recall_policy: Option<&PyRecallPolicy>,
+        #[pyo3(from_py_with = decay_arg)] decay: Option<Decay>,
+        #[pyo3(from_py_with = recall_policy_arg)] recall_policy: Option<Recall>,
         #[pyo3(from_py_with = per_agent_capacity_arg)] per_agent_capacity: Option<usize>,
         #[pyo3(from_py_with = clock_arg)] clock: Option<Py<PyAny>>,
         #[pyo3(from_py_with = embedder_arg)] embedder: Option<Py<PyAny>>,
         #[pyo3(from_py_with = similarity_weight_arg)] similarity_weight: f64,
     ) -> PyResult<Self> {
         let store = Episodes::new(
-            decay.map(|d| d.inner),
-            recall_policy.map_or(Recall::Importance, |r| r.inner),
+            decay,
+            recall_policy.unwrap_or(Recall::Importance),
             per_agent_capacity,
         )?
         .with_similarity_weight(similarity_weight)?;
