@@ -1092,8 +1092,12 @@ async def test_a_round_a_capability_refuses_starts_no_call(
     assert not [e for e in events if isinstance(e, ar.ToolCallStarted)]
     assert rt.metrics.snapshot().total_tool_calls == 0
     assert capabilities.actions_taken == 0  # the refused round used none of the limit
-    if backend is not None:  # and none was journaled
-        assert not [k for k in await backend.list_keys() if ":call:" in k]
+    if backend is not None:  # and none was journaled: only the round's reply (for a resume)
+        from llm_agent_runtime.persistence.codec import decode
+
+        keys = [k for k in await backend.list_keys() if ":call:" in k]
+        assert len(keys) == 1 and keys[0].endswith(":call:1:0")
+        assert decode(await backend.load(keys[0]), keys[0], "call")["state"] == "received"
 
 
 async def test_a_denied_call_of_a_parallel_round_leaves_the_others_to_run() -> None:

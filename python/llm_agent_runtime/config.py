@@ -46,7 +46,9 @@ class AgentConfig(BaseModel):
         max_parallel_tool_calls: Native tool calls of one response run concurrently up to this.
         max_observation_chars: Observations longer than this are truncated.
         corrective_reprompt: On unparseable output (in `tools` mode, a reply with neither a
-            tool call nor text), re-prompt once before failing.
+            tool call nor text), re-prompt once before failing: the bad reply and a nudge
+            are sent with the rest of the run's requests, the re-prompt takes an iteration,
+            and the step that answers it counts the wasted call's tokens and model time.
         error_recovery: `stop` ends the run on a failed tool round; `retry` goes on.
         context_window_tokens: Token budget of a multi-turn session's chat history.
         model_params: Other parameters of every model call the runtime makes through a

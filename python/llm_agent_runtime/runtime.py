@@ -1313,12 +1313,16 @@ class AgentRuntime:
         # transcript, and takes the reply of an interrupted step from the journal instead of
         # asking the model again.
         journal: list[dict[str, Any]] = []
+        # The reply entry the next step's call 0 has in the journal, and the re-prompt the
+        # next step answers (see `_journal_reply`).
+        held: dict[str, Any] | None = None
+        reprompt: dict[str, Any] | None = None
         if resume is not None:
-            transcript += [
-                f"{r.reply}\nObservation: {r.step.observation}"
-                for r in resume.run_records
-                if r.reply
-            ]
+            for r in resume.run_records:
+                if r.reply:
+                    if r.reprompt is not None:  # sent before the step's reply, as it was
+                        transcript.append(_reprompt_part(r.reprompt))
+                    transcript.append(f"{r.reply}\nObservation: {r.step.observation}")
             journal = await self._journal_of_next_step(session)
         pre_hooks = self._hooks["on_pre_llm"]
         post_hooks = self._hooks["on_post_llm"]
@@ -1330,8 +1334,11 @@ class AgentRuntime:
         metrics = self.metrics
         checkpoints = self._checkpoints
         task = _current_task()  # the run's calls run in it: looked up once, not per call
-        # A resumed run counts the steps it already took; a session's new turn starts afresh.
-        done = len(resume.run_records) if resume is not None else 0
+        # A resumed run counts the steps it already took, and their re-prompts (each took an
+        # iteration); a session's new turn starts afresh.
+        done = 0
+        if resume is not None:
+            done = sum(1 if r.reprompt is None else 2 for r in resume.run_records)
         iterations = config.max_iterations - done
         # When handling a reply fails, the reply is checked: a model that returned no text is
         # an AgentLoopError. Checked then only: a `try` costs nothing until it raises.
@@ -1351,9 +1358,22 @@ class AgentRuntime:
             usage = None  # the provider's token counts, when it reported them
             try:
                 if replayed:  # the reply of an interrupted step, handled (hooks, charge) back then
-                    reply = journal[0]["reply"]
-                    usage = _journaled_usage(journal[0])
-                    model_ms = _journaled_model_ms(journal[0])
+                    entry = journal[0]
+                    if entry.get("state") in _REPLY_STATES:
+                        held = entry
+                        if entry["state"] == "reprompted":  # sent; its answer had not come
+                            journal = []
+                            reprompt = _saved_reprompt(entry["reprompt"])
+                            transcript.append(_reprompt_part(entry["reprompt"]))
+                            reprompted = True
+                            reprompt_cost = _reprompt_cost(entry["reprompt"])
+                            continue  # it took its iteration, as it did
+                    if "reprompt" in entry:  # the reply answered one: sent before it
+                        reprompt = entry["reprompt"]
+                        transcript.append(_reprompt_part(entry["reprompt"]))
+                    reply = entry["reply"]
+                    usage = _journaled_usage(entry)
+                    model_ms = _journaled_model_ms(entry)
                 else:
                     for hook in pre_hooks:
                         text_prompt = await _rewrite(
@@ -1425,10 +1445,17 @@ class AgentRuntime:
                 if config.corrective_reprompt and not reprompted and iteration + 1 < iterations:
                     reprompted = True
                     reprompt_cost = (input_tokens, output_tokens, model_ms)
-                    transcript.append(
-                        f"{reply}\nObservation: your reply was not a ReAct step ({error}). "
+                    nudge = (
+                        f"your reply was not a ReAct step ({error}). "
                         "Reply with Thought and Action lines."
                     )
+                    reprompt = {"reply": reply, "nudge": nudge}
+                    transcript.append(_reprompt_part(reprompt))
+                    if checkpoints is not None:  # a resume sends it again, and counts it
+                        cost = [input_tokens, output_tokens]
+                        sent = {**reprompt, "tokens": cost, "model_ms": model_ms}
+                        entry = {"index": 0, "state": "reprompted", "reprompt": sent}
+                        held = await self._journal_reply(session, entry, held)
                     continue
                 raise AgentLoopError(f"model output is not a ReAct step: {error}") from error
             reprompted = False  # a later unparseable reply gets its own re-prompt
@@ -1462,6 +1489,7 @@ class AgentRuntime:
                 metrics.record_step()
                 if checkpoints is not None:
                     record = self._step_record(session, step, reply=reply)
+                    record.reprompt = reprompt
                     await self._save_steps(session, [record])
                 return
             # The step records the call that ran (a middleware or an approval may change it).
@@ -1494,6 +1522,11 @@ class AgentRuntime:
                     entry = journal[0]
                 else:
                     entry = {"reply": reply, "tokens": tokens, "model_ms": model_ms}
+                    if reprompt is not None:
+                        entry["reprompt"] = reprompt
+                    if self._guarded:  # paid for: kept while the guards decide
+                        received = {**entry, "index": 0, "state": "received"}
+                        held = await self._journal_reply(session, received, held)
                 journal = []
                 observation, tool_ms, action, action_input = await self._durable_call(
                     session,
@@ -1502,6 +1535,7 @@ class AgentRuntime:
                     parsed.action or "",
                     parsed.action_input,
                     entry,
+                    replacing=held,
                 )
             content, error_kind = observation
             step_end = perf()
@@ -1525,7 +1559,9 @@ class AgentRuntime:
             if checkpoints is not None:
                 record = self._step_record(session, step, reply=reply)
                 record.stopped = stop  # a resume closes the run here, whatever its config
+                record.reprompt = reprompt
                 await self._save_steps(session, [record])
+                held = reprompt = None  # of the step saved
             if stop:
                 return
             transcript.append(f"{reply}\nObservation: {content}")
@@ -1549,6 +1585,10 @@ class AgentRuntime:
         messages.append(_loop_message("user", prompt, [], None, ()))
         rounds_done = 0
         journal: list[dict[str, Any]] = []
+        # The reply entry the next round's call 0 has in the journal, and the re-prompt the
+        # next round answers (see `_journal_reply`).
+        held: dict[str, Any] | None = None
+        reprompt: dict[str, Any] | None = None
         if resume is not None:  # replay the run's saved rounds; an interrupted one is journaled
             rounds_done = _replay_rounds(resume.run_records, messages)
             journal = await self._journal_of_next_step(session)
@@ -1587,7 +1627,20 @@ class AgentRuntime:
             # Text deltas only while someone listens (the event log does not keep them).
             stream = streams_text and events.listening
             if replayed:  # the response of an interrupted round, handled (hooks, charge) then
-                saved = journal[0]["round"]
+                entry = journal[0]
+                if entry.get("state") in _REPLY_STATES:
+                    held = entry
+                    if entry["state"] == "reprompted":  # sent; its answer had not come
+                        journal = []
+                        reprompt = _saved_reprompt(entry["reprompt"])
+                        messages.extend(_reprompt_messages(entry["reprompt"]))
+                        reprompted = True
+                        reprompt_cost = _reprompt_cost(entry["reprompt"])
+                        continue  # it took its round, as it did
+                if "reprompt" in entry:  # the round answered one: sent before it
+                    reprompt = entry["reprompt"]
+                    messages.extend(_reprompt_messages(reprompt))
+                saved = entry["round"]
                 response = ChatResponse(
                     text=saved["text"],
                     tool_calls=_journaled_calls(saved["calls"]),
@@ -1681,10 +1734,15 @@ class AgentRuntime:
                     if config.corrective_reprompt and not reprompted and round_no + 1 < rounds_left:
                         reprompted = True
                         reprompt_cost = (usage.input_tokens, usage.output_tokens, model_ms)
-                        messages.append(
-                            _loop_message("assistant", text, [], None, response.reasoning)
-                        )
-                        messages.append(_loop_message("user", _EMPTY_REPLY_NUDGE, [], None, ()))
+                        reprompt = {"reply": text, "nudge": _EMPTY_REPLY_NUDGE}
+                        if response.reasoning:
+                            reprompt["reasoning"] = list(response.reasoning)
+                        messages.extend(_reprompt_messages(reprompt))
+                        if checkpoints is not None:  # a resume sends it again, and counts it
+                            cost = [*reprompt_cost[:2]]
+                            sent = {**reprompt, "tokens": cost, "model_ms": model_ms}
+                            entry = {"index": 0, "state": "reprompted", "reprompt": sent}
+                            held = await self._journal_reply(session, entry, held)
                         continue
                     raise AgentLoopError(
                         "the model replied with neither a tool call nor any text, so the run has "
@@ -1709,7 +1767,9 @@ class AgentRuntime:
                 session.steps.append(step)
                 metrics.record_step()
                 if checkpoints is not None:
-                    await self._save_steps(session, [self._step_record(session, step)])
+                    record = self._step_record(session, step)
+                    record.reprompt = reprompt
+                    await self._save_steps(session, [record])
                 return
             calls = response.tool_calls
             reprompted = False  # a later empty reply gets its own re-prompt
@@ -1721,7 +1781,7 @@ class AgentRuntime:
             busy = _BusyTime() if n_calls > 1 else None
             if checkpoints is not None:
                 results = await self._durable_round(
-                    session, text, calls, journal, reasoning, usage, busy, model_ms
+                    session, text, calls, journal, reasoning, usage, busy, model_ms, held, reprompt
                 )
                 journal = []
             else:
@@ -1774,8 +1834,10 @@ class AgentRuntime:
                 metrics.record_step()
                 if checkpoints is not None:
                     record = self._step_record(session, step, text, call.id, call is calls[0])
-                    if reasoning and call is calls[0]:  # saved with the round's first step
-                        record.round_reasoning = list(reasoning)
+                    if call is calls[0]:  # saved with the round's first step
+                        if reasoning:
+                            record.round_reasoning = list(reasoning)
+                        record.reprompt = reprompt
                     record.requested = _requested(call, name, arguments)
                     records.append(record)
                 if error_kind is not None:
@@ -1801,6 +1863,7 @@ class AgentRuntime:
             if records:  # the round is saved whole: a resume never finds part of it
                 records[-1].stopped = stop  # a resume closes the run here, whatever its config
                 await self._save_steps(session, records)
+                held = reprompt = None  # of the step saved
             if stop:
                 return
             if replayed:  # the round after may be journaled too (its checkpoint failed as well)
@@ -2537,6 +2600,58 @@ class AgentRuntime:
                 raise PersistenceError(f"journal entry of step {step} {problem}", key=key)
         return entries
 
+    async def _journal_reply(
+        self, session: AgentSession, entry: dict[str, Any], held: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """Journals the next step's model reply, or its re-prompt, under the step's call 0.
+
+        `entry` is a `REPLY_STATES` entry (this run's id is added), `held` the reply entry
+        the key holds (None: none). Returns what the key holds then, which the call's own
+        entry replaces (see `CheckpointStore.journal`). Written before the step's guards
+        decide (or the re-prompted model answers), so that a run cut off meanwhile is
+        resumed with the reply it paid for. A failed write is logged and counted, not raised
+        (a resume would ask the model again, as before this write): `held` is returned.
+
+        Raises:
+            PersistenceError: Another worker journaled a call of the step meanwhile (it runs
+                the step), or this resumed run's claim is lost.
+        """
+        from llm_agent_runtime.persistence.checkpoints import is_stale_entry
+
+        checkpoints = self._checkpoints
+        assert checkpoints is not None
+        session_id = session.session_id
+        step = session.step_count + 1
+        run = entry["run"] = self._durable_runs[session_id].run
+        try:
+            found = await checkpoints.journal(session_id, step, 0, entry, new=True, replacing=held)
+            if found is not None and is_stale_entry(found, run):  # another run's: written over
+                await checkpoints.journal(session_id, step, 0, entry)
+                found = None
+        except Exception as error:
+            lease = self._resume_leases.get(session_id)
+            if lease is not None and lease[1]:
+                raise  # the resume claim is lost: the run stops (`_unless_resume_lost`)
+            session.checkpoint_errors += 1
+            self.metrics.record_checkpoint_error()
+            logger.warning(
+                "journal entry of the model reply of step %d of session %s failed: %r",
+                step,
+                session_id,
+                error,
+            )
+            return held
+        if found is not None:
+            from llm_agent_runtime.persistence.base import session_key
+
+            raise PersistenceError(
+                f"step {step} of session {session_id!r} was journaled by another worker "
+                f"meanwhile (a call's {found.get('state', 'intent')!r} entry): it runs the "
+                "step, this run stops",
+                key=f"{session_key(session_id)}:call:{step}:0",
+            )
+        return entry
+
     async def _durable_call(
         self,
         session: AgentSession,
@@ -2548,13 +2663,15 @@ class AgentRuntime:
         record_result: bool = False,
         resolved: tuple[str, Any, Observation | None] | None = None,
         busy: _BusyTime | None = None,
+        replacing: dict[str, Any] | None = None,
     ) -> ToolRun:
         """Runs one tool call under the journal: its intent is recorded right before it runs.
 
         The call is first guarded (middlewares, capabilities, approval: `_resolve_calls`,
         unless `resolved` says what it resolved to already), so the journal and the repeat
         rule concern the tool that actually runs, and a run stopped before its call was
-        approved has journaled nothing (it is resumed as if the call had not come yet).
+        approved has journaled no call (only, when guarded, its step's reply: see
+        `_journal_reply`), so it is resumed with its guards asked again.
 
         The intent is not written for a lone call of an idempotent tool that does not take
         the key: after an interruption, its step is simply run again (model reply included).
@@ -2567,7 +2684,8 @@ class AgentRuntime:
         call runs. An entry of this run is honoured: a recorded result is reused, and a call
         that may have run is repeated (as it was approved, under the key it was journaled
         with) only for a tool that is idempotent or takes the key. An entry another run
-        wrote is stale: the call is run as if it had none.
+        wrote is stale: the call is run as if it had none. `replacing` is the entry of the
+        step's model reply the call's key holds (see `_journal_reply`): the intent replaces it.
         """
         checkpoints = self._checkpoints
         assert checkpoints is not None
@@ -2609,12 +2727,22 @@ class AgentRuntime:
                 # elsewhere is not run again unless the tool allows it. Another run's entry is
                 # stale (that run was interrupted, then its turn run again instead of
                 # resumed): written over.
-                found = await checkpoints.journal(session_id, step, index, intent, new=True)
+                found = await checkpoints.journal(
+                    session_id, step, index, intent, new=True, replacing=replacing
+                )
                 if found is not None:
                     if is_stale_entry(found, run_id):
                         await checkpoints.journal(session_id, step, index, intent)
                     elif found.get("state") == "done":
                         return _journaled_run(found, name, arguments)
+                    elif found.get("state") in _REPLY_STATES:  # kept changing: not this run's
+                        from llm_agent_runtime.persistence.base import session_key
+
+                        raise PersistenceError(
+                            f"tool call {index} of step {step} of session {session_id!r}: "
+                            "its journal entry keeps changing (another worker runs the step)",
+                            key=f"{session_key(session_id)}:call:{step}:{index}",
+                        )
                     else:
                         ran = found.get("tool", name)
                         # As stored: a NaN (never equal to itself), a tuple or an int key
@@ -2770,16 +2898,21 @@ class AgentRuntime:
         usage: Usage | None = None,
         busy: _BusyTime | None = None,
         model_ms: float = 0.0,
+        held: dict[str, Any] | None = None,
+        reprompt: dict[str, Any] | None = None,
     ) -> list[ToolRun]:
         """Runs a round's tool calls (concurrently up to the limit), each journaled alone.
 
         The round's response (text, calls, the provider's reasoning, its token usage and
-        model time) is journaled with each call, so that a resumed run sends the model what
-        this one would have. Before any call starts, every call is checked and guarded: a
+        model time, the re-prompt it answered) is journaled with each call, so that a resumed
+        run sends the model what this one would have. With guards, it is journaled first
+        (`_journal_reply`): a run cut off while they decide is resumed with it, and they are
+        asked again. Before any call starts, every call is checked and guarded: a
         call that may have run and must not run twice, or one the capabilities refuse, fails
         the round with no call started. What the guards decided for each call of a parallel
         round goes with it too: a call still waiting for its slot when the run was cut off
-        is resumed as decided, not guarded (hooked, charged, asked) again.
+        is resumed as decided, not guarded (hooked, charged, asked) again. `held` is the
+        reply entry the round's call 0 has in the journal (see `_journal_reply`).
         """
         # A parallel round's finished calls are journaled one by one, so an interruption
         # re-runs none of them.
@@ -2793,12 +2926,17 @@ class AgentRuntime:
         if usage is not None and (usage.input_tokens or usage.output_tokens):
             saved_round["tokens"] = [usage.input_tokens, usage.output_tokens]
         saved_round["model_ms"] = model_ms
-        decided = journal[0]["round"].get("decided") if journal else None
+        # Any entry's: call 0's may still be the reply's, written before the guards decided.
+        decided = next((e["round"]["decided"] for e in journal if "decided" in e["round"]), None)
         if decided is not None:  # the entries written from here on keep it too
             saved_round["decided"] = decided
-        entries = {e["index"]: e for e in journal}
+        extra = {} if reprompt is None else {"reprompt": reprompt}
+        if not journal and self._guarded:  # paid for: kept while the guards decide
+            received = {"round": {**saved_round}, "index": 0, "state": "received", **extra}
+            held = await self._journal_reply(session, received, held)
+        entries = {e["index"]: e for e in journal if e.get("state") not in _REPLY_STATES}
         for index in range(len(calls)):
-            entries.setdefault(index, {"round": saved_round, "index": index})
+            entries.setdefault(index, {"round": saved_round, "index": index, **extra})
         pending = [i for i in range(len(calls)) if entries[i].get("state") != "done"]
         resolved = await self._resolve_calls(
             session,
@@ -2823,6 +2961,7 @@ class AgentRuntime:
                 len(calls) > 1,
                 resolved.get(index),
                 busy,
+                held if index == 0 else None,
             )
 
         if len(calls) == 1:
@@ -2839,12 +2978,24 @@ class AgentRuntime:
         step interrupted mid-way continues from its journal: its model reply is reused, a
         finished tool call is not repeated, and a tool call that may have run is repeated
         only for tools that are idempotent or take the idempotency key. A call that had not
-        been approved (or allowed by the capabilities) yet had not run: it is asked again. A
-        call of a parallel round that was guarded with the round's others (its hooks run, its
-        action charged, its approval decided) and waited for its slot runs as decided then,
-        asked of no one again. The step keeps the tokens and the model time of its journaled
-        reply. A step whose one call is of an idempotent tool that does not take the key is not
-        journaled (see `ToolSpec`'s `idempotent`): it is run again, model reply included.
+        been decided yet (its `on_tool_call` middlewares, capability check or approval were
+        still going when the run was cut off) had not run: its reply is reused (it was
+        journaled before they started, and paid for: the model is not asked again, nor its
+        tokens charged again), and its guards are asked again. A call of a parallel round
+        that was guarded with the round's others (its hooks run, its action charged, its
+        approval decided) and waited for its slot runs as decided then, asked of no one
+        again. The step keeps the tokens and the model time of its journaled reply. Without
+        guards, a step whose one call is of an idempotent tool that does not take the key is
+        not journaled (see `ToolSpec`'s `idempotent`): it is run again, model reply included.
+
+        A corrective re-prompt (`AgentConfig.corrective_reprompt`) is replayed as it was
+        sent, whatever this runtime's config: the model is sent the bad reply and the nudge
+        with the rest of the run's requests, as the uninterrupted run sends them, and the
+        re-prompt counts as the iteration it took. A run cut off while the re-prompted call
+        was out is resumed with that call, sent what the run sent (the reply it got was
+        never seen, so it is asked for again; the bad reply is not, and a second bad reply
+        fails the run as it would have). The step that answers the re-prompt counts the
+        wasted call's tokens and model time once (they were charged when it came).
 
         A run that was cancelled, or cut off by `loop_timeout_ms`, has not ended (its
         completed steps, its journal and its time are saved, not a final checkpoint): it is
@@ -3240,7 +3391,9 @@ def _replay_rounds(records: list[StepRecord], messages: list[Message]) -> int:
     """Appends the chat messages of saved native rounds; returns how many rounds there were.
 
     `records` are the interrupted run's own steps. They give the messages it sent: each
-    round's reply, with the calls the model asked for (`StepRecord.requested` when a
+    round's corrective re-prompt, if it had one (`StepRecord.reprompt`: the empty reply and
+    the nudge, counted as a round, as the run counted it), its reply, with the calls the
+    model asked for (`StepRecord.requested` when a
     middleware or an approval changed one, else the call that ran) and its reasoning blocks,
     and each tool's result, marked as an error when the tool failed. A final answer
     (`StepRecord.is_final`) ends a turn: the rounds before one are another turn's (records of
@@ -3256,6 +3409,9 @@ def _replay_rounds(records: list[StepRecord], messages: list[Message]) -> int:
             continue
         if record.round_start:
             rounds += 1
+            if record.reprompt is not None:
+                rounds += 1
+                messages.extend(_reprompt_messages(record.reprompt))
             calls = []
             # By index: a slice from here per round would copy the rest of a long run's
             # records each time (a resume quadratic in its steps).
@@ -3599,8 +3755,21 @@ def _entry_problem(entry: dict[str, Any]) -> str | None:
     """What a journal entry lacks of what a resume reads of it; None when it has it all.
 
     An entry holds its step's model reply (ReAct) or round (its text and calls, and the
-    call's index in it); a settled one's outcome is checked as it is read (`_journaled_run`).
+    call's index in it), and the step's corrective re-prompt if it had one (`reprompt`); a
+    `reprompted` entry holds only that (its step's reply had not come). A settled one's
+    outcome is checked as it is read (`_journaled_run`).
     """
+    from llm_agent_runtime.persistence.checkpoints import reprompt_problem
+
+    if "reprompt" in entry and (problem := reprompt_problem(entry["reprompt"])) is not None:
+        return f"field 'reprompt' {problem}"
+    state = entry.get("state", "intent")
+    if state not in _ENTRY_STATES:
+        return f"state {state!r:.40} is unknown"
+    if state == "reprompted":
+        if "reprompt" not in entry:
+            return "is a re-prompt's but holds no 'reprompt'"
+        return None
     if "reply" in entry:
         if not isinstance(entry["reply"], str):
             return "field 'reply' must be a string"
@@ -3622,9 +3791,38 @@ def _entry_problem(entry: dict[str, Any]) -> str | None:
             return problem
     else:
         return "holds neither its step's 'reply' nor its 'round'"
-    if entry.get("state", "intent") not in ("intent", "done"):
-        return f"state {entry['state']!r:.40} is unknown"
     return None
+
+
+_REPLY_STATES = frozenset({"received", "reprompted"})  # `checkpoints.REPLY_STATES`
+_ENTRY_STATES = frozenset({"intent", "done", *_REPLY_STATES})
+"""A journal entry's states: a call's (`intent`, `done`), or its step's reply's (see
+`checkpoints.REPLY_STATES`)."""
+
+
+def _reprompt_part(reprompt: dict[str, Any]) -> str:
+    """The ReAct transcript's part of a corrective re-prompt: the reply, then the nudge."""
+    return f"{reprompt['reply']}\nObservation: {reprompt['nudge']}"
+
+
+def _reprompt_messages(reprompt: dict[str, Any]) -> tuple[Message, Message]:
+    """The chat messages of a native corrective re-prompt: the reply, then the nudge."""
+    reasoning = reprompt.get("reasoning") or ()
+    reply = _loop_message("assistant", reprompt["reply"], [], None, reasoning)
+    return reply, _loop_message("user", reprompt["nudge"], [], None, ())
+
+
+def _reprompt_cost(reprompt: dict[str, Any]) -> tuple[int, int, float]:
+    """The tokens and model time of a journaled re-prompt's wasted call."""
+    tokens = reprompt.get("tokens") or (0, 0)
+    return tokens[0], tokens[1], float(reprompt.get("model_ms") or 0.0)
+
+
+def _saved_reprompt(reprompt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a step record keeps of a re-prompt: its step's tokens and time hold the rest."""
+    if reprompt is None:
+        return None
+    return {k: v for k, v in reprompt.items() if k != "tokens" and k != "model_ms"}
 
 
 def _journaled_usage(entry: dict[str, Any]) -> Usage | None:

@@ -469,7 +469,9 @@ class ToolSpec:
         idempotent: Running a call twice has the effect of running it once, so a resumed run
             may repeat a call that an interruption left unfinished. With checkpoints on, a lone
             call of such a tool is not journaled before it runs (one write less per step): an
-            interrupted step is run again, model reply included.
+            interrupted step is run again, model reply included (unless the call is guarded:
+            a runtime with an approval handler, `on_tool_call` middlewares or capabilities
+            journals the reply before they decide, and a resume reuses it).
         takes_idempotency_key: The handler receives `idempotency_key` to deduplicate its side
             effects itself. With checkpoints on, the key is unique per session, step and call,
             and stable across a resume; without them (or when `ToolRegistry.call` is given no

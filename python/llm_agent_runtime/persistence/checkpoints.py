@@ -40,7 +40,10 @@ is a key of another):
   at-most-once, naming the run that wrote it and the call's idempotency key (see
   `idempotency_key`): an entry is valid for that run alone (another run's is stale, as if
   absent); a lone call of an idempotent tool that does not take the key has none (its step
-  is run again, model reply included);
+  is run again, model reply included). Call 0's key first holds its step's model reply
+  when the runtime has guards (an approval handler, `on_tool_call` middlewares,
+  capabilities), written before they decide, or a corrective re-prompt whose answer has
+  not come (`REPLY_STATES`); the call's own entry then replaces it;
 - `session:<id>:event:<seq>`: the append-only event log (every event but `LlmTextDelta`,
   whose text `LlmResponse` holds, and `CheckpointSaved`);
 - `session:<id>`: the final checkpoint (the whole session, with the working memory's entries;
@@ -90,8 +93,15 @@ __all__ = [
     "StepRecord",
     "idempotency_key",
     "is_stale_entry",
+    "reprompt_problem",
     "stored_form",
 ]
+
+REPLY_STATES = frozenset({"received", "reprompted"})
+"""States of a journal entry that holds a step's model reply, not a tool call's intent or
+outcome: `received` (the reply, before its calls' guards decided) and `reprompted` (a
+corrective re-prompt sent, its answer not yet received). Kept under the step's call 0,
+which the call's own entry then replaces."""
 
 logger = logging.getLogger("llm_agent_runtime")
 
@@ -157,6 +167,12 @@ class StepRecord:
     failed tool step, or the last step of a round with a failed call): the run ended there,
     whatever the config of the runtime that resumes it, as with a final answer (records
     without it, of older versions too, did not stop the run).
+
+    `reprompt` is the corrective re-prompt (`AgentConfig.corrective_reprompt`) the step's
+    reply answered, in a round's first step: the reply that was not a step (its `reply`
+    text, and in native mode the provider's `reasoning` blocks) and the `nudge` sent after
+    it. A resumed run sends both again, before the step's reply, as the run did (its
+    re-prompt took an iteration too); the step's tokens and model time hold the wasted call.
     """
 
     step: Step
@@ -168,6 +184,7 @@ class StepRecord:
     run_start: dict[str, Any] | None = None
     requested: dict[str, Any] | None = None
     stopped: bool = False
+    reprompt: dict[str, Any] | None = None
 
     @property
     def is_final(self) -> bool:
@@ -184,8 +201,8 @@ class StepRecord:
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-compatible data (sharing the step's `action_input`: encode it).
 
-        `round_reasoning`, `run_start` and `requested` are left out when there are none,
-        and `stopped` when false: most records have none.
+        `round_reasoning`, `run_start`, `requested` and `reprompt` are left out when there
+        are none, and `stopped` when false: most records have none.
         """
         data: dict[str, Any] = {
             "step": self.step.to_dict(),
@@ -202,6 +219,8 @@ class StepRecord:
             data["requested"] = self.requested
         if self.stopped:
             data["stopped"] = True
+        if self.reprompt is not None:
+            data["reprompt"] = self.reprompt
         return data
 
     @classmethod
@@ -252,6 +271,9 @@ class StepRecord:
                 "step record field 'requested' must be an object with a string 'name' and "
                 "'arguments', or null"
             )
+        reprompt = fields.get("reprompt")
+        if reprompt is not None and (problem := reprompt_problem(reprompt)) is not None:
+            raise PersistenceError(f"step record field 'reprompt' {problem}")
         fields["step"] = Step.from_dict(fields["step"])
         record = cls(**fields)
         if record.is_final and not isinstance(record.step.action_input, str):
@@ -271,8 +293,42 @@ _RECORD_FIELDS = frozenset(
         "run_start",
         "requested",
         "stopped",
+        "reprompt",
     }
 )
+
+_REPROMPT_FIELDS = frozenset({"reply", "nudge", "reasoning", "tokens", "model_ms"})
+
+
+def reprompt_problem(reprompt: Any) -> str | None:
+    """What is wrong with a saved corrective re-prompt (None: nothing).
+
+    It is a step record's (`StepRecord.reprompt`) or a journal entry's, which also keeps
+    the wasted call's `tokens` ([input, output]) and `model_ms` until its step is saved.
+    """
+    if not (
+        isinstance(reprompt, dict)
+        and isinstance(reprompt.get("reply"), str)
+        and isinstance(reprompt.get("nudge"), str)
+    ):
+        return f"must be an object with a 'reply' and a 'nudge' string, got {reprompt!r:.60}"
+    unknown = sorted(str(k) for k in reprompt if k not in _REPROMPT_FIELDS)
+    if unknown:
+        return f"has unknown field(s) {unknown}"
+    reasoning = reprompt.get("reasoning")
+    if reasoning is not None and not (
+        isinstance(reasoning, list) and all(isinstance(block, dict) for block in reasoning)
+    ):
+        return "field 'reasoning' must be a list of objects"
+    tokens = reprompt.get("tokens")
+    if tokens is not None and not (
+        isinstance(tokens, list) and len(tokens) == 2 and all(map(_is_count, tokens))
+    ):
+        return f"field 'tokens' must be a list of two counts, got {tokens!r:.40}"
+    model_ms = reprompt.get("model_ms")
+    if model_ms is not None and not (_is_number(model_ms) and 0 <= model_ms < math.inf):
+        return f"field 'model_ms' must be a number of milliseconds >= 0, got {model_ms!r:.40}"
+    return None
 
 
 @dataclass(slots=True)
@@ -1538,7 +1594,14 @@ class CheckpointStore:
         return [r.to_dict() for r in records]
 
     async def journal(
-        self, session_id: str, step: int, index: int, entry: dict[str, Any], *, new: bool = False
+        self,
+        session_id: str,
+        step: int,
+        index: int,
+        entry: dict[str, Any],
+        *,
+        new: bool = False,
+        replacing: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """Writes the journal entry of tool call `index` of step `step`; None when written.
 
@@ -1546,7 +1609,10 @@ class CheckpointStore:
         the call has none yet, atomically (`save_new`, one round trip): of several workers
         resuming one session, one alone records the intent and runs the call. Returns the
         entry found instead, another worker's intent or result: the caller honours it as one
-        found at resume.
+        found at resume. `replacing` is the entry of the step's model reply (a `REPLY_STATES`
+        one) the key holds, as the caller read or wrote it: written over only if the key
+        still holds it (one round trip too). A reply entry found instead of the one expected
+        is written over once, if it still holds then.
 
         Raises:
             PersistenceError: The write (or the read of the entry found) failed, a backend's
@@ -1559,9 +1625,26 @@ class CheckpointStore:
             if not new:
                 await self.backend.save(key, record)
                 return None
-            if await self._save_if_absent(key, record):
+            if replacing is not None:
+                if await self._save_guarded(key, _encode("call", replacing), {key: record}):
+                    return None
+            elif await self._save_if_absent(key, record):
                 return None
             raw = await self.backend.load(key)
+            if raw is None and replacing is not None:  # its write failed: the key has none
+                if await self._save_if_absent(key, record):
+                    return None
+                raw = await self.backend.load(key)
+            if raw is not None:
+                found = _journal_entry(raw, key)
+                # Another reply entry than expected (written again after a failed write
+                # that landed): still no call's.
+                if found.get("state") in REPLY_STATES and not is_stale_entry(
+                    found, entry.get("run")
+                ):
+                    if await self._save_guarded(key, raw, {key: record}):
+                        return None
+                    raw = await self.backend.load(key)
         except PersistenceError:
             raise
         except Exception as error:  # a backend's own error, typed for the caller
