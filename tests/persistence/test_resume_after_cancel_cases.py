@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,20 +136,6 @@ def closing_model(mode: str) -> Any:
 
 def model_calls(model: Any) -> int:
     return model.calls if isinstance(model, ar.ScriptedProvider) else model.asked
-
-
-@pytest.fixture
-def open_backend(tmp_path: Path) -> Iterator[Callable[[], ar.SqliteBackend]]:
-    """Opens the test's SQLite database (again: a second worker's view of it)."""
-    opened: list[ar.SqliteBackend] = []
-
-    def open_() -> ar.SqliteBackend:
-        opened.append(ar.SqliteBackend(tmp_path / "store.db"))
-        return opened[-1]
-
-    yield open_
-    for backend in opened:
-        backend.close()
 
 
 class Setup:

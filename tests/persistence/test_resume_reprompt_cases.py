@@ -11,27 +11,12 @@ tokens and model time, charged once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import llm_agent_runtime as ar
-
-
-@pytest.fixture
-def open_backend(tmp_path: Path) -> Iterator[Callable[[], ar.SqliteBackend]]:
-    opened: list[ar.SqliteBackend] = []
-
-    def open_() -> ar.SqliteBackend:
-        opened.append(ar.SqliteBackend(tmp_path / "store.db"))
-        return opened[-1]
-
-    yield open_
-    for backend in opened:
-        backend.close()
-
 
 REACT_REPLIES = [
     "I would rather chat about the weather.",  # not a ReAct step: re-prompted

@@ -10,8 +10,7 @@ tokens and model time. The guards never decided, so they are asked again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,20 +20,6 @@ import llm_agent_runtime as ar
 from .test_backends import backend_fixture
 
 MODEL_SECONDS = 0.02  # what the interrupted run's model call takes
-
-
-@pytest.fixture
-def open_backend(tmp_path: Path) -> Iterator[Callable[[], ar.SqliteBackend]]:
-    """Opens the test's SQLite database (again: a second worker's view of it)."""
-    opened: list[ar.SqliteBackend] = []
-
-    def open_() -> ar.SqliteBackend:
-        opened.append(ar.SqliteBackend(tmp_path / "store.db"))
-        return opened[-1]
-
-    yield open_
-    for backend in opened:
-        backend.close()
 
 
 class SlowProvider(ar.ScriptedProvider):
