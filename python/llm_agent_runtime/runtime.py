@@ -2524,7 +2524,7 @@ class AgentRuntime:
         # Steps whose own save failed go in the same write: a finished session has no gap.
         unsaved = self._unsaved_steps.get(session.session_id)
         try:
-            await self._save_final_record(session, extra, unsaved, run)
+            deleting = await self._save_final_record(session, extra, unsaved, run)
         except PersistenceError as error:
             if unsaved is None:
                 raise
@@ -2544,9 +2544,13 @@ class AgentRuntime:
             )
             session.checkpoint_errors += 1
             # Its records go folded too: they hold what a fork's resume rebuilds the chat from.
-            await self._save_final_record(session, extra, unsaved, run, folded=True)
+            deleting = await self._save_final_record(session, extra, unsaved, run, folded=True)
         self._unsaved_steps.pop(session.session_id, None)
         self.events.emit(CheckpointSaved(session.session_id, key))
+        # Saved, steps and events: a cancellation while the run's claims are deleted (in a
+        # task of their own) leaves nothing of this write for the failed run's save.
+        if deleting is not None:
+            await asyncio.wait([deleting])
 
     async def _save_final_record(
         self,
@@ -2556,8 +2560,10 @@ class AgentRuntime:
         run: str | None,
         *,
         folded: bool = False,
-    ) -> None:
+    ) -> asyncio.Task[Any] | None:
         """One attempt of `_save_final`'s write, with the events logged since the last one.
+
+        Returns the deletion of the run's claims (see `CheckpointStore.write_final`).
 
         Raises:
             PersistenceError: It failed (the events stay for the next write).
@@ -2567,7 +2573,7 @@ class AgentRuntime:
         assert self._checkpoints is not None
         events = self._event_log.pop(session.session_id, [])
         try:
-            await self._checkpoints.save_final(
+            _, deleting = await self._checkpoints.write_final(
                 session, extra, events, unsaved, run=run, folded=folded
             )
         except BaseException as error:  # the events stay for the next write, cancelled too
@@ -2577,6 +2583,7 @@ class AgentRuntime:
             self.metrics.record_checkpoint_error()
             key = session_key(session.session_id)
             raise PersistenceError(f"final checkpoint failed: {error}", key=key) from error
+        return deleting
 
     async def _journal_of_next_step(self, session: AgentSession) -> list[dict[str, Any]]:
         """The running run's journal entries of the session's next step (none of another run).

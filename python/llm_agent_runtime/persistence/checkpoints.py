@@ -1518,6 +1518,25 @@ class CheckpointStore:
         *,
         folded: bool = False,
     ) -> str:
+        """Saves the whole session, as `write_final`, then waits for its claims' deletion.
+
+        Returns its key. Raises as `write_final`.
+        """
+        key, deleting = await self.write_final(session, extra, events, unsaved, run, folded=folded)
+        if deleting is not None:
+            await asyncio.wait([deleting])
+        return key
+
+    async def write_final(
+        self,
+        session: AgentSession,
+        extra: dict[str, Any],
+        events: Iterable[Any] = (),
+        unsaved: tuple[int, Sequence[StepRecord]] | None = None,
+        run: str | None = None,
+        *,
+        folded: bool = False,
+    ) -> tuple[str, asyncio.Task[Any] | None]:
         """Saves the whole session (and `extra`, e.g. working memory entries); returns its key.
 
         `unsaved` (first step number, records) are steps whose own save failed: they are
@@ -1530,6 +1549,10 @@ class CheckpointStore:
         is the id of the run this checkpoint closes (`save_meta`'s, or `SessionState.run`
         for a resumed run); without it, whether a later turn began after this checkpoint is
         told by the clock, as in records of older versions.
+
+        Returns its key, and the deletion of the run's claims (None: it held none), running
+        in a task of its own once the write landed: a caller cancelled while awaiting it knows
+        the checkpoint, and its events, saved.
 
         Raises:
             PersistenceError: The write failed, or, before anything is written, the
@@ -1558,10 +1581,10 @@ class CheckpointStore:
         # of the caller now must not leave one behind, refusing every later resume (the
         # failed run's `release` then finds nothing of this run's to delete).
         deletion = self._drop_claims(session.session_id, another_runs=True)
-        if deletion is not None:
-            left = "its later resumes are refused until release_resume, or its lease passes"
-            await asyncio.wait([delete_claims_apart(session.session_id, deletion, left)])
-        return key
+        if deletion is None:
+            return key, None
+        left = "its later resumes are refused until release_resume, or its lease passes"
+        return key, delete_claims_apart(session.session_id, deletion, left)
 
     async def _records_to_fold(
         self,
