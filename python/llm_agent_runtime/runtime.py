@@ -1361,16 +1361,12 @@ class AgentRuntime:
                     entry = journal[0]
                     if entry.get("state") in _REPLY_STATES:
                         held = entry
-                        if entry["state"] == "reprompted":  # sent; its answer had not come
-                            journal = []
-                            reprompt = _saved_reprompt(entry["reprompt"])
-                            transcript.append(_reprompt_part(entry["reprompt"]))
-                            reprompted = True
-                            reprompt_cost = _reprompt_cost(entry["reprompt"])
-                            continue  # it took its iteration, as it did
-                    if "reprompt" in entry:  # the reply answered one: sent before it
-                        reprompt = entry["reprompt"]
+                    if "reprompt" in entry:  # sent before the reply (or before its answer came)
                         transcript.append(_reprompt_part(entry["reprompt"]))
+                        reprompt, in_flight = _replayed_reprompt(entry)
+                        if in_flight is not None:  # it took its iteration, as it did
+                            journal, reprompted, reprompt_cost = [], True, in_flight
+                            continue
                     reply = entry["reply"]
                     usage = _journaled_usage(entry)
                     model_ms = _journaled_model_ms(entry)
@@ -1630,16 +1626,12 @@ class AgentRuntime:
                 entry = journal[0]
                 if entry.get("state") in _REPLY_STATES:
                     held = entry
-                    if entry["state"] == "reprompted":  # sent; its answer had not come
-                        journal = []
-                        reprompt = _saved_reprompt(entry["reprompt"])
-                        messages.extend(_reprompt_messages(entry["reprompt"]))
-                        reprompted = True
-                        reprompt_cost = _reprompt_cost(entry["reprompt"])
-                        continue  # it took its round, as it did
-                if "reprompt" in entry:  # the round answered one: sent before it
-                    reprompt = entry["reprompt"]
-                    messages.extend(_reprompt_messages(reprompt))
+                if "reprompt" in entry:  # sent before the round (or before its answer came)
+                    messages.extend(_reprompt_messages(entry["reprompt"]))
+                    reprompt, in_flight = _replayed_reprompt(entry)
+                    if in_flight is not None:  # it took its round, as it did
+                        journal, reprompted, reprompt_cost = [], True, in_flight
+                        continue
                 saved = entry["round"]
                 response = ChatResponse(
                     text=saved["text"],
@@ -3823,6 +3815,20 @@ def _reprompt_cost(reprompt: dict[str, Any]) -> tuple[int, int, float]:
     """The tokens and model time of a journaled re-prompt's wasted call."""
     tokens = reprompt.get("tokens") or (0, 0)
     return tokens[0], tokens[1], float(reprompt.get("model_ms") or 0.0)
+
+
+def _replayed_reprompt(
+    entry: dict[str, Any],
+) -> tuple[dict[str, Any] | None, tuple[int, int, float] | None]:
+    """The re-prompt a journal entry holds, as the step that answers it keeps it.
+
+    With the cost of its wasted call when it was in flight (`reprompted`: sent, its answer
+    had not come); else None: the entry's reply answered it, its step's tokens hold the cost.
+    """
+    reprompt = entry["reprompt"]
+    if entry.get("state") != "reprompted":
+        return reprompt, None
+    return _saved_reprompt(reprompt), _reprompt_cost(reprompt)
 
 
 def _saved_reprompt(reprompt: dict[str, Any] | None) -> dict[str, Any] | None:
