@@ -44,7 +44,7 @@ OURS_AT_MOST_ONCE = "llm_agent_runtime, at-most-once tool (intent + result per s
 
 
 # The `CheckpointStore` methods a run writes through (read back from `runtime.py`).
-STORE_WRITES = ("save_meta", "save_steps", "journal", "save_final", "append_events")
+STORE_WRITES = ("save_meta", "save_steps", "journal", "write_final", "append_events")
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
@@ -126,7 +126,9 @@ def renamed(calls: list[Call], old: str, new: str) -> list[Call]:
 
 async def replay_ours(store: CheckpointStore, calls: list[Call]) -> None:
     for name, args, kwargs in calls:
-        await getattr(store, name)(*args, **kwargs)
+        done = await getattr(store, name)(*args, **kwargs)
+        if name == "write_final" and done[1] is not None:  # as the run, awaits its claims' deletion
+            await done[1]
 
 
 async def our_summary(backend: Any, session_id: str) -> dict[str, Any]:
