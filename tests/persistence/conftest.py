@@ -1,9 +1,11 @@
-"""Fixtures shared by the persistence tests."""
+"""Fixtures and helpers shared by the persistence tests."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,3 +24,31 @@ def open_backend(tmp_path: Path) -> Iterator[Callable[[], ar.SqliteBackend]]:
     yield open_
     for backend in opened:
         backend.close()
+
+
+async def cancel_once_reached(run: Awaitable[Any], reached: asyncio.Event) -> None:
+    """Runs `run` as a task, cancels it once `reached` is set, and expects the cancellation."""
+    task = asyncio.ensure_future(run)
+    await reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def cut_off(run: Awaitable[Any], how: str, reached: asyncio.Event | None = None) -> None:
+    """Cuts `run` off `how` and expects the failure that follows.
+
+    "cancel" cancels it (once `reached` is set, when given); "timeout" awaits the end its
+    `loop_timeout_ms` puts to it.
+    """
+    task = asyncio.ensure_future(run)
+    if how == "timeout":
+        with pytest.raises(ar.AgentLoopError, match="timed out"):
+            await task
+        return
+    assert how == "cancel", how
+    if reached is not None:
+        await reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -15,6 +15,8 @@ import llm_agent_runtime as ar
 from llm_agent_runtime.persistence.checkpoints import CheckpointStore, StepRecord
 from llm_agent_runtime.persistence.codec import decode, encode
 
+from .conftest import cancel_once_reached
+
 
 def script(*replies: str) -> Callable[[str], Awaitable[str]]:
     queue = list(replies)
@@ -186,15 +188,6 @@ async def test_resume_continues_after_the_last_completed_step() -> None:
     assert "Observation: 1" in seen[0] and "Observation: 2" in seen[0]  # context rebuilt
     again = await runtime.resume(session.session_id, model)  # finished: returned as saved
     assert again.final_answer == "finished" and len(seen) == 1
-
-
-async def cancel_once_reached(run: Awaitable[Any], reached: asyncio.Event) -> None:
-    """Runs `run` as a task, cancels it once `reached` is set, and expects the cancellation."""
-    task = asyncio.ensure_future(run)
-    await reached.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
 
 
 async def interrupt_mid_tool(
@@ -944,14 +937,6 @@ def chat_of(messages: list[Any]) -> list[tuple[str, str, list[str], str | None]]
     return [(m.role, m.content, [c.id for c in m.tool_calls], m.tool_call_id) for m in messages]
 
 
-async def cancel_when(task: asyncio.Task[Any], reached: asyncio.Event) -> None:
-    """Cancels `task` once `reached` is set (a crash at that point), and waits for its end."""
-    await reached.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-
 async def test_a_turn_run_again_ignores_the_journal_of_the_interrupted_run() -> None:
     """A journal entry is valid for the run that wrote it: not for the turn run again."""
     backend = ar.InMemoryBackend()
@@ -975,7 +960,7 @@ async def test_a_turn_run_again_ignores_the_journal_of_the_interrupted_run() -> 
         [("add", {"a": 1, "b": 2}), ("add", {"a": 0, "b": 0, "slow": True})]
     )
     task = asyncio.create_task(runtime.run_turn(session, "compute", ar.ScriptedProvider([round_])))
-    await cancel_when(task, reached)  # call 0 finished and is journaled; call 1 may have run
+    await cancel_once_reached(task, reached)  # call 0 done and journaled; call 1 may have run
     gate.set()
     ran.clear()
     loaded = await ar.AgentSession.load_checkpoint(backend, "S1")
@@ -1015,7 +1000,7 @@ async def test_a_stale_intent_of_another_run_blocks_neither_a_new_turn_nor_a_res
     await runtime.run_turn(session, "hi", script(FINAL))
     to_bob = 'Thought: t\nAction: send {"to": "bob"}'
     task = asyncio.create_task(runtime.run_turn(session, "send to bob", script(to_bob)))
-    await cancel_when(task, reached)  # the intent of step 2 is journaled: it may have run
+    await cancel_once_reached(task, reached)  # the intent of step 2 is journaled: it may have run
     gate.set()
 
     # A new turn (not a resume) runs its own step 2: the interrupted run's intent is stale.
@@ -1055,7 +1040,7 @@ async def test_a_turn_run_again_gives_its_calls_keys_of_their_own() -> None:
     session = runtime.create_session("a", "K")
     charge_500 = 'Thought: t\nAction: charge {"amount": 500}'
     task = asyncio.create_task(runtime.run_turn(session, "charge 500", script(charge_500)))
-    await cancel_when(task, reached)  # the 500 charge was made; its intent is journaled
+    await cancel_once_reached(task, reached)  # the 500 charge was made; its intent is journaled
     gate.set()
     charge_700 = 'Thought: t\nAction: charge {"amount": 700}'
     assert await runtime.run_turn(session, "700", script(charge_700, FINAL)) == "finished"
@@ -1087,7 +1072,7 @@ async def test_an_interrupted_later_turn_is_resumed_without_repeating_its_steps(
     task = asyncio.create_task(
         runtime.run_turn(session, "book trip", ar.ScriptedProvider([flight, hotel, "all"]))
     )
-    await cancel_when(task, reached)
+    await cancel_once_reached(task, reached)
     gate.set()
 
     model = Recorder([hotel, "all booked"])
@@ -1131,7 +1116,7 @@ async def test_a_resumed_first_turn_joins_the_chat_history() -> None:
     task = asyncio.create_task(
         runtime.run_turn(session, "capital of France?", ar.ScriptedProvider(answer))
     )
-    await cancel_when(task, reached)
+    await cancel_once_reached(task, reached)
     gate.set()
     other = ar.AgentRuntime(config, tools=[lookup], checkpoint_backend=backend)
     resumed = await other.resume("S", ar.ScriptedProvider(answer))
@@ -1241,7 +1226,7 @@ async def test_a_run_stopped_while_a_call_awaits_approval_is_resumed() -> None:
     runtime = ar.AgentRuntime(tools=[wire], checkpoint_backend=backend, approval_handler=human)
     session = runtime.create_session("a", "S")
     task = asyncio.create_task(runtime.run_agent("a", "pay", model, session=session))
-    await cancel_when(task, asked)
+    await cancel_once_reached(task, asked)
     # Nothing ran: the journal holds only the model's reply, kept while the approval is asked.
     from llm_agent_runtime.persistence.codec import decode
 

@@ -22,6 +22,8 @@ import pytest
 import llm_agent_runtime as ar
 from llm_agent_runtime.persistence.codec import decode
 
+from .conftest import cut_off
+
 TIMEOUT_MS = 150
 DONE_REACT = "Thought: done\nAction: FINAL_ANSWER done"
 
@@ -470,13 +472,7 @@ async def test_a_round_cut_off_while_a_finished_call_is_journaled_keeps_its_resu
         task = asyncio.ensure_future(runtime.run_turn(session, "q", model))
         await backend.reached.wait()
         await setup.tools.started.wait()  # both: the result is on its way, the send runs
-        if how == "cancel":
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        else:
-            with pytest.raises(ar.AgentLoopError, match="timed out"):
-                await task
+        await cut_off(task, how)
     finally:
         backend.close()
     setup.tools.holding = False

@@ -10,12 +10,14 @@ twice for one call, and the resumed session's steps hold what the interrupted ru
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import llm_agent_runtime as ar
+
+from .conftest import cancel_once_reached
 
 
 class Recorder(ar.ScriptedProvider):
@@ -32,13 +34,23 @@ class Recorder(ar.ScriptedProvider):
         return await super().chat(messages, tools, **params)
 
 
-async def cancel_when(run: Awaitable[Any], reached: asyncio.Event) -> None:
-    """Cancels `run` once `reached` is set."""
-    task = asyncio.ensure_future(run)
-    await reached.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+def held_look() -> tuple[ar.ToolSpec, list[int], asyncio.Event, list[bool]]:
+    """An idempotent `look` tool, the `x` of each call it ran, the event a call sets when it
+    starts, and the flag: while `holding[0]` is true a call never returns (it is still out
+    when the run is cut off)."""
+    ran: list[int] = []
+    started, holding = asyncio.Event(), [True]
+
+    @ar.tool(idempotent=True)
+    async def look(x: int) -> str:
+        """Looks a number up (safe to repeat)."""
+        ran.append(x)
+        started.set()
+        if holding[0]:
+            await asyncio.Event().wait()
+        return f"seen {x}"
+
+    return look, ran, started, holding
 
 
 FRESH = pytest.mark.parametrize("fresh", [False, True], ids=["same runtime", "new runtime"])
@@ -53,17 +65,7 @@ async def test_a_round_cut_off_before_its_approved_calls_started_runs_them_as_de
 ) -> None:
     # One call at a time: calls 2 and 3 were guarded (hooked, charged, decided) with call 1,
     # and wait for its slot when the run is cut off.
-    ran: list[int] = []
-    started, holding = asyncio.Event(), [True]
-
-    @ar.tool(idempotent=True)
-    async def look(x: int) -> str:
-        """Looks a number up (safe to repeat)."""
-        ran.append(x)
-        started.set()
-        if holding[0]:
-            await asyncio.Event().wait()
-        return f"seen {x}"
+    look, ran, started, holding = held_look()
 
     asked: list[int] = []
 
@@ -98,7 +100,7 @@ async def test_a_round_cut_off_before_its_approved_calls_started_runs_them_as_de
     session = first.create_session("a")
     calls = [("look", {"x": n}) for n in (1, 2, 3)]
     model = Recorder([ar.ScriptedProvider.tool_call_reply(calls)])
-    await cancel_when(first.run_turn(session, "q", model), started)
+    await cancel_once_reached(first.run_turn(session, "q", model), started)
     assert asked == [101, 102, 103] and shift.seen == [1, 2, 3] and ran == [1010]
     assert capabilities.actions_taken == 3
     holding[0] = False
@@ -185,7 +187,7 @@ async def test_a_resumed_step_keeps_the_model_time_its_journaled_reply_took(
         async def closing(prompt: str) -> str:
             return "Thought: sent\nAction: FINAL_ANSWER done"
 
-    await cancel_when(first.run_turn(session, "q", model), started)
+    await cancel_once_reached(first.run_turn(session, "q", model), started)
     holding[0] = False
     [response] = [
         e for e in await first.session_events(session.session_id) if e["type"] == "LlmResponse"
@@ -208,17 +210,7 @@ async def test_a_round_decision_of_the_wrong_shape_is_a_persistence_error_naming
 ) -> None:
     from llm_agent_runtime.persistence.codec import decode, encode
 
-    ran: list[int] = []
-    started, holding = asyncio.Event(), [True]
-
-    @ar.tool(idempotent=True)
-    async def look(x: int) -> str:
-        """Looks a number up (safe to repeat)."""
-        ran.append(x)
-        started.set()
-        if holding[0]:
-            await asyncio.Event().wait()
-        return f"seen {x}"
+    look, ran, started, holding = held_look()
 
     def runtime() -> ar.AgentRuntime:
         return ar.AgentRuntime(
@@ -232,7 +224,7 @@ async def test_a_round_decision_of_the_wrong_shape_is_a_persistence_error_naming
     session = first.create_session("a")
     calls = [("look", {"x": n}) for n in (1, 2)]
     model = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply(calls)])
-    await cancel_when(first.run_turn(session, "q", model), started)
+    await cancel_once_reached(first.run_turn(session, "q", model), started)
     holding[0] = False
     backend = open_backend()
     key = f"session:{session.session_id}:call:1:0"

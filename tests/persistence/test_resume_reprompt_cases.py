@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 
 import llm_agent_runtime as ar
+from llm_agent_runtime.persistence.codec import decode, encode
+
+from .conftest import cancel_once_reached
 
 REACT_REPLIES = [
     "I would rather chat about the weather.",  # not a ReAct step: re-prompted
@@ -98,6 +101,21 @@ def runtime(
     )
 
 
+def held_look(holding: list[bool], reached: asyncio.Event) -> ar.ToolSpec:
+    """The `look` tool; its call for x=2 sets `reached` and never returns while `holding[0]`
+    is true (a run cut off in step 2's tool call)."""
+
+    @ar.tool
+    async def look(x: int, idempotency_key: str) -> str:
+        """Looks a number up (once per key)."""
+        if x == 2 and holding[0]:
+            reached.set()
+            await asyncio.Event().wait()
+        return f"seen {x}"
+
+    return look
+
+
 def shape(session: ar.AgentSession) -> list[tuple[Any, ...]]:
     return [
         (s.action, s.action_input, s.observation, s.input_tokens, s.output_tokens)
@@ -112,14 +130,7 @@ async def test_a_resumed_run_sends_what_the_uninterrupted_run_sent_after_a_repro
 ) -> None:
     holding = [False]
     reached = asyncio.Event()
-
-    @ar.tool
-    async def look(x: int, idempotency_key: str) -> str:
-        """Looks a number up (once per key)."""
-        if x == 2 and holding[0]:
-            reached.set()
-            await asyncio.Event().wait()
-        return f"seen {x}"
+    look = held_look(holding, reached)
 
     deciding = [False]
 
@@ -186,14 +197,7 @@ async def test_a_resumed_run_counts_the_reprompt_as_the_iteration_it_took(
     # max_iterations=3: the re-prompt, step 1, step 2; the run then ends with no answer.
     holding = [True]
     reached = asyncio.Event()
-
-    @ar.tool
-    async def look(x: int, idempotency_key: str) -> str:
-        """Looks a number up (once per key)."""
-        if x == 2 and holding[0]:
-            reached.set()
-            await asyncio.Event().wait()
-        return f"seen {x}"
+    look = held_look(holding, reached)
 
     def limited(backend: ar.SqliteBackend | None) -> ar.AgentRuntime:
         config = ar.AgentConfig(mode=mode, corrective_reprompt=True, max_iterations=3)
@@ -222,6 +226,29 @@ async def test_a_resumed_run_counts_the_reprompt_as_the_iteration_it_took(
     assert shape(resumed) == shape(whole)
 
 
+def quick_runtime(backend: ar.SqliteBackend) -> ar.AgentRuntime:
+    """A ReAct runtime (see `runtime`) whose `look` answers at once."""
+    look = held_look([False], asyncio.Event())  # never held
+    return runtime("react", backend, look, ar.RuntimeMetrics())
+
+
+async def cut_off_while_reprompted(
+    open_backend: Callable[[], ar.SqliteBackend],
+) -> tuple[str, str, dict[str, Any]]:
+    """Cancels a ReAct run while its re-prompted model call is out.
+
+    Returns the session id, the key of the step's journal entry, and that entry (decoded).
+    """
+    model = Model("react", hold=1)
+    first = quick_runtime(open_backend())
+    session = first.create_session("a")
+    await cancel_once_reached(first.run_turn(session, "q", model.__call__), model.reached)
+    key = f"session:{session.session_id}:call:1:0"
+    entry = decode(await open_backend().load(key), key, "call")
+    assert entry["state"] == "reprompted"
+    return session.session_id, key, entry
+
+
 @pytest.mark.parametrize(
     ("reprompt", "message"),
     [
@@ -237,32 +264,13 @@ async def test_a_resumed_run_counts_the_reprompt_as_the_iteration_it_took(
 async def test_a_malformed_journaled_reprompt_is_a_persistence_error_naming_it(
     reprompt: Any, message: str, open_backend: Callable[[], ar.SqliteBackend]
 ) -> None:
-    from llm_agent_runtime.persistence.codec import decode, encode
-
-    @ar.tool
-    async def look(x: int, idempotency_key: str) -> str:
-        """Looks a number up (once per key)."""
-        return f"seen {x}"
-
-    model = Model("react", hold=1)
-    first = runtime("react", open_backend(), look, ar.RuntimeMetrics())
-    session = first.create_session("a")
-    task = asyncio.ensure_future(first.run_turn(session, "q", model.__call__))
-    await model.reached.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    session_id, key, entry = await cut_off_while_reprompted(open_backend)
     backend = open_backend()
-    key = f"session:{session.session_id}:call:1:0"
-    entry = decode(await backend.load(key), key, "call")
-    assert entry["state"] == "reprompted"
     entry["reprompt"] = reprompt
     await backend.save(key, encode("call", entry))
     again = Model("react", start=1)
     with pytest.raises(ar.PersistenceError, match=message) as caught:
-        await runtime("react", open_backend(), look, ar.RuntimeMetrics()).resume(
-            session.session_id, again.__call__
-        )
+        await quick_runtime(open_backend()).resume(session_id, again.__call__)
     assert caught.value.key == key and again.sent == []
 
 
@@ -280,36 +288,16 @@ async def test_a_malformed_saved_reprompt_of_a_step_record_is_a_persistence_erro
 async def test_a_journal_entry_of_an_unknown_state_is_a_persistence_error(
     open_backend: Callable[[], ar.SqliteBackend],
 ) -> None:
-    from llm_agent_runtime.persistence.codec import decode, encode
-
-    @ar.tool
-    async def look(x: int, idempotency_key: str) -> str:
-        """Looks a number up (once per key)."""
-        return f"seen {x}"
-
-    model = Model("react", hold=1)
-    first = runtime("react", open_backend(), look, ar.RuntimeMetrics())
-    session = first.create_session("a")
-    task = asyncio.ensure_future(first.run_turn(session, "q", model.__call__))
-    await model.reached.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    session_id, key, entry = await cut_off_while_reprompted(open_backend)
     backend = open_backend()
-    key = f"session:{session.session_id}:call:1:0"
-    entry = decode(await backend.load(key), key, "call")
     del entry["reprompt"]
     await backend.save(key, encode("call", entry))
     with pytest.raises(ar.PersistenceError, match="holds no 'reprompt'"):
-        await runtime("react", open_backend(), look, ar.RuntimeMetrics()).resume(
-            session.session_id, Model("react", start=1).__call__
-        )
+        await quick_runtime(open_backend()).resume(session_id, Model("react", start=1).__call__)
     entry["state"] = "thinking"
     await backend.save(key, encode("call", entry))
     with pytest.raises(ar.PersistenceError, match="state 'thinking' is unknown"):
-        await runtime("react", open_backend(), look, ar.RuntimeMetrics()).resume(
-            session.session_id, Model("react", start=1).__call__
-        )
+        await quick_runtime(open_backend()).resume(session_id, Model("react", start=1).__call__)
 
 
 def test_the_runtime_and_the_store_agree_on_the_reply_states() -> None:

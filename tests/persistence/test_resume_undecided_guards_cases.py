@@ -17,6 +17,7 @@ import pytest
 
 import llm_agent_runtime as ar
 
+from .conftest import cut_off
 from .test_backends import backend_fixture
 
 MODEL_SECONDS = 0.02  # what the interrupted run's model call takes
@@ -125,15 +126,7 @@ async def test_a_run_cut_off_while_its_guards_decide_reuses_the_paid_reply_on_re
 
     first = runtime()
     session = first.create_session("a")
-    task = asyncio.ensure_future(first.run_turn(session, "q", model))
-    if cut == "cancel":
-        await guards.reached.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    else:
-        with pytest.raises(ar.AgentLoopError, match="timed out"):
-            await task
+    await cut_off(first.run_turn(session, "q", model), cut, guards.reached)
     assert guards.reached.is_set() and ran == []
     paid = metrics.snapshot()
     assert paid.input_tokens > 0
