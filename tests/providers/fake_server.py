@@ -8,8 +8,8 @@ benchmarks) talk to it over a real socket. Each request takes the next scripted 
   for `"stream": true`;
 - a `Reply` is sent as it is and carries the faults: any status and headers, a raw body or
   raw SSE frames, a delay before the first byte, a pause mid-stream, frames trickled at an
-  interval (keep-alive pings), a connection dropped after some frames, a body that ends
-  where the connection closes.
+  interval (keep-alive pings), a connection dropped after some frames (or at any byte of
+  the body), a body that ends where the connection closes.
 
 Streams use chunked transfer encoding, so a dropped connection is visible to the client as an
 incomplete body; a close-delimited body (`Reply.close_delimited`) shows no such thing.
@@ -127,6 +127,10 @@ class Reply:
     """Send `frames` as they are, without content-length or chunked encoding, then close the
     connection: the body is whatever came before the close (HTTP/1.1 allows it), so a cut
     anywhere in it, mid-line included, is no protocol error to the client."""
+    cut_at: int | None = None
+    """Close the connection after this many bytes of the body as sent (under its
+    content-length, chunked, or close-delimited), without ending it: a cut at any byte,
+    mid-chunk-header included."""
 
 
 Script = Turn | Reply | Callable[[RecordedRequest], "Turn | Reply"]
@@ -511,6 +515,17 @@ class FakeLlmServer:
             headers["transfer-encoding"] = "chunked"
         head += [f"{name}: {value}".encode() for name, value in headers.items()]
         writer.write(b"\r\n".join(head) + b"\r\n\r\n")
+        if reply.cut_at is not None:
+            if reply.frames is None:
+                sent = reply.body
+            elif reply.close_delimited:
+                sent = b"".join(reply.frames)
+            else:
+                sent = b"".join(_encode_chunk(f) for f in reply.frames) + b"0\r\n\r\n"
+            writer.write(sent[: reply.cut_at])
+            await writer.drain()
+            writer.transport.abort()
+            return False
         if reply.frames is None:
             writer.write(reply.body)
             await writer.drain()

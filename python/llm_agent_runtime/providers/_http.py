@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeVar, cast, get_args
 from urllib.parse import unquote, urlsplit
 
 import httpx
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from llm_agent_runtime._loops import close_now, close_with_loop
@@ -235,7 +236,9 @@ class SseEvent(NamedTuple):
     """The `data:` lines joined with newlines (JSON text for both APIs)."""
 
 
-async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
+async def iter_sse(
+    chunks: AsyncIterator[bytes], cut: Callable[[bytes], None] | None = None
+) -> AsyncIterator[SseEvent]:
     """Reads server-sent events from a byte stream.
 
     Follows the HTML event-stream rules the two APIs use: `data:` lines accumulate, `event:`
@@ -255,6 +258,9 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
 
     Args:
         chunks: The response body, in chunks of any size.
+        cut: Called with that unended last line (non-empty) when the stream ends inside
+            it: a caller that takes a stream without its terminal event as whole (some
+            servers end it so) learns that this one was cut.
 
     Yields:
         Events with their data, in order.
@@ -329,6 +335,39 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
     payload = b"\n".join(data)
     if payload:
         yield SseEvent(event, payload)
+    if pieces and cut is not None:
+        line = b"".join(pieces)
+        if line.strip():
+            cut(line)
+
+
+def _close_delimited(response: httpx.Response) -> bool:
+    """Whether `response`'s body ends where its HTTP/1.x connection closes.
+
+    With neither a length nor chunks, a body cut by a lost connection shows no protocol error.
+    """
+    headers = response.headers
+    return (
+        response.http_version.startswith("HTTP/1")
+        and "content-length" not in headers
+        and "chunked" not in headers.get("transfer-encoding", "").lower()
+    )
+
+
+def _cut_json(body: bytes) -> bool:
+    """Whether `body` opens a JSON object or array that does not parse (cut short, maybe).
+
+    Another body (a proxy's page) is left to the parser that reads the reply, which says
+    what it holds.
+    """
+    start = body.lstrip()[:1]
+    if start != b"{" and start != b"[":
+        return False
+    try:
+        pydantic_core.from_json(body)
+    except ValueError:
+        return True
+    return False
 
 
 def _too_long(what: str, without: str) -> ProviderError:
@@ -1647,15 +1686,26 @@ class HttpTransport:
         return await client.send(request, stream=True, follow_redirects=False)
 
     async def _exchange(self, path: str, content: bytes) -> bytes:
-        """POSTs once and returns the body of a successful reply."""
+        """POSTs once and returns the body of a successful reply.
+
+        Raises:
+            ProviderError: As `post_json` says; and, retryable, for a body that ends where
+                the connection closed (no length, not chunked) before its JSON did.
+        """
         client = self._http()
         with self.translate_errors():
             response = await self._send(client, path, content)
             try:
                 await self.check_status(response)
-                return await response.aread()
+                body = await response.aread()
             finally:
                 await response.aclose()
+        if _close_delimited(response) and _cut_json(body):
+            raise ProviderError(
+                f"{self.name} reply cut short: the connection closed before its JSON body ended",
+                retryable=True,
+            )
+        return body
 
     async def _with_retries(self, attempt: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Runs `attempt` through the retry policy; a final error says how often it was tried."""
@@ -1689,6 +1739,7 @@ class HttpTransport:
         content: bytes,
         ended: Callable[[], bool] | None = None,
         check: Callable[[bytes], None] | None = None,
+        cut: Callable[[bytes], None] | None = None,
     ) -> Driven[SseEvent]:
         """POSTs a JSON body and yields the server-sent events of the response (one attempt).
 
@@ -1708,6 +1759,8 @@ class HttpTransport:
                 or in that of an event stream that ended without a single event (a gateway
                 that sends a JSON error as `text/event-stream`). A `ProviderError` it raises
                 is raised, with the server's status and whether it is retryable.
+            cut: Called with the body's last line when the body ends inside it (see
+                `iter_sse`).
 
         Raises:
             ProviderError: A status outside 2xx (retryable for 408, 409, 429 and 5xx, or
@@ -1722,7 +1775,7 @@ class HttpTransport:
                 connection open, not a stream going; retryable); a connection lost
                 mid-stream; or a line or an event past `MAX_EVENT_BYTES` (see `iter_sse`).
         """
-        return Driven(self._post_sse(path, content, ended, check))
+        return Driven(self._post_sse(path, content, ended, check, cut))
 
     async def _post_sse(
         self,
@@ -1730,6 +1783,7 @@ class HttpTransport:
         content: bytes,
         ended: Callable[[], bool] | None,
         check: Callable[[bytes], None] | None,
+        cut: Callable[[bytes], None] | None,
     ) -> AsyncGenerator[SseEvent, None]:
         client = self._http()
         waited = 0.0  # seconds spent waiting for bytes since the last event with content
@@ -1797,7 +1851,7 @@ class HttpTransport:
                         response, body_start, truncated=truncated, check=check
                     )
                 timed_chunks = Driven(timed(chunks))
-                events = Driven(iter_sse(timed_chunks))
+                events = Driven(iter_sse(timed_chunks, cut))
                 try:
                     async for event in events:
                         no_event = False

@@ -75,6 +75,7 @@ MAX_STOP_SEQUENCES = 4
 
 _RESERVED_PARAMS = frozenset(("messages", "model", "stream", "stream_options", "tools"))
 _DONE = b"[DONE]"
+_DONE_LINES = (b"data: [DONE]", b"data:[DONE]")  # [DONE] as its `data:` line
 _REFUSAL = "refusal"
 """Stop reason of a reply that carries a refusal (the Anthropic API's own name for it)."""
 _BUSY = frozenset(("server_error", "rate_limit_exceeded", "overloaded_error"))
@@ -523,8 +524,14 @@ class OpenAIProvider(HttpProvider):
         usage = Usage()
         owed = False  # usage reported and not charged yet
         done = False
+        cut_inside: list[bytes] = []  # the line the body ended inside, if it did
+
         events = self._transport.post_sse(
-            "/chat/completions", content, ended=lambda: done, check=self._check_reply
+            "/chat/completions",
+            content,
+            ended=lambda: done,
+            check=self._check_reply,
+            cut=cut_inside.append,
         )
         try:
             # Closing the events cuts a body kept open after [DONE].
@@ -583,8 +590,12 @@ class OpenAIProvider(HttpProvider):
             # StreamEnd leaves nothing to read as its loop ends, where the loop would close
             # httpx's generators while that read runs them (each failure logged).
             # A body that ends with no [DONE] was cut, unless the reply's finish reason came:
-            # some compatible servers end it so (the official SDK reads to the end, too).
-            if not done and finish_reason is None:
+            # some compatible servers end it so (the official SDK reads to the end, too). Not
+            # when it ended inside a line (the usage chunk's, say), unless that line is the
+            # [DONE] itself without its line end.
+            if cut_inside and cut_inside[0].strip() in _DONE_LINES:
+                done = True
+            if not done and (finish_reason is None or cut_inside):
                 raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
             rest = text.finish()
             if rest:
