@@ -11,25 +11,31 @@ with the documented `ToolError`, and the operator then records its outcome with
 
 The interruption points are counted, not timed: every model call, tool call, guard and
 backend operation passes through `World.point`, and the run is cut at the N-th point (N
-drawn), so an example replays the same way under one seed.
+drawn), so an example replays the same way under one seed. On PostgreSQL and Redis a
+backend operation is also cut while under way, and a write once it landed (its reply lost).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
+import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
+from llm_agent_runtime.persistence import checkpoints
 
 REFUSED = re.compile(
     r"tool call '(\w+)' \(step (\d+), call (\d+), idempotency key '[^']*'\) may have run "
@@ -60,6 +66,7 @@ class Scenario:
     middleware: bool
     backend: str
     crash: bool
+    lease: float | None = None  # the resumes' (`resume_lease_seconds`): their writes fenced
 
     def call_at(self, step: int, index: int) -> Call:
         """The call at `index` of the round whose first step is `step` (1-based)."""
@@ -72,7 +79,7 @@ class Scenario:
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> Scenario:
+def scenarios(draw: st.DrawFn, backends: Sequence[str] = ("memory", "sqlite")) -> Scenario:
     mode = draw(st.sampled_from(["tools", "react"]))
     ns = itertools.count(1)
     width = st.integers(1, 3) if mode == "tools" else st.just(1)
@@ -91,15 +98,23 @@ def scenarios(draw: st.DrawFn) -> Scenario:
                 for _ in range(draw(width))
             )
         )
+    parallel = draw(st.integers(1, 3))
+    model_pauses = tuple(draw(st.integers(0, 2)) for _ in range(len(rounds) + 1))
+    approval, middleware = draw(st.booleans()), draw(st.booleans())
+    backend = draw(st.sampled_from(backends))
+    crash = draw(st.booleans())
+    # Long: never renewed nor passed in an example (a renewal would be a timed point).
+    lease = draw(st.sampled_from([None, 600.0])) if backend in SERVERS else None
     return Scenario(
         mode=mode,
-        parallel=draw(st.integers(1, 3)),
+        parallel=parallel,
         rounds=tuple(rounds),
-        model_pauses=tuple(draw(st.integers(0, 2)) for _ in range(len(rounds) + 1)),
-        approval=draw(st.booleans()),
-        middleware=draw(st.booleans()),
-        backend=draw(st.sampled_from(["memory", "sqlite"])),
-        crash=draw(st.booleans()),
+        model_pauses=model_pauses,
+        approval=approval,
+        middleware=middleware,
+        backend=backend,
+        crash=crash,
+        lease=lease,
     )
 
 
@@ -125,6 +140,7 @@ class World:
     final_written: bool = False  # this attempt wrote the session's final record
     cut_after_final: bool = False  # an attempt was cancelled after it did
     backend: Any = None
+    cut_kinds: list[str] = field(default_factory=list)  # of the points cut at
 
     async def point(self, kind: str = "io") -> None:
         self.points += 1
@@ -132,12 +148,29 @@ class World:
         due = self.points == self.cut_at or (self.cut_at == AFTER_FINAL and self.final_written)
         if due and self.target is not None:
             self.cut_at = None
+            self.cut_kinds.append(kind)
             if self.scenario.crash:
                 self.backend.dead = True  # nothing more is written: the process is gone
             else:
                 self.cut_after_final = self.cut_after_final or self.final_written
             self.target.cancel()
         await asyncio.sleep(0)
+
+    async def in_flight(self, operation: Awaitable[Any]) -> Any:
+        """Awaits a backend's `operation`, a point too: cut there, while it is under way.
+
+        The cut lands at the operation's first wait (for a connection, or for the server's
+        reply to what was sent), not before it starts, as a point's does.
+        """
+        self.points += 1
+        self.kinds.append("flight")
+        if self.points == self.cut_at and self.target is not None:
+            self.cut_at = None
+            self.cut_kinds.append("flight")
+            if self.scenario.crash:
+                self.backend.dead = True
+            asyncio.get_running_loop().call_soon(self.target.cancel)
+        return await operation
 
     def call(self, n: int) -> Call:
         for round_ in self.scenario.rounds:
@@ -235,8 +268,14 @@ class World:
         return infer
 
 
-def backend_class(base: type) -> type:
-    """`base` whose operations are interruption points; writes fail once it is `dead`."""
+def backend_class(base: type, lost_replies: bool = False) -> type:
+    """`base` whose operations are interruption points; writes fail once it is `dead`.
+
+    With `lost_replies` (a server's), an operation is also one while under way (see
+    `World.in_flight`), and a write once it landed: cut there, its caller sees a
+    cancellation, or (a crash) an error, for a write the store holds, as a client of a
+    server does when the connection drops before the reply.
+    """
 
     class Cut(base):  # type: ignore[misc,valid-type]
         world: World
@@ -247,52 +286,88 @@ def backend_class(base: type) -> type:
             if self.dead:
                 raise ConnectionError("the process is gone")
 
+        async def _landed(self) -> None:
+            if lost_replies:
+                await self.world.point("landed")
+                if self.dead:
+                    raise ConnectionError("the process is gone: the write's reply was lost")
+
+        async def _flying(self, operation: Awaitable[Any]) -> Any:
+            if lost_replies:
+                return await self.world.in_flight(operation)
+            return await operation
+
         def _final(self, keys: Any) -> None:
             if any(re.fullmatch(r"session:[^:]+", key) for key in keys):
                 self.world.final_written = True
 
         async def save(self, key: str, value: bytes) -> None:
             await self._write()
-            await super().save(key, value)
+            await self._flying(super().save(key, value))
             self._final([key])
+            await self._landed()
 
         async def save_new(self, key: str, value: bytes) -> bool:
             await self._write()
-            return bool(await super().save_new(key, value))
+            wrote = bool(await self._flying(super().save_new(key, value)))
+            await self._landed()
+            return wrote
 
         async def delete(self, key: str) -> bool:
             await self._write()
-            return bool(await super().delete(key))
+            existed = bool(await self._flying(super().delete(key)))
+            await self._landed()
+            return existed
 
         async def batch_save(self, items: Any) -> None:
             await self._write()
-            await super().batch_save(items)
+            await self._flying(super().batch_save(items))
             self._final(items)
+            await self._landed()
 
         async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
             await self._write()
-            wrote = bool(await super().batch_save_if(guard_key, guard_value, items))
+            wrote = bool(await self._flying(super().batch_save_if(guard_key, guard_value, items)))
             if wrote:
                 self._final(items)
+            await self._landed()
             return wrote
 
         async def load(self, key: str) -> bytes | None:
             await self.world.point()
-            return await super().load(key)  # type: ignore[no-any-return]
+            return await self._flying(super().load(key))  # type: ignore[no-any-return]
 
         async def batch_load(self, keys: Any) -> dict[str, bytes]:
             await self.world.point()
-            return await super().batch_load(keys)  # type: ignore[no-any-return]
+            return await self._flying(super().batch_load(keys))  # type: ignore[no-any-return]
 
         async def list_keys(self, prefix: str = "") -> list[str]:
             await self.world.point()
-            return await super().list_keys(prefix)  # type: ignore[no-any-return]
+            return await self._flying(super().list_keys(prefix))  # type: ignore[no-any-return]
 
     return Cut
 
 
 CutMemory = backend_class(ar.InMemoryBackend)
 CutSqlite = backend_class(ar.SqliteBackend)
+CutPostgres = backend_class(ar.PostgresBackend, lost_replies=True)
+CutRedis = backend_class(ar.RedisBackend, lost_replies=True)
+
+SERVERS = {
+    "postgres": "LLM_AGENT_RUNTIME_TEST_POSTGRES_DSN",
+    "redis": "LLM_AGENT_RUNTIME_TEST_REDIS_URL",
+}
+"""The backends on a server, and the variable naming each one's test server."""
+
+
+def server_address(kind: str) -> str:
+    """The test server of `kind`; skipped (failed under `make test`) where it is not set."""
+    address = os.environ.get(SERVERS[kind])
+    if not address:
+        if os.environ.get("LLM_AGENT_RUNTIME_REQUIRE_SERVICES"):
+            pytest.fail(f"{SERVERS[kind]} is not set, but make test must run {kind}")
+        pytest.skip(f"no {kind} server: run `make test`, or set {SERVERS[kind]}")
+    return address
 
 
 class Store:
@@ -302,11 +377,18 @@ class Store:
         self.kind, self.path = kind, path
         self.data: dict[str, bytes] = {}
         self.opened: list[Any] = []
+        # On a server: a table (key prefix) of this store alone, as a file is on disk.
+        self.name = f"kv_anywhere_{uuid.uuid4().hex}"
 
     def open(self, world: World) -> Any:
         if self.kind == "memory":
             backend = CutMemory()
             backend.data = self.data  # the same records, a new (live) connection
+        elif self.kind == "postgres":
+            # A pool of its own, as a worker process has.
+            backend = CutPostgres(os.environ[SERVERS["postgres"]], table=self.name, max_size=4)
+        elif self.kind == "redis":
+            backend = CutRedis(os.environ[SERVERS["redis"]], prefix=f"test:{self.name}:")
         else:
             backend = CutSqlite(self.path)
         backend.world = world
@@ -317,6 +399,26 @@ class Store:
         for backend in self.opened:
             if self.kind == "sqlite":
                 backend.close()
+
+    async def aclose(self) -> None:
+        """`close`, and a server's records dropped and its views' pools closed.
+
+        Within the loop that opened them: a pool's connections belong to it.
+        """
+        self.close()
+        if self.kind not in SERVERS or not self.opened:
+            return
+        try:
+            last = self.opened[-1]
+            if self.kind == "postgres":
+                await last._execute(None, f'DROP TABLE IF EXISTS "{self.name}"', [])
+            else:
+                keys = [k async for k in last.client.scan_iter(match=f"test:{self.name}:*")]
+                if keys:
+                    await last.client.delete(*keys)
+        finally:
+            for backend in self.opened:
+                await backend.close()
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -352,6 +454,7 @@ def make_runtime(
         budget=budget,
         approval_handler=world.approve if scenario.approval else None,
         middlewares=[world.middleware()] if scenario.middleware else [],
+        resume_lease_seconds=scenario.lease,
     )
 
 
@@ -359,6 +462,10 @@ async def attempt(world: World, run: Any, cut_at: int | None) -> Any:
     """Runs `run` as a task cut at its `cut_at`-th point; returns its session or error."""
     world.points, world.cut_at, world.kinds = 0, cut_at, []
     world.final_written = False
+    served = world.scenario.backend in SERVERS
+    if served and isinstance(world.backend, ar.PostgresBackend):
+        await world.backend.open()  # its pool's tasks live on: not the run's
+    before = asyncio.all_tasks()
     task = asyncio.ensure_future(run)
     world.target = task
     try:
@@ -369,6 +476,25 @@ async def attempt(world: World, run: Any, cut_at: int | None) -> Any:
         world.target, world.cut_at = None, None
         for _ in range(3):  # tasks the run left (a claim's release) end
             await asyncio.sleep(0)
+        if served:
+            await left_tasks_end(before)
+
+
+async def left_tasks_end(before: set[asyncio.Task[Any]], within: float = 20.0) -> None:
+    """Waits for the tasks made since `before` (a claim's deletion) to end.
+
+    On a server they take round trips, not a few loop turns; a resume started before they
+    end would find the claim they delete, which a worker started later would not.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        left = {t for t in asyncio.all_tasks() - before if t is not asyncio.current_task()}
+        left = {t for t in left if not t.done()}
+        if not left:
+            return
+        assert loop.time() < deadline, f"tasks the run left never ended: {left}"
+        await asyncio.wait(left, timeout=deadline - loop.time())
 
 
 def start(runtime: ar.AgentRuntime, world: World, session: ar.AgentSession) -> Any:
@@ -389,8 +515,21 @@ async def uninterrupted(scenario: Scenario, path: Path) -> Outcome:
         assert result is session, result
         events = await runtime.session_events(session.session_id)
     finally:
-        store.close()
+        await store.aclose()
     return Outcome(session, world, events, metrics=metrics, budget=budget)
+
+
+class Clock:
+    """`time` as the checkpoints see it: the wall clock, `ahead` seconds on."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.ahead
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
 
 
 async def interrupted(
@@ -401,13 +540,20 @@ async def interrupted(
     store = Store(scenario.backend, path)
     metrics, budget = ar.RuntimeMetrics(), ar.CostBudget(max_tokens=10**9)
     cuts = list(cuts)
+    clock = Clock()
+    ticking = mock.patch.object(checkpoints, "time", clock)
+    ticking.start()
     try:
         runtime = make_runtime(scenario, world, store, metrics, budget)
         session = runtime.create_session("a")
         sid = session.session_id
         result = await attempt(world, start(runtime, world, session), cuts.pop(0))
         runs, settled = 1, 0
-        crashed = isinstance(result, asyncio.CancelledError) and scenario.crash
+        # An attempt cut by a crash ends as its process went: cancelled, or failing with
+        # the error of a write the dead backend refused (cut while under way, the cut lands
+        # after the error it caused).
+        gone = scenario.crash and len(world.cut_kinds) == 1
+        crashed = gone
         while not isinstance(result, ar.AgentSession):
             assert runs < 12, "the run never ended"
             if isinstance(result, ar.PersistenceError) and "no checkpoint saved" in str(result):
@@ -420,9 +566,14 @@ async def interrupted(
                 sid = session.session_id
                 result = await attempt(world, start(runtime, world, session), None)
                 runs += 1
+                gone = False
                 continue
             if isinstance(result, ar.ToolError):
                 settled += await settle(runtime, scenario, world, sid, result, expected)
+            elif gone:
+                assert isinstance(result, asyncio.CancelledError) or "process is gone" in str(
+                    result
+                ), repr(result)
             elif isinstance(result, ar.PersistenceError) and crashed:
                 # A crashed resumer's claim is left behind (its process id is this one's):
                 # released once the process is known to have ended, as documented.
@@ -431,16 +582,23 @@ async def interrupted(
                 crashed = False
             else:
                 assert isinstance(result, asyncio.CancelledError), repr(result)
+            if crashed and scenario.lease is not None:
+                # Its lease passes (as the hosts' clocks agree): its claim is taken over.
+                clock.ahead += scenario.lease
+                crashed = False
             runtime = make_runtime(scenario, world, store, metrics, budget)
             cut = cuts.pop(0) if cuts else None
+            before = len(world.cut_kinds)
             result = await attempt(world, runtime.resume(sid, world.model()), cut)
             runs += 1
-            crashed = crashed or (isinstance(result, asyncio.CancelledError) and scenario.crash)
+            gone = scenario.crash and len(world.cut_kinds) > before
+            crashed = crashed or gone
         events = await runtime.session_events(sid)
         saved = await ar.AgentSession.load_checkpoint(store.open(world), sid)
         assert saved == result
     finally:
-        store.close()
+        ticking.stop()
+        await store.aclose()
     return Outcome(result, world, events, runs, settled, metrics, budget)
 
 
@@ -550,12 +708,23 @@ _db = itertools.count()
 def test_a_run_interrupted_anywhere_and_resumed_ends_as_the_uninterrupted_run(
     scenario: Scenario, data: st.DataObject, tmp_path: Path
 ) -> None:
+    interrupt_anywhere(scenario, data, tmp_path)
+
+
+def interrupt_anywhere(scenario: Scenario, data: st.DataObject, tmp_path: Path) -> None:
+    """The property, for one scenario: its run uninterrupted, then cut (as drawn) and resumed."""
     expected = asyncio.run(uninterrupted(scenario, tmp_path / f"u{next(_db)}.db"))
     points = expected.world.points
     # Anywhere; or, as often, inside a tool call, where a call may have run half way.
     inside = [i + 1 for i, kind in enumerate(expected.world.kinds) if kind == "tool"]
     anywhere = st.integers(1, points + 2) | st.just(AFTER_FINAL)
     cuts = st.one_of(anywhere, st.sampled_from(inside)) if inside else anywhere
+    # Or, on a server, while an operation is under way, or once a write landed.
+    kinds = ("flight", "landed")
+    served = [i + 1 for i, kind in enumerate(expected.world.kinds) if kind in kinds]
+    if served:
+        cuts = cuts | st.sampled_from(served)
+        anywhere = anywhere | st.sampled_from(served)
     first = data.draw(cuts, label="first cut")
     second = data.draw(st.none() | anywhere, label="second cut")
     got = asyncio.run(
@@ -565,6 +734,31 @@ def test_a_run_interrupted_anywhere_and_resumed_ends_as_the_uninterrupted_run(
     event(f"runs={got.runs} settled={got.settled}")  # shown by --hypothesis-show-statistics
     event(f"mode={scenario.mode} crash={scenario.crash} cut={got.runs > 1}")
     event(f"cut after the final record={got.world.cut_after_final}")
+    event(f"backend={scenario.backend} lease={scenario.lease}")
+    event(f"cut at={'+'.join(got.world.cut_kinds) or 'none'}")
+
+
+@pytest.fixture(params=sorted(SERVERS))
+def server(request: pytest.FixtureRequest) -> str:
+    """A backend on a test server (`make test` starts them); skipped where it is not set."""
+    kind: str = request.param
+    server_address(kind)
+    return kind
+
+
+@settings(
+    max_examples=100,  # a server's round trips: an example takes ten times a local one's
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_on_a_server_a_run_interrupted_anywhere_and_resumed_ends_as_the_uninterrupted_run(
+    server: str, data: st.DataObject, tmp_path: Path
+) -> None:
+    """The property on PostgreSQL and Redis, whose conditional writes are their own."""
+    scenario = data.draw(scenarios(backends=[server]), label="scenario")
+    interrupt_anywhere(scenario, data, tmp_path)
 
 
 # --- faults found, as plain reproductions ----------------------------------------------------
@@ -605,3 +799,55 @@ async def test_a_run_cancelled_after_its_final_record_logs_its_events_once() -> 
     assert types.count("RunFinished") == 1, types
     # Then the cancellation the caller saw, as the run's end.
     assert types[types.index("RunFinished") + 1 :] in ([], ["ErrorEvent"]), types
+
+
+async def test_postgres_renewal_and_takeover_of_a_claim_at_once_do_not_deadlock() -> None:
+    psycopg = pytest.importorskip("psycopg")
+    dsn = server_address("postgres")
+    table = f"kv_anywhere_{uuid.uuid4().hex}"
+    holder = ar.PostgresBackend(dsn, table=table)
+    taker = ar.PostgresBackend(dsn, table=table)
+    claim, fence = "session:s:resume:0", "session:s:fence:0"
+    other = await psycopg.AsyncConnection.connect(dsn)
+    watch = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+
+    async def waiting(statements: int) -> None:
+        """Until `statements` statements on the table wait for a lock."""
+        async with asyncio.timeout(10):
+            while True:
+                cursor = await watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                    [f'%"{table}"%'],
+                )
+                row = await cursor.fetchone()
+                if row is not None and row[0] >= statements:
+                    return
+                await asyncio.sleep(0.01)
+
+    try:
+        await holder.batch_save({claim: b"held", fence: b"holder"})
+        await taker.open()
+        # Another reader of the claim holds the renewal back after it locked the fence, so
+        # that the takeover locks the claim meanwhile: the interleaving a race may give.
+        await other.execute(f'SELECT 1 FROM "{table}" WHERE key = %s FOR SHARE', [claim.encode()])
+        renewal = asyncio.ensure_future(holder.batch_save_if(fence, b"holder", {claim: b"renewed"}))
+        await waiting(1)
+        takeover = asyncio.ensure_future(
+            taker.batch_save_if(claim, b"held", {fence: b"taker", claim: b"taken"})
+        )
+        await waiting(2)
+        await other.rollback()
+        outcomes = await asyncio.gather(renewal, takeover, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        # The renewal lands first: the claim no longer holds what the taker read.
+        assert outcomes == [True, False]
+        assert await holder.batch_load([claim, fence]) == {claim: b"renewed", fence: b"holder"}
+    finally:
+        await other.close()
+        await watch.close()
+        await holder._execute(None, f'DROP TABLE IF EXISTS "{table}"', [])
+        await holder.close()
+        await taker.close()

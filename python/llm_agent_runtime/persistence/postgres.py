@@ -43,6 +43,9 @@ _CANCEL_GRACE = 1.0
 connection is closed instead (the server may not answer the cancel request either)."""
 _STOP_ATTEMPTS = 40
 _PROGRAM_LIMIT_EXCEEDED = "54000"
+_DEADLOCK_DETECTED = "40P01"
+"""SQLSTATE of a statement the server aborted to break a cycle of lock waits."""
+_DEADLOCK_ATTEMPTS = 3
 """SQLSTATE of a value beyond a server limit: a key too long for an entry of the table's index."""
 
 
@@ -431,7 +434,7 @@ class PostgresBackend:
         state, pool = await self._open_pool()
         try:
             try:
-                return await self._statement(state, pool, query, params)
+                return await self._statement_unlocked(state, pool, query, params)
             except _NoConnection:
                 renewed = state.pool is not pool  # by another call, as this one waited
                 if not renewed and any(not conn.closed for conn in state.connections):
@@ -483,6 +486,28 @@ class PostgresBackend:
         finally:
             state.opening.release()
         return await self._open_pool(deadline)
+
+    async def _statement_unlocked(
+        self, state: _LoopPool, pool: Any, query: str, params: Sequence[Any]
+    ) -> list[Any]:
+        """`_statement`, run again when the server aborted it as one of a deadlock.
+
+        Two conditional writes lock their guard row, then their items' rows: a resume
+        claim's renewal (guard: the fence) and its takeover (guard: the claim) take the two
+        rows in opposite orders. The server aborts one of them; in autocommit it wrote
+        nothing, so it runs again and sees the other's write (a guard that no longer holds
+        its value: it writes nothing, and says so). All within the one `timeout`.
+        """
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        attempt = 1
+        while True:
+            try:
+                return await self._statement(state, pool, query, params, deadline)
+            except Exception as error:
+                deadlocked = getattr(error, "sqlstate", None) == _DEADLOCK_DETECTED
+                if not deadlocked or attempt == _DEADLOCK_ATTEMPTS:
+                    raise
+            attempt += 1
 
     async def _statement(
         self,
