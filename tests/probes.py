@@ -1,11 +1,17 @@
-"""Small instruments shared by test files: a prompt recorder and a GIL probe."""
+"""Small instruments shared by test files: a prompt recorder, a GIL probe, scripted replies."""
 
 from __future__ import annotations
 
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import llm_agent_runtime as ar
+
+SCRIPTED_ANSWER = "all done"
+"""The final answer of `native_reply` and `react_reply`."""
 
 
 class PromptRecorder:
@@ -45,3 +51,20 @@ def gil_released_during(op: Callable[[], object]) -> bool:
     finally:
         sys.setswitchinterval(interval)
     return resumed < times["ended"]
+
+
+def native_reply(rounds: Sequence[Sequence[Any]], index: int, usage: ar.Usage) -> ar.ChatResponse:
+    """The reply to model call `index` of a scripted native run: round `index`'s calls
+    (each with a `tool` and an `n`, its one argument), then `SCRIPTED_ANSWER`."""
+    if index == len(rounds):
+        return ar.ChatResponse(SCRIPTED_ANSWER, usage=usage, stop_reason="stop")
+    calls = [ar.ToolCall(f"c{c.n}", c.tool, {"n": c.n}) for c in rounds[index]]
+    return ar.ChatResponse("", calls, usage=usage, stop_reason="tool_calls")
+
+
+def react_reply(rounds: Sequence[Sequence[Any]], index: int) -> str:
+    """`native_reply` as a ReAct text model writes it (one call a round)."""
+    if index == len(rounds):
+        return f"Thought: done\nAction: FINAL_ANSWER {SCRIPTED_ANSWER}"
+    (call,) = rounds[index]
+    return f'Thought: go\nAction: {call.tool} {{"n": {call.n}}}'

@@ -41,6 +41,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from probes import native_reply, react_reply
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.memory import CHARS_PER_TOKEN
@@ -321,11 +322,7 @@ class World:
                     for _ in range(pauses[index]):
                         await world.point("model", index)
                     usage = ar.Usage(100 + index, 10 + index)
-                    if index == len(rounds):
-                        reply = ar.ChatResponse("all done", usage=usage, stop_reason="stop")
-                    else:
-                        calls = [ar.ToolCall(f"c{c.n}", c.tool, {"n": c.n}) for c in rounds[index]]
-                        reply = ar.ChatResponse("", calls, usage=usage, stop_reason="tool_calls")
+                    reply = native_reply(rounds, index, usage)
                     world.replies.append((usage.input_tokens, usage.output_tokens))
                     return reply
 
@@ -335,11 +332,7 @@ class World:
             index = prompt.count("\nObservation:")
             for _ in range(pauses[index]):
                 await world.point("model", index)
-            if index == len(rounds):
-                reply = "Thought: done\nAction: FINAL_ANSWER all done"
-            else:
-                (call,) = rounds[index]
-                reply = f'Thought: go\nAction: {call.tool} {{"n": {call.n}}}'
+            reply = react_reply(rounds, index)
             # A text model reports no usage: the run charges its estimate.
             world.replies.append((len(prompt) // CHARS_PER_TOKEN, len(reply) // CHARS_PER_TOKEN))
             return reply

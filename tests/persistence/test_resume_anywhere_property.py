@@ -33,6 +33,7 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from probes import native_reply, react_reply
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.persistence import checkpoints
@@ -247,11 +248,7 @@ class World:
                     index = sum(m.role == "assistant" for m in messages)
                     await world.model_call(index, repr(list(messages)))
                     usage = ar.Usage(100 + index, 10 + index)
-                    if index == len(rounds):
-                        reply = ar.ChatResponse("all done", usage=usage, stop_reason="stop")
-                    else:
-                        calls = [ar.ToolCall(f"c{c.n}", c.tool, {"n": c.n}) for c in rounds[index]]
-                        reply = ar.ChatResponse("", calls, usage=usage, stop_reason="tool_calls")
+                    reply = native_reply(rounds, index, usage)
                     world.charged.append((usage.input_tokens, usage.output_tokens))
                     return reply
 
@@ -260,10 +257,7 @@ class World:
         async def infer(prompt: str) -> str:
             index = prompt.count("\nObservation:")
             await world.model_call(index, prompt)
-            if index == len(rounds):
-                return "Thought: done\nAction: FINAL_ANSWER all done"
-            (call,) = rounds[index]
-            return f'Thought: go\nAction: {call.tool} {{"n": {call.n}}}'
+            return react_reply(rounds, index)
 
         return infer
 
