@@ -3075,14 +3075,33 @@ class AgentRuntime:
                     raise AgentRuntimeError(f"session {session_id!r} is already running a turn")
                 self._running.add(session_id)
             try:
-                # The run's end, which its worker did not live to report (before the save:
-                # the event log keeps it, as a run that ends here keeps its own). Not when it
-                # did report it, and its final checkpoint then failed: the log holds it once.
-                if self.events.active and not await self._checkpoints.run_end_logged(session_id):
-                    finished = (session_id, session.final_answer, len(session.steps))
-                    self.events.emit_new(RunFinished, (*finished, session.duration_ms))
-                await self._save_final(session, state.run)
+                # Claimed as a resume that runs on: a second worker closing it at once is
+                # refused, and its closing is not logged twice.
+                lost = functools.partial(self._resume_lost, session_id)
+                await self._checkpoints.claim_resumed(state, lost)
+                try:
+                    # The run's end, which its worker did not live to report (before the
+                    # save: the event log keeps it, as a run that ends here keeps its own).
+                    # Not when it did report it, and its final checkpoint then failed: the
+                    # log holds it once.
+                    if self.events.active and not await self._checkpoints.run_end_logged(
+                        session_id
+                    ):
+                        finished = (session_id, session.final_answer, len(session.steps))
+                        self.events.emit_new(RunFinished, (*finished, session.duration_ms))
+                    await self._save_final(session, state.run)
+                except BaseException:
+                    from llm_agent_runtime.persistence.checkpoints import delete_claims_apart
+
+                    releasing = delete_claims_apart(
+                        session_id,
+                        self._checkpoints.release(session_id),
+                        "later resumes of the session are refused until release_resume",
+                    )
+                    await asyncio.wait([releasing])
+                    raise
             finally:
+                self._checkpoints.forget(session_id)  # nothing of it stays in memory
                 self._event_log.pop(session_id, None)  # saved, or of no later write
                 with _SESSIONS_LOCK:
                     self._running.discard(session_id)

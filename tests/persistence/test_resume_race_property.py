@@ -22,8 +22,8 @@ then wake, die (nothing more it sends lands) or be cancelled. Checked, as docume
   letting its lease pass) until the session ends as the uninterrupted run did, with one
   `RunFinished` in its event log; nothing hangs and no task is left.
 
-Three interleavings break these: each is left out of the property by an `assume` and
-reproduced by one of the xfail tests at the end.
+One interleaving breaks these: it is left out of the property by an `assume` and
+reproduced by the xfail test at the end.
 
 The store reads the wall clock for leases (`time.time`, `time.monotonic`) and renews them
 with `asyncio.sleep`; all three are one virtual clock here (an event loop whose time moves
@@ -580,17 +580,17 @@ async def race_in(race: Race, cut: int, schedule: Schedule, expected: Outcome) -
     if schedule.delay == 0:
         race.start_second()
     await race.drive()
-    # Known faults, left out here and reproduced at the end of the file:
-    # - `resume` closes a run that ended unclosed without a claim, beside another worker's
-    #   resume or close (test_two_workers_closing_one_ended_run_log_its_run_finished_once);
+    # `resume` closes a run that ended unclosed under its claim, never beside another
+    # worker's resume or close (test_two_workers_closing_one_ended_run_log_its_run_finished_once).
     closed_twice = len(race.writers.get(f"session:{sid}", ())) > 1
-    assume(not (race.clash or (race.closers and closed_twice)))
-    # - a resume that fails before it holds its claim (cancelled as it claims, or taken over
-    #   as it stalled claiming) saves the run's end all the same
-    #   (test_a_resume_cancelled_as_it_claims_writes_nothing_into_anothers_resume);
-    assume(not race.stray_end)
-    # - a worker giving up its claim after a stall past its lease deletes the claim and fence
-    #   of its taker (test_a_release_stalled_past_its_lease_spares_the_claim_taken_over).
+    assert not (race.clash or (race.closers and closed_twice))
+    # A resume that fails before it holds its claim (cancelled as it claims, or taken over as
+    # it stalled claiming) writes nothing, its end neither
+    # (test_a_resume_cancelled_as_it_claims_writes_nothing_into_anothers_resume).
+    assert not race.stray_end
+    # A known fault, left out here and reproduced at the end of the file: a worker giving up
+    # its claim after a stall past its lease deletes the claim and fence of its taker
+    # (test_a_release_stalled_past_its_lease_spares_the_claim_taken_over).
     assume(not race.stale_delete)
     assert not race.violations, race.violations
 
@@ -778,16 +778,17 @@ class Gate:
         await asyncio.wait_for(self.go.wait(), 10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime fault: AgentRuntime.resume closes a run that ended unclosed (its answer's "
-    "step saved, no final record) without a resume claim (run_end_logged, then _save_final), "
-    "so two workers close it at once: both succeed, both write the final record, and the "
-    "event log gets two RunFinished",
-)
 async def test_two_workers_closing_one_ended_run_log_its_run_finished_once() -> None:
     data: dict[str, bytes] = {}
     checked, landed = asyncio.Event(), asyncio.Event()
+    over = {"A": asyncio.Event(), "B": asyncio.Event()}
+
+    async def until(event: asyncio.Event, other: str) -> None:
+        """Until `event`, or the other worker's resume ended (refused by the claim, say)."""
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(over[other].wait())]
+        await asyncio.wait(waits, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
 
     class View(ar.InMemoryBackend):
         def __init__(self, name: str) -> None:
@@ -800,7 +801,7 @@ async def test_two_workers_closing_one_ended_run_log_its_run_finished_once() -> 
                 self.dead = True
                 raise ConnectionError("the process is gone")
             if final and self.name == "A":
-                await asyncio.wait_for(checked.wait(), 10)
+                await until(checked, "B")
             await super().batch_save(items)
             if final and self.name == "A":
                 landed.set()
@@ -809,7 +810,7 @@ async def test_two_workers_closing_one_ended_run_log_its_run_finished_once() -> 
             if self.name == "B" and prefix.endswith(":event:"):
                 self.lists += 1
                 if self.lists == 2:  # numbering its events: after A's land
-                    await asyncio.wait_for(landed.wait(), 10)
+                    await until(landed, "A")
             keys = await super().list_keys(prefix)
             if self.name == "B" and self.lists == 1:  # it found no RunFinished logged
                 checked.set()
@@ -825,22 +826,17 @@ async def test_two_workers_closing_one_ended_run_log_its_run_finished_once() -> 
 
     a = ar.AgentRuntime(checkpoint_backend=View("A"))
     b = ar.AgentRuntime(checkpoint_backend=View("B"))
-    results = await asyncio.wait_for(
-        asyncio.gather(a.resume(sid, answer), b.resume(sid, answer), return_exceptions=True), 10
-    )
+    runs = {"A": asyncio.ensure_future(a.resume(sid, answer))}
+    runs["B"] = asyncio.ensure_future(b.resume(sid, answer))
+    for name, run in runs.items():
+        run.add_done_callback(lambda _, name=name: over[name].set())
+    results = await asyncio.wait_for(asyncio.gather(*runs.values(), return_exceptions=True), 10)
     # One worker closes it; another is refused (or, once it is closed, given it).
     assert any(isinstance(r, ar.AgentSession) for r in results), results
     types = [e["type"] for e in await a.session_events(sid)]
     assert types.count("RunFinished") == 1, types
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime fault: a resume cancelled while its claim write (claim_resumed, "
-    "_claimed) is under way, that write then refused as another worker holds the claim, "
-    "is not marked refused: its failed run's save (_save_left_in_time, save_run_end) writes "
-    "the run's end and an ErrorEvent into the session the other worker resumes",
-)
 async def test_a_resume_cancelled_as_it_claims_writes_nothing_into_anothers_resume() -> None:
     data: dict[str, bytes] = {}
     claiming, asked = Gate(), Gate()

@@ -1109,6 +1109,17 @@ class CheckpointStore:
                 resumed it since `state` was loaded (load it again), or another run claimed
                 the step after the session was loaded.
         """
+        try:
+            await self._claim_resumed(state, lost)
+        except BaseException:
+            # Cut off or failed before it held the session: nothing of the run is written,
+            # its end neither, where another worker may be resuming it.
+            self._refused.add(state.session_id)
+            raise
+
+    async def _claim_resumed(
+        self, state: SessionState, lost: Callable[[PersistenceError], None] | None
+    ) -> None:
         run = state.run or ""
         key = session_key(state.session_id)
         resume_key = f"{key}:resume:{state.first_step}"
