@@ -573,3 +573,38 @@ async def test_an_openai_stream_whose_done_line_has_no_line_end_is_whole(
     assert isinstance(end, StreamEnd)
     assert end.response.text == "Hello there"
     assert (end.response.usage.input_tokens, end.response.usage.output_tokens) == (11, 7)
+
+
+async def test_an_openai_stream_cut_inside_its_done_line_after_the_usage_is_whole(
+    cut_server: FakeLlmServer,
+) -> None:
+    # All the reply said, its usage included, had come: only [DONE] was cut.
+    cut_server.reset()
+    frames = render_openai(HELLO, True).frames
+    assert frames is not None
+    body = b"".join(frames[:-1]) + frames[-1][:1]
+    headers = {"content-type": "text/event-stream"}
+    cut_server.script(Reply(frames=[body], headers=headers, close_delimited=True))
+    async with make_provider("openai", cut_server, retry=RetryPolicy(max_attempts=1)) as llm:
+        events, error = await _collect(llm.chat_stream(USER))
+    assert error is None
+    end = events[-1]
+    assert isinstance(end, StreamEnd) and end.response.text == "Hello there"
+    assert (end.response.usage.input_tokens, end.response.usage.output_tokens) == (11, 7)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_whole_reply_closed_before_its_first_byte_is_retried(
+    cut_server: FakeLlmServer, kind: str
+) -> None:
+    cut_server.reset()
+    body = (render_openai if kind == "openai" else render_anthropic)(HELLO, False).body
+    headers = {"content-type": "application/json"}
+    cut = Reply(frames=[b""], headers=headers, close_delimited=True)
+    cut_server.script(cut, Reply(body=body, headers=headers))
+    clock = FakeClock()
+    async with _retrying(kind, cut_server, clock) as llm:
+        response, error = await _chat(llm)
+    assert error is None, str(error)
+    assert response is not None and response.text == "Hello there"
+    assert (len(cut_server.requests), clock.sleeps) == (2, [1.0])

@@ -355,12 +355,14 @@ def _close_delimited(response: httpx.Response) -> bool:
 
 
 def _cut_json(body: bytes) -> bool:
-    """Whether `body` opens a JSON object or array that does not parse (cut short, maybe).
+    """Whether `body` is empty, or a JSON object or array that does not parse: cut short.
 
     Another body (a proxy's page) is left to the parser that reads the reply, which says
     what it holds.
     """
     start = body.lstrip()[:1]
+    if not start:
+        return True
     if start != b"{" and start != b"[":
         return False
     try:

@@ -523,6 +523,7 @@ class OpenAIProvider(HttpProvider):
         model: str | None = None
         usage = Usage()
         owed = False  # usage reported and not charged yet
+        reported = False  # a chunk reported the usage
         done = False
         cut_inside: list[bytes] = []  # the line the body ended inside, if it did
 
@@ -552,7 +553,7 @@ class OpenAIProvider(HttpProvider):
                             raise _api_error(error, self._transport.redact, "OpenAI stream error")
                     if chunk.usage is not None:
                         usage = parse_usage(_Usage, chunk.usage, "OpenAI stream").usage()
-                        owed = True
+                        owed = reported = True
                     if chunk.model:
                         model = chunk.model
                     for choice in chunk.choices or ():
@@ -591,11 +592,12 @@ class OpenAIProvider(HttpProvider):
             # httpx's generators while that read runs them (each failure logged).
             # A body that ends with no [DONE] was cut, unless the reply's finish reason came:
             # some compatible servers end it so (the official SDK reads to the end, too). Not
-            # when it ended inside a line (the usage chunk's, say), unless that line is the
-            # [DONE] itself without its line end.
+            # when it ended inside a line before the usage (asked for: it comes last, then
+            # [DONE]) was reported: inside the usage chunk, say. A [DONE] line without its
+            # line end is whole.
             if cut_inside and cut_inside[0].strip() in _DONE_LINES:
                 done = True
-            if not done and (finish_reason is None or cut_inside):
+            if not done and (finish_reason is None or (cut_inside and not reported)):
                 raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
             rest = text.finish()
             if rest:
