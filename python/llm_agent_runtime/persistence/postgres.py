@@ -43,10 +43,10 @@ _CANCEL_GRACE = 1.0
 connection is closed instead (the server may not answer the cancel request either)."""
 _STOP_ATTEMPTS = 40
 _PROGRAM_LIMIT_EXCEEDED = "54000"
+"""SQLSTATE of a value beyond a server limit: a key too long for an entry of the table's index."""
 _DEADLOCK_DETECTED = "40P01"
 """SQLSTATE of a statement the server aborted to break a cycle of lock waits."""
 _DEADLOCK_ATTEMPTS = 3
-"""SQLSTATE of a value beyond a server limit: a key too long for an entry of the table's index."""
 
 
 @functools.lru_cache(maxsize=256)
