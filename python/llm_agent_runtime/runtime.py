@@ -2394,16 +2394,25 @@ class AgentRuntime:
                 )
         finally:
             # A run that saved no step gives up its claim, so the next run may start where it
-            # did: in a task of its own, which a cancellation does not cut half way (a claim
-            # left behind refuses every later run until the session is resumed).
-            from llm_agent_runtime.persistence.checkpoints import delete_claims_apart
-
-            releasing = delete_claims_apart(
+            # did.
+            await self._release_claims(
                 session.session_id,
-                self._checkpoints.release(session.session_id),
                 "later runs of the session are refused until it is resumed",
+                None if timeout is None else timeout / 1000,
             )
-            await asyncio.wait([releasing], timeout=None if timeout is None else timeout / 1000)
+
+    async def _release_claims(self, session_id: str, left: str, timeout: float | None) -> None:
+        """Gives up the claims of a run that failed (`CheckpointStore.release`).
+
+        In a task of its own, which a cancellation does not cut half way (see
+        `delete_claims_apart`, which logs its failure and what a claim left behind refuses:
+        `left`); waited for up to `timeout` seconds (None: until it ends).
+        """
+        assert self._checkpoints is not None
+        from llm_agent_runtime.persistence.checkpoints import delete_claims_apart
+
+        releasing = delete_claims_apart(session_id, self._checkpoints.release(session_id), left)
+        await asyncio.wait([releasing], timeout=timeout)
 
     async def _save_what_is_left(self, session: AgentSession) -> None:
         """Saves a failed run's unsaved steps, its end and its events, best effort.
@@ -3091,14 +3100,8 @@ class AgentRuntime:
                         self.events.emit_new(RunFinished, (*finished, session.duration_ms))
                     await self._save_final(session, state.run)
                 except BaseException:
-                    from llm_agent_runtime.persistence.checkpoints import delete_claims_apart
-
-                    releasing = delete_claims_apart(
-                        session_id,
-                        self._checkpoints.release(session_id),
-                        "later resumes of the session are refused until release_resume",
-                    )
-                    await asyncio.wait([releasing])
+                    left = "later resumes of the session are refused until release_resume"
+                    await self._release_claims(session_id, left, None)
                     raise
             finally:
                 self._checkpoints.forget(session_id)  # nothing of it stays in memory
