@@ -335,6 +335,10 @@ class SlowWrites(ar.InMemoryBackend):
         await asyncio.sleep(0.03)
         return await super().batch_save_if(*args, **kwargs)
 
+    async def batch_delete_if(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.03)
+        return await super().batch_delete_if(*args, **kwargs)
+
 
 @pytest.mark.parametrize("mode", ["react", "tools"])
 async def test_a_steps_checkpoint_write_is_in_the_next_steps_overhead(mode: str) -> None:

@@ -260,6 +260,7 @@ async def test_keys_that_are_not_unicode_text_raise_persistence_error(
         lambda: backend.load(key),
         lambda: backend.delete(key),
         lambda: backend.batch_save({"fine": b"v", key: b"v"}),
+        lambda: backend.batch_delete_if("fine", b"v", ["fine", key]),
         lambda: backend.batch_load(["fine", key]),
         lambda: backend.list_keys(key),
     ]
@@ -436,6 +437,229 @@ def test_save_new_has_exactly_one_winner_among_processes(kind: str, tmp_path: Pa
             assert sorted(pool.starmap(_save_new_in_a_process, args)) == [False] * 3 + [True]
 
 
+# ------------------------------------------------------------ guarded deletion (batch_delete_if)
+
+
+async def test_batch_delete_if_deletes_only_while_the_guard_holds_its_value(
+    backend: ar.PersistenceBackend,
+) -> None:
+    claim, fence = "session:a:resume:0", "session:a:fence:0"
+    await backend.batch_save({claim: b"held", fence: b"me", "other": b"o"})
+    everything = sorted([claim, fence, "other"])
+    for guard, value in [
+        ("missing", b"me"),  # no guard: refused
+        (fence, b"taker"),  # another worker took the claim over
+        (fence, b"m"),  # a prefix
+        (fence, b"me!"),  # a longer value
+        (fence, b""),
+    ]:
+        assert await backend.batch_delete_if(guard, value, [claim, fence]) is False
+        assert await backend.list_keys() == everything  # nothing deleted
+    # The guard held: every key goes, those that never existed too; the guard stays.
+    assert await backend.batch_delete_if("other", bytearray(b"o"), [claim, "never"]) is True
+    assert await backend.list_keys() == ["other", fence]
+    assert await backend.batch_delete_if("other", b"o", []) is True
+    assert await backend.batch_delete_if("other", b"o", ("never", "never")) is True
+    assert await backend.batch_delete_if("missing", b"o", []) is False
+    # The guard among the keys (twice, even): it goes with them.
+    assert await backend.batch_delete_if(fence, memoryview(b"me"), [fence, "other", fence]) is True
+    assert await backend.list_keys() == []
+    assert await backend.batch_delete_if(fence, b"me", ["x"]) is False  # gone with them
+    # An empty value is a value: it holds; absent, it does not.
+    await backend.batch_save({"empty": b"", "x": b"1"})
+    assert await backend.batch_delete_if("absent", b"", ["x"]) is False
+    assert await backend.load("x") == b"1"
+    assert await backend.batch_delete_if("empty", b"", ["empty", "x"]) is True
+    assert await backend.list_keys() == []
+
+
+async def test_batch_delete_if_with_bad_input_raises_persistence_error_and_deletes_nothing(
+    backend: ar.PersistenceBackend,
+) -> None:
+    stored = {"fence": b"me", "fine": b"v"}
+    await backend.batch_save(stored)
+    b: Any = backend  # the calls below break the protocol's types on purpose
+    for args in [
+        (1, b"me", ["fine"]),
+        (None, b"me", ["fine"]),
+        (b"fence", b"me", ["fine"]),
+        ("fence", "me", ["fine"]),
+        ("fence", None, ["fine"]),
+        ("fence", 5, ["fine"]),
+        ("fence", b"me", "fine"),  # one key, not a sequence of them
+        ("fence", b"me", b"fine"),
+        ("fence", b"me", 5),
+        ("fence", b"me", ["fine", 5]),
+        ("fence", b"me", ["fine", None]),
+        ("fence", b"other", ["fine", 5]),  # whatever the guard holds
+        ("missing", b"me", ["fine", b"fence"]),
+    ]:
+        with pytest.raises(ar.PersistenceError, match="must be") as info:
+            await b.batch_delete_if(*args)
+        assert isinstance(info.value.key, str | None), args
+        if args[0] == "fence" and not isinstance(args[1], bytes):  # a bad value: its key
+            assert info.value.key == "fence", args
+    for key in ["\ud800", "session:\udc80"]:
+        for args in [
+            (key, b"me", ["fine"]),
+            ("fence", b"me", ["fine", key]),
+            ("fence", b"other", ["fine", key]),  # whatever the guard holds
+            ("missing", b"me", [key]),
+        ]:
+            with pytest.raises(ar.PersistenceError, match="not valid Unicode") as info:
+                await b.batch_delete_if(*args)
+            assert info.value.key in (key, None), args
+    assert await backend.batch_load(list(stored)) == stored  # nothing deleted
+
+
+async def test_batch_delete_if_racing_a_write_of_its_guard_is_all_or_none_as_it_says(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await backend.save("fence", b"me")
+    await backend.batch_save({f"{k}{i}": b"1" for i in range(12) for k in "ab"})
+
+    async def batch(i: int) -> bool:
+        return await backend.batch_delete_if("fence", b"me", [f"a{i}", f"b{i}"])
+
+    async def take_over() -> None:
+        await asyncio.sleep(0.002)
+        await backend.save("fence", b"taker")
+
+    *deleted, _ = await asyncio.gather(*(batch(i) for i in range(12)), take_over())
+    stored = await backend.batch_load([f"{k}{i}" for i in range(12) for k in "ab"])
+    for i, ok in enumerate(deleted):
+        assert (f"a{i}" in stored, f"b{i}" in stored) == (not ok, not ok)
+    assert await backend.batch_delete_if("fence", b"me", ["a0", "b0"]) is False
+    assert await backend.load("fence") == b"taker"
+
+
+async def test_batch_delete_if_deleting_its_guard_has_exactly_one_winner_among_racers(
+    backend: ar.PersistenceBackend,
+) -> None:
+    for round_ in range(3):
+        mine = [f"race:{round_}:{i}" for i in range(20)]
+        await backend.batch_save({"fence": b"me", **dict.fromkeys(mine, b"v")})
+        won = await asyncio.gather(
+            *(backend.batch_delete_if("fence", b"me", ["fence", key]) for key in mine)
+        )
+        assert won.count(True) == 1
+        assert await backend.list_keys(f"race:{round_}:") == sorted(
+            key for key, ok in zip(mine, won, strict=True) if not ok
+        )
+        assert await backend.load("fence") is None
+
+
+_RELEASE_OPS = ("release", "renewal", "takeover")
+
+
+def _release_model(order: Sequence[str]) -> tuple[tuple[bool, ...], dict[str, bytes]]:
+    """What `_RELEASE_OPS` return, and leave stored, run one at a time in `order`."""
+    data = {"claim": b"held", "fence": b"me"}
+    results: dict[str, bool] = {}
+    for op in order:
+        if op == "takeover":
+            results[op] = data.get("claim") == b"held"
+            if results[op]:
+                data.update(fence=b"taker", claim=b"taken")
+            continue
+        results[op] = data.get("fence") == b"me"
+        if results[op] and op == "release":
+            data.clear()
+        elif results[op]:
+            data["claim"] = b"renewed"
+    return tuple(results[op] for op in _RELEASE_OPS), data
+
+
+async def test_batch_delete_if_racing_a_renewal_and_a_takeover_lands_in_one_order_of_them(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # A resume claim's release (guard: its fence, which it deletes with the claim), its
+    # renewal (guard: the fence) and its takeover (guard: the claim, writing both) at once:
+    # on PostgreSQL the release and the takeover lock the two rows in opposite orders.
+    possible = [_release_model(order) for order in itertools.permutations(_RELEASE_OPS)]
+
+    async def round_(n: int) -> tuple[tuple[bool, ...], dict[str, bytes]]:
+        claim, fence = f"session:{n}:resume:0", f"session:{n}:fence:0"
+        await backend.batch_save({claim: b"held", fence: b"me"})
+        calls = {
+            "release": lambda: backend.batch_delete_if(fence, b"me", [fence, claim]),
+            "renewal": lambda: backend.batch_save_if(fence, b"me", {claim: b"renewed"}),
+            "takeover": lambda: backend.batch_save_if(
+                claim, b"held", {fence: b"taker", claim: b"taken"}
+            ),
+        }
+        order = list(_RELEASE_OPS)[n % 3 :] + list(_RELEASE_OPS)[: n % 3]
+        done = dict(zip(order, await asyncio.gather(*(calls[op]() for op in order)), strict=True))
+        stored = await backend.batch_load([claim, fence])
+        names = {claim: "claim", fence: "fence"}
+        left = {names[key]: value for key, value in stored.items()}
+        return tuple(done[op] for op in _RELEASE_OPS), left
+
+    for outcome in await asyncio.gather(*(round_(n) for n in range(24))):
+        assert outcome in possible, outcome
+
+
+def _delete_if_in_a_process(kind: str, address: str, key: str, start: float) -> bool:
+    async def go() -> bool:
+        if kind == "sqlite":
+            store: ar.PersistenceBackend = ar.SqliteBackend(address)
+        elif kind == "file":
+            store = ar.FileBackend(address)
+        elif kind == "postgres":
+            store = ar.PostgresBackend(os.environ[SERVERS[kind]], table=address)
+            await store.open()
+        else:
+            store = ar.RedisBackend(os.environ[SERVERS[kind]], prefix=address)
+        while time.time() < start:
+            await asyncio.sleep(0.001)
+        won = await store.batch_delete_if("fence", b"me", ["fence", key])
+        await close_backend(store)
+        return won
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file", "postgres", "redis"])
+def test_batch_delete_if_deleting_its_guard_has_exactly_one_winner_among_processes(
+    kind: str, tmp_path: Path
+) -> None:
+    if kind in SERVERS:
+        server_address(kind)
+    address = {
+        "sqlite": str(tmp_path / "store.db"),
+        "file": str(tmp_path / "files"),
+        "postgres": f"kv_{uuid.uuid4().hex}",
+        "redis": f"test:{uuid.uuid4().hex}:",
+    }[kind]
+
+    async def stored(items: dict[str, bytes] | None = None) -> list[str]:
+        if kind == "sqlite":
+            store: ar.PersistenceBackend = ar.SqliteBackend(address)
+        elif kind == "file":
+            store = ar.FileBackend(address)
+        elif kind == "postgres":
+            store = ar.PostgresBackend(os.environ[SERVERS[kind]], table=address)
+        else:
+            store = ar.RedisBackend(os.environ[SERVERS[kind]], prefix=address)
+        if items:
+            await store.batch_save(items)
+        keys = await store.list_keys()
+        await close_backend(store)
+        return keys
+
+    ctx = multiprocessing.get_context("spawn")
+    left: list[str] = []  # the losers' keys: still there
+    with ctx.Pool(4) as pool:
+        for round_ in range(3):
+            mine = [f"race:{round_}:{worker}" for worker in range(4)]
+            asyncio.run(stored({"fence": b"me", **dict.fromkeys(mine, b"v")}))
+            start = time.time() + 1.0  # every worker started: they race from then on
+            won = pool.starmap(_delete_if_in_a_process, [(kind, address, k, start) for k in mine])
+            assert won.count(True) == 1
+            left += [key for key, ok in zip(mine, won, strict=True) if not ok]
+            assert asyncio.run(stored()) == sorted(left)  # the fence gone, and the winner's key
+
+
 # ---------------------------------------------------------------- bad input, the same everywhere
 
 
@@ -456,6 +680,10 @@ def _bad_calls(backend: ar.PersistenceBackend) -> list[tuple[str, Callable[[], A
         ("batch_save({5: b'x'})", lambda: b.batch_save({"fine": b"v", 5: b"x"})),
         ("batch_save({'k': 'text'})", lambda: b.batch_save({"fine": b"v", "k": "text"})),
         ("batch_save([('k', b'x')])", lambda: b.batch_save([("k", b"x")])),
+        ("batch_delete_if(5, b'x', [])", lambda: b.batch_delete_if(5, b"x", [])),
+        ("batch_delete_if('k', 'text', [])", lambda: b.batch_delete_if("k", "text", [])),
+        ("batch_delete_if('g', b'x', [5])", lambda: b.batch_delete_if("g", b"x", ["fine", 5])),
+        ("batch_delete_if('g', b'x', 'keys')", lambda: b.batch_delete_if("g", b"x", "keys")),
         ("batch_load([5])", lambda: b.batch_load(["fine", 5])),
         ("batch_load('keys')", lambda: b.batch_load("keys")),
         ("batch_load(5)", lambda: b.batch_load(5)),
@@ -1005,6 +1233,65 @@ async def test_a_postgres_write_running_across_a_close_and_a_reopen_ends_well() 
         await store.close()
 
 
+async def _waiting_for_a_lock(watch: Any, table: str, statements: int) -> None:
+    """Until `statements` statements on `table` wait for a lock (seen on connection `watch`)."""
+    async with asyncio.timeout(10):
+        while True:
+            cursor = await watch.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                [f'%"{table}"%'],
+            )
+            row = await cursor.fetchone()
+            if row is not None and row[0] >= statements:
+                return
+            await asyncio.sleep(0.01)
+
+
+async def test_a_postgres_batch_delete_if_aborted_as_one_of_a_deadlock_runs_again() -> None:
+    # A release (guard: the fence, deleted with the claim) and a takeover (which locked the
+    # claim, then writes the fence) take the two rows in opposite orders: the server aborts
+    # the release, which runs again, sees the takeover's fence and deletes nothing.
+    import psycopg
+
+    dsn = server_address("postgres")
+    table = f"kv_{uuid.uuid4().hex}"
+    store = ar.PostgresBackend(dsn, table=table)
+    claim, fence = "session:s:resume:0", "session:s:fence:0"
+    await store.batch_save({claim: b"held", fence: b"holder"})
+    takeover = await psycopg.AsyncConnection.connect(dsn)
+    watch = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    statements: list[str] = []
+    run = store._statement
+
+    async def counted(state: Any, pool: Any, query: str, *args: Any) -> list[Any]:
+        statements.append(query)
+        return await run(state, pool, query, *args)
+
+    store._statement = counted  # type: ignore[method-assign]
+    try:
+        # The takeover's deadlock check comes last: the release is the one aborted.
+        await takeover.execute("SET deadlock_timeout = '10s'")
+        await takeover.execute(
+            f'SELECT 1 FROM "{table}" WHERE key = %s FOR SHARE', [claim.encode()]
+        )
+        release = asyncio.ensure_future(store.batch_delete_if(fence, b"holder", [fence, claim]))
+        await _waiting_for_a_lock(watch, table, 1)  # it locked the fence, and waits for the claim
+        await takeover.execute(
+            f'UPDATE "{table}" SET value = %s WHERE key = %s', [b"taker", fence.encode()]
+        )
+        await takeover.commit()
+        assert await release is False
+        assert len(statements) == 2  # aborted once (a deadlock), then run again
+        assert await store.batch_load([claim, fence]) == {claim: b"held", fence: b"taker"}
+    finally:
+        await takeover.close()
+        await watch.close()
+        store._statement = run  # type: ignore[method-assign]
+        await store._execute(None, f'DROP TABLE IF EXISTS "{table}"', [])
+        await store.close()
+
+
 # ---------------------------------------------------------------- cancelled FileBackend calls
 
 
@@ -1140,6 +1427,61 @@ async def test_a_cancelled_file_batch_waiting_for_a_read_gives_up_and_writes_not
     await store.batch_save({"a": b"new", "b": b"new"})
     await asyncio.sleep(0.1)
     assert await store.batch_load(["a", "b"]) == {"a": b"new", "b": b"new"}
+
+
+async def test_a_file_deletion_batch_a_crash_left_committed_is_finished_whole(
+    tmp_path: Path,
+) -> None:
+    # `batch_delete_if` goes through the redo log: its deletions are a batch like any other.
+    store = ar.FileBackend(tmp_path / "files")
+    await store.batch_save({"a": b"1", "b": b"1", "c": b"1", "d": b"1"})
+    batch = tmp_path / "files" / ".batches" / f"{uuid.uuid4().hex}.batch"
+    batch.write_bytes(_encode_batch({"a": None, "b": None, "c": b"2", "never": None}))
+    (tmp_path / "files" / file_name_for("a")).unlink()  # its install cut short by a crash
+    again = ar.FileBackend(tmp_path / "files")  # the next open finishes it
+    assert await again.batch_load(["a", "b", "c", "d", "never"]) == {"c": b"2", "d": b"1"}
+    assert not batch.exists()
+
+
+def test_a_file_batch_record_holds_deletions_and_only_they_change_its_format() -> None:
+    from llm_agent_runtime.persistence.file import _BATCH_CHECKSUM, _decode_batch
+
+    mixed: dict[str, bytes | None] = {"a": None, "b": b"", "c": b"value", "é": None}
+    assert _decode_batch(_encode_batch(mixed)) == mixed
+    # Writes alone: the format of earlier versions, which a process of one of them sharing
+    # the directory finishes. A record of that format holds no deletion.
+    writes = _encode_batch({"a": b"1", "b": b"2"})
+    assert writes.startswith(b"llm-agent-runtime-batch/1\n")
+    deletions = _encode_batch({"a": None})
+    assert deletions.startswith(b"llm-agent-runtime-batch/2\n")
+    body = b"llm-agent-runtime-batch/1\n" + deletions[26 : -_BATCH_CHECKSUM.size]
+    assert _decode_batch(body + _BATCH_CHECKSUM.pack(zlib.crc32(body))) is None
+
+
+async def test_a_file_batch_delete_if_cut_short_as_it_is_installed_is_finished_by_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ar.FileBackend(tmp_path / "files")
+    await store.batch_save({"fence": b"me", "claim": b"held", "other": b"1"})
+    assert await store.batch_delete_if("fence", b"you", ["fence", "claim"]) is False
+    assert os.listdir(tmp_path / "files" / ".batches") == []  # refused: no batch left
+    real = store._install_item
+    installed: list[str] = []
+
+    def failing(key: str, value: bytes | None) -> None:
+        if installed:
+            raise OSError(5, "Input/output error")
+        installed.append(key)
+        real(key, value)
+
+    monkeypatch.setattr(store, "_install_item", failing)
+    with pytest.raises(ar.PersistenceError, match="not installed"):
+        await store.batch_delete_if("fence", b"me", ["fence", "claim"])
+    monkeypatch.undo()
+    assert len(installed) == 1  # one of the two deleted
+    # The batch is committed: the next call finishes it before it reads.
+    assert await store.list_keys() == ["other"]
+    assert os.listdir(tmp_path / "files" / ".batches") == []
 
 
 async def test_a_cancelled_file_save_waiting_for_a_batch_being_installed_gives_up(

@@ -87,6 +87,38 @@ async def test_a_guarded_batch_with_a_key_no_store_keeps_fails_whatever_the_guar
     assert await local_backend.list_keys() == ["guard"]
 
 
+async def test_a_guarded_deletion_of_a_key_no_store_keeps_fails_whatever_the_guard(
+    local_backend: ar.PersistenceBackend,
+) -> None:
+    for guard_value in (b"other", b"held"):
+        await local_backend.batch_save({"guard": b"held", "fine": b"v"})
+        with pytest.raises(ar.PersistenceError, match="not valid Unicode"):
+            await local_backend.batch_delete_if("guard", guard_value, ["fine", "\ud800"])
+    with pytest.raises(ar.PersistenceError, match="not valid Unicode"):
+        await local_backend.batch_delete_if("missing", b"v", ["\udc80"])
+    assert await local_backend.list_keys() == ["fine", "guard"]
+
+
+async def test_a_sqlite_guarded_deletion_whose_commit_fails_deletes_nothing(
+    tmp_path: Path,
+) -> None:
+    store = ar.SqliteBackend(tmp_path / "store.db")
+    other = ar.SqliteBackend(tmp_path / "store.db")
+    try:
+        await store.batch_save({"guard": b"held", "a": b"1"})
+        store._conn.set_authorizer(_deny_commit)
+        with pytest.raises(ar.PersistenceError):
+            await store.batch_delete_if("guard", b"held", ["guard", "a"])
+        store._conn.set_authorizer(None)
+        assert not store._conn.in_transaction
+        assert await other.batch_load(["guard", "a"]) == {"guard": b"held", "a": b"1"}
+        assert await store.batch_delete_if("guard", b"held", ["guard", "a"]) is True
+        assert await other.list_keys() == []
+    finally:
+        store.close()
+        other.close()
+
+
 async def test_a_released_memoryview_is_a_persistence_error_naming_its_key(
     local_backend: ar.PersistenceBackend,
 ) -> None:
@@ -97,6 +129,7 @@ async def test_a_released_memoryview_is_a_persistence_error_naming_its_key(
         lambda: local_backend.save_new("k", released),
         lambda: local_backend.batch_save({"fine": b"v", "k": released}),
         lambda: local_backend.batch_save_if("k", released, {"fine": b"v"}),
+        lambda: local_backend.batch_delete_if("k", released, ["fine"]),
     ]
     for call in calls:
         with pytest.raises(ar.PersistenceError, match="released") as info:
@@ -158,9 +191,10 @@ class BackendsAgree(RuleBasedStateMachine):
             self.sqlite.close()
             self.scratch.cleanup()
 
-    def agree(self, call: Callable[[Any], Awaitable[object]]) -> None:
+    def agree(self, call: Callable[[Any], Awaitable[object]]) -> tuple[object, ...]:
         outcomes = [_outcome(lambda b=b: call(b)) for b in self.backends]
         assert outcomes[1] == outcomes[0] and outcomes[2] == outcomes[0], outcomes
+        return outcomes[0]
 
     @rule(key=_KEYS, value=_VALUES)
     def save(self, key: str, value: bytes) -> None:
@@ -182,6 +216,25 @@ class BackendsAgree(RuleBasedStateMachine):
     @rule(guard=_KEYS, value=_VALUES, items=st.dictionaries(_KEYS, _VALUES, max_size=3))
     def batch_save_if(self, guard: str, value: bytes, items: dict[str, bytes]) -> None:
         self.agree(lambda b: b.batch_save_if(guard, value, items))
+
+    @rule(
+        guard=_KEYS,
+        value=_VALUES,
+        keys=st.lists(_KEYS, max_size=4),
+        held=st.booleans(),
+        with_guard=st.booleans(),
+    )
+    def batch_delete_if(
+        self, guard: str, value: bytes, keys: list[str], held: bool, with_guard: bool
+    ) -> None:
+        if held:  # the value the guard holds, when it holds one: the deletion goes ahead
+            value = self.backends[0].data.get(guard, value)
+        if with_guard:
+            keys = [*keys, guard]
+        outcome = self.agree(lambda b: b.batch_delete_if(guard, value, keys))
+        assert outcome[0] != "untyped", outcome
+        if outcome == ("returned", True):
+            assert not set(keys) & set(self.backends[0].data)  # every key gone
 
     @rule(keys=st.lists(_KEYS, max_size=4), prefix=_KEYS)
     def read(self, keys: list[str], prefix: str) -> None:

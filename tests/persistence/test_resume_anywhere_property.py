@@ -327,6 +327,12 @@ def backend_class(base: type, lost_replies: bool = False) -> type:
             await self._landed()
             return wrote
 
+        async def batch_delete_if(self, guard_key: str, guard_value: bytes, keys: Any) -> bool:
+            await self._write()
+            held = bool(await self._flying(super().batch_delete_if(guard_key, guard_value, keys)))
+            await self._landed()
+            return held
+
         async def load(self, key: str) -> bytes | None:
             await self.world.point()
             return await self._flying(super().load(key))  # type: ignore[no-any-return]
@@ -768,6 +774,12 @@ async def test_a_run_cancelled_after_its_final_record_logs_its_events_once() -> 
                 self.reached.set()
                 await asyncio.Event().wait()
             return await super().delete(key)
+
+        async def batch_delete_if(self, guard_key: str, guard_value: bytes, keys: Any) -> bool:
+            if self.hang:
+                self.reached.set()
+                await asyncio.Event().wait()
+            return await super().batch_delete_if(guard_key, guard_value, keys)
 
     async def down(prompt: str) -> str:
         raise ConnectionError("model down")

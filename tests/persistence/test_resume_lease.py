@@ -725,6 +725,12 @@ class ClaimDeleted(Delegating):
             await self.then()
         return deleted
 
+    async def batch_delete_if(self, guard_key: str, guard_value: bytes, keys: Any) -> bool:
+        held = bool(await self.inner.batch_delete_if(guard_key, guard_value, keys))
+        if held and "session:x:resume:0" in keys:
+            await self.then()
+        return held
+
 
 async def test_a_failed_resumes_release_leaves_the_fence_of_the_next_resume(
     backend: ar.PersistenceBackend,
@@ -769,6 +775,11 @@ async def test_a_sweep_deletes_the_fence_a_finished_resume_could_not(
                 raise ar.PersistenceError("connection reset", key=key)
             return bool(await self.inner.delete(key))
 
+        async def batch_delete_if(self, guard_key: str, guard_value: bytes, keys: Any) -> bool:
+            if any(":resume:" in key or ":fence:" in key for key in keys):
+                raise ar.PersistenceError("connection reset", key=guard_key)
+            return bool(await self.inner.batch_delete_if(guard_key, guard_value, keys))
+
     await interrupted(backend)
     failing = DeletesFail(backend)
     done = await worker(failing, Effects()).resume("x", script(FINAL))  # type: ignore[arg-type]
@@ -779,9 +790,9 @@ async def test_a_sweep_deletes_the_fence_a_finished_resume_could_not(
 
 
 async def test_a_leased_resume_on_a_backend_without_batch_save_if_writes_as_before() -> None:
-    class Older(Delegating):  # a backend written before batch_save_if
+    class Older(Delegating):  # a backend written before batch_save_if (and batch_delete_if)
         def __getattr__(self, name: str) -> Any:
-            if name == "batch_save_if":
+            if name in ("batch_save_if", "batch_delete_if"):
                 raise AttributeError(name)
             return getattr(self.inner, name)
 
@@ -981,12 +992,17 @@ async def test_a_run_claim_whose_reply_was_lost_is_deleted() -> None:
 
 
 class FenceDeleteFails(Delegating):
-    """The backend, but deleting a fence fails (a transient error)."""
+    """The backend, but deleting a fence fails (a transient error), alone or in a batch."""
 
     async def delete(self, key: str) -> None:
         if ":fence:" in key:
             raise ar.PersistenceError("connection reset", key=key)
         await self.inner.delete(key)
+
+    async def batch_delete_if(self, guard_key: str, guard_value: bytes, keys: Any) -> bool:
+        if any(":fence:" in key for key in keys):
+            raise ar.PersistenceError("connection reset", key=guard_key)
+        return bool(await self.inner.batch_delete_if(guard_key, guard_value, keys))
 
 
 async def test_a_failed_resumes_claim_goes_even_when_its_fence_cannot() -> None:
@@ -1010,13 +1026,21 @@ class HungDelete(Delegating):
         self.part, self.fails = part, fails
         self.reached, self.go = asyncio.Event(), asyncio.Event()
 
-    async def delete(self, key: str) -> None:
+    async def _hang(self, key: str) -> None:
         if self.part in key and not self.go.is_set():
             self.reached.set()
             if self.fails:
                 raise ar.PersistenceError("connection reset", key=key)
             await self.go.wait()
+
+    async def delete(self, key: str) -> None:
+        await self._hang(key)
         await self.inner.delete(key)
+
+    async def batch_delete_if(self, guard_key: str, guard_value: bytes, keys: Any) -> bool:
+        for key in keys:
+            await self._hang(key)
+        return bool(await self.inner.batch_delete_if(guard_key, guard_value, keys))
 
 
 @pytest.mark.parametrize("lease", [LEASE, None], ids=["leased", "without-lease"])

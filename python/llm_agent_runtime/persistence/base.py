@@ -98,6 +98,9 @@ class PersistenceBackend(Protocol):
     Bad input raises `PersistenceError` too, before anything is stored: a key or prefix that
     is not a `str`, a value that is not bytes-like (a `bytearray` or `memoryview` value is
     stored, and loaded, as `bytes`).
+
+    `save_new`, `batch_save_if` and `batch_delete_if` are optional: the checkpoints use them
+    where a backend has them. (An `isinstance` check against this protocol wants them all.)
     """
 
     async def save(self, key: str, value: bytes) -> None:
@@ -134,6 +137,22 @@ class PersistenceBackend(Protocol):
         whether it wrote; nothing is written when the key holds anything else or is absent.
         Optional: the checkpoints use it, where a backend has it, to refuse the writes of a
         resumed run whose claim another worker took over.
+        """
+        ...
+
+    async def batch_delete_if(
+        self, guard_key: str, guard_value: bytes, keys: Sequence[str]
+    ) -> bool:
+        """Deletes every key of `keys`, all or none, only if `guard_key` holds `guard_value`.
+
+        The check and the deletions are one atomic step (as `batch_save_if`'s check and
+        writes): a write of `guard_key` by another writer lands wholly before (nothing is
+        deleted) or after. `guard_key` may be one of `keys`. Returns whether the guard held
+        (then every key of `keys` is gone, existing or not); False, with nothing deleted,
+        when the guard holds anything else or is absent. Optional, like `batch_save_if`: the
+        checkpoints use it, where a backend has it, so that a worker giving up a resume
+        claim deletes the claim and its fence only while the fence still holds its own
+        nonce.
         """
         ...
 

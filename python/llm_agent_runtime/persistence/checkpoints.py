@@ -734,6 +734,17 @@ class _Lease:
         return str(self.claim["resume"]).encode()
 
 
+@dataclass
+class _Resume:
+    """The records of a resume claim this store wrote (see `CheckpointStore.claim_resumed`)."""
+
+    key: str
+    nonce: str
+    """This worker's nonce: its claim and fence hold it until another worker takes them over."""
+    keys: list[str]
+    """What of it is written: its fence, then the claim, then this worker's takeover key."""
+
+
 def _fence_of(resume_key: str) -> str:
     """The key of the fence of resume claim `resume_key` (see `CheckpointStore.claim_resumed`).
 
@@ -802,10 +813,9 @@ class CheckpointStore:
         # The claims of the running sessions that saved no step yet (`save_meta`), until
         # their first step, `release` or `forget`.
         self._claims: dict[str, _Claim] = {}
-        # The resume claims (`claim_resumed`) of the resumed runs of this store, by session:
-        # the key, then the takeover key if the claim was taken over, until the run's final
-        # checkpoint or `release`.
-        self._resumes: dict[str, list[str]] = {}
+        # The resume claims (`claim_resumed`) of the resumed runs of this store, by session,
+        # until the run's final checkpoint or `release`.
+        self._resumes: dict[str, _Resume] = {}
         # The leased resume claims of those runs, by session, until the run ends or the
         # claim is lost.
         self._leases: dict[str, _Lease] = {}
@@ -928,41 +938,66 @@ class CheckpointStore:
         self._next_event.pop(session.session_id, None)
         return run
 
-    async def _claim(self, session_id: str, step: int, run: str, meta: bytes) -> bool:
+    async def _claim(
+        self,
+        session_id: str,
+        step: int,
+        run: str,
+        meta: bytes,
+        fence: tuple[str, bytes] | None = None,
+    ) -> bool:
         """Claims the run starting the session from step `step` (`:run:<step>`).
 
         Insert-if-absent; the claim holds the run's meta record (`load` reads it, should the
         process end before the meta record is written). Returns whether this run has it. A
         claim that lands is `release`d if the run ends before its first step, or deleted once
-        it lands when the wait for the write was cancelled.
+        it lands when the wait for the write was cancelled: a resumed run's (its resume
+        claim's `fence` key and this worker's nonce) only while the fence holds the nonce
+        (see `_claimed`).
         """
         claim = f"{session_key(session_id)}:run:{step}"
-        won = await self._claimed(self._save_if_absent(claim, meta), {claim: meta})
+        won = await self._claimed(self._save_if_absent(claim, meta), {claim: meta}, fence)
         if won:
             self._claims[session_id] = _Claim(claim, run, meta)
         return won
 
-    async def _claimed(self, write: Awaitable[bool], items: dict[str, bytes]) -> bool:
+    async def _claimed(
+        self,
+        write: Awaitable[bool],
+        items: dict[str, bytes],
+        fence: tuple[str, bytes] | None = None,
+    ) -> bool:
         """Awaits `write`, which writes `items` if it returns True (a claim's write).
 
         A cancellation does not cut the write half way. `items` that land all the same, or
         may have (the write failed: its reply may be what was lost), are deleted then, where
         each still holds what was written: held by no one (the caller never learnt it won),
-        a claim would refuse every later run or resume of the session. The deletion is not
-        waited for: a backend that hangs would hang the cancellation.
+        a claim would refuse every later run or resume of the session. With a `fence` (a
+        resume claim's fence key and this worker's nonce), only while the fence holds the
+        nonce: a worker that took the resume over meanwhile continues the same run, and the
+        claim that landed is its own then. The deletion is not waited for: a backend that
+        hangs would hang the cancellation.
         """
         landing = asyncio.ensure_future(write)
         try:
             return bool(await asyncio.shield(landing))
         except BaseException:
-            landing.add_done_callback(functools.partial(self._drop_landed, items))
+            landing.add_done_callback(functools.partial(self._drop_landed, items, fence))
             raise
 
-    def _drop_landed(self, items: dict[str, bytes], write: asyncio.Future[bool]) -> None:
+    def _drop_landed(
+        self,
+        items: dict[str, bytes],
+        fence: tuple[str, bytes] | None,
+        write: asyncio.Future[bool],
+    ) -> None:
         """Deletes `items` unless `write` is known not to have written them."""
         if write.cancelled() or (write.exception() is None and not write.result()):
             return
-        self._in_background(self._delete_each_if(items))
+        if fence is None:
+            self._in_background(self._delete_each_if(items))
+        else:
+            self._in_background(self._delete_guarded(*fence, list(items)))
 
     def _in_background(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
         """Runs `work` as a task of its own, kept until it ends (its error retrieved)."""
@@ -1133,12 +1168,12 @@ class CheckpointStore:
             # The fence is written while the claim holds `mine` (no renewal has run yet; a
             # stall past the lease may have lost it), and is this worker's to delete only
             # once written (before the claim: see `_fence_of`).
-            self._resumes[state.session_id] = [resume_key]
+            self._resumes[state.session_id] = _Resume(resume_key, nonce, [resume_key])
             if not await self._claimed(self._save_guarded(resume_key, mine, fence), fence):
                 self._resumes.pop(state.session_id, None)  # another worker's claim now
                 self._refuse(state.session_id, _RESUMED, _RESUMED_ADVICE)
-            self._resumes[state.session_id] = [*fence, resume_key]
-        elif not await self._take_over(state.session_id, resume_key, mine, fence):
+            self._resumes[state.session_id] = _Resume(resume_key, nonce, [*fence, resume_key])
+        elif not await self._take_over(state.session_id, resume_key, nonce, mine):
             self._refuse(state.session_id, _RESUMED, _RESUMED_ADVICE)
         # A resume that ended just before this one took the claim: the state is out of date.
         final_raw = await self.backend.load(key)
@@ -1160,7 +1195,8 @@ class CheckpointStore:
             history=state.history,
         )
         step = len(state.records)  # where a new run of a copy loaded now would start from
-        if not await self._claim(state.session_id, step, run, record):
+        fence_nonce = (_fence_of(resume_key), nonce.encode())
+        if not await self._claim(state.session_id, step, run, record, fence_nonce):
             claim_key = f"{key}:run:{step}"
             raw = await self.backend.load(claim_key)
             holder = decode(raw, claim_key) if raw is not None else None
@@ -1296,7 +1332,8 @@ class CheckpointStore:
         if lease.renewing is not None and lease.renewing is not asyncio.current_task():
             lease.renewing.cancel()
         self._claims.pop(session_id, None)
-        for key in self._resumes.pop(session_id, []):
+        resume = self._resumes.pop(session_id, None)
+        for key in resume.keys if resume is not None else []:
             if key in (lease.key, lease.fence):  # the taker's now
                 continue
             self._in_background(self.backend.delete(key))
@@ -1329,27 +1366,25 @@ class CheckpointStore:
             renewing.cancel()
         return renewing
 
-    async def _take_over(
-        self, session_id: str, resume_key: str, mine: bytes, fence: dict[str, bytes]
-    ) -> bool:
+    async def _take_over(self, session_id: str, resume_key: str, nonce: str, mine: bytes) -> bool:
         """Takes over the resume claim `resume_key` if its process ended or its lease passed.
 
-        See `claim_resumed`. Writes `mine` over it, and `fence` (this worker's nonce) over
-        its fence, in one step and only if the claim still holds what was read: a renewal
+        See `claim_resumed`. Writes `mine` over it, and this worker's `nonce` over its
+        fence, in one step and only if the claim still holds what was read: a renewal
         of its holder that lands meanwhile keeps the claim its holder's, and one that lands
         after finds the fence changed (see `_extend`). Returns whether this worker took it
         over.
         """
         raw = await self.backend.load(resume_key)
         holder = decode(raw, resume_key) if raw is not None else None
-        nonce = holder.get("resume") if isinstance(holder, dict) else None
-        if not (isinstance(nonce, str) and _NONCE.match(nonce)):
+        theirs = holder.get("resume") if isinstance(holder, dict) else None
+        if not (isinstance(theirs, str) and _NONCE.match(theirs)):
             return False
         if not (_lease_passed(holder) or _ended_here(holder)):
             return False
-        takeover = f"{resume_key}:{nonce}"
+        takeover = f"{resume_key}:{theirs}"
         host, pid = socket.gethostname(), os.getpid()
-        record = _encode("claim", {"takeover": nonce, "at": time.time(), "host": host, "pid": pid})
+        record = _encode("claim", {"takeover": theirs, "at": time.time(), "host": host, "pid": pid})
         if not await self._claimed(self._save_if_absent(takeover, record), {takeover: record}):
             # Another worker's takeover: under way, done (the claim is its own now, so it
             # holds something else than `raw`), or cut short between its two writes (its
@@ -1365,18 +1400,72 @@ class CheckpointStore:
                 return False
             if not await self._claimed(self._save_if_absent(takeover, record), {takeover: record}):
                 return False  # another worker took it over meanwhile
-        self._resumes[session_id] = [takeover]
+        self._resumes[session_id] = _Resume(resume_key, nonce, [takeover])
         assert raw is not None
         # The claim and the fence are this worker's to delete only once the write returned:
         # one that failed may not have landed, and the claim may then be a live holder's.
-        taken = {**fence, resume_key: mine}
+        fence = _fence_of(resume_key)
+        taken = {fence: nonce.encode(), resume_key: mine}
         if not await self._claimed(self._save_guarded(resume_key, raw, taken), taken):
             # Taken over and ended meanwhile (its taker deletes the claim before this key),
             # or renewed: the claim there now, if any, is a later resume's or its holder's.
             await self._drop_resume(session_id)
             return False
-        self._resumes[session_id] = [*fence, resume_key, takeover]
+        self._resumes[session_id] = _Resume(resume_key, nonce, [fence, resume_key, takeover])
         return True
+
+    def _deletions(
+        self, keys: Sequence[str], resume: _Resume | None
+    ) -> list[Callable[[], Awaitable[Any]]]:
+        """The deletions of `keys` (a run's claim) and of what `resume` wrote, in order.
+
+        A resumed run's, only while they are this worker's: one that stalled past its lease
+        before this may find its claim taken over, and the claim, its fence and the claim of
+        the step it continues from are the taker's then, and stay. A taker writes the claim
+        and the fence at once (see `_take_over`): the fence still holding this worker's nonce
+        tells that they are still its own, and they go in one guarded step
+        (`batch_delete_if`, where the backend has it; else a read, then the deletes). A
+        claim written without its fence yet (its run claimed no step then) goes while it
+        holds this worker's nonce (a read, then a delete, as `_delete_if`). Its takeover
+        key is its own.
+        """
+        if resume is None:
+            return [functools.partial(self.backend.delete, key) for key in keys]
+        fence = _fence_of(resume.key)
+        mine: list[Callable[[], Awaitable[Any]]]
+        if fence in resume.keys:
+            guarded = [*keys, fence, resume.key]
+            nonce = resume.nonce.encode()
+            mine = [functools.partial(self._delete_guarded, fence, nonce, guarded)]
+        else:
+            mine = [*self._deletions(keys, None), functools.partial(self._delete_claim, resume)]
+        rest = [k for k in resume.keys if k not in (fence, resume.key)]
+        return [*mine, *self._deletions(rest, None)]
+
+    async def _delete_guarded(self, guard_key: str, guard_value: bytes, keys: list[str]) -> bool:
+        """`batch_delete_if` where the backend has it; else a read, then the deletes.
+
+        A `batch_delete_if` that fails is done the other way: one key that cannot be deleted
+        (a fence) must not keep the others (its claim, which would refuse every later
+        resume) with it.
+        """
+        delete_if = getattr(self.backend, "batch_delete_if", None)
+        if callable(delete_if):
+            try:
+                return bool(await delete_if(guard_key, guard_value, keys))
+            except Exception as error:
+                logger.debug("guarded deletion of %s failed, done key by key: %r", keys, error)
+        if await self.backend.load(guard_key) != guard_value:
+            return False
+        await self._delete_all(keys)
+        return True
+
+    async def _delete_claim(self, resume: _Resume) -> None:
+        """Deletes `resume`'s claim if it still holds this worker's nonce."""
+        raw = await self.backend.load(resume.key)
+        holder = decode(raw, resume.key) if raw is not None else None
+        if isinstance(holder, dict) and holder.get("resume") == resume.nonce:
+            await self.backend.delete(resume.key)
 
     async def _drop_resume(self, session_id: str) -> None:
         """Deletes the resume claim this store holds of the session, its fence and takeover key.
@@ -1384,9 +1473,9 @@ class CheckpointStore:
         In a task of its own: cut half way by a cancellation, it would leave the claim,
         naming this live process, and every later resume of the session would be refused.
         """
-        keys = self._resumes.pop(session_id, [])
-        if keys:
-            await asyncio.shield(self._in_background(self._delete_all(keys)))
+        resume = self._resumes.pop(session_id, None)
+        if resume is not None:
+            await asyncio.shield(self._in_background(self._delete_all([], resume)))
 
     async def release_resume(self, session_id: str) -> bool:
         """Deletes the stored resume claims of a session; returns whether there were any.
@@ -1454,39 +1543,40 @@ class CheckpointStore:
         """
         claim = self._claims.pop(session_id, None)
         keys = [claim.key] if claim is not None and (claim.owned or another_runs) else []
-        resumes = self._resumes.pop(session_id, [])
+        resume = self._resumes.pop(session_id, None)
         renewing = self._stop_renewing(session_id)
         if renewing is not None:
-            return self._release_leased(renewing, keys, resumes)
-        keys += resumes
+            return self._release_leased(renewing, keys, resume)
+        if resume is not None:
+            return self._delete_all(keys, resume)
         if not keys:
             return None
-        if len(keys) == 1:
-            return self.backend.delete(keys[0])
-        return self._delete_all(keys)
+        return self.backend.delete(keys[0])  # a run's claim on its first step, alone
 
     async def _release_leased(
-        self, renewing: asyncio.Task[None], keys: list[str], resumes: list[str]
+        self, renewing: asyncio.Task[None], keys: list[str], resume: _Resume | None
     ) -> None:
-        """`release` of a leased resume claim: `keys`, then `resumes` unless it was lost.
+        """`release` of a leased resume claim: `keys` and `resume`'s, unless it was lost.
 
         Waits for its renewal (cancelled) to end first, so that no renewal lands after the
-        claim is deleted. A renewal that ended of itself lost the claim: the claim is
-        another worker's then, and this worker's takeover key is deleted already.
+        claim is deleted. A renewal that ended of itself lost the claim: the claims are
+        another worker's then (see `_lose`), and this worker's takeover key is deleted
+        already.
         """
         await asyncio.wait([renewing])
-        await self._delete_all(keys + resumes if renewing.cancelled() else keys)
+        if renewing.cancelled():
+            await self._delete_all(keys, resume)
 
-    async def _delete_all(self, keys: Sequence[str]) -> None:
-        """Deletes `keys`, one after the other, each even when one before it failed.
+    async def _delete_all(self, keys: Sequence[str], resume: _Resume | None = None) -> None:
+        """Deletes `keys`, then what `resume` wrote (see `_deletions`), one after the other.
 
-        The first failure is raised once all were tried: a fence that could not be deleted
-        must not leave its claim behind too.
+        Each is tried even when one before it failed; the first failure is raised once all
+        were tried: a fence that could not be deleted must not leave its claim behind too.
         """
         failures: list[Exception] = []
-        for key in keys:
+        for deletion in self._deletions(keys, resume):
             try:
-                await self.backend.delete(key)
+                await deletion()
             except Exception as error:
                 failures.append(error)
         if failures:

@@ -58,6 +58,11 @@ _TURNSTILE = ".batches.turnstile"
 for that lock, readers take it shared, so the reads that come after a waiting writer wait
 behind it (flock lets new shared locks in past a waiting exclusive one)."""
 _BATCH_MAGIC = b"llm-agent-runtime-batch/1\n"
+_DELETIONS_MAGIC = b"llm-agent-runtime-batch/2\n"
+"""A batch record holding deletions (`batch_delete_if`): written only then, so that a batch of
+writes stays one that earlier versions, sharing the directory, can finish."""
+_DELETED = 2**64 - 1
+"""The value length of a deletion in a `_DELETIONS_MAGIC` record (no value follows)."""
 _BATCH_COUNT = struct.Struct("<I")
 _BATCH_ITEM = struct.Struct("<IQ")
 _BATCH_CHECKSUM = struct.Struct("<I")
@@ -163,33 +168,50 @@ def _sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _encode_batch(items: Mapping[str, bytes]) -> bytes:
-    """A batch as one redo-log record: magic, count, (key, value) pairs, CRC-32 of it all."""
-    parts = [_BATCH_MAGIC, _BATCH_COUNT.pack(len(items))]
+def _encode_batch(items: Mapping[str, bytes | None]) -> bytes:
+    """A batch as one redo-log record: magic, count, (key, value) pairs, CRC-32 of it all.
+
+    A value None is the key's deletion: its length `_DELETED`, no value after it (in a record
+    of its own magic, `_DELETIONS_MAGIC`).
+    """
+    deletes = any(value is None for value in items.values())
+    parts = [_DELETIONS_MAGIC if deletes else _BATCH_MAGIC, _BATCH_COUNT.pack(len(items))]
     for key, value in items.items():
         encoded = encode_key(key)
-        parts += [_BATCH_ITEM.pack(len(encoded), len(value)), encoded, value]
+        if value is None:
+            parts += [_BATCH_ITEM.pack(len(encoded), _DELETED), encoded]
+        else:
+            parts += [_BATCH_ITEM.pack(len(encoded), len(value)), encoded, value]
     body = b"".join(parts)
     return body + _BATCH_CHECKSUM.pack(zlib.crc32(body))
 
 
-def _decode_batch(data: bytes) -> dict[str, bytes] | None:
-    """The items of a redo-log record, or None when it is not a whole, intact one."""
+def _decode_batch(data: bytes) -> dict[str, bytes | None] | None:
+    """The items of a redo-log record, or None when it is not a whole, intact one.
+
+    An item's value None is the key's deletion. (Both magics are as long: see `_encode_batch`.)
+    """
     end = len(data) - _BATCH_CHECKSUM.size
-    if end < len(_BATCH_MAGIC) + _BATCH_COUNT.size or not data.startswith(_BATCH_MAGIC):
+    if end < len(_BATCH_MAGIC) + _BATCH_COUNT.size:
+        return None
+    deletes = data.startswith(_DELETIONS_MAGIC)
+    if not (deletes or data.startswith(_BATCH_MAGIC)):
         return None
     if _BATCH_CHECKSUM.unpack_from(data, end)[0] != zlib.crc32(data[:end]):
         return None
     at = len(_BATCH_MAGIC)
     (count,) = _BATCH_COUNT.unpack_from(data, at)
     at += _BATCH_COUNT.size
-    items: dict[str, bytes] = {}
+    items: dict[str, bytes | None] = {}
     try:
         for _ in range(count):
             key_length, value_length = _BATCH_ITEM.unpack_from(data, at)
             at += _BATCH_ITEM.size
             key = data[at : at + key_length].decode("utf-8")
             at += key_length
+            if deletes and value_length == _DELETED:
+                items[key] = None
+                continue
             items[key] = data[at : at + value_length]
             at += value_length
     except (struct.error, UnicodeDecodeError):
@@ -206,17 +228,17 @@ class FileBackend:
     its original key, so `list_keys` can return keys exactly; a damaged file fails the loads
     of its own key only (a listing skips it, with a warning).
 
-    A batch is all or none, even across a crash, through a redo log: the whole batch is
-    written to one file in `.batches/`, fsynced, and renamed to its final name there (the
-    commit, fsynced too); then each key's file is written as a single value is, the
-    directory fsynced, and the batch's file removed (that fsynced too). A batch a crash left
-    committed is finished before anything else is read or written (when the backend is
-    opened, and by every call, and by a batch right before its own commit, under the redo
-    log's lock, so a dead writer's batch never lands over a later one); one left
-    uncommitted is dropped, as are the temporary files of writes a crash cut short. A
-    single write (`save`, `save_new`, `delete`) is made holding that lock shared, once no
-    batch is left committed: no batch is committed while it is under way, so none
-    committed before it is installed over it later.
+    A batch (the deletions of `batch_delete_if` too) is all or none, even across a crash,
+    through a redo log: the whole batch is written to one file in `.batches/`, fsynced, and
+    renamed to its final name there (the commit, fsynced too); then each key's file is
+    written as a single value is (or removed), the directory fsynced, and the batch's file
+    removed (that fsynced too). A batch a crash left committed is finished before anything
+    else is read or written (when the backend is opened, and by every call, and by a batch
+    right before its own commit, under the redo log's lock, so a dead writer's batch never
+    lands over a later one); one left uncommitted is dropped, as are the temporary files of
+    writes a crash cut short. A single write (`save`, `save_new`, `delete`) is made holding
+    that lock shared, once no batch is left committed: no batch is committed while it is
+    under way, so none committed before it is installed over it later.
 
     Several processes may share the directory: POSIX advisory locks (`flock`) tell a live
     writer's files from those a crash left, and no read (`load`, `batch_load`, `list_keys`)
@@ -394,16 +416,20 @@ class FileBackend:
         return key
 
     # ------------------------------------------------------------------ the redo log
-    def _write_batch(self, items: dict[str, bytes], guard: tuple[str, bytes] | None = None) -> bool:
+    def _write_batch(
+        self, items: Mapping[str, bytes | None], guard: tuple[str, bytes] | None = None
+    ) -> bool:
         """Writes `items` all or none (see the class): commit to the redo log, then install.
 
-        With a `guard` (key, value), only if that key holds that value, checked under the
-        exclusive install lock, which every single write (`_between_batches`) waits for:
-        nothing writes the guard between the check and the install. Returns whether it wrote.
+        An item whose value is None is its key's deletion (`batch_delete_if`). With a `guard`
+        (key, value), only if that key holds that value, checked under the exclusive install
+        lock, which every single write (`_between_batches`) waits for: nothing writes the
+        guard between the check and the install. Returns whether it wrote.
         """
         if len(items) <= 1 and guard is None:  # one file is atomic on its own
             for key, value in items.items():
-                self._write_durably(key, value)
+                self._install_item(key, value)
+                self._sync(key)
             return True
         record = _encode_batch(items)  # checks every key first: a bad one writes nothing
         for attempt in range(2):
@@ -474,14 +500,30 @@ class FileBackend:
                 os.close(fd)
         raise PersistenceError(f"cannot write the batch in {self._batches}")  # pragma: no cover
 
-    def _install(self, batch: Path, items: Mapping[str, bytes]) -> None:
+    def _install_item(self, key: str, value: bytes | None) -> None:
+        """Writes one key's file atomically, or removes it when `value` is None (a deletion).
+
+        Either may be done again (a batch a crash left is installed anew): removing a file
+        that is gone already does nothing. The directory is not synced (see `_install`).
+        """
+        if value is not None:
+            self._write(key, value)
+            return
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise PersistenceError(f"cannot delete {path}: {exc}", key=key) from exc
+
+    def _install(self, batch: Path, items: Mapping[str, bytes | None]) -> None:
         """Writes each item's file, makes them durable, then removes the batch's file durably.
 
-        The removal is fsynced too: lost in a power cut, the batch would come back and be
+        An item whose value is None is its key's deletion: its file is removed. The batch's
+        removal is fsynced too: lost in a power cut, the batch would come back and be
         installed again over the writes acknowledged after it.
         """
         for key, value in items.items():
-            self._write(key, value)
+            self._install_item(key, value)
         _sync_directory(self.directory)
         batch.unlink(missing_ok=True)
         try:
@@ -716,6 +758,28 @@ class FileBackend:
             return self._write_batch(checked, (guard_key, guard_value))
 
         return await run_in_thread(write)
+
+    async def batch_delete_if(
+        self, guard_key: str, guard_value: bytes, keys: Sequence[str]
+    ) -> bool:
+        """Deletes every key of `keys`, all or none, only if `guard_key` holds `guard_value`.
+
+        Returns whether the guard held. As `batch_save_if`, always through the redo log (the
+        batch records the deletions), whose exclusive install lock keeps every other write of
+        the guard out from the check to the install: all or none, even across a crash.
+        """
+        guard_value = check_value(check_key(guard_key), guard_value)
+        encode_key(guard_key)
+        wanted = list(dict.fromkeys(check_keys(keys)))
+        for key in wanted:
+            encode_key(key)
+        deletions: dict[str, bytes | None] = dict.fromkeys(wanted)
+
+        def delete() -> bool:
+            self._finish_batches()
+            return self._write_batch(deletions, (guard_key, guard_value))
+
+        return await run_in_thread(delete)
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""

@@ -27,7 +27,7 @@ class InMemoryBackend:
     It checks its input as the other backends do (a key that is not valid Unicode text is
     refused, as no other store could keep it), so code tried on it behaves the same on them.
     Runtimes on several threads may share one: a check and its write (`save_new`,
-    `batch_save_if`) are one step for them, as in a database.
+    `batch_save_if`, `batch_delete_if`) are one step for them, as in a database.
     """
 
     def __init__(self) -> None:
@@ -89,6 +89,22 @@ class InMemoryBackend:
             if self.data.get(guard_key) != guard_value:
                 return False
             self.data.update(checked)
+            return True
+
+    async def batch_delete_if(
+        self, guard_key: str, guard_value: bytes, keys: Sequence[str]
+    ) -> bool:
+        """Deletes `keys` only if `guard_key` holds `guard_value`; returns whether it did so."""
+        guard_value = check_value(check_key(guard_key), guard_value)
+        encode_key(guard_key)
+        wanted = check_keys(keys)
+        for key in wanted:
+            encode_key(key)
+        with self._writing:  # no await in between either: no other task runs meanwhile
+            if self.data.get(guard_key) != guard_value:
+                return False
+            for key in wanted:
+                self.data.pop(key, None)
             return True
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:

@@ -492,11 +492,12 @@ class PostgresBackend:
     ) -> list[Any]:
         """`_statement`, run again when the server aborted it as one of a deadlock.
 
-        Two conditional writes lock their guard row, then their items' rows: a resume
-        claim's renewal (guard: the fence) and its takeover (guard: the claim) take the two
-        rows in opposite orders. The server aborts one of them; in autocommit it wrote
-        nothing, so it runs again and sees the other's write (a guard that no longer holds
-        its value: it writes nothing, and says so). All within the one `timeout`.
+        Two conditional writes (or deletions) lock their guard row, then their items' rows: a
+        resume claim's renewal or release (guard: the fence) and its takeover (guard: the
+        claim) take the two rows in opposite orders. The server aborts one of them; in
+        autocommit it wrote nothing, so it runs again and sees the other's write (a guard
+        that no longer holds its value: it writes nothing, and says so). All within the one
+        `timeout`.
         """
         deadline = asyncio.get_running_loop().time() + self.timeout
         attempt = 1
@@ -633,6 +634,39 @@ class PostgresBackend:
         params = [_encode_keys(checked), list(checked.values()), encode_key(guard_key), guard]
         rows = await self._execute(next(iter(checked)), query, params, batch=len(checked) > 1)
         return bool(rows)
+
+    async def batch_delete_if(
+        self, guard_key: str, guard_value: bytes, keys: Sequence[str]
+    ) -> bool:
+        """Deletes every key of `keys` only if `guard_key` holds `guard_value`, in one statement.
+
+        Returns whether the guard held. The guard's row is locked first, as `batch_save_if`
+        locks it, by the statement that deletes: a concurrent write of the guard waits for
+        it, or, committed first, is what the check sees. `FOR SHARE` when the guard stays;
+        `FOR UPDATE` when it is one of `keys`: a shared lock would have to grow into the
+        deletion's, and two such deletions meeting (each waiting for the other's shared lock
+        to go) would deadlock. A deadlock with another guarded call locking the rows in the
+        other order (a claim's takeover: its guard the claim, it writes the fence) is run
+        again, as `batch_save_if`'s is (see `_statement_unlocked`).
+        """
+        guard = check_items({check_key(guard_key): guard_value})[guard_key]
+        wanted = check_keys(keys)
+        if not wanted:
+            return await self.load(guard_key) == guard
+        encoded = _encode_keys(wanted)
+        guard_encoded = encode_key(guard_key)
+        lock = "UPDATE" if guard_encoded in encoded else "SHARE"
+        # Read twice, the guard's query is run once (materialized), before the deletion: its
+        # lock is taken first, and the deletion and the answer see the same check.
+        query = (
+            f"WITH guard AS (SELECT 1 FROM {self._table} WHERE key = %s AND value = %s "
+            f"FOR {lock}), "
+            f"gone AS (DELETE FROM {self._table} WHERE key = ANY(%s) "
+            "AND EXISTS (SELECT 1 FROM guard)) "
+            "SELECT EXISTS (SELECT 1 FROM guard)"
+        )
+        rows = await self._execute(guard_key, query, [guard_encoded, guard, encoded])
+        return bool(rows[0][0])
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""

@@ -146,6 +146,22 @@ class RedisBackend:
         )
         return bool(wrote)
 
+    async def batch_delete_if(
+        self, guard_key: str, guard_value: bytes, keys: Sequence[str]
+    ) -> bool:
+        """Deletes every key of `keys` only if `guard_key` holds `guard_value`.
+
+        Returns whether the guard held. One Lua script, as `batch_save_if`'s: Redis runs it
+        whole, no other command in between.
+        """
+        guard_value = check_value(check_key(guard_key), guard_value)
+        wanted = check_keys(keys)
+        names = [self._prefix + guard_key, *(self._prefix + k for k in wanted)]
+        held = await self._call(
+            guard_key, "eval", _DELETE_IF, len(names), *names, guard_value, keys=wanted
+        )
+        return bool(held)
+
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
         wanted = check_keys(keys)
@@ -179,6 +195,13 @@ for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i]) end
 return 1
 """
 """`batch_save_if`: KEYS[1] the guard, ARGV[1] its value; KEYS[i] is set to ARGV[i]."""
+
+_DELETE_IF = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+return 1
+"""
+"""`batch_delete_if`: KEYS[1] the guard, ARGV[1] its value; KEYS[2:] are deleted."""
 
 
 def _checked_prefix(prefix: object) -> str:

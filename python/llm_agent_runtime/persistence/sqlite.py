@@ -36,6 +36,7 @@ _UPSERT = (
     "INSERT INTO kv (key, value) VALUES (?, ?) "
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 )
+_DELETE = "DELETE FROM kv WHERE key = ?"
 _SELECT_VALUE = "SELECT CAST(value AS BLOB) FROM kv WHERE key = ?"
 """A value as bytes, whatever its type: another client sharing the table may have stored
 text or a number, which `bytes()` fails on (text, a real) or misreads (5 as five NULs)."""
@@ -58,6 +59,24 @@ def _upsert(
     With a `guard` (key, value), only if that key holds that value, checked in the
     transaction (`BEGIN IMMEDIATE` holds the write lock from before the check).
     """
+    return _transaction(c, _UPSERT, items.items(), guard)
+
+
+def _delete_if(c: sqlite3.Connection, keys: Sequence[str], guard: tuple[str, bytes]) -> bool:
+    """Deletes `keys` in one transaction, only if the `guard` key holds its value (as `_upsert`).
+
+    Returns whether the guard held.
+    """
+    return _transaction(c, _DELETE, [(key,) for key in keys], guard)
+
+
+def _transaction(
+    c: sqlite3.Connection,
+    statement: str,
+    rows: Iterable[Sequence[object]],
+    guard: tuple[str, bytes] | None,
+) -> bool:
+    """Runs `statement` on each of `rows` in one transaction, guarded as `_upsert` says."""
     c.execute("BEGIN IMMEDIATE")
     try:
         if guard is not None:
@@ -65,7 +84,7 @@ def _upsert(
             if held is None or bytes(held[0]) != guard[1]:
                 c.execute("ROLLBACK")
                 return False
-        c.executemany(_UPSERT, items.items())
+        c.executemany(statement, rows)
         # In the try: a COMMIT that fails (an I/O error, a busy lock) may leave the
         # transaction open, and every later write on this connection would then run inside
         # it, acknowledged but never committed.
@@ -270,7 +289,7 @@ class SqliteBackend:
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
         check_key(key)
-        cursor = await self._run(key, lambda c: c.execute("DELETE FROM kv WHERE key = ?", (key,)))
+        cursor = await self._run(key, lambda c: c.execute(_DELETE, (key,)))
         return cursor.rowcount > 0
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
@@ -293,6 +312,23 @@ class SqliteBackend:
         for key in checked:
             encode_key(key)
         return await self._run(guard_key, lambda c: _upsert(c, checked, guard), checked)
+
+    async def batch_delete_if(
+        self, guard_key: str, guard_value: bytes, keys: Sequence[str]
+    ) -> bool:
+        """Deletes every key of `keys` only if `guard_key` holds `guard_value`, in one transaction.
+
+        Returns whether the guard held. `BEGIN IMMEDIATE` takes the write lock before the
+        check, as in `batch_save_if`: no other connection writes the guard between the check
+        and the commit.
+        """
+        guard = (check_key(guard_key), check_value(guard_key, guard_value))
+        wanted = list(dict.fromkeys(check_keys(keys)))
+        # Checked before the guard, as `batch_save_if`'s items: a refused guard would end the
+        # transaction before any key is bound.
+        for key in wanted:
+            encode_key(key)
+        return await self._run(guard_key, lambda c: _delete_if(c, wanted, guard), wanted)
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
