@@ -3084,11 +3084,12 @@ class AgentRuntime:
                     raise AgentRuntimeError(f"session {session_id!r} is already running a turn")
                 self._running.add(session_id)
             try:
-                # Claimed as a resume that runs on: a second worker closing it at once is
-                # refused, and its closing is not logged twice.
                 lost = functools.partial(self._resume_lost, session_id)
-                await self._checkpoints.claim_resumed(state, lost)
                 try:
+                    # Claimed as a resume that runs on: a second worker closing it at once is
+                    # refused, and its closing is not logged twice. A claim cut off as it is
+                    # taken (a cancellation) is released as a failed close's is.
+                    await self._checkpoints.claim_resumed(state, lost)
                     # The run's end, which its worker did not live to report (before the
                     # save: the event log keeps it, as a run that ends here keeps its own).
                     # Not when it did report it, and its final checkpoint then failed: the
