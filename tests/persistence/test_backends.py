@@ -389,20 +389,41 @@ async def test_batch_save_if_racing_a_write_of_its_guard_is_all_or_none_as_it_sa
     assert await backend.batch_save_if("fence", b"me", {"after": b"x"}) is False
 
 
-def _save_new_in_a_process(kind: str, address: str, key: str, start: float) -> bool:
+def _process_address(kind: str, tmp_path: Path) -> str:
+    """Where processes racing on a `kind` store meet: a path, or a fresh table or prefix."""
+    return {
+        "sqlite": str(tmp_path / "store.db"),
+        "file": str(tmp_path / "files"),
+        "postgres": f"kv_{uuid.uuid4().hex}",
+        "redis": f"test:{uuid.uuid4().hex}:",
+    }[kind]
+
+
+async def _open_store(kind: str, address: str) -> ar.PersistenceBackend:
+    """A `kind` store at `address` (see `_process_address`), opened (its table made)."""
+    if kind == "sqlite":
+        return ar.SqliteBackend(address)
+    if kind == "file":
+        return ar.FileBackend(address)
+    if kind == "postgres":
+        store = ar.PostgresBackend(os.environ[SERVERS[kind]], table=address)
+        await store.open()
+        return store
+    return ar.RedisBackend(os.environ[SERVERS[kind]], prefix=address)
+
+
+def _race_in_a_process(op: str, kind: str, address: str, key: str, start: float) -> bool:
+    """In a process of its own, from `start` on: `save_new(key)`, or `batch_delete_if` of the
+    fence holding b"me", and `key`; returns whether it won."""
+
     async def go() -> bool:
-        if kind == "sqlite":
-            store: ar.PersistenceBackend = ar.SqliteBackend(address)
-        elif kind == "file":
-            store = ar.FileBackend(address)
-        elif kind == "postgres":
-            store = ar.PostgresBackend(os.environ[SERVERS[kind]], table=address)
-            await store.open()
-        else:
-            store = ar.RedisBackend(os.environ[SERVERS[kind]], prefix=address)
+        store = await _open_store(kind, address)
         while time.time() < start:
             await asyncio.sleep(0.001)
-        won = await store.save_new(key, str(os.getpid()).encode())
+        if op == "save_new":
+            won = await store.save_new(key, str(os.getpid()).encode())
+        else:
+            won = await store.batch_delete_if("fence", b"me", ["fence", key])
         await close_backend(store)
         return won
 
@@ -413,28 +434,18 @@ def _save_new_in_a_process(kind: str, address: str, key: str, start: float) -> b
 def test_save_new_has_exactly_one_winner_among_processes(kind: str, tmp_path: Path) -> None:
     if kind in SERVERS:
         server_address(kind)
-    address = {
-        "sqlite": str(tmp_path / "store.db"),
-        "file": str(tmp_path / "files"),
-        "postgres": f"kv_{uuid.uuid4().hex}",
-        "redis": f"test:{uuid.uuid4().hex}:",
-    }[kind]
-    if kind == "sqlite":
-        ar.SqliteBackend(address).close()
-    elif kind == "postgres":
+    address = _process_address(kind, tmp_path)
 
-        async def create() -> None:
-            store = ar.PostgresBackend(os.environ[SERVERS[kind]], table=address)
-            await store.open()
-            await store.close()
+    async def made() -> None:  # its file or table, before the racers come
+        await close_backend(await _open_store(kind, address))
 
-        asyncio.run(create())
+    asyncio.run(made())
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
         for round_ in range(3):
             start = time.time() + 1.0  # every worker started: they race from then on
-            args = [(kind, address, f"race:{round_}", start)] * 4
-            assert sorted(pool.starmap(_save_new_in_a_process, args)) == [False] * 3 + [True]
+            args = [("save_new", kind, address, f"race:{round_}", start)] * 4
+            assert sorted(pool.starmap(_race_in_a_process, args)) == [False] * 3 + [True]
 
 
 # ------------------------------------------------------------ guarded deletion (batch_delete_if)
@@ -599,48 +610,16 @@ async def test_batch_delete_if_racing_a_renewal_and_a_takeover_lands_in_one_orde
         assert outcome in possible, outcome
 
 
-def _delete_if_in_a_process(kind: str, address: str, key: str, start: float) -> bool:
-    async def go() -> bool:
-        if kind == "sqlite":
-            store: ar.PersistenceBackend = ar.SqliteBackend(address)
-        elif kind == "file":
-            store = ar.FileBackend(address)
-        elif kind == "postgres":
-            store = ar.PostgresBackend(os.environ[SERVERS[kind]], table=address)
-            await store.open()
-        else:
-            store = ar.RedisBackend(os.environ[SERVERS[kind]], prefix=address)
-        while time.time() < start:
-            await asyncio.sleep(0.001)
-        won = await store.batch_delete_if("fence", b"me", ["fence", key])
-        await close_backend(store)
-        return won
-
-    return asyncio.run(go())
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "file", "postgres", "redis"])
 def test_batch_delete_if_deleting_its_guard_has_exactly_one_winner_among_processes(
     kind: str, tmp_path: Path
 ) -> None:
     if kind in SERVERS:
         server_address(kind)
-    address = {
-        "sqlite": str(tmp_path / "store.db"),
-        "file": str(tmp_path / "files"),
-        "postgres": f"kv_{uuid.uuid4().hex}",
-        "redis": f"test:{uuid.uuid4().hex}:",
-    }[kind]
+    address = _process_address(kind, tmp_path)
 
     async def stored(items: dict[str, bytes] | None = None) -> list[str]:
-        if kind == "sqlite":
-            store: ar.PersistenceBackend = ar.SqliteBackend(address)
-        elif kind == "file":
-            store = ar.FileBackend(address)
-        elif kind == "postgres":
-            store = ar.PostgresBackend(os.environ[SERVERS[kind]], table=address)
-        else:
-            store = ar.RedisBackend(os.environ[SERVERS[kind]], prefix=address)
+        store = await _open_store(kind, address)
         if items:
             await store.batch_save(items)
         keys = await store.list_keys()
@@ -654,7 +633,8 @@ def test_batch_delete_if_deleting_its_guard_has_exactly_one_winner_among_process
             mine = [f"race:{round_}:{worker}" for worker in range(4)]
             asyncio.run(stored({"fence": b"me", **dict.fromkeys(mine, b"v")}))
             start = time.time() + 1.0  # every worker started: they race from then on
-            won = pool.starmap(_delete_if_in_a_process, [(kind, address, k, start) for k in mine])
+            args = [("batch_delete_if", kind, address, k, start) for k in mine]
+            won = pool.starmap(_race_in_a_process, args)
             assert won.count(True) == 1
             left += [key for key, ok in zip(mine, won, strict=True) if not ok]
             assert asyncio.run(stored()) == sorted(left)  # the fence gone, and the winner's key

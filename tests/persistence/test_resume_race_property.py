@@ -773,6 +773,15 @@ def shared_view(data: dict[str, bytes]) -> ar.InMemoryBackend:
     return view
 
 
+async def failed_session(data: dict[str, bytes]) -> str:
+    """The id of a session whose checkpointed run failed at its first model call, in `data`."""
+    first = ar.AgentRuntime(checkpoint_backend=shared_view(data))
+    session = first.create_session("a")
+    with pytest.raises(ConnectionError):
+        await first.run_agent("a", "q", down, session=session)
+    return session.session_id
+
+
 class Gate:
     """Lets a test hold a worker at one point: `reached` once there, it waits for `go`."""
 
@@ -857,11 +866,7 @@ async def test_a_resume_cancelled_as_it_claims_writes_nothing_into_anothers_resu
         await asked()
         return await answer(prompt)
 
-    first = ar.AgentRuntime(checkpoint_backend=shared_view(data))
-    session = first.create_session("a")
-    with pytest.raises(ConnectionError):
-        await first.run_agent("a", "q", down, session=session)
-    sid = session.session_id
+    sid = await failed_session(data)
 
     held = Held()
     held.data = data
@@ -912,11 +917,7 @@ async def test_a_release_stalled_past_its_lease_spares_the_claim_taken_over(atom
         await asked()
         return await answer(prompt)
 
-    first = ar.AgentRuntime(checkpoint_backend=shared_view(data))
-    session = first.create_session("a")
-    with pytest.raises(ConnectionError):
-        await first.run_agent("a", "q", down, session=session)
-    sid = session.session_id
+    sid = await failed_session(data)
 
     held = Held()
     held.data = data
@@ -955,11 +956,7 @@ async def test_a_step_claim_landing_after_its_resume_was_taken_over_stays_the_ta
         await asked()
         return await answer(prompt)
 
-    first = ar.AgentRuntime(checkpoint_backend=shared_view(data))
-    session = first.create_session("a")
-    with pytest.raises(ConnectionError):
-        await first.run_agent("a", "q", down, session=session)
-    sid = session.session_id
+    sid = await failed_session(data)
 
     held = Held()
     held.data = data
