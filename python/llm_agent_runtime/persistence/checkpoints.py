@@ -749,8 +749,9 @@ def _fence_of(resume_key: str) -> str:
     """The key of the fence of resume claim `resume_key` (see `CheckpointStore.claim_resumed`).
 
     `session:<id>:fence:<n>` for `session:<id>:resume:<n>` (an escaped id holds no `:`). A
-    fence is deleted before its claim: once the claim is gone, another worker may claim it
-    and write its own fence.
+    fence is deleted with its claim, or before it (once the claim is gone, another worker may
+    claim it and write its own fence), and only while it holds its deleter's nonce (see
+    `CheckpointStore._deletions`).
     """
     session, _, first_step = resume_key.rpartition(":resume:")
     return f"{session}:fence:{first_step}"
@@ -1123,9 +1124,10 @@ class CheckpointStore:
         land: each is written only if the fence still holds its writer's. A claimant writes
         the fence only while the claim is its own, a taker with the claim in one write (if
         the claim still holds what it read), both before they check the stored steps; the
-        fence is deleted before its claim. The tool-call journal's writes are not fenced:
-        its idempotency keys and intents written insert-if-absent keep at-most-once tools
-        safe.
+        fence is deleted with its claim, and only while it holds the deleter's nonce (a
+        holder that wakes from a stall past its lease deletes nothing of its taker's). The
+        tool-call journal's writes are not fenced: its idempotency keys and intents written
+        insert-if-absent keep at-most-once tools safe.
 
         Without a lease, whether a process of another host runs cannot be told from here,
         nor that of a claim naming no host and no lease (older versions), nor any on
