@@ -52,3 +52,19 @@ async def cut_off(run: Awaitable[Any], how: str, reached: asyncio.Event | None =
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def waiting_for_a_lock(watch: Any, table: str, statements: int) -> None:
+    """Until `statements` statements on PostgreSQL table `table` wait for a lock (as seen on
+    the autocommit connection `watch`)."""
+    async with asyncio.timeout(10):
+        while True:
+            cursor = await watch.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                [f'%"{table}"%'],
+            )
+            row = await cursor.fetchone()
+            if row is not None and row[0] >= statements:
+                return
+            await asyncio.sleep(0.01)

@@ -30,6 +30,7 @@ from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 from llm_agent_runtime.persistence.codec import decode
 from llm_agent_runtime.persistence.file import _encode_batch, file_name_for
 
+from .conftest import waiting_for_a_lock
 from .test_durable import FINAL, Effects, add_step, fails_after, script
 
 BACKENDS = ["memory", "sqlite", "file", "postgres", "redis"]
@@ -1213,21 +1214,6 @@ async def test_a_postgres_write_running_across_a_close_and_a_reopen_ends_well() 
         await store.close()
 
 
-async def _waiting_for_a_lock(watch: Any, table: str, statements: int) -> None:
-    """Until `statements` statements on `table` wait for a lock (seen on connection `watch`)."""
-    async with asyncio.timeout(10):
-        while True:
-            cursor = await watch.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE wait_event_type = 'Lock' AND query LIKE %s",
-                [f'%"{table}"%'],
-            )
-            row = await cursor.fetchone()
-            if row is not None and row[0] >= statements:
-                return
-            await asyncio.sleep(0.01)
-
-
 async def test_a_postgres_batch_delete_if_aborted_as_one_of_a_deadlock_runs_again() -> None:
     # A release (guard: the fence, deleted with the claim) and a takeover (which locked the
     # claim, then writes the fence) take the two rows in opposite orders: the server aborts
@@ -1256,7 +1242,7 @@ async def test_a_postgres_batch_delete_if_aborted_as_one_of_a_deadlock_runs_agai
             f'SELECT 1 FROM "{table}" WHERE key = %s FOR SHARE', [claim.encode()]
         )
         release = asyncio.ensure_future(store.batch_delete_if(fence, b"holder", [fence, claim]))
-        await _waiting_for_a_lock(watch, table, 1)  # it locked the fence, and waits for the claim
+        await waiting_for_a_lock(watch, table, 1)  # it locked the fence, and waits for the claim
         await takeover.execute(
             f'UPDATE "{table}" SET value = %s WHERE key = %s', [b"taker", fence.encode()]
         )

@@ -38,6 +38,8 @@ from probes import native_reply, react_reply
 import llm_agent_runtime as ar
 from llm_agent_runtime.persistence import checkpoints
 
+from .conftest import waiting_for_a_lock
+
 REFUSED = re.compile(
     r"tool call '(\w+)' \(step (\d+), call (\d+), idempotency key '[^']*'\) may have run "
     r"before the interruption and the tool is neither idempotent nor takes an idempotency key"
@@ -817,20 +819,6 @@ async def test_postgres_renewal_and_takeover_of_a_claim_at_once_do_not_deadlock(
     other = await psycopg.AsyncConnection.connect(dsn)
     watch = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
 
-    async def waiting(statements: int) -> None:
-        """Until `statements` statements on the table wait for a lock."""
-        async with asyncio.timeout(10):
-            while True:
-                cursor = await watch.execute(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE wait_event_type = 'Lock' AND query LIKE %s",
-                    [f'%"{table}"%'],
-                )
-                row = await cursor.fetchone()
-                if row is not None and row[0] >= statements:
-                    return
-                await asyncio.sleep(0.01)
-
     try:
         await holder.batch_save({claim: b"held", fence: b"holder"})
         await taker.open()
@@ -838,11 +826,11 @@ async def test_postgres_renewal_and_takeover_of_a_claim_at_once_do_not_deadlock(
         # that the takeover locks the claim meanwhile: the interleaving a race may give.
         await other.execute(f'SELECT 1 FROM "{table}" WHERE key = %s FOR SHARE', [claim.encode()])
         renewal = asyncio.ensure_future(holder.batch_save_if(fence, b"holder", {claim: b"renewed"}))
-        await waiting(1)
+        await waiting_for_a_lock(watch, table, 1)
         takeover = asyncio.ensure_future(
             taker.batch_save_if(claim, b"held", {fence: b"taker", claim: b"taken"})
         )
-        await waiting(2)
+        await waiting_for_a_lock(watch, table, 2)
         await other.rollback()
         outcomes = await asyncio.gather(renewal, takeover, return_exceptions=True)
         for outcome in outcomes:
