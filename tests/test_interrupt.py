@@ -7,10 +7,12 @@ from __future__ import annotations
 import _thread
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -140,3 +142,27 @@ def test_betweenness_runs_signal_handlers_as_it_goes_and_gives_one_result_on_any
     worker.join()
     assert found == [on_main]
     assert len(on_main) == n and max(on_main.values()) > 0
+
+
+def test_the_ctrl_c_tests_hold_when_the_suite_starts_with_ctrl_c_ignored() -> None:
+    """A shell without job control starts a background job (`make test &` in a script) with
+    SIGINT ignored, which Python keeps, and so do the processes it starts: the suite gives
+    it back its default handler, so its Ctrl-C tests, in process and in a child, still run.
+    """
+    tests = Path(__file__).parent
+    chosen = [
+        f"{tests / 'test_interrupt.py'}"
+        "::test_communities_stops_on_ctrl_c_and_leaves_the_store_usable",
+        f"{tests / 'test_cli_sweep5_cases.py'}"
+        "::test_ctrl_c_while_the_demo_loads_exits_130_without_a_traceback",
+    ]
+    code = (
+        "import signal, sys, pytest\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', *{chosen!r}]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "2 passed" in out.stdout
