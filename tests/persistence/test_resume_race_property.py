@@ -793,6 +793,40 @@ class Gate:
         await asyncio.wait_for(self.go.wait(), 10)
 
 
+def answering_after(gate: Gate) -> Any:
+    """A model that answers once `gate` lets it: its worker is held as it runs."""
+
+    async def model(prompt: str) -> str:
+        await gate()
+        return await answer(prompt)
+
+    return model
+
+
+def two_workers(
+    held: ar.InMemoryBackend, data: dict[str, bytes], lease: float | None = None
+) -> tuple[ar.AgentRuntime, ar.AgentRuntime]:
+    """Worker A on `held` (a view of `data` that stalls where its test says) and worker B on
+    a view of its own; with `lease`, A's claim lapses after `lease` seconds (B's after 5)."""
+    held.data = data
+    if lease is None:
+        return (
+            ar.AgentRuntime(checkpoint_backend=held),
+            ar.AgentRuntime(checkpoint_backend=shared_view(data)),
+        )
+    return (
+        ar.AgentRuntime(checkpoint_backend=held, resume_lease_seconds=lease),
+        ar.AgentRuntime(checkpoint_backend=shared_view(data), resume_lease_seconds=5),
+    )
+
+
+async def answered(b_run: asyncio.Future[ar.AgentSession], asked: Gate) -> None:
+    """Lets B's model, held by `asked`, answer: B's run ends with the answer."""
+    asked.go.set()
+    done = await asyncio.wait_for(b_run, 10)
+    assert done.final_answer == "5"
+
+
 async def test_two_workers_closing_one_ended_run_log_its_run_finished_once() -> None:
     data: dict[str, bytes] = {}
     checked, landed = asyncio.Event(), asyncio.Event()
@@ -862,19 +896,12 @@ async def test_a_resume_cancelled_as_it_claims_writes_nothing_into_anothers_resu
                 await claiming()
             return bool(await super().save_new(key, value))
 
-    async def slow(prompt: str) -> str:
-        await asked()
-        return await answer(prompt)
-
     sid = await failed_session(data)
 
-    held = Held()
-    held.data = data
-    a = ar.AgentRuntime(checkpoint_backend=held)
-    b = ar.AgentRuntime(checkpoint_backend=shared_view(data))
+    a, b = two_workers(Held(), data)
     a_run = asyncio.ensure_future(a.resume(sid, answer))
     await asyncio.wait_for(claiming.reached.wait(), 10)  # A's claim is on its way
-    b_run = asyncio.ensure_future(b.resume(sid, slow))
+    b_run = asyncio.ensure_future(b.resume(sid, answering_after(asked)))
     await asyncio.wait_for(asked.reached.wait(), 10)  # B holds the claim and runs
     before = dict(data)
     a_run.cancel()  # A's caller gives up; its claim write lands, refused
@@ -882,9 +909,7 @@ async def test_a_resume_cancelled_as_it_claims_writes_nothing_into_anothers_resu
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(a_run, 10)
     written = sorted(k for k in data if data[k] != before.get(k))
-    asked.go.set()
-    done = await asyncio.wait_for(b_run, 10)
-    assert done.final_answer == "5"
+    await answered(b_run, asked)
     assert not written, f"A, which never held the claim, wrote {written} into B's resume"
 
 
@@ -913,27 +938,18 @@ async def test_a_release_stalled_past_its_lease_spares_the_claim_taken_over(atom
     if not atomic:
         Held.batch_delete_if = None  # type: ignore[assignment,method-assign]
 
-    async def slow(prompt: str) -> str:
-        await asked()
-        return await answer(prompt)
-
     sid = await failed_session(data)
 
-    held = Held()
-    held.data = data
-    a = ar.AgentRuntime(checkpoint_backend=held, resume_lease_seconds=0.2)
-    b = ar.AgentRuntime(checkpoint_backend=shared_view(data), resume_lease_seconds=5)
+    a, b = two_workers(Held(), data, lease=0.2)
     a_run = asyncio.ensure_future(a.resume(sid, down))  # fails, then releases its claim
     await asyncio.wait_for(releasing.reached.wait(), 10)  # and stalls as it does
     await asyncio.sleep(0.4)  # past its lease (not renewed: its run ended)
-    b_run = asyncio.ensure_future(b.resume(sid, slow))
+    b_run = asyncio.ensure_future(b.resume(sid, answering_after(asked)))
     await asyncio.wait_for(asked.reached.wait(), 10)  # B took the claim over and runs
     releasing.go.set()  # A wakes and goes on releasing
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(a_run, 10)
-    asked.go.set()
-    done = await asyncio.wait_for(b_run, 10)
-    assert done.final_answer == "5"
+    await answered(b_run, asked)
 
 
 async def test_a_step_claim_landing_after_its_resume_was_taken_over_stays_the_takers() -> None:
@@ -952,22 +968,15 @@ async def test_a_step_claim_landing_after_its_resume_was_taken_over_stays_the_ta
                 await landed()  # landed; its worker stalls before it learns so
             return won
 
-    async def slow(prompt: str) -> str:
-        await asked()
-        return await answer(prompt)
-
     sid = await failed_session(data)
 
-    held = Held()
-    held.data = data
-    a = ar.AgentRuntime(checkpoint_backend=held, resume_lease_seconds=0.2)
-    b = ar.AgentRuntime(checkpoint_backend=shared_view(data), resume_lease_seconds=5)
+    a, b = two_workers(Held(), data, lease=0.2)
     a_run = asyncio.ensure_future(a.resume(sid, answer))
     await asyncio.wait_for(landed.reached.wait(), 10)
     (claim,) = (k for k in data if step_claim.fullmatch(k))
     a_run.cancel()  # A's caller gives up as A stalls
     await asyncio.sleep(0.4)  # past A's lease
-    b_run = asyncio.ensure_future(b.resume(sid, slow))
+    b_run = asyncio.ensure_future(b.resume(sid, answering_after(asked)))
     await asyncio.wait_for(asked.reached.wait(), 10)  # B took the resume over and runs
     landed.go.set()  # A wakes: its claim's write returns, to no one
     with pytest.raises(asyncio.CancelledError):
@@ -975,9 +984,7 @@ async def test_a_step_claim_landing_after_its_resume_was_taken_over_stays_the_ta
     for _ in range(20):  # A's clean-up runs in a task of its own
         await asyncio.sleep(0)
     assert claim in data, "A deleted the step claim B's run goes on under"
-    asked.go.set()
-    done = await asyncio.wait_for(b_run, 10)
-    assert done.final_answer == "5"
+    await answered(b_run, asked)
 
 
 async def test_closing_an_ended_run_cut_off_as_it_claims_leaves_no_claim_behind() -> None:
