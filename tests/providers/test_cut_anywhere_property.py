@@ -24,7 +24,7 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -337,6 +337,41 @@ def _retrying(kind: str, server: FakeLlmServer, clock: FakeClock) -> Any:
     return make_provider(kind, server, retry=retry)
 
 
+def _calls_on_cut(
+    server: FakeLlmServer,
+    kind: str,
+    whole: Reply,
+    cut: Reply,
+    clock: FakeClock,
+    call: Callable[[Any], Awaitable[tuple[Any, ProviderError | None]]],
+) -> tuple[Any, ...]:
+    """`call` on the whole reply, then on the cut one, retries off; then, retries on, on the
+    cut reply followed by the whole one.
+
+    Returns (full, its error, once, its error, the requests of the first two calls, again,
+    its error); the server's requests are those of the third call's, and no connection is
+    left open.
+    """
+    server.reset()
+
+    async def scenario() -> tuple[Any, ...]:
+        async with make_provider(kind, server, retry=RetryPolicy(max_attempts=1)) as plain:
+            server.script(whole)
+            full, full_error = await call(plain)
+            server.script(cut)
+            once, once_error = await call(plain)
+        requests_once = len(server.requests)
+        server.reset()
+        server.script(cut, whole)
+        async with _retrying(kind, server, clock) as retrying:
+            again, again_error = await call(retrying)
+        return full, full_error, once, once_error, requests_once, again, again_error
+
+    results = asyncio.run(scenario())
+    _no_connection_left(server)
+    return results
+
+
 # ---------------------------------------------------------------------- streams
 @SETTINGS
 @given(
@@ -397,24 +432,11 @@ def test_a_stream_cut_anywhere_fails_typed_or_reads_whole(
     if no_usage:
         event("openai: ended cleanly before the usage chunk")
 
-    server.reset()
     clock = FakeClock()
-
-    async def scenario() -> tuple[Any, ...]:
-        async with make_provider(kind, server, retry=RetryPolicy(max_attempts=1)) as plain:
-            server.script(Reply(frames=frames, headers=reply.headers))
-            full, full_error = await _collect(plain.chat_stream(USER))
-            server.script(cut)
-            once, once_error = await _collect(plain.chat_stream(USER))
-        requests_once = len(server.requests)
-        server.reset()
-        server.script(cut, Reply(frames=frames, headers=reply.headers))
-        async with _retrying(kind, server, clock) as retrying:
-            again, again_error = await _collect(retrying.chat_stream(USER))
-        return full, full_error, once, once_error, requests_once, again, again_error
-
-    full, full_error, once, once_error, requests_once, again, again_error = asyncio.run(scenario())
-    _no_connection_left(server)
+    whole = Reply(frames=frames, headers=reply.headers)
+    full, full_error, once, once_error, requests_once, again, again_error = _calls_on_cut(
+        server, kind, whole, cut, clock, lambda llm: _collect(llm.chat_stream(USER))
+    )
 
     # The uncut stream is the Turn.
     assert full_error is None
@@ -481,25 +503,11 @@ def test_a_whole_reply_cut_anywhere_fails_typed_and_is_retried(
     event(f"{kind} whole, {mode}")
     event(f"place: {_place(body, [0], i)}")
 
-    server.reset()
     clock = FakeClock()
     whole = Reply(body=body, headers=reply.headers)
-
-    async def scenario() -> tuple[Any, ...]:
-        async with make_provider(kind, server, retry=RetryPolicy(max_attempts=1)) as plain:
-            server.script(whole)
-            full, full_error = await _chat(plain)
-            server.script(cut)
-            once, once_error = await _chat(plain)
-        requests_once = len(server.requests)
-        server.reset()
-        server.script(cut, whole)
-        async with _retrying(kind, server, clock) as retrying:
-            again, again_error = await _chat(retrying)
-        return full, full_error, once, once_error, requests_once, again, again_error
-
-    full, full_error, once, once_error, requests_once, again, again_error = asyncio.run(scenario())
-    _no_connection_left(server)
+    full, full_error, once, once_error, requests_once, again, again_error = _calls_on_cut(
+        server, kind, whole, cut, clock, _chat
+    )
 
     assert full_error is None and full is not None
     assert _summary(full) == _expected(turn, kind)
