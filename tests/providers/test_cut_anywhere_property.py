@@ -349,7 +349,7 @@ def _calls_on_cut(
     cut reply followed by the whole one.
 
     Returns (full, its error, once, its error, the requests of the first two calls, again,
-    its error); the server's requests are those of the third call's, and no connection is
+    its error); the server's requests are then the third call's, and no connection is
     left open.
     """
     server.reset()
