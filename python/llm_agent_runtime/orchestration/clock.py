@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import math
 import time
 from typing import Protocol, cast, runtime_checkable
@@ -77,7 +76,7 @@ class FakeClock:
             raise ValueError(f"a clock must start at a finite time, got {start} s")
         self._now = start
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
+        self._pushed = 0  # breaks ties of deadlines (a plain count: copies and pickles)
         # The loop a jump is scheduled on (None: none is); one that stopped or was closed
         # before running it leaves it to the next loop that sleeps.
         self._jump_loop: asyncio.AbstractEventLoop | None = None
@@ -120,7 +119,8 @@ class FakeClock:
         self.sleeps.append(seconds)
         deadline = self._now + max(0.0, seconds)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (deadline, next(self._order), future))
+        self._pushed += 1
+        heapq.heappush(self._sleepers, (deadline, self._pushed, future))
         self._schedule_jump()
         try:
             await future

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import json
 import math
 from collections.abc import Awaitable, Callable, Hashable, Sequence
@@ -128,8 +127,10 @@ class Deduplicator:
         # queue in store order, since once the clock steps back or `ttl` is lowered a later
         # result may expire first. The order breaks ties (keys need not compare). An item
         # whose key was stored again or dropped since is skipped; each goes once expired.
+        # The order is a plain count (not `itertools.count`, whose pickling and copying
+        # Python 3.12 deprecates): a copy or pickle of the deduplicator keeps working.
         self._expiry: list[tuple[float, int, Hashable]] = []
-        self._order = itertools.count()
+        self._pushed = 0
         # The wait-for graph: the key of each execution under way (a forgotten one included),
         # and the execution each of them waits on in `run` right now (at most one: a task
         # awaits one thing at a time).
@@ -288,7 +289,8 @@ class Deduplicator:
             done[key] = (expires, task.result())
             expiry = self._expiry
             if expires < math.inf:  # a result kept for good needs no place in the heap
-                heapq.heappush(expiry, (expires, next(self._order), key))
+                self._pushed += 1
+                heapq.heappush(expiry, (expires, self._pushed, key))
             while expiry and expiry[0][0] <= now:  # the expired results, soonest first
                 expired, _, oldest = heapq.heappop(expiry)
                 entry = done.get(oldest)
