@@ -332,8 +332,13 @@ def test_the_deduplicator_shares_runs_and_serves_results_as_the_reference(
         callers: list[tuple[asyncio.Task[int], str, int]] = []  # (task, kind, execution/value)
         outcomes: dict[int, int | None] = {}  # execution -> value, None for a failure
 
+        running: list[asyncio.Task[Any]] = []  # the tasks the executions run in
+
         def execute(key: str) -> Any:
             execution = dedup.executions  # counted before the execution starts
+            task = asyncio.current_task()
+            assert task is not None
+            running.append(task)
             keys[execution] = key
             gates[execution] = asyncio.get_running_loop().create_future()
             return gates[execution]
@@ -392,6 +397,9 @@ def test_the_deduplicator_shares_runs_and_serves_results_as_the_reference(
             if not gate.done():
                 gate.set_result(0)
         results = await asyncio.gather(*(task for task, _, _ in callers), return_exceptions=True)
+        # A cancelled caller is done before its execution: the execution's end (and its
+        # done callback, registered first) comes before the gather of the executions ends.
+        await asyncio.gather(*running, return_exceptions=True)
         for result, (_, _, what) in zip(results, callers, strict=True):
             if isinstance(result, ConnectionError):
                 assert outcomes[what] is None

@@ -129,7 +129,10 @@ def test_the_durable_fragment_resumes_a_run_that_died(
     (dies,) = [number for number, line in enumerate(lines) if line.startswith("...")]
     lines[dies] = "await run_until_it_dies(runtime, session)"
     body = "\n".join(f"    {line}" for line in lines)
-    code = f"async def fragment(ar, charge, model, run_until_it_dies):\n{body}\n    return session"
+    code = (
+        f"async def fragment(ar, charge, model, run_until_it_dies):\n{body}\n"
+        "    return session, runtime"
+    )
     namespace: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), namespace)
     charged: list[tuple[int, str]] = []
@@ -159,7 +162,8 @@ def test_the_durable_fragment_resumes_a_run_that_died(
 
     fragment_fn = namespace["fragment"]
     assert callable(fragment_fn)
-    session = asyncio.run(fragment_fn(ar, charge, model, run_until_it_dies))
+    session, runtime = asyncio.run(fragment_fn(ar, charge, model, run_until_it_dies))
+    runtime.checkpoint_backend.close()  # else its connection is left to the collector
     assert session.final_answer == "done" and session.step_count == 2
     assert len(charged) == 1  # the step done before the death is not run again
     assert (tmp_path / "runs.db").is_file()

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import llm_agent_runtime as ar
+from llm_agent_runtime.persistence.base import session_key
 from llm_agent_runtime.persistence.codec import decode
 
 from .conftest import cut_off
@@ -157,14 +158,31 @@ class Setup:
     def resumer(self, fresh: bool) -> ar.AgentRuntime:
         return self.make_runtime() if fresh else self.runtime
 
-    async def interrupt(self, run: Awaitable[Any], reached: asyncio.Event | None = None) -> None:
-        """Cancels `run` once `reached` (a tool started, by default), or lets it time out."""
+    async def round_call_done(self, session_id: str) -> None:
+        """Until a tool holds and call 0 of the round (step 2) is journaled as done.
+
+        The calls of a round start as their intents are written, in whatever order those
+        writes land: the held call may start before call 0 has run.
+        """
+        await self.tools.started.wait()
+        backend = self.open_backend()
+        key = f"{session_key(session_id)}:call:2:0"
+        while (raw := await backend.load(key)) is None or (
+            decode(raw, key, "call").get("state") != "done"
+        ):
+            await asyncio.sleep(0.001)
+
+    async def interrupt(
+        self, run: Awaitable[Any], reached: Callable[[], Awaitable[Any]] | None = None
+    ) -> None:
+        """Cancels `run` once `reached()` ends (a tool started, by default), or lets it time
+        out."""
         task = asyncio.ensure_future(run)
         if self.how == "timeout":
             with pytest.raises(ar.AgentLoopError, match=f"timed out after {TIMEOUT_MS} ms"):
                 await task
         else:
-            await (reached or self.tools.started).wait()
+            await (reached or self.tools.started.wait)()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -298,7 +316,8 @@ async def test_a_round_keeps_its_finished_calls_and_repeats_the_cut_off_idempote
     setup = Setup("tools", how, open_backend)
     session = setup.runtime.create_session("a")
     model = first_model("tools", ("add", {"a": 2, "b": 2}), ("lookup", {"item": "x"}))
-    await setup.interrupt(setup.runtime.run_turn(session, "q", model))
+    run = setup.runtime.run_turn(session, "q", model)
+    await setup.interrupt(run, lambda: setup.round_call_done(session.session_id))
     closing = closing_model("tools")
     resumed = await setup.resumer(fresh).resume(session.session_id, closing)
     assert kept(resumed) == [ADDED, ("add", "4", None), ("lookup", "x: 3", None), ANSWERED]
@@ -314,7 +333,8 @@ async def test_a_round_with_a_cut_off_unsafe_call_refuses_without_running_the_fi
     setup = Setup("tools", how, open_backend)
     session = setup.runtime.create_session("a")
     model = first_model("tools", ("add", {"a": 2, "b": 2}), ("charge", {"amount": 5}))
-    await setup.interrupt(setup.runtime.run_turn(session, "q", model))
+    run = setup.runtime.run_turn(session, "q", model)
+    await setup.interrupt(run, lambda: setup.round_call_done(session.session_id))
     with pytest.raises(ar.ToolError, match=r"'charge' \(step 2, call 1"):
         await setup.make_runtime().resume(session.session_id, closing_model("tools"))
     assert setup.tools.calls == {"add": 2, "lookup": 0, "charge": 1, "send": 0, "price": 0}
@@ -336,7 +356,7 @@ async def test_cancelled_while_the_model_is_asked_resume_asks_for_that_step_alon
         model = HeldProvider([add], hold_at=1)
     else:
         model = Model(react_step("add", {"a": 1, "b": 2}), hold_at=1)
-    await setup.interrupt(setup.runtime.run_turn(session, "q", model), model.waiting)
+    await setup.interrupt(setup.runtime.run_turn(session, "q", model), model.waiting.wait)
     saved = await ar.AgentSession.load_checkpoint(open_backend(), session.session_id)
     assert kept(saved) == [ADDED] and saved.final_answer is None
     closing = closing_model(mode)
@@ -352,7 +372,7 @@ async def test_cancelled_before_its_first_step_the_run_is_resumed_from_its_start
     setup = Setup(mode, "cancel", open_backend)
     session = setup.runtime.create_session("a")
     model = HeldProvider([], hold_at=0) if mode == "tools" else Model(hold_at=0)
-    await setup.interrupt(setup.runtime.run_turn(session, "q", model), model.waiting)
+    await setup.interrupt(setup.runtime.run_turn(session, "q", model), model.waiting.wait)
     closing = closing_model(mode)
     resumed = await setup.make_runtime().resume(session.session_id, closing)
     assert kept(resumed) == [ANSWERED] and resumed.final_answer == "done"

@@ -141,7 +141,8 @@ async def test_a_run_cut_off_while_its_guards_decide_reuses_the_paid_reply_on_re
         assert closing.calls == 1
     else:
         assert len(prompts) == 1
-    assert ran == xs
+    # A round's calls start as their intents are written, in whatever order those land.
+    assert sorted(ran) == xs
     after = metrics.snapshot()
     answer = resumed.steps[-1]
     assert after.input_tokens == paid.input_tokens + answer.input_tokens
