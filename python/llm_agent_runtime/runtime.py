@@ -2689,11 +2689,12 @@ class AgentRuntime:
         checkpoint is its result, so it costs one write less. A failed write of the result
         is logged and counted as a failed step checkpoint is, not raised (the round's step
         checkpoint holds the result); a failed write of the intent is raised, before the
-        call runs. An entry of this run is honoured: a recorded result is reused, and a call
-        that may have run is repeated (as it was approved, under the key it was journaled
-        with) only for a tool that is idempotent or takes the key. An entry another run
-        wrote is stale: the call is run as if it had none. `replacing` is the entry of the
-        step's model reply the call's key holds (see `_journal_reply`): the intent replaces it.
+        call runs, and one cut off by a cancellation is taken back (`_withdraw_intent`). An
+        entry of this run is honoured: a recorded result is reused, and a call that may have
+        run is repeated (as it was approved, under the key it was journaled with) only for a
+        tool that is idempotent or takes the key. An entry another run wrote is stale: the
+        call is run as if it had none. `replacing` is the entry of the step's model reply the
+        call's key holds (see `_journal_reply`): the intent replaces it.
         """
         checkpoints = self._checkpoints
         assert checkpoints is not None
@@ -2735,13 +2736,18 @@ class AgentRuntime:
                 # elsewhere is not run again unless the tool allows it. Another run's entry is
                 # stale (that run was interrupted, then its turn run again instead of
                 # resumed): written over.
-                found = await checkpoints.journal(
-                    session_id, step, index, intent, new=True, replacing=replacing
-                )
-                if found is not None:
-                    if is_stale_entry(found, run_id):
+                try:
+                    found = await checkpoints.journal(
+                        session_id, step, index, intent, new=True, replacing=replacing
+                    )
+                    if found is not None and is_stale_entry(found, run_id):
                         await checkpoints.journal(session_id, step, index, intent)
-                    elif found.get("state") == "done":
+                        found = None
+                except asyncio.CancelledError:
+                    await self._withdraw_intent(session, step, index, intent, replacing)
+                    raise
+                if found is not None:
+                    if found.get("state") == "done":
                         return _journaled_run(found, name, arguments)
                     elif found.get("state") in _REPLY_STATES:  # kept changing: not this run's
                         from llm_agent_runtime.persistence.base import session_key
@@ -2801,6 +2807,40 @@ class AgentRuntime:
                     error,
                 )
         return run
+
+    async def _withdraw_intent(
+        self,
+        session: AgentSession,
+        step: int,
+        index: int,
+        intent: dict[str, Any],
+        replacing: dict[str, Any] | None,
+    ) -> None:
+        """Takes back the intent of a call cut off as it was journaled: the call never ran.
+
+        Else a resume would refuse it as one that may have run (a tool neither idempotent
+        nor taking the key), to be settled by hand. Done even as the run is cancelled (or
+        times out), as a result's entry is (see `_through_cancellation`); a failure leaves
+        the intent, logged and counted as a failed checkpoint is: a resume then refuses the
+        call, as before.
+        """
+        checkpoints = self._checkpoints
+        assert checkpoints is not None
+        withdraw = functools.partial(
+            checkpoints.withdraw_intent, session.session_id, step, index, intent, replacing
+        )
+        try:
+            await _through_cancellation(withdraw, self._config.loop_timeout_ms)
+        except Exception as error:
+            session.checkpoint_errors += 1
+            self.metrics.record_checkpoint_error()
+            logger.warning(
+                "intent of tool call %d of step %d of session %s not taken back: %r",
+                index,
+                step,
+                session.session_id,
+                error,
+            )
 
     async def _resolve_calls(
         self,
@@ -3007,7 +3047,10 @@ class AgentRuntime:
 
         A run that was cancelled, or cut off by `loop_timeout_ms`, has not ended (its
         completed steps, its journal and its time are saved, not a final checkpoint): it is
-        resumed as a run whose process stopped there is.
+        resumed as a run whose process stopped there is. A call cut off that way while its
+        intent was being journaled had not run: its intent is taken back (the key gets back
+        what it held, the step's reply or nothing), so the call is not refused as one that
+        may have run; a process that dies there leaves the intent, and the call is refused.
 
         The interrupted run may be any turn of a multi-turn session (`run_turn`), the first
         or a later one: it is continued as that turn, with the chat history of the turns

@@ -1,4 +1,5 @@
-"""Checkpoint keys of sessions whose ids contain ':', and loads racing a concurrent prune."""
+"""Checkpoint keys of sessions whose ids contain ':', loads racing a concurrent prune, and
+journal entries taken back."""
 
 from __future__ import annotations
 
@@ -274,3 +275,26 @@ async def test_sessions_whose_ids_hold_colons_keep_to_their_own_keys(
     # Ids are escaped in keys only: sweep gives them back as they are.
     assert sorted(await runtime.sweep(older_than=-1000)) == sorted(["user:42", "x", *others])
     assert await backend.list_keys("session:") == []
+
+
+async def test_an_intent_is_taken_back_only_while_its_key_holds_it(store: CheckpointStore) -> None:
+    # `withdraw_intent`, for a call cut off as its intent was journaled: the key gets back
+    # what it held (nothing, or the step's reply), and another worker's entry stays.
+    await start(store, "s")
+    intent = {"index": 0, "tool": "charge", "arguments": {"amount": 5}, "state": "intent"}
+    intent |= {"key": "s:r1:2:0", "run": "r1", "reply": "Action: charge"}
+    reply = {"index": 0, "reply": "Action: charge", "state": "received", "run": "r1"}
+    assert await store.journal("s", 2, 0, intent, new=True) is None
+    assert await store.withdraw_intent("s", 2, 0, intent) is True
+    assert await store.load_journal("s", 2) == []
+    assert await store.withdraw_intent("s", 2, 0, intent) is False  # nothing to take back
+    await store.journal("s", 2, 0, reply)
+    assert await store.journal("s", 2, 0, intent, new=True, replacing=reply) is None
+    assert await store.load_journal("s", 2) == [intent]
+    assert await store.withdraw_intent("s", 2, 0, intent, replacing=reply) is True
+    assert await store.load_journal("s", 2) == [reply]
+    others = {**intent, "run": "r2"}  # another worker's, written since
+    await store.journal("s", 2, 0, others)
+    assert await store.withdraw_intent("s", 2, 0, intent) is False
+    assert await store.withdraw_intent("s", 2, 0, intent, replacing=reply) is False
+    assert await store.load_journal("s", 2) == [others]

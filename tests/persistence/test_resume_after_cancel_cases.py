@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -503,3 +503,83 @@ async def test_a_round_cut_off_while_a_finished_call_is_journaled_keeps_its_resu
     assert model_calls(closing) == 1
     assert setup.tools.calls[finished] == (2 if finished == "add" else 1)  # step 1 adds too
     assert setup.tools.calls["send"] == 2 and len(set(setup.tools.keys)) == 1
+
+
+class IntentLandsThenHangs(ar.SqliteBackend):
+    """SQLite on which the intent of a tool call of step 2 lands, and then its write never
+    returns (its reply lost on the way, say): the run is cut off there, the call not run."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reached = asyncio.Event()
+
+    async def _hang_once_an_intent_landed(self, items: Mapping[str, bytes]) -> None:
+        if not self.reached.is_set() and any(
+            ":call:2:" in key and decode(value, key, "call").get("state") == "intent"
+            for key, value in items.items()
+        ):
+            self.reached.set()
+            await asyncio.Event().wait()
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        written = await super().save_new(key, value)
+        await self._hang_once_an_intent_landed({key: value})
+        return written
+
+    async def batch_save_if(
+        self, guard_key: str, guard_value: bytes, items: Mapping[str, bytes]
+    ) -> bool:  # the intent that replaces the step's reply entry (a guarded run)
+        written = await super().batch_save_if(guard_key, guard_value, items)
+        await self._hang_once_an_intent_landed(items)
+        return written
+
+
+@MODES
+@HOW
+@pytest.mark.parametrize("guarded", [False, True], ids=["unguarded", "approved"])
+async def test_a_call_cut_off_as_its_intent_lands_is_not_refused_as_one_that_may_have_run(
+    mode: str, how: str, guarded: bool, tmp_path: Path, open_backend: Callable[[], Any]
+) -> None:
+    # The call had not run: its intent is taken back, so a resume neither refuses it (`charge`
+    # is not idempotent) nor needs it settled by hand. The key gets back what it held: in a
+    # guarded run, the step's reply (reused, its guards asked again); else nothing (the step
+    # is asked of the model again, as one cut off before its call was journaled).
+    setup = Setup(mode, how, open_backend)
+    asked: list[Any] = []
+
+    def approve(session: Any, tool: str, arguments: Any) -> ar.ApprovalDecision:
+        asked.append(arguments)
+        return ar.ApprovalDecision("approve")
+
+    def runtime(backend: ar.SqliteBackend, timeout: int | None = None) -> ar.AgentRuntime:
+        return ar.AgentRuntime(
+            ar.AgentConfig(mode=mode, loop_timeout_ms=timeout),
+            tools=setup.tools.specs(),
+            checkpoint_backend=backend,
+            approval_handler=approve if guarded else None,
+        )
+
+    backend = IntentLandsThenHangs(tmp_path / "store.db")
+    try:
+        first = runtime(backend, TIMEOUT_MS if how == "timeout" else None)
+        session = first.create_session("a")
+        charge = ("charge", {"amount": 5})
+        task = asyncio.ensure_future(first.run_turn(session, "q", first_model(mode, charge)))
+        await cut_off(task, how, backend.reached)
+    finally:
+        backend.close()
+    assert setup.tools.calls["charge"] == 0
+    setup.tools.holding = False
+    if guarded:  # the reply of step 2 is reused: the model is asked for the answer alone
+        closing = closing_model(mode)
+    elif mode == "tools":
+        closing = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply([charge]), "done"])
+    else:
+        closing = Model(react_step(*charge), DONE_REACT)
+    resumed = await runtime(open_backend()).resume(session.session_id, closing)
+    assert kept(resumed) == [ADDED, ("charge", "charged", None), ANSWERED]
+    assert model_calls(closing) == (1 if guarded else 2)
+    assert setup.tools.calls == {"add": 1, "lookup": 0, "charge": 1, "send": 0, "price": 0}
+    # The charge is approved again on resume: the entry given back is the step's reply, as
+    # journaled before its guards decided (a run cut off while they decide is resumed so).
+    assert asked == ([{"a": 1, "b": 2}, {"amount": 5}, {"amount": 5}] if guarded else [])

@@ -1778,6 +1778,37 @@ class CheckpointStore:
         # Gone meanwhile (pruned): a call that may have run.
         return _journal_entry(raw, key) if raw is not None else {"state": "intent"}
 
+    async def withdraw_intent(
+        self,
+        session_id: str,
+        step: int,
+        index: int,
+        intent: dict[str, Any],
+        replacing: dict[str, Any] | None = None,
+    ) -> bool:
+        """Takes back the intent of tool call `index` of step `step`, for a call that never ran.
+
+        For a caller cut off (cancelled) while `journal` wrote `intent`: the write may have
+        landed, and a resume would take it for a call that may have run. The key gets back
+        what it held before, the step's reply entry `replacing` or nothing, only while it
+        holds `intent` itself (another worker's entry is left alone), in one guarded step.
+        Returns whether it did.
+
+        Raises:
+            PersistenceError: As `journal`.
+        """
+        key = f"{session_key(session_id)}:call:{step}:{index}"
+        record = _encode("call", intent)
+        await self._check_writable(session_id)
+        try:
+            if replacing is None:
+                return await self._delete_guarded(key, record, [key])
+            return await self._save_guarded(key, record, {key: _encode("call", replacing)})
+        except PersistenceError:
+            raise
+        except Exception as error:  # a backend's own error, typed for the caller
+            raise PersistenceError(f"journal entry not taken back: {error}", key=key) from error
+
     async def _event_items(self, session_id: str, events: Iterable[Any]) -> dict[str, bytes]:
         events = list(events)
         if not events:
