@@ -2821,8 +2821,9 @@ class AgentRuntime:
         Else a resume would refuse it as one that may have run (a tool neither idempotent
         nor taking the key), to be settled by hand. Done even as the run is cancelled (or
         times out), as a result's entry is (see `_through_cancellation`); a failure leaves
-        the intent, logged and counted as a failed checkpoint is: a resume then refuses the
-        call, as before.
+        the intent, logged and counted as a failed checkpoint is, and so does an intent
+        write that lands after it (one a backend still runs past its grace for a cancelled
+        call): a resume then refuses the call, as before.
         """
         checkpoints = self._checkpoints
         assert checkpoints is not None
