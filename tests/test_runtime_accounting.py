@@ -5,6 +5,8 @@ event stream sees, and components given in a form that cannot work refused at on
 from __future__ import annotations
 
 import asyncio
+import copy
+import pickle
 import time
 from typing import Any
 
@@ -562,6 +564,29 @@ async def test_a_scripted_provider_counts_answered_calls_and_refuses_one_str() -
     assert chatting.calls == 2
     with pytest.raises(ValueError, match="a list of replies"):
         ar.ScriptedProvider("Thought: t\nAction: FINAL_ANSWER 42")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("loop", [False, True])
+@pytest.mark.parametrize(
+    "twin", [copy.copy, copy.deepcopy, lambda p: pickle.loads(pickle.dumps(p))]
+)
+async def test_a_copied_or_pickled_scripted_provider_replays_the_rest_on_its_own(
+    loop: bool, twin: Any
+) -> None:
+    # A shallow copy shared the script's iterator: each took the other's next reply. And a
+    # looping one held an `itertools.cycle`, whose copying and pickling Python 3.12
+    # deprecates (a warning, an error under -W error) and 3.14 removes.
+    original = ar.ScriptedProvider(["a", "b", "c"], loop=loop)
+    assert await original.complete("q") == "a"
+    copied = twin(original)
+    assert copied.calls == 1 and repr(copied) == repr(original)
+    rest = ["b", "c", "a", "b"] if loop else ["b", "c"]
+    for provider in (copied, original):
+        assert [await provider.complete("q") for _ in rest] == rest
+        if not loop:
+            with pytest.raises(ar.ProviderError, match="ran out of replies"):
+                await provider.complete("q")
+        assert provider.calls == 1 + len(rest)
 
 
 @pytest.mark.parametrize("mode", ["react", "tools"])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -75,7 +75,9 @@ class ScriptedProvider:
         for n, reply in enumerate(self._replies, 1):
             if not isinstance(reply, (str, ChatResponse)):
                 raise ProviderError(_not_a_reply(f"scripted reply {n}", reply))
-        self._iter = itertools.cycle(self._replies) if loop else iter(self._replies)
+        self._loop = loop
+        # A list iterator (not `itertools.cycle`): it copies and pickles on every Python.
+        self._iter = iter(self._replies)
         self.calls = 0
         """Number of calls answered."""
 
@@ -85,8 +87,9 @@ class ScriptedProvider:
         if self._rule is not None:
             rule = getattr(self._rule, "__name__", None) or type(self._rule).__name__
             return f"ScriptedProvider(rule={short_repr(rule)}, calls={self.calls})"
-        loop = isinstance(self._iter, itertools.cycle)
-        return f"ScriptedProvider(replies={len(self._replies)}, loop={loop}, calls={self.calls})"
+        return (
+            f"ScriptedProvider(replies={len(self._replies)}, loop={self._loop}, calls={self.calls})"
+        )
 
     def _next(
         self,
@@ -107,9 +110,25 @@ class ScriptedProvider:
         else:
             reply = next(self._iter, None)  # None only at the end: replies are checked
             if reply is None:
-                raise ProviderError(_RAN_OUT)
+                reply = self._past_the_end()
         self.calls += 1
         return self._completed(reply, prompt, messages, tools)
+
+    def _past_the_end(self) -> ScriptedReply:
+        """The reply after the script's last: its first again when it loops, else raises."""
+        if self._loop:
+            self._iter = iter(self._replies)
+            reply = next(self._iter, None)
+            if reply is not None:
+                return reply
+        raise ProviderError(_RAN_OUT)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (or an unpickled one) replays the rest of the script on its own: the
+        # iterator is copied, not shared, so each answers every reply left.
+        state = self.__dict__.copy()
+        state["_iter"] = copy.copy(self._iter)
+        return state
 
     @staticmethod
     def _completed(
@@ -191,7 +210,7 @@ class ScriptedProvider:
         # A listed reply, taken here (one call less a step: this is the loop's model call).
         reply = next(self._iter, None)
         if reply is None:
-            raise ProviderError(_RAN_OUT)
+            reply = self._past_the_end()
         self.calls += 1
         if type(reply) is ChatResponse and reply.usage.input_tokens and reply.usage.output_tokens:
             return reply  # a scripted usage, as it is
