@@ -48,7 +48,8 @@ class ScriptedProvider:
         loop: Start the list again when it runs out, instead of raising.
 
     A reply that is neither a str nor a `ChatResponse` is a `ProviderError` naming its type:
-    at construction for `replies`, at the call for what `rule` returns.
+    at construction for `replies`, at the call for what `rule` returns. A copy (`copy.copy`,
+    `copy.deepcopy`) or a pickled one replays the rest of the script on its own.
 
     Raises:
         ValueError: When neither or both of `replies` and `rule` are given, or `replies` is
