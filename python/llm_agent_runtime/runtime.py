@@ -2362,14 +2362,13 @@ class AgentRuntime:
             self._unsaved_steps[session_id] = (first, records)
             if not isinstance(error, Exception):
                 raise  # cancelled: the run's own handler saves what it can
-            held = self._resume_leases.get(session_id)
-            if held is not None and held[1]:
-                raise  # the resume claim is lost: the run stops (`_unless_resume_lost`)
-            session.checkpoint_errors += 1
-            self.metrics.record_checkpoint_error()
+            if self._resume_claim_lost(session_id):
+                raise  # the run stops (`_unless_resume_lost`)
             from llm_agent_runtime.persistence.base import step_key
 
-            logger.warning("checkpoint %s failed: %r", step_key(session_id, first), error)
+            self._count_checkpoint_error(
+                session, "checkpoint %s failed: %r", step_key(session_id, first), error
+            )
             return
         for key in keys:
             self.events.emit(CheckpointSaved(session_id, key))
@@ -2499,6 +2498,18 @@ class AgentRuntime:
             raise lost[0] from None
         finally:
             del self._resume_leases[session_id]
+
+    def _resume_claim_lost(self, session_id: str) -> bool:
+        """Whether the resumed run of `session_id` lost its claim (see `_resume_lost`)."""
+        held = self._resume_leases.get(session_id)
+        return held is not None and bool(held[1])
+
+    def _count_checkpoint_error(self, session: AgentSession, message: str, *args: Any) -> None:
+        """Counts a failed checkpoint write the run goes on after, and logs `message % args`
+        (as its caller's line: the record says where the write failed)."""
+        session.checkpoint_errors += 1
+        self.metrics.record_checkpoint_error()
+        logger.warning(message, *args, stacklevel=2)
 
     def _resume_lost(self, session_id: str, error: PersistenceError) -> None:
         """Stops the resumed run of `session_id`: its resume claim is another worker's now.
@@ -2637,12 +2648,10 @@ class AgentRuntime:
                 await checkpoints.journal(session_id, step, 0, entry)
                 found = None
         except Exception as error:
-            lease = self._resume_leases.get(session_id)
-            if lease is not None and lease[1]:
-                raise  # the resume claim is lost: the run stops (`_unless_resume_lost`)
-            session.checkpoint_errors += 1
-            self.metrics.record_checkpoint_error()
-            logger.warning(
+            if self._resume_claim_lost(session_id):
+                raise  # the run stops (`_unless_resume_lost`)
+            self._count_checkpoint_error(
+                session,
                 "journal entry of the model reply of step %d of session %s failed: %r",
                 step,
                 session_id,
@@ -2794,12 +2803,10 @@ class AgentRuntime:
                 # Not raised: the call ran, and its siblings run on. Its result stays with the
                 # round, whose step checkpoint makes it durable; until then its intent stands
                 # (a resume repeats the call only if that is safe), as when a step's save fails.
-                held = self._resume_leases.get(session_id)
-                if held is not None and held[1]:
-                    raise  # the resume claim is lost: the run stops (`_unless_resume_lost`)
-                session.checkpoint_errors += 1
-                self.metrics.record_checkpoint_error()
-                logger.warning(
+                if self._resume_claim_lost(session_id):
+                    raise  # the run stops (`_unless_resume_lost`)
+                self._count_checkpoint_error(
+                    session,
                     "journal entry of tool call %d of step %d of session %s failed: %r",
                     index,
                     step,
@@ -2833,9 +2840,8 @@ class AgentRuntime:
         try:
             await _through_cancellation(withdraw, self._config.loop_timeout_ms)
         except Exception as error:
-            session.checkpoint_errors += 1
-            self.metrics.record_checkpoint_error()
-            logger.warning(
+            self._count_checkpoint_error(
+                session,
                 "intent of tool call %d of step %d of session %s not taken back: %r",
                 index,
                 step,
