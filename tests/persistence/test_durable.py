@@ -373,10 +373,14 @@ async def test_parallel_calls_are_journaled_one_by_one() -> None:
     assert resumed.final_answer == "all fetched"
 
 
-async def test_a_failed_result_entry_of_a_parallel_call_neither_ends_the_run_nor_its_round() -> (
-    None
-):
-    """Counted as a failed step checkpoint is: the round's step checkpoint holds the result."""
+async def test_a_failed_result_entry_of_a_parallel_call_neither_ends_the_run_nor_its_round(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Counted as a failed step checkpoint is: the round's step checkpoint holds the result.
+
+    And logged once, as a warning whose record points at the write that failed (not at the
+    helper that counts and logs it).
+    """
     failed = asyncio.Event()
 
     class ResultWriteFails(ar.InMemoryBackend):
@@ -417,6 +421,11 @@ async def test_a_failed_result_entry_of_a_parallel_call_neither_ends_the_run_nor
     assert [s.observation for s in session.steps] == ["fast ok", "slow ok", ""]
     assert session.checkpoint_errors == 1 and runtime.metrics.snapshot().checkpoint_errors == 1
     assert await ar.AgentSession.load_checkpoint(backend, session.session_id) == session
+    (warning,) = [r for r in caplog.records if r.name == "llm_agent_runtime"]
+    assert warning.levelname == "WARNING"
+    assert warning.getMessage().startswith("journal entry of tool call 0 of step 1 of session")
+    assert "connection reset" in warning.getMessage()
+    assert warning.pathname.endswith("runtime.py") and warning.funcName != "_count_checkpoint_error"
 
 
 async def test_native_mode_resume_rebuilds_the_chat() -> None:
