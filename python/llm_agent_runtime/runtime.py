@@ -2505,8 +2505,11 @@ class AgentRuntime:
         return held is not None and bool(held[1])
 
     def _count_checkpoint_error(self, session: AgentSession, message: str, *args: Any) -> None:
-        """Counts a failed checkpoint write the run goes on after, and logs `message % args`
-        (as its caller's line: the record says where the write failed)."""
+        """Counts a failed checkpoint write the run goes on after, and logs it.
+
+        The warning is `message % args`, logged as its caller's line: the record says where
+        the write failed.
+        """
         session.checkpoint_errors += 1
         self.metrics.record_checkpoint_error()
         logger.warning(message, *args, stacklevel=2)
