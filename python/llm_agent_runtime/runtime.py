@@ -2662,13 +2662,13 @@ class AgentRuntime:
             )
             return held
         if found is not None:
-            from llm_agent_runtime.persistence.base import session_key
+            from llm_agent_runtime.persistence.base import call_key
 
             raise PersistenceError(
                 f"step {step} of session {session_id!r} was journaled by another worker "
                 f"meanwhile (a call's {found.get('state', 'intent')!r} entry): it runs the "
                 "step, this run stops",
-                key=f"{session_key(session_id)}:call:{step}:0",
+                key=call_key(session_id, step, 0),
             )
         return entry
 
@@ -2762,12 +2762,12 @@ class AgentRuntime:
                     if found.get("state") == "done":
                         return _journaled_run(found, name, arguments)
                     elif found.get("state") in _REPLY_STATES:  # kept changing: not this run's
-                        from llm_agent_runtime.persistence.base import session_key
+                        from llm_agent_runtime.persistence.base import call_key
 
                         raise PersistenceError(
                             f"tool call {index} of step {step} of session {session_id!r}: "
                             "its journal entry keeps changing (another worker runs the step)",
-                            key=f"{session_key(session_id)}:call:{step}:{index}",
+                            key=call_key(session_id, step, index),
                         )
                     else:
                         ran = found.get("tool", name)

@@ -10,6 +10,7 @@ from llm_agent_runtime.errors import PersistenceError
 
 __all__ = [
     "PersistenceBackend",
+    "call_key",
     "encode_key",
     "escape_session_id",
     "session_key",
@@ -55,6 +56,14 @@ def session_key(session_id: str) -> str:
 def step_key(session_id: str, step: int) -> str:
     """Key of a session's per-step checkpoint: `session:<id>:step:<n>` (the id escaped)."""
     return f"{session_key(session_id)}:step:{step}"
+
+
+def call_key(session_id: str, step: int, index: int) -> str:
+    """Key of a session's journal entry of tool call `index` of step `step`.
+
+    `session:<id>:call:<n>:<i>` (the id escaped).
+    """
+    return f"{session_key(session_id)}:call:{step}:{index}"
 
 
 def split_session_key(key: str) -> tuple[str, str] | None:

@@ -80,6 +80,7 @@ from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.persistence._waiting import retrieve_outcome, wait_through_cancellation
 from llm_agent_runtime.persistence.base import (
     PersistenceBackend,
+    call_key,
     session_key,
     split_session_key,
     step_key,
@@ -1744,7 +1745,7 @@ class CheckpointStore:
             PersistenceError: The write (or the read of the entry found) failed, a backend's
                 own error included, or this worker's resume claim is lost.
         """
-        key = f"{session_key(session_id)}:call:{step}:{index}"
+        key = call_key(session_id, step, index)
         record = _encode("call", entry)
         await self._check_writable(session_id)
         try:
@@ -1797,7 +1798,7 @@ class CheckpointStore:
         Raises:
             PersistenceError: As `journal`.
         """
-        key = f"{session_key(session_id)}:call:{step}:{index}"
+        key = call_key(session_id, step, index)
         record = _encode("call", intent)
         await self._check_writable(session_id)
         try:
