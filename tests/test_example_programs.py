@@ -27,7 +27,7 @@ def run(name: str, *args: str, **env: str) -> str:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"durable_resume.py", "fast_parts.py", "tool_agent.py"}
+    tested = {"durable_resume.py", "fast_parts.py", "guarded_support.py", "tool_agent.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -92,3 +92,51 @@ def test_tool_agent_runs_on_the_real_model_the_environment_names(settings: str) 
         "answer: Oslo, at 4 °C, is the only one I know.",
         "tool calls: 2",
     ]
+
+
+def test_guarded_support_masks_approves_edits_and_denies() -> None:
+    out = run("guarded_support.py").splitlines()
+    assert out == [
+        "turn 1: Hi, I'm ann@example.com. Where is my order 1001?",
+        "  lookup_order({'order_id': '1001'}) -> headphones, paid 8000 cents, delivered [ok]",
+        "  answer: Order 1001 (headphones) was delivered.",
+        "turn 2: The headphones are broken, please refund order 1001 in full.",
+        "  lookup_order({'order_id': '1001'}) -> headphones, paid 8000 cents, delivered [ok]",
+        # The model asked for 8000: the handler's edit capped it.
+        "  refund({'order_id': '1001', 'amount_cents': 5000}) -> refunded 5000 cents on order"
+        " 1001 [ok]",
+        "  answer: Done: refunded 5000 cents on order 1001.",
+        "turn 3: Then cancel my order 1001 altogether.",
+        "  cancel_order({'order_id': '1001'}) -> error: tool call 'cancel_order' denied:"
+        " cancellations are done by a person [permanent]",
+        "  answer: I cannot cancel it myself; a colleague will get back to you.",
+        "the model saw: Hi, I'm <email>. Where is my order 1001?",
+        # The lookup's approval is remembered: asked in turn 1 only.
+        "approval asked for: lookup_order, refund, cancel_order",
+        "history: 6 messages over 3 turns",
+        out[-1],
+    ]
+    spent = int(out[-1].removeprefix("tokens spent: ").removesuffix(" of 20000"))
+    assert 0 < spent < 20000
+
+
+def test_guarded_support_sends_no_email_address_to_a_real_model() -> None:
+    with FakeLlmServer() as server:
+        server.script(
+            Turn(tool_calls=[("c1", "lookup_order", {"order_id": "1001"})]),
+            Turn("Delivered."),
+            Turn(tool_calls=[("c2", "refund", {"order_id": "1001", "amount_cents": 9000})]),
+            Turn("Refunded."),
+            Turn("Ask a colleague."),
+        )
+        env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": server.url + "/v1"}
+        out = run("guarded_support.py", **env).splitlines()
+        bodies = [request.body.decode() for request in server.requests]
+    assert len(bodies) == 5
+    assert all("ann@example.com" not in body for body in bodies)
+    assert all("Hi, I'm <email>. Where is my order 1001?" in body for body in bodies)
+    # The history goes along: the last request holds the first turn's answer.
+    assert "Delivered." in bodies[-1] and "Refunded." in bodies[-1]
+    capped = "  refund({'order_id': '1001', 'amount_cents': 5000}) -> refunded 5000 cents on order"
+    assert capped + " 1001 [ok]" in out
+    assert "approval asked for: lookup_order, refund" in out
