@@ -817,17 +817,21 @@ async def cut_short_takeover(backend: ar.PersistenceBackend, **taker: Any) -> st
 
 @pytest.mark.parametrize(
     "taker",
-    ["ended here", "older than the grace", "of an older version"],
+    ["ended here", "older than the grace", "of an older version", "its lease passed"],
 )
 async def test_a_takeover_cut_short_is_taken_over_in_its_turn(
     backend: ar.PersistenceBackend, taker: str
 ) -> None:
     # Its key stayed, and refused every later takeover: the session could be resumed no
-    # more, lease or not, until an operator called release_resume.
+    # more, lease or not, until an operator called release_resume. A leased taker's key
+    # refused them for a minute whatever its lease (a worker dead mid-takeover blocked the
+    # session longer than the lease).
+    now = time.time()
     fields: dict[str, Any] = {
-        "ended here": {"at": time.time(), "host": socket.gethostname(), "pid": ended_pid()},
-        "older than the grace": {"at": time.time() - 120, "host": "another-host", "pid": 1},
+        "ended here": {"at": now, "host": socket.gethostname(), "pid": ended_pid()},
+        "older than the grace": {"at": now - 120, "host": "another-host", "pid": 1},
         "of an older version": {},
+        "its lease passed": {"at": now - 1, "host": "another-host", "pid": 1, "expires_at": now},
     }[taker]
     await interrupted(backend)
     await cut_short_takeover(backend, **fields)
@@ -857,6 +861,77 @@ async def test_a_takeover_under_way_is_not_taken_over(
     finally:
         running.kill()
         running.wait()
+
+
+async def test_a_takeover_under_its_lease_is_not_taken_over(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Another host's, its lease not passed: it may be between its two writes right now.
+    await interrupted(backend)
+    now = time.time()
+    holder = {"at": now, "host": "another-host", "pid": 1, "expires_at": now + 60}
+    takeover = await cut_short_takeover(backend, **holder)
+    effects = Effects()
+    with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
+        await worker(backend, effects).resume("x", script(CHARGE, FINAL))
+    assert effects.calls == []
+    assert await backend.load(takeover) is not None
+
+
+class DiesTakingOver(Delegating):
+    """The backend of a worker whose process ends between a takeover's two writes: its
+    takeover key lands, then nothing it sends does (reads too fail)."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.dead = False
+
+    def _gone(self) -> None:
+        if self.dead:
+            raise ConnectionError("the process is gone")
+
+    async def load(self, key: str) -> bytes | None:
+        self._gone()
+        return await self.inner.load(key)
+
+    async def save(self, key: str, value: bytes) -> None:
+        self._gone()
+        await self.inner.save(key, value)
+
+    async def delete(self, key: str) -> bool:
+        self._gone()
+        return await self.inner.delete(key)
+
+    async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
+        self.dead = True  # the takeover's second write: the process ends as it sends it
+        self._gone()
+        return False
+
+    async def batch_delete_if(self, guard_key: str, guard_value: bytes, keys: Any) -> bool:
+        self._gone()
+        return await self.inner.batch_delete_if(guard_key, guard_value, keys)  # type: ignore[attr-defined,no-any-return]
+
+
+async def test_a_worker_dead_mid_takeover_blocks_the_session_no_longer_than_its_lease(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await interrupted(backend)
+    await resume_left(backend, host="another-host", pid=1, expires_at=time.time() - 1)
+    lease = 0.5  # the next worker is refused within it, even on a slow machine
+    dying = worker(DiesTakingOver(backend), Effects(), lease)  # type: ignore[arg-type]
+    with pytest.raises(ar.PersistenceError, match="the process is gone"):
+        await dying.resume("x", script(CHARGE, FINAL))
+    [takeover] = [k for k in await backend.list_keys("session:x:resume:") if k.count(":") == 4]
+    record = decode(await backend.load(takeover) or b"", takeover)
+    assert record["expires_at"] == pytest.approx(record["at"] + lease)
+    effects = Effects()
+    with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
+        await worker(backend, effects).resume("x", script(CHARGE, FINAL))
+    await asyncio.sleep(record["expires_at"] - time.time() + 0.05)  # no minute's wait
+    done = await worker(backend, effects).resume("x", script(CHARGE, FINAL))
+    assert [s.action for s in done.steps] == ["add", "charge", "FINAL_ANSWER"]
+    assert effects.calls == [("charge", 100)]
+    assert await backend.list_keys("session:x:resume") == []
 
 
 async def test_a_claim_of_a_zombie_process_of_this_host_is_taken_over(
