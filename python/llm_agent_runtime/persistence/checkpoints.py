@@ -1109,10 +1109,10 @@ class CheckpointStore:
         `forget`: no renewal is written after them). A claim whose `expires_at` passed is
         taken over as above by a worker of any host, whatever its own lease (the holder
         stopped renewing: its process ended, or stalled longer than the lease). A taker's
-        key expires a lease after it was written too: one left by a taker that ended between
-        its two writes is taken over in its turn once that passed (a key without a lease,
-        once its process is known to have ended here, or a minute after it was written),
-        so a worker that died mid-takeover blocks the session no longer either. Before each
+        key holds its lease too: one left by a taker that ended between its two writes is
+        taken over in its turn once that lease passed, its process is known to have ended
+        here, or a minute after it was written, whichever comes first, so a worker that
+        died mid-takeover blocks the session no longer than its lease either. Before each
         renewal the holder checks that its claim still holds its nonce and that no takeover
         key names it; else it has lost the claim: it stops renewing, gives the claim up
         (deleting nothing but its own takeover key) and calls `lost` with a
@@ -1397,9 +1397,9 @@ class CheckpointStore:
         if not await self._claimed(self._save_if_absent(takeover, record), {takeover: record}):
             # Another worker's takeover: under way, done (the claim is its own now, so it
             # holds something else than `raw`), or cut short between its two writes (its
-            # process ended, its lease passed, or, without one, it is older than
-            # `_GRACE_SECONDS`). That one's key would refuse every later takeover: it is
-            # deleted, and the claim taken over here.
+            # process ended, its lease passed, or it is older than `_GRACE_SECONDS`).
+            # That one's key would refuse every later takeover: it is deleted, and the
+            # claim taken over here.
             held = await self.backend.load(takeover)
             if held is None or await self.backend.load(resume_key) != raw:
                 return False
