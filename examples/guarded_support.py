@@ -60,7 +60,9 @@ def approve(session: ar.AgentSession, tool: str, arguments: Any) -> ar.ApprovalD
     ASKED.append(tool)
     if tool == "lookup_order":
         return ar.ApprovalDecision("approve", remember=True)
-    if tool == "refund" and arguments["amount_cents"] > REFUND_LIMIT_CENTS:
+    # A real model's arguments are not checked yet: the tool's validation comes after.
+    amount = arguments.get("amount_cents") if isinstance(arguments, dict) else None
+    if tool == "refund" and isinstance(amount, int) and amount > REFUND_LIMIT_CENTS:
         capped = {**arguments, "amount_cents": REFUND_LIMIT_CENTS}
         return ar.ApprovalDecision("edit", arguments=capped)
     if tool == "cancel_order":
