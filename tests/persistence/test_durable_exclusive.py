@@ -346,6 +346,14 @@ class DiesAfter(Delegating):
         self._write()
         await self.inner.delete(key)
 
+    async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
+        self._write()
+        return bool(await self.inner.batch_save_if(guard_key, guard_value, items))  # type: ignore[attr-defined]
+
+    async def batch_delete_if(self, guard_key: str, guard_value: bytes, keys: Any) -> bool:
+        self._write()
+        return bool(await self.inner.batch_delete_if(guard_key, guard_value, keys))  # type: ignore[attr-defined]
+
 
 @pytest.mark.parametrize("writes", [1, 2])
 async def test_a_fork_cut_before_its_copy_is_refused_then_forked_again(

@@ -24,7 +24,7 @@ from llm_agent_runtime.persistence.postgres import _guard
 from .test_backends import backend_fixture
 from .test_durable import FINAL, Effects, add_step, fails_after, script
 from .test_durable_concurrency import Delegating, under_way
-from .test_durable_exclusive import CHARGE, ended_pid, interrupted, resume_left
+from .test_durable_exclusive import CHARGE, DiesAfter, ended_pid, interrupted, resume_left
 
 LEASE = 0.2
 SLOW = 'Thought: wait\nAction: slow {"n": 1}'
@@ -878,48 +878,16 @@ async def test_a_takeover_under_its_lease_is_not_taken_over(
     assert await backend.load(takeover) is not None
 
 
-class DiesTakingOver(Delegating):
-    """The backend of a worker whose process ends between a takeover's two writes: its
-    takeover key lands, then nothing it sends does (reads too fail)."""
-
-    def __init__(self, inner: ar.PersistenceBackend) -> None:
-        super().__init__(inner)
-        self.dead = False
-
-    def _gone(self) -> None:
-        if self.dead:
-            raise ConnectionError("the process is gone")
-
-    async def load(self, key: str) -> bytes | None:
-        self._gone()
-        return await self.inner.load(key)
-
-    async def save(self, key: str, value: bytes) -> None:
-        self._gone()
-        await self.inner.save(key, value)
-
-    async def delete(self, key: str) -> bool:
-        self._gone()
-        return await self.inner.delete(key)
-
-    async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
-        self.dead = True  # the takeover's second write: the process ends as it sends it
-        self._gone()
-        return False
-
-    async def batch_delete_if(self, guard_key: str, guard_value: bytes, keys: Any) -> bool:
-        self._gone()
-        return await self.inner.batch_delete_if(guard_key, guard_value, keys)  # type: ignore[attr-defined,no-any-return]
-
-
 async def test_a_worker_dead_mid_takeover_blocks_the_session_no_longer_than_its_lease(
     backend: ar.PersistenceBackend,
 ) -> None:
     await interrupted(backend)
     await resume_left(backend, host="another-host", pid=1, expires_at=time.time() - 1)
     lease = 0.5  # the next worker is refused within it, even on a slow machine
-    dying = worker(DiesTakingOver(backend), Effects(), lease)  # type: ignore[arg-type]
-    with pytest.raises(ar.PersistenceError, match="the process is gone"):
+    # Its process dies after its takeover key (its claim's write refused: the old one's
+    # there), as it writes the claim over the old one.
+    dying = worker(DiesAfter(backend, writes=2), Effects(), lease)  # type: ignore[arg-type]
+    with pytest.raises(ar.PersistenceError, match="the process died"):
         await dying.resume("x", script(CHARGE, FINAL))
     [takeover] = [k for k in await backend.list_keys("session:x:resume:") if k.count(":") == 4]
     record = decode(await backend.load(takeover) or b"", takeover)
