@@ -36,7 +36,11 @@ CHILD_SECONDS = 60  # a child that takes longer has hung
 # Runs in a child interpreter: builds and saves (modes "write", and "save" with the address
 # space limited), or loads (modes "load", "load_tight", limited) an index of ROWS x DIM
 # float32 (128 MiB), and prints what it did as JSON. A limit is what the process uses when
-# it is set plus some room.
+# it is set plus some room, and binds the save or load only: it is lifted before the index
+# is searched, whose rayon threads may each map a 32 MiB mimalloc segment on first use (64
+# MiB while it is aligned), which would make the test depend on thread scheduling. The room
+# is three quarters of the index: a save or load that needs a second copy (128 MiB) fails,
+# one that streams has room for the main thread's next segment.
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, os, resource, sys
@@ -45,12 +49,16 @@ MEMORY_SCRIPT = textwrap.dedent(
 
     ROWS, DIM = 131072, 256
     mode, path = sys.argv[1], sys.argv[2]
+    HARD_LIMIT = resource.getrlimit(resource.RLIMIT_AS)[1]
 
     def limit_room(room):
         with open("/proc/self/status") as status:
             line = next(line for line in status if line.startswith("VmSize"))
         limit = int(line.split()[1]) * 1024 + room
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_AS, (limit, HARD_LIMIT))
+
+    def lift_limit():
+        resource.setrlimit(resource.RLIMIT_AS, (HARD_LIMIT, HARD_LIMIT))
 
     def summary(index):
         query = np.ones(DIM, np.float32)
@@ -66,14 +74,17 @@ MEMORY_SCRIPT = textwrap.dedent(
             index.add(np.arange(ROWS), data - 0.5)
             del data
             if mode == "save":
-                limit_room(index.nbytes // 2)  # half a second copy
+                limit_room(index.nbytes * 3 // 4)  # three quarters of a second copy
             index.save(path)
+            lift_limit()
             print(json.dumps({"saved": summary(index)}))
         else:
             size = os.path.getsize(path)
-            # Once and a half the index, or half of it.
-            limit_room(size + size // 2 if mode == "load" else size // 2)
-            print(json.dumps({"loaded": summary(ar.VectorIndex.load(path))}))
+            # The index and three quarters of a second copy, or half of the index.
+            limit_room(size + size * 3 // 4 if mode == "load" else size // 2)
+            loaded = ar.VectorIndex.load(path)
+            lift_limit()
+            print(json.dumps({"loaded": summary(loaded)}))
     except ar.AgentRuntimeError as e:
         print(json.dumps({"error": type(e).__name__, "message": str(e)}))
     """
