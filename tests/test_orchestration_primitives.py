@@ -247,6 +247,20 @@ async def test_a_task_started_in_a_block_releases_its_own_slot_not_the_blocks() 
         assert guard.depth == 2
 
 
+async def test_blocks_of_two_guards_left_out_of_order_each_give_back_their_own_slot() -> None:
+    # A block is usually the innermost one as it ends; one that is not (left by hand, out of
+    # order) is found below the innermost, and each block still keeps its own bookkeeping.
+    first, second = ar.BackpressureGuard(2), ar.BackpressureGuard(2)
+    await first.__aenter__()
+    await second.__aenter__()
+    second.release()  # the second block's own slot, given back early
+    await first.__aexit__(None, None, None)  # not the innermost block
+    assert (first.depth, second.depth) == (0, 0)
+    await second.__aexit__(None, None, None)  # gave its slot back already: none again
+    assert (first.depth, second.depth) == (0, 0)
+    assert second.try_acquire() and second.try_acquire() and not second.try_acquire()
+
+
 def test_guard_refuses_metrics_that_cannot_count_a_shed() -> None:
     class PromCounter:
         def inc(self) -> None: ...

@@ -55,7 +55,7 @@ from llm_agent_runtime.events import (
     settle_callbacks,
 )
 from llm_agent_runtime.memory import CHARS_PER_TOKEN, fit_to_token_budget
-from llm_agent_runtime.orchestration._calls import is_async_callable
+from llm_agent_runtime.orchestration._calls import current_task, is_async_callable
 from llm_agent_runtime.orchestration._checks import (
     check_count,
     check_real,
@@ -88,7 +88,6 @@ from llm_agent_runtime.tools import (
     Observation,
     ToolRegistry,
     ToolSpec,
-    _current_task,
     _describe,
     _truncate,
     run_blocking,
@@ -1333,7 +1332,7 @@ class AgentRuntime:
         perf = time.perf_counter
         metrics = self.metrics
         checkpoints = self._checkpoints
-        task = _current_task()  # the run's calls run in it: looked up once, not per call
+        task = current_task()  # the run's calls run in it: looked up once, not per call
         # A resumed run counts the steps it already took, and their re-prompts (each took an
         # iteration); a session's new turn starts afresh.
         done = 0
@@ -1607,7 +1606,7 @@ class AgentRuntime:
         perf = time.perf_counter
         metrics = self.metrics
         checkpoints = self._checkpoints
-        task = _current_task()  # a round's single call runs in it: looked up once, not per call
+        task = current_task()  # a round's single call runs in it: looked up once, not per call
         # A round's overhead runs from where the round before ended (its checkpoint write in).
         since = perf()
         rounds_left = config.max_iterations - rounds_done

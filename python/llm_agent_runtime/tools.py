@@ -71,7 +71,13 @@ from llm_agent_runtime.errors import (
     is_retryable_status,
     policy_error_in,
 )
-from llm_agent_runtime.orchestration._calls import is_async_callable, surely_not_awaitable
+from llm_agent_runtime.orchestration._calls import (
+    current_task,
+    is_async_callable,
+    running_loop,
+    surely_not_awaitable,
+    task_of,
+)
 from llm_agent_runtime.orchestration._checks import names_repr, safe_repr
 
 if TYPE_CHECKING:  # a breaker is the user's; the tool only calls it
@@ -820,7 +826,7 @@ async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
     then, and the cancelled run went on), and a `SystemExit` is raised as it is. From Python
     3.13, a tool that catches its caller's cancellation and returns still ends cancelled.
     """
-    task = _current_task()
+    task = current_task()
     cancels = 0 if task is None else task.cancelling()
     scope = asyncio.timeout(timeout)
     try:
@@ -2477,8 +2483,8 @@ class ToolRegistry:
         # A tool that catches the cancellation of its call and returns (or fails otherwise)
         # must not end it: the count of cancellations asked of this task says it was asked.
         if task is False:
-            loop = _running_loop()  # `_current_task()`, inlined: this is the per-step path
-            task = None if loop is None else _task_of(loop)
+            loop = running_loop()  # `current_task()`, inlined: this is the per-step path
+            task = None if loop is None else task_of(loop)
         cancels = 0 if task is None else task.cancelling()
         try:
             if direct is not None:  # an async `@tool` function: the common case, called as is
@@ -2533,19 +2539,6 @@ class ToolRegistry:
             text = _truncate(text, max_chars)
         # Built in Rust, skipping the named tuple's Python-level __new__: the path is hot.
         return tuple_of(Observation, (text, None))
-
-
-_running_loop = asyncio._get_running_loop
-if sys.version_info >= (3, 12):
-    _task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = asyncio.current_task
-else:  # a Python function there (~0.4 us): the dict it reads, at once
-    _task_of = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
-
-
-def _current_task() -> asyncio.Task[Any] | None:
-    """The running task, or None outside one (a call driven by another event loop, say)."""
-    loop = _running_loop()
-    return None if loop is None else _task_of(loop)
 
 
 _CANCEL_COUNTS_EXACT = sys.version_info >= (3, 13)

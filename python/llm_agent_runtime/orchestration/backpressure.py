@@ -7,9 +7,10 @@ import logging
 import threading
 from contextvars import ContextVar
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llm_agent_runtime.errors import BackpressureShedError
+from llm_agent_runtime.orchestration._calls import current_task
 from llm_agent_runtime.orchestration._checks import check_count, safe_repr
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ class _Block:
 
     __slots__ = ("bare", "guard", "holds", "task")
 
-    def __init__(self, guard: BackpressureGuard, task: asyncio.Task[object] | None) -> None:
+    def __init__(self, guard: BackpressureGuard, task: asyncio.Task[Any] | None) -> None:
         self.guard = guard
         self.task = task
         self.holds = True
@@ -39,13 +40,6 @@ _BLOCKS: ContextVar[tuple[_Block, ...]] = ContextVar(
 )
 """The `async with guard:` blocks open in this context, innermost last. A task started in a
 block sees them too (it copies the context): only a block's own task counts in it."""
-
-
-def _current_task() -> asyncio.Task[object] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no event loop runs here
-        return None
 
 
 class BackpressureGuard:
@@ -149,7 +143,7 @@ class BackpressureGuard:
         blocks = _BLOCKS.get()
         if not blocks:
             return None
-        task = _current_task()
+        task = current_task()
         for block in reversed(blocks):
             if block.guard is self and block.task is task:
                 return block
@@ -161,7 +155,7 @@ class BackpressureGuard:
         One that gave back its own slot, and every slot taken with `acquire()` in it, is
         passed over for the block around it.
         """
-        task = _current_task()
+        task = current_task()
         for block in reversed(_BLOCKS.get()):
             if block.guard is self and block.task is task and (block.bare or block.holds):
                 return block
@@ -251,7 +245,7 @@ class BackpressureGuard:
 
     async def __aenter__(self) -> BackpressureGuard:
         self._take()
-        _BLOCKS.set((*_BLOCKS.get(), _Block(self, _current_task())))
+        _BLOCKS.set((*_BLOCKS.get(), _Block(self, current_task())))
         return self
 
     async def __aexit__(
@@ -261,10 +255,16 @@ class BackpressureGuard:
         tb: TracebackType | None,
     ) -> None:
         blocks = _BLOCKS.get()
-        for index in range(len(blocks) - 1, -1, -1):  # the innermost block of this guard
+        if blocks and blocks[-1].guard is self:  # the usual case: it is the innermost block
+            _BLOCKS.set(blocks[:-1])
+            if blocks[-1].holds:  # not given back inside the block already
+                with self._lock:
+                    self._depth -= 1
+            return
+        for index in range(len(blocks) - 2, -1, -1):  # the innermost block of this guard
             if blocks[index].guard is self:
                 _BLOCKS.set(blocks[:index] + blocks[index + 1 :])
-                if blocks[index].holds:  # not given back inside the block already
+                if blocks[index].holds:
                     with self._lock:
                         self._depth -= 1
                 return
