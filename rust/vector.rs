@@ -172,9 +172,13 @@ impl TopK {
     }
 
     /// Best first (ties: lower row first).
+    ///
+    /// Sorted in place: a heap's rows are distinct, so the order is total and an unstable
+    /// sort gives the stable one's, without its scratch room (half the hits, allocated
+    /// infallibly: a huge `k` aborted the process there).
     fn into_sorted(self) -> Vec<Hit> {
         let mut hits = self.heap.into_vec();
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
+        hits.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
         hits
     }
 
@@ -721,10 +725,15 @@ impl Index {
         let width = k.min(self.len());
         TopK::check_fits(1, width)?;
         let hits = self.top_k(&q, width)?.into_results();
-        Ok((
-            hits.iter().map(|h| self.ids[h.row]).collect(),
-            hits.iter().map(|h| h.score).collect(),
-        ))
+        // Allocated fallibly, as `search_batch`'s: with a huge `k` they are as long as the
+        // index, and may not fit beside the hits.
+        let mut ids = Vec::new();
+        let mut scores = Vec::new();
+        try_reserve(&mut ids, hits.len(), "the result ids")?;
+        try_reserve(&mut scores, hits.len(), "the result scores")?;
+        ids.extend(hits.iter().map(|h| self.ids[h.row]));
+        scores.extend(hits.iter().map(|h| h.score));
+        Ok((ids, scores))
     }
 
     /// The top `k` rows for the normalized query `q`, in the index's storage form; `k` is at
