@@ -99,6 +99,9 @@ struct TopK {
 }
 
 impl TopK {
+    /// A top-`k` with room for `k` hits, allocated infallibly: for tests only (a search
+    /// makes its heaps with [`TopK::for_rows`]).
+    #[cfg(test)]
     fn new(k: usize) -> Self {
         Self {
             k,
@@ -776,7 +779,9 @@ impl Index {
                         );
                     })?
                 };
-                let mut top = TopK::new(k);
+                // Fallibly, as every heap of a search: with a huge `k` the shortlist holds
+                // every row, and this heap as many beside it.
+                let mut top = TopK::for_rows(k, shortlist.heap.len())?;
                 for hit in shortlist.into_sorted() {
                     let r = hit.row;
                     let score = match &self.originals {

@@ -316,19 +316,21 @@ def test_an_add_refused_for_memory_leaves_the_copies_file_in_step(tmp_path: Path
 # space limited to what the process uses plus ROOM MiB, one search (mode "search") or a batch
 # of QUERIES (mode "batch") with k beyond 64 bits; prints what it got as JSON. With a sixth
 # argument of 1, the process runs on one CPU (so on one search thread, as in a container
-# given one CPU). A small search before the limit starts the search threads, whose first
-# allocations would otherwise map their allocator's segments under it.
+# given one CPU); a seventh names the index's dtype (float32 by default). A small search
+# before the limit starts the search threads, whose first allocations would otherwise map
+# their allocator's segments under it.
 HUGE_K_SCRIPT = textwrap.dedent(
     """
     import json, os, resource, sys
 
-    mode, rows, dim, queries, room, *one_cpu = sys.argv[1], *map(int, sys.argv[2:])
-    if one_cpu == [1]:
+    mode, rows, dim, queries, room, *rest = sys.argv[1], *sys.argv[2:]
+    rows, dim, queries, room = map(int, (rows, dim, queries, room))
+    if rest[:1] == ["1"]:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     import numpy as np
     import llm_agent_runtime as ar
 
-    index = ar.VectorIndex(dim)
+    index = ar.VectorIndex(dim, dtype=rest[1] if len(rest) > 1 else "float32")
     rng = np.random.default_rng(0)
     index.add(np.arange(rows), rng.standard_normal((rows, dim)).astype(np.float32))
     qs = rng.standard_normal((queries, dim)).astype(np.float32)
@@ -389,13 +391,26 @@ def test_huge_k_without_the_memory_is_a_memory_error_not_an_abort(
         assert got["sorted"], got
 
 
-@pytest.mark.parametrize(("room_mib", "fits"), [(80, False), (100, False), (200, True)])
-def test_huge_k_on_one_cpu_is_a_memory_error_not_an_abort(room_mib: int, fits: bool) -> None:
-    # On one thread a search scans into one heap of all 4M hits (64 MB), with no merge to
-    # fail first: the ranking's stable sort then took 32 MB of scratch room, and the ids (32
-    # MB) and scores (16 MB) it returns were allocated infallibly, so the process aborted
-    # where the heap fitted but they did not.
-    got = run_child(HUGE_K_SCRIPT, "search", "4000000", "1", "1", str(room_mib), "1")
+@pytest.mark.parametrize(
+    ("dtype", "room_mib", "fits"),
+    [
+        # On one thread a search scans into one heap of all 4M hits (64 MB), with no merge to
+        # fail first: the ranking's stable sort then took 32 MB of scratch room, and the ids
+        # (32 MB) and scores (16 MB) it returns were allocated infallibly, so the process
+        # aborted where the heap fitted but they did not.
+        ("float32", 80, False),
+        ("float32", 100, False),
+        ("float32", 200, True),
+        # int8 re-scores a shortlist of all rows (64 MB) into a second heap of k hits, which
+        # was allocated infallibly beside it.
+        ("int8", 90, False),
+        ("int8", 300, True),
+    ],
+)
+def test_huge_k_on_one_cpu_is_a_memory_error_not_an_abort(
+    dtype: str, room_mib: int, fits: bool
+) -> None:
+    got = run_child(HUGE_K_SCRIPT, "search", "4000000", "1", "1", str(room_mib), "1", dtype)
     if fits:
         assert got == {"shape": [4_000_000], "sorted": True}
     else:
