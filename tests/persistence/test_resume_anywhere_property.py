@@ -464,8 +464,7 @@ async def attempt(world: World, run: Any, cut_at: int | None) -> Any:
     """Runs `run` as a task cut at its `cut_at`-th point; returns its session or error."""
     world.points, world.cut_at, world.kinds = 0, cut_at, []
     world.final_written = False
-    served = world.scenario.backend in SERVERS
-    if served and isinstance(world.backend, ar.PostgresBackend):
+    if isinstance(world.backend, ar.PostgresBackend):
         await world.backend.open()  # its pool's tasks live on: not the run's
     before = asyncio.all_tasks()
     task = asyncio.ensure_future(run)
@@ -476,17 +475,16 @@ async def attempt(world: World, run: Any, cut_at: int | None) -> Any:
         return error
     finally:
         world.target, world.cut_at = None, None
-        for _ in range(3):  # tasks the run left (a claim's release) end
-            await asyncio.sleep(0)
-        if served:
-            await left_tasks_end(before)
+        await left_tasks_end(before)  # a claim's release, a write landing after the cut
 
 
 async def left_tasks_end(before: set[asyncio.Task[Any]], within: float = 20.0) -> None:
     """Waits for the tasks made since `before` (a claim's deletion) to end.
 
-    On a server they take round trips, not a few loop turns; a resume started before they
-    end would find the claim they delete, which a worker started later would not.
+    On a server they take round trips, and on SQLite or files a worker thread's turns, not a
+    few loop turns (a few turns left SQLite's pending in some examples, and under load a
+    resume then found the claim); a resume started before they end would find the claim
+    they delete, which a worker started later would not.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
