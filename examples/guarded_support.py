@@ -115,6 +115,9 @@ async def main() -> None:
             if step.action != "FINAL_ANSWER":
                 kind = step.error_kind or "ok"
                 print(f"  {step.action}({step.action_input}) -> {step.observation} [{kind}]")
+                if step.requested is not None:  # the approval handler edited the call
+                    asked = step.requested
+                    print(f"    the model asked for {asked['name']}({asked['arguments']})")
         print(f"  answer: {answer}")
     print(f"the model saw: {session.messages[0]['content']}")
     print(f"approval asked for: {', '.join(ASKED)}")

@@ -105,6 +105,7 @@ def test_guarded_support_masks_approves_edits_and_denies() -> None:
         # The model asked for 8000: the handler's edit capped it.
         "  refund({'order_id': '1001', 'amount_cents': 5000}) -> refunded 5000 cents on order"
         " 1001 [ok]",
+        "    the model asked for refund({'order_id': '1001', 'amount_cents': 8000})",
         "  answer: Done: refunded 5000 cents on order 1001.",
         "turn 3: Then cancel my order 1001 altogether.",
         "  cancel_order({'order_id': '1001'}) -> error: tool call 'cancel_order' denied:"

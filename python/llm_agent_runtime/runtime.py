@@ -1547,6 +1547,9 @@ class AgentRuntime:
                 model_ms,
                 tool_ms,
                 overhead_ms,
+                None
+                if action_input is parsed.action_input and action == parsed.action
+                else _requested(parsed.action or "", parsed.action_input, action, action_input),
             )
             session.steps.append(step)
             metrics.record_step()
@@ -1819,6 +1822,8 @@ class AgentRuntime:
                     share,
                     tool_ms,
                 )
+                if arguments is not call.arguments or name != call.name:  # a guard changed it
+                    step.requested = _requested(call.name, call.arguments, name, arguments)
                 result = _loop_message("tool", content, [], call.id, (), call.name)
                 messages.append(result)
                 session.steps.append(step)
@@ -1829,7 +1834,6 @@ class AgentRuntime:
                         if reasoning:
                             record.round_reasoning = list(reasoning)
                         record.reprompt = reprompt
-                    record.requested = _requested(call, name, arguments)
                     records.append(record)
                 if error_kind is not None:
                     result.is_error = True  # a failed tool's result says so (Anthropic's)
@@ -1995,6 +1999,7 @@ class AgentRuntime:
                 output_tokens,
                 share,
                 tool_ms,
+                requested=_requested(call.name, call.arguments, name, arguments),
             )
             session.steps.append(step)
             self.metrics.record_step()
@@ -3467,9 +3472,9 @@ def _replay_rounds(records: list[StepRecord], messages: list[Message]) -> int:
     `records` are the interrupted run's own steps. They give the messages it sent: each
     round's corrective re-prompt, if it had one (`StepRecord.reprompt`: the empty reply and
     the nudge, counted as a round, as the run counted it), its reply, with the calls the
-    model asked for (`StepRecord.requested` when a
-    middleware or an approval changed one, else the call that ran) and its reasoning blocks,
-    and each tool's result, marked as an error when the tool failed. A final answer
+    model asked for (`Step.requested` when a middleware or an approval changed one, else
+    the call that ran) and its reasoning blocks, and each tool's result, marked as an error
+    when the tool failed. A final answer
     (`StepRecord.is_final`) ends a turn: the rounds before one are another turn's (records of
     older versions did not tell a run's steps), so they are dropped.
     """
@@ -3506,25 +3511,29 @@ def _replay_rounds(records: list[StepRecord], messages: list[Message]) -> int:
 
 def _requested_call(record: StepRecord) -> tuple[str, Any]:
     """The tool call a saved native step's model asked for: its name and arguments."""
-    requested = record.requested
+    step = record.step
+    requested = step.requested
     if requested is not None:
         return requested["name"], requested["arguments"]
-    return record.step.action, record.step.action_input or {}
+    return step.action, step.action_input or {}
 
 
-def _requested(call: ToolCall, name: str, arguments: Any) -> dict[str, Any] | None:
-    """The model's `call` when it is not the call that ran (`name`, `arguments`), else None.
+def _requested(
+    asked_name: str, asked_arguments: Any, name: str, arguments: Any
+) -> dict[str, Any] | None:
+    """The call the model asked for when it is not the call that ran (`name`, `arguments`).
 
     A middleware or an approval may change a call before it runs: its step records the call
-    that ran, and its checkpoint this one too, which a resumed run sends back as the model's.
+    that ran, and this one as its `requested` (which a resumed run sends back as the
+    model's). None when the call ran as asked.
     """
-    if name == call.name and arguments is call.arguments:
+    if name == asked_name and arguments is asked_arguments:
         return None
     try:
-        same = name == call.name and bool(arguments == call.arguments)
+        same = name == asked_name and bool(arguments == asked_arguments)
     except Exception:  # arguments that do not compare (a middleware's own objects)
         same = False
-    return None if same else {"name": call.name, "arguments": call.arguments}
+    return None if same else {"name": asked_name, "arguments": asked_arguments}
 
 
 # A random per-process prefix plus a counter: unique across processes like a uuid4, without
@@ -3934,7 +3943,7 @@ def _decision_record(
     the denial's observation and error kind None for a call that runs.
     """
     name, arguments, denial = resolved
-    if denial is None and _requested(call, name, arguments) is None:
+    if denial is None and _requested(call.name, call.arguments, name, arguments) is None:
         return None
     if denial is None:
         return [name, arguments, None, None]

@@ -31,6 +31,10 @@ class Step:
     tool's time, so a parallel round's tool times overlap (their sum exceeds the round's).
     A step that answers a corrective re-prompt holds the unparseable reply's model time and
     tokens too.
+
+    `action` and `action_input` are the call that ran. When an `on_tool_call` middleware or
+    the approval handler changed it, `requested` holds the call the model asked for, as
+    `{"name": ..., "arguments": ...}`; it is None when the call ran as asked (or was denied).
     """
 
     thought: str
@@ -43,6 +47,7 @@ class Step:
     model_ms: float = 0.0
     tool_ms: float = 0.0
     overhead_ms: float = 0.0
+    requested: dict[str, Any] | None = None
 
     @property
     def failed(self) -> bool:
@@ -53,8 +58,9 @@ class Step:
         """The step's fields by name, as `asdict` gives them but without copying.
 
         `action_input` is the step's own object, not a copy: encode the dict, don't keep it.
+        `requested` is left out when there is none (most steps have none).
         """
-        return {
+        data: dict[str, Any] = {
             "thought": self.thought,
             "action": self.action,
             "action_input": self.action_input,
@@ -66,6 +72,9 @@ class Step:
             "tool_ms": self.tool_ms,
             "overhead_ms": self.overhead_ms,
         }
+        if self.requested is not None:
+            data["requested"] = self.requested
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Step:
@@ -73,13 +82,29 @@ class Step:
 
         `thought` and `action` are required; `action_input` may be any JSON value; integer
         fields take ints, timing fields take ints or floats (never bools; a NaN or an infinity
-        as the string `to_json` makes of it: `"nan"`, `"inf"`, `"-inf"`).
+        as the string `to_json` makes of it: `"nan"`, `"inf"`, `"-inf"`); `requested` is null
+        or an object of a string `name` and any `arguments`.
 
         Raises:
             PersistenceError: When `data` is not a dict, lacks a required field, has an
                 unknown field, or a field of the wrong type (the message names it).
         """
-        return cls(**_checked(data, _STEP_FIELDS, ("thought", "action"), "step"))
+        fields = _checked(data, _STEP_FIELDS, ("thought", "action"), "step")
+        problem = requested_call_problem(fields.get("requested"))
+        if problem is not None:
+            raise PersistenceError(f"step field 'requested' {problem}")
+        return cls(**fields)
+
+
+def requested_call_problem(requested: Any) -> str | None:
+    """What is wrong with a step's `requested` call as loaded, or None when it is valid."""
+    if requested is None or (
+        isinstance(requested, dict)
+        and set(requested) == {"name", "arguments"}
+        and isinstance(requested["name"], str)
+    ):
+        return None
+    return "must be an object with a string 'name' and 'arguments', or null"
 
 
 @dataclass(slots=True)
@@ -391,6 +416,7 @@ _STEP_FIELDS: dict[str, _Spec] = {
     "model_ms": _FLOAT,
     "tool_ms": _FLOAT,
     "overhead_ms": _FLOAT,
+    "requested": _ANY,  # checked by `requested_call_problem`
 }
 _SESSION_FIELDS: dict[str, _Spec] = {
     "session_id": _STR,

@@ -208,13 +208,16 @@ async def test_a_step_record_keeps_the_requested_call_only_when_it_differs() -> 
     store = runtime._checkpoints
     assert store is not None
     state = await store.load(session.session_id)
-    assert [r.requested for r in state.records] == [None, None]
-    assert "requested" not in state.records[0].to_dict()
+    assert [r.step.requested for r in state.records] == [None, None]
+    assert "requested" not in state.records[0].to_dict()["step"]
     edited = StepRecord(ar.Step("t", "add", {"a": 1}), call_id="c1", round_start=True)
-    edited.requested = {"name": "add", "arguments": {"a": 2}}
+    edited.step.requested = {"name": "add", "arguments": {"a": 2}}
     assert StepRecord.from_dict(json.loads(json.dumps(edited.to_dict()))) == edited
     with pytest.raises(ar.PersistenceError, match="'requested'"):
         StepRecord.from_dict({**edited.to_dict(), "requested": {"name": 1, "arguments": {}}})
+    wrong = {**edited.step.to_dict(), "requested": {"name": 1, "arguments": {}}}
+    with pytest.raises(ar.PersistenceError, match="'requested'"):
+        StepRecord.from_dict({**edited.to_dict(), "step": wrong})
 
 
 # ------------------------------------------------------------------ the event log

@@ -86,7 +86,13 @@ from llm_agent_runtime.persistence.base import (
     step_key,
 )
 from llm_agent_runtime.persistence.codec import decode, encode, record_kind
-from llm_agent_runtime.session import AgentSession, Step, finite_floats, message_problem
+from llm_agent_runtime.session import (
+    AgentSession,
+    Step,
+    finite_floats,
+    message_problem,
+    requested_call_problem,
+)
 
 __all__ = [
     "CheckpointStore",
@@ -156,9 +162,10 @@ class StepRecord:
     several tool calls yields one step per call; `round_text` and `call_id` rebuild the chat,
     and the round's first step keeps the provider's reasoning blocks of the round's response
     (`round_reasoning`, `ChatResponse.reasoning`), which a resumed run sends back with it.
-    The step holds the call that ran; when a middleware or an approval changed it, `requested`
-    holds the call the model asked for (its `name` and `arguments`), which a resumed run
-    sends back as the model's (records without it asked for the call that ran).
+    The step holds the call that ran and, when a middleware or an approval changed it, the
+    call the model asked for (`Step.requested`), which a resumed run sends back as the
+    model's (records without it asked for the call that ran). Records of earlier versions
+    kept it beside the step, as the record's own `requested`: it loads into the step.
 
     The first step of each run keeps what the run started with (`run_start`: its `prompt`,
     whether it is a `turn` of a multi-turn session, and how many chat `messages` the session
@@ -183,7 +190,6 @@ class StepRecord:
     round_start: bool = False
     round_reasoning: list[dict[str, Any]] | None = None
     run_start: dict[str, Any] | None = None
-    requested: dict[str, Any] | None = None
     stopped: bool = False
     reprompt: dict[str, Any] | None = None
 
@@ -202,8 +208,8 @@ class StepRecord:
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-compatible data (sharing the step's `action_input`: encode it).
 
-        `round_reasoning`, `run_start`, `requested` and `reprompt` are left out when there
-        are none, and `stopped` when false: most records have none.
+        `round_reasoning`, `run_start` and `reprompt` are left out when there are none, and
+        `stopped` when false: most records have none.
         """
         data: dict[str, Any] = {
             "step": self.step.to_dict(),
@@ -216,8 +222,6 @@ class StepRecord:
             data["round_reasoning"] = self.round_reasoning
         if self.run_start is not None:
             data["run_start"] = self.run_start
-        if self.requested is not None:
-            data["requested"] = self.requested
         if self.stopped:
             data["stopped"] = True
         if self.reprompt is not None:
@@ -262,20 +266,16 @@ class StepRecord:
                 "step record field 'run_start' must be an object with a string 'prompt', a "
                 "bool 'turn' and a count of 'messages', or null"
             )
-        requested = fields.get("requested")
-        if requested is not None and not (
-            isinstance(requested, dict)
-            and set(requested) == {"name", "arguments"}
-            and isinstance(requested["name"], str)
-        ):
-            raise PersistenceError(
-                "step record field 'requested' must be an object with a string 'name' and "
-                "'arguments', or null"
-            )
+        # An earlier version's place for the step's requested call (see the class doc).
+        requested = fields.pop("requested", None)
+        if (problem := requested_call_problem(requested)) is not None:
+            raise PersistenceError(f"step record field 'requested' {problem}")
         reprompt = fields.get("reprompt")
         if reprompt is not None and (problem := reprompt_problem(reprompt)) is not None:
             raise PersistenceError(f"step record field 'reprompt' {problem}")
-        fields["step"] = Step.from_dict(fields["step"])
+        fields["step"] = step = Step.from_dict(fields["step"])
+        if requested is not None and step.requested is None:
+            step.requested = requested
         record = cls(**fields)
         if record.is_final and not isinstance(record.step.action_input, str):
             # It is the session's final answer, which a final checkpoint must hold as text.
