@@ -58,9 +58,8 @@ class Step:
         """The step's fields by name, as `asdict` gives them but without copying.
 
         `action_input` is the step's own object, not a copy: encode the dict, don't keep it.
-        `requested` is left out when there is none (most steps have none).
         """
-        data: dict[str, Any] = {
+        return {
             "thought": self.thought,
             "action": self.action,
             "action_input": self.action_input,
@@ -71,10 +70,8 @@ class Step:
             "model_ms": self.model_ms,
             "tool_ms": self.tool_ms,
             "overhead_ms": self.overhead_ms,
+            "requested": self.requested,
         }
-        if self.requested is not None:
-            data["requested"] = self.requested
-        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Step:

@@ -209,7 +209,7 @@ async def test_a_step_record_keeps_the_requested_call_only_when_it_differs() -> 
     assert store is not None
     state = await store.load(session.session_id)
     assert [r.step.requested for r in state.records] == [None, None]
-    assert "requested" not in state.records[0].to_dict()["step"]
+    assert state.records[0].to_dict()["step"]["requested"] is None
     edited = StepRecord(ar.Step("t", "add", {"a": 1}), call_id="c1", round_start=True)
     edited.step.requested = {"name": "add", "arguments": {"a": 2}}
     assert StepRecord.from_dict(json.loads(json.dumps(edited.to_dict()))) == edited

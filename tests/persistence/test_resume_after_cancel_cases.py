@@ -26,6 +26,8 @@ from llm_agent_runtime.persistence.codec import decode
 from .conftest import cut_off
 
 TIMEOUT_MS = 150
+"""The loop timeout that cuts off a run in the "timeout" cases. Only the run being cut off
+has it: a resume that is to finish has none, so a busy machine cannot time it out too."""
 DONE_REACT = "Thought: done\nAction: FINAL_ANSWER done"
 
 
@@ -147,10 +149,14 @@ class Setup:
         self.tools = Tools()
         self.runtime = self.make_runtime()
 
-    def make_runtime(self) -> ar.AgentRuntime:
-        timeout = TIMEOUT_MS if self.how == "timeout" else None
+    @property
+    def cut_timeout(self) -> int | None:
+        """The loop timeout of a run to be cut off: None when it is cancelled instead."""
+        return TIMEOUT_MS if self.how == "timeout" else None
+
+    def make_runtime(self, timeout_ms: int | None = None) -> ar.AgentRuntime:
         return ar.AgentRuntime(
-            ar.AgentConfig(mode=self.mode, loop_timeout_ms=timeout),
+            ar.AgentConfig(mode=self.mode, loop_timeout_ms=timeout_ms),
             tools=self.tools.specs(),
             checkpoint_backend=self.open_backend(),
         )
@@ -176,12 +182,16 @@ class Setup:
         self, run: Awaitable[Any], reached: Callable[[], Awaitable[Any]] | None = None
     ) -> None:
         """Cancels `run` once `reached()` ends (a tool started, by default), or lets it time
-        out."""
-        task = asyncio.ensure_future(run)
+        out: a run of `self.runtime` (or of a runtime made with `cut_timeout`)."""
         if self.how == "timeout":
-            with pytest.raises(ar.AgentLoopError, match=f"timed out after {TIMEOUT_MS} ms"):
-                await task
+            self.runtime.config = ar.AgentConfig(mode=self.mode, loop_timeout_ms=TIMEOUT_MS)
+            try:
+                with pytest.raises(ar.AgentLoopError, match=f"timed out after {TIMEOUT_MS} ms"):
+                    await run
+            finally:
+                self.runtime.config = ar.AgentConfig(mode=self.mode)
         else:
+            task = asyncio.ensure_future(run)
             await (reached or self.tools.started.wait)()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -427,7 +437,8 @@ async def test_an_interrupted_later_turn_is_resumed_as_that_turn_even_when_cut_o
     # The resume is cut off as well, in the same call: the run is still resumable.
     setup.tools.holding = True
     unused = closing_model(mode)
-    await setup.interrupt(setup.make_runtime().resume(session.session_id, unused))
+    cut_again = setup.make_runtime(setup.cut_timeout)
+    await setup.interrupt(cut_again.resume(session.session_id, unused))
     assert model_calls(unused) == 0
     closing = closing_model(mode)
     resumed = await setup.make_runtime().resume(session.session_id, closing)
