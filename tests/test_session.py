@@ -459,6 +459,9 @@ async def test_wrong_shape_step_meta_and_base_records_are_persistence_errors_nam
         ("session:x:step:1", "step", {"step": {**GOOD_STEP, "observation": None}}, "observation"),
         ("session:x:meta", "meta", {"agent_id": "a"}, "meta record"),
         ("session:x:meta", "meta", {"agent_id": "a", "prompt": "p", "mode": 3}, "meta record"),
+        # A mode no run has: a resume said to go on "in nan mode" with another runtime.
+        ("session:x:meta", "meta", {**META, "mode": "nan"}, "'react' or 'tools'"),
+        ("session:x:step:2", "step", {"step": {**GOOD_STEP, "requested": "x"}}, "'requested'"),
         ("session:x:meta", "meta", {**META, "turn": "yes"}, "a bool 'turn'"),
         ("session:x:meta", "meta", {**META, "first_step": -1}, "a count 'first_step'"),
         ("session:x:meta", "meta", {**META, "history": [{"role": "user"}]}, "'history'"),

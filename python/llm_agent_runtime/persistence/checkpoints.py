@@ -519,16 +519,19 @@ def _is_history(value: Any) -> bool:
 
 
 _META_SHAPE = (
-    "meta record needs string 'agent_id', 'prompt' and 'mode' (and a numeric 'started_at', a "
-    "string 'run', a bool 'turn', a count 'first_step', a list of messages 'history')"
+    "meta record needs string 'agent_id' and 'prompt', a 'mode' of 'react' or 'tools' (and a "
+    "numeric 'started_at', a string 'run', a bool 'turn', a count 'first_step', a list of "
+    "messages 'history')"
 )
+_MODES = ("react", "tools")
 
 
 def _is_meta(meta: Any) -> bool:
     """Whether a decoded meta record has the shape `load` takes back (see `_META_SHAPE`)."""
     return (
         isinstance(meta, dict)
-        and all(isinstance(meta.get(f), str) for f in ("agent_id", "prompt", "mode"))
+        and all(isinstance(meta.get(f), str) for f in ("agent_id", "prompt"))
+        and meta.get("mode") in _MODES
         and _is_number(meta.get("started_at", 0.0))
         and isinstance(meta.get("run", ""), str)
         and isinstance(meta.get("turn", False), bool)
