@@ -3474,9 +3474,9 @@ def _replay_rounds(records: list[StepRecord], messages: list[Message]) -> int:
     the nudge, counted as a round, as the run counted it), its reply, with the calls the
     model asked for (`Step.requested` when a middleware or an approval changed one, else
     the call that ran) and its reasoning blocks, and each tool's result, marked as an error
-    when the tool failed. A final answer
-    (`StepRecord.is_final`) ends a turn: the rounds before one are another turn's (records of
-    older versions did not tell a run's steps), so they are dropped.
+    when the tool failed. A final answer (`StepRecord.is_final`) ends a turn: the rounds
+    before one are another turn's (records of older versions did not tell a run's steps), so
+    they are dropped.
     """
     rounds = 0
     replayed = len(messages)
