@@ -1822,7 +1822,7 @@ class AgentRuntime:
                     share,
                     tool_ms,
                 )
-                if arguments is not call.arguments or name != call.name:  # a guard changed it
+                if arguments is not call.arguments or name != call.name:  # a guard changed it?
                     step.requested = _requested(call.name, call.arguments, name, arguments)
                 result = _loop_message("tool", content, [], call.id, (), call.name)
                 messages.append(result)
