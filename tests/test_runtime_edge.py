@@ -8,6 +8,8 @@ import enum
 import functools
 import gc
 import itertools
+import json
+import re
 import time
 import warnings
 from collections.abc import Mapping
@@ -615,6 +617,57 @@ async def test_the_tool_catalog_shows_whole_schemas() -> None:
     # A recursive model keeps its reference, and the definition it names.
     line = next(x for x in infer.prompts[0].splitlines() if x.startswith("- tree:"))
     assert '"$ref": "#/$defs/Node"' in line and '"$defs": {"Node"' in line
+
+
+def _doubling_models(depth: int) -> type[pydantic.BaseModel]:
+    """M0(v: int) and, for each level, a model of two fields of the level below: a schema of
+    `depth` + 1 definitions whose inlined form has 2**depth copies of M0."""
+    model: type[pydantic.BaseModel] = pydantic.create_model("M0", v=(int, ...))
+    for level in range(1, depth + 1):
+        model = pydantic.create_model(f"M{level}", a=(model, ...), b=(model, ...))
+    return model
+
+
+async def test_a_definition_used_many_times_is_shown_once_when_inlining_it_would_multiply_it() -> (
+    None
+):
+    top = _doubling_models(20)
+
+    def deep(x: Any) -> str:
+        """Takes a deep model."""
+        return "ok"
+
+    deep.__annotations__["x"] = top  # a class made at run time
+    spec = ar.tool(deep)
+    infer = react(FINAL)
+    await ar.AgentRuntime(tools=[spec]).run_agent("a", "q", infer)
+    line = next(x for x in infer.prompts[0].splitlines() if x.startswith("- deep:"))
+    schema = json.loads(line.partition(" Arguments: ")[2])
+    # Linear in the tool's own schema (2**20 copies of M0 would be megabytes)...
+    assert len(line) < 3 * len(json.dumps(spec.parameters))
+    # ...and whole: every reference left names a definition the line carries.
+    refs = set(re.findall(r'"\$ref": "#/\$defs/(\w+)"', line))
+    assert refs and refs <= set(schema["$defs"])
+    # Small definitions are still inlined where they are used.
+    assert '"M0"' not in line and '"required": ["v"]' in line
+
+
+class Trip(pydantic.BaseModel):
+    start: Place
+    end: Place
+
+
+async def test_a_small_definition_used_twice_is_inlined_at_both_uses() -> None:
+    @ar.tool
+    def route(trip: Trip) -> str:
+        """Plans a route."""
+        return "ok"
+
+    infer = react(FINAL)
+    await ar.AgentRuntime(tools=[route]).run_agent("a", "q", infer)
+    line = next(x for x in infer.prompts[0].splitlines() if x.startswith("- route:"))
+    assert "$ref" not in line and "$defs" not in line
+    assert line.count('"required": ["city", "country"]') == 2
 
 
 async def test_a_tool_registered_after_the_runtime_was_built_is_shown() -> None:

@@ -22,6 +22,7 @@ import re
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from types import FunctionType, MethodType
@@ -4280,42 +4281,66 @@ _SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
 _SCHEMA_MAPS = ("properties", "patternProperties")
 
 
+_INLINE_CHARS = 1000
+"""A definition used more than once is inlined at each use only while its inlined JSON is at
+most this long: beyond, copies would multiply (a model of two fields of a model of two
+fields... doubles at each level), so it is shown once, in `$defs`."""
+
+
 def _schema_for_prompt(parameters: dict[str, Any]) -> dict[str, Any]:
     """A tool's JSON schema as the ReAct prompt shows it: whole, yet compact.
 
     Local `$ref`s (`#/$defs/...`, `#/definitions/...`) are replaced by what they name, so the
     model sees nested objects, enums and `required` lists; `title`s (a name said again) are
     dropped, and so is a discriminator's `mapping` (of `$ref`s to what is now inlined). A
-    recursive reference stays a `$ref`, and `$defs` is kept for it.
+    recursive reference stays a `$ref`, as does one to a definition used more than once whose
+    inlined form exceeds `_INLINE_CHARS` (so the shown schema stays linear in the tool's), and
+    `$defs` then holds what they name.
     """
-    defs: dict[str, Any] = {}
+    defs: dict[str, tuple[str, str, Any]] = {}  # ref -> (section, name, definition)
     for section in ("$defs", "definitions"):
         named = parameters.get(section)
         if isinstance(named, dict):
-            defs.update({f"#/{section}/{name}": schema for name, schema in named.items()})
-    recursive = False
+            defs.update({f"#/{section}/{n}": (section, n, schema) for n, schema in named.items()})
+    uses = _ref_counts(parameters)
+    shown_defs: dict[str, Any] = {}  # ref -> its definition as shown (each walked once)
+    inline: dict[str, bool] = {}  # ref -> whether its uses show it inlined
+    resolving: set[str] = set()
+    kept: set[str] = set()  # refs the shown schema names
 
-    def walk(node: Any, resolving: frozenset[str]) -> Any:
-        nonlocal recursive
+    def at_use(ref: str) -> Any:
+        """What a use of `ref` shows: its definition inlined, or the reference."""
+        if ref in resolving:  # recursive
+            kept.add(ref)
+            return {"$ref": ref}
+        if ref not in shown_defs:
+            resolving.add(ref)
+            shown_defs[ref] = walk(defs[ref][2])
+            resolving.discard(ref)
+            inline[ref] = uses[ref] <= 1 or _json_chars(shown_defs[ref]) <= _INLINE_CHARS
+        if inline[ref]:
+            return shown_defs[ref]
+        kept.add(ref)
+        return {"$ref": ref}
+
+    def walk(node: Any) -> Any:
         if not isinstance(node, dict):
             return node
         ref = node.get("$ref")
         if isinstance(ref, str) and ref in defs:
-            if ref in resolving:
-                recursive = True
-            else:
-                rest = {k: v for k, v in node.items() if k != "$ref"}
-                return walk({**defs[ref], **rest}, resolving | {ref})
+            used = at_use(ref)
+            rest = walk({k: v for k, v in node.items() if k != "$ref"})
+            return {**used, **rest} if isinstance(used, dict) else used
         out: dict[str, Any] = {}
         for key, value in node.items():
             if key in ("title", "$defs", "definitions"):
                 continue
             if key in _SCHEMA_MAPS and isinstance(value, dict):
-                out[key] = {name: walk(sub, resolving) for name, sub in value.items()}
+                out[key] = {name: walk(sub) for name, sub in value.items()}
             elif key in _SCHEMA_LISTS and isinstance(value, list):
-                out[key] = [walk(sub, resolving) for sub in value]
+                out[key] = [walk(sub) for sub in value]
             elif key in _SCHEMA_KEYWORDS:
-                out[key] = walk(value, resolving)
+                out[key] = walk(value)
             elif key == "discriminator" and isinstance(value, dict) and defs:
                 # Its `mapping` names `$defs` entries, inlined and gone: `propertyName` stays.
                 out[key] = {k: v for k, v in value.items() if k != "mapping"}
@@ -4323,12 +4348,32 @@ def _schema_for_prompt(parameters: dict[str, Any]) -> dict[str, Any]:
                 out[key] = value
         return out
 
-    shown: dict[str, Any] = walk(parameters, frozenset())
-    if recursive:
-        for section in ("$defs", "definitions"):
-            if section in parameters:
-                shown[section] = parameters[section]
+    shown: dict[str, Any] = walk(parameters)
+    for ref in sorted(kept):
+        section, name, _ = defs[ref]
+        shown.setdefault(section, {})[name] = shown_defs[ref]
     return shown
+
+
+def _ref_counts(node: Any) -> Counter[str]:
+    """How many times each `$ref` occurs in a JSON schema, its definitions included."""
+    counts: Counter[str] = Counter()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("$ref")
+            if isinstance(ref, str):
+                counts[ref] += 1
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return counts
+
+
+def _json_chars(node: Any) -> int:
+    """Length of `node` as the prompt's JSON."""
+    return len(json.dumps(node, ensure_ascii=False, default=str))
 
 
 async def _maybe_await(value: Any) -> Any:

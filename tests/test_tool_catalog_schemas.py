@@ -1,0 +1,102 @@
+"""The ReAct prompt's tool schemas: what they show resolves to the tool's whole schema, and
+their size stays linear in it, whatever the definitions' sharing (hypothesis)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_agent_runtime.runtime import _INLINE_CHARS, _schema_for_prompt
+
+
+def _resolved(node: Any, defs: dict[str, Any]) -> Any:
+    """`node` with every local `$ref` replaced by what it names and every title dropped (the
+    reference reading; the schemas generated here have no cycles)."""
+    if isinstance(node, list):
+        return [_resolved(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        rest = {k: v for k, v in node.items() if k != "$ref"}
+        return _resolved({**defs[node["$ref"]], **rest}, defs)
+    return {
+        k: _resolved(v, defs) for k, v in node.items() if k not in ("title", "$defs", "definitions")
+    }
+
+
+def _defs_of(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        f"#/{section}/{name}": body
+        for section in ("$defs", "definitions")
+        for name, body in schema.get(section, {}).items()
+    }
+
+
+@st.composite
+def _shared_schemas(draw: st.DrawFn) -> dict[str, Any]:
+    """Definitions D0..Dn, each an object whose fields are integers, strings, lists or
+    references to earlier definitions (so one may be used many times over), and a tool
+    schema using some of them."""
+    count = draw(st.integers(1, 16))
+    section = draw(st.sampled_from(["$defs", "definitions"]))
+    defs: dict[str, Any] = {}
+    for i in range(count):
+        fields: dict[str, Any] = {}
+        for f in range(draw(st.integers(1, 4))):
+            kind = draw(st.sampled_from(["int", "str", "ref", "ref", "list", "described"]))
+            # The one before half of the time: chains, where sharing multiplies.
+            back = draw(st.one_of(st.just(i - 1), st.integers(0, i - 1))) if i else 0
+            earlier = f"#/{section}/D{back}" if i else None
+            if kind == "int" or earlier is None:
+                fields[f"f{f}"] = {"type": "integer", "title": f"F{f}"}
+            elif kind == "str":
+                fields[f"f{f}"] = {"type": "string", "enum": ["a", "b"]}
+            elif kind == "ref":
+                fields[f"f{f}"] = {"$ref": earlier}
+            elif kind == "list":
+                fields[f"f{f}"] = {"type": "array", "items": {"$ref": earlier}}
+            else:
+                fields[f"f{f}"] = {"$ref": earlier, "description": f"field {f}"}
+        defs[f"D{i}"] = {
+            "type": "object",
+            "title": f"D{i}",
+            "properties": fields,
+            "required": sorted(fields),
+        }
+    used = draw(st.lists(st.integers(0, count - 1), min_size=1, max_size=3))
+    return {
+        section: defs,
+        "type": "object",
+        "properties": {f"p{n}": {"$ref": f"#/{section}/D{i}"} for n, i in enumerate(used)},
+        "required": [f"p{n}" for n in range(len(used))],
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(_shared_schemas())
+def test_a_shown_schema_reads_as_the_whole_schema_and_stays_linear(
+    schema: dict[str, Any],
+) -> None:
+    shown = _schema_for_prompt(schema)
+    text = json.dumps(shown)
+    assert '"title"' not in text
+    # Every reference it keeps names a definition it carries: read with its own
+    # definitions, it is the tool's schema, references resolved and titles dropped.
+    assert _resolved(shown, _defs_of(shown)) == _resolved(schema, _defs_of(schema))
+    # A definition used more than once is shown once, or inlined while short: each use
+    # adds at most that much, where whole copies would multiply with each level.
+    given_text = json.dumps(schema)
+    assert len(text) <= len(given_text) + _INLINE_CHARS * given_text.count("$ref")
+
+
+def test_a_definition_used_once_is_inlined_however_long() -> None:
+    long_def = {"type": "object", "properties": {f"f{i}": {"type": "integer"} for i in range(200)}}
+    schema = {
+        "$defs": {"Long": long_def},
+        "type": "object",
+        "properties": {"x": {"$ref": "#/$defs/Long"}},
+    }
+    assert _schema_for_prompt(schema) == {"type": "object", "properties": {"x": long_def}}
