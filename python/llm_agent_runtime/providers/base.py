@@ -277,10 +277,29 @@ def tool_definitions_chars(tools: Sequence[ToolDefinition]) -> int:
 def estimated_input_tokens(messages: Sequence[Message], tools_chars: int = 0) -> int:
     """Input tokens of a request whose provider reported none, estimated from characters.
 
-    Every message's content counts, and `tools_chars` (`tool_definitions_chars`), at
-    `memory.CHARS_PER_TOKEN` characters a token.
+    Every message's content counts (None as none, content parts by their text), and
+    `tools_chars` (`tool_definitions_chars`), at `memory.CHARS_PER_TOKEN` characters a token.
     """
-    return (tools_chars + sum(len(m.content) for m in messages)) // CHARS_PER_TOKEN
+    chars = sum(
+        len(content) if type(content := m.content) is str else _content_chars(content)
+        for m in messages
+    )
+    return (tools_chars + chars) // CHARS_PER_TOKEN
+
+
+def _content_chars(content: object) -> int:
+    """Characters of message content that is no str: None's none, content parts' text."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(
+            len(text)
+            for part in content
+            if isinstance(part, dict) and isinstance(text := part.get("text"), str)
+        )
+    if content is None:
+        return 0
+    raise TypeError(f"message content must be a str, got {_kind(content)}")
 
 
 @dataclass(slots=True)

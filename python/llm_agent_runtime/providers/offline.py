@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -77,8 +76,8 @@ class ScriptedProvider:
             if not isinstance(reply, (str, ChatResponse)):
                 raise ProviderError(_not_a_reply(f"scripted reply {n}", reply))
         self._loop = loop
-        # A list iterator (not `itertools.cycle`): it copies and pickles on every Python.
-        self._iter = iter(self._replies)
+        self._index = 0
+        """Of the next listed reply (a copy or a pickled one goes on from it on its own)."""
         self.calls = 0
         """Number of calls answered."""
 
@@ -103,33 +102,30 @@ class ScriptedProvider:
         `prompt` is what the rule sees; the request is `messages` and `tools` (without
         `messages`: the prompt alone). Its size is estimated only for a usage that lacks it.
         """
-        reply: ScriptedReply | None
         if self._rule is not None:
-            reply = self._rule(prompt)
+            reply: ScriptedReply = self._rule(prompt)
             if not isinstance(reply, (str, ChatResponse)):
                 raise ProviderError(_not_a_reply("the scripted rule's reply", reply))
-        else:
-            reply = next(self._iter, None)  # None only at the end: replies are checked
-            if reply is None:
-                reply = self._past_the_end()
+            response = self._completed(reply, prompt, messages, tools)
+            self.calls += 1
+            return response
+        index, reply = self._listed()
+        response = self._completed(reply, prompt, messages, tools)
+        self._index = index + 1  # taken only once answered: a refused request uses up none
         self.calls += 1
-        return self._completed(reply, prompt, messages, tools)
+        return response
 
-    def _past_the_end(self) -> ScriptedReply:
-        """The reply after the script's last: its first again when it loops, else raises."""
-        if self._loop:
-            self._iter = iter(self._replies)
-            reply = next(self._iter, None)
-            if reply is not None:
-                return reply
-        raise ProviderError(_RAN_OUT)
+    def _listed(self) -> tuple[int, ScriptedReply]:
+        """The next listed reply and its index, not yet taken.
 
-    def __getstate__(self) -> dict[str, Any]:
-        # A copy (or an unpickled one) replays the rest of the script on its own: the
-        # iterator is copied, not shared, so each answers every reply left.
-        state = self.__dict__.copy()
-        state["_iter"] = copy.copy(self._iter)
-        return state
+        After the last, the first again when the script loops, else raises.
+        """
+        index = self._index
+        if index == len(self._replies):
+            if not (self._loop and self._replies):
+                raise ProviderError(_RAN_OUT)
+            index = 0
+        return index, self._replies[index]
 
     @staticmethod
     def _completed(
@@ -209,13 +205,14 @@ class ScriptedProvider:
         if self._rule is not None:
             return self._next(_last_content(messages), messages, tools)
         # A listed reply, taken here (one call less a step: this is the loop's model call).
-        reply = next(self._iter, None)
-        if reply is None:
-            reply = self._past_the_end()
+        index, reply = self._listed()
+        if type(reply) is not ChatResponse or not (
+            reply.usage.input_tokens and reply.usage.output_tokens
+        ):  # else a scripted usage, as it is
+            reply = self._completed(reply, _last_content(messages), messages, tools)
+        self._index = index + 1
         self.calls += 1
-        if type(reply) is ChatResponse and reply.usage.input_tokens and reply.usage.output_tokens:
-            return reply  # a scripted usage, as it is
-        return self._completed(reply, _last_content(messages), messages, tools)
+        return reply
 
     async def chat_stream(
         self,
@@ -284,4 +281,10 @@ def _sent_tokens(
     """Input tokens of a request: every message and tool definition, or the prompt alone."""
     if messages is None:
         return len(prompt) // CHARS_PER_TOKEN
-    return estimated_input_tokens(messages, tool_definitions_chars(tools or ()))
+    try:
+        return estimated_input_tokens(messages, tool_definitions_chars(tools or ()))
+    except (AttributeError, TypeError):
+        # An item the agent loop's shape check did not look at (only the last) is no
+        # Message / ToolDefinition: the full check names it.
+        check_conversation(messages, tools)
+        raise
