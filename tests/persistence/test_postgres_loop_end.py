@@ -1,6 +1,8 @@
 """Failure paths of the server backends (PostgreSQL, Redis) and the Redis orchestration state."""
 
 import asyncio
+import gc
+import sys
 import uuid
 
 import pytest
@@ -30,3 +32,56 @@ def test_a_postgres_call_made_as_its_loop_ends_fails_instead_of_spinning_forever
         assert asyncio.run(store.load("k")) == b"v"  # the next loop opens a pool of its own
     finally:
         asyncio.run(_drop_table(dsn, table))
+
+
+async def _own_connections(dsn: str, name: str) -> int:
+    """Connections to the server whose application_name is `name`."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+
+@pytest.mark.timeout(60)
+def test_a_backend_dropped_unclosed_closes_its_pool_without_destroying_pending_tasks() -> None:
+    # The task that closes a loop's pool was referenced only by the backend: dropped with it
+    # (no `close`, the loop still running), the garbage collector destroyed it and the pool's
+    # worker tasks while pending ("Task was destroyed but it is pending!", its `finally`
+    # awaiting under GeneratorExit), and the pool was never closed its own way.
+    base = server_address("postgres")
+    name = f"dropped_{uuid.uuid4().hex[:12]}"
+    dsn = f"{base}{'&' if '?' in base else '?'}application_name={name}"
+    table = f"kv_{uuid.uuid4().hex}"
+    messages: list[str] = []
+    unraisable: list[object] = []
+
+    async def use_and_drop() -> None:
+        store = ar.PostgresBackend(dsn, table=table, min_size=2)
+        await store.save("k", b"v")
+
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: messages.append(context["message"]))
+        await use_and_drop()
+        opened = await _own_connections(base, name)
+        for _ in range(50):  # the pool's close runs in a task of its own
+            gc.collect()
+            await asyncio.sleep(0.05)
+            if await _own_connections(base, name) == 0:
+                break
+        return opened, await _own_connections(base, name)
+
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        opened, left = asyncio.run(main())
+    finally:
+        sys.unraisablehook = previous_hook
+        asyncio.run(_drop_table(base, table))
+    assert opened >= 2 and left == 0
+    assert not [m for m in messages if "destroyed but it is pending" in m]
+    assert not unraisable

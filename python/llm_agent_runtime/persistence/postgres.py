@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from llm_agent_runtime._loops import PerLoop
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.orchestration._calls import keep_alive
 from llm_agent_runtime.persistence._checks import (
     check_items,
     check_key,
@@ -375,8 +376,13 @@ class PostgresBackend:
             state.failure = (asyncio.get_running_loop().time(), str(failed))
             raise failed from error
         state.failure = None
-        state.guard = asyncio.get_running_loop().create_task(
-            _guard(state, pool, connections), name=f"{self!r}: closes its pool as the loop ends"
+        # Kept alive apart from the backend: one dropped unclosed leaves the task (and the
+        # pool it holds) to close the pool as the loop ends, not to the garbage collector.
+        state.guard = keep_alive(
+            asyncio.get_running_loop().create_task(
+                _guard(state, pool, connections),
+                name=f"{self!r}: closes its pool as the loop ends",
+            )
         )
         state.ready = True
 
