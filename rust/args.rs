@@ -609,6 +609,13 @@ pub fn not_masked(
     refuse_masked(value, what, error)
 }
 
+/// Whether `value` is a numpy array, of `ndarray` or a subclass (a memmap, a matrix, a
+/// library's own); false for anything while numpy is not imported (not imported for this).
+#[inline]
+pub fn is_array(value: &Bound<'_, PyAny>) -> bool {
+    numpy_complex_type(value.py()).is_some() && value.is_instance_of::<PyUntypedArray>()
+}
+
 /// Whether `value` is a numpy array of a subclass of `ndarray` (a masked array, a matrix, a
 /// memmap): no plain `ndarray`, nor anything while numpy is not imported.
 #[inline]

@@ -318,7 +318,7 @@ fn edge_tuple<'py>(item: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
             kind.as_deref().unwrap_or("another object")
         )))
     };
-    if args::is_numpy(item, &["ndarray"]) {
+    if args::is_array(item) {
         // A row of a float array (a weighted (m, 3) one, say) holds float indices; a row of a
         // 3-D array holds arrays.
         let dtype = item.getattr("dtype")?;
@@ -394,7 +394,7 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
             return edge_list(n, &data);
         }
     }
-    if args::is_numpy(edges, &["ndarray"]) {
+    if args::is_array(edges) {
         if let Some(snapshot) = edge_array(n, edges)? {
             return Ok(snapshot);
         }
