@@ -4,6 +4,7 @@ import os
 import struct
 import threading
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -79,6 +80,42 @@ def test_two_indexes_cannot_share_an_originals_file(tmp_path: Path) -> None:
     del first  # closing the file releases it
     second = ar.VectorIndex(8, dtype="int8", originals_path=copies)
     assert second.originals_path == str(copies)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_forked_child_does_not_keep_the_parents_originals_file_locked(tmp_path: Path) -> None:
+    # A flock belongs to the open file, which fork() shares: a child alive (a worker pool's)
+    # held the lock of an index the parent had dropped, and the parent could not open the
+    # file again ("in use by another index"). The child, which may not use the file, lets it go.
+    copies = tmp_path / "copies.f32"
+    index = ar.VectorIndex(8, dtype="int8", originals_path=copies)
+    index.add(np.arange(20), rows(1))
+    saved = tmp_path / "i.bin"
+    index.save(str(saved))
+    reader, writer = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a process with threads (the core's pool) may
+        # deadlock: the child only waits on a pipe and exits.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = os.fork()
+    if child == 0:  # the child: waits until told to end, the parent's index still its own
+        try:
+            os.close(writer)
+            os.read(reader, 1)
+        finally:
+            os._exit(0)
+    os.close(reader)
+    try:
+        # Still the parent's while its index lives...
+        with pytest.raises(ar.PersistenceError, match="in use by another index"):
+            ar.VectorIndex.load(str(saved), originals_path=copies)
+        del index
+        # ...and free once it is dropped, the child alive.
+        again = ar.VectorIndex.load(str(saved), originals_path=copies)
+        assert again.search(rows(1)[3], 1)[0].tolist() == [3]
+    finally:
+        os.close(writer)
+        os.waitpid(child, 0)
 
 
 def test_appending_to_a_truncated_originals_file_is_refused(tmp_path: Path) -> None:

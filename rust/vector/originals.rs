@@ -40,6 +40,15 @@ pub struct FileRows {
     dim: usize,
     rows: usize,
     broken: Option<String>,
+    /// Its entry in [`inherited`]'s registry (None when that is full).
+    slot: Option<usize>,
+}
+
+impl Drop for FileRows {
+    fn drop(&mut self) {
+        // Before `file` closes: a fork() then never touches a descriptor number reused.
+        inherited::unregister(self.slot);
+    }
 }
 
 impl PartialEq for Originals {
@@ -87,8 +96,10 @@ impl Originals {
             }
         })?;
         file.set_len(0).map_err(failed)?;
+        let slot = inherited::register(&file);
         Ok(Self::File(FileRows {
             file,
+            slot,
             path: path.to_owned(),
             owner: std::process::id(),
             dim,
@@ -491,4 +502,88 @@ impl FileExt for File {
         }
         Ok(())
     }
+}
+
+/// The lock a `fork()`ed child would keep. A `flock` belongs to the open file, which a
+/// child shares with its parent: a child alive (a worker pool's) held the lock of a file
+/// whose index the parent had dropped, and the parent could not open the file again. As
+/// the child may not use the file (see the module docs), its descriptor is pointed at
+/// `/dev/null` right after the fork: the parent's lock stays, and goes with the parent's
+/// index.
+#[cfg(unix)]
+mod inherited {
+    use std::fs::File;
+    use std::os::unix::io::AsRawFd;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::Once;
+
+    /// Descriptors of the open files (-1: a free slot). Atomics, not a lock: a fork taken
+    /// while another thread held a lock would leave the child's copy locked for good.
+    static FILES: [AtomicI32; 256] = [const { AtomicI32::new(-1) }; 256];
+    static HANDLER: Once = Once::new();
+
+    /// Registers `file` to be let go of in forked children; its slot, None when all are
+    /// taken (such a file keeps the behaviour of a plain `flock`).
+    pub fn register(file: &File) -> Option<usize> {
+        HANDLER.call_once(|| {
+            // SAFETY: registers a handler that only makes async-signal-safe calls.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::pthread_atfork(None, None, Some(in_child));
+            }
+        });
+        let fd = file.as_raw_fd();
+        FILES.iter().position(|slot| {
+            slot.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        })
+    }
+
+    /// Frees a slot of [`register`].
+    pub fn unregister(slot: Option<usize>) {
+        if let Some(slot) = slot.and_then(|s| FILES.get(s)) {
+            slot.store(-1, Ordering::Release);
+        }
+    }
+
+    /// Points every registered descriptor at `/dev/null` (in the child of a fork).
+    extern "C" fn in_child() {
+        let null = c"/dev/null";
+        // SAFETY: `open`, `dup2`, `fcntl` and `close` are async-signal-safe; each descriptor is one of
+        // an open file of this process (it was registered while open, and forked open).
+        #[allow(unsafe_code)]
+        unsafe {
+            let mut devnull = -1;
+            for slot in &FILES {
+                let fd = slot.load(Ordering::Acquire);
+                if fd < 0 {
+                    continue;
+                }
+                if devnull < 0 {
+                    devnull = libc::open(null.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+                    if devnull < 0 {
+                        return;
+                    }
+                }
+                if libc::dup2(devnull, fd) == fd {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            if devnull >= 0 {
+                libc::close(devnull);
+            }
+        }
+    }
+}
+
+/// No fork, nothing a child could keep.
+#[cfg(not(unix))]
+mod inherited {
+    use std::fs::File;
+
+    pub fn register(_file: &File) -> Option<usize> {
+        None
+    }
+
+    pub fn unregister(_slot: Option<usize>) {}
 }
