@@ -348,7 +348,7 @@ pub fn text(
     };
     match PyBackedStr::try_from(string.clone()) {
         Ok(text) => Ok(text),
-        Err(e) => Err(not_unicode(string, &e, error)),
+        Err(e) => Err(not_unicode(string, &e, |message, _| error(message))),
     }
 }
 
@@ -359,6 +359,18 @@ pub fn text(
 pub fn text_of<'a>(
     string: &'a Bound<'_, PyString>,
     error: impl FnOnce(String) -> CoreError,
+) -> PyResult<&'a str> {
+    text_or_surrogate_at(string, |message, _| error(message))
+}
+
+/// As [`text_of`], `error` also receiving the first lone surrogate's index (in characters).
+///
+/// # Errors
+/// `error(message, index)` when `string` holds a lone surrogate.
+#[inline]
+pub fn text_or_surrogate_at<'a>(
+    string: &'a Bound<'_, PyString>,
+    error: impl FnOnce(String, Option<usize>) -> CoreError,
 ) -> PyResult<&'a str> {
     match string.to_str() {
         Ok(text) => Ok(text),
@@ -372,7 +384,7 @@ pub fn text_of<'a>(
 fn not_unicode(
     string: &Bound<'_, PyString>,
     e: &PyErr,
-    error: impl FnOnce(String) -> CoreError,
+    error: impl FnOnce(String, Option<usize>) -> CoreError,
 ) -> PyErr {
     let py = string.py();
     let start = e
@@ -387,7 +399,7 @@ fn not_unicode(
         ),
         None => "text is not valid Unicode: it holds a lone surrogate".to_owned(),
     };
-    error(message).into()
+    error(message, start).into()
 }
 
 /// A `str` argument naming something to look up (a key, an agent, a tool): `None` when it

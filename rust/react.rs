@@ -1780,7 +1780,8 @@ impl PyReActStep {
 ///     ParseError: the text is not a ReAct step; the message says what was expected, and
 ///         ``position`` where, as an index into ``text`` (in characters, like
 ///         ``ReActStep.end``). Also when the text is not valid Unicode (it holds a lone
-///         surrogate, as a stream cut inside an emoji's escape leaves).
+///         surrogate, as a stream cut inside an emoji's escape leaves): ``position`` is the
+///         first one's.
 ///     TypeError: the text is not a `str` (bytes included: decode them first).
 #[pyfunction]
 pub fn parse_react_step<'py>(text: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyReActStep>> {
@@ -1789,9 +1790,15 @@ pub fn parse_react_step<'py>(text: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Py
     let Ok(text) = text.cast::<PyString>() else {
         return Err(args::wrong_type(text, "text", args::STR));
     };
-    let source = args::text_of(text, |message| CoreError::Parse {
-        message,
-        position: None,
+    let source = args::text_or_surrogate_at(text, |message, position| match position {
+        // `ParseError`'s str adds " (at index N)", as to every position.
+        Some(_) => CoreError::Parse {
+            message: "text is not valid Unicode: it holds a lone surrogate (a surrogate pair \
+                      cut in two has no UTF-8 form)"
+                .to_owned(),
+            position,
+        },
+        None => CoreError::Parse { message, position },
     })?;
     // Parsing slices the text by offsets it found: a bug there must not escape as a panic.
     let step = catch_panics(|| {

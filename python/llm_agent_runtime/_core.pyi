@@ -135,7 +135,7 @@ def parse_react_step(text: str) -> ReActStep:
     Raises:
         ParseError: the text is not a ReAct step (message says what; `position` where, as
             an index into `text` in characters, like `ReActStep.end`), or is not valid
-            Unicode (a lone surrogate).
+            Unicode (`position`: its first lone surrogate).
         TypeError: text is not a `str` (bytes included: decode them first).
     """
 
