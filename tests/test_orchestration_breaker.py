@@ -889,3 +889,34 @@ async def test_a_broken_is_failure_predicate_does_not_replace_the_calls_error(
         await breaker.call(failing)
     assert breaker.state == "open"  # counted as a failure, as without a predicate
     assert any("is_failure raised" in r.getMessage() for r in caplog.records)
+
+
+class _LoggingBackend(ar.InMemoryCircuitStateBackend):
+    """An in-process backend of an application's own, logging each state change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes: list[tuple[str, str]] = []
+
+    async def update(self, service: str, change: Callable[[Any], Any]) -> tuple[Any, Any]:
+        old, new = await super().update(service, change)
+        if new.status != old.status:
+            self.changes.append((old.status, new.status))
+        return old, new
+
+
+async def test_a_subclassed_in_memory_backend_is_called_through_its_own_methods() -> None:
+    # The in-process fast path read and wrote the base class's dict directly: a subclass's
+    # `update` (logging, say) was never called.
+    backend = _LoggingBackend()
+    breaker = ar.CircuitBreaker("svc", failure_threshold=1, backend=backend)
+
+    async def fail() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        await breaker.call(fail)
+    assert backend.changes == [("closed", "open")]
+    # A backend whose methods are the base class's keeps the fast path, sync calls included.
+    plain = ar.CircuitBreaker("svc", backend=type("Named", (ar.InMemoryCircuitStateBackend,), {})())
+    assert plain.call_sync(lambda: 7) == 7

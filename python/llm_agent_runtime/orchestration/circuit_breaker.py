@@ -187,6 +187,21 @@ class InMemoryCircuitStateBackend:
         return self.update_now(service, change)
 
 
+def _plain_in_memory(backend: object) -> InMemoryCircuitStateBackend | None:
+    """`backend` when it is an in-process one whose methods are all the base class's.
+
+    The breaker then reads and changes its states directly; a subclass overriding one of
+    them (to log, say) is called through them, as a shared backend is.
+    """
+    kind = type(backend)
+    if not isinstance(backend, InMemoryCircuitStateBackend) or any(
+        getattr(kind, name) is not getattr(InMemoryCircuitStateBackend, name)
+        for name in ("get", "update", "update_now", "peek")
+    ):
+        return None
+    return backend
+
+
 class CircuitBreaker:
     """A circuit breaker around calls to one service.
 
@@ -273,9 +288,7 @@ class CircuitBreaker:
         self._backend: CircuitStateBackend = (
             InMemoryCircuitStateBackend() if backend is None else backend
         )
-        self._local = (
-            self._backend if isinstance(self._backend, InMemoryCircuitStateBackend) else None
-        )
+        self._local = _plain_in_memory(self._backend)
         # The in-process states, read directly on the fast path (`peek` without the call).
         self._local_states = None if self._local is None else self._local._states
         self._clock = checked_clock(clock)
@@ -666,6 +679,7 @@ class CircuitBreaker:
             CircuitOpenError: the circuit is open; `fn` was not called.
             TypeError: `fn` is not callable (a coroutine passed instead of its function, say:
                 it is closed); the breaker's state is left as it was.
+            PersistenceError: a shared backend's store failed (Redis unreachable, say).
         """
         states = self._local_states
         if states is not None:
