@@ -7,11 +7,12 @@
 //! copies are then marked broken and every later use says so, rather than re-scoring against
 //! the wrong rows. A failed append (the way a full disk shows) is rolled back instead.
 //!
-//! The file belongs to the process that opened it. A `fork()`ed child inherits the open file
-//! (and its lock) but not the parent's future writes to the int8 codes: its writes would
-//! change the rows the parent re-scores with, and the parent's writes the rows the child
-//! reads. So the child may not use the file at all; it loads the index again instead (the
-//! rayon pool in `sync` is likewise rebuilt, not shared, after a fork).
+//! The file belongs to the process that opened it. A `fork()`ed child would share the open
+//! file (and its lock) but not the parent's future writes to the int8 codes: its writes
+//! would change the rows the parent re-scores with, and the parent's writes the rows the
+//! child reads. So the child may not use the file at all, and lets go of it as it starts
+//! (see `inherited`); it loads the index again instead (the rayon pool in `sync` is likewise
+//! rebuilt, not shared, after a fork).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
