@@ -385,7 +385,9 @@ class AgentRuntime:
         approval_handler: Approves, denies or edits tool calls.
         capabilities: Tools allowed and actions budget, checked per call; a round of
             parallel calls takes its actions all or none (`record_actions(n)`, when the
-            object has it, else `record_action()` per call).
+            object has it, else `record_action()` per call). Its state keys are the
+            application's to check (`check_state_key`, in a tool, say): the loop reads and
+            writes no state by key.
         budget: Token / cost budget, checked before each model call and charged as soon as
             it returns (before the `on_post_llm` hooks): with its tokens, and with its cost
             as the provider priced it (`Usage.cost_usd`: give the provider its token

@@ -26,7 +26,8 @@ class CapabilitySet:
     Args:
         allowed_tools: tool names allowed, a collection of strings (None: every tool).
         allowed_state_keys: state keys that may be read or written, a collection of strings
-            (None: every key).
+            (None: every key). Checked by `check_state_key`, which the application calls
+            where it reads or writes its state (an `AgentRuntime` checks tools and actions).
         max_actions: most actions (tool calls) in total, an int (None: unlimited).
 
     Raises:
