@@ -1562,3 +1562,27 @@ async def test_a_listener_error_is_kept_when_the_stream_then_fails() -> None:
         await rt.run_agent_with_provider("a", "q", FailsMidStream())  # type: ignore[arg-type]
     assert isinstance(raised.value.__context__, ar.ProviderError)
     assert rt.metrics.snapshot().active_sessions == 0
+
+
+class _Memory:
+    """A memory store of an application's own, telling whether it embeds by a method."""
+
+    def __init__(self, embeds: bool) -> None:
+        self.embeds = embeds
+        self.calls: list[tuple[Any, ...]] = []
+
+    def has_embedder(self) -> bool:
+        return self.embeds
+
+    def recall(self, agent_id: str, limit: int, query: str | None = None) -> list[Any]:
+        self.calls.append((agent_id, limit, query))
+        return []
+
+
+@pytest.mark.parametrize("embeds", [False, True])
+async def test_a_stores_has_embedder_method_is_asked_not_taken_as_true(embeds: bool) -> None:
+    # `has_embedder` as a method (a bound method is always true) was read as "it embeds":
+    # a store saying it does not was asked for a recall by similarity it cannot make.
+    memory = _Memory(embeds)
+    await ar.AgentRuntime(memory=memory).run_agent("a", "q", react(FINAL))
+    assert memory.calls == [("a", 3, "q" if embeds else None)]

@@ -1149,7 +1149,7 @@ class AgentRuntime:
         memory, recalled = self.memory, None
         if (
             memory is not None
-            and getattr(memory, "has_embedder", False)
+            and _embeds(memory)
             and self._recalls_memories()
             and _has_episodes(memory, agent_id)  # else nothing to rank: no call to embed
         ):
@@ -4376,6 +4376,16 @@ def _ref_counts(node: Any) -> Counter[str]:
 def _json_chars(node: Any) -> int:
     """Length of `node` as the prompt's JSON."""
     return len(json.dumps(node, ensure_ascii=False, default=str))
+
+
+def _embeds(memory: object) -> bool:
+    """Whether a memory store has an embedder.
+
+    That is its `has_embedder`: a property, as `EpisodicStore`'s, or a method of a store of
+    the application's own.
+    """
+    flag = getattr(memory, "has_embedder", False)
+    return bool(flag() if callable(flag) else flag)
 
 
 async def _maybe_await(value: Any) -> Any:
