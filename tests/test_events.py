@@ -861,3 +861,35 @@ def test_tuple_of_holds_its_items_without_leaking_them() -> None:
     del holder
     gc.collect()
     assert sys.getrefcount(item) == before
+
+
+async def test_close_ends_every_subscription_when_a_collected_one_leaves_meanwhile() -> None:
+    # `close` walked the subscribers' list while handing each its end: the garbage collector,
+    # run by that work, could finalize a subscription held only by a reference cycle, which
+    # removed itself from the list, and the subscriber after it was skipped: its reader
+    # waited forever. The collector's timing is not the test's to choose: the subscription
+    # is dropped at that moment here, by the queue before it as it takes its end.
+    bus = ar.EventBus()
+    dropped = [bus.subscribe()]
+    first = bus.subscribe()
+    readers = [first, bus.subscribe(), bus.subscribe()]
+    queue = bus._queues[1]
+    hand_over = queue.put_nowait
+
+    def put_nowait(item: Any) -> None:
+        dropped.clear()  # its last reference: it ends, and leaves the list
+        hand_over(item)
+
+    queue.put_nowait = put_nowait  # type: ignore[method-assign]
+
+    async def read(subscription: Any) -> None:
+        async for _ in subscription:
+            pass
+
+    tasks = [asyncio.create_task(read(s)) for s in readers]
+    await asyncio.sleep(0)  # all wait for an event
+    bus.close()
+    done, pending = await asyncio.wait(tasks, timeout=5)
+    for task in pending:
+        task.cancel()
+    assert not pending and len(done) == len(readers)

@@ -395,10 +395,13 @@ class EventBus:
         ends; later events do not reach it.
         """
         with self._changing:
-            for queue in self._queues:
-                queue.put_nowait(None)
+            # Taken off the list first: handing over an end allocates, so the collector may
+            # finalize a subscription, which leaves the list (it would skip the next one).
+            queues = list(self._queues)
             self._queues.clear()  # the same list object: the Rust fan-out holds it
             self._listeners_changed()
+            for queue in queues:
+                queue.put_nowait(None)
 
 
 class _SubscriberQueue(asyncio.Queue["Event | None"]):
