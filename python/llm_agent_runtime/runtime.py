@@ -639,8 +639,9 @@ class AgentRuntime:
                 `agent_id` that is not a non-empty string of valid Unicode, a `prompt` that
                 is not a string, a `session` that is not an `AgentSession`, has a field of
                 the wrong type or a malformed chat message (see `session.message_problem`),
-                or is another agent's, an `infer` that is not an async callable; or `session`
-                is already running a turn.
+                or is another agent's, an `infer` that is None or not callable; or `session`
+                is already running a turn. A synchronous `infer` (telling it apart takes a
+                call) fails the run as it first returns no awaitable, with this error too.
             BackpressureShedError: The runtime is at capacity.
             AgentLoopError: Unparseable model output, a reply that is not a string, or the
                 loop timeout elapsed.
