@@ -1,6 +1,9 @@
 """Typed events of an agent run, delivered to callbacks and async streams.
 
-Events are named tuples: immutable, and cheap enough to build on every step.
+Events are named tuples: immutable, and cheap enough to build on every step. What they hold
+is the run's own (no copy is made for them): `ToolCallStarted.arguments` is the dict the
+tool is called with, so a listener that changes it changes the call. Treat it as read-only;
+to change a call, use an `on_tool_call` middleware (recorded in `Step.requested`).
 
 The order of a run's events: `RunStarted`, then per step the model's (`LlmTextDelta`,
 `LlmResponse`) and the tools' (`ToolCallStarted`, `ToolCallFinished`) events, each step's
