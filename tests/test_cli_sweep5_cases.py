@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -60,10 +62,12 @@ def test_a_relative_home_keeps_the_database_out_of_the_working_directory(
     temp.mkdir()
     answered = run([*CLI, "demo"], {"HOME": home, "TMPDIR": str(temp)}, cwd=work)
     assert answered.returncode == 0, answered.stderr
-    saved = temp / "llm-agent-runtime" / "demo.db"
+    saved = temp / f"llm-agent-runtime-{os.getuid()}" / "demo.db"
     assert f" saved in SQLite at {saved} under key " in answered.stdout
     assert saved.is_file()
     assert list(work.iterdir()) == []
+    # Its own, in a directory every user may write in: no other user reads or blocks it.
+    assert stat.S_IMODE(saved.parent.stat().st_mode) == 0o700
 
 
 def test_the_default_database_ignores_a_blank_home(tmp_path: Path) -> None:
@@ -71,7 +75,7 @@ def test_the_default_database_ignores_a_blank_home(tmp_path: Path) -> None:
     code = "from llm_agent_runtime.demo import default_db_path; print(default_db_path())"
     shown = run([sys.executable, "-c", code], {"HOME": "", "TMPDIR": str(tmp_path)})
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout == f"{tmp_path / 'llm-agent-runtime' / 'demo.db'}\n"
+    assert shown.stdout == f"{tmp_path / f'llm-agent-runtime-{os.getuid()}' / 'demo.db'}\n"
 
 
 def test_ctrl_c_while_the_demo_loads_exits_130_without_a_traceback(tmp_path: Path) -> None:
@@ -105,3 +109,29 @@ def test_a_database_path_ending_in_slash_dot_is_refused_as_a_directory(tmp_path:
         refused.stderr
     )
     assert list(tmp_path.iterdir()) == []  # no file `new.db` where a directory was meant
+
+
+def test_a_database_path_ending_in_slash_dot_dot_is_refused_as_a_directory(
+    tmp_path: Path,
+) -> None:
+    # `x.db/..` names the directory holding `x.db`: SQLite said only "unable to open", and
+    # the directory `x.db` was made on the way.
+    given = f"{tmp_path / 'x.db'}/.."
+    refused = run([*CLI, "demo"], {demo.DB_ENV: given})
+    assert refused.returncode == 1
+    assert f"error: {demo.DB_ENV}={given!r} is a directory: give the path of the SQLite file" in (
+        refused.stderr
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_temporary_fallback_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    # Its name is known to every user: one made by someone else (a symlink included) would
+    # hold, or point, the demo's database where they choose.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / f"llm-agent-runtime-{os.getuid()}").symlink_to(elsewhere)
+    code = "from llm_agent_runtime.demo import default_db_path; print(default_db_path())"
+    shown = run([sys.executable, "-c", code], {"HOME": "", "TMPDIR": str(tmp_path)})
+    assert shown.returncode != 0
+    assert "is not a private directory of this user" in shown.stderr

@@ -36,6 +36,7 @@ import math
 import operator
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -190,14 +191,16 @@ def default_db_path() -> Path:
 
     The per-user file is `llm-agent-runtime/demo.db` in `XDG_CACHE_HOME` (when absolute: the
     XDG spec has a relative one ignored), else in `~/.cache` (in the temporary directory when
-    there is no home directory, or `HOME` is set to a blank or relative path), never in the
-    working directory.
+    there is no home directory, or `HOME` is set to a blank or relative path: then in a
+    directory of the user's own there, `llm-agent-runtime-<uid>`, made private), never in
+    the working directory.
 
     Raises:
         PersistenceError: `LLM_AGENT_RUNTIME_DEMO_DB` starts with `~` or `~user` and there is
             no such home directory, names a directory (an existing one, or any path ending
-            in `/` or `/.`), or is `:memory:` (the demo shows where its session was saved,
-            and a memory database keeps nothing).
+            in `/`, `/.` or `/..`), or is `:memory:` (the demo shows where its session was
+            saved, and a memory database keeps nothing); the temporary directory's is not a
+            private directory of this user's.
     """
     if configured := os.environ.get(DB_ENV, "").strip():
         try:
@@ -217,9 +220,38 @@ def default_db_path() -> Path:
         # working directory, and an empty one reads as `/`, the filesystem's root: neither
         # is a home directory.
         if not os.path.isabs(home) or os.environ.get("HOME") == "":
-            return Path(tempfile.gettempdir()) / "llm-agent-runtime" / "demo.db"
+            return _private_temp_dir() / "demo.db"
         cache = os.path.join(home, ".cache")
     return Path(cache) / "llm-agent-runtime" / "demo.db"
+
+
+def _private_temp_dir() -> Path:
+    """`llm-agent-runtime-<uid>` in the temporary directory, made private (mode 0700).
+
+    The temporary directory is every user's: a name of its own keeps one user's database
+    from blocking or showing another's, and the checks keep a directory someone else made
+    under that known name (or a symlink of theirs) from holding it.
+
+    Raises:
+        PersistenceError: The name is taken by what is not a directory of this user's.
+    """
+    base = Path(tempfile.gettempdir())
+    if not hasattr(os, "getuid"):  # Windows: its temporary directory is the user's own
+        return base / "llm-agent-runtime"
+    path = base / f"llm-agent-runtime-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        status = path.lstat()
+        if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid():
+            raise ar.PersistenceError(
+                f"{path} is not a private directory of this user (another user's, or a "
+                f"link): set {DB_ENV} to where the demo may keep its database"
+            )
+        if stat.S_IMODE(status.st_mode) & 0o077:
+            path.chmod(0o700)
+    except OSError as error:
+        raise ar.PersistenceError(f"cannot make {path} for the demo's database: {error}") from None
+    return path
 
 
 def _database_file(given: str, setting: str, path: Path | None = None) -> Path:
@@ -232,7 +264,7 @@ def _database_file(given: str, setting: str, path: Path | None = None) -> Path:
 
     Raises:
         PersistenceError: `given` is `:memory:` or names a directory (an existing one, or any
-            path ending in `/` or `/.`).
+            path ending in `/`, `/.` or `/..`).
     """
     if given == ":memory:":
         raise ar.PersistenceError(
@@ -243,7 +275,7 @@ def _database_file(given: str, setting: str, path: Path | None = None) -> Path:
     # Path() drops a trailing slash (and a trailing `/.`): the demo would create a file where
     # the user meant a directory, and SQLite says no more of an existing one than "unable to
     # open".
-    if given.endswith(("/", os.sep)) or os.path.basename(given) == "." or os.path.isdir(path):
+    if given.endswith(("/", os.sep)) or os.path.basename(given) in (".", "..") or path.is_dir():
         raise ar.PersistenceError(
             f"{setting}={given!r} is a directory: give the path of the SQLite file "
             f"(e.g. {str(path / 'demo.db')!r})"
