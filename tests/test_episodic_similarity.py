@@ -175,3 +175,26 @@ def test_an_embedder_returning_a_row_of_no_values_is_a_clear_error(row: Any) -> 
     with pytest.raises(ar.MemoryStoreError, match="dim >= 1"):
         store.add_episode("a", "x", 0.5)
     assert len(store) == 0
+
+
+def test_from_json_refuses_an_embedder_of_another_dimension() -> None:
+    # Accepted, it failed every recall by similarity, and so every run, later on.
+    store = ar.EpisodicStore(embedder=ar.HashingEmbedder(16))
+    store.add_episode("a", "the sky is blue", 0.5)
+    text = store.to_json()
+    with pytest.raises(ar.MemoryStoreError, match="dimension 8, the store's have 16"):
+        ar.EpisodicStore.from_json(text, embedder=ar.HashingEmbedder(8))
+    same = ar.EpisodicStore.from_json(text, embedder=ar.HashingEmbedder(16))
+    assert [e.content for e in same.recall("a", 1, "sky")] == ["the sky is blue"]
+
+    class Untold:
+        """An embedder that does not say its dimension (dim is optional)."""
+
+        def embed(self, texts: list[str]) -> list[list[float]]:
+            return [[1.0] * 16 for _ in texts]
+
+    assert len(ar.EpisodicStore.from_json(text, embedder=Untold())) == 1
+    # A store without embeddings takes any embedder.
+    plain = ar.EpisodicStore()
+    plain.add_episode("a", "x", 0.5)
+    assert len(ar.EpisodicStore.from_json(plain.to_json(), embedder=ar.HashingEmbedder(8))) == 1

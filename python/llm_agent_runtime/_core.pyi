@@ -487,8 +487,9 @@ class EpisodicStore:
                 breaks a rule of the store: per_agent_capacity 0 (or an agent over it),
                 embedding_dim 0, a half-life that is not a positive number, a negative or
                 non-finite weight, importance outside [0, 1], a non-finite time, an episode
-                under another agent's id, ids out of order or shared by two episodes, or
-                embeddings that are zero or of different lengths.
+                under another agent's id, ids out of order or shared by two episodes,
+                embeddings that are zero or of different lengths, or an embedder whose dim
+                is not their length.
             TypeError: clock cannot be called.
         """
     def __len__(self) -> int: ...

@@ -1023,6 +1023,28 @@ fn clock_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
 /// An `embedder` argument: None, or an instance with a callable `embed` (a dimension, a
 /// model name or an embedder class given instead is refused now, not at the first episode
 /// as a bare `AttributeError` or `TypeError`).
+/// Refuses an embedder whose `dim` (optional in the Embedder protocol: one without an int
+/// `dim` is taken as it is) differs from the length of the store's embeddings: every recall
+/// by similarity, and every episode it embeds, would fail.
+///
+/// # Errors
+/// `MemoryStoreError` naming both lengths.
+fn check_embedder_dim(embedder: &Bound<'_, PyAny>, stored: usize) -> PyResult<()> {
+    let told = embedder
+        .getattr(pyo3::intern!(embedder.py(), "dim"))
+        .ok()
+        .filter(|dim| dim.is_exact_instance_of::<pyo3::types::PyInt>())
+        .and_then(|dim| dim.extract::<usize>().ok());
+    match told {
+        Some(dim) if dim != stored => Err(CoreError::Memory(format!(
+            "the embedder makes embeddings of dimension {dim}, the store's have {stored}: \
+             pass the embedder they were made with"
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 fn embedder_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
     if value.is_none() {
         return Ok(None);
@@ -1451,8 +1473,9 @@ impl PyEpisodicStore {
     ///         `embedding_dim` 0, a half-life that is not a positive number, a negative or
     ///         non-finite weight, importance outside [0, 1], a non-finite time, an episode
     ///         under another agent's id, ids out of order or shared by two episodes, or
-    ///         embeddings that are zero or of different lengths. Other embeddings are scaled
-    ///         to unit length, as `add_episode` stores them.
+    ///         embeddings that are zero or of different lengths, or an `embedder` whose
+    ///         `dim` is not their length. Other embeddings are scaled to unit length, as
+    ///         `add_episode` stores them.
     ///     TypeError: `clock` cannot be called (see `EpisodicStore`).
     #[staticmethod]
     #[pyo3(signature = (text, clock=None, embedder=None))]
@@ -1469,6 +1492,9 @@ impl PyEpisodicStore {
                 .validated()
                 .map_err(|e| CoreError::Memory(format!("not a valid exported episodic store: {e}")))
         })?;
+        if let (Some(embedder), Some(stored)) = (&embedder, store.embedding_dim) {
+            check_embedder_dim(embedder.bind(py), stored)?;
+        }
         Ok(Self::from_parts(store, clock, embedder))
     }
 
