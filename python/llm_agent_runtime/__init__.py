@@ -284,4 +284,7 @@ __all__ = [
 ]
 
 
-__getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
+# Not for type checkers: a module `__getattr__` tells them any name exists (a misspelled
+# import would be `Any`); they read the names above, under TYPE_CHECKING.
+if not _typing.TYPE_CHECKING:
+    __getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)

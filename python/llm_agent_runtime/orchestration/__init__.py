@@ -76,4 +76,5 @@ __all__ = [
     "canonical_key",
 ]
 
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+if not TYPE_CHECKING:  # type checkers read the names above (see the package's)
+    __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -38,4 +38,5 @@ __all__ = [
     "step_key",
 ]
 
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+if not TYPE_CHECKING:  # type checkers read the names above (see the package's)
+    __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
