@@ -285,7 +285,9 @@ def test_a_provider_can_be_written_from_the_public_api() -> None:
     from llm_agent_runtime.providers import base
 
     for name in (
+        "ChatProvider",
         "ChatResponse",
+        "CompletionProvider",
         "Message",
         "StreamEnd",
         "StreamEvent",

@@ -31,7 +31,7 @@ COMMON = '''\
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from typing_extensions import assert_type
@@ -98,6 +98,31 @@ async def guarded(query: str) -> str:
 @breaker
 def guarded_sync(value: int) -> int:
     return value
+
+
+class ChatOnly:
+    """A provider of the application's own: `chat` is all the runtime needs."""
+
+    async def chat(
+        self,
+        messages: Sequence[ar.Message],
+        tools: Sequence[ar.ToolDefinition] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> ar.ChatResponse:
+        return ar.ChatResponse(text="Final Answer: chat")
+
+
+class CompleteOnly:
+    """A text model with `complete` alone: enough for the ReAct mode."""
+
+    async def complete(self, prompt: str, model: str | None = None) -> str:
+        return "Final Answer: complete"
+
+
+class Trimming(ar.Middleware):
+    def on_user_message(self, session: ar.AgentSession, text: str) -> str:
+        return text.strip()
 '''
 
 CORRECT = (
@@ -137,6 +162,10 @@ async def main() -> None:
     assert assert_type(await dedup.run("k", parse, "6"), int) == 6
     assert assert_type(await dedup.run("q", fetch, query="q"), str) == "results for q"
     assert assert_type(await dedup.run("d", deferred, 2), int) == 2
+    runtime = ar.AgentRuntime(middlewares=(m for m in [Trimming()]))  # any iterable
+    for provider in (ChatOnly(), CompleteOnly()):
+        session = await runtime.run_agent_with_provider("a", "q", provider)
+        assert session.final_answer in ("chat", "complete")
 """
 )
 
@@ -146,6 +175,9 @@ WRONG = (
     + """
 
 spec: int = add  # E: assignment
+ar.AgentConfig().max_iterations = 3  # E: misc
+ar.AgentRuntme  # E: attr-defined
+from llm_agent_runtime.orchestration import CircutBreaker  # E: attr-defined
 maker: ToolSpec = tool(idempotent=True)  # E: assignment
 tool(name=3)  # E: call-overload
 

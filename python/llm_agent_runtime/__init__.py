@@ -94,7 +94,9 @@ if _typing.TYPE_CHECKING:
     from llm_agent_runtime.providers import provider_from_env
     from llm_agent_runtime.providers.anthropic import AnthropicProvider
     from llm_agent_runtime.providers.base import (
+        ChatProvider,
         ChatResponse,
+        CompletionProvider,
         LlmProvider,
         Message,
         StreamEnd,
@@ -159,6 +161,8 @@ _LAZY = {
     "ApprovalHandler": "llm_agent_runtime.runtime",
     "InferFn": "llm_agent_runtime.runtime",
     "LlmProvider": "llm_agent_runtime.providers.base",
+    "ChatProvider": "llm_agent_runtime.providers.base",
+    "CompletionProvider": "llm_agent_runtime.providers.base",
     "ChatResponse": "llm_agent_runtime.providers.base",
     "Message": "llm_agent_runtime.providers.base",
     "StreamEnd": "llm_agent_runtime.providers.base",
@@ -196,6 +200,7 @@ __all__ = [
     "BackpressureShedError",
     "BudgetExceededError",
     "CapabilitySet",
+    "ChatProvider",
     "ChatResponse",
     "CheckpointSaved",
     "CircuitBreaker",
@@ -204,6 +209,7 @@ __all__ = [
     "CircuitStateBackend",
     "CircuitStateChange",
     "Clock",
+    "CompletionProvider",
     "CostBudget",
     "DecayPolicy",
     "Deduplicator",

@@ -18,7 +18,7 @@ RUNTIME_PARAMS = frozenset(
 (`model`, `stop_sequences`, `system_prompt` and `mode` set them)."""
 
 
-class AgentConfig(BaseModel):
+class AgentConfig(BaseModel, frozen=True):
     """Settings of one `AgentRuntime`, validated once at construction.
 
     Integer settings are strict: a bool (`True`), a float or a numeric string (`"7"`) is
@@ -62,12 +62,11 @@ class AgentConfig(BaseModel):
             the request bodies carry them (no NaN or infinity, no sets, string keys).
     """
 
+    # `frozen` is a class argument, which type checkers see (they do not read model_config).
     # `protected_namespaces=()`: `model_params` is a setting, not pydantic's (before 2.10,
     # pydantic warns of any field named `model_...`). `defer_build`: the validator is built at
     # the first validation, not at import, which then skips pydantic's plugin loading.
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", protected_namespaces=(), defer_build=True
-    )
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), defer_build=True)
 
     max_iterations: int = Field(default=10, strict=True, ge=1, le=MAX_COUNT)
     model: str | None = None

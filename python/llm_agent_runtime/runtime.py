@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from types import FunctionType, MethodType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
 
 from pydantic import ValidationError
 
@@ -68,7 +68,9 @@ from llm_agent_runtime.providers.base import (
     INCOMPLETE_STOP_REASONS,
     PAUSE_STOP_REASONS,
     SAFETY_STOP_REASONS,
+    ChatProvider,
     ChatResponse,
+    CompletionProvider,
     CutOffArgumentsError,
     LlmProvider,
     Message,
@@ -217,8 +219,9 @@ ApprovalHandler = Callable[
 class Middleware:
     """Base of middlewares; override any hook. A hook returning None keeps the value.
 
-    A hook is overridden in a subclass or set on an instance (`self.on_post_llm = ...`);
-    the runtime takes a middleware's hooks when it is built (a hook set later is not seen).
+    A hook is overridden in a subclass or set on an instance (`self.on_post_llm = ...`, which
+    type checkers refuse as an assignment to a method: a subclass is the typed way); the
+    runtime takes a middleware's hooks when it is built (a hook set later is not seen).
     Hooks may be sync or async. `on_tool_call` returns `(tool name, arguments)` or None.
     """
 
@@ -409,7 +412,7 @@ class AgentRuntime:
         metrics: RuntimeMetrics | None = None,
         checkpoint_backend: PersistenceBackend | None = None,
         resume_lease_seconds: float | None = None,
-        middlewares: Sequence[Middleware] | None = (),
+        middlewares: Iterable[Middleware] | None = (),
         approval_handler: ApprovalHandler | None = None,
         capabilities: CapabilitySet | None = None,
         budget: CostBudget | None = None,
@@ -657,11 +660,14 @@ class AgentRuntime:
         self,
         agent_id: str,
         prompt: str,
-        provider: LlmProvider,
+        provider: ChatProvider | CompletionProvider,
         *,
         session: AgentSession | None = None,
     ) -> AgentSession:
         """Runs the loop on an `LlmProvider`: text ReAct, or native tools (`config.mode`).
+
+        Any object with the methods the mode calls will do (`ChatProvider`: a `chat`
+        method; for the ReAct mode, `CompletionProvider`'s `complete` is enough).
 
         A text model is asked through `chat` (or `complete`, for a provider without `chat`).
         A reply that stopped before it was complete (stop reason `length`, `max_tokens`,
@@ -683,7 +689,8 @@ class AgentRuntime:
         """
         self._check_provider(provider)
         if self._config.mode == "tools":
-            return await self._run(agent_id, prompt, None, provider, session)
+            chat = cast("ChatProvider", provider)  # it has `chat`: checked just above
+            return await self._run(agent_id, prompt, None, chat, session)
         return await self._run(agent_id, prompt, self._text_model(provider), None, session)
 
     @property
@@ -725,7 +732,10 @@ class AgentRuntime:
         return AgentSession(session_id=session_id, agent_id=agent_id)
 
     async def run_turn(
-        self, session: AgentSession, message: str, provider: LlmProvider | InferFn
+        self,
+        session: AgentSession,
+        message: str,
+        provider: ChatProvider | CompletionProvider | InferFn,
     ) -> str | None:
         """Runs one turn of a multi-turn session; returns the turn's final answer.
 
@@ -772,7 +782,8 @@ class AgentRuntime:
             self._check_provider(provider)
             if self._config.mode == "tools":
                 _check_tool_exchanges(session.messages)
-                await self._run(agent_id, message, None, provider, session, history, None, answer)
+                chat = cast("ChatProvider", provider)  # it has `chat`: checked just above
+                await self._run(agent_id, message, None, chat, session, history, None, answer)
             else:
                 infer = self._text_model(provider)
                 await self._run(agent_id, message, infer, None, session, history, None, answer)
@@ -809,7 +820,7 @@ class AgentRuntime:
             params.update(config.model_params)
         return params
 
-    def _text_model(self, provider: LlmProvider) -> InferFn:
+    def _text_model(self, provider: ChatProvider | CompletionProvider) -> InferFn:
         """The provider as a ReAct text model: one user prompt in, the reply's text out.
 
         Asked through a one-message `chat` when the provider has one: it carries the stop
@@ -828,7 +839,8 @@ class AgentRuntime:
                     f"({type(provider).__name__} has only complete)"
                 )
             # A partial of an async method is seen as async (no adapter frame per step).
-            return functools.partial(provider.complete, model=self._config.model)
+            text_model = cast("CompletionProvider", provider)  # no `chat`: it has `complete`
+            return functools.partial(text_model.complete, model=self._config.model)
         chat = _async_chat(provider)
         params = self._call_params()
 
@@ -916,7 +928,7 @@ class AgentRuntime:
         agent_id: str,
         prompt: str,
         infer: InferFn | None,
-        provider: LlmProvider | None,
+        provider: ChatProvider | None,
         session: AgentSession | None,
         history: list[dict[str, Any]] | None = None,
         resume: SessionState | None = None,
@@ -1106,7 +1118,7 @@ class AgentRuntime:
         agent_id: str,
         prompt: str,
         infer: InferFn | None,
-        provider: LlmProvider | None,
+        provider: ChatProvider | None,
         session: AgentSession,
         history: list[dict[str, Any]] | None,
         resume: SessionState | None,
@@ -1205,7 +1217,7 @@ class AgentRuntime:
         self._tool_names = frozenset(d.name for d in definitions)
         self._tools_seen = (tools, len(definitions))
 
-    def _request_chars(self, context: str, prompt: str, provider: LlmProvider | None) -> int:
+    def _request_chars(self, context: str, prompt: str, provider: ChatProvider | None) -> int:
         """Characters of a turn's request besides its history.
 
         That is the context, the tools as the model is shown them (a catalog in text mode,
@@ -1575,7 +1587,7 @@ class AgentRuntime:
         session: AgentSession,
         context: str,
         prompt: str,
-        provider: LlmProvider,
+        provider: ChatProvider,
         history: list[dict[str, Any]] | None,
         resume: SessionState | None = None,
         deadline: float | None = None,
@@ -1881,7 +1893,7 @@ class AgentRuntime:
     async def _chat_stream(
         self,
         session: AgentSession,
-        provider: LlmProvider,
+        provider: ChatProvider,
         messages: list[Message],
         tool_defs: list[ToolDefinition] | None,
         params: dict[str, Any],
@@ -1899,7 +1911,8 @@ class AgentRuntime:
             AgentRuntimeError: The provider's `chat_stream` returned no async iterator.
         """
         stops = self._stops
-        stream = provider.chat_stream(messages, tools=tool_defs, **params)
+        # Called only for a provider with a `chat_stream` (see `streams_text`).
+        stream = cast("LlmProvider", provider).chat_stream(messages, tools=tool_defs, **params)
         if not hasattr(stream, "__aiter__"):
             if inspect.iscoroutine(stream):
                 stream.close()  # never awaited: closed, so no warning names it
@@ -3037,7 +3050,9 @@ class AgentRuntime:
             slots.run(functools.partial(one, i, c)) for i, c in enumerate(calls)
         )
 
-    async def resume(self, session_id: str, model: InferFn | LlmProvider) -> AgentSession:
+    async def resume(
+        self, session_id: str, model: InferFn | ChatProvider | CompletionProvider
+    ) -> AgentSession:
         """Continues an interrupted run from its last completed step.
 
         Completed steps are never re-executed: their results come from the checkpoints. A
@@ -3183,7 +3198,8 @@ class AgentRuntime:
             _required("provider", model, ["chat"])
             if history is not None:
                 _check_tool_exchanges(session.messages)
-            return await self._run(agent_id, prompt, None, model, session, history, state)
+            chat = cast("ChatProvider", model)  # it has `chat`: checked just above
+            return await self._run(agent_id, prompt, None, chat, session, history, state)
         self._check_provider(model)
         infer = self._text_model(model)
         return await self._run(agent_id, prompt, infer, None, session, history, state)
@@ -3322,7 +3338,7 @@ class AgentRuntime:
         return await self._checkpoints.events(session_id)
 
 
-def _is_infer(model: InferFn | LlmProvider) -> TypeIs[InferFn]:
+def _is_infer(model: InferFn | ChatProvider | CompletionProvider) -> TypeIs[InferFn]:
     """Whether `model` is an `infer` function, not a provider nor a provider's class.
 
     A provider need not have every method of `LlmProvider`: it has `chat` or `complete`.

@@ -10,7 +10,9 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from llm_agent_runtime.providers.base import (
+    ChatProvider,
     ChatResponse,
+    CompletionProvider,
     LlmProvider,
     Message,
     StreamEnd,
@@ -28,7 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AnthropicProvider",
+    "ChatProvider",
     "ChatResponse",
+    "CompletionProvider",
     "LlmProvider",
     "Message",
     "OpenAIProvider",

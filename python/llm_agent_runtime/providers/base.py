@@ -27,7 +27,9 @@ __all__ = [
     "PAUSE_STOP_REASONS",
     "SAFETY_STOP_REASONS",
     "TRUNCATION_STOP_REASONS",
+    "ChatProvider",
     "ChatResponse",
+    "CompletionProvider",
     "CutOffArgumentsError",
     "LlmProvider",
     "Message",
@@ -173,10 +175,10 @@ def _loop_message(
 _new_object = object.__new__
 
 
-class ToolDefinition(BaseModel):
+class ToolDefinition(BaseModel, frozen=True):  # frozen a class argument: type checkers see it
     """A tool offered to the model: its name, description and JSON schema of arguments."""
 
-    model_config = ConfigDict(frozen=True, defer_build=True)  # built at first use (import time)
+    model_config = ConfigDict(defer_build=True)  # built at first use (import time)
 
     name: str
     """Tool name the model calls it by."""
@@ -459,6 +461,36 @@ class StreamEnd(NamedTuple):
 
 StreamEvent = TextDelta | ToolCallDelta | StreamEnd
 """Events yielded by `LlmProvider.chat_stream`, ending with exactly one `StreamEnd`."""
+
+
+class ChatProvider(Protocol):
+    """The least a provider needs for `AgentRuntime.run_agent_with_provider` in every mode.
+
+    A `chat` method (`LlmProvider.chat`); a `chat_stream` one, when it has it, streams the
+    text of a run whose events are listened to.
+    """
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> ChatResponse:
+        """Sends a conversation (and optional tools) and returns the whole response."""
+        ...
+
+
+class CompletionProvider(Protocol):
+    """A text model with `complete` alone.
+
+    Enough for the ReAct mode without stop sequences or `model_params` (see
+    `AgentRuntime.run_agent_with_provider`).
+    """
+
+    async def complete(self, prompt: str, model: str | None = None) -> str:
+        """Returns the model's text reply to a single user prompt."""
+        ...
 
 
 @runtime_checkable
