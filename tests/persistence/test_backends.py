@@ -1248,7 +1248,10 @@ async def test_a_postgres_batch_delete_if_aborted_as_one_of_a_deadlock_runs_agai
         )
         await takeover.commit()
         assert await release is False
-        assert len(statements) == 2  # aborted once (a deadlock), then run again
+        # Aborted (a deadlock), then run again; the retry may take the fence before the
+        # woken takeover does and be aborted once more (on a loaded machine): at most the
+        # backend's 3 attempts.
+        assert 2 <= len(statements) <= 3
         assert await store.batch_load([claim, fence]) == {claim: b"held", fence: b"taker"}
     finally:
         await takeover.close()
