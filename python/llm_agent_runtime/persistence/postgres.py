@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import random
 import re
 import select
 import weakref
@@ -48,6 +49,8 @@ _PROGRAM_LIMIT_EXCEEDED = "54000"
 _DEADLOCK_DETECTED = "40P01"
 """SQLSTATE of a statement the server aborted to break a cycle of lock waits."""
 _DEADLOCK_ATTEMPTS = 3
+_DEADLOCK_PAUSE = 0.05
+"""Seconds, at most, before a statement aborted by a deadlock runs again (times its attempt)."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -502,10 +505,13 @@ class PostgresBackend:
         resume claim's renewal or release (guard: the fence) and its takeover (guard: the
         claim) take the two rows in opposite orders. The server aborts one of them; in
         autocommit it wrote nothing, so it runs again and sees the other's write (a guard
-        that no longer holds its value: it writes nothing, and says so). All within the one
-        `timeout`.
+        that no longer holds its value: it writes nothing, and says so). It waits a few
+        milliseconds first, at random: run again at once, it could take its guard row again
+        before the other transaction, woken by the abort, took it, and deadlock again. All
+        within the one `timeout`.
         """
-        deadline = asyncio.get_running_loop().time() + self.timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         attempt = 1
         while True:
             try:
@@ -514,6 +520,8 @@ class PostgresBackend:
                 deadlocked = getattr(error, "sqlstate", None) == _DEADLOCK_DETECTED
                 if not deadlocked or attempt == _DEADLOCK_ATTEMPTS:
                     raise
+            pause = random.uniform(_DEADLOCK_PAUSE / 2, _DEADLOCK_PAUSE) * attempt
+            await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
             attempt += 1
 
     async def _statement(
