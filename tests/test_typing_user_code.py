@@ -120,6 +120,14 @@ class CompleteOnly:
         return "Final Answer: complete"
 
 
+bus = ar.EventBus()
+
+
+@bus.on
+def count(event: ar.Event) -> int:
+    return 1
+
+
 class Trimming(ar.Middleware):
     def on_user_message(self, session: ar.AgentSession, text: str) -> str:
         return text.strip()
@@ -162,6 +170,7 @@ async def main() -> None:
     assert assert_type(await dedup.run("k", parse, "6"), int) == 6
     assert assert_type(await dedup.run("q", fetch, query="q"), str) == "results for q"
     assert assert_type(await dedup.run("d", deferred, 2), int) == 2
+    assert assert_type(count(ar.RunStarted("s", "a", "p")), int) == 1  # decorated, as it was
     runtime = ar.AgentRuntime(middlewares=(m for m in [Trimming()]))  # any iterable
     for provider in (ChatOnly(), CompleteOnly()):
         session = await runtime.run_agent_with_provider("a", "q", provider)
@@ -175,6 +184,7 @@ WRONG = (
     + """
 
 spec: int = add  # E: assignment
+counted: str = count(ar.RunStarted("s", "a", "p"))  # E: assignment
 ar.AgentConfig().max_iterations = 3  # E: misc
 ar.AgentRuntme  # E: attr-defined
 from llm_agent_runtime.orchestration import CircutBreaker  # E: attr-defined

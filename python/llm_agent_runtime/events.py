@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from llm_agent_runtime._core import EventFanout
 from llm_agent_runtime.errors import AgentRuntimeError
@@ -145,6 +145,9 @@ Event = (
     | ErrorEvent
 )
 """Any event the runtime emits."""
+
+_Callback = TypeVar("_Callback", bound=Callable[[Event], Any])
+"""A callback `EventBus.on` registers, returned as it is (it works as a decorator)."""
 
 
 logger = logging.getLogger("llm_agent_runtime")
@@ -262,7 +265,7 @@ class EventBus:
         self.emit_new: Callable[[type[Event], tuple[Any, ...]], None] = fanout.emit_new
         """`emit(cls(*fields))`, the event built in Rust: the runtime's per-step events."""
 
-    def on(self, callback: Callable[[Event], Any]) -> Callable[[Event], Any]:
+    def on(self, callback: _Callback) -> _Callback:
         """Registers `callback` (sync, or async: it is scheduled) for every event.
 
         An event goes to the callbacks registered when it is emitted: one added or removed

@@ -554,11 +554,11 @@ class ToolSpec:
         added = [f for f in dict.fromkeys(fields) if f not in declared]
         if added:  # a copy: the caller's schema stays as it was
             schema = {**schema, "required": declared + added}
-        self.name = name
-        self.description = description
+        self.name: str = name
+        self.description: str = description
         self.handler = handler
-        self.parameters = schema
-        self.required_fields = tuple(declared + added)
+        self.parameters: dict[str, Any] = schema
+        self.required_fields: tuple[str, ...] = tuple(declared + added)
         self.timeout = timeout
         self.circuit_breaker = circuit_breaker
         self.run_inline = run_inline
