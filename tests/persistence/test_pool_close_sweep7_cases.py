@@ -11,14 +11,15 @@ import llm_agent_runtime as ar
 from .test_backends import _drop_table, server_address
 
 
-async def _sessions_named(dsn: str, name: str) -> int:
+async def _sessions_named(dsn: str, name: str, settled: bool = True) -> int:
     """The server's sessions of `application_name` `name`, once those closing have gone.
 
     A session the client closed leaves `pg_stat_activity` a moment later (its server process
     ends after reading the client's goodbye): one still listed after 10 s was left open.
+    `settled=False`: those listed now.
     """
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        for _ in range(100):
+        for _ in range(100 if settled else 1):
             cursor = await conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
             )

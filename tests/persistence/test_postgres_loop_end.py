@@ -10,6 +10,7 @@ import pytest
 import llm_agent_runtime as ar
 
 from .test_backends import _drop_table, server_address
+from .test_pool_close_sweep7_cases import _sessions_named
 
 
 @pytest.mark.timeout(20)
@@ -34,18 +35,6 @@ def test_a_postgres_call_made_as_its_loop_ends_fails_instead_of_spinning_forever
         asyncio.run(_drop_table(dsn, table))
 
 
-async def _own_connections(dsn: str, name: str) -> int:
-    """Connections to the server whose application_name is `name`."""
-    import psycopg
-
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        cursor = await conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
-        )
-        row = await cursor.fetchone()
-        return int(row[0]) if row else 0
-
-
 @pytest.mark.timeout(60)
 def test_a_backend_dropped_unclosed_closes_its_pool_without_destroying_pending_tasks() -> None:
     # The task that closes a loop's pool was referenced only by the backend: dropped with it
@@ -67,13 +56,9 @@ def test_a_backend_dropped_unclosed_closes_its_pool_without_destroying_pending_t
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _loop, context: messages.append(context["message"]))
         await use_and_drop()
-        opened = await _own_connections(base, name)
-        for _ in range(50):  # the pool's close runs in a task of its own
-            gc.collect()
-            await asyncio.sleep(0.05)
-            if await _own_connections(base, name) == 0:
-                break
-        return opened, await _own_connections(base, name)
+        opened = await _sessions_named(base, name, settled=False)
+        gc.collect()  # the backend is garbage in a cycle: its pool's close is scheduled
+        return opened, await _sessions_named(base, name)
 
     previous_hook = sys.unraisablehook
     sys.unraisablehook = unraisable.append
