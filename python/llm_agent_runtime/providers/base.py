@@ -494,29 +494,16 @@ class CompletionProvider(Protocol):
 
 
 @runtime_checkable
-class LlmProvider(Protocol):
+class LlmProvider(ChatProvider, CompletionProvider, Protocol):
     """What the agent loop needs from a model provider.
 
+    `chat` and `complete` (`ChatProvider`, `CompletionProvider`), and their streaming forms.
     Failures raise `ProviderError` (with `status` and `retryable`); a failing stream raises it
     from the iterator, it never hangs.
     """
 
-    async def complete(self, prompt: str, model: str | None = None) -> str:
-        """Returns the model's text reply to a single user prompt."""
-        ...
-
     def stream(self, prompt: str, model: str | None = None) -> AsyncIterator[str]:
         """Yields the model's text reply to a single user prompt as it arrives."""
-        ...
-
-    async def chat(
-        self,
-        messages: Sequence[Message],
-        tools: Sequence[ToolDefinition] | None = None,
-        model: str | None = None,
-        **params: Any,
-    ) -> ChatResponse:
-        """Sends a conversation (and optional tools) and returns the whole response."""
         ...
 
     def chat_stream(
