@@ -10,7 +10,7 @@ import pytest
 import llm_agent_runtime as ar
 
 from .test_backends import _drop_table, server_address
-from .test_pool_close_sweep7_cases import _sessions_named
+from .test_pool_close_sweep7_cases import _named_dsn, _open_sessions_named, _sessions_named
 
 
 @pytest.mark.timeout(20)
@@ -41,9 +41,7 @@ def test_a_backend_dropped_unclosed_closes_its_pool_without_destroying_pending_t
     # (no `close`, the loop still running), the garbage collector destroyed it and the pool's
     # worker tasks while pending ("Task was destroyed but it is pending!", its `finally`
     # awaiting under GeneratorExit), and the pool was never closed its own way.
-    base = server_address("postgres")
-    name = f"dropped_{uuid.uuid4().hex[:12]}"
-    dsn = f"{base}{'&' if '?' in base else '?'}application_name={name}"
+    base, name, dsn = _named_dsn("dropped")
     table = f"kv_{uuid.uuid4().hex}"
     messages: list[str] = []
     unraisable: list[object] = []
@@ -56,7 +54,7 @@ def test_a_backend_dropped_unclosed_closes_its_pool_without_destroying_pending_t
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _loop, context: messages.append(context["message"]))
         await use_and_drop()
-        opened = await _sessions_named(base, name, settled=False)
+        opened = await _open_sessions_named(base, name)
         gc.collect()  # the backend is garbage in a cycle: its pool's close is scheduled
         return opened, await _sessions_named(base, name)
 
