@@ -102,16 +102,16 @@ class ScriptedProvider:
         `prompt` is what the rule sees; the request is `messages` and `tools` (without
         `messages`: the prompt alone). Its size is estimated only for a usage that lacks it.
         """
+        reply: ScriptedReply
         if self._rule is not None:
-            reply: ScriptedReply = self._rule(prompt)
+            index, reply = None, self._rule(prompt)
             if not isinstance(reply, (str, ChatResponse)):
                 raise ProviderError(_not_a_reply("the scripted rule's reply", reply))
-            response = self._completed(reply, prompt, messages, tools)
-            self.calls += 1
-            return response
-        index, reply = self._listed()
+        else:
+            index, reply = self._listed()
         response = self._completed(reply, prompt, messages, tools)
-        self._index = index + 1  # taken only once answered: a refused request uses up none
+        if index is not None:  # taken only once answered: a refused request uses up none
+            self._index = index + 1
         self.calls += 1
         return response
 
