@@ -1020,9 +1020,6 @@ fn clock_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
     Ok(Some(value.clone().unbind()))
 }
 
-/// An `embedder` argument: None, or an instance with a callable `embed` (a dimension, a
-/// model name or an embedder class given instead is refused now, not at the first episode
-/// as a bare `AttributeError` or `TypeError`).
 /// Refuses an embedder whose `dim` (optional in the Embedder protocol: one without an int
 /// `dim` is taken as it is) differs from the length of the store's embeddings: every recall
 /// by similarity, and every episode it embeds, would fail.
@@ -1045,6 +1042,9 @@ fn check_embedder_dim(embedder: &Bound<'_, PyAny>, stored: usize) -> PyResult<()
     }
 }
 
+/// An `embedder` argument: None, or an instance with a callable `embed` (a dimension, a
+/// model name or an embedder class given instead is refused now, not at the first episode
+/// as a bare `AttributeError` or `TypeError`).
 fn embedder_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
     if value.is_none() {
         return Ok(None);
