@@ -550,8 +550,8 @@ mod inherited {
     /// Points every registered descriptor at `/dev/null` (in the child of a fork).
     extern "C" fn in_child() {
         let null = c"/dev/null";
-        // SAFETY: `open`, `dup2`, `fcntl` and `close` are async-signal-safe; each descriptor is one of
-        // an open file of this process (it was registered while open, and forked open).
+        // SAFETY: `open`, `dup2`, `fcntl` and `close` are async-signal-safe; each descriptor
+        // is one of an open file of this process (registered while open, and forked open).
         #[allow(unsafe_code)]
         unsafe {
             let mut devnull = -1;
