@@ -195,7 +195,10 @@ class ResultCache:
         `fn` may be sync or async; an exception is not cached. Concurrent misses of one key
         each call `fn` (a `Deduplicator` shares one call among them). The result is not cached
         either when `tool`'s entries were invalidated while `fn` ran (it may be stale), nor
-        when a `put` of the same key happened meanwhile (it stored a newer result).
+        when a `put` of the same key happened meanwhile (it stored a newer result). "While
+        `fn` ran" is this call's: with a `Deduplicator` inside `fn`, a miss after an
+        `invalidate` may join a shared call that began before it and cache its stale result,
+        so forget the tool's keys there too (`Deduplicator.forget`) when invalidating.
 
         Raises:
             TypeError: `fn` is not callable (a coroutine passed in place of its function is
@@ -229,7 +232,8 @@ class ResultCache:
     def invalidate(self, tool: str | None = None) -> int:
         """Drops every entry (or every entry of `tool`); returns how many.
 
-        A `get_or_call` of an invalidated tool that is running now will not store its result.
+        A `get_or_call` of an invalidated tool that is running now will not store its result
+        (see `get_or_call` for one whose `fn` shares calls through a `Deduplicator`).
 
         Raises:
             TypeError: `tool` is neither None nor a str.
