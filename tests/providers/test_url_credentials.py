@@ -105,6 +105,11 @@ async def test_user_info_and_a_bearer_key_are_refused_together(
         f"http://alice:{PASSWORD}@127.0.0.1:99999/v1",  # not a valid port
         f"alice:{PASSWORD}@127.0.0.1/v1",  # no scheme
         f"http://alice:{PASSWORD}@127.0.0.1/v1?api-version=1",  # a query
+        # Not percent-escaped, as they should be: a generated password often holds them.
+        f"http://alice:Kx7/{PASSWORD}@127.0.0.1/v1",
+        f"http://alice:Kx7?{PASSWORD}@127.0.0.1/v1",
+        f"http://alice:Kx7#{PASSWORD}@127.0.0.1/v1",
+        f"alice:Kx7/{PASSWORD}@127.0.0.1/v1",
     ],
 )
 def test_a_refused_base_url_is_quoted_without_its_password(url: str) -> None:

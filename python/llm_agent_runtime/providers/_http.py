@@ -146,8 +146,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 """Half of a UTF-16 surrogate pair, which no UTF-8 text can hold."""
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 """A JSON escape of half a surrogate pair (`\\ud83d`): decoded, it may be one alone."""
-_USER_INFO = re.compile(r"^([^/?#]*//)?[^/?#]*@")
-"""The user info of a URL (`user:password@` after the scheme), as messages hide it."""
+_SCHEME = re.compile(r"^[^/?#@]*//")
+"""A URL's `scheme://`, which messages show before its hidden user info."""
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -711,8 +711,18 @@ def basic_auth_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def _hide_user_info(url: str) -> str:
-    """`url` as a message shows it: `http://***@host/v1` for `http://user:password@host/v1`."""
-    return _USER_INFO.sub(r"\1***@", url, count=1)
+    """`url` as a message shows it: `http://***@host/v1` for `http://user:password@host/v1`.
+
+    Everything up to the last `@` goes: a password may hold a `/`, `?` or `#` not
+    percent-escaped (the URL is then malformed, and quoted in the message saying so), and
+    an `@` in the path hides a little more than it need, never less.
+    """
+    at = url.rfind("@")
+    if at < 0:
+        return url
+    scheme = _SCHEME.match(url)
+    start = scheme.end() if scheme is not None else 0
+    return url[:start] + "***" + url[at:] if at >= start else url
 
 
 def parse_json(model: type[ModelT], data: bytes, what: str) -> ModelT:
