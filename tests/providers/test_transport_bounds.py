@@ -23,6 +23,7 @@ from llm_agent_runtime import (
     RetryPolicy,
     RuntimeMetrics,
 )
+from llm_agent_runtime.providers import _http
 from llm_agent_runtime.providers._http import MAX_ERROR_BODY
 from llm_agent_runtime.providers.base import Message, TextDelta
 
@@ -426,3 +427,24 @@ def test_a_callers_client_used_from_another_running_loop_is_a_provider_error(
         release.set()
         thread.join()
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_a_reply_body_past_the_limit_is_refused_not_read_whole(
+    kind: str, server: FakeLlmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A non-streamed reply was read whole, however large (a 1 GB body: 2.3 GB of memory).
+    monkeypatch.setattr(_http, "MAX_REPLY_BYTES", 4096)
+    padding = json.dumps({"padding": "x" * 8192})[1:-1]
+    big = (render_openai if kind == "openai" else render_anthropic)(Turn(text="hi"), False)
+    body = big.body[:-1] + b", " + padding.encode() + b"}"
+    server.script(Reply(body=body, headers={"content-type": "application/json"}))
+    async with make_provider(kind, server, retry=ONCE) as llm:
+        with pytest.raises(ProviderError, match="larger than 4096 bytes") as caught:
+            await llm.chat([Message("user", "hi")])
+    assert caught.value.retryable is False
+    # One within the limit is read as ever.
+    monkeypatch.setattr(_http, "MAX_REPLY_BYTES", len(body))
+    server.script(Reply(body=body, headers={"content-type": "application/json"}))
+    async with make_provider(kind, server, retry=ONCE) as llm:
+        assert (await llm.chat([Message("user", "hi")])).text == "hi"

@@ -123,6 +123,9 @@ tell a body cut there from one that ends there); the rest is never read."""
 _TRUNCATED_QUOTE = 200
 """Characters quoted of an error body cut at `MAX_ERROR_BODY` that does not parse (JSON cut
 short, or a huge page): its start, with a note that it was cut."""
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+"""Most bytes of a successful non-streamed reply's body (a chat reply of a whole context
+window of text is a few MiB): a larger one fails, not retryable, rather than filling memory."""
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 """Most bytes an event stream's line, or the data of one of its events, may hold: a stream
 that never ends one fails (retryable) rather than filling memory."""
@@ -1627,8 +1630,9 @@ class HttpTransport:
             ProviderError: The call failed on its last attempt (the message then says how
                 many attempts were made, over how long), or with a status that another
                 attempt cannot fix (one outside 2xx, a redirect included, or a success
-                without a body: see `check_status`). An attempt that takes longer than
-                `total_timeout` in all fails as a timeout (retryable).
+                without a body: see `check_status`), or a reply body past
+                `MAX_REPLY_BYTES`. An attempt that takes longer than `total_timeout` in all
+                fails as a timeout (retryable).
             BudgetExceededError: The budget is already spent.
             ValueError: A value in `body` is NaN or infinite (`request_body`).
         """
@@ -1709,9 +1713,15 @@ class HttpTransport:
             response = await self._send(client, path, content)
             try:
                 await self.check_status(response)
-                body = await response.aread()
+                limit = MAX_REPLY_BYTES  # read now: a test may change it
+                body, larger = await _read_start(response, limit)
             finally:
                 await response.aclose()
+        if larger:
+            raise ProviderError(
+                f"{self.name} reply is larger than {limit} bytes: refused, not read whole "
+                "(a misbehaving server or proxy)"
+            )
         if _close_delimited(response) and _cut_json(body):
             raise ProviderError(
                 f"{self.name} reply cut short: the connection closed before its JSON body ended",
