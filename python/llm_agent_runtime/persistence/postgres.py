@@ -146,6 +146,43 @@ async def _close_pool(state: _LoopPool) -> None:
             await _shut(state.pool, state.connections)
 
 
+def _check_dsn(dsn: str) -> None:
+    """Refuses a connection string libpq would misread, before any message quotes it.
+
+    libpq's messages (and psycopg_pool's log records of them) quote what they could not
+    read: a password whose `@` or `%` was not escaped shows there, whole or in part.
+
+    Raises:
+        PersistenceError: A URI whose user info holds an `@` (the password's, unescaped:
+            libpq would take the rest for the host), or a string libpq cannot parse (its
+            message not shown).
+    """
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    scheme, uri, rest = dsn.partition("://")
+    if uri and scheme in ("postgresql", "postgres") and rest.split("/", 1)[0].count("@") > 1:
+        raise PersistenceError(
+            "the PostgreSQL connection string's user info holds an '@': write a password's "
+            "'@' as %40 (libpq would read the rest of the password as the host)"
+        )
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error as error:
+        raise PersistenceError(
+            f"psycopg refuses the connection string ({type(error).__name__}; its message is "
+            "not shown, as it may quote the password): check its form and percent escapes"
+        ) from None
+
+
+def _without_password(text: str, dsn: str) -> str:
+    """`text` with the connection string's password, wherever it shows, as `***`."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    password = conninfo_to_dict(dsn).get("password")
+    return text.replace(str(password), "***") if password else text
+
+
 class PostgresBackend:
     """Key -> bytes storage in one PostgreSQL table, through a connection pool.
 
@@ -196,7 +233,8 @@ class PostgresBackend:
         timeout: Seconds a call may take, waiting for a free connection included.
 
     Raises:
-        PersistenceError: When `dsn` is not a str (or holds a NUL character), the table
+        PersistenceError: When `dsn` is not a str (or holds a NUL character) or a connection
+            string libpq cannot read (a password's `@` or `%` not escaped), the table
             name is not a plain identifier, the pool sizes are not such ints, `timeout` is
             not a positive number, or psycopg is not installed (the `postgres` extra).
     """
@@ -242,6 +280,7 @@ class PostgresBackend:
             raise PersistenceError(
                 "PostgresBackend needs psycopg: pip install 'llm-agent-runtime[postgres]'"
             ) from error
+        _check_dsn(dsn)
         self.table = table
         # Quoted, so that a reserved word is a name too; lower case, so that the name means
         # the table an unquoted one did (PostgreSQL folds unquoted names to lower case).
@@ -393,9 +432,9 @@ class PostgresBackend:
         """Why a connection to the server fails, from one direct attempt (None: it connects).
 
         The text is psycopg's `OperationalError` (libpq's, or the server's), which names the
-        host, the port, the user and the database but no password. Other errors (a
-        connection string libpq cannot parse) are named by their type alone: their text
-        may quote a piece of the string, the password included.
+        host, the port, the user and the database; the password, should it show, as `***`.
+        Other errors (a connection string libpq cannot parse) are named by their type alone:
+        their text may quote a piece of the string, the password included.
         """
         import psycopg
 
@@ -404,7 +443,7 @@ class PostgresBackend:
         except TimeoutError:
             return f"no connection within {self.timeout:g} s"
         except psycopg.OperationalError as error:
-            return " ".join(str(error).split())  # libpq's lines, on one line
+            return _without_password(" ".join(str(error).split()), self._dsn)  # on one line
         except psycopg.Error as error:
             return f"psycopg refuses the connection string ({type(error).__name__})"
         await conn.close()
