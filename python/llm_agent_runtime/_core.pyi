@@ -394,6 +394,12 @@ class EpisodicStore:
     surrogate) cannot be stored: add_episode refuses it, and the methods reading an agent's
     episodes find none under it.
 
+    Threads share a store (its calls lock it, with the GIL released while they work). A
+    fork() taken while another thread is inside such a call copies its lock held into the
+    child, where no thread will release it: the child's first call on the store then waits
+    for good. Fork before starting such threads, or use the "spawn" or "forkserver" start
+    method.
+
     Raises:
         MemoryStoreError: per_agent_capacity is below 1 (or beyond 64 bits, or a bool),
             similarity_weight is negative or not finite (or beyond the float range), or
@@ -686,6 +692,12 @@ class GraphStore:
     numbers.Real, such as numpy.float32, stored as a float; not a Fraction, which a float
     would round), and lists, tuples and dicts of them (a dict naming each key's text once:
     two keys of one text, such as a str subclass beside an equal str, are refused).
+
+    Threads share a graph (its calls lock it, with the GIL released while they work). A
+    fork() taken while another thread is inside such a call copies its lock held into the
+    child, where no thread will release it: the child's first call on the graph then waits
+    for good. Fork before starting such threads, or use the "spawn" or "forkserver" start
+    method.
 
     Raises:
         GraphError: unknown entities, duplicate ids, non-finite weights (or beyond the float

@@ -353,6 +353,8 @@ class AgentRuntime:
         config: Loop settings (defaults to `AgentConfig()`); may be replaced between runs.
         memory: Episodic store (`recall(agent_id, limit)`, e.g. `EpisodicStore`); one with an
             embedder (`has_embedder`) recalls the memories most similar to the request too.
+            (An `EpisodicStore` or `GraphStore` in use by another thread at a `fork()`
+            hangs the child's first call on it: see their docs.)
             A recalled memory that is blank is skipped (neither shown nor counted as a hit;
             it still took one of the `max_memory_recalls` slots, as the store ranks first).
         working_memory: Key-value memory whose `to_prompt()` block (a string) is appended,

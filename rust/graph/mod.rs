@@ -469,6 +469,12 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
 ///
 /// A depth, hop count, round count or cycle cap beyond 64 bits means no limit.
 ///
+/// Threads share a graph (its calls lock it, with the GIL released while they work). A
+/// ``fork()`` taken while another thread is inside such a call copies its lock held into
+/// the child, where no thread will release it: the child's first call on the graph then
+/// waits for good. Fork before starting such threads, or use the "spawn" or "forkserver"
+/// start method.
+///
 /// Raises:
 ///     GraphError: On unknown entities, duplicate ids, non-finite weights (or beyond the
 ///         float range), negative weights given to Dijkstra, a non-positive cycle cap, a

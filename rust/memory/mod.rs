@@ -685,6 +685,12 @@ impl PyRecallPolicy {
 /// An agent id that is not valid Unicode (a lone surrogate) cannot be stored: `add_episode`
 /// refuses it, and the methods reading an agent's episodes find none under it.
 ///
+/// Threads share a store (its calls lock it, with the GIL released while they work). A
+/// ``fork()`` taken while another thread is inside such a call copies its lock held into
+/// the child, where no thread will release it: the child's first call on the store then
+/// waits for good. Fork before starting such threads, or use the "spawn" or "forkserver"
+/// start method.
+///
 /// Raises:
 ///     MemoryStoreError: `per_agent_capacity` is not positive (or too large, or a bool),
 ///         `similarity_weight` is negative or not finite (a number beyond the float range
