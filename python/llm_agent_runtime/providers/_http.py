@@ -1713,7 +1713,7 @@ class HttpTransport:
             response = await self._send(client, path, content)
             try:
                 await self.check_status(response)
-                limit = MAX_REPLY_BYTES  # read now: a test may change it
+                limit = MAX_REPLY_BYTES
                 body, larger = await _read_start(response, limit)
             finally:
                 await response.aclose()
