@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from llm_agent_runtime import FakeClock, ProviderError, RetryPolicy
+from llm_agent_runtime.providers import _http
 from llm_agent_runtime.providers.base import Message, StreamEnd, TextDelta
 
 from .conftest import PROVIDERS, make_provider
@@ -283,6 +284,82 @@ async def test_content_between_pings_keeps_a_slow_stream_going(
         events, error = await collect(llm.chat_stream(USER))  # > 1 s in all, 0.35 s at most silent
     assert error is None
     assert "".join(texts(events)) == HELLO.text
+
+
+def empty_delta(kind: str) -> bytes:
+    """A delta that adds nothing: an empty piece of text."""
+    if kind == "openai":
+        return sse({"object": "chat.completion.chunk", "choices": [{"delta": {"content": ""}}]})
+    delta = {"type": "text_delta", "text": ""}
+    return sse({"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta")
+
+
+def reasoning(kind: str) -> list[bytes]:
+    """Reasoning the model streams before its answer (compatible servers' fields, for
+    OpenAI's wire format), 1.5 s of it when trickled."""
+    if kind == "openai":
+        return [
+            sse({"object": "chat.completion.chunk", "choices": [{"delta": {field: "hmm "}}]})
+            for field in ["reasoning_content", "reasoning"] * 15
+        ]
+    block = {"type": "thinking", "thinking": ""}
+    delta = {"type": "thinking_delta", "thinking": "hmm "}
+    return [
+        sse({"type": "content_block_start", "index": 9, "content_block": block}, "start"),
+        *[sse({"type": "content_block_delta", "index": 9, "delta": delta}, "delta")] * 28,
+        sse({"type": "content_block_stop", "index": 9}, "content_block_stop"),
+    ]
+
+
+async def test_empty_deltas_do_not_keep_a_stalled_stream_going(
+    kind: str, server: FakeLlmServer
+) -> None:
+    reply = streamed(kind)
+    assert reply.frames is not None
+    empties = [empty_delta(kind)] * 100  # 5 s of them, well beyond the 0.5 s timeout
+    server.script(trickled(reply.frames[: AFTER_FIRST_DELTA[kind]] + empties))
+    started = time.perf_counter()
+    async with make_provider(kind, server, timeout=0.5) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert texts(events) == ["Hello"]
+    assert error is not None
+    assert (error.status, error.retryable) == (None, True)
+    assert "no content for 0.5 s" in str(error)
+    assert time.perf_counter() - started < 3.0
+
+
+async def test_reasoning_keeps_a_slow_stream_going(kind: str, server: FakeLlmServer) -> None:
+    reply = streamed(kind)
+    assert reply.frames is not None
+    first = 1 if kind == "openai" else 2  # after the role chunk / message_start and its ping
+    frames = reply.frames[:first] + reasoning(kind) + reply.frames[first:]
+    server.script(trickled(frames))
+    async with make_provider(kind, server, timeout=1.0, retry=RetryPolicy(max_attempts=1)) as llm:
+        events, error = await collect(llm.chat_stream(USER))  # 1.5 s of reasoning first
+    assert error is None
+    assert "".join(texts(events)) == HELLO.text
+
+
+@pytest.mark.parametrize("fits", [False, True])
+async def test_a_streamed_reply_past_the_size_limit_is_cut(
+    kind: str, fits: bool, server: FakeLlmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reply = streamed(kind)
+    assert reply.frames is not None
+    # Its whole body (which its content and events cannot outgrow), or less than its text.
+    limit = sum(map(len, reply.frames)) if fits else len(HELLO.text) - 1
+    monkeypatch.setattr(_http, "MAX_REPLY_BYTES", limit)
+    server.script(reply)
+    async with make_provider(kind, server, retry=RetryPolicy(max_attempts=1)) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    if fits:
+        assert error is None
+        assert isinstance(events[-1], StreamEnd) and events[-1].response.text == HELLO.text
+    else:
+        assert error is not None and not error.retryable
+        assert f"streamed reply is larger than {limit} characters" in str(error)
+        assert HELLO.text.startswith("".join(texts(events)))
+        assert not any(isinstance(event, StreamEnd) for event in events)
 
 
 async def test_a_streamed_request_answered_without_a_stream_reports_the_servers_error(

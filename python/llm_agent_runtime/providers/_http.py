@@ -125,7 +125,8 @@ _TRUNCATED_QUOTE = 200
 short, or a huge page): its start, with a note that it was cut."""
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 """Most bytes of a successful non-streamed reply's body (a chat reply of a whole context
-window of text is a few MiB): a larger one fails, not retryable, rather than filling memory."""
+window of text is a few MiB): a larger one fails, not retryable, rather than filling memory.
+A streamed reply fails so once its content passes as many characters (`StreamProgress`)."""
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 """Most bytes an event stream's line, or the data of one of its events, may hold: a stream
 that never ends one fails (retryable) rather than filling memory."""
@@ -237,6 +238,31 @@ class SseEvent(NamedTuple):
     """The `event:` field, or None when the event had none."""
     data: bytes
     """The `data:` lines joined with newlines (JSON text for both APIs)."""
+
+
+class StreamProgress:
+    """What a stream's parser has received of its reply, for `HttpTransport.post_sse`.
+
+    The parser counts each piece of content it reads (text, a tool call's name or arguments,
+    reasoning, whether kept or not) by its length, and each event that moves the reply on
+    without text (a block started, a finish reason, the usage) by its size. An event that adds
+    nothing (a ping, an empty delta) keeps a connection open but no stream going, and a reply
+    whose count passes `MAX_REPLY_BYTES` is refused rather than kept growing.
+    """
+
+    __slots__ = ("received",)
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def add(self, piece: str | None) -> None:
+        """Counts a piece of content (nothing for None or an empty one)."""
+        if piece:
+            self.received += len(piece)
+
+    def step(self, data: bytes) -> None:
+        """Counts an event that moves the reply on without content, by its data's size."""
+        self.received += max(len(data), 1)
 
 
 async def iter_sse(
@@ -1762,6 +1788,7 @@ class HttpTransport:
         ended: Callable[[], bool] | None = None,
         check: Callable[[bytes], None] | None = None,
         cut: Callable[[bytes], None] | None = None,
+        progress: StreamProgress | None = None,
     ) -> Driven[SseEvent]:
         """POSTs a JSON body and yields the server-sent events of the response (one attempt).
 
@@ -1783,6 +1810,9 @@ class HttpTransport:
                 is raised, with the server's status and whether it is retryable.
             cut: Called with the body's last line when the body ends inside it (see
                 `iter_sse`).
+            progress: Counted by the caller as it reads each event (`StreamProgress`): an
+                event that leaves it unchanged is no content. Without it, every event but a
+                `ping` is taken for content.
 
         Raises:
             ProviderError: A status outside 2xx (retryable for 408, 409, 429 and 5xx, or
@@ -1795,9 +1825,10 @@ class HttpTransport:
                 an event that carries content, the wait for the reply's headers included
                 (keep-alive comments, `ping` events and interim `1xx` replies keep a
                 connection open, not a stream going; retryable); a connection lost
-                mid-stream; or a line or an event past `MAX_EVENT_BYTES` (see `iter_sse`).
+                mid-stream; a line or an event past `MAX_EVENT_BYTES` (see `iter_sse`); or
+                content past `MAX_REPLY_BYTES` characters (`progress`; not retryable).
         """
-        return Driven(self._post_sse(path, content, ended, check, cut))
+        return Driven(self._post_sse(path, content, ended, check, cut, progress))
 
     async def _post_sse(
         self,
@@ -1806,9 +1837,11 @@ class HttpTransport:
         ended: Callable[[], bool] | None,
         check: Callable[[bytes], None] | None,
         cut: Callable[[bytes], None] | None,
+        progress: StreamProgress | None,
     ) -> AsyncGenerator[SseEvent, None]:
         client = self._http()
         waited = 0.0  # seconds spent waiting for bytes since the last event with content
+        received = 0  # `progress.received` after the last event with content
         # The body's start, kept until the first event: an error may stand in for the stream.
         start = bytearray()
         no_event = True
@@ -1827,7 +1860,7 @@ class HttpTransport:
                 if waited > self.timeout:
                     raise ProviderError(
                         f"{self.name} stream sent no content for {self.timeout:g} s "
-                        "(only keep-alive pings)",
+                        "(only keep-alive pings or events without any)",
                         retryable=True,
                     )
                 if no_event and len(start) < MAX_ERROR_BODY:
@@ -1877,9 +1910,21 @@ class HttpTransport:
                 try:
                     async for event in events:
                         no_event = False
-                        if event.event != "ping":
-                            waited = 0.0
-                        yield event
+                        if progress is None:
+                            if event.event != "ping":
+                                waited = 0.0
+                            yield event
+                        else:
+                            yield event  # read by the caller, which counts what it holds
+                            if progress.received != received:
+                                received = progress.received
+                                waited = 0.0
+                                if received > MAX_REPLY_BYTES:
+                                    raise ProviderError(
+                                        f"{self.name} streamed reply is larger than "
+                                        f"{MAX_REPLY_BYTES} characters: cut, not read on "
+                                        "(a misbehaving server or proxy)"
+                                    )
                         if ended is not None and ended():
                             break
                     if no_event and check is not None:

@@ -20,6 +20,7 @@ from llm_agent_runtime.providers._http import (
     HttpTransport,
     PartialToolCall,
     StreamedText,
+    StreamProgress,
     ToolCallIds,
     check_base_url,
     check_conversation,
@@ -92,6 +93,8 @@ of the input price."""
 _RESERVED_PARAMS = frozenset(("messages", "model", "stream", "tools"))
 _REASONING_BLOCKS = frozenset(("thinking", "redacted_thinking"))
 """Content blocks of the model's reasoning: kept as received, to be sent back with the reply."""
+_READ_DELTAS = frozenset(("text_delta", "input_json_delta", "thinking_delta", "signature_delta"))
+"""Kinds of `content_block_delta` read here: one whose content is empty is no progress."""
 _TOOL_FAILED = "the tool failed"
 """Content of a failed tool's result that has no text (the API refuses an empty one)."""
 
@@ -237,16 +240,18 @@ class AnthropicProvider(HttpProvider):
     A provider is not bound to one event loop: it keeps a pool per loop it is used from, and
     closes each as its loop ends under `asyncio.run` (see `HttpTransport`).
 
-    A stream that sends only `ping` events for `timeout` seconds fails (retryable, so it is
-    tried again when it had yielded nothing yet). A 200 reply with an error in its body (JSON,
-    or in place of the event stream that was asked for) raises the server's message, and so
-    does an `error` event, whether its message is null or its data plain text (a proxy's;
-    read as an `api_error`); its type says whether it is retried (`overloaded_error` is).
-    Null or missing token counts are 0 tokens, a count that is negative or not below 2**63
-    is 0, and usage that does not fit the format is counted as none (each with a warning)
-    rather than failing the reply. A `tool_use` block without an id (some compatible
-    servers) gets `call_{n}`, its place among the reply's tool calls, streamed or not (made
-    unique when another call's own id is that already, see `ToolCallIds`).
+    A stream that sends only `ping` events or empty deltas for `timeout` seconds fails
+    (retryable, so it is tried again when it had yielded nothing yet); thinking counts as
+    content. A reply past 64 MiB (a streamed one's content: 64 Mi characters) fails, not
+    retryable. A 200 reply with an error in its body (JSON, or in place of the event stream
+    that was asked for) raises the server's message, and so does an `error` event, whether
+    its message is null or its data plain text (a proxy's; read as an `api_error`); its type
+    says whether it is retried (`overloaded_error` is). Null or missing token counts are 0
+    tokens, a count that is negative or not below 2**63 is 0, and usage that does not fit
+    the format is counted as none (each with a warning) rather than failing the reply. A
+    `tool_use` block without an id (some compatible servers) gets `call_{n}`, its place
+    among the reply's tool calls, streamed or not (made unique when another call's own id is
+    that already, see `ToolCallIds`).
 
     Args:
         api_key: API key (default: `ANTHROPIC_API_KEY`; a blank value, argument or
@@ -262,7 +267,7 @@ class AnthropicProvider(HttpProvider):
         max_tokens: Most tokens per reply unless a call passes `max_tokens=`: an int of at
             least 1 (not a bool, a float or a string).
         timeout: Seconds to wait for the next bytes of a response, and the longest a stream
-            may go on without content (`ping` events do not count).
+            may go on without content (`ping` events and empty deltas do not count).
         connect_timeout: Seconds to wait for a connection.
         total_timeout: Seconds one attempt of a non-streamed call (`chat`, `complete`) may
             take in all, however its reply trickles in, and a streamed call may take to read
@@ -569,8 +574,9 @@ class AnthropicProvider(HttpProvider):
         usage = Usage()
         owed = False  # usage reported and not charged yet
         done = False
+        progress = StreamProgress()
         events = self._transport.post_sse(
-            "/v1/messages", content, ended=lambda: done, check=self._check_reply
+            "/v1/messages", content, ended=lambda: done, check=self._check_reply, progress=progress
         )
         try:
             # Closing the events cuts a body kept open at the end.
@@ -586,6 +592,15 @@ class AnthropicProvider(HttpProvider):
                         delta = event.delta
                         if delta is None:
                             raise ProviderError("malformed Anthropic stream event: delta missing")
+                        for piece in (
+                            delta.text,
+                            delta.partial_json,
+                            delta.thinking,
+                            delta.signature,
+                        ):
+                            progress.add(piece)
+                        if delta.type not in _READ_DELTAS:  # one not read here (citations)
+                            progress.step(sse.data)
                         if delta.type == "text_delta" and delta.text:
                             piece = text.add(delta.text)
                             if piece:
@@ -611,6 +626,7 @@ class AnthropicProvider(HttpProvider):
                             if thinking is not None:
                                 thinking["signature"] = delta.signature  # sent whole, once
                     elif kind == "content_block_start":
+                        progress.step(sse.data)
                         start = event.content_block
                         if event.index in tool_blocks:
                             # Read on, the call given out would be missing from the reply, or
@@ -631,6 +647,7 @@ class AnthropicProvider(HttpProvider):
                             # unless input_json_delta pieces came (`give_initial`).
                             yield ToolCallDelta(ordinal, call_id, name, "")
                         elif start is not None and start.type == "text" and start.text:
+                            progress.add(start.text)
                             piece = text.add(start.text)
                             if piece:
                                 yield TextDelta(piece)
@@ -643,6 +660,7 @@ class AnthropicProvider(HttpProvider):
                             if start.type == "thinking":
                                 thoughts[event.index] = [received.get("thinking") or ""]
                     elif kind == "message_start":
+                        progress.step(sse.data)
                         if event.message is not None:
                             model = event.message.model
                             if event.message.usage is not None:
@@ -652,6 +670,7 @@ class AnthropicProvider(HttpProvider):
                                 usage = started.usage()
                                 owed = True
                     elif kind == "message_delta":
+                        progress.step(sse.data)
                         if event.delta is not None and event.delta.stop_reason is not None:
                             stop_reason = event.delta.stop_reason
                         if event.usage is not None:
@@ -661,6 +680,7 @@ class AnthropicProvider(HttpProvider):
                             usage = delta_usage.usage(usage)
                             owed = True
                     elif kind == "content_block_stop":
+                        progress.step(sse.data)
                         block = tool_blocks.get(event.index)
                         if block is not None:
                             piece = block.give_initial()

@@ -22,6 +22,7 @@ from llm_agent_runtime.providers._http import (
     HttpTransport,
     PartialToolCall,
     StreamedText,
+    StreamProgress,
     ToolCallIds,
     check_base_url,
     check_conversation,
@@ -206,6 +207,9 @@ class _Delta(BaseModel):
     refusal: str | None = None
     tool_calls: list[_ToolCallChunk] | None = None
     function_call: _FunctionCall | None = None  # the legacy `functions` form of a call
+    # Compatible servers' reasoning (vLLM, DeepSeek, OpenRouter): not kept, but progress.
+    reasoning_content: Any = None
+    reasoning: Any = None
 
 
 class _ChunkChoice(BaseModel):
@@ -241,17 +245,20 @@ class OpenAIProvider(HttpProvider):
     A provider is not bound to one event loop: it keeps a pool per loop it is used from, and
     closes each as its loop ends under `asyncio.run` (see `HttpTransport`).
 
-    A stream that sends only keep-alive comments or pings for `timeout` seconds fails
-    (retryable, so it is tried again when it had yielded nothing yet). A 200 reply with an
-    error in its body (JSON, or in place of the event stream that was asked for) raises the
-    server's message, and so does an error reported in the middle of a stream: a chunk
-    `{"error": {...}}`, vLLM's older `{"object": "error", "message": ...}`, or an event named
-    `error` (JSON or plain text, as some gateways send). Such an error's `status` is its code
-    when that is an HTTP status. An `error` member that reports nothing (`null`, or `{}` as
-    some compatible servers add to every good reply and chunk) is no error, streamed or not.
-    Null or missing token counts are 0 tokens, a count that is negative or not below 2**63
-    is 0, and usage that does not fit the format is counted as none (each with a warning)
-    rather than failing the reply.
+    A stream that sends only keep-alive comments, pings or empty deltas for `timeout`
+    seconds fails (retryable, so it is tried again when it had yielded nothing yet);
+    reasoning that compatible servers stream (`reasoning_content`, `reasoning`) counts as
+    content, though it is not kept. A reply past 64 MiB (a streamed one's content: 64 Mi
+    characters) fails, not retryable. A 200 reply with an error in its body (JSON, or in
+    place of the event stream that was asked for) raises the server's message, and so does
+    an error reported in the middle of a stream: a chunk `{"error": {...}}`, vLLM's older
+    `{"object": "error", "message": ...}`, or an event named `error` (JSON or plain text, as
+    some gateways send). Such an error's `status` is its code when that is an HTTP status.
+    An `error` member that reports nothing (`null`, or `{}` as some compatible servers add
+    to every good reply and chunk) is no error, streamed or not. Null or missing token
+    counts are 0 tokens, a count that is negative or not below 2**63 is 0, and usage that
+    does not fit the format is counted as none (each with a warning) rather than failing the
+    reply.
 
     A refusal (`message.refusal`, streamed as `delta.refusal`) is the response's text, and its
     `stop_reason` is `"refusal"` (as the Anthropic API says it) in place of the finish reason:
@@ -276,7 +283,8 @@ class OpenAIProvider(HttpProvider):
         model: Model used when a call names none (default: `OPENAI_MODEL`, else
             `DEFAULT_OPENAI_MODEL`).
         timeout: Seconds to wait for the next bytes of a response, and the longest a stream
-            may go on without content (keep-alive comments and pings do not count).
+            may go on without content (keep-alive comments, pings and empty deltas do not
+            count).
         connect_timeout: Seconds to wait for a connection.
         total_timeout: Seconds one attempt of a non-streamed call (`chat`, `complete`) may
             take in all, however its reply trickles in, and a streamed call may take to read
@@ -526,6 +534,7 @@ class OpenAIProvider(HttpProvider):
         reported = False  # a chunk reported the usage
         done = False
         cut_inside: list[bytes] = []  # the line the body ended inside, if it did
+        progress = StreamProgress()
 
         events = self._transport.post_sse(
             "/chat/completions",
@@ -533,6 +542,7 @@ class OpenAIProvider(HttpProvider):
             ended=lambda: done,
             check=self._check_reply,
             cut=cut_inside.append,
+            progress=progress,
         )
         try:
             # Closing the events cuts a body kept open after [DONE].
@@ -554,28 +564,35 @@ class OpenAIProvider(HttpProvider):
                     if chunk.usage is not None:
                         usage = parse_usage(_Usage, chunk.usage, "OpenAI stream").usage()
                         owed = reported = True
+                        progress.step(data)
                     if chunk.model:
                         model = chunk.model
                     for choice in chunk.choices or ():
                         if choice.index != 0:
                             continue  # only the first choice is assembled (n > 1 unsupported)
                         delta = choice.delta
+                        if choice.finish_reason is not None:
+                            finish_reason = choice.finish_reason
+                            progress.step(data)
                         if delta is None:  # an annotation (Azure's content filter), no output
-                            if choice.finish_reason is not None:
-                                finish_reason = choice.finish_reason
                             continue
                         said = delta.content
                         if said:
-                            piece = text.add(said if type(said) is str else _text_of(said))
+                            said = said if type(said) is str else _text_of(said)
+                            progress.add(said)
+                            piece = text.add(said)
                             if piece:
                                 yield TextDelta(piece)
                         elif delta.function_call is not None:
                             # The legacy `functions` form (its content is null): one call,
                             # without an id, read as a tool call's pieces at index 0.
                             legacy = delta.function_call
+                            progress.add(legacy.name)
+                            progress.add(legacy.arguments)
                             yield calls.add(0, None, legacy.name, legacy.arguments or "")
                         if delta.refusal:
                             refused = True
+                            progress.add(delta.refusal)
                             piece = text.add(delta.refusal)
                             if piece:
                                 yield TextDelta(piece)
@@ -583,9 +600,12 @@ class OpenAIProvider(HttpProvider):
                             function = part.function
                             name = function.name if function is not None else None
                             fragment = (function and function.arguments) or ""
+                            progress.add(name)
+                            progress.add(fragment)
                             yield calls.add(part.index, part.id, name, fragment)
-                        if choice.finish_reason is not None:
-                            finish_reason = choice.finish_reason
+                        for thought in (delta.reasoning_content, delta.reasoning):
+                            if isinstance(thought, str):
+                                progress.add(thought)
             # The events are closed here: the body was finished at [DONE] (briefly, or cut,
             # see `post_sse`) before the last events go out. A consumer that stops at
             # StreamEnd leaves nothing to read as its loop ends, where the loop would close
