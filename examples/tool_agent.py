@@ -11,6 +11,7 @@ ANTHROPIC_API_KEY) to run the same agent on a real model, as `ar.provider_from_e
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import llm_agent_runtime as ar
 
@@ -50,4 +51,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    # A model answers in any script: characters a terminal's encoding lacks print escaped.
+    sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     asyncio.run(main())

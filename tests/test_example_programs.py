@@ -63,6 +63,11 @@ def test_tool_agent_runs_its_calls_and_reports_its_events(repeat: int) -> None:
     ]
 
 
+def test_tool_agent_prints_on_an_ascii_terminal() -> None:
+    out = run("tool_agent.py", PYTHONIOENCODING="ascii").splitlines()
+    assert out[-2] == "answer: Paris is warmer (18 \\xb0C) than Oslo (4 \\xb0C)."
+
+
 @pytest.mark.parametrize("settings", ["openai", "openai-local", "anthropic"])
 def test_tool_agent_runs_on_the_real_model_the_environment_names(settings: str) -> None:
     """Its docstring: OPENAI_API_KEY, OPENAI_BASE_URL alone or ANTHROPIC_API_KEY: a real model."""
