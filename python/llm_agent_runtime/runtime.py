@@ -198,6 +198,19 @@ class ApprovalDecision:
             )
 
 
+def _saved_start(resume: SessionState | None) -> dict[str, Any] | None:
+    """What a resumed run started with (`StepRecord.run_start`), context included.
+
+    None for a new run, or one whose first step was not saved (or was saved by an older
+    version, without its context and memory hits).
+    """
+    if resume is None:
+        return None
+    records = resume.run_records
+    start = records[0].run_start if records else None
+    return start if start is not None and "context" in start else None
+
+
 @dataclass(frozen=True, slots=True)
 class _DurableRun:
     """A checkpointed run in progress: its id, the steps before it, what it started with."""
@@ -1161,9 +1174,12 @@ class AgentRuntime:
             await self._save_meta(session, mode, run, history_saved, resume, before)
         if events.active:
             events.emit_new(RunStarted, (session.session_id, agent_id, prompt))
+        # A resumed run goes on with the context it started with, saved with its first step.
+        saved = _saved_start(resume)
         memory, recalled = self.memory, None
         if (
-            memory is not None
+            saved is None
+            and memory is not None
             and _embeds(memory)
             and self._recalls_memories()
             and _has_episodes(memory, agent_id)  # else nothing to rank: no call to embed
@@ -1180,7 +1196,15 @@ class AgentRuntime:
                 )
             else:
                 recalled = await run_blocking(lambda: memory.recall(agent_id, limit, query))
-        context = self._context(agent_id, prompt, session, memory, recalled)
+        if saved is None:
+            context = self._context(agent_id, prompt, session, memory, recalled)
+        else:  # its memories were recalled, and counted, when it started
+            context, session.memory_hits = saved["context"], saved["memory_hits"]
+            if self.graph is not None:
+                session.graph_entity_count = _entity_count(self.graph)
+        if self._checkpoints is not None:
+            start = self._durable_runs[session.session_id].start
+            start["context"], start["memory_hits"] = context, session.memory_hits
         if history:  # the earlier turns that fit beside what this request holds anyway
             history = self.trim_history(history, self._request_chars(context, prompt, provider))
         if provider is not None:
@@ -3057,8 +3081,11 @@ class AgentRuntime:
     ) -> AgentSession:
         """Continues an interrupted run from its last completed step.
 
-        Completed steps are never re-executed: their results come from the checkpoints. A
-        step interrupted mid-way continues from its journal: its model reply is reused, a
+        Completed steps are never re-executed: their results come from the checkpoints. The
+        run goes on with the context it started with (its system prompt, recalled memories
+        and working memory, saved with its first step), whatever this runtime's config and
+        stores hold now: memories are not recalled, nor counted, again. A step interrupted
+        mid-way continues from its journal: its model reply is reused, a
         finished tool call is not repeated, and a tool call that may have run is repeated
         only for tools that are idempotent or take the idempotency key. A call that had not
         been decided yet (its `on_tool_call` middlewares, capability check or approval were

@@ -168,8 +168,12 @@ class StepRecord:
     kept it beside the step, as the record's own `requested`: it loads into the step.
 
     The first step of each run keeps what the run started with (`run_start`: its `prompt`,
-    whether it is a `turn` of a multi-turn session, and how many chat `messages` the session
-    had), so a fork inside any run of a session knows that run's question and history.
+    whether it is a `turn` of a multi-turn session, how many chat `messages` the session
+    had, its `context`: the system prompt, recalled memories and working memory before the
+    question, and the session's `memory_hits` with that recall), so a fork inside any run
+    of a session knows that run's question and history, and a resumed run goes on with the
+    context it started with (records without one, of older versions, are resumed with a
+    context built again).
 
     `stopped` marks the step a run stopped at without an answer (`error_recovery="stop"`: a
     failed tool step, or the last step of a round with a failed call): the run ended there,
@@ -261,10 +265,15 @@ class StepRecord:
             and isinstance(start.get("prompt"), str)
             and isinstance(start.get("turn"), bool)
             and _is_count(start.get("messages"))
+            and (
+                "context" not in start
+                or (isinstance(start["context"], str) and _is_count(start.get("memory_hits")))
+            )
         ):
             raise PersistenceError(
                 "step record field 'run_start' must be an object with a string 'prompt', a "
-                "bool 'turn' and a count of 'messages', or null"
+                "bool 'turn', a count of 'messages' (and maybe a string 'context' with a count "
+                "of 'memory_hits'), or null"
             )
         # An earlier version's place for the step's requested call (see the class doc).
         requested = fields.pop("requested", None)

@@ -1,0 +1,100 @@
+"""A resumed run goes on with the context it started with (system prompt, recalled
+memories, working memory), saved with its first step: memories are not recalled again."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.persistence.checkpoints import StepRecord
+
+from .conftest import cut_off
+
+ADD = 'Thought: add\nAction: add {"a": 1, "b": 2}'
+DONE = "Thought: done\nAction: FINAL_ANSWER done"
+
+
+class Model:
+    """A ReAct model that records its prompts; it answers `replies` in turn, then holds."""
+
+    def __init__(self, *replies: str) -> None:
+        self.replies = list(replies)
+        self.prompts: list[str] = []
+        self.waiting = asyncio.Event()
+
+    async def __call__(self, prompt: str) -> str:
+        self.prompts.append(prompt)
+        if not self.replies:
+            self.waiting.set()
+            await asyncio.Event().wait()
+        return self.replies.pop(0)
+
+
+def runtime(db: Path, memory: ar.EpisodicStore, system_prompt: str) -> ar.AgentRuntime:
+    @ar.tool
+    async def add(a: int, b: int) -> int:
+        """Adds two integers."""
+        return a + b
+
+    working = ar.WorkingMemory(capacity=4)
+    working.set("task", f"for {system_prompt}")
+    return ar.AgentRuntime(
+        ar.AgentConfig(system_prompt=system_prompt, max_iterations=5),
+        memory=memory,
+        working_memory=working,
+        tools=[add],
+        checkpoint_backend=ar.SqliteBackend(db),
+    )
+
+
+@pytest.mark.parametrize("turn", [False, True])
+async def test_a_resumed_run_keeps_its_context_and_recalls_nothing(
+    tmp_path: Path, turn: bool
+) -> None:
+    memory = ar.EpisodicStore()
+    memory.add_episode("a", "the vault code is 1234", 0.5)
+    first = runtime(tmp_path / "runs.db", memory, "You guard the vault.")
+    model = Model(ADD)
+    session = first.create_session("a")
+    if turn:
+        run = first.run_turn(session, "open it", model)
+    else:
+        run = first.run_agent("a", "open it", model, session=session)
+    await cut_off(run, "cancel", model.waiting)
+    started_with = model.prompts[0].split("Question: open it")[0]
+    assert "the vault code is 1234" in started_with and "You guard the vault." in started_with
+    assert first.metrics.snapshot().memory_recall_count == 1
+    [episode] = memory.episodes("a")
+    assert episode.recall_count == 1
+
+    # Meanwhile the memories and the settings changed; a new process resumes the run.
+    memory.add_episode("a", "the vault code is now 9999", 0.9)
+    resumer = runtime(tmp_path / "runs.db", memory, "You are someone else.")
+    closing = Model(DONE)
+    resumed = await resumer.resume(session.session_id, closing)
+
+    assert resumed.final_answer == "done" and resumed.memory_hits == 1
+    [prompt] = closing.prompts
+    assert prompt.startswith(started_with)  # the same context, and the question after it
+    assert "9999" not in prompt and "someone else" not in prompt
+    assert resumer.metrics.snapshot().memory_recall_count == 0
+    assert [e.recall_count for e in memory.episodes("a")] == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        {"context": 3, "memory_hits": 0},
+        {"context": "You guard the vault."},
+        {"context": "You guard the vault.", "memory_hits": -1},
+    ],
+)
+def test_a_malformed_saved_context_is_a_persistence_error(start: dict[str, object]) -> None:
+    step = ar.Step(thought="add", action="add", action_input={"a": 1}, observation="3")
+    record = {"step": step.to_dict(), "run_start": {"prompt": "q", "turn": False, "messages": 0}}
+    record["run_start"].update(start)  # type: ignore[attr-defined]
+    with pytest.raises(ar.PersistenceError, match="'run_start' must be an object"):
+        StepRecord.from_dict(record)
