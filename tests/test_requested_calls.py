@@ -121,6 +121,63 @@ async def test_react_calls_left_as_asked_record_no_request(guarded: bool) -> Non
     assert [s.requested for s in session.steps] == [None] * 5
 
 
+def upper_in_place(session: ar.AgentSession, name: str, arguments: Any) -> ar.ApprovalDecision:
+    """Approves every call with its text in capitals, edited in the dict it is given."""
+    arguments["text"] = arguments["text"].upper()
+    return ar.ApprovalDecision("edit", arguments)
+
+
+class UpperInPlace(ar.Middleware):
+    """Puts every call's text in capitals, in the dict it is given."""
+
+    def on_tool_call(self, session: ar.AgentSession, tool: str, arguments: Any) -> Any:
+        arguments["text"] = arguments["text"].upper()
+        return (tool, arguments)
+
+
+class Recording(ar.ScriptedProvider):
+    """Keeps the tool calls of the assistant messages each request sends back."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent_back: list[Any] = []
+
+    async def chat(self, messages: Any, *args: Any, **kwargs: Any) -> ar.ChatResponse:
+        for message in messages:
+            for call in message.tool_calls or ():
+                self.sent_back.append(call.arguments)
+        return await super().chat(messages, *args, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+@pytest.mark.parametrize("guard", ["approval", "middleware"])
+async def test_a_guard_that_edits_the_arguments_in_place_leaves_the_request_as_asked(
+    mode: str, guard: str
+) -> None:
+    guards: dict[str, Any] = (
+        {"approval_handler": upper_in_place}
+        if guard == "approval"
+        else {"middlewares": [UpperInPlace()]}
+    )
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode), tools=[echo], **guards)  # type: ignore[arg-type]
+    if mode == "tools":
+        provider = Recording([native_round("a"), "done"])
+        session = await rt.run_agent_with_provider("a", "q", provider)
+        assert provider.sent_back == [{"text": "a"}]  # the model's own call, sent back
+    else:
+        replies = iter(
+            ['Thought: t\nAction: echo {"text": "a"}', "Thought: d\nAction: FINAL_ANSWER ok"]
+        )
+
+        async def infer(prompt: str) -> str:
+            return next(replies)
+
+        session = await rt.run_agent("a", "q", infer)
+    step = session.steps[0]
+    assert (step.action_input, step.observation) == ({"text": "A"}, "A")
+    assert step.requested == {"name": "echo", "arguments": {"text": "a"}}
+
+
 async def test_the_requested_call_survives_a_json_round_trip() -> None:
     rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[echo], approval_handler=upper_edit)
     provider = ar.ScriptedProvider([native_round("a"), "done"])

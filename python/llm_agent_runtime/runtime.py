@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import copy
 import functools
 import inspect
 import itertools
@@ -693,6 +694,8 @@ class AgentRuntime:
         whole still run, except in a reply the content filter stopped: nothing in that one
         runs. Nor in a refusal (stop reason `refusal`: Anthropic's safety stop, or an OpenAI
         refusal), which is no final answer either: `AgentLoopError` quotes what it said.
+        Calls of one reply that share an id (a server's slip) each get their own: a later
+        one is renamed `<id>_<position>`, in the steps and in what the model is sent back.
 
         Raises:
             AgentRuntimeError: `provider` lacks a method the mode needs (`chat`, or
@@ -1807,7 +1810,7 @@ class AgentRuntime:
                     record.reprompt = reprompt
                     await self._save_steps(session, [record])
                 return
-            calls = response.tool_calls
+            calls = _unique_call_ids(response.tool_calls)
             reprompted = False  # a later empty reply gets its own re-prompt
             # The provider's reasoning goes back with the reply (Anthropic needs its thinking).
             reasoning = response.reasoning
@@ -1851,7 +1854,9 @@ class AgentRuntime:
             tools_ms = 0.0
             failed = False
             records: list[StepRecord] = []
-            for call, (observation, tool_ms, name, arguments) in zip(calls, results, strict=True):
+            for index, (call, (observation, tool_ms, name, arguments)) in enumerate(
+                zip(calls, results, strict=True)
+            ):
                 content, error_kind = observation
                 step = Step(
                     text,
@@ -1871,8 +1876,8 @@ class AgentRuntime:
                 session.steps.append(step)
                 metrics.record_step()
                 if checkpoints is not None:
-                    record = self._step_record(session, step, text, call.id, call is calls[0])
-                    if call is calls[0]:  # saved with the round's first step
+                    record = self._step_record(session, step, text, call.id, index == 0)
+                    if index == 0:  # saved with the round's first step
                         if reasoning:
                             record.round_reasoning = list(reasoning)
                         record.reprompt = reprompt
@@ -2245,7 +2250,12 @@ class AgentRuntime:
         checked).
         """
         rewritten: list[tuple[str, Any]] = []
+        guarded = bool(self._hooks["on_tool_call"]) or self.approval_handler is not None
         for name, arguments in calls:
+            if guarded:
+                # The guards' own copy: one that edits it in place changes the call that
+                # runs, not the model's request (its step keeps it; a resume sends it back).
+                arguments = _copied(arguments)
             for hook in self._hooks["on_tool_call"]:
                 result = await _maybe_await(hook(session, name, arguments))
                 if result is not None:
@@ -3565,6 +3575,39 @@ def _requested_call(record: StepRecord) -> tuple[str, Any]:
     if requested is not None:
         return requested["name"], requested["arguments"]
     return step.action, step.action_input or {}
+
+
+def _unique_call_ids(calls: list[ToolCall]) -> list[ToolCall]:
+    """A round's calls, each with its own id.
+
+    A tool's result is matched to its call by id, and providers refuse a message whose
+    calls share one: a call whose id an earlier call of the round has is given
+    `<id>_<position>` (as often as it takes), as the providers name such calls.
+    """
+    if len(calls) < 2:
+        return calls
+    taken: set[str] = set()
+    unique = calls
+    for position, call in enumerate(calls):
+        given = call.id
+        while given in taken:
+            given += f"_{position}"
+        taken.add(given)
+        if given != call.id:
+            if unique is calls:
+                unique = list(calls)
+            unique[position] = ToolCall(given, call.name, call.arguments)
+    return unique
+
+
+def _copied(arguments: Any) -> Any:
+    """A deep copy of a call's arguments (they themselves when they cannot be copied)."""
+    if type(arguments) is str:
+        return arguments
+    try:
+        return copy.deepcopy(arguments)
+    except Exception:  # a middleware's or a provider's own objects
+        return arguments
 
 
 def _requested(
