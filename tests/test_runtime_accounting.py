@@ -985,3 +985,37 @@ async def test_an_error_whose_message_fails_stays_the_runs_error(mode: str, on: 
             "error: the call ended with _Unprintable (its message could not be rendered: "
             "AttributeError)"
         )
+
+
+@pytest.mark.parametrize("arguments", ["tuple key", "cycle", "huge int"])
+async def test_arguments_json_cannot_hold_are_estimated_and_refused_as_an_observation(
+    arguments: str,
+) -> None:
+    # A provider that reports no usage has its reply estimated: arguments JSON cannot encode
+    # (its own objects) failed that estimate with a bare TypeError or ValueError.
+    values: dict[str, Any] = {
+        "tuple key": {(1, 2): 1},
+        "cycle": {},
+        "huge int": {"text": 10**5000},
+    }
+    value = values[arguments]
+    if arguments == "cycle":
+        value["self"] = value
+
+    @ar.tool
+    def echo(text: str) -> str:
+        """Echoes the text."""
+        return text
+
+    class Own:
+        async def chat(self, messages: Any, tools: Any = None, **kwargs: Any) -> ar.ChatResponse:
+            if len(messages) > 2:
+                return ar.ChatResponse(text="done", usage=ar.Usage())
+            return ar.ChatResponse(tool_calls=[ar.ToolCall("c1", "echo", value)], usage=ar.Usage())
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[echo])
+    session = await rt.run_agent_with_provider("a", "q", Own())
+    assert session.final_answer == "done"
+    assert session.steps[0].error_kind == "permanent"
+    assert session.steps[0].output_tokens > 0
+    assert rt.metrics.snapshot().output_tokens > 0

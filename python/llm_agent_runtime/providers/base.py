@@ -260,10 +260,23 @@ def estimated_output_tokens(text: str, calls: Sequence[ToolCall] = ()) -> int:
     The reply's text and each tool call's name and JSON arguments count (as characters, not
     as JSON escapes), at `memory.CHARS_PER_TOKEN` characters a token.
     """
-    written = len(text) + sum(
-        len(c.name) + len(json.dumps(c.arguments, ensure_ascii=False, default=str)) for c in calls
-    )
+    written = len(text) + sum(len(c.name) + _json_chars(c.arguments) for c in calls)
     return written // CHARS_PER_TOKEN
+
+
+def _json_chars(value: Any) -> int:
+    """Characters of `value` as JSON, or of its repr when JSON cannot hold it.
+
+    Such as a key that is no str, a container that holds itself, or an int past Python's
+    digit limit: a provider's own objects, which its tools may well take.
+    """
+    try:
+        return len(json.dumps(value, ensure_ascii=False, default=str))
+    except (TypeError, ValueError, RecursionError):
+        try:
+            return len(repr(value))
+        except Exception:  # a repr that fails: an estimate is no reason to fail the run
+            return 0
 
 
 def tool_definitions_chars(tools: Sequence[ToolDefinition]) -> int:
