@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from providers.fake_server import FakeLlmServer, Turn
+
+import llm_agent_runtime as ar
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # No keys or base URLs: the examples run offline, on their scripted models.
@@ -146,3 +150,33 @@ def test_guarded_support_sends_no_email_address_to_a_real_model() -> None:
     capped = "  refund({'order_id': '1001', 'amount_cents': 5000}) -> refunded 5000 cents on order"
     assert capped + " 1001 [ok]" in out
     assert "approval asked for: lookup_order, refund" in out
+
+
+@pytest.mark.parametrize(
+    ("amount", "decision"),
+    [
+        (8000, ("edit", 5000)),
+        (100, ("approve", None)),
+        ("8000", "deny"),
+        (8000.0, "deny"),
+        (True, "deny"),
+        (None, "deny"),
+    ],
+)
+def test_guarded_support_caps_every_refund(amount: Any, decision: Any) -> None:
+    # A refund whose amount is no int (which the tool's validation would turn into one after
+    # the approval, past the cap) is denied, not approved uncapped.
+    spec = importlib.util.spec_from_file_location(
+        "guarded_support", EXAMPLES / "guarded_support.py"
+    )
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    session = ar.AgentSession(session_id="s", agent_id="a", prompt="q")
+    got = example.approve(session, "refund", {"order_id": "1001", "amount_cents": amount})
+    if decision == "deny":
+        assert got.action == "deny" and got.reason == "amount_cents must be an integer"
+    else:
+        action, capped = decision
+        assert got.action == action
+        assert capped is None or got.arguments == {"order_id": "1001", "amount_cents": capped}
