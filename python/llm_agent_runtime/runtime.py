@@ -1174,7 +1174,12 @@ class AgentRuntime:
             self._durable_runs[session.session_id] = _DurableRun(run, first, start)
             mode = "tools" if provider else "react"
             history_saved = session.messages if turn else None
-            await self._save_meta(session, mode, run, history_saved, resume, before)
+            try:
+                await self._save_meta(session, mode, run, history_saved, resume, before)
+            except BaseException:
+                if resume is None:  # refused at its start: as a hook's refusal leaves it
+                    session.prompt, session.final_answer = before
+                raise
         if events.active:
             events.emit_new(RunStarted, (session.session_id, agent_id, prompt))
         # A resumed run goes on with the context it started with, saved with its first step.

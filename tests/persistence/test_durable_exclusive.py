@@ -410,3 +410,20 @@ async def test_a_restored_session_dying_at_its_next_turn_keeps_its_earlier_turns
     loaded = await ar.AgentSession.load_checkpoint(backend, "chat")
     assert (loaded.prompt, loaded.final_answer) == ("Q1", "one")
     assert loaded == session
+
+
+async def test_a_turn_its_start_checkpoint_refuses_leaves_the_session_as_it_was(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Another copy of the session ran a turn on the same backend: this copy's next turn is
+    # refused before it starts, and keeps its question and answer (as a hook's refusal does).
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    session = runtime.create_session("a", "chat")
+    await runtime.run_turn(session, "Q1", script("Thought: t\nAction: FINAL_ANSWER one"))
+    other = ar.AgentSession.from_json(session.to_json())
+    await runtime.run_turn(other, "Q2", script("Thought: t\nAction: FINAL_ANSWER two"))
+    kept = {**session.to_dict(), "duration_ms": None}  # the refused run's time is counted
+    with pytest.raises(ar.PersistenceError, match="already has checkpoints"):
+        await runtime.run_turn(session, "Q3", script("Thought: t\nAction: FINAL_ANSWER three"))
+    assert (session.prompt, session.final_answer) == ("Q1", "one")
+    assert {**session.to_dict(), "duration_ms": None} == kept
