@@ -50,7 +50,10 @@ class AgentConfig(BaseModel, frozen=True):
             are sent with the rest of the run's requests, the re-prompt takes an iteration,
             and the step that answers it counts the wasted call's tokens and model time.
         error_recovery: `stop` ends the run on a failed tool round; `retry` goes on.
-        context_window_tokens: Token budget of a multi-turn session's chat history.
+        context_window_tokens: Token budget of a multi-turn session's requests: the chat
+            history kept is what fits beside the rest of the request (context, tools and
+            question), estimated at about 4 characters a token, as `max_memory_tokens` is
+            (text in CJK scripts or emoji takes about a token a character: set it lower).
         model_params: Other parameters of every model call the runtime makes through a
             provider (`chat` and `chat_stream`, in both modes; not an `infer` function),
             passed to it as keyword arguments: e.g. `{"temperature": 0}`, or

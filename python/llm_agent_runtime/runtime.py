@@ -760,8 +760,9 @@ class AgentRuntime:
         The answer is this turn's own, even when an async event callback the run waited for
         ran the session's next turn meanwhile (`session.final_answer` is that turn's then).
 
-        The history is trimmed to `config.context_window_tokens`, dropping oldest turns first
-        (its system messages are kept: see `trim_history`). A session runs one turn at a time.
+        The history is trimmed to `config.context_window_tokens` (about 4 characters a
+        token), dropping oldest turns first (its system messages are kept: see
+        `trim_history`). A session runs one turn at a time.
         Once the turn's final answer is in `session.final_answer`, the turn is in
         `session.messages` too, even if a timeout or a cancellation ends the run after it.
 
