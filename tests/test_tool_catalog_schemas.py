@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pydantic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import llm_agent_runtime as ar
 from llm_agent_runtime.runtime import _INLINE_CHARS, _schema_for_prompt
 
 
@@ -100,3 +102,50 @@ def test_a_definition_used_once_is_inlined_however_long() -> None:
         "properties": {"x": {"$ref": "#/$defs/Long"}},
     }
     assert _schema_for_prompt(schema) == {"type": "object", "properties": {"x": long_def}}
+
+
+def _dangling(schema: dict[str, Any]) -> list[str]:
+    """The local references of a shown schema that name no definition it holds."""
+    named = {f"#/$defs/{n}" for n in schema.get("$defs", {})}
+    return [ref for ref in _refs(schema) if ref not in named]
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+class Item(pydantic.BaseModel):
+    sku: str
+    qty: int
+
+
+@ar.tool
+def order(items: pydantic.Json[list[Item]]) -> str:
+    """Orders items."""
+    return "ok"
+
+
+def test_a_json_string_arguments_schema_is_shown_whole() -> None:
+    # `Json[list[Item]]`: the item's schema is under `contentSchema`, which was left with a
+    # reference to a definition the shown schema no longer held.
+    shown = _schema_for_prompt(order.parameters)
+    assert _dangling(shown) == []
+    content = shown["properties"]["items"]["contentSchema"]
+    assert content["items"]["properties"].keys() == {"sku", "qty"}
+
+
+def test_a_reference_under_a_keyword_not_walked_keeps_its_definition() -> None:
+    a = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    schema = {
+        "type": "object",
+        "properties": {"x": {"type": "string", "x-shape": {"$ref": "#/$defs/A"}}},
+        "$defs": {"A": a, "B": {"type": "string"}},
+    }
+    shown = _schema_for_prompt(schema)
+    assert _dangling(shown) == []
+    assert shown["$defs"] == {"A": a}  # B, named nowhere, is not shown

@@ -4373,9 +4373,22 @@ async def _within_deadline(body: Awaitable[Any], seconds: float) -> bool:
     return False
 
 
-_SCHEMA_KEYWORDS = ("items", "additionalProperties", "not", "contains", "propertyNames")
+_SCHEMA_KEYWORDS = (
+    "items",
+    "additionalProperties",
+    "not",
+    "contains",
+    "propertyNames",
+    "contentSchema",  # pydantic's `Json[...]`: the schema of the JSON in the string
+    "if",
+    "then",
+    "else",
+    "additionalItems",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+)
 _SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
-_SCHEMA_MAPS = ("properties", "patternProperties")
+_SCHEMA_MAPS = ("properties", "patternProperties", "dependentSchemas")
 
 
 _INLINE_CHARS = 1000
@@ -4446,6 +4459,17 @@ def _schema_for_prompt(parameters: dict[str, Any]) -> dict[str, Any]:
         return out
 
     shown: dict[str, Any] = walk(parameters)
+    # A reference under a keyword not walked (kept as it is: a vendor's, say) keeps what
+    # it names too, so that no reference is left dangling.
+    while True:
+        named = _ref_counts([shown, *(shown_defs[ref] for ref in kept)])
+        missing = [ref for ref in named if ref in defs and ref not in kept]
+        if not missing:
+            break
+        for ref in missing:
+            if ref not in shown_defs:
+                shown_defs[ref] = walk(defs[ref][2])
+            kept.add(ref)
     for ref in sorted(kept):
         section, name, _ = defs[ref]
         shown.setdefault(section, {})[name] = shown_defs[ref]
