@@ -1783,18 +1783,22 @@ def _schema_and_check(
     Python mode; the full check, which runs when the fast one fails, then tries JSON mode
     (see `_json_mode_fallback`), so strict types take the JSON their schema asks for.
     """
-    extra: Literal["allow", "forbid"] = "allow" if has_var_keyword else "forbid"
-    namespace: dict[str, Any] = {"model_config": ConfigDict(extra=extra)}
-    if has_var_keyword:  # the schema's `additionalProperties` is the type of **kwargs
-        namespace["__annotations__"] = {"__pydantic_extra__": dict[str, var_keyword]}
+    # Unknown keys are refused, **kwargs' too: a validator's `extra` setting reaches the
+    # dataclasses and TypedDicts in the arguments, where `allow` would take any key (and a
+    # key named as a method would hide it). **kwargs' arguments are told apart by that
+    # refusal and checked on their own (`checker`).
+    namespace: dict[str, Any] = {"model_config": ConfigDict(extra="forbid")}
     base = type(f"{tool_name}_base", (BaseModel,), namespace)
     model: type[BaseModel] = create_model(f"{tool_name}_args", __base__=base, **model_fields)
-    schema = model.model_json_schema(schema_generator=_ArgumentsJsonSchema)
+    if has_var_keyword:  # the schema's `additionalProperties` is the type of **kwargs
+        schema = _schema_with_extra(model, var_keyword)
+    else:
+        schema = model.model_json_schema(schema_generator=_ArgumentsJsonSchema)
     # Validating into a TypedDict yields the checked dict directly (no model instance to
     # unpack); omitted optional arguments fall back to the function's own defaults.
     make_typed_dict: Any = TypedDict  # a TypedDict made at run time: mypy cannot check it
     typed = make_typed_dict(f"{tool_name}_args", typed_fields)
-    typed.__pydantic_config__ = ConfigDict(extra=extra)
+    typed.__pydantic_config__ = ConfigDict(extra="forbid")
     adapter = TypeAdapter(typed)
     validate: Callable[[Any], dict[str, Any]] = adapter.validator.validate_python
     full = _json_mode_fallback(adapter)
@@ -1805,16 +1809,32 @@ def _schema_and_check(
         lenient.__pydantic_config__ = ConfigDict(extra="ignore")
         return schema, TypeAdapter(lenient).validator.validate_python, full
     extra_adapter = TypeAdapter(dict[str, var_keyword])
-    known = frozenset(typed_fields)
+    names = frozenset(typed_fields)  # the parameters' own names: the checked dict's keys
 
     def checker(
         validate: Callable[[Any], dict[str, Any]], validate_extra: Callable[[Any], Any]
     ) -> Callable[[Any], dict[str, Any]]:
         def check(arguments: Any) -> dict[str, Any]:
-            checked = validate(arguments)
-            extra_args = {k: v for k, v in checked.items() if k not in known}
-            if extra_args:
-                checked.update(validate_extra(extra_args))
+            try:
+                return validate(arguments)
+            except ValidationError as error:
+                # The keys refused at the top are **kwargs' (told as pydantic tells the
+                # parameters' names and aliases): the rest is checked again without them.
+                extra_keys = {
+                    e["loc"][0]
+                    for e in error.errors(include_url=False, include_context=False)
+                    if e["type"] == "extra_forbidden" and len(e["loc"]) == 1
+                }
+                if not extra_keys or not isinstance(arguments, dict):
+                    raise
+            if not names.isdisjoint(extra_keys):  # it would replace the parameter's value
+                name = min(map(str, names.intersection(extra_keys)))
+                raise ValueError(
+                    f"invalid arguments: {name}: unexpected argument (the parameter's "
+                    "argument has another name)"
+                )
+            checked = validate({k: v for k, v in arguments.items() if k not in extra_keys})
+            checked.update(validate_extra({k: arguments[k] for k in extra_keys}))
             return checked
 
         return check
@@ -1826,6 +1846,28 @@ def _schema_and_check(
         full_extra = _refusing(unshown, full_extra)
     fast = checker(validate, fast_extra)
     return schema, fast, checker(full, full_extra)
+
+
+def _schema_with_extra(model: type[BaseModel], var_keyword: Any) -> dict[str, Any]:
+    """The arguments schema of `model`, whose `additionalProperties` is **kwargs' type.
+
+    Both are made in one pass, so that their definitions share one `$defs` (two classes of
+    one name are told apart there).
+    """
+    schemas, definitions = TypeAdapter.json_schemas(
+        [
+            ("arguments", "validation", TypeAdapter(model)),
+            ("extra", "validation", TypeAdapter(dict[str, var_keyword])),
+        ],
+        schema_generator=_ArgumentsJsonSchema,
+    )
+    defs = dict(definitions.get("$defs", {}))
+    schema = schemas["arguments", "validation"]
+    reference = schema.get("$ref")
+    if isinstance(reference, str):  # the model's own definition, shown as the schema
+        schema = defs.pop(reference.rsplit("/", 1)[-1])
+    extra = schemas["extra", "validation"].get("additionalProperties", True)
+    return {**({"$defs": defs} if defs else {}), **schema, "additionalProperties": extra}
 
 
 def _refusing(
