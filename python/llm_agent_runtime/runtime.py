@@ -88,6 +88,7 @@ from llm_agent_runtime.providers.base import (
 )
 from llm_agent_runtime.session import AgentSession, Step, message_problem, session_problem
 from llm_agent_runtime.tools import (
+    SHOWN_CHANGES,
     ErrorKind,
     Observation,
     ToolRegistry,
@@ -515,7 +516,7 @@ class AgentRuntime:
         self._tool_definitions_chars = 0
         self._tool_catalog = ""
         self._tool_names: frozenset[str] = frozenset()
-        self._tools_seen: tuple[ToolRegistry | None, int] = (None, 0)
+        self._tools_seen: tuple[ToolRegistry | None, int, int] = (None, 0, 0)
         self._refresh_tools()
         # Sessions with a run in progress: a session runs one turn at a time.
         self._running: set[str] = set()
@@ -986,7 +987,7 @@ class AgentRuntime:
         ):
             infer = _as_model(infer)
         tools, seen = self.tools, self._tools_seen
-        if seen[0] is not tools or seen[1] != len(tools):
+        if seen[0] is not tools or seen[1] != len(tools) or seen[2] != SHOWN_CHANGES[0]:
             self._refresh_tools()
         session_id = session.session_id
         running = self._running
@@ -1235,9 +1236,11 @@ class AgentRuntime:
 
         `_run` calls it when the registry is another or has another size (a registry only
         grows: `register` refuses a name twice), so a tool registered after the runtime was
-        built is shown from the next run on. Per run, not per step.
+        built is shown from the next run on; and when a spec's name, description or
+        parameters were set since (any spec's: `SHOWN_CHANGES`). Per run, not per step.
         """
         tools = self.tools
+        changes = SHOWN_CHANGES[0]  # read first: a change made meanwhile rebuilds again
         # Of one copy of the registry: its size is what was shown, so a tool registered
         # meanwhile (by another thread) makes the next run rebuild.
         definitions = [ToolDefinition(**d) for d in tools.definitions()]
@@ -1250,7 +1253,7 @@ class AgentRuntime:
         # What the definitions take of a request (a context window counts them too).
         self._tool_definitions_chars = tool_definitions_chars(definitions)
         self._tool_names = frozenset(d.name for d in definitions)
-        self._tools_seen = (tools, len(definitions))
+        self._tools_seen = (tools, len(definitions), changes)
 
     def _request_chars(self, context: str, prompt: str, provider: ChatProvider | None) -> int:
         """Characters of a turn's request besides its history.

@@ -492,6 +492,11 @@ class ToolSpec:
             the timeout is not a finite number above 0; `run_inline` comes with a timeout; or
             the circuit breaker has no `call` method. A name, description, handler,
             `parameters`, timeout, circuit breaker or `run_inline` set later is checked too.
+
+    `parameters` set later is taken as the constructor takes it, its `required` list then
+    being `required_fields`. A runtime shows the model a changed name, description or schema
+    from its next run on. A registry knows a tool by the name it had when it was registered:
+    rename a spec before registering it.
     """
 
     __slots__ = (
@@ -545,11 +550,7 @@ class ToolSpec:
                 tool=name,
             )
         _check_inline(name, run_inline, timeout)
-        schema = parameters or {"type": "object", "properties": {}}
-        if "type" not in schema:  # taken for an object, but providers want it said (a copy)
-            schema = {"type": "object", **schema}
-        if "properties" not in schema:  # OpenAI refuses an object schema without (a copy)
-            schema = {**schema, "properties": {}}
+        schema = _object_schema(parameters or {"type": "object", "properties": {}})
         declared = list(schema.get("required", ()))
         added = [f for f in dict.fromkeys(fields) if f not in declared]
         if added:  # a copy: the caller's schema stays as it was
@@ -639,15 +640,23 @@ class ToolSpec:
             _check_name(value)
         elif name == "parameters":
             _check_schema(getattr(self, "name", "?"), value)
+            if hasattr(self, "parameters"):  # set later: as the constructor takes it
+                value = _object_schema(value)
+                required = value.get("required", ())
+                fields = tuple(f for f in required if isinstance(f, str))
+                object.__setattr__(self, "required_fields", fields)
         elif name == "circuit_breaker":
             _check_breaker(getattr(self, "name", "?"), value)
         elif name == "handler":
             _check_handler(getattr(self, "name", "?"), value)
             # A sync handler set in place of an async one runs in a thread, and vice versa.
             object.__setattr__(self, "is_async", is_async_callable(value))
+        changed = name in _SHOWN and hasattr(self, name)  # a change, not a first setting
         object.__setattr__(self, name, value)
         if name in _RUN_SETTINGS:
             object.__setattr__(self, "_direct", None)
+        elif changed:
+            SHOWN_CHANGES[0] += 1
 
     def definition(self) -> dict[str, Any]:
         """Returns the tool as a provider-neutral definition dict (name, description, schema)."""
@@ -2606,6 +2615,24 @@ def _cancelled_while_running(
         task.uncancel()
 
 
+def _object_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """An arguments schema as providers want it: one that says it is an object's.
+
+    With `properties` too (OpenAI refuses an object schema without); a copy when either is
+    added.
+    """
+    if "type" not in schema:  # taken for an object, but providers want it said
+        schema = {"type": "object", **schema}
+    if "properties" not in schema:
+        schema = {**schema, "properties": {}}
+    return schema
+
+
+_SHOWN = frozenset({"name", "description", "parameters"})
+"""A spec's attributes the model is shown (`ToolSpec.definition`)."""
+SHOWN_CHANGES = [0]
+"""How many times an attribute in `_SHOWN` of a spec was set after its construction (any
+spec's): a runtime that showed the model its tools shows them again when this changed."""
 # The `ToolSpec` attributes that decide how a call runs: setting one clears `_direct`.
 _RUN_SETTINGS = frozenset(
     {"circuit_breaker", "handler", "is_async", "takes_idempotency_key", "timeout"}

@@ -1,0 +1,60 @@
+"""A spec changed after it was made: its schema is taken as the constructor takes it, and a
+runtime shows the model the change from its next run on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.tools import ToolRegistry
+
+
+def lookup(arguments: dict[str, Any]) -> str:
+    return f"found {arguments['q']}"
+
+
+async def test_parameters_set_later_are_required_and_normalized() -> None:
+    spec = ar.ToolSpec("lookup", "Looks up.", lookup)
+    spec.parameters = {"properties": {"q": {"type": "string"}}, "required": ["q"]}
+    assert spec.parameters == {
+        "type": "object",
+        "properties": {"q": {"type": "string"}},
+        "required": ["q"],
+    }
+    assert spec.required_fields == ("q",)
+    registry = ToolRegistry([spec])
+    missing = await registry.call("lookup", {})
+    assert missing.error_kind == "permanent" and "q" in missing.content
+    assert (await registry.call("lookup", "x")).content == "found x"  # the sole argument
+
+    other = ar.ToolSpec("other", "Other.", lookup, required_fields=["q"])
+    other.parameters = {"properties": {"z": {"type": "string"}}}
+    assert other.required_fields == ()
+    assert other.parameters == {"type": "object", "properties": {"z": {"type": "string"}}}
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_runtime_shows_a_changed_description_at_its_next_run(mode: str) -> None:
+    @ar.tool
+    def add(a: int, b: int) -> int:
+        """Adds two integers."""
+        return a + b
+
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode), tools=[add])  # type: ignore[arg-type]
+    reply = "Thought: d\nAction: FINAL_ANSWER ok" if mode == "react" else "ok"
+    shown: list[str] = []
+
+    class Recording(ar.ScriptedProvider):
+        async def chat(self, messages: Any, tools: Any = None, **kwargs: Any) -> ar.ChatResponse:
+            if mode == "tools":
+                shown.append(" ".join(t.description for t in tools))
+            else:
+                shown.append(messages[0].content)
+            return await super().chat(messages, tools, **kwargs)
+
+    await runtime.run_agent_with_provider("a", "q", Recording([reply]))
+    add.description = "Adds two integers, exactly."
+    await runtime.run_agent_with_provider("a", "q", Recording([reply]))
+    assert "exactly" not in shown[0] and "Adds two integers, exactly." in shown[1]
