@@ -123,6 +123,25 @@ async def test_a_literal_of_enum_members_under_annotated_keeps_its_field() -> No
     assert (await _call(pick, {"color": "green"})).content == "<Color.GREEN: 'green'>"
 
 
+class Corner(enum.Enum):
+    TOP_LEFT = (0, 0)
+    BOTTOM_RIGHT = (1, 1)
+
+
+async def test_a_literal_of_tuple_valued_enum_members_takes_their_json_arrays() -> None:
+    # Shown as `[0, 0]`, which JSON sends as an array: it was refused (list is not tuple).
+    @ar.tool
+    def anchor(corner: Literal[Corner.TOP_LEFT, Corner.BOTTOM_RIGHT]) -> str:
+        """Anchors."""
+        return repr(corner)
+
+    assert anchor.parameters["properties"]["corner"]["enum"] == [[0, 0], [1, 1]]
+    assert (await _call(anchor, {"corner": [1, 1]})).content == repr(Corner.BOTTOM_RIGHT)
+    assert (await _call(anchor, {"corner": (0, 0)})).content == repr(Corner.TOP_LEFT)
+    assert (await _call(anchor, {"corner": [0, 1]})).error_kind == "permanent"
+    assert (await _call(anchor, {"corner": [True, True]})).error_kind == "permanent"
+
+
 # --- 3. **kwargs taking a parameter the model is not shown -------------------------------------
 
 

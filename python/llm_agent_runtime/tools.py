@@ -1697,7 +1697,7 @@ def _enum_literals(annotation: Any) -> Any:
 
         def to_member(value: Any) -> Any:
             for member in members:
-                if type(value) is type(member.value) and value == member.value:
+                if _same_value(value, member.value):
                     return member
             return value
 
@@ -1716,6 +1716,20 @@ def _enum_literals(annotation: Any) -> Any:
         return origin[rewritten]
     except TypeError:  # a generic that cannot be rebuilt so: left as pydantic reads it
         return annotation
+
+
+def _same_value(value: Any, expected: Any) -> bool:
+    """Whether `value` is `expected`, of its type (a bool is no int).
+
+    A tuple is sent as a JSON array: a list (or a tuple) of its items, each checked so, is it.
+    """
+    if type(expected) is tuple:
+        return (
+            type(value) in (list, tuple)
+            and len(value) == len(expected)
+            and all(_same_value(v, e) for v, e in zip(value, expected, strict=True))
+        )
+    return type(value) is type(expected) and bool(value == expected)
 
 
 def _alias_key(tool_name: str, pname: str, alias: Any) -> str:
