@@ -50,6 +50,7 @@ mod _core {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        crate::metrics::add_record_step(m.py())?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))
     }
 }

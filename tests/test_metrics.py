@@ -1,3 +1,4 @@
+import inspect
 import json
 import os
 import signal
@@ -168,6 +169,24 @@ def test_prometheus_exposition_parses() -> None:
     families = {f.name: f for f in text_string_to_metric_families(text)}
     tool_family = families["llm_agent_runtime_tool_calls_by_tool"]
     assert tool_family.samples[0].labels == {"tool": 'we"ird\\name\n'}
+
+
+def test_record_step_is_a_method_like_the_others() -> None:
+    # A bare C method (the count of a step is a run's most frequent call): bound, unbound,
+    # introspected and misused as any method of the class is.
+    m = ar.RuntimeMetrics()
+    m.record_step()
+    ar.RuntimeMetrics.record_step(m)
+    assert m.snapshot().total_steps == 2
+    assert str(inspect.signature(ar.RuntimeMetrics.record_step)) == "(self, /)"
+    assert ar.RuntimeMetrics.record_step.__doc__ == "Counts one loop step."
+    with pytest.raises(TypeError, match="takes no arguments"):
+        m.record_step(1)  # type: ignore[call-arg]
+    with pytest.raises(
+        TypeError, match=r"doesn't apply to a 'llm_agent_runtime\.MetricsSnapshot' object"
+    ):
+        ar.RuntimeMetrics.record_step(m.snapshot())  # type: ignore[arg-type]
+    assert m.snapshot().total_steps == 2
 
 
 def test_exact_under_thread_contention() -> None:
