@@ -3583,7 +3583,7 @@ def _requested_call(record: StepRecord) -> tuple[str, Any]:
     requested = step.requested
     if requested is not None:
         return requested["name"], requested["arguments"]
-    return step.action, step.action_input or {}
+    return step.action, step.action_input
 
 
 def _unique_call_ids(calls: list[ToolCall]) -> list[ToolCall]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,51 @@ def test_a_malformed_saved_context_is_a_persistence_error(start: dict[str, objec
     record["run_start"].update(start)  # type: ignore[attr-defined]
     with pytest.raises(ar.PersistenceError, match="'run_start' must be an object"):
         StepRecord.from_dict(record)
+
+
+class HeldProvider(ar.ScriptedProvider):
+    """Records each request's assistant tool calls; holds at its call `hold_at`."""
+
+    def __init__(self, *args: Any, hold_at: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold_at = hold_at
+        self.sent_back: list[list[Any]] = []
+        self.waiting = asyncio.Event()
+
+    async def chat(self, messages: Any, *args: Any, **kwargs: Any) -> ar.ChatResponse:
+        self.sent_back.append([c.arguments for m in messages for c in m.tool_calls or ()])
+        if len(self.sent_back) - 1 == self.hold_at:
+            self.waiting.set()
+            await asyncio.Event().wait()
+        return await super().chat(messages, *args, **kwargs)
+
+
+@pytest.mark.parametrize("arguments", [[], "", None, 0])
+async def test_a_resumed_round_sends_back_the_arguments_the_model_sent(
+    tmp_path: Path, arguments: Any
+) -> None:
+    # Arguments that are no object fail the call (a `permanent` observation); the resumed
+    # run sent them back to the model as `{}`, which is not what it said.
+    @ar.tool
+    def echo(text: str = "") -> str:
+        """Echoes."""
+        return text
+
+    def make() -> ar.AgentRuntime:
+        config = ar.AgentConfig(mode="tools", max_iterations=4)
+        return ar.AgentRuntime(
+            config, tools=[echo], checkpoint_backend=ar.SqliteBackend(tmp_path / "r.db")
+        )
+
+    reply = ar.ChatResponse(
+        tool_calls=[ar.ToolCall("c1", "echo", arguments)], stop_reason="tool_calls"
+    )
+    first = make()
+    session = first.create_session("a")
+    model = HeldProvider([reply], hold_at=1)
+    await cut_off(first.run_turn(session, "q", model), "cancel", model.waiting)
+    assert model.sent_back[1] == [arguments]
+    closing = HeldProvider(["done"])
+    resumed = await make().resume(session.session_id, closing)
+    assert resumed.final_answer == "done"
+    assert closing.sent_back == [[arguments]]
