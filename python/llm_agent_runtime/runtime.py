@@ -1704,14 +1704,14 @@ class AgentRuntime:
                         with _traced(self._tracer, "agent.llm"):
                             if stream:
                                 streamed = await self._chat_stream(
-                                    session, provider, messages, tool_defs, params
+                                    session, provider, messages, tool_defs, params, deadline
                                 )
                                 response = streamed.response
                             else:
                                 response = await chat(messages, tools=tool_defs, **params)
                     elif stream:
                         streamed = await self._chat_stream(
-                            session, provider, messages, tool_defs, params
+                            session, provider, messages, tool_defs, params, deadline
                         )
                         response = streamed.response
                     elif more_params:
@@ -1937,23 +1937,27 @@ class AgentRuntime:
         messages: list[Message],
         tool_defs: list[ToolDefinition] | None,
         params: dict[str, Any],
+        deadline: float | None,
     ) -> _Streamed:
         """Streams one model call, emitting its text deltas as they come.
 
         The stream is read to its end even when a listener fails on a delta (no delta goes
         out after that): the call is then charged before the listener's error is raised, as
         when the reply is not streamed. So is the text held back at the end (see `hold`):
-        `_Streamed.finish` sends it, or raises the error, once the call is charged.
+        `_Streamed.finish` sends it, or raises the error, once the call is charged. Reading
+        stops at the first `StreamEnd`, and at the run's `deadline` (a stream that never
+        waits, such as a model computed in the event loop's thread, leaves the loop's timer
+        no moment to fire).
 
         Raises:
             AgentLoopError: The stream ended without a `StreamEnd` event holding a
-                `ChatResponse`.
+                `ChatResponse`, or sent a `TextDelta` whose text is no str.
             AgentRuntimeError: The provider's `chat_stream` returned no async iterator.
         """
         stops = self._stops
         # Called only for a provider with a `chat_stream` (see `streams_text`).
         stream = cast("LlmProvider", provider).chat_stream(messages, tools=tool_defs, **params)
-        if not hasattr(stream, "__aiter__"):
+        if not (hasattr(stream, "__aiter__") and hasattr(stream, "__anext__")):
             if inspect.iscoroutine(stream):
                 stream.close()  # never awaited: closed, so no warning names it
             raise AgentRuntimeError(
@@ -1970,7 +1974,11 @@ class AgentRuntime:
         listener_error: Exception | None = None
         try:
             async for event in stream:
+                if deadline is not None and time.perf_counter() >= deadline:
+                    raise _DeadlinePassed
                 if isinstance(event, TextDelta):
+                    if type(event.text) is not str:
+                        raise _not_text(event.text)
                     if stopped or listener_error is not None:
                         continue
                     pending += event.text
@@ -1988,6 +1996,7 @@ class AgentRuntime:
                             listener_error = error
                 elif isinstance(event, StreamEnd):
                     response = event.response
+                    break  # its last event: what would follow is no part of the reply
         except Exception:
             if listener_error is None:
                 raise
@@ -1999,7 +2008,9 @@ class AgentRuntime:
             # collector, its connection would wait for it.
             close = getattr(stream, "aclose", None)
             if close is not None:
-                await close()
+                closed = close()
+                if inspect.isawaitable(closed):  # an iterator's own `aclose` may be sync
+                    await closed
         if response is _NO_STREAM_END:
             raise AgentLoopError("the provider's stream ended without a StreamEnd event")
         if not isinstance(response, ChatResponse):
