@@ -64,8 +64,8 @@ def approve(session: ar.AgentSession, tool: str, arguments: Any) -> ar.ApprovalD
         # A real model's arguments are not checked yet: the tool's validation comes after,
         # and would turn "8000" or 8000.0 into 8000 past the cap. Only an int is capped.
         amount = arguments.get("amount_cents") if isinstance(arguments, dict) else None
-        if type(amount) is not int:
-            return ar.ApprovalDecision("deny", reason="amount_cents must be an integer")
+        if type(amount) is not int or amount < 1:
+            return ar.ApprovalDecision("deny", reason="amount_cents must be a positive integer")
         if amount > REFUND_LIMIT_CENTS:
             capped = {**arguments, "amount_cents": REFUND_LIMIT_CENTS}
             return ar.ApprovalDecision("edit", arguments=capped)

@@ -161,6 +161,8 @@ def test_guarded_support_sends_no_email_address_to_a_real_model() -> None:
         (8000.0, "deny"),
         (True, "deny"),
         (None, "deny"),
+        (-5, "deny"),
+        (0, "deny"),
     ],
 )
 def test_guarded_support_caps_every_refund(amount: Any, decision: Any) -> None:
@@ -175,7 +177,7 @@ def test_guarded_support_caps_every_refund(amount: Any, decision: Any) -> None:
     session = ar.AgentSession(session_id="s", agent_id="a", prompt="q")
     got = example.approve(session, "refund", {"order_id": "1001", "amount_cents": amount})
     if decision == "deny":
-        assert got.action == "deny" and got.reason == "amount_cents must be an integer"
+        assert got.action == "deny" and got.reason == "amount_cents must be a positive integer"
     else:
         action, capped = decision
         assert got.action == action
