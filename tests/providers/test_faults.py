@@ -294,19 +294,30 @@ def empty_delta(kind: str) -> bytes:
     return sse({"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta")
 
 
+OPENAI_REASONING: dict[str, dict[str, Any]] = {
+    "reasoning_content": {"reasoning_content": "hmm "},  # vLLM, DeepSeek
+    "reasoning": {"reasoning": "hmm "},  # OpenRouter
+    "reasoning_details": {"reasoning_details": [{"type": "reasoning.text", "text": "hmm "}]},
+    "thinking parts": {  # Mistral's
+        "content": [{"type": "thinking", "thinking": [{"type": "text", "text": "hmm "}]}]
+    },
+}
+
+
 def reasoning(kind: str) -> list[bytes]:
-    """Reasoning the model streams before its answer (compatible servers' fields, for
-    OpenAI's wire format), 1.5 s of it when trickled."""
+    """Reasoning the model streams before its answer, 0.4 s of each form when trickled (for
+    OpenAI's wire format, each of compatible servers' forms in turn)."""
     if kind == "openai":
         return [
-            sse({"object": "chat.completion.chunk", "choices": [{"delta": {field: "hmm "}}]})
-            for field in ["reasoning_content", "reasoning"] * 15
+            sse({"object": "chat.completion.chunk", "choices": [{"delta": delta}]})
+            for delta in OPENAI_REASONING.values()
+            for _ in range(8)
         ]
     block = {"type": "thinking", "thinking": ""}
     delta = {"type": "thinking_delta", "thinking": "hmm "}
     return [
         sse({"type": "content_block_start", "index": 9, "content_block": block}, "start"),
-        *[sse({"type": "content_block_delta", "index": 9, "delta": delta}, "delta")] * 28,
+        *[sse({"type": "content_block_delta", "index": 9, "delta": delta}, "delta")] * 8,
         sse({"type": "content_block_stop", "index": 9}, "content_block_stop"),
     ]
 
@@ -334,8 +345,9 @@ async def test_reasoning_keeps_a_slow_stream_going(kind: str, server: FakeLlmSer
     first = 1 if kind == "openai" else 2  # after the role chunk / message_start and its ping
     frames = reply.frames[:first] + reasoning(kind) + reply.frames[first:]
     server.script(trickled(frames))
-    async with make_provider(kind, server, timeout=1.0, retry=RetryPolicy(max_attempts=1)) as llm:
-        events, error = await collect(llm.chat_stream(USER))  # 1.5 s of reasoning first
+    # Each form of reasoning alone goes on for longer than the timeout.
+    async with make_provider(kind, server, timeout=0.3, retry=RetryPolicy(max_attempts=1)) as llm:
+        events, error = await collect(llm.chat_stream(USER))
     assert error is None
     assert "".join(texts(events)) == HELLO.text
 

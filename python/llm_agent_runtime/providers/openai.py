@@ -210,6 +210,7 @@ class _Delta(BaseModel):
     # Compatible servers' reasoning (vLLM, DeepSeek, OpenRouter): not kept, but progress.
     reasoning_content: Any = None
     reasoning: Any = None
+    reasoning_details: Any = None
 
 
 class _ChunkChoice(BaseModel):
@@ -578,8 +579,11 @@ class OpenAIProvider(HttpProvider):
                             continue
                         said = delta.content
                         if said:
-                            said = said if type(said) is str else _text_of(said)
-                            progress.add(said)
+                            if type(said) is str:
+                                progress.add(said)
+                            else:  # parts: Mistral's thinking ones too, which are no text
+                                progress.step(data)
+                                said = _text_of(said)
                             piece = text.add(said)
                             if piece:
                                 yield TextDelta(piece)
@@ -606,6 +610,8 @@ class OpenAIProvider(HttpProvider):
                         for thought in (delta.reasoning_content, delta.reasoning):
                             if isinstance(thought, str):
                                 progress.add(thought)
+                        if delta.reasoning_details:  # OpenRouter's, which may come alone
+                            progress.step(data)
             # The events are closed here: the body was finished at [DONE] (briefly, or cut,
             # see `post_sse`) before the last events go out. A consumer that stops at
             # StreamEnd leaves nothing to read as its loop ends, where the loop would close
