@@ -290,3 +290,29 @@ async def test_a_cancelled_edited_call_records_the_request_in_its_step() -> None
     (step,) = session.steps
     assert step.action_input == {"text": "A"}
     assert step.requested == {"name": "echo", "arguments": {"text": "a"}}
+
+
+async def test_a_guard_that_changes_nothing_passes_the_models_own_objects() -> None:
+    # Arguments holding an object of a provider's own (no value equality): the guard's copy
+    # shares it, so the call is not taken for a changed one, and the tool gets the object.
+    class Token:
+        pass
+
+    token = Token()
+    seen: list[Any] = []
+
+    @ar.tool
+    def use(token: Any) -> str:
+        """Uses a token."""
+        seen.append(token)
+        return "ok"
+
+    def approve(session: ar.AgentSession, name: str, arguments: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("approve")
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[use], approval_handler=approve)
+    call = ar.ToolCall("c1", "use", {"token": token})
+    provider = ar.ScriptedProvider([ar.ChatResponse(tool_calls=[call]), "done"])
+    session = await rt.run_agent_with_provider("a", "q", provider)
+    assert seen == [token] and seen[0] is token
+    assert session.steps[0].requested is None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import copy
 import functools
 import inspect
 import itertools
@@ -3621,13 +3620,27 @@ def _unique_call_ids(calls: list[ToolCall]) -> list[ToolCall]:
 
 
 def _copied(arguments: Any) -> Any:
-    """A deep copy of a call's arguments (they themselves when they cannot be copied)."""
-    if type(arguments) is str:
-        return arguments
+    """A call's arguments with their dicts, lists and tuples copied, at any depth.
+
+    Their other values are shared: a provider's own objects (a lock, an array) are neither
+    duplicated nor compared by identity as changed. Arguments nested past the recursion
+    limit, or holding themselves, are shared whole.
+    """
     try:
-        return copy.deepcopy(arguments)
-    except Exception:  # a middleware's or a provider's own objects
+        return _containers_copied(arguments)
+    except RecursionError:
         return arguments
+
+
+def _containers_copied(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict:
+        return {k: _containers_copied(v) for k, v in value.items()}
+    if kind is list:
+        return [_containers_copied(v) for v in value]
+    if kind is tuple:
+        return tuple(_containers_copied(v) for v in value)
+    return value
 
 
 def _requested(
