@@ -987,7 +987,12 @@ async def test_an_error_whose_message_fails_stays_the_runs_error(mode: str, on: 
         )
 
 
-@pytest.mark.parametrize("arguments", ["tuple key", "cycle", "huge int"])
+class _NoStr:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+@pytest.mark.parametrize("arguments", ["tuple key", "cycle", "huge int", "str fails"])
 async def test_arguments_json_cannot_hold_are_estimated_and_refused_as_an_observation(
     arguments: str,
 ) -> None:
@@ -997,6 +1002,7 @@ async def test_arguments_json_cannot_hold_are_estimated_and_refused_as_an_observ
         "tuple key": {(1, 2): 1},
         "cycle": {},
         "huge int": {"text": 10**5000},
+        "str fails": {"text": _NoStr()},
     }
     value = values[arguments]
     if arguments == "cycle":

@@ -173,3 +173,14 @@ async def test_kwargs_cannot_set_a_parameter_hidden_from_the_schema() -> None:
     assert (await _call(lookup, {"q": "x", "year": 2020})).content == "x False {'year': 2020}"
     refused = await _call(lookup, {"q": "x", "admin": 1})
     assert refused.error_kind == "permanent" and "admin" in refused.content
+
+
+async def test_an_enum_of_tuple_values_takes_their_json_arrays() -> None:
+    @ar.tool
+    def place(corner: Corner) -> str:
+        """Places."""
+        return repr(corner)
+
+    assert (await _call(place, {"corner": [1, 1]})).content == repr(Corner.BOTTOM_RIGHT)
+    assert (await _call(place, {"corner": (0, 0)})).content == repr(Corner.TOP_LEFT)
+    assert (await _call(place, {"corner": [2, 2]})).error_kind == "permanent"

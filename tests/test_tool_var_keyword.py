@@ -110,3 +110,15 @@ async def test_an_extra_argument_named_as_an_aliased_parameter_is_refused() -> N
     result = await call(move, {"from": "a", "source": "b"})
     assert result.error_kind == "permanent"
     assert result.content.startswith("error: invalid arguments: source: unexpected argument")
+
+
+@ar.tool
+def tag(**tags: Order) -> str:
+    """Tags."""
+    return str(sorted(tags))
+
+
+async def test_a_kwargs_dataclass_refuses_unknown_keys_too() -> None:
+    result = await call(tag, {"a": {"qty": 1, "price": 2.0, "total": 0}})
+    assert result.error_kind == "permanent" and "total" in result.content
+    assert (await call(tag, {"a": {"qty": 1, "price": 2.0}})).content == "['a']"

@@ -1690,6 +1690,12 @@ def _enum_literals(annotation: Any) -> Any:
     their own class's.
     """
     origin, args = get_origin(annotation), get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        # An Enum's tuple values are shown as arrays, which JSON sends as lists.
+        tupled = [m for m in annotation if type(m.value) is tuple]
+        if not tupled:
+            return annotation
+        origin, args = Literal, tuple(tupled)
     if origin is Literal:
         members = [a for a in args if isinstance(a, enum.Enum) and a != a.value]
         if not members:
@@ -1831,7 +1837,8 @@ def _schema_and_check(
         lenient = make_typed_dict(f"{tool_name}_args", typed_fields)
         lenient.__pydantic_config__ = ConfigDict(extra="ignore")
         return schema, TypeAdapter(lenient).validator.validate_python, full
-    extra_adapter = TypeAdapter(dict[str, var_keyword])
+    # Its dataclasses and TypedDicts refuse unknown keys, as the parameters' do.
+    extra_adapter = TypeAdapter(dict[str, var_keyword], config=ConfigDict(extra="forbid"))
     names = frozenset(typed_fields)  # the parameters' own names: the checked dict's keys
 
     def checker(

@@ -272,10 +272,10 @@ def _json_chars(value: Any) -> int:
     """
     try:
         return len(json.dumps(value, ensure_ascii=False, default=str))
-    except (TypeError, ValueError, RecursionError):
+    except Exception:  # also a `__str__` that fails, which `default=str` calls
         try:
             return len(repr(value))
-        except Exception:  # a repr that fails: an estimate is no reason to fail the run
+        except Exception:  # an estimate is no reason to fail the run
             return 0
 
 
