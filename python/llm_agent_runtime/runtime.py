@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from types import FunctionType, MethodType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast, get_args
 
 from pydantic import ValidationError
 
@@ -200,16 +200,30 @@ class ApprovalDecision:
 
 
 def _saved_start(resume: SessionState | None) -> dict[str, Any] | None:
-    """What a resumed run started with (`StepRecord.run_start`), context included.
+    """What a resumed run started with, context and memory hits included.
 
-    None for a new run, or one whose first step was not saved (or was saved by an older
-    version, without its context and memory hits).
+    As its first step saved it (`StepRecord.run_start`, which a fork copies), else as its
+    meta record did (`SessionState.start`). None for a new run, or one saved by an older
+    version, without them.
     """
     if resume is None:
         return None
     records = resume.run_records
     start = records[0].run_start if records else None
-    return start if start is not None and "context" in start else None
+    if start is not None and "context" in start:
+        return start
+    return resume.start  # the meta record's, saved before the first step
+
+
+class _Shown(NamedTuple):
+    """The memories a run's context shows, counted once the run starts (`_count_shown`)."""
+
+    store: EpisodicStore | None
+    """An `EpisodicStore` that counts each memory's recalls (`mark_recalled`), else None."""
+    ids: list[int]
+    """The ids of its memories shown."""
+    hits: int
+    """How many memories are shown: the session's memory hits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1154,66 +1168,49 @@ class AgentRuntime:
         answer before this run.
         """
         events = self.events
-        if resume is None:  # a resumed run's prompt was rewritten before it was saved
-            try:
-                for hook in self._hooks["on_user_message"]:
-                    prompt = await _rewrite(hook(session, prompt), prompt, "on_user_message")
-            except BaseException:
-                # The run never started: the session is left as it was, rather than holding
-                # the text the hook refused (a redacting hook's input) and no earlier answer.
-                session.prompt, session.final_answer = before
-                raise
-            session.prompt = prompt  # what is kept, saved and sent: the rewritten text
         # The run's id: its meta record names it, and so does its final checkpoint (a
         # resumed run's is the interrupted run's), which tells a later turn from this one.
         run = resume.run if resume is not None else new_session_id()
-        if self._checkpoints is not None:
-            # A resumed run's first step, if it saved none yet, records its start too.
-            first = resume.first_step if resume is not None else session.step_count
-            turn = history is not None
-            start = {"prompt": prompt, "turn": turn, "messages": len(session.messages)}
-            self._durable_runs[session.session_id] = _DurableRun(run, first, start)
-            mode = "tools" if provider else "react"
-            history_saved = session.messages if turn else None
-            try:
-                await self._save_meta(session, mode, run, history_saved, resume, before)
-            except BaseException:
-                if resume is None:  # refused at its start: as a hook's refusal leaves it
-                    session.prompt, session.final_answer = before
-                raise
+        # A resumed run goes on with the context it started with, as saved.
+        saved = _saved_start(resume)
+        shown: _Shown | None = None
+        try:
+            if resume is None:  # a resumed run's prompt was rewritten before it was saved
+                for hook in self._hooks["on_user_message"]:
+                    prompt = await _rewrite(hook(session, prompt), prompt, "on_user_message")
+                session.prompt = prompt  # what is kept, saved and sent: the rewritten text
+            if saved is None:
+                # Before the run's start is saved, with it: a run cut off before its first
+                # step is resumed with it too. Its memories count once the run has started.
+                memory = self.memory  # read once: it may be replaced meanwhile
+                recalled = await self._recalled(memory, agent_id, prompt)
+                context, shown = self._context(agent_id, prompt, session, memory, recalled)
+                hits = session.memory_hits + (shown.hits if shown is not None else 0)
+            else:  # its memories were recalled, and counted, when it started
+                context, hits = saved["context"], saved["memory_hits"]
+                session.memory_hits = hits
+                if self.graph is not None:
+                    session.graph_entity_count = _entity_count(self.graph)
+            if self._checkpoints is not None:
+                # A resumed run's first step, if it saved none yet, records its start too.
+                first = resume.first_step if resume is not None else session.step_count
+                turn = history is not None
+                start = {"prompt": prompt, "turn": turn, "messages": len(session.messages)}
+                start.update(context=context, memory_hits=hits)
+                self._durable_runs[session.session_id] = _DurableRun(run, first, start)
+                mode = "tools" if provider else "react"
+                history_saved = session.messages if turn else None
+                await self._save_meta(session, mode, run, history_saved, resume, before, start)
+        except BaseException:
+            if resume is None:
+                # The run never started (a hook or the store refused it, or the recall
+                # failed): the session is left as it was, rather than holding the text the
+                # hook refused (a redacting hook's input) and no earlier answer.
+                session.prompt, session.final_answer = before
+            raise
         if events.active:
             events.emit_new(RunStarted, (session.session_id, agent_id, prompt))
-        # A resumed run goes on with the context it started with, saved with its first step.
-        saved = _saved_start(resume)
-        memory, recalled = self.memory, None
-        if (
-            saved is None
-            and memory is not None
-            and _embeds(memory)
-            and self._recalls_memories()
-            and _has_episodes(memory, agent_id)  # else nothing to rank: no call to embed
-        ):
-            # Embedding the request may be a network call (a blocking one: `Embedder.embed`
-            # is sync): made off the event loop, so other runs and the run's timeout go on.
-            # A lone surrogate (a file name decoded with `surrogateescape`, say) has no
-            # UTF-8 form to embed: the query holds U+FFFD in its place.
-            query = prompt if prompt.isascii() else _LONE_SURROGATE.sub("\ufffd", prompt)
-            limit = self._config.max_memory_recalls
-            if type(memory) is EpisodicStore:  # counted as shown: see `_context`
-                recalled = await run_blocking(
-                    lambda: memory.recall(agent_id, limit, query, counted=False)
-                )
-            else:
-                recalled = await run_blocking(lambda: memory.recall(agent_id, limit, query))
-        if saved is None:
-            context = self._context(agent_id, prompt, session, memory, recalled)
-        else:  # its memories were recalled, and counted, when it started
-            context, session.memory_hits = saved["context"], saved["memory_hits"]
-            if self.graph is not None:
-                session.graph_entity_count = _entity_count(self.graph)
-        if self._checkpoints is not None:
-            start = self._durable_runs[session.session_id].start
-            start["context"], start["memory_hits"] = context, session.memory_hits
+        self._count_shown(session, shown)
         if history:  # the earlier turns that fit beside what this request holds anyway
             history = self.trim_history(history, self._request_chars(context, prompt, provider))
         if provider is not None:
@@ -1280,6 +1277,28 @@ class AgentRuntime:
         config = self._config
         return config.max_memory_recalls > 0 and config.max_memory_tokens != 0
 
+    async def _recalled(self, memory: Any, agent_id: str, prompt: str) -> Any:
+        """What `memory`, a store with an embedder, recalls for `prompt`.
+
+        Ranked by similarity to it too; None for another store, which `_context` asks itself.
+        """
+        if not (
+            memory is not None
+            and _embeds(memory)
+            and self._recalls_memories()
+            and _has_episodes(memory, agent_id)  # else nothing to rank: no call to embed
+        ):
+            return None
+        # Embedding the request may be a network call (a blocking one: `Embedder.embed` is
+        # sync): made off the event loop, so other runs and the run's timeout go on. A lone
+        # surrogate (a file name decoded with `surrogateescape`, say) has no UTF-8 form to
+        # embed: the query holds U+FFFD in its place.
+        query = prompt if prompt.isascii() else _LONE_SURROGATE.sub("\ufffd", prompt)
+        limit = self._config.max_memory_recalls
+        if type(memory) is EpisodicStore:  # counted as shown: see `_context`
+            return await run_blocking(lambda: memory.recall(agent_id, limit, query, counted=False))
+        return await run_blocking(lambda: memory.recall(agent_id, limit, query))
+
     def _context(
         self,
         agent_id: str,
@@ -1287,14 +1306,16 @@ class AgentRuntime:
         session: AgentSession,
         memory: Any,
         recalled: Any = None,
-    ) -> str:
+    ) -> tuple[str, _Shown | None]:
         """Builds the prompt preamble: system prompt, recalled memories, working memory.
 
         `memory` is the run's store (read once: it may be replaced meanwhile). `recalled`:
         what a store with an embedder recalled for `prompt` (ranked by similarity to it too,
-        off the event loop: see `_run_body`); a store without one recalls here.
+        off the event loop: see `_run_body`); a store without one recalls here. Returns the
+        preamble and the memories it shows, which `_count_shown` counts once the run starts.
         """
         parts = [self._config.system_prompt]
+        shown = None
         if memory is not None and self._recalls_memories():
             limit = self._config.max_memory_recalls
             # The store's own counts only the memories the prompt shows: one left out (blank,
@@ -1324,10 +1345,7 @@ class AgentRuntime:
                     ids = _ids_shown(episodes[:limit], fitted)
                 texts = fitted
             if texts:
-                if counts_shown:
-                    memory.mark_recalled(agent_id, ids)
-                session.memory_hits += len(texts)
-                self.metrics.record_memory_recall(len(texts))
+                shown = _Shown(memory if counts_shown else None, ids, len(texts))
                 parts.append(_memories_block(texts))
         if self.working_memory is not None:
             working = self.working_memory.to_prompt()
@@ -1340,7 +1358,20 @@ class AgentRuntime:
                 parts.append(working)
         if self.graph is not None:
             session.graph_entity_count = _entity_count(self.graph)
-        return "\n\n".join(parts)
+        return "\n\n".join(parts), shown
+
+    def _count_shown(self, session: AgentSession, shown: _Shown | None) -> None:
+        """Counts the memories a run's context shows.
+
+        As the session's hits, the metrics' recalls, and (an `EpisodicStore`'s) each
+        memory's own recall.
+        """
+        if shown is None:
+            return
+        if shown.store is not None:
+            shown.store.mark_recalled(session.agent_id, shown.ids)
+        session.memory_hits += shown.hits
+        self.metrics.record_memory_recall(shown.hits)
 
     async def _react_loop(
         self,
@@ -2525,12 +2556,14 @@ class AgentRuntime:
         history: list[dict[str, Any]] | None,
         resume: SessionState | None = None,
         before: tuple[str, str | None] | None = None,
+        start: dict[str, Any] | None = None,
     ) -> None:
         """Saves the run's meta record; `history` is a turn's chat history (None: no turn).
 
         `before` is the session's prompt and final answer before the run (see
-        `CheckpointStore.save_meta`). A resumed run's record is saved already: it claims the
-        step it continues from instead.
+        `CheckpointStore.save_meta`), `start` what the run starts with (its context and the
+        session's memory hits with its recall are saved). A resumed run's record is saved
+        already: it claims the step it continues from instead.
         """
         assert self._checkpoints is not None
         try:
@@ -2538,8 +2571,16 @@ class AgentRuntime:
                 lost = functools.partial(self._resume_lost, session.session_id)
                 await self._checkpoints.claim_resumed(resume, lost)
             else:
+                context, hits = (start["context"], start["memory_hits"]) if start else (None, 0)
                 await self._checkpoints.save_meta(
-                    session, mode, run, turn=history is not None, history=history, before=before
+                    session,
+                    mode,
+                    run,
+                    turn=history is not None,
+                    history=history,
+                    before=before,
+                    context=context,
+                    memory_hits=hits,
                 )
         except PersistenceError:
             raise
@@ -3112,8 +3153,8 @@ class AgentRuntime:
 
         Completed steps are never re-executed: their results come from the checkpoints. The
         run goes on with the context it started with (its system prompt, recalled memories
-        and working memory, saved with its first step), whatever this runtime's config and
-        stores hold now: memories are not recalled, nor counted, again. A step interrupted
+        and working memory, saved as it started), whatever this runtime's config and stores
+        hold now: memories are not recalled, nor counted, again. A step interrupted
         mid-way continues from its journal: its model reply is reused, a
         finished tool call is not repeated, and a tool call that may have run is repeated
         only for tools that are idempotent or take the idempotency key. A call that had not

@@ -147,3 +147,79 @@ async def test_a_resumed_round_sends_back_the_arguments_the_model_sent(
     resumed = await make().resume(session.session_id, closing)
     assert resumed.final_answer == "done"
     assert closing.sent_back == [[arguments]]
+
+
+async def test_a_run_cut_off_before_its_first_step_keeps_its_context(tmp_path: Path) -> None:
+    # Cut off while its first round's tool runs: no step saved, the reply journaled. The
+    # context comes from the run's meta record, saved before the first model call.
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    @ar.tool(idempotent=True)
+    async def lookup(item: str) -> str:
+        """Looks an item up."""
+        started.set()
+        await release.wait()
+        return f"{item}: 3"
+
+    def make(system_prompt: str) -> ar.AgentRuntime:
+        config = ar.AgentConfig(mode="tools", system_prompt=system_prompt, max_iterations=4)
+        backend = ar.SqliteBackend(tmp_path / "r.db")
+        return ar.AgentRuntime(config, memory=memory, tools=[lookup], checkpoint_backend=backend)
+
+    memory = ar.EpisodicStore()
+    memory.add_episode("a", "the vault code is 1234", 0.5)
+    first = make("You guard the vault.")
+    session = first.create_session("a")
+    call = ar.ToolCall("c1", "lookup", {"item": "pen"})
+    model = ar.ScriptedProvider([ar.ChatResponse(tool_calls=[call], stop_reason="tool_calls")])
+    await cut_off(first.run_turn(session, "price?", model), "cancel", started)
+
+    memory.add_episode("a", "the vault code is now 9999", 0.9)
+    release.set()
+    resumer = make("You are someone else.")
+    closing = Recording(["done"])
+    resumed = await resumer.resume(session.session_id, closing)
+    assert resumed.final_answer == "done" and resumed.memory_hits == 1
+    [system] = [m.content for m in closing.requests[0] if m.role == "system"]
+    assert "You guard the vault." in system and "1234" in system
+    assert "9999" not in system and "someone else" not in system
+    assert [e.recall_count for e in memory.episodes("a")] == [1, 0]
+    assert resumer.metrics.snapshot().memory_recall_count == 0
+
+
+class Recording(ar.ScriptedProvider):
+    """Keeps the messages of each request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.requests: list[list[ar.Message]] = []
+
+    async def chat(self, messages: Any, *args: Any, **kwargs: Any) -> ar.ChatResponse:
+        self.requests.append(list(messages))
+        return await super().chat(messages, *args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "start",
+    [{"context": 3, "memory_hits": 0}, {"context": "c"}, {"context": "c", "memory_hits": -1}],
+)
+async def test_a_malformed_context_in_the_meta_record_is_a_persistence_error(
+    tmp_path: Path, start: dict[str, Any]
+) -> None:
+    from llm_agent_runtime.persistence.codec import decode, encode
+
+    backend = ar.SqliteBackend(tmp_path / "r.db")
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_turn(session, "q", Model(DONE))
+    key = "session:s:meta"
+    raw = await backend.load(key)
+    assert raw is not None
+    meta = decode(raw, key)
+    assert isinstance(meta["context"], str) and meta["memory_hits"] == 0
+    meta.pop("memory_hits")
+    meta.update(start)
+    await backend.save(key, encode("meta", meta))
+    with pytest.raises(ar.PersistenceError, match="'context' with a count 'memory_hits'"):
+        await ar.AgentSession.load_checkpoint(backend, "s")

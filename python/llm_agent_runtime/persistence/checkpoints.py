@@ -172,8 +172,9 @@ class StepRecord:
     had, its `context`: the system prompt, recalled memories and working memory before the
     question, and the session's `memory_hits` with that recall), so a fork inside any run
     of a session knows that run's question and history, and a resumed run goes on with the
-    context it started with (records without one, of older versions, are resumed with a
-    context built again).
+    context it started with (the run's meta record keeps it too, for a run cut off before
+    its first step; records of older versions, without it, are resumed with a context built
+    again).
 
     `stopped` marks the step a run stopped at without an answer (`error_recovery="stop"`: a
     failed tool step, or the last step of a round with a failed call): the run ended there,
@@ -365,6 +366,10 @@ class SessionState:
     records after them (`run_records`)."""
     history: list[dict[str, Any]] | None = None
     """The chat history (`AgentSession.messages`) the saved run started with, for a turn."""
+    start: dict[str, Any] | None = None
+    """What the saved run started with, as its meta record keeps it: its `context` (the
+    prompt's preamble) and the session's `memory_hits` with its recall; None in records of
+    older versions."""
     duration_ms: float | None = None
     """The session's `duration_ms` as the saved run left it when it failed (see
     `CheckpointStore.save_run_end`); None when the run saved none (it finished, or its process
@@ -530,7 +535,7 @@ def _is_history(value: Any) -> bool:
 _META_SHAPE = (
     "meta record needs string 'agent_id' and 'prompt', a 'mode' of 'react' or 'tools' (and a "
     "numeric 'started_at', a string 'run', a bool 'turn', a count 'first_step', a list of "
-    "messages 'history')"
+    "messages 'history', a string 'context' with a count 'memory_hits')"
 )
 _MODES = ("react", "tools")
 
@@ -546,6 +551,10 @@ def _is_meta(meta: Any) -> bool:
         and isinstance(meta.get("turn", False), bool)
         and _is_count(meta.get("first_step", 0))
         and (meta.get("history") is None or _is_history(meta["history"]))
+        and (
+            "context" not in meta
+            or (isinstance(meta["context"], str) and _is_count(meta.get("memory_hits")))
+        )
     )
 
 
@@ -848,6 +857,8 @@ class CheckpointStore:
         turn: bool = False,
         history: Sequence[dict[str, Any]] | None = None,
         before: tuple[str, str | None] | None = None,
+        context: str | None = None,
+        memory_hits: int = 0,
     ) -> str:
         """Records who runs what, before the first step; returns the run's id.
 
@@ -855,7 +866,10 @@ class CheckpointStore:
         ends, so a later load knows that final checkpoint closes this run and not an earlier
         turn (see `SessionState.interrupted_turn`). `turn` says the run is a turn of a
         multi-turn session, and `history` is the chat history it starts with; the record
-        also keeps how many steps the session has before the run (`SessionState.first_step`).
+        also keeps how many steps the session has before the run (`SessionState.first_step`),
+        and, given a `context`, the run's context and the session's `memory_hits` with its
+        recall (`SessionState.start`: a run cut off before its first step is resumed with
+        them).
 
         A session whose steps the store does not all hold (one restored with
         `AgentSession.from_json`, or run before on a runtime without checkpoints) has them
@@ -888,7 +902,13 @@ class CheckpointStore:
         key = session_key(session.session_id)
         run = uuid.uuid4().hex if run is None else run
         meta_key, meta = _meta_item(
-            session, mode, run, turn=turn, first_step=session.step_count, history=history
+            session,
+            mode,
+            run,
+            turn=turn,
+            first_step=session.step_count,
+            history=history,
+            start=None if context is None else {"context": context, "memory_hits": memory_hits},
         )
         # Before anything is written: a record no load takes back makes the session
         # unloadable (a chat history of another shape than a session's, say).
@@ -1962,6 +1982,8 @@ class CheckpointStore:
         state.turn = meta.get("turn", earlier is not None)
         state.first_step = meta.get("first_step", len(earlier.steps) if earlier else 0)
         state.history = meta.get("history")
+        if "context" in meta:
+            state.start = {"context": meta["context"], "memory_hits": meta["memory_hits"]}
         if state.history is None and earlier is not None and state.turn:
             state.history = earlier.messages
         state.records = records
@@ -2598,12 +2620,14 @@ def _meta_item(
     first_step: int = 0,
     history: Sequence[dict[str, Any]] | None = None,
     incomplete_fork: bool = False,
+    start: dict[str, Any] | None = None,
 ) -> tuple[str, bytes]:
     """The key and record of a run's meta data: who runs what, since when, which run.
 
-    And whether it is a turn, after how many steps it started, and the chat history it
-    started with (a turn's only). With `incomplete_fork`, the record is marked as a fork's
-    whose steps are not copied yet (see `CheckpointStore.fork`).
+    And whether it is a turn, after how many steps it started, the chat history it started
+    with (a turn's only), and `start`'s `context` and `memory_hits` (`SessionState.start`).
+    With `incomplete_fork`, the record is marked as a fork's whose steps are not copied yet
+    (see `CheckpointStore.fork`).
     """
     meta: dict[str, Any] = {
         "session_id": session.session_id,
@@ -2617,6 +2641,8 @@ def _meta_item(
     }
     if history is not None:
         meta["history"] = list(history)
+    if start is not None:
+        meta["context"], meta["memory_hits"] = start["context"], start["memory_hits"]
     if incomplete_fork:
         meta["incomplete_fork"] = True
     return f"{session_key(session.session_id)}:meta", _encode("meta", meta)
