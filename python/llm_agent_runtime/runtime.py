@@ -1210,7 +1210,7 @@ class AgentRuntime:
             raise
         if events.active:
             events.emit_new(RunStarted, (session.session_id, agent_id, prompt))
-        self._count_shown(session, shown)
+        self._count_shown(session, agent_id, shown)
         if history:  # the earlier turns that fit beside what this request holds anyway
             history = self.trim_history(history, self._request_chars(context, prompt, provider))
         if provider is not None:
@@ -1360,7 +1360,7 @@ class AgentRuntime:
             session.graph_entity_count = _entity_count(self.graph)
         return "\n\n".join(parts), shown
 
-    def _count_shown(self, session: AgentSession, shown: _Shown | None) -> None:
+    def _count_shown(self, session: AgentSession, agent_id: str, shown: _Shown | None) -> None:
         """Counts the memories a run's context shows.
 
         As the session's hits, the metrics' recalls, and (an `EpisodicStore`'s) each
@@ -1369,7 +1369,7 @@ class AgentRuntime:
         if shown is None:
             return
         if shown.store is not None:
-            shown.store.mark_recalled(session.agent_id, shown.ids)
+            shown.store.mark_recalled(agent_id, shown.ids)
         session.memory_hits += shown.hits
         self.metrics.record_memory_recall(shown.hits)
 
@@ -3154,19 +3154,19 @@ class AgentRuntime:
         Completed steps are never re-executed: their results come from the checkpoints. The
         run goes on with the context it started with (its system prompt, recalled memories
         and working memory, saved as it started), whatever this runtime's config and stores
-        hold now: memories are not recalled, nor counted, again. A step interrupted
-        mid-way continues from its journal: its model reply is reused, a
-        finished tool call is not repeated, and a tool call that may have run is repeated
-        only for tools that are idempotent or take the idempotency key. A call that had not
-        been decided yet (its `on_tool_call` middlewares, capability check or approval were
-        still going when the run was cut off) had not run: its reply is reused (it was
-        journaled before they started, and paid for: the model is not asked again, nor its
-        tokens charged again), and its guards are asked again. A call of a parallel round
-        that was guarded with the round's others (its hooks run, its action charged, its
-        approval decided) and waited for its slot runs as decided then, asked of no one
-        again. The step keeps the tokens and the model time of its journaled reply. Without
-        guards, a step whose one call is of an idempotent tool that does not take the key is
-        not journaled (see `ToolSpec`'s `idempotent`): it is run again, model reply included.
+        hold now: memories are not recalled, nor counted, again. A step interrupted mid-way
+        continues from its journal: its model reply is reused, a finished tool call is not
+        repeated, and a tool call that may have run is repeated only for tools that are
+        idempotent or take the idempotency key. A call that had not been decided yet (its
+        `on_tool_call` middlewares, capability check or approval were still going when the
+        run was cut off) had not run: its reply is reused (it was journaled before they
+        started, and paid for: the model is not asked again, nor its tokens charged again),
+        and its guards are asked again. A call of a parallel round that was guarded with the
+        round's others (its hooks run, its action charged, its approval decided) and waited
+        for its slot runs as decided then, asked of no one again. The step keeps the tokens
+        and the model time of its journaled reply. Without guards, a step whose one call is
+        of an idempotent tool that does not take the key is not journaled (see `ToolSpec`'s
+        `idempotent`): it is run again, model reply included.
 
         A corrective re-prompt (`AgentConfig.corrective_reprompt`) is replayed as it was
         sent, whatever this runtime's config: the model is sent the bad reply and the nudge
