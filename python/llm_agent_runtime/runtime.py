@@ -83,6 +83,7 @@ from llm_agent_runtime.providers.base import (
     _loop_message,
     estimated_input_tokens,
     estimated_output_tokens,
+    json_chars,
     tool_definitions_chars,
 )
 from llm_agent_runtime.session import AgentSession, Step, message_problem, session_problem
@@ -4495,7 +4496,7 @@ def _schema_for_prompt(parameters: dict[str, Any]) -> dict[str, Any]:
             resolving.add(ref)
             shown_defs[ref] = walk(defs[ref][2])
             resolving.discard(ref)
-            inline[ref] = uses[ref] <= 1 or _json_chars(shown_defs[ref]) <= _INLINE_CHARS
+            inline[ref] = uses[ref] <= 1 or json_chars(shown_defs[ref]) <= _INLINE_CHARS
         if inline[ref]:
             return shown_defs[ref]
         kept.add(ref)
@@ -4558,11 +4559,6 @@ def _ref_counts(node: Any) -> Counter[str]:
         elif isinstance(item, list):
             stack.extend(item)
     return counts
-
-
-def _json_chars(node: Any) -> int:
-    """Length of `node` as the prompt's JSON."""
-    return len(json.dumps(node, ensure_ascii=False, default=str))
 
 
 def _embeds(memory: object) -> bool:

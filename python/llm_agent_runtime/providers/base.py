@@ -260,15 +260,16 @@ def estimated_output_tokens(text: str, calls: Sequence[ToolCall] = ()) -> int:
     The reply's text and each tool call's name and JSON arguments count (as characters, not
     as JSON escapes), at `memory.CHARS_PER_TOKEN` characters a token.
     """
-    written = len(text) + sum(len(c.name) + _json_chars(c.arguments) for c in calls)
+    written = len(text) + sum(len(c.name) + json_chars(c.arguments) for c in calls)
     return written // CHARS_PER_TOKEN
 
 
-def _json_chars(value: Any) -> int:
-    """Characters of `value` as JSON, or of its repr when JSON cannot hold it.
+def json_chars(value: Any) -> int:
+    """Characters of `value` as JSON (not as JSON escapes), else of its repr.
 
-    Such as a key that is no str, a container that holds itself, or an int past Python's
-    digit limit: a provider's own objects, which its tools may well take.
+    The repr when JSON cannot hold the value: a key that is no str, a container that holds
+    itself, an int past Python's digit limit (a provider's own objects, which its tools may
+    well take).
     """
     try:
         return len(json.dumps(value, ensure_ascii=False, default=str))
@@ -281,12 +282,7 @@ def _json_chars(value: Any) -> int:
 
 def tool_definitions_chars(tools: Sequence[ToolDefinition]) -> int:
     """Characters the tool definitions take of a request: names, descriptions, JSON schemas."""
-    return sum(
-        len(d.name)
-        + len(d.description)
-        + len(json.dumps(d.parameters, ensure_ascii=False, default=str))
-        for d in tools
-    )
+    return sum(len(d.name) + len(d.description) + json_chars(d.parameters) for d in tools)
 
 
 def estimated_input_tokens(messages: Sequence[Message], tools_chars: int = 0) -> int:
