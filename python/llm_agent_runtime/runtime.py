@@ -1183,8 +1183,14 @@ class AgentRuntime:
             if saved is None:
                 # Before the run's start is saved, with it: a run cut off before its first
                 # step is resumed with it too. Its memories count once the run has started.
-                memory = self.memory  # read once: it may be replaced meanwhile
-                recalled = await self._recalled(memory, agent_id, prompt)
+                memory, recalled = self.memory, None  # read once: it may be replaced meanwhile
+                if (
+                    memory is not None
+                    and _embeds(memory)
+                    and self._recalls_memories()
+                    and _has_episodes(memory, agent_id)  # else nothing to rank: no embedding
+                ):
+                    recalled = await self._recalled(memory, agent_id, prompt)
                 context, shown = self._context(agent_id, prompt, session, memory, recalled)
                 hits = session.memory_hits + (shown.hits if shown is not None else 0)
             else:  # its memories were recalled, and counted, when it started
@@ -1281,15 +1287,8 @@ class AgentRuntime:
     async def _recalled(self, memory: Any, agent_id: str, prompt: str) -> Any:
         """What `memory`, a store with an embedder, recalls for `prompt`.
 
-        Ranked by similarity to it too; None for another store, which `_context` asks itself.
+        Ranked by similarity to it too (a store without one recalls in `_context`).
         """
-        if not (
-            memory is not None
-            and _embeds(memory)
-            and self._recalls_memories()
-            and _has_episodes(memory, agent_id)  # else nothing to rank: no call to embed
-        ):
-            return None
         # Embedding the request may be a network call (a blocking one: `Embedder.embed` is
         # sync): made off the event loop, so other runs and the run's timeout go on. A lone
         # surrogate (a file name decoded with `surrogateescape`, say) has no UTF-8 form to
@@ -1850,7 +1849,9 @@ class AgentRuntime:
                     record.reprompt = reprompt
                     await self._save_steps(session, [record])
                 return
-            calls = _unique_call_ids(response.tool_calls)
+            calls = response.tool_calls
+            if len(calls) > 1:
+                calls = _unique_call_ids(calls)
             reprompted = False  # a later empty reply gets its own re-prompt
             # The provider's reasoning goes back with the reply (Anthropic needs its thinking).
             reasoning = response.reasoning
@@ -1894,9 +1895,8 @@ class AgentRuntime:
             tools_ms = 0.0
             failed = False
             records: list[StepRecord] = []
-            for index, (call, (observation, tool_ms, name, arguments)) in enumerate(
-                zip(calls, results, strict=True)
-            ):
+            first = True  # the round's first step, told by place (two calls may be equal)
+            for call, (observation, tool_ms, name, arguments) in zip(calls, results, strict=True):
                 content, error_kind = observation
                 step = Step(
                     text,
@@ -1916,8 +1916,8 @@ class AgentRuntime:
                 session.steps.append(step)
                 metrics.record_step()
                 if checkpoints is not None:
-                    record = self._step_record(session, step, text, call.id, index == 0)
-                    if index == 0:  # saved with the round's first step
+                    record = self._step_record(session, step, text, call.id, first)
+                    if first:  # saved with the round's first step
                         if reasoning:
                             record.round_reasoning = list(reasoning)
                         record.reprompt = reprompt
@@ -1926,6 +1926,7 @@ class AgentRuntime:
                     result.is_error = True  # a failed tool's result says so (Anthropic's)
                     failed = True
                 input_tokens = output_tokens = 0
+                first = False
                 tools_ms += tool_ms
             # What the round took beyond the model and the tools, split evenly by its steps
             # (approvals asked before a parallel round's calls start are the runtime's).
