@@ -26,6 +26,18 @@ class PromptRecorder:
         return self._reply
 
 
+class RecordingProvider(ar.ScriptedProvider):
+    """A `ScriptedProvider` that keeps the messages of each request (`requests`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.requests: list[list[ar.Message]] = []
+
+    async def chat(self, messages: Any, *args: Any, **kwargs: Any) -> ar.ChatResponse:
+        self.requests.append(list(messages))
+        return await super().chat(messages, *args, **kwargs)
+
+
 def gil_released_during(op: Callable[[], object]) -> bool:
     """Whether another thread gets the GIL while `op` (a Rust call) runs in a worker thread.
 

@@ -3,9 +3,8 @@ and providers refuse a message whose calls share one."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+from probes import RecordingProvider
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.persistence.checkpoints import CheckpointStore
@@ -15,18 +14,6 @@ from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 def echo(text: str) -> str:
     """Echoes the text."""
     return text
-
-
-class Recording(ar.ScriptedProvider):
-    """Keeps the messages of each request."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.requests: list[list[ar.Message]] = []
-
-    async def chat(self, messages: Any, *args: Any, **kwargs: Any) -> ar.ChatResponse:
-        self.requests.append(list(messages))
-        return await super().chat(messages, *args, **kwargs)
 
 
 def shared(kind: str) -> list[ar.ToolCall]:
@@ -45,7 +32,9 @@ async def test_calls_sharing_an_id_each_get_their_own(kind: str) -> None:
     calls = shared(kind)
     backend = ar.InMemoryBackend()
     rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[echo], checkpoint_backend=backend)
-    provider = Recording([ar.ChatResponse(tool_calls=calls, stop_reason="tool_calls"), "done"])
+    provider = RecordingProvider(
+        [ar.ChatResponse(tool_calls=calls, stop_reason="tool_calls"), "done"]
+    )
     session = await rt.run_agent_with_provider("a", "q", provider)
     assert session.final_answer == "done"
     assert [s.observation for s in session.steps[:-1]] == [c.arguments["text"] for c in calls]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from probes import RecordingProvider
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.persistence.checkpoints import StepRecord
@@ -178,7 +179,7 @@ async def test_a_run_cut_off_before_its_first_step_keeps_its_context(tmp_path: P
     memory.add_episode("a", "the vault code is now 9999", 0.9)
     release.set()
     resumer = make("You are someone else.")
-    closing = Recording(["done"])
+    closing = RecordingProvider(["done"])
     resumed = await resumer.resume(session.session_id, closing)
     assert resumed.final_answer == "done" and resumed.memory_hits == 1
     [system] = [m.content for m in closing.requests[0] if m.role == "system"]
@@ -186,18 +187,6 @@ async def test_a_run_cut_off_before_its_first_step_keeps_its_context(tmp_path: P
     assert "9999" not in system and "someone else" not in system
     assert [e.recall_count for e in memory.episodes("a")] == [1, 0]
     assert resumer.metrics.snapshot().memory_recall_count == 0
-
-
-class Recording(ar.ScriptedProvider):
-    """Keeps the messages of each request."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.requests: list[list[ar.Message]] = []
-
-    async def chat(self, messages: Any, *args: Any, **kwargs: Any) -> ar.ChatResponse:
-        self.requests.append(list(messages))
-        return await super().chat(messages, *args, **kwargs)
 
 
 @pytest.mark.parametrize(
