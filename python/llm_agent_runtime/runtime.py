@@ -200,22 +200,6 @@ class ApprovalDecision:
             )
 
 
-def _saved_start(resume: SessionState | None) -> dict[str, Any] | None:
-    """What a resumed run started with, context and memory hits included.
-
-    As its first step saved it (`StepRecord.run_start`, which a fork copies), else as its
-    meta record did (`SessionState.start`). None for a new run, or one saved by an older
-    version, without them.
-    """
-    if resume is None:
-        return None
-    records = resume.run_records
-    start = records[0].run_start if records else None
-    if start is not None and "context" in start:
-        return start
-    return resume.start  # the meta record's, saved before the first step
-
-
 class _Shown(NamedTuple):
     """The memories a run's context shows, counted once the run starts (`_count_shown`)."""
 
@@ -1172,8 +1156,11 @@ class AgentRuntime:
         # The run's id: its meta record names it, and so does its final checkpoint (a
         # resumed run's is the interrupted run's), which tells a later turn from this one.
         run = resume.run if resume is not None else new_session_id()
-        # A resumed run goes on with the context it started with, as saved.
-        saved = _saved_start(resume)
+        saved = None
+        if resume is not None:  # it goes on with the context it started with, as saved
+            from llm_agent_runtime.persistence.checkpoints import started_with
+
+            saved = started_with(resume, resume.first_step)
         shown: _Shown | None = None
         try:
             if resume is None:  # a resumed run's prompt was rewritten before it was saved
@@ -1215,9 +1202,9 @@ class AgentRuntime:
                 # hook refused (a redacting hook's input) and no earlier answer.
                 session.prompt, session.final_answer = before
             raise
+        self._count_shown(session, agent_id, shown)  # as saved, whatever a listener does
         if events.active:
             events.emit_new(RunStarted, (session.session_id, agent_id, prompt))
-        self._count_shown(session, agent_id, shown)
         if history:  # the earlier turns that fit beside what this request holds anyway
             history = self.trim_history(history, self._request_chars(context, prompt, provider))
         if provider is not None:
@@ -2542,7 +2529,10 @@ class AgentRuntime:
             try:
                 if run is not None:  # the events go in the same write
                     await self._checkpoints.save_run_end(session, run, pending)
-                elif pending:
+                elif pending and await self._checkpoints.exists(session_id):
+                    # A run refused before it started (by a hook, say) logs its error with
+                    # the session's earlier runs, if any: alone, it would be a session of
+                    # one event record, which no load, sweep or fork takes for one.
                     await self._checkpoints.append_events(session_id, pending)
             except Exception as save_error:
                 logger.warning("end of failed run %s not saved: %r", session_id, save_error)

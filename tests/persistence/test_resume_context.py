@@ -11,7 +11,7 @@ import pytest
 from probes import RecordingProvider
 
 import llm_agent_runtime as ar
-from llm_agent_runtime.persistence.checkpoints import StepRecord
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore, StepRecord
 
 from .conftest import cut_off
 
@@ -212,3 +212,99 @@ async def test_a_malformed_context_in_the_meta_record_is_a_persistence_error(
     await backend.save(key, encode("meta", meta))
     with pytest.raises(ar.PersistenceError, match="'context' with a count 'memory_hits'"):
         await ar.AgentSession.load_checkpoint(backend, "s")
+
+
+def vault_runtime(db: Path, memory: ar.EpisodicStore, system_prompt: str) -> ar.AgentRuntime:
+    config = ar.AgentConfig(system_prompt=system_prompt, max_iterations=5)
+    return ar.AgentRuntime(config, memory=memory, checkpoint_backend=ar.SqliteBackend(db))
+
+
+async def cut_before_its_first_step(db: Path) -> tuple[ar.EpisodicStore, str]:
+    """A run of agent "a" cut off while its first model call is out; then the memories
+    change (the resumes that follow must not see them)."""
+    memory = ar.EpisodicStore()
+    memory.add_episode("a", "the vault code is 1234", 0.5)
+    first = vault_runtime(db, memory, "You guard the vault.")
+    session = first.create_session("a")
+    model = Model()  # holds at once
+    await cut_off(first.run_turn(session, "open it", model), "cancel", model.waiting)
+    memory.add_episode("a", "the vault code is now 9999", 0.9)
+    return memory, session.session_id
+
+
+def assert_kept(prompt: str) -> None:
+    assert "You guard the vault." in prompt and "1234" in prompt
+    assert "9999" not in prompt and "someone else" not in prompt
+
+
+async def test_a_resume_claimed_and_cut_off_keeps_the_runs_saved_context(tmp_path: Path) -> None:
+    # A resume's claim record (its process died holding it) stands for the meta record when
+    # the session is loaded: it keeps the context too.
+    _, session_id = await cut_before_its_first_step(tmp_path / "r.db")
+    store = CheckpointStore(ar.SqliteBackend(tmp_path / "r.db"))
+    state = await store.load(session_id)
+    assert state.start is not None and "1234" in state.start["context"]
+    await store.claim_resumed(state)
+    assert (await CheckpointStore(ar.SqliteBackend(tmp_path / "r.db")).load(session_id)).start == (
+        state.start
+    )
+
+
+@pytest.mark.parametrize("steps_before", [0, 1])
+async def test_a_fork_at_a_runs_start_keeps_its_context(tmp_path: Path, steps_before: int) -> None:
+    db = tmp_path / "r.db"
+    if steps_before:  # a run with a step, forked at its start
+        memory = ar.EpisodicStore()
+        memory.add_episode("a", "the vault code is 1234", 0.5)
+        first = vault_runtime(db, memory, "You guard the vault.")
+        session = first.create_session("a")
+        await first.run_turn(session, "open it", Model(ADD, DONE))
+        memory.add_episode("a", "the vault code is now 9999", 0.9)
+        session_id = session.session_id
+    else:  # a run cut off before its first step
+        memory, session_id = await cut_before_its_first_step(db)
+    resumer = vault_runtime(db, memory, "You are someone else.")
+    fork = await resumer.fork(session_id, 0)
+    closing = Model(DONE)
+    resumed = await resumer.resume(fork, closing)
+    assert resumed.final_answer == "done" and resumed.memory_hits == 1
+    assert_kept(closing.prompts[0])
+    assert [e.recall_count for e in memory.episodes("a")] == [1, 0]
+
+
+async def test_a_loaded_interrupted_run_counts_the_memories_its_context_shows(
+    tmp_path: Path,
+) -> None:
+    _, session_id = await cut_before_its_first_step(tmp_path / "r.db")
+    loaded = await ar.AgentSession.load_checkpoint(ar.SqliteBackend(tmp_path / "r.db"), session_id)
+    assert loaded.memory_hits == 1
+
+
+async def test_a_listener_failing_on_run_started_leaves_the_memories_counted(
+    tmp_path: Path,
+) -> None:
+    memory = ar.EpisodicStore()
+    memory.add_episode("a", "the vault code is 1234", 0.5)
+    runtime = vault_runtime(tmp_path / "r.db", memory, "You guard the vault.")
+
+    def fails(event: object) -> None:
+        if isinstance(event, ar.RunStarted):
+            raise RuntimeError("listener down")
+
+    runtime.events.on(fails)
+    with pytest.raises(RuntimeError, match="listener down"):
+        await runtime.run_agent("a", "open it", Model(DONE))
+    assert [e.recall_count for e in memory.episodes("a")] == [1]
+    assert runtime.metrics.snapshot().memory_recall_count == 1
+
+
+async def test_a_new_session_refused_before_it_starts_saves_nothing(tmp_path: Path) -> None:
+    class Refuses(ar.Middleware):
+        def on_user_message(self, session: ar.AgentSession, text: str) -> str:
+            raise ValueError("refused")
+
+    backend = ar.SqliteBackend(tmp_path / "r.db")
+    runtime = ar.AgentRuntime(checkpoint_backend=backend, middlewares=[Refuses()])
+    with pytest.raises(ValueError, match="refused"):
+        await runtime.run_agent("a", "q", Model(DONE))
+    assert await backend.list_keys("") == []

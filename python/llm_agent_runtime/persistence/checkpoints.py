@@ -414,6 +414,9 @@ class SessionState:
         if self.duration_ms is not None:  # the failed run's time too, as the session counts it
             session.duration_ms = self.duration_ms
         session.final_answer = _answer(self.run_records)
+        start = started_with(self, self.first_step)
+        if start is not None:  # the hits with the run's own recall, as its session had them
+            session.memory_hits = start["memory_hits"]
         if self.history is not None:
             session.messages = [dict(m) for m in self.history]
         if self.turn and session.final_answer is not None:
@@ -1232,6 +1235,7 @@ class CheckpointStore:
             turn=state.turn,
             first_step=state.first_step,
             history=state.history,
+            start=state.start,
         )
         step = len(state.records)  # where a new run of a copy loaded now would start from
         fence_nonce = (_fence_of(resume_key), nonce.encode())
@@ -2434,7 +2438,7 @@ class CheckpointStore:
                 f"cannot fork at step {step!r}: the session has {len(state.records)} steps",
                 key=session_key(session_id),
             )
-        if await self._exists(new_session_id) and not await self._drop_incomplete_fork(
+        if await self.exists(new_session_id) and not await self._drop_incomplete_fork(
             new_session_id
         ):
             raise PersistenceError(
@@ -2455,6 +2459,7 @@ class CheckpointStore:
             "turn": turn,
             "first_step": first,
             "history": history if turn else None,
+            "start": started_with(state, first),  # the run's, copied or not
         }
         meta_key, meta = _meta_item(fork, state.mode, run, **shape)
         # A meta record marking the fork incomplete claims the id first, insert-if-absent: of
@@ -2593,8 +2598,8 @@ class CheckpointStore:
         finally:
             await self.backend.delete(takeover)
 
-    async def _exists(self, session_id: str) -> bool:
-        """Whether the session has any checkpoint record (final, meta, step, ...).
+    async def exists(self, session_id: str) -> bool:
+        """Whether the session has any checkpoint record (final, meta, step, event, ...).
 
         A takeover key alone is none: one a takeover cut short left after it deleted the
         incomplete fork (see `_drop_fork`), or a sweep's claim (see `_drop_claim`).
@@ -2695,6 +2700,19 @@ def _run_at(state: SessionState, step: int) -> tuple[int, str, bool, list[dict[s
     if first == state.first_step:
         return first, state.prompt, state.turn, [dict(m) for m in state.history or []]
     return first, state.prompt, state.turn, []
+
+
+def started_with(state: SessionState, first: int) -> dict[str, Any] | None:
+    """The context and memory hits of the run that started after step `first`, as saved.
+
+    Its first step's `run_start` keeps them, and the meta record the saved run's (which may
+    have no step yet); None when neither does (records of older versions).
+    """
+    if first < len(state.records):
+        start = state.records[first].run_start
+        if start is not None and "context" in start:
+            return {"context": start["context"], "memory_hits": start["memory_hits"]}
+    return state.start if first == state.first_step else None
 
 
 def _event_dict(event: Any) -> dict[str, Any]:
