@@ -130,8 +130,10 @@ fn add_saturating(counter: &AtomicU64, by: u64) {
 impl Metrics {
     /// Counts a session start (active and total).
     pub fn session_started(&self) {
-        bump(&self.active_sessions);
+        // The total first, and the active count released after it: a snapshot, which reads
+        // the active count first (acquiring it), never sees more sessions active than begun.
         bump(&self.total_sessions);
+        self.active_sessions.fetch_add(1, Ordering::Release);
     }
 
     /// Counts a session end; the active count never goes below zero.
@@ -220,8 +222,10 @@ impl Metrics {
             failures: agent_failures,
             calls: agent_calls,
         } = agents;
+        // Read before the total it follows (see `session_started`).
+        let active_sessions = self.active_sessions.load(Ordering::Acquire);
         Snapshot {
-            active_sessions: load(&self.active_sessions),
+            active_sessions,
             total_sessions: load(&self.total_sessions),
             total_steps: load(&self.total_steps),
             total_tool_calls: total(&tool_calls),
@@ -356,14 +360,15 @@ impl Snapshot {
         1.0 - self.failure_rate()
     }
 
-    /// Counters that happened between `before` and `self` (saturating at zero).
+    /// Counters that happened between `before` and `self` (saturating at zero); the active
+    /// sessions, a gauge, as `self` has them.
     pub fn delta(&self, before: &Snapshot) -> Snapshot {
         // The totals are the sums of the tools' deltas, as a snapshot's are of its counts
         // (two snapshots of one runtime give the same; others keep the rule too).
         let tool_calls = map_delta(&self.tool_calls, &before.tool_calls);
         let tool_failures = map_delta(&self.tool_failures, &before.tool_failures);
         Snapshot {
-            active_sessions: self.active_sessions.saturating_sub(before.active_sessions),
+            active_sessions: self.active_sessions,
             total_sessions: self.total_sessions.saturating_sub(before.total_sessions),
             total_steps: self.total_steps.saturating_sub(before.total_steps),
             total_tool_calls: total(&tool_calls),
@@ -918,7 +923,9 @@ impl PyMetricsSnapshot {
         )
     }
 
-    /// What happened between `before` and `after`, counter by counter (saturating at zero).
+    /// What happened between `before` and `after`, counter by counter (saturating at zero);
+    /// `active_sessions`, a gauge, is `after`'s (so a delta's `avg_failures_per_session`
+    /// divides its failures by the sessions begun in it less those active at its end).
     ///
     /// Raises:
     ///     TypeError: `after` or `before` is not a MetricsSnapshot.

@@ -198,3 +198,46 @@ def test_from_json_refuses_an_embedder_of_another_dimension() -> None:
     plain = ar.EpisodicStore()
     plain.add_episode("a", "x", 0.5)
     assert len(ar.EpisodicStore.from_json(plain.to_json(), embedder=ar.HashingEmbedder(8))) == 1
+
+
+def test_an_embedding_of_another_length_than_the_embedders_is_refused() -> None:
+    # Taken, it set the store's length: every embedding of text and every recall by text
+    # then failed, and the store's JSON did not load back with its own embedder.
+    store = ar.EpisodicStore(embedder=ar.HashingEmbedder(8))
+    with pytest.raises(ar.MemoryStoreError, match="dimension 8, the store's have 3"):
+        store.add_episode("a", "x", 0.5, embedding=[1.0, 2.0, 3.0])
+    assert store.episodes("a") == []
+    store.add_episode("a", "hello", 0.5)
+    store.add_episode("a", "given", 0.5, embedding=np.ones(8, np.float32))
+    assert store.recall("a", 2, "hello")[0].content == "hello"
+    ar.EpisodicStore.from_json(store.to_json(), embedder=ar.HashingEmbedder(8))
+
+
+class BufferEmbedder:
+    """Returns its rows as a `memoryview` (a buffer of float32)."""
+
+    dim = 4
+
+    def embed(self, texts: Any) -> Any:
+        return memoryview(np.tile(np.array([1, 0, 0, 0], np.float32), (len(texts), 1)))
+
+
+def test_memoryviews_are_read_as_numpy_reads_them() -> None:
+    # A 2-D memoryview cannot be iterated: it raised NotImplementedError.
+    store = ar.EpisodicStore(embedder=BufferEmbedder())
+    store.add_episode("a", "x", 0.5)
+    store.add_episode("a", "y", 0.5, embedding=memoryview(np.array([0, 1, 0, 0], np.float32)))
+    assert [e.content for e in store.recall("a", 2, memoryview(np.ones(4, np.float32)))] == [
+        "x",
+        "y",
+    ]
+    bools = memoryview(np.array([True, False, True, False]))
+    with pytest.raises(ar.MemoryStoreError, match="bool"):
+        store.add_episode("a", "z", 0.5, embedding=bools)
+    semantic = ar.SemanticStore(BufferEmbedder())
+    semantic.store("k", "x")
+    [hit] = semantic.search(memoryview(np.array([1, 0, 0, 0], np.float32)), 1)
+    assert hit.key == "k"
+    for rows in (memoryview(np.ones((2, 2), np.float32)), memoryview(np.ones((1, 4), np.float32))):
+        with pytest.raises(ar.MemoryStoreError, match="one vector"):
+            semantic.store("j", "y", embedding=rows)

@@ -409,3 +409,17 @@ def test_the_metrics_module_names_the_rust_metrics() -> None:
     assert metrics.RuntimeMetrics is ar.RuntimeMetrics
     assert metrics.MetricsSnapshot is ar.MetricsSnapshot
     assert sorted(metrics.__all__) == ["MetricsSnapshot", "RuntimeMetrics"]
+
+
+def test_a_deltas_active_sessions_is_the_gauge_at_its_end() -> None:
+    m = ar.RuntimeMetrics()
+    for _ in range(5):
+        m.session_started()
+    before = m.snapshot()
+    for _ in range(3):
+        m.session_finished()
+    m.session_started()
+    after = m.snapshot()
+    d = ar.MetricsSnapshot.delta(after, before)
+    assert (d.active_sessions, d.total_sessions) == (3, 1)
+    assert "llm_agent_runtime_sessions_active 3" in d.to_prometheus()

@@ -194,7 +194,9 @@ class MetricsSnapshot:
     def backpressure_shed_rate(self) -> float: ...
     @staticmethod
     def delta(after: MetricsSnapshot, before: MetricsSnapshot) -> MetricsSnapshot:
-        """Counters between two snapshots, saturating at zero.
+        """Counters between two snapshots, saturating at zero; active_sessions (a gauge) is
+        after's (so a delta's avg_failures_per_session divides its failures by the sessions
+        begun in it less those active at its end).
 
         Raises:
             TypeError: after or before is not a MetricsSnapshot.

@@ -13,7 +13,8 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyByteArray, PyBytes, PyFloat, PyInt, PyIterator, PyList, PySequence, PyString, PyTuple, PyType,
+    PyByteArray, PyBytes, PyFloat, PyInt, PyIterator, PyList, PyMemoryView, PySequence, PyString,
+    PyTuple, PyType,
 };
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -721,6 +722,7 @@ struct Hooks {
 /// [`args::not_masked`]), bytes, and a sequence or array holding anything but real numbers
 /// (see [`not_real`]): bools, complex numbers, text.
 fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
+    let value = &buffer_as_array(value)?;
     args::not_masked(value, what, CoreError::Memory)?;
     if let Ok(array) = value.extract::<numpy::PyReadonlyArray1<'_, f32>>() {
         return Ok(array.as_array().to_vec());
@@ -747,6 +749,20 @@ fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
         ))
         .into()
     })
+}
+
+/// `value` as a numpy array when it is a `memoryview` (read by its format, as numpy reads
+/// it: its rows, of more than one dimension, cannot be iterated); else `value` itself.
+///
+/// # Errors
+/// What numpy raises for a buffer it cannot read.
+fn buffer_as_array<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    if !value.is_instance_of::<PyMemoryView>() {
+        return Ok(value.clone());
+    }
+    let py = value.py();
+    py.import(pyo3::intern!(py, "numpy"))?
+        .call_method1(pyo3::intern!(py, "asarray"), (value,))
 }
 
 /// What `value`, given as `what` where a vector of numbers is expected (`levels` 1) or rows
@@ -970,6 +986,7 @@ impl PyEpisodicStore {
             )
             .into());
         }
+        let rows = &buffer_as_array(rows)?;
         args::not_masked(
             rows,
             "the result of embedder.embed([text])",
@@ -1199,7 +1216,8 @@ impl PyEpisodicStore {
     ///
     /// Raises:
     ///     MemoryStoreError: `importance` is outside [0, 1]; an embedding that is not finite,
-    ///         zero, or of another length than the store's embeddings; the clock returned a
+    ///         zero, or of another length than the store's embeddings (or than its
+    ///         embedder's `dim`); the clock returned a
     ///         NaN or infinite time (or a number beyond the float range, or not a number);
     ///         `agent_id` or `content` is not valid Unicode (a lone surrogate); the ids are
     ///         exhausted (`next_id` reached 2**64 - 1).
@@ -1219,7 +1237,15 @@ impl PyEpisodicStore {
             "importance must be in [0, 1]",
         )?)?;
         let embedding = match embedding {
-            Some(v) => Some(as_vector(v, "embedding")?),
+            Some(v) => {
+                let vector = as_vector(v, "embedding")?;
+                // Of another length than the embedder's, it would fail every later embedding
+                // and every recall by text (the store's first embedding sets the length).
+                if let Some(embedder) = self.embedder(py) {
+                    check_embedder_dim(embedder.bind(py), vector.len())?;
+                }
+                Some(vector)
+            }
             None => self.embed_text(py, &content)?,
         };
         let now = self.now(py)?;
