@@ -183,6 +183,49 @@ async def test_working_memory_that_cannot_even_be_printed_does_not_fail_the_chec
     assert saved["big"] == "<a list that cannot be saved>"
 
 
+class _FailingItems:
+    def to_prompt(self) -> str:
+        return "notes"
+
+
+class _ItemsDict(_FailingItems):
+    items = {"a": 1}  # noqa: RUF012 (an attribute, not the method a final checkpoint reads)
+
+
+class _ItemsGiveDict(_FailingItems):
+    def items(self) -> dict[str, int]:
+        return {"ab": 1, "cd": 2}
+
+
+class _ItemsRaise(_FailingItems):
+    def items(self) -> list[tuple[str, Any]]:
+        raise KeyError("gone")
+
+
+@pytest.mark.parametrize("working", [_ItemsDict, _ItemsGiveDict, _ItemsRaise])
+async def test_a_working_memory_whose_items_are_no_pairs_does_not_fail_the_run(
+    working: type[_FailingItems], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only `to_prompt` is asked of a working memory: an `items` of another kind failed the
+    # final checkpoint of a run that had done its work, with a bare TypeError or KeyError.
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(working_memory=working(), checkpoint_backend=backend)
+    session = await runtime.run_agent("a", "q", PromptRecorder())
+    assert session.final_answer == "5"
+    loaded = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    assert loaded.final_answer == "5"
+    from llm_agent_runtime.persistence.base import session_key
+    from llm_agent_runtime.persistence.codec import decode
+
+    final = decode(backend.data[session_key(session.session_id)], "final")
+    if working is _ItemsGiveDict:  # a mapping of the entries: they are saved
+        assert final["working_memory"] == [["ab", 1], ["cd", 2]]
+    else:
+        assert "working_memory" not in final
+    if working is _ItemsRaise:
+        assert "working memory entries not saved" in caplog.text
+
+
 def test_records_take_dict_keys_json_has_no_form_for_as_their_str() -> None:
     from llm_agent_runtime.persistence.checkpoints import stored_form
 

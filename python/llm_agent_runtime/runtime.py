@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import FunctionType, MethodType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast, get_args
@@ -306,16 +306,32 @@ def _unbound(cls: type, method: str) -> bool:
     return inspect.isfunction(raw) or inspect.ismethoddescriptor(raw)
 
 
-def _saved_working_memory(items: Iterable[tuple[Any, Any]]) -> list[list[Any]]:
+def _saved_working_memory(memory: Any) -> list[list[Any]] | None:
     """Working memory's entries as a final checkpoint keeps them (for reading, not loaded).
 
-    A value no record can hold (one that holds itself, say) is kept as the prompt showed it,
-    its `str`: it must not fail the checkpoint of a run that did its work.
+    Those `items()` gives as (key, value) pairs (or as a mapping): None for a working memory
+    of its own without such a method (only `to_prompt` is needed of one), or whose `items`
+    fails. A
+    value no record can hold (one that holds itself, say) is kept as the prompt showed it,
+    its `str`: neither must fail the checkpoint of a run that did its work.
     """
     from llm_agent_runtime.persistence.checkpoints import stored_form
 
+    items = getattr(memory, "items", None)
+    if not callable(items):
+        return None
+    try:
+        entries = items()
+        if isinstance(entries, Mapping):  # the entries themselves, not their pairs
+            entries = entries.items()
+        pairs = [(key, value) for key, value in entries]
+    except Exception as error:  # its own method: anything may go wrong in it
+        logger.warning(
+            "working memory entries not saved: %s.items failed: %r", _kind(memory), error
+        )
+        return None
     saved = []
-    for key, value in items:
+    for key, value in pairs:
         try:
             kept = stored_form(value)
         except Exception:  # a value's own `__str__` may raise anything
@@ -2643,8 +2659,10 @@ class AgentRuntime:
         # The episodic store is not saved with the session: it holds every agent's memories
         # (another agent's are not this session's to keep), and nothing reads it back.
         extra: dict[str, Any] = {}
-        if self.working_memory is not None and hasattr(self.working_memory, "items"):
-            extra["working_memory"] = _saved_working_memory(self.working_memory.items())
+        if self.working_memory is not None:
+            saved = _saved_working_memory(self.working_memory)
+            if saved is not None:
+                extra["working_memory"] = saved
         # Steps whose own save failed go in the same write: a finished session has no gap.
         unsaved = self._unsaved_steps.get(session.session_id)
         try:

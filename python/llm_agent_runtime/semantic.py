@@ -577,7 +577,7 @@ def _real_float32(value: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
     # np.asarray([True, 0.5]) dtype float64. An array of numbers holds none of them.
     if kind == "O":
         _check_real_items(raw.flat)
-    elif not isinstance(value, np.ndarray):
+    elif not _array_like(value):  # a sequence: numpy read its items one by one
         for row in value if raw.ndim > 1 else (value,):
             if isinstance(row, np.ndarray):
                 if type(row) is not np.ndarray:
@@ -593,6 +593,21 @@ def _real_float32(value: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
             _check_real_items(np.asarray(row, dtype=object).flat)
     with np.errstate(over="ignore"):
         return raw.astype(np.float32, copy=False)
+
+
+def _array_like(value: Any) -> bool:
+    """Whether numpy reads `value` whole, by its dtype.
+
+    An array, a `memoryview`, an object with `__array__` or an array interface: such a value
+    of numbers holds no bools (its dtype would say so), and its rows need not be iterable.
+    """
+    import numpy as np
+
+    return (
+        isinstance(value, (np.ndarray, memoryview))
+        or hasattr(value, "__array__")
+        or hasattr(value, "__array_interface__")
+    )
 
 
 _PLAIN_NUMBERS = frozenset((float, int))
