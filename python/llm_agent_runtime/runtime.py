@@ -2551,6 +2551,8 @@ class AgentRuntime:
                     # one event record, which no load, sweep or fork takes for one.
                     await self._checkpoints.append_events(session_id, pending)
             except Exception as save_error:
+                if _failed_write(save_error) and not self._resume_claim_lost(session_id):
+                    self.metrics.record_checkpoint_error()
                 logger.warning("end of failed run %s not saved: %r", session_id, save_error)
         finally:
             self._unsaved_steps.pop(session_id, None)
@@ -2590,11 +2592,14 @@ class AgentRuntime:
                     context=context,
                     memory_hits=hits,
                 )
-        except PersistenceError:
+        except PersistenceError as error:
+            if _failed_write(error):
+                self.metrics.record_checkpoint_error()
             raise
         except Exception as error:  # a backend's own error, typed for the caller
             from llm_agent_runtime.persistence.base import session_key
 
+            self.metrics.record_checkpoint_error()
             key = session_key(session.session_id) + ":meta"
             raise PersistenceError(f"session start checkpoint failed: {error}", key=key) from error
 
@@ -2884,6 +2889,10 @@ class AgentRuntime:
                         found = None
                 except asyncio.CancelledError:
                     await self._withdraw_intent(session, step, index, intent, replacing)
+                    raise
+                except Exception:
+                    if not self._resume_claim_lost(session_id):  # a stop, not a failed write
+                        self.metrics.record_checkpoint_error()
                     raise
                 if found is not None:
                     if found.get("state") == "done":
@@ -3668,6 +3677,16 @@ def _unique_call_ids(calls: list[ToolCall]) -> list[ToolCall]:
                 unique = list(calls)
             unique[position] = ToolCall(given, call.name, call.arguments)
     return unique
+
+
+def _failed_write(error: Exception) -> bool:
+    """Whether `error`, raised by a checkpoint write, is a write that failed.
+
+    A `PersistenceError` of the store's own (a refusal: the store holds more of the session,
+    another worker runs it, the run was refused at its start) is none; one that wraps a
+    backend's error (`raise ... from`) is, as is any other error.
+    """
+    return not isinstance(error, PersistenceError) or error.__cause__ is not None
 
 
 def _copied(arguments: Any) -> Any:

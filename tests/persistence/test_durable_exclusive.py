@@ -427,3 +427,39 @@ async def test_a_turn_its_start_checkpoint_refuses_leaves_the_session_as_it_was(
         await runtime.run_turn(session, "Q3", script("Thought: t\nAction: FINAL_ANSWER three"))
     assert (session.prompt, session.final_answer) == ("Q1", "one")
     assert {**session.to_dict(), "duration_ms": None} == kept
+    assert runtime.metrics.snapshot().checkpoint_errors == 0  # a refusal, no failed write
+
+
+class _Down(ar.InMemoryBackend):
+    """Fails the writes of the keys `bad` names."""
+
+    def __init__(self, bad: Any) -> None:
+        super().__init__()
+        self.bad = bad
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        if self.bad(key):
+            raise OSError("disk full")
+        return await super().save_new(key, value)
+
+    async def batch_save(self, items: Any) -> None:
+        if any(map(self.bad, items)):
+            raise OSError("disk full")
+        await super().batch_save(items)
+
+
+@pytest.mark.parametrize(
+    ("write", "bad", "failed"),
+    [
+        ("start", lambda key: True, 2),  # and the failed run's end, written after it
+        ("journal", lambda key: ":call:" in key, 1),
+        ("final", lambda key: key.count(":") == 1, 1),
+    ],
+)
+async def test_every_failed_write_that_ends_a_run_is_counted(
+    write: str, bad: Any, failed: int
+) -> None:
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=_Down(bad))
+    with pytest.raises(ar.PersistenceError, match=write):
+        await runtime.run_agent("a", "Q", script(CHARGE, FINAL))
+    assert runtime.metrics.snapshot().checkpoint_errors == failed
