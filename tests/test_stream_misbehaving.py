@@ -107,3 +107,25 @@ async def test_a_text_delta_of_no_str_is_a_loop_error(text: Any) -> None:
 
     with pytest.raises(ar.AgentLoopError, match="must be a str"):
         await run(Streaming(odd))
+
+
+class FailsToClose(SyncClose):
+    """Its `aclose` fails, after the whole reply or before it."""
+
+    def __init__(self, whole: bool) -> None:
+        super().__init__()
+        if not whole:
+            self.events = [TextDelta("hi")]
+
+    async def aclose(self) -> None:  # type: ignore[override]
+        raise RuntimeError("connection reset while closing")
+
+
+async def test_a_stream_that_fails_to_close_after_its_reply_keeps_the_reply(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    session, deltas = await run(Streaming(lambda: FailsToClose(whole=True)))
+    assert session.final_answer == "hi" and deltas == ["hi"]
+    assert "closing a provider's stream after its reply failed" in caplog.text
+    with pytest.raises(RuntimeError, match="connection reset while closing"):
+        await run(Streaming(lambda: FailsToClose(whole=False)))

@@ -2043,9 +2043,15 @@ class AgentRuntime:
             # collector, its connection would wait for it.
             close = getattr(stream, "aclose", None)
             if close is not None:
-                closed = close()
-                if inspect.isawaitable(closed):  # an iterator's own `aclose` may be sync
-                    await closed
+                try:
+                    closed = close()
+                    if inspect.isawaitable(closed):  # an iterator's own `aclose` may be sync
+                        await closed
+                except Exception as error:
+                    if response is _NO_STREAM_END:
+                        raise
+                    # The reply came whole (and was paid for): closing its stream loses none.
+                    logger.warning("closing a provider's stream after its reply failed: %r", error)
         if response is _NO_STREAM_END:
             raise AgentLoopError("the provider's stream ended without a StreamEnd event")
         if not isinstance(response, ChatResponse):
