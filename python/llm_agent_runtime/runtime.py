@@ -2557,7 +2557,7 @@ class AgentRuntime:
                     # one event record, which no load, sweep or fork takes for one.
                     await self._checkpoints.append_events(session_id, pending)
             except Exception as save_error:
-                if _failed_write(save_error) and not self._resume_claim_lost(session_id):
+                if not self._checkpoints.refuses(session_id):  # a failed write, not a refusal
                     self.metrics.record_checkpoint_error()
                 logger.warning("end of failed run %s not saved: %r", session_id, save_error)
         finally:
@@ -2598,8 +2598,8 @@ class AgentRuntime:
                     context=context,
                     memory_hits=hits,
                 )
-        except PersistenceError as error:
-            if _failed_write(error):
+        except PersistenceError:
+            if not self._checkpoints.refuses(session.session_id):  # a failed write
                 self.metrics.record_checkpoint_error()
             raise
         except Exception as error:  # a backend's own error, typed for the caller
@@ -2897,7 +2897,7 @@ class AgentRuntime:
                     await self._withdraw_intent(session, step, index, intent, replacing)
                     raise
                 except Exception:
-                    if not self._resume_claim_lost(session_id):  # a stop, not a failed write
+                    if not checkpoints.refuses(session_id):  # a failed write
                         self.metrics.record_checkpoint_error()
                     raise
                 if found is not None:
@@ -3683,16 +3683,6 @@ def _unique_call_ids(calls: list[ToolCall]) -> list[ToolCall]:
                 unique = list(calls)
             unique[position] = ToolCall(given, call.name, call.arguments)
     return unique
-
-
-def _failed_write(error: Exception) -> bool:
-    """Whether `error`, raised by a checkpoint write, is a write that failed.
-
-    A `PersistenceError` of the store's own (a refusal: the store holds more of the session,
-    another worker runs it, the run was refused at its start) is none; one that wraps a
-    backend's error (`raise ... from`) is, as is any other error.
-    """
-    return not isinstance(error, PersistenceError) or error.__cause__ is not None
 
 
 def _copied(arguments: Any) -> Any:

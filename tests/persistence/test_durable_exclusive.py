@@ -431,35 +431,40 @@ async def test_a_turn_its_start_checkpoint_refuses_leaves_the_session_as_it_was(
 
 
 class _Down(ar.InMemoryBackend):
-    """Fails the writes of the keys `bad` names."""
+    """Fails the writes of the keys `bad` names, with `error` (a backend's own error, or
+    its `PersistenceError` with no cause, as a server that is down gets)."""
 
-    def __init__(self, bad: Any) -> None:
+    def __init__(self, bad: Any, error: Exception) -> None:
         super().__init__()
-        self.bad = bad
+        self.bad, self.error = bad, error
 
     async def save_new(self, key: str, value: bytes) -> bool:
         if self.bad(key):
-            raise OSError("disk full")
+            raise self.error
         return await super().save_new(key, value)
 
     async def batch_save(self, items: Any) -> None:
         if any(map(self.bad, items)):
-            raise OSError("disk full")
+            raise self.error
         await super().batch_save(items)
 
 
 @pytest.mark.parametrize(
-    ("write", "bad", "failed"),
+    "error", [OSError("disk full"), ar.PersistenceError("cannot connect: server down")]
+)
+@pytest.mark.parametrize(
+    ("bad", "failed"),
     [
-        ("start", lambda key: True, 2),  # and the failed run's end, written after it
-        ("journal", lambda key: ":call:" in key, 1),
-        ("final", lambda key: key.count(":") == 1, 1),
+        # The start record's, and the failed run's end written after it.
+        pytest.param(lambda key: True, 2, id="start"),
+        pytest.param(lambda key: ":call:" in key, 1, id="journal intent"),
+        pytest.param(lambda key: key.count(":") == 1, 1, id="final"),
     ],
 )
 async def test_every_failed_write_that_ends_a_run_is_counted(
-    write: str, bad: Any, failed: int
+    bad: Any, failed: int, error: Exception
 ) -> None:
-    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=_Down(bad))
-    with pytest.raises(ar.PersistenceError, match=write):
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=_Down(bad, error))
+    with pytest.raises(ar.PersistenceError):
         await runtime.run_agent("a", "Q", script(CHARGE, FINAL))
     assert runtime.metrics.snapshot().checkpoint_errors == failed

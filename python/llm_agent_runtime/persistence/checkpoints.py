@@ -1894,6 +1894,15 @@ class CheckpointStore:
                 self._next_event[session_id] = end - len(numbered)
             raise
 
+    def refuses(self, session_id: str) -> bool:
+        """Whether the store refuses to write the session's run.
+
+        It does when the run was refused at its start (another run or worker holds the
+        session, say), or lost its resume claim: a write of such a run fails by the store's
+        refusal, not by its backend's failure.
+        """
+        return session_id in self._refused or session_id in self._lost
+
     async def _check_writable(self, session_id: str) -> None:
         """Raises `PersistenceError` when the session's run may not write.
 
