@@ -241,3 +241,23 @@ def test_memoryviews_are_read_as_numpy_reads_them() -> None:
     for rows in (memoryview(np.ones((2, 2), np.float32)), memoryview(np.ones((1, 4), np.float32))):
         with pytest.raises(ar.MemoryStoreError, match="one vector"):
             semantic.store("j", "y", embedding=rows)
+
+
+def test_a_numpy_int_dim_is_the_embedders_dim_too() -> None:
+    class NumpyDim(BufferEmbedder):
+        dim = np.int64(4)  # type: ignore[assignment]
+
+    store = ar.EpisodicStore(embedder=NumpyDim())
+    with pytest.raises(ar.MemoryStoreError, match="dimension 4, the store's have 3"):
+        store.add_episode("a", "x", 0.5, embedding=[1.0, 2.0, 3.0])
+
+
+def test_a_released_memoryview_is_a_memory_store_error() -> None:
+    view = memoryview(np.ones(4, np.float32))
+    view.release()
+    store = ar.EpisodicStore()
+    with pytest.raises(ar.MemoryStoreError, match="released memoryview"):
+        store.add_episode("a", "x", 0.5, embedding=view)
+    store.add_episode("a", "x", 0.5, embedding=np.ones(4, np.float32))
+    with pytest.raises(ar.MemoryStoreError, match="released memoryview"):
+        store.recall("a", 5, query=view)

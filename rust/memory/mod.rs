@@ -755,12 +755,19 @@ fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
 /// it: its rows, of more than one dimension, cannot be iterated); else `value` itself.
 ///
 /// # Errors
-/// What numpy raises for a buffer it cannot read.
+/// `MemoryStoreError` for a released view; what numpy raises for a buffer it cannot read.
 fn buffer_as_array<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     if !value.is_instance_of::<PyMemoryView>() {
         return Ok(value.clone());
     }
     let py = value.py();
+    // numpy takes a released view for an object, not a buffer.
+    if value.getattr(pyo3::intern!(py, "nbytes")).is_err() {
+        return Err(CoreError::Memory(
+            "a released memoryview holds no numbers: pass the vector, or a view of it".into(),
+        )
+        .into());
+    }
     py.import(pyo3::intern!(py, "numpy"))?
         .call_method1(pyo3::intern!(py, "asarray"), (value,))
 }
@@ -1050,10 +1057,11 @@ fn clock_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
 /// # Errors
 /// `MemoryStoreError` naming both lengths.
 fn check_embedder_dim(embedder: &Bound<'_, PyAny>, stored: usize) -> PyResult<()> {
+    // Any int (numpy's too, by `__index__`), but a bool.
     let told = embedder
         .getattr(pyo3::intern!(embedder.py(), "dim"))
         .ok()
-        .filter(|dim| dim.is_exact_instance_of::<pyo3::types::PyInt>())
+        .filter(|dim| !args::is_bool(dim))
         .and_then(|dim| dim.extract::<usize>().ok());
     match told {
         Some(dim) if dim != stored => Err(CoreError::Memory(format!(
