@@ -93,6 +93,7 @@ def test_a_forked_child_does_not_keep_the_parents_originals_file_locked(tmp_path
     saved = tmp_path / "i.bin"
     index.save(str(saved))
     reader, writer = os.pipe()
+    started, ready = os.pipe()
     with warnings.catch_warnings():
         # Python 3.12+ warns that forking a process with threads (the core's pool) may
         # deadlock: the child only waits on a pipe and exits.
@@ -101,10 +102,14 @@ def test_a_forked_child_does_not_keep_the_parents_originals_file_locked(tmp_path
     if child == 0:  # the child: waits until told to end, the parent's index still its own
         try:
             os.close(writer)
+            os.write(ready, b"1")  # its fork handlers have run: the file is let go
             os.read(reader, 1)
         finally:
             os._exit(0)
     os.close(reader)
+    os.close(ready)
+    os.read(started, 1)  # not before: the child lets the file go as it starts, not at once
+    os.close(started)
     try:
         # Still the parent's while its index lives...
         with pytest.raises(ar.PersistenceError, match="in use by another index"):
