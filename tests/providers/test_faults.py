@@ -246,6 +246,18 @@ def trickled(frames: list[bytes]) -> Reply:
     return Reply(frames=frames, headers={"content-type": "text/event-stream"}, frame_interval=0.05)
 
 
+def assert_stalled_after_output(
+    events: list[Any], error: ProviderError | None, started: float
+) -> None:
+    """A stream that stalled after its first text: that text, then a retryable timeout of
+    the 0.5 s idle limit, well within 3 s."""
+    assert texts(events) == ["Hello"]
+    assert error is not None
+    assert (error.status, error.retryable) == (None, True)
+    assert "no content for 0.5 s" in str(error)
+    assert time.perf_counter() - started < 3.0
+
+
 async def test_keep_alive_pings_do_not_keep_a_stalled_stream_going(
     kind: str, server: FakeLlmServer, clock: FakeClock
 ) -> None:
@@ -265,11 +277,7 @@ async def test_keep_alive_pings_do_not_keep_a_stalled_stream_going(
         # After output, the same stall raises (no silent replay).
         started = time.perf_counter()
         events, error = await collect(llm.chat_stream(USER))
-    assert texts(events) == ["Hello"]
-    assert error is not None
-    assert (error.status, error.retryable) == (None, True)
-    assert "no content for 0.5 s" in str(error)
-    assert time.perf_counter() - started < 3.0
+    assert_stalled_after_output(events, error, started)
     assert len(server.requests) == 3
 
 
@@ -332,11 +340,7 @@ async def test_empty_deltas_do_not_keep_a_stalled_stream_going(
     started = time.perf_counter()
     async with make_provider(kind, server, timeout=0.5) as llm:
         events, error = await collect(llm.chat_stream(USER))
-    assert texts(events) == ["Hello"]
-    assert error is not None
-    assert (error.status, error.retryable) == (None, True)
-    assert "no content for 0.5 s" in str(error)
-    assert time.perf_counter() - started < 3.0
+    assert_stalled_after_output(events, error, started)
 
 
 async def test_reasoning_keeps_a_slow_stream_going(kind: str, server: FakeLlmServer) -> None:
