@@ -560,7 +560,8 @@ impl Index {
         self.ids.is_empty()
     }
 
-    /// Adds or replaces vectors (`vectors` is `ids.len()` rows of `dim`); all or nothing.
+    /// Adds or replaces vectors (`vectors` is `ids.len()` rows of `dim`, normalized in place:
+    /// the caller's own copy); all or nothing.
     ///
     /// # Errors
     /// [`CoreError::Memory`] on a shape mismatch, an id above [`MAX_ID`], a duplicate id in
@@ -568,24 +569,17 @@ impl Index {
     /// float32 copies kept in a file cannot be written (new rows are then not added; a
     /// failure while overwriting rows leaves the copies marked broken), or belong to another
     /// process (this one is its `fork()`: nothing changes).
-    pub fn add(&mut self, ids: &[u64], vectors: &[f32]) -> CoreResult<()> {
-        if vectors.len() != ids.len() * self.dim {
+    pub fn add(&mut self, ids: &[u64], mut normalized: Vec<f32>) -> CoreResult<()> {
+        if normalized.len() != ids.len() * self.dim {
             return Err(CoreError::Memory(format!(
                 "expected {} vectors of dimension {}, got {} values",
                 ids.len(),
                 self.dim,
-                vectors.len()
+                normalized.len()
             )));
         }
         // Every buffer sized by the input is allocated fallibly: a batch (or an index) that
         // does not fit in memory is a MemoryStoreError, not an abort of the interpreter.
-        let mut normalized = Vec::new();
-        try_reserve(
-            &mut normalized,
-            vectors.len(),
-            "a normalized copy of the vectors",
-        )?;
-        normalized.extend_from_slice(vectors);
         let mut seen = FxHashMap::default();
         seen.try_reserve(ids.len())
             .map_err(|_| out_of_memory(ids.len().saturating_mul(16), "the batch's id table"))?;
@@ -1251,13 +1245,16 @@ fn path_str(path: &std::path::Path) -> CoreResult<&str> {
     })
 }
 
-fn as_f32_matrix<'py>(
-    value: &Bound<'py, PyAny>,
-    what: &str,
-) -> PyResult<PyReadonlyArray2<'py, f32>> {
+/// The shape and a copy of the values of `value`, a C-contiguous, aligned 2-D float32 array.
+///
+/// A copy (allocated fallibly), and the array let go before the caller releases the GIL:
+/// while the GIL is released, another thread (or a `__del__` the collector runs as the
+/// results are built) may view the array as another dtype or resize it, and rust-numpy
+/// aborts the process when the borrow it keeps of the array no longer matches the array.
+fn as_f32_matrix(value: &Bound<'_, PyAny>, what: &str) -> PyResult<([usize; 2], Vec<f32>)> {
     // Before the dtype: the advice of its error (np.ascontiguousarray) would drop the mask.
     args::not_masked(value, what, CoreError::Memory)?;
-    let array = value.extract::<PyReadonlyArray2<'py, f32>>().map_err(|_| {
+    let array = value.extract::<PyReadonlyArray2<'_, f32>>().map_err(|_| {
         PyErr::from(CoreError::Memory(format!(
             "{what} must be a 2-D numpy float32 array, got {} (it is refused, not converted: \
              use np.ascontiguousarray(x, dtype=np.float32))",
@@ -1270,6 +1267,7 @@ fn as_f32_matrix<'py>(
         ))
         .into());
     }
+    let shape = [array.shape()[0], array.shape()[1]];
     // A buffer at an odd byte offset (np.frombuffer past a header) is contiguous but cannot
     // be read as &[f32]; rust-numpy would raise the built-in TypeError. np.ascontiguousarray
     // keeps such an array as it is: only a copy moves it.
@@ -1280,12 +1278,14 @@ fn as_f32_matrix<'py>(
         ))
         .into());
     }
-    Ok(array)
+    Ok((shape, owned_copy(array.as_slice()?, what)?))
 }
 
-fn as_f32_vector<'py>(value: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray1<'py, f32>> {
+/// A copy of the values of `value`, a C-contiguous, aligned 1-D float32 array (a copy for
+/// the reason [`as_f32_matrix`] gives).
+fn as_f32_vector(value: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
     args::not_masked(value, "query", CoreError::Memory)?;
-    let array = value.extract::<PyReadonlyArray1<'py, f32>>().map_err(|_| {
+    let array = value.extract::<PyReadonlyArray1<'_, f32>>().map_err(|_| {
         PyErr::from(CoreError::Memory(format!(
             "query must be a 1-D numpy float32 array, got {} (use np.asarray(q, \
              dtype=np.float32))",
@@ -1304,7 +1304,16 @@ fn as_f32_vector<'py>(value: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray1<'p
         )
         .into());
     }
-    Ok(array)
+    Ok(owned_copy(array.as_slice()?, "query")?)
+}
+
+/// `values`, copied into a buffer allocated fallibly (an input too large to copy is a
+/// `MemoryStoreError`, not an abort).
+fn owned_copy(values: &[f32], what: &str) -> CoreResult<Vec<f32>> {
+    let mut copy = Vec::new();
+    try_reserve(&mut copy, values.len(), &format!("a copy of the {what}"))?;
+    copy.extend_from_slice(values);
+    Ok(copy)
 }
 
 /// What was given where a float32 array is expected, for its error: an array's dtype (with
@@ -1672,18 +1681,16 @@ impl PyVectorIndex {
         vectors: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let ids = as_ids(ids)?;
-        let vectors = as_f32_matrix(vectors, "vectors")?;
+        let (shape, vectors) = as_f32_matrix(vectors, "vectors")?;
         let dim = self.read(py, Index::dim)?;
-        if vectors.shape() != [ids.len(), dim] {
+        if shape != [ids.len(), dim] {
             return Err(CoreError::Memory(format!(
-                "vectors have shape {:?}, expected ({}, {dim})",
-                vectors.shape(),
+                "vectors have shape {shape:?}, expected ({}, {dim})",
                 ids.len()
             ))
             .into());
         }
-        let slice = vectors.as_slice()?;
-        run_detached(py, || self.inner.write().add(&ids, slice))
+        run_detached(py, || self.inner.write().add(&ids, vectors))
     }
 
     /// Removes vectors by id (all or nothing), with the GIL released.
@@ -1723,8 +1730,7 @@ impl PyVectorIndex {
         #[pyo3(from_py_with = k_arg)] k: usize,
     ) -> PyResult<Hits<'py, numpy::Ix1>> {
         let query = as_f32_vector(query)?;
-        let q = query.as_slice()?;
-        let (ids, scores) = run_detached(py, || self.inner.read().search(q, k))?;
+        let (ids, scores) = run_detached(py, || self.inner.read().search(&query, k))?;
         let ids: Vec<i64> = ids.into_iter().map(id_to_i64).collect();
         Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
     }
@@ -1750,23 +1756,21 @@ impl PyVectorIndex {
         queries: &Bound<'py, PyAny>,
         #[pyo3(from_py_with = k_arg)] k: usize,
     ) -> PyResult<Hits<'py, numpy::Ix2>> {
-        let queries = as_f32_matrix(queries, "queries")?;
-        let (m, dim) = (queries.shape()[0], self.read(py, Index::dim)?);
-        if queries.shape()[1] != dim {
+        let ([m, cols], queries) = as_f32_matrix(queries, "queries")?;
+        let dim = self.read(py, Index::dim)?;
+        if cols != dim {
             return Err(CoreError::Memory(format!(
-                "queries have shape ({m}, {}), expected ({m}, {dim}): one query of dimension \
-                 {dim} a row",
-                queries.shape()[1]
+                "queries have shape ({m}, {cols}), expected ({m}, {dim}): one query of \
+                 dimension {dim} a row"
             ))
             .into());
         }
-        let qs = queries.as_slice()?;
         // A long batch (thousands of queries against a big index take seconds) stops on
         // Ctrl-C; a short one is not worth the watching thread.
         let work = m
             .saturating_mul(dim)
             .saturating_mul(self.read(py, Index::len)?);
-        let search = |stop: &AtomicBool| self.inner.read().search_batch(qs, k, stop);
+        let search = |stop: &AtomicBool| self.inner.read().search_batch(&queries, k, stop);
         let (ids, scores, width) = if work >= STOPPABLE_BATCH_WORK {
             run_stoppable(py, search)?
         } else {
@@ -1930,7 +1934,7 @@ mod tests {
             })
             .collect();
         let ids: Vec<u64> = (0..n as u64).collect();
-        index.add(&ids, &data).unwrap();
+        index.add(&ids, data).unwrap();
         index
     }
 
@@ -1954,7 +1958,7 @@ mod tests {
         for dtype in [Dtype::F32, Dtype::F16, Dtype::I8] {
             let mut index = Index::with_dtype(4, dtype, u32::MAX as usize, false).unwrap();
             let data = lcg(5 * 4, 9);
-            index.add(&[0, 1, 2, 3, 4], &data).unwrap();
+            index.add(&[0, 1, 2, 3, 4], data).unwrap();
             let q = [1.0, 0.5, -0.25, 0.0];
             for k in [usize::MAX, 1 << 62, 1 << 50, 1] {
                 let (ids, scores) = index.search(&q, k).unwrap();
@@ -1981,7 +1985,7 @@ mod tests {
         for dtype in [Dtype::F32, Dtype::F16, Dtype::I8] {
             for exact_rescore in [false, dtype == Dtype::I8] {
                 let mut index = Index::with_dtype(3, dtype, 2, exact_rescore).unwrap();
-                index.add(&[10, 20, 30], &rows).unwrap();
+                index.add(&[10, 20, 30], rows.to_vec()).unwrap();
                 let (ids, scores) = index.search(&q, 3).unwrap();
                 assert_eq!(ids, vec![10, 30, 20], "{dtype:?}");
                 assert!(
@@ -2025,7 +2029,7 @@ mod tests {
             assert_eq!(got, want, "{v:?}");
         }
         let mut index = Index::new(3).unwrap();
-        index.add(&[1], &[tiny, 0.0, 0.0]).unwrap();
+        index.add(&[1], vec![tiny, 0.0, 0.0]).unwrap();
         assert_eq!(index.get(1).unwrap().unwrap(), vec![1.0, 0.0, 0.0]);
         assert_eq!(index.search(&[0.0, 0.0, tiny], 1).unwrap().1, vec![0.0]);
     }
@@ -2033,10 +2037,10 @@ mod tests {
     #[test]
     fn ids_stop_at_i64_max() {
         let mut index = Index::new(2).unwrap();
-        index.add(&[MAX_ID], &[1.0, 0.0]).unwrap();
-        let err = index.add(&[MAX_ID + 1], &[1.0, 0.0]).unwrap_err();
+        index.add(&[MAX_ID], vec![1.0, 0.0]).unwrap();
+        let err = index.add(&[MAX_ID + 1], vec![1.0, 0.0]).unwrap_err();
         assert!(matches!(err, CoreError::Memory(_)));
-        assert!(index.add(&[7, u64::MAX], &[1.0, 0.0, 0.0, 1.0]).is_err());
+        assert!(index.add(&[7, u64::MAX], vec![1.0, 0.0, 0.0, 1.0]).is_err());
         assert_eq!(index.len(), 1); // all or nothing
                                     // A file with a larger id (say, written before the rule) does not load.
         let dir = std::env::temp_dir().join(format!("vec-ids-{}", std::process::id()));
@@ -2060,7 +2064,7 @@ mod tests {
         index.remove(&[0, 2]).unwrap();
         assert_eq!(index.len(), 3);
         assert!(index.remove(&[0]).is_err());
-        index.add(&[1], &[1.0, 0.0, 0.0, 0.0]).unwrap();
+        index.add(&[1], vec![1.0, 0.0, 0.0, 0.0]).unwrap();
         assert_eq!(index.len(), 3);
         assert_eq!(index.search(&[1.0, 0.0, 0.0, 0.0], 1).unwrap().0, vec![1]);
         assert!(index.search(&[1.0, 0.0, 0.0], 1).is_err());
@@ -2068,8 +2072,8 @@ mod tests {
         assert!(index.search(&[1.0, 0.0, 0.0, 0.0], 0).is_err());
         assert!(Index::with_dtype(4, Dtype::F16, 4, true).is_err());
         assert!(Index::with_dtype(4, Dtype::I8, 0, false).is_err());
-        assert!(index.add(&[9], &[f32::NAN, 0.0, 0.0, 0.0]).is_err());
-        assert!(index.add(&[7, 7], &[1.0; 8]).is_err());
+        assert!(index.add(&[9], vec![f32::NAN, 0.0, 0.0, 0.0]).is_err());
+        assert!(index.add(&[7, 7], vec![1.0; 8]).is_err());
     }
 
     #[test]
@@ -2090,7 +2094,7 @@ mod tests {
             let data: Vec<f32> = (0..exact.len())
                 .flat_map(|r| exact.vectors.row(r, 48))
                 .collect();
-            index.add(&exact.ids, &data).unwrap();
+            index.add(&exact.ids, data).unwrap();
             let copies = if exact_rescore && file.is_none() {
                 3_000 * 48 * 4
             } else {
@@ -2188,7 +2192,7 @@ mod tests {
             (Dtype::I8, true),
         ] {
             let mut index = Index::with_dtype(5, dtype, 3, exact_rescore).unwrap();
-            index.add(&[7, 1, 9], &data).unwrap();
+            index.add(&[7, 1, 9], data.clone()).unwrap();
             let mut want = MAGIC.to_vec();
             for field in [2, 5, dtype.code(), 3, u32::from(exact_rescore)] {
                 want.extend_from_slice(&field.to_le_bytes());
@@ -2233,7 +2237,7 @@ mod tests {
         let path = dir.join("i.bin").to_string_lossy().into_owned();
         let copies = dir.join("copies.f32").to_string_lossy().into_owned();
         let mut index = Index::with_dtype(dim, Dtype::I8, 2, true).unwrap();
-        index.add(&[4, 2, 8], &lcg(3 * dim, 5)).unwrap();
+        index.add(&[4, 2, 8], lcg(3 * dim, 5)).unwrap();
         index.save(&path).unwrap();
         assert_eq!(Index::load(&path, None).unwrap(), index);
         let in_file = Index::load(&path, Some(&copies)).unwrap();
@@ -2304,7 +2308,7 @@ mod tests {
         let copies = dir.join("copies.f32").to_string_lossy().into_owned();
         let mut index = Index::with_storage(4, Dtype::I8, 2, true, Some(&copies)).unwrap();
         index
-            .add(&[1, 2], &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+            .add(&[1, 2], vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0])
             .unwrap();
         let before = std::fs::read(&copies).unwrap();
         // As in a fork()ed child: the file was opened by another process.
@@ -2313,8 +2317,8 @@ mod tests {
         }
         let q = [1.0, 0.0, 0.0, 0.0];
         let errors = [
-            index.add(&[1], &[0.0, 0.0, 0.0, 1.0]).unwrap_err(),
-            index.add(&[3], &[0.0, 0.0, 1.0, 0.0]).unwrap_err(),
+            index.add(&[1], vec![0.0, 0.0, 0.0, 1.0]).unwrap_err(),
+            index.add(&[3], vec![0.0, 0.0, 1.0, 0.0]).unwrap_err(),
             index.remove(&[1]).unwrap_err(),
             index.get(1).unwrap_err(),
             index.search(&q, 1).unwrap_err(),
