@@ -15,7 +15,7 @@
 //! the error path only.
 
 use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyOverflowError, PyTypeError};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::sync::PyOnceLock;
@@ -164,12 +164,14 @@ impl OutOfRange {
 
 /// A real-number argument as `f64` (a float, an int, or anything with `__float__`); a number
 /// beyond the float range (such as `10**400`) is `error(message)` instead of the built-in
-/// `OverflowError`. Anything not a number is a `TypeError` naming the argument `name`; so is
+/// `OverflowError`, as is one with no float value (`Decimal("sNaN")`, whose conversion raises
+/// `ValueError`). Anything not a number is a `TypeError` naming the argument `name`; so is
 /// a complex number (see [`is_complex`]), numpy's included, whose `__float__` would drop the
 /// imaginary part, and a numpy array of bools or text (see [`is_array_of_no_number`]).
 ///
 /// # Errors
-/// `error(...)` for a number beyond the float range; `TypeError` for a non-number.
+/// `error(...)` for a number beyond the float range or with no float value; `TypeError` for
+/// a non-number.
 #[inline]
 pub fn real(
     obj: &Bound<'_, PyAny>,
@@ -264,14 +266,20 @@ fn not_real(
     e: PyErr,
     error: impl FnOnce(String) -> CoreError,
 ) -> PyErr {
-    if !e.is_instance_of::<PyOverflowError>(obj.py()) {
-        return named(obj, name, REAL, e);
+    let py = obj.py();
+    if e.is_instance_of::<PyOverflowError>(py) {
+        return error(format!("a number beyond the float range ({})", e.value(py))).into();
     }
-    error(format!(
-        "a number beyond the float range ({})",
-        e.value(obj.py())
-    ))
-    .into()
+    // A number with no float value, such as Decimal("sNaN") (float() raises ValueError).
+    if e.is_instance_of::<PyValueError>(py) {
+        return error(format!(
+            "{}, which has no float value ({})",
+            describe_value(obj),
+            e.value(py)
+        ))
+        .into();
+    }
+    named(obj, name, REAL, e)
 }
 
 /// A Python int of any size as `usize`, or where it falls outside (never `OverflowError`).

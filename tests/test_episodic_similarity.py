@@ -261,3 +261,21 @@ def test_a_released_memoryview_is_a_memory_store_error() -> None:
     store.add_episode("a", "x", 0.5, embedding=np.ones(4, np.float32))
     with pytest.raises(ar.MemoryStoreError, match="released memoryview"):
         store.recall("a", 5, query=view)
+
+
+def test_an_embedders_row_of_another_length_than_its_dim_is_refused() -> None:
+    # Taken, the store's JSON did not load back with the embedder that made it.
+    class Longer:
+        dim = 4
+
+        def embed(self, texts: list[str]) -> Any:
+            return np.ones((len(texts), 5), np.float32)
+
+    store = ar.EpisodicStore(embedder=Longer())
+    with pytest.raises(ar.MemoryStoreError, match=r"5 values.*dim is 4"):
+        store.add_episode("a", "hello", 0.5)
+    assert store.episodes("a") == []
+    store.add_episode("a", "given", 0.5, embedding=np.ones(4, np.float32))
+    with pytest.raises(ar.MemoryStoreError, match=r"5 values.*dim is 4"):
+        store.recall("a", 1, "hello")
+    ar.EpisodicStore.from_json(store.to_json(), embedder=Longer())

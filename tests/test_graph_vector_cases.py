@@ -283,3 +283,26 @@ def test_compressed_search_scores_are_numpys_cosines(
     assert batch_ids.shape == (2, len(found))
     for row in range(2):
         assert np.allclose(batch_scores[row], scores, atol=1e-5)
+
+
+def test_a_weight_whose_float_conversion_fails_is_a_graph_error() -> None:
+    # A signaling NaN (Decimal("sNaN")) has no float: float() raises ValueError, which
+    # escaped as it was.
+    snan = Decimal("sNaN")
+    store = ar.GraphStore()
+    store.add_entities(["a", "b"])
+    store.add_relationship("a", "b", "k", 1.0)
+    for call in (
+        lambda: store.add_relationship("a", "b", "j", snan),
+        lambda: store.add_relationships([("a", "b", "j", snan)]),
+        lambda: store.update_relationship("a", "b", "k", snan),
+        lambda: ar.GraphStore.from_edge_list(2, [(0, 1, snan)]),
+        lambda: store.communities(resolution=snan),
+        lambda: store.modularity([["a", "b"]], resolution=snan),
+    ):
+        with pytest.raises(ar.GraphError, match="sNaN"):
+            call()
+    assert [r["weight"] for r in store.relationships()] == [1.0]
+    memory = ar.EpisodicStore()
+    with pytest.raises(ar.MemoryStoreError, match="sNaN"):
+        memory.add_episode("a", "x", snan)

@@ -1024,6 +1024,15 @@ impl PyEpisodicStore {
             )
             .into());
         }
+        // Taken, the store's JSON would not load back with the embedder that made it.
+        if let Some(dim) = told_dim(embedder.bind(py)).filter(|dim| *dim != row.len()) {
+            return Err(CoreError::Memory(format!(
+                "embedder.embed([text]) returned a row of {} values, but the embedder's dim \
+                 is {dim}",
+                row.len()
+            ))
+            .into());
+        }
         Ok(row.iter().any(|x| *x != 0.0).then_some(row))
     }
 }
@@ -1057,13 +1066,7 @@ fn clock_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
 /// # Errors
 /// `MemoryStoreError` naming both lengths.
 fn check_embedder_dim(embedder: &Bound<'_, PyAny>, stored: usize) -> PyResult<()> {
-    // Any int (numpy's too, by `__index__`), but a bool.
-    let told = embedder
-        .getattr(pyo3::intern!(embedder.py(), "dim"))
-        .ok()
-        .filter(|dim| !args::is_bool(dim))
-        .and_then(|dim| dim.extract::<usize>().ok());
-    match told {
+    match told_dim(embedder) {
         Some(dim) if dim != stored => Err(CoreError::Memory(format!(
             "the embedder makes embeddings of dimension {dim}, the store's have {stored}: \
              pass the embedder they were made with"
@@ -1071,6 +1074,16 @@ fn check_embedder_dim(embedder: &Bound<'_, PyAny>, stored: usize) -> PyResult<()
         .into()),
         _ => Ok(()),
     }
+}
+
+/// The dimension `embedder` says it makes (its optional `dim`: any int, numpy's too by
+/// `__index__`, but a bool), if it says one.
+fn told_dim(embedder: &Bound<'_, PyAny>) -> Option<usize> {
+    embedder
+        .getattr(pyo3::intern!(embedder.py(), "dim"))
+        .ok()
+        .filter(|dim| !args::is_bool(dim))
+        .and_then(|dim| dim.extract::<usize>().ok())
 }
 
 /// An `embedder` argument: None, or an instance with a callable `embed` (a dimension, a
@@ -1223,10 +1236,10 @@ impl PyEpisodicStore {
     ///     embedding: its vector; when None, the store's embedder (if any) embeds `content`.
     ///
     /// Raises:
-    ///     MemoryStoreError: `importance` is outside [0, 1]; an embedding that is not finite,
-    ///         zero, or of another length than the store's embeddings (or than its
-    ///         embedder's `dim`); the clock returned a
-    ///         NaN or infinite time (or a number beyond the float range, or not a number);
+    ///     MemoryStoreError: `importance` is outside [0, 1]; an embedding (given, or the
+    ///         embedder's) that is not finite, zero, or of another length than the store's
+    ///         embeddings (or than the embedder's `dim`); the clock returned a NaN or
+    ///         infinite time (or a number beyond the float range, or not a number);
     ///         `agent_id` or `content` is not valid Unicode (a lone surrogate); the ids are
     ///         exhausted (`next_id` reached 2**64 - 1).
     #[pyo3(signature = (agent_id, content, importance, embedding=None))]
@@ -1277,8 +1290,9 @@ impl PyEpisodicStore {
     ///
     /// Raises:
     ///     MemoryStoreError: a negative `limit`; a text query without an embedder, or not
-    ///         valid Unicode; a query vector that is not finite, zero, or of another length
-    ///         than the episodes' embeddings; the clock returned a NaN or infinite time, or
+    ///         valid Unicode; a query vector (given, or the embedder's) that is not finite,
+    ///         zero, or of another length than the episodes' embeddings (or than the
+    ///         embedder's `dim`); the clock returned a NaN or infinite time, or
     ///         not a number.
     #[pyo3(signature = (agent_id, limit=3, query=None, *, counted=true))]
     fn recall(
