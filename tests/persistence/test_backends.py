@@ -821,24 +821,52 @@ async def test_file_backend_removes_the_temporary_files_a_crash_left_and_nothing
     assert not live.exists()  # its writer is gone now
 
 
-async def test_file_backend_confines_a_damaged_file_to_its_own_key(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_file_backend_refuses_to_list_past_a_damaged_file(tmp_path: Path) -> None:
+    # A file whose key cannot be read may hold any key its name allows: a listing that
+    # skipped it dropped, say, a session's last step from its load without an error.
     store = ar.FileBackend(tmp_path)
     await store.batch_save({"session:good": b"1", "session:good:meta": b"2", "other": b"3"})
-    (tmp_path / file_name_for("other")).write_bytes(b"\x01")  # a disk error, a cut copy
+    damaged = tmp_path / file_name_for("other")
+    damaged.write_bytes(b"\x01")  # a disk error, a cut copy
+    # Listings whose keys cannot be that file's are not concerned.
     assert await store.list_keys("session:") == ["session:good", "session:good:meta"]
     assert await store.batch_load(["session:good"]) == {"session:good": b"1"}
-    assert await store.list_keys() == ["session:good", "session:good:meta"]  # skipped...
-    assert "unreadable record file" in caplog.text  # ...and said
+    with pytest.raises(ar.PersistenceError, match=r"damaged \(truncated\)") as listed:
+        await store.list_keys()
+    assert str(damaged) in str(listed.value)
     with pytest.raises(ar.PersistenceError, match="truncated") as info:
         await store.load("other")  # its own key fails
     assert info.value.key == "other"
-    # A file whose name is not its key's (copied under another name) is skipped too.
-    (tmp_path / file_name_for("elsewhere")).write_bytes(
+    # A file whose name is not its key's (copied under another name) is damaged too.
+    damaged.unlink()
+    (tmp_path / file_name_for("session:elsewhere")).write_bytes(
         (tmp_path / file_name_for("session:good")).read_bytes()
     )
-    assert await store.list_keys() == ["session:good", "session:good:meta"]
+    with pytest.raises(ar.PersistenceError, match="key of another file"):
+        await store.list_keys("session:")
+    assert await store.list_keys("other") == []
+
+
+async def test_a_damaged_last_step_file_fails_the_load(tmp_path: Path) -> None:
+    store = ar.FileBackend(tmp_path)
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), checkpoint_backend=store)
+
+    @ar.tool
+    def add(a: int, b: int) -> int:
+        """Adds."""
+        return a + b
+
+    runtime.tools.register(add)
+    script = [ar.ScriptedProvider.tool_call_reply([("add", {"a": i, "b": 1})]) for i in range(2)]
+    session = await runtime.run_agent_with_provider(
+        "agent", "go", ar.ScriptedProvider([*script, "done"])
+    )
+    assert session.step_count == 3
+    last = f"session:{session.session_id}:step:3"
+    assert last in await store.list_keys(f"session:{session.session_id}:step:")
+    (tmp_path / file_name_for(last)).write_bytes(b"\x00\x00")
+    with pytest.raises(ar.PersistenceError, match="damaged"):
+        await ar.AgentSession.load_checkpoint(store, session.session_id)
 
 
 async def test_file_backend_reads_only_the_files_a_prefix_can_name(

@@ -298,6 +298,12 @@ async def test_a_journal_entry_of_an_unknown_state_is_a_persistence_error(
     await backend.save(key, encode("call", entry))
     with pytest.raises(ar.PersistenceError, match="state 'thinking' is unknown"):
         await quick_runtime(open_backend()).resume(session_id, Model("react", start=1).__call__)
+    for state in (["intent"], {"x": 1}, 3):  # a list or an object raised a bare TypeError
+        entry["state"] = state
+        await backend.save(key, encode("call", entry))
+        with pytest.raises(ar.PersistenceError, match="'state' must be a str") as caught:
+            await quick_runtime(open_backend()).resume(session_id, Model("react", start=1).__call__)
+        assert caught.value.key == key
 
 
 def test_the_runtime_and_the_store_agree_on_the_reply_states() -> None:

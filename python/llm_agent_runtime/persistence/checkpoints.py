@@ -483,7 +483,13 @@ def _step_record(data: Any, key: str) -> StepRecord:
         raise PersistenceError(str(error.args[0]), key=key) from error
 
 
-_JOURNAL_FIELDS: dict[str, type] = {"run": str, "key": str, "tool": str, "observation": str}
+_JOURNAL_FIELDS: dict[str, type] = {
+    "run": str,
+    "key": str,
+    "tool": str,
+    "observation": str,
+    "state": str,
+}
 """Journal entry fields read back as they are, and the type each must have when present."""
 
 

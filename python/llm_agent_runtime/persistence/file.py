@@ -226,7 +226,8 @@ class FileBackend:
     directory fsynced then, as after a deletion), so a reader never sees a half-written
     value, even after a crash, and a write that returned survives a power loss. A file holds
     its original key, so `list_keys` can return keys exactly; a damaged file fails the loads
-    of its own key only (a listing skips it, with a warning).
+    of its own key and the listings whose keys it may hold (it is not skipped: a session
+    loaded without its damaged last step would look whole).
 
     A batch (the deletions of `batch_delete_if` too) is all or none, even across a crash,
     through a redo log: the whole batch is written to one file in `.batches/`, fsynced, and
@@ -392,9 +393,14 @@ class FileBackend:
         return value
 
     def _stored_key(self, path: Path) -> str | None:
-        """The key the record file at `path` holds; None (and a warning) when it is damaged.
+        """The key the record file at `path` holds; None when it was deleted meanwhile.
 
         Only the key is read, not the value.
+
+        Raises:
+            PersistenceError: The file is damaged (cut short, or holding the key of another
+                file): it may hold any key its name allows, so no listing it may be in can
+                be told complete.
         """
         try:
             with open(path, "rb") as f:
@@ -411,8 +417,10 @@ class FileBackend:
         except FileNotFoundError:
             return None  # deleted meanwhile
         except (OSError, ValueError, PersistenceError) as exc:
-            logger.warning("FileBackend: skipped the unreadable record file %s: %s", path, exc)
-            return None
+            raise PersistenceError(
+                f"cannot list the keys: the record file {path} is damaged ({exc}); restore "
+                "it, or move it out of the directory to list without it"
+            ) from exc
         return key
 
     # ------------------------------------------------------------------ the redo log
@@ -800,8 +808,12 @@ class FileBackend:
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the stored keys starting with `prefix`, sorted.
 
-        Only the files whose names can be those of such keys are read (their keys only). A
-        damaged file is skipped, with a warning: it fails the loads of its own key alone.
+        Only the files whose names can be those of such keys are read (their keys only).
+
+        Raises:
+            PersistenceError: The directory cannot be listed, or one of those files is
+                damaged (a listing without it could silently miss a key, such as a session's
+                last step).
         """
         encode_key(check_prefix(prefix))  # a prefix no key can have fails as in the others
         # A key's file name starts with its first characters, each unsafe one as `_`.
