@@ -221,9 +221,12 @@ class OpenAIEmbedder:
             reply, checked as the bytes arrive: a reply trickled a few bytes at a time fails
             once that time has passed. Each wait for a connection or for bytes is bounded by
             it too.
-        client: an httpx.Client to use (its base URL and headers are ignored); tests and
-            connection pooling. Once its owner has closed it, `embed` fails with a
-            `ProviderError` (not retryable).
+        client: an httpx.Client to use (tests, connection pooling). Its base URL is
+            ignored; its default headers, cookies and query parameters go with each request,
+            as httpx sends them (the embedder's own ``Authorization``, from a key or a base
+            URL's user info, replaces the client's), and credentials among its headers are
+            redacted from errors as the key is. Once its owner has closed it, `embed` fails
+            with a `ProviderError` (not retryable).
 
     Raises:
         MemoryStoreError: batch_size or dimensions is not an int (a bool or float is
@@ -310,7 +313,7 @@ class OpenAIEmbedder:
         import httpx
         import numpy as np
 
-        from llm_agent_runtime.providers._http import Redactor, basic_auth_secrets
+        from llm_agent_runtime.providers._http import Redactor, credential_secrets
 
         batch = _texts(texts)
         width = self.dimensions
@@ -329,8 +332,10 @@ class OpenAIEmbedder:
                 "block it came from): pass an open one"
             )
         # Made per call: the embedder stays picklable.
-        redactor = Redactor(self._api_key, *basic_auth_secrets(self._headers))
         client = self._client or httpx.Client(timeout=self._timeout)
+        redactor = Redactor(
+            self._api_key, *credential_secrets(self._headers), *credential_secrets(client.headers)
+        )
         # Nothing to send and no known width: one space is embedded to learn it.
         inputs = [batch[i] for i in sent] if sent else [" "]
         try:

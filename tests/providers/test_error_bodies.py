@@ -10,6 +10,7 @@ import asyncio
 import json
 from typing import Any
 
+import httpx
 import pytest
 
 from llm_agent_runtime import OpenAIEmbedder, ProviderError, RetryPolicy
@@ -99,3 +100,49 @@ def test_a_good_reply_with_an_empty_error_member_is_read_as_a_reply(
             return (await llm.chat([Message("user", "hi")])).text
 
     assert asyncio.run(call()) == "fine"
+
+
+_CLIENT_SECRET = "client-level-secret-0123456789"
+"""A credential of the caller's own httpx client (a pooled client set up for a gateway)."""
+
+
+def _echoing_401() -> Reply:
+    """A 401 whose message quotes the credentials the request carried."""
+    message = f"bad credentials Bearer {_CLIENT_SECRET} (proxy {_CLIENT_SECRET})"
+    return Reply(
+        status=401,
+        body=json.dumps({"error": {"message": message}}).encode(),
+        headers={"content-type": "application/json"},
+    )
+
+
+def test_the_embedder_sends_a_clients_headers_and_redacts_its_credentials(
+    server: FakeLlmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    server.script(_echoing_401())
+    client = httpx.Client(headers={"Authorization": f"Bearer {_CLIENT_SECRET}", "X-Tenant": "t"})
+    embedder = OpenAIEmbedder(base_url=server.url + "/v1", client=client)  # no key of its own
+    with pytest.raises(ProviderError, match="bad credentials") as caught:
+        embedder.embed(["hello"])
+    assert _CLIENT_SECRET not in str(caught.value)
+    sent = server.requests[-1].headers
+    assert sent["authorization"] == f"Bearer {_CLIENT_SECRET}" and sent["x-tenant"] == "t"
+    client.close()
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_providers_client_credentials_are_redacted_from_errors(
+    server: FakeLlmServer, kind: str
+) -> None:
+    server.script(_echoing_401())
+
+    async def call() -> None:
+        headers = {"Proxy-Authorization": f"Bearer {_CLIENT_SECRET}"}
+        async with httpx.AsyncClient(headers=headers) as client:
+            llm = make_provider(kind, server, retry=RetryPolicy(max_attempts=1), http_client=client)
+            await llm.chat([Message("user", "hi")])
+
+    with pytest.raises(ProviderError, match="bad credentials") as caught:
+        asyncio.run(call())
+    assert _CLIENT_SECRET not in str(caught.value)

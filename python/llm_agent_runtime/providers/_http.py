@@ -725,18 +725,36 @@ def move_user_info(name: str, url: str, headers: Mapping[str, str]) -> tuple[str
     return f"{scheme}//{host}{slash}{path}", headers
 
 
-def basic_auth_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
-    """The secrets of the basic-auth header `move_user_info` added to `headers`.
+_CREDENTIAL_HEADERS = frozenset(("authorization", "proxy-authorization", "x-api-key", "api-key"))
+"""Headers that carry a credential, as clients and gateways send them."""
 
-    For a `Redactor` (a server may echo the header in an error): the base64 credentials and
-    the password in them. Nothing when `headers` send no basic auth.
+
+def credential_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The credentials `headers` carry, for a `Redactor` (a server may echo them in an error).
+
+    An `Authorization` (or `Proxy-Authorization`) value without its scheme, and for basic
+    auth the password in it too; an `x-api-key` or `api-key` value. The headers are ours
+    (`move_user_info` may add basic auth) or a caller's client's, which httpx sends too.
     """
+    secrets: list[str] = []
     for key, value in headers.items():
-        if key.lower() == "authorization" and value.startswith("Basic "):
-            encoded = value.removeprefix("Basic ")
-            pair = base64.b64decode(encoded).decode("utf-8", "surrogateescape")
-            return encoded, pair.partition(":")[2]
-    return ()
+        name = key.lower()
+        if name not in _CREDENTIAL_HEADERS:
+            continue
+        scheme, _, credentials = value.partition(" ")
+        if not name.endswith("authorization") or not credentials:
+            secrets.append(value)
+            continue
+        secrets.append(credentials.strip())
+        if scheme.lower() == "basic":
+            try:
+                pair = base64.b64decode(credentials, validate=True).decode(
+                    "utf-8", "surrogateescape"
+                )
+            except ValueError:  # not base64: the credentials are redacted as they are
+                continue
+            secrets.append(pair.partition(":")[2])
+    return tuple(secrets)
 
 
 def _hide_user_info(url: str) -> str:
@@ -1229,7 +1247,7 @@ class Redactor:
     a backslash). A secret shorter than `MIN_REDACTED_SECRET` characters is not redacted.
 
     Args:
-        *secrets: The API key, and the basic-auth credentials (`basic_auth_secrets`); None
+        *secrets: The API key, and the other credentials sent (`credential_secrets`); None
             is nothing to redact.
     """
 
@@ -1435,7 +1453,10 @@ class HttpTransport:
         check_api_key(name, secret)
         self.name = name
         self.base_url, self._headers = move_user_info(name, check_base_url(name, base_url), headers)
-        self._redactor = Redactor(secret, *basic_auth_secrets(self._headers))
+        client_headers = {} if http_client is None else http_client.headers
+        self._redactor = Redactor(
+            secret, *credential_secrets(self._headers), *credential_secrets(client_headers)
+        )
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.total_timeout = total_timeout
