@@ -750,6 +750,21 @@ def test_openai_embedder_refuses_a_base_url_without_http_scheme(base_url: str) -
         ar.OpenAIEmbedder(api_key="sk-x", base_url=base_url)
 
 
+@pytest.mark.parametrize(
+    "host", ["api..example.com", "a" * 64 + ".example.com", "xn--.example.com"]
+)
+def test_a_base_url_whose_host_is_no_host_name_is_refused(host: str) -> None:
+    # Taken, the embedder's first request raised a bare UnicodeError (an empty or too long
+    # DNS label) or idna.IDNAError (a malformed punycode label).
+    with pytest.raises(ar.ProviderError, match="host") as caught:
+        ar.OpenAIEmbedder(api_key="sk-x", base_url=f"http://{host}/v1")
+    assert host[:20] in str(caught.value)
+    with pytest.raises(ar.ProviderError, match="host"):
+        ar.OpenAIProvider(api_key="sk-x", base_url=f"http://{host}/v1")
+    for good in ("example.com.", "my_host", "bücher.de", "[::1]", "127.0.0.1"):
+        ar.OpenAIEmbedder(api_key="sk-x", base_url=f"http://{good}:8000/v1")
+
+
 def test_openai_embedder_strips_its_base_url(server: tuple[_Server, str]) -> None:
     state, url = server
     assert ar.OpenAIEmbedder(base_url=f"  {url}/\n").embed(["ab"]).shape == (1, 3)

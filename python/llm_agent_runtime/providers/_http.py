@@ -643,13 +643,13 @@ def check_base_url(name: str, url: str) -> str:
     error message shows the URL with its user info as `***`.
 
     Raises:
-        ProviderError: The URL is not an `http://` or `https://` URL with a host and a valid
-            port (a base URL written without its scheme, or with port 99999, say), which no
-            request could reach; or it has a query or a fragment (`?api-version=...`,
-            `#...`): request paths are appended to the base URL, so they would land inside
-            the query and every request would go to the wrong endpoint. Or it holds a lone
-            surrogate (how Python reads a byte of an environment variable that is not
-            UTF-8), which no request line can carry.
+        ProviderError: The URL is not an `http://` or `https://` URL with a valid host name
+            and port (a base URL written without its scheme, with `api..example.com` or
+            with port 99999, say), which no request could reach; or it has a query or a
+            fragment (`?api-version=...`, `#...`): request paths are appended to the base
+            URL, so they would land inside the query and every request would go to the
+            wrong endpoint. Or it holds a lone surrogate (how Python reads a byte of an
+            environment variable that is not UTF-8), which no request line can carry.
     """
     url = url.strip()
     try:
@@ -674,6 +674,16 @@ def check_base_url(name: str, url: str) -> str:
             "URL with a host "
             "and a valid port (write it in full, e.g. 'http://localhost:8000/v1')"
         )
+    try:
+        # An empty or too long DNS label (`api..example.com`), or a malformed punycode one
+        # (`xn--.example.com`): else the first request failed with a bare UnicodeError.
+        str(parts.hostname).encode("idna")
+        httpx.URL(url).host  # noqa: B018
+    except (UnicodeError, httpx.InvalidURL) as error:
+        raise ProviderError(
+            f"the {name} base URL's host {str(parts.hostname)[:100]!r} is not a valid host "
+            f"name ({error})"
+        ) from None
     if "?" in url or "#" in url:  # even an empty one: the path would be appended after it
         # The query may hold a key: not quoted.
         root = _hide_user_info(url.split("?", 1)[0].split("#", 1)[0])
