@@ -1030,6 +1030,26 @@ def test_cache_evicts_expired_entries_before_live_ones() -> None:
     assert len(cache) == 2
 
 
+async def test_dedup_expiry_index_stays_bounded_when_keys_are_forgotten_and_run_again() -> None:
+    # A result forgotten (a write invalidating it) left its heap item until its ttl passed:
+    # a hot key run and forgotten again and again held one item a run.
+    clock = ar.FakeClock()
+    dedup = ar.Deduplicator(ttl=3600, clock=clock)
+
+    async def value(i: int) -> int:
+        return i
+
+    for i in range(2000):
+        assert await dedup.run(("k", i % 2), lambda i=i: value(i)) == i
+        dedup.forget(("k", i % 2))
+        clock.advance(0.001)
+    await dedup.run("kept", lambda: value(-1))
+    assert len(dedup._expiry) <= 2 * len(dedup._done) + 64
+    assert await dedup.run("kept", lambda: value(0)) == -1  # still served from the cache
+    clock.advance(3601)
+    assert await dedup.run("kept", lambda: value(1)) == 1  # and expired on time
+
+
 def test_cache_expiry_index_stays_bounded_under_repeated_puts() -> None:
     clock = ar.FakeClock()
     cache = ar.ResultCache(ttl=1000, max_entries=4, clock=clock)

@@ -1600,3 +1600,29 @@ async def test_a_backends_own_error_on_an_intent_is_a_persistence_error(mode: st
     assert isinstance(raised.value.__cause__, OSError)
     assert raised.value.key is not None and raised.value.key.endswith(":call:1:0")
     assert ran == []  # its intent was not written: it did not run
+
+
+async def test_a_new_sessions_run_lists_no_keys_and_its_turns_number_events_on() -> None:
+    # Each run listed its session's event keys to number its events, a brand-new session's
+    # too: on Redis a scan of the whole keyspace, so every run slowed as the store grew.
+    class Listing(ar.InMemoryBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.listed: list[str] = []
+
+        async def list_keys(self, prefix: str = "") -> list[str]:
+            self.listed.append(prefix)
+            return await super().list_keys(prefix)
+
+    backend = Listing()
+    effects = Effects()
+    runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
+    await runtime.run_agent("a", "q", script(add_step(1), FINAL))
+    assert backend.listed == []
+    chat = runtime.create_session("a")
+    await runtime.run_turn(chat, "first", script(add_step(1), FINAL))
+    await runtime.run_turn(chat, "second", script(FINAL))
+    keys = await ar.InMemoryBackend.list_keys(backend, f"session:{chat.session_id}:event:")
+    assert [int(key.rsplit(":", 1)[1]) for key in keys] == list(range(len(keys)))
+    events = [e["type"] for e in await runtime.session_events(chat.session_id)]
+    assert events.count("RunStarted") == 2 and events.count("RunFinished") == 2

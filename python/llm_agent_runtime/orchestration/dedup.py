@@ -20,6 +20,9 @@ T = TypeVar("T")
 
 _SHOWN_KEYS = 8
 """Keys a cycle's message shows: a longer cycle shows its first and last ones."""
+_STALE_SLACK = 64
+"""Expiry heap items beyond twice the results held before the heap is rebuilt: a small heap
+is not worth rebuilding at every store."""
 
 
 def _cycle_repr(keys: Sequence[object]) -> str:
@@ -296,6 +299,17 @@ class Deduplicator:
                 entry = done.get(oldest)
                 if entry is not None and entry[0] == expired:  # not stored again since
                     del done[oldest]
+            if len(expiry) > 2 * len(done) + _STALE_SLACK:
+                # The items of forgotten results pile up until their ttl: rebuilt from the
+                # results held (amortized over the results stored since the last rebuild).
+                self._expiry = self._live_expiry()
+
+    def _live_expiry(self) -> list[tuple[float, int, Hashable]]:
+        """The expiry heap's items of the results still held, as a heap."""
+        done = self._done
+        live = [item for item in self._expiry if done.get(item[2], (None,))[0] == item[0]]
+        heapq.heapify(live)
+        return live
 
     def forget(self, key: Hashable) -> None:
         """Drops a cached result, and lets go of a running execution of `key`.
@@ -313,9 +327,5 @@ class Deduplicator:
         expired = [k for k, (expires, _) in self._done.items() if now >= expires]
         for k in expired:
             del self._done[k]
-        # The heap keeps the items of the results still held only.
-        done = self._done
-        live = [item for item in self._expiry if done.get(item[2], (None,))[0] == item[0]]
-        heapq.heapify(live)
-        self._expiry = live
+        self._expiry = self._live_expiry()
         return len(expired)

@@ -977,8 +977,14 @@ class CheckpointStore:
         if not (fresh and callable(save_new)):
             await self.backend.save(meta_key, meta)
         self._refused.discard(session.session_id)
-        # Another process may have logged events since this one last wrote: count afresh.
-        self._next_event.pop(session.session_id, None)
+        if fresh:
+            # A new id has no event log: events are logged after the meta record only, and
+            # a sweep deletes them before the final checkpoint (no listing: on Redis a scan of
+            # the whole keyspace, at every run).
+            self._next_event[session.session_id] = 0
+        else:
+            # Another process may have logged events since this one last wrote: count afresh.
+            self._next_event.pop(session.session_id, None)
         return run
 
     async def _claim(
