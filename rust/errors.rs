@@ -273,9 +273,47 @@ pub fn try_reserve_for<T>(
     extra: usize,
     what: &str,
 ) -> CoreResult<()> {
+    let bytes = extra.saturating_mul(std::mem::size_of::<T>());
+    if beyond_machine_memory(bytes) {
+        return Err(out_of_memory_for(kind, bytes, what));
+    }
     values
         .try_reserve(extra)
-        .map_err(|_| out_of_memory_for(kind, extra.saturating_mul(std::mem::size_of::<T>()), what))
+        .map_err(|_| out_of_memory_for(kind, bytes, what))
+}
+
+/// Buffers from this size on are checked against the machine's memory before they are
+/// reserved (smaller ones are not worth the system call).
+const CHECKED_BYTES: usize = 1 << 30;
+
+/// Whether a buffer of `bytes` is larger than all of this machine's memory (RAM and swap).
+/// Linux overcommits: reserving it succeeds, and the kernel kills the process (no error to
+/// raise) as the buffer is filled.
+fn beyond_machine_memory(bytes: usize) -> bool {
+    bytes >= CHECKED_BYTES && machine_memory().is_some_and(|total| bytes > total)
+}
+
+/// This machine's RAM and swap, in bytes (None where it is not known).
+#[cfg(target_os = "linux")]
+fn machine_memory() -> Option<usize> {
+    let mut info = std::mem::MaybeUninit::<libc::sysinfo>::zeroed();
+    // SAFETY: `sysinfo` fills the struct it is given, which is zeroed (a valid value) before.
+    if unsafe { libc::sysinfo(info.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: zeroed, then filled by the call: initialized either way.
+    let info = unsafe { info.assume_init() };
+    let unit = u64::from(info.mem_unit.max(1));
+    // `c_ulong`: 64 bits here, 32 on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    let total = u64::from(info.totalram).saturating_add(u64::from(info.totalswap));
+    usize::try_from(total.saturating_mul(unit)).ok()
+}
+
+/// This machine's RAM and swap, in bytes (None where it is not known).
+#[cfg(not(target_os = "linux"))]
+fn machine_memory() -> Option<usize> {
+    None
 }
 
 /// A vector of `len` copies of `value`, or [`CoreError::Memory`] when it does not fit (see
@@ -297,10 +335,14 @@ pub fn try_filled_for<T: Clone>(
     value: T,
     what: &str,
 ) -> CoreResult<Vec<T>> {
+    let bytes = len.saturating_mul(std::mem::size_of::<T>());
+    if beyond_machine_memory(bytes) {
+        return Err(out_of_memory_for(kind, bytes, what));
+    }
     let mut values = Vec::new();
     values
         .try_reserve_exact(len)
-        .map_err(|_| out_of_memory_for(kind, len.saturating_mul(std::mem::size_of::<T>()), what))?;
+        .map_err(|_| out_of_memory_for(kind, bytes, what))?;
     values.resize(len, value);
     Ok(values)
 }
@@ -356,6 +398,12 @@ mod tests {
         let mut v: Vec<u8> = Vec::new();
         assert!(try_reserve(&mut v, isize::MAX as usize, "bytes").is_err());
         assert_eq!(try_filled(3, 7u8, "small").unwrap(), vec![7, 7, 7]);
+        // More than the machine has: refused before any of it is touched (Linux would grant
+        // the reservation, then kill the process as it fills it).
+        if let Some(total) = machine_memory() {
+            let err = try_filled(total / 4 + 1, 0u32, "a huge buffer").unwrap_err();
+            assert!(matches!(err, CoreError::Memory(_)), "{err:?}");
+        }
     }
 
     #[test]

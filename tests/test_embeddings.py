@@ -13,6 +13,7 @@ import unicodedata
 import warnings
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -1011,3 +1012,17 @@ def test_openai_embedder_uses_a_given_sync_client_and_leaves_it_open(
     inputs = [body["input"] for _, body in state.requests]
     assert inputs == [["ab"], ["abcd"], ["x", "xyz"], ["xy"]]
     assert [h.key for h in store.search([4.0, 0.5, 0.5], k=1)] == ["b"]
+
+
+def _machine_memory() -> int:
+    """RAM and swap, in bytes, as /proc/meminfo gives them."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return sum(int(fields[name].split()[0]) * 1024 for name in ("MemTotal", "SwapTotal"))
+
+
+def test_a_batch_larger_than_the_machine_is_a_memory_store_error() -> None:
+    # Linux grants the reservation: filling it got the interpreter killed, nothing raised.
+    dim = 2**20
+    texts = ["x"] * (_machine_memory() // (4 * dim) + 2)
+    with pytest.raises(ar.MemoryStoreError, match="out of memory"):
+        ar.HashingEmbedder(dim).embed(texts)
