@@ -211,7 +211,9 @@ class RedisCircuitStateBackend:
     async def _commit(self, queue: _Queue, batch: list[_Update]) -> None:
         """Applies `batch` in order to its service's state in one write; settles its futures.
 
-        Updates queued while the write is refused by another process's change join it.
+        Updates queued while the write is refused by another process's change join it. So
+        does a change of `prefix` before the write is sent: the batch, not written yet, is
+        applied to the state under the new prefix (read then) and written there.
         """
         key = self._prefix + queue[1]
         outcomes: list[tuple[CircuitState, CircuitState] | PersistenceError] = []
@@ -219,6 +221,12 @@ class RedisCircuitStateBackend:
             raw = await self.client.get(key)
             attempt = 0
             while True:
+                if self._prefix + queue[1] != key:
+                    # The prefix changed since the read: the batch, not written yet, and the
+                    # updates queued since go under the new one, applied to its state.
+                    key = self._prefix + queue[1]
+                    raw = await self.client.get(key)
+                    continue  # the prefix may have changed again meanwhile
                 batch += self._pending.pop(queue, [])
                 # Callers cancelled before this attempt leave their change out.
                 batch[:] = [update for update in batch if not update[1].done()]
@@ -310,11 +318,14 @@ def _decode(raw: bytes | None) -> CircuitState:
 
 # Token bucket, atomically in Redis, on the server's clock (shared by every worker).
 # KEYS[1] bucket; ARGV: rate, capacity, tokens, mode (0 = take or refuse, 1 = reserve,
-# 2 = refund), the id of the limiter object sending the command, and for a refund the seq of
-# the command it gives back and the server time its reservation is due at (none: refund it
-# whatever the time). Returns {granted (0/1; for a refund: whether it was made), wait seconds,
-# seq, server time}, numbers as strings: seq numbers the bucket's commands, so a refund tells
-# which reservations came after the one it gives back.
+# 2 = refund), the id of the limiter object sending the command, and for a refund: the seq of
+# the command it gives back, the id of the bucket that command ran on, the server time until
+# which the tokens are given back in full, and what is given back from then on ('1': the
+# tokens less what has refilled since, as the bucket would have dropped that much at capacity
+# without the command; '0': none). Returns {granted (0/1; for a refund: whether any were given
+# back), wait seconds (for a refund: the tokens given back), seq, server time, bucket id, level
+# left}, numbers as strings: seq numbers the bucket's commands, so a refund tells which
+# reservations came after the one it gives back.
 # `owner` and `since`: the limiter object that sent the latest commands that took or gave back
 # tokens, and the seq of the first of them. A refund is made only when that object sends it
 # and its command came since: every reservation made after it is that object's, which moves
@@ -322,7 +333,12 @@ def _decode(raw: bytes | None) -> CircuitState:
 # tokens back then would grant them twice.
 # A missing key reads as a full bucket, so the key lives until its bucket has refilled from
 # the level it is left at, debt included (plus a minute; at most ~31 years). Its seq starts
-# again then, when every reservation it held is due anyway.
+# again then, and its `id` is another (the id of the object that made it again, and the
+# server time it did): a key lost before (a restart without persistence, an eviction) is
+# another bucket, which never lent the tokens of a reservation made in the old one. A key
+# stored before ids existed gets one at its next command.
+# A stored number that is not one, or not finite (Lua reads 'inf' and 'nan'), is an error
+# reply naming the field; the key is left as it is.
 # Floats are stored with 17 significant digits, so they read back exactly: tostring keeps 14,
 # which rounds an epoch time to 100 us (each command moved the bucket's clock by up to 50 us).
 _BUCKET_SCRIPT = """
@@ -331,22 +347,41 @@ local rate, capacity, tokens, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonum
 local owner = ARGV[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'level', 'last', 'seq', 'owner', 'since')
+local state = redis.call('HMGET', KEYS[1], 'level', 'last', 'seq', 'since', 'owner', 'id')
+local numbers = {'level', 'last', 'seq', 'since'}
+for i, field in ipairs(numbers) do
+  local x = state[i] and tonumber(state[i])
+  if state[i] and not (x and x - x == 0) then  -- x - x is NaN for an infinite x
+    return redis.error_reply('corrupt rate-limit bucket: its ' .. field ..
+      ' is not a finite number')
+  end
+end
 local level = tonumber(state[1]) or capacity
 local last = tonumber(state[2]) or now
 if now < last then now = last end  -- the server's clock stepped back: refill pauses
 local seq = (tonumber(state[3]) or 0) + 1
-local since = tonumber(state[5])  -- set whenever owner is
+local since = tonumber(state[4])  -- set whenever owner is
+local id = state[6] or owner .. '@' .. t[1] .. '.' .. t[2]
 level = math.min(capacity, level + (now - last) * rate)
 local granted, wait = 0, 0
 if mode == 2 then
-  -- Once due, the reservation's tokens have been refilled and may have been dropped at
-  -- capacity since: giving them back would grant them twice. Before, the bucket is in debt
-  -- for them and takes them all back.
-  local after, due = tonumber(ARGV[6]), tonumber(ARGV[7])
-  if state[4] == owner and since <= after and (due == nil or now < due) then
-    level = math.min(capacity, level + tokens)
-    granted = 1
+  -- Until full_until the bucket has dropped none of the tokens at capacity (it is in debt
+  -- for them, or would be below capacity without them): it takes them all back. From then
+  -- on it may have dropped what refilled: given back, that would be granted twice. (A
+  -- waiter's reservation is served once due: none is given back then.)
+  local after, full_until = tonumber(ARGV[6]), tonumber(ARGV[8])
+  if state[5] == owner and state[6] == ARGV[7] and since <= after then
+    if now >= full_until then
+      if ARGV[9] == '1' then
+        tokens = tokens - (now - full_until) * rate
+      else
+        tokens = 0
+      end
+    end
+    if tokens > 0 then
+      level = math.min(capacity, level + tokens)
+      granted, wait = 1, tokens
+    end
   end
 elseif mode == 1 then
   level = level - tokens
@@ -357,12 +392,12 @@ elseif level >= tokens then
   granted = 1
 end
 local function exact(x) return string.format('%.17g', x) end
-redis.call('HSET', KEYS[1], 'level', exact(level), 'last', exact(now), 'seq', seq)
-if granted == 1 and state[4] ~= owner then
+redis.call('HSET', KEYS[1], 'level', exact(level), 'last', exact(now), 'seq', seq, 'id', id)
+if granted == 1 and state[5] ~= owner then
   redis.call('HSET', KEYS[1], 'owner', owner, 'since', seq)
 end
 redis.call('EXPIRE', KEYS[1], math.min(math.ceil((capacity - level) / rate) + 60, 1000000000))
-return {granted, exact(wait), seq, exact(now)}
+return {granted, exact(wait), seq, exact(now), id, exact(level)}
 """
 
 
@@ -375,11 +410,43 @@ class _Bucket(NamedTuple):
     capacity: float
 
 
+class _Reply(NamedTuple):
+    """A reply of `_BUCKET_SCRIPT`."""
+
+    granted: bool
+    """Whether the tokens were taken (for a refund: whether any were given back)."""
+    wait: float
+    """Seconds a reservation waits for its tokens (for a refund: the tokens given back)."""
+    seq: int
+    """The command's number in its bucket."""
+    now: float
+    """The server's time when it ran."""
+    bucket: bytes
+    """The id of the bucket it ran on: another once the key was lost and made again."""
+    level: float
+    """The level it left the bucket at."""
+
+
 class _Worker(NamedTuple):
     """What one event loop's use of a `RedisRateLimiter` keeps: its id and its waiters."""
 
     owner: str
-    room: _WaitingRoom
+    rooms: dict[str, _WaitingRoom]
+    """The waiters of the buckets of each namespace (`_Bucket.namespace`), by key. A refund
+    moves up waiters by the seq numbers of its bucket: those of another bucket (the limiter's
+    settings changed since) number other commands."""
+
+    def room(self, namespace: str) -> _WaitingRoom:
+        """The waiting room of `namespace`'s buckets (a new one if none is kept)."""
+        room = self.rooms.get(namespace)
+        if room is None:
+            room = self.rooms[namespace] = _WaitingRoom()
+        return room
+
+    def vacate(self, namespace: str, room: _WaitingRoom) -> None:
+        """Forgets `room` once no one waits in it: settings changed often leave none behind."""
+        if not room.waiters and self.rooms.get(namespace) is room:
+            del self.rooms[namespace]
 
 
 class RedisRateLimiter:
@@ -406,9 +473,15 @@ class RedisRateLimiter:
     from it by accident. Give limiters of one rate and capacity that must not share distinct
     keys or prefixes.
 
-    A caller cancelled while its command is in flight gives back whatever the command took
+    A caller cancelled while its command is in flight gives back what the command took
     (under the same condition): the command runs to its end, then the tokens are refunded,
-    then `CancelledError` is raised.
+    then `CancelledError` is raised. A reply that comes late gives back less: once the
+    bucket would have been full again without the command, it drops what refills, and the
+    tokens refilled since are not given back (the bucket would grant them twice).
+
+    A bucket whose Redis key is lost (a restart without persistence, an eviction) starts
+    full again, as a new key does; a reservation made before is not given back to it, as it
+    never lent those tokens.
 
     `rate`, `capacity` and `prefix` may be set again later, checked as the constructor
     checks them (a bad value raises, and the old one stays). The limiter then draws from
@@ -478,7 +551,7 @@ class RedisRateLimiter:
         with self._lock:
             worker = self._workers.get(loop)
             if worker is None:
-                worker = self._workers[loop] = _Worker(uuid.uuid4().hex, _WaitingRoom())
+                worker = self._workers[loop] = _Worker(uuid.uuid4().hex, {})
             return worker
 
     @property
@@ -520,8 +593,8 @@ class RedisRateLimiter:
 
     @property
     def _room(self) -> _WaitingRoom:
-        """The running loop's callers of `acquire` on each key, from before their command."""
-        return self._worker().room
+        """The running loop's callers of `acquire` on each key of its current buckets."""
+        return self._worker().room(self._bucket.namespace)
 
     def __repr__(self) -> str:
         bucket = self._bucket
@@ -554,30 +627,34 @@ class RedisRateLimiter:
         key: str,
         tokens: float,
         mode: int,
-        after: int = 0,
-        due: float | None = None,
-    ) -> tuple[bool, float, int, float]:
-        """Runs the script; returns (granted, wait, seq, server time), as `_BUCKET_SCRIPT`.
+        refund: tuple[int, bytes, float, bool] | None = None,
+    ) -> _Reply:
+        """Runs the script; returns its reply (see `_BUCKET_SCRIPT`).
 
         `bucket`: the settings the call started with (a refund goes to the bucket it gives
-        back to). `after` and `due`: for a refund (mode 2), the command it gives back and when
-        that reservation is due (None: refunded whatever the time).
+        back to). `refund`, for a refund (mode 2): the seq of the command it gives back and the
+        id of that command's bucket, the server time until which the tokens are given back in
+        full, and whether less is given back from then on (else none).
+
+        Raises:
+            PersistenceError: Redis failed, or the stored bucket is corrupt.
         """
         redis_key = bucket.namespace + key
         args: list[Any] = [bucket.rate, bucket.capacity, tokens, mode, self._owner]
-        if mode == 2:
-            args.append(after)
-            if due is not None:
-                args.append(due)
+        if refund is not None:
+            after, bucket_id, until, fade = refund
+            args += [after, bucket_id, until, int(fade)]
         try:
-            granted, wait, seq, now = await self._script(keys=[redis_key], args=args)
+            granted, wait, seq, now, bucket_id, level = await self._script(
+                keys=[redis_key], args=args
+            )
         except Exception as error:
+            if str(error).startswith("corrupt rate-limit bucket:"):  # the script's error reply
+                raise PersistenceError(str(error), key=redis_key) from error
             raise PersistenceError(f"Redis: {error}", key=redis_key) from error
-        return bool(granted), float(wait), int(seq), float(now)
+        return _Reply(bool(granted), float(wait), int(seq), float(now), bucket_id, float(level))
 
-    async def _take(
-        self, bucket: _Bucket, key: str, tokens: float, mode: int
-    ) -> tuple[bool, float, int, float]:
+    async def _take(self, bucket: _Bucket, key: str, tokens: float, mode: int) -> _Reply:
         """Runs the take (mode 0) or reserve (mode 1) command.
 
         If the caller is cancelled while the command is in flight, the command still runs to
@@ -591,37 +668,42 @@ class RedisRateLimiter:
             raise
 
     async def _refund_after(
-        self,
-        command: asyncio.Future[tuple[bool, float, int, float]],
-        bucket: _Bucket,
-        key: str,
-        tokens: float,
+        self, command: asyncio.Future[_Reply], bucket: _Bucket, key: str, tokens: float
     ) -> None:
+        """Waits for `command`, then gives back what it took.
+
+        Its reply may come late: the tokens are given back in full only until the bucket
+        would have been full again without the command, as it drops what refills from then
+        on (given back whatever the time, they were granted twice).
+        """
         try:
-            granted, _, seq, _ = await command
+            reply = await command
         except Exception:
             return  # the command failed: it took nothing (that this process can know of)
-        if granted:
-            await self._refund(bucket, key, tokens, seq)
+        if reply.granted:
+            full = reply.now + (bucket.capacity - (reply.level + tokens)) / bucket.rate
+            await self._refund(bucket, key, tokens, reply, full, fade=True)
 
     async def _refund(
-        self, bucket: _Bucket, key: str, tokens: float, after: int, due: float | None = None
+        self, bucket: _Bucket, key: str, tokens: float, reply: _Reply, until: float, fade: bool
     ) -> None:
-        """Gives back `tokens` that command `after` took; a Redis failure is logged, not raised.
+        """Gives back `tokens` that the command of `reply` took; a Redis failure is logged.
 
-        `due`: the server time the reservation is due at; none is given back from then on
-        (None: given back whatever the time). Nor is any given back once another limiter
-        object has taken or given back tokens of the bucket since command `after` (see the
-        class docstring). When the tokens are given back, the reservations made since (all
+        They are given back in full until the server time `until`; from then on, with
+        `fade`, less what the bucket has refilled since, else none. None is given back once
+        another limiter object has taken or given back tokens of the bucket since the command
+        (see the class docstring), nor once the bucket's key was lost since (the bucket made
+        again never lent them). When tokens are given back, the reservations made since (all
         this object's) are due sooner: its waiters among them are moved up.
         """
         try:
-            refunded, _, refund, _ = await self._run(bucket, key, tokens, 2, after, due)
+            refund = await self._run(bucket, key, tokens, 2, (reply.seq, reply.bucket, until, fade))
         except Exception as error:
             logger.warning("RedisRateLimiter: could not give back %s tokens: %s", tokens, error)
             return
-        if refunded:
-            self._room.owe(key, (after, refund, tokens / bucket.rate))
+        room = self._worker().rooms.get(bucket.namespace)  # none: no one waits in the bucket
+        if refund.granted and room is not None:
+            room.owe(key, (reply.seq, refund.seq, refund.wait / bucket.rate))
 
     async def try_acquire(self, key: str = "default", tokens: float = 1.0) -> bool:
         """Takes `tokens` from `key`'s shared bucket if it has them; returns whether it did.
@@ -636,8 +718,7 @@ class RedisRateLimiter:
         bucket = self._bucket  # read once: settings set meanwhile do not split the call
         tokens = self._check(tokens, bucket)
         self._this_process()
-        granted, _, _, _ = await self._take(bucket, key, tokens, 0)
-        return granted
+        return (await self._take(bucket, key, tokens, 0)).granted
 
     async def acquire(self, key: str = "default", tokens: float = 1.0) -> None:
         """Takes `tokens`, waiting (in arrival order across all workers) until refilled.
@@ -660,14 +741,16 @@ class RedisRateLimiter:
         bucket = self._bucket  # read once: its refund goes to the bucket it reserved from
         tokens = self._check(tokens, bucket)
         self._this_process()
-        room = self._room  # this loop's, kept: `leave` may run once no loop is running
+        worker = self._worker()  # this loop's, kept: `leave` may run once no loop is running
+        room = worker.room(bucket.namespace)
         waiter = _Waiter()
         room.enter(key, waiter)
         try:
-            _, wait, seq, server_now = await self._take(bucket, key, tokens, 1)
+            reply = await self._take(bucket, key, tokens, 1)
             now = SYSTEM_CLOCK.now()
-            waiter.seq = seq
-            wait -= owed(seq, waiter.gains)  # refunds that landed while its command was out
+            waiter.seq = reply.seq
+            # Less the refunds that landed while its command was out.
+            wait = reply.wait - owed(reply.seq, waiter.gains)
             waiter.due = now + wait
             try:
                 await waiter.wait(SYSTEM_CLOCK, wait, now)
@@ -676,11 +759,12 @@ class RedisRateLimiter:
                 # less what the refunds settled since have moved it up by (one owed to it but
                 # not settled, given in this turn of the loop, does not make it due after the
                 # fact: as `RateLimiter`).
-                due = server_now + (waiter.due - now)
-                await _settle(self._refund(bucket, key, tokens, seq, due))  # give it back
+                due = reply.now + (waiter.due - now)
+                await _settle(self._refund(bucket, key, tokens, reply, due, fade=False))
                 raise
         finally:
             room.leave(key, waiter)
+            worker.vacate(bucket.namespace, room)
 
 
 def _bucket(prefix: str, rate: float, capacity: float) -> _Bucket:
@@ -765,7 +849,7 @@ _MAX_PX = 2**53
 # Single flight. KEYS: result, lease, and the copy left for the waiters of a run (see below)
 # once the caller knows whose run it waits on. ARGV: lease token, lease ms. Returns {1,
 # result} when a result is published (or that run's copy is there), {2} when the caller took
-# the lease (it runs the call), else {0, the token of the run under way}.
+# the lease (it runs the call), else {0, the token of the run under way, its lease's PTTL}.
 _CLAIM_SCRIPT = """
 local result = redis.call('GET', KEYS[1])
 if result then return {1, result} end
@@ -774,7 +858,7 @@ if KEYS[3] then
   if result then return {1, result} end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-return {0, redis.call('GET', KEYS[2])}
+return {0, redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[2])}
 """
 
 # KEYS: result, lease, the run's copy for its waiters. ARGV: lease token, result ('' = failed:
@@ -787,6 +871,22 @@ end
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
+
+
+def _lease_holder(claim: list[Any], lease: str) -> str:
+    """The token of the run holding `lease`, from the reply of a claim that found it taken.
+
+    Raises:
+        PersistenceError: The lease is corrupt: it has no expiry (no run would ever end it,
+            and every caller would wait for ever), or its holder is not UTF-8 text.
+    """
+    if claim[2] == -1:
+        raise PersistenceError("corrupt lease: it has no expiry", key=lease)
+    holder: bytes = claim[1]
+    try:
+        return holder.decode()
+    except UnicodeDecodeError:
+        raise PersistenceError("corrupt lease: its holder is not UTF-8 text", key=lease) from None
 
 
 def _check_namespace(namespace: object) -> None:
@@ -1003,8 +1103,11 @@ class RedisDeduplicator:
         Raises:
             TypeError: `key` is not a str (part of a Redis key: `1` would share `"1"`'s
                 result).
-            PersistenceError: When Redis fails, or the result is not JSON-serializable (an
-                error `fn` itself raises propagates as it is).
+            PersistenceError: When Redis fails, the result is not JSON-serializable (an
+                error `fn` itself raises propagates as it is), or the key's stored result or
+                lease is corrupt. A lease is corrupt when its holder is not UTF-8 text, or
+                when it has no expiry: every lease a run takes expires, and one that does
+                not would keep every caller of the key waiting for ever (delete it).
             RuntimeError: The run of `key` in this task asks for `key` itself (through any
                 deduplicator sharing its keys): it would wait for its own lease. Or a run
                 asks for a key whose run, in another task of this process, waits through
@@ -1042,7 +1145,7 @@ class RedisDeduplicator:
                 if claim[0] == 2:
                     break
                 if len(claim) > 1:  # the token of the run under way
-                    holder = claim[1].decode()
+                    holder = _lease_holder(claim, keys[1])
                     claim_keys = [*keys[:2], f"{base}:done:{holder}"]
                     # Checked again when another run holds the key (the lease expired).
                     if runs is not None and task is not None and holder != waited:
