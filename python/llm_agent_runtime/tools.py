@@ -78,7 +78,7 @@ from llm_agent_runtime.orchestration._calls import (
     surely_not_awaitable,
     task_of,
 )
-from llm_agent_runtime.orchestration._checks import names_repr, safe_repr
+from llm_agent_runtime.orchestration._checks import check_flag, names_repr, safe_repr
 
 if TYPE_CHECKING:  # a breaker is the user's; the tool only calls it
     from llm_agent_runtime.orchestration.circuit_breaker import CircuitBreaker
@@ -297,16 +297,34 @@ def _check_timeout(name: str, timeout: Any) -> None:
     if timeout is None:
         return
     # A NaN compares false with everything: the call's deadline would never come.
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, numbers.Real)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
+    try:
+        usable = (
+            not isinstance(timeout, bool)
+            and isinstance(timeout, numbers.Real)
+            and math.isfinite(timeout)
+            and float(timeout) > 0
+        )
+    except OverflowError:  # an int or a Fraction beyond the float range
+        usable = False
+    if not usable:
         raise ToolError(
             f"timeout of tool {name!r} must be a finite number of seconds above 0, got {timeout!r}",
             tool=name,
         )
+
+
+def _checked_flag(name: str, setting: str, value: Any) -> bool:
+    """`value` of the bool `setting` of tool `name`, as a bool (see `check_flag`).
+
+    Raises:
+        ToolError: `value` is no bool (a string such as "false" would read as true).
+    """
+    try:
+        return check_flag(setting, value)
+    except TypeError:
+        raise ToolError(
+            f"{setting} of tool {name!r} must be a bool, got {safe_repr(value)}", tool=name
+        ) from None
 
 
 def _check_inline(name: str, run_inline: Any, timeout: Any) -> None:
@@ -379,13 +397,27 @@ def _is_generator_callable(fn: Any) -> bool:
 
 
 def _check_schema(name: str, parameters: Any) -> None:
-    """Raises `ToolError` unless `parameters` is a JSON schema of an arguments object."""
+    """Raises `ToolError` unless `parameters` is a JSON schema of an arguments object.
+
+    It must be JSON data, as request bodies carry it: a schema that holds itself (which
+    walking its references would follow for ever), one nested too deeply to encode, or a
+    value JSON has no form for is refused.
+    """
     if not isinstance(parameters, dict):
         raise ToolError(
             f"parameters of tool {name!r} must be a dict (the JSON schema of the arguments "
             f"object), got {type(parameters).__name__}",
             tool=name,
         )
+    try:
+        json.dumps(parameters, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as error:
+        why = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise ToolError(
+            f"parameters of tool {name!r} must be JSON data (the schema request bodies "
+            f"carry): {why}",
+            tool=name,
+        ) from None
     if parameters.get("type", "object") != "object":
         raise ToolError(
             f'parameters of tool {name!r} must be a schema of "type": "object", '
@@ -533,6 +565,9 @@ class ToolSpec:
         _check_name(name)
         _check_description(name, description)
         _check_handler(name, handler)
+        run_inline = _checked_flag(name, "run_inline", run_inline)
+        idempotent = _checked_flag(name, "idempotent", idempotent)
+        takes_idempotency_key = _checked_flag(name, "takes_idempotency_key", takes_idempotency_key)
         _check_timeout(name, timeout)
         _check_breaker(name, circuit_breaker)
         if parameters is not None:
@@ -633,7 +668,10 @@ class ToolSpec:
             # Else the timeout would be silently ignored (an unset slot reads as None).
             _check_inline(getattr(self, "name", "?"), getattr(self, "run_inline", None), value)
         elif name == "run_inline":
+            value = _checked_flag(getattr(self, "name", "?"), name, value)
             _check_inline(getattr(self, "name", "?"), value, getattr(self, "timeout", None))
+        elif name in ("idempotent", "takes_idempotency_key"):
+            value = _checked_flag(getattr(self, "name", "?"), name, value)
         elif name == "description":
             _check_description(getattr(self, "name", "?"), value)
         elif name == "name":
