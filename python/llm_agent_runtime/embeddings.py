@@ -254,7 +254,7 @@ class OpenAIEmbedder:
         # The providers' checks (importing them loads httpx, which a request needs anyway).
         import httpx
 
-        from llm_agent_runtime.providers._http import check_api_key, move_user_info
+        from llm_agent_runtime.providers._http import check_api_key, move_user_info, text_setting
         from llm_agent_runtime.providers.openai import openai_endpoint
 
         batch_size = _count(batch_size, "batch_size")
@@ -273,7 +273,7 @@ class OpenAIEmbedder:
         bearer = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         url, self._headers = move_user_info("OpenAI embeddings", url, bearer)
         self._url = url + "/embeddings"
-        self.model = model
+        self.model: str = text_setting("model", model)
         """Embedding model name sent with each request."""
         self.dimensions = dimensions
         """Requested output length, or None for the model's own."""

@@ -627,6 +627,29 @@ def env_setting(name: str) -> str | None:
     return value if value and not value.isspace() else None
 
 
+def text_setting(setting: str, value: object, *, url: bool = False) -> Any:
+    """`value` of the text `setting` of a provider or embedder, as a str (None stays None).
+
+    A pydantic `SecretStr` gives its secret; with `url`, a URL object (`httpx.URL`,
+    pydantic's `HttpUrl`: anything with a scheme and a host) gives its text.
+
+    Raises:
+        TypeError: `value` is neither (bytes, a number, a bool...), which would fail with a
+            bare error inside, or be sent as it is.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    reveal = getattr(value, "get_secret_value", None)
+    if callable(reveal):
+        value = reveal()
+        if isinstance(value, str):
+            return value
+    elif url and hasattr(value, "scheme") and hasattr(value, "host"):
+        return str(value)
+    kinds = "a str or a URL object" if url else "a str"
+    raise TypeError(f"{setting} must be {kinds}, got {type(value).__name__}")
+
+
 def given_or_env(value: str | None, name: str) -> str | None:
     """A setting given as an argument, else the environment variable `name`'s (`env_setting`).
 

@@ -36,6 +36,7 @@ from llm_agent_runtime.providers._http import (
     parse_json,
     parse_usage,
     request_body,
+    text_setting,
 )
 from llm_agent_runtime.providers.base import (
     TRUNCATION_STOP_REASONS,
@@ -334,7 +335,8 @@ class AnthropicProvider(HttpProvider):
         max_tokens = check_count("max_tokens", max_tokens, 1)
         # A number before the cache prices are made of it (`1.25 * None` is a bare TypeError).
         input_cost_per_million = check_real("input_cost_per_million", input_cost_per_million)
-        api_key = given_or_env(api_key, "ANTHROPIC_API_KEY")
+        api_key = given_or_env(text_setting("api_key", api_key), "ANTHROPIC_API_KEY")
+        base_url = text_setting("base_url", base_url, url=True)
         base_url = check_base_url(
             "Anthropic",
             (base_url or "").strip()
@@ -349,6 +351,7 @@ class AnthropicProvider(HttpProvider):
                 "no Anthropic API key: pass api_key= or set ANTHROPIC_API_KEY "
                 "(or point base_url at a proxy that adds it)"
             )
+        model = text_setting("model", model)
         self.model = model or env_setting("ANTHROPIC_MODEL") or DEFAULT_ANTHROPIC_MODEL
         """Model used when a call names none."""
         self.max_tokens = max_tokens

@@ -38,6 +38,7 @@ from llm_agent_runtime.providers._http import (
     parse_json,
     parse_usage,
     request_body,
+    text_setting,
 )
 from llm_agent_runtime.providers.base import (
     ChatResponse,
@@ -105,7 +106,8 @@ def openai_endpoint(name: str, api_key: str | None, base_url: str | None) -> tup
         ProviderError: The base URL is not an http(s) URL, or it is OpenAI's own API (its
             host `api.openai.com`) and there is no key.
     """
-    api_key = given_or_env(api_key, "OPENAI_API_KEY")
+    api_key = given_or_env(text_setting("api_key", api_key), "OPENAI_API_KEY")
+    base_url = text_setting("base_url", base_url, url=True)
     base_url = check_base_url(
         name,
         (base_url or "").strip() or env_setting("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL,
@@ -346,7 +348,9 @@ class OpenAIProvider(HttpProvider):
         cached_input_cost_per_million: float | None = None,
     ) -> None:
         api_key, base_url = openai_endpoint("OpenAI", api_key, base_url)
-        self.model = model or env_setting("OPENAI_MODEL") or DEFAULT_OPENAI_MODEL
+        self.model = (
+            text_setting("model", model) or env_setting("OPENAI_MODEL") or DEFAULT_OPENAI_MODEL
+        )
         """Model used when a call names none."""
         self.stop = check_stop(stop)
         """Stop sequences sent with every call (the first `MAX_STOP_SEQUENCES` of them)."""

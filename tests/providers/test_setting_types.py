@@ -1,0 +1,42 @@
+"""Provider and embedder settings of the wrong type are refused when the object is made."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import HttpUrl, SecretStr
+
+import llm_agent_runtime as ar
+
+_CLASSES = [ar.OpenAIProvider, ar.AnthropicProvider, ar.OpenAIEmbedder]
+_URL = "http://127.0.0.1:9/v1"
+
+
+@pytest.mark.parametrize("cls", _CLASSES)
+def test_a_secret_str_key_and_url_objects_are_read_as_their_text(cls: Any) -> None:
+    made = cls(api_key=SecretStr("sk-test-key"), base_url=httpx.URL(_URL))
+    assert "sk-test-key" not in repr(made)
+    cls(api_key="sk-test-key", base_url=HttpUrl(_URL))
+
+
+@pytest.mark.parametrize("cls", _CLASSES)
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("api_key", b"sk-test"),
+        ("api_key", 1234),
+        ("api_key", SecretStr("x").get_secret_value),  # a method, not called
+        ("base_url", b"http://127.0.0.1:9/v1"),
+        ("base_url", 9),
+        ("model", b"gpt-4o"),
+        ("model", True),
+        ("model", 12345),
+    ],
+)
+def test_a_setting_of_the_wrong_type_is_a_type_error(cls: Any, setting: str, value: Any) -> None:
+    # They failed with a bare AttributeError, or (a model) were sent as they were.
+    settings: dict[str, Any] = {"api_key": "sk-test", "base_url": _URL, setting: value}
+    with pytest.raises(TypeError, match=f"^{setting} must be"):
+        cls(**settings)
