@@ -161,3 +161,20 @@ def test_text_that_is_not_valid_unicode_is_refused_at_construction(
     # Valid text outside ASCII stays, and the config makes its JSON round trip.
     config = ar.AgentConfig(system_prompt="soyez précis 🙂", model_params={"user": "zoë"})
     assert ar.AgentConfig.model_validate_json(config.model_dump_json()) == config
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"logit_bias": {50256: -100, "50256": 100}},  # one of the two was dropped in the body
+        {"logit_bias": {50256: -100}},
+        {"extra_body": [{"nested": {None: 1}}]},
+        {"metadata": {1.5: 1, "k": 2}},
+    ],
+)
+def test_model_params_nested_keys_must_be_strings(params: dict[str, Any]) -> None:
+    with pytest.raises(
+        pydantic.ValidationError, match=r"model_params\[.*\] holds a key that is not a str"
+    ):
+        ar.AgentConfig(model_params=params)
+    ar.AgentConfig(model_params={"logit_bias": {"50256": -100}, "deep": [[{"k": [1, {}]}]]})

@@ -139,6 +139,26 @@ def check_model_params(params: dict[str, Any]) -> None:
             raise ValueError(
                 f"model_params[{key!r}] is not JSON data, which a request body carries: {error}"
             ) from None
+        inner = _non_str_keys(value)
+        if inner:  # json writes 1 as "1": a body would hold a key twice, or a number as a name
+            raise ValueError(
+                f"model_params[{key!r}] holds a key that is not a str: {inner[0]!r} (JSON "
+                "object keys are strings: write it as one)"
+            )
+
+
+def _non_str_keys(value: Any) -> list[object]:
+    """The dict keys in `value` (JSON data, so a finite tree) that are not a str."""
+    odd: list[object] = []
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            odd += [key for key in item if not isinstance(key, str)]
+            pending += item.values()
+        elif isinstance(item, (list, tuple)):
+            pending += item
+    return odd
 
 
 def check_unicode(what: str, text: str) -> str:
