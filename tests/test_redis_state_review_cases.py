@@ -295,3 +295,25 @@ async def test_a_corrupt_lease_is_a_persistence_error(
     finally:
         await dedup.client.delete(result_key, lease_key)
         await dedup.close()
+
+
+# -- Names that are not valid Unicode are refused when given -------------------------------------
+
+
+def test_a_prefix_or_namespace_that_is_not_valid_unicode_is_refused_when_given() -> None:
+    # Taken, every later call failed (no Redis key can hold a lone surrogate).
+    url = "redis://127.0.0.1:1/0"  # never connected to: the settings are refused first
+    bad = "p\ud800:"
+    makers = [
+        lambda: ar.RedisRateLimiter(url, 1.0, 1.0, prefix=bad),
+        lambda: ar.RedisDeduplicator(url, ttl=5, prefix=bad, namespace="n"),
+        lambda: ar.RedisDeduplicator(url, ttl=5, namespace="n\udfff"),
+        lambda: ar.RedisCircuitStateBackend(url, prefix=bad),
+    ]
+    for make in makers:
+        with pytest.raises(ar.PersistenceError, match="lone surrogate"):
+            make()
+    limiter = ar.RedisRateLimiter(url, 1.0, 1.0)
+    with pytest.raises(ar.PersistenceError, match="lone surrogate"):
+        limiter.prefix = bad
+    assert limiter.prefix != bad

@@ -91,8 +91,8 @@ class RedisCircuitStateBackend:
 
     Raises:
         TypeError: When `prefix` is not a str.
-        PersistenceError: When redis-py is not installed (the `redis` extra), or `url` is
-            not a Redis URL redis-py can use.
+        PersistenceError: When redis-py is not installed (the `redis` extra), `url` is
+            not a Redis URL redis-py can use, or `prefix` holds a lone surrogate.
     """
 
     def __init__(self, url: str, prefix: str = "llm_agent_runtime:breaker:") -> None:
@@ -275,9 +275,25 @@ def _apply(
 
 
 def _check_name(what: str, name: object) -> None:
-    """Refuses a name that is not a str: part of a Redis key, `1` would name `"1"`'s state."""
+    """Refuses a name that is not a str, or not valid Unicode text.
+
+    Part of a Redis key, `1` would name `"1"`'s state; no Redis key holds a lone surrogate
+    (a prefix or namespace taken so would fail every later call).
+
+    Raises:
+        TypeError: `name` is not a str.
+        PersistenceError: `name` holds a lone surrogate.
+    """
     if not isinstance(name, str):
         raise TypeError(f"{what} must be a str (part of a Redis key), got {type(name).__name__}")
+    if not name.isascii():
+        try:
+            name.encode("utf-8")  # as redis-py encodes keys
+        except UnicodeEncodeError as error:
+            raise PersistenceError(
+                f"{what} is not valid Unicode text: it holds a lone surrogate at index "
+                f"{error.start}"
+            ) from None
 
 
 def _failure(error: Exception, key: str) -> PersistenceError:
@@ -498,8 +514,8 @@ class RedisRateLimiter:
         TypeError: `prefix` is not a str.
         ValueError: `rate` or `capacity` is not positive, is NaN or infinite, or is not a
             number (a bool included).
-        PersistenceError: When redis-py is not installed (the `redis` extra), or `url` is
-            not a Redis URL redis-py can use.
+        PersistenceError: When `prefix` holds a lone surrogate, redis-py is not installed
+            (the `redis` extra), or `url` is not a Redis URL redis-py can use.
     """
 
     def __init__(
@@ -890,13 +906,17 @@ def _lease_holder(claim: list[Any], lease: str) -> str:
 
 
 def _check_namespace(namespace: object) -> None:
-    """Refuses a `namespace` that is not a str (checked before the prefix, as ever).
+    """Refuses a `namespace` that is not a str, or not valid Unicode text.
+
+    Checked before the prefix, as ever.
 
     Raises:
         TypeError: `namespace` is not a str.
+        PersistenceError: `namespace` holds a lone surrogate.
     """
     if not isinstance(namespace, str):
         raise TypeError(f"namespace must be a string, got {namespace!r}")
+    _check_name("namespace", namespace)
 
 
 def _check_namespace_value(namespace: str) -> None:
@@ -978,6 +998,7 @@ class RedisDeduplicator:
 
     Raises:
         TypeError: When `namespace` or `prefix` is not a string.
+        PersistenceError: When `namespace` or `prefix` holds a lone surrogate.
         ValueError: When `ttl` or `lease` is below 1 ms or above 2**53 ms,
             `poll_interval` is not positive, any of them is NaN, infinite or not a number
             (a bool included); when `namespace` is empty or holds a `:`.
