@@ -8,7 +8,12 @@ export PYO3_PYTHON := $(PY)
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test bench build lint rust-check py-check clean toolchain
+.PHONY: demo test bench build lint rust-check py-check clean toolchain test-toolchain
+
+# A shared libpython that a program can link: `cargo test` and clippy's test targets embed
+# Python (a static-only build, or Debian's python3 without python3-dev, has none).
+export LIBPYTHON_CHECK := import os, sys, sysconfig; v = sysconfig.get_config_var; \
+	sys.exit(not (v("Py_ENABLE_SHARED") and os.path.exists(os.path.join(v("LIBDIR"), v("LDLIBRARY")))))
 
 # What the build needs and `pip` cannot install: fails at once, naming what is missing.
 RUST_VERSION := $(shell sed -n 's/^rust-version *= *"\(.*\)"/\1/p' Cargo.toml)
@@ -22,13 +27,30 @@ toolchain:
 	  cargo fmt --version >/dev/null 2>&1 || missing+=("rustfmt: rustup component add rustfmt"); \
 	  cargo clippy --version >/dev/null 2>&1 || missing+=("clippy: rustup component add clippy"); \
 	fi; \
-	command -v cc >/dev/null || missing+=("a C compiler and linker as cc: apt-get install gcc (Debian, Ubuntu)"); \
-	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+	scratch=$$(mktemp -d); \
+	if ! command -v cc >/dev/null; then \
+	  missing+=("a C compiler and linker as cc: apt-get install build-essential (Debian, Ubuntu)"); \
+	elif ! echo 'int main(void) { return 0; }' | cc -x c - -o "$$scratch/a.out" 2>/dev/null; then \
+	  missing+=("a C library to link against (cc links nothing): apt-get install build-essential"); \
+	fi; \
+	rm -rf "$$scratch"; \
+	if ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
 	  missing+=("Python >= 3.11 as $(PYTHON) (or make PYTHON=python3.12 ...)"); \
+	else \
+	  $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
+	    missing+=("venv support for $(PYTHON): apt-get install python3-venv"); \
+	fi; \
 	[ $${#missing[@]} -eq 0 ] || { printf 'missing: %s\n' "$${missing[@]}" >&2; exit 1; }
 
+# What the tests need besides: checked before the build, so a missing part fails at once.
+test-toolchain: toolchain
+	@$(PYTHON) -c "$$LIBPYTHON_CHECK" 2>/dev/null || { printf 'missing: %s\n' \
+	  "libpython to link the Rust tests against (cargo test embeds Python): apt-get install python3-dev, or a Python built with --enable-shared (pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared)" >&2; \
+	  exit 1; }
+
+# A venv left half made (its python, no pip: venv support was missing) is made again.
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "maturin>=1.9,<2"
 	touch $@
@@ -40,7 +62,7 @@ build: toolchain $(VENV)/.installed
 demo: build
 	$(PY) -m llm_agent_runtime.demo
 
-rust-check: toolchain $(VENV)/.installed
+rust-check: test-toolchain $(VENV)/.installed
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo test --quiet
@@ -63,7 +85,7 @@ WITH_SERVICES = exec 9>.services.lock; \
 	trap 'scripts/services.sh stop' EXIT; trap 'exit 143' TERM HUP; \
 	scripts/services.sh start 9>&- && . .services/env &&
 
-test: build rust-check py-check
+test: test-toolchain build rust-check py-check
 	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: toolchain $(VENV)/.installed

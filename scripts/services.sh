@@ -11,8 +11,14 @@ STATE="$ROOT/.services"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+# Two distinct free ports: both sockets are held until both are bound (probed one after the
+# other, the second could be the first again).
+free_ports() {
+  python3 -c 'import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))'
 }
 
 # The newest server's bin directory: a client-only package has psql there but no initdb.
@@ -38,8 +44,7 @@ start() {
   mkdir -p "$STATE"
   local bin pg_port redis_port pg_dir run_as=()
   bin="$(pg_bin)"
-  pg_port="$(free_port)"
-  redis_port="$(free_port)"
+  read -r pg_port redis_port < <(free_ports)
   # The cluster lives under /tmp, which the server's user can reach wherever the repo is.
   pg_dir="$(mktemp -d /tmp/llm-agent-runtime-pg.XXXXXX)"
   echo "$pg_dir" >"$STATE/pg_dir"
@@ -48,7 +53,10 @@ start() {
     run_as=(runuser -u postgres --)
     chown postgres "$pg_dir"
   fi
-  "${run_as[@]}" "$bin/initdb" -D "$pg_dir/data" -U postgres -A trust --no-sync >/dev/null
+  # No locale of the environment's: one the machine has not generated (a LANG forwarded by
+  # ssh, set in a container image) makes initdb fail.
+  "${run_as[@]}" "$bin/initdb" -D "$pg_dir/data" -U postgres -A trust --no-sync \
+    --no-locale -E UTF8 >/dev/null
   "${run_as[@]}" "$bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -o \
     "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
   "$bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres agent_runtime_test

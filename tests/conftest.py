@@ -1,8 +1,11 @@
 """Settings shared by every test."""
 
+import os
 import signal
 
 from hypothesis import settings
+
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 
 # A property test checks what each example gives, not how fast it runs: on a loaded machine
 # one slow example must not fail it (hypothesis's default deadline is 200 ms an example).
@@ -14,3 +17,8 @@ settings.load_profile("no-deadline")
 # do the processes the tests start: the default handler is given back.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# The tests' servers are on loopback: a proxy of the machine's environment (HTTP_PROXY with
+# no NO_PROXY for 127.0.0.1) would get their requests, httpx reading it as clients do.
+for _name in [n for n in os.environ if n.lower() in _PROXY_VARIABLES]:
+    del os.environ[_name]

@@ -68,7 +68,19 @@ class PrivateServer:
             free.bind(("127.0.0.1", 0))
             self.port = free.getsockname()[1]
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self._run("initdb", "-D", f"{self.dir}/data", "-U", "postgres", "-A", "trust", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            f"{self.dir}/data",
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "--no-locale",
+            "-E",
+            "UTF8",  # an environment's locale may not be generated
+        )
         self.start()
 
     def _run(self, program: str, *args: str) -> None:
