@@ -6,6 +6,7 @@ named "Final Answer is not a valid tool"), with the step a user expects from it.
 """
 
 import ast
+import asyncio
 import json
 import math
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import llm_agent_runtime as ar
 from llm_agent_runtime import ParseError, parse_react_step
 
 # (name, reply, thought, action, action_input, final_answer)
@@ -597,3 +599,28 @@ def test_an_unknown_escape_keeps_its_backslash_as_in_python() -> None:
 )
 def test_inputs_neither_json_nor_a_python_literal_stay_as_written(text: str) -> None:
     assert parse_react_step(f"Action: t\nAction Input: {text}").action_input == text
+
+
+@pytest.mark.parametrize("stops", [["Observation:"], []])
+@pytest.mark.parametrize("tail", ["\nObservation: invented", "\n", "  \n\n", ""])
+def test_the_transcript_puts_the_observation_right_under_the_action(
+    stops: list[str], tail: str
+) -> None:
+    # A reply cut at the stop sequence kept the line break before it: a blank line came
+    # between each action and its observation in every later prompt.
+    @ar.tool
+    def echo(text: str) -> str:
+        """Echoes."""
+        return text
+
+    prompts: list[str] = []
+    replies = iter(['Thought: x\nAction: echo {"text": "hi"}' + tail, "Final Answer: ok"])
+
+    async def infer(prompt: str) -> str:
+        prompts.append(prompt)
+        return next(replies)
+
+    runtime = ar.AgentRuntime(ar.AgentConfig(stop_sequences=stops), tools=[echo])
+    session = asyncio.run(runtime.run_agent("a", "Q", infer))
+    assert session.final_answer == "ok"
+    assert prompts[1].endswith('Action: echo {"text": "hi"}\nObservation: hi')

@@ -1549,6 +1549,9 @@ class AgentRuntime:
             elif incomplete is not None:  # the step's last part is what the cut left of it
                 what = "its final answer" if parsed.is_final else f"the input of {parsed.action!r}"
                 raise _incomplete_reply(incomplete, what, reply)
+            # The transcript puts the observation on the next line (a reply cut at a stop
+            # sequence keeps the line break before it).
+            reply = reply.rstrip()
             final = parsed.final_answer
             if final is not None:
                 overhead_ms = (perf() - step_start) * 1000.0 - model_ms
