@@ -21,7 +21,7 @@ use pyo3::pybacked::PyBackedStr;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyComplex, PyFloat, PyInt, PyString, PyType};
 
-use crate::errors::CoreError;
+use crate::errors::{try_reserve_for, CoreError};
 
 /// Refuses a bool where an int (a size, a count, an id) is expected: Python's `bool` is an
 /// `int` subclass, which PyO3 would read as 0 or 1, and numpy's (see [`is_bool`]) converts
@@ -433,32 +433,91 @@ pub fn lookup_text(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<PyBack
 /// or, for an item that is not a `str`, its index and type.
 ///
 /// # Errors
-/// `error(...)` for an item holding a lone surrogate; `TypeError` when `obj` is a `str` or
-/// not a sequence, or an item is not a `str`.
+/// `error(...)` for an item holding a lone surrogate, or for more names than memory holds
+/// (see [`sequence_of`]); `TypeError` when `obj` is a `str` or not a sequence, or an item is
+/// not a `str`.
 pub fn names(
     obj: &Bound<'_, PyAny>,
     what: &dyn Fn() -> String,
     error: fn(String) -> CoreError,
 ) -> PyResult<Vec<PyBackedStr>> {
-    let items: Vec<Bound<'_, PyAny>> = match list_of(obj) {
-        Some(items) => items,
-        None => return Err(PyTypeError::new_err(not_a_list(obj, what))),
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(at, item)| text(item, "item", error).map_err(|e| not_a_name(item, at, what, e)))
-        .collect()
+    let names = sequence_of(obj, error, "the list of names", |at, item| {
+        text(&item, "item", error).map_err(|e| not_a_name(&item, at, what, e))
+    })?;
+    names.ok_or_else(|| PyTypeError::new_err(not_a_list(obj, what)))
 }
 
-/// The items of a sequence given where a list is expected, or None for anything else: a
-/// `str` or `bytes` too, which are sequences (of characters, of ints) but never a list of
-/// values (told by a type flag: no cost per item).
-pub fn list_of<'py>(obj: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyAny>>> {
-    if obj.is_instance_of::<PyBytes>() {
-        return None;
+/// How many items a loop reading a Python sequence or iterable reads between two looks for
+/// pending signals: a look is a flag read, an item costs tens of times more.
+const ITEMS_PER_SIGNAL_LOOK: usize = 1024;
+
+/// Runs pending signal handlers once every [`ITEMS_PER_SIGNAL_LOOK`] items of a loop that
+/// reads a Python sequence or iterable item by item, `at` being the item's index. Reading
+/// the items of a `range` or an `itertools` iterator runs no bytecode, where handlers would
+/// run: without this, Ctrl-C would wait for the loop's end, which a huge input puts off
+/// for hours.
+///
+/// # Errors
+/// What a handler raises (`KeyboardInterrupt` on Ctrl-C).
+#[inline]
+pub fn check_signals_at(py: Python<'_>, at: usize) -> PyResult<()> {
+    if at % ITEMS_PER_SIGNAL_LOOK == ITEMS_PER_SIGNAL_LOOK - 1 {
+        py.check_signals()
+    } else {
+        Ok(())
     }
-    obj.extract().ok()
+}
+
+/// The items of a sequence given where a list is expected, each made a `T` by
+/// `convert(index, item)`; None for anything else, a `str` or `bytes` too, which are
+/// sequences (of characters, of ints) but never a list of values.
+///
+/// What PyO3's `extract::<Vec<_>>()` takes (any object passing `PySequence_Check`), read
+/// with no panic and no endless loop: that conversion reserves `len()` slots at once, and a
+/// sequence that says it holds more than memory can (`range(2**62)`) made it panic
+/// ("capacity overflow"). Here room for them is reserved as a fallible allocation (see
+/// [`try_reserve_for`]), so such a sequence is `kind("out of memory: {what} needs ...")`
+/// before any item is read; and signals are looked for as items are read (see
+/// [`check_signals_at`]).
+///
+/// # Errors
+/// `kind("out of memory: ...")` when the items cannot fit; what reading an item,
+/// `convert`, or a signal handler raises.
+pub fn sequence_of<'py, T>(
+    obj: &Bound<'py, PyAny>,
+    kind: fn(String) -> CoreError,
+    what: &str,
+    mut convert: impl FnMut(usize, Bound<'py, PyAny>) -> PyResult<T>,
+) -> PyResult<Option<Vec<T>>> {
+    if !is_sequence(obj) {
+        return Ok(None);
+    }
+    let mut values = Vec::new();
+    // A `len()` that raises reads as 0, as PyO3 reads it: the items still say how many.
+    try_reserve_for(kind, &mut values, obj.len().unwrap_or(0), what)?;
+    let py = obj.py();
+    for (at, item) in obj.try_iter()?.enumerate() {
+        check_signals_at(py, at)?;
+        let value = convert(at, item?)?;
+        // More items than `len()` said: grown as fallibly.
+        if values.len() == values.capacity() {
+            try_reserve_for(kind, &mut values, 1, what)?;
+        }
+        values.push(value);
+    }
+    Ok(Some(values))
+}
+
+/// Whether `obj` is read as a list of values by [`sequence_of`]: a sequence, as
+/// `PySequence_Check` tells it (numpy arrays included, which are no registered
+/// `collections.abc.Sequence`), but no `str` or `bytes` (told by type flags first).
+fn is_sequence(obj: &Bound<'_, PyAny>) -> bool {
+    if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
+        return false;
+    }
+    // SAFETY: `obj` is a live object, held for the call; `PySequence_Check` only reads its
+    // type's slots and cannot fail.
+    unsafe { pyo3::ffi::PySequence_Check(obj.as_ptr()) != 0 }
 }
 
 /// The message of a `TypeError` for `obj` given where a list is expected: `what`, then
@@ -508,20 +567,41 @@ pub fn describe_value(obj: &Bound<'_, PyAny>) -> String {
     if obj.is_none() {
         return "None".to_owned();
     }
-    let kind = obj
-        .get_type()
+    let kind = type_name(obj);
+    match cut_repr(obj) {
+        Some(shown) if !shown.is_empty() => format!("{kind} ({shown})"),
+        _ => kind,
+    }
+}
+
+/// A value as an error message shows it after "got": its `repr` cut to 40 characters
+/// ("-1", "[1, 2, 3]", "'xxx...'"), or its type's name when its `repr` fails (a deeply
+/// nested list's raises `RecursionError`) or is empty. Never the whole `repr`: a big list's
+/// would make a message of megabytes.
+#[cold]
+#[inline(never)]
+pub fn short_repr(obj: &Bound<'_, PyAny>) -> String {
+    match cut_repr(obj) {
+        Some(shown) if !shown.is_empty() => shown,
+        _ => type_name(obj),
+    }
+}
+
+/// The name of `obj`'s type, or "an object" when it cannot be read.
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
         .name()
-        .map_or_else(|_| "an object".to_owned(), |name| name.to_string());
-    let shown = obj.repr().map(|r| r.to_string()).unwrap_or_default();
-    let shown = match shown.char_indices().nth(40) {
+        .map_or_else(|_| "an object".to_owned(), |name| name.to_string())
+}
+
+/// `obj`'s `repr` cut to 40 characters (then ending in "..."); None when it fails (its
+/// exception is dropped: the error being built is the one to raise).
+fn cut_repr(obj: &Bound<'_, PyAny>) -> Option<String> {
+    let shown = obj.repr().ok()?.to_string();
+    Some(match shown.char_indices().nth(40) {
         Some((cut, _)) => format!("{}...", &shown[..cut]),
         None => shown,
-    };
-    if shown.is_empty() {
-        kind
-    } else {
-        format!("{kind} ({shown})")
-    }
+    })
 }
 
 /// [`names`] for a list of entity names given to the knowledge graph method `method` (an

@@ -288,9 +288,9 @@ fn word_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
 /// checked by `Hashing::new`); anything else (not a pair, a bool in it) is refused.
 fn char_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
     let Ok((min, max)) = value.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>() else {
-        let got = value.repr()?;
         return Err(CoreError::Memory(format!(
-            "char_ngrams must be a (min, max) tuple of ints, got {got}"
+            "char_ngrams must be a (min, max) tuple of ints, got {}",
+            args::short_repr(value)
         ))
         .into());
     };
@@ -391,16 +391,13 @@ impl PyHashingEmbedder {
                 "texts must be a sequence of strings".into(),
             ))
         };
-        let items: Vec<Bound<'py, PyAny>> = texts.extract().map_err(|_| not_strings())?;
-        let texts = items
-            .iter()
-            .map(|item| {
-                if !item.is_instance_of::<pyo3::types::PyString>() {
-                    return Err(not_strings());
-                }
-                args::text(item, "texts", CoreError::Memory)
-            })
-            .collect::<PyResult<Vec<_>>>()?;
+        let texts = args::sequence_of(texts, CoreError::Memory, "texts", |_, item| {
+            if !item.is_instance_of::<pyo3::types::PyString>() {
+                return Err(not_strings());
+            }
+            args::text(&item, "texts", CoreError::Memory)
+        })?
+        .ok_or_else(not_strings)?;
         let n = texts.len();
         let inner = self.inner;
         let rows = run_detached(py, || inner.embed(&texts))?;

@@ -282,6 +282,21 @@ pub fn try_reserve_for<T>(
         .map_err(|_| out_of_memory_for(kind, bytes, what))
 }
 
+/// Refuses `len` items of `T` that could never be allocated (their size overflows, or is
+/// larger than the machine's memory), allocating nothing: for a loop that walks that many
+/// items of a Python sequence before it stores them, which would otherwise run for as long
+/// as the sequence says it is (`range(2**62)` never ends).
+///
+/// # Errors
+/// `kind("out of memory: ...")` when the items cannot fit.
+pub fn check_room_for<T>(kind: fn(String) -> CoreError, len: usize, what: &str) -> CoreResult<()> {
+    let bytes = len.saturating_mul(std::mem::size_of::<T>());
+    if bytes > isize::MAX.unsigned_abs() || beyond_machine_memory(bytes) {
+        return Err(out_of_memory_for(kind, bytes, what));
+    }
+    Ok(())
+}
+
 /// Buffers from this size on are checked against the machine's memory before they are
 /// reserved (smaller ones are not worth the system call).
 const CHECKED_BYTES: usize = 1 << 30;
@@ -424,6 +439,23 @@ mod tests {
             try_filled_for(CoreError::Graph, 2, 1u8, "small").unwrap(),
             vec![1, 1]
         );
+    }
+
+    #[test]
+    fn room_that_cannot_exist_is_refused_without_allocating() {
+        let err = check_room_for::<f32>(CoreError::Memory, 1 << 62, "a walk").unwrap_err();
+        assert!(
+            matches!(err, CoreError::Memory(ref m) if m.starts_with("out of memory: a walk needs ")),
+            "{err:?}"
+        );
+        let err = check_room_for::<u8>(CoreError::Graph, usize::MAX, "a walk");
+        assert!(matches!(err, Err(CoreError::Graph(_))), "{err:?}");
+        assert!(check_room_for::<u64>(CoreError::Memory, 1000, "a walk").is_ok());
+        if let Some(total) = machine_memory() {
+            assert!(
+                check_room_for::<u8>(CoreError::Memory, total.saturating_add(1), "a walk").is_err()
+            );
+        }
     }
 
     #[test]

@@ -1371,8 +1371,8 @@ fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
         args::not_bool(&item, bool_id)?;
         item.extract::<u64>().map_err(|_| not_an_id(&item))
     };
-    // A list is read in place; another sequence is copied out first (a str is no ids, nor
-    // are bytes: text encoded by mistake would become the ids of its bytes).
+    // A list is read in place; another sequence item by item (a str is no ids, nor are
+    // bytes: text encoded by mistake would become the ids of its bytes).
     if let Ok(list) = value.cast::<PyList>() {
         return list.iter().map(id).collect();
     }
@@ -1382,8 +1382,7 @@ fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
     {
         return Err(refuse());
     }
-    let items: Vec<Bound<'_, PyAny>> = value.extract().map_err(|_| refuse())?;
-    items.into_iter().map(id).collect()
+    args::sequence_of(value, CoreError::Memory, "ids", |_, item| id(item))?.ok_or_else(refuse)
 }
 
 /// The error of a list item that is no id, naming it as a numpy array's bad id is named.
@@ -1799,7 +1798,7 @@ impl PyVectorIndex {
     ) -> PyResult<Option<Bound<'py, numpy::PyArray1<f32>>>> {
         let Some(id) = id_arg(id)? else {
             args::not_bool(id, bool_id)?;
-            let why = format!("ids go from 0 to 2**63 - 1, got {}", id.repr()?);
+            let why = format!("ids go from 0 to 2**63 - 1, got {}", args::short_repr(id));
             return Err(CoreError::Memory(why).into());
         };
         // Copied out under the lock, made into an array after it: the array's allocation

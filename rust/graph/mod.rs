@@ -378,10 +378,11 @@ fn not_an_index(item: &Bound<'_, PyAny>, error: PyErr) -> PyErr {
     if !error.is_instance_of::<pyo3::exceptions::PyTypeError>(item.py()) {
         return error;
     }
-    let got = item
-        .repr()
-        .map_or_else(|_| "an object".to_owned(), |r| r.to_string());
-    CoreError::Graph(format!("an edge index must be an int, got {got}")).into()
+    CoreError::Graph(format!(
+        "an edge index must be an int, got {}",
+        args::short_repr(item)
+    ))
+    .into()
 }
 
 /// The snapshot of `from_edge_list`'s `edges` (see [`edge_tuple`]).
@@ -451,7 +452,10 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
             add(&item)?;
         }
     } else {
-        for item in edges.try_iter()? {
+        let py = edges.py();
+        for (at, item) in edges.try_iter()?.enumerate() {
+            // An iterator may be endless (`itertools.repeat`): Ctrl-C still stops it.
+            args::check_signals_at(py, at)?;
             add(&item?)?;
         }
     }
@@ -747,11 +751,9 @@ fn entity_count_arg(value: &Bound<'_, PyAny>) -> PyResult<u32> {
 /// where it is stored.)
 fn weight_arg(value: &Bound<'_, PyAny>) -> PyResult<f64> {
     let not_a_weight = || -> PyErr {
-        let got = value
-            .repr()
-            .map_or_else(|_| "an object".to_owned(), |r| r.to_string());
         CoreError::Graph(format!(
-            "relationship weight must be a real number, got {got}"
+            "relationship weight must be a real number, got {}",
+            args::short_repr(value)
         ))
         .into()
     };
@@ -799,23 +801,13 @@ fn resolution_arg(value: &Bound<'_, PyAny>) -> PyResult<f64> {
 /// The communities of `modularity` (a sequence of sequences of ids), each id read as by
 /// [`args::text`].
 fn communities_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<PyBackedStr>>> {
-    let communities = match args::list_of(value) {
-        Some(communities) => communities,
-        None => {
-            return Err(pyo3::exceptions::PyTypeError::new_err(args::not_a_list(
-                value,
-                &|| {
-                    "modularity takes a list of communities, each a list of entity names".to_owned()
-                },
-            )))
-        }
-    };
-    communities
-        .iter()
-        .enumerate()
-        .map(|(at, community)| {
+    let communities = args::sequence_of(
+        value,
+        CoreError::Graph,
+        "the communities",
+        |at, community| {
             args::names(
-                community,
+                &community,
                 &|| {
                     format!(
                         "modularity takes each community as a list of entity names: community {at}"
@@ -823,8 +815,13 @@ fn communities_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<PyBackedStr>>> 
                 },
                 CoreError::Graph,
             )
-        })
-        .collect()
+        },
+    )?;
+    communities.ok_or_else(|| {
+        pyo3::exceptions::PyTypeError::new_err(args::not_a_list(value, &|| {
+            "modularity takes a list of communities, each a list of entity names".to_owned()
+        }))
+    })
 }
 
 /// `add_entities`'s `ids`: a list of entity names.
@@ -1130,10 +1127,15 @@ impl PyGraphStore {
                 "each relationship must be a tuple (from, to[, kind[, weight]]) of str ids".into(),
             ))
         };
+        // An iterator may be endless (`itertools.repeat`): Ctrl-C still stops it.
         let tuples: Vec<Bound<'_, PyTuple>> = relationships
             .try_iter()
             .map_err(|e| not_relationships(relationships, e))?
-            .map(|item| item?.cast_into::<PyTuple>().map_err(|_| shape_error()))
+            .enumerate()
+            .map(|(at, item)| {
+                args::check_signals_at(py, at)?;
+                item?.cast_into::<PyTuple>().map_err(|_| shape_error())
+            })
             .collect::<PyResult<_>>()?;
         // Hold the Python strings and borrow their text: no copy unless an entity is new.
         type Row<'py> = (
@@ -1142,8 +1144,9 @@ impl PyGraphStore {
             Option<Bound<'py, PyString>>,
             f64,
         );
-        let mut rows: Vec<Row<'_>> = Vec::with_capacity(tuples.len());
-        for tuple in &tuples {
+        let mut rows: Vec<Row<'_>> = alloc::with_capacity(tuples.len(), "the relationships")?;
+        for (at, tuple) in tuples.iter().enumerate() {
+            args::check_signals_at(py, at)?;
             let len = tuple.len();
             if !(2..=4).contains(&len) {
                 return Err(CoreError::Graph(format!(
@@ -1166,7 +1169,8 @@ impl PyGraphStore {
             check_weight(weight)?;
             rows.push((text(0)?, text(1)?, kind, weight));
         }
-        let mut parsed: Vec<(&str, &str, &str, f64)> = Vec::with_capacity(rows.len());
+        let mut parsed: Vec<(&str, &str, &str, f64)> =
+            alloc::with_capacity(rows.len(), "the relationships")?;
         let text = |s| args::text_of(s, CoreError::Graph);
         for (from, to, kind, weight) in &rows {
             let kind = match kind {

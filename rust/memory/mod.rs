@@ -743,12 +743,28 @@ fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
             &found,
         ));
     }
-    value.extract::<Vec<f32>>().map_err(|_| {
+    let not_numbers = || -> PyErr {
         CoreError::Memory(format!(
             "{what} must be a 1-D float32 array or a sequence of numbers"
         ))
         .into()
-    })
+    };
+    let py = value.py();
+    match args::sequence_of(value, CoreError::Memory, what, |_, item| {
+        item.extract::<f32>()
+    }) {
+        Ok(Some(values)) => Ok(values),
+        Err(e) if raised_as_it_is(py, &e) => Err(e),
+        _ => Err(not_numbers()),
+    }
+}
+
+/// Whether `e`, raised while a vector was read, is raised as it is rather than as "must be
+/// a sequence of numbers": the store's own error (a vector too long for memory) and what a
+/// signal handler raises (`KeyboardInterrupt`, no `Exception`).
+fn raised_as_it_is(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<crate::errors::MemoryStoreError>(py)
+        || !e.is_instance_of::<pyo3::exceptions::PyException>(py)
 }
 
 /// `value` as a numpy array when it is a `memoryview` (read by its format, as numpy reads
@@ -800,7 +816,12 @@ fn not_real(value: &Bound<'_, PyAny>, levels: u32, what: &str) -> PyResult<Optio
     } else {
         return Ok(None);
     };
-    for item in items {
+    // Each item is walked before any is stored: a sequence too long to store (`range(2**62)`)
+    // is refused first, as its walk would not end.
+    crate::errors::check_room_for::<f32>(CoreError::Memory, value.len().unwrap_or(0), what)?;
+    let py = value.py();
+    for (at, item) in items.enumerate() {
+        args::check_signals_at(py, at)?;
         let item = item?;
         // A float (the usual item) is told by its type pointer.
         if item.is_exact_instance_of::<PyFloat>() {
@@ -869,22 +890,10 @@ fn not_real_numbers(what: &str, verb: &str, form: &str, found: &str) -> PyErr {
 /// The error for a clock that returned `value`, which is not a number.
 #[cold]
 fn not_a_time(value: &Bound<'_, PyAny>) -> PyErr {
-    let kind = value
-        .get_type()
-        .name()
-        .map_or_else(|_| "?".to_owned(), |n| n.to_string());
-    // Its repr, if it has one, cut short: a clock may return anything.
-    let shown = value
-        .repr()
-        .ok()
-        .and_then(|r| {
-            r.to_str()
-                .ok()
-                .map(|s| s.chars().take(80).collect::<String>())
-        })
-        .map_or_else(String::new, |r| format!(" {r}"));
+    // Its type and repr cut short: a clock may return anything.
     CoreError::Memory(format!(
-        "the clock returned a {kind}{shown}: it must return a finite number of seconds"
+        "the clock returned a {}: it must return a finite number of seconds",
+        args::describe_value(value)
     ))
     .into()
 }
@@ -1010,8 +1019,16 @@ impl PyEpisodicStore {
                         &found,
                     ));
                 }
-                match rows.extract::<Vec<Vec<f32>>>() {
-                    Ok(mut list) if list.len() == 1 => list.swap_remove(0),
+                let what = "the result of embedder.embed([text])";
+                let read = args::sequence_of(rows, CoreError::Memory, what, |_, row| {
+                    args::sequence_of(&row, CoreError::Memory, what, |_, x| x.extract::<f32>())
+                });
+                match read {
+                    Ok(Some(mut list)) if list.len() == 1 => {
+                        list.swap_remove(0).unwrap_or_default()
+                    }
+                    Err(e) if raised_as_it_is(py, &e) => return Err(e),
+                    // Told below: "must return one row".
                     _ => Vec::new(),
                 }
             }
@@ -1102,12 +1119,10 @@ fn embedder_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
             .filter(|embed| embed.is_callable())
     };
     let Some(embed) = embed else {
-        let got = value
-            .repr()
-            .map_or_else(|_| "an object".to_owned(), |r| r.to_string());
         return Err(CoreError::Memory(format!(
             "embedder must be an Embedder instance (an object with an embed(texts) method), \
-             got {got:.80}"
+             got {}",
+            args::short_repr(value)
         ))
         .into());
     };
