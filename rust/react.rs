@@ -588,9 +588,19 @@ fn sections(text: &str, lone_close: bool) -> Sections {
     let mut input_ahead: Option<bool> = None;
     // Whether the action is `FINAL_ANSWER` (worked out once, as `inline_input`).
     let mut final_action: Option<bool> = None;
+    // A code fence (```) open in the action's input or in the final answer: its lines are
+    // the section's text, a line that looks like a label too (a YAML `action:` key, a Python
+    // `thought: str`). `fence_may_open`: whether a fence line opens one here, which is at
+    // the start of an input (so a step wrapped whole in a fence keeps its closing line
+    // for what it is) and anywhere in a final answer.
+    let mut fenced = false;
+    let mut fence_may_open = false;
     let mut line_start = 0;
     while line_start <= bytes.len() {
-        if let Some((label, label_pos, start)) = label_at(bytes, line_start) {
+        let fence_line = fence_at(bytes, line_start);
+        if fenced {
+            fenced = !fence_line;
+        } else if let Some((label, label_pos, start)) = label_at(bytes, line_start) {
             if !seen_label {
                 found.preamble_end = line_start;
                 seen_label = true;
@@ -648,10 +658,41 @@ fn sections(text: &str, lone_close: bool) -> Sections {
                 });
                 open = Some(label);
             }
-        } else if lone_close {
-            if let Some(close) = reasoning_close_at(bytes, line_start) {
-                found.reasoning_end = Some(close);
-                return found;
+            let rest = line_rest(bytes, start);
+            fence_may_open = match open {
+                Some(Label::FinalAnswer) => true,
+                // The line holds the tool's name: its input may start on the next one.
+                Some(Label::Action) => true,
+                Some(Label::ActionInput) => rest.iter().all(u8::is_ascii_whitespace),
+                _ => false,
+            };
+            // `Action Input: ```yaml` (or a final answer's text ending in one): a fence the
+            // line leaves open.
+            if matches!(open, Some(Label::ActionInput | Label::FinalAnswer))
+                && memchr::memmem::find_iter(rest, b"```").count() % 2 == 1
+            {
+                fenced = true;
+            }
+        } else {
+            if fence_line && fence_may_open {
+                fenced = true;
+            } else if !line_rest(bytes, line_start)
+                .iter()
+                .all(u8::is_ascii_whitespace)
+            {
+                // Past the start of an input, a fence line closes the step's wrapping fence;
+                // in the final answer (or `Action: FINAL_ANSWER ...`'s text) one opens anywhere.
+                fence_may_open = open == Some(Label::FinalAnswer)
+                    || (open == Some(Label::Action)
+                        && found.action.is_some_and(|action| {
+                            *final_action.get_or_insert_with(|| names_final_answer(text, action))
+                        }));
+            }
+            if lone_close {
+                if let Some(close) = reasoning_close_at(bytes, line_start) {
+                    found.reasoning_end = Some(close);
+                    return found;
+                }
             }
         }
         match line_break(&bytes[line_start..]) {
@@ -692,6 +733,19 @@ fn reasoning_close_from(bytes: &[u8], mut line_start: usize) -> Option<(usize, u
         }
         line_start += line_break(bytes.get(line_start..)?)? + 1;
     }
+}
+
+/// The rest of the line from `at`, without its line break.
+fn line_rest(bytes: &[u8], at: usize) -> &[u8] {
+    let rest = bytes.get(at..).unwrap_or_default();
+    &rest[..line_break(rest).unwrap_or(rest.len())]
+}
+
+/// Whether the line at `line_start` is a code fence line: blanks, then three backticks.
+fn fence_at(bytes: &[u8], line_start: usize) -> bool {
+    bytes
+        .get(skip_line_lead(bytes, line_start)..)
+        .is_some_and(|line| line.starts_with(b"```"))
 }
 
 /// The index of the first line break in `bytes`: `\n`, or `\r`, which ends a line on its
@@ -1765,7 +1819,9 @@ impl PyReActStep {
 /// `1. Action:`) and may be in Markdown emphasis (`**Action:**`, `**Action**:`,
 /// `__Action:__`, `*Action:*`); a line ends at `\n`, `\r\n` or a lone `\r`.
 /// A JSON object or array input may sit in a ```json fence and be followed by other text; a string
-/// literal is JSON only when nothing follows it on its line. Input decodes as `json.loads`
+/// literal is JSON only when nothing follows it on its line. A code fence that opens an input
+/// (or any fence in a final answer) is read whole: a line in it that looks like a label (a
+/// YAML `action:` key) is its text. Input decodes as `json.loads`
 /// would (JSON nested too deeply even for it stays raw text). The step ends at an
 /// `Observation:` line after the action, or a `Thought:` or `Action:` line after its input (see
 /// `ReActStep.end`).

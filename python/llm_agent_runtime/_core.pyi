@@ -118,7 +118,10 @@ def parse_react_step(text: str) -> ReActStep:
     same word): then the step is the answer. A `Final Answer:` section runs to the end of the
     text (an `Observation:` after it is part of the answer, as in LangChain), and a `Thought:`
     written after it is not the step's thought. An empty one is refused, as `FINAL_ANSWER`
-    with nothing after it is: the reply stopped where its answer was to start.
+    with nothing after it is: the reply stopped where its answer was to start. A code fence
+    (three backticks) that opens an action's input, or any fence in a final answer (or in
+    `Action: FINAL_ANSWER`'s text), is read whole, up to its closing line: a line in it that
+    looks like a label (a YAML `action:` key, a Python `thought: str`) is its text.
 
     A JSON object or array input may be followed by other text; a string literal is JSON
     only when nothing follows it on its line (`"New York" weather` stays that text; chatter

@@ -1,0 +1,60 @@
+"""A fenced block in an action's input or a final answer is read whole: a line in it that
+looks like a label (a YAML `action:` key, a Python `thought: str` annotation) is its text."""
+
+from __future__ import annotations
+
+import pytest
+
+import llm_agent_runtime as ar
+
+YAML = "name: web\naction: restart\nreplicas: 3"
+PYTHON = "@dataclass\nclass Step:\n    thought: str\n    Action: str\n    observation: str"
+
+
+@pytest.mark.parametrize("body", [YAML, PYTHON])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "Action Input:\n```{lang}\n{body}\n```",
+        "Action Input: ```{lang}\n{body}\n```",
+        "Action Input:\n  ```{lang}\n{body}\n  ```",
+    ],
+)
+def test_a_fenced_input_is_read_whole(body: str, shape: str) -> None:
+    # Cut at the label-like line: the tool ran with part of its input, and no error.
+    reply = "Thought: apply it\nAction: apply\n" + shape.format(lang="yaml", body=body)
+    step = ar.parse_react_step(reply)
+    assert step.action == "apply"
+    assert step.action_input == body
+    assert step.end == len(reply)
+
+
+def test_a_fenced_input_ends_where_its_fence_closes() -> None:
+    reply = f"Thought: t\nAction: apply\nAction Input:\n```yaml\n{YAML}\n```\nObservation: made up"
+    step = ar.parse_react_step(reply)
+    assert step.action_input == YAML
+    assert reply[step.end :].strip() == "Observation: made up"
+
+
+@pytest.mark.parametrize("label", ["Action: FINAL_ANSWER", "Final Answer:"])
+def test_a_fenced_final_answer_is_read_whole(label: str) -> None:
+    # The seed form was cut at `action:`; the LangChain form failed ("found both an action
+    # and a final answer").
+    answer = "Here is the automation:\n```yaml\n- alias: sunset\n  action:\n    service: on\n```"
+    step = ar.parse_react_step(f"Thought: I can write it.\n{label} {answer}")
+    assert step.is_final and step.final_answer == answer
+
+
+def test_a_label_after_the_fence_closes_is_read_again() -> None:
+    reply = 'Thought: t\nAction: apply\nAction Input: ```json\n{"a": 1}\n```\nThought: next'
+    step = ar.parse_react_step(reply)
+    assert step.action_input == {"a": 1}
+    assert reply[step.end :].strip() == "Thought: next"
+
+
+def test_a_step_wrapped_whole_in_a_fence_still_ends_at_an_invented_observation() -> None:
+    # The closing line of the wrapping fence comes after the input: it opens no fence.
+    reply = '```\nThought: t\nAction: apply\nAction Input: {"a": 1}\n```\nObservation: made up'
+    step = ar.parse_react_step(reply)
+    assert step.action == "apply" and step.action_input == {"a": 1}
+    assert reply[step.end :].strip() == "Observation: made up"
