@@ -273,7 +273,10 @@ class OpenAIEmbedder:
         bearer = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         url, self._headers = move_user_info("OpenAI embeddings", url, bearer)
         self._url = url + "/embeddings"
-        self.model: str = text_setting("model", model)
+        named = text_setting("model", model)
+        if named is None:
+            raise TypeError("model must be a str, got NoneType")
+        self.model = named
         """Embedding model name sent with each request."""
         self.dimensions = dimensions
         """Requested output length, or None for the model's own."""

@@ -40,3 +40,9 @@ def test_a_setting_of_the_wrong_type_is_a_type_error(cls: Any, setting: str, val
     settings: dict[str, Any] = {"api_key": "sk-test", "base_url": _URL, setting: value}
     with pytest.raises(TypeError, match=f"^{setting} must be"):
         cls(**settings)
+
+
+def test_the_embedders_model_is_no_none() -> None:
+    # The providers read None as their default model; the embedder would send `null`.
+    with pytest.raises(TypeError, match=r"^model must be a str"):
+        ar.OpenAIEmbedder(api_key="sk-test", base_url=_URL, model=None)  # type: ignore[arg-type]

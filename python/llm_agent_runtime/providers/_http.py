@@ -627,7 +627,7 @@ def env_setting(name: str) -> str | None:
     return value if value and not value.isspace() else None
 
 
-def text_setting(setting: str, value: object, *, url: bool = False) -> Any:
+def text_setting(setting: str, value: object, *, url: bool = False) -> str | None:
     """`value` of the text `setting` of a provider or embedder, as a str (None stays None).
 
     A pydantic `SecretStr` gives its secret; with `url`, a URL object (`httpx.URL`,
