@@ -565,9 +565,8 @@ class ToolSpec:
         _check_name(name)
         _check_description(name, description)
         _check_handler(name, handler)
+        # Read as a bool by the check below (the flags are checked again as they are set).
         run_inline = _checked_flag(name, "run_inline", run_inline)
-        idempotent = _checked_flag(name, "idempotent", idempotent)
-        takes_idempotency_key = _checked_flag(name, "takes_idempotency_key", takes_idempotency_key)
         _check_timeout(name, timeout)
         _check_breaker(name, circuit_breaker)
         if parameters is not None:
