@@ -273,19 +273,17 @@ pub fn try_reserve_for<T>(
     extra: usize,
     what: &str,
 ) -> CoreResult<()> {
-    let bytes = extra.saturating_mul(std::mem::size_of::<T>());
-    if beyond_machine_memory(bytes) {
-        return Err(out_of_memory_for(kind, bytes, what));
-    }
+    check_room_for::<T>(kind, extra, what)?;
     values
         .try_reserve(extra)
-        .map_err(|_| out_of_memory_for(kind, bytes, what))
+        .map_err(|_| out_of_memory_for(kind, extra.saturating_mul(std::mem::size_of::<T>()), what))
 }
 
 /// Refuses `len` items of `T` that could never be allocated (their size overflows, or is
-/// larger than the machine's memory), allocating nothing: for a loop that walks that many
-/// items of a Python sequence before it stores them, which would otherwise run for as long
-/// as the sequence says it is (`range(2**62)` never ends).
+/// larger than the machine's memory), allocating nothing: the check before every fallible
+/// reservation, and before a loop that walks that many items of a Python sequence before it
+/// stores them, which would otherwise run for as long as the sequence says it is
+/// (`range(2**62)` never ends).
 ///
 /// # Errors
 /// `kind("out of memory: ...")` when the items cannot fit.
@@ -350,14 +348,11 @@ pub fn try_filled_for<T: Clone>(
     value: T,
     what: &str,
 ) -> CoreResult<Vec<T>> {
-    let bytes = len.saturating_mul(std::mem::size_of::<T>());
-    if beyond_machine_memory(bytes) {
-        return Err(out_of_memory_for(kind, bytes, what));
-    }
+    check_room_for::<T>(kind, len, what)?;
     let mut values = Vec::new();
     values
         .try_reserve_exact(len)
-        .map_err(|_| out_of_memory_for(kind, bytes, what))?;
+        .map_err(|_| out_of_memory_for(kind, len.saturating_mul(std::mem::size_of::<T>()), what))?;
     values.resize(len, value);
     Ok(values)
 }
