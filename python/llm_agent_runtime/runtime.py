@@ -2560,8 +2560,7 @@ class AgentRuntime:
                     # one event record, which no load, sweep or fork takes for one.
                     await self._checkpoints.append_events(session_id, pending)
             except Exception as save_error:
-                if not self._checkpoints.refuses(session_id):  # a failed write, not a refusal
-                    self.metrics.record_checkpoint_error()
+                self._count_failed_write(session_id)
                 logger.warning("end of failed run %s not saved: %r", session_id, save_error)
         finally:
             self._unsaved_steps.pop(session_id, None)
@@ -2602,8 +2601,7 @@ class AgentRuntime:
                     memory_hits=hits,
                 )
         except PersistenceError:
-            if not self._checkpoints.refuses(session.session_id):  # a failed write
-                self.metrics.record_checkpoint_error()
+            self._count_failed_write(session.session_id)
             raise
         except Exception as error:  # a backend's own error, typed for the caller
             from llm_agent_runtime.persistence.base import session_key
@@ -2611,6 +2609,16 @@ class AgentRuntime:
             self.metrics.record_checkpoint_error()
             key = session_key(session.session_id) + ":meta"
             raise PersistenceError(f"session start checkpoint failed: {error}", key=key) from error
+
+    def _count_failed_write(self, session_id: str) -> None:
+        """Counts a checkpoint write of the session's run that failed.
+
+        Not one the store refused (`CheckpointStore.refuses`: another run holds the session),
+        which is no failure of the backend.
+        """
+        checkpoints = self._checkpoints
+        if checkpoints is None or not checkpoints.refuses(session_id):
+            self.metrics.record_checkpoint_error()
 
     async def _unless_resume_lost(self, body: Awaitable[None], session_id: str) -> None:
         """Awaits `body`, a resumed run's under a lease, stopped once its claim is lost.
@@ -2900,8 +2908,7 @@ class AgentRuntime:
                     await self._withdraw_intent(session, step, index, intent, replacing)
                     raise
                 except Exception:
-                    if not checkpoints.refuses(session_id):  # a failed write
-                        self.metrics.record_checkpoint_error()
+                    self._count_failed_write(session_id)
                     raise
                 if found is not None:
                     if found.get("state") == "done":
