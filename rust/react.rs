@@ -597,9 +597,8 @@ fn sections(text: &str, lone_close: bool) -> Sections {
     let mut fence_may_open = false;
     let mut line_start = 0;
     while line_start <= bytes.len() {
-        let fence_line = fence_at(bytes, line_start);
         if fenced {
-            fenced = !fence_line;
+            fenced = !fence_at(bytes, line_start);
         } else if let Some((label, label_pos, start)) = label_at(bytes, line_start) {
             if !seen_label {
                 found.preamble_end = line_start;
@@ -660,9 +659,8 @@ fn sections(text: &str, lone_close: bool) -> Sections {
             }
             let rest = line_rest(bytes, start);
             fence_may_open = match open {
-                Some(Label::FinalAnswer) => true,
-                // The line holds the tool's name: its input may start on the next one.
-                Some(Label::Action) => true,
+                // An action's line holds the tool's name: its input may start on the next.
+                Some(Label::FinalAnswer | Label::Action) => true,
                 Some(Label::ActionInput) => rest.iter().all(u8::is_ascii_whitespace),
                 _ => false,
             };
@@ -674,19 +672,22 @@ fn sections(text: &str, lone_close: bool) -> Sections {
                 fenced = true;
             }
         } else {
-            if fence_line && fence_may_open {
+            // Looked at only where a fence may open: other lines pay nothing for fences.
+            if fence_may_open && fence_at(bytes, line_start) {
                 fenced = true;
-            } else if !line_rest(bytes, line_start)
-                .iter()
-                .all(u8::is_ascii_whitespace)
+            } else if fence_may_open
+                && open != Some(Label::FinalAnswer)
+                && !line_rest(bytes, line_start)
+                    .iter()
+                    .all(u8::is_ascii_whitespace)
             {
                 // Past the start of an input, a fence line closes the step's wrapping fence;
-                // in the final answer (or `Action: FINAL_ANSWER ...`'s text) one opens anywhere.
-                fence_may_open = open == Some(Label::FinalAnswer)
-                    || (open == Some(Label::Action)
-                        && found.action.is_some_and(|action| {
-                            *final_action.get_or_insert_with(|| names_final_answer(text, action))
-                        }));
+                // in `Action: FINAL_ANSWER ...`'s text, as in a final answer, one opens
+                // anywhere.
+                fence_may_open = open == Some(Label::Action)
+                    && found.action.is_some_and(|action| {
+                        *final_action.get_or_insert_with(|| names_final_answer(text, action))
+                    });
             }
             if lone_close {
                 if let Some(close) = reasoning_close_at(bytes, line_start) {
