@@ -70,25 +70,32 @@ def search() -> None:
         index.search_batch(queries, 5)
 
 
+added = 0
+
+
 def add() -> None:
-    for _ in range(100):
+    global added
+    # Until 20 calls have read the rows as float32 (the float16 views are refused).
+    while added < 20 and time.monotonic() < deadline:
         try:
             index.add(np.arange(10**6, 10**6 + 64), rows)
+            added += 1
         except ar.MemoryStoreError:
             pass  # seen as float16 when the call began: refused
     done.set()
 
 
+deadline = time.monotonic() + 60
 threading.Thread(target=search, daemon=True).start()
 adder = threading.Thread(target=add)
 adder.start()
-deadline = time.monotonic() + 60
-while not done.is_set() and time.monotonic() < deadline:
+while not done.is_set():
     rows.dtype = np.float16
     time.sleep(0.0005)
     rows.dtype = np.float32
+    time.sleep(0.0005)
 adder.join()
-rows.dtype = np.float32
+assert added == 20, added
 got = index.get(10**6)
 assert got is not None and np.allclose(got, rows[0] / np.linalg.norm(rows[0]), atol=1e-6)
 print("ok")
