@@ -364,12 +364,39 @@ enum Label {
     Observation,
 }
 
+/// A part of the text: its start and the index after it.
+type Span = (usize, usize);
+
 /// A labelled part of the text: `start..end` is the content after the label's colon.
 #[derive(Debug, Clone, Copy)]
 struct Section {
     label_pos: usize,
     start: usize,
     end: usize,
+    /// The emphasis closing a label line wrapped whole (`**Final Answer: Paris**`).
+    close: Option<Span>,
+}
+
+impl Section {
+    /// The section's text up to `end`, without the closing emphasis of its wrapped label
+    /// line when nothing but blanks follows it before `end`.
+    fn upto(self, text: &str, end: usize) -> &str {
+        let end = match self.close {
+            Some((marker, after))
+                if self.start <= marker
+                    && text.get(after..end).is_some_and(|t| t.trim().is_empty()) =>
+            {
+                marker
+            }
+            _ => end,
+        };
+        text.get(self.start..end).unwrap_or_default()
+    }
+
+    /// The section's text (see [`Section::upto`]).
+    fn text(self, text: &str) -> &str {
+        self.upto(text, self.end)
+    }
 }
 
 /// If `bytes[at..]` starts with `word` (ASCII, case-insensitive), returns the index after it.
@@ -492,9 +519,10 @@ fn emphasis_at(bytes: &[u8], at: usize) -> &'static [u8] {
 }
 
 /// Recognises a label at the start of a line (after blanks, Unicode spaces, invisible format
-/// characters and a list marker, in Markdown emphasis or not); returns it with its start and
-/// the index after its colon (and after the emphasis closing there: `**Action:**`).
-fn label_at(bytes: &[u8], line_start: usize) -> Option<(Label, usize, usize)> {
+/// characters and a list marker, in Markdown emphasis or not); returns it with its start,
+/// the index after its colon (and after the emphasis closing there: `**Action:**`), and the
+/// emphasis closing the line when it wraps the line whole (`**Final Answer: Paris**`).
+fn label_at(bytes: &[u8], line_start: usize) -> Option<(Label, usize, usize, Option<Span>)> {
     let lead = skip_line_lead(bytes, line_start);
     let marked = skip_list_marker(bytes, lead);
     let emphasis = emphasis_at(bytes, marked);
@@ -515,16 +543,37 @@ fn label_at(bytes: &[u8], line_start: usize) -> Option<(Label, usize, usize)> {
     } else {
         return None;
     };
-    let start = if emphasis.is_empty() {
-        colon_after(bytes, after)?
+    let (start, close) = if emphasis.is_empty() {
+        (colon_after(bytes, after)?, None)
     } else {
-        // The emphasis closes after the colon (`**Action:**`) or before it (`**Action**:`).
+        // The emphasis closes after the colon (`**Action:**`), before it (`**Action**:`), or
+        // (in asterisks: `_` ends many a tool name) at the end of the line.
         match colon_after(bytes, after) {
-            Some(colon) => eat_exact(bytes, colon, emphasis)?,
-            None => colon_after(bytes, eat_exact(bytes, after, emphasis)?)?,
+            Some(colon) => match eat_exact(bytes, colon, emphasis) {
+                Some(start) => (start, None),
+                None if emphasis[0] == b'*' => (colon, Some(line_close(bytes, colon, emphasis)?)),
+                None => return None,
+            },
+            None => (
+                colon_after(bytes, eat_exact(bytes, after, emphasis)?)?,
+                None,
+            ),
         }
     };
-    Some((label, lead, start))
+    Some((label, lead, start, close))
+}
+
+/// The closing `emphasis` ending the line from `at` (then blanks only), after some text that
+/// does not end in a blank, as Markdown closes emphasis: its start and the index after it.
+fn line_close(bytes: &[u8], at: usize, emphasis: &[u8]) -> Option<Span> {
+    let line = line_rest(bytes, at);
+    let written = line.trim_ascii_end();
+    let inner = written.strip_suffix(emphasis)?;
+    if inner.trim_ascii().is_empty() || inner.last().is_some_and(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let marker = at + inner.len();
+    Some((marker, marker + emphasis.len()))
 }
 
 /// The sections the parser uses, all before `end`.
@@ -599,7 +648,7 @@ fn sections(text: &str, lone_close: bool) -> Sections {
     while line_start <= bytes.len() {
         if fenced {
             fenced = !fence_at(bytes, line_start);
-        } else if let Some((label, label_pos, start)) = label_at(bytes, line_start) {
+        } else if let Some((label, label_pos, start, close)) = label_at(bytes, line_start) {
             if !seen_label {
                 found.preamble_end = line_start;
                 seen_label = true;
@@ -654,6 +703,7 @@ fn sections(text: &str, lone_close: bool) -> Sections {
                     label_pos,
                     start,
                     end: text.len(),
+                    close,
                 });
                 open = Some(label);
             }
@@ -764,8 +814,8 @@ fn input_label_ahead(bytes: &[u8], line_start: usize) -> bool {
     while let Some(offset) = line_break(bytes.get(at..).unwrap_or_default()) {
         at += offset + 1;
         match label_at(bytes, at) {
-            Some((Label::ActionInput | Label::FinalAnswer, _, _)) => return true,
-            Some((Label::Action | Label::Observation, _, _)) => return false,
+            Some((Label::ActionInput | Label::FinalAnswer, ..)) => return true,
+            Some((Label::Action | Label::Observation, ..)) => return false,
             _ => {}
         }
     }
@@ -774,16 +824,14 @@ fn input_label_ahead(bytes: &[u8], line_start: usize) -> bool {
 
 /// Whether the `Action:` section names the `FINAL_ANSWER` tool.
 fn names_final_answer(text: &str, action: Section) -> bool {
-    let body = text.get(action.start..action.end).unwrap_or_default();
-    split_action(body.trim())
+    split_action(action.text(text).trim())
         .tool
         .eq_ignore_ascii_case(FINAL_ANSWER_TOOL)
 }
 
 /// Whether the `Action:` section holds an input after the tool's name.
 fn has_inline_input(text: &str, action: Section) -> bool {
-    let body = text.get(action.start..action.end).unwrap_or_default();
-    !split_action(body.trim()).input.is_empty()
+    !split_action(action.text(text).trim()).input.is_empty()
 }
 
 /// Returns the index just past the `"` closing the string whose body starts at `from`.
@@ -1305,7 +1353,7 @@ fn labelled_answer(answer: &str, start: usize) -> CoreResult<Cow<'_, str>> {
 /// Parses the ReAct step of `text` (with no reasoning block in it) from its sections.
 #[inline]
 fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
-    let content = |s: Section| text[s.start..s.end].trim();
+    let content = |s: Section| s.text(text).trim();
     let end = if found.end < text.len() {
         text[..found.end].trim_end().len()
     } else {
@@ -1329,7 +1377,7 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
                 action: None,
                 action_input: None,
                 // Everything after the last `Final Answer:` is the answer.
-                final_answer: Some(labelled_answer(&text[s.start..], s.start)?),
+                final_answer: Some(labelled_answer(s.upto(text, text.len()), s.start)?),
                 end,
             });
         }
@@ -1341,20 +1389,41 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
                 position: Some(text.len()),
             });
         };
-        let thought = match found.thought {
-            Some(s) if s.start <= marker => &text[s.start..s.end.min(marker)],
-            _ => &text[..found.preamble_end.min(marker)],
+        // The marker in emphasis (`I know. **Final Answer:** 42`, `**Final Answer: 42**`):
+        // its asterisks are neither thought nor answer.
+        let stars_start = text[..marker].trim_end_matches('*').len();
+        let stars = &text[stars_start.max(marker.saturating_sub(2))..marker];
+        let (thought, answer) = match found.thought {
+            // A wrapped thought line (`**Thought: ... Final Answer: 42**`) closes after both.
+            Some(s) if s.start <= marker => {
+                let answer = Section { start, ..s }.upto(text, text.len());
+                (
+                    &text[s.start..s.end.min(marker - stars.len()).max(s.start)],
+                    answer,
+                )
+            }
+            _ => (
+                &text[..found.preamble_end.min(marker - stars.len())],
+                &text[start..],
+            ),
+        };
+        let answer = match stars {
+            "" => answer,
+            _ => answer.strip_prefix(stars).unwrap_or_else(|| {
+                let answer = answer.trim_end();
+                answer.strip_suffix(stars).unwrap_or(answer)
+            }),
         };
         return Ok(Step {
             thought: thought.trim(),
             action: None,
             action_input: None,
-            final_answer: Some(labelled_answer(&text[start..], start)?),
+            final_answer: Some(labelled_answer(answer, start)?),
             end,
         });
     };
 
-    let written_text = &text[action.start..action.end];
+    let written_text = action.text(text);
     let body = written_text.trim();
     let mut written = split_action(body);
     // `Action: Final Answer` (`: Paris`): the answer taken for a tool, read as FINAL_ANSWER.
@@ -1396,7 +1465,7 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
         let final_answer = if !input_text.is_empty() {
             answer_of(input_text)
         } else if let Some(s) = found.final_answer {
-            Cow::Borrowed(text.get(s.start..s.end.min(end)).unwrap_or_default().trim())
+            Cow::Borrowed(s.upto(text, s.end.min(end)).trim())
         } else {
             let after = text.get(action.end..end).unwrap_or_default();
             let answer = final_answer_marker(after).map(|(_, start)| &after[start..]);
@@ -1423,7 +1492,7 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
             .action_input
             .is_none_or(|s| content(s).is_empty() || names_no_action(content(s)));
         if no_input && names_no_action(whole_name(body)) {
-            let answer_text = text.get(answer.start..end).unwrap_or_default();
+            let answer_text = answer.upto(text, end);
             return Ok(Step {
                 thought,
                 action: None,

@@ -8,7 +8,7 @@ import weakref
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
@@ -1007,6 +1007,60 @@ def test_an_emphasized_observation_ends_the_step_before_its_markers() -> None:
     step = ar.parse_react_step(text)
     assert (step.action, step.action_input) == ("add", {"a": 1})
     assert text[: step.end] == '**Thought:** t\n**Action:** add {"a": 1}'
+
+
+@pytest.mark.parametrize(
+    ("text", "thought", "action", "action_input", "answer"),
+    [
+        # Each answered or thought with the closing marker (`Paris**`), or was no step.
+        ("**Final Answer: Paris**", "", None, None, "Paris"),
+        ("Thought: x\n**Final Answer: Paris** \n", "x", None, None, "Paris"),
+        ("*Final Answer: a b*", "", None, None, "a b"),
+        ("**Thought: I know**\nFinal Answer: 1", "I know", None, None, "1"),
+        ("**Thought: I know. Final Answer: 42**", "I know.", None, None, "42"),
+        ('**Thought: t**\n**Action: add {"a": 1}**', "t", "add", {"a": 1}, None),
+        ("**Action: FINAL_ANSWER**\n**Final Answer: x**", "", None, None, "x"),
+        # Text after the closing marker keeps it: the emphasis closed within the section.
+        ("**Final Answer: Paris**\nmore", "", None, None, "Paris**\nmore"),
+        ("**Final Answer: Paris** and more", "", None, None, "Paris** and more"),
+        # A marker mid-line in emphasis: its asterisks went to the thought and the answer.
+        ("Thought: I know. **Final Answer:** 42", "I know.", None, None, "42"),
+        ("I know. **Final Answer: 42**", "I know.", None, None, "42"),
+        ("Thought: I know. *Final Answer: 2**3*", "I know.", None, None, "2**3"),
+        ("**Final Answer:**Paris", "", None, None, "Paris"),
+    ],
+)
+def test_emphasis_wrapping_a_whole_label_line(
+    text: str, thought: str, action: str | None, action_input: object, answer: str | None
+) -> None:
+    step = ar.parse_react_step(text)
+    assert (step.thought, step.action, step.action_input, step.final_answer) == (
+        thought,
+        action,
+        action_input,
+        answer,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    thought=st.text(
+        alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=20
+    ),
+    answer=st.text(
+        alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=20
+    ),
+    marker=st.sampled_from(["**", "*"]),
+)
+def test_a_wrapped_line_reads_as_its_plain_label(thought: str, answer: str, marker: str) -> None:
+    # One-line sections whose text does not start or end with a marker or a blank.
+    assume(thought.strip(" *") == thought and answer.strip(" *") == answer and thought and answer)
+    assume("\r" not in thought + answer and "\n" not in thought + answer)
+    plain = ar.parse_react_step(f"Thought: {thought}\nFinal Answer: {answer}")
+    wrapped = ar.parse_react_step(
+        f"{marker}Thought: {thought}{marker}\n{marker}Final Answer: {answer}{marker}"
+    )
+    assert (wrapped.thought, wrapped.final_answer) == (plain.thought, plain.final_answer)
 
 
 @pytest.mark.parametrize(

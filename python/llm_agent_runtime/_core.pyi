@@ -79,7 +79,8 @@ def parse_react_step(text: str) -> ReActStep:
     (`Action 1:`, `Action 1 Input:`), may follow a Markdown list marker (`- `, `* `, `+ `,
     `• `, or a number of up to three digits and `.` or `)`, then a blank), and may be in
     Markdown emphasis, as chat models often write them (`**Action:**`, `**Action**:`,
-    `__Action:__`, `*Action:*`). The first `Action:`
+    `__Action:__`, `*Action:*`); asterisks may also wrap a one-line section whole
+    (`**Final Answer: Paris**` answers `Paris`). The first `Action:`
     is the step's: numbered plan lines such as `Action 1: search for X` are labels too, so the
     first of them wins over a later `Action:`. When an `Action Input:` label follows it (later
     on its line, written so, case included, as LangChain matches it, and not inside a JSON
