@@ -1486,13 +1486,13 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
         });
     }
     if let Some(answer) = found.final_answer {
-        // `Action: None` (or `N/A`), with no input or the same word as input, then the
-        // answer: the model says it calls no tool.
+        // `Action: None` (or `N/A`), with no input or the same word as input, and the
+        // answer (its section, as for `FINAL_ANSWER`): the model says it calls no tool.
         let no_input = found
             .action_input
             .is_none_or(|s| content(s).is_empty() || names_no_action(content(s)));
         if no_input && names_no_action(whole_name(body)) {
-            let answer_text = answer.upto(text, end);
+            let answer_text = answer.upto(text, answer.end.min(end));
             return Ok(Step {
                 thought,
                 action: None,

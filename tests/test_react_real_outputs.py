@@ -196,6 +196,15 @@ READ: list[tuple[str, str, str, str | None, Any, str | None]] = [
         "42",
     ),
     (
+        # Its line was part of the answer ('42\nAction: None'), as no other action's is.
+        "'Action: None' after the final answer",
+        "Thought: I can answer directly\nFinal Answer: 42\nAction: None",
+        "I can answer directly",
+        None,
+        None,
+        "42",
+    ),
+    (
         "'Action: N/A' and 'Action Input: N/A' before the final answer",
         "Thought: no tool needed\nAction: N/A\nAction Input: N/A\nFinal Answer: 42",
         "no tool needed",
