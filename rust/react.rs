@@ -281,7 +281,9 @@ fn python_string(text: &str, at: usize) -> Option<(String, usize)> {
                 }
             }
             b'U' => hex(8)?,
-            b'\\' | b'\'' | b'"' | b'/' => (u32::from(escape), 2),
+            b'\\' | b'\'' | b'"' => (u32::from(escape), 2),
+            // JSON's escape, in a JSON string; Python keeps it as written.
+            b'/' if quote == b'"' => (u32::from(escape), 2),
             // Python keeps an unknown escape as it is written, backslash included.
             _ => (u32::from(b'\\'), 1),
         };
@@ -397,6 +399,29 @@ impl Section {
     fn text(self, text: &str) -> &str {
         self.upto(text, self.end)
     }
+
+    /// A final answer's text up to `end`, without the closing emphasis of its wrapped label
+    /// line, wherever the answer goes on after it.
+    fn answer(self, text: &str, end: usize) -> Cow<'_, str> {
+        match self.close {
+            Some((marker, after)) if self.start <= marker && after <= end => {
+                without(text, self.start, (marker, after), end)
+            }
+            _ => Cow::Borrowed(text.get(self.start..end).unwrap_or_default()),
+        }
+    }
+}
+
+/// `text[start..end]` without `cut` (within it): a slice when nothing but blanks follows it.
+fn without(text: &str, start: usize, cut: Span, end: usize) -> Cow<'_, str> {
+    let (Some(before), Some(rest)) = (text.get(start..cut.0), text.get(cut.1..end)) else {
+        return Cow::Borrowed(text.get(start..end).unwrap_or_default());
+    };
+    if rest.trim().is_empty() {
+        Cow::Borrowed(before)
+    } else {
+        Cow::Owned([before, rest].concat())
+    }
 }
 
 /// If `bytes[at..]` starts with `word` (ASCII, case-insensitive), returns the index after it.
@@ -452,13 +477,16 @@ fn colon_after(bytes: &[u8], at: usize) -> Option<usize> {
 /// a zero-width space or joiner, a direction mark, embedding or isolate, or a word joiner.
 /// A model's tokenizer, or right-to-left text, may put one before a label.
 fn unicode_blank_len(bytes: &[u8], at: usize) -> usize {
-    if bytes.get(at..at.saturating_add(2)) == Some(&[0xC2, 0xA0]) {
-        return 2; // U+00A0
+    // U+00A0; U+061C (the Arabic letter mark).
+    if let Some([0xC2, 0xA0] | [0xD8, 0x9C]) = bytes.get(at..at.saturating_add(2)) {
+        return 2;
     }
     match bytes.get(at..at.saturating_add(3)) {
-        // U+2000..U+200F; U+202A..U+202F; U+205F, U+2060, U+2066..U+2069; U+3000; U+FEFF.
+        // U+1680; U+2000..U+200F; U+202A..U+202F; U+205F, U+2060, U+2066..U+2069; U+3000;
+        // U+FEFF.
         Some(
-            [0xE2, 0x80, 0x80..=0x8F | 0xAA..=0xAF]
+            [0xE1, 0x9A, 0x80]
+            | [0xE2, 0x80, 0x80..=0x8F | 0xAA..=0xAF]
             | [0xE2, 0x81, 0x9F | 0xA0 | 0xA6..=0xA9]
             | [0xE3, 0x80, 0x80]
             | [0xEF, 0xBB, 0xBF],
@@ -510,9 +538,10 @@ fn skip_list_marker(bytes: &[u8], at: usize) -> usize {
 }
 
 /// The Markdown emphasis marker at `at` that may wrap a label (`**Thought:**`, `__Action__:`,
-/// `*Final Answer:*`), or an empty one: chat models often write their labels in bold.
+/// `*Final Answer:*`, `***Action:***`), or an empty one: chat models often write their labels
+/// in bold.
 fn emphasis_at(bytes: &[u8], at: usize) -> &'static [u8] {
-    [b"**" as &[u8], b"__", b"*", b"_"]
+    [b"***" as &[u8], b"**", b"__", b"*", b"_"]
         .into_iter()
         .find(|marker| eat_exact(bytes, at, marker).is_some())
         .unwrap_or_default()
@@ -523,6 +552,16 @@ fn emphasis_at(bytes: &[u8], at: usize) -> &'static [u8] {
 /// the index after its colon (and after the emphasis closing there: `**Action:**`), and the
 /// emphasis closing the line when it wraps the line whole (`**Final Answer: Paris**`).
 fn label_at(bytes: &[u8], line_start: usize) -> Option<(Label, usize, usize, Option<Span>)> {
+    label_on_line(bytes, line_start, true)
+}
+
+/// [`label_at`]; without `look_ahead`, a line wrapped whole is taken for a label whatever
+/// line follows it (see [`wrapped_section_ends`]).
+fn label_on_line(
+    bytes: &[u8],
+    line_start: usize,
+    look_ahead: bool,
+) -> Option<(Label, usize, usize, Option<Span>)> {
     let lead = skip_line_lead(bytes, line_start);
     let marked = skip_list_marker(bytes, lead);
     let emphasis = emphasis_at(bytes, marked);
@@ -551,7 +590,19 @@ fn label_at(bytes: &[u8], line_start: usize) -> Option<(Label, usize, usize, Opt
         match colon_after(bytes, after) {
             Some(colon) => match eat_exact(bytes, colon, emphasis) {
                 Some(start) => (start, None),
-                None if emphasis[0] == b'*' => (colon, Some(line_close(bytes, colon, emphasis)?)),
+                None if emphasis[0] == b'*' => {
+                    let close = line_close(bytes, colon, emphasis)?;
+                    // Only a final answer's text may lose a marker within it (it is made
+                    // anew); a thought or an action is a slice of the text, so their wrapped
+                    // line must be their whole section.
+                    if look_ahead
+                        && label != Label::FinalAnswer
+                        && !wrapped_section_ends(bytes, close.1)
+                    {
+                        return None;
+                    }
+                    (colon, Some(close))
+                }
                 None => return None,
             },
             None => (
@@ -561,6 +612,21 @@ fn label_at(bytes: &[u8], line_start: usize) -> Option<(Label, usize, usize, Opt
         }
     };
     Some((label, lead, start, close))
+}
+
+/// Whether the line after the one holding `at`, blank lines skipped, is a label line (or
+/// there is none): a section whose label line is wrapped whole then ends with that line.
+fn wrapped_section_ends(bytes: &[u8], at: usize) -> bool {
+    let mut line_start = at;
+    loop {
+        let Some(offset) = line_break(bytes.get(line_start..).unwrap_or_default()) else {
+            return true;
+        };
+        line_start += offset + 1;
+        if !line_rest(bytes, line_start).trim_ascii().is_empty() {
+            return label_on_line(bytes, line_start, false).is_some();
+        }
+    }
 }
 
 /// The closing `emphasis` ending the line from `at` (then blanks only), after some text that
@@ -1140,6 +1206,36 @@ fn final_answer_marker(text: &str) -> Option<(usize, usize)> {
     })
 }
 
+/// The answer after a `Final Answer:` marker written in emphasis (`stars` before it): its
+/// asterisks closing after the colon (`**Final Answer:** 42`) or later on its line, as
+/// Markdown closes emphasis (after a non-blank, before a non-word character: `**Final
+/// Answer: 42**.`, not the `**` of `2**3`), are not its text.
+fn emphasized_answer<'a>(text: &'a str, start: usize, stars: &str) -> Cow<'a, str> {
+    let answer = text.get(start..).unwrap_or_default();
+    if stars.is_empty() {
+        return Cow::Borrowed(answer);
+    }
+    if let Some(rest) = answer.strip_prefix(stars) {
+        return Cow::Borrowed(rest);
+    }
+    let line = line_rest(text.as_bytes(), start);
+    let closing = memchr::memmem::find_iter(line, stars.as_bytes()).find(|&at| {
+        let before = line[..at].last();
+        let after = line.get(at + stars.len());
+        before.is_some_and(|b| !b.is_ascii_whitespace() && *b != b'*')
+            && after.is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'*' && *b != b'_')
+    });
+    match closing {
+        Some(at) => without(
+            text,
+            start,
+            (start + at, start + at + stars.len()),
+            text.len(),
+        ),
+        None => Cow::Borrowed(answer),
+    }
+}
+
 /// Parses one ReAct step.
 ///
 /// A reasoning model's `<think>...</think>` (or `<thinking>...</thinking>`) block at the
@@ -1339,15 +1435,24 @@ fn json_blob_step<'a>(body: &'a str, thought: &'a str, end: usize) -> Option<Ste
 /// # Errors
 /// [`CoreError::Parse`] when it is empty, as for `FINAL_ANSWER` with nothing after it: the
 /// reply stopped where its answer was to start.
-fn labelled_answer(answer: &str, start: usize) -> CoreResult<Cow<'_, str>> {
-    let answer = answer.trim();
+fn labelled_answer(answer: Cow<'_, str>, start: usize) -> CoreResult<Cow<'_, str>> {
+    let answer = trimmed(answer);
     if answer.is_empty() {
         return Err(CoreError::Parse {
             message: "expected the final answer after 'Final Answer:'".into(),
             position: Some(start),
         });
     }
-    Ok(Cow::Borrowed(answer))
+    Ok(answer)
+}
+
+/// `text` trimmed, borrowed as it was.
+fn trimmed(text: Cow<'_, str>) -> Cow<'_, str> {
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(text.trim()),
+        Cow::Owned(text) if text.trim().len() == text.len() => Cow::Owned(text),
+        Cow::Owned(text) => Cow::Owned(text.trim().to_owned()),
+    }
 }
 
 /// Parses the ReAct step of `text` (with no reasoning block in it) from its sections.
@@ -1377,7 +1482,7 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
                 action: None,
                 action_input: None,
                 // Everything after the last `Final Answer:` is the answer.
-                final_answer: Some(labelled_answer(s.upto(text, text.len()), s.start)?),
+                final_answer: Some(labelled_answer(s.answer(text, text.len()), s.start)?),
                 end,
             });
         }
@@ -1391,28 +1496,25 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
         };
         // The marker in emphasis (`I know. **Final Answer:** 42`, `**Final Answer: 42**`):
         // its asterisks are neither thought nor answer.
-        let stars_start = text[..marker].trim_end_matches('*').len();
-        let stars = &text[stars_start.max(marker.saturating_sub(2))..marker];
+        let stars_start = text[..marker]
+            .trim_end_matches('*')
+            .len()
+            .max(marker.saturating_sub(3));
         let (thought, answer) = match found.thought {
             // A wrapped thought line (`**Thought: ... Final Answer: 42**`) closes after both.
-            Some(s) if s.start <= marker => {
-                let answer = Section { start, ..s }.upto(text, text.len());
-                (
-                    &text[s.start..s.end.min(marker - stars.len()).max(s.start)],
-                    answer,
-                )
-            }
-            _ => (
-                &text[..found.preamble_end.min(marker - stars.len())],
-                &text[start..],
+            Some(s) if s.start <= marker => (
+                &text[s.start..s.end.min(stars_start).max(s.start)],
+                match s.close {
+                    Some((close, _)) if close >= start => {
+                        Section { start, ..s }.answer(text, text.len())
+                    }
+                    _ => emphasized_answer(text, start, &text[stars_start..marker]),
+                },
             ),
-        };
-        let answer = match stars {
-            "" => answer,
-            _ => answer.strip_prefix(stars).unwrap_or_else(|| {
-                let answer = answer.trim_end();
-                answer.strip_suffix(stars).unwrap_or(answer)
-            }),
+            _ => (
+                &text[..found.preamble_end.min(stars_start)],
+                emphasized_answer(text, start, &text[stars_start..marker]),
+            ),
         };
         return Ok(Step {
             thought: thought.trim(),
@@ -1465,7 +1567,7 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
         let final_answer = if !input_text.is_empty() {
             answer_of(input_text)
         } else if let Some(s) = found.final_answer {
-            Cow::Borrowed(s.upto(text, s.end.min(end)).trim())
+            trimmed(s.answer(text, s.end.min(end)))
         } else {
             let after = text.get(action.end..end).unwrap_or_default();
             let answer = final_answer_marker(after).map(|(_, start)| &after[start..]);
@@ -1492,7 +1594,7 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
             .action_input
             .is_none_or(|s| content(s).is_empty() || names_no_action(content(s)));
         if no_input && names_no_action(whole_name(body)) {
-            let answer_text = answer.upto(text, answer.end.min(end));
+            let answer_text = answer.answer(text, answer.end.min(end));
             return Ok(Step {
                 thought,
                 action: None,

@@ -718,6 +718,14 @@ def test_a_step_pickles_and_copies_as_an_equal_step(text: str) -> None:
 
 INVISIBLE = ["\ufeff", "\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u202a"]
 INVISIBLE += ["\u202e", "\u2060", "\u2066", "\u2069", "\u00a0", "\u2003", "\u202f", "\u3000"]
+INVISIBLE += ["\u061c", "\u1680"]  # the Arabic letter mark and the Ogham space: no label
+
+
+@pytest.mark.parametrize("lead", ["\u061c", "\u1680"])
+def test_the_arabic_letter_mark_and_ogham_space_hide_no_label(lead: str) -> None:
+    # Both were a ParseError, unlike the other direction marks and Unicode spaces.
+    step = ar.parse_react_step(f"{lead}Thought: t\n{lead}Action: search {{}}")
+    assert (step.thought, step.action, step.action_input) == ("t", "search", {})
 
 
 @settings(max_examples=200, deadline=None)
@@ -1020,9 +1028,20 @@ def test_an_emphasized_observation_ends_the_step_before_its_markers() -> None:
         ("**Thought: I know. Final Answer: 42**", "I know.", None, None, "42"),
         ('**Thought: t**\n**Action: add {"a": 1}**', "t", "add", {"a": 1}, None),
         ("**Action: FINAL_ANSWER**\n**Final Answer: x**", "", None, None, "x"),
-        # Text after the closing marker keeps it: the emphasis closed within the section.
-        ("**Final Answer: Paris**\nmore", "", None, None, "Paris**\nmore"),
-        ("**Final Answer: Paris** and more", "", None, None, "Paris** and more"),
+        # An answer going on after the closing marker, later in its line or on later lines.
+        ("**Final Answer: Paris**\nmore", "", None, None, "Paris\nmore"),
+        ("**Final Answer: Paris** and more", "", None, None, "Paris and more"),
+        ("Thought: I know.\n**Final Answer: Paris**.", "I know.", None, None, "Paris."),
+        (
+            "Thought: t\n**Final Answer: Paris**\n```py\nx = 1\n```",
+            "t",
+            None,
+            None,
+            "Paris\n```py\nx = 1\n```",
+        ),
+        ("***Final Answer:*** Paris", "", None, None, "Paris"),
+        ("***Thought: t***\n***Final Answer: Paris***", "t", None, None, "Paris"),
+        ('**Thought: t**\n\n**Action: add {"a": 1}**\n', "t", "add", {"a": 1}, None),
         # A marker mid-line in emphasis: its asterisks went to the thought and the answer.
         ("Thought: I know. **Final Answer:** 42", "I know.", None, None, "42"),
         ("I know. **Final Answer: 42**", "I know.", None, None, "42"),
@@ -1067,6 +1086,10 @@ def test_a_wrapped_line_reads_as_its_plain_label(thought: str, answer: str, mark
     "text",
     [
         "**Thought: unclosed, so prose\nFinal Answer: 1",  # no closing marker: no label
+        # A wrapped thought or action line whose section goes on: its closing marker would
+        # be in the text (a tool got '**\n{"q": 1}' as its input).
+        "**Thought: wrapped**\nand more\nFinal Answer: 1",
+        '**Action: search**\n{"q": 1}\nFinal Answer: 1',
         "Thought: the word **Action:** mid-line is prose\nFinal Answer: 1",
         "* Thought: a bullet, not emphasis\nFinal Answer: 1",
     ],

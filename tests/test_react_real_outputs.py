@@ -593,6 +593,9 @@ def test_python_literal_inputs_decode_as_literal_eval_reads_them(literal: str) -
 def test_an_unknown_escape_keeps_its_backslash_as_in_python() -> None:
     step = parse_react_step(r"Action: t {'pattern': '\d+\.\w'}")
     assert step.action_input == {"pattern": "\\d+\\.\\w"}
+    # `\/` is JSON's escape, not Python's: it was read as '/' in a quoted Python string.
+    step = parse_react_step("Action: t {'pattern': 'a\\/b', 'json': \"c\\/d\",}")
+    assert step.action_input == {"pattern": "a\\/b", "json": "c/d"}
 
 
 @pytest.mark.parametrize(

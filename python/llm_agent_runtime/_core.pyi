@@ -79,8 +79,10 @@ def parse_react_step(text: str) -> ReActStep:
     (`Action 1:`, `Action 1 Input:`), may follow a Markdown list marker (`- `, `* `, `+ `,
     `• `, or a number of up to three digits and `.` or `)`, then a blank), and may be in
     Markdown emphasis, as chat models often write them (`**Action:**`, `**Action**:`,
-    `__Action:__`, `*Action:*`); asterisks may also wrap a one-line section whole
-    (`**Final Answer: Paris**` answers `Paris`). The first `Action:`
+    `__Action:__`, `*Action:*`, `***Action:***`). Asterisks may also wrap a label's whole
+    line: `**Final Answer: Paris**` answers `Paris` (then any lines that follow it); a
+    wrapped thought or action line is a label only when its section is that line (blank
+    lines, then a label or the end, follow it). The first `Action:`
     is the step's: numbered plan lines such as `Action 1: search for X` are labels too, so the
     first of them wins over a later `Action:`. When an `Action Input:` label follows it (later
     on its line, written so, case included, as LangChain matches it, and not inside a JSON
@@ -98,7 +100,9 @@ def parse_react_step(text: str) -> ReActStep:
     Answer:` section (up to the next label), or else a `Final Answer:` later on a line after it;
     with neither, the text is not a step. With no action and no `Final Answer:` line, a `Final
     Answer:` (so capitalized, LangChain's marker) later on a line ends the thought and starts
-    the answer (`Thought: I know. Final Answer: 42`). The step ends at the first `Observation:`
+    the answer (`Thought: I know. Final Answer: 42`); asterisks opening before that marker
+    and closing after its colon or later on its line (`**Final Answer:** 42`, `**Final
+    Answer: 42**.`) are neither thought nor answer. The step ends at the first `Observation:`
     line after the action, or `Thought:` or `Action:` line after its input (see
     `ReActStep.end`).
 
@@ -131,9 +135,9 @@ def parse_react_step(text: str) -> ReActStep:
     surrogates and NaN decode too. JSON nested too deeply even for `json.loads` (a
     RecursionError) stays raw text. An object or array that is not JSON but is written as
     Python writes one (`{'q': 'rust', 'exact': True, 'page': None}`: strings in single quotes
-    with Python's escapes, `True`, `False`, `None`), or as JSON with trailing commas (`{"a":
-    1,}`), decodes as `ast.literal_eval` or `json.loads` reads it without them, as LlamaIndex
-    and CrewAI read such inputs; anything else in braces (unquoted keys, tuples, expressions)
+    with Python's escapes, a backslash and slash kept as written, `True`, `False`, `None`),
+    or as JSON with trailing commas (`{"a": 1,}`), decodes as `ast.literal_eval` or
+    `json.loads` reads it without them, as LlamaIndex and CrewAI read such inputs; anything else in braces (unquoted keys, tuples, expressions)
     stays raw text.
 
     Raises:
