@@ -137,8 +137,8 @@ def parse_react_step(text: str) -> ReActStep:
     Python writes one (`{'q': 'rust', 'exact': True, 'page': None}`: strings in single quotes
     with Python's escapes, a backslash and slash kept as written, `True`, `False`, `None`),
     or as JSON with trailing commas (`{"a": 1,}`), decodes as `ast.literal_eval` or
-    `json.loads` reads it without them, as LlamaIndex and CrewAI read such inputs; anything else in braces (unquoted keys, tuples, expressions)
-    stays raw text.
+    `json.loads` reads it without them, as LlamaIndex and CrewAI read such inputs; anything
+    else in braces (unquoted keys, tuples, expressions) stays raw text.
 
     Raises:
         ParseError: the text is not a ReAct step (message says what; `position` where, as
