@@ -520,6 +520,31 @@ async def test_a_native_model_reporting_no_usage_is_charged_an_estimate() -> Non
     assert snapshot.total_steps < 20  # stopped by the budget, not by max_iterations
 
 
+@pytest.mark.parametrize("cut", [False, True])
+async def test_a_native_estimate_counts_every_message_sent_at_each_call(cut: bool) -> None:
+    # Counted once per message as the run's list grows (counting all of it at each call
+    # made a long run quadratic); a list a provider cut is counted afresh.
+    from llm_agent_runtime.providers.base import estimated_input_tokens, tool_definitions_chars
+
+    expected: list[int] = []
+
+    class NoUsage(ar.ScriptedProvider):
+        async def chat(self, messages: list[Message], *args: Any, **kwargs: Any) -> ChatResponse:
+            reply = await super().chat(messages, *args, **kwargs)
+            if cut and len(messages) > 6:
+                del messages[1:5]
+            chars = tool_definitions_chars(kwargs.get("tools") or ())
+            expected.append(estimated_input_tokens(messages, chars))
+            return ChatResponse(text=reply.text, tool_calls=reply.tool_calls)
+
+    calls = [("add", {"a": 1, "b": 2})]
+    script = [ar.ScriptedProvider.tool_call_reply(calls)] * 8 + ["done"]
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools", max_iterations=10), tools=[add])
+    session = await rt.run_agent_with_provider("a", "q" * 40, NoUsage(script))
+    assert [step.input_tokens for step in session.steps] == expected
+    assert expected == sorted(expected) or cut  # the list grew at each call
+
+
 def test_a_scripted_tool_call_reply_reports_its_output_usage() -> None:
     reply = ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})])
     assert reply.usage.output_tokens >= 1

@@ -81,9 +81,9 @@ from llm_agent_runtime.providers.base import (
     Usage,
     _kind,
     _loop_message,
-    estimated_input_tokens,
     estimated_output_tokens,
     json_chars,
+    messages_chars,
     tool_definitions_chars,
 )
 from llm_agent_runtime.session import AgentSession, Step, message_problem, session_problem
@@ -1703,6 +1703,7 @@ class AgentRuntime:
         # A round's overhead runs from where the round before ended (its checkpoint write in).
         since = perf()
         rounds_left = config.max_iterations - rounds_done
+        sent = _SentChars()
         reprompted = False
         reprompt_cost: tuple[int, int, float] | None = None
         for round_no in range(rounds_left):
@@ -1773,7 +1774,7 @@ class AgentRuntime:
                     # A server that reports no usage: estimated, as in ReAct mode, so budgets
                     # and token metrics still count the call.
                     usage = self._estimated_usage(
-                        messages, text, response.tool_calls, usage.cost_usd
+                        sent.chars_of(messages), text, response.tool_calls, usage.cost_usd
                     )
                 # Charged before the hooks: a hook that fails, or a timeout or cancel while
                 # one runs, leaves the call paid for all the same.
@@ -1959,13 +1960,14 @@ class AgentRuntime:
                 journal = await self._journal_of_next_step(session)
 
     def _estimated_usage(
-        self, messages: Sequence[Message], text: str, calls: Sequence[ToolCall], cost_usd: float
+        self, sent_chars: int, text: str, calls: Sequence[ToolCall], cost_usd: float
     ) -> Usage:
         """Tokens of a model call whose provider reported none, estimated from characters.
 
-        A price the provider gave (`cost_usd`) stays: only the counts are estimated.
+        `sent_chars` is the size of the messages sent (see `_SentChars`). A price the
+        provider gave (`cost_usd`) stays: only the counts are estimated.
         """
-        sent = estimated_input_tokens(messages, self._tool_definitions_chars)
+        sent = (sent_chars + self._tool_definitions_chars) // CHARS_PER_TOKEN
         return Usage(sent, estimated_output_tokens(text, calls), cost_usd=cost_usd)
 
     async def _chat_stream(
@@ -3795,6 +3797,29 @@ class _Streamed:
             raise self.listener_error
         if self.unsent:
             events.emit(LlmTextDelta(session_id, self.unsent))
+
+
+class _SentChars:
+    """The size of a run's growing message list, each message counted once.
+
+    The loop only appends to its list: counting every message at each model call made a
+    long run's estimates quadratic. A list found shorter (a provider cut it) is counted
+    afresh.
+    """
+
+    __slots__ = ("_chars", "_counted")
+
+    def __init__(self) -> None:
+        self._counted = 0
+        self._chars = 0
+
+    def chars_of(self, messages: list[Message]) -> int:
+        """Characters of `messages`' content (see `messages_chars`)."""
+        if len(messages) < self._counted:
+            self._counted = self._chars = 0
+        self._chars += messages_chars(messages[self._counted :])
+        self._counted = len(messages)
+        return self._chars
 
 
 class _BusyTime:

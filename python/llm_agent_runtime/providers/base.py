@@ -291,11 +291,15 @@ def estimated_input_tokens(messages: Sequence[Message], tools_chars: int = 0) ->
     Every message's content counts (None as none, content parts by their text), and
     `tools_chars` (`tool_definitions_chars`), at `memory.CHARS_PER_TOKEN` characters a token.
     """
-    chars = sum(
+    return (tools_chars + messages_chars(messages)) // CHARS_PER_TOKEN
+
+
+def messages_chars(messages: Iterable[Message]) -> int:
+    """Characters of the messages' content (None as none, content parts by their text)."""
+    return sum(
         len(content) if type(content := m.content) is str else _content_chars(content)
         for m in messages
     )
-    return (tools_chars + chars) // CHARS_PER_TOKEN
 
 
 def _content_chars(content: object) -> int:
