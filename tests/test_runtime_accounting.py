@@ -545,6 +545,19 @@ async def test_a_native_estimate_counts_every_message_sent_at_each_call(cut: boo
     assert expected == sorted(expected) or cut  # the list grew at each call
 
 
+async def test_a_durable_reprompt_then_a_usage_less_reply_is_estimated() -> None:
+    class NoUsage(ar.ScriptedProvider):
+        async def chat(self, messages: list[Message], *args: Any, **kwargs: Any) -> ChatResponse:
+            reply = await super().chat(messages, *args, **kwargs)
+            return ChatResponse(text=reply.text, tool_calls=reply.tool_calls)
+
+    script = ["", ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})]), "done"]
+    config = ar.AgentConfig(mode="tools", corrective_reprompt=True)
+    rt = ar.AgentRuntime(config, tools=[add], checkpoint_backend=ar.InMemoryBackend())
+    session = await rt.run_agent_with_provider("a", "q", NoUsage(script))
+    assert session.final_answer == "done" and all(s.input_tokens > 0 for s in session.steps)
+
+
 def test_a_scripted_tool_call_reply_reports_its_output_usage() -> None:
     reply = ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})])
     assert reply.usage.output_tokens >= 1

@@ -1703,7 +1703,7 @@ class AgentRuntime:
         # A round's overhead runs from where the round before ended (its checkpoint write in).
         since = perf()
         rounds_left = config.max_iterations - rounds_done
-        sent = _SentChars()
+        sent_chars = _SentChars()
         reprompted = False
         reprompt_cost: tuple[int, int, float] | None = None
         for round_no in range(rounds_left):
@@ -1774,7 +1774,7 @@ class AgentRuntime:
                     # A server that reports no usage: estimated, as in ReAct mode, so budgets
                     # and token metrics still count the call.
                     usage = self._estimated_usage(
-                        sent.chars_of(messages), text, response.tool_calls, usage.cost_usd
+                        sent_chars.chars_of(messages), text, response.tool_calls, usage.cost_usd
                     )
                 # Charged before the hooks: a hook that fails, or a timeout or cancel while
                 # one runs, leaves the call paid for all the same.
