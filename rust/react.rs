@@ -1061,8 +1061,8 @@ fn may_be_whole_name(tool: &str, rest: &str) -> bool {
 /// a blank: its start and the index after its colon. Written as LangChain matches it (case
 /// included: the words `action input:` in prose are not a label). JSON strings and
 /// bracketed values on the line are stepped over, so that the text of an input is never
-/// taken for a label (nor is anything after one that does not close, or after a backtick,
-/// which opens code); a tool name may hold other characters (`Search Tool (beta)`).
+/// taken for a label (nor is anything after one that does not close, as after a backtick
+/// that opens code); a tool name may hold other characters (`Search Tool (beta)`).
 fn input_label_on(line: &str) -> Option<(usize, usize)> {
     let bytes = line.as_bytes();
     // Most action lines have no colon at all: they are settled with one fast search (for an
@@ -1073,8 +1073,9 @@ fn input_label_on(line: &str) -> Option<(usize, usize)> {
         at = match b {
             b'{' | b'[' => at + matching_close(&bytes[at..])?,
             b'"' => skip_string(bytes, at + 1)?,
-            b'`' => return None,
-            b'A' => match input_label_at(line, at) {
+            // Code in backticks closing on the line (a quoted tool name) is stepped over.
+            b'`' => at + 2 + memchr::memchr(b'`', bytes.get(at + 1..)?)?,
+            b'A' | b'*' => match input_label_at(line, at) {
                 Some(label) => return Some(label),
                 None => at + 1,
             },
@@ -1102,9 +1103,19 @@ fn input_label_at(line: &str, at: usize) -> Option<(usize, usize)> {
     if !after_blank {
         return None;
     }
-    let i = skip_number(bytes, eat_exact(bytes, at, b"Action")?);
+    // In asterisks as on a line of its own (`**Action Input:** cats`).
+    let emphasis = match bytes.get(at) {
+        Some(b'*') => emphasis_at(bytes, at),
+        _ => b"",
+    };
+    let i = skip_number(bytes, eat_exact(bytes, at + emphasis.len(), b"Action")?);
     let k = skip_number(bytes, eat_exact(bytes, skip_blanks(bytes, i), b"Input")?);
-    Some((at, colon_after(bytes, k)?))
+    let after = match colon_after(bytes, k) {
+        Some(colon) if emphasis.is_empty() => colon,
+        Some(colon) => eat_exact(bytes, colon, emphasis)?,
+        None => colon_after(bytes, eat_exact(bytes, k, emphasis)?)?,
+    };
+    Some((at, after))
 }
 
 /// Splits the (trimmed) content of an `Action:` section into the tool name and its input:

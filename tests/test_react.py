@@ -1127,5 +1127,30 @@ def test_only_a_name_quoted_whole_loses_its_backticks(action: str, tool: str) ->
     assert ar.parse_react_step(f"Thought: t\nAction: {action}").action == tool
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "**Action:** search **Action Input:** cats",
+        "Action: search **Action Input**: cats",
+        "Action: search *Action Input:* cats",
+    ],
+)
+def test_an_action_input_label_in_asterisks_on_the_actions_line(text: str) -> None:
+    # The label was read as the input's text: '**Action Input:** cats'.
+    step = ar.parse_react_step(text)
+    assert (step.action, step.action_input) == ("search", "cats")
+
+
+@pytest.mark.parametrize("tool", ["search", "Search Tool"])
+def test_a_name_in_backticks_then_action_input_on_its_line(tool: str) -> None:
+    # The label after a backtick went unread: `search` got 'Action Input: cats' as its
+    # input, and `Search Tool` was a ParseError.
+    step = ar.parse_react_step(f"Action: `{tool}` Action Input: cats")
+    assert (step.action, step.action_input) == (tool, "cats")
+    # An unclosed backtick still opens code: no label is read after it.
+    step = ar.parse_react_step("Action: run `x Action Input: y")
+    assert (step.action, step.action_input) == ("run", "`x Action Input: y")
+
+
 def test_a_final_answer_tool_in_backticks_answers() -> None:
     assert ar.parse_react_step("Action: `FINAL_ANSWER` 42").final_answer == "42"

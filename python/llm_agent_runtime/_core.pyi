@@ -85,10 +85,11 @@ def parse_react_step(text: str) -> ReActStep:
     lines, then a label or the end, follow it). The first `Action:`
     is the step's: numbered plan lines such as `Action 1: search for X` are labels too, so the
     first of them wins over a later `Action:`. When an `Action Input:` label follows it (later
-    on its line, written so, case included, as LangChain matches it, and not inside a JSON
-    string or bracketed value there; or as the next such line before any other `Action:`), the
-    tool is all the text of the action's line before that label, trimmed, as LangChain reads it
-    (`Action: Search Tool`), and the input is what follows the label; unless that line is in the
+    on its line, written so, case included, as LangChain matches it, in asterisks or not, and
+    not inside a JSON string, bracketed value or unclosed backtick there; or as the next such
+    line before any other `Action:`), the tool is all the text of the action's line before
+    that label, trimmed, as LangChain reads it (`Action: Search Tool`), and the input is what
+    follows the label; unless that line is in the
     seed form: its tool is `FINAL_ANSWER`, or an input starts right after the name (`{`, `[`,
     `(`, `"`, a code fence, `:` or `=`). Otherwise the tool name is the run of `[A-Za-z0-9_-]`
     after `Action:`, with dots between two such characters (`github.search_issues`), in
