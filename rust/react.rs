@@ -1575,6 +1575,11 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
         // `Action: FINAL_ANSWER 42`, or LangChain's `Action: FINAL_ANSWER` then
         // `Action Input: 42`; for a bare `FINAL_ANSWER`, a `Final Answer:` section (up to the
         // next label), or else a `Final Answer:` written later on a line after the action.
+        // An `Action Input:` label on its line (`FINAL_ANSWER Action Input: 42`) is no answer.
+        let input_text = match input_label_at(input_text, 0) {
+            Some((_, after)) => input_text[after..].trim(),
+            None => input_text,
+        };
         let final_answer = if !input_text.is_empty() {
             answer_of(input_text)
         } else if let Some(s) = found.final_answer {

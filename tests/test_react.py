@@ -315,7 +315,7 @@ def test_a_final_answer_later_on_a_line_does_not_outweigh_an_action() -> None:
             "remember the action input: must be JSON",
             None,
         ),
-        ('Action: FINAL_ANSWER Action Input: "done"', None, None, 'Action Input: "done"'),
+        ('Action: FINAL_ANSWER Action Input: "done"', None, None, "done"),  # its label dropped
     ],
 )
 def test_a_seed_form_action_line_is_not_read_whole_as_the_tool_name(
@@ -1150,6 +1150,12 @@ def test_a_name_in_backticks_then_action_input_on_its_line(tool: str) -> None:
     # An unclosed backtick still opens code: no label is read after it.
     step = ar.parse_react_step("Action: run `x Action Input: y")
     assert (step.action, step.action_input) == ("run", "`x Action Input: y")
+
+
+@pytest.mark.parametrize("tool", ["FINAL_ANSWER", "Final Answer", "`FINAL_ANSWER`"])
+def test_a_final_answer_tool_with_action_input_on_its_line(tool: str) -> None:
+    # FINAL_ANSWER answered 'Action Input: 42' (its seed form read the label as the answer).
+    assert ar.parse_react_step(f"Action: {tool} Action Input: 42").final_answer == "42"
 
 
 def test_a_final_answer_tool_in_backticks_answers() -> None:

@@ -90,7 +90,8 @@ def parse_react_step(text: str) -> ReActStep:
     line before any other `Action:`), the tool is all the text of the action's line before
     that label, trimmed, as LangChain reads it (`Action: Search Tool`), and the input is what
     follows the label; unless that line is in the
-    seed form: its tool is `FINAL_ANSWER`, or an input starts right after the name (`{`, `[`,
+    seed form: its tool is `FINAL_ANSWER` (whose text after an `Action Input:` label there is
+    the answer), or an input starts right after the name (`{`, `[`,
     `(`, `"`, a code fence, `:` or `=`). Otherwise the tool name is the run of `[A-Za-z0-9_-]`
     after `Action:`, with dots between two such characters (`github.search_issues`), in
     backticks or not (a name quoted whole loses its backticks in either form); its input
