@@ -1217,6 +1217,15 @@ fn final_answer_marker(text: &str) -> Option<(usize, usize)> {
     })
 }
 
+/// Where the asterisks (up to three) right before the `Final Answer:` marker at `marker`
+/// start: `marker` when there are none.
+fn stars_before(text: &str, marker: usize) -> usize {
+    text[..marker]
+        .trim_end_matches('*')
+        .len()
+        .max(marker.saturating_sub(3))
+}
+
 /// The answer after a `Final Answer:` marker written in emphasis (`stars` before it): its
 /// asterisks closing after the colon (`**Final Answer:** 42`) or later on its line, as
 /// Markdown closes emphasis (after a non-blank, before a non-word character: `**Final
@@ -1507,10 +1516,7 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
         };
         // The marker in emphasis (`I know. **Final Answer:** 42`, `**Final Answer: 42**`):
         // its asterisks are neither thought nor answer.
-        let stars_start = text[..marker]
-            .trim_end_matches('*')
-            .len()
-            .max(marker.saturating_sub(3));
+        let stars_start = stars_before(text, marker);
         let (thought, answer) = match found.thought {
             // A wrapped thought line (`**Thought: ... Final Answer: 42**`) closes after both.
             Some(s) if s.start <= marker => (
@@ -1586,8 +1592,13 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
             trimmed(s.answer(text, s.end.min(end)))
         } else {
             let after = text.get(action.end..end).unwrap_or_default();
-            let answer = final_answer_marker(after).map(|(_, start)| &after[start..]);
-            Cow::Borrowed(answer.unwrap_or_default().trim())
+            match final_answer_marker(after) {
+                Some((marker, start)) => {
+                    let stars = &after[stars_before(after, marker)..marker];
+                    trimmed(emphasized_answer(after, start, stars))
+                }
+                None => Cow::Borrowed(""),
+            }
         };
         if final_answer.is_empty() && input_text.is_empty() {
             return Err(CoreError::Parse {

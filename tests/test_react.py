@@ -1159,5 +1159,12 @@ def test_a_final_answer_tool_with_action_input_on_its_line(tool: str) -> None:
     assert ar.parse_react_step(f"Action: {tool} Action Input: 42").final_answer == "42"
 
 
+@pytest.mark.parametrize("marker", ["**Final Answer:** Paris", "**Final Answer: Paris**"])
+def test_final_answer_tool_then_a_later_marker_in_asterisks(marker: str) -> None:
+    # It answered '** Paris' or 'Paris**'.
+    step = ar.parse_react_step(f"Action: FINAL_ANSWER\nThought: done. {marker}")
+    assert step.final_answer == "Paris"
+
+
 def test_a_final_answer_tool_in_backticks_answers() -> None:
     assert ar.parse_react_step("Action: `FINAL_ANSWER` 42").final_answer == "42"
