@@ -204,9 +204,15 @@ def test_an_embedding_of_another_length_than_the_embedders_is_refused() -> None:
     # Taken, it set the store's length: every embedding of text and every recall by text
     # then failed, and the store's JSON did not load back with its own embedder.
     store = ar.EpisodicStore(embedder=ar.HashingEmbedder(8))
-    with pytest.raises(ar.MemoryStoreError, match="dimension 8, the store's have 3"):
+    with pytest.raises(ar.MemoryStoreError, match="dimension 8, the given embedding has 3"):
         store.add_episode("a", "x", 0.5, embedding=[1.0, 2.0, 3.0])
     assert store.episodes("a") == []
+    # So is a query vector, before any episode has an embedding to compare it with (it
+    # ranked by the policy alone, and failed only once one had).
+    store.add_episode("a", "", 0.5)
+    with pytest.raises(ar.MemoryStoreError, match="dimension 8, the query vector has 3"):
+        store.recall("a", 2, np.ones(3, np.float32))
+    assert [e.content for e in store.recall("a", 2, np.ones(8, np.float32))] == [""]
     store.add_episode("a", "hello", 0.5)
     store.add_episode("a", "given", 0.5, embedding=np.ones(8, np.float32))
     assert store.recall("a", 2, "hello")[0].content == "hello"
@@ -248,7 +254,7 @@ def test_a_numpy_int_dim_is_the_embedders_dim_too() -> None:
         dim = np.int64(4)  # type: ignore[assignment]
 
     store = ar.EpisodicStore(embedder=NumpyDim())
-    with pytest.raises(ar.MemoryStoreError, match="dimension 4, the store's have 3"):
+    with pytest.raises(ar.MemoryStoreError, match="dimension 4, the given embedding has 3"):
         store.add_episode("a", "x", 0.5, embedding=[1.0, 2.0, 3.0])
 
 

@@ -1082,11 +1082,15 @@ fn clock_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
 ///
 /// # Errors
 /// `MemoryStoreError` naming both lengths.
-fn check_embedder_dim(embedder: &Bound<'_, PyAny>, stored: usize) -> PyResult<()> {
+fn check_embedder_dim(
+    embedder: &Bound<'_, PyAny>,
+    len: usize,
+    what: impl FnOnce(usize) -> String,
+) -> PyResult<()> {
     match told_dim(embedder) {
-        Some(dim) if dim != stored => Err(CoreError::Memory(format!(
-            "the embedder makes embeddings of dimension {dim}, the store's have {stored}: \
-             pass the embedder they were made with"
+        Some(dim) if dim != len => Err(CoreError::Memory(format!(
+            "the embedder makes embeddings of dimension {dim}, {}",
+            what(len)
         ))
         .into()),
         _ => Ok(()),
@@ -1278,7 +1282,9 @@ impl PyEpisodicStore {
                 // Of another length than the embedder's, it would fail every later embedding
                 // and every recall by text (the store's first embedding sets the length).
                 if let Some(embedder) = self.embedder(py) {
-                    check_embedder_dim(embedder.bind(py), vector.len())?;
+                    check_embedder_dim(embedder.bind(py), vector.len(), |len| {
+                        format!("the given embedding has {len} values")
+                    })?;
                 }
                 Some(vector)
             }
@@ -1331,7 +1337,16 @@ impl PyEpisodicStore {
                     }
                     self.embed_text(py, text)?
                 }
-                Err(_) => Some(as_vector(q, "query")?),
+                Err(_) => {
+                    let vector = as_vector(q, "query")?;
+                    // Checked even while no episode has an embedding to compare it with.
+                    if let Some(embedder) = self.embedder(py) {
+                        check_embedder_dim(embedder.bind(py), vector.len(), |len| {
+                            format!("the query vector has {len} values")
+                        })?;
+                    }
+                    Some(vector)
+                }
             },
         };
         let now = self.now(py)?;
@@ -1562,7 +1577,9 @@ impl PyEpisodicStore {
                 .map_err(|e| CoreError::Memory(format!("not a valid exported episodic store: {e}")))
         })?;
         if let (Some(embedder), Some(stored)) = (&embedder, store.embedding_dim) {
-            check_embedder_dim(embedder.bind(py), stored)?;
+            check_embedder_dim(embedder.bind(py), stored, |len| {
+                format!("the store's have {len}: pass the embedder they were made with")
+            })?;
         }
         Ok(Self::from_parts(store, clock, embedder))
     }
