@@ -388,9 +388,9 @@ class AgentRuntime:
             it still took one of the `max_memory_recalls` slots, as the store ranks first).
         working_memory: Key-value memory whose `to_prompt()` block (a string) is appended,
             as it is, to the run's context (`WorkingMemory`'s starts with its own `Working
-            memory:` header). It is read once, when a run starts (or resumes): each prompt of
-            the run holds that snapshot, and entries set while the run goes on (by a tool,
-            say) show from the next run on.
+            memory:` header). It is read once, when a run starts: each prompt of the run
+            holds that snapshot (a resumed run too, as saved when it started), and entries
+            set while the run goes on (by a tool, say) show from the next run on.
         graph: Knowledge graph (`entity_count()`), whose size is recorded per session.
         tools: `ToolSpec`s or a `ToolRegistry`.
         backpressure: Sheds runs beyond its capacity.
@@ -561,7 +561,7 @@ class AgentRuntime:
     def config(self, config: AgentConfig) -> None:
         if not isinstance(config, AgentConfig):
             raise AgentRuntimeError(f"config must be an AgentConfig, got {type(config).__name__}")
-        _check_config(config)
+        config = _checked_config(config)
         # Sent with every model call; replies are also cut there, for models that ignore them.
         # Kept with the config they come from: a config set between runs brings its own (a
         # plain attribute kept the first config's stop sequences for every later one).
@@ -3410,12 +3410,14 @@ class AgentRuntime:
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend.
-            PersistenceError: When the source is missing or shorter than `step`, or when
-                `new_id` already has checkpoints (the source's own id too).
+            PersistenceError: When the source is missing or shorter than `step`, when
+                `new_id` is neither None nor a string, or when it already has checkpoints
+                (the source's own id too).
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("fork needs a checkpoint_backend")
-        fork_id = new_id or new_session_id()
+        # Only None and "" ask for a fresh id (0 or [] is refused, as any id not a string).
+        fork_id = new_session_id() if new_id is None or new_id == "" else new_id
         await self._checkpoints.fork(session_id, step, fork_id)
         return fork_id
 
@@ -4301,11 +4303,12 @@ def _check_resume_mode(session_id: str, saved: str, mode: str) -> None:
         )
 
 
-def _check_config(config: AgentConfig) -> None:
+def _checked_config(config: AgentConfig) -> AgentConfig:
     """Validates `config` again, field by field, as `AgentConfig(...)` does.
 
     A config may have skipped validation (`model_copy(update=...)` does not validate) or
-    had its list or dict changed in place since.
+    had its list or dict changed in place since. Returns `config`, or its validated copy
+    when validation changes a value (a `model` with whitespace around it, stripped).
 
     Raises:
         AgentRuntimeError: Naming the invalid settings.
@@ -4316,12 +4319,13 @@ def _check_config(config: AgentConfig) -> None:
         fields = type(config).model_fields
         dumped = config.model_dump(by_alias=True, round_trip=True, warnings=False)
         dumped.update((k, v) for k, v in vars(config).items() if k not in fields)
-        type(config).model_validate(dumped)
+        validated = type(config).model_validate(dumped)
     except ValidationError as error:
         raise AgentRuntimeError(
             "config is not a valid AgentConfig (changed after it was validated, say by "
             f"model_copy(update=...)?): {error}"
         ) from error
+    return config if validated == config else validated
 
 
 def _check_model_params(params: dict[str, Any]) -> None:

@@ -433,10 +433,10 @@ def session_problem(session: AgentSession, messages: bool = True) -> str | None:
     """What keeps `session` from running a turn (None when nothing does).
 
     That is a field whose value is not of its type (as `from_dict` checks them), a step that
-    is not a `Step`, or a chat message that is not one (see `message_problem`), which the
-    run would fail on as it goes, once its model was paid (or save as JSON that `from_json`
-    refuses): a user may set any field. `messages` False leaves the messages to the caller
-    (a turn's history trim has checked them).
+    is not a `Step` or has such a field, or a chat message that is not one (see
+    `message_problem`), which the run would fail on as it goes, once its model was paid (or
+    save as JSON that `from_json` refuses): a user may set any field. `messages` False
+    leaves the messages to the caller (a turn's history trim has checked them).
     """
     for name, spec in _SESSION_FIELDS.items():
         value = getattr(session, name)
@@ -445,6 +445,11 @@ def session_problem(session: AgentSession, messages: bool = True) -> str | None:
     for n, step in enumerate(session.steps, 1):
         if not isinstance(step, Step):
             return f"session.steps must be a list of Step objects, got {_kind(step)} as step {n}"
+        for name, spec in _STEP_FIELDS.items():  # as `Step.from_dict` checks them
+            if not _fits(value := getattr(step, name), spec):
+                return f"session step {n}: '{name}' must be {spec[1]}, got {_kind(value)}"
+        if (problem := requested_call_problem(step.requested)) is not None:
+            return f"session step {n}: 'requested' {problem}"
     if messages:
         for n, message in enumerate(session.messages, 1):
             if (problem := message_problem(message)) is not None:
