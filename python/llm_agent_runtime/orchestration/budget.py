@@ -177,7 +177,9 @@ class CostBudget:
             ValueError: a token count is negative or not an int, or the cost is negative, NaN,
                 infinite (or beyond the float range) or not a number, a bool included
                 (nothing is recorded).
-            BudgetExceededError: this usage went past a limit.
+            BudgetExceededError: this usage went past a limit: it adds to it, and spending
+                is then past it (a limit only reached is not past; a record of no usage
+                never raises).
         """
         try:
             tokens = check_count("input_tokens", input_tokens, 0) + check_count(
@@ -188,12 +190,14 @@ class CostBudget:
         cost = _picodollars(_checked_dollars("usage cost", cost_usd))
         self.used_tokens += tokens
         self._used_cost += cost
+        # Only usage that adds to a limit can go past it: a call admitted before another
+        # went past, that used nothing (a cached answer), is not refused after the fact.
         max_tokens = self._max_tokens
-        if max_tokens is not None and self.used_tokens > max_tokens:
+        if tokens and max_tokens is not None and self.used_tokens > max_tokens:
             raise BudgetExceededError(
                 f"token budget exceeded: {self.used_tokens} of {max_tokens} tokens"
             )
-        if self._max_cost is not None and self._used_cost > self._max_cost:
+        if cost and self._max_cost is not None and self._used_cost > self._max_cost:
             raise BudgetExceededError(
                 f"cost budget exceeded: {_shown(self._used_cost)} of {_shown(self._max_cost)}"
             )

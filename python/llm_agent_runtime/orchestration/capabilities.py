@@ -120,12 +120,14 @@ class CapabilitySet:
         a subclass that overrides it sees every action).
 
         Raises:
-            PolicyDeniedError: they would go past the action limit (none is counted).
+            PolicyDeniedError: they would go past the action limit (none is counted). A
+                count of 0 never does, even with a limit lowered below the actions taken.
             ValueError: `count` is negative or not an int.
         """
         count = check_count("count", count, 0)
         limit = self._max_actions
-        if limit is not None and self.actions_taken + count > limit:
+        # A count of 0 adds nothing: it cannot go past a limit already passed.
+        if count and limit is not None and self.actions_taken + count > limit:
             if self.actions_taken >= limit:
                 raise PolicyDeniedError(f"action limit reached ({limit} actions)")
             raise PolicyDeniedError(

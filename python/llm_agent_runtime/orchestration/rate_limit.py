@@ -453,9 +453,11 @@ class RateLimiter:
         Waiters reserve tokens in arrival order (the bucket may go into debt), so each waits
         exactly as long as the rate requires and concurrent waiters are served first come,
         first served. A cancelled waiter gives its reservation back, and the waiters behind
-        it are served that much sooner (a newcomer never overtakes them). A waiter cancelled
-        once it is due (before it resumed) was served: nothing is given back, as the bucket
-        may have dropped the tokens refilled for it at capacity since.
+        it are served that much sooner (a newcomer never overtakes them): by the time its
+        tokens took at the rate when it reserved them (a rate set since changes no waiter's
+        time). A waiter cancelled once it is due (before it resumed) was served: nothing is
+        given back, as the bucket may have dropped the tokens refilled for it at capacity
+        since.
 
         Raises:
             ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
@@ -471,6 +473,9 @@ class RateLimiter:
             return
         self._buckets[key] = (level, now)
         wait = -level / self._rate
+        # What its tokens moved the waiters behind back by: a rate set while it waits
+        # changes no one's time (they keep theirs), so neither does its refund.
+        refund = tokens / self._rate
         self._count += 1
         seq = self._count
         waiter = _Waiter(now + wait, seq)
@@ -493,7 +498,7 @@ class RateLimiter:
                 self._buckets[key] = (level, bucket[1])
                 # The refund is theirs: without it, a newcomer would be served before them.
                 self._count += 1
-                self._room.owe(key, (seq, self._count, tokens / self._rate))
+                self._room.owe(key, (seq, self._count, refund))
             raise
         finally:
             self._room.leave(key, waiter)

@@ -15,7 +15,7 @@ from llm_agent_runtime.errors import (
     CircuitOpenError,
     PolicyDeniedError,
     ProviderError,
-    policy_error_in,
+    group_leaves,
     stage_error,
 )
 from llm_agent_runtime.orchestration._checks import (
@@ -44,6 +44,19 @@ NEVER_RETRIED: tuple[type[BaseException], ...] = (
 """Errors that another attempt cannot fix."""
 
 
+def _never_retried_in(error: BaseException) -> bool:
+    """Whether `error` is, or carries, one of `NEVER_RETRIED`.
+
+    A pipeline stage's error stands for it, and so does any member of an exception group
+    (nested groups and a stage's error in a group too), as `policy_error_in` reads refusals.
+    """
+    error = stage_error(error)
+    leaves = group_leaves(error)
+    if leaves is None:
+        return isinstance(error, NEVER_RETRIED)
+    return any(_never_retried_in(leaf) for leaf in leaves)
+
+
 def default_retry_on(error: BaseException) -> bool:
     """Retries retryable provider errors, timeouts and connection errors; nothing else.
 
@@ -64,7 +77,8 @@ class RetryPolicy:
     carrying `retry_after` (or a `PipelineStageError` caused by one) waits what the server
     asked instead (still capped at `max_delay`; a negative, NaN, infinite or non-numeric
     `retry_after` is ignored).
-    `CircuitOpenError`, `PolicyDeniedError` and `BudgetExceededError` are never retried.
+    `CircuitOpenError`, `PolicyDeniedError` and `BudgetExceededError` are never retried,
+    nor is an exception group holding one.
 
     Args:
         max_attempts: total attempts, the first included.
@@ -174,13 +188,16 @@ class RetryPolicy:
     def should_retry(self, error: BaseException) -> bool:
         """Whether `error` may succeed on another attempt.
 
-        A `PipelineStageError` is judged by the stage's own error (its `__cause__`). A
+        A `PipelineStageError` is judged by the stage's own error (its `__cause__`). An
+        exception group holding a `CircuitOpenError`, `PolicyDeniedError` or
+        `BudgetExceededError` (a `TaskGroup` of calls, one refused) is not retried. A
         `retry_on` that raises is logged and means "no": the call's own error propagates.
         """
         cause = stage_error(error)
-        if isinstance(cause, NEVER_RETRIED) or not isinstance(cause, Exception):
+        if not isinstance(cause, Exception):
             return False
-        if policy_error_in(cause) is not None:  # a refusal in a group of errors
+        # Also inside a group: an open breaker or a refusal there fails the next attempt too.
+        if _never_retried_in(cause):
             return False
         try:
             return bool(self._retry_on(cause))
