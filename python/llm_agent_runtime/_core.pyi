@@ -700,10 +700,11 @@ class GraphStore:
     """Directed multigraph of entities and typed, weighted relationships, analytics in Rust.
 
     Properties are JSON-compatible: str keys; values None, bool (or numpy's bool), str, int
-    (or any integer type with __index__, such as numpy's), finite float (or an inexact
-    numbers.Real, such as numpy.float32, stored as a float; not a Fraction, which a float
-    would round), and lists, tuples and dicts of them (a dict naming each key's text once:
-    two keys of one text, such as a str subclass beside an equal str, are refused).
+    from -2**63 to 2**64 - 1 (or any integer type with __index__, such as numpy's), finite
+    float (or an inexact numbers.Real, such as numpy.float32, stored as a float; not a
+    Fraction, which a float would round), and lists, tuples and dicts of them, nested at
+    most 64 levels deep (a dict naming each key's text once: two keys of one text, such as a
+    str subclass beside an equal str, are refused).
 
     Threads share a graph (its calls lock it, with the GIL released while they work). A
     fork() taken while another thread is inside such a call copies its lock held into the
@@ -713,8 +714,9 @@ class GraphStore:
 
     Raises:
         GraphError: unknown entities, duplicate ids, non-finite weights (or beyond the float
-            range), weights that are not real numbers (a bool, a str), properties that are not a dict (or None) or not JSON-compatible,
-            negative weights given to Dijkstra, a non-positive cycle cap, a negative depth,
+            range), weights that are not real numbers (a bool, a str), properties that are
+            not a dict (or None) or not JSON-compatible as above, negative weights given to
+            Dijkstra, a non-positive cycle cap, a negative depth,
             hop count, round count or seed, a negative or non-finite resolution (or a
             bool), an empty source list (or one naming an entity twice) for betweenness_from,
             or a text argument (id, label, kind) that is not valid Unicode (`in` and

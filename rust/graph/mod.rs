@@ -960,11 +960,11 @@ impl PyGraphStore {
     ///     id: Unique id.
     ///     label: Type label, e.g. "person".
     ///     properties: A JSON-compatible dict (or None): str keys; values None, bool (or
-    ///         numpy's bool), str, int (or an integer type with `__index__`, such as
-    ///         numpy's), finite float (or an inexact `numbers.Real`, such as
-    ///         `numpy.float32`, stored as a float; not a `Fraction`, which a float would
-    ///         round), and lists, tuples and dicts of them (a dict naming each key's text
-    ///         once).
+    ///         numpy's bool), str, int from -2**63 to 2**64 - 1 (or an integer type with
+    ///         `__index__`, such as numpy's), finite float (or an inexact `numbers.Real`,
+    ///         such as `numpy.float32`, stored as a float; not a `Fraction`, which a float
+    ///         would round), and lists, tuples and dicts of them, at most 64 levels deep
+    ///         (a dict naming each key's text once).
     ///
     /// Raises:
     ///     GraphError: When the id exists, `properties` is not a dict, a property is not
