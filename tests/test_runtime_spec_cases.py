@@ -62,3 +62,57 @@ async def test_a_step_field_of_the_wrong_type_is_refused_before_the_run(
 
 async def _answers(prompt: str) -> str:
     return "Final Answer: 42"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("tools", 5, ar.AgentRuntimeError),
+        ("tools", [object()], ar.ToolError),
+        ("working_memory", "notes", ar.AgentRuntimeError),
+        ("graph", 5, ar.AgentRuntimeError),
+        ("backpressure", object(), ar.AgentRuntimeError),
+        ("metrics", None, ar.AgentRuntimeError),
+    ],
+)
+async def test_a_component_set_later_is_checked_as_the_constructor_checks_it(
+    name: str, value: Any, error: type[Exception]
+) -> None:
+    # Each was taken, and the next run failed with a bare AttributeError.
+    runtime = ar.AgentRuntime()
+    before = getattr(runtime, name)
+    with pytest.raises(error):
+        setattr(runtime, name, value)
+    assert getattr(runtime, name) is before
+    assert (await runtime.run_agent("a", "q", _answers)).final_answer == "42"
+
+
+async def test_tools_set_as_a_list_become_a_registry_runs_call() -> None:
+    @ar.tool
+    async def double(n: int) -> int:
+        """Doubles n."""
+        return 2 * n
+
+    runtime = ar.AgentRuntime()
+    runtime.tools = [double]
+    assert isinstance(runtime.tools, ar.ToolRegistry) and "double" in runtime.tools
+    replies = iter(['Action: double {"n": 21}', "Final Answer: done"])
+
+    async def infer(prompt: str) -> str:
+        return next(replies)
+
+    session = await runtime.run_agent("a", "q", infer)
+    assert session.steps[0].observation == "42"
+    metrics = ar.RuntimeMetrics()
+    runtime.metrics = metrics
+    await runtime.run_agent("a", "q", _answers)
+    assert metrics.snapshot().total_sessions == 1
+
+
+def test_the_checkpoint_backend_is_fixed_at_construction() -> None:
+    # Set later, runs went on writing to the first backend while repr showed the new one.
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    with pytest.raises(ar.AgentRuntimeError, match="fixed"):
+        runtime.checkpoint_backend = ar.InMemoryBackend()
+    assert runtime.checkpoint_backend is backend

@@ -449,12 +449,6 @@ class AgentRuntime:
         budget: CostBudget | None = None,
     ) -> None:
         self.config = AgentConfig() if config is None else config  # checked by the setter
-        if working_memory is not None:
-            _required("working_memory", working_memory, ["to_prompt"])
-        if graph is not None:
-            _required("graph", graph, ["entity_count"])
-        if backpressure is not None:
-            _required("backpressure", backpressure, ["acquire", "release"])
         if checkpoint_backend is not None:
             _required(
                 "checkpoint_backend",
@@ -463,12 +457,6 @@ class AgentRuntime:
             )
         if resume_lease_seconds is not None and checkpoint_backend is None:
             raise AgentRuntimeError("resume_lease_seconds needs a checkpoint_backend")
-        if metrics is not None and not isinstance(metrics, RuntimeMetrics):
-            raise AgentRuntimeError(
-                f"metrics must be a RuntimeMetrics, got {type(metrics).__name__}"
-            )
-        if isinstance(tools, ToolSpec):
-            raise AgentRuntimeError(f"tools must be a list of ToolSpec, got one ({tools.name!r})")
         if isinstance(middlewares, Middleware):
             raise AgentRuntimeError("middlewares must be a list of Middleware, got one Middleware")
         try:
@@ -488,13 +476,14 @@ class AgentRuntime:
                 raise AgentRuntimeError(
                     f"middlewares must subclass Middleware, got {type(middleware).__name__}"
                 )
-        self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
-        self.memory = memory  # checked by the property's setter
+        # Each checked by its property's setter.
+        self.tools = tools
+        self.memory = memory
         self.working_memory = working_memory
         self.graph = graph
         self.backpressure = backpressure
         self.metrics = metrics if metrics is not None else RuntimeMetrics()
-        self.checkpoint_backend = checkpoint_backend
+        self._checkpoint_backend = checkpoint_backend
         self._checkpoints: CheckpointStore | None = None
         if checkpoint_backend is not None:  # a backend holding nothing may be falsy
             from llm_agent_runtime.persistence.checkpoints import CheckpointStore
@@ -638,7 +627,7 @@ class AgentRuntime:
         config = self._config
         return (
             f"AgentRuntime(mode={config.mode!r}, model={short_repr(config.model)}, "
-            f"tools={names_repr(self.tools._tools)}, "
+            f"tools={names_repr(self._tools._tools)}, "
             f"checkpoint_backend={short_repr(self.checkpoint_backend, 200)})"
         )
 
@@ -742,6 +731,122 @@ class AgentRuntime:
         if memory is not None:
             _required("memory", memory, ["recall"])
         self._memory = memory
+
+    @property
+    def tools(self) -> ToolRegistry:
+        """The tools runs may call.
+
+        It may be replaced between runs by a `ToolRegistry` or `ToolSpec`s (made a
+        registry), checked as the constructor checks them.
+
+        Raises:
+            AgentRuntimeError: On setting one `ToolSpec` rather than a list of them, or
+                something that is neither a registry nor an iterable.
+            ToolError: On setting a list with a non-`ToolSpec` or two tools of one name.
+        """
+        return self._tools
+
+    @tools.setter
+    def tools(self, tools: Iterable[ToolSpec] | ToolRegistry | None) -> None:
+        if isinstance(tools, ToolSpec):
+            raise AgentRuntimeError(f"tools must be a list of ToolSpec, got one ({tools.name!r})")
+        if not isinstance(tools, ToolRegistry):
+            try:
+                listed = iter(tools or ())
+            except TypeError:
+                raise AgentRuntimeError(
+                    f"tools must be a list of ToolSpec or a ToolRegistry, got {_kind(tools)}"
+                ) from None
+            tools = ToolRegistry(listed)
+        self._tools = tools
+
+    @property
+    def working_memory(self) -> Any:
+        """The working memory whose `to_prompt()` block runs show (None for none).
+
+        It may be replaced between runs, and is checked as the constructor checks it.
+
+        Raises:
+            AgentRuntimeError: On setting one without a `to_prompt` method.
+        """
+        return self._working_memory
+
+    @working_memory.setter
+    def working_memory(self, working_memory: Any) -> None:
+        if working_memory is not None:
+            _required("working_memory", working_memory, ["to_prompt"])
+        self._working_memory = working_memory
+
+    @property
+    def graph(self) -> Any:
+        """The knowledge graph whose size runs record (None for none).
+
+        It may be replaced between runs, and is checked as the constructor checks it.
+
+        Raises:
+            AgentRuntimeError: On setting one without an `entity_count` method.
+        """
+        return self._graph
+
+    @graph.setter
+    def graph(self, graph: Any) -> None:
+        if graph is not None:
+            _required("graph", graph, ["entity_count"])
+        self._graph = graph
+
+    @property
+    def backpressure(self) -> BackpressureGuard | None:
+        """The guard runs take a slot of (None for none).
+
+        It may be replaced between runs, and is checked as the constructor checks it.
+
+        Raises:
+            AgentRuntimeError: On setting one without `acquire` and `release` methods.
+        """
+        return self._backpressure
+
+    @backpressure.setter
+    def backpressure(self, backpressure: BackpressureGuard | None) -> None:
+        if backpressure is not None:
+            _required("backpressure", backpressure, ["acquire", "release"])
+        self._backpressure = backpressure
+
+    @property
+    def metrics(self) -> RuntimeMetrics:
+        """The counters runs record into.
+
+        It may be replaced between runs by another `RuntimeMetrics`.
+
+        Raises:
+            AgentRuntimeError: On setting anything else.
+        """
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: RuntimeMetrics) -> None:
+        if not isinstance(metrics, RuntimeMetrics):
+            raise AgentRuntimeError(
+                f"metrics must be a RuntimeMetrics, got {type(metrics).__name__}"
+            )
+        self._metrics = metrics
+
+    @property
+    def checkpoint_backend(self) -> PersistenceBackend | None:
+        """The backend runs are checkpointed in (None for none).
+
+        It is fixed at construction: a run's records, claims and event log stay in one store.
+
+        Raises:
+            AgentRuntimeError: On setting it.
+        """
+        return self._checkpoint_backend
+
+    @checkpoint_backend.setter
+    def checkpoint_backend(self, backend: PersistenceBackend | None) -> None:
+        raise AgentRuntimeError(
+            "checkpoint_backend is fixed when the runtime is made: make another AgentRuntime "
+            "for another backend"
+        )
 
     def create_session(self, agent_id: str, session_id: str | None = None) -> AgentSession:
         """Starts a multi-turn session (chat history kept across `run_turn` calls).
@@ -1000,7 +1105,7 @@ class AgentRuntime:
             type(infer) is FunctionType and infer.__code__.co_flags & _CO_COROUTINE
         ):
             infer = _as_model(infer)
-        tools, seen = self.tools, self._tools_seen
+        tools, seen = self._tools, self._tools_seen
         if seen[0] is not tools or seen[1] != len(tools) or seen[2] != SHOWN_CHANGES[0]:
             self._refresh_tools()
         session_id = session.session_id
@@ -1018,7 +1123,7 @@ class AgentRuntime:
                 )
             _SESSIONS_RUNNING[id(session)] = mark
             running.add(session_id)
-        guard = self.backpressure
+        guard = self._backpressure
         if guard is not None:
             try:
                 guard.acquire()
@@ -1026,11 +1131,11 @@ class AgentRuntime:
                 _unmark(running, session_id, session, mark)
                 # A shed is counted once: by the guard when it counts into these metrics.
                 if isinstance(error, BackpressureShedError) and (
-                    getattr(guard, "_metrics", None) is not self.metrics
+                    getattr(guard, "_metrics", None) is not self._metrics
                 ):
-                    self.metrics.record_backpressure_shed()
+                    self._metrics.record_backpressure_shed()
                 raise
-        metrics = self.metrics
+        metrics = self._metrics
         # The async callbacks the run's events start: the run waits for them once it has let
         # go of its session and slot, within its deadline. Tracked in every run (a context
         # variable, ~0.4 us a run): one may be registered while the run goes on.
@@ -1199,8 +1304,8 @@ class AgentRuntime:
             else:  # its memories were recalled, and counted, when it started
                 context, hits = saved["context"], saved["memory_hits"]
                 session.memory_hits = hits
-                if self.graph is not None:
-                    session.graph_entity_count = _entity_count(self.graph)
+                if self._graph is not None:
+                    session.graph_entity_count = _entity_count(self._graph)
             if self._checkpoints is not None:
                 # A resumed run's first step, if it saved none yet, records its start too.
                 first = resume.first_step if resume is not None else session.step_count
@@ -1245,7 +1350,7 @@ class AgentRuntime:
         built is shown from the next run on; and when a spec's name, description or
         parameters were set since (any spec's: `SHOWN_CHANGES`). Per run, not per step.
         """
-        tools = self.tools
+        tools = self._tools
         changes = SHOWN_CHANGES[0]  # read first: a change made meanwhile rebuilds again
         # Of one copy of the registry: its size is what was shown, so a tool registered
         # meanwhile (by another thread) makes the next run rebuild.
@@ -1271,7 +1376,7 @@ class AgentRuntime:
         """
         if provider is not None:
             tools = self._tool_definitions_chars
-        elif len(self.tools):
+        elif len(self._tools):
             tools = len(self._tool_catalog) + len(_REACT_FORMAT) + len(_TOOLS_HEADER)
             tools += len(_QUESTION) + 4 * len(_PART_BREAK)
         else:
@@ -1350,17 +1455,17 @@ class AgentRuntime:
             if texts:
                 shown = _Shown(memory if counts_shown else None, ids, len(texts))
                 parts.append(_memories_block(texts))
-        if self.working_memory is not None:
-            working = self.working_memory.to_prompt()
+        if self._working_memory is not None:
+            working = self._working_memory.to_prompt()
             if not isinstance(working, str):  # it would be joined into the prompt
                 raise AgentRuntimeError(
-                    f"working memory {type(self.working_memory).__name__}.to_prompt must "
+                    f"working memory {type(self._working_memory).__name__}.to_prompt must "
                     f"return a string, got {_kind(working)}"
                 )
             if working:  # the block as is: `WorkingMemory.to_prompt()` has its own header
                 parts.append(working)
-        if self.graph is not None:
-            session.graph_entity_count = _entity_count(self.graph)
+        if self._graph is not None:
+            session.graph_entity_count = _entity_count(self._graph)
         return "\n\n".join(parts), shown
 
     def _count_shown(self, session: AgentSession, agent_id: str, shown: _Shown | None) -> None:
@@ -1374,7 +1479,7 @@ class AgentRuntime:
         if shown.store is not None:
             shown.store.mark_recalled(agent_id, shown.ids)
         session.memory_hits += shown.hits
-        self.metrics.record_memory_recall(shown.hits)
+        self._metrics.record_memory_recall(shown.hits)
 
     async def _react_loop(
         self,
@@ -1388,9 +1493,9 @@ class AgentRuntime:
     ) -> None:
         config = self._config
         head = [context]
-        if len(self.tools):
+        if len(self._tools):
             head.append(_TOOLS_HEADER + self._tool_catalog)
-        head.append(_REACT_FORMAT if len(self.tools) else _REACT_FORMAT_NO_TOOLS)
+        head.append(_REACT_FORMAT if len(self._tools) else _REACT_FORMAT_NO_TOOLS)
         if history:
             head.append("\n".join(map(_history_line, history)))
         head.append(_QUESTION + prompt)
@@ -1417,7 +1522,7 @@ class AgentRuntime:
         budget = self.budget
         stops = self._stops
         perf = time.perf_counter
-        metrics = self.metrics
+        metrics = self._metrics
         checkpoints = self._checkpoints
         task = current_task()  # the run's calls run in it: looked up once, not per call
         # A resumed run counts the steps it already took, and their re-prompts (each took an
@@ -1697,7 +1802,7 @@ class AgentRuntime:
         model = params["model"]
         more_params = len(params) > 1
         perf = time.perf_counter
-        metrics = self.metrics
+        metrics = self._metrics
         checkpoints = self._checkpoints
         task = current_task()  # a round's single call runs in it: looked up once, not per call
         # A round's overhead runs from where the round before ended (its checkpoint write in).
@@ -2116,7 +2221,7 @@ class AgentRuntime:
                 requested=_requested(call.name, call.arguments, name, arguments),
             )
             session.steps.append(step)
-            self.metrics.record_step()
+            self._metrics.record_step()
             input_tokens = output_tokens = 0
 
     async def _run_parallel(
@@ -2183,7 +2288,7 @@ class AgentRuntime:
             if denial is not None:
                 return self._denied(session, name, arguments, denial, index, ended)
         counted = name if name in self._tool_names else self._unlisted_name(name)
-        self.metrics.record_tool_call(counted, session.agent_id)
+        self._metrics.record_tool_call(counted, session.agent_id)
         events = self.events
         # Computed also when a listener joins while the tool runs.
         step_index = len(session.steps) + index
@@ -2200,18 +2305,18 @@ class AgentRuntime:
             start = time.perf_counter()
             if self._tracer is not None:
                 with _traced(self._tracer, "agent.tool", {"tool": name}) as span:
-                    observation = await self.tools.call(
+                    observation = await self._tools.call(
                         name, arguments, self._config.max_observation_chars, key, task=task
                     )
                     if observation.error_kind is not None:  # a failure the tool call absorbed
                         _mark_failed(span, observation)
             else:
                 # The setting's backing attribute: a tool call pays no property call.
-                observation = await self.tools.call(
+                observation = await self._tools.call(
                     name, arguments, self._config.max_observation_chars, key, task=task
                 )
         except BaseException as error:  # cancelled, timed out, or a policy error: it goes on
-            self.metrics.record_tool_failure(counted, session.agent_id)  # as the events say
+            self._metrics.record_tool_failure(counted, session.agent_id)  # as the events say
             if busy is not None and busy_started:
                 busy.stop()
             interrupted = _interrupted_observation(error, "the call ended with", self._config)
@@ -2230,7 +2335,7 @@ class AgentRuntime:
         if busy is not None:
             busy.stop()
         if observation.error_kind is not None:
-            self.metrics.record_tool_failure(counted, session.agent_id)
+            self._metrics.record_tool_failure(counted, session.agent_id)
         run = (observation, tool_ms, name, arguments)
         if ended is not None:  # before the event: a listener failing on it fails the round
             ended[index] = run
@@ -2246,7 +2351,7 @@ class AgentRuntime:
         `name` when the registry has it (a tool registered during the run), else
         `(unknown tool)`.
         """
-        return name if name in self.tools else _UNKNOWN_TOOL
+        return name if name in self._tools else _UNKNOWN_TOOL
 
     def _denied(
         self,
@@ -2273,8 +2378,8 @@ class AgentRuntime:
             counted = _UNKNOWN_TOOL
         else:
             counted = name if name in self._tool_names else self._unlisted_name(name)
-        self.metrics.record_tool_call(counted, session.agent_id)
-        self.metrics.record_tool_failure(counted, session.agent_id)
+        self._metrics.record_tool_call(counted, session.agent_id)
+        self._metrics.record_tool_failure(counted, session.agent_id)
         run = (denial, 0.0, name, arguments)
         if ended is not None:
             ended[index] = run
@@ -2327,7 +2432,7 @@ class AgentRuntime:
                 if result is not None:
                     name, arguments = _rewritten_call(result)
             rewritten.append((name, arguments))
-        tools = self.tools
+        tools = self._tools
         known = [name for name, _ in rewritten if name in tools]
         capabilities = self.capabilities
         if capabilities is not None and known:
@@ -2608,7 +2713,7 @@ class AgentRuntime:
         except Exception as error:  # a backend's own error, typed for the caller
             from llm_agent_runtime.persistence.base import session_key
 
-            self.metrics.record_checkpoint_error()
+            self._metrics.record_checkpoint_error()
             key = session_key(session.session_id) + ":meta"
             raise PersistenceError(f"session start checkpoint failed: {error}", key=key) from error
 
@@ -2620,7 +2725,7 @@ class AgentRuntime:
         """
         checkpoints = self._checkpoints
         if checkpoints is None or not checkpoints.refuses(session_id):
-            self.metrics.record_checkpoint_error()
+            self._metrics.record_checkpoint_error()
 
     async def _unless_resume_lost(self, body: Awaitable[None], session_id: str) -> None:
         """Awaits `body`, a resumed run's under a lease, stopped once its claim is lost.
@@ -2660,7 +2765,7 @@ class AgentRuntime:
         the write failed.
         """
         session.checkpoint_errors += 1
-        self.metrics.record_checkpoint_error()
+        self._metrics.record_checkpoint_error()
         logger.warning(message, *args, stacklevel=2)
 
     def _resume_lost(self, session_id: str, error: PersistenceError) -> None:
@@ -2683,8 +2788,8 @@ class AgentRuntime:
         # The episodic store is not saved with the session: it holds every agent's memories
         # (another agent's are not this session's to keep), and nothing reads it back.
         extra: dict[str, Any] = {}
-        if self.working_memory is not None:
-            saved = _saved_working_memory(self.working_memory)
+        if self._working_memory is not None:
+            saved = _saved_working_memory(self._working_memory)
             if saved is not None:
                 extra["working_memory"] = saved
         # Steps whose own save failed go in the same write: a finished session has no gap.
@@ -2746,7 +2851,7 @@ class AgentRuntime:
             self._event_log.setdefault(session.session_id, [])[:0] = events
             if not isinstance(error, Exception):
                 raise
-            self.metrics.record_checkpoint_error()
+            self._metrics.record_checkpoint_error()
             key = session_key(session.session_id)
             raise PersistenceError(f"final checkpoint failed: {error}", key=key) from error
         return deleting
@@ -2885,7 +2990,7 @@ class AgentRuntime:
         if denial is not None:  # denied: nothing runs, so no intent
             run = self._denied(session, name, arguments, denial, index)
         else:
-            spec = self.tools.get(name)
+            spec = self._tools.get(name)
             # An intent only matters for a call that must not run twice: a lone call of an
             # idempotent tool is simply repeated (with the step) after an interruption, which
             # saves a write per step. A tool taking the key keeps it: its key must name this
@@ -3078,7 +3183,7 @@ class AgentRuntime:
         """
         if entry.get("state") != "intent":
             return
-        spec = self.tools.get(name)
+        spec = self._tools.get(name)
         if spec is None and entry.get("unlisted") is True:
             return
         if spec is None:
