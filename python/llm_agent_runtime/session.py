@@ -150,7 +150,11 @@ class AgentSession:
         return self.step_count - self.failed_tool_call_count()
 
     def checkpoint_error_count(self) -> int:
-        """Per-step checkpoint saves that failed."""
+        """Per-step checkpoint saves that failed.
+
+        Counted in memory and saved with a run's final checkpoint: a session loaded or
+        resumed from a run cut off before that has its finished runs' count only.
+        """
         return self.checkpoint_errors
 
     def all_thoughts(self) -> list[str]:
