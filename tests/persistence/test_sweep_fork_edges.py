@@ -422,3 +422,39 @@ async def test_a_sweep_whose_claim_was_taken_over_stops(
     assert [k for k in taken.deleted[2:] if not k.startswith("session:s:run:1")] == []
     assert await backend.load("session:s:run:1") == other  # not this sweep's to delete
     assert await backend.load("session:s") is not None
+
+
+async def test_a_fork_into_a_turn_run_without_checkpoints_is_refused() -> None:
+    # Its question was not saved: the fork continued turn 1 with turn 2's question (and, in
+    # tools mode, sent a tool result answering no call).
+    @ar.tool
+    def add(a: int, b: int) -> int:
+        """Adds."""
+        return a + b
+
+    def model(tag: str, steps: int) -> Any:
+        replies = iter(
+            [f'Thought: {tag}{i}\nAction: add {{"a": {i}, "b": 1}}' for i in range(steps)]
+            + [f"Thought: d\nAction: FINAL_ANSWER answer-{tag}"]
+        )
+
+        async def infer(prompt: str) -> str:
+            return next(replies)
+
+        return infer
+
+    config = ar.AgentConfig(max_iterations=10)
+    plain = ar.AgentRuntime(config, tools=[add])
+    session = plain.create_session("agent", session_id="chat")
+    await plain.run_turn(session, "q1", model("a", 2))  # steps 1-3, no checkpoints
+    session = ar.AgentSession.from_json(session.to_json())
+    backend = ar.InMemoryBackend()
+    durable = ar.AgentRuntime(config, tools=[add], checkpoint_backend=backend)
+    await durable.run_turn(session, "q2", model("b", 1))  # steps 4-5, checkpointed
+    for step in (1, 2, 3):
+        with pytest.raises(ar.PersistenceError, match=f"cannot fork at step {step}:.* 4 or later"):
+            await durable.fork("chat", step, f"fork{step}")
+        assert await backend.list_keys(f"session:fork{step}") == []  # nothing written
+    await durable.fork("chat", 4, "fork4")  # in the checkpointed turn: its question is known
+    fork = await ar.AgentSession.load_checkpoint(backend, "fork4")
+    assert fork.prompt == "q2" and [m["content"] for m in fork.messages] == ["q1", "answer-a"]

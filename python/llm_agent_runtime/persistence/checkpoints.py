@@ -2448,7 +2448,9 @@ class CheckpointStore:
 
         Raises:
             PersistenceError: When `step` is not an int >= 0, the source is missing or has
-                fewer than `step` steps, or when `new_session_id` already has checkpoints
+                fewer than `step` steps, `step` is in a run before the saved one that saved
+                no record of its start (run without checkpoints, or under an older version:
+                its question is not known), or when `new_session_id` already has checkpoints
                 (the source's own id too, or an incomplete fork that started less than 60
                 seconds ago), another fork claimed it meanwhile, or another fork takes over
                 the incomplete fork there.
@@ -2459,6 +2461,7 @@ class CheckpointStore:
                 f"cannot fork at step {step!r}: the session has {len(state.records)} steps",
                 key=session_key(session_id),
             )
+        first, prompt, turn, history = _run_at(state, step)  # before anything is written
         if await self.exists(new_session_id) and not await self._drop_incomplete_fork(
             new_session_id
         ):
@@ -2467,7 +2470,6 @@ class CheckpointStore:
                 "(fork into a new session id)",
                 key=session_key(new_session_id),
             )
-        first, prompt, turn, history = _run_at(state, step)
         fork = AgentSession(
             session_id=new_session_id,
             agent_id=state.agent_id,
@@ -2704,7 +2706,11 @@ def _run_at(state: SessionState, step: int) -> tuple[int, str, bool, list[dict[s
     history it started with. A run is told by the `run_start` of its first step, its
     history being the start of the session's (a chat history only grows). Steps saved
     without `run_start` (by older versions, or before the session had checkpoints) give the
-    run after the last final answer before the step; the latest run's data when that is it.
+    run after the last final answer before the step: the latest run's data when that is it.
+
+    Raises:
+        PersistenceError: The step is in an earlier run saved without `run_start`: nothing
+            saved holds that run's question (it was the latest run's, silently).
     """
     records = state.records
     if state.final is not None:
@@ -2718,9 +2724,14 @@ def _run_at(state: SessionState, step: int) -> tuple[int, str, bool, list[dict[s
             return index, start["prompt"], start["turn"], history
     before = records[: max(step - 1, 0)]
     first = next((n + 1 for n in range(len(before) - 1, -1, -1) if before[n].is_final), 0)
-    if first == state.first_step:
-        return first, state.prompt, state.turn, [dict(m) for m in state.history or []]
-    return first, state.prompt, state.turn, []
+    if first != state.first_step:
+        raise PersistenceError(
+            f"cannot fork at step {step}: the run that took it saved no record of its question "
+            "(it ran without checkpoints, or under an older version); fork at a step of the "
+            f"saved run: {state.first_step + 1} or later",
+            key=session_key(state.session_id),
+        )
+    return first, state.prompt, state.turn, [dict(m) for m in state.history or []]
 
 
 def started_with(state: SessionState, first: int) -> dict[str, Any] | None:
