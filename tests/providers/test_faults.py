@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import math
@@ -653,3 +654,41 @@ async def test_malformed_body_is_a_provider_error(
             await llm.chat(USER)
     assert (caught.value.status, caught.value.retryable) == (None, False)
     assert len(server.requests) == 1
+
+
+async def test_a_flood_of_events_without_content_is_cut_at_timeout(kind: str) -> None:
+    # Only the time spent waiting for bytes counted: a server sending empty events as fast
+    # as they were read kept a stream going as long as it liked (3 s here, for a 0.5 s limit).
+    noise = ping(kind) if kind == "anthropic" else sse({"choices": [{"delta": {"content": ""}}]})
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            head = (
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+            )
+            writer.write(head)
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end and not writer.is_closing():
+                writer.write(noise * 100)
+                await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(flood, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    where = SimpleNamespace(url=f"http://127.0.0.1:{port}")
+    started = time.perf_counter()
+    try:
+        async with make_provider(
+            kind, where, timeout=0.5, retry=RetryPolicy(max_attempts=1)
+        ) as llm:
+            with pytest.raises(ProviderError, match=r"no content for 0\.5 s") as caught:
+                await collect_text(llm)
+    finally:
+        listener.close()
+    assert caught.value.retryable and time.perf_counter() - started < 2.5
+
+
+async def collect_text(llm: Any) -> str:
+    """The text of a streamed reply to `USER`."""
+    return "".join([piece async for piece in llm.stream("hi")])

@@ -1875,9 +1875,10 @@ class HttpTransport:
                 not an event stream (its `content-type` is another; a reply without one is
                 read as a stream); timeout, or a body read whole (an error status's, or that
                 of a reply that is no stream) that takes longer than `total_timeout` (as a
-                non-streamed reply does; retryable); `timeout` seconds spent waiting without
-                an event that carries content, the wait for the reply's headers included
-                (keep-alive comments, `ping` events and interim `1xx` replies keep a
+                non-streamed reply does; retryable); no reply's headers within `timeout` of
+                the request, or `timeout` seconds after them (or after the caller's return
+                from an event with content) without an event that carries content, however
+                many comments, `ping` events or empty events came meanwhile (they keep a
                 connection open, not a stream going; retryable); a connection lost
                 mid-stream; a line or an event past `MAX_EVENT_BYTES` (see `iter_sse`); or
                 content past `MAX_REPLY_BYTES` characters (`progress`; not retryable).
@@ -1894,7 +1895,11 @@ class HttpTransport:
         progress: StreamProgress | None,
     ) -> AsyncGenerator[SseEvent, None]:
         client = self._http()
-        waited = 0.0  # seconds spent waiting for bytes since the last event with content
+        clock = asyncio.get_running_loop().time
+        # Since when the stream has gone without content: its headers' arrival, then the
+        # caller's return from the last event with content. Neither slow reads nor a flood
+        # of events without content may outlast `timeout` (reads alone once did not count).
+        quiet_since = clock()
         received = 0  # `progress.received` after the last event with content
         # The body's start, kept until the first event: an error may stand in for the stream.
         start = bytearray()
@@ -1902,16 +1907,12 @@ class HttpTransport:
 
         async def timed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             # A silent server trips the read timeout; this catches one that only pings.
-            nonlocal waited
-            clock = asyncio.get_running_loop().time
             while True:
-                started = clock()
                 try:
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     return
-                waited += clock() - started
-                if waited > self.timeout:
+                if clock() - quiet_since > self.timeout:
                     raise ProviderError(
                         f"{self.name} stream sent no content for {self.timeout:g} s "
                         "(only keep-alive pings or events without any)",
@@ -1947,6 +1948,7 @@ class HttpTransport:
                     f"{self.name} request timed out: {message}", retryable=True
                 ) from None
             chunks = response.aiter_bytes()
+            quiet_since = clock()
             try:
                 # A body read whole (an error status's, or a reply that is no stream) is
                 # bounded as a whole reply is: `timeout` alone never cuts one that trickles.
@@ -1965,14 +1967,14 @@ class HttpTransport:
                     async for event in events:
                         no_event = False
                         if progress is None:
-                            if event.event != "ping":
-                                waited = 0.0
                             yield event
+                            if event.event != "ping":
+                                quiet_since = clock()
                         else:
                             yield event  # read by the caller, which counts what it holds
                             if progress.received != received:
                                 received = progress.received
-                                waited = 0.0
+                                quiet_since = clock()
                                 if received > MAX_REPLY_BYTES:
                                     raise ProviderError(
                                         f"{self.name} streamed reply is larger than "

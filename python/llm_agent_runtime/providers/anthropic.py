@@ -267,8 +267,9 @@ class AnthropicProvider(HttpProvider):
             `DEFAULT_ANTHROPIC_MODEL`).
         max_tokens: Most tokens per reply unless a call passes `max_tokens=`: an int of at
             least 1 (not a bool, a float or a string).
-        timeout: Seconds to wait for the next bytes of a response, and the longest a stream
-            may go on without content (`ping` events and empty deltas do not count).
+        timeout: Seconds to wait for the next bytes of a response (its headers too), and
+            the longest a stream may go on without content once its headers came (`ping`
+            events and empty deltas do not count).
         connect_timeout: Seconds to wait for a connection.
         total_timeout: Seconds one attempt of a non-streamed call (`chat`, `complete`) may
             take in all, however its reply trickles in, and a streamed call may take to read

@@ -285,9 +285,9 @@ class OpenAIProvider(HttpProvider):
             header), and shown nowhere: `base_url` and the repr leave them out.
         model: Model used when a call names none (default: `OPENAI_MODEL`, else
             `DEFAULT_OPENAI_MODEL`).
-        timeout: Seconds to wait for the next bytes of a response, and the longest a stream
-            may go on without content (keep-alive comments, pings and empty deltas do not
-            count).
+        timeout: Seconds to wait for the next bytes of a response (its headers too), and
+            the longest a stream may go on without content once its headers came
+            (keep-alive comments, pings and empty deltas do not count).
         connect_timeout: Seconds to wait for a connection.
         total_timeout: Seconds one attempt of a non-streamed call (`chat`, `complete`) may
             take in all, however its reply trickles in, and a streamed call may take to read
