@@ -19,6 +19,16 @@ def llm_server() -> Iterator[FakeLlmServer]:
         yield server
 
 
+@pytest.mark.parametrize("status", [201, 203])
+def test_openai_embedder_takes_any_success_status(llm_server: FakeLlmServer, status: int) -> None:
+    # Only a 200 was read: a 201 or 203 with its embeddings was an "HTTP error".
+    llm_server.reset()
+    body = json.dumps({"data": [{"index": 0, "embedding": [0.5, 0.25]}]}).encode()
+    llm_server.script(Reply(status=status, headers=dict(JSON), body=body))
+    embedder = ar.OpenAIEmbedder(base_url=llm_server.url + "/v1")
+    assert embedder.embed(["x"]).tolist() == [[0.5, 0.25]]
+
+
 @pytest.mark.parametrize(
     ("status", "verdict", "retryable"),
     [(500, "false", False), (400, "true", True), (503, None, True), (400, None, False)],

@@ -414,7 +414,8 @@ class OpenAIEmbedder:
                 follow_redirects=False,
             ) as response,
         ):
-            if response.status_code == 200:
+            ok = 200 <= response.status_code < 300  # any success, as the chat providers take
+            if ok:
                 reply = _read_by(response, deadline, self._timeout)
             else:  # an error body that does not decode must not hide the status
                 try:
@@ -422,7 +423,7 @@ class OpenAIEmbedder:
                     reply = _read_by(response, deadline, self._timeout, MAX_ERROR_BODY + 1)
                 except httpx.DecodingError:
                     reply = b"no error message (the error body did not decode)"
-        if response.status_code != 200:
+        if not ok:
             cut = len(reply) > MAX_ERROR_BODY
             message = error_message(reply[:MAX_ERROR_BODY], redactor.redact, truncated=cut)
             raise ProviderError(

@@ -75,6 +75,24 @@ async def test_x_should_retry_true_is_retried(
 
 
 @pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("status", [302, 600])
+async def test_x_should_retry_true_on_a_redirect_or_a_status_past_599_is_not_retried(
+    server: FakeLlmServer, retry: RetryPolicy, kind: str, streamed: bool, status: int
+) -> None:
+    # It was retried (3 requests): another attempt is answered the same way.
+    error = error_reply(status, "true", kind)
+    error.headers["location"] = "http://elsewhere.example/"
+    server.script(error, Turn(text="second"))
+    provider = make_provider(kind, server, retry=retry)
+    async with provider:
+        with pytest.raises(ProviderError) as caught:
+            await reply(provider, USER, streamed)
+    assert (caught.value.status, caught.value.retryable) == (status, False)
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
 async def test_x_should_retry_absent_or_unreadable_leaves_the_status_to_decide(
     server: FakeLlmServer, retry: RetryPolicy, kind: str
 ) -> None:

@@ -202,13 +202,14 @@ def should_retry(status: int, headers: Mapping[str, str]) -> bool:
     APIs send `x-should-retry: true` or `false` with some errors, and their SDKs obey it
     before the status: a 500 the server knows another attempt cannot fix is not sent again,
     and a status not retried by itself is, when the server says so. Any other value of the
-    header leaves the choice to the status.
+    header leaves the choice to the status, and so does any status outside 400-599: a 1xx
+    or 3xx, or one past 599 (a broken proxy's), is answered the same way again.
 
     Args:
         status: The response's HTTP status.
         headers: Its headers (case-insensitive lookups, as `httpx.Headers`).
     """
-    verdict = headers.get("x-should-retry")
+    verdict = headers.get("x-should-retry") if 400 <= status <= 599 else None
     if verdict is not None:
         verdict = verdict.strip().lower()
         if verdict == "true":
