@@ -67,3 +67,18 @@ async def test_sqlite_lists_the_keys_of_a_database_another_program_made_in_utf16
         assert await store.list_keys("zz") == []
         for key in await store.list_keys():
             assert await store.load(key) == key.encode()
+        # U+FFFE and U+FFFF are refused: stored as U+FFFD, two keys shared the "\ufffd" row.
+        for bad in ("session:\uffff", "\ufffe"):
+            for call in (
+                store.save(bad, b"x"),
+                store.save_new(bad, b"x"),
+                store.load(bad),
+                store.delete(bad),
+                store.batch_save({bad: b"x"}),
+                store.batch_load([bad]),
+                store.batch_save_if(bad, b"x", {}),
+                store.batch_delete_if("a", b"a", [bad]),
+            ):
+                with pytest.raises(ar.PersistenceError, match="U\\+FFFE or U\\+FFFF"):
+                    await call
+        assert await store.load("\ufffd") == "\ufffd".encode()

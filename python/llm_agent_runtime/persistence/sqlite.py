@@ -258,6 +258,34 @@ class SqliteBackend:
         except OverflowError as exc:  # sqlite3 binds at most INT_MAX bytes: 2 GiB less one
             raise self._too_big(exc, key, keys) from exc
 
+    def _key(self, key: str) -> str:
+        """`key` checked (`check_key`); in a UTF-16 database, refused if it holds U+FFFE or U+FFFF.
+
+        SQLite stores those as U+FFFD in UTF-16 text, so two keys would share a row.
+
+        Raises:
+            PersistenceError: As `check_key`, or for such a key.
+        """
+        check_key(key)
+        if self._encoding != "UTF-8" and ("\ufffe" in key or "\uffff" in key):
+            raise PersistenceError(
+                f"key holds U+FFFE or U+FFFF, which this {self._encoding} database stores as "
+                "U+FFFD (another key's row)",
+                key=key,
+            )
+        return key
+
+    def _keys(self, keys: Sequence[str]) -> list[str]:
+        """`check_keys(keys)`, each key as `_key` checks it."""
+        return [self._key(key) for key in check_keys(keys)]
+
+    def _items(self, items: Mapping[str, bytes]) -> dict[str, bytes]:
+        """`check_items(items)`, each key as `_key` checks it."""
+        checked = check_items(items)
+        for key in checked:
+            self._key(key)
+        return checked
+
     def _too_big(self, error: Exception, key: str | None, keys: Iterable[str]) -> PersistenceError:
         """The error for a value too big to bind: a batch's names its largest value's key."""
         if isinstance(keys, Mapping) and keys:
@@ -266,12 +294,12 @@ class SqliteBackend:
 
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value."""
-        row = (check_key(key), check_value(key, value))
+        row = (self._key(key), check_value(key, value))
         await self._run(key, lambda c: c.execute(_UPSERT, row))
 
     async def save_new(self, key: str, value: bytes) -> bool:
         """Stores `value` under `key` unless the key exists; returns whether it wrote."""
-        row = (check_key(key), check_value(key, value))
+        row = (self._key(key), check_value(key, value))
         cursor = await self._run(
             key,
             lambda c: c.execute(
@@ -282,19 +310,19 @@ class SqliteBackend:
 
     async def load(self, key: str) -> bytes | None:
         """Returns the value stored under `key`, or None."""
-        check_key(key)
+        self._key(key)
         row = await self._run(key, lambda c: c.execute(_SELECT_VALUE, (key,)).fetchone())
         return None if row is None else bytes(row[0])
 
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
-        check_key(key)
+        self._key(key)
         cursor = await self._run(key, lambda c: c.execute(_DELETE, (key,)))
         return cursor.rowcount > 0
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
         """Stores every item in one transaction (all or none)."""
-        checked = check_items(items)
+        checked = self._items(items)
         await self._run(None, lambda c: _upsert(c, checked), checked)
 
     async def batch_save_if(
@@ -305,8 +333,8 @@ class SqliteBackend:
         Returns whether it wrote. `BEGIN IMMEDIATE` takes the write lock before the check:
         no other connection writes the guard between the check and the commit.
         """
-        guard = (check_key(guard_key), check_value(guard_key, guard_value))
-        checked = check_items(items)
+        guard = (self._key(guard_key), check_value(guard_key, guard_value))
+        checked = self._items(items)
         # Checked before the guard: a refused guard would end the transaction before any
         # item is bound, and a key no store can keep would return False, not fail.
         for key in checked:
@@ -322,8 +350,8 @@ class SqliteBackend:
         check, as in `batch_save_if`: no other connection writes the guard between the check
         and the commit.
         """
-        guard = (check_key(guard_key), check_value(guard_key, guard_value))
-        wanted = list(dict.fromkeys(check_keys(keys)))
+        guard = (self._key(guard_key), check_value(guard_key, guard_value))
+        wanted = list(dict.fromkeys(self._keys(keys)))
         # Checked before the guard, as `batch_save_if`'s items: a refused guard would end the
         # transaction before any key is bound.
         for key in wanted:
@@ -332,7 +360,7 @@ class SqliteBackend:
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Returns the stored values of those `keys` that exist."""
-        wanted = list(dict.fromkeys(check_keys(keys)))
+        wanted = list(dict.fromkeys(self._keys(keys)))
 
         def read(c: sqlite3.Connection) -> dict[str, bytes]:
             found: dict[str, bytes] = {}
