@@ -2558,10 +2558,8 @@ mod tests {
         assert_eq!(answer("Action: FINAL_ANSWER 42\nAction Input: 42"), "42");
         let prose = "To call a tool, write the action input: as JSON.";
         assert_eq!(answer(&format!("Action: FINAL_ANSWER {prose}")), prose);
-        assert_eq!(
-            answer("Action: FINAL_ANSWER Action Input: 4"),
-            "Action Input: 4"
-        );
+        // The label on the line is no part of the answer, as after `Final Answer`.
+        assert_eq!(answer("Action: FINAL_ANSWER Action Input: 4"), "4");
     }
 
     #[test]
