@@ -920,6 +920,24 @@ impl PyEpisodicStore {
         self.hooks.lock().clock.as_ref().map(|c| c.clone_ref(py))
     }
 
+    /// A vector the caller gave as argument `name` (`as_vector`), refused when the store's
+    /// embedder says it makes another length (`described`, in the message).
+    fn given_vector(
+        &self,
+        py: Python<'_>,
+        value: &Bound<'_, PyAny>,
+        name: &str,
+        described: &str,
+    ) -> PyResult<Vec<f32>> {
+        let vector = as_vector(value, name)?;
+        if let Some(embedder) = self.embedder(py) {
+            check_embedder_dim(embedder.bind(py), vector.len(), |len| {
+                format!("{described} has {len} values")
+            })?;
+        }
+        Ok(vector)
+    }
+
     /// The embedder, if any (a new reference: it is called with no lock held).
     fn embedder(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.hooks.lock().embedder.as_ref().map(|e| e.clone_ref(py))
@@ -1277,17 +1295,9 @@ impl PyEpisodicStore {
             "importance must be in [0, 1]",
         )?)?;
         let embedding = match embedding {
-            Some(v) => {
-                let vector = as_vector(v, "embedding")?;
-                // Of another length than the embedder's, it would fail every later embedding
-                // and every recall by text (the store's first embedding sets the length).
-                if let Some(embedder) = self.embedder(py) {
-                    check_embedder_dim(embedder.bind(py), vector.len(), |len| {
-                        format!("the given embedding has {len} values")
-                    })?;
-                }
-                Some(vector)
-            }
+            // Of another length than the embedder's, it would fail every later embedding and
+            // every recall by text (the store's first embedding sets the length).
+            Some(v) => Some(self.given_vector(py, v, "embedding", "the given embedding")?),
             None => self.embed_text(py, &content)?,
         };
         let now = self.now(py)?;
@@ -1337,16 +1347,8 @@ impl PyEpisodicStore {
                     }
                     self.embed_text(py, text)?
                 }
-                Err(_) => {
-                    let vector = as_vector(q, "query")?;
-                    // Checked even while no episode has an embedding to compare it with.
-                    if let Some(embedder) = self.embedder(py) {
-                        check_embedder_dim(embedder.bind(py), vector.len(), |len| {
-                            format!("the query vector has {len} values")
-                        })?;
-                    }
-                    Some(vector)
-                }
+                // Checked even while no episode has an embedding to compare it with.
+                Err(_) => Some(self.given_vector(py, q, "query", "the query vector")?),
             },
         };
         let now = self.now(py)?;
