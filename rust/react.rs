@@ -12,15 +12,15 @@
 //! it, later on its line (written so, case included, as LangChain matches it, after a blank,
 //! a Unicode space too; not inside a JSON string or bracketed value there) or as the next
 //! such line before any other `Action:`, the tool is all the text of the action's line
-//! before that label (trimmed, a trailing `:` or `=` dropped: `Search Tool`,
+//! before that label (trimmed, a trailing `:`, `=`, `,` or `;` dropped: `Search Tool`,
 //! `github.search_issues`), as LangChain reads it, and the input is what follows the label;
 //! unless the line is in the seed form: its tool is `FINAL_ANSWER`, or an input starts right
 //! after the name (`{`, `[`, `(`, `"`, a code fence, `:` or `=`). Otherwise (the seed form)
 //! the tool is the leading run of `[A-Za-z0-9_-]`, dots included between two such characters
-//! (`github.search_issues`), and its input follows, after an optional `:` or `=` (`Action:
-//! FINAL_ANSWER: 42`) or inside call parentheses (`Action: FINAL_ANSWER(42)`, nothing after
-//! them on their line: chatter on later lines is ignored), or else is on the `Action Input:`
-//! line. A bare `Action: FINAL_ANSWER` answers with a `Final Answer:`
+//! (`github.search_issues`), and its input follows, after an optional `:`, `=`, `,` or `;`
+//! (`Action: FINAL_ANSWER: 42`) or inside call parentheses (`Action: FINAL_ANSWER(42)`,
+//! nothing after them on their line: chatter on later lines is ignored), or else is on the
+//! `Action Input:` line. A bare `Action: FINAL_ANSWER` answers with a `Final Answer:`
 //! section (up to the next label), or else a `Final Answer:` later on a line after it; with
 //! neither, the text is not a step. The step ends at the first `Observation:` line after the
 //! action, or the first `Thought:` or `Action:` line once the action has its input (a
@@ -55,6 +55,10 @@ use serde_json::Value;
 
 use crate::args;
 use crate::errors::{catch_panics, CoreError, CoreResult};
+
+/// What may stand between a seed-form tool name and its input (`FINAL_ANSWER: 42`,
+/// `tool = {...}`, `tool, {...}`).
+const SEPARATORS: [char; 4] = [':', '=', ',', ';'];
 
 /// The tool name that marks a final answer in the seed form (`Action: FINAL_ANSWER 42`).
 pub const FINAL_ANSWER_TOOL: &str = "FINAL_ANSWER";
@@ -1142,12 +1146,12 @@ fn split_action(body: &str) -> ActionText<'_> {
             labelled: false,
         };
     }
-    // An optional separator: `FINAL_ANSWER: 42`, `tool = {...}`.
+    // An optional separator: `FINAL_ANSWER: 42`, `tool = {...}`, `tool, {...}`.
     let input = rest.trim_start();
     ActionText {
         tool,
         after_name: rest,
-        input: input.strip_prefix([':', '=']).unwrap_or(input).trim(),
+        input: input.strip_prefix(SEPARATORS).unwrap_or(input).trim(),
         labelled: false,
     }
 }
@@ -1551,7 +1555,7 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
         written = ActionText {
             tool: &body[..body.len() - rest.len()],
             after_name: rest,
-            input: input.strip_prefix([':', '=']).unwrap_or(input).trim(),
+            input: input.strip_prefix(SEPARATORS).unwrap_or(input).trim(),
             labelled: false,
         };
     }
@@ -2173,6 +2177,15 @@ mod tests {
         assert_eq!(langchain.action, None);
         assert!(parse("Thought: done\nAction: FINAL_ANSWER").is_err());
         assert!(parse("Action: FINAL_ANSWER\nAction Input:  ").is_err());
+        for separated in [
+            "FINAL_ANSWER, 42",
+            "FINAL_ANSWER; 42",
+            "FINAL_ANSWER, Action Input: 42",
+        ] {
+            let text = format!("Action: {separated}");
+            let step = parse(&text).unwrap();
+            assert_eq!(step.final_answer.as_deref(), Some("42"), "{separated}");
+        }
     }
 
     #[test]

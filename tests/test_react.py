@@ -70,7 +70,7 @@ def test_final_answer_tool_in_the_langchain_form() -> None:
         ),
     ).filter(
         # A separator after the name; no answer at all is no step.
-        lambda t: t.strip() and not t.lstrip().startswith((":", "="))
+        lambda t: t.strip() and not t.lstrip().startswith((":", "=", ",", ";"))
     ),
     spelling=st.sampled_from(["FINAL_ANSWER", "final_answer", "Final_Answer"]),
 )
@@ -111,7 +111,7 @@ def test_final_answer_tool_keeps_the_answer_as_written(answer: str, expected: st
 
 answers = st.text(
     alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=40
-).filter(lambda t: t.strip() and not t.lstrip().startswith((":", "=")))
+).filter(lambda t: t.strip() and not t.lstrip().startswith((":", "=", ",", ";")))
 
 
 @settings(max_examples=300, deadline=None)
@@ -1168,3 +1168,25 @@ def test_final_answer_tool_then_a_later_marker_in_asterisks(marker: str) -> None
 
 def test_a_final_answer_tool_in_backticks_answers() -> None:
     assert ar.parse_react_step("Action: `FINAL_ANSWER` 42").final_answer == "42"
+
+
+@pytest.mark.parametrize(
+    ("text", "tool", "tool_input", "final"),
+    [
+        # A comma or semicolon after the name separates it from its input, as `:` and `=`
+        # do: the tool got ', {"a": 1}' and the answers kept their separator.
+        ('Action: add, {"a": 1}', "add", {"a": 1}, None),
+        ('Action: add; {"a": 1}', "add", {"a": 1}, None),
+        ("Action: FINAL_ANSWER, 42", None, None, "42"),
+        ("Action: FINAL_ANSWER; 42", None, None, "42"),
+        ("Action: FINAL_ANSWER, Action Input: 42", None, None, "42"),
+        ("Action: FINAL_ANSWER,\nAction Input: 42", None, None, "42"),
+        ('Action: add , {"a": 1}', "add", {"a": 1}, None),
+        ("Action: Final Answer, Paris", None, None, "Paris"),
+    ],
+)
+def test_a_comma_after_the_tool_name_separates_its_input(
+    text: str, tool: str | None, tool_input: object, final: str | None
+) -> None:
+    step = ar.parse_react_step(text)
+    assert (step.action, step.action_input, step.final_answer) == (tool, tool_input, final)

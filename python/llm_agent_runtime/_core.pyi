@@ -94,9 +94,9 @@ def parse_react_step(text: str) -> ReActStep:
     (`{`, `[`, `(`, `"`, a code fence, `:` or `=`). Otherwise the tool name is the run of
     `[A-Za-z0-9_-]` after `Action:`, with dots between two such characters
     (`github.search_issues`), in backticks or not (a name quoted whole loses its backticks in
-    either form); its input follows, after an optional `:` or `=`, or inside call parentheses
-    (`Action: FINAL_ANSWER(42)`, nothing after them on their line: chatter on later lines is
-    ignored), or else is on the `Action Input:` line; with neither (a bare `Action: tool`), the
+    either form); its input follows, after an optional `:`, `=`, `,` or `;`, or inside call
+    parentheses (`Action: FINAL_ANSWER(42)`, nothing after them on their line: chatter on later
+    lines is ignored), or else is on the `Action Input:` line; with neither (a bare `Action: tool`), the
     input is `{}`, a call without arguments. `Action: FINAL_ANSWER` with no input answers with a
     `Final Answer:` section (up to the next label), or else a `Final Answer:` later on a line
     after it; with neither, the text is not a step. With no action and no `Final Answer:` line,
