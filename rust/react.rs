@@ -1590,6 +1590,7 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
             Some((_, after)) => input_text[after..].trim(),
             None => input_text,
         };
+        let mut thought = thought;
         let final_answer = if !input_text.is_empty() {
             answer_of(input_text)
         } else if let Some(s) = found.final_answer {
@@ -1598,8 +1599,15 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
             let after = text.get(action.end..end).unwrap_or_default();
             match final_answer_marker(after) {
                 Some((marker, start)) => {
-                    let stars = &after[stars_before(after, marker)..marker];
-                    trimmed(emphasized_answer(after, start, stars))
+                    let stars_start = stars_before(after, marker);
+                    // A thought written after the action, holding the marker, ends there.
+                    let marker_at = action.end + marker;
+                    if let Some(t) = found.thought.filter(|t| {
+                        t.start > action.start && (t.start..=t.end).contains(&marker_at)
+                    }) {
+                        thought = text[t.start..(action.end + stars_start).max(t.start)].trim();
+                    }
+                    trimmed(emphasized_answer(after, start, &after[stars_start..marker]))
                 }
                 None => Cow::Borrowed(""),
             }

@@ -1190,3 +1190,20 @@ def test_a_comma_after_the_tool_name_separates_its_input(
 ) -> None:
     step = ar.parse_react_step(text)
     assert (step.action, step.action_input, step.final_answer) == (tool, tool_input, final)
+
+
+@pytest.mark.parametrize(
+    ("text", "thought"),
+    [
+        ("Action: FINAL_ANSWER\nThought: done. Final Answer: Paris", "done."),
+        ("Action: FINAL_ANSWER\nThought: done. **Final Answer:** Paris", "done."),
+        # A thought before the action is the step's thought: the later one is not read.
+        ("Thought: a\nAction: FINAL_ANSWER\nThought: so Final Answer: Paris", "a"),
+    ],
+)
+def test_a_thought_after_a_bare_final_answer_tool_ends_at_its_marker(
+    text: str, thought: str
+) -> None:
+    # The thought kept the marker and the answer ('done. Final Answer: Paris').
+    step = ar.parse_react_step(text)
+    assert (step.thought, step.final_answer) == (thought, "Paris")
