@@ -78,6 +78,9 @@ def redis_client(url: str, owner: str) -> RedisClients:
         raise PersistenceError(f"{owner} needs a Redis URL as a str, got {type(url).__name__}")
 
     def client() -> Any:
+        # Each error is raised after its handler, not in it: the error handled may quote the
+        # password, and would be kept as the raised error's context.
+        reason = None
         try:
             pool = _checked_pool_class().from_url(
                 url,
@@ -88,10 +91,9 @@ def redis_client(url: str, owner: str) -> RedisClients:
                 health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
             )
         except ValueError as error:
-            # Not chained: the cause's message may hold the password too.
-            raise PersistenceError(
-                f"{owner}: not a usable Redis URL: {_redacted(error, url)}"
-            ) from None
+            reason = _redacted(error, url)
+        if reason is not None:
+            raise PersistenceError(f"{owner}: not a usable Redis URL: {reason}")
         if pool.connection_kwargs.get("decode_responses"):  # the callers read bytes
             raise PersistenceError(f"{owner}: the Redis URL cannot turn decode_responses on")
         _check_database(url, owner)
@@ -102,7 +104,8 @@ def redis_client(url: str, owner: str) -> RedisClients:
         except (TypeError, ValueError, RedisError) as error:
             # A TypeError names an unknown option, never a value: kept even with credentials.
             reason = str(error) if isinstance(error, TypeError) else _redacted(error, url)
-            raise PersistenceError(f"{owner}: not a usable Redis URL: {reason}") from None
+        if reason is not None:
+            raise PersistenceError(f"{owner}: not a usable Redis URL: {reason}")
         return Redis.from_pool(pool)
 
     return RedisClients(client)

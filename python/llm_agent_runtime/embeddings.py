@@ -437,14 +437,17 @@ class OpenAIEmbedder:
         error = error_of_reply(reply, _Error, redactor.redact)
         if error is not None:
             raise _api_error(error, redactor.redact, "embeddings API error")
+        # Raised after the handler, not in it: the decode error, which holds the whole body
+        # (it may echo the key), is then not kept as the error's context.
         try:
             payload = json.loads(reply)
         except ValueError as e:
-            # Not chained: the decode error holds the whole body, which may echo the key.
-            raise ProviderError(f"malformed embeddings response: not JSON ({e})") from None
+            problem = f"not JSON ({e})"
         except RecursionError:
-            raise ProviderError("malformed embeddings response: JSON nested too deeply") from None
-        return _rows(payload, len(texts), self.dimensions)
+            problem = "JSON nested too deeply"
+        else:
+            return _rows(payload, len(texts), self.dimensions)
+        raise ProviderError(f"malformed embeddings response: {problem}")
 
 
 def _read_by(

@@ -35,11 +35,17 @@ ONCE = RetryPolicy(max_attempts=1)
 
 
 def shown(error: BaseException) -> str:
-    """Everything a traceback of the error prints, plus the reprs of its whole chain."""
+    """Everything a traceback of the error prints, plus the reprs of its whole chain.
+
+    A suppressed context (`raise ... from None`) is walked too, with what its links keep
+    beyond their message (a decode error's `doc`, an encode error's `object`): any code
+    holding the error can read them.
+    """
     texts = ["".join(traceback.format_exception(error))]
     link: BaseException | None = error
     while link is not None:
-        texts += [str(link), repr(link)]
+        texts += [str(link), repr(link), repr(getattr(link, "__dict__", {}))]
+        texts += [str(getattr(link, name, "")) for name in ("doc", "object")]
         link = link.__cause__ or link.__context__
     return "\n".join(texts)
 

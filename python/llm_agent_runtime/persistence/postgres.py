@@ -166,13 +166,18 @@ def _check_dsn(dsn: str) -> None:
             "the PostgreSQL connection string's user info holds an '@': write a password's "
             "'@' as %40 (libpq would read the rest of the password as the host)"
         )
+    # Raised after the handler, not in it: psycopg's error, which may quote the password,
+    # would be kept as the raised error's context.
+    refusal = None
     try:
         conninfo_to_dict(dsn)
     except psycopg.Error as error:
+        refusal = type(error).__name__
+    if refusal is not None:
         raise PersistenceError(
-            f"psycopg refuses the connection string ({type(error).__name__}; its message is "
-            "not shown, as it may quote the password): check its form and percent escapes"
-        ) from None
+            f"psycopg refuses the connection string ({refusal}; its message is not shown, as "
+            "it may quote the password): check its form and percent escapes"
+        )
 
 
 def _without_password(text: str, dsn: str) -> str:

@@ -676,14 +676,19 @@ def check_base_url(name: str, url: str) -> str:
             environment variable that is not UTF-8), which no request line can carry.
     """
     url = url.strip()
+    # Each error below is raised after its handler, not in it: the error handled holds the
+    # URL, password included, and would be kept as the raised error's context.
+    bad_at = None
     try:
         url.encode()
     except UnicodeEncodeError as error:  # else every request failed with a bare traceback
+        bad_at = error.start
+    if bad_at is not None:
         raise ProviderError(
             f"the {name} base URL holds a character that is not text (a lone surrogate at "
-            f"index {error.start}, as a byte that is not UTF-8 reads from the environment): "
+            f"index {bad_at}, as a byte that is not UTF-8 reads from the environment): "
             "set it again"
-        ) from None
+        )
     try:
         parts = urlsplit(url)
         # Reading the port checks it: one that is not a number in 0-65535 raises ValueError
@@ -698,16 +703,19 @@ def check_base_url(name: str, url: str) -> str:
             "URL with a host "
             "and a valid port (write it in full, e.g. 'http://localhost:8000/v1')"
         )
+    bad_host = None
     try:
         # An empty or too long DNS label (`api..example.com`), or a malformed punycode one
         # (`xn--.example.com`): else the first request failed with a bare UnicodeError.
         str(parts.hostname).encode("idna")
         httpx.URL(url).host  # noqa: B018
     except (UnicodeError, httpx.InvalidURL) as error:
+        bad_host = str(error)
+    if bad_host is not None:
         raise ProviderError(
             f"the {name} base URL's host {str(parts.hostname)[:100]!r} is not a valid host "
-            f"name ({error})"
-        ) from None
+            f"name ({bad_host})"
+        )
     if "?" in url or "#" in url:  # even an empty one: the path would be appended after it
         # The query may hold a key: not quoted.
         root = _hide_user_info(url.split("?", 1)[0].split("#", 1)[0])
@@ -1084,16 +1092,19 @@ def decode_arguments(
         if default is None:
             return {}
         return clean_json(check_finite_arguments(default, name, redact))
+    # Raised after the handler, not in it: the decode error holds the whole text (which
+    # may echo the key), and would be kept as the error's context.
+    problem = None
     try:
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except OverflowError:  # `1e999`: JSON, but the tool would run with an infinity
-        raise _bad_arguments(
-            "not valid JSON (a number beyond the float range)", text, name, None, redact
-        ) from None
+        problem, stop_reason = "not valid JSON (a number beyond the float range)", None
     except ValueError:
-        raise _bad_arguments("not valid JSON", text, name, stop_reason, redact) from None
+        problem = "not valid JSON"
     except RecursionError:  # valid or not, no tool can be called with it
-        raise _bad_arguments("nested too deeply", text, name, stop_reason, redact) from None
+        problem = "nested too deeply"
+    if problem is not None:
+        raise _bad_arguments(problem, text, name, stop_reason, redact)
     if not isinstance(value, dict):
         raise _bad_arguments("not a JSON object", text, name, stop_reason, redact)
     if _SURROGATE.search(text) or _SURROGATE_ESCAPE.search(text):
