@@ -228,3 +228,102 @@ def test_calls_cut_off_by_the_loop_timeout_or_a_cancel_have_failed_spans() -> No
         "agent.llm ERROR  ['exception']",
         "agent.run ERROR  ['exception']",
     ]
+
+
+FAILED_RUN_SAVES = SETUP + textwrap.dedent(
+    """
+    db_tracer = trace.get_tracer("db")
+
+    class Instrumented(ar.InMemoryBackend):
+        '''A span per write, as a database driver's instrumentation makes them.'''
+
+        async def batch_save(self, items):
+            with db_tracer.start_as_current_span("db.write"):
+                return await super().batch_save(items)
+
+    @ar.tool
+    async def step() -> int:
+        '''A step.'''
+        return 1
+
+    replies = iter(['Thought: t\\nAction: step {}'])
+
+    async def infer(prompt: str) -> str:
+        try:
+            return next(replies)
+        except StopIteration:
+            raise ar.ProviderError("down") from None
+
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(), tools=[step], checkpoint_backend=Instrumented()
+    )
+    runtime.events.on(
+        lambda event: isinstance(event, ar.ErrorEvent)
+        and db_tracer.start_span("on.error").end()
+    )
+    try:
+        asyncio.run(runtime.run_agent("agent-1", "q", infer))
+    except ar.ProviderError:
+        pass
+    spans = exporter.get_finished_spans()
+    run = next(span for span in spans if span.name == "agent.run")
+    for span in spans:
+        if span.name in ("db.write", "on.error"):
+            parent = span.parent.span_id if span.parent else None
+            print(span.name, parent == run.context.span_id, span.end_time <= run.end_time)
+    """
+)
+
+
+def test_a_failed_runs_last_save_and_error_event_are_inside_its_span() -> None:
+    # They came after the run's span had ended: a trace of their own, with no parent.
+    out = _run(FAILED_RUN_SAVES)
+    assert out[-2:] == ["db.write True True", "on.error True True"]
+    assert all(line.endswith("True True") for line in out)
+
+
+LLM_ATTRIBUTES = SETUP + textwrap.dedent(
+    """
+    from llm_agent_runtime.providers.base import ChatResponse, Usage
+
+    class Provider:
+        async def chat(self, messages, tools=None, model=None, **params):
+            return ChatResponse(
+                text="Thought: t\\nAction: FINAL_ANSWER 3",
+                usage=Usage(1234, 56),
+                model="gpt-4o-2024-08-06",
+            )
+
+    class NoUsage:
+        async def chat(self, messages, tools=None, model=None, **params):
+            return ChatResponse(text="done")
+
+    async def infer(prompt: str) -> str:
+        return "Thought: t\\nAction: FINAL_ANSWER 3"
+
+    for mode, provider in (("tools", Provider()), ("react", Provider()), ("tools", NoUsage())):
+        runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode, model="gpt-4o"))
+        asyncio.run(runtime.run_agent_with_provider("a", "q", provider))
+    asyncio.run(ar.AgentRuntime(ar.AgentConfig()).run_agent("a", "q", infer))
+    for span in exporter.get_finished_spans():
+        if span.name == "agent.llm":
+            print(sorted(dict(span.attributes or {}).items()))
+    """
+)
+
+
+def test_llm_spans_name_the_model_and_the_tokens_the_provider_reported() -> None:
+    # They had no attributes at all.
+    asked = ("gen_ai.request.model", "gpt-4o")
+    answered = [
+        ("gen_ai.request.model", "gpt-4o"),
+        ("gen_ai.response.model", "gpt-4o-2024-08-06"),
+        ("gen_ai.usage.input_tokens", 1234),
+        ("gen_ai.usage.output_tokens", 56),
+    ]
+    assert _run(LLM_ATTRIBUTES) == [
+        str(answered),  # native tool calls
+        str(answered),  # ReAct text through the provider
+        str([asked]),  # no usage reported: the run's estimate is not the provider's count
+        "[]",  # a plain `infer`, no model configured
+    ]

@@ -378,6 +378,13 @@ def _required(name: str, value: Any, methods: Sequence[str]) -> None:
 class AgentRuntime:
     """Runs agents: the ReAct / tool-calling loop with memory, tools, policies and checkpoints.
 
+    With OpenTelemetry installed (the `otel` extra) and a tracer provider set, each run is
+    an `agent.run` span (`agent_id`, `session_id`), its checkpoint writes and, for a failed
+    run, its last save and `ErrorEvent` included; each model call an `agent.llm` span
+    (`gen_ai.request.model`, `gen_ai.response.model` and the `gen_ai.usage.*` tokens the
+    provider reported) and each tool call an `agent.tool` span (`tool`; `tool.error_kind`
+    when it failed). A failed or cancelled call or run has the error status.
+
     Args:
         config: Loop settings (defaults to `AgentConfig()`); may be replaced between runs.
         memory: Episodic store (`recall(agent_id, limit)`, e.g. `EpisodicStore`); one with an
@@ -989,7 +996,9 @@ class AgentRuntime:
                 raise AgentLoopError(
                     f"the provider's chat must return a ChatResponse, got {_kind(response)}"
                 )
-            return _ProviderReply(response.text, response.stop_reason, response.usage)
+            return _ProviderReply(
+                response.text, response.stop_reason, response.usage, response.model
+            )
 
         return infer
 
@@ -1172,67 +1181,48 @@ class AgentRuntime:
                     if self._tracer is not None
                     else _NO_SPAN
                 )
-                # The run's span covers all of it, its checkpoints included.
+                # The run's span covers all of it: its checkpoints, and a failed run's last
+                # save and its ErrorEvent (spans of a listener or a backend are its children).
                 with span:
-                    body = self._run_body(
-                        agent_id,
-                        prompt,
-                        infer,
-                        provider,
-                        session,
-                        history,
-                        resume,
-                        started,
-                        earlier_ms,
-                        deadline,
-                        before,
-                    )
-                    # A resumed run has a checkpoint store; other runs look no further.
-                    store = self._checkpoints
-                    if resume is not None and store is not None and store.resume_lease_seconds:
-                        body = self._unless_resume_lost(body, session_id)
-                    if timeout is None:
-                        await body
-                    else:
-                        try:
-                            expired = await _within_deadline(body, timeout / 1000)
-                        except _DeadlinePassed:
-                            expired = True
-                        if expired:
-                            raise AgentLoopError(
-                                f"{_timed_out(timeout)} "
-                                f"({session.step_count - steps_before} steps done)"
-                            )
-                if answer is not None:
-                    answer.append(session.final_answer)
-                return session
-            except BaseException as error:
-                settle = False  # unless this block ends as it should (not cancelled)
-                session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
-                logger.warning("agent run %s failed: %r", session_id, error)
-                error_event = ErrorEvent(session_id, error)
-                try:
-                    if self._checkpoints is not None:
-                        # The event log takes the error with what the run left unsaved; the
-                        # listeners get it after that save's CheckpointSaved events, as the
-                        # run's last event (even if the save is cancelled).
-                        self._log_event(error_event)
-                        await self._save_left_in_time(session)
-                finally:
-                    if events.active:
-                        # A failing listener must not hide the run's error.
-                        try:
-                            events.emit(error_event)
-                        except Exception as listener_error:
-                            logger.warning(
-                                "a listener failed on the ErrorEvent of run %s: %r",
-                                session_id,
-                                listener_error,
-                            )
-                    if self._checkpoints is not None:  # logged already, with the save
-                        self._event_log.pop(session_id, None)
-                settle = isinstance(error, Exception)  # not when cancelled
-                raise
+                    try:
+                        body = self._run_body(
+                            agent_id,
+                            prompt,
+                            infer,
+                            provider,
+                            session,
+                            history,
+                            resume,
+                            started,
+                            earlier_ms,
+                            deadline,
+                            before,
+                        )
+                        # A resumed run has a checkpoint store; other runs look no further.
+                        store = self._checkpoints
+                        if resume is not None and store is not None and store.resume_lease_seconds:
+                            body = self._unless_resume_lost(body, session_id)
+                        if timeout is None:
+                            await body
+                        else:
+                            try:
+                                expired = await _within_deadline(body, timeout / 1000)
+                            except _DeadlinePassed:
+                                expired = True
+                            if expired:
+                                raise AgentLoopError(
+                                    f"{_timed_out(timeout)} "
+                                    f"({session.step_count - steps_before} steps done)"
+                                )
+                        if answer is not None:
+                            answer.append(session.final_answer)
+                        return session
+                    except BaseException as error:
+                        settle = False  # unless this block ends as it should (not cancelled)
+                        session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
+                        await self._end_failed_run(session, error, events)
+                        settle = isinstance(error, Exception)  # not when cancelled
+                        raise
             finally:
                 RUN_CALLBACKS.reset(callbacks_token)
                 metrics.session_finished()
@@ -1251,6 +1241,36 @@ class AgentRuntime:
                     guard.release()
             if callbacks and settle:
                 await settle_callbacks(callbacks, deadline)
+
+    async def _end_failed_run(
+        self, session: AgentSession, error: BaseException, events: EventBus
+    ) -> None:
+        """Logs a failed run, saves what it left unsaved, and emits its `ErrorEvent`.
+
+        The event is emitted on `events`, the bus the run started with. The event log takes
+        the error with what the run left unsaved; the listeners get it after that save's
+        `CheckpointSaved` events, as the run's last event (even if the save is cancelled). A
+        failing listener must not hide the run's error: it is logged.
+        """
+        session_id = session.session_id
+        logger.warning("agent run %s failed: %r", session_id, error)
+        error_event = ErrorEvent(session_id, error)
+        try:
+            if self._checkpoints is not None:
+                self._log_event(error_event)
+                await self._save_left_in_time(session)
+        finally:
+            if events.active:
+                try:
+                    events.emit(error_event)
+                except Exception as listener_error:
+                    logger.warning(
+                        "a listener failed on the ErrorEvent of run %s: %r",
+                        session_id,
+                        listener_error,
+                    )
+            if self._checkpoints is not None:  # logged already, with the save
+                self._event_log.pop(session_id, None)
 
     async def _run_body(
         self,
@@ -1570,8 +1590,9 @@ class AgentRuntime:
                         budget.check()
                     model_start = perf()
                     if self._tracer is not None:
-                        with _traced(self._tracer, "agent.llm"):
+                        with _traced(self._tracer, "agent.llm") as span:
                             reply = await infer(text_prompt)
+                            _describe_llm_call(span, self._config.model, reply)
                     else:
                         reply = await infer(text_prompt)
                     model_ms = (perf() - model_start) * 1000.0
@@ -1843,7 +1864,7 @@ class AgentRuntime:
                     if self._tracer is not None:
                         # Called in the span (a provider may start its work when called), with
                         # the keywords as a dict: tracing costs far more than building it.
-                        with _traced(self._tracer, "agent.llm"):
+                        with _traced(self._tracer, "agent.llm") as span:
                             if stream:
                                 streamed = await self._chat_stream(
                                     session, provider, messages, tool_defs, params, deadline
@@ -1851,6 +1872,7 @@ class AgentRuntime:
                                 response = streamed.response
                             else:
                                 response = await chat(messages, tools=tool_defs, **params)
+                            _describe_llm_call(span, model, response)
                     elif stream:
                         streamed = await self._chat_stream(
                             session, provider, messages, tool_defs, params, deadline
@@ -4117,16 +4139,21 @@ class _ProviderReply(str):
     """A provider's reply to a ReAct text prompt: its text, with its stop reason and usage.
 
     The stop reason tells a reply that stopped before it was complete; the usage is what
-    the run charges (steps, metrics, budget) instead of an estimate.
+    the run charges (steps, metrics, budget) instead of an estimate; the model, the one that
+    answered (`ChatResponse.model`), is for the call's span.
     """
 
     stop_reason: str | None
     usage: Usage
+    model: str | None
 
-    def __new__(cls, text: str, stop_reason: str | None, usage: Usage) -> _ProviderReply:
+    def __new__(
+        cls, text: str, stop_reason: str | None, usage: Usage, model: str | None
+    ) -> _ProviderReply:
         reply = super().__new__(cls, text)
         reply.stop_reason = stop_reason
         reply.usage = usage
+        reply.model = model
         return reply
 
 
@@ -4792,6 +4819,28 @@ def _traced(tracer: Any, name: str, attributes: dict[str, str] | None = None) ->
                 span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             raise
+
+
+def _describe_llm_call(span: Any, model: str | None, reply: object) -> None:
+    """Sets an `agent.llm` span's attributes: the models asked for and answering, the tokens.
+
+    Named as OpenTelemetry's GenAI conventions name them (`gen_ai.request.model`,
+    `gen_ai.response.model`, `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens`).
+    `reply` is what the call returned: a `ChatResponse` (native mode), a `_ProviderReply`
+    (ReAct mode through a provider), or a plain `infer`'s text, which says neither. Tokens
+    the provider did not report are left out: the run's estimate is not its count.
+    """
+    if type(reply) is _ProviderReply or isinstance(reply, ChatResponse):
+        answered, usage = reply.model, reply.usage
+    else:
+        answered, usage = None, None
+    if model:
+        span.set_attribute("gen_ai.request.model", model)
+    if isinstance(answered, str) and answered:
+        span.set_attribute("gen_ai.response.model", answered)
+    if isinstance(usage, Usage) and (usage.input_tokens or usage.output_tokens):
+        span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
 
 
 def _load_tracer() -> Any:
