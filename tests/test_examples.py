@@ -374,3 +374,31 @@ def test_the_demo_graph_tool_lists_relationships_to_an_entity_too() -> None:
         observation = asyncio.run(registry.call("graph_query", {"entity": entity}))
         assert observation.error_kind is None
         assert sorted(json.loads(observation.content)) == sorted(expected)
+
+
+def test_the_subpackages_type_checkers_see_load_on_first_use() -> None:
+    # mypy sees `ar.persistence` and the rest (the package imports from them when type
+    # checking), but in a fresh process they raised AttributeError until something else
+    # imported them.
+    script = (
+        "import llm_agent_runtime as ar\n"
+        "print(ar.persistence.SqliteBackend.__name__, ar.orchestration.RetryPolicy.__name__,"
+        " ar.runtime.AgentRuntime.__name__, ar.config.AgentConfig.__name__,"
+        " ar.graph.to_networkx.__name__, ar.memory.fit_to_token_budget.__name__,"
+        " ar.semantic.SemanticStore.__name__, ar.tools.tool.__name__,"
+        " ar.embeddings.OpenAIEmbedder.__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [
+        "SqliteBackend",
+        "RetryPolicy",
+        "AgentRuntime",
+        "AgentConfig",
+        "to_networkx",
+        "fit_to_token_budget",
+        "SemanticStore",
+        "tool",
+        "OpenAIEmbedder",
+    ]

@@ -183,7 +183,18 @@ _LAZY = {
     "ToolSpec": "llm_agent_runtime.tools",
     "provider_from_env": "llm_agent_runtime.providers",
     "tool": "llm_agent_runtime.tools",
+    # The submodules type checkers see (imported from above): each loads on first use, as
+    # `ar.persistence.SqliteBackend` is read.
+    "config": "llm_agent_runtime.config",
+    "embeddings": "llm_agent_runtime.embeddings",
+    "graph": "llm_agent_runtime.graph",
+    "memory": "llm_agent_runtime.memory",
+    "orchestration": "llm_agent_runtime.orchestration",
+    "persistence": "llm_agent_runtime.persistence",
     "providers": "llm_agent_runtime.providers",
+    "runtime": "llm_agent_runtime.runtime",
+    "semantic": "llm_agent_runtime.semantic",
+    "tools": "llm_agent_runtime.tools",
 }
 
 __all__ = [
