@@ -31,7 +31,8 @@ COMMON = '''\
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+import tempfile
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping, Sequence
 from typing import Any
 
 from typing_extensions import assert_type
@@ -131,6 +132,41 @@ def count(event: ar.Event) -> int:
 class Trimming(ar.Middleware):
     def on_user_message(self, session: ar.AgentSession, text: str) -> str:
         return text.strip()
+
+
+class SixMethods:
+    """A backend with the protocol's six methods, none of the optional fenced ones."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def save(self, key: str, value: bytes) -> None:
+        self.data[key] = bytes(value)
+
+    async def load(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    async def delete(self, key: str) -> bool:
+        return self.data.pop(key, None) is not None
+
+    async def batch_save(self, items: Mapping[str, bytes]) -> None:
+        self.data.update(items)
+
+    async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
+        return {key: self.data[key] for key in keys if key in self.data}
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        return sorted(key for key in self.data if key.startswith(prefix))
+
+
+class Where:
+    """A path object of the application's own."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __fspath__(self) -> str:
+        return self.path
 '''
 
 CORRECT = (
@@ -175,6 +211,16 @@ async def main() -> None:
     for provider in (ChatOnly(), CompleteOnly()):
         session = await runtime.run_agent_with_provider("a", "q", provider)
         assert session.final_answer in ("chat", "complete")
+    backend = SixMethods()
+    durable = ar.AgentRuntime(checkpoint_backend=backend)
+    saved = await durable.run_agent_with_provider("a", "q", ChatOnly())
+    loaded = await ar.AgentSession.load_checkpoint(backend, saved.session_id)
+    assert loaded.final_answer == "chat"
+    parts = ar.Message("user", [{"type": "text", "text": "what is this?"}])
+    assert isinstance(parts.content, list) and ar.Message("assistant", None).content is None
+    with tempfile.TemporaryDirectory() as folder:
+        ar.persistence.SqliteBackend(Where(f"{folder}/a.db")).close()
+        ar.FileBackend(Where(f"{folder}/files"))
 """
 )
 
@@ -222,6 +268,7 @@ async def wrong() -> None:
     shared = await Deduplicator(0).run("k", fetch, "q")
     k: int = shared  # E: assignment
     await Deduplicator(0).run("k", parse, 1)  # E: call-overload
+    key: Hashable = ar.parse_react_step("Action: FINAL_ANSWER 1")  # E: assignment
 """
 )
 EXPECTED_WRONG = {

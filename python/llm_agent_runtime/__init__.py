@@ -84,6 +84,7 @@ if _typing.TYPE_CHECKING:
         SystemClock,
     )
     from llm_agent_runtime.persistence import (
+        FencedPersistenceBackend,
         FileBackend,
         InMemoryBackend,
         PersistenceBackend,
@@ -147,6 +148,7 @@ _LAZY = {
     "ResultCache": "llm_agent_runtime.orchestration",
     "RetryPolicy": "llm_agent_runtime.orchestration",
     "SystemClock": "llm_agent_runtime.orchestration",
+    "FencedPersistenceBackend": "llm_agent_runtime.persistence",
     "FileBackend": "llm_agent_runtime.persistence",
     "InMemoryBackend": "llm_agent_runtime.persistence",
     "PersistenceBackend": "llm_agent_runtime.persistence",
@@ -231,6 +233,7 @@ __all__ = [
     "Event",
     "EventBus",
     "FakeClock",
+    "FencedPersistenceBackend",
     "FileBackend",
     "GraphError",
     "GraphStore",

@@ -2,7 +2,7 @@
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar, final
+from typing import Any, ClassVar, TypeVar, final
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +60,7 @@ class ReActStep:
     def is_final(self) -> bool: ...
     def __eq__(self, value: object, /) -> bool:
         """Equal thought, action, input and final answer (wherever the steps end)."""
+    __hash__: ClassVar[None]  # type: ignore[assignment]  # equal by value, not hashable
 
 def dicts_with_keys_made_text(value: object) -> list[dict[Any, Any]]:
     """Each dict in `value`, or nested in its dicts, lists and tuples, with a key no `str`.
@@ -223,6 +224,7 @@ class MetricsSnapshot:
     def __copy__(self) -> MetricsSnapshot: ...
     def __deepcopy__(self, memo: Any, /) -> MetricsSnapshot: ...
     def __eq__(self, value: object, /) -> bool: ...
+    __hash__: ClassVar[None]  # type: ignore[assignment]  # equal by value, not hashable
 
 @final
 class EventFanout:
@@ -355,6 +357,7 @@ class Episode:
     def embedding(self) -> npt.NDArray[np.float32] | None:
         """Its embedding (L2-normalized float32 array), or None."""
     def __eq__(self, value: object, /) -> bool: ...
+    __hash__: ClassVar[None]  # type: ignore[assignment]  # equal by value, not hashable
     def __copy__(self) -> Episode: ...
     def __deepcopy__(self, memo: Any, /) -> Episode: ...
 

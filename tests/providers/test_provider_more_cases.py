@@ -182,6 +182,20 @@ async def test_scripted_provider_takes_any_iterable_of_messages() -> None:
     assert response.usage.input_tokens == 0  # two characters, at 4 a token
 
 
+async def test_scripted_provider_rule_reads_the_text_of_content_parts() -> None:
+    # The rule got the list of parts, where it is given a str.
+    seen: list[str] = []
+    provider = ar.ScriptedProvider(rule=lambda prompt: seen.append(prompt) or "x")
+    parts = [
+        {"type": "text", "text": "what is"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
+        {"type": "text", "text": "in this picture?"},
+    ]
+    await provider.chat([Message("user", parts)])
+    await provider.chat([Message("user", None)])
+    assert seen == ["what is\nin this picture?", ""]
+
+
 async def test_scripted_provider_refuses_tools_of_the_wrong_type() -> None:
     provider = ar.ScriptedProvider(rule=lambda prompt: "x")
     with pytest.raises(TypeError, match="tools"):

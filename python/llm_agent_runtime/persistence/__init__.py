@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING
 from llm_agent_runtime._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from llm_agent_runtime.persistence.base import PersistenceBackend, session_key, step_key
+    from llm_agent_runtime.persistence.base import (
+        FencedPersistenceBackend,
+        PersistenceBackend,
+        session_key,
+        step_key,
+    )
     from llm_agent_runtime.persistence.file import FileBackend
     from llm_agent_runtime.persistence.memory import InMemoryBackend
     from llm_agent_runtime.persistence.postgres import PostgresBackend
@@ -17,6 +22,7 @@ if TYPE_CHECKING:
     from llm_agent_runtime.persistence.sqlite import SqliteBackend
 
 _EXPORTS = {
+    "FencedPersistenceBackend": "llm_agent_runtime.persistence.base",
     "FileBackend": "llm_agent_runtime.persistence.file",
     "InMemoryBackend": "llm_agent_runtime.persistence.memory",
     "PersistenceBackend": "llm_agent_runtime.persistence.base",
@@ -28,6 +34,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "FencedPersistenceBackend",
     "FileBackend",
     "InMemoryBackend",
     "PersistenceBackend",

@@ -108,20 +108,12 @@ class PersistenceBackend(Protocol):
     is not a `str`, a value that is not bytes-like (a `bytearray` or `memoryview` value is
     stored, and loaded, as `bytes`).
 
-    `save_new`, `batch_save_if` and `batch_delete_if` are optional: the checkpoints use them
-    where a backend has them. (An `isinstance` check against this protocol wants them all.)
+    A backend may also have the methods of `FencedPersistenceBackend` (`save_new`,
+    `batch_save_if`, `batch_delete_if`): the checkpoints use them where it has them.
     """
 
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value atomically."""
-        ...
-
-    async def save_new(self, key: str, value: bytes) -> bool:
-        """Stores `value` under `key` only if the key is absent, atomically (insert-if-absent).
-
-        Returns True when it wrote, False when the key existed (its value is left as it is).
-        Of several writers racing for one key, in one process or many, exactly one wins.
-        """
         ...
 
     async def load(self, key: str) -> bytes | None:
@@ -134,6 +126,33 @@ class PersistenceBackend(Protocol):
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
         """Stores every item, all or none (one transaction where the backend has them)."""
+        ...
+
+    async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Returns the stored values of those `keys` that exist."""
+        ...
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        """Returns the stored keys that start with `prefix`, sorted."""
+        ...
+
+
+@runtime_checkable
+class FencedPersistenceBackend(PersistenceBackend, Protocol):
+    """A `PersistenceBackend` with atomic conditional writes (all the bundled backends).
+
+    The checkpoints use these where a backend has them: `save_new` so that of two runs
+    starting one session exactly one wins, `batch_save_if` and `batch_delete_if` to fence
+    the writes of a resumed run whose claim another worker took over. A backend without
+    them works, with those guarantees weaker (see `CheckpointStore`).
+    """
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        """Stores `value` under `key` only if the key is absent, atomically (insert-if-absent).
+
+        Returns True when it wrote, False when the key existed (its value is left as it is).
+        Of several writers racing for one key, in one process or many, exactly one wins.
+        """
         ...
 
     async def batch_save_if(
@@ -163,12 +182,4 @@ class PersistenceBackend(Protocol):
         claim deletes the claim and its fence only while the fence still holds its own
         nonce.
         """
-        ...
-
-    async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """Returns the stored values of those `keys` that exist."""
-        ...
-
-    async def list_keys(self, prefix: str = "") -> list[str]:
-        """Returns the stored keys that start with `prefix`, sorted."""
         ...

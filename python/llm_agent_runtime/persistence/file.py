@@ -272,7 +272,7 @@ class FileBackend:
             created, or a batch a crash left cannot be finished.
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
         # Absolute: a later `os.chdir` must not move the store.
         self.directory = Path(check_path(directory, "a FileBackend directory")).absolute()
         self._batches = self.directory / _BATCHES

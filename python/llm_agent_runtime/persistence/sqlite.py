@@ -155,7 +155,7 @@ class SqliteBackend:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | os.PathLike[str],
         synchronous: str | int = "FULL",
         busy_timeout: float = 30.0,
     ) -> None:

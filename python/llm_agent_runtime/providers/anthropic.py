@@ -760,11 +760,10 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
     wire: list[dict[str, Any]] = []
     last_role = ""
     for n, message in enumerate(messages):
-        _check_message(n, message)
-        role = message.role
         # None is no content (`check_conversation` takes it): it failed below as a bare
         # TypeError or AttributeError, or went out as a tool result of `"content": null`.
-        said = message.content or ""
+        said = _checked_text(n, message)
+        role = message.role
         blocks: list[dict[str, Any]]
         if role == "system":
             if said.strip():  # a blank one went out as a blank text block the API refuses
@@ -868,11 +867,12 @@ def _merge_reasoning(
     merged.extend(blocks)
 
 
-def _check_message(n: int, message: Message) -> None:
-    """Refuses what `_wire_messages` cannot send of a message, naming it.
+def _checked_text(n: int, message: Message) -> str:
+    """A message's text ("" for None content), refusing what `_wire_messages` cannot send.
 
-    Content that is no text failed as a bare `AttributeError`; reasoning that is no list of
-    blocks (a str) was spread into the turn a character a block, a request the API refuses.
+    Content that is no text (content parts are OpenAI's) failed as a bare `AttributeError`;
+    reasoning that is no list of blocks (a str) was spread into the turn a character a
+    block, a request the API refuses.
 
     Raises:
         TypeError: Naming the message (`messages[n]`) and the field.
@@ -890,6 +890,7 @@ def _check_message(n: int, message: Message) -> None:
             f"messages[{n}].reasoning must be a list of the reply's reasoning blocks (dicts, "
             "as ChatResponse.reasoning holds them)"
         )
+    return content or ""
 
 
 def _missing_required(block: _Block, tools: list[dict[str, Any]] | None) -> list[str]:

@@ -92,6 +92,10 @@ class ToolCall:
 
 Role = Literal["system", "user", "assistant", "tool"]
 """Who wrote a message; `tool` carries a tool's result."""
+MessageContent = str | list[dict[str, Any]] | None
+"""A message's content: its text; or, for `OpenAIProvider`, a list of content parts (dicts,
+as OpenAI's API reads them: text and images); None stands for no content."""
+
 _ROLES = frozenset(("system", "user", "assistant", "tool"))
 
 
@@ -108,8 +112,8 @@ class Message:
 
     role: Role
     """Who wrote the message; `tool` carries a tool's result."""
-    content: str
-    """The text of the message."""
+    content: MessageContent
+    """The text of the message (OpenAI's content parts, or None: see `MessageContent`)."""
     tool_calls: list[ToolCall]
     """Tool calls an assistant message requested."""
     tool_call_id: str | None
@@ -129,7 +133,7 @@ class Message:
     def __init__(
         self,
         role: Role,
-        content: str = "",
+        content: MessageContent = "",
         tool_calls: list[ToolCall] | None = None,
         tool_call_id: str | None = None,
         name: str | None = None,

@@ -265,8 +265,18 @@ def _loop_shaped(messages: object, tools: object) -> bool:
 
 
 def _last_content(messages: Sequence[Message]) -> str:
-    """What the rule sees of a request: the last message's content ("" for none)."""
-    return (messages[-1].content or "") if messages else ""
+    """What the rule sees of a request: the last message's text ("" for none).
+
+    Of content parts, the text parts', one a line.
+    """
+    content = messages[-1].content if messages else None
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"]
+            for part in content
+            if part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+    return content or ""
 
 
 def _not_a_reply(what: str, reply: object) -> str:
