@@ -285,14 +285,14 @@ fn word_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
 }
 
 /// The `char_ngrams` argument: a pair of ints >= 0 (the upper bound, [`MAX_NGRAM`], is
-/// checked by `Hashing::new`); anything else (not a pair, a bool in it) is refused.
+/// checked by `Hashing::new`); anything else is refused: what is not a pair with a
+/// `TypeError` (a wrong type, as for the other settings), a bool in it as a bad value.
 fn char_ngrams_arg(value: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
     let Ok((min, max)) = value.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>() else {
-        return Err(CoreError::Memory(format!(
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
             "char_ngrams must be a (min, max) tuple of ints, got {}",
             args::short_repr(value)
-        ))
-        .into());
+        )));
     };
     let bound = |v: &Bound<'_, PyAny>| -> PyResult<usize> {
         args::not_bool(v, |_| {

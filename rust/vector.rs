@@ -1666,9 +1666,10 @@ impl PyVectorIndex {
     ///     vectors: float32 array of shape (len(ids), dim).
     ///
     /// Raises:
-    ///     MemoryStoreError: wrong shape or dtype, not aligned in memory (pass a copy), an
-    ///         id out of range (or a bool), a duplicate id in the batch, NaN/inf, or a zero
-    ///         vector; or out of memory (the batch's copy, or the grown index, cannot be
+    ///     MemoryStoreError: wrong shape or dtype (native-endian float32), not C-contiguous
+    ///         or not aligned in memory (a slice such as `x[:, ::2]`, a Fortran-order array:
+    ///         pass `np.ascontiguousarray(x)`), an id out of range (or a bool), a duplicate
+    ///         id in the batch, NaN/inf, or a zero vector; or out of memory (the batch's copy, or the grown index, cannot be
     ///         allocated: the index is left unchanged).
     ///     PersistenceError: float32 copies kept in a file cannot be written, were changed
     ///         from outside the index, are marked broken by an earlier failure, or belong to
@@ -1718,8 +1719,9 @@ impl PyVectorIndex {
     /// returns them all.
     ///
     /// Raises:
-    ///     MemoryStoreError: k < 1 or a bool, or a query of the wrong shape or dtype, not
-    ///         aligned in memory, NaN/inf, or zero; or out of memory for the results.
+    ///     MemoryStoreError: k < 1 or a bool, or a query of the wrong shape or dtype (as
+    ///         for `add`: native-endian float32, C-contiguous and aligned in memory), NaN/inf,
+    ///         or zero; or out of memory for the results.
     ///     PersistenceError: float32 copies kept in a file cannot be read for re-scoring
     ///         (in a forked child, they never can: see the class docs).
     fn search<'py>(

@@ -150,11 +150,6 @@ def test_hashing_equivalent_spellings() -> None:
         # A bool is no n-gram length (it was read as 1), and a range is a pair.
         (lambda: ar.HashingEmbedder(8, word_ngrams=True), "word_ngrams must be an int, got bool"),
         (lambda: ar.HashingEmbedder(8, char_ngrams=(True, 5)), "char_ngrams must hold ints"),
-        (
-            lambda: ar.HashingEmbedder(8, char_ngrams=(3,)),
-            r"a \(min, max\) tuple of ints, got \(3,\)",
-        ),
-        (lambda: ar.HashingEmbedder(8, char_ngrams=3), r"a \(min, max\) tuple of ints, got 3"),
         (lambda: ar.HashingEmbedder(8).embed("one string"), "not one string"),
         (lambda: ar.HashingEmbedder(8).embed(["ok", 3]), "sequence of strings"),
     ],
@@ -162,6 +157,22 @@ def test_hashing_equivalent_spellings() -> None:
 def test_hashing_bad_input(make: Any, message: str) -> None:
     with pytest.raises(ar.MemoryStoreError, match=message):
         make()
+
+
+@pytest.mark.parametrize(
+    ("char_ngrams", "shown"),
+    [
+        ((3,), r"\(3,\)"),
+        (3, "3"),
+        (None, "None"),
+        ([3, 5], r"\[3, 5\]"),
+        ((1, 2, 3), r"\(1, 2, 3\)"),
+    ],
+)
+def test_hashing_char_ngrams_of_another_type_is_a_type_error(char_ngrams: Any, shown: str) -> None:
+    # A wrong type is a TypeError, as for the other settings (these were MemoryStoreError).
+    with pytest.raises(TypeError, match=rf"a \(min, max\) tuple of ints, got {shown}\n"):
+        ar.HashingEmbedder(8, char_ngrams=char_ngrams)
 
 
 @pytest.mark.parametrize(

@@ -576,9 +576,10 @@ class VectorIndex:
         """Adds or replaces vectors (all or nothing); ids go from 0 to 2**63 - 1 (not bools).
 
         Raises:
-            MemoryStoreError: wrong shape or dtype, not aligned in memory (pass a copy), an id
-                out of range (or a bool), duplicate id, NaN/inf or zero vector; out of memory
-                (the index is left unchanged).
+            MemoryStoreError: wrong shape or dtype (native-endian float32), not C-contiguous
+                or not aligned in memory (a slice such as `x[:, ::2]`, a Fortran-order array:
+                pass `np.ascontiguousarray(x)`), an id out of range (or a bool), duplicate id,
+                NaN/inf or zero vector; out of memory (the index is left unchanged).
             PersistenceError: float32 copies kept in a file cannot be written, were changed
                 from outside the index, are marked broken by an earlier failure, or belong to
                 the parent of this forked process (see the class docs; nothing changes).
@@ -603,8 +604,9 @@ class VectorIndex:
         is clamped (after ranking, so the order is that of the unclamped scores).
 
         Raises:
-            MemoryStoreError: k < 1 or a bool, or a bad query (wrong shape or dtype, not
-                aligned in memory, NaN/inf, zero); out of memory for the results.
+            MemoryStoreError: k < 1 or a bool, or a bad query (wrong shape or dtype, as for
+                `add`: native-endian float32, C-contiguous and aligned in memory; NaN/inf,
+                zero); out of memory for the results.
             PersistenceError: float32 copies kept in a file cannot be read for re-scoring
                 (in a forked child, never: see the class docs).
         """
@@ -673,9 +675,10 @@ class HashingEmbedder:
     of char_ngrams), so that embedding stays linear in the length of the text.
 
     Raises:
-        MemoryStoreError: dim is not between 1 and 2**20 (or is a bool), word_ngrams is not between 1 and
-            32, or an invalid char_ngrams range (min above max, min 0 with max above 0, or
-            a length above 32).
+        MemoryStoreError: dim is not between 1 and 2**20 (or is a bool), word_ngrams is not
+            between 1 and 32, or an invalid char_ngrams range (min above max, min 0 with max
+            above 0, a length above 32, a bool in it).
+        TypeError: a setting of another type (a float; char_ngrams not a (min, max) tuple).
     """
 
     def __new__(
