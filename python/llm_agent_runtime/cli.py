@@ -119,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     When the reader of stdout closes it early (`llm-agent-runtime --help | head -1`), it
     stops quietly with status 1, as the demo does; when stdout is closed, or cannot take
     the output (a full disk), it says so on stderr, with status 1 too. Interrupted (Ctrl-C),
-    it says so and returns 130, as the demo does, however early the interrupt comes.
+    it says so and returns 130, as the demo does, from the moment it is called (the demo's
+    own import included); an interrupt while Python is still loading the package, before
+    this function runs, ends the process as Python ends it.
 
     Args:
         argv: Arguments (default: `sys.argv[1:]`).

@@ -15,6 +15,7 @@ from llm_agent_runtime import AnthropicProvider, OpenAIEmbedder, OpenAIProvider
 from llm_agent_runtime.errors import ProviderError, is_retryable_status
 from llm_agent_runtime.providers import _http as http_module
 from llm_agent_runtime.providers._http import (
+    Redactor,
     SseEvent,
     check_base_url,
     decode_arguments,
@@ -22,6 +23,7 @@ from llm_agent_runtime.providers._http import (
     iter_sse,
     parse_retry_after,
     redact_secret,
+    transport_errors,
 )
 
 from .fake_server import FakeLlmServer, Turn
@@ -398,3 +400,20 @@ def test_importing_the_package_does_not_load_httpx() -> None:
         "assert 'httpx' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("raised", "message"),
+    [
+        (httpx.ReadError(""), "OpenAI connection failed: ReadError"),
+        (httpx.ConnectError("refused"), "OpenAI connection failed: ConnectError: refused"),
+        (httpx.UnsupportedProtocol(" "), "OpenAI request failed: UnsupportedProtocol"),
+    ],
+)
+def test_a_transport_error_without_a_message_is_named_alone(
+    raised: Exception, message: str
+) -> None:
+    # An empty message read "connection failed: ReadError: " (a colon before nothing).
+    with pytest.raises(ProviderError) as caught, transport_errors("OpenAI", Redactor(None)):
+        raise raised
+    assert str(caught.value) == message

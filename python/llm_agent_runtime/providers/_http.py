@@ -1338,6 +1338,16 @@ class Redactor:
         return None if self.reveals(exc) else exc
 
 
+def _described(error: BaseException) -> str:
+    """`error`'s type and message; its type alone when its message is blank.
+
+    httpx raises a `ReadError` with no message when the server drops the connection
+    mid-read: the message read "ReadError: " then.
+    """
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 @contextlib.contextmanager
 def transport_errors(name: str, redactor: Redactor) -> Iterator[None]:
     """Turns httpx transport failures into `ProviderError`, for async and sync clients alike.
@@ -1359,7 +1369,7 @@ def transport_errors(name: str, redactor: Redactor) -> Iterator[None]:
         raise error from redactor.cause(exc)
     except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
         error = ProviderError(
-            redactor.redact(f"{name} connection failed: {type(exc).__name__}: {exc}"),
+            redactor.redact(f"{name} connection failed: {_described(exc)}"),
             retryable=True,
         )
         raise error from redactor.cause(exc)
@@ -1371,7 +1381,7 @@ def transport_errors(name: str, redactor: Redactor) -> Iterator[None]:
         raise error from redactor.cause(exc)
     except (httpx.TransportError, httpx.InvalidURL) as exc:
         error = ProviderError(
-            redactor.redact(f"{name} request failed: {type(exc).__name__}: {exc}")
+            redactor.redact(f"{name} request failed: {_described(exc)}")
         )
         raise error from redactor.cause(exc)
 
