@@ -1663,3 +1663,53 @@ async def test_dict_keys_json_writes_alike_show_the_result_by_its_text(result: o
 
 async def test_dict_keys_that_are_not_str_but_apart_once_written_stay_json() -> None:
     assert await _rendered({1: "a", 2: "b", None: "c"}) == '{"1": "a", "2": "b", "null": "c"}'
+
+
+async def test_a_cancellation_asked_just_before_a_tool_call_is_kept() -> None:
+    # Ctrl-C under `asyncio.run` cancels the main task from inside whatever it runs: asked
+    # just before a call, it was taken for the tool's own work being cancelled (a
+    # `transient` observation), and the run went on.
+    calls: list[int] = []
+
+    @ar.tool
+    async def add(a: int, b: int) -> int:
+        """Adds."""
+        await asyncio.sleep(0)
+        calls.append(a + b)
+        return a + b
+
+    registry = ar.ToolRegistry([add])
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await registry.call("add", {"a": 2, "b": 3})
+    assert task.uncancel() == 0 and calls == []
+
+
+async def test_a_cancellation_asked_as_a_tool_returns_is_kept_for_the_next_call() -> None:
+    # Asked after the tool's last await (its own `cancel()` here, a Ctrl-C there): before
+    # Python 3.13 the count was put back and the next call's tool took the cancellation for
+    # its own.
+    @ar.tool
+    async def stop() -> str:
+        """Asks its task to stop, and returns."""
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        return "asked"
+
+    @ar.tool
+    async def wait() -> str:
+        """Waits a little."""
+        await asyncio.sleep(0.01)
+        return "waited"
+
+    registry = ar.ToolRegistry([stop, wait])
+    with pytest.raises(asyncio.CancelledError):
+        await registry.call("stop", {})
+        await registry.call("wait", {})
+    task = asyncio.current_task()
+    assert task is not None
+    while task.cancelling():
+        task.uncancel()

@@ -2595,6 +2595,11 @@ class ToolRegistry:
             loop = running_loop()  # `current_task()`, inlined: this is the per-step path
             task = None if loop is None else task_of(loop)
         cancels = 0 if task is None else task.cancelling()
+        if cancels:
+            # A cancellation asked but not delivered yet (Ctrl-C under `asyncio.run` cancels
+            # the task from inside whatever it runs) is the call's: delivered here, by a yield
+            # to the loop. Counted in `cancels`, the tool would have been blamed for it.
+            await asyncio.sleep(0)
         try:
             if direct is not None:  # an async `@tool` function: the common case, called as is
                 result = await direct(**checked)
@@ -2669,7 +2674,11 @@ def _cancelled_while_running(
     """
     if _CANCEL_COUNTS_EXACT:
         raise asyncio.CancelledError from error
-    while task.cancelling() > cancels:
+    # A cancellation asked but not delivered yet (after the tool's last await) is no
+    # `TaskGroup`'s: its count stays, and the next await (the next call's, see `call`)
+    # delivers it.
+    pending = 1 if getattr(task, "_must_cancel", False) else 0
+    while task.cancelling() > cancels + pending:
         task.uncancel()
 
 

@@ -80,3 +80,33 @@ def test_one_shared_limiter_serves_event_loops_in_several_threads() -> None:
     finally:
         sys.setswitchinterval(switching)
     assert failures == []
+
+
+async def test_a_cancellation_asked_before_a_command_is_sent_is_kept() -> None:
+    # Ctrl-C under `asyncio.run` cancels the main task from inside whatever it runs: asked
+    # just before a command, the cancellation was taken for one asked during the write (on
+    # Python before 3.12, where the send is guarded), and lost; the program ran on.
+    url = server_address("redis")
+    prefix = f"test:{uuid.uuid4().hex}:"
+    backend = ar.RedisBackend(url, prefix=prefix)
+    state = ar.RedisCircuitStateBackend(url, prefix=prefix)
+    try:
+        # Connected first: a connection being made delivers the cancellation itself.
+        await backend.save("warm", b"1")
+        await state.get("svc")
+        for call in (
+            lambda: backend.save("k", b"v"),
+            lambda: backend.load("k"),
+            lambda: backend.batch_save({"a": b"1"}),
+            lambda: state.get("svc"),
+        ):
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call()
+            task.uncancel()
+        assert await backend.load("k") is None  # nothing was sent once cancelled
+    finally:
+        await backend.close()
+        await state.close()
