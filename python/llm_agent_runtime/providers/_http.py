@@ -1380,9 +1380,7 @@ def transport_errors(name: str, redactor: Redactor) -> Iterator[None]:
         )
         raise error from redactor.cause(exc)
     except (httpx.TransportError, httpx.InvalidURL) as exc:
-        error = ProviderError(
-            redactor.redact(f"{name} request failed: {_described(exc)}")
-        )
+        error = ProviderError(redactor.redact(f"{name} request failed: {_described(exc)}"))
         raise error from redactor.cause(exc)
 
 
