@@ -122,7 +122,11 @@ class RedisCircuitStateBackend:
         return f"RedisCircuitStateBackend(prefix={self._prefix!r})"
 
     async def close(self) -> None:
-        """Closes the connection pool."""
+        """Closes every event loop's connection pool; a later call opens a new one.
+
+        As `PostgresBackend.close`: the running loop's pool is closed before this returns,
+        one of another running loop there, one of an idle loop when it next runs.
+        """
         await self.client.aclose()
 
     async def get(self, service: str) -> CircuitState:
@@ -626,7 +630,11 @@ class RedisRateLimiter:
         return self._bucket.namespace + key
 
     async def close(self) -> None:
-        """Closes the connection pool."""
+        """Closes every event loop's connection pool; a later call opens a new one.
+
+        As `PostgresBackend.close`: the running loop's pool is closed before this returns,
+        one of another running loop there, one of an idle loop when it next runs.
+        """
         await self.client.aclose()
 
     @staticmethod
@@ -1110,7 +1118,11 @@ class RedisDeduplicator:
         return f"{self._prefix}{self._namespace}:{key}"
 
     async def close(self) -> None:
-        """Closes the connection pool."""
+        """Closes every event loop's connection pool; a later call opens a new one.
+
+        As `PostgresBackend.close`: the running loop's pool is closed before this returns,
+        one of another running loop there, one of an idle loop when it next runs.
+        """
         await self.client.aclose()
 
     async def run(self, key: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

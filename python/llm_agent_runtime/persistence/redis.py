@@ -68,7 +68,11 @@ class RedisBackend:
         return f"RedisBackend(prefix={self._prefix!r})"  # the URL may hold a password
 
     async def close(self) -> None:
-        """Closes the connection pool."""
+        """Closes every event loop's connection pool; a later call opens a new one.
+
+        As `PostgresBackend.close`: the running loop's pool is closed before this returns,
+        one of another running loop there, one of an idle loop when it next runs.
+        """
         await self.client.aclose()
 
     async def __aenter__(self) -> RedisBackend:
