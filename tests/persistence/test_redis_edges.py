@@ -110,3 +110,14 @@ async def test_a_cancellation_asked_before_a_command_is_sent_is_kept() -> None:
     finally:
         await backend.close()
         await state.close()
+
+
+async def test_a_closed_redis_backend_opens_a_new_pool_at_its_next_call() -> None:
+    # As its docs say (and PostgresBackend's): close() is not the end of the object.
+    backend = ar.RedisBackend(server_address("redis"), prefix=f"test:{uuid.uuid4().hex}:")
+    await backend.save("k", b"1")
+    await backend.close()
+    assert await backend.load("k") == b"1"
+    await backend.delete("k")
+    await backend.close()
+    await backend.close()  # twice is fine
