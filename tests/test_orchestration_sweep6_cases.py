@@ -111,13 +111,15 @@ class ReferenceLimiter:
     """A token bucket per key the plain way: waiters' dues moved up one by one by refunds.
 
     A setting changed applies from then on: each bucket is first brought up to now under the
-    old settings (and capped at a lowered capacity); waiters keep their dues.
+    old settings (and capped at a lowered capacity); waiters keep their dues, and a waiter
+    that leaves moves those behind it up by what its tokens took at the rate it reserved at.
     """
 
     def __init__(self, rate: float, capacity: float) -> None:
         self.rate, self.capacity = rate, capacity
         self.buckets: dict[str, tuple[float, float]] = {}
-        self.waiting: dict[str, dict[str, tuple[float, float]]] = {}  # key -> name -> due
+        # key -> name -> (tokens, due, the seconds its tokens took when it reserved them)
+        self.waiting: dict[str, dict[str, tuple[float, float, float]]] = {}
 
     def tokens(self, key: str, now: float) -> float:
         level, last = self.buckets.get(key, (self.capacity, now))
@@ -136,13 +138,17 @@ class ReferenceLimiter:
         if level >= 0:
             return True
         self.buckets[key] = (level, now)
-        self.waiting.setdefault(key, {})[name] = (tokens, now - level / self.rate)
+        self.waiting.setdefault(key, {})[name] = (
+            tokens,
+            now - level / self.rate,
+            tokens / self.rate,
+        )
         return False
 
     def serve(self, now: float) -> set[str]:
         served = set()
         for queue in self.waiting.values():
-            for name, (_, due) in list(queue.items()):
+            for name, (_, due, _) in list(queue.items()):
                 if due <= now:
                     served.add(name)
                     del queue[name]
@@ -151,13 +157,13 @@ class ReferenceLimiter:
     def leave(self, key: str, name: str, now: float) -> None:
         queue = self.waiting[key]
         names = list(queue)
-        tokens, due = queue.pop(name)
+        tokens, due, took = queue.pop(name)
         assert now < due
         level, last = self.buckets[key]
         self.buckets[key] = (min(level + tokens, self.capacity), last)
         for other in names[names.index(name) + 1 :]:
-            other_tokens, other_due = queue[other]
-            queue[other] = (other_tokens, other_due - tokens / self.rate)
+            other_tokens, other_due, other_took = queue[other]
+            queue[other] = (other_tokens, other_due - took, other_took)
 
     def settle(self, now: float, capacity: float) -> None:
         self.buckets = {k: (min(self.tokens(k, now), capacity), now) for k in self.buckets}
@@ -174,6 +180,17 @@ _LIMITER_OP = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
+@example(  # a waiter leaving after a rate cut gives back the time its tokens took then
+    ops=[
+        ("acquire", "b", 2.0),
+        ("acquire", "b", 2.0),
+        ("acquire", "b", 2.0),
+        ("acquire", "b", 2.0),
+        ("rate", "", 1.0),
+        ("leave", 2, 0.0),
+        ("wait", "", 0.5),
+    ]
+)
 @example(ops=[("try", "a", 2.0), ("wait", "", 1.0), ("rate", "", 4.0)])
 @example(ops=[("try", "a", 2.0), ("wait", "", 3.0), ("capacity", "", 8.0)])
 @example(
