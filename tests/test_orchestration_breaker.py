@@ -920,3 +920,43 @@ async def test_a_subclassed_in_memory_backend_is_called_through_its_own_methods(
     # A backend whose methods are the base class's keeps the fast path, sync calls included.
     plain = ar.CircuitBreaker("svc", backend=type("Named", (ar.InMemoryCircuitStateBackend,), {})())
     assert plain.call_sync(lambda: 7) == 7
+
+
+async def test_a_decorated_sync_function_returning_an_awaitable_is_awaited_under_the_breaker() -> (
+    None
+):
+    # Every call raised TypeError ("call_sync needs a sync callable") and counted as a
+    # failure, opening the circuit for the service's other calls, while the work the
+    # returned task started ran all the same.
+    done: list[str] = []
+
+    async def fetch(query: str) -> str:
+        await asyncio.sleep(0)
+        if query == "bad":
+            raise ConnectionError("down")
+        done.append(query)
+        return f"results for {query}"
+
+    clock = ar.FakeClock()
+    breaker = ar.CircuitBreaker("svc", failure_threshold=2, recovery_window=10, clock=clock)
+    as_task = breaker(lambda query: asyncio.ensure_future(fetch(query)))
+    as_coroutine = breaker(lambda query: fetch(query))
+    for call in (as_task, as_coroutine):
+        assert await call("q") == "results for q"
+        assert breaker.state == "closed"
+    assert done == ["q", "q"]
+    for _ in range(2):  # the awaited outcome is the call's
+        with pytest.raises(ConnectionError):
+            await as_coroutine("bad")
+    assert breaker.state == "open"
+    with pytest.raises(ar.CircuitOpenError):
+        as_coroutine("q")  # refused before the function is called
+    clock.advance(10)
+    trial = as_coroutine("q")  # the half-open trial is decided when it is awaited
+    assert breaker.state == "half_open"
+    assert await trial == "results for q"
+    assert breaker.state == "closed"
+    # `call_sync` still refuses an awaitable, as its docs say.
+    other = ar.CircuitBreaker("other")
+    with pytest.raises(TypeError, match="call_sync needs a sync callable"):
+        other.call_sync(lambda: fetch("q"))

@@ -32,11 +32,13 @@ Redis backend does that); the default keeps it in this process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
 import logging
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -291,6 +293,9 @@ class CircuitBreaker:
         self._local = _plain_in_memory(self._backend)
         # The in-process states, read directly on the fast path (`peek` without the call).
         self._local_states = None if self._local is None else self._local._states
+        # The sync functions decorated with this breaker (see `__call__`): one that returns
+        # an awaitable has it awaited under the breaker, where `call_sync` refuses it.
+        self._decorated: weakref.WeakSet[Callable[..., Any]] | None = None
         self._clock = checked_clock(clock)
         self._is_failure = is_failure
         self._listeners: list[Callable[[CircuitStateChange], None]] = []
@@ -736,7 +741,9 @@ class CircuitBreaker:
                 # Any awaitable is refused, as on a trial. This is the hot path: what
                 # `surely_not_awaitable` tests, inline, skips the call.
                 if getattr(result, "__await__", None) is not None or type(result) is GeneratorType:
-                    refuse_awaitable(result, "CircuitBreaker.call_sync")
+                    later = self._awaited_later(fn, result, token)
+                    if later is not None:
+                        return cast("T", later)
             except BaseException as exc:
                 if not callable(fn):  # as in `call`
                     raise _uncallable(fn, "CircuitBreaker.call_sync") from None
@@ -751,11 +758,44 @@ class CircuitBreaker:
         trial = self._admission(old, new)
         try:
             result = fn(*args, **kwargs)
-            refuse_awaitable(result, "CircuitBreaker.call_sync")
+            later = self._awaited_later(fn, result, trial)
+            if later is not None:
+                return cast("T", later)
         except BaseException as exc:
             self._exit_sync(exc, trial)
             raise
         self._exit_sync(None, trial)
+        return result
+
+    def _awaited_later(self, fn: Callable[..., Any], result: object, token: Admission) -> Any:
+        """For `call_sync`'s `fn` that returned `result`, maybe an awaitable: what to return.
+
+        None when `result` is no awaitable (it is the call's result). An awaitable that a
+        sync function decorated with this breaker returned gives a coroutine awaiting it
+        under the breaker (the call's outcome is the awaited one's); any other is refused.
+
+        Raises:
+            TypeError: `fn` is not such a decorated function (see `refuse_awaitable`).
+        """
+        decorated = self._decorated
+        if decorated is not None and inspect.isawaitable(result):
+            try:
+                known = fn in decorated
+            except TypeError:  # unhashable: no decorated function
+                known = False
+            if known:
+                return self._settled_later(result, token)
+        refuse_awaitable(result, "CircuitBreaker.call_sync")
+        return None
+
+    async def _settled_later(self, awaitable: Awaitable[Any], token: Admission) -> Any:
+        """Awaits what a decorated sync function returned; its outcome is the call's."""
+        try:
+            result = await awaitable
+        except BaseException as exc:
+            self._exit_sync(exc, token)
+            raise
+        self._exit_sync(None, token)
         return result
 
     async def __aenter__(self) -> CircuitBreaker:
@@ -785,7 +825,9 @@ class CircuitBreaker:
 
         The decorated function takes the same arguments and returns the same type: an async
         one is called by `call` (its coroutine gives what `fn`'s would), a sync one by
-        `call_sync`.
+        `call_sync`. A sync one that returns an awaitable (a lambda returning a coroutine, a
+        function starting a task) returns instead a coroutine awaiting it under the breaker:
+        the call succeeds or fails as the awaited work does (`call_sync` refuses it).
 
         Raises:
             TypeError: `fn` is sync and the breaker uses a shared backend, which needs the
@@ -803,6 +845,11 @@ class CircuitBreaker:
                 f"a shared circuit backend needs the async API: decorate an async function, "
                 f"or await breaker.call({getattr(fn, '__name__', 'fn')}, ...)"
             )
+
+        if self._decorated is None:
+            self._decorated = weakref.WeakSet()
+        with contextlib.suppress(TypeError):  # no weak reference to it: refused as by call_sync
+            self._decorated.add(fn)
 
         @functools.wraps(fn)
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
