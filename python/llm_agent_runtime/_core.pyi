@@ -77,36 +77,35 @@ def parse_react_step(text: str) -> ReActStep:
     Labels are case-insensitive at the start of a line (a line ends at `\n`, `\r\n` or a lone
     `\r`; spaces, Unicode ones included, and invisible format characters such as a byte order
     mark, a zero-width space or a direction mark may come first), may carry a step number
-    (`Action 1:`, `Action 1 Input:`), may follow a Markdown list marker (`- `, `* `, `+ `,
-    `• `, or a number of up to three digits and `.` or `)`, then a blank), and may be in
-    Markdown emphasis, as chat models often write them (`**Action:**`, `**Action**:`,
-    `__Action:__`, `*Action:*`, `***Action:***`). Asterisks may also wrap a label's whole
-    line: `**Final Answer: Paris**` answers `Paris` (then any lines that follow it); a
-    wrapped thought or action line is a label only when its section is that line (blank
-    lines, then a label or the end, follow it). The first `Action:` is the step's: numbered
-    plan lines such as `Action 1: search for X` are labels too, so the first of them wins over
-    a later `Action:`. When an `Action Input:` label follows it (later on its line, written
-    so, case included, as LangChain matches it, in asterisks or not, and not inside a JSON
-    string, bracketed value or unclosed backtick there; or as the next such line before any
-    other `Action:`), the tool is all the text of the action's line before that label,
-    trimmed, as LangChain reads it (`Action: Search Tool`), and the input is what follows the
-    label; unless that line is in the seed form: its tool is `FINAL_ANSWER` (whose text after
-    an `Action Input:` label there is the answer), or an input starts right after the name
-    (`{`, `[`, `(`, `"`, a code fence, `:` or `=`). Otherwise the tool name is the run of
-    `[A-Za-z0-9_-]` after `Action:`, with dots between two such characters
-    (`github.search_issues`), in backticks or not (a name quoted whole loses its backticks in
-    either form); its input follows, after an optional `:`, `=`, `,` or `;`, or inside call
-    parentheses (`Action: FINAL_ANSWER(42)`, nothing after them on their line: chatter on later
-    lines is ignored), or else is on the `Action Input:` line; with neither (a bare `Action: tool`), the
-    input is `{}`, a call without arguments. `Action: FINAL_ANSWER` with no input answers with a
-    `Final Answer:` section (up to the next label), or else a `Final Answer:` later on a line
-    after it; with neither, the text is not a step. With no action and no `Final Answer:` line,
-    a `Final Answer:` (so capitalized, LangChain's marker) later on a line ends the thought and
-    starts the answer (`Thought: I know. Final Answer: 42`); asterisks opening before that
-    marker and closing after its colon or later on its line (`**Final Answer:** 42`, `**Final
-    Answer: 42**.`) are neither thought nor answer. The step ends at the first `Observation:`
-    line after the action, or `Thought:` or `Action:` line after its input (see
-    `ReActStep.end`).
+    (`Action 1:`, `Action 1 Input:`), may follow a Markdown list marker (`- `, `* `, `+ `, `• `,
+    or a number of up to three digits and `.` or `)`, then a blank), and may be in Markdown
+    emphasis, as chat models often write them (`**Action:**`, `**Action**:`, `__Action:__`,
+    `*Action:*`, `***Action:***`). Asterisks may also wrap a label's whole line: `**Final
+    Answer: Paris**` answers `Paris` (then any lines that follow it); a wrapped thought or
+    action line is a label only when its section is that line (blank lines, then a label or the
+    end, follow it). The first `Action:` is the step's: numbered plan lines such as `Action 1:
+    search for X` are labels too, so the first of them wins over a later `Action:`. When an
+    `Action Input:` label follows it (later on its line, written so, case included, as LangChain
+    matches it, in asterisks or not, and not inside a JSON string, bracketed value or unclosed
+    backtick there; or as the next such line before any other `Action:`), the tool is all the
+    text of the action's line before that label, trimmed, as LangChain reads it (`Action: Search
+    Tool`), and the input is what follows the label; unless that line is in the seed form: its
+    tool is `FINAL_ANSWER` (whose text after an `Action Input:` label there is the answer), or
+    an input starts right after the name (`{`, `[`, `(`, `"`, a code fence, `:` or `=`).
+    Otherwise the tool name is the run of `[A-Za-z0-9_-]` after `Action:`, with dots between two
+    such characters (`github.search_issues`), in backticks or not (a name quoted whole loses its
+    backticks in either form); its input follows, after an optional `:`, `=`, `,` or `;`, or
+    inside call parentheses (`Action: FINAL_ANSWER(42)`, nothing after them on their line:
+    chatter on later lines is ignored), or else is on the `Action Input:` line; with neither (a
+    bare `Action: tool`), the input is `{}`, a call without arguments. `Action: FINAL_ANSWER`
+    with no input answers with a `Final Answer:` section (up to the next label), or else a
+    `Final Answer:` later on a line after it; with neither, the text is not a step. With no
+    action and no `Final Answer:` line, a `Final Answer:` (so capitalized, LangChain's marker)
+    later on a line ends the thought and starts the answer (`Thought: I know. Final Answer:
+    42`); asterisks opening before that marker and closing after its colon or later on its line
+    (`**Final Answer:** 42`, `**Final Answer: 42**.`) are neither thought nor answer. The step
+    ends at the first `Observation:` line after the action, or `Thought:` or `Action:` line
+    after its input (see `ReActStep.end`).
 
     Other shapes chat models write are read too: `Action: search[Colorado orogeny]` (the ReAct
     paper's brackets, right after the name, holding no JSON: the input is the text inside;
@@ -725,8 +724,9 @@ class GraphStore:
             hop count, round count or seed, a negative or non-finite resolution (or a
             bool), an empty source list (or one naming an entity twice) for betweenness_from,
             or a text argument (id, label, kind) that is not valid Unicode (`in` and
-            has_entity answer False for such an id); "out of memory" when a graph, or the buffers an algorithm
-            needs (a few slots per entity), does not fit in memory (the process goes on). A
+            has_entity answer False for such an id); "out of memory" when a graph, or the
+            buffers an algorithm needs (a few slots per entity), does not fit in memory (the
+            process goes on). A
             depth, hop count, round count or cycle cap beyond 64 bits means no limit.
     """
 
