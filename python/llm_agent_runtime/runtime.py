@@ -1334,8 +1334,11 @@ class AgentRuntime:
                 start.update(context=context, memory_hits=hits)
                 self._durable_runs[session.session_id] = _DurableRun(run, first, start)
                 mode = "tools" if provider else "react"
-                history_saved = session.messages if turn else None
-                await self._save_meta(session, mode, run, history_saved, resume, before, start)
+                # The chat history goes with any run, a turn or not: a fork or a load of the
+                # run rebuilt from its record alone keeps the session's messages.
+                await self._save_meta(
+                    session, mode, run, turn, session.messages, resume, before, start
+                )
         except BaseException:
             if resume is None:
                 # The run never started (a hook or the store refused it, or the recall
@@ -2700,12 +2703,13 @@ class AgentRuntime:
         session: AgentSession,
         mode: str,
         run: str | None,
-        history: list[dict[str, Any]] | None,
+        turn: bool,
+        history: list[dict[str, Any]],
         resume: SessionState | None = None,
         before: tuple[str, str | None] | None = None,
         start: dict[str, Any] | None = None,
     ) -> None:
-        """Saves the run's meta record; `history` is a turn's chat history (None: no turn).
+        """Saves the run's meta record: whether it is a `turn`, the chat `history` it starts with.
 
         `before` is the session's prompt and final answer before the run (see
         `CheckpointStore.save_meta`), `start` what the run starts with (its context and the
@@ -2723,7 +2727,7 @@ class AgentRuntime:
                     session,
                     mode,
                     run,
-                    turn=history is not None,
+                    turn=turn,
                     history=history,
                     before=before,
                     context=context,

@@ -3,8 +3,10 @@ number of seconds, and what a sweep refused leaves."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +82,78 @@ async def test_forks_at_every_step_of_a_parallel_round_resume_apart_from_the_sou
         await runtime.fork(source_id, 6)
     assert await ar.AgentSession.load_checkpoint(backend, source_id) == source
     assert await runtime.session_events(source_id) == events
+
+
+async def test_a_run_that_is_no_turn_keeps_the_chat_history_in_forks_and_loads(
+    tmp_path: Path,
+) -> None:
+    # Such a run saved no chat history: a fork at its steps, a fork inside an earlier turn
+    # while it was the latest run and cut off, and a load of a session whose first run it
+    # was, all had `messages == []`.
+    started = asyncio.Event()
+
+    @ar.tool
+    async def rec(n: int) -> str:
+        """Records."""
+        return f"r{n}"
+
+    @ar.tool
+    async def block(idempotency_key: str = "") -> str:
+        """Blocks the first time."""
+        if not started.is_set():
+            started.set()
+            await asyncio.Event().wait()
+        return "unblocked"
+
+    def rule(prompt: str) -> str:
+        question = prompt.rsplit("Question: ", 1)[1]
+        if question.startswith("blocking") and "Observation:" not in question:
+            return "Thought: b\nAction: block {}"
+        if "Observation:" not in question:
+            return 'Thought: t\nAction: rec {"n": 1}'
+        return "Thought: d\nAction: FINAL_ANSWER ans-" + question.split("\n")[0]
+
+    model = ar.ScriptedProvider(rule=rule)
+    persona = {"role": "system", "content": "persona"}
+
+    async def cut_off(runtime: ar.AgentRuntime, session: ar.AgentSession) -> None:
+        started.clear()
+        task = asyncio.ensure_future(
+            runtime.run_agent_with_provider("agent", "blocking task", model, session=session)
+        )
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    backend = ar.SqliteBackend(tmp_path / "a.db")
+    runtime = ar.AgentRuntime(tools=[rec, block], checkpoint_backend=backend)
+    session = runtime.create_session("agent", "s1")
+    await runtime.run_turn(session, "hello", model)  # steps 1-2, a turn
+    await runtime.run_agent_with_provider("agent", "a task", model, session=session)  # 3-4
+    resumed = await runtime.resume(await runtime.fork("s1", 4, "fork-4"), model)
+    assert (
+        resumed.messages
+        == session.messages
+        == [
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "ans-hello"},
+        ]
+    )
+
+    backend = ar.SqliteBackend(tmp_path / "b.db")
+    runtime = ar.AgentRuntime(tools=[rec, block], checkpoint_backend=backend)
+    session = runtime.create_session("agent", "s1")
+    session.messages.append(persona)
+    await runtime.run_turn(session, "hello", model)
+    await cut_off(runtime, session)
+    fork = await ar.AgentSession.load_checkpoint(backend, await runtime.fork("s1", 1, "fork-1"))
+    assert fork.messages == [persona]  # as the turn that took step 1 started
+
+    backend = ar.SqliteBackend(tmp_path / "c.db")
+    runtime = ar.AgentRuntime(tools=[rec, block], checkpoint_backend=backend)
+    session = runtime.create_session("agent", "s1")
+    session.messages.append(persona)
+    await cut_off(runtime, session)
+    assert (await ar.AgentSession.load_checkpoint(backend, "s1")).messages == [persona]
+    assert (await runtime.resume("s1", model)).messages == [persona]

@@ -365,7 +365,9 @@ class SessionState:
     """How many steps the session had when the saved run started: its own steps are the
     records after them (`run_records`)."""
     history: list[dict[str, Any]] | None = None
-    """The chat history (`AgentSession.messages`) the saved run started with, for a turn."""
+    """The chat history (`AgentSession.messages`) the saved run started with (a turn or not:
+    a run that is no turn leaves it as it is); None in records of older versions, for a run
+    that was no turn."""
     start: dict[str, Any] | None = None
     """What the saved run started with, as its meta record keeps it: its `context` (the
     prompt's preamble) and the session's `memory_hits` with its recall; None in records of
@@ -874,7 +876,8 @@ class CheckpointStore:
         `run` names the run (a fresh id when None): pass it to `save_final` when the run
         ends, so a later load knows that final checkpoint closes this run and not an earlier
         turn (see `SessionState.interrupted_turn`). `turn` says the run is a turn of a
-        multi-turn session, and `history` is the chat history it starts with; the record
+        multi-turn session, and `history` is the chat history it starts with (that of the
+        session, for a run that is no turn, which leaves it as it is); the record
         also keeps how many steps the session has before the run (`SessionState.first_step`),
         and, given a `context`, the run's context and the session's `memory_hits` with its
         recall (`SessionState.start`: a run cut off before its first step is resumed with
@@ -2009,8 +2012,8 @@ class CheckpointStore:
         state.history = meta.get("history")
         if "context" in meta:
             state.start = {"context": meta["context"], "memory_hits": meta["memory_hits"]}
-        if state.history is None and earlier is not None and state.turn:
-            state.history = earlier.messages
+        if state.history is None and earlier is not None:  # a record without it: a run's
+            state.history = earlier.messages  # history is its earlier turns' (older versions)
         state.records = records
         if state.final is None and state.run is not None:
             state.duration_ms = await self._run_end(f"{base_key}:ended", state.run)
@@ -2481,7 +2484,7 @@ class CheckpointStore:
         shape: dict[str, Any] = {
             "turn": turn,
             "first_step": first,
-            "history": history if turn else None,
+            "history": history,
             "start": started_with(state, first),  # the run's, copied or not
         }
         meta_key, meta = _meta_item(fork, state.mode, run, **shape)
