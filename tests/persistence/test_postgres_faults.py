@@ -262,6 +262,32 @@ async def test_a_call_its_caller_cancels_on_a_frozen_server_ends_within_a_grace(
         await store.close()
 
 
+async def test_a_cancellation_asked_just_before_a_call_on_a_frozen_server_is_kept(
+    server: PrivateServer,
+) -> None:
+    """Asked before the call (Ctrl-C under `asyncio.run` cancels the task from inside it), it
+    was counted as the task's past: no grace, and at the deadline the call failed with a
+    `PersistenceError` (timed out), the cancellation lost."""
+    store = ar.PostgresBackend(server.dsn, table=f"kv_{uuid.uuid4().hex}", timeout=3)
+    try:
+        await store.save("k", b"v")
+        pids = server.freeze()
+        try:
+            task = asyncio.current_task()
+            assert task is not None
+            start = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await store.load("k")
+            assert task.uncancel() == 0
+            assert time.monotonic() - start < 2.5  # the grace of 1 s, slack; not the 3 s
+        finally:
+            server.thaw(pids)
+        assert await store.load("k") == b"v"
+    finally:
+        await store.close()
+
+
 async def test_a_busy_pool_is_not_taken_for_a_server_that_is_down(
     server: PrivateServer,
 ) -> None:

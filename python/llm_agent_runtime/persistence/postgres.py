@@ -772,6 +772,16 @@ async def _within(deadline: float, grace: float, statement: Coroutine[Any, Any, 
     task = asyncio.current_task()
     assert task is not None
     already = task.cancelling()
+    if already:
+        # A cancellation asked but not delivered yet (Ctrl-C under `asyncio.run` cancels the
+        # task from inside whatever it runs) is the caller's: delivered here, by a yield to
+        # the loop, before the statement is sent. Counted in `already`, it would be taken
+        # for the task's past one, given no grace, and lost at the deadline.
+        try:
+            await asyncio.sleep(0)
+        except BaseException:
+            statement.close()  # never sent: not left "never awaited"
+            raise
     fired = 0  # this function's own cancellations of the task
     by_caller = False
     handle: asyncio.TimerHandle | None = None
