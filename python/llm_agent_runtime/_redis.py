@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from llm_agent_runtime._cancelling import cancellations_so_far
 from llm_agent_runtime._loops import PerLoop
 from llm_agent_runtime.errors import PersistenceError
 
@@ -219,9 +220,8 @@ def _keeping_cancellation(connection_class: type) -> type:
     resume claim's renewal did, forever, and the run that awaited its end hung). Here such
     a cancellation is raised once the write returns. The connection is closed first: the
     command's reply, which no one will read, must not be read by the next command sent on it.
-    A cancellation asked before the send (Ctrl-C under `asyncio.run` cancels the task from
-    inside whatever it runs) is delivered first, by a yield to the loop: counted in `before`,
-    it would not be told from the task's past ones, and would be lost.
+    A cancellation asked before the send and not delivered yet is delivered first (see
+    `cancellations_so_far`).
     """
     if sys.version_info >= (3, 12):  # `wait_for` is built on `asyncio.timeout` there
         return connection_class
@@ -229,9 +229,7 @@ def _keeping_cancellation(connection_class: type) -> type:
     class KeepingCancellation(connection_class):  # type: ignore[misc]
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             task = asyncio.current_task()
-            before = task.cancelling() if task is not None else 0
-            if before:
-                await asyncio.sleep(0)
+            before = await cancellations_so_far(task)
             await super().send_packed_command(command, check_health)
             if task is not None and task.cancelling() > before:
                 await self.disconnect(nowait=True)

@@ -2594,11 +2594,10 @@ class ToolRegistry:
         if task is False:
             loop = running_loop()  # `current_task()`, inlined: this is the per-step path
             task = None if loop is None else task_of(loop)
+        # One asked but not delivered yet is the call's (else the tool was blamed for it):
+        # `cancellations_so_far`, inlined (a coroutine call a step costs ~0.3 us).
         cancels = 0 if task is None else task.cancelling()
         if cancels:
-            # A cancellation asked but not delivered yet (Ctrl-C under `asyncio.run` cancels
-            # the task from inside whatever it runs) is the call's: delivered here, by a yield
-            # to the loop. Counted in `cancels`, the tool would have been blamed for it.
             await asyncio.sleep(0)
         try:
             if direct is not None:  # an async `@tool` function: the common case, called as is

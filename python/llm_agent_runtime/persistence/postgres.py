@@ -21,6 +21,7 @@ from collections.abc import (
 )
 from typing import Any, Generic, TypeVar
 
+from llm_agent_runtime._cancelling import cancellations_so_far
 from llm_agent_runtime._loops import PerLoop
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.orchestration._calls import keep_alive
@@ -771,17 +772,13 @@ async def _within(deadline: float, grace: float, statement: Coroutine[Any, Any, 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    already = task.cancelling()
-    if already:
-        # A cancellation asked but not delivered yet (Ctrl-C under `asyncio.run` cancels the
-        # task from inside whatever it runs) is the caller's: delivered here, by a yield to
-        # the loop, before the statement is sent. Counted in `already`, it would be taken
-        # for the task's past one, given no grace, and lost at the deadline.
-        try:
-            await asyncio.sleep(0)
-        except BaseException:
-            statement.close()  # never sent: not left "never awaited"
-            raise
+    try:
+        # One asked but not delivered yet is the caller's, delivered before the statement is
+        # sent (else it got no grace, and was lost at the deadline).
+        already = await cancellations_so_far(task)
+    except BaseException:
+        statement.close()  # never sent: not left "never awaited"
+        raise
     fired = 0  # this function's own cancellations of the task
     by_caller = False
     handle: asyncio.TimerHandle | None = None
