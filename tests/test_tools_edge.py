@@ -1713,3 +1713,23 @@ async def test_a_cancellation_asked_as_a_tool_returns_is_kept_for_the_next_call(
     assert task is not None
     while task.cancelling():
         task.uncancel()
+
+
+async def test_a_cancellation_asked_as_a_timed_tool_is_entered_is_kept() -> None:
+    # Counted in the timeout's baseline, it was turned into "timed out after 0.05 s" when
+    # the tool took longer than that to unwind, and the call's task was uncancelled: lost.
+    from llm_agent_runtime.tools import _with_timeout
+
+    async def slow_to_unwind() -> str:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            await asyncio.shield(asyncio.sleep(0.2))  # cleanup outlasting the timeout
+        return "done"
+
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await _with_timeout(slow_to_unwind(), 0.05)
+    assert task.uncancel() == 0

@@ -874,6 +874,17 @@ async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
     """
     task = current_task()
     cancels = 0 if task is None else task.cancelling()
+    if cancels:
+        # One asked but not delivered yet is the caller's, delivered before the timeout's
+        # scope counts it (else a tool slow to unwind made it a timeout, and it was lost):
+        # `cancellations_so_far`, inlined as in `ToolRegistry.call`.
+        try:
+            await asyncio.sleep(0)
+        except BaseException:
+            close = getattr(call, "close", None)
+            if close is not None:
+                close()  # never started: not left "never awaited"
+            raise
     scope = asyncio.timeout(timeout)
     try:
         async with scope:
