@@ -917,3 +917,39 @@ async def test_a_fork_refused_by_a_run_leaves_that_run_loadable(
         await forking
     resumed = await runtime.resume("y", script(FINAL))
     assert (resumed.prompt, resumed.step_count) == ("NEW", 2)
+
+
+async def test_a_turn_on_a_copy_loaded_while_another_turn_runs_is_refused(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The copy held the running turn's first step, so the second turn claimed the step after
+    # it: both turns ran, and wrote the same step and event keys.
+    first = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    second = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = first.create_session("a", "chat")
+    await first.run_turn(session, "Q1", script(FINAL))
+    stepped, go = asyncio.Event(), asyncio.Event()
+    replies = [add_step(1)]
+
+    async def slow_after_one_step(prompt: str) -> str:
+        if replies:
+            return replies.pop(0)
+        stepped.set()  # its step saved, the turn asks the model again
+        await go.wait()
+        return FINAL
+
+    turn = asyncio.create_task(first.run_turn(session, "Q2", slow_after_one_step))
+    await stepped.wait()
+    copy = await ar.AgentSession.load_checkpoint(backend, "chat")
+    assert copy.step_count == 2  # the running turn's step with the first turn's
+    with pytest.raises(ar.PersistenceError, match="that run has not ended") as info:
+        await second.run_turn(copy, "Q3", script(FINAL))
+    assert "runtime.resume" in str(info.value)
+    go.set()
+    assert await turn == "finished"
+    saved = await ar.AgentSession.load_checkpoint(backend, "chat")
+    assert saved == session
+    assert [m["content"] for m in saved.messages if m["role"] == "user"] == ["Q1", "Q2"]
+    # Once it ended, a copy loaded then runs its turn.
+    later = await ar.AgentSession.load_checkpoint(backend, "chat")
+    assert await second.run_turn(later, "Q3", script(FINAL)) == "finished"

@@ -795,6 +795,11 @@ _RUN_SAVED_ADVICE = (
     "the new session under a new id"
 )
 _UNDER_WAY = "is being run by another run, which started from the same step"
+_NOT_ENDED = "cannot run from a copy holding steps of its latest run: that run has not ended"
+_NOT_ENDED_ADVICE = (
+    "another worker runs it, or its process ended and runtime.resume finishes it; load the "
+    "session (AgentSession.load_checkpoint) again once it has ended"
+)
 _SWEPT = "is being deleted by a sweep (it had finished long enough ago)"
 _SWEPT_ADVICE = "run the turn again once the sweep has ended: the session is then saved anew"
 _RESUMED = "is being resumed by another worker"
@@ -902,7 +907,9 @@ class CheckpointStore:
             PersistenceError: Before anything is written, when the store holds more of the
                 session than `session` does: more steps, or, for a session with none, a
                 final checkpoint or steps (a new session under the id of a saved one, whose
-                records would mix with the new run's); or when another run took the step
+                records would mix with the new run's), or when `session` holds steps of the
+                store's latest run and that run has not ended (a copy loaded while it ran, in
+                another worker, or before its process ended); or when another run took the step
                 first (it runs, or its process ended before its first step, and
                 `runtime.resume` continues it), a sweep deletes the session, a fork took
                 the fresh id, or a record would not load back (a `mode` that is not a
@@ -927,6 +934,9 @@ class CheckpointStore:
         if not _is_meta(decode(meta, meta_key, "meta")):
             self._refuse(session.session_id, "cannot start", _META_SHAPE)
         if session.steps:
+            # Before the steps are counted: a run that ends in between has written them all.
+            if not await self._latest_run_ended(key, session.step_count):
+                self._refuse(session.session_id, _NOT_ENDED, _NOT_ENDED_ADVICE)
             stored = await self._stored_steps(key)
             fresh = False
             taken = stored > len(session.steps)
@@ -1559,6 +1569,32 @@ class CheckpointStore:
             await self.backend.delete(claim)
         self._resumes.pop(session_id, None)
         return bool(claims)
+
+    async def _latest_run_ended(self, key: str, steps: int) -> bool:
+        """Whether session key `key`'s latest run, if it began before step `steps`, ended.
+
+        A copy loaded while a run was under way holds that run's saved steps: a run started
+        from it would claim the step after them, which no other run claimed, and write the
+        same step keys as the run under way. That run ended when a final checkpoint closes
+        it or its end record (`save_run_end`) names it; a run whose process ended first did
+        not (`runtime.resume` ends it).
+        """
+        meta_key, ended_key = f"{key}:meta", f"{key}:ended"
+        found = await self.backend.batch_load([meta_key, key, ended_key])
+        if meta_key not in found:
+            return True  # a final checkpoint alone (older records, a pruned session)
+        meta = decode(found[meta_key], meta_key, "meta")
+        if not _is_meta(meta):
+            return True  # not a run's record at all: the load refuses it
+        run, first = meta.get("run"), meta.get("first_step")
+        if not (isinstance(run, str) and _is_count(first) and first < steps):
+            return True  # a record of an older version, or a run the step's claim tells
+        if key in found and not _turn_after(meta, decode(found[key], key, "session")):
+            return True
+        if ended_key in found:
+            ended = decode(found[ended_key], ended_key, "ended")
+            return isinstance(ended, dict) and ended.get("run") == run
+        return False
 
     def _refuse(self, session_id: str, why: str, advice: str) -> NoReturn:
         """Refuses the run of the session (see `save_meta`): nothing of it is written after."""
