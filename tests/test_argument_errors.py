@@ -633,3 +633,34 @@ def test_arguments_of_the_right_type_still_work() -> None:
     assert _store().recall("a", np.int64(2), counted=False)[0].content == "x"
     assert ar.RecallPolicy.hybrid(1, np.float64(0.5)) == ar.RecallPolicy.hybrid(1.0, 0.5)
     assert len(_index().search(_QUERY, np.int32(1))[0]) == 1
+
+
+class OldNumpyBool:
+    """A numpy bool as numpy before 2.3 has it: a `dtype` of kind "b", and an `__index__`
+    (so `operator.index` takes it for 0 or 1)."""
+
+    dtype = np.dtype(bool)
+
+    def __index__(self) -> int:
+        return 1
+
+
+async def test_a_numpy_bool_is_no_count_on_any_numpy() -> None:
+    flag: Any = OldNumpyBool()
+    with pytest.raises(TypeError, match="input_tokens must be an int"):
+        ar.Usage(input_tokens=flag)
+    with pytest.raises(ar.MemoryStoreError, match="dim must be an int"):
+        ar.SemanticStore(dim=flag)
+    store = ar.SemanticStore()
+    store.store("sun", "the sun is a star")
+    with pytest.raises(ar.MemoryStoreError, match="k must be an int"):
+        store.search("sun", k=flag)
+    with pytest.raises(ar.MemoryStoreError, match="batch_size must be an int"):
+        ar.OpenAIEmbedder(api_key="k", batch_size=flag)
+    registry = ar.ToolRegistry()
+    registry.register(ar.ToolSpec("echo", "Echoes.", lambda text: text))
+    with pytest.raises(ar.ToolError, match="max_chars must be an int"):
+        await registry.call("echo", {"text": "hi"}, max_chars=flag)
+    # A numpy integer is still a count.
+    assert ar.Usage(input_tokens=np.int64(3)).input_tokens == 3
+    assert len(store.search("sun", k=np.int32(1))) == 1

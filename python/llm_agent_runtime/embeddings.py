@@ -17,7 +17,6 @@ import importlib
 import json
 import math
 import numbers
-import operator
 import threading
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from llm_agent_runtime._core import HashingEmbedder
 from llm_agent_runtime.errors import MemoryStoreError, ProviderError
+from llm_agent_runtime.orchestration._checks import as_index
 
 if TYPE_CHECKING:
     import httpx
@@ -494,14 +494,9 @@ def _count(value: Any, name: str) -> int:
     Raises:
         MemoryStoreError: `value` is not such an int.
     """
-    if not isinstance(value, bool):
-        try:
-            number = operator.index(value)
-        except TypeError:
-            pass
-        else:
-            if number >= 1:
-                return number
+    number = as_index(value)
+    if number is not None and number >= 1:
+        return number
     raise MemoryStoreError(f"{name} must be an int of at least 1, got {value!r:.80}")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import numbers
-import operator
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from llm_agent_runtime._core import HashingEmbedder, VectorIndex
 from llm_agent_runtime.embeddings import check_text
 from llm_agent_runtime.errors import MemoryStoreError
+from llm_agent_runtime.orchestration._checks import as_index
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,7 +91,7 @@ class SemanticStore:
         dtype: str = "float32",
     ) -> None:
         if dim is not None:
-            size = _as_int(dim)
+            size = as_index(dim)
             if size is None or size < 1:
                 raise MemoryStoreError(
                     "dim must be an int of at least 1 (or None to take the embedder's), "
@@ -117,7 +117,7 @@ class SemanticStore:
         self._embedder: Embedder = embedder
         self._dtype = dtype
         # `dim` is optional in the Embedder protocol, and may be anything.
-        told = _as_int(getattr(self._embedder, "dim", None))
+        told = as_index(getattr(self._embedder, "dim", None))
         told = told if told is not None and told >= 1 else None
         if dim is None:
             dim = told
@@ -295,7 +295,7 @@ class SemanticStore:
                 wrong length, NaN/inf, or zero (a text with nothing to embed); tags that are
                 not a string or an iterable of strings.
         """
-        count = _as_int(k)
+        count = as_index(k)
         if count is None:
             raise MemoryStoreError(f"k must be an int, got {type(k).__name__}")
         k = count
@@ -685,19 +685,6 @@ def _contiguous(
 
     out = np.ascontiguousarray(vector)
     return out if out.flags.aligned else out.copy()
-
-
-def _as_int(value: Any) -> int | None:
-    """`value` as an int when it is one of any integer type (numpy's too), else None.
-
-    A bool is not a count or a size: None.
-    """
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
 
 
 def _check_tag(tag: object) -> None:

@@ -17,7 +17,6 @@ import inspect
 import json
 import math
 import numbers
-import operator
 import os
 import re
 import socket
@@ -78,7 +77,7 @@ from llm_agent_runtime.orchestration._calls import (
     surely_not_awaitable,
     task_of,
 )
-from llm_agent_runtime.orchestration._checks import check_flag, names_repr, safe_repr
+from llm_agent_runtime.orchestration._checks import as_index, check_flag, names_repr, safe_repr
 
 if TYPE_CHECKING:  # a breaker is the user's; the tool only calls it
     from llm_agent_runtime.orchestration.circuit_breaker import CircuitBreaker
@@ -357,11 +356,9 @@ def _checked_max_chars(max_chars: Any) -> int:
     Raises:
         ToolError: When it is no integer (a bool, a float, None, text) or is below 0.
     """
-    if not isinstance(max_chars, bool):
-        with contextlib.suppress(TypeError):
-            count = operator.index(max_chars)  # an int subclass, a numpy integer
-            if count >= 0:
-                return count
+    count = as_index(max_chars)  # an int subclass, a numpy integer
+    if count is not None and count >= 0:
+        return count
     raise ToolError(f"max_chars must be an int of 0 or more, got {max_chars!r}")
 
 

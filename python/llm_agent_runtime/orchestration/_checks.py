@@ -10,8 +10,9 @@ import heapq
 import itertools
 import math
 import numbers
+import operator
 from collections.abc import Callable, Collection, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "check_count",
@@ -44,6 +45,20 @@ def check_count(name: str, value: object, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
+
+
+def as_index(value: Any) -> int | None:
+    """`value` as an int when it is an integer of any type (numpy's too), else None.
+
+    Not a bool, a numpy bool included: numpy before 2.3 gives one an `__index__`, so
+    `operator.index(np.bool_(True))` is 1 there.
+    """
+    if isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", None) == "b":
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def check_real(name: str, value: object) -> float:

@@ -12,7 +12,6 @@ cannot be saved.
 from __future__ import annotations
 
 import json
-import operator
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.memory import CHARS_PER_TOKEN
+from llm_agent_runtime.orchestration._checks import as_index
 
 __all__ = [
     "INCOMPLETE_STOP_REASONS",
@@ -233,9 +233,10 @@ class Usage:
         for name in _USAGE_COUNTS:
             value = getattr(self, name)
             if type(value) is not int:
-                if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+                count = as_index(value)
+                if count is None:
                     raise TypeError(f"Usage.{name} must be an int, got {value!r:.40}")
-                setattr(self, name, operator.index(value))
+                setattr(self, name, count)
 
     @property
     def total_tokens(self) -> int:
