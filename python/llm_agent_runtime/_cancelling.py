@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 __all__ = ["cancellations_so_far"]
 
 
-async def cancellations_so_far(task: asyncio.Task[Any] | None) -> int:
+async def cancellations_so_far(
+    task: asyncio.Task[Any] | None, unsent: Awaitable[Any] | None = None
+) -> int:
     """`task.cancelling()` (0 for no task), once a cancellation asked of it is delivered.
 
     Code that compares the count before and after an await, to tell a cancellation asked
     meanwhile from the task's past ones, would count one asked but not delivered yet as past
     and lose it: Ctrl-C under `asyncio.run` cancels the main task from inside whatever it
     runs, so the count rises at once and the `CancelledError` comes at the next suspension.
-    When the count is not 0, a yield to the loop delivers it first, here.
+    When the count is not 0, a yield to the loop delivers it first, here. `unsent`, the
+    coroutine the caller was about to await, is closed then: it never starts, and is not
+    left "never awaited".
 
     Raises:
         asyncio.CancelledError: A cancellation was asked and not delivered yet.
@@ -24,5 +29,11 @@ async def cancellations_so_far(task: asyncio.Task[Any] | None) -> int:
         return 0
     count = task.cancelling()
     if count:
-        await asyncio.sleep(0)
+        try:
+            await asyncio.sleep(0)
+        except BaseException:
+            close = getattr(unsent, "close", None)
+            if close is not None:
+                close()
+            raise
     return count

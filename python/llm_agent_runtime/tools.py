@@ -59,6 +59,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaWarningKind, Skip
 from pydantic_core import PydanticUndefined, core_schema
 from typing_extensions import TypedDict
 
+from llm_agent_runtime._cancelling import cancellations_so_far
 from llm_agent_runtime._core import dicts_with_keys_made_text, tuple_of
 from llm_agent_runtime.errors import (
     BudgetExceededError,
@@ -870,18 +871,9 @@ async def _with_timeout(call: Awaitable[Any], timeout: float) -> Any:
     3.13, a tool that catches its caller's cancellation and returns still ends cancelled.
     """
     task = current_task()
-    cancels = 0 if task is None else task.cancelling()
-    if cancels:
-        # One asked but not delivered yet is the caller's, delivered before the timeout's
-        # scope counts it (else a tool slow to unwind made it a timeout, and it was lost):
-        # `cancellations_so_far`, inlined as in `ToolRegistry.call`.
-        try:
-            await asyncio.sleep(0)
-        except BaseException:
-            close = getattr(call, "close", None)
-            if close is not None:
-                close()  # never started: not left "never awaited"
-            raise
+    # One asked but not delivered yet is the caller's, delivered before the timeout's scope
+    # counts it (else a tool slow to unwind made it a timeout, and it was lost).
+    cancels = await cancellations_so_far(task, call)
     scope = asyncio.timeout(timeout)
     try:
         async with scope:

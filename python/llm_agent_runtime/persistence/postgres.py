@@ -772,13 +772,9 @@ async def _within(deadline: float, grace: float, statement: Coroutine[Any, Any, 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    try:
-        # One asked but not delivered yet is the caller's, delivered before the statement is
-        # sent (else it got no grace, and was lost at the deadline).
-        already = await cancellations_so_far(task)
-    except BaseException:
-        statement.close()  # never sent: not left "never awaited"
-        raise
+    # One asked but not delivered yet is the caller's, delivered before the statement is
+    # sent (else it got no grace, and was lost at the deadline).
+    already = await cancellations_so_far(task, statement)
     fired = 0  # this function's own cancellations of the task
     by_caller = False
     handle: asyncio.TimerHandle | None = None
