@@ -152,6 +152,14 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 """A JSON escape of half a surrogate pair (`\\ud83d`): decoded, it may be one alone."""
 _SCHEME = re.compile(r"^[^/?#@]*//")
 """A URL's `scheme://`, which messages show before its hidden user info."""
+_STOPPING_POINTS = (
+    ".connect_tcp.started",
+    ".connect_unix_socket.started",
+    ".send_request_headers.started",
+)
+"""httpcore's trace events where a request may fail without leaving its pool a slot taken:
+as a connection opens (it is marked failed), and as the request starts on it (its
+connection is closed)."""
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -1517,6 +1525,9 @@ class HttpTransport:
         self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
         self.retry = retry if retry is not None else RetryPolicy()
         self._given_client = http_client
+        # Whether the client traces requests (httpx's own transport does): see `_send`.
+        self._traces = http_client is None
+        self._stopping: set[asyncio.Task[httpx.Response]] = set()
         # The loop the given client was first used on: its connections are that loop's.
         self._given_loop: asyncio.AbstractEventLoop | None = None
         self._clients: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
@@ -1780,26 +1791,65 @@ class HttpTransport:
 
         `sent` is called when the transport reports the request sent whole (httpx's own
         does): the wait for the reply's headers begins.
+
+        The request runs in a task of its own, which a cancelled caller leaves at once. One
+        cancelled before it starts on a connection (while queued for one, or as a new one
+        opens) leaves httpcore's pool (1.0.9) a slot taken for good: once `max_connections`
+        cancelled calls (runs stopped, timeouts) have taken them all, every call fails with
+        `PoolTimeout`. So a request that has not started is not cancelled: it goes on alone
+        and stops at its next stopping point (`_STOPPING_POINTS`), where httpcore cleans up
+        after it. One that has started is cancelled, as is one over a transport that traces
+        nothing (not httpcore's).
         """
-        extensions: dict[str, Any] = {}
-        if sent is not None:
+        started = False  # the request has started on its connection: it may be cancelled
+        stop = False  # its caller has left before that: it stops at its next stopping point
 
-            async def trace(event: str, info: dict[str, Any]) -> None:
-                if event.endswith("send_request_body.complete"):
-                    sent()
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            nonlocal started, stop
+            self._traces = True
+            if event.endswith(_STOPPING_POINTS):
+                if stop:
+                    stop = False  # once: httpcore's cleanup, which follows, is traced too
+                    raise asyncio.CancelledError
+                started = started or event.endswith(".send_request_headers.started")
+            if sent is not None and event.endswith("send_request_body.complete"):
+                sent()
 
-            extensions["trace"] = trace
         request = client.build_request(
             "POST",
             self.base_url + path,
             content=content,
             headers=self._headers,
             timeout=self._timeouts,
-            extensions=extensions,
+            extensions={"trace": trace},
         )
-        # Never followed, even by a caller's client made with follow_redirects=True: httpx
-        # drops `authorization` on the way to another host, but not Anthropic's `x-api-key`.
-        return await client.send(request, stream=True, follow_redirects=False)
+
+        async def send() -> httpx.Response:
+            # Never followed, even by a caller's client made with follow_redirects=True: httpx
+            # drops `authorization` on the way to another host, but not Anthropic's `x-api-key`.
+            response = await client.send(request, stream=True, follow_redirects=False)
+            if stop:  # its caller has left, and no stopping point was traced on the way
+                await response.aclose()
+            return response
+
+        task = asyncio.create_task(send())
+        task.add_done_callback(_outcome_seen)
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            if task.done():
+                if not task.cancelled() and task.exception() is None:
+                    await task.result().aclose()  # it came as the caller left
+            elif started or not self._traces:
+                task.cancel()
+                # Unwinds at once: httpcore closes what the request opened, shielded.
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            else:
+                stop = True
+                self._stopping.add(task)  # kept until it stops: the loop holds tasks weakly
+                task.add_done_callback(self._stopping.discard)
+            raise
 
     async def _exchange(self, path: str, content: bytes) -> bytes:
         """POSTs once and returns the body of a successful reply.
@@ -2166,6 +2216,12 @@ async def _finish_body(chunks: AsyncIterator[bytes], grace: float) -> None:
     with contextlib.suppress(httpx.HTTPError, TimeoutError):
         async with asyncio.timeout(grace):
             await rest()
+
+
+def _outcome_seen(task: asyncio.Task[Any]) -> None:
+    """Marks a request task's failure seen: the caller it was raised for may have left."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _error_body(response: httpx.Response) -> tuple[bytes, bool]:
