@@ -60,13 +60,20 @@ class PerLoop(Generic[T]):
 
     Each is closed by `close(resource)` within its own loop: by `aclose`, or as the loop ends
     under `asyncio.run` (or `asyncio.Runner`, or any loop's `shutdown_asyncgens`). A loop
-    closed without `shutdown_asyncgens` leaves its resource to the garbage collector. Loops
-    in several threads may share the object.
+    closed without `shutdown_asyncgens` (run by hand, then closed) leaves its resource to
+    `abandon(resource)`, called when another loop next uses the object (without it, to the
+    garbage collector). Loops in several threads may share the object.
     """
 
-    def __init__(self, make: Callable[[], T], close: Callable[[T], Awaitable[object]]) -> None:
+    def __init__(
+        self,
+        make: Callable[[], T],
+        close: Callable[[T], Awaitable[object]],
+        abandon: Callable[[T], object] | None = None,
+    ) -> None:
         self._make = make
         self._close = close
+        self._abandon = abandon
         self._entries: dict[asyncio.AbstractEventLoop, _Entry[T]] = {}
         # The closes under way, with the loop each runs in: an `aclose` from that loop
         # waits for them too. Finding nothing left to close, it returned at once, before a
@@ -83,13 +90,16 @@ class PerLoop(Generic[T]):
         loop = asyncio.get_running_loop()
         with self._lock:
             entry = self._entries.get(loop)
-            if entry is None:
-                for stale in [old for old in self._entries if old.is_closed()]:
-                    del self._entries[stale]  # closed as its loop ended
-                resource = self._make()
-                entry = _Entry(resource, close_with_loop(lambda: self._close(resource)))
-                self._entries[loop] = entry
-            return entry.resource
+            if entry is not None:
+                return entry.resource
+            # Closed as its loop ended, or left as it was by a loop closed without ending it.
+            stale = [self._entries.pop(old) for old in list(self._entries) if old.is_closed()]
+            resource = self._make()
+            self._entries[loop] = _Entry(resource, close_with_loop(lambda: self._close(resource)))
+        if self._abandon is not None:
+            for gone in stale:
+                self._abandon(gone.resource)
+        return resource
 
     async def aclose(self) -> None:
         """Closes every loop's resource; a later `get` makes a new one.

@@ -68,3 +68,37 @@ def test_a_backend_dropped_unclosed_closes_its_pool_without_destroying_pending_t
     assert opened >= 2 and left == 0
     assert not [m for m in messages if "destroyed but it is pending" in m]
     assert not unraisable
+
+
+@pytest.mark.timeout(60)
+def test_the_pools_of_loops_closed_without_ending_them_are_closed_by_the_next_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A loop run by hand and closed (`run_until_complete`, then `close`, as a sync web handler
+    # or a worker thread does) never cancels its tasks: the task that closes its pool waited
+    # for good, kept alive with the pool and its connections, one more at every such loop.
+    base, name, dsn = _named_dsn("hand_run")
+    table = f"kv_{uuid.uuid4().hex}"
+    store = ar.PostgresBackend(dsn, table=table, min_size=1)
+    unraisable: list[object] = []
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        for n in range(5):
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(store.save(f"k{n}", b"v"))
+            finally:
+                loop.close()
+        # The next loop closes the last one's pool; its own is closed as it ends.
+        assert asyncio.run(store.load("k4")) == b"v"
+        assert asyncio.run(_sessions_named(base, name)) == 0
+        gc.collect()  # nothing of the closed loops' pools fails as it is collected
+        assert not unraisable
+        # Not the pool's workers, nor its scheduler, nor its guard. (On Python 3.11 only, the
+        # task `asyncio.wait_for` makes of the scheduler's `Event.wait` is still logged.)
+        destroyed = [r.getMessage() for r in caplog.records if "destroyed but" in r.getMessage()]
+        assert [m for m in destroyed if "Event.wait()" not in m] == []
+    finally:
+        sys.unraisablehook = previous_hook
+        asyncio.run(_drop_table(base, table))

@@ -114,7 +114,12 @@ def uncallable_error(fn: object, api: str) -> TypeError:
 
 
 def keep_alive(future: F) -> F:
-    """Holds a strong reference to `future` until it is done; returns it."""
+    """Holds a strong reference to `future` until it is done (or `let_go`); returns it."""
     _BACKGROUND.add(future)
     future.add_done_callback(_BACKGROUND.discard)
     return future
+
+
+def let_go(future: asyncio.Future[Any]) -> None:
+    """Drops `keep_alive`'s reference to `future`, which will never be done (its loop closed)."""
+    _BACKGROUND.discard(future)

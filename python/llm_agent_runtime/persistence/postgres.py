@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 from llm_agent_runtime._cancelling import cancellations_so_far
 from llm_agent_runtime._loops import PerLoop
 from llm_agent_runtime.errors import PersistenceError
-from llm_agent_runtime.orchestration._calls import keep_alive
+from llm_agent_runtime.orchestration._calls import keep_alive, let_go
 from llm_agent_runtime.persistence._checks import (
     check_items,
     check_key,
@@ -131,6 +131,30 @@ def _adding_to(connections: weakref.WeakSet[Any]) -> Callable[[Any], Awaitable[N
         connections.add(conn)
 
     return add
+
+
+def _abandon_pool(state: _LoopPool) -> None:
+    """Closes the connections of a pool whose loop was closed without being ended (`PerLoop`).
+
+    Nothing cancelled its guard (`_guard`), which would wait for good, kept alive with the
+    pool and its connections (one more server connection left open at every such loop). The
+    connections are closed at once, with no loop (libpq's own close); the guard and the
+    pool's own tasks, which will never run again, are let go and their coroutines closed
+    here: the garbage collector would close them in the middle of other work, each failing
+    on its closed loop ("Exception ignored in ...", "Task was destroyed but it is pending").
+    """
+    for conn in list(state.connections):
+        with contextlib.suppress(Exception):
+            conn.pgconn.finish()
+    pool = state.pool
+    # psycopg_pool's scheduler and workers (private names: none found, none closed).
+    tasks = [state.guard, getattr(pool, "_sched_runner", None), *getattr(pool, "_workers", ())]
+    for task in tasks:
+        if isinstance(task, asyncio.Task) and not task.done():
+            let_go(task)
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
+            with contextlib.suppress(Exception):  # its cleanup, failing on the closed loop
+                task.get_coro().close()
 
 
 async def _close_pool(state: _LoopPool) -> None:
@@ -310,7 +334,7 @@ class PostgresBackend:
         # A pool's connections (and its lock) belong to the loop that opened them: each loop
         # gets its own, closed within that loop as it ends (a thread's `asyncio.run`, the next
         # `asyncio.run`), as the Redis backend's clients are.
-        self._pools: PerLoop[_LoopPool] = PerLoop(_LoopPool, _close_pool)
+        self._pools: PerLoop[_LoopPool] = PerLoop(_LoopPool, _close_pool, _abandon_pool)
         self._pool_timeout: type[Exception] = PoolTimeout
         self._pool_closed: type[Exception] = PoolClosed
 
