@@ -1575,12 +1575,13 @@ class CheckpointStore:
 
         A copy loaded while a run was under way holds that run's saved steps: a run started
         from it would claim the step after them, which no other run claimed, and write the
-        same step keys as the run under way. That run ended when a final checkpoint closes
-        it or its end record (`save_run_end`) names it; a run whose process ended first did
-        not (`runtime.resume` ends it).
+        same step keys as the run under way. That run ended when its end record (written
+        with its final checkpoint, or by `save_run_end`) names it, or, in records of older
+        versions, a final checkpoint closes it; a run whose process ended first did not
+        (`runtime.resume` ends it).
         """
         meta_key, ended_key = f"{key}:meta", f"{key}:ended"
-        found = await self.backend.batch_load([meta_key, key, ended_key])
+        found = await self.backend.batch_load([meta_key, ended_key])
         if meta_key not in found:
             return True  # a final checkpoint alone (older records, a pruned session)
         meta = decode(found[meta_key], meta_key, "meta")
@@ -1589,12 +1590,11 @@ class CheckpointStore:
         run, first = meta.get("run"), meta.get("first_step")
         if not (isinstance(run, str) and _is_count(first) and first < steps):
             return True  # a record of an older version, or a run the step's claim tells
-        if key in found and not _turn_after(meta, decode(found[key], key, "session")):
+        ended = decode(found[ended_key], ended_key, "ended") if ended_key in found else None
+        if isinstance(ended, dict) and ended.get("run") == run:
             return True
-        if ended_key in found:
-            ended = decode(found[ended_key], ended_key, "ended")
-            return isinstance(ended, dict) and ended.get("run") == run
-        return False
+        final = await self.backend.load(key)  # the whole session: older records only
+        return final is not None and not _turn_after(meta, decode(final, key, "session"))
 
     def _refuse(self, session_id: str, why: str, advice: str) -> NoReturn:
         """Refuses the run of the session (see `save_meta`): nothing of it is written after."""
@@ -1763,6 +1763,11 @@ class CheckpointStore:
             payload["run"] = run
         items = {key: _encode("session", payload)}
         _check_final(items[key], key)
+        if run is not None:
+            # Names the run that ended, as a failed run's end does: the next run reads this
+            # small record, not the whole session, to know it (`_latest_run_ended`).
+            ended = {"run": run, "duration_ms": session.duration_ms}
+            items[f"{key}:ended"] = _encode("ended", ended)
         if folded:
             folded_records = await self._records_to_fold(key, session, unsaved)
             base = _encode("base", {"records": folded_records})
@@ -1981,7 +1986,8 @@ class CheckpointStore:
         A failed run writes no final checkpoint (a resume continues it), so this record
         (`session:<id>:ended`) keeps how long the session has run, the failed run included,
         as the session in memory counts it: `load` gives it back while `run` is the saved
-        run (a later run's end, or final checkpoint, supersedes it).
+        run and no final checkpoint closes it (a later run's end, or final checkpoint,
+        supersedes it; a final checkpoint writes the record too, naming its run).
         """
         record = {"run": run, "duration_ms": session.duration_ms}
         key = f"{session_key(session.session_id)}:ended"
