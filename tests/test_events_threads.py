@@ -101,3 +101,44 @@ def test_a_subscription_made_while_the_bus_closes_is_ended_or_kept() -> None:
             return [event async for event in subscription]
 
         assert asyncio.run(asyncio.wait_for(read_all(), 5)) == []
+
+
+def test_an_event_handed_over_as_the_subscriber_starts_reading_wakes_it(
+    monkeypatch: Any,
+) -> None:
+    # The emitting thread saw no reader yet and put the event on the queue itself, after the
+    # reader (on its loop, in another thread) had started waiting: nothing woke that loop,
+    # and the subscriber waited until some later event did (on a debug loop, the put raised
+    # into the emitting run).
+    from llm_agent_runtime import events
+
+    bus = EventBus()
+    subscription = bus.subscribe()
+    emitter = threading.Thread(target=lambda: bus.emit(ar.RunStarted("s", "a", "q")))
+    delivering, reader_started = threading.Event(), threading.Event()
+    deliver = events._SubscriberQueue._deliver
+
+    def paused_deliver(queue: Any, item: Any) -> None:
+        if threading.current_thread() is emitter:
+            delivering.set()
+            reader_started.wait(PAUSE_LIMIT_S)  # the reader starts waiting meanwhile
+        deliver(queue, item)
+
+    monkeypatch.setattr(events._SubscriberQueue, "_deliver", paused_deliver)
+
+    async def read() -> Any:
+        reading = asyncio.ensure_future(anext(subscription))
+        threading.Timer(0.05, reader_started.set).start()
+        return await asyncio.wait_for(reading, 2.0)
+
+    read_events: list[Any] = []
+    # On a thread of its own: a reader never woken hangs its loop, to its end.
+    reader = threading.Thread(
+        target=lambda: read_events.append(asyncio.run(read(), debug=True)), daemon=True
+    )
+    emitter.start()
+    assert delivering.wait(2.0)
+    reader.start()
+    reader.join(5.0)
+    emitter.join()
+    assert [type(event) for event in read_events] == [ar.RunStarted]

@@ -420,6 +420,8 @@ class _SubscriberQueue(asyncio.Queue["Event | None"]):
     loop (`call_soon_threadsafe`); one for a loop that has closed is dropped (no one reads).
     The end (None) is handed over even on the reader's loop, so that it comes after the
     events other threads handed over before it; an event that comes after it is dropped.
+    Until a reader waits, items are queued on the spot, under `handover`, which the reader
+    takes to set `reader_loop`: none is put by another thread once it waits.
     """
 
     def __init__(self) -> None:
@@ -428,10 +430,18 @@ class _SubscriberQueue(asyncio.Queue["Event | None"]):
         """The loop iterating the subscription (set as it first waits for an event)."""
         self.ended = False
         """Whether the end was queued: no later event is read."""
+        self.handover = threading.Lock()
+        """Held while an item is queued on the spot, and while `reader_loop` is set."""
 
     def put_nowait(self, item: Event | None) -> None:
         loop = self.reader_loop
-        if loop is not None and (item is None or loop is not asyncio._get_running_loop()):
+        if loop is None:
+            with self.handover:
+                loop = self.reader_loop
+                if loop is None:  # no reader waits yet: queued here
+                    self._deliver(item)
+                    return
+        if item is None or loop is not asyncio._get_running_loop():
             with contextlib.suppress(RuntimeError):  # the reader's loop has closed
                 loop.call_soon_threadsafe(self._deliver, item)
             return
@@ -449,9 +459,7 @@ class _SubscriberQueue(asyncio.Queue["Event | None"]):
 class _DroppingQueue(_SubscriberQueue):
     """A subscriber's queue of at most `limit` unread events: a new one pushes out the oldest.
 
-    The end-of-stream marker (None, from `EventBus.close`) is always kept. Until the
-    subscriber first reads, runs on several threads may each queue an event at once, going
-    past `limit` by one a thread until the next event comes.
+    The end-of-stream marker (None, from `EventBus.close`) is always kept.
     """
 
     def __init__(self, limit: int) -> None:
@@ -461,13 +469,9 @@ class _DroppingQueue(_SubscriberQueue):
 
     def _deliver(self, item: Event | None) -> None:
         if item is not None and not self.ended and self.qsize() >= self.limit:
-            # Before the subscriber first reads, runs on other threads queue their events
-            # themselves: another may have taken the oldest one since it was seen full.
-            try:
-                self.get_nowait()
-                self.dropped += 1
-            except asyncio.QueueEmpty:
-                pass
+            # One thread at a time queues (under `handover`, or on the reader's loop).
+            self.get_nowait()
+            self.dropped += 1
         super()._deliver(item)
 
 
@@ -515,8 +519,11 @@ class Subscription:
         loop = asyncio.get_running_loop()
         reader = queue.reader_loop
         if reader is None:  # runs on other threads hand their events to this loop
-            queue.reader_loop = loop
-        elif reader is not loop:
+            with queue.handover:  # once an event being queued on the spot is queued
+                if queue.reader_loop is None:
+                    queue.reader_loop = loop
+            reader = queue.reader_loop
+        if reader is not loop:
             raise self._other_loop(reader)
         try:
             event = await queue.get()
