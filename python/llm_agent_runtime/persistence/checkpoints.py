@@ -942,7 +942,7 @@ class CheckpointStore:
             taken = stored > len(session.steps)
         else:
             # Any run under the id wrote its meta record first: one read by key tells a
-            # fresh id (listing keys would scan a Redis keyspace at every run).
+            # fresh id (a listing is a query of the backend's key index at every run).
             found = await self.backend.batch_load([key, meta_key])
             fresh = not found
             stored = 0 if fresh else await self._stored_steps(key)
@@ -992,8 +992,8 @@ class CheckpointStore:
         self._refused.discard(session.session_id)
         if fresh:
             # A new id has no event log: events are logged after the meta record only, and
-            # a sweep deletes them before the final checkpoint (no listing: on Redis a scan of
-            # the whole keyspace, at every run).
+            # a sweep deletes them before the final checkpoint (no listing, a query of the
+            # backend's key index, at every run).
             self._next_event[session.session_id] = 0
         else:
             # Another process may have logged events since this one last wrote: count afresh.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from llm_agent_runtime._redis import redis_client
@@ -28,6 +28,14 @@ class RedisBackend:
     redis-py is imported only when a backend is created. A batch is one MULTI/EXEC
     transaction. Configure Redis persistence (AOF with `appendfsync always`) for durability
     across a server crash.
+
+    The keys are listed from an index, a sorted set at `llm_agent_runtime:index:<prefix>`
+    that every write and delete keeps in the same transaction: a listing reads the keys it
+    lists (`ZRANGEBYLEX`), not the whole database (`SCAN`, which a database shared with
+    other data makes slow at every turn of a chat). Keys stored before the index (by
+    earlier versions) are added to it at the first listing of a backend, from one scan of
+    the prefix. Keys another client writes or deletes directly (not through a
+    `RedisBackend`) are not seen by listings afterwards, nor their deletion.
 
     `prefix` may be set again later, checked as the constructor checks it (a bad value
     raises, and the old one stays). The backend then reads, writes and lists the keys under
@@ -54,6 +62,12 @@ class RedisBackend:
         self._prefix = _checked_prefix(prefix)
         self.client: Any = redis_client(url, "RedisBackend")
         """The redis-py client (shared with the Redis-backed orchestration state)."""
+        self._indexed: set[str] = set()  # prefixes whose index this backend knows is whole
+
+    @property
+    def _index(self) -> str:
+        """The Redis key of the index of the keys under the current prefix."""
+        return _INDEX + self._prefix
 
     @property
     def prefix(self) -> str:
@@ -92,15 +106,37 @@ class RedisBackend:
         except Exception as error:
             raise PersistenceError(f"Redis: {error}", key=key) from error
 
+    async def _with_index(self, key: str, command: Callable[[Any], object], index: str) -> Any:
+        """Runs `command(pipe)` and the index's `index` (`zadd` or `zrem`) of `key` at once.
+
+        One MULTI/EXEC; returns the command's reply.
+        """
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                command(pipe)
+                getattr(pipe, index)(self._index, *([{key: 0}] if index == "zadd" else [key]))
+                reply, _ = await pipe.execute()
+        except UnicodeEncodeError:
+            raise _not_text(key) from None
+        except Exception as error:
+            failure = _batch_error(error, [key, key])
+            # As `batch_save`'s: redis-py's own error may quote the value.
+            raise failure from failure.__cause__
+        return reply
+
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value atomically."""
         value = check_value(check_key(key), value)
-        await self._call(key, "set", self._prefix + key, value)
+        await self._with_index(key, lambda pipe: pipe.set(self._prefix + key, value), "zadd")
 
     async def save_new(self, key: str, value: bytes) -> bool:
         """Stores `value` under `key` unless the key exists (SET NX); returns whether it wrote."""
         value = check_value(check_key(key), value)
-        return bool(await self._call(key, "set", self._prefix + key, value, nx=True))
+        # Indexed either way: a key already there is listed already (no change).
+        written = await self._with_index(
+            key, lambda pipe: pipe.set(self._prefix + key, value, nx=True), "zadd"
+        )
+        return bool(written)
 
     async def load(self, key: str) -> bytes | None:
         """Returns the value stored under `key`, or None."""
@@ -109,7 +145,9 @@ class RedisBackend:
 
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
-        return bool(await self._call(key, "delete", self._prefix + check_key(key)))
+        check_key(key)
+        deleted = await self._with_index(key, lambda pipe: pipe.delete(self._prefix + key), "zrem")
+        return bool(deleted)
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
         """Stores every item in one MULTI/EXEC transaction."""
@@ -120,6 +158,7 @@ class RedisBackend:
             async with self.client.pipeline(transaction=True) as pipe:
                 for key, value in checked.items():
                     pipe.set(self._prefix + key, value)
+                pipe.zadd(self._index, dict.fromkeys(checked, 0))  # last: SETs keep their numbers
                 await pipe.execute()
         except UnicodeEncodeError:
             raise _not_text(*checked) from None
@@ -137,7 +176,7 @@ class RedisBackend:
         """
         guard_value = check_value(check_key(guard_key), guard_value)
         checked = check_items(items)
-        keys = [self._prefix + guard_key, *(self._prefix + k for k in checked)]
+        keys = [self._prefix + guard_key, self._index, *(self._prefix + k for k in checked)]
         wrote = await self._call(
             guard_key,
             "eval",
@@ -146,6 +185,7 @@ class RedisBackend:
             *keys,
             guard_value,
             *checked.values(),
+            *checked,
             keys=list(checked),
         )
         return bool(wrote)
@@ -160,9 +200,9 @@ class RedisBackend:
         """
         guard_value = check_value(check_key(guard_key), guard_value)
         wanted = check_keys(keys)
-        names = [self._prefix + guard_key, *(self._prefix + k for k in wanted)]
+        names = [self._prefix + guard_key, self._index, *(self._prefix + k for k in wanted)]
         held = await self._call(
-            guard_key, "eval", _DELETE_IF, len(names), *names, guard_value, keys=wanted
+            guard_key, "eval", _DELETE_IF, len(names), *names, guard_value, *wanted, keys=wanted
         )
         return bool(held)
 
@@ -177,35 +217,87 @@ class RedisBackend:
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the stored keys that start with `prefix`, sorted, each once.
 
-        SCAN may return a key more than once (when Redis rehashes the keyspace meanwhile):
-        each is listed once. A key under `self.prefix` that is not UTF-8 text (written by
-        another client) is skipped, with a warning: no `str` key names it.
+        Read from the index (see the class): the sorted set's order is the UTF-8 bytes',
+        which is the keys' order as text.
         """
-        pattern = _escape_glob(self._prefix + check_prefix(prefix)) + "*"
-        start = len(self._prefix)
+        wanted = check_prefix(prefix)
         try:
-            keys = [bytes(k) async for k in self.client.scan_iter(match=pattern, count=1000)]
+            first = wanted.encode()
         except UnicodeEncodeError:
             raise _not_text(prefix) from None
-        except Exception as error:
-            raise PersistenceError(f"Redis: {error}") from error
-        # Every key starts with `self.prefix`: the sorted full keys are the sorted keys.
-        return [k[start:] for k in decode_stored_keys("RedisBackend", keys)]
+        if self._prefix not in self._indexed:
+            await self._index_earlier_keys()
+        # Every key that starts with `first`: no UTF-8 text holds the byte 0xff.
+        found = await self._call(
+            None, "zrangebylex", self._index, b"[" + first, b"(" + first + b"\xff"
+        )
+        return [bytes(k).decode() for k in found]
 
+    async def _index_earlier_keys(self) -> None:
+        """Adds to the index the keys under the prefix stored before it (see the class).
+
+        Once per prefix in a database (a marker says it is done), from one scan: SCAN may
+        return a key more than once (when Redis rehashes meanwhile), and one deleted since;
+        each is added if it still exists, atomically (a script), so no key deleted meanwhile
+        stays listed. A key that is not UTF-8 text (written by another client) is skipped,
+        with a warning: no `str` key names it.
+        """
+        prefix = self._prefix
+        done = _INDEXED + prefix
+        if not await self._call(None, "exists", done):
+            pattern = _escape_glob(prefix) + "*"
+            start = len(prefix)
+            try:
+                found = [bytes(k) async for k in self.client.scan_iter(match=pattern, count=1000)]
+            except Exception as error:
+                raise PersistenceError(f"Redis: {error}") from error
+            # Every key starts with `prefix`: the sorted full keys are the sorted keys.
+            keys = [k[start:] for k in decode_stored_keys("RedisBackend", found)]
+            for chunk in range(0, len(keys), _INDEX_CHUNK):
+                part = keys[chunk : chunk + _INDEX_CHUNK]
+                names = [_INDEX + prefix, *(prefix + k for k in part)]
+                await self._call(None, "eval", _INDEX_IF_STORED, len(names), *names, *part)
+            await self._call(None, "set", done, b"1")
+        self._indexed.add(prefix)
+
+
+_INDEX = "llm_agent_runtime:index:"
+"""The index of the keys under a backend's prefix is at this key, followed by the prefix."""
+_INDEXED = "llm_agent_runtime:indexed:"
+"""This key, followed by a prefix, marks the keys stored before the index as added to it."""
+_INDEX_CHUNK = 1000
+"""Keys added to the index at a time (one script call) from the scan of earlier keys."""
 
 _SAVE_IF = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i]) end
+local n = #KEYS - 2
+for i = 1, n do
+  redis.call('SET', KEYS[i + 2], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], 0, ARGV[i + 1 + n])
+end
 return 1
 """
-"""`batch_save_if`: KEYS[1] the guard, ARGV[1] its value; KEYS[i] is set to ARGV[i]."""
+"""`batch_save_if`: KEYS[1] the guard, ARGV[1] its value; KEYS[2] the index; KEYS[i + 2] is
+set to ARGV[i + 1], and its key (without the prefix), ARGV[i + 1 + n], added to the index."""
 
 _DELETE_IF = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 3, #KEYS do
+  redis.call('DEL', KEYS[i])
+  redis.call('ZREM', KEYS[2], ARGV[i - 1])
+end
 return 1
 """
-"""`batch_delete_if`: KEYS[1] the guard, ARGV[1] its value; KEYS[2:] are deleted."""
+"""`batch_delete_if`: KEYS[1] the guard, ARGV[1] its value; KEYS[2] the index; KEYS[3:] are
+deleted, and their keys (without the prefix), ARGV[2:], taken off the index."""
+
+_INDEX_IF_STORED = """
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('ZADD', KEYS[1], 0, ARGV[i - 1]) end
+end
+return 1
+"""
+"""Adds to the index KEYS[1] each key KEYS[2:] that exists, as ARGV[i - 1] (no prefix)."""
 
 
 def _checked_prefix(prefix: object) -> str:
