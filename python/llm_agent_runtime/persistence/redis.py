@@ -35,7 +35,8 @@ class RedisBackend:
     other data makes slow at every turn of a chat). Keys stored before the index (by
     earlier versions) are added to it at the first listing of a backend, from one scan of
     the prefix. Keys another client writes or deletes directly (not through a
-    `RedisBackend`) are not seen by listings afterwards, nor their deletion.
+    `RedisBackend`) are not seen by listings afterwards, nor their deletion, nor a key Redis
+    evicts (checkpoints need `maxmemory-policy noeviction` anyway: an evicted step is lost).
 
     `prefix` may be set again later, checked as the constructor checks it (a bad value
     raises, and the old one stays). The backend then reads, writes and lists the keys under
