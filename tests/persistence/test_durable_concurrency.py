@@ -730,7 +730,7 @@ async def test_a_resumed_run_keeps_a_new_run_of_a_copy_out(backend: ar.Persisten
     other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     copy = await ar.AgentSession.load_checkpoint(backend, "x")
     async with under_way(lambda model: runtime.resume("x", model)) as outcome:
-        with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+        with pytest.raises(ar.PersistenceError, match="that run has not ended"):
             await other.run_agent("a", "Q1", script(FINAL), session=copy)
     done = outcome[0]
     assert [s.action for s in done.steps] == ["add", "FINAL_ANSWER"]
@@ -953,3 +953,108 @@ async def test_a_turn_on_a_copy_loaded_while_another_turn_runs_is_refused(
     # Once it ended, a copy loaded then runs its turn.
     later = await ar.AgentSession.load_checkpoint(backend, "chat")
     assert await second.run_turn(later, "Q3", script(FINAL)) == "finished"
+
+
+def slow_after(*replies: str) -> tuple[Any, asyncio.Event, asyncio.Event]:
+    """A model giving `replies`, then FINAL once `go` is set (`stepped` set as it waits)."""
+    stepped, go = asyncio.Event(), asyncio.Event()
+    queue = list(replies)
+
+    async def infer(prompt: str) -> str:
+        if queue:
+            return queue.pop(0)
+        stepped.set()
+        await go.wait()
+        return FINAL
+
+    return infer, stepped, go
+
+
+async def test_a_turn_on_a_copy_loaded_while_a_failed_run_is_resumed_is_refused(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The failed run's end record named it, so its resume (under the same run id) was
+    # taken for ended: the turn ran too, and both wrote step 4.
+    first, second, third = (
+        ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend) for _ in range(3)
+    )
+    session = first.create_session("a", "chat")
+    await first.run_turn(session, "Q1", script(FINAL))
+    with pytest.raises(ConnectionError):
+        await first.run_turn(session, "Q2", fails_after(add_step(1)))
+    model, stepped, go = slow_after(add_step(2))
+    resuming = asyncio.create_task(second.resume("chat", model))
+    await stepped.wait()
+    copy = await ar.AgentSession.load_checkpoint(backend, "chat")
+    assert copy.step_count == 3  # the resume's step with the failed run's
+    with pytest.raises(ar.PersistenceError, match="that run has not ended"):
+        await third.run_turn(copy, "Q3", script(FINAL))
+    go.set()
+    resumed = await resuming
+    assert await ar.AgentSession.load_checkpoint(backend, "chat") == resumed
+    later = await ar.AgentSession.load_checkpoint(backend, "chat")
+    assert await third.run_turn(later, "Q3", script(FINAL)) == "finished"
+
+
+async def test_a_turn_runs_on_a_loaded_fork(backend: ar.PersistenceBackend) -> None:
+    # No worker runs a fork until it is resumed, but it wrote no end record: its turn was
+    # refused as one on a copy of a run under way.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = runtime.create_session("a", "chat")
+    await runtime.run_turn(session, "Q1", script(add_step(1), FINAL))
+    await runtime.run_turn(session, "Q2", script(FINAL))
+    await runtime.fork("chat", 2, "forked")  # at the first turn's answer
+    fork = await ar.AgentSession.load_checkpoint(backend, "forked")
+    assert await runtime.run_turn(fork, "Q2b", script(FINAL)) == "finished"
+    saved = await ar.AgentSession.load_checkpoint(backend, "forked")
+    assert saved == fork and saved.step_count == 3
+
+
+class HeldMeta(Delegating):
+    """The backend, but the first write of `session:chat:meta` after `hold` waits for `go`."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.hold, self.go, self.reached = False, asyncio.Event(), asyncio.Event()
+
+    async def save(self, key: str, value: bytes) -> None:
+        if self.hold and key == "session:chat:meta":
+            self.hold = False
+            self.reached.set()
+            await self.go.wait()
+        await self.inner.save(key, value)
+
+
+async def test_a_restored_copy_is_refused_while_a_turn_claimed_the_stored_steps(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # A turn's claim lands before its meta record: a session restored from JSON with more
+    # steps than the store saw the earlier run's meta record, wrote its base over the
+    # claimed session and ran too.
+    held = HeldMeta(backend)
+    runtime: Any = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=held)
+    session = runtime.create_session("a", "chat")
+    await runtime.run_turn(session, "Q1", script(FINAL))
+    moved = ar.AgentSession.from_json(session.to_json())  # run on without checkpoints
+    await ar.AgentRuntime(tools=Effects().tools()).run_turn(moved, "Q", script(FINAL))
+    held.hold = True
+    turn = asyncio.create_task(runtime.run_turn(session, "Q2", script(FINAL)))
+    await held.reached.wait()  # it holds the claim of step 1, its meta record not written
+    other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+        await other.run_turn(moved, "Q3", script(FINAL))
+    held.go.set()
+    assert await turn == "finished"
+    assert await ar.AgentSession.load_checkpoint(backend, "chat") == session
+
+
+async def test_a_corrupt_final_checkpoint_read_at_a_turn_start_is_a_persistence_error() -> None:
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    session = runtime.create_session("a", "chat")
+    await runtime.run_turn(session, "Q1", script(FINAL))
+    copy = await ar.AgentSession.load_checkpoint(backend, "chat")
+    await backend.delete("session:chat:ended")  # as records of older versions
+    await backend.save("session:chat", encode("session", None))
+    with pytest.raises(ar.PersistenceError, match="final checkpoint holds no 'session'"):
+        await CheckpointStore(backend).save_meta(copy, "react")

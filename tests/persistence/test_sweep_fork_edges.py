@@ -181,6 +181,7 @@ async def test_two_forks_taking_over_one_incomplete_fork_at_once_fork_once(
     store = CheckpointStore(backend)
     assert (await store.load("f")).records == (await store.load("src")).records[:2]
     assert await backend.list_keys("session:f") == [
+        "session:f:ended",
         "session:f:meta",
         "session:f:step:1",
         "session:f:step:2",

@@ -958,6 +958,11 @@ class CheckpointStore:
             self._refuse(session.session_id, why, _RUN_UNDER_WAY_ADVICE)
         claim = f"{key}:run:{session.step_count}"
         if stored < len(session.steps):
+            # A run that claimed the store's last step and saved no step yet (its meta
+            # record may not be written: `_latest_run_ended` could not tell it) runs.
+            under_way = await self.backend.load(f"{key}:run:{stored}")
+            if under_way is not None and record_kind(under_way) == "meta":
+                self._refuse(session.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
             # Not while a sweep deletes the session (its claim on the step): it would delete
             # what is written here. A claim its sweep left, cut short, is deleted.
             if await self._swept(claim) and not await self._drop_stranded_sweep(key, claim):
@@ -1275,12 +1280,28 @@ class CheckpointStore:
             # The run's own claim (its process ended): the meta record, which the claim may
             # hold alone, is saved with the first step all the same.
             self._claims[state.session_id] = _Claim(claim_key, run, record, owned=False)
+        await self._mark_resumed(key, run, fence_nonce)
         if self.resume_lease_seconds is not None:
             renew_by = written + self.resume_lease_seconds * 2 / 3
             lease = _Lease(resume_key, claim, lost, renew_by)
             self._leases[state.session_id] = lease
             lease.renewing = asyncio.ensure_future(self._renew(state.session_id, lease))
             lease.renewing.add_done_callback(retrieve_outcome)
+
+    async def _mark_resumed(self, key: str, run: str, fence: tuple[str, bytes]) -> None:
+        """Marks the end record of run `run` (session key `key`), if any, as resumed.
+
+        A failed run's end record names it: a copy loaded while its resume goes on holds
+        the resume's steps, and must not take the run for ended (`_latest_run_ended`). The
+        resume's own end (a final checkpoint, or `save_run_end`) writes the record anew.
+        Written while `fence` (the resume claim's fence key and this worker's nonce) holds.
+        """
+        ended_key = f"{key}:ended"
+        raw = await self.backend.load(ended_key)
+        record = decode(raw, ended_key, "ended") if raw is not None else None
+        if isinstance(record, dict) and record.get("run") == run:
+            marked = {ended_key: _encode("ended", {**record, "resumed": True})}
+            await self._save_guarded(*fence, marked)
 
     async def _save_guarded(
         self, guard_key: str, guard_value: bytes, items: dict[str, bytes]
@@ -1576,9 +1597,13 @@ class CheckpointStore:
         A copy loaded while a run was under way holds that run's saved steps: a run started
         from it would claim the step after them, which no other run claimed, and write the
         same step keys as the run under way. That run ended when its end record (written
-        with its final checkpoint, or by `save_run_end`) names it, or, in records of older
+        with its final checkpoint, by `save_run_end`, or by `fork` for the fork's run) names
+        it and no resume of it has begun since (see `_mark_resumed`), or, in records of older
         versions, a final checkpoint closes it; a run whose process ended first did not
         (`runtime.resume` ends it).
+
+        Raises:
+            PersistenceError: A record read is corrupt.
         """
         meta_key, ended_key = f"{key}:meta", f"{key}:ended"
         found = await self.backend.batch_load([meta_key, ended_key])
@@ -1592,9 +1617,14 @@ class CheckpointStore:
             return True  # a record of an older version, or a run the step's claim tells
         ended = decode(found[ended_key], ended_key, "ended") if ended_key in found else None
         if isinstance(ended, dict) and ended.get("run") == run:
-            return True
-        final = await self.backend.load(key)  # the whole session: older records only
-        return final is not None and not _turn_after(meta, decode(final, key, "session"))
+            return not ended.get("resumed")
+        raw = await self.backend.load(key)  # the whole session: older records only
+        if raw is None:
+            return False
+        final = decode(raw, key, "session")
+        if not isinstance(final, dict):
+            raise PersistenceError("final checkpoint holds no 'session'", key=key)
+        return not _turn_after(meta, final)
 
     def _refuse(self, session_id: str, why: str, advice: str) -> NoReturn:
         """Refuses the run of the session (see `save_meta`): nothing of it is written after."""
@@ -2554,7 +2584,9 @@ class CheckpointStore:
                 "(fork into a new session id)",
                 key=claim,
             )
-        items = {meta_key: meta}
+        # No worker runs the fork until it is resumed: a turn may start from a loaded copy.
+        ended = {"run": run, "duration_ms": fork.duration_ms}
+        items = {meta_key: meta, f"{session_key(new_session_id)}:ended": _encode("ended", ended)}
         for n, record in enumerate(state.records[:step], 1):
             items[step_key(new_session_id, n)] = _encode("step", record.to_dict())
         try:
