@@ -165,3 +165,22 @@ async def test_a_limiter_key_that_is_no_str_is_a_clear_type_error(key: Any) -> N
         await limiter.acquire(key)
     assert await limiter.client.exists("sweep:never:1.0/1.0:1") == 0
     await limiter.close()
+
+
+async def test_a_server_out_of_memory_still_deletes_keys(private_redis: str) -> None:
+    # A delete and its index update ran as one MULTI/EXEC, whose commands Redis refuses
+    # over maxmemory: a full server (noeviction, as checkpoints need) could not be emptied.
+    store = ar.RedisBackend(private_redis, prefix="full:")
+    try:
+        for n in range(10):
+            await store.save(f"k{n}", bytes(100_000))
+        used = (await store.client.info("memory"))["used_memory"]
+        await store.client.config_set("maxmemory", used - 500_000)  # over it now
+        with pytest.raises(ar.PersistenceError, match="maxmemory"):
+            await store.save("k10", bytes(100_000))
+        assert await store.delete("k0")
+        assert "k0" not in await store.list_keys()
+    finally:
+        await store.client.config_set("maxmemory", 0)
+        await store.client.flushdb()
+        await store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,6 +22,8 @@ from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["RedisBackend"]
 
+logger = logging.getLogger("llm_agent_runtime")
+
 
 class RedisBackend:
     """Key -> bytes storage in Redis, under a key prefix.
@@ -29,14 +32,20 @@ class RedisBackend:
     transaction. Configure Redis persistence (AOF with `appendfsync always`) for durability
     across a server crash.
 
-    The keys are listed from an index, a sorted set at `llm_agent_runtime:index:<prefix>`
-    that every write and delete keeps in the same transaction: a listing reads the keys it
-    lists (`ZRANGEBYLEX`), not the whole database (`SCAN`, which a database shared with
-    other data makes slow at every turn of a chat). Keys stored before the index (by
-    earlier versions) are added to it at the first listing of a backend, from one scan of
-    the prefix. Keys another client writes or deletes directly (not through a
-    `RedisBackend`) are not seen by listings afterwards, nor their deletion, nor a key Redis
-    evicts (checkpoints need `maxmemory-policy noeviction` anyway: an evicted step is lost).
+    The keys are listed from an index, a sorted set that every write and delete keeps in
+    the same transaction (or script): a listing reads the keys it lists (`ZRANGEBYLEX`),
+    not the whole database (`SCAN`, which a database shared with other data makes slow at
+    every turn of a chat). The index, and the marker saying keys stored before it were
+    added, are under the prefix (an ACL allowing the prefix allows them), at names no key
+    can have: the prefix followed by the byte 0xff, which no UTF-8 text holds. Keys stored
+    before the index (by earlier versions) are added to it at the first listing of the
+    prefix in the database, from one scan of the prefix; a user that may not write (a
+    read-only user or replica) lists by that scan until a writer has added them. Keys
+    another client writes or deletes directly are not seen by listings afterwards, nor
+    their deletion, and neither are the writes of a backend of an earlier version: upgrade
+    every worker before one lists keys. A key Redis evicts stays listed (checkpoints need
+    `maxmemory-policy noeviction` anyway: an evicted step is lost). A backend whose prefix
+    starts with another backend's prefix lists its own keys only, not the other's.
 
     `prefix` may be set again later, checked as the constructor checks it (a bad value
     raises, and the old one stays). The backend then reads, writes and lists the keys under
@@ -64,11 +73,6 @@ class RedisBackend:
         self.client: Any = redis_client(url, "RedisBackend")
         """The redis-py client (shared with the Redis-backed orchestration state)."""
         self._indexed: set[str] = set()  # prefixes whose index this backend knows is whole
-
-    @property
-    def _index(self) -> str:
-        """The Redis key of the index of the keys under the current prefix."""
-        return _INDEX + self._prefix
 
     @property
     def prefix(self) -> str:
@@ -107,15 +111,16 @@ class RedisBackend:
         except Exception as error:
             raise PersistenceError(f"Redis: {error}", key=key) from error
 
-    async def _with_index(self, key: str, command: Callable[[Any], object], index: str) -> Any:
-        """Runs `command(pipe)` and the index's `index` (`zadd` or `zrem`) of `key` at once.
+    async def _indexed_write(self, key: str, command: Callable[[Any], object]) -> Any:
+        """Runs `command(pipe)`, a write of `key`, and adds `key` to the index, at once.
 
         One MULTI/EXEC; returns the command's reply.
         """
+        index = _index_key(self._prefix)
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 command(pipe)
-                getattr(pipe, index)(self._index, *([{key: 0}] if index == "zadd" else [key]))
+                pipe.zadd(index, {key: 0})
                 reply, _ = await pipe.execute()
         except UnicodeEncodeError:
             raise _not_text(key) from None
@@ -128,14 +133,14 @@ class RedisBackend:
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value atomically."""
         value = check_value(check_key(key), value)
-        await self._with_index(key, lambda pipe: pipe.set(self._prefix + key, value), "zadd")
+        await self._indexed_write(key, lambda pipe: pipe.set(self._prefix + key, value))
 
     async def save_new(self, key: str, value: bytes) -> bool:
         """Stores `value` under `key` unless the key exists (SET NX); returns whether it wrote."""
         value = check_value(check_key(key), value)
         # Indexed either way: a key already there is listed already (no change).
-        written = await self._with_index(
-            key, lambda pipe: pipe.set(self._prefix + key, value, nx=True), "zadd"
+        written = await self._indexed_write(
+            key, lambda pipe: pipe.set(self._prefix + key, value, nx=True)
         )
         return bool(written)
 
@@ -147,7 +152,10 @@ class RedisBackend:
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""
         check_key(key)
-        deleted = await self._with_index(key, lambda pipe: pipe.delete(self._prefix + key), "zrem")
+        # A script, not MULTI/EXEC: Redis refuses a transaction's commands over maxmemory,
+        # and a delete is how a full server gets memory back.
+        names = [_index_key(self._prefix), self._prefix + key]
+        deleted = await self._call(key, "eval", _DELETE, len(names), *names, key)
         return bool(deleted)
 
     async def batch_save(self, items: Mapping[str, bytes]) -> None:
@@ -159,7 +167,8 @@ class RedisBackend:
             async with self.client.pipeline(transaction=True) as pipe:
                 for key, value in checked.items():
                     pipe.set(self._prefix + key, value)
-                pipe.zadd(self._index, dict.fromkeys(checked, 0))  # last: SETs keep their numbers
+                # Last: the SETs keep their numbers in a refused command's error.
+                pipe.zadd(_index_key(self._prefix), dict.fromkeys(checked, 0))
                 await pipe.execute()
         except UnicodeEncodeError:
             raise _not_text(*checked) from None
@@ -177,7 +186,8 @@ class RedisBackend:
         """
         guard_value = check_value(check_key(guard_key), guard_value)
         checked = check_items(items)
-        keys = [self._prefix + guard_key, self._index, *(self._prefix + k for k in checked)]
+        prefix = self._prefix
+        keys = [prefix + guard_key, _index_key(prefix), *(prefix + k for k in checked)]
         wrote = await self._call(
             guard_key,
             "eval",
@@ -201,7 +211,8 @@ class RedisBackend:
         """
         guard_value = check_value(check_key(guard_key), guard_value)
         wanted = check_keys(keys)
-        names = [self._prefix + guard_key, self._index, *(self._prefix + k for k in wanted)]
+        prefix = self._prefix
+        names = [prefix + guard_key, _index_key(prefix), *(prefix + k for k in wanted)]
         held = await self._call(
             guard_key, "eval", _DELETE_IF, len(names), *names, guard_value, *wanted, keys=wanted
         )
@@ -226,48 +237,69 @@ class RedisBackend:
             first = wanted.encode()
         except UnicodeEncodeError:
             raise _not_text(prefix) from None
-        if self._prefix not in self._indexed:
-            await self._index_earlier_keys()
+        own = self._prefix  # read once: it may be set again meanwhile
+        if own not in self._indexed:
+            scanned = await self._index_earlier_keys(own)
+            if scanned is not None:  # the index could not be written: the scan's keys
+                return [k for k in scanned if k.startswith(wanted)]
         # Every key that starts with `first`: no UTF-8 text holds the byte 0xff.
-        found = await self._call(
-            None, "zrangebylex", self._index, b"[" + first, b"(" + first + b"\xff"
-        )
+        upper = b"(" + first + b"\xff"
+        found = await self._call(None, "zrangebylex", _index_key(own), b"[" + first, upper)
         return [bytes(k).decode() for k in found]
 
-    async def _index_earlier_keys(self) -> None:
-        """Adds to the index the keys under the prefix stored before it (see the class).
+    async def _index_earlier_keys(self, prefix: str) -> list[str] | None:
+        """Adds to the index the keys under `prefix` stored before it (see the class).
 
         Once per prefix in a database (a marker says it is done), from one scan: SCAN may
         return a key more than once (when Redis rehashes meanwhile), and one deleted since;
         each is added if it still exists, atomically (a script), so no key deleted meanwhile
         stays listed. A key that is not UTF-8 text (written by another client) is skipped,
-        with a warning: no `str` key names it.
+        with a warning: no `str` key names it. Returns None once the index is whole, or the
+        keys scanned when Redis refused to write it (a read-only user or replica).
         """
-        prefix = self._prefix
-        done = _INDEXED + prefix
-        if not await self._call(None, "exists", done):
+        marker = _marker_key(prefix)
+        if not await self._call(None, "exists", marker):
+            own = prefix.encode()
+            start = len(own)
             pattern = _escape_glob(prefix) + "*"
-            start = len(prefix)
             try:
                 found = [bytes(k) async for k in self.client.scan_iter(match=pattern, count=1000)]
             except Exception as error:
                 raise PersistenceError(f"Redis: {error}") from error
-            # Every key starts with `prefix`: the sorted full keys are the sorted keys.
-            keys = [k[start:] for k in decode_stored_keys("RedisBackend", found)]
-            for chunk in range(0, len(keys), _INDEX_CHUNK):
-                part = keys[chunk : chunk + _INDEX_CHUNK]
-                names = [_INDEX + prefix, *(prefix + k for k in part)]
-                await self._call(None, "eval", _INDEX_IF_STORED, len(names), *names, *part)
-            await self._call(None, "set", done, b"1")
+            # Every key starts with `prefix`: the sorted full keys are the sorted keys. The
+            # indexes and markers of this prefix and of longer ones are no keys.
+            stored = [k for k in found if not k.endswith(_BOOKKEEPING)]
+            keys = [k[start:] for k in decode_stored_keys("RedisBackend", stored)]
+            try:
+                for chunk in range(0, len(keys), _INDEX_CHUNK):
+                    part = keys[chunk : chunk + _INDEX_CHUNK]
+                    names = [_index_key(prefix), *(prefix + k for k in part)]
+                    await self._call(None, "eval", _INDEX_IF_STORED, len(names), *names, *part)
+                await self._call(None, "set", marker, b"1")
+            except PersistenceError as error:
+                logger.info("RedisBackend: keys listed by a scan (index not written: %s)", error)
+                return keys
         self._indexed.add(prefix)
+        return None
 
 
-_INDEX = "llm_agent_runtime:index:"
-"""The index of the keys under a backend's prefix is at this key, followed by the prefix."""
-_INDEXED = "llm_agent_runtime:indexed:"
-"""This key, followed by a prefix, marks the keys stored before the index as added to it."""
+_INDEX_SUFFIX = b"\xffindex"
+_MARKER_SUFFIX = b"\xffindexed"
+_BOOKKEEPING = (_INDEX_SUFFIX, _MARKER_SUFFIX)
+"""What follows a prefix in the names of its index and marker: no key (UTF-8) has a 0xff."""
 _INDEX_CHUNK = 1000
 """Keys added to the index at a time (one script call) from the scan of earlier keys."""
+
+
+def _index_key(prefix: str) -> bytes:
+    """The Redis key of the index of the keys under `prefix`."""
+    return prefix.encode() + _INDEX_SUFFIX
+
+
+def _marker_key(prefix: str) -> bytes:
+    """The Redis key marking the keys under `prefix` stored before the index as indexed."""
+    return prefix.encode() + _MARKER_SUFFIX
+
 
 _SAVE_IF = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -291,6 +323,13 @@ return 1
 """
 """`batch_delete_if`: KEYS[1] the guard, ARGV[1] its value; KEYS[2] the index; KEYS[3:] are
 deleted, and their keys (without the prefix), ARGV[2:], taken off the index."""
+
+_DELETE = """
+local n = redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return n
+"""
+"""`delete`: KEYS[1] the index, KEYS[2] the key, ARGV[1] the key without the prefix."""
 
 _INDEX_IF_STORED = """
 for i = 2, #KEYS do
