@@ -1058,3 +1058,37 @@ async def test_a_corrupt_final_checkpoint_read_at_a_turn_start_is_a_persistence_
     await backend.save("session:chat", encode("session", None))
     with pytest.raises(ar.PersistenceError, match="final checkpoint holds no 'session'"):
         await CheckpointStore(backend).save_meta(copy, "react")
+
+
+class SweepAtClaim(Delegating):
+    """The backend, but a run's claim of `session:chat` first lets `sweep` run whole."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.sweep: Any = None
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        if self.sweep is not None and key.startswith("session:chat:run:"):
+            sweep, self.sweep = self.sweep, None
+            assert await sweep() == ["chat"]
+        return bool(await self.inner.save_new(key, value))
+
+
+async def test_a_turn_whose_session_a_sweep_deleted_before_its_claim_is_refused(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The sweep ran between the turn's count of the stored steps and its claim: the turn
+    # wrote its steps over nothing, and the session no longer loaded.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = runtime.create_session("a", "chat")
+    await runtime.run_turn(session, "Q1", script(add_step(1), FINAL))
+    copy = await ar.AgentSession.load_checkpoint(backend, "chat")
+    swept = SweepAtClaim(backend)
+    swept.sweep = lambda: runtime.sweep(-1)
+    other: Any = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=swept)
+    with pytest.raises(ar.PersistenceError, match="is being deleted by a sweep"):
+        await other.run_turn(copy, "Q2", script(FINAL))
+    assert await backend.list_keys("session:chat:run:") == []  # its claim went
+    # Run again, the turn saves the session anew: its earlier steps, then its own.
+    assert await other.run_turn(copy, "Q2", script(FINAL)) == "finished"
+    assert await ar.AgentSession.load_checkpoint(backend, "chat") == copy

@@ -992,6 +992,15 @@ class CheckpointStore:
             if await self._swept(claim):
                 self._refuse(session.session_id, _SWEPT, _SWEPT_ADVICE)
             self._refuse(session.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
+        # A sweep may have deleted the whole session between the count and the claim (its
+        # claim gone with it): the run would write its steps over nothing.
+        if (
+            session.steps
+            and stored == len(session.steps)
+            and not await self.backend.batch_load([key, meta_key])
+        ):
+            await self.release(session.session_id)
+            self._refuse(session.session_id, _SWEPT, _SWEPT_ADVICE)
         if not (fresh and callable(save_new)):
             await self.backend.save(meta_key, meta)
         self._refused.discard(session.session_id)
