@@ -1092,3 +1092,40 @@ async def test_a_turn_whose_session_a_sweep_deleted_before_its_claim_is_refused(
     # Run again, the turn saves the session anew: its earlier steps, then its own.
     assert await other.run_turn(copy, "Q2", script(FINAL)) == "finished"
     assert await ar.AgentSession.load_checkpoint(backend, "chat") == copy
+
+
+class PausedMetaRead(Delegating):
+    """The backend, but the first read of `session:chat:meta` after `armed` waits for `go`."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.armed, self.go, self.reached = False, asyncio.Event(), asyncio.Event()
+
+    async def load(self, key: str) -> bytes | None:
+        if self.armed and key == "session:chat:meta":
+            self.armed = False
+            self.reached.set()
+            await self.go.wait()
+        return await self.inner.load(key)
+
+
+async def test_a_restored_copy_losing_to_another_writes_nothing_over_its_finished_turn(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Two copies of a swept chat run their next turn: the slower one, refused at its claim,
+    # had first written the earlier turns' final checkpoint over the finished turn's.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = runtime.create_session("a", "chat")
+    await runtime.run_turn(session, "Q1", script(add_step(1), FINAL))
+    winner, loser = (ar.AgentSession.from_json(session.to_json()) for _ in range(2))
+    assert await runtime.sweep(-1) == ["chat"]
+    paused = PausedMetaRead(backend)
+    slow: Any = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=paused)
+    paused.armed = True
+    losing = asyncio.create_task(slow.run_turn(loser, "Q2-late", script(FINAL)))
+    await paused.reached.wait()  # it read the store, and is about to write its earlier turns
+    assert await runtime.run_turn(winner, "Q2", script(FINAL)) == "finished"
+    paused.go.set()
+    with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+        await losing
+    assert await ar.AgentSession.load_checkpoint(backend, "chat") == winner

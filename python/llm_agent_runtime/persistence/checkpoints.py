@@ -968,7 +968,10 @@ class CheckpointStore:
             if await self._swept(claim) and not await self._drop_stranded_sweep(key, claim):
                 self._refuse(session.session_id, _SWEPT, _SWEPT_ADVICE)
             # The steps the store lacks first, as the final checkpoint of the earlier turns (a
-            # crash after it leaves the session whole and unclaimed), then the claim.
+            # crash after it leaves the session whole and unclaimed), then the claim. Written
+            # only over the final checkpoint read here (or none): another copy's run may have
+            # saved them meanwhile, and run on, even finished.
+            found_final = await self.backend.load(key)
             records = [StepRecord(step).to_dict() for step in session.steps]
             closed = session.to_dict()
             if before is not None:  # as the earlier turns left it, not as this run set it
@@ -982,9 +985,13 @@ class CheckpointStore:
                 _check_final(closing, key)
             except PersistenceError as error:
                 self._refuse(session.session_id, "cannot start", error.args[0])
-            await self.backend.batch_save(
-                {f"{key}:base:{len(records)}": _encode("base", {"records": records}), key: closing}
-            )
+            base = {f"{key}:base:{len(records)}": _encode("base", {"records": records})}
+            if found_final is None:
+                if not await self._save_if_absent(key, closing):
+                    self._refuse(session.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
+                await self.backend.batch_save(base)
+            elif not await self._save_guarded(key, found_final, {**base, key: closing}):
+                self._refuse(session.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
         claimed = await self._claim(session.session_id, session.step_count, run, meta)
         if not claimed and await self._drop_stranded_sweep(key, claim):
             claimed = await self._claim(session.session_id, session.step_count, run, meta)
