@@ -1010,19 +1010,28 @@ async def test_a_turn_runs_on_a_loaded_fork(backend: ar.PersistenceBackend) -> N
     assert saved == fork and saved.step_count == 3
 
 
-class HeldMeta(Delegating):
-    """The backend, but the first write of `session:chat:meta` after `hold` waits for `go`."""
+class PausedAtMeta(Delegating):
+    """The backend, but the first `method` ("save" or "load") of `session:chat:meta` after
+    `armed` is set waits for `go` (`reached` set as it waits)."""
 
-    def __init__(self, inner: ar.PersistenceBackend) -> None:
+    def __init__(self, inner: ar.PersistenceBackend, method: str) -> None:
         super().__init__(inner)
-        self.hold, self.go, self.reached = False, asyncio.Event(), asyncio.Event()
+        self.method = method
+        self.armed, self.go, self.reached = False, asyncio.Event(), asyncio.Event()
 
-    async def save(self, key: str, value: bytes) -> None:
-        if self.hold and key == "session:chat:meta":
-            self.hold = False
+    async def _pause(self, method: str, key: str) -> None:
+        if self.armed and method == self.method and key == "session:chat:meta":
+            self.armed = False
             self.reached.set()
             await self.go.wait()
+
+    async def save(self, key: str, value: bytes) -> None:
+        await self._pause("save", key)
         await self.inner.save(key, value)
+
+    async def load(self, key: str) -> bytes | None:
+        await self._pause("load", key)
+        return await self.inner.load(key)
 
 
 async def test_a_restored_copy_is_refused_while_a_turn_claimed_the_stored_steps(
@@ -1031,13 +1040,13 @@ async def test_a_restored_copy_is_refused_while_a_turn_claimed_the_stored_steps(
     # A turn's claim lands before its meta record: a session restored from JSON with more
     # steps than the store saw the earlier run's meta record, wrote its base over the
     # claimed session and ran too.
-    held = HeldMeta(backend)
+    held = PausedAtMeta(backend, "save")
     runtime: Any = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=held)
     session = runtime.create_session("a", "chat")
     await runtime.run_turn(session, "Q1", script(FINAL))
     moved = ar.AgentSession.from_json(session.to_json())  # run on without checkpoints
     await ar.AgentRuntime(tools=Effects().tools()).run_turn(moved, "Q", script(FINAL))
-    held.hold = True
+    held.armed = True
     turn = asyncio.create_task(runtime.run_turn(session, "Q2", script(FINAL)))
     await held.reached.wait()  # it holds the claim of step 1, its meta record not written
     other = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
@@ -1094,21 +1103,6 @@ async def test_a_turn_whose_session_a_sweep_deleted_before_its_claim_is_refused(
     assert await ar.AgentSession.load_checkpoint(backend, "chat") == copy
 
 
-class PausedMetaRead(Delegating):
-    """The backend, but the first read of `session:chat:meta` after `armed` waits for `go`."""
-
-    def __init__(self, inner: ar.PersistenceBackend) -> None:
-        super().__init__(inner)
-        self.armed, self.go, self.reached = False, asyncio.Event(), asyncio.Event()
-
-    async def load(self, key: str) -> bytes | None:
-        if self.armed and key == "session:chat:meta":
-            self.armed = False
-            self.reached.set()
-            await self.go.wait()
-        return await self.inner.load(key)
-
-
 async def test_a_restored_copy_losing_to_another_writes_nothing_over_its_finished_turn(
     backend: ar.PersistenceBackend,
 ) -> None:
@@ -1119,7 +1113,7 @@ async def test_a_restored_copy_losing_to_another_writes_nothing_over_its_finishe
     await runtime.run_turn(session, "Q1", script(add_step(1), FINAL))
     winner, loser = (ar.AgentSession.from_json(session.to_json()) for _ in range(2))
     assert await runtime.sweep(-1) == ["chat"]
-    paused = PausedMetaRead(backend)
+    paused = PausedAtMeta(backend, "load")
     slow: Any = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=paused)
     paused.armed = True
     losing = asyncio.create_task(slow.run_turn(loser, "Q2-late", script(FINAL)))

@@ -24,14 +24,7 @@ async def test_a_refused_batch_names_its_key_and_quotes_no_value(
     url = server_address("redis")
     prefix = f"test:{uuid.uuid4().hex}:"
     admin = ar.RedisBackend(url, prefix=prefix)
-    user = f"writer_{uuid.uuid4().hex}"
-    await admin.client.execute_command(
-        "ACL", "SETUSER", user, "on", ">pw", f"~{prefix}ok:*", "+@all"
-    )
-    address = urlsplit(url)
-    store = ar.RedisBackend(
-        f"redis://{user}:pw@{address.hostname}:{address.port}{address.path}", prefix=prefix
-    )
+    store = await _user(admin, url, prefix, f"~{prefix}ok:*", "+@all")
     try:
         items = {"ok:a": b"first", "no:b": b"sk-SECRET-value", "ok:c": b"third"}
         with pytest.raises(ar.PersistenceError) as raised:
@@ -49,9 +42,7 @@ async def test_a_refused_batch_names_its_key_and_quotes_no_value(
         assert "SECRET" not in caplog.text and "no permissions" in caplog.text
         assert await admin.batch_load(list(items)) == {}  # all or none
     finally:
-        await admin.client.execute_command("ACL", "DELUSER", user)
-        await store.close()
-        await admin.close()
+        await _drop(admin, store)
 
 
 async def _user(admin: ar.RedisBackend, url: str, prefix: str, *rules: str) -> ar.RedisBackend:
