@@ -1219,7 +1219,6 @@ class AgentRuntime:
                         return session
                     except BaseException as error:
                         settle = False  # unless this block ends as it should (not cancelled)
-                        session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
                         await self._end_failed_run(session, error, events)
                         settle = isinstance(error, Exception)  # not when cancelled
                         raise
@@ -1347,23 +1346,29 @@ class AgentRuntime:
                 session.prompt, session.final_answer = before
             raise
         self._count_shown(session, agent_id, shown)  # as saved, whatever a listener does
-        if events.active:
-            events.emit_new(RunStarted, (session.session_id, agent_id, prompt))
-        if history:  # the earlier turns that fit beside what this request holds anyway
-            history = self.trim_history(history, self._request_chars(context, prompt, provider))
-        if provider is not None:
-            await self._tool_loop(session, context, prompt, provider, history, resume, deadline)
-        else:
-            infer = _need(infer)
-            await self._react_loop(session, context, prompt, infer, history, resume, deadline)
-        if history is not None and session.final_answer is None:  # a turn with no answer
-            _add_turn(session, prompt, "")
-        session.duration_ms = duration = earlier_ms + (time.perf_counter() - started) * 1000.0
-        if events.active:
-            finished = (session.session_id, session.final_answer, len(session.steps), duration)
-            events.emit_new(RunFinished, finished)
-        if self._checkpoints is not None:  # after RunFinished, so the log records it
-            await self._save_final(session, run)
+        try:
+            if events.active:
+                events.emit_new(RunStarted, (session.session_id, agent_id, prompt))
+            if history:  # the earlier turns that fit beside what this request holds anyway
+                history = self.trim_history(history, self._request_chars(context, prompt, provider))
+            if provider is not None:
+                await self._tool_loop(session, context, prompt, provider, history, resume, deadline)
+            else:
+                infer = _need(infer)
+                await self._react_loop(session, context, prompt, infer, history, resume, deadline)
+            if history is not None and session.final_answer is None:  # a turn with no answer
+                _add_turn(session, prompt, "")
+            session.duration_ms = duration = earlier_ms + (time.perf_counter() - started) * 1000.0
+            if events.active:
+                finished = (session.session_id, session.final_answer, len(session.steps), duration)
+                events.emit_new(RunFinished, finished)
+            if self._checkpoints is not None:  # after RunFinished, so the log records it
+                await self._save_final(session, run)
+        except BaseException:
+            # The run started: its time counts, however it ended (one that never started
+            # left the session as it was, its time included).
+            session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
+            raise
 
     def _refresh_tools(self) -> None:
         """Rebuilds what the model is shown of the tools (its registry changed).

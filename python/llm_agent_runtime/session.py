@@ -110,7 +110,8 @@ class AgentSession:
 
     A multi-turn session (`AgentRuntime.run_turn`) adds up its turns: `steps`, `memory_hits`,
     `duration_ms` (the wall time of all its runs) and `checkpoint_errors` grow with each
-    turn; `prompt` and `final_answer` are the latest turn's.
+    turn; `prompt` and `final_answer` are the latest turn's. A run refused before it started
+    (a hook or the checkpoint store refused it) leaves every field as it was.
     """
 
     session_id: str

@@ -942,9 +942,11 @@ async def test_a_turn_on_a_copy_loaded_while_another_turn_runs_is_refused(
     await stepped.wait()
     copy = await ar.AgentSession.load_checkpoint(backend, "chat")
     assert copy.step_count == 2  # the running turn's step with the first turn's
+    as_loaded = copy.to_dict()
     with pytest.raises(ar.PersistenceError, match="that run has not ended") as info:
         await second.run_turn(copy, "Q3", script(FINAL))
     assert "runtime.resume" in str(info.value)
+    assert copy.to_dict() == as_loaded  # refused before it started: its time included
     go.set()
     assert await turn == "finished"
     saved = await ar.AgentSession.load_checkpoint(backend, "chat")
