@@ -122,16 +122,16 @@ def test_parse_100k(benchmark: Any, lib: str, decode: bool) -> None:
         if decode:
             return [_decoded(lib, parse(text)) for text in OUTPUTS]
         if lib == "llm_agent_runtime":
-            # The same work as LangChain's parse: the tool name (made at parse time) or the
-            # final answer (made here: ours makes it on first access), and the parsed text
-            # kept (LangChain's `log` is the text itself). LangChain copies its tool input
-            # out as raw JSON text; ours decodes it on first access (the decode group times
-            # that), and makes the thought on first access too.
+            # What LangChain's parse makes: the tool name (ours makes it at parse time) with
+            # the tool input as raw text, or the final answer (ours makes both on access,
+            # here), and the parsed text kept (LangChain's `log` is the text itself). Ours
+            # makes the thought on access too; the decode group times the decoded input.
             steps = [parse(text) for text in OUTPUTS]
-            for step in steps:
-                if step.action is None:
-                    step.final_answer  # noqa: B018 - made, as LangChain's AgentFinish holds it
-            return steps
+            made = [
+                step.final_answer if step.action is None else step.action_input_text
+                for step in steps
+            ]
+            return [steps, made]
         return [parse(text) for text in OUTPUTS]
 
     results = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
@@ -139,9 +139,10 @@ def test_parse_100k(benchmark: Any, lib: str, decode: bool) -> None:
     reference = [parsers["langchain-classic"](t) for t in OUTPUTS]
     correct = all(_agree(o, r) for o, r in zip(ours, reference, strict=True))
     if lib == "llm_agent_runtime" and not decode:
+        # The step, and the text made of it: LangChain's tool input (as written) or answer.
         correct = correct and all(
-            step == o and step.action == o.action and step.final_answer == o.final_answer
-            for step, o in zip(results, ours, strict=True)
+            step == o and made == (r.return_values["output"] if o.is_final else r.tool_input)
+            for step, made, o, r in zip(*results, ours, reference, strict=True)
         )
     benchmark.extra_info["lib"] = lib
     benchmark.extra_info["correct"] = correct

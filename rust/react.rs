@@ -1936,6 +1936,25 @@ impl PyReActStep {
         Ok(value.clone_ref(py))
     }
 
+    /// The action's input as written (trimmed, and out of its code fence): `""` when none
+    /// was written, None for a final answer. Made at each access, never decoded.
+    #[getter]
+    fn action_input_text<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyString>>> {
+        let py = slf.py();
+        let this = slf.get();
+        Ok(match this.input {
+            None => None,
+            Some(Input::Written(start, end)) => {
+                let source = this.source.bind(py).to_str()?;
+                Some(PyString::new(
+                    py,
+                    source.get(start..end).unwrap_or_default(),
+                ))
+            }
+            Some(Input::NoArguments) => Some(PyString::new(py, "")),
+        })
+    }
+
     /// The model's reasoning (may be empty).
     #[getter]
     fn thought<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyString>> {

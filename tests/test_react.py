@@ -1207,3 +1207,29 @@ def test_a_thought_after_a_bare_final_answer_tool_ends_at_its_marker(
     # The thought kept the marker and the answer ('done. Final Answer: Paris').
     step = ar.parse_react_step(text)
     assert (step.thought, step.final_answer) == (thought, "Paris")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tool=tool_names,
+    value=json_values,
+    form=st.sampled_from(["{} {}", "{}: {}", "{}={}", "{}({})", "{}\nAction Input: {}"]),
+)
+def test_the_input_as_written_is_the_text_the_input_decodes_from(
+    tool: str, value: object, form: str
+) -> None:
+    payload = json.dumps([value])
+    step = ar.parse_react_step("Thought: t\nAction: " + form.format(tool, payload) + "  \n")
+    assert step.action_input_text == payload
+    assert json.loads(step.action_input_text) == step.action_input
+
+
+def test_the_input_as_written_is_never_decoded() -> None:
+    fenced = 'Action: run\nAction Input: ```json\n{"code": "print(1)"}\n```\nDone.'
+    assert ar.parse_react_step(fenced).action_input_text == '{"code": "print(1)"}'
+    quoted = ar.parse_react_step('Action: echo "hi there"')
+    assert (quoted.action_input_text, quoted.action_input) == ('"hi there"', "hi there")
+    assert ar.parse_react_step("Action: shell ls -la").action_input_text == "ls -la"
+    assert ar.parse_react_step("Action: now").action_input_text == ""  # none written
+    assert ar.parse_react_step("Action: now").action_input == {}
+    assert ar.parse_react_step("Final Answer: 1").action_input_text is None

@@ -41,6 +41,12 @@ class ReActStep:
         object or array written as Python writes one, or with trailing commas, decodes too.
         """
     @property
+    def action_input_text(self) -> str | None:
+        """The action's input as written (trimmed, and out of its code fence), never decoded.
+
+        `""` when none was written (a bare `Action: tool`), None for a final answer.
+        """
+    @property
     def final_answer(self) -> str | None:
         """The final answer, or None when the step calls a tool.
 
