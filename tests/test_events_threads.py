@@ -142,3 +142,43 @@ def test_an_event_handed_over_as_the_subscriber_starts_reading_wakes_it(
     reader.join(5.0)
     emitter.join()
     assert [type(event) for event in read_events] == [ar.RunStarted]
+
+
+class _Unread:
+    """Holds a subscription it never reads, in a reference cycle: only the collector frees it."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.subscription = bus.subscribe()
+        self.cycle = self
+
+
+def test_an_unread_subscription_the_collector_frees_while_its_event_is_queued_ends_quietly(
+    monkeypatch: Any,
+) -> None:
+    # An event for a subscription no one reads yet is queued on the spot, under its queue's
+    # lock; queuing allocates, so the collector may run there and finalize that very
+    # subscription, whose end took the same lock again: the emitting thread (a run's loop)
+    # hung for good. Here the collector runs as each event is queued.
+    import gc
+
+    from llm_agent_runtime.events import _SubscriberQueue
+
+    deliver = _SubscriberQueue._deliver
+
+    def deliver_after_a_collection(queue: _SubscriberQueue, item: Any) -> None:
+        gc.collect()
+        deliver(queue, item)
+
+    monkeypatch.setattr(_SubscriberQueue, "_deliver", deliver_after_a_collection)
+    bus = EventBus()
+
+    def emit_beside_dropped_subscriptions() -> None:
+        for round_ in range(3):
+            _Unread(bus)
+            bus.emit(("event", round_))
+
+    emitter = threading.Thread(target=emit_beside_dropped_subscriptions, daemon=True)
+    emitter.start()
+    emitter.join(10)
+    assert not emitter.is_alive(), "emit hung on a subscription the collector freed"
+    assert not bus.active  # every dropped subscription ended

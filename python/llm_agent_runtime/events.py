@@ -559,7 +559,7 @@ class Subscription:
         """
         self._end()
 
-    def _end(self) -> None:
+    def _end(self, dropped: bool = False) -> None:
         bus, queue = self._bus, self._queue
         self._bus = self._queue = None
         if queue is not None:
@@ -568,7 +568,11 @@ class Subscription:
             bus._unsubscribe(queue)
             # A task waiting on the queue (another reader of this subscription, say) would
             # wait forever: no event comes to it now. The end marker ends its iteration.
-            queue.put_nowait(None)
+            # A dropped subscription has no reader (one waiting would hold it), and the
+            # collector may drop it while its queue's lock is held, queuing an event on
+            # this thread: it hands over nothing.
+            if not dropped:
+                queue.put_nowait(None)
 
     def __del__(self) -> None:
-        self._end()
+        self._end(dropped=True)
