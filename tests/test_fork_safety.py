@@ -200,3 +200,23 @@ def test_a_fork_pool_worker_runs_parallel_searches(world: dict[str, Any]) -> Non
         assert got == expected
     finally:
         POOL_WORLD.clear()
+
+
+def test_a_child_forked_as_a_loop_resource_was_being_made_makes_its_own() -> None:
+    # The Redis clients are kept one per event loop, under a lock: a child forked while
+    # another thread held it (making its loop's client) waited for it forever.
+    import asyncio
+
+    from llm_agent_runtime._loops import PerLoop
+
+    async def nothing_to_close(resource: object) -> None:
+        return None
+
+    clients = PerLoop(lambda: os.getpid(), nothing_to_close)
+
+    async def client() -> int:
+        return clients.get()
+
+    with clients._lock:  # as held by another thread at the fork
+        made_by = in_child(lambda: asyncio.run(client()))
+    assert made_by != os.getpid()

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import threading
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 __all__ = ["PerLoop", "close_now", "close_with_loop"]
 
@@ -80,6 +82,7 @@ class PerLoop(Generic[T]):
         # concurrent one (from its loop, or another thread) had closed its loop's resource.
         self._closing: list[tuple[asyncio.AbstractEventLoop, concurrent.futures.Future[None]]] = []
         self._lock = threading.Lock()
+        _ALL.add(self)
 
     def get(self) -> T:
         """The running loop's resource.
@@ -142,3 +145,18 @@ def _retrieve(future: asyncio.Future[None]) -> None:
     """Marks a finished future's exception retrieved: it is not logged as never retrieved."""
     if not future.cancelled():
         future.exception()
+
+
+_ALL: weakref.WeakSet[PerLoop[Any]] = weakref.WeakSet()
+"""Every `PerLoop`: a fork()ed child gives each a lock of its own (`_after_fork_in_child`)."""
+
+
+def _after_fork_in_child() -> None:
+    # Another thread of the parent may have held a lock as it forked: in the child, no
+    # thread ever releases it.
+    for per_loop in list(_ALL):
+        per_loop._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
