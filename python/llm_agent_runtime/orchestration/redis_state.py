@@ -990,8 +990,10 @@ class RedisDeduplicator:
     the value does not depend on which caller ran it.
 
     `ttl`, `lease`, `poll_interval`, `prefix` and `namespace` may be set again later, checked
-    as the constructor checks them (a bad value raises, and the old one stays); the runs that
-    start from then on go by them (a run under way keeps its keys).
+    as the constructor checks them (a bad value raises, and the old one stays). A new `ttl`
+    times the results published from then on (a run under way included), a new `lease` and
+    `poll_interval` the claims and polls made from then on; a new `prefix` or `namespace`
+    goes for the runs that start from then on (a run under way keeps its keys).
 
     Args:
         url: e.g. `redis://host:6379/0`.
