@@ -97,7 +97,7 @@ BAD_CALLS = {
     "run_turn without a message": (
         lambda rt: rt.run_turn(rt.create_session("a"), None, final),
         ar.AgentRuntimeError,
-        "prompt must be a string, got None",
+        "message must be a string, got None",  # named as run_turn names it
     ),
     "a provider without methods": (
         lambda rt: rt.run_agent_with_provider("a", "q", object()),
@@ -1358,6 +1358,30 @@ async def test_tools_mode_refuses_a_reply_text_that_is_not_a_string(text: Any) -
     rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
     with pytest.raises(ar.AgentLoopError, match="reply must be a str"):
         await rt.run_agent_with_provider("a", "q", provider)
+    assert rt.metrics.snapshot().active_sessions == 0
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("stop_reason", ["stop"], "stop_reason must be None or a str, got list"),
+        ("usage", None, "usage must be a Usage, got None"),
+    ],
+)
+async def test_a_reply_field_set_wrong_after_its_check_is_refused(
+    mode: str, field: str, value: Any, message: str
+) -> None:
+    # Both were bare errors deep in the loop (an unhashable stop reason looked up in a set,
+    # `None.cost_usd`); a stop reason of the wrong type was not refused when built either.
+    with pytest.raises(TypeError, match=r"ChatResponse\.stop_reason must be None or a str"):
+        ar.providers.base.ChatResponse(text="x", stop_reason=["stop"])  # type: ignore[arg-type]
+    text = "Final Answer: done" if mode == "react" else "done"
+    response = ar.providers.base.ChatResponse(text=text, stop_reason="stop")
+    object.__setattr__(response, field, value)  # as a provider's own code may set it
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode))  # type: ignore[arg-type]
+    with pytest.raises(ar.AgentLoopError, match=message):
+        await rt.run_agent_with_provider("a", "q", ChatOnly(response))
     assert rt.metrics.snapshot().active_sessions == 0
 
 

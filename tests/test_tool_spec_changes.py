@@ -58,3 +58,22 @@ async def test_a_runtime_shows_a_changed_description_at_its_next_run(mode: str) 
     add.description = "Adds two integers, exactly."
     await runtime.run_agent_with_provider("a", "q", Recording([reply]))
     assert "exactly" not in shown[0] and "Adds two integers, exactly." in shown[1]
+
+
+async def test_required_fields_set_later_are_checked_and_shown_to_the_model() -> None:
+    # Set later, they went unchecked: "abc" was three one-letter fields, 5 failed each call
+    # with a bare TypeError, and the model was not shown the fields a call then had to have.
+    spec = ar.ToolSpec("lookup", "Looks up.", lookup, {"properties": {"q": {}, "n": {}}})
+    for bad in ("abc", 5, ["q", 1]):
+        with pytest.raises(ar.ToolError, match="required_fields of tool 'lookup' must be a list"):
+            spec.required_fields = bad
+    assert spec.required_fields == ()
+    spec.required_fields = ["q", "q"]
+    assert spec.required_fields == ("q",)
+    assert spec.definition()["parameters"]["required"] == ["q"]
+    registry = ToolRegistry([spec])
+    missing = await registry.call("lookup", {"n": 1})
+    assert missing.error_kind == "permanent" and "q" in missing.content
+    spec.required_fields = []
+    assert "required" not in spec.definition()["parameters"]
+    assert (await registry.call("lookup", {"q": "x"})).content == "found x"

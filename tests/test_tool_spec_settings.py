@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 from typing import Any
 
@@ -42,7 +43,9 @@ def test_a_schema_nested_too_deeply_or_holding_no_json_is_refused() -> None:
 def test_a_flag_that_is_no_bool_is_refused(setting: str) -> None:
     # `idempotent="false"` read as true: a resumed run repeated a call that may have run.
     for bad in ("false", "no", None, 2, 0.0, [True]):
-        with pytest.raises(ar.ToolError, match=f"{setting} of tool 'charge' must be a bool"):
+        # The message quotes the value given.
+        refused = f"{setting} of tool 'charge' must be a bool, got {re.escape(repr(bad))}"
+        with pytest.raises(ar.ToolError, match=refused):
             ar.ToolSpec("charge", "d", _handler, **{setting: bad})
         if setting == "idempotent":  # the one `@tool` takes (it infers the others)
             with pytest.raises(ar.ToolError, match="idempotent of tool 'charge' must be a bool"):

@@ -917,6 +917,8 @@ class AgentRuntime:
             raise AgentRuntimeError(
                 f"session.messages must be a list of messages, got {_kind(session.messages)}"
             )
+        if not isinstance(message, str):
+            raise AgentRuntimeError(f"message must be a string, got {_kind(message)}")
         history = self.trim_history(session.messages)
         agent_id = session.agent_id
         # The turn's own answer: by the time the run returns, a callback it waited for may
@@ -996,6 +998,7 @@ class AgentRuntime:
                 raise AgentLoopError(
                     f"the provider's chat must return a ChatResponse, got {_kind(response)}"
                 )
+            _check_reply_set_later(response)
             return _ProviderReply(
                 response.text, response.stop_reason, response.usage, response.model
             )
@@ -1902,6 +1905,8 @@ class AgentRuntime:
                 raise _not_text(text)
             usage = response.usage
             incomplete = None if replayed else response.stop_reason
+            if type(usage) is not Usage or not (incomplete is None or type(incomplete) is str):
+                _check_reply_set_later(response)
             if not replayed:
                 if usage.cost_usd != 0.0:  # no price (the usual case) is no amount
                     _check_cost(usage)
@@ -4618,6 +4623,23 @@ def _awaiting(fn: Callable[..., Any], synchronous: str) -> Callable[..., Awaitab
         return await reply
 
     return awaited
+
+
+def _check_reply_set_later(response: ChatResponse) -> None:
+    """Checks the fields of a reply a provider may have set after building it.
+
+    Raises:
+        AgentLoopError: `usage` is not a `Usage`, or `stop_reason` neither None nor a str.
+    """
+    if not isinstance(response.usage, Usage):
+        raise AgentLoopError(
+            f"the provider's reply: usage must be a Usage, got {_kind(response.usage)}"
+        )
+    stop_reason = response.stop_reason
+    if stop_reason is not None and not isinstance(stop_reason, str):
+        raise AgentLoopError(
+            f"the provider's reply: stop_reason must be None or a str, got {_kind(stop_reason)}"
+        )
 
 
 def _not_text(reply: Any) -> AgentLoopError:

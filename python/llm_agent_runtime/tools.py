@@ -78,7 +78,13 @@ from llm_agent_runtime.orchestration._calls import (
     surely_not_awaitable,
     task_of,
 )
-from llm_agent_runtime.orchestration._checks import as_index, check_flag, names_repr, safe_repr
+from llm_agent_runtime.orchestration._checks import (
+    as_index,
+    check_flag,
+    names_repr,
+    safe_repr,
+    short_repr,
+)
 
 if TYPE_CHECKING:  # a breaker is the user's; the tool only calls it
     from llm_agent_runtime.orchestration.circuit_breaker import CircuitBreaker
@@ -323,8 +329,28 @@ def _checked_flag(name: str, setting: str, value: Any) -> bool:
         return check_flag(setting, value)
     except TypeError:
         raise ToolError(
-            f"{setting} of tool {name!r} must be a bool, got {safe_repr(value)}", tool=name
+            f"{setting} of tool {name!r} must be a bool, got {short_repr(value)}", tool=name
         ) from None
+
+
+def _checked_fields(name: str, required_fields: Any) -> tuple[str, ...]:
+    """`required_fields` of tool `name` as a tuple of argument names.
+
+    Raises:
+        ToolError: It is not an iterable of strings (a str is one of one-letter names).
+    """
+    fields = (
+        tuple(required_fields)
+        if isinstance(required_fields, Iterable) and not isinstance(required_fields, str)
+        else None
+    )
+    if fields is None or not all(isinstance(f, str) for f in fields):
+        raise ToolError(
+            f"required_fields of tool {name!r} must be a list of argument names, "
+            f"got {short_repr(required_fields)}",
+            tool=name,
+        )
+    return fields
 
 
 def _check_inline(name: str, run_inline: Any, timeout: Any) -> None:
@@ -521,10 +547,12 @@ class ToolSpec:
             ASCII letters, digits, '_', '.' or '-'; `required_fields` is a str, not names;
             the timeout is not a finite number above 0; `run_inline` comes with a timeout; or
             the circuit breaker has no `call` method. A name, description, handler,
-            `parameters`, timeout, circuit breaker or `run_inline` set later is checked too.
+            `parameters`, `required_fields`, timeout, circuit breaker or `run_inline` set
+            later is checked too.
 
     `parameters` set later is taken as the constructor takes it, its `required` list then
-    being `required_fields`. A runtime shows the model a changed name, description or schema
+    being `required_fields`; `required_fields` set later becomes the schema's `required`
+    list (the model is shown it). A runtime shows the model a changed name, description or schema
     from its next run on. A registry knows a tool by the name it had when it was registered:
     rename a spec before registering it.
     """
@@ -569,18 +597,7 @@ class ToolSpec:
         _check_breaker(name, circuit_breaker)
         if parameters is not None:
             _check_schema(name, parameters)
-        # A str is an iterable of names too: one of one-letter names.
-        fields = (
-            tuple(required_fields)
-            if isinstance(required_fields, Iterable) and not isinstance(required_fields, str)
-            else None
-        )
-        if fields is None or not all(isinstance(f, str) for f in fields):
-            raise ToolError(
-                f"required_fields of tool {name!r} must be a list of argument names, "
-                f"got {required_fields!r}",
-                tool=name,
-            )
+        fields = _checked_fields(name, required_fields)
         _check_inline(name, run_inline, timeout)
         schema = _object_schema(parameters or {"type": "object", "properties": {}})
         declared = list(schema.get("required", ()))
@@ -680,6 +697,14 @@ class ToolSpec:
                 required = value.get("required", ())
                 fields = tuple(f for f in required if isinstance(f, str))
                 object.__setattr__(self, "required_fields", fields)
+        elif name == "required_fields":
+            value = tuple(dict.fromkeys(_checked_fields(getattr(self, "name", "?"), value)))
+            if hasattr(self, "required_fields"):  # set later: the schema's list is this one
+                schema = {k: v for k, v in self.parameters.items() if k != "required"}
+                if value:
+                    schema["required"] = list(value)
+                object.__setattr__(self, "parameters", schema)
+                SHOWN_CHANGES[0] += 1
         elif name == "circuit_breaker":
             _check_breaker(getattr(self, "name", "?"), value)
         elif name == "handler":

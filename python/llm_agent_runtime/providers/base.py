@@ -351,7 +351,8 @@ class ChatResponse:
 
         Raises:
             TypeError: `text` is not a str, `tool_calls` is not a list (or tuple) of
-                `ToolCall`, or `usage` is not a `Usage`.
+                `ToolCall`, `usage` is not a `Usage`, or `stop_reason` is neither None nor a
+                str.
         """
         if not isinstance(self.text, str):  # None is the wire's "no content": that is ""
             raise TypeError(
@@ -370,6 +371,10 @@ class ChatResponse:
                 )
         if not isinstance(self.usage, Usage):
             raise TypeError(f"ChatResponse.usage must be a Usage, got {_kind(self.usage)}")
+        if self.stop_reason is not None and not isinstance(self.stop_reason, str):
+            raise TypeError(
+                f"ChatResponse.stop_reason must be None or a str, got {_kind(self.stop_reason)}"
+            )
 
 
 def check_conversation(
