@@ -8,6 +8,7 @@ imports only the library it measures: no pytest, and not our package for a peer'
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import itertools
 import json
@@ -53,12 +54,24 @@ NATIVE_REPLIES = [
 REACT_ACTION = re.compile(r"Action:\s*(\w+)\s*(.*)", re.DOTALL)
 
 
-async def _floor_native() -> int:
-    """Native floor: a chat history and one dict lookup + await per tool call, nothing else."""
+async def _floor_native(yields: bool = False) -> int:
+    """Native floor: a chat history and one dict lookup + await per tool call, nothing else.
+
+    `yields`: the model call yields to the loop once, as a real one suspends (the concurrent
+    group's, whose runs then overlap); else it never suspends (the per-step group's).
+    """
     replies = iter(NATIVE_REPLIES)
 
-    async def model(messages: list[dict[str, Any]]) -> dict[str, Any]:
-        return next(replies)
+    if yields:
+
+        async def model(messages: list[dict[str, Any]]) -> dict[str, Any]:
+            await asyncio.sleep(0)
+            return next(replies)
+
+    else:
+
+        async def model(messages: list[dict[str, Any]]) -> dict[str, Any]:
+            return next(replies)
 
     messages: list[dict[str, Any]] = [{"role": "user", "content": "sum"}]
     total = 0
@@ -97,9 +110,9 @@ async def _floor_react() -> int:
     return total
 
 
-def _ours(mode: str) -> Any:
+def _ours(mode: str, concurrent: bool = False) -> Any:
     """Our runtime in `mode`, with events, metrics and memory on (imported here: the peak-RSS
-    child of another library does not load it)."""
+    child of another library does not load it); `concurrent`: see `_one_run`."""
     import llm_agent_runtime as ar
 
     @ar.tool
@@ -122,10 +135,29 @@ def _ours(mode: str) -> Any:
     memory.add_episode("bench", "adding numbers is easy", 0.5)
     runtime = ar.AgentRuntime(config, tools=[add], memory=memory)
     runtime.events.on(lambda event: None)  # events on, as a listening application has them
+    if concurrent:
+
+        class YieldingProvider(ar.ScriptedProvider):
+            """The script, whose call yields to the loop once, as a real model call suspends."""
+
+            async def chat(
+                self, messages: Any, tools: Any = None, model: str | None = None, **params: Any
+            ) -> ar.ChatResponse:
+                await asyncio.sleep(0)
+                return await super().chat(messages, tools, model, **params)
+
+        # Each run its own script (runs that overlap would take each other's replies from
+        # one), and a call that suspends: the runs overlap, as the peers' do.
+        async def run_concurrent() -> int:
+            own = YieldingProvider(native_script)
+            session = await runtime.run_agent_with_provider("bench", "sum", own)
+            return sum(int(s.observation) for s in session.steps if s.action == "add")
+
+        return run_concurrent
+
     # One provider for every run, as an application keeps one and as the peers keep their
-    # models: its script starts over at each run's first call. Runs that overlap would
-    # take each other's replies, but a zero-latency run never suspends, so concurrent runs
-    # run one after the other (their sums, checked, would show it otherwise).
+    # models: its script starts over at each run's first call. A zero-latency run never
+    # suspends, so runs never overlap to take each other's replies.
     provider = ar.ScriptedProvider(native_script, loop=True)
 
     async def run() -> int:
@@ -285,13 +317,22 @@ FLOOR = "asyncio-floor"
 """`extra_info["lib"]` of the hand-written minimal asyncio loop."""
 
 
-def _one_run(mode: str, lib: str) -> Callable[[], Awaitable[int]]:
-    """The run function of `lib` in `mode`."""
+def _one_run(mode: str, lib: str, concurrent: bool = False) -> Callable[[], Awaitable[int]]:
+    """The run function of `lib` in `mode`.
+
+    `concurrent` (native tool calls only): for runs gathered at once. The floor's and our
+    model calls then yield to the loop once, as the peers' runs suspend, so that the runs
+    overlap instead of running one after the other; the peers' runs are the same either way.
+    """
+    if concurrent and mode != "tools":
+        raise ValueError("the concurrent runs are native tool calls only")
     if lib in PEERS:
         return PEERS[lib]()  # type: ignore[no-any-return]
     if lib == FLOOR:
+        if concurrent:
+            return functools.partial(_floor_native, yields=True)
         return _floor_native if mode == "tools" else _floor_react
-    return _ours(mode)  # type: ignore[no-any-return]
+    return _ours(mode, concurrent)  # type: ignore[no-any-return]
 
 
 CONCURRENT = 100
@@ -326,7 +367,7 @@ if __name__ == "__main__":  # `python loop_agents.py MODE LIB`: peak RSS of 100 
     # (this module imports only asyncio and the standard library; each library is imported
     # by its own factory).
     has_proc = _reset_peak_rss()
-    run_fn = _one_run(sys.argv[1], sys.argv[2])
+    run_fn = _one_run(sys.argv[1], sys.argv[2], concurrent=True)
 
     async def _all() -> None:
         await asyncio.gather(*(run_fn() for _ in range(CONCURRENT)))

@@ -4,8 +4,8 @@ Usage: python benches/report.py RESULTS.json RESULTS.md
 
 Each benchmark records `extra_info["lib"]` (who ran) and `extra_info["correct"]` (whether its
 answer matched the reference); `benchmark.group` names the dataset. Ratios are
-`peer median / our median`, so a ratio above 1 means we are faster. Wrong answers are
-reported but left out of the ratios.
+`peer median / our median`, so a ratio above 1 means we are faster. Wrong answers, and
+answers never checked (no `correct` recorded), are reported but left out of the ratios.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def load(
         groups[bench["group"] or bench["name"]][lib] = {
             "median": bench["stats"]["median"] / units,
             "rounds": bench["stats"]["rounds"],
-            "correct": info.get("correct", True),
+            # Correctness never recorded is not vouched for: "NO", and out of the ratios.
+            "correct": info.get("correct", False),
             "notes": {k: v for k, v in info.items() if k not in ("lib", "correct", "units")},
         }
     return groups, data.get("machine_info", {}), data.get("commit_info") or {}

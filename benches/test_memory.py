@@ -91,7 +91,8 @@ def test_lru_mixed_workload(benchmark: Any, lib: str) -> None:
     benchmark.extra_info["lib"] = lib
     # Every exact LRU sees the same hits; the dict floor never evicts.
     benchmark.extra_info["correct"] = lib == "dict (floor)" or hits == EXPECTED_HITS
-    benchmark.extra_info["ns_per_op"] = round(benchmark.stats.stats.median / N_OPS * 1e9, 1)
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["ns_per_op"] = round(benchmark.stats.stats.median / N_OPS * 1e9, 1)
 
 
 N_EPISODES = 100_000

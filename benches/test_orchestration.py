@@ -45,69 +45,110 @@ def test_breaker_sync(benchmark: Any, lib: str) -> None:
     _record(benchmark, lib, total == N_CALLS)
 
 
+Case = tuple[Callable[[], Awaitable[int]], Callable[[], int] | None]
+"""The call timed, and the count of its wrapped function's calls (None: it wraps none)."""
+
+
+def _wrapped() -> tuple[Callable[[], Awaitable[int]], Callable[[], int]]:
+    """The function a breaker or a retry wraps, returning 1, and the count of its calls."""
+    calls = 0
+
+    async def fn() -> int:
+        nonlocal calls
+        calls += 1
+        return 1
+
+    return fn, lambda: calls
+
+
 def _loop_runner(
-    loop: asyncio.AbstractEventLoop, make: Callable[[], Callable[[], Awaitable[Any]]]
-) -> Callable[[], int]:
-    call = make()
+    loop: asyncio.AbstractEventLoop, call: Callable[[], Awaitable[int]]
+) -> tuple[Callable[[], int], list[int]]:
+    """A round of `N_CALLS` calls, and the sums of their results, one per round run."""
+    sums: list[int] = []
 
     async def many() -> int:
-        done = 0
+        # The results summed: a primitive that skipped the work would not return its 1.
+        total = 0
         for _ in range(N_CALLS):
-            await call()
-            done += 1
-        return done
+            total += await call()
+        return total
 
-    return lambda: loop.run_until_complete(many())
+    def run() -> int:
+        sums.append(loop.run_until_complete(many()))
+        return sums[-1]
+
+    return run, sums
 
 
-def _async_cases() -> dict[str, dict[str, Callable[[], Callable[[], Awaitable[Any]]]]]:
+def _async_cases() -> dict[str, dict[str, Callable[[], Case]]]:
     import aiolimiter
     import tenacity
 
-    def breaker() -> Callable[[], Awaitable[Any]]:
+    def breaker() -> Case:
         b = ar.CircuitBreaker("bench")
-        return lambda: b.call(plain_async)
+        fn, calls = _wrapped()
+        return (lambda: b.call(fn)), calls
 
-    def retry_ours() -> Callable[[], Awaitable[Any]]:
+    def retry_ours() -> Case:
         policy = ar.RetryPolicy(max_attempts=3)
-        return lambda: policy.run(plain_async)
+        fn, calls = _wrapped()
+        return (lambda: policy.run(fn)), calls
 
-    def retry_tenacity() -> Callable[[], Awaitable[Any]]:
-        return tenacity.retry(stop=tenacity.stop_after_attempt(3))(plain_async)
+    def retry_tenacity() -> Case:
+        fn, calls = _wrapped()
+        return tenacity.retry(stop=tenacity.stop_after_attempt(3))(fn), calls
 
-    def limiter_ours() -> Callable[[], Awaitable[Any]]:
+    # The limiters and guards wrap no function: the call returns 1 once through them, the
+    # same one frame for each library.
+    def limiter_ours() -> Case:
         limiter = ar.RateLimiter(rate=1e12, capacity=1e12)
-        return limiter.acquire
 
-    def limiter_aiolimiter() -> Callable[[], Awaitable[Any]]:
+        async def go() -> int:
+            await limiter.acquire()
+            return 1
+
+        return go, None
+
+    def limiter_aiolimiter() -> Case:
         limiter = aiolimiter.AsyncLimiter(max_rate=1e12, time_period=1)
-        return limiter.acquire  # as ours: the bound coroutine function, no wrapper
 
-    def guard_ours() -> Callable[[], Awaitable[Any]]:
+        async def go() -> int:
+            await limiter.acquire()
+            return 1
+
+        return go, None
+
+    def guard_ours() -> Case:
         guard = ar.BackpressureGuard(capacity=1_000)
 
         async def go() -> int:
             async with guard:
                 return 1
 
-        return go
+        return go, None
 
-    def guard_semaphore() -> Callable[[], Awaitable[Any]]:
+    def guard_semaphore() -> Case:
         semaphore = asyncio.Semaphore(1_000)
 
         async def go() -> int:
             async with semaphore:
                 return 1
 
-        return go
+        return go, None
 
-    floor = {"plain call (floor)": lambda: plain_async}
+    # The floor calls what the group's primitives wrap, directly.
+    wrapped_floor = {"plain call (floor)": _wrapped}
+    floor: dict[str, Callable[[], Case]] = {"plain call (floor)": lambda: (plain_async, None)}
     return {
-        "breaker: async calls through a closed breaker": {"llm_agent_runtime": breaker, **floor},
+        "breaker: async calls through a closed breaker": {
+            "llm_agent_runtime": breaker,
+            **wrapped_floor,
+        },
         "retry: async calls succeeding at the first try": {
             "llm_agent_runtime": retry_ours,
             "tenacity": retry_tenacity,
-            **floor,
+            **wrapped_floor,
         },
         "rate limit: acquires that never wait": {
             "llm_agent_runtime": limiter_ours,
@@ -122,10 +163,8 @@ def _async_cases() -> dict[str, dict[str, Callable[[], Callable[[], Awaitable[An
     }
 
 
-async def _build(
-    loop: asyncio.AbstractEventLoop, make: Callable[[], Callable[[], Awaitable[Any]]]
-) -> Callable[[], int]:
-    return _loop_runner(loop, make)
+async def _build(make: Callable[[], Case]) -> Case:
+    return make()
 
 
 CASES = [(group, lib) for group, libs in _async_cases().items() for lib in libs]
@@ -136,12 +175,17 @@ def test_async_overhead(benchmark: Any, group: str, lib: str) -> None:
     loop = asyncio.new_event_loop()
     try:
         # Primitives that bind to the running loop are built inside it.
-        run = loop.run_until_complete(_build(loop, _async_cases()[group][lib]))
+        call, calls = loop.run_until_complete(_build(_async_cases()[group][lib]))
+        run, sums = _loop_runner(loop, call)
         benchmark.group = f"{group} ({N_CALLS:,})"
-        done = benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
     finally:
         loop.close()
-    _record(benchmark, lib, done == N_CALLS)
+    # Every round run (the warm-up's too; one under --benchmark-disable) did all its calls.
+    correct = bool(sums) and all(total == N_CALLS for total in sums)
+    if calls is not None:
+        correct = correct and calls() == N_CALLS * len(sums)
+    _record(benchmark, lib, correct)
 
 
 def _record(benchmark: Any, lib: str, correct: bool) -> None:
