@@ -104,3 +104,41 @@ def test_file_backend_refuses_a_directory_that_names_no_place(
     with pytest.raises(ar.PersistenceError, match="path"):
         ar.FileBackend(directory)
     assert os.listdir(tmp_path) == []
+
+
+class _TextStore(ar.InMemoryBackend):
+    """A custom backend breaking the protocol: it loads text, not bytes (a JSON store, say)."""
+
+    async def load(self, key: str) -> Any:
+        raw = await super().load(key)
+        return None if raw is None else raw.decode("latin-1")
+
+    async def batch_load(self, keys: Any) -> Any:
+        return {
+            key: value.decode("latin-1") for key, value in (await super().batch_load(keys)).items()
+        }
+
+
+class _ListingStore(ar.InMemoryBackend):
+    """Another: its batch_load gives a list of the values."""
+
+    async def batch_load(self, keys: Any) -> Any:
+        return list((await super().batch_load(keys)).values())
+
+
+async def test_a_backend_loading_other_than_bytes_is_a_persistence_error() -> None:
+    # Bare TypeErrors and AttributeErrors from the codec ("string argument without an
+    # encoding") before: the error now says what the backend gave.
+    async def answer(prompt: str) -> str:
+        return "Final Answer: ok"
+
+    backend = _TextStore()
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    session = await runtime.run_agent("a", "p", answer)
+    with pytest.raises(ar.PersistenceError, match="loaded a str for a record, not bytes"):
+        await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    with pytest.raises(ar.PersistenceError, match="loaded a str for a record, not bytes"):
+        await runtime.fork(session.session_id, 1)
+    listing = ar.AgentRuntime(checkpoint_backend=_ListingStore())
+    with pytest.raises(ar.PersistenceError, match="batch_load returned a list, not a dict"):
+        await listing.run_agent("a", "p", answer)

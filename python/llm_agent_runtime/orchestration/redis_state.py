@@ -490,8 +490,10 @@ class RedisRateLimiter:
     Limiters share the bucket of a key when they have the same `prefix`, `rate` and
     `capacity` (the bucket's Redis key is `redis_key(key)`: `<prefix><rate>/<capacity>:<key>`),
     so the workers of one limiter share it, and a limiter configured otherwise never draws
-    from it by accident. Give limiters of one rate and capacity that must not share distinct
-    keys or prefixes.
+    from it by accident, under one prefix. A key may hold `:`, so a prefix must not be
+    another one followed by `<rate>/<capacity>:` (prefix `rl:1.0/2.0:` with key `u` of a
+    100/100 limiter is prefix `rl:` with key `100.0/100.0:u` of a 1/2 one). Give limiters of
+    one rate and capacity that must not share distinct keys or prefixes.
 
     A caller cancelled while its command is in flight gives back what the command took
     (under the same condition): the command runs to its end, then the tokens are refunded,
@@ -982,8 +984,11 @@ class RedisDeduplicator:
     Keys live in a `namespace`, which is required: deduplicators of one namespace (and
     prefix) share results, for instance one per worker process for the same function;
     deduplicators of different namespaces never serve each other's results, even for the
-    same key. Name it after what the calls compute (`namespace="user-profiles"`). The Redis
-    keys are `redis_keys(key)`: `<prefix><namespace>:<key>:result` and `...:lease`.
+    same key, under one prefix. Name it after what the calls compute
+    (`namespace="user-profiles"`). The Redis keys are `redis_keys(key)`:
+    `<prefix><namespace>:<key>:result` and `...:lease`; a key may hold `:`, so a prefix must
+    not be another one followed by `<namespace>:` (prefix `app:cache:` with namespace
+    `profile` and key `42` is prefix `app:` with namespace `cache` and key `profile:42`).
 
     Every caller, the one that ran the call included, gets the JSON round trip of the result:
     tuples come back as lists and dict keys as strings (`{1: (1, 2)}` is `{"1": [1, 2]}`), so

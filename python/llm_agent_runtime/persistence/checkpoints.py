@@ -943,7 +943,7 @@ class CheckpointStore:
         else:
             # Any run under the id wrote its meta record first: one read by key tells a
             # fresh id (a listing is a query of the backend's key index at every run).
-            found = await self.backend.batch_load([key, meta_key])
+            found = await self._batch_load([key, meta_key])
             fresh = not found
             stored = 0 if fresh else await self._stored_steps(key)
             taken = key in found or stored > 0
@@ -1004,7 +1004,7 @@ class CheckpointStore:
         if (
             session.steps
             and stored == len(session.steps)
-            and not await self.backend.batch_load([key, meta_key])
+            and not await self._batch_load([key, meta_key])
         ):
             await self.release(session.session_id)
             self._refuse(session.session_id, _SWEPT, _SWEPT_ADVICE)
@@ -1622,7 +1622,7 @@ class CheckpointStore:
             PersistenceError: A record read is corrupt.
         """
         meta_key, ended_key = f"{key}:meta", f"{key}:ended"
-        found = await self.backend.batch_load([meta_key, ended_key])
+        found = await self._batch_load([meta_key, ended_key])
         if meta_key not in found:
             return True  # a final checkpoint alone (older records, a pruned session)
         meta = decode(found[meta_key], meta_key, "meta")
@@ -1647,6 +1647,19 @@ class CheckpointStore:
         self._refused.add(session_id)
         key = session_key(session_id)
         raise PersistenceError(f"session {session_id!r} {why}: {advice}", key=key)
+
+    async def _batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The backend's `batch_load(keys)`, checked to be a dict.
+
+        Raises:
+            PersistenceError: The backend returned something else (it breaks its protocol).
+        """
+        found = await self.backend.batch_load(keys)
+        if not isinstance(found, dict):
+            raise PersistenceError(
+                f"the backend's batch_load returned a {type(found).__name__}, not a dict"
+            )
+        return found
 
     async def _stored_steps(self, key: str) -> int:
         """How many steps the store holds of session key `key` (the highest step saved)."""
@@ -2152,7 +2165,7 @@ class CheckpointStore:
                 continue
             records = folded
             numbered = [(n, k) for n, k in listed if n > len(records)]
-            values = await self.backend.batch_load([k for _, k in numbered])
+            values = await self._batch_load([k for _, k in numbered])
             for number, key in numbered:
                 raw = values.get(key)
                 if raw is None or number != len(records) + 1:
@@ -2206,7 +2219,7 @@ class CheckpointStore:
         """
         prefix = f"{session_key(session_id)}:call:{step}:"
         keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
-        values = await self.backend.batch_load(keys)
+        values = await self._batch_load(keys)
         entries = [_journal_entry(values[k], k) for k in keys if k in values]
         return [e for e in entries if not is_stale_entry(e, run)]
 
@@ -2226,7 +2239,7 @@ class CheckpointStore:
         """The session's event log, oldest first."""
         prefix = f"{session_key(session_id)}:event:"
         keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
-        values = await self.backend.batch_load(keys)
+        values = await self._batch_load(keys)
         return [decode(values[k], k, "event") for k in keys if k in values]
 
     async def run_end_logged(self, session_id: str) -> bool:
@@ -2240,7 +2253,7 @@ class CheckpointStore:
         keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
         while keys:
             chunk, keys = keys[-_EVENTS_READ_BACK:], keys[:-_EVENTS_READ_BACK]
-            values = await self.backend.batch_load(chunk)
+            values = await self._batch_load(chunk)
             for key in reversed(chunk):
                 raw = values.get(key)
                 event = decode(raw, key, "event") if raw is not None else None

@@ -74,16 +74,30 @@ def _str_keys(value: Any) -> Any:
     return value
 
 
+def _stored_bytes(raw: Any, key: str | None) -> bytes | bytearray | memoryview:
+    """`raw`, a value a backend loaded, checked to be bytes (as a backend takes them).
+
+    Raises:
+        PersistenceError: It is not: the backend breaks its protocol (a store of text, say).
+    """
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise PersistenceError(
+            f"the backend loaded a {type(raw).__name__} for a record, not bytes", key=key
+        )
+    return raw
+
+
 def decode(raw: bytes, key: str, kind: str | None = None) -> Any:
     """Decodes a record stored under `key`, checking version, checksum and (when given) kind.
 
     Raises:
-        PersistenceError: On a corrupt, truncated, foreign or newer-version record, a
+        PersistenceError: On a value that is no bytes (a backend's `load` breaking its
+            protocol), a corrupt, truncated, foreign or newer-version record, a
             record of another kind, one nested too deeply to decode, or one with an object
             that has a key written twice (which `encode` never writes: it is corrupt or
             forged, and `json` alone would keep the last value without a word).
     """
-    header, newline, body = bytes(raw).partition(b"\n")
+    header, newline, body = bytes(_stored_bytes(raw, key)).partition(b"\n")
     parts = header.split(b" ")
     if not newline or len(parts) != 3 or not parts[0].startswith(_MAGIC):
         raise PersistenceError("not a llm-agent-runtime record (bad header)", key=key)
@@ -124,8 +138,11 @@ def record_kind(raw: bytes) -> str | None:
     """The kind a record's header names (`session`, `step`, ...), or None for no record.
 
     Reads the header only: the record may still be corrupt.
+
+    Raises:
+        PersistenceError: `raw` is not bytes (a backend's `load` gave something else).
     """
-    header = bytes(raw[:256]).partition(b"\n")[0].split(b" ")
+    header = bytes(_stored_bytes(raw, None)[:256]).partition(b"\n")[0].split(b" ")
     if len(header) != 3 or not header[0].startswith(_MAGIC):
         return None
     return header[2].decode(errors="replace")
