@@ -154,6 +154,52 @@ def test_a_sqlite_backend_a_forked_child_inherited_keeps_the_childs_writes(
 
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs fork()")
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("child_backend", ["inherited", "its own"])
+def test_a_forked_childs_writes_outlive_the_parents_close_while_it_writes(
+    tmp_path: Path, child_backend: str
+) -> None:
+    # SQLite keeps each file's locks in the process's memory: the child's own connection
+    # took the parent's (inherited, never the child's) for its own, and held no real lock.
+    # So the parent's close, with the child's connection open, took itself for the last
+    # and removed the write-ahead log: the child's later writes (acknowledged) were lost.
+    path = tmp_path / "store.db"
+    store = ar.SqliteBackend(path)
+    asyncio.run(store.save("parent", b"1"))
+    ready_read, ready_write = os.pipe()
+    wrote_read, wrote_write = os.pipe()
+    done_read, done_write = os.pipe()
+
+    def work() -> None:
+        mine = store if child_backend == "inherited" else ar.SqliteBackend(path)
+        asyncio.run(mine.save("child-before", b"2"))
+        os.write(wrote_write, b"x")
+        os.read(ready_read, 1)  # the parent closes its backend meanwhile
+        asyncio.run(mine.batch_save({f"child-after-{i}": b"3" for i in range(5)}))
+        mine.close()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:
+        os.write(ready_write, b"x")  # lets `_in_child` start at once
+        _in_child(work, ready_read, done_write)
+    os.close(done_write)
+    try:
+        assert os.read(wrote_read, 1) == b"x"
+        store.close()
+        os.write(ready_write, b"x")
+        assert os.read(done_read, 1000) == b"ok"
+    finally:
+        os.waitpid(pid, 0)
+        for fd in (ready_read, ready_write, wrote_read, wrote_write, done_read):
+            os.close(fd)
+    with ar.SqliteBackend(path) as again:
+        keys = asyncio.run(again.list_keys())
+    assert keys == sorted(["parent", "child-before", *(f"child-after-{i}" for i in range(5))])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs fork()")
+@pytest.mark.timeout(60)
 def test_a_forked_child_uses_a_sqlite_backend_a_thread_of_its_parent_was_using(
     tmp_path: Path,
 ) -> None:

@@ -210,15 +210,25 @@ class SqliteBackend:
 
         SQLite forbids using a connection across `fork`: its locks are not inherited, so
         the parent's close took itself for the last connection and removed the write-ahead
-        log, with the child's writes (acknowledged) in it. The inherited connection is kept
-        open, unused: closing it, the child could checkpoint its stale log over newer pages.
-        A ":memory:" database is the child's own copy: it is kept. The lock may have been
-        held by a thread of the parent, which the child does not have.
+        log, with the child's writes (acknowledged) in it. The inherited connection is
+        closed at once, as the fork returns: SQLite keeps a file's locks in the process's
+        memory, and a connection the child opened beside the inherited one would take the
+        parent's locks for its own (holding none). The parent's connection, open, holds its
+        lock on the database then: the close neither checkpoints nor removes the log. One a
+        thread of the parent was using is kept open, unused (SQLite's own mutex may be held
+        for good: a close would wait for it). A ":memory:" database is the child's own copy:
+        it is kept. The lock may have been held by a thread of the parent, which the child
+        does not have.
         """
+        in_use = self._lock.locked()
         self._lock = threading.Lock()
         if self.path != ":memory:" and self._conn is not None:
-            _INHERITED.append(self._conn)
-            self._conn = None
+            inherited, self._conn = self._conn, None
+            if in_use:
+                _INHERITED.append(inherited)
+            else:
+                with contextlib.suppress(sqlite3.Error):
+                    inherited.close()
 
     async def _run(
         self,
@@ -456,7 +466,8 @@ class SqliteBackend:
 _OPEN: weakref.WeakSet[SqliteBackend] = weakref.WeakSet()
 """The backends not closed: a fork()ed child's open connections of their own (`_after_fork`)."""
 _INHERITED: list[sqlite3.Connection] = []
-"""A fork()ed child's inherited connections: never used, and never closed (see `_after_fork`)."""
+"""A fork()ed child's inherited connections that a thread of the parent was using as it
+forked: never used, and never closed (see `_after_fork`)."""
 
 
 def _after_fork_in_child() -> None:
