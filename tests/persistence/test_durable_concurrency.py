@@ -1105,6 +1105,39 @@ async def test_a_turn_whose_session_a_sweep_deleted_before_its_claim_is_refused(
     assert await ar.AgentSession.load_checkpoint(backend, "chat") == copy
 
 
+async def test_a_turn_whose_session_was_swept_and_started_anew_before_its_claim_is_refused(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Between the turn's count and its claim, a sweep deleted the chat and another worker
+    # started a new one under its id: the check after the claim saw that one's meta record
+    # and passed, and both runs wrote the same step keys.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = runtime.create_session("a", "chat")
+    await runtime.run_turn(session, "Q1", script(add_step(1), FINAL))
+    copy = await ar.AgentSession.load_checkpoint(backend, "chat")
+    anew = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    model, stepped, go = slow_after()
+    started: list[asyncio.Task[str | None]] = []
+
+    async def sweep_then_start_anew() -> list[str]:
+        swept = await runtime.sweep(-1)
+        fresh = anew.create_session("a", "chat")
+        started.append(asyncio.create_task(anew.run_turn(fresh, "N1", model)))
+        await stepped.wait()  # its meta record and claim written, it waits on its model
+        return swept
+
+    held = SweepAtClaim(backend)
+    held.sweep = sweep_then_start_anew
+    other: Any = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=held)
+    with pytest.raises(ar.PersistenceError, match="is being deleted by a sweep"):
+        await other.run_turn(copy, "Q2", script(FINAL))
+    go.set()
+    assert await started[0] == "finished"
+    saved = await ar.AgentSession.load_checkpoint(backend, "chat")
+    assert [m["content"] for m in saved.messages if m["role"] == "user"] == ["N1"]
+    assert [s.action for s in saved.steps] == ["FINAL_ANSWER"]
+
+
 async def test_a_restored_copy_losing_to_another_writes_nothing_over_its_finished_turn(
     backend: ar.PersistenceBackend,
 ) -> None:
@@ -1125,3 +1158,46 @@ async def test_a_restored_copy_losing_to_another_writes_nothing_over_its_finishe
     with pytest.raises(ar.PersistenceError, match="is being run by another run"):
         await losing
     assert await ar.AgentSession.load_checkpoint(backend, "chat") == winner
+
+
+class PausedAtStepListing(Delegating):
+    """The backend, but its first listing of a session's steps waits for `go` (`reached` set
+    as it waits)."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.armed, self.go, self.reached = True, asyncio.Event(), asyncio.Event()
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        if self.armed and prefix.endswith(":step:"):
+            self.armed = False
+            self.reached.set()
+            await self.go.wait()
+        return await self.inner.list_keys(prefix)
+
+
+async def test_a_copy_loaded_while_turns_end_is_one_state_of_the_chat(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The load read the final checkpoint, then the meta record, then the steps: turns that
+    # ended between those reads gave a copy of one turn's history with later turns' steps,
+    # and a turn on it was not refused: its final checkpoint dropped turns from the history.
+    first = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = first.create_session("a", "chat")
+    await first.run_turn(session, "Q1", script(FINAL))
+    model, stepped, go = slow_after(add_step(1))
+    turn = asyncio.create_task(first.run_turn(session, "Q2", model))
+    await stepped.wait()
+    paused = PausedAtStepListing(backend)
+    loading = asyncio.create_task(ar.AgentSession.load_checkpoint(paused, "chat"))  # type: ignore[arg-type]
+    await paused.reached.wait()  # the first turn's final checkpoint read, the second's meta
+    go.set()
+    await turn
+    await first.run_turn(session, "Q3", script(FINAL))
+    paused.go.set()
+    copy = await loading
+    assert copy == session
+    second = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    assert await second.run_turn(copy, "Q4", script(FINAL)) == "finished"
+    saved = await ar.AgentSession.load_checkpoint(backend, "chat")
+    assert [m["content"] for m in saved.messages if m["role"] == "user"] == ["Q1", "Q2", "Q3", "Q4"]

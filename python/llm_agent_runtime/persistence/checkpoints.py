@@ -453,6 +453,7 @@ _RESUME = re.compile(r"[0-9]+(?::[0-9a-f]+)?\Z")  # what follows `session:<id>:r
 _NONCE = re.compile(r"[0-9a-f]+\Z")
 _CALL = re.compile(r"([0-9]+):[0-9]+\Z")  # what follows `session:<id>:call:` in a journal key
 _LOAD_ATTEMPTS = 3  # folds of a session that a concurrent prune may force a load to redo
+_SNAPSHOT_ATTEMPTS = 5  # reads of a session that turns ending meanwhile may force a load to redo
 _EVENTS_READ_BACK = 16  # event records `run_end_logged` reads at a time
 
 
@@ -933,9 +934,11 @@ class CheckpointStore:
         # unloadable (a chat history of another shape than a session's, say).
         if not _is_meta(decode(meta, meta_key, "meta")):
             self._refuse(session.session_id, "cannot start", _META_SHAPE)
+        meta_read: bytes | None = None  # the stored run's meta record, read before the count
         if session.steps:
             # Before the steps are counted: a run that ends in between has written them all.
-            if not await self._latest_run_ended(key, session.step_count):
+            ended, meta_read = await self._latest_run_ended(key, session.step_count)
+            if not ended:
                 self._refuse(session.session_id, _NOT_ENDED, _NOT_ENDED_ADVICE)
             stored = await self._stored_steps(key)
             fresh = False
@@ -1000,14 +1003,13 @@ class CheckpointStore:
                 self._refuse(session.session_id, _SWEPT, _SWEPT_ADVICE)
             self._refuse(session.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
         # A sweep may have deleted the whole session between the count and the claim (its
-        # claim gone with it): the run would write its steps over nothing.
-        if (
-            session.steps
-            and stored == len(session.steps)
-            and not await self._batch_load([key, meta_key])
-        ):
-            await self.release(session.session_id)
-            self._refuse(session.session_id, _SWEPT, _SWEPT_ADVICE)
+        # claim gone with it): the run would write its steps over nothing, or over a new
+        # session another run started under the id since (its meta record another one).
+        if session.steps and stored == len(session.steps):
+            found = await self._batch_load([key, meta_key])
+            if not found or found.get(meta_key) != meta_read:
+                await self.release(session.session_id)
+                self._refuse(session.session_id, _SWEPT, _SWEPT_ADVICE)
         if not (fresh and callable(save_new)):
             await self.backend.save(meta_key, meta)
         self._refused.discard(session.session_id)
@@ -1607,8 +1609,10 @@ class CheckpointStore:
         self._resumes.pop(session_id, None)
         return bool(claims)
 
-    async def _latest_run_ended(self, key: str, steps: int) -> bool:
+    async def _latest_run_ended(self, key: str, steps: int) -> tuple[bool, bytes | None]:
         """Whether session key `key`'s latest run, if it began before step `steps`, ended.
+
+        Returned with the meta record read (None: none).
 
         A copy loaded while a run was under way holds that run's saved steps: a run started
         from it would claim the step after them, which no other run claimed, and write the
@@ -1623,24 +1627,25 @@ class CheckpointStore:
         """
         meta_key, ended_key = f"{key}:meta", f"{key}:ended"
         found = await self._batch_load([meta_key, ended_key])
-        if meta_key not in found:
-            return True  # a final checkpoint alone (older records, a pruned session)
-        meta = decode(found[meta_key], meta_key, "meta")
+        meta_raw = found.get(meta_key)
+        if meta_raw is None:
+            return True, None  # a final checkpoint alone (older records, a pruned session)
+        meta = decode(meta_raw, meta_key, "meta")
         if not _is_meta(meta):
-            return True  # not a run's record at all: the load refuses it
+            return True, meta_raw  # not a run's record at all: the load refuses it
         run, first = meta.get("run"), meta.get("first_step")
         if not (isinstance(run, str) and _is_count(first) and first < steps):
-            return True  # a record of an older version, or a run the step's claim tells
+            return True, meta_raw  # a record of an older version, or a run its claim tells
         ended = decode(found[ended_key], ended_key, "ended") if ended_key in found else None
         if isinstance(ended, dict) and ended.get("run") == run:
-            return not ended.get("resumed")
+            return not ended.get("resumed"), meta_raw
         raw = await self.backend.load(key)  # the whole session: older records only
         if raw is None:
-            return False
+            return False, meta_raw
         final = decode(raw, key, "session")
         if not isinstance(final, dict):
             raise PersistenceError("final checkpoint holds no 'session'", key=key)
-        return not _turn_after(meta, final)
+        return not _turn_after(meta, final), meta_raw
 
     def _refuse(self, session_id: str, why: str, advice: str) -> NoReturn:
         """Refuses the run of the session (see `save_meta`): nothing of it is written after."""
@@ -2063,22 +2068,36 @@ class CheckpointStore:
         """Loads a session: meta, the folded step deltas, and the final checkpoint if any.
 
         Safe while `prune` runs: steps it folds into the base while the load reads are
-        found in the base (see `_fold`).
+        found in the base (see `_fold`). Safe while turns run: one state of the session is
+        loaded, read again when a turn ended or began between its reads.
 
         Raises:
-            PersistenceError: When nothing is saved for the session, or a record is corrupt.
+            PersistenceError: When nothing is saved for the session, a record is corrupt, or
+                turns kept ending at every read.
         """
         base_key = session_key(session_id)
-        final_raw = await self.backend.load(base_key)
         meta_key = f"{base_key}:meta"
-        meta_raw = await self.backend.load(meta_key)
-        if meta_raw is None and final_raw is None:
-            raise PersistenceError("no checkpoint saved", key=base_key)
-        records = await self._fold(base_key)
-        # A run that claimed the session from its last step is the latest run, whether or
-        # not its meta record was written (its process may have ended in between).
-        claim_key = f"{base_key}:run:{len(records)}"
-        claim_raw = await self.backend.load(claim_key)
+        for _ in range(_SNAPSHOT_ATTEMPTS):
+            final_raw = await self.backend.load(base_key)
+            meta_raw = await self.backend.load(meta_key)
+            if meta_raw is None and final_raw is None:
+                raise PersistenceError("no checkpoint saved", key=base_key)
+            records = await self._fold(base_key)
+            # A run that claimed the session from its last step is the latest run, whether
+            # or not its meta record was written (its process may have ended in between).
+            claim_key = f"{base_key}:run:{len(records)}"
+            claim_raw = await self.backend.load(claim_key)
+            # Turns that ended (or began) meanwhile changed the records read first: the
+            # steps read since may be theirs. Read again, for one state of the session.
+            again = await self._batch_load([base_key, meta_key])
+            if again.get(base_key) == final_raw and again.get(meta_key) == meta_raw:
+                break
+        else:
+            raise PersistenceError(
+                f"the session changed at each of {_SNAPSHOT_ATTEMPTS} reads (turns ending one "
+                "after the other): load it again",
+                key=base_key,
+            )
         if claim_raw is not None and record_kind(claim_raw) == "meta":
             meta_key, meta_raw = claim_key, claim_raw
         final = decode(final_raw, base_key, "session") if final_raw is not None else None
