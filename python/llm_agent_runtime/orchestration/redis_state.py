@@ -968,7 +968,9 @@ class RedisDeduplicator:
     runner dies, its lease expires after `lease` seconds and a waiter takes over. A `ttl`
     shorter than the waiters' polling does not make them run the call again: the result is
     also kept for the callers that waited on that run (under `...:done:<run>`, for `lease`
-    seconds, or two polls if longer; only when `ttl` is shorter than that). A caller
+    seconds, or two polls if longer, by the runner's settings; only when `ttl` is shorter
+    than that: a waiter polling less often than that misses it, so give the deduplicators
+    of one namespace the same `lease` and `poll_interval`). A caller
     cancelled while it holds the lease (or while the command taking it is in flight) gives
     the lease back before `CancelledError` is raised, so the next caller need not wait it out;
     so does, in the background, a caller whose command taking it failed with no reply (timed
