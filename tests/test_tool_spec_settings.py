@@ -34,6 +34,20 @@ def test_a_schema_nested_too_deeply_or_holding_no_json_is_refused() -> None:
         deep = {"type": "array", "items": deep}
     with pytest.raises(ar.ToolError, match="nested too deeply"):
         ar.ToolSpec("deep", "d", _handler, {"type": "object", "properties": {"x": deep}})
+    # The bound is the library's, whatever the Python version: 3.12 and 3.13 encode deeper
+    # JSON, and a schema their encoder took failed the runtime with a bare RecursionError.
+    for depth, taken in ((125, True), (126, False)):  # a level a step, three around them
+        deep = {"type": "string"}
+        for _ in range(depth):
+            deep = {"type": "array", "items": deep}
+        schema = {"type": "object", "properties": {"x": deep}}
+        if taken:
+            ar.AgentRuntime(
+                ar.AgentConfig(mode="tools"), tools=[ar.ToolSpec("d", "d", _handler, schema)]
+            )
+        else:
+            with pytest.raises(ar.ToolError, match=r"nested too deeply \(over 128 levels\)"):
+                ar.ToolSpec("deep", "d", _handler, schema)
     for value in ({1, 2}, float("nan"), b"x"):
         with pytest.raises(ar.ToolError, match="must be JSON data"):
             ar.ToolSpec("odd", "d", _handler, {"type": "object", "default": value})

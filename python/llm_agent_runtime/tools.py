@@ -435,8 +435,16 @@ def _check_schema(name: str, parameters: Any) -> None:
         )
     try:
         json.dumps(parameters, allow_nan=False)
+        # Bounded here, not by the encoder's recursion limit, which grows with the Python
+        # version (3.12, 3.13): the runtime walks a schema in Python frames of its own.
+        if _depth(parameters) > _MAX_SCHEMA_DEPTH:
+            raise RecursionError
     except (TypeError, ValueError, RecursionError) as error:
-        why = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        why = (
+            f"nested too deeply (over {_MAX_SCHEMA_DEPTH} levels)"
+            if isinstance(error, RecursionError)
+            else str(error)
+        )
         raise ToolError(
             f"parameters of tool {name!r} must be JSON data (the schema request bodies "
             f"carry): {why}",
@@ -456,6 +464,24 @@ def _check_schema(name: str, parameters: Any) -> None:
     required = parameters.get("required", [])
     if not isinstance(required, (list, tuple)) or not all(isinstance(r, str) for r in required):
         raise ToolError(f'"required" of tool {name!r} must be a list of names', tool=name)
+
+
+_MAX_SCHEMA_DEPTH = 128
+"""The most levels of dicts and lists a tool's schema may nest (real ones nest a few)."""
+
+
+def _depth(value: Any) -> int:
+    """How many levels of dicts and lists `value` nests (JSON data: it holds no cycle)."""
+    deepest, level = 0, [(value, 1)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, (list, tuple)):
+            deepest = max(deepest, depth)
+            if depth <= _MAX_SCHEMA_DEPTH:  # past it, the answer is known
+                level.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _check_property(name: str, key: Any, parameter: str | None = None) -> None:
