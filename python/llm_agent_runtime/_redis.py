@@ -210,28 +210,31 @@ def _checked_pool_class() -> Any:
     return CheckedConnectionPool
 
 
+_WAIT_FOR_SWALLOWS = sys.version_info < (3, 12)
+"""Whether `asyncio.wait_for` may swallow a cancellation (built on `asyncio.timeout` since)."""
+
+
 @functools.cache
 def _keeping_cancellation(connection_class: type) -> type:
     """`connection_class` with a send that never swallows a cancellation of its caller.
 
-    redis-py bounds a socket write with `asyncio.wait_for`, which before Python 3.12 returns
-    the write's result when the write ends as the calling task is cancelled: the
-    cancellation is lost (CPython gh-86296), and a task cancelled to stop it runs on (a
-    resume claim's renewal did, forever, and the run that awaited its end hung). Here such
-    a cancellation is raised once the write returns. The connection is closed first: the
-    command's reply, which no one will read, must not be read by the next command sent on it.
     A cancellation asked before the send and not delivered yet is delivered first (see
-    `cancellations_so_far`).
+    `cancellations_so_far`): the command is not sent (else, a write that never suspends, it
+    was applied, its caller told it was cancelled). redis-py bounds a socket write with
+    `asyncio.wait_for`, which before Python 3.12 returns the write's result when the write
+    ends as the calling task is cancelled: the cancellation is lost (CPython gh-86296), and
+    a task cancelled to stop it runs on (a resume claim's renewal did, forever, and the run
+    that awaited its end hung). There, such a cancellation is raised once the write returns.
+    The connection is closed first: the command's reply, which no one will read, must not be
+    read by the next command sent on it.
     """
-    if sys.version_info >= (3, 12):  # `wait_for` is built on `asyncio.timeout` there
-        return connection_class
 
     class KeepingCancellation(connection_class):  # type: ignore[misc]
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             task = asyncio.current_task()
             before = await cancellations_so_far(task)
             await super().send_packed_command(command, check_health)
-            if task is not None and task.cancelling() > before:
+            if _WAIT_FOR_SWALLOWS and task is not None and task.cancelling() > before:
                 await self.disconnect(nowait=True)
                 raise asyncio.CancelledError
 
