@@ -82,3 +82,30 @@ async def test_sqlite_lists_the_keys_of_a_database_another_program_made_in_utf16
                 with pytest.raises(ar.PersistenceError, match="U\\+FFFE or U\\+FFFF"):
                     await call
         assert await store.load("\ufffd") == "\ufffd".encode()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+async def test_a_cancellation_asked_before_a_write_is_delivered_before_it_runs(
+    kind: str, tmp_path: Path
+) -> None:
+    # Ctrl-C under `asyncio.run` cancels the main task from inside whatever it runs: asked
+    # just before a write, its thread was asked for before the cancellation was delivered,
+    # and the write landed, its caller told it was cancelled.
+    backend = (
+        ar.SqliteBackend(tmp_path / "store.db")
+        if kind == "sqlite"
+        else ar.FileBackend(tmp_path / "f")
+    )
+    try:
+        await backend.save("warm", b"1")
+        task = asyncio.current_task()
+        assert task is not None
+        for key in ("a", "b", "c"):
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await backend.save(key, b"v")
+            task.uncancel()
+        assert await backend.batch_load(["a", "b", "c"]) == {}
+    finally:
+        if isinstance(backend, ar.SqliteBackend):
+            backend.close()

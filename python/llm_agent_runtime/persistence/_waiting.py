@@ -113,8 +113,14 @@ async def run_in_thread(work: Callable[[], T], grace: float | None = None) -> T:
     before its thread started, `work` never runs; cancelled later, each `wait_until` or
     `acquire` it is in or comes to raises `Abandoned`, and the call waits for the thread, at
     most `grace` seconds (None: until it ends; 0: not at all), before the cancellation goes
-    on. Only work still running after the grace may then happen later.
+    on. Only work still running after the grace may then happen later. A cancellation asked
+    before the call and not delivered yet is delivered first: `work` never runs.
     """
+    # A cancellation asked and not delivered yet (Ctrl-C under `asyncio.run`) is delivered
+    # here, before the thread is asked for: else `work` ran, its caller told it was cancelled.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        await asyncio.sleep(0)
     guard = threading.Lock()
     abandoned = threading.Event()
     started = False

@@ -250,7 +250,10 @@ class FileBackend:
     stream of reads cannot hold a batch off. A reader that may not write the lock files
     (another user's directory) opens them read-only; only where they are missing and cannot
     be made (a read-only copy, which nobody writes) does a read take no lock. (Where there
-    are no POSIX locks, Windows, only one process should use a directory.)
+    are no POSIX locks, Windows, only one process should use a directory.) A lock belongs
+    to an open file, which a fork()ed child shares: a child forked while a call (in a worker
+    thread) held one holds it too, until it exits, and waits for it itself; start workers
+    that use the directory with "spawn", or fork them while no call is under way.
 
     Every call runs in a worker thread, and waits for a lock (a batch another writer is
     installing; for a batch, the reads under way) in a way a cancellation ends: a call
