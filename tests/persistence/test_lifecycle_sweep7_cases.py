@@ -232,3 +232,44 @@ def test_a_forked_child_uses_a_sqlite_backend_a_thread_of_its_parent_was_using(
         for fd in (ready_read, ready_write, done_read):
             os.close(fd)
         store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs fork()")
+@pytest.mark.timeout(60)
+def test_a_child_forked_while_a_file_backend_call_held_a_lock_lets_go_of_it(
+    tmp_path: Path,
+) -> None:
+    # A lock belongs to the open file, which the child shares: one a call of the parent's
+    # held (in its worker thread) stayed held until the child exited. The child's own first
+    # batch waited for it for ever, and every other process's reads and batches with it.
+    store = ar.FileBackend(tmp_path / "store")
+    asyncio.run(store.save("parent", b"1"))
+    ready_read, ready_write = os.pipe()
+    done_read, done_write = os.pipe()
+
+    def work() -> None:
+        async def batch() -> None:
+            # The bound only turns a hang into a failure: the batch takes milliseconds.
+            await asyncio.wait_for(store.batch_save({"a": b"2", "b": b"3"}), 20)
+
+        asyncio.run(batch())
+
+    with store._install_lock(shared=False):  # as a parent's call holds it, installing a batch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
+            pid = os.fork()
+        if pid == 0:
+            _in_child(work, ready_read, done_write)
+    os.close(done_write)
+    try:
+        os.write(ready_write, b"x")
+        assert os.read(done_read, 1000) == b"ok"
+    finally:
+        os.waitpid(pid, 0)
+        for fd in (ready_read, ready_write, done_read):
+            os.close(fd)
+    assert asyncio.run(store.batch_load(["parent", "a", "b"])) == {
+        "parent": b"1",
+        "a": b"2",
+        "b": b"3",
+    }

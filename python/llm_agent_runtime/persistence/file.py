@@ -86,6 +86,38 @@ def file_name_for(key: str) -> str:
     return f"{_UNSAFE.sub('_', key[:_PREFIX_CHARS])}-{digest}.bin"
 
 
+_LOCKING_FDS: set[int] = set()
+"""The descriptors this process opened to lock (lock files, batches): a fork()ed child
+closes its copies (`_after_fork_in_child`)."""
+
+
+def _open_locking(path: str | os.PathLike[str], flags: int, mode: int = 0o777) -> int:
+    """`os.open`, of a file to lock: its descriptor is known to a fork()ed child."""
+    fd = os.open(path, flags, mode)
+    _LOCKING_FDS.add(fd)  # a set's add and discard hold the GIL: no lock a fork could copy
+    return fd
+
+
+def _close_locking(fd: int) -> None:
+    """`os.close` of a descriptor `_open_locking` opened."""
+    _LOCKING_FDS.discard(fd)  # first: a child forked after it must not close another's
+    os.close(fd)
+
+
+def _after_fork_in_child() -> None:
+    # A lock belongs to the open file, which the child shares: held by a call of the
+    # parent's (a worker thread the child has not), it stayed held until the child exited,
+    # and the child waited for it itself. Closing the child's copies leaves the parent's.
+    for fd in list(_LOCKING_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCKING_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _lock(fd: int, wait: bool = True, shared: bool = False) -> bool:
     """Takes an advisory lock on open file `fd`; False if `wait` is off and it is taken.
 
@@ -134,12 +166,12 @@ def _lock_file(path: Path, shared: bool) -> Iterator[None]:
         try:
             # For writing: where `flock` is emulated with POSIX locks (NFS), an exclusive
             # lock needs it.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_locking(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             if not shared:
                 raise PersistenceError(f"cannot open {path}: {exc}") from exc
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = _open_locking(path, os.O_RDONLY)
             except FileNotFoundError:
                 pass  # `FileBackend` makes it wherever it can: here nobody writes
             except OSError as error:
@@ -154,7 +186,7 @@ def _lock_file(path: Path, shared: bool) -> Iterator[None]:
             raise PersistenceError(f"cannot lock {path}: {exc}") from exc
         yield
     finally:
-        os.close(fd)  # drops the lock
+        _close_locking(fd)  # drops the lock
 
 
 def _sync_directory(directory: Path) -> None:
@@ -250,10 +282,9 @@ class FileBackend:
     stream of reads cannot hold a batch off. A reader that may not write the lock files
     (another user's directory) opens them read-only; only where they are missing and cannot
     be made (a read-only copy, which nobody writes) does a read take no lock. (Where there
-    are no POSIX locks, Windows, only one process should use a directory.) A lock belongs
-    to an open file, which a fork()ed child shares: a child forked while a call (in a worker
-    thread) held one holds it too, until it exits, and waits for it itself; start workers
-    that use the directory with "spawn", or fork them while no call is under way.
+    are no POSIX locks, Windows, only one process should use a directory.) A fork()ed child
+    (a multiprocessing "fork" worker) may use the directory, and a backend it inherited: it
+    lets go of the locks its parent's calls held as it forked.
 
     Every call runs in a worker thread, and waits for a lock (a batch another writer is
     installing; for a batch, the reads under way) in a way a cancellation ends: a call
@@ -449,10 +480,10 @@ class FileBackend:
             batch = self._batches / f"{name}.batch"
             try:
                 try:
-                    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                    fd = _open_locking(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
                 except FileNotFoundError:
                     self._batches.mkdir(exist_ok=True)  # removed by hand: made again
-                    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                    fd = _open_locking(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             except OSError as exc:
                 raise PersistenceError(f"cannot write the batch {tmp}: {exc}") from exc
             try:
@@ -508,7 +539,7 @@ class FileBackend:
                             _INSTALLING.discard(str(batch))
                     return True
             finally:
-                os.close(fd)
+                _close_locking(fd)
         raise PersistenceError(f"cannot write the batch in {self._batches}")  # pragma: no cover
 
     def _install_item(self, key: str, value: bytes | None) -> None:
@@ -623,7 +654,7 @@ class FileBackend:
 
     def _finish_batch(self, batch: Path) -> None:
         try:
-            fd = os.open(batch, os.O_RDWR)
+            fd = _open_locking(batch, os.O_RDWR)
         except FileNotFoundError:
             return  # finished meanwhile
         except OSError as exc:
@@ -657,7 +688,7 @@ class FileBackend:
                 f"failed or stopped first): {exc}"
             ) from exc
         finally:
-            os.close(fd)
+            _close_locking(fd)
 
     def _remove_abandoned_temporaries(self) -> None:
         """Removes the temporary files of writes a crash cut short (only this backend's).
@@ -676,7 +707,7 @@ class FileBackend:
             for name in names:
                 path = directory / name
                 try:
-                    fd = os.open(path, os.O_RDWR)
+                    fd = _open_locking(path, os.O_RDWR)
                 except FileNotFoundError:
                     continue  # renamed into place meanwhile
                 except OSError as exc:
@@ -688,7 +719,7 @@ class FileBackend:
                 except OSError as exc:
                     logger.warning("FileBackend: cannot remove %s: %s", path, exc)
                 finally:
-                    os.close(fd)
+                    _close_locking(fd)
 
     # ------------------------------------------------------------------ the protocol
     async def save(self, key: str, value: bytes) -> None:
