@@ -3586,8 +3586,8 @@ class AgentRuntime:
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend.
-            PersistenceError: `keep_last` is not an int >= 0, or the session cannot be
-                loaded.
+            PersistenceError: `keep_last` is not an int >= 0, the session cannot be loaded,
+                or a sweep deleted it as it was pruned.
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("prune needs a checkpoint_backend")

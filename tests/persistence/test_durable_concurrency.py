@@ -1201,3 +1201,41 @@ async def test_a_copy_loaded_while_turns_end_is_one_state_of_the_chat(
     assert await second.run_turn(copy, "Q4", script(FINAL)) == "finished"
     saved = await ar.AgentSession.load_checkpoint(backend, "chat")
     assert [m["content"] for m in saved.messages if m["role"] == "user"] == ["Q1", "Q2", "Q3", "Q4"]
+
+
+class SweepAtBase(Delegating):
+    """The backend, but a prune's write of a base record first lets `sweep` run whole."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.sweep: Any = None
+
+    async def save(self, key: str, value: bytes) -> None:
+        if self.sweep is not None and key.startswith("session:chat:base:"):
+            sweep, self.sweep = self.sweep, None
+            assert await sweep() == ["chat"]
+        await self.inner.save(key, value)
+
+
+async def test_a_base_record_a_prune_wrote_as_its_session_was_swept_is_not_left(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The prune wrote its base record over a session a sweep had just deleted: the base
+    # stayed for good, and every later turn of a new chat under the id was refused.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = runtime.create_session("a", "chat")
+    await runtime.run_turn(session, "Q1", script(add_step(1), FINAL))
+    held = SweepAtBase(backend)
+    held.sweep = lambda: runtime.sweep(-1)
+    pruning: Any = ar.AgentRuntime(checkpoint_backend=held)
+    with pytest.raises(ar.PersistenceError, match="swept"):
+        await pruning.prune("chat", 0)
+    assert await backend.list_keys("session:chat") == []
+    # One written past that check (the sweep's deletes landing after it) goes at the next sweep.
+    await backend.save("session:chat:base:2", b"left")
+    assert await runtime.sweep(-1) == []
+    assert await backend.list_keys("session:chat") == []
+    fresh = runtime.create_session("a", "chat")
+    await runtime.run_turn(fresh, "N1", script(FINAL))
+    copy = await ar.AgentSession.load_checkpoint(backend, "chat")
+    assert await runtime.run_turn(copy, "N2", script(FINAL)) == "finished"

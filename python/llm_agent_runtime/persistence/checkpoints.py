@@ -2296,8 +2296,8 @@ class CheckpointStore:
         the deltas it holds skips the duplicates.
 
         Raises:
-            PersistenceError: When `keep_last` is not an int >= 0, or the session cannot be
-                loaded.
+            PersistenceError: When `keep_last` is not an int >= 0, the session cannot be
+                loaded, or a sweep deleted it as it was pruned (its base record is deleted).
         """
         if not _is_count(keep_last):
             raise PersistenceError(f"keep_last must be an int >= 0, got {keep_last!r}")
@@ -2308,7 +2308,11 @@ class CheckpointStore:
         if cut <= already:
             return 0
         folded = {"records": [r.to_dict() for r in state.records[:cut]]}
-        await self.backend.save(f"{key}:base:{cut}", _encode("base", folded))
+        base = _encode("base", folded)
+        await self.backend.save(f"{key}:base:{cut}", base)
+        if not await self._batch_load([key, f"{key}:meta"]):  # swept meanwhile: none is left
+            await self._delete_if(f"{key}:base:{cut}", base)
+            raise PersistenceError("the session was deleted (swept) as it was pruned", key=key)
         # What that base holds: the deltas and the journal entries of steps 1 to `cut`.
         steps, calls = f"{key}:step:", f"{key}:call:"
         doomed = [k for n, k in _numbered(await self.backend.list_keys(steps), steps) if n <= cut]
@@ -2355,7 +2359,7 @@ class CheckpointStore:
         short left of sessions with neither a final checkpoint nor a meta record (a sweep's
         claim, a takeover key) is deleted as well. A session whose sweep was cut short (its
         claim older than `_GRACE_SECONDS`, see `_drop_stranded_sweep`) is deleted by the next
-        sweep.
+        sweep, as are the base records a prune wrote as its session was swept.
 
         A session is found by its `:meta` record or its final checkpoint, and only its own
         keys (`:meta`, `:base:<n>`, `:step:<n>`, `:call:<n>:<i>`, `:event:<n>`, ...) are
@@ -2384,7 +2388,9 @@ class CheckpointStore:
             elif parsed is not None and parsed[1].startswith("run:"):
                 claimed.add(parsed[0])
                 leftovers[parsed[0]] = None
-            elif parsed is not None and parsed[1].startswith("fork:"):
+            elif parsed is not None and (
+                parsed[1].startswith("fork:") or parsed[1].split(":", 1)[0] == "base"
+            ):
                 leftovers[parsed[0]] = None
         swept = []
         for session_id in candidates:
@@ -2419,16 +2425,26 @@ class CheckpointStore:
         """Deletes what cut-short sweeps and fork takeovers left of session key `key`.
 
         A sweep's claim whose final checkpoint is gone (see `_drop_stranded_sweep`), a fork
-        takeover key whose marker is not the meta record, and the takeover key of a sweep's
-        claim that is not that claim's: listed before the record they name is read, that
-        record was there before, and once gone never returns (a marker, a claim, each
-        unique). Takeover keys are told by their record (see `_is_takeover`).
+        takeover key whose marker is not the meta record, the takeover key of a sweep's
+        claim that is not that claim's, and base records of a session with neither a final
+        checkpoint nor a meta record (a prune's, as the session was swept). Takeover keys:
+        listed before the record they name is read, that record was there before, and once
+        gone never returns (a marker, a claim, each unique); they are told by their record
+        (see `_is_takeover`).
         """
         prefix = f"{key}:"
         listed = await self.backend.list_keys(prefix)
         meta = await self.backend.load(f"{key}:meta")
         current = _digest(meta) if meta is not None else None
+        # Neither record: a base record left is one a prune wrote as a sweep deleted the
+        # session. Left, it made every turn of a new session under the id refused.
+        orphaned = meta is None and await self.backend.load(key) is None
         for leftover in listed:
+            if orphaned and leftover[len(prefix) :].split(":", 1)[0] == "base":
+                raw = await self.backend.load(leftover)
+                if raw is not None:
+                    await self._delete_if(leftover, raw)
+                continue
             fork = _FORK_TAKEOVER.match(leftover, len(prefix))
             run = _RUN_TAKEOVER.match(leftover, len(prefix))
             if run is not None:
