@@ -134,7 +134,10 @@ class SqliteBackend:
 
     A fork()ed child (a multiprocessing "fork" worker) may use a backend it inherited: its
     first call there opens a connection of the child's own (SQLite forbids using one across
-    a fork), which the child closes with `close`.
+    a fork), which the child closes with `close`. Fork it while no call is under way (or
+    start it with "spawn"): SQLite keeps a file's lock state in process memory, and a child
+    forked while a thread of its parent was writing may wait out `busy_timeout` at its
+    first write, for a lock it takes for its own, then fail.
 
     Args:
         path: database file (created, with its directory, if missing), or ":memory:": a
