@@ -1071,18 +1071,30 @@ async def test_a_corrupt_final_checkpoint_read_at_a_turn_start_is_a_persistence_
         await CheckpointStore(backend).save_meta(copy, "react")
 
 
-class SweepAtClaim(Delegating):
-    """The backend, but a run's claim of `session:chat` first lets `sweep` run whole."""
+class SweepAtWrite(Delegating):
+    """The backend, but the first `method` write of a key under `session:chat:<part>` (by
+    default a run's claim; a prune's base record: `save` of `base:`) first lets `sweep` run
+    whole."""
 
-    def __init__(self, inner: ar.PersistenceBackend) -> None:
+    def __init__(
+        self, inner: ar.PersistenceBackend, method: str = "save_new", part: str = "run:"
+    ) -> None:
         super().__init__(inner)
+        self.method, self.prefix = method, f"session:chat:{part}"
         self.sweep: Any = None
 
-    async def save_new(self, key: str, value: bytes) -> bool:
-        if self.sweep is not None and key.startswith("session:chat:run:"):
+    async def _sweep_at(self, method: str, key: str) -> None:
+        if self.sweep is not None and method == self.method and key.startswith(self.prefix):
             sweep, self.sweep = self.sweep, None
             assert await sweep() == ["chat"]
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        await self._sweep_at("save_new", key)
         return bool(await self.inner.save_new(key, value))
+
+    async def save(self, key: str, value: bytes) -> None:
+        await self._sweep_at("save", key)
+        await self.inner.save(key, value)
 
 
 async def test_a_turn_whose_session_a_sweep_deleted_before_its_claim_is_refused(
@@ -1094,7 +1106,7 @@ async def test_a_turn_whose_session_a_sweep_deleted_before_its_claim_is_refused(
     session = runtime.create_session("a", "chat")
     await runtime.run_turn(session, "Q1", script(add_step(1), FINAL))
     copy = await ar.AgentSession.load_checkpoint(backend, "chat")
-    swept = SweepAtClaim(backend)
+    swept = SweepAtWrite(backend)
     swept.sweep = lambda: runtime.sweep(-1)
     other: Any = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=swept)
     with pytest.raises(ar.PersistenceError, match="is being deleted by a sweep"):
@@ -1126,7 +1138,7 @@ async def test_a_turn_whose_session_was_swept_and_started_anew_before_its_claim_
         await stepped.wait()  # its meta record and claim written, it waits on its model
         return swept
 
-    held = SweepAtClaim(backend)
+    held = SweepAtWrite(backend)
     held.sweep = sweep_then_start_anew
     other: Any = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=held)
     with pytest.raises(ar.PersistenceError, match="is being deleted by a sweep"):
@@ -1203,20 +1215,6 @@ async def test_a_copy_loaded_while_turns_end_is_one_state_of_the_chat(
     assert [m["content"] for m in saved.messages if m["role"] == "user"] == ["Q1", "Q2", "Q3", "Q4"]
 
 
-class SweepAtBase(Delegating):
-    """The backend, but a prune's write of a base record first lets `sweep` run whole."""
-
-    def __init__(self, inner: ar.PersistenceBackend) -> None:
-        super().__init__(inner)
-        self.sweep: Any = None
-
-    async def save(self, key: str, value: bytes) -> None:
-        if self.sweep is not None and key.startswith("session:chat:base:"):
-            sweep, self.sweep = self.sweep, None
-            assert await sweep() == ["chat"]
-        await self.inner.save(key, value)
-
-
 async def test_a_base_record_a_prune_wrote_as_its_session_was_swept_is_not_left(
     backend: ar.PersistenceBackend,
 ) -> None:
@@ -1225,7 +1223,7 @@ async def test_a_base_record_a_prune_wrote_as_its_session_was_swept_is_not_left(
     runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     session = runtime.create_session("a", "chat")
     await runtime.run_turn(session, "Q1", script(add_step(1), FINAL))
-    held = SweepAtBase(backend)
+    held = SweepAtWrite(backend, "save", "base:")
     held.sweep = lambda: runtime.sweep(-1)
     pruning: Any = ar.AgentRuntime(checkpoint_backend=held)
     with pytest.raises(ar.PersistenceError, match="swept"):
