@@ -716,6 +716,9 @@ fn sections(text: &str, lone_close: bool) -> Sections {
     let mut fence_may_open = false;
     let mut line_start = 0;
     while line_start <= bytes.len() {
+        // Found once a line: each label line and the step to the next line use it.
+        let line_break_at = line_break(&bytes[line_start..]).map(|offset| line_start + offset);
+        let line_end = line_break_at.unwrap_or(bytes.len());
         if fenced {
             fenced = !fence_at(bytes, line_start);
         } else if let Some((label, label_pos, start, close)) = label_at(bytes, line_start) {
@@ -777,7 +780,8 @@ fn sections(text: &str, lone_close: bool) -> Sections {
                 });
                 open = Some(label);
             }
-            let rest = line_rest(bytes, start);
+            // The label (and its colon) lies on this line: `start` is within it.
+            let rest = bytes.get(start..line_end).unwrap_or_default();
             fence_may_open = match open {
                 // An action's line holds the tool's name: its input may start on the next.
                 Some(Label::FinalAnswer | Label::Action) => true,
@@ -787,6 +791,7 @@ fn sections(text: &str, lone_close: bool) -> Sections {
             // `Action Input: ```yaml` (or a final answer's text ending in one): a fence the
             // line leaves open.
             if matches!(open, Some(Label::ActionInput | Label::FinalAnswer))
+                && memchr::memchr(b'`', rest).is_some()
                 && memchr::memmem::find_iter(rest, b"```").count() % 2 == 1
             {
                 fenced = true;
@@ -797,7 +802,7 @@ fn sections(text: &str, lone_close: bool) -> Sections {
                 fenced = true;
             } else if fence_may_open
                 && open != Some(Label::FinalAnswer)
-                && !line_rest(bytes, line_start)
+                && !bytes[line_start..line_end]
                     .iter()
                     .all(u8::is_ascii_whitespace)
             {
@@ -816,8 +821,8 @@ fn sections(text: &str, lone_close: bool) -> Sections {
                 }
             }
         }
-        match line_break(&bytes[line_start..]) {
-            Some(offset) => line_start += offset + 1,
+        match line_break_at {
+            Some(at) => line_start = at + 1,
             None => break,
         }
     }
@@ -1826,6 +1831,8 @@ fn python_json<'py>(py: Python<'py>, json: &str) -> PyResult<Option<Bound<'py, P
 pub struct PyReActStep {
     /// The parsed text (a plain `str` copy when it was a subclass of `str`).
     source: Py<PyString>,
+    /// Whether `source` is ASCII: its parts are then sliced as stored (see [`text_slice`]).
+    ascii: bool,
     /// The model's reasoning (may be empty).
     thought: Piece,
     /// The tool to call, or None for a final answer.
@@ -1888,20 +1895,44 @@ impl Piece {
         }
     }
 
-    /// The part as a Python string, made from `source` the first time.
-    fn get<'py>(&self, source: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyString>> {
+    /// The part as a Python string, made from `source` (ASCII when `ascii`) the first time.
+    fn get<'py>(
+        &self,
+        source: &Bound<'py, PyString>,
+        ascii: bool,
+    ) -> PyResult<Bound<'py, PyString>> {
         let py = source.py();
         if let Some(value) = self.made.get() {
             return Ok(value.bind(py).clone());
         }
-        let text = source
-            .to_str()?
-            .get(self.start..self.end)
-            .unwrap_or_default();
-        let value = PyString::new(py, text).unbind();
+        let value = text_slice(source, ascii, self.start, self.end)?.unbind();
         // Had another thread made it meanwhile, its string wins: one object per part.
         Ok(self.made.get_or_init(|| value).bind(py).clone())
     }
+}
+
+/// `source[start..end]` (byte offsets on character boundaries) as a new string. An ASCII
+/// source is sliced as it is stored, a plain copy; any other is sliced in its UTF-8 form and
+/// decoded again.
+fn text_slice<'py>(
+    source: &Bound<'py, PyString>,
+    ascii: bool,
+    start: usize,
+    end: usize,
+) -> PyResult<Bound<'py, PyString>> {
+    let py = source.py();
+    // In an ASCII text a byte offset is a character index (and a `str` fits an isize).
+    if let (true, Ok(from), Ok(to)) = (ascii, isize::try_from(start), isize::try_from(end)) {
+        #[allow(unsafe_code)]
+        // SAFETY: `source` is a live `str` and the GIL is held; `PyUnicode_Substring` clamps
+        // its bounds and returns a new reference, or NULL with an exception set.
+        let slice = unsafe {
+            Bound::from_owned_ptr_or_err(py, ffi::PyUnicode_Substring(source.as_ptr(), from, to))?
+        };
+        return Ok(slice.cast_into::<PyString>()?);
+    }
+    let text = source.to_str()?.get(start..end).unwrap_or_default();
+    Ok(PyString::new(py, text))
 }
 
 #[pymethods]
@@ -1945,11 +1976,7 @@ impl PyReActStep {
         Ok(match this.input {
             None => None,
             Some(Input::Written(start, end)) => {
-                let source = this.source.bind(py).to_str()?;
-                Some(PyString::new(
-                    py,
-                    source.get(start..end).unwrap_or_default(),
-                ))
+                Some(text_slice(this.source.bind(py), this.ascii, start, end)?)
             }
             Some(Input::NoArguments) => Some(PyString::new(py, "")),
         })
@@ -1959,7 +1986,7 @@ impl PyReActStep {
     #[getter]
     fn thought<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyString>> {
         let this = slf.get();
-        this.thought.get(this.source.bind(slf.py()))
+        this.thought.get(this.source.bind(slf.py()), this.ascii)
     }
 
     /// The final answer, or None when the step calls a tool.
@@ -1969,7 +1996,7 @@ impl PyReActStep {
         let source = this.source.bind(slf.py());
         this.final_answer
             .as_ref()
-            .map(|answer| answer.get(source))
+            .map(|answer| answer.get(source, this.ascii))
             .transpose()
     }
 
@@ -2097,10 +2124,15 @@ pub fn parse_react_step<'py>(text: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Py
             other => other.into(),
         })
     })?;
-    let end = if step.end < source.len() {
-        char_index(source, step.end)
+    // As many characters as UTF-8 bytes: ASCII, where each byte offset is a character index.
+    let chars = text.len()?;
+    let ascii = chars == source.len();
+    let end = if step.end >= source.len() {
+        chars
+    } else if ascii {
+        step.end
     } else {
-        text.len()?
+        char_index(source, step.end)
     };
     // A `str` subclass may hold other objects (a `__dict__`), even the step: a plain copy of
     // it keeps the step out of any reference cycle (see below).
@@ -2117,6 +2149,7 @@ pub fn parse_react_step<'py>(text: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Py
         py,
         PyReActStep {
             source: kept.unbind(),
+            ascii,
             thought: Piece::slice_of(source, step.thought),
             action: step.action.map(|action| PyString::new(py, action).unbind()),
             final_answer,

@@ -8,7 +8,7 @@ import weakref
 from typing import Any
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
@@ -1222,6 +1222,36 @@ def test_the_input_as_written_is_the_text_the_input_decodes_from(
     step = ar.parse_react_step("Thought: t\nAction: " + form.format(tool, payload) + "  \n")
     assert step.action_input_text == payload
     assert json.loads(step.action_input_text) == step.action_input
+
+
+# Raw text on one line: any script, no label colon, no fence, no JSON opening.
+raw_inputs = st.text(
+    alphabet=st.characters(
+        blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters=":`{[\"'"
+    ),
+    min_size=1,
+    max_size=40,
+).filter(lambda t: t.strip() != "")
+
+
+@settings(max_examples=300, deadline=None)
+@given(thought=thoughts, tool=tool_names, raw=raw_inputs)
+@example(thought="pure ascii", tool="t", raw="also ascii")
+@example(thought="Grüße, 東京", tool="t", raw="naïve café 🙂")
+@example(thought="ascii", tool="t", raw="ümlaut after ascii")
+def test_parts_are_slices_of_the_text_whether_it_is_ascii_or_not(
+    thought: str, tool: str, raw: str
+) -> None:
+    # An ASCII text is sliced as stored, any other through UTF-8: both give the same parts.
+    text = f"Thought: {thought}\nAction: {tool}\nAction Input: {raw}\nObservation: seen"
+    step = ar.parse_react_step(text)
+    assert step.thought == thought.strip()
+    assert step.action == tool
+    assert step.action_input_text == raw.strip()
+    assert text[: step.end] == text[: text.index("\nObservation")].rstrip()
+    answered = ar.parse_react_step(f"Thought: {thought}\nFinal Answer: {raw}")
+    assert answered.final_answer == raw.strip()
+    assert answered.end == len(f"Thought: {thought}\nFinal Answer: {raw}")
 
 
 def test_the_input_as_written_is_never_decoded() -> None:
