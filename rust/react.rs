@@ -545,6 +545,9 @@ fn skip_list_marker(bytes: &[u8], at: usize) -> usize {
 /// `*Final Answer:*`, `***Action:***`), or an empty one: chat models often write their labels
 /// in bold.
 fn emphasis_at(bytes: &[u8], at: usize) -> &'static [u8] {
+    if !matches!(bytes.get(at), Some(b'*' | b'_')) {
+        return b"";
+    }
     [b"***" as &[u8], b"**", b"__", b"*", b"_"]
         .into_iter()
         .find(|marker| eat_exact(bytes, at, marker).is_some())
@@ -571,20 +574,25 @@ fn label_on_line(
     let emphasis = emphasis_at(bytes, marked);
     let at = marked + emphasis.len();
     // A step number may follow the label word, as LangChain's `Action\s*\d*\s*:` allows.
-    let (label, after) = if let Some(i) = eat_word(bytes, at, b"thought") {
-        (Label::Thought, skip_number(bytes, i))
-    } else if let Some(i) = eat_word(bytes, at, b"final answer") {
-        (Label::FinalAnswer, i)
-    } else if let Some(i) = eat_word(bytes, at, b"observation") {
-        (Label::Observation, skip_number(bytes, i))
-    } else if let Some(i) = eat_word(bytes, at, b"action") {
-        let i = skip_number(bytes, i);
-        match input_word(bytes, i) {
-            Some(k) => (Label::ActionInput, k),
-            None => (Label::Action, i),
+    // Each label word has its own first letter: most lines are told apart by it alone.
+    let (label, after) = match bytes.get(at).map(u8::to_ascii_lowercase) {
+        Some(b't') => (
+            Label::Thought,
+            skip_number(bytes, eat_word(bytes, at, b"thought")?),
+        ),
+        Some(b'f') => (Label::FinalAnswer, eat_word(bytes, at, b"final answer")?),
+        Some(b'o') => (
+            Label::Observation,
+            skip_number(bytes, eat_word(bytes, at, b"observation")?),
+        ),
+        Some(b'a') => {
+            let i = skip_number(bytes, eat_word(bytes, at, b"action")?);
+            match input_word(bytes, i) {
+                Some(k) => (Label::ActionInput, k),
+                None => (Label::Action, i),
+            }
         }
-    } else {
-        return None;
+        _ => return None,
     };
     let (start, close) = if emphasis.is_empty() {
         (colon_after(bytes, after)?, None)
