@@ -13,12 +13,14 @@ import llm_agent_runtime as ar
 
 
 @pytest.fixture
-def open_backend(tmp_path: Path) -> Iterator[Callable[[], ar.SqliteBackend]]:
-    """Opens the test's SQLite database (again: a second worker's view of it)."""
+def open_backend(tmp_path: Path) -> Iterator[Callable[..., ar.SqliteBackend]]:
+    """Opens a SQLite database of the test's (again: a second worker's view of it), by default
+    `store.db`; each is closed when the test ends (an unclosed connection is a
+    `ResourceWarning` from Python 3.13 on)."""
     opened: list[ar.SqliteBackend] = []
 
-    def open_() -> ar.SqliteBackend:
-        opened.append(ar.SqliteBackend(tmp_path / "store.db"))
+    def open_(name: str = "store.db") -> ar.SqliteBackend:
+        opened.append(ar.SqliteBackend(tmp_path / name))
         return opened[-1]
 
     yield open_

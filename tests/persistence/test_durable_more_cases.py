@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -85,7 +85,7 @@ async def test_forks_at_every_step_of_a_parallel_round_resume_apart_from_the_sou
 
 
 async def test_a_run_that_is_no_turn_keeps_the_chat_history_in_forks_and_loads(
-    tmp_path: Path,
+    open_backend: Callable[..., ar.SqliteBackend],
 ) -> None:
     # Such a run saved no chat history: a fork at its steps, a fork inside an earlier turn
     # while it was the latest run and cut off, and a load of a session whose first run it
@@ -126,7 +126,7 @@ async def test_a_run_that_is_no_turn_keeps_the_chat_history_in_forks_and_loads(
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    backend = ar.SqliteBackend(tmp_path / "a.db")
+    backend = open_backend("a.db")
     runtime = ar.AgentRuntime(tools=[rec, block], checkpoint_backend=backend)
     session = runtime.create_session("agent", "s1")
     await runtime.run_turn(session, "hello", model)  # steps 1-2, a turn
@@ -141,7 +141,7 @@ async def test_a_run_that_is_no_turn_keeps_the_chat_history_in_forks_and_loads(
         ]
     )
 
-    backend = ar.SqliteBackend(tmp_path / "b.db")
+    backend = open_backend("b.db")
     runtime = ar.AgentRuntime(tools=[rec, block], checkpoint_backend=backend)
     session = runtime.create_session("agent", "s1")
     session.messages.append(persona)
@@ -150,7 +150,7 @@ async def test_a_run_that_is_no_turn_keeps_the_chat_history_in_forks_and_loads(
     fork = await ar.AgentSession.load_checkpoint(backend, await runtime.fork("s1", 1, "fork-1"))
     assert fork.messages == [persona]  # as the turn that took step 1 started
 
-    backend = ar.SqliteBackend(tmp_path / "c.db")
+    backend = open_backend("c.db")
     runtime = ar.AgentRuntime(tools=[rec, block], checkpoint_backend=backend)
     session = runtime.create_session("agent", "s1")
     session.messages.append(persona)

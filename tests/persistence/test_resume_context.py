@@ -4,7 +4,7 @@ memories, working memory), saved with its first step: memories are not recalled 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from .conftest import cut_off
 
 ADD = 'Thought: add\nAction: add {"a": 1, "b": 2}'
 DONE = "Thought: done\nAction: FINAL_ANSWER done"
+OpenBackend = Callable[..., ar.SqliteBackend]
 
 
 class Model:
@@ -35,7 +36,9 @@ class Model:
         return self.replies.pop(0)
 
 
-def runtime(db: Path, memory: ar.EpisodicStore, system_prompt: str) -> ar.AgentRuntime:
+def runtime(
+    backend: ar.SqliteBackend, memory: ar.EpisodicStore, system_prompt: str
+) -> ar.AgentRuntime:
     @ar.tool
     async def add(a: int, b: int) -> int:
         """Adds two integers."""
@@ -48,17 +51,17 @@ def runtime(db: Path, memory: ar.EpisodicStore, system_prompt: str) -> ar.AgentR
         memory=memory,
         working_memory=working,
         tools=[add],
-        checkpoint_backend=ar.SqliteBackend(db),
+        checkpoint_backend=backend,
     )
 
 
 @pytest.mark.parametrize("turn", [False, True])
 async def test_a_resumed_run_keeps_its_context_and_recalls_nothing(
-    tmp_path: Path, turn: bool
+    open_backend: OpenBackend, turn: bool
 ) -> None:
     memory = ar.EpisodicStore()
     memory.add_episode("a", "the vault code is 1234", 0.5)
-    first = runtime(tmp_path / "runs.db", memory, "You guard the vault.")
+    first = runtime(open_backend("runs.db"), memory, "You guard the vault.")
     model = Model(ADD)
     session = first.create_session("a")
     if turn:
@@ -74,7 +77,7 @@ async def test_a_resumed_run_keeps_its_context_and_recalls_nothing(
 
     # Meanwhile the memories and the settings changed; a new process resumes the run.
     memory.add_episode("a", "the vault code is now 9999", 0.9)
-    resumer = runtime(tmp_path / "runs.db", memory, "You are someone else.")
+    resumer = runtime(open_backend("runs.db"), memory, "You are someone else.")
     closing = Model(DONE)
     resumed = await resumer.resume(session.session_id, closing)
 
@@ -121,7 +124,7 @@ class HeldProvider(ar.ScriptedProvider):
 
 @pytest.mark.parametrize("arguments", [[], "", None, 0])
 async def test_a_resumed_round_sends_back_the_arguments_the_model_sent(
-    tmp_path: Path, arguments: Any
+    open_backend: OpenBackend, arguments: Any
 ) -> None:
     # Arguments that are no object fail the call (a `permanent` observation); the resumed
     # run sent them back to the model as `{}`, which is not what it said.
@@ -132,9 +135,7 @@ async def test_a_resumed_round_sends_back_the_arguments_the_model_sent(
 
     def make() -> ar.AgentRuntime:
         config = ar.AgentConfig(mode="tools", max_iterations=4)
-        return ar.AgentRuntime(
-            config, tools=[echo], checkpoint_backend=ar.SqliteBackend(tmp_path / "r.db")
-        )
+        return ar.AgentRuntime(config, tools=[echo], checkpoint_backend=open_backend("r.db"))
 
     reply = ar.ChatResponse(
         tool_calls=[ar.ToolCall("c1", "echo", arguments)], stop_reason="tool_calls"
@@ -150,7 +151,9 @@ async def test_a_resumed_round_sends_back_the_arguments_the_model_sent(
     assert closing.sent_back == [[arguments]]
 
 
-async def test_a_run_cut_off_before_its_first_step_keeps_its_context(tmp_path: Path) -> None:
+async def test_a_run_cut_off_before_its_first_step_keeps_its_context(
+    open_backend: OpenBackend,
+) -> None:
     # Cut off while its first round's tool runs: no step saved, the reply journaled. The
     # context comes from the run's meta record, saved before the first model call.
     release = asyncio.Event()
@@ -165,7 +168,7 @@ async def test_a_run_cut_off_before_its_first_step_keeps_its_context(tmp_path: P
 
     def make(system_prompt: str) -> ar.AgentRuntime:
         config = ar.AgentConfig(mode="tools", system_prompt=system_prompt, max_iterations=4)
-        backend = ar.SqliteBackend(tmp_path / "r.db")
+        backend = open_backend("r.db")
         return ar.AgentRuntime(config, memory=memory, tools=[lookup], checkpoint_backend=backend)
 
     memory = ar.EpisodicStore()
@@ -194,11 +197,11 @@ async def test_a_run_cut_off_before_its_first_step_keeps_its_context(tmp_path: P
     [{"context": 3, "memory_hits": 0}, {"context": "c"}, {"context": "c", "memory_hits": -1}],
 )
 async def test_a_malformed_context_in_the_meta_record_is_a_persistence_error(
-    tmp_path: Path, start: dict[str, Any]
+    open_backend: OpenBackend, start: dict[str, Any]
 ) -> None:
     from llm_agent_runtime.persistence.codec import decode, encode
 
-    backend = ar.SqliteBackend(tmp_path / "r.db")
+    backend = open_backend("r.db")
     runtime = ar.AgentRuntime(checkpoint_backend=backend)
     session = runtime.create_session("a", "s")
     await runtime.run_turn(session, "q", Model(DONE))
@@ -214,17 +217,21 @@ async def test_a_malformed_context_in_the_meta_record_is_a_persistence_error(
         await ar.AgentSession.load_checkpoint(backend, "s")
 
 
-def vault_runtime(db: Path, memory: ar.EpisodicStore, system_prompt: str) -> ar.AgentRuntime:
+def vault_runtime(
+    backend: ar.SqliteBackend, memory: ar.EpisodicStore, system_prompt: str
+) -> ar.AgentRuntime:
     config = ar.AgentConfig(system_prompt=system_prompt, max_iterations=5)
-    return ar.AgentRuntime(config, memory=memory, checkpoint_backend=ar.SqliteBackend(db))
+    return ar.AgentRuntime(config, memory=memory, checkpoint_backend=backend)
 
 
-async def cut_before_its_first_step(db: Path) -> tuple[ar.EpisodicStore, str]:
+async def cut_before_its_first_step(
+    backend: ar.SqliteBackend,
+) -> tuple[ar.EpisodicStore, str]:
     """A run of agent "a" cut off while its first model call is out; then the memories
     change (the resumes that follow must not see them)."""
     memory = ar.EpisodicStore()
     memory.add_episode("a", "the vault code is 1234", 0.5)
-    first = vault_runtime(db, memory, "You guard the vault.")
+    first = vault_runtime(backend, memory, "You guard the vault.")
     session = first.create_session("a")
     model = Model()  # holds at once
     await cut_off(first.run_turn(session, "open it", model), "cancel", model.waiting)
@@ -237,33 +244,34 @@ def assert_kept(prompt: str) -> None:
     assert "9999" not in prompt and "someone else" not in prompt
 
 
-async def test_a_resume_claimed_and_cut_off_keeps_the_runs_saved_context(tmp_path: Path) -> None:
+async def test_a_resume_claimed_and_cut_off_keeps_the_runs_saved_context(
+    open_backend: OpenBackend,
+) -> None:
     # A resume's claim record (its process died holding it) stands for the meta record when
     # the session is loaded: it keeps the context too.
-    _, session_id = await cut_before_its_first_step(tmp_path / "r.db")
-    store = CheckpointStore(ar.SqliteBackend(tmp_path / "r.db"))
+    _, session_id = await cut_before_its_first_step(open_backend("r.db"))
+    store = CheckpointStore(open_backend("r.db"))
     state = await store.load(session_id)
     assert state.start is not None and "1234" in state.start["context"]
     await store.claim_resumed(state)
-    assert (await CheckpointStore(ar.SqliteBackend(tmp_path / "r.db")).load(session_id)).start == (
-        state.start
-    )
+    assert (await CheckpointStore(open_backend("r.db")).load(session_id)).start == state.start
 
 
 @pytest.mark.parametrize("steps_before", [0, 1])
-async def test_a_fork_at_a_runs_start_keeps_its_context(tmp_path: Path, steps_before: int) -> None:
-    db = tmp_path / "r.db"
+async def test_a_fork_at_a_runs_start_keeps_its_context(
+    open_backend: OpenBackend, steps_before: int
+) -> None:
     if steps_before:  # a run with a step, forked at its start
         memory = ar.EpisodicStore()
         memory.add_episode("a", "the vault code is 1234", 0.5)
-        first = vault_runtime(db, memory, "You guard the vault.")
+        first = vault_runtime(open_backend("r.db"), memory, "You guard the vault.")
         session = first.create_session("a")
         await first.run_turn(session, "open it", Model(ADD, DONE))
         memory.add_episode("a", "the vault code is now 9999", 0.9)
         session_id = session.session_id
     else:  # a run cut off before its first step
-        memory, session_id = await cut_before_its_first_step(db)
-    resumer = vault_runtime(db, memory, "You are someone else.")
+        memory, session_id = await cut_before_its_first_step(open_backend("r.db"))
+    resumer = vault_runtime(open_backend("r.db"), memory, "You are someone else.")
     fork = await resumer.fork(session_id, 0)
     closing = Model(DONE)
     resumed = await resumer.resume(fork, closing)
@@ -273,19 +281,19 @@ async def test_a_fork_at_a_runs_start_keeps_its_context(tmp_path: Path, steps_be
 
 
 async def test_a_loaded_interrupted_run_counts_the_memories_its_context_shows(
-    tmp_path: Path,
+    open_backend: OpenBackend,
 ) -> None:
-    _, session_id = await cut_before_its_first_step(tmp_path / "r.db")
-    loaded = await ar.AgentSession.load_checkpoint(ar.SqliteBackend(tmp_path / "r.db"), session_id)
+    _, session_id = await cut_before_its_first_step(open_backend("r.db"))
+    loaded = await ar.AgentSession.load_checkpoint(open_backend("r.db"), session_id)
     assert loaded.memory_hits == 1
 
 
 async def test_a_listener_failing_on_run_started_leaves_the_memories_counted(
-    tmp_path: Path,
+    open_backend: OpenBackend,
 ) -> None:
     memory = ar.EpisodicStore()
     memory.add_episode("a", "the vault code is 1234", 0.5)
-    runtime = vault_runtime(tmp_path / "r.db", memory, "You guard the vault.")
+    runtime = vault_runtime(open_backend("r.db"), memory, "You guard the vault.")
 
     def fails(event: object) -> None:
         if isinstance(event, ar.RunStarted):
@@ -298,12 +306,14 @@ async def test_a_listener_failing_on_run_started_leaves_the_memories_counted(
     assert runtime.metrics.snapshot().memory_recall_count == 1
 
 
-async def test_a_new_session_refused_before_it_starts_saves_nothing(tmp_path: Path) -> None:
+async def test_a_new_session_refused_before_it_starts_saves_nothing(
+    open_backend: OpenBackend,
+) -> None:
     class Refuses(ar.Middleware):
         def on_user_message(self, session: ar.AgentSession, text: str) -> str:
             raise ValueError("refused")
 
-    backend = ar.SqliteBackend(tmp_path / "r.db")
+    backend = open_backend("r.db")
     runtime = ar.AgentRuntime(checkpoint_backend=backend, middlewares=[Refuses()])
     with pytest.raises(ValueError, match="refused"):
         await runtime.run_agent("a", "q", Model(DONE))
