@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import psycopg
@@ -113,6 +116,39 @@ def _in_child(work: Callable[[], object], ready: int, done: int) -> None:
         os._exit(0)
 
 
+@contextlib.contextmanager
+def _forked(
+    work: Callable[[], object], held: AbstractContextManager[object] | None = None
+) -> Iterator[Callable[[], None]]:
+    """Forks a child (while `held` is held, which the child then holds too) that runs `work`
+    once the body calls the function it is given; when the body ends, expects the child's
+    "ok" and reaps it (a child left waiting by a failed body is killed)."""
+    ready_read, ready_write = os.pipe()
+    done_read, done_write = os.pipe()
+    with held or contextlib.nullcontext():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
+            pid = os.fork()
+        if pid == 0:
+            _in_child(work, ready_read, done_write)
+    os.close(done_write)
+
+    def start_child() -> None:
+        os.write(ready_write, b"x")
+
+    reported = False
+    try:
+        yield start_child
+        assert os.read(done_read, 1000) == b"ok"
+        reported = True
+    finally:
+        if not reported:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        for fd in (ready_read, ready_write, done_read):
+            os.close(fd)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs fork()")
 @pytest.mark.timeout(60)
 def test_a_sqlite_backend_a_forked_child_inherited_keeps_the_childs_writes(
@@ -126,28 +162,15 @@ def test_a_sqlite_backend_a_forked_child_inherited_keeps_the_childs_writes(
     path = tmp_path / "store.db"
     store = ar.SqliteBackend(path)
     asyncio.run(store.save("parent", b"1"))
-    ready_read, ready_write = os.pipe()
-    done_read, done_write = os.pipe()
 
     def work() -> None:
         asyncio.run(store.save("child", b"2"))
         assert asyncio.run(store.load("parent")) == b"1"
         # No close: a multiprocessing worker ends with `os._exit`.
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
-        pid = os.fork()
-    if pid == 0:
-        _in_child(work, ready_read, done_write)
-    os.close(done_write)
-    try:
+    with _forked(work) as start_child:
         store.close()  # the parent is done first...
-        os.write(ready_write, b"x")  # ...then the child writes
-        assert os.read(done_read, 1000) == b"ok"
-    finally:
-        os.waitpid(pid, 0)
-        for fd in (ready_read, ready_write, done_read):
-            os.close(fd)
+        start_child()  # ...then the child writes
     with ar.SqliteBackend(path) as again:
         assert asyncio.run(again.load("child")) == b"2"
 
@@ -165,33 +188,25 @@ def test_a_forked_childs_writes_outlive_the_parents_close_while_it_writes(
     path = tmp_path / "store.db"
     store = ar.SqliteBackend(path)
     asyncio.run(store.save("parent", b"1"))
-    ready_read, ready_write = os.pipe()
     wrote_read, wrote_write = os.pipe()
-    done_read, done_write = os.pipe()
+    closed_read, closed_write = os.pipe()
 
     def work() -> None:
         mine = store if child_backend == "inherited" else ar.SqliteBackend(path)
         asyncio.run(mine.save("child-before", b"2"))
         os.write(wrote_write, b"x")
-        os.read(ready_read, 1)  # the parent closes its backend meanwhile
+        os.read(closed_read, 1)  # the parent closes its backend meanwhile
         asyncio.run(mine.batch_save({f"child-after-{i}": b"3" for i in range(5)}))
         mine.close()
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
-        pid = os.fork()
-    if pid == 0:
-        os.write(ready_write, b"x")  # lets `_in_child` start at once
-        _in_child(work, ready_read, done_write)
-    os.close(done_write)
     try:
-        assert os.read(wrote_read, 1) == b"x"
-        store.close()
-        os.write(ready_write, b"x")
-        assert os.read(done_read, 1000) == b"ok"
+        with _forked(work) as start_child:
+            start_child()
+            assert os.read(wrote_read, 1) == b"x"
+            store.close()
+            os.write(closed_write, b"x")
     finally:
-        os.waitpid(pid, 0)
-        for fd in (ready_read, ready_write, wrote_read, wrote_write, done_read):
+        for fd in (wrote_read, wrote_write, closed_read, closed_write):
             os.close(fd)
     with ar.SqliteBackend(path) as again:
         keys = asyncio.run(again.list_keys())
@@ -206,8 +221,6 @@ def test_a_forked_child_uses_a_sqlite_backend_a_thread_of_its_parent_was_using(
     # A call under way in another thread of the parent held the backend's lock as the
     # process forked: the child has no such thread, and its every call waited forever.
     store = ar.SqliteBackend(tmp_path / "store.db")
-    ready_read, ready_write = os.pipe()
-    done_read, done_write = os.pipe()
 
     def work() -> None:
         async def save_and_load() -> bytes | None:
@@ -217,20 +230,11 @@ def test_a_forked_child_uses_a_sqlite_backend_a_thread_of_its_parent_was_using(
 
         assert asyncio.run(save_and_load()) == b"2"
 
-    with store._lock:  # as a parent's thread does for the length of a call
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:
-            _in_child(work, ready_read, done_write)
-    os.close(done_write)
     try:
-        os.write(ready_write, b"x")
-        assert os.read(done_read, 1000) == b"ok"
+        # Forked as a parent's thread holds the lock for the length of a call.
+        with _forked(work, held=store._lock) as start_child:
+            start_child()
     finally:
-        os.waitpid(pid, 0)
-        for fd in (ready_read, ready_write, done_read):
-            os.close(fd)
         store.close()
 
 
@@ -244,8 +248,6 @@ def test_a_child_forked_while_a_file_backend_call_held_a_lock_lets_go_of_it(
     # batch waited for it for ever, and every other process's reads and batches with it.
     store = ar.FileBackend(tmp_path / "store")
     asyncio.run(store.save("parent", b"1"))
-    ready_read, ready_write = os.pipe()
-    done_read, done_write = os.pipe()
 
     def work() -> None:
         async def batch() -> None:
@@ -254,20 +256,9 @@ def test_a_child_forked_while_a_file_backend_call_held_a_lock_lets_go_of_it(
 
         asyncio.run(batch())
 
-    with store._install_lock(shared=False):  # as a parent's call holds it, installing a batch
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
-            pid = os.fork()
-        if pid == 0:
-            _in_child(work, ready_read, done_write)
-    os.close(done_write)
-    try:
-        os.write(ready_write, b"x")
-        assert os.read(done_read, 1000) == b"ok"
-    finally:
-        os.waitpid(pid, 0)
-        for fd in (ready_read, ready_write, done_read):
-            os.close(fd)
+    # Forked as a parent's call holds the lock, installing a batch.
+    with _forked(work, held=store._install_lock(shared=False)) as start_child:
+        start_child()
     assert asyncio.run(store.batch_load(["parent", "a", "b"])) == {
         "parent": b"1",
         "a": b"2",
