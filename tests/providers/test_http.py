@@ -293,6 +293,19 @@ async def test_sse_events_complete_before_a_line_too_long_go_out_before_it_fails
     assert seen == [SseEvent("a", b"1"), SseEvent(None, b"2")]
 
 
+async def test_sse_event_data_of_exactly_the_limit_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A newline was counted after every data line, the first too: data of exactly
+    # `MAX_EVENT_BYTES` was refused as past it. Joined lines count their joining newline.
+    monkeypatch.setattr(http_module, "MAX_EVENT_BYTES", 16)
+    one_line = b"data: " + b"x" * 16 + b"\n\n"
+    assert await _events([one_line]) == [SseEvent(None, b"x" * 16)]
+    two_lines = b"data: " + b"x" * 8 + b"\ndata: " + b"y" * 7 + b"\n\n"  # 8 + 1 + 7
+    assert await _events([two_lines]) == [SseEvent(None, b"x" * 8 + b"\n" + b"y" * 7)]
+    for past in (b"data: " + b"x" * 17 + b"\n\n", b"data: " + b"x" * 8 + b"\ndata: " + b"y" * 8):
+        with pytest.raises(ProviderError, match="the data of an event grew past 16 bytes"):
+            await _events([past + b"\n\n"])
+
+
 def _reference_events(raw: bytes) -> list[SseEvent]:
     """The event-stream rules read the plain way: the whole body, split at every line end.
 

@@ -358,7 +358,8 @@ async def iter_sse(
                 event = None
             elif line.startswith(b"data:"):
                 data.append(line[6:] if line[5:6] == b" " else line[5:])
-                data_bytes += len(data[-1]) + 1
+                # The joined data: each line, and a newline between two.
+                data_bytes += len(data[-1]) + (len(data) > 1)
                 if data_bytes > MAX_EVENT_BYTES:
                     raise _too_long("the data of an event", "without the blank line that ends it")
             elif line.startswith(b"event:"):
@@ -1951,7 +1952,8 @@ class HttpTransport:
                 many comments, `ping` events or empty events came meanwhile (they keep a
                 connection open, not a stream going; retryable); a connection lost
                 mid-stream; a line or an event past `MAX_EVENT_BYTES` (see `iter_sse`); or
-                content past `MAX_REPLY_BYTES` characters (`progress`; not retryable).
+                content past `MAX_REPLY_BYTES` characters, each event without content counted by its
+                size (`progress`; not retryable).
         """
         return Driven(self._post_sse(path, content, ended, check, cut, progress))
 
@@ -2048,8 +2050,9 @@ class HttpTransport:
                                 if received > MAX_REPLY_BYTES:
                                     raise ProviderError(
                                         f"{self.name} streamed reply is larger than "
-                                        f"{MAX_REPLY_BYTES} characters: cut, not read on "
-                                        "(a misbehaving server or proxy)"
+                                        f"{MAX_REPLY_BYTES} characters (of content, and bytes "
+                                        "of the events without): cut, not read on (a "
+                                        "misbehaving server or proxy)"
                                     )
                         if ended is not None and ended():
                             break
