@@ -13,8 +13,8 @@ AgentRuntimeError                 base of every error the runtime raises
 │                                 an LLM provider call failed
 ├── ToolError(tool)               a tool could not be run or must be reconciled by hand
 ├── PipelineStageError(stage)     a pipeline stage failed (the cause is chained)
-├── PolicyDeniedError             a capability or policy forbids the action
-├── BudgetExceededError           a token, money or action budget is spent
+├── PolicyDeniedError             a capability or policy forbids the action (its limit too)
+├── BudgetExceededError           a token or money budget is spent
 └── ParseError(position)          text is not a ReAct step
 ```
 
@@ -158,11 +158,14 @@ class PipelineStageError(AgentRuntimeError):
 
 
 class PolicyDeniedError(AgentRuntimeError):
-    """A capability set or policy forbids the requested action."""
+    """A capability set or policy forbids the requested action.
+
+    A tool it does not allow, or a call past its action limit (`CapabilitySet.max_actions`).
+    """
 
 
 class BudgetExceededError(AgentRuntimeError):
-    """A token, cost or action budget has been spent."""
+    """A token or cost budget has been spent (an action limit is a `PolicyDeniedError`)."""
 
 
 class ParseError(AgentRuntimeError):

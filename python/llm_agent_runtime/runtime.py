@@ -424,7 +424,7 @@ class AgentRuntime:
             `CheckpointStore.claim_resumed`.
         middlewares: Hooks that may rewrite prompts, replies and tool calls.
         approval_handler: Approves, denies or edits tool calls.
-        capabilities: Tools allowed and actions budget, checked per call; a round of
+        capabilities: Tools allowed and action limit, checked per call; a round of
             parallel calls takes its actions all or none (`record_actions(n)`, when the
             object has it, else `record_action()` per call). Its state keys are the
             application's to check (`check_state_key`, in a tool, say): the loop reads and
@@ -608,7 +608,7 @@ class AgentRuntime:
 
     @property
     def capabilities(self) -> CapabilitySet | None:
-        """Tools allowed and actions budget, checked per call; may be set between runs."""
+        """Tools allowed and action limit, checked per call; may be set between runs."""
         return self._capabilities
 
     @capabilities.setter

@@ -243,16 +243,17 @@ class AnthropicProvider(HttpProvider):
 
     A stream that sends only `ping` events or empty deltas for `timeout` seconds fails
     (retryable, so it is tried again when it had yielded nothing yet); thinking counts as
-    content. A reply past 64 MiB (a streamed one's content: 64 Mi characters) fails, not
-    retryable. A 200 reply with an error in its body (JSON, or in place of the event stream
-    that was asked for) raises the server's message, and so does an `error` event, whether
-    its message is null or its data plain text (a proxy's; read as an `api_error`); its type
-    says whether it is retried (`overloaded_error` is). Null or missing token counts are 0
-    tokens, a count that is negative or not below 2**63 is 0, and usage that does not fit
-    the format is counted as none (each with a warning) rather than failing the reply. A
-    `tool_use` block without an id (some compatible servers) gets `call_{n}`, its place
-    among the reply's tool calls, streamed or not (made unique when another call's own id is
-    that already, see `ToolCallIds`).
+    content. A reply past 64 MiB (a streamed one: 64 Mi characters of content, each event
+    without content counted by its size) fails, not retryable. A 200 reply with an error in
+    its body (JSON, or in place of the event stream that was asked for) raises the server's
+    message, and so does an `error` event, whether its message is null or its data plain
+    text (a proxy's; read as an `api_error`); its type says whether it is retried
+    (`overloaded_error` is). Null or missing token counts are 0 tokens, a count that is
+    negative or not below 2**63 is 0, and usage that does not fit the format is counted as
+    none (each with a warning) rather than failing the reply. A `tool_use` block without an
+    id (some compatible servers) gets `call_{n}`, its place among the reply's tool calls,
+    streamed or not (made unique when another call's own id is that already, see
+    `ToolCallIds`).
 
     Args:
         api_key: API key (default: `ANTHROPIC_API_KEY`; a blank value, argument or
