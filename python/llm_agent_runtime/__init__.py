@@ -106,6 +106,7 @@ if _typing.TYPE_CHECKING:
         ToolCall,
         ToolCallDelta,
         ToolDefinition,
+        UnreadableArgumentsError,
         Usage,
     )
     from llm_agent_runtime.providers.offline import ScriptedProvider
@@ -173,6 +174,7 @@ _LAZY = {
     "ToolCall": "llm_agent_runtime.providers.base",
     "ToolCallDelta": "llm_agent_runtime.providers.base",
     "ToolDefinition": "llm_agent_runtime.providers.base",
+    "UnreadableArgumentsError": "llm_agent_runtime.providers.base",
     "Usage": "llm_agent_runtime.providers.base",
     "Middleware": "llm_agent_runtime.runtime",
     "REMEMBERED_APPROVAL_SESSIONS": "llm_agent_runtime.runtime",
@@ -291,6 +293,7 @@ __all__ = [
     "ToolError",
     "ToolRegistry",
     "ToolSpec",
+    "UnreadableArgumentsError",
     "Usage",
     "VectorIndex",
     "WorkingMemory",

@@ -78,6 +78,7 @@ from llm_agent_runtime.providers.base import (
     TextDelta,
     ToolCall,
     ToolDefinition,
+    UnreadableArgumentsError,
     Usage,
     _kind,
     _loop_message,
@@ -1895,6 +1896,8 @@ class AgentRuntime:
                         response = await chat(messages, tools=tool_defs, model=model)
                 except CutOffArgumentsError as error:  # a reply cut off where it counts
                     raise _incomplete_reply(error.stop_reason, "a tool call's input") from error
+                except UnreadableArgumentsError as error:  # the model's slip, for it to mend
+                    response = error.response
             model_ms = (perf() - round_start) * 1000.0
             if not isinstance(response, ChatResponse):
                 raise AgentLoopError(
@@ -1999,6 +2002,10 @@ class AgentRuntime:
             calls = response.tool_calls
             if len(calls) > 1:
                 calls = _unique_call_ids(calls)
+                if any(call.arguments_error is not None for call in calls):
+                    calls = _unreadable_marked(calls)
+            elif calls[0].arguments_error is not None:
+                calls = _unreadable_marked(calls)
             reprompted = False  # a later empty reply gets its own re-prompt
             # The provider's reasoning goes back with the reply (Anthropic needs its thinking).
             reasoning = response.reasoning
@@ -2177,6 +2184,8 @@ class AgentRuntime:
                 elif isinstance(event, StreamEnd):
                     response = event.response
                     break  # its last event: what would follow is no part of the reply
+        except UnreadableArgumentsError as error:  # raised in place of its `StreamEnd`
+            response = error.response
         except Exception:
             if listener_error is None:
                 raise
@@ -2322,6 +2331,11 @@ class AgentRuntime:
             name, arguments, denial = await self._guard_call(session, name, arguments)
             if denial is not None:
                 return self._denied(session, name, arguments, denial, index, ended)
+        if type(arguments) is _Unreadable:  # unless a middleware gave it arguments instead
+            text = _truncate(f"error: {arguments.error}", self._config.max_observation_chars)
+            return self._denied(
+                session, name, arguments, Observation(text, "permanent"), index, ended
+            )
         counted = name if name in self._tool_names else self._unlisted_name(name)
         self._metrics.record_tool_call(counted, session.agent_id)
         events = self.events
@@ -3272,7 +3286,7 @@ class AgentRuntime:
         step = session.step_count + 1
         saved_round: dict[str, Any] = {
             "text": text,
-            "calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls],
+            "calls": [_journaled_call(c) for c in calls],
         }
         if reasoning:
             saved_round["reasoning"] = list(reasoning)
@@ -3836,7 +3850,7 @@ def _unique_call_ids(calls: list[ToolCall]) -> list[ToolCall]:
         if given != call.id:
             if unique is calls:
                 unique = list(calls)
-            unique[position] = ToolCall(given, call.name, call.arguments)
+            unique[position] = ToolCall(given, call.name, call.arguments, call.arguments_error)
     return unique
 
 
@@ -4376,8 +4390,46 @@ def _journaled_calls(calls: list[dict[str, Any]]) -> list[ToolCall]:
         if not isinstance(name, str):
             raise PersistenceError(f"journaled tool call {n} has no name: {name!r:.40}")
         call_id = call_id if isinstance(call_id, str) else f"call_{n}"
-        rebuilt.append(ToolCall(call_id, name, call.get("arguments", {})))
+        error = call.get("arguments_error")  # answered with the error again, never run
+        error = error if isinstance(error, str) else None
+        rebuilt.append(ToolCall(call_id, name, call.get("arguments", {}), error))
     return rebuilt
+
+
+def _journaled_call(call: ToolCall) -> dict[str, Any]:
+    """A round's tool call as its journal entry keeps it (see `_journaled_calls`)."""
+    entry = {"id": call.id, "name": call.name, "arguments": call.arguments}
+    if call.arguments_error is not None:
+        entry["arguments_error"] = call.arguments_error
+    return entry
+
+
+class _Unreadable(dict[str, Any]):
+    """The (empty) arguments of a tool call the model wrote wrong (`ToolCall.arguments_error`).
+
+    The call is answered with the error, a `permanent` one, and never runs: unless a
+    middleware gives it arguments of its own, which then run as any call's. A dict, so
+    whatever shows or saves a call's arguments shows `{}`.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+def _unreadable_marked(calls: list[ToolCall]) -> list[ToolCall]:
+    """`calls`, with the arguments of those the model wrote wrong marked (`_Unreadable`).
+
+    New calls: the provider's reply is not changed.
+    """
+    return [
+        call
+        if call.arguments_error is None
+        else ToolCall(call.id, call.name, _Unreadable(call.arguments_error), call.arguments_error)
+        for call in calls
+    ]
 
 
 def _journaled_run(entry: dict[str, Any], name: str, arguments: Any) -> ToolRun:

@@ -64,8 +64,9 @@ class Turn:
     """One model answer, rendered in whichever wire format the request uses."""
 
     text: str = ""
-    tool_calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-    """(id, name, arguments) of each call."""
+    tool_calls: list[tuple[str, str, dict[str, Any] | str]] = field(default_factory=list)
+    """(id, name, arguments) of each call: arguments as a dict, written as JSON, or as the
+    text to send (not for Anthropic's non-streamed form, whose `input` is an object)."""
     input_tokens: int = 11
     output_tokens: int = 7
     stop_reason: str | None = None
@@ -176,8 +177,8 @@ def _chunks(turn: Turn) -> list[str]:
     return [turn.text[i : i + 8] for i in range(0, len(turn.text), 8)]
 
 
-def _arguments(turn: Turn, args: dict[str, Any]) -> str:
-    text = json.dumps(args)
+def _arguments(turn: Turn, args: dict[str, Any] | str) -> str:
+    text = args if isinstance(args, str) else json.dumps(args)
     return text if turn.arguments_cut is None else text[: turn.arguments_cut]
 
 

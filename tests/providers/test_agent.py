@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -94,6 +95,52 @@ async def test_native_tool_calls(kind: str, streaming: bool, server: FakeLlmServ
     assert tool_results(kind, second) == [("call_1", "5"), ("call_2", "9")]
     if streaming:
         assert "".join(deltas) == "Let me add." + "2 + 3 = 5 and 4 + 5 = 9."
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_tool_call_the_model_wrote_wrong_is_answered_for_it_to_mend(
+    kind: str, streaming: bool, server: FakeLlmServer
+) -> None:
+    # Not JSON (a brace missing), as open models write it; Anthropic's non-streamed input is
+    # an object, so there it holds a NaN, which no JSON has.
+    broken: dict[str, Any] | str = (
+        {"a": math.nan, "b": 1} if kind == "anthropic" and not streaming else '{"a": 2, "b": 3'
+    )
+    server.script(
+        Turn(tool_calls=[("call_1", "add", broken), ("call_2", "add", {"a": 4, "b": 5})]),
+        Turn("Sorry: 4 + 5 = 9."),
+    )
+    metrics = ar.RuntimeMetrics()
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add], metrics=metrics)
+    events: list[Any] = []
+    runtime.events.on(events.append)  # a listener: the runtime streams
+    async with make_provider(kind, server) as llm:
+        if not streaming:
+            llm.streams_text = False
+        session = await runtime.run_agent_with_provider("agent-1", "2+3 and 4+5?", llm)
+    assert all(r.streamed is streaming for r in server.requests)
+    assert session.final_answer == "Sorry: 4 + 5 = 9."
+    wrong, right = session.steps[:2]
+    assert (wrong.action, wrong.action_input, wrong.error_kind) == ("add", {}, "permanent")
+    assert wrong.observation.startswith("error: tool call 'add' arguments are not valid JSON")
+    assert (right.action, right.action_input, right.observation) == ("add", {"a": 4, "b": 5}, "9")
+    second = server.requests[1].json
+    # Every call is answered, and the one written wrong is repeated with no arguments.
+    assert tool_results(kind, second) == [("call_1", wrong.observation), ("call_2", "9")]
+    if kind == "openai":
+        echoed = [
+            c["function"]["arguments"] for m in second["messages"] for c in m.get("tool_calls", [])
+        ]
+        assert echoed == ["{}", '{"a": 4, "b": 5}']
+    else:
+        echoed = [
+            b["input"] for m in second["messages"] if m["role"] == "assistant" for b in m["content"]
+        ]
+        assert echoed == [{}, {"a": 4, "b": 5}]
+    finished = [(e.tool, e.error_kind) for e in events if isinstance(e, ar.ToolCallFinished)]
+    assert finished == [("add", "permanent"), ("add", None)]
+    snapshot = metrics.snapshot()
+    assert (snapshot.total_tool_calls, snapshot.failed_tool_calls) == (2, 1)
 
 
 async def test_provider_failure_surfaces_from_the_loop(kind: str, server: FakeLlmServer) -> None:

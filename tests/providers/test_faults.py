@@ -17,7 +17,12 @@ import pytest
 
 from llm_agent_runtime import FakeClock, ProviderError, RetryPolicy
 from llm_agent_runtime.providers import _http
-from llm_agent_runtime.providers.base import Message, StreamEnd, TextDelta
+from llm_agent_runtime.providers.base import (
+    Message,
+    StreamEnd,
+    TextDelta,
+    UnreadableArgumentsError,
+)
 
 from .conftest import PROVIDERS, make_provider
 from .fake_server import (
@@ -488,6 +493,12 @@ async def test_tool_call_arguments_holding_nan_or_infinity_are_refused(
     assert error is not None
     assert "tool call 'measure' arguments are not valid JSON" in str(error)
     assert error.retryable is False
+    # The reply comes with the error, that call marked (an agent loop answers it).
+    assert isinstance(error, UnreadableArgumentsError)
+    [call] = error.response.tool_calls
+    assert (call.id, call.name, call.arguments) == ("c1", "measure", {})
+    assert call.arguments_error == str(error)
+    assert error.response.usage.output_tokens == 7
 
 
 async def test_the_last_error_says_how_often_the_call_was_tried(

@@ -21,6 +21,7 @@ from llm_agent_runtime.providers.base import (
     ToolCall,
     ToolCallDelta,
     ToolDefinition,
+    UnreadableArgumentsError,
     Usage,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "ToolDefinition",
+    "UnreadableArgumentsError",
     "Usage",
     "provider_from_env",
 ]

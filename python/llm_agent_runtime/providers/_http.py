@@ -99,6 +99,7 @@ __all__ = [
     "parse_json",
     "parse_retry_after",
     "parse_usage",
+    "read_arguments",
     "redact_secret",
     "request_body",
     "should_retry",
@@ -1150,6 +1151,27 @@ def _refuse_constant(word: str) -> Any:
     raise ValueError(f"{word} is not JSON")
 
 
+def read_arguments(
+    decode: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any
+) -> tuple[dict[str, Any], str | None]:
+    """A tool call's arguments and None; or `{}` and why they are unreadable.
+
+    `decode(*args, **kwargs)` reads them (`decode_arguments`). Arguments the model
+    wrote wrong give their problem, for `ToolCall.arguments_error`: the agent loop answers
+    the call with it, an error the model can correct.
+
+    Raises:
+        CutOffArgumentsError: The reply was cut off inside them: the model was stopped, it
+            made no mistake to correct.
+    """
+    try:
+        return decode(*args, **kwargs), None
+    except CutOffArgumentsError:
+        raise
+    except ProviderError as error:
+        return {}, str(error)
+
+
 def check_finite_arguments(
     arguments: dict[str, Any], name: str | None, redact: Callable[[str], str] | None
 ) -> dict[str, Any]:
@@ -1279,19 +1301,24 @@ class PartialToolCall:
             stop_reason: Why the reply ended (a token-limit stop explains broken arguments).
             redact: Removes the API key from an error's quotes (see `decode_arguments`).
 
+        Assembled arguments that are not a JSON object make a call with its
+        `arguments_error` set (see `read_arguments`).
+
         Raises:
-            ProviderError: The assembled arguments are not a JSON object.
+            CutOffArgumentsError: The reply was cut off inside the arguments.
         """
         name = clean_text(self.name or "")
         self.arguments.finish()  # a half pair kept back, if `finish` gave out none
-        arguments = decode_arguments(
+        arguments, problem = read_arguments(
+            decode_arguments,
             self.arguments.text,
             self.initial,
             name=name,
             stop_reason=stop_reason,
             redact=redact,
         )
-        return ToolCall(id=self.id or ids.fallback(self.index), name=name, arguments=arguments)
+        call_id = self.id or ids.fallback(self.index)
+        return ToolCall(call_id, name, arguments, problem)
 
 
 class Redactor:

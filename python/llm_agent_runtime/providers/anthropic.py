@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -35,6 +35,7 @@ from llm_agent_runtime.providers._http import (
     given_or_env,
     parse_json,
     parse_usage,
+    read_arguments,
     request_body,
     text_setting,
 )
@@ -50,6 +51,7 @@ from llm_agent_runtime.providers.base import (
     ToolCallDelta,
     ToolDefinition,
     Usage,
+    checked_arguments,
 )
 
 if TYPE_CHECKING:
@@ -428,6 +430,8 @@ class AnthropicProvider(HttpProvider):
                 the token limit (stop reason `max_tokens`) in its last block, a tool call
                 whose input lacks an argument its tool requires: the API sends such a call
                 with the input it had (the reply's usage is charged all the same).
+                `UnreadableArgumentsError`, which holds the reply, when a tool call's input
+                holds a number JSON has none for (a NaN, an infinity).
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself, its
                 `max_tokens` is no int of at least 1, or a value of the request is NaN or
@@ -469,17 +473,16 @@ class AnthropicProvider(HttpProvider):
         # Ids given out as a streamed reply's are (`ToolCallIds`), and the fields cleaned as a
         # streamed call's are (JSON may escape half a pair).
         call_ids = ToolCallIds().give_all([block.id for block in tool_uses])
+        redact = self._transport.redact
         calls = [
             ToolCall(
-                id=call_id,
-                name=clean_text(block.name or ""),
-                arguments=clean_json(
-                    check_finite_arguments(block.input or {}, block.name, self._transport.redact)
-                ),
+                call_id,
+                clean_text(block.name or ""),
+                *read_arguments(_finite_input, block.input or {}, block.name, redact),
             )
             for call_id, block in zip(call_ids, tool_uses, strict=True)
         ]
-        return ChatResponse(
+        response = ChatResponse(
             text=clean_text("".join(text)),
             tool_calls=calls,
             usage=usage,
@@ -487,6 +490,7 @@ class AnthropicProvider(HttpProvider):
             model=message.model,
             reasoning=reasoning,
         )
+        return checked_arguments(response, self._transport.redact)
 
     def _check_reply(self, raw: bytes) -> None:
         error = error_of_reply(raw, _Error, self._transport.redact)
@@ -513,10 +517,11 @@ class AnthropicProvider(HttpProvider):
             ProviderError: From the iterator: the stream failed (error status, a reply that
                 is no event stream, `error` event, malformed event, timeout, no content for
                 `timeout` seconds, connection lost, or no `message_stop`), or a tool
-                call's arguments are not a JSON object (when the reply was cut off by the
-                token limit, stop reason `max_tokens`, the message says so; the reply's
-                usage is charged all the same). Raised at once, not from the iterator, when
-                the last user message is empty.
+                call's arguments are not a JSON object (`CutOffArgumentsError` when the
+                reply was cut off by the token limit, stop reason `max_tokens`, else
+                `UnreadableArgumentsError` in place of the `StreamEnd`, holding the reply;
+                the reply's usage is charged all the same). Raised at once, not from the
+                iterator, when the last user message is empty.
             BudgetExceededError: The budget is spent.
             ValueError: As for `chat`, raised at once.
             TypeError: As for `chat`, raised at once.
@@ -728,7 +733,7 @@ class AnthropicProvider(HttpProvider):
                 model=model,
                 reasoning=list(reasoning.values()),
             )
-            yield StreamEnd(response)
+            yield StreamEnd(checked_arguments(response, self._transport.redact))
         except BaseException:
             # Failed, cancelled or closed after the usage arrived: it was billed all the same.
             if owed:
@@ -954,3 +959,14 @@ def _stream_error(error: _Error, transport: HttpTransport) -> ProviderError:
         status=status,
         retryable=status is not None and is_retryable_status(status),
     )
+
+
+def _finite_input(
+    arguments: dict[str, Any], name: str | None, redact: Callable[[str], str]
+) -> dict[str, Any]:
+    """A `tool_use` block's input, cleaned (`clean_json`) once checked to be finite.
+
+    Raises:
+        ProviderError: It holds a NaN or an infinity (`check_finite_arguments`).
+    """
+    return clean_json(check_finite_arguments(arguments, name, redact))

@@ -12,8 +12,8 @@ cannot be saved.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,6 +39,7 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "ToolDefinition",
+    "UnreadableArgumentsError",
     "Usage",
     "check_conversation",
     "estimated_output_tokens",
@@ -58,6 +59,48 @@ long run of server-side tools (its `mcp_servers`, say)."""
 INCOMPLETE_STOP_REASONS = TRUNCATION_STOP_REASONS | SAFETY_STOP_REASONS | PAUSE_STOP_REASONS
 """Stop reasons that say the reply was cut off: by a token limit, by a safety stop, or by a
 pause of the API."""
+
+
+class UnreadableArgumentsError(ProviderError):
+    """A reply asked for tool calls whose arguments are not a JSON object.
+
+    They are not JSON, or JSON of another type, in a reply that was not cut off (see
+    `CutOffArgumentsError`). A `ProviderError` to a caller of the provider, whose message is
+    the first such call's problem. `response` is the whole reply (text, every call, usage),
+    those calls with their `ToolCall.arguments_error` set: an `AgentRuntime` answers each of
+    them with a `permanent` error for the model to correct, as ReAct mode answers an input
+    that is not JSON, and runs the others.
+    """
+
+    def __init__(self, response: ChatResponse) -> None:
+        problems = [c.arguments_error for c in response.tool_calls if c.arguments_error]
+        super().__init__(problems[0] if problems else "a tool call's arguments are unreadable")
+        self.response = response
+        """The reply, its unreadable calls marked (`ToolCall.arguments_error`)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.response,))
+
+
+def checked_arguments(
+    response: ChatResponse, redact: Callable[[str], str] | None = None
+) -> ChatResponse:
+    """`response`, once none of its tool calls has unreadable arguments.
+
+    Raises:
+        UnreadableArgumentsError: When one has, holding `response` with its text and its
+            calls' ids and names passed through `redact`, as the error's message is: an
+            error is shown and logged, and a server may echo the API key.
+    """
+    calls = response.tool_calls
+    if all(call.arguments_error is None for call in calls):
+        return response
+    if redact is not None:
+        calls = [
+            ToolCall(redact(c.id), redact(c.name), c.arguments, c.arguments_error) for c in calls
+        ]
+        response = replace(response, text=redact(response.text), tool_calls=calls)
+    raise UnreadableArgumentsError(response)
 
 
 class CutOffArgumentsError(ProviderError):
@@ -81,13 +124,25 @@ class ToolCall:
     """Name of the tool to call."""
     arguments: dict[str, Any] = field(default_factory=dict)
     """Arguments, already decoded from JSON."""
+    arguments_error: str | None = None
+    """Why the model's arguments could not be read (not JSON, or JSON but not an object),
+    the text it sent quoted; `arguments` is then empty. Set only on the calls of an
+    `UnreadableArgumentsError`'s `response`: such a call must not run as it is."""
 
     def __post_init__(self) -> None:
-        """Raises `TypeError` when `id` or `name` is not a str."""
+        """Checks the fields.
+
+        Raises:
+            TypeError: `id` or `name` is not a str, or `arguments_error` neither a str nor None.
+        """
         for name in ("id", "name"):
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise TypeError(f"ToolCall.{name} must be a str, got {_kind(value)}")
+        if self.arguments_error is not None and not isinstance(self.arguments_error, str):
+            raise TypeError(
+                f"ToolCall.arguments_error must be None or a str, got {_kind(self.arguments_error)}"
+            )
 
 
 Role = Literal["system", "user", "assistant", "tool"]

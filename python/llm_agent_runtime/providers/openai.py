@@ -37,6 +37,7 @@ from llm_agent_runtime.providers._http import (
     json_text,
     parse_json,
     parse_usage,
+    read_arguments,
     request_body,
     text_setting,
 )
@@ -50,6 +51,7 @@ from llm_agent_runtime.providers.base import (
     ToolCallDelta,
     ToolDefinition,
     Usage,
+    checked_arguments,
 )
 
 if TYPE_CHECKING:
@@ -398,9 +400,10 @@ class OpenAIProvider(HttpProvider):
 
         Raises:
             ProviderError: The call failed, the response is an error (under any status) or
-                not a chat completion, or a tool call's arguments are not a JSON object
-                (when the reply was cut off by the token limit, finish reason `length`, the
-                message says so; the reply's usage is charged all the same).
+                not a chat completion, or a tool call's arguments are not a JSON object:
+                `CutOffArgumentsError` when the reply was cut off by the token limit (finish
+                reason `length`), else `UnreadableArgumentsError`, which holds the reply (the
+                reply's usage is charged all the same).
             BudgetExceededError: The budget is spent.
             ValueError: `params` overrides a field the provider sets itself, or a value of
                 the request is NaN or infinite (JSON has no such numbers).
@@ -426,15 +429,17 @@ class OpenAIProvider(HttpProvider):
             wire_calls = [_ToolCall(function=message.function_call)]
         # Given out as a streamed reply's are: cleaned, those missing named (`ToolCallIds`).
         call_ids = ToolCallIds().give_all([call.id for call in wire_calls])
+        redact = self._transport.redact
         calls = [
             ToolCall(
-                id=call_ids[index],
-                name=clean_text(call.function.name or ""),
-                arguments=decode_arguments(
+                call_ids[index],
+                clean_text(call.function.name or ""),
+                *read_arguments(
+                    decode_arguments,
                     call.function.arguments or "",
                     name=call.function.name,
                     stop_reason=choice.finish_reason,
-                    redact=self._transport.redact,
+                    redact=redact,
                 ),
             )
             for index, call in enumerate(wire_calls)
@@ -444,13 +449,14 @@ class OpenAIProvider(HttpProvider):
         if message.refusal:
             text += message.refusal
             stop_reason = _REFUSAL
-        return ChatResponse(
+        response = ChatResponse(
             text=clean_text(text),
             tool_calls=calls,
             usage=usage,
             stop_reason=stop_reason,
             model=completion.model,
         )
+        return checked_arguments(response, self._transport.redact)
 
     def _check_reply(self, raw: bytes) -> None:
         error = error_of_reply(raw, _Error, self._transport.redact)
@@ -480,7 +486,7 @@ class OpenAIProvider(HttpProvider):
                 is no event stream, error event, malformed event, timeout, no content for
                 `timeout` seconds, connection lost, or a body that ended with neither
                 `[DONE]` nor a finish reason), or a tool call's arguments are not a JSON
-                object (as for `chat`).
+                object (as for `chat`, raised in place of the `StreamEnd`).
             BudgetExceededError: The budget is spent.
             ValueError: As for `chat`, raised at once.
             TypeError: As for `chat`, raised at once.
@@ -647,7 +653,7 @@ class OpenAIProvider(HttpProvider):
                 stop_reason=_REFUSAL if refused else finish_reason,
                 model=model,
             )
-            yield StreamEnd(response)
+            yield StreamEnd(checked_arguments(response, self._transport.redact))
         except BaseException:
             # Failed, cancelled or closed after the usage arrived: it was billed all the same.
             if owed:

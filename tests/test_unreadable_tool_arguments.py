@@ -1,0 +1,128 @@
+"""Native tool calls whose arguments the model wrote wrong (`ToolCall.arguments_error`).
+
+Such a call is answered with its error, a `permanent` one, and never runs (not even with
+no arguments, which a tool without required ones would take): in a plain run, in a
+checkpointed run and in its resume, whose journal keeps the call's error. A middleware may
+give it arguments of its own, which then run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.providers.base import ChatResponse, ToolCall, Usage
+
+PROBLEM = "tool call 'ping' arguments are not valid JSON: '{\"n\": '"
+
+
+def reply(*calls: ToolCall) -> ChatResponse:
+    return ChatResponse(tool_calls=list(calls), usage=Usage(10, 5), stop_reason="tool_calls")
+
+
+class Tools:
+    """`ping` (no required argument) records its runs; `hold` waits at `gate` once."""
+
+    def __init__(self) -> None:
+        self.pings: list[int] = []
+        self.reached, self.gate = asyncio.Event(), asyncio.Event()
+
+    def specs(self) -> list[ar.ToolSpec]:
+        @ar.tool(idempotent=True)
+        async def ping(n: int = 0) -> str:
+            """Answers."""
+            self.pings.append(n)
+            return f"pong {n}"
+
+        @ar.tool(idempotent=True)
+        async def hold() -> str:
+            """Waits to be let go, the first time."""
+            if not self.gate.is_set():
+                self.reached.set()
+                await self.gate.wait()
+            return "held"
+
+        return [ping, hold]
+
+
+def unreadable() -> ToolCall:
+    return ToolCall("c1", "ping", {}, PROBLEM)
+
+
+async def test_a_call_written_wrong_is_answered_with_its_error_and_never_runs() -> None:
+    tools = Tools()
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=tools.specs())
+    provider = ar.ScriptedProvider([reply(unreadable()), "done"])
+    session = await runtime.run_agent_with_provider("a", "go", provider)
+    assert tools.pings == []
+    [step, _] = session.steps
+    assert (step.action, step.action_input) == ("ping", {})
+    assert (step.observation, step.error_kind) == (f"error: {PROBLEM}", "permanent")
+    assert session.final_answer == "done"
+    assert type(ar.AgentSession.from_json(session.to_json()).steps[0].action_input) is dict
+
+
+async def test_the_error_is_cut_to_the_observation_limit() -> None:
+    tools = Tools()
+    config = ar.AgentConfig(mode="tools", max_observation_chars=20)
+    runtime = ar.AgentRuntime(config, tools=tools.specs())
+    session = await runtime.run_agent_with_provider(
+        "a", "go", ar.ScriptedProvider([reply(unreadable()), "done"])
+    )
+    assert len(session.steps[0].observation) == 20
+    assert tools.pings == []
+
+
+async def test_a_middleware_may_give_the_call_arguments_that_then_run() -> None:
+    seen: list[Any] = []
+
+    class Mend(ar.Middleware):
+        def on_tool_call(self, session: ar.AgentSession, tool: str, arguments: Any) -> Any:
+            seen.append(dict(arguments))
+            return (tool, {"n": 7})
+
+    tools = Tools()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=tools.specs(), middlewares=[Mend()]
+    )
+    session = await runtime.run_agent_with_provider(
+        "a", "go", ar.ScriptedProvider([reply(unreadable()), "done"])
+    )
+    assert seen == [{}]
+    assert tools.pings == [7]
+    assert (session.steps[0].observation, session.steps[0].error_kind) == ("pong 7", None)
+
+
+async def test_a_resumed_round_answers_the_call_with_its_error_again() -> None:
+    # The round's reply is journaled as it came; its calls run one at a time, and the run
+    # stops while `hold`, the first, runs; the resume takes the round from the journal and
+    # answers the next. With the call's error lost there, `ping` would run with no
+    # arguments at all.
+    backend = ar.InMemoryBackend()
+    tools = Tools()
+    config = ar.AgentConfig(mode="tools", max_parallel_tool_calls=1)
+    runtime = ar.AgentRuntime(config, tools=tools.specs(), checkpoint_backend=backend)
+    provider = ar.ScriptedProvider(
+        [reply(ToolCall("c0", "hold", {}), unreadable(), ToolCall("c2", "ping", {"n": 1}))]
+    )
+    started: list[str] = []
+    runtime.events.on(
+        lambda e: started.append(e.session_id) if isinstance(e, ar.RunStarted) else None
+    )
+    run = asyncio.ensure_future(runtime.run_agent_with_provider("a", "go", provider))
+    await tools.reached.wait()
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
+    tools.gate.set()
+    resumed = await ar.AgentRuntime(config, tools=tools.specs(), checkpoint_backend=backend).resume(
+        started[0], ar.ScriptedProvider(["done"])
+    )
+    assert tools.pings == [1]
+    assert [(s.action, s.observation, s.error_kind) for s in resumed.steps] == [
+        ("hold", "held", None),
+        ("ping", f"error: {PROBLEM}", "permanent"),
+        ("ping", "pong 1", None),
+        ("FINAL_ANSWER", "", None),
+    ]
+    assert resumed.final_answer == "done"
