@@ -77,3 +77,55 @@ async def test_required_fields_set_later_are_checked_and_shown_to_the_model() ->
     spec.required_fields = []
     assert "required" not in spec.definition()["parameters"]
     assert (await registry.call("lookup", {"q": "x"})).content == "found x"
+
+
+async def test_a_spec_renamed_once_registered_is_offered_by_the_name_it_is_called_by() -> None:
+    @ar.tool
+    def add(a: int, b: int) -> int:
+        """Adds two integers."""
+        return a + b
+
+    @ar.tool
+    def mul(a: int, b: int) -> int:
+        """Multiplies two integers."""
+        return a * b
+
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add, mul])
+    offered: list[list[str]] = []
+
+    class Recording(ar.ScriptedProvider):
+        async def chat(self, messages: Any, tools: Any = None, **kwargs: Any) -> ar.ChatResponse:
+            offered.append([t.name for t in tools])
+            return await super().chat(messages, tools, **kwargs)
+
+    add.name = mul.name = "plus"  # after registration: two offered "plus" tools before
+    call = ar.ScriptedProvider.tool_call_reply([("add", {"a": 2, "b": 3})])
+    session = await runtime.run_agent_with_provider("a", "q", Recording([call, "5"]))
+    assert offered == [["add", "mul"], ["add", "mul"]]
+    assert session.steps[0].observation == "5"
+
+
+async def test_a_tool_that_changes_its_arguments_leaves_the_recorded_call_as_sent() -> None:
+    # `record` has no type hint: validation passes the model's dict on as it is.
+    @ar.tool
+    def tag(record, labels: list[str], options: dict[str, Any]) -> str:  # type: ignore[no-untyped-def]
+        """Tags a record."""
+        record["label"] = labels.pop()
+        options.clear()
+        return "tagged"
+
+    sent = {"record": {"id": 7}, "labels": ["vip"], "options": {"deep": [1]}}
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[tag])
+    requests: list[Any] = []
+
+    class Recording(ar.ScriptedProvider):
+        async def chat(self, messages: Any, tools: Any = None, **kwargs: Any) -> ar.ChatResponse:
+            requests.append([m.tool_calls for m in messages if m.tool_calls])
+            return await super().chat(messages, tools, **kwargs)
+
+    call = ar.ScriptedProvider.tool_call_reply([("tag", sent)])
+    session = await runtime.run_agent_with_provider("a", "q", Recording([call, "done"]))
+    assert session.steps[0].observation == "tagged"
+    assert session.steps[0].action_input == sent
+    assert requests[1][0][0].arguments == sent
+    assert sent == {"record": {"id": 7}, "labels": ["vip"], "options": {"deep": [1]}}

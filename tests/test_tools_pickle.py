@@ -50,6 +50,10 @@ class _Client:
 
 lookup_tool = ar.tool(_Client().lookup)  # a tool of a method, as `tool` advises
 
+# Specs bound to no name of the module: they pickle as what they were made of.
+LISTED = [ar.tool(search, name="find", idempotent=True), ar.tool(_Client().lookup, timeout=5)]
+LISTED[0].description = "Finds things."
+
 
 def test_a_module_level_tool_unpickles_as_itself() -> None:
     # A `@tool` spec's handler closes over pydantic's validator model: pickling failed.
@@ -82,6 +86,26 @@ def test_a_module_level_tool_bound_to_another_name_unpickles_as_itself() -> None
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=spawn) as pool:
         result = pool.submit(_run_in_child, lookup_tool, {"key": "k"}).result(timeout=120)
+        assert result == ("lookup", False, "K")
+
+
+def test_a_tool_in_a_list_unpickles_made_again_with_its_settings() -> None:
+    # Before, it pickled by value, which fails: its handler is a local function.
+    found, looked = pickle.loads(pickle.dumps(LISTED))
+    assert found is not LISTED[0]
+    for clone, spec in ((found, LISTED[0]), (looked, LISTED[1])):
+        assert (clone.name, clone.description, clone.parameters) == (
+            spec.name,
+            spec.description,
+            spec.parameters,
+        )
+        assert (clone.idempotent, clone.timeout) == (spec.idempotent, spec.timeout)
+    assert asyncio.run(ar.ToolRegistry([found]).call("find", {"query": "q"})).content == (
+        "results for q"
+    )
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        result = pool.submit(_run_in_child, LISTED[1], {"key": "k"}).result(timeout=120)
         assert result == ("lookup", False, "K")
 
 

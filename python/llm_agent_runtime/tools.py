@@ -509,9 +509,8 @@ class ToolSpec:
     thread, off the event loop) or async (awaited). An awaitable a sync handler returns is
     awaited; one an async handler returns (`return fetch(url)`, an `await` missed) is a
     `permanent` observation, not its repr taken for a result. The dict is the handler's own
-    copy: it may change it without changing the call the session records (a shallow copy:
-    nested lists and dicts are shared with the caller's arguments, so leave those
-    unchanged).
+    copy, lists and dicts in it too: it may change it without changing the call the session
+    records and the model is shown again.
 
     A `ToolSpec` made by hand checks only that the schema's required arguments are there:
     the types, ranges and enums of `parameters` are shown to the model, not enforced, so the
@@ -587,7 +586,9 @@ class ToolSpec:
         "_check",
         "_direct",
         "_full_check",
+        "_made_of",
         "_origin",
+        "_scalars_only",
         "circuit_breaker",
         "description",
         "handler",
@@ -654,6 +655,12 @@ class ToolSpec:
         self._direct: Callable[..., Awaitable[Any]] | None = None
         # Where `@tool` put the spec (module, qualified name): it pickles by that reference.
         self._origin: tuple[str, str] | None = None
+        # What `@tool` made the spec of (the callable and the tool name it took): a spec
+        # found at no module's top level pickles as that, made again (`_tool_remade`).
+        self._made_of: tuple[Callable[..., Any], str | None] | None = None
+        # Whether every argument is an int, float, str or bool (`@tool` tells): none can be
+        # a list or dict the handler might change in the caller's arguments.
+        self._scalars_only = False
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
         """Pickles a `@tool` spec at a module's top level by reference, as a function.
@@ -661,8 +668,11 @@ class ToolSpec:
         By its module and name, as `pickle` does a function: it is found again where it is
         unpickled (another process imports the module). The name is the function's when the
         spec took its place (`@tool` on a function), else the one the spec is bound to in
-        the function's module (`search_tool = tool(search)`). Other specs pickle by value
-        (their handler must then pickle itself).
+        the function's module (`search_tool = tool(search)`). Another `@tool` spec (in a
+        list, say: `TOOLS = [tool(search)]`) pickles as the callable it was made of, which
+        must pickle itself (a module's function, a method of an object that pickles), and
+        its settings: unpickled, it is made again of them. A spec made by hand pickles by
+        value (its handler must then pickle itself).
         """
         if self._origin is not None:
             module, qualname = self._origin
@@ -673,6 +683,9 @@ class ToolSpec:
             for name, value in list(namespace.items()):
                 if value is self:
                     return (_tool_at, (module, name))
+        if self._made_of is not None:
+            settings = {name: getattr(self, name) for name in _REMADE_SETTINGS}
+            return (_tool_remade, (*self._made_of, settings))
         return super().__reduce_ex__(protocol)
 
     def __copy__(self) -> ToolSpec:
@@ -1360,6 +1373,33 @@ def _tool_at(module: str, qualname: str) -> ToolSpec:
     return found
 
 
+_REMADE_SETTINGS = (
+    "idempotent",
+    "circuit_breaker",
+    "run_inline",
+    "timeout",
+    "takes_idempotency_key",
+    "name",
+    "description",
+    "parameters",
+)
+"""A `@tool` spec's settings, as a pickle of it keeps them (see `_tool_remade`), in an order
+they can be set in: the timeout after `run_inline`, which a timeout may not go with."""
+
+
+def _tool_remade(func: Callable[..., Any], name: str | None, settings: dict[str, Any]) -> ToolSpec:
+    """The `@tool` spec of `func` (named `name`, when the tool was named), with `settings`.
+
+    How a `@tool` spec found at no module's top level is unpickled (see
+    `ToolSpec.__reduce_ex__`): a setting changed after `@tool` is set again.
+    """
+    spec = tool(func, name=name)
+    for setting, value in settings.items():
+        if getattr(spec, setting) != value:
+            setattr(spec, setting, value)
+    return spec
+
+
 @overload
 def tool(
     fn: Callable[..., Any],
@@ -1666,6 +1706,9 @@ def tool(
         # it first, with no frame around.
         spec._check = check
         spec._full_check = full_check
+        spec._scalars_only = not has_var_keyword and all(
+            isinstance(t, type) and t in _SCALAR_TYPES for t in field_types.values()
+        )
         spec.is_async = is_async
         if (
             is_async
@@ -1678,6 +1721,7 @@ def tool(
         module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
         if isinstance(module, str) and isinstance(qualname, str):
             spec._origin = (module, qualname)
+        spec._made_of = (func, name)
         return spec
 
     if fn is not None:
@@ -2532,7 +2576,7 @@ class ToolRegistry:
             self.register(spec)
 
     def register(self, spec: ToolSpec) -> None:
-        """Adds a tool.
+        """Adds a tool, under its name as it is now (a later rename does not move it).
 
         Raises:
             ToolError: When `spec` is not a ToolSpec or its name is already registered.
@@ -2555,9 +2599,10 @@ class ToolRegistry:
         """Returns every tool's definition dict.
 
         Of the tools registered when it is called: a copy of the registry is read, which
-        another thread may grow meanwhile.
+        another thread may grow meanwhile. Each is named as it was registered, the name it
+        is called by: a spec renamed since keeps its registered name here.
         """
-        return [spec.definition() for spec in list(self._tools.values())]
+        return [{**spec.definition(), "name": name} for name, spec in list(self._tools.items())]
 
     def __len__(self) -> int:
         return len(self._tools)
@@ -2626,6 +2671,9 @@ class ToolRegistry:
             spec = self._tools[name]
         except (KeyError, TypeError):  # TypeError: a name no dict key can be (a list)
             return self.not_found(name, max_chars)
+        if not spec._scalars_only and type(arguments) is dict:
+            # Validation passes an `Any` value on as it is: the tool gets its own copy.
+            arguments = _unshared(arguments)
         try:
             checked = spec._check(arguments)
             if len(arguments) > len(checked):  # keys the fast check dropped: refused below
@@ -2761,6 +2809,27 @@ _RENDER_EXACT: dict[type, Callable[[Any], str]] = {
     float: float.__repr__,
 }
 _TRUNCATION_MARK = " …[truncated]"
+
+
+_SCALAR_TYPES = frozenset((int, float, str, bool))
+"""Parameter types whose validated values are never a caller's list or dict."""
+_NESTED = (dict, list)
+
+
+def _unshared(arguments: dict[str, Any]) -> dict[str, Any]:
+    """`arguments`, with a deep copy of each list and dict in it (itself when it has none).
+
+    A value that cannot be copied (an object a middleware put there) is passed as it is.
+    """
+    for value in arguments.values():
+        if type(value) in _NESTED:
+            break
+    else:
+        return arguments
+    try:
+        return {k: copy.deepcopy(v) if type(v) in _NESTED else v for k, v in arguments.items()}
+    except Exception:  # an object that refuses to be copied: shared, as it was given
+        return arguments
 
 
 def _truncate(text: str, max_chars: int) -> str:
