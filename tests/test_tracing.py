@@ -327,3 +327,45 @@ def test_llm_spans_name_the_model_and_the_tokens_the_provider_reported() -> None
         str([asked]),  # no usage reported: the run's estimate is not the provider's count
         "[]",  # a plain `infer`, no model configured
     ]
+
+
+UNREADABLE = SETUP + textwrap.dedent(
+    """
+    from llm_agent_runtime.providers.base import ChatResponse, ToolCall, Usage
+
+    @ar.tool
+    async def add(a: int, b: int) -> int:
+        '''Adds.'''
+        return a + b
+
+    class Slipped:
+        '''Raises as the built-in providers do for a call whose arguments are not JSON.'''
+
+        calls = 0
+
+        async def chat(self, messages, tools=None, model=None, **params):
+            self.calls += 1
+            if self.calls > 1:
+                return ChatResponse(text="done", usage=Usage(3, 1))
+            call = ToolCall("c1", "add", {}, "tool call 'add' arguments are not valid JSON")
+            reply = ChatResponse(tool_calls=[call], usage=Usage(50, 20))
+            raise ar.UnreadableArgumentsError(reply)
+
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add])
+    asyncio.run(runtime.run_agent_with_provider("a", "q", Slipped()))
+    for span in exporter.get_finished_spans():
+        usage = span.attributes.get("gen_ai.usage.input_tokens")
+        print(span.name, span.status.status_code.name, usage)
+    """
+)
+
+
+def test_a_reply_with_a_call_written_wrong_is_a_model_call_that_worked() -> None:
+    # The reply was used (and charged): its span says so, with its usage; the call's own
+    # span is the failed one.
+    assert _run(UNREADABLE) == [
+        "agent.llm UNSET 50",
+        "agent.tool ERROR None",
+        "agent.llm UNSET 3",
+        "agent.run UNSET None",
+    ]

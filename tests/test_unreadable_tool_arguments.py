@@ -2,14 +2,20 @@
 
 Such a call is answered with its error, a `permanent` one, and never runs (not even with
 no arguments, which a tool without required ones would take): in a plain run, in a
-checkpointed run and in its resume, whose journal keeps the call's error. A middleware may
-give it arguments of its own, which then run.
+checkpointed run and in its resume, whose journal keeps the call's error, even when the
+worker died after answering it. No middleware or approval handler sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import pickle
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.providers.base import ChatResponse, ToolCall, Usage
@@ -74,24 +80,37 @@ async def test_the_error_is_cut_to_the_observation_limit() -> None:
     assert tools.pings == []
 
 
-async def test_a_middleware_may_give_the_call_arguments_that_then_run() -> None:
+async def test_no_middleware_or_approval_handler_sees_it() -> None:
+    # A rewrite made of the arguments it is shown (`{}`) would run the tool with its
+    # defaults: the call is answered before any guard, with or without an approval handler,
+    # and even when its tool is unknown.
     seen: list[Any] = []
 
-    class Mend(ar.Middleware):
+    class Tenant(ar.Middleware):
         def on_tool_call(self, session: ar.AgentSession, tool: str, arguments: Any) -> Any:
-            seen.append(dict(arguments))
-            return (tool, {"n": 7})
+            seen.append((tool, arguments))
+            return (tool, {**arguments, "n": 7})
+
+    def approve(session: ar.AgentSession, tool: str, arguments: Any) -> ar.ApprovalDecision:
+        seen.append(("approval", tool))
+        return ar.ApprovalDecision("approve")
 
     tools = Tools()
-    runtime = ar.AgentRuntime(
-        ar.AgentConfig(mode="tools"), tools=tools.specs(), middlewares=[Mend()]
-    )
-    session = await runtime.run_agent_with_provider(
-        "a", "go", ar.ScriptedProvider([reply(unreadable()), "done"])
-    )
-    assert seen == [{}]
-    assert tools.pings == [7]
-    assert (session.steps[0].observation, session.steps[0].error_kind) == ("pong 7", None)
+    for handler in (None, approve):
+        runtime = ar.AgentRuntime(
+            ar.AgentConfig(mode="tools"),
+            tools=tools.specs(),
+            middlewares=[Tenant()],
+            approval_handler=handler,
+        )
+        unknown = ToolCall("c9", "nope", {}, PROBLEM)
+        provider = ar.ScriptedProvider([reply(unreadable(), unknown), "done"])
+        session = await runtime.run_agent_with_provider("a", "go", provider)
+        assert [(s.observation, s.error_kind) for s in session.steps[:2]] == [
+            (f"error: {PROBLEM}", "permanent")
+        ] * 2
+    assert seen == []
+    assert tools.pings == []
 
 
 async def test_a_resumed_round_answers_the_call_with_its_error_again() -> None:
@@ -126,3 +145,71 @@ async def test_a_resumed_round_answers_the_call_with_its_error_again() -> None:
         ("FINAL_ANSWER", "", None),
     ]
     assert resumed.final_answer == "done"
+
+
+_WORKER = """
+import asyncio, os, sys
+import llm_agent_runtime as ar
+from llm_agent_runtime.providers.base import ChatResponse, ToolCall, Usage
+
+@ar.tool
+def ping(idempotency_key: str, n: int = 0) -> str:
+    \"\"\"Answers (not idempotent; takes the key).\"\"\"
+    return "pong"
+
+runtime = ar.AgentRuntime(
+    ar.AgentConfig(mode="tools"), tools=[ping], checkpoint_backend=ar.SqliteBackend(sys.argv[1])
+)
+
+def die(event):  # the worker dies once the call is answered, before its step is saved
+    if isinstance(event, ar.RunStarted):
+        print(event.session_id, flush=True)
+    if isinstance(event, ar.ToolCallFinished):
+        os._exit(3)
+
+runtime.events.on(die)
+call = ToolCall("c1", "ping", {}, sys.argv[2])
+reply = ChatResponse(tool_calls=[call], usage=Usage(10, 5), stop_reason="tool_calls")
+asyncio.run(runtime.run_agent_with_provider("a", "go", ar.ScriptedProvider([reply])))
+"""
+
+
+async def test_a_worker_dying_once_the_call_is_answered_leaves_nothing_that_runs_it(
+    tmp_path: Path,
+) -> None:
+    # An intent journaled for it would have a resume run it with no arguments (the tool
+    # takes the key: a repeat is its to refuse), or refuse the session as one whose call
+    # may have run.
+    path = tmp_path / "s.db"
+    done = subprocess.run(
+        [sys.executable, "-c", _WORKER, str(path), PROBLEM],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr
+    ran: list[str] = []
+
+    @ar.tool
+    def ping(idempotency_key: str, n: int = 0) -> str:
+        """Answers (not idempotent; takes the key)."""
+        ran.append(idempotency_key)
+        return "pong"
+
+    with ar.SqliteBackend(path) as backend:
+        runtime = ar.AgentRuntime(
+            ar.AgentConfig(mode="tools"), tools=[ping], checkpoint_backend=backend
+        )
+        resumed = await runtime.resume(done.stdout.strip(), ar.ScriptedProvider(["done"]))
+    assert ran == []
+    assert resumed.final_answer == "done"
+
+
+def test_the_error_takes_the_reply_and_pickles_with_it() -> None:
+    with pytest.raises(TypeError, match="takes the ChatResponse"):
+        ar.UnreadableArgumentsError("arguments are not JSON")  # type: ignore[arg-type]
+    error = ar.UnreadableArgumentsError(reply(unreadable()))
+    assert str(error) == PROBLEM
+    copied = pickle.loads(pickle.dumps(error))
+    assert (str(copied), copied.response) == (PROBLEM, error.response)

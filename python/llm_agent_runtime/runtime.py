@@ -94,6 +94,7 @@ from llm_agent_runtime.tools import (
     Observation,
     ToolRegistry,
     ToolSpec,
+    _copied,
     _describe,
     _truncate,
     run_blocking,
@@ -1883,7 +1884,10 @@ class AgentRuntime:
                                 )
                                 response = streamed.response
                             else:
-                                response = await chat(messages, tools=tool_defs, **params)
+                                try:
+                                    response = await chat(messages, tools=tool_defs, **params)
+                                except UnreadableArgumentsError as error:  # a reply all the same
+                                    response = error.response
                             _describe_llm_call(span, model, response)
                     elif stream:
                         streamed = await self._chat_stream(
@@ -2288,7 +2292,7 @@ class AgentRuntime:
         if self._guarded:
             resolved = await self._guard_calls(session, [(c.name, c.arguments) for c in calls])
         else:
-            resolved = [(c.name, c.arguments, None) for c in calls]
+            resolved = [(c.name, c.arguments, self._unreadable_answer(c.arguments)) for c in calls]
         slots = _RoundSlots(self._config.max_parallel_tool_calls)
 
         async def bounded(index: int, name: str, arguments: Any, denial: Any) -> ToolRun:
@@ -2327,15 +2331,14 @@ class AgentRuntime:
         the observation that event gives. That is what a failed round keeps of it. `task` is
         the task the call runs in, when the caller knows it (see `ToolRegistry.call`).
         """
+        if type(arguments) is _Unreadable:  # written wrong: answered, before any guard
+            answer = self._unreadable_answer(arguments)
+            assert answer is not None
+            return self._denied(session, name, arguments, answer, index, ended)
         if self._guarded and guard:
             name, arguments, denial = await self._guard_call(session, name, arguments)
             if denial is not None:
                 return self._denied(session, name, arguments, denial, index, ended)
-        if type(arguments) is _Unreadable:  # unless a middleware gave it arguments instead
-            text = _truncate(f"error: {arguments.error}", self._config.max_observation_chars)
-            return self._denied(
-                session, name, arguments, Observation(text, "permanent"), index, ended
-            )
         counted = name if name in self._tool_names else self._unlisted_name(name)
         self._metrics.record_tool_call(counted, session.agent_id)
         events = self.events
@@ -2401,6 +2404,17 @@ class AgentRuntime:
         `(unknown tool)`.
         """
         return name if name in self._tools else _UNKNOWN_TOOL
+
+    def _unreadable_answer(self, arguments: Any) -> Observation | None:
+        """The answer to a call the model wrote wrong (its arguments `_Unreadable`), else None.
+
+        Such a call never runs: no middleware, capability or approval handler sees it, and a
+        checkpointed run journals no intent of it (a resume answers it again).
+        """
+        if type(arguments) is not _Unreadable:
+            return None
+        text = _truncate(f"error: {arguments.error}", self._config.max_observation_chars)
+        return Observation(text, "permanent")
 
     def _denied(
         self,
@@ -2470,19 +2484,28 @@ class AgentRuntime:
         checked).
         """
         rewritten: list[tuple[str, Any]] = []
+        answers: list[Observation | None] = []  # of the calls written wrong, never guarded
         guarded = bool(self._hooks["on_tool_call"]) or self.approval_handler is not None
         for name, arguments in calls:
-            if guarded:
-                # The guards' own copy: one that edits it in place changes the call that
-                # runs, not the model's request (its step keeps it; a resume sends it back).
-                arguments = _copied(arguments)
-            for hook in self._hooks["on_tool_call"]:
-                result = await _maybe_await(hook(session, name, arguments))
-                if result is not None:
-                    name, arguments = _rewritten_call(result)
+            answer = self._unreadable_answer(arguments)
+            if answer is None:
+                if guarded:
+                    # The guards' own copy: one that edits it in place changes the call that
+                    # runs, not the model's request (its step keeps it; a resume sends it
+                    # back).
+                    arguments = _copied(arguments)
+                for hook in self._hooks["on_tool_call"]:
+                    result = await _maybe_await(hook(session, name, arguments))
+                    if result is not None:
+                        name, arguments = _rewritten_call(result)
             rewritten.append((name, arguments))
+            answers.append(answer)
         tools = self._tools
-        known = [name for name, _ in rewritten if name in tools]
+        known = [
+            name
+            for (name, _), answer in zip(rewritten, answers, strict=True)
+            if answer is None and name in tools
+        ]
         capabilities = self.capabilities
         if capabilities is not None and known:
             for name in known:
@@ -2499,10 +2522,17 @@ class AgentRuntime:
         # it is replaced or cleared (by another run's code, say) while they wait their turn.
         handler = self.approval_handler
         if handler is None:
-            return [(n, a, None if n in tools else tools.not_found(n, limit)) for n, a in rewritten]
+            return [
+                (n, a, answer if answer is not None or n in tools else tools.not_found(n, limit))
+                for (n, a), answer in zip(rewritten, answers, strict=True)
+            ]
         return await _all_or_none(
-            self._decide(session, n, a, handler) if n in tools else _not_found(tools, n, a, limit)
-            for n, a in rewritten
+            _answered(n, a, answer)
+            if answer is not None
+            else self._decide(session, n, a, handler)
+            if n in tools
+            else _not_found(tools, n, a, limit)
+            for (n, a), answer in zip(rewritten, answers, strict=True)
         )
 
     async def _decide(
@@ -3185,7 +3215,10 @@ class AgentRuntime:
         resolved: dict[int, tuple[str, Any, Observation | None]] = {}
         fresh: list[tuple[int, str, Any, dict[str, Any]]] = []
         for index, name, arguments, entry in calls:
-            if entry.get("state") == "intent" and entry.get("run") is not None:
+            answer = self._unreadable_answer(arguments)
+            if answer is not None:  # never runs, so never journaled as an intent
+                resolved[index] = (name, arguments, answer)
+            elif entry.get("state") == "intent" and entry.get("run") is not None:
                 name, arguments = entry.get("tool", name), entry.get("arguments", arguments)
                 self._check_repeatable(session_id, step, index, name, entry)
                 resolved[index] = (name, arguments, None)
@@ -3854,30 +3887,6 @@ def _unique_call_ids(calls: list[ToolCall]) -> list[ToolCall]:
     return unique
 
 
-def _copied(arguments: Any) -> Any:
-    """A call's arguments with their dicts, lists and tuples copied, at any depth.
-
-    Their other values are shared: a provider's own objects (a lock, an array) are neither
-    duplicated nor compared by identity as changed. Arguments nested past the recursion
-    limit, or holding themselves, are shared whole.
-    """
-    try:
-        return _containers_copied(arguments)
-    except RecursionError:
-        return arguments
-
-
-def _containers_copied(value: Any) -> Any:
-    kind = type(value)
-    if kind is dict:
-        return {k: _containers_copied(v) for k, v in value.items()}
-    if kind is list:
-        return [_containers_copied(v) for v in value]
-    if kind is tuple:
-        return tuple(_containers_copied(v) for v in value)
-    return value
-
-
 def _requested(
     asked_name: str, asked_arguments: Any, name: str, arguments: Any
 ) -> dict[str, Any] | None:
@@ -4407,9 +4416,9 @@ def _journaled_call(call: ToolCall) -> dict[str, Any]:
 class _Unreadable(dict[str, Any]):
     """The (empty) arguments of a tool call the model wrote wrong (`ToolCall.arguments_error`).
 
-    The call is answered with the error, a `permanent` one, and never runs: unless a
-    middleware gives it arguments of its own, which then run as any call's. A dict, so
-    whatever shows or saves a call's arguments shows `{}`.
+    The call is answered with the error, a `permanent` one, and never runs (see
+    `AgentRuntime._unreadable_answer`). A dict, so whatever shows or saves a call's
+    arguments shows `{}`.
     """
 
     __slots__ = ("error",)
@@ -4539,6 +4548,13 @@ async def _not_found(
 ) -> tuple[str, Any, Observation | None]:
     """A call of a tool the registry lacks, as `_decide` returns one: no one is asked."""
     return name, arguments, tools.not_found(name, limit)
+
+
+async def _answered(
+    name: str, arguments: Any, answer: Observation
+) -> tuple[str, Any, Observation | None]:
+    """A call answered without a question (written wrong), as `_decide` returns one."""
+    return name, arguments, answer
 
 
 def _memories_block(texts: list[str]) -> str:

@@ -501,6 +501,26 @@ async def test_tool_call_arguments_holding_nan_or_infinity_are_refused(
     assert error.response.usage.output_tokens == 7
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tool_call_arguments_that_are_no_json_object_are_marked(
+    kind: str, stream: bool, server: FakeLlmServer
+) -> None:
+    # Sent as the text `[1, 2]` (Anthropic's non-streamed `input` is then a JSON string).
+    server.script(Turn(tool_calls=[("c1", "measure", "[1, 2]"), ("c2", "measure", {"x": 1})]))
+    async with make_provider(kind, server, retry=RetryPolicy(max_attempts=1)) as llm:
+        if stream:
+            _, error = await collect(llm.chat_stream(USER))
+        else:
+            with pytest.raises(UnreadableArgumentsError) as caught:
+                await llm.chat(USER)
+            error = caught.value
+    assert isinstance(error, UnreadableArgumentsError)
+    assert "tool call 'measure' arguments are not a JSON object" in str(error)
+    wrong, right = error.response.tool_calls
+    assert (wrong.arguments, wrong.arguments_error) == ({}, str(error))
+    assert (right.arguments, right.arguments_error) == ({"x": 1}, None)
+
+
 async def test_the_last_error_says_how_often_the_call_was_tried(
     kind: str, server: FakeLlmServer, retry: RetryPolicy
 ) -> None:

@@ -1173,16 +1173,18 @@ def read_arguments(
 
 
 def check_finite_arguments(
-    arguments: dict[str, Any], name: str | None, redact: Callable[[str], str] | None
+    arguments: Any, name: str | None, redact: Callable[[str], str] | None
 ) -> dict[str, Any]:
-    """Returns a tool call's arguments once checked to hold no NaN or infinite number.
+    """Returns a tool call's arguments once checked to be an object with no NaN or infinity.
 
     For arguments a JSON parser that reads `NaN` and `Infinity` decoded (pydantic's): they
-    are refused, as `decode_arguments` refuses them.
+    are refused, as `decode_arguments` refuses them, and so is a value that is no object.
 
     Raises:
-        ProviderError: They hold one (never retryable).
+        ProviderError: They are no object, or hold such a number (never retryable).
     """
+    if not isinstance(arguments, dict):
+        raise _bad_arguments("not a JSON object", repr(arguments), name, None, redact)
     found = _non_finite(arguments, "")
     if found is not None:
         where, number = found

@@ -125,7 +125,7 @@ class _Block(BaseModel):
     text: str | None = None
     id: str | None = None
     name: str | None = None
-    input: dict[str, Any] | None = None
+    input: Any = None  # an object; anything else is a `tool_use` the model wrote wrong
     # A thinking block's: text, as its streamed pieces are (a reply is malformed otherwise).
     thinking: str | None = None
     signature: str | None = None
@@ -478,7 +478,9 @@ class AnthropicProvider(HttpProvider):
             ToolCall(
                 call_id,
                 clean_text(block.name or ""),
-                *read_arguments(_finite_input, block.input or {}, block.name, redact),
+                *read_arguments(
+                    _finite_input, {} if block.input is None else block.input, block.name, redact
+                ),
             )
             for call_id, block in zip(call_ids, tool_uses, strict=True)
         ]
@@ -961,12 +963,11 @@ def _stream_error(error: _Error, transport: HttpTransport) -> ProviderError:
     )
 
 
-def _finite_input(
-    arguments: dict[str, Any], name: str | None, redact: Callable[[str], str]
-) -> dict[str, Any]:
-    """A `tool_use` block's input, cleaned (`clean_json`) once checked to be finite.
+def _finite_input(arguments: Any, name: str | None, redact: Callable[[str], str]) -> dict[str, Any]:
+    """A `tool_use` block's input, cleaned (`clean_json`) once checked to be a finite object.
 
     Raises:
-        ProviderError: It holds a NaN or an infinity (`check_finite_arguments`).
+        ProviderError: It is not an object, or holds a NaN or an infinity
+            (`check_finite_arguments`).
     """
     return clean_json(check_finite_arguments(arguments, name, redact))

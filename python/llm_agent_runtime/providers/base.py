@@ -73,6 +73,12 @@ class UnreadableArgumentsError(ProviderError):
     """
 
     def __init__(self, response: ChatResponse) -> None:
+        """Raises `TypeError` when `response` is not a `ChatResponse`."""
+        if not isinstance(response, ChatResponse):
+            raise TypeError(
+                "UnreadableArgumentsError takes the ChatResponse whose calls are marked "
+                f"(ToolCall.arguments_error), got {_kind(response)}"
+            )
         problems = [c.arguments_error for c in response.tool_calls if c.arguments_error]
         super().__init__(problems[0] if problems else "a tool call's arguments are unreadable")
         self.response = response
