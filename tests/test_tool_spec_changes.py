@@ -3,9 +3,11 @@ runtime shows the model the change from its next run on."""
 
 from __future__ import annotations
 
-from typing import Any
+from enum import Enum
+from typing import Annotated, Any, Literal
 
 import pytest
+from pydantic import Field
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.tools import ToolRegistry
@@ -129,3 +131,51 @@ async def test_a_tool_that_changes_its_arguments_leaves_the_recorded_call_as_sen
     assert session.steps[0].action_input == sent
     assert requests[1][0][0].arguments == sent
     assert sent == {"record": {"id": 7}, "labels": ["vip"], "options": {"deep": [1]}}
+
+
+async def test_the_copy_a_tool_gets_shares_the_objects_in_its_containers() -> None:
+    # Lists, dicts and tuples are the tool's own; any other object (a middleware's
+    # collector, say) is the one the call holds, as the runtime's guards copy a call.
+    class Sink:
+        def __init__(self) -> None:
+            self.items: list[int] = []
+
+    @ar.tool
+    def collect(ctx, n: int) -> str:  # type: ignore[no-untyped-def]
+        """Collects."""
+        ctx["sink"].items.append(n)
+        ctx["seen"].append(n)
+        return "ok"
+
+    sink, seen = Sink(), [0]
+    arguments = {"ctx": {"sink": sink, "seen": seen}, "n": 1}
+    observation = await ar.ToolRegistry([collect]).call("collect", arguments)
+    assert observation == ("ok", None)
+    assert sink.items == [1]
+    assert seen == [0]
+
+
+class _Unit(Enum):
+    C = "c"
+
+
+def test_types_validation_builds_anew_skip_the_copy() -> None:
+    @ar.tool
+    def anew(
+        a: int,
+        b: list[int],
+        c: dict[str, float] | None,
+        d: tuple[str, ...],
+        e: Literal["x", "y"],
+        f: _Unit,
+        g: Annotated[set[int], Field(max_length=3)] = set(),  # noqa: B006
+    ) -> str:
+        """Takes types validation builds anew."""
+        return "ok"
+
+    @ar.tool
+    def passed_on(a: int, b: list[Any]) -> str:
+        """Takes items validation passes on as they are."""
+        return "ok"
+
+    assert (anew._validated_anew, passed_on._validated_anew) == (True, False)

@@ -183,3 +183,11 @@ def test_copies_check_arguments_with_their_own_settings() -> None:
         with pytest.raises(ValueError, match="missing required argument"):
             spec.check_arguments({"a": 1})
         spec.required_fields = ("a",)
+
+
+def test_a_tool_in_a_list_whose_handler_was_replaced_does_not_pickle_as_made() -> None:
+    # Made again of its function, it would run that function, not the handler set since.
+    spec = ar.tool(search)
+    spec.handler = _double
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        pickle.dumps([spec])

@@ -509,8 +509,8 @@ class ToolSpec:
     thread, off the event loop) or async (awaited). An awaitable a sync handler returns is
     awaited; one an async handler returns (`return fetch(url)`, an `await` missed) is a
     `permanent` observation, not its repr taken for a result. The dict is the handler's own
-    copy, lists and dicts in it too: it may change it without changing the call the session
-    records and the model is shown again.
+    copy, its lists, dicts and tuples too (other objects in it are shared): it may change it
+    without changing the call the session records and the model is shown again.
 
     A `ToolSpec` made by hand checks only that the schema's required arguments are there:
     the types, ranges and enums of `parameters` are shown to the model, not enforced, so the
@@ -588,7 +588,7 @@ class ToolSpec:
         "_full_check",
         "_made_of",
         "_origin",
-        "_scalars_only",
+        "_validated_anew",
         "circuit_breaker",
         "description",
         "handler",
@@ -658,9 +658,9 @@ class ToolSpec:
         # What `@tool` made the spec of (the callable and the tool name it took): a spec
         # found at no module's top level pickles as that, made again (`_tool_remade`).
         self._made_of: tuple[Callable[..., Any], str | None] | None = None
-        # Whether every argument is an int, float, str or bool (`@tool` tells): none can be
-        # a list or dict the handler might change in the caller's arguments.
-        self._scalars_only = False
+        # Whether validation gives the handler no list or dict of the caller's arguments
+        # (`@tool` tells, see `_validated_anew`): else the registry copies them first.
+        self._validated_anew = False
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
         """Pickles a `@tool` spec at a module's top level by reference, as a function.
@@ -750,6 +750,8 @@ class ToolSpec:
             _check_handler(getattr(self, "name", "?"), value)
             # A sync handler set in place of an async one runs in a thread, and vice versa.
             object.__setattr__(self, "is_async", is_async_callable(value))
+            if hasattr(self, "_made_of"):  # replaced: no longer what `@tool` made of it
+                object.__setattr__(self, "_made_of", None)
         changed = name in _SHOWN and hasattr(self, name)  # a change, not a first setting
         object.__setattr__(self, name, value)
         if name in _RUN_SETTINGS:
@@ -1706,8 +1708,8 @@ def tool(
         # it first, with no frame around.
         spec._check = check
         spec._full_check = full_check
-        spec._scalars_only = not has_var_keyword and all(
-            isinstance(t, type) and t in _SCALAR_TYPES for t in field_types.values()
+        spec._validated_anew = not has_var_keyword and all(
+            _validated_anew(t) for t in field_types.values()
         )
         spec.is_async = is_async
         if (
@@ -2671,9 +2673,9 @@ class ToolRegistry:
             spec = self._tools[name]
         except (KeyError, TypeError):  # TypeError: a name no dict key can be (a list)
             return self.not_found(name, max_chars)
-        if not spec._scalars_only and type(arguments) is dict:
+        if not spec._validated_anew and type(arguments) is dict:
             # Validation passes an `Any` value on as it is: the tool gets its own copy.
-            arguments = _unshared(arguments)
+            arguments = _copied(arguments)
         try:
             checked = spec._check(arguments)
             if len(arguments) > len(checked):  # keys the fast check dropped: refused below
@@ -2811,25 +2813,53 @@ _RENDER_EXACT: dict[type, Callable[[Any], str]] = {
 _TRUNCATION_MARK = " …[truncated]"
 
 
-_SCALAR_TYPES = frozenset((int, float, str, bool))
-"""Parameter types whose validated values are never a caller's list or dict."""
-_NESTED = (dict, list)
+_ATOMS = frozenset((int, float, str, bool, bytes, type(None)))
+"""Types whose validated values are never a list or dict the caller holds."""
+_BUILT = frozenset((list, tuple, set, frozenset, dict))
+"""Containers validation builds anew (of validated items) when a parameter's type names one."""
 
 
-def _unshared(arguments: dict[str, Any]) -> dict[str, Any]:
-    """`arguments`, with a deep copy of each list and dict in it (itself when it has none).
+def _validated_anew(annotation: Any) -> bool:
+    """Whether validation against `annotation` gives no list or dict of its input's own.
 
-    A value that cannot be copied (an object a middleware put there) is passed as it is.
+    pydantic builds a `list[int]` anew, but passes an `Any` (an untyped parameter, a bare
+    `list`'s items, a model's `Any` field) on as it is: such a parameter may hand the tool
+    the very list or dict of the model's call.
     """
-    for value in arguments.values():
-        if type(value) in _NESTED:
-            break
-    else:
-        return arguments
+    if isinstance(annotation, type):
+        return annotation in _ATOMS or issubclass(annotation, enum.Enum)
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _validated_anew(args[0])
+    if origin is Literal:
+        return True
+    if origin is Union or origin is types.UnionType or origin in _BUILT:
+        return bool(args) and all(a is Ellipsis or _validated_anew(a) for a in args)
+    return False
+
+
+def _copied(arguments: Any) -> Any:
+    """A call's arguments with their dicts, lists and tuples copied, at any depth.
+
+    Their other values are shared: a provider's own objects (a lock, an array) are neither
+    duplicated nor compared by identity as changed. Arguments nested past the recursion
+    limit, or holding themselves, are shared whole.
+    """
     try:
-        return {k: copy.deepcopy(v) if type(v) in _NESTED else v for k, v in arguments.items()}
-    except Exception:  # an object that refuses to be copied: shared, as it was given
+        return _containers_copied(arguments)
+    except RecursionError:
         return arguments
+
+
+def _containers_copied(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict:
+        return {k: _containers_copied(v) for k, v in value.items()}
+    if kind is list:
+        return [_containers_copied(v) for v in value]
+    if kind is tuple:
+        return tuple(_containers_copied(v) for v in value)
+    return value
 
 
 def _truncate(text: str, max_chars: int) -> str:
