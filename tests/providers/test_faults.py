@@ -476,12 +476,8 @@ async def test_an_error_sent_as_an_event_stream_is_the_servers_error(
     assert len(server.requests) == 1
 
 
-@pytest.mark.parametrize("stream", [False, True])
-async def test_tool_call_arguments_holding_nan_or_infinity_are_refused(
-    kind: str, stream: bool, server: FakeLlmServer
-) -> None:
-    # Python's json writes NaN and Infinity as bare words, as a model may: no JSON has them.
-    server.script(Turn(tool_calls=[("c1", "measure", {"x": 1.0, "y": [math.nan, math.inf]})]))
+async def tried_once(kind: str, server: FakeLlmServer, stream: bool) -> ProviderError:
+    """The error one call raises, streamed or not, tried once (fails the test if none)."""
     async with make_provider(kind, server, retry=RetryPolicy(max_attempts=1)) as llm:
         if stream:
             _, error = await collect(llm.chat_stream(USER))
@@ -489,8 +485,18 @@ async def test_tool_call_arguments_holding_nan_or_infinity_are_refused(
             with pytest.raises(ProviderError) as caught:
                 await llm.chat(USER)
             error = caught.value
-    # Before, the tool got nan, and sending the call back failed with a bare ValueError.
     assert error is not None
+    return error
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tool_call_arguments_holding_nan_or_infinity_are_refused(
+    kind: str, stream: bool, server: FakeLlmServer
+) -> None:
+    # Python's json writes NaN and Infinity as bare words, as a model may: no JSON has them.
+    server.script(Turn(tool_calls=[("c1", "measure", {"x": 1.0, "y": [math.nan, math.inf]})]))
+    error = await tried_once(kind, server, stream)
+    # Before, the tool got nan, and sending the call back failed with a bare ValueError.
     assert "tool call 'measure' arguments are not valid JSON" in str(error)
     assert error.retryable is False
     # The reply comes with the error, that call marked (an agent loop answers it).
@@ -507,13 +513,7 @@ async def test_tool_call_arguments_that_are_no_json_object_are_marked(
 ) -> None:
     # Sent as the text `[1, 2]` (Anthropic's non-streamed `input` is then a JSON string).
     server.script(Turn(tool_calls=[("c1", "measure", "[1, 2]"), ("c2", "measure", {"x": 1})]))
-    async with make_provider(kind, server, retry=RetryPolicy(max_attempts=1)) as llm:
-        if stream:
-            _, error = await collect(llm.chat_stream(USER))
-        else:
-            with pytest.raises(UnreadableArgumentsError) as caught:
-                await llm.chat(USER)
-            error = caught.value
+    error = await tried_once(kind, server, stream)
     assert isinstance(error, UnreadableArgumentsError)
     assert "tool call 'measure' arguments are not a JSON object" in str(error)
     wrong, right = error.response.tool_calls
