@@ -7,7 +7,7 @@ from enum import Enum
 from typing import Annotated, Any, Literal
 
 import pytest
-from pydantic import Field
+from pydantic import Field, PlainValidator, SkipValidation
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.tools import ToolRegistry
@@ -178,4 +178,33 @@ def test_types_validation_builds_anew_skip_the_copy() -> None:
         """Takes items validation passes on as they are."""
         return "ok"
 
-    assert (anew._validated_anew, passed_on._validated_anew) == (True, False)
+    @ar.tool
+    def rest(a: int, *items: list[int]) -> str:  # `*args` of any type: copied
+        """Takes more."""
+        return "ok"
+
+    @ar.tool
+    def skipped(a: SkipValidation[list[int]]) -> str:
+        """Takes a list as it is."""
+        return "ok"
+
+    @ar.tool
+    def plain(a: Annotated[list[int], PlainValidator(lambda v: v)]) -> str:
+        """Takes a list its own validator passes on."""
+        return "ok"
+
+    assert anew._validated_anew
+    assert not any(t._validated_anew for t in (passed_on, rest, skipped, plain))
+
+
+async def test_a_tool_changing_the_items_of_its_args_leaves_the_call_as_sent() -> None:
+    @ar.tool
+    def tag_all(*items) -> str:  # type: ignore[no-untyped-def]
+        """Tags each item."""
+        for item in items:
+            item.append("tagged")
+        return "ok"
+
+    arguments = {"items": [["a"], ["b"]]}
+    assert await ToolRegistry([tag_all]).call("tag_all", arguments) == ("ok", None)
+    assert arguments == {"items": [["a"], ["b"]]}

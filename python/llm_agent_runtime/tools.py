@@ -44,7 +44,9 @@ from typing import (
     overload,
 )
 
+from annotated_types import BaseMetadata
 from pydantic import (
+    AfterValidator,
     AliasPath,
     BaseModel,
     BeforeValidator,
@@ -1708,8 +1710,10 @@ def tool(
         # it first, with no frame around.
         spec._check = check
         spec._full_check = full_check
-        spec._validated_anew = not has_var_keyword and all(
-            _validated_anew(t) for t in field_types.values()
+        spec._validated_anew = (
+            not has_var_keyword
+            and var_positional is None
+            and all(_validated_anew(t) for t in field_types.values())
         )
         spec.is_async = is_async
         if (
@@ -2830,12 +2834,24 @@ def _validated_anew(annotation: Any) -> bool:
         return annotation in _ATOMS or issubclass(annotation, enum.Enum)
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Annotated:
-        return _validated_anew(args[0])
+        return all(map(_keeps_validation, args[1:])) and _validated_anew(args[0])
     if origin is Literal:
         return True
     if origin is Union or origin is types.UnionType or origin in _BUILT:
         return bool(args) and all(a is Ellipsis or _validated_anew(a) for a in args)
     return False
+
+
+def _keeps_validation(metadata: Any) -> bool:
+    """Whether `Annotated` metadata leaves its type's validation to build the value.
+
+    A field, a constraint, or a validator run before or after it does; metadata with its own
+    schema hook may replace or skip it (`PlainValidator`, `WrapValidator`, `SkipValidation`,
+    `InstanceOf`), passing the input on as it is. Other metadata (a note) is not pydantic's.
+    """
+    if isinstance(metadata, FieldInfo | BaseMetadata | AfterValidator | BeforeValidator):
+        return True
+    return not hasattr(metadata, "__get_pydantic_core_schema__")
 
 
 def _copied(arguments: Any) -> Any:
