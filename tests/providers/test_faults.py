@@ -508,14 +508,17 @@ async def test_tool_call_arguments_holding_nan_or_infinity_are_refused(
 
 
 @pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("arguments", ["[1, 2]", None], ids=["array", "null"])
 async def test_tool_call_arguments_that_are_no_json_object_are_marked(
-    kind: str, stream: bool, server: FakeLlmServer
+    kind: str, stream: bool, arguments: str | None, server: FakeLlmServer
 ) -> None:
-    # Sent as the text `[1, 2]` (Anthropic's non-streamed `input` is then a JSON string).
-    server.script(Turn(tool_calls=[("c1", "measure", "[1, 2]"), ("c2", "measure", {"x": 1})]))
+    # The text `[1, 2]` (Anthropic's non-streamed `input` is then a JSON string), or `null`.
+    server.script(Turn(tool_calls=[("c1", "measure", arguments), ("c2", "measure", {"x": 1})]))  # type: ignore[list-item]
     error = await tried_once(kind, server, stream)
     assert isinstance(error, UnreadableArgumentsError)
     assert "tool call 'measure' arguments are not a JSON object" in str(error)
+    if arguments is None:  # quoted as the JSON it was
+        assert str(error).endswith(": 'null'")
     wrong, right = error.response.tool_calls
     assert (wrong.arguments, wrong.arguments_error) == ({}, str(error))
     assert (right.arguments, right.arguments_error) == ({"x": 1}, None)

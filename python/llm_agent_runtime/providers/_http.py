@@ -1183,8 +1183,9 @@ def check_finite_arguments(
     Raises:
         ProviderError: They are no object, or hold such a number (never retryable).
     """
-    if not isinstance(arguments, dict):
-        raise _bad_arguments("not a JSON object", repr(arguments), name, None, redact)
+    if not isinstance(arguments, dict):  # quoted as JSON writes it: `null`, not `None`
+        text = json.dumps(arguments, default=repr)
+        raise _bad_arguments("not a JSON object", text, name, None, redact)
     found = _non_finite(arguments, "")
     if found is not None:
         where, number = found

@@ -479,7 +479,12 @@ class AnthropicProvider(HttpProvider):
                 call_id,
                 clean_text(block.name or ""),
                 *read_arguments(
-                    _finite_input, {} if block.input is None else block.input, block.name, redact
+                    # A `null` input is no object, as the text `null` streamed is not; none
+                    # sent is no arguments.
+                    _finite_input,
+                    block.input if "input" in block.model_fields_set else {},
+                    block.name,
+                    redact,
                 ),
             )
             for call_id, block in zip(call_ids, tool_uses, strict=True)
