@@ -132,8 +132,9 @@ class ToolCall:
     """Arguments, already decoded from JSON."""
     arguments_error: str | None = None
     """Why the model's arguments could not be read (not JSON, or JSON but not an object),
-    the text it sent quoted; `arguments` is then empty. Set only on the calls of an
-    `UnreadableArgumentsError`'s `response`: such a call must not run as it is."""
+    the text it sent quoted; `arguments` is then empty. The built-in providers set it only
+    on the calls of an `UnreadableArgumentsError`'s `response`; an `AgentRuntime` never
+    runs such a call, whoever set it."""
 
     def __post_init__(self) -> None:
         """Checks the fields.
