@@ -43,6 +43,26 @@ async def test_a_hook_that_rewrites_to_an_empty_string_is_obeyed() -> None:
     assert (await rt.run_agent_with_provider("a", "q", provider)).final_answer == ""
 
 
+class Fallback(ar.Middleware):
+    """Answers for a model that said nothing."""
+
+    def on_post_llm(self, session: ar.AgentSession, text: str) -> str | None:
+        return "Sorry, no answer." if not text.strip() else None
+
+
+async def test_a_hook_that_rewrites_an_empty_native_reply_to_words_is_obeyed() -> None:
+    # Tools mode judged emptiness by the model's text: the run failed with "neither a tool
+    # call nor any text" (its LlmResponse carrying the hook's words), or, re-prompting, sent
+    # the hook's words back as the model's reply and then said that reply was empty.
+    for reprompt in (False, True):
+        config = ar.AgentConfig(mode="tools", corrective_reprompt=reprompt)
+        provider = ar.ScriptedProvider(["", "unused"])
+        rt = ar.AgentRuntime(config, middlewares=[Fallback()])
+        session = await rt.run_agent_with_provider("a", "q", provider)
+        assert session.final_answer == "Sorry, no answer." and session.step_count == 1
+        assert provider.calls == 1
+
+
 @pytest.mark.parametrize(
     ("returned", "message"),
     [

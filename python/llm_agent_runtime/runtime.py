@@ -1247,14 +1247,19 @@ class AgentRuntime:
                 await settle_callbacks(callbacks, deadline)
 
     async def _end_failed_run(
-        self, session: AgentSession, error: BaseException, events: EventBus
+        self,
+        session: AgentSession,
+        error: BaseException,
+        events: EventBus,
+        left: str = "later runs of the session are refused until it is resumed",
     ) -> None:
         """Logs a failed run, saves what it left unsaved, and emits its `ErrorEvent`.
 
         The event is emitted on `events`, the bus the run started with. The event log takes
         the error with what the run left unsaved; the listeners get it after that save's
         `CheckpointSaved` events, as the run's last event (even if the save is cancelled). A
-        failing listener must not hide the run's error: it is logged.
+        failing listener must not hide the run's error: it is logged. `left`: what a claim
+        left behind refuses (see `_release_claims`).
         """
         session_id = session.session_id
         logger.warning("agent run %s failed: %r", session_id, error)
@@ -1262,7 +1267,7 @@ class AgentRuntime:
         try:
             if self._checkpoints is not None:
                 self._log_event(error_event)
-                await self._save_left_in_time(session)
+                await self._save_left_in_time(session, left)
         finally:
             if events.active:
                 try:
@@ -1959,9 +1964,11 @@ class AgentRuntime:
             if not response.tool_calls:
                 if incomplete in INCOMPLETE_STOP_REASONS:
                     raise _incomplete_reply(incomplete, "its final answer", text)
-                # Neither a tool call nor a word from the model (a hook's rewrite to nothing is
-                # obeyed): no answer, as ReAct mode refuses an empty one.
-                if not (_cut_at_stop(response.text, stops) if stops else response.text).strip():
+                # Neither a tool call nor a word from the model or its hooks (a hook's rewrite,
+                # to nothing as to words, is obeyed): no answer, as ReAct mode refuses an
+                # empty one.
+                raw = _cut_at_stop(response.text, stops) if stops else response.text
+                if not raw.strip() and not text.strip():
                     # A re-prompt needs a round left to answer it.
                     if config.corrective_reprompt and not reprompted and round_no + 1 < rounds_left:
                         reprompted = True
@@ -2680,7 +2687,7 @@ class AgentRuntime:
         for key in keys:
             self.events.emit(CheckpointSaved(session_id, key))
 
-    async def _save_left_in_time(self, session: AgentSession) -> None:
+    async def _save_left_in_time(self, session: AgentSession, left: str) -> None:
         """`_save_what_is_left`, given at most `loop_timeout_ms` (when set) to finish.
 
         A run that timed out must not then hang on a backend that hangs: after another
@@ -2702,9 +2709,7 @@ class AgentRuntime:
             # A run that saved no step gives up its claim, so the next run may start where it
             # did.
             await self._release_claims(
-                session.session_id,
-                "later runs of the session are refused until it is resumed",
-                None if timeout is None else timeout / 1000,
+                session.session_id, left, None if timeout is None else timeout / 1000
             )
 
     async def _release_claims(self, session_id: str, left: str, timeout: float | None) -> None:
@@ -2733,7 +2738,16 @@ class AgentRuntime:
         session_id = session.session_id
         try:
             if session_id in self._unsaved_steps:
-                await self._save_steps(session, [])  # takes the pending events along
+                try:
+                    await self._save_steps(session, [])  # takes the pending events along
+                except Exception as save_error:
+                    # A listener failed on the saved steps' `CheckpointSaved`, or the resumed
+                    # run lost its claim (the steps stay unsaved: its new holder has them).
+                    logger.warning(
+                        "failed run %s: saving its unsaved steps: %r", session_id, save_error
+                    )
+                    if self._resume_claim_lost(session_id):
+                        return
             pending = self._event_log.pop(session_id, None) or []
             durable = self._durable_runs.get(session_id)
             run = None if durable is None else durable.run
@@ -3483,6 +3497,10 @@ class AgentRuntime:
                 if session_id in self._running:  # it started running while this one loaded it
                     raise AgentRuntimeError(f"session {session_id!r} is already running a turn")
                 self._running.add(session_id)
+            # Its async callbacks are waited for, as a run's are (see `_run`).
+            callbacks: set[asyncio.Future[Any]] = set()
+            callbacks_token = RUN_CALLBACKS.set(callbacks)
+            settle = True  # unless cancelled
             try:
                 lost = functools.partial(self._resume_lost, session_id)
                 try:
@@ -3500,15 +3518,22 @@ class AgentRuntime:
                         finished = (session_id, session.final_answer, len(session.steps))
                         self.events.emit_new(RunFinished, (*finished, session.duration_ms))
                     await self._save_final(session, state.run)
-                except BaseException:
+                except BaseException as error:
+                    # As a run's failure ends: its RunFinished and ErrorEvent logged with the
+                    # session, the ErrorEvent emitted, its claims released.
                     left = "later resumes of the session are refused until release_resume"
-                    await self._release_claims(session_id, left, None)
+                    settle = False
+                    await self._end_failed_run(session, error, self.events, left)
+                    settle = isinstance(error, Exception)
                     raise
             finally:
+                RUN_CALLBACKS.reset(callbacks_token)
                 self._checkpoints.forget(session_id)  # nothing of it stays in memory
                 self._event_log.pop(session_id, None)  # saved, or of no later write
                 with _SESSIONS_LOCK:
                     self._running.discard(session_id)
+                if callbacks and settle:
+                    await settle_callbacks(callbacks, None)
             return session
         # A turn goes on with the history it started with (`session()` gives it).
         history = self.trim_history(session.messages) if state.turn else None
