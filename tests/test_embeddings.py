@@ -982,7 +982,7 @@ def test_openai_embedder_says_an_error_body_was_cut_only_when_it_was(
     with pytest.raises(ar.ProviderError) as caught:
         ar.OpenAIEmbedder(api_key="sk-x", base_url=url).embed(["x"])
     message = str(caught.value)
-    assert ("the error body was truncated at 65536 bytes" in message) is cut
+    assert ("the first 65536 bytes of the error body were read" in message) is cut
     assert len(message) < 700
 
 

@@ -218,9 +218,12 @@ class OpenAIEmbedder:
         dimensions: ask the server for shorter vectors (models that support it).
         batch_size: texts per request.
         timeout: seconds one request may take in all, from its start to the last byte of the
-            reply, checked as the bytes arrive: a reply trickled a few bytes at a time fails
-            once that time has passed. Each wait for a connection or for bytes is bounded by
-            it too.
+            reply, checked as the body's bytes arrive: a body trickled a few bytes at a time
+            fails once that time has passed. Each wait for a connection or for bytes is
+            bounded by it too; the reply's status line and headers are waited for so (a
+            synchronous client has no clock on them): a server that keeps sending interim
+            ``1xx`` replies, or trickles its headers, holds a request longer. Agent runs bound
+            it with `AgentConfig.loop_timeout_ms`.
         client: an httpx.Client to use (tests, connection pooling). Its base URL is
             ignored; its default headers, cookies and query parameters go with each request,
             as httpx sends them (the embedder's own ``Authorization``, from a key or a base
@@ -386,6 +389,8 @@ class OpenAIEmbedder:
 
         from llm_agent_runtime.providers._http import (
             MAX_ERROR_BODY,
+            cut_short,
+            cut_short_error,
             error_message,
             error_of_reply,
             parse_retry_after,
@@ -415,16 +420,19 @@ class OpenAIEmbedder:
             ) as response,
         ):
             ok = 200 <= response.status_code < 300  # any success, as the chat providers take
+            cut = False
             if ok:
-                reply = _read_by(response, deadline, self._timeout)
-            else:  # an error body that does not decode must not hide the status
+                reply, _ = _read_by(response, deadline, self._timeout)
+            else:  # an error body that does not decode, or is cut, must not hide the status
                 try:
                     # A byte past the limit tells a body cut there from one of that size.
-                    reply = _read_by(response, deadline, self._timeout, MAX_ERROR_BODY + 1)
+                    reply, cut = _read_by(
+                        response, deadline, self._timeout, MAX_ERROR_BODY + 1, cut_ok=True
+                    )
                 except httpx.DecodingError:
                     reply = b"no error message (the error body did not decode)"
         if not ok:
-            cut = len(reply) > MAX_ERROR_BODY
+            cut = cut or len(reply) > MAX_ERROR_BODY
             message = error_message(reply[:MAX_ERROR_BODY], redactor.redact, truncated=cut)
             raise ProviderError(
                 f"embeddings request returned HTTP {response.status_code}: {message}",
@@ -432,6 +440,8 @@ class OpenAIEmbedder:
                 retryable=should_retry(response.status_code, response.headers),
                 retry_after=parse_retry_after(response.headers),  # None for NaN or infinity
             )
+        if cut_short(response, reply):  # as the chat providers' replies are
+            raise cut_short_error("OpenAI embeddings")
         # An error sent with status 200 is the server's, read as the chat provider reads it:
         # not a "malformed response" that would lose its message.
         error = error_of_reply(reply, _Error, redactor.redact)
@@ -451,13 +461,18 @@ class OpenAIEmbedder:
 
 
 def _read_by(
-    response: httpx.Response, deadline: float, timeout: float, limit: int | None = None
-) -> bytes:
-    """The body of `response`, read by `deadline` (a `time.monotonic()` time).
+    response: httpx.Response,
+    deadline: float,
+    timeout: float,
+    limit: int | None = None,
+    *,
+    cut_ok: bool = False,
+) -> tuple[bytes, bool]:
+    """The body of `response`, read by `deadline`, and whether its connection cut it short.
 
-    httpx bounds each wait for bytes, not the whole body: a server sending a byte now and
-    then would keep the request going for as long as it likes. The clock is read as each
-    piece of the body arrives.
+    `deadline` is a `time.monotonic()` time. httpx bounds each wait for bytes, not the whole
+    body: a server sending a byte now and then would keep the request going for as long as
+    it likes. The clock is read as each piece of the body arrives.
 
     Args:
         response: The response, its body not read yet.
@@ -465,27 +480,36 @@ def _read_by(
         timeout: The seconds `deadline` stands for, for the error message.
         limit: Read only the first `limit` bytes (None: the whole body); the rest is left
             unread, and closing the response drops its connection.
+        cut_ok: A transport error while reading (a dropped connection, a read timeout) ends
+            the body where it was cut, rather than being raised.
 
     Raises:
         ProviderError: The body (or its first `limit` bytes) was not read by `deadline`
             (retryable), `timeout` seconds after the request started.
     """
+    import httpx
+
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_bytes():
-        if time.monotonic() > deadline:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-        if limit is not None and size >= limit:
-            return b"".join(chunks)[:limit]
+    try:
+        for chunk in response.iter_bytes():
+            if time.monotonic() > deadline:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if limit is not None and size >= limit:
+                return b"".join(chunks)[:limit], False
+    except httpx.TransportError:
+        if not cut_ok:
+            raise
+        return b"".join(chunks), True
     if time.monotonic() > deadline:
         raise ProviderError(
             "OpenAI embeddings request timed out: the reply took longer than "
             f"{timeout:g} s in all (timeout)",
             retryable=True,
         )
-    return b"".join(chunks)
+    return b"".join(chunks), False
 
 
 def _count(value: Any, name: str) -> int:

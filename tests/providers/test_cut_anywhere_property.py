@@ -318,7 +318,8 @@ def _check_cut_error(error: ProviderError | None, kind: str, stream: bool, mode:
         assert str(error) == f"{NAME[kind]} stream ended before {TERMINAL[kind]}"
     elif mode == "close":  # only the JSON cut short tells
         assert str(error) == (
-            f"{NAME[kind]} reply cut short: the connection closed before its JSON body ended"
+            f"{NAME[kind]} reply cut short: its JSON body ended early (the connection closed, "
+            "or its compressed stream broke off)"
         )
     else:
         lost = LOST.match(str(error))

@@ -124,7 +124,7 @@ def test_an_error_body_cut_at_the_read_limit_is_quoted_short_with_a_note(body: b
     message = error_message(start, truncated=True)
     assert message.startswith(start[:50].decode())
     assert message.endswith(
-        "... (the error body was truncated at 65536 bytes and could not be parsed)"
+        "... (only the first 65536 bytes of the error body were read, and they could not be parsed)"
     )
     assert len(message) < 300
     # A body shorter than the limit was read whole: quoted as it is, as before.

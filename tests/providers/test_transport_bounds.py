@@ -328,7 +328,10 @@ async def test_a_json_error_body_past_the_read_limit_is_quoted_short_with_a_note
     message = str(caught.value)
     assert caught.value.status == 400
     assert 'API error: {"type": "error", "error": {"type": "invalid_request_error"' in message
-    assert "(the error body was truncated at 65536 bytes and could not be parsed)" in message
+    assert (
+        "(only the first 65536 bytes of the error body were read, and they could not be parsed)"
+        in message
+    )
     assert len(message) < 400
 
 

@@ -394,6 +394,27 @@ def _close_delimited(response: httpx.Response) -> bool:
     )
 
 
+def cut_short(response: httpx.Response, body: bytes) -> bool:
+    """Whether the successful reply `body` of `response` is JSON its connection cut short.
+
+    Only a body without its own end shows it so: one that ends where the connection closed
+    (`_close_delimited`), or a compressed one (gzip says where its stream ends, but httpx
+    does not check that it did: a proxy's broken gzip decodes to a part of the body).
+    """
+    return (_close_delimited(response) or "content-encoding" in response.headers) and _cut_json(
+        body
+    )
+
+
+def cut_short_error(name: str) -> ProviderError:
+    """The retryable error for a reply of `name` (the API) that is `cut_short`."""
+    return ProviderError(
+        f"{name} reply cut short: its JSON body ended early (the connection closed, or its "
+        "compressed stream broke off)",
+        retryable=True,
+    )
+
+
 def _cut_json(body: bytes) -> bool:
     """Whether `body` is empty, or a JSON object or array that does not parse: cut short.
 
@@ -435,9 +456,9 @@ def error_message(
         body: The error response's body, or an error event's data.
         redact: Applied to the whole message before it is cut to length, so no part of a
             secret survives the cut.
-        truncated: Whether bytes of the body were left unread after `body` (only the first
-            `MAX_ERROR_BODY` of an error body are read). Only the reader knows: a body of
-            any length may be whole.
+        truncated: Whether the body went on after `body`: unread (only the first
+            `MAX_ERROR_BODY` bytes of an error body are read), or cut off by the connection.
+            Only the reader knows: a body of any length may be whole.
     """
     text = body.decode("utf-8-sig", "replace").strip()
     parsed = True
@@ -459,8 +480,8 @@ def error_message(
         text = redact(text)
     if not parsed and truncated:
         return (
-            f"{text[:_TRUNCATED_QUOTE]}... (the error body was truncated at {MAX_ERROR_BODY} "
-            "bytes and could not be parsed)"
+            f"{text[:_TRUNCATED_QUOTE]}... (only the first {len(body)} bytes of the error body "
+            "were read, and they could not be parsed)"
         )
     return text[:_MAX_ERROR_MESSAGE] or "no error message"
 
@@ -1903,11 +1924,8 @@ class HttpTransport:
                 f"{self.name} reply is larger than {limit} bytes: refused, not read whole "
                 "(a misbehaving server or proxy)"
             )
-        if _close_delimited(response) and _cut_json(body):
-            raise ProviderError(
-                f"{self.name} reply cut short: the connection closed before its JSON body ended",
-                retryable=True,
-            )
+        if cut_short(response, body):
+            raise cut_short_error(self.name)
         return body
 
     async def _with_retries(self, attempt: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -2260,25 +2278,31 @@ def _outcome_seen(task: asyncio.Task[Any]) -> None:
 async def _error_body(response: httpx.Response) -> tuple[bytes, bool]:
     """The start of the body of a response with an error status, as `_read_start` reads it.
 
-    A body that fails to decode (a `Content-Encoding: gzip` header on a plain body) must not
-    turn the status error into a retryable decoding error: the status says what failed; a
-    note says so in place of the body.
+    A body that fails to decode (a `Content-Encoding: gzip` header on a plain body), or that
+    the connection cuts short (dropped, or stalled past the read timeout), must not turn the
+    status error into a retryable transport error: the status says what failed (a 401 is
+    not sent again; a 429 keeps its `Retry-After`). A note stands in for an undecodable
+    body; a cut one is what arrived, marked as cut.
     """
     try:
-        return await _read_start(response, MAX_ERROR_BODY)
+        return await _read_start(response, MAX_ERROR_BODY, cut_ok=True)
     except httpx.DecodingError:
         return b"no error message (the error body did not decode)", False
 
 
-async def _read_start(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+async def _read_start(
+    response: httpx.Response, limit: int, *, cut_ok: bool = False
+) -> tuple[bytes, bool]:
     """The first `limit` bytes of a body (all of a shorter one), and whether more was left.
 
     Reading stops once a byte past `limit` arrived (a body of exactly `limit` bytes is
     whole); the rest is left unread. Closing the response then drops its connection, rather
-    than reading a body of any size.
+    than reading a body of any size. `cut_ok`: a transport error while reading ends the body
+    where it was cut (more was left), rather than being raised.
     """
     chunks: list[bytes] = []
     size = 0
+    cut = False
     stream = response.aiter_bytes()
     try:
         async for chunk in stream:
@@ -2286,9 +2310,13 @@ async def _read_start(response: httpx.Response, limit: int) -> tuple[bytes, bool
             size += len(chunk)
             if size > limit:
                 break
+    except httpx.TransportError:
+        if not cut_ok:
+            raise
+        cut = True
     finally:
         await _aclose(stream)
-    return b"".join(chunks)[:limit], size > limit
+    return b"".join(chunks)[:limit], cut or size > limit
 
 
 async def _aclose(stream: AsyncIterator[Any]) -> None:

@@ -917,7 +917,7 @@ def _missing_required(block: _Block, tools: list[dict[str, Any]] | None) -> list
         if tool["name"] == block.name:
             schema = tool["input_schema"]
             required = schema.get("required") if isinstance(schema, dict) else None
-            given = block.input or {}
+            given = block.input if isinstance(block.input, dict) else {}
             if isinstance(required, list):
                 return [key for key in required if isinstance(key, str) and key not in given]
             break

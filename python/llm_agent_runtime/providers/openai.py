@@ -560,7 +560,7 @@ class OpenAIProvider(HttpProvider):
             async with contextlib.aclosing(events):
                 async for sse in events:
                     data = sse.data
-                    if data == _DONE:
+                    if data.startswith(_DONE):  # as the SDKs read it: spaces may follow
                         done = True
                         break
                     if sse.event == "error":  # a gateway's: its data may be no chunk
