@@ -41,7 +41,8 @@ class AgentConfig(BaseModel, frozen=True):
             checkpoints, and every model and tool call. When it passes, the run raises
             `AgentLoopError` ("agent loop timed out after N ms (k steps done)", k counting this
             turn's steps); saving what the failed run left unsaved then gets at most as long
-            again. None for no limit.
+            again, and so does the cleanup of a run cancelled from outside (1 s without a
+            limit). None for no limit.
         mode: `react` (text parsed by the ReAct parser) or `tools` (native tool calls).
         max_parallel_tool_calls: Native tool calls of one response run concurrently up to this.
         max_observation_chars: Observations longer than this are truncated.

@@ -153,6 +153,9 @@ REMEMBERED_APPROVAL_SESSIONS = 10_000
 _UNKNOWN_TOOL = "(unknown tool)"
 _ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)  # what `settle_call` may record
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_CANCELLED_CLEANUP_SECONDS = 1.0
+"""How long the cleanup of a run cancelled from outside may take in all, when the run has no
+`loop_timeout_ms`: as long as a checkpoint backend's call cancelled on a hung server."""
 
 
 class _DeadlinePassed(Exception):
@@ -505,6 +508,8 @@ class AgentRuntime:
         self._event_log: dict[str, list[Event]] = {}
         # Steps whose checkpoint failed, by session: (first step number, records).
         self._unsaved_steps: dict[str, tuple[int, list[StepRecord]]] = {}
+        # When the cleanup of a failed run must end, by session (see `_cleanup_seconds`).
+        self._cleanup_deadlines: dict[str, float] = {}
         # Checkpointed runs in progress, by session.
         self._durable_runs: dict[str, _DurableRun] = {}
         # Resumed runs under a lease, in progress, by session: the task each runs in, and
@@ -1234,6 +1239,7 @@ class AgentRuntime:
             try:
                 if self._checkpoints is not None:  # nothing of an ended run stays in memory
                     self._durable_runs.pop(session_id, None)
+                    self._cleanup_deadlines.pop(session_id, None)
                     self._checkpoints.forget(session_id)
                 if self._approval_locks or self._approvals:  # also if the handler went since
                     self._drop_unremembered_approvals(session_id)
@@ -1267,8 +1273,10 @@ class AgentRuntime:
         try:
             if self._checkpoints is not None:
                 self._log_event(error_event)
-                await self._save_left_in_time(session, left)
+                cancelled = not isinstance(error, Exception)
+                await self._save_left_in_time(session, left, cancelled)
         finally:
+            self._cleanup_deadlines.pop(session_id, None)
             if events.active:
                 try:
                     events.emit(error_event)
@@ -2687,30 +2695,54 @@ class AgentRuntime:
         for key in keys:
             self.events.emit(CheckpointSaved(session_id, key))
 
-    async def _save_left_in_time(self, session: AgentSession, left: str) -> None:
-        """`_save_what_is_left`, given at most `loop_timeout_ms` (when set) to finish.
+    async def _save_left_in_time(self, session: AgentSession, left: str, cancelled: bool) -> None:
+        """`_save_what_is_left`, within the failed run's cleanup time (`_cleanup_seconds`).
 
-        A run that timed out must not then hang on a backend that hangs: after another
-        `loop_timeout_ms`, what is not saved is dropped (and logged), and the run's error
-        goes to the caller. Then the run's claim is released (see `CheckpointStore.release`).
+        A run that timed out, or was cancelled, must not then hang on a backend that hangs:
+        once that time is up, what is not saved is dropped (and logged), and the run's error
+        goes to the caller. Then the run's claim is released (see `CheckpointStore.release`),
+        waited for as long as that time has left.
         """
         assert self._checkpoints is not None
-        timeout = self._config.loop_timeout_ms
+        session_id = session.session_id
         try:
-            if timeout is None:
+            seconds = self._cleanup_seconds(session_id, cancelled)
+            if seconds is None:
                 await self._save_what_is_left(session)
-            elif await _within_deadline(self._save_what_is_left(session), timeout / 1000):
+            elif await _within_deadline(self._save_what_is_left(session), seconds):
                 logger.warning(
-                    "failed run %s: saving its unsaved steps and events took over %d ms; dropped",
-                    session.session_id,
-                    timeout,
+                    "failed run %s: saving its unsaved steps and events took over %.3g s; dropped",
+                    session_id,
+                    seconds,
                 )
         finally:
             # A run that saved no step gives up its claim, so the next run may start where it
             # did.
             await self._release_claims(
-                session.session_id, left, None if timeout is None else timeout / 1000
+                session_id, left, self._cleanup_seconds(session_id, cancelled)
             )
+
+    def _cleanup_seconds(self, session_id: str, cancelled: bool) -> float | None:
+        """The seconds left for the cleanup of a failed run of `session_id`; None: no bound.
+
+        Its stages (journal writes a cancellation cut short, saving what the run left
+        unsaved, giving up its claims) share one deadline, set when the first asks: after
+        `loop_timeout_ms` (so a run that timed out ends within twice that), or, for a run
+        `cancelled` from outside that has none, after `_CANCELLED_CLEANUP_SECONDS`. A run
+        without a timeout that failed by an error waits for its saves as long as they take.
+        """
+        deadline = self._cleanup_deadlines.get(session_id)
+        now = time.monotonic()
+        if deadline is None:
+            timeout = self._config.loop_timeout_ms
+            if timeout is not None:
+                seconds = timeout / 1000
+            elif cancelled:
+                seconds = _CANCELLED_CLEANUP_SECONDS
+            else:
+                return None
+            deadline = self._cleanup_deadlines[session_id] = now + seconds
+        return max(0.0, deadline - now)
 
     async def _release_claims(self, session_id: str, left: str, timeout: float | None) -> None:
         """Gives up the claims of a run that failed (`CheckpointStore.release`).
@@ -3153,7 +3185,7 @@ class AgentRuntime:
                 # resume would take an intent alone for a call that may have run.
                 await _through_cancellation(
                     functools.partial(checkpoints.journal, session_id, step, index, done),
-                    self._config.loop_timeout_ms,
+                    functools.partial(self._cleanup_seconds, session_id, True),
                 )
             except Exception as error:
                 # Not raised: the call ran, and its siblings run on. Its result stays with the
@@ -3194,7 +3226,8 @@ class AgentRuntime:
             checkpoints.withdraw_intent, session.session_id, step, index, intent, replacing
         )
         try:
-            await _through_cancellation(withdraw, self._config.loop_timeout_ms)
+            cleanup = functools.partial(self._cleanup_seconds, session.session_id, True)
+            await _through_cancellation(withdraw, cleanup)
         except Exception as error:
             self._count_checkpoint_error(
                 session,
@@ -4123,15 +4156,16 @@ class _RoundSlots:
 
 
 async def _through_cancellation(
-    write: Callable[[], Awaitable[Any]], timeout_ms: int | None
+    write: Callable[[], Awaitable[Any]], cleanup_seconds: Callable[[], float | None]
 ) -> None:
     """Awaits `write()`, a write that may be made twice (a record written whole, by key).
 
     Cancelled meanwhile (the run's `loop_timeout_ms` too), the caller writes it again, in a
-    task of its own that the cancellation does not cut short, and waits for that at most
-    `timeout_ms` more when set (then it is dropped, as a failed run's save is, see
-    `_save_left_in_time`); then it raises the cancellation. A failure of that write is not
-    raised either: what it would have written over stands. Uncancelled, it costs nothing.
+    task of its own that the cancellation does not cut short, and waits for that as long as
+    `cleanup_seconds()` gives (the failed run's cleanup time, see `_cleanup_seconds`; then
+    it is dropped, as a failed run's save is); then it raises the cancellation. A failure of
+    that write is not raised either: what it would have written over stands. Uncancelled,
+    it costs nothing.
     """
     try:
         await write()
@@ -4142,7 +4176,7 @@ async def _through_cancellation(
         )
 
         writing = asyncio.ensure_future(write())
-        await wait_through_cancellation(writing, None if timeout_ms is None else timeout_ms / 1000)
+        await wait_through_cancellation(writing, cleanup_seconds())
         if writing.done():
             retrieve_outcome(writing)
         else:
