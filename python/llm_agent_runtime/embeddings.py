@@ -440,8 +440,6 @@ class OpenAIEmbedder:
                 retryable=should_retry(response.status_code, response.headers),
                 retry_after=parse_retry_after(response.headers),  # None for NaN or infinity
             )
-        if cut_short(response, reply):  # as the chat providers' replies are
-            raise cut_short_error("OpenAI embeddings")
         # An error sent with status 200 is the server's, read as the chat provider reads it:
         # not a "malformed response" that would lose its message.
         error = error_of_reply(reply, _Error, redactor.redact)
@@ -457,6 +455,10 @@ class OpenAIEmbedder:
             problem = "JSON nested too deeply"
         else:
             return _rows(payload, len(texts), self.dimensions)
+        # Checked once it failed (a large reply is not parsed twice), as the chat providers'
+        # replies are: cut short, it is retried.
+        if cut_short(response, reply):
+            raise cut_short_error("OpenAI embeddings")
         raise ProviderError(f"malformed embeddings response: {problem}")
 
 
