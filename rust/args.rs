@@ -470,7 +470,8 @@ pub fn check_signals_at(py: Python<'_>, at: usize) -> PyResult<()> {
 
 /// The items of a sequence given where a list is expected, each made a `T` by
 /// `convert(index, item)`; None for anything else, a `str` or `bytes` too, which are
-/// sequences (of characters, of ints) but never a list of values.
+/// sequences (of characters, of ints) but never a list of values, and a sequence by its
+/// type whose iteration raises `TypeError` (a 0-d numpy array).
 ///
 /// What PyO3's `extract::<Vec<_>>()` takes (any object passing `PySequence_Check`), read
 /// with no panic and no endless loop: that conversion reserves `len()` slots at once, and a
@@ -496,7 +497,13 @@ pub fn sequence_of<'py, T>(
     // A `len()` that raises reads as 0, as PyO3 reads it: the items still say how many.
     try_reserve_for(kind, &mut values, obj.len().unwrap_or(0), what)?;
     let py = obj.py();
-    for (at, item) in obj.try_iter()?.enumerate() {
+    // A sequence by its type that cannot be iterated (a 0-d numpy array) is none.
+    let items = match obj.try_iter() {
+        Ok(items) => items,
+        Err(error) if error.is_instance_of::<pyo3::exceptions::PyTypeError>(py) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    for (at, item) in items.enumerate() {
         check_signals_at(py, at)?;
         let value = convert(at, item?)?;
         // More items than `len()` said: grown as fallibly.

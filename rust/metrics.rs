@@ -128,7 +128,8 @@ fn add_saturating(counter: &AtomicU64, by: u64) {
 }
 
 impl Metrics {
-    /// Counts a session start (active and total).
+    /// Counts a session's run starting (active and total): a `run_agent` call, a turn of a
+    /// multi-turn session and a resumed run each count once.
     pub fn session_started(&self) {
         // The total first, and the active count released after it: a snapshot, which reads
         // the active count first (acquiring it), never sees more sessions active than begun.
@@ -253,9 +254,9 @@ impl Metrics {
 /// A point-in-time copy of the counters: plain integers, safe to log or serialize.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// Sessions running at snapshot time.
+    /// Sessions running at snapshot time (one per run in progress).
     pub active_sessions: u64,
-    /// Sessions ever started.
+    /// Session runs ever started (a turn or a resumed run counts once).
     pub total_sessions: u64,
     /// Loop steps taken.
     pub total_steps: u64,
@@ -404,7 +405,7 @@ impl Snapshot {
             (
                 "sessions_total",
                 "counter",
-                "Sessions started.",
+                "Session runs started (a turn or a resumed run counts once).",
                 self.total_sessions,
             ),
             (
@@ -735,12 +736,13 @@ pub struct PyMetricsSnapshot {
 
 #[pymethods]
 impl PyMetricsSnapshot {
-    /// Sessions running at snapshot time.
+    /// Sessions running at snapshot time (one per run in progress).
     #[getter]
     fn active_sessions(&self) -> u64 {
         self.inner.active_sessions
     }
-    /// Sessions ever started.
+    /// Session runs ever started: a `run_agent` call, a turn of a multi-turn session and a
+    /// resumed run each count once (so a chat of 3 turns counts 3).
     #[getter]
     fn total_sessions(&self) -> u64 {
         self.inner.total_sessions
@@ -886,7 +888,7 @@ impl PyMetricsSnapshot {
             .collect()
     }
 
-    /// Failed tool calls per completed session (0.0 when none completed).
+    /// Failed tool calls per completed session run (0.0 when none completed).
     fn avg_failures_per_session(&self) -> f64 {
         let completed = self
             .inner

@@ -423,3 +423,16 @@ def test_a_deltas_active_sessions_is_the_gauge_at_its_end() -> None:
     d = ar.MetricsSnapshot.delta(after, before)
     assert (d.active_sessions, d.total_sessions) == (3, 1)
     assert "llm_agent_runtime_sessions_active 3" in d.to_prometheus()
+
+
+async def test_each_run_of_a_session_counts_as_a_session_started() -> None:
+    # Documented as runs: a turn of a multi-turn session counts once, as it is active while
+    # it runs (the active count never exceeds the total).
+    metrics = ar.RuntimeMetrics()
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), metrics=metrics)
+    session = runtime.create_session("a")
+    for turn in ("one", "two", "three"):
+        await runtime.run_turn(session, turn, ar.ScriptedProvider(["ok"]))
+    snapshot = metrics.snapshot()
+    assert (snapshot.total_sessions, snapshot.active_sessions) == (3, 0)
+    assert "turn" in (type(snapshot).total_sessions.__doc__ or "")

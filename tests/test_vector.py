@@ -617,3 +617,14 @@ def test_misaligned_arrays_are_memory_store_errors(method: str) -> None:
         call(shifted)
     assert len(index) == 4
     call(shifted.copy())  # the remedy the message gives
+
+
+def test_a_0d_array_of_ids_is_refused_as_ids_of_another_shape() -> None:
+    # It passed the sequence check, then failed to iterate with numpy's bare TypeError.
+    index = ar.VectorIndex(4)
+    index.add([1], np.eye(4, dtype=np.float32)[:1])
+    with pytest.raises(ar.MemoryStoreError, match="ids must be"):
+        index.add(np.array(7), np.eye(4, dtype=np.float32)[:1])
+    with pytest.raises(ar.MemoryStoreError, match="ids must be"):
+        index.remove(np.array(1))
+    assert len(index) == 1 and 1 in index

@@ -26,6 +26,10 @@ catches the same class whichever side raised it. A panic inside the Rust core su
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llm_agent_runtime.providers.base import Usage
 
 __all__ = [
     "AgentLoopError",
@@ -112,6 +116,11 @@ class ProviderError(AgentRuntimeError):
 
     The message never contains an API key.
     """
+
+    usage: Usage | None = None
+    """The usage of a reply the server billed before this error refused it (cut off, say):
+    set by the built-in providers, which charged it to their own metrics and budget; the
+    agent loop charges it to the run's. None when no such reply came."""
 
     def __init__(
         self,

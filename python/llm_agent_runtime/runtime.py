@@ -39,6 +39,7 @@ from llm_agent_runtime.errors import (
     BudgetExceededError,
     ParseError,
     PersistenceError,
+    ProviderError,
     ToolError,
 )
 from llm_agent_runtime.events import (
@@ -168,6 +169,13 @@ _DEADLINE_SCOPE: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.Co
 """The `asyncio.timeout` scope of the innermost `_within_deadline` running in this context
 (a parallel round's call tasks see it too): read only when a call is cut off, to tell the
 run's `loop_timeout_ms` from a cancellation from outside."""
+
+_RUN_TASK: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.ContextVar(
+    "_RUN_TASK", default=None
+)
+"""The task of the run in progress in this context (a parallel round's call tasks see it
+too): read only when a journal write is cut off, to tell a cancellation of the run (from
+outside, or its `loop_timeout_ms`) from a call its round cancelled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1178,6 +1186,7 @@ class AgentRuntime:
             deadline = None if timeout is None else started + timeout / 1000
             events = self.events
             callbacks_token = RUN_CALLBACKS.set(callbacks)
+            run_task_token = _RUN_TASK.set(asyncio.current_task())
             try:
                 if self._awaiting_tracer and not _tracer_awaited():  # a provider set since
                     self._tracer = _load_tracer()
@@ -1233,6 +1242,7 @@ class AgentRuntime:
                         settle = isinstance(error, Exception)  # not when cancelled
                         raise
             finally:
+                _RUN_TASK.reset(run_task_token)
                 RUN_CALLBACKS.reset(callbacks_token)
                 metrics.session_finished()
         finally:
@@ -1258,21 +1268,24 @@ class AgentRuntime:
         error: BaseException,
         events: EventBus,
         left: str = "later runs of the session are refused until it is resumed",
+        logged: bool = True,
     ) -> None:
         """Logs a failed run, saves what it left unsaved, and emits its `ErrorEvent`.
 
         The event is emitted on `events`, the bus the run started with. The event log takes
-        the error with what the run left unsaved; the listeners get it after that save's
-        `CheckpointSaved` events, as the run's last event (even if the save is cancelled). A
-        failing listener must not hide the run's error: it is logged. `left`: what a claim
-        left behind refuses (see `_release_claims`).
+        the error with what the run left unsaved (unless not `logged`: a close whose run
+        logged its end before); the listeners get it after that save's `CheckpointSaved`
+        events, as the run's last event (even if the save is cancelled). A failing listener
+        must not hide the run's error: it is logged. `left`: what a claim left behind
+        refuses (see `_release_claims`).
         """
         session_id = session.session_id
         logger.warning("agent run %s failed: %r", session_id, error)
         error_event = ErrorEvent(session_id, error)
         try:
             if self._checkpoints is not None:
-                self._log_event(error_event)
+                if logged:
+                    self._log_event(error_event)
                 cancelled = not isinstance(error, Exception)
                 await self._save_left_in_time(session, left, cancelled)
         finally:
@@ -1615,12 +1628,16 @@ class AgentRuntime:
                     if budget is not None:  # a spent budget pays for no further model call
                         budget.check()
                     model_start = perf()
-                    if self._tracer is not None:
-                        with _traced(self._tracer, "agent.llm") as span:
+                    try:
+                        if self._tracer is not None:
+                            with _traced(self._tracer, "agent.llm") as span:
+                                reply = await infer(text_prompt)
+                                _describe_llm_call(span, self._config.model, reply)
+                        else:
                             reply = await infer(text_prompt)
-                            _describe_llm_call(span, self._config.model, reply)
-                    else:
-                        reply = await infer(text_prompt)
+                    except ProviderError as error:
+                        _charge_refused_reply(error, metrics, budget)
+                        raise
                     model_ms = (perf() - model_start) * 1000.0
                     if type(reply) is _ProviderReply:
                         usage = reply.usage
@@ -1912,9 +1929,13 @@ class AgentRuntime:
                     else:
                         response = await chat(messages, tools=tool_defs, model=model)
                 except CutOffArgumentsError as error:  # a reply cut off where it counts
+                    _charge_refused_reply(error, metrics, budget)
                     raise _incomplete_reply(error.stop_reason, "a tool call's input") from error
                 except UnreadableArgumentsError as error:  # the model's slip, for it to mend
                     response = error.response
+                except ProviderError as error:
+                    _charge_refused_reply(error, metrics, budget)
+                    raise
             model_ms = (perf() - round_start) * 1000.0
             if not isinstance(response, ChatResponse):
                 raise AgentLoopError(
@@ -2688,9 +2709,11 @@ class AgentRuntime:
                 raise  # the run stops (`_unless_resume_lost`)
             from llm_agent_runtime.persistence.base import step_key
 
-            self._count_checkpoint_error(
-                session, "checkpoint %s failed: %r", step_key(session_id, first), error
-            )
+            key = step_key(session_id, first)
+            if self._checkpoints.refuses(session_id):  # no failure of the backend: not counted
+                logger.warning("checkpoint %s refused: %r", key, error)
+                return
+            self._count_checkpoint_error(session, "checkpoint %s failed: %r", key, error)
             return
         for key in keys:
             self.events.emit(CheckpointSaved(session_id, key))
@@ -2743,6 +2766,17 @@ class AgentRuntime:
                 return None
             deadline = self._cleanup_deadlines[session_id] = now + seconds
         return max(0.0, deadline - now)
+
+    def _cut_write_seconds(self, session_id: str) -> float | None:
+        """`_cleanup_seconds` for a journal write a cancellation cut off.
+
+        A cancellation of the run's own task (from outside, or its `loop_timeout_ms`) is
+        the run's end; a call its round cancelled (a sibling call failed the round) waits as
+        the run that fails by that error does.
+        """
+        run_task = _RUN_TASK.get()
+        cancelled = run_task is not None and run_task.cancelling() > 0
+        return self._cleanup_seconds(session_id, cancelled)
 
     async def _release_claims(self, session_id: str, left: str, timeout: float | None) -> None:
         """Gives up the claims of a run that failed (`CheckpointStore.release`).
@@ -2977,7 +3011,7 @@ class AgentRuntime:
             self._event_log.setdefault(session.session_id, [])[:0] = events
             if not isinstance(error, Exception):
                 raise
-            self._metrics.record_checkpoint_error()
+            self._count_failed_write(session.session_id)
             key = session_key(session.session_id)
             raise PersistenceError(f"final checkpoint failed: {error}", key=key) from error
         return deleting
@@ -3185,7 +3219,7 @@ class AgentRuntime:
                 # resume would take an intent alone for a call that may have run.
                 await _through_cancellation(
                     functools.partial(checkpoints.journal, session_id, step, index, done),
-                    functools.partial(self._cleanup_seconds, session_id, True),
+                    functools.partial(self._cut_write_seconds, session_id),
                 )
             except Exception as error:
                 # Not raised: the call ran, and its siblings run on. Its result stays with the
@@ -3226,7 +3260,7 @@ class AgentRuntime:
             checkpoints.withdraw_intent, session.session_id, step, index, intent, replacing
         )
         try:
-            cleanup = functools.partial(self._cleanup_seconds, session.session_id, True)
+            cleanup = functools.partial(self._cut_write_seconds, session.session_id)
             await _through_cancellation(withdraw, cleanup)
         except Exception as error:
             self._count_checkpoint_error(
@@ -3418,6 +3452,29 @@ class AgentRuntime:
             slots.run(functools.partial(one, i, c)) for i, c in enumerate(calls)
         )
 
+    async def _close_answered(
+        self, session: AgentSession, state: SessionState, reported: list[bool]
+    ) -> None:
+        """Closes the run of `state`, interrupted after its last step (see `resume`).
+
+        `reported` gets True once the close emits the run's `RunFinished`.
+        """
+        assert self._checkpoints is not None
+        session_id = session.session_id
+        lost = functools.partial(self._resume_lost, session_id)
+        # Claimed as a resume that runs on: a second worker closing it at once is refused,
+        # and its closing is not logged twice. A claim cut off as it is taken (a
+        # cancellation) is released as a failed close's is.
+        await self._checkpoints.claim_resumed(state, lost)
+        # The run's end, which its worker did not live to report (before the save: the event
+        # log keeps it, as a run that ends here keeps its own). Not when it did report it,
+        # and its final checkpoint then failed: the log holds it once.
+        if self.events.active and not await self._checkpoints.run_end_logged(session_id):
+            finished = (session_id, session.final_answer, len(session.steps))
+            reported.append(True)
+            self.events.emit_new(RunFinished, (*finished, session.duration_ms))
+        await self._save_final(session, state.run)
+
     async def resume(
         self, session_id: str, model: InferFn | ChatProvider | CompletionProvider
     ) -> AgentSession:
@@ -3530,35 +3587,28 @@ class AgentRuntime:
                 if session_id in self._running:  # it started running while this one loaded it
                     raise AgentRuntimeError(f"session {session_id!r} is already running a turn")
                 self._running.add(session_id)
-            # Its async callbacks are waited for, as a run's are (see `_run`).
+            # Its async callbacks are waited for, and it is timed, as a run is (see `_run`).
             callbacks: set[asyncio.Future[Any]] = set()
             callbacks_token = RUN_CALLBACKS.set(callbacks)
             settle = True  # unless cancelled
+            timeout = self._config.loop_timeout_ms
+            deadline = None if timeout is None else time.perf_counter() + timeout / 1000
             try:
-                lost = functools.partial(self._resume_lost, session_id)
-                try:
-                    # Claimed as a resume that runs on: a second worker closing it at once is
-                    # refused, and its closing is not logged twice. A claim cut off as it is
-                    # taken (a cancellation) is released as a failed close's is.
-                    await self._checkpoints.claim_resumed(state, lost)
-                    # The run's end, which its worker did not live to report (before the
-                    # save: the event log keeps it, as a run that ends here keeps its own).
-                    # Not when it did report it, and its final checkpoint then failed: the
-                    # log holds it once.
-                    if self.events.active and not await self._checkpoints.run_end_logged(
-                        session_id
-                    ):
-                        finished = (session_id, session.final_answer, len(session.steps))
-                        self.events.emit_new(RunFinished, (*finished, session.duration_ms))
-                    await self._save_final(session, state.run)
-                except BaseException as error:
-                    # As a run's failure ends: its RunFinished and ErrorEvent logged with the
-                    # session, the ErrorEvent emitted, its claims released.
-                    left = "later resumes of the session are refused until release_resume"
-                    settle = False
-                    await self._end_failed_run(session, error, self.events, left)
-                    settle = isinstance(error, Exception)
-                    raise
+                reported: list[bool] = []
+                closing = self._close_answered(session, state, reported)
+                if timeout is None:
+                    await closing
+                elif await _within_deadline(closing, timeout / 1000):
+                    raise AgentLoopError(f"{_timed_out(timeout)} (closing the session)")
+            except BaseException as error:
+                # As a run's failure ends: the ErrorEvent emitted, its claims released; and,
+                # after the RunFinished this close reported, logged with the session (a run
+                # that reported its end logged its own failure then).
+                left = "later resumes of the session are refused until release_resume"
+                settle = False
+                await self._end_failed_run(session, error, self.events, left, bool(reported))
+                settle = isinstance(error, Exception)
+                raise
             finally:
                 RUN_CALLBACKS.reset(callbacks_token)
                 self._checkpoints.forget(session_id)  # nothing of it stays in memory
@@ -3566,7 +3616,7 @@ class AgentRuntime:
                 with _SESSIONS_LOCK:
                     self._running.discard(session_id)
                 if callbacks and settle:
-                    await settle_callbacks(callbacks, None)
+                    await settle_callbacks(callbacks, deadline)
             return session
         # A turn goes on with the history it started with (`session()` gives it).
         history = self.trim_history(session.messages) if state.turn else None
@@ -4166,7 +4216,25 @@ async def _through_cancellation(
     it is dropped, as a failed run's save is); then it raises the cancellation. A failure of
     that write is not raised either: what it would have written over stands. Uncancelled,
     it costs nothing.
+
+    Called as a cancellation is handled (the task is cancelling: an intent's withdrawal),
+    nothing else would cut the write short: it is made so from the start, and raises its
+    own failure, or `TimeoutError` once that time is up.
     """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        from llm_agent_runtime.persistence._waiting import wait_through_cancellation
+
+        writing = asyncio.ensure_future(write())
+        seconds = cleanup_seconds()
+        await wait_through_cancellation(writing, seconds)
+        if not writing.done():
+            writing.cancel()
+            raise TimeoutError(
+                f"not written within the failed run's cleanup time ({seconds:.3g} s)"
+            )
+        writing.result()
+        return
     try:
         await write()
     except asyncio.CancelledError:
@@ -4251,6 +4319,26 @@ class _ProviderReply(str):
         reply.usage = usage
         reply.model = model
         return reply
+
+
+def _charge_refused_reply(
+    error: ProviderError, metrics: RuntimeMetrics, budget: CostBudget | None
+) -> None:
+    """Charges the run for the billed reply a provider refused (`ProviderError.usage`).
+
+    Its metrics and budget count it as a reply the run read: the server billed it. A usage
+    that is no `Usage`, or one the metrics or the budget refuse, is left uncharged: the
+    provider's error is what the caller must see.
+    """
+    usage = error.usage
+    if type(usage) is not Usage:
+        return
+    with contextlib.suppress(AgentRuntimeError):
+        metrics.record_tokens(usage.input_tokens, usage.output_tokens)
+        if budget is not None:
+            if usage.cost_usd != 0.0:
+                _check_cost(usage)
+            _charge_budget(budget, usage.input_tokens, usage.output_tokens, usage.cost_usd)
 
 
 def _charge_budget(

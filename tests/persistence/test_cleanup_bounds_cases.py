@@ -97,3 +97,81 @@ async def test_a_run_cancelled_on_a_backend_that_stopped_answering_ends(mode: st
     assert done, "the cancelled run was still running 3 s later"
     assert task.cancelled()
     assert not runtime._cleanup_deadlines
+
+
+class SlowAfterAHiccup(ar.InMemoryBackend):
+    """The in-memory backend whose intent write of call 1 fails; from then on (and for the
+    result of call 0) every write takes `SLOW` seconds."""
+
+    SLOW = 0.6
+    failed = False
+
+    async def _slow(self) -> None:
+        if self.failed:
+            await asyncio.sleep(self.SLOW)
+
+    async def save(self, key: str, value: bytes) -> None:
+        if key.endswith(":call:1:0") and b'"done"' in value:
+            await asyncio.sleep(self.SLOW)
+        await self._slow()
+        await super().save(key, value)
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        if key.endswith(":call:1:1"):
+            await asyncio.sleep(0.1)  # call 0 is journaling its result by now
+            self.failed = True
+            raise ConnectionError("backend hiccup")
+        await self._slow()
+        return await super().save_new(key, value)
+
+    async def batch_save(self, items: Any) -> None:
+        await self._slow()
+        await super().batch_save(items)
+
+    async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
+        await self._slow()
+        return await super().batch_save_if(guard_key, guard_value, items)
+
+
+async def test_a_call_its_round_cancelled_leaves_the_failed_runs_save_unbounded() -> None:
+    # Call 1's intent write failed the round, which cancelled call 0 as it journaled its
+    # result: that cancellation started a 1 s cleanup clock, and the run, failed by an
+    # error and with no timeout, dropped its end and its ErrorEvent when it ran out.
+    backend = SlowAfterAHiccup()
+    tool = ar.ToolSpec("t", "A tool.", lambda arguments: "ok")
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=[tool], checkpoint_backend=backend
+    )
+    calls = [ar.ToolCall("c1", "t", {}), ar.ToolCall("c2", "t", {"x": 1})]
+    model = ar.ScriptedProvider([ar.ChatResponse(tool_calls=calls, stop_reason="tool_calls")])
+    session = runtime.create_session("a", "hiccup")
+    with pytest.raises(ar.PersistenceError, match="backend hiccup"):
+        await runtime.run_agent_with_provider("a", "q", model, session=session)
+    assert await backend.list_keys("session:hiccup:ended")
+    events = await runtime.session_events("hiccup")
+    assert events[-1]["type"] == "ErrorEvent"
+
+
+class HangsAtAnIntent(StopsAnswering):
+    """The backend that stops answering as a call's intent is written."""
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        if ":call:" in key and b'"state":"intent"' in value:
+            self.armed = True
+        return bool(await super().save_new(key, value))
+
+
+async def test_taking_back_an_intent_the_cancellation_cut_is_bounded_too() -> None:
+    # The run, cut off as a call's intent was written, takes the intent back: that write
+    # was awaited with nothing left to cut it short, and the run never ended.
+    tool = ar.ToolSpec("t", "A tool.", lambda arguments: "ok")
+    backend = HangsAtAnIntent()
+    config = ar.AgentConfig(mode="tools", loop_timeout_ms=300)
+    runtime = ar.AgentRuntime(config, tools=[tool], checkpoint_backend=backend)
+    calls = [ar.ToolCall("c1", "t", {})]
+    model = ar.ScriptedProvider([ar.ChatResponse(tool_calls=calls, stop_reason="tool_calls")])
+    task = asyncio.ensure_future(runtime.run_agent_with_provider("a", "q", model))
+    done, _ = await asyncio.wait([task], timeout=3.0)
+    assert done, "the run was still running 3 s after it started"
+    with pytest.raises(ar.AgentLoopError, match="timed out"):
+        task.result()

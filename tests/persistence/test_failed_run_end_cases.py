@@ -4,6 +4,8 @@ whose final write fails, and a listener failing on the failed run's last save.""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -123,3 +125,111 @@ async def test_a_listener_failing_on_a_failed_runs_last_save_does_not_hide_its_e
     assert loaded.step_count == 1 and loaded.duration_ms == session.duration_ms
     events = await runtime.session_events("listener-fails")
     assert run_events(events) == ["RunStarted", "ErrorEvent"]
+
+
+async def test_a_close_is_timed_as_a_run_is() -> None:
+    # The close of an answered run knew no loop_timeout_ms: on a backend that stopped
+    # answering it hung for good, and it waited for its async callbacks with no bound.
+    backend = ar.InMemoryBackend()
+    await died_after_its_answer(backend, "close-timed")
+    config = ar.AgentConfig(loop_timeout_ms=300)
+    closer = ar.AgentRuntime(config, tools=[add], checkpoint_backend=backend)
+
+    async def never_returns(event: ar.Event) -> None:
+        await asyncio.Event().wait()
+
+    closer.events.on(never_returns)
+    started = time.perf_counter()
+    closed = await closer.resume("close-timed", script())
+    assert closed.final_answer == "finished"
+    assert time.perf_counter() - started < 1.5
+
+    await died_after_its_answer(backend, "close-hangs")
+    real_save = backend.batch_save_if
+
+    async def hangs(*args: Any, **kwargs: Any) -> bool:
+        await asyncio.Event().wait()
+        return await real_save(*args, **kwargs)
+
+    backend.batch_save_if = hangs  # type: ignore[method-assign]
+    backend.batch_save = hangs  # type: ignore[assignment,method-assign]
+    hung = ar.AgentRuntime(config, tools=[add], checkpoint_backend=backend)
+    task = asyncio.ensure_future(hung.resume("close-hangs", script()))
+    done, _ = await asyncio.wait([task], timeout=3.0)
+    assert done, "the close was still running 3 s after it started"
+    with pytest.raises(ar.AgentLoopError, match="timed out after 300 ms"):
+        task.result()
+
+
+LEASE = 0.3
+
+
+async def _slow_tool(arguments: dict[str, Any]) -> str:
+    await asyncio.sleep(0.05)
+    return "slept"
+
+
+async def _quick_tool(arguments: dict[str, Any]) -> str:
+    return "ok"
+
+
+LEASED_TOOLS = [
+    ar.ToolSpec("ok", "Answers.", _quick_tool, idempotent=True),
+    ar.ToolSpec("slow", "Answers later.", _slow_tool, idempotent=True),
+]
+
+
+def _leased(path: Any, metrics: ar.RuntimeMetrics) -> ar.AgentRuntime:
+    return ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"),
+        tools=LEASED_TOOLS,
+        metrics=metrics,
+        checkpoint_backend=ar.SqliteBackend(path),
+        resume_lease_seconds=LEASE,
+    )
+
+
+@pytest.mark.parametrize("stalls_on", [ar.ToolCallFinished, ar.RunFinished])
+async def test_a_resume_claim_taken_over_is_no_checkpoint_error(
+    tmp_path: Any, stalls_on: type
+) -> None:
+    # A resumed run that stalled past its lease, its session taken over by another worker,
+    # counted the refusal of its next write (a step's, or its final one) as a failed
+    # checkpoint, where the backend never failed.
+    path = tmp_path / "lost.db"
+    metrics = ar.RuntimeMetrics()
+    first = _leased(path, metrics)
+    session = first.create_session("a")
+    calls = [ar.ChatResponse(tool_calls=[ar.ToolCall("1", "slow", {})], stop_reason="tool_calls")]
+    interrupted = asyncio.ensure_future(
+        first.run_agent_with_provider("a", "q", ar.ScriptedProvider(calls), session=session)
+    )
+    await asyncio.sleep(0.02)
+    interrupted.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await interrupted
+    taken: list[str | None] = []
+
+    def stall(event: ar.Event) -> None:
+        if isinstance(event, stalls_on) and not taken:
+            time.sleep(LEASE * 2)  # past the lease: another worker takes the session over
+
+            def take_over() -> None:
+                other = _leased(path, ar.RuntimeMetrics())
+                done = ar.ScriptedProvider(["done"])
+                taken.append(asyncio.run(other.resume(session.session_id, done)).final_answer)
+
+            thread = threading.Thread(target=take_over)
+            thread.start()
+            thread.join()
+
+    first.events.on(stall)
+    before = metrics.snapshot().checkpoint_errors
+    replies = [
+        ar.ChatResponse(tool_calls=[ar.ToolCall("2", "ok", {})], stop_reason="tool_calls"),
+        ar.ChatResponse(text="done", stop_reason="stop"),
+    ]
+    with pytest.raises(ar.PersistenceError, match="no longer"):
+        await first.resume(session.session_id, ar.ScriptedProvider(replies))
+    assert taken == ["done"]
+    assert metrics.snapshot().checkpoint_errors == before

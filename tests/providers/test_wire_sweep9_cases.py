@@ -131,3 +131,103 @@ async def test_an_openai_done_line_with_trailing_blanks_ends_the_stream(
     server.script(Reply(frames=[*frames[:-1], done], headers={"content-type": "text/event-stream"}))
     events = await _call("openai", server, True, retry=ONCE)
     assert events[-1].response.text == "Hello"
+
+
+async def test_a_compressed_reply_with_half_a_surrogate_pair_is_read_not_retried(
+    server: FakeLlmServer,
+) -> None:
+    # The check for a cut read the body with pydantic's parser, which refuses the escape of
+    # half a surrogate pair that the reply's own parser takes: each compressed such reply
+    # was "cut short", retried, and billed again.
+    body = render_openai(Turn(text="hi"), stream=False).body.replace(b'"hi"', b'"hi \\ud83d"')
+    server.script(
+        *[Reply(body=gzip.compress(body), headers={**JSON, "content-encoding": "gzip"})] * 2
+    )
+    reply = await _call("openai", server, False, retry=TWICE)
+    assert reply.text == "hi \ufffd" and len(server.requests) == 1
+
+
+async def test_an_identity_encoded_reply_that_is_no_json_is_not_taken_for_cut(
+    server: FakeLlmServer,
+) -> None:
+    # `identity` is no compression: the body is whole, and malformed, not cut short.
+    body = b'{"id": "c1", "choices": [}'
+    server.script(*[Reply(body=body, headers={**JSON, "content-encoding": "identity"})] * 2)
+    with pytest.raises(ar.ProviderError, match="malformed") as malformed:
+        await _call("openai", server, False, retry=TWICE)
+    assert not malformed.value.retryable and len(server.requests) == 1
+
+
+@ar.tool
+def write_file(path: str, content: str) -> str:
+    """Writes a file."""
+    return path
+
+
+def _cut_call_reply(kind: str, stream: bool) -> Turn | Reply:
+    """A billed reply (1000 tokens in, 50 out) cut off inside its tool call's arguments."""
+    stop = "length" if kind == "openai" else "max_tokens"
+    if kind == "anthropic" and not stream:  # whole: the call's input lacks what is required
+        whole = {
+            "id": "m",
+            "type": "message",
+            "role": "assistant",
+            "model": "m",
+            "content": [{"type": "tool_use", "id": "t1", "name": "write_file", "input": {}}],
+            "stop_reason": stop,
+            "usage": {"input_tokens": 1000, "output_tokens": 50},
+        }
+        return Reply(body=json.dumps(whole).encode(), headers=JSON)
+    return Turn(
+        tool_calls=[("t1", "write_file", {"path": "a", "content": "a long text"})],
+        stop_reason=stop,
+        arguments_cut=12,
+        input_tokens=1000,
+        output_tokens=50,
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_billed_reply_cut_inside_a_call_is_charged_to_the_run(
+    server: FakeLlmServer, kind: str, stream: bool
+) -> None:
+    # The provider charged it to its own metrics, then raised: the run's metrics and budget
+    # never saw it, where a reply cut inside its final answer is charged.
+    server.script(_cut_call_reply(kind, stream))
+    metrics, budget = ar.RuntimeMetrics(), ar.CostBudget(max_tokens=10_000)
+    config = ar.AgentConfig(mode="tools")
+    runtime = ar.AgentRuntime(config, tools=[write_file], metrics=metrics, budget=budget)
+    if stream:  # a listener of text deltas: the runtime streams the reply
+        runtime.events.on(lambda event: None)
+    async with make_provider(kind, server, retry=ONCE) as llm:
+        with pytest.raises(ar.AgentLoopError, match="cut off"):
+            await runtime.run_agent_with_provider("a", "write it", llm)
+    assert server.requests[0].json.get("stream", False) is stream
+    snapshot = metrics.snapshot()
+    assert (snapshot.input_tokens, snapshot.output_tokens) == (1000, 50)
+    assert budget.used_tokens == 1050
+
+
+@pytest.mark.parametrize("mode", ["tools", "react"])
+async def test_a_billed_reply_with_no_choices_is_charged_to_the_run(
+    server: FakeLlmServer, mode: str
+) -> None:
+    no_choices = {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050},
+    }
+    server.script(Reply(body=json.dumps(no_choices).encode(), headers=JSON))
+    metrics, budget = ar.RuntimeMetrics(), ar.CostBudget(max_tokens=10_000)
+    config = ar.AgentConfig(mode=mode)  # type: ignore[arg-type]
+    runtime = ar.AgentRuntime(config, tools=[write_file], metrics=metrics, budget=budget)
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        with pytest.raises(ar.ProviderError, match="no choices") as refused:
+            await runtime.run_agent_with_provider("a", "write it", llm)
+    assert refused.value.usage == ar.Usage(input_tokens=1000, output_tokens=50)
+    snapshot = metrics.snapshot()
+    assert (snapshot.input_tokens, snapshot.output_tokens) == (1000, 50)
+    assert budget.used_tokens == 1050

@@ -401,9 +401,13 @@ def cut_short(response: httpx.Response, body: bytes) -> bool:
     (`_close_delimited`), or a compressed one (gzip says where its stream ends, but httpx
     does not check that it did: a proxy's broken gzip decodes to a part of the body).
     """
-    return (_close_delimited(response) or "content-encoding" in response.headers) and _cut_json(
-        body
-    )
+    encoding = response.headers.get("content-encoding", "").lower()
+    compressed = any(name in encoding for name in _COMPRESSIONS)
+    return (compressed or _close_delimited(response)) and _cut_json(body)
+
+
+_COMPRESSIONS = ("gzip", "deflate", "br", "zstd")
+"""The content codings httpx decodes (`identity` leaves the body as it is)."""
 
 
 def cut_short_error(name: str) -> ProviderError:
@@ -418,8 +422,9 @@ def cut_short_error(name: str) -> ProviderError:
 def _cut_json(body: bytes) -> bool:
     """Whether `body` is empty, or a JSON object or array that does not parse: cut short.
 
-    Another body (a proxy's page) is left to the parser that reads the reply, which says
-    what it holds.
+    Parsed as `parse_json` parses it (an escape of half a surrogate pair is JSON). Another
+    body (a proxy's page) is left to the parser that reads the reply, which says what it
+    holds.
     """
     start = body.lstrip()[:1]
     if not start:
@@ -429,7 +434,12 @@ def _cut_json(body: bytes) -> bool:
     try:
         pydantic_core.from_json(body)
     except ValueError:
-        return True
+        try:
+            json.loads(body)
+        except ValueError:
+            return True
+        except RecursionError:  # whole, nested too deeply: the reply's parser says so
+            return False
     return False
 
 

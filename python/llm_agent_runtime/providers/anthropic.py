@@ -459,7 +459,9 @@ class AnthropicProvider(HttpProvider):
             # an object, whole to look at, that lacks the arguments still to come (a file
             # write without its content). A tool would run on it; a streamed reply's cut
             # JSON is refused, and so is this call, once it lacks what its tool requires.
-            raise _cut_off_call(last, stop_reason, self._transport)
+            error = _cut_off_call(last, stop_reason, self._transport)
+            error.usage = usage
+            raise error
         text: list[str] = []
         tool_uses: list[_Block] = []
         reasoning: list[dict[str, Any]] = []
@@ -590,6 +592,7 @@ class AnthropicProvider(HttpProvider):
         model: str | None = None
         usage = Usage()
         owed = False  # usage reported and not charged yet
+        reported = False  # an event reported the usage
         done = False
         progress = StreamProgress()
         events = self._transport.post_sse(
@@ -685,7 +688,7 @@ class AnthropicProvider(HttpProvider):
                                     _Usage, event.message.usage, "Anthropic stream"
                                 )
                                 usage = started.usage()
-                                owed = True
+                                owed = reported = True
                     elif kind == "message_delta":
                         progress.step(sse.data)
                         if event.delta is not None and event.delta.stop_reason is not None:
@@ -695,7 +698,7 @@ class AnthropicProvider(HttpProvider):
                             # those it leaves out (or null) stay as message_start gave them.
                             delta_usage = parse_usage(_Usage, event.usage, "Anthropic stream")
                             usage = delta_usage.usage(usage)
-                            owed = True
+                            owed = reported = True
                     elif kind == "content_block_stop":
                         progress.step(sse.data)
                         block = tool_blocks.get(event.index)
@@ -741,10 +744,13 @@ class AnthropicProvider(HttpProvider):
                 reasoning=list(reasoning.values()),
             )
             yield StreamEnd(checked_arguments(response, self._transport.redact))
-        except BaseException:
-            # Failed, cancelled or closed after the usage arrived: it was billed all the same.
+        except BaseException as error:
+            # Failed, cancelled or closed after the usage arrived: it was billed all the same
+            # (charged here, or above before its tool calls failed).
             if owed:
                 self._transport.charge_unfinished(usage)
+            if reported and isinstance(error, ProviderError):
+                error.usage = usage
             raise
 
 

@@ -417,10 +417,12 @@ class OpenAIProvider(HttpProvider):
         completion = parse_json(_Completion, raw, "OpenAI response")
         usage = parse_usage(_Usage, completion.usage, "OpenAI response").usage()
         # Charged first: the reply arrived and was billed, even if it has no choice or its
-        # tool calls fail below.
+        # tool calls fail below (the error then holds the usage).
         self._transport.charge(usage)
         if not completion.choices:
-            raise ProviderError("malformed OpenAI response: no choices")
+            error = ProviderError("malformed OpenAI response: no choices")
+            error.usage = usage
+            raise error
         choice = completion.choices[0]
         message = choice.message
         wire_calls = message.tool_calls or []
@@ -430,20 +432,24 @@ class OpenAIProvider(HttpProvider):
         # Given out as a streamed reply's are: cleaned, those missing named (`ToolCallIds`).
         call_ids = ToolCallIds().give_all([call.id for call in wire_calls])
         redact = self._transport.redact
-        calls = [
-            ToolCall(
-                call_ids[index],
-                clean_text(call.function.name or ""),
-                *read_arguments(
-                    decode_arguments,
-                    call.function.arguments or "",
-                    name=call.function.name,
-                    stop_reason=choice.finish_reason,
-                    redact=redact,
-                ),
-            )
-            for index, call in enumerate(wire_calls)
-        ]
+        try:
+            calls = [
+                ToolCall(
+                    call_ids[index],
+                    clean_text(call.function.name or ""),
+                    *read_arguments(
+                        decode_arguments,
+                        call.function.arguments or "",
+                        name=call.function.name,
+                        stop_reason=choice.finish_reason,
+                        redact=redact,
+                    ),
+                )
+                for index, call in enumerate(wire_calls)
+            ]
+        except ProviderError as error:  # cut off inside a call's arguments
+            error.usage = usage
+            raise
         text = _text_of(message.content)
         stop_reason = choice.finish_reason
         if message.refusal:
@@ -654,10 +660,13 @@ class OpenAIProvider(HttpProvider):
                 model=model,
             )
             yield StreamEnd(checked_arguments(response, self._transport.redact))
-        except BaseException:
-            # Failed, cancelled or closed after the usage arrived: it was billed all the same.
+        except BaseException as error:
+            # Failed, cancelled or closed after the usage arrived: it was billed all the same
+            # (charged here, or above before its tool calls failed).
             if owed:
                 self._transport.charge_unfinished(usage)
+            if reported and isinstance(error, ProviderError):
+                error.usage = usage
             raise
 
 
