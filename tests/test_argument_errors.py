@@ -94,6 +94,17 @@ def test_text_for_a_list_of_edges_is_named(value: Any, got: str) -> None:
         ar.GraphStore.from_edge_list(3, value)
 
 
+@pytest.mark.parametrize(
+    ("value", "got"), [(None, "got None"), (5, r"got int \(5\)"), (np.array(7), "got")]
+)
+def test_edges_that_cannot_be_iterated_are_named(value: Any, got: str) -> None:
+    # Python's bare TypeError came out ("'NoneType' object is not iterable").
+    with pytest.raises(
+        ar.GraphError, match=rf"from_edge_list takes a list of edges \(u, v\[, weight\]\), {got}"
+    ):
+        ar.GraphStore.from_edge_list(3, value)
+
+
 # --- A wrong-typed single argument: "<argument> must be <what>, got <value>" -------------
 
 

@@ -1083,3 +1083,31 @@ async def test_arguments_json_cannot_hold_are_estimated_and_refused_as_an_observ
     assert session.steps[0].error_kind == "permanent"
     assert session.steps[0].output_tokens > 0
     assert rt.metrics.snapshot().output_tokens > 0
+
+
+async def test_a_refused_streamed_reply_is_charged_when_a_listener_failed_first() -> None:
+    # A listener's error, raised in place of the stream's own, hid the usage of the reply
+    # the provider refused: the run's metrics and budget never counted it.
+    class BreaksOff:
+        async def chat(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+            raise AssertionError("streamed")
+
+        async def chat_stream(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+            yield ar.TextDelta("hello ")
+            error = ar.ProviderError("the stream broke off after its usage", retryable=True)
+            error.usage = ar.Usage(1000, 500)
+            raise error
+
+    budget = ar.CostBudget(max_tokens=10_000)
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), budget=budget)
+
+    def listener(event: ar.Event) -> None:
+        if isinstance(event, ar.LlmTextDelta):
+            raise RuntimeError("listener failed")
+
+    runtime.events.on(listener)
+    with pytest.raises(RuntimeError, match="listener failed"):
+        await runtime.run_agent_with_provider("a", "q", BreaksOff())
+    snapshot = runtime.metrics.snapshot()
+    assert (snapshot.input_tokens, snapshot.output_tokens) == (1000, 500)
+    assert budget.used_tokens == 1500

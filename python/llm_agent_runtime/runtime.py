@@ -1910,7 +1910,7 @@ class AgentRuntime:
                         with _traced(self._tracer, "agent.llm") as span:
                             if stream:
                                 streamed = await self._chat_stream(
-                                    session, provider, messages, tool_defs, params, deadline
+                                    session, provider, messages, tool_defs, params, deadline, budget
                                 )
                                 response = streamed.response
                             else:
@@ -1921,7 +1921,7 @@ class AgentRuntime:
                             _describe_llm_call(span, model, response)
                     elif stream:
                         streamed = await self._chat_stream(
-                            session, provider, messages, tool_defs, params, deadline
+                            session, provider, messages, tool_defs, params, deadline, budget
                         )
                         response = streamed.response
                     elif more_params:
@@ -2165,6 +2165,7 @@ class AgentRuntime:
         tool_defs: list[ToolDefinition] | None,
         params: dict[str, Any],
         deadline: float | None,
+        budget: CostBudget | None,
     ) -> _Streamed:
         """Streams one model call, emitting its text deltas as they come.
 
@@ -2226,11 +2227,14 @@ class AgentRuntime:
                     break  # its last event: what would follow is no part of the reply
         except UnreadableArgumentsError as error:  # raised in place of its `StreamEnd`
             response = error.response
-        except Exception:
+        except Exception as error:
             if listener_error is None:
                 raise
             # The stream failed after a listener did: the listener's error is the one that
-            # came first (the stream's stays its context).
+            # came first (the stream's stays its context). A reply the stream's error refused
+            # is charged all the same, as the tools loop charges it.
+            if isinstance(error, ProviderError):
+                _charge_refused_reply(error, self._metrics, budget)
             raise listener_error  # noqa: B904 (not caused by the stream: its context)
         finally:
             # Closed here, however the loop ends (a cancel, say): left to the garbage
@@ -2752,7 +2756,10 @@ class AgentRuntime:
         unsaved, giving up its claims) share one deadline, set when the first asks: after
         `loop_timeout_ms` (so a run that timed out ends within twice that), or, for a run
         `cancelled` from outside that has none, after `_CANCELLED_CLEANUP_SECONDS`. A run
-        without a timeout that failed by an error waits for its saves as long as they take.
+        without a timeout that failed by an error waits for its saves as long as they take,
+        until its task is cancelled (as its cleanup runs, say: its clock starts then). A
+        call its round cancelled (a sibling call failed the round) is not the run's
+        cancellation: the run's task tells (`_run_cancelled`).
         """
         deadline = self._cleanup_deadlines.get(session_id)
         now = time.monotonic()
@@ -2760,23 +2767,12 @@ class AgentRuntime:
             timeout = self._config.loop_timeout_ms
             if timeout is not None:
                 seconds = timeout / 1000
-            elif cancelled:
+            elif cancelled or _run_cancelled():
                 seconds = _CANCELLED_CLEANUP_SECONDS
             else:
                 return None
             deadline = self._cleanup_deadlines[session_id] = now + seconds
         return max(0.0, deadline - now)
-
-    def _cut_write_seconds(self, session_id: str) -> float | None:
-        """`_cleanup_seconds` for a journal write a cancellation cut off.
-
-        A cancellation of the run's own task (from outside, or its `loop_timeout_ms`) is
-        the run's end; a call its round cancelled (a sibling call failed the round) waits as
-        the run that fails by that error does.
-        """
-        run_task = _RUN_TASK.get()
-        cancelled = run_task is not None and run_task.cancelling() > 0
-        return self._cleanup_seconds(session_id, cancelled)
 
     async def _release_claims(self, session_id: str, left: str, timeout: float | None) -> None:
         """Gives up the claims of a run that failed (`CheckpointStore.release`).
@@ -3219,7 +3215,7 @@ class AgentRuntime:
                 # resume would take an intent alone for a call that may have run.
                 await _through_cancellation(
                     functools.partial(checkpoints.journal, session_id, step, index, done),
-                    functools.partial(self._cut_write_seconds, session_id),
+                    functools.partial(self._cleanup_seconds, session_id, False),
                 )
             except Exception as error:
                 # Not raised: the call ran, and its siblings run on. Its result stays with the
@@ -3260,7 +3256,7 @@ class AgentRuntime:
             checkpoints.withdraw_intent, session.session_id, step, index, intent, replacing
         )
         try:
-            cleanup = functools.partial(self._cut_write_seconds, session.session_id)
+            cleanup = functools.partial(self._cleanup_seconds, session.session_id, False)
             await _through_cancellation(withdraw, cleanup)
         except Exception as error:
             self._count_checkpoint_error(
@@ -4223,33 +4219,54 @@ async def _through_cancellation(
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():
-        from llm_agent_runtime.persistence._waiting import wait_through_cancellation
-
         writing = asyncio.ensure_future(write())
-        seconds = cleanup_seconds()
-        await wait_through_cancellation(writing, seconds)
+        await _wait_through(writing, cleanup_seconds)
         if not writing.done():
             writing.cancel()
-            raise TimeoutError(
-                f"not written within the failed run's cleanup time ({seconds:.3g} s)"
-            )
+            raise TimeoutError("not written within the failed run's cleanup time")
         writing.result()
         return
     try:
         await write()
     except asyncio.CancelledError:
-        from llm_agent_runtime.persistence._waiting import (
-            retrieve_outcome,
-            wait_through_cancellation,
-        )
+        from llm_agent_runtime.persistence._waiting import retrieve_outcome
 
         writing = asyncio.ensure_future(write())
-        await wait_through_cancellation(writing, cleanup_seconds())
+        await _wait_through(writing, cleanup_seconds)
         if writing.done():
             retrieve_outcome(writing)
         else:
             writing.cancel()
         raise
+
+
+async def _wait_through(
+    writing: asyncio.Future[Any], cleanup_seconds: Callable[[], float | None]
+) -> None:
+    """Waits for `writing` as long as `cleanup_seconds()` gives, through cancellations.
+
+    Asked again at each cancellation while it gives no bound: a cancellation of the run
+    itself, arriving meanwhile, starts the clock of its cleanup (see `_cleanup_seconds`).
+    """
+    loop = asyncio.get_running_loop()
+    seconds = cleanup_seconds()
+    deadline = None if seconds is None else loop.time() + seconds
+    while not writing.done():
+        left = None if deadline is None else deadline - loop.time()
+        if left is not None and left <= 0:
+            return
+        try:
+            await asyncio.wait([writing], timeout=left)
+        except asyncio.CancelledError:
+            if deadline is None:
+                seconds = cleanup_seconds()
+                deadline = None if seconds is None else loop.time() + seconds
+
+
+def _run_cancelled() -> bool:
+    """Whether the task of the run in progress (`_RUN_TASK`, else this task) is cancelled."""
+    task = _RUN_TASK.get() or asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _all_or_none(calls: Iterable[Awaitable[T]]) -> list[T]:

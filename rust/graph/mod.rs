@@ -453,7 +453,18 @@ fn edge_list(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<SnapshotBuilder> {
         }
     } else {
         let py = edges.py();
-        for (at, item) in edges.try_iter()?.enumerate() {
+        let items = match edges.try_iter() {
+            Ok(items) => items,
+            Err(error) if error.is_instance_of::<pyo3::exceptions::PyTypeError>(py) => {
+                return Err(CoreError::Graph(format!(
+                    "from_edge_list takes a list of edges (u, v[, weight]), got {}",
+                    args::describe(edges)
+                ))
+                .into())
+            }
+            Err(error) => return Err(error),
+        };
+        for (at, item) in items.enumerate() {
             // An iterator may be endless (`itertools.repeat`): Ctrl-C still stops it.
             args::check_signals_at(py, at)?;
             add(&item?)?;

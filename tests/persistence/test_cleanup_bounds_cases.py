@@ -175,3 +175,55 @@ async def test_taking_back_an_intent_the_cancellation_cut_is_bounded_too() -> No
     assert done, "the run was still running 3 s after it started"
     with pytest.raises(ar.AgentLoopError, match="timed out"):
         task.result()
+
+
+class HangsAtCall0sResult(ar.InMemoryBackend):
+    """Call 1's intent write fails; call 0's result write, its rewrite included, hangs."""
+
+    async def save(self, key: str, value: bytes) -> None:
+        if key.endswith(":call:1:0") and b'"done"' in value:
+            await asyncio.Event().wait()
+        await super().save(key, value)
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        if key.endswith(":call:1:1"):
+            await asyncio.sleep(0.1)
+            raise ConnectionError("backend hiccup")
+        return bool(await super().save_new(key, value))
+
+
+async def test_a_cancellation_of_the_run_bounds_a_round_failed_by_an_error() -> None:
+    # Call 0, cut off by its failed round as it journaled its result, writes it again with
+    # no bound (the run fails by an error, with no timeout); the caller then cancels the
+    # run, and the write, bound once and for all when it began, swallowed every cancel.
+    tool = ar.ToolSpec("t", "A tool.", lambda arguments: "ok")
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=[tool], checkpoint_backend=HangsAtCall0sResult()
+    )
+    calls = [ar.ToolCall("c1", "t", {}), ar.ToolCall("c2", "t", {"x": 1})]
+    model = ar.ScriptedProvider([ar.ChatResponse(tool_calls=calls, stop_reason="tool_calls")])
+    task = asyncio.ensure_future(runtime.run_agent_with_provider("a", "q", model))
+    await asyncio.sleep(0.5)
+    assert not task.done()  # the round failed; call 0 writes its result again
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=3.0)
+    assert done, "the cancelled run was still running 3 s later"
+
+
+async def test_a_cancellation_during_a_failed_runs_cleanup_bounds_the_rest() -> None:
+    # The model failed, the backend hung in the failed run's cleanup, the caller cancelled
+    # it: the save was cut, then the claims' release waited with no bound (the cleanup had
+    # been told, as it began, that the run was not cancelled).
+    backend = StopsAnswering()
+
+    async def model(prompt: str) -> str:
+        backend.armed = True
+        raise ar.ProviderError("model down")
+
+    runtime = ar.AgentRuntime(ar.AgentConfig(), checkpoint_backend=backend)
+    task = asyncio.ensure_future(runtime.run_agent("a", "q", model))
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=3.0)
+    assert done, "the cancelled run was still running 3 s later"
