@@ -4217,10 +4217,12 @@ async def _through_cancellation(
     nothing else would cut the write short: it is made so from the start, and raises its
     own failure, or `TimeoutError` once that time is up.
     """
+    from llm_agent_runtime.persistence._waiting import retrieve_outcome, wait_through_cancellation
+
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         writing = asyncio.ensure_future(write())
-        await _wait_through(writing, cleanup_seconds)
+        await wait_through_cancellation(writing, cleanup_seconds)
         if not writing.done():
             writing.cancel()
             raise TimeoutError("not written within the failed run's cleanup time")
@@ -4229,38 +4231,13 @@ async def _through_cancellation(
     try:
         await write()
     except asyncio.CancelledError:
-        from llm_agent_runtime.persistence._waiting import retrieve_outcome
-
         writing = asyncio.ensure_future(write())
-        await _wait_through(writing, cleanup_seconds)
+        await wait_through_cancellation(writing, cleanup_seconds)
         if writing.done():
             retrieve_outcome(writing)
         else:
             writing.cancel()
         raise
-
-
-async def _wait_through(
-    writing: asyncio.Future[Any], cleanup_seconds: Callable[[], float | None]
-) -> None:
-    """Waits for `writing` as long as `cleanup_seconds()` gives, through cancellations.
-
-    Asked again at each cancellation while it gives no bound: a cancellation of the run
-    itself, arriving meanwhile, starts the clock of its cleanup (see `_cleanup_seconds`).
-    """
-    loop = asyncio.get_running_loop()
-    seconds = cleanup_seconds()
-    deadline = None if seconds is None else loop.time() + seconds
-    while not writing.done():
-        left = None if deadline is None else deadline - loop.time()
-        if left is not None and left <= 0:
-            return
-        try:
-            await asyncio.wait([writing], timeout=left)
-        except asyncio.CancelledError:
-            if deadline is None:
-                seconds = cleanup_seconds()
-                deadline = None if seconds is None else loop.time() + seconds
 
 
 def _run_cancelled() -> bool:

@@ -7,7 +7,6 @@ And, in that work, waiting for a lock in a way the cancellation ends (`wait_unti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import threading
 import time
@@ -30,22 +29,33 @@ class Abandoned(Exception):
 
 
 async def wait_through_cancellation(
-    future: asyncio.Future[Any], timeout: float | None = None
+    future: asyncio.Future[Any], timeout: float | Callable[[], float | None] | None = None
 ) -> None:
     """Waits until `future` is done, at most `timeout` seconds (None: no bound).
 
     A cancellation of the waiting task meanwhile does not stop the wait; the caller, which
     is handling a first cancellation, raises that one after. Used for a thread a cancelled
-    call must wait for, and a cleanup that must not stop half way.
+    call must wait for, and a cleanup that must not stop half way. A callable `timeout` is
+    asked at the start, and again at each cancellation for as long as it gives no bound
+    (a cancellation may start the clock it reads).
     """
     loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
+    ask: Callable[[], float | None] | None = None
+    if callable(timeout):
+        ask, seconds = timeout, timeout()
+    else:
+        seconds = timeout
+    deadline = None if seconds is None else loop.time() + seconds
     while not future.done():
         left = None if deadline is None else deadline - loop.time()
         if left is not None and left <= 0:
             return
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await asyncio.wait([future], timeout=left)
+        except asyncio.CancelledError:
+            if deadline is None and ask is not None:
+                seconds = ask()
+                deadline = None if seconds is None else loop.time() + seconds
 
 
 def retrieve_outcome(future: asyncio.Future[Any]) -> None:
