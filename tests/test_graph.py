@@ -503,6 +503,21 @@ def test_from_json_refuses_integers_beyond_64_bits_rather_than_rounding_them(
         ar.GraphStore.from_json(json.dumps(doc))
 
 
+def test_from_json_reads_a_weight_written_as_a_wide_integer() -> None:
+    # A weight is a float: 1e20 written out in full (as another program may) is that float,
+    # not a property integer that would lose digits.
+    g = ar.GraphStore()
+    g.add_entity("a", "x", {"n": 2**64 - 1})
+    g.add_entity("b", "x")
+    g.add_relationship("a", "b", "knows", 1.0, {"m": -(2**63)})
+    doc = json.loads(g.to_json())
+    text = json.dumps(doc).replace('"weight": 1.0', f'"weight": {10**20}')
+    assert f'"weight": {10**20}' in text
+    back = ar.GraphStore.from_json(text)
+    assert [r["weight"] for r in back.relationships()] == [1e20]
+    assert back.entity("a")["properties"] == {"n": 2**64 - 1}
+
+
 LONE = "x\ud800"  # a str with no UTF-8 form (a surrogate pair cut in two)
 
 

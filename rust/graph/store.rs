@@ -18,6 +18,7 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::map::Entry;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::alloc::{collected, filled, reserve};
@@ -25,8 +26,8 @@ use super::props::{within_max_depth, MAX_DEPTH};
 use crate::errors::{CoreError, CoreResult};
 
 /// JSON-compatible properties; none (null) costs one pointer.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(from = "UniqueKeys", into = "Value")]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(into = "Value")]
 pub struct Properties(Option<Box<Value>>);
 
 /// A JSON value read from a document, refused when an object in it names a key twice:
@@ -117,9 +118,34 @@ impl<'de> Visitor<'de> for UniqueKeysVisitor {
     }
 }
 
-/// A document's properties read as [`UniqueKeys`].
-fn unique_keys<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
-    UniqueKeys::deserialize(deserializer).map(|UniqueKeys(v)| v)
+/// A document's properties: read as [`UniqueKeys`], and refused when they hold an integer
+/// literal a `Value` cannot hold (beyond 64 bits, or `-0`), as `add_entity` refuses such a
+/// property: the JSON parser would read it as the nearest float, silently changing it.
+/// (`to_json` never writes one.) Only properties are checked: a weight is a float anyway.
+fn document_properties<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
+    let raw = <&RawValue>::deserialize(deserializer)?;
+    let wide = crate::react::wide_integers(raw.get())
+        .and_then(|literals| literals.into_iter().flatten().next());
+    if let Some(literal) = wide {
+        return Err(de::Error::custom(format!(
+            "the integer {literal} does not fit in 64 bits"
+        )));
+    }
+    serde_json::from_str::<UniqueKeys>(raw.get())
+        .map(|UniqueKeys(v)| v)
+        .map_err(|e| {
+            // The error's position is within the properties: the document's is added instead.
+            let text = e.to_string();
+            let at = format!(" at line {} column {}", e.line(), e.column());
+            de::Error::custom(text.strip_suffix(&at).unwrap_or(&text))
+        })
+}
+
+/// [`document_properties`] as an entity's [`Properties`].
+fn document_entity_properties<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Properties, D::Error> {
+    document_properties(deserializer).map(Properties::from)
 }
 
 static NO_PROPERTIES: Value = Value::Null;
@@ -134,12 +160,6 @@ impl Properties {
 impl From<Value> for Properties {
     fn from(value: Value) -> Self {
         Self((!value.is_null()).then(|| Box::new(value)))
-    }
-}
-
-impl From<UniqueKeys> for Properties {
-    fn from(UniqueKeys(value): UniqueKeys) -> Self {
-        Self::from(value)
     }
 }
 
@@ -158,7 +178,7 @@ pub struct Entity {
     #[serde(default)]
     pub label: CompactString,
     /// JSON-compatible properties (an object, or null when none).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "document_entity_properties")]
     pub properties: Properties,
 }
 
@@ -202,7 +222,7 @@ pub struct RelationshipRecord {
     /// Weight.
     pub weight: f64,
     /// Properties (null when none).
-    #[serde(default, deserialize_with = "unique_keys")]
+    #[serde(default, deserialize_with = "document_properties")]
     pub properties: Value,
 }
 
@@ -1352,7 +1372,6 @@ impl Store {
     pub fn from_json(text: &str) -> CoreResult<Store> {
         let doc: GraphDocument = serde_json::from_str(text)
             .map_err(|e| CoreError::Graph(format!("not a graph document: {e}")))?;
-        check_integers_fit(text)?;
         if doc.format != FORMAT {
             return Err(CoreError::Graph(format!(
                 "not a graph document (format {:?})",
@@ -1384,20 +1403,6 @@ impl Store {
             store.add_relationship(&r.from, &r.to, &r.kind, r.weight, r.properties)?;
         }
         Ok(store)
-    }
-}
-
-/// Refuses a document with an integer literal a `Value` cannot hold (beyond 64 bits, or
-/// `-0`), as `add_entity` refuses such a property: the JSON parser would read it as the
-/// nearest float, silently changing it. (`to_json` never writes one.)
-fn check_integers_fit(text: &str) -> CoreResult<()> {
-    let wide = crate::react::wide_integers(text)
-        .and_then(|literals| literals.into_iter().flatten().next());
-    match wide {
-        Some(literal) => Err(CoreError::Graph(format!(
-            "not a graph document: the integer {literal} does not fit in 64 bits"
-        ))),
-        None => Ok(()),
     }
 }
 
