@@ -83,10 +83,18 @@ def test_two_indexes_cannot_share_an_originals_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
-def test_a_forked_child_does_not_keep_the_parents_originals_file_locked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("others_open", [0, 300])
+def test_a_forked_child_does_not_keep_the_parents_originals_file_locked(
+    tmp_path: Path, others_open: int
+) -> None:
     # A flock belongs to the open file, which fork() shares: a child alive (a worker pool's)
     # held the lock of an index the parent had dropped, and the parent could not open the
-    # file again ("in use by another index"). The child, which may not use the file, lets it go.
+    # file again ("in use by another index"). The child, which may not use the file, lets it go,
+    # however many other such files are open (a fixed table of 256 once missed the rest).
+    others = [
+        ar.VectorIndex(8, dtype="int8", originals_path=tmp_path / f"other{i}.f32")
+        for i in range(others_open)
+    ]
     copies = tmp_path / "copies.f32"
     index = ar.VectorIndex(8, dtype="int8", originals_path=copies)
     index.add(np.arange(20), rows(1))
@@ -118,6 +126,7 @@ def test_a_forked_child_does_not_keep_the_parents_originals_file_locked(tmp_path
         # ...and free once it is dropped, the child alive.
         again = ar.VectorIndex.load(str(saved), originals_path=copies)
         assert again.search(rows(1)[3], 1)[0].tolist() == [3]
+        assert len(others) == others_open  # all still open
     finally:
         os.close(writer)
         os.waitpid(child, 0)

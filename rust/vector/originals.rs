@@ -41,14 +41,14 @@ pub struct FileRows {
     dim: usize,
     rows: usize,
     broken: Option<String>,
-    /// Its entry in [`inherited`]'s registry (None when that is full).
-    slot: Option<usize>,
+    /// Its entry in [`inherited`]'s registry (None where there is no fork).
+    slot: Option<inherited::Slot>,
 }
 
 impl Drop for FileRows {
     fn drop(&mut self) {
         // Before `file` closes: a fork() then never touches a descriptor number reused.
-        inherited::unregister(self.slot);
+        inherited::unregister(self.slot.take());
     }
 }
 
@@ -515,17 +515,45 @@ impl FileExt for File {
 mod inherited {
     use std::fs::File;
     use std::os::unix::io::AsRawFd;
-    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::ptr;
+    use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
     use std::sync::Once;
 
-    /// Descriptors of the open files (-1: a free slot). Atomics, not a lock: a fork taken
-    /// while another thread held a lock would leave the child's copy locked for good.
-    static FILES: [AtomicI32; 256] = [const { AtomicI32::new(-1) }; 256];
+    /// Slots of one chunk of the registry.
+    const CHUNK: usize = 256;
+
+    /// Descriptors of open files (-1: a free slot), in chunks chained as more files are open
+    /// at once. Atomics, not a lock: a fork taken while another thread held a lock would
+    /// leave the child's copy locked for good. Chunks are never freed (the child walks them
+    /// without allocating): the registry keeps the most files ever open at once.
+    struct Chunk {
+        slots: [AtomicI32; CHUNK],
+        next: AtomicPtr<Chunk>,
+    }
+
+    static FIRST: Chunk = Chunk {
+        slots: [const { AtomicI32::new(-1) }; CHUNK],
+        next: AtomicPtr::new(ptr::null_mut()),
+    };
     static HANDLER: Once = Once::new();
 
-    /// Registers `file` to be let go of in forked children; its slot, None when all are
-    /// taken (such a file keeps the behaviour of a plain `flock`).
-    pub fn register(file: &File) -> Option<usize> {
+    /// A registered file's slot.
+    #[derive(Debug)]
+    pub struct Slot(&'static AtomicI32);
+
+    /// The chunks of the registry, in order.
+    fn chunks() -> impl Iterator<Item = &'static Chunk> {
+        std::iter::successors(Some(&FIRST), |chunk| {
+            // SAFETY: a non-null `next` points at a leaked, never freed chunk.
+            #[allow(unsafe_code)]
+            unsafe {
+                chunk.next.load(Ordering::Acquire).as_ref()
+            }
+        })
+    }
+
+    /// Registers `file` to be let go of in forked children, and returns its slot.
+    pub fn register(file: &File) -> Option<Slot> {
         HANDLER.call_once(|| {
             // SAFETY: registers a handler that only makes async-signal-safe calls.
             #[allow(unsafe_code)]
@@ -534,15 +562,47 @@ mod inherited {
             }
         });
         let fd = file.as_raw_fd();
-        FILES.iter().position(|slot| {
-            slot.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        })
+        let mut chunk = &FIRST;
+        loop {
+            if let Some(slot) = chunk.slots.iter().find(|slot| {
+                slot.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            }) {
+                return Some(Slot(slot));
+            }
+            let mut next = chunk.next.load(Ordering::Acquire);
+            if next.is_null() {
+                let fresh = Box::into_raw(Box::new(Chunk {
+                    slots: [const { AtomicI32::new(-1) }; CHUNK],
+                    next: AtomicPtr::new(ptr::null_mut()),
+                }));
+                next = match chunk.next.compare_exchange(
+                    ptr::null_mut(),
+                    fresh,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => fresh,
+                    Err(theirs) => {
+                        // Another thread chained one first: ours was never shared.
+                        // SAFETY: `fresh` came from `Box::into_raw` just above.
+                        #[allow(unsafe_code)]
+                        let unshared = unsafe { Box::from_raw(fresh) };
+                        drop(unshared);
+                        theirs
+                    }
+                };
+            }
+            // SAFETY: a non-null `next` points at a leaked, never freed chunk.
+            #[allow(unsafe_code)]
+            let following = unsafe { next.as_ref() };
+            chunk = following?;
+        }
     }
 
     /// Frees a slot of [`register`].
-    pub fn unregister(slot: Option<usize>) {
-        if let Some(slot) = slot.and_then(|s| FILES.get(s)) {
+    pub fn unregister(slot: Option<Slot>) {
+        if let Some(Slot(slot)) = slot {
             slot.store(-1, Ordering::Release);
         }
     }
@@ -555,7 +615,7 @@ mod inherited {
         #[allow(unsafe_code)]
         unsafe {
             let mut devnull = -1;
-            for slot in &FILES {
+            for slot in chunks().flat_map(|chunk| &chunk.slots) {
                 let fd = slot.load(Ordering::Acquire);
                 if fd < 0 {
                     continue;
@@ -582,9 +642,13 @@ mod inherited {
 mod inherited {
     use std::fs::File;
 
-    pub fn register(_file: &File) -> Option<usize> {
+    /// Never made: nothing to register.
+    #[derive(Debug)]
+    pub enum Slot {}
+
+    pub fn register(_file: &File) -> Option<Slot> {
         None
     }
 
-    pub fn unregister(_slot: Option<usize>) {}
+    pub fn unregister(_slot: Option<Slot>) {}
 }
