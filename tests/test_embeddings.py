@@ -610,6 +610,19 @@ def test_openai_embedder_sizes_must_be_ints_of_at_least_one(field: str, value: A
         ar.OpenAIEmbedder(base_url="http://127.0.0.1:9/v1", **{field: value})
 
 
+@pytest.mark.parametrize("value", [2**20 + 1, 2**40, 10**30])
+def test_openai_embedder_dimensions_are_bounded(value: int) -> None:
+    # Accepted once: embedding only empty texts (no request) then failed in numpy, with a
+    # bare ValueError or a MemoryError for terabytes of zeros.
+    with pytest.raises(
+        ar.MemoryStoreError, match=r"dimensions must be at most 1048576 \(2\*\*20\)"
+    ):
+        ar.OpenAIEmbedder(base_url="http://127.0.0.1:9/v1", dimensions=value)
+    assert ar.OpenAIEmbedder(base_url="http://127.0.0.1:9/v1", dimensions=2**20).embed(
+        ["", ""]
+    ).shape == (2, 2**20)
+
+
 @pytest.mark.parametrize("value", [2.5, True, 0])
 def test_sentence_transformer_batch_size_is_checked_first(value: Any) -> None:
     # Checked before the optional package is imported: the error is the argument's.

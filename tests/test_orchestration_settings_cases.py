@@ -107,6 +107,8 @@ BAD = [
     (_limiter, "capacity", 0.0, ValueError, "rate and capacity must be finite and > 0"),
     (_limiter, "capacity", NAN, ValueError, "rate and capacity must be finite and > 0"),
     (_limiter, "capacity", "5", ValueError, "capacity must be a number"),
+    (_limiter, "rate", 1e-308, ValueError, "rate 1e-308 is too slow for capacity 5.0"),
+    (_limiter, "capacity", 1e13, ValueError, r"take over 1e\+12 s to refill from empty"),
     (_breaker, "failure_threshold", 0, ValueError, "failure_threshold must be >= 1"),
     (_breaker, "failure_threshold", 2.5, ValueError, "failure_threshold must be an int"),
     (_breaker, "recovery_window", 0, ValueError, "recovery_window must be finite and > 0"),
@@ -133,6 +135,7 @@ BAD = [
     (_redis_limiter, "rate", -2.0, ValueError, "rate and capacity must be finite and > 0"),
     (_redis_limiter, "capacity", INF, ValueError, "rate and capacity must be finite and > 0"),
     (_redis_limiter, "capacity", True, ValueError, "capacity must be a number"),
+    (_redis_limiter, "rate", 4e-12, ValueError, "rate 4e-12 is too slow for capacity 5.0"),
     (_redis_dedup, "ttl", 0.0004, ValueError, r"ttl must be at least 0\.001 s"),
     (_redis_dedup, "ttl", NAN, ValueError, r"ttl must be at least 0\.001 s"),
     (_redis_dedup, "ttl", "5", ValueError, "ttl must be a number"),
@@ -641,3 +644,46 @@ async def test_a_shared_dedup_serves_results_for_the_ttl_set_later() -> None:
         assert dedup.executions == 2
     finally:
         await dedup.close()
+
+
+@pytest.mark.parametrize("max_actions", [None, 2**63])
+def test_a_huge_count_of_actions_is_recorded_at_once(max_actions: int | None) -> None:
+    # Recorded one by one, 10**18 actions took forever (and an interrupt left a part).
+    caps = ar.CapabilitySet(max_actions=max_actions)
+    caps.record_actions(10**18)
+    assert caps.actions_taken == 10**18
+
+
+def test_a_subclass_recording_each_action_sees_every_one_of_a_round() -> None:
+    seen = []
+
+    class Logged(ar.CapabilitySet):
+        def record_action(self) -> None:
+            super().record_action()
+            seen.append(self.actions_taken)
+
+    caps = Logged(max_actions=4)
+    caps.record_actions(3)
+    assert seen == [1, 2, 3]
+    with pytest.raises(ar.PolicyDeniedError, match="would go past it"):
+        caps.record_actions(2)
+    assert seen == [1, 2, 3] and caps.actions_taken == 3
+
+
+async def test_waiters_of_the_slowest_bucket_allowed_are_cancelled_cleanly() -> None:
+    # At a rate of 1e-308 a wait was past the floats' range: the refunds of cancelled
+    # waiters raised OverflowError in a loop callback, and out of a later waiter's cancel.
+    # The slowest bucket allowed refills in 1e12 s: its waits and refunds stay finite.
+    limiter = ar.RateLimiter(rate=1e-12, capacity=1.0)
+    assert limiter.try_acquire()
+    waiters = []
+    for _ in range(3):
+        waiters.append(asyncio.ensure_future(limiter.acquire()))
+        await asyncio.sleep(0)
+    waiters[0].cancel()
+    waiters[1].cancel()
+    await asyncio.sleep(0.01)
+    waiters[2].cancel()
+    outcomes = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+    assert not limiter.try_acquire()  # the first token is still out; nothing else leaked

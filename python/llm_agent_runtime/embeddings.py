@@ -215,7 +215,8 @@ class OpenAIEmbedder:
             else OpenAI's API. A user name and password in it (``http://user:pw@host/v1``)
             are sent as basic auth when there is no API key, and the repr leaves them out.
         model: embedding model name.
-        dimensions: ask the server for shorter vectors (models that support it).
+        dimensions: ask the server for shorter vectors (models that support it), up to
+            2**20 (as `HashingEmbedder`'s `dim`).
         batch_size: texts per request.
         timeout: seconds one request may take in all, from its start to the last byte of the
             reply, checked as the body's bytes arrive: a body trickled a few bytes at a time
@@ -233,9 +234,9 @@ class OpenAIEmbedder:
 
     Raises:
         MemoryStoreError: batch_size or dimensions is not an int (a bool or float is
-            refused) of at least 1, timeout is not a finite number of seconds above 0, or
-            client is not an `httpx.Client` (an `httpx.AsyncClient` cannot serve the
-            synchronous `embed`).
+            refused) of at least 1, dimensions is over 2**20, timeout is not a finite
+            number of seconds above 0, or client is not an `httpx.Client` (an
+            `httpx.AsyncClient` cannot serve the synchronous `embed`).
         ProviderError: the API key is one no HTTP header can carry (whitespace such as a
             trailing newline, control or non-ASCII characters; the message never quotes it),
             the base URL is not an http(s) URL, it is OpenAI's own API and there is no key,
@@ -263,6 +264,10 @@ class OpenAIEmbedder:
         batch_size = _count(batch_size, "batch_size")
         if dimensions is not None:
             dimensions = _count(dimensions, "dimensions")
+            if dimensions > _MAX_DIMENSIONS:
+                raise MemoryStoreError(
+                    f"dimensions must be at most {_MAX_DIMENSIONS} (2**20), got {dimensions}"
+                )
         # Checked here: httpx would refuse it only at the first request, with a ValueError.
         seconds = _seconds(timeout, "timeout")
         # Checked here: an AsyncClient (what the chat providers take) would fail only in
@@ -512,6 +517,11 @@ def _read_by(
             retryable=True,
         )
     return b"".join(chunks), False
+
+
+_MAX_DIMENSIONS = 1 << 20
+"""The most `dimensions` an `OpenAIEmbedder` may ask for: a row is then 4 MiB (embedding
+models give a few thousand); the stores would fail to allocate far larger rows."""
 
 
 def _count(value: Any, name: str) -> int:

@@ -42,6 +42,19 @@ async def test_a_sweep_older_than_nan_is_refused_and_deletes_nothing(
     assert sorted(await runtime.sweep(-1.0)) == sorted([finished.session_id, "f:ok"])
 
 
+async def test_a_sweep_older_than_an_int_beyond_the_floats_is_infinitely_far(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # An int too large for a float (a bare OverflowError once, in `now - older_than`) is
+    # the infinity of its sign: far in the past sweeps nothing, far ahead everything.
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    finished = await runtime.run_agent("a", "q", script(FINAL))
+    for far in (10**400, 2**1024):
+        assert await runtime.sweep(far) == []
+        assert await CheckpointStore(backend).sweep(0.0, now=-far) == []
+    assert await runtime.sweep(-(10**400)) == [finished.session_id]
+
+
 @ar.tool
 def send(to: str) -> str:
     """Sends."""

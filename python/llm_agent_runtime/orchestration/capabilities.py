@@ -116,8 +116,8 @@ class CapabilitySet:
     def record_actions(self, count: int) -> None:
         """Counts `count` actions together (a round of parallel tool calls): all or none.
 
-        Checks the limit for all of them first, then records each with `record_action` (so
-        a subclass that overrides it sees every action).
+        Checks the limit for all of them first, then adds them up at once; a subclass that
+        overrides `record_action` has each recorded with it instead (it sees every action).
 
         Raises:
             PolicyDeniedError: they would go past the action limit (none is counted). A
@@ -134,6 +134,9 @@ class CapabilitySet:
                 f"action limit: {count} actions would go past it ({self.actions_taken} of "
                 f"{limit} taken)"
             )
+        if type(self).record_action is CapabilitySet.record_action:
+            self.actions_taken += count  # one step: a count of any size, all or none
+            return
         for _ in range(count):
             self.record_action()
 

@@ -300,17 +300,30 @@ class _WaitingRoom:
                 return
 
 
+_LONGEST_REFILL_SECONDS = 1e12
+"""The longest a bucket may take to refill from empty (about 31,700 years): waits and
+refunds then add up to finite floats however many callers wait (at a rate of 1e-308 one
+token's wait alone was past the floats' range, and a cancelled waiter raised OverflowError)."""
+
+
 def _checked_bucket(rate: object, capacity: object) -> tuple[float, float]:
-    """`rate` and `capacity` as floats when both are finite and > 0.
+    """`rate` and `capacity` as floats: finite, > 0, and refilling within a bound.
+
+    The bucket must refill from empty within `_LONGEST_REFILL_SECONDS`.
 
     Raises:
         ValueError: either is not positive, is NaN or infinite, or is not a number (a bool
-            included).
+            included); or `capacity / rate` is over `_LONGEST_REFILL_SECONDS`.
     """
     rate, capacity = check_real("rate", rate), check_real("capacity", capacity)
     # Written so that NaN fails the check (each comparison with NaN is false).
     if not (0 < rate < math.inf and 0 < capacity < math.inf):
         raise ValueError(f"rate and capacity must be finite and > 0, got {rate} and {capacity}")
+    if not capacity / rate <= _LONGEST_REFILL_SECONDS:
+        raise ValueError(
+            f"rate {rate} is too slow for capacity {capacity}: the bucket would take over "
+            f"{_LONGEST_REFILL_SECONDS:.0e} s to refill from empty"
+        )
     return rate, capacity
 
 
@@ -338,7 +351,8 @@ class RateLimiter:
 
     Raises:
         ValueError: `rate` or `capacity` is not positive, is NaN or infinite, or is not a
-            number (a bool included).
+            number (a bool included); or the bucket takes over 1e12 s (`capacity / rate`)
+            to refill from empty.
         TypeError: `clock` is not a `Clock` (see `checked_clock`).
     """
 

@@ -519,7 +519,8 @@ class RedisRateLimiter:
     Raises:
         TypeError: `prefix` is not a str.
         ValueError: `rate` or `capacity` is not positive, is NaN or infinite, or is not a
-            number (a bool included).
+            number (a bool included); or the bucket takes over 1e12 s (`capacity / rate`)
+            to refill from empty.
         PersistenceError: When `prefix` holds a lone surrogate, redis-py is not installed
             (the `redis` extra), or `url` is not a Redis URL redis-py can use.
     """

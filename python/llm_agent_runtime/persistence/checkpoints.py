@@ -530,6 +530,27 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _sweep_seconds(name: str, value: Any) -> float:
+    """`value`, a number of seconds given to `sweep`, as a float.
+
+    An int beyond the floats' range is the infinity of its sign (it is further than any
+    time a float holds).
+
+    Raises:
+        PersistenceError: `value` is not a number, or is NaN.
+    """
+    # A NaN compares false with every time: it would keep every finished session but
+    # delete every incomplete fork, one being copied right now too.
+    if _is_number(value):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf if value > 0 else -math.inf
+        if not math.isnan(seconds):
+            return seconds
+    raise PersistenceError(f"{name} must be a number of seconds, got {value!r}")
+
+
 def _is_count(value: Any) -> bool:
     """Whether `value` is an int >= 0 (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
@@ -2370,12 +2391,8 @@ class CheckpointStore:
             PersistenceError: When `older_than` (or `now`) is not a number (or is NaN), or a final
                 checkpoint or the meta record of a session without one is corrupt.
         """
-        now = time.time() if now is None else now
-        for name, value in (("older_than", older_than), ("now", now)):
-            # A NaN compares false with every time: it would keep every finished session
-            # but delete every incomplete fork, one being copied right now too.
-            if not _is_number(value) or math.isnan(value):
-                raise PersistenceError(f"{name} must be a number of seconds, got {value!r}")
+        older_than = _sweep_seconds("older_than", older_than)
+        now = time.time() if now is None else _sweep_seconds("now", now)
         keys = await self.backend.list_keys(_PREFIX)
         present = set(keys)
         candidates: dict[str, None] = {}  # session ids, in key order
