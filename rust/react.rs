@@ -2133,7 +2133,12 @@ pub fn parse_react_step<'py>(text: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Py
         })
     })?;
     // As many characters as UTF-8 bytes: ASCII, where each byte offset is a character index.
-    let chars = text.len()?;
+    // (A `str` subclass may override `__len__`: its characters are counted instead.)
+    let chars = if text.is_exact_instance_of::<PyString>() {
+        text.len()?
+    } else {
+        source.chars().count()
+    };
     let ascii = chars == source.len();
     let end = if step.end >= source.len() {
         chars

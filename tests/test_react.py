@@ -945,6 +945,30 @@ def test_a_step_parsed_from_a_str_subclass_is_collected_in_a_cycle(text: str) ->
     assert [ref for ref in alive if ref() is not None] == []
 
 
+def test_a_str_subclass_with_its_own_len_parses_as_its_text() -> None:
+    # Its `__len__` (here its UTF-8 size) was taken for the character count: a non-ASCII
+    # text passed for ASCII, and byte offsets were used as character indexes.
+    class Sized(str):
+        def __len__(self) -> int:
+            return len(str(self).encode())
+
+    for text in ['Thought: héllo wörld\nAction: search {"q": "ünï"}\nObservation: z', "é"]:
+        try:
+            plain = ar.parse_react_step(text)
+        except ar.ParseError as error:
+            with pytest.raises(ar.ParseError) as refused:
+                ar.parse_react_step(Sized(text))
+            assert refused.value.position == error.position
+            continue
+        sub = ar.parse_react_step(Sized(text))
+        assert (sub.thought, sub.action_input_text, sub.end) == (
+            plain.thought,
+            plain.action_input_text,
+            plain.end,
+        )
+        assert plain.end == 48
+
+
 @pytest.mark.parametrize(
     ("text", "tool", "tool_input"),
     [

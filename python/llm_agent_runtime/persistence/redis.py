@@ -259,8 +259,6 @@ class RedisBackend:
         """
         marker = _marker_key(prefix)
         if not await self._call(None, "exists", marker):
-            own = prefix.encode()
-            start = len(own)
             pattern = _escape_glob(prefix) + "*"
             try:
                 found = [bytes(k) async for k in self.client.scan_iter(match=pattern, count=1000)]
@@ -269,7 +267,8 @@ class RedisBackend:
             # Every key starts with `prefix`: the sorted full keys are the sorted keys. The
             # indexes and markers of this prefix and of longer ones are no keys.
             stored = [k for k in found if not k.endswith(_BOOKKEEPING)]
-            keys = [k[start:] for k in decode_stored_keys("RedisBackend", stored)]
+            # Cut once decoded: the prefix is that many characters (not bytes) of each.
+            keys = [k[len(prefix) :] for k in decode_stored_keys("RedisBackend", stored)]
             try:
                 for chunk in range(0, len(keys), _INDEX_CHUNK):
                     part = keys[chunk : chunk + _INDEX_CHUNK]
