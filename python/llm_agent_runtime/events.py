@@ -31,6 +31,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
+from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime._core import EventFanout
 from llm_agent_runtime.errors import AgentRuntimeError
 
@@ -219,7 +220,7 @@ def _log_failure(task: asyncio.Future[Any]) -> None:
         )
 
 
-class EventBus:
+class EventBus(Unshared):
     """Fans events out to callbacks and to async subscribers.
 
     `active` is False while nobody listens, so the runtime skips building events entirely.
@@ -475,7 +476,7 @@ class _DroppingQueue(_SubscriberQueue):
         super()._deliver(item)
 
 
-class Subscription:
+class Subscription(Unshared):
     """The async iterator `EventBus.subscribe()` returns: one subscriber's queue.
 
     Not an async generator: a generator's cleanup runs only once it has been started, so an

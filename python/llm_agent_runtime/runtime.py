@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast, get_a
 
 from pydantic import ValidationError
 
+from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime._core import EpisodicStore, RuntimeMetrics, parse_react_step
 from llm_agent_runtime.config import AgentConfig, check_model_params, check_unicode
 from llm_agent_runtime.errors import (
@@ -388,7 +389,7 @@ def _required(name: str, value: Any, methods: Sequence[str]) -> None:
         )
 
 
-class AgentRuntime:
+class AgentRuntime(Unshared):
     """Runs agents: the ReAct / tool-calling loop with memory, tools, policies and checkpoints.
 
     With OpenTelemetry installed (the `otel` extra) and a tracer provider set, each run is

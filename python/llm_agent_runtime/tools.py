@@ -2561,6 +2561,12 @@ class ToolRegistry:
 
     __slots__ = ("_tools",)
 
+    def __copy__(self) -> ToolRegistry:
+        """A registry of the same tools, whose registrations then go apart from this one's."""
+        clone = object.__new__(ToolRegistry)
+        clone._tools = dict(self._tools)
+        return clone
+
     def __init__(self, tools: Iterable[ToolSpec] = ()) -> None:
         """Registers `tools`.
 

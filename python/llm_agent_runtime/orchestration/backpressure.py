@@ -9,6 +9,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime.errors import BackpressureShedError
 from llm_agent_runtime.orchestration._calls import current_task
 from llm_agent_runtime.orchestration._checks import check_count, safe_repr
@@ -42,7 +43,7 @@ _BLOCKS: ContextVar[tuple[_Block, ...]] = ContextVar(
 block sees them too (it copies the context): only a block's own task counts in it."""
 
 
-class BackpressureGuard:
+class BackpressureGuard(Unshared):
     """Admits at most `capacity` concurrent holders; rejects the rest immediately.
 
     Use `async with guard:` (or `acquire()` / `release()`). Depth always returns to zero:

@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime.orchestration._calls import call_maybe_async, uncallable_error
 from llm_agent_runtime.orchestration._checks import check_count, check_real, safe_repr
 from llm_agent_runtime.orchestration.clock import Clock, checked_clock
@@ -17,7 +18,7 @@ from llm_agent_runtime.orchestration.dedup import canonical_key
 __all__ = ["ResultCache"]
 
 
-class ResultCache:
+class ResultCache(Unshared):
     """Caches tool results for `ttl` seconds, at most `max_entries` of them.
 
     When full, the expired entries go first, else the least recently used one. `invalidate`

@@ -55,6 +55,7 @@ from typing import (
     runtime_checkable,
 )
 
+from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime.errors import CircuitOpenError, is_refusal
 from llm_agent_runtime.orchestration._calls import (
     call_maybe_async,
@@ -152,7 +153,7 @@ class CircuitStateBackend(Protocol):
         ...
 
 
-class InMemoryCircuitStateBackend:
+class InMemoryCircuitStateBackend(Unshared):
     """Keeps breaker state in this process (thread-safe)."""
 
     def __init__(self) -> None:
@@ -204,7 +205,7 @@ def _plain_in_memory(backend: object) -> InMemoryCircuitStateBackend | None:
     return backend
 
 
-class CircuitBreaker:
+class CircuitBreaker(Unshared):
     """A circuit breaker around calls to one service.
 
     Use it as `await breaker.call(fn, *args)`, as `async with breaker:`, or as a decorator

@@ -11,6 +11,7 @@ import math
 import time
 from typing import Protocol, cast, runtime_checkable
 
+from llm_agent_runtime._copies import CopiedWhole
 from llm_agent_runtime.orchestration._checks import check_real, safe_repr
 
 __all__ = ["Clock", "FakeClock", "SystemClock"]
@@ -44,7 +45,7 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
 
-class FakeClock:
+class FakeClock(CopiedWhole):
     """Virtual time for tests: it moves only through `advance` and sleeping tasks.
 
     `sleep` never waits for real. A sleeping task registers its deadline; once no other work
@@ -82,6 +83,10 @@ class FakeClock:
         self._jump_loop: asyncio.AbstractEventLoop | None = None
         self.sleeps: list[float] = []
         """Every duration passed to `sleep`, in order (lets tests check backoff)."""
+
+    def _in_use(self) -> str | None:
+        """A copy is whole (see `CopiedWhole`), but not while tasks sleep on it."""
+        return "tasks sleep on it" if self._sleepers or self._jump_loop else None
 
     @safe_repr
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ import math
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
+from llm_agent_runtime._copies import CopiedWhole
 from llm_agent_runtime.orchestration._calls import call_maybe_async, uncallable_error
 from llm_agent_runtime.orchestration._checks import check_real, safe_repr, short_repr
 from llm_agent_runtime.orchestration.clock import Clock, checked_clock
@@ -96,7 +97,7 @@ def _checked_ttl(ttl: object) -> float:
     return seconds
 
 
-class Deduplicator:
+class Deduplicator(CopiedWhole):
     """Runs each distinct request once at a time and serves its result for `ttl` seconds.
 
     Callers asking for a key already running wait for that execution instead of starting
@@ -141,6 +142,10 @@ class Deduplicator:
         self._waits: dict[asyncio.Task[Any], asyncio.Task[Any]] = {}
         self.executions = 0
         """Times a request was actually executed."""
+
+    def _in_use(self) -> str | None:
+        """A copy is whole, results included (see `CopiedWhole`), but not while it runs."""
+        return "calls are under way in it" if self._in_flight or self._keys else None
 
     @safe_repr
     def __repr__(self) -> str:

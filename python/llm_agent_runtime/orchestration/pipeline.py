@@ -64,6 +64,12 @@ class Pipeline:
         self._stages.append((name or str(default), fn))
         return self
 
+    def __copy__(self) -> Pipeline:
+        """A pipeline of the same stages, to which `then` adds apart from this one."""
+        clone = Pipeline()
+        clone._stages = list(self._stages)
+        return clone
+
     def __or__(self, other: Pipeline) -> Pipeline:
         """Concatenates two pipelines (`|` with anything else is a TypeError)."""
         if not isinstance(other, Pipeline):

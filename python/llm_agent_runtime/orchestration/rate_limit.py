@@ -7,6 +7,7 @@ import functools
 import math
 from collections.abc import Hashable
 
+from llm_agent_runtime._copies import CopiedWhole
 from llm_agent_runtime.orchestration._checks import check_real, safe_repr
 from llm_agent_runtime.orchestration.clock import Clock, checked_clock
 
@@ -327,7 +328,7 @@ def _checked_bucket(rate: object, capacity: object) -> tuple[float, float]:
     return rate, capacity
 
 
-class RateLimiter:
+class RateLimiter(CopiedWhole):
     """A token bucket per key: `capacity` tokens, refilled at `rate` tokens per second.
 
     `try_acquire` takes tokens or refuses at once; `acquire` waits until they are there.
@@ -364,6 +365,11 @@ class RateLimiter:
         self._room = _WaitingRoom()  # the callers of `acquire` waiting on each key
         self._count = 0  # numbers reservations and refunds (see `Refund`)
         self._sweep_at = _FIRST_SWEEP  # buckets held when refilled ones are next dropped
+
+    def _in_use(self) -> str | None:
+        """A copy is whole (its clock kept), but not while callers wait (see `CopiedWhole`)."""
+        room = self._room
+        return "callers wait in it" if room.waiters or room._owed else None
 
     @safe_repr
     def __repr__(self) -> str:

@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
+from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime._redis import redis_client
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.orchestration._calls import call_maybe_async, keep_alive
@@ -63,7 +64,7 @@ _MAX_BACKOFF = 0.05
 """Most seconds a write waits before retrying after another process changed the state."""
 
 
-class RedisCircuitStateBackend:
+class RedisCircuitStateBackend(Unshared):
     """A `CircuitStateBackend` in Redis: every process using it shares each breaker's state.
 
     `update` is optimistic: it reads the state, applies the change, and writes the result with
@@ -469,7 +470,7 @@ class _Worker(NamedTuple):
             del self.rooms[namespace]
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(Unshared):
     """A token bucket per key shared by every process that uses the same Redis.
 
     The semantics of `RateLimiter` (capacity, refill rate, waiters served in arrival order),
@@ -960,7 +961,7 @@ def _checked_px(name: str, seconds: object) -> float:
     return value
 
 
-class RedisDeduplicator:
+class RedisDeduplicator(Unshared):
     """Single flight across processes: concurrent requests for one key run once.
 
     The first caller of a key takes a lease, runs the call and publishes its result (as JSON)

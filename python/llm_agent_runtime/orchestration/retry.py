@@ -88,7 +88,9 @@ class RetryPolicy:
         jitter: draw delays uniformly below the exponential bound.
         retry_on: decides whether an error is worth another attempt (see `default_retry_on`).
         clock: time source used to sleep.
-        rng: random source for jitter (seed it for reproducible delays).
+        rng: random source for jitter (seed it for reproducible delays). None, the
+            default: the `random` module's, which Python seeds anew in each forked child,
+            so workers that failed at once do not retry in step.
 
     `max_attempts`, `base_delay`, `max_delay`, `jitter` and `retry_on` may be set again
     later, checked and normalised as the constructor does (a bad value raises, and the old
@@ -133,7 +135,9 @@ class RetryPolicy:
         self._jitter = jitter
         self._retry_on = retry_on
         self._clock = checked_clock(clock)
-        self._rng = rng or random.Random()
+        # None: `random`'s own, read at each draw (a generator of this policy's own would be
+        # copied into every forked worker, and each would draw the same delays).
+        self._rng = rng
 
     @property
     def max_attempts(self) -> int:
@@ -231,7 +235,9 @@ class RetryPolicy:
                 return min(seconds, self._max_delay)
         # The exponent is clamped only to keep 2.0**n finite; the cap applies long before.
         bound = min(self._max_delay, self._base_delay * 2.0 ** min(attempt - 1, 1000))
-        return self._rng.uniform(0.0, bound) if self._jitter else bound
+        if not self._jitter:
+            return bound
+        return (random if self._rng is None else self._rng).uniform(0.0, bound)
 
     @overload
     async def run(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 
+from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime.persistence._checks import (
     check_items,
     check_key,
@@ -21,7 +22,7 @@ from llm_agent_runtime.persistence.base import encode_key
 __all__ = ["InMemoryBackend"]
 
 
-class InMemoryBackend:
+class InMemoryBackend(Unshared):
     """Key -> bytes in a dict; `data` holds the records.
 
     It checks its input as the other backends do (a key that is not valid Unicode text is

@@ -22,6 +22,7 @@ from collections.abc import (
 from typing import Any, Generic, TypeVar
 
 from llm_agent_runtime._cancelling import cancellations_so_far
+from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime._loops import PerLoop
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.orchestration._calls import keep_alive, let_go
@@ -213,7 +214,7 @@ def _without_password(text: str, dsn: str) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-class PostgresBackend:
+class PostgresBackend(Unshared):
     """Key -> bytes storage in one PostgreSQL table, through a connection pool.
 
     Keys are stored as their UTF-8 bytes, so any string is a valid key to look up. A key is

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime._redis import redis_client
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.persistence._checks import (
@@ -25,7 +26,7 @@ __all__ = ["RedisBackend"]
 logger = logging.getLogger("llm_agent_runtime")
 
 
-class RedisBackend:
+class RedisBackend(Unshared):
     """Key -> bytes storage in Redis, under a key prefix.
 
     redis-py is imported only when a backend is created. A batch is one MULTI/EXEC

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.persistence._checks import (
     check_items,
@@ -119,7 +120,7 @@ def _end_read(c: sqlite3.Connection) -> None:
         raise
 
 
-class SqliteBackend:
+class SqliteBackend(Unshared):
     """Key -> bytes storage in one SQLite file.
 
     The database runs in WAL mode, so readers never block the writer and several processes

@@ -37,7 +37,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Self, TypeVar, cast, get_args
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -2429,6 +2429,13 @@ class HttpProvider(abc.ABC):
     def __repr__(self) -> str:
         # Never the key: only where requests go and which model answers.
         return f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r})"
+
+    def __copy__(self) -> NoReturn:
+        # A copy would share the connection pool: closing it would close this one's.
+        raise TypeError(
+            f"{type(self).__name__} objects cannot be copied or pickled: they hold a "
+            "connection pool and an API key; make a new one instead"
+        )
 
     async def __aenter__(self) -> Self:
         return self

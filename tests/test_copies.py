@@ -1,0 +1,212 @@
+"""What copies (`copy.copy`, `copy.deepcopy`, pickling) of the stateful Python objects are.
+
+A default shallow copy shared part of an object's state and not the rest: a guard of
+capacity 1 let two callers in, a breaker's copy opened it, a copied event bus took
+callbacks it never called, a deduplicator's copy broke its expiry heap. Objects with live
+state now refuse every copy with a TypeError naming them; objects of plain state copy whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import pickle
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+
+NO_SERVER = "redis://127.0.0.1:9/0"
+
+COPIES: list[tuple[str, Callable[[Any], Any]]] = [
+    ("copy", copy.copy),
+    ("deepcopy", copy.deepcopy),
+    ("pickle", lambda value: pickle.loads(pickle.dumps(value))),
+]
+
+UNSHARED: list[tuple[str, Callable[[Path], Any]]] = [
+    ("CircuitBreaker", lambda _: ar.CircuitBreaker("svc")),
+    ("InMemoryCircuitStateBackend", lambda _: ar.InMemoryCircuitStateBackend()),
+    ("BackpressureGuard", lambda _: ar.BackpressureGuard(1)),
+    ("ResultCache", lambda _: ar.ResultCache(ttl=5.0)),
+    ("InMemoryBackend", lambda _: ar.InMemoryBackend()),
+    ("SqliteBackend", lambda tmp: ar.SqliteBackend(str(tmp / "c.db"))),
+    ("PostgresBackend", lambda _: ar.PostgresBackend("postgresql://u@127.0.0.1:9/db")),
+    ("RedisBackend", lambda _: ar.RedisBackend(NO_SERVER)),
+    ("RedisCircuitStateBackend", lambda _: ar.RedisCircuitStateBackend(NO_SERVER)),
+    ("RedisRateLimiter", lambda _: ar.RedisRateLimiter(NO_SERVER, rate=1.0, capacity=1.0)),
+    ("RedisDeduplicator", lambda _: ar.RedisDeduplicator(NO_SERVER, ttl=5.0, namespace="n")),
+    ("AgentRuntime", lambda _: ar.AgentRuntime()),
+    ("EventBus", lambda _: ar.AgentRuntime().events),
+    ("Subscription", lambda _: ar.AgentRuntime().events.subscribe()),
+]
+
+
+@pytest.mark.parametrize(("how", "twin"), COPIES, ids=[c[0] for c in COPIES])
+@pytest.mark.parametrize(("name", "make"), UNSHARED, ids=[u[0] for u in UNSHARED])
+def test_objects_with_live_state_refuse_every_copy_naming_themselves(
+    tmp_path: Path, name: str, make: Callable[[Path], Any], how: str, twin: Callable[[Any], Any]
+) -> None:
+    # Deep copies and pickles failed on a lock deep inside ("cannot pickle '_thread.lock'
+    # object", a local class of the Redis pool's); shallow copies shared part of the state.
+    value = make(tmp_path)
+    with pytest.raises(TypeError, match=f"^{name} objects cannot be copied or pickled"):
+        twin(value)
+
+
+async def test_a_copied_guard_cannot_let_a_second_caller_past_capacity() -> None:
+    guard = ar.BackpressureGuard(1)
+    with pytest.raises(TypeError, match="make a new BackpressureGuard"):
+        copy.copy(guard)
+
+
+async def test_an_event_bus_is_not_copied_into_one_that_never_calls_back() -> None:
+    # The copy's `on` added to the original's callbacks but marked only the copy active: a
+    # whole run delivered no event to the callback.
+    runtime = ar.AgentRuntime()
+    with pytest.raises(TypeError, match="EventBus objects cannot be copied"):
+        copy.copy(runtime.events)
+    seen: list[Any] = []
+    runtime.events.on(seen.append)
+    await runtime.run_agent("a", "q", ar.ScriptedProvider(["Action: FINAL_ANSWER 1"]).complete)
+    assert type(seen[0]).__name__ == "RunStarted" and type(seen[-1]).__name__ == "RunFinished"
+
+
+@pytest.mark.parametrize("provider", [ar.OpenAIProvider, ar.AnthropicProvider])
+def test_a_provider_copy_would_share_its_pool_and_is_refused(provider: Any) -> None:
+    # `copy.copy(p).aclose()` closed the original's client.
+    llm = provider(api_key="sk-test", base_url="http://127.0.0.1:9/v1", model="m")
+    with pytest.raises(TypeError, match=f"{provider.__name__} objects cannot be copied"):
+        copy.copy(llm)
+
+
+# -- objects of plain state: whole, independent copies ------------------------------------
+
+
+@pytest.mark.parametrize(("how", "twin"), COPIES, ids=[c[0] for c in COPIES])
+def test_a_rate_limiter_copy_has_its_own_buckets(how: str, twin: Callable[[Any], Any]) -> None:
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=1.0, capacity=2.0, clock=clock)
+    assert limiter.try_acquire("k")
+    clone = twin(limiter)
+    assert clone.try_acquire("k") and not clone.try_acquire("k")
+    assert limiter.try_acquire("k")  # its own token, left by the copy's
+    if how != "pickle":  # the clock is kept: both refill as it goes
+        assert clone._clock is clock
+        clock.advance(1.0)
+        assert clone.try_acquire("k") and limiter.try_acquire("k")
+
+
+async def test_a_rate_limiter_with_waiters_is_not_copied() -> None:
+    limiter = ar.RateLimiter(rate=1.0, capacity=1.0, clock=ar.FakeClock())
+    assert limiter.try_acquire()
+    waiter = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(0)
+    for _, twin in COPIES:
+        with pytest.raises(TypeError, match="a RateLimiter cannot be copied or pickled while"):
+            twin(limiter)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert copy.copy(limiter).capacity == 1.0  # idle again
+
+
+async def test_a_deduplicator_copy_keeps_its_own_results() -> None:
+    # The copy shared the results and the expiry heap but not the heap's tie-breaking
+    # count: equal (expiry, order) items made heapq compare the keys (a TypeError).
+    dedup = ar.Deduplicator(ttl=60.0, clock=ar.FakeClock())
+    calls: list[str] = []
+
+    async def work(tag: str) -> str:
+        calls.append(tag)
+        return tag
+
+    assert await dedup.run(("k", 1), work, "original") == "original"
+    clone = copy.copy(dedup)
+    assert await clone.run(("k", 1), work, "copy") == "original"  # its copy of the result
+    assert await clone.run("other", work, "copy") == "copy"
+    assert await dedup.run("other", work, "original") == "original"  # not the copy's
+    assert calls == ["original", "copy", "original"]
+
+
+async def test_a_deduplicator_running_a_call_is_not_copied() -> None:
+    dedup = ar.Deduplicator(ttl=60.0)
+    release = asyncio.Event()
+
+    async def slow() -> int:
+        await release.wait()
+        return 1
+
+    running = asyncio.ensure_future(dedup.run("k", slow))
+    await asyncio.sleep(0)
+    with pytest.raises(TypeError, match="a Deduplicator cannot be copied or pickled while"):
+        copy.copy(dedup)
+    release.set()
+    assert await running == 1
+
+
+async def test_a_fake_clock_copy_keeps_its_own_time_and_is_refused_while_tasks_sleep() -> None:
+    clock = ar.FakeClock(5.0)
+    clone = copy.copy(clock)
+    clone.advance(10.0)
+    assert (clock.now(), clone.now()) == (5.0, 15.0)
+    sleeper = asyncio.ensure_future(clock.sleep(100.0))
+    await asyncio.sleep(0)
+    with pytest.raises(TypeError, match="a FakeClock cannot be copied or pickled while"):
+        copy.copy(clock)
+    sleeper.cancel()
+    await asyncio.gather(sleeper, return_exceptions=True)
+
+
+@ar.tool
+def ping() -> str:
+    """Pings."""
+    return "pong"
+
+
+@ar.tool
+def pong() -> str:
+    """Pongs."""
+    return "ping"
+
+
+def test_registry_and_pipeline_copies_add_apart() -> None:
+    registry = ar.ToolRegistry([ping])
+    clone = copy.copy(registry)
+    clone.register(pong)
+    assert (registry.names(), clone.names()) == (["ping"], ["ping", "pong"])
+    assert clone.get("ping") is ping  # the tools themselves are shared
+    pipeline = ar.Pipeline(str.upper)
+    twin = copy.copy(pipeline).then(str.strip)
+    assert (pipeline.stage_names, twin.stage_names) == (["upper"], ["upper", "strip"])
+
+
+# -- retry jitter in forked workers --------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_forked_workers_draw_their_own_retry_delays() -> None:
+    # A policy's own generator was copied into every forked worker: each retried after the
+    # same delays, in step. The `random` module's is seeded anew in each child.
+    policy = ar.RetryPolicy(max_attempts=10, base_delay=1.0)
+    drawn = []
+    for _ in range(2):
+        reader, writer = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads
+            child = os.fork()
+        if child == 0:
+            try:
+                delays = [policy.delay_for(n) for n in range(1, 9)]
+                os.write(writer, repr(delays).encode())
+            finally:
+                os._exit(0)
+        os.close(writer)
+        with os.fdopen(reader, "rb") as pipe:
+            drawn.append(pipe.read())
+        os.waitpid(child, 0)
+    assert drawn[0] and drawn[0] != drawn[1]
