@@ -130,3 +130,13 @@ def test_rendering_a_plain_result_does_not_import_numpy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "False"
+
+
+async def test_long_doubles_are_shown_as_numbers_not_as_their_elided_text() -> None:
+    # `tolist()` left them numpy numbers, which JSON cannot write: the whole result fell
+    # back to `str`, which elides a long array's middle (`...`).
+    values = np.arange(2000, dtype=np.longdouble) / 4
+    text = await _rendered({"samples": values})
+    assert json.loads(text) == {"samples": [i / 4 for i in range(2000)]}
+    assert await _rendered(values[:3]) == "[0.0, 0.25, 0.5]"
+    assert await _rendered(np.longdouble(0.1)) == "0.1"

@@ -369,3 +369,53 @@ def test_a_reply_with_a_call_written_wrong_is_a_model_call_that_worked() -> None
         "agent.llm UNSET 3",
         "agent.run UNSET None",
     ]
+
+
+BAD_STR = SETUP + textwrap.dedent(
+    """
+    class Denied(ar.PolicyDeniedError):
+        def __init__(self, rule=None):
+            super().__init__()
+            self.rule = rule
+
+        def __str__(self):  # a library's message that reads an attribute left unset
+            return "denied by rule " + self.rule["name"]
+
+    def transfer(arguments):
+        raise Denied()
+
+    class Interrupt(KeyboardInterrupt):
+        def __str__(self):
+            raise RuntimeError("no message")
+
+    def stop(arguments):
+        raise Interrupt()
+
+    tools = [ar.ToolSpec("transfer", "Moves.", transfer), ar.ToolSpec("stop", "Stops.", stop)]
+    runtime = ar.AgentRuntime(tools=tools)
+    for name, error in (("transfer", Denied), ("stop", Interrupt)):
+        exporter.clear()
+        model = ar.ScriptedProvider([f"Thought: go\\nAction: {name} {{}}", "Final Answer: no"])
+        try:
+            asyncio.run(runtime.run_agent_with_provider("agent-1", "go", model))
+        except error:
+            print("raised", error.__name__)
+        for span in exporter.get_finished_spans():
+            if span.name != "agent.llm":
+                kinds = [e.attributes["exception.type"] for e in span.events]
+                print(span.name, span.status.status_code.name, span.status.description, kinds)
+    """
+)
+
+
+def test_an_error_whose_str_raises_stays_the_runs_error_in_a_trace() -> None:
+    # OpenTelemetry's recording of the error called its `str`, which raised: the run raised
+    # that TypeError (a KeyboardInterrupt: a RuntimeError) in place of the tool's error.
+    assert _run(BAD_STR) == [
+        "raised Denied",
+        "agent.tool ERROR Denied: (its str failed) ['Denied']",
+        "agent.run ERROR Denied: (its str failed) ['Denied']",
+        "raised Interrupt",
+        "agent.tool ERROR Interrupt ['Interrupt']",
+        "agent.run ERROR Interrupt ['Interrupt']",
+    ]

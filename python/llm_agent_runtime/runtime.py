@@ -42,6 +42,7 @@ from llm_agent_runtime.errors import (
     PersistenceError,
     ProviderError,
     ToolError,
+    error_repr,
 )
 from llm_agent_runtime.events import (
     RUN_CALLBACKS,
@@ -1281,7 +1282,7 @@ class AgentRuntime(Unshared):
         refuses (see `_release_claims`).
         """
         session_id = session.session_id
-        logger.warning("agent run %s failed: %r", session_id, error)
+        logger.warning("agent run %s failed: %s", session_id, error_repr(error))
         error_event = ErrorEvent(session_id, error)
         try:
             if self._checkpoints is not None:
@@ -5044,21 +5045,31 @@ def _traced(tracer: Any, name: str, attributes: dict[str, str] | None = None) ->
 
     OpenTelemetry records an `Exception` that ends a span, not a `CancelledError` (a
     cancelled run, or a call cut off by `loop_timeout_ms`): that span would look successful
-    while the events and metrics count a failure. A tool's span says how it ended, as its
-    `ToolCallFinished` does (`transient` for a cancellation, else `permanent`).
+    while the events and metrics count a failure. So every error is recorded here, and
+    safely: OpenTelemetry's own recording calls the error's `str`, and one that raised
+    replaced the run's error. A tool's span says how it ended, as its `ToolCallFinished`
+    does (`transient` for a cancellation, else `permanent`).
     """
     from opentelemetry.trace import Status, StatusCode
 
-    with tracer.start_as_current_span(name, attributes=attributes) as span:
+    with tracer.start_as_current_span(
+        name, attributes=attributes, record_exception=False, set_status_on_exception=False
+    ) as span:
         try:
             yield span
         except BaseException as error:
             if name == "agent.tool":
                 cancelled = isinstance(error, asyncio.CancelledError)
                 span.set_attribute("tool.error_kind", "transient" if cancelled else "permanent")
-            if not isinstance(error, Exception):  # an Exception is recorded by the span
+            try:
+                message = str(error)
                 span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            except Exception:  # its str raised (or its traceback's text)
+                message = "(its str failed)"
+                span.add_event("exception", {"exception.type": type(error).__qualname__})
+            # As OpenTelemetry describes an `Exception`; another error by its type alone.
+            failure = f"{type(error).__name__}: {message}" if isinstance(error, Exception) else ""
+            span.set_status(Status(StatusCode.ERROR, failure or type(error).__name__))
             raise
 
 

@@ -58,7 +58,12 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaWarningKind, SkipJsonSchema
-from pydantic_core import PydanticUndefined, core_schema
+from pydantic_core import (
+    PydanticSerializationError,
+    PydanticUndefined,
+    core_schema,
+    to_jsonable_python,
+)
 from typing_extensions import TypedDict
 
 from llm_agent_runtime._cancelling import cancellations_so_far
@@ -1284,6 +1289,22 @@ def _partial_keywords(fn: Any) -> set[str]:
     return names
 
 
+def _hidden_parameters(func: Any, signature: inspect.Signature) -> set[str]:
+    """Keyword parameters of the function under `func` that `signature` does not show.
+
+    A bound method's first (`self`, `cls`) and those a partial fixes by position: their
+    values are bound already, so one passed again through `**kwargs` would fail the call.
+    """
+    inner = _base_callable(func)
+    inner = getattr(inner, "__func__", inner)  # a bound method's function
+    try:
+        own = inspect.signature(inner).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to hide
+        return set()
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {n for n, p in own.items() if p.kind in keyword and n not in signature.parameters}
+
+
 def _callable_name(fn: Any) -> str:
     """A function's (or method's, or class's) name; a callable object's class name."""
     name = getattr(fn, "__name__", None)
@@ -1534,8 +1555,9 @@ def tool(
         called: list[str] = []  # the names they go by (other than *args)
         path_keys: dict[str, str] = {}  # field -> the key a path alias takes (see `_alias_key`)
         # Keyword parameters the model is not shown, which **kwargs must not take (see
-        # `_schema_and_check`): those a partial fixes by keyword, and those hidden below.
-        unshown = set(fixed)
+        # `_schema_and_check`): those a partial fixes, a bound method's first, and those
+        # hidden below.
+        unshown = set(fixed) | _hidden_parameters(func, signature)
         params = [p for p in signature.parameters.values() if p.name not in fixed]
         takes_var_positional = any(p.kind is kind.VAR_POSITIONAL for p in params)
         for index, param in enumerate(params):
@@ -2082,6 +2104,21 @@ class _ArgumentsJsonSchema(GenerateJsonSchema):
             return False
         return super().field_is_present(field)
 
+    def encode_default(self, dft: Any) -> Any:
+        """As pydantic encodes a default, but one holding `inf` or `nan` is left out.
+
+        pydantic writes them as null inside an untyped container (`limits: dict = {"max":
+        math.inf}`): a model that passed the default it was shown would get None.
+        """
+        encoded = super().encode_default(dft)
+        try:
+            exact = to_jsonable_python(dft, inf_nan_mode="constants", serialize_unknown=True)
+        except Exception:  # what cannot be read so stays as pydantic encoded it
+            return encoded
+        if not _has_json_form(exact):  # left out, as pydantic leaves out what it cannot encode
+            raise PydanticSerializationError(f"the default {short_repr(dft)} has no JSON form")
+        return encoded
+
 
 def _json_mode_fallback(adapter: TypeAdapter[Any]) -> Callable[[Any], Any]:
     """`adapter`'s validation in Python mode, then, when that fails, in JSON mode.
@@ -2326,12 +2363,13 @@ def _as_list(value: Any, tolist: Callable[[], Any]) -> Any:
 
     `tolist()` widens such a number to a Python float, whose text has float64's digits
     (`0.10000000149011612`): each is read back from numpy's own text instead, the shortest
-    that reads back as the same number (NaN and infinities as before). numpy is not imported:
-    only numpy's own values are recognised, by their type's module.
+    that reads back as the same number (NaN and infinities as before). A long double, which
+    `tolist()` leaves a numpy number (no JSON), is read so too: the nearest float. numpy is
+    not imported: only numpy's own values are recognised, by their type's module.
     """
     if type(value).__module__ == "numpy":
         dtype: Any = getattr(value, "dtype", None)
-        if getattr(dtype, "kind", None) == "f" and dtype.itemsize < 8:
+        if getattr(dtype, "kind", None) == "f" and dtype.itemsize != 8:
             return _floats(value.astype(str).tolist())
     return tolist()
 
@@ -2748,6 +2786,9 @@ class ToolRegistry:
         except BaseException as error:  # GeneratorExit, a library's own BaseException
             if _must_propagate(error, task, cancels):
                 raise
+            policy = policy_error_in(error)  # a group's, beside another BaseException
+            if policy is not None:
+                raise policy from error
             message = f"error: {_describe(error, with_type=True)}"
             return Observation(_truncate(message, max_chars), "permanent")
         if task is not None and task.cancelling() > cancels:

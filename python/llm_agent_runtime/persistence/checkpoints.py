@@ -76,7 +76,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.errors import PersistenceError, error_repr
 from llm_agent_runtime.persistence._waiting import retrieve_outcome, wait_through_cancellation
 from llm_agent_runtime.persistence.base import (
     PersistenceBackend,
@@ -2912,6 +2912,4 @@ def _event_dict(event: Any) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, BaseException):
-        return repr(value)
-    return value
+    return error_repr(value) if isinstance(value, BaseException) else value
