@@ -170,3 +170,28 @@ async def test_a_run_that_is_no_turn_keeps_the_chat_history_in_forks_and_loads(
     await cut_off(runtime, session)
     assert (await ar.AgentSession.load_checkpoint(backend, "s1")).messages == [persona]
     assert (await runtime.resume("s1", model)).messages == [persona]
+
+
+class _CountsListings(ar.InMemoryBackend):
+    listings = 0
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        self.listings += 1
+        return await super().list_keys(prefix)
+
+
+async def test_a_sweep_lists_each_session_it_deletes_twice_at_most() -> None:
+    # Each session swept was listed four times (its steps and bases, before and after its
+    # claim, and again to delete its keys): on FileBackend, whose listing reads the whole
+    # directory, sweeping 1,000 sessions took 46 s.
+    backend = _CountsListings()
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    finished = [(await runtime.run_agent("a", "q", script(FINAL))).session_id for _ in range(12)]
+    backend.listings = 0
+    assert sorted(await runtime.sweep(-1.0)) == sorted(finished)
+    assert backend.listings <= 2 * len(finished) + 1
+    assert await backend.list_keys("session:") == []
+    backend.listings = 0
+    again = [(await runtime.run_agent("a", "q", script(FINAL))).session_id for _ in range(3)]
+    assert await runtime.sweep(3600.0) == []  # too recent: each listed once (a run's claim)
+    assert backend.listings <= len(again) + 1

@@ -1687,11 +1687,16 @@ class CheckpointStore:
             )
         return found
 
-    async def _stored_steps(self, key: str) -> int:
-        """How many steps the store holds of session key `key` (the highest step saved)."""
+    async def _stored_steps(self, key: str, listed: list[str] | None = None) -> int:
+        """How many steps the store holds of session key `key` (the highest step saved).
+
+        `listed`: the keys under `key:`, listed already (else the steps and bases are).
+        """
         prefix = f"{key}:step:"
-        deltas = _numbered(await self.backend.list_keys(prefix), prefix)
-        return max(deltas[-1][0] if deltas else 0, await self._longest_base(key))
+        deltas = _numbered(
+            await self.backend.list_keys(prefix) if listed is None else listed, prefix
+        )
+        return max(deltas[-1][0] if deltas else 0, await self._longest_base(key, listed))
 
     def forget(self, session_id: str) -> None:
         """Drops what this store keeps in memory of a session's run (it ended, any way)."""
@@ -2216,12 +2221,16 @@ class CheckpointStore:
                 return records
         raise PersistenceError("a step checkpoint is missing before this one", key=missing)
 
-    async def _bases(self, base_key: str) -> tuple[list[tuple[int, str]], bool]:
+    async def _bases(
+        self, base_key: str, listed: list[str] | None = None
+    ) -> tuple[list[tuple[int, str]], bool]:
         """The keys of the session's base records, `:base:<n>`, by n.
 
-        And whether the `:base` that versions before them wrote is there.
+        And whether the `:base` that versions before them wrote is there. `listed`: the keys
+        under `base_key:`, listed already.
         """
-        listed = await self.backend.list_keys(f"{base_key}:base")
+        if listed is None:
+            listed = await self.backend.list_keys(f"{base_key}:base")
         return _numbered(listed, f"{base_key}:base:"), f"{base_key}:base" in listed
 
     async def _folded(self, base_key: str) -> list[StepRecord] | None:
@@ -2357,9 +2366,12 @@ class CheckpointStore:
         raw = await self.backend.load(f"{key}:base")
         return [] if raw is None else _base_records(raw, f"{key}:base")
 
-    async def _longest_base(self, key: str) -> int:
-        """How many steps the longest base record of session key `key` holds."""
-        numbered, legacy = await self._bases(key)
+    async def _longest_base(self, key: str, listed: list[str] | None = None) -> int:
+        """How many steps the longest base record of session key `key` holds.
+
+        `listed`: see `_bases`.
+        """
+        numbered, legacy = await self._bases(key, listed)
         longest = numbered[-1][0] if numbered else 0
         if legacy:
             longest = max(longest, len(await self._legacy_base(key)))
@@ -2428,9 +2440,15 @@ class CheckpointStore:
                     decode(meta_raw, f"{key}:meta", "meta"), final
                 ):
                     continue  # a later turn runs (or was interrupted): not finished
-            if session_id in claimed and await self._claimed_after(key, final):
+            old_enough = final.get("finished_at", now) < now - older_than
+            if not old_enough and session_id not in claimed:
+                continue
+            # The session's keys, listed once for what follows (on a backend whose listing
+            # reads every key, a sweep of many sessions paid for four listings a session).
+            own = await self.backend.list_keys(f"{key}:")
+            if session_id in claimed and await self._claimed_after(key, final, own):
                 continue  # a later turn claimed the session (its meta record not yet written)
-            if final.get("finished_at", now) < now - older_than and await self._sweep_one(key, raw):
+            if old_enough and await self._sweep_one(key, raw, own):
                 swept.append(session_id)
         for session_id in leftovers:
             key = session_key(session_id)
@@ -2480,7 +2498,7 @@ class CheckpointStore:
         if raw is not None and _is_takeover(raw, key):
             await self._delete_if(key, raw)
 
-    async def _sweep_one(self, key: str, final_raw: bytes) -> bool:
+    async def _sweep_one(self, key: str, final_raw: bytes, listed: list[str]) -> bool:
         """Deletes the finished session of key `key`, its final checkpoint `final_raw`.
 
         The sweep first claims the session as a run starting its next turn would
@@ -2492,9 +2510,11 @@ class CheckpointStore:
         it is still this sweep's. The claim names the final checkpoint's digest and when it
         was made (renewed as the sweep deletes, see `_hold_sweep`): one a sweep cut short
         leaves is deleted by the next run from that step, or the next sweep, which then
-        deletes the session (`_drop_stranded_sweep`). Returns whether it deleted.
+        deletes the session (`_drop_stranded_sweep`). Returns whether it deleted. `listed`:
+        the keys under `key:`, listed as the sweep found the session.
         """
-        steps = await self._stored_steps(key)
+        prefix = f"{key}:"
+        steps = await self._stored_steps(key, listed)
         claim = f"{key}:run:{steps}"
         found = {"sweep": uuid.uuid4().hex, "final": _digest(final_raw), "at": time.time()}
         mine = _encode("claim", found)
@@ -2506,14 +2526,15 @@ class CheckpointStore:
             meta_raw = await self.backend.load(f"{key}:meta")
             meta = decode(meta_raw, f"{key}:meta", "meta") if meta_raw is not None else None
             final = decode(final_raw, key, "session")
-            if (
-                await self.backend.load(key) != final_raw
-                or await self._stored_steps(key) != steps
-                or (meta is not None and _turn_after(meta, final))
-            ):
+            if await self.backend.load(key) != final_raw:
                 return False  # a run went on meanwhile: not finished
-            prefix = f"{key}:"
-            for doomed in await self.backend.list_keys(prefix):
+            listed = await self.backend.list_keys(prefix)
+            if await self._stored_steps(key, listed) != steps or (
+                meta is not None and _turn_after(meta, final)
+            ):
+                return False  # likewise
+            # The keys as listed once claimed: a run writes none under the claim.
+            for doomed in listed:
                 if doomed != claim and _OWN_SUFFIX.match(doomed, len(prefix)):
                     held = await self._hold_sweep(claim, found, mine)
                     if held is None:
@@ -2687,12 +2708,13 @@ class CheckpointStore:
         self._next_event.pop(new_session_id, None)
         return fork
 
-    async def _claimed_after(self, key: str, final: dict[str, Any]) -> bool:
+    async def _claimed_after(self, key: str, final: dict[str, Any], listed: list[str]) -> bool:
         """Whether another run than the one `final` closes claimed session key `key`.
 
-        From its last step, and has saved no step yet (see `save_meta`).
+        From its last step, and has saved no step yet (see `save_meta`). `listed`: the keys
+        under `key:`.
         """
-        claim = f"{key}:run:{await self._stored_steps(key)}"
+        claim = f"{key}:run:{await self._stored_steps(key, listed)}"
         raw = await self.backend.load(claim)
         if raw is None or record_kind(raw) != "meta":
             return False  # none, or emptied by its run's first step
