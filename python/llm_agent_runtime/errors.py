@@ -191,18 +191,6 @@ class ParseError(AgentRuntimeError):
         return f"{message} (at index {self.position})" if self.position is not None else message
 
 
-def error_repr(error: BaseException) -> str:
-    """`repr(error)`, or a placeholder naming its type when that raises.
-
-    An error's repr may fail (a library's that reads an attribute its constructor left
-    unset): logging a run's error, or saving it, must not fail with it.
-    """
-    try:
-        return repr(error)
-    except Exception:
-        return f"<{type(error).__name__} (its repr failed)>"
-
-
 def group_leaves(error: BaseException) -> list[BaseException] | None:
     """The members of an exception group, nested groups flattened; None for another error."""
     if not isinstance(error, BaseExceptionGroup):

@@ -42,7 +42,6 @@ from llm_agent_runtime.errors import (
     PersistenceError,
     ProviderError,
     ToolError,
-    error_repr,
 )
 from llm_agent_runtime.events import (
     RUN_CALLBACKS,
@@ -1282,7 +1281,7 @@ class AgentRuntime(Unshared):
         refuses (see `_release_claims`).
         """
         session_id = session.session_id
-        logger.warning("agent run %s failed: %s", session_id, error_repr(error))
+        logger.warning("agent run %s failed: %r", session_id, error)
         error_event = ErrorEvent(session_id, error)
         try:
             if self._checkpoints is not None:

@@ -76,7 +76,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from llm_agent_runtime.errors import PersistenceError, error_repr
+from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.persistence._waiting import retrieve_outcome, wait_through_cancellation
 from llm_agent_runtime.persistence.base import (
     PersistenceBackend,
@@ -2934,4 +2934,11 @@ def _event_dict(event: Any) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    return error_repr(value) if isinstance(value, BaseException) else value
+    if isinstance(value, BaseException):
+        # An error's repr may raise (a library's reads an attribute its constructor left
+        # unset): the write of the failed run's end and events must not fail with it.
+        try:
+            return repr(value)
+        except Exception:
+            return f"<{type(value).__name__} (its repr failed)>"
+    return value
