@@ -526,22 +526,29 @@ class CircuitBreaker(Unshared):
         try:
             old, new = await asyncio.shield(update)
         except asyncio.CancelledError:
-            update.add_done_callback(self._admitted_late)
+            # The slot is given back before the cancellation goes on (unless the caller is
+            # cancelled again): left to a callback, it stayed taken when the loop then shut
+            # down (Ctrl-C under `asyncio.run` cancels every task left, the update too).
+            await asyncio.shield(keep_alive(asyncio.ensure_future(self._admitted_late(update))))
             raise
         self._observe(old, new)
         return self._admission(old, new)
 
-    def _admitted_late(self, update: asyncio.Future[tuple[CircuitState, CircuitState]]) -> None:
+    async def _admitted_late(
+        self, update: asyncio.Future[tuple[CircuitState, CircuitState]]
+    ) -> None:
         """Gives back the trial slot of an admission that outlived its (cancelled) caller."""
-        if update.cancelled() or update.exception() is not None:
-            return  # nothing was admitted (that this process can know of)
-        old, new = update.result()
+        try:
+            old, new = await update
+        except BaseException:  # cancelled, or failed: nothing admitted this process knows of
+            return
         self._observe(old, new)
         if not self._is_trial(old, new):
             return  # admitted while closed (nothing to give back), or refused
         release = functools.partial(self._release_trial, trial=(new.openings, new.trial_round))
         given_back = keep_alive(asyncio.ensure_future(self._backend.update(self._service, release)))
         given_back.add_done_callback(self._recorded_late)
+        await asyncio.wait([given_back])
 
     async def _exit(self, error: BaseException | None, trial: Admission) -> None:
         """Records the outcome of a call; never raises but `CancelledError`.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
@@ -271,6 +272,8 @@ class RetryPolicy:
                     _refuse_uncallable(fn)
                 if attempt >= self._max_attempts or not self.should_retry(exc):
                     raise
+                if _cancelled_into(exc):
+                    raise  # the caller's cancellation, turned into this error: no retry
                 await self._clock.sleep(self.delay_for(attempt, exc))
                 attempt += 1
 
@@ -280,6 +283,29 @@ class RetryPolicy:
             f"RetryPolicy(max_attempts={self._max_attempts}, base_delay={self._base_delay}, "
             f"max_delay={self._max_delay}, jitter={self._jitter})"
         )
+
+
+def _cancelled_into(error: BaseException) -> bool:
+    """Whether `error` replaced a cancellation of the running task as it unwound.
+
+    A `finally` that closes a connection and fails, or (before Python 3.12) a `TaskGroup`
+    cancelled with its children failing, raises another error in place of the
+    `CancelledError`: retried, the caller's timeout or cancel was lost (the call went on).
+    Told by a `CancelledError` the error was raised while handling, as the task's
+    cancellation is under way (a cancellation of a future the call awaited, which the call
+    handled, is not the task's: its count of cancellation requests stays 0).
+    """
+    task = asyncio.current_task()
+    if task is None or not task.cancelling():
+        return False
+    seen: set[int] = set()
+    context: BaseException | None = error.__context__
+    while context is not None and id(context) not in seen:
+        if isinstance(context, asyncio.CancelledError):
+            return True
+        seen.add(id(context))
+        context = context.__context__
+    return False
 
 
 def _checked_delays(base_delay: object, max_delay: object) -> tuple[float, float]:
