@@ -210,3 +210,36 @@ def test_forked_workers_draw_their_own_retry_delays() -> None:
             drawn.append(pipe.read())
         os.waitpid(child, 0)
     assert drawn[0] and drawn[0] != drawn[1]
+
+
+class _User:
+    """A key that hashes by identity (a user or session object)."""
+
+
+def test_a_limiter_copy_keeps_its_keys_and_a_deep_copy_leaves_the_clock_alone() -> None:
+    # The copy was deep: a key hashing by identity was a new object in it, whose bucket
+    # was full again. And a deep copy put the original clock in the caller's memo: copied
+    # beside the limiter, the "copy" of the clock was the original.
+    clock = ar.FakeClock()
+    user = _User()
+    limiter = ar.RateLimiter(rate=1.0, capacity=5.0, clock=clock)
+    assert limiter.try_acquire(user, 5.0)
+    clone = copy.copy(limiter)
+    assert not clone.try_acquire(user) and not limiter.try_acquire(user)
+    both = copy.deepcopy({"limiter": limiter, "clock": clock})
+    assert both["clock"] is not clock and both["limiter"]._clock is clock
+    both["clock"].advance(100.0)
+    assert clock.now() == 0.0
+
+
+async def test_a_fake_clock_with_only_a_cancelled_sleep_left_copies() -> None:
+    # A cancelled sleep (and a closed loop's jump) kept the clock "in use" for good: it,
+    # and a limiter on it, could never be copied or pickled again.
+    clock = ar.FakeClock()
+    sleeper = asyncio.ensure_future(clock.sleep(10.0))
+    await asyncio.sleep(0)
+    sleeper.cancel()
+    await asyncio.gather(sleeper, return_exceptions=True)
+    for _, twin in COPIES:
+        assert twin(clock).now() == 0.0
+    assert pickle.loads(pickle.dumps(ar.RateLimiter(1.0, 1.0, clock=clock))).capacity == 1.0

@@ -5,6 +5,7 @@ as the loop ends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 
@@ -90,6 +91,40 @@ async def test_a_cancelled_task_group_of_children_failing_as_they_stop_is_not_re
     assert attempts == 1 and time.monotonic() - started < 1.0
 
 
+async def test_a_calls_own_timeout_is_retried_though_the_task_holds_an_old_cancel_count() -> None:
+    # Before Python 3.13 a handled TaskGroup failure (CPython gh-116720), like a cancel
+    # swallowed without `uncancel`, leaves the count raised: the call's own timeout (whose
+    # error follows a CancelledError) was taken for the caller's cancellation, not retried.
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise ConnectionError("a fetch failed")
+
+    task = asyncio.current_task()
+    assert task is not None
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(failing())
+    except* ConnectionError:
+        pass
+    task.cancel()  # and one swallowed: the count stays raised whatever the version
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(0)
+    attempts = 0
+
+    async def times_out_twice() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            async with asyncio.timeout(0.01):  # the call's own timeout, not the caller's
+                await asyncio.sleep(10)
+        return "ok"
+
+    policy = ar.RetryPolicy(max_attempts=3, base_delay=0.001)
+    assert await policy.run(times_out_twice) == "ok" and attempts == 3
+    while task.cancelling():
+        task.uncancel()
+
+
 async def test_an_error_after_a_cancellation_the_call_handled_itself_is_retried() -> None:
     # A future the call awaited was cancelled (not the caller): its error is the call's.
     attempts = 0
@@ -161,3 +196,29 @@ def test_a_caller_cancelled_as_loop_ends_while_a_shared_breaker_admits_it_gives_
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(interrupted())
     assert asyncio.run(after()) == ("half_open", 0, "admitted")
+
+
+class _NeverReplies:
+    """A shared backend whose updates are made, and whose replies never come."""
+
+    def __init__(self) -> None:
+        self.inner = ar.InMemoryCircuitStateBackend()
+
+    async def get(self, service: str) -> ar.CircuitState:
+        return await self.inner.get(service)
+
+    async def update(self, service: str, change: object) -> object:
+        self.inner.update_now(service, change)  # type: ignore[arg-type]
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_cancelled_caller_of_a_backend_that_never_replies_ends_after_a_grace() -> None:
+    # It waits to give its slot back, but not for ever: a cancelled call went on as long
+    # as the backend took to reply, or hung with one that never did.
+    breaker = ar.CircuitBreaker("svc", backend=_NeverReplies())
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await breaker.call(lambda: "never")
+    assert 0.1 <= time.monotonic() - started < 1.6

@@ -9,7 +9,7 @@ copy's failures). Each such class says what a copy of it is with one of these mi
 from __future__ import annotations
 
 import copy
-from typing import Any, NoReturn, SupportsIndex
+from typing import Any, NoReturn, SupportsIndex, cast
 
 
 class Unshared:
@@ -39,11 +39,13 @@ class Unshared:
 
 
 class CopiedWhole:
-    """Plain state: a copy (`copy.copy` too) is a whole, independent one, as a pickle is.
+    """Plain state: a copy has its own, as a pickle has.
 
-    Its clock (`_clock`, when it has one) is kept, not copied: both go on by the same time.
-    While it is in use (`_in_use` says how: callers waiting, calls under way), copying and
-    pickling raise a `TypeError` naming the class.
+    `copy.copy` copies the object's tables (its keys and values shared, as `dict.copy`
+    shares them); `copy.deepcopy` copies what they hold too. The clock (`_clock`, when it
+    has one) is kept, not copied: both go on by the same time. What `__getstate__` leaves
+    out is not copied either. While the object is in use (`_in_use` says how: callers
+    waiting, calls under way), copying and pickling raise a `TypeError` naming the class.
     """
 
     __slots__ = ()
@@ -53,22 +55,33 @@ class CopiedWhole:
         return None
 
     def __copy__(self) -> Any:
-        return self.__deepcopy__({})
+        _check_idle(self)
+        clone = object.__new__(type(self))
+        for name, value in cast(dict[str, Any], self.__getstate__()).items():
+            if name != "_clock":
+                # A table gets its own (its keys and values shared); the rest (numbers, and
+                # the bookkeeping of callers, empty while idle) is copied whole.
+                value = copy.copy(value) if type(value) in _TABLES else copy.deepcopy(value)
+            object.__setattr__(clone, name, value)
+        return clone
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         _check_idle(self)
-        clock = getattr(self, "_clock", None)
-        if clock is not None:
-            memo.setdefault(id(clock), clock)
         clone = object.__new__(type(self))
         memo[id(self)] = clone
-        for name, value in vars(self).items():
-            object.__setattr__(clone, name, copy.deepcopy(value, memo))
+        for name, value in cast(dict[str, Any], self.__getstate__()).items():
+            if name != "_clock":
+                value = copy.deepcopy(value, memo)
+            object.__setattr__(clone, name, value)
         return clone
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
         _check_idle(self)
         return super().__reduce_ex__(protocol)
+
+
+_TABLES = (dict, list, set)
+"""The containers `CopiedWhole.__copy__` gives a copy its own of."""
 
 
 def _check_idle(value: CopiedWhole) -> None:

@@ -95,6 +95,10 @@ CLOSED_ROUND = -1
 
 logger = logging.getLogger(__name__)
 
+_GIVE_BACK_SECONDS = 1.0
+"""How long a caller cancelled while a shared backend admits it waits to give its trial slot
+back before its cancellation goes on (see `CircuitBreaker._enter`)."""
+
 
 class CircuitState(NamedTuple):
     """The shared state of one breaker (immutable: each change makes a new one)."""
@@ -526,10 +530,12 @@ class CircuitBreaker(Unshared):
         try:
             old, new = await asyncio.shield(update)
         except asyncio.CancelledError:
-            # The slot is given back before the cancellation goes on (unless the caller is
-            # cancelled again): left to a callback, it stayed taken when the loop then shut
-            # down (Ctrl-C under `asyncio.run` cancels every task left, the update too).
-            await asyncio.shield(keep_alive(asyncio.ensure_future(self._admitted_late(update))))
+            # The slot is given back before the cancellation goes on, within a grace period
+            # (unless the caller is cancelled again): left to the background, it stayed taken
+            # when the loop then shut down (Ctrl-C under `asyncio.run` cancels every task
+            # left, the update too). A backend slower than that goes on in the background.
+            giving_back = keep_alive(asyncio.ensure_future(self._admitted_late(update)))
+            await asyncio.wait([giving_back], timeout=_GIVE_BACK_SECONDS)
             raise
         self._observe(old, new)
         return self._admission(old, new)

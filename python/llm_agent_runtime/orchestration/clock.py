@@ -9,7 +9,7 @@ import asyncio
 import heapq
 import math
 import time
-from typing import Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from llm_agent_runtime._copies import CopiedWhole
 from llm_agent_runtime.orchestration._checks import check_real, safe_repr
@@ -85,8 +85,17 @@ class FakeClock(CopiedWhole):
         """Every duration passed to `sleep`, in order (lets tests check backoff)."""
 
     def _in_use(self) -> str | None:
-        """A copy is whole (see `CopiedWhole`), but not while tasks sleep on it."""
-        return "tasks sleep on it" if self._sleepers or self._jump_loop else None
+        """A copy is its own (see `CopiedWhole`), but not while tasks sleep on it."""
+        # Sleeps cancelled, or a closed loop's, are no one's: they kept a clock uncopyable
+        # for good.
+        if any(_gone(future) for _, _, future in self._sleepers):
+            self._sleepers = [s for s in self._sleepers if not _gone(s[2])]
+            heapq.heapify(self._sleepers)
+        return "tasks sleep on it" if self._sleepers else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Its state for a copy or a pickle: no jump scheduled (a loop's, see `_jump`)."""
+        return {**vars(self), "_jump_loop": None}
 
     @safe_repr
     def __repr__(self) -> str:

@@ -7,6 +7,7 @@ import inspect
 import logging
 import math
 import random
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, ParamSpec, TypeVar, overload
 
@@ -260,7 +261,9 @@ class RetryPolicy:
                 of `policy.run(fetch, query)`, which is closed), say. Never retried.
         """
         attempt = 1
+        task = asyncio.current_task()
         while True:
+            cancels = task.cancelling() if task is not None else 0
             try:
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):
@@ -272,7 +275,7 @@ class RetryPolicy:
                     _refuse_uncallable(fn)
                 if attempt >= self._max_attempts or not self.should_retry(exc):
                     raise
-                if _cancelled_into(exc):
+                if task is not None and _cancelled_into(exc, task, cancels):
                     raise  # the caller's cancellation, turned into this error: no retry
                 await self._clock.sleep(self.delay_for(attempt, exc))
                 attempt += 1
@@ -285,19 +288,22 @@ class RetryPolicy:
         )
 
 
-def _cancelled_into(error: BaseException) -> bool:
-    """Whether `error` replaced a cancellation of the running task as it unwound.
+def _cancelled_into(error: BaseException, task: asyncio.Task[Any], cancels: int) -> bool:
+    """Whether `error` replaced a cancellation of `task` asked during the attempt.
 
     A `finally` that closes a connection and fails, or (before Python 3.12) a `TaskGroup`
     cancelled with its children failing, raises another error in place of the
     `CancelledError`: retried, the caller's timeout or cancel was lost (the call went on).
-    Told by a `CancelledError` the error was raised while handling, as the task's
-    cancellation is under way (a cancellation of a future the call awaited, which the call
-    handled, is not the task's: its count of cancellation requests stays 0).
+    The task's count of cancellation requests rose from `cancels` (its count before the
+    attempt) then. Before Python 3.13 a `TaskGroup` whose child failed may raise the count
+    with no cancellation (CPython gh-116720): there, the error must also have been raised
+    while a `CancelledError` was handled (a cancellation the call swallowed before failing
+    is then missed).
     """
-    task = asyncio.current_task()
-    if task is None or not task.cancelling():
+    if task.cancelling() <= cancels:
         return False
+    if _CANCEL_COUNTS_EXACT:
+        return True
     seen: set[int] = set()
     context: BaseException | None = error.__context__
     while context is not None and id(context) not in seen:
@@ -306,6 +312,11 @@ def _cancelled_into(error: BaseException) -> bool:
         seen.add(id(context))
         context = context.__context__
     return False
+
+
+_CANCEL_COUNTS_EXACT = sys.version_info >= (3, 13)
+"""Whether a task's count of cancellation requests (`Task.cancelling`) is exact (see
+`_cancelled_into`)."""
 
 
 def _checked_delays(base_delay: object, max_delay: object) -> tuple[float, float]:
