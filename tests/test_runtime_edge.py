@@ -770,7 +770,8 @@ async def test_a_final_answer_cut_at_the_token_limit_is_an_error_not_an_answer(
 ) -> None:
     rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[add])
     provider = ar.ScriptedProvider([cut("The capital of France is Pa", reason)])
-    with pytest.raises(ar.AgentLoopError, match=f"token limit.*{reason}.*final answer"):
+    limit = "context window" if reason == "model_context_window_exceeded" else "token limit"
+    with pytest.raises(ar.AgentLoopError, match=f"{limit}.*{reason}.*final answer"):
         await rt.run_agent_with_provider("a", "capital?", provider)
     assert rt.metrics.snapshot().active_sessions == 0
 

@@ -87,6 +87,7 @@ from llm_agent_runtime.providers.base import (
     estimated_output_tokens,
     json_chars,
     messages_chars,
+    token_limit,
     tool_definitions_chars,
 )
 from llm_agent_runtime.session import AgentSession, Step, message_problem, session_problem
@@ -4628,10 +4629,10 @@ def _incomplete_reply(stop_reason: str, what: str, text: str = "") -> AgentLoopE
             f"the provider's content filter cut off the model's reply (stop reason "
             f"'content_filter') in {what}, so the run stops"
         )
+    limit, advice = token_limit(stop_reason)
     return AgentLoopError(
-        f"the model's reply was cut off at its output token limit (stop reason "
-        f"{stop_reason!r}): {what} may be incomplete, so the run stops; raise the provider's "
-        "max_tokens or ask for a shorter reply"
+        f"the model's reply was cut off by {limit} (stop reason {stop_reason!r}): {what} "
+        f"may be incomplete, so the run stops; {advice}"
     )
 
 

@@ -156,11 +156,13 @@ async def test_anthropic_whole_reply_cut_off_inside_a_tool_call_is_refused(
     assert budget.used_tokens == 2 * 69  # each billed reply charged all the same
 
 
-async def test_anthropic_whole_reply_cut_off_keeps_calls_that_show_no_cut(
+async def test_anthropic_whole_reply_cut_off_refuses_its_last_call_whatever_it_holds(
     server: FakeLlmServer,
 ) -> None:
-    # Only a call that is the reply's last block can be cut (text after it means it ended),
-    # and only one that lacks an argument its tool requires shows the cut.
+    # Only a call that is the reply's last block can be cut (text after it means it ended).
+    # That one is refused even with every required argument given: the API holds each
+    # argument back until it is whole, so a cut call lacks the ones still to come, which
+    # the tool filled in with their defaults (`dry_run=False` for a `dry_run=True` asked).
     whole = {
         "id": "m",
         "type": "message",
@@ -180,10 +182,10 @@ async def test_anthropic_whole_reply_cut_off_keeps_calls_that_show_no_cut(
     server.script(Reply(body=json.dumps(last_whole).encode()))
     async with make_provider("anthropic", server, retry=ONCE) as llm:
         after_text = await llm.chat([Message("user", "x")], tools=[ToolDefinition(name="look")])
-        required_given = await llm.chat([Message("user", "x")], tools=tools)
-    for reply in (after_text, required_given):
-        assert [(c.id, c.arguments) for c in reply.tool_calls] == [("toolu_1", {"q": "x"})]
-        assert reply.stop_reason == "max_tokens"
+        with pytest.raises(CutOffArgumentsError, match="may lack arguments still to come"):
+            await llm.chat([Message("user", "x")], tools=tools)
+    assert [(c.id, c.arguments) for c in after_text.tool_calls] == [("toolu_1", {"q": "x"})]
+    assert after_text.stop_reason == "max_tokens"
 
 
 async def test_an_agent_run_stops_at_a_call_the_token_limit_cut_in_a_whole_reply(

@@ -61,6 +61,7 @@ from llm_agent_runtime.providers.base import (
     ToolDefinition,
     Usage,
     check_conversation,
+    token_limit,
 )
 
 if TYPE_CHECKING:
@@ -1237,10 +1238,11 @@ def _bad_arguments(
         name = redact(name)
     shown = None if name is None else name[:200]
     if stop_reason is not None and stop_reason in TRUNCATION_STOP_REASONS:
+        limit, advice = token_limit(stop_reason)
         message = (
-            f"the reply was cut off by the token limit (stop reason {stop_reason!r}) inside "
-            f"the arguments of tool call {shown!r} ({len(text)} characters of JSON arrived): "
-            "raise max_tokens for this call, or ask for less output"
+            f"the reply was cut off by {limit} (stop reason {stop_reason!r}) inside the "
+            f"arguments of tool call {shown!r} ({len(text)} characters of JSON arrived): "
+            f"{advice}"
         )
     elif stop_reason in SAFETY_STOP_REASONS:  # the refused text is not quoted
         message = (

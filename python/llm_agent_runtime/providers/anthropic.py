@@ -52,6 +52,7 @@ from llm_agent_runtime.providers.base import (
     ToolDefinition,
     Usage,
     checked_arguments,
+    token_limit,
 )
 
 if TYPE_CHECKING:
@@ -427,9 +428,9 @@ class AnthropicProvider(HttpProvider):
                 not a message, or the last
                 user message is empty (the API accepts no empty message; other empty
                 messages are left out). `CutOffArgumentsError` when the reply was cut off by
-                the token limit (stop reason `max_tokens`) in its last block, a tool call
-                whose input lacks an argument its tool requires: the API sends such a call
-                with the input it had (the reply's usage is charged all the same).
+                the token limit (stop reason `max_tokens`) in its last block, a tool call:
+                the API sends such a call with the input it had, which may lack arguments
+                still to come (the reply's usage is charged all the same).
                 `UnreadableArgumentsError`, which holds the reply, when a tool call's input
                 holds a number JSON has none for (a NaN, an infinity).
             BudgetExceededError: The budget is spent.
@@ -449,16 +450,12 @@ class AnthropicProvider(HttpProvider):
         self._transport.charge(usage)  # first, as the streamed reply is charged
         stop_reason = message.stop_reason
         last = message.content[-1] if message.content else None
-        if (
-            stop_reason in TRUNCATION_STOP_REASONS
-            and last is not None
-            and last.type == "tool_use"
-            and _missing_required(last, body.get("tools"))
-        ):
+        if stop_reason in TRUNCATION_STOP_REASONS and last is not None and last.type == "tool_use":
             # The API closes the tool_use block the token limit cut with the input it had:
             # an object, whole to look at, that lacks the arguments still to come (a file
-            # write without its content). A tool would run on it; a streamed reply's cut
-            # JSON is refused, and so is this call, once it lacks what its tool requires.
+            # write without its content, or optional ones its tool would fill in with their
+            # defaults: `dry_run=False`). A tool would run on it; as a streamed reply's cut
+            # call is, it is refused.
             error = _cut_off_call(last, stop_reason, self._transport)
             error.usage = usage
             raise error
@@ -912,33 +909,16 @@ def _checked_text(n: int, message: Message) -> str:
     return content or ""
 
 
-def _missing_required(block: _Block, tools: list[dict[str, Any]] | None) -> list[str]:
-    """The arguments a tool call's input lacks of those its tool's schema requires.
-
-    Args:
-        block: The `tool_use` block.
-        tools: The tools the request sent (`input_schema` each), None for none.
-    """
-    for tool in tools or ():
-        if tool["name"] == block.name:
-            schema = tool["input_schema"]
-            required = schema.get("required") if isinstance(schema, dict) else None
-            given = block.input if isinstance(block.input, dict) else {}
-            if isinstance(required, list):
-                return [key for key in required if isinstance(key, str) and key not in given]
-            break
-    return []
-
-
 def _cut_off_call(
     block: _Block, stop_reason: str, transport: HttpTransport
 ) -> CutOffArgumentsError:
     """The error for a whole reply whose last block, a tool call, the token limit cut off."""
     name = transport.redact(clean_text(block.name or ""))[:200]
+    limit, advice = token_limit(stop_reason)
     error = CutOffArgumentsError(
-        f"the reply was cut off by the token limit (stop reason {stop_reason!r}) inside the "
-        f"arguments of tool call {name!r} (its input lacks required arguments): raise "
-        "max_tokens for this call, or ask for less output"
+        f"the reply was cut off by {limit} (stop reason {stop_reason!r}) inside the "
+        f"arguments of tool call {name!r} (its input may lack arguments still to come): "
+        f"{advice}"
     )
     error.stop_reason = stop_reason
     return error

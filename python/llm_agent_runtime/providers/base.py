@@ -61,6 +61,17 @@ INCOMPLETE_STOP_REASONS = TRUNCATION_STOP_REASONS | SAFETY_STOP_REASONS | PAUSE_
 pause of the API."""
 
 
+def token_limit(stop_reason: str) -> tuple[str, str]:
+    """Which token limit cut a reply off (`TRUNCATION_STOP_REASONS`), and what to do about it.
+
+    The context window is filled by the prompt and the reply together: a larger
+    `max_tokens` cannot help there, a shorter prompt can.
+    """
+    if stop_reason == "model_context_window_exceeded":
+        return "the model's context window", "shorten the prompt or the history"
+    return "the token limit", "raise max_tokens for this call, or ask for less output"
+
+
 class UnreadableArgumentsError(ProviderError):
     """A reply asked for tool calls whose arguments are not a JSON object.
 

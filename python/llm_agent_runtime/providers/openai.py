@@ -143,6 +143,7 @@ class _AssistantMessage(BaseModel):
 class _Choice(BaseModel):
     message: _AssistantMessage
     finish_reason: str | None = None
+    error: Any = None  # a generation that failed part way (OpenRouter): see `_choice_error`
 
 
 class _Usage(BaseModel):
@@ -221,6 +222,7 @@ class _ChunkChoice(BaseModel):
     index: int = 0
     delta: _Delta | None = None  # absent from Azure's content-filter annotation chunks
     finish_reason: str | None = None
+    error: Any = None  # as `_Choice.error`
 
 
 class _Error(BaseModel):
@@ -424,6 +426,10 @@ class OpenAIProvider(HttpProvider):
             error.usage = usage
             raise error
         choice = completion.choices[0]
+        failed = _choice_error(choice.error, choice.finish_reason, self._transport.redact)
+        if failed is not None:
+            failed.usage = usage
+            raise failed
         message = choice.message
         wire_calls = message.tool_calls or []
         if not wire_calls and message.function_call is not None:
@@ -544,6 +550,7 @@ class OpenAIProvider(HttpProvider):
         text = StreamedText()
         calls = _ToolCallAssembly()
         finish_reason: str | None = None
+        failed: ProviderError | None = None  # the choice's own error (see `_choice_error`)
         refused = False
         model: str | None = None
         usage = Usage()
@@ -591,6 +598,10 @@ class OpenAIProvider(HttpProvider):
                         if choice.finish_reason is not None:
                             finish_reason = choice.finish_reason
                             progress.step(data)
+                        if failed is None:  # raised once the usage that follows is read
+                            failed = _choice_error(
+                                choice.error, choice.finish_reason, self._transport.redact
+                            )
                         if delta is None:  # an annotation (Azure's content filter), no output
                             continue
                         said = delta.content
@@ -639,6 +650,8 @@ class OpenAIProvider(HttpProvider):
             # line end is whole.
             if cut_inside and cut_inside[0].strip() in _DONE_LINES:
                 done = True
+            if failed is not None:
+                raise failed
             if not done and (finish_reason is None or (cut_inside and not reported)):
                 raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
             rest = text.finish()
@@ -904,6 +917,28 @@ def _reported_error(data: bytes, transport: HttpTransport) -> ProviderError:
         # An event's data is never cut short.
         error = _Error(message=error_message(data, transport.redact, truncated=False))
     return _api_error(error, transport.redact, "OpenAI stream error")
+
+
+def _choice_error(
+    reported: Any, finish_reason: str | None, redact: Callable[[str], str]
+) -> ProviderError | None:
+    """The error of a choice whose generation failed part way; None for any other choice.
+
+    OpenRouter reports it in the choice itself: finish reason `error`, and an error object
+    (`reported`) beside what was generated until then, which is no whole reply: taken as
+    one, a half answer ended the run as its final answer. An error object of no field
+    (`{}`) reports nothing, as a top-level one does not (see `_check_reply`).
+    """
+    given = isinstance(reported, dict) and any(v is not None for v in reported.values())
+    if not given and finish_reason != "error":
+        return None
+    try:
+        error = _Error.model_validate(reported) if given else _Error()
+    except ValueError:  # fields of odd types: still the server's error
+        error = _Error(message=redact(clean_text(str(reported)))[:500])
+    if not error.message:
+        error.message = f"the reply's generation failed part way (finish reason {finish_reason!r})"
+    return _api_error(error, redact, "OpenAI API error")
 
 
 def _api_error(error: _Error, redact: Callable[[str], str], what: str) -> ProviderError:
