@@ -2400,11 +2400,16 @@ class CheckpointStore:
         `escape_session_id`).
 
         Raises:
-            PersistenceError: When `older_than` (or `now`) is not a number (or is NaN), or a final
-                checkpoint or the meta record of a session without one is corrupt.
+            PersistenceError: When `older_than` (or `now`) is not a number (or is NaN), both
+                are infinite alike, or a final checkpoint or the meta record of a session
+                without one is corrupt.
         """
         older_than = _sweep_seconds("older_than", older_than)
         now = time.time() if now is None else _sweep_seconds("now", now)
+        if math.isnan(now - older_than):  # both infinite alike: a NaN cut-off (see above)
+            raise PersistenceError(
+                f"now ({now}) and older_than ({older_than}) leave no time to sweep by"
+            )
         keys = await self.backend.list_keys(_PREFIX)
         present = set(keys)
         candidates: dict[str, None] = {}  # session ids, in key order
