@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -516,6 +517,35 @@ def test_from_json_reads_a_weight_written_as_a_wide_integer() -> None:
     back = ar.GraphStore.from_json(text)
     assert [r["weight"] for r in back.relationships()] == [1e20]
     assert back.entity("a")["properties"] == {"n": 2**64 - 1}
+
+
+def test_from_json_errors_in_properties_name_whose_they_are_and_where() -> None:
+    # Read apart from the document, their errors gave the position where the properties
+    # ended, and never said whose they were.
+    g = ar.GraphStore()
+    g.add_entity("a", "x", {"k": 1, "m": [1, 2, 3]})
+    g.add_entity("b", "x")
+    g.add_relationship("a", "b", "knows", 1.0, {"n": 5})
+    text = json.dumps(json.loads(g.to_json()), indent=2)
+    twice = text.replace('"k": 1,', '"k": 1, "k": 2,')
+    line = next(i for i, row in enumerate(twice.splitlines(), 1) if '"k": 2' in row)
+    column = twice.splitlines()[line - 1].index('"k": 2') + 1
+    with pytest.raises(ar.GraphError) as repeated:
+        ar.GraphStore.from_json(twice)
+    message = str(repeated.value)
+    assert message.startswith('not a graph document: the properties of entity "a": the key "k"')
+    at = re.search(r"at line (\d+) column (\d+)$", message)
+    assert at is not None and int(at[1]) == line  # the column: where the parser stopped
+    assert column <= int(at[2]) <= column + len('"k": 2')
+    wide = text.replace('"n": 5', f'"n": {2**64}')
+    line = next(i for i, row in enumerate(wide.splitlines(), 1) if str(2**64) in row)
+    column = wide.splitlines()[line - 1].index(str(2**64)) + 1
+    with pytest.raises(ar.GraphError) as refused:
+        ar.GraphStore.from_json(wide)
+    assert str(refused.value) == (
+        'not a graph document: the properties of relationship "a" -> "b": the integer '
+        f"{2**64} does not fit in 64 bits at line {line} column {column}"
+    )
 
 
 LONE = "x\ud800"  # a str with no UTF-8 form (a surrogate pair cut in two)

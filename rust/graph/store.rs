@@ -118,36 +118,6 @@ impl<'de> Visitor<'de> for UniqueKeysVisitor {
     }
 }
 
-/// A document's properties: read as [`UniqueKeys`], and refused when they hold an integer
-/// literal a `Value` cannot hold (beyond 64 bits, or `-0`), as `add_entity` refuses such a
-/// property: the JSON parser would read it as the nearest float, silently changing it.
-/// (`to_json` never writes one.) Only properties are checked: a weight is a float anyway.
-fn document_properties<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
-    let raw = <&RawValue>::deserialize(deserializer)?;
-    let wide = crate::react::wide_integers(raw.get())
-        .and_then(|literals| literals.into_iter().flatten().next());
-    if let Some(literal) = wide {
-        return Err(de::Error::custom(format!(
-            "the integer {literal} does not fit in 64 bits"
-        )));
-    }
-    serde_json::from_str::<UniqueKeys>(raw.get())
-        .map(|UniqueKeys(v)| v)
-        .map_err(|e| {
-            // The error's position is within the properties: the document's is added instead.
-            let text = e.to_string();
-            let at = format!(" at line {} column {}", e.line(), e.column());
-            de::Error::custom(text.strip_suffix(&at).unwrap_or(&text))
-        })
-}
-
-/// [`document_properties`] as an entity's [`Properties`].
-fn document_entity_properties<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Properties, D::Error> {
-    document_properties(deserializer).map(Properties::from)
-}
-
 static NO_PROPERTIES: Value = Value::Null;
 
 impl Properties {
@@ -170,15 +140,13 @@ impl From<Properties> for Value {
 }
 
 /// A node of the knowledge graph.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entity {
     /// Unique id chosen by the caller.
     pub id: CompactString,
     /// Free-form type label (e.g. "person").
-    #[serde(default)]
     pub label: CompactString,
     /// JSON-compatible properties (an object, or null when none).
-    #[serde(default, deserialize_with = "document_entity_properties")]
     pub properties: Properties,
 }
 
@@ -211,7 +179,7 @@ impl Relationship {
 }
 
 /// Serialized form of a relationship: endpoints by entity id.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RelationshipRecord {
     /// Source entity id.
     pub from: String,
@@ -222,17 +190,49 @@ pub struct RelationshipRecord {
     /// Weight.
     pub weight: f64,
     /// Properties (null when none).
-    #[serde(default, deserialize_with = "document_properties")]
     pub properties: Value,
 }
 
 /// The JSON document of a whole graph.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 struct GraphDocument {
     format: String,
     version: u32,
     entities: Vec<Entity>,
     relationships: Vec<RelationshipRecord>,
+}
+
+/// [`GraphDocument`] as read: each properties value left as its text, to be read with the
+/// document's positions in its errors (see [`document_properties`]).
+#[derive(Deserialize)]
+struct DocumentIn<'a> {
+    format: String,
+    version: u32,
+    #[serde(borrow)]
+    entities: Vec<EntityIn<'a>>,
+    #[serde(borrow)]
+    relationships: Vec<RelationshipIn<'a>>,
+}
+
+/// An entity as read (see [`DocumentIn`]).
+#[derive(Deserialize)]
+struct EntityIn<'a> {
+    id: CompactString,
+    #[serde(default)]
+    label: CompactString,
+    #[serde(default, borrow)]
+    properties: Option<&'a RawValue>,
+}
+
+/// A relationship as read (see [`DocumentIn`]).
+#[derive(Deserialize)]
+struct RelationshipIn<'a> {
+    from: String,
+    to: String,
+    kind: String,
+    weight: f64,
+    #[serde(default, borrow)]
+    properties: Option<&'a RawValue>,
 }
 
 /// A byte buffer that grows fallibly: a write that does not fit in memory fails (keeping
@@ -1370,7 +1370,7 @@ impl Store {
     /// Rebuilds a graph from `to_json` output; bad documents (another format, a version
     /// other than 1 to [`VERSION`], bad entities or relationships) are a `GraphError`.
     pub fn from_json(text: &str) -> CoreResult<Store> {
-        let doc: GraphDocument = serde_json::from_str(text)
+        let doc: DocumentIn<'_> = serde_json::from_str(text)
             .map_err(|e| CoreError::Graph(format!("not a graph document: {e}")))?;
         if doc.format != FORMAT {
             return Err(CoreError::Graph(format!(
@@ -1392,18 +1392,89 @@ impl Store {
         }
         let mut store = Store::default();
         for e in doc.entities {
-            let properties: Value = e.properties.into();
-            object_or_null(&properties, || format!("entity {:?}", e.id))?;
+            let whose = || format!("entity {:?}", e.id);
+            let properties = document_properties(text, e.properties, whose)?;
+            object_or_null(&properties, whose)?;
             store.add_entity(e.id, e.label, properties)?;
         }
         for r in doc.relationships {
-            object_or_null(&r.properties, || {
-                format!("relationship {:?} -> {:?}", r.from, r.to)
-            })?;
-            store.add_relationship(&r.from, &r.to, &r.kind, r.weight, r.properties)?;
+            let whose = || format!("relationship {:?} -> {:?}", r.from, r.to);
+            let properties = document_properties(text, r.properties, whose)?;
+            object_or_null(&properties, whose)?;
+            store.add_relationship(&r.from, &r.to, &r.kind, r.weight, properties)?;
         }
         Ok(store)
     }
+}
+
+/// The properties `raw` of an entity or relationship (`whose`) of the document `text`, read
+/// as [`UniqueKeys`]. Refused when they hold an integer literal a `Value` cannot hold
+/// (beyond 64 bits, or `-0`), as `add_entity` refuses such a property: the JSON parser would
+/// read it as the nearest float, silently changing it (`to_json` never writes one). Only
+/// properties are checked: a weight is a float anyway. Errors name whose properties they
+/// are and where in `text`.
+fn document_properties(
+    text: &str,
+    raw: Option<&RawValue>,
+    whose: impl Fn() -> String,
+) -> CoreResult<Value> {
+    let Some(raw) = raw else {
+        return Ok(Value::Null);
+    };
+    let part = raw.get();
+    let refused = |what: String, at: (usize, usize)| {
+        CoreError::Graph(format!(
+            "not a graph document: the properties of {}: {what} at line {} column {}",
+            whose(),
+            at.0,
+            at.1
+        ))
+    };
+    let wide = crate::react::wide_integers(part)
+        .and_then(|literals| literals.into_iter().flatten().next());
+    if let Some(literal) = wide {
+        let at = position(text, offset_in(text, literal));
+        return Err(refused(
+            format!("the integer {literal} does not fit in 64 bits"),
+            at,
+        ));
+    }
+    serde_json::from_str::<UniqueKeys>(part)
+        .map(|UniqueKeys(v)| v)
+        .map_err(|e| {
+            // serde_json's line and column are within `part`: made the document's.
+            let message = e.to_string();
+            let inner = format!(" at line {} column {}", e.line(), e.column());
+            let (line, column) = position(text, offset_in(text, part));
+            let at = if e.line() <= 1 {
+                (line, column + e.column().saturating_sub(1))
+            } else {
+                (line + e.line() - 1, e.column())
+            };
+            refused(message.strip_suffix(&inner).unwrap_or(&message).into(), at)
+        })
+}
+
+/// The byte offset in `text` of `part`, a slice of it (0 if it is not one).
+fn offset_in(text: &str, part: &str) -> usize {
+    (part.as_ptr() as usize)
+        .checked_sub(text.as_ptr() as usize)
+        .filter(|&at| at <= text.len())
+        .unwrap_or(0)
+}
+
+/// The line and column (1-based, the column in bytes as serde_json counts it) of byte
+/// `offset` in `text`.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.as_bytes().get(..offset).unwrap_or_default();
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = offset
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1)
+        + 1;
+    (line, column)
 }
 
 /// Properties read from a document must be what the API accepts: an object, or null, nested
