@@ -118,3 +118,70 @@ async def test_a_reply_the_context_window_cut_says_to_shorten_the_prompt(
     with pytest.raises(ar.AgentLoopError, match="context window") as stopped:
         await runtime.run_agent_with_provider("a", "q", model)
     assert "shorten the prompt or the history" in str(stopped.value)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_a_retryable_failed_choice_is_retried(server: FakeLlmServer, stream: bool) -> None:
+    # A whole reply's failed choice was read after the request's retries were over. (A
+    # stream is retried when it failed before any of its text went out.)
+    whole, frames = _failed_choice(UPSTREAM)
+    frames = frames[1:]
+    good = {
+        "id": "gen-2",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"content": "1648"}}],
+    }
+    good_frames = [
+        b"data: "
+        + json.dumps({"choices": [{"index": 0, "delta": {"content": "1648"}}]}).encode()
+        + b"\n\n",
+        b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    if stream:
+        server.script(
+            Reply(frames=frames, headers=EVENTS), Reply(frames=good_frames, headers=EVENTS)
+        )
+    else:
+        server.script(
+            Reply(body=whole, headers=JSON), Reply(body=json.dumps(good).encode(), headers=JSON)
+        )
+    twice = ar.RetryPolicy(max_attempts=2, base_delay=0.001, jitter=False)
+    async with make_provider("openai", server, retry=twice) as llm:
+        if stream:
+            events = [event async for event in llm.chat_stream(USER)]
+            text = "".join(getattr(event, "text", "") for event in events)
+        else:
+            text = (await llm.chat(USER)).text
+    assert text == "1648" and len(server.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("choice", "message", "retryable"),
+    [
+        # DeepSeek's generation cut short for lack of capacity.
+        ({"finish_reason": "insufficient_system_resource"}, "generation failed part way", True),
+        # An error given as its message alone, with or without the finish reason.
+        ({"finish_reason": "error", "error": "Upstream gone"}, "Upstream gone", False),
+        ({"finish_reason": None, "error": "Upstream gone"}, "Upstream gone", False),
+        # A failed choice without a message at all.
+        ({"finish_reason": "error", "error": UPSTREAM, "message": None}, "status 502", True),
+    ],
+    ids=["deepseek", "string", "string-no-finish", "no-message"],
+)
+async def test_other_forms_of_a_failed_choice(
+    server: FakeLlmServer, choice: dict[str, Any], message: str, retryable: bool
+) -> None:
+    body = {
+        "id": "gen-1",
+        "model": "m",
+        "choices": [{"index": 0, "message": {"content": "It was in 18"}, **choice}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 7},
+    }
+    server.script(Reply(body=json.dumps(body).encode(), headers=JSON))
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        with pytest.raises(ar.ProviderError, match=message) as failed:
+            await llm.chat(USER)
+    assert failed.value.retryable is retryable
+    assert failed.value.usage == ar.Usage(input_tokens=10, output_tokens=7)

@@ -143,7 +143,6 @@ class _AssistantMessage(BaseModel):
 class _Choice(BaseModel):
     message: _AssistantMessage
     finish_reason: str | None = None
-    error: Any = None  # a generation that failed part way (OpenRouter): see `_choice_error`
 
 
 class _Usage(BaseModel):
@@ -222,7 +221,7 @@ class _ChunkChoice(BaseModel):
     index: int = 0
     delta: _Delta | None = None  # absent from Azure's content-filter annotation chunks
     finish_reason: str | None = None
-    error: Any = None  # as `_Choice.error`
+    error: Any = None  # a generation that failed part way (OpenRouter): see `_choice_error`
 
 
 class _Error(BaseModel):
@@ -426,10 +425,6 @@ class OpenAIProvider(HttpProvider):
             error.usage = usage
             raise error
         choice = completion.choices[0]
-        failed = _choice_error(choice.error, choice.finish_reason, self._transport.redact)
-        if failed is not None:
-            failed.usage = usage
-            raise failed
         message = choice.message
         wire_calls = message.tool_calls or []
         if not wire_calls and message.function_call is not None:
@@ -474,6 +469,13 @@ class OpenAIProvider(HttpProvider):
         error = error_of_reply(raw, _Error, self._transport.redact)
         if error is not None:  # an error sent with status 200
             raise _api_error(error, self._transport.redact, "OpenAI API error")
+        # A choice whose generation failed part way (see `_choice_error`): checked here, so
+        # that a retryable one is retried as an error body is. Only read when it may be one.
+        if b'"error"' in raw or b"insufficient_system_resource" in raw:
+            failed = _failed_choice(raw, self._transport.redact)
+            if failed is not None:
+                self._transport.charge(failed.usage or Usage())  # billed all the same
+                raise failed
 
     def chat_stream(
         self,
@@ -919,18 +921,26 @@ def _reported_error(data: bytes, transport: HttpTransport) -> ProviderError:
     return _api_error(error, transport.redact, "OpenAI stream error")
 
 
+_FAILED_GENERATION = frozenset(("error", "insufficient_system_resource"))
+"""Finish reasons of a generation that failed part way: OpenRouter's `error`, DeepSeek's
+`insufficient_system_resource` (it ran short of capacity: worth another attempt)."""
+
+
 def _choice_error(
     reported: Any, finish_reason: str | None, redact: Callable[[str], str]
 ) -> ProviderError | None:
     """The error of a choice whose generation failed part way; None for any other choice.
 
     OpenRouter reports it in the choice itself: finish reason `error`, and an error object
-    (`reported`) beside what was generated until then, which is no whole reply: taken as
-    one, a half answer ended the run as its final answer. An error object of no field
-    (`{}`) reports nothing, as a top-level one does not (see `_check_reply`).
+    (`reported`, or its message alone) beside what was generated until then, which is no
+    whole reply: taken as one, a half answer ended the run as its final answer. An error
+    object of no field (`{}`) reports nothing, as a top-level one does not (see
+    `_check_reply`).
     """
+    if isinstance(reported, str):
+        reported = {"message": reported} if reported.strip() else None
     given = isinstance(reported, dict) and any(v is not None for v in reported.values())
-    if not given and finish_reason != "error":
+    if not given and finish_reason not in _FAILED_GENERATION:
         return None
     try:
         error = _Error.model_validate(reported) if given else _Error()
@@ -938,7 +948,31 @@ def _choice_error(
         error = _Error(message=redact(clean_text(str(reported)))[:500])
     if not error.message:
         error.message = f"the reply's generation failed part way (finish reason {finish_reason!r})"
+    if finish_reason == "insufficient_system_resource" and error.type is error.code is None:
+        error.type = "server_error"  # the server was short of capacity: busy
     return _api_error(error, redact, "OpenAI API error")
+
+
+def _failed_choice(raw: bytes, redact: Callable[[str], str]) -> ProviderError | None:
+    """The error of a whole reply whose first choice failed part way, with the reply's usage.
+
+    Read leniently (before the reply is checked as one): such a choice may have no message.
+    """
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    if not isinstance(choice, dict):
+        return None
+    finish_reason = choice.get("finish_reason")
+    failed = _choice_error(
+        choice.get("error"), finish_reason if isinstance(finish_reason, str) else None, redact
+    )
+    if failed is not None:
+        failed.usage = parse_usage(_Usage, data.get("usage"), "OpenAI response").usage()
+    return failed
 
 
 def _api_error(error: _Error, redact: Callable[[str], str], what: str) -> ProviderError:
