@@ -960,7 +960,7 @@ def _failed_choice(raw: bytes, redact: Callable[[str], str]) -> ProviderError | 
     """
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # as no reply: the reply's own reading says so
         return None
     choices = data.get("choices") if isinstance(data, dict) else None
     choice = choices[0] if isinstance(choices, list) and choices else None
