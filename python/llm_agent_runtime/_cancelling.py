@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable
 from typing import Any
 
-__all__ = ["cancellations_so_far"]
+__all__ = ["CANCEL_COUNTS_EXACT", "cancellations_so_far"]
+
+CANCEL_COUNTS_EXACT = sys.version_info >= (3, 13)
+"""Whether a task's count of cancellation requests (`Task.cancelling`) is exact. Before
+Python 3.13, a `TaskGroup` whose child failed leaves the count of its task raised (CPython
+gh-116720): code that took a rise of the count for a cancellation would take one where
+there is none."""
 
 
 async def cancellations_so_far(

@@ -66,7 +66,7 @@ from pydantic_core import (
 )
 from typing_extensions import TypedDict
 
-from llm_agent_runtime._cancelling import cancellations_so_far
+from llm_agent_runtime._cancelling import CANCEL_COUNTS_EXACT, cancellations_so_far
 from llm_agent_runtime._core import dicts_with_keys_made_text, tuple_of
 from llm_agent_runtime.errors import (
     BudgetExceededError,
@@ -2575,7 +2575,7 @@ def _cancelled_by_the_tool(task: asyncio.Task[Any] | None, cancels: int) -> bool
 
     True when the count of cancellations asked of the call's task (`cancels` when the call
     began) did not rise: the task may have entered the call with a count of its own. Before
-    Python 3.13, a rise may also be a `TaskGroup`'s of the tool (see `_CANCEL_COUNTS_EXACT`),
+    Python 3.13, a rise may also be a `TaskGroup`'s of the tool (see `CANCEL_COUNTS_EXACT`),
     which cannot be told from a cancellation: the call is taken as cancelled then, so that
     no cancellation is lost.
     """
@@ -2706,7 +2706,7 @@ class ToolRegistry:
         From Python 3.13, a call cancelled while its tool ran ends cancelled even when the
         tool caught the `CancelledError` and returned (or raised something else); before,
         such a tool ends the call as it chose, as asyncio cannot tell its cancellation from
-        a `TaskGroup`'s own (see `_CANCEL_COUNTS_EXACT`); for the same reason, a tool whose
+        a `TaskGroup`'s own (see `CANCEL_COUNTS_EXACT`); for the same reason, a tool whose
         own work is cancelled after one of its `TaskGroup`s failed in the same call ends the
         call as cancelled there. A `name` that is not registered (whatever its type) is a
         `not_found` observation.
@@ -2806,12 +2806,6 @@ class ToolRegistry:
         return tuple_of(Observation, (text, None))
 
 
-_CANCEL_COUNTS_EXACT = sys.version_info >= (3, 13)
-"""Whether a task's count of cancellation requests (`Task.cancelling`) is exact. Before
-Python 3.13, a `TaskGroup` whose child failed leaves the count of its task raised (CPython
-gh-116720): a tool that handled such a failure would read as a call cancelled while it ran."""
-
-
 def _cancelled_while_running(
     task: asyncio.Task[Any], cancels: int, error: BaseException | None = None
 ) -> None:
@@ -2819,11 +2813,11 @@ def _cancelled_while_running(
 
     The tool returned, or raised something other than `CancelledError`. From Python 3.13,
     the call was cancelled and the tool caught it: `CancelledError`. Before, the rise may be
-    a `TaskGroup`'s of the tool (see `_CANCEL_COUNTS_EXACT`): the count is put back, as that
+    a `TaskGroup`'s of the tool (see `CANCEL_COUNTS_EXACT`): the count is put back, as that
     `TaskGroup` would have, so the caller's own timeouts (the run's `loop_timeout_ms`) still
     tell their expiry from a cancellation; the tool's result stands.
     """
-    if _CANCEL_COUNTS_EXACT:
+    if CANCEL_COUNTS_EXACT:
         raise asyncio.CancelledError from error
     # A cancellation asked but not delivered yet (after the tool's last await) is no
     # `TaskGroup`'s: its count stays, and the next await (the next call's, see `call`)

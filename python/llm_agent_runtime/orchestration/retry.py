@@ -7,10 +7,10 @@ import inspect
 import logging
 import math
 import random
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, ParamSpec, TypeVar, overload
 
+from llm_agent_runtime._cancelling import CANCEL_COUNTS_EXACT
 from llm_agent_runtime.errors import (
     AgentRuntimeError,
     BudgetExceededError,
@@ -302,7 +302,7 @@ def _cancelled_into(error: BaseException, task: asyncio.Task[Any], cancels: int)
     """
     if task.cancelling() <= cancels:
         return False
-    if _CANCEL_COUNTS_EXACT:
+    if CANCEL_COUNTS_EXACT:
         return True
     seen: set[int] = set()
     context: BaseException | None = error.__context__
@@ -312,11 +312,6 @@ def _cancelled_into(error: BaseException, task: asyncio.Task[Any], cancels: int)
         seen.add(id(context))
         context = context.__context__
     return False
-
-
-_CANCEL_COUNTS_EXACT = sys.version_info >= (3, 13)
-"""Whether a task's count of cancellation requests (`Task.cancelling`) is exact (see
-`_cancelled_into`)."""
 
 
 def _checked_delays(base_delay: object, max_delay: object) -> tuple[float, float]:
