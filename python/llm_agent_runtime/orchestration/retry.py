@@ -20,6 +20,7 @@ from llm_agent_runtime.errors import (
     group_leaves,
     stage_error,
 )
+from llm_agent_runtime.orchestration._calls import current_task
 from llm_agent_runtime.orchestration._checks import (
     check_count,
     check_flag,
@@ -261,7 +262,7 @@ class RetryPolicy:
                 of `policy.run(fetch, query)`, which is closed), say. Never retried.
         """
         attempt = 1
-        task = asyncio.current_task()
+        task = current_task()  # the fast lookup (`asyncio.current_task` is ~0.4 us on 3.11)
         while True:
             cancels = task.cancelling() if task is not None else 0
             try:
