@@ -397,6 +397,11 @@ fn scan_split(
     }
 }
 
+/// Why a vector with a non-finite value is refused. A number past float32's range becomes
+/// infinite as it is read (a Python float of 1e39, say), so the caller may have given none.
+pub(crate) const NOT_FINITE: &str =
+    "contains NaN or infinite values (or values beyond float32's range, about ±3.4e38)";
+
 /// Normalizes `v` in place; refuses non-finite values and zero vectors.
 ///
 /// The norm is computed in f64. Scaling multiplies by `1 / norm` in float32 when that is a
@@ -408,9 +413,7 @@ fn scan_split(
 /// [`CoreError::Memory`] naming `what` when `v` has NaN/inf values or is zero.
 pub(crate) fn normalize(v: &mut [f32], what: &str) -> CoreResult<()> {
     if v.iter().any(|x| !x.is_finite()) {
-        return Err(CoreError::Memory(format!(
-            "{what} contains NaN or infinite values"
-        )));
+        return Err(CoreError::Memory(format!("{what} {NOT_FINITE}")));
     }
     let norm = v
         .iter()

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -271,6 +272,23 @@ def test_from_json_enforces_what_the_constructor_and_add_episode_do(
     doc = json.loads(_exported())
     breaks(doc)
     with pytest.raises(ar.MemoryStoreError, match=message):
+        ar.EpisodicStore.from_json(json.dumps(doc))
+
+
+def test_an_embedding_past_float32s_range_is_named_so() -> None:
+    # 1e39 is finite, but float32's largest is about 3.4e38: read as inf, it was refused as
+    # holding "NaN or infinite values", which the caller never gave.
+    message = re.escape(
+        "embedding contains NaN or infinite values (or values beyond float32's range, "
+        "about ±3.4e38)"
+    )
+    store = ar.EpisodicStore(clock=lambda: 0.0)
+    with pytest.raises(ar.MemoryStoreError, match=message):
+        store.add_episode("a", "x", 0.5, embedding=[1e39, 1.0])
+    store.add_episode("a", "x", 0.5, embedding=[1.0, 1.0])
+    doc = json.loads(store.to_json())
+    doc["by_agent"]["a"][0]["embedding"] = [1e39, 1.0]  # an export's is read as float32
+    with pytest.raises(ar.MemoryStoreError, match="number out of range at line 1 column"):
         ar.EpisodicStore.from_json(json.dumps(doc))
 
 

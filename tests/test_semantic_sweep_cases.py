@@ -3,6 +3,7 @@ refused embedding, and the width an OpenAI embedder gives texts it does not send
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +47,10 @@ class _Rows:
 
 # --- the messages of a refused embedding -----------------------------------------------------
 
+NOT_FINITE = re.escape(
+    "contains NaN or infinite values (or values beyond float32's range, about ±3.4e38)"
+)
+
 
 @pytest.mark.parametrize(
     ("embedding", "message"),
@@ -53,8 +58,10 @@ class _Rows:
         ([1.0, 0.0], r"^embedding has shape \(2,\), the store's vectors have shape \(3,\)$"),
         ([1, 0, 0, 0], r"^embedding has shape \(4,\), the store's vectors have shape \(3,\)$"),
         ([0.0, 0.0, 0.0], r"^embedding is the zero vector: cosine similarity is undefined$"),
-        ([float("nan"), 1.0, 0.0], r"^embedding contains NaN or infinite values$"),
-        ([float("inf"), 1.0, 0.0], r"^embedding contains NaN or infinite values$"),
+        ([float("nan"), 1.0, 0.0], rf"^embedding {NOT_FINITE}$"),
+        ([float("inf"), 1.0, 0.0], rf"^embedding {NOT_FINITE}$"),
+        # Finite, but past float32's largest (about 3.4e38): it became inf as it was read.
+        ([1e39, 1.0, 0.0], rf"^embedding {NOT_FINITE}$"),
     ],
 )
 def test_a_refused_embedding_is_named_as_the_caller_gave_it(
@@ -79,9 +86,7 @@ def test_an_embedders_row_of_another_length_is_named_as_the_embedders() -> None:
     ):
         store.store("b", "second")
     store._embedder = _Rows([float("nan"), 0.0, 1.0])
-    with pytest.raises(
-        ar.MemoryStoreError, match=r"^the embedder's row contains NaN or infinite values$"
-    ):
+    with pytest.raises(ar.MemoryStoreError, match=rf"^the embedder's row {NOT_FINITE}$"):
         store.store("b", "second")
     assert store.all_keys() == ["a"]
 

@@ -523,7 +523,11 @@ def _vector_refusal(
     if index is not None and len(vector) != index.dim:
         return f"{what} has dimension {len(vector)}, the store has {index.dim}"
     if not np.isfinite(vector).all():
-        return f"{what} contains NaN or infinite values"
+        # As the Rust stores say it: a number past float32's range became inf as it was read.
+        return (
+            f"{what} contains NaN or infinite values (or values beyond float32's range, "
+            "about ±3.4e38)"
+        )
     if not vector.any():
         return f"{what} is the zero vector: cosine similarity is undefined"
     return None
@@ -550,7 +554,7 @@ def _real_float32(value: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
     a list of strings, a complex or bool array, or a masked array became a vector that was
     never given. They are refused, as the Rust stores refuse them. A masked array that masks
     nothing is read as its data. A value beyond float32 becomes inf, which the index refuses
-    with its own message.
+    (its message says so).
 
     Raises:
         TypeError, ValueError: `value` holds text, complex numbers, bools or other

@@ -345,7 +345,7 @@ impl Episodes {
                 }
                 if let Some(v) = &mut e.embedding {
                     if v.iter().any(|x| !x.is_finite()) {
-                        return Err(bad("embedding contains NaN or infinite values".into()));
+                        return Err(bad(format!("embedding {}", crate::vector::NOT_FINITE)));
                     }
                     match dim.or(declared) {
                         Some(d) if d != v.len() => {
