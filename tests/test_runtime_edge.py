@@ -289,6 +289,66 @@ async def test_a_turn_started_during_anothers_final_checkpoint_loses_nothing() -
     ]
 
 
+@pytest.mark.parametrize("durable", [False, True])
+async def test_a_run_finished_callback_runs_the_sessions_next_turn(durable: bool) -> None:
+    # With a backend whose writes suspend, the callback started as the final checkpoint was
+    # written, and found the session still running: its turn was refused, though the run
+    # waits for its callbacks after it lets go of the session precisely so they may.
+    class SlowBackend(ar.InMemoryBackend):
+        async def batch_save(self, items: Mapping[str, bytes]) -> None:
+            await asyncio.sleep(0.01)
+            await super().batch_save(items)
+
+    rt = ar.AgentRuntime(checkpoint_backend=SlowBackend() if durable else None)
+    session = rt.create_session("a")
+    answers = iter(["first", "second"])
+
+    async def model(prompt: str) -> str:
+        return f"Thought: t\nAction: FINAL_ANSWER {next(answers)}"
+
+    chained: list[str | None] = []
+
+    @rt.events.on
+    async def next_turn(event: ar.AgentEvent) -> None:
+        if isinstance(event, ar.RunFinished) and not chained:
+            chained.append(await rt.run_turn(session, "again", model))
+
+    assert await rt.run_turn(session, "go", model) == "first"
+    assert chained == ["second"]
+    assert [m["content"] for m in session.messages] == ["go", "first", "again", "second"]
+    if durable:
+        saved = await ar.AgentSession.load_checkpoint(rt.checkpoint_backend, session.session_id)
+        assert saved.messages == session.messages
+
+
+async def test_a_callback_of_a_run_still_going_cannot_run_its_sessions_turn() -> None:
+    # Only a finished run's callbacks wait for it to let go of the session: one started
+    # mid-run is refused at once, as any other caller is.
+
+    @ar.tool
+    async def pause() -> str:
+        """Lets the loop run the callbacks."""
+        await asyncio.sleep(0.01)
+        return "done"
+
+    rt = ar.AgentRuntime(tools=[pause], checkpoint_backend=ar.InMemoryBackend())
+    session = rt.create_session("a")
+    refused: list[str] = []
+
+    @rt.events.on
+    async def on_tool(event: ar.AgentEvent) -> None:
+        if isinstance(event, ar.ToolCallStarted):
+            try:
+                await rt.run_turn(session, "again", final)
+            except ar.AgentRuntimeError as error:
+                refused.append(str(error))
+
+    model = react("Thought: a\nAction: pause {}", FINAL)
+    assert await rt.run_turn(session, "go", model) == "ok"
+    assert len(refused) == 1 and "already running a turn" in refused[0]
+    assert len(session.messages) == 2
+
+
 async def test_a_running_session_cannot_be_resumed() -> None:
     gate, started = asyncio.Event(), asyncio.Event()
 

@@ -547,6 +547,9 @@ class AgentRuntime(Unshared):
         self._refresh_tools()
         # Sessions with a run in progress: a session runs one turn at a time.
         self._running: set[str] = set()
+        # Sessions whose run has finished (emitted `RunFinished`) and has not let go of them
+        # yet: the run's async callbacks, and those of them waiting to run the next turn.
+        self._finishing: dict[str, _Finishing] = {}
         self._tracer = _load_tracer()
         # No tracer provider set yet: each run looks again until one is (`_tracer_awaited`).
         self._awaiting_tracer = self._tracer is None and _tracer_awaited()
@@ -1144,14 +1147,19 @@ class AgentRuntime(Unshared):
         # other, on this thread or another, gets past here meanwhile. The mark is this
         # run's own token, so that only this run takes it away.
         mark = object()
-        with _SESSIONS_LOCK:
-            if session_id in running or id(session) in _SESSIONS_RUNNING:
-                raise AgentRuntimeError(
-                    f"session {session_id!r} is already running a turn: a session runs one "
-                    "turn at a time (await the running one first)"
-                )
-            _SESSIONS_RUNNING[id(session)] = mark
-            running.add(session_id)
+        while True:
+            with _SESSIONS_LOCK:
+                if session_id not in running and id(session) not in _SESSIONS_RUNNING:
+                    _SESSIONS_RUNNING[id(session)] = mark
+                    running.add(session_id)
+                    break
+                released = self._release_awaited(session_id)
+                if released is None:
+                    raise AgentRuntimeError(
+                        f"session {session_id!r} is already running a turn: a session runs "
+                        "one turn at a time (await the running one first)"
+                    )
+            await released
         guard = self._backpressure
         if guard is not None:
             try:
@@ -1258,7 +1266,7 @@ class AgentRuntime(Unshared):
             finally:  # given back whatever the cleanup above met
                 # Only now: a run of the session starting on another thread finds none of
                 # this run's state left to clear, nor has its own cleared by it.
-                _unmark(running, session_id, session, mark)
+                _unmark(running, session_id, session, mark, self._finishing, callbacks)
                 if guard is not None:
                     guard.release()
             if callbacks and settle:
@@ -1394,6 +1402,10 @@ class AgentRuntime(Unshared):
             session.duration_ms = duration = earlier_ms + (time.perf_counter() - started) * 1000.0
             if events.active:
                 finished = (session.session_id, session.final_answer, len(session.steps), duration)
+                callbacks = RUN_CALLBACKS.get()
+                if callbacks is not None:  # they may run the next turn once this run lets go
+                    with _SESSIONS_LOCK:
+                        self._finishing[session.session_id] = _Finishing(callbacks)
                 events.emit_new(RunFinished, finished)
             if self._checkpoints is not None:  # after RunFinished, so the log records it
                 await self._save_final(session, run)
@@ -1402,6 +1414,21 @@ class AgentRuntime(Unshared):
             # left the session as it was, its time included).
             session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
             raise
+
+    def _release_awaited(self, session_id: str) -> asyncio.Future[None] | None:
+        """What the caller awaits to run a turn of the session once its finished run lets go.
+
+        Only an async callback of that run (`_Finishing`) waits: the run waits for it after
+        letting go, so the two cannot wait for each other. None for any other caller: the
+        session is running a turn. Called with `_SESSIONS_LOCK` held.
+        """
+        finishing = self._finishing.get(session_id)
+        task = asyncio.current_task()
+        if finishing is None or task is None or task not in finishing.callbacks:
+            return None
+        waiter: asyncio.Future[None] = task.get_loop().create_future()
+        finishing.waiters.append(waiter)
+        return waiter
 
     def _refresh_tools(self) -> None:
         """Rebuilds what the model is shown of the tools (its registry changed).
@@ -3792,12 +3819,42 @@ _SESSIONS_LOCK = threading.Lock()
 start on several threads (each with its own event loop) at once."""
 
 
-def _unmark(running: set[str], session_id: str, session: AgentSession, mark: object) -> None:
-    """Takes away a run's marks of its session: only its own (`mark` is the run's token)."""
+class _Finishing:
+    """A finished run that still holds its session (writing its final checkpoint, say)."""
+
+    __slots__ = ("callbacks", "waiters")
+
+    def __init__(self, callbacks: set[asyncio.Future[Any]]) -> None:
+        self.callbacks = callbacks
+        """The run's async callbacks (`RUN_CALLBACKS`): the run waits for them after it
+        lets go of the session, so they may wait for that to run its next turn."""
+        self.waiters: list[asyncio.Future[None]] = []
+        """Those of them waiting, each woken as the run lets go."""
+
+
+def _unmark(
+    running: set[str],
+    session_id: str,
+    session: AgentSession,
+    mark: object,
+    finishing: dict[str, _Finishing] | None = None,
+    callbacks: set[asyncio.Future[Any]] | None = None,
+) -> None:
+    """Takes away a run's marks of its session: only its own (`mark` is the run's token).
+
+    Its callbacks (`callbacks`) waiting to run the session's next turn are woken (see
+    `_Finishing`; `finishing` is the runtime's).
+    """
     with _SESSIONS_LOCK:
         if _SESSIONS_RUNNING.get(id(session)) is mark:
             del _SESSIONS_RUNNING[id(session)]
             running.discard(session_id)
+        finished = finishing.get(session_id) if finishing is not None else None
+        if finishing is not None and finished is not None and finished.callbacks is callbacks:
+            del finishing[session_id]
+            for waiter in finished.waiters:
+                if not waiter.done():  # else its callback was cancelled meanwhile
+                    waiter.set_result(None)
 
 
 def _add_turn(session: AgentSession, prompt: str, answer: str) -> None:
