@@ -3038,7 +3038,10 @@ class AgentRuntime(Unshared):
                 raise
             self._count_failed_write(session.session_id)
             key = session_key(session.session_id)
-            raise PersistenceError(f"final checkpoint failed: {error}", key=key) from error
+            # A backend's error names its key itself: this one's message named it twice.
+            same_key = isinstance(error, PersistenceError) and error.key == key
+            reason = error.args[0] if same_key else error
+            raise PersistenceError(f"final checkpoint failed: {reason}", key=key) from error
         return deleting
 
     async def _journal_of_next_step(self, session: AgentSession) -> list[dict[str, Any]]:

@@ -233,3 +233,18 @@ async def test_a_resume_claim_taken_over_is_no_checkpoint_error(
         await first.resume(session.session_id, ar.ScriptedProvider(replies))
     assert taken == ["done"]
     assert metrics.snapshot().checkpoint_errors == before
+
+
+async def test_a_failed_final_checkpoint_names_its_key_once() -> None:
+    # The backend's error already named the key: the run's named it a second time.
+    class KeyedFailure(ar.InMemoryBackend):
+        async def batch_save(self, items: Any) -> None:
+            raise ar.PersistenceError("disk full", next(iter(items)))
+
+    runtime = ar.AgentRuntime(checkpoint_backend=KeyedFailure())
+    session = runtime.create_session("a", "once")
+    with pytest.raises(ar.PersistenceError) as raised:
+        await runtime.run_agent("a", "q", script(FINAL), session=session)
+    assert raised.value.key == "session:once"
+    assert str(raised.value).count("(key ") == 1, str(raised.value)
+    assert str(raised.value).startswith("final checkpoint failed: disk full (key ")
