@@ -109,12 +109,14 @@ class PerLoop(Generic[T]):
 
         The running loop's is closed before this returns, as is one a concurrent `aclose`
         is closing; one of another loop that is running (in another thread) is closed
-        there, without waiting for it; one of an idle loop when that loop next runs.
+        there, without waiting for it; one of an idle loop when that loop next runs; one of
+        a loop closed without being ended is given to `abandon` at once.
         """
         current = asyncio.get_running_loop()
         own: concurrent.futures.Future[None] | None = None
         with self._lock:
             entries, self._entries = self._entries, {}
+            stale = [entry for loop, entry in entries.items() if loop.is_closed()]
             self._closing = [
                 (loop, done)
                 for loop, done in self._closing
@@ -129,6 +131,9 @@ class PerLoop(Generic[T]):
                     with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                         closing = asyncio.run_coroutine_threadsafe(close_now(entry.closer), loop)
                         self._closing.append((loop, closing))
+        if self._abandon is not None:  # closed without being ended: no loop to close it in
+            for entry in stale:
+                self._abandon(entry.resource)
         if own is not None:
             try:
                 await close_now(entries[current].closer)

@@ -102,3 +102,53 @@ def test_the_pools_of_loops_closed_without_ending_them_are_closed_by_the_next_lo
     finally:
         sys.unraisablehook = previous_hook
         asyncio.run(_drop_table(base, table))
+
+
+@pytest.mark.timeout(60)
+def test_close_closes_the_pool_of_a_loop_closed_without_ending_it() -> None:
+    # `close` dropped the entry of a loop closed by hand without closing its pool: its
+    # connection stayed open for the life of the process.
+    base, name, dsn = _named_dsn("close_after_hand_run")
+    table = f"kv_{uuid.uuid4().hex}"
+    store = ar.PostgresBackend(dsn, table=table, min_size=1)
+    try:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(store.save("k", b"v"))
+        finally:
+            loop.close()
+        assert asyncio.run(_open_sessions_named(base, name)) >= 1
+        asyncio.run(store.close())
+        assert asyncio.run(_sessions_named(base, name)) == 0
+    finally:
+        asyncio.run(_drop_table(base, table))
+
+
+@pytest.mark.timeout(60)
+def test_the_pools_of_backends_dropped_with_their_hand_run_loops_are_closed() -> None:
+    # A backend made in a loop run by hand, used, then dropped with its loop: nothing used
+    # the backend again, so its pool (kept alive by the task that closes it as the loop
+    # ends, which never came) held a connection for the life of the process, one more at
+    # every such loop. The next pool opened, whatever its backend, closes them.
+    base, name, dsn = _named_dsn("dropped_hand_run")
+    table = f"kv_{uuid.uuid4().hex}"
+    try:
+        for n in range(5):
+            loop = asyncio.new_event_loop()
+            try:
+                store = ar.PostgresBackend(dsn, table=table, min_size=1)
+                loop.run_until_complete(store.save(f"k{n}", b"v"))
+            finally:
+                loop.close()
+            del store
+        gc.collect()
+
+        async def next_pool() -> int:
+            store = ar.PostgresBackend(dsn, table=table, min_size=1)
+            assert await store.load("k4") == b"v"
+            await store.close()
+            return await _sessions_named(base, name)
+
+        assert asyncio.run(next_pool()) == 0
+    finally:
+        asyncio.run(_drop_table(base, table))

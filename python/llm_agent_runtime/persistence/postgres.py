@@ -134,6 +134,25 @@ def _adding_to(connections: weakref.WeakSet[Any]) -> Callable[[Any], Awaitable[N
     return add
 
 
+_GUARDS: dict[asyncio.Task[None], _LoopPool] = {}
+"""The guard of every open pool (`_guard`), with the pool's state. A loop closed without
+being ended leaves its pool to `_abandon_pool`: when its backend is used again (`PerLoop`),
+and, for a backend dropped with its loop, as the next pool opens (`_abandon_closed_loops`)."""
+
+
+def _forget_guard(guard: asyncio.Task[None]) -> None:
+    _GUARDS.pop(guard, None)
+
+
+def _abandon_closed_loops() -> None:
+    """Abandons the pools of loops closed without being ended (see `_GUARDS`)."""
+    for guard in list(_GUARDS):
+        if guard.get_loop().is_closed():
+            state = _GUARDS.pop(guard, None)  # one taker, whatever thread sweeps too
+            if state is not None and state.guard is guard:  # else abandoned already
+                _abandon_pool(state)
+
+
 def _abandon_pool(state: _LoopPool) -> None:
     """Closes the connections of a pool whose loop was closed without being ended (`PerLoop`).
 
@@ -156,6 +175,8 @@ def _abandon_pool(state: _LoopPool) -> None:
             task._log_destroy_pending = False  # type: ignore[attr-defined]
             with contextlib.suppress(Exception):  # its cleanup, failing on the closed loop
                 task.get_coro().close()
+    state.guard = state.pool = None  # abandoned once, whoever asks again
+    state.connections = weakref.WeakSet()
 
 
 async def _close_pool(state: _LoopPool) -> None:
@@ -401,6 +422,7 @@ class PostgresBackend(Unshared):
 
     async def _open_new(self, state: _LoopPool) -> None:
         """Opens a new pool for `state` (its lock held) and creates the table if missing."""
+        _abandon_closed_loops()
         # A new pool each time: psycopg_pool cannot reopen a pool once closed, and it closes
         # one whose first open failed.
         connections: weakref.WeakSet[Any] = weakref.WeakSet()  # for `_guard`
@@ -451,12 +473,14 @@ class PostgresBackend(Unshared):
         state.failure = None
         # Kept alive apart from the backend: one dropped unclosed leaves the task (and the
         # pool it holds) to close the pool as the loop ends, not to the garbage collector.
-        state.guard = keep_alive(
+        guard = state.guard = keep_alive(
             asyncio.get_running_loop().create_task(
                 _guard(state, pool, connections),
                 name=f"{self!r}: closes its pool as the loop ends",
             )
         )
+        _GUARDS[guard] = state
+        guard.add_done_callback(_forget_guard)
         state.ready = True
 
     async def _connection_failure(self) -> str | None:
