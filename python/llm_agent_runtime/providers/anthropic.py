@@ -40,6 +40,7 @@ from llm_agent_runtime.providers._http import (
     text_setting,
 )
 from llm_agent_runtime.providers.base import (
+    REASONING_CONTENT,
     TRUNCATION_STOP_REASONS,
     ChatResponse,
     CutOffArgumentsError,
@@ -808,11 +809,14 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
                 # Reasoning alone is left out too: the API refuses an assistant message
                 # whose last block is a thinking block.
                 continue
-            if message.reasoning and role == "assistant":
+            # An OpenAI-compatible reply's reasoning (`REASONING_CONTENT`) is no block of
+            # this API's: a history begun with another provider sends it.
+            reasoning = [b for b in message.reasoning if b.get("type") != REASONING_CONTENT]
+            if reasoning and role == "assistant":
                 if wire and wire[-1]["role"] == "assistant":
-                    _merge_reasoning(wire[-1]["content"], message.reasoning, blocks)
+                    _merge_reasoning(wire[-1]["content"], reasoning, blocks)
                     continue
-                blocks[:0] = message.reasoning
+                blocks[:0] = reasoning
         if wire and wire[-1]["role"] == role:
             merged = wire[-1]["content"]
             if last_role == "tool" and merged[-1]["type"] != "tool_result":

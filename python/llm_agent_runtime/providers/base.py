@@ -61,6 +61,13 @@ INCOMPLETE_STOP_REASONS = TRUNCATION_STOP_REASONS | SAFETY_STOP_REASONS | PAUSE_
 pause of the API."""
 
 
+REASONING_CONTENT = "reasoning_content"
+"""The `type` of the reasoning block an OpenAI-compatible reply's `reasoning_content` (DeepSeek,
+vLLM) is kept as in `ChatResponse.reasoning`: `{"type": "reasoning_content",
+"reasoning_content": text}`. `OpenAIProvider` sends it back with the message's tool calls
+(DeepSeek refuses a tool-call turn without it); other providers leave it out."""
+
+
 def token_limit(stop_reason: str) -> tuple[str, str]:
     """Which token limit cut a reply off (`TRUNCATION_STOP_REASONS`), and what to do about it.
 
@@ -415,9 +422,10 @@ class ChatResponse:
     """Model that answered, as the provider reported it."""
     reasoning: Sequence[dict[str, Any]] = ()
     """The provider's reasoning blocks, opaque, in the order received: Anthropic's `thinking`
-    and `redacted_thinking` blocks (with their signatures). Copy them into the `assistant`
-    `Message` that repeats this reply (`Message.reasoning`): with extended thinking, the
-    API refuses a tool-use turn whose reply lost them."""
+    and `redacted_thinking` blocks (with their signatures), or an OpenAI-compatible reply's
+    `reasoning_content` (see `REASONING_CONTENT`). Copy them into the `assistant` `Message`
+    that repeats this reply (`Message.reasoning`): with extended thinking, Anthropic's API
+    refuses a tool-use turn whose reply lost them, and DeepSeek's a tool-call turn."""
 
     def __post_init__(self) -> None:
         """Checks the parts a run keeps.

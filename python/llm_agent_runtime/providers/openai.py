@@ -42,6 +42,7 @@ from llm_agent_runtime.providers._http import (
     text_setting,
 )
 from llm_agent_runtime.providers.base import (
+    REASONING_CONTENT,
     ChatResponse,
     Message,
     StreamEnd,
@@ -136,6 +137,7 @@ class _ToolCall(BaseModel):
 class _AssistantMessage(BaseModel):
     content: str | list[Any] | None = None  # parts: see `_text_of`
     refusal: str | None = None
+    reasoning_content: Any = None  # DeepSeek's, vLLM's: kept (see `_kept_reasoning`)
     tool_calls: list[_ToolCall] | None = None
     function_call: _FunctionCall | None = None  # the legacy `functions` form of a call
 
@@ -211,7 +213,8 @@ class _Delta(BaseModel):
     refusal: str | None = None
     tool_calls: list[_ToolCallChunk] | None = None
     function_call: _FunctionCall | None = None  # the legacy `functions` form of a call
-    # Compatible servers' reasoning (vLLM, DeepSeek, OpenRouter): not kept, but progress.
+    # Compatible servers' reasoning (vLLM, DeepSeek, OpenRouter): progress, and the first
+    # kept (see `_kept_reasoning`).
     reasoning_content: Any = None
     reasoning: Any = None
     reasoning_details: Any = None
@@ -254,8 +257,11 @@ class OpenAIProvider(HttpProvider):
     A stream that sends only keep-alive comments, pings or empty deltas for `timeout`
     seconds fails (retryable, so it is tried again when it had yielded nothing yet);
     reasoning that compatible servers stream (`reasoning_content`, `reasoning`) counts as
-    content, though it is not kept. A reply past 64 MiB (a streamed one: 64 Mi characters of
-    content, each event without content counted by its size) fails, not retryable. A 200
+    content. A reply's `reasoning_content` (DeepSeek's, vLLM's) is its
+    `ChatResponse.reasoning` (see `REASONING_CONTENT`), sent back with the message's tool
+    calls: DeepSeek's thinking mode refuses a tool-call turn without it. A reply past
+    64 MiB (a streamed one: 64 Mi characters of content, each event without content counted
+    by its size) fails, not retryable. A 200
     reply with an error in its body (JSON, or in place of the event stream that was asked
     for) raises the server's message, and so does an error reported in the middle of a
     stream: a chunk `{"error": {...}}`, vLLM's older `{"object": "error", "message": ...}`,
@@ -462,6 +468,7 @@ class OpenAIProvider(HttpProvider):
             usage=usage,
             stop_reason=stop_reason,
             model=completion.model,
+            reasoning=_kept_reasoning(message.reasoning_content),
         )
         return checked_arguments(response, self._transport.redact)
 
@@ -561,6 +568,7 @@ class OpenAIProvider(HttpProvider):
         done = False
         cut_inside: list[bytes] = []  # the line the body ended inside, if it did
         progress = StreamProgress()
+        thoughts: list[str] = []  # the pieces of the reply's `reasoning_content`
 
         events = self._transport.post_sse(
             "/chat/completions",
@@ -639,6 +647,8 @@ class OpenAIProvider(HttpProvider):
                         for thought in (delta.reasoning_content, delta.reasoning):
                             if isinstance(thought, str):
                                 progress.add(thought)
+                        if isinstance(delta.reasoning_content, str):
+                            thoughts.append(delta.reasoning_content)
                         if delta.reasoning_details:  # OpenRouter's, which may come alone
                             progress.step(data)
             # The events are closed here: the body was finished at [DONE] (briefly, or cut,
@@ -673,6 +683,7 @@ class OpenAIProvider(HttpProvider):
                 usage=usage,
                 stop_reason=_REFUSAL if refused else finish_reason,
                 model=model,
+                reasoning=_kept_reasoning("".join(thoughts)),
             )
             yield StreamEnd(checked_arguments(response, self._transport.redact))
         except BaseException as error:
@@ -886,6 +897,17 @@ def _wire_message(message: Message) -> dict[str, Any]:
     wire: dict[str, Any] = {"role": message.role, "content": message.content or ""}
     if message.tool_calls:
         wire["content"] = message.content or None
+        # DeepSeek refuses a tool-call turn of its thinking mode without it (with no call,
+        # it ignores it: not sent then).
+        thought = "".join(
+            block[REASONING_CONTENT]
+            for block in message.reasoning
+            if isinstance(block, dict)
+            and block.get("type") == REASONING_CONTENT
+            and type(block.get(REASONING_CONTENT)) is str
+        )
+        if thought:
+            wire[REASONING_CONTENT] = thought
         wire["tool_calls"] = [
             {
                 "id": call.id,
@@ -905,6 +927,17 @@ def _wire_message(message: Message) -> dict[str, Any]:
             for call in message.tool_calls
         ]
     return wire
+
+
+def _kept_reasoning(thought: Any) -> tuple[dict[str, Any], ...]:
+    """A reply's `reasoning_content` as its `ChatResponse.reasoning`, sent back as received.
+
+    Not cleaned: the model reads it as it wrote it. None, "" or no text (a compatible
+    server's other shape) is no reasoning.
+    """
+    if type(thought) is not str or not thought:
+        return ()
+    return ({"type": REASONING_CONTENT, REASONING_CONTENT: thought},)
 
 
 def _reported_error(data: bytes, transport: HttpTransport) -> ProviderError:

@@ -1,0 +1,170 @@
+"""Requests that compatible servers refuse, found by an eleventh sweep, over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.providers.base import Message
+
+from .conftest import make_provider
+from .fake_server import FakeLlmServer, Reply
+
+ONCE = ar.RetryPolicy(max_attempts=1)
+JSON = {"content-type": "application/json"}
+EVENTS = {"content-type": "text/event-stream"}
+THOUGHT = "The user wants the weather: call get_weather for Paris."
+
+
+def _deepseek_call(stream: bool) -> Reply:
+    """A DeepSeek thinking-mode reply: its reasoning apart (`reasoning_content`), one call."""
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    if not stream:
+        message = {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": THOUGHT,
+            "tool_calls": [call],
+        }
+        whole = {
+            "id": "r1",
+            "object": "chat.completion",
+            "model": "deepseek-v4-flash",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 20},
+        }
+        return Reply(body=json.dumps(whole).encode(), headers=JSON)
+    base = {"id": "r1", "object": "chat.completion.chunk", "model": "deepseek-v4-flash"}
+    half = len(THOUGHT) // 2
+    deltas: list[dict[str, Any]] = [
+        {"role": "assistant", "content": None, "reasoning_content": THOUGHT[:half]},
+        {"content": None, "reasoning_content": THOUGHT[half:]},
+        {"tool_calls": [{"index": 0, **call}]},
+    ]
+    chunks = [{**base, "choices": [{"index": 0, "delta": d}]} for d in deltas]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    frames = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks]
+    return Reply(frames=[*frames, b"data: [DONE]\n\n"], headers=EVENTS)
+
+
+def _answer(stream: bool = False) -> Reply:
+    if stream:
+        base = {"id": "r2", "object": "chat.completion.chunk", "model": "deepseek-v4-flash"}
+        chunks = [
+            {**base, "choices": [{"index": 0, "delta": {"reasoning_content": "ok"}}]},
+            {**base, "choices": [{"index": 0, "delta": {"content": "Sunny"}}]},
+            {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        ]
+        frames = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks]
+        return Reply(frames=[*frames, b"data: [DONE]\n\n"], headers=EVENTS)
+    whole = {
+        "id": "r2",
+        "object": "chat.completion",
+        "model": "deepseek-v4-flash",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "Sunny", "reasoning_content": "ok"},
+            }
+        ],
+    }
+    return Reply(body=json.dumps(whole).encode(), headers=JSON)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_deepseek_reasoning_of_a_tool_call_goes_back_with_it(
+    server: FakeLlmServer, stream: bool
+) -> None:
+    # DeepSeek (thinking on by default) refuses with a 400 a history whose assistant message
+    # with tool calls lacks its `reasoning_content`: it was read for progress, never kept,
+    # so every tool loop failed at its second model call.
+    server.script(_deepseek_call(stream))
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        if stream:
+            events = [event async for event in llm.chat_stream([Message("user", "Weather?")])]
+            reply = events[-1].response
+        else:
+            reply = await llm.chat([Message("user", "Weather?")])
+    assert list(reply.reasoning) == [{"type": "reasoning_content", "reasoning_content": THOUGHT}]
+    assert reply.text == "" and [c.name for c in reply.tool_calls] == ["get_weather"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_a_tool_loop_sends_each_calls_reasoning_content_back(
+    server: FakeLlmServer, stream: bool
+) -> None:
+    @ar.tool
+    async def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    server.script(_deepseek_call(stream), _answer(stream))
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[get_weather])
+    if stream:
+        runtime.events.on(lambda event: None)  # a listener: the runtime streams the reply
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        session = await runtime.run_agent_with_provider("a", "Weather in Paris?", llm)
+    assert session.final_answer == "Sunny"
+    assert [r.streamed for r in server.requests] == [stream, stream]
+    sent = server.requests[1].json["messages"]
+    echoed = [m for m in sent if m["role"] == "assistant"]
+    assert echoed == [
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": THOUGHT,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        }
+    ]
+
+
+async def test_reasoning_content_goes_only_where_it_is_asked_for(server: FakeLlmServer) -> None:
+    # With a message of no tool call, DeepSeek ignores it: it is not sent. Anthropic takes
+    # its own thinking blocks alone: one kept from an OpenAI-compatible reply is left out.
+    kept = [{"type": "reasoning_content", "reasoning_content": THOUGHT}]
+    history = [
+        Message("user", "q"),
+        Message("assistant", "a", reasoning=kept),
+        Message("user", "again"),
+    ]
+    server.script(_answer())
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        await llm.chat(history)
+    assert server.requests[0].json["messages"][1] == {"role": "assistant", "content": "a"}
+    server.reset()
+    server.script(
+        Reply(
+            body=json.dumps(
+                {
+                    "id": "m",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "m",
+                    "content": [{"type": "text", "text": "ok"}],
+                    "stop_reason": "end_turn",
+                    "usage": {"input_tokens": 5, "output_tokens": 3},
+                }
+            ).encode(),
+            headers=JSON,
+        )
+    )
+    async with make_provider("anthropic", server, retry=ONCE) as llm:
+        await llm.chat(history)
+    assert server.requests[0].json["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "a"}],
+    }
