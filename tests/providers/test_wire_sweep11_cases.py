@@ -168,3 +168,25 @@ async def test_reasoning_content_goes_only_where_it_is_asked_for(server: FakeLlm
         "role": "assistant",
         "content": [{"type": "text", "text": "a"}],
     }
+
+
+async def test_stream_usage_false_sends_no_stream_options(server: FakeLlmServer) -> None:
+    # Mistral (422 extra_forbidden) and some gateways refuse `stream_options`, which every
+    # streamed call sent and no setting removed: a runtime with a listener streams, so such
+    # an agent failed at every call once an event listener was added.
+    base = {"id": "r", "object": "chat.completion.chunk", "model": "m"}
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"content": "Hi"}}]},
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    frames = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks]
+    server.script(Reply(frames=[*frames, b"data: [DONE]\n\n"], headers=EVENTS))
+    async with make_provider("openai", server, retry=ONCE, stream_usage=False) as llm:
+        assert llm.stream_usage is False
+        events = [event async for event in llm.chat_stream([Message("user", "q")])]
+    assert events[-1].response.text == "Hi"
+    body = server.requests[0].json
+    assert body["stream"] is True and "stream_options" not in body
+    with pytest.raises(ValueError, match="stream_options"):
+        async with make_provider("openai", server, retry=ONCE) as llm:
+            await llm.chat([Message("user", "q")], stream_options=None)

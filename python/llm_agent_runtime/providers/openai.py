@@ -311,6 +311,10 @@ class OpenAIProvider(HttpProvider):
         send_stop: Whether to send stop sequences at all. False sends no `stop`, neither
             these nor a call's `stop=`: OpenAI's reasoning models (o3, o4-mini, gpt-5)
             refuse the parameter. An `AgentRuntime` still cuts replies at its own.
+        stream_usage: Whether a streamed call asks for its usage (`stream_options:
+            {"include_usage": true}`). False sends no `stream_options`, for servers that
+            refuse the field (Mistral's API, some gateways): a stream's usage is then what
+            the server reports unasked, if anything (none counts as 0 tokens).
         http_client: An `httpx.AsyncClient` to use instead of creating one (not closed here;
             `timeout` and `connect_timeout` apply to its requests all the same). It is bound
             to the event loop it is first used on: once that loop has closed (a second
@@ -349,6 +353,7 @@ class OpenAIProvider(HttpProvider):
         retry: RetryPolicy | None = None,
         stop: str | Sequence[str] | None = None,
         send_stop: bool = True,
+        stream_usage: bool = True,
         http_client: httpx.AsyncClient | None = None,
         budget: CostBudget | None = None,
         metrics: RuntimeMetrics | None = None,
@@ -365,6 +370,8 @@ class OpenAIProvider(HttpProvider):
         """Stop sequences sent with every call (the first `MAX_STOP_SEQUENCES` of them)."""
         self.send_stop = send_stop
         """Whether stop sequences are sent (False for models that refuse `stop`)."""
+        self.stream_usage = stream_usage
+        """Whether streamed calls send `stream_options` (False for servers that refuse it)."""
         headers = {"content-type": "application/json", "accept": "application/json"}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"
@@ -493,14 +500,14 @@ class OpenAIProvider(HttpProvider):
     ) -> AsyncIterator[StreamEvent]:
         """Streams a response as `TextDelta` / `ToolCallDelta` events, ending with `StreamEnd`.
 
-        Usage comes from `stream_options.include_usage`; usage the stream reported before it
-        failed (or was closed) is charged all the same. Half a surrogate pair that ends a
-        piece of text (an emoji a server cut in two) waits for its other half in the next
-        one; a half alone becomes U+FFFD (see `clean_text`). So it does in the pieces of a
-        tool call's name and arguments, and a call's id is cleaned as it comes: no delta
-        holds half a pair (two ids that clean alike are told apart, see `ToolCallIds`). A
-        tool's name streamed in pieces before its arguments is put together. Arguments are
-        as for `chat`.
+        Usage comes from `stream_options.include_usage` (unless `stream_usage` is off); usage
+        the stream reported before it failed (or was closed) is charged all the same. Half a
+        surrogate pair that ends a piece of text (an emoji a server cut in two) waits for its
+        other half in the next one; a half alone becomes U+FFFD (see `clean_text`). So it does
+        in the pieces of a tool call's name and arguments, and a call's id is cleaned as it
+        comes: no delta holds half a pair (two ids that clean alike are told apart, see
+        `ToolCallIds`). A tool's name streamed in pieces before its arguments is put together.
+        Arguments are as for `chat`.
 
         Raises:
             ProviderError: From the iterator: the stream failed (error status, a reply that
@@ -552,7 +559,8 @@ class OpenAIProvider(HttpProvider):
         body.update(params)
         if stream:
             body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+            if self.stream_usage:
+                body["stream_options"] = {"include_usage": True}
         return body
 
     async def _stream_once(self, content: bytes) -> AsyncIterator[StreamEvent]:
