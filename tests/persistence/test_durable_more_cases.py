@@ -7,6 +7,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,8 @@ from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 from llm_agent_runtime.persistence.codec import encode
 
 from .test_backends import backend_fixture
-from .test_durable import FINAL, Recorder, chat_of, script
+from .test_durable import FINAL, Recorder, add_step, chat_of, script
+from .test_durable_sweep5_cases import add
 
 backend = backend_fixture(["memory", "sqlite", "file"])
 
@@ -198,3 +200,46 @@ async def test_a_sweep_lists_each_session_it_deletes_twice_at_most() -> None:
     again = [(await runtime.run_agent("a", "q", script(FINAL))).session_id for _ in range(3)]
     assert await runtime.sweep(3600.0) == []  # too recent: each listed once (a run's claim)
     assert backend.listings <= len(again) + 1
+
+
+async def test_steps_pending_through_an_outage_are_encoded_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each step's save sends every step (and event) whose earlier save failed: each was
+    # encoded again at every attempt, so an outage of k steps encoded O(k^2) records, on the
+    # event loop (30 steps: 465 step records; 2,000 steps took a minute).
+    from llm_agent_runtime.persistence import checkpoints
+
+    encoded: list[str] = []
+    encode = checkpoints._encode
+
+    def counting(kind: str, payload: Any) -> bytes:
+        encoded.append(kind)
+        return encode(kind, payload)
+
+    monkeypatch.setattr(checkpoints, "_encode", counting)
+
+    class Down(ar.InMemoryBackend):
+        """Every write of a step fails; the final checkpoint lands."""
+
+        async def batch_save(self, items: Any) -> None:
+            if any(":step:" in key for key in items) and not any(
+                key.count(":") == 1 for key in items
+            ):
+                raise ar.PersistenceError("connection refused")
+            await super().batch_save(items)
+
+    backend = Down()
+    steps = 30
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(max_iterations=steps + 1), tools=[add], checkpoint_backend=backend
+    )
+    session = await runtime.run_agent(
+        "a", "q", script(*[add_step(n) for n in range(steps)], FINAL)
+    )
+    assert session.final_answer == "finished" and session.checkpoint_errors == steps + 1
+    # Each step record once (and once more in the final write), not once per attempt.
+    assert encoded.count("step") <= 2 * (steps + 1), encoded.count("step")
+    assert encoded.count("event") <= 2 * len(await runtime.session_events(session.session_id))
+    saved = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    assert saved.to_dict() == session.to_dict()

@@ -868,6 +868,11 @@ class CheckpointStore:
         self.backend = backend
         self.resume_lease_seconds = _lease_seconds(resume_lease_seconds)
         self._next_event: dict[str, int] = {}  # per running session: the log's next number
+        # Per session, the step records and events of its last failed `save_steps`, encoded
+        # (by `id`, with the object, so that an id reused by another is no hit): the runtime
+        # sends them again with its next steps, and an outage of k steps would otherwise
+        # encode O(k^2) records, on the event loop.
+        self._unsent: dict[str, _Encoded] = {}
         # Sessions whose run `save_meta` refused, until `forget`: nothing of that run is
         # written (its events would go into the log of the run the id belongs to).
         self._refused: set[str] = set()
@@ -1701,6 +1706,7 @@ class CheckpointStore:
     def forget(self, session_id: str) -> None:
         """Drops what this store keeps in memory of a session's run (it ended, any way)."""
         self._next_event.pop(session_id, None)
+        self._unsent.pop(session_id, None)
         self._refused.discard(session_id)
         self._lost.pop(session_id, None)
         self._claims.pop(session_id, None)
@@ -1783,7 +1789,12 @@ class CheckpointStore:
         """
         prefix = f"{session_key(session_id)}:step:"  # as `step_key`, the id escaped once
         keys = [f"{prefix}{first + i}" for i in range(len(records))]
-        items = {key: _encode("step", r.to_dict()) for key, r in zip(keys, records, strict=True)}
+        unsent = self._unsent.pop(session_id, None)
+        encoded: _Encoded = {}
+        items = {
+            key: _encoded_once("step", r, unsent, encoded)
+            for key, r in zip(keys, records, strict=True)
+        }
         claim = self._claims.get(session_id) if records else None
         if claim is not None:
             # The run's first step: its meta record goes with it (the run's own, whatever
@@ -1791,7 +1802,11 @@ class CheckpointStore:
             # claim keeps a turn's chat history: kept whole, one per turn would add up).
             items[f"{session_key(session_id)}:meta"] = claim.meta
             items[claim.key] = _encode("claim", {"run": claim.run})
-        await self._save_with_events(session_id, items, events)
+        try:
+            await self._save_with_events(session_id, items, events, (unsent, encoded))
+        except BaseException:
+            self._unsent[session_id] = encoded  # sent again with the next steps
+            raise
         if claim is not None:
             self._claims.pop(session_id, None)
         return keys
@@ -1999,7 +2014,16 @@ class CheckpointStore:
         except Exception as error:  # a backend's own error, typed for the caller
             raise PersistenceError(f"journal entry not taken back: {error}", key=key) from error
 
-    async def _event_items(self, session_id: str, events: Iterable[Any]) -> dict[str, bytes]:
+    async def _event_items(
+        self,
+        session_id: str,
+        events: Iterable[Any],
+        cache: tuple[_Encoded | None, _Encoded] | None = None,
+    ) -> dict[str, bytes]:
+        """The events' records, keyed by their numbers in the session's log.
+
+        `cache` (a failed write's records, this write's) as `_encoded_once` takes them.
+        """
         events = list(events)
         if not events:
             return {}
@@ -2009,13 +2033,22 @@ class CheckpointStore:
             existing = _numbered(await self.backend.list_keys(prefix), prefix)
             start = existing[-1][0] + 1 if existing else 0
         self._next_event[session_id] = start + len(events)
+        if cache is None:
+            return {
+                f"{prefix}{start + i:010d}": _encode("event", _event_dict(e))
+                for i, e in enumerate(events)
+            }
         return {
-            f"{prefix}{start + i:010d}": _encode("event", _event_dict(e))
+            f"{prefix}{start + i:010d}": _encoded_once("event", e, *cache)
             for i, e in enumerate(events)
         }
 
     async def _save_with_events(
-        self, session_id: str, items: dict[str, bytes], events: Iterable[Any]
+        self,
+        session_id: str,
+        items: dict[str, bytes],
+        events: Iterable[Any],
+        cache: tuple[_Encoded | None, _Encoded] | None = None,
     ) -> None:
         """Writes `items` and the events (appended to the session's log) in one batch.
 
@@ -2025,7 +2058,7 @@ class CheckpointStore:
         overwritten, not logged twice.
         """
         await self._check_writable(session_id)
-        numbered = await self._event_items(session_id, events)
+        numbered = await self._event_items(session_id, events, cache)
         end = self._next_event.get(session_id)
         lease = self._leases.get(session_id)
         try:
@@ -2930,6 +2963,25 @@ def started_with(state: SessionState, first: int) -> dict[str, Any] | None:
         if start is not None and "context" in start:
             return {"context": start["context"], "memory_hits": start["memory_hits"]}
     return state.start if first == state.first_step else None
+
+
+_Encoded = dict[int, tuple[Any, bytes]]
+"""Records encoded, by the `id` of the step record or event, with that object."""
+
+
+def _encoded_once(kind: str, item: Any, unsent: _Encoded | None, encoded: _Encoded) -> bytes:
+    """The record of a step record or event (`kind`), taken from `unsent` when it is there.
+
+    `unsent` holds what a failed write encoded (`CheckpointStore._unsent`); the record is
+    added to `encoded`, this write's.
+    """
+    hit = unsent.get(id(item)) if unsent else None
+    if hit is not None and hit[0] is item:
+        raw = hit[1]
+    else:
+        raw = _encode(kind, item.to_dict() if kind == "step" else _event_dict(item))
+    encoded[id(item)] = (item, raw)
+    return raw
 
 
 def _event_dict(event: Any) -> dict[str, Any]:
