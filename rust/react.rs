@@ -1804,12 +1804,45 @@ fn json_to_py<'py>(py: Python<'py>, json: &str) -> PyResult<Option<Bound<'py, Py
     python_json(py, json)
 }
 
-/// `json.loads(json)`, or `None` when it refuses the text. Off the fast path: it only runs
-/// where serde_json refused a text that Python's `json` may accept (nesting deeper than
-/// 128, a number beyond the float range, an escaped lone surrogate, `NaN`).
+/// Most levels of objects and arrays an action input is decoded with, as the providers'
+/// `MAX_ARGUMENT_DEPTH`: deeper, it stays text. A session holding a deeper value could not
+/// be copied nor saved within Python's recursion limit.
+const MAX_INPUT_DEPTH: usize = 200;
+
+/// Whether the JSON text `bytes` opens over `limit` objects and arrays inside each other.
+fn nests_deeper_than(bytes: &[u8], limit: usize) -> bool {
+    let mut depth: usize = 0;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
+        match b {
+            b'"' => match skip_string(bytes, i) {
+                Some(end) => i = end,
+                None => return false, // a string that never closes: no JSON anyway
+            },
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// `json.loads(json)`, or `None` when it refuses the text or it nests deeper than
+/// `MAX_INPUT_DEPTH`. Off the fast path: it only runs where serde_json refused a text that
+/// Python's `json` may accept (nesting deeper than 128, a number beyond the float range, an
+/// escaped lone surrogate, `NaN`).
 #[cold]
 #[inline(never)]
 fn python_json<'py>(py: Python<'py>, json: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if nests_deeper_than(json.as_bytes(), MAX_INPUT_DEPTH) {
+        return Ok(None);
+    }
     let loads = py
         .import(pyo3::intern!(py, "json"))?
         .getattr(pyo3::intern!(py, "loads"))?;

@@ -68,6 +68,7 @@ from typing_extensions import TypedDict
 
 from llm_agent_runtime._cancelling import CANCEL_COUNTS_EXACT, cancellations_so_far
 from llm_agent_runtime._core import dicts_with_keys_made_text, tuple_of
+from llm_agent_runtime._depth import MAX_ARGUMENT_DEPTH, nested_deeper_than
 from llm_agent_runtime.errors import (
     BudgetExceededError,
     CircuitOpenError,
@@ -832,8 +833,13 @@ class ToolSpec:
             if text.startswith("{"):
                 try:
                     parsed = json.loads(text)
-                except ValueError:
+                except (ValueError, RecursionError):
                     parsed = None
+                if nested_deeper_than(parsed, MAX_ARGUMENT_DEPTH):  # as the parsers refuse it
+                    raise ValueError(
+                        f"arguments of {self.name} nest too deeply (over "
+                        f"{MAX_ARGUMENT_DEPTH} levels of objects and arrays)"
+                    )
                 if not isinstance(parsed, dict):
                     raise ValueError(
                         f"arguments of {self.name} must be a JSON object, with double-quoted "

@@ -190,3 +190,100 @@ async def test_stream_usage_false_sends_no_stream_options(server: FakeLlmServer)
     with pytest.raises(ValueError, match="stream_options"):
         async with make_provider("openai", server, retry=ONCE) as llm:
             await llm.chat([Message("user", "q")], stream_options=None)
+
+
+def _nested(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("depth", [150, 500])
+async def test_tool_arguments_nested_past_the_limit_never_run(
+    server: FakeLlmServer, depth: int
+) -> None:
+    # Arguments 500 levels deep were decoded (Python's parser goes to about 1,000) and the
+    # tool ran; then the session could not be copied for its final checkpoint ("nests too
+    # deeply"): the run failed after the tool's effect, and so did every resume.
+    ran: list[object] = []
+
+    @ar.tool
+    async def echo(order: dict[str, Any]) -> str:
+        """Takes an order."""
+        ran.append(order)
+        return "ok"
+
+    def reply(arguments: str | None) -> Reply:
+        message: dict[str, Any] = {"role": "assistant", "content": "done"}
+        if arguments is not None:
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "echo", "arguments": arguments},
+                    }
+                ],
+            }
+        whole = {"id": "r", "object": "chat.completion", "model": "m", "choices": []}
+        whole["choices"] = [{"index": 0, "finish_reason": "stop", "message": message}]
+        return Reply(body=json.dumps(whole).encode(), headers=JSON)
+
+    server.script(reply('{"order": ' + _nested(depth) + "}"), reply(None))
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools", max_iterations=3), tools=[echo], checkpoint_backend=backend
+    )
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        session = await runtime.run_agent_with_provider("a", "go", llm)
+    assert session.final_answer == "done"
+    saved = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    assert saved.step_count == session.step_count
+    if depth <= 200:
+        assert len(ran) == 1
+    else:
+        assert ran == []
+        assert "nested too deeply" in str(session.steps[0].observation)
+
+
+@pytest.mark.parametrize("depth", [150, 500])
+async def test_a_react_input_nested_past_the_limit_stays_text(depth: int) -> None:
+    ran: list[object] = []
+
+    @ar.tool
+    async def echo(order: dict[str, Any]) -> str:
+        """Takes an order."""
+        ran.append(order)
+        return "ok"
+
+    replies = iter(
+        [
+            "Thought: t\nAction: echo " + '{"order": ' + _nested(depth) + "}",
+            "Thought: t\nAction: FINAL_ANSWER done",
+        ]
+    )
+
+    async def model(prompt: str) -> str:
+        return next(replies)
+
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(tools=[echo], checkpoint_backend=backend)
+    session = await runtime.run_agent("a", "go", model)
+    assert session.final_answer == "done"
+    saved = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    assert saved.step_count == 2
+    parsed = ar.parse_react_step("Action: echo " + _nested(depth))
+    assert isinstance(parsed.action_input, dict if depth <= 200 else str)
+    assert len(ran) == (1 if depth <= 200 else 0)
+
+
+def test_anthropic_tool_input_nested_past_the_limit_is_refused() -> None:
+    # A whole Anthropic reply's tool input comes decoded with the body: checked alike.
+    from llm_agent_runtime.providers._http import check_finite_arguments
+
+    deep: Any = 1
+    for _ in range(201):
+        deep = {"a": deep}
+    with pytest.raises(ar.ProviderError, match=r"nested too deeply \(over 200 levels"):
+        check_finite_arguments(deep, "echo", None)
+    assert check_finite_arguments(deep["a"], "echo", None) is deep["a"]
