@@ -269,6 +269,28 @@ async def wrong() -> None:
     k: int = shared  # E: assignment
     await Deduplicator(0).run("k", parse, 1)  # E: call-overload
     key: Hashable = ar.parse_react_step("Action: FINAL_ANSWER 1")  # E: assignment
+
+
+# Classes whose objects only the library makes: a call fails at run time ("cannot create
+# instances"), so it must fail the check (one call a function: code after it is unreachable).
+def snapshot() -> None:
+    ar.MetricsSnapshot()  # E: call-arg
+
+
+def step() -> None:
+    ar.ReActStep()  # E: call-arg
+
+
+def episode() -> None:
+    ar.Episode()  # E: call-arg
+
+
+def decay() -> None:
+    ar.DecayPolicy()  # E: call-arg
+
+
+def recall() -> None:
+    ar.RecallPolicy()  # E: call-arg
 """
 )
 EXPECTED_WRONG = {

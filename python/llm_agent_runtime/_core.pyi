@@ -2,7 +2,7 @@
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, ClassVar, TypeVar, final
+from typing import Any, ClassVar, Never, TypeVar, final
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,7 @@ class ReActStep:
     access; each is then cached. A step pickles and copies as the parse of its text.
     """
 
+    def __new__(cls, _made_by_the_library: Never, /) -> Never: ...
     @property
     def thought(self) -> str:
         """The model's reasoning (may be empty)."""
@@ -164,6 +165,7 @@ class MetricsSnapshot:
     RuntimeMetrics refuses to record one.
     """
 
+    def __new__(cls, _made_by_the_library: Never, /) -> Never: ...
     @property
     def active_sessions(self) -> int: ...
     @property
@@ -344,6 +346,7 @@ class WorkingMemory:
 class Episode:
     """One remembered event of an agent (a read-only copy)."""
 
+    def __new__(cls, _made_by_the_library: Never, /) -> Never: ...
     @property
     def id(self) -> int: ...
     @property
@@ -370,6 +373,7 @@ class Episode:
 class DecayPolicy:
     """How episode importance fades with age (immutable; equal policies are equal)."""
 
+    def __new__(cls, _made_by_the_library: Never, /) -> Never: ...
     def __eq__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
     def __reduce__(self) -> tuple[Callable[[float], DecayPolicy], tuple[float]]: ...
@@ -387,6 +391,7 @@ class DecayPolicy:
 class RecallPolicy:
     """How recalled episodes are ranked (immutable; equal policies are equal)."""
 
+    def __new__(cls, _made_by_the_library: Never, /) -> Never: ...
     def __eq__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
     def __reduce__(self) -> tuple[Callable[..., RecallPolicy], tuple[float, ...]]: ...

@@ -234,9 +234,7 @@ async def test_steps_pending_through_an_outage_are_encoded_once(
     runtime = ar.AgentRuntime(
         ar.AgentConfig(max_iterations=steps + 1), tools=[add], checkpoint_backend=backend
     )
-    session = await runtime.run_agent(
-        "a", "q", script(*[add_step(n) for n in range(steps)], FINAL)
-    )
+    session = await runtime.run_agent("a", "q", script(*[add_step(n) for n in range(steps)], FINAL))
     assert session.final_answer == "finished" and session.checkpoint_errors == steps + 1
     # Each step record once (and once more in the final write), not once per attempt.
     assert encoded.count("step") <= 2 * (steps + 1), encoded.count("step")
