@@ -968,3 +968,33 @@ def test_the_mean_weight_of_finite_weights_is_finite(weights: list[float], mean:
         create_missing=True,
     )
     assert g.avg_relationship_weight() == pytest.approx(mean, rel=1e-12, abs=1e-300)
+
+
+def test_updates_and_removals_read_the_entitys_own_relationships() -> None:
+    # An update (and a removal that finds nothing) read `from`'s relationships through its
+    # links, not a scan of the whole graph: the same results, on a bulk-loaded graph too.
+    g = ar.GraphStore.from_edge_list(4, [(0, 1), (0, 1), (1, 2), (2, 0), (0, 3)])
+    assert g.neighbors_of("0") == ["1", "3"]  # the links are built
+    assert g.update_relationship("0", "1", "related", weight=2.5) == 2
+    assert g.update_relationship("1", "0", "related", weight=9.0) == 0  # reversed: none
+    assert g.update_relationship("0", "1", "other", weight=9.0) == 0
+    assert g.remove_relationship("1", "0") == 0
+    assert g.remove_relationship("0", "2") == 0
+    assert g.relationship_count() == 5
+    assert [(r["from"], r["to"], r["weight"]) for r in g.relationships()] == [
+        ("0", "1", 2.5),
+        ("0", "1", 2.5),
+        ("1", "2", 1.0),
+        ("2", "0", 1.0),
+        ("0", "3", 1.0),
+    ]
+    g.add_relationship("0", "2", "cites", 4.0)  # linked as it is added
+    assert g.update_relationship("0", "2", "cites", weight=5.0) == 1
+    assert g.remove_relationship("0", "2", "related") == 0
+    assert g.remove_relationship("0", "1") == 2
+    assert g.neighbors_of("0") == ["2", "3"]
+    assert g.update_relationship("0", "2", "cites", weight=6.0) == 1  # links rebuilt
+    assert [(r["from"], r["to"], r["kind"], r["weight"]) for r in g.edges_from("0")] == [
+        ("0", "3", "related", 1.0),
+        ("0", "2", "cites", 6.0),
+    ]

@@ -1166,10 +1166,15 @@ impl Store {
         let Some(kind) = self.kind_id(kind) else {
             return Ok(0);
         };
+        // `from`'s own relationships, not the whole graph's (an update keeps the links).
+        let leaving: Vec<u32> = self.out_links()?.of(from).collect();
         let mut count = 0;
         self.store_relationships();
-        for r in &mut self.relationships {
-            if r.from == from && r.to == to && r.kind == kind {
+        for i in leaving {
+            let Some(r) = self.relationships.get_mut(i as usize) else {
+                continue;
+            };
+            if r.to == to && r.kind == kind {
                 if let Some(w) = weight {
                     r.weight = w;
                 }
@@ -1197,11 +1202,22 @@ impl Store {
                 None => return Ok(0),
             },
         };
+        let matches =
+            |r: &Relationship| r.from == from && r.to == to && kind.is_none_or(|k| r.kind == k);
+        // None to remove is told from `from`'s own relationships: no scan, and the links stay.
+        let any = {
+            let links = self.out_links()?;
+            let mut leaving = links.of(from);
+            leaving.any(|i| self.relationship_at(i).is_some_and(|r| matches(&r)))
+        };
+        if !any {
+            return Ok(0);
+        }
         self.store_relationships();
         let before = self.relationships.len();
         let kinds = &mut self.kinds;
         self.relationships.retain(|r| {
-            let keep = !(r.from == from && r.to == to && kind.is_none_or(|k| r.kind == k));
+            let keep = !matches(r);
             if !keep {
                 kinds.release(r.kind);
             }
