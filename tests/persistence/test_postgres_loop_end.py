@@ -4,12 +4,14 @@ import asyncio
 import gc
 import sys
 import uuid
+from typing import Any
 
 import pytest
 
 import llm_agent_runtime as ar
 
 from .test_backends import _drop_table, server_address
+from .test_durable import FINAL
 from .test_pool_close_sweep7_cases import _named_dsn, _open_sessions_named, _sessions_named
 
 
@@ -152,3 +154,57 @@ def test_the_pools_of_backends_dropped_with_their_hand_run_loops_are_closed() ->
         assert asyncio.run(next_pool()) == 0
     finally:
         asyncio.run(_drop_table(base, table))
+
+
+@pytest.mark.timeout(120)
+def test_a_run_cut_off_by_the_loops_end_saves_its_end_before_the_pool_closes() -> None:
+    # `asyncio.run` cancels every task at once as it ends: the run left in flight, and the
+    # task that closes the loop's pool. When that task came first, the pool closed while the
+    # run's cleanup wrote its end and events through it ("connection socket closed"): they
+    # were lost. The order is the task set's: tried several times.
+    dsn = server_address("postgres")
+    table = f"kv_{uuid.uuid4().hex}"
+    backend = ar.PostgresBackend(dsn, table=table)
+
+    def cut_off() -> tuple[list[str], bytes | None]:
+        started = asyncio.Event()
+
+        @ar.tool(idempotent=True)
+        async def wait(seconds: float) -> str:
+            """Waits."""
+            if seconds > 1:
+                started.set()
+            await asyncio.sleep(seconds)
+            return "done"
+
+        runtime = ar.AgentRuntime(tools=[wait], checkpoint_backend=backend)
+        session = runtime.create_session("a")
+
+        def model(seconds: float) -> Any:
+            replies = iter([f'Thought: w\nAction: wait {{"seconds": {seconds}}}', FINAL])
+
+            async def infer(prompt: str) -> str:
+                return next(replies)
+
+            return infer
+
+        async def main() -> None:
+            await runtime.run_agent("a", "turn 1", model(0.001), session=session)
+            asyncio.get_running_loop().create_task(
+                runtime.run_agent("a", "turn 2", model(30), session=session)
+            )
+            await started.wait()  # then returns: the loop's end cancels turn 2
+
+        asyncio.run(main())
+        events = asyncio.run(runtime.session_events(session.session_id))
+        ended = asyncio.run(backend.load(f"session:{session.session_id}:ended"))
+        return [e["type"] for e in events], ended
+
+    try:
+        for _ in range(8):
+            logged, ended = cut_off()
+            turn = ["RunStarted", "LlmResponse", "ToolCallStarted", "ToolCallFinished"]
+            assert logged == [*turn, "LlmResponse", "RunFinished", *turn, "ErrorEvent"]
+            assert ended is not None
+    finally:
+        asyncio.run(_drop_table(dsn, table))

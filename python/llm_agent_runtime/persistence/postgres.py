@@ -102,14 +102,43 @@ async def _guard(state: _LoopPool, pool: Any, connections: weakref.WeakSet[Any])
     A loop's end (`asyncio.run`, `asyncio.Runner`) cancels its tasks before anything else,
     and psycopg_pool's background tasks ignore a cancellation that lands while they connect
     (one is growing the pool): their loop would wait for them forever. Closing the pool
-    stops them. Whatever cancels this one, the next call opens a new pool.
+    stops them. Cancelled so, it first lets the loop's other tasks end (`_others_ended`);
+    cancelled with `_CLOSE` (a close, a renewal), it closes the pool at once. Whatever
+    cancels this one, the next call opens a new pool.
     """
     try:
         await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError as cancelled:
+        if cancelled.args != (_CLOSE,):  # not a close: the loop's end, cancelling every task
+            await _others_ended()
+        raise
     finally:
         if state.pool is pool:
             state.ready = False
         await _shut(pool, connections)
+
+
+async def _others_ended() -> None:
+    """Waits, at most `_LOOP_END_GRACE` seconds, for the loop's tasks but the pools' own.
+
+    At a loop's end every task is cancelled at once: a run's cleanup then still saves its
+    end and events through the pool, which a guard closing it first lost. The pools' own
+    tasks (their guards, schedulers and workers) are not waited for: closing a pool is
+    what stops them.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _LOOP_END_GRACE
+    while (left := deadline - loop.time()) > 0:
+        pools = [state.pool for state in list(_GUARDS.values())]
+        own = {
+            *_GUARDS,
+            *(getattr(pool, "_sched_runner", None) for pool in pools),
+            *(task for pool in pools for task in getattr(pool, "_workers", ())),
+        }
+        others = [task for task in asyncio.all_tasks() if task not in own]
+        if not others:
+            return
+        await asyncio.wait(others, timeout=left)
 
 
 async def _shut(pool: Any, connections: weakref.WeakSet[Any]) -> None:
@@ -134,6 +163,10 @@ def _adding_to(connections: weakref.WeakSet[Any]) -> Callable[[Any], Awaitable[N
     return add
 
 
+_CLOSE = "close the pool"
+"""The cancellation message that has a guard close its pool at once (`_guard`)."""
+_LOOP_END_GRACE = 10.0
+"""Seconds a loop's pool waits, as the loop ends, for the loop's other tasks (`_guard`)."""
 _GUARDS: dict[asyncio.Task[None], _LoopPool] = {}
 """The guard of every open pool (`_guard`), with the pool's state. A loop closed without
 being ended leaves its pool to `_abandon_pool`: when its backend is used again (`PerLoop`),
@@ -185,7 +218,7 @@ async def _close_pool(state: _LoopPool) -> None:
         state.closed = True
         state.ready = False
         if state.guard is not None:
-            state.guard.cancel()  # it closes the pool
+            state.guard.cancel(_CLOSE)  # it closes the pool
             await asyncio.wait([state.guard])
         if state.pool is not None:
             # A guard cancelled before its first step (a close right after the open) never
@@ -584,7 +617,7 @@ class PostgresBackend(Unshared):
         try:
             if state.pool is stale and state.ready and state.guard is not None:
                 state.ready = False
-                state.guard.cancel()  # it closes the stale pool
+                state.guard.cancel(_CLOSE)  # it closes the stale pool
                 await asyncio.wait([state.guard])
         finally:
             state.opening.release()
