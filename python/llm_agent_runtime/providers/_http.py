@@ -599,11 +599,13 @@ class StreamedText:
     other half: the pieces given out, and the whole text, then hold the character whole.
     """
 
-    __slots__ = ("_held", "_pieces")
+    __slots__ = ("_held", "_pieces", "length")
 
     def __init__(self) -> None:
         self._pieces: list[str] = []
         self._held = ""  # the first half of a pair, waiting for its other half
+        self.length = 0
+        """The length of `text`, known without joining the pieces."""
 
     def add(self, piece: str) -> str:
         """Adds a piece of the text; returns what of it to give out now (maybe nothing)."""
@@ -633,6 +635,7 @@ class StreamedText:
         piece = clean_text(piece)
         if piece:
             self._pieces.append(piece)
+            self.length += len(piece)
         return piece
 
 

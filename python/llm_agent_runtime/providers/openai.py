@@ -831,6 +831,10 @@ def _new_part(call: PartialToolCall, depth: _JsonDepth, fragment: str) -> str:
     """
     if not depth.started or fragment.lstrip()[:1] != "{":
         return fragment
+    # Shorter than the text so far, it cannot repeat it: a nested object's opening piece is
+    # added without joining the pieces (that join at each one made long arguments quadratic).
+    if len(fragment) < call.arguments.length and not depth.whole:
+        return fragment
     so_far = call.arguments.text
     if fragment.startswith(so_far):
         return fragment[len(so_far) :]
