@@ -477,3 +477,26 @@ def test_a_text_with_a_lone_surrogate_is_refused_even_unembedded(field: str) -> 
 def test_a_dtype_that_is_no_str_is_a_store_error(dtype: Any) -> None:
     with pytest.raises(ar.MemoryStoreError, match="dtype must be"):
         ar.SemanticStore(dtype=dtype)
+
+
+@pytest.mark.parametrize("k", [3, 7, 50])
+def test_a_rare_tags_search_goes_wide_and_finds_its_entries_best_first(k: int) -> None:
+    # Past 1,024 hits the tagged entries' ids filter the hits in numpy: the same results as
+    # ranking the tagged entries alone, fewer than k of them included.
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((3_000, 16)).astype(np.float32)
+    store = ar.SemanticStore(dim=16)
+    rare = {5, 900, 1_777, 2_048, 2_500, 2_999, 42}
+    for n, vector in enumerate(vectors):
+        tags = ["rare", "other"] if n in rare else ["common"]
+        store.store(f"k{n}", f"v{n}", tags=tags, embedding=vector)
+    store.store("k900", "untagged now", embedding=vectors[900])  # its tags are replaced
+    query = rng.standard_normal(16).astype(np.float32)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = unit @ (query / np.linalg.norm(query))
+    tagged = sorted(rare - {900}, key=lambda n: -scores[n])
+    for tags in ("rare", ["rare", "other"]):
+        hits = store.search(query, k=k, tags=tags)
+        assert [h.key for h in hits] == [f"k{n}" for n in tagged[:k]]
+        assert [h.score for h in hits] == pytest.approx([scores[n] for n in tagged[:k]], abs=1e-5)
+    assert store.search(query, k=k, tags=["rare", "common"]) == []

@@ -313,26 +313,33 @@ class SemanticStore:
             self._check_query(vector)
             index = self._index
             size = len(index) if index is not None else 0
-            candidates = None
-            if required and size:
-                keys = set.intersection(*(self._by_tag.get(t, set()) for t in required))
-                candidates = sum(1 for key in keys if key in self._ids)
-        if index is None or size == 0 or candidates == 0:
+            # At most as many entries carry every tag as carry the rarest: known without a
+            # walk of the tagged keys (a common tag's would cost more than the scan).
+            tagged = min((len(self._by_tag.get(t, ())) for t in required), default=None)
+        if index is None or size == 0 or tagged == 0:
             return []
         # Over-fetch, then filter by tags; widen until k pass or every vector was seen. Never
         # ask the index for more than it holds, so a huge k (meaning "all") cannot overflow.
         k = min(k, size)
-        want = min(k, candidates) if candidates is not None else k
+        want = min(k, tagged) if tagged is not None else k
         fetch = k
         while True:
             # The scan runs outside the lock, so searches run in parallel; other threads may
             # write meanwhile (see the class on what a search then returns).
             ids, scores = index.search(vector, fetch)
-            found = zip(ids.tolist(), scores.tolist(), strict=True)
             hits = []
             with self._lock:
                 size = len(index)
-                for doc_id, score in found:
+                if required and fetch >= _PREFILTER_FROM:
+                    # A rare tag's search goes wide: its entries' ids are told apart by numpy,
+                    # not the hits one by one in Python.
+                    import numpy as np
+
+                    allowed = self._ids_tagged(required)
+                    want = min(k, len(allowed))
+                    kept = np.isin(ids, allowed)
+                    ids, scores = ids[kept], scores[kept]
+                for doc_id, score in zip(ids.tolist(), scores.tolist(), strict=True):
                     key = self._keys.get(doc_id)
                     if key is None:
                         continue  # deleted or replaced since the scan
@@ -342,6 +349,17 @@ class SemanticStore:
             if len(hits) >= want or fetch >= size:
                 return hits[:k]
             fetch = min(fetch * 4, size)
+
+    def _ids_tagged(self, required: frozenset[str]) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """The ids of the entries with an embedding that carry every tag (the lock held)."""
+        import numpy as np
+
+        sets = sorted((self._by_tag.get(t, set()) for t in required), key=len)
+        ids = self._ids
+        found = [
+            ids[key] for key in sets[0] if key in ids and all(key in more for more in sets[1:])
+        ]
+        return np.array(found, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -503,6 +521,9 @@ class SemanticStore:
             if not keys:
                 del self._by_tag[tag]
 
+
+_PREFILTER_FROM = 1024
+"""Hits of a tag-filtered search from which the tagged entries' ids filter them in numpy."""
 
 _ASYNC_EMBEDDER = (
     "embedder.embed is async (it returns an awaitable), but SemanticStore calls it "
