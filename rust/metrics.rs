@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use pyo3::pybacked::PyBackedStr;
+use pyo3::types::PyInt;
 
 use crate::args::{self, extract_unsigned, not_bool};
 use crate::errors::CoreError;
@@ -33,10 +34,16 @@ struct CallCounters {
 /// One name's counters, as a snapshot copies them out of the map.
 type Entry = (Arc<str>, Arc<CallCounters>);
 
+/// The name the calls of names past a limit are counted under (see
+/// [`Metrics::with_agent_limit`]).
+pub const OTHER_NAMES: &str = "(other)";
+
 /// Named call counters (per tool or per agent).
 #[derive(Debug, Default)]
 struct NamedCounters {
     by_name: RwLock<HashMap<Arc<str>, Arc<CallCounters>>>,
+    /// Most names counted apart; the calls of later names go to [`OTHER_NAMES`].
+    limit: Option<usize>,
 }
 
 impl NamedCounters {
@@ -44,7 +51,13 @@ impl NamedCounters {
         if let Some(c) = self.by_name.read().get(name) {
             return Arc::clone(c);
         }
-        Arc::clone(self.by_name.write().entry(Arc::from(name)).or_default())
+        let mut map = self.by_name.write();
+        if let Some(c) = map.get(name) {
+            return Arc::clone(c); // added by another thread meanwhile
+        }
+        let full = self.limit.is_some_and(|limit| map.len() >= limit);
+        let name = if full { OTHER_NAMES } else { name };
+        Arc::clone(map.entry(Arc::from(name)).or_default())
     }
 
     fn add_call(&self, name: &str) {
@@ -128,6 +141,19 @@ fn add_saturating(counter: &AtomicU64, by: u64) {
 }
 
 impl Metrics {
+    /// Metrics that count at most `limit` agents apart: the calls of agents first seen past
+    /// it are counted under [`OTHER_NAMES`] (so the per-agent map stays bounded when agent
+    /// ids come from end users).
+    pub fn with_agent_limit(limit: Option<usize>) -> Self {
+        Self {
+            agents: NamedCounters {
+                limit,
+                ..NamedCounters::default()
+            },
+            ..Self::default()
+        }
+    }
+
     /// Counts a session's run starting (active and total): a `run_agent` call, a turn of a
     /// multi-turn session and a resumed run each count once.
     pub fn session_started(&self) {
@@ -607,6 +633,30 @@ fn output_tokens_arg(value: &Bound<'_, PyAny>) -> PyResult<u64> {
     amount_arg(value, "output_tokens")
 }
 
+fn max_agents_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+    if value.is_none() {
+        return Ok(None);
+    }
+    let refused = |shown: String| {
+        CoreError::Runtime(format!(
+            "max_agents must be an int of 1 or more, or None, got {shown}"
+        ))
+    };
+    not_bool(value, |flag| {
+        refused(if flag { "True" } else { "False" }.to_owned())
+    })?;
+    if let Ok(huge) = value.cast::<PyInt>() {
+        if huge.gt(u64::MAX)? {
+            return Ok(None); // beyond any count of agents: all of them
+        }
+    }
+    let limit: u64 = extract_unsigned(value, "max_agents", refused)?;
+    if limit == 0 {
+        return Err(refused("0".to_owned()).into());
+    }
+    Ok(Some(usize::try_from(limit).unwrap_or(usize::MAX)))
+}
+
 fn tool_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
     args::text(value, "tool", CoreError::Runtime)
 }
@@ -625,9 +675,15 @@ fn text_arg(value: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
 
 #[pymethods]
 impl PyRuntimeMetrics {
+    /// Raises:
+    ///     AgentRuntimeError: `max_agents` is below 1 (or a bool).
+    ///     TypeError: `max_agents` is no int (nor None).
     #[new]
-    fn new() -> Self {
-        Self::default()
+    #[pyo3(signature = (*, max_agents=None))]
+    fn new(#[pyo3(from_py_with = max_agents_arg)] max_agents: Option<usize>) -> Self {
+        Self {
+            inner: Metrics::with_agent_limit(max_agents),
+        }
     }
 
     /// Counts a session start.

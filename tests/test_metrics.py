@@ -436,3 +436,29 @@ async def test_each_run_of_a_session_counts_as_a_session_started() -> None:
     snapshot = metrics.snapshot()
     assert (snapshot.total_sessions, snapshot.active_sessions) == (3, 0)
     assert "turn" in (type(snapshot).total_sessions.__doc__ or "")
+
+
+def test_max_agents_bounds_the_agents_counted_apart() -> None:
+    # One entry per distinct agent id, for the metrics' life: with ids from end users, the
+    # memory and the Prometheus output grew without bound.
+    metrics = ar.RuntimeMetrics(max_agents=2)
+    for agent in ["a", "b", "c", "a", "d", "b"]:
+        metrics.record_tool_call("search", agent)
+    metrics.record_tool_failure("search", "e")
+    metrics.record_tool_failure("search", "a")
+    snapshot = metrics.snapshot()
+    assert snapshot.agent_calls == {"a": 2, "b": 2, "(other)": 2}
+    assert snapshot.agent_failures == {"a": 1, "b": 0, "(other)": 1}
+    assert snapshot.tool_call_count("search") == 6
+    assert 'agent="(other)"' in metrics.to_prometheus()
+    unbounded = ar.RuntimeMetrics()
+    for n in range(50):
+        unbounded.record_tool_call("search", f"agent{n}")
+    assert len(unbounded.snapshot().agent_calls) == 50
+    for bad in (0, -1, True):
+        with pytest.raises(ar.AgentRuntimeError, match="max_agents must be an int of 1 or more"):
+            ar.RuntimeMetrics(max_agents=bad)
+    for wrong in (1.5, "2"):
+        with pytest.raises(TypeError, match="max_agents must be an int"):
+            ar.RuntimeMetrics(max_agents=wrong)  # type: ignore[arg-type]
+    assert ar.RuntimeMetrics(max_agents=2**70).snapshot().agent_calls == {}

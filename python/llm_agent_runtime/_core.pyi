@@ -265,7 +265,19 @@ def tuple_of(cls: type[_T], items: tuple[Any, ...]) -> _T:
 class RuntimeMetrics:
     """Lock-free counters of an agent runtime, exact under contention."""
 
-    def __init__(self) -> None: ...
+    def __new__(cls, *, max_agents: int | None = None) -> RuntimeMetrics:
+        """Counters, per tool and per agent.
+
+        Args:
+            max_agents: Most agents counted apart (None, or an int beyond 64 bits: every
+                one). The calls of agents first seen past it are counted under `"(other)"`:
+                a bound on memory and on the Prometheus output when agent ids come from end
+                users.
+
+        Raises:
+            AgentRuntimeError: `max_agents` is below 1 (or a bool).
+            TypeError: `max_agents` is no int (nor None).
+        """
     def session_started(self) -> None: ...
     def session_finished(self) -> None: ...
     def record_step(self) -> None: ...
