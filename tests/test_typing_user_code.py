@@ -221,6 +221,15 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         ar.persistence.SqliteBackend(Where(f"{folder}/a.db")).close()
         ar.FileBackend(Where(f"{folder}/files"))
+
+
+# The factories of the classes only the library makes (their direct calls are refused).
+assert_type(ar.RecallPolicy.hybrid(0.3, 0.2), ar.RecallPolicy)
+assert_type(ar.DecayPolicy.exponential(24.0), ar.DecayPolicy)
+snapshot_json = ar.RuntimeMetrics().snapshot().to_json()
+assert_type(ar.MetricsSnapshot.from_json(snapshot_json), ar.MetricsSnapshot)
+assert_type(ar.parse_react_step("Action: FINAL_ANSWER 1"), ar.ReActStep)
+assert_type(ar.RuntimeMetrics(max_agents=100), ar.RuntimeMetrics)
 """
 )
 
