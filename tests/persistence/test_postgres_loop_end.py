@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -206,5 +207,33 @@ def test_a_run_cut_off_by_the_loops_end_saves_its_end_before_the_pool_closes() -
             turn = ["RunStarted", "LlmResponse", "ToolCallStarted", "ToolCallFinished"]
             assert logged == [*turn, "LlmResponse", "RunFinished", *turn, "ErrorEvent"]
             assert ended is not None
+    finally:
+        asyncio.run(_drop_table(dsn, table))
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_waits_only_for_the_tasks_the_loops_end_cancelled() -> None:
+    # It waited for every task: one started by another as it was cancelled (a fire-and-
+    # forget flush), which the loop never waits for, held the end of asyncio.run 10 s.
+    dsn = server_address("postgres")
+    table = f"kv_{uuid.uuid4().hex}"
+    backend = ar.PostgresBackend(dsn, table=table)
+
+    async def spawner() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+
+    async def main() -> None:
+        await backend.save("k", b"v")
+        asyncio.get_running_loop().create_task(spawner())
+        await asyncio.sleep(0.01)
+
+    try:
+        for _ in range(3):  # whichever of the guard and the spawner the loop's end runs first
+            start = time.monotonic()
+            asyncio.run(main())
+            assert time.monotonic() - start < 5
     finally:
         asyncio.run(_drop_table(dsn, table))

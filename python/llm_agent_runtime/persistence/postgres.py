@@ -122,23 +122,20 @@ async def _others_ended() -> None:
     """Waits, at most `_LOOP_END_GRACE` seconds, for the loop's tasks but the pools' own.
 
     At a loop's end every task is cancelled at once: a run's cleanup then still saves its
-    end and events through the pool, which a guard closing it first lost. The pools' own
-    tasks (their guards, schedulers and workers) are not waited for: closing a pool is
-    what stops them.
+    end and events through the pool, which a guard closing it first lost. Only cancelled
+    tasks are waited for, as the loop itself waits for those alone (one a task starts as it
+    ends, an event callback say, is not). The pools' own tasks (their guards, schedulers
+    and workers) are not either: closing a pool is what stops them.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + _LOOP_END_GRACE
-    while (left := deadline - loop.time()) > 0:
-        pools = [state.pool for state in list(_GUARDS.values())]
-        own = {
-            *_GUARDS,
-            *(getattr(pool, "_sched_runner", None) for pool in pools),
-            *(task for pool in pools for task in getattr(pool, "_workers", ())),
-        }
-        others = [task for task in asyncio.all_tasks() if task not in own]
-        if not others:
-            return
-        await asyncio.wait(others, timeout=left)
+    pools = [state.pool for state in list(_GUARDS.values())]
+    own = {
+        *_GUARDS,
+        *(getattr(pool, "_sched_runner", None) for pool in pools),
+        *(task for pool in pools for task in getattr(pool, "_workers", ())),
+    }
+    others = [task for task in asyncio.all_tasks() if task.cancelling() and task not in own]
+    if others:
+        await asyncio.wait(others, timeout=_LOOP_END_GRACE)
 
 
 async def _shut(pool: Any, connections: weakref.WeakSet[Any]) -> None:
