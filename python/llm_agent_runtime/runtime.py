@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime._core import EpisodicStore, RuntimeMetrics, parse_react_step
+from llm_agent_runtime._depth import MAX_ARGUMENT_DEPTH, nested_deeper_than
 from llm_agent_runtime.config import AgentConfig, check_model_params, check_unicode
 from llm_agent_runtime.errors import (
     AgentLoopError,
@@ -2071,9 +2072,9 @@ class AgentRuntime(Unshared):
             calls = response.tool_calls
             if len(calls) > 1:
                 calls = _unique_call_ids(calls)
-                if any(call.arguments_error is not None for call in calls):
+                if any(_unreadable(call) for call in calls):
                     calls = _unreadable_marked(calls)
-            elif calls[0].arguments_error is not None:
+            elif _unreadable(calls[0]):
                 calls = _unreadable_marked(calls)
             reprompted = False  # a later empty reply gets its own re-prompt
             # The provider's reasoning goes back with the reply (Anthropic needs its thinking).
@@ -4097,6 +4098,11 @@ def _rewritten_call(result: Any) -> tuple[str, Any]:
         AgentRuntimeError: The hook returned anything else (None means "keep the call").
     """
     if isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[0], str):
+        if nested_deeper_than(result[1], MAX_ARGUMENT_DEPTH):
+            raise AgentRuntimeError(
+                f"on_tool_call returned arguments {_TOO_DEEP}: a session holding them "
+                "could not be saved"
+            )
         return result[0], result[1]
     shown = f"{result!r:.80}" if isinstance(result, (tuple, list)) else _kind(result)
     raise AgentRuntimeError(
@@ -4631,17 +4637,37 @@ class _Unreadable(dict[str, Any]):
         self.error = error
 
 
+def _unreadable(call: ToolCall) -> bool:
+    """Whether the model wrote `call`'s arguments wrong, or nested too deeply to keep.
+
+    The providers over HTTP refuse such arguments as they read them; a provider of another
+    kind (`ScriptedProvider`, a user's) gives them as they are: a session holding them could
+    not be saved, after the tool ran (see `MAX_ARGUMENT_DEPTH`).
+    """
+    if call.arguments_error is not None:
+        return True
+    arguments = call.arguments
+    for value in arguments.values() if type(arguments) is dict else ():
+        if type(value) is dict or type(value) is list:  # the usual flat ones: no walk
+            return nested_deeper_than(arguments, MAX_ARGUMENT_DEPTH)
+    return False
+
+
+_TOO_DEEP = f"nested too deeply (over {MAX_ARGUMENT_DEPTH} levels of objects and arrays)"
+
+
 def _unreadable_marked(calls: list[ToolCall]) -> list[ToolCall]:
-    """`calls`, with the arguments of those the model wrote wrong marked (`_Unreadable`).
+    """`calls`, with the arguments of those `_unreadable` finds marked (`_Unreadable`).
 
     New calls: the provider's reply is not changed.
     """
-    return [
-        call
-        if call.arguments_error is None
-        else ToolCall(call.id, call.name, _Unreadable(call.arguments_error), call.arguments_error)
-        for call in calls
-    ]
+    marked = []
+    for call in calls:
+        if _unreadable(call):
+            error = call.arguments_error or f"the arguments are {_TOO_DEEP}"
+            call = ToolCall(call.id, call.name, _Unreadable(error), error)
+        marked.append(call)
+    return marked
 
 
 def _journaled_run(entry: dict[str, Any], name: str, arguments: Any) -> ToolRun:

@@ -46,8 +46,10 @@ def started(tmp: Path, store: str, session_id: str, action: str) -> Iterator[sub
         text=True,
     )
     try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "ready", process.stderr
+        assert process.stdout is not None and process.stderr is not None
+        if process.stdout.readline().strip() != "ready":  # it died starting: say why
+            process.wait(timeout=60)
+            pytest.fail(f"the worker did not start: {process.stderr.read()}")
         yield process
     finally:  # also when a trial fails or times out: no process or pipe left to a later test
         process.kill()

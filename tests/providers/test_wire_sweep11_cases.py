@@ -287,3 +287,49 @@ def test_anthropic_tool_input_nested_past_the_limit_is_refused() -> None:
     with pytest.raises(ar.ProviderError, match=r"nested too deeply \(over 200 levels"):
         check_finite_arguments(deep, "echo", None)
     assert check_finite_arguments(deep["a"], "echo", None) is deep["a"]
+
+
+async def test_a_providers_decoded_arguments_nested_past_the_limit_never_run() -> None:
+    # ScriptedProvider (or a user's provider) hands over arguments already decoded: they
+    # were never checked, and a hook's rewrite neither.
+    ran: list[object] = []
+
+    @ar.tool
+    async def echo(order: dict[str, Any]) -> str:
+        """Takes an order."""
+        ran.append(order)
+        return "ok"
+
+    deep: Any = 1
+    for _ in range(300):
+        deep = {"a": deep}
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=[echo], checkpoint_backend=backend
+    )
+    model = ar.ScriptedProvider(
+        [
+            ar.ChatResponse(tool_calls=[ar.ToolCall("c1", "echo", {"order": deep})]),
+            ar.ChatResponse(text="done"),
+        ]
+    )
+    session = await runtime.run_agent_with_provider("a", "go", model)
+    assert session.final_answer == "done" and ran == []
+    assert "nested too deeply" in str(session.steps[0].observation)
+    assert session.steps[0].error_kind == "permanent"
+    saved = await ar.AgentSession.load_checkpoint(backend, session.session_id)
+    assert saved.step_count == 2
+
+    class Deepening(ar.Middleware):
+        def on_tool_call(self, session: ar.AgentSession, tool: str, arguments: Any) -> Any:
+            return tool, {"order": deep}
+
+    rewriting = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=[echo], middlewares=[Deepening()]
+    )
+    model = ar.ScriptedProvider(
+        [ar.ChatResponse(tool_calls=[ar.ToolCall("c1", "echo", {"order": {}})])]
+    )
+    with pytest.raises(ar.AgentRuntimeError, match="on_tool_call returned arguments nested"):
+        await rewriting.run_agent_with_provider("a", "go", model)
+    assert ran == []
