@@ -1671,3 +1671,30 @@ async def test_a_stores_has_embedder_method_is_asked_not_taken_as_true(embeds: b
     memory = _Memory(embeds)
     await ar.AgentRuntime(memory=memory).run_agent("a", "q", react(FINAL))
     assert memory.calls == [("a", 3, "q" if embeds else None)]
+
+
+async def test_a_run_finished_callback_runs_the_next_turn_from_a_task_of_its_own() -> None:
+    # Through `asyncio.wait_for` (a task of its own before Python 3.12) the callback's turn
+    # was refused: only the callback's own task was told apart.
+    class SlowBackend(ar.InMemoryBackend):
+        async def batch_save(self, items: Mapping[str, bytes]) -> None:
+            await asyncio.sleep(0.01)
+            await super().batch_save(items)
+
+    rt = ar.AgentRuntime(checkpoint_backend=SlowBackend())
+    session = rt.create_session("a")
+    answers = iter(["first", "second"])
+
+    async def model(prompt: str) -> str:
+        return f"Thought: t\nAction: FINAL_ANSWER {next(answers)}"
+
+    chained: list[str | None] = []
+
+    @rt.events.on
+    async def next_turn(event: ar.AgentEvent) -> None:
+        if isinstance(event, ar.RunFinished) and not chained:
+            turn = asyncio.ensure_future(rt.run_turn(session, "again", model))
+            chained.append(await asyncio.wait_for(turn, 5))
+
+    assert await rt.run_turn(session, "go", model) == "first"
+    assert chained == ["second"]

@@ -1419,13 +1419,16 @@ class AgentRuntime(Unshared):
     def _release_awaited(self, session_id: str) -> asyncio.Future[None] | None:
         """What the caller awaits to run a turn of the session once its finished run lets go.
 
-        Only an async callback of that run (`_Finishing`) waits: the run waits for it after
-        letting go, so the two cannot wait for each other. None for any other caller: the
-        session is running a turn. Called with `_SESSIONS_LOCK` held.
+        Only an async callback of that run (`_Finishing`), or a task it started, waits: the
+        run waits for its callbacks after letting go, so the two cannot wait for each other.
+        None for any other caller: the session is running a turn. Called with
+        `_SESSIONS_LOCK` held.
         """
         finishing = self._finishing.get(session_id)
         task = asyncio.current_task()
-        if finishing is None or task is None or task not in finishing.callbacks:
+        # The callback's own task, or one it started (`asyncio.wait_for`'s, say): they run
+        # in a copy of the run's context, and so see its callbacks.
+        if finishing is None or task is None or RUN_CALLBACKS.get() is not finishing.callbacks:
             return None
         waiter: asyncio.Future[None] = task.get_loop().create_future()
         finishing.waiters.append(waiter)
