@@ -9,6 +9,8 @@ MAX_ARGUMENT_DEPTH = 200
 before the tool runs (in ReAct input, they stay text; `rust/react.rs` has the same limit):
 a session holding them could not be copied nor saved within Python's recursion limit, so
 the run would fail after its tool ran, and so would every resume."""
+TOO_DEEP = f"nested too deeply (over {MAX_ARGUMENT_DEPTH} levels of objects and arrays)"
+"""What is said of such arguments."""
 
 
 def nested_deeper_than(value: Any, limit: int) -> bool:

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime._core import EpisodicStore, RuntimeMetrics, parse_react_step
-from llm_agent_runtime._depth import MAX_ARGUMENT_DEPTH, nested_deeper_than
+from llm_agent_runtime._depth import MAX_ARGUMENT_DEPTH, TOO_DEEP, nested_deeper_than
 from llm_agent_runtime.config import AgentConfig, check_model_params, check_unicode
 from llm_agent_runtime.errors import (
     AgentLoopError,
@@ -4103,7 +4103,7 @@ def _rewritten_call(result: Any) -> tuple[str, Any]:
     if isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[0], str):
         if nested_deeper_than(result[1], MAX_ARGUMENT_DEPTH):
             raise AgentRuntimeError(
-                f"on_tool_call returned arguments {_TOO_DEEP}: a session holding them "
+                f"on_tool_call returned arguments {TOO_DEEP}: a session holding them "
                 "could not be saved"
             )
         return result[0], result[1]
@@ -4656,9 +4656,6 @@ def _unreadable(call: ToolCall) -> bool:
     return False
 
 
-_TOO_DEEP = f"nested too deeply (over {MAX_ARGUMENT_DEPTH} levels of objects and arrays)"
-
-
 def _unreadable_marked(calls: list[ToolCall]) -> list[ToolCall]:
     """`calls`, with the arguments of those `_unreadable` finds marked (`_Unreadable`).
 
@@ -4667,7 +4664,7 @@ def _unreadable_marked(calls: list[ToolCall]) -> list[ToolCall]:
     marked = []
     for call in calls:
         if _unreadable(call):
-            error = call.arguments_error or f"the arguments are {_TOO_DEEP}"
+            error = call.arguments_error or f"the arguments are {TOO_DEEP}"
             call = ToolCall(call.id, call.name, _Unreadable(error), error)
         marked.append(call)
     return marked

@@ -68,7 +68,7 @@ from typing_extensions import TypedDict
 
 from llm_agent_runtime._cancelling import CANCEL_COUNTS_EXACT, cancellations_so_far
 from llm_agent_runtime._core import dicts_with_keys_made_text, tuple_of
-from llm_agent_runtime._depth import MAX_ARGUMENT_DEPTH, nested_deeper_than
+from llm_agent_runtime._depth import MAX_ARGUMENT_DEPTH, TOO_DEEP, nested_deeper_than
 from llm_agent_runtime.errors import (
     BudgetExceededError,
     CircuitOpenError,
@@ -836,10 +836,7 @@ class ToolSpec:
                 except (ValueError, RecursionError):
                     parsed = None
                 if nested_deeper_than(parsed, MAX_ARGUMENT_DEPTH):  # as the parsers refuse it
-                    raise ValueError(
-                        f"arguments of {self.name} nest too deeply (over "
-                        f"{MAX_ARGUMENT_DEPTH} levels of objects and arrays)"
-                    )
+                    raise ValueError(f"arguments of {self.name} are {TOO_DEEP}")
                 if not isinstance(parsed, dict):
                     raise ValueError(
                         f"arguments of {self.name} must be a JSON object, with double-quoted "

@@ -44,7 +44,7 @@ import httpx
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from llm_agent_runtime._depth import MAX_ARGUMENT_DEPTH, nested_deeper_than
+from llm_agent_runtime._depth import MAX_ARGUMENT_DEPTH, TOO_DEEP, nested_deeper_than
 from llm_agent_runtime._loops import close_now, close_with_loop
 from llm_agent_runtime.errors import BudgetExceededError, ProviderError, is_retryable_status
 from llm_agent_runtime.orchestration._checks import check_real
@@ -965,9 +965,6 @@ def check_stop(stop: object) -> list[str] | None:
     return stops or None
 
 
-_TOO_DEEP = f"nested too deeply (over {MAX_ARGUMENT_DEPTH} levels of objects and arrays)"
-
-
 def _non_finite(value: Any, path: str) -> tuple[str, float] | None:
     """Where the first NaN or infinite float in `value` is (its path, and the number)."""
     if isinstance(value, float):
@@ -1151,10 +1148,10 @@ def decode_arguments(
     except ValueError:
         problem = "not valid JSON"
     except RecursionError:  # valid or not, no tool can be called with it
-        problem = _TOO_DEEP
+        problem = TOO_DEEP
     else:
         if nested_deeper_than(value, MAX_ARGUMENT_DEPTH):
-            problem = _TOO_DEEP
+            problem = TOO_DEEP
     if problem is not None:
         raise _bad_arguments(problem, text, name, stop_reason, redact)
     if not isinstance(value, dict):
@@ -1229,7 +1226,7 @@ def check_finite_arguments(
         text = json.dumps(arguments, default=repr)
         raise _bad_arguments("not a JSON object", text, name, None, redact)
     if nested_deeper_than(arguments, MAX_ARGUMENT_DEPTH):  # not quoted: its repr is deep too
-        raise _bad_arguments(_TOO_DEEP, "", name, None, redact)
+        raise _bad_arguments(TOO_DEEP, "", name, None, redact)
     found = _non_finite(arguments, "")
     if found is not None:
         where, number = found
