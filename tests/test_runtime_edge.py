@@ -1698,3 +1698,65 @@ async def test_a_run_finished_callback_runs_the_next_turn_from_a_task_of_its_own
 
     assert await rt.run_turn(session, "go", model) == "first"
     assert chained == ["second"]
+
+
+class _SlowFinal(ar.InMemoryBackend):
+    async def batch_save(self, items: Mapping[str, bytes]) -> None:
+        await asyncio.sleep(0.01)
+        await super().batch_save(items)
+
+
+@pytest.mark.timeout(20)
+async def test_a_callbacks_turn_on_another_threads_loop_is_refused_not_left_hanging() -> None:
+    # Its waiter was made on the thread's loop and woken from the run's thread, which no
+    # loop noticed: both turns hung for good.
+    rt = ar.AgentRuntime(checkpoint_backend=_SlowFinal())
+    session = rt.create_session("a")
+    outcome: list[str] = []
+
+    async def model(prompt: str) -> str:
+        return "Thought: t\nAction: FINAL_ANSWER done"
+
+    def on_a_thread() -> str | None:
+        return asyncio.run(rt.run_turn(session, "again", model))
+
+    @rt.events.on
+    async def next_turn(event: ar.AgentEvent) -> None:
+        if isinstance(event, ar.RunFinished) and not outcome:
+            try:
+                outcome.append(str(await asyncio.to_thread(on_a_thread)))
+            except ar.AgentRuntimeError as error:
+                outcome.append(str(error))
+
+    assert await rt.run_turn(session, "go", model) == "done"
+    assert len(outcome) == 1 and "already running a turn" in outcome[0]
+
+
+async def test_a_tools_background_task_is_refused_as_the_run_finishes() -> None:
+    # A task the run's own code started (here a tool's) has the run's context: it waited
+    # for the session too, and ran a turn nobody awaited.
+    outcome: list[str] = []
+    rt = ar.AgentRuntime(checkpoint_backend=_SlowFinal())
+    session = rt.create_session("a")
+
+    async def later() -> None:
+        while not any(isinstance(e, ar.RunFinished) for e in seen):
+            await asyncio.sleep(0.001)
+        try:
+            outcome.append(str(await rt.run_turn(session, "again", final)))
+        except ar.AgentRuntimeError as error:
+            outcome.append(str(error))
+
+    @ar.tool
+    async def start() -> str:
+        """Starts background work."""
+        background.append(asyncio.ensure_future(later()))
+        return "started"
+
+    background: list[asyncio.Future[None]] = []
+    seen: list[ar.AgentEvent] = []
+    rt.events.on(seen.append)
+    rt.tools.register(start)
+    await rt.run_turn(session, "go", react("Thought: s\nAction: start {}", FINAL))
+    await asyncio.wait(background)
+    assert len(outcome) == 1 and "already running a turn" in outcome[0]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -157,6 +158,11 @@ logger = logging.getLogger("llm_agent_runtime")
 RUN_CALLBACKS: ContextVar[set[asyncio.Future[Any]] | None] = ContextVar(
     "llm_agent_runtime_run_callbacks", default=None
 )
+# In an async callback of a run (and the tasks it starts): that run's `RUN_CALLBACKS`. A task
+# the run's own code started (a tool's) has the run's context, not this.
+CALLBACK_OF: ContextVar[set[asyncio.Future[Any]] | None] = ContextVar(
+    "llm_agent_runtime_callback_of", default=None
+)
 
 
 def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
@@ -178,13 +184,17 @@ def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
                     "an async event callback needs a running event loop: this event was "
                     "emitted outside one (from sync code, or a thread without a loop)"
                 )
-            task = loop.create_task(result)
+            run = RUN_CALLBACKS.get()
+            if run is None:
+                task = loop.create_task(result)
+            else:
+                context = contextvars.copy_context()
+                context.run(CALLBACK_OF.set, run)
+                task = loop.create_task(result, context=context)
+                run.add(task)
             # Keep a reference so the scheduled callback is not garbage-collected mid-run.
             pending.add(task)
             task.add_done_callback(done)
-            run = RUN_CALLBACKS.get()
-            if run is not None:
-                run.add(task)
 
     return schedule
 

@@ -45,6 +45,7 @@ from llm_agent_runtime.errors import (
     ToolError,
 )
 from llm_agent_runtime.events import (
+    CALLBACK_OF,
     RUN_CALLBACKS,
     CheckpointSaved,
     ErrorEvent,
@@ -1405,8 +1406,9 @@ class AgentRuntime(Unshared):
                 finished = (session.session_id, session.final_answer, len(session.steps), duration)
                 callbacks = RUN_CALLBACKS.get()
                 if callbacks is not None:  # they may run the next turn once this run lets go
+                    loop = asyncio.get_running_loop()
                     with _SESSIONS_LOCK:
-                        self._finishing[session.session_id] = _Finishing(callbacks)
+                        self._finishing[session.session_id] = _Finishing(callbacks, loop)
                 events.emit_new(RunFinished, finished)
             if self._checkpoints is not None:  # after RunFinished, so the log records it
                 await self._save_final(session, run)
@@ -1426,9 +1428,14 @@ class AgentRuntime(Unshared):
         """
         finishing = self._finishing.get(session_id)
         task = asyncio.current_task()
-        # The callback's own task, or one it started (`asyncio.wait_for`'s, say): they run
-        # in a copy of the run's context, and so see its callbacks.
-        if finishing is None or task is None or RUN_CALLBACKS.get() is not finishing.callbacks:
+        # The callback's own task, or one it started (`asyncio.wait_for`'s, say), on the
+        # run's loop: the run wakes its waiters there (one on a thread's loop is refused).
+        if (
+            finishing is None
+            or task is None
+            or CALLBACK_OF.get() is not finishing.callbacks
+            or task.get_loop() is not finishing.loop
+        ):
             return None
         waiter: asyncio.Future[None] = task.get_loop().create_future()
         finishing.waiters.append(waiter)
@@ -3829,12 +3836,16 @@ start on several threads (each with its own event loop) at once."""
 class _Finishing:
     """A finished run that still holds its session (writing its final checkpoint, say)."""
 
-    __slots__ = ("callbacks", "waiters")
+    __slots__ = ("callbacks", "loop", "waiters")
 
-    def __init__(self, callbacks: set[asyncio.Future[Any]]) -> None:
+    def __init__(
+        self, callbacks: set[asyncio.Future[Any]], loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.callbacks = callbacks
         """The run's async callbacks (`RUN_CALLBACKS`): the run waits for them after it
         lets go of the session, so they may wait for that to run its next turn."""
+        self.loop = loop
+        """The run's loop, where its waiters are woken."""
         self.waiters: list[asyncio.Future[None]] = []
         """Those of them waiting, each woken as the run lets go."""
 
