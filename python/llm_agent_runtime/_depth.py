@@ -14,11 +14,15 @@ TOO_DEEP = f"nested too deeply (over {MAX_ARGUMENT_DEPTH} levels of objects and 
 
 
 def nested_deeper_than(value: Any, limit: int) -> bool:
-    """Whether JSON data `value` nests objects and arrays over `limit` levels (no recursion)."""
+    """Whether `value` nests dicts, lists and tuples (subclasses too) over `limit` levels.
+
+    JSON data, or what a user's provider or hook made of it (an `OrderedDict`, say); walked
+    level by level, without recursion.
+    """
     layer = [value]
     for _ in range(limit + 1):
-        containers = [v for v in layer if type(v) is dict or type(v) is list]
+        containers = [v for v in layer if isinstance(v, (dict, list, tuple))]
         if not containers:
             return False
-        layer = [item for v in containers for item in (v.values() if type(v) is dict else v)]
+        layer = [item for v in containers for item in (v.values() if isinstance(v, dict) else v)]
     return True

@@ -2627,6 +2627,11 @@ class AgentRuntime(Unshared):
             return name, arguments, Observation(_truncate(denial, limit), "permanent")
         if decision.action == "edit":
             arguments = decision.arguments
+            if nested_deeper_than(arguments, MAX_ARGUMENT_DEPTH):  # as a hook's rewrite
+                raise AgentRuntimeError(
+                    f"the approval handler's edit has arguments {TOO_DEEP}: a session "
+                    "holding them could not be saved"
+                )
         return name, arguments, None
 
     async def _approve(
@@ -4661,10 +4666,14 @@ def _unreadable(call: ToolCall) -> bool:
     if call.arguments_error is not None:
         return True
     arguments = call.arguments
-    for value in arguments.values() if type(arguments) is dict else ():
-        if type(value) is dict or type(value) is list:  # the usual flat ones: no walk
+    for value in arguments.values() if isinstance(arguments, dict) else ():
+        if isinstance(value, _CONTAINERS):  # the usual flat ones: no walk
             return nested_deeper_than(arguments, MAX_ARGUMENT_DEPTH)
     return False
+
+
+_CONTAINERS = (dict, list, tuple)
+"""What `nested_deeper_than` counts as a level (subclasses too)."""
 
 
 def _unreadable_marked(calls: list[ToolCall]) -> list[ToolCall]:

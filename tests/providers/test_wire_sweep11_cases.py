@@ -333,3 +333,42 @@ async def test_a_providers_decoded_arguments_nested_past_the_limit_never_run() -
     with pytest.raises(ar.AgentRuntimeError, match="on_tool_call returned arguments nested"):
         await rewriting.run_agent_with_provider("a", "go", model)
     assert ran == []
+
+
+async def test_an_approval_edit_or_a_dict_subclass_nested_past_the_limit_never_runs() -> None:
+    from collections import OrderedDict
+
+    ran: list[object] = []
+
+    @ar.tool
+    async def echo(order: dict[str, Any]) -> str:
+        """Takes an order."""
+        ran.append(order)
+        return "ok"
+
+    deep: Any = 1
+    for _ in range(300):
+        deep = OrderedDict(a=deep)  # as json.loads(..., object_pairs_hook=OrderedDict) gives
+    model = ar.ScriptedProvider(
+        [
+            ar.ChatResponse(tool_calls=[ar.ToolCall("c1", "echo", {"order": deep})]),
+            ar.ChatResponse(text="done"),
+        ]
+    )
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=[echo], checkpoint_backend=ar.InMemoryBackend()
+    )
+    session = await runtime.run_agent_with_provider("a", "go", model)
+    assert session.final_answer == "done" and ran == []
+    assert "nested too deeply" in str(session.steps[0].observation)
+
+    def edit(session: ar.AgentSession, tool: str, arguments: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("edit", {"order": deep})
+
+    editing = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[echo], approval_handler=edit)
+    model = ar.ScriptedProvider(
+        [ar.ChatResponse(tool_calls=[ar.ToolCall("c1", "echo", {"order": {}})])]
+    )
+    with pytest.raises(ar.AgentRuntimeError, match="approval handler's edit has arguments nest"):
+        await editing.run_agent_with_provider("a", "go", model)
+    assert ran == []
