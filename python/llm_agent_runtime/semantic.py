@@ -313,9 +313,14 @@ class SemanticStore:
             self._check_query(vector)
             index = self._index
             size = len(index) if index is not None else 0
-            # At most as many entries carry every tag as carry the rarest: known without a
-            # walk of the tagged keys (a common tag's would cost more than the scan).
-            tagged = min((len(self._by_tag.get(t, ())) for t in required), default=None)
+            # One tag: at most as many entries as carry it, known without a walk of its keys
+            # (a common tag's would cost more than the scan). Several: those of the rarest
+            # that carry the others too, counted (the tags may share none).
+            tagged = None
+            if len(required) == 1:
+                tagged = len(self._by_tag.get(next(iter(required)), ()))
+            elif required:
+                tagged = len(self._ids_tagged(required))
         if index is None or size == 0 or tagged == 0:
             return []
         # Over-fetch, then filter by tags; widen until k pass or every vector was seen. Never
@@ -354,12 +359,10 @@ class SemanticStore:
         """The ids of the entries with an embedding that carry every tag (the lock held)."""
         import numpy as np
 
-        sets = sorted((self._by_tag.get(t, set()) for t in required), key=len)
+        sets = [self._by_tag.get(t, set()) for t in required]
+        keys = sets[0] if len(sets) == 1 else set.intersection(*sets)  # in C, from the least
         ids = self._ids
-        found = [
-            ids[key] for key in sets[0] if key in ids and all(key in more for more in sets[1:])
-        ]
-        return np.array(found, dtype=np.int64)
+        return np.fromiter((ids[key] for key in keys if key in ids), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._entries)
