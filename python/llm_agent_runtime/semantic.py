@@ -314,8 +314,8 @@ class SemanticStore:
             index = self._index
             size = len(index) if index is not None else 0
             # One tag: at most as many entries as carry it, known without a walk of its keys
-            # (a common tag's would cost more than the scan). Several: those of the rarest
-            # that carry the others too, counted (the tags may share none).
+            # (a common tag's would cost more than the scan). Several: the entries carrying
+            # them all, counted (the tags may share none).
             tagged = None
             if len(required) == 1:
                 tagged = len(self._by_tag.get(next(iter(required)), ()))
