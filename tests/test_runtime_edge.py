@@ -289,17 +289,24 @@ async def test_a_turn_started_during_anothers_final_checkpoint_loses_nothing() -
     ]
 
 
+class _SlowFinal(ar.InMemoryBackend):
+    """A backend whose writes suspend: a run's callbacks start while it saves its end."""
+
+    async def batch_save(self, items: Mapping[str, bytes]) -> None:
+        await asyncio.sleep(0.01)
+        await super().batch_save(items)
+
+
 @pytest.mark.parametrize("durable", [False, True])
-async def test_a_run_finished_callback_runs_the_sessions_next_turn(durable: bool) -> None:
+@pytest.mark.parametrize("wait_for", [False, True], ids=["awaited", "wait_for"])
+async def test_a_run_finished_callback_runs_the_sessions_next_turn(
+    durable: bool, wait_for: bool
+) -> None:
     # With a backend whose writes suspend, the callback started as the final checkpoint was
     # written, and found the session still running: its turn was refused, though the run
-    # waits for its callbacks after it lets go of the session precisely so they may.
-    class SlowBackend(ar.InMemoryBackend):
-        async def batch_save(self, items: Mapping[str, bytes]) -> None:
-            await asyncio.sleep(0.01)
-            await super().batch_save(items)
-
-    rt = ar.AgentRuntime(checkpoint_backend=SlowBackend() if durable else None)
+    # waits for its callbacks after it lets go of the session precisely so they may. Through
+    # `asyncio.wait_for` (a task of its own before Python 3.12) it was refused too.
+    rt = ar.AgentRuntime(checkpoint_backend=_SlowFinal() if durable else None)
     session = rt.create_session("a")
     answers = iter(["first", "second"])
 
@@ -311,7 +318,8 @@ async def test_a_run_finished_callback_runs_the_sessions_next_turn(durable: bool
     @rt.events.on
     async def next_turn(event: ar.AgentEvent) -> None:
         if isinstance(event, ar.RunFinished) and not chained:
-            chained.append(await rt.run_turn(session, "again", model))
+            turn = rt.run_turn(session, "again", model)
+            chained.append(await (asyncio.wait_for(turn, 5) if wait_for else turn))
 
     assert await rt.run_turn(session, "go", model) == "first"
     assert chained == ["second"]
@@ -1671,39 +1679,6 @@ async def test_a_stores_has_embedder_method_is_asked_not_taken_as_true(embeds: b
     memory = _Memory(embeds)
     await ar.AgentRuntime(memory=memory).run_agent("a", "q", react(FINAL))
     assert memory.calls == [("a", 3, "q" if embeds else None)]
-
-
-async def test_a_run_finished_callback_runs_the_next_turn_from_a_task_of_its_own() -> None:
-    # Through `asyncio.wait_for` (a task of its own before Python 3.12) the callback's turn
-    # was refused: only the callback's own task was told apart.
-    class SlowBackend(ar.InMemoryBackend):
-        async def batch_save(self, items: Mapping[str, bytes]) -> None:
-            await asyncio.sleep(0.01)
-            await super().batch_save(items)
-
-    rt = ar.AgentRuntime(checkpoint_backend=SlowBackend())
-    session = rt.create_session("a")
-    answers = iter(["first", "second"])
-
-    async def model(prompt: str) -> str:
-        return f"Thought: t\nAction: FINAL_ANSWER {next(answers)}"
-
-    chained: list[str | None] = []
-
-    @rt.events.on
-    async def next_turn(event: ar.AgentEvent) -> None:
-        if isinstance(event, ar.RunFinished) and not chained:
-            turn = asyncio.ensure_future(rt.run_turn(session, "again", model))
-            chained.append(await asyncio.wait_for(turn, 5))
-
-    assert await rt.run_turn(session, "go", model) == "first"
-    assert chained == ["second"]
-
-
-class _SlowFinal(ar.InMemoryBackend):
-    async def batch_save(self, items: Mapping[str, bytes]) -> None:
-        await asyncio.sleep(0.01)
-        await super().batch_save(items)
 
 
 @pytest.mark.timeout(20)

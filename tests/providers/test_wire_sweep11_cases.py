@@ -192,6 +192,25 @@ async def test_stream_usage_false_sends_no_stream_options(server: FakeLlmServer)
             await llm.chat([Message("user", "q")], stream_options=None)
 
 
+def _recording_tool(ran: list[object]) -> ar.ToolSpec:
+    """A tool `echo(order)` that records each order it is called with."""
+
+    @ar.tool
+    async def echo(order: dict[str, Any]) -> str:
+        """Takes an order."""
+        ran.append(order)
+        return "ok"
+
+    return echo
+
+
+def _nested_value(depth: int, kind: Any = dict) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = kind(a=value)
+    return value
+
+
 def _nested(depth: int) -> str:
     return '{"a": ' * depth + "1" + "}" * depth
 
@@ -204,12 +223,7 @@ async def test_tool_arguments_nested_past_the_limit_never_run(
     # tool ran; then the session could not be copied for its final checkpoint ("nests too
     # deeply"): the run failed after the tool's effect, and so did every resume.
     ran: list[object] = []
-
-    @ar.tool
-    async def echo(order: dict[str, Any]) -> str:
-        """Takes an order."""
-        ran.append(order)
-        return "ok"
+    echo = _recording_tool(ran)
 
     def reply(arguments: str | None) -> Reply:
         message: dict[str, Any] = {"role": "assistant", "content": "done"}
@@ -249,12 +263,7 @@ async def test_tool_arguments_nested_past_the_limit_never_run(
 @pytest.mark.parametrize("depth", [150, 500])
 async def test_a_react_input_nested_past_the_limit_stays_text(depth: int) -> None:
     ran: list[object] = []
-
-    @ar.tool
-    async def echo(order: dict[str, Any]) -> str:
-        """Takes an order."""
-        ran.append(order)
-        return "ok"
+    echo = _recording_tool(ran)
 
     replies = iter(
         [
@@ -281,9 +290,7 @@ def test_anthropic_tool_input_nested_past_the_limit_is_refused() -> None:
     # A whole Anthropic reply's tool input comes decoded with the body: checked alike.
     from llm_agent_runtime.providers._http import check_finite_arguments
 
-    deep: Any = 1
-    for _ in range(201):
-        deep = {"a": deep}
+    deep = _nested_value(201)
     with pytest.raises(ar.ProviderError, match=r"nested too deeply \(over 200 levels"):
         check_finite_arguments(deep, "echo", None)
     assert check_finite_arguments(deep["a"], "echo", None) is deep["a"]
@@ -293,16 +300,9 @@ async def test_a_providers_decoded_arguments_nested_past_the_limit_never_run() -
     # ScriptedProvider (or a user's provider) hands over arguments already decoded: they
     # were never checked, and a hook's rewrite neither.
     ran: list[object] = []
+    echo = _recording_tool(ran)
 
-    @ar.tool
-    async def echo(order: dict[str, Any]) -> str:
-        """Takes an order."""
-        ran.append(order)
-        return "ok"
-
-    deep: Any = 1
-    for _ in range(300):
-        deep = {"a": deep}
+    deep = _nested_value(300)
     backend = ar.InMemoryBackend()
     runtime = ar.AgentRuntime(
         ar.AgentConfig(mode="tools"), tools=[echo], checkpoint_backend=backend
@@ -339,16 +339,9 @@ async def test_an_approval_edit_or_a_dict_subclass_nested_past_the_limit_never_r
     from collections import OrderedDict
 
     ran: list[object] = []
+    echo = _recording_tool(ran)
 
-    @ar.tool
-    async def echo(order: dict[str, Any]) -> str:
-        """Takes an order."""
-        ran.append(order)
-        return "ok"
-
-    deep: Any = 1
-    for _ in range(300):
-        deep = OrderedDict(a=deep)  # as json.loads(..., object_pairs_hook=OrderedDict) gives
+    deep = _nested_value(300, OrderedDict)  # as json.loads(object_pairs_hook=OrderedDict)
     model = ar.ScriptedProvider(
         [
             ar.ChatResponse(tool_calls=[ar.ToolCall("c1", "echo", {"order": deep})]),
