@@ -213,8 +213,8 @@ class _Delta(BaseModel):
     refusal: str | None = None
     tool_calls: list[_ToolCallChunk] | None = None
     function_call: _FunctionCall | None = None  # the legacy `functions` form of a call
-    # Compatible servers' reasoning (vLLM, DeepSeek, OpenRouter): progress, and the first
-    # kept (see `_kept_reasoning`).
+    # Compatible servers' reasoning (vLLM, DeepSeek, OpenRouter): progress; the
+    # `reasoning_content` is kept too (see `_kept_reasoning`).
     reasoning_content: Any = None
     reasoning: Any = None
     reasoning_details: Any = None
@@ -254,23 +254,22 @@ class OpenAIProvider(HttpProvider):
     A provider is not bound to one event loop: it keeps a pool per loop it is used from, and
     closes each as its loop ends under `asyncio.run` (see `HttpTransport`).
 
-    A stream that sends only keep-alive comments, pings or empty deltas for `timeout`
-    seconds fails (retryable, so it is tried again when it had yielded nothing yet);
-    reasoning that compatible servers stream (`reasoning_content`, `reasoning`) counts as
-    content. A reply's `reasoning_content` (DeepSeek's, vLLM's) is its
-    `ChatResponse.reasoning` (see `REASONING_CONTENT`), sent back with the message's tool
-    calls: DeepSeek's thinking mode refuses a tool-call turn without it. A reply past
-    64 MiB (a streamed one: 64 Mi characters of content, each event without content counted
-    by its size) fails, not retryable. A 200
-    reply with an error in its body (JSON, or in place of the event stream that was asked
-    for) raises the server's message, and so does an error reported in the middle of a
-    stream: a chunk `{"error": {...}}`, vLLM's older `{"object": "error", "message": ...}`,
-    or an event named `error` (JSON or plain text, as some gateways send). Such an error's
-    `status` is its code when that is an HTTP status. An `error` member that reports nothing
-    (`null`, or `{}` as some compatible servers add to every good reply and chunk) is no
-    error, streamed or not. Null or missing token counts are 0 tokens, a count that is
-    negative or not below 2**63 is 0, and usage that does not fit the format is counted as
-    none (each with a warning) rather than failing the reply.
+    A stream that sends only keep-alive comments, pings or empty deltas for `timeout` seconds
+    fails (retryable, so it is tried again when it had yielded nothing yet); reasoning that
+    compatible servers stream (`reasoning_content`, `reasoning`) counts as content. A reply's
+    `reasoning_content` (DeepSeek's, vLLM's) is its `ChatResponse.reasoning` (see
+    `REASONING_CONTENT`), sent back with the message's tool calls: DeepSeek's thinking mode
+    refuses a tool-call turn without it. A reply past 64 MiB (a streamed one: 64 Mi characters
+    of content, each event without content counted by its size) fails, not retryable. A 200
+    reply with an error in its body (JSON, or in place of the event stream that was asked for)
+    raises the server's message, and so does an error reported in the middle of a stream: a
+    chunk `{"error": {...}}`, vLLM's older `{"object": "error", "message": ...}`, or an event
+    named `error` (JSON or plain text, as some gateways send). Such an error's `status` is its
+    code when that is an HTTP status. An `error` member that reports nothing (`null`, or `{}` as
+    some compatible servers add to every good reply and chunk) is no error, streamed or not.
+    Null or missing token counts are 0 tokens, a count that is negative or not below 2**63 is 0,
+    and usage that does not fit the format is counted as none (each with a warning) rather than
+    failing the reply.
 
     A refusal (`message.refusal`, streamed as `delta.refusal`) is the response's text, and its
     `stop_reason` is `"refusal"` (as the Anthropic API says it) in place of the finish reason:
