@@ -40,7 +40,7 @@ from llm_agent_runtime.providers._http import (
     text_setting,
 )
 from llm_agent_runtime.providers.base import (
-    REASONING_CONTENT,
+    OPENAI_COMPATIBLE_REASONING,
     TRUNCATION_STOP_REASONS,
     ChatResponse,
     CutOffArgumentsError,
@@ -809,9 +809,11 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
                 # Reasoning alone is left out too: the API refuses an assistant message
                 # whose last block is a thinking block.
                 continue
-            # An OpenAI-compatible reply's reasoning (`REASONING_CONTENT`) is no block of
-            # this API's: a history begun with another provider sends it.
-            reasoning = [b for b in message.reasoning if b.get("type") != REASONING_CONTENT]
+            # An OpenAI-compatible reply's reasoning (`OPENAI_COMPATIBLE_REASONING`) is no
+            # block of this API's: a history begun with another provider sends it.
+            reasoning = [
+                b for b in message.reasoning if b.get("type") not in OPENAI_COMPATIBLE_REASONING
+            ]
             if reasoning and role == "assistant":
                 if wire and wire[-1]["role"] == "assistant":
                     _merge_reasoning(wire[-1]["content"], reasoning, blocks)

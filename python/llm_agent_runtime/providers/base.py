@@ -66,6 +66,15 @@ REASONING_CONTENT = "reasoning_content"
 vLLM) is kept as in `ChatResponse.reasoning`: `{"type": "reasoning_content",
 "reasoning_content": text}`. `OpenAIProvider` sends it back with the message's tool calls
 (DeepSeek refuses a tool-call turn without it); other providers leave it out."""
+EXTRA_CONTENT = "extra_content"
+"""The `type` of the reasoning block an OpenAI-compatible reply's `extra_content` is kept as in
+`ChatResponse.reasoning`: Gemini's, which holds its thought signature. A tool call's is
+`{"type": "extra_content", "index": n, "extra_content": value}`, `n` the call's position
+among the reply's calls; the message's own has no `index`. `OpenAIProvider` sends each
+back where it came (Gemini 3 refuses a tool-call turn whose calls lost their signatures);
+other providers leave it out."""
+OPENAI_COMPATIBLE_REASONING = frozenset((REASONING_CONTENT, EXTRA_CONTENT))
+"""The `type`s of the reasoning blocks kept from an OpenAI-compatible reply."""
 
 
 def token_limit(stop_reason: str) -> tuple[str, str]:
@@ -423,9 +432,10 @@ class ChatResponse:
     reasoning: Sequence[dict[str, Any]] = ()
     """The provider's reasoning blocks, opaque, in the order received: Anthropic's `thinking`
     and `redacted_thinking` blocks (with their signatures), or an OpenAI-compatible reply's
-    `reasoning_content` (see `REASONING_CONTENT`). Copy them into the `assistant` `Message`
-    that repeats this reply (`Message.reasoning`): with extended thinking, Anthropic's API
-    refuses a tool-use turn whose reply lost them, and DeepSeek's a tool-call turn."""
+    `reasoning_content` and `extra_content` (see `REASONING_CONTENT`, `EXTRA_CONTENT`). Copy
+    them into the `assistant` `Message` that repeats this reply (`Message.reasoning`): with
+    extended thinking, Anthropic's API refuses a tool-use turn whose reply lost them,
+    DeepSeek's a tool-call turn, and Gemini 3's a tool-call turn without its signatures."""
 
     def __post_init__(self) -> None:
         """Checks the parts a run keeps.

@@ -42,6 +42,7 @@ from llm_agent_runtime.providers._http import (
     text_setting,
 )
 from llm_agent_runtime.providers.base import (
+    EXTRA_CONTENT,
     REASONING_CONTENT,
     ChatResponse,
     Message,
@@ -132,12 +133,14 @@ class _FunctionCall(BaseModel):
 class _ToolCall(BaseModel):
     id: str | None = None  # some compatible servers (NVIDIA NIM, StepFun) leave it out
     function: _FunctionCall
+    extra_content: Any = None  # Gemini's thought signature: kept (see `_kept_reasoning`)
 
 
 class _AssistantMessage(BaseModel):
     content: str | list[Any] | None = None  # parts: see `_text_of`
     refusal: str | None = None
     reasoning_content: Any = None  # DeepSeek's, vLLM's: kept (see `_kept_reasoning`)
+    extra_content: Any = None  # Gemini's: kept too
     tool_calls: list[_ToolCall] | None = None
     function_call: _FunctionCall | None = None  # the legacy `functions` form of a call
 
@@ -206,6 +209,7 @@ class _ToolCallChunk(BaseModel):
     index: int | None = None  # some OpenAI-compatible servers leave it out
     id: str | None = None
     function: _FunctionCall | None = None
+    extra_content: Any = None  # Gemini's thought signature, in any piece of the call
 
 
 class _Delta(BaseModel):
@@ -218,6 +222,7 @@ class _Delta(BaseModel):
     reasoning_content: Any = None
     reasoning: Any = None
     reasoning_details: Any = None
+    extra_content: Any = None  # Gemini's, kept (see `_kept_reasoning`)
 
 
 class _ChunkChoice(BaseModel):
@@ -259,8 +264,11 @@ class OpenAIProvider(HttpProvider):
     compatible servers stream (`reasoning_content`, `reasoning`) counts as content. A reply's
     `reasoning_content` (DeepSeek's, vLLM's) is its `ChatResponse.reasoning` (see
     `REASONING_CONTENT`), sent back with the message's tool calls: DeepSeek's thinking mode
-    refuses a tool-call turn without it. A reply past 64 MiB (a streamed one: 64 Mi characters
-    of content, each event without content counted by its size) fails, not retryable. A 200
+    refuses a tool-call turn without it. So is the `extra_content` of the reply and of each
+    of its tool calls (Gemini's thought signatures, see `EXTRA_CONTENT`), each sent back
+    where it came: Gemini 3 refuses a tool-call turn without them. A reply past 64 MiB (a
+    streamed one: 64 Mi characters of content, each event without content counted by its
+    size) fails, not retryable. A 200
     reply with an error in its body (JSON, or in place of the event stream that was asked for)
     raises the server's message, and so does an error reported in the middle of a stream: a
     chunk `{"error": {...}}`, vLLM's older `{"object": "error", "message": ...}`, or an event
@@ -474,7 +482,11 @@ class OpenAIProvider(HttpProvider):
             usage=usage,
             stop_reason=stop_reason,
             model=completion.model,
-            reasoning=_kept_reasoning(message.reasoning_content),
+            reasoning=_kept_reasoning(
+                message.reasoning_content,
+                message.extra_content,
+                {index: call.extra_content for index, call in enumerate(wire_calls)},
+            ),
         )
         return checked_arguments(response, self._transport.redact)
 
@@ -576,6 +588,8 @@ class OpenAIProvider(HttpProvider):
         cut_inside: list[bytes] = []  # the line the body ended inside, if it did
         progress = StreamProgress()
         thoughts: list[str] = []  # the pieces of the reply's `reasoning_content`
+        extra: Any = None  # the reply's `extra_content` (the last one sent)
+        call_extras: dict[int, Any] = {}  # each call's, by position (the last one sent)
 
         events = self._transport.post_sse(
             "/chat/completions",
@@ -650,13 +664,19 @@ class OpenAIProvider(HttpProvider):
                             fragment = (function and function.arguments) or ""
                             progress.add(name)
                             progress.add(fragment)
-                            yield calls.add(part.index, part.id, name, fragment)
+                            call_piece = calls.add(part.index, part.id, name, fragment)
+                            if part.extra_content is not None:
+                                call_extras[call_piece.index] = part.extra_content
+                            yield call_piece
                         for thought in (delta.reasoning_content, delta.reasoning):
                             if isinstance(thought, str):
                                 progress.add(thought)
                         if isinstance(delta.reasoning_content, str):
                             thoughts.append(delta.reasoning_content)
                         if delta.reasoning_details:  # OpenRouter's, which may come alone
+                            progress.step(data)
+                        if delta.extra_content is not None:
+                            extra = delta.extra_content
                             progress.step(data)
             # The events are closed here: the body was finished at [DONE] (briefly, or cut,
             # see `post_sse`) before the last events go out. A consumer that stops at
@@ -690,7 +710,7 @@ class OpenAIProvider(HttpProvider):
                 usage=usage,
                 stop_reason=_REFUSAL if refused else finish_reason,
                 model=model,
-                reasoning=_kept_reasoning("".join(thoughts)),
+                reasoning=_kept_reasoning("".join(thoughts), extra, call_extras),
             )
             yield StreamEnd(checked_arguments(response, self._transport.redact))
         except BaseException as error:
@@ -906,17 +926,24 @@ def _wire_message(message: Message) -> dict[str, Any]:
             "content": message.content or "",
         }
     wire: dict[str, Any] = {"role": message.role, "content": message.content or ""}
+    thought = ""
+    call_extras: dict[int, Any] = {}
+    for block in message.reasoning if message.role == "assistant" else ():
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == REASONING_CONTENT and type(block.get(REASONING_CONTENT)) is str:
+            thought += block[REASONING_CONTENT]
+        elif kind == EXTRA_CONTENT and EXTRA_CONTENT in block:
+            index = block.get("index")
+            if index is None:
+                wire[EXTRA_CONTENT] = block[EXTRA_CONTENT]
+            elif type(index) is int:
+                call_extras[index] = block[EXTRA_CONTENT]
     if message.tool_calls:
         wire["content"] = message.content or None
         # DeepSeek refuses a tool-call turn of its thinking mode without it (with no call,
         # it ignores it: not sent then).
-        thought = "".join(
-            block[REASONING_CONTENT]
-            for block in message.reasoning
-            if isinstance(block, dict)
-            and block.get("type") == REASONING_CONTENT
-            and type(block.get(REASONING_CONTENT)) is str
-        )
         if thought:
             wire[REASONING_CONTENT] = thought
         wire["tool_calls"] = [
@@ -937,18 +964,32 @@ def _wire_message(message: Message) -> dict[str, Any]:
             }
             for call in message.tool_calls
         ]
+        # Gemini 3 refuses a tool-call turn whose calls lost their thought signatures.
+        for index, extra in call_extras.items():
+            if 0 <= index < len(wire["tool_calls"]):
+                wire["tool_calls"][index][EXTRA_CONTENT] = extra
     return wire
 
 
-def _kept_reasoning(thought: Any) -> tuple[dict[str, Any], ...]:
-    """A reply's `reasoning_content` as its `ChatResponse.reasoning`, sent back as received.
+def _kept_reasoning(
+    thought: Any, extra: Any = None, call_extras: dict[int, Any] | None = None
+) -> tuple[dict[str, Any], ...]:
+    """A reply's `reasoning_content` and `extra_content` as its `ChatResponse.reasoning`.
 
-    Not cleaned: the model reads it as it wrote it. None, "" or no text (a compatible
-    server's other shape) is no reasoning.
+    Sent back as received (see `REASONING_CONTENT`, `EXTRA_CONTENT`): not cleaned, the model
+    reads it as it wrote it. A `thought` of None, "" or no text (a compatible server's other
+    shape) is no reasoning. `extra` is the message's `extra_content`, `call_extras` each tool
+    call's by position; None is none.
     """
-    if type(thought) is not str or not thought:
-        return ()
-    return ({"type": REASONING_CONTENT, REASONING_CONTENT: thought},)
+    kept: list[dict[str, Any]] = []
+    if type(thought) is str and thought:
+        kept.append({"type": REASONING_CONTENT, REASONING_CONTENT: thought})
+    if extra is not None:
+        kept.append({"type": EXTRA_CONTENT, EXTRA_CONTENT: extra})
+    for index, value in sorted((call_extras or {}).items()):
+        if value is not None:
+            kept.append({"type": EXTRA_CONTENT, "index": index, EXTRA_CONTENT: value})
+    return tuple(kept)
 
 
 def _reported_error(data: bytes, transport: HttpTransport) -> ProviderError:

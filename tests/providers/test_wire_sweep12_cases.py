@@ -1,0 +1,203 @@
+"""Gemini's thought signatures (`extra_content`) over an OpenAI-compatible API, over loopback
+HTTP: kept from each reply and sent back where they came, as Gemini 3 requires."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.providers.base import Message
+
+from .conftest import make_provider
+from .fake_server import FakeLlmServer, Reply
+
+ONCE = ar.RetryPolicy(max_attempts=1)
+JSON = {"content-type": "application/json"}
+EVENTS = {"content-type": "text/event-stream"}
+SIGNATURE = {"google": {"thought_signature": "c2lnLTE="}}
+OWN = {"google": {"thought_signature": "bWVzc2FnZQ=="}}
+"""The message's own `extra_content` (Gemini puts one on a reply's text)."""
+
+
+def _calls() -> list[dict[str, Any]]:
+    """Two parallel calls, as Gemini sends them: only the first carries the signature."""
+    return [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            "extra_content": SIGNATURE,
+        },
+        {
+            "id": "call_2",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        },
+    ]
+
+
+def _frames(chunks: list[dict[str, Any]]) -> Reply:
+    frames = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks]
+    return Reply(frames=[*frames, b"data: [DONE]\n\n"], headers=EVENTS)
+
+
+def _gemini_calls(stream: bool) -> Reply:
+    """A Gemini 3 reply of two calls; streamed, the signature comes in the call's last piece."""
+    base = {"id": "r1", "object": "chat.completion.chunk", "model": "gemini-3-flash-preview"}
+    if not stream:
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": _calls(),
+            "extra_content": OWN,
+        }
+        whole = {
+            "id": "r1",
+            "object": "chat.completion",
+            "model": "gemini-3-flash-preview",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 20},
+        }
+        return Reply(body=json.dumps(whole).encode(), headers=JSON)
+    first, second = _calls()
+    del first["extra_content"]
+    first["function"]["arguments"] = '{"city": '
+    rest = {"index": 0, "function": {"arguments": '"Paris"}'}, "extra_content": SIGNATURE}
+    deltas: list[dict[str, Any]] = [
+        {"role": "assistant", "content": None, "extra_content": OWN},
+        {"tool_calls": [{"index": 0, **first}]},
+        {"tool_calls": [rest]},
+        {"tool_calls": [{"index": 1, **second}]},
+    ]
+    chunks = [{**base, "choices": [{"index": 0, "delta": d}]} for d in deltas]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    return _frames(chunks)
+
+
+def _answer(stream: bool) -> Reply:
+    if stream:
+        base = {"id": "r2", "object": "chat.completion.chunk", "model": "m"}
+        return _frames(
+            [
+                {**base, "choices": [{"index": 0, "delta": {"content": "Sunny"}}]},
+                {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+            ]
+        )
+    message = {"role": "assistant", "content": "Sunny"}
+    whole = {
+        "id": "r2",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+    }
+    return Reply(body=json.dumps(whole).encode(), headers=JSON)
+
+
+ECHOED = {"role": "assistant", "content": None, "tool_calls": _calls(), "extra_content": OWN}
+"""The reply's assistant message as the next request sends it back."""
+KEPT = [
+    {"type": "extra_content", "extra_content": OWN},
+    {"type": "extra_content", "index": 0, "extra_content": SIGNATURE},
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_gemini_signatures_are_kept_with_the_reply(
+    server: FakeLlmServer, stream: bool
+) -> None:
+    # Gemini 3 refuses with a 400 ("function call is missing a thought_signature") a
+    # history whose tool calls lost the `extra_content` they came with: dropped as unknown
+    # fields, every tool loop through its OpenAI-compatible API failed at its second call.
+    server.script(_gemini_calls(stream))
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        if stream:
+            events = [event async for event in llm.chat_stream([Message("user", "Weather?")])]
+            reply = events[-1].response
+        else:
+            reply = await llm.chat([Message("user", "Weather?")])
+    assert list(reply.reasoning) == KEPT
+    assert [c.arguments for c in reply.tool_calls] == [{"city": "Paris"}, {"city": "Oslo"}]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_a_tool_loop_sends_each_signature_back_where_it_came(
+    server: FakeLlmServer, stream: bool
+) -> None:
+    @ar.tool
+    async def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    server.script(_gemini_calls(stream), _answer(stream))
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[get_weather])
+    if stream:
+        runtime.events.on(lambda event: None)  # a listener: the runtime streams the reply
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        session = await runtime.run_agent_with_provider("a", "Weather?", llm)
+    assert session.final_answer == "Sunny"
+    assert [r.streamed for r in server.requests] == [stream, stream]
+    echoed = [m for m in server.requests[1].json["messages"] if m["role"] == "assistant"]
+    assert echoed == [ECHOED]
+
+
+async def test_a_resumed_round_sends_the_signatures_back(server: FakeLlmServer) -> None:
+    # The signatures are saved with the round: a run resumed after its second call failed
+    # sends the round as the model wrote it.
+    @ar.tool
+    async def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    refused = Reply(status=400, body=b'{"error": {"message": "bad"}}', headers=JSON)
+    server.script(_gemini_calls(False), refused, _answer(False))
+    backend = ar.InMemoryBackend()
+    config = ar.AgentConfig(mode="tools")
+    runtime = ar.AgentRuntime(config, tools=[get_weather], checkpoint_backend=backend)
+    session = runtime.create_session("a")
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        with pytest.raises(ar.ProviderError):
+            await runtime.run_agent_with_provider("a", "Weather?", llm, session=session)
+        resumed = ar.AgentRuntime(config, tools=[get_weather], checkpoint_backend=backend)
+        done = await resumed.resume(session.session_id, llm)
+    assert done.final_answer == "Sunny"
+    echoed = [m for m in server.requests[2].json["messages"] if m["role"] == "assistant"]
+    assert echoed == [ECHOED]
+
+
+async def test_signatures_go_only_where_they_came(server: FakeLlmServer) -> None:
+    # A block naming no call, or a call past the message's, is sent nowhere but where it
+    # belongs; a user message's blocks are no reply's; Anthropic takes none of them.
+    stray = {"type": "extra_content", "index": 5, "extra_content": SIGNATURE}
+    history = [
+        Message("user", "q", reasoning=KEPT),
+        Message("assistant", "a", reasoning=[*KEPT, stray]),
+        Message("user", "again"),
+    ]
+    server.script(_answer(False))
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        await llm.chat(history)
+    sent = server.requests[0].json["messages"]
+    assert sent[:2] == [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a", "extra_content": OWN},
+    ]
+    server.reset()
+    anthropic_reply = {
+        "id": "m",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [{"type": "text", "text": "ok"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 5, "output_tokens": 3},
+    }
+    server.script(Reply(body=json.dumps(anthropic_reply).encode(), headers=JSON))
+    async with make_provider("anthropic", server, retry=ONCE) as llm:
+        await llm.chat(history)
+    assert server.requests[0].json["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "a"}],
+    }
