@@ -329,6 +329,63 @@ async def test_a_run_finished_callback_runs_the_sessions_next_turn(
         assert saved.messages == session.messages
 
 
+@pytest.mark.parametrize("own_task", [False, True], ids=["in the loop", "in a task"])
+async def test_a_subscriber_runs_the_sessions_next_turn_on_run_finished(own_task: bool) -> None:
+    # A consumer of `events.subscribe()` that ran the next turn on `RunFinished` got the
+    # event while the final checkpoint was written, and its turn was refused: only the
+    # run's callbacks waited for the run to let go of the session.
+    rt = ar.AgentRuntime(checkpoint_backend=_SlowFinal())
+    session = rt.create_session("a")
+    answers = iter(["first", "second"])
+
+    async def model(prompt: str) -> str:
+        return f"Thought: t\nAction: FINAL_ANSWER {next(answers)}"
+
+    chained: list[str | None] = []
+    subscription = rt.events.subscribe()
+
+    async def consume() -> None:
+        async with subscription as events:
+            async for event in events:
+                if isinstance(event, ar.RunFinished):
+                    turn = rt.run_turn(session, "again", model)
+                    chained.append(await (asyncio.create_task(turn) if own_task else turn))
+                    return
+
+    consumer = asyncio.create_task(consume())
+    assert await rt.run_turn(session, "go", model) == "first"
+    await asyncio.wait_for(consumer, 5)
+    assert chained == ["second"]
+    assert [m["content"] for m in session.messages] == ["go", "first", "again", "second"]
+    saved = await ar.AgentSession.load_checkpoint(rt.checkpoint_backend, session.session_id)
+    assert saved.messages == session.messages
+
+
+async def test_only_the_reader_of_run_finished_waits_for_the_final_checkpoint() -> None:
+    # Another task that asks for a turn while the run writes its final checkpoint is still
+    # refused, a subscription open or not.
+    rt = ar.AgentRuntime(checkpoint_backend=_SlowFinal())
+    session = rt.create_session("a")
+    refused: list[str] = []
+
+    @rt.events.on
+    def on_finished(event: ar.AgentEvent) -> None:
+        if isinstance(event, ar.RunFinished):
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(other()))
+
+    async def other() -> None:
+        try:
+            await rt.run_turn(session, "other", final)
+        except ar.AgentRuntimeError as error:
+            refused.append(str(error))
+
+    async with rt.events.subscribe():
+        assert await rt.run_turn(session, "go", final) == "ok"
+        await asyncio.sleep(0.05)
+    assert len(refused) == 1 and "already running a turn" in refused[0]
+    assert [m["content"] for m in session.messages] == ["go", "ok"]
+
+
 async def test_a_callback_of_a_run_still_going_cannot_run_its_sessions_turn() -> None:
     # Only a finished run's callbacks wait for it to let go of the session: one started
     # mid-run is refused at once, as any other caller is.

@@ -13,7 +13,10 @@ it fails before it started: an `on_user_message` hook or its first checkpoint fa
 no `RunStarted` was emitted). `RunFinished` comes
 before the final checkpoint, because the event log that checkpoint writes must hold it: so a
 run whose final checkpoint fails emits `RunFinished` and then `ErrorEvent` (the run raises
-`PersistenceError`), and its logged events end the same way.
+`PersistenceError`), and its logged events end the same way. The session's next turn may
+start on `RunFinished`: an async callback of the run, or a task that read the event from a
+subscription (`subscribe`), on the run's event loop, waits there for the run to let go of
+the session; any other caller is refused while the run holds it.
 
 A checkpoint backend's event log (`AgentRuntime.session_events`) keeps every event but
 `LlmTextDelta` (`LlmResponse` holds the whole text) and `CheckpointSaved`.
@@ -163,6 +166,9 @@ RUN_CALLBACKS: ContextVar[set[asyncio.Future[Any]] | None] = ContextVar(
 CALLBACK_OF: ContextVar[set[asyncio.Future[Any]] | None] = ContextVar(
     "llm_agent_runtime_callback_of", default=None
 )
+# In a task that read a `RunFinished` from a subscription (and the tasks it starts since):
+# the session id of the last one read.
+FINISHED_READ: ContextVar[str | None] = ContextVar("llm_agent_runtime_finished_read", default=None)
 
 
 def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
@@ -545,6 +551,8 @@ class Subscription(Unshared):
             queue.put_nowait(None)  # left for any other task waiting on this subscription
             self._end()
             raise StopAsyncIteration
+        if type(event) is RunFinished:  # its reader may run the session's next turn
+            FINISHED_READ.set(event.session_id)
         return event
 
     def _other_loop(self, reader: asyncio.AbstractEventLoop) -> AgentRuntimeError:

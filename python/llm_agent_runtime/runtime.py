@@ -46,6 +46,7 @@ from llm_agent_runtime.errors import (
 )
 from llm_agent_runtime.events import (
     CALLBACK_OF,
+    FINISHED_READ,
     RUN_CALLBACKS,
     CheckpointSaved,
     ErrorEvent,
@@ -550,7 +551,7 @@ class AgentRuntime(Unshared):
         # Sessions with a run in progress: a session runs one turn at a time.
         self._running: set[str] = set()
         # Sessions whose run has finished (emitted `RunFinished`) and has not let go of them
-        # yet: the run's async callbacks, and those of them waiting to run the next turn.
+        # yet: the run's async callbacks, and the callers waiting to run the next turn.
         self._finishing: dict[str, _Finishing] = {}
         self._tracer = _load_tracer()
         # No tracer provider set yet: each run looks again until one is (`_tracer_awaited`).
@@ -1405,7 +1406,7 @@ class AgentRuntime(Unshared):
             if events.active:
                 finished = (session.session_id, session.final_answer, len(session.steps), duration)
                 callbacks = RUN_CALLBACKS.get()
-                if callbacks is not None:  # they may run the next turn once this run lets go
+                if callbacks is not None:  # they, and subscribers, may run the next turn
                     loop = asyncio.get_running_loop()
                     with _SESSIONS_LOCK:
                         self._finishing[session.session_id] = _Finishing(callbacks, loop)
@@ -1421,20 +1422,21 @@ class AgentRuntime(Unshared):
     def _release_awaited(self, session_id: str) -> asyncio.Future[None] | None:
         """What the caller awaits to run a turn of the session once its finished run lets go.
 
-        Only an async callback of that run (`_Finishing`), or a task it started, waits: the
-        run waits for its callbacks after letting go, so the two cannot wait for each other.
-        None for any other caller: the session is running a turn. Called with
-        `_SESSIONS_LOCK` held.
+        Only an async callback of that run (`_Finishing`), a task that read the session's
+        `RunFinished` from a subscription, or a task either started, waits: the run waits
+        for its callbacks after letting go, so the two cannot wait for each other, and waits
+        for no subscriber. None for any other caller: the session is running a turn. Called
+        with `_SESSIONS_LOCK` held.
         """
         finishing = self._finishing.get(session_id)
         task = asyncio.current_task()
-        # The callback's own task, or one it started (`asyncio.wait_for`'s, say), on the
-        # run's loop: the run wakes its waiters there (one on a thread's loop is refused).
+        # On the run's loop: the run wakes its waiters there (one on a thread's loop is
+        # refused). A task the callback started (`asyncio.wait_for`'s, say) has its context.
         if (
             finishing is None
             or task is None
-            or CALLBACK_OF.get() is not finishing.callbacks
             or task.get_loop() is not finishing.loop
+            or (CALLBACK_OF.get() is not finishing.callbacks and FINISHED_READ.get() != session_id)
         ):
             return None
         waiter: asyncio.Future[None] = task.get_loop().create_future()
@@ -3852,7 +3854,8 @@ class _Finishing:
         self.loop = loop
         """The run's loop, where its waiters are woken."""
         self.waiters: list[asyncio.Future[None]] = []
-        """Those of them waiting, each woken as the run lets go."""
+        """The callers waiting to run the next turn (see `AgentRuntime._release_awaited`),
+        each woken as the run lets go."""
 
 
 def _unmark(
@@ -3865,8 +3868,8 @@ def _unmark(
 ) -> None:
     """Takes away a run's marks of its session: only its own (`mark` is the run's token).
 
-    Its callbacks (`callbacks`) waiting to run the session's next turn are woken (see
-    `_Finishing`; `finishing` is the runtime's).
+    The callers waiting to run the session's next turn are woken (see `_Finishing`, found
+    by the run's `callbacks`; `finishing` is the runtime's).
     """
     with _SESSIONS_LOCK:
         if _SESSIONS_RUNNING.get(id(session)) is mark:
