@@ -169,11 +169,12 @@ async def test_a_resumed_round_sends_the_signatures_back(server: FakeLlmServer) 
 
 async def test_signatures_go_only_where_they_came(server: FakeLlmServer) -> None:
     # A block naming no call, or a call past the message's, is sent nowhere but where it
-    # belongs; a user message's blocks are no reply's; Anthropic takes none of them.
+    # belongs; a user message's blocks are no reply's; Anthropic takes none of them, nor
+    # OpenRouter's `reasoning_details`.
     stray = {"type": "extra_content", "index": 5, "extra_content": SIGNATURE}
     history = [
         Message("user", "q", reasoning=KEPT),
-        Message("assistant", "a", reasoning=[*KEPT, stray]),
+        Message("assistant", "a", reasoning=[*KEPT, stray, OPENROUTER]),
         Message("user", "again"),
     ]
     server.script(_answer(False))
@@ -182,7 +183,7 @@ async def test_signatures_go_only_where_they_came(server: FakeLlmServer) -> None
     sent = server.requests[0].json["messages"]
     assert sent[:2] == [
         {"role": "user", "content": "q"},
-        {"role": "assistant", "content": "a", "extra_content": OWN},
+        {"role": "assistant", "content": "a", "extra_content": OWN, "reasoning_details": DETAILS},
     ]
     server.reset()
     anthropic_reply = {
@@ -201,3 +202,111 @@ async def test_signatures_go_only_where_they_came(server: FakeLlmServer) -> None
         "role": "assistant",
         "content": [{"type": "text", "text": "a"}],
     }
+
+
+DETAILS = [
+    {
+        "type": "reasoning.text",
+        "text": "The user wants the weather: call get_weather.",
+        "signature": "EqQBCkgIARABGAIiQA==",
+        "format": "anthropic-claude-v1",
+        "index": 0,
+    },
+    {
+        "type": "reasoning.encrypted",
+        "data": "c2VjcmV0",
+        "format": "anthropic-claude-v1",
+        "index": 1,
+    },
+]
+"""OpenRouter's `reasoning_details` of a reply: a signed text entry and an encrypted one."""
+OPENROUTER = {"type": "reasoning_details", "reasoning_details": DETAILS}
+"""The reasoning block they are kept as."""
+
+
+def _openrouter_call(stream: bool) -> Reply:
+    """An OpenRouter reply of a reasoning model and one call; streamed, the text entry comes in
+    pieces (its signature in the last), as OpenRouter streams it."""
+    call = _calls()[1]
+    if not stream:
+        message = {
+            "role": "assistant",
+            "content": "",
+            "reasoning": DETAILS[0]["text"],
+            "reasoning_details": DETAILS,
+            "tool_calls": [call],
+        }
+        whole = {
+            "id": "r1",
+            "object": "chat.completion",
+            "model": "anthropic/claude-sonnet-4.5",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}],
+        }
+        return Reply(body=json.dumps(whole).encode(), headers=JSON)
+    text, encrypted = DETAILS
+    pieces = [
+        {"type": "reasoning.text", "text": "The user wants ", "format": text["format"], "index": 0},
+        {"type": "reasoning.text", "text": "the weather: call get_weather.", "index": 0},
+        {"type": "reasoning.text", "text": "", "signature": text["signature"], "index": 0},
+    ]
+    base = {"id": "r1", "object": "chat.completion.chunk", "model": "anthropic/claude-sonnet-4.5"}
+    deltas: list[dict[str, Any]] = [
+        {"role": "assistant", "content": "", "reasoning": p["text"], "reasoning_details": [p]}
+        for p in pieces
+    ]
+    deltas.append({"content": "", "reasoning_details": [encrypted]})
+    deltas.append({"tool_calls": [{"index": 0, **call}]})
+    chunks = [{**base, "choices": [{"index": 0, "delta": d}]} for d in deltas]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    return _frames(chunks)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_openrouter_reasoning_details_go_back_whole_with_the_calls(
+    server: FakeLlmServer, stream: bool
+) -> None:
+    # OpenRouter asks for a reasoning model's `reasoning_details` back with the assistant
+    # message of a tool-calling turn (its signed and encrypted entries carry the model's
+    # thinking): read for progress only, they were lost.
+    @ar.tool
+    async def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    server.script(_openrouter_call(stream), _answer(stream))
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[get_weather])
+    if stream:
+        runtime.events.on(lambda event: None)  # a listener: the runtime streams the reply
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        session = await runtime.run_agent_with_provider("a", "Weather?", llm)
+    assert session.final_answer == "Sunny"
+    echoed = [m for m in server.requests[1].json["messages"] if m["role"] == "assistant"]
+    assert echoed == [
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning_details": DETAILS,
+            "tool_calls": [_calls()[1]],
+        }
+    ]
+
+
+def test_reasoning_details_join_only_the_pieces_of_one_entry() -> None:
+    from llm_agent_runtime.providers.openai import _ReasoningDetails
+
+    details = _ReasoningDetails()
+    details.add({"type": "reasoning.text"})  # no list: nothing
+    details.add([{"type": "reasoning.summary", "summary": "a"}])  # no index: whole
+    details.add([{"type": "reasoning.summary", "summary": "b"}])
+    details.add([{"type": "reasoning.text", "text": "x", "index": 0}, "odd"])
+    details.add([{"type": "reasoning.text", "text": "y", "index": 0}])  # after "odd": apart
+    details.add([{"type": "reasoning.text", "text": "z", "index": 0, "signature": None}])
+    details.add([{"type": "reasoning.encrypted", "data": "d", "index": 0}])  # another type
+    assert details.build() == [
+        {"type": "reasoning.summary", "summary": "a"},
+        {"type": "reasoning.summary", "summary": "b"},
+        {"type": "reasoning.text", "text": "x", "index": 0},
+        "odd",
+        {"type": "reasoning.text", "text": "yz", "index": 0},
+        {"type": "reasoning.encrypted", "data": "d", "index": 0},
+    ]

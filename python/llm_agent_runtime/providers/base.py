@@ -73,7 +73,14 @@ EXTRA_CONTENT = "extra_content"
 among the reply's calls; the message's own has no `index`. `OpenAIProvider` sends each
 back where it came (Gemini 3 refuses a tool-call turn whose calls lost their signatures);
 other providers leave it out."""
-OPENAI_COMPATIBLE_REASONING = frozenset((REASONING_CONTENT, EXTRA_CONTENT))
+REASONING_DETAILS = "reasoning_details"
+"""The `type` of the reasoning block an OpenAI-compatible reply's `reasoning_details` (OpenRouter's
+list of reasoning entries, signed or encrypted ones included) is kept as in
+`ChatResponse.reasoning`: `{"type": "reasoning_details", "reasoning_details": [...]}`, a
+streamed entry's pieces joined. `OpenAIProvider` sends it back with the assistant message,
+as OpenRouter asks for a tool-calling turn of a reasoning model; other providers leave it
+out."""
+OPENAI_COMPATIBLE_REASONING = frozenset((REASONING_CONTENT, EXTRA_CONTENT, REASONING_DETAILS))
 """The `type`s of the reasoning blocks kept from an OpenAI-compatible reply."""
 
 
@@ -432,7 +439,8 @@ class ChatResponse:
     reasoning: Sequence[dict[str, Any]] = ()
     """The provider's reasoning blocks, opaque, in the order received: Anthropic's `thinking`
     and `redacted_thinking` blocks (with their signatures), or an OpenAI-compatible reply's
-    `reasoning_content` and `extra_content` (see `REASONING_CONTENT`, `EXTRA_CONTENT`). Copy
+    `reasoning_content`, `extra_content` and `reasoning_details` (see `REASONING_CONTENT`,
+    `EXTRA_CONTENT`, `REASONING_DETAILS`). Copy
     them into the `assistant` `Message` that repeats this reply (`Message.reasoning`): with
     extended thinking, Anthropic's API refuses a tool-use turn whose reply lost them,
     DeepSeek's a tool-call turn, and Gemini 3's a tool-call turn without its signatures."""

@@ -44,6 +44,7 @@ from llm_agent_runtime.providers._http import (
 from llm_agent_runtime.providers.base import (
     EXTRA_CONTENT,
     REASONING_CONTENT,
+    REASONING_DETAILS,
     ChatResponse,
     Message,
     StreamEnd,
@@ -141,6 +142,7 @@ class _AssistantMessage(BaseModel):
     refusal: str | None = None
     reasoning_content: Any = None  # DeepSeek's, vLLM's: kept (see `_kept_reasoning`)
     extra_content: Any = None  # Gemini's: kept too
+    reasoning_details: Any = None  # OpenRouter's: kept too
     tool_calls: list[_ToolCall] | None = None
     function_call: _FunctionCall | None = None  # the legacy `functions` form of a call
 
@@ -259,25 +261,25 @@ class OpenAIProvider(HttpProvider):
     A provider is not bound to one event loop: it keeps a pool per loop it is used from, and
     closes each as its loop ends under `asyncio.run` (see `HttpTransport`).
 
-    A stream that sends only keep-alive comments, pings or empty deltas for `timeout` seconds
-    fails (retryable, so it is tried again when it had yielded nothing yet); reasoning that
-    compatible servers stream (`reasoning_content`, `reasoning`) counts as content. A reply's
+    A stream that sends only keep-alive comments, pings or empty deltas for `timeout` seconds fails
+    (retryable, so it is tried again when it had yielded nothing yet); reasoning that compatible
+    servers stream (`reasoning_content`, `reasoning`) counts as content. A reply's
     `reasoning_content` (DeepSeek's, vLLM's) is its `ChatResponse.reasoning` (see
-    `REASONING_CONTENT`), sent back with the message's tool calls: DeepSeek's thinking mode
-    refuses a tool-call turn without it. So is the `extra_content` of the reply and of each
-    of its tool calls (Gemini's thought signatures, see `EXTRA_CONTENT`), each sent back
-    where it came: Gemini 3 refuses a tool-call turn without them. A reply past 64 MiB (a
-    streamed one: 64 Mi characters of content, each event without content counted by its
-    size) fails, not retryable. A 200
-    reply with an error in its body (JSON, or in place of the event stream that was asked for)
-    raises the server's message, and so does an error reported in the middle of a stream: a
-    chunk `{"error": {...}}`, vLLM's older `{"object": "error", "message": ...}`, or an event
-    named `error` (JSON or plain text, as some gateways send). Such an error's `status` is its
-    code when that is an HTTP status. An `error` member that reports nothing (`null`, or `{}` as
-    some compatible servers add to every good reply and chunk) is no error, streamed or not.
-    Null or missing token counts are 0 tokens, a count that is negative or not below 2**63 is 0,
-    and usage that does not fit the format is counted as none (each with a warning) rather than
-    failing the reply.
+    `REASONING_CONTENT`), sent back with the message's tool calls: DeepSeek's thinking mode refuses
+    a tool-call turn without it. So is the `extra_content` of the reply and of each of its tool
+    calls (Gemini's thought signatures, see `EXTRA_CONTENT`), each sent back where it came: Gemini 3
+    refuses a tool-call turn without them; and OpenRouter's `reasoning_details` (see
+    `REASONING_DETAILS`), sent back with the message. A reply past 64 MiB (a streamed one: 64 Mi
+    characters of content, each event without content counted by its size) fails, not retryable. A
+    200 reply with an error in its body (JSON, or in place of the event stream that was asked for)
+    raises the server's message, and so does an error reported in the middle of a stream: a chunk
+    `{"error": {...}}`, vLLM's older `{"object": "error", "message": ...}`, or an event named
+    `error` (JSON or plain text, as some gateways send). Such an error's `status` is its code when
+    that is an HTTP status. An `error` member that reports nothing (`null`, or `{}` as some
+    compatible servers add to every good reply and chunk) is no error, streamed or not. Null or
+    missing token counts are 0 tokens, a count that is negative or not below 2**63 is 0, and usage
+    that does not fit the format is counted as none (each with a warning) rather than failing the
+    reply.
 
     A refusal (`message.refusal`, streamed as `delta.refusal`) is the response's text, and its
     `stop_reason` is `"refusal"` (as the Anthropic API says it) in place of the finish reason:
@@ -486,6 +488,7 @@ class OpenAIProvider(HttpProvider):
                 message.reasoning_content,
                 message.extra_content,
                 {index: call.extra_content for index, call in enumerate(wire_calls)},
+                _details_of(message.reasoning_details),
             ),
         )
         return checked_arguments(response, self._transport.redact)
@@ -590,6 +593,7 @@ class OpenAIProvider(HttpProvider):
         thoughts: list[str] = []  # the pieces of the reply's `reasoning_content`
         extra: Any = None  # the reply's `extra_content` (the last one sent)
         call_extras: dict[int, Any] = {}  # each call's, by position (the last one sent)
+        details = _ReasoningDetails()  # the reply's `reasoning_details`
 
         events = self._transport.post_sse(
             "/chat/completions",
@@ -675,6 +679,7 @@ class OpenAIProvider(HttpProvider):
                             thoughts.append(delta.reasoning_content)
                         if delta.reasoning_details:  # OpenRouter's, which may come alone
                             progress.step(data)
+                            details.add(delta.reasoning_details)
                         if delta.extra_content is not None:
                             extra = delta.extra_content
                             progress.step(data)
@@ -710,7 +715,7 @@ class OpenAIProvider(HttpProvider):
                 usage=usage,
                 stop_reason=_REFUSAL if refused else finish_reason,
                 model=model,
-                reasoning=_kept_reasoning("".join(thoughts), extra, call_extras),
+                reasoning=_kept_reasoning("".join(thoughts), extra, call_extras, details.build()),
             )
             yield StreamEnd(checked_arguments(response, self._transport.redact))
         except BaseException as error:
@@ -934,6 +939,9 @@ def _wire_message(message: Message) -> dict[str, Any]:
         kind = block.get("type")
         if kind == REASONING_CONTENT and type(block.get(REASONING_CONTENT)) is str:
             thought += block[REASONING_CONTENT]
+        elif kind == REASONING_DETAILS and isinstance(block.get(REASONING_DETAILS), list):
+            # OpenRouter asks for it back with the message (a tool-calling turn needs it).
+            wire[REASONING_DETAILS] = block[REASONING_DETAILS]
         elif kind == EXTRA_CONTENT and EXTRA_CONTENT in block:
             index = block.get("index")
             if index is None:
@@ -972,24 +980,99 @@ def _wire_message(message: Message) -> dict[str, Any]:
 
 
 def _kept_reasoning(
-    thought: Any, extra: Any = None, call_extras: dict[int, Any] | None = None
+    thought: Any,
+    extra: Any = None,
+    call_extras: dict[int, Any] | None = None,
+    details: list[Any] | None = None,
 ) -> tuple[dict[str, Any], ...]:
-    """A reply's `reasoning_content` and `extra_content` as its `ChatResponse.reasoning`.
+    """A reply's reasoning fields as its `ChatResponse.reasoning`, sent back as received.
 
-    Sent back as received (see `REASONING_CONTENT`, `EXTRA_CONTENT`): not cleaned, the model
-    reads it as it wrote it. A `thought` of None, "" or no text (a compatible server's other
-    shape) is no reasoning. `extra` is the message's `extra_content`, `call_extras` each tool
-    call's by position; None is none.
+    Its `reasoning_content`, `reasoning_details` and `extra_content` (see
+    `REASONING_CONTENT`, `REASONING_DETAILS`, `EXTRA_CONTENT`): not cleaned, the model
+    reads them as it wrote them. A `thought` of None, "" or no text (a compatible server's
+    other shape) is no reasoning, and so are no `details`. `extra` is the message's
+    `extra_content`, `call_extras` each tool call's by position; None is none.
     """
     kept: list[dict[str, Any]] = []
     if type(thought) is str and thought:
         kept.append({"type": REASONING_CONTENT, REASONING_CONTENT: thought})
+    if details:
+        kept.append({"type": REASONING_DETAILS, REASONING_DETAILS: details})
     if extra is not None:
         kept.append({"type": EXTRA_CONTENT, EXTRA_CONTENT: extra})
     for index, value in sorted((call_extras or {}).items()):
         if value is not None:
             kept.append({"type": EXTRA_CONTENT, "index": index, EXTRA_CONTENT: value})
     return tuple(kept)
+
+
+_JOINED_DETAIL_FIELDS = ("text", "summary", "data")
+"""The fields of a `reasoning_details` entry that a stream sends in pieces."""
+
+
+def _details_of(received: Any) -> list[Any]:
+    """A whole reply's `reasoning_details` entries (see `_ReasoningDetails`)."""
+    details = _ReasoningDetails()
+    details.add(received)
+    return details.build()
+
+
+class _ReasoningDetails:
+    """A reply's `reasoning_details` entries (OpenRouter's), streamed pieces joined.
+
+    A streamed entry comes in pieces, each with the entry's `type` and `index`: a piece of
+    the last entry has its text (`text`, `summary`, `data`) joined to it and its other
+    fields (a `signature`, say) set on it, so that the entry goes back whole, as OpenRouter
+    sent it. Entries without an index, and what is no list of objects, are kept as they
+    are (no list: nothing). Pieces are joined once, by `build` (not at each piece: long
+    reasoning would be quadratic).
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[Any] = []
+        self._pieces: dict[str, list[str]] = {}  # the last entry's text fields, in pieces
+
+    def add(self, received: Any) -> None:
+        """Adds a reply's or a delta's `reasoning_details`."""
+        if not isinstance(received, list):
+            return
+        for entry in received:
+            last = self._entries[-1] if self._entries else None
+            if (
+                isinstance(entry, dict)
+                and isinstance(last, dict)
+                and entry.get("index") is not None
+                and entry.get("index") == last.get("index")
+                and entry.get("type") == last.get("type")
+            ):
+                for key, value in entry.items():
+                    if key in self._pieces and type(value) is str:
+                        self._pieces[key].append(value)
+                    elif value is not None:
+                        last[key] = value
+                        if key in _JOINED_DETAIL_FIELDS and type(value) is str:
+                            self._pieces[key] = [value]
+                continue
+            self._finish_last()
+            if isinstance(entry, dict):
+                entry = dict(entry)
+                for key in _JOINED_DETAIL_FIELDS:
+                    if type(entry.get(key)) is str:
+                        self._pieces[key] = [entry[key]]
+            self._entries.append(entry)
+
+    def _finish_last(self) -> None:
+        """Joins the last entry's pieces into it."""
+        if self._pieces:
+            last = self._entries[-1]
+            for key, pieces in self._pieces.items():
+                last[key] = "".join(pieces)
+            self._pieces = {}
+
+    def build(self) -> list[Any]:
+        """The entries, each whole."""
+        self._finish_last()
+        return self._entries
 
 
 def _reported_error(data: bytes, transport: HttpTransport) -> ProviderError:
