@@ -292,6 +292,33 @@ def test_openai_embedder_rows_follow_the_texts_in_order_across_batches(
     ] == sent
 
 
+def test_openai_embedder_splits_a_batch_past_the_request_token_limit(
+    server: tuple[_Server, str],
+) -> None:
+    # OpenAI refuses a request of over 300,000 tokens: 512 texts of 4,000 characters (long
+    # chunks of documents) went in one request of about 500,000, and the whole embed failed.
+    state, url = server
+    texts = ["a" * 4_000] * 512
+    rows = ar.OpenAIEmbedder(base_url=url, dimensions=2).embed(texts)
+    assert rows.shape == (512, 2) and (rows[:, 0] == 4_000).all()
+    sizes = [len(body["input"]) for _, body in state.requests]
+    assert sizes == [75, 75, 75, 75, 75, 75, 62]  # 300,000 bytes a request at most
+    state.requests.clear()
+    # Counted in UTF-8 bytes (a token is at least one); a text past the limit goes alone.
+    texts = ["日本" * 2, "a" * 5, "b" * 20, "c"]
+    rows = ar.OpenAIEmbedder(base_url=url, dimensions=2, max_request_tokens=12).embed(texts)
+    np.testing.assert_array_equal(rows[:, 0], [4, 5, 20, 1])
+    assert [body["input"] for _, body in state.requests] == [
+        ["日本日本"],
+        ["a" * 5],
+        ["b" * 20],
+        ["c"],
+    ]
+    state.requests.clear()
+    ar.OpenAIEmbedder(base_url=url, dimensions=2, max_request_tokens=None).embed(["a" * 10**6])
+    assert [len(body["input"]) for _, body in state.requests] == [1]
+
+
 def test_openai_embedder_speaks_the_wire_format(server: tuple[_Server, str]) -> None:
     state, url = server
     embedder = ar.OpenAIEmbedder(api_key="sk-secret", base_url=url, model="m", batch_size=2)
@@ -602,7 +629,7 @@ def test_openai_embedder_refuses_malformed_rows(
     assert error.value.retryable is False
 
 
-@pytest.mark.parametrize("field", ["batch_size", "dimensions"])
+@pytest.mark.parametrize("field", ["batch_size", "dimensions", "max_request_tokens"])
 @pytest.mark.parametrize("value", [2.5, True, "2", 0, -1])
 def test_openai_embedder_sizes_must_be_ints_of_at_least_one(field: str, value: Any) -> None:
     # batch_size=2.5 was accepted, then raised TypeError inside embed().

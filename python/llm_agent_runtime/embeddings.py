@@ -19,7 +19,7 @@ import math
 import numbers
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from llm_agent_runtime._core import HashingEmbedder
@@ -218,6 +218,11 @@ class OpenAIEmbedder:
         dimensions: ask the server for shorter vectors (models that support it), up to
             2**20 (as `HashingEmbedder`'s `dim`).
         batch_size: texts per request.
+        max_request_tokens: most tokens of the texts of one request (OpenAI refuses a request
+            of over 300,000), counted as their UTF-8 bytes: a token is at least one byte, so
+            the count never falls short, whatever the model's tokenizer. A batch past it is
+            split; a text past it alone goes in a request of its own. None: no limit (a
+            compatible server with none, or a higher one).
         timeout: seconds one request may take in all, from its start to the last byte of the
             reply, checked as the body's bytes arrive: a body trickled a few bytes at a time
             fails once that time has passed. Each wait for a connection or for bytes is
@@ -233,9 +238,9 @@ class OpenAIEmbedder:
             with a `ProviderError` (not retryable).
 
     Raises:
-        MemoryStoreError: batch_size or dimensions is not an int (a bool or float is
-            refused) of at least 1, dimensions is over 2**20, timeout is not a finite
-            number of seconds above 0, or client is not an `httpx.Client` (an
+        MemoryStoreError: batch_size, dimensions or max_request_tokens is not an int (a
+            bool or float is refused) of at least 1, dimensions is over 2**20, timeout is
+            not a finite number of seconds above 0, or client is not an `httpx.Client` (an
             `httpx.AsyncClient` cannot serve the synchronous `embed`).
         ProviderError: the API key is one no HTTP header can carry (whitespace such as a
             trailing newline, control or non-ASCII characters; the message never quotes it),
@@ -252,6 +257,7 @@ class OpenAIEmbedder:
         *,
         dimensions: int | None = None,
         batch_size: int = 512,
+        max_request_tokens: int | None = 300_000,
         timeout: float = 30.0,
         client: httpx.Client | None = None,
     ) -> None:
@@ -262,6 +268,8 @@ class OpenAIEmbedder:
         from llm_agent_runtime.providers.openai import openai_endpoint
 
         batch_size = _count(batch_size, "batch_size")
+        if max_request_tokens is not None:
+            max_request_tokens = _count(max_request_tokens, "max_request_tokens")
         if dimensions is not None:
             dimensions = _count(dimensions, "dimensions")
             if dimensions > _MAX_DIMENSIONS:
@@ -289,6 +297,7 @@ class OpenAIEmbedder:
         self.dimensions = dimensions
         """Requested output length, or None for the model's own."""
         self._batch_size = batch_size
+        self._max_request_tokens = max_request_tokens
         self._timeout = seconds
         self._client = client
         self._width: tuple[str, int] | None = None
@@ -300,10 +309,11 @@ class OpenAIEmbedder:
         return f"OpenAIEmbedder(url={self._url!r}, model={self.model!r})"
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Embeds `texts` (see `Embedder.embed`), `batch_size` texts a request.
+        """Embeds `texts` (see `Embedder.embed`), in requests of `batch_size` texts at most.
 
-        An empty text is not sent: its row is zeros (see the class). No texts give an array
-        of shape (0, dim) when the width is known (from `dimensions`, or an earlier reply
+        A request's texts hold at most `max_request_tokens` tokens (see the class). An empty
+        text is not sent: its row is zeros (see the class). No texts give an array of shape
+        (0, dim) when the width is known (from `dimensions`, or an earlier reply
         for this model made without them), else (0, 0).
 
         Raises:
@@ -351,8 +361,7 @@ class OpenAIEmbedder:
         inputs = [batch[i] for i in sent] if sent else [" "]
         try:
             rows: list[list[float]] = []
-            for start in range(0, len(inputs), self._batch_size):
-                texts_of_request = inputs[start : start + self._batch_size]
+            for texts_of_request in _requests(inputs, self._batch_size, self._max_request_tokens):
                 chunk = self._request(client, redactor, texts_of_request)
                 if rows and len(chunk[0]) != len(rows[0]):
                     raise ProviderError(
@@ -522,6 +531,29 @@ def _read_by(
 _MAX_DIMENSIONS = 1 << 20
 """The most `dimensions` an `OpenAIEmbedder` may ask for: a row is then 4 MiB (embedding
 models give a few thousand); the stores would fail to allocate far larger rows."""
+
+
+def _requests(texts: list[str], batch_size: int, max_tokens: int | None) -> Iterator[list[str]]:
+    """`texts` in requests of at most `batch_size` texts and `max_tokens` tokens (None: any).
+
+    A text counts its UTF-8 bytes, at least its tokens (see `OpenAIEmbedder`); one past
+    `max_tokens` alone is a request of its own, for the server to judge.
+    """
+    if max_tokens is None:
+        for start in range(0, len(texts), batch_size):
+            yield texts[start : start + batch_size]
+        return
+    batch: list[str] = []
+    tokens = 0
+    for text in texts:
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+        if batch and (len(batch) == batch_size or tokens + size > max_tokens):
+            yield batch
+            batch, tokens = [], 0
+        batch.append(text)
+        tokens += size
+    if batch:
+        yield batch
 
 
 def _count(value: Any, name: str) -> int:
