@@ -10,7 +10,7 @@ import pytest
 import llm_agent_runtime as ar
 from llm_agent_runtime.providers.base import Message
 
-from .conftest import make_provider
+from .conftest import make_provider, openai_reply, weather_loop
 from .fake_server import FakeLlmServer, Reply
 
 ONCE = ar.RetryPolicy(max_attempts=1)
@@ -86,13 +86,7 @@ async def test_deepseek_reasoning_of_a_tool_call_goes_back_with_it(
     # DeepSeek (thinking on by default) refuses with a 400 a history whose assistant message
     # with tool calls lacks its `reasoning_content`: it was read for progress, never kept,
     # so every tool loop failed at its second model call.
-    server.script(_deepseek_call(stream))
-    async with make_provider("openai", server, retry=ONCE) as llm:
-        if stream:
-            events = [event async for event in llm.chat_stream([Message("user", "Weather?")])]
-            reply = events[-1].response
-        else:
-            reply = await llm.chat([Message("user", "Weather?")])
+    reply = await openai_reply(server, stream, _deepseek_call(stream))
     assert list(reply.reasoning) == [{"type": "reasoning_content", "reasoning_content": THOUGHT}]
     assert reply.text == "" and [c.name for c in reply.tool_calls] == ["get_weather"]
 
@@ -101,21 +95,7 @@ async def test_deepseek_reasoning_of_a_tool_call_goes_back_with_it(
 async def test_a_tool_loop_sends_each_calls_reasoning_content_back(
     server: FakeLlmServer, stream: bool
 ) -> None:
-    @ar.tool
-    async def get_weather(city: str) -> str:
-        """The weather in a city."""
-        return f"sunny in {city}"
-
-    server.script(_deepseek_call(stream), _answer(stream))
-    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[get_weather])
-    if stream:
-        runtime.events.on(lambda event: None)  # a listener: the runtime streams the reply
-    async with make_provider("openai", server, retry=ONCE) as llm:
-        session = await runtime.run_agent_with_provider("a", "Weather in Paris?", llm)
-    assert session.final_answer == "Sunny"
-    assert [r.streamed for r in server.requests] == [stream, stream]
-    sent = server.requests[1].json["messages"]
-    echoed = [m for m in sent if m["role"] == "assistant"]
+    echoed = await weather_loop(server, stream, _deepseek_call(stream), _answer(stream))
     assert echoed == [
         {
             "role": "assistant",

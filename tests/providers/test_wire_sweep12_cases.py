@@ -11,7 +11,7 @@ import pytest
 import llm_agent_runtime as ar
 from llm_agent_runtime.providers.base import Message
 
-from .conftest import make_provider
+from .conftest import make_provider, openai_reply, weather_loop
 from .fake_server import FakeLlmServer, Reply
 
 ONCE = ar.RetryPolicy(max_attempts=1)
@@ -111,13 +111,7 @@ async def test_gemini_signatures_are_kept_with_the_reply(
     # Gemini 3 refuses with a 400 ("function call is missing a thought_signature") a
     # history whose tool calls lost the `extra_content` they came with: dropped as unknown
     # fields, every tool loop through its OpenAI-compatible API failed at its second call.
-    server.script(_gemini_calls(stream))
-    async with make_provider("openai", server, retry=ONCE) as llm:
-        if stream:
-            events = [event async for event in llm.chat_stream([Message("user", "Weather?")])]
-            reply = events[-1].response
-        else:
-            reply = await llm.chat([Message("user", "Weather?")])
+    reply = await openai_reply(server, stream, _gemini_calls(stream))
     assert list(reply.reasoning) == KEPT
     assert [c.arguments for c in reply.tool_calls] == [{"city": "Paris"}, {"city": "Oslo"}]
 
@@ -126,20 +120,7 @@ async def test_gemini_signatures_are_kept_with_the_reply(
 async def test_a_tool_loop_sends_each_signature_back_where_it_came(
     server: FakeLlmServer, stream: bool
 ) -> None:
-    @ar.tool
-    async def get_weather(city: str) -> str:
-        """The weather in a city."""
-        return f"sunny in {city}"
-
-    server.script(_gemini_calls(stream), _answer(stream))
-    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[get_weather])
-    if stream:
-        runtime.events.on(lambda event: None)  # a listener: the runtime streams the reply
-    async with make_provider("openai", server, retry=ONCE) as llm:
-        session = await runtime.run_agent_with_provider("a", "Weather?", llm)
-    assert session.final_answer == "Sunny"
-    assert [r.streamed for r in server.requests] == [stream, stream]
-    echoed = [m for m in server.requests[1].json["messages"] if m["role"] == "assistant"]
+    echoed = await weather_loop(server, stream, _gemini_calls(stream), _answer(stream))
     assert echoed == [ECHOED]
 
 
@@ -268,19 +249,7 @@ async def test_openrouter_reasoning_details_go_back_whole_with_the_calls(
     # OpenRouter asks for a reasoning model's `reasoning_details` back with the assistant
     # message of a tool-calling turn (its signed and encrypted entries carry the model's
     # thinking): read for progress only, they were lost.
-    @ar.tool
-    async def get_weather(city: str) -> str:
-        """The weather in a city."""
-        return f"sunny in {city}"
-
-    server.script(_openrouter_call(stream), _answer(stream))
-    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[get_weather])
-    if stream:
-        runtime.events.on(lambda event: None)  # a listener: the runtime streams the reply
-    async with make_provider("openai", server, retry=ONCE) as llm:
-        session = await runtime.run_agent_with_provider("a", "Weather?", llm)
-    assert session.final_answer == "Sunny"
-    echoed = [m for m in server.requests[1].json["messages"] if m["role"] == "assistant"]
+    echoed = await weather_loop(server, stream, _openrouter_call(stream), _answer(stream))
     assert echoed == [
         {
             "role": "assistant",
