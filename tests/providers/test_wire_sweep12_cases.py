@@ -279,3 +279,52 @@ def test_reasoning_details_join_only_the_pieces_of_one_entry() -> None:
         {"type": "reasoning.text", "text": "yz", "index": 0},
         {"type": "reasoning.encrypted", "data": "d", "index": 0},
     ]
+
+
+THINKING = "The user wants the weather in Paris: call get_weather."
+
+
+def _reasoning_call(stream: bool, fields: dict[str, str]) -> Reply:
+    """A reply of one call whose thinking comes in `fields` (each the reasoning's name),
+    halved in two pieces when streamed."""
+    call = _calls()[1]
+    base = {"id": "r1", "object": "chat.completion.chunk", "model": "qwen3"}
+    if not stream:
+        message = {"role": "assistant", "content": None, **fields, "tool_calls": [call]}
+        whole = {
+            "id": "r1",
+            "object": "chat.completion",
+            "model": "qwen3",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}],
+        }
+        return Reply(body=json.dumps(whole).encode(), headers=JSON)
+    deltas: list[dict[str, Any]] = [
+        {name: text[: len(text) // 2] for name, text in fields.items()},
+        {name: text[len(text) // 2 :] for name, text in fields.items()},
+        {"tool_calls": [{"index": 0, **call}]},
+    ]
+    chunks = [{**base, "choices": [{"index": 0, "delta": d}]} for d in deltas]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    return _frames(chunks)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+@pytest.mark.parametrize(
+    ("fields", "sent"),
+    [
+        ({"reasoning": THINKING}, {"reasoning": THINKING}),  # vLLM >= 0.16, Ollama
+        (  # vLLM 0.11 to 0.15: both names, one text, sent once
+            {"reasoning_content": THINKING, "reasoning": THINKING},
+            {"reasoning_content": THINKING},
+        ),
+    ],
+    ids=["reasoning", "both"],
+)
+async def test_reasoning_goes_back_under_the_name_it_came(
+    server: FakeLlmServer, stream: bool, fields: dict[str, str], sent: dict[str, str]
+) -> None:
+    # vLLM renamed `reasoning_content` to `reasoning` (and reads only that back), as Ollama
+    # names it: such a reply's thinking was read for progress only, and every tool round
+    # lost the model's chain of thought, silently.
+    echoed = await weather_loop(server, stream, _reasoning_call(stream, fields), _answer(stream))
+    assert echoed == [{"role": "assistant", "content": None, **sent, "tool_calls": [_calls()[1]]}]

@@ -66,6 +66,12 @@ REASONING_CONTENT = "reasoning_content"
 vLLM) is kept as in `ChatResponse.reasoning`: `{"type": "reasoning_content",
 "reasoning_content": text}`. `OpenAIProvider` sends it back with the message's tool calls
 (DeepSeek refuses a tool-call turn without it); other providers leave it out."""
+REASONING = "reasoning"
+"""The `type` of the reasoning block an OpenAI-compatible reply's `reasoning` text is kept as in
+`ChatResponse.reasoning` when it has no `reasoning_content` or `reasoning_details`: vLLM's
+(which renamed its `reasoning_content` so) and Ollama's, `{"type": "reasoning", "reasoning":
+text}`. `OpenAIProvider` sends it back with the message's tool calls, under that name (vLLM
+reads no other); other providers leave it out."""
 EXTRA_CONTENT = "extra_content"
 """The `type` of the reasoning block an OpenAI-compatible reply's `extra_content` is kept as in
 `ChatResponse.reasoning`: Gemini's, which holds its thought signature. A tool call's is
@@ -80,7 +86,9 @@ list of reasoning entries, signed or encrypted ones included) is kept as in
 streamed entry's pieces joined. `OpenAIProvider` sends it back with the assistant message,
 as OpenRouter asks for a tool-calling turn of a reasoning model; other providers leave it
 out."""
-OPENAI_COMPATIBLE_REASONING = frozenset((REASONING_CONTENT, EXTRA_CONTENT, REASONING_DETAILS))
+OPENAI_COMPATIBLE_REASONING = frozenset(
+    (REASONING_CONTENT, REASONING, EXTRA_CONTENT, REASONING_DETAILS)
+)
 """The `type`s of the reasoning blocks kept from an OpenAI-compatible reply."""
 
 
@@ -439,8 +447,8 @@ class ChatResponse:
     reasoning: Sequence[dict[str, Any]] = ()
     """The provider's reasoning blocks, opaque, in the order received: Anthropic's `thinking`
     and `redacted_thinking` blocks (with their signatures), or an OpenAI-compatible reply's
-    `reasoning_content`, `extra_content` and `reasoning_details` (see `REASONING_CONTENT`,
-    `EXTRA_CONTENT`, `REASONING_DETAILS`). Copy
+    `reasoning_content` or `reasoning`, `extra_content` and `reasoning_details` (see
+    `REASONING_CONTENT`, `REASONING`, `EXTRA_CONTENT`, `REASONING_DETAILS`). Copy
     them into the `assistant` `Message` that repeats this reply (`Message.reasoning`): with
     extended thinking, Anthropic's API refuses a tool-use turn whose reply lost them,
     DeepSeek's a tool-call turn, and Gemini 3's a tool-call turn without its signatures."""

@@ -43,6 +43,7 @@ from llm_agent_runtime.providers._http import (
 )
 from llm_agent_runtime.providers.base import (
     EXTRA_CONTENT,
+    REASONING,
     REASONING_CONTENT,
     REASONING_DETAILS,
     ChatResponse,
@@ -140,7 +141,8 @@ class _ToolCall(BaseModel):
 class _AssistantMessage(BaseModel):
     content: str | list[Any] | None = None  # parts: see `_text_of`
     refusal: str | None = None
-    reasoning_content: Any = None  # DeepSeek's, vLLM's: kept (see `_kept_reasoning`)
+    reasoning_content: Any = None  # DeepSeek's, older vLLM's: kept (see `_kept_reasoning`)
+    reasoning: Any = None  # vLLM's, Ollama's: kept too
     extra_content: Any = None  # Gemini's: kept too
     reasoning_details: Any = None  # OpenRouter's: kept too
     tool_calls: list[_ToolCall] | None = None
@@ -261,25 +263,26 @@ class OpenAIProvider(HttpProvider):
     A provider is not bound to one event loop: it keeps a pool per loop it is used from, and
     closes each as its loop ends under `asyncio.run` (see `HttpTransport`).
 
-    A stream that sends only keep-alive comments, pings or empty deltas for `timeout` seconds fails
-    (retryable, so it is tried again when it had yielded nothing yet); reasoning that compatible
-    servers stream (`reasoning_content`, `reasoning`) counts as content. A reply's
-    `reasoning_content` (DeepSeek's, vLLM's) is its `ChatResponse.reasoning` (see
-    `REASONING_CONTENT`), sent back with the message's tool calls: DeepSeek's thinking mode refuses
-    a tool-call turn without it. So is the `extra_content` of the reply and of each of its tool
-    calls (Gemini's thought signatures, see `EXTRA_CONTENT`), each sent back where it came: Gemini 3
-    refuses a tool-call turn without them; and OpenRouter's `reasoning_details` (see
-    `REASONING_DETAILS`), sent back with the message. A reply past 64 MiB (a streamed one: 64 Mi
-    characters of content, each event without content counted by its size) fails, not retryable. A
-    200 reply with an error in its body (JSON, or in place of the event stream that was asked for)
-    raises the server's message, and so does an error reported in the middle of a stream: a chunk
-    `{"error": {...}}`, vLLM's older `{"object": "error", "message": ...}`, or an event named
-    `error` (JSON or plain text, as some gateways send). Such an error's `status` is its code when
-    that is an HTTP status. An `error` member that reports nothing (`null`, or `{}` as some
-    compatible servers add to every good reply and chunk) is no error, streamed or not. Null or
-    missing token counts are 0 tokens, a count that is negative or not below 2**63 is 0, and usage
-    that does not fit the format is counted as none (each with a warning) rather than failing the
-    reply.
+    A stream that sends only keep-alive comments, pings or empty deltas for `timeout` seconds
+    fails (retryable, so it is tried again when it had yielded nothing yet); reasoning that
+    compatible servers stream (`reasoning_content`, `reasoning`) counts as content. A reply's
+    `reasoning_content` (DeepSeek's, older vLLM's), or its `reasoning` when it has neither that
+    nor `reasoning_details` (vLLM's, Ollama's: see `REASONING`), is its `ChatResponse.reasoning`
+    (see `REASONING_CONTENT`), sent back with the message's tool calls: DeepSeek's thinking mode
+    refuses a tool-call turn without it. So is the `extra_content` of the reply and of each of
+    its tool calls (Gemini's thought signatures, see `EXTRA_CONTENT`), each sent back where it
+    came: Gemini 3 refuses a tool-call turn without them; and OpenRouter's `reasoning_details`
+    (see `REASONING_DETAILS`), sent back with the message. A reply past 64 MiB (a streamed one:
+    64 Mi characters of content, each event without content counted by its size) fails, not
+    retryable. A 200 reply with an error in its body (JSON, or in place of the event stream that
+    was asked for) raises the server's message, and so does an error reported in the middle of a
+    stream: a chunk `{"error": {...}}`, vLLM's older `{"object": "error", "message": ...}`, or
+    an event named `error` (JSON or plain text, as some gateways send). Such an error's `status`
+    is its code when that is an HTTP status. An `error` member that reports nothing (`null`, or
+    `{}` as some compatible servers add to every good reply and chunk) is no error, streamed or
+    not. Null or missing token counts are 0 tokens, a count that is negative or not below 2**63
+    is 0, and usage that does not fit the format is counted as none (each with a warning) rather
+    than failing the reply.
 
     A refusal (`message.refusal`, streamed as `delta.refusal`) is the response's text, and its
     `stop_reason` is `"refusal"` (as the Anthropic API says it) in place of the finish reason:
@@ -486,6 +489,7 @@ class OpenAIProvider(HttpProvider):
             model=completion.model,
             reasoning=_kept_reasoning(
                 message.reasoning_content,
+                message.reasoning,
                 message.extra_content,
                 {index: call.extra_content for index, call in enumerate(wire_calls)},
                 _details_of(message.reasoning_details),
@@ -591,6 +595,7 @@ class OpenAIProvider(HttpProvider):
         cut_inside: list[bytes] = []  # the line the body ended inside, if it did
         progress = StreamProgress()
         thoughts: list[str] = []  # the pieces of the reply's `reasoning_content`
+        reasoned: list[str] = []  # the pieces of its `reasoning`
         extra: Any = None  # the reply's `extra_content` (the last one sent)
         call_extras: dict[int, Any] = {}  # each call's, by position (the last one sent)
         details = _ReasoningDetails()  # the reply's `reasoning_details`
@@ -677,6 +682,8 @@ class OpenAIProvider(HttpProvider):
                                 progress.add(thought)
                         if isinstance(delta.reasoning_content, str):
                             thoughts.append(delta.reasoning_content)
+                        if isinstance(delta.reasoning, str):
+                            reasoned.append(delta.reasoning)
                         if delta.reasoning_details:  # OpenRouter's, which may come alone
                             progress.step(data)
                             details.add(delta.reasoning_details)
@@ -715,7 +722,9 @@ class OpenAIProvider(HttpProvider):
                 usage=usage,
                 stop_reason=_REFUSAL if refused else finish_reason,
                 model=model,
-                reasoning=_kept_reasoning("".join(thoughts), extra, call_extras, details.build()),
+                reasoning=_kept_reasoning(
+                    "".join(thoughts), "".join(reasoned), extra, call_extras, details.build()
+                ),
             )
             yield StreamEnd(checked_arguments(response, self._transport.redact))
         except BaseException as error:
@@ -931,7 +940,7 @@ def _wire_message(message: Message) -> dict[str, Any]:
             "content": message.content or "",
         }
     wire: dict[str, Any] = {"role": message.role, "content": message.content or ""}
-    thought = ""
+    thought = said = ""
     call_extras: dict[int, Any] = {}
     for block in message.reasoning if message.role == "assistant" else ():
         if not isinstance(block, dict):
@@ -939,6 +948,8 @@ def _wire_message(message: Message) -> dict[str, Any]:
         kind = block.get("type")
         if kind == REASONING_CONTENT and type(block.get(REASONING_CONTENT)) is str:
             thought += block[REASONING_CONTENT]
+        elif kind == REASONING and type(block.get(REASONING)) is str:
+            said += block[REASONING]
         elif kind == REASONING_DETAILS and isinstance(block.get(REASONING_DETAILS), list):
             # OpenRouter asks for it back with the message (a tool-calling turn needs it).
             wire[REASONING_DETAILS] = block[REASONING_DETAILS]
@@ -951,9 +962,11 @@ def _wire_message(message: Message) -> dict[str, Any]:
     if message.tool_calls:
         wire["content"] = message.content or None
         # DeepSeek refuses a tool-call turn of its thinking mode without it (with no call,
-        # it ignores it: not sent then).
+        # it ignores it: not sent then). vLLM and Ollama read theirs back under its own name.
         if thought:
             wire[REASONING_CONTENT] = thought
+        if said:
+            wire[REASONING] = said
         wire["tool_calls"] = [
             {
                 "id": call.id,
@@ -981,21 +994,27 @@ def _wire_message(message: Message) -> dict[str, Any]:
 
 def _kept_reasoning(
     thought: Any,
+    said: Any = None,
     extra: Any = None,
     call_extras: dict[int, Any] | None = None,
     details: list[Any] | None = None,
 ) -> tuple[dict[str, Any], ...]:
     """A reply's reasoning fields as its `ChatResponse.reasoning`, sent back as received.
 
-    Its `reasoning_content`, `reasoning_details` and `extra_content` (see
-    `REASONING_CONTENT`, `REASONING_DETAILS`, `EXTRA_CONTENT`): not cleaned, the model
-    reads them as it wrote them. A `thought` of None, "" or no text (a compatible server's
-    other shape) is no reasoning, and so are no `details`. `extra` is the message's
-    `extra_content`, `call_extras` each tool call's by position; None is none.
+    Its `reasoning_content` (`thought`) or `reasoning` (`said`), `reasoning_details` and
+    `extra_content` (see `REASONING_CONTENT`, `REASONING`, `REASONING_DETAILS`,
+    `EXTRA_CONTENT`): not cleaned, the model reads them as it wrote them. A text of None,
+    "" or no str (a compatible server's other shape) is no reasoning, and so are no
+    `details`. The `reasoning` text is kept only alone: older vLLM sends it beside the same
+    `reasoning_content`, and OpenRouter beside the `reasoning_details` it sums up (sent
+    back twice, the model would read it twice). `extra` is the message's `extra_content`,
+    `call_extras` each tool call's by position; None is none.
     """
     kept: list[dict[str, Any]] = []
     if type(thought) is str and thought:
         kept.append({"type": REASONING_CONTENT, REASONING_CONTENT: thought})
+    elif type(said) is str and said and not details:
+        kept.append({"type": REASONING, REASONING: said})
     if details:
         kept.append({"type": REASONING_DETAILS, REASONING_DETAILS: details})
     if extra is not None:
