@@ -271,13 +271,16 @@ def test_reasoning_details_join_only_the_pieces_of_one_entry() -> None:
     details.add([{"type": "reasoning.text", "text": "y", "index": 0}])  # after "odd": apart
     details.add([{"type": "reasoning.text", "text": "z", "index": 0, "signature": None}])
     details.add([{"type": "reasoning.encrypted", "data": "d", "index": 0}])  # another type
+    details.add([{"type": "reasoning.encrypted", "data": "e", "index": 0, "id": "c1"}])
+    details.add([{"type": "reasoning.encrypted", "data": "f", "index": 0, "id": "c2"}])
     assert details.build() == [
         {"type": "reasoning.summary", "summary": "a"},
         {"type": "reasoning.summary", "summary": "b"},
         {"type": "reasoning.text", "text": "x", "index": 0},
         "odd",
         {"type": "reasoning.text", "text": "yz", "index": 0},
-        {"type": "reasoning.encrypted", "data": "d", "index": 0},
+        {"type": "reasoning.encrypted", "data": "de", "index": 0, "id": "c1"},
+        {"type": "reasoning.encrypted", "data": "f", "index": 0, "id": "c2"},  # another id
     ]
 
 
@@ -328,3 +331,45 @@ async def test_reasoning_goes_back_under_the_name_it_came(
     # lost the model's chain of thought, silently.
     echoed = await weather_loop(server, stream, _reasoning_call(stream, fields), _answer(stream))
     assert echoed == [{"role": "assistant", "content": None, **sent, "tool_calls": [_calls()[1]]}]
+
+
+SIGNED = [
+    {"id": "call_1", "type": "reasoning.encrypted", "data": "U0lHQQ==", "index": 0},
+    {"id": "call_2", "type": "reasoning.encrypted", "data": "U0lHQg==", "index": 0},
+]
+"""Gemini's signatures through OpenRouter: an entry per call, of one type and index."""
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_reasoning_details_alike_go_back_apart(server: FakeLlmServer, stream: bool) -> None:
+    # Entries of one type and index were joined as the pieces of one: the two calls'
+    # signatures went back as one entry, the first call's id lost, both signatures broken.
+    calls = [{k: v for k, v in call.items() if k != "extra_content"} for call in _calls()]
+    base = {"id": "r1", "object": "chat.completion.chunk", "model": "google/gemini-3-pro"}
+    if stream:
+        deltas: list[dict[str, Any]] = [
+            {"role": "assistant", "content": "", "reasoning_details": [SIGNED[0]]},
+            {"reasoning_details": [SIGNED[1]]},
+            {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]},
+        ]
+        chunks = [{**base, "choices": [{"index": 0, "delta": d}]} for d in deltas]
+        end = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+        first = _frames([*chunks, {**base, "choices": [end]}])
+    else:
+        message = {"role": "assistant", "content": "", "reasoning_details": SIGNED}
+        whole = {
+            "id": "r1",
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "tool_calls",
+                    "message": {**message, "tool_calls": calls},
+                }
+            ],
+        }
+        first = Reply(body=json.dumps(whole).encode(), headers=JSON)
+    echoed = await weather_loop(server, stream, first, _answer(stream))
+    assert echoed == [
+        {"role": "assistant", "content": None, "reasoning_details": SIGNED, "tool_calls": calls}
+    ]

@@ -492,7 +492,7 @@ class OpenAIProvider(HttpProvider):
                 message.reasoning,
                 message.extra_content,
                 {index: call.extra_content for index, call in enumerate(wire_calls)},
-                _details_of(message.reasoning_details),
+                _whole_details(message.reasoning_details),
             ),
         )
         return checked_arguments(response, self._transport.redact)
@@ -1029,11 +1029,18 @@ _JOINED_DETAIL_FIELDS = ("text", "summary", "data")
 """The fields of a `reasoning_details` entry that a stream sends in pieces."""
 
 
-def _details_of(received: Any) -> list[Any]:
-    """A whole reply's `reasoning_details` entries (see `_ReasoningDetails`)."""
-    details = _ReasoningDetails()
-    details.add(received)
-    return details.build()
+def _same_id(piece_id: Any, entry_id: Any) -> bool:
+    """Whether a streamed piece's `id` may be its entry's: the same, or one of them none."""
+    return piece_id is None or entry_id is None or piece_id == entry_id
+
+
+def _whole_details(received: Any) -> list[Any] | None:
+    """A whole reply's `reasoning_details` entries, as received (no list: none).
+
+    Each entry is whole: two alike (OpenRouter signs each of Gemini's calls with an entry
+    of one type and index) are two.
+    """
+    return received if isinstance(received, list) else None
 
 
 class _ReasoningDetails:
@@ -1042,8 +1049,10 @@ class _ReasoningDetails:
     A streamed entry comes in pieces, each with the entry's `type` and `index`: a piece of
     the last entry has its text (`text`, `summary`, `data`) joined to it and its other
     fields (a `signature`, say) set on it, so that the entry goes back whole, as OpenRouter
-    sent it. Entries without an index, and what is no list of objects, are kept as they
-    are (no list: nothing). Pieces are joined once, by `build` (not at each piece: long
+    sent it. A piece with another `id` than the last entry's is another entry (OpenRouter
+    signs each of Gemini's calls with an entry of one type and index, and the call's id).
+    Entries without an index, and what is no list of objects, are kept as they are (no
+    list: nothing). Pieces are joined once, by `build` (not at each piece: long
     reasoning would be quadratic).
     """
 
@@ -1063,6 +1072,7 @@ class _ReasoningDetails:
                 and entry.get("index") is not None
                 and entry.get("index") == last.get("index")
                 and entry.get("type") == last.get("type")
+                and _same_id(entry.get("id"), last.get("id"))
             ):
                 for key, value in entry.items():
                     if key in self._pieces and type(value) is str:
