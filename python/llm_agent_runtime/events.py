@@ -14,9 +14,10 @@ no `RunStarted` was emitted). `RunFinished` comes
 before the final checkpoint, because the event log that checkpoint writes must hold it: so a
 run whose final checkpoint fails emits `RunFinished` and then `ErrorEvent` (the run raises
 `PersistenceError`), and its logged events end the same way. The session's next turn may
-start on `RunFinished`: an async callback of the run, or a task that read the event from a
-subscription (`subscribe`), on the run's event loop, waits there for the run to let go of
-the session; any other caller is refused while the run holds it.
+start on `RunFinished` (from an async callback, or a task that read the event from a
+subscription): asked for on the run's event loop once the run has emitted it, a turn waits
+there for the run to let go of the session. Until then, or on another loop, it is refused
+while the run holds the session.
 
 A checkpoint backend's event log (`AgentRuntime.session_events`) keeps every event but
 `LlmTextDelta` (`LlmResponse` holds the whole text) and `CheckpointSaved`.
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import threading
 import time
@@ -161,14 +161,6 @@ logger = logging.getLogger("llm_agent_runtime")
 RUN_CALLBACKS: ContextVar[set[asyncio.Future[Any]] | None] = ContextVar(
     "llm_agent_runtime_run_callbacks", default=None
 )
-# In an async callback of a run (and the tasks it starts): that run's `RUN_CALLBACKS`. A task
-# the run's own code started (a tool's) has the run's context, not this.
-CALLBACK_OF: ContextVar[set[asyncio.Future[Any]] | None] = ContextVar(
-    "llm_agent_runtime_callback_of", default=None
-)
-# In a task that read a `RunFinished` from a subscription (and the tasks it starts since):
-# the session id of the last one read.
-FINISHED_READ: ContextVar[str | None] = ContextVar("llm_agent_runtime_finished_read", default=None)
 
 
 def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
@@ -190,13 +182,9 @@ def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
                     "an async event callback needs a running event loop: this event was "
                     "emitted outside one (from sync code, or a thread without a loop)"
                 )
+            task = loop.create_task(result)
             run = RUN_CALLBACKS.get()
-            if run is None:
-                task = loop.create_task(result)
-            else:
-                context = contextvars.copy_context()
-                context.run(CALLBACK_OF.set, run)
-                task = loop.create_task(result, context=context)
+            if run is not None:
                 run.add(task)
             # Keep a reference so the scheduled callback is not garbage-collected mid-run.
             pending.add(task)
@@ -551,8 +539,6 @@ class Subscription(Unshared):
             queue.put_nowait(None)  # left for any other task waiting on this subscription
             self._end()
             raise StopAsyncIteration
-        if type(event) is RunFinished:  # its reader may run the session's next turn
-            FINISHED_READ.set(event.session_id)
         return event
 
     def _other_loop(self, reader: asyncio.AbstractEventLoop) -> AgentRuntimeError:

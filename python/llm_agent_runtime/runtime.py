@@ -45,8 +45,6 @@ from llm_agent_runtime.errors import (
     ToolError,
 )
 from llm_agent_runtime.events import (
-    CALLBACK_OF,
-    FINISHED_READ,
     RUN_CALLBACKS,
     CheckpointSaved,
     ErrorEvent,
@@ -550,8 +548,8 @@ class AgentRuntime(Unshared):
         self._refresh_tools()
         # Sessions with a run in progress: a session runs one turn at a time.
         self._running: set[str] = set()
-        # Sessions whose run has finished (emitted `RunFinished`) and has not let go of them
-        # yet: the run's async callbacks, and the callers waiting to run the next turn.
+        # Sessions whose run's turn is over (its answer final) and has not let go of them
+        # yet: the callers waiting to run the next turn.
         self._finishing: dict[str, _Finishing] = {}
         self._tracer = _load_tracer()
         # No tracer provider set yet: each run looks again until one is (`_tracer_awaited`).
@@ -1403,13 +1401,15 @@ class AgentRuntime(Unshared):
             if history is not None and session.final_answer is None:  # a turn with no answer
                 _add_turn(session, prompt, "")
             session.duration_ms = duration = earlier_ms + (time.perf_counter() - started) * 1000.0
+            # The turn is over: one asked for from here on waits for the run to let go of the
+            # session (its final checkpoint written), not refused (see `_release_awaited`).
+            callbacks = RUN_CALLBACKS.get()
+            if callbacks is not None:
+                loop = asyncio.get_running_loop()
+                with _SESSIONS_LOCK:
+                    self._finishing[session.session_id] = _Finishing(callbacks, loop)
             if events.active:
                 finished = (session.session_id, session.final_answer, len(session.steps), duration)
-                callbacks = RUN_CALLBACKS.get()
-                if callbacks is not None:  # they, and subscribers, may run the next turn
-                    loop = asyncio.get_running_loop()
-                    with _SESSIONS_LOCK:
-                        self._finishing[session.session_id] = _Finishing(callbacks, loop)
                 events.emit_new(RunFinished, finished)
             if self._checkpoints is not None:  # after RunFinished, so the log records it
                 await self._save_final(session, run)
@@ -1422,22 +1422,17 @@ class AgentRuntime(Unshared):
     def _release_awaited(self, session_id: str) -> asyncio.Future[None] | None:
         """What the caller awaits to run a turn of the session once its finished run lets go.
 
-        Only an async callback of that run (`_Finishing`), a task that read the session's
-        `RunFinished` from a subscription, or a task either started, waits: the run waits
-        for its callbacks after letting go, so the two cannot wait for each other, and waits
-        for no subscriber. None for any other caller: the session is running a turn. Called
-        with `_SESSIONS_LOCK` held.
+        A run whose turn is over (its answer final, `RunFinished` emitted) still holds the
+        session while it writes its final checkpoint: a caller on its loop (an async
+        `RunFinished` callback, a task that read the event from a subscription, any other)
+        waits for it to let go. The run waits for nothing of theirs meanwhile (its callbacks
+        only after letting go), so they cannot wait for each other. None for a caller on
+        another loop (the run wakes its waiters on its own), or while the run goes on: the
+        session is running a turn. Called with `_SESSIONS_LOCK` held.
         """
         finishing = self._finishing.get(session_id)
         task = asyncio.current_task()
-        # On the run's loop: the run wakes its waiters there (one on a thread's loop is
-        # refused). A task the callback started (`asyncio.wait_for`'s, say) has its context.
-        if (
-            finishing is None
-            or task is None
-            or task.get_loop() is not finishing.loop
-            or (CALLBACK_OF.get() is not finishing.callbacks and FINISHED_READ.get() != session_id)
-        ):
+        if finishing is None or task is None or task.get_loop() is not finishing.loop:
             return None
         waiter: asyncio.Future[None] = task.get_loop().create_future()
         finishing.waiters.append(waiter)
@@ -3849,8 +3844,7 @@ class _Finishing:
         self, callbacks: set[asyncio.Future[Any]], loop: asyncio.AbstractEventLoop
     ) -> None:
         self.callbacks = callbacks
-        """The run's async callbacks (`RUN_CALLBACKS`): the run waits for them after it
-        lets go of the session, so they may wait for that to run its next turn."""
+        """The run's async callbacks (`RUN_CALLBACKS`), which tell its entry apart."""
         self.loop = loop
         """The run's loop, where its waiters are woken."""
         self.waiters: list[asyncio.Future[None]] = []
