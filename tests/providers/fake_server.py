@@ -385,6 +385,37 @@ def render_anthropic(turn: Turn, stream: bool) -> Reply:
     return Reply(frames=frames, headers={"content-type": "text/event-stream"})
 
 
+def anthropic_blocks_reply(blocks: list[dict[str, Any]], stream: bool) -> Reply:
+    """A Messages API reply of `blocks` in their order (thinking between tool calls, say),
+    whole or streamed: a text block's text in one delta, a tool call's input in one."""
+    stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude"}
+    usage = {"input_tokens": 10, "output_tokens": 5}
+    if not stream:
+        body = {**message, "content": blocks, "stop_reason": stop, "usage": usage}
+        return Reply(body=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    start = {**message, "content": [], "stop_reason": None, "usage": usage}
+    frames = [sse({"type": "message_start", "message": start}, "message_start")]
+    for index, block in enumerate(blocks):
+        if block["type"] in ("thinking", "redacted_thinking"):
+            frames += _streamed_reasoning(block, index)
+            continue
+        if block["type"] == "text":
+            opening = {"type": "text", "text": ""}
+            delta = {"type": "text_delta", "text": block["text"]}
+        else:
+            opening = {**block, "input": {}}
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+        frames += [
+            anthropic_event("content_block_start", index=index, content_block=opening),
+            anthropic_event("content_block_delta", index=index, delta=delta),
+            anthropic_event("content_block_stop", index=index),
+        ]
+    end = {"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": 5}}
+    frames += [sse(end, "message_delta"), sse({"type": "message_stop"}, "message_stop")]
+    return Reply(frames=frames, headers={"content-type": "text/event-stream"})
+
+
 def _streamed_reasoning(block: dict[str, Any], index: int) -> list[bytes]:
     """The stream events of one reasoning block, as the Messages API streams it."""
 

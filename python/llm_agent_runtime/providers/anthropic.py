@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,13 @@ of the input price."""
 _RESERVED_PARAMS = frozenset(("messages", "model", "stream", "tools"))
 _REASONING_BLOCKS = frozenset(("thinking", "redacted_thinking"))
 """Content blocks of the model's reasoning: kept as received, to be sent back with the reply."""
+BLOCK_ORDER = "block_order"
+"""The `type` of the entry of `ChatResponse.reasoning` that keeps where a reply's reasoning
+blocks came among its text and tool_use blocks, when one came after them (interleaved
+thinking): `{"type": "block_order", "blocks": ["thinking", "tool_use", "thinking",
+"text", "tool_use"], "text_lengths": [n]}`, the length of each text block in
+`ChatResponse.text`. The reply is sent back in that order: the API refuses its latest
+assistant message with the thinking blocks moved."""
 _READ_DELTAS = frozenset(("text_delta", "input_json_delta", "thinking_delta", "signature_delta"))
 """Kinds of `content_block_delta` read here: one whose content is empty is no progress."""
 _TOOL_FAILED = "the tool failed"
@@ -235,6 +243,8 @@ class AnthropicProvider(HttpProvider):
     (`Message.reasoning`) sends them first in its content, as the API requires of the turn
     whose tool calls a conversation answers (an assistant `Message` of reasoning alone, no
     text and no tool calls, is left out: the API refuses a message that ends in thinking).
+    A reply that interleaved them (interleaved thinking: a thinking block after its text or
+    a tool call) keeps where each came (`BLOCK_ORDER`), and is sent back in that order.
 
     One pooled `httpx.AsyncClient` per provider; use `async with AnthropicProvider() as llm:`
     or call `aclose()`. Failed calls are retried through `retry` on 408/409/429/5xx/529
@@ -463,13 +473,17 @@ class AnthropicProvider(HttpProvider):
         text: list[str] = []
         tool_uses: list[_Block] = []
         reasoning: list[dict[str, Any]] = []
+        order = _BlockOrder()
         for block in message.content:
             if block.type == "text":
                 text.append(block.text or "")
+                order.add("text", len(clean_text(block.text or "")))
             elif block.type == "tool_use":
                 tool_uses.append(block)
+                order.add("tool_use")
             elif block.type in _REASONING_BLOCKS:
                 reasoning.append(block.as_received())
+                order.add(block.type)
         # Ids given out as a streamed reply's are (`ToolCallIds`), and the fields cleaned as a
         # streamed call's are (JSON may escape half a pair).
         call_ids = ToolCallIds().give_all([block.id for block in tool_uses])
@@ -495,7 +509,7 @@ class AnthropicProvider(HttpProvider):
             usage=usage,
             stop_reason=stop_reason,
             model=message.model,
-            reasoning=reasoning,
+            reasoning=order.kept(reasoning),
         )
         return checked_arguments(response, self._transport.redact)
 
@@ -586,6 +600,8 @@ class AnthropicProvider(HttpProvider):
         server_blocks: set[int] = set()  # server-side tool calls (web search, MCP): skipped
         reasoning: dict[int, dict[str, Any]] = {}  # thinking blocks, by content block index
         thoughts: dict[int, list[str]] = {}  # the pieces of each thinking block's text
+        kinds: dict[int, str] = {}  # the kind of each text, tool_use or reasoning block
+        text_lengths: dict[int, int] = {}  # each text block's, by content block index
         stop_reason: str | None = None
         model: str | None = None
         usage = Usage()
@@ -620,6 +636,9 @@ class AnthropicProvider(HttpProvider):
                         if delta.type not in _READ_DELTAS:  # one not read here (citations)
                             progress.step(sse.data)
                         if delta.type == "text_delta" and delta.text:
+                            text_lengths[event.index] = text_lengths.get(event.index, 0) + len(
+                                delta.text
+                            )
                             piece = text.add(delta.text)
                             if piece:
                                 yield TextDelta(piece)
@@ -653,6 +672,8 @@ class AnthropicProvider(HttpProvider):
                                 "malformed Anthropic stream event: content block "
                                 f"{event.index}, a tool call's, started twice"
                             )
+                        if start is not None and start.type in _ORDERED_BLOCKS:
+                            kinds[event.index] = start.type
                         if start is not None and start.type == "tool_use":
                             ordinal = len(tool_blocks)
                             # Sent whole: cleaned as they are (JSON may escape half a pair).
@@ -665,6 +686,7 @@ class AnthropicProvider(HttpProvider):
                             # unless input_json_delta pieces came (`give_initial`).
                             yield ToolCallDelta(ordinal, call_id, name, "")
                         elif start is not None and start.type == "text" and start.text:
+                            text_lengths[event.index] = len(start.text)
                             progress.add(start.text)
                             piece = text.add(start.text)
                             if piece:
@@ -739,7 +761,7 @@ class AnthropicProvider(HttpProvider):
                 usage=usage,
                 stop_reason=stop_reason,
                 model=model,
-                reasoning=list(reasoning.values()),
+                reasoning=_BlockOrder.of(kinds, text_lengths).kept(list(reasoning.values())),
             )
             yield StreamEnd(checked_arguments(response, self._transport.redact))
         except BaseException as error:
@@ -814,11 +836,17 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
             reasoning = [
                 b for b in message.reasoning if b.get("type") not in OPENAI_COMPATIBLE_REASONING
             ]
+            order = next((b for b in reasoning if b.get("type") == BLOCK_ORDER), None)
+            if order is not None:
+                reasoning = [b for b in reasoning if b.get("type") != BLOCK_ORDER]
             if reasoning and role == "assistant":
                 if wire and wire[-1]["role"] == "assistant":
                     _merge_reasoning(wire[-1]["content"], reasoning, blocks)
                     continue
-                blocks[:0] = reasoning
+                if order is None:
+                    blocks[:0] = reasoning
+                else:  # interleaved thinking: as the reply had its blocks
+                    blocks = _in_received_order(order, reasoning, said, blocks)
         if wire and wire[-1]["role"] == role:
             merged = wire[-1]["content"]
             if last_role == "tool" and merged[-1]["type"] != "tool_result":
@@ -870,6 +898,99 @@ def _system_prompt(given: object, from_messages: str) -> str | list[dict[str, An
     if from_messages:
         blocks.append({"type": "text", "text": from_messages})
     return blocks
+
+
+_ORDERED_BLOCKS = frozenset(("text", "tool_use")) | _REASONING_BLOCKS
+"""The blocks whose order `BLOCK_ORDER` keeps (server tools' are not sent back)."""
+
+
+class _BlockOrder:
+    """The order of a reply's text, tool_use and reasoning blocks (see `BLOCK_ORDER`)."""
+
+    __slots__ = ("blocks", "text_lengths")
+
+    def __init__(self) -> None:
+        self.blocks: list[str] = []
+        self.text_lengths: list[int] = []
+
+    @classmethod
+    def of(cls, kinds: dict[int, str], text_lengths: dict[int, int]) -> _BlockOrder:
+        """A streamed reply's: its blocks' kinds and text lengths, by content block index."""
+        order = cls()
+        for index in sorted(kinds):
+            order.add(kinds[index], text_lengths.get(index, 0))
+        return order
+
+    def add(self, kind: str, text_length: int = 0) -> None:
+        """Adds the next block: its kind, and for a text block its length."""
+        self.blocks.append(kind)
+        if kind == "text":
+            self.text_lengths.append(text_length)
+
+    def kept(self, reasoning: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`reasoning`, with the order entry when a reasoning block came after another one."""
+        seen_other = False
+        for kind in self.blocks:
+            if kind not in _REASONING_BLOCKS:
+                seen_other = True
+            elif seen_other:
+                entry = {"type": BLOCK_ORDER, "blocks": self.blocks}
+                return [*reasoning, {**entry, "text_lengths": self.text_lengths}]
+        return reasoning
+
+
+def _in_received_order(
+    order: dict[str, Any],
+    reasoning: list[dict[str, Any]],
+    said: str,
+    blocks: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """An assistant message's `reasoning` and `blocks` in the order its reply had them.
+
+    `blocks` are its text block, then its tool_use blocks; `order` is a `BLOCK_ORDER` entry.
+    Its text is split as the reply's text blocks were, when it is still that text (their
+    lengths add up to it); else it goes whole where the first was. What the order has no
+    place for (an entry from elsewhere, or calls a hook added) goes after the rest; an
+    entry that is no order (a record tampered with) leaves the reasoning first.
+    """
+    kinds, lengths = order.get("blocks"), order.get("text_lengths")
+    if not (
+        isinstance(kinds, list)
+        and all(isinstance(kind, str) for kind in kinds)
+        and isinstance(lengths, list)
+        and all(type(n) is int and n >= 0 for n in lengths)
+    ):
+        return [*reasoning, *blocks]
+    uses = iter(b for b in blocks if b["type"] == "tool_use")
+    thoughts = iter(reasoning)
+    texts: list[str] | None = None
+    if sum(lengths) == len(said) and lengths.count(0) < len(lengths):
+        texts, start = [], 0
+        for n in lengths:
+            texts.append(said[start : start + n])
+            start += n
+    pieces = iter(texts or ())
+    ordered: list[dict[str, Any]] = []
+    text_placed = not said.strip()
+    for kind in kinds:
+        if kind in _REASONING_BLOCKS:
+            ordered.extend(itertools.islice(thoughts, 1))
+        elif kind == "tool_use":
+            ordered.extend(itertools.islice(uses, 1))
+        elif kind == "text" and texts is not None:
+            piece = next(pieces, "")
+            if piece.strip():  # the API refuses a blank text block
+                ordered.append({"type": "text", "text": piece})
+            text_placed = True
+        elif kind == "text" and not text_placed:
+            ordered.append({"type": "text", "text": said})
+            text_placed = True
+    if not text_placed:  # text the reply had not: before its calls
+        at = next((n for n, b in enumerate(ordered) if b["type"] == "tool_use"), len(ordered))
+        ordered.insert(at, {"type": "text", "text": said})
+    ordered.extend(thoughts)
+    ordered.extend(uses)
+    return ordered
 
 
 def _merge_reasoning(

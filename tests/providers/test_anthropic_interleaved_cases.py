@@ -1,0 +1,145 @@
+"""Interleaved thinking over the Anthropic wire, over loopback HTTP: a reply whose thinking
+blocks come between its text and tool calls goes back with every block where it came."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.providers.anthropic import BLOCK_ORDER, _in_received_order
+
+from .conftest import make_provider
+from .fake_server import FakeLlmServer, Reply, anthropic_blocks_reply
+
+ONCE = ar.RetryPolicy(max_attempts=1)
+T1 = {"type": "thinking", "thinking": "First the weather.", "signature": "sig-one"}
+T2 = {"type": "thinking", "thinking": "Now the time.", "signature": "sig-two"}
+R2 = {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"}
+U1 = {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}}
+U2 = {"type": "tool_use", "id": "toolu_2", "name": "clock", "input": {}}
+CHECKING = {"type": "text", "text": "Checking the weather. "}
+THEN = {"type": "text", "text": "And the time."}
+
+REPLIES = {
+    "thinking between calls": [T1, U1, T2, U2],
+    "text and redacted thinking between": [T1, CHECKING, U1, R2, THEN, U2],
+    "text first": [CHECKING, T1, U1],
+}
+
+
+@ar.tool
+def weather(city: str) -> str:
+    """The weather in a city."""
+    return "sunny"
+
+
+@ar.tool
+def clock() -> str:
+    """The time."""
+    return "noon"
+
+
+async def _loop(
+    server: FakeLlmServer, blocks: list[dict[str, Any]], stream: bool, **runtime: Any
+) -> list[dict[str, Any]]:
+    """Runs a tool loop whose first reply is `blocks`; returns what its second request sent
+    back of that reply."""
+    server.script(
+        anthropic_blocks_reply(blocks, stream),
+        anthropic_blocks_reply([{"type": "text", "text": "Sunny at noon."}], stream),
+    )
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[weather, clock], **runtime)
+    if stream:
+        rt.events.on(lambda event: None)  # a listener: the runtime streams the reply
+    async with make_provider("anthropic", server, retry=ONCE) as llm:
+        session = await rt.run_agent_with_provider("a", "Weather and time?", llm)
+    assert session.final_answer == "Sunny at noon."
+    sent = [m for m in server.requests[1].json["messages"] if m["role"] == "assistant"]
+    assert len(sent) == 1
+    content: list[dict[str, Any]] = sent[0]["content"]
+    return content
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("blocks", REPLIES.values(), ids=REPLIES.keys())
+async def test_interleaved_thinking_goes_back_where_it_came(
+    server: FakeLlmServer, stream: bool, blocks: list[dict[str, Any]]
+) -> None:
+    # The reply's thinking blocks were all sent first: the API refuses a latest assistant
+    # message whose thinking blocks moved ("cannot be modified"), so with interleaved
+    # thinking (on by itself with adaptive thinking) the loop failed at its second call.
+    assert await _loop(server, blocks, stream) == blocks
+
+
+async def test_a_resumed_round_goes_back_in_its_order(server: FakeLlmServer) -> None:
+    # The order is saved with the round's reasoning: a run resumed from its journal and
+    # records sends the reply as the model wrote it.
+    blocks = REPLIES["text and redacted thinking between"]
+    overloaded = b'{"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}'
+    failed = Reply(status=529, body=overloaded, headers={"content-type": "application/json"})
+    server.script(anthropic_blocks_reply(blocks, False), failed)
+    backend = ar.InMemoryBackend()
+    config = ar.AgentConfig(mode="tools")
+    rt = ar.AgentRuntime(config, tools=[weather, clock], checkpoint_backend=backend)
+    session = rt.create_session("a")
+    async with make_provider("anthropic", server, retry=ONCE) as llm:
+        with pytest.raises(ar.ProviderError):
+            await rt.run_agent_with_provider("a", "Weather and time?", llm, session=session)
+        server.script(anthropic_blocks_reply([{"type": "text", "text": "Sunny."}], False))
+        resumed = ar.AgentRuntime(config, tools=[weather, clock], checkpoint_backend=backend)
+        done = await resumed.resume(session.session_id, llm)
+    assert done.final_answer == "Sunny."
+    sent = [m for m in server.requests[2].json["messages"] if m["role"] == "assistant"]
+    assert [m["content"] for m in sent] == [blocks]
+
+
+async def test_a_reply_without_interleaving_keeps_no_order(server: FakeLlmServer) -> None:
+    server.script(anthropic_blocks_reply([T1, CHECKING, U1], False))
+    async with make_provider("anthropic", server, retry=ONCE) as llm:
+        reply = await llm.chat([ar.providers.base.Message("user", "q")])
+    assert list(reply.reasoning) == [T1]
+
+
+def test_a_changed_reply_keeps_its_reasoning_where_it_can() -> None:
+    order = {
+        "type": BLOCK_ORDER,
+        "blocks": ["thinking", "text", "tool_use", "thinking", "text", "tool_use"],
+        "text_lengths": [3, 4],
+    }
+    text = {"type": "text", "text": "abcdefg"}
+    uses = [{"type": "tool_use", "id": "1"}, {"type": "tool_use", "id": "2"}]
+    # The text as the reply had it: split as its blocks were.
+    assert _in_received_order(order, [T1, T2], "abcdefg", [text, *uses]) == [
+        T1,
+        {"type": "text", "text": "abc"},
+        uses[0],
+        T2,
+        {"type": "text", "text": "defg"},
+        uses[1],
+    ]
+    # Text a hook changed goes whole where the first block was; a call added goes last.
+    more = [*uses, {"type": "tool_use", "id": "3"}]
+    changed = {"type": "text", "text": "other"}
+    assert _in_received_order(order, [T1, T2], "other", [changed, *more]) == [
+        T1,
+        changed,
+        uses[0],
+        T2,
+        uses[1],
+        more[2],
+    ]
+    # No text now, or text the reply had not: none placed, or before the first call.
+    no_text = {**order, "blocks": ["thinking", "tool_use", "thinking"], "text_lengths": []}
+    assert _in_received_order(no_text, [T1, T2], "", uses) == [T1, uses[0], T2, uses[1]]
+    assert _in_received_order(no_text, [T1, T2], "hi", [changed, *uses]) == [
+        T1,
+        {"type": "text", "text": "hi"},
+        uses[0],
+        T2,
+        uses[1],
+    ]
+    # An entry that is no order (a record tampered with): the reasoning first, as before.
+    broken = {"type": BLOCK_ORDER, "blocks": "thinking", "text_lengths": [1]}
+    assert _in_received_order(broken, [T1], "abc", [text]) == [T1, text]
