@@ -11,7 +11,7 @@ import llm_agent_runtime as ar
 from llm_agent_runtime.providers.anthropic import BLOCK_ORDER, _in_received_order
 
 from .conftest import make_provider
-from .fake_server import FakeLlmServer, Reply, anthropic_blocks_reply
+from .fake_server import FakeLlmServer, Reply, anthropic_blocks_reply, anthropic_event
 
 ONCE = ar.RetryPolicy(max_attempts=1)
 T1 = {"type": "thinking", "thinking": "First the weather.", "signature": "sig-one"}
@@ -143,3 +143,31 @@ def test_a_changed_reply_keeps_its_reasoning_where_it_can() -> None:
     # An entry that is no order (a record tampered with): the reasoning first, as before.
     broken = {"type": BLOCK_ORDER, "blocks": "thinking", "text_lengths": [1]}
     assert _in_received_order(broken, [T1], "abc", [text]) == [T1, text]
+
+
+async def test_text_split_inside_a_character_keeps_its_blocks_apart(
+    server: FakeLlmServer,
+) -> None:
+    # An emoji sent as two halves in two deltas counted two characters in its block's
+    # length and one in the reply's text: the lengths no longer added up, and the two text
+    # blocks went back as one, before the thinking block between them.
+    greeting = {"type": "text", "text": "Checking 😀 weather."}
+    blocks = [T1, greeting, U1, T2, THEN, U2]
+    reply = anthropic_blocks_reply(blocks, True)
+    assert reply.frames is not None
+    one_delta = anthropic_event(
+        "content_block_delta", index=1, delta={"type": "text_delta", "text": greeting["text"]}
+    )
+    halves = [
+        anthropic_event("content_block_delta", index=1, delta={"type": "text_delta", "text": t})
+        for t in ("Checking \ud83d", "\ude00 weather.")
+    ]
+    at = reply.frames.index(one_delta)
+    reply.frames[at : at + 1] = halves
+    server.script(reply, anthropic_blocks_reply([{"type": "text", "text": "Done."}], True))
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[weather, clock])
+    rt.events.on(lambda event: None)  # a listener: the runtime streams the reply
+    async with make_provider("anthropic", server, retry=ONCE) as llm:
+        await rt.run_agent_with_provider("a", "Weather and time?", llm)
+    sent = [m for m in server.requests[1].json["messages"] if m["role"] == "assistant"]
+    assert sent[0]["content"] == blocks

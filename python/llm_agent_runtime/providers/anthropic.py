@@ -601,6 +601,7 @@ class AnthropicProvider(HttpProvider):
         reasoning: dict[int, dict[str, Any]] = {}  # thinking blocks, by content block index
         thoughts: dict[int, list[str]] = {}  # the pieces of each thinking block's text
         kinds: dict[int, str] = {}  # the kind of each text, tool_use or reasoning block
+        text_starts: dict[int, int] = {}  # where each text block starts in the text
         text_lengths: dict[int, int] = {}  # each text block's, by content block index
         stop_reason: str | None = None
         model: str | None = None
@@ -636,9 +637,6 @@ class AnthropicProvider(HttpProvider):
                         if delta.type not in _READ_DELTAS:  # one not read here (citations)
                             progress.step(sse.data)
                         if delta.type == "text_delta" and delta.text:
-                            text_lengths[event.index] = text_lengths.get(event.index, 0) + len(
-                                delta.text
-                            )
                             piece = text.add(delta.text)
                             if piece:
                                 yield TextDelta(piece)
@@ -674,6 +672,8 @@ class AnthropicProvider(HttpProvider):
                             )
                         if start is not None and start.type in _ORDERED_BLOCKS:
                             kinds[event.index] = start.type
+                            if start.type == "text":  # measured as cleaned (`StreamedText`)
+                                text_starts[event.index] = text.length
                         if start is not None and start.type == "tool_use":
                             ordinal = len(tool_blocks)
                             # Sent whole: cleaned as they are (JSON may escape half a pair).
@@ -686,7 +686,6 @@ class AnthropicProvider(HttpProvider):
                             # unless input_json_delta pieces came (`give_initial`).
                             yield ToolCallDelta(ordinal, call_id, name, "")
                         elif start is not None and start.type == "text" and start.text:
-                            text_lengths[event.index] = len(start.text)
                             progress.add(start.text)
                             piece = text.add(start.text)
                             if piece:
@@ -721,6 +720,8 @@ class AnthropicProvider(HttpProvider):
                             owed = reported = True
                     elif kind == "content_block_stop":
                         progress.step(sse.data)
+                        if event.index in text_starts:
+                            text_lengths[event.index] = text.length - text_starts[event.index]
                         block = tool_blocks.get(event.index)
                         if block is not None:
                             piece = block.give_initial()
