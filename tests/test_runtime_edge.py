@@ -507,6 +507,53 @@ async def test_the_loop_timeout_covers_hooks_and_checkpoints() -> None:
     assert await backend.load(f"session:{session.session_id}") is not None
 
 
+class FinalSaveGate(ar.InMemoryBackend):
+    """A backend whose final checkpoints (`session:<id>`) wait for `gate` while it is shut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def batch_save(self, items: Mapping[str, bytes]) -> None:
+        if not self.gate.is_set() and any(key.count(":") == 1 for key in items):
+            self.entered.set()
+            await self.gate.wait()
+        await super().batch_save(items)
+
+
+async def test_a_resume_asked_for_while_a_run_closes_waits_for_it() -> None:
+    # A run whose turn is over holds the session only for its final checkpoint: a resume
+    # asked for meanwhile, on its loop, waits for it and finds the session finished (it was
+    # refused at once), and so does one asked for while `resume` itself closes a run.
+    backend = FinalSaveGate()
+    rt = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=50), checkpoint_backend=backend)
+    session = rt.create_session("a")
+    with pytest.raises(ar.AgentLoopError, match=r"\(1 steps done\)"):
+        await rt.run_agent("a", "q", final, session=session)
+    backend.entered.clear()
+    closer = ar.AgentRuntime(checkpoint_backend=backend)
+    closing = asyncio.create_task(closer.resume(session.session_id, final))
+    await backend.entered.wait()  # the close writes the final checkpoint
+    waiting = asyncio.create_task(closer.resume(session.session_id, final))
+    await asyncio.sleep(0.02)
+    assert not waiting.done()  # not refused: waiting for the close
+    backend.gate.set()
+    assert (await closing).final_answer == "ok"
+    assert (await asyncio.wait_for(waiting, 5)).final_answer == "ok"
+    # A turn of this runtime that writes its final checkpoint is waited for alike.
+    backend.gate.clear()
+    backend.entered.clear()
+    other = closer.create_session("a")
+    turn = asyncio.create_task(closer.run_turn(other, "q", final))
+    await backend.entered.wait()
+    waiting = asyncio.create_task(closer.resume(other.session_id, final))
+    await asyncio.sleep(0.02)
+    assert not waiting.done()
+    backend.gate.set()
+    assert (await waiting).final_answer == "ok" and await turn == "ok"
+
+
 async def test_the_failure_path_save_is_bounded_too() -> None:
     rt = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=50), checkpoint_backend=Hangs())
     start = time.perf_counter()

@@ -683,7 +683,9 @@ class AgentRuntime(Unshared):
                 it has no tool call events and counts in no tool call metric.
 
         Returns:
-            The finished session.
+            The finished session: `session` itself when given. A turn another caller starts
+            on it once this run's turn is over (on `RunFinished`, say: see `events`) may
+            be under way as the caller reads it; `run_turn` returns its own turn's answer.
 
         Raises:
             AgentRuntimeError: A bad argument (checked before the run takes a slot): an
@@ -691,8 +693,10 @@ class AgentRuntime(Unshared):
                 is not a string, a `session` that is not an `AgentSession`, has a field of
                 the wrong type or a malformed chat message (see `session.message_problem`),
                 or is another agent's, an `infer` that is None or not callable; or `session`
-                is already running a turn. A synchronous `infer` (telling it apart takes a
-                call) fails the run as it first returns no awaitable, with this error too.
+                is already running a turn (a turn that is over, its final checkpoint being
+                written, is waited for on its event loop). A synchronous `infer` (telling it
+                apart takes a call) fails the run as it first returns no awaitable, with this
+                error too.
             BackpressureShedError: The runtime is at capacity.
             AgentLoopError: Unparseable model output, a reply that is not a string, or the
                 loop timeout elapsed.
@@ -3582,11 +3586,13 @@ class AgentRuntime(Unshared):
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend; when the session is running (in
-                this runtime); when the run started after steps that are not saved (records
-                of older versions), as its context cannot then be rebuilt; when the run was
-                interrupted in the other mode (react or tools) than this resume would run;
-                when `model` lacks a method its mode calls; for a turn in tools mode, when
-                its history has a tool exchange a provider would refuse (see `run_turn`).
+                this runtime: a run whose turn is over, writing its final checkpoint, is
+                waited for on its event loop); when the run started after steps that are not
+                saved (records of older versions), as its context cannot then be rebuilt; when
+                the run was interrupted in the other mode (react or tools) than this resume
+                would run; when `model` lacks a method its mode calls; for a turn in tools
+                mode, when its history has a tool exchange a provider would refuse (see
+                `run_turn`).
             PersistenceError: When `session_id` is not a string; when nothing is saved for
                 the session or a record is corrupt; when another worker resumes it (one at a
                 time: the claim of a resumer whose process ended on this host, or whose lease
@@ -3602,11 +3608,17 @@ class AgentRuntime(Unshared):
         from llm_agent_runtime.persistence.base import escape_session_id
 
         escape_session_id(session_id)  # refuses a non-str (the session, say) before any lookup
-        if session_id in self._running:
-            raise AgentRuntimeError(
-                f"session {session_id!r} is already running a turn: it cannot be resumed "
-                "while it runs"
-            )
+        while True:  # a run that only writes its final checkpoint is waited for, as by `_run`
+            with _SESSIONS_LOCK:
+                if session_id not in self._running:
+                    break
+                released = self._release_awaited(session_id)
+                if released is None:
+                    raise AgentRuntimeError(
+                        f"session {session_id!r} is already running a turn: it cannot be "
+                        "resumed while it runs"
+                    )
+            await released
         state = await self._checkpoints.load(session_id)
         session = state.session()
         if state.final is not None:
@@ -3624,12 +3636,15 @@ class AgentRuntime(Unshared):
         if session.final_answer is not None or state.stopped:
             if state.turn and session.final_answer is None:  # a turn with no answer
                 _add_turn(session, state.prompt, "")
+            # Its async callbacks are waited for, and it is timed, as a run is (see `_run`);
+            # its turn is over: a caller of the next one waits for it (`_release_awaited`).
+            callbacks: set[asyncio.Future[Any]] = set()
             with _SESSIONS_LOCK:
                 if session_id in self._running:  # it started running while this one loaded it
                     raise AgentRuntimeError(f"session {session_id!r} is already running a turn")
                 self._running.add(session_id)
-            # Its async callbacks are waited for, and it is timed, as a run is (see `_run`).
-            callbacks: set[asyncio.Future[Any]] = set()
+                loop = asyncio.get_running_loop()
+                self._finishing[session_id] = _Finishing(callbacks, loop)
             callbacks_token = RUN_CALLBACKS.set(callbacks)
             settle = True  # unless cancelled
             timeout = self._config.loop_timeout_ms
@@ -3656,6 +3671,7 @@ class AgentRuntime(Unshared):
                 self._event_log.pop(session_id, None)  # saved, or of no later write
                 with _SESSIONS_LOCK:
                     self._running.discard(session_id)
+                    _let_go(self._finishing, session_id, callbacks)
                 if callbacks and settle:
                     await settle_callbacks(callbacks, deadline)
             return session
@@ -3869,12 +3885,23 @@ def _unmark(
         if _SESSIONS_RUNNING.get(id(session)) is mark:
             del _SESSIONS_RUNNING[id(session)]
             running.discard(session_id)
-        finished = finishing.get(session_id) if finishing is not None else None
-        if finishing is not None and finished is not None and finished.callbacks is callbacks:
-            del finishing[session_id]
-            for waiter in finished.waiters:
-                if not waiter.done():  # else its callback was cancelled meanwhile
-                    waiter.set_result(None)
+        if finishing is not None:
+            _let_go(finishing, session_id, callbacks)
+
+
+def _let_go(
+    finishing: dict[str, _Finishing], session_id: str, callbacks: set[asyncio.Future[Any]] | None
+) -> None:
+    """Wakes the callers waiting for the run of `callbacks` to let go of the session.
+
+    See `_Finishing`. Called with `_SESSIONS_LOCK` held.
+    """
+    finished = finishing.get(session_id)
+    if finished is not None and finished.callbacks is callbacks:
+        del finishing[session_id]
+        for waiter in finished.waiters:
+            if not waiter.done():  # else its caller was cancelled meanwhile
+                waiter.set_result(None)
 
 
 def _add_turn(session: AgentSession, prompt: str, answer: str) -> None:
