@@ -3,9 +3,12 @@ blocks come between its text and tool calls goes back with every block where it 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.providers.anthropic import BLOCK_ORDER, _in_received_order
@@ -171,3 +174,59 @@ async def test_text_split_inside_a_character_keeps_its_blocks_apart(
         await rt.run_agent_with_provider("a", "Weather and time?", llm)
     sent = [m for m in server.requests[1].json["messages"] if m["role"] == "assistant"]
     assert sent[0]["content"] == blocks
+
+
+_KINDS = st.lists(
+    st.sampled_from(["thinking", "redacted_thinking", "text", "tool_use"]), min_size=1, max_size=7
+).filter(lambda kinds: "tool_use" in kinds)
+
+
+def _blocks_of(kinds: list[str]) -> list[dict[str, Any]]:
+    """A reply of blocks of `kinds`, in that order, each its own."""
+    blocks: list[dict[str, Any]] = []
+    for n, kind in enumerate(kinds):
+        if kind == "thinking":
+            blocks.append({"type": "thinking", "thinking": f"step {n}", "signature": f"s{n}"})
+        elif kind == "redacted_thinking":
+            blocks.append({"type": "redacted_thinking", "data": f"opaque {n}"})
+        elif kind == "text":
+            blocks.append({"type": "text", "text": f"Part {n}. "})
+        else:
+            blocks.append({"type": "tool_use", "id": f"toolu_{n}", "name": "clock", "input": {}})
+    return blocks
+
+
+@settings(max_examples=40, deadline=None)
+@given(kinds=_KINDS, stream=st.booleans())
+def test_any_reply_with_calls_goes_back_as_it_came(
+    llm_server_session: FakeLlmServer, kinds: list[str], stream: bool
+) -> None:
+    # Every reasoning block goes back where it came among the others; a reply whose
+    # reasoning all came first may have its text put before its calls (the API checks
+    # where the thinking is), one that interleaved them goes back exactly.
+    llm_server_session.reset()
+    blocks = _blocks_of(kinds)
+    sent = asyncio.run(_loop(llm_server_session, blocks, stream))
+    assert _calls_before_each_thought(sent) == _calls_before_each_thought(blocks)
+    assert [b for b in sent if b["type"] == "tool_use"] == [
+        b for b in blocks if b["type"] == "tool_use"
+    ]
+    assert _text_of(sent) == _text_of(blocks)
+    first_other = next(n for n, b in enumerate(blocks) if b["type"] in ("text", "tool_use"))
+    if any(b["type"] not in ("text", "tool_use") for b in blocks[first_other:]):
+        assert sent == blocks
+
+
+def _calls_before_each_thought(blocks: list[dict[str, Any]]) -> list[tuple[int, Any]]:
+    """Each reasoning block, with how many calls came before it."""
+    calls, seen = 0, []
+    for block in blocks:
+        if block["type"] == "tool_use":
+            calls += 1
+        elif block["type"] != "text":
+            seen.append((calls, block))
+    return seen
+
+
+def _text_of(blocks: list[dict[str, Any]]) -> str:
+    return "".join(b["text"] for b in blocks if b["type"] == "text")
