@@ -59,7 +59,8 @@ class AgentConfig(BaseModel, frozen=True):
             provider (`chat` and `chat_stream`, in both modes; not an `infer` function),
             passed to it as keyword arguments: e.g. `{"temperature": 0}`, or
             `{"max_completion_tokens": 2048}` for OpenAI's reasoning models, `{"thinking":
-            {"type": "enabled", "budget_tokens": 2048}}` for Anthropic's. Read when a run
+            {"type": "adaptive"}}` for Anthropic's from Claude 4.6 on (`{"type": "enabled",
+            "budget_tokens": 2048}` before). Read when a run
             starts. Keys the runtime sets itself (`RUNTIME_PARAMS`: messages, tools, model,
             stop, stop_sequences, stream, stream_options, system) are refused: set `model`,
             `stop_sequences`, `system_prompt` and `mode` instead. Values are JSON data, as

@@ -230,3 +230,24 @@ def _calls_before_each_thought(blocks: list[dict[str, Any]]) -> list[tuple[int, 
 
 def _text_of(blocks: list[dict[str, Any]]) -> str:
     return "".join(b["text"] for b in blocks if b["type"] == "text")
+
+
+@pytest.mark.parametrize(
+    ("given", "params", "sent"),
+    [
+        (None, {"thinking": {"type": "enabled", "budget_tokens": 8000}}, 12096),
+        (None, {"thinking": {"type": "enabled", "budget_tokens": 2048}}, 4096),
+        (None, {"thinking": {"type": "adaptive"}}, 4096),
+        (None, {"thinking": {"type": "enabled", "budget_tokens": 8000}, "max_tokens": 9000}, 9000),
+        (4096, {"thinking": {"type": "enabled", "budget_tokens": 8000}}, 4096),  # the user's
+    ],
+)
+async def test_the_default_token_limit_leaves_room_beyond_a_thinking_budget(
+    server: FakeLlmServer, given: int | None, params: dict[str, Any], sent: int
+) -> None:
+    # The API refuses a `budget_tokens` not below `max_tokens`: a thinking budget of 8,000
+    # with the provider's default limit (4,096, never set by the user) was a 400.
+    server.script(anthropic_blocks_reply([{"type": "text", "text": "ok"}], False))
+    async with make_provider("anthropic", server, retry=ONCE, max_tokens=given) as llm:
+        await llm.chat([ar.providers.base.Message("user", "q")], **params)
+    assert server.requests[0].json["max_tokens"] == sent

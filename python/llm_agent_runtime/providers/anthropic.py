@@ -281,7 +281,9 @@ class AnthropicProvider(HttpProvider):
         model: Model used when a call names none (default: `ANTHROPIC_MODEL`, else
             `DEFAULT_ANTHROPIC_MODEL`).
         max_tokens: Most tokens per reply unless a call passes `max_tokens=`: an int of at
-            least 1 (not a bool, a float or a string).
+            least 1 (not a bool, a float or a string). None: `DEFAULT_MAX_TOKENS`, beyond
+            the `budget_tokens` of a call's extended thinking (the API counts thinking in
+            `max_tokens`, and refuses a budget that is not below it).
         timeout: Seconds to wait for the next bytes of a response (its headers too), and
             the longest a stream may go on without content once its headers came (`ping`
             events and empty deltas do not count).
@@ -332,7 +334,7 @@ class AnthropicProvider(HttpProvider):
         api_key: str | None = None,
         base_url: str | None = None,
         model: str | None = None,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
+        max_tokens: int | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
@@ -348,7 +350,10 @@ class AnthropicProvider(HttpProvider):
         cache_write_cost_per_million: float | None = None,
         cache_write_1h_cost_per_million: float | None = None,
     ) -> None:
-        max_tokens = check_count("max_tokens", max_tokens, 1)
+        self._max_tokens_given = max_tokens is not None
+        max_tokens = (
+            DEFAULT_MAX_TOKENS if max_tokens is None else check_count("max_tokens", max_tokens, 1)
+        )
         # A number before the cache prices are made of it (`1.25 * None` is a bare TypeError).
         input_cost_per_million = check_real("input_cost_per_million", input_cost_per_million)
         api_key = given_or_env(text_setting("api_key", api_key), "ANTHROPIC_API_KEY")
@@ -589,6 +594,10 @@ class AnthropicProvider(HttpProvider):
         body.update(params)
         if "max_tokens" in params:  # checked as the constructor's: the API needs a count
             body["max_tokens"] = check_count("max_tokens", params["max_tokens"], 1)
+        elif not self._max_tokens_given:
+            budget = _thinking_budget(params.get("thinking"))
+            if budget is not None and budget >= self.max_tokens:  # else a 400: the reply beyond
+                body["max_tokens"] = budget + self.max_tokens
         if stream:
             body["stream"] = True
         return body
@@ -899,6 +908,15 @@ def _system_prompt(given: object, from_messages: str) -> str | list[dict[str, An
     if from_messages:
         blocks.append({"type": "text", "text": from_messages})
     return blocks
+
+
+def _thinking_budget(thinking: Any) -> int | None:
+    """The `budget_tokens` of a `thinking` parameter of extended thinking (None: none)."""
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if type(budget) is int:
+            return budget
+    return None
 
 
 _ORDERED_BLOCKS = frozenset(("text", "tool_use")) | _REASONING_BLOCKS
