@@ -3,6 +3,7 @@ their size stays linear in it, whatever the definitions' sharing (hypothesis).""
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Any
 
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
-from llm_agent_runtime.runtime import _INLINE_CHARS, _schema_for_prompt
+from llm_agent_runtime.tools import _INLINE_CHARS, shown_schema
 
 
 def _resolved(node: Any, defs: dict[str, Any]) -> Any:
@@ -82,7 +83,7 @@ def _shared_schemas(draw: st.DrawFn) -> dict[str, Any]:
 def test_a_shown_schema_reads_as_the_whole_schema_and_stays_linear(
     schema: dict[str, Any],
 ) -> None:
-    shown = _schema_for_prompt(schema)
+    shown = shown_schema(schema)
     text = json.dumps(shown)
     assert '"title"' not in text
     # Every reference it keeps names a definition it carries: read with its own
@@ -101,7 +102,7 @@ def test_a_definition_used_once_is_inlined_however_long() -> None:
         "type": "object",
         "properties": {"x": {"$ref": "#/$defs/Long"}},
     }
-    assert _schema_for_prompt(schema) == {"type": "object", "properties": {"x": long_def}}
+    assert shown_schema(schema) == {"type": "object", "properties": {"x": long_def}}
 
 
 def _dangling(schema: dict[str, Any]) -> list[str]:
@@ -133,7 +134,7 @@ def order(items: pydantic.Json[list[Item]]) -> str:
 def test_a_json_string_arguments_schema_is_shown_whole() -> None:
     # `Json[list[Item]]`: the item's schema is under `contentSchema`, which was left with a
     # reference to a definition the shown schema no longer held.
-    shown = _schema_for_prompt(order.parameters)
+    shown = shown_schema(order.parameters)
     assert _dangling(shown) == []
     content = shown["properties"]["items"]["contentSchema"]
     assert content["items"]["properties"].keys() == {"sku", "qty"}
@@ -146,6 +147,70 @@ def test_a_reference_under_a_keyword_not_walked_keeps_its_definition() -> None:
         "properties": {"x": {"type": "string", "x-shape": {"$ref": "#/$defs/A"}}},
         "$defs": {"A": a, "B": {"type": "string"}},
     }
-    shown = _schema_for_prompt(schema)
+    shown = shown_schema(schema)
     assert _dangling(shown) == []
     assert shown["$defs"] == {"A": a}  # B, named nowhere, is not shown
+
+
+class Color(enum.StrEnum):
+    RED = "red"
+    GREEN = "green"
+
+
+class Person(pydantic.BaseModel):
+    name: str
+    age: int
+
+
+@ar.tool
+def view(path: str, view_range: tuple[int, int] | None = None) -> str:
+    """Shows lines of a file."""
+    return path
+
+
+@ar.tool
+def paint(color: Color = Color.RED, who: Person | None = None) -> str:
+    """Paints."""
+    return "done"
+
+
+def test_what_the_model_is_shown_is_what_providers_take() -> None:
+    # A tuple's schema (`prefixItems`, no `items`) made OpenAI refuse every request that
+    # offered the tool with a 400 ("array schema missing items"), whatever tool the model
+    # meant to call; enums and models went as `$ref`s, which Ollama's tool decoding drops
+    # (the model saw `{}`); required fields a `ToolSpec` named without a schema were no
+    # properties, which Gemini refuses.
+    shown = view.definition()["parameters"]
+    pair = shown["properties"]["view_range"]["anyOf"][0]
+    assert pair["items"] == {"type": "integer"} and pair["prefixItems"] == [{"type": "integer"}] * 2
+    mixed = shown_schema(
+        {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}]}
+    )
+    assert mixed["items"] == {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+    shown = paint.definition()["parameters"]
+    assert "$defs" not in shown and "$ref" not in json.dumps(shown)
+    assert shown["properties"]["color"]["enum"] == ["red", "green"]
+    assert shown["properties"]["who"]["anyOf"][0]["required"] == ["name", "age"]
+    bare = ar.ToolSpec("get_weather", "The weather.", lambda city: city, required_fields=["city"])
+    assert bare.definition()["parameters"] == {
+        "type": "object",
+        "properties": {"city": {}},
+        "required": ["city"],
+    }
+    assert bare.parameters["properties"] == {}  # the spec's own schema is as it was given
+
+
+async def test_native_mode_sends_the_shown_schemas() -> None:
+    sent: list[Any] = []
+
+    class Recording(ar.ScriptedProvider):
+        async def chat(self, messages: Any, tools: Any = None, **params: Any) -> ar.ChatResponse:
+            sent.append(tools)
+            return await super().chat(messages, tools, **params)
+
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[view, paint])
+    await rt.run_agent_with_provider("a", "q", Recording(["done"]))
+    assert [t.parameters for t in sent[0]] == [
+        view.definition()["parameters"],
+        paint.definition()["parameters"],
+    ]

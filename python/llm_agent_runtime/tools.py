@@ -93,6 +93,7 @@ from llm_agent_runtime.orchestration._checks import (
     safe_repr,
     short_repr,
 )
+from llm_agent_runtime.providers.base import json_chars
 
 if TYPE_CHECKING:  # a breaker is the user's; the tool only calls it
     from llm_agent_runtime.orchestration.circuit_breaker import CircuitBreaker
@@ -768,8 +769,16 @@ class ToolSpec:
             SHOWN_CHANGES[0] += 1
 
     def definition(self) -> dict[str, Any]:
-        """Returns the tool as a provider-neutral definition dict (name, description, schema)."""
-        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+        """Returns the tool as a provider-neutral definition dict (name, description, schema).
+
+        The schema is as the model is shown it (`shown_schema`): `parameters` with its
+        references inlined and what providers require of it added.
+        """
+        return {
+            "name": self.name,
+            "description": self.description,
+            "parameters": shown_schema(self.parameters),
+        }
 
     def check_arguments(self, arguments: Any) -> dict[str, Any]:
         """Validates arguments; returns them as a dict.
@@ -2959,3 +2968,145 @@ def _is_high(char: str) -> bool:
 def _is_low(char: str) -> bool:
     """Whether `char` is the second half of a surrogate pair."""
     return "\udc00" <= char <= "\udfff"
+
+
+_SCHEMA_KEYWORDS = (
+    "items",
+    "additionalProperties",
+    "not",
+    "contains",
+    "propertyNames",
+    "contentSchema",  # pydantic's `Json[...]`: the schema of the JSON in the string
+    "if",
+    "then",
+    "else",
+    "additionalItems",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+)
+_SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
+_SCHEMA_MAPS = ("properties", "patternProperties", "dependentSchemas")
+
+
+_INLINE_CHARS = 1000
+"""A definition used more than once is inlined at each use only while its inlined JSON is at
+most this long: beyond, copies would multiply (a model of two fields of a model of two
+fields... doubles at each level), so it is shown once, in `$defs`."""
+
+
+def shown_schema(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A tool's JSON schema as the model is shown it: whole, compact, and as providers take it.
+
+    Local `$ref`s (`#/$defs/...`, `#/definitions/...`) are replaced by what they name, so the
+    model sees nested objects, enums and `required` lists; `title`s (a name said again) are
+    dropped, and so is a discriminator's `mapping` (of `$ref`s to what is now inlined). A
+    recursive reference stays a `$ref`, as does one to a definition used more than once whose
+    inlined form exceeds `_INLINE_CHARS` (so the shown schema stays linear in the tool's), and
+    `$defs` then holds what they name.
+    """
+    defs: dict[str, tuple[str, str, Any]] = {}  # ref -> (section, name, definition)
+    for section in ("$defs", "definitions"):
+        named = parameters.get(section)
+        if isinstance(named, dict):
+            defs.update({f"#/{section}/{n}": (section, n, schema) for n, schema in named.items()})
+    uses = _ref_counts(parameters)
+    shown_defs: dict[str, Any] = {}  # ref -> its definition as shown (each walked once)
+    inline: dict[str, bool] = {}  # ref -> whether its uses show it inlined
+    resolving: set[str] = set()
+    kept: set[str] = set()  # refs the shown schema names
+
+    def at_use(ref: str) -> Any:
+        """What a use of `ref` shows: its definition inlined, or the reference."""
+        if ref in resolving:  # recursive
+            kept.add(ref)
+            return {"$ref": ref}
+        if ref not in shown_defs:
+            resolving.add(ref)
+            shown_defs[ref] = walk(defs[ref][2])
+            resolving.discard(ref)
+            inline[ref] = uses[ref] <= 1 or json_chars(shown_defs[ref]) <= _INLINE_CHARS
+        if inline[ref]:
+            return shown_defs[ref]
+        kept.add(ref)
+        return {"$ref": ref}
+
+    def walk(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref in defs:
+            used = at_use(ref)
+            rest = walk({k: v for k, v in node.items() if k != "$ref"})
+            return {**used, **rest} if isinstance(used, dict) else used
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("title", "$defs", "definitions"):
+                continue
+            if key in _SCHEMA_MAPS and isinstance(value, dict):
+                out[key] = {name: walk(sub) for name, sub in value.items()}
+            elif key in _SCHEMA_LISTS and isinstance(value, list):
+                out[key] = [walk(sub) for sub in value]
+            elif key in _SCHEMA_KEYWORDS:
+                out[key] = walk(value)
+            elif key == "discriminator" and isinstance(value, dict) and defs:
+                # Its `mapping` names `$defs` entries, inlined and gone: `propertyName` stays.
+                out[key] = {k: v for k, v in value.items() if k != "mapping"}
+            else:  # a value, not a schema (`default`, `enum`, ...): as it is
+                out[key] = value
+        return _as_providers_take(out)
+
+    shown: dict[str, Any] = walk(parameters)
+    # A reference under a keyword not walked (kept as it is: a vendor's, say) keeps what
+    # it names too, so that no reference is left dangling.
+    while True:
+        named = _ref_counts([shown, *(shown_defs[ref] for ref in kept)])
+        missing = [ref for ref in named if ref in defs and ref not in kept]
+        if not missing:
+            break
+        for ref in missing:
+            if ref not in shown_defs:
+                shown_defs[ref] = walk(defs[ref][2])
+            kept.add(ref)
+    for ref in sorted(kept):
+        section, name, _ = defs[ref]
+        shown.setdefault(section, {})[name] = shown_defs[ref]
+    return shown
+
+
+def _as_providers_take(node: dict[str, Any]) -> dict[str, Any]:
+    """A schema node with what providers want of it and JSON Schema leaves out.
+
+    A fixed-length array (a tuple's `prefixItems`) gets an `items`, the schema of any of
+    its items: OpenAI and Gemini refuse an array schema without (the whole request, whatever
+    tool the model calls). A `required` name with no property gets one, of any value:
+    Gemini refuses a required name its `properties` leave out (a `ToolSpec` given
+    `required_fields` and no schema for them).
+    """
+    prefix = node.get("prefixItems")
+    if isinstance(prefix, list) and "items" not in node:
+        kinds = list(
+            {json.dumps(item, sort_keys=True, default=str): item for item in prefix}.values()
+        )
+        node["items"] = kinds[0] if len(kinds) == 1 else {"anyOf": kinds} if kinds else {}
+    properties, required = node.get("properties"), node.get("required")
+    if isinstance(properties, dict) and isinstance(required, list):
+        for name in required:
+            if isinstance(name, str) and name not in properties:
+                properties[name] = {}
+    return node
+
+
+def _ref_counts(node: Any) -> collections.Counter[str]:
+    """How many times each `$ref` occurs in a JSON schema, its definitions included."""
+    counts: collections.Counter[str] = collections.Counter()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("$ref")
+            if isinstance(ref, str):
+                counts[ref] += 1
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return counts
