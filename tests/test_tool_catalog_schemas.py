@@ -214,3 +214,58 @@ async def test_native_mode_sends_the_shown_schemas() -> None:
         view.definition()["parameters"],
         paint.definition()["parameters"],
     ]
+
+
+def _dangling(schema: dict[str, Any]) -> list[str]:
+    """The local references of `schema` that name nothing in it."""
+    found = []
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/"):
+                at: Any = schema
+                for token in ref[2:].split("/"):
+                    token = token.replace("~1", "/").replace("~0", "~")
+                    at = at.get(token) if isinstance(at, dict) else None
+                if at is None:
+                    found.append(ref)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def test_a_given_schema_is_shown_whole_whatever_its_references() -> None:
+    # A schema that is a reference (zod-to-json-schema's named output) was shown with no
+    # property: the spec's empty `properties` beside the reference replaced the definition's.
+    search = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+    spec = ar.ToolSpec(
+        "search",
+        "Searches.",
+        lambda query: query,
+        parameters={"$ref": "#/definitions/Search", "definitions": {"Search": search}},
+    )
+    shown = spec.definition()["parameters"]
+    assert shown["properties"] == {"query": {"type": "string"}} and shown["required"] == ["query"]
+    # References into a definition, to an escaped name or to nested `$defs` dangled once
+    # the definitions were inlined and dropped: such a schema is shown as it is.
+    span = {"type": "object", "properties": {"start": {"type": "integer"}}}
+    into = {
+        "type": "object",
+        "properties": {
+            "span": {"$ref": "#/definitions/Span"},
+            "start": {"$ref": "#/definitions/Span/properties/start"},
+        },
+        "definitions": {"Span": span},
+    }
+    assert shown_schema(into) == into and not _dangling(shown_schema(into))
+    nested = {
+        "type": "object",
+        "properties": {"p": {"$ref": "#/properties/p/$defs/Q", "$defs": {"Q": {"type": "string"}}}},
+    }
+    assert not _dangling(shown_schema(nested))
+    escaped = {"type": "object", "properties": {"p": {"$ref": "#/$defs/a~1b"}}}
+    escaped["$defs"] = {"a/b": {"type": "integer"}}
+    assert shown_schema(escaped) == {"type": "object", "properties": {"p": {"type": "integer"}}}

@@ -3002,13 +3002,17 @@ def shown_schema(parameters: dict[str, Any]) -> dict[str, Any]:
     dropped, and so is a discriminator's `mapping` (of `$ref`s to what is now inlined). A
     recursive reference stays a `$ref`, as does one to a definition used more than once whose
     inlined form exceeds `_INLINE_CHARS` (so the shown schema stays linear in the tool's), and
-    `$defs` then holds what they name.
+    `$defs` then holds what they name. A schema with a local reference of another kind (into a
+    definition, to nested `$defs`, to an anchor) is shown as it is, so that none dangles.
+    Either way, each of its schemas is as providers take it (`_as_providers_take`).
     """
     defs: dict[str, tuple[str, str, Any]] = {}  # ref -> (section, name, definition)
     for section in ("$defs", "definitions"):
         named = parameters.get(section)
         if isinstance(named, dict):
-            defs.update({f"#/{section}/{n}": (section, n, schema) for n, schema in named.items()})
+            defs.update(
+                {f"#/{section}/{_escaped(n)}": (section, n, schema) for n, schema in named.items()}
+            )
     uses = _ref_counts(parameters)
     shown_defs: dict[str, Any] = {}  # ref -> its definition as shown (each walked once)
     inline: dict[str, bool] = {}  # ref -> whether its uses show it inlined
@@ -3037,7 +3041,7 @@ def shown_schema(parameters: dict[str, Any]) -> dict[str, Any]:
         if isinstance(ref, str) and ref in defs:
             used = at_use(ref)
             rest = walk({k: v for k, v in node.items() if k != "$ref"})
-            return {**used, **rest} if isinstance(used, dict) else used
+            return _as_providers_take(_merged(used, rest)) if isinstance(used, dict) else used
         out: dict[str, Any] = {}
         for key, value in node.items():
             if key in ("title", "$defs", "definitions"):
@@ -3070,7 +3074,69 @@ def shown_schema(parameters: dict[str, Any]) -> dict[str, Any]:
     for ref in sorted(kept):
         section, name, _ = defs[ref]
         shown.setdefault(section, {})[name] = shown_defs[ref]
+    if not all(_resolves(shown, ref) for ref in _ref_counts(shown)):
+        whole: dict[str, Any] = _fixed_up(parameters)
+        return whole
     return shown
+
+
+def _escaped(name: str) -> str:
+    """A name as a JSON pointer writes it (`~` and `/` escaped)."""
+    return name.replace("~", "~0").replace("/", "~1")
+
+
+def _resolves(schema: Any, ref: str) -> bool:
+    """Whether `ref` names something in `schema`.
+
+    True of any reference but a local one (`#...`), which must be a JSON pointer into it.
+    """
+    if not ref.startswith("#"):
+        return True  # a remote one: not the schema's to hold
+    if ref == "#":
+        return True
+    if not ref.startswith("#/"):
+        return False  # an anchor: kept only with its schema whole
+    node = schema
+    for token in ref[2:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return False
+    return True
+
+
+def _fixed_up(node: Any) -> Any:
+    """A schema as given, each of its schemas as providers take it (`_as_providers_take`)."""
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in (*_SCHEMA_MAPS, "$defs", "definitions") and isinstance(value, dict):
+            out[key] = {name: _fixed_up(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            out[key] = [_fixed_up(sub) for sub in value]
+        elif key in _SCHEMA_KEYWORDS:
+            out[key] = _fixed_up(value)
+        else:
+            out[key] = value
+    return _as_providers_take(out)
+
+
+def _merged(named: dict[str, Any], siblings: dict[str, Any]) -> dict[str, Any]:
+    """A definition a reference names, with the keywords beside the reference.
+
+    Those apply too: a field's `description` is the field's, and properties and required
+    names add up (a `ToolSpec` made `properties` a reference's sibling).
+    """
+    merged = {**named, **siblings}
+    if isinstance(named.get("properties"), dict) and isinstance(siblings.get("properties"), dict):
+        merged["properties"] = {**named["properties"], **siblings["properties"]}
+    if isinstance(named.get("required"), list) and isinstance(siblings.get("required"), list):
+        merged["required"] = list(dict.fromkeys([*named["required"], *siblings["required"]]))
+    return merged
 
 
 def _as_providers_take(node: dict[str, Any]) -> dict[str, Any]:
@@ -3090,9 +3156,9 @@ def _as_providers_take(node: dict[str, Any]) -> dict[str, Any]:
         node["items"] = kinds[0] if len(kinds) == 1 else {"anyOf": kinds} if kinds else {}
     properties, required = node.get("properties"), node.get("required")
     if isinstance(properties, dict) and isinstance(required, list):
-        for name in required:
-            if isinstance(name, str) and name not in properties:
-                properties[name] = {}
+        missing = [n for n in required if isinstance(n, str) and n not in properties]
+        if missing:  # a new dict: `properties` may be a definition's, shown elsewhere too
+            node["properties"] = {**properties, **{name: {} for name in missing}}
     return node
 
 
