@@ -554,6 +554,26 @@ async def test_a_resume_asked_for_while_a_run_closes_waits_for_it() -> None:
     assert (await waiting).final_answer == "ok" and await turn == "ok"
 
 
+async def test_two_resumes_of_a_run_to_close_both_find_it_closed() -> None:
+    # The second, started with the first, loaded the session as the first did, then found
+    # it running (the first's close) and was refused, or waited: as the loads went.
+    class SlowLoads(FinalSaveGate):
+        async def load(self, key: str) -> bytes | None:
+            await asyncio.sleep(0.01)
+            return await super().load(key)
+
+    backend = SlowLoads()
+    rt = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=50), checkpoint_backend=backend)
+    session = rt.create_session("a")
+    with pytest.raises(ar.AgentLoopError):
+        await rt.run_agent("a", "q", final, session=session)
+    backend.gate.set()
+    closer = ar.AgentRuntime(checkpoint_backend=backend)
+    both = await asyncio.gather(*(closer.resume(session.session_id, final) for _ in range(2)))
+    assert [s.final_answer for s in both] == ["ok", "ok"]
+    assert not closer._running and not closer._finishing
+
+
 async def test_the_failure_path_save_is_bounded_too() -> None:
     rt = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=50), checkpoint_backend=Hangs())
     start = time.perf_counter()

@@ -1421,6 +1421,26 @@ class AgentRuntime(Unshared):
             session.duration_ms = earlier_ms + (time.perf_counter() - started) * 1000.0
             raise
 
+    async def _until_let_go(self, session_id: str) -> None:
+        """Returns once no run of the session goes on in this runtime, for `resume`.
+
+        A run that only writes its final checkpoint is waited for, as `_run` waits for it.
+
+        Raises:
+            AgentRuntimeError: A run of the session goes on (see `_release_awaited`).
+        """
+        while True:
+            with _SESSIONS_LOCK:
+                if session_id not in self._running:
+                    return
+                released = self._release_awaited(session_id)
+                if released is None:
+                    raise AgentRuntimeError(
+                        f"session {session_id!r} is already running a turn: it cannot be "
+                        "resumed while it runs"
+                    )
+            await released
+
     def _release_awaited(self, session_id: str) -> asyncio.Future[None] | None:
         """What the caller awaits to run a turn of the session once its finished run lets go.
 
@@ -3606,73 +3626,67 @@ class AgentRuntime(Unshared):
         from llm_agent_runtime.persistence.base import escape_session_id
 
         escape_session_id(session_id)  # refuses a non-str (the session, say) before any lookup
-        while True:  # a run that only writes its final checkpoint is waited for, as by `_run`
-            with _SESSIONS_LOCK:
-                if session_id not in self._running:
-                    break
-                released = self._release_awaited(session_id)
-                if released is None:
-                    raise AgentRuntimeError(
-                        f"session {session_id!r} is already running a turn: it cannot be "
-                        "resumed while it runs"
-                    )
-            await released
-        state = await self._checkpoints.load(session_id)
-        session = state.session()
-        if state.final is not None:
-            return session
-        if state.first_step > len(state.records):
-            raise AgentRuntimeError(
-                f"session {session_id!r} cannot be resumed: its interrupted run started after "
-                f"step {state.first_step}, but only {len(state.records)} steps are saved (the "
-                "session was not checkpointed before that run, by a version that did not save "
-                "it then), so the run's context cannot be rebuilt; load_checkpoint shows what "
-                "is saved"
-            )
-        # Interrupted after its last step (an answer, or a failed tool step where
-        # `error_recovery="stop"` stopped it): just close it.
-        if session.final_answer is not None or state.stopped:
-            if state.turn and session.final_answer is None:  # a turn with no answer
-                _add_turn(session, state.prompt, "")
-            # Its async callbacks are waited for, and it is timed, as a run is (see `_run`);
-            # its turn is over: a caller of the next one waits for it (`_release_awaited`).
-            callbacks: set[asyncio.Future[Any]] = set()
-            with _SESSIONS_LOCK:
-                if session_id in self._running:  # it started running while this one loaded it
-                    raise AgentRuntimeError(f"session {session_id!r} is already running a turn")
-                self._running.add(session_id)
-                loop = asyncio.get_running_loop()
-                self._finishing[session_id] = _Finishing(callbacks, loop)
-            callbacks_token = RUN_CALLBACKS.set(callbacks)
-            settle = True  # unless cancelled
-            timeout = self._config.loop_timeout_ms
-            deadline = None if timeout is None else time.perf_counter() + timeout / 1000
-            try:
-                reported: list[bool] = []
-                closing = self._close_answered(session, state, reported)
-                if timeout is None:
-                    await closing
-                elif await _within_deadline(closing, timeout / 1000):
-                    raise AgentLoopError(f"{_timed_out(timeout)} (closing the session)")
-            except BaseException as error:
-                # As a run's failure ends: the ErrorEvent emitted, its claims released; and,
-                # after the RunFinished this close reported, logged with the session (a run
-                # that reported its end logged its own failure then).
-                left = "later resumes of the session are refused until release_resume"
-                settle = False
-                await self._end_failed_run(session, error, self.events, left, bool(reported))
-                settle = isinstance(error, Exception)
-                raise
-            finally:
-                RUN_CALLBACKS.reset(callbacks_token)
-                self._checkpoints.forget(session_id)  # nothing of it stays in memory
-                self._event_log.pop(session_id, None)  # saved, or of no later write
+        while True:
+            await self._until_let_go(session_id)
+            state = await self._checkpoints.load(session_id)
+            session = state.session()
+            if state.final is not None:
+                return session
+            if state.first_step > len(state.records):
+                raise AgentRuntimeError(
+                    f"session {session_id!r} cannot be resumed: its interrupted run started after "
+                    f"step {state.first_step}, but only {len(state.records)} steps are saved (the "
+                    "session was not checkpointed before that run, by a version that did not save "
+                    "it then), so the run's context cannot be rebuilt; load_checkpoint shows what "
+                    "is saved"
+                )
+            # Interrupted after its last step (an answer, or a failed tool step where
+            # `error_recovery="stop"` stopped it): just close it.
+            if session.final_answer is not None or state.stopped:
+                if state.turn and session.final_answer is None:  # a turn with no answer
+                    _add_turn(session, state.prompt, "")
+                # Its async callbacks are waited for, and it is timed, as a run is (see `_run`);
+                # its turn is over: a caller of the next one waits for it (`_release_awaited`).
+                callbacks: set[asyncio.Future[Any]] = set()
                 with _SESSIONS_LOCK:
-                    self._running.discard(session_id)
-                    _let_go(self._finishing, session_id, callbacks)
-                if callbacks and settle:
-                    await settle_callbacks(callbacks, deadline)
-            return session
+                    taken = session_id in self._running  # a run of it began while this one loaded
+                    if not taken:
+                        self._running.add(session_id)
+                        loop = asyncio.get_running_loop()
+                        self._finishing[session_id] = _Finishing(callbacks, loop)
+                if taken:  # waited for as above (or refused), then loaded again
+                    continue
+                callbacks_token = RUN_CALLBACKS.set(callbacks)
+                settle = True  # unless cancelled
+                timeout = self._config.loop_timeout_ms
+                deadline = None if timeout is None else time.perf_counter() + timeout / 1000
+                try:
+                    reported: list[bool] = []
+                    closing = self._close_answered(session, state, reported)
+                    if timeout is None:
+                        await closing
+                    elif await _within_deadline(closing, timeout / 1000):
+                        raise AgentLoopError(f"{_timed_out(timeout)} (closing the session)")
+                except BaseException as error:
+                    # As a run's failure ends: the ErrorEvent emitted, its claims released; and,
+                    # after the RunFinished this close reported, logged with the session (a run
+                    # that reported its end logged its own failure then).
+                    left = "later resumes of the session are refused until release_resume"
+                    settle = False
+                    await self._end_failed_run(session, error, self.events, left, bool(reported))
+                    settle = isinstance(error, Exception)
+                    raise
+                finally:
+                    RUN_CALLBACKS.reset(callbacks_token)
+                    self._checkpoints.forget(session_id)  # nothing of it stays in memory
+                    self._event_log.pop(session_id, None)  # saved, or of no later write
+                    with _SESSIONS_LOCK:
+                        self._running.discard(session_id)
+                        _let_go(self._finishing, session_id, callbacks)
+                    if callbacks and settle:
+                        await settle_callbacks(callbacks, deadline)
+                return session
+            break
         # A turn goes on with the history it started with (`session()` gives it).
         history = self.trim_history(session.messages) if state.turn else None
         agent_id, prompt = state.agent_id, state.prompt
