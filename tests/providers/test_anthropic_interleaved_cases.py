@@ -45,15 +45,20 @@ def clock() -> str:
 
 
 async def _loop(
-    server: FakeLlmServer, blocks: list[dict[str, Any]], stream: bool, **runtime: Any
+    server: FakeLlmServer, blocks: list[dict[str, Any]], stream: bool
 ) -> list[dict[str, Any]]:
     """Runs a tool loop whose first reply is `blocks`; returns what its second request sent
     back of that reply."""
+    return await _loop_with(server, anthropic_blocks_reply(blocks, stream))
+
+
+async def _loop_with(server: FakeLlmServer, first: Reply) -> list[dict[str, Any]]:
+    """`_loop`, its first reply `first` (streamed when it has frames)."""
+    stream = first.frames is not None
     server.script(
-        anthropic_blocks_reply(blocks, stream),
-        anthropic_blocks_reply([{"type": "text", "text": "Sunny at noon."}], stream),
+        first, anthropic_blocks_reply([{"type": "text", "text": "Sunny at noon."}], stream)
     )
-    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[weather, clock], **runtime)
+    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[weather, clock])
     if stream:
         rt.events.on(lambda event: None)  # a listener: the runtime streams the reply
     async with make_provider("anthropic", server, retry=ONCE) as llm:
@@ -167,13 +172,7 @@ async def test_text_split_inside_a_character_keeps_its_blocks_apart(
     ]
     at = reply.frames.index(one_delta)
     reply.frames[at : at + 1] = halves
-    server.script(reply, anthropic_blocks_reply([{"type": "text", "text": "Done."}], True))
-    rt = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[weather, clock])
-    rt.events.on(lambda event: None)  # a listener: the runtime streams the reply
-    async with make_provider("anthropic", server, retry=ONCE) as llm:
-        await rt.run_agent_with_provider("a", "Weather and time?", llm)
-    sent = [m for m in server.requests[1].json["messages"] if m["role"] == "assistant"]
-    assert sent[0]["content"] == blocks
+    assert await _loop_with(server, reply) == blocks
 
 
 _KINDS = st.lists(
@@ -249,5 +248,30 @@ async def test_the_default_token_limit_leaves_room_beyond_a_thinking_budget(
     # with the provider's default limit (4,096, never set by the user) was a 400.
     server.script(anthropic_blocks_reply([{"type": "text", "text": "ok"}], False))
     async with make_provider("anthropic", server, retry=ONCE, max_tokens=given) as llm:
+        assert llm.max_tokens == (given or 4096)
         await llm.chat([ar.providers.base.Message("user", "q")], **params)
-    assert server.requests[0].json["max_tokens"] == sent
+        assert server.requests[0].json["max_tokens"] == sent
+        server.script(anthropic_blocks_reply([{"type": "text", "text": "ok"}], False))
+        llm.max_tokens = 2000  # set since: the user's, sent as set
+        await llm.chat([ar.providers.base.Message("user", "q")], **params)
+        assert server.requests[1].json["max_tokens"] == params.get("max_tokens", 2000)
+        with pytest.raises(ValueError, match="max_tokens"):
+            llm.max_tokens = 0
+
+
+async def test_text_blocks_without_their_stop_events_keep_their_places(
+    server: FakeLlmServer,
+) -> None:
+    # A proxy that leaves out a text block's `content_block_stop` left its length unknown:
+    # the reply's text went back whole in its first block, the second block's place lost.
+    blocks = REPLIES["text and redacted thinking between"]
+    reply = anthropic_blocks_reply(blocks, True)
+    assert reply.frames is not None
+    text_stops = {
+        anthropic_event("content_block_stop", index=n)
+        for n, block in enumerate(blocks)
+        if block["type"] == "text"
+    }
+    reply.frames[:] = [frame for frame in reply.frames if frame not in text_stops]
+    sent = await _loop_with(server, reply)
+    assert sent == blocks

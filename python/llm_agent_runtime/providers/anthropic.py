@@ -350,10 +350,7 @@ class AnthropicProvider(HttpProvider):
         cache_write_cost_per_million: float | None = None,
         cache_write_1h_cost_per_million: float | None = None,
     ) -> None:
-        self._max_tokens_given = max_tokens is not None
-        max_tokens = (
-            DEFAULT_MAX_TOKENS if max_tokens is None else check_count("max_tokens", max_tokens, 1)
-        )
+        max_tokens = None if max_tokens is None else check_count("max_tokens", max_tokens, 1)
         # A number before the cache prices are made of it (`1.25 * None` is a bare TypeError).
         input_cost_per_million = check_real("input_cost_per_million", input_cost_per_million)
         api_key = given_or_env(text_setting("api_key", api_key), "ANTHROPIC_API_KEY")
@@ -375,8 +372,7 @@ class AnthropicProvider(HttpProvider):
         model = text_setting("model", model)
         self.model = model or env_setting("ANTHROPIC_MODEL") or DEFAULT_ANTHROPIC_MODEL
         """Model used when a call names none."""
-        self.max_tokens = max_tokens
-        """Most tokens per reply unless a call says otherwise."""
+        self._max_tokens = max_tokens  # None: none set (see `max_tokens`)
         self.stop = check_stop(stop)
         """Stop sequences sent with every call."""
         headers = {
@@ -518,6 +514,21 @@ class AnthropicProvider(HttpProvider):
         )
         return checked_arguments(response, self._transport.redact)
 
+    @property
+    def max_tokens(self) -> int:
+        """Most tokens per reply unless a call says otherwise.
+
+        `DEFAULT_MAX_TOKENS` when none was set, then raised beyond a call's thinking budget.
+
+        Raises:
+            ValueError: Set to no int of at least 1.
+        """
+        return DEFAULT_MAX_TOKENS if self._max_tokens is None else self._max_tokens
+
+    @max_tokens.setter
+    def max_tokens(self, value: int) -> None:
+        self._max_tokens = check_count("max_tokens", value, 1)
+
     def _check_reply(self, raw: bytes) -> None:
         error = error_of_reply(raw, _Error, self._transport.redact)
         if error is not None:  # an error sent with status 200
@@ -594,7 +605,7 @@ class AnthropicProvider(HttpProvider):
         body.update(params)
         if "max_tokens" in params:  # checked as the constructor's: the API needs a count
             body["max_tokens"] = check_count("max_tokens", params["max_tokens"], 1)
-        elif not self._max_tokens_given:
+        elif self._max_tokens is None:  # none set: room beyond a thinking budget
             budget = _thinking_budget(params.get("thinking"))
             if budget is not None and budget >= self.max_tokens:  # else a 400: the reply beyond
                 body["max_tokens"] = budget + self.max_tokens
@@ -611,7 +622,6 @@ class AnthropicProvider(HttpProvider):
         thoughts: dict[int, list[str]] = {}  # the pieces of each thinking block's text
         kinds: dict[int, str] = {}  # the kind of each text, tool_use or reasoning block
         text_starts: dict[int, int] = {}  # where each text block starts in the text
-        text_lengths: dict[int, int] = {}  # each text block's, by content block index
         stop_reason: str | None = None
         model: str | None = None
         usage = Usage()
@@ -729,8 +739,6 @@ class AnthropicProvider(HttpProvider):
                             owed = reported = True
                     elif kind == "content_block_stop":
                         progress.step(sse.data)
-                        if event.index in text_starts:
-                            text_lengths[event.index] = text.length - text_starts[event.index]
                         block = tool_blocks.get(event.index)
                         if block is not None:
                             piece = block.give_initial()
@@ -771,7 +779,9 @@ class AnthropicProvider(HttpProvider):
                 usage=usage,
                 stop_reason=stop_reason,
                 model=model,
-                reasoning=_BlockOrder.of(kinds, text_lengths).kept(list(reasoning.values())),
+                reasoning=_BlockOrder.of(kinds, text_starts, text.length).kept(
+                    list(reasoning.values())
+                ),
             )
             yield StreamEnd(checked_arguments(response, self._transport.redact))
         except BaseException as error:
@@ -933,11 +943,18 @@ class _BlockOrder:
         self.text_lengths: list[int] = []
 
     @classmethod
-    def of(cls, kinds: dict[int, str], text_lengths: dict[int, int]) -> _BlockOrder:
-        """A streamed reply's: its blocks' kinds and text lengths, by content block index."""
+    def of(cls, kinds: dict[int, str], text_starts: dict[int, int], length: int) -> _BlockOrder:
+        """A streamed reply's order, from its blocks' kinds by content block index.
+
+        `text_starts` says where each text block started in the reply's text (`length`
+        long). Only text blocks add to the text: each one runs to the next one's start.
+        """
         order = cls()
+        starts = sorted(text_starts.items())
+        ends = {index: end for (index, _), (_, end) in itertools.pairwise(starts)}
         for index in sorted(kinds):
-            order.add(kinds[index], text_lengths.get(index, 0))
+            start = text_starts.get(index, 0)
+            order.add(kinds[index], ends.get(index, length) - start)
         return order
 
     def add(self, kind: str, text_length: int = 0) -> None:
