@@ -269,3 +269,39 @@ def test_a_given_schema_is_shown_whole_whatever_its_references() -> None:
     escaped = {"type": "object", "properties": {"p": {"$ref": "#/$defs/a~1b"}}}
     escaped["$defs"] = {"a/b": {"type": "integer"}}
     assert shown_schema(escaped) == {"type": "object", "properties": {"p": {"type": "integer"}}}
+
+
+def test_a_reference_shown_whole_still_shows_its_properties() -> None:
+    # A schema that is a reference, with a pointer into its definition (a sub-schema used
+    # twice), is shown whole; its root was the spec's empty `properties` beside the
+    # reference, so a client that ignores `$ref` saw a tool without arguments.
+    address = {"type": "object", "properties": {"city": {"type": "string"}}}
+    order = {
+        "type": "object",
+        "properties": {
+            "shipping": address,
+            "billing": {"$ref": "#/definitions/Order/properties/shipping"},
+        },
+        "required": ["shipping"],
+    }
+    spec = ar.ToolSpec(
+        "order",
+        "Orders.",
+        lambda shipping, billing=None: shipping,
+        parameters={"$ref": "#/definitions/Order", "definitions": {"Order": order}},
+    )
+    shown = spec.definition()["parameters"]
+    assert sorted(shown["properties"]) == ["billing", "shipping"]
+    assert shown["required"] == ["shipping"] and not _dangling(shown)
+    # A `$ref` in a value (an example, a default) is no reference of the schema: the real
+    # ones are still inlined.
+    target = {"type": "object", "properties": {"path": {"type": "string"}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "target": {"$ref": "#/$defs/Target"},
+            "spec": {"type": "object", "examples": [{"$ref": "#/components/schemas/Pet"}]},
+        },
+        "$defs": {"Target": target},
+    }
+    assert shown_schema(schema)["properties"]["target"] == target

@@ -3074,10 +3074,16 @@ def shown_schema(parameters: dict[str, Any]) -> dict[str, Any]:
     for ref in sorted(kept):
         section, name, _ = defs[ref]
         shown.setdefault(section, {})[name] = shown_defs[ref]
-    if not all(_resolves(shown, ref) for ref in _ref_counts(shown)):
-        whole: dict[str, Any] = _fixed_up(parameters)
-        return whole
-    return shown
+    if all(_resolves(shown, ref) for ref in _schema_refs(shown)):
+        return shown
+    whole: dict[str, Any] = _fixed_up(parameters)
+    root = whole.get("$ref")
+    if isinstance(root, str) and root in defs and isinstance(defs[root][2], dict):
+        # A schema that is a reference (zod-to-json-schema's): the definition at the root,
+        # its definitions kept, so that references into them still resolve.
+        siblings = {k: v for k, v in whole.items() if k != "$ref"}
+        whole = _as_providers_take(_merged(_fixed_up(defs[root][2]), siblings))
+    return whole
 
 
 def _escaped(name: str) -> str:
@@ -3106,6 +3112,24 @@ def _resolves(schema: Any, ref: str) -> bool:
         else:
             return False
     return True
+
+
+def _schema_refs(node: Any) -> Iterator[str]:
+    """The references of a schema: its `$ref`s where a schema is (not in `default`, say)."""
+    if not isinstance(node, dict):
+        return
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        yield ref
+    for key, value in node.items():
+        if key in (*_SCHEMA_MAPS, "$defs", "definitions") and isinstance(value, dict):
+            for sub in value.values():
+                yield from _schema_refs(sub)
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            for sub in value:
+                yield from _schema_refs(sub)
+        elif key in _SCHEMA_KEYWORDS:
+            yield from _schema_refs(value)
 
 
 def _fixed_up(node: Any) -> Any:
