@@ -39,6 +39,13 @@ def _calls() -> list[dict[str, Any]]:
     ]
 
 
+def _whole(message: dict[str, Any], finish_reason: str) -> Reply:
+    """An unstreamed chat completion of `message`."""
+    choice = {"index": 0, "finish_reason": finish_reason, "message": message}
+    whole = {"id": "r", "object": "chat.completion", "model": "m", "choices": [choice]}
+    return Reply(body=json.dumps(whole).encode(), headers=JSON)
+
+
 def _frames(chunks: list[dict[str, Any]]) -> Reply:
     frames = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks]
     return Reply(frames=[*frames, b"data: [DONE]\n\n"], headers=EVENTS)
@@ -54,14 +61,7 @@ def _gemini_calls(stream: bool) -> Reply:
             "tool_calls": _calls(),
             "extra_content": OWN,
         }
-        whole = {
-            "id": "r1",
-            "object": "chat.completion",
-            "model": "gemini-3-flash-preview",
-            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 20},
-        }
-        return Reply(body=json.dumps(whole).encode(), headers=JSON)
+        return _whole(message, "tool_calls")
     first, second = _calls()
     del first["extra_content"]
     first["function"]["arguments"] = '{"city": '
@@ -86,14 +86,7 @@ def _answer(stream: bool) -> Reply:
                 {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
             ]
         )
-    message = {"role": "assistant", "content": "Sunny"}
-    whole = {
-        "id": "r2",
-        "object": "chat.completion",
-        "model": "m",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-    }
-    return Reply(body=json.dumps(whole).encode(), headers=JSON)
+    return _whole({"role": "assistant", "content": "Sunny"}, "stop")
 
 
 ECHOED = {"role": "assistant", "content": None, "tool_calls": _calls(), "extra_content": OWN}
@@ -217,13 +210,7 @@ def _openrouter_call(stream: bool) -> Reply:
             "reasoning_details": DETAILS,
             "tool_calls": [call],
         }
-        whole = {
-            "id": "r1",
-            "object": "chat.completion",
-            "model": "anthropic/claude-sonnet-4.5",
-            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}],
-        }
-        return Reply(body=json.dumps(whole).encode(), headers=JSON)
+        return _whole(message, "tool_calls")
     text, encrypted = DETAILS
     pieces = [
         {"type": "reasoning.text", "text": "The user wants ", "format": text["format"], "index": 0},
@@ -294,13 +281,7 @@ def _reasoning_call(stream: bool, fields: dict[str, str]) -> Reply:
     base = {"id": "r1", "object": "chat.completion.chunk", "model": "qwen3"}
     if not stream:
         message = {"role": "assistant", "content": None, **fields, "tool_calls": [call]}
-        whole = {
-            "id": "r1",
-            "object": "chat.completion",
-            "model": "qwen3",
-            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}],
-        }
-        return Reply(body=json.dumps(whole).encode(), headers=JSON)
+        return _whole(message, "tool_calls")
     deltas: list[dict[str, Any]] = [
         {name: text[: len(text) // 2] for name, text in fields.items()},
         {name: text[len(text) // 2 :] for name, text in fields.items()},
@@ -357,18 +338,7 @@ async def test_reasoning_details_alike_go_back_apart(server: FakeLlmServer, stre
         first = _frames([*chunks, {**base, "choices": [end]}])
     else:
         message = {"role": "assistant", "content": "", "reasoning_details": SIGNED}
-        whole = {
-            "id": "r1",
-            "object": "chat.completion",
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "tool_calls",
-                    "message": {**message, "tool_calls": calls},
-                }
-            ],
-        }
-        first = Reply(body=json.dumps(whole).encode(), headers=JSON)
+        first = _whole({**message, "tool_calls": calls}, "tool_calls")
     echoed = await weather_loop(server, stream, first, _answer(stream))
     assert echoed == [
         {"role": "assistant", "content": None, "reasoning_details": SIGNED, "tool_calls": calls}
