@@ -121,3 +121,23 @@ def test_openais_own_base_url_in_capitals_without_a_key_still_chooses_nothing(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OPENAI_BASE_URL", "HTTPS://API.OPENAI.COM/v1")
     assert provider_from_env() is None
+
+
+def test_each_provider_takes_its_own_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An option one provider has and the other not (`send_stop=False` for an OpenAI model
+    # that refuses `stop`) failed with a TypeError whenever the environment chose the other.
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    own = {"openai": {"send_stop": False}, "anthropic": {"max_tokens": 16000}}
+    chosen = provider_from_env(model="m", **own)
+    assert isinstance(chosen, ar.AnthropicProvider)
+    assert chosen.max_tokens == 16000 and chosen.model == "m"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    chosen = provider_from_env(model="m", **own)
+    assert isinstance(chosen, ar.OpenAIProvider)
+    assert chosen.send_stop is False and chosen.model == "m"
+    chosen = provider_from_env(model="a", openai={"model": "b"})  # its own win
+    assert chosen is not None and chosen.model == "b"
+    with pytest.raises(TypeError, match="openai must be a mapping of option names"):
+        provider_from_env(openai=["send_stop"])  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ package does not load httpx.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from llm_agent_runtime.providers.base import (
@@ -70,7 +71,12 @@ if not TYPE_CHECKING:  # type checkers read the names above (see the package's)
         return value
 
 
-def provider_from_env(**options: Any) -> LlmProvider | None:
+def provider_from_env(
+    *,
+    openai: Mapping[str, Any] | None = None,
+    anthropic: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> LlmProvider | None:
     """Returns a real provider chosen from the environment, or None when none is configured.
 
     `OpenAIProvider` when `OPENAI_API_KEY` is set, or when `OPENAI_BASE_URL` points at an
@@ -83,7 +89,12 @@ def provider_from_env(**options: Any) -> LlmProvider | None:
     `OPENAI_BASE_URL=` line does not win over `ANTHROPIC_API_KEY`).
 
     Args:
-        **options: Passed to the chosen provider's constructor (e.g. `retry=`, `budget=`).
+        openai: Options for `OpenAIProvider` only, when it is chosen (e.g. `{"send_stop":
+            False}` for a model that refuses `stop`, or `{"stream_usage": False}`).
+        anthropic: Options for `AnthropicProvider` only, when it is chosen (e.g.
+            `{"max_tokens": 16000}`).
+        **options: Passed to the chosen provider's constructor (e.g. `retry=`, `budget=`),
+            with the chosen provider's own options, which win.
 
     Returns:
         The provider, or None when neither provider is configured.
@@ -91,17 +102,32 @@ def provider_from_env(**options: Any) -> LlmProvider | None:
     Raises:
         ProviderError: The chosen provider refuses its settings (a key no HTTP header can
             carry, or a base URL without its http:// or https:// scheme, for instance).
+        TypeError: `openai` or `anthropic` is no mapping of option names, or the chosen
+            provider takes no such option.
     """
     base_url = _setting("OPENAI_BASE_URL")
     if _setting("OPENAI_API_KEY") or (base_url and not _is_openai_api(base_url)):
         from llm_agent_runtime.providers.openai import OpenAIProvider
 
-        return OpenAIProvider(**options)
+        return OpenAIProvider(**_with_own(options, openai, "openai"))
     if _setting("ANTHROPIC_API_KEY"):
         from llm_agent_runtime.providers.anthropic import AnthropicProvider
 
-        return AnthropicProvider(**options)
+        return AnthropicProvider(**_with_own(options, anthropic, "anthropic"))
     return None
+
+
+def _with_own(options: dict[str, Any], own: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
+    """`options` with the chosen provider's `own`, which win.
+
+    Raises:
+        TypeError: `own` is neither None nor a mapping of option names.
+    """
+    if own is None:
+        return options
+    if not isinstance(own, Mapping) or not all(isinstance(key, str) for key in own):
+        raise TypeError(f"{name} must be a mapping of option names to values, got {own!r:.80}")
+    return {**options, **own}
 
 
 def _setting(name: str) -> str | None:
