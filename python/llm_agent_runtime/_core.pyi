@@ -542,6 +542,10 @@ class EpisodicStore:
 class VectorIndex:
     """Cosine-similarity index (SIMD, multi-core, GIL released); float32, float16 or int8.
 
+    int8 re-scores a shortlist of k * rescore candidates. With exact_rescore (or
+    originals_path) recall@10 is >= 0.99 on clustered data too, but rows that are near
+    duplicates of each other (cosine about 0.999) need a longer shortlist: rescore=32.
+
     With originals_path (int8), the float32 copies used for exact re-scoring live in that file
     instead of memory: memory is a quarter of float32's. The file belongs to the process that
     opened it: in a fork()ed child (a multiprocessing "fork" worker) every use of the copies

@@ -20,7 +20,11 @@ there for the run to let go of the session. Until then, or on another loop, it i
 while the run holds the session.
 
 A checkpoint backend's event log (`AgentRuntime.session_events`) keeps every event but
-`LlmTextDelta` (`LlmResponse` holds the whole text) and `CheckpointSaved`.
+`LlmTextDelta` (`LlmResponse` holds the whole text) and `CheckpointSaved`. It is written with
+each step's checkpoint and with a failed run's end, so a process that dies loses the events
+of the step it was in. `resume` continues that step from its journal without emitting
+again what it reuses (the model's reply, the calls that finished): the log may lack them,
+while the resumed session's steps hold them.
 """
 
 from __future__ import annotations

@@ -3834,7 +3834,13 @@ class AgentRuntime(Unshared):
 
         Every event of its runs but `LlmTextDelta` (the text is in `LlmResponse`; a streamed
         reply is not saved chunk by chunk) and `CheckpointSaved`. A float JSON has no number
-        for (a NaN in a tool call's arguments) is logged as its `str`.
+        for (a NaN in a tool call's arguments) is logged as its `str`. Events are written
+        with each step's checkpoint and with a failed run's end: a process that dies loses
+        those of the step it was in, which `resume` continues from the journal without
+        emitting again what it reuses (the reply, the finished calls). Audit side effects by
+        the resumed session's steps, not by this log: they hold every finished call, and a
+        call that may have run is repeated only when that is safe, else refused until
+        settled (see `resume`).
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("the event log needs a checkpoint_backend")
