@@ -2120,7 +2120,7 @@ impl PyReActStep {
 /// literal is JSON only when nothing follows it on its line. A code fence that opens an input
 /// (or any fence in a final answer) is read whole: a line in it that looks like a label (a
 /// YAML `action:` key) is its text. Input decodes as `json.loads`
-/// would (JSON nested too deeply even for it stays raw text). The step ends at an
+/// would (JSON nesting objects and arrays over 200 levels deep stays raw text). The step ends at an
 /// `Observation:` line after the action, or a `Thought:` or `Action:` line after its input (see
 /// `ReActStep.end`).
 ///

@@ -696,6 +696,55 @@ def test_a_graph_too_large_for_memory_is_a_graph_error_not_a_memory_store_error(
     assert out.split() == ["GraphError", "True", "GraphError", "True"]
 
 
+# A change of the graph that needs more memory than there is must leave the graph as it was
+# with a GraphError: the id index and the duplicate check are hash tables, whose own growth
+# aborted the interpreter when it failed. Each change needs tens of MiB more than the limit
+# leaves (the new ids' check; the index of the numbered ids after a removed one, which are
+# hashed from then on); the graph's entities are made before the limit is set.
+GRAPH_CHANGE_OUT_OF_MEMORY_SCENARIO = (
+    VM_BYTES
+    + """
+    import resource
+    import llm_agent_runtime as ar
+
+    n = 2**22
+    g = ar.GraphStore.from_edge_list(n, [(0, 1)])
+    g.update_entity("0", label="first")  # the entities are stored one by one from now on
+    new_ids = [f"new-{i}" for i in range(2**21)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    for name, call, room in [
+        # Room for the ids read from the list (24 bytes each), not for their check too.
+        ("add_entities", lambda: g.add_entities(new_ids), len(new_ids) * 24),
+        ("remove_entity", lambda: g.remove_entity("0"), 0),
+    ]:
+        resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + room + 16 * 2**20, hard))
+        try:
+            call()
+            print(name, "fit")
+        except ar.GraphError as e:
+            print(name, "GraphError", str(e))
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    print("after", len(g) == n, g.entity("0")["label"], g.has_entity("new-0"))
+    g.remove_entity("0")
+    print("removed", len(g) == n - 1, g.has_entity("0"), g.neighbors_of("1"))
+"""
+)
+
+
+@pytest.mark.skipif(
+    not hasattr(resource, "RLIMIT_AS") or not os.path.exists("/proc/self/status"),
+    reason="needs RLIMIT_AS and /proc (Linux)",
+)
+def test_a_graph_change_out_of_memory_is_a_graph_error_and_changes_nothing() -> None:
+    out = run_python(GRAPH_CHANGE_OUT_OF_MEMORY_SCENARIO, env={"MIMALLOC_ARENA_RESERVE": "0"})
+    assert out.splitlines() == [
+        "add_entities GraphError out of memory: the check of the new ids cannot be allocated",
+        "remove_entity GraphError out of memory: the id index cannot grow",
+        "after True first False",
+        "removed True False []",
+    ]
+
+
 # ------------------------------------------------------------------ protocols
 
 

@@ -139,9 +139,10 @@ def parse_react_step(text: str) -> ReActStep:
     A JSON object or array input may be followed by other text; a string literal is JSON
     only when nothing follows it on its line (`"New York" weather` stays that text; chatter
     on later lines is ignored). JSON input decodes as `json.loads` would: integers of any size
-    stay exact ints; deep nesting, numbers beyond the float range (inf), escaped lone
-    surrogates and NaN decode too. JSON nested too deeply even for `json.loads` (a
-    RecursionError) stays raw text. An object or array that is not JSON but is written as
+    stay exact ints; numbers beyond the float range (inf), escaped lone surrogates and NaN
+    decode too. JSON nesting objects and arrays over 200 levels deep stays raw text, as the
+    providers leave such tool arguments (a session holding them could not be copied nor
+    saved within Python's recursion limit). An object or array that is not JSON but is written as
     Python writes one (`{'q': 'rust', 'exact': True, 'page': None}`: strings in single quotes
     with Python's escapes, a backslash and slash kept as written, `True`, `False`, `None`),
     or as JSON with trailing commas (`{"a": 1,}`), decodes as `ast.literal_eval` or

@@ -1247,6 +1247,11 @@ impl PyGraphStore {
     ) -> PyResult<()> {
         self.mutate_detached(py, |s| {
             let mut fresh = rustc_hash::FxHashSet::default();
+            fresh.try_reserve(ids.len()).map_err(|_| {
+                CoreError::Graph(
+                    "out of memory: the check of the new ids cannot be allocated".into(),
+                )
+            })?;
             for id in &ids {
                 let id: &str = id;
                 if s.contains(id) || !fresh.insert(id) {
@@ -1517,7 +1522,10 @@ impl PyGraphStore {
         run_detached(py, || {
             let store = self.store.read();
             let mut seen = rustc_hash::FxHashSet::default();
-            let mut nodes = Vec::with_capacity(ids.len());
+            seen.try_reserve(ids.len()).map_err(|_| {
+                CoreError::Graph("out of memory: the subgraph's ids cannot be allocated".into())
+            })?;
+            let mut nodes = alloc::with_capacity(ids.len(), "the subgraph's ids")?;
             for id in ids {
                 let v = store.index_of(id)?;
                 if seen.insert(v) {

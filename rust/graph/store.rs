@@ -332,34 +332,57 @@ impl IdIndex {
         found.copied()
     }
 
+    /// Makes room in the table for `extra` more hashed ids, or fails with "out of memory"
+    /// (hashbrown's own growth aborts the process when the allocation fails).
+    fn reserve(&mut self, ids: &(impl IdList + ?Sized), extra: usize) -> CoreResult<()> {
+        self.table
+            .try_reserve(extra, |&i| hash_id(ids.id_at(i)))
+            .map_err(|_| CoreError::Graph("out of memory: the id index cannot grow".into()))
+    }
+
     /// Points `id` at `index` (the next index, one past every entity) unless `id` is taken;
     /// returns whether it was free. One hash at most, none while the ids are the indices.
-    fn insert(&mut self, ids: &(impl IdList + ?Sized), id: &str, index: u32) -> bool {
+    ///
+    /// # Errors
+    /// [`CoreError::Graph`] "out of memory" when the table cannot grow (nothing changed).
+    fn insert(&mut self, ids: &(impl IdList + ?Sized), id: &str, index: u32) -> CoreResult<bool> {
         let number = decimal(id);
         // Every entity so far is numbered (none is hashed), and this one continues the run.
         if index == self.numbered && number == Some(index) {
             self.numbered += 1;
-            return true;
+            return Ok(true);
         }
         if number.is_some_and(|i| i < self.numbered) {
-            return false;
+            return Ok(false);
         }
+        self.reserve(ids, 1)?;
         let entry = self.table.entry(
             hash_id(id),
             |&i| ids.id_at(i) == id,
             |&i| hash_id(ids.id_at(i)),
         );
         match entry {
-            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Occupied(_) => Ok(false),
             hashbrown::hash_table::Entry::Vacant(slot) => {
                 slot.insert(index);
-                true
+                Ok(true)
             }
         }
     }
 
+    /// Makes room for what [`IdIndex::swap_remove`] of `removed` hashes (the numbered
+    /// entities after it), before the removal changes anything.
+    ///
+    /// # Errors
+    /// [`CoreError::Graph`] "out of memory" when the table cannot grow.
+    fn reserve_for_removal(&mut self, entities: &[Entity], removed: u32) -> CoreResult<()> {
+        let rehashed = self.numbered.saturating_sub(removed.saturating_add(1));
+        self.reserve(entities, rehashed as usize)
+    }
+
     /// Forgets entity `removed` ahead of `entities.swap_remove(removed)`, and points the id
-    /// of the last entity (which moves into the gap) at `removed`.
+    /// of the last entity (which moves into the gap) at `removed`. Grows the table only as
+    /// far as [`IdIndex::reserve_for_removal`] made room for.
     fn swap_remove(&mut self, entities: &[Entity], removed: u32) {
         let last = (entities.len() - 1) as u32;
         if removed < self.numbered {
@@ -1006,7 +1029,7 @@ impl Store {
         // Room for it first: a failure then leaves the index and the entities as they were.
         reserve(&mut self.entities, 1, "graph entities")?;
         let id = id.into();
-        if !self.index.insert(self.entities.as_slice(), &id, index) {
+        if !self.index.insert(self.entities.as_slice(), &id, index)? {
             return Err(CoreError::Graph(format!("entity {id:?} already exists")));
         }
         self.entities.push(Entity {
@@ -1054,6 +1077,7 @@ impl Store {
     pub fn remove_entity(&mut self, id: &str) -> CoreResult<Entity> {
         let removed = self.index_of(id)?;
         self.store_entities()?;
+        self.index.reserve_for_removal(&self.entities, removed)?;
         self.store_relationships();
         self.unlink_all();
         let kinds = &mut self.kinds;
@@ -1257,7 +1281,7 @@ impl Store {
         for (position, &old) in keep.iter().enumerate() {
             let entity = self.entity(old).into_owned();
             out.index
-                .insert(out.entities.as_slice(), &entity.id, position as u32);
+                .insert(out.entities.as_slice(), &entity.id, position as u32)?;
             out.entities.push(entity);
         }
         // (old relationship index, new from, new to), in relationship order.
