@@ -125,6 +125,33 @@ async def test_a_closed_redis_backend_opens_a_new_pool_at_its_next_call() -> Non
     await backend.close()  # twice is fine
 
 
+async def test_the_first_listing_indexes_no_other_backend_s_keys_nor_keys_that_expire() -> None:
+    # The scan for keys stored before the index took every key under the prefix: a longer
+    # prefix's backend's, and other data (the orchestration state under the default prefix
+    # of earlier versions, which expires). Once indexed, they stayed listed after their own
+    # backend deleted them, or they expired, in every process.
+    url = server_address("redis")
+    prefix = f"test:nested:{uuid.uuid4().hex}:"
+    tenant = ar.RedisBackend(url, prefix=prefix + "tenant1:")
+    outer = ar.RedisBackend(url, prefix=prefix)
+    try:
+        await tenant.save("session:s1", b"t")
+        await outer.client.set(prefix + "session:old", b"0")  # as an earlier version stored it
+        await outer.client.set(prefix + "dedup:pay:result", b"r", px=60_000)
+        assert await outer.list_keys() == ["session:old"]
+        assert await tenant.list_keys() == ["session:s1"]
+        await tenant.delete("session:s1")
+        await outer.client.delete(prefix + "dedup:pay:result")  # as its expiry deletes it
+        assert await outer.list_keys() == ["session:old"]
+        assert await ar.RedisBackend(url, prefix=prefix).list_keys() == ["session:old"]
+        assert await tenant.list_keys() == []
+    finally:
+        keys = [k async for k in outer.client.scan_iter(match=f"*{prefix}*")]
+        await outer.client.delete(*keys)
+        await tenant.close()
+        await outer.close()
+
+
 async def test_listings_read_the_index_not_the_whole_database(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -40,8 +40,10 @@ class RedisBackend(Unshared):
     added, are under the prefix (an ACL allowing the prefix allows them), at names no key
     can have: the prefix followed by the byte 0xff, which no UTF-8 text holds. Keys stored
     before the index (by earlier versions) are added to it at the first listing of the
-    prefix in the database, from one scan of the prefix; a user that may not write (a
-    read-only user or replica) lists by that scan until a writer has added them. Keys
+    prefix in the database, from one scan of the prefix (keys with an expiry, which no
+    backend sets, and keys under a longer prefix with an index of its own, another
+    backend's, are left out); a user that may not write (a read-only user or replica) lists
+    by that scan until a writer has added them. Keys
     another client writes or deletes directly are not seen by listings afterwards, nor
     their deletion, and neither are the writes of a backend of an earlier version: upgrade
     every worker before one lists keys. A key Redis evicts stays listed (checkpoints need
@@ -266,8 +268,19 @@ class RedisBackend(Unshared):
             except Exception as error:
                 raise PersistenceError(f"Redis: {error}") from error
             # Every key starts with `prefix`: the sorted full keys are the sorted keys. The
-            # indexes and markers of this prefix and of longer ones are no keys.
-            stored = [k for k in found if not k.endswith(_BOOKKEEPING)]
+            # indexes and markers of this prefix and of longer ones are no keys, and the keys
+            # under a longer prefix that has an index of its own are another backend's.
+            own_index = _index_key(prefix)
+            others = tuple(
+                k[: -len(_INDEX_SUFFIX)]
+                for k in found
+                if k.endswith(_INDEX_SUFFIX) and k != own_index
+            )
+            stored = [
+                k
+                for k in found
+                if not k.endswith(_BOOKKEEPING) and not (others and k.startswith(others))
+            ]
             # Cut once decoded: the prefix is that many characters (not bytes) of each.
             keys = [k[len(prefix) :] for k in decode_stored_keys("RedisBackend", stored)]
             try:
@@ -333,11 +346,14 @@ return n
 
 _INDEX_IF_STORED = """
 for i = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('ZADD', KEYS[1], 0, ARGV[i - 1]) end
+  if redis.call('PTTL', KEYS[i]) == -1 then redis.call('ZADD', KEYS[1], 0, ARGV[i - 1]) end
 end
 return 1
 """
-"""Adds to the index KEYS[1] each key KEYS[2:] that exists, as ARGV[i - 1] (no prefix)."""
+"""Adds to the index KEYS[1] each key KEYS[2:] that exists without an expiry, as ARGV[i - 1]
+(no prefix). A backend never sets one: a key that expires is other data (the Redis
+orchestration state's, under the prefix of earlier versions), which would stay listed once
+it expired."""
 
 
 def _checked_prefix(prefix: object) -> str:
