@@ -22,9 +22,11 @@ while the run holds the session.
 A checkpoint backend's event log (`AgentRuntime.session_events`) keeps every event but
 `LlmTextDelta` (`LlmResponse` holds the whole text) and `CheckpointSaved`. It is written with
 each step's checkpoint and with a failed run's end, so a process that dies loses the events
-of the step it was in. `resume` continues that step from its journal without emitting
-again what it reuses (the model's reply, the calls that finished): the log may lack them,
-while the resumed session's steps hold them.
+of the step it was in. `resume` continues that step from its journal: what it reuses there
+(the model's reply, the calls that finished) it emits, and so logs, unless the log has it
+(a run cancelled there logged it), with the observation the call gave then. What the
+journal does not keep is lost: the dead run's `RunStarted` when it died in its first step,
+the start of a call it had not finished (the resume runs that call again, or refuses it).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import FunctionType, MethodType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast, get_args
 
@@ -235,6 +235,9 @@ class _DurableRun:
     """How many steps the session had when the run started."""
     start: dict[str, Any]
     """Saved with the run's first step (`StepRecord.run_start`)."""
+    logged: set[tuple[Any, ...]] = field(default_factory=set)
+    """What the event log holds of the interrupted step a resume continues from its journal
+    (`_logged_of`): what the resume reuses is logged (and emitted) only if the log lacks it."""
 
 
 ApprovalHandler = Callable[
@@ -1679,6 +1682,7 @@ class AgentRuntime(Unshared):
                     reply = entry["reply"]
                     usage = _journaled_usage(entry)
                     model_ms = _journaled_model_ms(entry)
+                    self._reused_reply_event(session, reply, model_ms)
                 else:
                     for hook in pre_hooks:
                         text_prompt = await _rewrite(
@@ -2038,6 +2042,7 @@ class AgentRuntime(Unshared):
                     events.emit_new(LlmResponse, response_event)
             else:  # the time the model took then, not the journal's read
                 model_ms = _journaled_model_ms(saved)
+                self._reused_reply_event(session, text, model_ms)
             if reprompt_cost is not None:  # the empty reply before, re-prompted, counts here
                 usage = replace(
                     usage,
@@ -3086,9 +3091,13 @@ class AgentRuntime(Unshared):
             PersistenceError: An entry lacks what a resume reads of it (see `_entry_problem`).
         """
         assert self._checkpoints is not None
-        run = self._durable_runs[session.session_id].run
+        durable = self._durable_runs[session.session_id]
         step = session.step_count + 1
-        entries = await self._checkpoints.load_journal(session.session_id, step, run)
+        entries = await self._checkpoints.load_journal(session.session_id, step, durable.run)
+        durable.logged.clear()
+        if entries:
+            logged = await self._checkpoints.events_of_steps_from(session.session_id, step - 1)
+            durable.logged.update(filter(None, map(_logged_of, logged)))
         for entry in entries:
             problem = _entry_problem(entry)
             if problem is not None:
@@ -3191,7 +3200,9 @@ class AgentRuntime(Unshared):
         assert checkpoints is not None
         session_id = session.session_id
         if entry.get("state") == "done":
-            return _journaled_run(entry, name, arguments)
+            run = _journaled_run(entry, name, arguments)
+            self._reused_call_events(session, index, run)
+            return run
         if resolved is None:
             resolutions = await self._resolve_calls(
                 session, step, [(index, name, arguments, entry)]
@@ -3299,6 +3310,37 @@ class AgentRuntime(Unshared):
                     error,
                 )
         return run
+
+    def _reused_call_events(self, session: AgentSession, index: int, run: ToolRun) -> None:
+        """Emits a journaled call's events as a resume reuses its outcome.
+
+        The call is not run again. Its events are emitted (and logged) unless the event log
+        has them: a run cancelled there logged them, a process that died lost them with it.
+        """
+        observation, tool_ms, name, arguments = run
+        step = len(session.steps) + index
+        if self.events.active and not self._logged(
+            session, ToolCallFinished, step, name, observation.content
+        ):
+            sid = session.session_id
+            self.events.emit_new(ToolCallStarted, (sid, step, name, arguments))
+            finished = (sid, step, name, observation.content, observation.error_kind, tool_ms)
+            self.events.emit_new(ToolCallFinished, finished)
+
+    def _reused_reply_event(self, session: AgentSession, text: str, model_ms: float) -> None:
+        """Emits a journaled reply's `LlmResponse` as a resume reuses it.
+
+        The model is not asked again; the event is emitted (and logged) unless the event log
+        has it (see `_reused_call_events`).
+        """
+        step = len(session.steps)
+        if self.events.active and not self._logged(session, LlmResponse, step, text):
+            self.events.emit_new(LlmResponse, (session.session_id, step, text, model_ms))
+
+    def _logged(self, session: AgentSession, kind: type, *fields: Any) -> bool:
+        """Whether the event log holds the event of `kind` with `fields` (`_logged_of`)."""
+        durable = self._durable_runs.get(session.session_id)
+        return durable is not None and (kind.__name__, *fields) in durable.logged
 
     async def _withdraw_intent(
         self,
@@ -3549,7 +3591,10 @@ class AgentRuntime(Unshared):
         hold now: memories are not recalled, nor counted, again. A step interrupted mid-way
         continues from its journal: its model reply is reused, a finished tool call is not
         repeated, and a tool call that may have run is repeated only for tools that are
-        idempotent or take the idempotency key. A call that had not been decided yet (its
+        idempotent or take the idempotency key. What is reused is emitted as events
+        (`LlmResponse`; `ToolCallStarted` and `ToolCallFinished` with the call's journaled
+        observation) unless the event log has them already: a process that died lost them.
+        A call that had not been decided yet (its
         `on_tool_call` middlewares, capability check or approval were still going when the
         run was cut off) had not run: its reply is reused (it was journaled before they
         started, and paid for: the model is not asked again, nor its tokens charged again),
@@ -3836,11 +3881,10 @@ class AgentRuntime(Unshared):
         reply is not saved chunk by chunk) and `CheckpointSaved`. A float JSON has no number
         for (a NaN in a tool call's arguments) is logged as its `str`. Events are written
         with each step's checkpoint and with a failed run's end: a process that dies loses
-        those of the step it was in, which `resume` continues from the journal without
-        emitting again what it reuses (the reply, the finished calls). Audit side effects by
-        the resumed session's steps, not by this log: they hold every finished call, and a
-        call that may have run is repeated only when that is safe, else refused until
-        settled (see `resume`).
+        those of the step it was in. `resume` logs, once, what it reuses of that step from
+        the journal (the model's reply, each call that finished, or that `settle_call`
+        settled); the dead run's `RunStarted` (when it died in its first step) and the
+        start of a call it had not finished stay lost (see the `events` module).
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("the event log needs a checkpoint_backend")
@@ -4730,6 +4774,16 @@ def _unreadable_marked(calls: list[ToolCall]) -> list[ToolCall]:
             call = ToolCall(call.id, call.name, _Unreadable(error), error)
         marked.append(call)
     return marked
+
+
+def _logged_of(event: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What tells a logged reply or tool call's end apart, as `AgentRuntime._logged` asks."""
+    kind = event.get("type")
+    if kind == "LlmResponse":
+        return (kind, event.get("step"), event.get("text"))
+    if kind == "ToolCallFinished":
+        return (kind, event.get("step"), event.get("tool"), event.get("observation"))
+    return None
 
 
 def _journaled_run(entry: dict[str, Any], name: str, arguments: Any) -> ToolRun:

@@ -687,12 +687,23 @@ def check_events(scenario: Scenario, expected: Outcome, got: Outcome) -> None:
         for i, kind in enumerate(types):
             if kind == "RunStarted" and i > 0:  # the run before it logged its end
                 assert types[i - 1] == "ErrorEvent", types
-    # A tool call's end is logged once at most (a settled call's never).
+    # A tool call's end is logged once at most, and a settled call's once more: its outcome,
+    # as the resume reuses it.
     finished = Counter(e.get("tool") for e in got.events if e["type"] == "ToolCallFinished")
     expected_pays = sum(
         e["type"] == "ToolCallFinished" and e.get("tool") == "pay" for e in expected.events
     )
-    assert finished["pay"] <= expected_pays
+    assert finished["pay"] <= expected_pays + got.settled
+    # Every call the session keeps has its end logged with the observation it keeps, even
+    # one a dead process ran (the resume logs what it reuses from the journal).
+    ends = {
+        (e["step"], e["tool"], e["observation"])
+        for e in got.events
+        if e["type"] == "ToolCallFinished"
+    }
+    for i, step in enumerate(got.session.steps):
+        if step.action in ("pay", "look", "send"):
+            assert (i, step.action, step.observation) in ends, (i, step, ends)
 
 
 _db = itertools.count()

@@ -72,7 +72,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -454,7 +454,7 @@ _NONCE = re.compile(r"[0-9a-f]+\Z")
 _CALL = re.compile(r"([0-9]+):[0-9]+\Z")  # what follows `session:<id>:call:` in a journal key
 _LOAD_ATTEMPTS = 3  # folds of a session that a concurrent prune may force a load to redo
 _SNAPSHOT_ATTEMPTS = 5  # reads of a session that turns ending meanwhile may force a load to redo
-_EVENTS_READ_BACK = 16  # event records `run_end_logged` reads at a time
+_EVENTS_READ_BACK = 16  # event records read at a time from the log's end
 
 
 def _final_session(final: Any, key: str) -> AgentSession:
@@ -2331,6 +2331,30 @@ class CheckpointStore:
         (a run whose final checkpoint failed after it emitted that event, say). The log is
         read from its end, a few records at a time, back to the first such event.
         """
+        async for event in self._events_back(session_id):
+            kind = event.get("type")
+            if kind in ("RunStarted", "RunFinished"):
+                return bool(kind == "RunFinished")
+        return False
+
+    async def events_of_steps_from(self, session_id: str, step: int) -> list[dict[str, Any]]:
+        """The logged events of step `step` (0-based, as events number steps) and later.
+
+        Newest first: those after the log's latest event of an earlier step. For `resume`,
+        which logs what it reuses of an interrupted step only when the log lacks it (a run
+        cancelled there logged its events; a process that died did not). The log is read
+        from its end, a few records at a time.
+        """
+        found = []
+        async for event in self._events_back(session_id):
+            at = event.get("step")
+            if type(at) is int and at < step:
+                break
+            found.append(event)
+        return found
+
+    async def _events_back(self, session_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The session's logged events from the newest back, read a few at a time."""
         prefix = f"{session_key(session_id)}:event:"
         keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
         while keys:
@@ -2339,10 +2363,8 @@ class CheckpointStore:
             for key in reversed(chunk):
                 raw = values.get(key)
                 event = decode(raw, key, "event") if raw is not None else None
-                kind = event.get("type") if isinstance(event, dict) else None
-                if kind in ("RunStarted", "RunFinished"):
-                    return bool(kind == "RunFinished")
-        return False
+                if isinstance(event, dict):
+                    yield event
 
     # ------------------------------------------------------------------ maintenance
     async def prune(self, session_id: str, keep_last: int) -> int:
