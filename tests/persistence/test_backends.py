@@ -7,6 +7,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import random
 import socket
 import sqlite3
 import sys
@@ -976,6 +977,38 @@ async def test_postgres_gives_up_on_a_server_that_stops_answering() -> None:
         proxy.thaw()
         await store.close()
         await proxy.close()
+
+
+async def test_postgres_callers_cancelled_at_any_moment_leave_the_pool_whole() -> None:
+    # A caller cancelled while psycopg_pool's putconn gave its connection back (to a caller
+    # waiting for one) lost that connection, which the pool went on counting: each loss
+    # shrank the pool for good, until no call got a connection within the backend's timeout.
+    store = ar.PostgresBackend(
+        server_address("postgres"), table=f"kv_{uuid.uuid4().hex}", max_size=3, timeout=3.0
+    )
+    rng = random.Random(7)
+    try:
+        await store.save("warm", b"x")
+
+        async def cancelled_write(key: str) -> None:
+            task = asyncio.ensure_future(store.save(key, b"v" * 100))
+            await asyncio.sleep(rng.random() * 0.006)  # each cut at a moment of its own
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        for round_ in range(200):  # 8 callers for 3 connections
+            await asyncio.gather(*(cancelled_write(f"k{round_}-{i}") for i in range(8)))
+        pool = store._pools.get().pool
+        for _ in range(40):  # until the pool has settled: every connection it counts is idle
+            await asyncio.sleep(0.05)
+            stats = pool.get_stats()
+            if stats["pool_available"] == stats["pool_size"]:
+                break
+        assert stats["pool_available"] == stats["pool_size"] >= 1, stats
+        results = await asyncio.gather(*(store.load("warm") for _ in range(6)))
+        assert results == [b"x"] * 6
+    finally:
+        await store.close()
 
 
 async def test_redis_gives_up_on_a_server_that_stops_answering() -> None:

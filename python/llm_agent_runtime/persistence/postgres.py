@@ -33,6 +33,7 @@ from llm_agent_runtime.persistence._checks import (
     check_prefix,
     decode_stored_keys,
 )
+from llm_agent_runtime.persistence._waiting import retrieve_outcome
 from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["PostgresBackend"]
@@ -686,7 +687,7 @@ class PostgresBackend(Unshared):
             # Closed while idle in the pool (a server restart, an idle timeout): nothing was
             # sent on it. The pool drops a closed connection and makes a new one.
             await conn.close()
-            await pool.putconn(conn)
+            await _give_back(pool, conn)
         try:
             return await _within(
                 deadline, min(_CANCEL_GRACE, self.timeout), _rows(conn, query, params)
@@ -694,7 +695,7 @@ class PostgresBackend(Unshared):
         finally:
             # A statement that timed out left its connection idle (cancelled on the server),
             # or closed: the pool drops a closed (or still busy) connection.
-            await pool.putconn(conn)
+            await _give_back(pool, conn)
 
     async def save(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`, replacing any previous value atomically."""
@@ -923,6 +924,51 @@ class _Watched(Generic[T]):
                 error = cancel
             except BaseException as other:
                 error = other
+
+
+async def _give_back(pool: Any, conn: Any) -> None:
+    """Returns `conn` to `pool` whole, even when the caller is cancelled meanwhile.
+
+    psycopg_pool's `putconn` cut off by a cancellation drops the connection while the pool
+    still counts it, so it opens no replacement: every such cut shrank the pool for good,
+    until no call got a connection. A hand-back that has to wait (for the pool's lock, for a
+    caller waiting for a connection) goes on in a task of its own, which a cancellation of
+    the caller does not stop (it is raised as the hand-back goes on). One that does not wait,
+    the usual case, ends here: no task, no extra turn of the loop (~30 us a statement).
+    """
+    giving = pool.putconn(conn)
+    try:
+        awaited = giving.send(None)
+    except StopIteration:
+        return
+    task = asyncio.ensure_future(_go_on(giving, awaited))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        keep_alive(task).add_done_callback(retrieve_outcome)
+        raise
+
+
+async def _go_on(coroutine: Coroutine[Any, Any, Any], awaited: Any) -> None:
+    """Runs `coroutine` on from its first wait, for `awaited`, as a task runs a coroutine.
+
+    Each future it waits for is waited for here, its outcome left for the coroutine to read
+    as it is sent on (a bare `yield` is a turn of the loop). Cancelled (its loop ends), the
+    coroutine is closed.
+    """
+    while True:
+        try:
+            if awaited is None:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait([awaited])
+        except asyncio.CancelledError:
+            coroutine.close()
+            raise
+        try:
+            awaited = coroutine.send(None)
+        except StopIteration:
+            return
 
 
 def _closed_by_server(conn: Any) -> bool:
