@@ -169,3 +169,34 @@ async def test_a_batch_that_cannot_be_installed_is_not_called_a_crash(
     monkeypatch.undo()  # space freed: the batch is installed, whole
     assert await backend.batch_load(["a", "b"]) == {"a": b"1", "b": b"1"}
     assert not batch.exists()
+
+
+async def test_a_listing_reads_the_key_of_each_record_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Keys sharing their first 48 characters (the session ids of one tenant) share the start
+    # of their file names: every listing read the key of every such file (3,000 sessions: a
+    # session's load took 0.75 s instead of 0.05 s).
+    store = FileBackend(tmp_path)
+    tenant = "session:org-0001/user-000000042/conversation-2026-12-06-"
+    for i in range(20):
+        await store.save(f"{tenant}{i:04d}:meta", b"m")
+    read: list[str] = []
+    stored_key = FileBackend._stored_key
+
+    def counted(self: FileBackend, path: Path) -> str | None:
+        read.append(path.name)
+        return stored_key(self, path)
+
+    monkeypatch.setattr(FileBackend, "_stored_key", counted)
+    assert await store.list_keys(f"{tenant}0003") == [f"{tenant}0003:meta"]
+    assert len(read) == 20  # the first listing reads them all
+    read.clear()
+    assert await store.list_keys(f"{tenant}0007") == [f"{tenant}0007:meta"]
+    assert read == []
+    await store.save(f"{tenant}0100:meta", b"m")
+    await store.delete(f"{tenant}0003:meta")
+    expected = [f"{tenant}{i:04d}:meta" for i in [*range(20), 100] if i != 3]
+    assert await store.list_keys(tenant) == expected
+    assert read == [file_module.file_name_for(f"{tenant}0100:meta")]  # the new file alone
+    assert await FileBackend(tmp_path).list_keys(tenant) == expected  # read afresh there

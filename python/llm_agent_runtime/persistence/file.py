@@ -322,6 +322,9 @@ class FileBackend:
             for name in (_TURNSTILE, _INSTALL_LOCK):
                 os.close(os.open(self.directory / name, os.O_RDWR | os.O_CREAT, 0o644))
         self._batches_finishing: set[Path] = set()  # those whose finishing was logged
+        # The key each record file listed so far holds: a name holds one key for good (it
+        # ends with the key's hash), so a listing reads only the files it has not read yet.
+        self._listed: dict[str, str] = {}
         self._finish_batches()
         self._remove_abandoned_temporaries()
 
@@ -842,7 +845,10 @@ class FileBackend:
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the stored keys starting with `prefix`, sorted.
 
-        Only the files whose names can be those of such keys are read (their keys only).
+        Only the files whose names can be those of such keys are read (their keys only),
+        and each once: the backend remembers the key of every file it listed (a file name
+        holds one key for good), so keys sharing a long start (session ids of one tenant)
+        are not read again at every listing.
 
         Raises:
             PersistenceError: The directory cannot be listed, or one of those files is
@@ -859,11 +865,20 @@ class FileBackend:
                 names = os.listdir(self.directory)
             except OSError as exc:
                 raise PersistenceError(f"cannot list {self.directory}: {exc}") from exc
+            listed = self._listed
             for name in names:
                 if name.startswith(start) and _RECORD.match(name):
-                    key = self._stored_key(self.directory / name)
-                    if key is not None and key.startswith(prefix):
+                    key = listed.get(name)
+                    if key is None:
+                        key = self._stored_key(self.directory / name)
+                        if key is None:
+                            continue  # deleted meanwhile
+                        listed[name] = key
+                    if key.startswith(prefix):
                         keys.append(key)
+            if len(listed) > 2 * len(names):  # mostly files deleted since: forgotten
+                present = set(names)
+                self._listed = {n: k for n, k in listed.items() if n in present}
             return sorted(keys)
 
         return await self._read_in_thread(scan)
