@@ -1161,12 +1161,36 @@ fn split_action(body: &str) -> ActionText<'_> {
     }
     // An optional separator: `FINAL_ANSWER: 42`, `tool = {...}`, `tool, {...}`.
     let input = rest.trim_start();
+    let input = input.strip_prefix(SEPARATORS).unwrap_or(input).trim();
+    // A bare name, then a blank line: what follows is a paragraph of its own, the model's
+    // chatter ("I'll wait for the result."), not the call's input, unless it opens as an
+    // input does (JSON, a quoted string, call parentheses, a code fence).
+    let chatter = !tool.eq_ignore_ascii_case(FINAL_ANSWER_TOOL)
+        && blank_line_after_name(rest)
+        && !input.starts_with(['{', '[', '(', '"'])
+        && !input.starts_with("```");
     ActionText {
         tool,
         after_name: rest,
-        input: input.strip_prefix(SEPARATORS).unwrap_or(input).trim(),
+        input: if chatter { "" } else { input },
         labelled: false,
     }
+}
+
+/// Whether `rest`, the text after a tool name, leaves the rest of the name's line blank,
+/// and then a whole line blank too (a line ends at `\n`, `\r\n` or a lone `\r`).
+fn blank_line_after_name(rest: &str) -> bool {
+    let next_line = |text: &str| -> Option<usize> {
+        let at = line_break(text.as_bytes())?;
+        let crlf = text.as_bytes().get(at..at + 2) == Some(b"\r\n");
+        Some(at + if crlf { 2 } else { 1 })
+    };
+    let Some(second) = next_line(rest) else {
+        return false;
+    };
+    let (first, after) = rest.split_at(second);
+    first.trim().is_empty()
+        && next_line(after).is_some_and(|third| after[..third].trim().is_empty())
 }
 
 /// The arguments of call syntax: `rest` (what follows a tool name) starts with `(...)`, or

@@ -414,6 +414,36 @@ def test_a_bare_action_is_a_call_without_arguments(text: str, step: str) -> None
     assert (parsed.action, parsed.action_input, text[: parsed.end]) == ("get_time", {}, step)
 
 
+@pytest.mark.parametrize(
+    "chatter", ["\n\nI'll wait for the result.", "\r\n\r\nLet me check.", "  \n \t\nok", "\r\rSo."]
+)
+def test_a_paragraph_below_a_bare_action_is_chatter_not_its_input(chatter: str) -> None:
+    # It was the call's input: a tool taking no arguments got a string, refused ("must be a
+    # JSON object"), and the model lost a step.
+    parsed = ar.parse_react_step("Thought: what time?\nAction: get_time" + chatter)
+    assert (parsed.action, parsed.action_input) == ("get_time", {})
+
+
+@pytest.mark.parametrize(
+    ("below", "expected"),
+    [
+        ("weather in paris", "weather in paris"),  # on the next line: the input
+        ('\n{"q": 1}', {"q": 1}),  # past a blank line, opening as an input does
+        ('\n```json\n{"q": 2}\n```', {"q": 2}),
+        ('\n"cats"', "cats"),
+        ("\n[1, 2]", [1, 2]),
+    ],
+)
+def test_an_input_below_a_bare_action_is_read(below: str, expected: object) -> None:
+    parsed = ar.parse_react_step("Thought: t\nAction: search\n" + below)
+    assert (parsed.action, parsed.action_input) == ("search", expected)
+
+
+def test_an_answer_a_paragraph_below_a_bare_final_answer_tool_gives_is_read() -> None:
+    parsed = ar.parse_react_step("Thought: t\nAction: FINAL_ANSWER\n\n42")
+    assert (parsed.action, parsed.final_answer) == (None, "42")
+
+
 async def test_a_run_calls_a_bare_actions_tool_without_arguments() -> None:
     @ar.tool
     def get_time() -> str:
