@@ -1674,6 +1674,7 @@ class AgentRuntime(Unshared):
                     if entry.get("state") in _REPLY_STATES:
                         held = entry
                     if "reprompt" in entry:  # sent before the reply (or before its answer came)
+                        self._reused_reprompt_event(session, entry["reprompt"])
                         transcript.append(_reprompt_part(entry["reprompt"]))
                         reprompt, in_flight = _replayed_reprompt(entry)
                         if in_flight is not None:  # it took its iteration, as it did
@@ -1952,6 +1953,7 @@ class AgentRuntime(Unshared):
                 if entry.get("state") in _REPLY_STATES:
                     held = entry
                 if "reprompt" in entry:  # sent before the round (or before its answer came)
+                    self._reused_reprompt_event(session, entry["reprompt"])
                     messages.extend(_reprompt_messages(entry["reprompt"]))
                     reprompt, in_flight = _replayed_reprompt(entry)
                     if in_flight is not None:  # it took its round, as it did
@@ -3096,7 +3098,9 @@ class AgentRuntime(Unshared):
         entries = await self._checkpoints.load_journal(session.session_id, step, durable.run)
         durable.logged.clear()
         if entries:
-            logged = await self._checkpoints.events_of_steps_from(session.session_id, step - 1)
+            logged = await self._checkpoints.events_of_steps_from(
+                session.session_id, step - 1, durable.run
+            )
             durable.logged.update(filter(None, map(_logged_of, logged)))
         for entry in entries:
             problem = _entry_problem(entry)
@@ -3323,9 +3327,11 @@ class AgentRuntime(Unshared):
             session, ToolCallFinished, step, name, observation.content
         ):
             sid = session.session_id
-            self.events.emit_new(ToolCallStarted, (sid, step, name, arguments))
             finished = (sid, step, name, observation.content, observation.error_kind, tool_ms)
-            self.events.emit_new(ToolCallFinished, finished)
+            try:
+                self.events.emit_new(ToolCallStarted, (sid, step, name, arguments))
+            finally:  # even if a listener failed on the start: every start gets its finish
+                self.events.emit_new(ToolCallFinished, finished)
 
     def _reused_reply_event(self, session: AgentSession, text: str, model_ms: float) -> None:
         """Emits a journaled reply's `LlmResponse` as a resume reuses it.
@@ -3337,10 +3343,29 @@ class AgentRuntime(Unshared):
         if self.events.active and not self._logged(session, LlmResponse, step, text):
             self.events.emit_new(LlmResponse, (session.session_id, step, text, model_ms))
 
-    def _logged(self, session: AgentSession, kind: type, *fields: Any) -> bool:
-        """Whether the event log holds the event of `kind` with `fields` (`_logged_of`)."""
+    def _reused_reprompt_event(self, session: AgentSession, reprompt: dict[str, Any]) -> None:
+        """`_reused_reply_event` of the reply a journaled re-prompt answered (paid for too)."""
+        reply = reprompt.get("reply")
+        if isinstance(reply, str):
+            self._reused_reply_event(session, reply, _reprompt_cost(reprompt)[2])
+
+    def _logged(self, session: AgentSession, kind: type, step: int, *fields: Any) -> bool:
+        """Whether the event log holds the event of `kind` of `step` with `fields`.
+
+        A reply is logged as the model gave it, and journaled as its step was read from it
+        (ReAct cuts it where the step ends): any logged reply of the step that starts with
+        it is the one.
+        """
         durable = self._durable_runs.get(session.session_id)
-        return durable is not None and (kind.__name__, *fields) in durable.logged
+        if durable is None:
+            return False
+        if kind is LlmResponse:
+            (text,) = fields
+            return any(
+                e[0] == "LlmResponse" and e[1] == step and e[2].startswith(text)
+                for e in durable.logged
+            )
+        return (kind.__name__, step, *fields) in durable.logged
 
     async def _withdraw_intent(
         self,
@@ -4780,7 +4805,8 @@ def _logged_of(event: dict[str, Any]) -> tuple[Any, ...] | None:
     """What tells a logged reply or tool call's end apart, as `AgentRuntime._logged` asks."""
     kind = event.get("type")
     if kind == "LlmResponse":
-        return (kind, event.get("step"), event.get("text"))
+        text = event.get("text")
+        return (kind, event.get("step"), text) if isinstance(text, str) else None
     if kind == "ToolCallFinished":
         return (kind, event.get("step"), event.get("tool"), event.get("observation"))
     return None

@@ -2337,14 +2337,24 @@ class CheckpointStore:
                 return bool(kind == "RunFinished")
         return False
 
-    async def events_of_steps_from(self, session_id: str, step: int) -> list[dict[str, Any]]:
-        """The logged events of step `step` (0-based, as events number steps) and later.
+    async def events_of_steps_from(
+        self, session_id: str, step: int, run: str | None
+    ) -> list[dict[str, Any]]:
+        """Run `run`'s logged events of step `step` (0-based) and later, newest first.
 
-        Newest first: those after the log's latest event of an earlier step. For `resume`,
-        which logs what it reuses of an interrupted step only when the log lacks it (a run
-        cancelled there logged its events; a process that died did not). The log is read
-        from its end, a few records at a time.
+        For `resume`, which logs what it reuses of an interrupted step only when the log
+        lacks it: a run that failed there (cancelled, timed out) logged its events with its
+        end record, which names it; a process that died logged nothing of the step. So the
+        events are those after the log's latest event of an earlier step when the latest
+        end record is run `run`'s, else none (another run's events of the step, one whose
+        turn was run again instead of resumed, are not this run's). The log is read from its
+        end, a few records at a time.
         """
+        key = f"{session_key(session_id)}:ended"
+        raw = await self.backend.load(key)
+        ended = decode(raw, key, "ended") if raw is not None else None
+        if run is None or not (isinstance(ended, dict) and ended.get("run") == run):
+            return []
         found = []
         async for event in self._events_back(session_id):
             at = event.get("step")
