@@ -541,6 +541,13 @@ VM_BYTES = """
 """
 
 
+NEEDS_ADDRESS_LIMIT = pytest.mark.skipif(
+    not hasattr(resource, "RLIMIT_AS") or not os.path.exists("/proc/self/status"),
+    reason="needs RLIMIT_AS and /proc (Linux)",
+)
+"""The scenarios set an address-space limit and read what the process has mapped."""
+
+
 # Allocations that do not fit under an address-space limit must raise, not abort. The limit
 # is set just above what the process has mapped, so any request bigger than the allocator's
 # spare reserve (mimalloc keeps about 1 GiB) fails; the inputs are lazily zeroed, so no
@@ -574,10 +581,7 @@ ALLOCATION_SCENARIO = (
 )
 
 
-@pytest.mark.skipif(
-    not hasattr(resource, "RLIMIT_AS") or not os.path.exists("/proc/self/status"),
-    reason="needs RLIMIT_AS and /proc (Linux)",
-)
+@NEEDS_ADDRESS_LIMIT
 def test_allocations_that_do_not_fit_raise_instead_of_aborting() -> None:
     out = run_python(ALLOCATION_SCENARIO, env={"OPENBLAS_NUM_THREADS": "1"})
     assert out.split() == ["add", "MemoryStoreError", "embed", "MemoryStoreError", "len", "0"]
@@ -633,10 +637,7 @@ GRAPH_ALLOCATION_SCENARIO = (
 )
 
 
-@pytest.mark.skipif(
-    not hasattr(resource, "RLIMIT_AS") or not os.path.exists("/proc/self/status"),
-    reason="needs RLIMIT_AS and /proc (Linux)",
-)
+@NEEDS_ADDRESS_LIMIT
 def test_graph_algorithms_out_of_memory_raise_graph_error_instead_of_aborting() -> None:
     out = run_python(GRAPH_ALLOCATION_SCENARIO, env={"MIMALLOC_ARENA_RESERVE": "0"})
     lines = out.splitlines()
@@ -686,10 +687,7 @@ GRAPH_TOO_LARGE_SCENARIO = (
 )
 
 
-@pytest.mark.skipif(
-    not hasattr(resource, "RLIMIT_AS") or not os.path.exists("/proc/self/status"),
-    reason="needs RLIMIT_AS and /proc (Linux)",
-)
+@NEEDS_ADDRESS_LIMIT
 def test_a_graph_too_large_for_memory_is_a_graph_error_not_a_memory_store_error() -> None:
     # It used to raise MemoryStoreError, which `except GraphError` around graph code misses.
     out = run_python(GRAPH_TOO_LARGE_SCENARIO, env={"MIMALLOC_ARENA_RESERVE": "0"})
@@ -731,10 +729,7 @@ GRAPH_CHANGE_OUT_OF_MEMORY_SCENARIO = (
 )
 
 
-@pytest.mark.skipif(
-    not hasattr(resource, "RLIMIT_AS") or not os.path.exists("/proc/self/status"),
-    reason="needs RLIMIT_AS and /proc (Linux)",
-)
+@NEEDS_ADDRESS_LIMIT
 def test_a_graph_change_out_of_memory_is_a_graph_error_and_changes_nothing() -> None:
     out = run_python(GRAPH_CHANGE_OUT_OF_MEMORY_SCENARIO, env={"MIMALLOC_ARENA_RESERVE": "0"})
     assert out.splitlines() == [
@@ -805,10 +800,7 @@ GRAPH_EXPORT_SCENARIO = (
 )
 
 
-@pytest.mark.skipif(
-    not hasattr(resource, "RLIMIT_AS") or not os.path.exists("/proc/self/status"),
-    reason="needs RLIMIT_AS and /proc (Linux)",
-)
+@NEEDS_ADDRESS_LIMIT
 def test_graph_exports_and_growth_out_of_memory_raise_graph_error() -> None:
     out = run_python(GRAPH_EXPORT_SCENARIO, env={"MIMALLOC_ARENA_RESERVE": "0"})
     assert out.splitlines() == [
