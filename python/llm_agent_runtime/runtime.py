@@ -3619,16 +3619,16 @@ class AgentRuntime(Unshared):
         idempotent or take the idempotency key. What is reused is emitted as events
         (`LlmResponse`; `ToolCallStarted` and `ToolCallFinished` with the call's journaled
         observation) unless the event log has them already: a process that died lost them.
-        A call that had not been decided yet (its
-        `on_tool_call` middlewares, capability check or approval were still going when the
-        run was cut off) had not run: its reply is reused (it was journaled before they
-        started, and paid for: the model is not asked again, nor its tokens charged again),
-        and its guards are asked again. A call of a parallel round that was guarded with the
-        round's others (its hooks run, its action charged, its approval decided) and waited
-        for its slot runs as decided then, asked of no one again. The step keeps the tokens
-        and the model time of its journaled reply. Without guards, a step whose one call is
-        of an idempotent tool that does not take the key is not journaled (see `ToolSpec`'s
-        `idempotent`): it is run again, model reply included.
+        A call that had not been decided yet (its `on_tool_call` middlewares, capability
+        check or approval were still going when the run was cut off) had not run: its reply
+        is reused (it was journaled before they started, and paid for: the model is not
+        asked again, nor its tokens charged again), and its guards are asked again. A call
+        of a parallel round that was guarded with the round's others (its hooks run, its
+        action charged, its approval decided) and waited for its slot runs as decided then,
+        asked of no one again. The step keeps the tokens and the model time of its journaled
+        reply. Without guards, a step whose one call is of an idempotent tool that does not
+        take the key is not journaled (see `ToolSpec`'s `idempotent`): it is run again, model
+        reply included.
 
         A corrective re-prompt (`AgentConfig.corrective_reprompt`) is replayed as it was
         sent, whatever this runtime's config: the model is sent the bad reply and the nudge
