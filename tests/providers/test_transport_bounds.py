@@ -272,6 +272,34 @@ def test_a_callers_client_used_again_after_its_loop_closed_is_a_provider_error(
         gc.collect()
 
 
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_a_call_its_provider_closes_as_it_sets_out_fails_and_leaves_no_socket(
+    kind: str, server: FakeLlmServer
+) -> None:
+    # Closed as the call opened its connection, it got httpx's raw RuntimeError ("Cannot
+    # send a request, as the client has been closed"), or went on to answer over a
+    # connection the closed pool no longer knew, left open (a ResourceWarning).
+    server.fallback = Turn("ok")
+    outcomes = set()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for turns in range(16):  # each close a turn of the loop later into the call
+            llm = make_provider(kind, server)
+            call = asyncio.ensure_future(llm.complete("x"))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            await llm.aclose()
+            try:
+                outcomes.add(str(await call))
+            except ProviderError as error:
+                assert error.retryable is False
+                outcomes.add(str(error).split(" provider ", 1)[1])
+            del call, llm
+            gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert "was closed while the call was in flight" in outcomes
+
+
 # ---------------------------------------------------------------------- bodies read in part
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", PROVIDERS)

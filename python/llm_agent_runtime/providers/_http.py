@@ -1876,13 +1876,16 @@ class HttpTransport:
         """
         started = False  # the request has started on its connection: it may be cancelled
         stop = False  # its caller has left before that: it stops at its next stopping point
+        stopped = False  # it did
 
         async def trace(event: str, info: dict[str, Any]) -> None:
-            nonlocal started, stop
+            nonlocal started, stopped
             self._traces = True
             if event.endswith(_STOPPING_POINTS):
-                if stop:
-                    stop = False  # once: httpcore's cleanup, which follows, is traced too
+                # Its caller left, or the provider was closed as it set out: a connection
+                # opened for it would be one the closed pool no longer knows, left open.
+                if (stop or self._closed) and not stopped:
+                    stopped = True  # once: httpcore's cleanup, which follows, is traced too
                     raise asyncio.CancelledError
                 started = started or event.endswith(".send_request_headers.started")
             if sent is not None and event.endswith("send_request_body.complete"):
@@ -1900,7 +1903,12 @@ class HttpTransport:
         async def send() -> httpx.Response:
             # Never followed, even by a caller's client made with follow_redirects=True: httpx
             # drops `authorization` on the way to another host, but not Anthropic's `x-api-key`.
-            response = await client.send(request, stream=True, follow_redirects=False)
+            try:
+                response = await client.send(request, stream=True, follow_redirects=False)
+            except RuntimeError:
+                if client.is_closed:  # closed as the request set out (httpx's bare error)
+                    raise self._closed_in_flight() from None
+                raise
             if stop:  # its caller has left, and no stopping point was traced on the way
                 await response.aclose()
             return response
@@ -1913,6 +1921,8 @@ class HttpTransport:
             if task.done():
                 if not task.cancelled() and task.exception() is None:
                     await task.result().aclose()  # it came as the caller left
+                elif task.cancelled() and stopped and not stop:  # stopped by `aclose`
+                    raise self._closed_in_flight() from None
             elif started or not self._traces:
                 task.cancel()
                 # Unwinds at once: httpcore closes what the request opened, shielded.
@@ -2198,7 +2208,16 @@ class HttpTransport:
         """
         if not (self._closed and error.retryable):
             return None
-        return ProviderError(f"{self.name} provider was closed while the call was in flight")
+        return self._closed_in_flight()
+
+    def _closed_in_flight(self) -> ProviderError:
+        """The error of a call that `aclose` (or the owner of the client passed in) cut."""
+        if self._closed or self._given_client is None:
+            return ProviderError(f"{self.name} provider was closed while the call was in flight")
+        return ProviderError(
+            f"the http_client given to the {self.name} provider was closed (by its owner) "
+            "while the call was in flight"
+        )
 
     # ------------------------------------------------------------------ accounting
     def check_budget(self) -> None:
