@@ -43,12 +43,12 @@ class RedisBackend(Unshared):
     prefix in the database, from one scan of the prefix (keys with an expiry, which no
     backend sets, and keys under a longer prefix with an index of its own, another
     backend's, are left out); a user that may not write (a read-only user or replica) lists
-    by that scan until a writer has added them. Keys
-    another client writes or deletes directly are not seen by listings afterwards, nor
-    their deletion, and neither are the writes of a backend of an earlier version: upgrade
-    every worker before one lists keys. A key Redis evicts stays listed (checkpoints need
-    `maxmemory-policy noeviction` anyway: an evicted step is lost). A backend whose prefix
-    starts with another backend's prefix lists its own keys only, not the other's.
+    by that scan until a writer has added them. Keys another client writes or deletes
+    directly are not seen by listings afterwards, nor their deletion, and neither are the
+    writes of a backend of an earlier version: upgrade every worker before one lists keys.
+    A key Redis evicts stays listed (checkpoints need `maxmemory-policy noeviction` anyway:
+    an evicted step is lost). A backend whose prefix starts with another backend's prefix
+    lists its own keys only, not the other's.
 
     `prefix` may be set again later, checked as the constructor checks it (a bad value
     raises, and the old one stays). The backend then reads, writes and lists the keys under
