@@ -2350,10 +2350,7 @@ class CheckpointStore:
         turn was run again instead of resumed, are not this run's). The log is read from its
         end, a few records at a time.
         """
-        key = f"{session_key(session_id)}:ended"
-        raw = await self.backend.load(key)
-        ended = decode(raw, key, "ended") if raw is not None else None
-        if run is None or not (isinstance(ended, dict) and ended.get("run") == run):
+        if run is None or await self._run_end(f"{session_key(session_id)}:ended", run) is None:
             return []
         found = []
         async for event in self._events_back(session_id):
