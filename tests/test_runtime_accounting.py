@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import pickle
 import time
 from typing import Any
@@ -1111,3 +1112,20 @@ async def test_a_refused_streamed_reply_is_charged_when_a_listener_failed_first(
     snapshot = runtime.metrics.snapshot()
     assert (snapshot.input_tokens, snapshot.output_tokens) == (1000, 500)
     assert budget.used_tokens == 1500
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_refused_reply_whose_cost_is_no_amount_is_charged_nowhere(mode: str) -> None:
+    # Its metrics counted its tokens, then its budget refused the cost: half charged.
+    class Refuses:
+        async def chat(self, messages: Any, tools: Any = None, **params: Any) -> Any:
+            error = ar.ProviderError("refused")
+            error.usage = ar.Usage(50, 5, cost_usd=math.nan)
+            raise error
+
+    budget = ar.CostBudget(max_tokens=1000)
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode), budget=budget)  # type: ignore[arg-type]
+    with pytest.raises(ar.ProviderError, match="refused"):
+        await runtime.run_agent_with_provider("a", "q", Refuses())
+    snapshot = runtime.metrics.snapshot()
+    assert (snapshot.input_tokens, snapshot.output_tokens, budget.used_tokens) == (0, 0, 0)

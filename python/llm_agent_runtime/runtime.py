@@ -1349,6 +1349,7 @@ class AgentRuntime(Unshared):
 
             saved = started_with(resume, resume.first_step)
         shown: _Shown | None = None
+        graph_count = session.graph_entity_count  # put back, as `before`, if the run never starts
         try:
             if resume is None:  # a resumed run's prompt was rewritten before it was saved
                 for hook in self._hooks["on_user_message"]:
@@ -1391,6 +1392,7 @@ class AgentRuntime(Unshared):
                 # failed): the session is left as it was, rather than holding the text the
                 # hook refused (a redacting hook's input) and no earlier answer.
                 session.prompt, session.final_answer = before
+            session.graph_entity_count = graph_count
             raise
         self._count_shown(session, agent_id, shown)  # as saved, whatever a listener does
         try:
@@ -4526,10 +4528,10 @@ def _charge_refused_reply(
     if type(usage) is not Usage:
         return
     with contextlib.suppress(AgentRuntimeError):
+        if budget is not None and usage.cost_usd != 0.0:  # before anything is charged
+            _check_cost(usage)
         metrics.record_tokens(usage.input_tokens, usage.output_tokens)
         if budget is not None:
-            if usage.cost_usd != 0.0:
-                _check_cost(usage)
             _charge_budget(budget, usage.input_tokens, usage.output_tokens, usage.cost_usd)
 
 

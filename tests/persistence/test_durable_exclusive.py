@@ -430,6 +430,23 @@ async def test_a_turn_its_start_checkpoint_refuses_leaves_the_session_as_it_was(
     assert runtime.metrics.snapshot().checkpoint_errors == 0  # a refusal, no failed write
 
 
+async def test_a_refused_turn_keeps_the_graph_size_the_session_had(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The graph grew since the session's last turn: a refused turn did not run on it.
+    graph = ar.GraphStore()
+    graph.add_entity("x")
+    runtime = ar.AgentRuntime(checkpoint_backend=backend, graph=graph)
+    session = runtime.create_session("a", "chat")
+    await runtime.run_turn(session, "Q1", script("Thought: t\nAction: FINAL_ANSWER one"))
+    other = ar.AgentSession.from_json(session.to_json())
+    await runtime.run_turn(other, "Q2", script("Thought: t\nAction: FINAL_ANSWER two"))
+    graph.add_entity("y")
+    with pytest.raises(ar.PersistenceError, match="already has checkpoints"):
+        await runtime.run_turn(session, "Q3", script("Thought: t\nAction: FINAL_ANSWER three"))
+    assert session.graph_entity_count == 1
+
+
 class _Down(ar.InMemoryBackend):
     """Fails the writes of the keys `bad` names, with `error` (a backend's own error, or
     its `PersistenceError` with no cause, as a server that is down gets)."""
