@@ -120,7 +120,8 @@ class ProviderError(AgentRuntimeError):
     usage: Usage | None = None
     """The usage of a reply the server billed before this error refused it (cut off, say):
     set by the built-in providers, which charged it to their own metrics and budget; the
-    agent loop charges it to the run's. None when no such reply came."""
+    agent loop charges it to the run's. The attempts of the call that were billed, failed
+    and were tried again count in it too. None when no such reply came."""
 
     def __init__(
         self,

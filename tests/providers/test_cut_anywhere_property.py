@@ -32,7 +32,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from llm_agent_runtime import FakeClock, ProviderError, RetryPolicy
-from llm_agent_runtime.providers.base import ChatResponse, Message, StreamEnd, TextDelta, Usage
+from llm_agent_runtime.providers.base import (
+    ChatResponse,
+    Message,
+    StreamEnd,
+    TextDelta,
+    Usage,
+    usage_sum,
+)
 
 from .conftest import make_provider
 from .fake_server import FakeLlmServer, Reply, Turn, render_anthropic, render_openai
@@ -476,7 +483,13 @@ def test_a_stream_cut_anywhere_fails_typed_or_reads_whole(
     else:
         event("outcome: cut before output, replayed")
         assert again_error is None
-        assert (again, requests, clock.sleeps) == (full, 2, [1.0])
+        # The cut attempt is paid for in the answer's usage when it was billed (its error,
+        # retries off, says for what).
+        replayed = full
+        if once_error is not None and once_error.usage is not None:
+            paid = usage_sum([once_error.usage, full[-1].response.usage])
+            replayed = [*full[:-1], StreamEnd(dataclasses.replace(full[-1].response, usage=paid))]
+        assert (again, requests, clock.sleeps) == (replayed, 2, [1.0])
         assert server.requests[0].body == server.requests[1].body
 
 

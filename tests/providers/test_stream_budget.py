@@ -1,11 +1,21 @@
 """Review of the HTTP providers against what the two APIs really send, over loopback HTTP
-against the fake server: a stream retried after its failed attempt spent the budget."""
+against the fake server: attempts billed, then failed and retried, are paid for."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from llm_agent_runtime import BudgetExceededError, CostBudget, RetryPolicy
+from llm_agent_runtime import (
+    AgentConfig,
+    AgentRuntime,
+    BudgetExceededError,
+    CostBudget,
+    ProviderError,
+    RetryPolicy,
+    StreamEnd,
+)
 from llm_agent_runtime.providers.base import Message
 
 from .conftest import PROVIDERS, make_provider
@@ -47,3 +57,88 @@ async def test_a_stream_whose_failed_attempt_spent_the_budget_is_not_tried_again
             [event async for event in llm.chat_stream(USER)]
     assert len(server.requests) == 1
     assert budget.used_tokens == 500
+
+
+def _failed_choice() -> Reply:
+    """A whole OpenAI reply whose choice failed part way (OpenRouter's form), billed 100/10."""
+    body = {
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "error",
+                "error": {"code": 502, "message": "upstream died"},
+                "message": {"role": "assistant", "content": "half"},
+            }
+        ],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 10},
+    }
+    return Reply(body=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_a_streamed_answer_counts_the_billed_attempts_retried_before_it(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # The server billed the failed attempt (500 input tokens): the call's usage says so, and
+    # the provider's own budget counted each attempt once.
+    server.script(_billed_then_failed(kind), Turn("answer", input_tokens=20, output_tokens=3))
+    budget = CostBudget()
+    async with make_provider(
+        kind, server, retry=retry, budget=budget, input_cost_per_million=1.0
+    ) as llm:
+        events = [event async for event in llm.chat_stream(USER)]
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert len(server.requests) == 2
+    assert (end.response.usage.input_tokens, end.response.usage.output_tokens) == (520, 3)
+    assert end.response.usage.cost_usd == pytest.approx(520 / 1e6)
+    assert (budget.used_tokens, budget.used_cost_usd) == (523, pytest.approx(520 / 1e6))
+
+
+async def test_a_whole_answer_counts_the_billed_attempts_retried_before_it(
+    server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    server.script(_failed_choice(), Turn("answer", input_tokens=20, output_tokens=3))
+    async with make_provider("openai", server, retry=retry) as llm:
+        response = await llm.chat(USER)
+    assert (response.text, response.usage.input_tokens, response.usage.output_tokens) == (
+        "answer",
+        120,
+        13,
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_call_whose_every_attempt_was_billed_and_failed_carries_them_all(
+    stream: bool, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    server.script(*[_billed_then_failed("openai") if stream else _failed_choice()] * 3)
+    async with make_provider("openai", server, retry=retry) as llm:
+        with pytest.raises(ProviderError) as caught:
+            if stream:
+                [event async for event in llm.chat_stream(USER)]
+            else:
+                await llm.chat(USER)
+    assert len(server.requests) == 3
+    usage = caught.value.usage
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens) == ((1500, 0) if stream else (300, 30))
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_a_runs_budget_and_metrics_count_the_billed_attempts_its_provider_retried(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # As the docs say to, the provider has no budget of its own inside a runtime.
+    server.script(_billed_then_failed(kind), Turn("answer", input_tokens=20, output_tokens=3))
+    budget = CostBudget()
+    runtime = AgentRuntime(AgentConfig(mode="tools"), budget=budget)
+    runtime.events.on(lambda event: None)  # a listener: the runtime streams
+    async with make_provider(kind, server, retry=retry) as llm:
+        session = await runtime.run_agent_with_provider("a", "hi", llm)
+    assert session.final_answer == "answer"
+    assert (session.steps[0].input_tokens, session.steps[0].output_tokens) == (520, 3)
+    snapshot = runtime.metrics.snapshot()
+    assert (snapshot.input_tokens, snapshot.output_tokens) == (520, 3)
+    assert budget.used_tokens == 523

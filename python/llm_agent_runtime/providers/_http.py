@@ -36,7 +36,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Self, TypeVar, cast, get_args
 from urllib.parse import unquote, urlsplit
 
@@ -55,6 +55,7 @@ from llm_agent_runtime.providers.base import (
     ChatResponse,
     CutOffArgumentsError,
     Message,
+    StreamEnd,
     StreamEvent,
     TextDelta,
     ToolCall,
@@ -63,6 +64,7 @@ from llm_agent_runtime.providers.base import (
     Usage,
     check_conversation,
     token_limit,
+    usage_sum,
 )
 
 if TYPE_CHECKING:
@@ -1799,7 +1801,11 @@ class HttpTransport:
 
     # ------------------------------------------------------------------ requests
     async def post_json(
-        self, path: str, body: dict[str, Any], check: Callable[[bytes], None] | None = None
+        self,
+        path: str,
+        body: dict[str, Any],
+        check: Callable[[bytes], None] | None = None,
+        retried: list[Usage] | None = None,
     ) -> bytes:
         """POSTs a JSON body and returns the response body, retrying per the policy.
 
@@ -1809,6 +1815,8 @@ class HttpTransport:
             check: Called with each successful attempt's body; a `ProviderError` it raises
                 (an error reported with status 200, say) fails that attempt, and is retried
                 when retryable.
+            retried: Given the usage of each failed attempt that was billed and then tried
+                again (see `_with_retries`): the reply's usage leaves them out.
 
         Raises:
             ProviderError: The call failed on its last attempt (the message then says how
@@ -1817,12 +1825,14 @@ class HttpTransport:
                 without a body: see `check_status`), or a reply body past
                 `MAX_REPLY_BYTES`. An attempt that takes longer than `total_timeout` in all
                 fails as a timeout (retryable).
-            BudgetExceededError: The budget is already spent.
+            BudgetExceededError: The budget is spent, before any attempt (a failed attempt
+                may have spent it: see `_with_retries`).
             ValueError: A value in `body` is NaN or infinite (`request_body`).
         """
-        self.check_budget()
         content = request_body(body)
-        result: bytes = await self._with_retries(self._post_once, path, content, check)
+        result: bytes = await self._with_retries(
+            self._post_once, path, content, check, retried=retried
+        )
         return result
 
     async def _post_once(
@@ -1959,17 +1969,34 @@ class HttpTransport:
             raise cut_short_error(self.name)
         return body
 
-    async def _with_retries(self, attempt: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Runs `attempt` through the retry policy; a final error says how often it was tried."""
+    async def _with_retries(
+        self,
+        attempt: Callable[..., Awaitable[T]],
+        *args: Any,
+        retried: list[Usage] | None = None,
+    ) -> T:
+        """Runs `attempt` through the retry policy; a final error says how often it was tried.
+
+        The budget is checked before each attempt: a failed attempt may have charged the
+        usage it reported, and a spent budget allows no further request. A failed attempt
+        whose error holds the usage the server billed (`ProviderError.usage`) is paid for
+        whether or not it is tried again: when it is, its usage goes into `retried`, which
+        the caller adds to the usage of the reply that follows; when every attempt failed,
+        the error raised holds all of them.
+        """
         attempts = 0
         started = time.monotonic()
+        billed: list[Usage] = []  # of the failed attempts so far
 
         async def counted() -> T:
             nonlocal attempts
+            self.check_budget()
             attempts += 1
             try:
                 return await attempt(*args)
             except ProviderError as exc:
+                if type(exc.usage) is Usage:
+                    billed.append(exc.usage)
                 closed = self._closed_error(exc)
                 if closed is None:
                     raise
@@ -1982,7 +2009,11 @@ class HttpTransport:
                 took = time.monotonic() - started
                 note = f"(after {attempts} attempts over {took:.1f} s)"
                 exc.args = (f"{exc.args[0]} {note}", *exc.args[1:])
+            if billed:  # the last attempt's own included (the error raised may be another)
+                exc.usage = usage_sum(billed)
             raise
+        if retried is not None:
+            retried.extend(billed)
         return result
 
     def post_sse(
@@ -2150,11 +2181,15 @@ class HttpTransport:
                 finally:
                     await response.aclose()
 
-    async def retry_stream(self, open_stream: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
-        """Yields a stream's items, retrying the whole stream until its first item arrives.
+    async def retry_stream(
+        self, open_stream: Callable[[], AsyncIterator[StreamEvent]]
+    ) -> AsyncIterator[StreamEvent]:
+        """Yields a stream's events, retrying the whole stream until its first event arrives.
 
-        Once an item has been yielded, a failure is raised as is: the caller has already seen
-        part of the answer, so the call cannot be replayed behind its back.
+        Once an event has been yielded, a failure is raised as is: the caller has already
+        seen part of the answer, so the call cannot be replayed behind its back. The usage
+        of the attempts that were billed, failed and tried again is added to the usage of
+        the `StreamEnd` response, or of the error that ends the stream (see `_with_retries`).
 
         Args:
             open_stream: Starts one attempt of the stream (an async generator not started
@@ -2167,10 +2202,7 @@ class HttpTransport:
                 reported spent it: no further attempt is sent.
         """
 
-        async def first_item() -> tuple[T, AsyncIterator[T]]:
-            # Checked before every attempt: a failed one may have charged the usage it
-            # reported (`charge_unfinished`), and a spent budget allows no further request.
-            self.check_budget()
+        async def first_item() -> tuple[StreamEvent, AsyncIterator[StreamEvent]]:
             # Closed below, always: the loop finalizes only the layer around it (`Driven`).
             stream = Driven(open_stream())
             try:
@@ -2183,14 +2215,19 @@ class HttpTransport:
                 await _aclose(stream)
                 raise
 
-        first, stream = await self._with_retries(first_item)
+        retried: list[Usage] = []
+        first, stream = await self._with_retries(first_item, retried=retried)
         try:
-            yield first
+            yield _with_retried(first, retried) if retried else first
             try:
                 async for item in stream:
-                    yield item
+                    yield _with_retried(item, retried) if retried else item
             except ProviderError as exc:
                 closed = self._closed_error(exc)
+                if retried:
+                    raised = exc if closed is None else closed
+                    own = [exc.usage] if type(exc.usage) is Usage else []
+                    raised.usage = usage_sum([*retried, *own])
                 if closed is None:
                     raise
                 raise closed from exc
@@ -2257,6 +2294,14 @@ class HttpTransport:
         """
         with contextlib.suppress(BudgetExceededError):
             self.charge(usage)
+
+
+def _with_retried(event: StreamEvent, retried: list[Usage]) -> StreamEvent:
+    """`event`, whose response (a `StreamEnd`'s) counts the usage of the attempts `retried`."""
+    if type(event) is not StreamEnd:
+        return event
+    usage = usage_sum([*retried, event.response.usage])
+    return StreamEnd(replace(event.response, usage=usage))
 
 
 def _is_event_stream(content_type: str) -> bool:

@@ -55,6 +55,7 @@ from llm_agent_runtime.providers.base import (
     Usage,
     checked_arguments,
     token_limit,
+    usage_sum,
 )
 
 if TYPE_CHECKING:
@@ -456,10 +457,13 @@ class AnthropicProvider(HttpProvider):
                 neither a str nor a list of blocks: nothing is sent.
         """
         body = self._body(messages, tools, model, params, stream=False)
-        raw = await self._transport.post_json("/v1/messages", body, self._check_reply)
+        retried: list[Usage] = []  # failed attempts the server billed
+        raw = await self._transport.post_json("/v1/messages", body, self._check_reply, retried)
         message = parse_json(_Message, raw, "Anthropic response")
         usage = parse_usage(_Usage, message.usage, "Anthropic response").usage()
         self._transport.charge(usage)  # first, as the streamed reply is charged
+        if retried:  # the call paid for them too
+            usage = usage_sum([*retried, usage])
         stop_reason = message.stop_reason
         last = message.content[-1] if message.content else None
         if stop_reason in TRUNCATION_STOP_REASONS and last is not None and last.type == "tool_use":

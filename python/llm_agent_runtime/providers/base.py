@@ -358,6 +358,16 @@ _USAGE_COUNTS = (
 )
 
 
+def usage_sum(usages: Iterable[Usage]) -> Usage:
+    """The usage of several billed replies (a call's attempts), counted and priced together."""
+    total = Usage()
+    for usage in usages:
+        for name in _USAGE_COUNTS:
+            setattr(total, name, getattr(total, name) + getattr(usage, name))
+        total.cost_usd += usage.cost_usd
+    return total
+
+
 def _kind(value: Any) -> str:
     """How an error message names the type of `value`."""
     return "None" if value is None else type(value).__name__
@@ -435,7 +445,8 @@ class ChatResponse:
     tool_calls: list[ToolCall] = field(default_factory=list)
     """Tool calls the model requested, in order."""
     usage: Usage = field(default_factory=Usage)
-    """Tokens used by the call."""
+    """Tokens used by the call: the built-in providers count in it the attempts the server
+    billed that failed and were tried again (a stream cut after its usage came, say)."""
     stop_reason: str | None = None
     """Why generation stopped, as the provider reported it (e.g. `stop`, `tool_calls`,
     `end_turn`). `refusal` when the model declined to answer: `OpenAIProvider` reports an

@@ -56,6 +56,7 @@ from llm_agent_runtime.providers.base import (
     ToolDefinition,
     Usage,
     checked_arguments,
+    usage_sum,
 )
 
 if TYPE_CHECKING:
@@ -439,12 +440,15 @@ class OpenAIProvider(HttpProvider):
                 `send_stop=False`): nothing is sent.
         """
         body = self._body(messages, tools, model, params, stream=False)
-        raw = await self._transport.post_json("/chat/completions", body, self._check_reply)
+        retried: list[Usage] = []  # failed attempts the server billed
+        raw = await self._transport.post_json("/chat/completions", body, self._check_reply, retried)
         completion = parse_json(_Completion, raw, "OpenAI response")
         usage = parse_usage(_Usage, completion.usage, "OpenAI response").usage()
         # Charged first: the reply arrived and was billed, even if it has no choice or its
         # tool calls fail below (the error then holds the usage).
         self._transport.charge(usage)
+        if retried:  # the call paid for them too
+            usage = usage_sum([*retried, usage])
         if not completion.choices:
             error = ProviderError("malformed OpenAI response: no choices")
             error.usage = usage
