@@ -142,3 +142,15 @@ async def test_a_runs_budget_and_metrics_count_the_billed_attempts_its_provider_
     snapshot = runtime.metrics.snapshot()
     assert (snapshot.input_tokens, snapshot.output_tokens) == (520, 3)
     assert budget.used_tokens == 523
+
+
+async def test_a_whole_reply_whose_failed_attempt_spent_the_budget_is_not_tried_again(
+    server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    server.script(_failed_choice(), Turn("answer"))
+    budget = CostBudget(max_tokens=110)  # spent to the last token: the limit is not passed
+    async with make_provider("openai", server, retry=retry, budget=budget) as llm:
+        with pytest.raises(BudgetExceededError, match="token budget spent"):
+            await llm.chat(USER)
+    assert len(server.requests) == 1
+    assert budget.used_tokens == 110
