@@ -276,6 +276,17 @@ def test_openai_embedder_given_no_sequence_is_a_store_error(
     assert state.requests == []
 
 
+def test_openai_embedder_given_proxy_settings_httpx_cannot_use_is_a_provider_error(
+    server: tuple[_Server, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A SOCKS proxy without httpx[socks] escaped as a bare ImportError from `embed`.
+    monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1080")
+    state, url = server
+    with pytest.raises(ar.ProviderError, match=r"OpenAIEmbedder .*ALL_PROXY.*socksio"):
+        ar.OpenAIEmbedder(base_url=url).embed(["a"])
+    assert state.requests == []
+
+
 def test_openai_embedder_rows_follow_the_texts_in_order_across_batches(
     server: tuple[_Server, str],
 ) -> None:

@@ -13,6 +13,7 @@ numpy, httpx and sentence-transformers are imported only when an embedder is use
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -334,7 +335,11 @@ class OpenAIEmbedder:
         import httpx
         import numpy as np
 
-        from llm_agent_runtime.providers._http import Redactor, credential_secrets
+        from llm_agent_runtime.providers._http import (
+            Redactor,
+            client_from_environment,
+            credential_secrets,
+        )
 
         batch = _texts(texts)
         width = self.dimensions
@@ -353,7 +358,9 @@ class OpenAIEmbedder:
                 "block it came from): pass an open one"
             )
         # Made per call: the embedder stays picklable.
-        client = self._client or httpx.Client(timeout=self._timeout)
+        client = self._client or client_from_environment(
+            "OpenAIEmbedder", functools.partial(httpx.Client, timeout=self._timeout)
+        )
         redactor = Redactor(
             self._api_key, *credential_secrets(self._headers), *credential_secrets(client.headers)
         )

@@ -479,3 +479,33 @@ async def test_a_reply_body_past_the_limit_is_refused_not_read_whole(
     server.script(Reply(body=body, headers={"content-type": "application/json"}))
     async with make_provider(kind, server, retry=ONCE) as llm:
         assert (await llm.chat([Message("user", "hi")])).text == "hi"
+
+
+ENVIRONMENTS = [
+    ({"ALL_PROXY": "socks5://user:hunter2@127.0.0.1:1080"}, "socksio"),  # httpx[socks] absent
+    ({"HTTP_PROXY": "ftp://user:hunter2@proxy:21"}, "Unknown scheme"),
+    ({"SSL_CERT_FILE": "/nonexistent/bundle.pem"}, "No such file"),
+]
+
+
+@pytest.mark.parametrize(("environment", "why"), ENVIRONMENTS)
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_proxy_or_tls_settings_httpx_cannot_use_fail_the_call_typed(
+    kind: str,
+    environment: dict[str, str],
+    why: str,
+    server: FakeLlmServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # httpx reads them as the provider makes its client: it raised ImportError, ValueError
+    # or a bare FileNotFoundError out of `chat`, which the runtime and the demo let through.
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    async with make_provider(kind, server) as llm:
+        with pytest.raises(ProviderError, match=why) as caught:
+            await llm.chat([Message("user", "hi")])
+    message = str(caught.value)
+    assert next(iter(environment)) in message  # names the setting, never its value
+    assert "hunter2" not in message
+    assert not caught.value.retryable
+    assert server.requests == []

@@ -775,6 +775,40 @@ def check_base_url(name: str, url: str) -> str:
     return url.rstrip("/")
 
 
+# What httpx reads from the environment as it makes a client (its `trust_env`).
+_CLIENT_ENVIRONMENT = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR")
+_URL_USER_INFO = re.compile(r"(//)[^/@\s]*@")
+ClientT = TypeVar("ClientT")
+
+
+def client_from_environment(who: str, make: Callable[[], ClientT]) -> ClientT:
+    """The httpx client `make` builds, or a `ProviderError` naming the settings it refused.
+
+    httpx reads the proxy and TLS settings of the environment (`HTTPS_PROXY`, `ALL_PROXY`,
+    `SSL_CERT_FILE`...) as it makes a client, and fails on one it cannot use (a SOCKS proxy
+    without `httpx[socks]`, a proxy scheme it does not know, a missing certificate file)
+    with an ImportError, a ValueError or an OSError: the call fails with the reason, and the
+    names of the settings that are set (not their values, which may hold a password).
+
+    Raises:
+        ProviderError: httpx refused the environment's settings (not retryable).
+    """
+    try:
+        return make()
+    except (ImportError, ValueError, OSError) as error:
+        named = [
+            name
+            for name in _CLIENT_ENVIRONMENT
+            if os.environ.get(name) or os.environ.get(name.lower())
+        ]
+        settings = ", ".join(named) if named else "none of HTTP(S)_PROXY, ALL_PROXY, SSL_CERT_*"
+        reason = _URL_USER_INFO.sub(r"\1[redacted]@", str(error)) or type(error).__name__
+        raise ProviderError(
+            f"{who} cannot make its HTTP client from this environment's proxy and TLS "
+            f"settings (set: {settings}): {reason}"
+        ) from None
+
+
 def move_user_info(name: str, url: str, headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
     """Takes the user info out of a base URL, to send it as HTTP basic auth.
 
@@ -1660,9 +1694,13 @@ class HttpTransport:
                 # A closed loop's client was closed as the loop ended (or is past closing).
                 for stale in [old for old in self._clients if old.is_closed()]:
                     del self._clients[stale]
-                client = httpx.AsyncClient(
-                    timeout=self._timeouts,
-                    limits=httpx.Limits(max_connections=DEFAULT_LIMITS_MAX_CONNECTIONS),
+                client = client_from_environment(
+                    f"the {self.name} provider",
+                    functools.partial(
+                        httpx.AsyncClient,
+                        timeout=self._timeouts,
+                        limits=httpx.Limits(max_connections=DEFAULT_LIMITS_MAX_CONNECTIONS),
+                    ),
                 )
                 entry = _LoopClient(
                     client, close_with_loop(client.aclose, ignore=(httpx.HTTPError,))
