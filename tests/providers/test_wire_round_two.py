@@ -57,6 +57,65 @@ async def test_anthropic_tool_results_come_before_text_merged_into_their_message
     assert sent[0]["content"] == [{"type": "text", "text": "go"}]
 
 
+@pytest.mark.parametrize(
+    "first",
+    [
+        [Message("assistant", "Hi! I'm the support bot.")],  # a chat seeded with a greeting
+        [Message("user", " \n"), Message("assistant", "Hello!")],  # a blank turn, left out
+        [Message("system", "Be brief."), Message("assistant", "", [ToolCall("t0", "add", {})])],
+    ],
+)
+async def test_anthropic_conversation_opens_with_a_user_message(
+    first: list[Message], server: FakeLlmServer
+) -> None:
+    # The API answers 400 'messages: first message must use the "user" role'.
+    server.fallback = Turn("ok")
+    conversation = [*first]
+    if first[-1].tool_calls:
+        conversation.append(Message("tool", "0", tool_call_id="t0", name="add"))
+    conversation.append(Message("user", "My order is late."))
+    async with make_provider("anthropic", server) as llm:
+        await llm.chat(conversation)
+    sent = server.requests[0].json["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert sent[0]["content"] == [{"type": "text", "text": "(conversation start)"}]
+    opening = sent[1]["content"][0]
+    if first[-1].tool_calls:
+        assert opening == {"type": "tool_use", "id": "t0", "name": "add", "input": {}}
+    else:
+        assert opening == {"type": "text", "text": first[-1].content}
+
+
+async def test_anthropic_tool_use_ids_a_conversation_repeats_are_sent_apart(
+    server: FakeLlmServer,
+) -> None:
+    # "tool_use ids must be unique" across the request: a compatible server that sends no
+    # ids (named by position) or a history written by hand repeats them from turn to turn.
+    server.fallback = Turn("ok")
+    conversation = [Message("user", "go")]
+    for n, text in enumerate(["a", "b", "c"]):
+        calls = [ToolCall("call_0", "echo", {"text": text}), ToolCall("call_1", "echo", {})]
+        conversation += [
+            Message("assistant", "", calls),
+            Message("tool", text, tool_call_id="call_0", name="echo"),
+            Message("tool", str(n), tool_call_id="call_1", name="echo"),
+        ]
+    async with make_provider("anthropic", server) as llm:
+        await llm.chat(conversation)
+    sent = server.requests[0].json["messages"]
+    uses = [[b["id"] for b in m["content"]] for m in sent if m["role"] == "assistant"]
+    results = [[b["tool_use_id"] for b in m["content"]] for m in sent[2::2]]
+    assert uses == results  # each result still answers its own call
+    every = [call_id for ids in uses for call_id in ids]
+    assert len(set(every)) == len(every) == 6
+    assert uses[0] == ["call_0", "call_1"]  # the first use of an id keeps it
+    assert [[b["content"] for b in m["content"]] for m in sent[2::2]] == [
+        ["a", "0"],
+        ["b", "1"],
+        ["c", "2"],
+    ]
+
+
 async def test_anthropic_reasoning_stays_first_when_assistant_messages_merge(
     server: FakeLlmServer,
 ) -> None:

@@ -110,6 +110,9 @@ assistant message with the thinking blocks moved."""
 _READ_DELTAS = frozenset(("text_delta", "input_json_delta", "thinking_delta", "signature_delta"))
 """Kinds of `content_block_delta` read here: one whose content is empty is no progress."""
 _TOOL_FAILED = "the tool failed"
+CONVERSATION_START = "(conversation start)"
+"""The user message sent before a conversation that opens with the assistant's (a greeting,
+or a first user message of blank text, left out): the API refuses any other first role."""
 """Content of a failed tool's result that has no text (the API refuses an empty one)."""
 
 # Error types of the Messages API and the HTTP status each stands for.
@@ -813,7 +816,10 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
     prefill that ends in whitespace. Consecutive messages of one role, those left out or
     not, are merged, as the API requires the roles to alternate: in a merged user message
     the tool results come before any text, and in a merged assistant message the reasoning
-    blocks come first, as the API requires of both.
+    blocks come first, as the API requires of both. A conversation that would open with an
+    assistant message opens with `CONVERSATION_START` from the user, and a tool call id an
+    earlier message already sent is suffixed (`_2`), its results with it: the API refuses
+    any other first role, and a request that repeats a `tool_use` id.
 
     Raises:
         ProviderError: The last user message is empty, so that leaving it out would send
@@ -822,6 +828,8 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
     system: list[str] = []
     wire: list[dict[str, Any]] = []
     last_role = ""
+    used_ids: set[str] = set()  # tool_use ids sent so far
+    sent_as: dict[str, str] = {}  # the last assistant message's call ids, as sent
     for n, message in enumerate(messages):
         # None is no content (`check_conversation` takes it): it failed below as a bare
         # TypeError or AttributeError, or went out as a tool result of `"content": null`.
@@ -835,9 +843,10 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
         last_role = role
         if role == "tool":
             role = "user"
+            call_id = message.tool_call_id or ""
             result: dict[str, Any] = {
                 "type": "tool_result",
-                "tool_use_id": message.tool_call_id or "",
+                "tool_use_id": sent_as.get(call_id, call_id),
                 "content": said,
             }
             if message.is_error:
@@ -847,10 +856,17 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
             blocks = [result]
         else:
             blocks = [{"type": "text", "text": said}] if said.strip() else []
-            blocks.extend(
-                {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
-                for call in message.tool_calls
-            )
+            if message.tool_calls:
+                sent_as = _unique_ids(message.tool_calls, used_ids)
+                blocks.extend(
+                    {
+                        "type": "tool_use",
+                        "id": sent_as[call.id],
+                        "name": call.name,
+                        "input": call.arguments,
+                    }
+                    for call in message.tool_calls
+                )
             if not blocks:
                 # Reasoning alone is left out too: the API refuses an assistant message
                 # whose last block is a thinking block.
@@ -887,6 +903,8 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
             "the last user message is empty, and the Anthropic API accepts no empty message: "
             "send some text"
         )
+    if wire and wire[0]["role"] == "assistant":  # a greeting first, or a blank turn left out
+        wire.insert(0, {"role": "user", "content": [{"type": "text", "text": CONVERSATION_START}]})
     if wire and wire[-1]["role"] == "assistant":  # a prefill: it must not end in whitespace
         content = wire[-1]["content"]
         last = content[-1]
@@ -894,6 +912,25 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
         if isinstance(text, str) and text != text.rstrip():
             content[-1] = {**last, "text": text.rstrip()}  # a copy: never the caller's block
     return "\n\n".join(system), wire
+
+
+def _unique_ids(calls: Sequence[ToolCall], used: set[str]) -> dict[str, str]:
+    """The id each of an assistant message's calls is sent under, by the call's own id.
+
+    Its own, unless an earlier message of the conversation sent it (then suffixed `_2`,
+    `_3`...), so that the request repeats no `tool_use` id. The ids sent join `used`.
+    """
+    sent_as: dict[str, str] = {}
+    for call in calls:
+        if call.id in sent_as:  # twice in one message: the runtime never sends that
+            continue
+        given, n = call.id, 1
+        while given in used:
+            n += 1
+            given = f"{call.id}_{n}"
+        used.add(given)
+        sent_as[call.id] = given
+    return sent_as
 
 
 def _system_prompt(given: object, from_messages: str) -> str | list[dict[str, Any]]:
