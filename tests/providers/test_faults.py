@@ -10,6 +10,7 @@ import math
 import re
 import socket
 import time
+import zlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -30,6 +31,7 @@ from .fake_server import (
     Reply,
     Turn,
     anthropic_error_event,
+    anthropic_event,
     openai_error_event,
     render_anthropic,
     render_openai,
@@ -287,6 +289,46 @@ async def test_keep_alive_pings_do_not_keep_a_stalled_stream_going(
     assert len(server.requests) == 3
 
 
+async def test_empty_compressed_flushes_do_not_keep_a_stalled_stream_going(
+    kind: str, server: FakeLlmServer
+) -> None:
+    # A gzip middleware that flushes with nothing new sends an empty deflate block: bytes
+    # that decode to nothing, which httpx never hands on, so the stream was never checked
+    # and the call hung for good, whatever its timeout.
+    reply = streamed(kind)
+    assert reply.frames is not None
+    gzip = zlib.compressobj(wbits=31)
+    first = b"".join(reply.frames[: AFTER_FIRST_DELTA[kind]])
+    frames = [gzip.compress(first) + gzip.flush(zlib.Z_SYNC_FLUSH)]
+    empty_block = b"\x00\x00\x00\xff\xff"  # a stored block of no bytes, as a flush sends
+    frames += [empty_block] * 100  # 5 s of them
+    headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+    server.script(Reply(frames=frames, headers=headers, frame_interval=0.05))
+    started = time.perf_counter()
+    async with make_provider(kind, server, timeout=0.5, retry=RetryPolicy(max_attempts=1)) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert_stalled_after_output(events, error, started)
+
+
+async def test_an_event_sent_again_and_again_does_not_keep_a_stalled_stream_going(
+    kind: str, server: FakeLlmServer
+) -> None:
+    # Each copy of an event that moves a reply on (the usage, a stop reason) was counted as
+    # progress: a server repeating one kept the call going until the reply size limit.
+    reply = streamed(kind)
+    assert reply.frames is not None
+    if kind == "openai":
+        again = sse({"model": "m", "choices": [], "usage": {"prompt_tokens": 5}})
+    else:
+        again = anthropic_event("message_delta", delta={"stop_reason": None}, usage={})
+    frames = reply.frames[: AFTER_FIRST_DELTA[kind]] + [again] * 100  # 5 s of copies
+    server.script(trickled(frames))
+    started = time.perf_counter()
+    async with make_provider(kind, server, timeout=0.5, retry=RetryPolicy(max_attempts=1)) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert_stalled_after_output(events, error, started)
+
+
 async def test_content_between_pings_keeps_a_slow_stream_going(
     kind: str, server: FakeLlmServer
 ) -> None:
@@ -397,6 +439,43 @@ async def test_a_streamed_request_answered_without_a_stream_reports_the_servers_
     assert "invalid_request_error: streaming is not supported" in str(error)
     assert "'application/json', not an event stream" in str(error)
     assert error.retryable is False  # the same request gets the same answer
+    assert len(server.requests) == 1
+
+
+async def test_a_stream_of_its_terminator_alone_is_retried_as_no_reply(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # A bare `[DONE]` (a bare `message_stop`) read as a whole, empty reply: the agent loop
+    # blamed the model ("replied with neither a tool call nor any text"), with no retry.
+    bare = [b"data: [DONE]\n\n"] if kind == "openai" else [anthropic_event("message_stop")]
+    server.script(Reply(frames=bare, headers={"content-type": "text/event-stream"}), HELLO)
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert error is None
+    assert isinstance(events[-1], StreamEnd) and events[-1].response.text == HELLO.text
+    assert len(server.requests) == 2
+    server.script(*[Reply(frames=bare, headers={"content-type": "text/event-stream"})] * 3)
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert events == [] and error is not None and error.retryable
+    assert "held no" in str(error)
+
+
+async def test_a_whole_reply_labelled_an_event_stream_is_refused_once_and_quoted(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # A server that ignores `"stream": true` answers with its whole JSON reply under the
+    # event-stream type: it holds no event, so it was taken for a stream ended early, tried
+    # again (each a reply billed) and reported as "ended before [DONE]".
+    whole = render_openai(HELLO, False) if kind == "openai" else render_anthropic(HELLO, False)
+    labelled = Reply(body=whole.body, headers={"content-type": "text/event-stream"})
+    server.script(labelled, labelled, labelled)
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert events == []
+    assert error is not None and error.retryable is False
+    assert "a JSON body, not the events of a stream" in str(error)
+    assert HELLO.text in str(error)  # the body, quoted
     assert len(server.requests) == 1
 
 

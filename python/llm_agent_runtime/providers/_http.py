@@ -260,14 +260,16 @@ class StreamProgress:
     The parser counts each piece of content it reads (text, a tool call's name or arguments,
     reasoning, whether kept or not) by its length, and each event that moves the reply on
     without text (a block started, a finish reason, the usage) by its size. An event that adds
-    nothing (a ping, an empty delta) keeps a connection open but no stream going, and a reply
-    whose count passes `MAX_REPLY_BYTES` is refused rather than kept growing.
+    nothing (a ping, an empty delta, a copy of an event the reply has once) keeps a
+    connection open but no stream going, and a reply whose count passes `MAX_REPLY_BYTES` is
+    refused rather than kept growing.
     """
 
-    __slots__ = ("received",)
+    __slots__ = ("_steps", "received")
 
     def __init__(self) -> None:
         self.received = 0
+        self._steps: set[bytes] = set()  # their bytes are counted in `received`: bounded
 
     def add(self, piece: str | None) -> None:
         """Counts a piece of content (nothing for None or an empty one)."""
@@ -275,8 +277,17 @@ class StreamProgress:
             self.received += len(piece)
 
     def step(self, data: bytes) -> None:
-        """Counts an event that moves the reply on without content, by its data's size."""
+        """Counts an event that moves the reply on without text, by its data's size."""
         self.received += max(len(data), 1)
+
+    def step_once(self, data: bytes) -> None:
+        """`step`, for an event a reply has once: a copy of one counted adds nothing.
+
+        Such are its usage, its stop reason and a block's end.
+        """
+        if data not in self._steps:
+            self._steps.add(data)
+            self.step(data)
 
 
 async def iter_sse(
@@ -2092,7 +2103,9 @@ class HttpTransport:
                 as the server's `x-should-retry` says: `should_retry`), or
                 a success without a body (see `check_status`); a successful reply that is
                 not an event stream (its `content-type` is another; a reply without one is
-                read as a stream); timeout, or a body read whole (an error status's, or that
+                read as a stream), or whose body holds no event and is JSON (a whole reply
+                labelled a stream; not retryable); timeout, or a body read whole (an error
+                status's, or that
                 of a reply that is no stream) that takes longer than `total_timeout` (as a
                 non-streamed reply does; retryable); no reply's headers within `timeout` of
                 the request, or `timeout` seconds after them (or after the caller's return
@@ -2125,19 +2138,23 @@ class HttpTransport:
         start = bytearray()
         no_event = True
 
+        def check_quiet() -> None:
+            # A silent server trips the read timeout; this catches one that only pings, or
+            # sends bytes that decode to nothing (empty flushes of a compressed body).
+            if clock() - quiet_since > self.timeout:
+                raise ProviderError(
+                    f"{self.name} stream sent no content for {self.timeout:g} s "
+                    "(only keep-alive pings or events without any)",
+                    retryable=True,
+                )
+
         async def timed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-            # A silent server trips the read timeout; this catches one that only pings.
             while True:
                 try:
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     return
-                if clock() - quiet_since > self.timeout:
-                    raise ProviderError(
-                        f"{self.name} stream sent no content for {self.timeout:g} s "
-                        "(only keep-alive pings or events without any)",
-                        retryable=True,
-                    )
+                check_quiet()
                 if no_event and len(start) < MAX_ERROR_BODY:
                     start.extend(chunk[: MAX_ERROR_BODY - len(start)])
                 yield chunk
@@ -2181,6 +2198,9 @@ class HttpTransport:
                     raise self.not_a_stream_error(
                         response, body_start, truncated=truncated, check=check
                     )
+                # Checked as raw bytes arrive too: httpx hands on no chunk that decodes to
+                # nothing, and those bytes keep its read timeout from firing.
+                response.stream = _CheckedStream(response.stream, check_quiet)
                 timed_chunks = Driven(timed(chunks))
                 events = Driven(iter_sse(timed_chunks, cut))
                 try:
@@ -2204,10 +2224,21 @@ class HttpTransport:
                                     )
                         if ended is not None and ended():
                             break
-                    if no_event and check is not None:
-                        error = _checked_error(check, bytes(start))
-                        if error is not None:
-                            raise error
+                    if no_event:
+                        body = bytes(start)
+                        if check is not None:
+                            error = _checked_error(check, body)
+                            if error is not None:
+                                raise error
+                        if body.lstrip()[:1] in (b"{", b"["):
+                            # A whole reply (a server that ignores `"stream": true`): each
+                            # attempt would get one, billed, and fail the same way.
+                            truncated = len(body) >= MAX_ERROR_BODY
+                            message = error_message(body, self.redact, truncated=truncated)
+                            raise ProviderError(
+                                f"{self.name} API error: {message} (the streamed request was "
+                                "answered with a JSON body, not the events of a stream)"
+                            )
                 finally:
                     # Closed here, as the loop leaves them to this layer (`Driven`).
                     await events.aclose()
@@ -2332,6 +2363,26 @@ class HttpTransport:
         """
         with contextlib.suppress(BudgetExceededError):
             self.charge(usage)
+
+
+class _CheckedStream(httpx.AsyncByteStream):
+    """A response's raw byte stream, whose `check` runs at each chunk received."""
+
+    def __init__(
+        self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, check: Callable[[], None]
+    ) -> None:
+        if not isinstance(stream, httpx.AsyncByteStream):  # an async client's never is
+            raise TypeError("an async client's response has an async byte stream")
+        self._stream = stream
+        self._check = check
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            self._check()
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 def _with_retried(event: StreamEvent, retried: list[Usage]) -> StreamEvent:

@@ -635,6 +635,7 @@ class AnthropicProvider(HttpProvider):
         owed = False  # usage reported and not charged yet
         reported = False  # an event reported the usage
         done = False
+        began = False  # message_start came (a bare message_stop holds no message)
         progress = StreamProgress()
         events = self._transport.post_sse(
             "/v1/messages", content, ended=lambda: done, check=self._check_reply, progress=progress
@@ -725,7 +726,8 @@ class AnthropicProvider(HttpProvider):
                             if start.type == "thinking":
                                 thoughts[event.index] = [received.get("thinking") or ""]
                     elif kind == "message_start":
-                        progress.step(sse.data)
+                        began = True
+                        progress.step_once(sse.data)
                         if event.message is not None:
                             model = event.message.model
                             if event.message.usage is not None:
@@ -735,7 +737,7 @@ class AnthropicProvider(HttpProvider):
                                 usage = started.usage()
                                 owed = reported = True
                     elif kind == "message_delta":
-                        progress.step(sse.data)
+                        progress.step_once(sse.data)
                         if event.delta is not None and event.delta.stop_reason is not None:
                             stop_reason = event.delta.stop_reason
                         if event.usage is not None:
@@ -745,7 +747,7 @@ class AnthropicProvider(HttpProvider):
                             usage = delta_usage.usage(usage)
                             owed = reported = True
                     elif kind == "content_block_stop":
-                        progress.step(sse.data)
+                        progress.step_once(sse.data)
                         block = tool_blocks.get(event.index)
                         if block is not None:
                             piece = block.give_initial()
@@ -763,6 +765,11 @@ class AnthropicProvider(HttpProvider):
             # httpx's generators while that read runs them (each failure logged).
             if not done:
                 raise ProviderError("Anthropic stream ended before message_stop", retryable=True)
+            if not began:  # a proxy's or a server's failure, not the model's empty reply
+                raise ProviderError(
+                    "Anthropic stream held no message: it ended with no message_start",
+                    retryable=True,
+                )
             rest = text.finish()
             if rest:
                 yield TextDelta(rest)

@@ -596,6 +596,7 @@ class OpenAIProvider(HttpProvider):
         owed = False  # usage reported and not charged yet
         reported = False  # a chunk reported the usage
         done = False
+        answered = False  # a choice came (a bare [DONE] holds no reply)
         cut_inside: list[bytes] = []  # the line the body ended inside, if it did
         progress = StreamProgress()
         thoughts: list[str] = []  # the pieces of the reply's `reasoning_content`
@@ -632,16 +633,17 @@ class OpenAIProvider(HttpProvider):
                     if chunk.usage is not None:
                         usage = parse_usage(_Usage, chunk.usage, "OpenAI stream").usage()
                         owed = reported = True
-                        progress.step(data)
+                        progress.step_once(data)
                     if chunk.model:
                         model = chunk.model
                     for choice in chunk.choices or ():
                         if choice.index != 0:
                             continue  # only the first choice is assembled (n > 1 unsupported)
+                        answered = True
                         delta = choice.delta
                         if choice.finish_reason is not None:
                             finish_reason = choice.finish_reason
-                            progress.step(data)
+                            progress.step_once(data)
                         if failed is None:  # raised once the usage that follows is read
                             failed = _choice_error(
                                 choice.error, choice.finish_reason, self._transport.redact
@@ -709,6 +711,10 @@ class OpenAIProvider(HttpProvider):
                 raise failed
             if not done and (finish_reason is None or (cut_inside and not reported)):
                 raise ProviderError("OpenAI stream ended before [DONE]", retryable=True)
+            if not answered:  # a proxy's or a server's failure, not the model's empty reply
+                raise ProviderError(
+                    "OpenAI stream held no reply: it ended with no choice", retryable=True
+                )
             rest = text.finish()
             if rest:
                 yield TextDelta(rest)
