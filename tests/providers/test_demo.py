@@ -20,7 +20,7 @@ import llm_agent_runtime as ar
 from llm_agent_runtime import AnthropicProvider, OpenAIProvider, SqliteBackend, demo
 from llm_agent_runtime.persistence.base import session_key
 
-from .fake_server import FakeLlmServer, Reply, Turn
+from .fake_server import FakeLlmServer, Reply, Turn, render_openai
 
 REPLIES = [
     'Thought: look it up\nAction: memory_search {"query": "Mars distance"}',
@@ -110,6 +110,66 @@ def test_demo_reports_a_provider_error_in_one_line(tmp_path: Path, wire: str) ->
     assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
     assert "401" in run.stderr and "invalid x-api-key" in run.stderr
     assert KEYS[wire] not in run.stderr + run.stdout
+
+
+def test_a_demo_run_that_fails_shows_the_steps_it_took_and_where_they_are(
+    tmp_path: Path,
+) -> None:
+    """A run the model's server failed part way printed none of its steps, though they were
+    saved, nor where."""
+    broken = Reply(status=500, body=b'{"error": {"type": "server_error", "message": "down"}}')
+    with FakeLlmServer() as server:
+        server.script(*(Turn(text=reply) for reply in REPLIES[:2]), broken, broken, broken)
+        run = run_demo(model_env("openai", server.url), tmp_path / "d.db")
+    assert run.returncode == 1
+    assert "action: memory_search({'query': 'Mars distance'})" in run.stdout
+    assert "action: graph_query({'entity': 'Mars'})" in run.stdout
+    assert "final answer" not in run.stdout
+    assert f"saved in SQLite at {(tmp_path / 'd.db').resolve()}" in run.stdout
+    assert "reloaded from it: 2 steps, answer None" in run.stdout
+    assert run.stderr.startswith("error: OpenAI API error: server_error: down")
+
+
+def test_a_demo_run_that_fails_on_a_reply_it_cannot_read_shows_the_reply(
+    tmp_path: Path,
+) -> None:
+    chatter = "I would rather talk about the weather on Mars."
+    with FakeLlmServer() as server:
+        server.fallback = Turn(text=chatter)
+        run = run_demo(model_env("openai", server.url), tmp_path / "d.db")
+    assert run.returncode == 1
+    assert "not a ReAct step" in run.stderr
+    assert f"the model's last reply: {chatter!r}" in run.stdout
+
+
+def test_the_demo_prints_each_step_as_it_is_taken(tmp_path: Path) -> None:
+    """The trace came out only once the run was over: with a slow model, nothing for minutes."""
+    slow = Turn(text=REPLIES[2])
+    with FakeLlmServer() as server:
+        server.script(
+            Turn(text=REPLIES[0]),
+            Turn(text=REPLIES[1]),
+            lambda request: Reply(
+                frames=None, body=render_openai(slow, False).body, first_byte_delay=3.0
+            ),
+        )
+        running = start_demo(model_env("openai", server.url), tmp_path / "d.db")
+        with running:
+            try:
+                assert running.stdout is not None
+                lines = [running.stdout.readline()]
+                while not lines[-1].startswith("step 2: thought: moons"):
+                    assert running.poll() is None
+                    lines.append(running.stdout.readline())
+                shown = time.monotonic()
+                rest, _ = running.communicate(timeout=60)
+                ended = time.monotonic()
+            finally:
+                if running.poll() is None:
+                    running.kill()
+    assert running.returncode == 0
+    assert ended - shown > 1.5  # shown while the last reply (3 s late) was on its way
+    assert "final answer: Phobos and Deimos" in rest
 
 
 @pytest.mark.parametrize("wire", ["openai", "anthropic"])

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import logging
 import math
 import operator
@@ -410,6 +411,52 @@ class _HeldWarnings(logging.Handler):
                 _say(f"warning: {record.getMessage()}")
 
 
+class _Trace:
+    """Prints a run's steps as the runtime saves them (on `CheckpointSaved`).
+
+    It keeps the model's last reply too: a run that fails on one it cannot read shows it.
+    """
+
+    def __init__(self, session: ar.AgentSession) -> None:
+        self.session = session
+        self.printed = 0
+        self.last_reply: str | None = None
+
+    def on_event(self, event: ar.Event) -> None:
+        if isinstance(event, ar.LlmResponse):
+            self.last_reply = event.text
+        elif isinstance(event, ar.CheckpointSaved):
+            self.print_new_steps()
+
+    def print_new_steps(self) -> None:
+        steps = self.session.steps
+        for number, step in enumerate(steps[self.printed :], self.printed + 1):
+            print(f"step {number}: thought: {step.thought}")
+            if step.action != "FINAL_ANSWER":
+                print(f"        action: {step.action}({step.action_input})")
+                print(f"        observation: {step.observation} [{step.error_kind or 'ok'}]")
+            print(
+                f"        model {step.model_ms:.3f} ms, tools {step.tool_ms:.3f} ms, "
+                f"runtime overhead {step.overhead_ms:.3f} ms"
+            )
+        self.printed = len(steps)
+
+
+def _shortened(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+async def _print_saved(checkpoints: ar.SqliteBackend, session: ar.AgentSession, path: Path) -> None:
+    """Prints where the run's session was saved, as loaded back from there."""
+    step_keys = await checkpoints.list_keys(f"{session_key(session.session_id)}:step:")
+    reloaded = await ar.AgentSession.load_checkpoint(checkpoints, session.session_id)
+    print(
+        f"session {session.session_id} saved in SQLite at {path.resolve()} under key "
+        f"{session_key(session.session_id)}, with {len(step_keys)} per-step checkpoints; "
+        f"reloaded from it: {reloaded.step_count} steps, answer {reloaded.final_answer!r}"
+    )
+
+
 def _facts() -> list[str]:
     text = resources.files(__name__).joinpath(DATA).read_text(encoding="utf-8")
     return [line for line in text.splitlines() if line.strip()]
@@ -496,16 +543,19 @@ async def run(db_path: str | os.PathLike[str] | None = None) -> int:
             print(f"model: {model!r}")
         print(f"question: {QUESTION}\n")
 
-        session = await runtime.run_agent_with_provider(AGENT, QUESTION, model)
-        for number, step in enumerate(session.steps, 1):
-            print(f"step {number}: thought: {step.thought}")
-            if step.action != "FINAL_ANSWER":
-                print(f"        action: {step.action}({step.action_input})")
-                print(f"        observation: {step.observation} [{step.error_kind or 'ok'}]")
-            print(
-                f"        model {step.model_ms:.3f} ms, tools {step.tool_ms:.3f} ms, "
-                f"runtime overhead {step.overhead_ms:.3f} ms"
-            )
+        session = runtime.create_session(AGENT)
+        trace = _Trace(session)
+        runtime.events.on(trace.on_event)  # each step as it is saved, not all at the end
+        try:
+            await runtime.run_agent_with_provider(AGENT, QUESTION, model, session=session)
+        except ar.AgentRuntimeError as error:
+            trace.print_new_steps()  # those of the round it failed in, too
+            if isinstance(error, ar.AgentLoopError) and trace.last_reply is not None:
+                print(f"the model's last reply: {_shortened(trace.last_reply)!r}")
+            with contextlib.suppress(ar.AgentRuntimeError):  # the failure is what is reported
+                await _print_saved(checkpoints, session, path)
+            raise
+        trace.print_new_steps()
         if session.final_answer is not None:
             print(f"\nfinal answer: {session.final_answer}")
         print(f"memory hits: {session.memory_hits}, steps: {session.step_count}")
@@ -515,13 +565,7 @@ async def run(db_path: str | os.PathLike[str] | None = None) -> int:
             f"tool_calls={snap.total_tool_calls} failed={snap.failed_tool_calls} "
             f"memory_recalls={snap.memory_recall_count}"
         )
-        step_keys = await checkpoints.list_keys(f"{session_key(session.session_id)}:step:")
-        reloaded = await ar.AgentSession.load_checkpoint(checkpoints, session.session_id)
-        print(
-            f"session {session.session_id} saved in SQLite at {path.resolve()} under key "
-            f"{session_key(session.session_id)}, with {len(step_keys)} per-step checkpoints; "
-            f"reloaded from it: {reloaded.step_count} steps, answer {reloaded.final_answer!r}"
-        )
+        await _print_saved(checkpoints, session, path)
         if forgotten:
             plural = "s" if forgotten > 1 else ""
             print(f"(it keeps the latest run's: deleted {forgotten} earlier demo session{plural})")
