@@ -101,6 +101,59 @@ async def test_openai_send_stop_false_sends_no_stop_at_all(server: FakeLlmServer
     assert server.requests[1].json["max_completion_tokens"] == 64
 
 
+STOP_REFUSED = Reply(
+    status=400,
+    headers={"content-type": "application/json"},
+    body=json.dumps(
+        {
+            "error": {
+                "message": "Unsupported parameter: 'stop' is not supported with this model.",
+                "type": "invalid_request_error",
+                "param": "stop",
+                "code": "unsupported_parameter",
+            }
+        }
+    ).encode(),
+)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_openai_a_model_that_refuses_stop_is_asked_again_without_it(
+    streamed: bool, server: FakeLlmServer
+) -> None:
+    # The demo's (and an agent's) stop sequences failed every call of a reasoning model
+    # (o3, o4-mini, gpt-5) with a 400, until `send_stop=False` was found in the docs.
+    server.script(STOP_REFUSED, Turn("first"), Turn("second"))
+    async with make_provider("openai", server, stop=["\nObservation:"], model="o4-mini") as llm:
+        for expected in ("first", "second"):
+            if streamed:
+                events = [e async for e in llm.chat_stream([Message("user", "hi")])]
+                assert isinstance(events[-1], StreamEnd)
+                assert events[-1].response.text == expected
+            else:
+                assert (await llm.chat([Message("user", "hi")])).text == expected
+    # Asked once with it; the model's calls after that go without it.
+    assert ["stop" in r.json for r in server.requests] == [True, False, False]
+
+
+async def test_openai_other_refused_parameters_and_models_keep_their_stop(
+    server: FakeLlmServer,
+) -> None:
+    refused = Reply(
+        status=400,
+        headers={"content-type": "application/json"},
+        body=b'{"error": {"message": "Unsupported parameter: \'temperature\'", "param": '
+        b'"temperature", "type": "invalid_request_error"}}',
+    )
+    server.script(refused, STOP_REFUSED, Turn("ok"), Turn("other"))
+    async with make_provider("openai", server, stop=["END"], model="o4-mini") as llm:
+        with pytest.raises(ar.ProviderError, match="temperature"):
+            await llm.chat([Message("user", "hi")], temperature=0.5)
+        await llm.chat([Message("user", "hi")])
+        await llm.chat([Message("user", "hi")], model="gpt-4o-mini")  # another model: sent
+    assert ["stop" in r.json for r in server.requests] == [True, True, False, True]
+
+
 @pytest.mark.parametrize(
     ("kind", "options"),
     [("openai", {}), ("openai", {"send_stop": False}), ("anthropic", {})],

@@ -2252,7 +2252,7 @@ class HttpTransport:
 
     async def retry_stream(
         self, open_stream: Callable[[], AsyncIterator[StreamEvent]]
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Yields a stream's events, retrying the whole stream until its first event arrives.
 
         Once an event has been yielded, a failure is raised as is: the caller has already

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,8 @@ __all__ = [
     "OpenAIProvider",
     "openai_endpoint",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 """The OpenAI API root (`OPENAI_BASE_URL` overrides it)."""
@@ -383,6 +386,9 @@ class OpenAIProvider(HttpProvider):
         """Stop sequences sent with every call (the first `MAX_STOP_SEQUENCES` of them)."""
         self.send_stop = send_stop
         """Whether stop sequences are sent (False for models that refuse `stop`)."""
+        # Models whose API refused `stop` (OpenAI's reasoning models): asked again without
+        # it, and sent none from then on.
+        self._refuse_stop: set[str] = set()
         self.stream_usage = stream_usage
         """Whether streamed calls send `stream_options` (False for servers that refuse it)."""
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -441,7 +447,16 @@ class OpenAIProvider(HttpProvider):
         """
         body = self._body(messages, tools, model, params, stream=False)
         retried: list[Usage] = []  # failed attempts the server billed
-        raw = await self._transport.post_json("/chat/completions", body, self._check_reply, retried)
+        try:
+            raw = await self._transport.post_json(
+                "/chat/completions", body, self._check_reply, retried
+            )
+        except ProviderError as refused:
+            if not self._dropped_refused_stop(body, refused):
+                raise
+            raw = await self._transport.post_json(
+                "/chat/completions", body, self._check_reply, retried
+            )
         completion = parse_json(_Completion, raw, "OpenAI response")
         usage = parse_usage(_Usage, completion.usage, "OpenAI response").usage()
         # Charged first: the reply arrived and was billed, even if it has no choice or its
@@ -541,8 +556,47 @@ class OpenAIProvider(HttpProvider):
             ValueError: As for `chat`, raised at once.
             TypeError: As for `chat`, raised at once.
         """
-        content = request_body(self._body(messages, tools, model, params, stream=True))
+        body = self._body(messages, tools, model, params, stream=True)
+        if "stop" in body:  # one the model may refuse
+            return self._stream_unless_stop_refused(body)
+        content = request_body(body)
         return self._transport.retry_stream(lambda: self._stream_once(content))
+
+    async def _stream_unless_stop_refused(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
+        """`chat_stream` of `body`, which has `stop`: asked again without it if refused."""
+        content = request_body(body)
+        stream = self._transport.retry_stream(lambda: self._stream_once(content))
+        try:
+            try:
+                first = await anext(stream)
+            except ProviderError as refused:
+                if not self._dropped_refused_stop(body, refused):
+                    raise
+                await stream.aclose()
+                content = request_body(body)
+                stream = self._transport.retry_stream(lambda: self._stream_once(content))
+                first = await anext(stream)
+            yield first
+            async for event in stream:
+                yield event
+        finally:
+            await stream.aclose()
+
+    def _dropped_refused_stop(self, body: dict[str, Any], error: ProviderError) -> bool:
+        """Whether `error` is the API refusing `body`'s `stop`, which is then taken out.
+
+        The model is then sent no `stop` again (a runtime still cuts replies at its own stop
+        sequences). OpenAI's reasoning models refuse the parameter with a 400.
+        """
+        text = str(error)
+        if error.status != 400 or "stop" not in body or "'stop'" not in text:
+            return False
+        if "not supported" not in text and "Unsupported parameter" not in text:
+            return False
+        self._refuse_stop.add(body["model"])
+        del body["stop"]
+        logger.info("model %r refuses 'stop': it is sent none from now on", body["model"])
+        return True
 
     # ------------------------------------------------------------------ wire format
     def _body(
@@ -576,7 +630,7 @@ class OpenAIProvider(HttpProvider):
             ]
         stop = params.pop("stop") if "stop" in params else self.stop  # a call's own wins
         stops = check_stop(stop)  # checked even when not sent: a wrong one is a mistake
-        if stops and self.send_stop:
+        if stops and self.send_stop and body["model"] not in self._refuse_stop:
             body["stop"] = stop if isinstance(stop, str) else stops[:MAX_STOP_SEQUENCES]
         body.update(params)
         if stream:
