@@ -329,6 +329,45 @@ def test_llm_spans_name_the_model_and_the_tokens_the_provider_reported() -> None
     ]
 
 
+LLM_MODELS = SETUP + textwrap.dedent(
+    """
+    from llm_agent_runtime.providers.base import ChatResponse, Usage
+
+    class Named:
+        model = "qwen3"
+
+        def __init__(self, fails=False):
+            self.fails = fails
+
+        async def chat(self, messages, tools=None, model=None, **params):
+            if self.fails:
+                error = ar.ProviderError("cut off")
+                error.usage = Usage(500, 300)
+                raise error
+            return ChatResponse(text="Thought: t\\nAction: FINAL_ANSWER 3")
+
+    for mode in ("tools", "react"):
+        for fails in (False, True):
+            runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode))
+            try:
+                asyncio.run(runtime.run_agent_with_provider("a", "q", Named(fails)))
+            except ar.ProviderError:
+                pass
+    for span in exporter.get_finished_spans():
+        if span.name == "agent.llm":
+            print(sorted(dict(span.attributes or {}).items()))
+    """
+)
+
+
+def test_llm_spans_name_the_providers_model_and_a_failed_calls_billed_tokens() -> None:
+    # Only `AgentConfig.model` was named, and only once a call had succeeded: a provider's
+    # own model (the README's `OpenAIProvider(model="qwen3")`) and every failed call had none.
+    asked = ("gen_ai.request.model", "qwen3")
+    billed = [asked, ("gen_ai.usage.input_tokens", 500), ("gen_ai.usage.output_tokens", 300)]
+    assert _run(LLM_MODELS) == [str([asked]), str(billed)] * 2
+
+
 UNREADABLE = SETUP + textwrap.dedent(
     """
     from llm_agent_runtime.providers.base import ChatResponse, ToolCall, Usage

@@ -1017,8 +1017,13 @@ class AgentRuntime(Unshared):
             return functools.partial(text_model.complete, model=self._config.model)
         chat = _async_chat(provider)
         params = self._call_params()
+        requested = None if self._config.model else _requested_model(None, provider)
 
         async def infer(text: str) -> str:
+            if requested is not None and self._tracer is not None:  # the provider's own model
+                from opentelemetry import trace
+
+                trace.get_current_span().set_attribute("gen_ai.request.model", requested)
             response = await chat([Message("user", text)], **params)
             if not isinstance(response, ChatResponse):  # as the tool loop refuses it
                 raise AgentLoopError(
@@ -1640,6 +1645,9 @@ class AgentRuntime(Unshared):
             journal = await self._journal_of_next_step(session)
         pre_hooks = self._hooks["on_pre_llm"]
         post_hooks = self._hooks["on_post_llm"]
+        # Set as the span starts: a call that fails names its model too (one through a
+        # provider whose model the config does not name sets it itself: `_text_model`).
+        llm_attributes = _llm_attributes(self._config.model)
         reprompted = False
         events = self.events
         budget = self.budget
@@ -1696,9 +1704,9 @@ class AgentRuntime(Unshared):
                     model_start = perf()
                     try:
                         if self._tracer is not None:
-                            with _traced(self._tracer, "agent.llm") as span:
+                            with _traced(self._tracer, "agent.llm", llm_attributes) as span:
                                 reply = await infer(text_prompt)
-                                _describe_llm_call(span, self._config.model, reply)
+                                _describe_llm_call(span, reply)
                         else:
                             reply = await infer(text_prompt)
                     except ProviderError as error:
@@ -1931,6 +1939,7 @@ class AgentRuntime(Unshared):
         # 250 ns a call); only stop sequences and `model_params` need the dict.
         model = params["model"]
         more_params = len(params) > 1
+        llm_attributes = _llm_attributes(_requested_model(model, provider))
         perf = time.perf_counter
         metrics = self._metrics
         checkpoints = self._checkpoints
@@ -1974,7 +1983,7 @@ class AgentRuntime(Unshared):
                     if self._tracer is not None:
                         # Called in the span (a provider may start its work when called), with
                         # the keywords as a dict: tracing costs far more than building it.
-                        with _traced(self._tracer, "agent.llm") as span:
+                        with _traced(self._tracer, "agent.llm", llm_attributes) as span:
                             if stream:
                                 streamed = await self._chat_stream(
                                     session, provider, messages, tool_defs, params, deadline, budget
@@ -1985,7 +1994,7 @@ class AgentRuntime(Unshared):
                                     response = await chat(messages, tools=tool_defs, **params)
                                 except UnreadableArgumentsError as error:  # a reply all the same
                                     response = error.response
-                            _describe_llm_call(span, model, response)
+                            _describe_llm_call(span, response)
                     elif stream:
                         streamed = await self._chat_stream(
                             session, provider, messages, tool_defs, params, deadline, budget
@@ -5172,6 +5181,8 @@ def _traced(tracer: Any, name: str, attributes: dict[str, str] | None = None) ->
             if name == "agent.tool":
                 cancelled = isinstance(error, asyncio.CancelledError)
                 span.set_attribute("tool.error_kind", "transient" if cancelled else "permanent")
+            elif isinstance(error, ProviderError):  # a billed reply refused: its tokens
+                _describe_llm_call(span, error)
             try:
                 message = str(error)
                 span.record_exception(error)
@@ -5184,21 +5195,38 @@ def _traced(tracer: Any, name: str, attributes: dict[str, str] | None = None) ->
             raise
 
 
-def _describe_llm_call(span: Any, model: str | None, reply: object) -> None:
-    """Sets an `agent.llm` span's attributes: the models asked for and answering, the tokens.
+def _llm_attributes(model: str | None) -> dict[str, str] | None:
+    """The attributes an `agent.llm` span starts with: the model asked for, when known.
 
-    Named as OpenTelemetry's GenAI conventions name them (`gen_ai.request.model`,
-    `gen_ai.response.model`, `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens`).
-    `reply` is what the call returned: a `ChatResponse` (native mode), a `_ProviderReply`
-    (ReAct mode through a provider), or a plain `infer`'s text, which says neither. Tokens
-    the provider did not report are left out: the run's estimate is not its count.
+    Named as OpenTelemetry's GenAI conventions name it (`gen_ai.request.model`).
     """
+    return {"gen_ai.request.model": model} if model else None
+
+
+def _requested_model(model: str | None, provider: object) -> str | None:
+    """The model a call asks for: the run's (`AgentConfig.model`), else the provider's own."""
+    if model:
+        return model
+    own = getattr(provider, "model", None)
+    return own if isinstance(own, str) and own else None
+
+
+def _describe_llm_call(span: Any, reply: object) -> None:
+    """Sets an `agent.llm` span's attributes of the answer: the model answering, the tokens.
+
+    Named as OpenTelemetry's GenAI conventions name them (`gen_ai.response.model`,
+    `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens`). `reply` is what the call
+    returned: a `ChatResponse` (native mode), a `_ProviderReply` (ReAct mode through a
+    provider), or a plain `infer`'s text, which says neither; or the `ProviderError` it
+    raised, whose usage is that of a reply the server billed. Tokens the provider did not
+    report are left out: the run's estimate is not its count.
+    """
+    answered: str | None = None
+    usage: Usage | None = None
     if type(reply) is _ProviderReply or isinstance(reply, ChatResponse):
         answered, usage = reply.model, reply.usage
-    else:
-        answered, usage = None, None
-    if model:
-        span.set_attribute("gen_ai.request.model", model)
+    elif isinstance(reply, ProviderError):
+        usage = reply.usage
     if isinstance(answered, str) and answered:
         span.set_attribute("gen_ai.response.model", answered)
     if isinstance(usage, Usage) and (usage.input_tokens or usage.output_tokens):
