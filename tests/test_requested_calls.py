@@ -53,6 +53,35 @@ async def test_an_approval_edit_is_recorded_beside_the_call_that_ran() -> None:
     ]
 
 
+@ar.tool
+def flag(v: Any) -> str:
+    """Echoes the flag as it came."""
+    return repr(v)
+
+
+class ToBool(ar.Middleware):
+    """Turns a flag of 1 or 0 into True or False: equal values of another type."""
+
+    def on_tool_call(self, session: ar.AgentSession, tool: str, arguments: Any) -> Any:
+        return (tool, {"v": bool(arguments["v"])})
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_rewrite_to_an_equal_value_of_another_type_is_recorded(mode: str) -> None:
+    # `1 == True`: the rewrite counted as the call the model asked for, so the step said the
+    # model wrote True (and a resumed round ran the model's 1, not the middleware's True).
+    rt = ar.AgentRuntime(ar.AgentConfig(mode=mode), tools=[flag], middlewares=[ToBool()])  # type: ignore[arg-type]
+    if mode == "tools":
+        first: Any = ar.ScriptedProvider.tool_call_reply([("flag", {"v": 1})])
+    else:
+        first = 'Thought: t\nAction: flag {"v": 1}'
+    last = "done" if mode == "tools" else "Thought: d\nAction: FINAL_ANSWER done"
+    session = await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([first, last]))
+    step = session.steps[0]
+    assert (step.action_input, step.observation) == ({"v": True}, "True")
+    assert step.requested == {"name": "flag", "arguments": {"v": 1}}
+
+
 async def test_a_middleware_rewrite_in_react_mode_is_recorded() -> None:
     rt = ar.AgentRuntime(ar.AgentConfig(), tools=[echo, shout], middlewares=[ToShout()])
     replies = iter(

@@ -635,6 +635,28 @@ async def test_a_remembered_edit_holds_for_the_same_arguments_only() -> None:
     assert [st.action_input for st in s.steps[:3]] == [{"a": 2, "b": 0}] * 2 + [{"a": 7, "b": 0}]
 
 
+async def test_a_new_approval_handler_is_asked_what_the_former_one_remembered() -> None:
+    # A stricter handler set between turns was never asked: the former handler's remembered
+    # approval went on running the calls it would deny.
+    def lenient(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        return ar.ApprovalDecision("approve", remember=True)
+
+    asked: list[Any] = []
+
+    def strict(session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+        asked.append(args)
+        return ar.ApprovalDecision("deny", reason="not now")
+
+    rt = ar.AgentRuntime(tools=[add], approval_handler=lenient)
+    session = rt.create_session("a")
+    await rt.run_turn(session, "q", react(ADD, FINAL))
+    assert session.steps[0].observation == "5"
+    rt.approval_handler = strict
+    await rt.run_turn(session, "q", react(ADD, FINAL))
+    assert asked == [{"a": 2, "b": 3}]
+    assert session.steps[2].error_kind == "permanent" and "not now" in session.steps[2].observation
+
+
 async def test_a_remembered_edit_made_in_place_holds_for_the_call_asked_about() -> None:
     # The key was worked out after the handler returned: one that edited the dict it was
     # given filed its decision under the edited arguments, and the same call asked again.

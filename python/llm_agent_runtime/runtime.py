@@ -591,7 +591,9 @@ class AgentRuntime(Unshared):
         """Approves, denies or edits tool calls; may be set or cleared between runs.
 
         A round of tool calls asks the handler set when its calls were guarded, all of them,
-        even if it is replaced or cleared while they wait to be asked.
+        even if it is replaced or cleared while they wait to be asked. Setting another
+        handler (or None) drops every session's remembered decisions (`remember=True`):
+        they were the former handler's, and the new one decides for itself.
         """
         return self._approval_handler
 
@@ -606,6 +608,8 @@ class AgentRuntime(Unshared):
             )
         if handler is not None and not callable(handler):
             raise AgentRuntimeError("approval_handler must be callable")
+        if handler is not self._approval_handler:
+            self._approvals.clear()
         self._approval_handler = handler
         self._update_guarded()
 
@@ -2698,7 +2702,7 @@ class AgentRuntime(Unshared):
                     "approval handler must return an ApprovalDecision, got "
                     f"{type(decision).__name__}"
                 )
-            if decision.remember:
+            if decision.remember and handler is self._approval_handler:  # not replaced since
                 remembered = self._approvals.setdefault(session.session_id, {})
                 remembered[asked if decision.action == "edit" else name] = decision
             return decision
@@ -4207,10 +4211,25 @@ def _requested(
     if name == asked_name and arguments is asked_arguments:
         return None
     try:
-        same = name == asked_name and bool(arguments == asked_arguments)
+        same = name == asked_name and _same_value(arguments, asked_arguments)
     except Exception:  # arguments that do not compare (a middleware's own objects)
         same = False
     return None if same else {"name": asked_name, "arguments": asked_arguments}
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """`a == b`, of values of the same types, inside containers too.
+
+    1, 1.0 and True are three different arguments to a tool (one that takes `Any` tells
+    them apart).
+    """
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_same_value(v, b[k]) for k, v in a.items())
+    if type(a) is list or type(a) is tuple:
+        return len(a) == len(b) and all(map(_same_value, a, b))
+    return bool(a == b)
 
 
 # A random per-process prefix plus a counter: unique across processes like a uuid4, without
