@@ -732,6 +732,30 @@ async def test_every_started_tool_call_finishes_in_the_events_however_the_run_en
     assert isinstance(seen[-1], ar.ErrorEvent)  # after the calls' finishes
 
 
+async def test_a_listener_failing_on_an_interrupted_calls_finish_is_logged_with_its_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Logged without the session: among concurrent runs, no one could tell whose it was.
+    @ar.tool
+    async def slow(x: int) -> str:
+        """Waits for good."""
+        await asyncio.Event().wait()
+        return "done"
+
+    def failing(event: ar.Event) -> None:
+        if isinstance(event, ar.ToolCallFinished):
+            raise RuntimeError("listener failed on ToolCallFinished")
+
+    runtime = ar.AgentRuntime(ar.AgentConfig(loop_timeout_ms=100), tools=[slow])
+    runtime.events.on(failing)
+    session = runtime.create_session("a")
+    provider = ar.ScriptedProvider(['Thought: t\nAction: slow {"x": 1}'])
+    with pytest.raises(ar.AgentLoopError):
+        await runtime.run_agent_with_provider("a", "q", provider, session=session)
+    logged = f"event callback failed on the end of tool call 'slow' of session {session.session_id}"
+    assert logged in caplog.text
+
+
 @pytest.mark.parametrize("mode", ["react", "tools"])
 @pytest.mark.parametrize("denied", [False, True])
 async def test_a_listener_failing_on_a_tool_calls_start_leaves_it_finished(

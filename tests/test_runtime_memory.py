@@ -223,7 +223,7 @@ async def test_a_working_memory_whose_items_are_no_pairs_does_not_fail_the_run(
     else:
         assert "working_memory" not in final
     if working is _ItemsRaise:
-        assert "working memory entries not saved" in caplog.text
+        assert f"working memory entries of session {session.session_id} not saved" in caplog.text
 
 
 def test_records_take_dict_keys_json_has_no_form_for_as_their_str() -> None:

@@ -126,6 +126,7 @@ async def test_a_stream_that_fails_to_close_after_its_reply_keeps_the_reply(
 ) -> None:
     session, deltas = await run(Streaming(lambda: FailsToClose(whole=True)))
     assert session.final_answer == "hi" and deltas == ["hi"]
-    assert "closing a provider's stream after its reply failed" in caplog.text
+    closing = f"closing a provider's stream after its reply failed (session {session.session_id})"
+    assert closing in caplog.text
     with pytest.raises(RuntimeError, match="connection reset while closing"):
         await run(Streaming(lambda: FailsToClose(whole=False)))

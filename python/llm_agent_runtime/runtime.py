@@ -323,7 +323,7 @@ def _unbound(cls: type, method: str) -> bool:
     return inspect.isfunction(raw) or inspect.ismethoddescriptor(raw)
 
 
-def _saved_working_memory(memory: Any) -> list[list[Any]] | None:
+def _saved_working_memory(memory: Any, session_id: str) -> list[list[Any]] | None:
     """Working memory's entries as a final checkpoint keeps them (for reading, not loaded).
 
     Those `items()` gives as (key, value) pairs (or as a mapping): None for a working memory
@@ -344,7 +344,10 @@ def _saved_working_memory(memory: Any) -> list[list[Any]] | None:
         pairs = [(key, value) for key, value in entries]
     except Exception as error:  # its own method: anything may go wrong in it
         logger.warning(
-            "working memory entries not saved: %s.items failed: %r", _kind(memory), error
+            "working memory entries of session %s not saved: %s.items failed: %r",
+            session_id,
+            _kind(memory),
+            error,
         )
         return None
     saved = []
@@ -2330,7 +2333,11 @@ class AgentRuntime(Unshared):
                     if response is _NO_STREAM_END:
                         raise
                     # The reply came whole (and was paid for): closing its stream loses none.
-                    logger.warning("closing a provider's stream after its reply failed: %r", error)
+                    logger.warning(
+                        "closing a provider's stream after its reply failed (session %s): %r",
+                        session.session_id,
+                        error,
+                    )
         if response is _NO_STREAM_END:
             raise AgentLoopError("the provider's stream ended without a StreamEnd event")
         if not isinstance(response, ChatResponse):
@@ -2502,7 +2509,11 @@ class AgentRuntime(Unshared):
                 try:
                     events.emit_new(ToolCallFinished, finished)
                 except Exception:  # a callback's failure must not replace how the call ended
-                    logger.exception("event callback failed on the end of tool call %r", name)
+                    logger.exception(
+                        "event callback failed on the end of tool call %r of session %s",
+                        name,
+                        session.session_id,
+                    )
             raise
         tool_ms = (time.perf_counter() - start) * 1000.0
         if busy is not None:
@@ -3031,7 +3042,7 @@ class AgentRuntime(Unshared):
         # (another agent's are not this session's to keep), and nothing reads it back.
         extra: dict[str, Any] = {}
         if self._working_memory is not None:
-            saved = _saved_working_memory(self._working_memory)
+            saved = _saved_working_memory(self._working_memory, session.session_id)
             if saved is not None:
                 extra["working_memory"] = saved
         # Steps whose own save failed go in the same write: a finished session has no gap.
