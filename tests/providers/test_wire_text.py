@@ -217,6 +217,9 @@ async def test_a_nan_in_a_request_is_refused_before_anything_is_sent(
                 llm.chat_stream(USER, temperature=number)  # raised at once, as for `chat`
             else:
                 await llm.chat(USER, temperature=number)
+        if stream:  # with a stop sequence too (a model may refuse it: asked again without)
+            with pytest.raises(ValueError, match="JSON has no"):
+                llm.chat_stream(USER, temperature=number, stop=["END"])
         with pytest.raises(ValueError, match=r"at metadata\.scores\[1\]"):
             await llm.chat(USER, metadata={"scores": [1.0, number]})
     assert server.requests == []

@@ -2105,9 +2105,9 @@ class HttpTransport:
                 not an event stream (its `content-type` is another; a reply without one is
                 read as a stream), or whose body holds no event and is JSON (a whole reply
                 labelled a stream; not retryable); timeout, or a body read whole (an error
-                status's, or that
-                of a reply that is no stream) that takes longer than `total_timeout` (as a
-                non-streamed reply does; retryable); no reply's headers within `timeout` of
+                status's, or that of a reply that is no stream) that takes longer than
+                `total_timeout` (as a non-streamed reply does; retryable); no reply's headers
+                within `timeout` of
                 the request, or `timeout` seconds after them (or after the caller's return
                 from an event with content) without an event that carries content, however
                 many comments, `ping` events or empty events came meanwhile (they keep a

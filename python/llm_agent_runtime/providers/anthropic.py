@@ -110,10 +110,10 @@ assistant message with the thinking blocks moved."""
 _READ_DELTAS = frozenset(("text_delta", "input_json_delta", "thinking_delta", "signature_delta"))
 """Kinds of `content_block_delta` read here: one whose content is empty is no progress."""
 _TOOL_FAILED = "the tool failed"
+"""Content of a failed tool's result that has no text (the API refuses an empty one)."""
 CONVERSATION_START = "(conversation start)"
 """The user message sent before a conversation that opens with the assistant's (a greeting,
 or a first user message of blank text, left out): the API refuses any other first role."""
-"""Content of a failed tool's result that has no text (the API refuses an empty one)."""
 
 # Error types of the Messages API and the HTTP status each stands for.
 _ERROR_STATUS = {

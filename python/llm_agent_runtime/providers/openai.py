@@ -557,14 +557,18 @@ class OpenAIProvider(HttpProvider):
             TypeError: As for `chat`, raised at once.
         """
         body = self._body(messages, tools, model, params, stream=True)
+        content = request_body(body)  # a value JSON cannot hold is refused at once
         if "stop" in body:  # one the model may refuse
-            return self._stream_unless_stop_refused(body)
-        content = request_body(body)
+            return self._stream_unless_stop_refused(body, content)
         return self._transport.retry_stream(lambda: self._stream_once(content))
 
-    async def _stream_unless_stop_refused(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
-        """`chat_stream` of `body`, which has `stop`: asked again without it if refused."""
-        content = request_body(body)
+    async def _stream_unless_stop_refused(
+        self, body: dict[str, Any], content: bytes
+    ) -> AsyncIterator[StreamEvent]:
+        """`chat_stream` of `body` (encoded: `content`), which has `stop`.
+
+        Asked again without it if the model refuses it (`_dropped_refused_stop`).
+        """
         stream = self._transport.retry_stream(lambda: self._stream_once(content))
         try:
             try:
