@@ -266,6 +266,15 @@ def assert_stalled_after_output(
     assert time.perf_counter() - started < 3.0
 
 
+async def check_stalls_after_output(kind: str, server: FakeLlmServer, reply: Reply) -> None:
+    """`reply`, a stream that stalls after its first text, read with a 0.5 s idle limit."""
+    server.script(reply)
+    started = time.perf_counter()
+    async with make_provider(kind, server, timeout=0.5, retry=RetryPolicy(max_attempts=1)) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert_stalled_after_output(events, error, started)
+
+
 async def test_keep_alive_pings_do_not_keep_a_stalled_stream_going(
     kind: str, server: FakeLlmServer, clock: FakeClock
 ) -> None:
@@ -303,11 +312,9 @@ async def test_empty_compressed_flushes_do_not_keep_a_stalled_stream_going(
     empty_block = b"\x00\x00\x00\xff\xff"  # a stored block of no bytes, as a flush sends
     frames += [empty_block] * 100  # 5 s of them
     headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
-    server.script(Reply(frames=frames, headers=headers, frame_interval=0.05))
-    started = time.perf_counter()
-    async with make_provider(kind, server, timeout=0.5, retry=RetryPolicy(max_attempts=1)) as llm:
-        events, error = await collect(llm.chat_stream(USER))
-    assert_stalled_after_output(events, error, started)
+    await check_stalls_after_output(
+        kind, server, Reply(frames=frames, headers=headers, frame_interval=0.05)
+    )
 
 
 async def test_an_event_sent_again_and_again_does_not_keep_a_stalled_stream_going(
@@ -322,11 +329,7 @@ async def test_an_event_sent_again_and_again_does_not_keep_a_stalled_stream_goin
     else:
         again = anthropic_event("message_delta", delta={"stop_reason": None}, usage={})
     frames = reply.frames[: AFTER_FIRST_DELTA[kind]] + [again] * 100  # 5 s of copies
-    server.script(trickled(frames))
-    started = time.perf_counter()
-    async with make_provider(kind, server, timeout=0.5, retry=RetryPolicy(max_attempts=1)) as llm:
-        events, error = await collect(llm.chat_stream(USER))
-    assert_stalled_after_output(events, error, started)
+    await check_stalls_after_output(kind, server, trickled(frames))
 
 
 async def test_content_between_pings_keeps_a_slow_stream_going(
