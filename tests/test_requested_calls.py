@@ -82,6 +82,22 @@ async def test_a_rewrite_to_an_equal_value_of_another_type_is_recorded(mode: str
     assert step.requested == {"name": "flag", "arguments": {"v": 1}}
 
 
+class Copies(ar.Middleware):
+    """Returns a copy of every call's arguments, unchanged."""
+
+    def on_tool_call(self, session: ar.AgentSession, tool: str, arguments: Any) -> Any:
+        return (tool, dict(arguments))
+
+
+async def test_a_copy_of_arguments_holding_nan_is_the_call_asked_for() -> None:
+    # NaN equals nothing, not even itself: the copy's very NaN made the call look changed.
+    rt = ar.AgentRuntime(ar.AgentConfig(), tools=[flag], middlewares=[Copies()])
+    replies = ['Thought: t\nAction: flag {"v": NaN}', "Thought: d\nAction: FINAL_ANSWER ok"]
+    session = await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider(replies))
+    assert session.steps[0].observation == "nan"
+    assert session.steps[0].requested is None
+
+
 async def test_a_middleware_rewrite_in_react_mode_is_recorded() -> None:
     rt = ar.AgentRuntime(ar.AgentConfig(), tools=[echo, shout], middlewares=[ToShout()])
     replies = iter(

@@ -657,6 +657,25 @@ async def test_a_new_approval_handler_is_asked_what_the_former_one_remembered() 
     assert session.steps[2].error_kind == "permanent" and "not now" in session.steps[2].observation
 
 
+async def test_setting_the_same_method_as_approval_handler_again_keeps_its_memory() -> None:
+    # Each `desk.approve` is a new bound method: setting it again dropped its decisions.
+    class Desk:
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def approve(self, session: ar.AgentSession, tool: str, args: Any) -> ar.ApprovalDecision:
+            self.asked += 1
+            return ar.ApprovalDecision("approve", remember=True)
+
+    desk = Desk()
+    rt = ar.AgentRuntime(tools=[add], approval_handler=desk.approve)
+    session = rt.create_session("a")
+    await rt.run_turn(session, "q", react(ADD, FINAL))
+    rt.approval_handler = desk.approve
+    await rt.run_turn(session, "q", react(ADD, FINAL))
+    assert desk.asked == 1
+
+
 async def test_a_remembered_edit_made_in_place_holds_for_the_call_asked_about() -> None:
     # The key was worked out after the handler returned: one that edited the dict it was
     # given filed its decision under the edited arguments, and the same call asked again.

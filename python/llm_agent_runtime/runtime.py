@@ -611,7 +611,7 @@ class AgentRuntime(Unshared):
             )
         if handler is not None and not callable(handler):
             raise AgentRuntimeError("approval_handler must be callable")
-        if handler is not self._approval_handler:
+        if not _same_handler(handler, self._approval_handler):
             self._approvals.clear()
         self._approval_handler = handler
         self._update_guarded()
@@ -2713,7 +2713,8 @@ class AgentRuntime(Unshared):
                     "approval handler must return an ApprovalDecision, got "
                     f"{type(decision).__name__}"
                 )
-            if decision.remember and handler is self._approval_handler:  # not replaced since
+            # Not remembered once the handler was replaced (its memory went with it).
+            if decision.remember and _same_handler(handler, self._approval_handler):
                 remembered = self._approvals.setdefault(session.session_id, {})
                 remembered[asked if decision.action == "edit" else name] = decision
             return decision
@@ -4228,12 +4229,27 @@ def _requested(
     return None if same else {"name": asked_name, "arguments": asked_arguments}
 
 
+def _same_handler(a: object, b: object) -> bool:
+    """Whether `a` and `b` are one handler: one object, or one object's method taken twice.
+
+    Each `obj.method` is a new bound method, equal to the others.
+    """
+    if a is b:
+        return True
+    try:
+        return inspect.ismethod(a) and bool(a == b)
+    except Exception:  # an `__eq__` of its own that fails
+        return False
+
+
 def _same_value(a: Any, b: Any) -> bool:
     """`a == b`, of values of the same types, inside containers too.
 
     1, 1.0 and True are three different arguments to a tool (one that takes `Any` tells
     them apart).
     """
+    if a is b:  # one NaN object, say (NaN is equal to nothing, not even itself)
+        return True
     if type(a) is not type(b):
         return False
     if type(a) is dict:
@@ -5211,8 +5227,8 @@ def _traced(tracer: Any, name: str, attributes: dict[str, str] | None = None) ->
             if name == "agent.tool":
                 cancelled = isinstance(error, asyncio.CancelledError)
                 span.set_attribute("tool.error_kind", "transient" if cancelled else "permanent")
-            elif isinstance(error, ProviderError):  # a billed reply refused: its tokens
-                _describe_llm_call(span, error)
+            elif name == "agent.llm" and isinstance(error, ProviderError):
+                _describe_llm_call(span, error)  # a billed reply refused: its tokens
             try:
                 message = str(error)
                 span.record_exception(error)

@@ -136,6 +136,30 @@ async def test_openai_a_model_that_refuses_stop_is_asked_again_without_it(
     assert ["stop" in r.json for r in server.requests] == [True, False, False]
 
 
+async def test_openai_an_error_that_only_quotes_stop_is_no_refusal_of_it(
+    server: FakeLlmServer,
+) -> None:
+    # A tool named `stop` whose schema the API refuses: the call was sent again without
+    # `stop`, and the model was taken for one that refuses it, for good.
+    schema_error = {
+        "message": "Invalid schema for function 'stop': 'patternProperties' is not supported.",
+        "type": "invalid_request_error",
+        "param": "tools[0].function.parameters",
+    }
+    refused = Reply(
+        status=400,
+        headers={"content-type": "application/json"},
+        body=json.dumps({"error": schema_error}).encode(),
+    )
+    server.script(refused, Turn("fine"))
+    tool = ar.ToolDefinition(name="stop", description="Stops.", parameters={"type": "object"})
+    async with make_provider("openai", server, stop=["END"], model="gpt-4o") as llm:
+        with pytest.raises(ar.ProviderError, match="Invalid schema"):
+            await llm.chat([Message("user", "hi")], tools=[tool])
+        await llm.chat([Message("user", "hi")])
+    assert ["stop" in r.json for r in server.requests] == [True, True]
+
+
 async def test_openai_other_refused_parameters_and_models_keep_their_stop(
     server: FakeLlmServer,
 ) -> None:

@@ -3,6 +3,7 @@ against the fake server: attempts billed, then failed and retried, are paid for.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -154,3 +155,55 @@ async def test_a_whole_reply_whose_failed_attempt_spent_the_budget_is_not_tried_
             await llm.chat(USER)
     assert len(server.requests) == 1
     assert budget.used_tokens == 110
+
+
+async def test_a_streamed_reply_with_unreadable_arguments_counts_the_attempts_before_it(
+    server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # The runtime reads the reply the error holds: it lacked the retried attempt's tokens.
+    unreadable = Turn(tool_calls=[("c1", "echo", "{not json")], input_tokens=20, output_tokens=3)
+    server.script(_billed_then_failed("openai"), unreadable, Turn("done"))
+    budget = CostBudget()
+    runtime = AgentRuntime(AgentConfig(mode="tools"), budget=budget)
+    runtime.events.on(lambda event: None)  # a listener: the runtime streams
+    async with make_provider("openai", server, retry=retry) as llm:
+        session = await runtime.run_agent_with_provider("a", "hi", llm)
+    assert session.steps[0].error_kind == "permanent"  # answered, for the model to mend
+    assert (session.steps[0].input_tokens, session.steps[0].output_tokens) == (520, 3)
+
+
+@pytest.mark.parametrize("retried", [False, True])
+async def test_a_stream_its_provider_closes_holds_what_was_billed(
+    retried: bool, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # The error that says the provider was closed held no usage, though the server billed
+    # the reply it cut (and the provider's own budget counted it).
+    started = [
+        anthropic_event(
+            "message_start", message={"model": "m", "content": [], "usage": {"input_tokens": 500}}
+        ),
+        anthropic_event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+        anthropic_event("content_block_delta", index=0, delta={"type": "text_delta", "text": "hi"}),
+    ]
+    stalled = Reply(
+        frames=[*started, anthropic_event("message_stop")],
+        headers={"content-type": "text/event-stream"},
+        pause_after=3,
+        pause=5.0,
+    )
+    server.script(*([_billed_then_failed("anthropic")] if retried else []), stalled)
+    llm = make_provider("anthropic", server, retry=retry)
+    read: list[object] = []
+
+    async def consume() -> None:
+        async for event in llm.chat_stream(USER):
+            read.append(event)
+
+    task = asyncio.ensure_future(consume())
+    while not read:
+        await asyncio.sleep(0.01)
+    await llm.aclose()
+    with pytest.raises(ProviderError, match="closed while the call was in flight") as caught:
+        await task
+    usage = caught.value.usage
+    assert usage is not None and usage.input_tokens == (1000 if retried else 500)

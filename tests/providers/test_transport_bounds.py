@@ -485,6 +485,7 @@ ENVIRONMENTS = [
     ({"ALL_PROXY": "socks5://user:hunter2@127.0.0.1:1080"}, "socksio"),  # httpx[socks] absent
     ({"HTTP_PROXY": "ftp://user:hunter2@proxy:21"}, "Unknown scheme"),
     ({"SSL_CERT_FILE": "/nonexistent/bundle.pem"}, "No such file"),
+    ({"HTTPS_PROXY": "http://user:hunter2@proxy.corp:80a80"}, "Invalid port"),  # httpx.InvalidURL
 ]
 
 

@@ -797,16 +797,17 @@ def client_from_environment(who: str, make: Callable[[], ClientT]) -> ClientT:
 
     httpx reads the proxy and TLS settings of the environment (`HTTPS_PROXY`, `ALL_PROXY`,
     `SSL_CERT_FILE`...) as it makes a client, and fails on one it cannot use (a SOCKS proxy
-    without `httpx[socks]`, a proxy scheme it does not know, a missing certificate file)
-    with an ImportError, a ValueError or an OSError: the call fails with the reason, and the
-    names of the settings that are set (not their values, which may hold a password).
+    without `httpx[socks]`, a proxy scheme it does not know, a proxy URL it cannot read, a
+    missing certificate file) with an ImportError, a ValueError, `httpx.InvalidURL` or an
+    OSError: the call fails with the reason, and the names of the settings that are set
+    (not their values, which may hold a password).
 
     Raises:
         ProviderError: httpx refused the environment's settings (not retryable).
     """
     try:
         return make()
-    except (ImportError, ValueError, OSError) as error:
+    except (ImportError, ValueError, OSError, httpx.InvalidURL) as error:
         named = [
             name
             for name in _CLIENT_ENVIRONMENT
@@ -2293,10 +2294,8 @@ class HttpTransport:
                     yield _with_retried(item, retried) if retried else item
             except ProviderError as exc:
                 closed = self._closed_error(exc)
-                if retried:
-                    raised = exc if closed is None else closed
-                    own = [exc.usage] if type(exc.usage) is Usage else []
-                    raised.usage = usage_sum([*retried, *own])
+                if retried or closed is not None:  # the error raised holds what was billed
+                    _with_billed(exc if closed is None else closed, exc, retried)
                 if closed is None:
                     raise
                 raise closed from exc
@@ -2383,6 +2382,21 @@ class _CheckedStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+def _with_billed(raised: ProviderError, failed: ProviderError, retried: list[Usage]) -> None:
+    """Sets the usage of `raised`, the error that ends a call in place of (or as) `failed`.
+
+    It counts the attempts `retried` and what `failed` was billed. A reply it holds (that
+    of `UnreadableArgumentsError`, which a runtime reads) counts them too.
+    """
+    own = [failed.usage] if type(failed.usage) is Usage else []
+    if not retried and not own:
+        return
+    raised.usage = usage = usage_sum([*retried, *own])
+    response = getattr(raised, "response", None)
+    if isinstance(response, ChatResponse):
+        raised.response = replace(response, usage=usage)  # type: ignore[attr-defined]
 
 
 def _with_retried(event: StreamEvent, retried: list[Usage]) -> StreamEvent:

@@ -19,6 +19,7 @@ from llm_agent_runtime.providers import _is_openai_api
 from llm_agent_runtime.providers._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
+    Driven,
     HttpProvider,
     HttpTransport,
     PartialToolCall,
@@ -569,7 +570,8 @@ class OpenAIProvider(HttpProvider):
 
         Asked again without it if the model refuses it (`_dropped_refused_stop`).
         """
-        stream = self._transport.retry_stream(lambda: self._stream_once(content))
+        # Closed here, not by the loop as it ends (see `Driven`).
+        stream = Driven(self._transport.retry_stream(lambda: self._stream_once(content)))
         try:
             try:
                 first = await anext(stream)
@@ -578,7 +580,7 @@ class OpenAIProvider(HttpProvider):
                     raise
                 await stream.aclose()
                 content = request_body(body)
-                stream = self._transport.retry_stream(lambda: self._stream_once(content))
+                stream = Driven(self._transport.retry_stream(lambda: self._stream_once(content)))
                 first = await anext(stream)
             yield first
             async for event in stream:
@@ -593,9 +595,10 @@ class OpenAIProvider(HttpProvider):
         sequences). OpenAI's reasoning models refuse the parameter with a 400.
         """
         text = str(error)
-        if error.status != 400 or "stop" not in body or "'stop'" not in text:
+        if error.status != 400 or "stop" not in body:
             return False
-        if "not supported" not in text and "Unsupported parameter" not in text:
+        # OpenAI's: "Unsupported parameter: 'stop' is not supported with this model."
+        if "parameter: 'stop'" not in text and "'stop' is not supported" not in text:
             return False
         self._refuse_stop.add(body["model"])
         del body["stop"]
