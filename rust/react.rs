@@ -722,6 +722,9 @@ fn sections(text: &str, lone_close: bool) -> Sections {
     // for what it is) and anywhere in a final answer.
     let mut fenced = false;
     let mut fence_may_open = false;
+    // Whether the step is wrapped whole in a code fence (one left open before its first
+    // label): a bare fence line that closes it ends the step.
+    let mut wrapped = false;
     let mut line_start = 0;
     while line_start <= bytes.len() {
         // Found once a line: each label line and the step to the next line use it.
@@ -731,8 +734,11 @@ fn sections(text: &str, lone_close: bool) -> Sections {
             fenced = !fence_at(bytes, line_start);
         } else if let Some((label, label_pos, start, close)) = label_at(bytes, line_start) {
             if !seen_label {
-                found.preamble_end = line_start;
                 seen_label = true;
+                // A wrapping fence's opening line is no thought.
+                let opening = open_fence_before(bytes, line_start);
+                wrapped = opening.is_some();
+                found.preamble_end = opening.unwrap_or(line_start);
             }
             if let Some(Some(section)) = open.and_then(|l| found.slot(l)) {
                 section.end = line_start;
@@ -805,6 +811,13 @@ fn sections(text: &str, lone_close: bool) -> Sections {
                 fenced = true;
             }
         } else {
+            if wrapped && bare_fence_at(bytes, line_start, line_end) {
+                if let Some(Some(section)) = open.and_then(|l| found.slot(l)) {
+                    section.end = line_start;
+                }
+                found.end = line_start;
+                break;
+            }
             // Looked at only where a fence may open: other lines pay nothing for fences.
             if fence_may_open && fence_at(bytes, line_start) {
                 fenced = true;
@@ -873,6 +886,37 @@ fn reasoning_close_from(bytes: &[u8], mut line_start: usize) -> Option<(usize, u
 fn line_rest(bytes: &[u8], at: usize) -> &[u8] {
     let rest = bytes.get(at..).unwrap_or_default();
     &rest[..line_break(rest).unwrap_or(rest.len())]
+}
+
+/// Whether the line at `line_start` (ending at `line_end`) is a bare code fence line:
+/// blanks, three backticks or more, and nothing after them (no language: one that names
+/// one opens a fence).
+fn bare_fence_at(bytes: &[u8], line_start: usize, line_end: usize) -> bool {
+    let lead = skip_line_lead(bytes, line_start);
+    bytes.get(lead..line_end).is_some_and(|line| {
+        let ticks = line.iter().take_while(|&&b| b == b'`').count();
+        ticks >= 3
+            && line
+                .get(ticks..)
+                .is_some_and(|rest| rest.iter().all(u8::is_ascii_whitespace))
+    })
+}
+
+/// The start of the fence line that the lines before `end` leave open, if they leave one
+/// open (an odd number of fence lines).
+fn open_fence_before(bytes: &[u8], end: usize) -> Option<usize> {
+    let mut open = None;
+    let mut at = 0;
+    while at < end {
+        if fence_at(bytes, at) {
+            open = if open.is_some() { None } else { Some(at) };
+        }
+        match line_break(bytes.get(at..end).unwrap_or_default()) {
+            Some(offset) => at += offset + 1,
+            None => break,
+        }
+    }
+    open
 }
 
 /// Whether the line at `line_start` is a code fence line: blanks, then three backticks.
@@ -1302,18 +1346,29 @@ fn emphasized_answer<'a>(text: &'a str, start: usize, stars: &str) -> Cow<'a, st
 /// A reasoning model's `<think>...</think>` (or `<thinking>...</thinking>`) block at the
 /// start of the text is not read for labels (it drafts actions and answers the model may
 /// not take); the step is read from the text after it, and the block's content is the
-/// thought when that text has none. A block that does not close leaves the text as it is.
-/// So does a closing tag starting a line of a text with no such opening block: all before
-/// it is the reasoning (the opening tag was in the prompt, as some chat templates put it).
+/// thought when that text has none. A block that does not close holds no step: the reply
+/// was cut inside it (by a stop sequence the reasoning wrote, say). So does a closing tag
+/// starting a line of a text with no such opening block: all before it is the reasoning
+/// (the opening tag was in the prompt, as some chat templates put it). A step wrapped whole
+/// in a code fence ends at the fence that closes it.
 ///
 /// # Errors
 /// [`CoreError::Parse`] when the text has neither an action nor a final answer, has both
-/// (unless the action says there is none: `Action: None`), names no tool, or gives a tool no
-/// input.
+/// (unless the action says there is none: `Action: None`), names no tool, gives a tool no
+/// input, or opens with a reasoning block that does not close.
 pub fn parse(text: &str) -> CoreResult<Step<'_>> {
     // Only a text that starts with `<` is looked at further: no cost for the others.
-    if let Some((reasoning, after)) = leading_reasoning(text) {
-        return parse_after_reasoning(text, reasoning, after);
+    match leading_reasoning(text) {
+        Some((reasoning, Some(after))) => return parse_after_reasoning(text, reasoning, after),
+        Some((_, None)) => {
+            return Err(CoreError::Parse {
+                message: "the reasoning block that opens the reply never closes (no </think>): \
+                          the reply holds no step after it"
+                    .into(),
+                position: Some(text.len()),
+            })
+        }
+        None => {}
     }
     let found = sections(text, true);
     if let Some((tag, after)) = found.reasoning_end {
@@ -1323,9 +1378,10 @@ pub fn parse(text: &str) -> CoreResult<Step<'_>> {
 }
 
 /// The reasoning block opening `text` (after whitespace), `<think>` or `<thinking>`
-/// (ASCII case ignored), when it closes: its content, and the index after its closing tag.
+/// (ASCII case ignored): its content, and the index after its closing tag (`None` when it
+/// does not close: its content then runs to the text's end).
 #[inline]
-fn leading_reasoning(text: &str) -> Option<(&str, usize)> {
+fn leading_reasoning(text: &str) -> Option<(&str, Option<usize>)> {
     let lead_byte = text.as_bytes().first().copied().unwrap_or_default();
     if !(lead_byte == b'<' || lead_byte.is_ascii_whitespace()) {
         return None;
@@ -1343,10 +1399,14 @@ fn leading_reasoning(text: &str) -> Option<(&str, usize)> {
     .into_iter()
     .find_map(|(open, close)| {
         let start = eat_word(bytes, lead, open)?;
-        let offset = memchr::memmem::find(bytes.get(start..)?, close)?;
-        let end = start + offset;
         // Tags are ASCII: these offsets are character boundaries.
-        Some((text.get(start..end)?, end + close.len()))
+        match memchr::memmem::find(bytes.get(start..)?, close) {
+            Some(offset) => {
+                let end = start + offset;
+                Some((text.get(start..end)?, Some(end + close.len())))
+            }
+            None => Some((text.get(start..)?, None)),
+        }
     })
 }
 
@@ -1542,8 +1602,9 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
                 thought,
                 action: None,
                 action_input: None,
-                // Everything after the last `Final Answer:` is the answer.
-                final_answer: Some(labelled_answer(s.answer(text, text.len()), s.start)?),
+                // Everything after the last `Final Answer:` is the answer (to the fence
+                // that closes a step wrapped in one).
+                final_answer: Some(labelled_answer(s.answer(text, found.end), s.start)?),
                 end,
             });
         }

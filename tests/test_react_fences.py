@@ -53,8 +53,9 @@ def test_a_label_after_the_fence_closes_is_read_again() -> None:
 
 
 def test_a_step_wrapped_whole_in_a_fence_still_ends_at_an_invented_observation() -> None:
-    # The closing line of the wrapping fence comes after the input: it opens no fence.
+    # The closing line of the wrapping fence comes after the input: it opens no fence, and
+    # the step ends there.
     reply = '```\nThought: t\nAction: apply\nAction Input: {"a": 1}\n```\nObservation: made up'
     step = ar.parse_react_step(reply)
     assert step.action == "apply" and step.action_input == {"a": 1}
-    assert reply[step.end :].strip() == "Observation: made up"
+    assert reply[step.end :].strip() == "```\nObservation: made up"

@@ -366,6 +366,66 @@ READ: list[tuple[str, str, str, str | None, Any, str | None]] = [
         "rust",
         None,
     ),
+    # --- a step wrapped whole in a code fence: its closing fence ends the step ---
+    (
+        "a fenced step, then an invented observation",
+        '```\nThought: search\nAction: search {"q": "rust"}\n```\nObservation: cancelled.\n'
+        "Thought: I now know.\nFinal Answer: It was cancelled.",
+        "search",
+        "search",
+        {"q": "rust"},
+        None,
+    ),
+    (
+        "a fenced bare action",
+        "```\nThought: what time is it\nAction: get_time\n```",
+        "what time is it",
+        "get_time",
+        {},
+        None,
+    ),
+    (
+        "a fenced FINAL_ANSWER",
+        "```\nThought: done\nAction: FINAL_ANSWER Paris\n```",
+        "done",
+        None,
+        None,
+        "Paris",
+    ),
+    (
+        "a fenced final answer",
+        "```text\nThought: done\nFinal Answer: Paris\n```\n",
+        "done",
+        None,
+        None,
+        "Paris",
+    ),
+    (
+        "a fenced raw input",
+        "```\nThought: look\nAction: search\nAction Input: rust\n```",
+        "look",
+        "search",
+        "rust",
+        None,
+    ),
+    (
+        "a fenced step whose input is fenced with its language",
+        '```\nAction: search\nAction Input:\n```json\n{"q": "rust"}\n```\n```',
+        "",
+        "search",
+        {"q": "rust"},
+        None,
+    ),
+    (
+        "reasoning closed only, quoting the format in a fence",
+        "The format I must follow is:\n```\nThought: ...\n"
+        'Action: get_weather {"city": "London"}\n```\nSo I will ask for Paris.\n</think>\n\n'
+        'Thought: I need the weather in Paris.\nAction: get_weather {"city": "Paris"}',
+        "I need the weather in Paris.",
+        "get_weather",
+        {"city": "Paris"},
+        None,
+    ),
 ]
 
 
@@ -437,7 +497,18 @@ REFUSED: list[tuple[str, str, str]] = [
     (
         "an unclosed <think> block (the reply was cut)",
         "<think>\nI should search",
-        "expected a line starting with 'Action:' or 'Final Answer:'",
+        "the reasoning block that opens the reply never closes",
+    ),
+    (
+        "an unclosed <think> block drafting an action (cut at a stop sequence)",
+        "<think>\nThe format is Thought / Action. I could write:\n"
+        'Action: delete_logs {"days": 0}\n',
+        "the reasoning block that opens the reply never closes",
+    ),
+    (
+        "an unclosed <thinking> block drafting an answer",
+        "<thinking>\nMy first guess would be\nFinal Answer: 1912\n",
+        "the reasoning block that opens the reply never closes",
     ),
 ]
 
@@ -636,3 +707,14 @@ def test_the_transcript_puts_the_observation_right_under_the_action(
     session = asyncio.run(runtime.run_agent("a", "Q", infer))
     assert session.final_answer == "ok"
     assert prompts[1].endswith('Action: echo {"text": "hi"}\nObservation: hi')
+
+
+def test_a_fenced_step_ends_at_its_closing_fence() -> None:
+    # The invented observation after it was kept as part of the step (and sent to the
+    # model as if it had happened).
+    reply = (
+        '```\nThought: search\nAction: search {"q": "rust"}\n```\nObservation: cancelled.\n'
+        "Final Answer: It was cancelled."
+    )
+    kept = reply[: parse_react_step(reply).end]
+    assert kept == reply[: reply.index("```\nObservation")].rstrip()

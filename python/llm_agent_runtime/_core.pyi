@@ -124,7 +124,9 @@ def parse_react_step(text: str) -> ReActStep:
     for `FINAL_ANSWER`); LangChain's JSON agent blob, `Action:` then `{"action": "search",
     "action_input": ...}` in a code fence or not (`"action": "Final Answer"` answers); a
     reasoning model's `<think>...</think>` (or `<thinking>`) block opening the text, which is
-    not read for labels (its content is the thought when the rest has none); without an
+    not read for labels (its content is the thought when the rest has none; a block that
+    never closes holds no step: the reply was cut inside it, by a stop sequence its drafts
+    wrote, say, and it is refused rather than read); without an
     opening block, a line starting with `</think>` (the opening tag was in the prompt, as
     the chat templates of DeepSeek-R1's distills put it) closes the reasoning, all the text
     before it, in the same way (a closing tag within a line is text); a full-width colon
@@ -137,7 +139,9 @@ def parse_react_step(text: str) -> ReActStep:
     with nothing after it is: the reply stopped where its answer was to start. A code fence
     (three backticks) that opens an action's input, or any fence in a final answer (or in
     `Action: FINAL_ANSWER`'s text), is read whole, up to its closing line: a line in it that
-    looks like a label (a YAML `action:` key, a Python `thought: str`) is its text.
+    looks like a label (a YAML `action:` key, a Python `thought: str`) is its text. A step
+    wrapped whole in a code fence (one left open before its first label) ends at the bare
+    fence line that closes it: that line and what follows are not the step's.
 
     A JSON object or array input may be followed by other text; a string literal is JSON
     only when nothing follows it on its line (`"New York" weather` stays that text; chatter
