@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,36 @@ async def test_a_cancellation_asked_before_a_write_is_delivered_before_it_runs(
     finally:
         if isinstance(backend, ar.SqliteBackend):
             backend.close()
+
+
+_OPEN_AT = """
+import sys, time
+import llm_agent_runtime as ar
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+try:
+    ar.SqliteBackend(sys.argv[1]).close()
+    print("ok")
+except ar.PersistenceError as error:
+    print(error)
+"""
+
+
+def test_processes_opening_a_new_sqlite_file_at_once_wait_for_each_other(tmp_path: Path) -> None:
+    # The switch to WAL of a new file answered "database is locked" at once, waiting no
+    # busy_timeout: workers started together on a fresh database failed (about one in four).
+    outcomes: list[str] = []
+    for trial in range(15):
+        path = str(tmp_path / f"fresh{trial}.db")
+        start = time.time() + 0.5  # after the interpreters have started
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_AT, path, str(start)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)  # one a core, here: they open at the same moment
+        ]
+        outcomes += [worker.communicate(timeout=60)[0].strip() for worker in workers]
+    assert outcomes == ["ok"] * 30

@@ -9,6 +9,7 @@ import numbers
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -190,7 +191,7 @@ class SqliteBackend(Unshared):
             self.path, timeout=self._busy_timeout, check_same_thread=False, isolation_level=None
         )
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._switch_to_wal(conn)
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute(SCHEMA)
             # Fixed when the file was made: another program may have made it in UTF-16.
@@ -199,6 +200,26 @@ class SqliteBackend(Unshared):
             conn.close()  # e.g. the file is not a database: no connection left open
             raise
         return conn, encoding
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> None:
+        """Puts the database in WAL mode, waiting up to `busy_timeout` for other processes.
+
+        SQLite answers the switch of a new file "database is locked" at once, without its
+        busy handler, while another connection switches it too: processes that open one
+        new file together take turns here instead of failing.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def _connection(self) -> sqlite3.Connection:
         """This process's connection (the lock held), opened first in a forked child."""
