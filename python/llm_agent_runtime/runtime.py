@@ -3933,10 +3933,14 @@ class AgentRuntime(Unshared):
         reply is not saved chunk by chunk) and `CheckpointSaved`. A float JSON has no number
         for (a NaN in a tool call's arguments) is logged as its `str`. Events are written
         with each step's checkpoint and with a failed run's end: a process that dies loses
-        those of the step it was in. `resume` logs, once, what it reuses of that step from
-        the journal (the model's reply, each call that finished, or that `settle_call`
-        settled); the dead run's `RunStarted` (when it died in its first step) and the
-        start of a call it had not finished stay lost (see the `events` module).
+        those of the step it was in, and a run cancelled (or cut off by `loop_timeout_ms`)
+        whose backend takes longer than its cleanup may (a second, or its `loop_timeout_ms`:
+        a busy `FileBackend` under load, a hung server) loses those it had not saved, with
+        a warning; `resume` runs their steps again. `resume` logs, once, what it reuses of
+        the step a dead run was in from the journal (the model's reply, each call that
+        finished, or that `settle_call` settled); the dead run's `RunStarted` (when it died
+        in its first step) and the start of a call it had not finished stay lost (see the
+        `events` module).
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("the event log needs a checkpoint_backend")
