@@ -1749,7 +1749,11 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
     }
     // A bare `Action: tool` (nothing after the name, no `Action Input:` line) calls the tool
     // with no arguments, as the seed's loop does: models write so for a tool without any.
-    let input = if input_section.is_none() && !written.labelled && input_text.trim().is_empty() {
+    // So does an `Action Input:` left empty or saying there is none (`None`, `N/A`), as
+    // LangChain-style replies write it for such a tool.
+    let labelled = input_section.is_some() || written.labelled;
+    let none_given = input_text.trim().is_empty() || (labelled && names_no_action(input_text));
+    let input = if none_given {
         InputText::no_arguments()
     } else {
         InputText::new(input_text)
@@ -2635,7 +2639,9 @@ mod tests {
             ("note", raw("remember the action input: must be JSON"))
         );
         assert!(parse("Action: Action Input: x").is_err());
-        assert!(parse("Action: search Action Input:   ").is_err());
+        // An input label left empty: a call without arguments, as a bare action is.
+        assert!(parse("Action: search Action Input:   ")
+            .is_ok_and(|s| s.action_input.is_some_and(|input| input.text == "{}")));
     }
 
     #[test]

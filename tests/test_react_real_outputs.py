@@ -366,6 +366,18 @@ READ: list[tuple[str, str, str, str | None, Any, str | None]] = [
         "rust",
         None,
     ),
+    # --- a tool without arguments, written LangChain's way ---
+    ("an empty Action Input", "Action: get_time\nAction Input:", "", "get_time", {}, None),
+    ("Action Input: None", "Action: get_time\nAction Input: None", "", "get_time", {}, None),
+    (
+        "Action Input: N/A",
+        "Thought: t\nAction: get_time\nAction Input: N/A\n",
+        "t",
+        "get_time",
+        {},
+        None,
+    ),
+    ("Action Input: null", "Action: get_time\nAction Input: null", "", "get_time", {}, None),
     # --- a step wrapped whole in a code fence: its closing fence ends the step ---
     (
         "a fenced step, then an invented observation",

@@ -104,7 +104,8 @@ def parse_react_step(text: str) -> ReActStep:
     backticks in either form); its input follows, after an optional `:`, `=`, `,` or `;`, or
     inside call parentheses (`Action: FINAL_ANSWER(42)`, nothing after them on their line:
     chatter on later lines is ignored), or else is on the `Action Input:` line; with neither (a
-    bare `Action: tool`), the input is `{}`, a call without arguments. Text below a bare name
+    bare `Action: tool`), the input is `{}`, a call without arguments, as it is for an
+    `Action Input:` left empty or saying there is none (`None`, `N/A`, `null`). Text below a bare name
     is its input when it starts on the next line, or, past a blank line, when it opens as an
     input does (JSON, a quoted string, parentheses, a code fence): any other paragraph there
     is the model's chatter ("I'll wait for the result."). `Action: FINAL_ANSWER`
