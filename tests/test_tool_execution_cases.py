@@ -155,3 +155,42 @@ async def test_a_cancelled_concurrent_future_in_a_tool_is_transient_on_every_pat
 
 def test_classify_error_takes_a_concurrent_cancellation_for_transient() -> None:
     assert classify_error(concurrent.futures.CancelledError()) == "transient"
+
+
+@ar.tool
+def get_weather(city: str, unit: str = "C") -> str:
+    """The weather in a city."""
+    return f"sunny in {city} ({unit})"
+
+
+@ar.tool
+def lookup(query: str) -> str:
+    """Looks the query up."""
+    return f"found {query}"
+
+
+@pytest.mark.parametrize(
+    ("tool", "reply", "observation"),
+    [
+        # Python call syntax, as code-trained models write it: its keywords are the arguments
+        # (the whole text went to the only required one: `city='city="Paris"'`).
+        (get_weather, 'Action: get_weather(city="Paris")', "sunny in Paris (C)"),
+        (get_weather, "Action: get_weather(city='Oslo', unit='F')", "sunny in Oslo (F)"),
+        (
+            get_weather,
+            'Action: get_weather\nAction Input: city="Rome", unit="K"',
+            "sunny in Rome (K)",
+        ),
+        # Not the tool's keywords, or no literals: the text as it was, for the only argument.
+        (lookup, "Action: lookup\nAction Input: a=1", "found a=1"),
+        (lookup, "Action: lookup\nAction Input: query=rust", "found query=rust"),
+        (lookup, 'Action: lookup("x = 1")', "found x = 1"),
+    ],
+)
+async def test_keyword_arguments_written_as_a_call_are_the_tools_arguments(
+    tool: ar.ToolSpec, reply: str, observation: str
+) -> None:
+    rt = ar.AgentRuntime(tools=[tool])
+    final = "Thought: done\nAction: FINAL_ANSWER ok"
+    session = await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([reply, final]))
+    assert (session.steps[0].observation, session.steps[0].error_kind) == (observation, None)

@@ -832,8 +832,11 @@ class ToolSpec:
 
         Another mapping (a read-only view, say) is the dict of its items. A string holding
         a JSON object is that object; any other string starting with '{' is refused
-        (`check_arguments` may then take it for the only argument). Another bare value is the
-        only required argument; None and "" are no arguments for a tool that requires none.
+        (`check_arguments` may then take it for the only argument). A string of keyword
+        arguments as Python writes them in a call (`city="Paris", unit="C"`: a model's
+        `get_weather(city="Paris")`), each named for one of the tool's parameters and given a
+        literal, is those arguments. Another bare value is the only required argument; None
+        and "" are no arguments for a tool that requires none.
         """
         if isinstance(arguments, dict):
             return arguments
@@ -854,6 +857,9 @@ class ToolSpec:
                 return parsed
             if not text and not self.required_fields:
                 return {}
+            named = _keyword_arguments(text, self.parameters.get("properties") or {})
+            if named is not None:
+                return named
         elif isinstance(arguments, Mapping):  # a read-only view, say: its keys are the names
             return dict(arguments)
         elif arguments is None and not self.required_fields:
@@ -2328,6 +2334,36 @@ def _describe(error: BaseException, with_type: bool = False) -> str:
     if not message:
         return kind
     return f"{kind}: {message}" if with_type else message
+
+
+_KEYWORD_START = re.compile(r"[A-Za-z_]\w*\s*=(?!=)")
+_MAX_KEYWORD_TEXT = 10_000
+"""Longest text read as keyword arguments (parsing it builds a syntax tree)."""
+
+
+def _keyword_arguments(text: str, parameters: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`text` read as the keyword arguments of a Python call, or None.
+
+    Only when every keyword names one of `parameters` and every value is a literal
+    (`ast.literal_eval`): text that merely holds an `=` (`a=1` for a tool taking a query, an
+    unquoted `query=rust`) is not arguments.
+    """
+    if len(text) > _MAX_KEYWORD_TEXT or not _KEYWORD_START.match(text):
+        return None
+    import ast
+
+    try:
+        call = ast.parse(f"f({text})", mode="eval").body
+        if not isinstance(call, ast.Call) or call.args:
+            return None
+        named: dict[str, Any] = {}
+        for keyword in call.keywords:
+            if keyword.arg is None or keyword.arg not in parameters or keyword.arg in named:
+                return None
+            named[keyword.arg] = ast.literal_eval(keyword.value)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return None
+    return named
 
 
 def _preview(text: str, limit: int = 60) -> str:
