@@ -722,9 +722,10 @@ fn sections(text: &str, lone_close: bool) -> Sections {
     // for what it is) and anywhere in a final answer.
     let mut fenced = false;
     let mut fence_may_open = false;
-    // Whether the step is wrapped whole in a code fence (one left open before its first
-    // label): a bare fence line that closes it ends the step.
-    let mut wrapped = false;
+    // When the step is wrapped whole in a code fence (one left open before its first label):
+    // the start of the last fence line, which closes it and ends the step when it is bare
+    // and at least as long (fences in between are the step's own: an input's, an answer's).
+    let mut wrapper_close: Option<usize> = None;
     let mut line_start = 0;
     while line_start <= bytes.len() {
         // Found once a line: each label line and the step to the next line use it.
@@ -737,7 +738,9 @@ fn sections(text: &str, lone_close: bool) -> Sections {
                 seen_label = true;
                 // A wrapping fence's opening line is no thought.
                 let opening = open_fence_before(bytes, line_start);
-                wrapped = opening.is_some();
+                if let Some(open_at) = opening {
+                    wrapper_close = closing_fence(bytes, open_at, line_start);
+                }
                 found.preamble_end = opening.unwrap_or(line_start);
             }
             if let Some(Some(section)) = open.and_then(|l| found.slot(l)) {
@@ -811,7 +814,7 @@ fn sections(text: &str, lone_close: bool) -> Sections {
                 fenced = true;
             }
         } else {
-            if wrapped && bare_fence_at(bytes, line_start, line_end) {
+            if wrapper_close == Some(line_start) {
                 if let Some(Some(section)) = open.and_then(|l| found.slot(l)) {
                     section.end = line_start;
                 }
@@ -888,18 +891,40 @@ fn line_rest(bytes: &[u8], at: usize) -> &[u8] {
     &rest[..line_break(rest).unwrap_or(rest.len())]
 }
 
-/// Whether the line at `line_start` (ending at `line_end`) is a bare code fence line:
-/// blanks, three backticks or more, and nothing after them (no language: one that names
-/// one opens a fence).
-fn bare_fence_at(bytes: &[u8], line_start: usize, line_end: usize) -> bool {
+/// The backticks opening the fence line at `line_start`.
+fn fence_ticks(bytes: &[u8], line_start: usize) -> usize {
     let lead = skip_line_lead(bytes, line_start);
-    bytes.get(lead..line_end).is_some_and(|line| {
-        let ticks = line.iter().take_while(|&&b| b == b'`').count();
-        ticks >= 3
-            && line
-                .get(ticks..)
-                .is_some_and(|rest| rest.iter().all(u8::is_ascii_whitespace))
-    })
+    bytes
+        .get(lead..)
+        .map_or(0, |line| line.iter().take_while(|&&b| b == b'`').count())
+}
+
+/// The start of the fence line that closes the wrapping fence opened at `open_at`, looked
+/// for after `from`: the text's last fence line, when it is bare (nothing after its
+/// backticks: one naming a language opens a fence) and at least as long as the opening one
+/// (a shorter one cannot close it, as in Markdown).
+fn closing_fence(bytes: &[u8], open_at: usize, from: usize) -> Option<usize> {
+    let mut last = None;
+    let mut at = from;
+    loop {
+        if fence_at(bytes, at) {
+            last = Some(at);
+        }
+        match line_break(bytes.get(at..).unwrap_or_default()) {
+            Some(offset) => at += offset + 1,
+            None => break,
+        }
+    }
+    let close = last?;
+    let ticks = fence_ticks(bytes, close);
+    let line = bytes
+        .get(skip_line_lead(bytes, close)..)
+        .unwrap_or_default();
+    let line_end = line_break(line).unwrap_or(line.len());
+    let bare = line
+        .get(ticks..line_end)
+        .is_some_and(|rest| rest.iter().all(u8::is_ascii_whitespace));
+    (bare && ticks >= fence_ticks(bytes, open_at)).then_some(close)
 }
 
 /// The start of the fence line that the lines before `end` leave open, if they leave one
@@ -1397,17 +1422,31 @@ fn leading_reasoning(text: &str) -> Option<(&str, Option<usize>)> {
         (b"<thinking>", b"</thinking>"),
     ]
     .into_iter()
-    .find_map(|(open, close)| {
+    .find_map(|(open, _)| {
         let start = eat_word(bytes, lead, open)?;
         // Tags are ASCII: these offsets are character boundaries.
-        match memchr::memmem::find(bytes.get(start..)?, close) {
-            Some(offset) => {
-                let end = start + offset;
-                Some((text.get(start..end)?, Some(end + close.len())))
-            }
+        match reasoning_close_from_start(bytes, start) {
+            Some((end, after)) => Some((text.get(start..end)?, Some(after))),
             None => Some((text.get(start..)?, None)),
         }
     })
+}
+
+/// The first closing reasoning tag at or after `from`: `</think>` or `</thinking>`, ASCII
+/// case ignored (a model may open with one and close with the other): its start and the
+/// index after it.
+fn reasoning_close_from_start(bytes: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut at = from;
+    while let Some(offset) = memchr::memmem::find(bytes.get(at..)?, b"</") {
+        let tag = at + offset;
+        for close in [b"</think>" as &[u8], b"</thinking>"] {
+            if let Some(after) = eat_word(bytes, tag, close) {
+                return Some((tag, after));
+            }
+        }
+        at = tag + 2;
+    }
+    None
 }
 
 /// Parses the step written after a leading reasoning block (see [`parse`]): offsets into
@@ -1749,11 +1788,9 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
     }
     // A bare `Action: tool` (nothing after the name, no `Action Input:` line) calls the tool
     // with no arguments, as the seed's loop does: models write so for a tool without any.
-    // So does an `Action Input:` left empty or saying there is none (`None`, `N/A`), as
-    // LangChain-style replies write it for such a tool.
-    let labelled = input_section.is_some() || written.labelled;
-    let none_given = input_text.trim().is_empty() || (labelled && names_no_action(input_text));
-    let input = if none_given {
+    // So does an `Action Input:` left empty, as LangChain-style replies write it for such a
+    // tool. (A word such as `None` stays the input: it may be an argument's value.)
+    let input = if input_text.trim().is_empty() {
         InputText::no_arguments()
     } else {
         InputText::new(input_text)

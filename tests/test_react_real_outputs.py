@@ -368,16 +368,6 @@ READ: list[tuple[str, str, str, str | None, Any, str | None]] = [
     ),
     # --- a tool without arguments, written LangChain's way ---
     ("an empty Action Input", "Action: get_time\nAction Input:", "", "get_time", {}, None),
-    ("Action Input: None", "Action: get_time\nAction Input: None", "", "get_time", {}, None),
-    (
-        "Action Input: N/A",
-        "Thought: t\nAction: get_time\nAction Input: N/A\n",
-        "t",
-        "get_time",
-        {},
-        None,
-    ),
-    ("Action Input: null", "Action: get_time\nAction Input: null", "", "get_time", {}, None),
     # --- a step wrapped whole in a code fence: its closing fence ends the step ---
     (
         "a fenced step, then an invented observation",
@@ -426,6 +416,46 @@ READ: list[tuple[str, str, str, str | None, Any, str | None]] = [
         "",
         "search",
         {"q": "rust"},
+        None,
+    ),
+    (
+        "a fenced step whose input opens with a bare fence",
+        '```\nThought: x\nAction: write_file\nAction Input:\n```\n{"path": "a.txt"}\n```\n```',
+        "x",
+        "write_file",
+        {"path": "a.txt"},
+        None,
+    ),
+    (
+        "a fenced final answer holding a code block",
+        "```\nFinal Answer: code:\n```\nx = 1\n```\ndone\n```",
+        "",
+        None,
+        None,
+        "code:\n```\nx = 1\n```\ndone",
+    ),
+    (
+        "a step wrapped in four backticks, its answer holding a three-backtick block",
+        "````\nFinal Answer: Run this:\n```\npip install foo\n```\nThen restart.\n````",
+        "",
+        None,
+        None,
+        "Run this:\n```\npip install foo\n```\nThen restart.",
+    ),
+    (
+        "a reasoning block closed in capitals",
+        "<THINK>plan</THINK>\nFinal Answer: 1",
+        "plan",
+        None,
+        None,
+        "1",
+    ),
+    (
+        "a reasoning block opened with one tag and closed with the other",
+        "<think>plan</thinking>\nAction: search\nAction Input: a",
+        "plan",
+        "search",
+        "a",
         None,
     ),
     (

@@ -169,6 +169,12 @@ def lookup(query: str) -> str:
     return f"found {query}"
 
 
+@ar.tool
+def find(query: str, exact: bool = False) -> str:
+    """Finds the query."""
+    return f"found {query}, exact={exact}"
+
+
 @pytest.mark.parametrize(
     ("tool", "reply", "observation"),
     [
@@ -185,6 +191,10 @@ def lookup(query: str) -> str:
         (lookup, "Action: lookup\nAction Input: a=1", "found a=1"),
         (lookup, "Action: lookup\nAction Input: query=rust", "found query=rust"),
         (lookup, 'Action: lookup("x = 1")', "found x = 1"),
+        # JSON's literals, as models write them among Python's.
+        (find, 'Action: find(query="rust", exact=true)', "found rust, exact=True"),
+        # A text Python reads as another call: not arguments.
+        (lookup, "Action: lookup\nAction Input: query=1)(query=2", "found query=1)(query=2"),
     ],
 )
 async def test_keyword_arguments_written_as_a_call_are_the_tools_arguments(
@@ -194,3 +204,38 @@ async def test_keyword_arguments_written_as_a_call_are_the_tools_arguments(
     final = "Thought: done\nAction: FINAL_ANSWER ok"
     session = await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([reply, final]))
     assert (session.steps[0].observation, session.steps[0].error_kind) == (observation, None)
+
+
+@ar.tool
+def get_time() -> str:
+    """The time."""
+    return "noon"
+
+
+@ar.tool
+def set_cache(policy: str = "lru") -> str:
+    """Sets the cache policy ("lru" or "none")."""
+    return f"cache policy is {policy}"
+
+
+@pytest.mark.parametrize(
+    ("tool", "written", "observation"),
+    [
+        # LangChain-style replies for a tool without arguments.
+        (get_time, "None", "noon"),
+        (get_time, "N/A", "noon"),
+        (get_time, "", "noon"),
+        # A tool that takes one: the word may be its value, so it is no "no arguments" (run
+        # with its default, the opposite of what was asked); the model is told to write JSON.
+        (set_cache, "none", "error: arguments of set_cache must be a JSON object"),
+    ],
+)
+async def test_an_input_saying_there_is_none_calls_a_tool_without_arguments(
+    tool: ar.ToolSpec, written: str, observation: str
+) -> None:
+    rt = ar.AgentRuntime(tools=[tool])
+    reply = f"Thought: t\nAction: {tool.name}\nAction Input: {written}"
+    final = "Thought: done\nAction: FINAL_ANSWER ok"
+    session = await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([reply, final]))
+    kind = "permanent" if observation.startswith("error:") else None
+    assert (session.steps[0].observation, session.steps[0].error_kind) == (observation, kind)

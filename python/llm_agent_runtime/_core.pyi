@@ -105,7 +105,7 @@ def parse_react_step(text: str) -> ReActStep:
     inside call parentheses (`Action: FINAL_ANSWER(42)`, nothing after them on their line:
     chatter on later lines is ignored), or else is on the `Action Input:` line; with neither (a
     bare `Action: tool`), the input is `{}`, a call without arguments, as it is for an
-    `Action Input:` left empty or saying there is none (`None`, `N/A`, `null`). Text below a bare name
+    `Action Input:` left empty. Text below a bare name
     is its input when it starts on the next line, or, past a blank line, when it opens as an
     input does (JSON, a quoted string, parentheses, a code fence): any other paragraph there
     is the model's chatter ("I'll wait for the result."). `Action: FINAL_ANSWER`
@@ -125,9 +125,10 @@ def parse_react_step(text: str) -> ReActStep:
     for `FINAL_ANSWER`); LangChain's JSON agent blob, `Action:` then `{"action": "search",
     "action_input": ...}` in a code fence or not (`"action": "Final Answer"` answers); a
     reasoning model's `<think>...</think>` (or `<thinking>`) block opening the text, which is
-    not read for labels (its content is the thought when the rest has none; a block that
-    never closes holds no step: the reply was cut inside it, by a stop sequence its drafts
-    wrote, say, and it is refused rather than read); without an
+    not read for labels (its content is the thought when the rest has none; it closes at
+    `</think>` or `</thinking>`, ASCII case ignored; a block that never closes holds no
+    step: the reply was cut inside it, by a stop sequence its drafts wrote, say, and it is
+    refused rather than read); without an
     opening block, a line starting with `</think>` (the opening tag was in the prompt, as
     the chat templates of DeepSeek-R1's distills put it) closes the reasoning, all the text
     before it, in the same way (a closing tag within a line is text); a full-width colon
@@ -141,8 +142,10 @@ def parse_react_step(text: str) -> ReActStep:
     (three backticks) that opens an action's input, or any fence in a final answer (or in
     `Action: FINAL_ANSWER`'s text), is read whole, up to its closing line: a line in it that
     looks like a label (a YAML `action:` key, a Python `thought: str`) is its text. A step
-    wrapped whole in a code fence (one left open before its first label) ends at the bare
-    fence line that closes it: that line and what follows are not the step's.
+    wrapped whole in a code fence (one left open before its first label) ends at the fence
+    line that closes it, the text's last: bare, and at least as long as the opening one
+    (fences between are the step's own, an input's or an answer's); that line and what
+    follows are not the step's.
 
     A JSON object or array input may be followed by other text; a string literal is JSON
     only when nothing follows it on its line (`"New York" weather` stays that text; chatter

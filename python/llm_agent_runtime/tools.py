@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import collections
 import concurrent.futures
@@ -32,6 +33,7 @@ from typing import (
     TYPE_CHECKING,
     Annotated,
     Any,
+    ClassVar,
     Literal,
     NamedTuple,
     NotRequired,
@@ -836,7 +838,9 @@ class ToolSpec:
         arguments as Python writes them in a call (`city="Paris", unit="C"`: a model's
         `get_weather(city="Paris")`), each named for one of the tool's parameters and given a
         literal, is those arguments. Another bare value is the only required argument; None
-        and "" are no arguments for a tool that requires none.
+        and "" are no arguments for a tool that requires none, and so are the words `None`,
+        `N/A` and `null` for a tool that takes none (for one that takes some, such a word
+        may be a value).
         """
         if isinstance(arguments, dict):
             return arguments
@@ -855,9 +859,12 @@ class ToolSpec:
                         f"keys and strings; got text that is not one: {_preview(text)}"
                     )
                 return parsed
+            properties = self.parameters.get("properties") or {}
             if not text and not self.required_fields:
                 return {}
-            named = _keyword_arguments(text, self.parameters.get("properties") or {})
+            if not properties and _says_none(text):  # `Action Input: None`, LangChain-style
+                return {}
+            named = _keyword_arguments(text, properties)
             if named is not None:
                 return named
         elif isinstance(arguments, Mapping):  # a read-only view, say: its keys are the names
@@ -2350,20 +2357,39 @@ def _keyword_arguments(text: str, parameters: Mapping[str, Any]) -> dict[str, An
     """
     if len(text) > _MAX_KEYWORD_TEXT or not _KEYWORD_START.match(text):
         return None
-    import ast
 
     try:
         call = ast.parse(f"f({text})", mode="eval").body
-        if not isinstance(call, ast.Call) or call.args:
+        # One call of `f` (not `f(x=1)(y=2)`, which `x=1)(y=2` would make), keywords only.
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)) or call.args:
             return None
         named: dict[str, Any] = {}
         for keyword in call.keywords:
             if keyword.arg is None or keyword.arg not in parameters or keyword.arg in named:
                 return None
-            named[keyword.arg] = ast.literal_eval(keyword.value)
+            named[keyword.arg] = ast.literal_eval(_JsonNames().visit(keyword.value))
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
         return None
     return named
+
+
+def _says_none(text: str) -> bool:
+    """Whether `text` says there is no input: `None`, `N/A`, `null` (case, a final `.` too)."""
+    return text.rstrip(".").strip().lower() in ("none", "n/a", "null")
+
+
+class _JsonNames(ast.NodeTransformer):
+    """Reads JSON's `true`, `false` and `null` as `True`, `False` and `None`.
+
+    Models write them among Python's literals.
+    """
+
+    _VALUES: ClassVar[dict[str, Any]] = {"true": True, "false": False, "null": None}
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in self._VALUES:
+            return ast.copy_location(ast.Constant(self._VALUES[node.id]), node)
+        return node
 
 
 def _preview(text: str, limit: int = 60) -> str:
