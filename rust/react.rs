@@ -1417,19 +1417,16 @@ fn leading_reasoning(text: &str) -> Option<(&str, Option<usize>)> {
     }
     let bytes = text.as_bytes();
     let lead = text.len() - rest.len();
-    [
-        (b"<think>" as &[u8], b"</think>" as &[u8]),
-        (b"<thinking>", b"</thinking>"),
-    ]
-    .into_iter()
-    .find_map(|(open, _)| {
-        let start = eat_word(bytes, lead, open)?;
-        // Tags are ASCII: these offsets are character boundaries.
-        match reasoning_close_from_start(bytes, start) {
-            Some((end, after)) => Some((text.get(start..end)?, Some(after))),
-            None => Some((text.get(start..)?, None)),
-        }
-    })
+    [b"<think>" as &[u8], b"<thinking>"]
+        .into_iter()
+        .find_map(|open| {
+            let start = eat_word(bytes, lead, open)?;
+            // Tags are ASCII: these offsets are character boundaries.
+            match reasoning_close_from_start(bytes, start) {
+                Some((end, after)) => Some((text.get(start..end)?, Some(after))),
+                None => Some((text.get(start..)?, None)),
+            }
+        })
 }
 
 /// The first closing reasoning tag at or after `from`: `</think>` or `</thinking>`, ASCII
