@@ -200,10 +200,15 @@ def find(query: str, exact: bool = False) -> str:
 async def test_keyword_arguments_written_as_a_call_are_the_tools_arguments(
     tool: ar.ToolSpec, reply: str, observation: str
 ) -> None:
+    assert await _first_observation(tool, reply) == (observation, None)
+
+
+async def _first_observation(tool: ar.ToolSpec, reply: str) -> tuple[str, str | None]:
+    """The observation, and its error kind, of a ReAct run's first step, `reply`."""
     rt = ar.AgentRuntime(tools=[tool])
     final = "Thought: done\nAction: FINAL_ANSWER ok"
     session = await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([reply, final]))
-    assert (session.steps[0].observation, session.steps[0].error_kind) == (observation, None)
+    return session.steps[0].observation, session.steps[0].error_kind
 
 
 @ar.tool
@@ -233,9 +238,6 @@ def set_cache(policy: str = "lru") -> str:
 async def test_an_input_saying_there_is_none_calls_a_tool_without_arguments(
     tool: ar.ToolSpec, written: str, observation: str
 ) -> None:
-    rt = ar.AgentRuntime(tools=[tool])
     reply = f"Thought: t\nAction: {tool.name}\nAction Input: {written}"
-    final = "Thought: done\nAction: FINAL_ANSWER ok"
-    session = await rt.run_agent_with_provider("a", "q", ar.ScriptedProvider([reply, final]))
     kind = "permanent" if observation.startswith("error:") else None
-    assert (session.steps[0].observation, session.steps[0].error_kind) == (observation, kind)
+    assert await _first_observation(tool, reply) == (observation, kind)
