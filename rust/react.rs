@@ -866,10 +866,15 @@ fn reasoning_close_at(bytes: &[u8], line_start: usize) -> Option<(usize, usize)>
     if bytes.get(lead) != Some(&b'<') {
         return None;
     }
+    closing_tag_at(bytes, lead).map(|after| (lead, after))
+}
+
+/// The index after a closing reasoning tag at `at`, `</think>` or `</thinking>` (ASCII case
+/// ignored: a model may open with one and close with the other).
+fn closing_tag_at(bytes: &[u8], at: usize) -> Option<usize> {
     [b"</think>" as &[u8], b"</thinking>"]
         .into_iter()
-        .find_map(|tag| eat_word(bytes, lead, tag))
-        .map(|after| (lead, after))
+        .find_map(|tag| eat_word(bytes, at, tag))
 }
 
 /// The first line from `line_start` on that a closing reasoning tag starts (see
@@ -1422,24 +1427,21 @@ fn leading_reasoning(text: &str) -> Option<(&str, Option<usize>)> {
         .find_map(|open| {
             let start = eat_word(bytes, lead, open)?;
             // Tags are ASCII: these offsets are character boundaries.
-            match reasoning_close_from_start(bytes, start) {
+            match first_reasoning_close(bytes, start) {
                 Some((end, after)) => Some((text.get(start..end)?, Some(after))),
                 None => Some((text.get(start..)?, None)),
             }
         })
 }
 
-/// The first closing reasoning tag at or after `from`: `</think>` or `</thinking>`, ASCII
-/// case ignored (a model may open with one and close with the other): its start and the
-/// index after it.
-fn reasoning_close_from_start(bytes: &[u8], from: usize) -> Option<(usize, usize)> {
+/// The first closing reasoning tag at or after `from`, anywhere in a line (see
+/// [`closing_tag_at`]): its start and the index after it.
+fn first_reasoning_close(bytes: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut at = from;
     while let Some(offset) = memchr::memmem::find(bytes.get(at..)?, b"</") {
         let tag = at + offset;
-        for close in [b"</think>" as &[u8], b"</thinking>"] {
-            if let Some(after) = eat_word(bytes, tag, close) {
-                return Some((tag, after));
-            }
+        if let Some(after) = closing_tag_at(bytes, tag) {
+            return Some((tag, after));
         }
         at = tag + 2;
     }
