@@ -737,14 +737,30 @@ fn sections(text: &str, lone_close: bool) -> Sections {
             if !seen_label {
                 seen_label = true;
                 // A wrapping fence's opening line is no thought.
-                let opening = open_fence_before(bytes, line_start);
+                let opening = open_fence_between(bytes, 0, line_start);
                 if let Some(open_at) = opening {
                     wrapper_close = closing_fence(bytes, open_at, line_start);
                 }
                 found.preamble_end = opening.unwrap_or(line_start);
             }
+            let mut section_end = line_start;
+            // `Thought: ...` then a fence opening the rest of the step (`Final Answer: 42`,
+            // or the action, then the closing fence): the fence is the step's wrapper, as
+            // one opened before the thought is.
+            if open == Some(Label::Thought)
+                && wrapper_close.is_none()
+                && matches!(label, Label::Action | Label::FinalAnswer)
+            {
+                if let Some(open_at) = found
+                    .thought
+                    .and_then(|thought| fence_opened_in_thought(bytes, thought, line_start))
+                {
+                    section_end = open_at;
+                    wrapper_close = closing_fence(bytes, open_at, line_start);
+                }
+            }
             if let Some(Some(section)) = open.and_then(|l| found.slot(l)) {
-                section.end = line_start;
+                section.end = section_end;
             }
             open = None;
             let action_has_input = matches!(label, Label::Thought | Label::Action)
@@ -932,11 +948,11 @@ fn closing_fence(bytes: &[u8], open_at: usize, from: usize) -> Option<usize> {
     (bare && ticks >= fence_ticks(bytes, open_at)).then_some(close)
 }
 
-/// The start of the fence line that the lines before `end` leave open, if they leave one
-/// open (an odd number of fence lines).
-fn open_fence_before(bytes: &[u8], end: usize) -> Option<usize> {
+/// The start of the fence line that the lines from `from` (a line's start) to `end` leave
+/// open, if they leave one open (an odd number of fence lines).
+fn open_fence_between(bytes: &[u8], from: usize, end: usize) -> Option<usize> {
     let mut open = None;
-    let mut at = 0;
+    let mut at = from;
     while at < end {
         if fence_at(bytes, at) {
             open = if open.is_some() { None } else { Some(at) };
@@ -947,6 +963,16 @@ fn open_fence_before(bytes: &[u8], end: usize) -> Option<usize> {
         }
     }
     open
+}
+
+/// The fence line that the lines of `thought` after its label's line (up to `end`, the next
+/// label's line) leave open. Only a thought holding backticks is read line by line.
+#[inline]
+fn fence_opened_in_thought(bytes: &[u8], thought: Section, end: usize) -> Option<usize> {
+    let after_label = bytes.get(thought.start..end)?;
+    memchr::memmem::find(after_label, b"```")?;
+    let next_line = thought.start + line_break(after_label)? + 1;
+    open_fence_between(bytes, next_line, end)
 }
 
 /// Whether the line at `line_start` is a code fence line: blanks, then three backticks.
@@ -1647,8 +1673,10 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
             });
         }
         // `Thought: I now know the final answer. Final Answer: 42`, which LangChain accepts:
-        // the thought ends at the marker (when the marker is in it), and the answer follows.
-        let Some((marker, start)) = final_answer_marker(text) else {
+        // the thought ends at the marker (when the marker is in it), and the answer follows,
+        // to the step's end (the fence that closes a step wrapped in one).
+        let step = &text[..found.end];
+        let Some((marker, start)) = final_answer_marker(step) else {
             return Err(CoreError::Parse {
                 message: "expected a line starting with 'Action:' or 'Final Answer:'".into(),
                 position: Some(text.len()),
@@ -1663,14 +1691,14 @@ fn step_from<'a>(text: &'a str, found: &Sections) -> CoreResult<Step<'a>> {
                 &text[s.start..s.end.min(stars_start).max(s.start)],
                 match s.close {
                     Some((close, _)) if close >= start => {
-                        Section { start, ..s }.answer(text, text.len())
+                        Section { start, ..s }.answer(step, step.len())
                     }
-                    _ => emphasized_answer(text, start, &text[stars_start..marker]),
+                    _ => emphasized_answer(step, start, &text[stars_start..marker]),
                 },
             ),
             _ => (
                 &text[..found.preamble_end.min(stars_start)],
-                emphasized_answer(text, start, &text[stars_start..marker]),
+                emphasized_answer(step, start, &text[stars_start..marker]),
             ),
         };
         return Ok(Step {
