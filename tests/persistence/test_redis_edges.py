@@ -125,6 +125,25 @@ async def test_a_closed_redis_backend_opens_a_new_pool_at_its_next_call() -> Non
     await backend.close()  # twice is fine
 
 
+async def test_a_key_of_another_type_fails_a_batch_load_as_it_fails_a_load() -> None:
+    # MGET gives nil for a list as for an absent key: a step another client replaced with a
+    # list was reported "missing", and the event log dropped such events without a word.
+    backend = ar.RedisBackend(server_address("redis"), prefix=f"test:{uuid.uuid4().hex}:")
+    try:
+        await backend.batch_save({"a": b"1", "b": b"2"})
+        await backend.client.delete(backend.prefix + "b")
+        await backend.client.rpush(backend.prefix + "b", b"x")
+        with pytest.raises(ar.PersistenceError, match="WRONGTYPE.*'b'"):
+            await backend.load("b")
+        with pytest.raises(ar.PersistenceError, match="WRONGTYPE.*'b'"):
+            await backend.batch_load(["a", "b", "c"])
+        await backend.client.delete(backend.prefix + "b")
+        assert await backend.batch_load(["a", "b", "c"]) == {"a": b"1"}
+    finally:
+        await backend.client.delete(*[backend.prefix + k for k in "abc"])
+        await backend.close()
+
+
 async def test_the_first_listing_indexes_no_other_backend_s_keys_nor_keys_that_expire() -> None:
     # The scan for keys stored before the index took every key under the prefix: a longer
     # prefix's backend's, and other data (the orchestration state under the default prefix

@@ -226,8 +226,18 @@ class RedisBackend(Unshared):
         wanted = check_keys(keys)
         if not wanted:
             return {}
-        values = await self._call(None, "mget", [self._prefix + k for k in wanted], keys=wanted)
-        return {k: bytes(v) for k, v in zip(wanted, values, strict=True) if v is not None}
+        prefix = self._prefix
+        values = await self._call(None, "mget", [prefix + k for k in wanted], keys=wanted)
+        found = {k: bytes(v) for k, v in zip(wanted, values, strict=True) if v is not None}
+        missing = [k for k in wanted if k not in found]
+        # MGET gives nil for a key of another type (a list another client wrote there) as for
+        # an absent one: such a key is read alone, so it fails as `load` does, naming it.
+        if missing and await self._call(None, "exists", *(prefix + k for k in missing)):
+            for key in missing:
+                value = await self.load(key)
+                if value is not None:
+                    found[key] = value
+        return found
 
     async def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the stored keys that start with `prefix`, sorted, each once.
