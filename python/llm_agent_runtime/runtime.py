@@ -3919,8 +3919,9 @@ class AgentRuntime(Unshared):
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend.
-            PersistenceError: `older_than` is not a number (or is NaN), or a final checkpoint
-                is corrupt.
+            PersistenceError: `older_than` is not a number (or is NaN), or the backend
+                fails; or, after sweeping the others, when sessions' final checkpoints are
+                corrupt (see `CheckpointStore.sweep`).
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("sweep needs a checkpoint_backend")

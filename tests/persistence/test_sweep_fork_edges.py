@@ -459,3 +459,21 @@ async def test_a_fork_into_a_turn_run_without_checkpoints_is_refused() -> None:
     await durable.fork("chat", 4, "fork4")  # in the checkpointed turn: its question is known
     fork = await ar.AgentSession.load_checkpoint(backend, "fork4")
     assert fork.prompt == "q2" and [m["content"] for m in fork.messages] == ["q1", "answer-a"]
+
+
+async def test_a_damaged_session_leaves_the_others_swept(
+    backend: ar.PersistenceBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The sweep stopped at the first damaged final checkpoint: sessions before it in key
+    # order were deleted without their ids being returned, and those after it never were.
+    worker = ar.AgentRuntime(checkpoint_backend=backend)
+    for session_id in ("a", "m", "z"):
+        await worker.run_turn(worker.create_session("agent", session_id), "Q", script(ONE))
+    await backend.save("session:m", b"not a record")
+    with pytest.raises(ar.PersistenceError, match="deleted 2 session.*left 1") as info:
+        await CheckpointStore(backend).sweep(older_than=-1.0)
+    assert info.value.key == "session:m"
+    assert "'m'" in caplog.text
+    assert await backend.list_keys("session:a") == []
+    assert await backend.list_keys("session:z") == []
+    assert await backend.load("session:m") == b"not a record"

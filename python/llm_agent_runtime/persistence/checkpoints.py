@@ -113,6 +113,14 @@ which the call's own entry then replaces."""
 logger = logging.getLogger("llm_agent_runtime")
 
 
+class _DamagedSession(Exception):
+    """A session `sweep` leaves as it is: its records are damaged (`error` says how)."""
+
+    def __init__(self, error: PersistenceError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 def _encode(kind: str, payload: Any) -> bytes:
     """The `kind` record of `payload`, strict JSON (see `codec.encode`).
 
@@ -2463,8 +2471,10 @@ class CheckpointStore:
 
         Raises:
             PersistenceError: When `older_than` (or `now`) is not a number (or is NaN), both
-                are infinite alike, or a final checkpoint or the meta record of a session
-                without one is corrupt.
+                are infinite alike, or the backend fails. When a session's final checkpoint
+                (or the meta record of one without it) is corrupt: only after the pass, which
+                sweeps the other sessions and logs each damaged one; the error counts both
+                and quotes the first damage.
         """
         older_than = _sweep_seconds("older_than", older_than)
         now = time.time() if now is None else _sweep_seconds("now", now)
@@ -2488,40 +2498,63 @@ class CheckpointStore:
                 parsed[1].startswith("fork:") or parsed[1].split(":", 1)[0] == "base"
             ):
                 leftovers[parsed[0]] = None
-        swept = []
+        swept: list[str] = []
+        damaged: list[tuple[str, PersistenceError]] = []
         for session_id in candidates:
-            key = session_key(session_id)
-            if key not in present:
-                # Running, never finished, or an incomplete fork.
-                if f"{key}:meta" in present and await self._sweep_fork(key, now - older_than):
+            try:
+                if await self._sweep_candidate(session_id, present, claimed, now, older_than):
                     swept.append(session_id)
-                continue
-            raw = await self.backend.load(key)
-            if raw is None:
-                continue  # deleted meanwhile
-            final = decode(raw, key, "session")
-            _final_session(final, key)  # a record of the wrong shape: PersistenceError
-            if f"{key}:meta" in present:
-                meta_raw = await self.backend.load(f"{key}:meta")
-                if meta_raw is not None and _turn_after(
-                    decode(meta_raw, f"{key}:meta", "meta"), final
-                ):
-                    continue  # a later turn runs (or was interrupted): not finished
-            old_enough = final.get("finished_at", now) < now - older_than
-            if not old_enough and session_id not in claimed:
-                continue
-            # The session's keys, listed once for what follows (on a backend whose listing
-            # reads every key, a sweep of many sessions paid for four listings a session).
-            own = await self.backend.list_keys(f"{key}:")
-            if session_id in claimed and await self._claimed_after(key, final, own):
-                continue  # a later turn claimed the session (its meta record not yet written)
-            if old_enough and await self._sweep_one(key, raw, own):
-                swept.append(session_id)
+            except _DamagedSession as damage:
+                # One damaged session must not keep every one after it from being swept (a
+                # failing backend still ends the sweep at once).
+                logger.warning("sweep: session %r left as it is: %s", session_id, damage.error)
+                damaged.append((session_id, damage.error))
         for session_id in leftovers:
             key = session_key(session_id)
             if key not in present and f"{key}:meta" not in present:
                 await self._drop_leftovers(key)
+        if damaged:
+            first_id, first = damaged[0]
+            raise PersistenceError(
+                f"sweep deleted {len(swept)} session(s) and left {len(damaged)} whose records "
+                f"are damaged, each logged; the first, {first_id!r}: {first.args[0]}",
+                first.key,
+            ) from first
         return swept
+
+    async def _sweep_candidate(
+        self, session_id: str, present: set[str], claimed: set[str], now: float, older_than: float
+    ) -> bool:
+        """Sweeps one session `sweep` found, if finished long enough ago; returns whether it did.
+
+        `present`: the keys listed; `claimed`: the sessions with a run's claim.
+        """
+        key = session_key(session_id)
+        if key not in present:
+            # Running, never finished, or an incomplete fork.
+            return f"{key}:meta" in present and await self._sweep_fork(key, now - older_than)
+        raw = await self.backend.load(key)
+        if raw is None:
+            return False  # deleted meanwhile
+        meta_raw = await self.backend.load(f"{key}:meta") if f"{key}:meta" in present else None
+        try:
+            final = decode(raw, key, "session")
+            _final_session(final, key)  # a record of the wrong shape: PersistenceError
+            if meta_raw is not None and _turn_after(
+                decode(meta_raw, f"{key}:meta", "meta"), final
+            ):
+                return False  # a later turn runs (or was interrupted): not finished
+        except PersistenceError as error:
+            raise _DamagedSession(error) from error
+        old_enough = final.get("finished_at", now) < now - older_than
+        if not old_enough and session_id not in claimed:
+            return False
+        # The session's keys, listed once for what follows (on a backend whose listing
+        # reads every key, a sweep of many sessions paid for four listings a session).
+        own = await self.backend.list_keys(f"{key}:")
+        if session_id in claimed and await self._claimed_after(key, final, own):
+            return False  # a later turn claimed the session (its meta record not yet written)
+        return old_enough and await self._sweep_one(key, raw, own)
 
     async def _drop_leftovers(self, key: str) -> None:
         """Deletes what cut-short sweeps and fork takeovers left of session key `key`.
