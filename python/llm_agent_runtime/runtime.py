@@ -3942,6 +3942,11 @@ class AgentRuntime(Unshared):
         finished, or that `settle_call` settled); the dead run's `RunStarted` (when it died
         in its first step) and the start of a call it had not finished stay lost (see the
         `events` module).
+
+        Raises:
+            AgentRuntimeError: Without a checkpoint backend.
+            PersistenceError: The backend fails, or an event record is corrupt or is not
+                an event (its key named).
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("the event log needs a checkpoint_backend")

@@ -387,6 +387,24 @@ async def test_a_final_checkpoint_holding_null_is_a_corrupt_record_not_none(
     assert caught.value.key == "session:s"
 
 
+@pytest.mark.parametrize("event", [[1, 2], "text", {"no_type": True}, None])
+async def test_an_event_record_of_the_wrong_shape_is_a_persistence_error_naming_it(
+    event: Any,
+) -> None:
+    # It came back among the event dicts: a reader's `e["type"]` failed far from the cause.
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_agent(
+        "a", "q", _replies("Thought: t\nAction: FINAL_ANSWER 4"), session=session
+    )
+    key = (await backend.list_keys("session:s:event:"))[1]
+    await backend.save(key, encode("event", event))
+    with pytest.raises(ar.PersistenceError, match="not an object with a 'type'") as caught:
+        await runtime.session_events("s")
+    assert caught.value.key == key
+
+
 def _replies(*replies: str) -> Any:
     queue = list(replies)
 

@@ -465,6 +465,17 @@ _SNAPSHOT_ATTEMPTS = 5  # reads of a session that turns ending meanwhile may for
 _EVENTS_READ_BACK = 16  # event records read at a time from the log's end
 
 
+def _event(event: Any, key: str) -> dict[str, Any]:
+    """The logged event an event record (stored under `key`) holds.
+
+    Raises:
+        PersistenceError: Naming `key`, when the record is not an object with a `type`.
+    """
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise PersistenceError("event record is not an object with a 'type'", key=key)
+    return event
+
+
 def _final_session(final: Any, key: str) -> AgentSession:
     """The session a final checkpoint (stored under `key`) holds.
 
@@ -2326,11 +2337,16 @@ class CheckpointStore:
         return run if isinstance(run, str) else None
 
     async def events(self, session_id: str) -> list[dict[str, Any]]:
-        """The session's event log, oldest first."""
+        """The session's event log, oldest first.
+
+        Raises:
+            PersistenceError: Naming the key, when an event record is corrupt or is not an
+                object with a `type` (a foreign record).
+        """
         prefix = f"{session_key(session_id)}:event:"
         keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
         values = await self._batch_load(keys)
-        return [decode(values[k], k, "event") for k in keys if k in values]
+        return [_event(decode(values[k], k, "event"), k) for k in keys if k in values]
 
     async def run_end_logged(self, session_id: str) -> bool:
         """Whether the session's latest run logged its `RunFinished` event.
