@@ -1675,6 +1675,9 @@ class AgentRuntime(Unshared):
         # A re-prompted reply's tokens and model time, which the step that answers it keeps
         # (that step's time starts at the reply, too).
         reprompt_cost: tuple[int, int, float] | None = None
+        # The model time of the step's reply (and re-prompt) that an earlier run took, when
+        # this one reuses them from the journal: this run's clock holds none of it.
+        earlier_ms = 0.0
         # A step's time runs from where the step before ended, so the step before's checkpoint
         # write is in this one's overhead (a re-prompted reply's step goes on to its answer).
         step_start = perf()
@@ -1696,10 +1699,12 @@ class AgentRuntime(Unshared):
                         reprompt, in_flight = _replayed_reprompt(entry)
                         if in_flight is not None:  # it took its iteration, as it did
                             journal, reprompted, reprompt_cost = [], True, in_flight
+                            earlier_ms += in_flight[2]
                             continue
                     reply = entry["reply"]
                     usage = _journaled_usage(entry)
-                    model_ms = _journaled_model_ms(entry)
+                    model_ms = _journaled_ms(entry, "model_ms")
+                    earlier_ms += model_ms
                     self._reused_reply_event(session, reply, model_ms)
                 else:
                     for hook in pre_hooks:
@@ -1804,7 +1809,7 @@ class AgentRuntime(Unshared):
             reply = reply.rstrip()
             final = parsed.final_answer
             if final is not None:
-                overhead_ms = (perf() - step_start) * 1000.0 - model_ms
+                overhead_ms = (perf() - step_start) * 1000.0 - (model_ms - earlier_ms)
                 step = Step(
                     parsed.thought,
                     "FINAL_ANSWER",
@@ -1849,6 +1854,7 @@ class AgentRuntime(Unshared):
                         session, parsed.thought, [call], ended, usage, model_ms, error
                     )
                     raise
+                ran_ms = tool_ms
             else:
                 # Replayed after an interruption, the step records the tokens and the model
                 # time its reply took.
@@ -1863,6 +1869,8 @@ class AgentRuntime(Unshared):
                         received = {**entry, "index": 0, "state": "received"}
                         held = await self._journal_reply(session, received, held)
                 journal = []
+                # The time the tool ran in this run: none for a call the journal says ran.
+                ran = _BusyTime()
                 observation, tool_ms, action, action_input = await self._durable_call(
                     session,
                     session.step_count + 1,
@@ -1870,12 +1878,15 @@ class AgentRuntime(Unshared):
                     parsed.action or "",
                     parsed.action_input,
                     entry,
+                    busy=ran,
                     replacing=held,
                 )
+                ran_ms = ran.ms
             content, error_kind = observation
             step_end = perf()
-            overhead_ms = (step_end - step_start) * 1000.0 - model_ms - tool_ms
+            overhead_ms = (step_end - step_start) * 1000.0 - (model_ms - earlier_ms) - ran_ms
             step_start = step_end
+            earlier_ms = 0.0
             step = Step(
                 parsed.thought,
                 action,
@@ -1957,6 +1968,7 @@ class AgentRuntime(Unshared):
         sent_chars = _SentChars()
         reprompted = False
         reprompt_cost: tuple[int, int, float] | None = None
+        earlier_ms = 0.0  # as in ReAct mode: the model time of a reused round (and re-prompt)
         for round_no in range(rounds_left):
             if deadline is not None and perf() >= deadline:
                 raise _DeadlinePassed
@@ -1976,6 +1988,7 @@ class AgentRuntime(Unshared):
                     reprompt, in_flight = _replayed_reprompt(entry)
                     if in_flight is not None:  # it took its round, as it did
                         journal, reprompted, reprompt_cost = [], True, in_flight
+                        earlier_ms += in_flight[2]
                         continue
                 saved = entry["round"]
                 response = ChatResponse(
@@ -2061,7 +2074,8 @@ class AgentRuntime(Unshared):
                     response_event = (session.session_id, len(session.steps), text, model_ms)
                     events.emit_new(LlmResponse, response_event)
             else:  # the time the model took then, not the journal's read
-                model_ms = _journaled_model_ms(saved)
+                model_ms = _journaled_ms(saved, "model_ms")
+                earlier_ms += model_ms
                 self._reused_reply_event(session, text, model_ms)
             if reprompt_cost is not None:  # the empty reply before, re-prompted, counts here
                 usage = replace(
@@ -2100,7 +2114,7 @@ class AgentRuntime(Unshared):
                         "the model replied with neither a tool call nor any text, so the run has "
                         "no answer (corrective_reprompt=True asks the model once more)"
                     )
-                overhead_ms = (perf() - since) * 1000.0 - model_ms
+                overhead_ms = (perf() - since) * 1000.0 - (model_ms - earlier_ms)
                 step = Step(
                     text,
                     "FINAL_ANSWER",
@@ -2134,9 +2148,10 @@ class AgentRuntime(Unshared):
             # The provider's reasoning goes back with the reply (Anthropic needs its thinking).
             reasoning = response.reasoning
             messages.append(_loop_message("assistant", text, calls, None, reasoning))
-            # The time any of a round's concurrent calls ran (their own times overlap).
+            # The time any of a round's concurrent calls ran (their own times overlap), and in
+            # a journaled round the time its calls ran in this run (a reused one's did not).
             n_calls = len(calls)
-            busy = _BusyTime() if n_calls > 1 else None
+            busy = _BusyTime() if n_calls > 1 or checkpoints is not None else None
             if checkpoints is not None:
                 results = await self._durable_round(
                     session, text, calls, journal, reasoning, usage, busy, model_ms, held, reprompt
@@ -2212,7 +2227,8 @@ class AgentRuntime(Unshared):
             elapsed = (round_end - since) * 1000.0
             since = round_end
             tools_wall = tools_ms if busy is None else busy.ms
-            overhead = (elapsed - model_ms - tools_wall) / n_calls
+            overhead = (elapsed - (model_ms - earlier_ms) - tools_wall) / n_calls
+            earlier_ms = 0.0
             if overhead < 0.0:  # the clock's rounding
                 overhead = 0.0
             if n_calls == 1:  # the step just made: no slice of the steps to build
@@ -2453,7 +2469,7 @@ class AgentRuntime(Unshared):
         `index` is the call's place in its round. Returns the observation, the tool's time,
         and the call that ran (a middleware or an approval may have changed it). Without
         `guard`, the call was guarded already (`_guard_call`) and is run as it is. `busy`
-        (a parallel round's) is told when the tool runs. Once guarded, the call goes into
+        (a parallel round's, or a journaled call's) is told when the tool runs. Once guarded, the call goes into
         `ended` at `index` as it ended, before its `ToolCallFinished` event (a listener may
         fail on that): done, or ended by an error (cancelled, timed out, a policy error) with
         the observation that event gives. That is what a failed round keeps of it. `task` is
@@ -3318,6 +3334,7 @@ class AgentRuntime(Unshared):
                 "observation": observation.content,
                 "error_kind": observation.error_kind,
                 "ran": [run[2], run[3]],
+                "tool_ms": run[1],
             }
             try:
                 # Even when the run is cancelled (or times out) meanwhile: the call ran, and a
@@ -4782,9 +4799,10 @@ def _decisions_problem(decided: Any, calls: int) -> str | None:
     return None
 
 
-def _journaled_model_ms(entry: dict[str, Any]) -> float:
-    """The model time (ms) a journal entry (a reply or a round) records, 0 without it."""
-    ms = entry.get("model_ms")
+def _journaled_ms(entry: dict[str, Any], field: str) -> float:
+    """A time (ms) a journal entry records: a reply's or a round's `model_ms`, a finished
+    call's `tool_ms`; 0 without it."""
+    ms = entry.get(field)
     if type(ms) is float and 0.0 <= ms < math.inf:
         return ms
     return 0.0
@@ -4899,7 +4917,7 @@ def _journaled_run(entry: dict[str, Any], name: str, arguments: Any) -> ToolRun:
             f"the journaled outcome of tool call {name!r} is malformed: it needs an "
             "'observation' string, a known 'error_kind' and, if any, a [tool, arguments] 'ran'"
         )
-    return Observation(observation, error_kind), 0.0, ran[0], ran[1]
+    return Observation(observation, error_kind), _journaled_ms(entry, "tool_ms"), ran[0], ran[1]
 
 
 def _incomplete_reply(stop_reason: str, what: str, text: str = "") -> AgentLoopError:

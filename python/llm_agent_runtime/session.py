@@ -30,7 +30,8 @@ class Step:
     steps of one round of tool calls share its model time and overhead evenly; each keeps its own
     tool's time, so a parallel round's tool times overlap (their sum exceeds the round's).
     A step that answers a corrective re-prompt holds the unparseable reply's model time and
-    tokens too.
+    tokens too. A step a resume finishes keeps the model time of a reply, and the tool time
+    of a call, that an earlier run journaled; its overhead is this run's own.
 
     `action` and `action_input` are the call that ran. When an `on_tool_call` middleware or
     the approval handler changed it, `requested` holds the call the model asked for, as
