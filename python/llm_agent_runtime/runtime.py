@@ -2469,11 +2469,12 @@ class AgentRuntime(Unshared):
         `index` is the call's place in its round. Returns the observation, the tool's time,
         and the call that ran (a middleware or an approval may have changed it). Without
         `guard`, the call was guarded already (`_guard_call`) and is run as it is. `busy`
-        (a parallel round's, or a journaled call's) is told when the tool runs. Once guarded, the call goes into
-        `ended` at `index` as it ended, before its `ToolCallFinished` event (a listener may
-        fail on that): done, or ended by an error (cancelled, timed out, a policy error) with
-        the observation that event gives. That is what a failed round keeps of it. `task` is
-        the task the call runs in, when the caller knows it (see `ToolRegistry.call`).
+        (a parallel round's, or a journaled call's) is told when the tool runs. Once
+        guarded, the call goes into `ended` at `index` as it ended, before its
+        `ToolCallFinished` event (a listener may fail on that): done, or ended by an error
+        (cancelled, timed out, a policy error) with the observation that event gives. That is
+        what a failed round keeps of it. `task` is the task the call runs in, when the caller
+        knows it (see `ToolRegistry.call`).
         """
         if type(arguments) is _Unreadable:  # written wrong: answered, before any guard
             answer = self._unreadable_answer(arguments)
@@ -4800,8 +4801,10 @@ def _decisions_problem(decided: Any, calls: int) -> str | None:
 
 
 def _journaled_ms(entry: dict[str, Any], field: str) -> float:
-    """A time (ms) a journal entry records: a reply's or a round's `model_ms`, a finished
-    call's `tool_ms`; 0 without it."""
+    """A time (ms) a journal entry records, 0 without it.
+
+    A reply's or a round's `model_ms`, a finished call's `tool_ms`.
+    """
     ms = entry.get(field)
     if type(ms) is float and 0.0 <= ms < math.inf:
         return ms

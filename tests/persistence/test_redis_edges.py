@@ -133,9 +133,9 @@ async def test_a_key_of_another_type_fails_a_batch_load_as_it_fails_a_load() -> 
         await backend.batch_save({"a": b"1", "b": b"2"})
         await backend.client.delete(backend.prefix + "b")
         await backend.client.rpush(backend.prefix + "b", b"x")
-        with pytest.raises(ar.PersistenceError, match="WRONGTYPE.*'b'"):
+        with pytest.raises(ar.PersistenceError, match=r"WRONGTYPE.*'b'"):
             await backend.load("b")
-        with pytest.raises(ar.PersistenceError, match="WRONGTYPE.*'b'"):
+        with pytest.raises(ar.PersistenceError, match=r"WRONGTYPE.*'b'"):
             await backend.batch_load(["a", "b", "c"])
         await backend.client.delete(backend.prefix + "b")
         assert await backend.batch_load(["a", "b", "c"]) == {"a": b"1"}

@@ -11,7 +11,6 @@ import pytest
 import llm_agent_runtime as ar
 from llm_agent_runtime.providers.base import ChatResponse, ToolCall, Usage
 
-
 HANG = {9}
 """The values of `x` `pay` waits for for good (until cancelled)."""
 

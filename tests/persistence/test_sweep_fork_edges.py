@@ -470,7 +470,7 @@ async def test_a_damaged_session_leaves_the_others_swept(
     for session_id in ("a", "m", "z"):
         await worker.run_turn(worker.create_session("agent", session_id), "Q", script(ONE))
     await backend.save("session:m", b"not a record")
-    with pytest.raises(ar.PersistenceError, match="deleted 2 session.*left 1") as info:
+    with pytest.raises(ar.PersistenceError, match=r"deleted 2 session.*left 1") as info:
         await CheckpointStore(backend).sweep(older_than=-1.0)
     assert info.value.key == "session:m"
     assert "'m'" in caplog.text

@@ -2556,9 +2556,7 @@ class CheckpointStore:
         try:
             final = decode(raw, key, "session")
             _final_session(final, key)  # a record of the wrong shape: PersistenceError
-            if meta_raw is not None and _turn_after(
-                decode(meta_raw, f"{key}:meta", "meta"), final
-            ):
+            if meta_raw is not None and _turn_after(decode(meta_raw, f"{key}:meta", "meta"), final):
                 return False  # a later turn runs (or was interrupted): not finished
         except PersistenceError as error:
             raise _DamagedSession(error) from error
