@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Optional, Union
 
+import numpy as np
 import pydantic
 import pytest
 from pydantic import AfterValidator, Field, Strict
@@ -1153,6 +1154,44 @@ async def test_a_timed_call_that_times_out_waiting_for_a_worker_never_runs() -> 
     assert {o.content for o in await asyncio.gather(*calls)} == {"done"}
     assert await registry.call("late", {"q": "y"}) == ("ran", None)
     assert ran == ["y"]
+
+
+async def test_slow_recall_embeddings_hold_no_worker_a_tool_needs() -> None:
+    # Recalls embedded their queries on the sync tools' pool: runs waiting on a slow
+    # embeddings server filled it, and another runtime's instant tool "timed out after 1 s"
+    # without having run.
+    release = threading.Event()
+    embedding: list[str] = []
+
+    class SlowEmbedder:
+        dim = 4
+
+        def embed(self, texts: list[str]) -> np.ndarray:
+            embedding.extend(texts)
+            release.wait(10)
+            return np.ones((len(texts), 4), dtype=np.float32)
+
+    store = ar.EpisodicStore(embedder=SlowEmbedder(), similarity_weight=1.0)
+    store.add_episode("a", "x", 0.5, embedding=[1.0, 0.0, 0.0, 0.0])
+    recalling = ar.AgentRuntime(memory=store)
+
+    @ar.tool(timeout=2)
+    def ping() -> str:
+        """Answers at once."""
+        return "pong"
+
+    answer = ar.ScriptedProvider(["Thought: t\nAction: FINAL_ANSWER ok"], loop=True)
+    recalls = [
+        asyncio.ensure_future(recalling.run_agent_with_provider("a", f"q{i}", answer))
+        for i in range(_POOL_SIZE + 2)
+    ]
+    try:
+        while len(embedding) < _POOL_SIZE:  # every recall worker waits on the server
+            await asyncio.sleep(0.001)
+        assert await ar.ToolRegistry([ping]).call("ping", {}) == ("pong", None)
+    finally:
+        release.set()
+    assert {s.final_answer for s in await asyncio.gather(*recalls)} == {"ok"}
 
 
 async def test_the_queued_calls_of_cancelled_runs_never_run() -> None:

@@ -930,9 +930,14 @@ class ToolSpec:
 
 
 async def _on_pool(
-    handler: Callable[[dict[str, Any]], Any], arguments: dict[str, Any], deadline: float
+    handler: Callable[[dict[str, Any]], Any],
+    arguments: dict[str, Any],
+    deadline: float,
+    pool: _WorkerPool | None = None,
 ) -> Any:
-    """`handler(arguments)`, run on the daemon worker pool in a copy of the caller's context.
+    """`handler(arguments)`, run on a daemon worker pool in a copy of the caller's context.
+
+    `pool`: None for the sync tools' pool.
 
     A call abandoned (timed out or cancelled) while it runs leaves its worker running it
     without holding a place in the pool; its outcome is then dropped. A call still waiting
@@ -941,22 +946,24 @@ async def _on_pool(
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
     job = _Job(handler, arguments, contextvars.copy_context(), loop, future, deadline)
-    _POOL.submit(job)
+    pool = _POOL if pool is None else pool
+    pool.submit(job)
     try:
         return await future
     except asyncio.CancelledError:
-        _POOL.abandon(job)
+        pool.abandon(job)
         raise
 
 
 async def run_blocking(fn: Callable[[], T]) -> T:
     """`fn()`, a blocking call (an embedder's network call, say), run off the event loop.
 
-    On the worker pool of sync tools: a call its caller gives up on (a run's timeout, a
-    cancellation) frees its place for others while it finishes, rather than hold one of
-    asyncio's default executor's few threads, which checkpoint writes wait for.
+    On a worker pool of its own, as the sync tools have theirs: a call its caller gives up
+    on (a run's timeout, a cancellation) frees its place for others while it finishes,
+    rather than hold one of asyncio's default executor's few threads, which checkpoint
+    writes wait for; and slow embeddings of memory recalls never keep a tool from running.
     """
-    result: T = await _on_pool(lambda _: fn(), {}, math.inf)
+    result: T = await _on_pool(lambda _: fn(), {}, math.inf, _BLOCKING_POOL)
     return result
 
 
@@ -1063,7 +1070,7 @@ class _Job:
 
 
 class _WorkerPool:
-    """Daemon threads that run the calls of sync tools with a timeout (and `run_blocking`'s).
+    """Daemon threads that run blocking calls (one pool for sync tools, one for the rest).
 
     At most `size` workers run calls that someone still awaits; further calls wait in a
     queue, and idle workers wait for calls. A call abandoned while it runs gives its worker's
@@ -1074,8 +1081,10 @@ class _WorkerPool:
     workers do not keep the interpreter from exiting.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, name: str) -> None:
         self.size = size
+        self.name = name
+        """The workers' thread names start with it."""
         self._reset()
 
     def _reset(self) -> None:
@@ -1127,7 +1136,7 @@ class _WorkerPool:
         """Starts a worker (with the lock held)."""
         self._workers += 1
         self._started += 1
-        name = f"llm-agent-runtime-tool-{self._started}"
+        name = f"{self.name}-{self._started}"
         try:
             threading.Thread(target=self._work, name=name, daemon=True).start()
         except BaseException:
@@ -1163,9 +1172,12 @@ class _WorkerPool:
             del job  # an idle worker holds on to no call's loop or arguments
 
 
-_POOL = _WorkerPool(min(32, (os.cpu_count() or 1) + 4))  # the default executor's size
+# Each the default executor's size.
+_POOL = _WorkerPool(min(32, (os.cpu_count() or 1) + 4), "llm-agent-runtime-tool")
+_BLOCKING_POOL = _WorkerPool(_POOL.size, "llm-agent-runtime-blocking")
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_POOL._reset)
+    os.register_at_fork(after_in_child=_BLOCKING_POOL._reset)
 
 
 _ARG_SECTIONS = frozenset(
