@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
+import copy
 import json
+import pickle
 import socket
 import sys
 import threading
@@ -28,6 +29,8 @@ import llm_agent_runtime as ar
 from llm_agent_runtime.embeddings import Embedder
 
 FNV_OFFSET, FNV_PRIME, MASK = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
+ONCE = ar.RetryPolicy(max_attempts=1)
+"""For the tests of one failed request: the embedder tries a retryable one again."""
 
 
 def fnv(h: int, data: bytes) -> int:
@@ -396,7 +399,7 @@ def test_openai_embedder_takes_any_positive_number_of_seconds(server: tuple[_Ser
 def test_openai_embedder_errors(server: tuple[_Server, str], monkeypatch: Any) -> None:
     state, url = server
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    embedder = ar.OpenAIEmbedder(base_url=url)
+    embedder = ar.OpenAIEmbedder(base_url=url, retry=ONCE)
     state.replies.append((429, {"Retry-After": "7"}, b'{"error": {"message": "slow down"}}'))
     with pytest.raises(ar.ProviderError) as rate:
         embedder.embed(["x"])
@@ -449,7 +452,7 @@ def test_openai_embedder_reports_an_error_sent_with_status_200(
     key = "sk-test-SECRET-0123456789"
     state.replies.append((200, {}, json.dumps(body).replace("KEY", key).encode()))
     with pytest.raises(ar.ProviderError) as caught:
-        ar.OpenAIEmbedder(api_key=key, base_url=url).embed(["x"])
+        ar.OpenAIEmbedder(api_key=key, base_url=url, retry=ONCE).embed(["x"])
     assert message in str(caught.value)
     assert "malformed" not in str(caught.value)
     assert (caught.value.status, caught.value.retryable) == (status, retryable)
@@ -786,7 +789,9 @@ def test_openai_embedder_timeout_bounds_a_trickled_reply(status: int) -> None:
     body = _ONE_ROW if status == 200 else b'{"error": {"message": "overloaded"}}'
     with FakeLlmServer() as fake:
         fake.script(_trickled(body, 30, 0.1, status))
-        embedder = ar.OpenAIEmbedder(api_key="sk-x", base_url=fake.url + "/v1", timeout=0.5)
+        embedder = ar.OpenAIEmbedder(
+            api_key="sk-x", base_url=fake.url + "/v1", timeout=0.5, retry=ONCE
+        )
         started = time.perf_counter()
         with pytest.raises(ar.ProviderError, match="timed out") as caught:
             embedder.embed(["x"])
@@ -837,7 +842,7 @@ def test_openai_embedder_strips_its_base_url(server: tuple[_Server, str]) -> Non
 @pytest.mark.parametrize("header", ["nan", "inf", "-inf", "-5", "soon"])
 def test_openai_embedder_unusable_retry_after(server: tuple[_Server, str], header: str) -> None:
     state, url = server
-    embedder = ar.OpenAIEmbedder(base_url=url)
+    embedder = ar.OpenAIEmbedder(base_url=url, retry=ONCE)
     state.replies.append((429, {"Retry-After": header}, b'{"error": {"message": "slow"}}'))
     with pytest.raises(ar.ProviderError) as rate:
         embedder.embed(["x"])
@@ -846,15 +851,70 @@ def test_openai_embedder_unusable_retry_after(server: tuple[_Server, str], heade
     assert wait is None or 0.0 <= wait < float("inf")  # never NaN, infinite or negative
 
 
-async def test_retry_after_nan_does_not_hang_a_retried_embed(server: tuple[_Server, str]) -> None:
-    """`Retry-After: nan` used to make the retry sleep forever (`asyncio.sleep(nan)`)."""
+def test_openai_embedder_tries_a_retryable_failure_again(server: tuple[_Server, str]) -> None:
+    # One rate limit failed the whole call (and the agent run recalling through it), where
+    # the chat provider on the same server tried again.
     state, url = server
     embedder = ar.OpenAIEmbedder(base_url=url)
+    state.replies.append((429, {"Retry-After": "0"}, b'{"error": {"message": "slow down"}}'))
+    state.replies.append((503, {"Retry-After": "0"}, b'{"error": {"message": "busy"}}'))
+    assert embedder.embed(["ab"]).shape == (1, 3)
+    assert len(state.requests) == 3
+    state.replies.append((400, {}, b'{"error": {"message": "bad model"}}'))
+    with pytest.raises(ar.ProviderError, match="bad model") as bad:
+        embedder.embed(["ab"])
+    assert "attempts" not in str(bad.value)
+    assert len(state.requests) == 4  # not retryable: asked once
+
+
+def test_openai_embedder_refuses_a_retry_that_is_no_policy() -> None:
+    with pytest.raises(TypeError, match="retry must be a RetryPolicy"):
+        ar.OpenAIEmbedder(base_url="http://127.0.0.1:9/v1", retry=3)  # type: ignore[arg-type]
+
+
+def test_openai_embedder_keeps_its_client_and_connection(
+    server: tuple[_Server, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client was made (TLS context included: ~25 ms of CPU) and closed at every call.
+    made: list[httpx.Client] = []
+    real = httpx.Client
+
+    def counted(*args: Any, **kwargs: Any) -> httpx.Client:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(httpx, "Client", counted)
+    _, url = server
+    embedder = ar.OpenAIEmbedder(base_url=url)
+    for _ in range(3):
+        embedder.embed(["ab"])
+    assert len(made) == 1 and not made[0].is_closed
+    embedder.close()
+    assert made[0].is_closed
+    assert embedder.embed(["ab"]).shape == (1, 3)  # a new one, after close
+    assert len(made) == 2
+    del embedder  # its client closes with it
+    assert made[1].is_closed
+
+
+def test_openai_embedder_cannot_be_pickled_or_copied() -> None:
+    # Its pickle held the API key in clear (the chat providers refuse for that reason).
+    embedder = ar.OpenAIEmbedder(api_key="sk-secret-0123456789", base_url="http://127.0.0.1:9/v1")
+    for copier in (pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError, match="OpenAIEmbedder holds an API key"):
+            copier(embedder)
+
+
+@pytest.mark.timeout(10)
+def test_retry_after_nan_does_not_hang_a_retried_embed(server: tuple[_Server, str]) -> None:
+    """`Retry-After: nan` used to make the retry sleep forever (`asyncio.sleep(nan)`)."""
+    state, url = server
+    policy = ar.RetryPolicy(max_attempts=3, base_delay=0.001, jitter=False)
+    embedder = ar.OpenAIEmbedder(base_url=url, retry=policy)
     for _ in range(3):
         state.replies.append((429, {"Retry-After": "nan"}, b'{"error": {"message": "slow"}}'))
-    policy = ar.RetryPolicy(max_attempts=3, base_delay=0.001, jitter=False)  # the real clock
-    with pytest.raises(ar.ProviderError, match="HTTP 429"):
-        await asyncio.wait_for(policy.run(embedder.embed, ["x"]), 5)
+    with pytest.raises(ar.ProviderError, match=r"HTTP 429.*\(after 3 attempts"):
+        embedder.embed(["x"])
     assert len(state.requests) == 3
 
 
@@ -1014,7 +1074,9 @@ def test_openai_embedder_reads_an_error_body_only_as_far_as_it_is_quoted() -> No
     )
     with FakeLlmServer() as fake:
         fake.script(reply)
-        embedder = ar.OpenAIEmbedder(api_key="sk-x", base_url=fake.url + "/v1", timeout=3)
+        embedder = ar.OpenAIEmbedder(
+            api_key="sk-x", base_url=fake.url + "/v1", timeout=3, retry=ONCE
+        )
         with pytest.raises(ar.ProviderError) as caught:
             embedder.embed(["x"])
     assert (caught.value.status, caught.value.retryable) == (502, True)

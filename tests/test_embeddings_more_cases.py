@@ -44,7 +44,9 @@ def test_openai_embedder_error_follows_x_should_retry(
         headers["x-should-retry"] = verdict
     body = json.dumps({"error": {"message": "scripted"}}).encode()
     llm_server.script(Reply(status=status, headers=headers, body=body))
-    embedder = ar.OpenAIEmbedder(base_url=llm_server.url + "/v1")
+    embedder = ar.OpenAIEmbedder(
+        base_url=llm_server.url + "/v1", retry=ar.RetryPolicy(max_attempts=1)
+    )
     with pytest.raises(ar.ProviderError) as caught:
         embedder.embed(["x"])
     assert caught.value.status == status

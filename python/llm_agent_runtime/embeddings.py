@@ -18,8 +18,10 @@ import importlib
 import json
 import math
 import numbers
+import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from llm_agent_runtime.orchestration.retry import RetryPolicy
     from llm_agent_runtime.providers._http import Redactor
 
 __all__ = ["Embedder", "HashingEmbedder", "OpenAIEmbedder", "SentenceTransformerEmbedder"]
@@ -231,7 +234,15 @@ class OpenAIEmbedder:
             synchronous client has no clock on them): a server that keeps sending interim
             ``1xx`` replies, or trickles its headers, holds a request longer. Agent runs bound
             it with `AgentConfig.loop_timeout_ms`.
-        client: an httpx.Client to use (tests, connection pooling). Its base URL is
+        retry: retry policy for failed requests (None: `RetryPolicy()`, 3 attempts), as the
+            chat providers': retryable errors (429 and 5xx, timeouts, dropped connections)
+            are tried again, after the server's ``Retry-After`` when it gives one. Its
+            delays are slept in the calling thread (a run's recall embeds off the event
+            loop); each attempt has its own `timeout`.
+        client: an httpx.Client to use (tests, settings of your own). Without one, the
+            embedder makes its own at its first request, in each process, and keeps it (its
+            connections and TLS set-up are reused: making a client costs ~25 ms of CPU);
+            `close` closes it. Its base URL is
             ignored; its default headers, cookies and query parameters go with each request,
             as httpx sends them (the embedder's own ``Authorization``, from a key or a base
             URL's user info, replaces the client's), and credentials among its headers are
@@ -243,6 +254,7 @@ class OpenAIEmbedder:
             bool or float is refused) of at least 1, dimensions is over 2**20, timeout is
             not a finite number of seconds above 0, or client is not an `httpx.Client` (an
             `httpx.AsyncClient` cannot serve the synchronous `embed`).
+        TypeError: retry is not a `RetryPolicy`.
         ProviderError: the API key is one no HTTP header can carry (whitespace such as a
             trailing newline, control or non-ASCII characters; the message never quotes it),
             the base URL is not an http(s) URL, it is OpenAI's own API and there is no key,
@@ -260,13 +272,18 @@ class OpenAIEmbedder:
         batch_size: int = 512,
         max_request_tokens: int | None = 300_000,
         timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
         client: httpx.Client | None = None,
     ) -> None:
         # The providers' checks (importing them loads httpx, which a request needs anyway).
         import httpx
 
+        from llm_agent_runtime.orchestration.retry import RetryPolicy
         from llm_agent_runtime.providers._http import check_api_key, move_user_info, text_setting
         from llm_agent_runtime.providers.openai import openai_endpoint
+
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy (or None), got {retry!r:.80}")
 
         batch_size = _count(batch_size, "batch_size")
         if max_request_tokens is not None:
@@ -300,7 +317,14 @@ class OpenAIEmbedder:
         self._batch_size = batch_size
         self._max_request_tokens = max_request_tokens
         self._timeout = seconds
+        self.retry = retry if retry is not None else RetryPolicy()
+        """The retry policy of failed requests."""
         self._client = client
+        # The embedder's own client (no `client` given), and the process it was made in (a
+        # forked child makes its own: the parent's connections are not its to use).
+        self._own: httpx.Client | None = None
+        self._own_pid = 0
+        self._own_lock = threading.Lock()
         self._width: tuple[str, int] | None = None
         """The model and the length of its own rows (no `dimensions`), from the last reply
         (for empty texts)."""
@@ -308,6 +332,42 @@ class OpenAIEmbedder:
     def __repr__(self) -> str:
         # Never show the key.
         return f"OpenAIEmbedder(url={self._url!r}, model={self.model!r})"
+
+    def __reduce__(self) -> Any:
+        # The headers hold the API key (as a provider's do): never let it reach a pickle.
+        raise TypeError(
+            "an OpenAIEmbedder holds an API key and an HTTP client and cannot be pickled or "
+            "copied: make one in each process"
+        )
+
+    def close(self) -> None:
+        """Closes the embedder's own HTTP client (never a `client` given to it).
+
+        A later `embed` makes a new one.
+        """
+        with self._own_lock:
+            own, self._own = self._own, None
+        if own is not None and self._own_pid == os.getpid():
+            own.close()
+
+    def _own_client(self) -> httpx.Client:
+        """This process's client of the embedder's own, made at its first request."""
+        import httpx
+
+        from llm_agent_runtime.providers._http import client_from_environment
+
+        pid = os.getpid()
+        with self._own_lock:
+            own = self._own
+            if own is None or own.is_closed or self._own_pid != pid:
+                own = client_from_environment(
+                    "OpenAIEmbedder", functools.partial(httpx.Client, timeout=self._timeout)
+                )
+                self._own, self._own_pid = own, pid
+                # Its connections closed with the embedder (not left to the sockets' own
+                # collection, each a ResourceWarning).
+                weakref.finalize(self, _close_in_process, own, pid)
+            return own
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Embeds `texts` (see `Embedder.embed`), in requests of `batch_size` texts at most.
@@ -332,14 +392,9 @@ class OpenAIEmbedder:
                 the `client` given is closed (not retryable). An error status's body is
                 read up to `MAX_ERROR_BODY` bytes (its message is cut anyway).
         """
-        import httpx
         import numpy as np
 
-        from llm_agent_runtime.providers._http import (
-            Redactor,
-            client_from_environment,
-            credential_secrets,
-        )
+        from llm_agent_runtime.providers._http import Redactor, credential_secrets
 
         batch = _texts(texts)
         width = self.dimensions
@@ -357,28 +412,21 @@ class OpenAIEmbedder:
                 "the client given to OpenAIEmbedder is closed (by its owner, or by the `with` "
                 "block it came from): pass an open one"
             )
-        # Made per call: the embedder stays picklable.
-        client = self._client or client_from_environment(
-            "OpenAIEmbedder", functools.partial(httpx.Client, timeout=self._timeout)
-        )
+        client = self._client or self._own_client()
         redactor = Redactor(
             self._api_key, *credential_secrets(self._headers), *credential_secrets(client.headers)
         )
         # Nothing to send and no known width: one space is embedded to learn it.
         inputs = [batch[i] for i in sent] if sent else [" "]
-        try:
-            rows: list[list[float]] = []
-            for texts_of_request in _requests(inputs, self._batch_size, self._max_request_tokens):
-                chunk = self._request(client, redactor, texts_of_request)
-                if rows and len(chunk[0]) != len(rows[0]):
-                    raise ProviderError(
-                        "embeddings response rows differ in length across requests: "
-                        f"{len(rows[0])} and {len(chunk[0])}"
-                    )
-                rows.extend(chunk)
-        finally:
-            if self._client is None:
-                client.close()
+        rows: list[list[float]] = []
+        for texts_of_request in _requests(inputs, self._batch_size, self._max_request_tokens):
+            chunk = self._request_retried(client, redactor, texts_of_request)
+            if rows and len(chunk[0]) != len(rows[0]):
+                raise ProviderError(
+                    "embeddings response rows differ in length across requests: "
+                    f"{len(rows[0])} and {len(chunk[0])}"
+                )
+            rows.extend(chunk)
         not_finite = "embeddings response has NaN or infinite (or beyond float32) values"
         try:
             with np.errstate(over="ignore"):  # a float beyond float32 becomes inf, refused below
@@ -396,6 +444,26 @@ class OpenAIEmbedder:
         if sent:
             out[sent] = found
         return out
+
+    def _request_retried(
+        self, client: httpx.Client, redactor: Redactor, texts: list[str]
+    ) -> list[list[float]]:
+        """`_request`, tried again per the retry policy; a final error says how often."""
+        policy = self.retry
+        attempt = 1
+        started = time.monotonic()
+        while True:
+            try:
+                return self._request(client, redactor, texts)
+            except ProviderError as error:
+                if attempt >= policy.max_attempts or not policy.should_retry(error):
+                    if attempt > 1 and error.args:
+                        took = time.monotonic() - started
+                        note = f"(after {attempt} attempts over {took:.1f} s)"
+                        error.args = (f"{error.args[0]} {note}", *error.args[1:])
+                    raise
+                time.sleep(policy.delay_for(attempt, error))
+                attempt += 1
 
     def _request(
         self,
@@ -481,6 +549,12 @@ class OpenAIEmbedder:
         if cut_short(response, reply):
             raise cut_short_error("OpenAI embeddings")
         raise ProviderError(f"malformed embeddings response: {problem}")
+
+
+def _close_in_process(client: httpx.Client, pid: int) -> None:
+    """Closes `client` if this is the process that made it (a forked child leaves it be)."""
+    if os.getpid() == pid:
+        client.close()
 
 
 def _read_by(

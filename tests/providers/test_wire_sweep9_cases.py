@@ -100,10 +100,10 @@ def test_the_embedder_retries_a_reply_the_connection_closed_inside(
     # retried, where the chat providers take the same cut for the dropped connection it is.
     body = json.dumps({"data": [{"index": 0, "embedding": [0.5, 0.5]}], "model": "m"}).encode()
     server.script(Reply(frames=[body[:25]], headers=JSON, close_delimited=True))
+    server.script(Reply(body=body, headers=JSON))
     embedder = ar.OpenAIEmbedder(api_key=API_KEY, base_url=server.url + "/v1")
-    with pytest.raises(ar.ProviderError, match="reply cut short") as cut:
-        embedder.embed(["hello"])
-    assert cut.value.retryable
+    assert embedder.embed(["hello"]).tolist() == [[0.5, 0.5]]
+    assert len(server.requests) == 2
 
 
 @pytest.mark.parametrize("cut", [False, True], ids=["whole", "cut"])
