@@ -46,3 +46,33 @@ def test_the_embedders_model_is_no_none() -> None:
     # The providers read None as their default model; the embedder would send `null`.
     with pytest.raises(TypeError, match=r"^model must be a str"):
         ar.OpenAIEmbedder(api_key="sk-test", base_url=_URL, model=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cls", [ar.OpenAIProvider, ar.AnthropicProvider])
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("retry", 3),
+        ("budget", 100.0),
+        ("budget", ar.RuntimeMetrics()),  # no check() nor record()
+        ("budget", ar.CostBudget),  # the class
+        ("metrics", True),
+        ("metrics", ar.RuntimeMetrics),
+        ("http_client", "http://127.0.0.1:9"),
+        ("http_client", httpx.Client()),  # a sync client cannot serve the async calls
+    ],
+)
+def test_a_provider_object_setting_of_the_wrong_kind_is_refused_when_made(
+    cls: Any, setting: str, value: Any
+) -> None:
+    # They failed at the first call with an AttributeError (`metrics`: after the request
+    # the server billed, whose reply was lost).
+    with pytest.raises(TypeError, match=f"^{setting} must be"):
+        cls(api_key="sk-test", base_url=_URL, **{setting: value})
+
+
+@pytest.mark.parametrize("cls", [ar.OpenAIProvider, ar.AnthropicProvider])
+def test_provider_object_settings_of_the_right_kind_are_taken(cls: Any) -> None:
+    budget, metrics = ar.CostBudget(max_tokens=10), ar.RuntimeMetrics()
+    made = cls(api_key="sk-test", base_url=_URL, budget=budget, metrics=metrics)
+    assert made._transport.budget is budget and made._transport.metrics is metrics

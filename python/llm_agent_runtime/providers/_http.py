@@ -1513,6 +1513,19 @@ def transport_errors(name: str, redactor: Redactor) -> Iterator[None]:
         raise error from redactor.cause(exc)
 
 
+def _check_methods(name: str, value: object, kind: str, methods: Sequence[str]) -> None:
+    """Refuses a setting that is neither None nor an instance with the methods it is called by.
+
+    Raises:
+        TypeError: Naming the setting.
+    """
+    if value is None:
+        return
+    if isinstance(value, type) or not all(callable(getattr(value, m, None)) for m in methods):
+        needs = ", ".join(f"{m}()" for m in methods)
+        raise TypeError(f"{name} must be {kind} (or have {needs}), or None, got {value!r:.80}")
+
+
 class _LoopClient(NamedTuple):
     """The pooled client of one event loop, and what closes it when that loop ends."""
 
@@ -1632,6 +1645,16 @@ class HttpTransport:
         )
         if not all(0 <= price < float("inf") for price in prices):  # NaN fails too
             raise ValueError("token prices must be finite and >= 0")
+        # Else found out at the first call, as an AttributeError: after a request the
+        # server billed, for `metrics`.
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy (or None), got {retry!r:.80}")
+        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+            raise TypeError(
+                f"http_client must be an httpx.AsyncClient (or None), got {http_client!r:.80}"
+            )
+        _check_methods("budget", budget, "a CostBudget", ("check", "record"))
+        _check_methods("metrics", metrics, "a RuntimeMetrics", ("record_tokens",))
         check_api_key(name, secret)
         self.name = name
         self.base_url, self._headers = move_user_info(name, check_base_url(name, base_url), headers)

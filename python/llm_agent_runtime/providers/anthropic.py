@@ -330,7 +330,9 @@ class AnthropicProvider(HttpProvider):
             written without its scheme, say).
         ValueError: A timeout, price or `max_tokens` is out of range, a timeout or price is
             no number (None, a str or a bool), or `max_tokens` is no int.
-        TypeError: `stop` is neither a str nor an iterable of str.
+        TypeError: `stop` is neither a str nor an iterable of str, or `retry`, `budget`,
+            `metrics` or `http_client` is neither None nor what it must be (a
+            `RetryPolicy`, a `CostBudget`, a `RuntimeMetrics`, an `httpx.AsyncClient`).
     """
 
     def __init__(

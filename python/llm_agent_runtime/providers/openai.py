@@ -355,7 +355,9 @@ class OpenAIProvider(HttpProvider):
             there is an API key too.
         ValueError: A timeout or price is out of range, or no number (None, a str or a
             bool).
-        TypeError: `stop` is neither a str nor an iterable of str.
+        TypeError: `stop` is neither a str nor an iterable of str, or `retry`, `budget`,
+            `metrics` or `http_client` is neither None nor what it must be (a
+            `RetryPolicy`, a `CostBudget`, a `RuntimeMetrics`, an `httpx.AsyncClient`).
     """
 
     def __init__(
