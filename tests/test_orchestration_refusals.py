@@ -38,6 +38,9 @@ def test_a_breaker_refuses_a_backend_that_is_no_circuit_state_backend() -> None:
         ar.CircuitBreaker("s", backend="redis://localhost:6379/0")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="backend"):
         ar.CircuitBreaker("s", backend=ar.InMemoryCircuitStateBackend)  # type: ignore[arg-type]
+    # A dict has callable get() and update(): every call failed with a TypeError of its own.
+    with pytest.raises(TypeError, match="backend"):
+        ar.CircuitBreaker("s", backend={})  # type: ignore[arg-type]
     shared = ar.InMemoryCircuitStateBackend()
     assert ar.CircuitBreaker("s", backend=shared).state == "closed"
 

@@ -40,7 +40,7 @@ import logging
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import GeneratorType, TracebackType
 from typing import (
@@ -271,10 +271,11 @@ class CircuitBreaker(Unshared):
             # Else every error would go through "is_failure raised" and count as a failure.
             raise TypeError(f"is_failure must be callable (or None), got {short_repr(is_failure)}")
         if backend is not None and (
-            isinstance(backend, type)
+            isinstance(backend, type | Mapping)  # a dict has a get() and an update() too
             or not all(callable(getattr(backend, name, None)) for name in ("get", "update"))
         ):
-            # Else every call failed with an AttributeError from the backend's place.
+            # Else every call failed with an AttributeError (or a dict's TypeError) from the
+            # backend's place.
             raise TypeError(
                 f"backend must be a CircuitStateBackend (with get() and update()), "
                 f"got {backend!r:.80}"
