@@ -148,6 +148,21 @@ def test_appending_to_a_truncated_originals_file_is_refused(tmp_path: Path) -> N
         index.search(data[9], 3)
 
 
+def test_removing_the_last_row_of_a_truncated_originals_file_is_refused(tmp_path: Path) -> None:
+    # That removal reads no row: the file was grown back to its length with zeros, which then
+    # scored as the rows cut off, with no error (and a save its own load refused).
+    copies = tmp_path / "copies.f32"
+    index = ar.VectorIndex(16, dtype="int8", originals_path=copies)
+    data = rows(4, 50, 16)
+    index.add(np.arange(50), data)
+    os.truncate(copies, 100)
+    with pytest.raises(ar.PersistenceError, match="changed from outside"):
+        index.remove([49])
+    assert copies.stat().st_size == 100  # not grown back with zeros
+    with pytest.raises(ar.PersistenceError):
+        index.search(data[7], 3)
+
+
 def test_load_refuses_the_index_file_as_its_originals_file(tmp_path: Path) -> None:
     index = ar.VectorIndex(8, dtype="int8", exact_rescore=True)
     index.add(np.arange(20), rows(2))

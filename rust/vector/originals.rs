@@ -161,22 +161,8 @@ impl Originals {
             Self::Memory(values) => rows.for_each(|row| values.extend_from_slice(row)),
             Self::File(f) => {
                 f.usable()?;
+                f.check_length("append to")?;
                 let start = f.offset(f.rows);
-                // One metadata call per batch: a file changed from outside (truncated, say)
-                // would otherwise get a zero-filled gap that scores as real rows.
-                let len = f.file.metadata().map(|m| m.len());
-                let len = f.check(len, "inspect")?;
-                if len != start {
-                    let why = format!(
-                        "it holds {len} bytes, the index expects {start}: it was changed \
-                         from outside the index"
-                    );
-                    f.broken = Some(why.clone());
-                    return Err(CoreError::Persistence(format!(
-                        "cannot append to the float32 copies in {}: {why}",
-                        f.path
-                    )));
-                }
                 let mut at = start;
                 // Fallible, and room for the row that ends a chunk: never an abort.
                 let mut chunk = Vec::new();
@@ -277,6 +263,9 @@ impl Originals {
             }
             Self::File(f) => {
                 f.usable()?;
+                // The last row's removal reads nothing: a file cut short would be grown back
+                // with zeros by the truncation below.
+                f.check_length("remove from")?;
                 let last = f.rows - 1;
                 if r != last {
                     let mut row = vec![0u8; dim * 4];
@@ -349,6 +338,27 @@ impl Originals {
 }
 
 impl FileRows {
+    /// Checks, with one metadata call, that the file holds the index's rows and no more: a
+    /// file changed from outside (cut short, say) would otherwise be grown back with zeros
+    /// that score as real rows. A mismatch breaks the copies.
+    fn check_length(&mut self, doing: &str) -> CoreResult<()> {
+        let expected = self.offset(self.rows);
+        let len = self.file.metadata().map(|m| m.len());
+        let len = self.check(len, "inspect")?;
+        if len == expected {
+            return Ok(());
+        }
+        let why = format!(
+            "it holds {len} bytes, the index expects {expected}: it was changed from outside \
+             the index"
+        );
+        self.broken = Some(why.clone());
+        Err(CoreError::Persistence(format!(
+            "cannot {doing} the float32 copies in {}: {why}",
+            self.path
+        )))
+    }
+
     fn offset(&self, row: usize) -> u64 {
         (row * self.dim * 4) as u64
     }
