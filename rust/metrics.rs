@@ -55,7 +55,10 @@ impl NamedCounters {
         if let Some(c) = map.get(name) {
             return Arc::clone(c); // added by another thread meanwhile
         }
-        let full = self.limit.is_some_and(|limit| map.len() >= limit);
+        // The shared name is no agent's place: an agent called "(other)" (an end user's
+        // choice of id) counts with the others, and takes none of the limit's places.
+        let places = map.len() - usize::from(map.contains_key(OTHER_NAMES));
+        let full = self.limit.is_some_and(|limit| places >= limit);
         let name = if full { OTHER_NAMES } else { name };
         Arc::clone(map.entry(Arc::from(name)).or_default())
     }
@@ -143,7 +146,7 @@ fn add_saturating(counter: &AtomicU64, by: u64) {
 impl Metrics {
     /// Metrics that count at most `limit` agents apart: the calls of agents first seen past
     /// it are counted under [`OTHER_NAMES`] (so the per-agent map stays bounded when agent
-    /// ids come from end users).
+    /// ids come from end users), as are an agent of that name's, which takes no place.
     pub fn with_agent_limit(limit: Option<usize>) -> Self {
         Self {
             agents: NamedCounters {

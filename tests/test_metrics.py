@@ -438,6 +438,14 @@ async def test_each_run_of_a_session_counts_as_a_session_started() -> None:
     assert "turn" in (type(snapshot).total_sessions.__doc__ or "")
 
 
+def test_an_agent_named_like_the_shared_name_takes_no_place() -> None:
+    # It took one of the places, and the agents past the limit were added to its count.
+    metrics = ar.RuntimeMetrics(max_agents=2)
+    for agent in ["alice", "(other)", "bob", "carol"]:
+        metrics.record_tool_call("search", agent)
+    assert metrics.snapshot().agent_calls == {"alice": 1, "bob": 1, "(other)": 2}
+
+
 def test_max_agents_bounds_the_agents_counted_apart() -> None:
     # One entry per distinct agent id, for the metrics' life: with ids from end users, the
     # memory and the Prometheus output grew without bound.

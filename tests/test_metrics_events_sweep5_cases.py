@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
@@ -84,3 +85,30 @@ def test_a_later_callback_error_of_one_event_is_logged_not_lost(
     assert seen == ["first", "second"]
     (record,) = [r for r in caplog.records if "event delivery failed" in r.getMessage()]
     assert record.exc_info is not None and isinstance(record.exc_info[1], KeyError)
+
+
+async def test_a_tool_call_and_its_failure_count_in_one_metrics_object() -> None:
+    # Metrics replaced while a tool ran (the way to start counting afresh): the call was
+    # counted a success in the old object, its failure in the new one, with no call there.
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @ar.tool
+    async def flaky(x: int) -> int:
+        """Fails once released."""
+        started.set()
+        await release.wait()
+        raise ValueError("nope")
+
+    old = ar.RuntimeMetrics()
+    runtime = ar.AgentRuntime(tools=[flaky], metrics=old)
+    script = ar.ScriptedProvider(['Action: flaky {"x": 1}', "Action: FINAL_ANSWER done"])
+    run = asyncio.ensure_future(runtime.run_agent_with_provider("a", "q", script))
+    await started.wait()
+    new = ar.RuntimeMetrics()
+    runtime.metrics = new
+    release.set()
+    assert (await run).final_answer == "done"
+    before, after = old.snapshot(), new.snapshot()
+    assert (before.tool_call_count("flaky"), before.tool_failure_count("flaky")) == (1, 1)
+    assert (after.tool_call_count("flaky"), after.tool_failure_count("flaky")) == (0, 0)

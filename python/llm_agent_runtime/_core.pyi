@@ -282,9 +282,9 @@ class RuntimeMetrics:
 
         Args:
             max_agents: Most agents counted apart (None, or an int beyond 64 bits: every
-                one). The calls of agents first seen past it are counted under `"(other)"`:
-                a bound on memory and on the Prometheus output when agent ids come from end
-                users.
+                one). The calls of agents first seen past it are counted under `"(other)"`
+                (as are those of an agent of that name, which takes no place): a bound on
+                memory and on the Prometheus output when agent ids come from end users.
 
         Raises:
             AgentRuntimeError: `max_agents` is below 1 (or a bool).

@@ -855,7 +855,9 @@ class AgentRuntime(Unshared):
     def metrics(self) -> RuntimeMetrics:
         """The counters runs record into.
 
-        It may be replaced between runs by another `RuntimeMetrics`.
+        It may be replaced by another `RuntimeMetrics` (to start counting afresh). A run
+        keeps its session, step and token counts in the one it started with; its later tool
+        calls (each with its failure), recalls and checkpoint errors count in the new one.
 
         Raises:
             AgentRuntimeError: On setting anything else.
@@ -2485,7 +2487,9 @@ class AgentRuntime(Unshared):
             if denial is not None:
                 return self._denied(session, name, arguments, denial, index, ended)
         counted = name if name in self._tool_names else self._unlisted_name(name)
-        self._metrics.record_tool_call(counted, session.agent_id)
+        # Read once: a call and its failure count in one object, even if it is replaced.
+        metrics = self._metrics
+        metrics.record_tool_call(counted, session.agent_id)
         events = self.events
         # Computed also when a listener joins while the tool runs.
         step_index = len(session.steps) + index
@@ -2513,7 +2517,7 @@ class AgentRuntime(Unshared):
                     name, arguments, self._config.max_observation_chars, key, task=task
                 )
         except BaseException as error:  # cancelled, timed out, or a policy error: it goes on
-            self._metrics.record_tool_failure(counted, session.agent_id)  # as the events say
+            metrics.record_tool_failure(counted, session.agent_id)  # as the events say
             if busy is not None and busy_started:
                 busy.stop()
             interrupted = _interrupted_observation(error, "the call ended with", self._config)
@@ -2536,7 +2540,7 @@ class AgentRuntime(Unshared):
         if busy is not None:
             busy.stop()
         if observation.error_kind is not None:
-            self._metrics.record_tool_failure(counted, session.agent_id)
+            metrics.record_tool_failure(counted, session.agent_id)
         run = (observation, tool_ms, name, arguments)
         if ended is not None:  # before the event: a listener failing on it fails the round
             ended[index] = run
