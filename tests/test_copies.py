@@ -185,6 +185,50 @@ def test_registry_and_pipeline_copies_add_apart() -> None:
     assert (pipeline.stage_names, twin.stage_names) == (["upper"], ["upper", "strip"])
 
 
+class _AuditedRegistry(ar.ToolRegistry):
+    """A user's registry: runs calls its own way, with an attribute of its own."""
+
+    def __init__(self) -> None:
+        super().__init__([ping])
+        self.owner = "team-a"
+
+
+class _LabelledPipeline(ar.Pipeline):
+    __slots__ = ()
+
+    def __init__(self, label: str) -> None:
+        super().__init__(str.upper)
+        self.label = label
+
+
+class _SlottedSpec(ar.ToolSpec):
+    __slots__ = ("audit",)
+
+
+class _AuditedSpec(_SlottedSpec):
+    """A slot of its base's (`audit`) and a `__dict__` (`note`)."""
+
+
+@pytest.mark.parametrize(("how", "twin"), COPIES)
+def test_copies_of_subclasses_are_of_the_subclass_with_its_attributes(
+    how: str, twin: Callable[[Any], Any]
+) -> None:
+    # A copy of a registry or a pipeline was of the base class (the subclass's methods and
+    # attributes lost); a spec's copy dropped the subclass's own attributes.
+    registry = twin(_AuditedRegistry())
+    assert type(registry) is _AuditedRegistry and registry.owner == "team-a"
+    pipeline = twin(_LabelledPipeline("prod"))
+    assert type(pipeline) is _LabelledPipeline and pipeline.label == "prod"
+    if how == "pickle":
+        return  # a spec pickles by its handler's name: a test's local one has none
+    spec = _AuditedSpec("echo", "Echoes.", lambda args: args)
+    spec.audit = ["made"]
+    spec.note = "kept"
+    clone = twin(spec)
+    assert type(clone) is _AuditedSpec and (clone.audit, clone.note) == (["made"], "kept")
+    assert (clone.audit is spec.audit) == (how == "copy")
+
+
 # -- retry jitter in forked workers --------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from typing import (
     Literal,
     NamedTuple,
     NotRequired,
+    Self,
     SupportsIndex,
     TypeVar,
     Union,
@@ -708,6 +709,7 @@ class ToolSpec:
                 if getattr(value, "__self__", None) is self:  # a check of this spec's own
                     value = getattr(clone, value.__name__)  # settings: the clone's, for it
                 object.__setattr__(clone, slot, value)
+        _copy_subclass_state(self, clone, ToolSpec)
         return clone
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ToolSpec:
@@ -722,6 +724,7 @@ class ToolSpec:
         for slot in _DATA_SLOTS:
             if hasattr(self, slot):
                 object.__setattr__(clone, slot, copy.deepcopy(getattr(self, slot), memo))
+        _copy_subclass_state(self, clone, ToolSpec, memo)  # a subclass's own: copied deeply
         return clone
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -2680,14 +2683,40 @@ def _must_propagate(group: BaseException, task: asyncio.Task[Any] | None, cancel
     return cancelled and not _cancelled_by_the_tool(task, cancels)
 
 
+def _copy_subclass_state(
+    source: object, clone: object, base: type, memo: dict[int, Any] | None = None
+) -> None:
+    """Copies to `clone` what a subclass of `base` adds: its slots, its `__dict__`.
+
+    Shallowly; deeply with `memo` (a `copy.deepcopy`'s).
+    """
+    for cls in type(source).__mro__:
+        if cls is base:
+            break
+        slots = cls.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__") and hasattr(source, slot):
+                value = getattr(source, slot)
+                if memo is not None:
+                    value = copy.deepcopy(value, memo)
+                object.__setattr__(clone, slot, value)
+    if hasattr(source, "__dict__"):
+        added = source.__dict__ if memo is None else copy.deepcopy(source.__dict__, memo)
+        clone.__dict__.update(added)
+
+
 class ToolRegistry:
     """Named tools, and the one place tool calls are run and their failures classified."""
 
     __slots__ = ("_tools",)
 
-    def __copy__(self) -> ToolRegistry:
-        """A registry of the same tools, whose registrations then go apart from this one's."""
-        clone = object.__new__(ToolRegistry)
+    def __copy__(self) -> Self:
+        """A registry of the same tools, whose registrations then go apart from this one's.
+
+        Of the same class, with the same other attributes (a subclass's).
+        """
+        clone = object.__new__(type(self))
+        _copy_subclass_state(self, clone, ToolRegistry)
         clone._tools = dict(self._tools)
         return clone
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from llm_agent_runtime.errors import PipelineStageError
 from llm_agent_runtime.orchestration._calls import uncallable_error
@@ -64,9 +64,13 @@ class Pipeline:
         self._stages.append((name or str(default), fn))
         return self
 
-    def __copy__(self) -> Pipeline:
-        """A pipeline of the same stages, to which `then` adds apart from this one."""
-        clone = Pipeline()
+    def __copy__(self) -> Self:
+        """A pipeline of the same stages, to which `then` adds apart from this one.
+
+        Of the same class, with the same other attributes (a subclass's).
+        """
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
         clone._stages = list(self._stages)
         return clone
 
