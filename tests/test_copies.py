@@ -12,6 +12,7 @@ import asyncio
 import copy
 import os
 import pickle
+import random
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -274,6 +275,24 @@ def test_a_limiter_copy_keeps_its_keys_and_a_deep_copy_leaves_the_clock_alone() 
     assert both["clock"] is not clock and both["limiter"]._clock is clock
     both["clock"].advance(100.0)
     assert clock.now() == 0.0
+
+
+@pytest.mark.parametrize("rng", [None, random.Random(7), random], ids=["none", "own", "module"])
+async def test_a_retry_policy_copy_sleeps_by_the_same_clock(rng: Any) -> None:
+    # A deep copy had a clock of its own: a test's FakeClock never saw the copy's backoff
+    # (a rate limiter's copies keep theirs). The `random` module is shared, not copied.
+    clock = ar.FakeClock()
+    policy = ar.RetryPolicy(max_attempts=2, base_delay=1.0, jitter=False, clock=clock, rng=rng)
+
+    def fails() -> None:
+        raise ConnectionError("down")
+
+    for n, clone in enumerate((copy.copy(policy), copy.deepcopy(policy)), 1):
+        with pytest.raises(ConnectionError):
+            await clone.run(fails)
+        assert clock.now() == float(n)  # the one retry's 1 s backoff, slept on `clock`
+        if rng is random:
+            assert clone._rng is random
 
 
 async def test_a_fake_clock_with_only_a_cancelled_sleep_left_copies() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, ParamSpec, TypeVar, overload
 
 from llm_agent_runtime._cancelling import CANCEL_COUNTS_EXACT
+from llm_agent_runtime._copies import CopiedWhole
 from llm_agent_runtime.errors import (
     AgentRuntimeError,
     BudgetExceededError,
@@ -72,7 +73,7 @@ def default_retry_on(error: BaseException) -> bool:
     return isinstance(error, (TimeoutError, ConnectionError))
 
 
-class RetryPolicy:
+class RetryPolicy(CopiedWhole):
     """Retries a failing call with exponential backoff and full jitter.
 
     The delay before attempt `n + 1` is drawn uniformly from `[0, min(max_delay,
