@@ -605,3 +605,20 @@ def test_from_dict_of_messages_that_cannot_be_copied_is_a_persistence_error(
     }
     with pytest.raises(ar.PersistenceError, match=said):
         ar.AgentSession.from_dict(data)
+
+
+def test_reprs_stay_short_whatever_a_session_holds() -> None:
+    # The dataclass reprs showed every step and message whole: a session with one 1 MB
+    # observation printed 2 MB at the REPL or in a debugger (an episode's content too).
+    big = "o" * 1_000_000
+    step = ar.Step("t", "read", {"path": "a.txt"}, big)
+    session = ar.AgentSession("s1", "a", prompt=big, steps=[step] * 50, final_answer="42")
+    session.messages = [{"role": "user", "content": big}]
+    shown, shown_step = repr(session), repr(step)
+    assert len(shown) < 400 and len(shown_step) < 400
+    assert "steps=50" in shown and "final_answer='42'" in shown and "messages=1" in shown
+    assert "action='read'" in shown_step and "'o" in shown_step
+    store = ar.EpisodicStore()
+    store.add_episode("a", "é" * 10_000, 0.5)
+    episode = repr(store.episodes("a")[0])
+    assert len(episode) < 200 and episode.endswith("...)") and "'éé" in episode

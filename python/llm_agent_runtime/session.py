@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_agent_runtime._core import dicts_with_keys_made_text
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.orchestration._checks import short_repr
 
 if TYPE_CHECKING:
     from llm_agent_runtime.persistence.base import PersistenceBackend
@@ -49,6 +50,16 @@ class Step:
     tool_ms: float = 0.0
     overhead_ms: float = 0.0
     requested: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        # Short: an observation may be megabytes (a session's repr shows no step at all).
+        return (
+            f"Step(thought={short_repr(self.thought)}, action={short_repr(self.action)}, "
+            f"action_input={short_repr(self.action_input)}, "
+            f"observation={short_repr(self.observation)}, error_kind={self.error_kind!r}, "
+            f"model_ms={self.model_ms:.1f}, tool_ms={self.tool_ms:.1f}, "
+            f"overhead_ms={self.overhead_ms:.3f})"
+        )
 
     @property
     def failed(self) -> bool:
@@ -128,6 +139,15 @@ class AgentSession:
     messages: list[dict[str, Any]] = field(default_factory=list)
     """Chat history of a multi-turn session (role/content dicts; a tool exchange's also carry
     `tool_calls`, `tool_call_id` and `name`, see `message_problem`)."""
+
+    def __repr__(self) -> str:
+        # Short: its steps and messages (each of which may be megabytes) are counted only.
+        return (
+            f"AgentSession(session_id={self.session_id!r}, agent_id={short_repr(self.agent_id)}, "
+            f"prompt={short_repr(self.prompt)}, steps={len(self.steps)}, "
+            f"final_answer={short_repr(self.final_answer)}, messages={len(self.messages)}, "
+            f"duration_ms={self.duration_ms:.1f})"
+        )
 
     # --- introspection (the seed's helpers) ---
     @property

@@ -477,15 +477,25 @@ impl PyEpisode {
         self.inner.embedding.clone().map(|v| v.into_pyarray(py))
     }
 
-    fn __repr__(&self) -> String {
-        format!(
-            "Episode(id={}, agent_id={:?}, importance={}, recall_count={}, content={:?})",
+    /// Short, as Python writes strings: the content (which may be long) cut to 60
+    /// characters, `...` marking the cut.
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let shown = |text: &str| -> PyResult<String> {
+            let cut: String = text.chars().take(60).collect();
+            let mut repr = PyString::new(py, &cut).repr()?.to_string();
+            if cut.len() < text.len() {
+                repr.push_str("...");
+            }
+            Ok(repr)
+        };
+        Ok(format!(
+            "Episode(id={}, agent_id={}, importance={}, recall_count={}, content={})",
             self.inner.id,
-            self.inner.agent_id,
+            shown(&self.inner.agent_id)?,
             self.inner.importance,
             self.inner.recall_count,
-            self.inner.content
-        )
+            shown(&self.inner.content)?
+        ))
     }
 
     /// Itself: a read-only copy already.
