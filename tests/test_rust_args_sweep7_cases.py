@@ -218,8 +218,9 @@ def test_a_refused_matrix_is_described(value: Any, shown: str) -> None:
 def test_add_relationships_names_what_it_takes(relationships: Any) -> None:
     # Python's own "'int' object is not iterable" named neither the argument nor what it takes.
     graph = _graph()
+    # A GraphError, as `from_edge_list` refuses a value that is no list of edges.
     with pytest.raises(
-        TypeError, match=r"^relationships must be an iterable of relationship tuples, got "
+        ar.GraphError, match=r"^relationships must be an iterable of relationship tuples, got "
     ):
         graph.add_relationships(relationships, create_missing=True)
     assert graph.relationship_count() == 2

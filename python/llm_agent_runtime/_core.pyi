@@ -797,7 +797,7 @@ class GraphStore:
         self,
         from_id: str,
         to_id: str,
-        kind: str = "related",
+        kind: str | None = "related",
         weight: float = 1.0,
         properties: dict[str, Any] | None = None,
     ) -> None: ...

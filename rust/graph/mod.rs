@@ -684,18 +684,20 @@ fn run_sources<T: Send>(
 }
 
 /// The error of `add_relationships` given `value`, which cannot be iterated (`e`): a
-/// `TypeError` naming the argument and what it takes, not Python's "'int' object is not
-/// iterable"; any other error as it is.
+/// `GraphError` naming the argument and what it takes (as `from_edge_list` refuses a value
+/// that is no list of edges), not Python's "'int' object is not iterable"; any other error
+/// as it is.
 #[cold]
 #[inline(never)]
 fn not_relationships(value: &Bound<'_, PyAny>, e: PyErr) -> PyErr {
     if !e.is_instance_of::<pyo3::exceptions::PyTypeError>(value.py()) {
         return e;
     }
-    pyo3::exceptions::PyTypeError::new_err(format!(
+    CoreError::Graph(format!(
         "relationships must be an iterable of relationship tuples, got {}",
         args::describe_value(value)
     ))
+    .into()
 }
 
 /// Refuses a `bool` as the int argument `what` (a `GraphError`), as the other modules do.
@@ -1095,6 +1097,7 @@ impl PyGraphStore {
 
     // ------------------------------------------------------------------ relationships
     /// Adds a directed relationship between two existing entities (parallel ones allowed).
+    /// A `kind` of None is the default, "related".
     ///
     /// Raises:
     ///     GraphError: On an unknown entity, a weight that is not finite (or beyond the float
@@ -1126,6 +1129,10 @@ impl PyGraphStore {
     /// `(from, to, kind, weight)`. With `create_missing`, unknown endpoints become entities.
     ///
     /// Nothing is added when any tuple is invalid.
+    ///
+    /// Raises:
+    ///     GraphError: `relationships` is not iterable, or a tuple is invalid (its shape, an
+    ///         unknown entity without `create_missing`, a weight that is not finite).
     #[pyo3(signature = (relationships, create_missing = false))]
     fn add_relationships(
         &self,
