@@ -88,6 +88,12 @@ def wait_until(ready: Callable[[], bool]) -> None:
         pause = min(pause * 2, 0.005)
 
 
+def given_up() -> bool:
+    """Whether the call `run_in_thread` runs this work for was cancelled (False outside one)."""
+    abandoned = _ABANDONED.get()
+    return abandoned is not None and abandoned.is_set()
+
+
 def acquire(lock: threading.Lock) -> None:
     """Takes `lock`, waiting as long as it takes, unless the call it works for is cancelled.
 

@@ -26,7 +26,7 @@ from llm_agent_runtime.persistence._checks import (
     check_value,
     decode_stored_keys,
 )
-from llm_agent_runtime.persistence._waiting import acquire, run_in_thread
+from llm_agent_runtime.persistence._waiting import Abandoned, acquire, given_up, run_in_thread
 from llm_agent_runtime.persistence.base import encode_key
 
 __all__ = ["SqliteBackend"]
@@ -43,14 +43,21 @@ _SELECT_VALUE = "SELECT CAST(value AS BLOB) FROM kv WHERE key = ?"
 """A value as bytes, whatever its type: another client sharing the table may have stored
 text or a number, which `bytes()` fails on (text, a real) or misreads (5 as five NULs)."""
 _CANCEL_GRACE = 1.0
-"""Seconds a cancelled call waits for its running thread before the cancellation goes on
-(the thread may be waiting up to `busy_timeout` for another writer's lock)."""
+"""Seconds a cancelled call waits for its running thread before the cancellation goes on."""
+_BUSY_SLICE = 0.1
+"""Seconds of one wait of SQLite's for another writer's lock: between two, a call checks
+whether it was cancelled (SQLite's wait cannot be cut short), up to `busy_timeout` in all."""
 _MAX_BUSY_TIMEOUT = 2_147_483.0
 """The longest wait SQLite takes, in seconds (24.8 days): it holds the wait as a C int of
 milliseconds, and a longer one wraps to a negative number, which turns waiting off."""
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 """SQLite's `synchronous` levels, by their number: SQLite takes an unknown name for NORMAL,
 silently, so a name is checked here."""
+
+
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite failed for a lock another connection holds (its extended codes too)."""
+    return error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _upsert(
@@ -128,10 +135,11 @@ class SqliteBackend(Unshared):
     can share one file (writers wait up to `busy_timeout` seconds for each other). Every call
     runs in a worker thread, off the event loop; a batch is one transaction. A thread cannot
     be stopped: a call cancelled before its thread started, or while it waits for another
-    call on this backend to end (calls on one backend run one at a time), never runs; one
-    cancelled later waits for its thread, at most a grace period (one second), before the
-    cancellation goes on. So a cancelled write has either happened or not by then, unless its
-    thread is still waiting for another process's write lock after the grace: it may then
+    call on this backend to end (calls on one backend run one at a time), or for another
+    process's write lock (within a tenth of a second), never runs; one cancelled later
+    waits for its thread, at most a grace period (one second), before the cancellation goes
+    on. So a cancelled write has either happened or not by then, unless a statement of its
+    is still running after the grace (a commit's fsync on a stalled disk): it may then
     still happen later.
 
     A fork()ed child (a multiprocessing "fork" worker) may use a backend it inherited: its
@@ -188,7 +196,10 @@ class SqliteBackend(Unshared):
     def _connect(self) -> tuple[sqlite3.Connection, str]:
         """A new connection to the database (its table made if missing), and its encoding."""
         conn = sqlite3.connect(
-            self.path, timeout=self._busy_timeout, check_same_thread=False, isolation_level=None
+            self.path,
+            timeout=min(self._busy_timeout, _BUSY_SLICE),
+            check_same_thread=False,
+            isolation_level=None,
         )
         try:
             self._switch_to_wal(conn)
@@ -215,8 +226,7 @@ class SqliteBackend(Unshared):
                 conn.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as exc:
-                busy = exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-                if not busy or time.monotonic() >= deadline:
+                if not _busy(exc) or time.monotonic() >= deadline:
                     raise
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
@@ -273,7 +283,7 @@ class SqliteBackend(Unshared):
             # may wait up to `busy_timeout` for another process's lock) then never runs.
             acquire(self._lock)
             try:
-                return work(self._connection())
+                return self._while_busy(work)
             finally:
                 self._lock.release()
 
@@ -292,6 +302,24 @@ class SqliteBackend(Unshared):
             raise PersistenceError("key is not valid Unicode text", key=key) from None
         except OverflowError as exc:  # sqlite3 binds at most INT_MAX bytes: 2 GiB less one
             raise self._too_big(exc, key, keys) from exc
+
+    def _while_busy(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` on the connection, tried again while another writer holds the lock.
+
+        SQLite waits a slice of `busy_timeout` each time; between two, a cancelled call gives
+        up (`Abandoned`), so its thread never outlives its grace by long: a process told to
+        stop (Ctrl-C) is not held up to `busy_timeout` at its exit. Every `work` is one
+        statement or one transaction, which a busy lock fails before it changes anything.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                return work(self._connection())
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+            if given_up():
+                raise Abandoned
 
     def _key(self, key: str) -> str:
         """`key` checked (`check_key`); in a UTF-16 database, refused if it holds U+FFFE or U+FFFF.
