@@ -233,6 +233,18 @@ fn is_array_of_no_number(value: &Bound<'_, PyAny>) -> bool {
             .is_ok_and(|array| !matches!(array.dtype().kind(), b'i' | b'u' | b'f' | b'c'))
 }
 
+/// Imports numpy (once), where its failure is a Python error: rust-numpy imports it at its
+/// first use otherwise and panics when that fails (a Ctrl-C landing in the import), so a
+/// `KeyboardInterrupt` became a `PanicException`. Called before any use of numpy's API.
+///
+/// # Errors
+/// What the import raises.
+pub fn load_numpy(py: Python<'_>) -> PyResult<()> {
+    static LOADED: PyOnceLock<()> = PyOnceLock::new();
+    LOADED.get_or_try_init(py, || py.import("numpy").map(drop))?;
+    Ok(())
+}
+
 /// `numpy.complexfloating`, the base of numpy's complex scalar types; None while numpy is
 /// not imported (then no value is a numpy scalar or array, and numpy is not imported for
 /// this check).

@@ -401,6 +401,7 @@ impl PyHashingEmbedder {
         let n = texts.len();
         let inner = self.inner;
         let rows = run_detached(py, || inner.embed(&texts))?;
+        args::load_numpy(py)?;
         rows.into_pyarray(py).reshape([n, inner.dim()])
     }
 

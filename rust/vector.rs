@@ -1255,6 +1255,7 @@ fn path_str(path: &std::path::Path) -> CoreResult<&str> {
 /// results are built) may view the array as another dtype or resize it, and rust-numpy
 /// aborts the process when the borrow it keeps of the array no longer matches the array.
 fn as_f32_matrix(value: &Bound<'_, PyAny>, what: &str) -> PyResult<([usize; 2], Vec<f32>)> {
+    args::load_numpy(value.py())?;
     // Before the dtype: the advice of its error (np.ascontiguousarray) would drop the mask.
     args::not_masked(value, what, CoreError::Memory)?;
     let array = value.extract::<PyReadonlyArray2<'_, f32>>().map_err(|_| {
@@ -1287,6 +1288,7 @@ fn as_f32_matrix(value: &Bound<'_, PyAny>, what: &str) -> PyResult<([usize; 2], 
 /// A copy of the values of `value`, a C-contiguous, aligned 1-D float32 array (a copy for
 /// the reason [`as_f32_matrix`] gives).
 fn as_f32_vector(value: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
+    args::load_numpy(value.py())?;
     args::not_masked(value, "query", CoreError::Memory)?;
     let array = value.extract::<PyReadonlyArray1<'_, f32>>().map_err(|_| {
         PyErr::from(CoreError::Memory(format!(
@@ -1351,6 +1353,7 @@ fn given(value: &Bound<'_, PyAny>) -> String {
 }
 
 fn as_ids(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+    args::load_numpy(value.py())?;
     args::not_masked(value, "ids", CoreError::Memory)?;
     if let Ok(a) = value.extract::<PyReadonlyArray1<'_, i64>>() {
         return a
@@ -1739,6 +1742,7 @@ impl PyVectorIndex {
         let query = as_f32_vector(query)?;
         let (ids, scores) = run_detached(py, || self.inner.read().search(&query, k))?;
         let ids: Vec<i64> = ids.into_iter().map(id_to_i64).collect();
+        args::load_numpy(py)?;
         Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
     }
 
@@ -1784,6 +1788,7 @@ impl PyVectorIndex {
             run_detached(py, || search(&AtomicBool::new(false)))?
         };
         let ids: Vec<i64> = ids.into_iter().map(id_to_i64).collect();
+        args::load_numpy(py)?;
         let ids = ids.into_pyarray(py).reshape([m, width])?;
         let scores = scores.into_pyarray(py).reshape([m, width])?;
         Ok((ids, scores))
@@ -1812,6 +1817,7 @@ impl PyVectorIndex {
         // Copied out under the lock, made into an array after it: the array's allocation
         // may run the cycle collector, and with it Python code that writes to this index.
         let row = self.read(py, |index| index.get(id))??;
+        args::load_numpy(py)?;
         Ok(row.map(|v| v.into_pyarray(py)))
     }
 

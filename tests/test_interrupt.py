@@ -166,3 +166,39 @@ def test_the_ctrl_c_tests_hold_when_the_suite_starts_with_ctrl_c_ignored() -> No
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "2 passed" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "first_use",
+    [
+        "ar.EpisodicStore(embedder=ar.HashingEmbedder()).add_episode('a', 'Mars', 0.5)",
+        "ar.HashingEmbedder(8).embed(['Mars'])",
+    ],
+    ids=["episode", "embed"],
+)
+def test_ctrl_c_in_numpys_first_import_is_a_keyboard_interrupt(first_use: str) -> None:
+    # The Rust core imports numpy at its first use of an array; rust-numpy panics when that
+    # import fails, so a Ctrl-C landing in it was a PanicException (no `except
+    # KeyboardInterrupt` caught it, and the demo exited with a Rust backtrace).
+    script = f"""
+import importlib.abc, sys
+import llm_agent_runtime as ar
+
+class Interrupt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "numpy.lib":
+            sys.meta_path.remove(self)
+            raise KeyboardInterrupt  # as a Ctrl-C landing in numpy's import
+
+assert "numpy" not in sys.modules
+sys.meta_path.insert(0, Interrupt())
+try:
+    {first_use}
+except KeyboardInterrupt:
+    print("interrupted")
+{first_use}  # and the next call works
+print("then ran")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    shown = (done.returncode, done.stdout.splitlines())
+    assert shown == (0, ["interrupted", "then ran"]), done.stderr

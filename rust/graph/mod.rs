@@ -226,6 +226,7 @@ fn build_numbered(n: u32, edges: &Bound<'_, PyAny>, kind: &str) -> PyResult<PyGr
 /// Python object per edge (a row by row read makes three). None for any other array (a
 /// float or byte-swapped one, say), which goes row by row and gets its errors there.
 fn edge_array(n: u32, edges: &Bound<'_, PyAny>) -> PyResult<Option<SnapshotBuilder>> {
+    args::load_numpy(edges.py())?;
     macro_rules! read_as {
         ($($dtype:ty),*) => {$(
             if let Ok(array) = edges.extract::<PyReadonlyArray2<'_, $dtype>>() {

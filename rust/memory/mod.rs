@@ -473,8 +473,12 @@ impl PyEpisode {
     }
     /// Its embedding (L2-normalized float32 array), or None.
     #[getter]
-    fn embedding<'py>(&self, py: Python<'py>) -> Option<Bound<'py, numpy::PyArray1<f32>>> {
-        self.inner.embedding.clone().map(|v| v.into_pyarray(py))
+    fn embedding<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<Bound<'py, numpy::PyArray1<f32>>>> {
+        args::load_numpy(py)?;
+        Ok(self.inner.embedding.clone().map(|v| v.into_pyarray(py)))
     }
 
     /// Short, as Python writes strings: the content (which may be long) cut to 60
@@ -732,6 +736,7 @@ struct Hooks {
 /// [`args::not_masked`]), bytes, and a sequence or array holding anything but real numbers
 /// (see [`not_real`]): bools, complex numbers, text.
 fn as_vector(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
+    args::load_numpy(value.py())?;
     let value = &buffer_as_array(value)?;
     args::not_masked(value, what, CoreError::Memory)?;
     if let Ok(array) = value.extract::<numpy::PyReadonlyArray1<'_, f32>>() {
@@ -811,6 +816,7 @@ fn buffer_as_array<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>
 /// `MemoryStoreError` for an item that is a numpy masked array masking a value (see
 /// [`args::not_masked`]); what iterating `value` raises.
 fn not_real(value: &Bound<'_, PyAny>, levels: u32, what: &str) -> PyResult<Option<String>> {
+    args::load_numpy(value.py())?;
     let items = if let Ok(array) = value.cast::<PyUntypedArray>() {
         match array.dtype().kind() {
             b'i' | b'u' | b'f' => return Ok(None),
@@ -1030,6 +1036,7 @@ impl PyEpisodicStore {
             )
             .into());
         }
+        args::load_numpy(py)?;
         let rows = &buffer_as_array(rows)?;
         args::not_masked(
             rows,
