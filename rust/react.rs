@@ -922,14 +922,20 @@ fn fence_ticks(bytes: &[u8], line_start: usize) -> usize {
 
 /// The start of the fence line that closes the wrapping fence opened at `open_at`, looked
 /// for after `from`: the text's last fence line, when it is bare (nothing after its
-/// backticks: one naming a language opens a fence) and at least as long as the opening one
-/// (a shorter one cannot close it, as in Markdown).
+/// backticks: one naming a language opens a fence), at least as long as the opening one
+/// (a shorter one cannot close it, as in Markdown), and not the close of a block of the
+/// step's own (the fence lines before it come in pairs).
 fn closing_fence(bytes: &[u8], open_at: usize, from: usize) -> Option<usize> {
     let mut last = None;
+    // Fence lines after `from`: the step's own (an input's, an answer's) come in pairs, so
+    // a last one after an odd number of them closes the step's own block, not the wrapper
+    // (which the model then left open).
+    let mut fences = 0usize;
     let mut at = from;
     loop {
         if fence_at(bytes, at) {
             last = Some(at);
+            fences += 1;
         }
         match line_break(bytes.get(at..).unwrap_or_default()) {
             Some(offset) => at += offset + 1,
@@ -945,7 +951,7 @@ fn closing_fence(bytes: &[u8], open_at: usize, from: usize) -> Option<usize> {
     let bare = line
         .get(ticks..line_end)
         .is_some_and(|rest| rest.iter().all(u8::is_ascii_whitespace));
-    (bare && ticks >= fence_ticks(bytes, open_at)).then_some(close)
+    (bare && ticks >= fence_ticks(bytes, open_at) && fences % 2 == 1).then_some(close)
 }
 
 /// The start of the fence line that the lines from `from` (a line's start) to `end` leave
@@ -966,13 +972,21 @@ fn open_fence_between(bytes: &[u8], from: usize, end: usize) -> Option<usize> {
 }
 
 /// The fence line that the lines of `thought` after its label's line (up to `end`, the next
-/// label's line) leave open. Only a thought holding backticks is read line by line.
+/// label's line) leave open, when only blank lines follow it: the fence the rest of the step
+/// is wrapped in. (One with text after it is the thought's own: code it shows, left open.)
+/// Only a thought holding backticks is read line by line.
 #[inline]
 fn fence_opened_in_thought(bytes: &[u8], thought: Section, end: usize) -> Option<usize> {
     let after_label = bytes.get(thought.start..end)?;
     memchr::memmem::find(after_label, b"```")?;
     let next_line = thought.start + line_break(after_label)? + 1;
-    open_fence_between(bytes, next_line, end)
+    let open_at = open_fence_between(bytes, next_line, end)?;
+    let after_fence = open_at + line_break(bytes.get(open_at..end)?)? + 1;
+    bytes
+        .get(after_fence..end)?
+        .iter()
+        .all(u8::is_ascii_whitespace)
+        .then_some(open_at)
 }
 
 /// Whether the line at `line_start` is a code fence line: blanks, then three backticks.

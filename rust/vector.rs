@@ -642,9 +642,9 @@ impl Index {
     /// # Errors
     /// [`CoreError::Memory`] naming the first unknown id, or the first id given twice (as
     /// `add` refuses one: nothing changes); [`CoreError::Persistence`] when float32 copies
-    /// kept in a file belong to another process (this one is its `fork()`: nothing
-    /// changes), or cannot be updated (the vectors are removed, and the copies marked
-    /// broken).
+    /// kept in a file belong to another process (this one is its `fork()`), or the file's
+    /// length was changed from outside (nothing changes; the copies are marked broken), or
+    /// they cannot be updated (the vectors are removed, and the copies marked broken).
     pub fn remove(&mut self, ids: &[u64]) -> CoreResult<()> {
         let mut seen = rustc_hash::FxHashSet::default();
         seen.try_reserve(ids.len())
@@ -659,9 +659,12 @@ impl Index {
                 )));
             }
         }
-        if let Some(originals) = &self.originals {
-            // Copies another process owns (through fork) refuse before any row moves.
+        if let Some(originals) = &mut self.originals {
+            // Copies another process owns (through fork), or a file cut short from outside,
+            // refuse before any row moves. (The last row's removal reads nothing: such a file
+            // would be grown back with zeros, scored as rows.)
             originals.check_process()?;
+            originals.check_unchanged()?;
         }
         let mut copies_failed = None;
         for id in ids {
@@ -1709,7 +1712,8 @@ impl PyVectorIndex {
     ///         a bool; nothing changes.
     ///     PersistenceError: float32 copies kept in a file cannot be updated (the vectors
     ///         are removed and the copies marked broken), or belong to the parent of this
-    ///         forked process (see the class docs; nothing changes).
+    ///         forked process (see the class docs; nothing changes), or the file's length
+    ///         was changed from outside (nothing changes; the copies are marked broken).
     fn remove(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
         let ids = as_ids(ids)?;
         // Detached as `add` is: with float32 copies in a file each id costs file I/O, and

@@ -476,6 +476,32 @@ READ: list[tuple[str, str, str, str | None, Any, str | None]] = [
         None,
     ),
     (
+        "a thought showing code in a fence it leaves open, then an action",
+        "Thought: I'll write the file:\n```python\nprint('hi')\nAction: write_file\n"
+        'Action Input: {"path": "a.py"}',
+        "I'll write the file:\n```python\nprint('hi')",
+        "write_file",
+        {"path": "a.py"},
+        None,
+    ),
+    (
+        "a thought quoting a query in a fence it leaves open, then a final answer",
+        "Thought: The failing query is\n```sql\nSELECT * FROM t\nFinal Answer: index t.id",
+        "The failing query is\n```sql\nSELECT * FROM t",
+        None,
+        None,
+        "index t.id",
+    ),
+    (
+        "a fence after the thought left open, the input closing a block of its own",
+        "Thought: I will write the README\n```\nAction: write_file\n"
+        "Action Input: README.md\n# Demo\n```bash\nmake\n```",
+        "I will write the README",
+        "write_file",
+        "README.md\n# Demo\n```bash\nmake\n```",
+        None,
+    ),
+    (
         "a thought holding a whole code block, then a final answer",
         "Thought: I ran\n```py\nx = 1\n```\nFinal Answer: 1",
         "I ran\n```py\nx = 1\n```",

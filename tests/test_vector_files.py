@@ -159,6 +159,7 @@ def test_removing_the_last_row_of_a_truncated_originals_file_is_refused(tmp_path
     with pytest.raises(ar.PersistenceError, match="changed from outside"):
         index.remove([49])
     assert copies.stat().st_size == 100  # not grown back with zeros
+    assert len(index) == 50 and 49 in index  # refused before any row moved
     with pytest.raises(ar.PersistenceError):
         index.search(data[7], 3)
 

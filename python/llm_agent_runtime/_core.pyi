@@ -630,7 +630,8 @@ class VectorIndex:
                 a bool; nothing changes.
             PersistenceError: float32 copies kept in a file cannot be updated (the vectors
                 are removed and the copies marked broken), or belong to the parent of this
-                forked process (see the class docs; nothing changes).
+                forked process (see the class docs; nothing changes), or the file's length
+                was changed from outside (nothing changes; the copies are marked broken).
         """
     def search(
         self, query: npt.NDArray[np.float32], k: int

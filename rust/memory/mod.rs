@@ -481,7 +481,7 @@ impl PyEpisode {
         Ok(self.inner.embedding.clone().map(|v| v.into_pyarray(py)))
     }
 
-    /// Short, as Python writes strings: the content (which may be long) cut to 60
+    /// Short, as Python writes strings and floats: the content (which may be long) cut to 60
     /// characters, `...` marking the cut.
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let shown = |text: &str| -> PyResult<String> {
@@ -496,7 +496,7 @@ impl PyEpisode {
             "Episode(id={}, agent_id={}, importance={}, recall_count={}, content={})",
             self.inner.id,
             shown(&self.inner.agent_id)?,
-            self.inner.importance,
+            PyFloat::new(py, self.inner.importance).repr()?,
             self.inner.recall_count,
             shown(&self.inner.content)?
         ))

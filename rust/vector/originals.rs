@@ -137,6 +137,20 @@ impl Originals {
         }
     }
 
+    /// Checks that a file of copies was not changed in length from outside the index, as a
+    /// removal does before any row moves (see `FileRows::check_length`). Copies broken
+    /// already are not looked at: their removal fails as it goes.
+    ///
+    /// # Errors
+    /// [`CoreError::Persistence`] when its length is not the rows' (the copies are then
+    /// broken), or it cannot be inspected.
+    pub fn check_unchanged(&mut self) -> CoreResult<()> {
+        match self {
+            Self::File(f) if f.broken.is_none() => f.check_length("remove from"),
+            _ => Ok(()),
+        }
+    }
+
     /// Room for `rows` more rows.
     ///
     /// # Errors
@@ -263,9 +277,6 @@ impl Originals {
             }
             Self::File(f) => {
                 f.usable()?;
-                // The last row's removal reads nothing: a file cut short would be grown back
-                // with zeros by the truncation below.
-                f.check_length("remove from")?;
                 let last = f.rows - 1;
                 if r != last {
                     let mut row = vec![0u8; dim * 4];
