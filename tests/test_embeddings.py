@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import pickle
 import socket
@@ -12,6 +13,7 @@ import time
 import types
 import unicodedata
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -213,6 +215,8 @@ class _Server:
     def __init__(self) -> None:
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.replies: list[tuple[int, dict[str, str], bytes]] = []
+        self.delays: list[float] = []
+        """Seconds to wait before the reply, one per request (none once empty)."""
 
 
 @pytest.fixture
@@ -224,6 +228,8 @@ def server() -> Iterator[tuple[_Server, str]]:
             length = int(self.headers["Content-Length"])
             body = json.loads(self.rfile.read(length))
             state.requests.append((dict(self.headers), body))
+            if state.delays:
+                time.sleep(state.delays.pop(0))
             if state.replies:
                 status, headers, payload = state.replies.pop(0)
             elif "" in body["input"]:  # as OpenAI's API: the whole request fails
@@ -895,6 +901,27 @@ def test_openai_embedder_keeps_its_client_and_connection(
     assert len(made) == 2
     del embedder  # its client closes with it
     assert made[1].is_closed
+
+
+def test_openai_embedder_closed_during_a_request_retries_it_on_a_new_client(
+    server: tuple[_Server, str],
+) -> None:
+    # The retry went on with the closed client: httpx's bare RuntimeError ("the client has
+    # been closed"), which embed does not raise.
+    state, url = server
+    embedder = ar.OpenAIEmbedder(base_url=url, retry=ar.RetryPolicy(base_delay=0.01))
+    state.delays.append(0.5)
+    closer = threading.Timer(0.2, embedder.close)
+    closer.start()
+    try:
+        assert embedder.embed(["ab"]).shape == (1, 3)
+    finally:
+        closer.join()
+    old = weakref.ref(embedder._own.client or httpx.Client())
+    embedder.close()
+    embedder.embed(["ab"])
+    gc.collect()
+    assert old() is None  # a closed client is let go (each held its TLS context, ~0.8 MB)
 
 
 def test_openai_embedder_cannot_be_pickled_or_copied() -> None:

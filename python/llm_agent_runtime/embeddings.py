@@ -320,11 +320,12 @@ class OpenAIEmbedder:
         self.retry = retry if retry is not None else RetryPolicy()
         """The retry policy of failed requests."""
         self._client = client
-        # The embedder's own client (no `client` given), and the process it was made in (a
-        # forked child makes its own: the parent's connections are not its to use).
-        self._own: httpx.Client | None = None
-        self._own_pid = 0
+        # The embedder's own client (no `client` given) and the process it was made in (a
+        # forked child makes its own: the parent's connections are not its to use), closed
+        # with the embedder (not left to the sockets' own collection, each a ResourceWarning).
+        self._own = _OwnClient()
         self._own_lock = threading.Lock()
+        weakref.finalize(self, self._own.close)
         self._width: tuple[str, int] | None = None
         """The model and the length of its own rows (no `dimensions`), from the last reply
         (for empty texts)."""
@@ -346,28 +347,24 @@ class OpenAIEmbedder:
         A later `embed` makes a new one.
         """
         with self._own_lock:
-            own, self._own = self._own, None
-        if own is not None and self._own_pid == os.getpid():
-            own.close()
+            self._own.close()
 
-    def _own_client(self) -> httpx.Client:
-        """This process's client of the embedder's own, made at its first request."""
-        import httpx
+    def _client_now(self) -> httpx.Client:
+        """The client of a request: the one given, or this process's own (made if none).
 
-        from llm_agent_runtime.providers._http import client_from_environment
-
-        pid = os.getpid()
-        with self._own_lock:
-            own = self._own
-            if own is None or own.is_closed or self._own_pid != pid:
-                own = client_from_environment(
-                    "OpenAIEmbedder", functools.partial(httpx.Client, timeout=self._timeout)
+        Raises:
+            ProviderError: The client given is closed (not retryable).
+        """
+        given = self._client
+        if given is not None:
+            if given.is_closed:
+                raise ProviderError(
+                    "the client given to OpenAIEmbedder is closed (by its owner, or by the "
+                    "`with` block it came from): pass an open one"
                 )
-                self._own, self._own_pid = own, pid
-                # Its connections closed with the embedder (not left to the sockets' own
-                # collection, each a ResourceWarning).
-                weakref.finalize(self, _close_in_process, own, pid)
-            return own
+            return given
+        with self._own_lock:
+            return self._own.get(self._timeout)
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Embeds `texts` (see `Embedder.embed`), in requests of `batch_size` texts at most.
@@ -407,20 +404,15 @@ class OpenAIEmbedder:
         sent = [i for i, text in enumerate(batch) if text]
         if not sent and width is not None:
             return np.zeros((len(batch), width), dtype=np.float32)
-        if self._client is not None and self._client.is_closed:
-            raise ProviderError(
-                "the client given to OpenAIEmbedder is closed (by its owner, or by the `with` "
-                "block it came from): pass an open one"
-            )
-        client = self._client or self._own_client()
+        given = {} if self._client is None else self._client.headers
         redactor = Redactor(
-            self._api_key, *credential_secrets(self._headers), *credential_secrets(client.headers)
+            self._api_key, *credential_secrets(self._headers), *credential_secrets(given)
         )
         # Nothing to send and no known width: one space is embedded to learn it.
         inputs = [batch[i] for i in sent] if sent else [" "]
         rows: list[list[float]] = []
         for texts_of_request in _requests(inputs, self._batch_size, self._max_request_tokens):
-            chunk = self._request_retried(client, redactor, texts_of_request)
+            chunk = self._request_retried(redactor, texts_of_request)
             if rows and len(chunk[0]) != len(rows[0]):
                 raise ProviderError(
                     "embeddings response rows differ in length across requests: "
@@ -445,16 +437,29 @@ class OpenAIEmbedder:
             out[sent] = found
         return out
 
-    def _request_retried(
-        self, client: httpx.Client, redactor: Redactor, texts: list[str]
-    ) -> list[list[float]]:
-        """`_request`, tried again per the retry policy; a final error says how often."""
+    def _request_retried(self, redactor: Redactor, texts: list[str]) -> list[list[float]]:
+        """`_request`, tried again per the retry policy; a final error says how often.
+
+        Each attempt takes the client anew: `close` may have closed the embedder's own
+        meanwhile (a request it cut is retried on a new one).
+        """
         policy = self.retry
         attempt = 1
         started = time.monotonic()
         while True:
             try:
-                return self._request(client, redactor, texts)
+                client = self._client_now()
+                try:
+                    return self._request(client, redactor, texts)
+                except RuntimeError:  # httpx's "the client has been closed": by `close`
+                    if not client.is_closed:
+                        raise
+                    given = client is self._client
+                    raise ProviderError(
+                        "the client was closed during the request"
+                        + (" by its owner" if given else " (the embedder's close())"),
+                        retryable=not given,
+                    ) from None
             except ProviderError as error:
                 if attempt >= policy.max_attempts or not policy.should_retry(error):
                     if attempt > 1 and error.args:
@@ -551,10 +556,37 @@ class OpenAIEmbedder:
         raise ProviderError(f"malformed embeddings response: {problem}")
 
 
-def _close_in_process(client: httpx.Client, pid: int) -> None:
-    """Closes `client` if this is the process that made it (a forked child leaves it be)."""
-    if os.getpid() == pid:
-        client.close()
+class _OwnClient:
+    """An embedder's own HTTP client and the process that made it (its lock is the owner's)."""
+
+    __slots__ = ("client", "pid")
+
+    def __init__(self) -> None:
+        self.client: httpx.Client | None = None
+        self.pid = 0
+
+    def get(self, timeout: float) -> httpx.Client:
+        """This process's client, made if there is none or it was closed.
+
+        Made with the proxy and TLS settings of the environment.
+        """
+        import httpx
+
+        from llm_agent_runtime.providers._http import client_from_environment
+
+        client, pid = self.client, os.getpid()
+        if client is None or client.is_closed or self.pid != pid:
+            client = client_from_environment(
+                "OpenAIEmbedder", functools.partial(httpx.Client, timeout=timeout)
+            )
+            self.client, self.pid = client, pid
+        return client
+
+    def close(self) -> None:
+        """Closes the client, if this process made it (a forked child leaves the parent's)."""
+        client, self.client = self.client, None
+        if client is not None and self.pid == os.getpid():
+            client.close()
 
 
 def _read_by(

@@ -470,10 +470,13 @@ async def test_a_damaged_session_leaves_the_others_swept(
     for session_id in ("a", "m", "z"):
         await worker.run_turn(worker.create_session("agent", session_id), "Q", script(ONE))
     await backend.save("session:m", b"not a record")
-    with pytest.raises(ar.PersistenceError, match=r"deleted 2 session.*left 1") as info:
+    # And a session with no final checkpoint, whose meta record is damaged.
+    await backend.save("session:n:meta", b"not a record either")
+    with pytest.raises(ar.PersistenceError, match=r"deleted 2 session.*left 2") as info:
         await CheckpointStore(backend).sweep(older_than=-1.0)
     assert info.value.key == "session:m"
-    assert "'m'" in caplog.text
+    assert "'m'" in caplog.text and "'n'" in caplog.text
     assert await backend.list_keys("session:a") == []
     assert await backend.list_keys("session:z") == []
     assert await backend.load("session:m") == b"not a record"
+    assert await backend.load("session:n:meta") == b"not a record either"

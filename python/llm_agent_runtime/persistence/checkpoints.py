@@ -114,7 +114,11 @@ logger = logging.getLogger("llm_agent_runtime")
 
 
 class _DamagedSession(Exception):
-    """A session `sweep` leaves as it is: its records are damaged (`error` says how)."""
+    """A session `sweep` leaves as it is: its records are damaged (`error` says how).
+
+    Raised only where a record read back does not decode: a failure of the backend ends
+    the sweep at once.
+    """
 
     def __init__(self, error: PersistenceError) -> None:
         super().__init__(error)
@@ -2700,7 +2704,10 @@ class CheckpointStore:
         raw = await self.backend.load(meta_key)
         if raw is None:
             return False
-        meta = decode(raw, meta_key, "meta")
+        try:
+            meta = decode(raw, meta_key, "meta")
+        except PersistenceError as error:
+            raise _DamagedSession(error) from error
         if not _is_incomplete_fork(meta):
             return False
         started = meta.get("started_at", 0.0)
@@ -2710,7 +2717,10 @@ class CheckpointStore:
         mine = _encode("claim", {"sweep": uuid.uuid4().hex, "at": time.time()})
         if not await self._save_if_absent(takeover, mine):
             held = await self.backend.load(takeover)
-            holder = decode(held, takeover) if held is not None else None
+            try:
+                holder = decode(held, takeover) if held is not None else None
+            except PersistenceError as error:
+                raise _DamagedSession(error) from error
             at: Any = holder.get("at") if isinstance(holder, dict) else None
             if held is None or (_is_number(at) and at >= cut_off):
                 return False  # a fork (or another sweep) takes the id over right now
