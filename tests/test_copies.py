@@ -13,6 +13,7 @@ import copy
 import os
 import pickle
 import random
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -203,7 +204,13 @@ class _LabelledPipeline(ar.Pipeline):
 
 
 class _SlottedSpec(ar.ToolSpec):
-    __slots__ = ("audit",)
+    __slots__ = ("__secret", "audit")
+
+    def set_secret(self, value: str) -> None:
+        self.__secret = value
+
+    def secret(self) -> str:
+        return self.__secret
 
 
 class _AuditedSpec(_SlottedSpec):
@@ -225,8 +232,10 @@ def test_copies_of_subclasses_are_of_the_subclass_with_its_attributes(
     spec = _AuditedSpec("echo", "Echoes.", lambda args: args)
     spec.audit = ["made"]
     spec.note = "kept"
+    spec.set_secret("s")
     clone = twin(spec)
     assert type(clone) is _AuditedSpec and (clone.audit, clone.note) == (["made"], "kept")
+    assert clone.secret() == "s"  # a private slot, stored under its mangled name
     assert (clone.audit is spec.audit) == (how == "copy")
 
 
@@ -291,8 +300,28 @@ async def test_a_retry_policy_copy_sleeps_by_the_same_clock(rng: Any) -> None:
         with pytest.raises(ConnectionError):
             await clone.run(fails)
         assert clock.now() == float(n)  # the one retry's 1 s backoff, slept on `clock`
-        if rng is random:
-            assert clone._rng is random
+        assert clone._rng is rng
+
+
+async def test_a_retry_policy_copy_shares_the_users_classifier() -> None:
+    # Copied deeply, a classifier holding a lock made every copy fail, and one that counts
+    # what it sees was split from the user's.
+    class Counting:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.seen = 0
+
+        def __call__(self, error: BaseException) -> bool:
+            with self.lock:
+                self.seen += 1
+            return False
+
+    counting = Counting()
+    policy = ar.RetryPolicy(retry_on=counting)
+    for clone in (copy.copy(policy), copy.deepcopy(policy)):
+        clone.max_attempts = 5  # settings of its own
+        assert clone.should_retry(ConnectionError()) is False
+    assert counting.seen == 2 and policy.max_attempts == 3
 
 
 async def test_a_fake_clock_with_only_a_cancelled_sleep_left_copies() -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import math
 import threading
 from typing import Any
 
@@ -618,6 +619,11 @@ def test_reprs_stay_short_whatever_a_session_holds() -> None:
     assert len(shown) < 400 and len(shown_step) < 400
     assert "steps=50" in shown and "final_answer='42'" in shown and "messages=1" in shown
     assert "action='read'" in shown_step and "'o" in shown_step
+    # Hand-built with values of other types (the dataclasses check none): shown, not raised.
+    odd: Any = ar.Step("t", "a", None, "o", None, 0, 0, None, "x", math.nan)
+    assert "model_ms=None, tool_ms='x', overhead_ms=nan" in repr(odd)
+    odd_session: Any = ar.AgentSession("s", "a", steps=None, duration_ms=None)
+    assert "steps=None" in repr(odd_session) and "duration_ms=None" in repr(odd_session)
     store = ar.EpisodicStore()
     store.add_episode("a", "é" * 10_000, 0.5)
     episode = repr(store.episodes("a")[0])

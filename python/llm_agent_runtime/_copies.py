@@ -9,7 +9,6 @@ copy's failures). Each such class says what a copy of it is with one of these mi
 from __future__ import annotations
 
 import copy
-from types import ModuleType
 from typing import Any, NoReturn, SupportsIndex, cast
 
 
@@ -44,8 +43,7 @@ class CopiedWhole:
 
     `copy.copy` copies the object's tables (its keys and values shared, as `dict.copy`
     shares them); `copy.deepcopy` copies what they hold too. The clock (`_clock`, when it
-    has one) is kept, not copied: both go on by the same time; so is a module (the
-    `random` module as a random source). What `__getstate__` leaves
+    has one) is kept, not copied: both go on by the same time. What `__getstate__` leaves
     out is not copied either. While the object is in use (`_in_use` says how: callers
     waiting, calls under way), copying and pickling raise a `TypeError` naming the class.
     """
@@ -60,7 +58,7 @@ class CopiedWhole:
         _check_idle(self)
         clone = object.__new__(type(self))
         for name, value in cast(dict[str, Any], self.__getstate__()).items():
-            if name != "_clock" and type(value) is not ModuleType:
+            if name != "_clock":
                 # A table gets its own (its keys and values shared); the rest (numbers, and
                 # the bookkeeping of callers, empty while idle) is copied whole.
                 value = copy.copy(value) if type(value) in _TABLES else copy.deepcopy(value)
@@ -72,7 +70,7 @@ class CopiedWhole:
         clone = object.__new__(type(self))
         memo[id(self)] = clone
         for name, value in cast(dict[str, Any], self.__getstate__()).items():
-            if name != "_clock" and type(value) is not ModuleType:
+            if name != "_clock":
                 value = copy.deepcopy(value, memo)
             object.__setattr__(clone, name, value)
         return clone

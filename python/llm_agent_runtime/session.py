@@ -12,12 +12,22 @@ from typing import TYPE_CHECKING, Any
 
 from llm_agent_runtime._core import dicts_with_keys_made_text
 from llm_agent_runtime.errors import PersistenceError
-from llm_agent_runtime.orchestration._checks import short_repr
+from llm_agent_runtime.orchestration._checks import safe_repr, short_repr
 
 if TYPE_CHECKING:
     from llm_agent_runtime.persistence.base import PersistenceBackend
 
 __all__ = ["AgentSession", "Step"]
+
+
+def _ms(value: object) -> str:
+    """A time in ms as a repr shows it: a float to a tenth, anything else as its repr."""
+    return f"{value:.1f}" if type(value) in (float, int) else short_repr(value)
+
+
+def _count(items: object) -> str:
+    """How many items a list holds, as a repr shows it (what it is, if it is no list)."""
+    return str(len(items)) if isinstance(items, list) else short_repr(items)
 
 
 @dataclass(slots=True)
@@ -51,14 +61,15 @@ class Step:
     overhead_ms: float = 0.0
     requested: dict[str, Any] | None = None
 
+    @safe_repr
     def __repr__(self) -> str:
         # Short: an observation may be megabytes (a session's repr shows no step at all).
         return (
             f"Step(thought={short_repr(self.thought)}, action={short_repr(self.action)}, "
             f"action_input={short_repr(self.action_input)}, "
-            f"observation={short_repr(self.observation)}, error_kind={self.error_kind!r}, "
-            f"model_ms={self.model_ms:.1f}, tool_ms={self.tool_ms:.1f}, "
-            f"overhead_ms={self.overhead_ms:.3f})"
+            f"observation={short_repr(self.observation)}, "
+            f"error_kind={short_repr(self.error_kind)}, model_ms={_ms(self.model_ms)}, "
+            f"tool_ms={_ms(self.tool_ms)}, overhead_ms={_ms(self.overhead_ms)})"
         )
 
     @property
@@ -140,13 +151,14 @@ class AgentSession:
     """Chat history of a multi-turn session (role/content dicts; a tool exchange's also carry
     `tool_calls`, `tool_call_id` and `name`, see `message_problem`)."""
 
+    @safe_repr
     def __repr__(self) -> str:
         # Short: its steps and messages (each of which may be megabytes) are counted only.
         return (
-            f"AgentSession(session_id={self.session_id!r}, agent_id={short_repr(self.agent_id)}, "
-            f"prompt={short_repr(self.prompt)}, steps={len(self.steps)}, "
-            f"final_answer={short_repr(self.final_answer)}, messages={len(self.messages)}, "
-            f"duration_ms={self.duration_ms:.1f})"
+            f"AgentSession(session_id={short_repr(self.session_id)}, "
+            f"agent_id={short_repr(self.agent_id)}, prompt={short_repr(self.prompt)}, "
+            f"steps={_count(self.steps)}, final_answer={short_repr(self.final_answer)}, "
+            f"messages={_count(self.messages)}, duration_ms={_ms(self.duration_ms)})"
         )
 
     # --- introspection (the seed's helpers) ---

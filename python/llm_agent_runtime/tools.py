@@ -2694,8 +2694,13 @@ def _copy_subclass_state(
         if cls is base:
             break
         slots = cls.__dict__.get("__slots__", ())
-        for slot in (slots,) if isinstance(slots, str) else slots:
-            if slot not in ("__dict__", "__weakref__") and hasattr(source, slot):
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            # A private name (`__secret`) is stored mangled, as the class's code reads it.
+            private = name.startswith("__") and not name.endswith("__")
+            slot = f"_{cls.__name__.lstrip('_')}{name}" if private else name
+            if hasattr(source, slot):
                 value = getattr(source, slot)
                 if memo is not None:
                     value = copy.deepcopy(value, memo)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
 import math
@@ -11,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, ParamSpec, TypeVar, overload
 
 from llm_agent_runtime._cancelling import CANCEL_COUNTS_EXACT
-from llm_agent_runtime._copies import CopiedWhole
 from llm_agent_runtime.errors import (
     AgentRuntimeError,
     BudgetExceededError,
@@ -73,7 +73,7 @@ def default_retry_on(error: BaseException) -> bool:
     return isinstance(error, (TimeoutError, ConnectionError))
 
 
-class RetryPolicy(CopiedWhole):
+class RetryPolicy:
     """Retries a failing call with exponential backoff and full jitter.
 
     The delay before attempt `n + 1` is drawn uniformly from `[0, min(max_delay,
@@ -142,6 +142,16 @@ class RetryPolicy(CopiedWhole):
         # None: `random`'s own, read at each draw (a generator of this policy's own would be
         # copied into every forked worker, and each would draw the same delays).
         self._rng = rng
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RetryPolicy:
+        """A copy with settings of its own, sharing the objects the user gave.
+
+        Its clock, `retry_on` and `rng`: a copy of the clock would not be the one a test
+        advances, and a classifier may hold a lock or count what it sees.
+        """
+        clone = copy.copy(self)
+        memo[id(self)] = clone
+        return clone
 
     @property
     def max_attempts(self) -> int:
