@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 from probes import native_reply, react_reply
 
 import llm_agent_runtime as ar
-from llm_agent_runtime.memory import CHARS_PER_TOKEN
+from llm_agent_runtime.memory import tokens_of_chars
 
 CUT = "error: the call ended with CancelledError"
 NOT_STARTED = "error: the call did not start: its round ended with CancelledError"
@@ -334,7 +334,7 @@ class World:
                 await world.point("model", index)
             reply = react_reply(rounds, index)
             # A text model reports no usage: the run charges its estimate.
-            world.replies.append((len(prompt) // CHARS_PER_TOKEN, len(reply) // CHARS_PER_TOKEN))
+            world.replies.append((tokens_of_chars(len(prompt)), tokens_of_chars(len(reply))))
             return reply
 
         return infer

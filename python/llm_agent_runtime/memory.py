@@ -28,6 +28,14 @@ CHARS_PER_TOKEN = 4
 """The runtime's token estimate: about four characters a token."""
 
 
+def tokens_of_chars(chars: int) -> int:
+    """Estimated tokens of `chars` characters, rounded up.
+
+    Any text is at least one token (a real API bills a one-character reply); none is none.
+    """
+    return -(-chars // CHARS_PER_TOKEN)
+
+
 def estimate_tokens(text: str) -> int:
     """Estimated tokens of `text`: about four characters a token, rounded up, and at least 1.
 
@@ -45,7 +53,7 @@ def estimate_tokens(text: str) -> int:
 
 def _tokens(text: str) -> int:
     """`estimate_tokens` of a text already known to be a str."""
-    return max(1, -(-len(text) // CHARS_PER_TOKEN))
+    return max(1, tokens_of_chars(len(text)))
 
 
 def fit_to_token_budget(texts: Iterable[str], max_tokens: int) -> list[str]:

@@ -57,7 +57,7 @@ from llm_agent_runtime.events import (
     ToolCallStarted,
     settle_callbacks,
 )
-from llm_agent_runtime.memory import CHARS_PER_TOKEN, fit_to_token_budget
+from llm_agent_runtime.memory import CHARS_PER_TOKEN, fit_to_token_budget, tokens_of_chars
 from llm_agent_runtime.orchestration._calls import current_task, is_async_callable
 from llm_agent_runtime.orchestration._checks import (
     check_count,
@@ -1745,8 +1745,8 @@ class AgentRuntime(Unshared):
                     input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
                     cost_usd = usage.cost_usd
                 else:  # a plain `infer`, or a provider that reports no usage: estimated
-                    input_tokens = len(text_prompt) // CHARS_PER_TOKEN
-                    output_tokens = len(reply) // CHARS_PER_TOKEN
+                    input_tokens = tokens_of_chars(len(text_prompt))
+                    output_tokens = tokens_of_chars(len(reply))
                     # The tokens are estimated; a price the provider gave is charged as is.
                     cost_usd = 0.0 if usage is None else usage.cost_usd
                 if not replayed:
@@ -2256,7 +2256,7 @@ class AgentRuntime(Unshared):
         `sent_chars` is the size of the messages sent (see `_SentChars`). A price the
         provider gave (`cost_usd`) stays: only the counts are estimated.
         """
-        sent = (sent_chars + self._tool_definitions_chars) // CHARS_PER_TOKEN
+        sent = tokens_of_chars(sent_chars + self._tool_definitions_chars)
         return Usage(sent, estimated_output_tokens(text, calls), cost_usd=cost_usd)
 
     async def _chat_stream(

@@ -179,7 +179,9 @@ async def test_scripted_provider_takes_any_iterable_of_messages() -> None:
     response = await provider.chat(m for m in [Message("user", "a"), Message("user", "b")])
     assert response.text == "x"
     assert seen == ["b"]
-    assert response.usage.input_tokens == 0  # two characters, at 4 a token
+    # Two characters in, one out, at 4 a token, rounded up: a real API bills a short reply
+    # (its output was 0 tokens, which a token budget never counted).
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (1, 1)
 
 
 async def test_scripted_provider_rule_reads_the_text_of_content_parts() -> None:

@@ -19,7 +19,7 @@ from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkabl
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_agent_runtime.errors import ProviderError
-from llm_agent_runtime.memory import CHARS_PER_TOKEN
+from llm_agent_runtime.memory import tokens_of_chars
 from llm_agent_runtime.orchestration._checks import as_index
 
 __all__ = [
@@ -377,10 +377,10 @@ def estimated_output_tokens(text: str, calls: Sequence[ToolCall] = ()) -> int:
     """Output tokens of a reply whose provider reported none, estimated from characters.
 
     The reply's text and each tool call's name and JSON arguments count (as characters, not
-    as JSON escapes), at `memory.CHARS_PER_TOKEN` characters a token.
+    as JSON escapes), at `memory.CHARS_PER_TOKEN` characters a token (rounded up).
     """
     written = len(text) + sum(len(c.name) + json_chars(c.arguments) for c in calls)
-    return written // CHARS_PER_TOKEN
+    return tokens_of_chars(written)
 
 
 def json_chars(value: Any) -> int:
@@ -408,9 +408,10 @@ def estimated_input_tokens(messages: Sequence[Message], tools_chars: int = 0) ->
     """Input tokens of a request whose provider reported none, estimated from characters.
 
     Every message's content counts (None as none, content parts by their text), and
-    `tools_chars` (`tool_definitions_chars`), at `memory.CHARS_PER_TOKEN` characters a token.
+    `tools_chars` (`tool_definitions_chars`), at `memory.CHARS_PER_TOKEN` characters a token
+    (rounded up).
     """
-    return (tools_chars + messages_chars(messages)) // CHARS_PER_TOKEN
+    return tokens_of_chars(tools_chars + messages_chars(messages))
 
 
 def messages_chars(messages: Iterable[Message]) -> int:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from llm_agent_runtime.errors import ProviderError
-from llm_agent_runtime.memory import CHARS_PER_TOKEN
+from llm_agent_runtime.memory import tokens_of_chars
 from llm_agent_runtime.orchestration._checks import safe_repr, short_repr
 from llm_agent_runtime.providers.base import (
     ChatResponse,
@@ -37,7 +37,8 @@ class ScriptedProvider:
 
     Each response reports its usage as a provider bills it: a response whose usage does not
     count its input (a text reply, `tool_call_reply`'s) or its output counts them estimated
-    from characters (`memory.CHARS_PER_TOKEN` a token); the input is the whole request, every
+    from characters (`memory.CHARS_PER_TOKEN` a token, rounded up: any text is at least one);
+    the input is the whole request, every
     message and tool definition. Budgets and token metrics then count scripted runs as they
     would count real ones.
 
@@ -290,7 +291,7 @@ def _sent_tokens(
 ) -> int:
     """Input tokens of a request: every message and tool definition, or the prompt alone."""
     if messages is None:
-        return len(prompt) // CHARS_PER_TOKEN
+        return tokens_of_chars(len(prompt))
     try:
         return estimated_input_tokens(messages, tool_definitions_chars(tools or ()))
     except (AttributeError, TypeError):
