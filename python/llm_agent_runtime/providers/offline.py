@@ -38,9 +38,8 @@ class ScriptedProvider:
     Each response reports its usage as a provider bills it: a response whose usage does not
     count its input (a text reply, `tool_call_reply`'s) or its output counts them estimated
     from characters (`memory.CHARS_PER_TOKEN` a token, rounded up: any text is at least one);
-    the input is the whole request, every
-    message and tool definition. Budgets and token metrics then count scripted runs as they
-    would count real ones.
+    the input is the whole request, every message and tool definition. Budgets and token
+    metrics then count scripted runs as they would count real ones.
 
     Args:
         replies: Replies to return one per call, in order.
