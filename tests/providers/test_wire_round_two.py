@@ -116,6 +116,27 @@ async def test_anthropic_tool_use_ids_a_conversation_repeats_are_sent_apart(
     ]
 
 
+async def test_anthropic_tool_use_ids_of_another_provider_are_sent_as_the_api_takes_them(
+    server: FakeLlmServer,
+) -> None:
+    # A run begun on an OpenAI-compatible server (vLLM's Kimi ids: `functions.lookup:0`),
+    # resumed on Anthropic: the API answers 400 for an id not matching ^[a-zA-Z0-9_-]+$.
+    server.fallback = Turn("ok")
+    calls = [ToolCall("functions.lookup:0", "lookup", {}), ToolCall("functions_lookup_0", "x", {})]
+    conversation = [
+        Message("user", "go"),
+        Message("assistant", "", calls),
+        Message("tool", "1", tool_call_id="functions.lookup:0", name="lookup"),
+        Message("tool", "2", tool_call_id="functions_lookup_0", name="x"),
+    ]
+    async with make_provider("anthropic", server) as llm:
+        await llm.chat(conversation)
+    sent = server.requests[0].json["messages"]
+    uses = [b["id"] for b in sent[1]["content"]]
+    assert uses == ["functions_lookup_0", "functions_lookup_0_2"]  # apart, as the API takes
+    assert [b["tool_use_id"] for b in sent[2]["content"]] == uses
+
+
 async def test_anthropic_reasoning_stays_first_when_assistant_messages_merge(
     server: FakeLlmServer,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -828,7 +829,9 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
     blocks come first, as the API requires of both. A conversation that would open with an
     assistant message opens with `CONVERSATION_START` from the user, and a tool call id an
     earlier message already sent is suffixed (`_2`), its results with it: the API refuses
-    any other first role, and a request that repeats a `tool_use` id.
+    any other first role, and a request that repeats a `tool_use` id. So is an id with a
+    character the API refuses in one (another provider's, in a history begun there) sent
+    with `_` in its place.
 
     Raises:
         ProviderError: The last user message is empty, so that leaving it out would send
@@ -855,7 +858,7 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
             call_id = message.tool_call_id or ""
             result: dict[str, Any] = {
                 "type": "tool_result",
-                "tool_use_id": sent_as.get(call_id, call_id),
+                "tool_use_id": sent_as.get(call_id) or _wire_id(call_id),
                 "content": said,
             }
             if message.is_error:
@@ -923,20 +926,35 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any
     return "\n\n".join(system), wire
 
 
+_NOT_IN_ID = re.compile(r"[^a-zA-Z0-9_-]")
+"""What a `tool_use` id may not hold: the API takes `^[a-zA-Z0-9_-]+$` only."""
+
+
+def _wire_id(call_id: str) -> str:
+    """`call_id` as the API takes one, each character it refuses as `_`.
+
+    Another provider's ids hold such (vLLM's Kimi writes `functions.lookup:0`), in a
+    history begun there.
+    """
+    return _NOT_IN_ID.sub("_", call_id) or "call"
+
+
 def _unique_ids(calls: Sequence[ToolCall], used: set[str]) -> dict[str, str]:
     """The id each of an assistant message's calls is sent under, by the call's own id.
 
-    Its own, unless an earlier message of the conversation sent it (then suffixed `_2`,
-    `_3`...), so that the request repeats no `tool_use` id. The ids sent join `used`.
+    Its own (as `_wire_id` writes it), unless an earlier message of the conversation sent
+    it (then suffixed `_2`, `_3`...), so that the request repeats no `tool_use` id. The ids
+    sent join `used`.
     """
     sent_as: dict[str, str] = {}
     for call in calls:
         if call.id in sent_as:  # twice in one message: the runtime never sends that
             continue
-        given, n = call.id, 1
+        base = _wire_id(call.id)
+        given, n = base, 1
         while given in used:
             n += 1
-            given = f"{call.id}_{n}"
+            given = f"{base}_{n}"
         used.add(given)
         sent_as[call.id] = given
     return sent_as
