@@ -3284,6 +3284,10 @@ class AgentRuntime(Unshared):
             if record_result or spec is None or not spec.idempotent or spec.takes_idempotency_key:
                 if spec is None:  # a resume then knows the call ran no tool (`_check_repeatable`)
                     intent["unlisted"] = True
+                elif not spec.takes_idempotency_key:
+                    # A resume then knows the call's tool got no key: repeated under one by a
+                    # tool upgraded to take it, it could not tell the repeat (the charge twice).
+                    intent["unkeyed"] = True
                 # Written only if the call has no entry: another worker resuming this run may
                 # have journaled it since this one read the journal. Its entry is honoured as
                 # one found at resume: a result is reused, a call that may run (or have run)
@@ -3521,14 +3525,16 @@ class AgentRuntime(Unshared):
         """Raises `ToolError` when a journaled call may have run and must not run twice.
 
         `name` is the tool that ran (or runs): the one the middlewares and the approval left.
-        A call journaled while no tool had its name (`unlisted`) ran none: with still none,
-        it is repeated (as the `not_found` it was).
+        A call journaled while no tool had its name (`unlisted`) ran none: it is repeated
+        (as the `not_found` it was, or by the tool registered since). One journaled while
+        its tool took no idempotency key (`unkeyed`) is repeated only by an idempotent tool:
+        a tool that takes the key now could not tell the repeat from a new call.
         """
         if entry.get("state") != "intent":
             return
-        spec = self._tools.get(name)
-        if spec is None and entry.get("unlisted") is True:
+        if entry.get("unlisted") is True:
             return
+        spec = self._tools.get(name)
         if spec is None:
             key = self._call_key(session_id, step, index, entry)
             raise ToolError(
@@ -3538,13 +3544,20 @@ class AgentRuntime(Unshared):
                 "with settle_call(), then resume (or fork the session before this step)",
                 tool=name,
             )
-        if not (spec.idempotent or spec.takes_idempotency_key):
+        keyed = spec.takes_idempotency_key and entry.get("unkeyed") is not True
+        if not (spec.idempotent or keyed):
             key = self._call_key(session_id, step, index, entry)
+            why = (
+                "the tool took no idempotency key when it ran (one it takes now cannot tell "
+                "the repeat)"
+                if spec.takes_idempotency_key
+                else "the tool is neither idempotent nor takes an idempotency key"
+            )
             raise ToolError(
                 f"tool call {name!r} (step {step}, call {index}, idempotency key {key!r}) "
-                "may have run before the interruption and the tool is neither idempotent "
-                "nor takes an idempotency key: check its effect, record the outcome with "
-                "settle_call(), then resume (or fork the session before this step)",
+                f"may have run before the interruption and {why}: check its effect, record "
+                "the outcome with settle_call(), then resume (or fork the session before "
+                "this step)",
                 tool=name,
             )
 

@@ -101,6 +101,52 @@ async def test_a_call_of_a_tool_removed_since_is_refused_naming_why(
     assert calls == [5]
 
 
+async def test_a_call_of_a_tool_registered_since_is_run_by_it(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The call ran no tool (none had its name): once the tool was registered, the resume
+    # refused it as one that "may have run", asking to check an effect that never happened.
+    crashing = ar.AgentRuntime(tools=[add], checkpoint_backend=CrashesOnSteps(backend))
+    session = crashing.create_session("a", "added-since")
+    with pytest.raises(Crash):
+        await crashing.run_agent(
+            "a", "q", script('Thought: t\nAction: charge {"amount": 5}'), session=session
+        )
+    calls: list[int] = []
+    runtime = ar.AgentRuntime(tools=[charging(calls)], checkpoint_backend=backend)
+    resumed = await runtime.resume("added-since", script(FINAL))
+    assert resumed.final_answer == "finished" and calls == [5]
+    first = resumed.steps[0]
+    assert (first.action, first.observation) == ("charge", "charged")
+
+
+async def test_a_call_of_a_tool_that_took_no_key_then_is_not_repeated_under_one(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Upgraded to take `idempotency_key` after the crash (the usual fix), the tool was
+    # called again under the journaled key, which the call that ran never got: it could not
+    # tell the repeat, and charged twice.
+    calls: list[int] = []
+    crashing = ar.AgentRuntime(tools=[charging(calls)], checkpoint_backend=CrashesOnSteps(backend))
+    session = crashing.create_session("a", "keyed-since")
+    with pytest.raises(Crash):
+        await crashing.run_agent(
+            "a", "q", script('Thought: t\nAction: charge {"amount": 5}'), session=session
+        )
+    assert calls == [5]
+
+    @ar.tool
+    def charge(amount: int, idempotency_key: str = "") -> str:
+        """Charges once a key."""
+        calls.append(amount)
+        return "charged"
+
+    runtime = ar.AgentRuntime(tools=[charge], checkpoint_backend=backend)
+    with pytest.raises(ar.ToolError, match="took no idempotency key when it ran"):
+        await runtime.resume("keyed-since", script(FINAL))
+    assert calls == [5]
+
+
 class CountingRecords(list[Any]):
     """A list of step records that counts the records its slices copy."""
 
