@@ -1671,6 +1671,8 @@ class AgentRuntime(Unshared):
         if resume is not None:
             done = sum(1 if r.reprompt is None else 2 for r in resume.run_records)
         iterations = config.max_iterations - done
+        if iterations <= 0 and journal:
+            raise _no_iteration_for_journal(config.max_iterations, done)
         # When handling a reply fails, the reply is checked: a model that returned no text is
         # an AgentLoopError. Checked then only: a `try` costs nothing until it raises.
         reply = ""
@@ -1967,6 +1969,8 @@ class AgentRuntime(Unshared):
         # A round's overhead runs from where the round before ended (its checkpoint write in).
         since = perf()
         rounds_left = config.max_iterations - rounds_done
+        if rounds_left <= 0 and journal:
+            raise _no_iteration_for_journal(config.max_iterations, rounds_done)
         sent_chars = _SentChars()
         reprompted = False
         reprompt_cost: tuple[int, int, float] | None = None
@@ -4938,6 +4942,19 @@ def _journaled_run(entry: dict[str, Any], name: str, arguments: Any) -> ToolRun:
             "'observation' string, a known 'error_kind' and, if any, a [tool, arguments] 'ran'"
         )
     return Observation(observation, error_kind), _journaled_ms(entry, "tool_ms"), ran[0], ran[1]
+
+
+def _no_iteration_for_journal(max_iterations: int, taken: int) -> AgentRuntimeError:
+    """The error of a resume whose `max_iterations` leaves none for the step it stopped in.
+
+    That step's reply (and the calls that ran of it) are journaled: ending the run there
+    would save a session that leaves them out, and seal it.
+    """
+    return AgentRuntimeError(
+        f"max_iterations ({max_iterations}) leaves no iteration for the step this run stopped "
+        f"in, after the {taken} it took: its model reply, and the tool calls that ran of it, "
+        f"are journaled; resume with max_iterations above {taken} to record them"
+    )
 
 
 def _incomplete_reply(stop_reason: str, what: str, text: str = "") -> AgentLoopError:

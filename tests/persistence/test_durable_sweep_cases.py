@@ -147,6 +147,77 @@ async def test_a_call_of_a_tool_that_took_no_key_then_is_not_repeated_under_one(
     assert calls == [5]
 
 
+class CrashesOnSecondStep(CrashesOnSteps):
+    """The backend, but writes holding a step record end the worker from the second on."""
+
+    steps = 0
+
+    def _crashes(self, items: Any) -> bool:
+        if any(":step:" in key for key in items):
+            self.steps += 1
+        return self.steps >= 2
+
+    async def batch_save(self, items: Any) -> None:
+        if self._crashes(items):
+            raise Crash
+        await self.inner.batch_save(items)
+
+    async def batch_save_if(self, guard_key: str, guard_value: bytes, items: Any) -> bool:
+        if self._crashes(items):
+            raise Crash
+        return bool(await self.inner.batch_save_if(guard_key, guard_value, items))
+
+
+async def test_a_resume_whose_max_iterations_leaves_no_room_for_its_journal_refuses(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Lowered below the rounds taken, it ended the run at once: the journaled round (two
+    # charges that ran, a model reply paid for) was left out of a session saved as final.
+    from llm_agent_runtime.providers.base import ChatResponse, ToolCall, Usage
+
+    charged: list[str] = []
+
+    @ar.tool
+    def charge(order: str, idempotency_key: str = "") -> str:
+        """Charges an order once a key."""
+        charged.append(order)
+        return f"charged {order}"
+
+    def round_of(*orders: str) -> ChatResponse:
+        calls = [
+            ToolCall(
+                f"c{o}",
+                "add" if o == "0" else "charge",
+                {"a": 1, "b": 1} if o == "0" else {"order": o},
+            )
+            for o in orders
+        ]
+        return ChatResponse(tool_calls=calls, usage=Usage(5, 5), stop_reason="tool_calls")
+
+    config = ar.AgentConfig(mode="tools", max_iterations=5)
+    crashing = ar.AgentRuntime(
+        config, tools=[add, charge], checkpoint_backend=CrashesOnSecondStep(backend)
+    )
+    session = crashing.create_session("a", "lowered")
+    first = ar.ScriptedProvider([round_of("0"), round_of("A", "B")])
+    with pytest.raises(Crash):
+        await crashing.run_agent_with_provider("a", "q", first, session=session)
+    assert sorted(charged) == ["A", "B"]
+    done = ChatResponse(text="both charged", usage=Usage(5, 5), stop_reason="stop")
+    low = ar.AgentRuntime(
+        config.model_copy(update={"max_iterations": 1}),
+        tools=[add, charge],
+        checkpoint_backend=backend,
+    )
+    with pytest.raises(ar.AgentRuntimeError, match="max_iterations above 1"):
+        await low.resume("lowered", ar.ScriptedProvider([done]))
+    runtime = ar.AgentRuntime(config, tools=[add, charge], checkpoint_backend=backend)
+    resumed = await runtime.resume("lowered", ar.ScriptedProvider([done]))
+    assert resumed.final_answer == "both charged"
+    assert [s.observation for s in resumed.steps][1:3] == ["charged A", "charged B"]
+    assert sorted(charged) == ["A", "B"]  # recorded, not run again
+
+
 class CountingRecords(list[Any]):
     """A list of step records that counts the records its slices copy."""
 
