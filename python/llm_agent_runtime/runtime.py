@@ -3746,7 +3746,8 @@ class AgentRuntime(Unshared):
                 the run was interrupted in the other mode (react or tools) than this resume
                 would run; when `model` lacks a method its mode calls; for a turn in tools
                 mode, when its history has a tool exchange a provider would refuse (see
-                `run_turn`).
+                `run_turn`); when `max_iterations` leaves no iteration for the journaled step
+                the run stopped in (its model reply, the calls that ran of it).
             PersistenceError: When `session_id` is not a string; when nothing is saved for
                 the session or a record is corrupt; when another worker resumes it (one at a
                 time: the claim of a resumer whose process ended on this host, or whose lease
@@ -3755,7 +3756,9 @@ class AgentRuntime(Unshared):
                 since it was loaded; under a lease, when this run's claim was taken over while
                 it ran (it stalled longer than the lease): the run stops at once, and runs no
                 further tool.
-            ToolError: When a call that may have run cannot safely be repeated.
+            ToolError: When a call that may have run cannot safely be repeated (its tool is
+                not registered, is neither idempotent nor takes an idempotency key, or took
+                no key when the call ran).
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("resume needs a checkpoint_backend")
