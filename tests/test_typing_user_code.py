@@ -133,6 +133,14 @@ class Trimming(ar.Middleware):
     def on_user_message(self, session: ar.AgentSession, text: str) -> str:
         return text.strip()
 
+    async def on_post_llm(self, session: ar.AgentSession, text: str) -> str | None:
+        return None
+
+    def on_tool_call(
+        self, session: ar.AgentSession, tool: str, arguments: Any
+    ) -> tuple[str, Any] | None:
+        return (tool, arguments) if tool != "old_name" else ("new_name", arguments)
+
 
 class SixMethods:
     """A backend with the protocol's six methods, none of the optional fenced ones."""
@@ -223,6 +231,14 @@ async def main() -> None:
         ar.FileBackend(Where(f"{folder}/files"))
 
 
+async def closes_the_provider_chosen() -> None:
+    chosen = ar.provider_from_env()
+    if chosen is not None:
+        async with chosen:
+            pass
+        await chosen.aclose()
+
+
 # The factories of the classes only the library makes (their direct calls are refused).
 assert_type(ar.RecallPolicy.hybrid(0.3, 0.2), ar.RecallPolicy)
 assert_type(ar.DecayPolicy.exponential(24.0), ar.DecayPolicy)
@@ -278,6 +294,17 @@ async def wrong() -> None:
     k: int = shared  # E: assignment
     await Deduplicator(0).run("k", parse, 1)  # E: call-overload
     key: Hashable = ar.parse_react_step("Action: FINAL_ANSWER 1")  # E: assignment
+
+
+# Hooks of the wrong shape failed the run only (typed Any): the edited arguments alone, a list.
+class WrongHooks(ar.Middleware):
+    def on_tool_call(  # E: override
+        self, session: ar.AgentSession, tool: str, arguments: Any
+    ) -> dict[str, Any]:
+        return {}
+
+    def on_post_llm(self, session: ar.AgentSession, text: str) -> list[str]:  # E: override
+        return [text]
 
 
 # Classes whose objects only the library makes: a call fails at run time ("cannot create

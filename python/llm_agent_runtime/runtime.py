@@ -246,6 +246,14 @@ ApprovalHandler = Callable[
 """`(session, tool name, arguments) -> ApprovalDecision`, sync or async."""
 
 
+TextRewrite = str | None | Awaitable[str | None]
+"""What a text hook of a `Middleware` returns: the new text, or None to keep it (or an
+awaitable of either: an async hook)."""
+CallRewrite = tuple[str, Any] | None | Awaitable[tuple[str, Any] | None]
+"""What `Middleware.on_tool_call` returns: `(tool name, arguments)`, or None to keep the
+call (or an awaitable of either)."""
+
+
 class Middleware:
     """Base of middlewares; override any hook. A hook returning None keeps the value.
 
@@ -262,15 +270,15 @@ class Middleware:
         ]
         return f"{type(self).__name__}(hooks={hooks})"
 
-    def on_user_message(self, session: AgentSession, text: str) -> Any:
+    def on_user_message(self, session: AgentSession, text: str) -> TextRewrite:
         """Sees (and may rewrite) the user's prompt before the run."""
         return None
 
-    def on_pre_llm(self, session: AgentSession, prompt: str) -> Any:
+    def on_pre_llm(self, session: AgentSession, prompt: str) -> TextRewrite:
         """Sees (and may rewrite) the prompt of a text-mode model call."""
         return None
 
-    def on_post_llm(self, session: AgentSession, text: str) -> Any:
+    def on_post_llm(self, session: AgentSession, text: str) -> TextRewrite:
         """Sees (and may rewrite) the model's reply text.
 
         The rewrite is what the run acts on and what `LlmResponse` carries; `LlmTextDelta`
@@ -279,7 +287,7 @@ class Middleware:
         """
         return None
 
-    def on_tool_call(self, session: AgentSession, tool: str, arguments: Any) -> Any:
+    def on_tool_call(self, session: AgentSession, tool: str, arguments: Any) -> CallRewrite:
         """Sees (and may rewrite) a tool call before it runs."""
         return None
 

@@ -478,7 +478,7 @@ async def run(db_path: str | os.PathLike[str] | None = None) -> int:
     print(f"llm-agent-runtime {ar.__version__}: an agent end to end on embedded defaults\n")
     checkpoints: ar.SqliteBackend | None = None
     lock: int | None = None
-    provider: ar.LlmProvider | None = None
+    provider: ar.OpenAIProvider | ar.AnthropicProvider | None = None
     reported: ar.AgentRuntimeError | None = None
     logger = logging.getLogger("llm_agent_runtime")
     # Unless the program running the demo has set up logging, its records wait for the end.
@@ -532,14 +532,15 @@ async def run(db_path: str | os.PathLike[str] | None = None) -> int:
             ],
             checkpoint_backend=checkpoints,
         )
-        model = provider
-        if model is None:
-            provider = model = ar.ScriptedProvider(SCRIPT)
+        model: ar.LlmProvider
+        if provider is None:
+            model = ar.ScriptedProvider(SCRIPT)
             print(
                 "model: offline ScriptedProvider (set OPENAI_API_KEY, OPENAI_BASE_URL or "
                 "ANTHROPIC_API_KEY for a real one; OPENAI_MODEL / ANTHROPIC_MODEL pick its model)"
             )
         else:
+            model = provider
             print(f"model: {model!r}")
         print(f"question: {QUESTION}\n")
 
@@ -580,9 +581,8 @@ async def run(db_path: str | os.PathLike[str] | None = None) -> int:
         reported = error
         return 1
     finally:
-        aclose = getattr(provider, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        if provider is not None:
+            await provider.aclose()
         if checkpoints is not None:
             checkpoints.close()
         if lock is not None:

@@ -76,7 +76,7 @@ def provider_from_env(
     openai: Mapping[str, Any] | None = None,
     anthropic: Mapping[str, Any] | None = None,
     **options: Any,
-) -> LlmProvider | None:
+) -> OpenAIProvider | AnthropicProvider | None:
     """Returns a real provider chosen from the environment, or None when none is configured.
 
     `OpenAIProvider` when `OPENAI_API_KEY` is set, or when `OPENAI_BASE_URL` points at an
@@ -97,7 +97,8 @@ def provider_from_env(
             with the chosen provider's own options, which win.
 
     Returns:
-        The provider, or None when neither provider is configured.
+        The provider (use it as an `async with` block, or `await provider.aclose()` when
+        done), or None when neither provider is configured.
 
     Raises:
         ProviderError: The chosen provider refuses its settings (a key no HTTP header can
