@@ -294,6 +294,9 @@ async def wrong() -> None:
     k: int = shared  # E: assignment
     await Deduplicator(0).run("k", parse, 1)  # E: call-overload
     key: Hashable = ar.parse_react_step("Action: FINAL_ANSWER 1")  # E: assignment
+    ar.VectorIndex(4, dtype="f32")  # E: arg-type
+    ar.SemanticStore(dtype="int4")  # E: arg-type
+    ar.GraphStore().degree_centrality("inbound")  # E: arg-type
 
 
 # Hooks of the wrong shape failed the run only (typed Any): the edited arguments alone, a list.

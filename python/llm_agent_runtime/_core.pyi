@@ -2,7 +2,7 @@
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, ClassVar, Never, TypeVar, final
+from typing import Any, ClassVar, Literal, Never, TypeVar, final
 
 import numpy as np
 import numpy.typing as npt
@@ -579,7 +579,7 @@ class VectorIndex:
     def __new__(
         cls,
         dim: int,
-        dtype: str = "float32",
+        dtype: Literal["float32", "float16", "int8"] = "float32",
         rescore: int = 8,
         exact_rescore: bool = False,
         originals_path: str | os.PathLike[str] | None = None,
@@ -831,7 +831,7 @@ class GraphStore:
     def neighborhood(self, id: str, hops: int = 1, directed: bool = False) -> GraphStore: ...
     def subgraph(self, ids: Sequence[str]) -> GraphStore: ...
     def degree_centrality(
-        self, mode: str = "total", normalized: bool = True
+        self, mode: Literal["in", "out", "total"] = "total", normalized: bool = True
     ) -> dict[str, float]: ...
     def betweenness_centrality(
         self,

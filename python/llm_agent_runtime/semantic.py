@@ -11,7 +11,7 @@ import numbers
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from llm_agent_runtime._core import HashingEmbedder, VectorIndex
 from llm_agent_runtime.embeddings import check_text
@@ -88,7 +88,7 @@ class SemanticStore:
         embedder: Embedder | None = None,
         *,
         dim: int | None = None,
-        dtype: str = "float32",
+        dtype: Literal["float32", "float16", "int8"] = "float32",
     ) -> None:
         if dim is not None:
             size = as_index(dim)
