@@ -323,6 +323,16 @@ async def test_a_retry_policy_copy_shares_the_users_classifier() -> None:
         assert clone.should_retry(ConnectionError()) is False
     assert counting.seen == 2 and policy.max_attempts == 3
 
+    class Logging(ar.RetryPolicy):
+        def __init__(self) -> None:
+            super().__init__()
+            self.failures: list[str] = []
+
+    logging_policy = Logging()
+    deep = copy.deepcopy(logging_policy)
+    deep.failures.append("x")
+    assert logging_policy.failures == []  # a subclass's own state: the deep copy's own
+
 
 async def test_a_fake_clock_with_only_a_cancelled_sleep_left_copies() -> None:
     # A cancelled sleep (and a closed loop's jump) kept the clock "in use" for good: it,

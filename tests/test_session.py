@@ -620,6 +620,7 @@ def test_reprs_stay_short_whatever_a_session_holds() -> None:
     assert "steps=50" in shown and "final_answer='42'" in shown and "messages=1" in shown
     assert "action='read'" in shown_step and "'o" in shown_step
     # Hand-built with values of other types (the dataclasses check none): shown, not raised.
+    assert "overhead_ms=0.047)" in repr(ar.Step("t", "a", overhead_ms=0.047))  # sub-ms shown
     odd: Any = ar.Step("t", "a", None, "o", None, 0, 0, None, "x", math.nan)
     assert "model_ms=None, tool_ms='x', overhead_ms=nan" in repr(odd)
     odd_session: Any = ar.AgentSession("s", "a", steps=None, duration_ms=None)

@@ -239,6 +239,10 @@ async def closes_the_provider_chosen() -> None:
         await chosen.aclose()
 
 
+def same_storage(index: ar.VectorIndex) -> ar.VectorIndex:
+    return ar.VectorIndex(index.dim, dtype=index.dtype)
+
+
 # The factories of the classes only the library makes (their direct calls are refused).
 assert_type(ar.RecallPolicy.hybrid(0.3, 0.2), ar.RecallPolicy)
 assert_type(ar.DecayPolicy.exponential(24.0), ar.DecayPolicy)

@@ -587,7 +587,7 @@ class VectorIndex:
     @property
     def dim(self) -> int: ...
     @property
-    def dtype(self) -> str:
+    def dtype(self) -> Literal["float32", "float16", "int8"]:
         """Storage form: "float32", "float16" or "int8"."""
     @property
     def rescore(self) -> int:

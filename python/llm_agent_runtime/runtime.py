@@ -3277,6 +3277,7 @@ class AgentRuntime(Unshared):
 
         run_id = self._durable_runs[session_id].run
         key = self._call_key(session_id, step, index, entry)
+        unlisted = False  # a journaled call that ran no tool (see below)
         intent = {
             **entry,
             "tool": name,
@@ -3346,7 +3347,14 @@ class AgentRuntime(Unshared):
                         self._check_repeatable(session_id, step, index, ran, found)
                         # Repeated under the key it was journaled with (see `_call_key`).
                         key = intent["key"] = self._call_key(session_id, step, index, found)
-            run = await self._call_tool(session, name, arguments, key, index, False, busy)
+                        unlisted = found.get("unlisted") is True
+            if unlisted:
+                # No tool had its name when the call was made: it is what it was then, never
+                # guarded, so never run by a tool registered since.
+                missing = self._tools.not_found(name, self._config.max_observation_chars)
+                run = self._denied(session, name, arguments, missing, index)
+            else:
+                run = await self._call_tool(session, name, arguments, key, index, False, busy)
         if record_result:  # a round's calls are journaled as they end (a denied one too)
             observation = run[0]
             done = {
@@ -3537,8 +3545,9 @@ class AgentRuntime(Unshared):
         """Raises `ToolError` when a journaled call may have run and must not run twice.
 
         `name` is the tool that ran (or runs): the one the middlewares and the approval left.
-        A call journaled while no tool had its name (`unlisted`) ran none: it is repeated
-        (as the `not_found` it was, or by the tool registered since). One journaled while
+        A call journaled while no tool had its name (`unlisted`) ran none: it is repeated as
+        the `not_found` it was, even by a runtime that has such a tool now (the call was
+        never guarded: see `_durable_call`). One journaled while
         its tool took no idempotency key (`unkeyed`) is repeated only by an idempotent tool:
         a tool that takes the key now could not tell the repeat from a new call.
         """

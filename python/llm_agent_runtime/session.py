@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 __all__ = ["AgentSession", "Step"]
 
 
-def _ms(value: object) -> str:
-    """A time in ms as a repr shows it: a float to a tenth, anything else as its repr."""
-    return f"{value:.1f}" if type(value) in (float, int) else short_repr(value)
+def _ms(value: object, digits: int = 1) -> str:
+    """A time in ms as a repr shows it: a number to `digits` decimals, else its repr."""
+    return f"{value:.{digits}f}" if type(value) in (float, int) else short_repr(value)
 
 
 def _count(items: object) -> str:
@@ -69,7 +69,7 @@ class Step:
             f"action_input={short_repr(self.action_input)}, "
             f"observation={short_repr(self.observation)}, "
             f"error_kind={short_repr(self.error_kind)}, model_ms={_ms(self.model_ms)}, "
-            f"tool_ms={_ms(self.tool_ms)}, overhead_ms={_ms(self.overhead_ms)})"
+            f"tool_ms={_ms(self.tool_ms)}, overhead_ms={_ms(self.overhead_ms, 3)})"
         )
 
     @property

@@ -101,11 +101,13 @@ async def test_a_call_of_a_tool_removed_since_is_refused_naming_why(
     assert calls == [5]
 
 
-async def test_a_call_of_a_tool_registered_since_is_run_by_it(
+async def test_a_call_of_a_tool_registered_since_is_replayed_as_the_not_found_it_was(
     backend: ar.PersistenceBackend,
 ) -> None:
     # The call ran no tool (none had its name): once the tool was registered, the resume
     # refused it as one that "may have run", asking to check an effect that never happened.
+    # Nor may the tool registered since run it: the call was never guarded (approved,
+    # checked against the capabilities), and a second crash would repeat its effect.
     crashing = ar.AgentRuntime(tools=[add], checkpoint_backend=CrashesOnSteps(backend))
     session = crashing.create_session("a", "added-since")
     with pytest.raises(Crash):
@@ -115,9 +117,9 @@ async def test_a_call_of_a_tool_registered_since_is_run_by_it(
     calls: list[int] = []
     runtime = ar.AgentRuntime(tools=[charging(calls)], checkpoint_backend=backend)
     resumed = await runtime.resume("added-since", script(FINAL))
-    assert resumed.final_answer == "finished" and calls == [5]
+    assert resumed.final_answer == "finished" and calls == []
     first = resumed.steps[0]
-    assert (first.action, first.observation) == ("charge", "charged")
+    assert (first.action, first.error_kind) == ("charge", "not_found")
 
 
 async def test_a_call_of_a_tool_that_took_no_key_then_is_not_repeated_under_one(

@@ -73,6 +73,10 @@ def default_retry_on(error: BaseException) -> bool:
     return isinstance(error, (TimeoutError, ConnectionError))
 
 
+_SHARED_IN_COPIES = frozenset({"_clock", "_retry_on", "_rng"})
+"""What a `RetryPolicy`'s deep copy shares with it: the objects the user gave."""
+
+
 class RetryPolicy:
     """Retries a failing call with exponential backoff and full jitter.
 
@@ -151,6 +155,9 @@ class RetryPolicy:
         """
         clone = copy.copy(self)
         memo[id(self)] = clone
+        for name, value in vars(self).items():  # a subclass's own attributes: its copy's own
+            if name not in _SHARED_IN_COPIES:
+                vars(clone)[name] = copy.deepcopy(value, memo)
         return clone
 
     @property
