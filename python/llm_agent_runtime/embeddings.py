@@ -278,12 +278,11 @@ class OpenAIEmbedder:
         # The providers' checks (importing them loads httpx, which a request needs anyway).
         import httpx
 
-        from llm_agent_runtime.orchestration.retry import RetryPolicy
+        from llm_agent_runtime.orchestration.retry import policy_or_default
         from llm_agent_runtime.providers._http import check_api_key, move_user_info, text_setting
         from llm_agent_runtime.providers.openai import openai_endpoint
 
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy (or None), got {retry!r:.80}")
+        policy = policy_or_default(retry)
 
         batch_size = _count(batch_size, "batch_size")
         if max_request_tokens is not None:
@@ -317,7 +316,7 @@ class OpenAIEmbedder:
         self._batch_size = batch_size
         self._max_request_tokens = max_request_tokens
         self._timeout = seconds
-        self.retry = retry if retry is not None else RetryPolicy()
+        self.retry = policy
         """The retry policy of failed requests."""
         self._client = client
         # The embedder's own client (no `client` given) and the process it was made in (a
@@ -443,6 +442,8 @@ class OpenAIEmbedder:
         Each attempt takes the client anew: `close` may have closed the embedder's own
         meanwhile (a request it cut is retried on a new one).
         """
+        from llm_agent_runtime.orchestration.retry import note_attempts
+
         policy = self.retry
         attempt = 1
         started = time.monotonic()
@@ -462,10 +463,7 @@ class OpenAIEmbedder:
                     ) from None
             except ProviderError as error:
                 if attempt >= policy.max_attempts or not policy.should_retry(error):
-                    if attempt > 1 and error.args:
-                        took = time.monotonic() - started
-                        note = f"(after {attempt} attempts over {took:.1f} s)"
-                        error.args = (f"{error.args[0]} {note}", *error.args[1:])
+                    note_attempts(error, attempt, started)
                     raise
                 time.sleep(policy.delay_for(attempt, error))
                 attempt += 1

@@ -8,6 +8,7 @@ import inspect
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, ParamSpec, TypeVar, overload
 
@@ -305,6 +306,31 @@ class RetryPolicy:
             f"RetryPolicy(max_attempts={self._max_attempts}, base_delay={self._base_delay}, "
             f"max_delay={self._max_delay}, jitter={self._jitter})"
         )
+
+
+def policy_or_default(retry: object) -> RetryPolicy:
+    """`retry`, a `RetryPolicy` setting of a client: itself, or `RetryPolicy()` for None.
+
+    Raises:
+        TypeError: It is neither (found out at the first retry otherwise).
+    """
+    if retry is None:
+        return RetryPolicy()
+    if not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be a RetryPolicy (or None), got {retry!r:.80}")
+    return retry
+
+
+def note_attempts(error: BaseException, attempts: int, started: float) -> None:
+    """Adds to `error`'s message how often a call was tried, and for how long.
+
+    Only when it was tried more than once; `started` is the first attempt's
+    `time.monotonic()`.
+    """
+    if attempts > 1 and error.args:
+        took = time.monotonic() - started
+        note = f"(after {attempts} attempts over {took:.1f} s)"
+        error.args = (f"{error.args[0]} {note}", *error.args[1:])
 
 
 def _cancelled_into(error: BaseException, task: asyncio.Task[Any], cancels: int) -> bool:

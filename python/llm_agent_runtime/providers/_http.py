@@ -48,7 +48,7 @@ from llm_agent_runtime._depth import MAX_ARGUMENT_DEPTH, TOO_DEEP, nested_deeper
 from llm_agent_runtime._loops import close_now, close_with_loop
 from llm_agent_runtime.errors import BudgetExceededError, ProviderError, is_retryable_status
 from llm_agent_runtime.orchestration._checks import check_real
-from llm_agent_runtime.orchestration.retry import RetryPolicy
+from llm_agent_runtime.orchestration.retry import RetryPolicy, note_attempts, policy_or_default
 from llm_agent_runtime.providers.base import (
     SAFETY_STOP_REASONS,
     TRUNCATION_STOP_REASONS,
@@ -1647,8 +1647,6 @@ class HttpTransport:
             raise ValueError("token prices must be finite and >= 0")
         # Else found out at the first call, as an AttributeError: after a request the
         # server billed, for `metrics`.
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy (or None), got {retry!r:.80}")
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
             raise TypeError(
                 f"http_client must be an httpx.AsyncClient (or None), got {http_client!r:.80}"
@@ -1667,7 +1665,7 @@ class HttpTransport:
         self.total_timeout = total_timeout
         # Sent with every request: a client passed in has timeouts of its own (5 s default).
         self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
-        self.retry = retry if retry is not None else RetryPolicy()
+        self.retry = policy_or_default(retry)
         self._given_client = http_client
         # Whether the client traces requests (httpx's own transport does): see `_send`.
         self._traces = http_client is None
@@ -2078,10 +2076,7 @@ class HttpTransport:
         try:
             result: T = await self.retry.run(counted)
         except ProviderError as exc:
-            if attempts > 1 and exc.args:
-                took = time.monotonic() - started
-                note = f"(after {attempts} attempts over {took:.1f} s)"
-                exc.args = (f"{exc.args[0]} {note}", *exc.args[1:])
+            note_attempts(exc, attempts, started)
             if billed:  # the last attempt's own included (the error raised may be another)
                 exc.usage = usage_sum(billed)
             raise
