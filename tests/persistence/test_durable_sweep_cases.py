@@ -52,6 +52,17 @@ class CrashesOnSteps:
         return bool(await self.inner.batch_save_if(guard_key, guard_value, items))
 
 
+async def _crashed_in_first_step(
+    backend: ar.PersistenceBackend, session_id: str, tools: list[ar.ToolSpec], reply: str
+) -> None:
+    """Session `session_id`: a ReAct run with `tools` whose worker ends after its first step's
+    journal entry, before that step's checkpoint (the model's reply: `reply`)."""
+    crashing = ar.AgentRuntime(tools=tools, checkpoint_backend=CrashesOnSteps(backend))
+    session = crashing.create_session("a", session_id)
+    with pytest.raises(Crash):
+        await crashing.run_agent("a", "q", script(reply), session=session)
+
+
 @ar.tool
 def add(a: int, b: int) -> int:
     """Adds."""
@@ -64,12 +75,9 @@ async def test_a_call_of_a_tool_that_does_not_exist_is_resumed_not_refused(
     # The model called a tool no runtime has: nothing could run. The worker ended after the
     # call's journal entry, before its step checkpoint: the resume refused the session with
     # a ToolError asking to check the effect of that tool, and settle the call by hand.
-    crashing = ar.AgentRuntime(tools=[add], checkpoint_backend=CrashesOnSteps(backend))
-    session = crashing.create_session("a", "unknown-tool")
-    with pytest.raises(Crash):
-        await crashing.run_agent(
-            "a", "q", script('Thought: t\nAction: nope {"x": 1}'), session=session
-        )
+    await _crashed_in_first_step(
+        backend, "unknown-tool", [add], 'Thought: t\nAction: nope {"x": 1}'
+    )
     runtime = ar.AgentRuntime(tools=[add], checkpoint_backend=backend)
     resumed = await runtime.resume("unknown-tool", script(FINAL))
     assert resumed.final_answer == "finished"
@@ -88,12 +96,9 @@ async def test_a_call_of_a_tool_removed_since_is_refused_naming_why(
     # "is neither idempotent nor takes an idempotency key", which is not why.
     calls: list[int] = []
     charge = charging(calls)
-    crashing = ar.AgentRuntime(tools=[charge], checkpoint_backend=CrashesOnSteps(backend))
-    session = crashing.create_session("a", "removed-tool")
-    with pytest.raises(Crash):
-        await crashing.run_agent(
-            "a", "q", script('Thought: t\nAction: charge {"amount": 5}'), session=session
-        )
+    await _crashed_in_first_step(
+        backend, "removed-tool", [charge], 'Thought: t\nAction: charge {"amount": 5}'
+    )
     assert calls == [5]
     runtime = ar.AgentRuntime(tools=[add], checkpoint_backend=backend)
     with pytest.raises(ar.ToolError, match="'charge' is not registered"):
@@ -108,12 +113,9 @@ async def test_a_call_of_a_tool_registered_since_is_replayed_as_the_not_found_it
     # refused it as one that "may have run", asking to check an effect that never happened.
     # Nor may the tool registered since run it: the call was never guarded (approved,
     # checked against the capabilities), and a second crash would repeat its effect.
-    crashing = ar.AgentRuntime(tools=[add], checkpoint_backend=CrashesOnSteps(backend))
-    session = crashing.create_session("a", "added-since")
-    with pytest.raises(Crash):
-        await crashing.run_agent(
-            "a", "q", script('Thought: t\nAction: charge {"amount": 5}'), session=session
-        )
+    await _crashed_in_first_step(
+        backend, "added-since", [add], 'Thought: t\nAction: charge {"amount": 5}'
+    )
     calls: list[int] = []
     runtime = ar.AgentRuntime(tools=[charging(calls)], checkpoint_backend=backend)
     resumed = await runtime.resume("added-since", script(FINAL))
@@ -129,12 +131,9 @@ async def test_a_call_of_a_tool_that_took_no_key_then_is_not_repeated_under_one(
     # called again under the journaled key, which the call that ran never got: it could not
     # tell the repeat, and charged twice.
     calls: list[int] = []
-    crashing = ar.AgentRuntime(tools=[charging(calls)], checkpoint_backend=CrashesOnSteps(backend))
-    session = crashing.create_session("a", "keyed-since")
-    with pytest.raises(Crash):
-        await crashing.run_agent(
-            "a", "q", script('Thought: t\nAction: charge {"amount": 5}'), session=session
-        )
+    await _crashed_in_first_step(
+        backend, "keyed-since", [charging(calls)], 'Thought: t\nAction: charge {"amount": 5}'
+    )
     assert calls == [5]
 
     @ar.tool
