@@ -495,8 +495,7 @@ class OpenAIEmbedder:
         body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
         if self.dimensions is not None:
             body["dimensions"] = self.dimensions
-        # Never NaN; the texts are known to be valid (`_texts`), so written as they are.
-        content = request_body(body, ensure_ascii=False)
+        content = request_body(body)  # never NaN; the texts are valid (`_texts`)
         deadline = time.monotonic() + self._timeout
         with (
             transport_errors("OpenAI embeddings", redactor),

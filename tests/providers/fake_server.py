@@ -503,6 +503,9 @@ class FakeLlmServer:
         self._loop.close()
 
     def _next(self, request: RecordedRequest) -> Reply:
+        refusal = _invalid_json_refusal(request)
+        if refusal is not None:
+            return refusal  # as the APIs do, before the request takes a scripted answer
         entry = self._script.popleft() if self._script else self.fallback
         if entry is None:
             return Reply(status=599, body=b'{"error": {"message": "no scripted reply"}}')
@@ -588,6 +591,24 @@ class FakeLlmServer:
         writer.write(_encoded(frames) + b"0\r\n\r\n")
         await writer.drain()
         return True
+
+
+def _invalid_json_refusal(request: RecordedRequest) -> Reply | None:
+    """The 400 the APIs answer a JSON body that is not UTF-8 text or holds the escape of a
+    lone surrogate (which Python's json reads, and their parsers refuse); else None."""
+    if request.method != "POST" or not request.body:
+        return None
+    try:
+        json.dumps(json.loads(request.body.decode()), ensure_ascii=False).encode()
+    except (UnicodeError, ValueError):
+        message = "The request body is not valid JSON: no low surrogate in string"
+        kind = "invalid_request_error"
+        if request.wire == "anthropic":
+            error = {"type": "error", "error": {"type": kind, "message": message}}
+        else:
+            error = {"error": {"message": message, "type": kind, "code": None}}
+        return Reply(status=400, body=json.dumps(error).encode())
+    return None
 
 
 _ENCODED_CACHE: dict[int, tuple[list[bytes], bytes]] = {}

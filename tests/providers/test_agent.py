@@ -57,6 +57,35 @@ async def test_react_text_mode(kind: str, server: FakeLlmServer) -> None:
     assert all(API_KEY.encode() not in saved for saved in backend.data.values())
 
 
+@ar.tool
+def list_files() -> str:
+    """Lists the files here."""
+    # What os.listdir makes of a Latin-1 name: each byte that is not UTF-8 a lone surrogate.
+    return "notes.txt\nr\udce9sum\udce9.txt"
+
+
+async def test_lone_surrogates_reach_the_api_as_replacement_characters(
+    kind: str, server: FakeLlmServer
+) -> None:
+    # Their `\\u` escapes went out as they were: the APIs refuse such a body as not valid
+    # JSON ("no low surrogate in string"), and the session, checkpointed with the text,
+    # failed alike at every resume.
+    server.script(
+        Turn("", tool_calls=[("c1", "list_files", {})]), Turn("There is a r\ufffdsum\ufffd.")
+    )
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=[list_files], checkpoint_backend=backend
+    )
+    async with make_provider(kind, server) as llm:
+        session = await runtime.run_agent_with_provider("a", "Files in d\udcfcr/?", llm)
+    assert session.final_answer == "There is a r\ufffdsum\ufffd."
+    assert session.steps[0].observation == "notes.txt\nr\udce9sum\udce9.txt"  # as the tool said
+    sent = server.requests[1].json
+    assert tool_results(kind, sent) == [("c1", "notes.txt\nr\ufffdsum\ufffd.txt")]
+    assert "Files in d\ufffdr/?" in server.requests[1].body.decode()
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_native_tool_calls(kind: str, streaming: bool, server: FakeLlmServer) -> None:
     server.script(

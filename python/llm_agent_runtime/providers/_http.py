@@ -943,7 +943,7 @@ def parse_json(model: type[ModelT], data: bytes, what: str) -> ModelT:
 
 
 def json_text(value: Any, what: str = "the request", *, ensure_ascii: bool = True) -> str:
-    """`value` as JSON text, which has no NaN or infinity: such a number is refused.
+    r"""`value` as JSON text, which has no NaN or infinity: such a number is refused.
 
     Python's `json` writes them as the bare words `NaN` and `Infinity`, which no JSON parser
     takes (a server would refuse the whole request, or read it wrong).
@@ -952,9 +952,8 @@ def json_text(value: Any, what: str = "the request", *, ensure_ascii: bool = Tru
         value: What to write: a request body, or a value sent as JSON text inside one (a
             tool call's arguments).
         what: Names `value` in the error, e.g. "the request".
-        ensure_ascii: Write non-ASCII characters as escapes, so that a lone surrogate in a
-            caller's text is sent as the escape JSON allows rather than failing the
-            encoding. False writes them as they are (shorter), for text known to be valid.
+        ensure_ascii: Write non-ASCII characters as `\u` escapes (as stored records are);
+            False writes them as they are.
 
     Raises:
         ValueError: `value` holds a NaN or infinite float (the message says where, e.g.
@@ -976,13 +975,23 @@ def json_text(value: Any, what: str = "the request", *, ensure_ascii: bool = Tru
     ) from None
 
 
-def request_body(body: Mapping[str, Any], *, ensure_ascii: bool = True) -> bytes:
-    """A JSON request body as sent: `json_text`, in UTF-8.
+def request_body(body: Mapping[str, Any]) -> bytes:
+    r"""A JSON request body as sent: `json_text`, in UTF-8, any lone surrogate as U+FFFD.
+
+    Characters go as they are, not as `\u` escapes. A lone surrogate (half of a UTF-16
+    pair: what `os.listdir` or `surrogateescape` make of a byte that is not UTF-8, in a
+    prompt or a tool's result) has no UTF-8 form, and the APIs refuse its escape as not
+    valid JSON ("no low surrogate in string"), so every later call of the session would
+    fail alike: it is sent as U+FFFD, the replacement character, as `clean_text` reads it.
 
     Raises:
         ValueError: A value in `body` is NaN or infinite (the message names the field).
     """
-    return json_text(body, ensure_ascii=ensure_ascii).encode()
+    text = json_text(body, ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return clean_text(text).encode()
 
 
 def check_stop(stop: object) -> list[str] | None:

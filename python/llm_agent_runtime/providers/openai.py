@@ -1048,7 +1048,7 @@ def _wire_message(message: Message) -> dict[str, Any]:
                     "name": call.name,
                     # Characters as they are, not `\\u` escapes: the model reads this string
                     # as written (6 characters a CJK one, else), and history trimming counts
-                    # characters. The body's own encoding escapes any lone surrogate.
+                    # characters. The body's encoding sends a lone surrogate as U+FFFD.
                     "arguments": json_text(
                         call.arguments,
                         f"the arguments object of tool call {call.id!r}",
