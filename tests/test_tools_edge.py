@@ -12,10 +12,12 @@ import datetime
 import enum
 import functools
 import json
+import logging
 import math
 import os
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Optional, Union
@@ -287,6 +289,55 @@ async def test_the_per_tool_timeout_says_how_long_it_was() -> None:
 
     obs = await ar.ToolRegistry([slow]).call("slow", {})
     assert obs == ("error: timed out after 0.05 s", "transient")
+
+
+class _LongUpLoop(asyncio.SelectorEventLoop):
+    """A loop whose clock reads as a host's up for 34 years: float32 steps 128 s there."""
+
+    def time(self) -> float:
+        return super().time() + 2**30
+
+
+def test_a_numpy_float32_timeout_is_kept_as_a_float() -> None:
+    # Kept as given, it made the deadline a float32 (`loop.time() + timeout`), rounded by
+    # seconds to days on a host up that long: a call failed at once, or ran on unchecked.
+    spec = ar.tool(timeout=np.float32(0.5))(_napping)
+    assert type(spec.timeout) is float and spec.timeout == 0.5
+    registry = ar.ToolRegistry([spec])
+    with asyncio.Runner(loop_factory=_LongUpLoop) as runner:
+        assert runner.run(registry.call("_napping", {"seconds": 0.05})) == ("napped", None)
+        start = time.monotonic()
+        timed_out = runner.run(registry.call("_napping", {"seconds": 3.0}))
+    assert timed_out == ("error: timed out after 0.5 s", "transient")
+    assert time.monotonic() - start < 2.0
+    assert type(ar.tool(timeout=np.int64(3))(_napping).timeout) is float
+    assert ar.tool(timeout=2)(_napping).timeout == 2  # an int stays one: "after 2 s"
+
+
+async def _napping(seconds: float) -> str:
+    """Sleeps, then says so."""
+    await asyncio.sleep(seconds)
+    return "napped"
+
+
+async def test_a_tools_exception_is_logged_with_its_traceback_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The model sees the message; nothing kept where it was raised.
+    @ar.tool
+    def lookup(order_id: int) -> str:
+        """Finds an order."""
+        return {"customer": {}}["customer"].email  # type: ignore[attr-defined,no-any-return]
+
+    registry = ar.ToolRegistry([lookup])
+    with caplog.at_level(logging.DEBUG, logger="llm_agent_runtime"):
+        obs = await registry.call("lookup", {"order_id": 1})
+    assert obs == ("error: 'dict' object has no attribute 'email'", "permanent")
+    [record] = [r for r in caplog.records if r.exc_info]
+    assert record.levelno == logging.DEBUG
+    assert record.getMessage() == "tool 'lookup' raised AttributeError"
+    assert record.exc_info is not None and record.exc_info[0] is AttributeError
+    assert "lookup" in {frame.name for frame in traceback.extract_tb(record.exc_info[2])}
 
 
 # --- 8. SystemExit, a tool's own CancelledError, KeyboardInterrupt ----------------------------

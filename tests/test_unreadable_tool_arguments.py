@@ -9,6 +9,7 @@ worker died after answering it. No middleware or approval handler sees it.
 from __future__ import annotations
 
 import asyncio
+import copy
 import pickle
 import subprocess
 import sys
@@ -213,3 +214,8 @@ def test_the_error_takes_the_reply_and_pickles_with_it() -> None:
     assert str(error) == PROBLEM
     copied = pickle.loads(pickle.dumps(error))
     assert (str(copied), copied.response) == (PROBLEM, error.response)
+    # With its state: the billed usage a stream sets on it and its notes were dropped.
+    error.usage = Usage(50, 7)
+    error.add_note("agent a1, step 3")
+    for again in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert (again.usage, again.__notes__) == (Usage(50, 7), ["agent a1, step 3"])

@@ -638,6 +638,9 @@ def _read_by(
     return b"".join(chunks), False
 
 
+_MAX_SECONDS = 1e9
+"""The longest `timeout` an `OpenAIEmbedder` keeps (31 years): its sockets take no longer."""
+
 _MAX_DIMENSIONS = 1 << 20
 """The most `dimensions` an `OpenAIEmbedder` may ask for: a row is then 4 MiB (embedding
 models give a few thousand); the stores would fail to allocate far larger rows."""
@@ -681,7 +684,8 @@ def _count(value: Any, name: str) -> int:
 def _seconds(value: Any, name: str) -> float:
     """`value`, a finite number of seconds above 0 of any real type but bool, as a float.
 
-    httpx takes no numpy float.
+    httpx takes no numpy float. Above `_MAX_SECONDS`, `_MAX_SECONDS`: a socket refuses a
+    longer timeout (with an OverflowError), and a longer wait is none in practice.
 
     Raises:
         MemoryStoreError: `value` is not such a number.
@@ -692,7 +696,7 @@ def _seconds(value: Any, name: str) -> float:
         except OverflowError:  # an int beyond the float range
             seconds = math.inf
         if math.isfinite(seconds) and seconds > 0:
-            return seconds
+            return min(seconds, _MAX_SECONDS)
     raise MemoryStoreError(f"{name} must be a finite number of seconds above 0, got {value!r:.80}")
 
 

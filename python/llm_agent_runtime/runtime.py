@@ -439,17 +439,17 @@ class AgentRuntime(Unshared):
             that was interrupted. In keys, `%` and `:` of an id are escaped as `%25` and
             `%3A` (see `persistence.base.escape_session_id`): ids may hold any text.
         resume_lease_seconds: A lease on the claim of each run `resume` continues (None,
-            the default: no lease). The claim then expires this many seconds (wall clock)
-            after it was written; the resumed run renews it every third of that while it
-            goes on, and a worker of any host takes over a claim whose lease passed, so a
-            worker that died mid-resume (a pod gone) blocks its session no longer than the
-            lease. Hosts' clocks must agree to well within it. A run whose claim was taken
-            over (it stalled longer than the lease) stops with a `PersistenceError` at its
-            next renewal, or at its next write, whichever comes first: once two thirds of
-            its lease are gone unrenewed, a write first checks the claim (and renews it), so
-            such a run writes nothing over its taker's records. A write already sent when it
-            stalled may still land; the tool-call journal keeps at-most-once tools safe. See
-            `CheckpointStore.claim_resumed`.
+            the default: no lease; at least 0.1 s). The claim then expires this many seconds
+            (wall clock) after it was written; the resumed run renews it every third of that
+            while it goes on, and a worker of any host takes over a claim whose lease
+            passed, so a worker that died mid-resume (a pod gone) blocks its session no
+            longer than the lease. Hosts' clocks must agree to well within it. A run whose
+            claim was taken over (it stalled longer than the lease) stops with a
+            `PersistenceError` at its next renewal, or at its next write, whichever comes
+            first: once two thirds of its lease are gone unrenewed, a write first checks the
+            claim (and renews it), so such a run writes nothing over its taker's records. A
+            write already sent when it stalled may still land; the tool-call journal keeps
+            at-most-once tools safe. See `CheckpointStore.claim_resumed`.
         middlewares: Hooks that may rewrite prompts, replies and tool calls.
         approval_handler: Approves, denies or edits tool calls.
         capabilities: Tools allowed and action limit, checked per call; a round of

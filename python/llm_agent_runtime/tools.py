@@ -16,6 +16,7 @@ import functools
 import importlib
 import inspect
 import json
+import logging
 import math
 import numbers
 import os
@@ -104,6 +105,8 @@ if TYPE_CHECKING:  # a breaker is the user's; the tool only calls it
 __all__ = ["ErrorKind", "Observation", "ToolRegistry", "ToolSpec", "tool"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("llm_agent_runtime")
 
 IDEMPOTENCY_KEY = "idempotency_key"
 """Name of the parameter through which a tool receives its call's idempotency key."""
@@ -310,10 +313,26 @@ def _check_name(name: Any) -> None:
         )
 
 
-def _check_timeout(name: str, timeout: Any) -> None:
-    """Raises `ToolError` unless `timeout` is None or a finite number of seconds above 0."""
+def _logged_failure(tool: str, error: BaseException) -> None:
+    """Logs a tool's exception with its traceback, at DEBUG.
+
+    The model sees its message only; the developer needs where it was raised.
+    """
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("tool %r raised %s", tool, type(error).__name__, exc_info=error)
+
+
+def _checked_timeout(name: str, timeout: Any) -> float | None:
+    """`timeout`, None or a finite number of seconds above 0, as an int or a float.
+
+    Another real type (a numpy float32) is made a float: added to a clock it would stay
+    itself, and float32 rounds a deadline by seconds once the clock is days past its start.
+
+    Raises:
+        ToolError: `timeout` is neither.
+    """
     if timeout is None:
-        return
+        return None
     # A NaN compares false with everything: the call's deadline would never come.
     try:
         usable = (
@@ -329,6 +348,7 @@ def _check_timeout(name: str, timeout: Any) -> None:
             f"timeout of tool {name!r} must be a finite number of seconds above 0, got {timeout!r}",
             tool=name,
         )
+    return timeout if type(timeout) in (int, float) else float(timeout)
 
 
 def _checked_flag(name: str, setting: str, value: Any) -> bool:
@@ -632,7 +652,7 @@ class ToolSpec:
         _check_handler(name, handler)
         # Read as a bool by the check below (the flags are checked again as they are set).
         run_inline = _checked_flag(name, "run_inline", run_inline)
-        _check_timeout(name, timeout)
+        _checked_timeout(name, timeout)
         _check_breaker(name, circuit_breaker)
         if parameters is not None:
             _check_schema(name, parameters)
@@ -731,7 +751,7 @@ class ToolSpec:
         # Checked also when set after `@tool`; a copy or an unpickled spec sets its slots in
         # their order, before `name`.
         if name == "timeout":
-            _check_timeout(getattr(self, "name", "?"), value)
+            value = _checked_timeout(getattr(self, "name", "?"), value)
             # Else the timeout would be silently ignored (an unset slot reads as None).
             _check_inline(getattr(self, "name", "?"), getattr(self, "run_inline", None), value)
         elif name == "run_inline":
@@ -2888,6 +2908,7 @@ class ToolRegistry:
             kind = classify_error(error)
             # A KeyError's message is the bare key (`'u2'`): its type says what went wrong.
             detail = _describe(error, with_type=isinstance(error, KeyError))
+            _logged_failure(spec.name, error)
             return Observation(_truncate(f"error: {detail}", max_chars), kind)
         except asyncio.CancelledError:
             if not _cancelled_by_the_tool(task, cancels):
@@ -2898,6 +2919,7 @@ class ToolRegistry:
             )
             return Observation(_truncate(message, max_chars), "transient")
         except SystemExit as error:
+            _logged_failure(spec.name, error)
             detail = _describe(error, with_type=True)
             message = f"error: the tool tried to exit the program ({detail})"
             return Observation(_truncate(message, max_chars), "permanent")
@@ -2909,6 +2931,7 @@ class ToolRegistry:
             policy = policy_error_in(error)  # a group's, beside another BaseException
             if policy is not None:
                 raise policy from error
+            _logged_failure(spec.name, error)
             message = f"error: {_describe(error, with_type=True)}"
             return Observation(_truncate(message, max_chars), "permanent")
         if task is not None and task.cancelling() > cancels:

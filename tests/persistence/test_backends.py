@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -718,9 +719,11 @@ def test_a_reserved_word_is_a_postgres_table_name_and_a_bad_name_fails_at_once()
     for bad in ["kv; DROP TABLE users", 'a"b', "x" * 64, "", "1abc", "naïve", "a b"]:
         with pytest.raises(ar.PersistenceError, match="plain SQL identifier"):
             ar.PostgresBackend("postgresql://x", table=bad)
-    for timeout in [0, -1, float("nan"), float("inf"), "10"]:
-        with pytest.raises(ar.PersistenceError, match="timeout"):
+    # 10**400 passed `0 < timeout < inf`, and the first call failed at `float(timeout)`.
+    for timeout in [0, -1, float("nan"), float("inf"), "10", True, 10**400]:
+        with pytest.raises(ar.PersistenceError, match="timeout must be a positive finite"):
             ar.PostgresBackend("postgresql://x", timeout=timeout)  # type: ignore[arg-type]
+    assert type(ar.PostgresBackend("postgresql://x", timeout=2**70).timeout) is float
 
 
 def test_a_record_nested_too_deeply_to_decode_is_a_persistence_error() -> None:
@@ -1940,6 +1943,16 @@ def test_sqlite_refuses_a_busy_timeout_that_is_no_time(tmp_path: Path, given: An
     # A str was a bare TypeError from sqlite3.connect.
     with pytest.raises(ar.PersistenceError, match="busy_timeout must be a finite number"):
         ar.SqliteBackend(tmp_path / "store.db", busy_timeout=given)
+
+
+def test_sqlite_keeps_its_busy_timeout_as_a_float(tmp_path: Path) -> None:
+    # A numpy float32 was kept as it was: a deadline of it and the monotonic clock rounds
+    # by seconds once the host has been up for some days.
+    store = ar.SqliteBackend(tmp_path / "store.db", busy_timeout=np.float32(5))
+    try:
+        assert type(store._busy_timeout) is float and store._busy_timeout == 5.0
+    finally:
+        store.close()
 
 
 def test_a_path_with_a_nul_is_a_persistence_error(tmp_path: Path) -> None:

@@ -532,7 +532,8 @@ async def test_a_renewal_ends_when_stopped_even_if_the_backend_loses_its_cancell
 
 
 @pytest.mark.parametrize(
-    "lease", [0, -1.0, math.nan, math.inf, True, "1", pytest.param(10**400, id="huge-int")]
+    "lease",
+    [0, -1.0, 0.01, 1e-9, math.nan, math.inf, True, "1", pytest.param(10**400, id="huge-int")],
 )
 def test_the_lease_is_validated(lease: Any) -> None:
     with pytest.raises(ar.AgentRuntimeError, match="resume_lease_seconds must be a positive"):

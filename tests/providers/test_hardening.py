@@ -220,6 +220,22 @@ async def test_a_transport_error_without_the_key_keeps_its_cause(kind: str) -> N
     assert isinstance(caught.value.__cause__, httpx.ConnectError)
 
 
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_the_request_of_a_chained_transport_error_keeps_no_key(kind: str) -> None:
+    # The message was redacted, but `__cause__.request.headers` sent the key along to
+    # whatever records an exception's attributes.
+    async with httpx.AsyncClient(transport=httpx.MockTransport(_refuse)) as client:
+        llm = make_provider(kind, _Nowhere(), http_client=client, retry=ONCE)
+        with pytest.raises(ProviderError) as caught:
+            await llm.chat(USER)
+    cause = caught.value.__cause__
+    assert isinstance(cause, httpx.ConnectError)
+    assert cause.request.method == "POST" and cause.request.url.host == "127.0.0.1"
+    headers = dict(cause.request.headers)
+    assert API_KEY not in str(headers) and "[redacted]" in str(headers)
+    assert headers["content-type"] == "application/json"
+
+
 def _refuse(request: httpx.Request) -> httpx.Response:
     raise httpx.ConnectError("connection refused", request=request)
 

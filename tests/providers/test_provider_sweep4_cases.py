@@ -229,3 +229,17 @@ def test_a_base_url_holding_a_lone_surrogate_is_refused_when_made(cls: Any) -> N
     with pytest.raises(ar.ProviderError, match="lone surrogate at index 18"):
         cls(base_url="http://127.0.0.1/v\udcff", api_key="k")
     assert cls(base_url="http://127.0.0.1/vé", api_key="k").base_url == "http://127.0.0.1/vé"
+
+
+@pytest.mark.parametrize("setting", ["send_stop", "stream_usage"])
+def test_openai_flags_are_bools(setting: str) -> None:
+    # "false" read from a config file was true: `stream_options` went to servers that
+    # refuse it, and every streamed call failed.
+    with pytest.raises(TypeError, match=f"{setting} must be a bool, got 'false'"):
+        ar.OpenAIProvider(api_key="k", **{setting: "false"})
+    assert getattr(ar.OpenAIProvider(api_key="k", **{setting: False}), setting) is False
+
+
+def test_a_scripted_providers_loop_is_a_bool() -> None:
+    with pytest.raises(TypeError, match="loop must be a bool, got 'false'"):
+        ar.ScriptedProvider(["a"], loop="false")  # type: ignore[arg-type]

@@ -715,8 +715,13 @@ def _lease_passed(holder: Any) -> bool:
     return expires_at < time.time()
 
 
+MIN_LEASE_SECONDS = 0.1
+"""The shortest resume lease: one renewed every third of a shorter one would be renewing
+back to back, each renewal a write, with the claim expired before its renewal lands."""
+
+
 def _lease_seconds(value: Any) -> float | None:
-    """`value` as a resume lease: None (no lease), or a positive finite number of seconds.
+    """`value` as a resume lease: None (no lease), or seconds from `MIN_LEASE_SECONDS`.
 
     Raises:
         PersistenceError: Any other value.
@@ -726,11 +731,11 @@ def _lease_seconds(value: Any) -> float | None:
     if _is_number(value):
         with contextlib.suppress(OverflowError):  # an int too large for a float
             seconds = float(value)
-            if 0 < seconds < math.inf:
+            if MIN_LEASE_SECONDS <= seconds < math.inf:
                 return seconds
     raise PersistenceError(
-        f"resume_lease_seconds must be a positive finite number of seconds, or None for no "
-        f"lease, got {value!r}"
+        f"resume_lease_seconds must be a positive finite number of seconds, at least "
+        f"{MIN_LEASE_SECONDS}, or None for no lease, got {value!r}"
     )
 
 
@@ -867,7 +872,8 @@ class CheckpointStore:
     Args:
         backend: Where records are kept.
         resume_lease_seconds: The lease of this store's resume claims (see `claim_resumed`):
-            None (the default) for none, else a positive finite number of seconds.
+            None (the default) for none, else a finite number of seconds, at least
+            `MIN_LEASE_SECONDS` (0.1).
 
     Raises:
         PersistenceError: A backend that lacks a method (or a backend class, not an instance),

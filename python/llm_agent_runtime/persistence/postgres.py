@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import math
 import random
 import re
 import select
@@ -342,12 +343,14 @@ class PostgresBackend(Unshared):
             raise PersistenceError("a PostgreSQL connection string cannot hold a NUL character")
         if not isinstance(table, str) or not _IDENTIFIER.match(table):
             raise PersistenceError(f"table name {table!r} is not a plain SQL identifier")
-        if (
-            not isinstance(timeout, int | float)
-            or isinstance(timeout, bool)
-            or not 0 < timeout < float("inf")
-        ):
-            raise PersistenceError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        seconds = math.nan
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+            with contextlib.suppress(OverflowError):  # an int too large for a float
+                seconds = float(timeout)
+        if not 0 < seconds < math.inf:
+            raise PersistenceError(
+                f"timeout must be a positive finite number of seconds, got {timeout!r:.80}"
+            )
         if not (
             all(isinstance(n, int) and not isinstance(n, bool) for n in (min_size, max_size))
             and 0 <= min_size <= max_size
@@ -372,7 +375,7 @@ class PostgresBackend(Unshared):
         # of its name, as the lock is shared by every process on the database.
         digest = hashlib.sha256(f"llm_agent_runtime:create:{table.lower()}".encode()).digest()
         self._create_lock = int.from_bytes(digest[:8], "big", signed=True)
-        self.timeout = timeout
+        self.timeout = seconds
         self._dsn = dsn
         # Autocommit: every call is one statement, atomic on its own, in one round trip.
         self._new_pool = functools.partial(

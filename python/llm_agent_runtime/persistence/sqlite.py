@@ -179,7 +179,8 @@ class SqliteBackend(Unshared):
             raise PersistenceError(
                 f"busy_timeout must be a finite number of seconds >= 0, got {busy_timeout!r}"
             )
-        self._busy_timeout = min(busy_timeout, _MAX_BUSY_TIMEOUT)
+        # A float: a numpy float32 added to a clock rounds the deadline by seconds.
+        self._busy_timeout = float(min(busy_timeout, _MAX_BUSY_TIMEOUT))
         self._lock = threading.Lock()
         try:
             if self.path != ":memory:":

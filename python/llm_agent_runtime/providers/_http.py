@@ -1467,13 +1467,31 @@ class Redactor:
         """What to chain an error to: `exc`, redacted if it shows the key.
 
         The string arguments of `exc` and of the exceptions it was raised from are redacted;
-        None when that does not hide the key (chain nothing rather than the key).
+        None when that does not hide the key (chain nothing rather than the key). An httpx
+        error's request, which holds the key in a header, keeps its method, URL and headers
+        redacted, not its body.
         """
-        if not self._forms or not self.reveals(exc):
+        if not self._forms:
+            return exc
+        for link in _chain(exc):
+            if isinstance(link, httpx.RequestError):
+                self._redact_request(link)
+        if not self.reveals(exc):
             return exc
         for link in _chain(exc):
             link.args = tuple(self.redact(a) if isinstance(a, str) else a for a in link.args)
         return None if self.reveals(exc) else exc
+
+    def _redact_request(self, error: httpx.RequestError) -> None:
+        try:
+            request = error.request
+        except RuntimeError:  # an error raised without its request
+            return
+        error.request = httpx.Request(
+            request.method,
+            self.redact(str(request.url)),
+            headers=[(name, self.redact(value)) for name, value in request.headers.multi_items()],
+        )
 
 
 def _described(error: BaseException) -> str:

@@ -127,7 +127,8 @@ class UnreadableArgumentsError(ProviderError):
         """The reply, its unreadable calls marked (`ToolCall.arguments_error`)."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.response,))
+        # With its state: the billed `usage` the stream set, notes, a `retry_after`.
+        return (type(self), (self.response,), self.__dict__)
 
 
 def checked_arguments(

@@ -9,7 +9,7 @@ from typing import Any
 
 from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.memory import tokens_of_chars
-from llm_agent_runtime.orchestration._checks import safe_repr, short_repr
+from llm_agent_runtime.orchestration._checks import check_flag, safe_repr, short_repr
 from llm_agent_runtime.providers.base import (
     ChatResponse,
     Message,
@@ -55,6 +55,7 @@ class ScriptedProvider:
             a str (a list of replies is expected: a str would be replayed a character a
             call).
         ProviderError: When a reply of `replies` is neither a str nor a `ChatResponse`.
+        TypeError: When `loop` is no bool (any str, "false" too, would read as true).
     """
 
     streams_text = False
@@ -75,7 +76,7 @@ class ScriptedProvider:
         for n, reply in enumerate(self._replies, 1):
             if not isinstance(reply, (str, ChatResponse)):
                 raise ProviderError(_not_a_reply(f"scripted reply {n}", reply))
-        self._loop = loop
+        self._loop = check_flag("loop", loop)
         self._index = 0
         """Of the next listed reply (a copy or a pickled one goes on from it on its own)."""
         self.calls = 0

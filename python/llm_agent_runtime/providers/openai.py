@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from llm_agent_runtime.errors import ProviderError, is_retryable_status
+from llm_agent_runtime.orchestration._checks import check_flag
 from llm_agent_runtime.providers import _is_openai_api
 from llm_agent_runtime.providers._http import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -355,9 +356,11 @@ class OpenAIProvider(HttpProvider):
             there is an API key too.
         ValueError: A timeout or price is out of range, or no number (None, a str or a
             bool).
-        TypeError: `stop` is neither a str nor an iterable of str, or `retry`, `budget`,
-            `metrics` or `http_client` is neither None nor what it must be (a
-            `RetryPolicy`, a `CostBudget`, a `RuntimeMetrics`, an `httpx.AsyncClient`).
+        TypeError: `stop` is neither a str nor an iterable of str, `send_stop` or
+            `stream_usage` is no bool (any str, "false" too, would read as true), or
+            `retry`, `budget`, `metrics` or `http_client` is neither None nor what it must
+            be (a `RetryPolicy`, a `CostBudget`, a `RuntimeMetrics`, an
+            `httpx.AsyncClient`).
     """
 
     def __init__(
@@ -387,12 +390,12 @@ class OpenAIProvider(HttpProvider):
         """Model used when a call names none."""
         self.stop = check_stop(stop)
         """Stop sequences sent with every call (the first `MAX_STOP_SEQUENCES` of them)."""
-        self.send_stop = send_stop
+        self.send_stop = check_flag("send_stop", send_stop)
         """Whether stop sequences are sent (False for models that refuse `stop`)."""
         # Models whose API refused `stop` (OpenAI's reasoning models): asked again without
         # it, and sent none from then on.
         self._refuse_stop: set[str] = set()
-        self.stream_usage = stream_usage
+        self.stream_usage = check_flag("stream_usage", stream_usage)
         """Whether streamed calls send `stream_options` (False for servers that refuse it)."""
         headers = {"content-type": "application/json", "accept": "application/json"}
         if api_key is not None:
