@@ -59,7 +59,7 @@ def runtime(**config: Any) -> ar.AgentRuntime:
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t \n"])
 async def test_an_empty_or_blank_reply_fails_the_run(text: str) -> None:
-    with pytest.raises(ar.AgentLoopError, match=EMPTY):
+    with pytest.raises(ar.AgentLoopError, match=EMPTY + r".*\(corrective_reprompt=True asks"):
         await runtime().run_agent_with_provider("a", "q", ar.ScriptedProvider([text]))
 
 
@@ -116,7 +116,7 @@ async def test_the_reprompt_cost_goes_to_a_tool_round_that_follows() -> None:
 
 async def test_a_second_empty_reply_in_a_row_fails() -> None:
     provider = ar.ScriptedProvider(["", "", "too late"])
-    with pytest.raises(ar.AgentLoopError, match=EMPTY):
+    with pytest.raises(ar.AgentLoopError, match=EMPTY + r".*\(it replied so again when asked"):
         await runtime(corrective_reprompt=True).run_agent_with_provider("a", "q", provider)
     assert provider.calls == 2
 
@@ -132,7 +132,8 @@ async def test_each_empty_reply_after_a_tool_round_gets_its_own_reprompt() -> No
 async def test_no_reprompt_without_an_iteration_left_to_answer_it() -> None:
     provider = ar.ScriptedProvider(["", "never asked"])
     rt = runtime(corrective_reprompt=True, max_iterations=1)
-    with pytest.raises(ar.AgentLoopError, match=EMPTY):
+    # It said "corrective_reprompt=True asks the model once more", of a run that set it.
+    with pytest.raises(ar.AgentLoopError, match=EMPTY + r".*\(no iteration was left to ask"):
         await rt.run_agent_with_provider("a", "q", provider)
     assert provider.calls == 1
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 import warnings
 from typing import Any
@@ -1502,3 +1504,36 @@ async def test_a_server_clock_stepping_back_pauses_the_refill_without_draining_t
     assert await limiter.try_acquire("k", 8.0)  # before: the bucket read 9 - 50 tokens
     await limiter.client.delete(key)
     await limiter.close()
+
+
+def test_limiter_waiters_left_in_a_loop_closed_by_hand_are_collected_quietly() -> None:
+    # Closed by the GC with no loop running, each waiter's refund called ensure_future:
+    # "Exception ignored ... no current event loop", and a refund never awaited.
+    url = redis_url()
+    limiter = ar.RedisRateLimiter(url, rate=2, capacity=1, prefix=f"t:{os.getpid()}:closed:")
+
+    waiting: list[asyncio.Task[None]] = []
+
+    async def wait_twice(limiter: ar.RedisRateLimiter) -> None:
+        await limiter.acquire("k")
+        waiting.extend(asyncio.create_task(limiter.acquire("k")) for _ in range(2))
+        await asyncio.sleep(0.05)  # both wait for a token
+
+    unraisable: list[Any] = []
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # "was never awaited"
+            loop = asyncio.new_event_loop()
+            loop.set_exception_handler(lambda _loop, _context: None)  # "Task was destroyed"
+            loop.run_until_complete(wait_twice(limiter))
+            loop.close()
+            del loop, limiter  # the limiter holds its waiters
+            waiting.clear()
+            gc.collect()
+    finally:
+        sys.unraisablehook = previous_hook
+    # The loop's connections are the GC's (`PerLoop`: no other loop used the limiter since).
+    errors = [u.exc_value for u in unraisable if not isinstance(u.exc_value, ResourceWarning)]
+    assert errors == []

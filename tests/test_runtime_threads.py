@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import threading
 from typing import Any
 
@@ -212,3 +214,33 @@ def test_many_threads_and_runs_share_one_runtime_with_a_subscriber() -> None:
         e for evs in by_session.values() for e in evs if not isinstance(e, ar.CheckpointSaved)
     ]
     assert len(delivered) == len(recorded)
+
+
+def test_a_run_left_in_a_loop_closed_by_hand_ends_its_count_when_collected() -> None:
+    # A run pending in a loop closed by hand is closed by the GC outside its task's context:
+    # resetting its context tokens raised there ("Exception ignored"), before the count of
+    # active sessions was taken down: it stayed up for good.
+    @ar.tool
+    async def slow() -> str:
+        """Takes long."""
+        await asyncio.sleep(60)
+        return "late"
+
+    runtime = ar.AgentRuntime(tools=[slow])
+    model = ar.ScriptedProvider(["Action: slow {}", "Action: FINAL_ANSWER ok"])
+    unraisable: list[Any] = []
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        loop = asyncio.new_event_loop()
+        loop.set_exception_handler(lambda _loop, _context: None)  # "Task was destroyed"
+        task = loop.create_task(runtime.run_agent_with_provider("a", "q", model))
+        loop.run_until_complete(asyncio.sleep(0.05))  # the run waits in its tool
+        assert runtime.metrics.snapshot().active_sessions == 1
+        loop.close()
+        del task, loop
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous_hook
+    assert [u.exc_value for u in unraisable] == []
+    assert runtime.metrics.snapshot().active_sessions == 0

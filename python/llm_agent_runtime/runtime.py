@@ -1280,9 +1280,12 @@ class AgentRuntime(Unshared):
                         settle = isinstance(error, Exception)  # not when cancelled
                         raise
             finally:
-                _RUN_TASK.reset(run_task_token)
-                RUN_CALLBACKS.reset(callbacks_token)
                 metrics.session_finished()
+                try:
+                    _RUN_TASK.reset(run_task_token)
+                    RUN_CALLBACKS.reset(callbacks_token)
+                except ValueError:  # closed by the GC outside its task's context: gone with it
+                    pass
         finally:
             try:
                 if self._checkpoints is not None:  # nothing of an ended run stays in memory
@@ -2124,9 +2127,15 @@ class AgentRuntime(Unshared):
                             entry = {"index": 0, "state": "reprompted", "reprompt": sent}
                             held = await self._journal_reply(session, entry, held)
                         continue
+                    if not config.corrective_reprompt:
+                        why = "corrective_reprompt=True asks the model once more"
+                    elif reprompted:
+                        why = "it replied so again when asked once more: corrective_reprompt"
+                    else:
+                        why = "no iteration was left to ask it once more: max_iterations"
                     raise AgentLoopError(
                         "the model replied with neither a tool call nor any text, so the run has "
-                        "no answer (corrective_reprompt=True asks the model once more)"
+                        f"no answer ({why})"
                     )
                 overhead_ms = (perf() - since) * 1000.0 - (model_ms - earlier_ms)
                 step = Step(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import ssl
 import threading
 import warnings
 from typing import Any
@@ -510,3 +511,29 @@ async def test_proxy_or_tls_settings_httpx_cannot_use_fail_the_call_typed(
     assert "hunter2" not in message
     assert not caught.value.retryable
     assert server.requests == []
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_the_clients_of_successive_loops_share_one_tls_context(
+    kind: str, server: FakeLlmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each loop's client read the CA bundle again (~25 ms of CPU, the loop blocked): a
+    # provider reused across `asyncio.run` calls paid it at every one.
+    made: list[ssl.SSLContext] = []
+    create = httpx.create_ssl_context
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(create(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counted)
+    llm = make_provider(kind, server)
+    for n in range(3):
+        server.script(Turn(f"hi {n}"))
+
+        async def ask() -> str:
+            return (await llm.chat([Message("user", "hi")])).text
+
+        assert asyncio.run(ask()) == f"hi {n}"
+    assert len(made) == 1
+    asyncio.run(llm.aclose())

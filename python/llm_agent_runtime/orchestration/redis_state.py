@@ -12,7 +12,7 @@ import random
 import threading
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
 from llm_agent_runtime._copies import Unshared
@@ -30,12 +30,19 @@ __all__ = ["RedisCircuitStateBackend", "RedisDeduplicator", "RedisRateLimiter"]
 logger = logging.getLogger(__name__)
 
 
-async def _settle(cleanup: Awaitable[None]) -> None:
+async def _settle(cleanup: Coroutine[Any, Any, None]) -> None:
     """Runs `cleanup` to its end, even if the caller is cancelled (again) meanwhile.
 
     Called by a cancelled caller before it re-raises `CancelledError`: it waits for the
-    cleanup unless cancelled once more, and the cleanup finishes on its own then.
+    cleanup unless cancelled once more, and the cleanup finishes on its own then. A caller
+    the GC closes with no loop running (its loop closed by hand) can run none: what the
+    cleanup would give back is left to its expiry, as a crashed process's.
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        cleanup.close()
+        return
     await asyncio.shield(keep_alive(asyncio.ensure_future(cleanup)))
 
 

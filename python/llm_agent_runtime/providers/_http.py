@@ -68,6 +68,8 @@ from llm_agent_runtime.providers.base import (
 )
 
 if TYPE_CHECKING:
+    import ssl
+
     from llm_agent_runtime._core import RuntimeMetrics
     from llm_agent_runtime.orchestration.budget import CostBudget
 
@@ -1701,6 +1703,9 @@ class HttpTransport:
         self._given_loop: asyncio.AbstractEventLoop | None = None
         self._clients: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
         self._clients_lock = threading.Lock()  # loops of several threads may share the provider
+        # The TLS context of this transport's clients, made with the first: making one reads
+        # the CA bundle (~25 ms of CPU, the loop blocked), which each loop's client repeated.
+        self._tls: ssl.SSLContext | None = None
         self._closed = False
         self.budget = budget
         self.metrics = metrics
@@ -1754,19 +1759,25 @@ class HttpTransport:
                 # A closed loop's client was closed as the loop ended (or is past closing).
                 for stale in [old for old in self._clients if old.is_closed()]:
                     del self._clients[stale]
-                client = client_from_environment(
-                    f"the {self.name} provider",
-                    functools.partial(
-                        httpx.AsyncClient,
-                        timeout=self._timeouts,
-                        limits=httpx.Limits(max_connections=DEFAULT_LIMITS_MAX_CONNECTIONS),
-                    ),
-                )
+                client = client_from_environment(f"the {self.name} provider", self._new_client)
                 entry = _LoopClient(
                     client, close_with_loop(client.aclose, ignore=(httpx.HTTPError,))
                 )
                 self._clients[loop] = entry
             return entry.client
+
+    def _new_client(self) -> httpx.AsyncClient:
+        """A client for one loop: the environment's proxies, this transport's TLS context.
+
+        The context's CA bundle (`SSL_CERT_FILE` or `SSL_CERT_DIR` if set) is read once.
+        """
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        return httpx.AsyncClient(
+            timeout=self._timeouts,
+            limits=httpx.Limits(max_connections=DEFAULT_LIMITS_MAX_CONNECTIONS),
+            verify=self._tls,
+        )
 
     async def aclose(self) -> None:
         """Closes the pooled clients this transport created; later calls fail.
