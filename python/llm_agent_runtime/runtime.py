@@ -721,6 +721,11 @@ class AgentRuntime(Unshared):
                 session's record (which holds every step) is saved with the steps folded into
                 one base record (`fork` and `prune` read it), and the failure is logged and
                 counted in `checkpoint_errors`, not raised.
+            BudgetExceededError: The `budget` was spent (before a call, or by one).
+            PolicyDeniedError: The `capabilities` refused a call, or its action limit was
+                reached.
+            Exception: What `infer`, a middleware hook, the approval handler or a sync event
+                callback raised, as it is (a tool's exception is an observation instead).
         """
         return await self._run(agent_id, prompt, infer, None, session)
 
@@ -756,6 +761,11 @@ class AgentRuntime(Unshared):
                 budget), or as `run_agent`.
             AgentLoopError: As `run_agent`, or the reply that would end the run or name a
                 tool's input was cut off (see above).
+            ProviderError: The model call failed, after the provider's retries (`retryable`
+                says whether a later run may succeed).
+            BudgetExceededError: As `run_agent`; so are `PolicyDeniedError`,
+                `PersistenceError`, `BackpressureShedError`, and what a hook or callback
+                raised.
         """
         self._check_provider(provider)
         if self._config.mode == "tools":
@@ -951,6 +961,9 @@ class AgentRuntime(Unshared):
                 call of the assistant message before it, or a call is left unanswered),
                 `message` is not a string, or `provider` is neither a provider nor an async
                 callable.
+            AgentLoopError: As `run_agent_with_provider`, which raises `ProviderError`,
+                `BudgetExceededError`, `PolicyDeniedError`, `PersistenceError` and
+                `BackpressureShedError` too, and what a hook or callback raised, as it is.
         """
         if not isinstance(session, AgentSession):
             raise AgentRuntimeError(
@@ -3785,6 +3798,8 @@ class AgentRuntime(Unshared):
             ToolError: When a call that may have run cannot safely be repeated (its tool is
                 not registered, is neither idempotent nor takes an idempotency key, or took
                 no key when the call ran).
+            AgentLoopError: As the run it goes on with (`run_agent_with_provider`), which
+                raises `ProviderError`, `BudgetExceededError` and `PolicyDeniedError` too.
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("resume needs a checkpoint_backend")

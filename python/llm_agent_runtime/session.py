@@ -290,7 +290,11 @@ class AgentSession:
 
     # --- serialization ---
     def to_dict(self) -> dict[str, Any]:
-        """Returns the session as plain JSON-compatible data (its values deep-copied).
+        """Returns the session as dicts, lists and values, deep-copied.
+
+        Its steps and messages become dicts; values are kept as they are, so an argument the
+        approval handler or a tool call gave (a `Decimal`, a NaN) stays one: `to_json`
+        writes what JSON has no type or number for as text.
 
         Raises:
             PersistenceError: When a value cannot be copied (an argument holding a lock, say)

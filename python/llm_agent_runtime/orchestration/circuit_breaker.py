@@ -648,7 +648,9 @@ class CircuitBreaker(Unshared):
         """The current state (`closed`, `open` or `half_open`).
 
         Exact for the in-process backend; with a shared backend, the last state this breaker
-        saw (use `current_state()` to read the backend).
+        saw (use `current_state()` to read the backend). A state changes at a call: `open`
+        stays `open` past `recovery_window` until the next call is let through as the trial
+        (a health check polling it with no traffic sees `open`).
         """
         if self._local is not None:
             return self._local.peek(self._service).status
