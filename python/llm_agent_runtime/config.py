@@ -55,6 +55,9 @@ class AgentConfig(BaseModel, frozen=True):
             history kept is what fits beside the rest of the request (context, tools and
             question), estimated at about 4 characters a token, as `max_memory_tokens` is
             (text in CJK scripts or emoji takes about a token a character: set it lower).
+            The history is trimmed once a turn, for its first request; the turn's later
+            requests add its tool calls and observations on top (each one at most
+            `max_observation_chars`), so leave room for them below the model's window.
         model_params: Other parameters of every model call the runtime makes through a
             provider (`chat` and `chat_stream`, in both modes; not an `infer` function),
             passed to it as keyword arguments: e.g. `{"temperature": 0}`, or

@@ -1390,9 +1390,16 @@ class AgentRuntime(Unshared):
         graph_count = session.graph_entity_count  # put back, as `before`, if the run never starts
         try:
             if resume is None:  # a resumed run's prompt was rewritten before it was saved
-                for hook in self._hooks["on_user_message"]:
+                hooks = self._hooks["on_user_message"]
+                for hook in hooks:
                     prompt = await _rewrite(hook(session, prompt), prompt, "on_user_message")
                 session.prompt = prompt  # what is kept, saved and sent: the rewritten text
+                if hooks and history is not None:
+                    # A hook may have changed the chat (a summary for old turns, a reset):
+                    # the turn sends what it saves, and a resume sends again.
+                    history = self.trim_history(session.messages)
+                    if provider is not None:
+                        _check_tool_exchanges(session.messages)
             if saved is None:
                 # Before the run's start is saved, with it: a run cut off before its first
                 # step is resumed with it too. Its memories count once the run has started.

@@ -238,3 +238,145 @@ async def test_an_unstreamed_call_without_an_id_gets_one_as_a_streamed_call_does
     async with make_provider("openai", server, retry=ONCE) as llm:
         (parsed,) = (await llm.chat(USER)).tool_calls
     assert (parsed.id, parsed.name, parsed.arguments) == ("call_0", "add", {"a": 1})
+
+
+# ---------------------------------------------------------------------- compatible servers
+@ar.tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"sunny in {city}"
+
+
+def _whole(message: dict[str, Any], finish: str, **extra: Any) -> Reply:
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+    if message:
+        choice["message"] = message
+    body = {"id": "c", "model": "m", "choices": [choice], **extra}
+    return Reply(body=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_arguments_sent_as_a_json_object_are_read(
+    stream: bool, server: FakeLlmServer
+) -> None:
+    # llama.cpp (`--tool-args-object`) and TGI: `"arguments": {...}` failed the whole reply
+    # as malformed, a non-retryable ProviderError, on the model's first tool call.
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather"}}
+    call["function"]["arguments"] = {"city": "Paris"}  # type: ignore[index]
+    if stream:
+        first = Reply(
+            frames=[
+                chunk({"role": "assistant", "tool_calls": [{"index": 0, **call}]}),
+                chunk({}, "tool_calls"),
+                b"data: [DONE]\n\n",
+            ],
+            headers={"content-type": "text/event-stream"},
+        )
+    else:
+        first = _whole({"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls")
+    server.script(first, Turn("Sunny."))
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[get_weather])
+    if stream:
+        runtime.events.on(lambda event: None)  # a listener: the runtime streams
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        session = await runtime.run_agent_with_provider("a", "weather?", llm)
+    assert [(s.action_input, s.observation) for s in session.steps[:1]] == [
+        ({"city": "Paris"}, "sunny in Paris")
+    ]
+    assert session.final_answer == "Sunny."
+
+
+async def test_arguments_sent_as_a_json_list_fail_the_call_not_the_run(
+    server: FakeLlmServer,
+) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": [1]}}
+    server.script(_whole({"role": "assistant", "tool_calls": [call]}, "tool_calls"), Turn("ok"))
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[get_weather])
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        session = await runtime.run_agent_with_provider("a", "weather?", llm)
+    assert session.steps[0].error_kind == "permanent"
+    assert "not a JSON object" in session.steps[0].observation
+    assert session.final_answer == "ok"
+
+
+@pytest.mark.parametrize("index", [0, None], ids=["index 0", "no index"])
+async def test_parallel_calls_streamed_under_one_id_are_two_calls(
+    index: int | None, server: FakeLlmServer
+) -> None:
+    # DeepSeek, GLM and some OpenRouter engines: the second call's piece, under the first's
+    # id, was joined to its arguments (`{"city": "Paris"}{"city": "Rome"}`): neither ran.
+    def piece(city: str) -> dict[str, Any]:
+        arguments = json.dumps({"city": city})
+        call = {"id": "call_same", "type": "function", "function": {"name": "get_weather"}}
+        call["function"]["arguments"] = arguments  # type: ignore[index]
+        return {"tool_calls": [call if index is None else {"index": index, **call}]}
+
+    frames = [chunk(piece("Paris")), chunk(piece("Rome")), chunk({}, "tool_calls")]
+    server.script(
+        Reply(frames=[*frames, b"data: [DONE]\n\n"], headers={"content-type": "text/event-stream"}),
+        Turn("Sunny both."),
+    )
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[get_weather])
+    runtime.events.on(lambda event: None)  # a listener: the runtime streams
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        session = await runtime.run_agent_with_provider("a", "weather?", llm)
+    assert [s.observation for s in session.steps[:2]] == ["sunny in Paris", "sunny in Rome"]
+    sent = server.requests[1].json["messages"]
+    ids = [c["id"] for c in sent[-3]["tool_calls"]]
+    assert len(set(ids)) == 2 and [m["tool_call_id"] for m in sent[-2:]] == ids
+
+
+async def test_a_call_ended_by_its_whole_arguments_again_under_its_id_is_one_call(
+    server: FakeLlmServer,
+) -> None:
+    # A gateway ending a call streamed in pieces with a chunk holding it whole: no second call.
+    def piece(arguments: str) -> bytes:
+        call = {"index": 0, "id": "c1", "function": {"name": "get_weather", "arguments": arguments}}
+        return chunk({"tool_calls": [call]})
+
+    frames = [piece('{"city": '), piece('"Paris"}'), piece('{"city": "Paris"}')]
+    server.script(
+        Reply(
+            frames=[*frames, chunk({}, "tool_calls"), b"data: [DONE]\n\n"],
+            headers={"content-type": "text/event-stream"},
+        ),
+        Turn("Sunny."),
+    )
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[get_weather])
+    runtime.events.on(lambda event: None)
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        session = await runtime.run_agent_with_provider("a", "weather?", llm)
+    assert [s.observation for s in session.steps] == ["sunny in Paris", ""]
+
+
+async def test_mistral_model_length_is_a_cut_off_reply(server: FakeLlmServer) -> None:
+    # Mistral's finish reason when the model's context is full: half a sentence was the
+    # run's final answer.
+    server.script(
+        _whole({"role": "assistant", "content": "Sunny, with a high of 2"}, "model_length")
+    )
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[get_weather])
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        with pytest.raises(ar.AgentLoopError, match="cut off by the token limit"):
+            await runtime.run_agent_with_provider("a", "weather?", llm)
+
+
+async def test_a_choice_without_its_message_is_an_empty_reply(server: FakeLlmServer) -> None:
+    # Gemini's endpoint at times leaves `message` out: a non-retryable "malformed" error,
+    # where an empty reply gets the corrective re-prompt.
+    server.script(_whole({}, "stop"), Turn("42"))
+    config = ar.AgentConfig(mode="tools", corrective_reprompt=True)
+    runtime = ar.AgentRuntime(config, tools=[get_weather])
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        session = await runtime.run_agent_with_provider("a", "answer?", llm)
+    assert session.final_answer == "42" and len(server.requests) == 2
+
+
+async def test_tokens_in_the_total_only_are_counted_as_output(server: FakeLlmServer) -> None:
+    # Gemini's endpoint counts thinking in `total_tokens` only: a budget was under-charged.
+    usage = {"prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 1022}
+    server.script(_whole({"role": "assistant", "content": "ok"}, "stop", usage=usage))
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        reply = await llm.chat(USER)
+    assert (reply.usage.input_tokens, reply.usage.output_tokens) == (20, 1002)
+    assert reply.usage.reasoning_tokens == 1000

@@ -47,9 +47,12 @@ __all__ = [
 
 T = TypeVar("T")
 
-TRUNCATION_STOP_REASONS = frozenset(("length", "max_tokens", "model_context_window_exceeded"))
+TRUNCATION_STOP_REASONS = frozenset(
+    ("length", "max_tokens", "model_context_window_exceeded", "model_length")
+)
 """Stop reasons that say the reply was cut off by a token limit: OpenAI's `length`,
-Anthropic's `max_tokens` and `model_context_window_exceeded`."""
+Anthropic's `max_tokens` and `model_context_window_exceeded`, Mistral's `model_length` (the
+model's context was full)."""
 SAFETY_STOP_REASONS = frozenset(("content_filter", "refusal"))
 """Stop reasons of a reply a provider's safety system stopped: its content filter, or a
 refusal (Anthropic's, and an OpenAI refusal). An `AgentRuntime` acts on nothing in one."""

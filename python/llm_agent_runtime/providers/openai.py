@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
 
 from llm_agent_runtime.errors import ProviderError, is_retryable_status
 from llm_agent_runtime.orchestration._checks import check_flag
@@ -137,6 +137,16 @@ class _FunctionCall(BaseModel):
     name: str | None = None
     arguments: str | None = None
 
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        # llama.cpp (`--tool-args-object`) and TGI send the arguments as a JSON object, not
+        # its text: written back as text, they are read as any call's (a list then fails
+        # the call as arguments that are no object, not the whole reply).
+        if isinstance(value, dict | list):
+            return json.dumps(value, ensure_ascii=False)
+        return value
+
 
 class _ToolCall(BaseModel):
     id: str | None = None  # some compatible servers (NVIDIA NIM, StepFun) leave it out
@@ -156,7 +166,9 @@ class _AssistantMessage(BaseModel):
 
 
 class _Choice(BaseModel):
-    message: _AssistantMessage
+    # Gemini's endpoint at times leaves the message out: an empty one, which the loop
+    # reads by its finish reason (cut off, or no answer: re-prompted if so configured).
+    message: _AssistantMessage = Field(default_factory=_AssistantMessage)
     finish_reason: str | None = None
 
 
@@ -165,6 +177,7 @@ class _Usage(BaseModel):
     # out of range (negative, or past 2**63) is 0 too: `parse_usage` drops it.
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    total_tokens: int | None = None
     # Read by `usage`: details of an unexpected shape (compatible servers) lose no counts.
     prompt_tokens_details: Any = None
     completion_tokens_details: Any = None
@@ -172,13 +185,18 @@ class _Usage(BaseModel):
     def usage(self) -> Usage:
         prompt = self.prompt_tokens or 0
         completion = self.completion_tokens or 0
+        reasoning = _part_of(completion, self.completion_tokens_details, "reasoning_tokens")
+        # Gemini's endpoint counts the model's thinking in the total only: billed as output,
+        # it is output here too (a budget is never under-charged).
+        unlisted = (self.total_tokens or 0) - prompt - completion
+        if unlisted > 0:
+            completion += unlisted
+            reasoning += unlisted
         return Usage(
             prompt,
             completion,
             cached_input_tokens=_part_of(prompt, self.prompt_tokens_details, "cached_tokens"),
-            reasoning_tokens=_part_of(
-                completion, self.completion_tokens_details, "reasoning_tokens"
-            ),
+            reasoning_tokens=reasoning,
         )
 
 
@@ -877,16 +895,24 @@ class _ToolCallAssembly:
             call = self._by_id.get(call_id)
         elif self.calls:
             call = self.calls[-1]
+        # DeepSeek, GLM and some OpenRouter engines give parallel calls one id (and index):
+        # after a whole call, its id again starts the next one as no id does, unless the
+        # piece repeats the call's arguments (a gateway ending it with them whole).
+        repeated_id = call is not None and self._received_ids.get(call.index, "") == call_id
         if (
             call is not None
-            and call_id is None
+            and (call_id is None or repeated_id)
             and call.name is not None
             and self._depths[call.index].whole
         ):
             if name and not fragment.strip():
                 self._pending_name = name  # the next call's first piece: arguments to come
                 given_name = None  # not this call's: given out on the next call
-            elif fragment.strip() and (name or self._pending_name):
+            elif (
+                fragment.strip()
+                and (name or self._pending_name)
+                and (call_id is None or _new_part(call, self._depths[call.index], fragment))
+            ):
                 name = given_name = name or self._pending_name
                 call = None  # the next call, sent after this one without an id
         # What of the name to give out: only what extends the call's name, so that the
