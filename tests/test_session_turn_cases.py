@@ -81,7 +81,11 @@ async def test_a_turn_sends_the_chat_as_its_user_message_hook_left_it() -> None:
     await runtime.run_turn(session, "/reset", model)
     assert model.requests[-1] == [("system", "SYS"), ("user", "Let's start over.")]
     saved = await ar.AgentSession.load_checkpoint(backend, "c1")
-    assert saved.messages == session.messages == [
-        {"role": "user", "content": "Let's start over."},
-        {"role": "assistant", "content": "ANS Let's start over."},
-    ]
+    assert (
+        saved.messages
+        == session.messages
+        == [
+            {"role": "user", "content": "Let's start over."},
+            {"role": "assistant", "content": "ANS Let's start over."},
+        ]
+    )
