@@ -316,6 +316,112 @@ def test_an_interrupted_demo_says_so_in_one_line(tmp_path: Path) -> None:
     assert err == "error: interrupted\n"
 
 
+def test_control_characters_of_the_model_reach_the_terminal_as_escapes(tmp_path: Path) -> None:
+    """A reply's escape sequences went to the terminal as they were: a model (or a server)
+    could clear the screen, retitle the window, or hide the text after it."""
+    thought = "ok\x1b]0;pwned\x07\x1b[2J"
+    replies = [f"Thought: {thought}\nAction: FINAL_ANSWER 42\x1b[8m hidden"]
+    with FakeLlmServer() as server:
+        server.script(*(Turn(text=reply) for reply in replies))
+        run = run_demo(model_env("openai", server.url), tmp_path / "d.db")
+    assert run.returncode == 0, run.stderr
+    assert "\x1b" not in run.stdout and "\x07" not in run.stdout
+    assert "step 1: thought: ok\\x1b]0;pwned\\x07\\x1b[2J\n" in run.stdout
+    assert "final answer: 42\\x1b[8m hidden\n" in run.stdout
+
+
+def test_a_demo_interrupted_twice_at_once_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """Two Ctrl-C a moment apart (a launcher forwarding one as the terminal sends it): the
+    second raised KeyboardInterrupt wherever asyncio's loop was, which at times left the
+    cancelled run waiting for good, then a traceback at a third."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts (the kernel does), never answers: the run waits
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    try:
+        for gap in (0.0, 0.002):
+            running = start_demo({"OPENAI_BASE_URL": url}, tmp_path / "d.db")
+            with running:
+                try:
+                    assert running.stdout is not None
+                    while not running.stdout.readline().startswith("question:"):
+                        assert running.poll() is None
+                    time.sleep(0.3)  # the model's request is on its way
+                    running.send_signal(signal.SIGINT)
+                    time.sleep(gap)
+                    running.send_signal(signal.SIGINT)
+                    _, err = running.communicate(timeout=30)
+                finally:
+                    if running.poll() is None:
+                        running.kill()
+            assert running.returncode == 130, err
+            assert err in (
+                "error: interrupted\n",
+                "error: interrupted again: exiting at once\n",
+            )
+    finally:
+        listener.close()
+
+
+def test_a_demo_whose_output_is_lost_mid_run_warns_of_no_failed_run(tmp_path: Path) -> None:
+    """A write of the trace failing in the run (its first step past stdout's buffer) failed
+    the run, and the runtime's "agent run ... failed: BrokenPipeError" warning was printed:
+    of a closed pipe, the demo stops quietly; of a full disk, it says so in one line."""
+    long = "Thought: " + "long thought " * 800 + '\nAction: calculator {"expression": "1+1"}'
+    with FakeLlmServer() as server:
+        server.fallback = Turn(text=long)
+        env = demo_env(model_env("openai", server.url), tmp_path / "d.db")
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            closed = subprocess.run(
+                [sys.executable, "-m", "llm_agent_runtime.demo"],
+                stdout=writer,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+        finally:
+            os.close(writer)
+        with open("/dev/full", "w") as full:
+            lost = subprocess.run(
+                [sys.executable, "-m", "llm_agent_runtime.demo"],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+    assert (closed.returncode, closed.stderr) == (1, "")
+    assert lost.returncode == 1
+    assert lost.stderr == "error: cannot write the output: No space left on device\n"
+
+
+def test_a_second_interrupt_exits_while_the_first_ones_cleanup_goes_on() -> None:
+    """The first Ctrl-C cancels the demo's run; one more exits at once, whatever the run's
+    cleanup is waiting for."""
+    script = (
+        "import asyncio, os, signal, sys\n"
+        "from llm_agent_runtime.demo import _interruptible\n"
+        "async def work():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        await asyncio.sleep(60)\n"
+        "    except asyncio.CancelledError:\n"
+        "        print('cancelled', flush=True)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        await asyncio.sleep(60)  # a cleanup that takes its time\n"
+        "    return 0\n"
+        "sys.exit(asyncio.run(_interruptible(work())))\n"
+    )
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert (run.returncode, run.stdout) == (130, "cancelled\n")
+    assert run.stderr == "error: interrupted again: exiting at once\n"
+    assert time.monotonic() - started < 20
+
+
 @pytest.mark.parametrize("unbuffered", ["1", ""])
 @pytest.mark.parametrize("args", [["version"], ["--version"], ["--help"], ["demo", "--help"]])
 def test_the_console_script_stops_quietly_when_its_reader_has_gone(

@@ -37,15 +37,17 @@ import math
 import operator
 import os
 import re
+import signal
 import stat
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import llm_agent_runtime as ar
-from llm_agent_runtime._stdout import run_printing
+from llm_agent_runtime._stdout import _OutputLost, run_printing
 from llm_agent_runtime.cli import _discard_stderr
 from llm_agent_runtime.persistence.base import session_key, split_session_key
 from llm_agent_runtime.persistence.codec import decode
@@ -386,6 +388,11 @@ def _say(message: str) -> None:
         _discard_stderr()
 
 
+# The runtime logs a run these ended; the demo says why it stopped itself (stdout's reader
+# gone, stdout unwritable: see `run_printing`), or stops quietly.
+_NOT_WARNED = (asyncio.CancelledError, KeyboardInterrupt, BrokenPipeError, _OutputLost)
+
+
 class _HeldWarnings(logging.Handler):
     """Holds the runtime's log records during a run, to print them once it has ended.
 
@@ -404,10 +411,7 @@ class _HeldWarnings(logging.Handler):
     def report(self, reported: BaseException | None) -> None:
         for record in self.records:
             args = record.args if isinstance(record.args, tuple) else ()
-            if not any(
-                arg is reported or isinstance(arg, asyncio.CancelledError | KeyboardInterrupt)
-                for arg in args
-            ):
+            if not any(arg is reported or isinstance(arg, _NOT_WARNED) for arg in args):
                 _say(f"warning: {record.getMessage()}")
 
 
@@ -431,15 +435,29 @@ class _Trace:
     def print_new_steps(self) -> None:
         steps = self.session.steps
         for number, step in enumerate(steps[self.printed :], self.printed + 1):
-            print(f"step {number}: thought: {step.thought}")
+            print(f"step {number}: thought: {_printable(step.thought)}")
             if step.action != "FINAL_ANSWER":
-                print(f"        action: {step.action}({step.action_input})")
-                print(f"        observation: {step.observation} [{step.error_kind or 'ok'}]")
+                print(f"        action: {_printable(f'{step.action}({step.action_input})')}")
+                kind = step.error_kind or "ok"
+                print(f"        observation: {_printable(step.observation)} [{kind}]")
             print(
                 f"        model {step.model_ms:.3f} ms, tools {step.tool_ms:.3f} ms, "
                 f"runtime overhead {step.overhead_ms:.3f} ms"
             )
         self.printed = len(steps)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""Control characters but line breaks and tabs: a terminal acts on them (ESC starts a
+sequence that can clear the screen, retitle the window or hide the text after it)."""
+
+
+def _printable(text: str) -> str:
+    r"""`text` with its control characters written as escapes (`\x1b`).
+
+    The model's (or a tool's) text reaches the terminal as text.
+    """
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
 def _shortened(text: str, limit: int = 500) -> str:
@@ -558,7 +576,7 @@ async def run(db_path: str | os.PathLike[str] | None = None) -> int:
             raise
         trace.print_new_steps()
         if session.final_answer is not None:
-            print(f"\nfinal answer: {session.final_answer}")
+            print(f"\nfinal answer: {_printable(session.final_answer)}")
         print(f"memory hits: {session.memory_hits}, steps: {session.step_count}")
         snap = runtime.metrics.snapshot()
         print(
@@ -605,9 +623,41 @@ def main() -> int:
 
     def demo() -> int:
         try:
-            return asyncio.run(run())
-        except KeyboardInterrupt:
+            return asyncio.run(_interruptible(run()))
+        except (KeyboardInterrupt, asyncio.CancelledError):
             _say("error: interrupted")
             return 130
 
     return run_printing(demo)
+
+
+async def _interruptible(work: Coroutine[Any, Any, int]) -> int:
+    """Awaits `work`; a first Ctrl-C cancels it, a second exits at once (status 130).
+
+    asyncio's own handler raised the second `KeyboardInterrupt` wherever the loop was: a
+    cancelled task could then wait for good, and the loop's close with it. The run cut short
+    by the exit leaves what it had saved, as a killed worker does (`resume` goes on).
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    interrupts = 0
+
+    def on_interrupt() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1 and task is not None:
+            task.cancel()
+            return
+        _say("error: interrupted again: exiting at once")
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os._exit(130)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    except (NotImplementedError, RuntimeError, ValueError):  # no such handler here
+        return await work
+    try:
+        return await work
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
