@@ -3864,7 +3864,9 @@ class AgentRuntime(Unshared):
                     settle = isinstance(error, Exception)
                     raise
                 finally:
-                    RUN_CALLBACKS.reset(callbacks_token)
+                    # Closed by the GC outside its task's context: the context went with it.
+                    with contextlib.suppress(ValueError):
+                        RUN_CALLBACKS.reset(callbacks_token)
                     self._checkpoints.forget(session_id)  # nothing of it stays in memory
                     self._event_log.pop(session_id, None)  # saved, or of no later write
                     with _SESSIONS_LOCK:

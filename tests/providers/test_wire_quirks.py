@@ -326,6 +326,45 @@ async def test_parallel_calls_streamed_under_one_id_are_two_calls(
     assert len(set(ids)) == 2 and [m["tool_call_id"] for m in sent[-2:]] == ids
 
 
+@ar.tool
+def get_time() -> str:
+    """The time."""
+    return "noon"
+
+
+@ar.tool
+def get_date() -> str:
+    """The date."""
+    return "today"
+
+
+@pytest.mark.parametrize("announced", [False, True], ids=["named with", "named before"])
+async def test_calls_under_one_id_with_equal_arguments_are_two_calls(
+    announced: bool, server: FakeLlmServer
+) -> None:
+    # `get_date({})` after `get_time({})` under the same id read as the first call's
+    # arguments sent again (a gateway's ending): dropped, and never run.
+    def piece(name: str | None, arguments: str) -> bytes:
+        function = (
+            {"arguments": arguments} if name is None else {"name": name, "arguments": arguments}
+        )
+        return chunk({"tool_calls": [{"index": 0, "id": "call_same", "function": function}]})
+
+    second = [piece("get_date", ""), piece(None, "{}")] if announced else [piece("get_date", "{}")]
+    frames = [piece("get_time", "{}"), *second, chunk({}, "tool_calls"), b"data: [DONE]\n\n"]
+    server.script(
+        Reply(frames=frames, headers={"content-type": "text/event-stream"}), Turn("Noon, today.")
+    )
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[get_time, get_date])
+    runtime.events.on(lambda event: None)  # a listener: the runtime streams
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        session = await runtime.run_agent_with_provider("a", "when?", llm)
+    assert [(s.action, s.observation) for s in session.steps[:2]] == [
+        ("get_time", "noon"),
+        ("get_date", "today"),
+    ]
+
+
 async def test_a_call_ended_by_its_whole_arguments_again_under_its_id_is_one_call(
     server: FakeLlmServer,
 ) -> None:
@@ -380,3 +419,32 @@ async def test_tokens_in_the_total_only_are_counted_as_output(server: FakeLlmSer
         reply = await llm.chat(USER)
     assert (reply.usage.input_tokens, reply.usage.output_tokens) == (20, 1002)
     assert reply.usage.reasoning_tokens == 1000
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        # xAI: the reasoning is in the total and the details, not in completion_tokens.
+        (
+            {"prompt_tokens": 32, "completion_tokens": 9, "total_tokens": 135}
+            | {"completion_tokens_details": {"reasoning_tokens": 94}},
+            (32, 103, 94),
+        ),
+        # OpenAI's: the total is the sum, the reasoning part of the completion.
+        (
+            {"prompt_tokens": 10, "completion_tokens": 50, "total_tokens": 60}
+            | {"completion_tokens_details": {"reasoning_tokens": 30}},
+            (10, 50, 30),
+        ),
+        # A total of another type costs no other count (it zeroed the whole usage).
+        ({"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140.5}, (100, 40, 0)),
+        ({"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": "n/a"}, (100, 40, 0)),
+    ],
+)
+async def test_reasoning_in_the_total_is_counted_once(
+    usage: dict[str, Any], expected: tuple[int, int, int], server: FakeLlmServer
+) -> None:
+    server.script(_whole({"role": "assistant", "content": "ok"}, "stop", usage=usage))
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        got = (await llm.chat(USER)).usage
+    assert (got.input_tokens, got.output_tokens, got.reasoning_tokens) == expected

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import random
+import sys
 import threading
 import uuid
 import weakref
@@ -38,12 +39,20 @@ async def _settle(cleanup: Coroutine[Any, Any, None]) -> None:
     the GC closes with no loop running (its loop closed by hand) can run none: what the
     cleanup would give back is left to its expiry, as a crashed process's.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
+    # The caller's coroutine being closed (GeneratorExit) may be closed in another loop's
+    # turn, which the cleanup does not belong to.
+    if isinstance(sys.exception(), GeneratorExit) or not _loop_running():
         cleanup.close()
         return
     await asyncio.shield(keep_alive(asyncio.ensure_future(cleanup)))
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 # Compare and set of one breaker's state. KEYS[1]: the state. ARGV: the value the caller read

@@ -177,7 +177,7 @@ class _Usage(BaseModel):
     # out of range (negative, or past 2**63) is 0 too: `parse_usage` drops it.
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    total_tokens: int | None = None
+    total_tokens: Any = None  # only read: one of another type loses no other count
     # Read by `usage`: details of an unexpected shape (compatible servers) lose no counts.
     prompt_tokens_details: Any = None
     completion_tokens_details: Any = None
@@ -185,16 +185,18 @@ class _Usage(BaseModel):
     def usage(self) -> Usage:
         prompt = self.prompt_tokens or 0
         completion = self.completion_tokens or 0
-        reasoning = _part_of(completion, self.completion_tokens_details, "reasoning_tokens")
-        # Gemini's endpoint counts the model's thinking in the total only: billed as output,
-        # it is output here too (a budget is never under-charged).
-        unlisted = (self.total_tokens or 0) - prompt - completion
-        if unlisted > 0:
-            completion += unlisted
-            reasoning += unlisted
+        # Tokens in the total only: the model's thinking (Gemini's endpoint, xAI's), billed
+        # as output, and output here too (a budget is never under-charged). They are its
+        # reasoning, unless the details say how much that is (xAI's do).
+        total = self.total_tokens if type(self.total_tokens) is int else 0
+        unlisted = max(0, total - prompt - completion)
+        details = self.completion_tokens_details
+        reasoning = _part_of(completion + unlisted, details, "reasoning_tokens")
+        if unlisted and not (isinstance(details, dict) and "reasoning_tokens" in details):
+            reasoning = unlisted
         return Usage(
             prompt,
-            completion,
+            completion + unlisted,
             cached_input_tokens=_part_of(prompt, self.prompt_tokens_details, "cached_tokens"),
             reasoning_tokens=reasoning,
         )
@@ -911,7 +913,13 @@ class _ToolCallAssembly:
             elif (
                 fragment.strip()
                 and (name or self._pending_name)
-                and (call_id is None or _new_part(call, self._depths[call.index], fragment))
+                and (
+                    call_id is None
+                    # Under the same id: another tool, one named apart, or other arguments.
+                    or self._pending_name
+                    or (name and name != call.name)
+                    or _new_part(call, self._depths[call.index], fragment)
+                )
             ):
                 name = given_name = name or self._pending_name
                 call = None  # the next call, sent after this one without an id
