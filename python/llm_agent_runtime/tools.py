@@ -28,7 +28,15 @@ import time
 import types
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from types import SimpleNamespace
 from typing import (
     TYPE_CHECKING,
@@ -1392,11 +1400,13 @@ def _globals_of(fn: Any) -> dict[str, Any]:
     return namespace if isinstance(namespace, dict) else {}
 
 
-def _signature(fn: Any, tool_name: str) -> inspect.Signature:
+def _signature(fn: Any, tool_name: str, fixed: Collection[str] = ()) -> inspect.Signature:
     """`fn`'s signature with its parameters' annotations resolved in `fn`'s module.
 
     Names quoted inside an annotation (`list["Point"]`) are resolved too, as pydantic's
-    `validate_call` resolves them.
+    `validate_call` resolves them. Those of the `fixed` parameters (a partial's: never
+    shown, nor checked) are left as they are: a type imported for type checkers only is
+    no error there.
 
     Raises:
         ToolError: When the signature cannot be read or an annotation cannot be resolved
@@ -1416,6 +1426,9 @@ def _signature(fn: Any, tool_name: str) -> inspect.Signature:
     params = []
     for param in raw.parameters.values():
         annotation = param.annotation
+        if param.name in fixed:
+            params.append(param)
+            continue
         if annotation is not empty:
             # Also resolves the names quoted inside a generic (`list["Point"]`,
             # `Optional["Point"]`), which pydantic would look up in this module, not `fn`'s.
@@ -1596,8 +1609,8 @@ def tool(
         _check_name(tool_name)
         _check_handler(tool_name, func)
         summary, arg_docs = _doc_parts(_callable_doc(base))
-        signature = _signature(func, tool_name)
         fixed = _partial_keywords(func)
+        signature = _signature(func, tool_name, fixed)
         _refuse_unbound_method(tool_name, base, signature, fixed)
         kind = inspect.Parameter
         model_fields: dict[str, Any] = {}
@@ -1608,6 +1621,7 @@ def tool(
         var_positional: str | None = None
         var_keyword: Any = None
         has_var_keyword = False
+        var_keyword_name: str | None = None
         fills_defaults = False  # the validator adds omitted arguments' `Field` defaults
         order: list[str] = []  # the parameters in the schema, in order
         field_types: dict[str, Any] = {}  # what the validator checks each parameter's value by
@@ -1624,7 +1638,7 @@ def tool(
             pname = param.name
             annotation = Any if param.annotation is kind.empty else _enum_literals(param.annotation)
             if param.kind is kind.VAR_KEYWORD:
-                has_var_keyword, var_keyword = True, annotation
+                has_var_keyword, var_keyword, var_keyword_name = True, annotation, pname
                 continue
             if param.kind is kind.POSITIONAL_ONLY or (
                 param.kind is kind.POSITIONAL_OR_KEYWORD and takes_var_positional
@@ -1735,6 +1749,13 @@ def tool(
             doc = arg_docs.get(pname, arg_docs.get(prop_name))
             if doc is not None:
                 prop.setdefault("description", doc)
+        keywords_doc = arg_docs.get(var_keyword_name or "")
+        if keywords_doc:  # described where the model sees what **kwargs takes
+            extra = schema.get("additionalProperties")
+            if isinstance(extra, dict):
+                extra.setdefault("description", keywords_doc)
+            elif extra is True:
+                schema["additionalProperties"] = {"description": keywords_doc}
         # A misspelled name in the docstring would leave its parameter undescribed, silently.
         # A parameter the model is not shown (fixed by a partial, the idempotency key) may
         # still be documented: the docstring is the function's, under any partial.
@@ -1955,6 +1976,8 @@ def _same_value(value: Any, expected: Any) -> bool:
             and len(value) == len(expected)
             and all(_same_value(v, e) for v, e in zip(value, expected, strict=True))
         )
+    if type(expected) is int and type(value) is float:  # JSON has one number type: 2.0 is 2
+        return value == expected
     return type(value) is type(expected) and bool(value == expected)
 
 
@@ -2058,7 +2081,7 @@ def _schema_and_check(
         lenient.__pydantic_config__ = ConfigDict(extra="ignore")
         return schema, TypeAdapter(lenient).validator.validate_python, full
     # Its dataclasses and TypedDicts refuse unknown keys, as the parameters' do.
-    extra_adapter = TypeAdapter(dict[str, var_keyword], config=ConfigDict(extra="forbid"))
+    extra_adapter = TypeAdapter(dict[str, var_keyword], config=_FORBID)
     names = frozenset(typed_fields)  # the parameters' own names: the checked dict's keys
 
     def checker(
@@ -2098,6 +2121,9 @@ def _schema_and_check(
     return schema, fast, checker(full, full_extra)
 
 
+_FORBID = ConfigDict(extra="forbid")
+
+
 def _schema_with_extra(model: type[BaseModel], var_keyword: Any) -> dict[str, Any]:
     """The arguments schema of `model`, whose `additionalProperties` is **kwargs' type.
 
@@ -2107,7 +2133,8 @@ def _schema_with_extra(model: type[BaseModel], var_keyword: Any) -> dict[str, An
     schemas, definitions = TypeAdapter.json_schemas(
         [
             ("arguments", "validation", TypeAdapter(model)),
-            ("extra", "validation", TypeAdapter(dict[str, var_keyword])),
+            # As checked (`_validator`): its dataclasses and TypedDicts refuse unknown keys.
+            ("extra", "validation", TypeAdapter(dict[str, var_keyword], config=_FORBID)),
         ],
         schema_generator=_ArgumentsJsonSchema,
     )
@@ -3299,7 +3326,8 @@ def _as_providers_take(node: dict[str, Any]) -> dict[str, Any]:
 
     A fixed-length array (a tuple's `prefixItems`) gets an `items`, the schema of any of
     its items: OpenAI and Gemini refuse an array schema without (the whole request, whatever
-    tool the model calls). A `required` name with no property gets one, of any value:
+    tool the model calls); another array without (an Enum's tuple values, an empty tuple)
+    gets one of any item. A `required` name with no property gets one, of any value:
     Gemini refuses a required name its `properties` leave out (a `ToolSpec` given
     `required_fields` and no schema for them).
     """
@@ -3309,12 +3337,19 @@ def _as_providers_take(node: dict[str, Any]) -> dict[str, Any]:
             {json.dumps(item, sort_keys=True, default=str): item for item in prefix}.values()
         )
         node["items"] = kinds[0] if len(kinds) == 1 else {"anyOf": kinds} if kinds else {}
+    elif "items" not in node and _is_array(node.get("type")):
+        node["items"] = {}
     properties, required = node.get("properties"), node.get("required")
     if isinstance(properties, dict) and isinstance(required, list):
         missing = [n for n in required if isinstance(n, str) and n not in properties]
         if missing:  # a new dict: `properties` may be a definition's, shown elsewhere too
             node["properties"] = {**properties, **{name: {} for name in missing}}
     return node
+
+
+def _is_array(kind: Any) -> bool:
+    """Whether a schema's `type` (a name, or a list of names) allows an array."""
+    return kind == "array" or (isinstance(kind, list) and "array" in kind)
 
 
 def _ref_counts(node: Any) -> collections.Counter[str]:
