@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.memory import tokens_of_chars
 from llm_agent_runtime.orchestration._checks import check_flag, safe_repr, short_repr
 from llm_agent_runtime.providers.base import (
+    TRUNCATION_STOP_REASONS,
     ChatResponse,
     Message,
     StreamEnd,
@@ -81,6 +84,17 @@ class ScriptedProvider:
         """Of the next listed reply (a copy or a pickled one goes on from it on its own)."""
         self.calls = 0
         """Number of calls answered."""
+        # Runs on several threads may share the provider: each reply is taken once.
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]  # a copy takes its replies under a lock of its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @safe_repr
     def __repr__(self) -> str:
@@ -97,23 +111,33 @@ class ScriptedProvider:
         prompt: str,
         messages: Sequence[Message] | None = None,
         tools: Sequence[ToolDefinition] | None = None,
+        stop: tuple[str, ...] = (),
     ) -> ChatResponse:
         """The next reply as a response, its usage completed (see the class); counts the call.
 
         `prompt` is what the rule sees; the request is `messages` and `tools` (without
         `messages`: the prompt alone). Its size is estimated only for a usage that lacks it.
+        Its text ends before the first of the `stop` sequences in it, as a model stops there.
         """
-        reply: ScriptedReply
         if self._rule is not None:
-            index, reply = None, self._rule(prompt)
+            reply = self._rule(prompt)
             if not isinstance(reply, (str, ChatResponse)):
+                if inspect.iscoroutine(reply):  # an async rule: never awaited, so closed
+                    reply.close()
+                    raise ProviderError(
+                        "the scripted rule must be a plain function returning a str or a "
+                        "ChatResponse, not an async one"
+                    )
                 raise ProviderError(_not_a_reply("the scripted rule's reply", reply))
-        else:
+            response = self._completed(_cut(reply, stop), prompt, messages, tools)
+            with self._lock:
+                self.calls += 1
+            return response
+        with self._lock:
             index, reply = self._listed()
-        response = self._completed(reply, prompt, messages, tools)
-        if index is not None:  # taken only once answered: a refused request uses up none
-            self._index = index + 1
-        self.calls += 1
+            response = self._completed(_cut(reply, stop), prompt, messages, tools)
+            self._index = index + 1  # taken only once answered: a refused request uses up none
+            self.calls += 1
         return response
 
     def _listed(self) -> tuple[int, ScriptedReply]:
@@ -203,16 +227,20 @@ class ScriptedProvider:
         """
         if not _loop_shaped(messages, tools):
             messages, tools = check_conversation(messages, tools)
+        stop = _stop_sequences(params.get("stop"))
         if self._rule is not None:
-            return self._next(_last_content(messages), messages, tools)
+            return self._next(_last_content(messages), messages, tools, stop)
         # A listed reply, taken here (one call less a step: this is the loop's model call).
-        index, reply = self._listed()
-        if type(reply) is not ChatResponse or not (
-            reply.usage.input_tokens and reply.usage.output_tokens
-        ):  # else a scripted usage, as it is
-            reply = self._completed(reply, _last_content(messages), messages, tools)
-        self._index = index + 1
-        self.calls += 1
+        with self._lock:
+            index, reply = self._listed()
+            if stop:
+                reply = _cut(reply, stop)
+            if type(reply) is not ChatResponse or not (
+                reply.usage.input_tokens and reply.usage.output_tokens
+            ):  # else a scripted usage, as it is
+                reply = self._completed(reply, _last_content(messages), messages, tools)
+            self._index = index + 1
+            self.calls += 1
         return reply
 
     async def chat_stream(
@@ -234,7 +262,8 @@ class ScriptedProvider:
         """
         if not _loop_shaped(messages, tools):
             messages, tools = check_conversation(messages, tools)
-        response = self._next(_last_content(messages), messages, tools)
+        stop = _stop_sequences(params.get("stop"))
+        response = self._next(_last_content(messages), messages, tools, stop)
         if response.text:
             yield TextDelta(text=response.text)
         for index, call in enumerate(response.tool_calls):
@@ -244,6 +273,44 @@ class ScriptedProvider:
 
 
 _RAN_OUT = "scripted provider ran out of replies"
+
+
+def _stop_sequences(stop: object) -> tuple[str, ...]:
+    """A call's `stop=` as the sequences it names: None, a str, or an iterable of str.
+
+    Raises:
+        TypeError: Anything else (as the HTTP providers refuse it).
+    """
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,) if stop else ()
+    if isinstance(stop, Iterable) and not isinstance(stop, bytes | bytearray | Mapping):
+        sequences = tuple(stop)
+        if all(isinstance(item, str) for item in sequences):
+            return tuple(item for item in sequences if item)
+    raise TypeError(f"stop must be a str or a list of str, got {type(stop).__name__}")
+
+
+def _cut(reply: ScriptedReply, stop: tuple[str, ...]) -> ScriptedReply:
+    """`reply` with its text ended before the first of the `stop` sequences in it.
+
+    A model stops writing there: what it would have written after is neither sent nor
+    counted in the usage estimated from the text.
+    """
+    if not stop:
+        return reply
+    text = reply if isinstance(reply, str) else reply.text
+    ends = [at for at in map(text.find, stop) if at >= 0]
+    if not ends:
+        return reply
+    cut = text[: min(ends)]
+    if isinstance(reply, str):
+        return cut
+    # It stopped before any token limit; a safety stop or a tool call's end is the script's.
+    ended = reply.stop_reason
+    stop_reason = "stop" if ended is None or ended in TRUNCATION_STOP_REASONS else ended
+    return dataclasses.replace(reply, text=cut, stop_reason=stop_reason)
 
 
 def _loop_shaped(messages: object, tools: object) -> bool:
@@ -257,7 +324,7 @@ def _loop_shaped(messages: object, tools: object) -> bool:
     """
     return (
         type(messages) is list
-        and (not messages or type(messages[-1]) is Message)
+        and (not messages or (type(messages[-1]) is Message and type(messages[-1].content) is str))
         and (
             tools is None
             or (type(tools) is list and (not tools or type(tools[-1]) is ToolDefinition))
@@ -275,7 +342,9 @@ def _last_content(messages: Sequence[Message]) -> str:
         return "\n".join(
             part["text"]
             for part in content
-            if part.get("type") == "text" and isinstance(part.get("text"), str)
+            if isinstance(part, dict)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
         )
     return content or ""
 
