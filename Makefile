@@ -47,6 +47,7 @@ test-toolchain: toolchain
 	@$(PYTHON) -c "$$LIBPYTHON_CHECK" 2>/dev/null || { printf 'missing: %s\n' \
 	  "libpython to link the Rust tests against (cargo test embeds Python): apt-get install python3-dev, or a Python built with --enable-shared (pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared)" >&2; \
 	  exit 1; }
+	@scripts/services.sh check
 
 # A venv left half made (its python, no pip: venv support was missing) is made again.
 $(VENV)/.installed: pyproject.toml

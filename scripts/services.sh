@@ -4,6 +4,8 @@
 #   scripts/services.sh start   installs them from Debian's packages when missing, starts
 #                               them on free ports, writes .services/env (DSN and URL)
 #   scripts/services.sh stop    stops both and removes their data
+#   scripts/services.sh check   fails, naming it, when what `start` needs is missing and
+#                               cannot be installed
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -93,8 +95,26 @@ stop() {
   rm -rf "$STATE"
 }
 
+# What `start` needs and cannot install itself: fails at once (before a test build), naming it.
+check() {
+  local missing=()
+  command -v flock >/dev/null || missing+=("flock, which keeps two runs of one checkout apart: apt-get install util-linux")
+  if [ -z "$(pg_bin)" ] || ! command -v redis-server >/dev/null; then
+    if ! command -v apt-get >/dev/null; then
+      missing+=("PostgreSQL and Redis servers for the tests, from Debian's packages (postgresql, redis-server): this host has no apt-get to install them")
+    elif [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then
+      missing+=("root or sudo, to install the test servers: apt-get install postgresql redis-server")
+    fi
+  fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    printf 'missing: %s\n' "${missing[@]}" >&2
+    exit 1
+  fi
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  check) check ;;
+  *) echo "usage: $0 start|stop|check" >&2; exit 2 ;;
 esac
