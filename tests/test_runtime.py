@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.persistence.codec import decode
-from llm_agent_runtime.runtime import _cut_at_stop
+from llm_agent_runtime.providers.base import cut_at_stop
 
 
 @ar.tool
@@ -568,7 +568,7 @@ def test_stop_sequences_must_be_non_empty() -> None:
 def test_cut_at_stop_ends_where_the_first_stop_sequence_completes(
     text: str, stops: list[str]
 ) -> None:
-    cut = _cut_at_stop(text, stops)
+    cut = cut_at_stop(text, stops)
     # Reference: write the text a character at a time; stop once the written part holds a
     # stop sequence, dropping that sequence.
     written = ""
@@ -782,7 +782,7 @@ def test_streamed_deltas_end_where_the_reply_is_cut(text: str, stops: list[str],
     deltas: list[str] = []
     rt.events.on(lambda e: deltas.append(e.text) if isinstance(e, ar.LlmTextDelta) else None)
     run = rt.run_agent_with_provider("a", "q", ChunkedStream([text], size))
-    expected = _cut_at_stop(text, stops)
+    expected = cut_at_stop(text, stops)
     if expected.strip():
         assert asyncio.run(run).final_answer == expected
     else:  # nothing said: no final answer

@@ -24,6 +24,11 @@ class Prio(enum.Enum):
     HIGH = 2
 
 
+class Ratio(enum.Enum):
+    HALF = 0.5
+    ONE = 1.0
+
+
 @dataclasses.dataclass
 class Point:
     x: float
@@ -78,8 +83,14 @@ async def test_a_literal_of_int_enum_members_takes_an_integral_float() -> None:
         """Ranks."""
         return f"{p.name} {q.name}"
 
-    registry = ar.ToolRegistry([rank])
+    @ar.tool
+    def scale(r: Literal[Ratio.HALF, Ratio.ONE]) -> str:
+        """Scales."""
+        return r.name
+
+    registry = ar.ToolRegistry([rank, scale])
     assert await registry.call("rank", {"p": 2.0, "q": 2.0}) == ("HIGH HIGH", None)
+    assert await registry.call("scale", {"r": 1}) == ("ONE", None)  # and 1 is 1.0
     content, kind = await registry.call("rank", {"p": 2.5, "q": 2})
     assert kind == "permanent" and content.startswith("error: invalid arguments: p:")
 
@@ -102,3 +113,17 @@ async def test_typed_keyword_arguments_are_shown_as_checked() -> None:
     assert extra["description"] == "The points, by label."  # it was dropped
     registry = ar.ToolRegistry([plot])
     assert await registry.call("plot", {"title": "t", "a": {"x": 1}}) == ("a=(1.0, 0.0)", None)
+
+
+def test_a_references_array_siblings_keep_the_items_it_names() -> None:
+    # The siblings of a `$ref`, made alone, got `items: {}`, which won over the definition's.
+    parameters = {
+        "type": "object",
+        "properties": {
+            "ids": {"$ref": "#/$defs/Ids", "type": ["array", "null"], "description": "ids"}
+        },
+        "$defs": {"Ids": {"type": "array", "items": {"type": "integer"}}},
+    }
+    spec = ar.ToolSpec("f", "Does f.", lambda arguments: "ok", parameters=parameters)
+    shown = spec.definition()["parameters"]["properties"]["ids"]
+    assert shown == {"type": ["array", "null"], "items": {"type": "integer"}, "description": "ids"}

@@ -84,6 +84,7 @@ from llm_agent_runtime.providers.base import (
     Usage,
     _kind,
     _loop_message,
+    cut_at_stop,
     estimated_output_tokens,
     messages_chars,
     token_limit,
@@ -1768,7 +1769,7 @@ class AgentRuntime(Unshared):
                             incomplete = reply.stop_reason
                         reply = str(reply)
                     if stops:
-                        cut = _cut_at_stop(reply, stops)
+                        cut = cut_at_stop(reply, stops)
                         # It ended at a stop sequence, before a token limit cut it (a
                         # filter's stop holds whatever the text: nothing in it is acted on).
                         if len(cut) < len(reply) and incomplete not in SAFETY_STOP_REASONS:
@@ -2096,7 +2097,7 @@ class AgentRuntime(Unshared):
                 if budget is not None:
                     _charge_budget(budget, usage.input_tokens, usage.output_tokens, usage.cost_usd)
                 if stops and text:
-                    cut = _cut_at_stop(text, stops)
+                    cut = cut_at_stop(text, stops)
                     # It ended at a stop sequence, before a token limit cut it (see ReAct's).
                     if len(cut) < len(text) and incomplete not in SAFETY_STOP_REASONS:
                         incomplete = None
@@ -2131,7 +2132,7 @@ class AgentRuntime(Unshared):
                 # Neither a tool call nor a word from the model or its hooks (a hook's rewrite,
                 # to nothing as to words, is obeyed): no answer, as ReAct mode refuses an
                 # empty one.
-                raw = _cut_at_stop(response.text, stops) if stops else response.text
+                raw = cut_at_stop(response.text, stops) if stops else response.text
                 if not raw.strip() and not text.strip():
                     # A re-prompt needs a round left to answer it.
                     if config.corrective_reprompt and not reprompted and round_no + 1 < rounds_left:
@@ -2353,7 +2354,7 @@ class AgentRuntime(Unshared):
                     if stopped or listener_error is not None:
                         continue
                     pending += event.text
-                    cut = len(_cut_at_stop(pending, stops)) if stops else len(pending)
+                    cut = len(cut_at_stop(pending, stops)) if stops else len(pending)
                     if cut < len(pending):  # a stop sequence: the text ends here
                         stopped = True
                         ready, pending = pending[:cut], ""
@@ -4634,20 +4635,6 @@ def _arguments_key(arguments: Any) -> str:
         return json.dumps(arguments, sort_keys=True, default=repr)
     except (TypeError, ValueError, RecursionError):
         return repr(arguments)
-
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    """`text` before the stop sequence that a model writing it would end at (all of it if none).
-
-    That is the one whose end comes first, as generation stops once a stop sequence is
-    complete: with stops `b` and `abc`, `abcd` is cut to `a`.
-    """
-    cut, first_end = len(text), len(text) + 1
-    for stop in stops:
-        found = text.find(stop)
-        if found >= 0 and (found + len(stop), found) < (first_end, cut):
-            cut, first_end = found, found + len(stop)
-    return text[:cut]
 
 
 class _ProviderReply(str):

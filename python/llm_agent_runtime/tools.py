@@ -1976,8 +1976,9 @@ def _same_value(value: Any, expected: Any) -> bool:
             and len(value) == len(expected)
             and all(_same_value(v, e) for v, e in zip(value, expected, strict=True))
         )
-    if type(expected) is int and type(value) is float:  # JSON has one number type: 2.0 is 2
-        return value == expected
+    # JSON has one number type: 2.0 is the int 2, and 1 the float 1.0.
+    if (type(expected), type(value)) in ((int, float), (float, int)):
+        return bool(value == expected)
     return type(value) is type(expected) and bool(value == expected)
 
 
@@ -3192,13 +3193,15 @@ def shown_schema(parameters: dict[str, Any]) -> dict[str, Any]:
         kept.add(ref)
         return {"$ref": ref}
 
-    def walk(node: Any) -> Any:
+    def walk(node: Any, whole: bool = True) -> Any:
+        # A reference's siblings (`whole` False) are made as providers take them once merged
+        # with what it names: alone, an array's `items` would be missing, and filled.
         if not isinstance(node, dict):
             return node
         ref = node.get("$ref")
         if isinstance(ref, str) and ref in defs:
             used = at_use(ref)
-            rest = walk({k: v for k, v in node.items() if k != "$ref"})
+            rest = walk({k: v for k, v in node.items() if k != "$ref"}, whole=False)
             return _as_providers_take(_merged(used, rest)) if isinstance(used, dict) else used
         out: dict[str, Any] = {}
         for key, value in node.items():
@@ -3215,7 +3218,7 @@ def shown_schema(parameters: dict[str, Any]) -> dict[str, Any]:
                 out[key] = {k: v for k, v in value.items() if k != "mapping"}
             else:  # a value, not a schema (`default`, `enum`, ...): as it is
                 out[key] = value
-        return _as_providers_take(out)
+        return _as_providers_take(out) if whole else out
 
     shown: dict[str, Any] = walk(parameters)
     # A reference under a keyword not walked (kept as it is: a vendor's, say) keeps what

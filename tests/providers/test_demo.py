@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import fcntl
 import os
@@ -361,6 +362,22 @@ def test_a_demo_interrupted_twice_at_once_exits_130_without_a_traceback(tmp_path
             )
     finally:
         listener.close()
+
+
+def test_the_demo_puts_back_the_interrupt_handler_it_replaced() -> None:
+    # Python's default came back, not the caller's own handler.
+    def mine(signum: int, frame: Any) -> None:
+        pass
+
+    async def work() -> int:
+        return 0
+
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        assert asyncio.run(demo._interruptible(work())) == 0
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_demo_whose_output_is_lost_mid_run_warns_of_no_failed_run(tmp_path: Path) -> None:

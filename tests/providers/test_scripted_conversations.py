@@ -157,3 +157,27 @@ async def test_an_async_rule_is_refused_and_its_coroutine_closed() -> None:
         with pytest.raises(ar.ProviderError, match="must be a plain function"):
             await llm.chat([Message("user", "q")])
         gc.collect()
+
+
+async def test_the_cut_is_where_a_model_writing_the_reply_stops() -> None:
+    # Cut at the stop found first, not the one completed first: with `b` and `abc`, `abcd`
+    # gave "" (no answer, the run failed) where a model stops at "a".
+    llm = ar.ScriptedProvider(["abcd"])
+    assert (await llm.chat([Message("user", "q")], stop=["abc", "b"])).text == "a"
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools", stop_sequences=["abc", "b"]))
+    session = await runtime.run_agent_with_provider("a", "q", ar.ScriptedProvider(["abcd"]))
+    assert session.final_answer == "a"
+
+
+async def test_a_tool_call_reply_cut_at_a_stop_counts_what_is_left() -> None:
+    # Its output count, estimated from the whole text when made, was kept.
+    reply = ar.ScriptedProvider.tool_call_reply(
+        [("add", {"a": 1, "b": 2})], text="I will add.\nObservation: " + "made up " * 500
+    )
+    whole = ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})], "I will add.\n")
+    got = await ar.ScriptedProvider([reply]).chat([Message("user", "q")], stop="Observation:")
+    assert got.text == "I will add.\n"
+    assert got.usage.output_tokens == whole.usage.output_tokens
+    scripted = ar.ChatResponse(text="a STOP b", usage=ar.Usage(10, 99))  # the script's own
+    kept = await ar.ScriptedProvider([scripted]).chat([Message("user", "q")], stop="STOP")
+    assert (kept.text, kept.usage.output_tokens) == ("a ", 99)

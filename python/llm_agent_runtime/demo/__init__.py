@@ -653,6 +653,7 @@ async def _interruptible(work: Coroutine[Any, Any, int]) -> int:
             sys.stdout.flush()
         os._exit(130)
 
+    previous = signal.getsignal(signal.SIGINT)
     try:
         loop.add_signal_handler(signal.SIGINT, on_interrupt)
     except (NotImplementedError, RuntimeError, ValueError):  # no such handler here
@@ -661,3 +662,5 @@ async def _interruptible(work: Coroutine[Any, Any, int]) -> int:
         return await work
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+        if previous is not None:  # the handler it replaced, not Python's default
+            signal.signal(signal.SIGINT, previous)

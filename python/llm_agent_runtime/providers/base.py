@@ -42,6 +42,7 @@ __all__ = [
     "UnreadableArgumentsError",
     "Usage",
     "check_conversation",
+    "cut_at_stop",
     "estimated_output_tokens",
 ]
 
@@ -375,6 +376,20 @@ def usage_sum(usages: Iterable[Usage]) -> Usage:
 def _kind(value: Any) -> str:
     """How an error message names the type of `value`."""
     return "None" if value is None else type(value).__name__
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` before the stop sequence that a model writing it would end at (all of it if none).
+
+    That is the one whose end comes first, as generation stops once a stop sequence is
+    complete: with stops `b` and `abc`, `abcd` is cut to `a`.
+    """
+    cut, first_end = len(text), len(text) + 1
+    for stop in stops:
+        found = text.find(stop)
+        if found >= 0 and (found + len(stop), found) < (first_end, cut):
+            cut, first_end = found, found + len(stop)
+    return text[:cut]
 
 
 def estimated_output_tokens(text: str, calls: Sequence[ToolCall] = ()) -> int:

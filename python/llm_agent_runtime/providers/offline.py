@@ -24,6 +24,7 @@ from llm_agent_runtime.providers.base import (
     ToolDefinition,
     Usage,
     check_conversation,
+    cut_at_stop,
     estimated_input_tokens,
     estimated_output_tokens,
     tool_definitions_chars,
@@ -227,7 +228,7 @@ class ScriptedProvider:
         """
         if not _loop_shaped(messages, tools):
             messages, tools = check_conversation(messages, tools)
-        stop = _stop_sequences(params.get("stop"))
+        stop = _stop_sequences(params.get("stop")) if params else ()
         if self._rule is not None:
             return self._next(_last_content(messages), messages, tools, stop)
         # A listed reply, taken here (one call less a step: this is the loop's model call).
@@ -262,7 +263,7 @@ class ScriptedProvider:
         """
         if not _loop_shaped(messages, tools):
             messages, tools = check_conversation(messages, tools)
-        stop = _stop_sequences(params.get("stop"))
+        stop = _stop_sequences(params.get("stop")) if params else ()
         response = self._next(_last_content(messages), messages, tools, stop)
         if response.text:
             yield TextDelta(text=response.text)
@@ -293,24 +294,27 @@ def _stop_sequences(stop: object) -> tuple[str, ...]:
 
 
 def _cut(reply: ScriptedReply, stop: tuple[str, ...]) -> ScriptedReply:
-    """`reply` with its text ended before the first of the `stop` sequences in it.
+    """`reply` with its text ended where a model writing it stops (`cut_at_stop`).
 
-    A model stops writing there: what it would have written after is neither sent nor
-    counted in the usage estimated from the text.
+    What it would have written after is neither sent nor counted: an output count estimated
+    from the whole text (`tool_call_reply`'s) is estimated again; a usage scripted whole (both
+    counts) is the script's, as it is.
     """
     if not stop:
         return reply
     text = reply if isinstance(reply, str) else reply.text
-    ends = [at for at in map(text.find, stop) if at >= 0]
-    if not ends:
+    cut = cut_at_stop(text, stop)
+    if len(cut) == len(text):
         return reply
-    cut = text[: min(ends)]
     if isinstance(reply, str):
         return cut
+    usage = reply.usage
+    if not usage.input_tokens:
+        usage = dataclasses.replace(usage, output_tokens=0)  # estimated from what is left
     # It stopped before any token limit; a safety stop or a tool call's end is the script's.
     ended = reply.stop_reason
     stop_reason = "stop" if ended is None or ended in TRUNCATION_STOP_REASONS else ended
-    return dataclasses.replace(reply, text=cut, stop_reason=stop_reason)
+    return dataclasses.replace(reply, text=cut, usage=usage, stop_reason=stop_reason)
 
 
 def _loop_shaped(messages: object, tools: object) -> bool:
