@@ -2896,7 +2896,7 @@ class AgentRuntime(Unshared):
         try:
             seconds = self._cleanup_seconds(session_id, cancelled)
             if seconds is None:
-                await self._save_what_is_left(session)
+                await self._save_unbounded_until_cancelled(session, cancelled)
             elif await _within_deadline(self._save_what_is_left(session), seconds):
                 logger.warning(
                     "failed run %s: saving its unsaved steps and events took over %.3g s; dropped",
@@ -2909,6 +2909,39 @@ class AgentRuntime(Unshared):
             await self._release_claims(
                 session_id, left, self._cleanup_seconds(session_id, cancelled)
             )
+
+    async def _save_unbounded_until_cancelled(self, session: AgentSession, cancelled: bool) -> None:
+        """`_save_what_is_left` of a run without a cleanup bound (one failed by an error).
+
+        It takes as long as it takes, until its task is cancelled: from then it has the
+        cleanup time of a cancelled run (`_cleanup_seconds`: its clock starts then), not
+        cut at once (the run's events and end were lost, unsaid). Then the cancellation is
+        raised.
+        """
+        from llm_agent_runtime.persistence._waiting import (
+            retrieve_outcome,
+            wait_through_cancellation,
+        )
+
+        session_id = session.session_id
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
+        saving = asyncio.ensure_future(self._save_what_is_left(session))
+        await wait_through_cancellation(
+            saving, lambda: self._cleanup_seconds(session_id, cancelled)
+        )
+        if saving.done():
+            retrieve_outcome(saving)  # it raises nothing but its own cancellation
+        else:
+            saving.cancel()
+            logger.warning(
+                "failed run %s: saving its unsaved steps and events took over %.3g s once "
+                "cancelled; dropped",
+                session_id,
+                _CANCELLED_CLEANUP_SECONDS,
+            )
+        if task is not None and task.cancelling() > cancels:
+            raise asyncio.CancelledError
 
     def _cleanup_seconds(self, session_id: str, cancelled: bool) -> float | None:
         """The seconds left for the cleanup of a failed run of `session_id`; None: no bound.

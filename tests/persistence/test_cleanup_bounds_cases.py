@@ -227,3 +227,36 @@ async def test_a_cancellation_during_a_failed_runs_cleanup_bounds_the_rest() -> 
     task.cancel()
     done, _ = await asyncio.wait([task], timeout=3.0)
     assert done, "the cancelled run was still running 3 s later"
+
+
+class SlowWrites(ar.InMemoryBackend):
+    """The in-memory backend, whose batch writes take 100 ms (a remote database)."""
+
+    async def batch_save(self, items: Any) -> None:
+        await asyncio.sleep(0.1)
+        await super().batch_save(items)
+
+
+async def test_a_failed_run_cancelled_as_its_cleanup_saves_keeps_its_events() -> None:
+    # Its save, unbounded until then, was cut at once by the cancellation: the failed run
+    # left no event and no end, with no warning, where a cancelled run's gets a second.
+    runtime = ar.AgentRuntime(ar.AgentConfig(), checkpoint_backend=SlowWrites())
+    running: list[asyncio.Task[Any]] = []
+
+    def cancel_soon(event: ar.Event) -> None:
+        if isinstance(event, ar.LlmResponse):  # the reply fails the run: its cleanup starts
+            asyncio.get_running_loop().call_later(0.02, running[0].cancel)
+
+    runtime.events.on(cancel_soon)
+
+    async def model(prompt: str) -> str:
+        return "no ReAct step here"
+
+    session = runtime.create_session("a", "s1")
+    running.append(asyncio.ensure_future(runtime.run_agent("a", "q", model, session=session)))
+    started = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        await running[0]
+    assert time.monotonic() - started < 1.0
+    logged = [event["type"] for event in await runtime.session_events("s1")]
+    assert logged == ["RunStarted", "LlmResponse", "ErrorEvent"]
