@@ -1284,6 +1284,63 @@ async def test_a_postgres_write_running_across_a_close_and_a_reopen_ends_well() 
         await store.close()
 
 
+async def test_postgres_compare_and_sets_of_one_guard_meet_without_deadlock() -> None:
+    # `batch_save_if(g, old, {g: new})`, as the tool-call journal writes: each caller locked
+    # the guard's row FOR SHARE, then needed it FOR UPDATE to write it. Two meeting deadlocked
+    # (a second's stall until the server aborted one); with three, every one timed out.
+    store = ar.PostgresBackend(server_address("postgres"), table=f"kv_{uuid.uuid4().hex}")
+
+    async def deadlocks() -> int:
+        query = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        return int((await store._execute(None, query, []))[0][0])
+
+    try:
+        before = await deadlocks()
+        for _ in range(100):
+            await store.save("g", b"0")
+            won = await asyncio.gather(
+                *(store.batch_save_if("g", b"0", {"g": b"%d" % (i + 1)}) for i in range(8))
+            )
+            assert won.count(True) == 1
+            assert await store.load("g") == b"%d" % (won.index(True) + 1)
+        assert await deadlocks() == before
+    finally:
+        await store._execute(None, f"DROP TABLE {store._table}", [])
+        await store.close()
+
+
+async def test_a_redis_batch_load_is_one_moment_of_its_keys() -> None:
+    # Keys MGET found missing were read again one by one when one had been written since:
+    # a read mixed batches (`{"b": ...}` alone, values of two batches) never stored so.
+    prefix = f"test:{uuid.uuid4().hex}:"
+    writer = ar.RedisBackend(server_address("redis"), prefix=prefix)
+    reader = ar.RedisBackend(server_address("redis"), prefix=prefix)
+    keys = [f"k{i}" for i in range(4)]
+    done = False
+
+    async def write() -> None:
+        n = 0
+        while not done:
+            n += 1
+            await writer.save("g", b"x")
+            await writer.batch_save(dict.fromkeys(keys, b"%d" % n))
+            await writer.batch_delete_if("g", b"x", keys)
+
+    try:
+        writing = asyncio.create_task(write())
+        for _ in range(300):
+            got = await reader.batch_load(keys)
+            assert got == {} or (sorted(got) == keys and len(set(got.values())) == 1), got
+        done = True
+        await writing
+    finally:
+        done = True
+        for key in [*keys, "g"]:
+            await writer.delete(key)
+        await writer.close()
+        await reader.close()
+
+
 async def test_a_postgres_batch_delete_if_aborted_as_one_of_a_deadlock_runs_again() -> None:
     # A release (guard: the fence, deleted with the claim) and a takeover (which locked the
     # claim, then writes the fence) take the two rows in opposite orders: the server aborts

@@ -759,21 +759,27 @@ class PostgresBackend(Unshared):
     ) -> bool:
         """Stores every item only if `guard_key` holds `guard_value`, in one statement.
 
-        Returns whether it wrote. The guard's row is locked (`FOR SHARE`) by the statement
-        that writes: a concurrent write of the guard waits for it, or, committed first, is
-        what the check sees.
+        Returns whether it wrote. The guard's row is locked by the statement that writes: a
+        concurrent write of the guard waits for it, or, committed first, is what the check
+        sees. `FOR SHARE` when the guard stays; `FOR UPDATE` when it is one of `items` (a
+        compare-and-set of the guard itself, as the tool-call journal writes): a shared lock
+        would have to grow into the write's, and two such writes meeting would deadlock (a
+        second's stall until the server broke it; with three, every one timed out).
         """
         guard = check_items({check_key(guard_key): guard_value})[guard_key]
         checked = check_items(items)
         if not checked:
             return await self.load(guard_key) == guard
+        encoded = _encode_keys(checked)
+        guard_encoded = encode_key(guard_key)
+        lock = "UPDATE" if guard_encoded in encoded else "SHARE"
         query = (
             f"INSERT INTO {self._table} (key, value) "
             "SELECT * FROM unnest(%s::bytea[], %s::bytea[]) WHERE EXISTS ("
-            f"SELECT 1 FROM {self._table} WHERE key = %s AND value = %s FOR SHARE) "
+            f"SELECT 1 FROM {self._table} WHERE key = %s AND value = %s FOR {lock}) "
             f"{_UPSERT} RETURNING true"
         )
-        params = [_encode_keys(checked), list(checked.values()), encode_key(guard_key), guard]
+        params = [encoded, list(checked.values()), guard_encoded, guard]
         rows = await self._execute(next(iter(checked)), query, params, batch=len(checked) > 1)
         return bool(rows)
 

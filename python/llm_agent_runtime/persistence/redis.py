@@ -231,12 +231,19 @@ class RedisBackend(Unshared):
         found = {k: bytes(v) for k, v in zip(wanted, values, strict=True) if v is not None}
         missing = [k for k in wanted if k not in found]
         # MGET gives nil for a key of another type (a list another client wrote there) as for
-        # an absent one: such a key is read alone, so it fails as `load` does, naming it.
+        # an absent one. A missing key there now (of another type, or written since) has all
+        # of them read again in one script, one moment as MGET's (read one by one, they mixed
+        # the batches written meanwhile), whose GET fails on a key of another type: that key
+        # is then read alone, so that it fails as `load` does, naming it.
         if missing and await self._call(None, "exists", *(prefix + k for k in missing)):
-            for key in missing:
-                value = await self.load(key)
-                if value is not None:
-                    found[key] = value
+            names = [prefix + k for k in wanted]
+            try:
+                values = await self._call(None, "eval", _GET_ALL, len(names), *names, keys=wanted)
+            except PersistenceError:
+                for key in missing:
+                    await self.load(key)
+                raise
+            found = {k: bytes(v) for k, v in zip(wanted, values, strict=True) if v is not None}
         return found
 
     async def list_keys(self, prefix: str = "") -> list[str]:
@@ -335,6 +342,16 @@ return 1
 """
 """`batch_save_if`: KEYS[1] the guard, ARGV[1] its value; KEYS[2] the index; KEYS[i + 2] is
 set to ARGV[i + 1], and its key (without the prefix), ARGV[i + 1 + n], added to the index."""
+
+# The values of KEYS at one moment (nil for an absent key), as MGET gives them; GET fails on
+# a key of another type, where MGET gives nil.
+_GET_ALL = """
+local values = {}
+for i = 1, #KEYS do
+  values[i] = redis.call('GET', KEYS[i])
+end
+return values
+"""
 
 _DELETE_IF = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
