@@ -2894,15 +2894,7 @@ class AgentRuntime(Unshared):
         assert self._checkpoints is not None
         session_id = session.session_id
         try:
-            seconds = self._cleanup_seconds(session_id, cancelled)
-            if seconds is None:
-                await self._save_unbounded_until_cancelled(session, cancelled)
-            elif await _within_deadline(self._save_what_is_left(session), seconds):
-                logger.warning(
-                    "failed run %s: saving its unsaved steps and events took over %.3g s; dropped",
-                    session_id,
-                    seconds,
-                )
+            await self._save_through_cancellation(session, cancelled)
         finally:
             # A run that saved no step gives up its claim, so the next run may start where it
             # did.
@@ -2910,13 +2902,15 @@ class AgentRuntime(Unshared):
                 session_id, left, self._cleanup_seconds(session_id, cancelled)
             )
 
-    async def _save_unbounded_until_cancelled(self, session: AgentSession, cancelled: bool) -> None:
-        """`_save_what_is_left` of a run without a cleanup bound (one failed by an error).
+    async def _save_through_cancellation(self, session: AgentSession, cancelled: bool) -> None:
+        """`_save_what_is_left` in a task of its own, given the cleanup time whatever comes.
 
-        It takes as long as it takes, until its task is cancelled: from then it has the
-        cleanup time of a cancelled run (`_cleanup_seconds`: its clock starts then), not
-        cut at once (the run's events and end were lost, unsaid). Then the cancellation is
-        raised.
+        A cancellation of the run's task meanwhile does not cut it (the run's events and end
+        were lost, unsaid): it has the time `_cleanup_seconds` gives (for a run failed by an
+        error, none until its task is cancelled: its clock starts then). Once that time is
+        up, it is cancelled, waited for as it unwinds (its state is this run's: a run
+        starting after must not have its own cleared by it), dropped and logged. A
+        cancellation that came meanwhile is raised then.
         """
         from llm_agent_runtime.persistence._waiting import (
             retrieve_outcome,
@@ -2930,16 +2924,17 @@ class AgentRuntime(Unshared):
         await wait_through_cancellation(
             saving, lambda: self._cleanup_seconds(session_id, cancelled)
         )
-        if saving.done():
-            retrieve_outcome(saving)  # it raises nothing but its own cancellation
-        else:
+        if not saving.done():
             saving.cancel()
+            await wait_through_cancellation(saving)
+            timeout = self._config.loop_timeout_ms
             logger.warning(
-                "failed run %s: saving its unsaved steps and events took over %.3g s once "
-                "cancelled; dropped",
+                "failed run %s: saving its unsaved steps and events took over its cleanup "
+                "time (%.3g s); dropped",
                 session_id,
-                _CANCELLED_CLEANUP_SECONDS,
+                _CANCELLED_CLEANUP_SECONDS if timeout is None else timeout / 1000,
             )
+        retrieve_outcome(saving)  # it raises nothing but its own cancellation
         if task is not None and task.cancelling() > cancels:
             raise asyncio.CancelledError
 

@@ -237,15 +237,25 @@ class SlowWrites(ar.InMemoryBackend):
         await super().batch_save(items)
 
 
-async def test_a_failed_run_cancelled_as_its_cleanup_saves_keeps_its_events() -> None:
-    # Its save, unbounded until then, was cut at once by the cancellation: the failed run
-    # left no event and no end, with no warning, where a cancelled run's gets a second.
-    runtime = ar.AgentRuntime(ar.AgentConfig(), checkpoint_backend=SlowWrites())
+@pytest.mark.parametrize(
+    ("timeout_ms", "cancels"),
+    [(None, 1), (60_000, 1), (None, 2)],
+    ids=["unbounded", "loop timeout", "cancelled twice"],
+)
+async def test_a_failed_run_cancelled_as_its_cleanup_saves_keeps_its_events(
+    timeout_ms: int | None, cancels: int
+) -> None:
+    # Its save was cut at once by the cancellation: the failed run left no event and no end,
+    # with no warning, though its cleanup time (a second once cancelled, or its
+    # loop_timeout_ms) had not passed.
+    config = ar.AgentConfig(loop_timeout_ms=timeout_ms)
+    runtime = ar.AgentRuntime(config, checkpoint_backend=SlowWrites())
     running: list[asyncio.Task[Any]] = []
 
     def cancel_soon(event: ar.Event) -> None:
         if isinstance(event, ar.LlmResponse):  # the reply fails the run: its cleanup starts
-            asyncio.get_running_loop().call_later(0.02, running[0].cancel)
+            for n in range(cancels):
+                asyncio.get_running_loop().call_later(0.02 + 0.03 * n, running[0].cancel)
 
     runtime.events.on(cancel_soon)
 
@@ -260,3 +270,74 @@ async def test_a_failed_run_cancelled_as_its_cleanup_saves_keeps_its_events() ->
     assert time.monotonic() - started < 1.0
     logged = [event["type"] for event in await runtime.session_events("s1")]
     assert logged == ["RunStarted", "LlmResponse", "ErrorEvent"]
+
+
+class WritesThrough(ar.InMemoryBackend):
+    """Batch writes taking 1.2 s while `slow`, which a cancellation does not stop at once
+    (a write in a thread: 0.3 s more)."""
+
+    slow = True
+
+    async def batch_save(self, items: Any) -> None:
+        if not self.slow:
+            return await super().batch_save(items)
+        try:
+            await asyncio.sleep(1.2)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)
+            await super().batch_save(items)
+            raise
+        await super().batch_save(items)
+
+
+async def test_a_cancelled_run_cancelled_again_as_its_cleanup_saves_keeps_its_events() -> None:
+    # The second cancellation cut its save at once: its second of cleanup went unused.
+    runtime = ar.AgentRuntime(ar.AgentConfig(), checkpoint_backend=SlowWrites())
+    asked = asyncio.Event()
+
+    async def model(prompt: str) -> str:
+        asked.set()
+        await asyncio.sleep(60)
+        return "never"
+
+    session = runtime.create_session("a", "s1")
+    running = asyncio.ensure_future(runtime.run_agent("a", "q", model, session=session))
+    await asked.wait()
+    running.cancel()  # its cleanup starts: a second for it
+    await asyncio.sleep(0.03)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    logged = [event["type"] for event in await runtime.session_events("s1")]
+    assert logged == ["RunStarted", "ErrorEvent"]
+
+
+async def test_a_save_past_its_cleanup_time_ends_before_the_next_run_starts() -> None:
+    # Cancelled once its time was up but not waited for, it went on after the run had let
+    # go of the session, and then cleared the next run's events as its own.
+    backend = WritesThrough()
+    runtime = ar.AgentRuntime(ar.AgentConfig(), checkpoint_backend=backend)
+    running: list[asyncio.Task[Any]] = []
+
+    def cancel_first(event: ar.Event) -> None:
+        if isinstance(event, ar.LlmResponse) and event.text == "no ReAct step here":
+            asyncio.get_running_loop().call_later(0.02, running[0].cancel)
+
+    runtime.events.on(cancel_first)
+
+    async def failing(prompt: str) -> str:
+        return "no ReAct step here"
+
+    async def answering(prompt: str) -> str:
+        return "Thought: t\nAction: FINAL_ANSWER 42"
+
+    session = runtime.create_session("a", "s1")
+    running.append(asyncio.ensure_future(runtime.run_agent("a", "q", failing, session=session)))
+    with pytest.raises(asyncio.CancelledError):
+        await running[0]
+    assert [t for t in asyncio.all_tasks() if "_save_what_is_left" in repr(t)] == []
+    backend.slow = False
+    done = await runtime.run_agent("a", "q2", answering, session=session)
+    assert done.final_answer == "42"
+    logged = [event["type"] for event in await runtime.session_events("s1")]
+    assert logged[-3:] == ["RunStarted", "LlmResponse", "RunFinished"]
