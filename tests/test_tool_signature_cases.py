@@ -8,6 +8,8 @@ import enum
 import functools
 from typing import TYPE_CHECKING, Any, Literal
 
+import pytest
+
 import llm_agent_runtime as ar
 
 if TYPE_CHECKING:
@@ -127,3 +129,22 @@ def test_a_references_array_siblings_keep_the_items_it_names() -> None:
     spec = ar.ToolSpec("f", "Does f.", lambda arguments: "ok", parameters=parameters)
     shown = spec.definition()["parameters"]["properties"]["ids"]
     assert shown == {"type": ["array", "null"], "items": {"type": "integer"}, "description": "ids"}
+
+
+async def test_a_tools_description_can_be_given_where_no_docstring_is() -> None:
+    # Under `python -OO` a function has no docstring: the model was told nothing of the tool,
+    # and `@tool` took no description.
+    @ar.tool(description="Refunds part or all of an order.")
+    def refund(order: int) -> str:
+        return f"refunded {order}"
+
+    assert refund.definition()["description"] == "Refunds part or all of an order."
+    assert await ar.ToolRegistry([refund]).call("refund", {"order": 7}) == ("refunded 7", None)
+
+    def documented() -> str:
+        """Its own summary."""
+        return "ok"
+
+    assert ar.tool(documented, description="Given instead.").description == "Given instead."
+    with pytest.raises(ar.ToolError, match="description"):
+        ar.tool(documented, description=5)  # type: ignore[call-overload]

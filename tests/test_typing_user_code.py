@@ -410,3 +410,30 @@ def test_correct_user_code_runs_as_its_types_say(tmp_path: Path) -> None:
     path.write_text(CORRECT, encoding="utf-8")
     namespace = runpy.run_path(str(path), run_name="user_correct")
     asyncio.run(namespace["main"]())
+
+
+def test_every_lazy_submodule_is_bound_for_pyright_too() -> None:
+    # Pyright (Pylance) reported `ar.persistence` as no attribute of the package: it binds
+    # a submodule only from `from llm_agent_runtime import persistence as persistence`.
+    import ast
+    from pathlib import Path
+
+    import llm_agent_runtime as ar
+
+    tree = ast.parse(Path(ar.__file__).read_text(encoding="utf-8"))
+    checked = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test)
+    )
+    bound = {
+        alias.name
+        for node in checked.body
+        if isinstance(node, ast.ImportFrom) and node.module == "llm_agent_runtime"
+        for alias in node.names
+        if alias.asname == alias.name
+    }
+    submodules = {
+        name for name, module in ar._LAZY.items() if module == f"llm_agent_runtime.{name}"
+    }
+    assert submodules and submodules <= bound

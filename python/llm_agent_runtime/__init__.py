@@ -58,6 +58,18 @@ from llm_agent_runtime.events import (
 from llm_agent_runtime.session import AgentSession, Step
 
 if _typing.TYPE_CHECKING:
+    # The submodules as attributes (`ar.persistence.SqliteBackend`): pyright binds them only
+    # when imported so, not through the `from llm_agent_runtime.x import ...` lines below.
+    from llm_agent_runtime import config as config
+    from llm_agent_runtime import embeddings as embeddings
+    from llm_agent_runtime import graph as graph
+    from llm_agent_runtime import memory as memory
+    from llm_agent_runtime import orchestration as orchestration
+    from llm_agent_runtime import persistence as persistence
+    from llm_agent_runtime import providers as providers
+    from llm_agent_runtime import runtime as runtime
+    from llm_agent_runtime import semantic as semantic
+    from llm_agent_runtime import tools as tools
     from llm_agent_runtime.config import AgentConfig
     from llm_agent_runtime.embeddings import Embedder, OpenAIEmbedder, SentenceTransformerEmbedder
     from llm_agent_runtime.graph import from_networkx, to_networkx

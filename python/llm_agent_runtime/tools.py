@@ -1503,6 +1503,7 @@ def tool(
     fn: Callable[..., Any],
     *,
     name: str | None = None,
+    description: str | None = None,
     timeout: float | None = None,
     circuit_breaker: CircuitBreaker | None = None,
     idempotent: bool = False,
@@ -1514,6 +1515,7 @@ def tool(
     fn: None = None,
     *,
     name: str | None = None,
+    description: str | None = None,
     timeout: float | None = None,
     circuit_breaker: CircuitBreaker | None = None,
     idempotent: bool = False,
@@ -1524,6 +1526,7 @@ def tool(
     fn: Callable[..., Any] | None = None,
     *,
     name: str | None = None,
+    description: str | None = None,
     timeout: float | None = None,
     circuit_breaker: CircuitBreaker | None = None,
     idempotent: bool = False,
@@ -1558,6 +1561,8 @@ def tool(
     Args:
         fn: The function (when used as `@tool` without parentheses).
         name: Tool name (default: the function's name, or a callable object's class name).
+        description: What the model is told the tool does (default: the docstring's
+            summary; a process run with `python -OO` has no docstrings).
         timeout: Per-call timeout in seconds.
         circuit_breaker: Optional breaker for this tool.
         idempotent: Calls may be repeated safely (see `ToolSpec`). A function with a parameter
@@ -1609,6 +1614,8 @@ def tool(
         _check_name(tool_name)
         _check_handler(tool_name, func)
         summary, arg_docs = _doc_parts(_callable_doc(base))
+        if description is not None:
+            summary = description
         fixed = _partial_keywords(func)
         signature = _signature(func, tool_name, fixed)
         _refuse_unbound_method(tool_name, base, signature, fixed)
