@@ -2908,8 +2908,9 @@ class AgentRuntime(Unshared):
         A cancellation of the run's task meanwhile does not cut it (the run's events and end
         were lost, unsaid): it has the time `_cleanup_seconds` gives (for a run failed by an
         error, none until its task is cancelled: its clock starts then). Once that time is
-        up, it is cancelled, waited for as it unwinds (its state is this run's: a run
-        starting after must not have its own cleared by it), dropped and logged. A
+        up, it is cancelled and waited for as it unwinds (its state is this run's: a run
+        starting after must not have its own cleared by it; a backend's write already in
+        its thread is waited for, as any cancelled call of it is), and logged. A
         cancellation that came meanwhile is raised then.
         """
         from llm_agent_runtime.persistence._waiting import (
@@ -2930,7 +2931,7 @@ class AgentRuntime(Unshared):
             timeout = self._config.loop_timeout_ms
             logger.warning(
                 "failed run %s: saving its unsaved steps and events took over its cleanup "
-                "time (%.3g s); dropped",
+                "time (%.3g s): cancelled, what it had not written is dropped",
                 session_id,
                 _CANCELLED_CLEANUP_SECONDS if timeout is None else timeout / 1000,
             )
