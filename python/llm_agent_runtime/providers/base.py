@@ -42,6 +42,7 @@ __all__ = [
     "UnreadableArgumentsError",
     "Usage",
     "check_conversation",
+    "check_stop",
     "cut_at_stop",
     "estimated_output_tokens",
 ]
@@ -376,6 +377,34 @@ def usage_sum(usages: Iterable[Usage]) -> Usage:
 def _kind(value: Any) -> str:
     """How an error message names the type of `value`."""
     return "None" if value is None else type(value).__name__
+
+
+def check_stop(stop: object) -> list[str] | None:
+    """A call's (or a provider's) `stop=`, once checked to be stop sequences: their list.
+
+    A caller's mistake fails here, before anything is sent: not as a bare "'int' object is
+    not iterable", nor as a request whose stop sequences are no strings (`stop=[1]`).
+
+    Args:
+        stop: One stop sequence as a str, or any iterable of str but bytes or a mapping (a
+            generator too; it is read once, here).
+
+    Returns:
+        The stop sequences as a list; None for none (None, `""` or an empty iterable).
+
+    Raises:
+        TypeError: `stop` is neither a str nor an iterable of str (an int, bytes, a dict),
+            or one of its items is not a str.
+    """
+    if stop is None or isinstance(stop, str):
+        return [stop] if stop else None  # one sequence, not its letters
+    if isinstance(stop, (bytes, bytearray, Mapping, BaseModel)) or not isinstance(stop, Iterable):
+        raise TypeError(f"stop must be a str or a list of str, got {type(stop).__name__}")
+    stops = list(stop)
+    for n, item in enumerate(stops):
+        if not isinstance(item, str):
+            raise TypeError(f"stop[{n}] must be a str, got {type(item).__name__}")
+    return stops or None
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:

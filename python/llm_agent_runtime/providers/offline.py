@@ -6,7 +6,7 @@ import dataclasses
 import inspect
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from llm_agent_runtime.errors import ProviderError
@@ -24,6 +24,7 @@ from llm_agent_runtime.providers.base import (
     ToolDefinition,
     Usage,
     check_conversation,
+    check_stop,
     cut_at_stop,
     estimated_input_tokens,
     estimated_output_tokens,
@@ -277,20 +278,14 @@ _RAN_OUT = "scripted provider ran out of replies"
 
 
 def _stop_sequences(stop: object) -> tuple[str, ...]:
-    """A call's `stop=` as the sequences it names: None, a str, or an iterable of str.
+    """A call's `stop=`, checked as the HTTP providers check it (`check_stop`).
+
+    Its empty sequences are left out: an empty one would cut every reply to nothing.
 
     Raises:
-        TypeError: Anything else (as the HTTP providers refuse it).
+        TypeError: `stop` is neither a str nor an iterable of str.
     """
-    if stop is None:
-        return ()
-    if isinstance(stop, str):
-        return (stop,) if stop else ()
-    if isinstance(stop, Iterable) and not isinstance(stop, bytes | bytearray | Mapping):
-        sequences = tuple(stop)
-        if all(isinstance(item, str) for item in sequences):
-            return tuple(item for item in sequences if item)
-    raise TypeError(f"stop must be a str or a list of str, got {type(stop).__name__}")
+    return tuple(sequence for sequence in check_stop(stop) or () if sequence)
 
 
 def _cut(reply: ScriptedReply, stop: tuple[str, ...]) -> ScriptedReply:
